@@ -1,0 +1,3 @@
+#![no_std]
+#![forbid(unsafe_code)]
+//! catenary-vmm: device model (filled in by the VMM work).
