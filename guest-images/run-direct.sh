@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Boot the Catenary guest kernel + initramfs directly under QEMU TCG (-M microvm, no ACPI):
+# the reference boot that Catenary's microVM boot is compared against (`cargo xtask bench vm`).
+#
+#   guest-images/run-direct.sh [options] KERNEL INITRD
+#
+#   KERNEL        vmlinux (PVH entry) or bzImage (Linux boot protocol)
+#   INITRD        initramfs.cpio.gz from build-initramfs.sh
+#   --cmd CMD     shell command for the guest (passed as catenary.cmd=<base64>); default: demo
+#   --append S    extra kernel command line words
+#   --legacy      only 8259 PIC + 8254 PIT + RTC, no local APIC / IO-APIC
+#                 (QEMU -cpu max,-apic; guest cmdline adds nolapic noapic)
+#   --mem M       guest RAM (default 256M)
+#   --timeout S   kill QEMU after S seconds (default 120) and fail
+#   --quiet       don't echo the guest console
+#
+# The guest console (ttyS0) goes to stdout. At the end one summary line is printed:
+#   run-direct: ready_ms=<ms from QEMU start to `catenary-init: ready`> exit_status=<N> qemu_rc=<rc>
+# The script exits 0 only if the guest printed `catenary-init: ready`, an exit status line, and
+# QEMU terminated by itself (the guest powered off / reset).
+#
+# Environment: QEMU (default qemu-system-x86_64), CATENARY_TSC_KHZ (guest TSC kHz; default:
+# the host's TSC frequency, which is what QEMU TCG's RDTSC counts at).
+set -euo pipefail
+
+die() { echo "run-direct.sh: error: $*" >&2; exit 2; }
+
+CMD=
+APPEND=
+LEGACY=0
+MEM=256M
+TIMEOUT=120
+QUIET=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --cmd) CMD=$2; shift 2 ;;
+        --append) APPEND="$APPEND $2"; shift 2 ;;
+        --legacy) LEGACY=1; shift ;;
+        --mem) MEM=$2; shift 2 ;;
+        --timeout) TIMEOUT=$2; shift 2 ;;
+        --quiet) QUIET=1; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        --) shift; break ;;
+        -*) die "unknown option $1" ;;
+        *) break ;;
+    esac
+done
+[ $# -eq 2 ] || die "usage: $0 [options] KERNEL INITRD (see --help)"
+KERNEL=$1
+INITRD=$2
+[ -f "$KERNEL" ] || die "kernel $KERNEL not found (guest-images/build-kernel.sh OUTDIR)"
+[ -f "$INITRD" ] || die "initrd $INITRD not found (guest-images/build-initramfs.sh OUTDIR)"
+QEMU=${QEMU:-qemu-system-x86_64}
+command -v "$QEMU" >/dev/null 2>&1 || die "$QEMU not found: install the Debian package 'qemu-system-x86'"
+
+host_tsc_khz() {
+    local mhz
+    # The kernel's own measurement of the host TSC, if we may read the log.
+    mhz=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Refined TSC clocksource calibration: \([0-9.]*\) MHz.*/\1/p' | tail -n1)
+    [ -n "$mhz" ] || mhz=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Detected \([0-9.]*\) MHz.*/\1/p' | tail -n1)
+    [ -n "$mhz" ] || mhz=$(awk -F: '/^cpu MHz/ {gsub(/ /, "", $2); print $2; exit}' /proc/cpuinfo)
+    [ -n "$mhz" ] || mhz=2000
+    awk -v m="$mhz" 'BEGIN { printf "%d\n", m * 1000 }'
+}
+TSC_KHZ=${CATENARY_TSC_KHZ:-$(host_tsc_khz)}
+
+# The guest command line recommended for Catenary (see README.md), minus what only QEMU needs.
+CMDLINE="console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=t panic=-1 tsc_early_khz=$TSC_KHZ"
+CMDLINE="$CMDLINE catenary.exit=reboot"   # QEMU (-no-reboot) exits on reset, not on cli;hlt
+MACHINE="microvm,acpi=off"
+CPU=max
+if [ $LEGACY = 1 ]; then
+    MACHINE="$MACHINE,pic=on,pit=on,rtc=on"
+    CPU="max,-apic,-x2apic"
+    CMDLINE="$CMDLINE nolapic noapic"
+fi
+if [ -n "$CMD" ]; then
+    CMDLINE="$CMDLINE catenary.cmd=$(printf '%s' "$CMD" | base64 -w0)"
+fi
+CMDLINE="$CMDLINE${APPEND}"
+
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+
+start=$EPOCHREALTIME
+ready_ms=
+set +e
+timeout --foreground "$TIMEOUT" "$QEMU" -M "$MACHINE" -cpu "$CPU" -m "$MEM" -smp 1 \
+    -nodefaults -no-user-config -nographic -no-reboot \
+    -serial stdio -monitor none \
+    -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE" </dev/null 2>&1 |
+while IFS= read -r line; do
+    line=${line%$'\r'}
+    case "$line" in
+        *"catenary-init: ready"*)
+            now=$EPOCHREALTIME
+            echo "READY_US $(( (${now/./} - ${start/./}) ))" >>"$LOG" ;;
+    esac
+    echo "$line" >>"$LOG"
+    [ $QUIET = 1 ] || printf '%s\n' "$line"
+done
+rcs=("${PIPESTATUS[@]}")
+set -e
+qemu_rc=${rcs[0]}
+
+ready_us=$(sed -n 's/^READY_US //p' "$LOG" | head -n1)
+[ -n "$ready_us" ] && ready_ms=$(( ready_us / 1000 ))
+status=$(sed -n 's/.*catenary-init: exit status \([0-9]*\).*/\1/p' "$LOG" | tail -n1)
+echo "run-direct: ready_ms=${ready_ms:-none} exit_status=${status:-none} qemu_rc=$qemu_rc"
+[ -n "$ready_ms" ] && [ -n "$status" ] && [ "$qemu_rc" = 0 ] || exit 1

@@ -1,0 +1,28 @@
+# Catenary guest initramfs, built by Nix with the same script and /init as the non-Nix build
+# (guest-images/build-initramfs.sh), using nixpkgs' static busybox.
+#
+#   $out/initramfs.cpio.gz   gzip'd newc cpio: /init, /bin/busybox + applet symlinks,
+#                            /dev/console, /dev/null (reproducible: sorted, mtime 0, gzip -n)
+#
+# Usage (flake.nix): guest-initramfs = import ./nix/guest-initramfs.nix { inherit pkgs; };
+{ pkgs }:
+let
+  guestImages = builtins.path {
+    name = "catenary-guest-images-src";
+    path = ../guest-images;
+  };
+in
+pkgs.runCommand "catenary-guest-initramfs"
+  {
+    nativeBuildInputs = [ pkgs.python3 pkgs.gzip pkgs.binutils ];
+    CATENARY_BUSYBOX = "${pkgs.pkgsStatic.busybox}/bin/busybox";
+    SOURCE_DATE_EPOCH = "0";
+    meta = {
+      description = "Catenary guest initramfs (static busybox + /init)";
+      platforms = [ "x86_64-linux" ];
+    };
+  }
+  ''
+    bash ${guestImages}/build-initramfs.sh $out
+    test -s $out/initramfs.cpio.gz
+  ''
