@@ -85,7 +85,9 @@ fn hex_field(h: &[u8], index: usize, offset: usize) -> Result<usize, CpioError> 
     let digits = &h[start..start + 8];
     let mut v: u32 = 0;
     for &d in digits {
-        let x = (d as char).to_digit(16).ok_or(CpioError::BadHeader { offset })?;
+        let x = (d as char)
+            .to_digit(16)
+            .ok_or(CpioError::BadHeader { offset })?;
         v = (v << 4) | x;
     }
     Ok(v as usize)

@@ -37,9 +37,9 @@ mod pvh;
 
 pub use cpio::{CpioError, ImageStore};
 pub use limine::{LimineModule, LimineView};
+pub use mem::{MemImage, PhysRead};
 pub use multiboot2::MULTIBOOT2_BOOTLOADER_MAGIC;
 pub use pvh::PVH_MAGIC;
-pub use mem::{MemImage, PhysRead};
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -68,7 +68,9 @@ fn limine_kind(ty: u64) -> MemoryKind {
 /// Converts an HHDM-virtual address to physical; errors if there is no HHDM or the address is
 /// below it.
 fn virt_to_phys(vaddr: u64, hhdm: Option<u64>, what: &'static str) -> Result<u64, BootError> {
-    let hhdm = hhdm.ok_or(BootError::Malformed("HHDM offset needed to convert addresses"))?;
+    let hhdm = hhdm.ok_or(BootError::Malformed(
+        "HHDM offset needed to convert addresses",
+    ))?;
     vaddr.checked_sub(hhdm).ok_or(BootError::Malformed(what))
 }
 
@@ -90,18 +92,33 @@ impl BootInfo {
             });
         }
         if view.modules.len() > MAX_MODULES {
-            return Err(BootError::TooMany { what: "modules", count: view.modules.len() as u64 });
+            return Err(BootError::TooMany {
+                what: "modules",
+                count: view.modules.len() as u64,
+            });
         }
         let mut info = BootInfo::empty(BootProtocol::Limine);
         for &(base, len, ty) in &view.memmap {
             base.checked_add(len).ok_or(BootError::AddressOverflow)?;
-            info.memory_map.push(MemoryRegion { start: base, len, kind: limine_kind(ty) });
+            info.memory_map.push(MemoryRegion {
+                start: base,
+                len,
+                kind: limine_kind(ty),
+            });
         }
         for (addr, size, path, cmdline) in &view.modules {
             let start = virt_to_phys(*addr, view.hhdm_offset, "module address below HHDM")?;
             start.checked_add(*size).ok_or(BootError::AddressOverflow)?;
-            let name = if cmdline.is_empty() { path.clone() } else { cmdline.clone() };
-            info.modules.push(Module { start, len: *size, name });
+            let name = if cmdline.is_empty() {
+                path.clone()
+            } else {
+                cmdline.clone()
+            };
+            info.modules.push(Module {
+                start,
+                len: *size,
+                name,
+            });
         }
         info.rsdp = match (view.rsdp, view.hhdm_offset) {
             (Some(a), Some(h)) if a >= h => Some(a - h),

@@ -35,7 +35,10 @@ pub struct MemImage {
 impl MemImage {
     /// A zero-filled window of `size` bytes at `base`.
     pub fn new(base: u64, size: usize) -> MemImage {
-        MemImage { base, bytes: vec![0; size] }
+        MemImage {
+            base,
+            bytes: vec![0; size],
+        }
     }
 
     /// Copies `data` to physical address `paddr`, growing the window if needed.
@@ -63,7 +66,10 @@ impl MemImage {
 
 impl PhysRead for MemImage {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), BootError> {
-        let err = BootError::Unreadable { paddr, len: buf.len() as u64 };
+        let err = BootError::Unreadable {
+            paddr,
+            len: buf.len() as u64,
+        };
         let off = paddr.checked_sub(self.base).ok_or(err.clone())?;
         let off = usize::try_from(off).map_err(|_| err.clone())?;
         let end = off.checked_add(buf.len()).ok_or(err.clone())?;
@@ -87,7 +93,10 @@ pub(crate) fn read_vec(
     max: u64,
 ) -> Result<Vec<u8>, BootError> {
     if len > max {
-        return Err(BootError::TooMany { what: "bytes", count: len });
+        return Err(BootError::TooMany {
+            what: "bytes",
+            count: len,
+        });
     }
     add(paddr, len)?;
     let mut v = vec![0u8; len as usize];

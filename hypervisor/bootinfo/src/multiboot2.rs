@@ -54,15 +54,20 @@ impl BootInfo {
     /// `BootloaderReclaimable` (it holds the RSDP copy); module ranges become
     /// `KernelAndModules`. The result is normalised.
     pub fn from_multiboot2(mbi_paddr: u64, mem: &impl PhysRead) -> Result<BootInfo, BootError> {
-        if mbi_paddr % 8 != 0 {
+        if !mbi_paddr.is_multiple_of(8) {
             return Err(BootError::Unaligned { paddr: mbi_paddr });
         }
         let total = read_u32(mem, mbi_paddr)?;
         if total > MAX_MBI_SIZE {
-            return Err(BootError::TooMany { what: "MBI bytes", count: total.into() });
+            return Err(BootError::TooMany {
+                what: "MBI bytes",
+                count: total.into(),
+            });
         }
         if total < 16 {
-            return Err(BootError::Malformed("MBI total_size smaller than header and end tag"));
+            return Err(BootError::Malformed(
+                "MBI total_size smaller than header and end tag",
+            ));
         }
         let mbi = read_vec(mem, mbi_paddr, total.into(), MAX_MBI_SIZE.into())?;
         let mut info = BootInfo::empty(BootProtocol::Multiboot2);
@@ -78,7 +83,9 @@ impl BootInfo {
                 return Err(BootError::Malformed("MBI tag smaller than its header"));
             }
             let tag_end = off.checked_add(size).ok_or(BootError::AddressOverflow)?;
-            let tag = mbi.get(off..tag_end).ok_or(BootError::Malformed("MBI tag past total_size"))?;
+            let tag = mbi
+                .get(off..tag_end)
+                .ok_or(BootError::Malformed("MBI tag past total_size"))?;
             let body = &tag[8..];
             match ty {
                 TAG_END => {
@@ -156,13 +163,18 @@ fn parse_mmap(body: &[u8]) -> Result<Vec<MemoryRegion>, BootError> {
         return Err(BootError::Malformed("memory map tag too short"));
     }
     let entry_size = le32(body, 0) as usize;
-    if entry_size < 24 || entry_size % 8 != 0 {
-        return Err(BootError::Malformed("memory map entry_size must be a multiple of 8, >= 24"));
+    if entry_size < 24 || !entry_size.is_multiple_of(8) {
+        return Err(BootError::Malformed(
+            "memory map entry_size must be a multiple of 8, >= 24",
+        ));
     }
     let entries = &body[8..];
     let count = entries.len() / entry_size;
     if count > MAX_MEMMAP_ENTRIES {
-        return Err(BootError::TooMany { what: "memory map entries", count: count as u64 });
+        return Err(BootError::TooMany {
+            what: "memory map entries",
+            count: count as u64,
+        });
     }
     if count == 0 {
         return Err(BootError::NoMemoryMap);
@@ -171,7 +183,11 @@ fn parse_mmap(body: &[u8]) -> Result<Vec<MemoryRegion>, BootError> {
     for e in entries.chunks_exact(entry_size) {
         let (base, len, ty) = (le64(e, 0), le64(e, 8), le32(e, 16));
         add(base, len)?;
-        map.push(MemoryRegion { start: base, len, kind: mb2_kind(ty) });
+        map.push(MemoryRegion {
+            start: base,
+            len,
+            kind: mb2_kind(ty),
+        });
     }
     Ok(map)
 }

@@ -36,12 +36,20 @@ pub(crate) fn normalize(map: &mut Vec<MemoryRegion>) {
             }
             i += 1;
         }
-        let Some(next) = events.get(i).map(|e| e.0) else { break };
-        let Some(top) = (0..8).rev().find(|&k| counts[k] > 0) else { continue };
+        let Some(next) = events.get(i).map(|e| e.0) else {
+            break;
+        };
+        let Some(top) = (0..8).rev().find(|&k| counts[k] > 0) else {
+            continue;
+        };
         let kind = MemoryKind::ALL[top];
         match out.last_mut() {
             Some(last) if last.kind == kind && last.end() == pos => last.len += next - pos,
-            _ => out.push(MemoryRegion { start: pos, len: next - pos, kind }),
+            _ => out.push(MemoryRegion {
+                start: pos,
+                len: next - pos,
+                kind,
+            }),
         }
     }
     *map = out;
@@ -63,11 +71,23 @@ pub(crate) fn reserve(map: &mut Vec<MemoryRegion>, start: u64, len: u64, kind: M
         }
         let (cs, ce) = (rs.max(start), re.min(end));
         if rs < cs {
-            out.push(MemoryRegion { start: rs, len: cs - rs, kind: MemoryKind::Usable });
+            out.push(MemoryRegion {
+                start: rs,
+                len: cs - rs,
+                kind: MemoryKind::Usable,
+            });
         }
-        out.push(MemoryRegion { start: cs, len: ce - cs, kind });
+        out.push(MemoryRegion {
+            start: cs,
+            len: ce - cs,
+            kind,
+        });
         if ce < re {
-            out.push(MemoryRegion { start: ce, len: re - ce, kind: MemoryKind::Usable });
+            out.push(MemoryRegion {
+                start: ce,
+                len: re - ce,
+                kind: MemoryKind::Usable,
+            });
         }
     }
     *map = out;
@@ -86,14 +106,22 @@ mod tests {
 
     #[test]
     fn sorts_and_merges() {
-        let mut m = vec![r(0x2000, 0x1000, Usable), r(0, 0x1000, Usable), r(0x1000, 0x1000, Usable)];
+        let mut m = vec![
+            r(0x2000, 0x1000, Usable),
+            r(0, 0x1000, Usable),
+            r(0x1000, 0x1000, Usable),
+        ];
         normalize(&mut m);
         assert_eq!(m, vec![r(0, 0x3000, Usable)]);
     }
 
     #[test]
     fn gap_prevents_merge_and_empty_dropped() {
-        let mut m = vec![r(0, 0x1000, Usable), r(0x2000, 0x1000, Usable), r(0x5000, 0, Reserved)];
+        let mut m = vec![
+            r(0, 0x1000, Usable),
+            r(0x2000, 0x1000, Usable),
+            r(0x5000, 0, Reserved),
+        ];
         normalize(&mut m);
         assert_eq!(m, vec![r(0, 0x1000, Usable), r(0x2000, 0x1000, Usable)]);
     }
@@ -104,7 +132,11 @@ mod tests {
         normalize(&mut m);
         assert_eq!(
             m,
-            vec![r(0, 0x4000, Usable), r(0x4000, 0x2000, Reserved), r(0x6000, 0xa000, Usable)]
+            vec![
+                r(0, 0x4000, Usable),
+                r(0x4000, 0x2000, Reserved),
+                r(0x6000, 0xa000, Usable)
+            ]
         );
         // Either order of input gives the same answer.
         let mut m2 = vec![r(0x4000, 0x2000, Reserved), r(0, 0x10000, Usable)];
@@ -120,7 +152,10 @@ mod tests {
             r(0x1000, 0x1000, Usable),
         ];
         normalize(&mut m);
-        assert_eq!(m, vec![r(0, 0x2000, AcpiReclaimable), r(0x2000, 0x3000, BadMemory)]);
+        assert_eq!(
+            m,
+            vec![r(0, 0x2000, AcpiReclaimable), r(0x2000, 0x3000, BadMemory)]
+        );
     }
 
     #[test]
@@ -132,7 +167,11 @@ mod tests {
 
     #[test]
     fn reserve_carves_only_usable() {
-        let mut m = vec![r(0, 0x4000, Usable), r(0x4000, 0x1000, AcpiNvs), r(0x5000, 0x3000, Usable)];
+        let mut m = vec![
+            r(0, 0x4000, Usable),
+            r(0x4000, 0x1000, AcpiNvs),
+            r(0x5000, 0x3000, Usable),
+        ];
         reserve(&mut m, 0x3000, 0x3000, KernelAndModules);
         assert_eq!(
             m,

@@ -51,12 +51,16 @@ impl BootInfo {
     /// marked `BootloaderReclaimable`; module ranges become `KernelAndModules`. The result is
     /// normalised.
     pub fn from_pvh(start_info_paddr: u64, mem: &impl PhysRead) -> Result<BootInfo, BootError> {
-        if start_info_paddr % 8 != 0 {
-            return Err(BootError::Unaligned { paddr: start_info_paddr });
+        if !start_info_paddr.is_multiple_of(8) {
+            return Err(BootError::Unaligned {
+                paddr: start_info_paddr,
+            });
         }
         let magic = read_u32(mem, start_info_paddr)?;
         if magic != PVH_MAGIC {
-            return Err(BootError::BadMagic { found: magic.into() });
+            return Err(BootError::BadMagic {
+                found: magic.into(),
+            });
         }
         let version = read_u32(mem, add(start_info_paddr, 4)?)?;
         let hdr_len = if version >= 1 { HEADER_V1 } else { HEADER_V0 };
@@ -73,14 +77,21 @@ impl BootInfo {
 
         let mut info = BootInfo::empty(BootProtocol::Pvh);
         info.rsdp = (rsdp_paddr != 0).then_some(rsdp_paddr);
-        info.cmdline = if cmdline_paddr != 0 { read_cstr(mem, cmdline_paddr)? } else { String::new() };
+        info.cmdline = if cmdline_paddr != 0 {
+            read_cstr(mem, cmdline_paddr)?
+        } else {
+            String::new()
+        };
 
         // Memory map.
         if memmap_paddr == 0 || memmap_entries == 0 {
             return Err(BootError::NoMemoryMap);
         }
         if memmap_entries as usize > MAX_MEMMAP_ENTRIES {
-            return Err(BootError::TooMany { what: "memory map entries", count: memmap_entries.into() });
+            return Err(BootError::TooMany {
+                what: "memory map entries",
+                count: memmap_entries.into(),
+            });
         }
         let table_len = u64::from(memmap_entries) * MEMMAP_ENTRY;
         let table = read_vec(mem, memmap_paddr, table_len, table_len)?;
@@ -88,18 +99,27 @@ impl BootInfo {
         for e in table.chunks_exact(MEMMAP_ENTRY as usize) {
             let (addr, size, ty) = (le64(e, 0), le64(e, 8), le32(e, 16));
             add(addr, size)?;
-            map.push(MemoryRegion { start: addr, len: size, kind: pvh_kind(ty) });
+            map.push(MemoryRegion {
+                start: addr,
+                len: size,
+                kind: pvh_kind(ty),
+            });
         }
         info.memory_map = map;
 
         // Modules.
         if nr_modules as usize > MAX_MODULES {
-            return Err(BootError::TooMany { what: "modules", count: nr_modules.into() });
+            return Err(BootError::TooMany {
+                what: "modules",
+                count: nr_modules.into(),
+            });
         }
         let mut reclaim = Vec::from([(start_info_paddr, hdr_len), (memmap_paddr, table_len)]);
         if nr_modules > 0 {
             if modlist_paddr == 0 {
-                return Err(BootError::Malformed("modules present but modlist_paddr is 0"));
+                return Err(BootError::Malformed(
+                    "modules present but modlist_paddr is 0",
+                ));
             }
             let list_len = u64::from(nr_modules) * MODLIST_ENTRY;
             let list = read_vec(mem, modlist_paddr, list_len, list_len)?;
@@ -107,8 +127,16 @@ impl BootInfo {
             for e in list.chunks_exact(MODLIST_ENTRY as usize) {
                 let (paddr, size, cmd) = (le64(e, 0), le64(e, 8), le64(e, 16));
                 add(paddr, size)?;
-                let name = if cmd != 0 { read_cstr(mem, cmd)? } else { String::new() };
-                info.modules.push(Module { start: paddr, len: size, name });
+                let name = if cmd != 0 {
+                    read_cstr(mem, cmd)?
+                } else {
+                    String::new()
+                };
+                info.modules.push(Module {
+                    start: paddr,
+                    len: size,
+                    name,
+                });
             }
         }
 

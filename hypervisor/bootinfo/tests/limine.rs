@@ -23,20 +23,39 @@ fn view() -> LimineView {
         hhdm_offset: Some(HHDM),
         rsdp: Some(0x7fe1_4000),
         modules: vec![
-            (HHDM + 0x118_0000, 0x5_0000, "/boot/bundle.cpio".into(), "bundle".into()),
-            (HHDM + 0x11e_0000, 0x1000, "/boot/extra".into(), String::new()),
+            (
+                HHDM + 0x118_0000,
+                0x5_0000,
+                "/boot/bundle.cpio".into(),
+                "bundle".into(),
+            ),
+            (
+                HHDM + 0x11e_0000,
+                0x1000,
+                "/boot/extra".into(),
+                String::new(),
+            ),
         ],
         cmdline: Some("console=ttyS0".into()),
         kernel_phys_base: Some(0x110_0000),
         kernel_virt_base: Some(0xffff_ffff_8000_0000),
         bootloader_name: Some("Limine".into()),
         bootloader_version: Some("9.3.0".into()),
-        framebuffer: Some(Framebuffer { addr: HHDM + 0x8000_0000, width: 800, height: 600, pitch: 3200, bpp: 32 }),
+        framebuffer: Some(Framebuffer {
+            addr: HHDM + 0x8000_0000,
+            width: 800,
+            height: 600,
+            pitch: 3200,
+            bpp: 32,
+        }),
     }
 }
 
 fn kind_at(info: &BootInfo, addr: u64) -> Option<MemoryKind> {
-    info.memory_map.iter().find(|r| r.start <= addr && addr < r.end()).map(|r| r.kind)
+    info.memory_map
+        .iter()
+        .find(|r| r.start <= addr && addr < r.end())
+        .map(|r| r.kind)
 }
 
 #[test]
@@ -66,50 +85,116 @@ fn converts_responses() {
         assert_eq!(kind_at(&info, a), Some(k), "{a:#x}");
     }
     // The last usable entry overlaps the ACPI entries (0x30000 bytes): ACPI wins.
-    assert_eq!(info.total_usable(), 0x9f000 + 0x100_0000 + 0x7ec0_0000 - 0x3_0000);
+    assert_eq!(
+        info.total_usable(),
+        0x9f000 + 0x100_0000 + 0x7ec0_0000 - 0x3_0000
+    );
 }
 
 #[test]
 fn rsdp_virtual_in_old_revisions_is_converted() {
-    let v = LimineView { rsdp: Some(HHDM + 0xf_5a40), ..view() };
+    let v = LimineView {
+        rsdp: Some(HHDM + 0xf_5a40),
+        ..view()
+    };
     assert_eq!(BootInfo::from_limine(&v).unwrap().rsdp, Some(0xf_5a40));
-    let v = LimineView { rsdp: Some(0), ..view() };
+    let v = LimineView {
+        rsdp: Some(0),
+        ..view()
+    };
     assert_eq!(BootInfo::from_limine(&v).unwrap().rsdp, None);
-    let v = LimineView { rsdp: None, ..view() };
+    let v = LimineView {
+        rsdp: None,
+        ..view()
+    };
     assert_eq!(BootInfo::from_limine(&v).unwrap().rsdp, None);
     // Without an HHDM a (physical) RSDP passes through.
-    let v = LimineView { hhdm_offset: None, modules: vec![], framebuffer: None, ..view() };
+    let v = LimineView {
+        hhdm_offset: None,
+        modules: vec![],
+        framebuffer: None,
+        ..view()
+    };
     assert_eq!(BootInfo::from_limine(&v).unwrap().rsdp, Some(0x7fe1_4000));
 }
 
 #[test]
 fn minimal_view() {
-    let v = LimineView { base_revision_supported: true, memmap: vec![(0x10_0000, 0x10_0000, 0)], ..Default::default() };
+    let v = LimineView {
+        base_revision_supported: true,
+        memmap: vec![(0x10_0000, 0x10_0000, 0)],
+        ..Default::default()
+    };
     let info = BootInfo::from_limine(&v).unwrap();
     assert_eq!(info.cmdline, "");
     assert_eq!(info.bootloader, None);
-    assert_eq!(info.usable_frames().collect::<Vec<_>>(), vec![(0x10_0000, 0x10_0000)]);
+    assert_eq!(
+        info.usable_frames().collect::<Vec<_>>(),
+        vec![(0x10_0000, 0x10_0000)]
+    );
 }
 
 #[test]
 fn errors() {
-    let v = LimineView { base_revision_supported: false, ..view() };
-    assert_eq!(BootInfo::from_limine(&v), Err(BootError::UnsupportedRevision));
-    let v = LimineView { memmap: vec![], ..view() };
+    let v = LimineView {
+        base_revision_supported: false,
+        ..view()
+    };
+    assert_eq!(
+        BootInfo::from_limine(&v),
+        Err(BootError::UnsupportedRevision)
+    );
+    let v = LimineView {
+        memmap: vec![],
+        ..view()
+    };
     assert_eq!(BootInfo::from_limine(&v), Err(BootError::NoMemoryMap));
-    let v = LimineView { memmap: vec![(0, 0x1000, 0); 5000], ..view() };
-    assert!(matches!(BootInfo::from_limine(&v), Err(BootError::TooMany { .. })));
-    let v = LimineView { memmap: vec![(u64::MAX, 2, 0)], ..view() };
+    let v = LimineView {
+        memmap: vec![(0, 0x1000, 0); 5000],
+        ..view()
+    };
+    assert!(matches!(
+        BootInfo::from_limine(&v),
+        Err(BootError::TooMany { .. })
+    ));
+    let v = LimineView {
+        memmap: vec![(u64::MAX, 2, 0)],
+        ..view()
+    };
     assert_eq!(BootInfo::from_limine(&v), Err(BootError::AddressOverflow));
-    let v = LimineView { modules: vec![(0x1000, 0x1000, String::new(), String::new())], ..view() };
-    assert!(matches!(BootInfo::from_limine(&v), Err(BootError::Malformed(_))));
-    let v = LimineView { modules: vec![(u64::MAX, 0x1000, String::new(), String::new())], hhdm_offset: Some(0), ..view() };
+    let v = LimineView {
+        modules: vec![(0x1000, 0x1000, String::new(), String::new())],
+        ..view()
+    };
+    assert!(matches!(
+        BootInfo::from_limine(&v),
+        Err(BootError::Malformed(_))
+    ));
+    let v = LimineView {
+        modules: vec![(u64::MAX, 0x1000, String::new(), String::new())],
+        hhdm_offset: Some(0),
+        ..view()
+    };
     assert_eq!(BootInfo::from_limine(&v), Err(BootError::AddressOverflow));
-    let v = LimineView { hhdm_offset: None, ..view() };
-    assert!(matches!(BootInfo::from_limine(&v), Err(BootError::Malformed(_))));
-    let many = (0..300).map(|i| (HHDM + i * 0x1000, 0x1000, String::new(), String::new())).collect();
-    let v = LimineView { modules: many, ..view() };
-    assert!(matches!(BootInfo::from_limine(&v), Err(BootError::TooMany { .. })));
+    let v = LimineView {
+        hhdm_offset: None,
+        ..view()
+    };
+    assert!(matches!(
+        BootInfo::from_limine(&v),
+        Err(BootError::Malformed(_))
+    ));
+    let many = (0..300)
+        .map(|i| (HHDM + i * 0x1000, 0x1000, String::new(), String::new()))
+        .collect();
+    let v = LimineView {
+        modules: many,
+        ..view()
+    };
+    assert!(matches!(
+        BootInfo::from_limine(&v),
+        Err(BootError::TooMany { .. })
+    ));
 }
 
 #[test]
@@ -121,14 +206,31 @@ fn kernel_range_reservation_and_idempotent_normalize() {
     // A kernel range straddling usable and already-reserved memory: only usable parts change.
     info.reserve(0x0f_f000, 0x3000, MemoryKind::KernelAndModules);
     assert_eq!(kind_at(&info, 0x0f_f000), None); // hole stays a hole
-    assert_eq!(kind_at(&info, 0x10_0000), Some(MemoryKind::KernelAndModules));
-    assert_eq!(kind_at(&info, 0x10_1000), Some(MemoryKind::KernelAndModules));
+    assert_eq!(
+        kind_at(&info, 0x10_0000),
+        Some(MemoryKind::KernelAndModules)
+    );
+    assert_eq!(
+        kind_at(&info, 0x10_1000),
+        Some(MemoryKind::KernelAndModules)
+    );
     assert_eq!(kind_at(&info, 0x10_2000), Some(MemoryKind::Usable));
     assert_eq!(info.total_usable(), before.total_usable() - 0x2000);
     // Unaligned usable edges are trimmed to whole pages.
-    let v = LimineView { base_revision_supported: true, memmap: vec![(0x1234, 0x3000, 0)], ..Default::default() };
+    let v = LimineView {
+        base_revision_supported: true,
+        memmap: vec![(0x1234, 0x3000, 0)],
+        ..Default::default()
+    };
     let info = BootInfo::from_limine(&v).unwrap();
-    assert_eq!(info.usable_frames().collect::<Vec<_>>(), vec![(0x2000, 0x2000)]);
-    let v = LimineView { base_revision_supported: true, memmap: vec![(0x1001, 0x1000, 0)], ..Default::default() };
+    assert_eq!(
+        info.usable_frames().collect::<Vec<_>>(),
+        vec![(0x2000, 0x2000)]
+    );
+    let v = LimineView {
+        base_revision_supported: true,
+        memmap: vec![(0x1001, 0x1000, 0)],
+        ..Default::default()
+    };
     assert_eq!(BootInfo::from_limine(&v).unwrap().total_usable(), 0);
 }

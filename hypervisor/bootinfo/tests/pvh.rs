@@ -1,6 +1,8 @@
 //! PVH `hvm_start_info` parsing against synthetic memory.
 
-use catenary_bootinfo::{BootError, BootInfo, BootProtocol, MemImage, MemoryKind, MemoryRegion, PVH_MAGIC};
+use catenary_bootinfo::{
+    BootError, BootInfo, BootProtocol, MemImage, MemoryKind, MemoryRegion, PVH_MAGIC,
+};
 
 const SI: u64 = 0x1000;
 const MEMMAP: u64 = 0x2000;
@@ -22,7 +24,10 @@ impl Default for Pvh {
             version: 1,
             cmdline: Some(b"console=ttyS0 loglevel=debug\0"),
             rsdp: 0xf5a40,
-            modules: vec![(0x20_0000, 0x1_2345, "bundle.cpio"), (0x30_0000, 0x1000, "")],
+            modules: vec![
+                (0x20_0000, 0x1_2345, "bundle.cpio"),
+                (0x30_0000, 0x1000, ""),
+            ],
             memmap: vec![
                 (0, 0x9fc00, 1),
                 (0x9fc00, 0x400, 2),
@@ -71,7 +76,10 @@ impl Pvh {
 }
 
 fn kind_at(info: &BootInfo, addr: u64) -> Option<MemoryKind> {
-    info.memory_map.iter().find(|r| r.start <= addr && addr < r.end()).map(|r| r.kind)
+    info.memory_map
+        .iter()
+        .find(|r| r.start <= addr && addr < r.end())
+        .map(|r| r.kind)
 }
 
 #[test]
@@ -86,13 +94,28 @@ fn parses_qemu_like_start_info() {
     assert_eq!(info.modules[0].name, "bundle.cpio");
     assert_eq!(info.modules[1].name, "");
     // Modules carved out of usable memory, boot structures reclaimable.
-    assert_eq!(kind_at(&info, 0x20_0000), Some(MemoryKind::KernelAndModules));
-    assert_eq!(kind_at(&info, 0x21_2344), Some(MemoryKind::KernelAndModules));
+    assert_eq!(
+        kind_at(&info, 0x20_0000),
+        Some(MemoryKind::KernelAndModules)
+    );
+    assert_eq!(
+        kind_at(&info, 0x21_2344),
+        Some(MemoryKind::KernelAndModules)
+    );
     assert_eq!(kind_at(&info, 0x21_3000), Some(MemoryKind::Usable));
     assert_eq!(kind_at(&info, SI), Some(MemoryKind::BootloaderReclaimable));
-    assert_eq!(kind_at(&info, MEMMAP), Some(MemoryKind::BootloaderReclaimable));
-    assert_eq!(kind_at(&info, MODLIST), Some(MemoryKind::BootloaderReclaimable));
-    assert_eq!(kind_at(&info, 0x7ff0_0000), Some(MemoryKind::AcpiReclaimable));
+    assert_eq!(
+        kind_at(&info, MEMMAP),
+        Some(MemoryKind::BootloaderReclaimable)
+    );
+    assert_eq!(
+        kind_at(&info, MODLIST),
+        Some(MemoryKind::BootloaderReclaimable)
+    );
+    assert_eq!(
+        kind_at(&info, 0x7ff0_0000),
+        Some(MemoryKind::AcpiReclaimable)
+    );
     // Normalised: sorted, disjoint.
     for w in info.memory_map.windows(2) {
         assert!(w[0].end() <= w[1].start);
@@ -106,12 +129,20 @@ fn parses_qemu_like_start_info() {
     let usable: u64 = info.usable_frames().map(|(_, l)| l).sum();
     assert_eq!(usable, info.total_usable());
     // 0..0x9f000 minus 3 boot-structure pages, plus 0x100000..0x7ff00000 minus 0x14000 of modules.
-    assert_eq!(info.total_usable(), (0x9f000 - 0x3000) + (0x7fe0_0000 - 0x13000 - 0x1000));
+    assert_eq!(
+        info.total_usable(),
+        (0x9f000 - 0x3000) + (0x7fe0_0000 - 0x13000 - 0x1000)
+    );
 }
 
 #[test]
 fn no_cmdline_no_modules_no_rsdp() {
-    let p = Pvh { cmdline: None, rsdp: 0, modules: vec![], ..Pvh::default() };
+    let p = Pvh {
+        cmdline: None,
+        rsdp: 0,
+        modules: vec![],
+        ..Pvh::default()
+    };
     let info = BootInfo::from_pvh(SI, &p.build()).unwrap();
     assert_eq!(info.cmdline, "");
     assert_eq!(info.rsdp, None);
@@ -120,7 +151,10 @@ fn no_cmdline_no_modules_no_rsdp() {
 
 #[test]
 fn invalid_utf8_cmdline_is_lossy() {
-    let p = Pvh { cmdline: Some(b"a\xffb\0"), ..Pvh::default() };
+    let p = Pvh {
+        cmdline: Some(b"a\xffb\0"),
+        ..Pvh::default()
+    };
     let info = BootInfo::from_pvh(SI, &p.build()).unwrap();
     assert_eq!(info.cmdline, "a\u{fffd}b");
 }
@@ -129,15 +163,27 @@ fn invalid_utf8_cmdline_is_lossy() {
 fn bad_magic() {
     let mut m = Pvh::default().build();
     m.write_u32(SI, 0x1234_5678);
-    assert_eq!(BootInfo::from_pvh(SI, &m), Err(BootError::BadMagic { found: 0x1234_5678 }));
+    assert_eq!(
+        BootInfo::from_pvh(SI, &m),
+        Err(BootError::BadMagic { found: 0x1234_5678 })
+    );
 }
 
 #[test]
 fn unaligned_and_unreadable() {
     let m = Pvh::default().build();
-    assert_eq!(BootInfo::from_pvh(SI + 4, &m), Err(BootError::Unaligned { paddr: SI + 4 }));
-    assert!(matches!(BootInfo::from_pvh(0x100_0000, &m), Err(BootError::Unreadable { .. })));
-    assert!(matches!(BootInfo::from_pvh(u64::MAX - 7, &m), Err(BootError::Unreadable { .. })));
+    assert_eq!(
+        BootInfo::from_pvh(SI + 4, &m),
+        Err(BootError::Unaligned { paddr: SI + 4 })
+    );
+    assert!(matches!(
+        BootInfo::from_pvh(0x100_0000, &m),
+        Err(BootError::Unreadable { .. })
+    ));
+    assert!(matches!(
+        BootInfo::from_pvh(u64::MAX - 7, &m),
+        Err(BootError::Unreadable { .. })
+    ));
 }
 
 #[test]
@@ -146,18 +192,27 @@ fn truncated_structures() {
     // Header cut off after the magic and version.
     let mut m = full.clone();
     m.bytes.truncate(16);
-    assert!(matches!(BootInfo::from_pvh(SI, &m), Err(BootError::Unreadable { .. })));
+    assert!(matches!(
+        BootInfo::from_pvh(SI, &m),
+        Err(BootError::Unreadable { .. })
+    ));
     // Memory map claims more entries than exist in readable memory.
     let mut m = full.clone();
     m.write_u32(SI + 48, 1000);
     m.bytes.truncate((MEMMAP - SI + 24 * 10) as usize);
-    assert!(matches!(BootInfo::from_pvh(SI, &m), Err(BootError::Unreadable { .. })));
+    assert!(matches!(
+        BootInfo::from_pvh(SI, &m),
+        Err(BootError::Unreadable { .. })
+    ));
     // Command line without a NUL running into the end of memory.
     let mut m = full;
     let end = m.base + m.bytes.len() as u64;
     m.write_u64(SI + 24, end - 3);
     m.write(end - 3, b"abc");
-    assert!(matches!(BootInfo::from_pvh(SI, &m), Err(BootError::Unreadable { .. })));
+    assert!(matches!(
+        BootInfo::from_pvh(SI, &m),
+        Err(BootError::Unreadable { .. })
+    ));
 }
 
 #[test]
@@ -165,7 +220,10 @@ fn overlong_cmdline() {
     let mut m = Pvh::default().build();
     m.write(CMDLINE, &vec![b'x'; 5000]);
     m.write(CMDLINE + 5000, &[0]);
-    assert_eq!(BootInfo::from_pvh(SI, &m), Err(BootError::StringTooLong { paddr: CMDLINE }));
+    assert_eq!(
+        BootInfo::from_pvh(SI, &m),
+        Err(BootError::StringTooLong { paddr: CMDLINE })
+    );
     // Exactly the maximum is fine.
     let mut m = Pvh::default().build();
     m.write(CMDLINE, &vec![b'y'; 4096]);
@@ -177,36 +235,74 @@ fn overlong_cmdline() {
 fn huge_counts_rejected() {
     let mut m = Pvh::default().build();
     m.write_u32(SI + 48, u32::MAX);
-    assert!(matches!(BootInfo::from_pvh(SI, &m), Err(BootError::TooMany { .. })));
+    assert!(matches!(
+        BootInfo::from_pvh(SI, &m),
+        Err(BootError::TooMany { .. })
+    ));
     let mut m = Pvh::default().build();
     m.write_u32(SI + 12, 100_000);
-    assert!(matches!(BootInfo::from_pvh(SI, &m), Err(BootError::TooMany { .. })));
+    assert!(matches!(
+        BootInfo::from_pvh(SI, &m),
+        Err(BootError::TooMany { .. })
+    ));
 }
 
 #[test]
 fn missing_memory_map() {
-    let p = Pvh { version: 0, ..Pvh::default() };
-    assert_eq!(BootInfo::from_pvh(SI, &p.build()), Err(BootError::NoMemoryMap));
-    let p = Pvh { memmap: vec![], ..Pvh::default() };
-    assert_eq!(BootInfo::from_pvh(SI, &p.build()), Err(BootError::NoMemoryMap));
+    let p = Pvh {
+        version: 0,
+        ..Pvh::default()
+    };
+    assert_eq!(
+        BootInfo::from_pvh(SI, &p.build()),
+        Err(BootError::NoMemoryMap)
+    );
+    let p = Pvh {
+        memmap: vec![],
+        ..Pvh::default()
+    };
+    assert_eq!(
+        BootInfo::from_pvh(SI, &p.build()),
+        Err(BootError::NoMemoryMap)
+    );
 }
 
 #[test]
 fn overflowing_entries_rejected() {
-    let p = Pvh { memmap: vec![(u64::MAX - 10, 100, 1)], ..Pvh::default() };
-    assert_eq!(BootInfo::from_pvh(SI, &p.build()), Err(BootError::AddressOverflow));
-    let p = Pvh { modules: vec![(u64::MAX, 2, "x")], ..Pvh::default() };
-    assert_eq!(BootInfo::from_pvh(SI, &p.build()), Err(BootError::AddressOverflow));
+    let p = Pvh {
+        memmap: vec![(u64::MAX - 10, 100, 1)],
+        ..Pvh::default()
+    };
+    assert_eq!(
+        BootInfo::from_pvh(SI, &p.build()),
+        Err(BootError::AddressOverflow)
+    );
+    let p = Pvh {
+        modules: vec![(u64::MAX, 2, "x")],
+        ..Pvh::default()
+    };
+    assert_eq!(
+        BootInfo::from_pvh(SI, &p.build()),
+        Err(BootError::AddressOverflow)
+    );
     let mut m = Pvh::default().build();
     m.write_u64(SI + 16, 0);
-    assert!(matches!(BootInfo::from_pvh(SI, &m), Err(BootError::Malformed(_))));
+    assert!(matches!(
+        BootInfo::from_pvh(SI, &m),
+        Err(BootError::Malformed(_))
+    ));
 }
 
 #[test]
 fn overlapping_firmware_regions_resolved() {
     let p = Pvh {
         modules: vec![],
-        memmap: vec![(0x10_0000, 0x100_0000, 1), (0x80_0000, 0x1000, 2), (0x7f_f000, 0x3000, 4), (0x10_0000, 0x1000, 1)],
+        memmap: vec![
+            (0x10_0000, 0x100_0000, 1),
+            (0x80_0000, 0x1000, 2),
+            (0x7f_f000, 0x3000, 4),
+            (0x10_0000, 0x1000, 1),
+        ],
         ..Pvh::default()
     };
     let info = BootInfo::from_pvh(SI, &p.build()).unwrap();
@@ -214,12 +310,32 @@ fn overlapping_firmware_regions_resolved() {
         info.memory_map,
         vec![
             // Boot structures lie outside usable memory here, so nothing is carved for them.
-            MemoryRegion { start: 0x10_0000, len: 0x6f_f000, kind: MemoryKind::Usable },
-            MemoryRegion { start: 0x7f_f000, len: 0x1000, kind: MemoryKind::AcpiNvs },
+            MemoryRegion {
+                start: 0x10_0000,
+                len: 0x6f_f000,
+                kind: MemoryKind::Usable
+            },
+            MemoryRegion {
+                start: 0x7f_f000,
+                len: 0x1000,
+                kind: MemoryKind::AcpiNvs
+            },
             // Reserved has higher precedence than ACPI NVS.
-            MemoryRegion { start: 0x80_0000, len: 0x1000, kind: MemoryKind::Reserved },
-            MemoryRegion { start: 0x80_1000, len: 0x1000, kind: MemoryKind::AcpiNvs },
-            MemoryRegion { start: 0x80_2000, len: 0x8f_e000, kind: MemoryKind::Usable },
+            MemoryRegion {
+                start: 0x80_0000,
+                len: 0x1000,
+                kind: MemoryKind::Reserved
+            },
+            MemoryRegion {
+                start: 0x80_1000,
+                len: 0x1000,
+                kind: MemoryKind::AcpiNvs
+            },
+            MemoryRegion {
+                start: 0x80_2000,
+                len: 0x8f_e000,
+                kind: MemoryKind::Usable
+            },
         ]
     );
 }

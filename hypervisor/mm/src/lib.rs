@@ -40,12 +40,16 @@ pub struct PhysFrame {
 impl PhysFrame {
     /// The frame starting at `paddr`, or `None` if `paddr` is not page-aligned.
     pub fn from_start(paddr: u64) -> Option<PhysFrame> {
-        (paddr % PAGE_SIZE == 0).then_some(PhysFrame { start: paddr })
+        paddr
+            .is_multiple_of(PAGE_SIZE)
+            .then_some(PhysFrame { start: paddr })
     }
 
     /// The frame containing `paddr`.
     pub fn containing(paddr: u64) -> PhysFrame {
-        PhysFrame { start: paddr & !(PAGE_SIZE - 1) }
+        PhysFrame {
+            start: paddr & !(PAGE_SIZE - 1),
+        }
     }
 
     /// Physical address of the first byte.
@@ -223,7 +227,10 @@ impl FrameAllocator {
     /// ranges; partial frames at the edges are dropped) minus every frame touching a `reserved`
     /// range. Ranges may be unsorted and overlapping; lengths running past the end of the
     /// address space are clamped. All managed frames start free.
-    pub fn new(usable: &[(u64, u64)], reserved: &[(u64, u64)]) -> Result<FrameAllocator, InitError> {
+    pub fn new(
+        usable: &[(u64, u64)],
+        reserved: &[(u64, u64)],
+    ) -> Result<FrameAllocator, InitError> {
         let mut ranges: Vec<(u64, u64)> = usable
             .iter()
             .map(|&(start, len)| {
@@ -247,9 +254,19 @@ impl FrameAllocator {
         let mut bitmap = Vec::new();
         bitmap
             .try_reserve_exact(words)
-            .map_err(|_| InitError::OutOfHeap { bytes: words as u64 * 8 })?;
+            .map_err(|_| InitError::OutOfHeap {
+                bytes: words as u64 * 8,
+            })?;
         bitmap.resize(words, u64::MAX);
-        let mut fa = FrameAllocator { base, nframes, bitmap, ranges, total: 0, free: 0, hint: 0 };
+        let mut fa = FrameAllocator {
+            base,
+            nframes,
+            bitmap,
+            ranges,
+            total: 0,
+            free: 0,
+            hint: 0,
+        };
         for i in 0..fa.ranges.len() {
             let (a, b) = fa.ranges[i];
             fa.clear_bits(a - base, b - base);
@@ -262,7 +279,10 @@ impl FrameAllocator {
     /// Builds an allocator from the usable memory of a (normalised) [`BootInfo`] memory map,
     /// minus `reserved`. Note the map's module ranges are already excluded (they are
     /// `KernelAndModules`); pass the kernel image, the first MiB and anything else to keep.
-    pub fn from_boot_info(info: &BootInfo, reserved: &[(u64, u64)]) -> Result<FrameAllocator, InitError> {
+    pub fn from_boot_info(
+        info: &BootInfo,
+        reserved: &[(u64, u64)],
+    ) -> Result<FrameAllocator, InitError> {
         let usable: Vec<(u64, u64)> = info.usable_frames().collect();
         FrameAllocator::new(&usable, reserved)
     }
@@ -300,7 +320,9 @@ impl FrameAllocator {
         }
         let mut pos = 0;
         loop {
-            let f = self.find_clear(pos, self.nframes).ok_or(AllocError::OutOfMemory)?;
+            let f = self
+                .find_clear(pos, self.nframes)
+                .ok_or(AllocError::OutOfMemory)?;
             let frame = self.base + f;
             let aligned = frame
                 .checked_add(align_frames - 1)
@@ -331,7 +353,7 @@ impl FrameAllocator {
     /// Frees `count` contiguous frames starting at `paddr`. All frames are checked before any is
     /// freed: on error nothing changes.
     pub fn free_contiguous(&mut self, paddr: u64, count: u64) -> Result<(), FreeError> {
-        if paddr % PAGE_SIZE != 0 {
+        if !paddr.is_multiple_of(PAGE_SIZE) {
             return Err(FreeError::Unaligned { paddr });
         }
         if count == 0 {
@@ -345,14 +367,18 @@ impl FrameAllocator {
         match self.ranges.get(idx) {
             Some(&(a, b)) if a <= first => {
                 if end > b {
-                    return Err(FreeError::Foreign { paddr: b << FRAME_SHIFT });
+                    return Err(FreeError::Foreign {
+                        paddr: b << FRAME_SHIFT,
+                    });
                 }
             }
             _ => return Err(FreeError::Foreign { paddr }),
         }
         let (i, j) = (first - self.base, end - self.base);
         if let Some(k) = self.find_clear(i, j) {
-            return Err(FreeError::DoubleFree { paddr: (self.base + k) << FRAME_SHIFT });
+            return Err(FreeError::DoubleFree {
+                paddr: (self.base + k) << FRAME_SHIFT,
+            });
         }
         self.clear_bits(i, j);
         self.free += count;
@@ -373,12 +399,18 @@ impl FrameAllocator {
 
     /// Current frame counts.
     pub fn stats(&self) -> FrameStats {
-        FrameStats { total: self.total, free: self.free, used: self.total - self.free }
+        FrameStats {
+            total: self.total,
+            free: self.free,
+            used: self.total - self.free,
+        }
     }
 
     /// The managed physical ranges as `(start, len)` byte pairs, sorted.
     pub fn managed_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.ranges.iter().map(|&(a, b)| (a << FRAME_SHIFT, (b - a) << FRAME_SHIFT))
+        self.ranges
+            .iter()
+            .map(|&(a, b)| (a << FRAME_SHIFT, (b - a) << FRAME_SHIFT))
     }
 
     // ---- bitmap helpers (indices relative to `base`, `[a, b)` within `0..=nframes`) ----
