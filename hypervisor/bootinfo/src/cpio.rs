@@ -54,7 +54,7 @@ pub enum CpioError {
         /// Offset of the second entry.
         offset: usize,
     },
-    /// More than [`MAX_ENTRIES`] entries.
+    /// More than `MAX_ENTRIES` (65536) entries.
     TooManyEntries,
 }
 

@@ -189,4 +189,49 @@ mod tests {
         reserve(&mut m, 0x1000, 0, KernelAndModules);
         assert_eq!(m, before);
     }
+    /// Random maps: the normalised map must be sorted, disjoint, merged, and give every probed
+    /// address the highest-precedence kind among the input regions covering it.
+    #[test]
+    fn randomised_against_model() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..500 {
+            let input: Vec<MemoryRegion> = (0..1 + rnd(12))
+                .map(|_| {
+                    r(
+                        rnd(64) * 0x100,
+                        rnd(32) * 0x100,
+                        MemoryKind::ALL[rnd(8) as usize],
+                    )
+                })
+                .collect();
+            let mut m = input.clone();
+            normalize(&mut m);
+            for w in m.windows(2) {
+                assert!(w[0].end() <= w[1].start);
+                assert!(!(w[0].end() == w[1].start && w[0].kind == w[1].kind));
+            }
+            assert!(m.iter().all(|r| r.len > 0));
+            for probe in (0..0x6000).step_by(0x80) {
+                let want = input
+                    .iter()
+                    .filter(|r| r.start <= probe && probe < r.end())
+                    .map(|r| r.kind)
+                    .max_by_key(|k| k.precedence());
+                let got = m
+                    .iter()
+                    .find(|r| r.start <= probe && probe < r.end())
+                    .map(|r| r.kind);
+                assert_eq!(got, want, "probe {probe:#x} input {input:?}");
+            }
+            let again = m.clone();
+            normalize(&mut m);
+            assert_eq!(m, again, "idempotent");
+        }
+    }
 }
