@@ -1,3 +1,11 @@
 #![no_std]
 #![forbid(unsafe_code)]
-//! catenary-vmm: device model (filled in by the VMM work).
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod cpu;
+pub mod devices;
+pub mod insn;
+pub mod mem;
+pub mod paging;
