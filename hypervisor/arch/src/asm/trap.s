@@ -1,0 +1,100 @@
+// Interrupt/exception entry stubs for all 256 vectors. Every IDT gate runs on an IST stack
+// (the precompiled core uses the red zone), so a stub never lands on the interrupted stack.
+// The stub pushes a dummy error code where the CPU pushes none, then the vector, then all
+// GPRs, and saves the FPU/SSE state (Rust handlers may use SSE) before calling Rust with a
+// pointer to the TrapFrame, which the handler may modify (fault recovery, context switch).
+.section .text.trap, "ax"
+
+.macro TRAP_NOERR vec
+    .balign 16
+    push 0
+    push \vec
+    jmp trap_common
+.endm
+.macro TRAP_ERR vec
+    .balign 16
+    push \vec
+    jmp trap_common
+.endm
+
+.balign 16
+.global arch_trap_stubs
+arch_trap_stubs:
+.set v, 0
+.rept 256
+    .if (v == 8) || (v == 10) || (v == 11) || (v == 12) || (v == 13) || (v == 14) || (v == 17) || (v == 21) || (v == 29) || (v == 30)
+        TRAP_ERR v
+    .else
+        TRAP_NOERR v
+    .endif
+    .set v, v + 1
+.endr
+
+trap_common:
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    cld
+    mov rbx, rsp                 // rbx = &mut TrapFrame (callee-saved)
+    and rsp, ~0xf
+    sub rsp, 512
+    fxsave64 [rsp]
+    mov rdi, rbx
+    call arch_trap_dispatch
+    fxrstor64 [rsp]
+    mov rsp, rbx
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16                  // vector + error code
+    iretq
+
+// ---- fault-recovering probes (used by tests and by code that touches untrusted addresses)
+// u64 arch_probe_read(addr) -> rax = byte, rdx = 0 on success / 1 after a recovered fault
+.global arch_probe_read
+.global arch_probe_read_insn
+.global arch_probe_write
+.global arch_probe_write_insn
+.global arch_probe_exec
+.global arch_probe_resume
+arch_probe_read:
+    xor edx, edx
+    xor eax, eax
+arch_probe_read_insn:
+    movzx eax, byte ptr [rdi]
+    jmp arch_probe_resume
+arch_probe_write:
+    xor edx, edx
+    mov eax, esi
+arch_probe_write_insn:
+    mov byte ptr [rdi], al
+    jmp arch_probe_resume
+arch_probe_exec:
+    xor edx, edx
+    call rdi
+arch_probe_resume:
+    ret

@@ -1,0 +1,138 @@
+//! Control registers, MSRs, TSC, CPUID, interrupt flag, halting.
+
+use x86_64::registers::control::{Cr0, Cr2, Cr3, Cr4};
+use x86_64::registers::model_specific::Msr;
+
+pub fn read_cr0() -> u64 {
+    Cr0::read_raw()
+}
+pub fn read_cr2() -> u64 {
+    Cr2::read_raw()
+}
+pub fn read_cr3() -> u64 {
+    Cr3::read_raw().0.start_address().as_u64() | Cr3::read_raw().1 as u64
+}
+pub fn read_cr4() -> u64 {
+    Cr4::read_raw()
+}
+
+/// OR bits into CR4 (never overwrite: firmware may have set bits we must keep).
+pub fn cr4_set(bits: u64) {
+    // SAFETY: callers only set feature-enable bits the CPU advertises (checked by the caller).
+    unsafe { Cr4::write_raw(Cr4::read_raw() | bits) }
+}
+
+pub fn rdmsr(msr: u32) -> u64 {
+    // SAFETY: reading an MSR has no memory effect; callers only read MSRs that exist.
+    unsafe { Msr::new(msr).read() }
+}
+
+/// # Safety
+/// Writing MSRs can change paging, syscall entry points and more: the caller guarantees the
+/// value is valid for that MSR and keeps the machine's invariants.
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { Msr::new(msr).write(value) }
+}
+
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+pub fn enable_interrupts() {
+    x86_64::instructions::interrupts::enable();
+}
+pub fn disable_interrupts() {
+    x86_64::instructions::interrupts::disable();
+}
+pub fn interrupts_enabled() -> bool {
+    x86_64::instructions::interrupts::are_enabled()
+}
+pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(f)
+}
+
+/// Halt until the next interrupt (interrupts enabled atomically with `sti; hlt`).
+pub fn wait_for_interrupt() {
+    x86_64::instructions::interrupts::enable_and_hlt();
+}
+
+/// Stop this CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        disable_interrupts();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// CPU features the kernel reports and relies on.
+#[derive(Debug, Clone)]
+pub struct CpuFeatures {
+    pub vendor: alloc::string::String,
+    pub brand: alloc::string::String,
+    pub family: u8,
+    pub model: u8,
+    pub svm: bool,
+    pub npt: bool,
+    pub nrips: bool,
+    pub svm_asids: u32,
+    pub vmx: bool,
+    pub ept: bool,
+    pub x2apic: bool,
+    pub nx: bool,
+    pub pdpe1gb: bool,
+    pub invariant_tsc: bool,
+    pub tsc_deadline: bool,
+    pub hypervisor: bool,
+    pub smep: bool,
+    pub smap: bool,
+    pub xsave: bool,
+}
+
+pub fn features() -> CpuFeatures {
+    use raw_cpuid::CpuId;
+    let c = CpuId::new();
+    let vendor = c.get_vendor_info().map(|v| alloc::string::String::from(v.as_str())).unwrap_or_default();
+    let brand = c
+        .get_processor_brand_string()
+        .map(|b| alloc::string::String::from(b.as_str().trim()))
+        .unwrap_or_default();
+    let fi = c.get_feature_info();
+    let ext = c.get_extended_processor_and_feature_identifiers();
+    let svm = ext.as_ref().map(|e| e.has_svm()).unwrap_or(false);
+    let svm_info = if svm { c.get_svm_info() } else { None };
+    let vmx = fi.as_ref().map(|f| f.has_vmx()).unwrap_or(false);
+    // EPT: IA32_VMX_PROCBASED_CTLS2 allowed-1 bit 1, only readable when secondary controls exist.
+    let ept = vmx && {
+        let proc = rdmsr(0x482); // IA32_VMX_PROCBASED_CTLS
+        (proc >> 63) & 1 == 1 && (rdmsr(0x48b) >> 33) & 1 == 1
+    };
+    let efi = c.get_extended_feature_info();
+    CpuFeatures {
+        vendor,
+        brand,
+        family: fi.as_ref().map(|f| f.family_id()).unwrap_or(0),
+        model: fi.as_ref().map(|f| f.model_id()).unwrap_or(0),
+        svm,
+        npt: svm_info.as_ref().map(|s| s.has_nested_paging()).unwrap_or(false),
+        nrips: svm_info.as_ref().map(|s| s.has_nrip()).unwrap_or(false),
+        svm_asids: svm_info.as_ref().map(|s| s.supported_asids()).unwrap_or(0),
+        vmx,
+        ept,
+        x2apic: fi.as_ref().map(|f| f.has_x2apic()).unwrap_or(false),
+        nx: ext.as_ref().map(|e| e.has_execute_disable()).unwrap_or(false),
+        pdpe1gb: ext.as_ref().map(|e| e.has_1gib_pages()).unwrap_or(false),
+        invariant_tsc: c.get_advanced_power_mgmt_info().map(|a| a.has_invariant_tsc()).unwrap_or(false),
+        tsc_deadline: fi.as_ref().map(|f| f.has_tsc_deadline()).unwrap_or(false),
+        hypervisor: fi.as_ref().map(|f| f.has_hypervisor()).unwrap_or(false),
+        smep: efi.as_ref().map(|e| e.has_smep()).unwrap_or(false),
+        smap: efi.as_ref().map(|e| e.has_smap()).unwrap_or(false),
+        xsave: fi.as_ref().map(|f| f.has_xsave()).unwrap_or(false),
+    }
+}

@@ -1,0 +1,88 @@
+//! Per-CPU GDT and TSS. Every IDT gate uses an IST stack (the precompiled `core` uses the
+//! red zone, so an interrupt must never push onto the interrupted stack):
+//! IST1 exceptions, IST2 device interrupts, IST3 double fault, IST4 NMI, IST5 machine check.
+//! Each IST stack has an unmapped guard page below it (see `paging::guard_pages`).
+
+use alloc::boxed::Box;
+use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::VirtAddr;
+
+pub const IST_EXCEPTION: u16 = 1;
+pub const IST_IRQ: u16 = 2;
+pub const IST_DOUBLE_FAULT: u16 = 3;
+pub const IST_NMI: u16 = 4;
+pub const IST_MACHINE_CHECK: u16 = 5;
+
+pub const IST_STACK_SIZE: usize = 32 * 1024;
+
+/// A stack with its guard page directly below it.
+#[repr(C, align(4096))]
+pub struct GuardedStack {
+    pub guard: [u8; 4096],
+    pub stack: [u8; IST_STACK_SIZE],
+}
+
+/// The boot CPU's IST stacks live in .bss so traps work before the frame allocator exists.
+static mut BSP_IST: [GuardedStack; 5] = [const { GuardedStack { guard: [0; 4096], stack: [0; IST_STACK_SIZE] } }; 5];
+
+pub struct Selectors {
+    pub kernel_code: SegmentSelector,
+    pub kernel_data: SegmentSelector,
+    pub user_data: SegmentSelector,
+    pub user_code: SegmentSelector,
+    pub tss: SegmentSelector,
+}
+
+pub struct CpuTables {
+    pub gdt: GlobalDescriptorTable<8>,
+    pub tss: TaskStateSegment,
+}
+
+/// Guard pages of the boot CPU's IST stacks (left unmapped by the kernel page tables).
+pub fn bsp_guard_pages() -> [u64; 5] {
+    let base = core::ptr::addr_of!(BSP_IST) as u64;
+    let sz = core::mem::size_of::<GuardedStack>() as u64;
+    [base, base + sz, base + 2 * sz, base + 3 * sz, base + 4 * sz]
+}
+
+/// Load a GDT and TSS for the boot CPU and reload the segment registers.
+pub fn init_bsp() -> &'static Selectors {
+    // SAFETY: called once on the boot CPU before interrupts are enabled; only the stack tops'
+    // addresses are taken.
+    let tops: [u64; 5] = unsafe {
+        let base = core::ptr::addr_of_mut!(BSP_IST) as *mut GuardedStack;
+        core::array::from_fn(|i| (base.add(i) as u64) + core::mem::size_of::<GuardedStack>() as u64)
+    };
+    init_cpu(tops)
+}
+
+/// Build and load this CPU's GDT/TSS with the given IST stack tops (IST1..IST5).
+pub fn init_cpu(ist_tops: [u64; 5]) -> &'static Selectors {
+    let mut tss = TaskStateSegment::new();
+    for (i, top) in ist_tops.iter().enumerate() {
+        tss.interrupt_stack_table[i] = VirtAddr::new(*top);
+    }
+    let tables: &'static mut CpuTables = Box::leak(Box::new(CpuTables { gdt: GlobalDescriptorTable::empty(), tss }));
+    // SAFETY: `tables` is leaked, so the TSS outlives the GDT that points to it.
+    let tss_ref: &'static TaskStateSegment = unsafe { &*(core::ptr::addr_of!(tables.tss)) };
+    let kernel_code = tables.gdt.append(Descriptor::kernel_code_segment());
+    let kernel_data = tables.gdt.append(Descriptor::kernel_data_segment());
+    let user_data = tables.gdt.append(Descriptor::user_data_segment());
+    let user_code = tables.gdt.append(Descriptor::user_code_segment());
+    let tss_sel = tables.gdt.append(Descriptor::tss_segment(tss_ref));
+    // SAFETY: as above; the GDT is 'static.
+    let gdt: &'static GlobalDescriptorTable<8> = unsafe { &*(core::ptr::addr_of!(tables.gdt)) };
+    gdt.load();
+    // SAFETY: the selectors index valid descriptors of the GDT just loaded.
+    unsafe {
+        CS::set_reg(kernel_code);
+        SS::set_reg(kernel_data);
+        DS::set_reg(kernel_data);
+        ES::set_reg(kernel_data);
+        load_tss(tss_sel);
+    }
+    Box::leak(Box::new(Selectors { kernel_code, kernel_data, user_data, user_code, tss: tss_sel }))
+}

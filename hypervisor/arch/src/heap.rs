@@ -1,0 +1,48 @@
+//! The kernel heap: `talc` (a well-kept allocator crate) over a bootstrap arena in .bss, so
+//! `Vec`/`Box` work before the frame allocator exists, grown later with spans of frames taken
+//! from the frame allocator and reached through the direct map.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+const BOOT_ARENA: usize = 4 << 20;
+
+#[repr(C, align(4096))]
+struct Arena([u8; BOOT_ARENA]);
+static mut ARENA: Arena = Arena([0; BOOT_ARENA]);
+
+static HEAP_BYTES: AtomicU64 = AtomicU64::new(BOOT_ARENA as u64);
+
+#[cfg(feature = "kernel")]
+#[global_allocator]
+static ALLOCATOR: talc::Talck<spin::Mutex<()>, talc::ClaimOnOom> = talc::Talc::new(
+    // SAFETY: the arena is a static used by nothing else; ClaimOnOom claims it on first use.
+    unsafe { talc::ClaimOnOom::new(talc::Span::from_array(core::ptr::addr_of!(ARENA.0) as *mut [u8; BOOT_ARENA])) },
+)
+.lock();
+
+/// Add `frames` contiguous frames (allocated here) to the heap.
+#[cfg(feature = "kernel")]
+pub fn grow(frames: usize) -> Result<(), crate::memory::AllocError> {
+    let p = crate::memory::alloc_contiguous(frames as u64, 1)?;
+    let base = crate::paging::p2v(p) as *mut u8;
+    let size = frames * 4096;
+    crate::cpu::without_interrupts(|| {
+        // SAFETY: the frames were just allocated and are mapped by the direct map; the span is
+        // handed to the allocator for good.
+        unsafe { ALLOCATOR.lock().claim(talc::Span::from_base_size(base, size)) }
+    })
+    .map_err(|_| crate::memory::AllocError::OutOfMemory)?;
+    HEAP_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Total bytes given to the heap so far.
+pub fn size() -> u64 {
+    HEAP_BYTES.load(Ordering::Relaxed)
+}
+
+/// The bootstrap arena's virtual range (it lives in the kernel's .bss).
+pub fn arena_range() -> (u64, u64) {
+    let a = core::ptr::addr_of!(ARENA) as u64;
+    (a, a + BOOT_ARENA as u64)
+}

@@ -1,0 +1,38 @@
+//! `catenary-arch`: the only crate in Catenary that touches hardware with `unsafe`.
+//!
+//! Everything here is x86_64 machine access: the boot trampoline (PVH, Multiboot2, Limine
+//! entries), GDT/TSS with IST stacks, the IDT and trap entry stubs, control registers and MSRs,
+//! port I/O (16550 serial, PIT, PIC, QEMU debug exit), page tables and the direct map, the heap
+//! arena, the local APIC and TSC clock, and the ACPI table mapping handler. Each `unsafe` block
+//! carries a `// SAFETY:` comment. Policy (what to map, when to tick, what to log) lives in the
+//! safe kernel crate and the host-tested logic crates.
+//!
+//! The bare-metal parts (boot assembly, `mem*` symbols, global allocator) are compiled only with
+//! the `kernel` feature, which the kernel binary enables; without it the crate builds on the
+//! host so its pure helpers can be unit-tested.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+pub mod cpu;
+pub mod serial;
+pub mod trap;
+pub mod gdt;
+pub mod paging;
+pub mod memory;
+pub mod heap;
+pub mod apic;
+pub mod time;
+pub mod acpi;
+pub mod boot;
+pub mod qemu;
+#[cfg(feature = "kernel")]
+pub mod limine;
+
+#[cfg(feature = "kernel")]
+core::arch::global_asm!(include_str!("asm/boot.s"));
+#[cfg(feature = "kernel")]
+core::arch::global_asm!(include_str!("asm/mem.s"));
+#[cfg(feature = "kernel")]
+core::arch::global_asm!(include_str!("asm/trap.s"));

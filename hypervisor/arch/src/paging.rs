@@ -1,0 +1,317 @@
+//! Kernel page tables. Virtual layout (see docs/memory.md):
+//!
+//! | range                                   | what                                   |
+//! |-----------------------------------------|----------------------------------------|
+//! | `0xffff_8000_0000_0000` + phys          | direct map of all RAM (2 MiB, RW, NX)   |
+//! | `0xffff_c000_0000_0000` ..              | MMIO window (4 KiB, UC, NX)            |
+//! | `0xffff_e000_0000_0000` ..              | kernel stacks, each over a guard page  |
+//! | `0xffff_ffff_8000_0000` + 2 MiB ..      | kernel image: text RX, rodata R NX, data RW NX |
+//!
+//! The low half is left for user tasks. Page tables are reached through the direct map.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use spin::Mutex;
+use x86_64::structures::paging::{
+    mapper::{MapToError, MapperFlush, TranslateResult, UnmapError},
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame, Size2MiB, Size4KiB,
+    Translate,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+pub const PHYS_OFFSET: u64 = 0xffff_8000_0000_0000;
+pub const MMIO_BASE: u64 = 0xffff_c000_0000_0000;
+pub const STACK_BASE: u64 = 0xffff_e000_0000_0000;
+pub const KERNEL_VIRT: u64 = 0xffff_ffff_8000_0000;
+pub const PAGE: u64 = 4096;
+
+/// Offset through which physical memory is reachable right now: 0 (identity map of the low
+/// 4 GiB) on PVH/Multiboot2 before our tables are live, the HHDM offset on Limine, and
+/// `PHYS_OFFSET` once `activate` has run.
+static PHYS_VIEW: AtomicU64 = AtomicU64::new(0);
+
+pub fn phys_view() -> u64 {
+    PHYS_VIEW.load(Ordering::Relaxed)
+}
+pub fn set_early_phys_view(offset: u64) {
+    PHYS_VIEW.store(offset, Ordering::Relaxed);
+}
+/// Virtual address at which physical address `p` can be read now.
+pub fn p2v(p: u64) -> u64 {
+    p.wrapping_add(phys_view())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagingError {
+    OutOfFrames,
+    AlreadyMapped,
+    NotMapped,
+    HugePage,
+    Misaligned,
+}
+
+impl<S: x86_64::structures::paging::PageSize> From<MapToError<S>> for PagingError {
+    fn from(e: MapToError<S>) -> Self {
+        match e {
+            MapToError::FrameAllocationFailed => PagingError::OutOfFrames,
+            MapToError::PageAlreadyMapped(_) => PagingError::AlreadyMapped,
+            MapToError::ParentEntryHugePage => PagingError::HugePage,
+        }
+    }
+}
+
+/// Page-table frames come from the global frame allocator (zeroed here).
+pub struct GlobalFrames;
+
+// SAFETY: frames handed out by the global allocator are unused, RAM, and zeroed before use.
+unsafe impl FrameAllocator<Size4KiB> for GlobalFrames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let p = crate::memory::alloc_frame().ok()?;
+        // SAFETY: the frame was just allocated, so nothing else references it; p2v maps it.
+        unsafe { core::ptr::write_bytes(p2v(p) as *mut u8, 0, PAGE as usize) };
+        Some(PhysFrame::containing_address(PhysAddr::new(p)))
+    }
+}
+
+/// Section ranges of the kernel image (virtual), from the linker script.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSections {
+    pub text: (u64, u64),
+    pub rodata: (u64, u64),
+    pub data: (u64, u64),
+}
+
+#[cfg(feature = "kernel")]
+pub fn kernel_sections() -> KernelSections {
+    extern "C" {
+        static __text_start: u8;
+        static __text_end: u8;
+        static __rodata_start: u8;
+        static __rodata_end: u8;
+        static __data_start: u8;
+        static __data_end: u8;
+    }
+    KernelSections {
+        text: (core::ptr::addr_of!(__text_start) as u64, core::ptr::addr_of!(__text_end) as u64),
+        rodata: (core::ptr::addr_of!(__rodata_start) as u64, core::ptr::addr_of!(__rodata_end) as u64),
+        data: (core::ptr::addr_of!(__data_start) as u64, core::ptr::addr_of!(__data_end) as u64),
+    }
+}
+
+/// What `build_and_activate` needs to know.
+pub struct KernelSpaceSpec<'a> {
+    /// Physical ranges to direct-map (all RAM, ACPI and reserved regions of the memory map).
+    pub phys_ranges: &'a [(u64, u64)],
+    /// Physical address the kernel image's first byte (`__text_start`) is loaded at.
+    pub kernel_phys: u64,
+    pub sections: KernelSections,
+    /// Virtual pages inside the image that stay unmapped (stack guard pages).
+    pub guard_pages: &'a [u64],
+    pub global_pages: bool,
+}
+
+static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
+static KERNEL_SPACE: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
+
+/// Build the kernel's page tables from scratch and switch CR3 to them.
+pub fn build_and_activate(spec: &KernelSpaceSpec) -> Result<(), PagingError> {
+    let pml4_phys = crate::memory::alloc_frame().map_err(|_| PagingError::OutOfFrames)?;
+    let view = phys_view();
+    // SAFETY: the frame was just allocated and is reachable through the current phys view.
+    let pml4: &'static mut PageTable = unsafe {
+        let p = (pml4_phys + view) as *mut PageTable;
+        core::ptr::write_bytes(p as *mut u8, 0, PAGE as usize);
+        &mut *p
+    };
+    // SAFETY: `view` maps all physical memory the page tables can live in (low 4 GiB
+    // identity on PVH/Multiboot2, the HHDM on Limine).
+    let mut mapper = unsafe { OffsetPageTable::new(pml4, VirtAddr::new(view)) };
+    let g = if spec.global_pages { F::GLOBAL } else { F::empty() };
+
+    // Direct map, 2 MiB pages, rounded outward.
+    let mut last_end = 0u64;
+    let mut ranges: alloc::vec::Vec<(u64, u64)> = spec.phys_ranges.to_vec();
+    ranges.sort();
+    for &(start, len) in &ranges {
+        let s = (start & !(0x20_0000 - 1)).max(last_end);
+        let e = (start.saturating_add(len) + 0x1f_ffff) & !(0x20_0000 - 1);
+        let mut p = s;
+        while p < e {
+            let page = Page::<Size2MiB>::containing_address(VirtAddr::new(PHYS_OFFSET + p));
+            let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(p));
+            // SAFETY: the direct map aliases physical memory at a fixed offset; nothing in the
+            // kernel relies on it being absent.
+            unsafe {
+                mapper
+                    .map_to(page, frame, F::PRESENT | F::WRITABLE | F::NO_EXECUTE | g, &mut GlobalFrames)?
+                    .ignore();
+            }
+            p += 0x20_0000;
+        }
+        last_end = last_end.max(e);
+    }
+
+    // Kernel image with per-section permissions.
+    let base_virt = spec.sections.text.0;
+    let sections = [
+        (spec.sections.text, F::PRESENT | g),
+        (spec.sections.rodata, F::PRESENT | F::NO_EXECUTE | g),
+        (spec.sections.data, F::PRESENT | F::WRITABLE | F::NO_EXECUTE | g),
+    ];
+    for ((s, e), flags) in sections {
+        let mut v = s & !(PAGE - 1);
+        while v < e {
+            if !spec.guard_pages.contains(&v) {
+                let phys = spec.kernel_phys + (v - base_virt);
+                // SAFETY: maps the kernel image onto its own physical pages.
+                unsafe {
+                    mapper
+                        .map_to(
+                            Page::<Size4KiB>::containing_address(VirtAddr::new(v)),
+                            PhysFrame::containing_address(PhysAddr::new(phys)),
+                            flags,
+                            &mut GlobalFrames,
+                        )?
+                        .ignore();
+                }
+            }
+            v += PAGE;
+        }
+    }
+
+    // Enable global pages and write protection in supervisor mode, then switch.
+    if spec.global_pages {
+        crate::cpu::cr4_set(1 << 7);
+    }
+    // SAFETY: the new tables map the running kernel (text, stacks in .bss, data) at the same
+    // virtual addresses, and the direct map used from now on.
+    unsafe {
+        x86_64::registers::control::Cr0::update(|c| c.insert(x86_64::registers::control::Cr0Flags::WRITE_PROTECT));
+        x86_64::registers::control::Cr3::write(
+            PhysFrame::containing_address(PhysAddr::new(pml4_phys)),
+            x86_64::registers::control::Cr3Flags::empty(),
+        );
+    }
+    PHYS_VIEW.store(PHYS_OFFSET, Ordering::Relaxed);
+    KERNEL_PML4.store(pml4_phys, Ordering::Relaxed);
+    // SAFETY: the PML4 is now reachable through the direct map, and only KERNEL_SPACE (under its
+    // lock) uses this mapper from here on.
+    let pml4: &'static mut PageTable = unsafe { &mut *((pml4_phys + PHYS_OFFSET) as *mut PageTable) };
+    // SAFETY: PHYS_OFFSET direct-maps all RAM.
+    *KERNEL_SPACE.lock() = Some(unsafe { OffsetPageTable::new(pml4, VirtAddr::new(PHYS_OFFSET)) });
+    Ok(())
+}
+
+pub fn kernel_pml4() -> u64 {
+    KERNEL_PML4.load(Ordering::Relaxed)
+}
+
+fn with_space<R>(f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
+    crate::cpu::without_interrupts(|| {
+        let mut g = KERNEL_SPACE.lock();
+        f(g.as_mut().expect("kernel page tables not built"))
+    })
+}
+
+/// Page flags offered to callers of the kernel mapping API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapFlags {
+    pub writable: bool,
+    pub executable: bool,
+    pub uncached: bool,
+}
+
+impl MapFlags {
+    pub const DATA: MapFlags = MapFlags { writable: true, executable: false, uncached: false };
+    pub const RO: MapFlags = MapFlags { writable: false, executable: false, uncached: false };
+    pub const MMIO: MapFlags = MapFlags { writable: true, executable: false, uncached: true };
+    fn bits(self) -> F {
+        let mut f = F::PRESENT;
+        if self.writable {
+            f |= F::WRITABLE;
+        }
+        if !self.executable {
+            f |= F::NO_EXECUTE;
+        }
+        if self.uncached {
+            f |= F::NO_CACHE | F::WRITE_THROUGH;
+        }
+        f
+    }
+}
+
+/// Map one 4 KiB kernel page. Errors if the page is already mapped.
+///
+/// # Safety
+/// Mapping `phys` must not break memory safety: the caller owns that frame (or it is MMIO
+/// the caller drives), and nothing relies on `virt` being unmapped.
+pub unsafe fn map_page(virt: u64, phys: u64, flags: MapFlags) -> Result<(), PagingError> {
+    if virt % PAGE != 0 || phys % PAGE != 0 {
+        return Err(PagingError::Misaligned);
+    }
+    with_space(|m| {
+        // SAFETY: forwarded to the caller.
+        let flush: MapperFlush<Size4KiB> = unsafe {
+            m.map_to(
+                Page::containing_address(VirtAddr::new(virt)),
+                PhysFrame::containing_address(PhysAddr::new(phys)),
+                flags.bits(),
+                &mut GlobalFrames,
+            )?
+        };
+        flush.flush();
+        Ok(())
+    })
+}
+
+/// Unmap one 4 KiB kernel page and return the frame it mapped (the TLB entry is flushed).
+pub fn unmap_page(virt: u64) -> Result<u64, PagingError> {
+    with_space(|m| match m.unmap(Page::<Size4KiB>::containing_address(VirtAddr::new(virt))) {
+        Ok((frame, flush)) => {
+            flush.flush();
+            Ok(frame.start_address().as_u64())
+        }
+        Err(UnmapError::PageNotMapped) => Err(PagingError::NotMapped),
+        Err(UnmapError::ParentEntryHugePage) => Err(PagingError::HugePage),
+        Err(UnmapError::InvalidFrameAddress(_)) => Err(PagingError::NotMapped),
+    })
+}
+
+/// Translate a kernel virtual address to (physical address, writable, executable).
+pub fn translate(virt: u64) -> Option<(u64, bool, bool)> {
+    with_space(|m| match m.translate(VirtAddr::new(virt)) {
+        TranslateResult::Mapped { frame, offset, flags } => {
+            Some((frame.start_address().as_u64() + offset, flags.contains(F::WRITABLE), !flags.contains(F::NO_EXECUTE)))
+        }
+        _ => None,
+    })
+}
+
+static MMIO_NEXT: AtomicU64 = AtomicU64::new(MMIO_BASE);
+static STACK_NEXT: AtomicU64 = AtomicU64::new(STACK_BASE);
+
+/// Map a device's MMIO range uncached; returns the virtual address of `phys`.
+pub fn map_mmio(phys: u64, size: u64) -> Result<u64, PagingError> {
+    let start = phys & !(PAGE - 1);
+    let end = (phys + size + PAGE - 1) & !(PAGE - 1);
+    let virt = MMIO_NEXT.fetch_add(end - start + PAGE, Ordering::Relaxed); // + a hole page
+    let mut off = 0;
+    while start + off < end {
+        // SAFETY: MMIO of a device the kernel drives, mapped into a fresh window.
+        unsafe { map_page(virt + off, start + off, MapFlags::MMIO)? };
+        off += PAGE;
+    }
+    Ok(virt + (phys - start))
+}
+
+/// Allocate a kernel stack of `pages` pages with an unmapped guard page below it.
+/// Returns (bottom, top) virtual addresses.
+pub fn alloc_stack(pages: u64) -> Result<(u64, u64), PagingError> {
+    let slot = STACK_NEXT.fetch_add((pages + 1) * PAGE, Ordering::Relaxed);
+    let bottom = slot + PAGE; // `slot` itself stays unmapped: the guard
+    for i in 0..pages {
+        let f = crate::memory::alloc_frame().map_err(|_| PagingError::OutOfFrames)?;
+        // SAFETY: a fresh frame mapped at a fresh stack address.
+        unsafe { map_page(bottom + i * PAGE, f, MapFlags::DATA)? };
+    }
+    Ok((bottom, bottom + pages * PAGE))
+}

@@ -1,0 +1,333 @@
+//! Traps: the IDT (all 256 gates, each on an IST stack), the `TrapFrame` the entry stubs build,
+//! dispatch to registered handlers, fault recovery for probes, and the full register dump that
+//! every unhandled exception prints before the CPU stops.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use x86_64::structures::idt::InterruptDescriptorTable;
+use x86_64::VirtAddr;
+
+use crate::gdt;
+
+/// Register state saved by the trap entry stub (`asm/trap.s`), lowest address first.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+pub const EXCEPTION_NAMES: [&str; 32] = [
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor segment overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved (15)",
+    "#MF x87 floating point",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD floating point",
+    "#VE virtualization",
+    "#CP control protection",
+    "reserved (22)",
+    "reserved (23)",
+    "reserved (24)",
+    "reserved (25)",
+    "reserved (26)",
+    "reserved (27)",
+    "#HV hypervisor injection",
+    "#VC VMM communication",
+    "#SX security",
+    "reserved (31)",
+];
+
+pub fn vector_name(v: u64) -> &'static str {
+    EXCEPTION_NAMES.get(v as usize).copied().unwrap_or("interrupt")
+}
+
+/// A device/timer interrupt handler. Runs with interrupts disabled on the IRQ IST stack.
+pub type IrqHandler = fn(&mut TrapFrame);
+
+const NO_HANDLER: AtomicUsize = AtomicUsize::new(0);
+static HANDLERS: [AtomicUsize; 256] = [NO_HANDLER; 256];
+/// Called after an IRQ handler for vectors >= 32 (the LAPIC EOI), set by `apic`.
+static EOI_HOOK: AtomicUsize = AtomicUsize::new(0);
+/// Optional kernel hook for exceptions (e.g. to kill a faulting user task). Returns true if
+/// it handled the exception and the frame may be resumed.
+pub type ExceptionHook = fn(&mut TrapFrame) -> bool;
+static EXCEPTION_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+pub fn register_irq(vector: u8, handler: IrqHandler) {
+    assert!(vector >= 32, "vectors below 32 are exceptions");
+    HANDLERS[vector as usize].store(handler as usize, Ordering::Release);
+}
+
+pub fn set_eoi_hook(f: fn()) {
+    EOI_HOOK.store(f as usize, Ordering::Release);
+}
+
+pub fn set_exception_hook(f: ExceptionHook) {
+    EXCEPTION_HOOK.store(f as usize, Ordering::Release);
+}
+
+static mut IDT: InterruptDescriptorTable = InterruptDescriptorTable::new();
+
+extern "C" {
+    static arch_trap_stubs: u8;
+    static arch_probe_read_insn: u8;
+    static arch_probe_write_insn: u8;
+    static arch_probe_resume: u8;
+    fn arch_probe_read(addr: u64) -> ProbeRet;
+    fn arch_probe_write(addr: u64, val: u64) -> ProbeRet;
+    fn arch_probe_exec(addr: u64) -> ProbeRet;
+}
+
+#[repr(C)]
+struct ProbeRet {
+    value: u64,
+    faulted: u64,
+}
+
+/// Fill every IDT gate with its stub and IST index, then load the IDT on this CPU.
+pub fn init() {
+    let stubs = core::ptr::addr_of!(arch_trap_stubs) as u64;
+    // SAFETY: called on the boot CPU before interrupts are on; no other reference exists yet.
+    let idt = unsafe { &mut *core::ptr::addr_of_mut!(IDT) };
+    for v in 0..256usize {
+        let addr = VirtAddr::new(stubs + 16 * v as u64);
+        let ist = match v {
+            2 => gdt::IST_NMI,
+            8 => gdt::IST_DOUBLE_FAULT,
+            18 => gdt::IST_MACHINE_CHECK,
+            0..=31 => gdt::IST_EXCEPTION,
+            _ => gdt::IST_IRQ,
+        };
+        // SAFETY: `addr` is the entry stub for vector v, and the IST index refers to a stack
+        // installed in this CPU's TSS by `gdt::init_*`.
+        unsafe {
+            let opts = match v {
+                0..=31 => idt_entry_raw(idt, v).set_handler_addr(addr),
+                _ => idt[v as u8].set_handler_addr(addr),
+            };
+            opts.set_stack_index(ist - 1);
+            if v == 3 || v == 4 {
+                opts.set_privilege_level(x86_64::PrivilegeLevel::Ring3);
+            }
+        }
+    }
+    load();
+}
+
+/// Load the (shared) IDT on the current CPU.
+pub fn load() {
+    // SAFETY: the IDT is a static that lives forever and is fully initialised by `init`.
+    unsafe { (*core::ptr::addr_of!(IDT)).load() }
+}
+
+fn idt_entry_raw(
+    idt: &mut InterruptDescriptorTable,
+    v: usize,
+) -> &mut x86_64::structures::idt::Entry<x86_64::structures::idt::HandlerFunc> {
+    // The x86_64 crate types exception entries by handler signature; we install raw stub
+    // addresses for all of them, so view each exception slot as a plain entry.
+    // SAFETY: all IDT entries have the same layout regardless of the handler type parameter.
+    unsafe {
+        let base = idt as *mut InterruptDescriptorTable
+            as *mut x86_64::structures::idt::Entry<x86_64::structures::idt::HandlerFunc>;
+        &mut *base.add(v)
+    }
+}
+
+static PROBE_EXEC_TARGET: AtomicU64 = AtomicU64::new(u64::MAX);
+static LAST_PROBE_FAULT: AtomicU64 = AtomicU64::new(0);
+static LAST_PROBE_ERR: AtomicU64 = AtomicU64::new(0);
+static PRINT_DUMP_ON_PROBE: AtomicU64 = AtomicU64::new(1);
+
+/// A fault caught by a probe: faulting address (CR2) and the #PF error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeFault {
+    pub addr: u64,
+    pub error_code: u64,
+}
+
+fn last_probe_fault() -> ProbeFault {
+    ProbeFault { addr: LAST_PROBE_FAULT.load(Ordering::Relaxed), error_code: LAST_PROBE_ERR.load(Ordering::Relaxed) }
+}
+
+/// Read a byte at `addr`, returning the page fault instead of dying if it is not readable.
+pub fn probe_read(addr: u64) -> Result<u8, ProbeFault> {
+    // SAFETY: the read happens at a known instruction whose faults the trap handler recovers.
+    let r = unsafe { arch_probe_read(addr) };
+    if r.faulted != 0 { Err(last_probe_fault()) } else { Ok(r.value as u8) }
+}
+
+/// Write a byte at `addr`, returning the page fault if it is not writable.
+///
+/// # Safety
+/// If the write succeeds it modifies memory at `addr`: the caller owns that memory.
+pub unsafe fn probe_write(addr: u64, val: u8) -> Result<(), ProbeFault> {
+    // SAFETY: forwarded to the caller; faults are recovered.
+    let r = unsafe { arch_probe_write(addr, val as u64) };
+    if r.faulted != 0 { Err(last_probe_fault()) } else { Ok(()) }
+}
+
+/// Call `addr` (which must hold a `ret` if it is executable), returning the fault if it is
+/// not executable (e.g. NX).
+///
+/// # Safety
+/// If `addr` is executable, whatever code is there runs.
+pub unsafe fn probe_exec(addr: u64) -> Result<(), ProbeFault> {
+    PROBE_EXEC_TARGET.store(addr, Ordering::SeqCst);
+    // SAFETY: forwarded to the caller; an instruction-fetch fault at `addr` is recovered.
+    let r = unsafe { arch_probe_exec(addr) };
+    PROBE_EXEC_TARGET.store(u64::MAX, Ordering::SeqCst);
+    if r.faulted != 0 { Err(last_probe_fault()) } else { Ok(()) }
+}
+
+/// Whether recovered probe faults print the register dump (tests want to see it).
+pub fn set_probe_dump(on: bool) {
+    PRINT_DUMP_ON_PROBE.store(on as u64, Ordering::Relaxed);
+}
+
+fn try_recover_probe(f: &mut TrapFrame) -> bool {
+    if f.vector != 14 && f.vector != 13 {
+        return false;
+    }
+    let (rd, wr, resume) = (
+        core::ptr::addr_of!(arch_probe_read_insn) as u64,
+        core::ptr::addr_of!(arch_probe_write_insn) as u64,
+        core::ptr::addr_of!(arch_probe_resume) as u64,
+    );
+    let exec_target = PROBE_EXEC_TARGET.load(Ordering::SeqCst);
+    let recovered = if f.rip == rd || f.rip == wr {
+        f.rip = resume;
+        true
+    } else if f.rip == exec_target {
+        // The faulting fetch is at the call target: pop the return address `call` pushed.
+        f.rip = resume;
+        f.rsp += 8;
+        true
+    } else {
+        false
+    };
+    if recovered {
+        LAST_PROBE_FAULT.store(crate::cpu::read_cr2(), Ordering::Relaxed);
+        LAST_PROBE_ERR.store(f.error_code, Ordering::Relaxed);
+        f.rdx = 1;
+    }
+    recovered
+}
+
+pub fn print_dump(f: &TrapFrame, note: &str) {
+    use crate::println;
+    println!("");
+    println!("!!! CPU EXCEPTION {} ({}) {}", f.vector, vector_name(f.vector), note);
+    println!("    error code {:#x}{}", f.error_code, pf_decode(f));
+    println!("    RIP {:#018x}  CS {:#06x}  RFLAGS {:#018x}", f.rip, f.cs, f.rflags);
+    println!("    RSP {:#018x}  SS {:#06x}", f.rsp, f.ss);
+    println!("    RAX {:#018x}  RBX {:#018x}  RCX {:#018x}  RDX {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
+    println!("    RSI {:#018x}  RDI {:#018x}  RBP {:#018x}  R8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8);
+    println!("    R9  {:#018x}  R10 {:#018x}  R11 {:#018x}  R12 {:#018x}", f.r9, f.r10, f.r11, f.r12);
+    println!("    R13 {:#018x}  R14 {:#018x}  R15 {:#018x}", f.r13, f.r14, f.r15);
+    println!(
+        "    CR0 {:#018x}  CR2 {:#018x}  CR3 {:#018x}  CR4 {:#018x}",
+        crate::cpu::read_cr0(),
+        crate::cpu::read_cr2(),
+        crate::cpu::read_cr3(),
+        crate::cpu::read_cr4()
+    );
+}
+
+struct PfBits(u64);
+impl core::fmt::Display for PfBits {
+    fn fmt(&self, fm: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let e = self.0;
+        write!(
+            fm,
+            " ({} {} {}{}{})",
+            if e & 1 != 0 { "protection" } else { "not-present" },
+            if e & 2 != 0 { "write" } else { "read" },
+            if e & 4 != 0 { "user" } else { "supervisor" },
+            if e & 8 != 0 { " reserved-bit" } else { "" },
+            if e & 16 != 0 { " instruction-fetch" } else { "" }
+        )
+    }
+}
+
+fn pf_decode(f: &TrapFrame) -> alloc::string::String {
+    if f.vector == 14 {
+        alloc::format!("{}", PfBits(f.error_code))
+    } else {
+        alloc::string::String::new()
+    }
+}
+
+/// Rust side of the trap entry: called by `trap_common` with the saved frame.
+#[cfg(feature = "kernel")]
+#[no_mangle]
+extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
+    let v = f.vector;
+    if v < 32 {
+        if try_recover_probe(f) {
+            if PRINT_DUMP_ON_PROBE.load(Ordering::Relaxed) != 0 {
+                print_dump(f, "(caught by probe, recovered)");
+            }
+            return;
+        }
+        let hook = EXCEPTION_HOOK.load(Ordering::Acquire);
+        if hook != 0 {
+            // SAFETY: only `set_exception_hook` stores into EXCEPTION_HOOK, always a valid fn.
+            let hook: ExceptionHook = unsafe { core::mem::transmute(hook) };
+            if hook(f) {
+                return;
+            }
+        }
+        crate::serial::enter_panic_mode();
+        print_dump(f, "- stopping this CPU");
+        crate::cpu::halt_forever();
+    }
+    let h = HANDLERS[v as usize].load(Ordering::Acquire);
+    if h != 0 {
+        // SAFETY: only `register_irq` stores into HANDLERS, always a valid IrqHandler.
+        let h: IrqHandler = unsafe { core::mem::transmute(h) };
+        h(f);
+    }
+    if v != crate::apic::SPURIOUS_VECTOR as u64 {
+        let eoi = EOI_HOOK.load(Ordering::Acquire);
+        if eoi != 0 {
+            // SAFETY: only `set_eoi_hook` stores into EOI_HOOK, always a valid fn().
+            let eoi: fn() = unsafe { core::mem::transmute(eoi) };
+            eoi();
+        }
+    }
+}

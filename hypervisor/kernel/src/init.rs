@@ -1,0 +1,170 @@
+//! The boot CPU's init sequence: console → boot info → traps → frames → page tables → heap →
+//! clock → CPU/ACPI → LAPIC timer → ready.
+
+use alloc::vec::Vec;
+use catenary_arch::{acpi, apic, boot, cpu, gdt, heap, memory, paging, serial, time, trap};
+use catenary_bootinfo::{BootInfo, BootProtocol, MemoryKind};
+use catenary_mm::FrameAllocator;
+use log::{error, info, warn};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const TIMER_HZ: u32 = 100;
+
+/// What the rest of the kernel (and the tests) may want to know after init.
+pub struct Node {
+    pub boot: BootInfo,
+    pub cpus: usize,
+}
+
+fn protocol_name(p: BootProtocol) -> &'static str {
+    match p {
+        BootProtocol::Pvh => "pvh",
+        BootProtocol::Multiboot2 => "multiboot2",
+        BootProtocol::Limine => "limine",
+    }
+}
+
+/// FNV-1a: lets the boot tests check that module contents arrived intact.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+fn mib(b: u64) -> u64 {
+    b >> 20
+}
+
+pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
+    time::mark_boot();
+    serial::init();
+    catenary_arch::println!("\nCatenary {} — bare-metal microVM hypervisor", VERSION);
+
+    // Traps first, so anything that goes wrong below prints a register dump.
+    gdt::init_bsp();
+    trap::init();
+
+    let mut handoff = match boot::handoff(protocol, info_ptr) {
+        Ok(h) => h,
+        Err(e) => panic!("cannot read boot information (protocol {}): {:?}", protocol, e),
+    };
+    let level = match crate::cmdline::get(&handoff.info.cmdline, "loglevel") {
+        Some("debug") => log::LevelFilter::Debug,
+        Some("trace") => log::LevelFilter::Trace,
+        Some("warn") => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
+    };
+    crate::klog::init(level);
+    let (tsc_hz, tsc_src) = time::calibrate();
+    info!(target: "boot", "boot protocol: {} (loader: {})", protocol_name(handoff.info.protocol),
+        handoff.info.bootloader.as_deref().unwrap_or("-"));
+    info!(target: "boot", "command line: \"{}\"", handoff.info.cmdline);
+    info!(target: "time", "TSC {}.{:03} MHz (source {:?})", tsc_hz / 1_000_000, (tsc_hz / 1000) % 1000, tsc_src);
+
+    // Physical memory: reserve the kernel image, the first MiB (BIOS data, trampolines) and
+    // the boot structures we still read, then hand the rest to the frame allocator.
+    let sections = paging::kernel_sections();
+    let kernel_len = sections.data.1 - sections.text.0;
+    let bi = &mut handoff.info;
+    bi.reserve(handoff.kernel_phys, kernel_len, MemoryKind::KernelAndModules);
+    bi.reserve(0, 0x10_0000, MemoryKind::Reserved);
+    for &(s, l) in &handoff.keep {
+        bi.reserve(s, l, MemoryKind::BootloaderReclaimable);
+    }
+    let frames = match FrameAllocator::from_boot_info(bi, &[]) {
+        Ok(f) => f,
+        Err(e) => panic!("frame allocator: {:?}", e),
+    };
+    memory::install(frames);
+    for r in &bi.memory_map {
+        log::debug!(target: "mm", "  {:#014x}-{:#014x} {:?}", r.start, r.start + r.len, r.kind);
+    }
+
+    // Kernel page tables: direct map of every range in the memory map, the image with
+    // per-section permissions, guard pages under the boot and IST stacks.
+    let phys_ranges: Vec<(u64, u64)> = bi.memory_map.iter().map(|r| (r.start, r.len)).collect();
+    let mut guards: Vec<u64> = gdt::bsp_guard_pages().to_vec();
+    guards.push(boot::boot_stack_guard());
+    let spec = paging::KernelSpaceSpec {
+        phys_ranges: &phys_ranges,
+        kernel_phys: handoff.kernel_phys,
+        sections,
+        guard_pages: &guards,
+        global_pages: true,
+    };
+    if let Err(e) = paging::build_and_activate(&spec) {
+        panic!("building kernel page tables: {:?}", e);
+    }
+    info!(target: "mm", "kernel page tables live: direct map at {:#x}, text RX, rodata R/NX, data RW/NX, {} guard pages",
+        paging::PHYS_OFFSET, guards.len());
+
+    // Heap: grow beyond the bootstrap arena (1/16 of usable RAM, 8..64 MiB).
+    let usable = bi.total_usable();
+    let grow = (usable / 16).clamp(8 << 20, 64 << 20) / 4096;
+    if let Err(e) = heap::grow(grow as usize) {
+        warn!(target: "mm", "heap growth failed: {:?}", e);
+    }
+    let st = memory::stats();
+    info!(target: "mm", "memory: total {} MiB, free {} MiB, used {} MiB (heap {} MiB)",
+        mib(st.total_bytes()), mib(st.free_bytes()), mib(st.used_bytes()), mib(heap::size()));
+
+    // CPU and platform.
+    let f = cpu::features();
+    info!(target: "cpu", "{} \"{}\" family {:#x} model {:#x}", f.vendor, f.brand, f.family, f.model);
+    info!(target: "cpu", "virtualization: SVM {} (NPT {}, NRIPS {}, {} ASIDs), VMX {} (EPT {}); x2APIC {}, NX {}, 1G pages {}",
+        f.svm, f.npt, f.nrips, f.svm_asids, f.vmx, f.ept, f.x2apic, f.nx, f.pdpe1gb);
+    let rsdp = bi.rsdp.or_else(boot::scan_rsdp);
+    let mut ncpus = 1;
+    match rsdp.map(acpi::parse) {
+        Some(Ok(p)) => {
+            info!(target: "acpi", "ACPI rev {} OEM \"{}\", LAPIC at {:#x}, legacy PICs {}", p.revision, p.oem_id.trim(), p.local_apic_address, p.has_legacy_pics);
+            for c in &p.cpus {
+                info!(target: "acpi", "  cpu {}: APIC id {}{}{}", c.uid, c.apic_id, if c.is_bsp { " (boot)" } else { "" }, if c.enabled { "" } else { " disabled" });
+            }
+            for io in &p.ioapics {
+                info!(target: "acpi", "  IOAPIC id {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
+            }
+            ncpus = p.cpus.iter().filter(|c| c.enabled).count().max(1);
+        }
+        Some(Err(e)) => warn!(target: "acpi", "ACPI tables unusable: {:?}", e),
+        None => warn!(target: "acpi", "no ACPI RSDP: assuming one CPU"),
+    }
+    info!(target: "cpu", "{} CPU(s)", ncpus);
+
+    // Interrupts: legacy PIC off, LAPIC on, periodic timer.
+    apic::disable_pic();
+    match apic::init(f.x2apic) {
+        Ok((id, x2)) => info!(target: "apic", "local APIC id {} ({} mode)", id, if x2 { "x2APIC" } else { "xAPIC" }),
+        Err(e) => error!(target: "apic", "LAPIC: {:?}", e),
+    }
+    let bus = apic::start_timer(TIMER_HZ);
+    cpu::enable_interrupts();
+    info!(target: "apic", "LAPIC timer {} Hz (bus {} MHz)", TIMER_HZ, bus / 1_000_000);
+
+    for m in &bi.modules {
+        let data = memory::phys_slice(m.start, m.len as usize);
+        info!(target: "boot", "module \"{}\" at {:#x}, {} bytes, fnv1a {:016x}", m.name, m.start, m.len, fnv1a(data));
+    }
+
+    let node = Node { boot: handoff.info, cpus: ncpus };
+    info!(target: "boot", "catenary: ready ({} ms since entry)", time::now_ns() / 1_000_000);
+
+    #[cfg(feature = "ktest")]
+    crate::ktest::run(&node);
+
+    idle(&node)
+}
+
+/// Nothing to schedule yet: report the timer for a few seconds, then halt between interrupts.
+fn idle(node: &Node) -> ! {
+    let _ = node;
+    let mut next_report = apic::ticks() + TIMER_HZ as u64;
+    let mut reports = 0;
+    loop {
+        cpu::wait_for_interrupt();
+        let t = apic::ticks();
+        if reports < 5 && t >= next_report {
+            info!(target: "timer", "tick {} ({} ms uptime)", t, time::now_ns() / 1_000_000);
+            next_report += TIMER_HZ as u64;
+            reports += 1;
+        }
+    }
+}

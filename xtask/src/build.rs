@@ -1,0 +1,135 @@
+//! Kernel, ISO and guest-image builds.
+
+use crate::tools::{out_dir, require, require_file, root, run, which};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Flags for the no_std kernel against the precompiled x86_64-unknown-linux-gnu core
+/// (no build-std, no nightly): see docs/boot.md. Applied only to the kernel build: with an
+/// explicit `--target`, cargo does not pass RUSTFLAGS to build scripts and proc macros.
+const KERNEL_RUSTFLAGS: &[&str] = &[
+    "-Crelocation-model=static",
+    "-Ccode-model=kernel",
+    "-Cno-redzone=yes",
+    "-Ctarget-feature=+crt-static",
+    "-Cpanic=abort",
+    "-Clink-arg=-nostartfiles",
+    "-Clink-arg=-nostdlib",
+    "-Clink-arg=-static",
+    "-Clink-arg=-Wl,--build-id=none",
+    "-Clink-arg=-Wl,-z,max-page-size=0x1000",
+    "-Clink-arg=-Wl,--no-dynamic-linker",
+];
+
+pub fn kernel_elf(test: bool) -> PathBuf {
+    out_dir().join(if test { "catenary-test.elf" } else { "catenary.elf" })
+}
+
+pub fn build_kernel(test: bool) -> Result<PathBuf, String> {
+    let target_dir = root().join("target").join(if test { "kernel-test" } else { "kernel" });
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root())
+        .args(["build", "--release", "-p", "catenary-kernel", "--bin", "catenary"])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", KERNEL_RUSTFLAGS.join("\x1f"))
+        .env_remove("RUSTFLAGS");
+    if test {
+        c.args(["--features", "ktest"]);
+    }
+    run(&mut c)?;
+    let built = target_dir.join("x86_64-unknown-linux-gnu/release/catenary");
+    let dst = kernel_elf(test);
+    std::fs::copy(&built, &dst).map_err(|e| format!("copy {built:?}: {e}"))?;
+    Ok(dst)
+}
+
+pub fn cmd_build(args: &[String]) -> Result<(), String> {
+    let test = args.iter().any(|a| a == "--test");
+    let p = build_kernel(test)?;
+    println!("{}", p.display());
+    Ok(())
+}
+
+/// Module files for the ISO: (path on the host, name the kernel sees).
+pub fn build_iso(kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str, iso_name: &str) -> Result<PathBuf, String> {
+    let mkrescue = require("grub-mkrescue", "grub-common grub-pc-bin grub-efi-amd64-bin")?;
+    require("xorriso", "xorriso")?;
+    require("mformat", "mtools")?;
+    require_file("/usr/lib/grub/i386-pc", "grub-pc-bin")?;
+    require_file("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin")?;
+    let stage = out_dir().join(format!("{iso_name}.d"));
+    let _ = std::fs::remove_dir_all(&stage);
+    let boot = stage.join("boot");
+    std::fs::create_dir_all(boot.join("grub")).map_err(|e| e.to_string())?;
+    std::fs::copy(kernel, boot.join("catenary.elf")).map_err(|e| e.to_string())?;
+    let mut cfg = String::from("set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_output serial console\n\n");
+    cfg.push_str(&format!("menuentry \"Catenary\" {{\n    multiboot2 /boot/catenary.elf {cmdline}\n"));
+    for (i, (path, name)) in modules.iter().enumerate() {
+        let file = format!("module{i}");
+        std::fs::copy(path, boot.join(&file)).map_err(|e| format!("{path:?}: {e}"))?;
+        cfg.push_str(&format!("    module2 /boot/{file} {name}\n"));
+    }
+    cfg.push_str("    boot\n}\n");
+    std::fs::write(boot.join("grub/grub.cfg"), &cfg).map_err(|e| e.to_string())?;
+
+    // Limine as well when its binary is available (Nix builds it; no registry here has it).
+    if let Some(limine) = which("limine") {
+        add_limine(&stage, &limine, cmdline, modules.len())?;
+    }
+    let iso = out_dir().join(format!("{iso_name}.iso"));
+    let out = Command::new(mkrescue)
+        .arg("-o")
+        .arg(&iso)
+        .arg(&stage)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("grub-mkrescue failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(iso)
+}
+
+fn add_limine(stage: &PathBuf, limine: &PathBuf, cmdline: &str, nmods: usize) -> Result<(), String> {
+    // Limine's data files live next to its binary's share directory.
+    let share = limine.parent().and_then(|b| b.parent()).map(|p| p.join("share/limine")).unwrap_or_default();
+    let mut conf = format!("timeout: 0\n\n/Catenary (Limine)\n    protocol: limine\n    path: boot():/boot/catenary.elf\n    cmdline: {cmdline}\n");
+    for i in 0..nmods {
+        conf.push_str(&format!("    module_path: boot():/boot/module{i}\n"));
+    }
+    std::fs::write(stage.join("boot/limine.conf"), conf).map_err(|e| e.to_string())?;
+    for f in ["limine-bios.sys", "limine-bios-cd.bin", "limine-uefi-cd.bin"] {
+        let _ = std::fs::copy(share.join(f), stage.join("boot").join(f));
+    }
+    Ok(())
+}
+
+pub fn cmd_iso(args: &[String]) -> Result<(), String> {
+    let test = args.iter().any(|a| a == "--test");
+    let k = build_kernel(test)?;
+    let mods = crate::qemu::default_modules(true);
+    let iso = build_iso(&k, &mods, "", if test { "catenary-test" } else { "catenary" })?;
+    println!("{}", iso.display());
+    Ok(())
+}
+
+/// Guest kernel + initramfs (guest-images/), bundled as one cpio module for the kernel.
+pub fn guest_bundle() -> Result<PathBuf, String> {
+    let dir = out_dir().join("guest");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let gi = root().join("guest-images");
+    run(Command::new("bash").arg(gi.join("build-kernel.sh")).arg(&dir))?;
+    run(Command::new("bash").arg(gi.join("build-initramfs.sh")).arg(&dir))?;
+    let bundle = out_dir().join("guest-bundle.cpio");
+    if gi.join("make-bundle.sh").exists() {
+        run(Command::new("bash").arg(gi.join("make-bundle.sh")).arg(&dir).arg(&bundle))?;
+    }
+    Ok(bundle)
+}
+
+pub fn cmd_guest(_args: &[String]) -> Result<(), String> {
+    let b = guest_bundle()?;
+    println!("{}", b.display());
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! `cargo xtask`: Catenary's host-side driver. Builds the kernel with the kernel-only flags
+//! (host crates and tests keep normal flags), boots it in QEMU, makes the GRUB/Limine ISO,
+//! builds guest images, runs every test and the benchmarks.
+
+mod build;
+mod qemu;
+mod test;
+mod bench;
+mod tools;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  build [--test]            build the kernel ELF (prints its path)
+  run [options] [-- CMDLINE] build and boot Catenary in QEMU, serial console on stdout
+      --machine microvm|q35|pc   (default q35)    --smp N (default 2)   --mem SIZE (default 1G)
+      --iso                  boot the GRUB ISO instead of -kernel (PVH)   --uefi  (with --iso: OVMF)
+      --no-guest             do not attach the guest image bundle
+  iso [--test]              build the hybrid BIOS+UEFI ISO (GRUB; Limine too if `limine` is on PATH)
+  guest                     build the guest kernel + initramfs bundle (cached)
+  test [--quick]            run every test; ends with `N passed, N failed`
+  bench boot|vm             benchmarks (print figures, never assert)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let r = match cmd.as_str() {
+        "build" => build::cmd_build(rest),
+        "run" => qemu::cmd_run(rest),
+        "iso" => build::cmd_iso(rest),
+        "guest" => build::cmd_guest(rest),
+        "test" => test::cmd_test(rest),
+        "bench" => bench::cmd_bench(rest),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

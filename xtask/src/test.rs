@@ -1,0 +1,1 @@
+pub fn cmd_test(_args: &[String]) -> Result<(), String> { Err("not yet".into()) }
