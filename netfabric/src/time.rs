@@ -47,3 +47,12 @@ impl core::ops::Add<Duration> for Instant {
         Instant::add(self, d)
     }
 }
+
+impl core::ops::Sub<Duration> for Instant {
+    type Output = Instant;
+    /// Saturating at the origin.
+    fn sub(self, d: Duration) -> Instant {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Instant(self.0.saturating_sub(ns))
+    }
+}
