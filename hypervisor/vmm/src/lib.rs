@@ -9,3 +9,6 @@ pub mod devices;
 pub mod insn;
 pub mod mem;
 pub mod paging;
+pub mod cpuid;
+pub mod msr;
+pub mod virtio;
