@@ -69,3 +69,7 @@ pub fn zero_frame(paddr: u64) {
     // SAFETY: the caller owns the frame (just allocated); the direct map covers it.
     unsafe { core::ptr::write_bytes(crate::paging::p2v(paddr) as *mut u8, 0, 4096) }
 }
+
+pub fn is_allocated(paddr: u64) -> bool {
+    with(|a| a.is_allocated(paddr))
+}

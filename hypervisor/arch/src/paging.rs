@@ -315,3 +315,38 @@ pub fn alloc_stack(pages: u64) -> Result<(u64, u64), PagingError> {
     }
     Ok((bottom, bottom + pages * PAGE))
 }
+
+/// Map a fresh, caller-owned frame at an unused kernel address (tests and simple users).
+pub fn map_fresh_test_page(virt: u64, frame: u64) -> Result<(), PagingError> {
+    if translate(virt).is_some() {
+        return Err(PagingError::AlreadyMapped);
+    }
+    if !crate::memory::is_allocated(frame) {
+        return Err(PagingError::NotMapped);
+    }
+    // SAFETY: the frame is allocated (owned by the caller) and `virt` was unmapped.
+    unsafe { map_page(virt, frame, MapFlags::DATA) }
+}
+
+/// Try to execute a byte of data memory (which must hold `ret`): faults if NX is enforced.
+pub fn probe_exec_data(addr: u64) -> Result<(), crate::trap::ProbeFault> {
+    match translate(addr) {
+        Some((_, _, true)) => Err(crate::trap::ProbeFault { addr, error_code: 0 }), // executable: refuse to run it
+        // SAFETY: the page is mapped non-executable, so the call faults at its first fetch and is
+        // recovered; nothing runs.
+        _ => unsafe { crate::trap::probe_exec(addr) },
+    }
+}
+
+/// Try to write a read-only kernel page: faults if write protection is enforced.
+pub fn probe_write_readonly(addr: u64) -> Result<(), crate::trap::ProbeFault> {
+    match translate(addr) {
+        Some((_, false, _)) => {
+            let old = crate::trap::probe_read(addr)?;
+            // SAFETY: the page is mapped read-only, so the write faults and is recovered; if
+            // it did not, it writes back the byte that was there.
+            unsafe { crate::trap::probe_write(addr, old) }
+        }
+        _ => Err(crate::trap::ProbeFault { addr, error_code: 0 }),
+    }
+}

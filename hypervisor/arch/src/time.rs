@@ -71,33 +71,40 @@ fn from_cpuid() -> Option<(u64, TscSource)> {
     None
 }
 
-/// Measure the TSC over ~50 ms of PIT channel 2 (mode 0, gate via port 0x61).
+/// Measure the TSC over ~50 ms of PIT channel 0 counting down (mode 2, polled through the
+/// latch command). Channel 0 needs no gate, so this also works on QEMU microvm, which has no
+/// port 0x61. The PIT's interrupt is not used (interrupts are still off).
 fn pit_calibrate() -> u64 {
     const PIT_HZ: u64 = 1_193_182;
-    const COUNT: u16 = 59_659; // 50 ms
-    // SAFETY: PIT and port 0x61 programming; no memory effects.
+    const WANT: u64 = 59_659; // 50 ms of PIT ticks
+    // SAFETY: PIT programming on ports 0x40/0x43; no memory effects.
     unsafe {
-        let mut p61 = Port::<u8>::new(0x61);
         let mut cmd = Port::<u8>::new(0x43);
-        let mut ch2 = Port::<u8>::new(0x42);
-        let v = p61.read();
-        p61.write((v & !0x02) | 0x01); // gate on, speaker off
-        cmd.write(0xb0); // channel 2, lobyte/hibyte, mode 0, binary
-        ch2.write((COUNT & 0xff) as u8);
-        ch2.write((COUNT >> 8) as u8);
+        let mut ch0 = Port::<u8>::new(0x40);
+        let mut read = || {
+            cmd.write(0x00); // latch channel 0
+            let lo = ch0.read() as u64;
+            let hi = ch0.read() as u64;
+            lo | (hi << 8)
+        };
+        Port::<u8>::new(0x43).write(0x34); // channel 0, lobyte/hibyte, mode 2, binary
+        Port::<u8>::new(0x40).write(0);
+        Port::<u8>::new(0x40).write(0); // reload 65536
+        let mut prev = read();
         let t0 = crate::cpu::rdtsc();
-        let mut spins = 0u64;
-        while p61.read() & 0x20 == 0 {
-            spins += 1;
-            if spins > 200_000_000 {
-                break; // no PIT: fall back below
+        let mut elapsed = 0u64;
+        let mut polls = 0u64;
+        while elapsed < WANT {
+            let now = read();
+            // counting down; a wrap reloads at 65536
+            elapsed += if now <= prev { prev - now } else { prev + 65536 - now };
+            prev = now;
+            polls += 1;
+            if polls > 50_000_000 {
+                return 1_000_000_000; // no PIT: assume 1 GHz rather than hang
             }
         }
-        let t1 = crate::cpu::rdtsc();
-        let d = t1.wrapping_sub(t0);
-        if d == 0 || spins > 200_000_000 {
-            return 1_000_000_000; // assume 1 GHz rather than hang
-        }
-        d * PIT_HZ / COUNT as u64
+        let d = crate::cpu::rdtsc().wrapping_sub(t0);
+        d * PIT_HZ / elapsed
     }
 }

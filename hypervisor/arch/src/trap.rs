@@ -298,9 +298,10 @@ fn pf_decode(f: &TrapFrame) -> alloc::string::String {
 extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
     let v = f.vector;
     if v < 32 {
+        let before = *f;
         if try_recover_probe(f) {
             if PRINT_DUMP_ON_PROBE.load(Ordering::Relaxed) != 0 {
-                print_dump(f, "(caught by probe, recovered)");
+                print_dump(&before, "(caught by probe, recovered)");
             }
             return;
         }
@@ -329,5 +330,18 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
             let eoi: fn() = unsafe { core::mem::transmute(eoi) };
             eoi();
         }
+    }
+}
+
+/// Deliberately crash this CPU (used by the boot tests that check the fault dump).
+pub fn crash_for_test(kind: &str) {
+    match kind {
+        // SAFETY: ud2 raises #UD, which prints the register dump and stops the CPU.
+        "ud" => unsafe { core::arch::asm!("ud2") },
+        // SAFETY: reading an unmapped address raises #PF, which prints the dump and stops.
+        "pf" => unsafe {
+            core::ptr::read_volatile(0x0000_7000_dead_0000 as *const u64);
+        },
+        _ => {}
     }
 }

@@ -144,6 +144,11 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
         info!(target: "boot", "module \"{}\" at {:#x}, {} bytes, fnv1a {:016x}", m.name, m.start, m.len, fnv1a(data));
     }
 
+    if let Some(kind) = crate::cmdline::get(&bi.cmdline, "crash") {
+        warn!(target: "boot", "crashing on purpose (crash={kind})");
+        trap::crash_for_test(kind);
+    }
+
     let node = Node { boot: handoff.info, cpus: ncpus };
     info!(target: "boot", "catenary: ready ({} ms since entry)", time::now_ns() / 1_000_000);
 

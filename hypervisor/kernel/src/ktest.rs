@@ -1,0 +1,244 @@
+//! In-kernel tests (the `ktest` build). Each test is registered by name in `TESTS`, runs on the
+//! booted node, and is reported on serial as `ktest <name> ... ok|FAILED: why`. The run ends
+//! with `ktest: N passed, N failed` and QEMU's isa-debug-exit (0 → success).
+//!
+//! Expectations that depend on how the node was booted come from the command line:
+//! `ktest.protocol=pvh|multiboot2|limine`, `ktest.module_fnv=<hex>` (FNV-1a of the boot module),
+//! `ktest.cpus=N`.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use catenary_arch::{apic, boot, memory, paging, println, qemu, time, trap};
+
+use crate::init::Node;
+
+type TestFn = fn(&Node) -> Result<(), String>;
+
+const TESTS: &[(&str, TestFn)] = &[
+    ("boot_protocol", boot_protocol),
+    ("boot_module", boot_module),
+    ("boot_cmdline", boot_cmdline),
+    ("acpi_cpus", acpi_cpus),
+    ("frame_alloc", frame_alloc),
+    ("frame_alloc_contiguous", frame_alloc_contiguous),
+    ("page_map_unmap_translate", page_map_unmap_translate),
+    ("pf_unmapped_read_caught", pf_unmapped_read_caught),
+    ("pf_nx_exec_caught", pf_nx_exec_caught),
+    ("pf_rodata_write_caught", pf_rodata_write_caught),
+    ("kernel_text_not_writable", kernel_text_not_writable),
+    ("stack_guard_page_unmapped", stack_guard_page_unmapped),
+    ("heap_alloc", heap_alloc),
+    ("heap_large_alloc", heap_large_alloc),
+    ("tsc_monotonic", tsc_monotonic),
+    ("timer_interrupts_arrive", timer_interrupts_arrive),
+];
+
+pub fn run(node: &Node) -> ! {
+    println!("ktest: running {} tests", TESTS.len());
+    let (mut passed, mut failed) = (0, 0);
+    for (name, f) in TESTS {
+        match f(node) {
+            Ok(()) => {
+                passed += 1;
+                println!("ktest {} ... ok", name);
+            }
+            Err(e) => {
+                failed += 1;
+                println!("ktest {} ... FAILED: {}", name, e);
+            }
+        }
+    }
+    println!("ktest: {} passed, {} failed", passed, failed);
+    qemu::exit(if failed == 0 { 0 } else { 1 });
+    catenary_arch::cpu::halt_forever()
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+fn arg<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    crate::cmdline::get(&node.boot.cmdline, key)
+}
+
+fn boot_protocol(node: &Node) -> Result<(), String> {
+    let want = arg(node, "ktest.protocol").ok_or("no ktest.protocol on the command line")?;
+    let got = match node.boot.protocol {
+        catenary_bootinfo::BootProtocol::Pvh => "pvh",
+        catenary_bootinfo::BootProtocol::Multiboot2 => "multiboot2",
+        catenary_bootinfo::BootProtocol::Limine => "limine",
+    };
+    check(got == want, || format!("booted via {got}, expected {want}"))
+}
+
+fn boot_module(node: &Node) -> Result<(), String> {
+    let want = arg(node, "ktest.module_fnv").ok_or("no ktest.module_fnv on the command line")?;
+    let want = u64::from_str_radix(want, 16).map_err(|_| "bad ktest.module_fnv")?;
+    let m = node.boot.modules.first().ok_or("no boot module arrived")?;
+    let got = crate::init::fnv1a(memory::phys_slice(m.start, m.len as usize));
+    check(got == want, || format!("module fnv1a {got:016x}, expected {want:016x}"))?;
+    // The module's frames must never be handed out.
+    check(m.start % 4096 == 0 || m.len > 0, || "empty module".into())
+}
+
+fn boot_cmdline(node: &Node) -> Result<(), String> {
+    check(arg(node, "ktest.marker") == Some("cmdline-ok"), || format!("cmdline was {:?}", node.boot.cmdline))
+}
+
+fn acpi_cpus(node: &Node) -> Result<(), String> {
+    match arg(node, "ktest.cpus") {
+        Some(n) => check(n.parse::<usize>().ok() == Some(node.cpus), || format!("{} CPUs found, expected {n}", node.cpus)),
+        None => check(node.cpus >= 1, || "no CPU".into()),
+    }
+}
+
+fn frame_alloc(_: &Node) -> Result<(), String> {
+    let before = memory::stats();
+    let mut frames = Vec::new();
+    for _ in 0..256 {
+        frames.push(memory::alloc_frame().map_err(|e| format!("{e:?}"))?);
+    }
+    let mut sorted = frames.clone();
+    sorted.sort();
+    sorted.dedup();
+    check(sorted.len() == frames.len(), || "duplicate frame handed out".into())?;
+    check(frames.iter().all(|f| f % 4096 == 0), || "unaligned frame".into())?;
+    check(memory::stats().free == before.free - 256, || "stats did not drop by 256".into())?;
+    // Each frame is real, writable memory reachable through the direct map.
+    for &f in &frames {
+        memory::zero_frame(f);
+    }
+    for f in frames {
+        memory::free_frame(f).map_err(|e| format!("{e:?}"))?;
+    }
+    check(memory::free_frame(sorted[0]).is_err(), || "double free not detected".into())?;
+    check(memory::stats().free == before.free, || "stats not restored".into())
+}
+
+fn frame_alloc_contiguous(_: &Node) -> Result<(), String> {
+    let p = memory::alloc_contiguous(512, 512).map_err(|e| format!("{e:?}"))?;
+    check(p % (2 << 20) == 0, || format!("{p:#x} not 2 MiB aligned"))?;
+    let q = memory::alloc_contiguous(16, 1).map_err(|e| format!("{e:?}"))?;
+    check(q + 16 * 4096 <= p || q >= p + (2 << 20), || "overlapping contiguous ranges".into())?;
+    memory::free_contiguous(p, 512).map_err(|e| format!("{e:?}"))?;
+    memory::free_contiguous(q, 16).map_err(|e| format!("{e:?}"))
+}
+
+const TEST_VIRT: u64 = 0xffff_d000_0000_0000;
+
+fn page_map_unmap_translate(_: &Node) -> Result<(), String> {
+    let f = memory::alloc_frame().map_err(|e| format!("{e:?}"))?;
+    memory::zero_frame(f);
+    check(paging::translate(TEST_VIRT).is_none(), || "test page already mapped".into())?;
+    paging::map_fresh_test_page(TEST_VIRT, f).map_err(|e| format!("map: {e:?}"))?;
+    let t = paging::translate(TEST_VIRT + 0x123).ok_or("not mapped after map")?;
+    check(t.0 == f + 0x123 && t.1 && !t.2, || format!("translate gave {t:?}, frame {f:#x}"))?;
+    trap::set_probe_dump(false);
+    let r = trap::probe_read(TEST_VIRT);
+    trap::set_probe_dump(true);
+    check(r == Ok(0), || format!("read through the mapping: {r:?}"))?;
+    let back = paging::unmap_page(TEST_VIRT).map_err(|e| format!("unmap: {e:?}"))?;
+    check(back == f, || "unmap returned another frame".into())?;
+    check(paging::translate(TEST_VIRT).is_none(), || "still mapped after unmap".into())?;
+    trap::set_probe_dump(false);
+    let r = trap::probe_read(TEST_VIRT);
+    trap::set_probe_dump(true);
+    check(r.is_err(), || "read after unmap did not fault (stale TLB?)".into())?;
+    memory::free_frame(f).map_err(|e| format!("{e:?}"))
+}
+
+fn pf_unmapped_read_caught(_: &Node) -> Result<(), String> {
+    let addr = 0x0000_6000_0000_0000u64;
+    let r = trap::probe_read(addr);
+    let f = r.err().ok_or("read of unmapped memory did not fault")?;
+    check(f.addr == addr && f.error_code & 1 == 0, || format!("{f:?}"))
+}
+
+fn pf_nx_exec_caught(_: &Node) -> Result<(), String> {
+    let code: Box<[u8; 64]> = Box::new([0xc3; 64]); // `ret`, on the heap (NX)
+    let addr = code.as_ptr() as u64;
+    let r = paging::probe_exec_data(addr);
+    let f = r.err().ok_or("executing heap memory did not fault: NX not enforced")?;
+    check(f.error_code & 0x10 != 0 && f.error_code & 1 != 0, || format!("not an instruction-fetch protection fault: {f:?}"))
+}
+
+fn pf_rodata_write_caught(_: &Node) -> Result<(), String> {
+    static RO: [u8; 16] = [7; 16];
+    let addr = RO.as_ptr() as u64;
+    let f = paging::probe_write_readonly(addr).err().ok_or("write to rodata did not fault")?;
+    check(f.error_code & 0b11 == 0b11, || format!("not a write protection fault: {f:?}"))?;
+    check(RO[0] == 7, || "rodata changed".into())
+}
+
+fn kernel_text_not_writable(_: &Node) -> Result<(), String> {
+    let text = paging::kernel_sections().text.0 + 0x1000;
+    let (_, w, x) = paging::translate(text).ok_or("text not mapped")?;
+    check(!w && x, || format!("text writable={w} executable={x}"))?;
+    let data = paging::kernel_sections().data.0;
+    let (_, w, x) = paging::translate(data).ok_or("data not mapped")?;
+    check(w && !x, || format!("data writable={w} executable={x}"))?;
+    let ro = paging::kernel_sections().rodata.0;
+    let (_, w, x) = paging::translate(ro).ok_or("rodata not mapped")?;
+    check(!w && !x, || format!("rodata writable={w} executable={x}"))
+}
+
+fn stack_guard_page_unmapped(_: &Node) -> Result<(), String> {
+    let g = boot::boot_stack_guard();
+    check(paging::translate(g).is_none(), || "boot stack guard page is mapped".into())?;
+    check(trap::probe_read(g).is_err(), || "boot stack guard page readable".into())?;
+    let (bottom, top) = paging::alloc_stack(4).map_err(|e| format!("{e:?}"))?;
+    check(top - bottom == 4 * 4096, || "wrong stack size".into())?;
+    check(paging::translate(bottom - 1).is_none(), || "allocated stack has no guard".into())?;
+    check(paging::translate(bottom).is_some(), || "allocated stack unmapped".into())
+}
+
+fn heap_alloc(_: &Node) -> Result<(), String> {
+    let mut m = BTreeMap::new();
+    for i in 0..10_000u64 {
+        m.insert(i, i * i);
+    }
+    check(m.get(&9_999) == Some(&(9_999 * 9_999)), || "btree lost data".into())?;
+    let v: Vec<u64> = (0..100_000).collect();
+    check(v.iter().sum::<u64>() == 4_999_950_000, || "vec sum wrong".into())?;
+    let mut boxes: Vec<Box<[u8; 256]>> = (0..1000).map(|i| Box::new([i as u8; 256])).collect();
+    boxes.reverse();
+    check(boxes[0][0] == (999 % 256) as u8, || "box contents".into())
+}
+
+fn heap_large_alloc(_: &Node) -> Result<(), String> {
+    let mut v: Vec<u8> = Vec::new();
+    v.try_reserve_exact(16 << 20).map_err(|_| "16 MiB allocation failed")?;
+    v.resize(16 << 20, 0xab);
+    check(v[(16 << 20) - 1] == 0xab, || "large vec".into())?;
+    drop(v);
+    // An absurd request must fail as an error, not bring the node down.
+    let mut huge: Vec<u8> = Vec::new();
+    check(huge.try_reserve_exact(1 << 44).is_err(), || "16 TiB allocation succeeded?".into())
+}
+
+fn tsc_monotonic(_: &Node) -> Result<(), String> {
+    let mut last = time::now_ns();
+    for _ in 0..10_000 {
+        let n = time::now_ns();
+        check(n >= last, || format!("clock went back {last} -> {n}"))?;
+        last = n;
+    }
+    check(time::tsc_hz() > 10_000_000, || "TSC not calibrated".into())
+}
+
+fn timer_interrupts_arrive(_: &Node) -> Result<(), String> {
+    let t0 = apic::ticks();
+    let start = time::now_ns();
+    while apic::ticks() < t0 + 20 {
+        if time::now_ns() - start > 2_000_000_000 {
+            return Err(format!("only {} ticks in 2 s", apic::ticks() - t0));
+        }
+        catenary_arch::cpu::wait_for_interrupt();
+    }
+    let ms = (time::now_ns() - start) / 1_000_000;
+    // 20 ticks at 100 Hz = 200 ms; allow generous slack under emulation.
+    check((100..=1000).contains(&ms), || format!("20 ticks took {ms} ms"))
+}
