@@ -12,3 +12,4 @@ pub mod paging;
 pub mod cpuid;
 pub mod msr;
 pub mod virtio;
+pub mod boot;
