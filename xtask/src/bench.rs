@@ -1,1 +1,43 @@
-pub fn cmd_bench(_args: &[String]) -> Result<(), String> { Err("not yet".into()) }
+//! `cargo xtask bench`: figures, never assertions.
+
+use crate::qemu::{run_captured, Boot};
+use std::time::Duration;
+
+pub fn cmd_bench(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("boot") => bench_boot(),
+        Some("vm") => crate::vmbench::bench_vm(),
+        _ => Err("usage: cargo xtask bench boot|vm".into()),
+    }
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Wall time from QEMU start to the kernel's ready line, median of 5, for microvm and q35.
+fn bench_boot() -> Result<(), String> {
+    let kernel = crate::build::build_kernel(false)?;
+    println!("bench boot: wall time from QEMU start to `catenary: ready` (median of 5, TCG{})",
+        if crate::qemu::kvm_usable() { "/KVM" } else { "" });
+    for m in ["microvm", "q35"] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let mut b = Boot::pvh(m, kernel.clone());
+            b.smp = 1;
+            b.mem = "512M".into();
+            let o = run_captured(b.command(false)?, &["catenary: ready"], &["KERNEL PANIC"], Duration::from_secs(60), false)?;
+            match o.times.first().copied().flatten() {
+                Some(t) => times.push(t.as_secs_f64() * 1000.0),
+                None => return Err(format!("{m}: kernel did not reach ready")),
+            }
+        }
+        let all: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
+        println!("  {m:8} median {:7.1} ms   (runs: {} ms)", median(times), all.join(", "));
+    }
+    Ok(())
+}

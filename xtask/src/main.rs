@@ -7,6 +7,7 @@ mod qemu;
 mod test;
 mod bench;
 mod tools;
+mod vmbench;
 
 use std::process::ExitCode;
 

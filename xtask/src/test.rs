@@ -1,1 +1,189 @@
-pub fn cmd_test(_args: &[String]) -> Result<(), String> { Err("not yet".into()) }
+//! `cargo xtask test`: host unit tests, the in-kernel test suite on every boot path, and the
+//! fault-dump boots. Prints one line per test and ends with `N passed, N failed`.
+
+use crate::build::{build_iso, build_kernel};
+use crate::qemu::{run_captured, Boot};
+use crate::tools::{out_dir, root};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Tally {
+    pub passed: usize,
+    pub failed: usize,
+    pub failures: Vec<String>,
+}
+
+impl Tally {
+    pub fn record(&mut self, name: &str, ok: bool, why: &str) {
+        if ok {
+            self.passed += 1;
+            println!("test {name} ... ok");
+        } else {
+            self.failed += 1;
+            println!("test {name} ... FAILED {why}");
+            self.failures.push(name.to_string());
+        }
+    }
+}
+
+/// FNV-1a, as the kernel computes it for boot modules.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// A deterministic 96 KiB boot module for the boot tests.
+fn test_module() -> Result<(PathBuf, u64), String> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..96 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let p = out_dir().join("ktest-module.bin");
+    std::fs::write(&p, &data).map_err(|e| e.to_string())?;
+    Ok((p, fnv1a(&data)))
+}
+
+pub fn cmd_test(args: &[String]) -> Result<(), String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let only_kernel = args.iter().any(|a| a == "--kernel-only");
+    let mut t = Tally::default();
+    if !only_kernel {
+        host_tests(&mut t);
+    }
+    kernel_tests(&mut t, quick)?;
+    println!();
+    if !t.failures.is_empty() {
+        println!("failed: {}", t.failures.join(", "));
+    }
+    println!("{} passed, {} failed", t.passed, t.failed);
+    if t.failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{} test(s) failed", t.failed))
+    }
+}
+
+/// `cargo test` over the host crates (the workspace's default members).
+fn host_tests(t: &mut Tally) {
+    println!("== host unit tests (cargo test)");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            t.record("host::cargo-test", false, &e.to_string());
+            return;
+        }
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let log = out_dir().join("host-tests.log");
+    let _ = std::fs::write(&log, &text);
+    let (mut p, mut f) = (0, 0);
+    let mut suite = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.trim().strip_prefix("Running ") {
+            suite = rest.split_whitespace().next().unwrap_or("").to_string();
+        }
+        if let Some(r) = line.strip_prefix("test ") {
+            if let Some((name, res)) = r.rsplit_once(" ... ") {
+                if res.starts_with("FAILED") {
+                    println!("test host::{suite}::{name} ... FAILED");
+                    t.failures.push(format!("host::{name}"));
+                }
+            }
+        }
+        if let Some(r) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> usize {
+                r.split(';')
+                    .find_map(|part| part.trim().strip_suffix(key).map(|n| n.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").parse().unwrap_or(0)))
+                    .unwrap_or(0)
+            };
+            p += num("passed");
+            f += num("failed");
+        }
+    }
+    println!("host: {p} passed, {f} failed (log: {})", log.display());
+    t.passed += p;
+    t.failed += f;
+    if !out.status.success() && f == 0 {
+        t.record("host::cargo-test-build", false, &format!("cargo test failed to build; see {}", log.display()));
+    }
+}
+
+fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
+    println!("== in-kernel tests on every boot path");
+    let kernel = build_kernel(true)?;
+    let plain = build_kernel(false)?;
+    let (module, fnv) = test_module()?;
+    let args = |proto: &str| format!("ktest.protocol={proto} ktest.module_fnv={fnv:016x} ktest.marker=cmdline-ok ktest.cpus=2");
+
+    let mut boots: Vec<(String, Boot, u64)> = Vec::new();
+    for m in ["microvm", "q35", "pc"] {
+        let mut b = Boot::pvh(m, kernel.clone());
+        b.smp = 2;
+        b.mem = "512M".into();
+        b.cmdline = args("pvh");
+        b.initrd = Some(module.clone());
+        boots.push((format!("boot_pvh_{m}"), b, 60));
+    }
+    if !quick {
+        let iso = build_iso(&kernel, &[(module.clone(), "ktest-module".into())], &args("multiboot2"), "catenary-test")?;
+        let mut bios = Boot::iso(iso.clone(), false);
+        bios.smp = 2;
+        bios.mem = "512M".into();
+        boots.push(("boot_grub_iso_seabios".into(), bios.clone(), 120));
+        let mut uefi = bios;
+        uefi.uefi = true;
+        boots.push(("boot_grub_iso_ovmf".into(), uefi, 240));
+    }
+    for (name, b, secs) in boots {
+        let c = b.command(false)?;
+        let o = run_captured(c, &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(secs), false)?;
+        let (mut kp, mut kf) = (0, 0);
+        for l in &o.lines {
+            if let Some(r) = l.strip_prefix("ktest ") {
+                if let Some((tn, res)) = r.split_once(" ... ") {
+                    let ok = res == "ok";
+                    t.record(&format!("{name}::{tn}"), ok, res);
+                    if ok { kp += 1 } else { kf += 1 }
+                }
+            }
+        }
+        let summary = o.lines.iter().find(|l| l.starts_with("ktest: ") && l.contains("passed"));
+        let ok = o.matched && kf == 0 && kp > 0 && summary.is_some() && o.exit_code.map(|c| c == 1).unwrap_or(true);
+        let why = if ok {
+            String::new()
+        } else {
+            let log = out_dir().join(format!("{name}.log"));
+            let _ = std::fs::write(&log, o.lines.join("\n"));
+            format!(
+                "(no clean summary after {:.1}s, exit {:?}{}; serial log {})",
+                o.elapsed.as_secs_f64(),
+                o.exit_code,
+                o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(),
+                log.display()
+            )
+        };
+        t.record(&name, ok, &why);
+    }
+
+    // An unhandled exception prints the full register dump and stops the CPU.
+    for (kind, vector) in [("ud", "CPU EXCEPTION 6 (#UD"), ("pf", "CPU EXCEPTION 14 (#PF")] {
+        let mut b = Boot::pvh("microvm", plain.clone());
+        b.smp = 1;
+        b.mem = "256M".into();
+        b.cmdline = format!("crash={kind}");
+        let want = [vector, "RIP 0x", "RAX 0x", "R15 0x", "CR0 0x", "CR2 0x", "CR3 0x", "CR4 0x", "RFLAGS", "stopping this CPU"];
+        let o = run_captured(b.command(false)?, &want, &["KERNEL PANIC"], Duration::from_secs(40), false)?;
+        t.record(&format!("fault_dump_{kind}"), o.matched, "(register dump incomplete)");
+    }
+    Ok(())
+}

@@ -154,13 +154,14 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
 
     #[cfg(feature = "ktest")]
     crate::ktest::run(&node);
-
+    #[cfg(not(feature = "ktest"))]
     idle(&node)
 }
 
 /// Nothing to schedule yet: report the timer for a few seconds, then halt between interrupts.
 fn idle(node: &Node) -> ! {
-    let _ = node;
+    info!(target: "boot", "node up: {} CPU(s), booted via {}, {} boot module(s)", node.cpus,
+        protocol_name(node.boot.protocol), node.boot.modules.len());
     let mut next_report = apic::ticks() + TIMER_HZ as u64;
     let mut reports = 0;
     loop {
