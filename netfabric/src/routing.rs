@@ -83,7 +83,7 @@ impl RoutingTable {
         self.entries.retain(|(p, _)| *p != prefix);
         self.entries.push((prefix, peer));
         // Keep longest prefixes first so the first match is the longest.
-        self.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.entries.sort_by_key(|e| core::cmp::Reverse(e.0.len()));
     }
     /// Remove every prefix of `peer`.
     pub fn remove_peer(&mut self, peer: PeerId) {

@@ -35,7 +35,7 @@ impl Instant {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
     /// `self + d` (saturating).
-    pub fn add(self, d: Duration) -> Instant {
+    pub fn saturating_add(self, d: Duration) -> Instant {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Instant(self.0.saturating_add(ns))
     }
@@ -44,7 +44,7 @@ impl Instant {
 impl core::ops::Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {
-        Instant::add(self, d)
+        self.saturating_add(d)
     }
 }
 
