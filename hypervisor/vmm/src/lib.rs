@@ -13,3 +13,5 @@ pub mod cpuid;
 pub mod msr;
 pub mod virtio;
 pub mod boot;
+pub mod console;
+pub mod vm;

@@ -1,0 +1,779 @@
+//! The microVM device model: exit dispatch, port/MMIO buses, interrupt plumbing, stats.
+
+use crate::boot::layout;
+use crate::console::ConsoleSink;
+use crate::cpu::*;
+use crate::cpuid::{guest_cpuid, CpuidConfig};
+use crate::devices::misc::{MiscEffect, PostPort, ResetPorts, I8042};
+use crate::devices::pic::DualPic;
+use crate::devices::pit::Pit;
+use crate::devices::rtc::Rtc;
+use crate::devices::uart::{Uart, COM1_BASE, COM1_IRQ};
+use crate::insn::{classify_mmio, complete_load, decode_at_rip, length_of, FetchError, MmioOp};
+use crate::mem::GuestMemory;
+use crate::msr::{MsrResult, MsrState};
+use crate::paging::{linear, read_linear, write_linear, Access, WalkError};
+use crate::virtio::blk::VirtioBlk;
+use crate::virtio::console::VirtioConsole;
+use crate::virtio::mmio::{Device, VirtioMmio, MMIO_WINDOW};
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use iced_x86::{Mnemonic, OpKind, Register};
+
+/// What to do with an MMIO access that hits no device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WildMmioPolicy {
+    /// Stop the VM with [`GuestFault::WildMmio`] (default: a Linux guest configured for this
+    /// machine never does it, so it is a bug or an attack, and the report names the GPA).
+    Stop,
+    /// Reads return all-ones, writes are dropped (counted in [`Stats::wild_mmio`]).
+    AllOnes,
+}
+
+/// Hypercall (VMCALL/VMMCALL, CPL 0 only) numbers in RAX.
+pub const HC_POWER_OFF: u64 = 0x4341_5400; // "\0TAC": RBX = exit status
+/// Returned in RAX for an unknown hypercall (-ENOSYS).
+pub const HC_ENOSYS: u64 = (-38i64) as u64;
+
+/// IRQ lines handed to virtio devices, in order.
+pub const VIRTIO_IRQS: [u8; 8] = [5, 6, 9, 10, 11, 12, 14, 15];
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub name: String,
+    pub ram_size: u64,
+    /// Guest TSC frequency (kHz) for CPUID 0x4000_0010 and the MSR TSC fallback.
+    pub tsc_khz: u32,
+    /// Wall clock (Unix seconds) at `now_ns == 0`, for the RTC.
+    pub wallclock_unix: u64,
+    pub cpuid: CpuidConfig,
+    pub wild_mmio: WildMmioPolicy,
+    pub virtio_console: bool,
+    /// Disk image and read-only flag.
+    pub virtio_blk: Option<(Vec<u8>, bool)>,
+    pub queue_size: u16,
+}
+
+impl VmConfig {
+    pub fn new(name: &str, ram_size: u64, tsc_khz: u32) -> Self {
+        VmConfig {
+            name: name.into(),
+            ram_size,
+            tsc_khz,
+            wallclock_unix: 0,
+            cpuid: CpuidConfig { tsc_khz, ..Default::default() },
+            wild_mmio: WildMmioPolicy::Stop,
+            virtio_console: true,
+            virtio_blk: None,
+            queue_size: 256,
+        }
+    }
+}
+
+/// Exit reasons counted in [`Stats::exits`].
+pub const EXIT_NAMES: [&str; 18] = [
+    "io", "mmio", "cpuid", "rdmsr", "wrmsr", "hlt", "interrupt_window", "external_interrupt", "nmi",
+    "exception", "shutdown", "vmcall", "xsetbv", "invd", "wbinvd", "pause", "invalid_guest_state", "other",
+];
+
+fn exit_index(e: &Exit) -> usize {
+    match e {
+        Exit::Io { .. } => 0,
+        Exit::Mmio { .. } => 1,
+        Exit::Cpuid => 2,
+        Exit::Rdmsr => 3,
+        Exit::Wrmsr => 4,
+        Exit::Hlt => 5,
+        Exit::InterruptWindow => 6,
+        Exit::ExternalInterrupt => 7,
+        Exit::Nmi => 8,
+        Exit::Exception { .. } => 9,
+        Exit::Shutdown => 10,
+        Exit::Vmcall => 11,
+        Exit::Xsetbv => 12,
+        Exit::Invd => 13,
+        Exit::Wbinvd => 14,
+        Exit::Pause => 15,
+        Exit::InvalidGuestState { .. } => 16,
+        Exit::Other { .. } => 17,
+    }
+}
+
+/// Counters for the benchmark and for hostile-guest reports.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Exits by reason, indexed like [`EXIT_NAMES`].
+    pub exits: [u64; 18],
+    /// Port I/O exits by port.
+    pub io_by_port: BTreeMap<u16, u64>,
+    pub unknown_port_reads: u64,
+    pub unknown_port_writes: u64,
+    /// Distinct unknown MSRs (capped at 256 entries) and their access counts.
+    pub unknown_msrs: BTreeMap<u32, u64>,
+    pub unknown_msr_total: u64,
+    pub wild_mmio: u64,
+    pub exceptions_injected: u64,
+    pub irqs_injected: u64,
+    pub string_io_iterations: u64,
+    pub post_code: u8,
+}
+
+impl Stats {
+    /// `(reason, count)` for every reason with a non-zero count.
+    pub fn exits_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        EXIT_NAMES.iter().zip(self.exits.iter()).filter(|(_, c)| **c > 0).map(|(n, c)| (*n, *c))
+    }
+    pub fn total_exits(&self) -> u64 {
+        self.exits.iter().sum()
+    }
+}
+
+/// What the backend should do about events before the next entry (see [`MicroVm::next_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventDecision {
+    /// Inject this event now.
+    Inject(Injection),
+    /// An interrupt is pending but the guest cannot take it: request an interrupt window
+    /// (SVM V_IRQ + VINTR intercept / VMX interrupt-window exiting).
+    RequestWindow,
+    None,
+}
+
+/// Snapshot of the host CPUID leaves the policy needs.
+#[derive(Debug, Clone, Default)]
+pub struct HostCpuidTable {
+    leaves: BTreeMap<(u32, u32), [u32; 4]>,
+}
+
+impl HostCpuidTable {
+    /// Query the host for every leaf the policy may consult.
+    pub fn capture(host: &dyn Fn(u32, u32) -> [u32; 4]) -> Self {
+        let mut leaves = BTreeMap::new();
+        let max = host(0, 0)[0].min(0xd);
+        for l in 0..=max {
+            let subs = match l {
+                4 | 7 | 0xd => 0..8,
+                _ => 0..1,
+            };
+            for s in subs {
+                leaves.insert((l, s), host(l, s));
+            }
+        }
+        let emax = host(0x8000_0000, 0)[0].clamp(0x8000_0000, 0x8000_0008);
+        for l in 0x8000_0000..=emax {
+            leaves.insert((l, 0), host(l, 0));
+        }
+        HostCpuidTable { leaves }
+    }
+    pub fn get(&self, l: u32, s: u32) -> [u32; 4] {
+        self.leaves.get(&(l, s)).copied().unwrap_or([0; 4])
+    }
+}
+
+/// The device model of one single-vCPU microVM.
+pub struct MicroVm {
+    pub cfg: VmConfig,
+    pub pic: DualPic,
+    pub pit: Pit,
+    pub uart: Uart,
+    pub rtc: Rtc,
+    pub kbd: I8042,
+    pub post: PostPort,
+    pub reset_ports: ResetPorts,
+    pub virtio: Vec<VirtioMmio>,
+    pub msrs: MsrState,
+    host_cpuid: HostCpuidTable,
+    console: ConsoleSink,
+    stats: Stats,
+    pending: Option<Injection>,
+    stopped: Option<StopReason>,
+}
+
+type Outcome = Result<Action, VmError>;
+
+impl MicroVm {
+    /// Create the device model. `host_cpuid` is queried once, here.
+    pub fn new(cfg: VmConfig, host_cpuid: &dyn Fn(u32, u32) -> [u32; 4]) -> Self {
+        let mut virtio = Vec::new();
+        let mut irqs = VIRTIO_IRQS.iter();
+        let mut base = layout::MMIO_BASE;
+        let qs = if cfg.queue_size.is_power_of_two() { cfg.queue_size.min(1024) } else { 256 };
+        if cfg.virtio_console {
+            if let Some(&irq) = irqs.next() {
+                virtio.push(VirtioMmio::new(base, irq, Device::Console(VirtioConsole::new()), qs));
+                base += layout::MMIO_STRIDE;
+            }
+        }
+        if let Some((disk, ro)) = &cfg.virtio_blk {
+            if let Some(&irq) = irqs.next() {
+                virtio.push(VirtioMmio::new(base, irq, Device::Blk(VirtioBlk::new(disk.clone(), *ro, "catenary0")), qs));
+            }
+        }
+        MicroVm {
+            pic: DualPic::new(),
+            pit: Pit::new(),
+            uart: Uart::new(),
+            rtc: Rtc::new(cfg.wallclock_unix),
+            kbd: I8042::default(),
+            post: PostPort::default(),
+            reset_ports: ResetPorts::default(),
+            virtio,
+            msrs: MsrState::new(cfg.tsc_khz),
+            host_cpuid: HostCpuidTable::capture(host_cpuid),
+            console: ConsoleSink::default(),
+            stats: Stats::default(),
+            pending: None,
+            stopped: None,
+            cfg,
+        }
+    }
+
+    /// Kernel command-line fragment describing this VM's devices for Linux:
+    /// `virtio_mmio.device=0x200@<base>:<irq>` per device and `tsc_early_khz=<khz>` (Linux only
+    /// reads 0x4000_0010 for VMware, so the TSC frequency goes on the command line too).
+    pub fn kernel_cmdline_extras(&self) -> String {
+        let mut s = String::new();
+        for d in &self.virtio {
+            s.push_str(&format!("virtio_mmio.device={:#x}@{:#x}:{} ", MMIO_WINDOW, d.base, d.irq));
+        }
+        if self.cfg.tsc_khz != 0 {
+            s.push_str(&format!("tsc_early_khz={}", self.cfg.tsc_khz));
+        }
+        String::from(s.trim_end())
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Console lines (UART + virtio-console) completed since the last call; the kernel prints
+    /// each as `[vm:<name>] <line>`.
+    pub fn take_console_lines(&mut self) -> Vec<String> {
+        self.collect_output();
+        self.console.take_lines()
+    }
+
+    /// Like [`MicroVm::take_console_lines`] but includes an unterminated last line (VM end).
+    pub fn take_console_tail(&mut self) -> Vec<String> {
+        self.collect_output();
+        self.console.take_all()
+    }
+
+    /// Host input for the guest console (UART RX and virtio-console receiveq).
+    pub fn push_console_input(&mut self, bytes: &[u8], mem: &mut dyn GuestMemory) {
+        self.uart.push_input(bytes);
+        for d in &mut self.virtio {
+            if let Device::Console(c) = &mut d.dev {
+                c.push_input(bytes);
+                d.kick_rx(mem);
+            }
+        }
+        self.sync_irqs();
+    }
+
+    /// Why the VM stopped, once it has.
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        self.stopped.as_ref()
+    }
+
+    // ----- interrupts -------------------------------------------------------------------------
+
+    /// Advance timers to `now_ns` and update interrupt lines. Call before every VM entry and
+    /// when a halted vCPU wakes.
+    pub fn poll(&mut self, now_ns: u64) {
+        if self.pit.poll(now_ns) {
+            self.pic.pulse(0);
+        }
+        self.sync_irqs();
+    }
+
+    /// Vector of the interrupt the PIC presents, if any.
+    pub fn pending_irq(&self) -> Option<u8> {
+        self.pic.pending_vector()
+    }
+
+    /// INTA: the backend is injecting `vector` (from [`MicroVm::pending_irq`]). Returns the
+    /// vector the PIC actually delivers (normally the same; spurious 7/15 if the IRQ vanished).
+    pub fn ack_irq(&mut self, vector: u8) -> u8 {
+        let _ = vector;
+        let v = self.pic.ack();
+        self.stats.irqs_injected += 1;
+        self.sync_irqs();
+        v
+    }
+
+    /// Absolute `now_ns` at which the next timer interrupt is due (to bound a HLT wait).
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.pit.next_deadline_ns()
+    }
+
+    /// An exception queued by the device model (e.g. #GP for an unknown MSR), not yet taken.
+    pub fn pending_exception(&self) -> Option<Injection> {
+        self.pending
+    }
+
+    /// Take the queued exception for injection.
+    pub fn take_injection(&mut self) -> Option<Injection> {
+        let p = self.pending.take();
+        if p.is_some() {
+            self.stats.exceptions_injected += 1;
+        }
+        p
+    }
+
+    /// One-stop event decision before VM entry: a queued exception first, then a PIC
+    /// interrupt if RFLAGS.IF=1 and no interrupt shadow (acknowledging it), else a request for
+    /// an interrupt window.
+    pub fn next_event(&mut self, cpu: &VcpuState) -> EventDecision {
+        if let Some(i) = self.take_injection() {
+            return EventDecision::Inject(i);
+        }
+        match self.pending_irq() {
+            Some(v) if cpu.interrupts_enabled() && !cpu.interrupt_shadow => {
+                let v = self.ack_irq(v);
+                EventDecision::Inject(Injection { vector: v, error_code: None, kind: InjectionKind::ExtInt })
+            }
+            Some(_) => EventDecision::RequestWindow,
+            None => EventDecision::None,
+        }
+    }
+
+    fn queue_exception(&mut self, inj: Injection) -> Option<StopReason> {
+        let contributory = |v: u8| matches!(v, 0 | 10 | 11 | 12 | 13);
+        match self.pending {
+            None => {
+                self.pending = Some(inj);
+                None
+            }
+            Some(p) if p.vector == 8 => Some(StopReason::TripleFault),
+            Some(p) => {
+                let df = (contributory(p.vector) && contributory(inj.vector))
+                    || (p.vector == 14 && (contributory(inj.vector) || inj.vector == 14));
+                self.pending = Some(if df { Injection::exception(8, Some(0)) } else { inj });
+                None
+            }
+        }
+    }
+
+    fn sync_irqs(&mut self) {
+        self.pic.set_irq(COM1_IRQ, self.uart.irq_level());
+        for d in &self.virtio {
+            self.pic.set_irq(d.irq, d.irq_level());
+        }
+    }
+
+    fn collect_output(&mut self) {
+        let out = self.uart.take_output();
+        self.console.push(&out);
+        for d in &mut self.virtio {
+            let o = d.take_output();
+            self.console.push(&o);
+        }
+    }
+
+    // ----- exit handling ------------------------------------------------------------------------
+
+    /// Handle one VM exit. See the crate docs for the contract.
+    pub fn handle_exit(&mut self, exit: Exit, cpu: &mut VcpuState, mem: &mut dyn GuestMemory, now_ns: u64) -> Outcome {
+        if let Some(r) = &self.stopped {
+            return Ok(Action::Stop(r.clone()));
+        }
+        self.stats.exits[exit_index(&exit)] += 1;
+        let r = self.dispatch(exit, cpu, mem, now_ns);
+        self.poll(now_ns);
+        self.collect_output();
+        if let Ok(Action::Stop(reason)) = &r {
+            self.stopped = Some(reason.clone());
+        }
+        r
+    }
+
+    fn fetch_fail(&mut self, e: FetchError, cpu: &mut VcpuState) -> Outcome {
+        match e {
+            FetchError::Inject(inj, cr2) => {
+                if let Some(a) = cr2 {
+                    cpu.cr2 = a;
+                }
+                Ok(self.inject(inj))
+            }
+            FetchError::Fault(f) => Ok(Action::Stop(StopReason::GuestFault(f))),
+        }
+    }
+
+    fn inject(&mut self, inj: Injection) -> Action {
+        match self.queue_exception(inj) {
+            Some(stop) => Action::Stop(stop),
+            None => Action::Resume,
+        }
+    }
+
+    /// Decode at RIP, check the mnemonic, advance RIP. Returns Err(outcome) when the
+    /// instruction could not be fetched.
+    fn skip(&mut self, cpu: &mut VcpuState, mem: &dyn GuestMemory, m: &[Mnemonic], what: &'static str) -> Result<(), Outcome> {
+        match length_of(cpu, mem, m, what) {
+            Ok((len, _)) => {
+                cpu.advance_rip(len);
+                Ok(())
+            }
+            Err(e) => Err(self.fetch_fail(e, cpu)),
+        }
+    }
+
+    fn dispatch(&mut self, exit: Exit, cpu: &mut VcpuState, mem: &mut dyn GuestMemory, now_ns: u64) -> Outcome {
+        match exit {
+            Exit::Io { port, size, write, string, rep } => {
+                if !matches!(size, 1 | 2 | 4) {
+                    return Err(VmError::BadExit("I/O size must be 1, 2 or 4"));
+                }
+                *self.stats.io_by_port.entry(port).or_insert(0) += 1;
+                if string {
+                    return self.string_io(port, size, write, rep, cpu, mem, now_ns);
+                }
+                let ms: &[Mnemonic] = if write { &[Mnemonic::Out] } else { &[Mnemonic::In] };
+                if let Err(o) = self.skip(cpu, mem, ms, "io") {
+                    return o;
+                }
+                if write {
+                    if let Some(stop) = self.io_out(port, size, cpu.rax as u32, now_ns) {
+                        return Ok(Action::Stop(stop));
+                    }
+                } else {
+                    let v = self.io_in(port, size, now_ns);
+                    cpu.write_gpr_sized(0, size, v as u64);
+                }
+                Ok(Action::Resume)
+            }
+            Exit::Mmio { gpa, write_hint } => self.mmio(gpa, write_hint, cpu, mem, now_ns),
+            Exit::Cpuid => {
+                if let Err(o) = self.skip(cpu, mem, &[Mnemonic::Cpuid], "cpuid") {
+                    return o;
+                }
+                let host = |l: u32, s: u32| self.host_cpuid.get(l, s);
+                let r = guest_cpuid(&self.cfg.cpuid, cpu.rax as u32, cpu.rcx as u32, cpu.cr4, cpu.xcr0, &host);
+                cpu.rax = r[0] as u64;
+                cpu.rbx = r[1] as u64;
+                cpu.rcx = r[2] as u64;
+                cpu.rdx = r[3] as u64;
+                Ok(Action::Resume)
+            }
+            Exit::Rdmsr => {
+                let idx = cpu.rcx as u32;
+                match self.msrs.read(idx, cpu, now_ns) {
+                    MsrResult::Ok(v) => {
+                        if let Err(o) = self.skip(cpu, mem, &[Mnemonic::Rdmsr], "rdmsr") {
+                            return o;
+                        }
+                        cpu.rax = v & 0xffff_ffff;
+                        cpu.rdx = v >> 32;
+                        Ok(Action::Resume)
+                    }
+                    MsrResult::Gp => Ok(self.unknown_msr(idx)),
+                }
+            }
+            Exit::Wrmsr => {
+                let idx = cpu.rcx as u32;
+                let val = (cpu.rdx << 32) | (cpu.rax & 0xffff_ffff);
+                // Validate the instruction first so a failed fetch leaves no side effect.
+                let len = match length_of(cpu, mem, &[Mnemonic::Wrmsr], "wrmsr") {
+                    Ok((l, _)) => l,
+                    Err(e) => return self.fetch_fail(e, cpu),
+                };
+                match self.msrs.write(idx, val, cpu) {
+                    MsrResult::Ok(_) => {
+                        cpu.advance_rip(len);
+                        Ok(Action::Resume)
+                    }
+                    MsrResult::Gp => Ok(self.unknown_msr(idx)),
+                }
+            }
+            Exit::Hlt => {
+                if let Err(o) = self.skip(cpu, mem, &[Mnemonic::Hlt], "hlt") {
+                    return o;
+                }
+                if !cpu.interrupts_enabled() {
+                    return Ok(Action::Stop(StopReason::PowerOff { code: None }));
+                }
+                self.poll(now_ns);
+                if self.pending_irq().is_some() || self.pending.is_some() {
+                    Ok(Action::Resume)
+                } else {
+                    Ok(Action::Halt)
+                }
+            }
+            Exit::InterruptWindow | Exit::ExternalInterrupt | Exit::Nmi => Ok(Action::Resume),
+            Exit::Pause => match self.skip(cpu, mem, &[Mnemonic::Pause], "pause") {
+                Ok(()) => Ok(Action::Resume),
+                Err(o) => o,
+            },
+            Exit::Invd | Exit::Wbinvd => match self.skip(cpu, mem, &[Mnemonic::Invd, Mnemonic::Wbinvd, Mnemonic::Wbnoinvd], "wbinvd") {
+                Ok(()) => Ok(Action::Resume),
+                Err(o) => o,
+            },
+            Exit::Xsetbv => {
+                if !self.cfg.cpuid.xsave {
+                    return Ok(self.inject(Injection::ud()));
+                }
+                let len = match length_of(cpu, mem, &[Mnemonic::Xsetbv], "xsetbv") {
+                    Ok((l, _)) => l,
+                    Err(e) => return self.fetch_fail(e, cpu),
+                };
+                let v = (cpu.rdx << 32) | (cpu.rax & 0xffff_ffff);
+                let ok = cpu.cpl == 0 && cpu.rcx as u32 == 0 && v & 1 != 0 && v & !7 == 0 && (v & 4 == 0 || v & 2 != 0);
+                if !ok {
+                    return Ok(self.inject(Injection::gp0()));
+                }
+                cpu.xcr0 = v;
+                cpu.advance_rip(len);
+                Ok(Action::Resume)
+            }
+            Exit::Vmcall => {
+                if cpu.cpl != 0 {
+                    return Ok(self.inject(Injection::ud()));
+                }
+                if let Err(o) = self.skip(cpu, mem, &[Mnemonic::Vmcall, Mnemonic::Vmmcall], "vmcall") {
+                    return o;
+                }
+                if cpu.rax == HC_POWER_OFF {
+                    return Ok(Action::Stop(StopReason::PowerOff { code: Some(cpu.rbx) }));
+                }
+                cpu.rax = HC_ENOSYS;
+                Ok(Action::Resume)
+            }
+            Exit::Exception { vector, error_code } => {
+                let valid = vector < 32 && !matches!(vector, 2 | 9 | 15 | 22..=27 | 31);
+                let needs_ec = matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30);
+                if !valid || needs_ec != error_code.is_some() {
+                    return Ok(Action::Stop(StopReason::GuestFault(GuestFault::BadException { vector })));
+                }
+                Ok(self.inject(Injection::exception(vector, error_code)))
+            }
+            Exit::Shutdown => Ok(Action::Stop(StopReason::TripleFault)),
+            Exit::InvalidGuestState { code } => {
+                Ok(Action::Stop(StopReason::GuestFault(GuestFault::InvalidGuestState { code })))
+            }
+            Exit::Other { code } => Ok(Action::Stop(StopReason::GuestFault(GuestFault::UnhandledExit { code }))),
+        }
+    }
+
+    fn unknown_msr(&mut self, idx: u32) -> Action {
+        self.stats.unknown_msr_total += 1;
+        if self.stats.unknown_msrs.len() < 256 || self.stats.unknown_msrs.contains_key(&idx) {
+            *self.stats.unknown_msrs.entry(idx).or_insert(0) += 1;
+        }
+        self.inject(Injection::gp0())
+    }
+
+    // ----- port I/O bus -------------------------------------------------------------------------
+
+    fn io_read8(&mut self, port: u16, now: u64) -> Option<u8> {
+        Some(match port {
+            p if DualPic::handles(p) => self.pic.io_read(p),
+            p if Pit::handles(p) => self.pit.io_read(p, now),
+            p if (COM1_BASE..COM1_BASE + 8).contains(&p) => self.uart.io_read(p - COM1_BASE),
+            p if Rtc::handles(p) => self.rtc.io_read(p, now),
+            p if I8042::handles(p) => self.kbd.io_read(p),
+            p if ResetPorts::handles(p) => self.reset_ports.io_read(p),
+            0x80 | 0xed => self.post.last,
+            _ => return None,
+        })
+    }
+
+    fn io_write8(&mut self, port: u16, v: u8, now: u64) -> Option<MiscEffect> {
+        Some(match port {
+            p if DualPic::handles(p) => {
+                self.pic.io_write(p, v);
+                MiscEffect::None
+            }
+            p if Pit::handles(p) => {
+                self.pit.io_write(p, v, now);
+                MiscEffect::None
+            }
+            p if (COM1_BASE..COM1_BASE + 8).contains(&p) => {
+                self.uart.io_write(p - COM1_BASE, v);
+                MiscEffect::None
+            }
+            p if Rtc::handles(p) => {
+                self.rtc.io_write(p, v, now);
+                MiscEffect::None
+            }
+            p if I8042::handles(p) => self.kbd.io_write(p, v),
+            p if ResetPorts::handles(p) => self.reset_ports.io_write(p, v),
+            0x80 | 0xed => {
+                self.post.last = v;
+                self.post.writes += 1;
+                self.stats.post_code = v;
+                MiscEffect::None
+            }
+            _ => return None,
+        })
+    }
+
+    /// Port read of `size` bytes (byte lanes at port, port+1, …). Unknown ports read all-ones.
+    pub fn io_in(&mut self, port: u16, size: u8, now: u64) -> u32 {
+        let mut v = 0u32;
+        let mut unknown = false;
+        for i in 0..size.min(4) {
+            let b = match self.io_read8(port.wrapping_add(i as u16), now) {
+                Some(b) => b,
+                None => {
+                    unknown = true;
+                    0xff
+                }
+            };
+            v |= (b as u32) << (8 * i);
+        }
+        if unknown {
+            self.stats.unknown_port_reads += 1;
+        }
+        self.sync_irqs();
+        v
+    }
+
+    /// Port write; returns a stop reason if the write resets the machine.
+    pub fn io_out(&mut self, port: u16, size: u8, val: u32, now: u64) -> Option<StopReason> {
+        let mut unknown = false;
+        let mut stop = None;
+        for i in 0..size.min(4) {
+            match self.io_write8(port.wrapping_add(i as u16), (val >> (8 * i)) as u8, now) {
+                Some(MiscEffect::Reset) => stop = Some(StopReason::Reboot),
+                Some(MiscEffect::None) => {}
+                None => unknown = true,
+            }
+        }
+        if unknown {
+            self.stats.unknown_port_writes += 1;
+        }
+        self.sync_irqs();
+        stop
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn string_io(&mut self, port: u16, size: u8, write: bool, rep: bool, cpu: &mut VcpuState, mem: &mut dyn GuestMemory, now: u64) -> Outcome {
+        let ms: &[Mnemonic] = if write { &[Mnemonic::Outsb, Mnemonic::Outsw, Mnemonic::Outsd] } else { &[Mnemonic::Insb, Mnemonic::Insw, Mnemonic::Insd] };
+        let (len, insn) = match length_of(cpu, mem, ms, "string io") {
+            Ok(x) => x,
+            Err(e) => return self.fetch_fail(e, cpu),
+        };
+        // Address size from the memory operand kind.
+        let mem_op = if write { 1 } else { 0 };
+        let (addr_mask, reg_num) = match insn.op_kind(mem_op) {
+            OpKind::MemorySegSI | OpKind::MemoryESDI => (0xffffu64, if write { 6 } else { 7 }),
+            OpKind::MemorySegESI | OpKind::MemoryESEDI => (0xffff_ffff, if write { 6 } else { 7 }),
+            OpKind::MemorySegRSI | OpKind::MemoryESRDI => (u64::MAX, if write { 6 } else { 7 }),
+            _ => return Ok(Action::Stop(StopReason::GuestFault(GuestFault::InstructionMismatch { rip: cpu.rip, exit: "string io" }))),
+        };
+        let seg = if write {
+            match insn.memory_segment() {
+                Register::ES => cpu.es,
+                Register::CS => cpu.cs,
+                Register::SS => cpu.ss,
+                Register::FS => cpu.fs,
+                Register::GS => cpu.gs,
+                _ => cpu.ds,
+            }
+        } else {
+            cpu.es
+        };
+        let fs_gs = write && matches!(insn.memory_segment(), Register::FS | Register::GS);
+        let rep = rep || insn.has_rep_prefix() || insn.has_repne_prefix();
+        let mut count = if rep { cpu.rcx & addr_mask } else { 1 };
+        let step = if cpu.rflags & RFLAGS_DF != 0 { (size as u64).wrapping_neg() } else { size as u64 };
+        let acc = Access { write: !write, fetch: false, user: cpu.cpl == 3 };
+        let mut budget = 4096u32;
+        while count > 0 && budget > 0 {
+            budget -= 1;
+            let off = cpu.gpr(reg_num) & addr_mask;
+            let la = linear(cpu, &seg, off, fs_gs);
+            let mut buf = [0u8; 4];
+            let b = &mut buf[..size as usize];
+            if write {
+                if let Err(e) = read_linear(cpu, mem, la, b, acc) {
+                    return self.walk_fail(e, cpu);
+                }
+                let v = u32::from_le_bytes(buf);
+                if let Some(stop) = self.io_out(port, size, v, now) {
+                    return Ok(Action::Stop(stop));
+                }
+            } else {
+                let v = self.io_in(port, size, now);
+                let bytes = v.to_le_bytes();
+                if let Err(e) = write_linear(cpu, mem, la, &bytes[..size as usize], acc) {
+                    return self.walk_fail(e, cpu);
+                }
+            }
+            self.stats.string_io_iterations += 1;
+            let new = (off.wrapping_add(step) & addr_mask) | (cpu.gpr(reg_num) & !addr_mask);
+            cpu.set_gpr(reg_num, new);
+            count -= 1;
+            if rep {
+                cpu.rcx = (count & addr_mask) | (cpu.rcx & !addr_mask);
+            }
+        }
+        if count == 0 {
+            cpu.advance_rip(len);
+        }
+        Ok(Action::Resume)
+    }
+
+    fn walk_fail(&mut self, e: WalkError, cpu: &mut VcpuState) -> Outcome {
+        match e {
+            WalkError::PageFault { addr, error_code } => {
+                cpu.cr2 = addr;
+                Ok(self.inject(Injection::exception(14, Some(error_code))))
+            }
+            WalkError::NonCanonical { .. } => Ok(self.inject(Injection::gp0())),
+            WalkError::Memory(_) => Ok(Action::Stop(StopReason::GuestFault(GuestFault::Other(String::from(
+                "string I/O to a non-RAM guest address",
+            ))))),
+        }
+    }
+
+    // ----- MMIO bus -------------------------------------------------------------------------
+
+    fn mmio(&mut self, gpa: u64, write_hint: Option<bool>, cpu: &mut VcpuState, mem: &mut dyn GuestMemory, _now: u64) -> Outcome {
+        let (insn, bytes) = match decode_at_rip(cpu, mem) {
+            Ok(x) => x,
+            Err(e) => return self.fetch_fail(e, cpu),
+        };
+        let Some(op) = classify_mmio(&insn, cpu) else {
+            return Ok(Action::Stop(StopReason::GuestFault(GuestFault::UnsupportedMmioInstruction {
+                rip: cpu.rip,
+                bytes,
+                len: insn.len() as u8,
+            })));
+        };
+        if let Some(w) = write_hint {
+            if w != op.is_write() {
+                return Ok(Action::Stop(StopReason::GuestFault(GuestFault::InstructionMismatch { rip: cpu.rip, exit: "mmio" })));
+            }
+        }
+        let size = op.size();
+        let dev = self.virtio.iter_mut().find(|d| d.contains(gpa));
+        match dev {
+            Some(d) => {
+                let off = gpa - d.base;
+                match op {
+                    MmioOp::Store { value, .. } => d.write(off, size, value, mem),
+                    MmioOp::Load { .. } => {
+                        let v = d.read(off, size);
+                        complete_load(cpu, &op, v);
+                    }
+                }
+            }
+            None => {
+                self.stats.wild_mmio += 1;
+                if self.cfg.wild_mmio == WildMmioPolicy::Stop {
+                    return Ok(Action::Stop(StopReason::GuestFault(GuestFault::WildMmio { gpa, rip: cpu.rip })));
+                }
+                if let MmioOp::Load { .. } = op {
+                    complete_load(cpu, &op, u64::MAX);
+                }
+            }
+        }
+        cpu.advance_rip(insn.len() as u64);
+        self.sync_irqs();
+        Ok(Action::Resume)
+    }
+}
