@@ -1,0 +1,145 @@
+//! The one vCPU interface of the microVM monitor and the guest RAM both backends map.
+//!
+//! ```text
+//!  kernel vm loop (safe)                 arch (this crate)                 vmm (safe, host-tested)
+//!  ───────────────────                   ─────────────────                 ───────────────────────
+//!  vm.poll(now); ev = vm.next_event(st)
+//!  exit = vcpu.run(ev) ───────────────▶  SVM: VMCB/VMRUN   VMX: VMCS/VMLAUNCH
+//!  st = vcpu.state()                     decodes the hardware exit into vmm::Exit
+//!  vm.handle_exit(exit, &mut st, ram) ────────────────────────────────────▶ device model
+//!  vcpu.set_state(&st)
+//! ```
+//!
+//! Contract for every backend:
+//! - `run` enters the guest once with interrupts masked around the world switch, and lets
+//!   pending host interrupts be serviced before it returns (an `ExternalInterrupt` exit needs
+//!   no handling by the caller).
+//! - Exits are reported with RIP **at** the exiting instruction; the device model advances it.
+//! - An event interrupted mid-delivery (EXITINTINFO / IDT-vectoring info) is re-injected by the
+//!   backend itself on the next `run`; `reinjection_pending()` tells the loop not to ask the
+//!   device model for another event meanwhile.
+//! - The backend saves/restores the host FPU/SSE state around guest entry; the guest has its own.
+//! - `VcpuState.efer` never shows the virtualization-enable bit (SVME): that is the backend's.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use catenary_vmm::cpu::{Exit, VcpuState};
+use catenary_vmm::mem::{GuestMemory, MemError};
+use catenary_vmm::EventDecision;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VirtError {
+    /// Neither SVM+NPT nor VMX+EPT is available.
+    Unsupported(&'static str),
+    OutOfMemory,
+    /// The hardware refused to enter (VMX VM-instruction error number, or SVM reason).
+    EntryFailed(u64),
+}
+
+/// One virtual CPU, backed by SVM or VMX.
+pub trait Vcpu {
+    /// "svm" or "vmx".
+    fn backend(&self) -> &'static str;
+    fn set_state(&mut self, s: &VcpuState);
+    fn state(&self) -> VcpuState;
+    /// Enter the guest once with `event` (an injection, an interrupt-window request, or
+    /// nothing), and return the decoded exit.
+    fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError>;
+    fn reinjection_pending(&self) -> bool;
+    /// Host memory this vCPU uses beyond guest RAM (control structures, bitmaps, page tables).
+    fn overhead_bytes(&self) -> u64;
+}
+
+pub const CHUNK: u64 = 2 << 20;
+
+/// Guest RAM: 2 MiB host chunks from the frame allocator, guest-physical from 0. Returned to the
+/// allocator when dropped.
+pub struct GuestRam {
+    chunks: Vec<u64>,
+    size: u64,
+}
+
+impl GuestRam {
+    pub fn new(size: u64) -> Result<GuestRam, VirtError> {
+        let n = size.div_ceil(CHUNK);
+        let mut chunks = Vec::new();
+        chunks.try_reserve_exact(n as usize).map_err(|_| VirtError::OutOfMemory)?;
+        let mut ram = GuestRam { chunks, size: n * CHUNK };
+        for _ in 0..n {
+            let p = crate::memory::alloc_contiguous(512, 512).map_err(|_| VirtError::OutOfMemory)?;
+            // SAFETY: a freshly allocated 2 MiB chunk, reached through the direct map.
+            unsafe { core::ptr::write_bytes(crate::paging::p2v(p) as *mut u8, 0, CHUNK as usize) };
+            ram.chunks.push(p);
+        }
+        Ok(ram)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host physical chunks (guest-physical `i * 2 MiB` maps to `chunks()[i]`).
+    pub fn chunks(&self) -> &[u64] {
+        &self.chunks
+    }
+
+    fn span(&self, gpa: u64, len: usize) -> Result<(), MemError> {
+        match gpa.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(MemError::OutOfRange { gpa, len: len as u64 }),
+        }
+    }
+
+    /// Iterate (host virtual address, length, offset in the buffer) over chunk pieces.
+    fn pieces(&self, gpa: u64, len: usize, mut f: impl FnMut(u64, usize, usize)) {
+        let mut done = 0usize;
+        while done < len {
+            let g = gpa + done as u64;
+            let idx = (g / CHUNK) as usize;
+            let off = g % CHUNK;
+            let n = ((CHUNK - off) as usize).min(len - done);
+            f(crate::paging::p2v(self.chunks[idx] + off), n, done);
+            done += n;
+        }
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.span(gpa, buf.len())?;
+        self.pieces(gpa, buf.len(), |hva, n, at| {
+            // SAFETY: [gpa, gpa+len) is inside guest RAM (checked), which this struct owns and
+            // the direct map covers; guest RAM is plain bytes, any value is valid.
+            unsafe { core::ptr::copy_nonoverlapping(hva as *const u8, buf[at..].as_mut_ptr(), n) }
+        });
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
+        self.span(gpa, buf.len())?;
+        self.pieces(gpa, buf.len(), |hva, n, at| {
+            // SAFETY: as in `read`; we hold `&mut self`.
+            unsafe { core::ptr::copy_nonoverlapping(buf[at..].as_ptr(), hva as *mut u8, n) }
+        });
+        Ok(())
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        for &c in &self.chunks {
+            let _ = crate::memory::free_contiguous(c, 512);
+        }
+    }
+}
+
+/// Pick the backend from CPUID: SVM with nested paging, else VMX with EPT.
+pub fn create_vcpu(ram: &GuestRam, vm_id: u32) -> Result<Box<dyn Vcpu>, VirtError> {
+    let f = crate::cpu::features();
+    if f.svm && f.npt {
+        return crate::svm::SvmVcpu::new(ram, vm_id).map(|v| Box::new(v) as Box<dyn Vcpu>);
+    }
+    if f.vmx && f.ept {
+        return crate::vmx::create(ram, vm_id);
+    }
+    Err(VirtError::Unsupported("this CPU has neither SVM+NPT nor VMX+EPT"))
+}
