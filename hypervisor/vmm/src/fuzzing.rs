@@ -1,0 +1,287 @@
+//! Fuzz entry points (shared by `fuzz/` cargo-fuzz targets and the no-panic tests).
+//! Each takes arbitrary bytes and must never panic.
+
+use crate::boot::{load_bzimage, load_pvh};
+use crate::cpu::*;
+use crate::mem::{GuestMemory, GuestMemoryExt, VecMemory};
+use crate::virtio::blk::VirtioBlk;
+use crate::virtio::console::VirtioConsole;
+use crate::virtio::mmio::{Device, VirtioMmio};
+use crate::vm::{EventDecision, MicroVm, VmConfig, WildMmioPolicy};
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Byte reader that yields zeros when exhausted.
+pub struct Bytes<'a> {
+    d: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Bytes<'a> {
+    pub fn new(d: &'a [u8]) -> Self {
+        Bytes { d, i: 0 }
+    }
+    pub fn u8(&mut self) -> u8 {
+        let v = self.d.get(self.i).copied().unwrap_or(0);
+        self.i = self.i.saturating_add(1);
+        v
+    }
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    pub fn u64(&mut self) -> u64 {
+        (self.u32() as u64) | ((self.u32() as u64) << 32)
+    }
+    pub fn bool(&mut self) -> bool {
+        self.u8() & 1 != 0
+    }
+    pub fn rest(&mut self) -> &'a [u8] {
+        let r = self.d.get(self.i..).unwrap_or(&[]);
+        self.i = self.d.len();
+        r
+    }
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
+        let end = self.i.saturating_add(n).min(self.d.len());
+        let r = self.d.get(self.i..end).unwrap_or(&[]);
+        self.i = end;
+        r
+    }
+    pub fn exhausted(&self) -> bool {
+        self.i >= self.d.len()
+    }
+}
+
+const MEM: usize = 0x4_0000;
+
+fn host_cpuid(l: u32, _s: u32) -> [u32; 4] {
+    match l {
+        0 => [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
+        0x8000_0000 => [0x8000_0008, 0, 0, 0],
+        _ => [0xffff_ffff; 4],
+    }
+}
+
+fn new_vm(b: &mut Bytes) -> MicroVm {
+    let mut cfg = VmConfig::new("fuzz", MEM as u64, 1_000_000);
+    cfg.wild_mmio = if b.bool() { WildMmioPolicy::Stop } else { WildMmioPolicy::AllOnes };
+    cfg.cpuid.xsave = b.bool();
+    cfg.virtio_blk = Some((vec![0u8; 4096], b.bool()));
+    cfg.queue_size = 8;
+    MicroVm::new(cfg, &host_cpuid)
+}
+
+fn cpu_from(b: &mut Bytes) -> VcpuState {
+    let mut c = VcpuState::new();
+    for n in 0..16 {
+        c.set_gpr(n, b.u64());
+    }
+    c.rip = b.u64() & 0x3ffff;
+    c.rflags = (b.u64() & 0x3f_7fd7) | RFLAGS_FIXED;
+    c.cr3 = b.u64() & 0x3f000;
+    c.cr2 = 0;
+    c.cpl = b.u8() & 3;
+    c.interrupt_shadow = b.bool();
+    match b.u8() % 6 {
+        0 => c.cs = Segment::real(b.u16(), 0xb),
+        1 => {
+            c.cr0 = CR0_PE;
+            c.cs = Segment::flat(8, 0xb, true, false);
+        }
+        2 => {
+            c.cr0 = CR0_PE | CR0_PG;
+            c.cr4 = CR4_PAE;
+            c.cs = Segment::flat(8, 0xb, true, false);
+        }
+        3 => {
+            c.cr0 = CR0_PE | CR0_PG;
+            c.cr4 = CR4_PSE;
+            c.cs = Segment::flat(8, 0xb, false, false);
+        }
+        4 => {
+            c.cr0 = CR0_PE | CR0_PG | CR0_WP;
+            c.cr4 = CR4_PAE | if b.bool() { CR4_LA57 } else { 0 };
+            c.efer = EFER_LME | EFER_LMA | EFER_NXE;
+            c.cs = Segment::flat(8, 0xb, false, true);
+        }
+        _ => {
+            c.cr0 = CR0_PE;
+            c.efer = EFER_LME | EFER_LMA;
+            c.cs = Segment::flat(8, 0xb, false, true);
+        }
+    }
+    c.ds = Segment::flat(0x10, 3, true, false);
+    c.es = c.ds;
+    c.ss = c.ds;
+    c
+}
+
+fn exit_from(b: &mut Bytes) -> Exit {
+    match b.u8() % 19 {
+        0 => Exit::Io { port: b.u16(), size: [1, 2, 4, 3][(b.u8() % 4) as usize], write: b.bool(), string: b.bool(), rep: b.bool() },
+        1 => Exit::Mmio { gpa: if b.bool() { 0xd000_0000 + (b.u16() as u64 % 0x2000) } else { b.u64() }, write_hint: match b.u8() % 3 { 0 => None, 1 => Some(false), _ => Some(true) } },
+        2 => Exit::Cpuid,
+        3 => Exit::Rdmsr,
+        4 => Exit::Wrmsr,
+        5 => Exit::Hlt,
+        6 => Exit::InterruptWindow,
+        7 => Exit::ExternalInterrupt,
+        8 => Exit::Nmi,
+        9 => Exit::Exception { vector: b.u8(), error_code: if b.bool() { Some(b.u32()) } else { None } },
+        10 => Exit::Shutdown,
+        11 => Exit::Vmcall,
+        12 => Exit::Xsetbv,
+        13 => Exit::Invd,
+        14 => Exit::Wbinvd,
+        15 => Exit::Pause,
+        16 => Exit::InvalidGuestState { code: b.u64() },
+        17 => Exit::Other { code: b.u64() },
+        _ => Exit::Io { port: 0x3f8 + (b.u8() % 8) as u16, size: 1, write: b.bool(), string: false, rep: false },
+    }
+}
+
+/// Arbitrary exits over an arbitrary CPU state and guest memory.
+pub fn exit_sequence(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let mut vm = new_vm(&mut b);
+    let mut cpu = cpu_from(&mut b);
+    let mem_len = (b.u16() as usize) * 4;
+    let mut img = b.take(mem_len).to_vec();
+    img.resize(MEM, 0);
+    // Sprinkle instruction bytes at RIP so decode gets exercised.
+    let code = b.take(15).to_vec();
+    let rip = (cpu.rip as usize).min(MEM - 16);
+    img[rip..rip + code.len()].copy_from_slice(&code);
+    let mut mem = VecMemory::from_bytes(img);
+    let mut now = 0u64;
+    for _ in 0..64 {
+        if b.exhausted() {
+            break;
+        }
+        let exit = exit_from(&mut b);
+        now = now.saturating_add(b.u32() as u64);
+        let _ = vm.handle_exit(exit, &mut cpu, &mut mem, now);
+        vm.poll(now);
+        if let EventDecision::Inject(_) = vm.next_event(&cpu) {}
+        let _ = vm.next_deadline_ns();
+        let _ = vm.take_console_lines();
+    }
+    let _ = vm.stats().exits_by_reason().count();
+}
+
+/// One MMIO exit with arbitrary instruction bytes at RIP, in an arbitrary mode.
+pub fn mmio_decode(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let mut vm = new_vm(&mut b);
+    let mut cpu = cpu_from(&mut b);
+    cpu.cr0 &= !CR0_PG; // paging off: bytes are at the linear RIP
+    cpu.rip &= 0xffff;
+    let mut mem = VecMemory::new(0x2_0000);
+    let code = b.take(15);
+    let _ = mem.write(cpu.rip, code);
+    let gpa = 0xd000_0000 + (b.u16() as u64 % 0x1400);
+    let hint = match b.u8() % 3 {
+        0 => None,
+        1 => Some(false),
+        _ => Some(true),
+    };
+    let _ = vm.handle_exit(Exit::Mmio { gpa, write_hint: hint }, &mut cpu, &mut mem, 0);
+}
+
+const PORTS: [u16; 24] = [
+    0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1, 0x40, 0x41, 0x42, 0x43, 0x61, 0x3f8, 0x3f9, 0x3fa, 0x3fb, 0x3fc, 0x3fd,
+    0x3fe, 0x3ff, 0x70, 0x71, 0x60, 0x64, 0x80,
+];
+
+/// Port I/O sequences against UART/PIC/PIT/RTC/i8042 with time passing and interrupt acks.
+pub fn port_sequence(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let mut vm = new_vm(&mut b);
+    let mut now = 0u64;
+    let mut cpu = VcpuState::new();
+    cpu.rflags |= RFLAGS_IF;
+    while !b.exhausted() {
+        let op = b.u8();
+        let port = if op & 0x80 != 0 { b.u16() } else { PORTS[(op as usize) % PORTS.len()] };
+        let size = [1u8, 1, 2, 4][(b.u8() % 4) as usize];
+        if b.bool() {
+            let _ = vm.io_out(port, size, b.u32(), now);
+        } else {
+            let _ = vm.io_in(port, size, now);
+        }
+        now = now.saturating_add(b.u16() as u64 * 1000);
+        vm.poll(now);
+        if b.bool() {
+            let _ = vm.next_event(&cpu);
+        }
+        if b.u8() == 0 {
+            vm.uart.push_input(b"x");
+        }
+    }
+    let _ = vm.take_console_lines();
+}
+
+/// Virtqueue processing (blk + console) over arbitrary guest memory and queue registers.
+pub fn virtqueue(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let which = b.u8();
+    let qsize = 1u16 << (b.u8() % 5);
+    let regs: Vec<(u64, u64)> = (0..3).map(|_| (b.u16() as u64 & 0xfff0, b.u64())).collect();
+    let mut img = b.rest().to_vec();
+    img.resize(0x1_0000, 0);
+    let mut mem = VecMemory::from_bytes(img);
+    let dev = if which & 1 == 0 {
+        Device::Blk(VirtioBlk::new(vec![0u8; 8192], which & 2 != 0, "fuzz"))
+    } else {
+        let mut c = VirtioConsole::new();
+        c.push_input(b"input");
+        Device::Console(c)
+    };
+    let mut t = VirtioMmio::new(0, 5, dev, 16);
+    t.write(0x70, 4, 3, &mut mem);
+    t.write(0x24, 4, 1, &mut mem);
+    t.write(0x20, 4, 1, &mut mem);
+    t.write(0x24, 4, 0, &mut mem);
+    t.write(0x20, 4, 1 << 28, &mut mem);
+    t.write(0x70, 4, 0xb, &mut mem);
+    for q in 0..2u64 {
+        t.write(0x30, 4, q, &mut mem);
+        t.write(0x38, 4, qsize as u64, &mut mem);
+        // desc, avail, used: low 16 bits from the input (so they mostly land in RAM), the
+        // rest occasionally hostile.
+        for (i, (lo, raw)) in regs.iter().enumerate() {
+            let v = if raw & 0xff == 0 { *raw } else { *lo };
+            t.write(0x80 + 0x10 * i as u64, 4, v & 0xffff_ffff, &mut mem);
+            t.write(0x84 + 0x10 * i as u64, 4, v >> 32, &mut mem);
+        }
+        t.write(0x44, 4, 1, &mut mem);
+    }
+    t.write(0x70, 4, 0xf, &mut mem);
+    for _ in 0..4 {
+        t.write(0x50, 4, 0, &mut mem);
+        t.write(0x50, 4, 1, &mut mem);
+        t.kick_rx(&mut mem);
+        let _ = mem.write_u16(0, 0); // perturb
+    }
+    for off in (0..0x120).step_by(4) {
+        let _ = t.read(off, 4);
+    }
+    let _ = t.take_output();
+}
+
+/// PVH and bzImage loaders over arbitrary images.
+pub fn loaders(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let ram = 0x20_0000 + ((b.u8() as u64) << 16);
+    let cmd_len = (b.u8() % 64) as usize;
+    let cmd: Vec<u8> = b.take(cmd_len).to_vec();
+    let initrd_len = b.u16() as usize;
+    let initrd = vec![0xa5u8; initrd_len];
+    let image = b.rest();
+    let mut mem = VecMemory::new(ram as usize);
+    let _ = load_pvh(&mut mem, image, Some(&initrd), &cmd, ram);
+    let _ = load_bzimage(&mut mem, image, Some(&initrd), &cmd, ram);
+    let _ = load_pvh(&mut mem, image, None, &cmd, ram);
+}

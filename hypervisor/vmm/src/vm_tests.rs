@@ -1,0 +1,483 @@
+//! MicroVm-level tests: exits as a backend would deliver them, over a tiny guest in VecMemory.
+
+use crate::boot::tests::{synthetic_bzimage, synthetic_pvh_elf};
+use crate::cpu::*;
+use crate::fuzzing;
+use crate::mem::{GuestMemory, GuestMemoryExt, VecMemory};
+use crate::vm::*;
+use alloc::vec;
+use alloc::vec::Vec;
+
+const CODE: u64 = 0x10000;
+
+fn host_cpuid(l: u32, s: u32) -> [u32; 4] {
+    match (l, s) {
+        (0, _) => [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
+        (1, _) => [0x00a2_0f10, 0x0010_0800, 0xffff_ffff, 0xffff_ffff],
+        (0x8000_0000, _) => [0x8000_0008, 0, 0, 0],
+        _ => [0; 4],
+    }
+}
+
+fn vm() -> MicroVm {
+    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000);
+    cfg.virtio_blk = Some((vec![0u8; 4096], false));
+    MicroVm::new(cfg, &host_cpuid)
+}
+
+/// Long mode, identity-mapped with 1 GiB pages (PML4 0x1000, PDPT 0x2000).
+fn long_guest(code: &[u8]) -> (VcpuState, VecMemory) {
+    let mut m = VecMemory::new(0x40000);
+    m.write_u64(0x1000, 0x2000 | 3).unwrap();
+    for i in 0..4u64 {
+        m.write_u64(0x2000 + i * 8, (i << 30) | 0x83).unwrap();
+    }
+    m.write(CODE, code).unwrap();
+    let mut c = VcpuState::new();
+    c.cr0 = CR0_PE | CR0_PG | CR0_ET;
+    c.cr4 = CR4_PAE;
+    c.cr3 = 0x1000;
+    c.efer = EFER_LME | EFER_LMA;
+    c.cs = Segment::flat(0x10, 0xb, false, true);
+    c.ds = Segment::flat(0x18, 3, true, false);
+    c.es = c.ds;
+    c.ss = c.ds;
+    c.rip = CODE;
+    (c, m)
+}
+
+fn prot32_guest(code: &[u8]) -> (VcpuState, VecMemory) {
+    let mut m = VecMemory::new(0x40000);
+    m.write(CODE, code).unwrap();
+    let mut c = VcpuState::new();
+    c.cr0 = CR0_PE | CR0_ET;
+    c.cs = Segment::flat(0x10, 0xb, true, false);
+    c.ds = Segment::flat(0x18, 3, true, false);
+    c.es = c.ds;
+    c.ss = c.ds;
+    c.rip = CODE;
+    (c, m)
+}
+
+fn io(port: u16, size: u8, write: bool) -> Exit {
+    Exit::Io { port, size, write, string: false, rep: false }
+}
+
+#[test]
+fn uart_out_lines_and_rip() {
+    let mut v = vm();
+    let (mut c, mut m) = long_guest(&[0xee]); // out dx, al
+    for &ch in b"Linux version 6.1\n" {
+        c.rip = CODE;
+        c.rax = 0xffff_ff00 | ch as u64;
+        assert_eq!(v.handle_exit(io(0x3f8, 1, true), &mut c, &mut m, 0), Ok(Action::Resume));
+        assert_eq!(c.rip, CODE + 1);
+    }
+    assert_eq!(v.take_console_lines(), ["Linux version 6.1"]);
+    // in al, dx from LSR keeps the upper RAX bits
+    m.write(CODE, &[0xec]).unwrap();
+    c.rip = CODE;
+    c.rax = 0x1234_5678_9abc_def0;
+    v.handle_exit(io(0x3fd, 1, false), &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rax, 0x1234_5678_9abc_de60);
+    // in eax, dx from an unknown port: all-ones, zero-extended
+    m.write(CODE, &[0xed]).unwrap();
+    c.rip = CODE;
+    v.handle_exit(io(0x1234, 4, false), &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rax, 0xffff_ffff);
+    assert_eq!(v.stats().unknown_port_reads, 1);
+    // the instruction at RIP is not an IN: the VM stops
+    m.write(CODE, &[0x90]).unwrap();
+    c.rip = CODE;
+    assert!(matches!(
+        v.handle_exit(io(0x3f8, 1, false), &mut c, &mut m, 0),
+        Ok(Action::Stop(StopReason::GuestFault(GuestFault::InstructionMismatch { .. })))
+    ));
+}
+
+#[test]
+fn string_out_rep_outsb() {
+    let mut v = vm();
+    let (mut c, mut m) = prot32_guest(&[0xf3, 0x6e]); // rep outsb
+    m.write(0x3000, b"hi there\n").unwrap();
+    c.rsi = 0x3000;
+    c.rcx = 9;
+    c.rdx = 0x3f8;
+    let e = Exit::Io { port: 0x3f8, size: 1, write: true, string: true, rep: true };
+    assert_eq!(v.handle_exit(e, &mut c, &mut m, 0), Ok(Action::Resume));
+    assert_eq!(c.rcx, 0);
+    assert_eq!(c.rsi, 0x3009);
+    assert_eq!(c.rip, CODE + 2);
+    assert_eq!(v.take_console_lines(), ["hi there"]);
+    // insb into an unbacked address stops the VM (paging off, GPA outside RAM)
+    m.write(CODE, &[0x6c]).unwrap();
+    c.rip = CODE;
+    c.rdi = 0x100_0000;
+    let e = Exit::Io { port: 0x3f8, size: 1, write: false, string: true, rep: false };
+    assert!(matches!(v.handle_exit(e, &mut c, &mut m, 0), Ok(Action::Stop(_))));
+}
+
+#[test]
+fn cpuid_exit() {
+    let mut v = vm();
+    let (mut c, mut m) = long_guest(&[0x0f, 0xa2]);
+    c.rax = 0x4000_0000;
+    v.handle_exit(Exit::Cpuid, &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rax, 0x4000_0010);
+    assert_eq!(&c.rbx.to_le_bytes()[..4], b"Cate");
+    assert_eq!(c.rip, CODE + 2);
+    c.rip = CODE;
+    c.rax = 0x4000_0010;
+    v.handle_exit(Exit::Cpuid, &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rax, 2_000_000);
+    c.rip = CODE;
+    c.rax = 1;
+    v.handle_exit(Exit::Cpuid, &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rdx & (1 << 9), 0);
+    assert_ne!(c.rcx & (1 << 31), 0);
+}
+
+#[test]
+fn unknown_msr_injects_gp() {
+    let mut v = vm();
+    let (mut c, mut m) = long_guest(&[0x0f, 0x32]);
+    c.rcx = 0xdead_0001;
+    assert_eq!(v.handle_exit(Exit::Rdmsr, &mut c, &mut m, 0), Ok(Action::Resume));
+    assert_eq!(c.rip, CODE, "faulting RDMSR does not retire");
+    assert_eq!(v.pending_exception(), Some(Injection::gp0()));
+    assert_eq!(v.next_event(&c), EventDecision::Inject(Injection::gp0()));
+    assert_eq!(v.stats().unknown_msr_total, 1);
+    assert_eq!(v.stats().unknown_msrs.get(&0xdead_0001), Some(&1));
+    // WRMSR to an unknown MSR too
+    m.write(CODE, &[0x0f, 0x30]).unwrap();
+    v.handle_exit(Exit::Wrmsr, &mut c, &mut m, 0).unwrap();
+    assert_eq!(v.take_injection(), Some(Injection::gp0()));
+    // known MSR: MTRRdefType
+    m.write(CODE, &[0x0f, 0x32]).unwrap();
+    c.rcx = 0x2ff;
+    v.handle_exit(Exit::Rdmsr, &mut c, &mut m, 0).unwrap();
+    assert_eq!((c.rax, c.rdx, c.rip), (0x806, 0, CODE + 2));
+    // #GP while a #GP is pending -> #DF, then a third -> triple fault
+    c.rip = CODE;
+    c.rcx = 0x1;
+    v.handle_exit(Exit::Rdmsr, &mut c, &mut m, 0).unwrap();
+    v.handle_exit(Exit::Rdmsr, &mut c, &mut m, 0).unwrap();
+    assert_eq!(v.pending_exception().map(|i| i.vector), Some(8));
+    assert_eq!(v.handle_exit(Exit::Rdmsr, &mut c, &mut m, 0), Ok(Action::Stop(StopReason::TripleFault)));
+}
+
+/// Linux-style PIC init and PIT mode 2 through port exits, then HLT and timer injection.
+#[test]
+fn timer_interrupt_flow() {
+    let mut v = vm();
+    for (p, val) in [(0x20u16, 0x11u32), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01), (0xa0, 0x11), (0xa1, 0x38), (0xa1, 0x02), (0xa1, 0x01), (0x21, 0xfa), (0xa1, 0xff)] {
+        assert_eq!(v.io_out(p, 1, val, 0), None);
+    }
+    v.io_out(0x43, 1, 0x34, 0);
+    v.io_out(0x40, 1, 1193 & 0xff, 0);
+    v.io_out(0x40, 1, 1193 >> 8, 0);
+    let (mut c, mut m) = long_guest(&[0xf4]);
+    c.rflags |= RFLAGS_IF;
+    assert_eq!(v.handle_exit(Exit::Hlt, &mut c, &mut m, 10), Ok(Action::Halt));
+    assert_eq!(c.rip, CODE + 1);
+    let d = v.next_deadline_ns().unwrap();
+    assert!((999_000..1_001_000).contains(&d));
+    v.poll(d);
+    assert_eq!(v.pending_irq(), Some(0x30));
+    // interrupts disabled: request a window
+    let mut c2 = c.clone();
+    c2.rflags &= !RFLAGS_IF;
+    assert_eq!(v.next_event(&c2), EventDecision::RequestWindow);
+    c2.rflags |= RFLAGS_IF;
+    c2.interrupt_shadow = true;
+    assert_eq!(v.next_event(&c2), EventDecision::RequestWindow);
+    assert_eq!(v.next_event(&c), EventDecision::Inject(Injection { vector: 0x30, error_code: None, kind: InjectionKind::ExtInt }));
+    assert_eq!(v.next_event(&c), EventDecision::None);
+    // EOI, next tick
+    v.io_out(0x20, 1, 0x20, d);
+    let d2 = v.next_deadline_ns().unwrap();
+    v.poll(d2);
+    assert_eq!(v.pending_irq(), Some(0x30));
+    // HLT with an interrupt already pending resumes at once
+    c.rip = CODE;
+    assert_eq!(v.handle_exit(Exit::Hlt, &mut c, &mut m, d2), Ok(Action::Resume));
+    assert_eq!(v.stats().exits_by_reason().collect::<Vec<_>>(), [("hlt", 2)]);
+}
+
+#[test]
+fn poweroff_reboot_triplefault() {
+    let (mut c, mut m) = long_guest(&[0xf4]);
+    let mut v = vm();
+    assert_eq!(v.handle_exit(Exit::Hlt, &mut c, &mut m, 0), Ok(Action::Stop(StopReason::PowerOff { code: None })));
+    // once stopped, stays stopped
+    assert!(matches!(v.handle_exit(Exit::Cpuid, &mut c, &mut m, 0), Ok(Action::Stop(_))));
+    let mut v = vm();
+    m.write(CODE, &[0xe6, 0x64]).unwrap(); // out 0x64, al
+    c.rip = CODE;
+    c.rax = 0xfe;
+    assert_eq!(v.handle_exit(io(0x64, 1, true), &mut c, &mut m, 0), Ok(Action::Stop(StopReason::Reboot)));
+    let mut v = vm();
+    assert_eq!(v.handle_exit(Exit::Shutdown, &mut c, &mut m, 0), Ok(Action::Stop(StopReason::TripleFault)));
+    // hypercall power off with status (CPL 0), #UD at CPL 3
+    let mut v = vm();
+    m.write(CODE, &[0x0f, 0x01, 0xd9]).unwrap(); // vmmcall
+    c.rip = CODE;
+    c.rax = HC_POWER_OFF;
+    c.rbx = 7;
+    c.cpl = 3;
+    assert_eq!(v.handle_exit(Exit::Vmcall, &mut c, &mut m, 0), Ok(Action::Resume));
+    assert_eq!(v.take_injection(), Some(Injection::ud()));
+    c.cpl = 0;
+    assert_eq!(v.handle_exit(Exit::Vmcall, &mut c, &mut m, 0), Ok(Action::Stop(StopReason::PowerOff { code: Some(7) })));
+    let mut v = vm();
+    c.rip = CODE;
+    c.rax = 1;
+    assert_eq!(v.handle_exit(Exit::Vmcall, &mut c, &mut m, 0), Ok(Action::Resume));
+    assert_eq!(c.rax, HC_ENOSYS);
+    assert_eq!(c.rip, CODE + 3);
+}
+
+#[test]
+fn mmio_virtio_long_mode_and_32bit() {
+    let mut v = vm();
+    let (mut c, mut m) = long_guest(&[0x8b, 0x07]); // mov eax, [rdi]
+    c.rdi = 0xd000_0000;
+    c.rax = u64::MAX;
+    assert_eq!(v.handle_exit(Exit::Mmio { gpa: 0xd000_0000, write_hint: Some(false) }, &mut c, &mut m, 0), Ok(Action::Resume));
+    assert_eq!(c.rax, 0x7472_6976);
+    assert_eq!(c.rip, CODE + 2);
+    // device id of the second window (blk)
+    m.write(CODE, &[0x8b, 0x47, 0x08]).unwrap(); // mov eax, [rdi+8]
+    c.rip = CODE;
+    c.rdi = 0xd000_1000;
+    v.handle_exit(Exit::Mmio { gpa: 0xd000_1008, write_hint: None }, &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rax, 2);
+    // 32-bit: mov [eax+0x70], ebx  (status write)
+    let (mut c, mut m) = prot32_guest(&[0x89, 0x58, 0x70]);
+    c.rax = 0xd000_0000;
+    c.rbx = 1;
+    v.handle_exit(Exit::Mmio { gpa: 0xd000_0070, write_hint: Some(true) }, &mut c, &mut m, 0).unwrap();
+    assert_eq!(v.virtio[0].status(), 1);
+    assert_eq!(c.rip, CODE + 3);
+    // write hint contradicts the instruction
+    c.rip = CODE;
+    assert!(matches!(v.handle_exit(Exit::Mmio { gpa: 0xd000_0070, write_hint: Some(false) }, &mut c, &mut m, 0), Ok(Action::Stop(_))));
+}
+
+#[test]
+fn hostile_mmio() {
+    let (mut c, mut m) = long_guest(&[0x8b, 0x07]);
+    let mut v = vm();
+    assert_eq!(
+        v.handle_exit(Exit::Mmio { gpa: 0xe000_0000, write_hint: None }, &mut c, &mut m, 0),
+        Ok(Action::Stop(StopReason::GuestFault(GuestFault::WildMmio { gpa: 0xe000_0000, rip: CODE })))
+    );
+    // all-ones policy
+    let mut cfg = VmConfig::new("t", 0x40000, 0);
+    cfg.wild_mmio = WildMmioPolicy::AllOnes;
+    let mut v = MicroVm::new(cfg, &host_cpuid);
+    c.rip = CODE;
+    c.rax = 0;
+    assert_eq!(v.handle_exit(Exit::Mmio { gpa: 0xe000_0000, write_hint: None }, &mut c, &mut m, 0), Ok(Action::Resume));
+    assert_eq!(c.rax, 0xffff_ffff);
+    // unsupported instruction (add [rdi], eax)
+    let mut v = vm();
+    m.write(CODE, &[0x01, 0x07]).unwrap();
+    c.rip = CODE;
+    assert!(matches!(
+        v.handle_exit(Exit::Mmio { gpa: 0xd000_0000, write_hint: None }, &mut c, &mut m, 0),
+        Ok(Action::Stop(StopReason::GuestFault(GuestFault::UnsupportedMmioInstruction { .. })))
+    ));
+    // undecodable bytes
+    let mut v = vm();
+    m.write(CODE, &[0x0f, 0x0b]).unwrap(); // ud2
+    c.rip = CODE;
+    assert!(matches!(v.handle_exit(Exit::Mmio { gpa: 0xd000_0000, write_hint: None }, &mut c, &mut m, 0), Ok(Action::Stop(_))));
+    // RIP on an unmapped page -> #PF injected with CR2, RIP unchanged
+    let mut v = vm();
+    m.write_u64(0x2000, 0).unwrap(); // unmap the first GiB
+    c.rip = CODE;
+    assert_eq!(v.handle_exit(Exit::Cpuid, &mut c, &mut m, 0), Ok(Action::Resume));
+    assert_eq!(c.cr2, CODE);
+    assert_eq!(v.take_injection(), Some(Injection::exception(14, Some(0x10))));
+    assert_eq!(c.rip, CODE);
+    // backend nonsense: I/O size 3
+    assert!(v.handle_exit(io(0x80, 3, true), &mut c, &mut m, 0).is_err());
+    // reflected exception; invalid vector stops
+    let mut v = vm();
+    v.handle_exit(Exit::Exception { vector: 6, error_code: None }, &mut c, &mut m, 0).unwrap();
+    assert_eq!(v.take_injection(), Some(Injection::ud()));
+    assert!(matches!(v.handle_exit(Exit::Exception { vector: 40, error_code: None }, &mut c, &mut m, 0), Ok(Action::Stop(_))));
+}
+
+#[test]
+fn cmdline_extras() {
+    let v = vm();
+    assert_eq!(
+        v.kernel_cmdline_extras(),
+        "virtio_mmio.device=0x200@0xd0000000:5 virtio_mmio.device=0x200@0xd0001000:6 tsc_early_khz=2000000"
+    );
+}
+
+#[test]
+fn virtio_console_via_mmio_exits() {
+    // Drive the console device through real MMIO exits (mov [rdi+off], eax) like a driver.
+    let mut v = vm();
+    let (mut c, mut m) = long_guest(&[0x89, 0x07]); // mov [rdi], eax
+    let w = |v: &mut MicroVm, c: &mut VcpuState, m: &mut VecMemory, off: u64, val: u64| {
+        c.rip = CODE;
+        c.rdi = 0xd000_0000 + off;
+        c.rax = val;
+        assert_eq!(v.handle_exit(Exit::Mmio { gpa: 0xd000_0000 + off, write_hint: Some(true) }, c, m, 0), Ok(Action::Resume));
+    };
+    w(&mut v, &mut c, &mut m, 0x70, 3);
+    w(&mut v, &mut c, &mut m, 0x24, 1);
+    w(&mut v, &mut c, &mut m, 0x20, 1);
+    w(&mut v, &mut c, &mut m, 0x70, 0xb);
+    // tx queue 1 at 0x8000 (desc), 0x8100 (avail), 0x8200 (used), size 4
+    w(&mut v, &mut c, &mut m, 0x30, 1);
+    w(&mut v, &mut c, &mut m, 0x38, 4);
+    w(&mut v, &mut c, &mut m, 0x80, 0x8000);
+    w(&mut v, &mut c, &mut m, 0x90, 0x8100);
+    w(&mut v, &mut c, &mut m, 0xa0, 0x8200);
+    w(&mut v, &mut c, &mut m, 0x44, 1);
+    w(&mut v, &mut c, &mut m, 0x70, 0xf);
+    m.write(0x9000, b"catenary-init: ready\n").unwrap();
+    m.write_u64(0x8000, 0x9000).unwrap();
+    m.write_u32(0x8008, 21).unwrap();
+    m.write_u16(0x8104, 0).unwrap();
+    m.write_u16(0x8102, 1).unwrap();
+    // unmask irq 5 on a Linux-initialised PIC
+    for (p, val) in [(0x20u16, 0x11u32), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01), (0x21, 0xdb)] {
+        v.io_out(p, 1, val, 0);
+    }
+    w(&mut v, &mut c, &mut m, 0x50, 1);
+    assert_eq!(v.take_console_lines(), ["catenary-init: ready"]);
+    assert_eq!(m.read_u16(0x8202).unwrap(), 1);
+    assert_eq!(v.pending_irq(), Some(0x35));
+}
+
+#[test]
+fn boot_then_first_exit() {
+    // bzImage entry state decodes as 64-bit; PVH entry as 32-bit.
+    let mut m = VecMemory::new(32 << 20);
+    let img = synthetic_bzimage(0x020f, 1, 4096);
+    let b = crate::load_bzimage(&mut m, &img, None, b"console=ttyS0", 32 << 20).unwrap();
+    let mut c = b.cpu.clone();
+    m.write(c.rip, &[0x0f, 0xa2]).unwrap();
+    let mut v = vm();
+    v.handle_exit(Exit::Cpuid, &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rip, b.cpu.rip + 2);
+    let elf = synthetic_pvh_elf(0x100000, &[0x0f, 0xa2]);
+    let mut m = VecMemory::new(32 << 20);
+    let b = crate::load_pvh(&mut m, &elf, None, b"", 32 << 20).unwrap();
+    let mut c = b.cpu.clone();
+    v.handle_exit(Exit::Cpuid, &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rip, 0x100002);
+}
+
+// ----- no-panic runs of the fuzz entry points over pseudo-random inputs ------------------------
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+    fn mutate(&mut self, seed: &[u8], flips: usize) -> Vec<u8> {
+        let mut v = seed.to_vec();
+        for _ in 0..flips {
+            if v.is_empty() {
+                break;
+            }
+            let i = (self.next() as usize) % v.len();
+            v[i] = self.next() as u8;
+        }
+        if self.next() % 8 == 0 {
+            let n = (self.next() as usize) % (v.len() + 1);
+            v.truncate(n);
+        }
+        v
+    }
+}
+
+#[test]
+fn fuzz_smoke_exits() {
+    let mut r = Rng(0x1234_5678_9abc_def1);
+    for i in 0..3000 {
+        let n = 64 + (r.next() as usize % 2048);
+        let mut d = r.bytes(n);
+        if i % 2 == 0 {
+            // make the first exit an I/O or MMIO more often
+            if let Some(b) = d.get_mut(200) {
+                *b = 0;
+            }
+        }
+        fuzzing::exit_sequence(&d);
+    }
+}
+
+#[test]
+fn fuzz_smoke_mmio() {
+    let mut r = Rng(0x2545_f491_4f6c_dd1d);
+    let movs: [&[u8]; 6] = [&[0x8b, 0x07], &[0x89, 0x47, 0x50], &[0x48, 0xc7, 0x07, 1, 0, 0, 0], &[0x0f, 0xb6, 0x07], &[0x66, 0x89, 0x07], &[0xa1, 0, 0, 0, 0xd0]];
+    for i in 0..4000 {
+        let mut d = r.bytes(200);
+        if i % 2 == 0 {
+            let m = movs[(r.next() % movs.len() as u64) as usize];
+            // place a plausible instruction where mmio_decode reads its code bytes
+            let at = 3 + 16 * 8 + 8 + 8 + 8 + 1 + 1 + 1;
+            d[at..at + m.len()].copy_from_slice(m);
+        }
+        fuzzing::mmio_decode(&d);
+    }
+}
+
+#[test]
+fn fuzz_smoke_ports() {
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..2000 {
+        let n = r.next() as usize % 600;
+        fuzzing::port_sequence(&r.bytes(n));
+    }
+}
+
+#[test]
+fn fuzz_smoke_virtqueue() {
+    let mut r = Rng(0xdead_beef_cafe_f00d);
+    for _ in 0..2000 {
+        let n = r.next() as usize % 4096;
+        let mut d = r.bytes(n);
+        // bias ring indices small so chains are found
+        for b in d.iter_mut().skip(40).step_by(7) {
+            *b &= 0x0f;
+        }
+        fuzzing::virtqueue(&d);
+    }
+}
+
+#[test]
+fn fuzz_smoke_loaders() {
+    let mut r = Rng(0x0123_4567_89ab_cdef);
+    let elf = synthetic_pvh_elf(0x100010, &[0x90; 256]);
+    let bz = synthetic_bzimage(0x020f, 3, 2048);
+    for i in 0..600 {
+        let seed: &[u8] = if i % 2 == 0 { &elf } else { &bz };
+        let flips = 1 + (r.next() as usize % 8);
+        let img = r.mutate(seed, flips);
+        let mut d = vec![0u8, 8];
+        d.extend_from_slice(b"console=");
+        d.extend_from_slice(&[0x10, 0x00]);
+        d.extend_from_slice(&img);
+        fuzzing::loaders(&d);
+    }
+    for _ in 0..300 {
+        let n = r.next() as usize % 1024;
+        fuzzing::loaders(&r.bytes(n));
+    }
+}
