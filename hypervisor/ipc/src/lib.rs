@@ -1,0 +1,446 @@
+//! `catenary-ipc`: the kernel's inter-process communication logic, as plain safe Rust that is
+//! tested on the host. The kernel (`hypervisor/kernel/src/task.rs`) wraps it with the blocking,
+//! waking and register marshalling of the syscall ABI.
+//!
+//! # Core types
+//!
+//! * [`Address`] — where a message goes: `node` is an IPv6 /128 (all-zero = this node) and
+//!   `endpoint` the endpoint on that node. Only local delivery exists today; a non-local node
+//!   gives [`IpcError::Unreachable`], so a later router can take that branch without changing
+//!   any caller.
+//! * [`Capability`] — an unforgeable right held in a task's [`CapTable`] slot: a target
+//!   [`Address`], [`Rights`] (`SEND`, `RECV`, `GRANT`) and a `badge` the receiver sees, so a server
+//!   can tell its clients apart. A task names a capability only by its slot number.
+//! * [`Message`] — fixed size: a `label` plus [`MSG_WORDS`] data words, an optional memory
+//!   [`Grant`] (a page-aligned range of the sender's memory lent to the receiver, for bulk data),
+//!   the sender's `badge` (filled in by the kernel, never by the sender) and a `reply` token when
+//!   the message is a call.
+//! * [`Endpoint`] — a bounded FIFO of messages owned by one task, plus the tasks blocked
+//!   receiving on it. A full queue is [`IpcError::QueueFull`] for the sender: nothing is dropped.
+//!   Interrupt notifications are the one exception to queueing: they are coalesced into a
+//!   pending bit set, so an interrupt storm can never fill a queue or be lost.
+//! * [`IpcSpace`] — all endpoints and outstanding calls of one node. `send`/`recv`/`call`/
+//!   `reply`/`task_died` return what the kernel must do (wake whom, with which result).
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+
+pub type TaskId = u64;
+pub type EndpointId = u64;
+
+/// Data words in a message (besides the label). Chosen so a message fits the syscall registers.
+pub const MSG_WORDS: usize = 4;
+/// Label of an interrupt notification; `words[0]` holds the pending IRQ bits.
+pub const LABEL_NOTIFY: u64 = 0xffff_ffff_ffff_0001;
+/// Default queue depth.
+pub const DEFAULT_CAPACITY: usize = 16;
+
+/// A message destination: node identity (IPv6 /128, zero = local) and endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Address {
+    pub node: [u8; 16],
+    pub endpoint: EndpointId,
+}
+
+impl Address {
+    pub const LOCAL_NODE: [u8; 16] = [0; 16];
+    pub const fn local(endpoint: EndpointId) -> Address {
+        Address { node: Self::LOCAL_NODE, endpoint }
+    }
+    pub fn is_local(&self) -> bool {
+        self.node == Self::LOCAL_NODE
+    }
+}
+
+/// Capability rights (a small bit set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rights(pub u8);
+
+impl Rights {
+    pub const NONE: Rights = Rights(0);
+    pub const SEND: Rights = Rights(1);
+    pub const RECV: Rights = Rights(2);
+    pub const GRANT: Rights = Rights(4);
+    pub const ALL: Rights = Rights(7);
+    pub fn contains(self, o: Rights) -> bool {
+        self.0 & o.0 == o.0
+    }
+    pub fn union(self, o: Rights) -> Rights {
+        Rights(self.0 | o.0)
+    }
+    /// Rights of a derived capability can only shrink.
+    pub fn intersect(self, o: Rights) -> Rights {
+        Rights(self.0 & o.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    pub target: Address,
+    pub rights: Rights,
+    pub badge: u64,
+}
+
+/// A range of the sender's memory lent to the receiver along with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Page-aligned virtual address in the sender's address space.
+    pub base: u64,
+    /// Length in bytes (rounded up to pages by the kernel).
+    pub len: u64,
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Message {
+    pub label: u64,
+    pub words: [u64; MSG_WORDS],
+    pub grant: Option<Grant>,
+    /// Badge of the capability the sender used (set by the kernel).
+    pub badge: u64,
+    /// Non-zero when the sender waits for a reply: pass it to `reply`.
+    pub reply: u64,
+}
+
+impl Message {
+    pub fn new(label: u64, words: [u64; MSG_WORDS]) -> Message {
+        Message { label, words, ..Default::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpcError {
+    /// The slot holds no capability.
+    NoCapability,
+    /// The capability lacks the right needed (send, receive, grant).
+    NoRight,
+    /// The receiver's queue is full; the message was not sent.
+    QueueFull,
+    /// The peer died (endpoint closed, or the server died before replying).
+    DeadPeer,
+    /// A blocking receive or call timed out.
+    Timeout,
+    /// No such endpoint.
+    NoEndpoint,
+    /// The reply token matches no outstanding call of this task.
+    BadReply,
+    /// The address names another node and no route exists (yet).
+    Unreachable,
+    /// The capability table is full.
+    TableFull,
+}
+
+impl IpcError {
+    /// Stable numeric codes used by the syscall ABI (returned negated).
+    pub fn code(self) -> u64 {
+        match self {
+            IpcError::NoCapability => 1,
+            IpcError::NoRight => 2,
+            IpcError::QueueFull => 3,
+            IpcError::DeadPeer => 4,
+            IpcError::Timeout => 5,
+            IpcError::NoEndpoint => 6,
+            IpcError::BadReply => 7,
+            IpcError::Unreachable => 8,
+            IpcError::TableFull => 9,
+        }
+    }
+    pub fn from_code(c: u64) -> Option<IpcError> {
+        Some(match c {
+            1 => IpcError::NoCapability,
+            2 => IpcError::NoRight,
+            3 => IpcError::QueueFull,
+            4 => IpcError::DeadPeer,
+            5 => IpcError::Timeout,
+            6 => IpcError::NoEndpoint,
+            7 => IpcError::BadReply,
+            8 => IpcError::Unreachable,
+            9 => IpcError::TableFull,
+            _ => return None,
+        })
+    }
+}
+
+/// A task's capabilities, indexed by slot.
+#[derive(Debug, Clone, Default)]
+pub struct CapTable {
+    slots: Vec<Option<Capability>>,
+    limit: usize,
+}
+
+impl CapTable {
+    pub fn new(limit: usize) -> CapTable {
+        CapTable { slots: Vec::new(), limit }
+    }
+    /// Store a capability in the first free slot.
+    pub fn insert(&mut self, c: Capability) -> Result<usize, IpcError> {
+        if let Some(i) = self.slots.iter().position(|s| s.is_none()) {
+            self.slots[i] = Some(c);
+            return Ok(i);
+        }
+        if self.slots.len() >= self.limit {
+            return Err(IpcError::TableFull);
+        }
+        self.slots.push(Some(c));
+        Ok(self.slots.len() - 1)
+    }
+    pub fn get(&self, slot: usize) -> Result<Capability, IpcError> {
+        self.slots.get(slot).copied().flatten().ok_or(IpcError::NoCapability)
+    }
+    /// The capability in `slot`, if it carries `need`.
+    pub fn check(&self, slot: usize, need: Rights) -> Result<Capability, IpcError> {
+        let c = self.get(slot)?;
+        if c.rights.contains(need) { Ok(c) } else { Err(IpcError::NoRight) }
+    }
+    pub fn remove(&mut self, slot: usize) -> Result<Capability, IpcError> {
+        self.slots.get_mut(slot).and_then(|s| s.take()).ok_or(IpcError::NoCapability)
+    }
+    /// A copy of `slot` with fewer (never more) rights and a new badge.
+    pub fn derive(&self, slot: usize, rights: Rights, badge: u64) -> Result<Capability, IpcError> {
+        let c = self.get(slot)?;
+        Ok(Capability { target: c.target, rights: c.rights.intersect(rights), badge })
+    }
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub id: EndpointId,
+    pub owner: TaskId,
+    pub capacity: usize,
+    queue: VecDeque<Message>,
+    /// Tasks blocked in `recv` on this endpoint, in arrival order.
+    waiters: VecDeque<TaskId>,
+    /// Coalesced interrupt notification bits not yet received.
+    pending_notify: u64,
+    /// Messages ever accepted (statistics).
+    pub delivered: u64,
+}
+
+impl Endpoint {
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// What the kernel must do after a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The message sits in the endpoint's queue.
+    Queued,
+    /// `receiver` was blocked in `recv`: hand it `msg` and wake it.
+    Direct { receiver: TaskId, msg: Message },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingCall {
+    caller: TaskId,
+    /// The task expected to reply (owner of the called endpoint).
+    callee: TaskId,
+}
+
+/// After a task died: whom to wake with which error.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DeathReport {
+    pub closed_endpoints: Vec<EndpointId>,
+    /// Tasks blocked on a call or receive that can no longer complete.
+    pub wake_with_error: Vec<(TaskId, IpcError)>,
+    pub dropped_messages: usize,
+}
+
+/// Every endpoint and outstanding call on this node.
+#[derive(Debug, Default)]
+pub struct IpcSpace {
+    endpoints: BTreeMap<EndpointId, Endpoint>,
+    calls: BTreeMap<u64, PendingCall>,
+    next_endpoint: EndpointId,
+    next_token: u64,
+}
+
+impl IpcSpace {
+    pub fn new() -> IpcSpace {
+        IpcSpace { next_endpoint: 1, next_token: 1, ..Default::default() }
+    }
+
+    pub fn create_endpoint(&mut self, owner: TaskId, capacity: usize) -> EndpointId {
+        let id = self.next_endpoint;
+        self.next_endpoint += 1;
+        self.endpoints.insert(
+            id,
+            Endpoint {
+                id,
+                owner,
+                capacity: capacity.max(1),
+                queue: VecDeque::new(),
+                waiters: VecDeque::new(),
+                pending_notify: 0,
+                delivered: 0,
+            },
+        );
+        id
+    }
+
+    pub fn endpoint(&self, id: EndpointId) -> Option<&Endpoint> {
+        self.endpoints.get(&id)
+    }
+
+    fn resolve(&self, a: &Address) -> Result<EndpointId, IpcError> {
+        if !a.is_local() {
+            return Err(IpcError::Unreachable);
+        }
+        match self.endpoints.get(&a.endpoint) {
+            Some(_) => Ok(a.endpoint),
+            // Endpoints are never reused, so an unknown local id is a closed one.
+            None if a.endpoint < self.next_endpoint && a.endpoint != 0 => Err(IpcError::DeadPeer),
+            None => Err(IpcError::NoEndpoint),
+        }
+    }
+
+    /// Asynchronous send through capability `cap`. Never blocks; a full queue is an error.
+    pub fn send(&mut self, cap: &Capability, mut msg: Message) -> Result<Delivery, IpcError> {
+        if !cap.rights.contains(Rights::SEND) {
+            return Err(IpcError::NoRight);
+        }
+        if msg.grant.is_some() && !cap.rights.contains(Rights::GRANT) {
+            return Err(IpcError::NoRight);
+        }
+        let id = self.resolve(&cap.target)?;
+        msg.badge = cap.badge;
+        let ep = self.endpoints.get_mut(&id).ok_or(IpcError::NoEndpoint)?;
+        if let Some(r) = ep.waiters.pop_front() {
+            ep.delivered += 1;
+            return Ok(Delivery::Direct { receiver: r, msg });
+        }
+        if ep.queue.len() >= ep.capacity {
+            return Err(IpcError::QueueFull);
+        }
+        ep.queue.push_back(msg);
+        ep.delivered += 1;
+        Ok(Delivery::Queued)
+    }
+
+    /// Send a call: like `send`, but the message carries a fresh reply token and the caller
+    /// is registered as waiting for the reply. Returns the token with the delivery.
+    pub fn call(&mut self, caller: TaskId, cap: &Capability, mut msg: Message) -> Result<(u64, Delivery), IpcError> {
+        let id = self.resolve(&cap.target)?;
+        let callee = self.endpoints.get(&id).map(|e| e.owner).ok_or(IpcError::NoEndpoint)?;
+        let token = self.next_token;
+        msg.reply = token;
+        let d = self.send(cap, msg)?;
+        self.next_token += 1;
+        self.calls.insert(token, PendingCall { caller, callee });
+        Ok((token, d))
+    }
+
+    /// Answer call `token`; returns the caller to wake with `msg`.
+    pub fn reply(&mut self, replier: TaskId, token: u64, mut msg: Message) -> Result<(TaskId, Message), IpcError> {
+        match self.calls.get(&token) {
+            Some(c) if c.callee == replier => {
+                let c = self.calls.remove(&token).unwrap();
+                msg.reply = 0;
+                Ok((c.caller, msg))
+            }
+            _ => Err(IpcError::BadReply),
+        }
+    }
+
+    /// Forget a call whose caller gave up (timeout); a later reply gets `BadReply`.
+    pub fn cancel_call(&mut self, token: u64) {
+        self.calls.remove(&token);
+    }
+
+    /// Receive from endpoint `id` (the caller must hold a receive right for it). `Ok(None)`
+    /// means nothing is queued and the task is now registered as waiting: block it, and call
+    /// `cancel_wait` if it times out.
+    pub fn recv(&mut self, receiver: TaskId, id: EndpointId) -> Result<Option<Message>, IpcError> {
+        let ep = self.endpoints.get_mut(&id).ok_or(IpcError::DeadPeer)?;
+        if ep.pending_notify != 0 {
+            let bits = core::mem::take(&mut ep.pending_notify);
+            return Ok(Some(Message::new(LABEL_NOTIFY, [bits, 0, 0, 0])));
+        }
+        if let Some(m) = ep.queue.pop_front() {
+            return Ok(Some(m));
+        }
+        if !ep.waiters.contains(&receiver) {
+            ep.waiters.push_back(receiver);
+        }
+        Ok(None)
+    }
+
+    /// Non-blocking receive: `Ok(None)` if empty, without registering a waiter.
+    pub fn try_recv(&mut self, id: EndpointId) -> Result<Option<Message>, IpcError> {
+        let ep = self.endpoints.get_mut(&id).ok_or(IpcError::DeadPeer)?;
+        if ep.pending_notify != 0 {
+            let bits = core::mem::take(&mut ep.pending_notify);
+            return Ok(Some(Message::new(LABEL_NOTIFY, [bits, 0, 0, 0])));
+        }
+        Ok(ep.queue.pop_front())
+    }
+
+    pub fn cancel_wait(&mut self, task: TaskId, id: EndpointId) {
+        if let Some(ep) = self.endpoints.get_mut(&id) {
+            ep.waiters.retain(|t| *t != task);
+        }
+    }
+
+    /// Deliver interrupt bits to endpoint `id`: straight to a waiting receiver, otherwise
+    /// coalesced into the pending set (never queued, never lost).
+    pub fn notify(&mut self, id: EndpointId, bits: u64) -> Result<Option<(TaskId, Message)>, IpcError> {
+        let ep = self.endpoints.get_mut(&id).ok_or(IpcError::DeadPeer)?;
+        if let Some(r) = ep.waiters.pop_front() {
+            let all = bits | core::mem::take(&mut ep.pending_notify);
+            return Ok(Some((r, Message::new(LABEL_NOTIFY, [all, 0, 0, 0]))));
+        }
+        ep.pending_notify |= bits;
+        Ok(None)
+    }
+
+    /// A task died: close its endpoints (queued messages are dropped, their callers and any
+    /// other receivers get `DeadPeer`), fail calls it owed replies to, forget its own calls.
+    pub fn task_died(&mut self, task: TaskId) -> DeathReport {
+        let mut r = DeathReport::default();
+        let mine: Vec<EndpointId> = self.endpoints.values().filter(|e| e.owner == task).map(|e| e.id).collect();
+        for id in mine {
+            let ep = self.endpoints.remove(&id).unwrap();
+            r.dropped_messages += ep.queue.len();
+            for w in ep.waiters {
+                if w != task {
+                    r.wake_with_error.push((w, IpcError::DeadPeer));
+                }
+            }
+            r.closed_endpoints.push(id);
+        }
+        for ep in self.endpoints.values_mut() {
+            ep.waiters.retain(|t| *t != task);
+        }
+        let mut dead_tokens = Vec::new();
+        for (tok, c) in &self.calls {
+            if c.callee == task && c.caller != task {
+                r.wake_with_error.push((c.caller, IpcError::DeadPeer));
+                dead_tokens.push(*tok);
+            } else if c.caller == task {
+                dead_tokens.push(*tok);
+            }
+        }
+        for t in dead_tokens {
+            self.calls.remove(&t);
+        }
+        r
+    }
+
+    pub fn outstanding_calls(&self) -> usize {
+        self.calls.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+use alloc::vec;
+use alloc::vec::Vec;
+use super::*;
+
+fn cap(ep: EndpointId, rights: Rights, badge: u64) -> Capability {
+    Capability { target: Address::local(ep), rights, badge }
+}
+
+#[test]
+fn fifo_order_and_badge() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(1, 8);
+    let c = cap(ep, Rights::SEND, 42);
+    for i in 0..8 {
+        assert_eq!(s.send(&c, Message::new(i, [i, 0, 0, 0])), Ok(Delivery::Queued));
+    }
+    for i in 0..8 {
+        let m = s.recv(1, ep).unwrap().unwrap();
+        assert_eq!((m.label, m.words[0], m.badge), (i, i, 42));
+    }
+    assert_eq!(s.recv(1, ep), Ok(None));
+}
+
+#[test]
+fn full_queue_is_an_error_and_nothing_is_lost() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(1, 4);
+    let c = cap(ep, Rights::SEND, 0);
+    for i in 0..4 {
+        s.send(&c, Message::new(i, [0; 4])).unwrap();
+    }
+    assert_eq!(s.send(&c, Message::new(99, [0; 4])), Err(IpcError::QueueFull));
+    assert_eq!(s.endpoint(ep).unwrap().queued(), 4);
+    assert_eq!(s.recv(1, ep).unwrap().unwrap().label, 0);
+    assert_eq!(s.send(&c, Message::new(4, [0; 4])), Ok(Delivery::Queued));
+    let labels: Vec<u64> = (0..4).map(|_| s.recv(1, ep).unwrap().unwrap().label).collect();
+    assert_eq!(labels, [1, 2, 3, 4]);
+}
+
+#[test]
+fn waiting_receiver_gets_direct_delivery_in_order() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(1, 2);
+    assert_eq!(s.recv(7, ep), Ok(None));
+    assert_eq!(s.recv(8, ep), Ok(None));
+    assert_eq!(s.recv(7, ep), Ok(None)); // registering twice is harmless
+    let c = cap(ep, Rights::SEND, 5);
+    match s.send(&c, Message::new(1, [0; 4])).unwrap() {
+        Delivery::Direct { receiver, msg } => assert_eq!((receiver, msg.label, msg.badge), (7, 1, 5)),
+        d => panic!("{d:?}"),
+    }
+    match s.send(&c, Message::new(2, [0; 4])).unwrap() {
+        Delivery::Direct { receiver, .. } => assert_eq!(receiver, 8),
+        d => panic!("{d:?}"),
+    }
+    assert_eq!(s.send(&c, Message::new(3, [0; 4])), Ok(Delivery::Queued));
+}
+
+#[test]
+fn cancel_wait_after_timeout() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(1, 2);
+    assert_eq!(s.recv(7, ep), Ok(None));
+    s.cancel_wait(7, ep);
+    assert_eq!(s.send(&cap(ep, Rights::SEND, 0), Message::default()), Ok(Delivery::Queued));
+}
+
+#[test]
+fn rights_are_enforced() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(1, 2);
+    assert_eq!(s.send(&cap(ep, Rights::RECV, 0), Message::default()), Err(IpcError::NoRight));
+    let mut m = Message::default();
+    m.grant = Some(Grant { base: 0x1000, len: 4096, writable: false });
+    assert_eq!(s.send(&cap(ep, Rights::SEND, 0), m), Err(IpcError::NoRight));
+    assert_eq!(s.send(&cap(ep, Rights::SEND.union(Rights::GRANT), 0), m), Ok(Delivery::Queued));
+    assert_eq!(s.recv(1, ep).unwrap().unwrap().grant, m.grant);
+}
+
+#[test]
+fn cap_table_slots_rights_and_derive() {
+    let mut t = CapTable::new(3);
+    assert_eq!(t.get(0), Err(IpcError::NoCapability));
+    let a = t.insert(cap(1, Rights::ALL, 1)).unwrap();
+    let b = t.insert(cap(2, Rights::SEND, 2)).unwrap();
+    assert_eq!((a, b), (0, 1));
+    assert_eq!(t.check(1, Rights::RECV), Err(IpcError::NoRight));
+    assert_eq!(t.check(1, Rights::SEND).unwrap().badge, 2);
+    let d = t.derive(1, Rights::ALL, 9).unwrap();
+    assert_eq!(d.rights, Rights::SEND, "derive never adds rights");
+    t.insert(d).unwrap();
+    assert_eq!(t.insert(d), Err(IpcError::TableFull));
+    t.remove(0).unwrap();
+    assert_eq!(t.remove(0), Err(IpcError::NoCapability));
+    assert_eq!(t.insert(d).unwrap(), 0, "freed slot reused");
+    assert_eq!(t.len(), 3);
+    assert_eq!(t.check(77, Rights::SEND), Err(IpcError::NoCapability));
+}
+
+#[test]
+fn call_reply_matching() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(10, 4);
+    let (tok, d) = s.call(20, &cap(ep, Rights::SEND, 3), Message::new(5, [1, 2, 3, 4])).unwrap();
+    assert_eq!(d, Delivery::Queued);
+    let m = s.recv(10, ep).unwrap().unwrap();
+    assert_eq!((m.reply, m.badge), (tok, 3));
+    // Only the callee may answer, and only once.
+    assert_eq!(s.reply(11, tok, Message::default()), Err(IpcError::BadReply));
+    let (caller, r) = s.reply(10, tok, Message::new(6, [9, 0, 0, 0])).unwrap();
+    assert_eq!((caller, r.label, r.reply), (20, 6, 0));
+    assert_eq!(s.reply(10, tok, Message::default()), Err(IpcError::BadReply));
+    assert_eq!(s.outstanding_calls(), 0);
+}
+
+#[test]
+fn call_to_full_queue_registers_nothing() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(10, 1);
+    let c = cap(ep, Rights::SEND, 0);
+    s.send(&c, Message::default()).unwrap();
+    assert_eq!(s.call(20, &c, Message::default()), Err(IpcError::QueueFull));
+    assert_eq!(s.outstanding_calls(), 0);
+}
+
+#[test]
+fn dead_server_fails_callers_and_closes_endpoint() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(10, 4);
+    let other = s.create_endpoint(30, 4);
+    let c = cap(ep, Rights::SEND, 0);
+    let (tok, _) = s.call(20, &c, Message::default()).unwrap();
+    s.send(&c, Message::default()).unwrap();
+    assert_eq!(s.recv(31, other), Ok(None));
+    let r = s.task_died(10);
+    assert_eq!(r.closed_endpoints, vec![ep]);
+    assert_eq!(r.dropped_messages, 2);
+    assert_eq!(r.wake_with_error, vec![(20, IpcError::DeadPeer)]);
+    assert_eq!(s.send(&c, Message::default()), Err(IpcError::DeadPeer));
+    assert_eq!(s.reply(10, tok, Message::default()), Err(IpcError::BadReply));
+    assert!(s.endpoint(other).is_some());
+}
+
+#[test]
+fn dead_caller_is_forgotten_and_receivers_on_closed_endpoint_wake() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(10, 4);
+    let (tok, _) = s.call(20, &cap(ep, Rights::SEND, 0), Message::default()).unwrap();
+    let r = s.task_died(20);
+    assert!(r.wake_with_error.is_empty());
+    assert_eq!(s.reply(10, tok, Message::default()), Err(IpcError::BadReply));
+    // A second task receiving on an endpoint whose owner dies is woken with DeadPeer.
+    let ep2 = s.create_endpoint(40, 4);
+    assert_eq!(s.recv(41, ep2), Ok(None));
+    let r = s.task_died(40);
+    assert_eq!(r.wake_with_error, vec![(41, IpcError::DeadPeer)]);
+    assert_eq!(s.recv(41, ep2), Err(IpcError::DeadPeer));
+}
+
+#[test]
+fn notifications_coalesce_and_are_never_lost() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(1, 1);
+    s.send(&cap(ep, Rights::SEND, 0), Message::new(7, [0; 4])).unwrap(); // queue now full
+    for bit in 0..100 {
+        assert_eq!(s.notify(ep, 1 << (bit % 3)), Ok(None));
+    }
+    let m = s.recv(1, ep).unwrap().unwrap();
+    assert_eq!((m.label, m.words[0]), (LABEL_NOTIFY, 0b111));
+    assert_eq!(s.recv(1, ep).unwrap().unwrap().label, 7);
+    assert_eq!(s.recv(1, ep), Ok(None));
+    let (who, m) = s.notify(ep, 2).unwrap().unwrap();
+    assert_eq!((who, m.words[0]), (1, 2));
+}
+
+#[test]
+fn remote_addresses_are_unreachable_for_now() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(1, 1);
+    let mut a = Address::local(ep);
+    a.node[15] = 1;
+    let c = Capability { target: a, rights: Rights::SEND, badge: 0 };
+    assert_eq!(s.send(&c, Message::default()), Err(IpcError::Unreachable));
+    assert_eq!(s.send(&cap(999, Rights::SEND, 0), Message::default()), Err(IpcError::NoEndpoint));
+}
+
+#[test]
+fn error_codes_roundtrip() {
+    for c in 1..=9 {
+        assert_eq!(IpcError::from_code(c).unwrap().code(), c);
+    }
+    assert_eq!(IpcError::from_code(0), None);
+}
+
+#[test]
+fn randomized_queue_model() {
+    // Compare against a simple model: bounded FIFO, errors exactly when full.
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(1, 5);
+    let c = cap(ep, Rights::SEND, 0);
+    let mut model: alloc::collections::VecDeque<u64> = Default::default();
+    let mut x: u64 = 0x1234_5678;
+    for i in 0..10_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x % 3 != 0 {
+            let r = s.send(&c, Message::new(i, [0; 4]));
+            if model.len() < 5 {
+                assert_eq!(r, Ok(Delivery::Queued));
+                model.push_back(i);
+            } else {
+                assert_eq!(r, Err(IpcError::QueueFull));
+            }
+        } else {
+            let got = s.try_recv(ep).unwrap().map(|m| m.label);
+            assert_eq!(got, model.pop_front());
+        }
+    }
+}
