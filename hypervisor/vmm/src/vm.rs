@@ -633,6 +633,12 @@ impl MicroVm {
 
     /// Port write; returns a stop reason if the write resets the machine.
     pub fn io_out(&mut self, port: u16, size: u8, val: u32, now: u64) -> Option<StopReason> {
+        if port == 0xcf8 && size == 4 {
+            // PCI CONFIG_ADDRESS (there is no PCI here): a dword write to 0xcf8 must not reach
+            // the byte-wide reset control register at 0xcf9 through byte-lane splitting.
+            self.stats.unknown_port_writes += 1;
+            return None;
+        }
         let mut unknown = false;
         let mut stop = None;
         for i in 0..size.min(4) {
