@@ -1,6 +1,20 @@
+use std::process::Command;
+
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let out = std::env::var("OUT_DIR").unwrap();
     // Only the kernel binary gets the linker script; the kernel flags themselves come from xtask.
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/linker.ld");
     println!("cargo:rerun-if-changed={dir}/linker.ld");
+
+    // Test guests: assembled with binutils (as/objcopy come with gcc) into flat binaries.
+    let src = format!("{dir}/testguests/hostile.S");
+    println!("cargo:rerun-if-changed={src}");
+    let obj = format!("{out}/hostile.o");
+    let bin = format!("{out}/hostile.bin");
+    let ok = Command::new("as").args(["--32", "-msyntax=intel", "-mnaked-reg", "-o", &obj, &src]).status().map(|s| s.success()).unwrap_or(false)
+        && Command::new("objcopy").args(["-O", "binary", "-j", ".text", &obj, &bin]).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        panic!("assembling {src} failed: install binutils (apt-get install binutils)");
+    }
 }

@@ -27,6 +27,9 @@ pub mod time;
 pub mod acpi;
 pub mod boot;
 pub mod qemu;
+pub mod virt;
+pub mod svm;
+pub mod vmx;
 #[cfg(feature = "kernel")]
 pub mod limine;
 
@@ -36,3 +39,5 @@ core::arch::global_asm!(include_str!("asm/boot.s"));
 core::arch::global_asm!(include_str!("asm/mem.s"));
 #[cfg(feature = "kernel")]
 core::arch::global_asm!(include_str!("asm/trap.s"));
+#[cfg(feature = "kernel")]
+core::arch::global_asm!(include_str!("asm/svm.s"));

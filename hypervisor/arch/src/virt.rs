@@ -40,6 +40,8 @@ pub enum VirtError {
 pub trait Vcpu {
     /// "svm" or "vmx".
     fn backend(&self) -> &'static str;
+    /// The hardware tag of this vCPU's address space (SVM ASID / VMX VPID).
+    fn id(&self) -> u32;
     fn set_state(&mut self, s: &VcpuState);
     fn state(&self) -> VcpuState;
     /// Enter the guest once with `event` (an injection, an interrupt-window request, or
@@ -129,6 +131,19 @@ impl Drop for GuestRam {
         for &c in &self.chunks {
             let _ = crate::memory::free_contiguous(c, 512);
         }
+    }
+}
+
+/// Turn on hardware virtualization on this CPU ahead of the first microVM (per-CPU host save
+/// areas are allocated here, once). Returns the backend name, or why there is none.
+pub fn enable_this_cpu() -> Result<&'static str, VirtError> {
+    let f = crate::cpu::features();
+    if f.svm && f.npt {
+        crate::svm::enable_on_this_cpu().map(|_| "svm")
+    } else if f.vmx && f.ept {
+        Ok("vmx")
+    } else {
+        Err(VirtError::Unsupported("this CPU has neither SVM+NPT nor VMX+EPT"))
     }
 }
 

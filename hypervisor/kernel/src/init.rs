@@ -135,6 +135,10 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
         Ok((id, x2)) => info!(target: "apic", "local APIC id {} ({} mode)", id, if x2 { "x2APIC" } else { "xAPIC" }),
         Err(e) => error!(target: "apic", "LAPIC: {:?}", e),
     }
+    match catenary_arch::virt::enable_this_cpu() {
+        Ok(b) => info!(target: "vmm", "hardware virtualization on: {}", b),
+        Err(e) => warn!(target: "vmm", "no microVMs on this node: {:?}", e),
+    }
     let bus = apic::start_timer(TIMER_HZ);
     cpu::enable_interrupts();
     info!(target: "apic", "LAPIC timer {} Hz (bus {} MHz)", TIMER_HZ, bus / 1_000_000);
@@ -154,6 +158,12 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
 
     #[cfg(feature = "ktest")]
     crate::ktest::run(&node);
+    #[cfg(not(feature = "ktest"))]
+    if let Some(r) = crate::vm::run_demo(&node.boot.cmdline, &node.boot.modules) {
+        let st = memory::stats();
+        info!(target: "vmm", "after the microVM: {} MiB free; exits by reason: {:?}; host overhead {} KiB; ready after {} ms",
+            mib(st.free_bytes()), r.exits_by_reason, r.overhead_bytes / 1024, r.ready_ns.map(|n| n / 1_000_000).unwrap_or(0));
+    }
     #[cfg(not(feature = "ktest"))]
     idle(&node)
 }

@@ -16,3 +16,4 @@ mod init;
 mod klog;
 #[cfg(feature = "ktest")]
 mod ktest;
+mod vm;

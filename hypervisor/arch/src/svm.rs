@@ -1,0 +1,540 @@
+//! AMD SVM backend with nested paging (NPT).
+//!
+//! Per CPU: EFER.SVME, a host save area (VM_HSAVE_PA) and a host VMSAVE page. Per vCPU: a VMCB,
+//! an I/O permission map (all ports intercepted), an MSR permission map (all MSRs intercepted
+//! except those VMLOAD/VMSAVE switch and the guest PAT), nested page tables over the guest RAM
+//! chunks (2 MiB pages), an ASID, and the guest's GPR and FXSAVE areas.
+//!
+//! QEMU TCG's SVM has no NRIPS and no decode assists, so exits report RIP at the instruction
+//! and the device model (`catenary-vmm`) advances it and decodes MMIO instructions itself.
+
+use crate::virt::{GuestRam, Vcpu, VirtError, CHUNK};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use catenary_vmm::cpu::{DescTable, Exit, Segment, VcpuState};
+use catenary_vmm::EventDecision;
+use spin::Mutex;
+
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
+const EFER_SVME: u64 = 1 << 12;
+
+// VMCB control area
+const C_INTERCEPT_EXC: usize = 0x008;
+const C_INTERCEPT_V3: usize = 0x00c;
+const C_INTERCEPT_V4: usize = 0x010;
+const C_IOPM: usize = 0x040;
+const C_MSRPM: usize = 0x048;
+const C_TSC_OFFSET: usize = 0x050;
+const C_ASID: usize = 0x058;
+const C_TLB_CONTROL: usize = 0x05c;
+const C_VINTR: usize = 0x060;
+const C_INT_SHADOW: usize = 0x068;
+const C_EXITCODE: usize = 0x070;
+const C_EXITINFO1: usize = 0x078;
+const C_EXITINFO2: usize = 0x080;
+const C_EXITINTINFO: usize = 0x088;
+const C_NP_ENABLE: usize = 0x090;
+const C_EVENTINJ: usize = 0x0a8;
+const C_NCR3: usize = 0x0b0;
+// VMCB state save area
+const S_ES: usize = 0x400;
+const S_CS: usize = 0x410;
+const S_SS: usize = 0x420;
+const S_DS: usize = 0x430;
+const S_FS: usize = 0x440;
+const S_GS: usize = 0x450;
+const S_GDTR: usize = 0x460;
+const S_LDTR: usize = 0x470;
+const S_IDTR: usize = 0x480;
+const S_TR: usize = 0x490;
+const S_CPL: usize = 0x4cb;
+const S_EFER: usize = 0x4d0;
+const S_CR4: usize = 0x548;
+const S_CR3: usize = 0x550;
+const S_CR0: usize = 0x558;
+const S_DR7: usize = 0x560;
+const S_DR6: usize = 0x568;
+const S_RFLAGS: usize = 0x570;
+const S_RIP: usize = 0x578;
+const S_RSP: usize = 0x5d8;
+const S_RAX: usize = 0x5f8;
+const S_CR2: usize = 0x640;
+const S_GPAT: usize = 0x668;
+
+// intercept bits
+const I3_INTR: u32 = 1 << 0;
+const I3_NMI: u32 = 1 << 1;
+const I3_VINTR: u32 = 1 << 4;
+const I3_CPUID: u32 = 1 << 18;
+const I3_INVD: u32 = 1 << 22;
+const I3_HLT: u32 = 1 << 24;
+const I3_IOIO: u32 = 1 << 27;
+const I3_MSR: u32 = 1 << 28;
+const I3_SHUTDOWN: u32 = 1 << 31;
+const I4_VMRUN: u32 = 1 << 0;
+const I4_VMMCALL: u32 = 1 << 1;
+const I4_VMLOAD: u32 = 1 << 2;
+const I4_VMSAVE: u32 = 1 << 3;
+const I4_STGI: u32 = 1 << 4;
+const I4_CLGI: u32 = 1 << 5;
+const I4_SKINIT: u32 = 1 << 6;
+const I4_XSETBV: u32 = 1 << 13;
+
+extern "C" {
+    fn arch_svm_run(vmcb_pa: u64, gprs: *mut GuestGprs, host_vmsave_pa: u64, host_fx: *mut FxArea, guest_fx: *mut FxArea);
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct GuestGprs {
+    rbx: u64,
+    rcx: u64,
+    rdx: u64,
+    rsi: u64,
+    rdi: u64,
+    rbp: u64,
+    r8: u64,
+    r9: u64,
+    r10: u64,
+    r11: u64,
+    r12: u64,
+    r13: u64,
+    r14: u64,
+    r15: u64,
+}
+
+#[repr(C, align(16))]
+struct FxArea([u8; 512]);
+
+impl FxArea {
+    /// The x87/SSE reset state: FCW 0x37f, MXCSR 0x1f80.
+    fn reset() -> Box<FxArea> {
+        let mut a = Box::new(FxArea([0; 512]));
+        a.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        a
+    }
+}
+
+/// Per-CPU host areas, keyed by APIC id: (VM_HSAVE_PA page, host VMSAVE page).
+static HOST_AREAS: Mutex<BTreeMap<u32, (u64, u64)>> = Mutex::new(BTreeMap::new());
+
+fn zeroed_frame() -> Result<u64, VirtError> {
+    let f = crate::memory::alloc_frame().map_err(|_| VirtError::OutOfMemory)?;
+    crate::memory::zero_frame(f);
+    Ok(f)
+}
+
+/// Enable SVM on this CPU (once) and return its host VMSAVE page.
+pub fn enable_on_this_cpu() -> Result<u64, VirtError> {
+    let apic = crate::cpu::cpuid(1, 0).1 >> 24;
+    let mut areas = HOST_AREAS.lock();
+    if let Some(&(_, vmsave)) = areas.get(&apic) {
+        return Ok(vmsave);
+    }
+    // VM_CR.SVMDIS (MSR 0xc001_0114 bit 4) set by firmware means SVM is locked off.
+    if crate::cpu::rdmsr(0xc001_0114) & (1 << 4) != 0 {
+        return Err(VirtError::Unsupported("SVM disabled by firmware (VM_CR.SVMDIS)"));
+    }
+    let hsave = zeroed_frame()?;
+    let vmsave = zeroed_frame()?;
+    // SAFETY: EFER.SVME enables the SVM instructions; VM_HSAVE_PA points at a page we own for
+    // good. Neither changes memory safety of the running kernel.
+    unsafe {
+        crate::cpu::wrmsr(MSR_EFER, crate::cpu::rdmsr(MSR_EFER) | EFER_SVME);
+        crate::cpu::wrmsr(MSR_VM_HSAVE_PA, hsave);
+    }
+    areas.insert(apic, (hsave, vmsave));
+    Ok(vmsave)
+}
+
+/// Nested page tables mapping guest-physical RAM onto the GuestRam chunks with 2 MiB pages.
+struct Npt {
+    root: u64,
+    tables: Vec<u64>,
+}
+
+const NPT_TABLE: u64 = 0x7; // P | RW | US (nested walks are user accesses)
+const NPT_LEAF_2M: u64 = 0x7 | 0x80; // + PS; executable
+
+impl Npt {
+    fn build(ram: &GuestRam) -> Result<Npt, VirtError> {
+        let root = zeroed_frame()?;
+        let mut npt = Npt { root, tables: Vec::new() };
+        for (i, &hpa) in ram.chunks().iter().enumerate() {
+            let gpa = i as u64 * CHUNK;
+            let pdpt = npt.next_level(root, (gpa >> 39) & 511)?;
+            let pd = npt.next_level(pdpt, (gpa >> 30) & 511)?;
+            npt.write_entry(pd, (gpa >> 21) & 511, hpa | NPT_LEAF_2M);
+        }
+        Ok(npt)
+    }
+
+    fn entry_ptr(table: u64, idx: u64) -> *mut u64 {
+        (crate::paging::p2v(table) + idx * 8) as *mut u64
+    }
+
+    fn write_entry(&mut self, table: u64, idx: u64, v: u64) {
+        // SAFETY: `table` is a page-table frame this Npt owns; idx < 512.
+        unsafe { core::ptr::write_volatile(Self::entry_ptr(table, idx), v) }
+    }
+
+    fn next_level(&mut self, table: u64, idx: u64) -> Result<u64, VirtError> {
+        // SAFETY: as in write_entry.
+        let e = unsafe { core::ptr::read_volatile(Self::entry_ptr(table, idx)) };
+        if e & 1 != 0 {
+            return Ok(e & 0x000f_ffff_ffff_f000);
+        }
+        let t = zeroed_frame()?;
+        self.tables.push(t);
+        self.write_entry(table, idx, t | NPT_TABLE);
+        Ok(t)
+    }
+}
+
+impl Drop for Npt {
+    fn drop(&mut self) {
+        for &t in self.tables.iter().chain(core::iter::once(&self.root)) {
+            let _ = crate::memory::free_frame(t);
+        }
+    }
+}
+
+pub struct SvmVcpu {
+    vmcb: u64,
+    iopm: u64,
+    msrpm: u64,
+    npt: Npt,
+    gprs: GuestGprs,
+    host_fx: Box<FxArea>,
+    guest_fx: Box<FxArea>,
+    asid: u32,
+    last_cpu: Option<u32>,
+    reinject: Option<u64>,
+}
+
+impl SvmVcpu {
+    pub fn new(ram: &GuestRam, vm_id: u32) -> Result<SvmVcpu, VirtError> {
+        enable_on_this_cpu()?;
+        let vmcb = zeroed_frame()?;
+        let iopm = crate::memory::alloc_contiguous(3, 1).map_err(|_| VirtError::OutOfMemory)?;
+        let msrpm = crate::memory::alloc_contiguous(2, 1).map_err(|_| VirtError::OutOfMemory)?;
+        // SAFETY: freshly allocated frames reached through the direct map.
+        unsafe {
+            core::ptr::write_bytes(crate::paging::p2v(iopm) as *mut u8, 0xff, 3 * 4096);
+            core::ptr::write_bytes(crate::paging::p2v(msrpm) as *mut u8, 0xff, 2 * 4096);
+        }
+        let npt = Npt::build(ram)?;
+        let max_asid = crate::cpu::cpuid(0x8000_000a, 0).1.max(2);
+        let asid = 1 + vm_id % (max_asid - 1);
+        let mut v = SvmVcpu {
+            vmcb,
+            iopm,
+            msrpm,
+            npt,
+            gprs: GuestGprs::default(),
+            host_fx: FxArea::reset(),
+            guest_fx: FxArea::reset(),
+            asid,
+            last_cpu: None,
+            reinject: None,
+        };
+        // MSRs that VMLOAD/VMSAVE switch, and the guest PAT (G_PAT with NPT): the guest owns them.
+        for msr in [0xc000_0100, 0xc000_0101, 0xc000_0102, 0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0x174, 0x175, 0x176, 0x277] {
+            v.msr_passthrough(msr);
+        }
+        v.w32(C_INTERCEPT_EXC, 0);
+        v.w32(C_INTERCEPT_V3, I3_INTR | I3_NMI | I3_CPUID | I3_INVD | I3_HLT | I3_IOIO | I3_MSR | I3_SHUTDOWN);
+        v.w32(C_INTERCEPT_V4, I4_VMRUN | I4_VMMCALL | I4_VMLOAD | I4_VMSAVE | I4_STGI | I4_CLGI | I4_SKINIT | I4_XSETBV);
+        v.w64(C_IOPM, iopm);
+        v.w64(C_MSRPM, msrpm);
+        v.w64(C_TSC_OFFSET, 0);
+        v.w32(C_ASID, asid);
+        v.w64(C_VINTR, 1 << 24); // V_INTR_MASKING: host IF controls physical interrupts
+        v.w64(C_NP_ENABLE, 1);
+        v.w64(C_NCR3, v.npt.root);
+        v.w64(S_GPAT, 0x0007_0406_0007_0406);
+        v.w64(S_DR6, 0xffff_0ff0);
+        v.w64(S_DR7, 0x400);
+        Ok(v)
+    }
+
+    fn msr_passthrough(&mut self, msr: u32) {
+        let (base, off) = match msr {
+            0..=0x1fff => (0u64, msr as u64),
+            0xc000_0000..=0xc000_1fff => (0x800, (msr - 0xc000_0000) as u64),
+            0xc001_0000..=0xc001_1fff => (0x1000, (msr - 0xc001_0000) as u64),
+            _ => return,
+        };
+        let bit = off * 2;
+        let byte = base + bit / 8;
+        let p = (crate::paging::p2v(self.msrpm) + byte) as *mut u8;
+        // SAFETY: inside the 8 KiB MSRPM this vCPU owns.
+        unsafe { *p &= !(0b11 << (bit % 8)) };
+    }
+
+    fn ptr(&self, off: usize) -> u64 {
+        crate::paging::p2v(self.vmcb) + off as u64
+    }
+    fn r64(&self, off: usize) -> u64 {
+        // SAFETY: `off` is a VMCB field offset inside the VMCB page this vCPU owns.
+        unsafe { core::ptr::read_volatile(self.ptr(off) as *const u64) }
+    }
+    fn w64(&mut self, off: usize, v: u64) {
+        // SAFETY: as in r64.
+        unsafe { core::ptr::write_volatile(self.ptr(off) as *mut u64, v) }
+    }
+    fn r32(&self, off: usize) -> u32 {
+        // SAFETY: as in r64.
+        unsafe { core::ptr::read_volatile(self.ptr(off) as *const u32) }
+    }
+    fn w32(&mut self, off: usize, v: u32) {
+        // SAFETY: as in r64.
+        unsafe { core::ptr::write_volatile(self.ptr(off) as *mut u32, v) }
+    }
+    fn r16(&self, off: usize) -> u16 {
+        // SAFETY: as in r64.
+        unsafe { core::ptr::read_volatile(self.ptr(off) as *const u16) }
+    }
+    fn w16(&mut self, off: usize, v: u16) {
+        // SAFETY: as in r64.
+        unsafe { core::ptr::write_volatile(self.ptr(off) as *mut u16, v) }
+    }
+    fn w8(&mut self, off: usize, v: u8) {
+        // SAFETY: as in r64.
+        unsafe { core::ptr::write_volatile(self.ptr(off) as *mut u8, v) }
+    }
+    fn r8(&self, off: usize) -> u8 {
+        // SAFETY: as in r64.
+        unsafe { core::ptr::read_volatile(self.ptr(off) as *const u8) }
+    }
+
+    fn set_seg(&mut self, off: usize, s: &Segment) {
+        self.w16(off, s.selector);
+        self.w16(off + 2, s.attr);
+        self.w32(off + 4, s.limit);
+        self.w64(off + 8, s.base);
+    }
+    fn seg(&self, off: usize) -> Segment {
+        Segment { selector: self.r16(off), attr: self.r16(off + 2), limit: self.r32(off + 4), base: self.r64(off + 8) }
+    }
+    fn set_table(&mut self, off: usize, t: &DescTable) {
+        self.w32(off + 4, t.limit as u32);
+        self.w64(off + 8, t.base);
+    }
+    fn table(&self, off: usize) -> DescTable {
+        DescTable { limit: self.r32(off + 4) as u16, base: self.r64(off + 8) }
+    }
+
+    fn decode(&self) -> Exit {
+        let code = self.r64(C_EXITCODE);
+        let info1 = self.r64(C_EXITINFO1);
+        let info2 = self.r64(C_EXITINFO2);
+        decode_exit(code, info1, info2)
+    }
+}
+
+/// SVM exit code + EXITINFO1/2 → backend-neutral exit.
+pub fn decode_exit(code: u64, info1: u64, info2: u64) -> Exit {
+    match code {
+        0x40..=0x5f => {
+            let vector = (code - 0x40) as u8;
+            let has_ec = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
+            Exit::Exception { vector, error_code: has_ec.then_some(info1 as u32) }
+        }
+        0x60 => Exit::ExternalInterrupt,
+        0x61 => Exit::Nmi,
+        0x64 => Exit::InterruptWindow,
+        0x72 => Exit::Cpuid,
+        0x76 => Exit::Invd,
+        0x77 => Exit::Pause,
+        0x78 => Exit::Hlt,
+        0x7b => {
+            let size = if info1 & 0x10 != 0 {
+                1
+            } else if info1 & 0x20 != 0 {
+                2
+            } else {
+                4
+            };
+            Exit::Io { port: (info1 >> 16) as u16, size, write: info1 & 1 == 0, string: info1 & 4 != 0, rep: info1 & 8 != 0 }
+        }
+        0x7c => {
+            if info1 & 1 == 0 {
+                Exit::Rdmsr
+            } else {
+                Exit::Wrmsr
+            }
+        }
+        0x7f => Exit::Shutdown,
+        0x81 => Exit::Vmcall,
+        0x89 => Exit::Wbinvd,
+        0x8d => Exit::Xsetbv,
+        0x400 => Exit::Mmio { gpa: info2, write_hint: Some(info1 & 2 != 0) },
+        // VMEXIT_INVALID (-1); QEMU reports it as 0xffff_ffff in 32 bits.
+        0xffff_ffff | 0xffff_ffff_ffff_ffff => Exit::InvalidGuestState { code },
+        _ => Exit::Other { code },
+    }
+}
+
+impl Vcpu for SvmVcpu {
+    fn backend(&self) -> &'static str {
+        "svm"
+    }
+
+    fn id(&self) -> u32 {
+        self.asid
+    }
+
+    fn set_state(&mut self, s: &VcpuState) {
+        self.gprs = GuestGprs {
+            rbx: s.rbx,
+            rcx: s.rcx,
+            rdx: s.rdx,
+            rsi: s.rsi,
+            rdi: s.rdi,
+            rbp: s.rbp,
+            r8: s.r8,
+            r9: s.r9,
+            r10: s.r10,
+            r11: s.r11,
+            r12: s.r12,
+            r13: s.r13,
+            r14: s.r14,
+            r15: s.r15,
+        };
+        self.w64(S_RAX, s.rax);
+        self.w64(S_RSP, s.rsp);
+        self.w64(S_RIP, s.rip);
+        self.w64(S_RFLAGS, s.rflags | 2);
+        self.w64(S_CR0, s.cr0);
+        self.w64(S_CR2, s.cr2);
+        self.w64(S_CR3, s.cr3);
+        self.w64(S_CR4, s.cr4);
+        self.w64(S_EFER, s.efer | EFER_SVME);
+        for (off, seg) in [(S_CS, &s.cs), (S_DS, &s.ds), (S_ES, &s.es), (S_FS, &s.fs), (S_GS, &s.gs), (S_SS, &s.ss), (S_TR, &s.tr), (S_LDTR, &s.ldtr)] {
+            self.set_seg(off, seg);
+        }
+        self.set_table(S_GDTR, &s.gdtr);
+        self.set_table(S_IDTR, &s.idtr);
+        self.w8(S_CPL, s.cpl);
+        self.w64(C_INT_SHADOW, s.interrupt_shadow as u64);
+    }
+
+    fn state(&self) -> VcpuState {
+        let g = &self.gprs;
+        let mut s = VcpuState::new();
+        s.rax = self.r64(S_RAX);
+        s.rbx = g.rbx;
+        s.rcx = g.rcx;
+        s.rdx = g.rdx;
+        s.rsi = g.rsi;
+        s.rdi = g.rdi;
+        s.rsp = self.r64(S_RSP);
+        s.rbp = g.rbp;
+        s.r8 = g.r8;
+        s.r9 = g.r9;
+        s.r10 = g.r10;
+        s.r11 = g.r11;
+        s.r12 = g.r12;
+        s.r13 = g.r13;
+        s.r14 = g.r14;
+        s.r15 = g.r15;
+        s.rip = self.r64(S_RIP);
+        s.rflags = self.r64(S_RFLAGS);
+        s.cr0 = self.r64(S_CR0);
+        s.cr2 = self.r64(S_CR2);
+        s.cr3 = self.r64(S_CR3);
+        s.cr4 = self.r64(S_CR4);
+        s.efer = self.r64(S_EFER) & !EFER_SVME;
+        s.cs = self.seg(S_CS);
+        s.ds = self.seg(S_DS);
+        s.es = self.seg(S_ES);
+        s.fs = self.seg(S_FS);
+        s.gs = self.seg(S_GS);
+        s.ss = self.seg(S_SS);
+        s.tr = self.seg(S_TR);
+        s.ldtr = self.seg(S_LDTR);
+        s.gdtr = self.table(S_GDTR);
+        s.idtr = self.table(S_IDTR);
+        s.cpl = self.r8(S_CPL);
+        s.interrupt_shadow = self.r64(C_INT_SHADOW) & 1 != 0;
+        s
+    }
+
+    fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
+        let host_vmsave = enable_on_this_cpu()?;
+        let cpu = crate::cpu::cpuid(1, 0).1 >> 24;
+        // Flush this ASID's TLB entries when the vCPU lands on a CPU for the first time (an
+        // ASID may have been used by a previous VM there). TLB_CONTROL=1 (flush all) is the
+        // one mode every SVM implementation has (QEMU has no flush-by-ASID).
+        let flush = self.last_cpu != Some(cpu);
+        self.last_cpu = Some(cpu);
+        self.w8(C_TLB_CONTROL, flush as u8);
+
+        let mut window = false;
+        if let Some(ev) = self.reinject.take() {
+            self.w64(C_EVENTINJ, ev);
+        } else {
+            match event {
+                EventDecision::Inject(i) => self.w64(C_EVENTINJ, i.svm_eventinj()),
+                EventDecision::RequestWindow => window = true,
+                EventDecision::None => {}
+            }
+        }
+        let vintr = self.r64(C_VINTR) & !((1 << 8) | (0xf << 16) | (1 << 20) | (0xff << 32));
+        let i3 = self.r32(C_INTERCEPT_V3);
+        if window {
+            // A dummy virtual interrupt at top priority: #VMEXIT(VINTR) fires as soon as the
+            // guest can take an interrupt; then the real one is injected through EVENTINJ.
+            self.w64(C_VINTR, vintr | (1 << 8) | (0xf << 16) | (1 << 20));
+            self.w32(C_INTERCEPT_V3, i3 | I3_VINTR);
+        } else {
+            self.w64(C_VINTR, vintr);
+            self.w32(C_INTERCEPT_V3, i3 & !I3_VINTR);
+        }
+
+        let gprs: *mut GuestGprs = &mut self.gprs;
+        let host_fx: *mut FxArea = &mut *self.host_fx;
+        let guest_fx: *mut FxArea = &mut *self.guest_fx;
+        let vmcb = self.vmcb;
+        crate::cpu::without_interrupts(|| {
+            // SAFETY: SVM is enabled on this CPU with a valid VM_HSAVE_PA; the VMCB, IOPM,
+            // MSRPM and nested tables are owned by this vCPU and valid; GIF is cleared so no
+            // interrupt lands between the host-state switches and VMRUN, and set again after.
+            unsafe {
+                core::arch::asm!("clgi");
+                arch_svm_run(vmcb, gprs, host_vmsave, host_fx, guest_fx);
+                core::arch::asm!("stgi");
+            }
+        });
+        // Interrupts are back on here: a host interrupt that caused the exit has been taken.
+
+        self.w64(C_EVENTINJ, 0);
+        let intinfo = self.r64(C_EXITINTINFO);
+        if intinfo & (1 << 31) != 0 {
+            // An event was being delivered when the exit hit: deliver it again next time.
+            self.reinject = Some(intinfo);
+        }
+        Ok(self.decode())
+    }
+
+    fn reinjection_pending(&self) -> bool {
+        self.reinject.is_some()
+    }
+
+    fn overhead_bytes(&self) -> u64 {
+        // VMCB + IOPM (3) + MSRPM (2) + nested tables + GPR/FX areas
+        (1 + 3 + 2 + 1 + self.npt.tables.len() as u64) * 4096 + 2 * 512 + core::mem::size_of::<Self>() as u64
+    }
+}
+
+impl Drop for SvmVcpu {
+    fn drop(&mut self) {
+        let _ = crate::memory::free_frame(self.vmcb);
+        let _ = crate::memory::free_contiguous(self.iopm, 3);
+        let _ = crate::memory::free_contiguous(self.msrpm, 2);
+    }
+}

@@ -1,0 +1,282 @@
+//! The microVM runner: create a microVM (guest RAM, device model, vCPU), run its vCPU loop, and
+//! destroy it, reporting why it ended. Backend-neutral: the vCPU is SVM or VMX behind
+//! `catenary_arch::virt::Vcpu`; the device model is `catenary_vmm::MicroVm`.
+//!
+//! Guest images come from the boot module "guest bundle": a cpio archive holding `vmlinux`
+//! (PVH entry), `bzImage` (Linux boot protocol) and `initramfs.cpio.gz`.
+//!
+//! Kernel command line: `vm=none` skips the demo microVM; `vm.boot=pvh|bzimage`,
+//! `vm.mem=<MiB>`, `vm.cmd=<base64 shell command>` shape it.
+
+use alloc::format;
+use alloc::string::String;
+use catenary_arch::virt::{self, GuestRam, Vcpu, VirtError};
+use catenary_arch::{apic, cpu, time};
+use catenary_vmm::cpu::{Exit, StopReason, VcpuState};
+use catenary_vmm::{Action, EventDecision, MicroVm, VmConfig};
+use log::{info, warn};
+
+/// How a microVM run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    Stopped(StopReason),
+    /// The hypervisor could not create or enter it.
+    Failed(String),
+}
+
+pub struct RunReport {
+    pub ended: Ended,
+    pub exits: u64,
+    pub wall_ns: u64,
+    /// Host memory this microVM used beyond its guest RAM (vCPU structures, device model).
+    pub overhead_bytes: u64,
+    pub exits_by_reason: alloc::vec::Vec<(&'static str, u64)>,
+    /// Time from creation to the guest printing `catenary-init: ready` (Linux guests).
+    pub ready_ns: Option<u64>,
+    /// The guest's console lines (also printed as they arrive).
+    pub console: alloc::vec::Vec<String>,
+}
+
+fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let (a, b, c, d) = cpu::cpuid(leaf, sub);
+    [a, b, c, d]
+}
+
+/// What to load into the microVM.
+pub enum Image<'a> {
+    /// Linux via PVH (uncompressed vmlinux) or the 64-bit boot protocol (bzImage).
+    LinuxPvh { vmlinux: &'a [u8], initrd: &'a [u8], cmdline: &'a str },
+    LinuxBzImage { bzimage: &'a [u8], initrd: &'a [u8], cmdline: &'a str },
+    /// Raw code loaded at `load` and entered in 32-bit flat protected mode at `load`,
+    /// with EBX = `arg` (small test guests).
+    Raw { code: &'a [u8], load: u64, arg: u32 },
+}
+
+static NEXT_VM_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
+
+/// Create, run to completion and destroy one microVM. Its console lines are printed as
+/// `[vm:<name>] ...`. Never panics on guest behaviour.
+pub fn run(name: &str, image: Image, ram_mib: u64) -> RunReport {
+    let t0 = time::now_ns();
+    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, console: alloc::vec::Vec::new() };
+    let ram_size = ram_mib << 20;
+    let mut ram = match GuestRam::new(ram_size) {
+        Ok(r) => r,
+        Err(e) => {
+            report.ended = Ended::Failed(format!("guest RAM: {e:?}"));
+            return report;
+        }
+    };
+    let tsc_khz = (time::tsc_hz() / 1000) as u32;
+    let cfg = VmConfig::new(name, ram_size, tsc_khz);
+    let mut vm = MicroVm::new(cfg, &host_cpuid);
+    let setup = match image {
+        Image::LinuxPvh { vmlinux, initrd, cmdline } => {
+            let cmd = format!("{} {}", cmdline, vm.kernel_cmdline_extras());
+            catenary_vmm::load_pvh(&mut ram, vmlinux, Some(initrd), cmd.as_bytes(), ram_size).map(|b| b.cpu)
+        }
+        Image::LinuxBzImage { bzimage, initrd, cmdline } => {
+            let cmd = format!("{} {}", cmdline, vm.kernel_cmdline_extras());
+            catenary_vmm::load_bzimage(&mut ram, bzimage, Some(initrd), cmd.as_bytes(), ram_size).map(|b| b.cpu)
+        }
+        Image::Raw { code, load, arg } => {
+            use catenary_vmm::mem::GuestMemory;
+            match ram.write(load, code) {
+                Ok(()) => {
+                    let mut s = flat32(load);
+                    s.rbx = arg as u64;
+                    Ok(s)
+                }
+                Err(e) => Err(catenary_vmm::BootError::Memory(e)),
+            }
+        }
+    };
+    let state = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            report.ended = Ended::Failed(format!("loading the guest: {e:?}"));
+            return report;
+        }
+    };
+    let id = NEXT_VM_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let mut vcpu = match virt::create_vcpu(&ram, id) {
+        Ok(v) => v,
+        Err(e) => {
+            report.ended = Ended::Failed(format!("vCPU: {e:?}"));
+            return report;
+        }
+    };
+    info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, backend {}, created in {} us", ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000);
+    vcpu.set_state(&state);
+    let mut console = Console { name, t0, ready: None, lines: alloc::vec::Vec::new() };
+    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console);
+    report.ready_ns = console.ready;
+    report.console = console.lines;
+    report.exits = vm.stats().total_exits();
+    report.exits_by_reason = vm.stats().exits_by_reason().collect();
+    report.overhead_bytes = vcpu.overhead_bytes() + core::mem::size_of::<MicroVm>() as u64;
+    report.wall_ns = time::now_ns() - t0;
+    report.ended = ended;
+    // Dropping the vCPU and the RAM returns every frame to the allocator.
+    drop(vcpu);
+    drop(ram);
+    report
+}
+
+struct Console<'a> {
+    name: &'a str,
+    t0: u64,
+    ready: Option<u64>,
+    lines: alloc::vec::Vec<String>,
+}
+
+impl Console<'_> {
+    fn drain(&mut self, vm: &mut MicroVm, tail: bool) {
+        let mut lines = vm.take_console_lines();
+        if tail {
+            lines.extend(vm.take_console_tail());
+        }
+        for line in lines {
+            if self.ready.is_none() && line.contains("catenary-init: ready") {
+                self.ready = Some(time::now_ns() - self.t0);
+            }
+            catenary_arch::println!("[vm:{}] {}", self.name, line);
+            if self.lines.len() < 10_000 {
+                self.lines.push(line);
+            }
+        }
+    }
+}
+
+fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut Console) -> Ended {
+    let name = console.name;
+    let mut st = vcpu.state();
+    loop {
+        let now = time::now_ns();
+        vm.poll(now);
+        let ev = if vcpu.reinjection_pending() { EventDecision::None } else { vm.next_event(&st) };
+        let exit = match vcpu.run(ev) {
+            Ok(e) => e,
+            Err(VirtError::EntryFailed(code)) => return Ended::Failed(format!("VM entry failed ({code:#x})")),
+            Err(e) => return Ended::Failed(format!("{e:?}")),
+        };
+        if matches!(exit, Exit::ExternalInterrupt) {
+            // The host took its interrupt when the backend re-enabled interrupts; count it.
+            let _ = vm.handle_exit(exit, &mut st, ram, now);
+            continue;
+        }
+        st = vcpu.state();
+        let action = vm.handle_exit(exit, &mut st, ram, time::now_ns());
+        vcpu.set_state(&st);
+        console.drain(vm, false);
+        match action {
+            Ok(Action::Resume) => {}
+            Ok(Action::Halt) => {
+                // Wait (host halts between timer ticks) until the guest has an interrupt.
+                loop {
+                    vm.poll(time::now_ns());
+                    if vm.pending_irq().is_some() || vm.pending_exception().is_some() {
+                        break;
+                    }
+                    if let Some(r) = vm.stop_reason().cloned() {
+                        console.drain(vm, true);
+                        return Ended::Stopped(r);
+                    }
+                    let _ = apic::ticks();
+                    cpu::wait_for_interrupt();
+                }
+            }
+            Ok(Action::Stop(r)) => {
+                console.drain(vm, true);
+                return Ended::Stopped(r);
+            }
+            Err(e) => {
+                warn!(target: "vmm", "{name}: device model rejected an exit: {e:?}");
+                return Ended::Failed(format!("{e:?}"));
+            }
+        }
+    }
+}
+
+/// Log the outcome of a run the way operators read it.
+pub fn report(name: &str, r: &RunReport) {
+    match &r.ended {
+        Ended::Stopped(reason) => info!(target: "vmm", "microVM {name} ended: {reason} ({} exits, {} ms)", r.exits, r.wall_ns / 1_000_000),
+        Ended::Failed(why) => warn!(target: "vmm", "microVM {name} failed: {why}"),
+    }
+}
+
+/// 32-bit flat protected mode, paging off, interrupts off: the state raw test guests start in.
+fn flat32(entry: u64) -> VcpuState {
+    use catenary_vmm::cpu::{Segment, CR0_ET, CR0_PE};
+    let mut s = VcpuState::new();
+    s.cs = Segment::flat(0x08, 0xb, true, false);
+    let data = Segment::flat(0x10, 0x3, true, false);
+    s.ds = data;
+    s.es = data;
+    s.fs = data;
+    s.gs = data;
+    s.ss = data;
+    s.tr = Segment { selector: 0x18, base: 0, limit: 0x67, attr: Segment::ATTR_P | 0xb };
+    s.ldtr = Segment { selector: 0, base: 0, limit: 0xffff, attr: Segment::ATTR_P | 0x2 };
+    s.cr0 = CR0_PE | CR0_ET;
+    s.rflags = 2;
+    s.rip = entry;
+    s.rsp = entry; // stack grows down below the code
+    s
+}
+
+/// The hostile test guest (testguests/hostile.S), assembled at build time.
+pub const HOSTILE_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.bin"));
+pub const HOSTILE_LOAD: u64 = 0x10000;
+
+/// The guest image bundle (a cpio boot module holding vmlinux, bzImage, initramfs.cpio.gz).
+pub struct GuestBundle {
+    pub vmlinux: Option<&'static [u8]>,
+    pub bzimage: Option<&'static [u8]>,
+    pub initramfs: &'static [u8],
+}
+
+pub fn find_bundle(modules: &[catenary_bootinfo::Module]) -> Option<GuestBundle> {
+    for m in modules {
+        let data = catenary_arch::memory::phys_slice(m.start, m.len as usize);
+        if let Ok(store) = catenary_bootinfo::ImageStore::parse(data) {
+            if let Some(initramfs) = store.get("initramfs.cpio.gz") {
+                return Some(GuestBundle { vmlinux: store.get("vmlinux"), bzimage: store.get("bzImage"), initramfs });
+            }
+        }
+    }
+    None
+}
+
+/// Boot the demo Linux microVM from the bundle, as the command line asks.
+pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
+    let want = crate::cmdline::get(cmdline, "vm").unwrap_or("demo");
+    if want == "none" {
+        return None;
+    }
+    let Some(bundle) = find_bundle(modules) else {
+        info!(target: "vmm", "no guest bundle boot module: no microVM started (build one with `cargo xtask guest`)");
+        return None;
+    };
+    let mem: u64 = crate::cmdline::get(cmdline, "vm.mem").and_then(|m| m.parse().ok()).unwrap_or(256);
+    let mut gcmd = String::from("console=ttyS0 panic=-1 quiet");
+    if let Some(c) = crate::cmdline::get(cmdline, "vm.cmd") {
+        gcmd.push_str(" catenary.cmd=");
+        gcmd.push_str(c);
+    }
+    if crate::cmdline::get(cmdline, "vm.debug").is_some() {
+        gcmd = gcmd.replace(" quiet", " loglevel=7");
+    }
+    let image = match (crate::cmdline::get(cmdline, "vm.boot"), bundle.vmlinux, bundle.bzimage) {
+        (Some("bzimage"), _, Some(bz)) | (_, None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: bundle.initramfs, cmdline: &gcmd },
+        (_, Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd: bundle.initramfs, cmdline: &gcmd },
+        _ => {
+            warn!(target: "vmm", "guest bundle has no kernel");
+            return None;
+        }
+    };
+    let r = run(want, image, mem);
+    report(want, &r);
+    Some(r)
+}
