@@ -15,15 +15,16 @@ if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(RUSTC_BOOTSTRAP=1 cargo fuzz list)
 fi
 passed=0; failed=0
+mkdir -p fuzz/target
 for t in "${targets[@]}"; do
     echo "== fuzz $t for ${SECS}s"
     if RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time="$SECS" -rss_limit_mb=2048 \
-        > "fuzz/$t.log" 2>&1; then
-        tail -n 2 "fuzz/$t.log"
+        > "fuzz/target/$t.log" 2>&1; then
+        tail -n 2 "fuzz/target/$t.log"
         passed=$((passed + 1))
     else
-        tail -n 40 "fuzz/$t.log"
-        echo "FAIL: fuzz target $t (log: netfabric/fuzz/$t.log, artifacts: netfabric/fuzz/artifacts/$t)"
+        tail -n 40 "fuzz/target/$t.log"
+        echo "FAIL: fuzz target $t (log: netfabric/fuzz/target/$t.log, artifacts: netfabric/fuzz/artifacts/$t)"
         failed=$((failed + 1))
     fi
 done

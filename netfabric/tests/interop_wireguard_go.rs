@@ -117,8 +117,8 @@ fn interop_with_wireguard_go() {
         }
     }
     let have_ping = which("ping");
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        return skip("/dev/net/tun missing");
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+        return skip(&format!("/dev/net/tun cannot be opened: {e}"));
     }
     let id = std::process::id() % 0x10000;
     let ns = format!("nfwg{id:04x}");
