@@ -185,5 +185,9 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
         let o = run_captured(b.command(false)?, &want, &["KERNEL PANIC"], Duration::from_secs(40), false)?;
         t.record(&format!("fault_dump_{kind}"), o.matched, "(register dump incomplete)");
     }
+    // Intel VT-x under Bochs (slow: skipped by --quick unless --bochs is given).
+    if !quick || std::env::args().any(|a| a == "--bochs") {
+        crate::bochs::tests(t, &plain)?;
+    }
     Ok(())
 }

@@ -1,0 +1,152 @@
+//! Bochs runs: the Intel VT-x path. Bochs 2.7 emulates VMX with EPT, VPID and unrestricted guest
+//! (`cpu: model=corei7_haswell_4770`); it boots the Multiboot2 kernel from the GRUB ISO.
+//!
+//! The serial console (COM1) goes to a file that is polled while Bochs runs; a run ends when all
+//! expected lines have appeared, a failure line appears, Bochs exits (the kernel ends it through
+//! the debugger port 0x8a00, `catenary_arch::qemu::bochs_shutdown`), or at the deadline.
+
+use crate::build::build_iso;
+use crate::test::Tally;
+use crate::tools::{out_dir, require, require_file};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct BochsOutcome {
+    pub lines: Vec<String>,
+    /// Time from spawn to each expected pattern's first match.
+    pub times: Vec<Option<Duration>>,
+    pub failed_on: Option<String>,
+    pub elapsed: Duration,
+    pub exited: bool,
+    pub log: PathBuf,
+}
+
+impl BochsOutcome {
+    pub fn saw(&self, i: usize) -> bool {
+        self.times.get(i).map(|t| t.is_some()).unwrap_or(false)
+    }
+}
+
+/// The bochsrc for booting `iso` with COM1 into `com1`.
+pub fn bochsrc(iso: &Path, com1: &Path, log: &Path, megs: u32) -> String {
+    format!(
+        "megs: {megs}\n\
+         cpu: model=corei7_haswell_4770, count=1, ips=200000000, reset_on_triple_fault=0\n\
+         romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
+         vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest\n\
+         display_library: rfb, options=\"timeout=0\"\n\
+         ata0-master: type=cdrom, path={}, status=inserted\n\
+         boot: cdrom\n\
+         com1: enabled=1, mode=file, dev={}\n\
+         log: {}\n\
+         clock: sync=none, time0=local\n\
+         speaker: enabled=0\n\
+         sound: driver=dummy\n\
+         port_e9_hack: enabled=1\n",
+        iso.display(),
+        com1.display(),
+        log.display()
+    )
+}
+
+/// Boot `iso` under Bochs and watch COM1.
+pub fn run(iso: &Path, name: &str, expect: &[&str], fail: &[&str], deadline: Duration) -> Result<BochsOutcome, String> {
+    let bochs = require("bochs", "bochs bochsbios vgabios")?;
+    require_file("/usr/share/bochs/BIOS-bochs-latest", "bochsbios")?;
+    require_file("/usr/share/bochs/VGABIOS-lgpl-latest", "vgabios")?;
+    let dir = out_dir().join("bochs");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let com1 = dir.join(format!("{name}.com1"));
+    let log = dir.join(format!("{name}.bochs.log"));
+    let rc = dir.join(format!("{name}.bochsrc"));
+    let dbg = dir.join("dbg.rc");
+    let _ = std::fs::remove_file(&com1);
+    std::fs::write(&rc, bochsrc(iso, &com1, &log, 512)).map_err(|e| e.to_string())?;
+    std::fs::write(&dbg, "c\nq\n").map_err(|e| e.to_string())?;
+    let out = std::fs::File::create(dir.join(format!("{name}.stdout"))).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut child = Command::new(bochs)
+        .current_dir(&dir)
+        .arg("-q")
+        .arg("-f")
+        .arg(&rc)
+        .arg("-rc")
+        .arg(&dbg)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().map_err(|e| e.to_string())?)
+        .stderr(out)
+        .spawn()
+        .map_err(|e| format!("cannot start bochs: {e}"))?;
+    let mut times: Vec<Option<Duration>> = vec![None; expect.len()];
+    let mut failed_on = None;
+    let mut exited = false;
+    let mut lines: Vec<String>;
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let done = match child.try_wait() {
+            Ok(Some(_)) => {
+                exited = true;
+                true
+            }
+            _ => false,
+        };
+        let text = std::fs::read(&com1).unwrap_or_default();
+        lines = String::from_utf8_lossy(&text).lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+        for l in &lines {
+            for (i, p) in expect.iter().enumerate() {
+                if times[i].is_none() && l.contains(p) {
+                    times[i] = Some(start.elapsed());
+                }
+            }
+            if failed_on.is_none() && fail.iter().any(|f| l.contains(f)) {
+                failed_on = Some(l.clone());
+            }
+        }
+        let all = !expect.is_empty() && times.iter().all(|t| t.is_some());
+        if done || all || failed_on.is_some() || start.elapsed() > deadline {
+            break;
+        }
+    }
+    if !exited {
+        // Give the kernel a moment to end Bochs itself, then stop it.
+        for _ in 0..20 {
+            if let Ok(Some(_)) = child.try_wait() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    Ok(BochsOutcome { lines, times, failed_on, elapsed: start.elapsed(), exited, log: com1 })
+}
+
+/// The Bochs (VT-x) tests: boot the node from the GRUB ISO, check that it sees VMX with EPT, run
+/// the VMX self-test guest through the VT-x backend.
+pub fn tests(t: &mut Tally, kernel: &PathBuf) -> Result<(), String> {
+    println!("== Bochs (Intel VT-x) tests");
+    if require("bochs", "bochs").is_err() {
+        t.record("bochs_boot_vmx_cpu", false, "(bochs not installed: apt-get install bochs bochsbios vgabios)");
+        return Ok(());
+    }
+    let iso = build_iso(kernel, &[], "vmx.selftest=1 bochs.exit=1", "catenary-bochs")?;
+    let expect = ["VMX true (EPT true)"];
+    let fail = ["KERNEL PANIC", "- stopping this CPU", "vmx-selftest: FAILED"];
+    let o = run(&iso, "vmx", &expect, &fail, Duration::from_secs(300))?;
+    let why = |what: &str| {
+        format!(
+            "({what}; {:.1}s, {} serial lines, bochs {}{}; serial log {})",
+            o.elapsed.as_secs_f64(),
+            o.lines.len(),
+            if o.exited { "exited" } else { "stopped" },
+            o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(),
+            o.log.display()
+        )
+    };
+    t.record("bochs_boot_vmx_cpu", o.saw(0), &why("no `VMX true (EPT true)` line"));
+    Ok(())
+}
