@@ -384,7 +384,7 @@ pub fn load_bzimage(
     let fits = |at: u64| at.checked_add(kspan).and_then(|e| e.checked_add(initrd_len)).is_some_and(|e| e <= ram_size);
     let load = if relocatable
         && pref >= layout::HIGH_MEM
-        && (align == 0 || (align.is_power_of_two() && pref % align == 0))
+        && (align == 0 || (align.is_power_of_two() && pref.is_multiple_of(align)))
         && fits(pref)
     {
         pref

@@ -409,6 +409,29 @@ pub enum GuestFault {
     Other(String),
 }
 
+impl core::fmt::Display for GuestFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            GuestFault::WildMmio { gpa, rip } => write!(f, "MMIO to {gpa:#x} where no device is (rip {rip:#x})"),
+            GuestFault::UnsupportedMmioInstruction { rip, bytes, len } => {
+                write!(f, "MMIO by an unsupported instruction at rip {rip:#x}:")?;
+                for b in bytes.iter().take(*len as usize) {
+                    write!(f, " {b:02x}")?;
+                }
+                Ok(())
+            }
+            GuestFault::InstructionFetch { rip } => write!(f, "cannot fetch/decode the instruction at rip {rip:#x}"),
+            GuestFault::InstructionMismatch { rip, exit } => {
+                write!(f, "the instruction at rip {rip:#x} does not match the {exit} exit")
+            }
+            GuestFault::InvalidGuestState { code } => write!(f, "invalid guest state (exit code {code:#x})"),
+            GuestFault::UnhandledExit { code } => write!(f, "unhandled exit (code {code:#x})"),
+            GuestFault::BadException { vector } => write!(f, "exception {vector} reported inconsistently"),
+            GuestFault::Other(s) => write!(f, "{s}"),
+        }
+    }
+}
+
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
@@ -430,7 +453,7 @@ impl core::fmt::Display for StopReason {
             StopReason::PowerOff { code: Some(c) } => write!(f, "power off (status {c})"),
             StopReason::Reboot => write!(f, "reboot requested"),
             StopReason::TripleFault => write!(f, "triple fault / shutdown"),
-            StopReason::GuestFault(g) => write!(f, "guest fault: {g:?}"),
+            StopReason::GuestFault(g) => write!(f, "guest fault: {g}"),
         }
     }
 }

@@ -18,6 +18,7 @@ pub const HV_SIGNATURE: &[u8; 12] = b"CatenaryVMM\0";
 pub const HV_MAX_LEAF: u32 = 0x4000_0010;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Default)]
 pub struct CpuidConfig {
     /// Guest TSC frequency in kHz (reported in 0x4000_0010).
     pub tsc_khz: u32,
@@ -27,11 +28,6 @@ pub struct CpuidConfig {
     pub apic: bool,
 }
 
-impl Default for CpuidConfig {
-    fn default() -> Self {
-        CpuidConfig { tsc_khz: 0, xsave: false, apic: false }
-    }
-}
 
 const fn bits(list: &[u32]) -> u32 {
     let mut v = 0;

@@ -195,7 +195,9 @@ type Outcome = Result<Action, VmError>;
 
 impl MicroVm {
     /// Create the device model. `host_cpuid` is queried once, here.
-    pub fn new(cfg: VmConfig, host_cpuid: &dyn Fn(u32, u32) -> [u32; 4]) -> Self {
+    /// The disk image in `cfg.virtio_blk` moves into the device (`cfg.virtio_blk` is `None`
+    /// afterwards).
+    pub fn new(mut cfg: VmConfig, host_cpuid: &dyn Fn(u32, u32) -> [u32; 4]) -> Self {
         let mut virtio = Vec::new();
         let mut irqs = VIRTIO_IRQS.iter();
         let mut base = layout::MMIO_BASE;
@@ -206,9 +208,9 @@ impl MicroVm {
                 base += layout::MMIO_STRIDE;
             }
         }
-        if let Some((disk, ro)) = &cfg.virtio_blk {
+        if let Some((disk, ro)) = cfg.virtio_blk.take() {
             if let Some(&irq) = irqs.next() {
-                virtio.push(VirtioMmio::new(base, irq, Device::Blk(VirtioBlk::new(disk.clone(), *ro, "catenary0")), qs));
+                virtio.push(VirtioMmio::new(base, irq, Device::Blk(VirtioBlk::new(disk, ro, "catenary0")), qs));
             }
         }
         MicroVm {

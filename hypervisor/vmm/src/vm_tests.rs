@@ -398,7 +398,7 @@ impl Rng {
             let i = (self.next() as usize) % v.len();
             v[i] = self.next() as u8;
         }
-        if self.next() % 8 == 0 {
+        if self.next().is_multiple_of(8) {
             let n = (self.next() as usize) % (v.len() + 1);
             v.truncate(n);
         }

@@ -376,7 +376,7 @@ mod tests {
         let lo = p.io_read(0x40, t) as u16;
         let hi = p.io_read(0x40, t) as u16;
         let c = lo | (hi << 8);
-        assert!(c >= 1 && c <= 1193, "{c}");
+        assert!((1..=1193).contains(&c), "{c}");
     }
 
     #[test]

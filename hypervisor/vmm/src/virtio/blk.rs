@@ -72,7 +72,7 @@ impl VirtioBlk {
         }
         let data_w = wlen - 1;
         let range = |len: u64, disk: u64| -> Option<core::ops::Range<usize>> {
-            if len % SECTOR != 0 || len > MAX_XFER {
+            if !len.is_multiple_of(SECTOR) || len > MAX_XFER {
                 return None;
             }
             let start = sector.checked_mul(SECTOR)?;

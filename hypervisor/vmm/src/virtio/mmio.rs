@@ -279,11 +279,10 @@ impl VirtioMmio {
 
     /// Deliver pending host input on the console receive queue.
     pub fn kick_rx(&mut self, mem: &mut dyn GuestMemory) {
-        if matches!(self.dev, Device::Console(_)) {
-            if self.queues.first().map(|q| q.ready) == Some(true) {
+        if matches!(self.dev, Device::Console(_))
+            && self.queues.first().map(|q| q.ready) == Some(true) {
                 self.notify(0, mem);
             }
-        }
     }
 
     /// Bytes the guest transmitted (console).

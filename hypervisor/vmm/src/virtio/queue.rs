@@ -135,9 +135,9 @@ impl Queue {
         self.size != 0
             && self.size <= self.max_size
             && self.size.is_power_of_two()
-            && self.desc % 16 == 0
-            && self.avail % 2 == 0
-            && self.used % 4 == 0
+            && self.desc.is_multiple_of(16)
+            && self.avail.is_multiple_of(2)
+            && self.used.is_multiple_of(4)
     }
 
     fn read_desc(mem: &dyn GuestMemory, table: u64, i: u16) -> Result<(u64, u32, u16, u16), QueueError> {
