@@ -11,6 +11,70 @@ use crate::vm::{EventDecision, MicroVm, VmConfig, WildMmioPolicy};
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// A minimal ELF64 with one PT_LOAD at 1 MiB and a PT_NOTE carrying the PVH entry.
+/// Test/fuzz seed: a minimal ELF64 vmlinux with a PVH note.
+pub fn synthetic_pvh_elf(entry: u32, code: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 0x200];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2;
+    f[5] = 1;
+    f[6] = 1;
+    f[16..18].copy_from_slice(&2u16.to_le_bytes());
+    f[18..20].copy_from_slice(&62u16.to_le_bytes());
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    f[52..54].copy_from_slice(&64u16.to_le_bytes());
+    f[54..56].copy_from_slice(&56u16.to_le_bytes());
+    f[56..58].copy_from_slice(&2u16.to_le_bytes());
+    // note at 0x100
+    let note_off = 0x100usize;
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes());
+    note.extend_from_slice(&8u32.to_le_bytes());
+    note.extend_from_slice(&18u32.to_le_bytes());
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&(entry as u64).to_le_bytes());
+    f[note_off..note_off + note.len()].copy_from_slice(&note);
+    // PT_LOAD
+    let ph = 64;
+    f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
+    f[ph + 8..ph + 16].copy_from_slice(&0x200u64.to_le_bytes());
+    f[ph + 24..ph + 32].copy_from_slice(&0x100000u64.to_le_bytes());
+    f[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    f[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64 + 0x1000).to_le_bytes());
+    // PT_NOTE
+    let ph = 64 + 56;
+    f[ph..ph + 4].copy_from_slice(&4u32.to_le_bytes());
+    f[ph + 8..ph + 16].copy_from_slice(&(note_off as u64).to_le_bytes());
+    f[ph + 32..ph + 40].copy_from_slice(&(note.len() as u64).to_le_bytes());
+    f.extend_from_slice(code);
+    f
+}
+
+/// Test/fuzz seed: a minimal bzImage setup header + payload.
+pub fn synthetic_bzimage(version: u16, xlf: u16, payload: usize) -> Vec<u8> {
+    let setup_sects = 1u8;
+    let mut f = vec![0u8; 2 * 512 + payload];
+    f[0x1f1] = setup_sects;
+    f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    f[0x200] = 0xeb;
+    f[0x201] = 0x6a; // header ends at 0x26c
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    f[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+    f[0x211] = 1; // LOADED_HIGH
+    f[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    f[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes());
+    f[0x234] = 1;
+    f[0x236..0x238].copy_from_slice(&xlf.to_le_bytes());
+    f[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
+    f[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    f[0x260..0x264].copy_from_slice(&0x40_0000u32.to_le_bytes());
+    for (i, b) in f[1024..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    f
+}
+
+
 /// Byte reader that yields zeros when exhausted.
 pub struct Bytes<'a> {
     d: &'a [u8],
@@ -271,15 +335,39 @@ pub fn virtqueue(data: &[u8]) {
     let _ = t.take_output();
 }
 
-/// PVH and bzImage loaders over arbitrary images.
+/// PVH and bzImage loaders over arbitrary images: raw bytes, or a valid synthetic ELF /
+/// bzImage with `(offset, byte)` patches from the input.
 pub fn loaders(data: &[u8]) {
     let mut b = Bytes::new(data);
+    let mode = b.u8() % 3;
     let ram = 0x20_0000 + ((b.u8() as u64) << 16);
     let cmd_len = (b.u8() % 64) as usize;
     let cmd: Vec<u8> = b.take(cmd_len).to_vec();
     let initrd_len = b.u16() as usize;
     let initrd = vec![0xa5u8; initrd_len];
-    let image = b.rest();
+    let owned;
+    let image: &[u8] = if mode == 0 {
+        b.rest()
+    } else {
+        let mut img = if mode == 1 {
+            synthetic_pvh_elf(0x100010, &[0x90; 64])
+        } else {
+            synthetic_bzimage(0x020f, 3, 2048)
+        };
+        let trunc = b.u16() as usize;
+        while !b.exhausted() {
+            let off = b.u16() as usize;
+            let v = b.u8();
+            if let Some(x) = img.get_mut(off % 0x300) {
+                *x = v;
+            }
+        }
+        if trunc < img.len() && trunc > 0x40 {
+            img.truncate(trunc);
+        }
+        owned = img;
+        &owned
+    };
     let mut mem = VecMemory::new(ram as usize);
     let _ = load_pvh(&mut mem, image, Some(&initrd), &cmd, ram);
     let _ = load_bzimage(&mut mem, image, Some(&initrd), &cmd, ram);

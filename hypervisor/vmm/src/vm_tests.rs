@@ -470,14 +470,18 @@ fn fuzz_smoke_loaders() {
         let seed: &[u8] = if i % 2 == 0 { &elf } else { &bz };
         let flips = 1 + (r.next() as usize % 8);
         let img = r.mutate(seed, flips);
-        let mut d = vec![0u8, 8];
+        let mut d = vec![0u8, 0, 8];
         d.extend_from_slice(b"console=");
         d.extend_from_slice(&[0x10, 0x00]);
         d.extend_from_slice(&img);
         fuzzing::loaders(&d);
     }
-    for _ in 0..300 {
+    for i in 0..600 {
         let n = r.next() as usize % 1024;
-        fuzzing::loaders(&r.bytes(n));
+        let mut d = r.bytes(n);
+        if let Some(m) = d.first_mut() {
+            *m = (i % 3) as u8; // raw, patched ELF, patched bzImage
+        }
+        fuzzing::loaders(&d);
     }
 }
