@@ -13,6 +13,8 @@
 #   --mem M       guest RAM (default 256M)
 #   --timeout S   kill QEMU after S seconds (default 120) and fail
 #   --quiet       don't echo the guest console
+#   --repeat N    boot N times (quietly) and print each ready time and the median:
+#                   run-direct: median_ready_ms=<ms> runs=N ready_ms=<a,b,c,...>
 #
 # The guest console (ttyS0) goes to stdout. At the end one summary line is printed:
 #   run-direct: ready_ms=<ms from QEMU start to `catenary-init: ready`> exit_status=<N> qemu_rc=<rc>
@@ -31,6 +33,8 @@ LEGACY=0
 MEM=256M
 TIMEOUT=120
 QUIET=0
+REPEAT=1
+ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
     case "$1" in
         --cmd) CMD=$2; shift 2 ;;
@@ -39,6 +43,7 @@ while [ $# -gt 0 ]; do
         --mem) MEM=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --quiet) QUIET=1; shift ;;
+        --repeat) REPEAT=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         --) shift; break ;;
         -*) die "unknown option $1" ;;
@@ -52,6 +57,30 @@ INITRD=$2
 [ -f "$INITRD" ] || die "initrd $INITRD not found (guest-images/build-initramfs.sh OUTDIR)"
 QEMU=${QEMU:-qemu-system-x86_64}
 command -v "$QEMU" >/dev/null 2>&1 || die "$QEMU not found: install the Debian package 'qemu-system-x86'"
+
+if [ "$REPEAT" -gt 1 ]; then
+    # Re-run this script once per boot, without --repeat, and take the median.
+    args=()
+    skip=0
+    for a in "${ORIG_ARGS[@]}"; do
+        if [ $skip = 1 ]; then skip=0; continue; fi
+        if [ "$a" = --repeat ]; then skip=1; continue; fi
+        args+=("$a")
+    done
+    times=()
+    for i in $(seq "$REPEAT"); do
+        line=$("$0" --quiet "${args[@]}" | tail -n1) || die "boot $i failed: $line"
+        t=$(sed -n 's/.*ready_ms=\([0-9]*\).*/\1/p' <<<"$line")
+        echo "run-direct: boot $i: ready_ms=$t" >&2
+        times+=("$t")
+    done
+    sorted=($(printf '%s\n' "${times[@]}" | sort -n))
+    n=${#sorted[@]}
+    if [ $((n % 2)) = 1 ]; then median=${sorted[$((n / 2))]}
+    else median=$(( (sorted[n / 2 - 1] + sorted[n / 2]) / 2 )); fi
+    echo "run-direct: median_ready_ms=$median runs=$n ready_ms=$(IFS=,; echo "${times[*]}")"
+    exit 0
+fi
 
 host_tsc_khz() {
     local mhz
