@@ -11,7 +11,6 @@ use crate::vm::{EventDecision, MicroVm, VmConfig, WildMmioPolicy};
 use alloc::vec;
 use alloc::vec::Vec;
 
-/// A minimal ELF64 with one PT_LOAD at 1 MiB and a PT_NOTE carrying the PVH entry.
 /// Test/fuzz seed: a minimal ELF64 vmlinux with a PVH note.
 pub fn synthetic_pvh_elf(entry: u32, code: &[u8]) -> Vec<u8> {
     let mut f = vec![0u8; 0x200];

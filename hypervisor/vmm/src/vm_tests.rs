@@ -485,3 +485,23 @@ fn fuzz_smoke_loaders() {
         fuzzing::loaders(&d);
     }
 }
+
+#[test]
+fn real_mode_io_and_ip_wrap() {
+    let mut v = vm();
+    let mut m = VecMemory::new(0x40000);
+    let mut c = VcpuState::new();
+    c.cs = Segment::real(0x100, 0xb);
+    c.rip = 0x10;
+    m.write(0x1010, &[0xee]).unwrap(); // out dx, al at 0100:0010
+    c.rax = b'R' as u64;
+    v.handle_exit(io(0x3f8, 1, true), &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rip, 0x11);
+    // IP wraps at 64 KiB: 66 ef (out dx, eax) at 0100:fffe
+    m.write(0x1000 + 0xfffe, &[0x66, 0xef]).unwrap();
+    c.rip = 0xfffe;
+    c.rax = b'\n' as u64;
+    v.handle_exit(io(0x3f8, 4, true), &mut c, &mut m, 0).unwrap();
+    assert_eq!(c.rip, 0);
+    assert_eq!(v.take_console_lines(), ["R"]);
+}
