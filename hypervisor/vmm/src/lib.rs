@@ -94,6 +94,7 @@ pub mod msr;
 pub mod paging;
 pub mod virtio;
 pub mod vm;
+pub mod vmx_exit;
 #[cfg(test)]
 mod vm_tests;
 
