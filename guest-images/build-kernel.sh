@@ -46,8 +46,14 @@ if [ -n "${CATENARY_LINUX_DEB:-}" ]; then
 else
     need_tool apt-cache apt
     VERSION=$(apt-cache policy "$SRCPKG" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
-    [ -n "$VERSION" ] && [ "$VERSION" != "(none)" ] \
-        || die "no candidate version of the Debian package '$SRCPKG' (run apt-get update; is the Debian main archive in sources.list?)"
+    if [ -z "$VERSION" ] || [ "$VERSION" = "(none)" ]; then
+        # No apt lists (e.g. offline CI): fall back to the newest .deb fetched earlier.
+        CATENARY_LINUX_DEB=$(ls "$CACHE_ROOT/debs/${SRCPKG}_"*.deb 2>/dev/null | sort -V | tail -n1 || true)
+        [ -n "$CATENARY_LINUX_DEB" ] \
+            || die "no candidate version of the Debian package '$SRCPKG' (run apt-get update; is the Debian main archive in sources.list?)"
+        VERSION=$(dpkg-deb -f "$CATENARY_LINUX_DEB" Version)
+        log "apt knows no $SRCPKG; using cached $CATENARY_LINUX_DEB"
+    fi
 fi
 
 HASH=$( { printf 'pkg=%s\nversion=%s\n' "$SRCPKG" "$VERSION"; cat "$FRAGMENT" "$SCRIPT"; } \
@@ -114,6 +120,7 @@ if [ -n "${CATENARY_LINUX_DEB:-}" ]; then
 else
     DEBDIR="$CACHE_ROOT/debs"
     mkdir -p "$DEBDIR"
+    chmod 755 "$DEBDIR" 2>/dev/null || true
     DEB=$(ls "$DEBDIR/${SRCPKG}_${VERSION//:/%3a}_"*.deb 2>/dev/null | head -n1 || true)
     if [ -z "$DEB" ]; then
         log "apt-get download $SRCPKG=$VERSION"
@@ -180,6 +187,8 @@ cp "$SRC/.config" "$STAGE/config"
     echo "kernelrelease=$("${MAKE[@]}" -s kernelrelease 2>/dev/null)"
     (cd "$STAGE" && sha256sum vmlinux bzImage config)
 } >"$STAGE/manifest"
+# OUTDIR gets hard links to these files: make them read-only so nobody edits the cache through them.
+chmod a-w "$STAGE/vmlinux" "$STAGE/bzImage" "$STAGE/config" "$STAGE/manifest"
 touch "$STAGE/.complete"
 rm -rf "$CACHED"
 mv "$STAGE" "$CACHED"
