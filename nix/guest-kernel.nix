@@ -68,7 +68,7 @@ let
     nativeBuildInputs = (old.nativeBuildInputs or [ ]) ++ [ pkgs.lz4 ];
     # manual-config keeps vmlinux (in $dev) only for modular kernels; this one has no modules.
     # preInstall runs in the build directory, where vmlinux was linked.
-    preInstall = (old.preInstall or "") + ''
+    preInstall = (old.preInstall or "") + "\n" + ''
       mkdir -p $out
       cp vmlinux $out/vmlinux
     '';
