@@ -8,7 +8,7 @@ PKGS=(
   bochs bochsbios vgabios                       # Intel VT-x path (Bochs emulates VMX+EPT)
   busybox-static cpio                           # guest initramfs
   gcc make flex bison bc libelf-dev libssl-dev xz-utils  # guest kernel build
-  vde2 iproute2 wireguard-go wireguard-tools    # cluster networking and fabric interop tests
+  vde2 iproute2 iputils-ping wireguard-go wireguard-tools python3  # cluster networking, fabric interop tests
 )
 missing=()
 for p in "${PKGS[@]}"; do

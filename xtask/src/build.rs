@@ -25,7 +25,26 @@ pub fn kernel_elf(test: bool) -> PathBuf {
     out_dir().join(if test { "catenary-test.elf" } else { "catenary.elf" })
 }
 
+/// Ring-3 programs (hypervisor/user): static executables at 4 MiB, built with the kernel's
+/// flags except the code model (user code lives in the low half). Returns their directory.
+pub fn build_user() -> Result<PathBuf, String> {
+    let target_dir = root().join("target").join("user");
+    let mut flags: Vec<&str> = KERNEL_RUSTFLAGS.iter().copied().filter(|f| !f.starts_with("-Ccode-model")).collect();
+    flags.push("-Ccode-model=small");
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root())
+        .args(["build", "--release", "--manifest-path", "hypervisor/user/Cargo.toml"])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+        .env_remove("RUSTFLAGS");
+    run(&mut c)?;
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release"))
+}
+
 pub fn build_kernel(test: bool) -> Result<PathBuf, String> {
+    let user = build_user()?;
     let target_dir = root().join("target").join(if test { "kernel-test" } else { "kernel" });
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root())
@@ -34,6 +53,7 @@ pub fn build_kernel(test: bool) -> Result<PathBuf, String> {
         .arg("--target-dir")
         .arg(&target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", KERNEL_RUSTFLAGS.join("\x1f"))
+        .env("CATENARY_USER_DIR", &user)
         .env_remove("RUSTFLAGS");
     if test {
         c.args(["--features", "ktest"]);
@@ -114,18 +134,61 @@ pub fn cmd_iso(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Guest kernel + initramfs (guest-images/), bundled as one cpio module for the kernel.
+/// Guest kernel + initramfs (guest-images/, cached by config hash), bundled as one cpio
+/// (newc) boot module: `vmlinux` (PVH), `bzImage` (Linux boot protocol), `initramfs.cpio.gz`.
 pub fn guest_bundle() -> Result<PathBuf, String> {
     let dir = out_dir().join("guest");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let gi = root().join("guest-images");
-    run(Command::new("bash").arg(gi.join("build-kernel.sh")).arg(&dir))?;
-    run(Command::new("bash").arg(gi.join("build-initramfs.sh")).arg(&dir))?;
+    let quiet = |c: &mut Command| -> Result<(), String> {
+        let o = c.output().map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{:?} failed:\n{}{}", c, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        }
+    };
+    eprintln!("xtask: guest kernel (cached by config hash; the first build takes ~10 min)");
+    quiet(Command::new("bash").arg(gi.join("build-kernel.sh")).arg(&dir))?;
+    quiet(Command::new("bash").arg(gi.join("build-initramfs.sh")).arg(&dir))?;
+    let mut files = Vec::new();
+    for name in ["vmlinux", "bzImage", "initramfs.cpio.gz"] {
+        let data = std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        files.push((name.to_string(), data));
+    }
     let bundle = out_dir().join("guest-bundle.cpio");
-    if gi.join("make-bundle.sh").exists() {
-        run(Command::new("bash").arg(gi.join("make-bundle.sh")).arg(&dir).arg(&bundle))?;
+    let bytes = cpio_newc(&files);
+    if std::fs::read(&bundle).ok().as_deref() != Some(&bytes[..]) {
+        std::fs::write(&bundle, bytes).map_err(|e| e.to_string())?;
     }
     Ok(bundle)
+}
+
+/// A cpio "newc" archive (deterministic: fixed inode numbers, mtime 0, mode 0644).
+pub fn cpio_newc(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    fn pad(v: &mut Vec<u8>) {
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    let mut entry = |out: &mut Vec<u8>, ino: usize, name: &str, mode: u32, data: &[u8]| {
+        let hdr = format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            ino, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+        );
+        out.extend_from_slice(hdr.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        pad(out);
+        out.extend_from_slice(data);
+        pad(out);
+    };
+    for (i, (name, data)) in files.iter().enumerate() {
+        entry(&mut out, i + 1, name, 0o100644, data);
+    }
+    entry(&mut out, 0, "TRAILER!!!", 0, &[]);
+    out
 }
 
 pub fn cmd_guest(_args: &[String]) -> Result<(), String> {

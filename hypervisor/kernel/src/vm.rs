@@ -260,13 +260,13 @@ pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<
         return None;
     };
     let mem: u64 = crate::cmdline::get(cmdline, "vm.mem").and_then(|m| m.parse().ok()).unwrap_or(256);
-    let mut gcmd = String::from("console=ttyS0 panic=-1 quiet");
+    let mut gcmd = String::from("console=ttyS0 panic=-1");
     if let Some(c) = crate::cmdline::get(cmdline, "vm.cmd") {
         gcmd.push_str(" catenary.cmd=");
         gcmd.push_str(c);
     }
     if crate::cmdline::get(cmdline, "vm.debug").is_some() {
-        gcmd = gcmd.replace(" quiet", " loglevel=7");
+        gcmd.push_str(" loglevel=7");
     }
     let image = match (crate::cmdline::get(cmdline, "vm.boot"), bundle.vmlinux, bundle.bzimage) {
         (Some("bzimage"), _, Some(bz)) | (_, None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: bundle.initramfs, cmdline: &gcmd },
