@@ -28,6 +28,9 @@ pub mod layout {
     pub const PML4: u64 = 0x9000;
     pub const PDPT: u64 = 0xa000;
     pub const PD: u64 = 0xb000;
+    /// Initial stack pointer handed to both entry paths (neither protocol requires one, but a
+    /// valid RSP makes an early push harmless): 0x8000-0x8fff is free.
+    pub const BOOT_STACK_TOP: u64 = 0x8ff0;
     pub const CMDLINE: u64 = 0x2_0000;
     pub const CMDLINE_MAX: u64 = 0x1_0000;
     pub const EBDA_START: u64 = 0x9_fc00;
@@ -168,6 +171,7 @@ fn flat_segments(cpu: &mut VcpuState, long: bool) {
     cpu.idtr = DescTable { base: 0, limit: 0 };
     cpu.rflags = RFLAGS_FIXED;
     cpu.cpl = 0;
+    cpu.rsp = layout::BOOT_STACK_TOP;
 }
 
 pub const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
@@ -407,8 +411,15 @@ pub fn load_bzimage(
     let cmdline_size = if version >= 0x0206 { rd32(image, HDR_CMDLINE_SIZE).unwrap_or(255) as u64 + 1 } else { 256 };
     let cmd = write_cmdline(mem, cmdline, cmdline_size)?;
     let initrd_max = rd32(image, HDR_INITRD_ADDR_MAX).unwrap_or(0x37ff_ffff) as u64 + 1;
+    // A relocatable kernel loaded low still decompresses to [pref_address, +init_size): keep
+    // the initrd clear of that range too.
+    let floor = if relocatable && pref >= layout::HIGH_MEM && pref < ram_size {
+        kend.max(pref.saturating_add(kspan))
+    } else {
+        kend
+    };
     let initrd_pl = match initrd {
-        Some(i) => Some(place_initrd(mem, i, kend, ram_size.min(initrd_max))?),
+        Some(i) => Some(place_initrd(mem, i, floor, ram_size.min(initrd_max))?),
         None => None,
     };
     mem.write_u16(zp + BP_VID_MODE as u64, 0xffff)?;
@@ -545,5 +556,12 @@ pub(crate) mod tests {
         let mut m = VecMemory::new(8 << 20);
         let b = load_bzimage(&mut m, &img, None, b"", 8 << 20).unwrap();
         assert_eq!(b.kernel_start, 0x10_0000);
+        assert_eq!(b.cpu.rsp, layout::BOOT_STACK_TOP);
+        // loaded low, the initrd must still stay above pref_address + init_size (where the
+        // kernel decompresses itself): with 20 MiB there is no room left for it
+        let mut m = VecMemory::new(32 << 20);
+        assert_eq!(load_bzimage(&mut m, &img, Some(&vec![1u8; 4096]), b"", 20 << 20), Err(BootError::InitrdTooBig));
+        let b = load_bzimage(&mut m, &img, Some(&vec![1u8; 4096]), b"", 21 << 20).unwrap();
+        assert!(b.initrd.unwrap().0 >= 0x100_0000 + 0x40_0000);
     }
 }
