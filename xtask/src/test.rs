@@ -57,6 +57,9 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
         host_tests(&mut t);
     }
     kernel_tests(&mut t, quick)?;
+    if !quick {
+        crate::vmbench::linux_guest_tests(&mut t)?;
+    }
     println!();
     if !t.failures.is_empty() {
         println!("failed: {}", t.failures.join(", "));

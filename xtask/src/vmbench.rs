@@ -1,5 +1,113 @@
-//! `cargo xtask bench vm` (microVM boot overhead) — filled in with the microVM monitor.
+//! microVM tests and the `bench vm` benchmark: a Linux guest booted by Catenary's hypervisor
+//! (SVM under QEMU TCG `-cpu max`) versus the same kernel + initramfs booted directly by QEMU.
+
+use crate::bench::median;
+use crate::qemu::{run_captured, Boot};
+use crate::test::Tally;
+use std::process::Command;
+use std::time::Duration;
+
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn node_with_guest(kernel: &std::path::Path, bundle: &std::path::Path, cmdline: &str) -> Boot {
+    let mut b = Boot::pvh("q35", kernel.to_path_buf());
+    b.smp = 2;
+    b.mem = "1G".into();
+    b.initrd = Some(bundle.to_path_buf());
+    b.cmdline = cmdline.into();
+    b
+}
+
+/// The Linux guest boots under the SVM backend via PVH and via the bzImage boot protocol,
+/// runs its command and powers off; the node reports the clean exit.
+pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
+    println!("== Linux microVM under Catenary (SVM, QEMU TCG -cpu max)");
+    let bundle = match crate::build::guest_bundle() {
+        Ok(b) => b,
+        Err(e) => {
+            t.record("vm_linux_guest_images", false, &e);
+            return Ok(());
+        }
+    };
+    let kernel = crate::build::build_kernel(false)?;
+    let cmd = base64(b"echo catenary-test-marker $((6*7)); uname -r");
+    for (name, boot) in [("vm_linux_svm_pvh", "pvh"), ("vm_linux_svm_bzimage", "bzimage")] {
+        let b = node_with_guest(&kernel, &bundle, &format!("vm.boot={boot} vm.cmd={cmd}"));
+        let want = [
+            "[vm:demo] [",
+            "Linux version",
+            "[vm:demo] catenary-init: ready",
+            "[vm:demo] catenary-test-marker 42",
+            "[vm:demo] catenary-init: exit status 0",
+            "microVM demo ended: power off",
+        ];
+        let o = run_captured(b.command(false)?, &want, &["KERNEL PANIC", "- stopping this CPU", "microVM demo failed"], Duration::from_secs(300), false)?;
+        let why = if o.matched {
+            String::new()
+        } else {
+            let log = crate::tools::out_dir().join(format!("{name}.log"));
+            let _ = std::fs::write(&log, o.lines.join("\n"));
+            let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+            format!("(missing {missing:?}; serial log {})", log.display())
+        };
+        t.record(name, o.matched, &why);
+    }
+    Ok(())
+}
+
+fn catenary_ready_ms(kernel: &std::path::Path, bundle: &std::path::Path) -> Result<(f64, Vec<String>), String> {
+    let b = node_with_guest(kernel, bundle, "");
+    let o = run_captured(b.command(false)?, &["after the microVM:"], &["KERNEL PANIC", "microVM demo failed"], Duration::from_secs(300), false)?;
+    let line = o.lines.iter().find(|l| l.contains("after the microVM:")).ok_or("the microVM did not finish")?;
+    let ms = line.rsplit("ready after ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse::<f64>().ok()).ok_or("no ready time")?;
+    let details = o.lines.iter().filter(|l| l.contains("after the microVM") || l.contains("created in") || l.contains("ended:")).cloned().collect();
+    Ok((ms, details))
+}
+
+fn direct_ready_ms(vmlinux: &std::path::Path, initrd: &std::path::Path) -> Result<f64, String> {
+    let script = crate::tools::root().join("guest-images/run-direct.sh");
+    let out = Command::new("bash").arg(script).arg("--quiet").arg(vmlinux).arg(initrd).output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("run-direct: ready_ms=").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .ok_or_else(|| format!("direct boot failed: {}", String::from_utf8_lossy(&out.stderr)))
+}
 
 pub fn bench_vm() -> Result<(), String> {
-    Err("the microVM benchmark needs the microVM monitor (issue: MicroVM monitor)".into())
+    let bundle = crate::build::guest_bundle()?;
+    let kernel = crate::build::build_kernel(false)?;
+    let gdir = crate::tools::out_dir().join("guest");
+    println!("bench vm: Linux guest, microVM creation -> `catenary-init: ready` (median of 5)");
+    let mut cat = Vec::new();
+    let mut direct = Vec::new();
+    let mut details = Vec::new();
+    for _ in 0..5 {
+        let (ms, d) = catenary_ready_ms(&kernel, &bundle)?;
+        cat.push(ms);
+        details = d;
+        direct.push(direct_ready_ms(&gdir.join("vmlinux"), &gdir.join("initramfs.cpio.gz"))?);
+    }
+    let (mc, md) = (median(cat.clone()), median(direct.clone()));
+    println!("  under Catenary (SVM in QEMU TCG, PVH): median {mc:.0} ms   runs {cat:?}");
+    println!("  direct QEMU TCG -M microvm (PVH):     median {md:.0} ms   runs {direct:?}");
+    println!("  ratio Catenary / direct: {:.2}", mc / md);
+    println!("  last run, node log:");
+    for d in details {
+        println!("    {d}");
+    }
+    Ok(())
 }
