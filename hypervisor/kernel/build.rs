@@ -7,6 +7,23 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/linker.ld");
     println!("cargo:rerun-if-changed={dir}/linker.ld");
 
+    // Ring-3 programs (hypervisor/user, built by xtask) embedded into the image. Without
+    // CATENARY_USER_DIR (plain `cargo check`), empty placeholders keep the build working.
+    println!("cargo:rerun-if-env-changed=CATENARY_USER_DIR");
+    let out_dir = std::env::var("OUT_DIR").unwrap();
+    for prog in ["rtcd", "uapp"] {
+        let path = match std::env::var("CATENARY_USER_DIR") {
+            Ok(d) => format!("{d}/{prog}"),
+            Err(_) => {
+                let p = format!("{out_dir}/{prog}.empty");
+                std::fs::write(&p, b"").unwrap();
+                p
+            }
+        };
+        println!("cargo:rerun-if-changed={path}");
+        println!("cargo:rustc-env=CATENARY_USER_{}={path}", prog.to_uppercase());
+    }
+
     // Test guests: assembled with binutils (as/objcopy come with gcc) into flat binaries.
     let src = format!("{dir}/testguests/hostile.S");
     println!("cargo:rerun-if-changed={src}");

@@ -7,6 +7,13 @@ use x86_64::instructions::port::Port;
 pub const TIMER_VECTOR: u8 = 0x30;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 pub const ERROR_VECTOR: u8 = 0xfe;
+/// Inter-processor "reschedule" interrupt.
+pub const RESCHED_VECTOR: u8 = 0x40;
+
+const REG_ICR_LOW: u32 = 0x300;
+const REG_ICR_HIGH: u32 = 0x310;
+static BUS_HZ: AtomicU64 = AtomicU64::new(0);
+static TICK_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 const IA32_APIC_BASE: u32 = 0x1b;
 const REG_ID: u32 = 0x20;
@@ -70,8 +77,50 @@ fn eoi() {
     write(REG_EOI, 0);
 }
 
-fn on_timer(_f: &mut crate::trap::TrapFrame) {
-    TICKS.fetch_add(1, Ordering::Relaxed);
+fn on_timer(f: &mut crate::trap::TrapFrame) {
+    // `ticks()` is the boot CPU's count, so it keeps meaning "timer periods" on any CPU count.
+    if crate::smp::cpu_index() == 0 {
+        TICKS.fetch_add(1, Ordering::Relaxed);
+    }
+    let h = TICK_HOOK.load(Ordering::Acquire);
+    if h != 0 {
+        // SAFETY: only `set_tick_hook` stores into TICK_HOOK, always a valid handler fn.
+        let h: crate::trap::IrqHandler = unsafe { core::mem::transmute(h) };
+        h(f);
+    }
+}
+
+/// Called on every CPU's timer interrupt (the scheduler's preemption point).
+pub fn set_tick_hook(f: crate::trap::IrqHandler) {
+    TICK_HOOK.store(f as usize, Ordering::Release);
+}
+
+fn write_icr(dest: u32, low: u32) {
+    if X2APIC.load(Ordering::Relaxed) {
+        // SAFETY: x2APIC ICR (MSR 0x830): one 64-bit write sends the IPI.
+        unsafe { crate::cpu::wrmsr(0x830, ((dest as u64) << 32) | low as u64) }
+    } else {
+        write(REG_ICR_HIGH, dest << 24);
+        write(REG_ICR_LOW, low);
+        while read(REG_ICR_LOW) & (1 << 12) != 0 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// INIT IPI (assert, level) to `apic_id`.
+pub fn send_init(apic_id: u32) {
+    write_icr(apic_id, 0x0000_4500);
+}
+
+/// Startup IPI: the AP starts in real mode at `page << 12`.
+pub fn send_sipi(apic_id: u32, page: u8) {
+    write_icr(apic_id, 0x0000_4600 | page as u32);
+}
+
+/// Fixed-delivery IPI with `vector` to `apic_id`.
+pub fn send_ipi(apic_id: u32, vector: u8) {
+    write_icr(apic_id, 0x0000_4000 | vector as u32);
 }
 
 /// Enable this CPU's local APIC. Returns (apic id, x2apic?).
@@ -110,11 +159,21 @@ pub fn start_timer(hz: u32) -> u64 {
     let elapsed = u32::MAX - read(REG_TIMER_CUR);
     write(REG_TIMER_INIT, 0);
     let bus_hz = elapsed as u64 * 100; // ticks per second at divide-by-16
+    BUS_HZ.store(bus_hz, Ordering::Relaxed);
     let count = (bus_hz / hz as u64).max(1) as u32;
     write(REG_LVT_TIMER, (1 << 17) | TIMER_VECTOR as u32); // periodic
     write(REG_TIMER_INIT, count);
     TIMER_HZ.store(hz as u64, Ordering::Relaxed);
     bus_hz * 16
+}
+
+/// Start this (secondary) CPU's LAPIC timer with the boot CPU's calibration.
+pub fn start_timer_secondary() {
+    let hz = TIMER_HZ.load(Ordering::Relaxed).max(1);
+    let count = (BUS_HZ.load(Ordering::Relaxed) / hz).max(1) as u32;
+    write(REG_TIMER_DIV, 0b0011);
+    write(REG_LVT_TIMER, (1 << 17) | TIMER_VECTOR as u32);
+    write(REG_TIMER_INIT, count);
 }
 
 pub fn ticks() -> u64 {
@@ -123,4 +182,27 @@ pub fn ticks() -> u64 {
 
 pub fn timer_hz() -> u64 {
     TIMER_HZ.load(Ordering::Relaxed)
+}
+
+/// Route IOAPIC input `pin` (of the IOAPIC at physical `ioapic_phys`) to `vector` on the CPU
+/// with `dest_apic`, edge-triggered, active high, unmasked.
+pub fn ioapic_route(ioapic_phys: u64, pin: u8, vector: u8, dest_apic: u32) -> Result<(), crate::paging::PagingError> {
+    static IOAPIC_VIRT: AtomicU64 = AtomicU64::new(0);
+    if IOAPIC_VIRT.load(Ordering::Relaxed) == 0 {
+        IOAPIC_VIRT.store(crate::paging::map_mmio(ioapic_phys, 4096)?, Ordering::Relaxed);
+    }
+    let base = IOAPIC_VIRT.load(Ordering::Relaxed);
+    let reg = 0x10 + 2 * pin as u32;
+    let w = |r: u32, v: u32| {
+        // SAFETY: IOREGSEL (base) and IOWIN (base + 0x10) of the IOAPIC mapped uncached above.
+        unsafe {
+            core::ptr::write_volatile(base as *mut u32, r);
+            core::ptr::write_volatile((base + 0x10) as *mut u32, v);
+        }
+    };
+    crate::cpu::without_interrupts(|| {
+        w(reg + 1, dest_apic << 24);
+        w(reg, vector as u32);
+    });
+    Ok(())
 }

@@ -34,11 +34,21 @@ pub struct Selectors {
     pub user_data: SegmentSelector,
     pub user_code: SegmentSelector,
     pub tss: SegmentSelector,
+    /// Address of this CPU's `TssWithIo` (the I/O bitmap is switched per task).
+    pub tss_io: u64,
+}
+
+/// A TSS followed by a full I/O permission bitmap (8192 bytes + the terminating 0xff). All
+/// ports start denied; `uspace::set_io_bitmap` loads a driver task's grants on context switch.
+#[repr(C)]
+pub struct TssWithIo {
+    pub tss: TaskStateSegment,
+    pub iomap: [u8; 8193],
 }
 
 pub struct CpuTables {
     pub gdt: GlobalDescriptorTable<8>,
-    pub tss: TaskStateSegment,
+    pub tss: TssWithIo,
 }
 
 /// Guard pages of the boot CPU's IST stacks (left unmapped by the kernel page tables).
@@ -65,14 +75,18 @@ pub fn init_cpu(ist_tops: [u64; 5]) -> &'static Selectors {
     for (i, top) in ist_tops.iter().enumerate() {
         tss.interrupt_stack_table[i] = VirtAddr::new(*top);
     }
-    let tables: &'static mut CpuTables = Box::leak(Box::new(CpuTables { gdt: GlobalDescriptorTable::empty(), tss }));
-    // SAFETY: `tables` is leaked, so the TSS outlives the GDT that points to it.
-    let tss_ref: &'static TaskStateSegment = unsafe { &*(core::ptr::addr_of!(tables.tss)) };
+    tss.iomap_base = core::mem::size_of::<TaskStateSegment>() as u16;
+    let tables: &'static mut CpuTables =
+        Box::leak(Box::new(CpuTables { gdt: GlobalDescriptorTable::empty(), tss: TssWithIo { tss, iomap: [0xff; 8193] } }));
+    // SAFETY: `tables` is leaked, so the TSS and its I/O bitmap outlive the GDT that points to it.
+    let (tss_ref, iomap_ref): (&'static TaskStateSegment, &'static [u8]) =
+        unsafe { (&*(core::ptr::addr_of!(tables.tss.tss)), &*(core::ptr::addr_of!(tables.tss.iomap))) };
+    let tss_io = core::ptr::addr_of!(tables.tss) as u64;
     let kernel_code = tables.gdt.append(Descriptor::kernel_code_segment());
     let kernel_data = tables.gdt.append(Descriptor::kernel_data_segment());
     let user_data = tables.gdt.append(Descriptor::user_data_segment());
     let user_code = tables.gdt.append(Descriptor::user_code_segment());
-    let tss_sel = tables.gdt.append(Descriptor::tss_segment(tss_ref));
+    let tss_sel = tables.gdt.append(Descriptor::tss_segment_with_iomap(tss_ref, iomap_ref).expect("TSS I/O bitmap layout"));
     // SAFETY: as above; the GDT is 'static.
     let gdt: &'static GlobalDescriptorTable<8> = unsafe { &*(core::ptr::addr_of!(tables.gdt)) };
     gdt.load();
@@ -84,5 +98,5 @@ pub fn init_cpu(ist_tops: [u64; 5]) -> &'static Selectors {
         ES::set_reg(kernel_data);
         load_tss(tss_sel);
     }
-    Box::leak(Box::new(Selectors { kernel_code, kernel_data, user_data, user_code, tss: tss_sel }))
+    Box::leak(Box::new(Selectors { kernel_code, kernel_data, user_data, user_code, tss: tss_sel, tss_io }))
 }

@@ -12,9 +12,60 @@ static mut ARENA: Arena = Arena([0; BOOT_ARENA]);
 
 static HEAP_BYTES: AtomicU64 = AtomicU64::new(BOOT_ARENA as u64);
 
+/// The heap lock disables interrupts while held: a task preempted inside the allocator must
+/// never leave the lock taken while an interrupt handler on the same CPU allocates.
+pub struct IrqSpinLock {
+    locked: core::sync::atomic::AtomicBool,
+    /// Whether interrupts were on when the holder took the lock (only the holder touches it).
+    irq_was_on: core::sync::atomic::AtomicBool,
+}
+
+// SAFETY: a test-and-set spin lock: `lock` only returns once this caller flipped `locked`
+// from false to true (Acquire), `unlock` releases it (Release); exclusive access follows.
+unsafe impl lock_api::RawMutex for IrqSpinLock {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: IrqSpinLock =
+        IrqSpinLock { locked: core::sync::atomic::AtomicBool::new(false), irq_was_on: core::sync::atomic::AtomicBool::new(false) };
+    type GuardMarker = lock_api::GuardNoSend;
+    fn lock(&self) {
+        loop {
+            let on = crate::cpu::interrupts_enabled();
+            crate::cpu::disable_interrupts();
+            if self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                self.irq_was_on.store(on, Ordering::Relaxed);
+                return;
+            }
+            if on {
+                crate::cpu::enable_interrupts();
+            }
+            core::hint::spin_loop();
+        }
+    }
+    fn try_lock(&self) -> bool {
+        let on = crate::cpu::interrupts_enabled();
+        crate::cpu::disable_interrupts();
+        if self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            self.irq_was_on.store(on, Ordering::Relaxed);
+            true
+        } else {
+            if on {
+                crate::cpu::enable_interrupts();
+            }
+            false
+        }
+    }
+    unsafe fn unlock(&self) {
+        let on = self.irq_was_on.load(Ordering::Relaxed);
+        self.locked.store(false, Ordering::Release);
+        if on {
+            crate::cpu::enable_interrupts();
+        }
+    }
+}
+
 #[cfg(feature = "kernel")]
 #[global_allocator]
-static ALLOCATOR: talc::Talck<spin::Mutex<()>, talc::ClaimOnOom> = talc::Talc::new(
+static ALLOCATOR: talc::Talck<IrqSpinLock, talc::ClaimOnOom> = talc::Talc::new(
     // SAFETY: the arena is a static used by nothing else; ClaimOnOom claims it on first use.
     unsafe { talc::ClaimOnOom::new(talc::Span::from_array(core::ptr::addr_of!(ARENA.0) as *mut [u8; BOOT_ARENA])) },
 )

@@ -27,6 +27,8 @@ pub mod time;
 pub mod acpi;
 pub mod boot;
 pub mod qemu;
+pub mod smp;
+pub mod uspace;
 pub mod virt;
 pub mod svm;
 pub mod vmx;
@@ -39,5 +41,7 @@ core::arch::global_asm!(include_str!("asm/boot.s"));
 core::arch::global_asm!(include_str!("asm/mem.s"));
 #[cfg(feature = "kernel")]
 core::arch::global_asm!(include_str!("asm/trap.s"));
+#[cfg(feature = "kernel")]
+core::arch::global_asm!(include_str!("asm/smp.s"));
 #[cfg(feature = "kernel")]
 core::arch::global_asm!(include_str!("asm/svm.s"));

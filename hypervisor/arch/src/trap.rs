@@ -323,7 +323,8 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
         let h: IrqHandler = unsafe { core::mem::transmute(h) };
         h(f);
     }
-    if v != crate::apic::SPURIOUS_VECTOR as u64 {
+    // No EOI for the spurious vector or for software interrupts (`int 0x80..0x8f`).
+    if v != crate::apic::SPURIOUS_VECTOR as u64 && !(0x80..0x90).contains(&v) {
         let eoi = EOI_HOOK.load(Ordering::Acquire);
         if eoi != 0 {
             // SAFETY: only `set_eoi_hook` stores into EOI_HOOK, always a valid fn().

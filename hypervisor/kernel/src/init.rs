@@ -2,7 +2,7 @@
 //! clock → CPU/ACPI → LAPIC timer → ready.
 
 use alloc::vec::Vec;
-use catenary_arch::{acpi, apic, boot, cpu, gdt, heap, memory, paging, serial, time, trap};
+use catenary_arch::{acpi, apic, boot, cpu, gdt, heap, memory, paging, serial, smp, time, trap, uspace};
 use catenary_bootinfo::{BootInfo, BootProtocol, MemoryKind};
 use catenary_mm::FrameAllocator;
 use log::{error, info, warn};
@@ -39,7 +39,7 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     catenary_arch::println!("\nCatenary {} — bare-metal microVM hypervisor", VERSION);
 
     // Traps first, so anything that goes wrong below prints a register dump.
-    gdt::init_bsp();
+    let selectors = gdt::init_bsp();
     trap::init();
 
     let mut handoff = match boot::handoff(protocol, info_ptr) {
@@ -113,6 +113,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
         f.svm, f.npt, f.nrips, f.svm_asids, f.vmx, f.ept, f.x2apic, f.nx, f.pdpe1gb);
     let rsdp = bi.rsdp.or_else(boot::scan_rsdp);
     let mut ncpus = 1;
+    let mut cpu_list: Vec<(u32, bool)> = Vec::new();
+    let mut ioapic_addr = None;
     match rsdp.map(acpi::parse) {
         Some(Ok(p)) => {
             info!(target: "acpi", "ACPI rev {} OEM \"{}\", LAPIC at {:#x}, legacy PICs {}", p.revision, p.oem_id.trim(), p.local_apic_address, p.has_legacy_pics);
@@ -123,6 +125,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
                 info!(target: "acpi", "  IOAPIC id {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
             }
             ncpus = p.cpus.iter().filter(|c| c.enabled).count().max(1);
+            cpu_list = p.cpus.iter().filter(|c| c.enabled).map(|c| (c.apic_id, c.is_bsp)).collect();
+            ioapic_addr = p.ioapics.first().map(|io| io.address as u64);
         }
         Some(Err(e)) => warn!(target: "acpi", "ACPI tables unusable: {:?}", e),
         None => warn!(target: "acpi", "no ACPI RSDP: assuming one CPU"),
@@ -131,10 +135,22 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
 
     // Interrupts: legacy PIC off, LAPIC on, periodic timer.
     apic::disable_pic();
+    let mut bsp_apic = 0;
     match apic::init(f.x2apic) {
-        Ok((id, x2)) => info!(target: "apic", "local APIC id {} ({} mode)", id, if x2 { "x2APIC" } else { "xAPIC" }),
+        Ok((id, x2)) => {
+            bsp_apic = id;
+            info!(target: "apic", "local APIC id {} ({} mode)", id, if x2 { "x2APIC" } else { "xAPIC" })
+        }
         Err(e) => error!(target: "apic", "LAPIC: {:?}", e),
     }
+    // Per-CPU data, syscall entry, SMEP/SMAP, then the scheduler (which adopts this context).
+    if let Err(e) = smp::init_this_cpu(0, bsp_apic, selectors) {
+        panic!("per-CPU data: {:?}", e);
+    }
+    let (smep, smap) = uspace::enable_protections();
+    info!(target: "cpu", "syscall/sysret entry on, SMEP {}, SMAP {}", smep, smap);
+    smp::set_x2apic(f.x2apic);
+    crate::task::init(ncpus);
     match catenary_arch::virt::enable_this_cpu() {
         Ok(b) => info!(target: "vmm", "hardware virtualization on: {}", b),
         Err(e) => warn!(target: "vmm", "no microVMs on this node: {:?}", e),
@@ -142,6 +158,10 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     let bus = apic::start_timer(TIMER_HZ);
     cpu::enable_interrupts();
     info!(target: "apic", "LAPIC timer {} Hz (bus {} MHz)", TIMER_HZ, bus / 1_000_000);
+    if cpu_list.is_empty() {
+        cpu_list.push((bsp_apic, true));
+    }
+    crate::task::start_node(&cpu_list, ioapic_addr);
 
     for m in &bi.modules {
         let data = memory::phys_slice(m.start, m.len as usize);

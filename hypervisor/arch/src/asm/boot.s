@@ -179,6 +179,7 @@ boot_gdt_ptr:
 // PML4[511] -> PDPT[510] -> the first 1 GiB again (the kernel's higher-half window).
 .section .data.boot_pt, "aw"
 .balign 4096
+.global boot_pml4
 boot_pml4:
     .quad boot_pdpt_low - KERNEL_VIRT + 0x3
     .fill 510, 8, 0

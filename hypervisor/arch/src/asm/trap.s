@@ -31,7 +31,11 @@ arch_trap_stubs:
 .endr
 
 trap_common:
-    push rax
+    // From ring 3 (saved CS at +24): switch GS to the kernel's per-CPU block.
+    test qword ptr [rsp + 24], 3
+    jz 1f
+    swapgs
+1:  push rax
     push rbx
     push rcx
     push rdx
@@ -70,7 +74,11 @@ trap_common:
     pop rcx
     pop rbx
     pop rax
-    add rsp, 16                  // vector + error code
+    // Back to ring 3 (the frame may now be another task's): restore the user GS.
+    test qword ptr [rsp + 24], 3
+    jz 2f
+    swapgs
+2:  add rsp, 16                  // vector + error code
     iretq
 
 // ---- fault-recovering probes (used by tests and by code that touches untrusted addresses)

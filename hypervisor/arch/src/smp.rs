@@ -1,0 +1,183 @@
+//! SMP: per-CPU data (reached through GS base), AP bring-up with INIT-SIPI-SIPI through a
+//! 16-bit trampoline copied to physical 0x8000 (`asm/smp.s`), and IPIs.
+//!
+//! Per-CPU block layout (offsets are used by `asm/smp.s`): +0 self pointer, +8 syscall stack
+//! top, +16 user RSP scratch, +24 CPU index, +32 APIC id, +40 TSS (with I/O bitmap), +48 owner
+//! of the loaded I/O bitmap (0 = deny all).
+
+use alloc::boxed::Box;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+pub const MAX_CPUS: usize = 64;
+const TRAMPOLINE_PHYS: u64 = 0x8000;
+const IA32_GS_BASE: u32 = 0xc000_0101;
+const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+#[repr(C)]
+pub struct PerCpu {
+    self_ptr: u64,
+    pub syscall_stack_top: u64,
+    user_rsp: u64,
+    pub index: u64,
+    pub apic_id: u64,
+    pub(crate) tss: u64,
+    pub(crate) io_owner: u64,
+}
+
+static PERCPU_READY: AtomicBool = AtomicBool::new(false);
+static ONLINE: AtomicUsize = AtomicUsize::new(0);
+static AP_ALIVE: AtomicU64 = AtomicU64::new(u64::MAX);
+static AP_HOOK: AtomicUsize = AtomicUsize::new(0);
+const NO_APIC: AtomicU32 = AtomicU32::new(u32::MAX);
+static CPU_APIC: [AtomicU32; MAX_CPUS] = [NO_APIC; MAX_CPUS];
+
+/// Set up this CPU's per-CPU block (GS base), its syscall stack and the syscall MSRs.
+pub fn init_this_cpu(index: usize, apic_id: u32, sel: &crate::gdt::Selectors) -> Result<(), crate::paging::PagingError> {
+    let (_, top) = crate::paging::alloc_stack(8)?;
+    let pc: &'static mut PerCpu = Box::leak(Box::new(PerCpu {
+        self_ptr: 0,
+        syscall_stack_top: top,
+        user_rsp: 0,
+        index: index as u64,
+        apic_id: apic_id as u64,
+        tss: sel.tss_io,
+        io_owner: 0,
+    }));
+    pc.self_ptr = pc as *mut PerCpu as u64;
+    // SAFETY: GS base points to this CPU's leaked per-CPU block; KERNEL_GS_BASE holds the
+    // user GS (0) until the first swapgs on a ring-3 entry.
+    unsafe {
+        crate::cpu::wrmsr(IA32_GS_BASE, pc.self_ptr);
+        crate::cpu::wrmsr(IA32_KERNEL_GS_BASE, 0);
+    }
+    CPU_APIC[index].store(apic_id, Ordering::Release);
+    crate::uspace::init_syscall_msrs(sel);
+    PERCPU_READY.store(true, Ordering::Release);
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+    Ok(())
+}
+
+/// This CPU's index (0 = boot CPU); 0 before per-CPU data exists.
+pub fn cpu_index() -> usize {
+    if !PERCPU_READY.load(Ordering::Acquire) {
+        return 0;
+    }
+    let v: u64;
+    // SAFETY: GS base points to this CPU's PerCpu block once PERCPU_READY is set (the boot CPU
+    // sets it first; APs set GS before enabling interrupts or calling kernel code).
+    unsafe { core::arch::asm!("mov {}, gs:[24]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    v as usize
+}
+
+pub(crate) fn percpu() -> &'static mut PerCpu {
+    let v: u64;
+    // SAFETY: as in `cpu_index`; callers run with interrupts off on this CPU.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) v, options(nostack, readonly, preserves_flags));
+        &mut *(v as *mut PerCpu)
+    }
+}
+
+pub fn online_cpus() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}
+
+pub fn apic_id_of(cpu: usize) -> Option<u32> {
+    CPU_APIC.get(cpu).map(|a| a.load(Ordering::Acquire)).filter(|a| *a != u32::MAX)
+}
+
+/// What an AP runs once it is up (the kernel's per-CPU scheduler entry). Never returns.
+pub fn set_ap_entry(f: fn(usize) -> !) {
+    AP_HOOK.store(f as usize, Ordering::Release);
+}
+
+extern "C" {
+    static arch_ap_tramp_start: u8;
+    static arch_ap_tramp_end: u8;
+    static arch_ap_tramp_data: u8;
+    static arch_ap_entry64: u8;
+    static boot_pml4: u8;
+}
+
+/// Start the AP with `apic_id` as CPU `index`; waits until it reports in (or ~1 s).
+pub fn start_ap(index: usize, apic_id: u32) -> Result<(), &'static str> {
+    let start = core::ptr::addr_of!(arch_ap_tramp_start) as u64;
+    let end = core::ptr::addr_of!(arch_ap_tramp_end) as u64;
+    let data_off = core::ptr::addr_of!(arch_ap_tramp_data) as u64 - start;
+    let boot_cr3 = crate::paging::translate(core::ptr::addr_of!(boot_pml4) as u64).ok_or("boot page tables unmapped")?.0;
+    let kcr3 = crate::paging::kernel_pml4();
+    if boot_cr3 >= 1 << 32 {
+        return Err("boot page tables above 4 GiB");
+    }
+    let (_, stack_top) = crate::paging::alloc_stack(16).map_err(|_| "no memory for the AP stack")?;
+    let dst = crate::paging::p2v(TRAMPOLINE_PHYS);
+    // SAFETY: physical 0x8000 lies in the first MiB, which the frame allocator never hands out;
+    // the direct map covers it. The blob is position-dependent code assembled for 0x8000.
+    unsafe {
+        core::ptr::copy_nonoverlapping(start as *const u8, dst as *mut u8, (end - start) as usize);
+        let d = (dst + data_off) as *mut u64;
+        d.write_volatile(boot_cr3);
+        d.add(1).write_volatile(core::ptr::addr_of!(arch_ap_entry64) as u64);
+        d.add(2).write_volatile(kcr3);
+        d.add(3).write_volatile(stack_top);
+        d.add(4).write_volatile(index as u64);
+    }
+    AP_ALIVE.store(u64::MAX, Ordering::SeqCst);
+    crate::apic::send_init(apic_id);
+    crate::time::spin_ns(10_000_000);
+    for _ in 0..2 {
+        crate::apic::send_sipi(apic_id, (TRAMPOLINE_PHYS >> 12) as u8);
+        let t0 = crate::time::now_ns();
+        while crate::time::now_ns() - t0 < 200_000_000 {
+            if AP_ALIVE.load(Ordering::SeqCst) == index as u64 {
+                return Ok(());
+            }
+            core::hint::spin_loop();
+        }
+    }
+    // Give slow emulators a little longer before declaring the CPU dead.
+    let t0 = crate::time::now_ns();
+    while crate::time::now_ns() - t0 < 1_000_000_000 {
+        if AP_ALIVE.load(Ordering::SeqCst) == index as u64 {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    Err("AP did not come up")
+}
+
+static AP_X2APIC: AtomicBool = AtomicBool::new(false);
+pub fn set_x2apic(on: bool) {
+    AP_X2APIC.store(on, Ordering::Release);
+}
+
+/// Rust entry of an AP, on its own stack and the kernel page tables.
+#[cfg(feature = "kernel")]
+#[no_mangle]
+extern "C" fn arch_ap_main(index: u64) -> ! {
+    let index = index as usize;
+    // Same CPU state as the boot CPU: global pages, SSE, write protect.
+    crate::cpu::cr4_set((1 << 7) | (1 << 9) | (1 << 10));
+    let ist: [u64; 5] = core::array::from_fn(|_| {
+        crate::paging::alloc_stack((crate::gdt::IST_STACK_SIZE / 4096) as u64).map(|s| s.1).unwrap_or(0)
+    });
+    let sel = crate::gdt::init_cpu(ist);
+    crate::trap::load();
+    crate::uspace::enable_protections();
+    let (apic_id, _) = crate::apic::init(AP_X2APIC.load(Ordering::Acquire)).unwrap_or((0, false));
+    if init_this_cpu(index, apic_id, sel).is_err() {
+        crate::println!("cpu {}: no memory for per-CPU data", index);
+        crate::cpu::halt_forever();
+    }
+    crate::apic::start_timer_secondary();
+    AP_ALIVE.store(index as u64, Ordering::SeqCst);
+    let h = AP_HOOK.load(Ordering::Acquire);
+    if h == 0 {
+        loop {
+            crate::cpu::wait_for_interrupt();
+        }
+    }
+    // SAFETY: only `set_ap_entry` stores into AP_HOOK, always a valid fn(usize) -> !.
+    let f: fn(usize) -> ! = unsafe { core::mem::transmute(h) };
+    f(index)
+}

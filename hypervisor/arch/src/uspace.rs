@@ -1,0 +1,329 @@
+//! Ring 3: the `syscall`/`sysret` MSRs and entry (`asm/smp.s`), task contexts (a saved
+//! `TrapFrame` + its FXSAVE area), user address spaces (a PML4 sharing the kernel half, user
+//! pages with the US bit), SMEP/SMAP, and the per-CPU TSS I/O permission bitmap.
+//!
+//! Context switching works on trap frames: every kernel entry (interrupt, exception, `int`,
+//! `syscall`) saves the full register state as a `TrapFrame` with the 512-byte FXSAVE area
+//! directly below it, and restores whatever frame is there on exit. Switching tasks is copying
+//! the current frame + FXSAVE area out to the old task and the new task's in, then loading the
+//! new task's CR3 and I/O bitmap.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+use x86_64::structures::paging::{
+    mapper::TranslateResult, FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame,
+    Size4KiB, Translate,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+use crate::paging::{p2v, GlobalFrames, PagingError, PAGE, PHYS_OFFSET};
+use crate::trap::TrapFrame;
+
+/// `TrapFrame::vector` of a frame built by the `syscall` entry.
+pub const SYSCALL_FRAME: u64 = 0x100;
+/// Highest user address + 1 (the lower half).
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+pub const IO_BITMAP_BYTES: usize = 8192;
+
+static SYSCALL_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn set_syscall_handler(f: fn(&mut TrapFrame)) {
+    SYSCALL_HANDLER.store(f as usize, Ordering::Release);
+}
+
+extern "C" {
+    fn arch_syscall_entry();
+    fn arch_idle_loop();
+}
+
+/// EFER.SCE, STAR (kernel CS 0x08 / user base 0x10 → user SS 0x1b, CS 0x23), LSTAR, SFMASK.
+pub(crate) fn init_syscall_msrs(sel: &crate::gdt::Selectors) {
+    let kcs = sel.kernel_code.0 as u64;
+    let ubase = (sel.user_data.0 as u64 & !3) - 8;
+    // SAFETY: the GDT has kernel code/data then user data/code in the order sysret expects
+    // (checked by the assert), and LSTAR points to the syscall entry stub.
+    unsafe {
+        assert!(sel.user_code.0 as u64 & !3 == ubase + 16 && sel.kernel_data.0 as u64 == kcs + 8);
+        crate::cpu::wrmsr(0xc000_0080, crate::cpu::rdmsr(0xc000_0080) | 1); // EFER.SCE
+        crate::cpu::wrmsr(0xc000_0081, (ubase << 48) | (kcs << 32)); // STAR
+        crate::cpu::wrmsr(0xc000_0082, arch_syscall_entry as *const () as u64); // LSTAR
+        // SFMASK: IF, TF, DF, AC, NT cleared on entry (AC: SMAP stays enforced).
+        crate::cpu::wrmsr(0xc000_0084, (1 << 9) | (1 << 8) | (1 << 10) | (1 << 18) | (1 << 14));
+    }
+}
+
+/// Turn on SMEP and SMAP on this CPU where CPUID has them. Returns (smep, smap).
+pub fn enable_protections() -> (bool, bool) {
+    let (_, ebx, _, _) = crate::cpu::cpuid(7, 0);
+    let smep = ebx & (1 << 7) != 0;
+    let smap = ebx & (1 << 20) != 0;
+    let mut bits = 0;
+    if smep {
+        bits |= 1 << 20;
+    }
+    if smap {
+        bits |= 1 << 21;
+    }
+    crate::cpu::cr4_set(bits);
+    (smep, smap)
+}
+
+#[cfg(feature = "kernel")]
+#[no_mangle]
+extern "C" fn arch_syscall_dispatch(f: &mut TrapFrame) {
+    let h = SYSCALL_HANDLER.load(Ordering::Acquire);
+    if h == 0 {
+        f.rax = u64::MAX;
+        return;
+    }
+    // SAFETY: only `set_syscall_handler` stores into SYSCALL_HANDLER, always a valid fn.
+    let h: fn(&mut TrapFrame) = unsafe { core::mem::transmute(h) };
+    h(f)
+}
+
+/// The FXSAVE area that the entry stub saved right below `f` (restored on exit).
+pub fn fx_area(f: &mut TrapFrame) -> &mut [u8; 512] {
+    let p = (f as *mut TrapFrame as u64 & !0xf) - 512;
+    // SAFETY: every entry stub (trap_common, arch_syscall_entry) aligns the frame's address to
+    // 16 and places its 512-byte FXSAVE area directly below it, for the handler's lifetime.
+    unsafe { &mut *(p as *mut [u8; 512]) }
+}
+
+/// An FXSAVE image with default FPU/SSE state (FCW 0x37f, MXCSR 0x1f80).
+pub fn default_fx() -> [u8; 512] {
+    let mut fx = [0u8; 512];
+    fx[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+    fx[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    fx
+}
+
+/// A frame that enters ring 3 at `rip` with stack `rsp` and `rdi` = `arg`.
+pub fn user_frame(rip: u64, rsp: u64, arg: u64) -> TrapFrame {
+    TrapFrame { rip, rsp, rdi: arg, cs: 0x23, ss: 0x1b, rflags: 0x202, ..Default::default() }
+}
+
+/// A frame that runs kernel code `rip` on stack `rsp` with `rdi` = `arg`, interrupts on.
+pub fn kernel_frame(rip: u64, rsp: u64, arg: u64) -> TrapFrame {
+    // The stack top is 16-aligned; entering a function needs rsp ≡ 8 (mod 16).
+    TrapFrame { rip, rsp: rsp - 8, rdi: arg, cs: 0x08, ss: 0x10, rflags: 0x202, ..Default::default() }
+}
+
+/// A fresh frame for this CPU's idle loop on `stack_top`.
+pub fn idle_frame(stack_top: u64) -> TrapFrame {
+    kernel_frame(arch_idle_loop as *const () as u64, stack_top, 0)
+}
+
+pub fn current_cr3() -> u64 {
+    crate::cpu::read_cr3() & !0xfff
+}
+
+/// Switch to the page tables at `pml4` (no-op if already loaded).
+pub fn switch_cr3(pml4: u64) {
+    if current_cr3() != pml4 {
+        // SAFETY: every PML4 given here shares the kernel half with the kernel page tables
+        // (`AddressSpace::new`), so the running kernel code, stacks and data stay mapped.
+        unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
+    }
+}
+
+/// Make sure every kernel-half PML4 slot has a PDPT, so address spaces created later (which copy
+/// the kernel half) see every kernel mapping made afterwards. Call once before the first
+/// `AddressSpace::new`.
+pub fn prefill_kernel_half() -> Result<(), PagingError> {
+    let pml4 = p2v(crate::paging::kernel_pml4()) as *mut u64;
+    for i in 256..512 {
+        // SAFETY: the kernel PML4 is reached through the direct map; slots are filled with fresh
+        // zeroed tables before any other CPU or address space uses them.
+        unsafe {
+            if pml4.add(i).read_volatile() & 1 == 0 {
+                let f = GlobalFrames.allocate_frame().ok_or(PagingError::OutOfFrames)?;
+                pml4.add(i).write_volatile(f.start_address().as_u64() | 0x3);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A user address space: its own PML4 whose upper half is the kernel's (supervisor-only).
+pub struct AddressSpace {
+    pml4: u64,
+}
+
+impl AddressSpace {
+    pub fn new() -> Result<AddressSpace, PagingError> {
+        let f = GlobalFrames.allocate_frame().ok_or(PagingError::OutOfFrames)?.start_address().as_u64();
+        let k = p2v(crate::paging::kernel_pml4()) as *const u64;
+        let n = p2v(f) as *mut u64;
+        // SAFETY: `f` is a fresh zeroed frame; both tables are reached through the direct map.
+        unsafe {
+            for i in 256..512 {
+                n.add(i).write(k.add(i).read());
+            }
+        }
+        Ok(AddressSpace { pml4: f })
+    }
+
+    pub fn pml4(&self) -> u64 {
+        self.pml4
+    }
+
+    fn mapper(&self) -> OffsetPageTable<'static> {
+        // SAFETY: the PML4 is owned by this address space and reached through the direct map;
+        // the mapper only touches the lower (user) half.
+        unsafe { OffsetPageTable::new(&mut *((self.pml4 + PHYS_OFFSET) as *mut PageTable), VirtAddr::new(PHYS_OFFSET)) }
+    }
+
+    /// Map frame `phys` at user address `virt` (US bit set), writable and/or executable.
+    pub fn map(&mut self, virt: u64, phys: u64, writable: bool, executable: bool) -> Result<(), PagingError> {
+        if virt % PAGE != 0 || phys % PAGE != 0 {
+            return Err(PagingError::Misaligned);
+        }
+        if virt >= USER_END {
+            return Err(PagingError::AlreadyMapped);
+        }
+        let mut fl = F::PRESENT | F::USER_ACCESSIBLE;
+        if writable {
+            fl |= F::WRITABLE;
+        }
+        if !executable {
+            fl |= F::NO_EXECUTE;
+        }
+        let mut m = self.mapper();
+        // SAFETY: a user-half mapping of a frame the caller owns (or lends); it cannot alias
+        // kernel structures except through a frame the kernel handed out for this purpose.
+        let fl_tbl = F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE;
+        unsafe {
+            m.map_to_with_table_flags(
+                Page::<Size4KiB>::containing_address(VirtAddr::new(virt)),
+                PhysFrame::containing_address(PhysAddr::new(phys)),
+                fl,
+                fl_tbl,
+                &mut GlobalFrames,
+            )?
+            .flush();
+        }
+        Ok(())
+    }
+
+    /// Unmap a user page; returns the frame it mapped.
+    pub fn unmap(&mut self, virt: u64) -> Result<u64, PagingError> {
+        let mut m = self.mapper();
+        match m.unmap(Page::<Size4KiB>::containing_address(VirtAddr::new(virt))) {
+            Ok((f, flush)) => {
+                flush.flush();
+                Ok(f.start_address().as_u64())
+            }
+            Err(_) => Err(PagingError::NotMapped),
+        }
+    }
+
+    /// (physical address, writable) of user address `virt`.
+    pub fn translate(&self, virt: u64) -> Option<(u64, bool)> {
+        if virt >= USER_END {
+            return None;
+        }
+        match self.mapper().translate(VirtAddr::new(virt)) {
+            TranslateResult::Mapped { frame, offset, flags } if flags.contains(F::USER_ACCESSIBLE) => {
+                Some((frame.start_address().as_u64() + offset, flags.contains(F::WRITABLE)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Copy bytes out of user memory (through the direct map, so SMAP stays on).
+    pub fn read(&self, virt: u64, buf: &mut [u8]) -> Result<(), PagingError> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let (p, _) = self.translate(virt + i as u64).ok_or(PagingError::NotMapped)?;
+            // SAFETY: `p` is a mapped user frame reached through the direct map.
+            *b = unsafe { ((p + PHYS_OFFSET) as *const u8).read_volatile() };
+        }
+        Ok(())
+    }
+
+    /// Free the page-table frames of the user half (not the frames they mapped: the kernel
+    /// tracks those per task) and the PML4 itself.
+    pub fn destroy(self) {
+        fn free_level(table: u64, level: u8) {
+            let t = p2v(table) as *const u64;
+            let n = if level == 4 { 256 } else { 512 };
+            for i in 0..n {
+                // SAFETY: page-table frames of this space, reached through the direct map.
+                let e = unsafe { t.add(i).read() };
+                if e & 1 != 0 && e & (1 << 7) == 0 && level > 1 {
+                    let next = e & 0x000f_ffff_ffff_f000;
+                    free_level(next, level - 1);
+                    let _ = crate::memory::free_frame(next);
+                }
+            }
+        }
+        free_level(self.pml4, 4);
+        let _ = crate::memory::free_frame(self.pml4);
+    }
+}
+
+/// Write bytes into a physical frame (through the direct map).
+pub fn write_phys(phys: u64, data: &[u8]) {
+    assert!((phys % PAGE) as usize + data.len() <= PAGE as usize);
+    // SAFETY: the caller owns the frame (just allocated for a user page); the direct map covers it.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p2v(phys) as *mut u8, data.len()) }
+}
+
+/// Load `bitmap` as this CPU's TSS I/O permission bitmap (`owner` identifies it so an
+/// unchanged bitmap is not copied again), or deny every port with `None`.
+pub fn set_io_bitmap(owner: u64, bitmap: Option<&[u8; IO_BITMAP_BYTES]>) {
+    let pc = crate::smp::percpu();
+    let tss = pc.tss as *mut crate::gdt::TssWithIo;
+    match bitmap {
+        Some(b) if pc.io_owner != owner => {
+            // SAFETY: this CPU's TSS, written with interrupts off (context switch path).
+            unsafe { (&mut (*tss).iomap)[..IO_BITMAP_BYTES].copy_from_slice(b) };
+            pc.io_owner = owner;
+        }
+        None if pc.io_owner != 0 => {
+            // SAFETY: as above.
+            unsafe { (&mut (*tss).iomap)[..IO_BITMAP_BYTES].fill(0xff) };
+            pc.io_owner = 0;
+        }
+        _ => {}
+    }
+}
+
+/// A bitmap that allows exactly `ports`.
+pub fn io_bitmap_for(ports: &[u16]) -> alloc::boxed::Box<[u8; IO_BITMAP_BYTES]> {
+    let mut b = alloc::boxed::Box::new([0xffu8; IO_BITMAP_BYTES]);
+    for &p in ports {
+        b[p as usize / 8] &= !(1 << (p % 8));
+    }
+    b
+}
+
+/// Vector of the kernel-mode system call gate (kernel tasks use the same ABI as ring 3).
+pub const KSYSCALL_VECTOR: u8 = 0x80;
+
+/// Registers a system call returns: rax (status), rdi, rsi, rdx, r10, r8, r9, r12.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SysRet {
+    pub rax: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub r10: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r12: u64,
+}
+
+/// A system call from a kernel task (`int 0x80`, same registers as `syscall` from ring 3).
+pub fn ksyscall(nr: u64, a: [u64; 6]) -> SysRet {
+    let mut r = SysRet::default();
+    // SAFETY: `int 0x80` enters the kernel's syscall handler, which may switch to other tasks
+    // and later resume this one exactly here with the result registers set; memory is shared
+    // kernel state, hence no `nomem`.
+    unsafe {
+        core::arch::asm!("int 0x80",
+            inlateout("rax") nr => r.rax, inlateout("rdi") a[0] => r.rdi, inlateout("rsi") a[1] => r.rsi,
+            inlateout("rdx") a[2] => r.rdx, inlateout("r10") a[3] => r.r10, inlateout("r8") a[4] => r.r8,
+            inlateout("r9") a[5] => r.r9, inlateout("r12") 0u64 => r.r12,
+            lateout("rcx") _, lateout("r11") _);
+    }
+    r
+}

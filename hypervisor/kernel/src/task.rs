@@ -1,0 +1,746 @@
+//! Tasks, the scheduler glue and the system calls.
+//!
+//! Policy lives in `catenary-sched` (run queues, priorities, sleep queue) and `catenary-ipc`
+//! (endpoints, capabilities, call/reply); this module keeps one of each behind a lock taken
+//! with interrupts off, and does the machine side through `catenary-arch`: a task's context is
+//! the `TrapFrame` + FXSAVE image saved at its last kernel entry, its address space and its I/O
+//! bitmap. Every kernel entry (timer, IPI, `syscall`, `int 0x80`, a fault) may end with a
+//! different task's frame restored: that is the context switch.
+//!
+//! System call ABI (rax = number; arguments rdi, rsi, rdx, r10, r8, r9; rax = 0 or -error):
+//! 0 null, 1 yield, 2 exit(code), 3 sleep(ns), 4 time → ns, 5 send(slot, label, w0..w3),
+//! 6 recv(slot, timeout_ns; 0 = forever), 7 call(slot, label, w0..w3), 8 reply(token, label,
+//! w0..w3), 9 map(virt, pages), 10 unmap(virt, pages), 11 log(ptr, len), 12 join(task) → exit
+//! code. A received message comes back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words)
+//! and r12 (reply token, non-zero for a call).
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use catenary_arch::trap::TrapFrame;
+use catenary_arch::uspace::{self, AddressSpace};
+use catenary_arch::{apic, cpu, memory, paging, smp, time};
+use catenary_ipc::{Address, CapTable, Capability, Delivery, EndpointId, IpcError, IpcSpace, Message, Rights};
+use catenary_sched::{Affinity, BlockReason, Priority, Scheduler, TaskId, TaskState};
+use log::{info, warn};
+use spin::Mutex;
+
+pub const SYS_NULL: u64 = 0;
+pub const SYS_YIELD: u64 = 1;
+pub const SYS_EXIT: u64 = 2;
+pub const SYS_SLEEP: u64 = 3;
+pub const SYS_TIME: u64 = 4;
+pub const SYS_SEND: u64 = 5;
+pub const SYS_RECV: u64 = 6;
+pub const SYS_CALL: u64 = 7;
+pub const SYS_REPLY: u64 = 8;
+pub const SYS_MAP: u64 = 9;
+pub const SYS_UNMAP: u64 = 10;
+pub const SYS_LOG: u64 = 11;
+pub const SYS_JOIN: u64 = 12;
+
+pub const RTC_VECTOR: u8 = 0x58;
+const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_0000;
+const USER_STACK_PAGES: u64 = 32;
+const ERR_BAD_ARG: u64 = 100;
+/// Exit code of a task killed by exception `v`.
+pub const fn killed_by(v: u64) -> u64 {
+    0xdead_0000 | v
+}
+
+pub static RTCD_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_RTCD"));
+pub static UAPP_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_UAPP"));
+
+pub struct Ctx {
+    frame: TrapFrame,
+    fx: Box<[u8; 512]>,
+    space: Option<AddressSpace>,
+    io: Option<Box<[u8; uspace::IO_BITMAP_BYTES]>>,
+    pub caps: CapTable,
+    frames: Vec<u64>,
+    kentry: Option<(fn(u64), u64)>,
+}
+
+impl Ctx {
+    fn new(frame: TrapFrame) -> Ctx {
+        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Vec::new(), kentry: None }
+    }
+}
+
+pub struct Kernel {
+    pub sched: Scheduler<Ctx>,
+    pub ipc: IpcSpace,
+    idle_stack: Vec<u64>,
+    on_idle: Vec<bool>,
+    exit_codes: alloc::collections::BTreeMap<TaskId, u64>,
+    rtc_endpoint: Option<EndpointId>,
+    ticks: u64,
+}
+
+static K: Mutex<Option<Kernel>> = Mutex::new(None);
+
+pub fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
+    cpu::without_interrupts(|| f(K.lock().as_mut().expect("scheduler not initialised")))
+}
+
+/// Create the scheduler for `cpus` CPUs and adopt the running boot context as task "main".
+pub fn init(cpus: usize) {
+    uspace::prefill_kernel_half().expect("kernel half");
+    let mut k = Kernel {
+        sched: Scheduler::new(cpus),
+        ipc: IpcSpace::new(),
+        idle_stack: Vec::new(),
+        on_idle: alloc::vec![true; cpus],
+        exit_codes: Default::default(),
+        rtc_endpoint: None,
+        ticks: 0,
+    };
+    for _ in 0..cpus {
+        k.idle_stack.push(paging::alloc_stack(4).expect("idle stack").1);
+    }
+    k.sched.set_online(0, true);
+    k.sched.adopt_running(0, "main", Priority::NORMAL, Ctx::new(TrapFrame::default()));
+    k.on_idle[0] = false;
+    cpu::without_interrupts(|| *K.lock() = Some(k));
+    catenary_arch::trap::register_irq(uspace::KSYSCALL_VECTOR, on_syscall);
+    uspace::set_syscall_handler(on_syscall);
+    apic::set_tick_hook(on_tick);
+    catenary_arch::trap::register_irq(apic::RESCHED_VECTOR, on_resched);
+    catenary_arch::trap::register_irq(RTC_VECTOR, on_rtc_irq);
+    catenary_arch::trap::set_exception_hook(on_exception);
+    smp::set_ap_entry(ap_entry);
+}
+
+fn ap_entry(cpu_idx: usize) -> ! {
+    with(|k| k.sched.set_online(cpu_idx, true));
+    info!(target: "smp", "cpu {} online (APIC id {}), scheduler running", cpu_idx, smp::apic_id_of(cpu_idx).unwrap_or(0));
+    loop {
+        cpu::wait_for_interrupt();
+    }
+}
+
+// ---------------------------------------------------------------- switching
+
+fn save(k: &mut Kernel, f: &mut TrapFrame, id: TaskId) {
+    if let Some(t) = k.sched.task_mut(id) {
+        t.context.frame = *f;
+        t.context.fx.copy_from_slice(uspace::fx_area(f));
+    }
+}
+
+fn load(k: &mut Kernel, f: &mut TrapFrame, id: TaskId) {
+    let t = k.sched.task_mut(id).expect("picked task exists");
+    *f = t.context.frame;
+    uspace::fx_area(f).copy_from_slice(&t.context.fx[..]);
+    uspace::switch_cr3(t.context.space.as_ref().map(|s| s.pml4()).unwrap_or_else(paging::kernel_pml4));
+    uspace::set_io_bitmap(id, t.context.io.as_deref());
+}
+
+/// Pick the next task for this CPU and make `f` its frame.
+fn resched(k: &mut Kernel, f: &mut TrapFrame) {
+    let c = smp::cpu_index();
+    let prev = if k.on_idle[c] { None } else { k.sched.current(c) };
+    let next = k.sched.switch(c);
+    if next == prev && prev.is_some() {
+        return;
+    }
+    if let Some(p) = prev {
+        save(k, f, p);
+    }
+    match next {
+        Some(n) => {
+            load(k, f, n);
+            k.on_idle[c] = false;
+        }
+        None => {
+            if !k.on_idle[c] {
+                *f = uspace::idle_frame(k.idle_stack[c]);
+                uspace::switch_cr3(paging::kernel_pml4());
+                uspace::set_io_bitmap(0, None);
+                k.on_idle[c] = true;
+            }
+        }
+    }
+    if let Some(p) = prev {
+        if k.sched.task(p).map(|t| t.state == TaskState::Dead).unwrap_or(false) {
+            if let Some(t) = k.sched.reap(p) {
+                for fr in t.context.frames {
+                    let _ = memory::free_frame(fr);
+                }
+                if let Some(s) = t.context.space {
+                    s.destroy();
+                }
+            }
+        }
+    }
+}
+
+/// Wake `id`, sending a reschedule IPI to its CPU if it should run there now.
+fn wake(k: &mut Kernel, id: TaskId) -> bool {
+    match k.sched.wake(id) {
+        Ok(w) => {
+            let here = smp::cpu_index();
+            if w.preempt && w.cpu != here {
+                if let Some(a) = smp::apic_id_of(w.cpu) {
+                    apic::send_ipi(a, apic::RESCHED_VECTOR);
+                }
+            }
+            w.preempt && w.cpu == here
+        }
+        Err(_) => false,
+    }
+}
+
+fn put_msg(f: &mut TrapFrame, m: &Message) {
+    f.rax = 0;
+    f.rdi = m.badge;
+    f.rsi = m.label;
+    f.rdx = m.words[0];
+    f.r10 = m.words[1];
+    f.r8 = m.words[2];
+    f.r9 = m.words[3];
+    f.r12 = m.reply;
+}
+
+fn err(e: IpcError) -> u64 {
+    e.code().wrapping_neg()
+}
+
+/// Complete the blocking operation of task `id` with `m` (or an error) and wake it.
+fn complete(k: &mut Kernel, id: TaskId, r: Result<Message, u64>) -> bool {
+    if let Some(t) = k.sched.task_mut(id) {
+        match r {
+            Ok(m) => put_msg(&mut t.context.frame, &m),
+            Err(code) => t.context.frame.rax = code,
+        }
+    }
+    wake(k, id)
+}
+
+fn kill_current(k: &mut Kernel, f: &mut TrapFrame, code: u64) {
+    let c = smp::cpu_index();
+    let Some(me) = k.sched.current(c) else { return };
+    let rep = k.ipc.task_died(me);
+    let _ = k.sched.kill(me);
+    k.exit_codes.insert(me, code);
+    for (w, e) in rep.wake_with_error {
+        complete(k, w, Err(err(e)));
+    }
+    let joiners: Vec<TaskId> =
+        k.sched.tasks().filter(|t| t.state == TaskState::Blocked(BlockReason::Join(me))).map(|t| t.id).collect();
+    for j in joiners {
+        if let Some(t) = k.sched.task_mut(j) {
+            t.context.frame.rax = code;
+        }
+        wake(k, j);
+    }
+    resched(k, f);
+}
+
+// ---------------------------------------------------------------- interrupts
+
+fn on_tick(f: &mut TrapFrame) {
+    with(|k| {
+        let c = smp::cpu_index();
+        if c == 0 {
+            k.ticks += 1;
+            for id in k.sched.expire(time::now_ns()) {
+                let reason = match k.sched.task(id).map(|t| t.state) {
+                    Some(TaskState::Blocked(r)) => r,
+                    _ => continue,
+                };
+                let code = match reason {
+                    BlockReason::Sleep => 0,
+                    BlockReason::Recv(ep) => {
+                        k.ipc.cancel_wait(id, ep);
+                        err(IpcError::Timeout)
+                    }
+                    BlockReason::Reply(tok) => {
+                        k.ipc.cancel_call(tok);
+                        err(IpcError::Timeout)
+                    }
+                    BlockReason::Join(_) => err(IpcError::Timeout),
+                };
+                complete(k, id, Err(code));
+            }
+            if k.ticks % 10 == 0 {
+                k.sched.balance();
+            }
+        }
+        let idle = k.on_idle[c];
+        if k.sched.tick(c) || (idle && k.sched.queue_len(c) > 0) {
+            resched(k, f);
+        }
+    })
+}
+
+fn on_resched(f: &mut TrapFrame) {
+    with(|k| {
+        let c = smp::cpu_index();
+        if k.on_idle[c] || k.sched.should_preempt(c) {
+            resched(k, f);
+        }
+    })
+}
+
+fn on_rtc_irq(f: &mut TrapFrame) {
+    with(|k| {
+        if let Some(ep) = k.rtc_endpoint {
+            if let Ok(Some((who, m))) = k.ipc.notify(ep, 1 << 8) {
+                if let Some(TaskState::Blocked(BlockReason::Recv(_))) = k.sched.task(who).map(|t| t.state) {
+                    if complete(k, who, Ok(m)) {
+                        resched(k, f);
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn on_exception(f: &mut TrapFrame) -> bool {
+    if f.cs & 3 != 3 {
+        return false; // a kernel fault: dump and stop, as before
+    }
+    let (id, name) = with(|k| {
+        let id = k.sched.current(smp::cpu_index()).unwrap_or(0);
+        (id, k.sched.task(id).map(|t| t.name.clone()).unwrap_or_default())
+    });
+    catenary_arch::trap::print_dump(f, &alloc::format!("in ring-3 task {} \"{}\" - killing the task", id, name));
+    with(|k| kill_current(k, f, killed_by(f.vector)));
+    true
+}
+
+// ---------------------------------------------------------------- system calls
+
+fn on_syscall(f: &mut TrapFrame) {
+    with(|k| syscall(k, f))
+}
+
+fn msg_from(f: &TrapFrame) -> Message {
+    Message::new(f.rsi, [f.rdx, f.r10, f.r8, f.r9])
+}
+
+fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
+    let c = smp::cpu_index();
+    let Some(me) = k.sched.current(c) else {
+        f.rax = err(IpcError::NoEndpoint);
+        return;
+    };
+    match f.rax {
+        SYS_NULL => f.rax = 0,
+        SYS_YIELD => {
+            f.rax = 0;
+            resched(k, f);
+        }
+        SYS_EXIT => {
+            let code = f.rdi;
+            kill_current(k, f, code);
+        }
+        SYS_SLEEP => {
+            f.rax = 0;
+            let _ = k.sched.block(me, BlockReason::Sleep, Some(time::now_ns() + f.rdi));
+            resched(k, f);
+        }
+        SYS_TIME => f.rax = time::now_ns(),
+        SYS_SEND => {
+            let cap = match k.sched.task(me).unwrap().context.caps.get(f.rdi as usize) {
+                Ok(c) => c,
+                Err(e) => return f.rax = err(e),
+            };
+            match k.ipc.send(&cap, msg_from(f)) {
+                Ok(Delivery::Queued) => f.rax = 0,
+                Ok(Delivery::Direct { receiver, msg }) => {
+                    f.rax = 0;
+                    if complete(k, receiver, Ok(msg)) {
+                        resched(k, f);
+                    }
+                }
+                Err(e) => f.rax = err(e),
+            }
+        }
+        SYS_RECV => {
+            let cap = match k.sched.task(me).unwrap().context.caps.check(f.rdi as usize, Rights::RECV) {
+                Ok(c) => c,
+                Err(e) => return f.rax = err(e),
+            };
+            let ep = cap.target.endpoint;
+            match k.ipc.recv(me, ep) {
+                Ok(Some(m)) => put_msg(f, &m),
+                Ok(None) => {
+                    let deadline = if f.rsi == 0 { None } else { Some(time::now_ns() + f.rsi) };
+                    let _ = k.sched.block(me, BlockReason::Recv(ep), deadline);
+                    resched(k, f);
+                }
+                Err(e) => f.rax = err(e),
+            }
+        }
+        SYS_CALL => {
+            let cap = match k.sched.task(me).unwrap().context.caps.get(f.rdi as usize) {
+                Ok(c) => c,
+                Err(e) => return f.rax = err(e),
+            };
+            match k.ipc.call(me, &cap, msg_from(f)) {
+                Ok((tok, d)) => {
+                    let _ = k.sched.block(me, BlockReason::Reply(tok), None);
+                    if let Delivery::Direct { receiver, msg } = d {
+                        complete(k, receiver, Ok(msg));
+                    }
+                    resched(k, f);
+                }
+                Err(e) => f.rax = err(e),
+            }
+        }
+        SYS_REPLY => match k.ipc.reply(me, f.rdi, msg_from(f)) {
+            Ok((caller, m)) => {
+                f.rax = 0;
+                if complete(k, caller, Ok(m)) {
+                    resched(k, f);
+                }
+            }
+            Err(e) => f.rax = err(e),
+        },
+        SYS_MAP => f.rax = map_anon(k, me, f.rdi, f.rsi),
+        SYS_UNMAP => f.rax = unmap_anon(k, me, f.rdi, f.rsi),
+        SYS_LOG => {
+            let t = k.sched.task(me).unwrap();
+            let len = (f.rsi as usize).min(200);
+            let mut buf = alloc::vec![0u8; len];
+            let ok = match &t.context.space {
+                Some(s) => s.read(f.rdi, &mut buf).is_ok(),
+                None => false,
+            };
+            if ok {
+                info!(target: "user", "[{} {}] {}", me, t.name, String::from_utf8_lossy(&buf));
+                f.rax = 0;
+            } else {
+                f.rax = ERR_BAD_ARG.wrapping_neg();
+            }
+        }
+        SYS_JOIN => {
+            let target = f.rdi;
+            if let Some(code) = k.exit_codes.get(&target) {
+                f.rax = *code;
+            } else if k.sched.task(target).is_none() {
+                f.rax = ERR_BAD_ARG.wrapping_neg();
+            } else {
+                let deadline = if f.rsi == 0 { None } else { Some(time::now_ns() + f.rsi) };
+                let _ = k.sched.block(me, BlockReason::Join(target), deadline);
+                resched(k, f);
+            }
+        }
+        _ => f.rax = ERR_BAD_ARG.wrapping_neg(),
+    }
+}
+
+fn map_anon(k: &mut Kernel, me: TaskId, virt: u64, pages: u64) -> u64 {
+    let t = k.sched.task_mut(me).unwrap();
+    let Some(space) = t.context.space.as_mut() else { return ERR_BAD_ARG.wrapping_neg() };
+    if virt % 4096 != 0 || pages > 1024 || virt.saturating_add(pages * 4096) > 0x0000_7000_0000_0000 {
+        return ERR_BAD_ARG.wrapping_neg();
+    }
+    for i in 0..pages {
+        let Ok(fr) = memory::alloc_frame() else { return ERR_BAD_ARG.wrapping_neg() };
+        memory::zero_frame(fr);
+        if space.map(virt + i * 4096, fr, true, false).is_err() {
+            let _ = memory::free_frame(fr);
+            return ERR_BAD_ARG.wrapping_neg();
+        }
+        t.context.frames.push(fr);
+    }
+    0
+}
+
+fn unmap_anon(k: &mut Kernel, me: TaskId, virt: u64, pages: u64) -> u64 {
+    let t = k.sched.task_mut(me).unwrap();
+    let Some(space) = t.context.space.as_mut() else { return ERR_BAD_ARG.wrapping_neg() };
+    for i in 0..pages {
+        match space.unmap(virt + i * 4096) {
+            Ok(fr) => {
+                if let Some(pos) = t.context.frames.iter().position(|x| *x == fr) {
+                    t.context.frames.swap_remove(pos);
+                    let _ = memory::free_frame(fr);
+                }
+            }
+            Err(_) => return ERR_BAD_ARG.wrapping_neg(),
+        }
+    }
+    0
+}
+
+// ---------------------------------------------------------------- creating tasks
+
+fn kernel_task_start(_: u64) {
+    let entry = with(|k| {
+        let me = k.sched.current(smp::cpu_index()).unwrap();
+        k.sched.task(me).and_then(|t| t.context.kentry)
+    });
+    if let Some((f, arg)) = entry {
+        f(arg);
+    }
+    uspace::ksyscall(SYS_EXIT, [0; 6]);
+}
+
+/// Start a kernel task running `f(arg)`.
+pub fn spawn_kernel(name: &str, prio: Priority, aff: Affinity, f: fn(u64), arg: u64) -> TaskId {
+    let (_, top) = paging::alloc_stack(8).expect("kernel task stack");
+    let entry: extern "C" fn(u64) = {
+        extern "C" fn tramp(a: u64) {
+            kernel_task_start(a)
+        }
+        tramp
+    };
+    let mut ctx = Ctx::new(uspace::kernel_frame(entry as *const () as u64, top, 0));
+    ctx.kentry = Some((f, arg));
+    with(|k| {
+        let id = k.sched.create(name, prio, aff, ctx);
+        wake(k, id);
+        id
+    })
+}
+
+#[derive(Debug)]
+pub enum SpawnError {
+    BadElf,
+    NoMemory,
+    Cap(IpcError),
+}
+
+fn load_elf(space: &mut AddressSpace, frames: &mut Vec<u64>, elf: &[u8]) -> Result<u64, SpawnError> {
+    let rd = |o: usize, n: usize| -> Result<u64, SpawnError> {
+        let b = elf.get(o..o + n).ok_or(SpawnError::BadElf)?;
+        Ok(b.iter().rev().fold(0u64, |a, x| (a << 8) | *x as u64))
+    };
+    if elf.get(0..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) {
+        return Err(SpawnError::BadElf);
+    }
+    let entry = rd(24, 8)?;
+    let (phoff, phentsize, phnum) = (rd(32, 8)? as usize, rd(54, 2)? as usize, rd(56, 2)? as usize);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if rd(ph, 4)? != 1 {
+            continue;
+        }
+        let flags = rd(ph + 4, 4)?;
+        let (off, vaddr, filesz, memsz) = (rd(ph + 8, 8)?, rd(ph + 16, 8)?, rd(ph + 32, 8)?, rd(ph + 40, 8)?);
+        if vaddr >= 0x0000_7000_0000_0000 || filesz > memsz {
+            return Err(SpawnError::BadElf);
+        }
+        let start = vaddr & !0xfff;
+        let end = (vaddr + memsz + 0xfff) & !0xfff;
+        let mut page = start;
+        while page < end {
+            let fr = memory::alloc_frame().map_err(|_| SpawnError::NoMemory)?;
+            memory::zero_frame(fr);
+            frames.push(fr);
+            // Copy the part of [vaddr, vaddr+filesz) that falls in this page.
+            let lo = page.max(vaddr);
+            let hi = (page + 4096).min(vaddr + filesz);
+            if lo < hi {
+                let src = (off + (lo - vaddr)) as usize;
+                let data = elf.get(src..src + (hi - lo) as usize).ok_or(SpawnError::BadElf)?;
+                uspace::write_phys(fr + (lo - page), data);
+            }
+            space.map(page, fr, flags & 2 != 0, flags & 1 != 0).map_err(|_| SpawnError::NoMemory)?;
+            page += 4096;
+        }
+    }
+    Ok(entry)
+}
+
+/// What a new ring-3 task gets.
+pub struct UserSpec<'a> {
+    pub name: &'a str,
+    pub elf: &'a [u8],
+    pub arg: u64,
+    pub prio: Priority,
+    pub affinity: Affinity,
+    /// Give the task an endpoint of its own in slot 0 (receive + send).
+    pub own_endpoint: bool,
+    /// Further capabilities, in slot order.
+    pub caps: &'a [Capability],
+    /// I/O ports it may use.
+    pub ports: &'a [u16],
+}
+
+/// Load an embedded program into a fresh address space and start it. Returns the task and its
+/// endpoint (when `own_endpoint`).
+pub fn spawn_user(s: &UserSpec) -> Result<(TaskId, Option<EndpointId>), SpawnError> {
+    let mut space = AddressSpace::new().map_err(|_| SpawnError::NoMemory)?;
+    let mut frames = Vec::new();
+    let entry = load_elf(&mut space, &mut frames, s.elf)?;
+    for i in 0..USER_STACK_PAGES {
+        let fr = memory::alloc_frame().map_err(|_| SpawnError::NoMemory)?;
+        memory::zero_frame(fr);
+        frames.push(fr);
+        space.map(USER_STACK_TOP - (i + 1) * 4096, fr, true, false).map_err(|_| SpawnError::NoMemory)?;
+    }
+    let mut ctx = Ctx::new(uspace::user_frame(entry, USER_STACK_TOP, s.arg));
+    ctx.space = Some(space);
+    ctx.frames = frames;
+    if !s.ports.is_empty() {
+        ctx.io = Some(uspace::io_bitmap_for(s.ports));
+    }
+    with(|k| {
+        let id = k.sched.create(s.name, s.prio, s.affinity, ctx);
+        let mut ep = None;
+        let t = k.sched.task_mut(id).unwrap();
+        let _ = t;
+        if s.own_endpoint {
+            let e = k.ipc.create_endpoint(id, catenary_ipc::DEFAULT_CAPACITY);
+            let cap = Capability { target: Address::local(e), rights: Rights::SEND.union(Rights::RECV), badge: 0 };
+            k.sched.task_mut(id).unwrap().context.caps.insert(cap).map_err(SpawnError::Cap)?;
+            ep = Some(e);
+        }
+        for c in s.caps {
+            k.sched.task_mut(id).unwrap().context.caps.insert(*c).map_err(SpawnError::Cap)?;
+        }
+        wake(k, id);
+        Ok((id, ep))
+    })
+}
+
+/// A send capability for endpoint `ep` with `badge`.
+pub fn send_cap(ep: EndpointId, badge: u64) -> Capability {
+    Capability { target: Address::local(ep), rights: Rights::SEND, badge }
+}
+
+/// Give the calling task (kernel or user) a new endpoint; returns (slot, endpoint).
+pub fn create_endpoint_for_current(capacity: usize) -> (usize, EndpointId) {
+    with(|k| {
+        let me = k.sched.current(smp::cpu_index()).unwrap();
+        let e = k.ipc.create_endpoint(me, capacity);
+        let cap = Capability { target: Address::local(e), rights: Rights::SEND.union(Rights::RECV), badge: 0 };
+        (k.sched.task_mut(me).unwrap().context.caps.insert(cap).unwrap(), e)
+    })
+}
+
+/// Put a capability into the calling task's table; returns the slot.
+pub fn give_current(c: Capability) -> usize {
+    with(|k| {
+        let me = k.sched.current(smp::cpu_index()).unwrap();
+        k.sched.task_mut(me).unwrap().context.caps.insert(c).unwrap()
+    })
+}
+
+pub fn current_task() -> TaskId {
+    with(|k| k.sched.current(smp::cpu_index()).unwrap_or(0))
+}
+
+// ---------------------------------------------------------------- kernel-side wrappers
+
+pub fn sys(nr: u64, a: [u64; 6]) -> uspace::SysRet {
+    uspace::ksyscall(nr, a)
+}
+pub fn sleep_ns(ns: u64) {
+    sys(SYS_SLEEP, [ns, 0, 0, 0, 0, 0]);
+}
+pub fn yield_now() {
+    sys(SYS_YIELD, [0; 6]);
+}
+fn res(r: uspace::SysRet) -> Result<Message, IpcError> {
+    if r.rax == 0 {
+        let mut m = Message::new(r.rsi, [r.rdx, r.r10, r.r8, r.r9]);
+        m.badge = r.rdi;
+        m.reply = r.r12;
+        Ok(m)
+    } else {
+        Err(IpcError::from_code(r.rax.wrapping_neg()).unwrap_or(IpcError::NoEndpoint))
+    }
+}
+pub fn send(slot: usize, m: Message) -> Result<(), IpcError> {
+    res(sys(SYS_SEND, [slot as u64, m.label, m.words[0], m.words[1], m.words[2], m.words[3]])).map(|_| ())
+}
+pub fn recv(slot: usize, timeout_ns: u64) -> Result<Message, IpcError> {
+    res(sys(SYS_RECV, [slot as u64, timeout_ns, 0, 0, 0, 0]))
+}
+pub fn call(slot: usize, m: Message) -> Result<Message, IpcError> {
+    res(sys(SYS_CALL, [slot as u64, m.label, m.words[0], m.words[1], m.words[2], m.words[3]]))
+}
+/// Wait for a task to end; returns its exit code (None on timeout).
+pub fn join(id: TaskId, timeout_ns: u64) -> Option<u64> {
+    let r = sys(SYS_JOIN, [id, timeout_ns, 0, 0, 0, 0]);
+    if r.rax == err(IpcError::Timeout) { None } else { Some(r.rax) }
+}
+
+// ---------------------------------------------------------------- boot services
+
+/// Bring up the APs, route the RTC interrupt and start the ring-3 services.
+pub fn start_node(cpus: &[(u32, bool)], ioapic: Option<u64>) {
+    let mut idx = 1;
+    for &(apic_id, is_bsp) in cpus {
+        if is_bsp {
+            continue;
+        }
+        match smp::start_ap(idx, apic_id) {
+            Ok(()) => {}
+            Err(e) => warn!(target: "smp", "APIC id {}: {}", apic_id, e),
+        }
+        idx += 1;
+    }
+    info!(target: "smp", "{} of {} CPU(s) online", smp::online_cpus(), cpus.len());
+    if RTCD_ELF.is_empty() {
+        warn!(target: "task", "no ring-3 programs embedded (build with `cargo xtask build`)");
+        return;
+    }
+    match spawn_user(&UserSpec {
+        name: "rtcd",
+        elf: RTCD_ELF,
+        arg: 0,
+        prio: Priority::DRIVER,
+        affinity: Affinity::ANY,
+        own_endpoint: true,
+        caps: &[],
+        ports: &[0x70, 0x71],
+    }) {
+        Ok((id, ep)) => {
+            with(|k| k.rtc_endpoint = ep);
+            if let (Some(io), Some(bsp)) = (ioapic, smp::apic_id_of(0)) {
+                if let Err(e) = apic::ioapic_route(io, 8, RTC_VECTOR, bsp) {
+                    warn!(target: "task", "IOAPIC: {:?}", e);
+                }
+            }
+            info!(target: "task", "ring-3 service rtcd started: task {}, endpoint {}, ports 0x70-0x71, IRQ 8 -> vector {:#x}",
+                id, ep.unwrap_or(0), RTC_VECTOR);
+        }
+        Err(e) => warn!(target: "task", "rtcd: {:?}", e),
+    }
+    match spawn_user(&UserSpec {
+        name: "echo",
+        elf: UAPP_ELF,
+        arg: ROLE_ECHO,
+        prio: Priority::NORMAL,
+        affinity: Affinity::ANY,
+        own_endpoint: true,
+        caps: &[],
+        ports: &[],
+    }) {
+        Ok((id, ep)) => {
+            with(|k| k.echo_endpoint_set(ep));
+            info!(target: "task", "ring-3 service echo started: task {}, endpoint {}", id, ep.unwrap_or(0));
+        }
+        Err(e) => warn!(target: "task", "echo: {:?}", e),
+    }
+}
+
+pub const ROLE_ECHO: u64 = 1;
+pub const ROLE_CLIENT: u64 = 2;
+pub const ROLE_BENCH: u64 = 3;
+pub const ROLE_TOUCH_KERNEL: u64 = 4;
+pub const ROLE_BAD_PORT: u64 = 5;
+pub const ROLE_SPIN: u64 = 6;
+pub const ROLE_RTC_CLIENT: u64 = 7;
+pub const ROLE_ONE_SHOT: u64 = 8;
+pub const ROLE_MEMORY: u64 = 9;
+
+static ECHO_EP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+impl Kernel {
+    fn echo_endpoint_set(&mut self, ep: Option<EndpointId>) {
+        ECHO_EP.store(ep.unwrap_or(0), core::sync::atomic::Ordering::Relaxed);
+    }
+}
+pub fn echo_endpoint() -> EndpointId {
+    ECHO_EP.load(core::sync::atomic::Ordering::Relaxed)
+}
+pub fn rtc_endpoint() -> Option<EndpointId> {
+    with(|k| k.rtc_endpoint)
+}

@@ -1,0 +1,129 @@
+//! uapp: ring-3 test and benchmark roles (chosen by the kernel via the start argument).
+//! Capability slots depend on the role (see hypervisor/kernel/src/task.rs, `Role`).
+#![no_std]
+#![no_main]
+
+use catenary_user::*;
+
+const ROLE_ECHO: u64 = 1;
+const ROLE_CLIENT: u64 = 2;
+const ROLE_BENCH: u64 = 3;
+const ROLE_TOUCH_KERNEL: u64 = 4;
+const ROLE_BAD_PORT: u64 = 5;
+const ROLE_SPIN: u64 = 6;
+const ROLE_RTC_CLIENT: u64 = 7;
+const ROLE_ONE_SHOT: u64 = 8;
+const ROLE_MEMORY: u64 = 9;
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+#[no_mangle]
+pub extern "C" fn user_main(role: u64) -> u64 {
+    match role {
+        // slot 0: own endpoint. Replies to every call with label+1, words+1.
+        ROLE_ECHO => loop {
+            if let Ok(m) = recv(0, 0) {
+                if m.reply != 0 {
+                    let w = m.words.map(|x| x.wrapping_add(1));
+                    let _ = reply(m.reply, m.label + 1, w);
+                }
+            }
+        },
+        // slot 0: echo server, slot 1: report endpoint. 200 calls, each checked.
+        ROLE_CLIENT => {
+            let (mut ok, mut bad) = (0u64, 0u64);
+            for i in 0..200u64 {
+                match call(0, 7, [i, i * 2, 0, 0]) {
+                    Ok(r) if r.label == 8 && r.words[0] == i + 1 && r.words[1] == i * 2 + 1 => ok += 1,
+                    _ => bad += 1,
+                }
+            }
+            let _ = send(1, 0x600d, [ok, bad, 0, 0]);
+            0
+        }
+        // slot 0: echo server, slot 1: report endpoint.
+        ROLE_BENCH => {
+            const N: usize = 2000;
+            let mut s = [0u64; N];
+            for _ in 0..100 {
+                null();
+            }
+            for x in s.iter_mut() {
+                let t = rdtsc();
+                null();
+                *x = rdtsc() - t;
+            }
+            let null_med = median(&mut s);
+            for _ in 0..100 {
+                let _ = call(0, 1, [0; 4]);
+            }
+            for x in s.iter_mut() {
+                let t = rdtsc();
+                let _ = call(0, 1, [0; 4]);
+                *x = rdtsc() - t;
+            }
+            let call_med = median(&mut s);
+            let _ = send(1, 0xbe, [null_med, call_med, 0, 0]);
+            0
+        }
+        ROLE_TOUCH_KERNEL => {
+            log("uapp: reading kernel memory (this task should be killed)");
+            let v = peek(0xffff_ffff_8020_0000);
+            v as u64
+        }
+        ROLE_BAD_PORT => {
+            log("uapp: reading CMOS port 0x71 without a grant (this task should be killed)");
+            inb(0x71) as u64
+        }
+        ROLE_SPIN => loop {
+            core::hint::spin_loop();
+        },
+        // slot 0: rtcd, slot 1: report endpoint.
+        ROLE_RTC_CLIENT => {
+            let t = call(0, 1, [0; 4]);
+            sleep_ns(300_000_000);
+            let k = call(0, 2, [0; 4]);
+            match (t, k) {
+                (Ok(t), Ok(k)) => {
+                    let s = t.words[0];
+                    logf!("uapp: rtcd says {:02}:{:02}:{:02} {}-{:02}-{:02}, {} RTC interrupts so far",
+                        s / 3600, (s / 60) % 60, s % 60, t.words[3], t.words[2], t.words[1], k.words[0]);
+                    let _ = send(1, 0x7c, [t.words[0], t.words[3], k.words[0], 0]);
+                }
+                _ => {
+                    let _ = send(1, 0x7c, [u64::MAX, 0, 0, 0]);
+                }
+            }
+            0
+        }
+        // slot 0: own endpoint. Receives one message and exits without replying.
+        ROLE_ONE_SHOT => {
+            let _ = recv(0, 0);
+            0x05
+        }
+        // slot 0: report. Map, use and unmap memory.
+        ROLE_MEMORY => {
+            let base = 0x1000_0000u64;
+            let r = map(base, 4).is_ok();
+            let p = base as *mut u64;
+            let mut sum = 0;
+            if r {
+                for i in 0..2048u64 {
+                    // SAFETY: four pages were just mapped at `base`.
+                    unsafe { p.add(i as usize).write_volatile(i) };
+                }
+                for i in 0..2048u64 {
+                    // SAFETY: as above.
+                    sum += unsafe { p.add(i as usize).read_volatile() };
+                }
+            }
+            let u = unmap(base, 4).is_ok();
+            let _ = send(0, 0x3e, [r as u64, sum, u as u64, 0]);
+            0
+        }
+        _ => 1,
+    }
+}
