@@ -372,6 +372,9 @@ pub fn decode_exit(code: u64, info1: u64, info2: u64) -> Exit {
         0x81 => Exit::Vmcall,
         0x89 => Exit::Wbinvd,
         0x8d => Exit::Xsetbv,
+        // A nested fault during the guest's own page-table walk (EXITINFO1 bit 33) means its
+        // page tables live outside RAM: not an MMIO access by the instruction at RIP.
+        0x400 if info1 & (1 << 33) != 0 => Exit::Other { code },
         0x400 => Exit::Mmio { gpa: info2, write_hint: Some(info1 & 2 != 0) },
         // VMEXIT_INVALID (-1); QEMU reports it as 0xffff_ffff in 32 bits.
         0xffff_ffff | 0xffff_ffff_ffff_ffff => Exit::InvalidGuestState { code },

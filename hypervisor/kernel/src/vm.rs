@@ -260,7 +260,7 @@ pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<
         return None;
     };
     let mem: u64 = crate::cmdline::get(cmdline, "vm.mem").and_then(|m| m.parse().ok()).unwrap_or(256);
-    let mut gcmd = String::from("console=ttyS0 panic=-1");
+    let mut gcmd = String::from("console=ttyS0 panic=-1 reboot=k tsc=reliable");
     if let Some(c) = crate::cmdline::get(cmdline, "vm.cmd") {
         gcmd.push_str(" catenary.cmd=");
         gcmd.push_str(c);
