@@ -126,12 +126,12 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
     let kernel = build_kernel(true)?;
     let plain = build_kernel(false)?;
     let (module, fnv) = test_module()?;
-    let args = |proto: &str| format!("ktest.protocol={proto} ktest.module_fnv={fnv:016x} ktest.marker=cmdline-ok ktest.cpus=2");
+    let args = |proto: &str| format!("ktest.protocol={proto} ktest.module_fnv={fnv:016x} ktest.marker=cmdline-ok ktest.cpus=4");
 
     let mut boots: Vec<(String, Boot, u64)> = Vec::new();
     for m in ["microvm", "q35", "pc"] {
         let mut b = Boot::pvh(m, kernel.clone());
-        b.smp = 2;
+        b.smp = 4;
         b.mem = "512M".into();
         b.cmdline = args("pvh");
         b.initrd = Some(module.clone());
@@ -140,7 +140,7 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
     if !quick {
         let iso = build_iso(&kernel, &[(module.clone(), "ktest-module".into())], &args("multiboot2"), "catenary-test")?;
         let mut bios = Boot::iso(iso.clone(), false);
-        bios.smp = 2;
+        bios.smp = 4;
         bios.mem = "512M".into();
         boots.push(("boot_grub_iso_seabios".into(), bios.clone(), 120));
         let mut uefi = bios;

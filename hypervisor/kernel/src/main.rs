@@ -17,4 +17,6 @@ mod klog;
 mod task;
 #[cfg(feature = "ktest")]
 mod ktest;
+#[cfg(feature = "ktest")]
+mod ktest_core;
 mod vm;

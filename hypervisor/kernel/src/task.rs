@@ -744,3 +744,19 @@ pub fn echo_endpoint() -> EndpointId {
 pub fn rtc_endpoint() -> Option<EndpointId> {
     with(|k| k.rtc_endpoint)
 }
+
+/// Kill a task that is not running right now (tests). Returns whether it was killed.
+pub fn kill_for_test(id: TaskId) -> bool {
+    with(|k| match k.sched.task(id).map(|t| t.state) {
+        Some(TaskState::Ready) | Some(TaskState::Blocked(_)) => {
+            let rep = k.ipc.task_died(id);
+            let _ = k.sched.kill(id);
+            k.exit_codes.insert(id, killed_by(0xff));
+            for (w, e) in rep.wake_with_error {
+                complete(k, w, Err(err(e)));
+            }
+            true
+        }
+        _ => false,
+    })
+}

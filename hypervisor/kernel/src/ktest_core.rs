@@ -1,0 +1,227 @@
+//! In-kernel tests of the microkernel core (SMP, scheduler, ring 3, IPC, driver grants). They
+//! run in the boot task ("main", pinned to CPU 0) and use the same system calls as ring 3.
+
+use alloc::format;
+use alloc::string::String;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use catenary_arch::{smp, time};
+use catenary_ipc::{IpcError, Message, Rights};
+use catenary_sched::{Affinity, Priority};
+
+use crate::init::Node;
+use crate::task::{self, UserSpec};
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+const SEC: u64 = 1_000_000_000;
+
+pub fn smp_all_cpus_online(node: &Node) -> Result<(), String> {
+    check(smp::online_cpus() == node.cpus, || format!("{} of {} CPUs online", smp::online_cpus(), node.cpus))
+}
+
+static SEEN: [AtomicUsize; 64] = [const { AtomicUsize::new(usize::MAX) }; 64];
+fn record_cpu(slot: u64) {
+    SEEN[slot as usize].store(smp::cpu_index(), Ordering::SeqCst);
+}
+
+pub fn sched_tasks_on_every_cpu(node: &Node) -> Result<(), String> {
+    let ids: alloc::vec::Vec<_> =
+        (0..node.cpus).map(|c| task::spawn_kernel("pin", Priority::NORMAL, Affinity::only(c), record_cpu, c as u64)).collect();
+    for id in ids {
+        task::join(id, 5 * SEC).ok_or("task did not finish")?;
+    }
+    for c in 0..node.cpus {
+        let s = SEEN[c].load(Ordering::SeqCst);
+        check(s == c, || format!("task pinned to cpu {c} ran on {s}"))?;
+    }
+    Ok(())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static COUNTS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+fn spinner(slot: u64) {
+    while !STOP.load(Ordering::Relaxed) {
+        COUNTS[slot as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn last_cpu(node: &Node) -> usize {
+    node.cpus.saturating_sub(1)
+}
+
+pub fn sched_preemption(node: &Node) -> Result<(), String> {
+    STOP.store(false, Ordering::SeqCst);
+    COUNTS.iter().for_each(|c| c.store(0, Ordering::SeqCst));
+    let cpu = last_cpu(node);
+    // Two spinners that never yield share one CPU: only timer preemption lets both run.
+    let a = task::spawn_kernel("spin-a", Priority::NORMAL, Affinity::only(cpu), spinner, 0);
+    let b = task::spawn_kernel("spin-b", Priority::NORMAL, Affinity::only(cpu), spinner, 1);
+    task::sleep_ns(400_000_000);
+    let (ca, cb) = (COUNTS[0].load(Ordering::SeqCst), COUNTS[1].load(Ordering::SeqCst));
+    STOP.store(true, Ordering::SeqCst);
+    task::join(a, 5 * SEC).ok_or("spinner a stuck")?;
+    task::join(b, 5 * SEC).ok_or("spinner b stuck")?;
+    check(ca > 0 && cb > 0, || format!("counts {ca} / {cb}: one spinner never ran"))
+}
+
+pub fn sched_priorities(node: &Node) -> Result<(), String> {
+    STOP.store(false, Ordering::SeqCst);
+    COUNTS.iter().for_each(|c| c.store(0, Ordering::SeqCst));
+    let cpu = last_cpu(node);
+    let hi = task::spawn_kernel("hi", Priority::HIGH, Affinity::only(cpu), spinner, 2);
+    task::sleep_ns(50_000_000);
+    let lo = task::spawn_kernel("lo", Priority::LOW, Affinity::only(cpu), spinner, 3);
+    task::sleep_ns(300_000_000);
+    let lo_count = COUNTS[3].load(Ordering::SeqCst);
+    let hi_count = COUNTS[2].load(Ordering::SeqCst);
+    STOP.store(true, Ordering::SeqCst);
+    task::join(hi, 5 * SEC).ok_or("high task stuck")?;
+    task::join(lo, 5 * SEC).ok_or("low task stuck")?;
+    check(hi_count > 0 && lo_count == 0, || format!("high ran {hi_count}, low ran {lo_count} while high was runnable"))
+}
+
+pub fn sched_sleep_timeouts(_: &Node) -> Result<(), String> {
+    let t0 = time::now_ns();
+    task::sleep_ns(50_000_000);
+    let slept = time::now_ns() - t0;
+    check((50_000_000..2 * SEC).contains(&slept), || format!("sleep(50 ms) took {} ms", slept / 1_000_000))?;
+    let (slot, _) = task::create_endpoint_for_current(4);
+    let t0 = time::now_ns();
+    let r = task::recv(slot, 30_000_000);
+    let waited = time::now_ns() - t0;
+    check(r == Err(IpcError::Timeout), || format!("recv on an empty endpoint: {r:?}"))?;
+    check(waited >= 30_000_000, || format!("timed out after {} ms", waited / 1_000_000))
+}
+
+pub fn ipc_ordering(_: &Node) -> Result<(), String> {
+    let (slot, _) = task::create_endpoint_for_current(16);
+    for i in 0..16 {
+        task::send(slot, Message::new(100 + i, [i, i * i, 0, 0])).map_err(|e| format!("send {i}: {e:?}"))?;
+    }
+    for i in 0..16 {
+        let m = task::recv(slot, SEC).map_err(|e| format!("recv {i}: {e:?}"))?;
+        check(m.label == 100 + i && m.words[1] == i * i, || format!("message {i} arrived as label {}", m.label))?;
+    }
+    Ok(())
+}
+
+pub fn ipc_full_queue(_: &Node) -> Result<(), String> {
+    let (slot, _) = task::create_endpoint_for_current(4);
+    for i in 0..4 {
+        task::send(slot, Message::new(i, [0; 4])).map_err(|e| format!("send {i}: {e:?}"))?;
+    }
+    let r = task::send(slot, Message::new(4, [0; 4]));
+    check(r == Err(IpcError::QueueFull), || format!("fifth send into a 4-deep queue: {r:?}"))?;
+    for i in 0..4 {
+        let m = task::recv(slot, SEC).map_err(|e| format!("{e:?}"))?;
+        check(m.label == i, || "queued messages lost or reordered".into())?;
+    }
+    Ok(())
+}
+
+pub fn ipc_missing_capability(_: &Node) -> Result<(), String> {
+    let r = task::send(63, Message::default());
+    check(r == Err(IpcError::NoCapability), || format!("send on an empty slot: {r:?}"))?;
+    let (_, ep) = task::create_endpoint_for_current(4);
+    let recv_only = task::give_current(catenary_ipc::Capability {
+        target: catenary_ipc::Address::local(ep),
+        rights: Rights::RECV,
+        badge: 0,
+    });
+    let r = task::send(recv_only, Message::default());
+    check(r == Err(IpcError::NoRight), || format!("send with a receive-only capability: {r:?}"))?;
+    let send_only = task::give_current(task::send_cap(ep, 0));
+    let r = task::recv(send_only, 1_000_000);
+    check(r == Err(IpcError::NoRight), || format!("receive with a send-only capability: {r:?}"))
+}
+
+fn spawn_uapp(name: &str, role: u64, aff: Affinity, own: bool, caps: &[catenary_ipc::Capability]) -> Result<(u64, Option<u64>), String> {
+    task::spawn_user(&UserSpec { name, elf: task::UAPP_ELF, arg: role, prio: Priority::NORMAL, affinity: aff, own_endpoint: own, caps, ports: &[] })
+        .map_err(|e| format!("spawn {name}: {e:?}"))
+}
+
+pub fn ipc_dead_peer(_: &Node) -> Result<(), String> {
+    // The server takes the call and exits without replying: the caller gets DeadPeer, and later
+    // sends to its closed endpoint fail the same way.
+    let (id, ep) = spawn_uapp("one-shot", task::ROLE_ONE_SHOT, Affinity::ANY, true, &[])?;
+    let slot = task::give_current(task::send_cap(ep.unwrap(), 0));
+    let r = task::call(slot, Message::new(1, [0; 4]));
+    check(r == Err(IpcError::DeadPeer), || format!("call to a server that died: {r:?}"))?;
+    check(task::join(id, 5 * SEC) == Some(5), || "server exit code".into())?;
+    let r = task::send(slot, Message::default());
+    check(r == Err(IpcError::DeadPeer), || format!("send to a dead endpoint: {r:?}"))
+}
+
+pub fn ipc_call_reply_across_cpus(node: &Node) -> Result<(), String> {
+    let (slot, ep) = task::create_endpoint_for_current(4);
+    let server_cpu = 1.min(node.cpus - 1);
+    let client_cpu = last_cpu(node);
+    let (srv, sep) = spawn_uapp("echo-x", task::ROLE_ECHO, Affinity::only(server_cpu), true, &[])?;
+    let sep = sep.unwrap();
+    let (cli, _) = spawn_uapp("client-x", task::ROLE_CLIENT, Affinity::only(client_cpu), false, &[task::send_cap(sep, 7), task::send_cap(ep, 0)])?;
+    let m = task::recv(slot, 20 * SEC).map_err(|e| format!("no report from the ring-3 client: {e:?}"))?;
+    task::join(cli, 5 * SEC);
+    check(m.label == 0x600d && m.words[0] == 200 && m.words[1] == 0, || format!("client report {m:?}"))?;
+    // Kernel task on CPU 0 calling the ring-3 server on another CPU.
+    let s2 = task::give_current(task::send_cap(sep, 9));
+    for i in 0..50 {
+        let r = task::call(s2, Message::new(41, [i, 0, 0, 0])).map_err(|e| format!("call {i}: {e:?}"))?;
+        check(r.label == 42 && r.words[0] == i + 1, || format!("bad reply {r:?}"))?;
+    }
+    let _ = srv;
+    Ok(())
+}
+
+pub fn user_kernel_memory_access_killed(_: &Node) -> Result<(), String> {
+    let (id, _) = spawn_uapp("touch-kernel", task::ROLE_TOUCH_KERNEL, Affinity::ANY, false, &[])?;
+    let code = task::join(id, 5 * SEC).ok_or("task not killed")?;
+    check(code == task::killed_by(14), || format!("exit code {code:#x}, expected #PF kill"))?;
+    echo_still_answers()
+}
+
+pub fn user_ungranted_port_killed(_: &Node) -> Result<(), String> {
+    let (id, _) = spawn_uapp("bad-port", task::ROLE_BAD_PORT, Affinity::ANY, false, &[])?;
+    let code = task::join(id, 5 * SEC).ok_or("task not killed")?;
+    check(code == task::killed_by(13), || format!("exit code {code:#x}, expected #GP kill"))?;
+    echo_still_answers()
+}
+
+fn echo_still_answers() -> Result<(), String> {
+    let slot = task::give_current(task::send_cap(task::echo_endpoint(), 1));
+    let r = task::call(slot, Message::new(1, [10, 0, 0, 0])).map_err(|e| format!("echo service after the kill: {e:?}"))?;
+    check(r.words[0] == 11, || "echo service answered wrongly".into())
+}
+
+pub fn user_memory_map_unmap(_: &Node) -> Result<(), String> {
+    let (slot, ep) = task::create_endpoint_for_current(4);
+    let (id, _) = spawn_uapp("mem", task::ROLE_MEMORY, Affinity::ANY, false, &[task::send_cap(ep, 0)])?;
+    let m = task::recv(slot, 10 * SEC).map_err(|e| format!("{e:?}"))?;
+    task::join(id, 5 * SEC);
+    check(m.words[0] == 1 && m.words[1] == 2047 * 2048 / 2 && m.words[2] == 1, || format!("report {m:?}"))
+}
+
+pub fn user_preempted_spinner(_: &Node) -> Result<(), String> {
+    // A ring-3 task that never makes a syscall on CPU 0 cannot starve this task.
+    let (id, _) = spawn_uapp("spin", task::ROLE_SPIN, Affinity::only(0), false, &[])?;
+    let t0 = time::now_ns();
+    for _ in 0..5 {
+        task::yield_now();
+    }
+    task::sleep_ns(20_000_000);
+    let _ = id;
+    task::kill_for_test(id);
+    check(time::now_ns() - t0 < 5 * SEC, || "main task starved".into())
+}
+
+pub fn driver_rtc_over_ipc(_: &Node) -> Result<(), String> {
+    let rtc = task::rtc_endpoint().ok_or("rtcd not running")?;
+    let (slot, ep) = task::create_endpoint_for_current(4);
+    let (id, _) = spawn_uapp("rtc-client", task::ROLE_RTC_CLIENT, Affinity::ANY, false, &[task::send_cap(rtc, 3), task::send_cap(ep, 0)])?;
+    let m = task::recv(slot, 20 * SEC).map_err(|e| format!("no report: {e:?}"))?;
+    task::join(id, 5 * SEC);
+    check(m.words[0] < 86_400 && (2000..2200).contains(&m.words[1]), || format!("RTC time {m:?}"))?;
+    check(m.words[2] > 0, || "no RTC interrupt reached rtcd as a notification".into())
+}
