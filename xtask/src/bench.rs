@@ -7,7 +7,8 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("boot") => bench_boot(),
         Some("vm") => crate::vmbench::bench_vm(),
-        _ => Err("usage: cargo xtask bench boot|vm".into()),
+        Some("ipc") => bench_ipc(),
+        _ => Err("usage: cargo xtask bench boot|vm|ipc".into()),
     }
 }
 
@@ -38,6 +39,21 @@ fn bench_boot() -> Result<(), String> {
         }
         let all: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
         println!("  {m:8} median {:7.1} ms   (runs: {} ms)", median(times), all.join(", "));
+    }
+    Ok(())
+}
+
+/// Ring-3 IPC round trips and the null syscall, measured in the guest (TSC cycles, medians).
+fn bench_ipc() -> Result<(), String> {
+    let kernel = crate::build::build_kernel(false)?;
+    let mut b = Boot::pvh("q35", kernel);
+    b.smp = 4;
+    b.mem = "512M".into();
+    b.cmdline = "bench=ipc".into();
+    println!("bench ipc: ring-3 <-> ring-3 call/reply and null syscall, TSC cycles, median of 2000 (QEMU TCG, -smp 4)");
+    let o = run_captured(b.command(false)?, &["bench ipc: done"], &["KERNEL PANIC"], Duration::from_secs(240), false)?;
+    for l in o.lines.iter().filter(|l| l.contains("bench ipc:")) {
+        println!("  {}", l.split("bench ipc: ").nth(1).unwrap_or(l));
     }
     Ok(())
 }

@@ -162,6 +162,9 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
         cpu_list.push((bsp_apic, true));
     }
     crate::task::start_node(&cpu_list, ioapic_addr);
+    if crate::cmdline::get(&bi.cmdline, "bench") == Some("ipc") {
+        crate::task::run_ipc_bench(ncpus);
+    }
 
     for m in &bi.modules {
         let data = memory::phys_slice(m.start, m.len as usize);
