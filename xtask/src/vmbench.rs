@@ -44,17 +44,26 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
         }
     };
     let kernel = crate::build::build_kernel(false)?;
-    let cmd = base64(b"echo catenary-test-marker $((6*7)); uname -r");
-    for (name, boot) in [("vm_linux_svm_pvh", "pvh"), ("vm_linux_svm_bzimage", "bzimage")] {
-        let b = node_with_guest(&kernel, &bundle, &format!("vm.boot={boot} vm.cmd={cmd}"));
-        let want = [
+    // The command also exercises virtio end to end: a line written to the virtio console
+    // (/dev/hvc0) and the first line of a read-only virtio-blk disk (/dev/vda).
+    let cmd = base64(b"echo catenary-test-marker $((6*7)); echo catenary-virtio-console-ok > /dev/hvc0; head -n1 /dev/vda; uname -r");
+    let cases: [(&str, &str, &[&str]); 3] = [
+        ("vm_linux_svm_pvh", "vm.boot=pvh", &["microVM demo ended: power off"]),
+        ("vm_linux_svm_bzimage", "vm.boot=bzimage", &["microVM demo ended: power off"]),
+        ("vm_linux_svm_reboot", "vm.boot=pvh vm.exit=reboot", &["microVM demo ended: reboot requested"]),
+    ];
+    for (name, opts, end) in cases {
+        let b = node_with_guest(&kernel, &bundle, &format!("{opts} vm.disk=1 vm.cmd={cmd}"));
+        let mut want = vec![
             "[vm:demo] [",
             "Linux version",
             "[vm:demo] catenary-init: ready",
             "[vm:demo] catenary-test-marker 42",
+            "[vm:demo] catenary-virtio-console-ok",
+            "[vm:demo] catenary-virtio-blk-marker",
             "[vm:demo] catenary-init: exit status 0",
-            "microVM demo ended: power off",
         ];
+        want.extend_from_slice(end);
         let o = run_captured(b.command(false)?, &want, &["KERNEL PANIC", "- stopping this CPU", "microVM demo failed"], Duration::from_secs(300), false)?;
         let why = if o.matched {
             String::new()

@@ -6,7 +6,8 @@
 //! (PVH entry), `bzImage` (Linux boot protocol) and `initramfs.cpio.gz`.
 //!
 //! Kernel command line: `vm=none` skips the demo microVM; `vm.boot=pvh|bzimage`,
-//! `vm.mem=<MiB>`, `vm.cmd=<base64 shell command>` shape it.
+//! `vm.mem=<MiB>`, `vm.cmd=<base64 shell command>`, `vm.exit=poweroff|reboot|halt`,
+//! `vm.disk=<MiB>` (a read-only virtio-blk disk with a marker line) and `vm.debug` shape it.
 
 use alloc::format;
 use alloc::string::String;
@@ -57,6 +58,11 @@ static NEXT_VM_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32
 /// Create, run to completion and destroy one microVM. Its console lines are printed as
 /// `[vm:<name>] ...`. Never panics on guest behaviour.
 pub fn run(name: &str, image: Image, ram_mib: u64) -> RunReport {
+    run_with(name, image, ram_mib, None)
+}
+
+/// Like `run`, with an optional virtio-blk disk image (`(bytes, read_only)`).
+pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>) -> RunReport {
     let t0 = time::now_ns();
     let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, console: alloc::vec::Vec::new() };
     let ram_size = ram_mib << 20;
@@ -68,7 +74,8 @@ pub fn run(name: &str, image: Image, ram_mib: u64) -> RunReport {
         }
     };
     let tsc_khz = (time::tsc_hz() / 1000) as u32;
-    let cfg = VmConfig::new(name, ram_size, tsc_khz);
+    let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
+    cfg.virtio_blk = disk;
     let mut vm = MicroVm::new(cfg, &host_cpuid);
     let setup = match image {
         Image::LinuxPvh { vmlinux, initrd, cmdline } => {
@@ -265,6 +272,17 @@ pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<
         gcmd.push_str(" catenary.cmd=");
         gcmd.push_str(c);
     }
+    if let Some(mode) = crate::cmdline::get(cmdline, "vm.exit") {
+        gcmd.push_str(" catenary.exit=");
+        gcmd.push_str(mode);
+    }
+    // `vm.disk=<MiB>`: attach a virtio-blk disk whose first sector starts with a marker line.
+    let disk = crate::cmdline::get(cmdline, "vm.disk").and_then(|m| m.parse::<usize>().ok()).map(|mib| {
+        let mut d = alloc::vec![0u8; mib.clamp(1, 64) << 20];
+        let marker = b"catenary-virtio-blk-marker\n";
+        d[..marker.len()].copy_from_slice(marker);
+        (d, true)
+    });
     if crate::cmdline::get(cmdline, "vm.debug").is_some() {
         gcmd.push_str(" loglevel=7");
     }
@@ -276,7 +294,7 @@ pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<
             return None;
         }
     };
-    let r = run(want, image, mem);
+    let r = run_with(want, image, mem, disk);
     report(want, &r);
     Some(r)
 }
