@@ -231,6 +231,29 @@ pub fn default_modules(_iso: bool) -> Vec<(PathBuf, String)> {
     }
 }
 
+/// The guest bundle for `run`: refreshed from the guest-kernel cache when that exists (fast);
+/// never starts the ~10 minute first guest-kernel build behind the user's back.
+fn guest_modules_for_run() -> Vec<(PathBuf, String)> {
+    let cache = std::env::var_os("CATENARY_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/catenary")));
+    let cached = cache
+        .and_then(|c| std::fs::read_dir(c).ok())
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("guest-kernel-") && e.path().join(".complete").exists()))
+        .unwrap_or(false);
+    if cached {
+        if let Err(e) = crate::build::guest_bundle() {
+            eprintln!("xtask: guest images: {e}");
+        }
+    }
+    let m = default_modules(false);
+    if m.is_empty() {
+        eprintln!("xtask: no guest images yet: the node boots without the demo microVM.");
+        eprintln!("xtask: build them once with `cargo xtask guest` (about 10 minutes), then run again.");
+    }
+    m
+}
+
 pub fn cmd_run(args: &[String]) -> Result<(), String> {
     let mut machine = "q35".to_string();
     let mut smp = 2;
@@ -258,7 +281,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
         return Err(format!("--machine must be microvm, q35 or pc (got {machine})"));
     }
     let kernel = crate::build::build_kernel(false)?;
-    let mods = if guest { default_modules(iso) } else { vec![] };
+    let mods = if guest { guest_modules_for_run() } else { vec![] };
     let cmd = cmdline.join(" ");
     let mut b = if iso {
         let iso = crate::build::build_iso(&kernel, &mods, &cmd, "catenary")?;
