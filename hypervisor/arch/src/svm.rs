@@ -163,13 +163,26 @@ impl Npt {
     fn build(ram: &GuestRam) -> Result<Npt, VirtError> {
         let root = zeroed_frame()?;
         let mut npt = Npt { root, tables: Vec::new() };
+        // Build the table levels for all of RAM, but map only the chunks the loader populated;
+        // the rest is mapped on first access (`map_chunk`).
         for (i, &hpa) in ram.chunks().iter().enumerate() {
             let gpa = i as u64 * CHUNK;
             let pdpt = npt.next_level(root, (gpa >> 39) & 511)?;
             let pd = npt.next_level(pdpt, (gpa >> 30) & 511)?;
-            npt.write_entry(pd, (gpa >> 21) & 511, hpa | NPT_LEAF_2M);
+            if ram.is_populated(i) {
+                npt.write_entry(pd, (gpa >> 21) & 511, hpa | NPT_LEAF_2M);
+            }
         }
         Ok(npt)
+    }
+
+    /// Map chunk `idx` (not-present → present: no TLB flush needed).
+    fn map_chunk(&mut self, idx: usize, hpa: u64) -> Result<(), VirtError> {
+        let gpa = idx as u64 * CHUNK;
+        let pdpt = self.next_level(self.root, (gpa >> 39) & 511)?;
+        let pd = self.next_level(pdpt, (gpa >> 30) & 511)?;
+        self.write_entry(pd, (gpa >> 21) & 511, hpa | NPT_LEAF_2M);
+        Ok(())
     }
 
     fn entry_ptr(table: u64, idx: u64) -> *mut u64 {
@@ -526,6 +539,15 @@ impl Vcpu for SvmVcpu {
 
     fn reinjection_pending(&self) -> bool {
         self.reinject.is_some()
+    }
+
+    fn lazy_ram(&self) -> bool {
+        true
+    }
+
+    fn map_ram_chunk(&mut self, idx: usize, hpa: u64) {
+        // The table levels were built for all of RAM at creation, so this cannot allocate.
+        let _ = self.npt.map_chunk(idx, hpa);
     }
 
     fn overhead_bytes(&self) -> u64 {

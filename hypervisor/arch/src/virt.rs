@@ -48,6 +48,15 @@ pub trait Vcpu {
     /// nothing), and return the decoded exit.
     fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError>;
     fn reinjection_pending(&self) -> bool;
+    /// Whether the backend maps guest RAM lazily: only populated chunks are mapped at creation
+    /// and `map_ram_chunk` maps the others on the guest's first access (reported as an
+    /// `Exit::Mmio` inside RAM). Backends that map everything up front return false, and the
+    /// caller populates all of guest RAM before the first entry.
+    fn lazy_ram(&self) -> bool {
+        false
+    }
+    /// Map RAM chunk `idx` (guest-physical `idx * 2 MiB`) to host `hpa`, already zeroed.
+    fn map_ram_chunk(&mut self, _idx: usize, _hpa: u64) {}
     /// Host memory this vCPU uses beyond guest RAM (control structures, bitmaps, page tables).
     fn overhead_bytes(&self) -> u64;
 }
@@ -56,8 +65,14 @@ pub const CHUNK: u64 = 2 << 20;
 
 /// Guest RAM: 2 MiB host chunks from the frame allocator, guest-physical from 0. Returned to the
 /// allocator when dropped.
+///
+/// Chunks are zeroed on first use, not up front: a chunk becomes visible to the guest only
+/// after `populate` has zeroed it (the loader's writes populate what they touch; backends
+/// with lazy mapping map the rest on the guest's first access). So a guest never sees another
+/// guest's data, and creating a microVM does not pay for zeroing RAM the guest never touches.
 pub struct GuestRam {
     chunks: Vec<u64>,
+    populated: Vec<bool>,
     size: u64,
 }
 
@@ -66,14 +81,40 @@ impl GuestRam {
         let n = size.div_ceil(CHUNK);
         let mut chunks = Vec::new();
         chunks.try_reserve_exact(n as usize).map_err(|_| VirtError::OutOfMemory)?;
-        let mut ram = GuestRam { chunks, size: n * CHUNK };
+        let mut ram = GuestRam { chunks, populated: alloc::vec![false; n as usize], size: n * CHUNK };
         for _ in 0..n {
             let p = crate::memory::alloc_contiguous(512, 512).map_err(|_| VirtError::OutOfMemory)?;
-            // SAFETY: a freshly allocated 2 MiB chunk, reached through the direct map.
-            unsafe { core::ptr::write_bytes(crate::paging::p2v(p) as *mut u8, 0, CHUNK as usize) };
             ram.chunks.push(p);
         }
         Ok(ram)
+    }
+
+    /// Zero chunk `idx` if it has not been yet. Returns true if this call populated it.
+    pub fn populate(&mut self, idx: usize) -> bool {
+        match self.populated.get(idx) {
+            Some(false) => {
+                // SAFETY: a 2 MiB chunk this GuestRam owns, reached through the direct map;
+                // no guest mapping of it exists yet.
+                unsafe { core::ptr::write_bytes(crate::paging::p2v(self.chunks[idx]) as *mut u8, 0, CHUNK as usize) };
+                self.populated[idx] = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn populate_all(&mut self) {
+        for i in 0..self.chunks.len() {
+            self.populate(i);
+        }
+    }
+
+    pub fn is_populated(&self, idx: usize) -> bool {
+        self.populated.get(idx).copied().unwrap_or(false)
+    }
+
+    pub fn populated_bytes(&self) -> u64 {
+        self.populated.iter().filter(|p| **p).count() as u64 * CHUNK
     }
 
     pub fn size(&self) -> u64 {
@@ -109,6 +150,24 @@ impl GuestRam {
 impl GuestMemory for GuestRam {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.span(gpa, buf.len())?;
+        // An unpopulated chunk reads as zeros (it will be zeroed before the guest sees it).
+        if (gpa / CHUNK..=(gpa + buf.len().max(1) as u64 - 1) / CHUNK).any(|i| !self.is_populated(i as usize)) {
+            let mut at = 0usize;
+            while at < buf.len() {
+                let g = gpa + at as u64;
+                let n = ((CHUNK - g % CHUNK) as usize).min(buf.len() - at);
+                if self.is_populated((g / CHUNK) as usize) {
+                    self.pieces(g, n, |hva, m, o| {
+                        // SAFETY: inside a populated chunk of this guest's RAM (checked above).
+                        unsafe { core::ptr::copy_nonoverlapping(hva as *const u8, buf[at + o..].as_mut_ptr(), m) }
+                    });
+                } else {
+                    buf[at..at + n].fill(0);
+                }
+                at += n;
+            }
+            return Ok(());
+        }
         self.pieces(gpa, buf.len(), |hva, n, at| {
             // SAFETY: [gpa, gpa+len) is inside guest RAM (checked), which this struct owns and
             // the direct map covers; guest RAM is plain bytes, any value is valid.
@@ -118,6 +177,11 @@ impl GuestMemory for GuestRam {
     }
     fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
         self.span(gpa, buf.len())?;
+        if !buf.is_empty() {
+            for i in gpa / CHUNK..=(gpa + buf.len() as u64 - 1) / CHUNK {
+                self.populate(i as usize);
+            }
+        }
         self.pieces(gpa, buf.len(), |hva, n, at| {
             // SAFETY: as in `read`; we hold `&mut self`.
             unsafe { core::ptr::copy_nonoverlapping(buf[at..].as_ptr(), hva as *mut u8, n) }

@@ -184,8 +184,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     #[cfg(not(feature = "ktest"))]
     if let Some(r) = crate::vm::run_demo(&node.boot.cmdline, &node.boot.modules) {
         let st = memory::stats();
-        info!(target: "vmm", "after the microVM: {} MiB free; exits by reason: {:?}; host overhead {} KiB; ready after {} ms",
-            mib(st.free_bytes()), r.exits_by_reason, r.overhead_bytes / 1024, r.ready_ns.map(|n| n / 1_000_000).unwrap_or(0));
+        info!(target: "vmm", "after the microVM: {} MiB free; exits by reason: {:?}; host overhead {} KiB; guest RAM touched {} MiB; ready after {} ms",
+            mib(st.free_bytes()), r.exits_by_reason, r.overhead_bytes / 1024, mib(r.touched_bytes), r.ready_ns.map(|n| n / 1_000_000).unwrap_or(0));
     }
     #[cfg(not(feature = "ktest"))]
     idle(&node)

@@ -34,6 +34,8 @@ pub struct RunReport {
     pub exits_by_reason: alloc::vec::Vec<(&'static str, u64)>,
     /// Time from creation to the guest printing `catenary-init: ready` (Linux guests).
     pub ready_ns: Option<u64>,
+    /// Guest RAM the guest (or the loader) actually touched, i.e. populated chunks.
+    pub touched_bytes: u64,
     /// The guest's console lines (also printed as they arrive).
     pub console: alloc::vec::Vec<String>,
 }
@@ -64,7 +66,7 @@ pub fn run(name: &str, image: Image, ram_mib: u64) -> RunReport {
 /// Like `run`, with an optional virtio-blk disk image (`(bytes, read_only)`).
 pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>) -> RunReport {
     let t0 = time::now_ns();
-    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, console: alloc::vec::Vec::new() };
+    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new() };
     let ram_size = ram_mib << 20;
     let mut ram = match GuestRam::new(ram_size) {
         Ok(r) => r,
@@ -73,6 +75,7 @@ pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
             return report;
         }
     };
+    let t_ram = time::now_ns();
     let tsc_khz = (time::tsc_hz() / 1000) as u32;
     let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
     cfg.virtio_blk = disk;
@@ -105,6 +108,7 @@ pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
             return report;
         }
     };
+    let t_loaded = time::now_ns();
     let id = NEXT_VM_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let mut vcpu = match virt::create_vcpu(&ram, id) {
         Ok(v) => v,
@@ -113,7 +117,11 @@ pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
             return report;
         }
     };
-    info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, backend {}, created in {} us", ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000);
+    if !vcpu.lazy_ram() {
+        ram.populate_all();
+    }
+    info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, backend {}, created in {} us (RAM {} us, image load {} us)",
+        ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000, (t_ram - t0) / 1000, (t_loaded - t_ram) / 1000);
     vcpu.set_state(&state);
     let mut console = Console { name, t0, ready: None, lines: alloc::vec::Vec::new() };
     let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console);
@@ -122,6 +130,7 @@ pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
     report.exits = vm.stats().total_exits();
     report.exits_by_reason = vm.stats().exits_by_reason().collect();
     report.overhead_bytes = vcpu.overhead_bytes() + core::mem::size_of::<MicroVm>() as u64;
+    report.touched_bytes = ram.populated_bytes();
     report.wall_ns = time::now_ns() - t0;
     report.ended = ended;
     // Dropping the vCPU and the RAM returns every frame to the allocator.
@@ -167,6 +176,16 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
             Err(VirtError::EntryFailed(code)) => return Ended::Failed(format!("VM entry failed ({code:#x})")),
             Err(e) => return Ended::Failed(format!("{e:?}")),
         };
+        if let Exit::Mmio { gpa, .. } = exit {
+            // First touch of a RAM chunk the loader did not populate: zero it, map it, retry.
+            if gpa < ram.size() {
+                let idx = (gpa / virt::CHUNK) as usize;
+                if ram.populate(idx) {
+                    vcpu.map_ram_chunk(idx, ram.chunks()[idx]);
+                    continue;
+                }
+            }
+        }
         if matches!(exit, Exit::ExternalInterrupt) {
             // The host took its interrupt when the backend re-enabled interrupts; count it.
             let _ = vm.handle_exit(exit, &mut st, ram, now);
