@@ -192,7 +192,7 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
     }
     // Intel VT-x under Bochs (slow: skipped by --quick unless --bochs is given).
     if !quick || std::env::args().any(|a| a == "--bochs") {
-        crate::bochs::tests(t, &plain)?;
+        crate::bochs::tests(t, &plain, &kernel, &[(module.clone(), "ktest-module".into())], &args("multiboot2"))?;
     }
     Ok(())
 }

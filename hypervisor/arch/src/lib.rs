@@ -45,3 +45,5 @@ core::arch::global_asm!(include_str!("asm/trap.s"));
 core::arch::global_asm!(include_str!("asm/smp.s"));
 #[cfg(feature = "kernel")]
 core::arch::global_asm!(include_str!("asm/svm.s"));
+#[cfg(feature = "kernel")]
+core::arch::global_asm!(include_str!("asm/vmx.s"));

@@ -205,7 +205,7 @@ pub fn enable_this_cpu() -> Result<&'static str, VirtError> {
     if f.svm && f.npt {
         crate::svm::enable_on_this_cpu().map(|_| "svm")
     } else if f.vmx && f.ept {
-        Ok("vmx")
+        crate::vmx::enable_on_this_cpu().map(|_| "vmx")
     } else {
         Err(VirtError::Unsupported("this CPU has neither SVM+NPT nor VMX+EPT"))
     }

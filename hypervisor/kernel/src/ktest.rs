@@ -60,7 +60,12 @@ const TESTS: &[(&str, TestFn)] = &[
 pub fn run(node: &Node) -> ! {
     println!("ktest: running {} tests", TESTS.len());
     let (mut passed, mut failed) = (0, 0);
+    // `ktest.only=<prefix>` runs a subset (the Bochs run takes only the microVM tests).
+    let only = arg(node, "ktest.only");
     for (name, f) in TESTS {
+        if only.is_some_and(|p| !name.starts_with(p)) {
+            continue;
+        }
         match f(node) {
             Ok(()) => {
                 passed += 1;
