@@ -7,7 +7,7 @@
 # kept) and bzImage. Results are cached under
 #   ${CATENARY_CACHE:-$HOME/.cache/catenary}/guest-kernel-<hash>/
 # where <hash> covers the source package version, the config fragment and this script, so a
-# machine builds each configuration once. OUTDIR receives vmlinux, bzImage and config
+# machine builds each configuration once. OUTDIR receives vmlinux, bzImage, config, System.map
 # (hard links into the cache when possible, else copies); the script prints their paths.
 #
 # Environment:
@@ -63,7 +63,7 @@ CACHED="$CACHE_ROOT/guest-kernel-$HASH"
 publish() {
     mkdir -p "$OUTDIR"
     local f
-    for f in vmlinux bzImage config; do
+    for f in vmlinux bzImage config System.map; do
         rm -f "$OUTDIR/$f"
         ln "$CACHED/$f" "$OUTDIR/$f" 2>/dev/null || cp "$CACHED/$f" "$OUTDIR/$f"
     done
@@ -180,15 +180,17 @@ readelf -n "$STAGE/vmlinux" | grep -q 'Xen.*0x00000012' \
     || die "stripped vmlinux has no PVH (XEN_ELFNOTE_PHYS32_ENTRY) note"
 cp "$SRC/arch/x86/boot/bzImage" "$STAGE/bzImage"
 cp "$SRC/.config" "$STAGE/config"
+# Symbols for the stripped vmlinux: lets the hypervisor symbolize guest RIPs in crash dumps.
+cp "$SRC/System.map" "$STAGE/System.map"
 {
     echo "package=$SRCPKG"
     echo "version=$VERSION"
     echo "hash=$HASH"
     echo "kernelrelease=$("${MAKE[@]}" -s kernelrelease 2>/dev/null)"
-    (cd "$STAGE" && sha256sum vmlinux bzImage config)
+    (cd "$STAGE" && sha256sum vmlinux bzImage config System.map)
 } >"$STAGE/manifest"
 # OUTDIR gets hard links to these files: make them read-only so nobody edits the cache through them.
-chmod a-w "$STAGE/vmlinux" "$STAGE/bzImage" "$STAGE/config" "$STAGE/manifest"
+chmod a-w "$STAGE/vmlinux" "$STAGE/bzImage" "$STAGE/config" "$STAGE/System.map" "$STAGE/manifest"
 touch "$STAGE/.complete"
 rm -rf "$CACHED"
 mv "$STAGE" "$CACHED"
