@@ -170,5 +170,23 @@ pub fn tests(t: &mut Tally, kernel: &PathBuf, test_kernel: &PathBuf, modules: &[
     let backend_vmx = o.lines.iter().any(|l| l.contains("backend vmx"));
     let why = format!("({vm_ok} vm_* tests ok, {vm_failed} failed, VMX backend used: {backend_vmx}; {:.1}s; serial log {})", o.elapsed.as_secs_f64(), o.log.display());
     t.record("bochs_vmx_guest_runs", backend_vmx && vm_ok > 0 && vm_failed == 0, &why);
+
+    // The Linux guest (PVH vmlinux from the guest bundle) under VMX: at least `Linux version`;
+    // `catenary-init: ready` and a clean exit when they fit in the deadline.
+    let bundle = crate::tools::out_dir().join("guest-bundle.cpio");
+    if !bundle.exists() {
+        t.record("bochs_linux_guest_boots", false, "(no guest bundle: run `cargo xtask guest`)");
+        return Ok(());
+    }
+    let iso = build_iso(kernel, &[(bundle, "guest-bundle".into())], "vm.boot=pvh vm.mem=128", "catenary-bochs-linux")?;
+    let expect = ["Linux version", "catenary-init: ready", "after the microVM"];
+    let o = run(&iso, "linux", &expect, &["KERNEL PANIC", "- stopping this CPU", "failed:"], Duration::from_secs(900))?;
+    for l in o.lines.iter().filter(|l| l.contains("vmm") || l.contains("vmx")).take(20) {
+        println!("    {l}");
+    }
+    let seen: Vec<String> = expect.iter().zip(&o.times).map(|(p, t)| format!("`{p}` {}", t.map(|d| format!("at {:.0}s", d.as_secs_f64())).unwrap_or("missing".into()))).collect();
+    println!("    Linux under VMX in Bochs: {}", seen.join(", "));
+    let why = format!("({}; serial log {})", seen.join(", "), o.log.display());
+    t.record("bochs_linux_guest_boots", o.saw(0) && o.failed_on.is_none(), &why);
     Ok(())
 }

@@ -405,9 +405,21 @@ impl Ept {
             let gpa = i as u64 * CHUNK;
             let pdpt = ept.next_level(root, (gpa >> 39) & 511)?;
             let pd = ept.next_level(pdpt, (gpa >> 30) & 511)?;
-            ept.write_entry(pd, (gpa >> 21) & 511, hpa | EPT_RWX | EPT_WB | EPT_LARGE);
+            // Only chunks the loader populated are mapped now; the rest on first access.
+            if ram.is_populated(i) {
+                ept.write_entry(pd, (gpa >> 21) & 511, hpa | EPT_RWX | EPT_WB | EPT_LARGE);
+            }
         }
         Ok(ept)
+    }
+    /// Map chunk `idx` (not-present -> present: not-present EPT entries are never cached, so
+    /// no INVEPT is needed). The table levels exist already, so this does not allocate.
+    fn map_chunk(&mut self, idx: usize, hpa: u64) -> Result<(), VirtError> {
+        let gpa = idx as u64 * CHUNK;
+        let pdpt = self.next_level(self.root, (gpa >> 39) & 511)?;
+        let pd = self.next_level(pdpt, (gpa >> 30) & 511)?;
+        self.write_entry(pd, (gpa >> 21) & 511, hpa | EPT_RWX | EPT_WB | EPT_LARGE);
+        Ok(())
     }
     fn entry_ptr(table: u64, idx: u64) -> *mut u64 {
         (crate::paging::p2v(table) + idx * 8) as *mut u64
@@ -1130,6 +1142,14 @@ impl Vcpu for VmxVcpu {
 
     fn reinjection_pending(&self) -> bool {
         self.reinject.is_some()
+    }
+
+    fn lazy_ram(&self) -> bool {
+        true
+    }
+
+    fn map_ram_chunk(&mut self, idx: usize, hpa: u64) {
+        let _ = self.ept.map_chunk(idx, hpa);
     }
 
     fn overhead_bytes(&self) -> u64 {
