@@ -8,6 +8,7 @@
 #   $out/vmlinux   stripped ELF with the PVH note (XEN_ELFNOTE_PHYS32_ENTRY)
 #   $out/bzImage   Linux boot protocol image
 #   $out/config    the resolved .config
+#   $out/System.map symbols of the (stripped) vmlinux
 #
 # Usage (flake.nix): guest-kernel = import ./nix/guest-kernel.nix { inherit pkgs; };
 { pkgs }:
@@ -89,4 +90,5 @@ pkgs.runCommand "catenary-guest-kernel-${base.version}"
     readelf -n $out/vmlinux | grep -q 'Xen' || { echo "vmlinux lost its PVH note"; exit 1; }
     cp ${kernel}/bzImage $out/bzImage
     cp ${configfile} $out/config
+    cp ${kernel}/System.map $out/System.map
   ''
