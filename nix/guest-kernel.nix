@@ -49,6 +49,7 @@ let
     installPhase = ''
       cp .config $out
     '';
+    dontFixup = true;
   };
 
   kernel = (pkgs.linuxManualConfig {
