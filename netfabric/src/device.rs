@@ -437,7 +437,9 @@ pub struct Device {
     identity: Identity,
     mac1_key: [u8; 32],
     cookie_key: [u8; 32],
-    peers: BTreeMap<PeerId, Peer>,
+    /// Boxed: a `Peer` holds its keypairs and replay windows inline (kilobytes), and B-tree
+    /// nodes of inline peers are built on the stack, which overflows small kernel stacks.
+    peers: BTreeMap<PeerId, Box<Peer>>,
     by_key: BTreeMap<[u8; 32], PeerId>,
     indices: BTreeMap<u32, PeerId>,
     routes: RoutingTable,
@@ -528,7 +530,7 @@ impl Device {
         }
         self.peers.insert(
             id,
-            Peer {
+            Box::new(Peer {
                 public: cfg.public_key,
                 psk: cfg.preshared_key,
                 static_static: ss,
@@ -554,7 +556,7 @@ impl Device {
                 last_handshake: None,
                 staged: VecDeque::new(),
                 counters: PeerCounters::default(),
-            },
+            }),
         );
         self.by_key.insert(cfg.public_key, id);
         id

@@ -8,7 +8,8 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
         Some("boot") => bench_boot(),
         Some("vm") => crate::vmbench::bench_vm(),
         Some("ipc") => bench_ipc(),
-        _ => Err("usage: cargo xtask bench boot|vm|ipc".into()),
+        Some("net") => crate::cluster::bench(&args[1..]),
+        _ => Err("usage: cargo xtask bench boot|vm|ipc|net".into()),
     }
 }
 

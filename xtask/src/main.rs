@@ -4,6 +4,7 @@
 
 mod bochs;
 mod build;
+mod cluster;
 mod qemu;
 mod test;
 mod bench;
@@ -21,6 +22,7 @@ commands:
       --machine microvm|q35|pc   (default q35)    --smp N (default 2)   --mem SIZE (default 1G)
       --iso                  boot the GRUB ISO instead of -kernel (PVH)   --uefi  (with --iso: OVMF)
       --no-guest             do not attach the guest image bundle
+      --nodes N              N nodes on one vde switch (keys + cluster file generated), consoles prefixed [nodeK]
   iso [--test]              build the hybrid BIOS+UEFI ISO (GRUB; Limine too if `limine` is on PATH)
   guest                     build the guest kernel + initramfs bundle (cached)
   test [--quick]            run every test; ends with `N passed, N failed`

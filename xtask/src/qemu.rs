@@ -262,6 +262,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
     let mut uefi = false;
     let mut guest = true;
     let mut cmdline = Vec::new();
+    let mut nodes = 0usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -271,6 +272,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
             "--iso" => iso = true,
             "--uefi" => uefi = true,
             "--no-guest" => guest = false,
+            "--nodes" => nodes = it.next().ok_or("--nodes needs a value")?.parse().map_err(|_| "--nodes needs a number")?,
             "--" => {
                 cmdline.extend(it.by_ref().cloned());
             }
@@ -279,6 +281,9 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
     }
     if !["microvm", "q35", "pc"].contains(&machine.as_str()) {
         return Err(format!("--machine must be microvm, q35 or pc (got {machine})"));
+    }
+    if nodes > 0 {
+        return crate::cluster::run_nodes(nodes, &cmdline.join(" "));
     }
     let kernel = crate::build::build_kernel(false)?;
     let mods = if guest { guest_modules_for_run() } else { vec![] };

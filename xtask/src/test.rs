@@ -60,6 +60,9 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
     if !quick {
         crate::vmbench::linux_guest_tests(&mut t)?;
     }
+    if !quick || args.iter().any(|a| a == "--net") {
+        crate::cluster::tests(&mut t)?;
+    }
     println!();
     if !t.failures.is_empty() {
         println!("failed: {}", t.failures.join(", "));

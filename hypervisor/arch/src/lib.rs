@@ -32,6 +32,9 @@ pub mod uspace;
 pub mod virt;
 pub mod svm;
 pub mod vmx;
+pub mod pci;
+pub mod virtio;
+pub mod entropy;
 #[cfg(feature = "kernel")]
 pub mod limine;
 

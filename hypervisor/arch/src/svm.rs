@@ -345,53 +345,7 @@ impl SvmVcpu {
         let code = self.r64(C_EXITCODE);
         let info1 = self.r64(C_EXITINFO1);
         let info2 = self.r64(C_EXITINFO2);
-        decode_exit(code, info1, info2)
-    }
-}
-
-/// SVM exit code + EXITINFO1/2 → backend-neutral exit.
-pub fn decode_exit(code: u64, info1: u64, info2: u64) -> Exit {
-    match code {
-        0x40..=0x5f => {
-            let vector = (code - 0x40) as u8;
-            let has_ec = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
-            Exit::Exception { vector, error_code: has_ec.then_some(info1 as u32) }
-        }
-        0x60 => Exit::ExternalInterrupt,
-        0x61 => Exit::Nmi,
-        0x64 => Exit::InterruptWindow,
-        0x72 => Exit::Cpuid,
-        0x76 => Exit::Invd,
-        0x77 => Exit::Pause,
-        0x78 => Exit::Hlt,
-        0x7b => {
-            let size = if info1 & 0x10 != 0 {
-                1
-            } else if info1 & 0x20 != 0 {
-                2
-            } else {
-                4
-            };
-            Exit::Io { port: (info1 >> 16) as u16, size, write: info1 & 1 == 0, string: info1 & 4 != 0, rep: info1 & 8 != 0 }
-        }
-        0x7c => {
-            if info1 & 1 == 0 {
-                Exit::Rdmsr
-            } else {
-                Exit::Wrmsr
-            }
-        }
-        0x7f => Exit::Shutdown,
-        0x81 => Exit::Vmcall,
-        0x89 => Exit::Wbinvd,
-        0x8d => Exit::Xsetbv,
-        // A nested fault during the guest's own page-table walk (EXITINFO1 bit 33) means its
-        // page tables live outside RAM: not an MMIO access by the instruction at RIP.
-        0x400 if info1 & (1 << 33) != 0 => Exit::Other { code },
-        0x400 => Exit::Mmio { gpa: info2, write_hint: Some(info1 & 2 != 0) },
-        // VMEXIT_INVALID (-1); QEMU reports it as 0xffff_ffff in 32 bits.
-        0xffff_ffff | 0xffff_ffff_ffff_ffff => Exit::InvalidGuestState { code },
-        _ => Exit::Other { code },
+        catenary_vmm::svm_exit::decode_svm_exit(code, info1, info2)
     }
 }
 

@@ -182,6 +182,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     #[cfg(feature = "ktest")]
     crate::ktest::run(&node);
     #[cfg(not(feature = "ktest"))]
+    crate::net::start(&node.boot.cmdline, &node.boot.modules);
+    #[cfg(not(feature = "ktest"))]
     if let Some(r) = crate::vm::run_demo(&node.boot.cmdline, &node.boot.modules) {
         let st = memory::stats();
         info!(target: "vmm", "after the microVM: {} MiB free; exits by reason: {:?}; host overhead {} KiB; guest RAM touched {} MiB; ready after {} ms",

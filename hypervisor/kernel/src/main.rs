@@ -14,6 +14,7 @@ mod cmdline;
 mod entry;
 mod init;
 mod klog;
+mod net;
 mod task;
 #[cfg(feature = "ktest")]
 mod ktest;

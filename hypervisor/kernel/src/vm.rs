@@ -176,6 +176,10 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
             Err(VirtError::EntryFailed(code)) => return Ended::Failed(format!("VM entry failed ({code:#x})")),
             Err(e) => return Ended::Failed(format!("{e:?}")),
         };
+        // Always read the state back first: the next event decision depends on the guest's
+        // *current* RFLAGS.IF and interrupt shadow (injecting an interrupt into a guest that
+        // just executed CLI deadlocks it inside its own critical section).
+        st = vcpu.state();
         if let Exit::Mmio { gpa, .. } = exit {
             // First touch of a RAM chunk the loader did not populate: zero it, map it, retry.
             if gpa < ram.size() {
@@ -191,7 +195,6 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
             let _ = vm.handle_exit(exit, &mut st, ram, now);
             continue;
         }
-        st = vcpu.state();
         let action = vm.handle_exit(exit, &mut st, ram, time::now_ns());
         vcpu.set_state(&st);
         console.drain(vm, false);

@@ -93,6 +93,7 @@ pub mod mem;
 pub mod msr;
 pub mod paging;
 pub mod virtio;
+pub mod svm_exit;
 pub mod vm;
 pub mod vmx_exit;
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub const MSR_MCG_STATUS: u32 = 0x17a;
 pub const MSR_MISC_ENABLE: u32 = 0x1a0;
 pub const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 pub const MSR_EFER: u32 = 0xc000_0080;
+pub const MSR_AMD_INT_PENDING_MSG: u32 = 0xc001_0055;
 pub const MSR_AMD_HWCR: u32 = 0xc001_0015;
 pub const MSR_AMD_DE_CFG: u32 = 0xc001_1029;
 
@@ -67,6 +68,9 @@ impl MsrState {
             MSR_EFER => MsrResult::Ok(cpu.efer),
             MSR_AMD_HWCR => MsrResult::Ok(0),
             MSR_AMD_DE_CFG => MsrResult::Ok(1 << 1),
+            // K8 interrupt-pending message: Linux reads it (unchecked) to pick the AMD E400
+            // idle routine; 0 = no C1E, which is what we emulate.
+            MSR_AMD_INT_PENDING_MSG => MsrResult::Ok(0),
             _ => MsrResult::Gp,
         }
     }

@@ -1,0 +1,247 @@
+//! Node networking: the virtio-net driver, the IPv6 stack and the fabric, run by one kernel
+//! task (`netd`).
+//!
+//! The driver runs in the kernel for now; it moves to a ring-3 task (granted its BARs, its
+//! DMA frames and an IRQ notification) once drivers can be given MMIO and DMA memory. It
+//! polls the device rather than taking interrupts: `netd` busy-polls while traffic flows
+//! and sleeps one scheduler tick (10 ms) after 200 ms without traffic. See docs/networking.md.
+//!
+//! Kernel command line:
+//! - `net=off` — do not start networking;
+//! - `net.key=HEX` — the node's x25519 secret key (64 hex digits; random if absent);
+//! - `net.time=SECS` — Unix time at boot (for handshake timestamps);
+//! - `net.ping=NAME` — once the fabric session with peer NAME is up, ping its fabric address
+//!   (5 echoes) and its link-local address (3 echoes) and print the results;
+//! - `net.bench=NAME` — latency and throughput to NAME over the fabric and the plain link;
+//! - `net.wait=SECS` — how long the probes wait for the session (default 60).
+//!
+//! The cluster file (see `catenary_net::cluster`) is the boot module that starts with
+//! `catenary-cluster v1`.
+
+use alloc::string::String;
+use catenary_arch::virtio::{NicError, VirtioNet};
+use catenary_arch::{entropy, memory, time};
+use catenary_bootinfo::Module;
+use catenary_net::{Cluster, Link, Node, NodeConfig, Path};
+use catenary_sched::{Affinity, Priority};
+use log::{info, warn};
+use netfabric::Identity;
+use spin::Mutex;
+
+struct Nic(alloc::boxed::Box<VirtioNet>);
+
+impl Link for Nic {
+    fn mac(&self) -> [u8; 6] {
+        self.0.mac()
+    }
+    fn recv(&mut self) -> Option<alloc::vec::Vec<u8>> {
+        self.0.receive(|f| f.to_vec())
+    }
+    fn can_send(&self) -> bool {
+        true
+    }
+    fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) {
+        self.0.transmit(len, |b| f(b));
+    }
+}
+
+struct State {
+    nic: Nic,
+    node: Node,
+    ping: Option<String>,
+    bench: Option<String>,
+    wait_s: u64,
+}
+
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    catenary_net::cluster::hex_decode32(s)
+}
+
+struct Boot {
+    cmdline: String,
+    modules: alloc::vec::Vec<Module>,
+}
+
+static BOOT: Mutex<Option<Boot>> = Mutex::new(None);
+
+/// Start `netd`, which probes the NIC and brings the stack up (on its own stack, so boot goes
+/// on meanwhile). Nothing happens without a virtio-net device or with `net=off`.
+pub fn start(cmdline: &str, modules: &[Module]) {
+    if crate::cmdline::get(cmdline, "net") == Some("off") {
+        return;
+    }
+    *BOOT.lock() = Some(Boot { cmdline: String::from(cmdline), modules: modules.to_vec() });
+    crate::task::spawn_kernel("netd", Priority::DRIVER, Affinity::ANY, netd, 0);
+}
+
+fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State>> {
+    let nic = match VirtioNet::probe() {
+        Ok(n) => n,
+        Err(NicError::NotFound) => {
+            info!(target: "net", "no virtio-net device: networking off");
+            return None;
+        }
+        Err(e) => {
+            warn!(target: "net", "virtio-net: {:?}", e);
+            return None;
+        }
+    };
+    info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}, MAC {:02x?}, link {}",
+        nic.df.bus, nic.df.device, nic.df.function, nic.mac(), if nic.link_up() { "up" } else { "down" });
+    let (seed, hw) = entropy::seed();
+    if !hw {
+        warn!(target: "net", "no RDRAND: the fabric's keys are seeded from timing only");
+    }
+    let identity = match crate::cmdline::get(cmdline, "net.key").and_then(hex32) {
+        Some(k) => Identity::from_secret_bytes(k),
+        None => {
+            warn!(target: "net", "no net.key: using a random identity");
+            Identity::from_secret_bytes(seed)
+        }
+    };
+    let mut cluster = Cluster::default();
+    for m in modules {
+        let data = memory::phys_slice(m.start, m.len as usize);
+        if Cluster::is_cluster_file(data) {
+            match core::str::from_utf8(data).map_err(|_| "not UTF-8").and_then(|t| Cluster::parse(t).map_err(|_| "malformed")) {
+                Ok(c) => cluster = c,
+                Err(e) => warn!(target: "net", "cluster file: {}", e),
+            }
+        }
+    }
+    let unix = crate::cmdline::get(cmdline, "net.time").and_then(|t| t.parse::<u64>().ok()).unwrap_or_else(|| {
+        warn!(target: "net", "no net.time: handshake timestamps start at the epoch");
+        0
+    });
+    let now = time::now_ns();
+    // the origin of the fabric's clock is boot: unix time at boot = net.time - uptime
+    let unix_at_origin = unix.saturating_sub(now / 1_000_000_000);
+    let mut rng_seed = seed;
+    rng_seed[0] ^= 0x5a;
+    let mut nic = Nic(nic);
+    let mut node = Node::new(&mut nic, NodeConfig { identity, cluster, unix_time_at_origin: unix_at_origin, rng_seed }, now);
+    node.connect_all(now);
+    let st = State {
+        nic,
+        node,
+        ping: crate::cmdline::get(cmdline, "net.ping").map(String::from),
+        bench: crate::cmdline::get(cmdline, "net.bench").map(String::from),
+        wait_s: crate::cmdline::get(cmdline, "net.wait").and_then(|w| w.parse().ok()).unwrap_or(60),
+    };
+    Some(alloc::boxed::Box::new(st))
+}
+
+/// Poll until `done` returns true or `timeout_ns` passes.
+fn pump(st: &mut State, timeout_ns: u64, mut done: impl FnMut(&mut Node) -> bool) -> bool {
+    let end = time::now_ns() + timeout_ns;
+    loop {
+        st.node.poll(&mut st.nic, time::now_ns());
+        if done(&mut st.node) {
+            return true;
+        }
+        if time::now_ns() > end {
+            return false;
+        }
+        crate::task::yield_now();
+    }
+}
+
+fn ping(st: &mut State, path: Path, dst: core::net::Ipv6Addr, count: u32, len: usize) -> Option<catenary_net::PingReport> {
+    st.node.start_ping(path, dst, count, len, 0, time::now_ns());
+    let mut rep = None;
+    pump(st, 10_000_000_000 + count as u64 * 1_100_000_000, |n| {
+        rep = n.take_ping();
+        rep.is_some()
+    });
+    rep
+}
+
+fn stream(st: &mut State, path: Path, dst: core::net::Ipv6Addr, total: u64) -> Option<(u64, u64)> {
+    st.node.start_stream(path, dst, total, 1200, time::now_ns());
+    let mut r = None;
+    pump(st, 120_000_000_000, |n| {
+        r = n.take_stream();
+        r.is_some()
+    });
+    r
+}
+
+fn wait_session(st: &mut State, peer: &str) -> Option<catenary_net::Peer> {
+    let Some(p) = st.node.peer_by_name(peer).cloned() else {
+        warn!(target: "net", "{} is not in the cluster file", peer);
+        return None;
+    };
+    st.node.connect(peer, time::now_ns());
+    let ok = pump(st, st.wait_s * 1_000_000_000, |n| n.peer_by_name(peer).is_some_and(|p| p.established));
+    if !ok {
+        warn!(target: "net", "fabric: no session with {} after {} s", peer, st.wait_s);
+        return None;
+    }
+    Some(p)
+}
+
+fn probes(st: &mut State) {
+    if let Some(peer) = st.ping.take() {
+        if let Some(p) = wait_session(st, &peer) {
+            if let Some(r) = ping(st, Path::Fabric, p.fabric_addr, 5, 100) {
+                info!(target: "net", "fabric ping {} {}: {}/{} replies, median rtt {} us", peer, p.fabric_addr, r.received, r.sent, r.median_ns() / 1000);
+            }
+            if let Some(r) = ping(st, Path::Underlay, p.underlay, 3, 100) {
+                info!(target: "net", "underlay ping {} {}: {}/{} replies, median rtt {} us", peer, p.underlay, r.received, r.sent, r.median_ns() / 1000);
+            }
+        }
+        info!(target: "net", "net: ping done");
+    }
+    if let Some(peer) = st.bench.take() {
+        if let Some(p) = wait_session(st, &peer) {
+            // warm up both paths (neighbour cache, session)
+            let _ = ping(st, Path::Underlay, p.underlay, 3, 56);
+            let _ = ping(st, Path::Fabric, p.fabric_addr, 3, 56);
+            let mut rtt = [0u64; 2];
+            let mut tput = [0f64; 2];
+            for (i, (path, dst)) in [(Path::Fabric, p.fabric_addr), (Path::Underlay, p.underlay)].into_iter().enumerate() {
+                let name = if i == 0 { "fabric" } else { "plain" };
+                if let Some(r) = ping(st, path, dst, 200, 56) {
+                    rtt[i] = r.median_ns();
+                    info!(target: "net", "bench net: {} rtt median {} us ({}/{} replies, 56-byte echo)", name, r.median_ns() / 1000, r.received, r.sent);
+                }
+                if let Some((bytes, ns)) = stream(st, path, dst, 4 << 20) {
+                    tput[i] = bytes as f64 * 8.0 / (ns as f64 / 1e9) / 1e6;
+                    info!(target: "net", "bench net: {} throughput {:.1} Mbit/s ({} of {} bytes delivered in {} ms, 1200-byte UDP)",
+                        name, tput[i], bytes, 4u64 << 20, ns / 1_000_000);
+                }
+            }
+            if rtt[1] > 0 && tput[0] > 0.0 {
+                info!(target: "net", "bench net: fabric/plain latency ratio {:.2}, throughput ratio {:.2}",
+                    rtt[0] as f64 / rtt[1] as f64, tput[0] / tput[1]);
+            }
+        }
+        info!(target: "net", "bench net: done");
+    }
+}
+
+fn netd(_: u64) {
+    let Some(b) = BOOT.lock().take() else { return };
+    let Some(mut st) = bring_up(&b.cmdline, &b.modules) else { return };
+    drop(b);
+    probes(&mut st);
+    let mut last_active = time::now_ns();
+    let mut last_report = 0;
+    loop {
+        let now = time::now_ns();
+        if st.node.poll(&mut st.nic, now) {
+            last_active = now;
+        }
+        if now - last_report > 30_000_000_000 {
+            last_report = now;
+            let c = st.node.fabric().counters();
+            log::debug!(target: "net", "fabric counters: in {} out {} dropped {}", st.node.counters.fabric_in, st.node.counters.fabric_out, c.total_dropped());
+        }
+        if now - last_active < 200_000_000 {
+            crate::task::yield_now();
+        } else {
+            crate::task::sleep_ns(1_000_000);
+        }
+    }
+}

@@ -1,0 +1,626 @@
+//! # catenary-net — a node's network stack
+//!
+//! `#![no_std]` + `alloc`, `#![forbid(unsafe_code)]`, driven by the caller's clock and an
+//! Ethernet [`Link`] (the kernel's virtio-net driver, or an in-memory wire in the host tests).
+//!
+//! Two smoltcp interfaces, IPv6 only:
+//!
+//! * **underlay** (`Medium::Ethernet`): the link-local address from the MAC (modified EUI-64),
+//!   SLAAC (router solicitations; router advertisements add addresses and a default route
+//!   where a router exists), NDP (smoltcp answers neighbour solicitations), ICMPv6 echo
+//!   replies, and the UDP socket that carries the fabric sessions (port 51820);
+//! * **fabric** (`Medium::Ip`): the node's fabric address `prefix::1` (derived from its key).
+//!   IP packets it emits go to [`netfabric::Device::send`] (cryptokey routing picks the peer by
+//!   its /64) and leave encrypted through the underlay UDP socket; decrypted packets whose
+//!   destination lies in the node's /64 are fed back into it.
+//!
+//! Peers come from the [`cluster::Cluster`] file; a key that is not listed gets no session.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod cluster;
+pub mod rng;
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use log::{debug, info, warn};
+use netfabric::{Device as Fabric, Event, Identity, Instant as FInstant, PeerConfig, PeerId};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::{icmp, udp};
+use smoltcp::time::Instant as SInstant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, Icmpv6Packet, Icmpv6Repr, IpAddress, IpCidr, IpEndpoint};
+
+pub use cluster::{Cluster, Member};
+
+/// The bytes the probes put in every echo payload: a capture of the wire must show them for
+/// underlay pings and never for fabric pings.
+pub const PLAINTEXT_MARKER: &[u8] = b"CATENARY-PLAINTEXT-MARKER";
+/// UDP port of the throughput responder (both interfaces).
+pub const BENCH_PORT: u16 = 5001;
+const MTU: usize = 1500;
+/// Room for the fabric's overhead (IPv6 40 + UDP 8 + transport header 16 + tag 16 + padding).
+const FABRIC_MTU: usize = MTU - 96;
+
+/// An Ethernet link: the NIC driver implements this.
+pub trait Link {
+    fn mac(&self) -> [u8; 6];
+    /// Copy out the next received frame, if any.
+    fn recv(&mut self) -> Option<Vec<u8>>;
+    fn can_send(&self) -> bool;
+    /// Send a frame of `len` bytes that `f` fills in place (in the driver's TX buffer).
+    fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8]));
+}
+
+struct EthDev<'a, L: Link>(&'a mut L);
+struct EthRx(Vec<u8>);
+struct EthTx<'a, L: Link>(&'a mut L);
+
+impl phy::RxToken for EthRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+impl<L: Link> phy::TxToken for EthTx<'_, L> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut f = Some(f);
+        let mut r = None;
+        self.0.send(len, &mut |buf| r = Some((f.take().unwrap())(buf)));
+        match r {
+            Some(r) => r,
+            // the driver could not take it: build it anyway and drop it (counted as lost)
+            None => (f.take().unwrap())(&mut vec![0u8; len]),
+        }
+    }
+}
+impl<L: Link> phy::Device for EthDev<'_, L> {
+    type RxToken<'a> = EthRx where Self: 'a;
+    type TxToken<'a> = EthTx<'a, L> where Self: 'a;
+    fn receive(&mut self, _t: SInstant) -> Option<(EthRx, EthTx<'_, L>)> {
+        let f = self.0.recv()?;
+        Some((EthRx(f), EthTx(&mut *self.0)))
+    }
+    fn transmit(&mut self, _t: SInstant) -> Option<EthTx<'_, L>> {
+        if self.0.can_send() {
+            Some(EthTx(&mut *self.0))
+        } else {
+            None
+        }
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = MTU + 14;
+        c.max_burst_size = Some(32);
+        c
+    }
+}
+
+/// The fabric interface's device: IP packets in and out through queues.
+#[derive(Default)]
+struct TunDev {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+}
+struct TunRx(Vec<u8>);
+struct TunTx<'a>(&'a mut VecDeque<Vec<u8>>);
+impl phy::RxToken for TunRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+impl phy::TxToken for TunTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut b = vec![0u8; len];
+        let r = f(&mut b);
+        self.0.push_back(b);
+        r
+    }
+}
+impl phy::Device for TunDev {
+    type RxToken<'a> = TunRx;
+    type TxToken<'a> = TunTx<'a>;
+    fn receive(&mut self, _t: SInstant) -> Option<(TunRx, TunTx<'_>)> {
+        let p = self.rx.pop_front()?;
+        Some((TunRx(p), TunTx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _t: SInstant) -> Option<TunTx<'_>> {
+        Some(TunTx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ip;
+        c.max_transmission_unit = FABRIC_MTU;
+        let mut cs = ChecksumCapabilities::default();
+        cs.ipv4 = Checksum::Both;
+        c.checksum = cs;
+        c
+    }
+}
+
+/// Which interface a probe uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Encrypted, between fabric addresses.
+    Fabric,
+    /// Plain IPv6 on the link, between link-local addresses.
+    Underlay,
+}
+
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub name: String,
+    pub id: PeerId,
+    pub public_key: [u8; 32],
+    pub fabric_addr: Ipv6Addr,
+    pub underlay: Ipv6Addr,
+    pub established: bool,
+}
+
+/// Results of a ping run.
+#[derive(Clone, Debug, Default)]
+pub struct PingReport {
+    pub sent: u32,
+    pub received: u32,
+    pub rtts_ns: Vec<u64>,
+}
+
+impl PingReport {
+    pub fn median_ns(&self) -> u64 {
+        let mut v = self.rtts_ns.clone();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    }
+}
+
+struct PingRun {
+    path: Path,
+    dst: Ipv6Addr,
+    count: u32,
+    payload: Vec<u8>,
+    next_seq: u16,
+    inflight: Option<(u16, u64)>,
+    next_at: u64,
+    interval_ns: u64,
+    report: PingReport,
+    done: bool,
+}
+
+/// Throughput run: `total` bytes in datagrams of `dgram` bytes to the peer's responder.
+struct StreamRun {
+    path: Path,
+    dst: Ipv6Addr,
+    id: u32,
+    dgram: usize,
+    total: u64,
+    sent: u64,
+    start: u64,
+    end_sent_at: u64,
+    result: Option<(u64, u64)>, // (bytes delivered, ns)
+}
+
+/// Counters the kernel prints.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetCounters {
+    pub fabric_in: u64,
+    pub fabric_out: u64,
+    pub fabric_no_route: u64,
+    pub not_for_us: u64,
+}
+
+pub struct Node {
+    pub name: String,
+    pub link_local: Ipv6Addr,
+    pub fabric_addr: Ipv6Addr,
+    pub mac: [u8; 6],
+    pub port: u16,
+    pub peers: Vec<Peer>,
+    pub counters: NetCounters,
+    eth: Interface,
+    eth_sockets: SocketSet<'static>,
+    tun: Interface,
+    tun_sockets: SocketSet<'static>,
+    tun_dev: TunDev,
+    fabric: Fabric,
+    fab_udp: SocketHandle,
+    ping_eth: SocketHandle,
+    ping_tun: SocketHandle,
+    bench_eth: SocketHandle,
+    bench_tun: SocketHandle,
+    responder: (u32, u64),
+    ping: Option<PingRun>,
+    stream: Option<StreamRun>,
+    logged_drops: u32,
+}
+
+fn sinstant(ns: u64) -> SInstant {
+    SInstant::from_micros((ns / 1000) as i64)
+}
+
+fn udp_socket(packets: usize, bytes: usize) -> udp::Socket<'static> {
+    udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; packets], vec![0u8; bytes]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; packets], vec![0u8; bytes]),
+    )
+}
+
+fn icmp_socket() -> icmp::Socket<'static> {
+    icmp::Socket::new(
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0u8; 8 * 1600]),
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0u8; 8 * 1600]),
+    )
+}
+
+/// How a node is configured.
+pub struct NodeConfig {
+    pub identity: Identity,
+    pub cluster: Cluster,
+    /// Seconds since the Unix epoch at `now_ns = 0` (for TAI64N).
+    pub unix_time_at_origin: u64,
+    pub rng_seed: [u8; 32],
+}
+
+const ICMP_IDENT: u16 = 0xca7e;
+
+impl Node {
+    pub fn new<L: Link>(link: &mut L, cfg: NodeConfig, now_ns: u64) -> Node {
+        let mac = link.mac();
+        let link_local = cluster::link_local_from_mac(mac);
+        let me = cfg.cluster.by_key(&cfg.identity.public_key()).cloned();
+        let name = me.as_ref().map(|m| m.name.clone()).unwrap_or_else(|| String::from("(not in cluster)"));
+        let port = me.as_ref().map(|m| m.port).unwrap_or(cluster::FABRIC_PORT);
+        let fabric_addr = cfg.identity.node_address();
+
+        let mut ec = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        let seed = u64::from_le_bytes(cfg.rng_seed[..8].try_into().unwrap());
+        ec.random_seed = seed;
+        ec.slaac = true;
+        let mut eth = Interface::new(ec, &mut EthDev(link), sinstant(now_ns));
+        eth.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv6(link_local), 64));
+        });
+        let mut tun_dev = TunDev::default();
+        let mut tc = Config::new(HardwareAddress::Ip);
+        tc.random_seed = seed ^ 1;
+        let mut tun = Interface::new(tc, &mut tun_dev, sinstant(now_ns));
+        // Everything in fd00::/8 (all fabric prefixes) is "on link" for the fabric interface:
+        // the netfabric routing table decides which peer, if any, gets a packet.
+        tun.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv6(fabric_addr), 8));
+        });
+
+        let mut eth_sockets = SocketSet::new(vec![]);
+        let mut fab = udp_socket(256, 256 * 1600);
+        fab.bind(port).expect("bind fabric port");
+        let fab_udp = eth_sockets.add(fab);
+        let mut pe = icmp_socket();
+        pe.bind(icmp::Endpoint::Ident(ICMP_IDENT)).unwrap();
+        let ping_eth = eth_sockets.add(pe);
+        let mut be = udp_socket(128, 128 * 1600);
+        be.bind(BENCH_PORT).unwrap();
+        let bench_eth = eth_sockets.add(be);
+        let mut tun_sockets = SocketSet::new(vec![]);
+        let mut pt = icmp_socket();
+        pt.bind(icmp::Endpoint::Ident(ICMP_IDENT)).unwrap();
+        let ping_tun = tun_sockets.add(pt);
+        let mut bt = udp_socket(128, 128 * 1600);
+        bt.bind(BENCH_PORT).unwrap();
+        let bench_tun = tun_sockets.add(bt);
+
+        let mut fabric = Fabric::new(cfg.identity.clone(), Box::new(rng::ChaChaRng::from_seed(cfg.rng_seed)));
+        fabric.set_unix_time_at_origin(core::time::Duration::from_secs(cfg.unix_time_at_origin));
+        let mut peers = Vec::new();
+        for m in &cfg.cluster.members {
+            if m.public_key == cfg.identity.public_key() {
+                continue;
+            }
+            let ep = SocketAddr::V6(SocketAddrV6::new(m.underlay, m.port, 0, 0));
+            let id = fabric.add_peer(
+                PeerConfig::new(m.public_key)
+                    .with_endpoint(ep)
+                    .with_persistent_keepalive(core::time::Duration::from_secs(25)),
+            );
+            let pfx = netfabric::identity::Prefix64::from_public_key(&m.public_key);
+            peers.push(Peer { name: m.name.clone(), id, public_key: m.public_key, fabric_addr: pfx.node_address(), underlay: m.underlay, established: false });
+        }
+        info!(target: "net", "{}: MAC {:02x?}, link-local {}, fabric address {} ({}/64), {} peer(s), fabric UDP port {}",
+            name, mac, link_local, fabric_addr, cfg.identity.prefix().network(), peers.len(), port);
+        if me.is_none() {
+            warn!(target: "net", "this node's key is not in the cluster file");
+        }
+        Node {
+            name, link_local, fabric_addr, mac, port, peers, counters: NetCounters::default(),
+            eth, eth_sockets, tun, tun_sockets, tun_dev, fabric, fab_udp, ping_eth, ping_tun, bench_eth, bench_tun,
+            responder: (0, 0), ping: None, stream: None, logged_drops: 0,
+        }
+    }
+
+    pub fn fabric(&self) -> &Fabric {
+        &self.fabric
+    }
+
+    pub fn peer_by_name(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// Start handshakes now (instead of on the first packet) with every peer whose public key
+    /// sorts after ours: one side initiates, so boot-time handshakes never cross.
+    pub fn connect_all(&mut self, now_ns: u64) {
+        let me = self.fabric.identity().public_key();
+        let ids: Vec<PeerId> = self.peers.iter().filter(|p| p.public_key > me).map(|p| p.id).collect();
+        for id in ids {
+            let out = self.fabric.send_to(id, &[], FInstant::from_nanos(now_ns));
+            self.fabric_output(out);
+        }
+    }
+
+    /// Start a handshake with one peer now, unless a session is up.
+    pub fn connect(&mut self, name: &str, now_ns: u64) {
+        let Some(p) = self.peers.iter().find(|p| p.name == name && !p.established) else { return };
+        let out = self.fabric.send_to(p.id, &[], FInstant::from_nanos(now_ns));
+        self.fabric_output(out);
+    }
+
+    fn peer_name(&self, id: PeerId) -> &str {
+        self.peers.iter().find(|p| p.id == id).map(|p| p.name.as_str()).unwrap_or("?")
+    }
+
+    fn fabric_output(&mut self, out: netfabric::Output) {
+        for t in out.transmits {
+            if let SocketAddr::V6(d) = t.dst {
+                let s = self.eth_sockets.get_mut::<udp::Socket>(self.fab_udp);
+                if s.send_slice(&t.data, IpEndpoint::new(IpAddress::Ipv6(*d.ip()), d.port())).is_err() {
+                    debug!(target: "net", "fabric: underlay socket full");
+                }
+                self.counters.fabric_out += 1;
+            }
+        }
+        for p in out.packets {
+            // The node routes its /64: its own /128 goes to the fabric interface; other /128s
+            // (tasks, microVMs) have no consumer yet and are counted.
+            match netfabric::device::inner_header(&p.packet) {
+                Some((_, core::net::IpAddr::V6(dst), _)) if dst == self.fabric_addr || dst.is_multicast() => {
+                    self.tun_dev.rx.push_back(p.packet)
+                }
+                _ => self.counters.not_for_us += 1,
+            }
+        }
+        for e in out.events {
+            match e {
+                Event::HandshakeCompleted { peer, initiator } => {
+                    let n = String::from(self.peer_name(peer));
+                    if let Some(p) = self.peers.iter_mut().find(|p| p.id == peer) {
+                        if !p.established {
+                            info!(target: "net", "fabric: session with {} established ({}), peer address {}",
+                                n, if initiator { "initiator" } else { "responder" }, p.fabric_addr);
+                        }
+                        p.established = true;
+                    }
+                }
+                Event::HandshakeResponded(peer) => debug!(target: "net", "fabric: answered a handshake from {}", self.peer_name(peer)),
+                Event::HandshakeGaveUp(peer) => warn!(target: "net", "fabric: no session with {}: handshake gave up", self.peer_name(peer)),
+                Event::Dropped { peer, reason } => {
+                    if self.logged_drops < 8 {
+                        self.logged_drops += 1;
+                        info!(target: "net", "fabric: dropped a packet from {}: {:?}",
+                            peer.map(|p| self.peer_name(p)).unwrap_or("an unknown sender"), reason);
+                    }
+                }
+                Event::KeysExpired(peer) | Event::SessionZeroed(peer) => {
+                    if let Some(p) = self.peers.iter_mut().find(|p| p.id == peer) {
+                        p.established = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Move packets: NIC → underlay → fabric → fabric interface → fabric → underlay → NIC.
+    /// Returns whether anything happened.
+    pub fn poll<L: Link>(&mut self, link: &mut L, now_ns: u64) -> bool {
+        let now = sinstant(now_ns);
+        let fnow = FInstant::from_nanos(now_ns);
+        let mut active = self.eth.poll(now, &mut EthDev(&mut *link), &mut self.eth_sockets) != smoltcp::iface::PollResult::None;
+        // Datagrams from peers.
+        loop {
+            let s = self.eth_sockets.get_mut::<udp::Socket>(self.fab_udp);
+            let Ok((data, meta)) = s.recv() else { break };
+            let IpAddress::Ipv6(src) = meta.endpoint.addr;
+            let src = SocketAddr::V6(SocketAddrV6::new(src, meta.endpoint.port, 0, 0));
+            let data = data.to_vec();
+            self.counters.fabric_in += 1;
+            let out = self.fabric.handle_incoming(&data, src, fnow);
+            self.fabric_output(out);
+            active = true;
+        }
+        if self.fabric.next_deadline().is_some_and(|d| d <= fnow) {
+            let out = self.fabric.tick(fnow);
+            self.fabric_output(out);
+        }
+        self.apps(now_ns);
+        for _ in 0..4 {
+            if self.tun.poll(now, &mut self.tun_dev, &mut self.tun_sockets) != smoltcp::iface::PollResult::None {
+                active = true;
+            }
+            if self.tun_dev.tx.is_empty() {
+                break;
+            }
+            while let Some(p) = self.tun_dev.tx.pop_front() {
+                match self.fabric.send(&p, fnow) {
+                    Ok(out) => self.fabric_output(out),
+                    Err(_) => self.counters.fabric_no_route += 1,
+                }
+                active = true;
+            }
+        }
+        self.apps(now_ns);
+        if self.eth.poll(now, &mut EthDev(link), &mut self.eth_sockets) != smoltcp::iface::PollResult::None {
+            active = true;
+        }
+        active
+    }
+
+    // ------------------------------------------------------------------ probes
+
+    /// Ping `dst` `count` times (one in flight, 1 s timeout) with a payload of `len` bytes
+    /// that contains [`PLAINTEXT_MARKER`].
+    pub fn start_ping(&mut self, path: Path, dst: Ipv6Addr, count: u32, len: usize, interval_ns: u64, now_ns: u64) {
+        let mut payload = Vec::with_capacity(len);
+        while payload.len() < len {
+            payload.extend_from_slice(PLAINTEXT_MARKER);
+        }
+        payload.truncate(len.max(PLAINTEXT_MARKER.len()));
+        self.ping = Some(PingRun { path, dst, count, payload, next_seq: 1, inflight: None, next_at: now_ns, interval_ns, report: PingReport::default(), done: false });
+    }
+
+    /// The finished ping run's report (taken once).
+    pub fn take_ping(&mut self) -> Option<PingReport> {
+        if self.ping.as_ref().is_some_and(|p| p.done) {
+            return self.ping.take().map(|p| p.report);
+        }
+        None
+    }
+
+    /// Send `total` bytes in `dgram`-byte UDP datagrams to `dst`'s responder and wait for its
+    /// count of delivered bytes.
+    pub fn start_stream(&mut self, path: Path, dst: Ipv6Addr, total: u64, dgram: usize, now_ns: u64) {
+        let id = (now_ns as u32) | 1;
+        self.stream = Some(StreamRun { path, dst, id, dgram: dgram.max(16), total, sent: 0, start: now_ns, end_sent_at: 0, result: None });
+    }
+
+    /// (bytes delivered, elapsed ns) of the finished stream (taken once).
+    pub fn take_stream(&mut self) -> Option<(u64, u64)> {
+        if self.stream.as_ref().is_some_and(|s| s.result.is_some()) {
+            return self.stream.take().and_then(|s| s.result);
+        }
+        None
+    }
+
+    fn sockets(&mut self, path: Path) -> (&mut SocketSet<'static>, SocketHandle, SocketHandle, Ipv6Addr) {
+        match path {
+            Path::Fabric => (&mut self.tun_sockets, self.ping_tun, self.bench_tun, self.fabric_addr),
+            Path::Underlay => (&mut self.eth_sockets, self.ping_eth, self.bench_eth, self.link_local),
+        }
+    }
+
+    fn apps(&mut self, now_ns: u64) {
+        // Responders on both interfaces: 'D' id data… counts, 'E' id → 'C' id bytes.
+        let mut count_reply = None;
+        for path in [Path::Fabric, Path::Underlay] {
+            let mut resp = self.responder;
+            let (set, _, bh, _) = self.sockets(path);
+            let s = set.get_mut::<udp::Socket>(bh);
+            while let Ok((d, meta)) = s.recv() {
+                if d.len() < 5 {
+                    continue;
+                }
+                let id = u32::from_be_bytes(d[1..5].try_into().unwrap());
+                match d[0] {
+                    b'D' => {
+                        if resp.0 != id {
+                            resp = (id, 0);
+                        }
+                        resp.1 += d.len() as u64;
+                    }
+                    b'E' => {
+                        let n = if resp.0 == id { resp.1 } else { 0 };
+                        let mut r = vec![b'C'];
+                        r.extend_from_slice(&id.to_be_bytes());
+                        r.extend_from_slice(&n.to_be_bytes());
+                        let ep = meta.endpoint;
+                        let _ = s.send_slice(&r, ep);
+                    }
+                    b'C' if d.len() == 13 => {
+                        count_reply = Some((id, u64::from_be_bytes(d[5..13].try_into().unwrap())));
+                    }
+                    _ => {}
+                }
+            }
+            self.responder = resp;
+        }
+        self.ping_app(now_ns);
+        self.stream_app(now_ns, count_reply);
+    }
+
+    fn ping_app(&mut self, now_ns: u64) {
+        let Some(mut run) = self.ping.take() else { return };
+        let (set, ph, _, src) = self.sockets(run.path);
+        let s = set.get_mut::<icmp::Socket>(ph);
+        while let Ok((d, _from)) = s.recv() {
+            // smoltcp hands us the ICMPv6 message; echo reply = type 129.
+            if d.len() >= 8 && d[0] == 129 {
+                let seq = u16::from_be_bytes([d[6], d[7]]);
+                if let Some((want, t0)) = run.inflight {
+                    if seq == want && d[8..] == run.payload[..] {
+                        run.report.received += 1;
+                        run.report.rtts_ns.push(now_ns.saturating_sub(t0));
+                        run.inflight = None;
+                    }
+                }
+            }
+        }
+        if let Some((_, t0)) = run.inflight {
+            if now_ns.saturating_sub(t0) > 1_000_000_000 {
+                run.inflight = None; // lost
+            }
+        }
+        if run.inflight.is_none() && !run.done {
+            if run.report.sent >= run.count {
+                run.done = true;
+            } else if now_ns >= run.next_at && s.can_send() {
+                let seq = run.next_seq;
+                let repr = Icmpv6Repr::EchoRequest { ident: ICMP_IDENT, seq_no: seq, data: &run.payload };
+                if let Ok(buf) = s.send(repr.buffer_len(), IpAddress::Ipv6(run.dst)) {
+                    let mut pkt = Icmpv6Packet::new_unchecked(buf);
+                    repr.emit(&src, &run.dst, &mut pkt, &ChecksumCapabilities::default());
+                    run.inflight = Some((seq, now_ns));
+                    run.report.sent += 1;
+                    run.next_seq = seq.wrapping_add(1);
+                    run.next_at = now_ns + run.interval_ns;
+                }
+            }
+        }
+        self.ping = Some(run);
+    }
+
+    fn stream_app(&mut self, now_ns: u64, count_reply: Option<(u32, u64)>) {
+        let Some(mut run) = self.stream.take() else { return };
+        if let Some((id, n)) = count_reply {
+            if id == run.id && run.result.is_none() {
+                run.result = Some((n, now_ns.saturating_sub(run.start)));
+            }
+        }
+        let (set, _, bh, _) = self.sockets(run.path);
+        let s = set.get_mut::<udp::Socket>(bh);
+        let ep = IpEndpoint::new(IpAddress::Ipv6(run.dst), BENCH_PORT);
+        if run.result.is_none() {
+            let mut budget = 16;
+            while run.sent < run.total && budget > 0 && s.can_send() {
+                let mut d = vec![0x5au8; run.dgram];
+                d[0] = b'D';
+                d[1..5].copy_from_slice(&run.id.to_be_bytes());
+                if s.send_slice(&d, ep).is_err() {
+                    break;
+                }
+                run.sent += run.dgram as u64;
+                budget -= 1;
+            }
+            if run.sent >= run.total && now_ns.saturating_sub(run.end_sent_at) > 100_000_000 {
+                let mut e = vec![b'E'];
+                e.extend_from_slice(&run.id.to_be_bytes());
+                if s.send_slice(&e, ep).is_ok() {
+                    run.end_sent_at = now_ns;
+                }
+            }
+        }
+        self.stream = Some(run);
+    }
+}

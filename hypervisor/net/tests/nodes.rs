@@ -1,0 +1,161 @@
+//! Nodes on an in-memory Ethernet hub: fabric handshake, encrypted ICMPv6 echo between fabric
+//! addresses, plain echo between link-local addresses, an outsider gets no session.
+
+use catenary_net::{cluster::link_local_from_mac, Cluster, Link, Member, Node, NodeConfig, Path, PLAINTEXT_MARKER};
+use netfabric::Identity;
+use rand_core::OsRng;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+#[derive(Default)]
+struct Hub {
+    ports: Vec<Rc<RefCell<VecDeque<Vec<u8>>>>>,
+    wire: Vec<Vec<u8>>,
+}
+
+struct Port {
+    mac: [u8; 6],
+    idx: usize,
+    hub: Rc<RefCell<Hub>>,
+    rx: Rc<RefCell<VecDeque<Vec<u8>>>>,
+}
+
+impl Link for Port {
+    fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        self.rx.borrow_mut().pop_front()
+    }
+    fn can_send(&self) -> bool {
+        true
+    }
+    fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) {
+        let mut b = vec![0u8; len];
+        f(&mut b);
+        let mut h = self.hub.borrow_mut();
+        for (i, p) in h.ports.iter().enumerate() {
+            if i != self.idx {
+                p.borrow_mut().push_back(b.clone());
+            }
+        }
+        h.wire.push(b);
+    }
+}
+
+fn port(hub: &Rc<RefCell<Hub>>, n: u8) -> Port {
+    let rx = Rc::new(RefCell::new(VecDeque::new()));
+    let mut h = hub.borrow_mut();
+    h.ports.push(rx.clone());
+    Port { mac: [0x52, 0x54, 0, 0, 0, n], idx: h.ports.len() - 1, hub: hub.clone(), rx }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn member(name: &str, id: &Identity, n: u8) -> Member {
+    Member { name: name.into(), public_key: id.public_key(), underlay: link_local_from_mac([0x52, 0x54, 0, 0, 0, n]), port: 51820 }
+}
+
+#[test]
+fn cluster_file_round_trip() {
+    let a = Identity::generate(&mut OsRng);
+    let c = Cluster { members: vec![member("node1", &a, 1)] };
+    let text = c.render();
+    assert!(Cluster::is_cluster_file(text.as_bytes()));
+    assert_eq!(Cluster::parse(&text).unwrap(), c);
+    assert!(Cluster::parse("nope").is_err());
+    assert!(Cluster::parse("catenary-cluster v1\nnode x zz fe80::1 1\n").is_err());
+    assert_eq!(link_local_from_mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]).to_string(), "fe80::5054:ff:fe12:3456");
+}
+
+#[test]
+fn fabric_echo_is_encrypted_and_outsiders_get_no_session() {
+    let (a, b, c) = (Identity::generate(&mut OsRng), Identity::generate(&mut OsRng), Identity::generate(&mut OsRng));
+    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2)] };
+    // node3 knows node1 but node1 does not know node3.
+    let cluster3 = Cluster { members: vec![member("node1", &a, 1), member("node3", &c, 3)] };
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let (mut l1, mut l2, mut l3) = (port(&hub, 1), port(&hub, 2), port(&hub, 3));
+    let cfg = |id: &Identity, cl: &Cluster, s: u8| NodeConfig { identity: id.clone(), cluster: cl.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };
+    let mut n1 = Node::new(&mut l1, cfg(&a, &cluster, 1), 0);
+    let mut n2 = Node::new(&mut l2, cfg(&b, &cluster, 2), 0);
+    let mut n3 = Node::new(&mut l3, cfg(&c, &cluster3, 3), 0);
+    n1.connect_all(0);
+    n2.connect_all(0);
+    n3.connect_all(0);
+    let mut t = 0u64;
+    let run = |t: &mut u64, n1: &mut Node, n2: &mut Node, n3: &mut Node, l1: &mut Port, l2: &mut Port, l3: &mut Port, steps: usize| {
+        for _ in 0..steps {
+            *t += 1_000_000;
+            n1.poll(l1, *t);
+            n2.poll(l2, *t);
+            n3.poll(l3, *t);
+        }
+    };
+    run(&mut t, &mut n1, &mut n2, &mut n3, &mut l1, &mut l2, &mut l3, 200);
+    assert!(n1.peer_by_name("node2").unwrap().established, "node1-node2 session");
+    assert!(n2.peer_by_name("node1").unwrap().established);
+    assert!(!n3.peer_by_name("node1").unwrap().established, "outsider must get no session");
+
+    // Fabric ping node1 -> node2.
+    hub.borrow_mut().wire.clear();
+    let dst = n1.peer_by_name("node2").unwrap().fabric_addr;
+    n1.start_ping(Path::Fabric, dst, 5, 100, 0, t);
+    let mut rep = None;
+    for _ in 0..2000 {
+        run(&mut t, &mut n1, &mut n2, &mut n3, &mut l1, &mut l2, &mut l3, 1);
+        if let Some(r) = n1.take_ping() {
+            rep = Some(r);
+            break;
+        }
+    }
+    let rep = rep.expect("fabric ping finished");
+    assert_eq!((rep.sent, rep.received), (5, 5));
+    assert!(!hub.borrow().wire.is_empty());
+    assert!(hub.borrow().wire.iter().all(|f| !contains(f, PLAINTEXT_MARKER)), "marker on the wire in plaintext");
+
+    // Underlay ping node1 -> node2 link-local: the marker is visible (control).
+    hub.borrow_mut().wire.clear();
+    n1.start_ping(Path::Underlay, n2.link_local, 3, 100, 0, t);
+    let mut rep = None;
+    for _ in 0..2000 {
+        run(&mut t, &mut n1, &mut n2, &mut n3, &mut l1, &mut l2, &mut l3, 1);
+        if let Some(r) = n1.take_ping() {
+            rep = Some(r);
+            break;
+        }
+    }
+    assert_eq!(rep.expect("underlay ping finished").received, 3);
+    assert!(hub.borrow().wire.iter().any(|f| contains(f, PLAINTEXT_MARKER)));
+
+    // Outsider pinging node1's fabric address: nothing comes back.
+    n3.start_ping(Path::Fabric, n1.fabric_addr, 1, 64, 0, t);
+    let mut rep = None;
+    for _ in 0..3000 {
+        run(&mut t, &mut n1, &mut n2, &mut n3, &mut l1, &mut l2, &mut l3, 1);
+        if let Some(r) = n3.take_ping() {
+            rep = Some(r);
+            break;
+        }
+    }
+    assert_eq!(rep.expect("outsider ping finished").received, 0);
+    assert!(n1.fabric().counters().total_dropped() > 0, "outsider's handshake counted as dropped");
+    assert!(!n3.peer_by_name("node1").unwrap().established);
+
+    // Throughput stream over the fabric.
+    n1.start_stream(Path::Fabric, dst, 200_000, 1200, t);
+    let mut res = None;
+    for _ in 0..5000 {
+        run(&mut t, &mut n1, &mut n2, &mut n3, &mut l1, &mut l2, &mut l3, 1);
+        if let Some(r) = n1.take_stream() {
+            res = Some(r);
+            break;
+        }
+    }
+    let (bytes, _) = res.expect("stream finished");
+    assert!(bytes > 100_000, "delivered {bytes}");
+}
+

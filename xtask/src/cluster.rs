@@ -1,0 +1,447 @@
+//! Clusters of Catenary nodes in QEMU on one `vde_switch` (Debian `vde2`, no root):
+//! `cargo xtask run --nodes N`, the networking tests and `cargo xtask bench net`.
+//!
+//! Every node gets a fresh x25519 key (generated here; netfabric derives the public key and
+//! the /64), a MAC `52:54:00:ca:00:K`, hence the link-local underlay address
+//! `fe80::5054:ff:feca:K`, and the same cluster file as its only boot module. Its secret key,
+//! the wall clock and the probes to run are on its kernel command line.
+
+use crate::qemu::Boot;
+use crate::test::Tally;
+use crate::tools::{out_dir, require};
+use catenary_net::cluster::{hex_encode, link_local_from_mac, Cluster, Member, FABRIC_PORT};
+use netfabric::Identity;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub struct NodeSpec {
+    pub name: String,
+    pub identity: Identity,
+    pub mac: [u8; 6],
+    /// Whether the node appears in the cluster file the others get.
+    pub listed: bool,
+    /// Extra kernel command line words.
+    pub cmdline: String,
+    /// Capture this node's traffic to a pcap file.
+    pub pcap: Option<PathBuf>,
+}
+
+impl NodeSpec {
+    pub fn new(k: usize) -> NodeSpec {
+        NodeSpec {
+            name: format!("node{k}"),
+            identity: Identity::generate(&mut rand_core::OsRng),
+            mac: [0x52, 0x54, 0x00, 0xca, 0x00, k as u8],
+            listed: true,
+            cmdline: String::new(),
+            pcap: None,
+        }
+    }
+    fn member(&self) -> Member {
+        Member { name: self.name.clone(), public_key: self.identity.public_key(), underlay: link_local_from_mac(self.mac), port: FABRIC_PORT }
+    }
+}
+
+/// The switch: `vde_switch` in the foreground, kept alive by holding its stdin open.
+struct Switch {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Switch {
+    fn start(dir: &Path) -> Result<Switch, String> {
+        let bin = require("vde_switch", "vde2")?;
+        let sock = dir.join("switch");
+        let _ = std::fs::remove_dir_all(&sock);
+        let child = Command::new(bin)
+            .arg("-s")
+            .arg(&sock)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("vde_switch: {e}"))?;
+        for _ in 0..50 {
+            if sock.join("ctl").exists() {
+                return Ok(Switch { child, sock });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("vde_switch did not create its socket".into())
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.sock);
+    }
+}
+
+/// A running cluster: the switch, the QEMU nodes and their console lines.
+pub struct Running {
+    pub names: Vec<String>,
+    pub lines: Vec<Vec<String>>,
+    children: Vec<Child>,
+    rx: mpsc::Receiver<(usize, String)>,
+    pub dir: PathBuf,
+    switch: Switch,
+}
+
+impl Running {
+    pub fn switch_sock(&self) -> &Path {
+        &self.switch.sock
+    }
+
+    /// Collect console lines until `done` holds, every node exited, or the deadline.
+    pub fn wait(&mut self, deadline: Duration, echo: bool, mut done: impl FnMut(&[Vec<String>]) -> bool) -> bool {
+        let start = Instant::now();
+        loop {
+            if done(&self.lines) {
+                return true;
+            }
+            let left = deadline.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return false;
+            }
+            match self.rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok((i, l)) => {
+                    if echo {
+                        println!("[{}] {}", self.names[i], l);
+                        let _ = std::io::stdout().flush();
+                    }
+                    self.lines[i].push(l);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return done(&self.lines),
+            }
+        }
+    }
+
+    pub fn has(&self, node: usize, pat: &str) -> bool {
+        self.lines[node].iter().any(|l| l.contains(pat))
+    }
+
+    pub fn save_logs(&self, tag: &str) -> PathBuf {
+        let mut s = String::new();
+        for (i, ls) in self.lines.iter().enumerate() {
+            for l in ls {
+                s.push_str(&format!("[{}] {}\n", self.names[i], l));
+            }
+        }
+        let p = out_dir().join(format!("{tag}.log"));
+        let _ = std::fs::write(&p, s);
+        p
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Write the cluster files and start the switch and one QEMU per node.
+/// Listed nodes share one cluster file; an unlisted node gets a file listing every node
+/// plus itself (it knows the others; they do not know it).
+pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, extra: &[String]) -> Result<Running, String> {
+    let dir = out_dir().join(tag);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let switch = Switch::start(&dir)?;
+    let listed = Cluster { members: nodes.iter().filter(|n| n.listed).map(NodeSpec::member).collect() };
+    let shared = dir.join("cluster.txt");
+    std::fs::write(&shared, listed.render()).map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel();
+    let mut children = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let file = if n.listed {
+            shared.clone()
+        } else {
+            let mut c = listed.clone();
+            c.members.push(n.member());
+            let p = dir.join(format!("cluster-{}.txt", n.name));
+            std::fs::write(&p, c.render()).map_err(|e| e.to_string())?;
+            p
+        };
+        let mut b = Boot::pvh("q35", kernel.to_path_buf());
+        b.smp = 1;
+        b.mem = "256M".into();
+        b.cmdline = format!("vm=none net.key={} net.time={} {}", hex_encode(&n.identity.secret_bytes()), unix_now(), n.cmdline);
+        b.initrd = Some(file);
+        let mac = n.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        b.extra.extend([
+            "-netdev".into(),
+            format!("vde,id=n0,sock={}", switch.sock.display()),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac}"),
+        ]);
+        if let Some(p) = &n.pcap {
+            let _ = std::fs::remove_file(p);
+            b.extra.extend(["-object".into(), format!("filter-dump,id=f0,netdev=n0,file={}", p.display())]);
+        }
+        b.extra.extend(extra.iter().cloned());
+        let mut c = b.command(false)?;
+        c.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = c.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let (t1, t2) = (tx.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+                if t1.send((i, String::from_utf8_lossy(&l).trim_end_matches('\r').to_string())).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = t2.send((i, format!("[qemu stderr] {l}")));
+            }
+        });
+        children.push(child);
+    }
+    drop(tx);
+    Ok(Running { names: nodes.iter().map(|n| n.name.clone()).collect(), lines: vec![Vec::new(); nodes.len()], children, rx, dir, switch })
+}
+
+/// `cargo xtask run --nodes N`: every console with a `[nodeK]` prefix until Ctrl-C.
+pub fn run_nodes(n: usize, cmdline: &str) -> Result<(), String> {
+    if n == 0 || n > 200 {
+        return Err("--nodes must be 1..200".into());
+    }
+    let kernel = crate::build::build_kernel(false)?;
+    let mut nodes: Vec<NodeSpec> = (1..=n).map(NodeSpec::new).collect();
+    for s in &mut nodes {
+        s.cmdline = cmdline.to_string();
+    }
+    for s in &nodes {
+        eprintln!("xtask: {} key {} fabric {} underlay {}", s.name, hex_encode(&s.identity.public_key()), s.identity.node_address(), link_local_from_mac(s.mac));
+    }
+    let mut r = start(&kernel, &nodes, "cluster", &[])?;
+    eprintln!("xtask: {n} node(s) on vde switch {}; cluster file {}; stop with Ctrl-C",
+        r.switch_sock().display(), r.dir.join("cluster.txt").display());
+    r.wait(Duration::from_secs(u64::MAX / 4), true, |_| false);
+    Ok(())
+}
+
+/// Does the raw byte string occur in `hay`?
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Frames of a pcap file (classic format, any link type; we only look at Ethernet).
+fn pcap_frames(p: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let d = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    if d.len() < 24 {
+        return Err("pcap too short".into());
+    }
+    let le = d[0..4] == [0xd4, 0xc3, 0xb2, 0xa1];
+    let rd = |o: usize| -> u32 {
+        let b: [u8; 4] = d[o..o + 4].try_into().unwrap();
+        if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) }
+    };
+    let mut off = 24;
+    let mut out = Vec::new();
+    while off + 16 <= d.len() {
+        let incl = rd(off + 8) as usize;
+        let s = off + 16;
+        if s + incl > d.len() {
+            break;
+        }
+        out.push(d[s..s + incl].to_vec());
+        off = s + incl;
+    }
+    Ok(out)
+}
+
+/// UDP port of an Ethernet/IPv6/UDP frame (source, destination).
+fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
+    if f.len() < 14 + 40 + 8 || f[12..14] != [0x86, 0xdd] || f[14 + 6] != 17 {
+        return None;
+    }
+    let u = &f[54..];
+    Some((u16::from_be_bytes([u[0], u[1]]), u16::from_be_bytes([u[2], u[3]])))
+}
+
+/// The networking tests (named `net_*`).
+pub fn tests(t: &mut Tally) -> Result<(), String> {
+    println!("== cluster networking tests (QEMU nodes on a vde switch)");
+    if crate::tools::which("vde_switch").is_none() {
+        t.record("net_cluster", false, "(vde_switch not installed: apt-get install vde2)");
+        return Ok(());
+    }
+    let kernel = crate::build::build_kernel(false)?;
+    test_fabric_echo(t, &kernel)?;
+    test_outsider(t, &kernel)?;
+    test_linux_ping(t, &kernel)?;
+    Ok(())
+}
+
+/// Two nodes: handshake, ICMPv6 echo between fabric addresses (encrypted on the wire, the
+/// capture must not contain the plaintext marker) and between link-local addresses (the
+/// marker must be there: proves the check sees payloads).
+fn test_fabric_echo(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let pcap = out_dir().join("net-fabric-echo.pcap");
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "net.ping=node2".into();
+    a.pcap = Some(pcap.clone());
+    let b = NodeSpec::new(2);
+    let mut r = start(kernel, &[a, b], "net-fabric-echo", &[])?;
+    let ok = r.wait(Duration::from_secs(150), false, |l| l[0].iter().any(|x| x.contains("net: ping done")) || l[0].iter().any(|x| x.contains("KERNEL PANIC")));
+    let log = r.save_logs("net-fabric-echo");
+    let session = r.has(0, "session with node2 established") && r.has(1, "session with node1 established");
+    let fabric_ok = r.lines[0].iter().any(|l| l.contains("fabric ping node2") && l.contains(" 5/5 replies"));
+    let underlay_ok = r.lines[0].iter().any(|l| l.contains("underlay ping node2") && l.contains(" 3/3 replies"));
+    drop(r);
+    t.record("net_two_nodes_fabric_handshake", ok && session, &format!("(no session; log {})", log.display()));
+    t.record("net_two_nodes_fabric_icmpv6_echo", fabric_ok, &format!("(log {})", log.display()));
+    t.record("net_two_nodes_link_local_icmpv6_echo", underlay_ok, &format!("(log {})", log.display()));
+    let frames = pcap_frames(&pcap).unwrap_or_default();
+    let marker = catenary_net::PLAINTEXT_MARKER;
+    let fabric: Vec<&Vec<u8>> = frames.iter().filter(|f| udp_ports(f).is_some_and(|(s, d)| s == FABRIC_PORT || d == FABRIC_PORT)).collect();
+    let leaked = fabric.iter().filter(|f| contains(f, marker)).count();
+    let plain = frames.iter().filter(|f| contains(f, marker)).count();
+    let big = fabric.iter().filter(|f| f.len() > 150).count(); // transport packets carrying the echoes
+    println!("  capture {}: {} frames, {} fabric datagrams ({} carrying echoes), marker in {} fabric / {} frames",
+        pcap.display(), frames.len(), fabric.len(), big, leaked, plain);
+    t.record("net_fabric_packets_encrypted_on_wire", fabric_ok && big >= 10 && leaked == 0 && plain >= 6,
+        &format!("({} fabric datagrams with echoes, {} leaked the marker, {} plaintext control frames; {})", big, leaked, plain, pcap.display()));
+    Ok(())
+}
+
+/// A node whose key is not in the cluster file (it knows node1; node1 does not know it)
+/// gets no session, and node1 drops its handshakes.
+fn test_outsider(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let a = NodeSpec::new(1);
+    let b = NodeSpec::new(2);
+    let mut c = NodeSpec::new(3);
+    c.listed = false;
+    c.cmdline = "net.ping=node1 net.wait=12".into();
+    let mut r = start(kernel, &[a, b, c], "net-outsider", &[])?;
+    let ok = r.wait(Duration::from_secs(120), false, |l| l[2].iter().any(|x| x.contains("net: ping done")) || l[2].iter().any(|x| x.contains("KERNEL PANIC")));
+    let log = r.save_logs("net-outsider");
+    let refused = r.has(2, "no session with node1");
+    let dropped = r.has(0, "dropped a packet from an unknown sender: UnknownPeer");
+    let leaked = r.has(2, "session with node1 established") || r.has(0, "session with node3");
+    let members_ok = r.has(0, "session with node2 established");
+    drop(r);
+    t.record("net_unknown_key_gets_no_session", ok && refused && dropped && !leaked && members_ok,
+        &format!("(refused {refused}, dropped {dropped}, leaked {leaked}, members' session {members_ok}; log {})", log.display()));
+    Ok(())
+}
+
+fn sh(args: &[&str]) -> Result<String, String> {
+    let o = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).to_string())
+    } else {
+        Err(format!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()))
+    }
+}
+
+struct NsGuard {
+    ns: String,
+    plug: Option<Child>,
+}
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        if let Some(p) = &mut self.plug {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// A Linux network namespace on the switch (tap device through `vde_plug2tap`) pings the
+/// node's link-local address: real Linux IPv6 NDP and ICMPv6 as the peer.
+fn test_linux_ping(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "net_linux_namespace_pings_link_local";
+    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let tools = ["ip", "vde_plug2tap", "ping"].iter().all(|b| crate::tools::which(b).is_some());
+    if !root || !tools || !Path::new("/dev/net/tun").exists() {
+        println!("test {name} ... skipped (needs root, /dev/net/tun, ip, ping and vde_plug2tap)");
+        return Ok(());
+    }
+    let node = NodeSpec::new(1);
+    let ll = link_local_from_mac(node.mac);
+    let mut r = start(kernel, &[node], "net-linux", &[])?;
+    let up = r.wait(Duration::from_secs(60), false, |l| l[0].iter().any(|x| x.contains("fabric address")));
+    let id = std::process::id() % 10000;
+    let ns = format!("catns{id}");
+    let tap = format!("cattap{id}");
+    let mut g = NsGuard { ns: ns.clone(), plug: None };
+    let res = (|| -> Result<String, String> {
+        sh(&["ip", "netns", "add", &ns])?;
+        sh(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        sh(&["ip", "link", "set", &tap, "netns", &ns])?;
+        // vde_plug2tap attaches to the tap by name, so it runs inside the namespace.
+        let plug = Command::new("ip")
+            .args(["netns", "exec", &ns, "vde_plug2tap", "-s"])
+            .arg(r.switch_sock())
+            .arg(&tap)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        g.plug = Some(plug);
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &tap, "up"])?;
+        // wait for the link-local address to leave DAD
+        for _ in 0..40 {
+            let a = sh(&["ip", "netns", "exec", &ns, "ip", "-6", "addr", "show", "dev", &tap])?;
+            if a.contains("fe80") && !a.contains("tentative") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let dst = format!("{ll}%{tap}");
+        sh(&["ip", "netns", "exec", &ns, "ping", "-6", "-c", "3", "-W", "5", &dst])
+    })();
+    r.wait(Duration::from_millis(500), false, |_| false);
+    let log = r.save_logs("net-linux");
+    drop(g);
+    drop(r);
+    match res {
+        Ok(out) => {
+            let line = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or("").to_string();
+            println!("  linux: {line}");
+            t.record(name, up && line.contains(" 0% packet loss"), &format!("({line}; log {})", log.display()));
+        }
+        Err(e) => t.record(name, false, &format!("({e}; log {})", log.display())),
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench net`: round-trip latency and UDP throughput between two nodes over the
+/// fabric and over the plain link, measured by node1.
+pub fn bench(_args: &[String]) -> Result<(), String> {
+    let kernel = crate::build::build_kernel(false)?;
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "net.bench=node2".into();
+    let b = NodeSpec::new(2);
+    println!("bench net: node1 -> node2, two QEMU TCG q35 nodes (-smp 1) on a vde switch, virtio-net; measured in node1 with the TSC");
+    let mut r = start(&kernel, &[a, b], "net-bench", &[])?;
+    let ok = r.wait(Duration::from_secs(600), false, |l| l[0].iter().any(|x| x.contains("bench net: done") || x.contains("KERNEL PANIC")));
+    let log = r.save_logs("net-bench");
+    for l in r.lines[0].iter().filter(|l| l.contains("bench net:")) {
+        println!("  {}", l.split("bench net: ").nth(1).unwrap_or(l));
+    }
+    if !ok {
+        println!("  (did not finish; log {})", log.display());
+    }
+    Ok(())
+}
