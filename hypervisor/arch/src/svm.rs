@@ -474,10 +474,13 @@ impl Vcpu for SvmVcpu {
             // SAFETY: SVM is enabled on this CPU with a valid VM_HSAVE_PA; the VMCB, IOPM,
             // MSRPM and nested tables are owned by this vCPU and valid; GIF is cleared so no
             // interrupt lands between the host-state switches and VMRUN, and set again after.
+            // IF is set (under GIF=0) for VMRUN: with V_INTR_MASKING the host's IF at VMRUN
+            // decides whether physical interrupts reach the host (as #VMEXIT(INTR)) while the
+            // guest runs; with IF clear a guest that never exits would keep its CPU forever.
             unsafe {
-                core::arch::asm!("clgi");
+                core::arch::asm!("clgi", "sti");
                 arch_svm_run(vmcb, gprs, host_vmsave, host_fx, guest_fx);
-                core::arch::asm!("stgi");
+                core::arch::asm!("cli", "stgi");
             }
         });
         // Interrupts are back on here: a host interrupt that caused the exit has been taken.

@@ -184,28 +184,42 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     #[cfg(not(feature = "ktest"))]
     crate::net::start(&node.boot.cmdline, &node.boot.modules);
     #[cfg(not(feature = "ktest"))]
-    if let Some(r) = crate::vm::run_demo(&node.boot.cmdline, &node.boot.modules) {
-        let st = memory::stats();
-        info!(target: "vmm", "after the microVM: {} MiB free; exits by reason: {:?}; host overhead {} KiB; guest RAM touched {} MiB; ready after {} ms",
-            mib(st.free_bytes()), r.exits_by_reason, r.overhead_bytes / 1024, mib(r.touched_bytes), r.ready_ns.map(|n| n / 1_000_000).unwrap_or(0));
-    }
+    start_demo_vm(&node);
     #[cfg(not(feature = "ktest"))]
     idle(&node)
 }
 
-/// Nothing to schedule yet: report the timer for a few seconds, then halt between interrupts.
+/// What the demo microVM's task needs from the boot information.
+static DEMO_VM: spin::Mutex<Option<(alloc::string::String, Vec<catenary_bootinfo::Module>)>> = spin::Mutex::new(None);
+
+/// Run the demo microVM's vCPU loop as a kernel task of its own, pinned to the boot CPU (the
+/// one with hardware virtualization enabled; the backends keep per-CPU state), while every
+/// other task keeps running.
+#[cfg_attr(feature = "ktest", allow(dead_code))]
+fn start_demo_vm(node: &Node) {
+    cpu::without_interrupts(|| *DEMO_VM.lock() = Some((node.boot.cmdline.clone(), node.boot.modules.clone())));
+    fn body(_: u64) {
+        let Some((cmdline, modules)) = cpu::without_interrupts(|| DEMO_VM.lock().take()) else { return };
+        if let Some(r) = crate::vm::run_demo(&cmdline, &modules) {
+            let st = memory::stats();
+            info!(target: "vmm", "after the microVM: {} MiB free; exits by reason: {:?}; host overhead {} KiB; guest RAM touched {} MiB; ready after {} ms",
+                mib(st.free_bytes()), r.exits_by_reason, r.overhead_bytes / 1024, mib(r.touched_bytes), r.ready_ns.map(|n| n / 1_000_000).unwrap_or(0));
+        }
+    }
+    let id = crate::task::spawn_kernel("vcpu-demo", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::only(0), body, 0);
+    log::debug!(target: "vmm", "demo microVM task {}", id);
+}
+
+/// The boot task's last job: report the timer for a few seconds, then sleep.
 fn idle(node: &Node) -> ! {
     info!(target: "boot", "node up: {} CPU(s), booted via {}, {} boot module(s)", node.cpus,
         protocol_name(node.boot.protocol), node.boot.modules.len());
-    let mut next_report = apic::ticks() + TIMER_HZ as u64;
-    let mut reports = 0;
+    // The boot task sleeps (its CPU runs the other tasks, or halts when there are none).
+    for _ in 0..5 {
+        crate::task::sleep_ns(1_000_000_000);
+        info!(target: "timer", "tick {} ({} ms uptime)", apic::ticks(), time::now_ns() / 1_000_000);
+    }
     loop {
-        cpu::wait_for_interrupt();
-        let t = apic::ticks();
-        if reports < 5 && t >= next_report {
-            info!(target: "timer", "tick {} ({} ms uptime)", t, time::now_ns() / 1_000_000);
-            next_report += TIMER_HZ as u64;
-            reports += 1;
-        }
+        crate::task::sleep_ns(3_600_000_000_000);
     }
 }

@@ -55,6 +55,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("vm_hostile_invalid_instruction", vm_hostile_invalid_instruction),
     ("vm_hostile_triple_fault", vm_hostile_triple_fault),
     ("vm_hostile_unsupported_mmio_insn", vm_hostile_unsupported_mmio_insn),
+    ("vm_vcpu_loop_is_a_task", crate::ktest_core::vm_vcpu_loop_is_a_task),
 ];
 
 pub fn run(node: &Node) -> ! {

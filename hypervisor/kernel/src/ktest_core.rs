@@ -225,3 +225,48 @@ pub fn driver_rtc_over_ipc(_: &Node) -> Result<(), String> {
     check(m.words[0] < 86_400 && (2000..2200).contains(&m.words[1]), || format!("RTC time {m:?}"))?;
     check(m.words[2] > 0, || "no RTC interrupt reached rtcd as a notification".into())
 }
+
+// ---- the microVM vCPU loop as a task ----
+
+static VM_TASK: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+fn vm_task_body(_: u64) {
+    use crate::vm::{Ended, Image, HOSTILE_GUEST, HOSTILE_LOAD};
+    VM_TASK[0].store(smp::cpu_index() as u64, Ordering::SeqCst);
+    let before = COUNTS[0].load(Ordering::SeqCst);
+    let r = crate::vm::run("hostile-long", Image::Raw { code: HOSTILE_GUEST, load: HOSTILE_LOAD, arg: 6 }, 16);
+    crate::vm::report("hostile-long", &r);
+    log::info!(target: "ktest", "hostile-long exits by reason: {:?}", r.exits_by_reason);
+    let after = COUNTS[0].load(Ordering::SeqCst);
+    VM_TASK[1].store(smp::cpu_index() as u64, Ordering::SeqCst);
+    VM_TASK[2].store(after - before, Ordering::SeqCst);
+    let ok = matches!(r.ended, Ended::Stopped(catenary_vmm::cpu::StopReason::PowerOff { .. }))
+        && r.console.iter().any(|l| l.contains("long run done"));
+    VM_TASK[3].store(ok as u64, Ordering::SeqCst);
+    VM_TASK[4].store(r.exits, Ordering::SeqCst);
+    VM_TASK[5].store(r.wall_ns, Ordering::SeqCst);
+}
+
+/// A microVM's vCPU loop runs as a task pinned to the virtualization CPU (0), sharing it with
+/// a kernel spinner that never yields: both make progress, so the vCPU loop is preempted (and
+/// preempts) like any other task.
+pub fn vm_vcpu_loop_is_a_task(_: &Node) -> Result<(), String> {
+    let f = catenary_arch::cpu::features();
+    if !f.svm && !f.vmx {
+        return Err("no hardware virtualization on this CPU".into());
+    }
+    STOP.store(false, Ordering::SeqCst);
+    COUNTS[0].store(0, Ordering::SeqCst);
+    VM_TASK.iter().for_each(|c| c.store(u64::MAX, Ordering::SeqCst));
+    let spin = task::spawn_kernel("spin-vm", Priority::NORMAL, Affinity::only(0), spinner, 0);
+    let vm = task::spawn_kernel("vcpu-test", Priority::NORMAL, Affinity::only(0), vm_task_body, 0);
+    let done = task::join(vm, 60 * SEC);
+    STOP.store(true, Ordering::SeqCst);
+    task::join(spin, 5 * SEC).ok_or("spinner stuck")?;
+    done.ok_or("the vCPU task did not finish")?;
+    let v: alloc::vec::Vec<u64> = VM_TASK.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    check(v[3] == 1, || format!("the guest did not run to its power-off: {v:?}"))?;
+    check(v[0] == 0 && v[1] == 0, || format!("vCPU task ran on cpu {} / {}", v[0], v[1]))?;
+    check(v[2] > 0, || "the spinner on the same CPU made no progress while the vCPU ran".into())?;
+    log::info!(target: "ktest", "vCPU task: {} exits in {} ms, spinner made {} steps meanwhile", v[4], v[5] / 1_000_000, v[2]);
+    Ok(())
+}

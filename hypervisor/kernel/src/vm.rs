@@ -12,7 +12,7 @@
 use alloc::format;
 use alloc::string::String;
 use catenary_arch::virt::{self, GuestRam, Vcpu, VirtError};
-use catenary_arch::{apic, cpu, time};
+use catenary_arch::{cpu, time};
 use catenary_vmm::cpu::{Exit, StopReason, VcpuState};
 use catenary_vmm::{Action, EventDecision, MicroVm, VmConfig};
 use log::{info, warn};
@@ -164,6 +164,9 @@ impl Console<'_> {
     }
 }
 
+/// Longest a halted vCPU's task sleeps before polling the device model again.
+const HALT_POLL_NS: u64 = 1_000_000;
+
 fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut Console) -> Ended {
     let name = console.name;
     let mut st = vcpu.state();
@@ -211,8 +214,13 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                         console.drain(vm, true);
                         return Ended::Stopped(r);
                     }
-                    let _ = apic::ticks();
-                    cpu::wait_for_interrupt();
+                    // Block this task (other tasks run on this CPU meanwhile) until the
+                    // device model's next deadline, at most 1 ms; the sleep ends on a host tick.
+                    let now = time::now_ns();
+                    let wait = vm.next_deadline_ns().map(|d| d.saturating_sub(now)).unwrap_or(HALT_POLL_NS).min(HALT_POLL_NS);
+                    if wait > 0 {
+                        crate::task::sleep_ns(wait);
+                    }
                 }
             }
             Ok(Action::Stop(r)) => {

@@ -7,6 +7,8 @@
  *   3 invalid instruction with no IDT → #UD → double → triple fault → the VM is stopped
  *   4 triple fault (empty IDT, int3)
  *   5 an MMIO access by an instruction the device model does not emulate (movsd)
+ *   6 compute for 2^28 TSC cycles (no exits of its own: only host interrupts stop it), then
+ *     power off (the vCPU task must be preempted meanwhile)
  * Position independent: EBP holds the load address. */
     .code32
     .text
@@ -33,6 +35,8 @@ _start:
     je triple_fault
     cmp ebx, 5
     je bad_mmio_insn
+    cmp ebx, 6
+    je long_run
     jmp poweroff
 
 garbage_io:
@@ -104,6 +108,21 @@ bad_mmio_insn:
     movsd
     jmp poweroff
 
+long_run:
+    rdtsc
+    mov edi, eax
+    mov esi, edx
+5:  pause
+    rdtsc
+    sub eax, edi
+    sbb edx, esi
+    jnz 6f
+    cmp eax, 0x10000000
+    jb 5b
+6:  lea esi, [ebp + msg_long_done - _start]
+    call puts
+    jmp poweroff
+
 poweroff:
     cli
     hlt
@@ -159,6 +178,7 @@ gp_count:
     .long 0
 scratch:
     .long 0
+msg_long_done:   .asciz "hostile guest: long run done\n"
 msg_hello:       .asciz "hostile guest: starting scenario\n"
 msg_io_ok:       .asciz "hostile guest: garbage port I/O done, still running\n"
 msg_msr_ok:      .asciz "hostile guest: 2 unknown MSR accesses -> 2 #GP delivered\n"
