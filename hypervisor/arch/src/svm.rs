@@ -8,7 +8,7 @@
 //! QEMU TCG's SVM has no NRIPS and no decode assists, so exits report RIP at the instruction
 //! and the device model (`catenary-vmm`) advances it and decodes MMIO instructions itself.
 
-use crate::virt::{GuestRam, Vcpu, VirtError, CHUNK};
+use crate::virt::{FxArea, GuestRam, Vcpu, VirtError, CHUNK};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -105,18 +105,6 @@ struct GuestGprs {
     r15: u64,
 }
 
-#[repr(C, align(16))]
-struct FxArea([u8; 512]);
-
-impl FxArea {
-    /// The x87/SSE reset state: FCW 0x37f, MXCSR 0x1f80.
-    fn reset() -> Box<FxArea> {
-        let mut a = Box::new(FxArea([0; 512]));
-        a.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        a
-    }
-}
 
 /// Per-CPU host areas, keyed by APIC id: (VM_HSAVE_PA page, host VMSAVE page).
 static HOST_AREAS: Mutex<BTreeMap<u32, (u64, u64)>> = Mutex::new(BTreeMap::new());

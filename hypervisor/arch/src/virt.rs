@@ -63,6 +63,20 @@ pub trait Vcpu {
 
 pub const CHUNK: u64 = 2 << 20;
 
+/// An FXSAVE area (x87/SSE state), 16-byte aligned, for the backends' host/guest FPU switch.
+#[repr(C, align(16))]
+pub(crate) struct FxArea(pub(crate) [u8; 512]);
+
+impl FxArea {
+    /// The x87/SSE reset state: FCW 0x37f, MXCSR 0x1f80.
+    pub(crate) fn reset() -> Box<FxArea> {
+        let mut a = Box::new(FxArea([0; 512]));
+        a.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        a
+    }
+}
+
 /// Guest RAM: 2 MiB host chunks from the frame allocator, guest-physical from 0. Returned to the
 /// allocator when dropped.
 ///

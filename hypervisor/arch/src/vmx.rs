@@ -15,7 +15,7 @@
 //! Exits are decoded by `catenary_vmm::vmx_exit::decode_vmx_exit` (host-tested) with RIP left
 //! at the exiting instruction: the device model advances it.
 
-use crate::virt::{GuestRam, Vcpu, VirtError, CHUNK};
+use crate::virt::{FxArea, GuestRam, Vcpu, VirtError, CHUNK};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -202,18 +202,6 @@ struct GuestGprs {
     r15: u64,
 }
 
-#[repr(C, align(16))]
-struct FxArea([u8; 512]);
-
-impl FxArea {
-    /// The x87/SSE reset state: FCW 0x37f, MXCSR 0x1f80.
-    fn reset() -> Box<FxArea> {
-        let mut a = Box::new(FxArea([0; 512]));
-        a.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        a
-    }
-}
 
 // ---- VMX instructions ----
 
