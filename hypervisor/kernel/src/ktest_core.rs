@@ -270,3 +270,27 @@ pub fn vm_vcpu_loop_is_a_task(_: &Node) -> Result<(), String> {
     log::info!(target: "ktest", "vCPU task: {} exits in {} ms, spinner made {} steps meanwhile", v[4], v[5] / 1_000_000, v[2]);
     Ok(())
 }
+
+// ---- memory grants through the syscall ABI ----
+
+/// Two ring-3 tasks move 64 KiB through a grant (read-only, then read-write), the kernel
+/// refuses grants of memory the sender does not own or may not write, and the receiver's
+/// mapping is gone after its reply (touching it kills the receiver).
+pub fn ipc_memory_grant(_: &Node) -> Result<(), String> {
+    let (slot, ep) = task::create_endpoint_for_current(4);
+    let before = catenary_arch::memory::stats().free;
+    let (srv, sep) = spawn_uapp("grant-srv", task::ROLE_GRANT_SERVER, Affinity::ANY, true, &[])?;
+    let sep = sep.unwrap();
+    let grant_cap = catenary_ipc::Capability { target: catenary_ipc::Address::local(sep), rights: Rights::SEND.union(Rights::GRANT), badge: 5 };
+    let (cli, _) = spawn_uapp("grant-cli", task::ROLE_GRANT_CLIENT, Affinity::ANY, false, &[grant_cap, task::send_cap(ep, 0), task::send_cap(sep, 6)])?;
+    let m = task::recv(slot, 20 * SEC).map_err(|e| format!("no report from the client: {e:?}"))?;
+    let code = task::join(srv, 5 * SEC).ok_or("grant server not killed")?;
+    task::join(cli, 5 * SEC).ok_or("client did not exit")?;
+    check(m.words[0] == 1, || format!("read-only 64 KiB grant: checksum mismatch ({m:?})"))?;
+    check(m.words[1] == 1, || format!("read-write grant: data not seen by the sender ({m:?})"))?;
+    check(m.words[2] == 31, || format!("bad grants accepted: error mask {:#b} (want 0b11111)", m.words[2]))?;
+    check(m.words[3] == 1 && code == task::killed_by(14), || format!("revoked grant still mapped (server exit {code:#x})"))?;
+    check(task::grants_outstanding() == 0, || format!("{} grants left", task::grants_outstanding()))?;
+    let after = catenary_arch::memory::stats().free;
+    check(after == before, || format!("{} frames leaked", before as i64 - after as i64))
+}

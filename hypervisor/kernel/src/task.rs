@@ -11,8 +11,17 @@
 //! 0 null, 1 yield, 2 exit(code), 3 sleep(ns), 4 time → ns, 5 send(slot, label, w0..w3),
 //! 6 recv(slot, timeout_ns; 0 = forever), 7 call(slot, label, w0..w3), 8 reply(token, label,
 //! w0..w3), 9 map(virt, pages), 10 unmap(virt, pages), 11 log(ptr, len), 12 join(task) → exit
-//! code. A received message comes back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words)
-//! and r12 (reply token, non-zero for a call).
+//! code, 13 call_grant(slot, label, w0, w1, base | writable, len). A received message comes
+//! back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words) and r12 (reply token, non-zero
+//! for a call).
+//!
+//! Memory grants: `call_grant` lends the pages [base, base+len) of the caller (pages it owns:
+//! mapped by the kernel for it, not themselves granted; writable grants need writable pages)
+//! to the receiver of the call, who finds them mapped in its grant window: words 2 and 3 of
+//! the message are (address | writable, len). The mapping is removed when the receiver replies
+//! (or replies too late), when the receiver dies (with its address space), and when the caller
+//! dies (the pages then pass to the receiver's ownership until it exits, so nothing it might
+//! still reach through a stale TLB entry is reused). The capability needs the GRANT right.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -38,11 +47,25 @@ pub const SYS_MAP: u64 = 9;
 pub const SYS_UNMAP: u64 = 10;
 pub const SYS_LOG: u64 = 11;
 pub const SYS_JOIN: u64 = 12;
+pub const SYS_CALL_GRANT: u64 = 13;
 
 pub const RTC_VECTOR: u8 = 0x58;
 const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_0000;
 const USER_STACK_PAGES: u64 = 32;
 const ERR_BAD_ARG: u64 = 100;
+/// Where granted pages appear in a receiver: 64 slots of `GRANT_MAX_PAGES` pages.
+pub const GRANT_WINDOW: u64 = 0x0000_6000_0000_0000;
+pub const GRANT_MAX_PAGES: u64 = 4096;
+const GRANT_SLOTS: u64 = 64;
+
+/// A grant travelling with call `token`.
+struct GrantRec {
+    sender: TaskId,
+    /// The receiver and where the pages are mapped in it, once delivered.
+    mapped: Option<(TaskId, u64)>,
+    frames: Vec<u64>,
+    writable: bool,
+}
 /// Exit code of a task killed by exception `v`.
 pub const fn killed_by(v: u64) -> u64 {
     0xdead_0000 | v
@@ -75,6 +98,7 @@ pub struct Kernel {
     exit_codes: alloc::collections::BTreeMap<TaskId, u64>,
     rtc_endpoint: Option<EndpointId>,
     ticks: u64,
+    grants: alloc::collections::BTreeMap<u64, GrantRec>,
 }
 
 static K: Mutex<Option<Kernel>> = Mutex::new(None);
@@ -94,6 +118,7 @@ pub fn init(cpus: usize) {
         exit_codes: Default::default(),
         rtc_endpoint: None,
         ticks: 0,
+        grants: Default::default(),
     };
     for _ in 0..cpus {
         k.idle_stack.push(paging::alloc_stack(4).expect("idle stack").1);
@@ -221,6 +246,7 @@ fn kill_current(k: &mut Kernel, f: &mut TrapFrame, code: u64) {
     let c = smp::cpu_index();
     let Some(me) = k.sched.current(c) else { return };
     let rep = k.ipc.task_died(me);
+    grants_on_death(k, me);
     let _ = k.sched.kill(me);
     k.exit_codes.insert(me, code);
     for (w, e) in rep.wake_with_error {
@@ -349,8 +375,9 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             };
             match k.ipc.send(&cap, msg_from(f)) {
                 Ok(Delivery::Queued) => f.rax = 0,
-                Ok(Delivery::Direct { receiver, msg }) => {
+                Ok(Delivery::Direct { receiver, mut msg }) => {
                     f.rax = 0;
+                    deliver_grant(k, receiver, &mut msg);
                     if complete(k, receiver, Ok(msg)) {
                         resched(k, f);
                     }
@@ -365,7 +392,10 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             };
             let ep = cap.target.endpoint;
             match k.ipc.recv(me, ep) {
-                Ok(Some(m)) => put_msg(f, &m),
+                Ok(Some(mut m)) => {
+                    deliver_grant(k, me, &mut m);
+                    put_msg(f, &m)
+                }
                 Ok(None) => {
                     let deadline = if f.rsi == 0 { None } else { Some(time::now_ns() + f.rsi) };
                     let _ = k.sched.block(me, BlockReason::Recv(ep), deadline);
@@ -390,15 +420,43 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                 Err(e) => f.rax = err(e),
             }
         }
-        SYS_REPLY => match k.ipc.reply(me, f.rdi, msg_from(f)) {
-            Ok((caller, m)) => {
-                f.rax = 0;
-                if complete(k, caller, Ok(m)) {
+        SYS_CALL_GRANT => {
+            let cap = match k.sched.task(me).unwrap().context.caps.get(f.rdi as usize) {
+                Ok(c) => c,
+                Err(e) => return f.rax = err(e),
+            };
+            let (base, len, writable) = (f.r8 & !1, f.r9, f.r8 & 1 != 0);
+            let frames = match grant_frames(k, me, base, len, writable) {
+                Some(v) => v,
+                None => return f.rax = ERR_BAD_ARG.wrapping_neg(),
+            };
+            let mut m = Message::new(f.rsi, [f.rdx, f.r10, 0, len]);
+            m.grant = Some(catenary_ipc::Grant { base, len, writable });
+            match k.ipc.call(me, &cap, m) {
+                Ok((tok, d)) => {
+                    k.grants.insert(tok, GrantRec { sender: me, mapped: None, frames, writable });
+                    let _ = k.sched.block(me, BlockReason::Reply(tok), None);
+                    if let Delivery::Direct { receiver, mut msg } = d {
+                        deliver_grant(k, receiver, &mut msg);
+                        complete(k, receiver, Ok(msg));
+                    }
                     resched(k, f);
                 }
+                Err(e) => f.rax = err(e),
             }
-            Err(e) => f.rax = err(e),
-        },
+        }
+        SYS_REPLY => {
+            revoke_on_reply(k, me, f.rdi);
+            match k.ipc.reply(me, f.rdi, msg_from(f)) {
+                Ok((caller, m)) => {
+                    f.rax = 0;
+                    if complete(k, caller, Ok(m)) {
+                        resched(k, f);
+                    }
+                }
+                Err(e) => f.rax = err(e),
+            }
+        }
         SYS_MAP => f.rax = map_anon(k, me, f.rdi, f.rsi),
         SYS_UNMAP => f.rax = unmap_anon(k, me, f.rdi, f.rsi),
         SYS_LOG => {
@@ -435,7 +493,7 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
 fn map_anon(k: &mut Kernel, me: TaskId, virt: u64, pages: u64) -> u64 {
     let t = k.sched.task_mut(me).unwrap();
     let Some(space) = t.context.space.as_mut() else { return ERR_BAD_ARG.wrapping_neg() };
-    if virt % 4096 != 0 || pages > 1024 || virt.saturating_add(pages * 4096) > 0x0000_7000_0000_0000 {
+    if virt % 4096 != 0 || pages > 1024 || virt.saturating_add(pages * 4096) > GRANT_WINDOW {
         return ERR_BAD_ARG.wrapping_neg();
     }
     for i in 0..pages {
@@ -465,6 +523,98 @@ fn unmap_anon(k: &mut Kernel, me: TaskId, virt: u64, pages: u64) -> u64 {
         }
     }
     0
+}
+
+// ---------------------------------------------------------------- memory grants
+
+/// The frames behind [base, base+len) of `me`, if `me` owns every page (and they are
+/// writable when `writable`).
+fn grant_frames(k: &Kernel, me: TaskId, base: u64, len: u64, writable: bool) -> Option<Vec<u64>> {
+    let t = k.sched.task(me)?;
+    let space = t.context.space.as_ref()?;
+    let pages = len.div_ceil(4096);
+    if base % 4096 != 0 || pages == 0 || pages > GRANT_MAX_PAGES || base.checked_add(pages * 4096)? > uspace::USER_END {
+        return None;
+    }
+    let mut frames = Vec::with_capacity(pages as usize);
+    for i in 0..pages {
+        let (phys, w) = space.translate(base + i * 4096)?;
+        if (writable && !w) || !t.context.frames.contains(&phys) {
+            return None;
+        }
+        frames.push(phys);
+    }
+    Some(frames)
+}
+
+/// A message reaches `receiver`: map the grant travelling with it (if any) into its grant
+/// window and tell it where (words 2, 3 = address | writable, length; address 0 = not mapped).
+fn deliver_grant(k: &mut Kernel, receiver: TaskId, m: &mut Message) {
+    if m.grant.is_none() {
+        return;
+    }
+    m.words[2] = 0;
+    let Some(rec) = k.grants.get(&m.reply) else { return };
+    let used: Vec<u64> = k.grants.values().filter_map(|g| g.mapped.filter(|(r, _)| *r == receiver).map(|(_, v)| v)).collect();
+    let Some(virt) = (0..GRANT_SLOTS).map(|i| GRANT_WINDOW + i * GRANT_MAX_PAGES * 4096).find(|v| !used.contains(v)) else { return };
+    let (frames, writable) = (rec.frames.clone(), rec.writable);
+    let Some(space) = k.sched.task_mut(receiver).and_then(|t| t.context.space.as_mut()) else { return };
+    for (i, fr) in frames.iter().enumerate() {
+        if space.map(virt + i as u64 * 4096, *fr, writable, false).is_err() {
+            for j in 0..i as u64 {
+                let _ = space.unmap(virt + j * 4096);
+            }
+            return;
+        }
+    }
+    k.grants.get_mut(&m.reply).unwrap().mapped = Some((receiver, virt));
+    m.words[2] = virt | writable as u64;
+}
+
+fn unmap_grant(k: &mut Kernel, rec: &GrantRec) {
+    if let Some((r, virt)) = rec.mapped {
+        if let Some(space) = k.sched.task_mut(r).and_then(|t| t.context.space.as_mut()) {
+            for i in 0..rec.frames.len() as u64 {
+                let _ = space.unmap(virt + i * 4096);
+            }
+        }
+    }
+}
+
+/// The receiver answers call `token` (running on this CPU, so the local TLB flush of the
+/// unmap is enough): the grant ends.
+fn revoke_on_reply(k: &mut Kernel, me: TaskId, token: u64) {
+    if k.grants.get(&token).is_some_and(|g| g.mapped.map(|(r, _)| r) == Some(me)) {
+        let rec = k.grants.remove(&token).unwrap();
+        unmap_grant(k, &rec);
+    }
+}
+
+/// Task `dead` is going away: end its grants on both sides.
+fn grants_on_death(k: &mut Kernel, dead: TaskId) {
+    let tokens: Vec<u64> = k.grants.iter().filter(|(_, g)| g.sender == dead || g.mapped.map(|(r, _)| r) == Some(dead)).map(|(t, _)| *t).collect();
+    for tok in tokens {
+        let rec = k.grants.remove(&tok).unwrap();
+        if rec.sender != dead {
+            continue; // the receiver died: its address space goes, the sender keeps its pages
+        }
+        unmap_grant(k, &rec);
+        // The receiver may run on another CPU with the pages still in its TLB: they become
+        // its own (freed when it exits) instead of returning to the allocator now.
+        if let Some((r, _)) = rec.mapped {
+            if let Some(t) = k.sched.task_mut(dead) {
+                t.context.frames.retain(|f| !rec.frames.contains(f));
+            }
+            if let Some(t) = k.sched.task_mut(r) {
+                t.context.frames.extend_from_slice(&rec.frames);
+            }
+        }
+    }
+}
+
+/// Number of grants in flight (tests).
+pub fn grants_outstanding() -> usize {
+    with(|k| k.grants.len())
 }
 
 // ---------------------------------------------------------------- creating tasks
@@ -731,6 +881,8 @@ pub const ROLE_SPIN: u64 = 6;
 pub const ROLE_RTC_CLIENT: u64 = 7;
 pub const ROLE_ONE_SHOT: u64 = 8;
 pub const ROLE_MEMORY: u64 = 9;
+pub const ROLE_GRANT_SERVER: u64 = 10;
+pub const ROLE_GRANT_CLIENT: u64 = 11;
 
 static ECHO_EP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 impl Kernel {
@@ -750,6 +902,7 @@ pub fn kill_for_test(id: TaskId) -> bool {
     with(|k| match k.sched.task(id).map(|t| t.state) {
         Some(TaskState::Ready) | Some(TaskState::Blocked(_)) => {
             let rep = k.ipc.task_died(id);
+            grants_on_death(k, id);
             let _ = k.sched.kill(id);
             k.exit_codes.insert(id, killed_by(0xff));
             for (w, e) in rep.wake_with_error {

@@ -17,10 +17,12 @@ pub const SYS_REPLY: u64 = 8;
 pub const SYS_MAP: u64 = 9;
 pub const SYS_UNMAP: u64 = 10;
 pub const SYS_LOG: u64 = 11;
+pub const SYS_JOIN: u64 = 12;
+pub const SYS_CALL_GRANT: u64 = 13;
 
 pub const LABEL_NOTIFY: u64 = 0xffff_ffff_ffff_0001;
 
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Msg {
     pub label: u64,
     pub words: [u64; 4],
@@ -101,6 +103,12 @@ pub fn recv(slot: u64, timeout_ns: u64) -> Result<Msg, u64> {
 pub fn call(slot: u64, label: u64, w: [u64; 4]) -> Result<Msg, u64> {
     syscall_msg(SYS_CALL, slot, label, w)
 }
+/// Call with a grant of [base, base+len) of this task's memory (read-only or read-write) to
+/// the receiver, valid until it replies. The receiver finds the pages mapped at
+/// `words[2] & !1` (bit 0: writable), `words[3]` bytes.
+pub fn call_grant(slot: u64, label: u64, w0: u64, w1: u64, base: u64, len: u64, writable: bool) -> Result<Msg, u64> {
+    syscall_msg(SYS_CALL_GRANT, slot, label, [w0, w1, base | writable as u64, len])
+}
 pub fn reply(token: u64, label: u64, w: [u64; 4]) -> Result<(), u64> {
     let r = syscall6(SYS_REPLY, token, label, w[0], w[1], w[2], w[3]);
     if r == 0 { Ok(()) } else { Err(r.wrapping_neg()) }
@@ -139,6 +147,24 @@ pub fn outb(port: u16, v: u8) {
 pub fn peek(addr: u64) -> u8 {
     // SAFETY: deliberately unchecked; a bad address faults and the kernel kills this task.
     unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+/// Read / write a 64-bit word of this task's memory (a bad address kills the task).
+pub fn read_u64(addr: u64) -> u64 {
+    // SAFETY: ring-3 access; the kernel's page tables decide, a bad address faults this task.
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
+}
+pub fn write_u64(addr: u64, v: u64) {
+    // SAFETY: as in `read_u64`.
+    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
+}
+pub fn read_u32(addr: u64) -> u32 {
+    // SAFETY: as in `read_u64`.
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+pub fn write_u32(addr: u64, v: u32) {
+    // SAFETY: as in `read_u64`.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
 }
 
 /// Small fixed-buffer formatter for log lines.

@@ -14,6 +14,19 @@ const ROLE_SPIN: u64 = 6;
 const ROLE_RTC_CLIENT: u64 = 7;
 const ROLE_ONE_SHOT: u64 = 8;
 const ROLE_MEMORY: u64 = 9;
+const ROLE_GRANT_SERVER: u64 = 10;
+const ROLE_GRANT_CLIENT: u64 = 11;
+
+fn checksum(base: u64, len: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for i in 0..len / 8 {
+        h = (h ^ read_u64(base + i * 8)).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+fn pattern(i: u64, seed: u64) -> u64 {
+    (i ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
 
 fn median(v: &mut [u64]) -> u64 {
     v.sort_unstable();
@@ -122,6 +135,84 @@ pub extern "C" fn user_main(role: u64) -> u64 {
             }
             let u = unmap(base, 4).is_ok();
             let _ = send(0, 0x3e, [r as u64, sum, u as u64, 0]);
+            0
+        }
+        // slot 0: own endpoint. Label 1: checksum the granted range (w0 = 1: first fill it
+        // with pattern(i, w1)); label 9: touch the last granted range after its reply (the
+        // grant is gone: this task must be killed by #PF).
+        ROLE_GRANT_SERVER => {
+            let mut last = 0u64;
+            loop {
+                let Ok(m) = recv(0, 0) else { continue };
+                match m.label {
+                    1 => {
+                        let (addr, writable, len) = (m.words[2] & !1, m.words[2] & 1 != 0, m.words[3]);
+                        if addr == 0 {
+                            let _ = reply(m.reply, 0xbad, [0; 4]);
+                            continue;
+                        }
+                        if m.words[0] == 1 && writable {
+                            for i in 0..len / 8 {
+                                write_u64(addr + i * 8, pattern(i, m.words[1]));
+                            }
+                        }
+                        last = addr;
+                        let _ = reply(m.reply, 2, [checksum(addr, len), addr, writable as u64, 0]);
+                    }
+                    9 => {
+                        log("uapp: touching a revoked grant (this task should be killed)");
+                        let v = read_u64(last);
+                        let _ = reply(m.reply, 0xbad, [v, 0, 0, 0]);
+                    }
+                    _ => {
+                        let _ = reply(m.reply, 0, [0; 4]);
+                    }
+                }
+            }
+        }
+        // slot 0: grant server (send+grant), slot 1: report endpoint, slot 2: the server
+        // without the grant right.
+        ROLE_GRANT_CLIENT => {
+            const BASE: u64 = 0x2000_0000;
+            const LEN: u64 = 64 * 1024;
+            if map(BASE, LEN / 4096).is_err() {
+                let _ = send(1, 0x9a, [0; 4]);
+                return 1;
+            }
+            for i in 0..LEN / 8 {
+                write_u64(BASE + i * 8, pattern(i, 0x1234));
+            }
+            let local = checksum(BASE, LEN);
+            // Read-only bulk transfer: the server checksums our 64 KiB.
+            let ro = matches!(call_grant(0, 1, 0, 0, BASE, LEN, false), Ok(r) if r.label == 2 && r.words[0] == local && r.words[2] == 0);
+            // Read-write: the server fills the pages, we see its data.
+            let rw = match call_grant(0, 1, 1, 0x77, BASE, LEN, true) {
+                Ok(r) => r.label == 2 && r.words[2] == 1 && (0..LEN / 8).all(|i| read_u64(BASE + i * 8) == pattern(i, 0x77)) && r.words[0] == checksum(BASE, LEN),
+                Err(_) => false,
+            };
+            // Memory we do not own, or cannot write, is refused; so is a capability without
+            // the grant right.
+            let mut errs = 0u64;
+            if call_grant(0, 1, 0, 0, 0x3000_0000, 4096, false) == Err(100) {
+                errs |= 1; // unmapped
+            }
+            if call_grant(0, 1, 0, 0, 0xffff_8000_0000_0000, 4096, false) == Err(100) {
+                errs |= 2; // kernel half
+            }
+            let text = user_main as *const () as u64 & !0xfff;
+            if call_grant(0, 1, 0, 0, text, 4096, true) == Err(100) {
+                errs |= 4; // read-only page granted writable
+            }
+            if call_grant(2, 1, 0, 0, BASE, 4096, false) == Err(2) {
+                errs |= 8; // no grant right
+            }
+            if call_grant(0, 1, 0, 0, BASE + 8, 4096, false).is_err() && call_grant(0, 1, 0, 0, BASE, 0, false).is_err() {
+                errs |= 16; // misaligned / empty
+            }
+            // The server's mapping ended with its reply: touching it kills the server.
+            let probe = call(0, 9, [0; 4]);
+            let dead = probe.err() == Some(4);
+            let _ = send(1, 0x9a, [ro as u64, rw as u64, errs, dead as u64]);
             0
         }
         _ => 1,
