@@ -56,6 +56,14 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
     if !only_kernel {
         host_tests(&mut t);
     }
+    if !quick {
+        // The guest images (cached by config hash; ~10 min the first time on a new machine)
+        // are needed by the Linux microVM tests under SVM and under VT-x (Bochs).
+        println!("== guest images (cargo xtask guest)");
+        if let Err(e) = crate::build::guest_bundle() {
+            t.record("guest_images_build", false, &e);
+        }
+    }
     kernel_tests(&mut t, quick)?;
     if !quick {
         crate::vmbench::linux_guest_tests(&mut t)?;

@@ -36,13 +36,11 @@ fn node_with_guest(kernel: &std::path::Path, bundle: &std::path::Path, cmdline: 
 /// runs its command and powers off; the node reports the clean exit.
 pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
     println!("== Linux microVM under Catenary (SVM, QEMU TCG -cpu max)");
-    let bundle = match crate::build::guest_bundle() {
-        Ok(b) => b,
-        Err(e) => {
-            t.record("vm_linux_guest_images", false, &e);
-            return Ok(());
-        }
-    };
+    let bundle = crate::tools::out_dir().join("guest-bundle.cpio");
+    if !bundle.exists() {
+        t.record("vm_linux_svm", false, "(no guest bundle: the guest image build failed above)");
+        return Ok(());
+    }
     let kernel = crate::build::build_kernel(false)?;
     // The command also exercises virtio end to end: a line written to the virtio console
     // (/dev/hvc0) and the first line of a read-only virtio-blk disk (/dev/vda).
