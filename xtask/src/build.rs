@@ -94,10 +94,6 @@ pub fn build_iso(kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str,
     cfg.push_str("    boot\n}\n");
     std::fs::write(boot.join("grub/grub.cfg"), &cfg).map_err(|e| e.to_string())?;
 
-    // Limine as well when its binary is available (Nix builds it; no registry here has it).
-    if let Some(limine) = which("limine") {
-        add_limine(&stage, &limine, cmdline, modules.len())?;
-    }
     let iso = out_dir().join(format!("{iso_name}.iso"));
     let out = Command::new(mkrescue)
         .arg("-o")
@@ -111,26 +107,50 @@ pub fn build_iso(kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str,
     Ok(iso)
 }
 
-fn add_limine(stage: &PathBuf, limine: &PathBuf, cmdline: &str, nmods: usize) -> Result<(), String> {
-    // Limine's data files live next to its binary's share directory.
+/// A Limine-protocol ISO (BIOS + UEFI) beside the GRUB one, when a `limine` binary is on PATH
+/// (nixpkgs has it; no registry reachable from the build machines does). Mirrors nix/iso.nix.
+pub fn build_limine_iso(kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str, iso_name: &str) -> Result<Option<PathBuf>, String> {
+    let Some(limine) = which("limine") else { return Ok(None) };
     let share = limine.parent().and_then(|b| b.parent()).map(|p| p.join("share/limine")).unwrap_or_default();
+    let stage = out_dir().join(format!("{iso_name}-limine.d"));
+    let _ = std::fs::remove_dir_all(&stage);
+    let boot = stage.join("boot");
+    std::fs::create_dir_all(boot.join("limine")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(stage.join("EFI/BOOT")).map_err(|e| e.to_string())?;
+    std::fs::copy(kernel, boot.join("catenary.elf")).map_err(|e| e.to_string())?;
     let mut conf = format!("timeout: 0\n\n/Catenary (Limine)\n    protocol: limine\n    path: boot():/boot/catenary.elf\n    cmdline: {cmdline}\n");
-    for i in 0..nmods {
-        conf.push_str(&format!("    module_path: boot():/boot/module{i}\n"));
+    for (i, (path, name)) in modules.iter().enumerate() {
+        std::fs::copy(path, boot.join(format!("module{i}"))).map_err(|e| e.to_string())?;
+        conf.push_str(&format!("    module_path: boot():/boot/module{i}\n    module_string: {name}\n"));
     }
-    std::fs::write(stage.join("boot/limine.conf"), conf).map_err(|e| e.to_string())?;
+    std::fs::write(boot.join("limine/limine.conf"), conf).map_err(|e| e.to_string())?;
     for f in ["limine-bios.sys", "limine-bios-cd.bin", "limine-uefi-cd.bin"] {
-        let _ = std::fs::copy(share.join(f), stage.join("boot").join(f));
+        std::fs::copy(share.join(f), boot.join("limine").join(f)).map_err(|e| format!("{f} from {}: {e}", share.display()))?;
     }
-    Ok(())
+    let _ = std::fs::copy(share.join("BOOTX64.EFI"), stage.join("EFI/BOOT/BOOTX64.EFI"));
+    let iso = out_dir().join(format!("{iso_name}-limine.iso"));
+    run(Command::new(require("xorriso", "xorriso")?)
+        .args(["-as", "mkisofs", "-R", "-r", "-J", "-b", "boot/limine/limine-bios-cd.bin", "-no-emul-boot"])
+        .args(["-boot-load-size", "4", "-boot-info-table", "-hfsplus", "-apm-block-size", "2048"])
+        .args(["--efi-boot", "boot/limine/limine-uefi-cd.bin", "-efi-boot-part", "--efi-boot-image", "--protective-msdos-label"])
+        .arg(&stage)
+        .arg("-o")
+        .arg(&iso))?;
+    run(Command::new(&limine).arg("bios-install").arg(&iso))?;
+    Ok(Some(iso))
 }
 
 pub fn cmd_iso(args: &[String]) -> Result<(), String> {
     let test = args.iter().any(|a| a == "--test");
     let k = build_kernel(test)?;
     let mods = crate::qemu::default_modules(true);
-    let iso = build_iso(&k, &mods, "", if test { "catenary-test" } else { "catenary" })?;
+    let name = if test { "catenary-test" } else { "catenary" };
+    let iso = build_iso(&k, &mods, "", name)?;
     println!("{}", iso.display());
+    match build_limine_iso(&k, &mods, "", name)? {
+        Some(l) => println!("{}", l.display()),
+        None => eprintln!("xtask: no `limine` binary on PATH: Limine ISO skipped (nix build .#iso makes it)"),
+    }
     Ok(())
 }
 
@@ -172,7 +192,7 @@ pub fn cpio_newc(files: &[(String, Vec<u8>)]) -> Vec<u8> {
         }
     }
     let mut out = Vec::new();
-    let mut entry = |out: &mut Vec<u8>, ino: usize, name: &str, mode: u32, data: &[u8]| {
+    let entry = |out: &mut Vec<u8>, ino: usize, name: &str, mode: u32, data: &[u8]| {
         let hdr = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             ino, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
