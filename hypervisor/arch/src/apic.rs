@@ -184,14 +184,32 @@ pub fn timer_hz() -> u64 {
     TIMER_HZ.load(Ordering::Relaxed)
 }
 
-/// Route IOAPIC input `pin` (of the IOAPIC at physical `ioapic_phys`) to `vector` on the CPU
-/// with `dest_apic`, edge-triggered, active high, unmasked.
-pub fn ioapic_route(ioapic_phys: u64, pin: u8, vector: u8, dest_apic: u32) -> Result<(), crate::paging::PagingError> {
-    static IOAPIC_VIRT: AtomicU64 = AtomicU64::new(0);
+static IOAPIC_VIRT: AtomicU64 = AtomicU64::new(0);
+
+/// The (first) IOAPIC's registers, mapped uncached on first use.
+fn ioapic_virt(ioapic_phys: u64) -> Result<u64, crate::paging::PagingError> {
     if IOAPIC_VIRT.load(Ordering::Relaxed) == 0 {
         IOAPIC_VIRT.store(crate::paging::map_mmio(ioapic_phys, 4096)?, Ordering::Relaxed);
     }
-    let base = IOAPIC_VIRT.load(Ordering::Relaxed);
+    Ok(IOAPIC_VIRT.load(Ordering::Relaxed))
+}
+
+/// Read IOAPIC register `reg` (1 = version) through IOREGSEL/IOWIN.
+pub fn ioapic_read(ioapic_phys: u64, reg: u32) -> Result<u32, crate::paging::PagingError> {
+    let base = ioapic_virt(ioapic_phys)?;
+    Ok(crate::cpu::without_interrupts(|| {
+        // SAFETY: IOREGSEL (base) and IOWIN (base + 0x10) of the IOAPIC mapped uncached above.
+        unsafe {
+            core::ptr::write_volatile(base as *mut u32, reg);
+            core::ptr::read_volatile((base + 0x10) as *const u32)
+        }
+    }))
+}
+
+/// Route IOAPIC input `pin` (of the IOAPIC at physical `ioapic_phys`) to `vector` on the CPU
+/// with `dest_apic`, edge-triggered, active high, unmasked.
+pub fn ioapic_route(ioapic_phys: u64, pin: u8, vector: u8, dest_apic: u32) -> Result<(), crate::paging::PagingError> {
+    let base = ioapic_virt(ioapic_phys)?;
     let reg = 0x10 + 2 * pin as u32;
     let w = |r: u32, v: u32| {
         // SAFETY: IOREGSEL (base) and IOWIN (base + 0x10) of the IOAPIC mapped uncached above.

@@ -204,6 +204,34 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// Map device memory `phys` at user address `virt`: uncached (PCD|PWT), never executable.
+    pub fn map_mmio(&mut self, virt: u64, phys: u64, writable: bool) -> Result<(), PagingError> {
+        if virt % PAGE != 0 || phys % PAGE != 0 {
+            return Err(PagingError::Misaligned);
+        }
+        if virt >= USER_END {
+            return Err(PagingError::AlreadyMapped);
+        }
+        let mut fl = F::PRESENT | F::USER_ACCESSIBLE | F::NO_EXECUTE | F::NO_CACHE | F::WRITE_THROUGH;
+        if writable {
+            fl |= F::WRITABLE;
+        }
+        let mut m = self.mapper();
+        // SAFETY: a user-half mapping of a device range the kernel granted to this address
+        // space's task; it is not RAM, so it aliases no kernel data.
+        unsafe {
+            m.map_to_with_table_flags(
+                Page::<Size4KiB>::containing_address(VirtAddr::new(virt)),
+                PhysFrame::containing_address(PhysAddr::new(phys)),
+                fl,
+                F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE,
+                &mut GlobalFrames,
+            )?
+            .flush();
+        }
+        Ok(())
+    }
+
     /// Unmap a user page; returns the frame it mapped.
     pub fn unmap(&mut self, virt: u64) -> Result<u64, PagingError> {
         let mut m = self.mapper();

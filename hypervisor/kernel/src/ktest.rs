@@ -50,6 +50,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("user_preempted_spinner", crate::ktest_core::user_preempted_spinner),
     ("driver_rtc_over_ipc", crate::ktest_core::driver_rtc_over_ipc),
     ("ipc_memory_grant", crate::ktest_core::ipc_memory_grant),
+    ("driver_mmio_dma_grants", crate::ktest_core::driver_mmio_dma_grants),
     ("vm_hostile_garbage_io", vm_hostile_garbage_io),
     ("vm_hostile_unknown_msr_gp", vm_hostile_unknown_msr_gp),
     ("vm_hostile_wild_mmio", vm_hostile_wild_mmio),

@@ -139,7 +139,7 @@ pub fn ipc_missing_capability(_: &Node) -> Result<(), String> {
 }
 
 fn spawn_uapp(name: &str, role: u64, aff: Affinity, own: bool, caps: &[catenary_ipc::Capability]) -> Result<(u64, Option<u64>), String> {
-    task::spawn_user(&UserSpec { name, elf: task::UAPP_ELF, arg: role, prio: Priority::NORMAL, affinity: aff, own_endpoint: own, caps, ports: &[] })
+    task::spawn_user(&UserSpec { name, elf: task::UAPP_ELF, arg: role, prio: Priority::NORMAL, affinity: aff, own_endpoint: own, caps, ports: &[], mmio: &[], dma_pages: 0 })
         .map_err(|e| format!("spawn {name}: {e:?}"))
 }
 
@@ -293,4 +293,38 @@ pub fn ipc_memory_grant(_: &Node) -> Result<(), String> {
     check(task::grants_outstanding() == 0, || format!("{} grants left", task::grants_outstanding()))?;
     let after = catenary_arch::memory::stats().free;
     check(after == before, || format!("{} frames leaked", before as i64 - after as i64))
+}
+
+// ---- driver grants: MMIO and DMA ----
+
+/// A ring-3 driver granted the IOAPIC's page reads the IOAPIC version register through
+/// IOREGSEL/IOWIN (the kernel reads the same value), cannot map anything else, gets
+/// physically contiguous DMA memory whose physical address the kernel checks by reading the
+/// driver's data there, cannot exceed its DMA quota, and is killed when it touches MMIO it
+/// was not granted; its DMA frames come back.
+pub fn driver_mmio_dma_grants(_: &Node) -> Result<(), String> {
+    let io = task::ioapic_phys().ok_or("no IOAPIC in ACPI")?;
+    let before = catenary_arch::memory::stats().free;
+    let (id, ep) = task::spawn_user(&UserSpec { name: "mmio-drv", elf: task::UAPP_ELF, arg: task::ROLE_MMIO_DRIVER, prio: Priority::DRIVER,
+        affinity: Affinity::ANY, own_endpoint: true, caps: &[], ports: &[], mmio: &[(io, 4096)], dma_pages: 4 })
+        .map_err(|e| format!("spawn: {e:?}"))?;
+    let slot = task::give_current(task::send_cap(ep.unwrap(), 0));
+    let r = task::call(slot, Message::new(1, [io, 0xfee0_0000, 0, 0])).map_err(|e| format!("driver call: {e:?}"))?;
+    let kernel_ver = catenary_arch::apic::ioapic_read(io, 1).map_err(|e| format!("{e:?}"))? as u64;
+    check(r.words[0] == kernel_ver && matches!(kernel_ver & 0xff, 0x11 | 0x20), || format!("IOAPIC version from ring 3 {:#x}, kernel reads {kernel_ver:#x}", r.words[0]))?;
+    let phys = r.words[1];
+    check(phys != 0 && phys % 4096 == 0, || format!("DMA physical address {phys:#x}"))?;
+    for i in 0..4u64 {
+        let b = catenary_arch::memory::phys_slice(phys + i * 4096, 8);
+        let v = u64::from_le_bytes(b.try_into().unwrap());
+        check(v == 0xd4a0 + i, || format!("DMA page {i} at {:#x} holds {v:#x}: not the driver's memory", phys + i * 4096))?;
+    }
+    check(r.words[2] == 7, || format!("ungranted MMIO / DMA over quota accepted: error mask {:#b}", r.words[2]))?;
+    task::send(slot, Message::new(9, [0; 4])).map_err(|e| format!("{e:?}"))?;
+    let code = task::join(id, 5 * SEC).ok_or("driver not killed")?;
+    check(code == task::killed_by(14), || format!("exit code {code:#x}, expected #PF kill"))?;
+    let after = catenary_arch::memory::stats().free;
+    check(after == before, || format!("{} frames leaked", before as i64 - after as i64))?;
+    log::info!(target: "ktest", "ring-3 driver: IOAPIC version {kernel_ver:#x} via granted MMIO, 4 DMA pages at {phys:#x}");
+    Ok(())
 }

@@ -11,7 +11,9 @@
 //! 0 null, 1 yield, 2 exit(code), 3 sleep(ns), 4 time → ns, 5 send(slot, label, w0..w3),
 //! 6 recv(slot, timeout_ns; 0 = forever), 7 call(slot, label, w0..w3), 8 reply(token, label,
 //! w0..w3), 9 map(virt, pages), 10 unmap(virt, pages), 11 log(ptr, len), 12 join(task) → exit
-//! code, 13 call_grant(slot, label, w0, w1, base | writable, len). A received message comes
+//! code, 13 call_grant(slot, label, w0, w1, base | writable, len), 14 map_mmio(virt, phys,
+//! len): map part of a granted MMIO range uncached, 15 dma_alloc(virt, pages) → physical
+//! address of fresh contiguous zeroed frames mapped at virt (within the DMA quota). A received message comes
 //! back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words) and r12 (reply token, non-zero
 //! for a call).
 //!
@@ -48,6 +50,8 @@ pub const SYS_UNMAP: u64 = 10;
 pub const SYS_LOG: u64 = 11;
 pub const SYS_JOIN: u64 = 12;
 pub const SYS_CALL_GRANT: u64 = 13;
+pub const SYS_MAP_MMIO: u64 = 14;
+pub const SYS_DMA_ALLOC: u64 = 15;
 
 pub const RTC_VECTOR: u8 = 0x58;
 const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_0000;
@@ -82,11 +86,14 @@ pub struct Ctx {
     pub caps: CapTable,
     frames: Vec<u64>,
     kentry: Option<(fn(u64), u64)>,
+    /// Driver grants: physical MMIO ranges (base, len) it may map, DMA pages it may allocate.
+    mmio: Vec<(u64, u64)>,
+    dma_left: u64,
 }
 
 impl Ctx {
     fn new(frame: TrapFrame) -> Ctx {
-        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Vec::new(), kentry: None }
+        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Vec::new(), kentry: None, mmio: Vec::new(), dma_left: 0 }
     }
 }
 
@@ -458,6 +465,8 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             }
         }
         SYS_MAP => f.rax = map_anon(k, me, f.rdi, f.rsi),
+        SYS_MAP_MMIO => f.rax = map_mmio(k, me, f.rdi, f.rsi, f.rdx),
+        SYS_DMA_ALLOC => f.rax = dma_alloc(k, me, f.rdi, f.rsi),
         SYS_UNMAP => f.rax = unmap_anon(k, me, f.rdi, f.rsi),
         SYS_LOG => {
             let t = k.sched.task(me).unwrap();
@@ -506,6 +515,47 @@ fn map_anon(k: &mut Kernel, me: TaskId, virt: u64, pages: u64) -> u64 {
         t.context.frames.push(fr);
     }
     0
+}
+
+/// Map [phys, phys+len) at `virt`, uncached, if it lies inside one of the task's MMIO grants.
+fn map_mmio(k: &mut Kernel, me: TaskId, virt: u64, phys: u64, len: u64) -> u64 {
+    let t = k.sched.task_mut(me).unwrap();
+    let pages = len.div_ceil(4096);
+    let granted = t.context.mmio.iter().any(|&(b, l)| phys >= b && phys.saturating_add(pages * 4096) <= b + l);
+    let Some(space) = t.context.space.as_mut() else { return ERR_BAD_ARG.wrapping_neg() };
+    if !granted || pages == 0 || virt % 4096 != 0 || phys % 4096 != 0 || virt.saturating_add(pages * 4096) > GRANT_WINDOW {
+        return ERR_BAD_ARG.wrapping_neg();
+    }
+    for i in 0..pages {
+        if space.map_mmio(virt + i * 4096, phys + i * 4096, true).is_err() {
+            return ERR_BAD_ARG.wrapping_neg();
+        }
+    }
+    0
+}
+
+/// Allocate `pages` physically contiguous zeroed frames (within the DMA quota), map them at
+/// `virt` and return their physical address for the device.
+fn dma_alloc(k: &mut Kernel, me: TaskId, virt: u64, pages: u64) -> u64 {
+    let t = k.sched.task_mut(me).unwrap();
+    if pages == 0 || pages > t.context.dma_left || virt % 4096 != 0 || virt.saturating_add(pages * 4096) > GRANT_WINDOW {
+        return ERR_BAD_ARG.wrapping_neg();
+    }
+    let Some(space) = t.context.space.as_mut() else { return ERR_BAD_ARG.wrapping_neg() };
+    let Ok(phys) = memory::alloc_contiguous(pages, 1) else { return ERR_BAD_ARG.wrapping_neg() };
+    for i in 0..pages {
+        memory::zero_frame(phys + i * 4096);
+        if space.map(virt + i * 4096, phys + i * 4096, true, false).is_err() {
+            for j in 0..i {
+                let _ = space.unmap(virt + j * 4096);
+            }
+            let _ = memory::free_contiguous(phys, pages);
+            return ERR_BAD_ARG.wrapping_neg();
+        }
+    }
+    t.context.frames.extend((0..pages).map(|i| phys + i * 4096));
+    t.context.dma_left -= pages;
+    phys
 }
 
 fn unmap_anon(k: &mut Kernel, me: TaskId, virt: u64, pages: u64) -> u64 {
@@ -710,6 +760,10 @@ pub struct UserSpec<'a> {
     pub caps: &'a [Capability],
     /// I/O ports it may use.
     pub ports: &'a [u16],
+    /// Physical MMIO ranges (base, len) it may map (uncached) with `map_mmio`.
+    pub mmio: &'a [(u64, u64)],
+    /// How many pages of DMA memory it may allocate with `dma_alloc`.
+    pub dma_pages: u64,
 }
 
 /// Load an embedded program into a fresh address space and start it. Returns the task and its
@@ -730,6 +784,8 @@ pub fn spawn_user(s: &UserSpec) -> Result<(TaskId, Option<EndpointId>), SpawnErr
     if !s.ports.is_empty() {
         ctx.io = Some(uspace::io_bitmap_for(s.ports));
     }
+    ctx.mmio = s.mmio.to_vec();
+    ctx.dma_left = s.dma_pages;
     with(|k| {
         let id = k.sched.create(s.name, s.prio, s.affinity, ctx);
         let mut ep = None;
@@ -816,6 +872,7 @@ pub fn join(id: TaskId, timeout_ns: u64) -> Option<u64> {
 
 /// Bring up the APs, route the RTC interrupt and start the ring-3 services.
 pub fn start_node(cpus: &[(u32, bool)], ioapic: Option<u64>) {
+    IOAPIC_PHYS.store(ioapic.unwrap_or(0), core::sync::atomic::Ordering::Relaxed);
     let mut idx = 1;
     for &(apic_id, is_bsp) in cpus {
         if is_bsp {
@@ -841,6 +898,8 @@ pub fn start_node(cpus: &[(u32, bool)], ioapic: Option<u64>) {
         own_endpoint: true,
         caps: &[],
         ports: &[0x70, 0x71],
+        mmio: &[],
+        dma_pages: 0,
     }) {
         Ok((id, ep)) => {
             with(|k| k.rtc_endpoint = ep);
@@ -863,6 +922,8 @@ pub fn start_node(cpus: &[(u32, bool)], ioapic: Option<u64>) {
         own_endpoint: true,
         caps: &[],
         ports: &[],
+        mmio: &[],
+        dma_pages: 0,
     }) {
         Ok((id, ep)) => {
             with(|k| k.echo_endpoint_set(ep));
@@ -883,6 +944,13 @@ pub const ROLE_ONE_SHOT: u64 = 8;
 pub const ROLE_MEMORY: u64 = 9;
 pub const ROLE_GRANT_SERVER: u64 = 10;
 pub const ROLE_GRANT_CLIENT: u64 = 11;
+pub const ROLE_MMIO_DRIVER: u64 = 12;
+
+static IOAPIC_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Physical address of the first IOAPIC (from ACPI), if any.
+pub fn ioapic_phys() -> Option<u64> {
+    Some(IOAPIC_PHYS.load(core::sync::atomic::Ordering::Relaxed)).filter(|a| *a != 0)
+}
 
 static ECHO_EP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 impl Kernel {
@@ -921,10 +989,10 @@ pub fn run_ipc_bench(cpus: usize) {
     let other = if cpus > 1 { 1 } else { 0 };
     for (what, srv_cpu, cli_cpu) in [("same CPU", 0usize, 0usize), ("across CPUs", other, 0)] {
         let srv = spawn_user(&UserSpec { name: "bench-echo", elf: UAPP_ELF, arg: ROLE_ECHO, prio: Priority::NORMAL,
-            affinity: Affinity::only(srv_cpu), own_endpoint: true, caps: &[], ports: &[] });
+            affinity: Affinity::only(srv_cpu), own_endpoint: true, caps: &[], ports: &[], mmio: &[], dma_pages: 0 });
         let Ok((sid, Some(sep))) = srv else { warn!(target: "bench", "cannot start server"); return };
         let cli = spawn_user(&UserSpec { name: "bench-client", elf: UAPP_ELF, arg: ROLE_BENCH, prio: Priority::NORMAL,
-            affinity: Affinity::only(cli_cpu), own_endpoint: false, caps: &[send_cap(sep, 1), send_cap(ep, 0)], ports: &[] });
+            affinity: Affinity::only(cli_cpu), own_endpoint: false, caps: &[send_cap(sep, 1), send_cap(ep, 0)], ports: &[], mmio: &[], dma_pages: 0 });
         let Ok((cid, _)) = cli else { warn!(target: "bench", "cannot start client"); return };
         match recv(slot, 60_000_000_000) {
             Ok(m) => {

@@ -19,6 +19,8 @@ pub const SYS_UNMAP: u64 = 10;
 pub const SYS_LOG: u64 = 11;
 pub const SYS_JOIN: u64 = 12;
 pub const SYS_CALL_GRANT: u64 = 13;
+pub const SYS_MAP_MMIO: u64 = 14;
+pub const SYS_DMA_ALLOC: u64 = 15;
 
 pub const LABEL_NOTIFY: u64 = 0xffff_ffff_ffff_0001;
 
@@ -121,6 +123,17 @@ pub fn map(virt: u64, pages: u64) -> Result<(), u64> {
 pub fn unmap(virt: u64, pages: u64) -> Result<(), u64> {
     let r = syscall6(SYS_UNMAP, virt, pages, 0, 0, 0, 0);
     if r == 0 { Ok(()) } else { Err(r.wrapping_neg()) }
+}
+/// Map [phys, phys+len) of a granted MMIO range at `virt` (uncached).
+pub fn map_mmio(virt: u64, phys: u64, len: u64) -> Result<(), u64> {
+    let r = syscall6(SYS_MAP_MMIO, virt, phys, len, 0, 0, 0);
+    if r == 0 { Ok(()) } else { Err(r.wrapping_neg()) }
+}
+/// Allocate `pages` physically contiguous pages for DMA at `virt`; returns their physical
+/// address (for programming a device).
+pub fn dma_alloc(virt: u64, pages: u64) -> Result<u64, u64> {
+    let r = syscall6(SYS_DMA_ALLOC, virt, pages, 0, 0, 0, 0);
+    if r < 1 << 63 { Ok(r) } else { Err(r.wrapping_neg()) }
 }
 pub fn log(s: &str) {
     syscall6(SYS_LOG, s.as_ptr() as u64, s.len() as u64, 0, 0, 0, 0);

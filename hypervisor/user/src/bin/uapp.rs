@@ -16,6 +16,7 @@ const ROLE_ONE_SHOT: u64 = 8;
 const ROLE_MEMORY: u64 = 9;
 const ROLE_GRANT_SERVER: u64 = 10;
 const ROLE_GRANT_CLIENT: u64 = 11;
+const ROLE_MMIO_DRIVER: u64 = 12;
 
 fn checksum(base: u64, len: u64) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -214,6 +215,39 @@ pub extern "C" fn user_main(role: u64) -> u64 {
             let dead = probe.err() == Some(4);
             let _ = send(1, 0x9a, [ro as u64, rw as u64, errs, dead as u64]);
             0
+        }
+        // slot 0: own endpoint. Granted: one IOAPIC page, 4 DMA pages. The first call brings
+        // (IOAPIC phys, an ungranted MMIO address); the second makes it touch ungranted MMIO.
+        ROLE_MMIO_DRIVER => {
+            const REGS: u64 = 0x3000_0000;
+            const DMA: u64 = 0x3100_0000;
+            let Ok(m) = recv(0, 0) else { return 1 };
+            let (io, bad) = (m.words[0], m.words[1]);
+            let mut ver = 0u64;
+            if map_mmio(REGS, io, 4096).is_ok() {
+                write_u32(REGS, 1); // IOREGSEL = version register
+                ver = read_u32(REGS + 0x10) as u64; // IOWIN
+            }
+            let mut errs = 0u64;
+            if map_mmio(REGS + 0x1000, bad, 4096) == Err(100) {
+                errs |= 1;
+            }
+            if map_mmio(REGS + 0x2000, io + 0x1000, 4096) == Err(100) {
+                errs |= 2;
+            }
+            let phys = dma_alloc(DMA, 4).unwrap_or(0);
+            if phys != 0 {
+                for i in 0..4 {
+                    write_u64(DMA + i * 4096, 0xd4a0 + i);
+                }
+            }
+            if dma_alloc(DMA + 0x10000, 1) == Err(100) {
+                errs |= 4;
+            }
+            let _ = reply(m.reply, 1, [ver, phys, errs, 0]);
+            let _ = recv(0, 0);
+            log("uapp: touching ungranted MMIO (this task should be killed)");
+            read_u32(REGS + 0x1000) as u64
         }
         _ => 1,
     }
