@@ -106,6 +106,10 @@ struct GuestGprs {
 }
 
 
+/// Which vCPU (by serial) last entered a guest on each CPU (APIC id): decides TLB flushes.
+static LAST_VCPU_ON_CPU: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
+static NEXT_SERIAL: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+
 /// Per-CPU host areas, keyed by APIC id: (VM_HSAVE_PA page, host VMSAVE page).
 static HOST_AREAS: Mutex<BTreeMap<u32, (u64, u64)>> = Mutex::new(BTreeMap::new());
 
@@ -212,6 +216,8 @@ pub struct SvmVcpu {
     host_fx: Box<FxArea>,
     guest_fx: Box<FxArea>,
     asid: u32,
+    /// Unique for the node's lifetime (ASIDs are reused).
+    serial: u64,
     last_cpu: Option<u32>,
     reinject: Option<u64>,
 }
@@ -239,6 +245,7 @@ impl SvmVcpu {
             host_fx: FxArea::reset(),
             guest_fx: FxArea::reset(),
             asid,
+            serial: NEXT_SERIAL.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             last_cpu: None,
             reinject: None,
         };
@@ -425,10 +432,15 @@ impl Vcpu for SvmVcpu {
     fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
         let host_vmsave = enable_on_this_cpu()?;
         let cpu = crate::cpu::cpuid(1, 0).1 >> 24;
-        // Flush this ASID's TLB entries when the vCPU lands on a CPU for the first time (an
-        // ASID may have been used by a previous VM there). TLB_CONTROL=1 (flush all) is the
-        // one mode every SVM implementation has (QEMU has no flush-by-ASID).
-        let flush = self.last_cpu != Some(cpu);
+        // ASIDs are a small pool (16 on QEMU) shared by all microVMs, so two vCPUs can carry
+        // the same ASID: flush whenever this CPU last ran a different vCPU, or this vCPU last
+        // ran elsewhere. TLB_CONTROL=1 (flush all) is the one mode every SVM implementation
+        // has (QEMU has no flush-by-ASID).
+        let flush = {
+            let mut last = LAST_VCPU_ON_CPU.lock();
+            let prev = last.insert(cpu, self.serial);
+            prev != Some(self.serial) || self.last_cpu != Some(cpu)
+        };
         self.last_cpu = Some(cpu);
         self.w8(C_TLB_CONTROL, flush as u8);
 
