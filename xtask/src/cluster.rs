@@ -155,11 +155,13 @@ fn unix_now() -> u64 {
 /// Write the cluster files and start the switch and one QEMU per node.
 /// Listed nodes share one cluster file; an unlisted node gets a file listing every node
 /// plus itself (it knows the others; they do not know it).
-pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, extra: &[String]) -> Result<Running, String> {
+/// `externals` are members that are not QEMU nodes (a Linux WireGuard peer).
+pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member]) -> Result<Running, String> {
     let dir = out_dir().join(tag);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let switch = Switch::start(&dir)?;
-    let listed = Cluster { members: nodes.iter().filter(|n| n.listed).map(NodeSpec::member).collect() };
+    let mut listed = Cluster { members: nodes.iter().filter(|n| n.listed).map(NodeSpec::member).collect() };
+    listed.members.extend(externals.iter().cloned());
     let shared = dir.join("cluster.txt");
     std::fs::write(&shared, listed.render()).map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel();
@@ -190,7 +192,6 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, extra: &[String]) -> 
             let _ = std::fs::remove_file(p);
             b.extra.extend(["-object".into(), format!("filter-dump,id=f0,netdev=n0,file={}", p.display())]);
         }
-        b.extra.extend(extra.iter().cloned());
         let mut c = b.command(false)?;
         c.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         let mut child = c.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
@@ -285,6 +286,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     test_fabric_echo(t, &kernel)?;
     test_outsider(t, &kernel)?;
     test_linux_ping(t, &kernel)?;
+    test_wireguard_go(t, &kernel)?;
     Ok(())
 }
 
@@ -442,6 +444,118 @@ pub fn bench(_args: &[String]) -> Result<(), String> {
     }
     if !ok {
         println!("  (did not finish; log {})", log.display());
+    }
+    Ok(())
+}
+
+fn b64(d: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in d.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// A Linux `wireguard-go` peer in a namespace on the switch (listed in the cluster file with
+/// its tap's link-local address) pings the node's fabric address through its WireGuard
+/// interface: the node's netfabric session interoperates with the reference implementation.
+fn test_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "net_wireguard_go_peer_reaches_fabric_address";
+    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let tools = ["ip", "vde_plug2tap", "ping", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
+    if !root || !tools || !Path::new("/dev/net/tun").exists() {
+        println!("test {name} ... skipped (needs root, /dev/net/tun, ip, ping, vde_plug2tap, wireguard-go, wg)");
+        return Ok(());
+    }
+    let linux = Identity::generate(&mut rand_core::OsRng);
+    let tap_mac = [0x52u8, 0x54, 0x00, 0xca, 0x00, 0xfe];
+    let member = Member { name: "linux".into(), public_key: linux.public_key(), underlay: link_local_from_mac(tap_mac), port: FABRIC_PORT };
+    let node = NodeSpec::new(1);
+    let node_ll = link_local_from_mac(node.mac);
+    let node_pub = node.identity.public_key();
+    let node_addr = node.identity.node_address();
+    let node_prefix = format!("{}/64", node.identity.prefix().network());
+    let mut r = start(kernel, &[node], "net-wireguard-go", &[member])?;
+    let up = r.wait(Duration::from_secs(60), false, |l| l[0].iter().any(|x| x.contains("fabric address")));
+    let id = std::process::id() % 10000;
+    let ns = format!("catwg{id}");
+    let tap = format!("catwt{id}");
+    let wgif = format!("catwg{id}");
+    let keyfile = r.dir.join("linux.key");
+    std::fs::write(&keyfile, b64(&linux.secret_bytes()) + "\n").map_err(|e| e.to_string())?;
+    let mut g = NsGuard { ns: ns.clone(), plug: None };
+    let mut wg: Option<Child> = None;
+    let res = (|| -> Result<String, String> {
+        sh(&["ip", "netns", "add", &ns])?;
+        sh(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        let mac = tap_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        sh(&["ip", "link", "set", &tap, "address", &mac])?;
+        sh(&["ip", "link", "set", &tap, "netns", &ns])?;
+        let plug = Command::new("ip")
+            .args(["netns", "exec", &ns, "vde_plug2tap", "-s"])
+            .arg(r.switch_sock())
+            .arg(&tap)
+            .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
+            .spawn().map_err(|e| e.to_string())?;
+        g.plug = Some(plug);
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &tap, "up"])?;
+        for _ in 0..40 {
+            let a = sh(&["ip", "netns", "exec", &ns, "ip", "-6", "addr", "show", "dev", &tap])?;
+            if a.contains("fe80") && !a.contains("tentative") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "wireguard-go", "-f", &wgif])
+            .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
+            .spawn().map_err(|e| e.to_string())?;
+        wg = Some(child);
+        let t0 = Instant::now();
+        while sh(&["ip", "netns", "exec", &ns, "ip", "link", "show", &wgif]).is_err() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err("wireguard-go did not create its interface".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ep = format!("[{node_ll}%{tap}]:{FABRIC_PORT}");
+        sh(&["ip", "netns", "exec", &ns, "wg", "set", &wgif, "listen-port", &FABRIC_PORT.to_string(), "private-key", keyfile.to_str().unwrap(),
+            "peer", &b64(&node_pub), "allowed-ips", &node_prefix, "endpoint", &ep])?;
+        let laddr = format!("{}/64", linux.node_address());
+        sh(&["ip", "netns", "exec", &ns, "ip", "-6", "addr", "add", &laddr, "dev", &wgif])?;
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &wgif, "up"])?;
+        sh(&["ip", "netns", "exec", &ns, "ip", "-6", "route", "add", &node_prefix, "dev", &wgif])?;
+        // the first echo may wait for the handshake; 3 of 5 must come back
+        let o = Command::new("ip").args(["netns", "exec", &ns, "ping", "-6", "-c", "5", "-W", "5", &node_addr.to_string()]).output().map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&o.stdout).to_string())
+    })();
+    r.wait(Duration::from_millis(500), false, |_| false);
+    let session = r.has(0, "session with linux established");
+    let log = r.save_logs("net-wireguard-go");
+    if let Some(mut c) = wg {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(g);
+    drop(r);
+    let _ = std::fs::remove_file(&keyfile);
+    match res {
+        Ok(out) => {
+            let line = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or("").to_string();
+            println!("  wireguard-go: {line}; node logged the session: {session}");
+            let received: u32 = line.split(", ").find_map(|p| p.strip_suffix(" received")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+            t.record(name, up && session && received >= 3, &format!("({line}; log {})", log.display()));
+        }
+        Err(e) => t.record(name, false, &format!("({e}; log {})", log.display())),
     }
     Ok(())
 }
