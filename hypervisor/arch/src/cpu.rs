@@ -136,3 +136,44 @@ pub fn features() -> CpuFeatures {
         xsave: fi.as_ref().map(|f| f.has_xsave()).unwrap_or(false),
     }
 }
+
+/// Whether AVX (ymm) state is enabled for tasks (XCR0 has AVX).
+pub fn avx_enabled() -> bool {
+    crate::uspace::xcr0() & 0b100 != 0
+}
+
+/// Test helper: load ymm0..ymm7 from `pattern`, spin for `cycles` TSC cycles (preemption
+/// happens meanwhile), then store ymm0..ymm7 into `out`. Only call when `avx_enabled()`.
+pub fn avx_hold(pattern: &[u8; 256], out: &mut [u8; 256], cycles: u64) {
+    assert!(avx_enabled());
+    // SAFETY: AVX is enabled (CR4.OSXSAVE, XCR0.AVX), so the VEX instructions (encoded as
+    // bytes: the kernel is built without AVX) are valid; they read 256 bytes at `pattern`
+    // and write 256 bytes at `out`, both valid for that length. ymm registers are not used
+    // by compiled kernel code, so clobbering them affects nothing else.
+    unsafe {
+        core::arch::asm!(
+            // vmovdqu ymmN, [rdi]; add rdi, 32   (C5 FE 6F /r)
+            ".byte 0xc5, 0xfe, 0x6f, 0x07", "add rdi, 32",
+            ".byte 0xc5, 0xfe, 0x6f, 0x0f", "add rdi, 32",
+            ".byte 0xc5, 0xfe, 0x6f, 0x17", "add rdi, 32",
+            ".byte 0xc5, 0xfe, 0x6f, 0x1f", "add rdi, 32",
+            ".byte 0xc5, 0xfe, 0x6f, 0x27", "add rdi, 32",
+            ".byte 0xc5, 0xfe, 0x6f, 0x2f", "add rdi, 32",
+            ".byte 0xc5, 0xfe, 0x6f, 0x37", "add rdi, 32",
+            ".byte 0xc5, 0xfe, 0x6f, 0x3f",
+            "rdtsc", "shl rdx, 32", "or rax, rdx", "mov r8, rax",
+            "2:", "pause", "rdtsc", "shl rdx, 32", "or rax, rdx", "sub rax, r8", "cmp rax, rcx", "jb 2b",
+            // vmovdqu [rsi], ymmN; add rsi, 32   (C5 FE 7F /r)
+            ".byte 0xc5, 0xfe, 0x7f, 0x06", "add rsi, 32",
+            ".byte 0xc5, 0xfe, 0x7f, 0x0e", "add rsi, 32",
+            ".byte 0xc5, 0xfe, 0x7f, 0x16", "add rsi, 32",
+            ".byte 0xc5, 0xfe, 0x7f, 0x1e", "add rsi, 32",
+            ".byte 0xc5, 0xfe, 0x7f, 0x26", "add rsi, 32",
+            ".byte 0xc5, 0xfe, 0x7f, 0x2e", "add rsi, 32",
+            ".byte 0xc5, 0xfe, 0x7f, 0x36", "add rsi, 32",
+            ".byte 0xc5, 0xfe, 0x7f, 0x3e",
+            inout("rdi") pattern.as_ptr() => _, inout("rsi") out.as_mut_ptr() => _, in("rcx") cycles,
+            out("rax") _, out("rdx") _, out("r8") _, options(nostack),
+        );
+    }
+}

@@ -51,7 +51,8 @@ pub(crate) fn init_syscall_msrs(sel: &crate::gdt::Selectors) {
     }
 }
 
-/// Turn on SMEP and SMAP on this CPU where CPUID has them. Returns (smep, smap).
+/// Turn on SMEP and SMAP (and XSAVE, see `enable_xsave`) on this CPU where CPUID has them.
+/// Returns (smep, smap).
 pub fn enable_protections() -> (bool, bool) {
     let (_, ebx, _, _) = crate::cpu::cpuid(7, 0);
     let smep = ebx & (1 << 7) != 0;
@@ -64,6 +65,7 @@ pub fn enable_protections() -> (bool, bool) {
         bits |= 1 << 21;
     }
     crate::cpu::cr4_set(bits);
+    enable_xsave();
     (smep, smap)
 }
 
@@ -80,17 +82,56 @@ extern "C" fn arch_syscall_dispatch(f: &mut TrapFrame) {
     h(f)
 }
 
-/// The FXSAVE area that the entry stub saved right below `f` (restored on exit).
-pub fn fx_area(f: &mut TrapFrame) -> &mut [u8; 512] {
-    let p = (f as *mut TrapFrame as u64 & !0xf) - 512;
-    // SAFETY: every entry stub (trap_common, arch_syscall_entry) aligns the frame's address to
-    // 16 and places its 512-byte FXSAVE area directly below it, for the handler's lifetime.
-    unsafe { &mut *(p as *mut [u8; 512]) }
+/// Bytes reserved below every trap frame for the FPU/SSE/AVX state (XSAVE of x87|SSE|AVX
+/// needs 832; FXSAVE uses the first 512).
+pub const FPU_AREA: usize = 1024;
+
+/// Non-zero when the entry stubs use XSAVE/XRSTOR (CR4.OSXSAVE on every CPU, XCR0 set).
+#[no_mangle]
+pub static ARCH_XSAVE_ON: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+static XCR0: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Turn on XSAVE on this CPU where CPUID has it: CR4.OSXSAVE, XCR0 = x87|SSE(|AVX). Returns
+/// XCR0 (0 = FXSAVE only). Every CPU calls it before it takes interrupts.
+pub fn enable_xsave() -> u64 {
+    let (_, _, ecx, _) = crate::cpu::cpuid(1, 0);
+    if ecx & (1 << 26) == 0 {
+        return 0;
+    }
+    let (supported, _, _, _) = crate::cpu::cpuid(0xd, 0);
+    let mut xcr0 = 0b11;
+    if ecx & (1 << 28) != 0 && supported & 0b100 != 0 {
+        xcr0 |= 0b100;
+    }
+    crate::cpu::cr4_set(1 << 18);
+    // SAFETY: CR4.OSXSAVE is on and XCR0 holds x87|SSE plus AVX only if CPUID reports it.
+    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") xcr0 as u32, in("edx") 0u32, options(nostack, nomem)) };
+    let (_, size, _, _) = crate::cpu::cpuid(0xd, 0);
+    if size as usize > FPU_AREA {
+        return 0; // cannot happen with x87|SSE|AVX (832 bytes); stay on FXSAVE
+    }
+    XCR0.store(xcr0, core::sync::atomic::Ordering::Relaxed);
+    ARCH_XSAVE_ON.store(1, core::sync::atomic::Ordering::Release);
+    xcr0
 }
 
-/// An FXSAVE image with default FPU/SSE state (FCW 0x37f, MXCSR 0x1f80).
-pub fn default_fx() -> [u8; 512] {
-    let mut fx = [0u8; 512];
+/// The XCR0 the kernel set (0 = FXSAVE only).
+pub fn xcr0() -> u64 {
+    XCR0.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The FPU/SSE/AVX save area that the entry stub filled right below `f` (restored on exit).
+pub fn fx_area(f: &mut TrapFrame) -> &mut [u8; FPU_AREA] {
+    let p = (f as *mut TrapFrame as u64 & !0x3f) - FPU_AREA as u64;
+    // SAFETY: every entry stub (trap_common, arch_syscall_entry) aligns the frame's address to
+    // 64 and places its FPU_AREA-byte save area directly below it, for the handler's lifetime.
+    unsafe { &mut *(p as *mut [u8; FPU_AREA]) }
+}
+
+/// A save image with default FPU/SSE state (FCW 0x37f, MXCSR 0x1f80; XSAVE header zero: the
+/// other components start in their initial state).
+pub fn default_fx() -> [u8; FPU_AREA] {
+    let mut fx = [0u8; FPU_AREA];
     fx[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
     fx[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
     fx

@@ -39,6 +39,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("sched_preemption", crate::ktest_core::sched_preemption),
     ("sched_priorities", crate::ktest_core::sched_priorities),
     ("sched_sleep_timeouts", crate::ktest_core::sched_sleep_timeouts),
+    ("sched_avx_state_survives_preemption", crate::ktest_core::sched_avx_state_survives_preemption),
     ("ipc_ordering", crate::ktest_core::ipc_ordering),
     ("ipc_full_queue", crate::ktest_core::ipc_full_queue),
     ("ipc_missing_capability", crate::ktest_core::ipc_missing_capability),

@@ -80,7 +80,7 @@ pub static UAPP_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_UAPP"));
 
 pub struct Ctx {
     frame: TrapFrame,
-    fx: Box<[u8; 512]>,
+    fx: Box<[u8; uspace::FPU_AREA]>,
     space: Option<AddressSpace>,
     io: Option<Box<[u8; uspace::IO_BITMAP_BYTES]>>,
     pub caps: CapTable,

@@ -118,11 +118,35 @@ arch_syscall_entry:
     push r15
     cld
     mov rbx, rsp
-    sub rsp, 512
-    fxsave64 [rsp]
+    and rsp, ~0x3f
+    sub rsp, 1024
+    // FPU/SSE/AVX state below the frame: XSAVE (x87|SSE|AVX per XCR0) when enabled, else FXSAVE.
+    cmp byte ptr [rip + ARCH_XSAVE_ON], 0
+    je 91f
+    xor eax, eax
+    mov [rsp + 520], rax        // XSAVE header bytes 8..63 must be zero for XRSTOR
+    mov [rsp + 528], rax
+    mov [rsp + 536], rax
+    mov [rsp + 544], rax
+    mov [rsp + 552], rax
+    mov [rsp + 560], rax
+    mov [rsp + 568], rax
+    mov eax, -1
+    mov edx, -1
+    xsave64 [rsp]
+    jmp 92f
+91: fxsave64 [rsp]
+92:
     mov rdi, rbx
     call arch_syscall_dispatch
-    fxrstor64 [rsp]
+    cmp byte ptr [rip + ARCH_XSAVE_ON], 0
+    je 93f
+    mov eax, -1
+    mov edx, -1
+    xrstor64 [rsp]
+    jmp 94f
+93: fxrstor64 [rsp]
+94:
     mov rsp, rbx
     pop r15
     pop r14
