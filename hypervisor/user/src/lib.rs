@@ -1,9 +1,10 @@
 //! Ring-3 runtime for Catenary user programs: `_start`, the syscall ABI wrappers, `mem*`.
 //!
-//! This is the user side of the syscall ABI (see docs/microkernel.md): the `syscall`
-//! instruction and the entry point need inline assembly, which is why this crate, which runs
-//! in ring 3 and cannot harm the kernel, has the only `unsafe` outside `catenary-arch`.
+//! This is the user side of the syscall ABI (see docs/microkernel.md). The machine pieces
+//! (`syscall`, `_start`, port I/O, raw memory access) live in `catenary-arch-user`; this crate
+//! and the programs built on it contain no `unsafe`.
 #![no_std]
+#![forbid(unsafe_code)]
 
 pub const SYS_NULL: u64 = 0;
 pub const SYS_YIELD: u64 = 1;
@@ -32,49 +33,12 @@ pub struct Msg {
     pub reply: u64,
 }
 
-core::arch::global_asm!(
-    ".section .text._start, \"ax\"",
-    ".global _start",
-    "_start:",
-    "    xor ebp, ebp",
-    "    call user_main",
-    "    mov rdi, rax",
-    "    mov eax, 2",
-    "    syscall",
-    "    ud2",
-    ".section .text.mem, \"ax\"",
-    ".global memcpy", "memcpy:", "  mov rax, rdi", "  mov rcx, rdx", "  rep movsb", "  ret",
-    ".global memset", "memset:", "  mov rax, rdi", "  mov ecx, esi", "  xchg eax, ecx", "  mov rcx, rdx", "  mov r8, rdi", "  rep stosb", "  mov rax, r8", "  ret",
-    ".global memmove", "memmove:", "  mov rax, rdi", "  mov rcx, rdx", "  cmp rdi, rsi", "  jbe 1f",
-    "  lea rsi, [rsi + rdx - 1]", "  lea rdi, [rdi + rdx - 1]", "  std", "  rep movsb", "  cld", "  ret", "1: rep movsb", "  ret",
-    ".global memcmp", ".global bcmp", "memcmp:", "bcmp:", "  xor eax, eax", "  test rdx, rdx", "  jz 3f",
-    "2: movzx eax, byte ptr [rdi]", "  movzx ecx, byte ptr [rsi]", "  sub eax, ecx", "  jnz 3f", "  inc rdi", "  inc rsi", "  dec rdx", "  jnz 2b",
-    "3: ret",
-    ".global rust_eh_personality", "rust_eh_personality:", "  ret",
-);
-
-#[inline(always)]
-pub fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> u64 {
-    let r: u64;
-    // SAFETY: the kernel's syscall ABI: rcx/r11 are clobbered, everything else but rax is kept.
-    unsafe {
-        core::arch::asm!("syscall", inlateout("rax") nr => r, in("rdi") a0, in("rsi") a1, in("rdx") a2,
-            in("r10") a3, in("r8") a4, in("r9") a5, lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    r
-}
+pub use catenary_arch_user::{entry, inb, outb, rdtsc, read_u32, read_u64, syscall6, write_u32, write_u64};
 
 /// A syscall that returns a message in registers (recv, call).
-#[inline(always)]
 fn syscall_msg(nr: u64, a0: u64, a1: u64, w: [u64; 4]) -> Result<Msg, u64> {
-    let (r, badge, label, w0, w1, w2, w3, reply): (u64, u64, u64, u64, u64, u64, u64, u64);
-    // SAFETY: as in `syscall6`; the kernel returns the message in rdi, rsi, rdx, r10, r8, r9, r12.
-    unsafe {
-        core::arch::asm!("syscall", inlateout("rax") nr => r, inlateout("rdi") a0 => badge, inlateout("rsi") a1 => label,
-            inlateout("rdx") w[0] => w0, inlateout("r10") w[1] => w1, inlateout("r8") w[2] => w2, inlateout("r9") w[3] => w3,
-            inlateout("r12") 0u64 => reply, lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    if r == 0 { Ok(Msg { label, words: [w0, w1, w2, w3], badge, reply }) } else { Err(r.wrapping_neg()) }
+    let r = catenary_arch_user::syscall_msg(nr, a0, a1, w);
+    if r.rax == 0 { Ok(Msg { label: r.label, words: r.words, badge: r.badge, reply: r.reply }) } else { Err(r.rax.wrapping_neg()) }
 }
 
 pub fn null() -> u64 {
@@ -138,46 +102,10 @@ pub fn dma_alloc(virt: u64, pages: u64) -> Result<u64, u64> {
 pub fn log(s: &str) {
     syscall6(SYS_LOG, s.as_ptr() as u64, s.len() as u64, 0, 0, 0, 0);
 }
-pub fn rdtsc() -> u64 {
-    // SAFETY: RDTSC is allowed in ring 3 (CR4.TSD clear) and has no side effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-/// Port I/O: faults (#GP → the task is killed) unless the kernel granted the port.
-pub fn inb(port: u16) -> u8 {
-    let v: u8;
-    // SAFETY: only affects the device behind `port`, which the kernel checks via the TSS bitmap.
-    unsafe { core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nostack, nomem)) };
-    v
-}
-pub fn outb(port: u16, v: u8) {
-    // SAFETY: as in `inb`.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nostack, nomem)) };
-}
-
 /// Read a byte of memory at an arbitrary address (used to show the kernel kills a task that
 /// touches kernel memory).
 pub fn peek(addr: u64) -> u8 {
-    // SAFETY: deliberately unchecked; a bad address faults and the kernel kills this task.
-    unsafe { core::ptr::read_volatile(addr as *const u8) }
-}
-
-/// Read / write a 64-bit word of this task's memory (a bad address kills the task).
-pub fn read_u64(addr: u64) -> u64 {
-    // SAFETY: ring-3 access; the kernel's page tables decide, a bad address faults this task.
-    unsafe { core::ptr::read_volatile(addr as *const u64) }
-}
-pub fn write_u64(addr: u64, v: u64) {
-    // SAFETY: as in `read_u64`.
-    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
-}
-pub fn read_u32(addr: u64) -> u32 {
-    // SAFETY: as in `read_u64`.
-    unsafe { core::ptr::read_volatile(addr as *const u32) }
-}
-pub fn write_u32(addr: u64, v: u32) {
-    // SAFETY: as in `read_u64`.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+    catenary_arch_user::read_u8(addr)
 }
 
 /// Small fixed-buffer formatter for log lines.

@@ -3,6 +3,7 @@
 //! Capability slot 0: its own endpoint (receive).
 #![no_std]
 #![no_main]
+#![forbid(unsafe_code)]
 
 use catenary_user::*;
 
@@ -18,8 +19,9 @@ fn bin(v: u8, bcd: bool) -> u64 {
     if bcd { ((v >> 4) * 10 + (v & 0xf)) as u64 } else { v as u64 }
 }
 
-#[no_mangle]
-pub extern "C" fn user_main(_arg: u64) -> u64 {
+entry!(run);
+
+fn run(_arg: u64) -> u64 {
     // Periodic interrupt at 64 Hz (rate 10), then acknowledge anything pending (register C).
     let a = cmos(0x0a);
     cmos_write(0x0a, (a & 0xf0) | 10);

@@ -2,6 +2,7 @@
 //! Capability slots depend on the role (see hypervisor/kernel/src/task.rs, `Role`).
 #![no_std]
 #![no_main]
+#![forbid(unsafe_code)]
 
 use catenary_user::*;
 
@@ -34,8 +35,9 @@ fn median(v: &mut [u64]) -> u64 {
     v[v.len() / 2]
 }
 
-#[no_mangle]
-pub extern "C" fn user_main(role: u64) -> u64 {
+entry!(run);
+
+fn run(role: u64) -> u64 {
     match role {
         // slot 0: own endpoint. Replies to every call with label+1, words+1.
         ROLE_ECHO => loop {
@@ -122,16 +124,13 @@ pub extern "C" fn user_main(role: u64) -> u64 {
         ROLE_MEMORY => {
             let base = 0x1000_0000u64;
             let r = map(base, 4).is_ok();
-            let p = base as *mut u64;
             let mut sum = 0;
             if r {
                 for i in 0..2048u64 {
-                    // SAFETY: four pages were just mapped at `base`.
-                    unsafe { p.add(i as usize).write_volatile(i) };
+                    write_u64(base + i * 8, i);
                 }
                 for i in 0..2048u64 {
-                    // SAFETY: as above.
-                    sum += unsafe { p.add(i as usize).read_volatile() };
+                    sum += read_u64(base + i * 8);
                 }
             }
             let u = unmap(base, 4).is_ok();
@@ -200,7 +199,7 @@ pub extern "C" fn user_main(role: u64) -> u64 {
             if call_grant(0, 1, 0, 0, 0xffff_8000_0000_0000, 4096, false) == Err(100) {
                 errs |= 2; // kernel half
             }
-            let text = user_main as *const () as u64 & !0xfff;
+            let text = run as *const () as u64 & !0xfff;
             if call_grant(0, 1, 0, 0, text, 4096, true) == Err(100) {
                 errs |= 4; // read-only page granted writable
             }
