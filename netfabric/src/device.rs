@@ -957,9 +957,17 @@ impl Device {
             created: now,
             initiator: true,
         };
-        let old_prev = p.previous.take();
-        let old_next = p.next.take();
-        p.previous = p.current.replace(kp);
+        // As WireGuard does: a pending responder keypair (`next`, from a handshake the peer
+        // initiated while ours crossed it) is demoted to `previous`, not erased, because the
+        // peer may already send on it; the old current is then dropped. Erasing it left both
+        // sides of crossed handshakes sending on keypairs the other had discarded.
+        let (old_prev, old_other) = match p.next.take() {
+            Some(n) => (p.previous.replace(n), p.current.replace(kp)),
+            None => {
+                let cur = p.current.replace(kp);
+                (core::mem::replace(&mut p.previous, cur), None)
+            }
+        };
         p.endpoint = Some(src);
         p.attempt_started = None;
         p.retransmit_at = None;
@@ -968,7 +976,7 @@ impl Device {
         p.last_handshake = Some(now);
         p.counters.handshakes += 1;
         self.release_keypair(old_prev);
-        self.release_keypair(old_next);
+        self.release_keypair(old_other);
         self.counters.handshakes_completed += 1;
         out.events.push(Event::HandshakeCompleted { peer: pid, initiator: true });
         // Confirm the session to the responder: queued data, or a keepalive.

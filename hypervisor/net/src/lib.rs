@@ -406,12 +406,10 @@ impl Node {
                 }
                 Event::HandshakeResponded(peer) => debug!(target: "net", "fabric: answered a handshake from {}", self.peer_name(peer)),
                 Event::HandshakeGaveUp(peer) => warn!(target: "net", "fabric: no session with {}: handshake gave up", self.peer_name(peer)),
-                Event::Dropped { peer, reason } => {
-                    if self.logged_drops < 8 {
-                        self.logged_drops += 1;
-                        info!(target: "net", "fabric: dropped a packet from {}: {:?}",
-                            peer.map(|p| self.peer_name(p)).unwrap_or("an unknown sender"), reason);
-                    }
+                Event::Dropped { peer, reason } if self.logged_drops < 8 => {
+                    self.logged_drops += 1;
+                    info!(target: "net", "fabric: dropped a packet from {}: {:?}",
+                        peer.map(|p| self.peer_name(p)).unwrap_or("an unknown sender"), reason);
                 }
                 Event::KeysExpired(peer) | Event::SessionZeroed(peer) => {
                     if let Some(p) = self.peers.iter_mut().find(|p| p.id == peer) {

@@ -159,3 +159,34 @@ fn fabric_echo_is_encrypted_and_outsiders_get_no_session() {
     assert!(bytes > 100_000, "delivered {bytes}");
 }
 
+
+/// Reproduction of crossed handshakes (both sides initiate at once): see docs/networking.md.
+#[test]
+fn crossed_handshakes() {
+    let (a, b) = (Identity::generate(&mut OsRng), Identity::generate(&mut OsRng));
+    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2)] };
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let (mut l1, mut l2) = (port(&hub, 1), port(&hub, 2));
+    let cfg = |id: &Identity, s: u8| NodeConfig { identity: id.clone(), cluster: cluster.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };
+    let mut n1 = Node::new(&mut l1, cfg(&a, 1), 0);
+    let mut n2 = Node::new(&mut l2, cfg(&b, 2), 0);
+    // let NDP settle first so both initiations really cross
+    let mut t = 0u64;
+    n1.start_ping(Path::Underlay, n2.link_local, 1, 8, 0, 0);
+    for _ in 0..100 { t += 1_000_000; n1.poll(&mut l1, t); n2.poll(&mut l2, t); }
+    n1.connect("node2", t);
+    n2.connect("node1", t);
+    for _ in 0..200 { t += 1_000_000; n1.poll(&mut l1, t); n2.poll(&mut l2, t); }
+    let dst = n1.peer_by_name("node2").unwrap().fabric_addr;
+    n1.start_ping(Path::Fabric, dst, 20, 64, 0, t);
+    let mut rep = None;
+    for _ in 0..60000 {
+        t += 1_000_000;
+        n1.poll(&mut l1, t);
+        n2.poll(&mut l2, t);
+        if let Some(r) = n1.take_ping() { rep = Some(r); break; }
+    }
+    let rep = rep.unwrap();
+    eprintln!("crossed: {}/{} replies; drops n1 {:?} n2 {:?}", rep.received, rep.sent, n1.fabric().counters(), n2.fabric().counters());
+    assert_eq!(rep.received, 20);
+}
