@@ -169,7 +169,7 @@ fn stream(st: &mut State, path: Path, dst: core::net::Ipv6Addr, total: u64) -> O
 
 fn wait_session(st: &mut State, peer: &str) -> Option<catenary_net::Peer> {
     let Some(p) = st.node.peer_by_name(peer).cloned() else {
-        warn!(target: "net", "{} is not in the cluster file", peer);
+        warn!(target: "net", "{} is not a peer in the cluster file", peer);
         return None;
     };
     // The peer whose key sorts lower initiates at boot (`connect_all`); initiate ourselves only
@@ -198,7 +198,7 @@ fn probes(st: &mut State) {
                 info!(target: "net", "underlay ping {} {}: {}/{} replies, median rtt {} us", peer, p.underlay, r.received, r.sent, r.median_ns() / 1000);
             }
         }
-        info!(target: "net", "net: ping done");
+        info!(target: "net", "ping done");
     }
     if let Some(peer) = st.bench.take() {
         if let Some(p) = wait_session(st, &peer) {
