@@ -58,7 +58,11 @@ trap_common:
     cmp byte ptr [rip + ARCH_XSAVE_ON], 0
     je 91f
     xor eax, eax
-    mov [rsp + 520], rax        // XSAVE header bytes 8..63 must be zero for XRSTOR
+    // XSAVE header: XSAVE writes only the XSTATE_BV bits in RFBM and leaves the rest of the
+    // header as it was (stack garbage on real or firmware-touched memory), but XRSTOR faults on
+    // XSTATE_BV bits outside XCR0 and on non-zero header bytes 8..63: clear all 64 bytes.
+    mov [rsp + 512], rax
+    mov [rsp + 520], rax
     mov [rsp + 528], rax
     mov [rsp + 536], rax
     mov [rsp + 544], rax
