@@ -8,8 +8,9 @@ use catenary_bootinfo::{BootError, BootInfo, LimineModule, LimineView};
 use limine::memory_map::EntryType;
 use limine::request::{
     BootloaderInfoRequest, ExecutableAddressRequest, ExecutableCmdlineRequest, HhdmRequest, MemoryMapRequest,
-    ModuleRequest, RequestsEndMarker, RequestsStartMarker, RsdpRequest,
+    ModuleRequest, MpRequest, RequestsEndMarker, RequestsStartMarker, RsdpRequest,
 };
+use core::sync::atomic::{AtomicBool, Ordering};
 use limine::BaseRevision;
 
 #[used]
@@ -36,6 +37,9 @@ static KADDR: ExecutableAddressRequest = ExecutableAddressRequest::new();
 #[used]
 #[link_section = ".limine_requests"]
 static LOADER: BootloaderInfoRequest = BootloaderInfoRequest::new();
+#[used]
+#[link_section = ".limine_requests"]
+static MP: MpRequest = MpRequest::new();
 #[used]
 #[link_section = ".limine_requests_start"]
 static START: RequestsStartMarker = RequestsStartMarker::new();
@@ -93,7 +97,46 @@ pub fn handoff() -> Result<(BootInfo, u64), BootError> {
         bootloader_name: LOADER.get_response().map(|l| String::from(l.name())),
         bootloader_version: LOADER.get_response().map(|l| String::from(l.version())),
         framebuffer: None,
+        mp_cpus: MP.get_response().map(|r| r.cpus().iter().map(|c| (c.id, c.lapic_id)).collect()).unwrap_or_default(),
+        bsp_lapic_id: MP.get_response().map(|r| r.bsp_lapic_id()),
     };
+    BOOTED_BY_LIMINE.store(true, Ordering::Release);
     let kphys = view.kernel_phys_base.unwrap_or(crate::boot::KERNEL_PHYS_DEFAULT);
     Ok((BootInfo::from_limine(&view)?, kphys))
+}
+
+static BOOTED_BY_LIMINE: AtomicBool = AtomicBool::new(false);
+
+/// Whether this node was booted through the Limine protocol (APs are then started through
+/// Limine's MP response instead of INIT-SIPI-SIPI).
+pub fn booted_by_limine() -> bool {
+    BOOTED_BY_LIMINE.load(Ordering::Acquire)
+}
+
+/// What `arch_limine_ap_entry` (asm/boot.s) needs, reached through the MP response's `extra`.
+#[repr(C)]
+struct LimineApBoot {
+    kernel_cr3: u64,
+    stack_top: u64,
+    index: u64,
+}
+
+extern "C" {
+    fn arch_limine_ap_entry(cpu: &limine::mp::Cpu) -> !;
+}
+
+/// Start the AP with local APIC id `lapic_id` as CPU `index` through Limine's MP response:
+/// Limine has parked it; writing `goto_address` sends it to `arch_limine_ap_entry`, which moves
+/// to our stack and page tables and joins the common AP path (`smp::arch_ap_main`).
+pub fn start_ap(index: usize, lapic_id: u32, stack_top: u64) -> Result<(), &'static str> {
+    let resp = MP.get_response().ok_or("no Limine MP response")?;
+    let cpu = resp.cpus().iter().find(|c| c.lapic_id == lapic_id).ok_or("APIC id not in the MP response")?;
+    let boot = alloc::boxed::Box::leak(alloc::boxed::Box::new(LimineApBoot {
+        kernel_cr3: crate::paging::kernel_pml4(),
+        stack_top,
+        index: index as u64,
+    }));
+    cpu.extra.store(boot as *const LimineApBoot as u64, Ordering::SeqCst);
+    cpu.goto_address.write(arch_limine_ap_entry);
+    Ok(())
 }

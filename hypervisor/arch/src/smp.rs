@@ -101,6 +101,13 @@ extern "C" {
 
 /// Start the AP with `apic_id` as CPU `index`; waits until it reports in (or ~1 s).
 pub fn start_ap(index: usize, apic_id: u32) -> Result<(), &'static str> {
+    #[cfg(feature = "kernel")]
+    if crate::limine::booted_by_limine() {
+        let (_, stack_top) = crate::paging::alloc_stack(16).map_err(|_| "no memory for the AP stack")?;
+        AP_ALIVE.store(u64::MAX, Ordering::SeqCst);
+        crate::limine::start_ap(index, apic_id, stack_top)?;
+        return wait_alive(index, 1_400_000_000);
+    }
     let start = core::ptr::addr_of!(arch_ap_tramp_start) as u64;
     let end = core::ptr::addr_of!(arch_ap_tramp_end) as u64;
     let data_off = core::ptr::addr_of!(arch_ap_tramp_data) as u64 - start;
@@ -138,6 +145,17 @@ pub fn start_ap(index: usize, apic_id: u32) -> Result<(), &'static str> {
     // Give slow emulators a little longer before declaring the CPU dead.
     let t0 = crate::time::now_ns();
     while crate::time::now_ns() - t0 < 1_000_000_000 {
+        if AP_ALIVE.load(Ordering::SeqCst) == index as u64 {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    Err("AP did not come up")
+}
+
+fn wait_alive(index: usize, ns: u64) -> Result<(), &'static str> {
+    let t0 = crate::time::now_ns();
+    while crate::time::now_ns() - t0 < ns {
         if AP_ALIVE.load(Ordering::SeqCst) == index as u64 {
             return Ok(());
         }

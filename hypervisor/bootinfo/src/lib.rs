@@ -36,7 +36,7 @@ mod normalize;
 mod pvh;
 
 pub use cpio::{CpioError, ImageStore};
-pub use limine::{LimineModule, LimineView};
+pub use limine::{LimineModule, LimineView, MAX_CPUS};
 pub use mem::{MemImage, PhysRead};
 pub use multiboot2::MULTIBOOT2_BOOTLOADER_MAGIC;
 pub use pvh::PVH_MAGIC;
@@ -186,6 +186,20 @@ pub struct BootInfo {
     pub framebuffer: Option<Framebuffer>,
     /// Boot loader name (and version, if reported).
     pub bootloader: Option<String>,
+    /// CPUs the boot loader already knows and can start (Limine's MP response); empty on PVH
+    /// and Multiboot2, where the kernel finds CPUs in the ACPI MADT and starts them itself.
+    pub cpus: Vec<BootCpu>,
+}
+
+/// A CPU reported by the boot loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootCpu {
+    /// ACPI processor UID.
+    pub processor_id: u32,
+    /// Local APIC id.
+    pub lapic_id: u32,
+    /// The CPU the kernel is running on.
+    pub is_bsp: bool,
 }
 
 /// Why boot information could not be parsed.
@@ -262,6 +276,7 @@ impl BootInfo {
             rsdp: None,
             framebuffer: None,
             bootloader: None,
+            cpus: Vec::new(),
         }
     }
 

@@ -50,7 +50,14 @@ pub struct LimineView {
     pub bootloader_version: Option<String>,
     /// Framebuffer with its address as given by Limine (HHDM-virtual); converted to physical.
     pub framebuffer: Option<Framebuffer>,
+    /// MP response: `(ACPI processor id, local APIC id)` of every CPU, BSP included.
+    pub mp_cpus: Vec<(u32, u32)>,
+    /// MP response: the BSP's local APIC id.
+    pub bsp_lapic_id: Option<u32>,
 }
+
+/// Most CPUs accepted from an MP response.
+pub const MAX_CPUS: usize = 4096;
 
 fn limine_kind(ty: u64) -> MemoryKind {
     match ty {
@@ -128,6 +135,21 @@ impl BootInfo {
         if let Some(fb) = view.framebuffer {
             let addr = virt_to_phys(fb.addr, view.hhdm_offset, "framebuffer address below HHDM")?;
             info.framebuffer = Some(Framebuffer { addr, ..fb });
+        }
+        if view.mp_cpus.len() > MAX_CPUS {
+            return Err(BootError::TooMany { what: "CPUs", count: view.mp_cpus.len() as u64 });
+        }
+        if !view.mp_cpus.is_empty() {
+            let bsp = view.bsp_lapic_id.ok_or(BootError::Malformed("MP response without a BSP APIC id"))?;
+            if !view.mp_cpus.iter().any(|&(_, l)| l == bsp) {
+                return Err(BootError::Malformed("BSP missing from the MP response"));
+            }
+            for (i, &(processor_id, lapic_id)) in view.mp_cpus.iter().enumerate() {
+                if view.mp_cpus[..i].iter().any(|&(_, l)| l == lapic_id) {
+                    return Err(BootError::Malformed("duplicate APIC id in the MP response"));
+                }
+                info.cpus.push(crate::BootCpu { processor_id, lapic_id, is_bsp: lapic_id == bsp });
+            }
         }
         info.cmdline = view.cmdline.clone().unwrap_or_default();
         info.bootloader = match (&view.bootloader_name, &view.bootloader_version) {

@@ -1,6 +1,6 @@
 //! Limine response conversion with synthetic responses.
 
-use catenary_bootinfo::{BootError, BootInfo, BootProtocol, Framebuffer, LimineView, MemoryKind};
+use catenary_bootinfo::{BootCpu, BootError, BootInfo, BootProtocol, Framebuffer, LimineView, MemoryKind, MAX_CPUS};
 
 const HHDM: u64 = 0xffff_8000_0000_0000;
 
@@ -48,6 +48,8 @@ fn view() -> LimineView {
             pitch: 3200,
             bpp: 32,
         }),
+        mp_cpus: vec![(0, 0), (1, 2), (2, 4), (3, 6)],
+        bsp_lapic_id: Some(0),
     }
 }
 
@@ -233,4 +235,37 @@ fn kernel_range_reservation_and_idempotent_normalize() {
         ..Default::default()
     };
     assert_eq!(BootInfo::from_limine(&v).unwrap().total_usable(), 0);
+}
+
+#[test]
+fn mp_response_becomes_the_cpu_list() {
+    let info = BootInfo::from_limine(&view()).unwrap();
+    assert_eq!(
+        info.cpus,
+        vec![
+            BootCpu { processor_id: 0, lapic_id: 0, is_bsp: true },
+            BootCpu { processor_id: 1, lapic_id: 2, is_bsp: false },
+            BootCpu { processor_id: 2, lapic_id: 4, is_bsp: false },
+            BootCpu { processor_id: 3, lapic_id: 6, is_bsp: false },
+        ]
+    );
+    // The BSP need not be the first entry.
+    let v = LimineView { mp_cpus: vec![(5, 9), (1, 3)], bsp_lapic_id: Some(3), ..view() };
+    let info = BootInfo::from_limine(&v).unwrap();
+    assert!(info.cpus[1].is_bsp && !info.cpus[0].is_bsp);
+    // No MP response: no boot-loader CPU list (the kernel uses the MADT).
+    let v = LimineView { mp_cpus: vec![], bsp_lapic_id: None, ..view() };
+    assert!(BootInfo::from_limine(&v).unwrap().cpus.is_empty());
+}
+
+#[test]
+fn hostile_mp_responses_are_errors() {
+    let v = LimineView { bsp_lapic_id: None, ..view() };
+    assert!(matches!(BootInfo::from_limine(&v), Err(BootError::Malformed(_))));
+    let v = LimineView { bsp_lapic_id: Some(77), ..view() };
+    assert!(matches!(BootInfo::from_limine(&v), Err(BootError::Malformed(_))));
+    let v = LimineView { mp_cpus: vec![(0, 0), (1, 0)], bsp_lapic_id: Some(0), ..view() };
+    assert!(matches!(BootInfo::from_limine(&v), Err(BootError::Malformed(_))));
+    let v = LimineView { mp_cpus: (0..MAX_CPUS as u32 + 1).map(|i| (i, i)).collect(), bsp_lapic_id: Some(0), ..view() };
+    assert!(matches!(BootInfo::from_limine(&v), Err(BootError::TooMany { .. })));
 }

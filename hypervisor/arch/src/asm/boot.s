@@ -163,6 +163,38 @@ _start_limine:
     hlt
     jmp 4b
 
+// Limine AP entry (64-bit, Limine's page tables and stack, interrupts off): RDI = the MP
+// response's `struct Cpu`; its `extra` field (offset 24) points at LimineApBoot
+// kernel_cr3, stack_top, index (limine.rs). Move to our stack first (Limine's is HHDM-
+// mapped, which our tables may not match), enable NX like the BSP, switch to the kernel page
+// tables (the kernel image is mapped at the same address in both), join the common AP path.
+.global arch_limine_ap_entry
+arch_limine_ap_entry:
+    cli
+    cld
+    mov rax, [rdi + 24]
+    mov rsp, [rax + 8]
+    mov r8, rax
+    mov ecx, 0xc0000080
+    rdmsr
+    or eax, (1 << 11)
+    wrmsr
+    mov rax, cr0
+    or rax, (1 << 16) | (1 << 1)
+    and rax, ~(1 << 2)
+    mov cr0, rax
+    mov rax, cr4
+    or rax, (1 << 9) | (1 << 10)
+    mov cr4, rax
+    mov rax, [r8]
+    mov cr3, rax
+    mov rdi, [r8 + 16]
+    xor ebp, ebp
+    call arch_ap_main
+5:  cli
+    hlt
+    jmp 5b
+
 // ---------------------------------------------------------------- boot data
 .section .rodata.boot, "a"
 .balign 16
