@@ -67,20 +67,48 @@ pub fn sched_preemption(node: &Node) -> Result<(), String> {
     check(ca > 0 && cb > 0, || format!("counts {ca} / {cb}: one spinner never ran"))
 }
 
+/// A high-priority spinner that gives up its CPU by itself after 300 ms and records how far the
+/// low-priority spinner got meanwhile (it must not have run at all).
+static LO_AT_HI_END: AtomicU64 = AtomicU64::new(u64::MAX);
+fn bounded_high_spinner(slot: u64) {
+    let end = time::now_ns() + 300_000_000;
+    while time::now_ns() < end {
+        COUNTS[slot as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    LO_AT_HI_END.store(COUNTS[3].load(Ordering::SeqCst), Ordering::SeqCst);
+}
+
 pub fn sched_priorities(node: &Node) -> Result<(), String> {
     STOP.store(false, Ordering::SeqCst);
     COUNTS.iter().for_each(|c| c.store(0, Ordering::SeqCst));
+    LO_AT_HI_END.store(u64::MAX, Ordering::SeqCst);
     let cpu = last_cpu(node);
-    let hi = task::spawn_kernel("hi", Priority::HIGH, Affinity::only(cpu), spinner, 2);
-    task::sleep_ns(50_000_000);
-    let lo = task::spawn_kernel("lo", Priority::LOW, Affinity::only(cpu), spinner, 3);
-    task::sleep_ns(300_000_000);
-    let lo_count = COUNTS[3].load(Ordering::SeqCst);
-    let hi_count = COUNTS[2].load(Ordering::SeqCst);
-    STOP.store(true, Ordering::SeqCst);
+    // Both pinned to one CPU. With several CPUs the high task starts first and the low one
+    // joins while it spins; on a single CPU (where this test task shares the CPU too) the low
+    // task is created first — it cannot run while this NORMAL task is runnable — and then the
+    // high one, which preempts us both. Either way the low task must not run until the high
+    // task gives the CPU up.
+    let (hi, lo) = if node.cpus > 1 {
+        let hi = task::spawn_kernel("hi", Priority::HIGH, Affinity::only(cpu), bounded_high_spinner, 2);
+        task::sleep_ns(50_000_000);
+        (hi, task::spawn_kernel("lo", Priority::LOW, Affinity::only(cpu), spinner, 3))
+    } else {
+        let lo = task::spawn_kernel("lo", Priority::LOW, Affinity::only(cpu), spinner, 3);
+        (task::spawn_kernel("hi", Priority::HIGH, Affinity::only(cpu), bounded_high_spinner, 2), lo)
+    };
     task::join(hi, 5 * SEC).ok_or("high task stuck")?;
+    let hi_count = COUNTS[2].load(Ordering::SeqCst);
+    let lo_during_hi = LO_AT_HI_END.load(Ordering::SeqCst);
+    // Once the high task is gone, the low one gets the CPU.
+    let t0 = time::now_ns();
+    while COUNTS[3].load(Ordering::SeqCst) == 0 && time::now_ns() - t0 < 2 * SEC {
+        task::sleep_ns(10_000_000);
+    }
+    let lo_after = COUNTS[3].load(Ordering::SeqCst);
+    STOP.store(true, Ordering::SeqCst);
     task::join(lo, 5 * SEC).ok_or("low task stuck")?;
-    check(hi_count > 0 && lo_count == 0, || format!("high ran {hi_count}, low ran {lo_count} while high was runnable"))
+    check(hi_count > 0 && lo_during_hi == 0, || format!("high ran {hi_count}, low ran {lo_during_hi} while high was runnable"))?;
+    check(lo_after > 0, || "the low task never ran after the high one finished".into())
 }
 
 pub fn sched_sleep_timeouts(_: &Node) -> Result<(), String> {
