@@ -212,6 +212,7 @@ fn start_demo_vm(node: &Node) {
 }
 
 /// The boot task's last job: report the timer for a few seconds, then sleep.
+#[cfg_attr(feature = "ktest", allow(dead_code))]
 fn idle(node: &Node) -> ! {
     info!(target: "boot", "node up: {} CPU(s), booted via {}, {} boot module(s)", node.cpus,
         protocol_name(node.boot.protocol), node.boot.modules.len());

@@ -699,6 +699,7 @@ pub fn spawn_kernel(name: &str, prio: Priority, aff: Affinity, f: fn(u64), arg: 
 }
 
 #[derive(Debug)]
+#[allow(dead_code)] // the payload is for Debug output in error reports
 pub enum SpawnError {
     BadElf,
     NoMemory,
@@ -828,6 +829,7 @@ pub fn give_current(c: Capability) -> usize {
     })
 }
 
+#[cfg_attr(feature = "ktest", allow(dead_code))]
 pub fn current_task() -> TaskId {
     with(|k| k.sched.current(smp::cpu_index()).unwrap_or(0))
 }
