@@ -263,14 +263,15 @@ fn timer_interrupts_arrive(_: &Node) -> Result<(), String> {
     let t0 = apic::ticks();
     let start = time::now_ns();
     while apic::ticks() < t0 + 20 {
-        if time::now_ns() - start > 2_000_000_000 {
-            return Err(format!("only {} ticks in 2 s", apic::ticks() - t0));
+        // Generous: under TCG on a loaded 2-core host the vCPU threads can be descheduled.
+        if time::now_ns() - start > 5_000_000_000 {
+            return Err(format!("only {} ticks in 5 s", apic::ticks() - t0));
         }
         catenary_arch::cpu::wait_for_interrupt();
     }
     let ms = (time::now_ns() - start) / 1_000_000;
-    // 20 ticks at 100 Hz = 200 ms; allow generous slack under emulation.
-    check((100..=1000).contains(&ms), || format!("20 ticks took {ms} ms"))
+    // 20 ticks at 100 Hz = 200 ms: never much faster (a misprogrammed timer), and periodic.
+    check((150..=5000).contains(&ms), || format!("20 ticks took {ms} ms"))
 }
 
 // ---- microVM: a hostile guest ends only itself, and its memory comes back ----
