@@ -9,7 +9,7 @@
 
 use core::ptr::NonNull;
 use virtio_drivers::device::net::VirtIONet;
-use virtio_drivers::transport::pci::bus::DeviceFunction;
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceType, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
@@ -57,6 +57,26 @@ unsafe impl Hal for KernelHal {
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _dir: BufferDirection) {}
 }
 
+/// `VIRTIO_MSI_NO_VECTOR`: no interrupt for this queue / for configuration changes.
+const NO_VECTOR: u16 = 0xffff;
+
+/// The address a memory BAR decodes (read from config space; no sizing writes).
+fn bar_address(df: DeviceFunction, bar: u8) -> Option<u64> {
+    if bar > 5 {
+        return None;
+    }
+    let cam = crate::pci::PortCam;
+    let lo = cam.read_word(df, 0x10 + 4 * bar);
+    if lo & 1 != 0 {
+        return None; // I/O BAR
+    }
+    let mut a = (lo & !0xf) as u64;
+    if (lo >> 1) & 3 == 2 && bar < 5 {
+        a |= (cam.read_word(df, 0x14 + 4 * bar) as u64) << 32;
+    }
+    Some(a)
+}
+
 /// Queue depth of each virtqueue.
 pub const NET_QUEUE: usize = 32;
 /// Receive buffer length (MTU 1500 + Ethernet header + virtio-net header, rounded).
@@ -67,6 +87,8 @@ pub struct VirtioNet {
     dev: VirtIONet<KernelHal, PciTransport, NET_QUEUE>,
     pub df: DeviceFunction,
     link_up: bool,
+    /// The MSI-X table entry count once [`VirtioNet::enable_msix`] succeeded.
+    pub msix: Option<u16>,
     pub rx_frames: u64,
     pub tx_frames: u64,
 }
@@ -94,9 +116,82 @@ impl VirtioNet {
             // virtio-net config: mac[6], status u16 (bit 0 = link up when VIRTIO_NET_F_STATUS).
             let status: u16 = transport.read_config_space(6).unwrap_or(1);
             let dev = VirtIONet::new(transport, NET_BUF).map_err(NicError::Init)?;
-            return Ok(alloc::boxed::Box::new(VirtioNet { dev, df: f.df, link_up: status & 1 != 0, rx_frames: 0, tx_frames: 0 }));
+            return Ok(alloc::boxed::Box::new(VirtioNet { dev, df: f.df, link_up: status & 1 != 0, msix: None, rx_frames: 0, tx_frames: 0 }));
         }
         Err(NicError::NotFound)
+    }
+
+    /// Deliver the receive queue's interrupts as MSI-X message 0: `vector` on the local APIC
+    /// `dest_apic` (physical destination, fixed delivery, edge). The transmit queue and
+    /// configuration changes get no vector (`VIRTIO_MSI_NO_VECTOR`): transmit completions are
+    /// reclaimed on the next send. `virtio-drivers` 0.13 does not program MSI-X, so this walks
+    /// the capability list itself: the MSI-X capability (table in a BAR) and the virtio common
+    /// configuration (`config_msix_vector`, `queue_select`, `queue_msix_vector`).
+    pub fn enable_msix(&mut self, vector: u8, dest_apic: u32) -> Result<u16, &'static str> {
+        if dest_apic > 0xff {
+            return Err("destination APIC id above 255 (needs interrupt remapping)");
+        }
+        let cam = crate::pci::PortCam;
+        let df = self.df;
+        let root = crate::pci::root();
+        let mut msix_cap = None;
+        let mut common = None;
+        for c in root.capabilities(df) {
+            match c.id {
+                0x11 => msix_cap = Some(c.offset),
+                0x09 => {
+                    // virtio_pci_cap: cfg_type at +3, bar at +4, offset at +8, length at +12
+                    let w0 = cam.read_word(df, c.offset);
+                    if (w0 >> 24) as u8 == 1 && common.is_none() {
+                        let bar = cam.read_word(df, c.offset + 4) as u8;
+                        let off = cam.read_word(df, c.offset + 8);
+                        common = Some((bar, off as u64));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let cap = msix_cap.ok_or("no MSI-X capability")?;
+        let (cbar, coff) = common.ok_or("no virtio common configuration capability")?;
+        let ctrl = (cam.read_word(df, cap) >> 16) as u16;
+        let entries = (ctrl & 0x7ff) + 1;
+        let table = cam.read_word(df, cap + 4);
+        let tbase = bar_address(df, (table & 7) as u8).ok_or("MSI-X table BAR not a memory BAR")? + (table & !7) as u64;
+        let cbase = bar_address(df, cbar).ok_or("virtio common configuration BAR not a memory BAR")? + coff;
+        let tv = crate::paging::map_mmio(tbase, entries as u64 * 16).map_err(|_| "cannot map the MSI-X table")?;
+        let cv = crate::paging::map_mmio(cbase, 0x38).map_err(|_| "cannot map the virtio common configuration")?;
+        // Function-masked while the table is written, then enabled and unmasked.
+        let mut cam_w = crate::pci::PortCam;
+        let low16 = cam.read_word(df, cap) & 0xffff;
+        cam_w.write_word(df, cap, low16 | ((ctrl as u32 | 0x4000) << 16));
+        // SAFETY: `tv` maps the device's MSI-X table (`entries` × 16 bytes, uncached) and `cv`
+        // the virtio common configuration structure (0x38 bytes); both windows are fresh and
+        // used only here. The offsets are those of the PCI MSI-X table entry (address low,
+        // address high, data, vector control) and of virtio 1.x `virtio_pci_common_cfg`.
+        unsafe {
+            let t = tv as *mut u32;
+            for i in 0..entries as usize {
+                t.add(i * 4 + 3).write_volatile(1); // masked
+            }
+            t.add(0).write_volatile(0xfee0_0000 | dest_apic << 12);
+            t.add(1).write_volatile(0);
+            t.add(2).write_volatile(vector as u32);
+            t.add(3).write_volatile(0); // entry 0 unmasked
+            let c = cv as *mut u8;
+            let w16 = |off: usize, v: u16| (c.add(off) as *mut u16).write_volatile(v);
+            let r16 = |off: usize| (c.add(off) as *mut u16).read_volatile();
+            w16(0x10, NO_VECTOR); // config_msix_vector
+            for (queue, v) in [(0u16, 0u16), (1, NO_VECTOR)] {
+                w16(0x16, queue); // queue_select: 0 = receiveq1, 1 = transmitq1
+                w16(0x1a, v); // queue_msix_vector
+                if r16(0x1a) != v {
+                    return Err("the device refused the queue's MSI-X vector");
+                }
+            }
+        }
+        cam_w.write_word(df, cap, low16 | (((ctrl & !0x4000) | 0x8000) as u32) << 16);
+        self.msix = Some(entries);
+        Ok(entries)
     }
 
     pub fn mac(&self) -> [u8; 6] {

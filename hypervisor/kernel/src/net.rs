@@ -2,12 +2,16 @@
 //! task (`netd`).
 //!
 //! The driver runs in the kernel for now; it moves to a ring-3 task (granted its BARs, its
-//! DMA frames and an IRQ notification) once drivers can be given MMIO and DMA memory. It
-//! polls the device rather than taking interrupts: `netd` busy-polls while traffic flows
-//! and sleeps one scheduler tick (10 ms) after 200 ms without traffic. See docs/networking.md.
+//! DMA frames and an IRQ notification) later. The receive queue interrupts through MSI-X
+//! ([`NIC_VECTOR`](crate::task::NIC_VECTOR)), delivered as an IPC notification to an endpoint
+//! `netd` waits on (the ring-3 drivers' mechanism): `netd` polls the stack until a pass finds
+//! no work, then waits for the interrupt or 10 ms (the stack's timers), whichever comes first.
+//! Without MSI-X (or with `net.irq=off`) it falls back to polling: busy while traffic flowed in
+//! the last 200 ms, otherwise one scheduler tick (10 ms) of sleep. See docs/networking.md.
 //!
 //! Kernel command line:
 //! - `net=off` — do not start networking;
+//! - `net.irq=off` — poll the NIC instead of taking its interrupts;
 //! - `net.key=HEX` — the node's x25519 secret key (64 hex digits; random if absent);
 //! - `net.time=SECS` — Unix time at boot (for handshake timestamps);
 //! - `net.ping=NAME` — once the fabric session with peer NAME is up, ping its fabric address
@@ -51,6 +55,8 @@ struct State {
     ping: Option<String>,
     bench: Option<String>,
     wait_s: u64,
+    /// The capability slot of the endpoint the NIC's interrupt notifies (None: polling).
+    irq: Option<usize>,
 }
 
 
@@ -128,8 +134,37 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
         ping: crate::cmdline::get(cmdline, "net.ping").map(String::from),
         bench: crate::cmdline::get(cmdline, "net.bench").map(String::from),
         wait_s: crate::cmdline::get(cmdline, "net.wait").and_then(|w| w.parse().ok()).unwrap_or(60),
+        irq: None,
     };
-    Some(alloc::boxed::Box::new(st))
+    let mut st = alloc::boxed::Box::new(st);
+    if crate::cmdline::get(cmdline, "net.irq") == Some("off") {
+        info!(target: "net", "virtio-net: net.irq=off: polling");
+    } else {
+        st.irq = enable_irq(&mut st);
+    }
+    Some(st)
+}
+
+/// Route the NIC's receive interrupt (MSI-X) to the BSP as an IPC notification of an endpoint
+/// owned by `netd`. Returns the endpoint's capability slot, or None (polling) without MSI-X.
+fn enable_irq(st: &mut State) -> Option<usize> {
+    let Some(bsp) = catenary_arch::smp::apic_id_of(0) else {
+        warn!(target: "net", "virtio-net: no BSP APIC id: polling");
+        return None;
+    };
+    let (slot, ep) = crate::task::create_endpoint_for_current(1);
+    crate::task::bind_irq_notification(crate::task::NIC_VECTOR, ep, 1);
+    match st.nic.0.enable_msix(crate::task::NIC_VECTOR, bsp) {
+        Ok(n) => {
+            info!(target: "net", "virtio-net: MSI-X on ({} entries): receive queue -> vector {:#x} on APIC {}, notifies endpoint {}",
+                n, crate::task::NIC_VECTOR, bsp, ep);
+            Some(slot)
+        }
+        Err(e) => {
+            warn!(target: "net", "virtio-net: no interrupts ({}): polling", e);
+            None
+        }
+    }
 }
 
 /// Poll until `done` returns true or `timeout_ns` passes.
@@ -148,9 +183,14 @@ fn pump(st: &mut State, timeout_ns: u64, mut done: impl FnMut(&mut Node) -> bool
 }
 
 fn ping(st: &mut State, path: Path, dst: core::net::Ipv6Addr, count: u32, len: usize) -> Option<catenary_net::PingReport> {
-    st.node.start_ping(path, dst, count, len, 0, time::now_ns());
+    ping_every(st, path, dst, count, len, 0)
+}
+
+/// `count` echoes, the next one `interval_ns` after the previous reply (or timeout).
+fn ping_every(st: &mut State, path: Path, dst: core::net::Ipv6Addr, count: u32, len: usize, interval_ns: u64) -> Option<catenary_net::PingReport> {
+    st.node.start_ping(path, dst, count, len, interval_ns, time::now_ns());
     let mut rep = None;
-    pump(st, 10_000_000_000 + count as u64 * 1_100_000_000, |n| {
+    pump(st, 10_000_000_000 + count as u64 * (1_100_000_000 + interval_ns), |n| {
         rep = n.take_ping();
         rep.is_some()
     });
@@ -185,6 +225,12 @@ fn wait_session(st: &mut State, peer: &str) -> Option<catenary_net::Peer> {
     Some(p)
 }
 
+/// The pause before each echo of the idle-latency probe.
+const IDLE_PAUSE_NS: u64 = 300_000_000;
+
+/// How long `netd` waits for an interrupt before running the stack's timers anyway.
+const IDLE_WAKE_NS: u64 = 10_000_000;
+
 /// Bytes per throughput run: 3500 datagrams of 1200 bytes.
 const STREAM_BYTES: u64 = 3500 * 1200;
 
@@ -197,6 +243,14 @@ fn probes(st: &mut State) {
             if let Some(r) = ping(st, Path::Underlay, p.underlay, 3, 100) {
                 info!(target: "net", "underlay ping {} {}: {}/{} replies, median rtt {} us", peer, p.underlay, r.received, r.sent, r.median_ns() / 1000);
             }
+            // Echoes that each find the peer idle (its netd waiting, not polling: the polling
+            // fallback busy-polls for 200 ms after traffic, so the pause is longer than that).
+            if let Some(r) = ping_every(st, Path::Fabric, p.fabric_addr, 9, 100, IDLE_PAUSE_NS) {
+                info!(target: "net", "fabric idle ping {} {}: {}/{} replies, median rtt {} us ({} ms idle before each echo)",
+                    peer, p.fabric_addr, r.received, r.sent, r.median_ns() / 1000, IDLE_PAUSE_NS / 1_000_000);
+            }
+            info!(target: "net", "virtio-net interrupts taken: {} ({})", crate::task::irq_count(crate::task::NIC_VECTOR),
+                if st.irq.is_some() { "MSI-X" } else { "polling" });
         }
         info!(target: "net", "ping done");
     }
@@ -235,9 +289,11 @@ fn netd(_: u64) {
     probes(&mut st);
     let mut last_active = time::now_ns();
     let mut last_report = 0;
+    let mut irqs_seen = false;
     loop {
         let now = time::now_ns();
-        if st.node.poll(&mut st.nic, now) {
+        let active = st.node.poll(&mut st.nic, now);
+        if active {
             last_active = now;
         }
         if now - last_report > 30_000_000_000 {
@@ -245,7 +301,16 @@ fn netd(_: u64) {
             let c = st.node.fabric().counters();
             log::debug!(target: "net", "fabric counters: in {} out {} dropped {}", st.node.counters.fabric_in, st.node.counters.fabric_out, c.total_dropped());
         }
-        if now - last_active < 200_000_000 {
+        if let Some(slot) = st.irq {
+            // Interrupt-driven: poll again while there is work; otherwise wait for the receive
+            // interrupt (a notification that came during the poll is pending: no lost wakeup).
+            if active {
+                crate::task::yield_now();
+            } else if crate::task::recv(slot, IDLE_WAKE_NS).is_ok() && !irqs_seen {
+                irqs_seen = true;
+                info!(target: "net", "virtio-net: receive interrupt woke netd");
+            }
+        } else if now - last_active < 200_000_000 {
             crate::task::yield_now();
         } else {
             crate::task::sleep_ns(1_000_000);

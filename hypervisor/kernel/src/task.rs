@@ -54,6 +54,8 @@ pub const SYS_MAP_MMIO: u64 = 14;
 pub const SYS_DMA_ALLOC: u64 = 15;
 
 pub const RTC_VECTOR: u8 = 0x58;
+/// The virtio-net receive interrupt (MSI-X, programmed by `net`).
+pub const NIC_VECTOR: u8 = 0x59;
 const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_0000;
 const USER_STACK_PAGES: u64 = 32;
 const ERR_BAD_ARG: u64 = 100;
@@ -106,6 +108,8 @@ pub struct Kernel {
     rtc_endpoint: Option<EndpointId>,
     ticks: u64,
     grants: alloc::collections::BTreeMap<u64, GrantRec>,
+    /// Device interrupt vectors delivered as IPC notifications: vector -> (endpoint, bits).
+    irq_notify: alloc::collections::BTreeMap<u8, (EndpointId, u64)>,
 }
 
 static K: Mutex<Option<Kernel>> = Mutex::new(None);
@@ -126,6 +130,7 @@ pub fn init(cpus: usize) {
         rtc_endpoint: None,
         ticks: 0,
         grants: Default::default(),
+        irq_notify: Default::default(),
     };
     for _ in 0..cpus {
         k.idle_stack.push(paging::alloc_stack(4).expect("idle stack").1);
@@ -324,6 +329,39 @@ fn on_rtc_irq(f: &mut TrapFrame) {
                     if complete(k, who, Ok(m)) {
                         resched(k, f);
                     }
+                }
+            }
+        }
+    })
+}
+
+const NO_IRQS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Interrupts taken per vector bound with [`bind_irq_notification`].
+static IRQ_COUNT: [core::sync::atomic::AtomicU64; 256] = [NO_IRQS; 256];
+
+/// Deliver interrupt `vector` as an IPC notification (`bits`) to endpoint `ep`, the mechanism
+/// ring-3 drivers use (rtcd), open to kernel tasks too (`netd` waits for its NIC with `recv`).
+/// A notification that arrives while nobody waits stays pending, so a `recv` after it returns
+/// at once: no wakeup is lost between a driver's last poll and its wait.
+pub fn bind_irq_notification(vector: u8, ep: EndpointId, bits: u64) {
+    with(|k| k.irq_notify.insert(vector, (ep, bits)));
+    catenary_arch::trap::register_irq(vector, on_bound_irq);
+}
+
+/// How many times `vector` (bound with [`bind_irq_notification`]) fired.
+pub fn irq_count(vector: u8) -> u64 {
+    IRQ_COUNT[vector as usize].load(core::sync::atomic::Ordering::Relaxed)
+}
+
+fn on_bound_irq(f: &mut TrapFrame) {
+    let v = f.vector as u8;
+    IRQ_COUNT[v as usize].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    with(|k| {
+        let Some(&(ep, bits)) = k.irq_notify.get(&v) else { return };
+        if let Ok(Some((who, m))) = k.ipc.notify(ep, bits) {
+            if let Some(TaskState::Blocked(BlockReason::Recv(_))) = k.sched.task(who).map(|t| t.state) {
+                if complete(k, who, Ok(m)) {
+                    resched(k, f);
                 }
             }
         }
