@@ -113,3 +113,32 @@ macro_rules! entry {
         }
     };
 }
+
+pub fn read_u16(addr: u64) -> u16 {
+    // SAFETY: as in `read_u8`.
+    unsafe { core::ptr::read_volatile(addr as *const u16) }
+}
+pub fn write_u16(addr: u64, v: u16) {
+    // SAFETY: as in `read_u8`.
+    unsafe { core::ptr::write_volatile(addr as *mut u16, v) }
+}
+pub fn write_u8(addr: u64, v: u8) {
+    // SAFETY: as in `read_u8`.
+    unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
+}
+
+/// Copy `buf.len()` bytes from this task's memory at `addr` (shared memory: ring slots).
+pub fn copy_from(addr: u64, buf: &mut [u8]) {
+    core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+    // SAFETY: ring-3 access checked by the page tables (a bad address kills this task); the
+    // source may change concurrently (memory shared with the kernel), which only changes data.
+    unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len()) }
+}
+/// Copy `data` into this task's memory at `addr` (shared memory: ring slots).
+pub fn copy_to(addr: u64, data: &[u8]) {
+    // SAFETY: as in `copy_from`.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) }
+    core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+}
+
+pub mod dma;

@@ -64,6 +64,38 @@ pub fn phys_slice(paddr: u64, len: usize) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(crate::paging::p2v(paddr) as *const u8, len) }
 }
 
+/// Copy out of physical memory shared with a ring-3 driver (its DMA frames) through the
+/// direct map. The caller checked that the frames belong to that driver (`task`), so they
+/// are allocated; their content is untrusted data, read with a copy.
+pub fn phys_read(paddr: u64, buf: &mut [u8]) {
+    core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+    // SAFETY: the direct map covers all RAM; the frames are allocated (caller's check) and a
+    // byte copy has no validity requirements. A concurrent ring-3 writer only changes data.
+    unsafe { core::ptr::copy_nonoverlapping(crate::paging::p2v(paddr) as *const u8, buf.as_mut_ptr(), buf.len()) }
+}
+
+/// Copy into physical memory shared with a ring-3 driver (see [`phys_read`]).
+pub fn phys_write(paddr: u64, data: &[u8]) {
+    // SAFETY: as in `phys_read`; the frames belong to the driver, not to the kernel.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), crate::paging::p2v(paddr) as *mut u8, data.len()) }
+    core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+}
+
+/// An aligned 64-bit load/store in shared driver memory (ring indices), volatile.
+pub fn phys_read_u64(paddr: u64) -> u64 {
+    assert!(paddr % 8 == 0);
+    // SAFETY: as in `phys_read`; aligned.
+    let v = unsafe { core::ptr::read_volatile(crate::paging::p2v(paddr) as *const u64) };
+    core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+    v
+}
+pub fn phys_write_u64(paddr: u64, v: u64) {
+    assert!(paddr % 8 == 0);
+    core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+    // SAFETY: as in `phys_read`; aligned.
+    unsafe { core::ptr::write_volatile(crate::paging::p2v(paddr) as *mut u64, v) }
+}
+
 /// Zero a physical frame through the direct map.
 pub fn zero_frame(paddr: u64) {
     // SAFETY: the caller owns the frame (just allocated); the direct map covers it.

@@ -77,6 +77,101 @@ fn bar_address(df: DeviceFunction, bar: u8) -> Option<u64> {
     Some(a)
 }
 
+/// Program MSI-X table entry 0 of `df` (address `0xfee00000 | dest_apic << 12`, data
+/// `vector`: fixed, edge), mask the other entries, enable MSI-X and clear the function mask.
+/// Which device events use entry 0 is the driver's business (virtio: `queue_msix_vector`).
+/// Returns the table size.
+pub fn msix_program(df: DeviceFunction, vector: u8, dest_apic: u32) -> Result<u16, &'static str> {
+    if dest_apic > 0xff {
+        return Err("destination APIC id above 255 (needs interrupt remapping)");
+    }
+    let cam = crate::pci::PortCam;
+    let root = crate::pci::root();
+    let cap = root.capabilities(df).find(|c| c.id == 0x11).map(|c| c.offset).ok_or("no MSI-X capability")?;
+    let ctrl = (cam.read_word(df, cap) >> 16) as u16;
+    let entries = (ctrl & 0x7ff) + 1;
+    let table = cam.read_word(df, cap + 4);
+    let tbase = bar_address(df, (table & 7) as u8).ok_or("MSI-X table BAR not a memory BAR")? + (table & !7) as u64;
+    let tv = crate::paging::map_mmio(tbase, entries as u64 * 16).map_err(|_| "cannot map the MSI-X table")?;
+    // Function-masked while the table is written, then enabled and unmasked.
+    let mut cam_w = crate::pci::PortCam;
+    let low16 = cam.read_word(df, cap) & 0xffff;
+    cam_w.write_word(df, cap, low16 | ((ctrl as u32 | 0x4000) << 16));
+    // SAFETY: `tv` maps the device's MSI-X table (`entries` × 16 bytes, uncached), a fresh
+    // window used only here; the offsets are those of a PCI MSI-X table entry (address low,
+    // address high, data, vector control).
+    unsafe {
+        let t = tv as *mut u32;
+        for i in 0..entries as usize {
+            t.add(i * 4 + 3).write_volatile(1); // masked
+        }
+        t.add(0).write_volatile(0xfee0_0000 | dest_apic << 12);
+        t.add(1).write_volatile(0);
+        t.add(2).write_volatile(vector as u32);
+        t.add(3).write_volatile(0); // entry 0 unmasked
+    }
+    cam_w.write_word(df, cap, low16 | (((ctrl & !0x4000) | 0x8000) as u32) << 16);
+    Ok(entries)
+}
+
+/// Where a modern virtio PCI function's structures are (physical address, length), from its
+/// vendor capabilities: what a ring-3 driver is granted and maps, instead of config space.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VirtioPciInfo {
+    pub common: (u64, u64),
+    pub notify: (u64, u64),
+    pub notify_multiplier: u32,
+    pub isr: (u64, u64),
+    pub device: (u64, u64),
+}
+
+impl VirtioPciInfo {
+    pub fn read(df: DeviceFunction) -> Result<VirtioPciInfo, &'static str> {
+        let cam = crate::pci::PortCam;
+        let root = crate::pci::root();
+        let mut info = VirtioPciInfo::default();
+        for c in root.capabilities(df).filter(|c| c.id == 0x09) {
+            // virtio_pci_cap: cfg_type at +3, bar at +4, offset at +8, length at +12
+            let ty = (cam.read_word(df, c.offset) >> 24) as u8;
+            let bar = cam.read_word(df, c.offset + 4) as u8;
+            let off = cam.read_word(df, c.offset + 8) as u64;
+            let len = cam.read_word(df, c.offset + 12) as u64;
+            let Some(base) = bar_address(df, bar) else { continue };
+            let r = (base + off, len);
+            match ty {
+                1 if info.common.0 == 0 => info.common = r,
+                2 if info.notify.0 == 0 => {
+                    info.notify = r;
+                    info.notify_multiplier = cam.read_word(df, c.offset + 16);
+                }
+                3 if info.isr.0 == 0 => info.isr = r,
+                4 if info.device.0 == 0 => info.device = r,
+                _ => {}
+            }
+        }
+        if info.common.0 == 0 || info.notify.0 == 0 || info.isr.0 == 0 || info.device.0 == 0 {
+            return Err("missing virtio PCI capability");
+        }
+        Ok(info)
+    }
+}
+
+/// Find the first virtio-net function, turn on memory space and bus mastering, and return
+/// where its structures are (for a ring-3 driver). The device is not reset or touched.
+pub fn find_net() -> Option<(DeviceFunction, VirtioPciInfo)> {
+    let mut root = crate::pci::root();
+    for f in crate::pci::scan() {
+        if virtio_drivers::transport::pci::virtio_device_type(&f.info) != Some(DeviceType::Network) {
+            continue;
+        }
+        let (_, cmd) = root.get_status_command(f.df);
+        use virtio_drivers::transport::pci::bus::Command;
+        root.set_command(f.df, cmd | Command::MEMORY_SPACE | Command::BUS_MASTER);
+        return VirtioPciInfo::read(f.df).ok().map(|i| (f.df, i));
+    }
+    None
+}
+
 /// Queue depth of each virtqueue.
 pub const NET_QUEUE: usize = 32;
 /// Receive buffer length (MTU 1500 + Ethernet header + virtio-net header, rounded).
@@ -128,55 +223,12 @@ impl VirtioNet {
     /// the capability list itself: the MSI-X capability (table in a BAR) and the virtio common
     /// configuration (`config_msix_vector`, `queue_select`, `queue_msix_vector`).
     pub fn enable_msix(&mut self, vector: u8, dest_apic: u32) -> Result<u16, &'static str> {
-        if dest_apic > 0xff {
-            return Err("destination APIC id above 255 (needs interrupt remapping)");
-        }
-        let cam = crate::pci::PortCam;
-        let df = self.df;
-        let root = crate::pci::root();
-        let mut msix_cap = None;
-        let mut common = None;
-        for c in root.capabilities(df) {
-            match c.id {
-                0x11 => msix_cap = Some(c.offset),
-                0x09 => {
-                    // virtio_pci_cap: cfg_type at +3, bar at +4, offset at +8, length at +12
-                    let w0 = cam.read_word(df, c.offset);
-                    if (w0 >> 24) as u8 == 1 && common.is_none() {
-                        let bar = cam.read_word(df, c.offset + 4) as u8;
-                        let off = cam.read_word(df, c.offset + 8);
-                        common = Some((bar, off as u64));
-                    }
-                }
-                _ => {}
-            }
-        }
-        let cap = msix_cap.ok_or("no MSI-X capability")?;
-        let (cbar, coff) = common.ok_or("no virtio common configuration capability")?;
-        let ctrl = (cam.read_word(df, cap) >> 16) as u16;
-        let entries = (ctrl & 0x7ff) + 1;
-        let table = cam.read_word(df, cap + 4);
-        let tbase = bar_address(df, (table & 7) as u8).ok_or("MSI-X table BAR not a memory BAR")? + (table & !7) as u64;
-        let cbase = bar_address(df, cbar).ok_or("virtio common configuration BAR not a memory BAR")? + coff;
-        let tv = crate::paging::map_mmio(tbase, entries as u64 * 16).map_err(|_| "cannot map the MSI-X table")?;
-        let cv = crate::paging::map_mmio(cbase, 0x38).map_err(|_| "cannot map the virtio common configuration")?;
-        // Function-masked while the table is written, then enabled and unmasked.
-        let mut cam_w = crate::pci::PortCam;
-        let low16 = cam.read_word(df, cap) & 0xffff;
-        cam_w.write_word(df, cap, low16 | ((ctrl as u32 | 0x4000) << 16));
-        // SAFETY: `tv` maps the device's MSI-X table (`entries` × 16 bytes, uncached) and `cv`
-        // the virtio common configuration structure (0x38 bytes); both windows are fresh and
-        // used only here. The offsets are those of the PCI MSI-X table entry (address low,
-        // address high, data, vector control) and of virtio 1.x `virtio_pci_common_cfg`.
+        let info = VirtioPciInfo::read(self.df)?;
+        let entries = msix_program(self.df, vector, dest_apic)?;
+        let cv = crate::paging::map_mmio(info.common.0, 0x38).map_err(|_| "cannot map the virtio common configuration")?;
+        // SAFETY: `cv` maps the virtio common configuration structure (0x38 bytes, uncached),
+        // a fresh window used only here; offsets of virtio 1.x `virtio_pci_common_cfg`.
         unsafe {
-            let t = tv as *mut u32;
-            for i in 0..entries as usize {
-                t.add(i * 4 + 3).write_volatile(1); // masked
-            }
-            t.add(0).write_volatile(0xfee0_0000 | dest_apic << 12);
-            t.add(1).write_volatile(0);
-            t.add(2).write_volatile(vector as u32);
-            t.add(3).write_volatile(0); // entry 0 unmasked
             let c = cv as *mut u8;
             let w16 = |off: usize, v: u16| (c.add(off) as *mut u16).write_volatile(v);
             let r16 = |off: usize| (c.add(off) as *mut u16).read_volatile();
@@ -189,7 +241,6 @@ impl VirtioNet {
                 }
             }
         }
-        cam_w.write_word(df, cap, low16 | (((ctrl & !0x4000) | 0x8000) as u32) << 16);
         self.msix = Some(entries);
         Ok(entries)
     }

@@ -1,8 +1,10 @@
 //! Node networking: the virtio-net driver, the IPv6 stack and the fabric, run by one kernel
 //! task (`netd`).
 //!
-//! The driver runs in the kernel for now; it moves to a ring-3 task (granted its BARs, its
-//! DMA frames and an IRQ notification) later. The receive queue interrupts through MSI-X
+//! The NIC driver runs in ring 3 (`nicd`, hypervisor/user/src/bin/nicd.rs), granted the
+//! device's virtio structures, DMA memory and the receive interrupt; frames pass through a ring
+//! in its DMA memory ([`UserNic`]). `net.driver=kernel` keeps the in-kernel driver
+//! (`arch::virtio::VirtioNet`). With that driver the receive queue interrupts through MSI-X
 //! ([`NIC_VECTOR`](crate::task::NIC_VECTOR)), delivered as an IPC notification to an endpoint
 //! `netd` waits on (the ring-3 drivers' mechanism): `netd` polls the stack until a pass finds
 //! no work, then waits for the interrupt or 10 ms (the stack's timers), whichever comes first.
@@ -11,7 +13,8 @@
 //!
 //! Kernel command line:
 //! - `net=off` — do not start networking;
-//! - `net.irq=off` — poll the NIC instead of taking its interrupts;
+//! - `net.driver=kernel` — drive the NIC in the kernel instead of the ring-3 `nicd`;
+//! - `net.irq=off` — with `net.driver=kernel`: poll the NIC instead of taking its interrupts;
 //! - `net.key=HEX` — the node's x25519 secret key (64 hex digits; random if absent);
 //! - `net.time=SECS` — Unix time at boot (for handshake timestamps);
 //! - `net.ping=NAME` — once the fabric session with peer NAME is up, ping its fabric address
@@ -32,20 +35,129 @@ use log::{info, warn};
 use netfabric::Identity;
 use spin::Mutex;
 
-struct Nic(alloc::boxed::Box<VirtioNet>);
+/// The NIC as the stack sees it: the in-kernel driver, or the ring-3 driver `nicd` behind
+/// the shared frame ring.
+enum Nic {
+    Kernel(alloc::boxed::Box<VirtioNet>),
+    User(UserNic),
+}
 
 impl Link for Nic {
     fn mac(&self) -> [u8; 6] {
-        self.0.mac()
+        match self {
+            Nic::Kernel(n) => n.mac(),
+            Nic::User(u) => u.mac,
+        }
     }
     fn recv(&mut self) -> Option<alloc::vec::Vec<u8>> {
-        self.0.receive(|f| f.to_vec())
+        match self {
+            Nic::Kernel(n) => n.receive(|f| f.to_vec()),
+            Nic::User(u) => u.recv(),
+        }
     }
     fn can_send(&self) -> bool {
-        true
+        match self {
+            Nic::Kernel(_) => true,
+            Nic::User(u) => u.can_send(),
+        }
     }
     fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) {
-        self.0.transmit(len, |b| f(b));
+        match self {
+            Nic::Kernel(n) => {
+                n.transmit(len, |b| f(b));
+            }
+            Nic::User(u) => u.send(len, f),
+        }
+    }
+}
+
+/// The frame ring shared with `nicd` (layout: `hypervisor/user/src/nic.rs`, kept in step).
+mod ring {
+    pub const SLOTS: u64 = 16;
+    pub const SLOT_LEN: u64 = 2048;
+    pub const PAGES: u64 = 1 + 2 * SLOTS * SLOT_LEN / 4096;
+    pub const RX_HEAD: u64 = 0x00;
+    pub const RX_TAIL: u64 = 0x08;
+    pub const TX_HEAD: u64 = 0x10;
+    pub const TX_TAIL: u64 = 0x18;
+    pub const RX_LEN: u64 = 0x100;
+    pub const TX_LEN: u64 = 0x200;
+    pub const RX_SLOTS: u64 = 0x1000;
+    pub const TX_SLOTS: u64 = 0x1000 + SLOTS * SLOT_LEN;
+    pub const LABEL_CONFIG: u64 = 1;
+    pub const LABEL_CONFIG2: u64 = 2;
+    pub const LABEL_TX: u64 = 3;
+    pub const LABEL_UP: u64 = 0x10;
+    pub const LABEL_RX: u64 = 0x11;
+    pub const LABEL_FAIL: u64 = 0x12;
+}
+
+/// The kernel's side of the ring-3 driver: the ring (physical, in `nicd`'s DMA memory, used
+/// only while `nicd` owns it) and a send capability to wake `nicd` for transmits.
+struct UserNic {
+    task: catenary_sched::TaskId,
+    ring: u64,
+    mac: [u8; 6],
+    wake_slot: usize,
+}
+
+impl UserNic {
+    fn slot_frame(&self, off: u64) -> u64 {
+        (self.ring + off) & !0xfff
+    }
+    fn recv(&mut self) -> Option<alloc::vec::Vec<u8>> {
+        use ring::*;
+        let r = self.ring;
+        let hdr = self.slot_frame(0);
+        // which slot: read the indices first (header page only)
+        let (head, tail) = crate::task::with_owned_frames(self.task, &[hdr], || {
+            (memory::phys_read_u64(r + RX_HEAD), memory::phys_read_u64(r + RX_TAIL))
+        })?;
+        if head == tail {
+            return None;
+        }
+        let s = tail % SLOTS;
+        let slot = RX_SLOTS + s * SLOT_LEN;
+        let v = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(slot)], || {
+            let len = memory::phys_read_u64(r + RX_LEN + s * 8).min(SLOT_LEN) as usize;
+            let mut v = alloc::vec![0u8; len];
+            memory::phys_read(r + slot, &mut v);
+            memory::phys_write_u64(r + RX_TAIL, tail + 1);
+            v
+        });
+        if head - tail >= SLOTS {
+            // the ring was full: nicd left frames in the device queue and waits for room
+            let _ = crate::task::send(self.wake_slot, catenary_ipc::Message::new(LABEL_TX, [0; 4]));
+        }
+        v
+    }
+    fn can_send(&self) -> bool {
+        use ring::*;
+        let r = self.ring;
+        crate::task::with_owned_frames(self.task, &[self.slot_frame(0)], || {
+            memory::phys_read_u64(r + TX_HEAD) - memory::phys_read_u64(r + TX_TAIL) < SLOTS
+        })
+        .unwrap_or(false)
+    }
+    fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) {
+        use ring::*;
+        if len as u64 > SLOT_LEN || !self.can_send() {
+            return; // dropped, as a full NIC queue would
+        }
+        let mut frame = alloc::vec![0u8; len];
+        f(&mut frame);
+        let r = self.ring;
+        let hdr = self.slot_frame(0);
+        let Some(head) = crate::task::with_owned_frames(self.task, &[hdr], || memory::phys_read_u64(r + TX_HEAD)) else { return };
+        let s = head % SLOTS;
+        let slot = TX_SLOTS + s * SLOT_LEN;
+        let _ = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(slot)], || {
+            memory::phys_write(r + slot, &frame);
+            memory::phys_write_u64(r + TX_LEN + s * 8, len as u64);
+            memory::phys_write_u64(r + TX_HEAD, head + 1);
+        });
+        // a full endpoint means nicd has wakeups pending already
+        let _ = crate::task::send(self.wake_slot, catenary_ipc::Message::new(LABEL_TX, [0; 4]));
     }
 }
 
@@ -82,19 +194,35 @@ pub fn start(cmdline: &str, modules: &[Module]) {
 }
 
 fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State>> {
-    let nic = match VirtioNet::probe() {
-        Ok(n) => n,
-        Err(NicError::NotFound) => {
-            info!(target: "net", "no virtio-net device: networking off");
-            return None;
+    let user_driver = crate::cmdline::get(cmdline, "net.driver") != Some("kernel") && !crate::task::NICD_ELF.is_empty();
+    let (nic, user_irq) = if user_driver {
+        match start_nicd() {
+            Ok(Some((n, slot))) => (n, Some(slot)),
+            Ok(None) => {
+                info!(target: "net", "no virtio-net device: networking off");
+                return None;
+            }
+            Err(e) => {
+                warn!(target: "net", "nicd: {}", e);
+                return None;
+            }
         }
-        Err(e) => {
-            warn!(target: "net", "virtio-net: {:?}", e);
-            return None;
-        }
+    } else {
+        let nic = match VirtioNet::probe() {
+            Ok(n) => n,
+            Err(NicError::NotFound) => {
+                info!(target: "net", "no virtio-net device: networking off");
+                return None;
+            }
+            Err(e) => {
+                warn!(target: "net", "virtio-net: {:?}", e);
+                return None;
+            }
+        };
+        info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}, MAC {:02x?}, link {} (driver in the kernel)",
+            nic.df.bus, nic.df.device, nic.df.function, nic.mac(), if nic.link_up() { "up" } else { "down" });
+        (Nic::Kernel(nic), None)
     };
-    info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}, MAC {:02x?}, link {}",
-        nic.df.bus, nic.df.device, nic.df.function, nic.mac(), if nic.link_up() { "up" } else { "down" });
     let (seed, hw) = entropy::seed();
     if !hw {
         warn!(target: "net", "no RDRAND: the fabric's keys are seeded from timing only");
@@ -125,7 +253,7 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
     let unix_at_origin = unix.saturating_sub(now / 1_000_000_000);
     let mut rng_seed = seed;
     rng_seed[0] ^= 0x5a;
-    let mut nic = Nic(nic);
+    let mut nic = nic;
     let mut node = Node::new(&mut nic, NodeConfig { identity, cluster, unix_time_at_origin: unix_at_origin, rng_seed }, now);
     node.connect_all(now);
     let st = State {
@@ -137,12 +265,88 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
         irq: None,
     };
     let mut st = alloc::boxed::Box::new(st);
-    if crate::cmdline::get(cmdline, "net.irq") == Some("off") {
+    if user_irq.is_some() {
+        st.irq = user_irq;
+    } else if crate::cmdline::get(cmdline, "net.irq") == Some("off") {
         info!(target: "net", "virtio-net: net.irq=off: polling");
     } else {
         st.irq = enable_irq(&mut st);
     }
     Some(st)
+}
+
+/// DMA pages `nicd` may allocate: its heap (96), the virtqueues and the frame ring.
+const NICD_DMA_PAGES: u64 = 160;
+
+/// Start the ring-3 driver `nicd` for the first virtio-net function: grant it the device's
+/// virtio structures (page-rounded MMIO ranges), DMA pages and the receive interrupt (MSI-X
+/// entry 0 -> `NIC_VECTOR` on the BSP -> notification on `nicd`'s endpoint), tell it where the
+/// structures are, and wait for it to come up with its frame ring. Returns the NIC and the
+/// slot of `netd`'s endpoint, which `nicd` wakes when frames arrive. Ok(None): no device.
+fn start_nicd() -> Result<Option<(Nic, usize)>, &'static str> {
+    use crate::task::{self, UserSpec};
+    use catenary_ipc::Message;
+    let Some((df, info)) = catenary_arch::virtio::find_net() else { return Ok(None) };
+    let pages = |(a, l): (u64, u64)| (a & !0xfff, ((a + l.max(1) + 0xfff) & !0xfff) - (a & !0xfff));
+    let mmio = [pages(info.common), pages(info.notify), pages(info.isr), pages(info.device)];
+    let msix = match catenary_arch::smp::apic_id_of(0).ok_or("no BSP APIC id").and_then(|bsp| {
+        catenary_arch::virtio::msix_program(df, task::NIC_VECTOR, bsp).map(|n| (n, bsp))
+    }) {
+        Ok(x) => Some(x),
+        Err(e) => {
+            warn!(target: "net", "virtio-net: no interrupts ({}): nicd polls", e);
+            None
+        }
+    };
+    let (kslot, kep) = task::create_endpoint_for_current(16);
+    let (tid, dep) = task::spawn_user(&UserSpec {
+        name: "nicd",
+        elf: task::NICD_ELF,
+        arg: 0,
+        prio: Priority::DRIVER,
+        affinity: Affinity::ANY,
+        own_endpoint: true,
+        caps: &[task::send_cap(kep, 1)],
+        ports: &[],
+        mmio: &mmio,
+        dma_pages: NICD_DMA_PAGES,
+    })
+    .map_err(|_| "cannot start the ring-3 driver")?;
+    let dep = dep.ok_or("nicd has no endpoint")?;
+    if msix.is_some() {
+        task::bind_irq_notification(task::NIC_VECTOR, dep, 1);
+    }
+    let dslot = task::give_current(task::send_cap(dep, 0));
+    let cfg = [
+        Message::new(ring::LABEL_CONFIG, [info.common.0, info.notify.0, info.isr.0, info.device.0]),
+        Message::new(ring::LABEL_CONFIG2, [info.notify_multiplier as u64, info.device.1, info.notify.1, 0]),
+    ];
+    for m in cfg {
+        task::send(dslot, m).map_err(|_| "cannot reach nicd")?;
+    }
+    let up = task::recv(kslot, 10_000_000_000).map_err(|_| "nicd did not come up in 10 s")?;
+    if up.label == ring::LABEL_FAIL {
+        warn!(target: "net", "nicd failed at step {}", up.words[0]);
+        return Err("nicd failed");
+    }
+    if up.label != ring::LABEL_UP {
+        return Err("unexpected message from nicd");
+    }
+    let ring_phys = up.words[0];
+    if ring_phys % 4096 != 0 || !task::owns_frames(tid, ring_phys, ring::PAGES) {
+        return Err("nicd's frame ring is not its own DMA memory");
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&up.words[1].to_le_bytes()[..6]);
+    info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}, MAC {:02x?}, link {} (driver in ring 3: task {} nicd)",
+        df.bus, df.device, df.function, mac, if up.words[2] != 0 { "up" } else { "down" }, tid);
+    info!(target: "net", "nicd granted MMIO {:x?}, {} DMA pages, frame ring at {:#x} ({} pages)", mmio, NICD_DMA_PAGES, ring_phys, ring::PAGES);
+    match msix {
+        Some((n, bsp)) if up.words[3] != 0 => info!(target: "net",
+            "virtio-net: MSI-X on ({} entries): receive queue -> vector {:#x} on APIC {}, notifies endpoint {} (nicd, ring 3)", n, task::NIC_VECTOR, bsp, dep),
+        _ => warn!(target: "net", "virtio-net: no MSI-X vector for the receive queue: nicd polls every 10 ms"),
+    }
+    Ok(Some((Nic::User(UserNic { task: tid, ring: ring_phys, mac, wake_slot: dslot }), kslot)))
 }
 
 /// Route the NIC's receive interrupt (MSI-X) to the BSP as an IPC notification of an endpoint
@@ -154,7 +358,8 @@ fn enable_irq(st: &mut State) -> Option<usize> {
     };
     let (slot, ep) = crate::task::create_endpoint_for_current(1);
     crate::task::bind_irq_notification(crate::task::NIC_VECTOR, ep, 1);
-    match st.nic.0.enable_msix(crate::task::NIC_VECTOR, bsp) {
+    let Nic::Kernel(n) = &mut st.nic else { return None };
+    match n.enable_msix(crate::task::NIC_VECTOR, bsp) {
         Ok(n) => {
             info!(target: "net", "virtio-net: MSI-X on ({} entries): receive queue -> vector {:#x} on APIC {}, notifies endpoint {}",
                 n, crate::task::NIC_VECTOR, bsp, ep);
@@ -306,9 +511,15 @@ fn netd(_: u64) {
             // interrupt (a notification that came during the poll is pending: no lost wakeup).
             if active {
                 crate::task::yield_now();
-            } else if crate::task::recv(slot, IDLE_WAKE_NS).is_ok() && !irqs_seen {
-                irqs_seen = true;
-                info!(target: "net", "virtio-net: receive interrupt woke netd");
+            } else if let Ok(m) = crate::task::recv(slot, IDLE_WAKE_NS) {
+                if !irqs_seen {
+                    irqs_seen = true;
+                    if m.label == ring::LABEL_RX {
+                        info!(target: "net", "virtio-net: frames from nicd woke netd");
+                    } else {
+                        info!(target: "net", "virtio-net: receive interrupt woke netd");
+                    }
+                }
             }
         } else if now - last_active < 200_000_000 {
             crate::task::yield_now();

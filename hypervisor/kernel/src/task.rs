@@ -79,6 +79,7 @@ pub const fn killed_by(v: u64) -> u64 {
 
 pub static RTCD_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_RTCD"));
 pub static UAPP_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_UAPP"));
+pub static NICD_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_NICD"));
 
 pub struct Ctx {
     frame: TrapFrame,
@@ -346,6 +347,28 @@ static IRQ_COUNT: [core::sync::atomic::AtomicU64; 256] = [NO_IRQS; 256];
 pub fn bind_irq_notification(vector: u8, ep: EndpointId, bits: u64) {
     with(|k| k.irq_notify.insert(vector, (ep, bits)));
     catenary_arch::trap::register_irq(vector, on_bound_irq);
+}
+
+/// Whether the live task `id` owns the `pages` frames from `phys` (its DMA memory, say), so
+/// that the kernel may use them as memory shared with it (they stay allocated while it lives).
+pub fn owns_frames(id: TaskId, phys: u64, pages: u64) -> bool {
+    with(|k| match k.sched.task(id) {
+        Some(t) => (0..pages).all(|i| t.context.frames.contains(&(phys + i * 4096))),
+        None => false,
+    })
+}
+
+/// Run `f` under the kernel lock if the live task `id` owns every frame in `frames`: memory
+/// shared with a ring-3 driver is used only while it is the driver's (it could exit or unmap
+/// it, which frees the frames, but not while the lock is held).
+pub fn with_owned_frames<R>(id: TaskId, frames: &[u64], f: impl FnOnce() -> R) -> Option<R> {
+    with(|k| {
+        let t = k.sched.task(id)?;
+        if k.exit_codes.contains_key(&id) || !frames.iter().all(|p| t.context.frames.contains(p)) {
+            return None;
+        }
+        Some(f())
+    })
 }
 
 /// How many times `vector` (bound with [`bind_irq_notification`]) fired.

@@ -33,7 +33,10 @@ pub struct Msg {
     pub reply: u64,
 }
 
-pub use catenary_arch_user::{entry, inb, outb, rdtsc, read_u32, read_u64, syscall6, write_u32, write_u64};
+pub mod nic;
+pub mod virtio_pci;
+
+pub use catenary_arch_user::{copy_from, copy_to, dma, entry, inb, outb, rdtsc, read_u32, read_u64, syscall6, write_u32, write_u64};
 
 /// A syscall that returns a message in registers (recv, call).
 fn syscall_msg(nr: u64, a0: u64, a1: u64, w: [u64; 4]) -> Result<Msg, u64> {
@@ -145,7 +148,10 @@ macro_rules! logf {
 }
 
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    log("user panic");
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    match info.location() {
+        Some(l) => logf!("user panic at {}:{}", l.file(), l.line()),
+        None => log("user panic"),
+    }
     exit(0xbad)
 }

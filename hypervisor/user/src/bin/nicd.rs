@@ -1,0 +1,116 @@
+//! nicd: the virtio-net driver in ring 3. Granted only the device's virtio structures (MMIO,
+//! uncached), DMA memory (its heap, the virtqueues and the ring it shares with the kernel) and
+//! the receive interrupt (MSI-X, programmed by the kernel, delivered as an IPC notification to
+//! its endpoint). The device runs on `virtio-drivers`' `VirtIONet` over [`UserPciTransport`]
+//! and the grant-syscall HAL. Frames go to and come from the kernel's stack (`netd`) through
+//! the shared ring of `catenary_user::nic`.
+//!
+//! Capability slots: 0 = its own endpoint (config, transmit wakeups, interrupts), 1 = send to
+//! the kernel's `netd`.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use catenary_user::dma::{self, UserHal};
+use catenary_user::nic::*;
+use catenary_user::virtio_pci::{UserPciTransport, NO_VECTOR};
+use catenary_user::*;
+use virtio_drivers::device::net::VirtIONet;
+use virtio_drivers::transport::DeviceType;
+
+const HEAP_PAGES: u64 = 96;
+const QUEUE: usize = 32;
+const BUF: usize = 2048;
+const KERNEL: u64 = 1;
+
+entry!(run);
+
+fn fail(step: u64) -> u64 {
+    let _ = send(KERNEL, LABEL_FAIL, [step, 0, 0, 0]);
+    step
+}
+
+fn run(_arg: u64) -> u64 {
+    if !dma::init(HEAP_PAGES) {
+        return fail(1);
+    }
+    let (Ok(c1), Ok(c2)) = (recv(0, 0), recv(0, 0)) else { return fail(2) };
+    if c1.label != LABEL_CONFIG || c2.label != LABEL_CONFIG2 {
+        return fail(3);
+    }
+    let map = |phys: u64, len: u64| dma::map_mmio(phys, len.max(1));
+    let (Some(common), Some(notify), Some(isr), Some(device)) =
+        (map(c1.words[0], 0x38), map(c1.words[1], c2.words[2]), map(c1.words[2], 1), map(c1.words[3], c2.words[1]))
+    else {
+        return fail(4);
+    };
+    let mk = || UserPciTransport {
+        device_type: DeviceType::Network,
+        common,
+        notify,
+        notify_multiplier: c2.words[0] as u32,
+        isr,
+        device,
+        device_len: c2.words[1] as usize,
+    };
+    // virtio-net config: mac[6], status u16 (bit 0 = link up when VIRTIO_NET_F_STATUS).
+    let status: u16 = virtio_drivers::transport::Transport::read_config_space(&mk(), 6).unwrap_or(1);
+    let Ok(mut net) = VirtIONet::<UserHal, UserPciTransport, QUEUE>::new(mk(), BUF) else { return fail(5) };
+    // After the reset in `new`: receive queue -> MSI-X entry 0 (the kernel programmed it to
+    // the NIC vector), transmit queue and configuration changes -> none.
+    let mut regs = mk();
+    regs.set_config_vector(NO_VECTOR);
+    let msix = regs.set_queue_vector(0, 0) == 0 && regs.set_queue_vector(1, NO_VECTOR) == NO_VECTOR;
+    let Some((ring, ring_phys)) = dma::alloc_pages(RING_PAGES) else { return fail(6) };
+    let mac = net.mac_address();
+    let mut m = [0u8; 8];
+    m[..6].copy_from_slice(&mac);
+    let _ = send(KERNEL, LABEL_UP, [ring_phys, u64::from_le_bytes(m), (status & 1) as u64, msix as u64]);
+    let mut dropped = 0u64;
+    let mut irq_seen = false;
+    loop {
+        // receive: device -> ring
+        let mut got = false;
+        while net.can_recv() {
+            let (head, tail) = (read_u64(ring + RX_HEAD), read_u64(ring + RX_TAIL));
+            if head - tail >= SLOTS {
+                break; // the stack is behind: leave frames in the device queue (netd wakes us)
+            }
+            let Ok(buf) = net.receive() else { break };
+            let p = buf.packet();
+            if p.len() as u64 <= SLOT_LEN {
+                let s = head % SLOTS;
+                copy_to(ring + RX_SLOTS + s * SLOT_LEN, p);
+                write_u64(ring + RX_LEN + s * 8, p.len() as u64);
+                write_u64(ring + RX_HEAD, head + 1);
+                got = true;
+            } else {
+                dropped += 1;
+            }
+            let _ = net.recycle_rx_buffer(buf);
+        }
+        if got {
+            let _ = send(KERNEL, LABEL_RX, [dropped, 0, 0, 0]);
+        }
+        // transmit: ring -> device
+        let (mut tail, head) = (read_u64(ring + TX_TAIL), read_u64(ring + TX_HEAD));
+        while tail != head {
+            let s = tail % SLOTS;
+            let len = read_u64(ring + TX_LEN + s * 8).min(SLOT_LEN) as usize;
+            let mut tx = net.new_tx_buffer(len);
+            copy_from(ring + TX_SLOTS + s * SLOT_LEN, tx.packet_mut());
+            let _ = net.send(tx);
+            tail += 1;
+            write_u64(ring + TX_TAIL, tail);
+        }
+        // wait for the receive interrupt or a transmit wakeup (without MSI-X: poll every 10 ms)
+        if let Ok(m) = recv(0, if msix { 0 } else { 10_000_000 }) {
+            if m.label == LABEL_NOTIFY && !irq_seen {
+                irq_seen = true;
+                log("nicd: receive interrupt (MSI-X) woke the driver");
+            }
+        }
+    }
+}
