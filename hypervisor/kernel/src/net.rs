@@ -275,6 +275,9 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
     Some(st)
 }
 
+/// Above `netd` (DRIVER): the receive interrupt's wakeup of `nicd` preempts `netd`.
+const NICD_PRIORITY: Priority = Priority(7);
+
 /// DMA pages `nicd` may allocate: its heap (96), the virtqueues and the frame ring.
 const NICD_DMA_PAGES: u64 = 160;
 
@@ -303,7 +306,7 @@ fn start_nicd() -> Result<Option<(Nic, usize)>, &'static str> {
         name: "nicd",
         elf: task::NICD_ELF,
         arg: 0,
-        prio: Priority::DRIVER,
+        prio: NICD_PRIORITY,
         affinity: Affinity::ANY,
         own_endpoint: true,
         caps: &[task::send_cap(kep, 1)],
