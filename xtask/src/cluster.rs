@@ -285,6 +285,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     let kernel = crate::build::build_kernel(false)?;
     test_fabric_echo(t, &kernel)?;
     test_outsider(t, &kernel)?;
+    test_remote_ipc(t, &kernel)?;
     test_linux_ping(t, &kernel)?;
     test_wireguard_go(t, &kernel)?;
     Ok(())
@@ -355,6 +356,43 @@ fn after(line: &str, key: &str) -> Option<u64> {
     let rest = &line[line.find(key)? + key.len()..];
     let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
     rest[..end].parse().ok()
+}
+
+/// Fabric IPC: a kernel task on node1 calls node2's `echo` service by its fabric address
+/// (node2's netd bound echo's endpoint to the first task /128 of node2's /64) with the
+/// ordinary `call` syscall and gets echo's replies back through the fabric; a send to an
+/// unbound /128 of node2's /64 is counted as dropped there.
+fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "net.ipccall=node2".into();
+    let b = NodeSpec::new(2);
+    let pfx = netfabric::identity::Prefix64::from_public_key(&b.identity.public_key());
+    let echo = pfx.workload_address(netfabric::identity::AddressKind::Task, 1).unwrap();
+    let unbound = pfx.workload_address(netfabric::identity::AddressKind::Task, 0x99).unwrap();
+    let mut r = start(kernel, &[a, b], "net-remote-ipc", &[])?;
+    let drop_line = format!("ipc: dropped a frame to unbound {unbound}");
+    let ok = r.wait(Duration::from_secs(150), false, |l| {
+        (l[0].iter().any(|x| x.contains("net: ipc probe done")) && l[1].iter().filter(|x| x.contains(&drop_line)).count() >= 2)
+            || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+    });
+    let log = r.save_logs("net-remote-ipc");
+    let bound = r.lines[1].iter().any(|l| l.contains("(echo) has fabric address") && l.contains(&echo.to_string()));
+    let replies = r.has(0, "ipc: remote calls to node2 echo: 3/3 replies");
+    let delivered = r.lines[1].iter().filter(|l| l.contains("ipc: call from") && l.contains(&format!("to {echo} ->")) && l.contains("delivered")).count();
+    // the send and then a call to the unbound /128: both dropped (counted), the call answered
+    // with an error frame so the caller does not wait for its timeout
+    let dropped = r.lines[1].iter().any(|l| l.contains(&drop_line) && l.contains("(dropped to unbound /128s: 2)"));
+    let call_refused = r.lines[0].iter().any(|l| l.contains(&format!("ipc: call to unbound {unbound}")) && l.contains("Err(NoEndpoint)"));
+    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    for l in r.lines[0].iter().filter(|l| l.contains("ipc: remote call")) {
+        println!("  node1: {}", l.split("net: ").nth(1).unwrap_or(l));
+    }
+    drop(r);
+    t.record("net_remote_ipc_call", ok && bound && replies && delivered >= 3 && !panic,
+        &format!("(echo bound to {echo} {bound}, 3/3 replies {replies}, node2 delivered {delivered} calls; log {})", log.display()));
+    t.record("net_remote_ipc_unbound_dropped", ok && dropped && call_refused && !panic,
+        &format!("(node2 counted 2 dropped frames to {unbound}: {dropped}, the call got NoEndpoint {call_refused}; log {})", log.display()));
+    Ok(())
 }
 
 /// A node whose key is not in the cluster file (it knows node1; node1 does not know it)

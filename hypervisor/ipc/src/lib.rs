@@ -5,9 +5,11 @@
 //! # Core types
 //!
 //! * [`Address`] — where a message goes: `node` is an IPv6 /128 (all-zero = this node) and
-//!   `endpoint` the endpoint on that node. Only local delivery exists today; a non-local node
-//!   gives [`IpcError::Unreachable`], so a later router can take that branch without changing
-//!   any caller.
+//!   `endpoint` the endpoint on that node. [`IpcSpace`] delivers locally only: a non-local node
+//!   gives [`IpcError::Unreachable`]; the kernel takes that branch first and hands remote sends
+//!   and calls to the node's router (`netd`), so callers do not change. A remote call is
+//!   registered with [`IpcSpace::call_remote`] (callee [`REMOTE`]), a call arriving from
+//!   another node is made by [`REMOTE`].
 //! * [`Capability`] — an unforgeable right held in a task's [`CapTable`] slot: a target
 //!   [`Address`], [`Rights`] (`SEND`, `RECV`, `GRANT`) and a `badge` the receiver sees, so a server
 //!   can tell its clients apart. A task names a capability only by its slot number.
@@ -36,6 +38,9 @@ pub type EndpointId = u64;
 pub const MSG_WORDS: usize = 4;
 /// Label of an interrupt notification; `words[0]` holds the pending IRQ bits.
 pub const LABEL_NOTIFY: u64 = 0xffff_ffff_ffff_0001;
+/// The stand-in task of calls that cross nodes: the callee of a call to another node, the
+/// caller of a call from another node (the kernel's router answers for it).
+pub const REMOTE: TaskId = u64::MAX;
 /// Default queue depth.
 pub const DEFAULT_CAPACITY: usize = 16;
 
@@ -341,6 +346,24 @@ impl IpcSpace {
         Ok((token, d))
     }
 
+    /// Register a call of `caller` to another node (its callee is [`REMOTE`]); returns the
+    /// token the reply must name.
+    pub fn call_remote(&mut self, caller: TaskId) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.calls.insert(token, PendingCall { caller, callee: REMOTE });
+        token
+    }
+
+    /// End call `token` owed by `replier` without a reply message (it failed); returns the
+    /// caller to wake with an error.
+    pub fn end_call(&mut self, replier: TaskId, token: u64) -> Result<TaskId, IpcError> {
+        match self.calls.get(&token) {
+            Some(c) if c.callee == replier => Ok(self.calls.remove(&token).unwrap().caller),
+            _ => Err(IpcError::BadReply),
+        }
+    }
+
     /// Answer call `token`; returns the caller to wake with `msg`.
     pub fn reply(&mut self, replier: TaskId, token: u64, mut msg: Message) -> Result<(TaskId, Message), IpcError> {
         match self.calls.get(&token) {
@@ -435,6 +458,11 @@ impl IpcSpace {
             self.calls.remove(&t);
         }
         r
+    }
+
+    /// Whether call `token` still waits for its reply.
+    pub fn call_pending(&self, token: u64) -> bool {
+        self.calls.contains_key(&token)
     }
 
     pub fn outstanding_calls(&self) -> usize {

@@ -185,6 +185,24 @@ fn remote_addresses_are_unreachable_for_now() {
 }
 
 #[test]
+fn remote_calls_are_answered_by_the_router_only() {
+    let mut s = IpcSpace::new();
+    let tok = s.call_remote(5);
+    assert_eq!(s.reply(6, tok, Message::default()), Err(IpcError::BadReply));
+    let (who, m) = s.reply(REMOTE, tok, Message::new(3, [0; 4])).unwrap();
+    assert_eq!((who, m.label), (5, 3));
+    assert_eq!(s.reply(REMOTE, tok, Message::default()), Err(IpcError::BadReply));
+    let tok = s.call_remote(5);
+    assert_eq!(s.end_call(6, tok), Err(IpcError::BadReply));
+    assert_eq!(s.end_call(REMOTE, tok), Ok(5));
+    assert_eq!(s.outstanding_calls(), 0);
+    // a call made on behalf of another node: the callee's death leaves nobody to wake
+    let ep = s.create_endpoint(7, 2);
+    let (tok, _) = s.call(REMOTE, &cap(ep, Rights::SEND, 0), Message::default()).unwrap();
+    assert_eq!(s.reply(7, tok, Message::default()).map(|(c, _)| c), Ok(REMOTE));
+}
+
+#[test]
 fn error_codes_roundtrip() {
     for c in 1..=9 {
         assert_eq!(IpcError::from_code(c).unwrap().code(), c);

@@ -20,7 +20,17 @@
 //! - `net.ping=NAME` — once the fabric session with peer NAME is up, ping its fabric address
 //!   (5 echoes) and its link-local address (3 echoes) and print the results;
 //! - `net.bench=NAME` — latency and throughput to NAME over the fabric and the plain link;
-//! - `net.wait=SECS` — how long the probes wait for the session (default 60).
+//! - `net.wait=SECS` — how long the probes wait for the session (default 60);
+//! - `net.ipccall=NAME` — once the session with NAME is up, a kernel task calls NAME's `echo`
+//!   service by its fabric address (3 calls, same `call` syscall as a local call) and sends
+//!   one message to an unbound /128 of NAME's /64.
+//!
+//! Fabric IPC: `netd` is the node's IPC router. It keeps the table /128 → local endpoint
+//! ([`bind_address`], netfabric's allocator gives task /128s of the node's /64; the `echo`
+//! service gets the first one), delivers decrypted IPC frames (IPv6/UDP port 51900) for the
+//! node's /128s as IPC messages, and carries sends and calls whose address names another node
+//! (queued for it by the kernel, `task::take_remote`) in fabric frames. See
+//! docs/networking.md.
 //!
 //! The cluster file (see `catenary_net::cluster`) is the boot module that starts with
 //! `catenary-cluster v1`.
@@ -29,6 +39,7 @@ use alloc::string::String;
 use catenary_arch::virtio::{NicError, VirtioNet};
 use catenary_arch::{entropy, memory, time};
 use catenary_bootinfo::Module;
+use catenary_net::ipcroute::{Inbound, IpcRouter, RouteError, WireMsg};
 use catenary_net::{Cluster, Link, Node, NodeConfig, Path};
 use catenary_sched::{Affinity, Priority};
 use log::{info, warn};
@@ -169,6 +180,25 @@ struct State {
     wait_s: u64,
     /// The capability slot of the endpoint the NIC's interrupt notifies (None: polling).
     irq: Option<usize>,
+    ipccall: Option<String>,
+    /// Fabric IPC events logged so far (the first few of each kind are).
+    ipc_logged: [u32; 4],
+}
+
+/// The node's fabric IPC routing table (set up by `netd`).
+static ROUTER: Mutex<Option<IpcRouter>> = Mutex::new(None);
+
+fn with_router<R>(f: impl FnOnce(&mut IpcRouter) -> R) -> Option<R> {
+    catenary_arch::cpu::without_interrupts(|| ROUTER.lock().as_mut().map(f))
+}
+
+/// Give local endpoint `ep` (of any kernel or user task) a task /128 of the node's /64: fabric
+/// IPC frames to that address are delivered to it. None before networking is up.
+pub fn bind_address(ep: catenary_ipc::EndpointId) -> Option<core::net::Ipv6Addr> {
+    if !crate::task::endpoint_open(ep) {
+        return None;
+    }
+    with_router(|r| r.bind(ep)).flatten()
 }
 
 
@@ -263,6 +293,8 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
         bench: crate::cmdline::get(cmdline, "net.bench").map(String::from),
         wait_s: crate::cmdline::get(cmdline, "net.wait").and_then(|w| w.parse().ok()).unwrap_or(60),
         irq: None,
+        ipccall: crate::cmdline::get(cmdline, "net.ipccall").map(String::from),
+        ipc_logged: [0; 4],
     };
     let mut st = alloc::boxed::Box::new(st);
     if user_irq.is_some() {
@@ -272,7 +304,150 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
     } else {
         st.irq = enable_irq(&mut st);
     }
+    router_up(&mut st);
     Some(st)
+}
+
+/// Make `netd` the node's IPC router: the routing table, the kernel's hand-off of remote
+/// sends and calls (notifications on the endpoint `netd` waits on) and the `echo` service's
+/// task /128.
+fn router_up(st: &mut State) {
+    let node = st.node.fabric_addr;
+    catenary_arch::cpu::without_interrupts(|| *ROUTER.lock() = Some(IpcRouter::new(node)));
+    let wake = match st.irq.and_then(crate::task::endpoint_of_slot) {
+        Some(ep) => ep,
+        // polling: an endpoint only for the kernel's notifications (netd polls it anyway)
+        None => crate::task::create_endpoint_for_current(1).1,
+    };
+    crate::task::router_up(node.octets(), wake);
+    let echo = crate::task::echo_endpoint();
+    match bind_address(echo) {
+        Some(a) => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64; endpoint {} (echo) has fabric address {}",
+            netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network(), echo, a),
+        None => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64 (no echo service to bind)",
+            netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network()),
+    }
+}
+
+/// Move fabric IPC: the kernel's remote sends and calls out, answers to calls from other
+/// nodes out, inbound frames decoded and delivered. Returns whether anything happened.
+fn ipc_pump(st: &mut State) -> bool {
+    use core::net::Ipv6Addr;
+    let now = time::now_ns();
+    crate::task::reap_remote_calls();
+    let (outs, replies) = crate::task::take_remote();
+    let mut active = !outs.is_empty() || !replies.is_empty();
+    for o in outs {
+        let dst = Ipv6Addr::from(o.dst);
+        let wm = WireMsg { label: o.msg.label, words: o.msg.words, call_id: o.token };
+        let sent = with_router(|r| r.message_packet(dst, o.endpoint, wm)).flatten().is_some_and(|p| st.node.send_ipc(&p, now));
+        if st.ipc_logged[0] < 8 {
+            st.ipc_logged[0] += 1;
+            info!(target: "net", "ipc: {} to {} endpoint {} {}", if o.token != 0 { "call" } else { "send" }, dst, o.endpoint,
+                if sent { "forwarded over the fabric" } else { "unreachable (no peer routes it)" });
+        }
+        if !sent && o.token != 0 {
+            crate::task::complete_remote_call(o.token, o.dst, Err(catenary_ipc::IpcError::Unreachable));
+        }
+    }
+    for r in replies {
+        let (from, to) = (Ipv6Addr::from(r.to.from), Ipv6Addr::from(r.to.to));
+        let p = with_router(|rt| match r.result {
+            Ok(m) => rt.reply_packet(from, to, WireMsg { label: m.label, words: m.words, call_id: r.to.call_id }),
+            Err(e) => rt.error_packet(from, to, r.to.call_id, e.code()),
+        })
+        .flatten();
+        if let Some(p) = p {
+            st.node.send_ipc(&p, now);
+        }
+    }
+    while let Some(p) = st.node.take_ipc() {
+        active = true;
+        let Some(d) = with_router(|r| (r.decode(&p), r.counters)) else { break };
+        match d {
+            (Ok(Inbound::Deliver { from, to, endpoint, msg }), _) => {
+                let call = (msg.call_id != 0).then_some(crate::task::ReplyTo { to: from.octets(), from: to.octets(), call_id: msg.call_id });
+                let r = crate::task::deliver_remote(endpoint, catenary_ipc::Message::new(msg.label, msg.words), call);
+                if st.ipc_logged[1] < 8 {
+                    st.ipc_logged[1] += 1;
+                    info!(target: "net", "ipc: {} from {} to {} -> endpoint {}: {}", if call.is_some() { "call" } else { "send" },
+                        from, to, endpoint, match r { Ok(()) => "delivered", Err(_) => "refused" });
+                }
+                if let Err(e) = r {
+                    if e == catenary_ipc::IpcError::DeadPeer {
+                        with_router(|rt| rt.unbind(&to));
+                    }
+                    if let Some(c) = call {
+                        if let Some(p) = with_router(|rt| rt.error_packet(to, from, c.call_id, e.code())).flatten() {
+                            st.node.send_ipc(&p, now);
+                        }
+                    }
+                }
+            }
+            (Ok(Inbound::Reply { from, msg }), _) => {
+                crate::task::complete_remote_call(msg.call_id, from.octets(), Ok(catenary_ipc::Message::new(msg.label, msg.words)));
+            }
+            (Ok(Inbound::Error { from, call_id, code }), _) => {
+                let e = catenary_ipc::IpcError::from_code(code).unwrap_or(catenary_ipc::IpcError::Unreachable);
+                crate::task::complete_remote_call(call_id, from.octets(), Err(e));
+            }
+            (Err(e), c) => {
+                if let RouteError::Unbound(a) = e {
+                    if st.ipc_logged[2] < 8 {
+                        st.ipc_logged[2] += 1;
+                        info!(target: "net", "ipc: dropped a frame to unbound {} (dropped to unbound /128s: {})", a, c.dropped_unbound);
+                    }
+                } else if st.ipc_logged[3] < 8 {
+                    st.ipc_logged[3] += 1;
+                    info!(target: "net", "ipc: refused a frame: {:?} (refused: {})", e, c.dropped_malformed);
+                }
+                // a well-formed call that cannot be delivered is answered with an error
+                if let Some((from, to, id)) = IpcRouter::refused_call(&p) {
+                    let code = catenary_ipc::IpcError::NoEndpoint.code();
+                    if let Some(p) = with_router(|rt| rt.error_packet(to, from, id, code)).flatten() {
+                        st.node.send_ipc(&p, now);
+                    }
+                }
+            }
+        }
+    }
+    active
+}
+
+/// The target of the `net.ipccall` probe: the peer's echo /128 and an unbound /128.
+static IPC_PROBE: Mutex<Option<(String, core::net::Ipv6Addr, core::net::Ipv6Addr)>> = Mutex::new(None);
+
+/// `net.ipccall=NAME`: a kernel task calls NAME's `echo` by its fabric address with the
+/// ordinary `call` syscall (only the capability's address differs from a local call), then
+/// sends to an unbound /128 of NAME's /64.
+fn ipc_client(_: u64) {
+    use catenary_ipc::{Address, Capability, Message, Rights};
+    let Some((peer, echo, unbound)) = catenary_arch::cpu::without_interrupts(|| IPC_PROBE.lock().take()) else { return };
+    let cap = |a: core::net::Ipv6Addr| Capability { target: Address { node: a.octets(), endpoint: 0 }, rights: Rights::SEND, badge: 0 };
+    let slot = crate::task::give_current(cap(echo));
+    let mut ok = 0;
+    for i in 1..=3u64 {
+        let t0 = time::now_ns();
+        match crate::task::call(slot, Message::new(7, [i, i * 2, i * 3, 0xfab])) {
+            Ok(r) => {
+                let good = r.label == 8 && r.words == [i + 1, i * 2 + 1, i * 3 + 1, 0xfac];
+                if good {
+                    ok += 1;
+                }
+                info!(target: "net", "ipc: remote call {} to {} echo at {}: reply label {} words {:?} in {} us{}",
+                    i, peer, echo, r.label, r.words, (time::now_ns() - t0) / 1000, if good { "" } else { " (WRONG)" });
+            }
+            Err(e) => warn!(target: "net", "ipc: remote call {} to {} echo at {}: {:?}", i, peer, echo, e),
+        }
+    }
+    info!(target: "net", "ipc: remote calls to {} echo: {}/3 replies", peer, ok);
+    let s2 = crate::task::give_current(Capability { target: Address { node: unbound.octets(), endpoint: 1 }, rights: Rights::SEND, badge: 0 });
+    let r = crate::task::send(s2, Message::new(9, [0; 4]));
+    info!(target: "net", "ipc: send to unbound {} of {}: {:?}", unbound, peer, r);
+    let t0 = time::now_ns();
+    let r = crate::task::call(s2, Message::new(9, [0; 4]));
+    info!(target: "net", "ipc: call to unbound {} of {}: {:?} in {} us", unbound, peer, r.map(|m| m.label), (time::now_ns() - t0) / 1000);
+    info!(target: "net", "ipc probe done");
 }
 
 /// Above `netd` (DRIVER): the receive interrupt's wakeup of `nicd` preempts `netd`.
@@ -380,6 +555,9 @@ fn pump(st: &mut State, timeout_ns: u64, mut done: impl FnMut(&mut Node) -> bool
     let end = time::now_ns() + timeout_ns;
     loop {
         st.node.poll(&mut st.nic, time::now_ns());
+        if ipc_pump(st) {
+            st.node.poll(&mut st.nic, time::now_ns());
+        }
         if done(&mut st.node) {
             return true;
         }
@@ -443,6 +621,18 @@ const IDLE_WAKE_NS: u64 = 10_000_000;
 const STREAM_BYTES: u64 = 3500 * 1200;
 
 fn probes(st: &mut State) {
+    if let Some(peer) = st.ipccall.take() {
+        if let Some(p) = wait_session(st, &peer) {
+            use netfabric::identity::{AddressKind, Prefix64};
+            let pfx = Prefix64::of(&p.fabric_addr);
+            // the peer's netd binds its echo service first: task index 1
+            let (Some(echo), Some(unbound)) = (pfx.workload_address(AddressKind::Task, 1), pfx.workload_address(AddressKind::Task, 0x99)) else { return };
+            catenary_arch::cpu::without_interrupts(|| *IPC_PROBE.lock() = Some((peer.clone(), echo, unbound)));
+            crate::task::spawn_kernel("ipcclient", Priority::NORMAL, Affinity::ANY, ipc_client, 0);
+        } else {
+            info!(target: "net", "ipc probe done");
+        }
+    }
     if let Some(peer) = st.ping.take() {
         if let Some(p) = wait_session(st, &peer) {
             if let Some(r) = ping(st, Path::Fabric, p.fabric_addr, 5, 100) {
@@ -500,7 +690,11 @@ fn netd(_: u64) {
     let mut irqs_seen = false;
     loop {
         let now = time::now_ns();
-        let active = st.node.poll(&mut st.nic, now);
+        let mut active = st.node.poll(&mut st.nic, now);
+        if ipc_pump(&mut st) {
+            active = true;
+            st.node.poll(&mut st.nic, time::now_ns());
+        }
         if active {
             last_active = now;
         }

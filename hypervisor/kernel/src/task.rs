@@ -31,7 +31,7 @@ use alloc::vec::Vec;
 use catenary_arch::trap::TrapFrame;
 use catenary_arch::uspace::{self, AddressSpace};
 use catenary_arch::{apic, cpu, memory, paging, smp, time};
-use catenary_ipc::{Address, CapTable, Capability, Delivery, EndpointId, IpcError, IpcSpace, Message, Rights};
+use catenary_ipc::{Address, CapTable, Capability, Delivery, EndpointId, IpcError, IpcSpace, Message, Rights, REMOTE};
 use catenary_sched::{Affinity, BlockReason, Priority, Scheduler, TaskId, TaskState};
 use log::{info, warn};
 use spin::Mutex;
@@ -111,7 +111,61 @@ pub struct Kernel {
     grants: alloc::collections::BTreeMap<u64, GrantRec>,
     /// Device interrupt vectors delivered as IPC notifications: vector -> (endpoint, bits).
     irq_notify: alloc::collections::BTreeMap<u8, (EndpointId, u64)>,
+    /// Fabric IPC (sends and calls to other nodes, handed to `netd`).
+    remote: Remote,
 }
+
+/// Sends and calls that cross nodes. The kernel queues them for the router (`netd`, see
+/// `net.rs`) and wakes it with a notification on its endpoint; `netd` carries them in fabric
+/// frames and brings back the replies.
+#[derive(Default)]
+struct Remote {
+    /// This node's fabric /128 and `netd`'s wake endpoint, once `netd` is up.
+    node: Option<[u8; 16]>,
+    wake: Option<EndpointId>,
+    out: alloc::collections::VecDeque<RemoteOut>,
+    /// Our calls in flight to other nodes: token -> the /128 that must answer.
+    calls_out: alloc::collections::BTreeMap<u64, [u8; 16]>,
+    /// Calls from other nodes in flight here: token -> where the answer goes.
+    calls_in: alloc::collections::BTreeMap<u64, ReplyTo>,
+    replies: alloc::collections::VecDeque<RemoteReply>,
+}
+
+/// A send (`token == 0`) or call to endpoint `endpoint` of the node or task /128 `dst`.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteOut {
+    pub dst: [u8; 16],
+    pub endpoint: u64,
+    pub msg: Message,
+    pub token: u64,
+}
+
+/// Where the answer to a call from another node goes: `to` (the caller's node /128) from
+/// `from` (the /128 the call was addressed to), naming the caller's `call_id`.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplyTo {
+    pub to: [u8; 16],
+    pub from: [u8; 16],
+    pub call_id: u64,
+}
+
+/// The answer (or failure) of a call from another node.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteReply {
+    pub to: ReplyTo,
+    pub result: Result<Message, IpcError>,
+}
+
+/// Badge of messages that came from another node.
+pub const REMOTE_BADGE: u64 = 0xfab0_0000_0000_0000;
+/// A call to another node fails with `Timeout` after this long without an answer.
+pub const REMOTE_CALL_TIMEOUT_NS: u64 = 20_000_000_000;
+/// Remote sends and calls waiting for `netd`, at most (then `QueueFull`).
+const REMOTE_QUEUE: usize = 64;
+/// Calls from other nodes in flight here, at most.
+const REMOTE_CALLS_IN: usize = 256;
+/// The notification bit that wakes `netd` for fabric IPC.
+pub const REMOTE_NOTIFY_BIT: u64 = 1 << 16;
 
 static K: Mutex<Option<Kernel>> = Mutex::new(None);
 
@@ -132,6 +186,7 @@ pub fn init(cpus: usize) {
         ticks: 0,
         grants: Default::default(),
         irq_notify: Default::default(),
+        remote: Remote::default(),
     };
     for _ in 0..cpus {
         k.idle_stack.push(paging::alloc_stack(4).expect("idle stack").1);
@@ -296,6 +351,7 @@ fn on_tick(f: &mut TrapFrame) {
                     }
                     BlockReason::Reply(tok) => {
                         k.ipc.cancel_call(tok);
+                        k.remote.calls_out.remove(&tok);
                         err(IpcError::Timeout)
                     }
                     BlockReason::Join(_) => err(IpcError::Timeout),
@@ -441,6 +497,21 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                 Ok(c) => c,
                 Err(e) => return f.rax = err(e),
             };
+            let cap = match localize(k, cap) {
+                Ok(c) => c,
+                Err(node) => {
+                    match remote_send(k, &cap, node, msg_from(f), None) {
+                        Ok((_, preempt)) => {
+                            f.rax = 0;
+                            if preempt {
+                                resched(k, f);
+                            }
+                        }
+                        Err(e) => f.rax = err(e),
+                    }
+                    return;
+                }
+            };
             match k.ipc.send(&cap, msg_from(f)) {
                 Ok(Delivery::Queued) => f.rax = 0,
                 Ok(Delivery::Direct { receiver, mut msg }) => {
@@ -476,6 +547,19 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             let cap = match k.sched.task(me).unwrap().context.caps.get(f.rdi as usize) {
                 Ok(c) => c,
                 Err(e) => return f.rax = err(e),
+            };
+            let cap = match localize(k, cap) {
+                Ok(c) => c,
+                Err(node) => {
+                    match remote_send(k, &cap, node, msg_from(f), Some(me)) {
+                        Ok((tok, _)) => {
+                            let _ = k.sched.block(me, BlockReason::Reply(tok), Some(time::now_ns() + REMOTE_CALL_TIMEOUT_NS));
+                            resched(k, f);
+                        }
+                        Err(e) => f.rax = err(e),
+                    }
+                    return;
+                }
             };
             match k.ipc.call(me, &cap, msg_from(f)) {
                 Ok((tok, d)) => {
@@ -516,6 +600,16 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
         SYS_REPLY => {
             revoke_on_reply(k, me, f.rdi);
             match k.ipc.reply(me, f.rdi, msg_from(f)) {
+                Ok((REMOTE, m)) => {
+                    // the answer to a call from another node: back through netd
+                    f.rax = 0;
+                    if let Some(to) = k.remote.calls_in.remove(&f.rdi) {
+                        k.remote.replies.push_back(RemoteReply { to, result: Ok(m) });
+                        if wake_router(k) {
+                            resched(k, f);
+                        }
+                    }
+                }
                 Ok((caller, m)) => {
                     f.rax = 0;
                     if complete(k, caller, Ok(m)) {
@@ -558,6 +652,145 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
         }
         _ => f.rax = ERR_BAD_ARG.wrapping_neg(),
     }
+}
+
+// ---------------------------------------------------------------- fabric IPC
+
+/// A capability whose target is this node (all-zero node, or this node's own /128) as a
+/// local one; `Err(node)` for another node.
+fn localize(k: &Kernel, cap: Capability) -> Result<Capability, [u8; 16]> {
+    if cap.target.is_local() {
+        return Ok(cap);
+    }
+    if k.remote.node == Some(cap.target.node) {
+        return Ok(Capability { target: Address::local(cap.target.endpoint), ..cap });
+    }
+    Err(cap.target.node)
+}
+
+/// Queue a send (`caller` None) or call for `netd`. Returns the call's token (0 for a send)
+/// and whether the woken `netd` should preempt this CPU.
+fn remote_send(k: &mut Kernel, cap: &Capability, node: [u8; 16], msg: Message, caller: Option<TaskId>) -> Result<(u64, bool), IpcError> {
+    if !cap.rights.contains(Rights::SEND) {
+        return Err(IpcError::NoRight);
+    }
+    if k.remote.node.is_none() || k.remote.wake.is_none() {
+        return Err(IpcError::Unreachable);
+    }
+    if k.remote.out.len() >= REMOTE_QUEUE {
+        return Err(IpcError::QueueFull);
+    }
+    let token = match caller {
+        Some(c) => {
+            let t = k.ipc.call_remote(c);
+            k.remote.calls_out.insert(t, node);
+            t
+        }
+        None => 0,
+    };
+    k.remote.out.push_back(RemoteOut { dst: node, endpoint: cap.target.endpoint, msg: Message::new(msg.label, msg.words), token });
+    Ok((token, wake_router(k)))
+}
+
+/// Notify `netd`'s endpoint that fabric IPC waits; true if it should preempt this CPU.
+fn wake_router(k: &mut Kernel) -> bool {
+    let Some(ep) = k.remote.wake else { return false };
+    if let Ok(Some((who, m))) = k.ipc.notify(ep, REMOTE_NOTIFY_BIT) {
+        if let Some(TaskState::Blocked(BlockReason::Recv(_))) = k.sched.task(who).map(|t| t.state) {
+            return complete(k, who, Ok(m));
+        }
+    }
+    false
+}
+
+/// `netd` is up: this node's /128 and the endpoint (held by `netd`) to notify when fabric IPC
+/// waits. From now on, sends and calls to other nodes go to `netd`.
+pub fn router_up(node: [u8; 16], wake: EndpointId) {
+    with(|k| {
+        k.remote.node = Some(node);
+        k.remote.wake = Some(wake);
+    })
+}
+
+/// The endpoint behind the calling task's capability `slot`.
+pub fn endpoint_of_slot(slot: usize) -> Option<EndpointId> {
+    with(|k| {
+        let me = k.sched.current(smp::cpu_index())?;
+        k.sched.task(me)?.context.caps.get(slot).ok().map(|c| c.target.endpoint)
+    })
+}
+
+/// Whether local endpoint `ep` is open.
+pub fn endpoint_open(ep: EndpointId) -> bool {
+    with(|k| k.ipc.endpoint(ep).is_some())
+}
+
+/// (`netd`) The sends and calls to other nodes, and the answers to calls from other nodes.
+pub fn take_remote() -> (Vec<RemoteOut>, Vec<RemoteReply>) {
+    with(|k| (k.remote.out.drain(..).collect(), k.remote.replies.drain(..).collect()))
+}
+
+/// (`netd`) A message from another node for local endpoint `ep`: a send, or a call (`call`)
+/// whose answer comes back through [`take_remote`]. The receiver sees [`REMOTE_BADGE`].
+pub fn deliver_remote(ep: EndpointId, msg: Message, call: Option<ReplyTo>) -> Result<(), IpcError> {
+    with(|k| {
+        let cap = Capability { target: Address::local(ep), rights: Rights::SEND, badge: REMOTE_BADGE };
+        let msg = Message::new(msg.label, msg.words);
+        let d = match call {
+            Some(to) => {
+                if k.remote.calls_in.len() >= REMOTE_CALLS_IN {
+                    return Err(IpcError::QueueFull);
+                }
+                let (tok, d) = k.ipc.call(REMOTE, &cap, msg)?;
+                k.remote.calls_in.insert(tok, to);
+                d
+            }
+            None => k.ipc.send(&cap, msg)?,
+        };
+        if let Delivery::Direct { receiver, msg } = d {
+            complete(k, receiver, Ok(msg));
+        }
+        Ok(())
+    })
+}
+
+/// (`netd`) The answer to our call `token` came from `from`: wake the caller with it. False
+/// if no such call is waiting for `from` (timed out, or a forged answer).
+pub fn complete_remote_call(token: u64, from: [u8; 16], result: Result<Message, IpcError>) -> bool {
+    with(|k| {
+        if k.remote.calls_out.get(&token) != Some(&from) {
+            return false;
+        }
+        k.remote.calls_out.remove(&token);
+        match result {
+            Ok(m) => match k.ipc.reply(REMOTE, token, m) {
+                Ok((caller, m)) => {
+                    complete(k, caller, Ok(m));
+                    true
+                }
+                Err(_) => false,
+            },
+            Err(e) => match k.ipc.end_call(REMOTE, token) {
+                Ok(caller) => {
+                    complete(k, caller, Err(err(e)));
+                    true
+                }
+                Err(_) => false,
+            },
+        }
+    })
+}
+
+/// (`netd`) Calls from other nodes whose callee died: answer them with `DeadPeer`.
+pub fn reap_remote_calls() {
+    with(|k| {
+        let dead: Vec<u64> = k.remote.calls_in.keys().copied().filter(|t| !k.ipc.call_pending(*t)).collect();
+        for t in dead {
+            if let Some(to) = k.remote.calls_in.remove(&t) {
+                k.remote.replies.push_back(RemoteReply { to, result: Err(IpcError::DeadPeer) });
+            }
+        }
+    })
 }
 
 fn map_anon(k: &mut Kernel, me: TaskId, virt: u64, pages: u64) -> u64 {

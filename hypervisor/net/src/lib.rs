@@ -22,6 +22,7 @@
 extern crate alloc;
 
 pub mod cluster;
+pub mod ipcroute;
 pub mod rng;
 
 use alloc::boxed::Box;
@@ -213,7 +214,13 @@ pub struct NetCounters {
     pub fabric_out: u64,
     pub fabric_no_route: u64,
     pub not_for_us: u64,
+    /// Fabric IPC packets (UDP 51900 to a /128 of our /64) dropped because the queue to
+    /// `netd`'s router was full.
+    pub ipc_queue_full: u64,
 }
+
+/// Fabric IPC packets waiting for the router, at most.
+const IPC_QUEUE: usize = 256;
 
 pub struct Node {
     pub name: String,
@@ -238,6 +245,7 @@ pub struct Node {
     ping: Option<PingRun>,
     stream: Option<StreamRun>,
     logged_drops: u32,
+    ipc_rx: VecDeque<Vec<u8>>,
 }
 
 fn sinstant(ns: u64) -> SInstant {
@@ -338,7 +346,7 @@ impl Node {
         Node {
             name, link_local, fabric_addr, mac, port, peers, counters: NetCounters::default(),
             eth, eth_sockets, tun, tun_sockets, tun_dev, fabric, fab_udp, ping_eth, ping_tun, bench_eth, bench_tun,
-            responder: (0, 0), ping: None, stream: None, logged_drops: 0,
+            responder: (0, 0), ping: None, stream: None, logged_drops: 0, ipc_rx: VecDeque::new(),
         }
     }
 
@@ -383,9 +391,19 @@ impl Node {
             }
         }
         for p in out.packets {
-            // The node routes its /64: its own /128 goes to the fabric interface; other /128s
-            // (tasks, microVMs) have no consumer yet and are counted.
+            // The node routes its /64: fabric IPC (UDP 51900) to any /128 of it goes to the
+            // IPC router (`take_ipc`), other traffic to its own /128 to the fabric interface;
+            // the rest (microVMs) has no consumer yet and is counted.
             match netfabric::device::inner_header(&p.packet) {
+                Some((_, core::net::IpAddr::V6(dst), _))
+                    if ipcroute::is_ipc_packet(&p.packet) && netfabric::identity::Prefix64::of(&dst) == netfabric::identity::Prefix64::of(&self.fabric_addr) =>
+                {
+                    if self.ipc_rx.len() < IPC_QUEUE {
+                        self.ipc_rx.push_back(p.packet)
+                    } else {
+                        self.counters.ipc_queue_full += 1
+                    }
+                }
                 Some((_, core::net::IpAddr::V6(dst), _)) if dst == self.fabric_addr || dst.is_multicast() => {
                     self.tun_dev.rx.push_back(p.packet)
                 }
@@ -464,6 +482,29 @@ impl Node {
             active = true;
         }
         active
+    }
+
+    // ------------------------------------------------------------------ fabric IPC
+
+    /// The next decrypted fabric IPC packet for a /128 of this node's /64 (undecoded: see
+    /// [`ipcroute::IpcRouter::decode`]).
+    pub fn take_ipc(&mut self) -> Option<Vec<u8>> {
+        self.ipc_rx.pop_front()
+    }
+
+    /// Tunnel an IPC packet (from [`ipcroute::IpcRouter`]) to the peer owning its
+    /// destination. False: no peer routes it (counted in `fabric_no_route`).
+    pub fn send_ipc(&mut self, packet: &[u8], now_ns: u64) -> bool {
+        match self.fabric.send(packet, FInstant::from_nanos(now_ns)) {
+            Ok(out) => {
+                self.fabric_output(out);
+                true
+            }
+            Err(_) => {
+                self.counters.fabric_no_route += 1;
+                false
+            }
+        }
     }
 
     // ------------------------------------------------------------------ probes
