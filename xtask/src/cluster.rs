@@ -27,6 +27,9 @@ pub struct NodeSpec {
     pub cmdline: String,
     /// Capture this node's traffic to a pcap file.
     pub pcap: Option<PathBuf>,
+    /// Boot with the guest image (vmlinux, initramfs) next to the cluster file in one cpio
+    /// module (PVH passes a single module), so the node can run its demo microVM.
+    pub guest: bool,
 }
 
 impl NodeSpec {
@@ -38,6 +41,7 @@ impl NodeSpec {
             listed: true,
             cmdline: String::new(),
             pcap: None,
+            guest: false,
         }
     }
     fn member(&self) -> Member {
@@ -179,7 +183,22 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member])
         let mut b = Boot::pvh("q35", kernel.to_path_buf());
         b.smp = 1;
         b.mem = "256M".into();
-        b.cmdline = format!("vm=none net.key={} net.time={} {}", hex_encode(&n.identity.secret_bytes()), unix_now(), n.cmdline);
+        b.cmdline = format!("{}net.key={} net.time={} {}", if n.guest { "" } else { "vm=none " }, hex_encode(&n.identity.secret_bytes()), unix_now(), n.cmdline);
+        let file = if n.guest {
+            let mut files = Vec::new();
+            let gdir = out_dir().join("guest");
+            for name in ["vmlinux", "initramfs.cpio.gz"] {
+                files.push((name.to_string(), std::fs::read(gdir.join(name)).map_err(|e| format!("guest {name}: {e}"))?));
+            }
+            files.push(("cluster.txt".to_string(), std::fs::read(&file).map_err(|e| e.to_string())?));
+            let p = dir.join(format!("bundle-{}.cpio", n.name));
+            std::fs::write(&p, crate::build::cpio_newc(&files)).map_err(|e| e.to_string())?;
+            b.mem = "1G".into();
+            b.smp = 2;
+            p
+        } else {
+            file
+        };
         b.initrd = Some(file);
         let mac = n.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         b.extra.extend([
@@ -286,6 +305,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     test_fabric_echo(t, &kernel)?;
     test_outsider(t, &kernel)?;
     test_remote_ipc(t, &kernel)?;
+    test_microvm_net(t, &kernel)?;
     test_linux_ping(t, &kernel)?;
     test_wireguard_go(t, &kernel)?;
     Ok(())
@@ -392,6 +412,43 @@ fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         &format!("(echo bound to {echo} {bound}, 3/3 replies {replies}, node2 delivered {delivered} calls; log {})", log.display()));
     t.record("net_remote_ipc_unbound_dropped", ok && dropped && call_refused && !panic,
         &format!("(node2 counted 2 dropped frames to {unbound}: {dropped}, the call got NoEndpoint {call_refused}; log {})", log.display()));
+    Ok(())
+}
+
+/// A microVM on node1 gets a /128 of node1's /64 and a virtio-net device; Linux inside it
+/// configures that address with an on-link default route (node1 answers its neighbour
+/// solicitations and routes) and pings node2's fabric address through the fabric.
+fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    if !out_dir().join("guest").join("vmlinux").exists() {
+        t.record("net_microvm_reaches_other_node", false, "(no guest image in build/guest: cargo xtask guest)");
+        return Ok(());
+    }
+    let mut a = NodeSpec::new(1);
+    let b = NodeSpec::new(2);
+    let vm_addr = netfabric::identity::Prefix64::from_public_key(&a.identity.public_key())
+        .workload_address(netfabric::identity::AddressKind::MicroVm, 1).unwrap();
+    let target = b.identity.node_address();
+    let cmd = format!(
+        "A=$(sed -n 's/.*catenary.addr=\\([^ ]*\\).*/\\1/p' /proc/cmdline); echo vm-net-addr $A; \
+         echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad; ip link set eth0 up; \
+         ip -6 addr add $A/128 dev eth0; ip -6 route add default dev eth0; sleep 2; ping -6 -c 4 -W 3 {target} || ping6 -c 4 {target}; echo vm-net-done"
+    );
+    a.cmdline = format!("vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(cmd.as_bytes()));
+    a.guest = true;
+    let mut r = start(kernel, &[a, b], "net-microvm", &[])?;
+    let ok = r.wait(Duration::from_secs(240), false, |l| {
+        l[0].iter().any(|x| x.contains("microVM demo ended") || x.contains("vm-net-done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+    });
+    let log = r.save_logs("net-microvm");
+    let addr_logged = r.lines[0].iter().any(|l| l.contains("virtio-net MAC") && l.contains(&format!("address {vm_addr}/128")));
+    let replies = r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && l.contains("bytes from") && l.contains(&target.to_string())).count();
+    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    for l in r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && (l.contains("bytes from") || l.contains("vm-net") || l.contains("packets"))) {
+        println!("  node1: {l}");
+    }
+    drop(r);
+    t.record("net_microvm_reaches_other_node", ok && addr_logged && replies >= 3 && !panic,
+        &format!("(VM address {vm_addr} logged {addr_logged}, {replies} echo replies from {target} in the guest; log {})", log.display()));
     Ok(())
 }
 

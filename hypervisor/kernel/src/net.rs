@@ -33,7 +33,16 @@
 //! docs/networking.md.
 //!
 //! The cluster file (see `catenary_net::cluster`) is the boot module that starts with
-//! `catenary-cluster v1`.
+//! `catenary-cluster v1`, or the entry `cluster.txt` of a cpio boot module (the guest bundle,
+//! where only one module can be passed).
+//!
+//! MicroVMs: `attach_vm` gives a microVM a /128 of the node's /64 (netfabric's allocator, kind
+//! microVM) and a link to `netd` (two bounded frame queues under a lock; the vCPU task moves
+//! frames between them and its virtio-net device and wakes `netd`). `netd` is the VM's router:
+//! `catenary_net::vmlink::VmPort` answers the guest's neighbour solicitations and checks that
+//! what it sends comes from its /128 (other sources are counted and dropped); the node routes
+//! the packets to its own stack, another microVM or over the fabric, and packets for the
+//! /128 back to the VM.
 
 use alloc::string::String;
 use catenary_arch::virtio::{NicError, VirtioNet};
@@ -183,6 +192,8 @@ struct State {
     ipccall: Option<String>,
     /// Fabric IPC events logged so far (the first few of each kind are).
     ipc_logged: [u32; 4],
+    /// The microVM /128s the node routes.
+    vm_routes: alloc::vec::Vec<core::net::Ipv6Addr>,
 }
 
 /// The node's fabric IPC routing table (set up by `netd`).
@@ -201,6 +212,168 @@ pub fn bind_address(ep: catenary_ipc::EndpointId) -> Option<core::net::Ipv6Addr>
     with_router(|r| r.bind(ep)).flatten()
 }
 
+
+// ------------------------------------------------------------------ microVM links
+
+/// Frames queued per direction per microVM link, at most.
+const VM_LINK_FRAMES: usize = 256;
+/// The MAC the node answers the microVMs' neighbour solicitations with.
+const VM_PORT_MAC: [u8; 6] = [0x02, 0xca, 0x7e, 0x00, 0x00, 0x01];
+
+/// One microVM's virtual link between its vCPU task and `netd`: frames the guest sent (for
+/// `netd` to route) and frames for the guest (for the vCPU task to inject).
+struct VmLink {
+    port: catenary_net::vmlink::VmPort,
+    routed: bool,
+    from_vm: alloc::collections::VecDeque<alloc::vec::Vec<u8>>,
+    to_vm: alloc::collections::VecDeque<alloc::vec::Vec<u8>>,
+    dropped: u64,
+}
+
+static VM_LINKS: Mutex<alloc::vec::Vec<VmLink>> = Mutex::new(alloc::vec::Vec::new());
+/// Frames waiting in some link's `to_vm` (lets the vCPU loops skip the lock).
+static VM_RX_PENDING: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+fn with_links<R>(f: impl FnOnce(&mut alloc::vec::Vec<VmLink>) -> R) -> R {
+    catenary_arch::cpu::without_interrupts(|| f(&mut VM_LINKS.lock()))
+}
+
+/// Give a microVM with MAC `mac` a /128 of the node's /64 (netfabric's allocator, kind
+/// microVM) and a link to `netd`, which routes that /128 to it. Waits up to `wait_ns` for
+/// networking to come up; None if it does not.
+pub fn attach_vm(mac: [u8; 6], wait_ns: u64) -> Option<core::net::Ipv6Addr> {
+    let t0 = time::now_ns();
+    loop {
+        if let Some(a) = with_router(|r| r.allocate_vm()) {
+            let a = a?;
+            with_links(|l| {
+                l.push(VmLink {
+                    port: catenary_net::vmlink::VmPort::new(a, mac, VM_PORT_MAC),
+                    routed: false,
+                    from_vm: Default::default(),
+                    to_vm: Default::default(),
+                    dropped: 0,
+                })
+            });
+            crate::task::wake_netd();
+            return Some(a);
+        }
+        if time::now_ns() - t0 > wait_ns {
+            return None;
+        }
+        crate::task::sleep_ns(10_000_000);
+    }
+}
+
+/// The microVM is gone: stop routing its /128.
+pub fn detach_vm(addr: core::net::Ipv6Addr) {
+    with_links(|l| {
+        for v in l.iter().filter(|v| v.port.vm_addr == addr) {
+            VM_RX_PENDING.fetch_sub(v.to_vm.len(), core::sync::atomic::Ordering::Relaxed);
+        }
+        l.retain(|v| v.port.vm_addr != addr);
+    });
+    // the /128 is never handed out again
+    with_router(|r| r.unbind(&addr));
+    crate::task::wake_netd();
+}
+
+/// (vCPU task) Hand the frames the guest sent to `netd`.
+pub fn vm_send(addr: core::net::Ipv6Addr, frames: alloc::vec::Vec<alloc::vec::Vec<u8>>) {
+    if frames.is_empty() {
+        return;
+    }
+    with_links(|l| {
+        if let Some(v) = l.iter_mut().find(|v| v.port.vm_addr == addr) {
+            for f in frames {
+                if v.from_vm.len() < VM_LINK_FRAMES {
+                    v.from_vm.push_back(f);
+                } else {
+                    v.dropped += 1;
+                }
+            }
+        }
+    });
+    crate::task::wake_netd();
+}
+
+/// (vCPU task) The frames waiting for the guest.
+pub fn vm_take(addr: core::net::Ipv6Addr) -> alloc::vec::Vec<alloc::vec::Vec<u8>> {
+    if VM_RX_PENDING.load(core::sync::atomic::Ordering::Relaxed) == 0 {
+        return alloc::vec::Vec::new();
+    }
+    with_links(|l| match l.iter_mut().find(|v| v.port.vm_addr == addr) {
+        Some(v) => {
+            VM_RX_PENDING.fetch_sub(v.to_vm.len(), core::sync::atomic::Ordering::Relaxed);
+            v.to_vm.drain(..).collect()
+        }
+        None => alloc::vec::Vec::new(),
+    })
+}
+
+fn push_to_vm(v: &mut VmLink, f: alloc::vec::Vec<u8>) {
+    if v.to_vm.len() < VM_LINK_FRAMES {
+        v.to_vm.push_back(f);
+        VM_RX_PENDING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    } else {
+        v.dropped += 1;
+    }
+}
+
+/// (`netd`) Route the microVMs' frames and deliver packets for their /128s. Returns whether
+/// anything happened.
+fn vm_pump(st: &mut State) -> bool {
+    use catenary_net::vmlink::FromVm;
+    let mut out = alloc::vec::Vec::new();
+    let mut active = false;
+    with_links(|l| {
+        for v in l.iter_mut() {
+            if !v.routed {
+                v.routed = true;
+                st.node.add_vm_route(v.port.vm_addr);
+                info!(target: "net", "vm: routing {}/128 to a microVM (MAC {:02x?})", v.port.vm_addr, v.port.vm_mac);
+            }
+            while let Some(f) = v.from_vm.pop_front() {
+                active = true;
+                match v.port.from_vm(&f) {
+                    FromVm::Route(p) => out.push(p),
+                    FromVm::Reply(r) => push_to_vm(v, r),
+                    FromVm::Drop => {}
+                }
+            }
+        }
+    });
+    // routes of detached VMs
+    let gone: alloc::vec::Vec<core::net::Ipv6Addr> = st.vm_routes.iter().copied()
+        .filter(|a| with_links(|l| !l.iter().any(|v| v.port.vm_addr == *a))).collect();
+    for a in gone {
+        st.node.remove_vm_route(&a);
+        st.vm_routes.retain(|x| *x != a);
+    }
+    with_links(|l| {
+        for v in l.iter() {
+            if !st.vm_routes.contains(&v.port.vm_addr) {
+                st.vm_routes.push(v.port.vm_addr);
+            }
+        }
+    });
+    let now = time::now_ns();
+    for p in out {
+        st.node.route_from_vm(p, now);
+    }
+    while let Some(p) = st.node.take_vm_packet() {
+        active = true;
+        let Some((_, core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&p) else { continue };
+        with_links(|l| {
+            if let Some(v) = l.iter_mut().find(|v| v.port.vm_addr == dst) {
+                if let Some(f) = v.port.to_vm(&p) {
+                    push_to_vm(v, f);
+                }
+            }
+        });
+    }
+    active
+}
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
     catenary_net::cluster::hex_decode32(s)
@@ -266,7 +439,13 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
     };
     let mut cluster = Cluster::default();
     for m in modules {
-        let data = memory::phys_slice(m.start, m.len as usize);
+        let mut data = memory::phys_slice(m.start, m.len as usize);
+        // On PVH there is one module: the cluster file may ride in the guest bundle's cpio.
+        if !Cluster::is_cluster_file(data) {
+            if let Some(c) = catenary_bootinfo::ImageStore::parse(data).ok().and_then(|s| s.get("cluster.txt")) {
+                data = c;
+            }
+        }
         if Cluster::is_cluster_file(data) {
             match core::str::from_utf8(data).map_err(|_| "not UTF-8").and_then(|t| Cluster::parse(t).map_err(|_| "malformed")) {
                 Ok(c) => cluster = c,
@@ -295,6 +474,7 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
         irq: None,
         ipccall: crate::cmdline::get(cmdline, "net.ipccall").map(String::from),
         ipc_logged: [0; 4],
+        vm_routes: alloc::vec::Vec::new(),
     };
     let mut st = alloc::boxed::Box::new(st);
     if user_irq.is_some() {
@@ -694,6 +874,11 @@ fn netd(_: u64) {
         if ipc_pump(&mut st) {
             active = true;
             st.node.poll(&mut st.nic, time::now_ns());
+        }
+        if vm_pump(&mut st) {
+            active = true;
+            st.node.poll(&mut st.nic, time::now_ns());
+            vm_pump(&mut st);
         }
         if active {
             last_active = now;

@@ -692,6 +692,13 @@ fn remote_send(k: &mut Kernel, cap: &Capability, node: [u8; 16], msg: Message, c
     Ok((token, wake_router(k)))
 }
 
+/// Wake `netd` (frames from a microVM wait for it). No-op before networking is up.
+pub fn wake_netd() {
+    with(|k| {
+        let _ = wake_router(k);
+    })
+}
+
 /// Notify `netd`'s endpoint that fabric IPC waits; true if it should preempt this CPU.
 fn wake_router(k: &mut Kernel) -> bool {
     let Some(ep) = k.remote.wake else { return false };

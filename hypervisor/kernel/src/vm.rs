@@ -8,6 +8,9 @@
 //! Kernel command line: `vm=none` skips the demo microVM; `vm.boot=pvh|bzimage`,
 //! `vm.mem=<MiB>`, `vm.cmd=<base64 shell command>`, `vm.exit=poweroff|reboot|halt`,
 //! `vm.disk=<MiB>` (a read-only virtio-blk disk with a marker line) and `vm.debug` shape it.
+//! `vm.net=1` gives the demo microVM a virtio-net device and a /128 of the node's /64
+//! (`net::attach_vm`); `netd` routes it (the guest gets `catenary.addr=<addr>` on its command
+//! line; with it the guest's init configures `eth0`, or `vm.cmd` does).
 
 use alloc::format;
 use alloc::string::String;
@@ -65,6 +68,18 @@ pub fn run(name: &str, image: Image, ram_mib: u64) -> RunReport {
 
 /// Like `run`, with an optional virtio-blk disk image (`(bytes, read_only)`).
 pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>) -> RunReport {
+    run_full(name, image, ram_mib, disk, None)
+}
+
+/// A microVM's network attachment: its MAC and its /128 (routed by `netd`).
+#[derive(Clone, Copy)]
+pub struct NetAttach {
+    pub mac: [u8; 6],
+    pub addr: core::net::Ipv6Addr,
+}
+
+/// Like `run_with`, with an optional virtio-net device linked to `netd`.
+pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
     let t0 = time::now_ns();
     let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new() };
     let ram_size = ram_mib << 20;
@@ -79,6 +94,7 @@ pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
     let tsc_khz = (time::tsc_hz() / 1000) as u32;
     let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
     cfg.virtio_blk = disk;
+    cfg.virtio_net = net.map(|n| n.mac);
     let mut vm = MicroVm::new(cfg, &host_cpuid);
     let setup = match image {
         Image::LinuxPvh { vmlinux, initrd, cmdline } => {
@@ -123,7 +139,7 @@ pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
     info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, backend {}, created in {} us (RAM {} us, image load {} us)",
         ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000, (t_ram - t0) / 1000, (t_loaded - t_ram) / 1000);
     vcpu.set_state(&state);
-    let mut console = Console { name, t0, ready: None, lines: alloc::vec::Vec::new() };
+    let mut console = Console { name, t0, ready: None, lines: alloc::vec::Vec::new(), net };
     let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console);
     report.ready_ns = console.ready;
     report.console = console.lines;
@@ -144,6 +160,19 @@ struct Console<'a> {
     t0: u64,
     ready: Option<u64>,
     lines: alloc::vec::Vec<String>,
+    net: Option<NetAttach>,
+}
+
+/// Move frames between the guest's virtio-net device and `netd`.
+fn net_sync(vm: &mut MicroVm, ram: &mut GuestRam, net: Option<NetAttach>) {
+    let Some(n) = net else { return };
+    let tx = vm.take_net_tx();
+    if !tx.is_empty() {
+        crate::net::vm_send(n.addr, tx);
+    }
+    for f in crate::net::vm_take(n.addr) {
+        vm.push_net_rx(&f, ram);
+    }
 }
 
 impl Console<'_> {
@@ -201,11 +230,13 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
         let action = vm.handle_exit(exit, &mut st, ram, time::now_ns());
         vcpu.set_state(&st);
         console.drain(vm, false);
+        net_sync(vm, ram, console.net);
         match action {
             Ok(Action::Resume) => {}
             Ok(Action::Halt) => {
                 // Wait (host halts between timer ticks) until the guest has an interrupt.
                 loop {
+                    net_sync(vm, ram, console.net);
                     vm.poll(time::now_ns());
                     if vm.pending_irq().is_some() || vm.pending_exception().is_some() {
                         break;
@@ -313,6 +344,24 @@ pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<
         d[..marker.len()].copy_from_slice(marker);
         (d, true)
     });
+    // `vm.net=1`: a virtio-net device and a /128 of the node's /64, routed by netd.
+    let net = match crate::cmdline::get(cmdline, "vm.net") {
+        Some(v) if v != "0" => {
+            let mac = [0x02, 0xca, 0x7e, 0x00, 0x01, NEXT_VM_ID.load(core::sync::atomic::Ordering::Relaxed) as u8];
+            match crate::net::attach_vm(mac, 60_000_000_000) {
+                Some(addr) => {
+                    info!(target: "vmm", "microVM {want}: virtio-net MAC {mac:02x?}, address {addr}/128 (routed by netd)");
+                    gcmd.push_str(&format!(" catenary.addr={addr}"));
+                    Some(NetAttach { mac, addr })
+                }
+                None => {
+                    warn!(target: "vmm", "microVM {want}: vm.net: networking is not up: no network device");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     if crate::cmdline::get(cmdline, "vm.debug").is_some() {
         gcmd.push_str(" loglevel=7");
     }
@@ -324,7 +373,10 @@ pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<
             return None;
         }
     };
-    let r = run_with(want, image, mem, disk);
+    let r = run_full(want, image, mem, disk, net);
+    if let Some(n) = net {
+        crate::net::detach_vm(n.addr);
+    }
     report(want, &r);
     Some(r)
 }

@@ -133,6 +133,11 @@ impl IpcRouter {
         Some(a)
     }
 
+    /// A fresh microVM /128 of the node's /64 (netfabric's allocator, kind microVM).
+    pub fn allocate_vm(&mut self) -> Option<Ipv6Addr> {
+        self.alloc.allocate(AddressKind::MicroVm).ok()
+    }
+
     /// Forget a /128 (its endpoint closed); it is never handed out again.
     pub fn unbind(&mut self, addr: &Ipv6Addr) -> bool {
         self.alloc.release(addr);

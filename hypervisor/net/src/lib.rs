@@ -23,6 +23,7 @@ extern crate alloc;
 
 pub mod cluster;
 pub mod ipcroute;
+pub mod vmlink;
 pub mod rng;
 
 use alloc::boxed::Box;
@@ -217,7 +218,16 @@ pub struct NetCounters {
     /// Fabric IPC packets (UDP 51900 to a /128 of our /64) dropped because the queue to
     /// `netd`'s router was full.
     pub ipc_queue_full: u64,
+    /// Packets routed to a microVM /128 of this node's /64.
+    pub vm_in: u64,
+    /// Packets from microVMs routed (fabric or this node).
+    pub vm_out: u64,
+    /// Packets for microVMs dropped because their queue was full.
+    pub vm_queue_full: u64,
 }
+
+/// Packets waiting for the microVMs, at most.
+const VM_QUEUE: usize = 256;
 
 /// Fabric IPC packets waiting for the router, at most.
 const IPC_QUEUE: usize = 256;
@@ -246,6 +256,9 @@ pub struct Node {
     stream: Option<StreamRun>,
     logged_drops: u32,
     ipc_rx: VecDeque<Vec<u8>>,
+    /// The microVM /128s of this node's /64 it routes (to `take_vm_packet`).
+    vm_routes: Vec<Ipv6Addr>,
+    vm_rx: VecDeque<Vec<u8>>,
 }
 
 fn sinstant(ns: u64) -> SInstant {
@@ -347,6 +360,7 @@ impl Node {
             name, link_local, fabric_addr, mac, port, peers, counters: NetCounters::default(),
             eth, eth_sockets, tun, tun_sockets, tun_dev, fabric, fab_udp, ping_eth, ping_tun, bench_eth, bench_tun,
             responder: (0, 0), ping: None, stream: None, logged_drops: 0, ipc_rx: VecDeque::new(),
+            vm_routes: Vec::new(), vm_rx: VecDeque::new(),
         }
     }
 
@@ -393,8 +407,9 @@ impl Node {
         for p in out.packets {
             // The node routes its /64: fabric IPC (UDP 51900) to any /128 of it goes to the
             // IPC router (`take_ipc`), other traffic to its own /128 to the fabric interface;
-            // the rest (microVMs) has no consumer yet and is counted.
+            // packets for a microVM's /128 to its queue (`take_vm_packet`); the rest is counted.
             match netfabric::device::inner_header(&p.packet) {
+                Some((_, core::net::IpAddr::V6(dst), _)) if self.vm_routes.contains(&dst) => self.to_vm(p.packet),
                 Some((_, core::net::IpAddr::V6(dst), _))
                     if ipcroute::is_ipc_packet(&p.packet) && netfabric::identity::Prefix64::of(&dst) == netfabric::identity::Prefix64::of(&self.fabric_addr) =>
                 {
@@ -470,6 +485,13 @@ impl Node {
                 break;
             }
             while let Some(p) = self.tun_dev.tx.pop_front() {
+                if let Some((_, core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&p) {
+                    if self.vm_routes.contains(&dst) {
+                        self.to_vm(p);
+                        active = true;
+                        continue;
+                    }
+                }
                 match self.fabric.send(&p, fnow) {
                     Ok(out) => self.fabric_output(out),
                     Err(_) => self.counters.fabric_no_route += 1,
@@ -505,6 +527,64 @@ impl Node {
                 false
             }
         }
+    }
+
+    // ------------------------------------------------------------------ microVMs
+
+    /// Route `addr` (a microVM /128 of this node's /64) to [`Node::take_vm_packet`].
+    pub fn add_vm_route(&mut self, addr: Ipv6Addr) {
+        if netfabric::identity::Prefix64::of(&addr) == netfabric::identity::Prefix64::of(&self.fabric_addr)
+            && addr != self.fabric_addr
+            && !self.vm_routes.contains(&addr)
+        {
+            self.vm_routes.push(addr);
+        }
+    }
+
+    pub fn remove_vm_route(&mut self, addr: &Ipv6Addr) {
+        self.vm_routes.retain(|a| a != addr);
+    }
+
+    fn to_vm(&mut self, p: Vec<u8>) {
+        if self.vm_rx.len() < VM_QUEUE {
+            self.counters.vm_in += 1;
+            self.vm_rx.push_back(p);
+        } else {
+            self.counters.vm_queue_full += 1;
+        }
+    }
+
+    /// The next IPv6 packet for a microVM /128 (its destination says which VM).
+    pub fn take_vm_packet(&mut self) -> Option<Vec<u8>> {
+        self.vm_rx.pop_front()
+    }
+
+    /// Route an IPv6 packet a microVM sent (its source already checked by the VM's port):
+    /// to this node's own stack, another local microVM, or over the fabric to the peer owning
+    /// the destination. False: no route (counted in `fabric_no_route`).
+    pub fn route_from_vm(&mut self, packet: Vec<u8>, now_ns: u64) -> bool {
+        let Some((_, core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&packet) else {
+            self.counters.fabric_no_route += 1;
+            return false;
+        };
+        self.counters.vm_out += 1;
+        if dst == self.fabric_addr {
+            if ipcroute::is_ipc_packet(&packet) {
+                if self.ipc_rx.len() < IPC_QUEUE {
+                    self.ipc_rx.push_back(packet);
+                } else {
+                    self.counters.ipc_queue_full += 1;
+                }
+            } else {
+                self.tun_dev.rx.push_back(packet);
+            }
+            return true;
+        }
+        if self.vm_routes.contains(&dst) {
+            self.to_vm(packet);
+            return true;
+        }
+        self.send_ipc(&packet, now_ns)
     }
 
     // ------------------------------------------------------------------ probes

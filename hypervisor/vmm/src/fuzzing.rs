@@ -6,6 +6,7 @@ use crate::cpu::*;
 use crate::mem::{GuestMemory, GuestMemoryExt, VecMemory};
 use crate::virtio::blk::VirtioBlk;
 use crate::virtio::console::VirtioConsole;
+use crate::virtio::net::VirtioNet;
 use crate::virtio::mmio::{Device, VirtioMmio};
 use crate::vm::{EventDecision, MicroVm, VmConfig, WildMmioPolicy};
 use alloc::vec;
@@ -295,7 +296,11 @@ pub fn virtqueue(data: &[u8]) {
     let mut img = b.rest().to_vec();
     img.resize(0x1_0000, 0);
     let mut mem = VecMemory::from_bytes(img);
-    let dev = if which & 1 == 0 {
+    let dev = if which & 4 != 0 {
+        let mut n = VirtioNet::new([2, 0, 0, 0, 0, 1]);
+        n.push_rx_frame(&[0x33u8; 60]);
+        Device::Net(n)
+    } else if which & 1 == 0 {
         Device::Blk(VirtioBlk::new(vec![0u8; 8192], which & 2 != 0, "fuzz"))
     } else {
         let mut c = VirtioConsole::new();
@@ -332,6 +337,8 @@ pub fn virtqueue(data: &[u8]) {
         let _ = t.read(off, 4);
     }
     let _ = t.take_output();
+    let _ = t.take_tx_frames();
+    let _ = t.push_rx_frame(&[0x44u8; 60], &mut mem);
 }
 
 /// PVH and bzImage loaders over arbitrary images: raw bytes, or a valid synthetic ELF /

@@ -15,6 +15,7 @@ use crate::msr::{MsrResult, MsrState};
 use crate::paging::{linear, read_linear, write_linear, Access, WalkError};
 use crate::virtio::blk::VirtioBlk;
 use crate::virtio::console::VirtioConsole;
+use crate::virtio::net::VirtioNet;
 use crate::virtio::mmio::{Device, VirtioMmio, MMIO_WINDOW};
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -53,6 +54,8 @@ pub struct VmConfig {
     pub virtio_console: bool,
     /// Disk image and read-only flag.
     pub virtio_blk: Option<(Vec<u8>, bool)>,
+    /// A virtio-net device with this MAC.
+    pub virtio_net: Option<[u8; 6]>,
     pub queue_size: u16,
 }
 
@@ -67,6 +70,7 @@ impl VmConfig {
             wild_mmio: WildMmioPolicy::Stop,
             virtio_console: true,
             virtio_blk: None,
+            virtio_net: None,
             queue_size: 256,
         }
     }
@@ -211,6 +215,12 @@ impl MicroVm {
         if let Some((disk, ro)) = cfg.virtio_blk.take() {
             if let Some(&irq) = irqs.next() {
                 virtio.push(VirtioMmio::new(base, irq, Device::Blk(VirtioBlk::new(disk, ro, "catenary0")), qs));
+                base += layout::MMIO_STRIDE;
+            }
+        }
+        if let Some(mac) = cfg.virtio_net {
+            if let Some(&irq) = irqs.next() {
+                virtio.push(VirtioMmio::new(base, irq, Device::Net(VirtioNet::new(mac)), qs));
             }
         }
         MicroVm {
@@ -270,6 +280,41 @@ impl MicroVm {
             if let Device::Console(c) = &mut d.dev {
                 c.push_input(bytes);
                 d.kick_rx(mem);
+            }
+        }
+        self.sync_irqs();
+    }
+
+    /// Ethernet frames the guest sent on its virtio-net device since the last call.
+    pub fn take_net_tx(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for d in &mut self.virtio {
+            out.extend(d.take_tx_frames());
+        }
+        out
+    }
+
+    /// Queue an Ethernet frame for the guest's virtio-net device (dropped if there is none or
+    /// its receive queue is full).
+    pub fn push_net_rx(&mut self, frame: &[u8], mem: &mut dyn GuestMemory) -> bool {
+        let mut ok = false;
+        for d in &mut self.virtio {
+            if matches!(d.dev, Device::Net(_)) {
+                ok = d.push_rx_frame(frame, mem);
+                break;
+            }
+        }
+        self.sync_irqs();
+        ok
+    }
+
+    /// Deliver frames still queued for the guest into receive buffers it posted since.
+    pub fn kick_net_rx(&mut self, mem: &mut dyn GuestMemory) {
+        for d in &mut self.virtio {
+            if let Device::Net(n) = &d.dev {
+                if n.rx_pending() > 0 {
+                    d.kick_rx(mem);
+                }
             }
         }
         self.sync_irqs();

@@ -2,6 +2,7 @@
 
 use super::blk::VirtioBlk;
 use super::console::VirtioConsole;
+use super::net::VirtioNet;
 use super::queue::{Queue, QueueError};
 use crate::mem::GuestMemory;
 use alloc::vec::Vec;
@@ -28,6 +29,7 @@ pub const INT_CONFIG: u32 = 2;
 pub enum Device {
     Console(VirtioConsole),
     Blk(VirtioBlk),
+    Net(VirtioNet),
 }
 
 impl Device {
@@ -35,12 +37,14 @@ impl Device {
         match self {
             Device::Console(_) => 3,
             Device::Blk(_) => 2,
+            Device::Net(_) => 1,
         }
     }
     fn features(&self) -> u64 {
         let dev = match self {
             Device::Console(_) => 0,
             Device::Blk(b) => b.features(),
+            Device::Net(n) => n.features(),
         };
         dev | VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC
     }
@@ -48,12 +52,14 @@ impl Device {
         match self {
             Device::Console(_) => 2,
             Device::Blk(_) => 1,
+            Device::Net(_) => 2,
         }
     }
     fn config_byte(&self, off: u64) -> u8 {
         let b = match self {
             Device::Console(c) => c.config().get(off as usize).copied(),
             Device::Blk(b) => b.config().get(off as usize).copied(),
+            Device::Net(n) => n.config().get(off as usize).copied(),
         };
         b.unwrap_or(0)
     }
@@ -268,6 +274,8 @@ impl VirtioMmio {
             (Device::Blk(b), 0) => b.process(q, mem),
             (Device::Console(c), 1) => c.process_tx(q, mem),
             (Device::Console(c), 0) => c.process_rx(q, mem),
+            (Device::Net(n), 1) => n.process_tx(q, mem),
+            (Device::Net(n), 0) => n.process_rx(q, mem),
             _ => Ok(false),
         };
         match r {
@@ -277,9 +285,9 @@ impl VirtioMmio {
         }
     }
 
-    /// Deliver pending host input on the console receive queue.
+    /// Deliver pending host input on the receive queue (console input, network frames).
     pub fn kick_rx(&mut self, mem: &mut dyn GuestMemory) {
-        if matches!(self.dev, Device::Console(_))
+        if matches!(self.dev, Device::Console(_) | Device::Net(_))
             && self.queues.first().map(|q| q.ready) == Some(true) {
                 self.notify(0, mem);
             }
@@ -291,6 +299,27 @@ impl VirtioMmio {
             Device::Console(c) => core::mem::take(&mut c.output),
             _ => Vec::new(),
         }
+    }
+
+    /// Ethernet frames the guest transmitted (net); empty for other devices.
+    pub fn take_tx_frames(&mut self) -> Vec<Vec<u8>> {
+        match &mut self.dev {
+            Device::Net(n) => n.take_tx_frames(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Queue a frame for the guest (net) and deliver what fits into posted receive buffers.
+    /// Returns false if the frame was dropped (or this is not a net device).
+    pub fn push_rx_frame(&mut self, frame: &[u8], mem: &mut dyn GuestMemory) -> bool {
+        let ok = match &mut self.dev {
+            Device::Net(n) => n.push_rx_frame(frame),
+            _ => false,
+        };
+        if ok {
+            self.kick_rx(mem);
+        }
+        ok
     }
 }
 
@@ -393,6 +422,37 @@ mod tests {
         assert_ne!(t.read(0x60, 4) as u32 & INT_CONFIG, 0);
         t.write(0x70, 4, 0, &mut m);
         assert_eq!(t.read(0x70, 4), 0);
+    }
+
+    #[test]
+    fn net_tx_rx() {
+        use super::super::net::{VirtioNet, VIRTIO_NET_F_MAC};
+        let mut m = VecMemory::new(0x40000);
+        let mut rx = Driver::new(0x1000, 8);
+        let mut tx = Driver::new(0x2000, 8);
+        let mut t = setup(Device::Net(VirtioNet::new([2, 1, 2, 3, 4, 5])), &mut m, &[Driver::new(0x1000, 8), Driver::new(0x2000, 8)]);
+        assert_eq!(t.read(8, 4), 1);
+        t.write(0x14, 4, 0, &mut m);
+        assert_ne!(t.read(0x10, 4) & VIRTIO_NET_F_MAC, 0);
+        assert_eq!(t.read(0x100, 4), 0x0302_0102);
+        assert_eq!(t.read(0x104, 2), 0x0504);
+        let mut f = alloc::vec![0x11u8; 74];
+        f[12] = 0x86;
+        f[13] = 0xdd;
+        m.write(0x8000, &[0u8; 12]).unwrap();
+        m.write(0x800c, &f).unwrap();
+        tx.add(&mut m, &[(0x8000, 86, false)]);
+        t.write(0x50, 4, 1, &mut m);
+        assert!(t.irq_level());
+        assert_eq!(t.take_tx_frames(), alloc::vec![f.clone()]);
+        t.write(0x64, 4, 1, &mut m);
+        rx.add(&mut m, &[(0x9000, 1526, true)]);
+        t.write(0x50, 4, 0, &mut m);
+        assert!(!t.irq_level());
+        assert!(t.push_rx_frame(&f, &mut m));
+        assert!(t.irq_level());
+        assert_eq!(rx.used_elem(&m, 0), (0, 86));
+        assert_eq!(&m.as_slice()[0x900c..0x900c + 74], &f[..]);
     }
 
     #[test]

@@ -1,0 +1,335 @@
+//! The node's side of a microVM's virtual Ethernet link (issue 6 item 3: the node routes its
+//! /64, including its microVMs' /128s).
+//!
+//! The node is the VM's router: the guest configures its /128 on `eth0` with an on-link
+//! default route, so it asks by neighbour solicitation for every destination; [`VmPort`]
+//! answers each such solicitation with the port's own MAC (proxy NDP, never for the VM's own
+//! addresses, so its duplicate-address detection succeeds) and hands the IPv6 packets the
+//! guest sends to the node for routing — only if their source is the VM's /128 (anything else
+//! is counted and dropped). Packets routed to the VM's /128 go back as Ethernet frames.
+//!
+//! Every frame from the guest is hostile: parsing is bounds-checked, errors are counted, and
+//! nothing panics.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::net::Ipv6Addr;
+
+const ETH_HDR: usize = 14;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const IP_HDR: usize = 40;
+const NEXT_ICMPV6: u8 = 58;
+const ND_NS: u8 = 135;
+const ND_NA: u8 = 136;
+
+/// Counters the kernel prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmPortCounters {
+    /// Packets from the VM handed to the node for routing.
+    pub routed_out: u64,
+    /// Packets delivered to the VM.
+    pub delivered: u64,
+    /// Neighbour solicitations answered.
+    pub nd_answered: u64,
+    /// Packets whose source was not the VM's /128 (dropped).
+    pub bad_source: u64,
+    /// Frames that were not well-formed IPv6 over Ethernet, or not IPv6 (dropped).
+    pub malformed: u64,
+    /// Well-formed frames the port does not route: multicast (MLD, router solicitations),
+    /// link-local traffic other than NDP (dropped).
+    pub ignored: u64,
+}
+
+/// What to do with a frame from the VM.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromVm {
+    /// Route this IPv6 packet (its source is the VM's /128).
+    Route(Vec<u8>),
+    /// Send this frame back to the VM (an NDP answer).
+    Reply(Vec<u8>),
+    /// Dropped (counted).
+    Drop,
+}
+
+/// One microVM's link.
+#[derive(Debug, Clone)]
+pub struct VmPort {
+    pub vm_addr: Ipv6Addr,
+    pub vm_mac: [u8; 6],
+    /// The MAC the node answers with (the VM's next hop for every destination).
+    pub port_mac: [u8; 6],
+    pub counters: VmPortCounters,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn addr(b: &[u8], at: usize) -> Option<Ipv6Addr> {
+    let s: [u8; 16] = b.get(at..at + 16)?.try_into().ok()?;
+    Some(Ipv6Addr::from(s))
+}
+
+/// The ICMPv6 checksum over the pseudo-header and `msg` (whose checksum field is zero).
+pub fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, msg: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+            sum = sum.wrapping_add(w as u32);
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&(msg.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, NEXT_ICMPV6]);
+    add(msg);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The modified-EUI-64 link-local address of a MAC.
+fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+    crate::cluster::link_local_from_mac(mac)
+}
+
+impl VmPort {
+    pub fn new(vm_addr: Ipv6Addr, vm_mac: [u8; 6], port_mac: [u8; 6]) -> VmPort {
+        VmPort { vm_addr, vm_mac, port_mac, counters: VmPortCounters::default() }
+    }
+
+    /// Handle one Ethernet frame the VM sent.
+    pub fn from_vm(&mut self, frame: &[u8]) -> FromVm {
+        match self.parse(frame) {
+            Some(r) => r,
+            None => {
+                self.counters.malformed += 1;
+                FromVm::Drop
+            }
+        }
+    }
+
+    fn parse(&mut self, frame: &[u8]) -> Option<FromVm> {
+        if be16(frame, 12)? != ETHERTYPE_IPV6 {
+            return None;
+        }
+        let ip = frame.get(ETH_HDR..)?;
+        if ip.first()? >> 4 != 6 || ip.len() < IP_HDR {
+            return None;
+        }
+        let plen = be16(ip, 4)? as usize;
+        let ip = ip.get(..IP_HDR + plen)?; // drop Ethernet padding; too short: malformed
+        let next = ip[6];
+        let src = addr(ip, 8)?;
+        let dst = addr(ip, 24)?;
+        if next == NEXT_ICMPV6 && ip.get(IP_HDR) == Some(&ND_NS) {
+            return Some(self.solicitation(ip, src));
+        }
+        if src != self.vm_addr {
+            if src.is_unicast_link_local() || src.is_unspecified() {
+                self.counters.ignored += 1;
+            } else {
+                self.counters.bad_source += 1;
+            }
+            return Some(FromVm::Drop);
+        }
+        if dst.is_multicast() || dst.is_unicast_link_local() || dst.is_unspecified() || dst.is_loopback() {
+            self.counters.ignored += 1;
+            return Some(FromVm::Drop);
+        }
+        // A router decrements the hop limit and drops what would expire.
+        if ip[7] <= 1 {
+            self.counters.ignored += 1;
+            return Some(FromVm::Drop);
+        }
+        let mut p = ip.to_vec();
+        p[7] -= 1;
+        self.counters.routed_out += 1;
+        Some(FromVm::Route(p))
+    }
+
+    /// Answer a neighbour solicitation for any address but the VM's own.
+    fn solicitation(&mut self, ip: &[u8], src: Ipv6Addr) -> FromVm {
+        let Some(target) = addr(ip, IP_HDR + 8) else {
+            self.counters.malformed += 1;
+            return FromVm::Drop;
+        };
+        // RFC 4861: hop limit 255, and the message must be at least 24 bytes.
+        if ip[7] != 255 || ip.len() < IP_HDR + 24 {
+            self.counters.malformed += 1;
+            return FromVm::Drop;
+        }
+        if target == self.vm_addr || target == link_local(self.vm_mac) || target.is_multicast() || target.is_unspecified() {
+            self.counters.ignored += 1;
+            return FromVm::Drop;
+        }
+        // Only the VM itself (its /128 or link-local) or DAD may ask.
+        let dst = if src.is_unspecified() {
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)
+        } else if src == self.vm_addr || src.is_unicast_link_local() {
+            src
+        } else {
+            self.counters.bad_source += 1;
+            return FromVm::Drop;
+        };
+        let mut msg = vec![0u8; 32];
+        msg[0] = ND_NA;
+        // Router, Solicited (unless DAD), Override.
+        msg[4] = if src.is_unspecified() { 0xa0 } else { 0xe0 };
+        msg[8..24].copy_from_slice(&target.octets());
+        msg[24] = 2; // target link-layer address
+        msg[25] = 1;
+        msg[26..32].copy_from_slice(&self.port_mac);
+        let ck = icmpv6_checksum(&target, &dst, &msg);
+        msg[2..4].copy_from_slice(&ck.to_be_bytes());
+        let mut p = ipv6_header(target, dst, NEXT_ICMPV6, 255, msg.len());
+        p.extend_from_slice(&msg);
+        self.counters.nd_answered += 1;
+        FromVm::Reply(self.frame(&p, dst))
+    }
+
+    fn frame(&self, ip: &[u8], dst: Ipv6Addr) -> Vec<u8> {
+        let mut f = Vec::with_capacity(ETH_HDR + ip.len());
+        if dst.is_multicast() {
+            let o = dst.octets();
+            f.extend_from_slice(&[0x33, 0x33, o[12], o[13], o[14], o[15]]);
+        } else {
+            f.extend_from_slice(&self.vm_mac);
+        }
+        f.extend_from_slice(&self.port_mac);
+        f.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        f.extend_from_slice(ip);
+        f
+    }
+
+    /// Wrap an IPv6 packet routed to the VM's /128 in a frame for it. None (counted) if it is
+    /// not an IPv6 packet for the VM.
+    pub fn to_vm(&mut self, ip: &[u8]) -> Option<Vec<u8>> {
+        if ip.len() < IP_HDR || ip[0] >> 4 != 6 || addr(ip, 24) != Some(self.vm_addr) {
+            self.counters.malformed += 1;
+            return None;
+        }
+        self.counters.delivered += 1;
+        Some(self.frame(ip, self.vm_addr))
+    }
+}
+
+/// An IPv6 header.
+pub fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop_limit: u8, payload_len: usize) -> Vec<u8> {
+    let mut h = vec![0u8; IP_HDR];
+    h[0] = 0x60;
+    h[4..6].copy_from_slice(&(payload_len.min(0xffff) as u16).to_be_bytes());
+    h[6] = next;
+    h[7] = hop_limit;
+    h[8..24].copy_from_slice(&src.octets());
+    h[24..40].copy_from_slice(&dst.octets());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VM_MAC: [u8; 6] = [0x02, 0xca, 0x7e, 0, 0, 2];
+    const PORT_MAC: [u8; 6] = [0x02, 0xca, 0x7e, 0, 0, 1];
+
+    fn vm() -> Ipv6Addr {
+        "fd12:3456:789a:bcde:1::1".parse().unwrap()
+    }
+
+    fn eth(ip: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&PORT_MAC);
+        f.extend_from_slice(&VM_MAC);
+        f.extend_from_slice(&[0x86, 0xdd]);
+        f.extend_from_slice(ip);
+        f
+    }
+
+    fn ns(src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+        let mut msg = vec![0u8; 32];
+        msg[0] = ND_NS;
+        msg[8..24].copy_from_slice(&target.octets());
+        msg[24] = 1;
+        msg[25] = 1;
+        msg[26..32].copy_from_slice(&VM_MAC);
+        let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2);
+        let ck = icmpv6_checksum(&src, &dst, &msg);
+        msg[2..4].copy_from_slice(&ck.to_be_bytes());
+        let mut p = ipv6_header(src, dst, NEXT_ICMPV6, 255, msg.len());
+        p.extend_from_slice(&msg);
+        eth(&p)
+    }
+
+    #[test]
+    fn answers_solicitations_for_other_addresses() {
+        let mut p = VmPort::new(vm(), VM_MAC, PORT_MAC);
+        let other: Ipv6Addr = "fdaa::1".parse().unwrap();
+        let FromVm::Reply(f) = p.from_vm(&ns(vm(), other)) else { panic!() };
+        assert_eq!(&f[..6], &VM_MAC);
+        assert_eq!(&f[6..12], &PORT_MAC);
+        let ip = &f[14..];
+        assert_eq!(ip[40], ND_NA);
+        assert_eq!(addr(ip, 8), Some(other));
+        assert_eq!(addr(ip, 24), Some(vm()));
+        assert_eq!(addr(ip, 48), Some(other));
+        assert_eq!(&ip[66..72], &PORT_MAC);
+        // the checksum verifies
+        assert_eq!(icmpv6_checksum(&other, &vm(), &ip[40..]), 0);
+        // never for the VM's own addresses (DAD must succeed)
+        assert_eq!(p.from_vm(&ns(Ipv6Addr::UNSPECIFIED, vm())), FromVm::Drop);
+        assert_eq!(p.from_vm(&ns(Ipv6Addr::UNSPECIFIED, link_local(VM_MAC))), FromVm::Drop);
+        assert_eq!(p.counters.nd_answered, 1);
+    }
+
+    #[test]
+    fn routes_only_the_vms_source() {
+        let mut p = VmPort::new(vm(), VM_MAC, PORT_MAC);
+        let dst: Ipv6Addr = "fdaa::1".parse().unwrap();
+        let mut ip = ipv6_header(vm(), dst, 17, 64, 8);
+        ip.extend_from_slice(&[0u8; 8]);
+        let mut f = eth(&ip);
+        f.extend_from_slice(&[0u8; 6]); // Ethernet padding is trimmed
+        let FromVm::Route(r) = p.from_vm(&f) else { panic!() };
+        assert_eq!(r.len(), 48);
+        assert_eq!(r[7], 63);
+        // spoofed source
+        let mut ip2 = ipv6_header("fd12:3456:789a:bcde::1".parse().unwrap(), dst, 17, 64, 8);
+        ip2.extend_from_slice(&[0u8; 8]);
+        assert_eq!(p.from_vm(&eth(&ip2)), FromVm::Drop);
+        assert_eq!(p.counters.bad_source, 1);
+        // back to the VM
+        let mut back = ipv6_header(dst, vm(), 17, 64, 8);
+        back.extend_from_slice(&[0u8; 8]);
+        let f = p.to_vm(&back).unwrap();
+        assert_eq!(&f[..6], &VM_MAC);
+        assert_eq!(&f[14..], &back[..]);
+        assert!(p.to_vm(&ip).is_none());
+    }
+
+    #[test]
+    fn hostile_frames_never_panic() {
+        let mut p = VmPort::new(vm(), VM_MAC, PORT_MAC);
+        let base = ns(vm(), "fdaa::1".parse().unwrap());
+        for cut in 0..base.len() {
+            let _ = p.from_vm(&base[..cut]);
+        }
+        let mut x: u32 = 0x1234_5678;
+        for _ in 0..20_000 {
+            let mut f = base.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let i = x as usize % f.len();
+                f[i] = (x >> 8) as u8;
+            }
+            let _ = p.from_vm(&f);
+            let _ = p.to_vm(&f[14..]);
+        }
+        let _ = p.to_vm(&[]);
+        assert!(p.counters.malformed > 0);
+    }
+}
