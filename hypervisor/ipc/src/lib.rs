@@ -38,6 +38,27 @@ pub type EndpointId = u64;
 pub const MSG_WORDS: usize = 4;
 /// Label of an interrupt notification; `words[0]` holds the pending IRQ bits.
 pub const LABEL_NOTIFY: u64 = 0xffff_ffff_ffff_0001;
+
+/// The syscall ABI's numbers (RAX at `syscall` / `int 0x80`), shared by the kernel and the
+/// ring-3 runtime so they cannot drift apart.
+pub mod syscall {
+    pub const SYS_NULL: u64 = 0;
+    pub const SYS_YIELD: u64 = 1;
+    pub const SYS_EXIT: u64 = 2;
+    pub const SYS_SLEEP: u64 = 3;
+    pub const SYS_TIME: u64 = 4;
+    pub const SYS_SEND: u64 = 5;
+    pub const SYS_RECV: u64 = 6;
+    pub const SYS_CALL: u64 = 7;
+    pub const SYS_REPLY: u64 = 8;
+    pub const SYS_MAP: u64 = 9;
+    pub const SYS_UNMAP: u64 = 10;
+    pub const SYS_LOG: u64 = 11;
+    pub const SYS_JOIN: u64 = 12;
+    pub const SYS_CALL_GRANT: u64 = 13;
+    pub const SYS_MAP_MMIO: u64 = 14;
+    pub const SYS_DMA_ALLOC: u64 = 15;
+}
 /// The stand-in task of calls that cross nodes: the callee of a call to another node, the
 /// caller of a call from another node (the kernel's router answers for it).
 pub const REMOTE: TaskId = u64::MAX;

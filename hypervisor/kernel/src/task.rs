@@ -36,22 +36,8 @@ use catenary_sched::{Affinity, BlockReason, Priority, Scheduler, TaskId, TaskSta
 use log::{info, warn};
 use spin::Mutex;
 
-pub const SYS_NULL: u64 = 0;
-pub const SYS_YIELD: u64 = 1;
-pub const SYS_EXIT: u64 = 2;
-pub const SYS_SLEEP: u64 = 3;
-pub const SYS_TIME: u64 = 4;
-pub const SYS_SEND: u64 = 5;
-pub const SYS_RECV: u64 = 6;
-pub const SYS_CALL: u64 = 7;
-pub const SYS_REPLY: u64 = 8;
-pub const SYS_MAP: u64 = 9;
-pub const SYS_UNMAP: u64 = 10;
-pub const SYS_LOG: u64 = 11;
-pub const SYS_JOIN: u64 = 12;
-pub const SYS_CALL_GRANT: u64 = 13;
-pub const SYS_MAP_MMIO: u64 = 14;
-pub const SYS_DMA_ALLOC: u64 = 15;
+// The syscall numbers: one definition, shared by the kernel and the ring-3 runtime.
+pub use catenary_ipc::syscall::*;
 
 pub const RTC_VECTOR: u8 = 0x58;
 /// The virtio-net receive interrupt (MSI-X, programmed by `net`).
