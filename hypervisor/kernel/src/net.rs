@@ -91,26 +91,8 @@ impl Link for Nic {
     }
 }
 
-/// The frame ring shared with `nicd` (layout: `hypervisor/user/src/nic.rs`, kept in step).
-mod ring {
-    pub const SLOTS: u64 = 16;
-    pub const SLOT_LEN: u64 = 2048;
-    pub const PAGES: u64 = 1 + 2 * SLOTS * SLOT_LEN / 4096;
-    pub const RX_HEAD: u64 = 0x00;
-    pub const RX_TAIL: u64 = 0x08;
-    pub const TX_HEAD: u64 = 0x10;
-    pub const TX_TAIL: u64 = 0x18;
-    pub const RX_LEN: u64 = 0x100;
-    pub const TX_LEN: u64 = 0x200;
-    pub const RX_SLOTS: u64 = 0x1000;
-    pub const TX_SLOTS: u64 = 0x1000 + SLOTS * SLOT_LEN;
-    pub const LABEL_CONFIG: u64 = 1;
-    pub const LABEL_CONFIG2: u64 = 2;
-    pub const LABEL_TX: u64 = 3;
-    pub const LABEL_UP: u64 = 0x10;
-    pub const LABEL_RX: u64 = 0x11;
-    pub const LABEL_FAIL: u64 = 0x12;
-}
+/// The frame ring shared with `nicd` (one definition for both sides).
+use catenary_ipc::nic_ring as ring;
 
 /// The kernel's side of the ring-3 driver: the ring (physical, in `nicd`'s DMA memory, used
 /// only while `nicd` owns it) and a send capability to wake `nicd` for transmits.
@@ -691,14 +673,14 @@ fn start_nicd() -> Result<Option<(Nic, usize)>, &'static str> {
         return Err("unexpected message from nicd");
     }
     let ring_phys = up.words[0];
-    if ring_phys % 4096 != 0 || !task::owns_frames(tid, ring_phys, ring::PAGES) {
+    if ring_phys % 4096 != 0 || !task::owns_frames(tid, ring_phys, ring::RING_PAGES) {
         return Err("nicd's frame ring is not its own DMA memory");
     }
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&up.words[1].to_le_bytes()[..6]);
     info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}, MAC {:02x?}, link {} (driver in ring 3: task {} nicd)",
         df.bus, df.device, df.function, mac, if up.words[2] != 0 { "up" } else { "down" }, tid);
-    info!(target: "net", "nicd granted MMIO {:x?}, {} DMA pages, frame ring at {:#x} ({} pages)", mmio, NICD_DMA_PAGES, ring_phys, ring::PAGES);
+    info!(target: "net", "nicd granted MMIO {:x?}, {} DMA pages, frame ring at {:#x} ({} pages)", mmio, NICD_DMA_PAGES, ring_phys, ring::RING_PAGES);
     match msix {
         Some((n, bsp)) if up.words[3] != 0 => info!(target: "net",
             "virtio-net: MSI-X on ({} entries): receive queue -> vector {:#x} on APIC {}, notifies endpoint {} (nicd, ring 3)", n, task::NIC_VECTOR, bsp, dep),
