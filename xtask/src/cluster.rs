@@ -506,7 +506,7 @@ fn test_linux_ping(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
     let tools = ["ip", "vde_plug2tap", "ping"].iter().all(|b| crate::tools::which(b).is_some());
     if !root || !tools || !Path::new("/dev/net/tun").exists() {
-        println!("test {name} ... skipped (needs root, /dev/net/tun, ip, ping and vde_plug2tap)");
+        t.skip(name, "needs root, /dev/net/tun, ip, ping and vde_plug2tap");
         return Ok(());
     }
     let node = NodeSpec::new(1);
@@ -607,7 +607,7 @@ fn test_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
     let tools = ["ip", "vde_plug2tap", "ping", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
     if !root || !tools || !Path::new("/dev/net/tun").exists() {
-        println!("test {name} ... skipped (needs root, /dev/net/tun, ip, ping, vde_plug2tap, wireguard-go, wg)");
+        t.skip(name, "needs root, /dev/net/tun, ip, ping, vde_plug2tap, wireguard-go, wg");
         return Ok(());
     }
     let linux = Identity::generate(&mut rand_core::OsRng);

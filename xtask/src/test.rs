@@ -8,11 +8,16 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+/// The run's results. A test that could not run (no root, a missing tool) is `skip`ped: counted
+/// apart, never as a pass. Under `CI=true` a skip is also a failure of the run (CI installs
+/// everything the tests need, so nothing may be skipped there).
 #[derive(Default)]
 pub struct Tally {
     pub passed: usize,
     pub failed: usize,
+    pub skipped: usize,
     pub failures: Vec<String>,
+    pub skips: Vec<String>,
 }
 
 impl Tally {
@@ -25,6 +30,45 @@ impl Tally {
             println!("test {name} ... FAILED {why}");
             self.failures.push(name.to_string());
         }
+    }
+
+    /// The test could not run here; `why` says what is missing.
+    pub fn skip(&mut self, name: &str, why: &str) {
+        self.skipped += 1;
+        println!("test {name} ... SKIPPED ({why})");
+        self.skips.push(name.to_string());
+    }
+
+    /// The closing line every test run ends with.
+    pub fn summary(&self) -> String {
+        format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
+    }
+}
+
+/// `--only SUBSTRING` (repeatable): run only the test groups whose names contain one of the
+/// substrings; `None` runs everything. Groups are coarse (a QEMU boot runs a whole suite), so
+/// a filter selects which boots and which host crates run, not single in-kernel tests.
+pub fn only_filter(args: &[String]) -> Option<Vec<String>> {
+    let mut v = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--only" {
+            if let Some(x) = it.next() {
+                v.push(x.clone());
+            }
+        } else if let Some(x) = a.strip_prefix("--only=") {
+            v.push(x.to_string());
+        }
+    }
+    if v.is_empty() { None } else { Some(v) }
+}
+
+/// Whether the group `name` is selected by the `--only` filter of this process's arguments.
+pub fn selected(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match only_filter(&args) {
+        None => true,
+        Some(v) => v.iter().any(|s| name.contains(s.as_str())),
     }
 }
 
@@ -53,10 +97,10 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let only_kernel = args.iter().any(|a| a == "--kernel-only");
     let mut t = Tally::default();
-    if !only_kernel {
+    if !only_kernel && selected("host::") {
         host_tests(&mut t);
     }
-    if !quick {
+    if !quick && (selected("vm_linux") || selected("bochs") || selected("soak")) {
         // The guest images (cached by config hash; ~10 min the first time on a new machine)
         // are needed by the Linux microVM tests under SVM and under VT-x (Bochs).
         println!("== guest images (cargo xtask guest)");
@@ -65,21 +109,27 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
         }
     }
     kernel_tests(&mut t, quick)?;
-    if !quick {
+    if !quick && selected("vm_linux") {
         crate::vmbench::linux_guest_tests(&mut t)?;
     }
-    if !quick || args.iter().any(|a| a == "--net") {
+    if (!quick || args.iter().any(|a| a == "--net")) && selected("net_") {
         crate::cluster::tests(&mut t)?;
     }
     println!();
     if !t.failures.is_empty() {
         println!("failed: {}", t.failures.join(", "));
     }
-    println!("{} passed, {} failed", t.passed, t.failed);
-    if t.failed == 0 {
-        Ok(())
-    } else {
+    if !t.skips.is_empty() {
+        println!("skipped: {}", t.skips.join(", "));
+    }
+    let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+    println!("{}", t.summary());
+    if t.failed > 0 {
         Err(format!("{} test(s) failed", t.failed))
+    } else if ci && t.skipped > 0 {
+        Err(format!("{} test(s) skipped under CI=true: CI must install what every test needs", t.skipped))
+    } else {
+        Ok(())
     }
 }
 
@@ -90,7 +140,8 @@ fn host_tests(t: &mut Tally) {
         .current_dir(root())
         // Default members only: `--workspace` would pull in the kernel binary, whose `kernel`
         // feature on catenary-arch must never reach host builds.
-        .args(["test", "--no-fail-fast"])
+        // `--show-output` so that a test which could not run and printed `SKIP: …` is seen.
+        .args(["test", "--no-fail-fast", "--", "--show-output"])
         .output();
     let out = match out {
         Ok(o) => o,
@@ -126,9 +177,26 @@ fn host_tests(t: &mut Tally) {
             f += num("failed");
         }
     }
-    println!("host: {p} passed, {f} failed (log: {})", log.display());
-    t.passed += p;
+    // A host test that cannot run here (no root, a missing tool) returns early after printing
+    // `SKIP: <what>: <why>` on stdout: it is counted as skipped, not passed.
+    let mut skips: Vec<(String, String)> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("---- ").and_then(|r| r.strip_suffix(" stdout ----")) {
+            current = n.to_string();
+        } else if let Some(why) = line.trim().strip_prefix("SKIP:") {
+            if !skips.iter().any(|(n, _)| *n == current) {
+                skips.push((current.clone(), why.trim().to_string()));
+            }
+        }
+    }
+    let s = skips.len().min(p);
+    println!("host: {} passed, {f} failed, {s} skipped (log: {})", p - s, log.display());
+    t.passed += p - s;
     t.failed += f;
+    for (name, why) in skips.iter().take(s) {
+        t.skip(&format!("host::{name}"), why);
+    }
     if !out.status.success() && f == 0 {
         t.record("host::cargo-test-build", false, &format!("cargo test failed to build; see {}", log.display()));
     }
@@ -160,7 +228,7 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
         uefi.uefi = true;
         boots.push(("boot_grub_iso_ovmf".into(), uefi, 240));
     }
-    for (name, b, secs) in boots {
+    for (name, b, secs) in boots.into_iter().filter(|(n, _, _)| selected(n)) {
         let c = b.command(false)?;
         let o = run_captured(c, &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(secs), false)?;
         let (mut kp, mut kf) = (0, 0);
@@ -193,6 +261,9 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
 
     // An unhandled exception prints the full register dump and stops the CPU.
     for (kind, vector) in [("ud", "CPU EXCEPTION 6 (#UD"), ("pf", "CPU EXCEPTION 14 (#PF")] {
+        if !selected(&format!("fault_dump_{kind}")) {
+            continue;
+        }
         let mut b = Boot::pvh("microvm", plain.clone());
         b.smp = 1;
         b.mem = "256M".into();
@@ -202,7 +273,7 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
         t.record(&format!("fault_dump_{kind}"), o.matched, "(register dump incomplete)");
     }
     // Intel VT-x under Bochs (slow: skipped by --quick unless --bochs is given).
-    if !quick || std::env::args().any(|a| a == "--bochs") {
+    if (!quick || std::env::args().any(|a| a == "--bochs")) && selected("bochs") {
         crate::bochs::tests(t, &plain, &kernel, &[(module.clone(), "ktest-module".into())], &args("multiboot2"))?;
     }
     Ok(())
