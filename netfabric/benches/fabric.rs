@@ -22,8 +22,8 @@ fn main() {
     let ba: SocketAddr = "[fd00::b]:51820".parse().unwrap();
     let mut a = Device::new(ia.clone(), Box::new(OsRng));
     let mut b = Device::new(ib.clone(), Box::new(OsRng));
-    a.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba));
-    b.add_peer(PeerConfig::new(ia.public_key()).with_endpoint(aa));
+    a.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba)).unwrap();
+    b.add_peer(PeerConfig::new(ia.public_key()).with_endpoint(aa)).unwrap();
     let now = Instant::from_secs(1);
     // A 1400-byte IPv6/UDP packet (1352 bytes of UDP payload).
     let pkt = netfabric::ipv6::build_udp(ia.node_address(), ib.node_address(), 1, 2, &[0xa5; PAYLOAD - 48]).unwrap();
@@ -80,7 +80,7 @@ fn main() {
     for i in 0..hs {
         let mut c = Device::new(ia.clone(), Box::new(OsRng));
         c.set_unix_time_at_origin(Duration::from_secs(1_000 + i));
-        let pc = c.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba));
+        let pc = c.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba)).unwrap();
         let init = c.send_to(pc, &pkt, now).transmits.remove(0).data;
         let resp = b.handle_incoming(&init, aa, now + Duration::from_millis(30 * (i + 1))).transmits.remove(0).data;
         let data = c.handle_incoming(&resp, ba, now).transmits.remove(0).data;

@@ -245,6 +245,30 @@ impl Output {
     }
 }
 
+/// Why [`Device::add_peer`] refused a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddPeerError {
+    /// The key is a low-order point (e.g. all zero): the shared secret with it is all zero.
+    LowOrderKey,
+    /// A peer with this key is already configured.
+    Duplicate,
+    /// The key is our own.
+    OwnKey,
+    /// The key's derived /64 equals ours or another peer's.
+    PrefixCollision,
+}
+
+impl core::fmt::Display for AddPeerError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            AddPeerError::LowOrderKey => "low-order public key",
+            AddPeerError::Duplicate => "duplicate peer",
+            AddPeerError::OwnKey => "the peer key is our own",
+            AddPeerError::PrefixCollision => "derived /64 collides with ours or another peer's",
+        })
+    }
+}
+
 /// Why [`Device::send`] refused a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {
@@ -513,14 +537,21 @@ impl Device {
     }
 
     /// Add a peer; its prefixes enter the routing table (moving them from other peers).
-    /// Adding a known public key again returns the existing id.
-    pub fn add_peer(&mut self, cfg: PeerConfig) -> PeerId {
-        if let Some(id) = self.by_key.get(&cfg.public_key) {
-            return *id;
+    ///
+    /// Refused (nothing changes): a low-order public key (the x25519 shared secret with it is
+    /// all zero, so every session key would be predictable), a key already configured, our own
+    /// key, and a key whose derived /64 equals ours or another peer's (the two would fight over
+    /// the prefix in the routing table).
+    pub fn add_peer(&mut self, cfg: PeerConfig) -> Result<PeerId, AddPeerError> {
+        if cfg.public_key == self.identity.public_key() {
+            return Err(AddPeerError::OwnKey);
         }
+        let Ok(ss) = noise::static_static(&self.identity, &cfg.public_key) else {
+            return Err(AddPeerError::LowOrderKey);
+        };
+        self.check_new_peer(&cfg.public_key, &ss, Prefix64::from_public_key(&cfg.public_key))?;
         let id = PeerId(self.next_peer_id);
         self.next_peer_id = self.next_peer_id.wrapping_add(1);
-        let ss = noise::static_static(&self.identity, &cfg.public_key).unwrap_or([0; 32]);
         if cfg.owns_derived_prefix {
             let p = Prefix64::from_public_key(&cfg.public_key);
             self.routes.insert(IpPrefix::v6(p.network(), 64), id);
@@ -559,7 +590,20 @@ impl Device {
             }),
         );
         self.by_key.insert(cfg.public_key, id);
-        id
+        Ok(id)
+    }
+
+    /// The duplicate and prefix checks of [`Device::add_peer`]. A key is a duplicate when its
+    /// bytes are known or when it names the same point as a known key (x25519 ignores the top
+    /// bit, so two encodings share one shared secret).
+    fn check_new_peer(&self, key: &[u8; 32], ss: &[u8; 32], derived: Prefix64) -> Result<(), AddPeerError> {
+        if self.by_key.contains_key(key) || self.peers.values().any(|p| crate::crypto::ct_eq(&p.static_static, ss)) {
+            return Err(AddPeerError::Duplicate);
+        }
+        if derived == self.identity.prefix() || self.peers.values().any(|p| Prefix64::from_public_key(&p.public) == derived) {
+            return Err(AddPeerError::PrefixCollision);
+        }
+        Ok(())
     }
 
     /// Remove a peer, its prefixes and all its session state.
@@ -1235,5 +1279,46 @@ pub fn inner_header(p: &[u8]) -> Option<(IpAddr, IpAddr, usize)> {
             Some((IpAddr::V4(s), IpAddr::V4(d), total))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Zero;
+    impl rand_core::RngCore for Zero {
+        fn next_u32(&mut self) -> u32 { 7 }
+        fn next_u64(&mut self) -> u64 { 7 }
+        fn fill_bytes(&mut self, d: &mut [u8]) { d.fill(7) }
+        fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), rand_core::Error> { d.fill(7); Ok(()) }
+    }
+    impl rand_core::CryptoRng for Zero {}
+
+    /// Two real keys with colliding 56-bit prefixes take ~2^28 key generations to find, so the
+    /// collision check is exercised directly with another peer's prefix.
+    #[test]
+    fn prefix_collision_is_refused() {
+        let me = Identity::from_secret_bytes([1; 32]);
+        let mut d = Device::new(me.clone(), Box::new(Zero));
+        let a = Identity::from_secret_bytes([2; 32]).public_key();
+        let b = Identity::from_secret_bytes([3; 32]).public_key();
+        d.add_peer(PeerConfig::new(a)).unwrap();
+        let ss_b = noise::static_static(&me, &b).unwrap();
+        assert_eq!(d.check_new_peer(&b, &ss_b, Prefix64::from_public_key(&b)), Ok(()));
+        assert_eq!(d.check_new_peer(&b, &ss_b, Prefix64::from_public_key(&a)), Err(AddPeerError::PrefixCollision));
+        assert_eq!(d.check_new_peer(&b, &ss_b, me.prefix()), Err(AddPeerError::PrefixCollision));
+    }
+
+    /// The same point in its other encoding (bit 255 set) is the same peer.
+    #[test]
+    fn alias_encoding_is_a_duplicate() {
+        let me = Identity::from_secret_bytes([1; 32]);
+        let mut d = Device::new(me, Box::new(Zero));
+        let a = Identity::from_secret_bytes([2; 32]).public_key();
+        d.add_peer(PeerConfig::new(a)).unwrap();
+        let mut alias = a;
+        alias[31] ^= 0x80;
+        assert_eq!(d.add_peer(PeerConfig::new(alias)), Err(AddPeerError::Duplicate));
     }
 }

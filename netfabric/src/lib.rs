@@ -56,8 +56,8 @@
 //! let mut b = Device::new(b_id.clone(), Box::new(OsRng));
 //! let b_addr: core::net::SocketAddr = "[fd00::2]:51820".parse().unwrap();
 //! let a_addr: core::net::SocketAddr = "[fd00::1]:51820".parse().unwrap();
-//! let pb = a.add_peer(PeerConfig::new(b_id.public_key()).with_endpoint(b_addr));
-//! let _pa = b.add_peer(PeerConfig::new(a_id.public_key()));
+//! let pb = a.add_peer(PeerConfig::new(b_id.public_key()).with_endpoint(b_addr)).unwrap();
+//! let _pa = b.add_peer(PeerConfig::new(a_id.public_key())).unwrap();
 //! let now = Instant::from_secs(1);
 //! // An IPv6 packet from A's node address to B's node address.
 //! let pkt = netfabric::ipv6::build_icmpv6_echo(a_id.node_address(), b_id.node_address(), true, 1, 1, b"hi");
@@ -90,7 +90,7 @@ pub mod tai64n;
 pub mod time;
 
 pub use device::{
-    Counters, Device, DropReason, Event, Output, PeerConfig, PeerCounters, PeerId, Received,
+    AddPeerError, Counters, Device, DropReason, Event, Output, PeerConfig, PeerCounters, PeerId, Received,
     SendError, Transmit,
 };
 pub use identity::{AddressAllocator, AddressKind, Identity, Prefix64};

@@ -309,7 +309,7 @@ impl Ctx<'_> {
 fn new_device(h: &Identity, l: &Identity, wg_ep: SocketAddr) -> (Device, PeerId) {
     let mut dev = Device::new(h.clone(), Box::new(OsRng));
     dev.set_unix_time_at_origin(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
-    let peer = dev.add_peer(PeerConfig::new(l.public_key()).with_endpoint(wg_ep));
+    let peer = dev.add_peer(PeerConfig::new(l.public_key()).with_endpoint(wg_ep)).unwrap();
     (dev, peer)
 }
 

@@ -62,8 +62,8 @@ fn seeds() -> (Vec<Vec<u8>>, Device, SocketAddr) {
     let ba: SocketAddr = "[fd00::b]:1".parse().unwrap();
     let mut a = Device::new(ia.clone(), Box::new(OsRng));
     let mut b = Device::new(ib.clone(), Box::new(OsRng));
-    a.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba));
-    b.add_peer(PeerConfig::new(ia.public_key()).with_endpoint(aa));
+    a.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba)).unwrap();
+    b.add_peer(PeerConfig::new(ia.public_key()).with_endpoint(aa)).unwrap();
     let now = Instant::from_secs(1);
     let pkt = build_icmpv6_echo(ia.node_address(), ib.node_address(), true, 1, 1, b"seed");
     let init = a.send(&pkt, now).unwrap().transmits.remove(0).data;
@@ -72,7 +72,7 @@ fn seeds() -> (Vec<Vec<u8>>, Device, SocketAddr) {
     b.set_under_load(true);
     let mut c = Device::new(ia.clone(), Box::new(OsRng));
     c.set_unix_time_at_origin(std::time::Duration::from_secs(99));
-    let pc = c.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba));
+    let pc = c.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba)).unwrap();
     let init2 = c.send_to(pc, &pkt, now).transmits.remove(0).data;
     let cookie = b.handle_incoming(&init2, aa, now).transmits.remove(0).data;
     b.set_under_load(false);

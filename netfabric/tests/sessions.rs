@@ -8,7 +8,7 @@ use std::time::Duration;
 use netfabric::device::timers::*;
 use netfabric::ipv6::build_icmpv6_echo;
 use netfabric::messages;
-use netfabric::{Device, DropReason, Event, Identity, Instant, IpPrefix, Output, PeerConfig, PeerId};
+use netfabric::{AddPeerError, Device, DropReason, Event, Identity, Instant, IpPrefix, Output, PeerConfig, PeerId};
 use rand_core::OsRng;
 
 struct Node {
@@ -27,8 +27,8 @@ fn pair() -> (Node, Node) {
     let mut db = Device::new(ib.clone(), Box::new(OsRng));
     da.set_unix_time_at_origin(Duration::from_secs(1_700_000_000));
     db.set_unix_time_at_origin(Duration::from_secs(1_700_000_000));
-    let pb = da.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba));
-    let pa = db.add_peer(PeerConfig::new(ia.public_key()).with_endpoint(aa));
+    let pb = da.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba)).unwrap();
+    let pa = db.add_peer(PeerConfig::new(ia.public_key()).with_endpoint(aa)).unwrap();
     (Node { id: ia, dev: da, addr: aa, peer: pb }, Node { id: ib, dev: db, addr: ba, peer: pa })
 }
 
@@ -248,7 +248,7 @@ fn wrongly_keyed_packets_are_rejected() {
     // An initiation made for a different responder key: mac1 fails, no answer at all.
     let stranger = Identity::generate(&mut OsRng);
     let mut c = Device::new(a.id.clone(), Box::new(OsRng));
-    let pc = c.add_peer(PeerConfig::new(stranger.public_key()).with_endpoint(b.addr));
+    let pc = c.add_peer(PeerConfig::new(stranger.public_key()).with_endpoint(b.addr)).unwrap();
     let o = c.send_to(pc, &ping(&a, &b, 1), now);
     let r = b.dev.handle_incoming(&o.transmits[0].data, a.addr, now);
     assert!(r.transmits.is_empty());
@@ -263,7 +263,7 @@ fn unknown_peer_gets_no_response() {
     // C knows B's public key (so mac1 is valid) but is not in B's allowlist.
     let ic = Identity::generate(&mut OsRng);
     let mut c = Device::new(ic.clone(), Box::new(OsRng));
-    let pb = c.add_peer(PeerConfig::new(b.id.public_key()).with_endpoint(b.addr));
+    let pb = c.add_peer(PeerConfig::new(b.id.public_key()).with_endpoint(b.addr)).unwrap();
     let o = c.send_to(pb, &build_icmpv6_echo(ic.node_address(), b.id.node_address(), true, 1, 1, b"x"), now);
     let r = b.dev.handle_incoming(&o.transmits[0].data, "[fd00:cc::1]:1".parse().unwrap(), now);
     assert!(r.transmits.is_empty() && r.packets.is_empty());
@@ -304,14 +304,13 @@ fn configured_prefixes_and_longest_match_pick_the_peer() {
     let (mut a, b) = pair();
     let ic = Identity::generate(&mut OsRng);
     let wide: Ipv6Addr = "fd50::".parse().unwrap();
-    a.dev.add_peer(PeerConfig::new(ic.public_key()).with_prefix(IpPrefix::v6(wide, 16)));
-    let pb2 = a.dev.add_peer(PeerConfig::new(b.id.public_key()));
-    assert_eq!(pb2, a.peer, "same key, same peer");
+    a.dev.add_peer(PeerConfig::new(ic.public_key()).with_prefix(IpPrefix::v6(wide, 16))).unwrap();
+    assert_eq!(a.dev.add_peer(PeerConfig::new(b.id.public_key())), Err(AddPeerError::Duplicate));
     // Give B a narrower prefix inside C's.
     let mut cfg = PeerConfig::new(b.id.public_key());
     cfg.allowed_prefixes.push(IpPrefix::v6("fd50:1::".parse().unwrap(), 32));
     a.dev.remove_peer(a.peer);
-    let pb = a.dev.add_peer(cfg.with_endpoint(b.addr));
+    let pb = a.dev.add_peer(cfg.with_endpoint(b.addr)).unwrap();
     let pc = a.dev.peer_by_key(&ic.public_key()).unwrap();
     let r = a.dev.routes();
     assert_eq!(r.lookup(&"fd50:1::9".parse().unwrap()), Some(pb));
@@ -347,7 +346,7 @@ fn cookie_reply_under_load_then_handshake_with_mac2() {
     let (mut a3, _b3) = pair();
     let mut a3b = Device::new(a.id.clone(), Box::new(OsRng));
     let _ = &mut a3;
-    let pb = a3b.add_peer(PeerConfig::new(b.id.public_key()).with_endpoint(b.addr));
+    let pb = a3b.add_peer(PeerConfig::new(b.id.public_key()).with_endpoint(b.addr)).unwrap();
     let o = a3b.send_to(pb, &ping(&a, &b, 9), t2);
     let r = b.dev.handle_incoming(&o.transmits[0].data, "[fd00:dd::1]:4".parse().unwrap(), t2);
     assert_eq!(dropped(&r), vec![DropReason::UnderLoad]);
@@ -363,7 +362,7 @@ fn automatic_load_detection_sends_cookies() {
     for i in 0..20u64 {
         let mut c = Device::new(a.id.clone(), Box::new(OsRng));
         c.set_unix_time_at_origin(Duration::from_secs(1_700_000_000 + i));
-        let pb = c.add_peer(PeerConfig::new(b.id.public_key()).with_endpoint(b.addr));
+        let pb = c.add_peer(PeerConfig::new(b.id.public_key()).with_endpoint(b.addr)).unwrap();
         let o = c.send_to(pb, &ping(&a, &b, 1), t);
         let r = b.dev.handle_incoming(&o.transmits[0].data, a.addr, t);
         if r.transmits.first().is_some_and(|x| x.data[0] == messages::TYPE_COOKIE_REPLY) {
@@ -440,7 +439,7 @@ fn persistent_keepalive() {
         PeerConfig::new(ib.public_key())
             .with_endpoint("[fd00::9]:1".parse().unwrap())
             .with_persistent_keepalive(Duration::from_secs(25)),
-    );
+    ).unwrap();
     // No session yet: the persistent keepalive starts a handshake.
     let o = a.tick(Instant::from_secs(1));
     assert!(o.events.contains(&Event::HandshakeInitiated(p)));
@@ -458,4 +457,37 @@ fn routing_roams_to_the_latest_authenticated_endpoint() {
     f[30] ^= 1;
     b.dev.handle_incoming(&f, "[fd00:ee::1]:1".parse().unwrap(), now);
     assert_eq!(b.dev.endpoint(b.peer), Some(new_addr));
+}
+
+fn hex32(s: &str) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, o) in b.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    b
+}
+
+/// Low-order points (their x25519 shared secret with any key is all zero), our own key and a
+/// known key are errors; the device is unchanged and still works.
+#[test]
+fn add_peer_refuses_low_order_own_and_duplicate_keys() {
+    let (mut a, b) = pair();
+    let low_order = [
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    ];
+    for k in low_order {
+        assert_eq!(a.dev.add_peer(PeerConfig::new(hex32(k))), Err(AddPeerError::LowOrderKey), "{k}");
+    }
+    assert_eq!(a.dev.add_peer(PeerConfig::new(a.id.public_key())), Err(AddPeerError::OwnKey));
+    assert_eq!(a.dev.add_peer(PeerConfig::new(b.id.public_key())), Err(AddPeerError::Duplicate));
+    assert_eq!(a.dev.peer_by_key(&[0; 32]), None);
+    assert_eq!(a.dev.routes().lookup(&b.id.node_address().into()), Some(a.peer));
+    let c = Identity::generate(&mut OsRng);
+    assert!(a.dev.add_peer(PeerConfig::new(c.public_key())).is_ok());
 }

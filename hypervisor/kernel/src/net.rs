@@ -429,9 +429,9 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
             }
         }
         if Cluster::is_cluster_file(data) {
-            match core::str::from_utf8(data).map_err(|_| "not UTF-8").and_then(|t| Cluster::parse(t).map_err(|_| "malformed")) {
+            match core::str::from_utf8(data).map_err(|_| String::from("not UTF-8")).and_then(|t| Cluster::parse(t).map_err(|e| alloc::format!("{e}"))) {
                 Ok(c) => cluster = c,
-                Err(e) => warn!(target: "net", "cluster file: {}", e),
+                Err(e) => warn!(target: "net", "cluster file rejected ({}): no peers", e),
             }
         }
     }

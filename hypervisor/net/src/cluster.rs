@@ -31,14 +31,37 @@ pub struct Cluster {
     pub members: Vec<Member>,
 }
 
+/// Most nodes a cluster file may list, and the longest node name: a cluster file comes from a
+/// boot module, and nothing in it may make the node allocate without bound.
+pub const MAX_MEMBERS: usize = 1024;
+pub const MAX_NAME: usize = 32;
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClusterError {
     BadMagic,
+    TooManyMembers,
+    /// 1-based line number and what is wrong with it.
     Line(usize, &'static str),
 }
 
+impl core::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ClusterError::BadMagic => write!(f, "first line is not \"{MAGIC}\""),
+            ClusterError::TooManyMembers => write!(f, "more than {MAX_MEMBERS} nodes"),
+            ClusterError::Line(n, why) => write!(f, "line {n}: {why}"),
+        }
+    }
+}
+
+/// Why a public key cannot be a fabric peer: all zero, or any other low-order point (its
+/// x25519 shared secret with every key is all zero). Checked with a throwaway secret.
+fn weak_key(key: &[u8; 32]) -> bool {
+    netfabric::noise::static_static(&netfabric::Identity::from_secret_bytes([0x42; 32]), key).is_err()
+}
+
 pub fn hex_decode32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -85,16 +108,46 @@ impl Cluster {
                 continue;
             }
             let w: Vec<&str> = l.split_whitespace().collect();
+            let line = |why| ClusterError::Line(n + 1, why);
             if w.len() != 5 || w[0] != "node" {
-                return Err(ClusterError::Line(n + 1, "expected: node NAME KEY ADDR PORT"));
+                return Err(line("expected: node NAME KEY ADDR PORT"));
             }
-            let public_key = hex_decode32(w[2]).ok_or(ClusterError::Line(n + 1, "bad public key"))?;
-            let underlay: Ipv6Addr = w[3].parse().map_err(|_| ClusterError::Line(n + 1, "bad IPv6 address"))?;
-            let port: u16 = w[4].parse().map_err(|_| ClusterError::Line(n + 1, "bad port"))?;
-            if members.iter().any(|m: &Member| m.public_key == public_key || m.name == w[1]) {
-                return Err(ClusterError::Line(n + 1, "duplicate node"));
+            let name = w[1];
+            if name.len() > MAX_NAME || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(line("bad name (1-32 of A-Z a-z 0-9 - _)"));
             }
-            members.push(Member { name: w[1].to_string(), public_key, underlay, port });
+            let public_key = hex_decode32(w[2]).ok_or(line("bad public key (64 hex digits)"))?;
+            if weak_key(&public_key) {
+                return Err(line("public key is a low-order point"));
+            }
+            let underlay: Ipv6Addr = w[3].parse().map_err(|_| line("bad IPv6 address"))?;
+            if underlay.is_unspecified() || underlay.is_multicast() || underlay.is_loopback() {
+                return Err(line("underlay address is unspecified, loopback or multicast"));
+            }
+            let port: u16 = w[4].parse().map_err(|_| line("bad port (1-65535)"))?;
+            if port == 0 {
+                return Err(line("port 0"));
+            }
+            if members.len() >= MAX_MEMBERS {
+                return Err(ClusterError::TooManyMembers);
+            }
+            let prefix = netfabric::identity::Prefix64::from_public_key(&public_key);
+            for m in &members {
+                let m: &Member = m;
+                if m.name == name {
+                    return Err(line("duplicate node name"));
+                }
+                if m.public_key == public_key {
+                    return Err(line("duplicate public key"));
+                }
+                if m.underlay == underlay && m.port == port {
+                    return Err(line("duplicate underlay address and port"));
+                }
+                if netfabric::identity::Prefix64::from_public_key(&m.public_key) == prefix {
+                    return Err(line("fabric /64 collides with another node's"));
+                }
+            }
+            members.push(Member { name: name.to_string(), public_key, underlay, port });
         }
         Ok(Cluster { members })
     }

@@ -343,11 +343,17 @@ impl Node {
                 continue;
             }
             let ep = SocketAddr::V6(SocketAddrV6::new(m.underlay, m.port, 0, 0));
-            let id = fabric.add_peer(
+            let id = match fabric.add_peer(
                 PeerConfig::new(m.public_key)
                     .with_endpoint(ep)
                     .with_persistent_keepalive(core::time::Duration::from_secs(25)),
-            );
+            ) {
+                Ok(id) => id,
+                Err(e) => {
+                    warn!(target: "net", "cluster: peer {} not added: {}", m.name, e);
+                    continue;
+                }
+            };
             let pfx = netfabric::identity::Prefix64::from_public_key(&m.public_key);
             peers.push(Peer { name: m.name.clone(), id, public_key: m.public_key, fabric_addr: pfx.node_address(), underlay: m.underlay, established: false });
         }

@@ -23,8 +23,8 @@ fn setup() -> Setup {
     let ba = "[fd00::b]:1".parse().unwrap();
     let mut a = Device::new(ia.clone(), Box::new(rand_core::OsRng));
     let mut b = Device::new(ib.clone(), Box::new(rand_core::OsRng));
-    a.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba));
-    b.add_peer(PeerConfig::new(ia.public_key()).with_endpoint(aa));
+    a.add_peer(PeerConfig::new(ib.public_key()).with_endpoint(ba)).unwrap();
+    b.add_peer(PeerConfig::new(ia.public_key()).with_endpoint(aa)).unwrap();
     let now = Instant::from_secs(1);
     let pkt = netfabric::ipv6::build_icmpv6_echo(ia.node_address(), ib.node_address(), true, 1, 1, b"x");
     let init = a.send(&pkt, now).unwrap().transmits.remove(0).data;

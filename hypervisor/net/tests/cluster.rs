@@ -1,0 +1,96 @@
+//! The cluster file parser rejects nonsense with a clear, line-numbered error (it comes from a
+//! boot module; the kernel logs the error and runs without peers, never panics).
+use catenary_net::cluster::{hex_encode, ClusterError, MAX_MEMBERS};
+use catenary_net::Cluster;
+use netfabric::Identity;
+
+fn key(seed: u8) -> String {
+    hex_encode(&Identity::from_secret_bytes([seed; 32]).public_key())
+}
+
+fn parse(body: &str) -> Result<Cluster, ClusterError> {
+    Cluster::parse(&format!("catenary-cluster v1\n# comment\n{body}"))
+}
+
+fn line_err(body: &str) -> (usize, &'static str) {
+    match parse(body) {
+        Err(ClusterError::Line(n, why)) => (n, why),
+        other => panic!("{body:?}: expected a line error, got {other:?}"),
+    }
+}
+
+#[test]
+fn good_file_parses() {
+    let c = parse(&format!("node a {} fe80::1 51820\n\nnode b-2 {} fe80::2 1\n", key(1), key(2))).unwrap();
+    assert_eq!(c.members.len(), 2);
+    assert_eq!(c.members[1].port, 1);
+}
+
+#[test]
+fn nonsense_is_a_clear_error() {
+    let (k1, k2) = (key(1), key(2));
+    let zero = "0".repeat(64);
+    let order8 = "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800";
+    let cases: Vec<(String, &str)> = vec![
+        (format!("node a {k1} fe80::1 0\n"), "port 0"),
+        (format!("node a {k1} fe80::1 65536\n"), "bad port (1-65535)"),
+        (format!("node a {k1} fe80::1 -1\n"), "bad port (1-65535)"),
+        (format!("node a {zero} fe80::1 1\n"), "public key is a low-order point"),
+        (format!("node a {order8} fe80::1 1\n"), "public key is a low-order point"),
+        (format!("node a {} fe80::1 1\n", &k1[..63]), "bad public key (64 hex digits)"),
+        (format!("node a +{} fe80::1 1\n", &k1[1..]), "bad public key (64 hex digits)"),
+        (format!("node a {}é fe80::1 1\n", &k1[..62]), "bad public key (64 hex digits)"),
+        (format!("node a {k1} 10.0.0.1 1\n"), "bad IPv6 address"),
+        (format!("node a {k1} :: 1\n"), "underlay address is unspecified, loopback or multicast"),
+        (format!("node a {k1} ff02::1 1\n"), "underlay address is unspecified, loopback or multicast"),
+        (format!("node a {k1} fe80::1 1 extra\n"), "expected: node NAME KEY ADDR PORT"),
+        (format!("peer a {k1} fe80::1 1\n"), "expected: node NAME KEY ADDR PORT"),
+        (format!("node a\u{0}b {k1} fe80::1 1\n"), "bad name (1-32 of A-Z a-z 0-9 - _)"),
+        (format!("node {} {k1} fe80::1 1\n", "n".repeat(33)), "bad name (1-32 of A-Z a-z 0-9 - _)"),
+    ];
+    for (body, why) in cases {
+        assert_eq!(line_err(&body), (3, why), "{body:?}");
+    }
+    let dups = [
+        (format!("node a {k1} fe80::1 1\nnode a {k2} fe80::2 1\n"), "duplicate node name"),
+        (format!("node a {k1} fe80::1 1\nnode b {k1} fe80::2 1\n"), "duplicate public key"),
+        (format!("node a {k1} fe80::1 1\nnode b {k2} fe80::1 1\n"), "duplicate underlay address and port"),
+    ];
+    for (body, why) in dups {
+        assert_eq!(line_err(&body), (4, why), "{body:?}");
+    }
+    assert_eq!(Cluster::parse("catenary-cluster v2\n"), Err(ClusterError::BadMagic));
+    assert_eq!(Cluster::parse(""), Err(ClusterError::BadMagic));
+    assert_eq!(ClusterError::Line(3, "port 0").to_string(), "line 3: port 0");
+}
+
+#[test]
+fn member_count_is_bounded() {
+    let mut body = String::new();
+    for i in 0..=MAX_MEMBERS {
+        let mut secret = [9u8; 32];
+        secret[1..3].copy_from_slice(&(i as u16).to_le_bytes());
+        let k = hex_encode(&Identity::from_secret_bytes(secret).public_key());
+        body.push_str(&format!("node n{i} {k} fe80::{:x} 51820\n", i + 1));
+    }
+    assert_eq!(parse(&body), Err(ClusterError::TooManyMembers));
+}
+
+/// Hostile bytes never panic the parser.
+#[test]
+fn arbitrary_text_never_panics() {
+    let mut x = 0x1234_5678u32;
+    for _ in 0..2000 {
+        let mut s = String::from("catenary-cluster v1\n");
+        for _ in 0..(x % 200) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            s.push(char::from_u32(x % 0x250).unwrap_or('?'));
+            if x % 7 == 0 {
+                s.push_str(" node a 1 fe80::1 ");
+            }
+        }
+        let _ = Cluster::parse(&s);
+    }
+}
