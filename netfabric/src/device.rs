@@ -38,6 +38,7 @@ use crate::messages::{
     RESPONSE_MAC1_OFFSET, TRANSPORT_HEADER_LEN,
 };
 use crate::noise::{self, InitiatorState, NoiseError};
+use crate::ratelimit::RateLimiter;
 use crate::replay::{ReplayError, ReplayWindow, REJECT_AFTER_MESSAGES};
 use crate::routing::{IpPrefix, RoutingTable};
 use crate::tai64n::Tai64n;
@@ -156,6 +157,8 @@ pub enum DropReason {
     InvalidMac1,
     /// Under load and mac2 missing or wrong: answered with a cookie reply instead.
     UnderLoad,
+    /// Under load, valid mac2, but the source exceeded its handshake rate ([`crate::ratelimit`]).
+    RateLimited,
     /// Initiation from a static key that is not an allowed peer.
     UnknownPeer,
     /// Handshake message that failed to decrypt/authenticate.
@@ -298,10 +301,14 @@ pub struct Counters {
     pub cookie_replies_sent: u64,
     pub cookie_replies_received: u64,
     pub handshakes_completed: u64,
+    /// Handshake messages that reached the Diffie-Hellman computations (the work the rate
+    /// limit bounds).
+    pub handshakes_processed: u64,
     pub send_no_route: u64,
     pub dropped_malformed: u64,
     pub dropped_invalid_mac1: u64,
     pub dropped_under_load: u64,
+    pub dropped_rate_limited: u64,
     pub dropped_unknown_peer: u64,
     pub dropped_handshake_failed: u64,
     pub dropped_initiation_replay: u64,
@@ -323,6 +330,7 @@ impl Counters {
             DropReason::Malformed => &mut self.dropped_malformed,
             DropReason::InvalidMac1 => &mut self.dropped_invalid_mac1,
             DropReason::UnderLoad => &mut self.dropped_under_load,
+            DropReason::RateLimited => &mut self.dropped_rate_limited,
             DropReason::UnknownPeer => &mut self.dropped_unknown_peer,
             DropReason::HandshakeFailed => &mut self.dropped_handshake_failed,
             DropReason::InitiationReplay => &mut self.dropped_initiation_replay,
@@ -344,6 +352,7 @@ impl Counters {
         self.dropped_malformed
             + self.dropped_invalid_mac1
             + self.dropped_under_load
+            + self.dropped_rate_limited
             + self.dropped_unknown_peer
             + self.dropped_handshake_failed
             + self.dropped_initiation_replay
@@ -476,6 +485,7 @@ pub struct Device {
     load_window_start: Instant,
     load_count: u32,
     under_load_until: Option<Instant>,
+    ratelimiter: RateLimiter,
     unix_at_origin: Duration,
     counters: Counters,
 }
@@ -502,6 +512,7 @@ impl Device {
             load_window_start: Instant::ZERO,
             load_count: 0,
             under_load_until: None,
+            ratelimiter: RateLimiter::default(),
             unix_at_origin: Duration::ZERO,
             counters: Counters::default(),
         }
@@ -534,6 +545,12 @@ impl Device {
     /// Handshake messages per second above which the device considers itself under load.
     pub fn set_load_threshold(&mut self, per_second: u32) {
         self.load_threshold = per_second;
+    }
+
+    /// Track at most `n` handshake sources in the per-source rate limit (default
+    /// [`crate::ratelimit::MAX_SOURCES`]); resets the limiter.
+    pub fn set_rate_limit_sources(&mut self, n: usize) {
+        self.ratelimiter = RateLimiter::with_capacity(n);
     }
 
     /// Add a peer; its prefixes enter the routing table (moving them from other peers).
@@ -878,7 +895,12 @@ impl Device {
         let secret = self.current_cookie_secret(now);
         let c = cookie::make_cookie(&secret, &src);
         if cookie::check_mac2(data, mac1_off, &c) {
-            return true;
+            // The source is proven; now bound the DH work it may cause.
+            if self.ratelimiter.allow(src.ip(), now) {
+                return true;
+            }
+            self.drop_pkt(out, None, DropReason::RateLimited);
+            return false;
         }
         let mut mac1 = [0u8; 16];
         if let Some(m) = data.get(mac1_off..mac1_off + 16) {
@@ -913,6 +935,7 @@ impl Device {
         if !self.check_macs(data, INITIATION_MAC1_OFFSET, m.sender, src, now, out) {
             return;
         }
+        self.counters.handshakes_processed += 1;
         let by_key = &self.by_key;
         let peers = &self.peers;
         let mut found = None;
@@ -980,6 +1003,10 @@ impl Device {
         let Some(&pid) = self.indices.get(&m.receiver) else {
             return self.drop_pkt(out, None, DropReason::UnknownIndex);
         };
+        let Some(p) = self.peers.get_mut(&pid) else { return };
+        if p.pending.as_ref().is_some_and(|pend| pend.state.sender == m.receiver) {
+            self.counters.handshakes_processed += 1;
+        }
         let Some(p) = self.peers.get_mut(&pid) else { return };
         let keys = match &p.pending {
             Some(pend) if pend.state.sender == m.receiver => {

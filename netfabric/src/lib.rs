@@ -84,6 +84,7 @@ pub mod ipc;
 pub mod ipv6;
 pub mod messages;
 pub mod noise;
+pub mod ratelimit;
 pub mod replay;
 pub mod routing;
 pub mod tai64n;
