@@ -10,6 +10,11 @@ PKGS=(
   gcc make flex bison bc libelf-dev libssl-dev xz-utils  # guest kernel build
   vde2 iproute2 iputils-ping wireguard-go wireguard-tools python3  # cluster networking, fabric interop tests
 )
+# cargo-fuzz (crates.io) runs the fuzz smoke tests of `cargo xtask test`.
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-fuzz" ]; then
+  echo "ci: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked -q
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

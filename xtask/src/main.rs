@@ -5,6 +5,7 @@
 mod bochs;
 mod build;
 mod cluster;
+mod fuzz;
 mod qemu;
 mod test;
 mod bench;
@@ -25,7 +26,10 @@ commands:
       --nodes N              N nodes on one vde switch (keys + cluster file generated), consoles prefixed [nodeK]
   iso [--test]              build the hybrid BIOS+UEFI ISO (GRUB; Limine too if `limine` is on PATH)
   guest                     build the guest kernel + initramfs bundle (cached)
-  test [--quick]            run every test; ends with `N passed, N failed`
+  test [--quick] [--only S] run every test; ends with `N passed, N failed, N skipped`
+                            (--only S: only the test groups whose names contain S; repeatable)
+  fuzz --smoke              every cargo-fuzz target for a few seconds (part of `test`)
+  fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
   bench boot|vm             benchmarks (print figures, never assert)
 ";
 
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         "iso" => build::cmd_iso(rest),
         "guest" => build::cmd_guest(rest),
         "test" => test::cmd_test(rest),
+        "fuzz" => fuzz::cmd_fuzz(rest),
         "bench" => bench::cmd_bench(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

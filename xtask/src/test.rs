@@ -100,6 +100,13 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
     if !only_kernel && selected("host::") {
         host_tests(&mut t);
     }
+    if !quick && !only_kernel && selected("fuzz::") {
+        // Every cargo-fuzz target for a few seconds with a fixed seed: the fuzz entry points
+        // build and survive a short run (longer runs: `cargo xtask fuzz --seconds N`).
+        let targets = crate::fuzz::all_targets();
+        println!("== fuzz smoke ({} targets, {}s each)", targets.len(), crate::fuzz::SMOKE_SECONDS);
+        crate::fuzz::run_targets(&mut t, &targets, crate::fuzz::SMOKE_SECONDS, "fuzz::");
+    }
     if !quick && (selected("vm_linux") || selected("bochs") || selected("soak")) {
         // The guest images (cached by config hash; ~10 min the first time on a new machine)
         // are needed by the Linux microVM tests under SVM and under VT-x (Bochs).
@@ -153,7 +160,8 @@ fn host_tests(t: &mut Tally) {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let log = out_dir().join("host-tests.log");
     let _ = std::fs::write(&log, &text);
-    let (mut p, mut f) = (0, 0);
+    // `#[ignore]`d tests did not run: they count as skipped.
+    let (mut p, mut f, mut ig) = (0, 0, 0);
     let mut suite = String::new();
     for line in text.lines() {
         if let Some(rest) = line.trim().strip_prefix("Running ") {
@@ -175,6 +183,7 @@ fn host_tests(t: &mut Tally) {
             };
             p += num("passed");
             f += num("failed");
+            ig += num("ignored");
         }
     }
     // A host test that cannot run here (no root, a missing tool) returns early after printing
@@ -191,11 +200,15 @@ fn host_tests(t: &mut Tally) {
         }
     }
     let s = skips.len().min(p);
-    println!("host: {} passed, {f} failed, {s} skipped (log: {})", p - s, log.display());
+    println!("host: {} passed, {f} failed, {} skipped (log: {})", p - s, s + ig, log.display());
     t.passed += p - s;
     t.failed += f;
     for (name, why) in skips.iter().take(s) {
         t.skip(&format!("host::{name}"), why);
+    }
+    if ig > 0 {
+        t.skip(&format!("host::{ig}-ignored-tests"), "#[ignore]d tests did not run");
+        t.skipped += ig - 1;
     }
     if !out.status.success() && f == 0 {
         t.record("host::cargo-test-build", false, &format!("cargo test failed to build; see {}", log.display()));
