@@ -25,13 +25,15 @@ fn main() {
     }
 
     // Test guests: assembled with binutils (as/objcopy come with gcc) into flat binaries.
-    let src = format!("{dir}/testguests/hostile.S");
-    println!("cargo:rerun-if-changed={src}");
-    let obj = format!("{out}/hostile.o");
-    let bin = format!("{out}/hostile.bin");
-    let ok = Command::new("as").args(["--32", "-msyntax=intel", "-mnaked-reg", "-o", &obj, &src]).status().map(|s| s.success()).unwrap_or(false)
-        && Command::new("objcopy").args(["-O", "binary", "-j", ".text", &obj, &bin]).status().map(|s| s.success()).unwrap_or(false);
-    if !ok {
-        panic!("assembling {src} failed: install binutils (apt-get install binutils)");
+    for guest in ["hostile", "flood"] {
+        let src = format!("{dir}/testguests/{guest}.S");
+        println!("cargo:rerun-if-changed={src}");
+        let obj = format!("{out}/{guest}.o");
+        let bin = format!("{out}/{guest}.bin");
+        let ok = Command::new("as").args(["--32", "-msyntax=intel", "-mnaked-reg", "-o", &obj, &src]).status().map(|s| s.success()).unwrap_or(false)
+            && Command::new("objcopy").args(["-O", "binary", "-j", ".text", &obj, &bin]).status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            panic!("assembling {src} failed: install binutils (apt-get install binutils)");
+        }
     }
 }

@@ -87,6 +87,12 @@ pub fn grow(frames: usize) -> Result<(), crate::memory::AllocError> {
     Ok(())
 }
 
+/// Bytes currently allocated from the heap (talc's counters).
+#[cfg(feature = "kernel")]
+pub fn used_bytes() -> u64 {
+    ALLOCATOR.lock().get_counters().allocated_bytes as u64
+}
+
 /// Total bytes given to the heap so far.
 pub fn size() -> u64 {
     HEAP_BYTES.load(Ordering::Relaxed)

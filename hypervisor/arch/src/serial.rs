@@ -78,7 +78,48 @@ pub fn init() {
     CONSOLE.lock().init();
 }
 
-/// Write formatted output to the console with interrupts off (no deadlock with IRQ handlers).
+/// Most bytes written per hold of the console lock (with interrupts off). A line up to this
+/// long comes out whole; a longer one in pieces (another CPU's line may land between them).
+pub const CHUNK: usize = 256;
+
+/// Formats into a stack buffer and writes it out `CHUNK` bytes per lock hold.
+struct Chunker {
+    buf: [u8; CHUNK],
+    len: usize,
+}
+
+impl Chunker {
+    fn flush(&mut self) {
+        let bytes = &self.buf[..self.len];
+        crate::cpu::without_interrupts(|| {
+            let u = CONSOLE.lock();
+            for &b in bytes {
+                if b == b'\n' {
+                    u.write_byte(b'\r');
+                }
+                u.write_byte(b);
+            }
+            drop(u);
+        });
+        self.len = 0;
+    }
+}
+
+impl fmt::Write for Chunker {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == CHUNK {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Write formatted output to the console: interrupts are off (no deadlock with IRQ handlers)
+/// and the lock held only while one chunk of at most `CHUNK` bytes goes out.
 pub fn write_fmt(args: fmt::Arguments) {
     use fmt::Write;
     if PANICKING.load(Ordering::Relaxed) {
@@ -86,9 +127,11 @@ pub fn write_fmt(args: fmt::Arguments) {
         let _ = Uart::new(COM1).write_fmt(args);
         return;
     }
-    crate::cpu::without_interrupts(|| {
-        let _ = CONSOLE.lock().write_fmt(args);
-    });
+    let mut c = Chunker { buf: [0; CHUNK], len: 0 };
+    let _ = c.write_fmt(args);
+    if c.len > 0 {
+        c.flush();
+    }
 }
 
 /// Switch the console to lock-free mode for the fault/panic path.

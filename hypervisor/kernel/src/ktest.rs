@@ -59,6 +59,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("vm_hostile_triple_fault", vm_hostile_triple_fault),
     ("vm_hostile_unsupported_mmio_insn", vm_hostile_unsupported_mmio_insn),
     ("vm_vcpu_loop_is_a_task", crate::ktest_core::vm_vcpu_loop_is_a_task),
+    ("console_flood_leaves_node_running", crate::ktest_console::console_flood_leaves_node_running),
 ];
 
 pub fn run(node: &Node) -> ! {

@@ -24,5 +24,8 @@ mod task;
 #[cfg(feature = "ktest")]
 mod ktest;
 #[cfg(feature = "ktest")]
+mod ktest_console;
+#[cfg(feature = "ktest")]
 mod ktest_core;
 mod vm;
+mod vmconsole;

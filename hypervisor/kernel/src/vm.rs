@@ -17,7 +17,9 @@ use alloc::string::String;
 use catenary_arch::virt::{self, GuestRam, Vcpu, VirtError};
 use catenary_arch::{cpu, time};
 use catenary_vmm::cpu::{Exit, StopReason, VcpuState};
-use catenary_vmm::{Action, EventDecision, MicroVm, VmConfig};
+use catenary_vmm::{Action, EventDecision, MicroVm, VmConfig, VmError};
+use crate::vmconsole::VmConsole;
+use core::sync::atomic::{AtomicBool, Ordering};
 use log::{info, warn};
 
 /// How a microVM run ended.
@@ -26,6 +28,10 @@ pub enum Ended {
     Stopped(StopReason),
     /// The hypervisor could not create or enter it.
     Failed(String),
+    /// A host allocation the guest caused (or its creation needed) failed: only this VM ends.
+    OutOfMemory,
+    /// The node stopped it (`run_stoppable`).
+    Killed,
 }
 
 pub struct RunReport {
@@ -39,8 +45,13 @@ pub struct RunReport {
     pub ready_ns: Option<u64>,
     /// Guest RAM the guest (or the loader) actually touched, i.e. populated chunks.
     pub touched_bytes: u64,
-    /// The guest's console lines (also printed as they arrive).
+    /// The guest's console lines as printed: the first and last 8 KiB (`vmconsole`).
     pub console: alloc::vec::Vec<String>,
+    /// Console bytes the guest wrote; those not printed (ring overwrites + discarded at the
+    /// end); those its ring overwrote while it ran.
+    pub console_written: u64,
+    pub console_dropped: u64,
+    pub console_overwritten: u64,
 }
 
 fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
@@ -80,8 +91,17 @@ pub struct NetAttach {
 
 /// Like `run_with`, with an optional virtio-net device linked to `netd`.
 pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
+    run_inner(name, image, ram_mib, disk, net, None)
+}
+
+/// Like `run`; the VM ends (`Ended::Killed`) soon after `stop` becomes true.
+pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
+    run_inner(name, image, ram_mib, None, None, Some(stop))
+}
+
+fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>) -> RunReport {
     let t0 = time::now_ns();
-    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new() };
+    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0 };
     let ram_size = ram_mib << 20;
     let mut ram = match GuestRam::new(ram_size) {
         Ok(r) => r,
@@ -95,7 +115,13 @@ pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
     let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
     cfg.virtio_blk = disk;
     cfg.virtio_net = net.map(|n| n.mac);
-    let mut vm = MicroVm::new(cfg, &host_cpuid);
+    let (mut vm, mut console) = match (MicroVm::try_new(cfg, &host_cpuid), VmConsole::try_new(name, t0)) {
+        (Ok(vm), Some(c)) => (vm, c),
+        _ => {
+            report.ended = Ended::OutOfMemory;
+            return report;
+        }
+    };
     let setup = match image {
         Image::LinuxPvh { vmlinux, initrd, cmdline } => {
             let cmd = format!("{} {}", cmdline, vm.kernel_cmdline_extras());
@@ -139,10 +165,13 @@ pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
     info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, backend {}, created in {} us (RAM {} us, image load {} us)",
         ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000, (t_ram - t0) / 1000, (t_loaded - t_ram) / 1000);
     vcpu.set_state(&state);
-    let mut console = Console { name, t0, ready: None, lines: alloc::vec::Vec::new(), net };
-    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console);
+    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop);
+    console.drain(vm.console(), time::now_ns(), true);
     report.ready_ns = console.ready;
-    report.console = console.lines;
+    report.console = console.lines();
+    report.console_written = vm.console().written;
+    report.console_dropped = vm.console().dropped + console.discarded;
+    report.console_overwritten = vm.console().dropped;
     report.exits = vm.stats().total_exits();
     report.exits_by_reason = vm.stats().exits_by_reason().collect();
     report.overhead_bytes = vcpu.overhead_bytes() + core::mem::size_of::<MicroVm>() as u64;
@@ -153,14 +182,6 @@ pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
     drop(vcpu);
     drop(ram);
     report
-}
-
-struct Console<'a> {
-    name: &'a str,
-    t0: u64,
-    ready: Option<u64>,
-    lines: alloc::vec::Vec<String>,
-    net: Option<NetAttach>,
 }
 
 /// Move frames between the guest's virtio-net device and `netd`.
@@ -175,31 +196,16 @@ fn net_sync(vm: &mut MicroVm, ram: &mut GuestRam, net: Option<NetAttach>) {
     }
 }
 
-impl Console<'_> {
-    fn drain(&mut self, vm: &mut MicroVm, tail: bool) {
-        let mut lines = vm.take_console_lines();
-        if tail {
-            lines.extend(vm.take_console_tail());
-        }
-        for line in lines {
-            if self.ready.is_none() && line.contains("catenary-init: ready") {
-                self.ready = Some(time::now_ns() - self.t0);
-            }
-            catenary_arch::println!("[vm:{}] {}", self.name, line);
-            if self.lines.len() < 10_000 {
-                self.lines.push(line);
-            }
-        }
-    }
-}
-
 /// Longest a halted vCPU's task sleeps before polling the device model again.
 const HALT_POLL_NS: u64 = 1_000_000;
 
-fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut Console) -> Ended {
-    let name = console.name;
+fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut VmConsole, name: &str, net: Option<NetAttach>, stop: Option<&AtomicBool>) -> Ended {
     let mut st = vcpu.state();
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
     loop {
+        if stopped() {
+            return Ended::Killed;
+        }
         let now = time::now_ns();
         vm.poll(now);
         let ev = if vcpu.reinjection_pending() { EventDecision::None } else { vm.next_event(&st) };
@@ -227,23 +233,33 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
             let _ = vm.handle_exit(exit, &mut st, ram, now);
             continue;
         }
-        let action = vm.handle_exit(exit, &mut st, ram, time::now_ns());
+        let now = time::now_ns();
+        let action = vm.handle_exit(exit, &mut st, ram, now);
         vcpu.set_state(&st);
-        console.drain(vm, false);
-        net_sync(vm, ram, console.net);
+        console.drain(vm.console(), now, false);
+        net_sync(vm, ram, net);
+        if vm.out_of_memory() {
+            return Ended::OutOfMemory;
+        }
         match action {
             Ok(Action::Resume) => {}
             Ok(Action::Halt) => {
                 // Wait (host halts between timer ticks) until the guest has an interrupt.
                 loop {
-                    net_sync(vm, ram, console.net);
+                    net_sync(vm, ram, net);
+                    if vm.out_of_memory() {
+                        return Ended::OutOfMemory;
+                    }
                     vm.poll(time::now_ns());
+                    console.drain(vm.console(), time::now_ns(), false);
                     if vm.pending_irq().is_some() || vm.pending_exception().is_some() {
                         break;
                     }
                     if let Some(r) = vm.stop_reason().cloned() {
-                        console.drain(vm, true);
                         return Ended::Stopped(r);
+                    }
+                    if stopped() {
+                        return Ended::Killed;
                     }
                     // Block this task (other tasks run on this CPU meanwhile) until the
                     // device model's next deadline, at most 1 ms; the sleep ends on a host tick.
@@ -254,10 +270,8 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                     }
                 }
             }
-            Ok(Action::Stop(r)) => {
-                console.drain(vm, true);
-                return Ended::Stopped(r);
-            }
+            Ok(Action::Stop(r)) => return Ended::Stopped(r),
+            Err(VmError::OutOfMemory) => return Ended::OutOfMemory,
             Err(e) => {
                 warn!(target: "vmm", "{name}: device model rejected an exit: {e:?}");
                 return Ended::Failed(format!("{e:?}"));
@@ -271,6 +285,11 @@ pub fn report(name: &str, r: &RunReport) {
     match &r.ended {
         Ended::Stopped(reason) => info!(target: "vmm", "microVM {name} ended: {reason} ({} exits, {} ms)", r.exits, r.wall_ns / 1_000_000),
         Ended::Failed(why) => warn!(target: "vmm", "microVM {name} failed: {why}"),
+        Ended::Killed => info!(target: "vmm", "microVM {name} stopped by the node ({} exits, {} ms)", r.exits, r.wall_ns / 1_000_000),
+        Ended::OutOfMemory => warn!(target: "vmm", "microVM {name} ended: out of host memory (only this VM stopped)"),
+    }
+    if r.console_dropped > 0 {
+        info!(target: "vmm", "microVM {name}: console {} bytes written, {} dropped", r.console_written, r.console_dropped);
     }
 }
 
@@ -297,6 +316,8 @@ fn flat32(entry: u64) -> VcpuState {
 /// The hostile test guest (testguests/hostile.S), assembled at build time.
 pub const HOSTILE_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.bin"));
 pub const HOSTILE_LOAD: u64 = 0x10000;
+/// The console test guest (testguests/flood.S), loaded at `HOSTILE_LOAD` too.
+pub const FLOOD_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flood.bin"));
 
 /// The guest image bundle (a cpio boot module holding vmlinux, bzImage, initramfs.cpio.gz).
 pub struct GuestBundle {

@@ -476,4 +476,7 @@ pub enum Action {
 pub enum VmError {
     /// The exit carried impossible values (e.g. I/O size 3).
     BadExit(&'static str),
+    /// A host allocation for guest-driven work failed (virtqueue chains, frames, console):
+    /// the VM ends, the node does not.
+    OutOfMemory,
 }

@@ -327,16 +327,17 @@ pub fn virtqueue(data: &[u8]) {
         t.write(0x44, 4, 1, &mut mem);
     }
     t.write(0x70, 4, 0xf, &mut mem);
+    let mut ring = crate::console::ConsoleRing::try_new(4096).expect("small ring");
     for _ in 0..4 {
         t.write(0x50, 4, 0, &mut mem);
         t.write(0x50, 4, 1, &mut mem);
+        t.process_console_tx(&mut mem, &mut ring);
         t.kick_rx(&mut mem);
         let _ = mem.write_u16(0, 0); // perturb
     }
     for off in (0..0x120).step_by(4) {
         let _ = t.read(off, 4);
     }
-    let _ = t.take_output();
     let _ = t.take_tx_frames();
     let _ = t.push_rx_frame(&[0x44u8; 60], &mut mem);
 }

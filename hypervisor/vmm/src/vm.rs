@@ -1,7 +1,7 @@
 //! The microVM device model: exit dispatch, port/MMIO buses, interrupt plumbing, stats.
 
 use crate::boot::layout;
-use crate::console::ConsoleSink;
+use crate::console::{ConsoleRing, RING_BYTES};
 use crate::cpu::*;
 use crate::cpuid::{guest_cpuid, CpuidConfig};
 use crate::devices::misc::{MiscEffect, PostPort, ResetPorts, I8042};
@@ -57,6 +57,8 @@ pub struct VmConfig {
     /// A virtio-net device with this MAC.
     pub virtio_net: Option<[u8; 6]>,
     pub queue_size: u16,
+    /// Size of the console ring (UART + virtio-console output not yet printed).
+    pub console_ring_bytes: usize,
 }
 
 impl VmConfig {
@@ -72,6 +74,7 @@ impl VmConfig {
             virtio_blk: None,
             virtio_net: None,
             queue_size: 256,
+            console_ring_bytes: RING_BYTES,
         }
     }
 }
@@ -105,12 +108,16 @@ fn exit_index(e: &Exit) -> usize {
     }
 }
 
+/// Distinct ports counted in [`Stats::io_by_port`].
+pub const MAX_PORTS_TRACKED: usize = 256;
+
 /// Counters for the benchmark and for hostile-guest reports.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     /// Exits by reason, indexed like [`EXIT_NAMES`].
     pub exits: [u64; 18],
-    /// Port I/O exits by port.
+    /// Port I/O exits by port (the first [`MAX_PORTS_TRACKED`] distinct ports; the rest are
+    /// only in `exits`: a guest must not grow host memory by touching every port).
     pub io_by_port: BTreeMap<u16, u64>,
     pub unknown_port_reads: u64,
     pub unknown_port_writes: u64,
@@ -189,7 +196,9 @@ pub struct MicroVm {
     pub virtio: Vec<VirtioMmio>,
     pub msrs: MsrState,
     host_cpuid: HostCpuidTable,
-    console: ConsoleSink,
+    console: ConsoleRing,
+    #[cfg(any(test, feature = "fuzzing"))]
+    lines: crate::console::LineSplitter,
     stats: Stats,
     pending: Option<Injection>,
     stopped: Option<StopReason>,
@@ -198,10 +207,17 @@ pub struct MicroVm {
 type Outcome = Result<Action, VmError>;
 
 impl MicroVm {
+    /// Create the device model (panics if the console ring cannot be allocated: for tests and
+    /// tools; the kernel uses [`MicroVm::try_new`]).
+    pub fn new(cfg: VmConfig, host_cpuid: &dyn Fn(u32, u32) -> [u32; 4]) -> Self {
+        Self::try_new(cfg, host_cpuid).expect("console ring allocation")
+    }
+
     /// Create the device model. `host_cpuid` is queried once, here.
     /// The disk image in `cfg.virtio_blk` moves into the device (`cfg.virtio_blk` is `None`
-    /// afterwards).
-    pub fn new(mut cfg: VmConfig, host_cpuid: &dyn Fn(u32, u32) -> [u32; 4]) -> Self {
+    /// afterwards). Fails only if the console ring cannot be allocated.
+    pub fn try_new(mut cfg: VmConfig, host_cpuid: &dyn Fn(u32, u32) -> [u32; 4]) -> Result<Self, VmError> {
+        let console = ConsoleRing::try_new(cfg.console_ring_bytes).map_err(|_| VmError::OutOfMemory)?;
         let mut virtio = Vec::new();
         let mut irqs = VIRTIO_IRQS.iter();
         let mut base = layout::MMIO_BASE;
@@ -223,7 +239,7 @@ impl MicroVm {
                 virtio.push(VirtioMmio::new(base, irq, Device::Net(VirtioNet::new(mac)), qs));
             }
         }
-        MicroVm {
+        Ok(MicroVm {
             pic: DualPic::new(),
             pit: Pit::new(),
             uart: Uart::new(),
@@ -234,12 +250,14 @@ impl MicroVm {
             virtio,
             msrs: MsrState::new(cfg.tsc_khz),
             host_cpuid: HostCpuidTable::capture(host_cpuid),
-            console: ConsoleSink::default(),
+            console,
+            #[cfg(any(test, feature = "fuzzing"))]
+            lines: Default::default(),
             stats: Stats::default(),
             pending: None,
             stopped: None,
             cfg,
-        }
+        })
     }
 
     /// Kernel command-line fragment describing this VM's devices for Linux:
@@ -260,17 +278,30 @@ impl MicroVm {
         &self.stats
     }
 
-    /// Console lines (UART + virtio-console) completed since the last call; the kernel prints
-    /// each as `[vm:<name>] <line>`.
-    pub fn take_console_lines(&mut self) -> Vec<String> {
-        self.collect_output();
-        self.console.take_lines()
+    /// The console ring: UART and virtio-console output not yet printed (the kernel drains
+    /// it at the VM's rate limit; see [`crate::console`]).
+    pub fn console(&mut self) -> &mut ConsoleRing {
+        &mut self.console
     }
 
-    /// Like [`MicroVm::take_console_lines`] but includes an unterminated last line (VM end).
-    pub fn take_console_tail(&mut self) -> Vec<String> {
-        self.collect_output();
-        self.console.take_all()
+    /// Complete console lines in the ring (tests and fuzzing; the kernel drains the ring).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn take_console_lines(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = self.console.pop(&mut buf);
+            if n == 0 {
+                break;
+            }
+            self.lines.feed(&buf[..n], |l| out.push(String::from_utf8_lossy(l).into_owned()));
+        }
+        out
+    }
+
+    /// A device could not get host memory for guest-driven work: the VM must end.
+    pub fn out_of_memory(&self) -> bool {
+        self.virtio.iter().any(|d| d.out_of_memory)
     }
 
     /// Host input for the guest console (UART RX and virtio-console receiveq).
@@ -411,15 +442,6 @@ impl MicroVm {
         }
     }
 
-    fn collect_output(&mut self) {
-        let out = self.uart.take_output();
-        self.console.push(&out);
-        for d in &mut self.virtio {
-            let o = d.take_output();
-            self.console.push(&o);
-        }
-    }
-
     // ----- exit handling ------------------------------------------------------------------------
 
     /// Handle one VM exit. See the crate docs for the contract.
@@ -430,7 +452,6 @@ impl MicroVm {
         self.stats.exits[exit_index(&exit)] += 1;
         let r = self.dispatch(exit, cpu, mem, now_ns);
         self.poll(now_ns);
-        self.collect_output();
         if let Ok(Action::Stop(reason)) = &r {
             self.stopped = Some(reason.clone());
         }
@@ -474,7 +495,9 @@ impl MicroVm {
                 if !matches!(size, 1 | 2 | 4) {
                     return Err(VmError::BadExit("I/O size must be 1, 2 or 4"));
                 }
-                *self.stats.io_by_port.entry(port).or_insert(0) += 1;
+                if self.stats.io_by_port.len() < MAX_PORTS_TRACKED || self.stats.io_by_port.contains_key(&port) {
+                    *self.stats.io_by_port.entry(port).or_insert(0) += 1;
+                }
                 if string {
                     return self.string_io(port, size, write, rep, cpu, mem, now_ns);
                 }
@@ -638,7 +661,9 @@ impl MicroVm {
                 MiscEffect::None
             }
             p if (COM1_BASE..COM1_BASE + 8).contains(&p) => {
-                self.uart.io_write(p - COM1_BASE, v);
+                if let Some(b) = self.uart.io_write(p - COM1_BASE, v) {
+                    self.console.push_byte(b);
+                }
                 MiscEffect::None
             }
             p if Rtc::handles(p) => {
@@ -808,7 +833,13 @@ impl MicroVm {
             Some(d) => {
                 let off = gpa - d.base;
                 match op {
-                    MmioOp::Store { value, .. } => d.write(off, size, value, mem),
+                    MmioOp::Store { value, .. } => {
+                        d.write(off, size, value, mem);
+                        d.process_console_tx(mem, &mut self.console);
+                        if d.out_of_memory {
+                            return Err(VmError::OutOfMemory);
+                        }
+                    }
                     MmioOp::Load { .. } => {
                         let v = d.read(off, size);
                         complete_load(cpu, &op, v);

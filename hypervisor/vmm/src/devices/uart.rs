@@ -2,12 +2,12 @@
 //!
 //! Transmit is instantaneous: every THR write leaves THR/TSR empty at once, raising the THRE
 //! interrupt when enabled, which is what Linux's 8250 driver needs in interrupt mode. Receive
-//! data comes from a host-side input queue ([`Uart::push_input`]). Loopback (MCR bit 4) routes
+//! data comes from a host-side input queue ([`Uart::push_input`]). Transmitted bytes are
+//! returned by [`Uart::io_write`] and go straight into the VM's bounded console ring. Loopback (MCR bit 4) routes
 //! THR to RBR and MCR outputs to the MSR inputs, which Linux's autoconfig probe checks. The
 //! IRQ line is gated by MCR.OUT2 as on a PC.
 
 use alloc::collections::VecDeque;
-use alloc::vec::Vec;
 
 pub const COM1_BASE: u16 = 0x3f8;
 pub const COM1_IRQ: u8 = 4;
@@ -39,8 +39,6 @@ pub struct Uart {
     thr_ipending: bool,
     rx: VecDeque<u8>,
     host_input: VecDeque<u8>,
-    /// Transmitted bytes not yet collected by the VM's console sink.
-    out: Vec<u8>,
 }
 
 impl Default for Uart {
@@ -64,7 +62,6 @@ impl Uart {
             thr_ipending: false,
             rx: VecDeque::new(),
             host_input: VecDeque::new(),
-            out: Vec::new(),
         }
     }
 
@@ -88,11 +85,6 @@ impl Uart {
                 None => break,
             }
         }
-    }
-
-    /// Take transmitted bytes.
-    pub fn take_output(&mut self) -> Vec<u8> {
-        core::mem::take(&mut self.out)
     }
 
     fn lsr(&self) -> u8 {
@@ -183,8 +175,10 @@ impl Uart {
         }
     }
 
-    pub fn io_write(&mut self, offset: u16, v: u8) {
+    /// Register write; returns the byte transmitted on the line, if any.
+    pub fn io_write(&mut self, offset: u16, v: u8) -> Option<u8> {
         let dlab = self.lcr & LCR_DLAB != 0;
+        let mut tx = None;
         match offset {
             0 if dlab => self.dll = v,
             0 => {
@@ -194,8 +188,8 @@ impl Uart {
                     } else {
                         self.lsr_err |= LSR_OE;
                     }
-                } else if self.out.len() < 1 << 20 {
-                    self.out.push(v);
+                } else {
+                    tx = Some(v);
                 }
                 // Transmitted instantly: THR empty again.
                 self.thr_ipending = true;
@@ -232,6 +226,7 @@ impl Uart {
             7 => self.scr = v,
             _ => {}
         }
+        tx
     }
 }
 
@@ -264,10 +259,9 @@ mod tests {
         u.io_write(3, 0x03);
         // loopback data path
         u.io_write(4, 0x10);
-        u.io_write(0, 0x55);
+        assert_eq!(u.io_write(0, 0x55), None); // looped back, not transmitted
         assert_eq!(u.io_read(5) & 1, 1);
         assert_eq!(u.io_read(0), 0x55);
-        assert!(u.take_output().is_empty());
         u.io_write(4, 0x0b);
     }
 
@@ -280,11 +274,9 @@ mod tests {
         assert!(u.irq_level());
         assert_eq!(u.io_read(2) & 0x0f, 0x02);
         assert!(!u.irq_level()); // IIR read cleared THRE
-        for b in b"hi\n" {
-            u.io_write(0, *b);
-        }
+        let out: alloc::vec::Vec<u8> = b"hi\n".iter().filter_map(|b| u.io_write(0, *b)).collect();
         assert!(u.irq_level());
-        assert_eq!(u.take_output(), b"hi\n");
+        assert_eq!(out, b"hi\n");
         // disabling THRE interrupts drops the line
         u.io_write(1, 0);
         assert!(!u.irq_level());

@@ -6,7 +6,6 @@
 
 use super::queue::{Chain, Queue, QueueError};
 use crate::mem::GuestMemory;
-use alloc::vec;
 use alloc::vec::Vec;
 
 pub const VIRTIO_BLK_T_IN: u32 = 0;
@@ -101,13 +100,16 @@ impl VirtioBlk {
                 let Some(r) = range(len, self.disk.len() as u64) else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
-                let mut buf = vec![0u8; r.len()];
-                match c.read_at(mem, 16, &mut buf) {
-                    Ok(n) if n == buf.len() => {
+                // Straight from guest memory into the disk: no host buffer the size of the
+                // guest's request. A chain that is unreadable part-way leaves the sectors
+                // partly written and answers IOERR, as a real disk may.
+                let Some(dst) = self.disk.get_mut(r) else {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                };
+                let want = dst.len();
+                match c.read_at(mem, 16, dst) {
+                    Ok(n) if n == want => {
                         self.writes += 1;
-                        if let Some(dst) = self.disk.get_mut(r) {
-                            dst.copy_from_slice(&buf);
-                        }
                         (VIRTIO_BLK_S_OK, 0)
                     }
                     _ => (VIRTIO_BLK_S_IOERR, 0),

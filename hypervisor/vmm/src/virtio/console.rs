@@ -2,18 +2,20 @@
 //! queue 1 = transmitq (guest → host console sink).
 
 use super::queue::{Queue, QueueError};
+use crate::console::ConsoleRing;
 use crate::mem::GuestMemory;
 use alloc::collections::VecDeque;
-use alloc::vec;
-use alloc::vec::Vec;
 
-/// Per-chain cap on bytes taken from one transmit buffer (the rest is dropped and counted).
-const MAX_TX_CHAIN: u64 = 64 * 1024;
+/// Per-chain cap on bytes taken from one transmit buffer (the rest is dropped and counted):
+/// Linux's hvc driver writes at most a page at a time.
+pub const MAX_TX_CHAIN: u64 = 4096;
+/// Host input bytes queued for the guest.
+pub const MAX_INPUT: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct VirtioConsole {
     pub input: VecDeque<u8>,
-    pub output: Vec<u8>,
+    /// Bytes of transmit chains beyond [`MAX_TX_CHAIN`] (also counted in the ring's drops).
     pub dropped_tx: u64,
 }
 
@@ -32,25 +34,38 @@ impl VirtioConsole {
 
     pub fn push_input(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            if self.input.len() < 64 * 1024 {
+            if self.input.len() < MAX_INPUT {
                 self.input.push_back(b);
             }
         }
     }
 
-    pub fn process_tx(&mut self, q: &mut Queue, mem: &mut dyn GuestMemory) -> Result<bool, QueueError> {
+    /// Copy every transmit chain into `out` (through a stack buffer: no allocation).
+    pub fn process_tx(&mut self, q: &mut Queue, mem: &mut dyn GuestMemory, out: &mut ConsoleRing) -> Result<bool, QueueError> {
         let mut any = false;
+        let mut buf = [0u8; 512];
         while let Some(c) = q.pop(mem)? {
-            let total = c.readable_len();
-            let take = core::cmp::min(total, MAX_TX_CHAIN);
-            self.dropped_tx += total - take;
-            let mut buf = vec![0u8; take as usize];
-            let n = c.read_at(mem, 0, &mut buf).unwrap_or(0);
-            if self.output.len() < 1 << 20 {
-                self.output.extend_from_slice(&buf[..n]);
-            } else {
-                self.dropped_tx += n as u64;
+            let mut budget = MAX_TX_CHAIN;
+            'descs: for d in c.readable() {
+                let mut off = 0u64;
+                while off < d.len as u64 {
+                    if budget == 0 {
+                        break 'descs;
+                    }
+                    let n = (d.len as u64 - off).min(buf.len() as u64).min(budget) as usize;
+                    // An unreadable buffer ends this chain's output (the chain is still used).
+                    let Some(at) = d.addr.checked_add(off) else { break 'descs };
+                    if mem.read(at, &mut buf[..n]).is_err() {
+                        break 'descs;
+                    }
+                    out.push(&buf[..n]);
+                    off += n as u64;
+                    budget -= n as u64;
+                }
             }
+            let excess = c.readable_len().saturating_sub(MAX_TX_CHAIN);
+            self.dropped_tx += excess;
+            out.dropped += excess;
             q.add_used(mem, c.head, 0)?;
             any = true;
         }
@@ -62,8 +77,7 @@ impl VirtioConsole {
         while !self.input.is_empty() {
             let Some(c) = q.pop(mem)? else { break };
             let cap = core::cmp::min(c.writable_len(), self.input.len() as u64) as usize;
-            let data: Vec<u8> = self.input.iter().take(cap).copied().collect();
-            let n = c.write_at(mem, 0, &data).unwrap_or(0);
+            let n = c.write_at(mem, 0, &self.input.make_contiguous()[..cap]).unwrap_or(0);
             self.input.drain(..n);
             q.add_used(mem, c.head, n as u32)?;
             any = true;

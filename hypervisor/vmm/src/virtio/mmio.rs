@@ -4,6 +4,7 @@ use super::blk::VirtioBlk;
 use super::console::VirtioConsole;
 use super::net::VirtioNet;
 use super::queue::{Queue, QueueError};
+use crate::console::ConsoleRing;
 use crate::mem::GuestMemory;
 use alloc::vec::Vec;
 
@@ -82,6 +83,13 @@ pub struct VirtioMmio {
     /// The last queue error (device is in NEEDS_RESET until the driver resets it).
     pub error: Option<QueueError>,
     pub notifies: u64,
+    /// The driver notified the console transmit queue; [`VirtioMmio::process_console_tx`]
+    /// moves its buffers into the VM's console ring.
+    console_tx_pending: bool,
+    /// A host allocation for this device failed: the VM must end ([`VmError::OutOfMemory`]).
+    ///
+    /// [`VmError::OutOfMemory`]: crate::cpu::VmError::OutOfMemory
+    pub out_of_memory: bool,
 }
 
 impl VirtioMmio {
@@ -101,6 +109,8 @@ impl VirtioMmio {
             config_generation: 0,
             error: None,
             notifies: 0,
+            console_tx_pending: false,
+            out_of_memory: false,
         }
     }
 
@@ -127,6 +137,7 @@ impl VirtioMmio {
         self.queue_sel = 0;
         self.interrupt_status = 0;
         self.error = None;
+        self.console_tx_pending = false;
     }
 
     fn sel_queue(&mut self) -> Option<&mut Queue> {
@@ -252,6 +263,9 @@ impl VirtioMmio {
     }
 
     fn fail(&mut self, e: QueueError) {
+        if e == QueueError::OutOfMemory {
+            self.out_of_memory = true;
+        }
         self.error = Some(e);
         self.status |= STATUS_NEEDS_RESET;
         self.interrupt_status |= INT_CONFIG;
@@ -272,7 +286,10 @@ impl VirtioMmio {
         }
         let r = match (&mut self.dev, qi) {
             (Device::Blk(b), 0) => b.process(q, mem),
-            (Device::Console(c), 1) => c.process_tx(q, mem),
+            (Device::Console(_), 1) => {
+                self.console_tx_pending = true;
+                Ok(false)
+            }
             (Device::Console(c), 0) => c.process_rx(q, mem),
             (Device::Net(n), 1) => n.process_tx(q, mem),
             (Device::Net(n), 0) => n.process_rx(q, mem),
@@ -293,11 +310,19 @@ impl VirtioMmio {
             }
     }
 
-    /// Bytes the guest transmitted (console).
-    pub fn take_output(&mut self) -> Vec<u8> {
-        match &mut self.dev {
-            Device::Console(c) => core::mem::take(&mut c.output),
-            _ => Vec::new(),
+    /// Move what the guest queued on the console transmit queue into `out` (the VM's ring).
+    pub fn process_console_tx(&mut self, mem: &mut dyn GuestMemory, out: &mut ConsoleRing) {
+        if !core::mem::take(&mut self.console_tx_pending) || !self.usable() {
+            return;
+        }
+        let (Device::Console(c), Some(q)) = (&mut self.dev, self.queues.get_mut(1)) else { return };
+        if !q.ready {
+            return;
+        }
+        match c.process_tx(q, mem, out) {
+            Ok(true) => self.interrupt_status |= INT_USED,
+            Ok(false) => {}
+            Err(e) => self.fail(e),
         }
     }
 
@@ -464,7 +489,23 @@ mod tests {
         m.write(0x8000, b"hello\n").unwrap();
         tx.add(&mut m, &[(0x8000, 6, false)]);
         t.write(0x50, 4, 1, &mut m);
-        assert_eq!(t.take_output(), b"hello\n");
+        let mut ring = ConsoleRing::try_new(64).unwrap();
+        t.process_console_tx(&mut m, &mut ring);
+        let mut o = [0u8; 64];
+        assert_eq!(ring.pop(&mut o), 6);
+        assert_eq!(&o[..6], b"hello\n");
+        assert!(t.irq_level());
+        // A chain longer than MAX_TX_CHAIN: only its first MAX_TX_CHAIN bytes are taken.
+        use super::super::console::MAX_TX_CHAIN;
+        tx.add(&mut m, &[(0x10000, MAX_TX_CHAIN as u32 + 100, false)]);
+        t.write(0x50, 4, 1, &mut m);
+        let mut ring = ConsoleRing::try_new(64 * 1024).unwrap();
+        t.process_console_tx(&mut m, &mut ring);
+        assert_eq!(ring.len() as u64, MAX_TX_CHAIN);
+        assert_eq!(ring.dropped, 100);
+        // Nothing pending: nothing happens.
+        t.process_console_tx(&mut m, &mut ring);
+        assert_eq!(ring.len() as u64, MAX_TX_CHAIN);
         rx.add(&mut m, &[(0x9000, 4, true)]);
         t.write(0x50, 4, 0, &mut m);
         if let Device::Console(c) = &mut t.dev {

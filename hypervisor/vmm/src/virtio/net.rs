@@ -7,12 +7,13 @@
 //! guest sent, [`VirtioNet::push_rx_frame`] queues frames for the guest (delivered when the
 //! transport processes the receive queue). Guest buffers are hostile: a transmit chain that is
 //! shorter than header + Ethernet header or longer than [`MAX_FRAME`] is dropped and counted,
-//! a receive chain too small for the frame drops the frame; nothing panics.
+//! a receive chain too small for the frame drops the frame; nothing panics. Every frame
+//! buffer is allocated fallibly: a failed allocation for a guest frame ends the VM
+//! ([`QueueError::OutOfMemory`]), one for a frame from the node drops that frame.
 
 use super::queue::{Queue, QueueError};
 use crate::mem::GuestMemory;
 use alloc::collections::VecDeque;
-use alloc::vec;
 use alloc::vec::Vec;
 
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -73,7 +74,13 @@ impl VirtioNet {
             self.counters.rx_dropped += 1;
             return false;
         }
-        self.rx.push_back(frame.to_vec());
+        let mut v = Vec::new();
+        if v.try_reserve_exact(frame.len()).is_err() || self.rx.try_reserve(1).is_err() {
+            self.counters.rx_dropped += 1;
+            return false;
+        }
+        v.extend_from_slice(frame);
+        self.rx.push_back(v);
         true
     }
 
@@ -87,16 +94,17 @@ impl VirtioNet {
         while let Some(c) = q.pop(mem)? {
             let total = c.readable_len();
             let ok_len = total >= (NET_HDR_LEN + MIN_FRAME) as u64 && total <= (NET_HDR_LEN + MAX_FRAME) as u64;
-            if ok_len {
-                let mut buf = vec![0u8; total as usize - NET_HDR_LEN];
+            if ok_len && self.tx.len() >= QUEUE_FRAMES {
+                self.counters.tx_overflow += 1;
+            } else if ok_len {
+                let mut buf = Vec::new();
+                buf.try_reserve_exact(total as usize - NET_HDR_LEN).map_err(|_| QueueError::OutOfMemory)?;
+                self.tx.try_reserve(1).map_err(|_| QueueError::OutOfMemory)?;
+                buf.resize(total as usize - NET_HDR_LEN, 0);
                 match c.read_at(mem, NET_HDR_LEN as u64, &mut buf) {
                     Ok(n) if n == buf.len() => {
-                        if self.tx.len() < QUEUE_FRAMES {
-                            self.tx.push_back(buf);
-                            self.counters.tx_frames += 1;
-                        } else {
-                            self.counters.tx_overflow += 1;
-                        }
+                        self.tx.push_back(buf);
+                        self.counters.tx_frames += 1;
                     }
                     _ => self.counters.tx_bad += 1,
                 }
@@ -119,11 +127,12 @@ impl VirtioNet {
             let need = (NET_HDR_LEN + frame.len()) as u64;
             let mut used = 0u32;
             if c.writable_len() >= need {
-                let mut buf = vec![0u8; NET_HDR_LEN + frame.len()];
+                let mut b = [0u8; NET_HDR_LEN + MAX_FRAME];
+                let buf = &mut b[..NET_HDR_LEN + frame.len()];
                 // virtio_net_hdr_v1: flags 0, gso NONE, ..., num_buffers = 1.
                 buf[10] = 1;
                 buf[NET_HDR_LEN..].copy_from_slice(&frame);
-                match c.write_at(mem, 0, &buf) {
+                match c.write_at(mem, 0, buf) {
                     Ok(n) if n == buf.len() => {
                         used = n as u32;
                         self.counters.rx_frames += 1;
@@ -145,6 +154,7 @@ mod tests {
     use super::super::queue::tests::Driver;
     use super::*;
     use crate::mem::VecMemory;
+    use alloc::vec;
 
     fn frame(n: usize, fill: u8) -> Vec<u8> {
         let mut f = vec![fill; n];

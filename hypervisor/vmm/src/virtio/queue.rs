@@ -28,6 +28,8 @@ pub enum QueueError {
     /// A device-readable descriptor after a device-writable one.
     ReadAfterWrite,
     Memory(MemError),
+    /// A host allocation failed while processing the queue (ends the VM).
+    OutOfMemory,
 }
 
 impl From<MemError> for QueueError {
@@ -152,9 +154,13 @@ impl Queue {
 
     fn push_desc(descs: &mut Vec<Desc>, addr: u64, len: u32, write: bool) -> Result<(), QueueError> {
         addr.checked_add(len as u64).ok_or(QueueError::AddressOverflow)?;
-        if !write && descs.iter().any(|d| d.write) {
+        // Read-after-write is refused, so "any earlier buffer is writable" == "the last one is".
+        if !write && descs.last().is_some_and(|d| d.write) {
             return Err(QueueError::ReadAfterWrite);
         }
+        // The chain length is bounded (queue size, indirect table size) but the memory is
+        // still the guest's doing: failing to get it ends the VM, not the node.
+        descs.try_reserve(1).map_err(|_| QueueError::OutOfMemory)?;
         descs.push(Desc { addr, len, write });
         Ok(())
     }

@@ -1,0 +1,105 @@
+//! Printing a microVM's console on the node's serial console, bounded (docs/vmm.md, "Console").
+//!
+//! The guest's UART and virtio-console bytes land in the VM's [`ConsoleRing`] (64 KiB, oldest
+//! bytes overwritten when full). The vCPU task drains it between exits: at most
+//! [`DRAIN_BUDGET`] bytes per call and only as many as the VM's token bucket allows
+//! (`RATE_BYTES_PER_S`, `BURST_BYTES`), cut into lines of at most `MAX_OUT_LINE` bytes. Each
+//! printed line is one short write under the console lock (see `catenary_arch::serial`), so a
+//! guest never holds interrupts off for a line of its choosing, and printing costs the
+//! flooding VM's own task the time, nobody else's. Bytes the ring lost are reported at most
+//! once per [`DROP_REPORT_NS`] as `vm NAME: console dropped N bytes`.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use catenary_vmm::console::{ConsoleCapture, ConsoleRing, LineSplitter, TokenBucket, BURST_BYTES, RATE_BYTES_PER_S};
+use log::warn;
+
+/// Most bytes moved from the ring per drain call (one call per VM exit or halt wake-up).
+pub const DRAIN_BUDGET: u64 = 1024;
+/// At the VM's end, the newest bytes printed even when its bucket is empty (its last words).
+pub const END_TAIL: usize = 4096;
+/// Shortest interval between two "console dropped" lines of one VM.
+pub const DROP_REPORT_NS: u64 = 1_000_000_000;
+
+pub struct VmConsole<'a> {
+    name: &'a str,
+    t0: u64,
+    /// Time from creation to the guest printing `catenary-init: ready`.
+    pub ready: Option<u64>,
+    bucket: TokenBucket,
+    split: LineSplitter,
+    pub capture: ConsoleCapture,
+    reported_dropped: u64,
+    last_report_ns: u64,
+    /// Unprinted bytes discarded at the VM's end (beyond its rate and `END_TAIL`).
+    pub discarded: u64,
+}
+
+impl<'a> VmConsole<'a> {
+    /// `None` if the capture buffers cannot be allocated.
+    pub fn try_new(name: &'a str, t0: u64) -> Option<Self> {
+        Some(VmConsole {
+            name,
+            t0,
+            ready: None,
+            bucket: TokenBucket::new(RATE_BYTES_PER_S, BURST_BYTES, t0),
+            split: LineSplitter::default(),
+            capture: ConsoleCapture::try_new().ok()?,
+            reported_dropped: 0,
+            last_report_ns: t0,
+            discarded: 0,
+        })
+    }
+
+    /// Print what the rate limit allows now; `end`: the VM is gone, print its tail.
+    pub fn drain(&mut self, ring: &mut ConsoleRing, now: u64, end: bool) {
+        let avail = ring.len() as u64;
+        let grant = if end {
+            let g = self.bucket.take(now, avail).max(avail.min(END_TAIL as u64));
+            self.discarded += ring.keep_newest(g as usize);
+            g
+        } else if avail == 0 {
+            0
+        } else {
+            self.bucket.take(now, avail.min(DRAIN_BUDGET))
+        };
+        let mut left = grant as usize;
+        let mut buf = [0u8; 256];
+        let (name, t0) = (self.name, self.t0);
+        let (ready, capture) = (&mut self.ready, &mut self.capture);
+        let mut emit = |l: &[u8]| {
+            if ready.is_none() && contains(l, b"catenary-init: ready") {
+                *ready = Some(catenary_arch::time::now_ns() - t0);
+            }
+            capture.line(l);
+            catenary_arch::println!("[vm:{}] {}", name, String::from_utf8_lossy(l));
+        };
+        while left > 0 {
+            let n = ring.pop(&mut buf[..left.min(256)]);
+            if n == 0 {
+                break;
+            }
+            self.split.feed(&buf[..n], &mut emit);
+            left -= n;
+        }
+        if end {
+            self.split.flush(&mut emit);
+        }
+        let dropped = ring.dropped + self.discarded;
+        if dropped > self.reported_dropped && (end || now.saturating_sub(self.last_report_ns) >= DROP_REPORT_NS) {
+            warn!(target: "vmm", "vm {}: console dropped {} bytes ({} of {} in all)", self.name,
+                dropped - self.reported_dropped, dropped, ring.written);
+            self.reported_dropped = dropped;
+            self.last_report_ns = now;
+        }
+    }
+
+    /// The captured lines (first and last 8 KiB of what was printed).
+    pub fn lines(&self) -> Vec<String> {
+        self.capture.lines()
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
