@@ -20,8 +20,9 @@ use alloc::vec::Vec;
 
 /// Bytes of guest console output buffered per VM.
 pub const RING_BYTES: usize = 64 * 1024;
-/// Sustained bytes per second a VM may print on the node's console.
-pub const RATE_BYTES_PER_S: u64 = 16 * 1024;
+/// Sustained bytes per second a VM may print on the node's console: below what a 115200-baud
+/// serial line carries (~11.5 KB/s), so one VM cannot saturate a real node console.
+pub const RATE_BYTES_PER_S: u64 = 8 * 1024;
 /// Bytes a VM may print at once (a Linux boot log fits).
 pub const BURST_BYTES: u64 = 64 * 1024;
 /// Longest piece of guest output printed as one node console line.
