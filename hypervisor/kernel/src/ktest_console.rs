@@ -144,7 +144,7 @@ pub fn console_flood_leaves_node_running(node: &Node) -> Result<(), String> {
     check(flood.bg.console_written > 2 * BURST_BYTES, || format!("the flood VM wrote only {} bytes", flood.bg.console_written))?;
     check(flood.bg.console_overwritten > 0, || format!("the flood VM's ring never overflowed ({} bytes written)", flood.bg.console_written))?;
     // What it printed stays within burst + rate x time (+ the end-of-run tail and one line).
-    let printed = flood.bg.console_written - flood.bg.console_dropped;
+    let printed = flood.bg.console_written.saturating_sub(flood.bg.console_dropped);
     let allowed = BURST_BYTES + RATE_BYTES_PER_S * (flood.bg.wall_ns / SEC + 1) + crate::vmconsole::END_TAIL as u64 + 4096;
     check(printed <= allowed, || format!("the flood VM printed {printed} bytes, its rate limit allows {allowed}"))?;
     // Normal progress: at least half the baseline speed (generous: TCG on a shared host).

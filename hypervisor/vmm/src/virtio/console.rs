@@ -65,6 +65,7 @@ impl VirtioConsole {
             }
             let excess = c.readable_len().saturating_sub(MAX_TX_CHAIN);
             self.dropped_tx += excess;
+            out.written += excess;
             out.dropped += excess;
             q.add_used(mem, c.head, 0)?;
             any = true;
