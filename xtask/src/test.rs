@@ -272,8 +272,10 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
         t.record(&name, ok, &why);
     }
 
-    // An unhandled exception prints the full register dump and stops the CPU.
-    for (kind, vector) in [("ud", "CPU EXCEPTION 6 (#UD"), ("pf", "CPU EXCEPTION 14 (#PF")] {
+    // An unhandled exception prints the full register dump and stops the CPU. `df`: a double
+    // fault (the exception stack exhausted) while the console lock is held: the dump comes
+    // from #DF's own IST stack without taking any lock.
+    for (kind, vector) in [("ud", "CPU EXCEPTION 6 (#UD"), ("pf", "CPU EXCEPTION 14 (#PF"), ("df", "CPU EXCEPTION 8 (#DF")] {
         if !selected(&format!("fault_dump_{kind}")) {
             continue;
         }

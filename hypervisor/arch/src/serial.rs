@@ -134,6 +134,15 @@ pub fn write_fmt(args: fmt::Arguments) {
     }
 }
 
+/// Run `f` with interrupts off while holding the console lock (fault-path tests: a dump that
+/// needed the lock would never appear).
+pub fn hold_console_lock(f: impl FnOnce()) {
+    crate::cpu::without_interrupts(|| {
+        let _held = CONSOLE.lock();
+        f();
+    });
+}
+
 /// Switch the console to lock-free mode for the fault/panic path.
 pub fn enter_panic_mode() {
     PANICKING.store(true, Ordering::Relaxed);

@@ -248,11 +248,13 @@ fn try_recover_probe(f: &mut TrapFrame) -> bool {
     recovered
 }
 
+/// Print the full register dump. Allocates nothing; once `serial::enter_panic_mode` has run
+/// (the fatal path) it takes no lock either, so it works from any context.
 pub fn print_dump(f: &TrapFrame, note: &str) {
     use crate::println;
     println!("");
-    println!("!!! CPU EXCEPTION {} ({}) {}", f.vector, vector_name(f.vector), note);
-    println!("    error code {:#x}{}", f.error_code, pf_decode(f));
+    println!("!!! CPU EXCEPTION {} ({}) {} [APIC id {}]", f.vector, vector_name(f.vector), note, crate::cpu::cpuid(1, 0).1 >> 24);
+    println!("    error code {:#x}{}", f.error_code, PfDecode(f));
     println!("    RIP {:#018x}  CS {:#06x}  RFLAGS {:#018x}", f.rip, f.cs, f.rflags);
     println!("    RSP {:#018x}  SS {:#06x}", f.rsp, f.ss);
     println!("    RAX {:#018x}  RBX {:#018x}  RCX {:#018x}  RDX {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
@@ -284,12 +286,25 @@ impl core::fmt::Display for PfBits {
     }
 }
 
-fn pf_decode(f: &TrapFrame) -> alloc::string::String {
-    if f.vector == 14 {
-        alloc::format!("{}", PfBits(f.error_code))
-    } else {
-        alloc::string::String::new()
+/// The #PF error-code bits for a #PF frame, nothing otherwise (no allocation: the dump may run
+/// while the heap lock is held).
+struct PfDecode<'a>(&'a TrapFrame);
+impl core::fmt::Display for PfDecode<'_> {
+    fn fmt(&self, fm: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.0.vector == 14 {
+            PfBits(self.0.error_code).fmt(fm)
+        } else {
+            Ok(())
+        }
     }
+}
+
+/// The end of the line for this CPU: switch the console to raw, lock-free output, print the
+/// dump and stop. Used for unhandled exceptions and, always, for NMI, #DF and #MC.
+fn fatal(f: &TrapFrame) -> ! {
+    crate::serial::enter_panic_mode();
+    print_dump(f, "- stopping this CPU");
+    crate::cpu::halt_forever();
 }
 
 /// Rust side of the trap entry: called by `trap_common` with the saved frame.
@@ -297,6 +312,12 @@ fn pf_decode(f: &TrapFrame) -> alloc::string::String {
 #[no_mangle]
 extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
     let v = f.vector;
+    // NMI, double fault and machine check run on their own IST stacks and may have interrupted
+    // anything, including a holder of the console, heap or kernel lock: no probe recovery, no
+    // kernel hook (it takes the kernel lock), straight to the lock-free dump.
+    if matches!(v, 2 | 8 | 18) {
+        fatal(f);
+    }
     if v < 32 {
         let before = *f;
         if try_recover_probe(f) {
@@ -313,9 +334,7 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
                 return;
             }
         }
-        crate::serial::enter_panic_mode();
-        print_dump(f, "- stopping this CPU");
-        crate::cpu::halt_forever();
+        fatal(f);
     }
     let h = HANDLERS[v as usize].load(Ordering::Acquire);
     if h != 0 {
@@ -343,6 +362,22 @@ pub fn crash_for_test(kind: &str) {
         "pf" => unsafe {
             core::ptr::read_volatile(0x0000_7000_dead_0000 as *const u64);
         },
+        // A double fault: exhaust this CPU's exception stack (IST1 pointed at the top of its
+        // guard page, as if it had overflowed) with the console lock held and interrupts off,
+        // then raise #UD. Delivering #UD faults on the guard page, delivering that #PF (also
+        // IST1) faults again: #DF on its own IST stack, whose dump must not need the lock.
+        "df" => crate::serial::hold_console_lock(|| {
+            let tss = crate::smp::percpu().tss as *mut x86_64::structures::tss::TaskStateSegment;
+            // SAFETY: `tss` is this CPU's live TSS (leaked by `gdt::init_cpu`); only IST1 is
+            // changed, and this CPU never returns from the #DF that follows (it halts).
+            unsafe {
+                let mut ist = core::ptr::read_unaligned(core::ptr::addr_of!((*tss).interrupt_stack_table));
+                let i = (gdt::IST_EXCEPTION - 1) as usize;
+                ist[i] = VirtAddr::new(ist[i].as_u64() - gdt::IST_STACK_SIZE as u64);
+                core::ptr::write_unaligned(core::ptr::addr_of_mut!((*tss).interrupt_stack_table), ist);
+                core::arch::asm!("ud2");
+            }
+        }),
         _ => {}
     }
 }
