@@ -35,6 +35,7 @@ pub mod vmx;
 pub mod pci;
 pub mod virtio;
 pub mod entropy;
+pub mod rtc;
 #[cfg(feature = "kernel")]
 pub mod limine;
 

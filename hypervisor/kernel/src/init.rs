@@ -162,6 +162,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     if cpu_list.is_empty() {
         cpu_list.push((bsp_apic, true));
     }
+    // The wall clock, before the ring-3 rtcd takes the RTC's ports.
+    crate::net::record_rtc();
     crate::task::start_node(&cpu_list, ioapic_addr);
     if crate::cmdline::get(&bi.cmdline, "bench") == Some("ipc") {
         crate::task::run_ipc_bench(ncpus);

@@ -16,7 +16,9 @@
 //! - `net.driver=kernel` — drive the NIC in the kernel instead of the ring-3 `nicd`;
 //! - `net.irq=off` — with `net.driver=kernel`: poll the NIC instead of taking its interrupts;
 //! - `net.key=HEX` — the node's x25519 secret key (64 hex digits; random if absent);
-//! - `net.time=SECS` — Unix time at boot (for handshake timestamps);
+//! - `net.time=SECS` — Unix time now, for handshake timestamps when the CMOS RTC cannot be read;
+//! - `net.insecure-entropy` — create keys even without RDSEED/RDRAND (timing jitter only: the
+//!   keys may be guessable; logged loudly). Without it such a node keeps networking off;
 //! - `net.ping=NAME` — once the fabric session with peer NAME is up, ping its fabric address
 //!   (5 echoes) and its link-local address (3 echoes) and print the results;
 //! - `net.bench=NAME` — latency and throughput to NAME over the fabric and the plain link;
@@ -379,6 +381,7 @@ pub fn start(cmdline: &str, modules: &[Module]) {
 }
 
 fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State>> {
+    let seeds = seeds(cmdline)?;
     let user_driver = crate::cmdline::get(cmdline, "net.driver") != Some("kernel") && !crate::task::NICD_ELF.is_empty();
     let (nic, user_irq) = if user_driver {
         match start_nicd() {
@@ -408,15 +411,11 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
             nic.df.bus, nic.df.device, nic.df.function, nic.mac(), if nic.link_up() { "up" } else { "down" });
         (Nic::Kernel(nic), None)
     };
-    let (seed, hw) = entropy::seed();
-    if !hw {
-        warn!(target: "net", "no RDRAND: the fabric's keys are seeded from timing only");
-    }
     let identity = match crate::cmdline::get(cmdline, "net.key").and_then(hex32) {
         Some(k) => Identity::from_secret_bytes(k),
         None => {
             warn!(target: "net", "no net.key: using a random identity");
-            Identity::from_secret_bytes(seed)
+            Identity::from_secret_bytes(seeds.identity)
         }
     };
     let mut cluster = Cluster::default();
@@ -435,15 +434,9 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
             }
         }
     }
-    let unix = crate::cmdline::get(cmdline, "net.time").and_then(|t| t.parse::<u64>().ok()).unwrap_or_else(|| {
-        warn!(target: "net", "no net.time: handshake timestamps start at the epoch");
-        0
-    });
     let now = time::now_ns();
-    // the origin of the fabric's clock is boot: unix time at boot = net.time - uptime
-    let unix_at_origin = unix.saturating_sub(now / 1_000_000_000);
-    let mut rng_seed = seed;
-    rng_seed[0] ^= 0x5a;
+    let unix_at_origin = wall_clock_at_boot(cmdline, now);
+    let rng_seed = seeds.fabric;
     let mut nic = nic;
     let mut node = Node::new(&mut nic, NodeConfig { identity, cluster, unix_time_at_origin: unix_at_origin, rng_seed }, now);
     node.connect_all(now);
@@ -468,6 +461,69 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
     }
     router_up(&mut st);
     Some(st)
+}
+
+/// Unix seconds at boot per the CMOS RTC, read by [`record_rtc`] before `rtcd` owns the RTC.
+static BOOT_RTC: Mutex<Option<u64>> = Mutex::new(None);
+
+/// Read the CMOS RTC once, early in boot (before `rtcd` starts): the fabric's handshake
+/// timestamps come from it, so a rebooted node can reconnect at once.
+pub fn record_rtc() {
+    let Some(c) = catenary_arch::rtc::read() else {
+        warn!(target: "net", "CMOS RTC: no stable reading");
+        return;
+    };
+    let raw = catenary_net::walltime::Cmos {
+        seconds: c.seconds, minutes: c.minutes, hours: c.hours, day: c.day, month: c.month, year: c.year, century: c.century, status_b: c.status_b,
+    };
+    match raw.unix_seconds() {
+        Ok(t) => {
+            let at_boot = catenary_net::walltime::unix_at_origin(t, time::now_ns());
+            info!(target: "net", "wall clock: CMOS RTC reads Unix time {} (boot at {})", t, at_boot);
+            *BOOT_RTC.lock() = Some(at_boot);
+        }
+        Err(e) => warn!(target: "net", "CMOS RTC unusable ({:?}): {:02x?}", e, raw),
+    }
+}
+
+/// Unix seconds at boot (the fabric clock's origin): the RTC's, else `net.time=SECS` (given at
+/// `now` ns of uptime), else the epoch (a rebooted node then waits for its old timestamps).
+fn wall_clock_at_boot(cmdline: &str, now: u64) -> u64 {
+    if let Some(t) = *BOOT_RTC.lock() {
+        return t;
+    }
+    match crate::cmdline::get(cmdline, "net.time").and_then(|t| t.parse::<u64>().ok()) {
+        Some(t) => catenary_net::walltime::unix_at_origin(t, now),
+        None => {
+            warn!(target: "net", "no RTC and no net.time: handshake timestamps start at the epoch");
+            0
+        }
+    }
+}
+
+/// The node's seeds from RDSEED/RDRAND and TSC jitter (`catenary_net::entropy`); `None`
+/// (networking off) on a node without a hardware entropy source unless `net.insecure-entropy`.
+fn seeds(cmdline: &str) -> Option<catenary_net::entropy::Seeds> {
+    use catenary_net::entropy::{self as ent, HwSource, Verdict};
+    let sample = entropy::sample();
+    let source = match sample.source {
+        entropy::Source::Rdseed => HwSource::Rdseed,
+        entropy::Source::Rdrand => HwSource::Rdrand,
+        entropy::Source::None => HwSource::None,
+    };
+    match ent::check(source, crate::cmdline::get(cmdline, ent::INSECURE_FLAG).is_some()) {
+        Ok(Verdict::Hardware(s)) => info!(target: "net", "entropy: {:?} and TSC jitter", s),
+        Ok(Verdict::Insecure) => {
+            for _ in 0..3 {
+                warn!(target: "net", "{}", ent::INSECURE_WARNING);
+            }
+        }
+        Err(e) => {
+            log::error!(target: "net", "{}: networking off", e);
+            return None;
+        }
+    }
+    Some(ent::derive(&ent::material(&sample.hw, &sample.jitter)))
 }
 
 /// Make `netd` the node's IPC router: the routing table, the kernel's hand-off of remote

@@ -24,7 +24,8 @@ extern crate alloc;
 pub mod cluster;
 pub mod ipcroute;
 pub mod vmlink;
-pub mod rng;
+pub mod entropy;
+pub mod walltime;
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -285,6 +286,8 @@ pub struct NodeConfig {
     pub cluster: Cluster,
     /// Seconds since the Unix epoch at `now_ns = 0` (for TAI64N).
     pub unix_time_at_origin: u64,
+    /// Seed of the fabric's CSPRNG (`entropy::derive(..).fabric`); the IP stack's seed is
+    /// derived from it under its own label.
     pub rng_seed: [u8; 32],
 }
 
@@ -300,7 +303,9 @@ impl Node {
         let fabric_addr = cfg.identity.node_address();
 
         let mut ec = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
-        let seed = u64::from_le_bytes(cfg.rng_seed[..8].try_into().unwrap());
+        // The stack's seed shows in what it sends (ports): never the fabric RNG's key itself.
+        let stack_seed = entropy::subseed(entropy::LABEL_STACK, &cfg.rng_seed);
+        let seed = u64::from_le_bytes([stack_seed[0], stack_seed[1], stack_seed[2], stack_seed[3], stack_seed[4], stack_seed[5], stack_seed[6], stack_seed[7]]);
         ec.random_seed = seed;
         ec.slaac = true;
         let mut eth = Interface::new(ec, &mut EthDev(link), sinstant(now_ns));
@@ -335,7 +340,7 @@ impl Node {
         bt.bind(BENCH_PORT).unwrap();
         let bench_tun = tun_sockets.add(bt);
 
-        let mut fabric = Fabric::new(cfg.identity.clone(), Box::new(rng::ChaChaRng::from_seed(cfg.rng_seed)));
+        let mut fabric = Fabric::new(cfg.identity.clone(), Box::new(entropy::fabric_rng(cfg.rng_seed)));
         fabric.set_unix_time_at_origin(core::time::Duration::from_secs(cfg.unix_time_at_origin));
         let mut peers = Vec::new();
         for m in &cfg.cluster.members {
