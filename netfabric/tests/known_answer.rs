@@ -11,43 +11,27 @@
 //! How the recording was made (and how to redo it, e.g. after changing a fixed input): as root
 //! with `wireguard-go`, `wg` and `ip` installed,
 //! ```text
-//! flock /tmp/catenary-netns.lock \
-//!   cargo test -p netfabric --test known_answer -- --ignored --nocapture record_wireguard_go
+//! flock /tmp/catenary-netns.lock cargo run -p netfabric --example record_wireguard_go
 //! ```
-//! [`record_wireguard_go`] starts `wireguard-go` in a network namespace (key L, pre-shared key,
+//! `examples/record_wireguard_go.rs` starts `wireguard-go` in a network namespace (key L, pre-shared key,
 //! peer H allowed its derived /64), sends it our pinned initiation over a veth, prints the
 //! response, sends our first data packet (an echo request to L's node address) and prints the
 //! first transport packet `wireguard-go` answers with, as Rust constants to paste below.
 //! Recorded once with Debian's `wireguard-go` (version in `RECORDED_WITH`).
 
-mod wg_netns;
+mod ka_inputs;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use ka_inputs::*;
 
 use netfabric::cookie;
-use netfabric::crypto::{aead_open, aead_seal};
-use netfabric::ipv6::{build_icmpv6_echo, parse_icmpv6_echo};
+use netfabric::crypto::aead_open;
+use netfabric::ipv6::parse_icmpv6_echo;
 use netfabric::messages::{Initiation, Response, Transport, INITIATION_MAC1_OFFSET, RESPONSE_MAC1_OFFSET};
-use netfabric::noise::{self, InitiatorState, TransportKeys};
-use netfabric::tai64n::Tai64n;
-use netfabric::Identity;
+use netfabric::noise::{self, TransportKeys};
 
-// ------------------------------------------------------------------ fixed inputs
-
-const H_SECRET: [u8; 32] = [0x48; 32]; // initiator ("H", this crate)
-const L_SECRET: [u8; 32] = [0x4c; 32]; // responder ("L", wireguard-go in the recording)
-const EPH_I: [u8; 32] = [0xe1; 32];
-const EPH_R: [u8; 32] = [0xe2; 32];
-const PSK: [u8; 32] = [0x50; 32];
-const SENDER_I: u32 = 0x0403_0201;
-const SENDER_R: u32 = 0x0807_0605;
-/// 2023-11-14 22:13:20.5 UTC.
-fn timestamp() -> Tai64n {
-    Tai64n::from_unix(Duration::new(1_700_000_000, 500_000_000))
+fn keys_hex(k: &TransportKeys) -> (String, String) {
+    (hex(&k.send), hex(&k.recv))
 }
-const ECHO_ID: u16 = 0x4b41;
-const ECHO_PAYLOAD: &[u8] = b"netfabric known-answer";
 
 // ------------------------------------------------------------------ pinned answers
 
@@ -63,49 +47,6 @@ const RECORDED_KEY_SEND: &str = "3773a9796fe83d4ffcadb589e1f459ed092854f83d3384e
 const RECORDED_KEY_RECV: &str = "6443de8a123380e6326b0df790b755c6f350dfa3d84fd240243bfaea88facbc9";
 const RECORDED_DATA: &str = "04000000010203040000000000000000a184402f1e790fdcdc4d9424672553200768e678f577edf2e45a03bc1df5a1c6e46815a1f7476c2381dfd006cbcded72c6f93b07c24178e20296fe463f9920bfe01be8b39d9b76d79a4a66679a4578d108fffaabcf3ae86e3487b39949dd8830";
 const RECORDED_PLAINTEXT: &str = "600d97b4001e3a40fd3a9700ff9de5580000000000000001fd730e14004e2b9c00000000000000018100e59a4b4100016e6574666162726963206b6e6f776e2d616e7377657200000000000000000000";
-
-// ------------------------------------------------------------------ helpers
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-}
-
-fn ids() -> (Identity, Identity) {
-    (Identity::from_secret_bytes(H_SECRET), Identity::from_secret_bytes(L_SECRET))
-}
-
-/// Our initiation with the fixed inputs, mac1 filled (no cookie).
-fn initiation() -> (InitiatorState, Vec<u8>) {
-    let (h, l) = ids();
-    let ss = noise::static_static(&h, &l.public_key()).unwrap();
-    let (state, msg) = noise::create_initiation(&h, &l.public_key(), &ss, EPH_I, SENDER_I, timestamp()).unwrap();
-    let mut b = msg.encode();
-    cookie::add_macs(&mut b, INITIATION_MAC1_OFFSET, &cookie::mac1_key(&l.public_key()), None);
-    (state, b.to_vec())
-}
-
-/// A transport message: header, padded plaintext sealed under `key` with `counter`.
-fn seal_transport(key: &[u8; 32], receiver: u32, counter: u64, plaintext: &[u8]) -> Vec<u8> {
-    let mut padded = plaintext.to_vec();
-    padded.resize(plaintext.len().div_ceil(16) * 16, 0);
-    let mut b = Transport::header(receiver, counter).to_vec();
-    b.extend(aead_seal(key, counter, &padded, &[]));
-    b
-}
-
-/// The echo request we send as the first data packet (confirms the session to the responder).
-fn echo_request() -> Vec<u8> {
-    let (h, l) = ids();
-    build_icmpv6_echo(h.node_address(), l.node_address(), true, ECHO_ID, 1, ECHO_PAYLOAD)
-}
-
-fn keys_hex(k: &TransportKeys) -> (String, String) {
-    (hex(&k.send), hex(&k.recv))
-}
 
 // ------------------------------------------------------------------ tests
 
@@ -162,51 +103,3 @@ fn wireguard_go_recorded_session() {
     assert!(noise::consume_response(&state, &h, &[0; 32], &resp).is_err());
 }
 
-/// Regenerates the `RECORDED_*` constants against a real wireguard-go (root only; see the
-/// module docs). Not part of the normal run.
-#[test]
-#[ignore]
-fn record_wireguard_go() {
-    if let Some(why) = wg_netns::unavailable() {
-        panic!("cannot record: {why}");
-    }
-    let (h, l) = ids();
-    let mut wg = wg_netns::WgPeer::start("nfka").expect("wireguard-go peer");
-    let sock = UdpSocket::bind(SocketAddr::new(wg.local.into(), 0)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let key = wg.secret_file("key", &l.secret_bytes());
-    let psk = wg.secret_file("psk", &PSK);
-    let prefix = h.prefix().to_string();
-    let ep = format!("[{}]:{}", wg.local, sock.local_addr().unwrap().port());
-    let wgif = wg.wgif.clone();
-    wg.exec(&["wg", "set", &wgif, "listen-port", "51820", "private-key", &key, "peer", &wg_netns::b64(&h.public_key()),
-        "preshared-key", &psk, "allowed-ips", &prefix, "endpoint", &ep]).unwrap();
-    wg.exec(&["ip", "-6", "addr", "add", &format!("{}/64", l.node_address()), "dev", &wgif, "nodad"]).unwrap();
-    wg.exec(&["ip", "link", "set", &wgif, "up"]).unwrap();
-    wg.exec(&["ip", "-6", "route", "add", &prefix, "dev", &wgif]).unwrap();
-    let wg_ep = SocketAddr::new(wg.remote.into(), 51820);
-
-    let (state, init) = initiation();
-    sock.send_to(&init, wg_ep).unwrap();
-    let mut buf = [0u8; 2048];
-    let (n, _) = sock.recv_from(&mut buf).expect("a response from wireguard-go");
-    let resp_bytes = buf[..n].to_vec();
-    let resp = Response::parse(&resp_bytes).expect("a handshake response");
-    let keys = noise::consume_response(&state, &h, &PSK, &resp).expect("response authenticates");
-    sock.send_to(&seal_transport(&keys.send, resp.sender, 0, &echo_request()), wg_ep).unwrap();
-    let data = loop {
-        let (n, _) = sock.recv_from(&mut buf).expect("a data packet from wireguard-go");
-        let Ok(t) = Transport::parse(&buf[..n]) else { continue };
-        match aead_open(&keys.recv, t.counter, t.ciphertext, &[]) {
-            Some(p) if !p.is_empty() => break (buf[..n].to_vec(), p),
-            _ => continue,
-        }
-    };
-    let version = std::process::Command::new("wireguard-go").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    println!("const RECORDED_WITH: &str = \"{}\";", version.lines().next().unwrap_or(""));
-    println!("const RECORDED_RESPONSE: &str = \"{}\";", hex(&resp_bytes));
-    println!("const RECORDED_KEY_SEND: &str = \"{}\";", hex(&keys.send));
-    println!("const RECORDED_KEY_RECV: &str = \"{}\";", hex(&keys.recv));
-    println!("const RECORDED_DATA: &str = \"{}\";", hex(&data.0));
-    println!("const RECORDED_PLAINTEXT: &str = \"{}\";", hex(&data.1));
-}
