@@ -30,6 +30,7 @@ pub mod qemu;
 pub mod smp;
 pub mod uspace;
 pub mod virt;
+pub mod guest_switch;
 pub mod svm;
 pub mod vmx;
 pub mod pci;
@@ -47,6 +48,8 @@ core::arch::global_asm!(include_str!("asm/mem.s"));
 core::arch::global_asm!(include_str!("asm/trap.s"));
 #[cfg(feature = "kernel")]
 core::arch::global_asm!(include_str!("asm/smp.s"));
+#[cfg(feature = "kernel")]
+core::arch::global_asm!(include_str!("asm/guest_fpu.s"));
 #[cfg(feature = "kernel")]
 core::arch::global_asm!(include_str!("asm/svm.s"));
 #[cfg(feature = "kernel")]

@@ -3,12 +3,14 @@
 //! Per CPU: EFER.SVME, a host save area (VM_HSAVE_PA) and a host VMSAVE page. Per vCPU: a VMCB,
 //! an I/O permission map (all ports intercepted), an MSR permission map (all MSRs intercepted
 //! except those VMLOAD/VMSAVE switch and the guest PAT), nested page tables over the guest RAM
-//! chunks (2 MiB pages), an ASID, and the guest's GPR and FXSAVE areas.
+//! chunks (2 MiB pages), an ASID, the guest's GPRs, XSAVE area, XCR0 and DR0–DR3
+//! (`guest_switch.rs`). The intercepts are `catenary_vmm::intercepts::svm_intercepts()`.
 //!
 //! QEMU TCG's SVM has no NRIPS and no decode assists, so exits report RIP at the instruction
 //! and the device model (`catenary-vmm`) advances it and decodes MMIO instructions itself.
 
-use crate::virt::{FxArea, GuestRam, Vcpu, VirtError, CHUNK};
+use crate::guest_switch::{FpuSwitch, GuestDebugRegs, XsaveArea};
+use crate::virt::{GuestRam, Vcpu, VirtError, CHUNK};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -63,27 +65,12 @@ const S_RAX: usize = 0x5f8;
 const S_CR2: usize = 0x640;
 const S_GPAT: usize = 0x668;
 
-// intercept bits
-const I3_INTR: u32 = 1 << 0;
-const I3_NMI: u32 = 1 << 1;
-const I3_VINTR: u32 = 1 << 4;
-const I3_CPUID: u32 = 1 << 18;
-const I3_INVD: u32 = 1 << 22;
-const I3_HLT: u32 = 1 << 24;
-const I3_IOIO: u32 = 1 << 27;
-const I3_MSR: u32 = 1 << 28;
-const I3_SHUTDOWN: u32 = 1 << 31;
-const I4_VMRUN: u32 = 1 << 0;
-const I4_VMMCALL: u32 = 1 << 1;
-const I4_VMLOAD: u32 = 1 << 2;
-const I4_VMSAVE: u32 = 1 << 3;
-const I4_STGI: u32 = 1 << 4;
-const I4_CLGI: u32 = 1 << 5;
-const I4_SKINIT: u32 = 1 << 6;
-const I4_XSETBV: u32 = 1 << 13;
+// Intercept bits: the configuration is `catenary_vmm::intercepts::svm_intercepts()`
+// (host-tested); VINTR is toggled per entry.
+use catenary_vmm::intercepts::svm::I3_VINTR;
 
 extern "C" {
-    fn arch_svm_run(vmcb_pa: u64, gprs: *mut GuestGprs, host_vmsave_pa: u64, host_fx: *mut FxArea, guest_fx: *mut FxArea);
+    fn arch_svm_run(vmcb_pa: u64, gprs: *mut GuestGprs, host_vmsave_pa: u64, fpu: *const FpuSwitch);
 }
 
 #[repr(C)]
@@ -213,8 +200,12 @@ pub struct SvmVcpu {
     msrpm: u64,
     npt: Npt,
     gprs: GuestGprs,
-    host_fx: Box<FxArea>,
-    guest_fx: Box<FxArea>,
+    host_fpu: Box<XsaveArea>,
+    guest_fpu: Box<XsaveArea>,
+    /// The guest's XCR0 (set through the intercepted XSETBV, validated by the device model).
+    xcr0: u64,
+    /// DR0–DR3 (DR6/DR7 live in the VMCB).
+    dr: GuestDebugRegs,
     asid: u32,
     /// Unique for the node's lifetime (ASIDs are reused).
     serial: u64,
@@ -242,8 +233,10 @@ impl SvmVcpu {
             msrpm,
             npt,
             gprs: GuestGprs::default(),
-            host_fx: FxArea::reset(),
-            guest_fx: FxArea::reset(),
+            host_fpu: XsaveArea::reset(),
+            guest_fpu: XsaveArea::reset(),
+            xcr0: 1,
+            dr: GuestDebugRegs::RESET,
             asid,
             serial: NEXT_SERIAL.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             last_cpu: None,
@@ -253,9 +246,10 @@ impl SvmVcpu {
         for msr in [0xc000_0100, 0xc000_0101, 0xc000_0102, 0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0x174, 0x175, 0x176, 0x277] {
             v.msr_passthrough(msr);
         }
-        v.w32(C_INTERCEPT_EXC, 0);
-        v.w32(C_INTERCEPT_V3, I3_INTR | I3_NMI | I3_CPUID | I3_INVD | I3_HLT | I3_IOIO | I3_MSR | I3_SHUTDOWN);
-        v.w32(C_INTERCEPT_V4, I4_VMRUN | I4_VMMCALL | I4_VMLOAD | I4_VMSAVE | I4_STGI | I4_CLGI | I4_SKINIT | I4_XSETBV);
+        let icpt = catenary_vmm::intercepts::svm_intercepts();
+        v.w32(C_INTERCEPT_EXC, icpt.exceptions);
+        v.w32(C_INTERCEPT_V3, icpt.vec3);
+        v.w32(C_INTERCEPT_V4, icpt.vec4);
         v.w64(C_IOPM, iopm);
         v.w64(C_MSRPM, msrpm);
         v.w64(C_TSC_OFFSET, 0);
@@ -386,6 +380,7 @@ impl Vcpu for SvmVcpu {
         self.set_table(S_IDTR, &s.idtr);
         self.w8(S_CPL, s.cpl);
         self.w64(C_INT_SHADOW, s.interrupt_shadow as u64);
+        self.xcr0 = s.xcr0;
     }
 
     fn state(&self) -> VcpuState {
@@ -426,6 +421,7 @@ impl Vcpu for SvmVcpu {
         s.idtr = self.table(S_IDTR);
         s.cpl = self.r8(S_CPL);
         s.interrupt_shadow = self.r64(C_INT_SHADOW) & 1 != 0;
+        s.xcr0 = self.xcr0;
         s
     }
 
@@ -467,21 +463,26 @@ impl Vcpu for SvmVcpu {
         }
 
         let gprs: *mut GuestGprs = &mut self.gprs;
-        let host_fx: *mut FxArea = &mut *self.host_fx;
-        let guest_fx: *mut FxArea = &mut *self.guest_fx;
+        let fpu = FpuSwitch::new(&mut self.host_fpu, &mut self.guest_fpu, self.xcr0);
         let vmcb = self.vmcb;
+        let dr = &mut self.dr;
         crate::cpu::without_interrupts(|| {
+            let host_dr = dr.load(false);
             // SAFETY: SVM is enabled on this CPU with a valid VM_HSAVE_PA; the VMCB, IOPM,
-            // MSRPM and nested tables are owned by this vCPU and valid; GIF is cleared so no
-            // interrupt lands between the host-state switches and VMRUN, and set again after.
-            // IF is set (under GIF=0) for VMRUN: with V_INTR_MASKING the host's IF at VMRUN
-            // decides whether physical interrupts reach the host (as #VMEXIT(INTR)) while the
-            // guest runs; with IF clear a guest that never exits would keep its CPU forever.
+            // MSRPM and nested tables are owned by this vCPU and valid; the FPU switch points
+            // at this vCPU's two XSAVE areas with XCR0 values the CPU supports; GIF is cleared
+            // so no interrupt lands between the host-state switches and VMRUN, and set again
+            // after. IF is set (under GIF=0) for VMRUN: with V_INTR_MASKING the host's IF at
+            // VMRUN decides whether physical interrupts reach the host (as #VMEXIT(INTR))
+            // while the guest runs; with IF clear a guest that never exits would keep its CPU
+            // forever. A host NMI that arrives meanwhile exits (NMI intercept) and stays
+            // pending until STGI, where the host takes it.
             unsafe {
                 core::arch::asm!("clgi", "sti");
-                arch_svm_run(vmcb, gprs, host_vmsave, host_fx, guest_fx);
+                arch_svm_run(vmcb, gprs, host_vmsave, &fpu);
                 core::arch::asm!("cli", "stgi");
             }
+            dr.save(&host_dr, false);
         });
         // Interrupts are back on here: a host interrupt that caused the exit has been taken.
 
@@ -508,8 +509,8 @@ impl Vcpu for SvmVcpu {
     }
 
     fn overhead_bytes(&self) -> u64 {
-        // VMCB + IOPM (3) + MSRPM (2) + nested tables + GPR/FX areas
-        (1 + 3 + 2 + 1 + self.npt.tables.len() as u64) * 4096 + 2 * 512 + core::mem::size_of::<Self>() as u64
+        // VMCB + IOPM (3) + MSRPM (2) + nested tables + GPR/XSAVE areas
+        (1 + 3 + 2 + 1 + self.npt.tables.len() as u64) * 4096 + 2 * core::mem::size_of::<XsaveArea>() as u64 + core::mem::size_of::<Self>() as u64
     }
 }
 

@@ -18,7 +18,11 @@
 //! - An event interrupted mid-delivery (EXITINTINFO / IDT-vectoring info) is re-injected by the
 //!   backend itself on the next `run`; `reinjection_pending()` tells the loop not to ask the
 //!   device model for another event meanwhile.
-//! - The backend saves/restores the host FPU/SSE state around guest entry; the guest has its own.
+//! - The backend switches what the world switch leaves alone (`guest_switch.rs`): the FPU/SSE/AVX
+//!   state and XCR0 (XSAVE), DR0–DR3 and DR6; the guest has its own of each.
+//! - The intercepts are `catenary_vmm::intercepts` (host-tested); a host NMI that arrives while
+//!   a guest runs reaches the host's NMI handler on both backends.
+//! - A nested/EPT fault during the guest's own page walk is `Exit::PageWalkFault`, never MMIO.
 //! - `VcpuState.efer` never shows the virtualization-enable bit (SVME): that is the backend's.
 
 use alloc::boxed::Box;
@@ -62,20 +66,6 @@ pub trait Vcpu {
 }
 
 pub const CHUNK: u64 = 2 << 20;
-
-/// An FXSAVE area (x87/SSE state), 16-byte aligned, for the backends' host/guest FPU switch.
-#[repr(C, align(16))]
-pub(crate) struct FxArea(pub(crate) [u8; 512]);
-
-impl FxArea {
-    /// The x87/SSE reset state: FCW 0x37f, MXCSR 0x1f80.
-    pub(crate) fn reset() -> Box<FxArea> {
-        let mut a = Box::new(FxArea([0; 512]));
-        a.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        a
-    }
-}
 
 /// Guest RAM: 2 MiB host chunks from the frame allocator, guest-physical from 0. Returned to the
 /// allocator when dropped.

@@ -15,7 +15,8 @@
 //! Exits are decoded by `catenary_vmm::vmx_exit::decode_vmx_exit` (host-tested) with RIP left
 //! at the exiting instruction: the device model advances it.
 
-use crate::virt::{FxArea, GuestRam, Vcpu, VirtError, CHUNK};
+use crate::guest_switch::{FpuSwitch, GuestDebugRegs, XsaveArea};
+use crate::virt::{GuestRam, Vcpu, VirtError, CHUNK};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -153,32 +154,30 @@ mod f {
 }
 
 // ---- control bits ----
-const PIN_EXT_INTR_EXITING: u32 = 1 << 0;
-const PIN_NMI_EXITING: u32 = 1 << 3;
+// The intercepts (exception bitmap, pin/proc/proc2 exiting bits) come from
+// `catenary_vmm::intercepts::vmx_intercepts()` (host-tested); these are the other controls.
 const PROC_INTR_WINDOW: u32 = 1 << 2;
-const PROC_HLT_EXITING: u32 = 1 << 7;
 const PROC_UNCOND_IO: u32 = 1 << 24;
-const PROC_IO_BITMAPS: u32 = 1 << 25;
-const PROC_MSR_BITMAPS: u32 = 1 << 28;
-const PROC_SECONDARY: u32 = 1 << 31;
 const PROC2_EPT: u32 = 1 << 1;
 const PROC2_RDTSCP: u32 = 1 << 3;
 const PROC2_VPID: u32 = 1 << 5;
 const PROC2_UNRESTRICTED: u32 = 1 << 7;
 const PROC2_INVPCID: u32 = 1 << 12;
 const PROC2_XSAVES: u32 = 1 << 20;
+const EXIT_SAVE_DEBUG: u32 = 1 << 2;
 const EXIT_HOST_64: u32 = 1 << 9;
 const EXIT_ACK_INTR: u32 = 1 << 15;
 const EXIT_SAVE_PAT: u32 = 1 << 18;
 const EXIT_LOAD_PAT: u32 = 1 << 19;
 const EXIT_SAVE_EFER: u32 = 1 << 20;
 const EXIT_LOAD_EFER: u32 = 1 << 21;
+const ENTRY_LOAD_DEBUG: u32 = 1 << 2;
 const ENTRY_IA32E: u32 = 1 << 9;
 const ENTRY_LOAD_PAT: u32 = 1 << 14;
 const ENTRY_LOAD_EFER: u32 = 1 << 15;
 
 extern "C" {
-    fn arch_vmx_run(gprs: *mut GuestGprs, resume: u64, host_fx: *mut FxArea, guest_fx: *mut FxArea) -> u32;
+    fn arch_vmx_run(gprs: *mut GuestGprs, resume: u64, fpu: *const FpuSwitch) -> u32;
     fn arch_vmx_exit();
 }
 
@@ -552,8 +551,10 @@ pub struct VmxVcpu {
     caps: Caps,
     unrestricted: bool,
     gprs: GuestGprs,
-    host_fx: Box<FxArea>,
-    guest_fx: Box<FxArea>,
+    host_fpu: Box<XsaveArea>,
+    guest_fpu: Box<XsaveArea>,
+    /// DR0–DR3 and DR6 (the guest DR7 lives in the VMCS).
+    dr: GuestDebugRegs,
     guest_msrs: [u64; 5],
     xcr0: u64,
     /// CR2 is not in the VMCS: loaded into the real register around each entry.
@@ -612,8 +613,9 @@ impl VmxVcpu {
             caps,
             unrestricted,
             gprs: GuestGprs::default(),
-            host_fx: FxArea::reset(),
-            guest_fx: FxArea::reset(),
+            host_fpu: XsaveArea::reset(),
+            guest_fpu: XsaveArea::reset(),
+            dr: GuestDebugRegs::RESET,
             guest_msrs: [0; 5],
             xcr0: 1,
             cr2: 0,
@@ -661,9 +663,10 @@ impl VmxVcpu {
         let c = self.caps;
         vmx_pa_insn(1, self.vmcs).map_err(VirtError::EntryFailed)?;
         self.load()?;
-        let pin = adjust_controls(PIN_EXT_INTR_EXITING | PIN_NMI_EXITING, c.pin);
-        let proc = adjust_controls(PROC_HLT_EXITING | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_SECONDARY, c.proc) & !PROC_UNCOND_IO;
-        let mut want2 = PROC2_EPT | PROC2_RDTSCP | PROC2_INVPCID | PROC2_XSAVES;
+        let icpt = catenary_vmm::intercepts::vmx_intercepts();
+        let pin = adjust_controls(icpt.pin, c.pin);
+        let proc = adjust_controls(icpt.proc, c.proc) & !PROC_UNCOND_IO;
+        let mut want2 = icpt.proc2 | PROC2_EPT | PROC2_RDTSCP | PROC2_INVPCID | PROC2_XSAVES;
         if self.vpid != 0 {
             want2 |= PROC2_VPID;
         }
@@ -671,15 +674,19 @@ impl VmxVcpu {
             want2 |= PROC2_UNRESTRICTED;
         }
         let proc2 = adjust_controls(want2, c.proc2);
-        let exit = adjust_controls(EXIT_HOST_64 | EXIT_SAVE_EFER | EXIT_LOAD_EFER | EXIT_SAVE_PAT | EXIT_LOAD_PAT, c.exit) & !EXIT_ACK_INTR;
-        let entry = adjust_controls(ENTRY_LOAD_EFER | ENTRY_LOAD_PAT, c.entry) & !ENTRY_IA32E;
+        if pin & icpt.pin != icpt.pin || proc & icpt.proc != icpt.proc || proc2 & icpt.proc2 != icpt.proc2 {
+            log::warn!(target: "vmx", "CPU refuses intercepts: pin {:#x} proc {:#x} proc2 {:#x} missing",
+                icpt.pin & !pin, icpt.proc & !proc, icpt.proc2 & !proc2);
+        }
+        let exit = adjust_controls(EXIT_SAVE_DEBUG | EXIT_HOST_64 | EXIT_SAVE_EFER | EXIT_LOAD_EFER | EXIT_SAVE_PAT | EXIT_LOAD_PAT, c.exit) & !EXIT_ACK_INTR;
+        let entry = adjust_controls(ENTRY_LOAD_DEBUG | ENTRY_LOAD_EFER | ENTRY_LOAD_PAT, c.entry) & !ENTRY_IA32E;
         self.proc_base = proc & !PROC_INTR_WINDOW;
         vmwrite(f::PIN_CONTROLS, pin as u64);
         vmwrite(f::PROC_CONTROLS, self.proc_base as u64);
         vmwrite(f::PROC_CONTROLS2, proc2 as u64);
         vmwrite(f::EXIT_CONTROLS, exit as u64);
         vmwrite(f::ENTRY_CONTROLS, entry as u64);
-        vmwrite(f::EXCEPTION_BITMAP, 0);
+        vmwrite(f::EXCEPTION_BITMAP, icpt.exception_bitmap as u64);
         vmwrite(f::PF_ERROR_MASK, 0);
         vmwrite(f::PF_ERROR_MATCH, 0);
         vmwrite(f::CR3_TARGET_COUNT, 0);
@@ -893,30 +900,24 @@ impl VmxVcpu {
     /// One VMLAUNCH/VMRESUME with interrupts off; Ok(exit reason) or the VM-instruction error.
     fn enter(&mut self) -> Result<u32, VirtError> {
         let gprs: *mut GuestGprs = &mut self.gprs;
-        let host_fx: *mut FxArea = &mut *self.host_fx;
-        let guest_fx: *mut FxArea = &mut *self.guest_fx;
+        let fpu = FpuSwitch::new(&mut self.host_fpu, &mut self.guest_fpu, self.xcr0);
         let mut host_msrs = [0u64; 5];
         self.swap_msrs(true, &mut host_msrs);
         let gdt = sgdt();
         let idt = sidt();
-        let xsave = crate::cpu::read_cr4() & (1 << 18) != 0;
-        let host_xcr0 = if xsave { xgetbv() } else { 1 };
-        let swap_xcr0 = xsave && self.xcr0 & 1 != 0 && self.xcr0 != host_xcr0;
-        if swap_xcr0 {
-            xsetbv(self.xcr0);
-        }
+        let host_dr = self.dr.load(true);
         // SAFETY: VMX root operation on this CPU, this vCPU's VMCS is current and fully set up
         // (host state points back at `arch_vmx_exit` on this stack), interrupts are off, and the
-        // GPR/FXSAVE areas are owned by this vCPU. CR2 takes the guest's value only while
-        // interrupts are off (no host page fault can happen before the entry).
+        // GPR and XSAVE areas the FPU switch points at are owned by this vCPU (with XCR0 values
+        // the CPU supports). CR2 takes the guest's value only while interrupts are off (no host
+        // page fault can happen before the entry).
         let status = unsafe {
             core::arch::asm!("mov cr2, {}", in(reg) self.cr2, options(nostack));
-            arch_vmx_run(gprs, self.launched as u64, host_fx, guest_fx)
+            arch_vmx_run(gprs, self.launched as u64, &fpu)
         };
         self.cr2 = crate::cpu::read_cr2();
-        if swap_xcr0 {
-            xsetbv(host_xcr0);
-        }
+        // VM exit leaves DR7 = 0x400 (the guest's DR7 is in the VMCS).
+        self.dr.save(&host_dr, true);
         // VM exit sets the GDTR/IDTR limits to 0xffff: put the real ones back.
         // SAFETY: reloading the descriptor tables that were loaded a moment ago.
         unsafe {
@@ -941,19 +942,6 @@ impl VmxVcpu {
             }
         }
     }
-}
-
-fn xgetbv() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: XGETBV(0) with CR4.OSXSAVE set (checked by the caller).
-    unsafe { core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    ((hi as u64) << 32) | lo as u64
-}
-
-fn xsetbv(v: u64) {
-    // SAFETY: XSETBV(0) with CR4.OSXSAVE set; the guest value was validated by the device model
-    // (XSETBV exits), the host value is the one read before.
-    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nomem, nostack)) };
 }
 
 impl Vcpu for VmxVcpu {
@@ -1113,6 +1101,13 @@ impl Vcpu for VmxVcpu {
                     gpa: vmread(f::GUEST_PHYSICAL_ADDRESS),
                 };
                 let exit = decode_vmx_exit(&info);
+                if exit == Exit::Nmi {
+                    // NMI exiting consumed a host NMI: deliver it to the host now, as KVM does,
+                    // through the host's NMI gate (the NMI handler on its own IST stack).
+                    // SAFETY: `int 2` enters the kernel's own vector-2 handler, exactly as the
+                    // NMI would have; interrupts are off, as they are for a real NMI.
+                    unsafe { core::arch::asm!("int 2") };
+                }
                 if let Exit::InvalidGuestState { .. } | Exit::Other { .. } = exit {
                     log::warn!(target: "vmx", "exit {} ({reason:#x}), qualification {:#x}, guest RIP {:#x}",
                         exit_reason_name(reason), info.qualification, vmread(f::GUEST_RIP));
@@ -1141,8 +1136,8 @@ impl Vcpu for VmxVcpu {
     }
 
     fn overhead_bytes(&self) -> u64 {
-        // VMCS + I/O bitmaps (2) + MSR bitmap + EPT tables + GPR/FX areas
-        (1 + 2 + 1 + 1 + self.ept.tables.len() as u64) * 4096 + 2 * 512 + core::mem::size_of::<Self>() as u64
+        // VMCS + I/O bitmaps (2) + MSR bitmap + EPT tables + GPR/XSAVE areas
+        (1 + 2 + 1 + 1 + self.ept.tables.len() as u64) * 4096 + 2 * core::mem::size_of::<XsaveArea>() as u64 + core::mem::size_of::<Self>() as u64
     }
 }
 

@@ -218,8 +218,9 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
         // *current* RFLAGS.IF and interrupt shadow (injecting an interrupt into a guest that
         // just executed CLI deadlocks it inside its own critical section).
         st = vcpu.state();
-        if let Exit::Mmio { gpa, .. } = exit {
-            // First touch of a RAM chunk the loader did not populate: zero it, map it, retry.
+        if let Exit::Mmio { gpa, .. } | Exit::PageWalkFault { gpa } = exit {
+            // First touch of a RAM chunk the loader did not populate (by an instruction or by
+            // the guest's page walk): zero it, map it, retry.
             if gpa < ram.size() {
                 let idx = (gpa / virt::CHUNK) as usize;
                 if ram.populate(idx) {

@@ -301,6 +301,11 @@ pub enum Exit {
     /// Nested/EPT page fault on a GPA that is not RAM. `write_hint` comes from the fault error
     /// code / exit qualification when the backend has it; the instruction at RIP is decoded anyway.
     Mmio { gpa: u64, write_hint: Option<bool> },
+    /// Nested/EPT page fault while the CPU walked the **guest's own page tables** (SVM NPF
+    /// EXITINFO1 bit 33; VMX EPT violation with qualification bit 8 clear): `gpa` is a
+    /// paging-structure address, not an operand of the instruction at RIP. Lazily mapped
+    /// when it is guest RAM, otherwise the VM ends ([`GuestFault::PageWalkOutsideRam`]).
+    PageWalkFault { gpa: u64 },
     Cpuid,
     Rdmsr,
     Wrmsr,
@@ -405,6 +410,8 @@ pub enum GuestFault {
     UnhandledExit { code: u64 },
     /// A reflected exception was reported in a way that cannot be injected.
     BadException { vector: u8 },
+    /// The guest's page tables (a paging-structure entry at `gpa`) are not in guest RAM.
+    PageWalkOutsideRam { gpa: u64, rip: u64 },
     /// Anything else, described.
     Other(String),
 }
@@ -427,6 +434,9 @@ impl core::fmt::Display for GuestFault {
             GuestFault::InvalidGuestState { code } => write!(f, "invalid guest state (exit code {code:#x})"),
             GuestFault::UnhandledExit { code } => write!(f, "unhandled exit (code {code:#x})"),
             GuestFault::BadException { vector } => write!(f, "exception {vector} reported inconsistently"),
+            GuestFault::PageWalkOutsideRam { gpa, rip } => {
+                write!(f, "guest page-table walk touched {gpa:#x}, outside guest RAM (rip {rip:#x})")
+            }
             GuestFault::Other(s) => write!(f, "{s}"),
         }
     }

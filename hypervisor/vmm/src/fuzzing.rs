@@ -183,7 +183,7 @@ fn cpu_from(b: &mut Bytes) -> VcpuState {
 }
 
 fn exit_from(b: &mut Bytes) -> Exit {
-    match b.u8() % 19 {
+    match b.u8() % 20 {
         0 => Exit::Io { port: b.u16(), size: [1, 2, 4, 3][(b.u8() % 4) as usize], write: b.bool(), string: b.bool(), rep: b.bool() },
         1 => Exit::Mmio { gpa: if b.bool() { 0xd000_0000 + (b.u16() as u64 % 0x2000) } else { b.u64() }, write_hint: match b.u8() % 3 { 0 => None, 1 => Some(false), _ => Some(true) } },
         2 => Exit::Cpuid,
@@ -202,6 +202,7 @@ fn exit_from(b: &mut Bytes) -> Exit {
         15 => Exit::Pause,
         16 => Exit::InvalidGuestState { code: b.u64() },
         17 => Exit::Other { code: b.u64() },
+        18 => Exit::PageWalkFault { gpa: b.u64() },
         _ => Exit::Io { port: 0x3f8 + (b.u8() % 8) as u16, size: 1, write: b.bool(), string: false, rep: false },
     }
 }

@@ -89,6 +89,7 @@ pub mod devices;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod insn;
+pub mod intercepts;
 pub mod mem;
 pub mod msr;
 pub mod paging;

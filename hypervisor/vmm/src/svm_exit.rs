@@ -39,12 +39,15 @@ pub fn decode_svm_exit(code: u64, info1: u64, info2: u64) -> Exit {
             }
         }
         0x7f => Exit::Shutdown,
+        // INVLPGA and the SVM instructions (the guest sees EFER.SVME set): #UD, as for a CPU
+        // without SVM. VMMCALL (0x81) is the hypercall.
+        0x7a | 0x80 | 0x82..=0x86 => Exit::Exception { vector: crate::intercepts::UD, error_code: None },
         0x81 => Exit::Vmcall,
         0x89 => Exit::Wbinvd,
         0x8d => Exit::Xsetbv,
-        // A nested fault during the guest's own page-table walk (EXITINFO1 bit 33) means its
-        // page tables live outside RAM: not an MMIO access by the instruction at RIP.
-        0x400 if info1 & (1 << 33) != 0 => Exit::Other { code },
+        // A nested fault during the guest's own page-table walk (EXITINFO1 bit 33): the GPA is
+        // a paging-structure entry, not an MMIO access by the instruction at RIP.
+        0x400 if info1 & (1 << 33) != 0 => Exit::PageWalkFault { gpa: info2 },
         0x400 => Exit::Mmio { gpa: info2, write_hint: Some(info1 & 2 != 0) },
         // VMEXIT_INVALID (-1); QEMU reports it as 0xffff_ffff in 32 bits.
         0xffff_ffff | 0xffff_ffff_ffff_ffff => Exit::InvalidGuestState { code },
@@ -71,7 +74,21 @@ mod tests {
         assert_eq!(decode_svm_exit(0x400, 0x2 | 0x1 | (1 << 32), 0xd000_0010), Exit::Mmio { gpa: 0xd000_0010, write_hint: Some(true) });
         assert_eq!(decode_svm_exit(0x400, 1 << 32, 0xfee0_0000), Exit::Mmio { gpa: 0xfee0_0000, write_hint: Some(false) });
         // fault during the guest's page-table walk: not an MMIO access by the instruction
-        assert_eq!(decode_svm_exit(0x400, 1 << 33, 0x1234_5000), Exit::Other { code: 0x400 });
+        assert_eq!(decode_svm_exit(0x400, 1 << 33, 0x1234_5000), Exit::PageWalkFault { gpa: 0x1234_5000 });
+        assert_eq!(decode_svm_exit(0x400, (1 << 33) | 2 | 1, 0xd000_0000), Exit::PageWalkFault { gpa: 0xd000_0000 });
+    }
+
+    #[test]
+    fn svm_instructions_are_ud_and_cache_flushes_are_exits() {
+        for code in [0x7a, 0x80, 0x82, 0x83, 0x84, 0x85, 0x86] {
+            assert_eq!(decode_svm_exit(code, 0, 0), Exit::Exception { vector: 6, error_code: None }, "exit {code:#x}");
+        }
+        assert_eq!(decode_svm_exit(0x81, 0, 0), Exit::Vmcall);
+        assert_eq!(decode_svm_exit(0x89, 0, 0), Exit::Wbinvd);
+        assert_eq!(decode_svm_exit(0x76, 0, 0), Exit::Invd);
+        // #AC (error code) and #DB (none) are reflected.
+        assert_eq!(decode_svm_exit(0x40 + 17, 0, 0), Exit::Exception { vector: 17, error_code: Some(0) });
+        assert_eq!(decode_svm_exit(0x40 + 1, 0, 0), Exit::Exception { vector: 1, error_code: None });
     }
 
     #[test]
@@ -89,7 +106,7 @@ mod tests {
         // VMEXIT_INVALID as QEMU reports it (32-bit) and as the APM defines it (-1)
         assert_eq!(decode_svm_exit(0xffff_ffff, 0, 0), Exit::InvalidGuestState { code: 0xffff_ffff });
         assert!(matches!(decode_svm_exit(u64::MAX, 0, 0), Exit::InvalidGuestState { .. }));
-        assert_eq!(decode_svm_exit(0x80, 0, 0), Exit::Other { code: 0x80 });
+        assert_eq!(decode_svm_exit(0x8a, 0, 0), Exit::Other { code: 0x8a });
     }
 
     #[test]

@@ -80,9 +80,10 @@ impl VmConfig {
 }
 
 /// Exit reasons counted in [`Stats::exits`].
-pub const EXIT_NAMES: [&str; 18] = [
+pub const EXIT_NAMES: [&str; 19] = [
     "io", "mmio", "cpuid", "rdmsr", "wrmsr", "hlt", "interrupt_window", "external_interrupt", "nmi",
     "exception", "shutdown", "vmcall", "xsetbv", "invd", "wbinvd", "pause", "invalid_guest_state", "other",
+    "page_walk",
 ];
 
 fn exit_index(e: &Exit) -> usize {
@@ -105,6 +106,7 @@ fn exit_index(e: &Exit) -> usize {
         Exit::Pause => 15,
         Exit::InvalidGuestState { .. } => 16,
         Exit::Other { .. } => 17,
+        Exit::PageWalkFault { .. } => 18,
     }
 }
 
@@ -115,7 +117,7 @@ pub const MAX_PORTS_TRACKED: usize = 256;
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     /// Exits by reason, indexed like [`EXIT_NAMES`].
-    pub exits: [u64; 18],
+    pub exits: [u64; 19],
     /// Port I/O exits by port (the first [`MAX_PORTS_TRACKED`] distinct ports; the rest are
     /// only in `exits`: a guest must not grow host memory by touching every port).
     pub io_by_port: BTreeMap<u16, u64>,
@@ -516,6 +518,10 @@ impl MicroVm {
                 Ok(Action::Resume)
             }
             Exit::Mmio { gpa, write_hint } => self.mmio(gpa, write_hint, cpu, mem, now_ns),
+            // The backend loop maps RAM chunks on first touch before calling us, so a walk
+            // fault that reaches the device model is outside RAM: never emulate the
+            // instruction at RIP against that address.
+            Exit::PageWalkFault { gpa } => Ok(Action::Stop(StopReason::GuestFault(GuestFault::PageWalkOutsideRam { gpa, rip: cpu.rip }))),
             Exit::Cpuid => {
                 if let Err(o) = self.skip(cpu, mem, &[Mnemonic::Cpuid], "cpuid") {
                     return o;

@@ -505,3 +505,38 @@ fn real_mode_io_and_ip_wrap() {
     assert_eq!(c.rip, 0);
     assert_eq!(v.take_console_lines(), ["R"]);
 }
+
+#[test]
+fn page_walk_fault_is_not_mmio_emulation() {
+    // The instruction at RIP would be a valid virtio-mmio read of the faulting GPA; a fault
+    // during the guest's own page walk must still end the VM, not touch the device.
+    let (mut c, mut m) = long_guest(&[0x8b, 0x07]); // mov eax, [rdi]
+    c.rdi = 0xd000_0000;
+    c.rax = 0x1234;
+    let mut v = vm();
+    assert_eq!(
+        v.handle_exit(Exit::PageWalkFault { gpa: 0xd000_0000 }, &mut c, &mut m, 0),
+        Ok(Action::Stop(StopReason::GuestFault(GuestFault::PageWalkOutsideRam { gpa: 0xd000_0000, rip: CODE })))
+    );
+    assert_eq!(c.rax, 0x1234);
+    assert_eq!(c.rip, CODE);
+}
+
+#[test]
+fn cache_flushes_are_skipped_and_boundary_exceptions_reflected() {
+    // WBINVD (0f 09) and INVD (0f 08): no-ops that retire.
+    for (exit, bytes) in [(Exit::Wbinvd, [0x0f, 0x09]), (Exit::Invd, [0x0f, 0x08])] {
+        let (mut c, mut m) = prot32_guest(&bytes);
+        let mut v = vm();
+        assert_eq!(v.handle_exit(exit, &mut c, &mut m, 0), Ok(Action::Resume));
+        assert_eq!(c.rip, CODE + 2);
+    }
+    // #AC (error code 0), #DB and #UD (an SVM instruction) go back into the guest.
+    for (vector, ec) in [(17u8, Some(0u32)), (1, None), (6, None)] {
+        let (mut c, mut m) = prot32_guest(&[0x90]);
+        let mut v = vm();
+        assert_eq!(v.handle_exit(Exit::Exception { vector, error_code: ec }, &mut c, &mut m, 0), Ok(Action::Resume));
+        assert_eq!(v.pending_exception(), Some(Injection::exception(vector, ec)));
+        assert_eq!(c.rip, CODE);
+    }
+}

@@ -143,6 +143,11 @@ pub fn decode_vmx_exit(info: &VmxExitInfo) -> Exit {
                 rep: q & (1 << 5) != 0,
             }
         }
+        // Qualification bit 8 set: the access was to the translation of a linear address
+        // (an operand or fetch of the instruction at RIP). Clear: a paging-structure access
+        // during the guest's own walk (bit 7 set), or an access with no linear address at all
+        // (PDPTE loads): never an MMIO operand (as KVM's PFERR_GUEST_PAGE).
+        reason::EPT_VIOLATION if q & (1 << 8) == 0 => Exit::PageWalkFault { gpa: info.gpa },
         reason::EPT_VIOLATION => Exit::Mmio { gpa: info.gpa, write_hint: Some(q & (1 << 1) != 0) },
         reason::GETSEC
         | reason::VMCLEAR..=reason::VMXON
@@ -314,10 +319,17 @@ mod tests {
 
     #[test]
     fn ept_violation_uses_gpa_and_write_bit() {
-        let i = VmxExitInfo { reason: 48, qualification: 0b010, gpa: 0xd000_0010, ..Default::default() };
+        let fin = (1 << 7) | (1 << 8); // linear address valid, access to its translation
+        let i = VmxExitInfo { reason: 48, qualification: fin | 0b010, gpa: 0xd000_0010, ..Default::default() };
         assert_eq!(decode_vmx_exit(&i), Exit::Mmio { gpa: 0xd000_0010, write_hint: Some(true) });
-        let i = VmxExitInfo { reason: 48, qualification: 0b001, gpa: 0xfee0_0030, ..Default::default() };
+        let i = VmxExitInfo { reason: 48, qualification: fin | 0b001, gpa: 0xfee0_0030, ..Default::default() };
         assert_eq!(decode_vmx_exit(&i), Exit::Mmio { gpa: 0xfee0_0030, write_hint: Some(false) });
+        // During the guest's page walk (bit 7 set, bit 8 clear): not MMIO by the instruction.
+        let i = VmxExitInfo { reason: 48, qualification: (1 << 7) | 0b001, gpa: 0xd000_0000, ..Default::default() };
+        assert_eq!(decode_vmx_exit(&i), Exit::PageWalkFault { gpa: 0xd000_0000 });
+        // No linear address (PDPTE load): not MMIO either.
+        let i = VmxExitInfo { reason: 48, qualification: 0b001, gpa: 0x1000_0000, ..Default::default() };
+        assert_eq!(decode_vmx_exit(&i), Exit::PageWalkFault { gpa: 0x1000_0000 });
     }
 
     #[test]
@@ -333,6 +345,10 @@ mod tests {
         assert_eq!(decode_vmx_exit(&info(7, 0)), Exit::InterruptWindow);
         assert_eq!(decode_vmx_exit(&info(1, 0)), Exit::ExternalInterrupt);
         assert_eq!(decode_vmx_exit(&info(24, 0)), Exit::Exception { vector: 6, error_code: None });
+        assert_eq!(decode_vmx_exit(&info(54, 0)), Exit::Wbinvd);
+        // #AC (hardware exception with error code) is reflected.
+        let i = VmxExitInfo { reason: 0, intr_info: 17 | (3 << 8) | (1 << 11) | (1 << 31), intr_error: 0, ..Default::default() };
+        assert_eq!(decode_vmx_exit(&i), Exit::Exception { vector: 17, error_code: Some(0) });
         assert_eq!(decode_vmx_exit(&info(49, 0)), Exit::Other { code: 49 });
     }
 

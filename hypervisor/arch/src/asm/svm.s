@@ -2,7 +2,7 @@
 //   rdi = guest VMCB physical address
 //   rsi = &mut GuestGprs (rbx, rcx, rdx, rsi, rdi, rbp, r8..r15; RAX/RSP live in the VMCB)
 //   rdx = host VMSAVE area physical address
-//   rcx = host FXSAVE area, r8 = guest FXSAVE area (512 bytes, 16-aligned each)
+//   rcx = &FpuSwitch (guest_switch.rs): the FPU/SSE/AVX + XCR0 switch (asm/guest_fpu.s)
 // VMRUN saves the host's RAX/RSP/RIP/RFLAGS/CR*/EFER/segments to the HSAVE area and restores
 // them on #VMEXIT; VMSAVE/VMLOAD switch what VMRUN does not (FS/GS/TR/LDTR hidden state,
 // KernelGsBase, STAR/LSTAR/CSTAR/SFMASK, SYSENTER_*).
@@ -15,18 +15,17 @@ arch_svm_run:
     push r13
     push r14
     push r15
-    push r8                     // [rsp+32] guest fx area
-    push rcx                    // [rsp+24] host fx area
+    push rcx                    // [rsp+24] fpu switch
     push rdx                    // [rsp+16] host vmsave pa
     push rsi                    // [rsp+8]  gprs
     push rdi                    // [rsp]    vmcb pa
-    fxsave64 [rcx]              // host FPU/SSE state
-    fxrstor64 [r8]              // guest FPU/SSE state
-    mov rax, rdx
+    mov rdi, rcx
+    call arch_fpu_to_guest      // host FPU state saved, guest FPU state + XCR0 loaded
+    mov rax, [rsp + 16]
     vmsave rax                  // host hidden state
-    mov rax, rdi
+    mov rax, [rsp]
     vmload rax                  // guest hidden state
-    mov rax, rsi
+    mov rax, [rsp + 8]
     mov rbx, [rax + 0]
     mov rcx, [rax + 8]
     mov rdx, [rax + 16]
@@ -44,6 +43,10 @@ arch_svm_run:
     mov rax, [rsp]
     vmrun rax
     // #VMEXIT: RSP/RAX are the host's again (RAX = VMCB pa); other GPRs hold guest values.
+    // Disarm breakpoints at once (the guest's DR7 is saved in its VMCB) in case the CPU left
+    // the guest's DR7 loaded: guest breakpoints must never fire in the host.
+    mov eax, 0x400
+    mov dr7, rax
     mov rax, [rsp + 8]
     mov [rax + 0], rbx
     mov [rax + 8], rcx
@@ -63,11 +66,9 @@ arch_svm_run:
     vmsave rax                  // guest hidden state back into its VMCB
     mov rax, [rsp + 16]
     vmload rax                  // host hidden state
-    mov rax, [rsp + 32]
-    fxsave64 [rax]              // guest FPU/SSE state
-    mov rax, [rsp + 24]
-    fxrstor64 [rax]             // host FPU/SSE state
-    add rsp, 40
+    mov rdi, [rsp + 24]
+    call arch_fpu_to_host       // guest FPU state saved, host FPU state + XCR0 back
+    add rsp, 32
     pop r15
     pop r14
     pop r13

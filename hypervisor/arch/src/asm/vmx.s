@@ -1,7 +1,7 @@
 // Intel VT-x world switch. Called with interrupts off by vmx.rs, with this vCPU's VMCS current.
 //   rdi = &mut GuestGprs (rax, rbx, rcx, rdx, rsi, rdi, rbp, r8..r15; RSP/RIP live in the VMCS)
 //   rsi = 0: VMLAUNCH, otherwise VMRESUME
-//   rdx = host FXSAVE area, rcx = guest FXSAVE area (512 bytes, 16-aligned each)
+//   rdx = &FpuSwitch (guest_switch.rs): the FPU/SSE/AVX + XCR0 switch (asm/guest_fpu.s)
 // Returns eax = 0 after a VM exit, 1 on VMfailValid (read VM_INSTRUCTION_ERROR), 2 on
 // VMfailInvalid. HOST_RIP is `arch_vmx_exit`; HOST_RSP is written here, so after an exit the
 // stack is exactly as it was at VMLAUNCH/VMRESUME.
@@ -15,11 +15,13 @@ arch_vmx_run:
     push r13
     push r14
     push r15
-    push rcx                    // [rsp+16] guest fx area
-    push rdx                    // [rsp+8]  host fx area
+    push rdx                    // [rsp+16] fpu switch
+    push rsi                    // [rsp+8]  launch/resume
     push rdi                    // [rsp]    gprs
-    fxsave64 [rdx]              // host FPU/SSE state
-    fxrstor64 [rcx]             // guest FPU/SSE state
+    mov rdi, rdx
+    call arch_fpu_to_guest      // host FPU state saved, guest FPU state + XCR0 loaded
+    mov rdi, [rsp]
+    mov rsi, [rsp + 8]
     mov rax, 0x6c14             // HOST_RSP
     vmwrite rax, rsp
     jbe 4f
@@ -72,10 +74,10 @@ arch_vmx_exit:
     mov [rax + 0], rbx
     xor eax, eax
 3:
-    mov rcx, [rsp + 16]
-    fxsave64 [rcx]              // guest FPU/SSE state
-    mov rdx, [rsp + 8]
-    fxrstor64 [rdx]             // host FPU/SSE state
+    mov rbx, rax                // status
+    mov rdi, [rsp + 16]
+    call arch_fpu_to_host       // guest FPU state saved, host FPU state + XCR0 back
+    mov rax, rbx
     add rsp, 24
     pop r15
     pop r14
