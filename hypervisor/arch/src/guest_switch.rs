@@ -1,9 +1,9 @@
 //! What VMRUN / VM entry do not switch between host and guest, switched the same way by both
 //! backends around every entry:
 //!
-//! - FPU/SSE/AVX state and XCR0: XSAVE/XRSTOR of x87|SSE|AVX under each side's own XCR0
-//!   (`asm/guest_fpu.s`, called from svm.s / vmx.s right next to the world switch), FXSAVE
-//!   when the CPU has no XSAVE. Without it a guest would see another guest's (or a ring-3
+//! - FPU/SSE/AVX state and XCR0: XSAVE/XRSTOR of every component the host enabled (x87|SSE|AVX)
+//!   for both sides, the guest's own XCR0 while it runs (`asm/guest_fpu.s`, called from
+//!   svm.s / vmx.s right next to the world switch), FXSAVE when the CPU has no XSAVE. Without it a guest would see another guest's (or a ring-3
 //!   task's) ymm upper halves, and run with the host's XCR0 instead of its own.
 //! - DR0–DR3 (both backends) and DR6 (VMX; SVM keeps the guest DR6/DR7 in the VMCB, VMX the
 //!   guest DR7 in the VMCS): the host's values are saved before entry, host breakpoints are
@@ -36,7 +36,7 @@ impl XsaveArea {
     }
 
     /// XRSTOR faults (#GP, in the host) on header bits outside the XCR0 it runs under and on
-    /// non-zero reserved header bytes; the guest's XCR0 may have shrunk since the last save.
+    /// non-zero reserved header bytes: keep the header valid for `xcr0`.
     fn sanitize(&mut self, xcr0: u64) {
         let bv = u64::from_le_bytes(self.0[XSTATE_BV..XSTATE_BV + 8].try_into().unwrap_or([0; 8])) & xcr0;
         self.0[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
@@ -68,7 +68,7 @@ impl FpuSwitch {
         }
         if xsave {
             host.sanitize(host_xcr0);
-            guest.sanitize(g);
+            guest.sanitize(host_xcr0);
         }
         FpuSwitch { host, guest, host_xcr0, guest_xcr0: g, xsave: xsave as u64 }
     }

@@ -944,19 +944,13 @@ impl VmxVcpu {
     }
 }
 
-impl Vcpu for VmxVcpu {
-    fn backend(&self) -> &'static str {
-        "vmx"
-    }
-
-    fn id(&self) -> u32 {
-        self.vpid as u32
-    }
-
-    fn set_state(&mut self, s: &VcpuState) {
+impl VmxVcpu {
+    /// `set_state` with interrupts off.
+    fn set_state_current(&mut self, s: &VcpuState) {
         if self.load().is_err() {
             return;
         }
+
         self.gprs = GuestGprs {
             rax: s.rax,
             rbx: s.rbx,
@@ -1001,7 +995,7 @@ impl Vcpu for VmxVcpu {
         vmwrite(f::GUEST_INTERRUPTIBILITY, (ib & !3) | shadow);
     }
 
-    fn state(&self) -> VcpuState {
+    fn state_current(&self) -> VcpuState {
         let mut s = VcpuState::new();
         if self.load().is_err() {
             return s;
@@ -1046,7 +1040,7 @@ impl Vcpu for VmxVcpu {
         s
     }
 
-    fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
+    fn run_inner(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
         let cpu = apic_id();
         if cpu != self.cpu {
             // The kernel runs a vCPU on one CPU; moving it would need VMCLEAR on the old one.
@@ -1121,6 +1115,31 @@ impl Vcpu for VmxVcpu {
                 (_, None) => event = EventDecision::None,
             }
         }
+    }
+
+}
+
+impl Vcpu for VmxVcpu {
+    fn backend(&self) -> &'static str {
+        "vmx"
+    }
+
+    fn id(&self) -> u32 {
+        self.vpid as u32
+    }
+
+    fn set_state(&mut self, s: &VcpuState) {
+        // Interrupts off: a task switch between VMPTRLD and the VMWRITEs could make another
+        // vCPU's VMCS current on this CPU (two microVMs share a CPU).
+        crate::cpu::without_interrupts(|| self.set_state_current(s))
+    }
+
+    fn state(&self) -> VcpuState {
+        crate::cpu::without_interrupts(|| self.state_current())
+    }
+
+    fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
+        self.run_inner(event)
     }
 
     fn reinjection_pending(&self) -> bool {

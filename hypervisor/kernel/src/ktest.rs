@@ -52,12 +52,18 @@ const TESTS: &[(&str, TestFn)] = &[
     ("driver_rtc_over_ipc", crate::ktest_core::driver_rtc_over_ipc),
     ("ipc_memory_grant", crate::ktest_core::ipc_memory_grant),
     ("driver_mmio_dma_grants", crate::ktest_core::driver_mmio_dma_grants),
-    ("vm_hostile_garbage_io", vm_hostile_garbage_io),
-    ("vm_hostile_unknown_msr_gp", vm_hostile_unknown_msr_gp),
-    ("vm_hostile_wild_mmio", vm_hostile_wild_mmio),
-    ("vm_hostile_invalid_instruction", vm_hostile_invalid_instruction),
-    ("vm_hostile_triple_fault", vm_hostile_triple_fault),
-    ("vm_hostile_unsupported_mmio_insn", vm_hostile_unsupported_mmio_insn),
+    ("vm_hostile_garbage_io", crate::ktest_vm::vm_hostile_garbage_io),
+    ("vm_hostile_unknown_msr_gp", crate::ktest_vm::vm_hostile_unknown_msr_gp),
+    ("vm_hostile_wild_mmio", crate::ktest_vm::vm_hostile_wild_mmio),
+    ("vm_hostile_invalid_instruction", crate::ktest_vm::vm_hostile_invalid_instruction),
+    ("vm_hostile_triple_fault", crate::ktest_vm::vm_hostile_triple_fault),
+    ("vm_hostile_unsupported_mmio_insn", crate::ktest_vm::vm_hostile_unsupported_mmio_insn),
+    ("vm_hostile_cache_flush", crate::ktest_vm::vm_hostile_cache_flush),
+    ("vm_hostile_svm_instructions", crate::ktest_vm::vm_hostile_svm_instructions),
+    ("vm_hostile_alignment_check", crate::ktest_vm::vm_hostile_alignment_check),
+    ("vm_hostile_debug_registers", crate::ktest_vm::vm_hostile_debug_registers),
+    ("vm_hostile_page_walk_outside_ram", crate::ktest_vm::vm_hostile_page_walk_outside_ram),
+    ("vm_page_walk_maps_fresh_ram", crate::ktest_vm::vm_page_walk_maps_fresh_ram),
     ("vm_vcpu_loop_is_a_task", crate::ktest_core::vm_vcpu_loop_is_a_task),
     ("console_flood_leaves_node_running", crate::ktest_console::console_flood_leaves_node_running),
 ];
@@ -273,56 +279,4 @@ fn timer_interrupts_arrive(_: &Node) -> Result<(), String> {
     let ms = (time::now_ns() - start) / 1_000_000;
     // 20 ticks at 100 Hz = 200 ms: never much faster (a misprogrammed timer), and periodic.
     check((150..=5000).contains(&ms), || format!("20 ticks took {ms} ms"))
-}
-
-// ---- microVM: a hostile guest ends only itself, and its memory comes back ----
-
-use crate::vm::{Ended, Image, HOSTILE_GUEST, HOSTILE_LOAD};
-use catenary_vmm::cpu::{GuestFault, StopReason};
-
-fn hostile(scenario: u32, name: &str) -> Result<crate::vm::RunReport, String> {
-    if !catenary_arch::cpu::features().svm && !catenary_arch::cpu::features().vmx {
-        return Err("no hardware virtualization on this CPU".into());
-    }
-    let before = memory::stats().free;
-    let r = crate::vm::run(name, Image::Raw { code: HOSTILE_GUEST, load: HOSTILE_LOAD, arg: scenario }, 16);
-    crate::vm::report(name, &r);
-    let after = memory::stats().free;
-    check(after == before, || format!("{} frames not returned after the VM ended", before as i64 - after as i64))?;
-    check(r.console.iter().any(|l| l.contains("starting scenario")), || format!("guest never ran: {:?}", r.ended))?;
-    Ok(r)
-}
-
-fn vm_hostile_garbage_io(_: &Node) -> Result<(), String> {
-    let r = hostile(0, "hostile-io")?;
-    check(r.console.iter().any(|l| l.contains("still running")), || "guest did not survive garbage port I/O".into())?;
-    // String I/O from outside guest RAM ends the VM (and only the VM).
-    check(matches!(r.ended, Ended::Stopped(StopReason::GuestFault(_))), || format!("{:?}", r.ended))?;
-    check(!r.console.iter().any(|l| l.contains("impossible")), || "string I/O from outside RAM went through".into())
-}
-
-fn vm_hostile_unknown_msr_gp(_: &Node) -> Result<(), String> {
-    let r = hostile(1, "hostile-msr")?;
-    check(matches!(r.ended, Ended::Stopped(StopReason::PowerOff { .. })), || format!("{:?}", r.ended))?;
-    check(r.console.iter().any(|l| l.contains("2 #GP delivered")), || format!("#GP not injected: {:?}", r.console))
-}
-
-fn vm_hostile_wild_mmio(_: &Node) -> Result<(), String> {
-    let r = hostile(2, "hostile-mmio")?;
-    check(matches!(r.ended, Ended::Stopped(StopReason::GuestFault(GuestFault::WildMmio { gpa: 0xe000_0000, .. }))), || format!("{:?}", r.ended))
-}
-
-fn vm_hostile_invalid_instruction(_: &Node) -> Result<(), String> {
-    let r = hostile(3, "hostile-ud")?;
-    check(matches!(r.ended, Ended::Stopped(StopReason::TripleFault)), || format!("{:?}", r.ended))
-}
-
-fn vm_hostile_triple_fault(_: &Node) -> Result<(), String> {
-    let r = hostile(4, "hostile-tf")?;
-    check(matches!(r.ended, Ended::Stopped(StopReason::TripleFault)), || format!("{:?}", r.ended))
-}
-
-fn vm_hostile_unsupported_mmio_insn(_: &Node) -> Result<(), String> {
-    let r = hostile(5, "hostile-movs")?;
-    check(matches!(r.ended, Ended::Stopped(StopReason::GuestFault(_))), || format!("{:?}", r.ended))
 }

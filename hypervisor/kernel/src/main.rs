@@ -27,5 +27,7 @@ mod ktest;
 mod ktest_console;
 #[cfg(feature = "ktest")]
 mod ktest_core;
+#[cfg(feature = "ktest")]
+mod ktest_vm;
 mod vm;
 mod vmconsole;
