@@ -302,6 +302,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         return Ok(());
     }
     let kernel = crate::build::build_kernel(false)?;
+    crate::netboot::tests(t, &kernel)?;
     test_fabric_echo(t, &kernel)?;
     test_outsider(t, &kernel)?;
     test_remote_ipc(t, &kernel)?;

@@ -6,6 +6,7 @@ mod bochs;
 mod build;
 mod cluster;
 mod fuzz;
+mod netboot;
 mod qemu;
 mod test;
 mod bench;

@@ -82,10 +82,7 @@ impl Cmos {
         }
         let (sec, min) = (conv(self.seconds)?, conv(self.minutes)?);
         let (day, month, yy) = (conv(self.day)?, conv(self.month)?, conv(self.year)?);
-        let century = match conv(self.century) {
-            Ok(c @ 19..=29) => c,
-            _ => 20,
-        };
+        let century = conv(self.century).ok().filter(|c| (19..=29).contains(c)).unwrap_or(20);
         let year = i64::from(century) * 100 + i64::from(yy);
         if sec > 59 || min > 59 || hour > 23 || yy > 99 || !(1..=12).contains(&month) {
             return Err(RtcError::OutOfRange);

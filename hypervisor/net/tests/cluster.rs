@@ -87,7 +87,7 @@ fn arbitrary_text_never_panics() {
             x ^= x >> 17;
             x ^= x << 5;
             s.push(char::from_u32(x % 0x250).unwrap_or('?'));
-            if x % 7 == 0 {
+            if x.is_multiple_of(7) {
                 s.push_str(" node a 1 fe80::1 ");
             }
         }
