@@ -86,6 +86,7 @@ pub mod console;
 pub mod cpu;
 pub mod cpuid;
 pub mod devices;
+pub mod fallible;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod insn;

@@ -540,3 +540,40 @@ fn cache_flushes_are_skipped_and_boundary_exceptions_reflected() {
         assert_eq!(c.rip, CODE);
     }
 }
+
+#[test]
+fn out_of_memory_in_a_device_ends_the_vm() {
+    // The virtio-console transmit path of `virtio_console_via_mmio_exits`, with host
+    // allocations failing when the driver notifies: the exit reports OutOfMemory (the kernel
+    // ends this VM with `Ended::OutOfMemory`), nothing panics.
+    let mut v = vm();
+    let (mut c, mut m) = long_guest(&[0x89, 0x07]); // mov [rdi], eax
+    let w = |v: &mut MicroVm, c: &mut VcpuState, m: &mut VecMemory, off: u64, val: u64| {
+        c.rip = CODE;
+        c.rdi = 0xd000_0000 + off;
+        c.rax = val;
+        v.handle_exit(Exit::Mmio { gpa: 0xd000_0000 + off, write_hint: Some(true) }, c, m, 0)
+    };
+    for (off, val) in [(0x70, 3), (0x24, 1), (0x20, 1), (0x70, 0xb), (0x30, 1), (0x38, 4), (0x80, 0x8000), (0x90, 0x8100), (0xa0, 0x8200), (0x44, 1), (0x70, 0xf)] {
+        assert_eq!(w(&mut v, &mut c, &mut m, off, val), Ok(Action::Resume));
+    }
+    m.write(0x9000, b"hello\n").unwrap();
+    m.write_u64(0x8000, 0x9000).unwrap();
+    m.write_u32(0x8008, 6).unwrap();
+    m.write_u16(0x8104, 0).unwrap();
+    m.write_u16(0x8102, 1).unwrap();
+    assert!(!v.out_of_memory());
+    crate::fallible::fail_allocations(true);
+    let r = w(&mut v, &mut c, &mut m, 0x50, 1);
+    crate::fallible::fail_allocations(false);
+    assert_eq!(r, Err(VmError::OutOfMemory));
+    assert!(v.out_of_memory());
+    assert!(v.take_console_lines().is_empty());
+}
+
+#[test]
+fn console_ring_allocation_failure_is_an_error() {
+    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000);
+    cfg.console_ring_bytes = usize::MAX / 2;
+    assert!(matches!(MicroVm::try_new(cfg, &host_cpuid), Err(VmError::OutOfMemory)));
+}

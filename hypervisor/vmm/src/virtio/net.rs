@@ -12,6 +12,7 @@
 //! ([`QueueError::OutOfMemory`]), one for a frame from the node drops that frame.
 
 use super::queue::{Queue, QueueError};
+use crate::fallible::reserve;
 use crate::mem::GuestMemory;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -75,7 +76,7 @@ impl VirtioNet {
             return false;
         }
         let mut v = Vec::new();
-        if v.try_reserve_exact(frame.len()).is_err() || self.rx.try_reserve(1).is_err() {
+        if reserve(|| v.try_reserve_exact(frame.len())).is_err() || reserve(|| self.rx.try_reserve(1)).is_err() {
             self.counters.rx_dropped += 1;
             return false;
         }
@@ -98,8 +99,8 @@ impl VirtioNet {
                 self.counters.tx_overflow += 1;
             } else if ok_len {
                 let mut buf = Vec::new();
-                buf.try_reserve_exact(total as usize - NET_HDR_LEN).map_err(|_| QueueError::OutOfMemory)?;
-                self.tx.try_reserve(1).map_err(|_| QueueError::OutOfMemory)?;
+                reserve(|| buf.try_reserve_exact(total as usize - NET_HDR_LEN)).map_err(|_| QueueError::OutOfMemory)?;
+                reserve(|| self.tx.try_reserve(1)).map_err(|_| QueueError::OutOfMemory)?;
                 buf.resize(total as usize - NET_HDR_LEN, 0);
                 match c.read_at(mem, NET_HDR_LEN as u64, &mut buf) {
                     Ok(n) if n == buf.len() => {
@@ -188,6 +189,27 @@ mod tests {
         assert_eq!(n.counters.tx_bad, 3);
         assert_eq!(d.used_idx(&m), 5);
         assert!(n.take_tx_frames().is_empty());
+    }
+
+    #[test]
+    fn allocation_failure_is_an_error_not_a_panic() {
+        let mut m = VecMemory::new(0x40000);
+        let mut d = Driver::new(0x1000, 8);
+        let mut q = d.queue();
+        let mut n = VirtioNet::new([2, 0, 0, 0, 0, 1]);
+        m.as_mut_slice()[0x800c..0x800c + 60].copy_from_slice(&frame(60, 1));
+        d.add(&mut m, &[(0x8000, 72, false)]);
+        crate::fallible::fail_allocations(true);
+        let r = n.process_tx(&mut q, &mut m);
+        // A frame from the node that cannot be stored is dropped and counted.
+        assert!(!n.push_rx_frame(&frame(60, 2)));
+        crate::fallible::fail_allocations(false);
+        assert_eq!(r, Err(QueueError::OutOfMemory));
+        assert_eq!(n.counters.rx_dropped, 1);
+        // Allocation works again: the same frame goes through.
+        let mut q = d.queue();
+        assert_eq!(n.process_tx(&mut q, &mut m), Ok(true));
+        assert_eq!(n.take_tx_frames().len(), 1);
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl Queue {
         }
         // The chain length is bounded (queue size, indirect table size) but the memory is
         // still the guest's doing: failing to get it ends the VM, not the node.
-        descs.try_reserve(1).map_err(|_| QueueError::OutOfMemory)?;
+        crate::fallible::reserve(|| descs.try_reserve(1)).map_err(|_| QueueError::OutOfMemory)?;
         descs.push(Desc { addr, len, write });
         Ok(())
     }
