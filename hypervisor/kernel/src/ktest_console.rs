@@ -125,28 +125,51 @@ pub fn console_flood_leaves_node_running(node: &Node) -> Result<(), String> {
     let want = format!("compute done {:08x}", expected_checksum());
     STOP_COUNT.store(false, Ordering::SeqCst);
     let ctr = task::spawn_kernel("console-counter", Priority::NORMAL, Affinity::only(1), counter, 0);
-    let base = phase(QUIET);
-    let flood = base.as_ref().ok().map(|_| phase(FLOOD_BOTH));
+    // Quiet and flood phases alternate, at least two pairs and a third if the speeds still
+    // disagree; each side keeps its best run (the host running QEMU is shared and often
+    // overloaded, so one slow phase says little; a flood that slowed the others would slow
+    // every flood phase).
+    let mut base: Option<Phase> = None;
+    let mut flood: Option<Phase> = None;
+    let mut err = None;
+    for (i, mode) in [QUIET, FLOOD_BOTH, QUIET, FLOOD_BOTH, QUIET, FLOOD_BOTH].into_iter().enumerate() {
+        if i == 4 && base.as_ref().zip(flood.as_ref()).is_some_and(|(b, f)| progress_ok(b, f)) {
+            break;
+        }
+        match phase(mode) {
+            Ok(p) => {
+                log::info!(target: "ktest", "console flood: {} phase: healthy VM {} ms, counter {}/ms, heap peak +{} KiB, background VM wrote {} bytes, dropped {} ({} overwritten), ran {} ms",
+                    if mode == QUIET { "quiet" } else { "flood" }, p.healthy_ns / 1_000_000, p.count_per_ms, p.heap_peak / 1024,
+                    p.bg.console_written, p.bg.console_dropped, p.bg.console_overwritten, p.bg.wall_ns / 1_000_000);
+                if let Err(e) = check_phase(&p, &want, mode) {
+                    err = Some(e);
+                    break;
+                }
+                let slot = if mode == QUIET { &mut base } else { &mut flood };
+                *slot = Some(match slot.take() {
+                    None => p,
+                    Some(mut b) => {
+                        b.healthy_ns = b.healthy_ns.min(p.healthy_ns);
+                        b.count_per_ms = b.count_per_ms.max(p.count_per_ms);
+                        b.heap_peak = b.heap_peak.max(p.heap_peak);
+                        b
+                    }
+                });
+            }
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
     STOP_COUNT.store(true, Ordering::SeqCst);
     task::join(ctr, 5 * SEC).ok_or("counter task stuck")?;
-    let base = base?;
-    let flood = flood.ok_or("no flood phase")??;
-    log::info!(target: "ktest", "console flood: healthy VM {} ms (baseline {} ms), counter {}/ms (baseline {}/ms), heap peak +{} KiB (baseline +{} KiB), flood VM wrote {} bytes, dropped {} ({} overwritten in its ring), ran {} ms",
-        flood.healthy_ns / 1_000_000, base.healthy_ns / 1_000_000, flood.count_per_ms, base.count_per_ms,
-        flood.heap_peak / 1024, base.heap_peak / 1024, flood.bg.console_written, flood.bg.console_dropped, flood.bg.console_overwritten, flood.bg.wall_ns / 1_000_000);
-    for (p, what) in [(&base, "baseline"), (&flood, "flood")] {
-        check(matches!(p.healthy.ended, Ended::Stopped(StopReason::PowerOff { .. })), || format!("{what}: healthy VM ended {:?}", p.healthy.ended))?;
-        check(p.healthy.console.iter().any(|l| l.contains(&want)), || format!("{what}: healthy VM did not print `{want}`: {:?}", p.healthy.console))?;
-        check(p.bg.ended == Ended::Killed, || format!("{what}: background VM ended {:?}", p.bg.ended))?;
+    if let Some(e) = err {
+        return Err(e);
     }
-    check(base.bg.console_dropped == 0, || format!("the quiet VM dropped {} console bytes", base.bg.console_dropped))?;
-    // The flood really flooded, and lost its own bytes (counted).
-    check(flood.bg.console_written > 2 * BURST_BYTES, || format!("the flood VM wrote only {} bytes", flood.bg.console_written))?;
-    check(flood.bg.console_overwritten > 0, || format!("the flood VM's ring never overflowed ({} bytes written)", flood.bg.console_written))?;
-    // What it printed stays within burst + rate x time (+ the end-of-run tail and one line).
-    let printed = flood.bg.console_written.saturating_sub(flood.bg.console_dropped);
-    let allowed = BURST_BYTES + RATE_BYTES_PER_S * (flood.bg.wall_ns / SEC + 1) + crate::vmconsole::END_TAIL as u64 + 4096;
-    check(printed <= allowed, || format!("the flood VM printed {printed} bytes, its rate limit allows {allowed}"))?;
+    let (base, flood) = (base.ok_or("no quiet phase")?, flood.ok_or("no flood phase")?);
+    log::info!(target: "ktest", "console flood: best runs: healthy VM {} ms (baseline {} ms), counter {}/ms (baseline {}/ms), heap peak +{} KiB (baseline +{} KiB)",
+        flood.healthy_ns / 1_000_000, base.healthy_ns / 1_000_000, flood.count_per_ms, base.count_per_ms, flood.heap_peak / 1024, base.heap_peak / 1024);
     // Normal progress: at least half the baseline speed (generous: TCG on a shared host).
     check(flood.healthy_ns <= 2 * base.healthy_ns, || format!("healthy VM took {} ms beside the flood, {} ms beside a quiet VM", flood.healthy_ns / 1_000_000, base.healthy_ns / 1_000_000))?;
     check(flood.count_per_ms * 2 >= base.count_per_ms, || format!("counter on CPU 1: {}/ms during the flood, {}/ms baseline", flood.count_per_ms, base.count_per_ms))?;
@@ -154,4 +177,27 @@ pub fn console_flood_leaves_node_running(node: &Node) -> Result<(), String> {
     // captures and device models; measured +170 KiB) whatever the flood wrote.
     check(flood.heap_peak <= 512 * 1024 && flood.heap_peak <= base.heap_peak + 128 * 1024,
         || format!("heap peak +{} KiB during the flood, +{} KiB baseline", flood.heap_peak / 1024, base.heap_peak / 1024))
+}
+
+fn progress_ok(base: &Phase, flood: &Phase) -> bool {
+    flood.healthy_ns <= 2 * base.healthy_ns && flood.count_per_ms * 2 >= base.count_per_ms
+}
+
+/// What every phase must show: the healthy VM finished its work, the background VM was
+/// stopped by the node; the quiet one lost nothing, the flooding one overflowed its ring,
+/// lost its own bytes and printed no more than its rate limit allows.
+fn check_phase(p: &Phase, want: &str, mode: u64) -> Result<(), String> {
+    let what = if mode == QUIET { "quiet phase" } else { "flood phase" };
+    check(matches!(p.healthy.ended, Ended::Stopped(StopReason::PowerOff { .. })), || format!("{what}: healthy VM ended {:?}", p.healthy.ended))?;
+    check(p.healthy.console.iter().any(|l| l.contains(want)), || format!("{what}: healthy VM did not print `{want}`: {:?}", p.healthy.console))?;
+    check(p.bg.ended == Ended::Killed, || format!("{what}: background VM ended {:?}", p.bg.ended))?;
+    if mode == QUIET {
+        return check(p.bg.console_dropped == 0, || format!("the quiet VM dropped {} console bytes", p.bg.console_dropped));
+    }
+    check(p.bg.console_written > 2 * BURST_BYTES, || format!("the flood VM wrote only {} bytes", p.bg.console_written))?;
+    check(p.bg.console_overwritten > 0, || format!("the flood VM's ring never overflowed ({} bytes written)", p.bg.console_written))?;
+    // What it printed stays within burst + rate x time (+ the end-of-run tail and one line).
+    let printed = p.bg.console_written.saturating_sub(p.bg.console_dropped);
+    let allowed = BURST_BYTES + RATE_BYTES_PER_S * (p.bg.wall_ns / SEC + 1) + crate::vmconsole::END_TAIL as u64 + 4096;
+    check(printed <= allowed, || format!("the flood VM printed {printed} bytes, its rate limit allows {allowed}"))
 }
