@@ -1004,12 +1004,9 @@ impl Device {
             return self.drop_pkt(out, None, DropReason::UnknownIndex);
         };
         let Some(p) = self.peers.get_mut(&pid) else { return };
-        if p.pending.as_ref().is_some_and(|pend| pend.state.sender == m.receiver) {
-            self.counters.handshakes_processed += 1;
-        }
-        let Some(p) = self.peers.get_mut(&pid) else { return };
         let keys = match &p.pending {
             Some(pend) if pend.state.sender == m.receiver => {
+                self.counters.handshakes_processed += 1;
                 match noise::consume_response(&pend.state, &self.identity, &p.psk, m) {
                     Ok(k) => k,
                     Err(_) => return self.drop_pkt(out, Some(pid), DropReason::HandshakeFailed),
