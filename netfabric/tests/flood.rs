@@ -214,3 +214,24 @@ fn flood_from_many_sources_is_bounded_by_the_table() {
     assert_eq!(att.cookies.len(), 256, "every source holds a valid cookie");
     assert!(dh <= dh_bound(33, 2, 0), "DH work {dh} exceeds the rate limit's bound");
 }
+
+/// One source at 4 000 initiations/s for 2 s: a burst, then 20/s.
+#[test]
+fn flood_from_one_source_is_held_to_its_bucket() {
+    let (mut a, mut b, _) = established();
+    let mut att = Attacker::new(&b.id.public_key(), 1);
+    let start = Instant::from_secs(2);
+    let before = b.dev.counters().handshakes_processed;
+    for ms in 0..2000u64 {
+        for k in 0..4 {
+            att.hit(&mut b.dev, 0, start + Duration::from_millis(ms) + Duration::from_micros(250 * k));
+        }
+    }
+    let now = start + Duration::from_millis(2000);
+    let p = ping(&a, &b, 9);
+    let out = a.dev.send(&p, now).unwrap();
+    assert_eq!(carry(&mut a, &mut b, out, now), vec![p]);
+    let dh = b.dev.counters().handshakes_processed - before;
+    eprintln!("one source: 8000 initiations, {dh} reached DH");
+    assert!(dh <= dh_bound(1, 2, 0), "DH work {dh} exceeds the rate limit's bound");
+}
