@@ -25,7 +25,7 @@ fn main() {
     }
 
     // Test guests: assembled with binutils (as/objcopy come with gcc) into flat binaries.
-    for guest in ["hostile", "flood"] {
+    for guest in ["hostile", "flood", "reinject"] {
         let src = format!("{dir}/testguests/{guest}.S");
         println!("cargo:rerun-if-changed={src}");
         let obj = format!("{out}/{guest}.o");

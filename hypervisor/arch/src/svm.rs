@@ -12,11 +12,11 @@
 use crate::guest_switch::{FpuSwitch, GuestDebugRegs, XsaveArea};
 use crate::virt::{GuestRam, Vcpu, VirtError, CHUNK};
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use catenary_vmm::cpu::{DescTable, Exit, Segment, VcpuState};
 use catenary_vmm::EventDecision;
-use spin::Mutex;
+use core::sync::atomic::{AtomicU64, Ordering};
+use crate::smp::MAX_CPUS;
 
 const MSR_EFER: u32 = 0xc000_0080;
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
@@ -93,12 +93,15 @@ struct GuestGprs {
 }
 
 
-/// Which vCPU (by serial) last entered a guest on each CPU (APIC id): decides TLB flushes.
-static LAST_VCPU_ON_CPU: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
-static NEXT_SERIAL: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
-
-/// Per-CPU host areas, keyed by APIC id: (VM_HSAVE_PA page, host VMSAVE page).
-static HOST_AREAS: Mutex<BTreeMap<u32, (u64, u64)>> = Mutex::new(BTreeMap::new());
+const NO_VCPU: AtomicU64 = AtomicU64::new(0);
+/// Per CPU (by `smp::cpu_index`): the host VMSAVE page once SVM is on there (0 before), and the
+/// serial of the vCPU that last entered a guest there (TLB flush decisions). Plain atomics, no
+/// lock: `run` reads them with interrupts off, after the last point where its task could have
+/// been preempted and moved to another CPU (a spin lock there could be held by a preempted task
+/// on the same CPU).
+static HOST_VMSAVE: [AtomicU64; MAX_CPUS] = [NO_VCPU; MAX_CPUS];
+static LAST_VCPU_ON_CPU: [AtomicU64; MAX_CPUS] = [NO_VCPU; MAX_CPUS];
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 fn zeroed_frame() -> Result<u64, VirtError> {
     let f = crate::memory::alloc_frame().map_err(|_| VirtError::OutOfMemory)?;
@@ -108,25 +111,29 @@ fn zeroed_frame() -> Result<u64, VirtError> {
 
 /// Enable SVM on this CPU (once) and return its host VMSAVE page.
 pub fn enable_on_this_cpu() -> Result<u64, VirtError> {
-    let apic = crate::cpu::cpuid(1, 0).1 >> 24;
-    let mut areas = HOST_AREAS.lock();
-    if let Some(&(_, vmsave)) = areas.get(&apic) {
-        return Ok(vmsave);
-    }
-    // VM_CR.SVMDIS (MSR 0xc001_0114 bit 4) set by firmware means SVM is locked off.
-    if crate::cpu::rdmsr(0xc001_0114) & (1 << 4) != 0 {
-        return Err(VirtError::Unsupported("SVM disabled by firmware (VM_CR.SVMDIS)"));
-    }
-    let hsave = zeroed_frame()?;
-    let vmsave = zeroed_frame()?;
-    // SAFETY: EFER.SVME enables the SVM instructions; VM_HSAVE_PA points at a page we own for
-    // good. Neither changes memory safety of the running kernel.
-    unsafe {
-        crate::cpu::wrmsr(MSR_EFER, crate::cpu::rdmsr(MSR_EFER) | EFER_SVME);
-        crate::cpu::wrmsr(MSR_VM_HSAVE_PA, hsave);
-    }
-    areas.insert(apic, (hsave, vmsave));
-    Ok(vmsave)
+    crate::cpu::without_interrupts(|| {
+        // Interrupts off: the check, the MSR writes and the store all happen on one CPU.
+        let cpu = crate::smp::cpu_index();
+        let slot = HOST_VMSAVE.get(cpu).ok_or(VirtError::Unsupported("CPU index out of range"))?;
+        let vmsave = slot.load(Ordering::Relaxed);
+        if vmsave != 0 {
+            return Ok(vmsave);
+        }
+        // VM_CR.SVMDIS (MSR 0xc001_0114 bit 4) set by firmware means SVM is locked off.
+        if crate::cpu::rdmsr(0xc001_0114) & (1 << 4) != 0 {
+            return Err(VirtError::Unsupported("SVM disabled by firmware (VM_CR.SVMDIS)"));
+        }
+        let hsave = zeroed_frame()?;
+        let vmsave = zeroed_frame()?;
+        // SAFETY: EFER.SVME enables the SVM instructions; VM_HSAVE_PA points at a page we own
+        // for good. Neither changes memory safety of the running kernel.
+        unsafe {
+            crate::cpu::wrmsr(MSR_EFER, crate::cpu::rdmsr(MSR_EFER) | EFER_SVME);
+            crate::cpu::wrmsr(MSR_VM_HSAVE_PA, hsave);
+        }
+        slot.store(vmsave, Ordering::Relaxed);
+        Ok(vmsave)
+    })
 }
 
 /// Nested page tables mapping guest-physical RAM onto the GuestRam chunks with 2 MiB pages.
@@ -209,7 +216,8 @@ pub struct SvmVcpu {
     asid: u32,
     /// Unique for the node's lifetime (ASIDs are reused).
     serial: u64,
-    last_cpu: Option<u32>,
+    /// The CPU (index) this vCPU last entered a guest on.
+    last_cpu: Option<usize>,
     reinject: Option<u64>,
 }
 
@@ -238,7 +246,7 @@ impl SvmVcpu {
             xcr0: 1,
             dr: GuestDebugRegs::RESET,
             asid,
-            serial: NEXT_SERIAL.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             last_cpu: None,
             reinject: None,
         };
@@ -426,20 +434,7 @@ impl Vcpu for SvmVcpu {
     }
 
     fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
-        let host_vmsave = enable_on_this_cpu()?;
-        let cpu = crate::cpu::cpuid(1, 0).1 >> 24;
-        // ASIDs are a small pool (16 on QEMU) shared by all microVMs, so two vCPUs can carry
-        // the same ASID: flush whenever this CPU last ran a different vCPU, or this vCPU last
-        // ran elsewhere. TLB_CONTROL=1 (flush all) is the one mode every SVM implementation
-        // has (QEMU has no flush-by-ASID).
-        let flush = {
-            let mut last = LAST_VCPU_ON_CPU.lock();
-            let prev = last.insert(cpu, self.serial);
-            prev != Some(self.serial) || self.last_cpu != Some(cpu)
-        };
-        self.last_cpu = Some(cpu);
-        self.w8(C_TLB_CONTROL, flush as u8);
-
+        enable_on_this_cpu()?;
         let mut window = false;
         if let Some(ev) = self.reinject.take() {
             self.w64(C_EVENTINJ, ev);
@@ -463,35 +458,53 @@ impl Vcpu for SvmVcpu {
         }
 
         let gprs: *mut GuestGprs = &mut self.gprs;
+        let tlb_control = self.ptr(C_TLB_CONTROL) as *mut u8;
+        let serial = self.serial;
         let fpu = FpuSwitch::new(&mut self.host_fpu, &mut self.guest_fpu, self.xcr0);
         let vmcb = self.vmcb;
         let dr = &mut self.dr;
-        crate::cpu::without_interrupts(|| {
+        let last_cpu = &mut self.last_cpu;
+        crate::cpu::without_interrupts(|| -> Result<(), VirtError> {
+            // Everything per-CPU is chosen here, with interrupts off: until this point the task
+            // may have been preempted and resumed on another CPU, and the host VMSAVE page and
+            // the TLB that matter are those of the CPU that executes VMRUN.
+            let cpu = crate::smp::cpu_index();
+            let host_vmsave = enable_on_this_cpu()?;
+            // ASIDs are a small pool (16 on QEMU) shared by all microVMs, so two vCPUs can
+            // carry the same ASID: flush whenever this CPU last ran a different vCPU, or this
+            // vCPU last ran elsewhere. TLB_CONTROL=1 (flush all) is the one mode every SVM
+            // implementation has (QEMU has no flush-by-ASID).
+            let prev = LAST_VCPU_ON_CPU[cpu].swap(serial, Ordering::Relaxed);
+            let flush = prev != serial || *last_cpu != Some(cpu);
+            *last_cpu = Some(cpu);
+            // SAFETY: TLB_CONTROL is a byte inside the VMCB page this vCPU owns.
+            unsafe { core::ptr::write_volatile(tlb_control, flush as u8) };
             let host_dr = dr.load(false);
-            // SAFETY: SVM is enabled on this CPU with a valid VM_HSAVE_PA; the VMCB, IOPM,
-            // MSRPM and nested tables are owned by this vCPU and valid; the FPU switch points
-            // at this vCPU's two XSAVE areas with XCR0 values the CPU supports; GIF is cleared
-            // so no interrupt lands between the host-state switches and VMRUN, and set again
-            // after. IF is set (under GIF=0) for VMRUN: with V_INTR_MASKING the host's IF at
-            // VMRUN decides whether physical interrupts reach the host (as #VMEXIT(INTR))
-            // while the guest runs; with IF clear a guest that never exits would keep its CPU
-            // forever. A host NMI that arrives meanwhile exits (NMI intercept) and stays
-            // pending until STGI, where the host takes it.
+            // SAFETY: SVM is enabled on this CPU with a valid VM_HSAVE_PA and `host_vmsave` is
+            // this CPU's own VMSAVE page (read with interrupts off); the VMCB, IOPM, MSRPM and
+            // nested tables are owned by this vCPU and valid; the FPU switch points at this
+            // vCPU's two XSAVE areas with XCR0 values the CPU supports; GIF is cleared so no
+            // interrupt lands between the host-state switches and VMRUN, and set again after.
+            // IF is set (under GIF=0) for VMRUN: with V_INTR_MASKING the host's IF at VMRUN
+            // decides whether physical interrupts reach the host (as #VMEXIT(INTR)) while the
+            // guest runs; with IF clear a guest that never exits would keep its CPU forever.
+            // A host NMI that arrives meanwhile exits (NMI intercept) and stays pending until
+            // STGI, where the host takes it.
             unsafe {
                 core::arch::asm!("clgi", "sti");
                 arch_svm_run(vmcb, gprs, host_vmsave, &fpu);
                 core::arch::asm!("cli", "stgi");
             }
             dr.save(&host_dr, false);
-        });
+            Ok(())
+        })?;
         // Interrupts are back on here: a host interrupt that caused the exit has been taken.
 
         self.w64(C_EVENTINJ, 0);
         let intinfo = self.r64(C_EXITINTINFO);
-        if intinfo & (1 << 31) != 0 {
-            // An event was being delivered when the exit hit: deliver it again next time.
-            self.reinject = Some(intinfo);
-        }
+        // An event was being delivered when the exit hit: deliver it again on the next entry
+        // (or let the guest re-execute the INT instruction that raised it: see `redelivery`).
+        self.reinject = catenary_vmm::svm_exit::redelivery(intinfo);
         Ok(self.decode())
     }
 

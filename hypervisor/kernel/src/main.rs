@@ -28,6 +28,8 @@ mod ktest_console;
 #[cfg(feature = "ktest")]
 mod ktest_core;
 #[cfg(feature = "ktest")]
+mod ktest_reinject;
+#[cfg(feature = "ktest")]
 mod ktest_vm;
 mod vm;
 mod vmconsole;

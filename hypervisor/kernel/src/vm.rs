@@ -202,6 +202,10 @@ const HALT_POLL_NS: u64 = 1_000_000;
 fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut VmConsole, name: &str, net: Option<NetAttach>, stop: Option<&AtomicBool>) -> Ended {
     let mut st = vcpu.state();
     let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    // Which RAM chunks the vCPU maps: those populated when it was created (lazy backends map
+    // the rest on first touch). The device model can populate a chunk on its own (virtio
+    // writes into guest buffers), so "populated" does not imply "mapped".
+    let mut mapped: alloc::vec::Vec<bool> = (0..ram.chunks().len()).map(|i| !vcpu.lazy_ram() || ram.is_populated(i)).collect();
     loop {
         if stopped() {
             return Ended::Killed;
@@ -223,8 +227,10 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
             // the guest's page walk): zero it, map it, retry.
             if gpa < ram.size() {
                 let idx = (gpa / virt::CHUNK) as usize;
-                if ram.populate(idx) {
+                if !mapped[idx] {
+                    ram.populate(idx);
                     vcpu.map_ram_chunk(idx, ram.chunks()[idx]);
+                    mapped[idx] = true;
                     continue;
                 }
             }
@@ -319,6 +325,8 @@ pub const HOSTILE_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hosti
 pub const HOSTILE_LOAD: u64 = 0x10000;
 /// The console test guest (testguests/flood.S), loaded at `HOSTILE_LOAD` too.
 pub const FLOOD_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flood.bin"));
+/// The re-injection test guest (testguests/reinject.S), loaded at `HOSTILE_LOAD` too.
+pub const REINJECT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reinject.bin"));
 
 /// The guest image bundle (a cpio boot module holding vmlinux, bzImage, initramfs.cpio.gz).
 pub struct GuestBundle {

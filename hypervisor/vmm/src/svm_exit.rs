@@ -56,6 +56,35 @@ pub fn decode_svm_exit(code: u64, info1: u64, info2: u64) -> Exit {
 }
 
 
+/// What to deliver again after an exit whose EXITINTINFO shows an event that was being
+/// delivered when the exit hit (APM vol. 2 §15.7.2): the EVENTINJ value for the next VMRUN, or
+/// `None` when nothing must be injected.
+///
+/// - Valid bit clear (QEMU can leave stale bits otherwise): nothing.
+/// - Software interrupts (type 4: `INT n`, and in QEMU also `INT3`/`INTO`) and the software
+///   exceptions #BP/#OF (type 3, how AMD reports `INT3`/`INTO`): not re-injected. RIP still
+///   points at the instruction, and without NRIPS the CPU pushes the RIP at VMRUN as the return
+///   address, i.e. the INT instruction itself; the guest's handler would then see a return
+///   address one instruction early (Linux's `int3` handler, which live code patching relies
+///   on, takes that as a stray breakpoint and oopses). Letting the guest execute the
+///   instruction again raises the same event with the right return address, as KVM does.
+/// - Type 3 with a vector of 32 or more: QEMU records interrupts it delivered on its own (a
+///   virtual interrupt) as "exceptions", which VMRUN refuses; re-inject them as interrupts.
+/// - Everything else (external interrupts, NMIs, hardware exceptions with their error code):
+///   unchanged.
+pub fn redelivery(exitintinfo: u64) -> Option<u64> {
+    if exitintinfo & (1 << 31) == 0 {
+        return None;
+    }
+    let vector = exitintinfo & 0xff;
+    match (exitintinfo >> 8) & 7 {
+        4 => None,
+        3 if vector == 3 || vector == 4 => None,
+        3 if vector >= 32 => Some(exitintinfo & !((7 << 8) | (1 << 11) | (0xffff_ffff << 32))),
+        _ => Some(exitintinfo),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +150,26 @@ mod tests {
                 assert!(matches!(size, 1 | 2 | 4));
             }
         }
+    }
+
+    #[test]
+    fn redelivery_of_interrupted_events() {
+        let v = 1u64 << 31;
+        // stale data without the valid bit: nothing
+        assert_eq!(redelivery(0x30), None);
+        assert_eq!(redelivery(0), None);
+        // external interrupt, NMI, #PF with error code: delivered again unchanged
+        assert_eq!(redelivery(v | 0x30), Some(v | 0x30));
+        assert_eq!(redelivery(v | (2 << 8) | 2), Some(v | (2 << 8) | 2));
+        let pf = v | (3 << 8) | (1 << 11) | 14 | (0x6 << 32);
+        assert_eq!(redelivery(pf), Some(pf));
+        assert_eq!(redelivery(v | (3 << 8) | 6), Some(v | (3 << 8) | 6));
+        // software interrupts and #BP/#OF: the guest executes the instruction again
+        assert_eq!(redelivery(v | (4 << 8) | 0x80), None);
+        assert_eq!(redelivery(v | (4 << 8) | 3), None);
+        assert_eq!(redelivery(v | (3 << 8) | 3), None);
+        assert_eq!(redelivery(v | (3 << 8) | 4), None);
+        // an "exception" with an interrupt vector (QEMU's record of a virtual interrupt)
+        assert_eq!(redelivery(v | (3 << 8) | 0x30), Some(v | 0x30));
     }
 }
