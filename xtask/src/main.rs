@@ -8,6 +8,7 @@ mod cluster;
 mod fuzz;
 mod netboot;
 mod qemu;
+mod soak;
 mod test;
 mod bench;
 mod tools;
@@ -32,6 +33,9 @@ commands:
   fuzz --smoke              every cargo-fuzz target for a few seconds (part of `test`)
   fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
   bench boot|vm             benchmarks (print figures, never assert)
+  soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS]
+                            boot Linux guests back to back under CPU load; ends with
+                            `N boots, N clean, 0 node failures` (failure logs in build/soak/)
 ";
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         "test" => test::cmd_test(rest),
         "fuzz" => fuzz::cmd_fuzz(rest),
         "bench" => bench::cmd_bench(rest),
+        "soak" => soak::cmd_soak(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

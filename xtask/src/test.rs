@@ -119,6 +119,9 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
     if !quick && selected("vm_linux") {
         crate::vmbench::linux_guest_tests(&mut t)?;
     }
+    if !quick && selected("soak_vm") {
+        crate::soak::short_test(&mut t);
+    }
     if (!quick || args.iter().any(|a| a == "--net")) && selected("net_") {
         crate::cluster::tests(&mut t)?;
     }
