@@ -72,6 +72,13 @@ impl FpuSwitch {
         }
         FpuSwitch { host, guest, host_xcr0, guest_xcr0: g, xsave: xsave as u64 }
     }
+
+    /// After the exit: the XCR0 the guest actually ran with (read back by `arch_fpu_to_host`;
+    /// the same as the one it set through the intercepted XSETBV on a CPU that honours that
+    /// intercept — QEMU's SVM does not), or `None` without XSAVE.
+    pub(crate) fn guest_xcr0_after(&self) -> Option<u64> {
+        (self.xsave != 0).then_some(self.guest_xcr0)
+    }
 }
 
 fn read_dr(n: u8) -> u64 {

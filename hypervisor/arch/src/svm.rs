@@ -70,7 +70,7 @@ const S_GPAT: usize = 0x668;
 use catenary_vmm::intercepts::svm::I3_VINTR;
 
 extern "C" {
-    fn arch_svm_run(vmcb_pa: u64, gprs: *mut GuestGprs, host_vmsave_pa: u64, fpu: *const FpuSwitch);
+    fn arch_svm_run(vmcb_pa: u64, gprs: *mut GuestGprs, host_vmsave_pa: u64, fpu: *mut FpuSwitch);
 }
 
 #[repr(C)]
@@ -460,7 +460,8 @@ impl Vcpu for SvmVcpu {
         let gprs: *mut GuestGprs = &mut self.gprs;
         let tlb_control = self.ptr(C_TLB_CONTROL) as *mut u8;
         let serial = self.serial;
-        let fpu = FpuSwitch::new(&mut self.host_fpu, &mut self.guest_fpu, self.xcr0);
+        let mut fpu = FpuSwitch::new(&mut self.host_fpu, &mut self.guest_fpu, self.xcr0);
+        let fpu_ptr: *mut FpuSwitch = &mut fpu;
         let vmcb = self.vmcb;
         let dr = &mut self.dr;
         let last_cpu = &mut self.last_cpu;
@@ -492,12 +493,15 @@ impl Vcpu for SvmVcpu {
             // STGI, where the host takes it.
             unsafe {
                 core::arch::asm!("clgi", "sti");
-                arch_svm_run(vmcb, gprs, host_vmsave, &fpu);
+                arch_svm_run(vmcb, gprs, host_vmsave, fpu_ptr);
                 core::arch::asm!("cli", "stgi");
             }
             dr.save(&host_dr, false);
             Ok(())
         })?;
+        if let Some(x) = fpu.guest_xcr0_after() {
+            self.xcr0 = x;
+        }
         // Interrupts are back on here: a host interrupt that caused the exit has been taken.
 
         self.w64(C_EVENTINJ, 0);

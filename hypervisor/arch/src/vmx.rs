@@ -4,7 +4,7 @@
 //! VMXON region. Per vCPU: a VMCS (VMCLEAR + VMPTRLD; VMLAUNCH first, VMRESUME after), I/O
 //! bitmaps intercepting every port, an MSR bitmap intercepting every MSR except those the guest
 //! owns (FS/GS/KERNEL_GS base, STAR/LSTAR/CSTAR/SFMASK, SYSENTER, PAT), 4-level EPT with 2 MiB
-//! write-back pages over the guest RAM chunks, a VPID, and the guest's GPR and FXSAVE areas.
+//! write-back pages over the guest RAM chunks, a VPID, the guest's GPRs, and its XSAVE area, XCR0, DR0–DR3 and DR6 (`guest_switch.rs`).
 //!
 //! Controls come from the capability MSRs (the TRUE_* ones when IA32_VMX_BASIC bit 55 says so):
 //! wanted bits are adjusted to the allowed-0/allowed-1 settings. CR0/CR4 bits VMX forces
@@ -177,7 +177,7 @@ const ENTRY_LOAD_PAT: u32 = 1 << 14;
 const ENTRY_LOAD_EFER: u32 = 1 << 15;
 
 extern "C" {
-    fn arch_vmx_run(gprs: *mut GuestGprs, resume: u64, fpu: *const FpuSwitch) -> u32;
+    fn arch_vmx_run(gprs: *mut GuestGprs, resume: u64, fpu: *mut FpuSwitch) -> u32;
     fn arch_vmx_exit();
 }
 
@@ -900,7 +900,7 @@ impl VmxVcpu {
     /// One VMLAUNCH/VMRESUME with interrupts off; Ok(exit reason) or the VM-instruction error.
     fn enter(&mut self) -> Result<u32, VirtError> {
         let gprs: *mut GuestGprs = &mut self.gprs;
-        let fpu = FpuSwitch::new(&mut self.host_fpu, &mut self.guest_fpu, self.xcr0);
+        let mut fpu = FpuSwitch::new(&mut self.host_fpu, &mut self.guest_fpu, self.xcr0);
         let mut host_msrs = [0u64; 5];
         self.swap_msrs(true, &mut host_msrs);
         let gdt = sgdt();
@@ -913,9 +913,12 @@ impl VmxVcpu {
         // page fault can happen before the entry).
         let status = unsafe {
             core::arch::asm!("mov cr2, {}", in(reg) self.cr2, options(nostack));
-            arch_vmx_run(gprs, self.launched as u64, &fpu)
+            arch_vmx_run(gprs, self.launched as u64, &mut fpu)
         };
         self.cr2 = crate::cpu::read_cr2();
+        if let Some(x) = fpu.guest_xcr0_after() {
+            self.xcr0 = x;
+        }
         // VM exit leaves DR7 = 0x400 (the guest's DR7 is in the VMCS).
         self.dr.save(&host_dr, true);
         // VM exit sets the GDTR/IDTR limits to 0xffff: put the real ones back.

@@ -115,6 +115,9 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
     cfg.virtio_blk = disk;
     cfg.virtio_net = net.map(|n| n.mac);
+    // Both backends switch XCR0 and the full XSAVE state (arch guest_switch.rs): the guest
+    // may see XSAVE/AVX when the node enabled it.
+    cfg.cpuid.xsave = catenary_arch::uspace::xcr0() & 0b111 == 0b111;
     let (mut vm, mut console) = match (MicroVm::try_new(cfg, &host_cpuid), VmConsole::try_new(name, t0)) {
         (Ok(vm), Some(c)) => (vm, c),
         _ => {

@@ -12,16 +12,18 @@
  *   5 an MMIO access by an instruction the device model does not emulate (movsd)
  *   6 compute for 2^28 TSC cycles (no exits of its own: only host interrupts stop it), then
  *     power off (the vCPU task must be preempted meanwhile)
- *   7 healthy: sum of i*i for i = 1..1000 with a port write per step, xmm0 and DR0 kept across
- *     the exits → status 0x13e5e51c (anything else: 0xbad0 | what broke)
+ *   7 healthy: sum of i*i for i = 1..1000 with a port write per step, xmm0, DR0 and (with AVX)
+ *     the upper half of ymm4 kept across the exits → status 0x13e5e51c (anything else:
+ *     0xbad0 | what broke: 1 xmm0, 2 DR0, 4 ymm4)
  *   8 WBINVD, INVD, WBINVD (intercepted, skipped as no-ops) → status 8
  *   9 VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA → 7 × #UD in the guest's handler,
  *     each skipped → status 7
  *  10 alignment check at CPL 3 (CR0.AM + EFLAGS.AC, misaligned read) → #AC in the guest's
  *     handler → status 17 (0xac0 if the CPU raises no #AC: QEMU's emulated CPU does not)
- *  11 debug registers: DR0–DR3 written and read back across exits (+0x20000 when intact), a
+ *  11 debug registers (and a ymm4 different from the healthy guest's): DR0–DR3 written and
+ *     read back across exits (+0x20000 when intact), its own XCR0 (3) read back after exits (+0x40000; +0x80000 when its CPUID has no XSAVE), a
  *     single-step #DB storm of DB_STORM traps (+count), a data breakpoint (+0x10000)
- *     → status 0x307d0
+ *     → status 0x707d0
  *  12 paging on with CR3 in the virtio-mmio window: the page walk leaves RAM → stopped
  *  13 paging on with a page table in a RAM chunk nothing has touched: the walk fault maps
  *     it (zeroed), the guest takes its own #PF for 0x400000 → status 14
@@ -179,6 +181,14 @@ healthy:
     or eax, 0x2                  /* MP on */
     mov cr0, eax
     movdqu xmm0, [ebp + xmm_pattern - _start]
+    lea esi, [ebp + ymm_pattern - _start]
+    call avx_load                /* ymm4 = pattern when the CPU has AVX */
+    mov [ebp + avx_on - _start], eax
+    test eax, eax
+    jz 21f
+    lea esi, [ebp + msg_avx - _start]
+    call puts
+21:
     mov eax, 0x12345000
     mov dr0, eax
     xor edi, edi                 /* sum */
@@ -202,7 +212,16 @@ healthy:
     cmp eax, 0x12345000
     je 9f
     or ebx, 2                    /* DR0 changed across exits */
-9:  test ebx, ebx
+9:  cmp dword ptr [ebp + avx_on - _start], 0
+    je 19f
+    vextractf128 xmm2, ymm4, 1   /* the upper half: FXSAVE alone would not keep it */
+    movdqu xmm3, [ebp + ymm_pattern + 16 - _start]
+    pcmpeqb xmm2, xmm3
+    pmovmskb eax, xmm2
+    cmp eax, 0xffff
+    je 19f
+    or ebx, 4                    /* ymm4 upper half changed across exits */
+19: test ebx, ebx
     jnz 10f
     mov ebx, edi
     lea esi, [ebp + msg_healthy - _start]
@@ -296,6 +315,9 @@ ac_none:
 
 /* ---- 11: debug registers ---- */
 debug_regs:
+    lea esi, [ebp + ymm_clobber - _start]
+    call avx_load                /* a different ymm4 than the healthy guest's */
+    mov [ebp + avx_on - _start], eax
     mov ecx, 1
     lea eax, [ebp + db_handler - _start]
     call set_gate
@@ -325,6 +347,23 @@ debug_regs:
     jne 12f
     mov ebx, 0x20000
 12: mov [ebp + db_flags - _start], ebx
+    cmp dword ptr [ebp + avx_on - _start], 0
+    je 22f
+    mov eax, 3                   /* XCR0 = x87|SSE (the host runs with x87|SSE|AVX) */
+    xor edx, edx
+    xor ecx, ecx
+    xsetbv
+    mov ecx, 100
+23: out 0x80, al
+    loop 23b
+    xor ecx, ecx
+    xgetbv                       /* not intercepted: reads the XCR0 the CPU runs the guest with */
+    cmp eax, 3
+    jne 24f
+    or dword ptr [ebp + db_flags - _start], 0x40000
+    jmp 24f
+22: or dword ptr [ebp + db_flags - _start], 0x80000   /* no XSAVE in this guest's CPUID */
+24:
     pushfd                       /* single-step storm: TF on; the handler turns it off */
     or dword ptr [esp], 0x100
     popfd
@@ -431,6 +470,29 @@ exit_status:
 18: vmmcall
     jmp poweroff
 
+/* avx_load: if CPUID has AVX and XSAVE, turn on CR4.OSXSAVE and XCR0 = x87|SSE|AVX and load
+ * ymm4 from [ESI] (32 bytes); EAX = 1, else EAX = 0. Needs SSE on (CR4.OSFXSR). */
+avx_load:
+    push ebx
+    mov eax, 1
+    cpuid
+    pop ebx
+    and ecx, (1 << 28) | (1 << 26)
+    cmp ecx, (1 << 28) | (1 << 26)
+    jne 20f
+    mov eax, cr4
+    or eax, (1 << 18) | 0x200    /* OSXSAVE, OSFXSR */
+    mov cr4, eax
+    mov eax, 7
+    xor edx, edx
+    xor ecx, ecx
+    xsetbv
+    vmovdqu ymm4, [esi]
+    mov eax, 1
+    ret
+20: xor eax, eax
+    ret
+
 /* puts: ESI = NUL-terminated string → COM1 */
 puts:
     mov dx, 0x3f8
@@ -515,10 +577,16 @@ db_flags:
     .long 0
 scratch:
     .long 0
+avx_on:
+    .long 0
     .balign 16
 xmm_pattern:
     .quad 0x0123456789abcdef
     .quad 0xfedcba9876543210
+ymm_pattern:
+    .quad 0x1111222233334444, 0x5555666677778888, 0x99990000aaaabbbb, 0xccccddddeeeeffff
+ymm_clobber:
+    .quad 0xdeaddeaddeaddead, 0xdeaddeaddeaddead, 0xdeaddeaddeaddead, 0xdeaddeaddeaddead
 msg_long_done:   .asciz "hostile guest: long run done\n"
 msg_hello:       .asciz "hostile guest: starting scenario\n"
 msg_io_ok:       .asciz "hostile guest: garbage port I/O done, still running\n"
@@ -526,7 +594,8 @@ msg_msr_ok:      .asciz "hostile guest: 2 unknown MSR accesses -> 2 #GP delivere
 msg_msr_bad:     .asciz "hostile guest: unknown MSR accesses did not fault\n"
 msg_unreachable: .asciz "hostile guest: the VMM let an impossible access through?!\n"
 msg_ud:          .asciz "hostile guest: #UD delivered to the guest's own handler\n"
-msg_healthy:     .asciz "healthy guest: sum of squares done, xmm0 and DR0 intact\n"
+msg_healthy:     .asciz "healthy guest: sum of squares done, xmm0, ymm4 and DR0 intact\n"
+msg_avx:         .asciz "healthy guest: AVX on, ymm4 loaded\n"
 msg_healthy_bad: .asciz "healthy guest: state corrupted across exits\n"
 msg_cache:       .asciz "hostile guest: WBINVD/INVD done, still running\n"
 msg_svm:         .asciz "hostile guest: SVM instructions done\n"

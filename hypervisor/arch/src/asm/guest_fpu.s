@@ -35,6 +35,10 @@ arch_fpu_to_guest:
 arch_fpu_to_host:
     cmp qword ptr [rdi + 32], 0
     je 1f
+    xor ecx, ecx
+    xgetbv                      // the XCR0 the guest ran with: kept (an emulator may not
+    mov [rdi + 24], eax         // honour the XSETBV intercept), and never left to the host
+    mov [rdi + 28], edx
     mov rax, [rdi + 16]
     cmp rax, [rdi + 24]
     je 2f
