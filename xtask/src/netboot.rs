@@ -5,6 +5,9 @@
 //!   created, with the loud warning;
 //! * `net_wall_clock_from_rtc` — the node reads the CMOS RTC at boot (not `net.time`, which
 //!   is not passed here) and its time is the host's (QEMU's RTC follows the host clock);
+//! * `net_bad_cluster_file_rejected` — a cluster file that lists the node itself with port 0
+//!   (before the parser checked ports, binding port 0 panicked the kernel): a clear, line-
+//!   numbered error, no panic, the node runs on without peers;
 //! * `net_rebooted_node_reconnects_at_once` — two nodes linked by a QEMU `dgram` netdev (UDP
 //!   on 127.0.0.1, stateless, so a node can be restarted). A boots alone and retransmits its
 //!   initiation for 30 s before B comes up and accepts one; then A restarts with the same key
@@ -25,7 +28,12 @@ use crate::qemu::{run_captured, Boot};
 use crate::test::Tally;
 
 fn boot(kernel: &Path, cpu: Option<&str>, cmdline: &str, expect: &[&str]) -> Result<crate::qemu::Outcome, String> {
+    boot_with(kernel, cpu, cmdline, None, expect)
+}
+
+fn boot_with(kernel: &Path, cpu: Option<&str>, cmdline: &str, initrd: Option<&Path>, expect: &[&str]) -> Result<crate::qemu::Outcome, String> {
     let mut b = Boot::pvh("q35", kernel.to_path_buf());
+    b.initrd = initrd.map(Path::to_path_buf);
     b.smp = 1;
     b.mem = "256M".into();
     b.cmdline = format!("vm=none {cmdline}");
@@ -57,7 +65,25 @@ pub fn tests(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     // Generous: the boot itself takes seconds under TCG on a busy machine.
     let close = rtc.is_some_and(|r| r.abs_diff(host) < 300);
     t.record("net_wall_clock_from_rtc", o.matched && close, &format!("(RTC {rtc:?}, host {host})"));
+    bad_cluster_test(t, kernel)?;
     reboot_test(t, kernel)
+}
+
+fn bad_cluster_test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let id = Identity::generate(&mut rand_core::OsRng);
+    let other = Identity::generate(&mut rand_core::OsRng);
+    // Line 3 is this node with port 0.
+    let text = format!(
+        "catenary-cluster v1\n# name public-key underlay-ipv6 port\nnode me {} fe80::5054:ff:fe12:3456 0\nnode other {} fe80::2 51820\n",
+        hex_encode(&id.public_key()),
+        hex_encode(&other.public_key())
+    );
+    let file = crate::tools::out_dir().join("net-bad-cluster.txt");
+    std::fs::write(&file, text).map_err(|e| e.to_string())?;
+    let cmdline = format!("net.key={}", hex_encode(&id.secret_bytes()));
+    let o = boot_with(kernel, None, &cmdline, Some(&file), &["cluster file rejected (line 3: port 0): no peers", "fabric address"])?;
+    t.record("net_bad_cluster_file_rejected", o.matched && o.failed_on.is_none(), &format!("(matched {}, failed on {:?})", o.matched, o.failed_on));
+    Ok(())
 }
 
 /// One QEMU node whose console lines go to `tx` tagged with `tag`; killed on drop.
