@@ -17,6 +17,7 @@
 //!   based fetch/decode and MMIO operand classification.
 //! - Devices: 8259 pair, 8254 + port 0x61, 16550 UART (COM1, IRQ 4), CMOS RTC, i8042, POST
 //!   port, reset ports 0x92/0xcf9, virtio-mmio v2 transport with virtio-console and virtio-blk.
+//! - [`intercepts`]: which guest events each backend intercepts (the guest boundary), host-tested.
 //! - Policies: [`cpuid`] (hypervisor leaf 0x4000_0000 "CatenaryVMM", TSC kHz in 0x4000_0010),
 //!   [`msr`] (small emulated set, unknown → #GP(0)).
 //!
