@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build Catenary's guest initramfs: a gzip'd newc cpio holding a static busybox, a symlink for
-# every busybox applet, /dev/console + /dev/null nodes and guest-images/initramfs/init.
+# every busybox applet, /dev/console + /dev/null nodes, guest-images/initramfs/init and the
+# hostile-guest test program /usr/libexec/catenary-hostile (guest-images/hostile/hostile.c).
 #
 #   guest-images/build-initramfs.sh OUTDIR      -> OUTDIR/initramfs.cpio.gz (path printed)
 #
@@ -26,9 +27,16 @@ if readelf -l "$BUSYBOX" 2>/dev/null | grep -q 'Requesting program interpreter';
     die "$BUSYBOX is dynamically linked: install the Debian package 'busybox-static' (replaces 'busybox')"
 fi
 [ -f "$INIT" ] || die "$INIT missing"
+CC=${CC:-gcc}
+command -v "$CC" >/dev/null 2>&1 || die "'$CC' not found: install the Debian package 'gcc' (builds the hostile-guest test program)"
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+
+# The attacker for the hostile-guest tests (guest-images/hostile/hostile.c), static so it runs
+# on the busybox userland. Test code: it only pokes the guest's own virtual hardware.
+"$CC" -static -O2 -Wall -o "$WORK/hostile" "$HERE/hostile/hostile.c" || die "building hostile.c failed (static glibc: Debian libc6-dev)"
+strip "$WORK/hostile" 2>/dev/null || true
 
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$WORK/passwd"
 printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$WORK/group"
@@ -43,6 +51,8 @@ printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$WORK/group"
     echo "file /bin/busybox $BUSYBOX 0755 0 0"
     echo "file /etc/passwd $WORK/passwd 0644 0 0"
     echo "file /etc/group $WORK/group 0644 0 0"
+    echo "dir /usr/libexec 0755 0 0"
+    echo "file /usr/libexec/catenary-hostile $WORK/hostile 0755 0 0"
     # One symlink per applet, at the path busybox itself expects (bin/sh, sbin/poweroff, ...).
     "$BUSYBOX" --list-full | LC_ALL=C sort | while read -r applet; do
         [ "$applet" = bin/busybox ] && continue

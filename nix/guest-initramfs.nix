@@ -14,7 +14,9 @@ let
 in
 pkgs.runCommand "catenary-guest-initramfs"
   {
-    nativeBuildInputs = [ pkgs.python3 pkgs.gzip pkgs.binutils ];
+    # gcc + static glibc build the hostile-guest test program (guest-images/hostile/hostile.c).
+    nativeBuildInputs = [ pkgs.python3 pkgs.gzip pkgs.binutils pkgs.gcc ];
+    NIX_CFLAGS_LINK = "-L${pkgs.glibc.static}/lib";
     CATENARY_BUSYBOX = "${pkgs.pkgsStatic.busybox}/bin/busybox";
     SOURCE_DATE_EPOCH = "0";
     meta = {

@@ -63,12 +63,14 @@ pub fn only_filter(args: &[String]) -> Option<Vec<String>> {
     if v.is_empty() { None } else { Some(v) }
 }
 
-/// Whether the group `name` is selected by the `--only` filter of this process's arguments.
+/// Whether the test or group `name` is selected by the `--only` filter of this process's
+/// arguments: its name contains a filter, or a filter names something inside it (a filter
+/// `vm_linux_hostile` selects the group `vm_linux`, which then selects only that test).
 pub fn selected(name: &str) -> bool {
     let args: Vec<String> = std::env::args().collect();
     match only_filter(&args) {
         None => true,
-        Some(v) => v.iter().any(|s| name.contains(s.as_str())),
+        Some(v) => v.iter().any(|s| name.contains(s.as_str()) || s.starts_with(name)),
     }
 }
 

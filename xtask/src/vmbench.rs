@@ -51,6 +51,9 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
         ("vm_linux_svm_reboot", "vm.boot=pvh vm.exit=reboot", &["microVM demo ended: reboot requested"]),
     ];
     for (name, opts, end) in cases {
+        if !crate::test::selected(name) {
+            continue;
+        }
         let b = node_with_guest(&kernel, &bundle, &format!("{opts} vm.disk=1 vm.cmd={cmd}"));
         let mut want = vec![
             "[vm:demo] [",
@@ -73,6 +76,69 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
         };
         t.record(name, o.matched, &why);
     }
+    if crate::test::selected("vm_linux_hostile") {
+        hostile_userland_test(t, &kernel, &bundle)?;
+    }
+    Ok(())
+}
+
+/// The sum of the primes below `n` (what the healthy guest's awk computes each round).
+fn prime_sum_below(n: u64) -> u64 {
+    (2..n).filter(|&k| (2..).take_while(|j| j * j <= k).all(|j| k % j != 0)).sum()
+}
+
+/// A root process in one Linux microVM attacks the hypervisor from guest userland
+/// (guest-images/hostile/hostile.c: bogus virtio queue addresses through /dev/mem, a console
+/// flood, pseudo-random port I/O, then an access where no device is) while a second, healthy
+/// Linux microVM on the same node computes a known answer and a heartbeat task on the other CPU
+/// keeps ticking. The attacker's VM must end with exactly the wild-MMIO fault at the address it
+/// chose; the healthy VM must finish with the right answer and power off; the node must keep
+/// running after both (a heartbeat that sees both VMs ended).
+pub fn hostile_userland_test(t: &mut Tally, kernel: &std::path::Path, bundle: &std::path::Path) -> Result<(), String> {
+    let name = "vm_linux_hostile_userland";
+    let wild = "0xd0000000";
+    let hostile = base64(format!("H=/usr/libexec/catenary-hostile; $H virtio && $H flood 5 && $H ports 100000 && $H wild {wild}; echo hostile: still alive").as_bytes());
+    let rounds = 40u64;
+    let healthy = base64(format!(
+        "i=1; total=0; while [ $i -le {rounds} ]; do s=$(awk 'BEGIN {{ s = 0; for (n = 2; n < 3000; n++) {{ p = 1; for (j = 2; j * j <= n; j++) if (n % j == 0) {{ p = 0; break }}; if (p) s += n }}; print s }}'); total=$((total + s)); echo healthy round $i; i=$((i + 1)); done; echo healthy: total $total"
+    ).as_bytes());
+    let expected_total = rounds * prime_sum_below(3000);
+    let b = node_with_guest(kernel, bundle, &format!("vm.cmd={hostile} vm.disk=1 vm2.cmd={healthy} vm2.mem=128 heartbeat=500"));
+    let hostile_end = format!("microVM demo ended: guest fault: MMIO to {wild} where no device is");
+    let healthy_total = format!("[vm:demo2] healthy: total {expected_total}");
+    let want: Vec<&str> = vec![
+        "[vm:demo] hostile: virtio done",
+        "[vm:demo] hostile: flood done",
+        "[vm:demo] hostile: ports done",
+        "[vm:demo] hostile: wild access to 0xd0000000",
+        &hostile_end,
+        &healthy_total,
+        "microVM demo2 ended: power off",
+        "microVMs: 0 running, 2 ended",
+    ];
+    let fail = ["KERNEL PANIC", "- stopping this CPU", "hostile: wild done", "hostile: still alive", "microVM demo2 failed", "microVM demo failed"];
+    let o = run_captured(b.command(false)?, &want, &fail, Duration::from_secs(600), false)?;
+    let log = crate::tools::out_dir().join(format!("{name}.log"));
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    let pos = |p: &str| o.lines.iter().position(|l| l.contains(p));
+    // The healthy VM was alive (and the heartbeat ticking) while the attack ran.
+    let (attack_start, attack_end) = (pos("[vm:demo] hostile: virtio done"), pos(&hostile_end));
+    let during = |pat: &str| match (attack_start, attack_end) {
+        (Some(a), Some(e)) if a < e => o.lines[a..e].iter().filter(|l| l.contains(pat)).count(),
+        _ => 0,
+    };
+    let beats_both = during("microVMs: 2 running");
+    let rounds_during = during("[vm:demo2] healthy round");
+    let floods = o.lines.iter().filter(|l| l.contains("catenary-console-flood-")).count();
+    let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+    println!("    attack: {beats_both} heartbeats with both VMs running, {rounds_during} healthy rounds, {floods} flood lines printed; {:.0}s", o.elapsed.as_secs_f64());
+    let ok = o.matched && o.failed_on.is_none() && beats_both > 0;
+    let why = format!(
+        "(missing {missing:?}{}, {beats_both} heartbeats during the attack with both VMs running; serial log {})",
+        o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(),
+        log.display()
+    );
+    t.record(name, ok, &why);
     Ok(())
 }
 

@@ -187,6 +187,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     #[cfg(not(feature = "ktest"))]
     crate::net::start(&node.boot.cmdline, &node.boot.modules);
     #[cfg(not(feature = "ktest"))]
+    start_heartbeat(&node);
+    #[cfg(not(feature = "ktest"))]
     start_demo_vm(&node);
     #[cfg(not(feature = "ktest"))]
     idle(&node)
@@ -211,6 +213,42 @@ fn start_demo_vm(node: &Node) {
     }
     let id = crate::task::spawn_kernel("vcpu-demo", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::only(0), body, 0);
     log::debug!(target: "vmm", "demo microVM task {}", id);
+
+    // `vm2.*`: a second demo microVM beside the first (same CPU: virtualization is on there).
+    if crate::vm::second_demo_wanted(&node.boot.cmdline) {
+        cpu::without_interrupts(|| *DEMO_VM2.lock() = Some((node.boot.cmdline.clone(), node.boot.modules.clone())));
+        fn body2(_: u64) {
+            let Some((cmdline, modules)) = cpu::without_interrupts(|| DEMO_VM2.lock().take()) else { return };
+            if crate::vm::run_demo2(&cmdline, &modules).is_some() {
+                info!(target: "vmm", "after the second microVM: {} MiB free", mib(memory::stats().free_bytes()));
+            }
+        }
+        let id = crate::task::spawn_kernel("vcpu-demo2", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::only(0), body2, 0);
+        log::debug!(target: "vmm", "second demo microVM task {}", id);
+    }
+}
+
+static DEMO_VM2: spin::Mutex<Option<(alloc::string::String, Vec<catenary_bootinfo::Module>)>> = spin::Mutex::new(None);
+
+/// `heartbeat=MS`: a kernel task on the last CPU logs `heartbeat N` every MS milliseconds, with
+/// how late it woke. Tests use it to see that the node's other tasks keep running while a
+/// microVM misbehaves (the heartbeat is not a VM task and not on the VMs' CPU).
+#[cfg_attr(feature = "ktest", allow(dead_code))]
+fn start_heartbeat(node: &Node) {
+    let Some(ms) = crate::cmdline::get(&node.boot.cmdline, "heartbeat").and_then(|v| v.parse::<u64>().ok()) else { return };
+    fn beat(period_ms: u64) {
+        let period = period_ms.clamp(10, 60_000) * 1_000_000;
+        let mut due = time::now_ns() + period;
+        for n in 1u64.. {
+            crate::task::sleep_ns(due.saturating_sub(time::now_ns()));
+            let now = time::now_ns();
+            let (running, ended) = crate::vm::vm_counts();
+            info!(target: "heartbeat", "heartbeat {} (late {} ms; microVMs: {} running, {} ended)", n, now.saturating_sub(due) / 1_000_000, running, ended);
+            due = due.saturating_add(period).max(now);
+        }
+    }
+    let last = node.cpus.saturating_sub(1);
+    crate::task::spawn_kernel("heartbeat", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::only(last), beat, ms);
 }
 
 /// The boot task's last job: report the timer for a few seconds, then sleep.

@@ -71,6 +71,17 @@ pub enum Image<'a> {
 
 static NEXT_VM_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
 
+/// MicroVMs whose vCPU loop is running, and microVMs that have ended since boot (the node's
+/// heartbeat reports both).
+static VMS_RUNNING: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static VMS_ENDED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// (running, ended since boot)
+pub fn vm_counts() -> (usize, usize) {
+    use core::sync::atomic::Ordering::Relaxed;
+    (VMS_RUNNING.load(Relaxed), VMS_ENDED.load(Relaxed))
+}
+
 /// Create, run to completion and destroy one microVM. Its console lines are printed as
 /// `[vm:<name>] ...`. Never panics on guest behaviour.
 pub fn run(name: &str, image: Image, ram_mib: u64) -> RunReport {
@@ -168,7 +179,10 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, backend {}, created in {} us (RAM {} us, image load {} us)",
         ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000, (t_ram - t0) / 1000, (t_loaded - t_ram) / 1000);
     vcpu.set_state(&state);
+    VMS_RUNNING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop);
+    VMS_RUNNING.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+    VMS_ENDED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     console.drain(vm.console(), time::now_ns(), true);
     report.ready_ns = console.ready;
     report.console = console.lines();
@@ -350,9 +364,33 @@ pub fn find_bundle(modules: &[catenary_bootinfo::Module]) -> Option<GuestBundle>
     None
 }
 
-/// Boot the demo Linux microVM from the bundle, as the command line asks.
+/// Boot the demo Linux microVM from the bundle, as the command line asks (`vm.*` words).
 pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
-    let want = crate::cmdline::get(cmdline, "vm").unwrap_or("demo");
+    run_demo_as("vm", "demo", cmdline, modules)
+}
+
+/// Whether the command line asks for a second demo microVM (`vm2.*` words), which runs beside
+/// the first one (the hostile-guest tests run an attacker beside a healthy VM this way).
+pub fn second_demo_wanted(cmdline: &str) -> bool {
+    crate::cmdline::get(cmdline, "vm2").is_some() || crate::cmdline::get(cmdline, "vm2.cmd").is_some()
+}
+
+/// The second demo microVM: the same options as the first, read from `vm2.*`.
+pub fn run_demo2(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
+    run_demo_as("vm2", "demo2", cmdline, modules)
+}
+
+/// A demo microVM configured by the command-line words `<key>`, `<key>.mem`, `<key>.cmd`,
+/// `<key>.exit`, `<key>.disk`, `<key>.net`, `<key>.debug`, `<key>.boot`.
+fn run_demo_as(key: &str, default_name: &str, cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
+    let opt = |name: &str| -> Option<&str> {
+        if name.is_empty() {
+            crate::cmdline::get(cmdline, key)
+        } else {
+            crate::cmdline::get(cmdline, &format!("{key}.{name}"))
+        }
+    };
+    let want = opt("").unwrap_or(default_name);
     if want == "none" {
         return None;
     }
@@ -360,25 +398,25 @@ pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<
         info!(target: "vmm", "no guest bundle boot module: no microVM started (build one with `cargo xtask guest`)");
         return None;
     };
-    let mem: u64 = crate::cmdline::get(cmdline, "vm.mem").and_then(|m| m.parse().ok()).unwrap_or(256);
+    let mem: u64 = opt("mem").and_then(|m| m.parse().ok()).unwrap_or(256);
     let mut gcmd = String::from("console=ttyS0 panic=-1 reboot=k tsc=reliable");
-    if let Some(c) = crate::cmdline::get(cmdline, "vm.cmd") {
+    if let Some(c) = opt("cmd") {
         gcmd.push_str(" catenary.cmd=");
         gcmd.push_str(c);
     }
-    if let Some(mode) = crate::cmdline::get(cmdline, "vm.exit") {
+    if let Some(mode) = opt("exit") {
         gcmd.push_str(" catenary.exit=");
         gcmd.push_str(mode);
     }
     // `vm.disk=<MiB>`: attach a virtio-blk disk whose first sector starts with a marker line.
-    let disk = crate::cmdline::get(cmdline, "vm.disk").and_then(|m| m.parse::<usize>().ok()).map(|mib| {
+    let disk = opt("disk").and_then(|m| m.parse::<usize>().ok()).map(|mib| {
         let mut d = alloc::vec![0u8; mib.clamp(1, 64) << 20];
         let marker = b"catenary-virtio-blk-marker\n";
         d[..marker.len()].copy_from_slice(marker);
         (d, true)
     });
     // `vm.net=1`: a virtio-net device and a /128 of the node's /64, routed by netd.
-    let net = match crate::cmdline::get(cmdline, "vm.net") {
+    let net = match opt("net") {
         Some(v) if v != "0" => {
             let mac = [0x02, 0xca, 0x7e, 0x00, 0x01, NEXT_VM_ID.load(core::sync::atomic::Ordering::Relaxed) as u8];
             match crate::net::attach_vm(mac, 60_000_000_000) {
@@ -395,10 +433,10 @@ pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<
         }
         _ => None,
     };
-    if crate::cmdline::get(cmdline, "vm.debug").is_some() {
+    if opt("debug").is_some() {
         gcmd.push_str(" loglevel=7");
     }
-    let image = match (crate::cmdline::get(cmdline, "vm.boot"), bundle.vmlinux, bundle.bzimage) {
+    let image = match (opt("boot"), bundle.vmlinux, bundle.bzimage) {
         (Some("bzimage"), _, Some(bz)) | (_, None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: bundle.initramfs, cmdline: &gcmd },
         (_, Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd: bundle.initramfs, cmdline: &gcmd },
         _ => {
