@@ -6,8 +6,9 @@
  * virtual hardware, and the hypervisor must survive all of it with at most this VM ending.
  *
  *   hostile ports N          N pseudo-random port reads/writes over the whole 64 Ki port space
- *                            (reset ports excluded so the VM lives on to the next phase), plus
- *                            string I/O (rep outsb/insb) with odd counts
+ *                            (sparing the reset ports and the devices this guest's kernel runs
+ *                            on, so it lives on to the next phase), plus string I/O
+ *                            (rep outsb/insb) with odd counts
  *   hostile virtio           every virtio-mmio device named on /proc/cmdline: bogus queue
  *                            sizes and descriptor/avail/used addresses (outside guest RAM,
  *                            unaligned, wrapping), queue ready + notify, random register writes
@@ -44,9 +45,20 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Ports whose writes reset or power off the VM: left alone so later phases still run. */
-static int is_reset_port(unsigned p) {
-    return p == 0x64 || p == 0x92 || p == 0xcf9 || p == 0x604 || p == 0xb004 || p == 0x4004;
+/* Ports left alone so that this guest's own kernel keeps running and the later phases still
+ * run: the ones whose writes reset or power off the VM, and the devices the guest kernel runs on
+ * (PIC + ELCR, PIT + port 0x61, CMOS/NMI mask, the console UART). Scribbling on those only
+ * breaks this guest itself; the in-kernel hostile guests (vm_hostile_garbage_io) and the
+ * port_sequence fuzz target attack them directly. An access of `size` bytes at `p` touches
+ * ports p..p+size-1. */
+static int touches_spared_port(unsigned p, unsigned size) {
+    static const unsigned spared[][2] = {
+        {0x64, 0x64}, {0x92, 0x92}, {0xcf9, 0xcf9}, {0x604, 0x604}, {0xb004, 0xb004}, {0x4004, 0x4004},
+        {0x20, 0x21}, {0xa0, 0xa1}, {0x4d0, 0x4d1}, {0x40, 0x43}, {0x61, 0x61}, {0x70, 0x71}, {0x3f8, 0x3ff},
+    };
+    for (unsigned i = 0; i < sizeof spared / sizeof spared[0]; i++)
+        if (p <= spared[i][1] && spared[i][0] < p + size) return 1;
+    return 0;
 }
 
 static int phase_ports(long n) {
@@ -62,8 +74,10 @@ static int phase_ports(long n) {
         unsigned port = (unsigned)(r & 0xffff);
         /* Half the accesses go to the low 1 KiB where the emulated devices live. */
         if (r & (1ull << 20)) port &= 0x3ff;
-        if (is_reset_port(port)) continue;
-        switch ((r >> 16) & 7) {
+        unsigned kind = (r >> 16) & 7;
+        unsigned size = (kind == 1 || kind == 4) ? 2 : (kind == 2 || kind == 5) ? 4 : 1;
+        if (touches_spared_port(port, size)) continue;
+        switch (kind) {
         case 0: outb((unsigned char)(r >> 24), port); outs++; break;
         case 1: outw((unsigned short)(r >> 24), port); outs++; break;
         case 2: outl((unsigned)(r >> 24), port); outs++; break;
@@ -194,7 +208,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "ports")) return phase_ports(argc > 2 ? atol(argv[2]) : 100000);
     if (!strcmp(argv[1], "virtio")) return phase_virtio();
     if (!strcmp(argv[1], "flood")) return phase_flood(argc > 2 ? atof(argv[2]) : 5);
-    if (!strcmp(argv[1], "wild")) return phase_wild(argc > 2 ? strtoull(argv[2], NULL, 0) : 0xd0000000ull);
+    if (!strcmp(argv[1], "wild")) return phase_wild(argc > 2 ? strtoull(argv[2], NULL, 0) : 0xc0000000ull);
     fprintf(stderr, "hostile: unknown phase %s\n", argv[1]);
     return 2;
 }
