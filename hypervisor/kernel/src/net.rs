@@ -511,7 +511,7 @@ fn seeds(cmdline: &str) -> Option<catenary_net::entropy::Seeds> {
         entropy::Source::Rdrand => HwSource::Rdrand,
         entropy::Source::None => HwSource::None,
     };
-    match ent::check(source, crate::cmdline::get(cmdline, ent::INSECURE_FLAG).is_some()) {
+    match ent::check(source, &sample.hw, crate::cmdline::get(cmdline, ent::INSECURE_FLAG).is_some()) {
         Ok(Verdict::Hardware(s)) => info!(target: "net", "entropy: {:?} and TSC jitter", s),
         Ok(Verdict::Insecure) => {
             for _ in 0..3 {

@@ -54,9 +54,13 @@ impl core::fmt::Display for NoEntropy {
 /// The loud warning printed when [`Verdict::Insecure`] is in effect.
 pub const INSECURE_WARNING: &str = "*** INSECURE: no hardware entropy source; net.insecure-entropy given: the fabric's keys are seeded from timing jitter only and may be guessable ***";
 
-/// May the node create keys with material from `source`? `insecure_flag`: whether
-/// [`INSECURE_FLAG`] is on the command line.
-pub fn check(source: HwSource, insecure_flag: bool) -> Result<Verdict, NoEntropy> {
+/// May the node create keys with material from `source` (its words `hw`)? `insecure_flag`:
+/// whether [`INSECURE_FLAG`] is on the command line. Words that are all equal count as no
+/// hardware source: some parts have returned a constant (all ones) from RDRAND while
+/// reporting success.
+pub fn check(source: HwSource, hw: &[u64], insecure_flag: bool) -> Result<Verdict, NoEntropy> {
+    let stuck = hw.windows(2).all(|w| w[0] == w[1]);
+    let source = if stuck { HwSource::None } else { source };
     match (source, insecure_flag) {
         (HwSource::None, false) => Err(NoEntropy),
         (HwSource::None, true) => Ok(Verdict::Insecure),

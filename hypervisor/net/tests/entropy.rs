@@ -6,11 +6,15 @@ use rand_core::RngCore;
 
 #[test]
 fn no_hardware_entropy_refuses_unless_overridden() {
-    assert_eq!(check(HwSource::None, false), Err(NoEntropy));
-    assert_eq!(check(HwSource::None, true), Ok(Verdict::Insecure));
-    assert_eq!(check(HwSource::Rdseed, false), Ok(Verdict::Hardware(HwSource::Rdseed)));
-    assert_eq!(check(HwSource::Rdrand, false), Ok(Verdict::Hardware(HwSource::Rdrand)));
-    assert_eq!(check(HwSource::Rdrand, true), Ok(Verdict::Hardware(HwSource::Rdrand)));
+    let hw = [1, 2, 3, 4, 5, 6, 7, 8];
+    assert_eq!(check(HwSource::None, &[0; 8], false), Err(NoEntropy));
+    assert_eq!(check(HwSource::None, &[0; 8], true), Ok(Verdict::Insecure));
+    assert_eq!(check(HwSource::Rdseed, &hw, false), Ok(Verdict::Hardware(HwSource::Rdseed)));
+    assert_eq!(check(HwSource::Rdrand, &hw, false), Ok(Verdict::Hardware(HwSource::Rdrand)));
+    assert_eq!(check(HwSource::Rdrand, &hw, true), Ok(Verdict::Hardware(HwSource::Rdrand)));
+    // A stuck generator (constant words reported as good) is no source.
+    assert_eq!(check(HwSource::Rdrand, &[u64::MAX; 8], false), Err(NoEntropy));
+    assert_eq!(check(HwSource::Rdseed, &[0; 8], true), Ok(Verdict::Insecure));
     let msg = NoEntropy.to_string();
     assert!(msg.contains(INSECURE_FLAG) && msg.contains("refusing"), "{msg}");
     assert!(INSECURE_WARNING.contains("INSECURE"));
