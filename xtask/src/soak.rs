@@ -13,7 +13,11 @@
 //! fault, reboot, entry failure) is not clean but leaves the node alive.
 //!
 //! The serial log and QEMU's `-d cpu_reset` log (`-D`) of every boot that is not clean are kept
-//! in `build/soak/`.
+//! in `build/soak/`. `--reset-log` lets a host triple fault reset the machine instead of ending
+//! QEMU (`-no-reboot`), so that the `cpu_reset` log holds every CPU's state at that moment;
+//! `--qemu-log cpu_reset,int` adds every interrupt and exception before it. `--guest` boots only
+//! one of the two guests; `--node-args` adds node command-line words (`crash=df` checks that a
+//! dying node counts as a node failure).
 
 use crate::tools::{out_dir, require};
 use crate::vmbench::base64;
@@ -70,15 +74,23 @@ pub struct Options {
     pub parallel: usize,
     pub load: usize,
     pub qemu_log: String,
+    /// Extra node command-line words for every boot (`--node-args`, e.g. `crash=df` to check
+    /// that a dying node is counted as a node failure).
+    pub node_args: String,
+    /// Only boot this guest (`--guest minimal|debian`; default both).
+    pub guest: Option<String>,
+    /// `--reset-log`: let a host triple fault reset the machine instead of ending QEMU, so that
+    /// `-d cpu_reset` logs every CPU's state at that moment (the node's second boot is cut off).
+    pub reset_log: bool,
 }
 
 pub fn cmd_soak(args: &[String]) -> Result<(), String> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("vm") => {}
-        _ => return Err("usage: cargo xtask soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS]".into()),
+        _ => return Err("usage: cargo xtask soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--node-args WORDS] [--guest minimal|debian]".into()),
     }
-    let mut o = Options { runs: 100, parallel: 1, load: 2, qemu_log: "cpu_reset".into() };
+    let mut o = Options { runs: 100, parallel: 1, load: 2, qemu_log: "cpu_reset".into(), node_args: String::new(), guest: None, reset_log: false };
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> Result<usize, String> {
             it.next().and_then(|v| v.parse().ok()).ok_or_else(|| format!("{name} needs a number"))
@@ -88,8 +100,14 @@ pub fn cmd_soak(args: &[String]) -> Result<(), String> {
             "--parallel" => o.parallel = num("--parallel")?.max(1),
             "--load" => o.load = num("--load")?,
             "--qemu-log" => o.qemu_log = it.next().ok_or("--qemu-log needs QEMU -d flags")?.clone(),
+            "--node-args" => o.node_args = it.next().ok_or("--node-args needs words")?.clone(),
+            "--reset-log" => o.reset_log = true,
+            "--guest" => o.guest = Some(it.next().ok_or("--guest needs minimal or debian")?.to_lowercase()),
             other => return Err(format!("unknown soak option `{other}`")),
         }
+    }
+    if !matches!(o.guest.as_deref(), None | Some("minimal") | Some("debian")) {
+        return Err("--guest takes minimal or debian".into());
     }
     let (boots, clean, node_failures) = soak_vm(&o)?;
     if clean == boots && node_failures == 0 {
@@ -108,15 +126,17 @@ pub fn short_test(t: &mut crate::test::Tally) {
         return;
     }
     println!("== soak: Linux guests back to back under load (cargo xtask soak vm --runs 10 --parallel 2)");
-    let o = Options { runs: 10, parallel: 2, load: 2, qemu_log: "cpu_reset".into() };
+    let o = Options { runs: 10, parallel: 2, load: 2, qemu_log: "cpu_reset".into(), node_args: String::new(), guest: None, reset_log: false };
     match soak_vm(&o) {
         Ok((b, c, f)) => t.record(NAME, b == o.runs && c == b && f == 0, &format!("({b} boots, {c} clean, {f} node failures; logs in {})", soak_dir().display())),
         Err(e) => t.record(NAME, false, &e),
     }
 }
 
+/// `build/soak/`, or `CATENARY_SOAK_DIR` (two soaks at once must not share it: each copies the
+/// kernel it boots there).
 fn soak_dir() -> PathBuf {
-    let d = out_dir().join("soak");
+    let d = std::env::var_os("CATENARY_SOAK_DIR").map(PathBuf::from).unwrap_or_else(|| out_dir().join("soak"));
     let _ = std::fs::create_dir_all(&d);
     d
 }
@@ -240,10 +260,11 @@ pub fn soak_vm(o: &Options) -> Result<(usize, usize, usize), String> {
                 if i >= o.runs {
                     break;
                 }
-                let case = &MATRIX[i % MATRIX.len()];
+                let cases: Vec<&Case> = MATRIX.iter().filter(|c| o.guest.as_deref().map(|g| format!("{:?}", c.guest).to_lowercase() == g).unwrap_or(true)).collect();
+                let case = cases[i % cases.len()];
                 let bundle = if case.guest == Guest::Debian { debian } else { minimal };
                 let t = Instant::now();
-                let v = one_boot(i, case, kernel, bundle, dir, &o.qemu_log).unwrap_or_else(|e| Verdict::NodeFailure(format!("cannot run QEMU: {e}")));
+                let v = one_boot(i, case, kernel, bundle, dir, o).unwrap_or_else(|e| Verdict::NodeFailure(format!("cannot run QEMU: {e}")));
                 let what = format!("{:?} {} {} MiB {}", case.guest, case.boot, case.mem_mib, case.extra);
                 match &v {
                     Verdict::Clean => println!("soak boot {i:3} ({what}): clean in {:.1}s", t.elapsed().as_secs_f64()),
@@ -263,7 +284,7 @@ pub fn soak_vm(o: &Options) -> Result<(usize, usize, usize), String> {
     Ok((boots, clean, node_failures))
 }
 
-fn one_boot(i: usize, case: &Case, kernel: &Path, bundle: &Path, dir: &Path, qemu_log: &str) -> Result<Verdict, String> {
+fn one_boot(i: usize, case: &Case, kernel: &Path, bundle: &Path, dir: &Path, o: &Options) -> Result<Verdict, String> {
     // A different command each boot; its marker must come back.
     let marker = format!("soak-marker-{i} {}", i * 7 + 3);
     let cmd = if case.guest == Guest::Minimal && case.extra.contains("vm.disk") {
@@ -275,10 +296,13 @@ fn one_boot(i: usize, case: &Case, kernel: &Path, bundle: &Path, dir: &Path, qem
     b.smp = 2;
     b.mem = "1G".into();
     b.initrd = Some(bundle.to_path_buf());
-    b.cmdline = format!("vm.boot={} vm.mem={} vm.cmd={} {}", case.boot, case.mem_mib, base64(cmd.as_bytes()), case.extra).trim().to_string();
+    b.cmdline = format!("vm.boot={} vm.mem={} vm.cmd={} {} {}", case.boot, case.mem_mib, base64(cmd.as_bytes()), case.extra, o.node_args).trim().to_string();
     let dlog = dir.join(format!("boot-{i:03}.qemu-d.log"));
     let _ = std::fs::remove_file(&dlog);
-    b.extra = vec!["-d".into(), qemu_log.into(), "-D".into(), dlog.display().to_string()];
+    b.extra = vec!["-d".into(), o.qemu_log.clone(), "-D".into(), dlog.display().to_string()];
+    if o.reset_log {
+        b.extra.extend(["-action".into(), "reboot=reset".into()]);
+    }
     let lines = capture(b.command(false)?)?;
     let (lines, qemu_exited, timed_out) = lines;
     let has = |p: &str| lines.iter().any(|l| l.contains(p));
@@ -287,6 +311,7 @@ fn one_boot(i: usize, case: &Case, kernel: &Path, bundle: &Path, dir: &Path, qem
         Verdict::NodeFailure("host exception or panic (register dump in the serial log)".into())
     } else if !has("after the microVM:") {
         match (qemu_exited, timed_out, &ended) {
+            (Some(None), _, _) if o.reset_log => Verdict::NodeFailure("the machine reset (host triple fault) before the node's report".into()),
             (Some(code), _, _) => Verdict::NodeFailure(format!("QEMU exited (status {code:?}) without the node's report: host triple fault or reset")),
             (None, true, _) => Verdict::NodeFailure(format!("no end within {}s (hang)", BOOT_DEADLINE.as_secs())),
             (None, false, _) => Verdict::NodeFailure("QEMU output ended without the node's report".into()),
@@ -340,7 +365,12 @@ fn capture(mut c: Command) -> Result<(Vec<String>, Option<Option<i32>>, bool), S
         }
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(l) => {
-                let done = l.contains("after the microVM:") || l.contains("KERNEL PANIC") || l.contains("stopping this CPU");
+                // A second banner: the machine reset (host triple fault with --reset-log).
+                let reset = l.starts_with("Catenary ") && lines.iter().any(|p: &String| p.starts_with("Catenary "));
+                if reset {
+                    exited = Some(None);
+                }
+                let done = reset || l.contains("after the microVM:") || l.contains("KERNEL PANIC") || l.contains("stopping this CPU");
                 lines.push(l);
                 if done {
                     // Let the rest of a register dump arrive.
