@@ -83,15 +83,3 @@ pub fn sample() -> Sample {
     }
     s
 }
-
-/// Legacy 256-bit seed (hardware words folded with the TSC) and whether hardware contributed.
-/// New code uses [`sample`] and the domain-separated derivation in `catenary-net`.
-pub fn seed() -> ([u8; 32], bool) {
-    let s = sample();
-    let mut out = [0u8; 32];
-    for (i, chunk) in out.chunks_mut(8).enumerate() {
-        let v = s.hw[i] ^ s.hw[i + 4] ^ s.jitter[i] ^ s.jitter[i + 4].rotate_left(17);
-        chunk.copy_from_slice(&v.to_le_bytes());
-    }
-    (out, s.source != Source::None)
-}
