@@ -270,7 +270,8 @@ pub fn vm_send(addr: core::net::Ipv6Addr, frames: alloc::vec::Vec<alloc::vec::Ve
     with_links(|l| {
         if let Some(v) = l.iter_mut().find(|v| v.port.vm_addr == addr) {
             for f in frames {
-                if v.from_vm.len() < VM_LINK_FRAMES {
+                // Bounded, and a failed allocation drops the frame (counted), never the node.
+                if v.from_vm.len() < VM_LINK_FRAMES && v.from_vm.try_reserve(1).is_ok() {
                     v.from_vm.push_back(f);
                 } else {
                     v.dropped += 1;
@@ -289,14 +290,15 @@ pub fn vm_take(addr: core::net::Ipv6Addr) -> alloc::vec::Vec<alloc::vec::Vec<u8>
     with_links(|l| match l.iter_mut().find(|v| v.port.vm_addr == addr) {
         Some(v) => {
             VM_RX_PENDING.fetch_sub(v.to_vm.len(), core::sync::atomic::Ordering::Relaxed);
-            v.to_vm.drain(..).collect()
+            // Moved out, not copied: no allocation on the vCPU task's path.
+            alloc::vec::Vec::from(core::mem::take(&mut v.to_vm))
         }
         None => alloc::vec::Vec::new(),
     })
 }
 
 fn push_to_vm(v: &mut VmLink, f: alloc::vec::Vec<u8>) {
-    if v.to_vm.len() < VM_LINK_FRAMES {
+    if v.to_vm.len() < VM_LINK_FRAMES && v.to_vm.try_reserve(1).is_ok() {
         v.to_vm.push_back(f);
         VM_RX_PENDING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     } else {
