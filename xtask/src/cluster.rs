@@ -3,8 +3,10 @@
 //!
 //! Every node gets a fresh x25519 key (generated here; netfabric derives the public key and
 //! the /64), a MAC `52:54:00:ca:00:K`, hence the link-local underlay address
-//! `fe80::5054:ff:feca:K`, and the same cluster file as its only boot module. Its secret key,
-//! the wall clock and the probes to run are on its kernel command line.
+//! `fe80::5054:ff:feca:K`, and one cpio boot module holding the cluster file (`cluster.txt`)
+//! and its own secret key (`node.key`; never on the command line, which the kernel logs).
+//! The wall clock and the probes to run are on its kernel command line; the QEMU command
+//! lines xtask prints are redacted (`*.key=`) all the same.
 
 use crate::qemu::Boot;
 use crate::test::Tally;
@@ -90,6 +92,8 @@ impl Drop for Switch {
 pub struct Running {
     pub names: Vec<String>,
     pub lines: Vec<Vec<String>>,
+    /// Each node's QEMU command line as xtask prints it (redacted).
+    pub shown: Vec<String>,
     children: Vec<Child>,
     rx: mpsc::Receiver<(usize, String)>,
     pub dir: PathBuf,
@@ -170,8 +174,9 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member])
     std::fs::write(&shared, listed.render()).map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel();
     let mut children = Vec::new();
+    let mut shown = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
-        let file = if n.listed {
+        let cluster_file = if n.listed {
             shared.clone()
         } else {
             let mut c = listed.clone();
@@ -183,23 +188,23 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member])
         let mut b = Boot::pvh("q35", kernel.to_path_buf());
         b.smp = 1;
         b.mem = "256M".into();
-        b.cmdline = format!("{}net.key={} net.time={} {}", if n.guest { "" } else { "vm=none " }, hex_encode(&n.identity.secret_bytes()), unix_now(), n.cmdline);
-        let file = if n.guest {
-            let mut files = Vec::new();
+        b.cmdline = format!("{}net.time={} {}", if n.guest { "" } else { "vm=none " }, unix_now(), n.cmdline);
+        // one cpio module (PVH passes one): the cluster file, this node's key, and the guest
+        // image for a node that runs the demo microVM
+        let mut files = Vec::new();
+        if n.guest {
             let gdir = out_dir().join("guest");
             for name in ["vmlinux", "initramfs.cpio.gz"] {
                 files.push((name.to_string(), std::fs::read(gdir.join(name)).map_err(|e| format!("guest {name}: {e}"))?));
             }
-            files.push(("cluster.txt".to_string(), std::fs::read(&file).map_err(|e| e.to_string())?));
-            let p = dir.join(format!("bundle-{}.cpio", n.name));
-            std::fs::write(&p, crate::build::cpio_newc(&files)).map_err(|e| e.to_string())?;
             b.mem = "1G".into();
             b.smp = 2;
-            p
-        } else {
-            file
-        };
-        b.initrd = Some(file);
+        }
+        files.push(("cluster.txt".to_string(), std::fs::read(&cluster_file).map_err(|e| e.to_string())?));
+        files.push((catenary_net::nodekey::NODE_KEY_FILE.to_string(), (hex_encode(&n.identity.secret_bytes()) + "\n").into_bytes()));
+        let bundle = dir.join(format!("bundle-{}.cpio", n.name));
+        write_private(&bundle, &crate::build::cpio_newc(&files))?;
+        b.initrd = Some(bundle);
         let mac = n.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         b.extra.extend([
             "-netdev".into(),
@@ -212,6 +217,7 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member])
             b.extra.extend(["-object".into(), format!("filter-dump,id=f0,netdev=n0,file={}", p.display())]);
         }
         let mut c = b.command(false)?;
+        shown.push(crate::qemu::shown_command(&c));
         c.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         let mut child = c.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
         let out = child.stdout.take().unwrap();
@@ -232,7 +238,40 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member])
         children.push(child);
     }
     drop(tx);
-    Ok(Running { names: nodes.iter().map(|n| n.name.clone()).collect(), lines: vec![Vec::new(); nodes.len()], children, rx, dir, switch })
+    Ok(Running { names: nodes.iter().map(|n| n.name.clone()).collect(), lines: vec![Vec::new(); nodes.len()], shown, children, rx, dir, switch })
+}
+
+/// Write a file only its owner can read (it holds a private key).
+fn write_private(p: &Path, data: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(p);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    f.write_all(data).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// The ways a private key could be spelled in a log: hex and base64 (WireGuard's), of the
+/// whole key and of its halves (a line break or a truncation could split it).
+pub fn key_spellings(secret: &[u8; 32]) -> Vec<String> {
+    let mut v = vec![hex_encode(secret), hex_encode(secret).to_uppercase(), b64(secret)];
+    v.push(hex_encode(&secret[..16]));
+    v.push(hex_encode(&secret[16..]));
+    v.push(b64(&secret[..15]));
+    v.push(b64(&secret[15..30]));
+    v
+}
+
+/// Which node's key (by name) shows up in the serial logs or the printed QEMU command lines.
+fn leaked_keys(r: &Running, nodes: &[(String, [u8; 32])]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, k) in nodes {
+        for s in key_spellings(k) {
+            let s = s.trim_end_matches('=');
+            if r.lines.iter().flatten().chain(r.shown.iter()).any(|l| l.contains(s)) {
+                out.push(format!("{name}: {s}"));
+            }
+        }
+    }
+    out
 }
 
 /// `cargo xtask run --nodes N`: every console with a `[nodeK]` prefix until Ctrl-C.
@@ -249,6 +288,9 @@ pub fn run_nodes(n: usize, cmdline: &str) -> Result<(), String> {
         eprintln!("xtask: {} key {} fabric {} underlay {}", s.name, hex_encode(&s.identity.public_key()), s.identity.node_address(), link_local_from_mac(s.mac));
     }
     let mut r = start(&kernel, &nodes, "cluster", &[])?;
+    for (n, c) in r.names.iter().zip(&r.shown) {
+        eprintln!("xtask: {n}: {c}");
+    }
     eprintln!("xtask: {n} node(s) on vde switch {}; cluster file {}; stop with Ctrl-C",
         r.switch_sock().display(), r.dir.join("cluster.txt").display());
     r.wait(Duration::from_secs(u64::MAX / 4), true, |_| false);
@@ -387,13 +429,18 @@ fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let mut a = NodeSpec::new(1);
     a.cmdline = "net.ipccall=node2".into();
     let b = NodeSpec::new(2);
+    let keys = [(a.name.clone(), a.identity.secret_bytes()), (b.name.clone(), b.identity.secret_bytes())];
+    let a_pfx = netfabric::identity::Prefix64::from_public_key(&a.identity.public_key());
     let pfx = netfabric::identity::Prefix64::from_public_key(&b.identity.public_key());
     let echo = pfx.workload_address(netfabric::identity::AddressKind::Task, 1).unwrap();
     let unbound = pfx.workload_address(netfabric::identity::AddressKind::Task, 0x99).unwrap();
+    let b_node = b.identity.node_address();
     let mut r = start(kernel, &[a, b], "net-remote-ipc", &[])?;
     let drop_line = format!("ipc: dropped a frame to unbound {unbound}");
+    let node_drop = format!("ipc: dropped a frame to unbound {b_node} ");
     let ok = r.wait(Duration::from_secs(150), false, |l| {
-        (l[0].iter().any(|x| x.contains("net: ipc probe done")) && l[1].iter().filter(|x| x.contains(&drop_line)).count() >= 2)
+        (l[0].iter().any(|x| x.contains("net: ipc probe done")) && l[1].iter().filter(|x| x.contains(&drop_line)).count() >= 2
+            && l[1].iter().any(|x| x.contains(&node_drop)))
             || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
     });
     let log = r.save_logs("net-remote-ipc");
@@ -404,6 +451,13 @@ fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     // with an error frame so the caller does not wait for its timeout
     let dropped = r.lines[1].iter().any(|l| l.contains(&drop_line) && l.contains("(dropped to unbound /128s: 2)"));
     let call_refused = r.lines[0].iter().any(|l| l.contains(&format!("ipc: call to unbound {unbound}")) && l.contains("Err(NoEndpoint)"));
+    // echo's endpoint by number at node2's node /128: refused there, NoEndpoint here
+    let by_number = r.has(1, &node_drop) && r.lines[0].iter().any(|l| l.contains("by number at node2's node address") && l.contains("Err(NoEndpoint)"));
+    // node1's client bound its endpoint: node2's echo (ring 3) is told that /128 as the sender
+    let client = r.lines[0].iter().find_map(|l| l.split("ipcclient's endpoint ").nth(1)?.split("has fabric address ").nth(1).map(|a| a.trim().to_string()));
+    let client_ok = client.as_ref().and_then(|c| c.parse::<std::net::Ipv6Addr>().ok()).is_some_and(|c| a_pfx.contains(&c));
+    let sender_seen = client.as_ref().is_some_and(|c| r.lines[1].iter().any(|l| l.contains("echo: call from fabric address") && l.trim_end().ends_with(c.as_str())));
+    let leaked = leaked_keys(&r, &keys);
     let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
     for l in r.lines[0].iter().filter(|l| l.contains("ipc: remote call")) {
         println!("  node1: {}", l.split("net: ").nth(1).unwrap_or(l));
@@ -411,8 +465,12 @@ fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     drop(r);
     t.record("net_remote_ipc_call", ok && bound && replies && delivered >= 3 && !panic,
         &format!("(echo bound to {echo} {bound}, 3/3 replies {replies}, node2 delivered {delivered} calls; log {})", log.display()));
-    t.record("net_remote_ipc_unbound_dropped", ok && dropped && call_refused && !panic,
-        &format!("(node2 counted 2 dropped frames to {unbound}: {dropped}, the call got NoEndpoint {call_refused}; log {})", log.display()));
+    t.record("net_remote_ipc_unbound_dropped", ok && dropped && call_refused && by_number && !panic,
+        &format!("(node2 counted 2 dropped frames to {unbound}: {dropped}, the call got NoEndpoint {call_refused}, echo's endpoint by number at the node /128 refused {by_number}; log {})", log.display()));
+    t.record("net_remote_ipc_sender_authenticated", ok && client_ok && sender_seen && !panic,
+        &format!("(node1's client bound to {client:?} in node1's /64 {client_ok}, node2's echo told that sender {sender_seen}; log {})", log.display()));
+    t.record("net_private_keys_not_logged", ok && leaked.is_empty(),
+        &format!("(keys found in serial logs or printed QEMU command lines: {leaked:?}; log {})", log.display()));
     Ok(())
 }
 

@@ -79,6 +79,17 @@ impl Boot {
     }
 }
 
+/// A command as xtask prints it: program and arguments, with the value of every `*.key=`
+/// word redacted (a secret never reaches a printed command line).
+pub fn shown_command(c: &Command) -> String {
+    let mut s = c.get_program().to_string_lossy().to_string();
+    for a in c.get_args() {
+        s.push(' ');
+        s.push_str(&catenary_bootinfo::redact_secrets(&a.to_string_lossy()));
+    }
+    s
+}
+
 /// Whether /dev/kvm can really run our kernel. On these machines it is a PVM-flavoured KVM
 /// that cannot, so we probe once (boot the kernel under KVM for a few seconds) and cache the
 /// verdict in build/kvm-probe. CATENARY_KVM=0/1 overrides.
@@ -301,7 +312,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
     b.smp = smp;
     b.mem = mem;
     let mut c = b.command(true)?;
-    eprintln!("xtask: {:?}", c);
+    eprintln!("xtask: {}", shown_command(&c));
     eprintln!("xtask: QEMU console on stdout; quit with Ctrl-A X");
     let st = c.status().map_err(|e| e.to_string())?;
     // isa-debug-exit codes are odd numbers; treat QEMU's own exit as the end of the run.

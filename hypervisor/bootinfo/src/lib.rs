@@ -34,12 +34,14 @@ mod mem;
 mod multiboot2;
 mod normalize;
 mod pvh;
+mod redact;
 
 pub use cpio::{CpioError, ImageStore};
 pub use limine::{LimineModule, LimineView, MAX_CPUS};
 pub use mem::{MemImage, PhysRead};
 pub use multiboot2::MULTIBOOT2_BOOTLOADER_MAGIC;
 pub use pvh::PVH_MAGIC;
+pub use redact::{is_secret_key, redact_secrets, REDACTED};
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -71,6 +71,42 @@ pub mod nic_ring {
     pub const LABEL_RX: u64 = 0x11;
     /// driver → kernel: initialisation failed ([step]).
     pub const LABEL_FAIL: u64 = 0x12;
+
+    /// The indices in the shared ring page do not describe a ring of `SLOTS` frames: the other
+    /// side misbehaves (or its memory was corrupted).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct BadIndices {
+        pub head: u64,
+        pub tail: u64,
+    }
+
+    /// Frames between a producer's `head` and a consumer's `tail`. Both are free-running
+    /// counters the other side can write anything into, so the distance is taken with
+    /// `wrapping_sub` and refused when it is more than the ring holds: a hostile value can
+    /// neither overflow the arithmetic nor make the reader loop over phantom frames.
+    pub fn pending(head: u64, tail: u64) -> Result<u64, BadIndices> {
+        let n = head.wrapping_sub(tail);
+        if n > SLOTS {
+            Err(BadIndices { head, tail })
+        } else {
+            Ok(n)
+        }
+    }
+
+    /// Free slots for the producer (`SLOTS - pending`), with the same check.
+    pub fn room(head: u64, tail: u64) -> Result<u64, BadIndices> {
+        pending(head, tail).map(|n| SLOTS - n)
+    }
+
+    /// The slot of frame counter `count`.
+    pub fn slot(count: u64) -> u64 {
+        count % SLOTS
+    }
+
+    /// A frame length read from the ring: at most one slot (None otherwise).
+    pub fn frame_len(len: u64) -> Option<usize> {
+        (len <= SLOT_LEN).then_some(len as usize)
+    }
 }
 
 /// The syscall ABI's numbers (RAX at `syscall` / `int 0x80`), shared by the kernel and the
@@ -92,10 +128,20 @@ pub mod syscall {
     pub const SYS_CALL_GRANT: u64 = 13;
     pub const SYS_MAP_MMIO: u64 = 14;
     pub const SYS_DMA_ALLOC: u64 = 15;
+    /// `bind_address(slot)`: give the local endpoint of capability `slot` (which must carry
+    /// [`Rights::BIND`](crate::Rights::BIND)) a fabric /128 of the node's /64; returns it in
+    /// rdi (high 64 bits) and rsi (low 64 bits).
+    pub const SYS_BIND_ADDRESS: u64 = 16;
+    /// `sender()`: the authenticated fabric /128 the last message this task received came
+    /// from (rdi high, rsi low); all zero for a message from this node.
+    pub const SYS_SENDER: u64 = 17;
 }
 /// The stand-in task of calls that cross nodes: the callee of a call to another node, the
 /// caller of a call from another node (the kernel's router answers for it).
 pub const REMOTE: TaskId = u64::MAX;
+/// The badge of every message that came from another node (or a microVM) through the
+/// node's router; `origin` then names the sender.
+pub const REMOTE_BADGE: u64 = 0xfab0_0000_0000_0000;
 /// Default queue depth.
 pub const DEFAULT_CAPACITY: usize = 16;
 
@@ -125,6 +171,9 @@ impl Rights {
     pub const SEND: Rights = Rights(1);
     pub const RECV: Rights = Rights(2);
     pub const GRANT: Rights = Rights(4);
+    /// May give the endpoint a fabric /128 (`bind_address`): makes it reachable from other
+    /// nodes. Not part of [`Rights::ALL`]: only granted on purpose.
+    pub const BIND: Rights = Rights(8);
     pub const ALL: Rights = Rights(7);
     pub fn contains(self, o: Rights) -> bool {
         self.0 & o.0 == o.0
@@ -164,6 +213,9 @@ pub struct Message {
     pub badge: u64,
     /// Non-zero when the sender waits for a reply: pass it to `reply`.
     pub reply: u64,
+    /// The fabric /128 a message from another node (or a microVM) came from, as the fabric
+    /// authenticated it (set by the kernel's router, never by a sender); zero: this node.
+    pub origin: [u8; 16],
 }
 
 impl Message {

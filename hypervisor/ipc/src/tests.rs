@@ -236,3 +236,45 @@ fn randomized_queue_model() {
         }
     }
 }
+
+#[test]
+fn nic_ring_indices_from_a_hostile_driver_are_refused() {
+    use crate::nic_ring::*;
+    // normal use, including counters that wrap around u64
+    assert_eq!(pending(5, 5), Ok(0));
+    assert_eq!(pending(21, 5), Ok(SLOTS));
+    assert_eq!(room(21, 5), Ok(0));
+    assert_eq!(room(5, 5), Ok(SLOTS));
+    assert_eq!(pending(2, u64::MAX - 1), Ok(4));
+    assert_eq!(slot(u64::MAX), u64::MAX % SLOTS);
+    // a tail ahead of the head, a head far ahead: refused, never an overflow or a huge count
+    for (h, t) in [(0, 1), (5, 6), (22, 5), (u64::MAX, 0), (0, u64::MAX - SLOTS), (1 << 63, 0), (0, 1 << 63)] {
+        assert!(pending(h, t).is_err(), "{h} {t}");
+        assert!(room(h, t).is_err(), "{h} {t}");
+    }
+    // every pair near the edges: the answer is within the ring or an error
+    let edge = [0, 1, SLOTS - 1, SLOTS, SLOTS + 1, u64::MAX / 2, u64::MAX - SLOTS, u64::MAX - 1, u64::MAX];
+    for &h in &edge {
+        for &t in &edge {
+            match pending(h, t) {
+                Ok(n) => assert!(n <= SLOTS && h == t.wrapping_add(n)),
+                Err(e) => assert_eq!((e.head, e.tail), (h, t)),
+            }
+        }
+    }
+    assert_eq!(frame_len(SLOT_LEN), Some(SLOT_LEN as usize));
+    assert_eq!(frame_len(SLOT_LEN + 1), None);
+    assert_eq!(frame_len(u64::MAX), None);
+}
+
+#[test]
+fn bind_right_is_not_part_of_all() {
+    assert!(!Rights::ALL.contains(Rights::BIND));
+    let mut t = CapTable::new(4);
+    let s = t.insert(cap(3, Rights::ALL, 0)).unwrap();
+    // deriving can never add the bind right
+    assert!(!t.derive(s, Rights(0xff), 0).unwrap().rights.contains(Rights::BIND));
+    let b = t.insert(cap(3, Rights::BIND, 0)).unwrap();
+    assert!(t.check(b, Rights::BIND).is_ok());
+    assert_eq!(t.check(s, Rights::BIND), Err(IpcError::NoRight));
+}

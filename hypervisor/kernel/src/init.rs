@@ -56,7 +56,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     let (tsc_hz, tsc_src) = time::calibrate();
     info!(target: "boot", "boot protocol: {} (loader: {})", protocol_name(handoff.info.protocol),
         handoff.info.bootloader.as_deref().unwrap_or("-"));
-    info!(target: "boot", "command line: \"{}\"", handoff.info.cmdline);
+    // secrets (`*.key=`) never reach the log
+    info!(target: "boot", "command line: \"{}\"", catenary_bootinfo::redact_secrets(&handoff.info.cmdline));
     info!(target: "time", "TSC {}.{:03} MHz (source {:?})", tsc_hz / 1_000_000, (tsc_hz / 1000) % 1000, tsc_src);
 
     // Physical memory: reserve the kernel image, the first MiB (BIOS data, trampolines) and

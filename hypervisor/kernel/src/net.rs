@@ -15,7 +15,9 @@
 //! - `net=off` — do not start networking;
 //! - `net.driver=kernel` — drive the NIC in the kernel instead of the ring-3 `nicd`;
 //! - `net.irq=off` — with `net.driver=kernel`: poll the NIC instead of taking its interrupts;
-//! - `net.key=HEX` — the node's x25519 secret key (64 hex digits; random if absent);
+//! - `net.key=HEX` — the node's x25519 secret key (64 hex digits), if no boot module carries it
+//!   (`node.key` in a cpio module, which is how xtask passes it: the command line is logged,
+//!   redacted); random if neither;
 //! - `net.time=SECS` — Unix time now, for handshake timestamps when the CMOS RTC cannot be read;
 //! - `net.insecure-entropy` — create keys even without RDSEED/RDRAND (timing jitter only: the
 //!   keys may be guessable; logged loudly). Without it such a node keeps networking off;
@@ -103,11 +105,21 @@ struct UserNic {
     ring: u64,
     mac: [u8; 6],
     wake_slot: usize,
+    /// Times the ring's indices were out of range.
+    bad_indices: u64,
 }
 
 impl UserNic {
     fn slot_frame(&self, off: u64) -> u64 {
         (self.ring + off) & !0xfff
+    }
+    /// `nicd` wrote indices that do not describe the ring: stop using it (counted, logged
+    /// once) rather than trust them — netd neither panics nor loops over phantom frames.
+    fn bad_ring(&mut self, e: ring::BadIndices) {
+        self.bad_indices += 1;
+        if self.bad_indices == 1 {
+            warn!(target: "net", "nicd: frame ring indices out of range (head {}, tail {}): frames ignored", e.head, e.tail);
+        }
     }
     fn recv(&mut self) -> Option<alloc::vec::Vec<u8>> {
         use ring::*;
@@ -117,19 +129,25 @@ impl UserNic {
         let (head, tail) = crate::task::with_owned_frames(self.task, &[hdr], || {
             (memory::phys_read_u64(r + RX_HEAD), memory::phys_read_u64(r + RX_TAIL))
         })?;
-        if head == tail {
-            return None;
-        }
-        let s = tail % SLOTS;
-        let slot = RX_SLOTS + s * SLOT_LEN;
-        let v = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(slot)], || {
-            let len = memory::phys_read_u64(r + RX_LEN + s * 8).min(SLOT_LEN) as usize;
-            let mut v = alloc::vec![0u8; len];
-            memory::phys_read(r + slot, &mut v);
-            memory::phys_write_u64(r + RX_TAIL, tail + 1);
-            v
-        });
-        if head - tail >= SLOTS {
+        let n = match pending(head, tail) {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) => {
+                self.bad_ring(e);
+                return None;
+            }
+        };
+        let s = slot(tail);
+        let off = RX_SLOTS + s * SLOT_LEN;
+        let v = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(off)], || {
+            let len = frame_len(memory::phys_read_u64(r + RX_LEN + s * 8));
+            memory::phys_write_u64(r + RX_TAIL, tail.wrapping_add(1));
+            let mut v = alloc::vec![0u8; len?];
+            memory::phys_read(r + off, &mut v);
+            Some(v)
+        })
+        .flatten();
+        if n >= SLOTS {
             // the ring was full: nicd left frames in the device queue and waits for room
             let _ = crate::task::send(self.wake_slot, catenary_ipc::Message::new(LABEL_TX, [0; 4]));
         }
@@ -139,7 +157,7 @@ impl UserNic {
         use ring::*;
         let r = self.ring;
         crate::task::with_owned_frames(self.task, &[self.slot_frame(0)], || {
-            memory::phys_read_u64(r + TX_HEAD) - memory::phys_read_u64(r + TX_TAIL) < SLOTS
+            room(memory::phys_read_u64(r + TX_HEAD), memory::phys_read_u64(r + TX_TAIL)).is_ok_and(|n| n > 0)
         })
         .unwrap_or(false)
     }
@@ -153,12 +171,12 @@ impl UserNic {
         let r = self.ring;
         let hdr = self.slot_frame(0);
         let Some(head) = crate::task::with_owned_frames(self.task, &[hdr], || memory::phys_read_u64(r + TX_HEAD)) else { return };
-        let s = head % SLOTS;
-        let slot = TX_SLOTS + s * SLOT_LEN;
-        let _ = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(slot)], || {
-            memory::phys_write(r + slot, &frame);
+        let s = slot(head);
+        let off = TX_SLOTS + s * SLOT_LEN;
+        let _ = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(off)], || {
+            memory::phys_write(r + off, &frame);
             memory::phys_write_u64(r + TX_LEN + s * 8, len as u64);
-            memory::phys_write_u64(r + TX_HEAD, head + 1);
+            memory::phys_write_u64(r + TX_HEAD, head.wrapping_add(1));
         });
         // a full endpoint means nicd has wakeups pending already
         let _ = crate::task::send(self.wake_slot, catenary_ipc::Message::new(LABEL_TX, [0; 4]));
@@ -187,13 +205,20 @@ fn with_router<R>(f: impl FnOnce(&mut IpcRouter) -> R) -> Option<R> {
     catenary_arch::cpu::without_interrupts(|| ROUTER.lock().as_mut().map(f))
 }
 
-/// Give local endpoint `ep` (of any kernel or user task) a task /128 of the node's /64: fabric
-/// IPC frames to that address are delivered to it. None before networking is up.
-pub fn bind_address(ep: catenary_ipc::EndpointId) -> Option<core::net::Ipv6Addr> {
-    if !crate::task::endpoint_open(ep) {
-        return None;
-    }
+/// (The `SYS_BIND_ADDRESS` syscall, after its capability check) Give local endpoint `ep` a
+/// task /128 of the node's /64: fabric IPC frames to that address are delivered to it. None
+/// before networking is up. Called with the kernel lock held (lock order: kernel, router).
+pub(crate) fn router_bind(ep: catenary_ipc::EndpointId) -> Option<core::net::Ipv6Addr> {
     with_router(|r| r.bind(ep)).flatten()
+}
+
+/// Bind local endpoint `ep` to a fabric /128 through the checked syscall path: the calling
+/// kernel task is handed a capability with the bind right for it (as the kernel would grant
+/// one to a ring-3 service) and makes the same `bind_address` syscall.
+fn bind_endpoint(ep: catenary_ipc::EndpointId) -> Result<core::net::Ipv6Addr, catenary_ipc::IpcError> {
+    use catenary_ipc::{Address, Capability, Rights};
+    let slot = crate::task::give_current(Capability { target: Address::local(ep), rights: Rights::BIND, badge: 0 });
+    crate::task::bind_address(slot).map(core::net::Ipv6Addr::from)
 }
 
 
@@ -208,6 +233,8 @@ const VM_PORT_MAC: [u8; 6] = [0x02, 0xca, 0x7e, 0x00, 0x00, 0x01];
 /// `netd` to route) and frames for the guest (for the vCPU task to inject).
 struct VmLink {
     port: catenary_net::vmlink::VmPort,
+    /// The node lets this VM use fabric IPC (UDP 51900); off unless asked (`vm.ipc=1`).
+    allow_ipc: bool,
     routed: bool,
     from_vm: alloc::collections::VecDeque<alloc::vec::Vec<u8>>,
     to_vm: alloc::collections::VecDeque<alloc::vec::Vec<u8>>,
@@ -223,9 +250,10 @@ fn with_links<R>(f: impl FnOnce(&mut alloc::vec::Vec<VmLink>) -> R) -> R {
 }
 
 /// Give a microVM with MAC `mac` a /128 of the node's /64 (netfabric's allocator, kind
-/// microVM) and a link to `netd`, which routes that /128 to it. Waits up to `wait_ns` for
-/// networking to come up; None if it does not.
-pub fn attach_vm(mac: [u8; 6], wait_ns: u64) -> Option<core::net::Ipv6Addr> {
+/// microVM) and a link to `netd`, which routes that /128 to it. `allow_ipc`: the guest may
+/// send fabric IPC frames (to this node's or other nodes' endpoints); without it they are
+/// dropped and counted. Waits up to `wait_ns` for networking to come up; None if it does not.
+pub fn attach_vm(mac: [u8; 6], wait_ns: u64, allow_ipc: bool) -> Option<core::net::Ipv6Addr> {
     let t0 = time::now_ns();
     loop {
         if let Some(a) = with_router(|r| r.allocate_vm()) {
@@ -233,6 +261,7 @@ pub fn attach_vm(mac: [u8; 6], wait_ns: u64) -> Option<core::net::Ipv6Addr> {
             with_links(|l| {
                 l.push(VmLink {
                     port: catenary_net::vmlink::VmPort::new(a, mac, VM_PORT_MAC),
+                    allow_ipc,
                     routed: false,
                     from_vm: Default::default(),
                     to_vm: Default::default(),
@@ -322,7 +351,7 @@ fn vm_pump(st: &mut State) -> bool {
             while let Some(f) = v.from_vm.pop_front() {
                 active = true;
                 match v.port.from_vm(&f) {
-                    FromVm::Route(p) => out.push(p),
+                    FromVm::Route(p) => out.push((p, v.allow_ipc)),
                     FromVm::Reply(r) => push_to_vm(v, r),
                     FromVm::Drop => {}
                 }
@@ -344,8 +373,16 @@ fn vm_pump(st: &mut State) -> bool {
         }
     });
     let now = time::now_ns();
-    for p in out {
-        st.node.route_from_vm(p, now);
+    let (blocked, too_big) = (st.node.counters.vm_ipc_blocked, st.node.counters.vm_too_big);
+    for (p, allow_ipc) in out {
+        st.node.route_from_vm(p, now, allow_ipc);
+    }
+    if st.node.counters.vm_ipc_blocked > blocked && st.ipc_logged[2] < 8 {
+        st.ipc_logged[2] += 1;
+        info!(target: "net", "vm: dropped fabric IPC from a microVM that may not use it (blocked: {})", st.node.counters.vm_ipc_blocked);
+    }
+    if too_big == 0 && st.node.counters.vm_too_big > 0 {
+        info!(target: "net", "vm: packet larger than the fabric MTU {}: answered with ICMPv6 Packet Too Big", catenary_net::FABRIC_MTU);
     }
     while let Some(p) = st.node.take_vm_packet() {
         active = true;
@@ -363,6 +400,19 @@ fn vm_pump(st: &mut State) -> bool {
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
     catenary_net::cluster::hex_decode32(s)
+}
+
+/// The node's secret key from the `node.key` entry of a cpio boot module (never logged).
+fn node_key(modules: &[Module]) -> Option<[u8; 32]> {
+    for m in modules {
+        let data = memory::phys_slice(m.start, m.len as usize);
+        let Some(f) = catenary_bootinfo::ImageStore::parse(data).ok().and_then(|s| s.get(catenary_net::nodekey::NODE_KEY_FILE)) else { continue };
+        match catenary_net::nodekey::parse_node_key(f) {
+            Ok(k) => return Some(k),
+            Err(e) => warn!(target: "net", "{}: {:?}: ignored", catenary_net::nodekey::NODE_KEY_FILE, e),
+        }
+    }
+    None
 }
 
 struct Boot {
@@ -413,10 +463,18 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
             nic.df.bus, nic.df.device, nic.df.function, nic.mac(), if nic.link_up() { "up" } else { "down" });
         (Nic::Kernel(nic), None)
     };
-    let identity = match crate::cmdline::get(cmdline, "net.key").and_then(hex32) {
-        Some(k) => Identity::from_secret_bytes(k),
-        None => {
-            warn!(target: "net", "no net.key: using a random identity");
+    let identity = match (node_key(modules), crate::cmdline::get(cmdline, "net.key").and_then(hex32)) {
+        (Some(k), _) => {
+            info!(target: "net", "identity: the node key from the boot module ({})", catenary_net::nodekey::NODE_KEY_FILE);
+            Identity::from_secret_bytes(k)
+        }
+        (None, Some(k)) => {
+            warn!(target: "net", "identity: net.key on the command line (redacted in the log); pass the key in a {} boot module instead",
+                catenary_net::nodekey::NODE_KEY_FILE);
+            Identity::from_secret_bytes(k)
+        }
+        (None, None) => {
+            warn!(target: "net", "no node key: using a random identity");
             Identity::from_secret_bytes(seeds.identity)
         }
     };
@@ -541,10 +599,10 @@ fn router_up(st: &mut State) {
     };
     crate::task::router_up(node.octets(), wake);
     let echo = crate::task::echo_endpoint();
-    match bind_address(echo) {
-        Some(a) => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64; endpoint {} (echo) has fabric address {}",
+    match bind_endpoint(echo) {
+        Ok(a) => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64; endpoint {} (echo) has fabric address {}",
             netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network(), echo, a),
-        None => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64 (no echo service to bind)",
+        Err(_) => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64 (no echo service to bind)",
             netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network()),
     }
 }
@@ -560,7 +618,7 @@ fn ipc_pump(st: &mut State) -> bool {
     for o in outs {
         let dst = Ipv6Addr::from(o.dst);
         let wm = WireMsg { label: o.msg.label, words: o.msg.words, call_id: o.token };
-        let sent = with_router(|r| r.message_packet(dst, o.endpoint, wm)).flatten().is_some_and(|p| st.node.send_ipc(&p, now));
+        let sent = with_router(|r| r.message_packet(o.src.map(Ipv6Addr::from), dst, o.endpoint, wm)).flatten().is_some_and(|p| st.node.send_ipc(&p, now));
         if st.ipc_logged[0] < 8 {
             st.ipc_logged[0] += 1;
             info!(target: "net", "ipc: {} to {} endpoint {} {}", if o.token != 0 { "call" } else { "send" }, dst, o.endpoint,
@@ -572,9 +630,12 @@ fn ipc_pump(st: &mut State) -> bool {
     }
     for r in replies {
         let (from, to) = (Ipv6Addr::from(r.to.from), Ipv6Addr::from(r.to.to));
-        let p = with_router(|rt| match r.result {
+        let p = with_router(|rt| {
+            rt.call_done(&to); // the caller's source gets its quota slot back
+            match r.result {
             Ok(m) => rt.reply_packet(from, to, WireMsg { label: m.label, words: m.words, call_id: r.to.call_id }),
             Err(e) => rt.error_packet(from, to, r.to.call_id, e.code()),
+            }
         })
         .flatten();
         if let Some(p) = p {
@@ -587,13 +648,30 @@ fn ipc_pump(st: &mut State) -> bool {
         match d {
             (Ok(Inbound::Deliver { from, to, endpoint, msg }), _) => {
                 let call = (msg.call_id != 0).then_some(crate::task::ReplyTo { to: from.octets(), from: to.octets(), call_id: msg.call_id });
-                let r = crate::task::deliver_remote(endpoint, catenary_ipc::Message::new(msg.label, msg.words), call);
+                // calls in flight are bounded per source (peer /64, or local microVM /128)
+                if call.is_some() && with_router(|rt| rt.admit_call(&from)) != Some(true) {
+                    let n = with_router(|rt| rt.counters.over_quota).unwrap_or(0);
+                    if st.ipc_logged[3] < 8 {
+                        st.ipc_logged[3] += 1;
+                        info!(target: "net", "ipc: refused a call from {}: {} calls in flight from its source (over quota: {})",
+                            from, catenary_net::ipcroute::CALLS_PER_SOURCE, n);
+                    }
+                    let code = catenary_ipc::IpcError::QueueFull.code();
+                    if let Some(p) = with_router(|rt| rt.error_packet(to, from, msg.call_id, code)).flatten() {
+                        st.node.send_ipc(&p, now);
+                    }
+                    continue;
+                }
+                let r = crate::task::deliver_remote(endpoint, catenary_ipc::Message::new(msg.label, msg.words), call, from.octets());
                 if st.ipc_logged[1] < 8 {
                     st.ipc_logged[1] += 1;
                     info!(target: "net", "ipc: {} from {} to {} -> endpoint {}: {}", if call.is_some() { "call" } else { "send" },
                         from, to, endpoint, match r { Ok(()) => "delivered", Err(_) => "refused" });
                 }
                 if let Err(e) = r {
+                    if call.is_some() {
+                        with_router(|rt| rt.call_done(&from));
+                    }
                     if e == catenary_ipc::IpcError::DeadPeer {
                         with_router(|rt| rt.unbind(&to));
                     }
@@ -635,15 +713,21 @@ fn ipc_pump(st: &mut State) -> bool {
 }
 
 /// The target of the `net.ipccall` probe: the peer's echo /128 and an unbound /128.
-static IPC_PROBE: Mutex<Option<(String, core::net::Ipv6Addr, core::net::Ipv6Addr)>> = Mutex::new(None);
+static IPC_PROBE: Mutex<Option<(String, core::net::Ipv6Addr, core::net::Ipv6Addr, core::net::Ipv6Addr)>> = Mutex::new(None);
 
 /// `net.ipccall=NAME`: a kernel task calls NAME's `echo` by its fabric address with the
 /// ordinary `call` syscall (only the capability's address differs from a local call), then
 /// sends to an unbound /128 of NAME's /64.
 fn ipc_client(_: u64) {
     use catenary_ipc::{Address, Capability, Message, Rights};
-    let Some((peer, echo, unbound)) = catenary_arch::cpu::without_interrupts(|| IPC_PROBE.lock().take()) else { return };
+    let Some((peer, echo, unbound, peer_node)) = catenary_arch::cpu::without_interrupts(|| IPC_PROBE.lock().take()) else { return };
     let cap = |a: core::net::Ipv6Addr| Capability { target: Address { node: a.octets(), endpoint: 0 }, rights: Rights::SEND, badge: 0 };
+    // a bound task: its calls go out from its own /128, which the callee is told
+    let (_, own) = crate::task::create_endpoint_for_current(1);
+    match bind_endpoint(own) {
+        Ok(a) => info!(target: "net", "ipc: ipcclient's endpoint {} has fabric address {}", own, a),
+        Err(e) => warn!(target: "net", "ipc: ipcclient cannot bind its endpoint: {:?}", e),
+    }
     let slot = crate::task::give_current(cap(echo));
     let mut ok = 0;
     for i in 1..=3u64 {
@@ -667,6 +751,12 @@ fn ipc_client(_: u64) {
     let t0 = time::now_ns();
     let r = crate::task::call(s2, Message::new(9, [0; 4]));
     info!(target: "net", "ipc: call to unbound {} of {}: {:?} in {} us", unbound, peer, r.map(|m| m.label), (time::now_ns() - t0) / 1000);
+    // the wire never names an endpoint by number: echo's endpoint at the peer's node /128
+    // (same boot order, so the same number there) is refused like an unbound /128
+    let ep = crate::task::echo_endpoint();
+    let s3 = crate::task::give_current(Capability { target: Address { node: peer_node.octets(), endpoint: ep }, rights: Rights::SEND, badge: 0 });
+    let r = crate::task::call(s3, Message::new(9, [0; 4]));
+    info!(target: "net", "ipc: call to endpoint {} by number at {}'s node address {}: {:?}", ep, peer, peer_node, r.map(|m| m.label));
     info!(target: "net", "ipc probe done");
 }
 
@@ -744,7 +834,7 @@ fn start_nicd() -> Result<Option<(Nic, usize)>, &'static str> {
             "virtio-net: MSI-X on ({} entries): receive queue -> vector {:#x} on APIC {}, notifies endpoint {} (nicd, ring 3)", n, task::NIC_VECTOR, bsp, dep),
         _ => warn!(target: "net", "virtio-net: no MSI-X vector for the receive queue: nicd polls every 10 ms"),
     }
-    Ok(Some((Nic::User(UserNic { task: tid, ring: ring_phys, mac, wake_slot: dslot }), kslot)))
+    Ok(Some((Nic::User(UserNic { task: tid, ring: ring_phys, mac, wake_slot: dslot, bad_indices: 0 }), kslot)))
 }
 
 /// Route the NIC's receive interrupt (MSI-X) to the BSP as an IPC notification of an endpoint
@@ -847,7 +937,7 @@ fn probes(st: &mut State) {
             let pfx = Prefix64::of(&p.fabric_addr);
             // the peer's netd binds its echo service first: task index 1
             let (Some(echo), Some(unbound)) = (pfx.workload_address(AddressKind::Task, 1), pfx.workload_address(AddressKind::Task, 0x99)) else { return };
-            catenary_arch::cpu::without_interrupts(|| *IPC_PROBE.lock() = Some((peer.clone(), echo, unbound)));
+            catenary_arch::cpu::without_interrupts(|| *IPC_PROBE.lock() = Some((peer.clone(), echo, unbound, p.fabric_addr)));
             crate::task::spawn_kernel("ipcclient", Priority::NORMAL, Affinity::ANY, ipc_client, 0);
         } else {
             info!(target: "net", "ipc probe done");

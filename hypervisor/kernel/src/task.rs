@@ -78,11 +78,13 @@ pub struct Ctx {
     /// Driver grants: physical MMIO ranges (base, len) it may map, DMA pages it may allocate.
     mmio: Vec<(u64, u64)>,
     dma_left: u64,
+    /// The fabric /128 the last message this task received came from (`SYS_SENDER`).
+    origin: [u8; 16],
 }
 
 impl Ctx {
     fn new(frame: TrapFrame) -> Ctx {
-        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Vec::new(), kentry: None, mmio: Vec::new(), dma_left: 0 }
+        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Vec::new(), kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16] }
     }
 }
 
@@ -115,11 +117,16 @@ struct Remote {
     /// Calls from other nodes in flight here: token -> where the answer goes.
     calls_in: alloc::collections::BTreeMap<u64, ReplyTo>,
     replies: alloc::collections::VecDeque<RemoteReply>,
+    /// The fabric /128 bound to an endpoint a task owns (`SYS_BIND_ADDRESS`): its remote
+    /// sends and calls go out from that /128, so the receiver learns which task sent them.
+    bound: alloc::collections::BTreeMap<TaskId, [u8; 16]>,
 }
 
 /// A send (`token == 0`) or call to endpoint `endpoint` of the node or task /128 `dst`.
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteOut {
+    /// The sending task's bound /128 (None: the node's /128).
+    pub src: Option<[u8; 16]>,
     pub dst: [u8; 16],
     pub endpoint: u64,
     pub msg: Message,
@@ -143,7 +150,7 @@ pub struct RemoteReply {
 }
 
 /// Badge of messages that came from another node.
-pub const REMOTE_BADGE: u64 = 0xfab0_0000_0000_0000;
+pub const REMOTE_BADGE: u64 = catenary_ipc::REMOTE_BADGE;
 /// A call to another node fails with `Timeout` after this long without an answer.
 pub const REMOTE_CALL_TIMEOUT_NS: u64 = 20_000_000_000;
 /// Remote sends and calls waiting for `netd`, at most (then `QueueFull`).
@@ -289,7 +296,10 @@ fn err(e: IpcError) -> u64 {
 fn complete(k: &mut Kernel, id: TaskId, r: Result<Message, u64>) -> bool {
     if let Some(t) = k.sched.task_mut(id) {
         match r {
-            Ok(m) => put_msg(&mut t.context.frame, &m),
+            Ok(m) => {
+                put_msg(&mut t.context.frame, &m);
+                t.context.origin = m.origin;
+            }
             Err(code) => t.context.frame.rax = code,
         }
     }
@@ -301,6 +311,7 @@ fn kill_current(k: &mut Kernel, f: &mut TrapFrame, code: u64) {
     let Some(me) = k.sched.current(c) else { return };
     let rep = k.ipc.task_died(me);
     grants_on_death(k, me);
+    k.remote.bound.remove(&me);
     let _ = k.sched.kill(me);
     k.exit_codes.insert(me, code);
     for (w, e) in rep.wake_with_error {
@@ -486,7 +497,7 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             let cap = match localize(k, cap) {
                 Ok(c) => c,
                 Err(node) => {
-                    match remote_send(k, &cap, node, msg_from(f), None) {
+                    match remote_send(k, me, &cap, node, msg_from(f), false) {
                         Ok((_, preempt)) => {
                             f.rax = 0;
                             if preempt {
@@ -519,7 +530,10 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             match k.ipc.recv(me, ep) {
                 Ok(Some(mut m)) => {
                     deliver_grant(k, me, &mut m);
-                    put_msg(f, &m)
+                    put_msg(f, &m);
+                    if let Some(t) = k.sched.task_mut(me) {
+                        t.context.origin = m.origin;
+                    }
                 }
                 Ok(None) => {
                     let deadline = if f.rsi == 0 { None } else { Some(time::now_ns() + f.rsi) };
@@ -537,7 +551,7 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             let cap = match localize(k, cap) {
                 Ok(c) => c,
                 Err(node) => {
-                    match remote_send(k, &cap, node, msg_from(f), Some(me)) {
+                    match remote_send(k, me, &cap, node, msg_from(f), true) {
                         Ok((tok, _)) => {
                             let _ = k.sched.block(me, BlockReason::Reply(tok), Some(time::now_ns() + REMOTE_CALL_TIMEOUT_NS));
                             resched(k, f);
@@ -624,6 +638,18 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                 f.rax = ERR_BAD_ARG.wrapping_neg();
             }
         }
+        SYS_BIND_ADDRESS => match sys_bind_address(k, me, f.rdi as usize) {
+            Ok(a) => {
+                f.rax = 0;
+                (f.rdi, f.rsi) = split_addr(a);
+            }
+            Err(e) => f.rax = err(e),
+        },
+        SYS_SENDER => {
+            let o = k.sched.task(me).map(|t| t.context.origin).unwrap_or([0; 16]);
+            f.rax = 0;
+            (f.rdi, f.rsi) = split_addr(o);
+        }
         SYS_JOIN => {
             let target = f.rdi;
             if let Some(code) = k.exit_codes.get(&target) {
@@ -642,6 +668,27 @@ fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
 
 // ---------------------------------------------------------------- fabric IPC
 
+/// A /128 in two registers (high, low 64 bits).
+fn split_addr(a: [u8; 16]) -> (u64, u64) {
+    let v = u128::from_be_bytes(a);
+    ((v >> 64) as u64, v as u64)
+}
+
+/// `SYS_BIND_ADDRESS`: the capability in `slot` must carry the bind right and name a local
+/// endpoint that is open; the router (`netd`'s table) gives it a fresh task /128, and the
+/// endpoint's owner sends from that /128 from now on.
+fn sys_bind_address(k: &mut Kernel, me: TaskId, slot: usize) -> Result<[u8; 16], IpcError> {
+    let cap = k.sched.task(me).ok_or(IpcError::NoCapability)?.context.caps.check(slot, Rights::BIND)?;
+    let cap = localize(k, cap).map_err(|_| IpcError::Unreachable)?;
+    let owner = k.ipc.endpoint(cap.target.endpoint).ok_or(IpcError::NoEndpoint)?.owner;
+    if k.remote.node.is_none() {
+        return Err(IpcError::Unreachable); // networking is not up
+    }
+    let a = crate::net::router_bind(cap.target.endpoint).ok_or(IpcError::TableFull)?.octets();
+    k.remote.bound.entry(owner).or_insert(a);
+    Ok(a)
+}
+
 /// A capability whose target is this node (all-zero node, or this node's own /128) as a
 /// local one; `Err(node)` for another node.
 fn localize(k: &Kernel, cap: Capability) -> Result<Capability, [u8; 16]> {
@@ -656,7 +703,7 @@ fn localize(k: &Kernel, cap: Capability) -> Result<Capability, [u8; 16]> {
 
 /// Queue a send (`caller` None) or call for `netd`. Returns the call's token (0 for a send)
 /// and whether the woken `netd` should preempt this CPU.
-fn remote_send(k: &mut Kernel, cap: &Capability, node: [u8; 16], msg: Message, caller: Option<TaskId>) -> Result<(u64, bool), IpcError> {
+fn remote_send(k: &mut Kernel, me: TaskId, cap: &Capability, node: [u8; 16], msg: Message, is_call: bool) -> Result<(u64, bool), IpcError> {
     if !cap.rights.contains(Rights::SEND) {
         return Err(IpcError::NoRight);
     }
@@ -666,15 +713,15 @@ fn remote_send(k: &mut Kernel, cap: &Capability, node: [u8; 16], msg: Message, c
     if k.remote.out.len() >= REMOTE_QUEUE {
         return Err(IpcError::QueueFull);
     }
-    let token = match caller {
-        Some(c) => {
-            let t = k.ipc.call_remote(c);
-            k.remote.calls_out.insert(t, node);
-            t
-        }
-        None => 0,
+    let token = if is_call {
+        let t = k.ipc.call_remote(me);
+        k.remote.calls_out.insert(t, node);
+        t
+    } else {
+        0
     };
-    k.remote.out.push_back(RemoteOut { dst: node, endpoint: cap.target.endpoint, msg: Message::new(msg.label, msg.words), token });
+    let src = k.remote.bound.get(&me).copied();
+    k.remote.out.push_back(RemoteOut { src, dst: node, endpoint: cap.target.endpoint, msg: Message::new(msg.label, msg.words), token });
     Ok((token, wake_router(k)))
 }
 
@@ -723,12 +770,14 @@ pub fn take_remote() -> (Vec<RemoteOut>, Vec<RemoteReply>) {
     with(|k| (k.remote.out.drain(..).collect(), k.remote.replies.drain(..).collect()))
 }
 
-/// (`netd`) A message from another node for local endpoint `ep`: a send, or a call (`call`)
-/// whose answer comes back through [`take_remote`]. The receiver sees [`REMOTE_BADGE`].
-pub fn deliver_remote(ep: EndpointId, msg: Message, call: Option<ReplyTo>) -> Result<(), IpcError> {
+/// (`netd`) A message from `origin` (another node's /128, or a microVM's, as the fabric or
+/// the VM's port authenticated it) for local endpoint `ep`: a send, or a call (`call`) whose
+/// answer comes back through [`take_remote`]. The receiver sees [`REMOTE_BADGE`] and learns
+/// `origin` with `SYS_SENDER`.
+pub fn deliver_remote(ep: EndpointId, msg: Message, call: Option<ReplyTo>, origin: [u8; 16]) -> Result<(), IpcError> {
     with(|k| {
         let cap = Capability { target: Address::local(ep), rights: Rights::SEND, badge: REMOTE_BADGE };
-        let msg = Message::new(msg.label, msg.words);
+        let msg = Message { origin, ..Message::new(msg.label, msg.words) };
         let d = match call {
             Some(to) => {
                 if k.remote.calls_in.len() >= REMOTE_CALLS_IN {
@@ -1148,6 +1197,24 @@ pub fn send(slot: usize, m: Message) -> Result<(), IpcError> {
 pub fn recv(slot: usize, timeout_ns: u64) -> Result<Message, IpcError> {
     res(sys(SYS_RECV, [slot as u64, timeout_ns, 0, 0, 0, 0]))
 }
+fn join_addr(hi: u64, lo: u64) -> [u8; 16] {
+    (((hi as u128) << 64) | lo as u128).to_be_bytes()
+}
+/// The fabric /128 the last received message came from (all zero: this node).
+pub fn sender() -> [u8; 16] {
+    let r = sys(SYS_SENDER, [0; 6]);
+    join_addr(r.rdi, r.rsi)
+}
+/// Give the endpoint of capability `slot` (with the bind right) a fabric /128: the same
+/// checked syscall ring-3 tasks use.
+pub fn bind_address(slot: usize) -> Result<[u8; 16], IpcError> {
+    let r = sys(SYS_BIND_ADDRESS, [slot as u64, 0, 0, 0, 0, 0]);
+    if r.rax == 0 {
+        Ok(join_addr(r.rdi, r.rsi))
+    } else {
+        Err(IpcError::from_code(r.rax.wrapping_neg()).unwrap_or(IpcError::NoEndpoint))
+    }
+}
 pub fn call(slot: usize, m: Message) -> Result<Message, IpcError> {
     res(sys(SYS_CALL, [slot as u64, m.label, m.words[0], m.words[1], m.words[2], m.words[3]]))
 }
@@ -1260,6 +1327,7 @@ pub fn kill_for_test(id: TaskId) -> bool {
         Some(TaskState::Ready) | Some(TaskState::Blocked(_)) => {
             let rep = k.ipc.task_died(id);
             grants_on_death(k, id);
+            k.remote.bound.remove(&id);
             let _ = k.sched.kill(id);
             k.exit_codes.insert(id, killed_by(0xff));
             for (w, e) in rep.wake_with_error {

@@ -419,7 +419,9 @@ fn run_demo_as(key: &str, default_name: &str, cmdline: &str, modules: &[catenary
     let net = match opt("net") {
         Some(v) if v != "0" => {
             let mac = [0x02, 0xca, 0x7e, 0x00, 0x01, NEXT_VM_ID.load(core::sync::atomic::Ordering::Relaxed) as u8];
-            match crate::net::attach_vm(mac, 60_000_000_000) {
+            // `vm.ipc=1`: the node lets the guest use fabric IPC (default: blocked)
+            let ipc = crate::cmdline::get(cmdline, "vm.ipc") == Some("1");
+            match crate::net::attach_vm(mac, 60_000_000_000, ipc) {
                 Some(addr) => {
                     info!(target: "vmm", "microVM {want}: virtio-net MAC {mac:02x?}, address {addr}/128 (routed by netd)");
                     gcmd.push_str(&format!(" catenary.addr={addr}"));

@@ -5,14 +5,20 @@
 //! Frames (all integers big-endian in the payload):
 //!
 //! * `Message`, message kind [`KIND_SEND`] or [`KIND_CALL`]: payload = label, words[0..4],
-//!   call id (0 for a send) — 48 bytes. The frame's endpoint names the local endpoint when the
-//!   destination is the node's own /128; a task /128 names its bound endpoint (the frame's
-//!   endpoint must then be 0 or that endpoint).
+//!   call id (0 for a send) — 48 bytes. Only a task /128 that was bound to an endpoint
+//!   ([`IpcRouter::bind`], reached through the kernel's capability-checked `bind_address`)
+//!   names a local endpoint; the frame's endpoint field must be 0 or that endpoint. The wire
+//!   never picks an endpoint by number: a message to the node's own /128 is refused like one
+//!   to an unbound /128.
 //! * `Reply`: payload = label, words, call id of the caller's node — 48 bytes.
 //! * `Error`: payload = call id, IPC error code — 16 bytes (a call that cannot be delivered).
 //!
 //! Everything here comes from the network: [`IpcRouter::decode`] returns [`RouteError`] and
-//! never panics; every refused frame is counted.
+//! never panics; every refused frame is counted. The sender of a delivered message is the
+//! packet's source /128, which the fabric authenticated (netfabric accepts a decrypted packet
+//! only if its source lies in the sending peer's /64, derived from the peer's key; a microVM's
+//! port accepts only the VM's own /128). Calls in flight here are bounded per source
+//! ([`IpcRouter::admit_call`]): a peer's /64, or a local microVM's /128.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -78,7 +84,14 @@ pub enum RouteError {
     BadKind,
     /// A call to the node /128 with endpoint 0.
     NoEndpoint,
+    /// The source already has [`CALLS_PER_SOURCE`] calls in flight here.
+    OverQuota,
 }
+
+/// Calls from one source (a peer node's /64, or one local microVM's /128) that may be in
+/// flight here at once; the kernel's table of calls from other nodes holds 256, so no single
+/// source can fill it.
+pub const CALLS_PER_SOURCE: u32 = 16;
 
 /// What an inbound frame asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +114,8 @@ pub struct RouteCounters {
     pub dropped_unbound: u64,
     pub dropped_malformed: u64,
     pub sent: u64,
+    /// Calls refused because their source had [`CALLS_PER_SOURCE`] in flight.
+    pub over_quota: u64,
 }
 
 /// The node's /128 → endpoint table and its task address allocator.
@@ -109,6 +124,8 @@ pub struct IpcRouter {
     prefix: Prefix64,
     alloc: AddressAllocator,
     bound: BTreeMap<Ipv6Addr, u64>,
+    /// Calls in flight here per source key ([`IpcRouter::source_key`]).
+    calls_in: BTreeMap<Ipv6Addr, u32>,
     pub counters: RouteCounters,
 }
 
@@ -116,14 +133,16 @@ impl IpcRouter {
     /// A router for the node whose own address is `node` (`prefix::1`).
     pub fn new(node: Ipv6Addr) -> IpcRouter {
         let prefix = Prefix64::of(&node);
-        IpcRouter { node, prefix, alloc: AddressAllocator::new(prefix), bound: BTreeMap::new(), counters: RouteCounters::default() }
+        IpcRouter { node, prefix, alloc: AddressAllocator::new(prefix), bound: BTreeMap::new(), calls_in: BTreeMap::new(), counters: RouteCounters::default() }
     }
 
     pub fn node_address(&self) -> Ipv6Addr {
         self.node
     }
 
-    /// Give local endpoint `endpoint` a fresh task /128 of the node's /64.
+    /// Give local endpoint `endpoint` a fresh task /128 of the node's /64. The caller checks
+    /// the right to do so (the kernel's `bind_address` syscall wants a capability with the
+    /// bind right).
     pub fn bind(&mut self, endpoint: u64) -> Option<Ipv6Addr> {
         if endpoint == 0 {
             return None;
@@ -158,6 +177,46 @@ impl IpcRouter {
         self.prefix.contains(addr)
     }
 
+    /// Who a call from `from` counts against: the peer node's /64 (its network address) for
+    /// another node — the fabric authenticated that much and no more — or the /128 of a
+    /// microVM of this node.
+    pub fn source_key(&self, from: &Ipv6Addr) -> Ipv6Addr {
+        if self.prefix.contains(from) {
+            *from
+        } else {
+            Prefix64::of(from).network()
+        }
+    }
+
+    /// Take one of `from`'s [`CALLS_PER_SOURCE`] slots for a call about to be delivered.
+    /// False (counted in `over_quota`): answer the call with an error instead.
+    pub fn admit_call(&mut self, from: &Ipv6Addr) -> bool {
+        let k = self.source_key(from);
+        let n = self.calls_in.entry(k).or_insert(0);
+        if *n >= CALLS_PER_SOURCE {
+            self.counters.over_quota += 1;
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A call from `from` was answered (or failed): give its slot back.
+    pub fn call_done(&mut self, from: &Ipv6Addr) {
+        let k = self.source_key(from);
+        if let Some(n) = self.calls_in.get_mut(&k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.calls_in.remove(&k);
+            }
+        }
+    }
+
+    /// Calls from `from`'s source in flight here.
+    pub fn calls_in_flight(&self, from: &Ipv6Addr) -> u32 {
+        self.calls_in.get(&self.source_key(from)).copied().unwrap_or(0)
+    }
+
     /// Decode an inbound IPv6 packet (already decrypted) and decide where it goes. Refusals
     /// are counted.
     pub fn decode(&mut self, packet: &[u8]) -> Result<Inbound, RouteError> {
@@ -185,21 +244,15 @@ impl IpcRouter {
                     (KIND_CALL, id) if id != 0 => {}
                     _ => return Err(RouteError::BadKind),
                 }
-                let endpoint = if f.dst == self.node {
-                    if f.endpoint == 0 {
-                        return Err(RouteError::NoEndpoint);
-                    }
-                    f.endpoint
-                } else {
-                    let ep = self.bound.get(&f.dst).copied().ok_or(RouteError::Unbound(f.dst))?;
-                    if f.endpoint != 0 && f.endpoint != ep {
-                        return Err(RouteError::WrongEndpoint);
-                    }
-                    ep
-                };
-                Ok(Inbound::Deliver { from: f.src, to: f.dst, endpoint, msg })
+                // only a bound /128 names an endpoint; the node's own /128 names none
+                let ep = self.bound.get(&f.dst).copied().ok_or(RouteError::Unbound(f.dst))?;
+                if f.endpoint != 0 && f.endpoint != ep {
+                    return Err(RouteError::WrongEndpoint);
+                }
+                Ok(Inbound::Deliver { from: f.src, to: f.dst, endpoint: ep, msg })
             }
-            FrameKind::Reply | FrameKind::Error if f.dst != self.node => Err(RouteError::Unbound(f.dst)),
+            // answers come back to the /128 the call went out from: the node's, or a bound one
+            FrameKind::Reply | FrameKind::Error if !self.is_local(&f.dst) => Err(RouteError::Unbound(f.dst)),
             FrameKind::Reply => {
                 let msg = WireMsg::decode(&f.payload)?;
                 if msg.call_id == 0 {
@@ -240,11 +293,15 @@ impl IpcRouter {
         Some(p)
     }
 
-    /// The IPv6/UDP packet of a send (`msg.call_id == 0`) or call from the node's /128 to
-    /// endpoint `endpoint` at `dst`.
-    pub fn message_packet(&mut self, dst: Ipv6Addr, endpoint: u64, msg: WireMsg) -> Option<Vec<u8>> {
+    /// The IPv6/UDP packet of a send (`msg.call_id == 0`) or call to endpoint `endpoint` at
+    /// `dst`, from `from` (the sending task's bound /128) or else from the node's /128.
+    pub fn message_packet(&mut self, from: Option<Ipv6Addr>, dst: Ipv6Addr, endpoint: u64, msg: WireMsg) -> Option<Vec<u8>> {
         let kind = if msg.call_id == 0 { KIND_SEND } else { KIND_CALL };
-        let f = FabricFrame::message(self.node, dst, endpoint, kind, msg.encode());
+        let src = match from {
+            Some(a) if self.bound.contains_key(&a) => a,
+            _ => self.node,
+        };
+        let f = FabricFrame::message(src, dst, endpoint, kind, msg.encode());
         self.packet(f)
     }
 
@@ -290,7 +347,7 @@ mod tests {
         assert_ne!(t, b);
         assert!(rb.in_prefix(&t) && rb.is_local(&t));
         let m = WireMsg { label: 5, words: [1, 2, 3, 4], call_id: 42 };
-        let p = ra.message_packet(t, 0, m).unwrap();
+        let p = ra.message_packet(None, t, 0, m).unwrap();
         assert!(is_ipc_packet(&p));
         let Ok(Inbound::Deliver { from, to, endpoint, msg }) = rb.decode(&p) else { panic!() };
         assert_eq!((from, to, endpoint, msg), (a, t, 7, m));
@@ -304,14 +361,81 @@ mod tests {
     }
 
     #[test]
-    fn node_address_names_endpoint_directly() {
+    fn node_address_names_no_endpoint() {
+        // the wire never picks an endpoint by number: only bound /128s deliver
         let (a, b) = (node(1), node(2));
         let mut ra = IpcRouter::new(a);
         let mut rb = IpcRouter::new(b);
-        let p = ra.message_packet(b, 9, WireMsg { label: 1, ..Default::default() }).unwrap();
-        assert!(matches!(rb.decode(&p), Ok(Inbound::Deliver { endpoint: 9, .. })));
-        let p = ra.message_packet(b, 0, WireMsg { label: 1, ..Default::default() }).unwrap();
-        assert_eq!(rb.decode(&p), Err(RouteError::NoEndpoint));
+        for ep in [0, 1, 2, 9, u64::MAX] {
+            let p = ra.message_packet(None, b, ep, WireMsg { label: 1, ..Default::default() }).unwrap();
+            assert_eq!(rb.decode(&p), Err(RouteError::Unbound(b)), "endpoint {ep}");
+            let c = ra.message_packet(None, b, ep, WireMsg { label: 1, call_id: 3, ..Default::default() }).unwrap();
+            assert_eq!(rb.decode(&c), Err(RouteError::Unbound(b)));
+            assert_eq!(IpcRouter::refused_call(&c), Some((a, b, 3)));
+        }
+        assert_eq!(rb.counters.delivered, 0);
+        assert_eq!(rb.counters.dropped_unbound, 10);
+    }
+
+    #[test]
+    fn sender_is_the_authenticated_source() {
+        // a call from a bound task goes out from its /128, and the receiver is told that /128;
+        // a task without one sends from the node's /128
+        let (a, b) = (node(1), node(2));
+        let mut ra = IpcRouter::new(a);
+        let mut rb = IpcRouter::new(b);
+        let srv = rb.bind(4).unwrap();
+        let cli = ra.bind(6).unwrap();
+        let m = WireMsg { label: 1, words: [1, 2, 3, 4], call_id: 9 };
+        let p = ra.message_packet(Some(cli), srv, 0, m).unwrap();
+        let Ok(Inbound::Deliver { from, to, endpoint, .. }) = rb.decode(&p) else { panic!() };
+        assert_eq!((from, to, endpoint), (cli, srv, 4));
+        // the answer goes back to the bound /128, which takes it
+        let rp = rb.reply_packet(to, from, WireMsg { call_id: 9, ..m }).unwrap();
+        assert_eq!(ra.decode(&rp), Ok(Inbound::Reply { from: srv, msg: WireMsg { call_id: 9, ..m } }));
+        // a /128 we do not own is never used as the source
+        let foreign = Prefix64::of(&a).workload_address(AddressKind::Task, 77).unwrap();
+        let p = ra.message_packet(Some(foreign), srv, 0, m).unwrap();
+        let Ok(Inbound::Deliver { from, .. }) = rb.decode(&p) else { panic!() };
+        assert_eq!(from, a);
+        // source keys: a peer counts as its /64, a local microVM as its /128
+        let vm = Prefix64::of(&b).workload_address(AddressKind::MicroVm, 1).unwrap();
+        assert_eq!(rb.source_key(&cli), Prefix64::of(&a).network());
+        assert_eq!(rb.source_key(&a), Prefix64::of(&a).network());
+        assert_eq!(rb.source_key(&vm), vm);
+    }
+
+    #[test]
+    fn calls_in_flight_are_bounded_per_source() {
+        let (a, b, c) = (node(1), node(2), node(3));
+        let mut rb = IpcRouter::new(b);
+        let a_task = Prefix64::of(&a).workload_address(AddressKind::Task, 5).unwrap();
+        let vm1 = Prefix64::of(&b).workload_address(AddressKind::MicroVm, 1).unwrap();
+        let vm2 = Prefix64::of(&b).workload_address(AddressKind::MicroVm, 2).unwrap();
+        for i in 0..CALLS_PER_SOURCE {
+            // the peer's node /128 and its task /128s share one quota
+            assert!(rb.admit_call(if i % 2 == 0 { &a } else { &a_task }));
+        }
+        assert!(!rb.admit_call(&a));
+        assert!(!rb.admit_call(&a_task));
+        assert_eq!(rb.counters.over_quota, 2);
+        // others are unaffected: another peer, each microVM on its own
+        for _ in 0..CALLS_PER_SOURCE {
+            assert!(rb.admit_call(&c));
+            assert!(rb.admit_call(&vm1));
+        }
+        assert!(!rb.admit_call(&vm1));
+        assert!(rb.admit_call(&vm2));
+        // an answered call gives the slot back
+        rb.call_done(&a_task);
+        assert_eq!(rb.calls_in_flight(&a), CALLS_PER_SOURCE - 1);
+        assert!(rb.admit_call(&a));
+        assert!(!rb.admit_call(&a));
+        for _ in 0..CALLS_PER_SOURCE + 5 {
+            rb.call_done(&vm2); // more answers than calls: never underflows
+        }
+        assert_eq!(rb.calls_in_flight(&vm2), 0);
+        assert_eq!(rb.counters.over_quota, 4);
     }
 
     #[test]
@@ -321,24 +445,24 @@ mod tests {
         let mut rb = IpcRouter::new(b);
         let t = rb.bind(3).unwrap();
         let unbound = Prefix64::of(&b).workload_address(AddressKind::Task, 99).unwrap();
-        let p = ra.message_packet(unbound, 1, WireMsg::default()).unwrap();
+        let p = ra.message_packet(None, unbound, 1, WireMsg::default()).unwrap();
         assert_eq!(rb.decode(&p), Err(RouteError::Unbound(unbound)));
         assert_eq!(rb.counters.dropped_unbound, 1);
         assert_eq!(IpcRouter::refused_call(&p), None); // a send: no answer
-        let c = ra.message_packet(unbound, 1, WireMsg { call_id: 5, ..Default::default() }).unwrap();
+        let c = ra.message_packet(None, unbound, 1, WireMsg { call_id: 5, ..Default::default() }).unwrap();
         assert_eq!(rb.decode(&c), Err(RouteError::Unbound(unbound)));
         assert_eq!(IpcRouter::refused_call(&c), Some((a, unbound, 5)));
         let e = rb.error_packet(unbound, a, 5, 6).unwrap();
         assert_eq!(ra.decode(&e), Ok(Inbound::Error { from: unbound, call_id: 5, code: 6 }));
         // a bound /128 with another endpoint
-        let p = ra.message_packet(t, 4, WireMsg::default()).unwrap();
+        let p = ra.message_packet(None, t, 4, WireMsg::default()).unwrap();
         assert_eq!(rb.decode(&p), Err(RouteError::WrongEndpoint));
         // someone else's prefix
-        let p = ra.message_packet(node(3), 1, WireMsg::default()).unwrap();
+        let p = ra.message_packet(None, node(3), 1, WireMsg::default()).unwrap();
         assert_eq!(rb.decode(&p), Err(RouteError::NotOurPrefix));
         // after unbind
         assert!(rb.unbind(&t));
-        let p = ra.message_packet(t, 0, WireMsg::default()).unwrap();
+        let p = ra.message_packet(None, t, 0, WireMsg::default()).unwrap();
         assert_eq!(rb.decode(&p), Err(RouteError::Unbound(t)));
         assert_eq!(rb.counters.dropped_unbound, 3);
         assert_eq!(rb.counters.dropped_malformed, 2);

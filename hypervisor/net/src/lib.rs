@@ -26,6 +26,7 @@ pub mod ipcroute;
 pub mod vmlink;
 pub mod entropy;
 pub mod walltime;
+pub mod nodekey;
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -50,7 +51,9 @@ pub const PLAINTEXT_MARKER: &[u8] = b"CATENARY-PLAINTEXT-MARKER";
 pub const BENCH_PORT: u16 = 5001;
 const MTU: usize = 1500;
 /// Room for the fabric's overhead (IPv6 40 + UDP 8 + transport header 16 + tag 16 + padding).
-const FABRIC_MTU: usize = MTU - 96;
+/// The largest IPv6 packet the fabric carries: bigger ones from a microVM are answered with
+/// an ICMPv6 Packet Too Big naming this MTU.
+pub const FABRIC_MTU: usize = MTU - 96;
 
 /// An Ethernet link: the NIC driver implements this.
 pub trait Link {
@@ -225,6 +228,10 @@ pub struct NetCounters {
     pub vm_out: u64,
     /// Packets for microVMs dropped because their queue was full.
     pub vm_queue_full: u64,
+    /// Fabric IPC packets (UDP 51900) from microVMs that may not use IPC (dropped).
+    pub vm_ipc_blocked: u64,
+    /// Packets from microVMs larger than the fabric MTU, answered with Packet Too Big.
+    pub vm_too_big: u64,
 }
 
 /// Packets waiting for the microVMs, at most.
@@ -572,28 +579,47 @@ impl Node {
 
     /// Route an IPv6 packet a microVM sent (its source already checked by the VM's port):
     /// to this node's own stack, another local microVM, or over the fabric to the peer owning
-    /// the destination. False: no route (counted in `fabric_no_route`).
-    pub fn route_from_vm(&mut self, packet: Vec<u8>, now_ns: u64) -> bool {
-        let Some((_, core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&packet) else {
+    /// the destination. Fabric IPC (UDP 51900, to any node) is the node's own business: it is
+    /// routed only for a VM the node lets use IPC (`allow_ipc`), otherwise dropped and counted
+    /// (`vm_ipc_blocked`). A packet the fabric cannot carry (over [`FABRIC_MTU`]) gets an
+    /// ICMPv6 Packet Too Big back from the node, so the guest's path MTU discovery (and TCP)
+    /// adapts. False: dropped (no route, counted in `fabric_no_route`; blocked; too big).
+    pub fn route_from_vm(&mut self, packet: Vec<u8>, now_ns: u64, allow_ipc: bool) -> bool {
+        let Some((src, core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&packet) else {
             self.counters.fabric_no_route += 1;
             return false;
         };
+        if ipcroute::is_ipc_packet(&packet) && !allow_ipc {
+            self.counters.vm_ipc_blocked += 1;
+            return false;
+        }
         self.counters.vm_out += 1;
-        if dst == self.fabric_addr {
-            if ipcroute::is_ipc_packet(&packet) {
-                if self.ipc_rx.len() < IPC_QUEUE {
-                    self.ipc_rx.push_back(packet);
-                } else {
-                    self.counters.ipc_queue_full += 1;
-                }
+        let ours = netfabric::identity::Prefix64::of(&dst) == netfabric::identity::Prefix64::of(&self.fabric_addr);
+        if ours && ipcroute::is_ipc_packet(&packet) {
+            if self.ipc_rx.len() < IPC_QUEUE {
+                self.ipc_rx.push_back(packet);
             } else {
-                self.tun_dev.rx.push_back(packet);
+                self.counters.ipc_queue_full += 1;
             }
+            return true;
+        }
+        if dst == self.fabric_addr {
+            self.tun_dev.rx.push_back(packet);
             return true;
         }
         if self.vm_routes.contains(&dst) {
             self.to_vm(packet);
             return true;
+        }
+        if packet.len() > FABRIC_MTU {
+            self.counters.vm_too_big += 1;
+            if let core::net::IpAddr::V6(vm) = src {
+                if self.vm_routes.contains(&vm) {
+                    let ptb = vmlink::packet_too_big(self.fabric_addr, &packet, FABRIC_MTU as u32);
+                    self.to_vm(ptb);
+                }
+            }
+            return false;
         }
         self.send_ipc(&packet, now_ns)
     }

@@ -216,6 +216,28 @@ impl VmPort {
     }
 }
 
+/// ICMPv6 type of Packet Too Big (RFC 4443 §3.2).
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// The IPv6 minimum MTU: an ICMPv6 error never exceeds it.
+const MIN_MTU: usize = 1280;
+
+/// The ICMPv6 Packet Too Big that router `router` sends back to the source of `invoking` (a
+/// packet it could not forward): MTU `mtu`, and as much of the invoking packet as fits in
+/// 1280 bytes. The caller knows `invoking` has an IPv6 header (its source is the VM's /128).
+pub fn packet_too_big(router: Ipv6Addr, invoking: &[u8], mtu: u32) -> Vec<u8> {
+    let to = addr(invoking, 8).unwrap_or(Ipv6Addr::UNSPECIFIED);
+    let quote = &invoking[..invoking.len().min(MIN_MTU - IP_HDR - 8)];
+    let mut msg = vec![0u8; 8];
+    msg[0] = ICMPV6_PACKET_TOO_BIG;
+    msg[4..8].copy_from_slice(&mtu.to_be_bytes());
+    msg.extend_from_slice(quote);
+    let ck = icmpv6_checksum(&router, &to, &msg);
+    msg[2..4].copy_from_slice(&ck.to_be_bytes());
+    let mut p = ipv6_header(router, to, NEXT_ICMPV6, 64, msg.len());
+    p.extend_from_slice(&msg);
+    p
+}
+
 /// An IPv6 header.
 pub fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop_limit: u8, payload_len: usize) -> Vec<u8> {
     let mut h = vec![0u8; IP_HDR];
@@ -307,6 +329,37 @@ mod tests {
         assert_eq!(&f[..6], &VM_MAC);
         assert_eq!(&f[14..], &back[..]);
         assert!(p.to_vm(&ip).is_none());
+    }
+
+    #[test]
+    fn packet_too_big_is_a_valid_icmpv6_error() {
+        let router: Ipv6Addr = "fd12:3456:789a:bcde::1".parse().unwrap();
+        let dst: Ipv6Addr = "fdaa::1".parse().unwrap();
+        let mut big = ipv6_header(vm(), dst, 6, 63, 1460);
+        big.extend((0..1460).map(|i| i as u8));
+        let p = packet_too_big(router, &big, 1404);
+        assert_eq!(p.len(), 1280); // never more than the minimum MTU
+        assert_eq!(p[0] >> 4, 6);
+        assert_eq!(p[6], NEXT_ICMPV6);
+        assert_eq!(be16(&p, 4), Some(1280 - 40));
+        assert_eq!(addr(&p, 8), Some(router));
+        assert_eq!(addr(&p, 24), Some(vm()));
+        let icmp = &p[40..];
+        assert_eq!((icmp[0], icmp[1]), (ICMPV6_PACKET_TOO_BIG, 0));
+        assert_eq!(u32::from_be_bytes(icmp[4..8].try_into().unwrap()), 1404);
+        assert_eq!(&icmp[8..], &big[..1232]); // the start of the invoking packet
+        assert_eq!(icmpv6_checksum(&router, &vm(), icmp), 0); // checksum verifies
+        // a small invoking packet is quoted whole; to_vm takes the answer
+        let mut small = ipv6_header(vm(), dst, 17, 64, 8);
+        small.extend_from_slice(&[0u8; 8]);
+        let p2 = packet_too_big(router, &small, 1404);
+        assert_eq!(&p2[48..], &small[..]);
+        let mut port = VmPort::new(vm(), VM_MAC, PORT_MAC);
+        assert!(port.to_vm(&p2).is_some());
+        // hostile input: never panics
+        for n in 0..48 {
+            let _ = packet_too_big(router, &big[..n], 1404);
+        }
     }
 
     #[test]

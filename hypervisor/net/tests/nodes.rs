@@ -190,3 +190,102 @@ fn crossed_handshakes() {
     eprintln!("crossed: {}/{} replies; drops n1 {:?} n2 {:?}", rep.received, rep.sent, n1.fabric().counters(), n2.fabric().counters());
     assert_eq!(rep.received, 20);
 }
+
+/// Two nodes with an established session (node1 initiates).
+fn two_nodes() -> (Node, Port, Node, Port, Identity, u64) {
+    let (a, b, c) = (Identity::from_secret_bytes([1; 32]), Identity::from_secret_bytes([2; 32]), Identity::from_secret_bytes([3; 32]));
+    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2), member("node3", &c, 3)] };
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let (mut l1, mut l2) = (port(&hub, 1), port(&hub, 2));
+    let cfg = |id: &Identity, s: u8| NodeConfig { identity: id.clone(), cluster: cluster.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };
+    let mut n1 = Node::new(&mut l1, cfg(&a, 1), 0);
+    let mut n2 = Node::new(&mut l2, cfg(&b, 2), 0);
+    let mut t = 0u64;
+    n1.connect("node2", t);
+    for _ in 0..2000 {
+        t += 1_000_000;
+        n1.poll(&mut l1, t);
+        n2.poll(&mut l2, t);
+        if n1.peer_by_name("node2").unwrap().established && n2.peer_by_name("node1").unwrap().established {
+            break;
+        }
+    }
+    assert!(n1.peer_by_name("node2").unwrap().established);
+    (n1, l1, n2, l2, c, t)
+}
+
+fn settle(n1: &mut Node, l1: &mut Port, n2: &mut Node, l2: &mut Port, t: &mut u64) {
+    for _ in 0..50 {
+        *t += 1_000_000;
+        n1.poll(l1, *t);
+        n2.poll(l2, *t);
+    }
+}
+
+#[test]
+fn remote_ipc_reaches_only_bound_addresses_and_names_the_authenticated_sender() {
+    use catenary_net::ipcroute::{Inbound, IpcRouter, RouteError, WireMsg};
+    let (mut n1, mut l1, mut n2, mut l2, c, mut t) = two_nodes();
+    let mut r1 = IpcRouter::new(n1.fabric_addr);
+    let mut r2 = IpcRouter::new(n2.fabric_addr);
+    let echo = r2.bind(7).unwrap();
+    let client = r1.bind(3).unwrap();
+    let m = WireMsg { label: 1, words: [1, 2, 3, 4], call_id: 11 };
+    // a call from node1's bound task to node2's bound /128: delivered, sender = that task's /128
+    let p = r1.message_packet(Some(client), echo, 0, m).unwrap();
+    assert!(n1.send_ipc(&p, t));
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    let got = n2.take_ipc().expect("delivered through the fabric");
+    assert_eq!(r2.decode(&got), Ok(Inbound::Deliver { from: client, to: echo, endpoint: 7, msg: m }));
+    // the same endpoint by number at node2's own /128: refused, never delivered
+    let p = r1.message_packet(None, n2.fabric_addr, 7, m).unwrap();
+    assert!(n1.send_ipc(&p, t));
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    let got = n2.take_ipc().unwrap();
+    assert_eq!(r2.decode(&got), Err(RouteError::Unbound(n2.fabric_addr)));
+    // node1 claims to be node3 (a /128 outside its /64): node2's fabric drops it
+    let before = n2.fabric().counters().dropped_source_not_allowed;
+    let forged = netfabric::ipv6::frame_to_packet(&netfabric::ipc::FabricFrame::message(c.node_address(), echo, 0, 1, m.encode())).unwrap();
+    assert!(n1.send_ipc(&forged, t));
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert!(n2.take_ipc().is_none());
+    assert_eq!(n2.fabric().counters().dropped_source_not_allowed, before + 1);
+}
+
+#[test]
+fn microvm_ipc_blocked_by_default_and_big_packets_get_packet_too_big() {
+    use catenary_net::ipcroute::{IpcRouter, WireMsg};
+    use netfabric::identity::{AddressKind, Prefix64};
+    let (mut n1, mut l1, mut n2, mut l2, _, mut t) = two_nodes();
+    let vm = Prefix64::of(&n1.fabric_addr).workload_address(AddressKind::MicroVm, 1).unwrap();
+    n1.add_vm_route(vm);
+    let mut r1 = IpcRouter::new(n1.fabric_addr);
+    let local = r1.bind(5).unwrap();
+    let remote = Prefix64::of(&n2.fabric_addr).workload_address(AddressKind::Task, 1).unwrap();
+    // an IPC frame the guest built itself (its source is its /128, as its port checked)
+    let frame = |dst| netfabric::ipv6::frame_to_packet(&netfabric::ipc::FabricFrame::message(vm, dst, 0, 1, WireMsg { call_id: 1, ..Default::default() }.encode())).unwrap();
+    for dst in [local, n1.fabric_addr, remote] {
+        assert!(!n1.route_from_vm(frame(dst), t, false), "{dst}");
+    }
+    assert_eq!(n1.counters.vm_ipc_blocked, 3);
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert!(n1.take_ipc().is_none() && n2.take_ipc().is_none());
+    // a VM the node lets use IPC reaches it
+    assert!(n1.route_from_vm(frame(local), t, true));
+    assert!(n1.take_ipc().is_some());
+    // a packet larger than the fabric MTU: dropped, and the VM gets Packet Too Big from the node
+    let mut big = catenary_net::vmlink::ipv6_header(vm, n2.fabric_addr, 17, 63, 1460);
+    big.extend(std::iter::repeat(0xab).take(1460));
+    assert!(!n1.route_from_vm(big.clone(), t, false));
+    let ptb = n1.take_vm_packet().expect("packet too big for the VM");
+    assert_eq!(&ptb[8..24], &n1.fabric_addr.octets());
+    assert_eq!(&ptb[24..40], &vm.octets());
+    assert_eq!(ptb[40], catenary_net::vmlink::ICMPV6_PACKET_TOO_BIG);
+    assert_eq!(u32::from_be_bytes(ptb[44..48].try_into().unwrap()) as usize, catenary_net::FABRIC_MTU);
+    assert_eq!(catenary_net::vmlink::icmpv6_checksum(&n1.fabric_addr, &vm, &ptb[40..]), 0);
+    assert_eq!(n1.counters.vm_too_big, 1);
+    // at the fabric MTU it goes through
+    let mut fits = catenary_net::vmlink::ipv6_header(vm, n2.fabric_addr, 17, 63, catenary_net::FABRIC_MTU - 40);
+    fits.resize(catenary_net::FABRIC_MTU, 0);
+    assert!(n1.route_from_vm(fits, t, false));
+}

@@ -64,6 +64,20 @@ pub fn call(slot: u64, label: u64, w: [u64; 4]) -> Result<Msg, u64> {
 pub fn call_grant(slot: u64, label: u64, w0: u64, w1: u64, base: u64, len: u64, writable: bool) -> Result<Msg, u64> {
     syscall_msg(SYS_CALL_GRANT, slot, label, [w0, w1, base | writable as u64, len])
 }
+/// The badge of a message from another node (or a microVM): [`sender`] names it.
+pub use catenary_ipc::REMOTE_BADGE;
+/// The fabric /128 the last received message came from, as the node's router authenticated
+/// it (all zero: a message from this node).
+pub fn sender() -> core::net::Ipv6Addr {
+    let r = catenary_arch_user::syscall_msg(SYS_SENDER, 0, 0, [0; 4]);
+    core::net::Ipv6Addr::from(((r.badge as u128) << 64) | r.label as u128)
+}
+/// Give the endpoint of capability `slot` (which must carry the bind right) a fabric /128 of
+/// the node's /64, so other nodes can reach it.
+pub fn bind_address(slot: u64) -> Result<core::net::Ipv6Addr, u64> {
+    let r = catenary_arch_user::syscall_msg(SYS_BIND_ADDRESS, slot, 0, [0; 4]);
+    if r.rax == 0 { Ok(core::net::Ipv6Addr::from(((r.badge as u128) << 64) | r.label as u128)) } else { Err(r.rax.wrapping_neg()) }
+}
 pub fn reply(token: u64, label: u64, w: [u64; 4]) -> Result<(), u64> {
     let r = syscall6(SYS_REPLY, token, label, w[0], w[1], w[2], w[3]);
     if r == 0 { Ok(()) } else { Err(r.wrapping_neg()) }

@@ -40,14 +40,22 @@ entry!(run);
 fn run(role: u64) -> u64 {
     match role {
         // slot 0: own endpoint. Replies to every call with label+1, words+1.
-        ROLE_ECHO => loop {
-            if let Ok(m) = recv(0, 0) {
-                if m.reply != 0 {
-                    let w = m.words.map(|x| x.wrapping_add(1));
-                    let _ = reply(m.reply, m.label + 1, w);
+        ROLE_ECHO => {
+            let mut remote_seen = 0;
+            loop {
+                if let Ok(m) = recv(0, 0) {
+                    if m.badge == REMOTE_BADGE && remote_seen < 3 {
+                        // a message through the fabric: the kernel names its authenticated sender
+                        remote_seen += 1;
+                        logf!("echo: {} from fabric address {}", if m.reply != 0 { "call" } else { "send" }, sender());
+                    }
+                    if m.reply != 0 {
+                        let w = m.words.map(|x| x.wrapping_add(1));
+                        let _ = reply(m.reply, m.label + 1, w);
+                    }
                 }
             }
-        },
+        }
         // slot 0: echo server, slot 1: report endpoint. 200 calls, each checked.
         ROLE_CLIENT => {
             let (mut ok, mut bad) = (0u64, 0u64);
