@@ -336,6 +336,11 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
     Some((u16::from_be_bytes([u[0], u[1]]), u16::from_be_bytes([u[2], u[3]])))
 }
 
+/// Whether `--only` selects any cluster test group (`net_` selects all of them).
+pub fn any_selected() -> bool {
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_microvm", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+}
+
 /// The networking tests (named `net_*`).
 pub fn tests(t: &mut Tally) -> Result<(), String> {
     println!("== cluster networking tests (QEMU nodes on a vde switch)");
@@ -344,13 +349,21 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         return Ok(());
     }
     let kernel = crate::build::build_kernel(false)?;
-    crate::netboot::tests(t, &kernel)?;
-    test_fabric_echo(t, &kernel)?;
-    test_outsider(t, &kernel)?;
-    test_remote_ipc(t, &kernel)?;
-    test_microvm_net(t, &kernel)?;
-    test_linux_ping(t, &kernel)?;
-    test_wireguard_go(t, &kernel)?;
+    // each group is one cluster boot; `--only net_remote_ipc` (etc.) picks groups
+    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 7] = [
+        ("net_boot", crate::netboot::tests),
+        ("net_fabric_echo", test_fabric_echo),
+        ("net_outsider", test_outsider),
+        ("net_remote_ipc", test_remote_ipc),
+        ("net_microvm", test_microvm_net),
+        ("net_linux_namespace", test_linux_ping),
+        ("net_wireguard_go", test_wireguard_go),
+    ];
+    for (name, f) in groups {
+        if crate::test::selected(name) {
+            f(t, &kernel)?;
+        }
+    }
     Ok(())
 }
 

@@ -124,7 +124,7 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
     if !quick && selected("soak_vm") {
         crate::soak::short_test(&mut t);
     }
-    if (!quick || args.iter().any(|a| a == "--net")) && selected("net_") {
+    if (!quick || args.iter().any(|a| a == "--net")) && crate::cluster::any_selected() {
         crate::cluster::tests(&mut t)?;
     }
     println!();

@@ -760,11 +760,6 @@ pub fn endpoint_of_slot(slot: usize) -> Option<EndpointId> {
     })
 }
 
-/// Whether local endpoint `ep` is open.
-pub fn endpoint_open(ep: EndpointId) -> bool {
-    with(|k| k.ipc.endpoint(ep).is_some())
-}
-
 /// (`netd`) The sends and calls to other nodes, and the answers to calls from other nodes.
 pub fn take_remote() -> (Vec<RemoteOut>, Vec<RemoteReply>) {
     with(|k| (k.remote.out.drain(..).collect(), k.remote.replies.drain(..).collect()))
@@ -1199,11 +1194,6 @@ pub fn recv(slot: usize, timeout_ns: u64) -> Result<Message, IpcError> {
 }
 fn join_addr(hi: u64, lo: u64) -> [u8; 16] {
     (((hi as u128) << 64) | lo as u128).to_be_bytes()
-}
-/// The fabric /128 the last received message came from (all zero: this node).
-pub fn sender() -> [u8; 16] {
-    let r = sys(SYS_SENDER, [0; 6]);
-    join_addr(r.rdi, r.rsi)
 }
 /// Give the endpoint of capability `slot` (with the bind right) a fabric /128: the same
 /// checked syscall ring-3 tasks use.

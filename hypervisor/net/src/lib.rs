@@ -27,6 +27,9 @@ pub mod vmlink;
 pub mod entropy;
 pub mod walltime;
 pub mod nodekey;
+/// Entry points shared by the cargo-fuzz target (`hypervisor/net/fuzz`) and the host tests.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
