@@ -338,7 +338,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_microvm", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -350,12 +350,13 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     }
     let kernel = crate::build::build_kernel(false)?;
     // each group is one cluster boot; `--only net_remote_ipc` (etc.) picks groups
-    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 7] = [
+    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 8] = [
         ("net_boot", crate::netboot::tests),
         ("net_fabric_echo", test_fabric_echo),
         ("net_outsider", test_outsider),
         ("net_remote_ipc", test_remote_ipc),
-        ("net_microvm", test_microvm_net),
+        ("net_microvm_reaches", test_microvm_net),
+        ("net_microvm_bulk_tcp", test_microvm_bulk_tcp),
         ("net_linux_namespace", test_linux_ping),
         ("net_wireguard_go", test_wireguard_go),
     ];
@@ -521,6 +522,64 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     drop(r);
     t.record("net_microvm_reaches_other_node", ok && addr_logged && replies >= 3 && !panic,
         &format!("(VM address {vm_addr} logged {addr_logged}, {replies} echo replies from {target} in the guest; log {})", log.display()));
+    Ok(())
+}
+
+/// The guest's network setup: its /128 from the command line on eth0, on-link default route.
+const GUEST_NET_SETUP: &str = "A=$(sed -n 's/.*catenary.addr=\\([^ ]*\\).*/\\1/p' /proc/cmdline); echo vm-net-addr $A; \
+    echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad; ip link set eth0 up; \
+    ip -6 addr add $A/128 dev eth0; ip -6 route add default dev eth0; ";
+
+/// Bytes the bulk TCP test moves (4 MiB).
+const BULK_BYTES: u64 = 4 << 20;
+
+/// Bulk TCP between microVMs on two nodes: Linux in a microVM on node1 sends 4 MiB of random
+/// data with busybox `nc` to Linux in a microVM on node2, through both nodes' routing and the
+/// fabric. The guests' eth0 MTU is 1500, the fabric carries 1404: node1 answers the first
+/// full-size segments with ICMPv6 Packet Too Big and the guest's TCP adapts. Both guests print
+/// the SHA-256 of what they sent / received; they must match.
+fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "net_microvm_bulk_tcp";
+    if !out_dir().join("guest").join("vmlinux").exists() {
+        t.record(name, false, "(no guest image in build/guest: cargo xtask guest)");
+        return Ok(());
+    }
+    let mut a = NodeSpec::new(1);
+    let mut b = NodeSpec::new(2);
+    let dst = netfabric::identity::Prefix64::from_public_key(&b.identity.public_key())
+        .workload_address(netfabric::identity::AddressKind::MicroVm, 1).unwrap();
+    let count = BULK_BYTES / 65536;
+    let send = format!(
+        "{GUEST_NET_SETUP}dd if=/dev/urandom of=/tmp/src bs=65536 count={count} 2>/dev/null; echo bulk-src $(sha256sum /tmp/src); \
+         i=0; while [ $i -lt 60 ]; do if nc -w 5 {dst} 5000 < /tmp/src; then echo bulk-sent; break; fi; i=$((i+1)); sleep 3; done; \
+         sleep 5; echo vm-net-done"
+    );
+    let recv = format!(
+        "{GUEST_NET_SETUP}echo bulk-listening; sleep 900 | nc -l -p 5000 > /tmp/dst & P=$!; wait $P; \
+         echo bulk-dst $(sha256sum /tmp/dst) size $(wc -c < /tmp/dst); echo vm-net-done"
+    );
+    a.cmdline = format!("vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(send.as_bytes()));
+    a.guest = true;
+    b.cmdline = format!("vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(recv.as_bytes()));
+    b.guest = true;
+    let mut r = start(kernel, &[a, b], "net-microvm-bulk", &[])?;
+    let ok = r.wait(Duration::from_secs(600), false, |l| {
+        l[1].iter().any(|x| x.contains("bulk-dst") || x.contains("microVM demo ended"))
+            || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+    });
+    let log = r.save_logs("net-microvm-bulk");
+    let hash = |node: usize, key: &str| {
+        r.lines[node].iter().find_map(|l| l.split(key).nth(1).and_then(|x| x.split_whitespace().next()).map(str::to_string))
+    };
+    let (src, got) = (hash(0, "bulk-src "), hash(1, "bulk-dst "));
+    let size = r.lines[1].iter().find_map(|l| after(l, " size "));
+    let ptb = r.has(0, "answered with ICMPv6 Packet Too Big");
+    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    drop(r);
+    let same = src.is_some() && src == got && size == Some(BULK_BYTES);
+    println!("  bulk TCP node1 VM -> node2 VM {dst}: sent sha256 {src:?}, received {got:?}, {size:?} bytes; node1 sent Packet Too Big {ptb}");
+    t.record(name, ok && same && ptb && !panic,
+        &format!("(sha256 sent {src:?} received {got:?}, {size:?} of {BULK_BYTES} bytes, Packet Too Big {ptb}; log {})", log.display()));
     Ok(())
 }
 

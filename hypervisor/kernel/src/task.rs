@@ -13,7 +13,11 @@
 //! w0..w3), 9 map(virt, pages), 10 unmap(virt, pages), 11 log(ptr, len), 12 join(task) → exit
 //! code, 13 call_grant(slot, label, w0, w1, base | writable, len), 14 map_mmio(virt, phys,
 //! len): map part of a granted MMIO range uncached, 15 dma_alloc(virt, pages) → physical
-//! address of fresh contiguous zeroed frames mapped at virt (within the DMA quota). A received message comes
+//! address of fresh contiguous zeroed frames mapped at virt (within the DMA quota), 16
+//! bind_address(slot) → fabric /128 in rdi (high), rsi (low): the capability must carry the
+//! BIND right and name an open local endpoint (how an endpoint becomes reachable from other
+//! nodes), 17 sender() → the authenticated fabric /128 the last received message came from
+//! (rdi, rsi; zero for a local message). A received message comes
 //! back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words) and r12 (reply token, non-zero
 //! for a call).
 //!
