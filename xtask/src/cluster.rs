@@ -549,13 +549,19 @@ fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let dst = netfabric::identity::Prefix64::from_public_key(&b.identity.public_key())
         .workload_address(netfabric::identity::AddressKind::MicroVm, 1).unwrap();
     let count = BULK_BYTES / 65536;
+    // nc exits at the end of its input: keep the input open until the connection to port 5000
+    // (0x1388) has nothing left unacknowledged, so nothing is still in flight when it closes
     let send = format!(
         "{GUEST_NET_SETUP}dd if=/dev/urandom of=/tmp/src bs=65536 count={count} 2>/dev/null; echo bulk-src $(sha256sum /tmp/src); \
-         i=0; while [ $i -lt 60 ]; do if nc -w 5 {dst} 5000 < /tmp/src; then echo bulk-sent; break; fi; i=$((i+1)); sleep 3; done; \
-         sleep 5; echo vm-net-done"
+         i=0; while [ $i -lt 60 ]; do \
+           if (cat /tmp/src; sleep 1; while grep ':1388 01 ' /proc/net/tcp6 | grep -qv ' 01 00000000:'; do sleep 1; done) | nc -w 5 {dst} 5000; \
+           then echo bulk-sent; break; fi; i=$((i+1)); sleep 3; done; sleep 30; echo vm-net-done"
     );
+    // the receiver stops after the expected byte count (it does not depend on seeing the
+    // sender's FIN, which the sender's last frames before its VM ends may not carry across)
     let recv = format!(
-        "{GUEST_NET_SETUP}echo bulk-listening; sleep 900 | nc -l -p 5000 > /tmp/dst & P=$!; wait $P; \
+        "{GUEST_NET_SETUP}echo bulk-listening; (while sleep 10; do echo bulk-progress $(wc -c < /tmp/dst); done) & \
+         sleep 900 | nc -l -p 5000 | head -c {BULK_BYTES} > /tmp/dst & P=$!; wait $P; \
          echo bulk-dst $(sha256sum /tmp/dst) size $(wc -c < /tmp/dst); echo vm-net-done"
     );
     a.cmdline = format!("vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(send.as_bytes()));
