@@ -33,7 +33,8 @@ commands:
   fuzz --smoke              every cargo-fuzz target for a few seconds (part of `test`)
   fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
   bench boot|vm             benchmarks (print figures, never assert)
-  soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS]
+  soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log]
+          [--guest minimal|debian] [--node-args WORDS]
                             boot Linux guests back to back under CPU load; ends with
                             `N boots, N clean, 0 node failures` (failure logs in build/soak/)
 ";
