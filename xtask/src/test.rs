@@ -109,9 +109,11 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
         println!("== fuzz smoke ({} targets, {}s each)", targets.len(), crate::fuzz::SMOKE_SECONDS);
         crate::fuzz::run_targets(&mut t, &targets, crate::fuzz::SMOKE_SECONDS, "fuzz::");
     }
-    if !quick && (selected("vm_linux") || selected("bochs") || selected("soak")) {
+    let net = !quick || args.iter().any(|a| a == "--net");
+    if (!quick && (selected("vm_linux") || selected("bochs") || selected("soak"))) || (net && crate::cluster::any_selected()) {
         // The guest images (cached by config hash; ~10 min the first time on a new machine)
-        // are needed by the Linux microVM tests under SVM and under VT-x (Bochs).
+        // are needed by the Linux microVM tests under SVM and under VT-x (Bochs), the soak and
+        // the microVM networking tests.
         println!("== guest images (cargo xtask guest)");
         if let Err(e) = crate::build::guest_bundle() {
             t.record("guest_images_build", false, &e);
@@ -124,7 +126,7 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
     if !quick && selected("soak_vm") {
         crate::soak::short_test(&mut t);
     }
-    if (!quick || args.iter().any(|a| a == "--net")) && crate::cluster::any_selected() {
+    if net && crate::cluster::any_selected() {
         crate::cluster::tests(&mut t)?;
     }
     println!();
