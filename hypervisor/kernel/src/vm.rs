@@ -294,7 +294,15 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                     }
                 }
             }
-            Ok(Action::Stop(r)) => return Ended::Stopped(r),
+            Ok(Action::Stop(r)) => {
+                if r == StopReason::TripleFault {
+                    // What the guest was doing when it shut down (soak failures keep this line).
+                    warn!(target: "vmm", "{name}: triple fault at rip {:#x} (cs {:#x}, cpl {}) rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} xcr0 {:#x} idtr {:#x}+{:#x} gdtr {:#x}+{:#x} tr {:#x}",
+                        st.rip, st.cs.selector, st.cpl, st.rsp, st.rflags, st.cr0, st.cr2, st.cr3, st.cr4, st.efer, st.xcr0,
+                        st.idtr.base, st.idtr.limit, st.gdtr.base, st.gdtr.limit, st.tr.base);
+                }
+                return Ended::Stopped(r);
+            }
             Err(VmError::OutOfMemory) => return Ended::OutOfMemory,
             Err(e) => {
                 warn!(target: "vmm", "{name}: device model rejected an exit: {e:?}");
