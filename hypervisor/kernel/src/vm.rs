@@ -389,7 +389,7 @@ pub fn run_demo2(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option
 }
 
 /// A demo microVM configured by the command-line words `<key>`, `<key>.mem`, `<key>.cmd`,
-/// `<key>.exit`, `<key>.disk`, `<key>.net`, `<key>.debug`, `<key>.boot`.
+/// `<key>.exit`, `<key>.disk`, `<key>.net`, `<key>.ipc`, `<key>.debug`, `<key>.boot`.
 fn run_demo_as(key: &str, default_name: &str, cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
     let opt = |name: &str| -> Option<&str> {
         if name.is_empty() {
@@ -427,8 +427,8 @@ fn run_demo_as(key: &str, default_name: &str, cmdline: &str, modules: &[catenary
     let net = match opt("net") {
         Some(v) if v != "0" => {
             let mac = [0x02, 0xca, 0x7e, 0x00, 0x01, NEXT_VM_ID.load(core::sync::atomic::Ordering::Relaxed) as u8];
-            // `vm.ipc=1`: the node lets the guest use fabric IPC (default: blocked)
-            let ipc = crate::cmdline::get(cmdline, "vm.ipc") == Some("1");
+            // `vm.ipc=1` (`vm2.ipc=1`): the node lets this guest use fabric IPC (default: blocked)
+            let ipc = opt("ipc") == Some("1");
             match crate::net::attach_vm(mac, 60_000_000_000, ipc) {
                 Some(addr) => {
                     info!(target: "vmm", "microVM {want}: virtio-net MAC {mac:02x?}, address {addr}/128 (routed by netd)");
