@@ -76,25 +76,7 @@ impl Input<'_> {
     }
 }
 
-/// The checksum of an upper-layer protocol `next` over IPv6 (RFC 8200 §8.1).
-pub fn l4_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, next: u8, msg: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |b: &[u8]| {
-        for c in b.chunks(2) {
-            let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
-            sum = sum.wrapping_add(w as u32);
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    add(&(msg.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, next]);
-    add(msg);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+pub use crate::vmlink::l4_checksum;
 
 /// An IPv6 packet; for ICMPv6 and UDP the checksum is filled in (and UDP gets its header).
 fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop: u8, body: &[u8]) -> Vec<u8> {

@@ -72,6 +72,12 @@ fn addr(b: &[u8], at: usize) -> Option<Ipv6Addr> {
 
 /// The ICMPv6 checksum over the pseudo-header and `msg` (whose checksum field is zero).
 pub fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, msg: &[u8]) -> u16 {
+    l4_checksum(src, dst, NEXT_ICMPV6, msg)
+}
+
+/// The checksum of an upper-layer protocol `next` over IPv6 (RFC 8200 §8.1): the pseudo-header
+/// (addresses, length, next header) and `msg`.
+pub fn l4_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, next: u8, msg: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |b: &[u8]| {
         for c in b.chunks(2) {
@@ -82,7 +88,7 @@ pub fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, msg: &[u8]) -> u16 {
     add(&src.octets());
     add(&dst.octets());
     add(&(msg.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, NEXT_ICMPV6]);
+    add(&[0, 0, 0, next]);
     add(msg);
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
