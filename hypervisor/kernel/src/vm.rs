@@ -71,6 +71,10 @@ pub enum Image<'a> {
 
 static NEXT_VM_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
 
+/// `vm.xsave=0`: the demo microVMs' CPUID hides XSAVE/AVX (a diagnostic for the open guest
+/// triple fault, docs/vmm.md "Soak").
+static HIDE_XSAVE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// MicroVMs whose vCPU loop is running, and microVMs that have ended since boot (the node's
 /// heartbeat reports both).
 static VMS_RUNNING: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
@@ -128,7 +132,7 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     cfg.virtio_net = net.map(|n| n.mac);
     // Both backends switch XCR0 and the full XSAVE state (arch guest_switch.rs): the guest
     // may see XSAVE/AVX when the node enabled it.
-    cfg.cpuid.xsave = catenary_arch::uspace::xcr0() & 0b111 == 0b111;
+    cfg.cpuid.xsave = catenary_arch::uspace::xcr0() & 0b111 == 0b111 && !HIDE_XSAVE.load(core::sync::atomic::Ordering::Relaxed);
     let (mut vm, mut console) = match (MicroVm::try_new(cfg, &host_cpuid), VmConsole::try_new(name, t0)) {
         (Ok(vm), Some(c)) => (vm, c),
         _ => {
@@ -401,6 +405,9 @@ fn run_demo_as(key: &str, default_name: &str, cmdline: &str, modules: &[catenary
     let want = opt("").unwrap_or(default_name);
     if want == "none" {
         return None;
+    }
+    if opt("xsave") == Some("0") {
+        HIDE_XSAVE.store(true, core::sync::atomic::Ordering::Relaxed);
     }
     let Some(bundle) = find_bundle(modules) else {
         info!(target: "vmm", "no guest bundle boot module: no microVM started (build one with `cargo xtask guest`)");
