@@ -1,0 +1,50 @@
+//! Kernel-side wrappers: kernel tasks use the same syscalls as ring 3.
+
+use super::*;
+
+pub fn sys(nr: u64, a: [u64; 6]) -> uspace::SysRet {
+    uspace::ksyscall(nr, a)
+}
+pub fn sleep_ns(ns: u64) {
+    sys(SYS_SLEEP, [ns, 0, 0, 0, 0, 0]);
+}
+pub fn yield_now() {
+    sys(SYS_YIELD, [0; 6]);
+}
+pub(super) fn res(r: uspace::SysRet) -> Result<Message, IpcError> {
+    if r.rax == 0 {
+        let mut m = Message::new(r.rsi, [r.rdx, r.r10, r.r8, r.r9]);
+        m.badge = r.rdi;
+        m.reply = r.r12;
+        Ok(m)
+    } else {
+        Err(IpcError::from_code(r.rax.wrapping_neg()).unwrap_or(IpcError::NoEndpoint))
+    }
+}
+pub fn send(slot: usize, m: Message) -> Result<(), IpcError> {
+    res(sys(SYS_SEND, [slot as u64, m.label, m.words[0], m.words[1], m.words[2], m.words[3]])).map(|_| ())
+}
+pub fn recv(slot: usize, timeout_ns: u64) -> Result<Message, IpcError> {
+    res(sys(SYS_RECV, [slot as u64, timeout_ns, 0, 0, 0, 0]))
+}
+pub(super) fn join_addr(hi: u64, lo: u64) -> [u8; 16] {
+    (((hi as u128) << 64) | lo as u128).to_be_bytes()
+}
+/// Give the endpoint of capability `slot` (with the bind right) a fabric /128: the same
+/// checked syscall ring-3 tasks use.
+pub fn bind_address(slot: usize) -> Result<[u8; 16], IpcError> {
+    let r = sys(SYS_BIND_ADDRESS, [slot as u64, 0, 0, 0, 0, 0]);
+    if r.rax == 0 {
+        Ok(join_addr(r.rdi, r.rsi))
+    } else {
+        Err(IpcError::from_code(r.rax.wrapping_neg()).unwrap_or(IpcError::NoEndpoint))
+    }
+}
+pub fn call(slot: usize, m: Message) -> Result<Message, IpcError> {
+    res(sys(SYS_CALL, [slot as u64, m.label, m.words[0], m.words[1], m.words[2], m.words[3]]))
+}
+/// Wait for a task to end; returns its exit code (None on timeout).
+pub fn join(id: TaskId, timeout_ns: u64) -> Option<u64> {
+    let r = sys(SYS_JOIN, [id, timeout_ns, 0, 0, 0, 0]);
+    if r.rax == err(IpcError::Timeout) { None } else { Some(r.rax) }
+}

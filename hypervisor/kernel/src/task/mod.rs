@@ -1,0 +1,191 @@
+//! Tasks, the scheduler glue and the system calls.
+//!
+//! Policy lives in `catenary-sched` (run queues, priorities, sleep queue) and `catenary-ipc`
+//! (endpoints, capabilities, call/reply); this module keeps one of each behind a lock taken
+//! with interrupts off, and does the machine side through `catenary-arch`: a task's context is
+//! the `TrapFrame` + FXSAVE image saved at its last kernel entry, its address space and its I/O
+//! bitmap. Every kernel entry (timer, IPI, `syscall`, `int 0x80`, a fault) may end with a
+//! different task's frame restored: that is the context switch.
+//!
+//! System call ABI (rax = number; arguments rdi, rsi, rdx, r10, r8, r9; rax = 0 or -error):
+//! 0 null, 1 yield, 2 exit(code), 3 sleep(ns), 4 time → ns, 5 send(slot, label, w0..w3),
+//! 6 recv(slot, timeout_ns; 0 = forever), 7 call(slot, label, w0..w3), 8 reply(token, label,
+//! w0..w3), 9 map(virt, pages), 10 unmap(virt, pages), 11 log(ptr, len), 12 join(task) → exit
+//! code, 13 call_grant(slot, label, w0, w1, base | writable, len), 14 map_mmio(virt, phys,
+//! len): map part of a granted MMIO range uncached, 15 dma_alloc(virt, pages) → physical
+//! address of fresh contiguous zeroed frames mapped at virt (within the DMA quota), 16
+//! bind_address(slot) → fabric /128 in rdi (high), rsi (low): the capability must carry the
+//! BIND right and name an open local endpoint (how an endpoint becomes reachable from other
+//! nodes), 17 sender() → the authenticated fabric /128 the last received message came from
+//! (rdi, rsi; zero for a local message). A received message comes
+//! back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words) and r12 (reply token, non-zero
+//! for a call).
+//!
+//! Memory grants: `call_grant` lends the pages [base, base+len) of the caller (pages it owns:
+//! mapped by the kernel for it, not themselves granted; writable grants need writable pages)
+//! to the receiver of the call, who finds them mapped in its grant window: words 2 and 3 of
+//! the message are (address | writable, len). The mapping is removed when the receiver replies
+//! (or replies too late), when the receiver dies (with its address space), and when the caller
+//! dies (the pages then pass to the receiver's ownership until it exits, so nothing it might
+//! still reach through a stale TLB entry is reused). The capability needs the GRANT right.
+//!
+//! Files: `switch` (context switch, wake, kill), `irq` (timer, IPIs, device interrupts,
+//! ring-3 faults), `syscall` (dispatch), `mapping` (memory syscalls), `grant` (memory grants),
+//! `remote` (fabric IPC for `netd`), `spawn` + `elf` (creating tasks), `api` (kernel-side
+//! syscall wrappers), `services` (boot services), `bench` (IPC benchmark).
+
+mod api;
+mod bench;
+mod elf;
+mod grant;
+mod irq;
+mod mapping;
+mod remote;
+mod services;
+mod spawn;
+mod switch;
+mod syscall;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use catenary_arch::trap::TrapFrame;
+use catenary_arch::uspace::{self, AddressSpace};
+use catenary_arch::{apic, cpu, memory, paging, smp, time};
+use catenary_ipc::{Address, CapTable, Capability, Delivery, EndpointId, IpcError, IpcSpace, Message, Rights, REMOTE};
+use catenary_sched::{Affinity, BlockReason, Priority, Scheduler, TaskId, TaskState};
+use log::{info, warn};
+use spin::Mutex;
+
+// The syscall numbers: one definition, shared by the kernel and the ring-3 runtime.
+pub use catenary_ipc::syscall::*;
+
+pub use api::*;
+pub use bench::*;
+use elf::*;
+pub use grant::*;
+pub use irq::*;
+pub use mapping::*;
+pub use remote::*;
+pub use services::*;
+pub use spawn::*;
+use switch::*;
+use syscall::*;
+
+pub const RTC_VECTOR: u8 = 0x58;
+/// The virtio-net receive interrupt (MSI-X, programmed by `net`).
+pub const NIC_VECTOR: u8 = 0x59;
+const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_0000;
+const USER_STACK_PAGES: u64 = 32;
+const ERR_BAD_ARG: u64 = 100;
+/// Where granted pages appear in a receiver: 64 slots of `GRANT_MAX_PAGES` pages.
+pub const GRANT_WINDOW: u64 = 0x0000_6000_0000_0000;
+pub const GRANT_MAX_PAGES: u64 = 4096;
+
+/// Exit code of a task killed by exception `v`.
+pub const fn killed_by(v: u64) -> u64 {
+    0xdead_0000 | v
+}
+
+pub static RTCD_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_RTCD"));
+pub static UAPP_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_UAPP"));
+pub static NICD_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_NICD"));
+
+pub struct Ctx {
+    frame: TrapFrame,
+    fx: Box<[u8; uspace::FPU_AREA]>,
+    space: Option<AddressSpace>,
+    io: Option<Box<[u8; uspace::IO_BITMAP_BYTES]>>,
+    pub caps: CapTable,
+    frames: Vec<u64>,
+    kentry: Option<(fn(u64), u64)>,
+    /// Driver grants: physical MMIO ranges (base, len) it may map, DMA pages it may allocate.
+    mmio: Vec<(u64, u64)>,
+    dma_left: u64,
+    /// The fabric /128 the last message this task received came from (`SYS_SENDER`).
+    origin: [u8; 16],
+}
+
+impl Ctx {
+    fn new(frame: TrapFrame) -> Ctx {
+        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Vec::new(), kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16] }
+    }
+}
+
+pub struct Kernel {
+    pub sched: Scheduler<Ctx>,
+    pub ipc: IpcSpace,
+    idle_stack: Vec<u64>,
+    on_idle: Vec<bool>,
+    exit_codes: alloc::collections::BTreeMap<TaskId, u64>,
+    rtc_endpoint: Option<EndpointId>,
+    ticks: u64,
+    grants: alloc::collections::BTreeMap<u64, GrantRec>,
+    /// Device interrupt vectors delivered as IPC notifications: vector -> (endpoint, bits).
+    irq_notify: alloc::collections::BTreeMap<u8, (EndpointId, u64)>,
+    /// Fabric IPC (sends and calls to other nodes, handed to `netd`).
+    remote: Remote,
+}
+
+static K: Mutex<Option<Kernel>> = Mutex::new(None);
+
+pub fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
+    cpu::without_interrupts(|| f(K.lock().as_mut().expect("scheduler not initialised")))
+}
+
+/// Create the scheduler for `cpus` CPUs and adopt the running boot context as task "main".
+pub fn init(cpus: usize) {
+    uspace::prefill_kernel_half().expect("kernel half");
+    let mut k = Kernel {
+        sched: Scheduler::new(cpus),
+        ipc: IpcSpace::new(),
+        idle_stack: Vec::new(),
+        on_idle: alloc::vec![true; cpus],
+        exit_codes: Default::default(),
+        rtc_endpoint: None,
+        ticks: 0,
+        grants: Default::default(),
+        irq_notify: Default::default(),
+        remote: Remote::default(),
+    };
+    for _ in 0..cpus {
+        k.idle_stack.push(paging::alloc_stack(4).expect("idle stack").1);
+    }
+    k.sched.set_online(0, true);
+    k.sched.adopt_running(0, "main", Priority::NORMAL, Ctx::new(TrapFrame::default()));
+    k.on_idle[0] = false;
+    cpu::without_interrupts(|| *K.lock() = Some(k));
+    catenary_arch::trap::register_irq(uspace::KSYSCALL_VECTOR, on_syscall);
+    uspace::set_syscall_handler(on_syscall);
+    apic::set_tick_hook(on_tick);
+    catenary_arch::trap::register_irq(apic::RESCHED_VECTOR, on_resched);
+    catenary_arch::trap::register_irq(RTC_VECTOR, on_rtc_irq);
+    catenary_arch::trap::set_exception_hook(on_exception);
+    smp::set_ap_entry(ap_entry);
+}
+
+fn ap_entry(cpu_idx: usize) -> ! {
+    with(|k| k.sched.set_online(cpu_idx, true));
+    info!(target: "smp", "cpu {} online (APIC id {}), scheduler running", cpu_idx, smp::apic_id_of(cpu_idx).unwrap_or(0));
+    loop {
+        cpu::wait_for_interrupt();
+    }
+}
+
+/// Kill a task that is not running right now (tests). Returns whether it was killed.
+pub fn kill_for_test(id: TaskId) -> bool {
+    with(|k| match k.sched.task(id).map(|t| t.state) {
+        Some(TaskState::Ready) | Some(TaskState::Blocked(_)) => {
+            let rep = k.ipc.task_died(id);
+            grants_on_death(k, id);
+            k.remote.bound.remove(&id);
+            let _ = k.sched.kill(id);
+            k.exit_codes.insert(id, killed_by(0xff));
+            for (w, e) in rep.wake_with_error {
+                complete(k, w, Err(err(e)));
+            }
+            true
+        }
+        _ => false,
+    })
+}

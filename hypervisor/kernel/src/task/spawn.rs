@@ -1,0 +1,126 @@
+//! Creating kernel and ring-3 tasks, and giving the calling task endpoints and capabilities.
+
+use super::*;
+
+pub(super) fn kernel_task_start(_: u64) {
+    let entry = with(|k| {
+        let me = k.sched.current(smp::cpu_index()).unwrap();
+        k.sched.task(me).and_then(|t| t.context.kentry)
+    });
+    if let Some((f, arg)) = entry {
+        f(arg);
+    }
+    uspace::ksyscall(SYS_EXIT, [0; 6]);
+}
+
+/// Start a kernel task running `f(arg)`.
+pub fn spawn_kernel(name: &str, prio: Priority, aff: Affinity, f: fn(u64), arg: u64) -> TaskId {
+    let (_, top) = paging::alloc_stack(8).expect("kernel task stack");
+    let entry: extern "C" fn(u64) = {
+        extern "C" fn tramp(a: u64) {
+            kernel_task_start(a)
+        }
+        tramp
+    };
+    let mut ctx = Ctx::new(uspace::kernel_frame(entry as *const () as u64, top, 0));
+    ctx.kentry = Some((f, arg));
+    with(|k| {
+        let id = k.sched.create(name, prio, aff, ctx);
+        wake(k, id);
+        id
+    })
+}
+
+#[derive(Debug)]
+#[allow(dead_code)] // the payload is for Debug output in error reports
+pub enum SpawnError {
+    BadElf,
+    NoMemory,
+    Cap(IpcError),
+}
+
+/// What a new ring-3 task gets.
+pub struct UserSpec<'a> {
+    pub name: &'a str,
+    pub elf: &'a [u8],
+    pub arg: u64,
+    pub prio: Priority,
+    pub affinity: Affinity,
+    /// Give the task an endpoint of its own in slot 0 (receive + send).
+    pub own_endpoint: bool,
+    /// Further capabilities, in slot order.
+    pub caps: &'a [Capability],
+    /// I/O ports it may use.
+    pub ports: &'a [u16],
+    /// Physical MMIO ranges (base, len) it may map (uncached) with `map_mmio`.
+    pub mmio: &'a [(u64, u64)],
+    /// How many pages of DMA memory it may allocate with `dma_alloc`.
+    pub dma_pages: u64,
+}
+
+/// Load an embedded program into a fresh address space and start it. Returns the task and its
+/// endpoint (when `own_endpoint`).
+pub fn spawn_user(s: &UserSpec) -> Result<(TaskId, Option<EndpointId>), SpawnError> {
+    let mut space = AddressSpace::new().map_err(|_| SpawnError::NoMemory)?;
+    let mut frames = Vec::new();
+    let entry = load_elf(&mut space, &mut frames, s.elf)?;
+    for i in 0..USER_STACK_PAGES {
+        let fr = memory::alloc_frame().map_err(|_| SpawnError::NoMemory)?;
+        memory::zero_frame(fr);
+        frames.push(fr);
+        space.map(USER_STACK_TOP - (i + 1) * 4096, fr, true, false).map_err(|_| SpawnError::NoMemory)?;
+    }
+    let mut ctx = Ctx::new(uspace::user_frame(entry, USER_STACK_TOP, s.arg));
+    ctx.space = Some(space);
+    ctx.frames = frames;
+    if !s.ports.is_empty() {
+        ctx.io = Some(uspace::io_bitmap_for(s.ports));
+    }
+    ctx.mmio = s.mmio.to_vec();
+    ctx.dma_left = s.dma_pages;
+    with(|k| {
+        let id = k.sched.create(s.name, s.prio, s.affinity, ctx);
+        let mut ep = None;
+        let t = k.sched.task_mut(id).unwrap();
+        let _ = t;
+        if s.own_endpoint {
+            let e = k.ipc.create_endpoint(id, catenary_ipc::DEFAULT_CAPACITY);
+            let cap = Capability { target: Address::local(e), rights: Rights::SEND.union(Rights::RECV), badge: 0 };
+            k.sched.task_mut(id).unwrap().context.caps.insert(cap).map_err(SpawnError::Cap)?;
+            ep = Some(e);
+        }
+        for c in s.caps {
+            k.sched.task_mut(id).unwrap().context.caps.insert(*c).map_err(SpawnError::Cap)?;
+        }
+        wake(k, id);
+        Ok((id, ep))
+    })
+}
+
+/// A send capability for endpoint `ep` with `badge`.
+pub fn send_cap(ep: EndpointId, badge: u64) -> Capability {
+    Capability { target: Address::local(ep), rights: Rights::SEND, badge }
+}
+
+/// Give the calling task (kernel or user) a new endpoint; returns (slot, endpoint).
+pub fn create_endpoint_for_current(capacity: usize) -> (usize, EndpointId) {
+    with(|k| {
+        let me = k.sched.current(smp::cpu_index()).unwrap();
+        let e = k.ipc.create_endpoint(me, capacity);
+        let cap = Capability { target: Address::local(e), rights: Rights::SEND.union(Rights::RECV), badge: 0 };
+        (k.sched.task_mut(me).unwrap().context.caps.insert(cap).unwrap(), e)
+    })
+}
+
+/// Put a capability into the calling task's table; returns the slot.
+pub fn give_current(c: Capability) -> usize {
+    with(|k| {
+        let me = k.sched.current(smp::cpu_index()).unwrap();
+        k.sched.task_mut(me).unwrap().context.caps.insert(c).unwrap()
+    })
+}
+
+#[cfg_attr(feature = "ktest", allow(dead_code))]
+pub fn current_task() -> TaskId {
+    with(|k| k.sched.current(smp::cpu_index()).unwrap_or(0))
+}

@@ -1,0 +1,125 @@
+//! The context switch: saving and loading a task's frame, picking the next task, waking and
+//! killing tasks.
+
+use super::*;
+
+pub(super) fn save(k: &mut Kernel, f: &mut TrapFrame, id: TaskId) {
+    if let Some(t) = k.sched.task_mut(id) {
+        t.context.frame = *f;
+        t.context.fx.copy_from_slice(uspace::fx_area(f));
+    }
+}
+
+pub(super) fn load(k: &mut Kernel, f: &mut TrapFrame, id: TaskId) {
+    let t = k.sched.task_mut(id).expect("picked task exists");
+    *f = t.context.frame;
+    uspace::fx_area(f).copy_from_slice(&t.context.fx[..]);
+    uspace::switch_cr3(t.context.space.as_ref().map(|s| s.pml4()).unwrap_or_else(paging::kernel_pml4));
+    uspace::set_io_bitmap(id, t.context.io.as_deref());
+}
+
+/// Pick the next task for this CPU and make `f` its frame.
+pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
+    let c = smp::cpu_index();
+    let prev = if k.on_idle[c] { None } else { k.sched.current(c) };
+    let next = k.sched.switch(c);
+    if next == prev && prev.is_some() {
+        return;
+    }
+    if let Some(p) = prev {
+        save(k, f, p);
+    }
+    match next {
+        Some(n) => {
+            load(k, f, n);
+            k.on_idle[c] = false;
+        }
+        None => {
+            if !k.on_idle[c] {
+                *f = uspace::idle_frame(k.idle_stack[c]);
+                uspace::switch_cr3(paging::kernel_pml4());
+                uspace::set_io_bitmap(0, None);
+                k.on_idle[c] = true;
+            }
+        }
+    }
+    if let Some(p) = prev {
+        if k.sched.task(p).map(|t| t.state == TaskState::Dead).unwrap_or(false) {
+            if let Some(t) = k.sched.reap(p) {
+                for fr in t.context.frames {
+                    let _ = memory::free_frame(fr);
+                }
+                if let Some(s) = t.context.space {
+                    s.destroy();
+                }
+            }
+        }
+    }
+}
+
+/// Wake `id`, sending a reschedule IPI to its CPU if it should run there now.
+pub(super) fn wake(k: &mut Kernel, id: TaskId) -> bool {
+    match k.sched.wake(id) {
+        Ok(w) => {
+            let here = smp::cpu_index();
+            if w.preempt && w.cpu != here {
+                if let Some(a) = smp::apic_id_of(w.cpu) {
+                    apic::send_ipi(a, apic::RESCHED_VECTOR);
+                }
+            }
+            w.preempt && w.cpu == here
+        }
+        Err(_) => false,
+    }
+}
+
+pub(super) fn put_msg(f: &mut TrapFrame, m: &Message) {
+    f.rax = 0;
+    f.rdi = m.badge;
+    f.rsi = m.label;
+    f.rdx = m.words[0];
+    f.r10 = m.words[1];
+    f.r8 = m.words[2];
+    f.r9 = m.words[3];
+    f.r12 = m.reply;
+}
+
+pub(super) fn err(e: IpcError) -> u64 {
+    e.code().wrapping_neg()
+}
+
+/// Complete the blocking operation of task `id` with `m` (or an error) and wake it.
+pub(super) fn complete(k: &mut Kernel, id: TaskId, r: Result<Message, u64>) -> bool {
+    if let Some(t) = k.sched.task_mut(id) {
+        match r {
+            Ok(m) => {
+                put_msg(&mut t.context.frame, &m);
+                t.context.origin = m.origin;
+            }
+            Err(code) => t.context.frame.rax = code,
+        }
+    }
+    wake(k, id)
+}
+
+pub(super) fn kill_current(k: &mut Kernel, f: &mut TrapFrame, code: u64) {
+    let c = smp::cpu_index();
+    let Some(me) = k.sched.current(c) else { return };
+    let rep = k.ipc.task_died(me);
+    grants_on_death(k, me);
+    k.remote.bound.remove(&me);
+    let _ = k.sched.kill(me);
+    k.exit_codes.insert(me, code);
+    for (w, e) in rep.wake_with_error {
+        complete(k, w, Err(err(e)));
+    }
+    let joiners: Vec<TaskId> =
+        k.sched.tasks().filter(|t| t.state == TaskState::Blocked(BlockReason::Join(me))).map(|t| t.id).collect();
+    for j in joiners {
+        if let Some(t) = k.sched.task_mut(j) {
+            t.context.frame.rax = code;
+        }
+        wake(k, j);
+    }
+    resched(k, f);
+}
