@@ -11,7 +11,7 @@ fn main() {
     // CATENARY_USER_DIR (plain `cargo check`), empty placeholders keep the build working.
     println!("cargo:rerun-if-env-changed=CATENARY_USER_DIR");
     let out_dir = std::env::var("OUT_DIR").unwrap();
-    for prog in ["rtcd", "uapp", "nicd"] {
+    for prog in ["rtcd", "uapp", "nicd", "sysfuzz"] {
         let path = match std::env::var("CATENARY_USER_DIR") {
             Ok(d) => format!("{d}/{prog}"),
             Err(_) => {

@@ -9,6 +9,7 @@ mod fuzz;
 mod netboot;
 mod qemu;
 mod soak;
+mod sysfuzz;
 mod test;
 mod bench;
 mod tools;
@@ -30,6 +31,8 @@ commands:
   guest                     build the guest kernel + initramfs bundle (cached)
   test [--quick] [--only S] run every test; ends with `N passed, N failed, N skipped`
                             (--only S: only the test groups whose names contain S; repeatable)
+                            syscall_fuzz: --sysfuzz-seconds N (default 60) --sysfuzz-seed HEX
+                            --sysfuzz-classes HEX (docs/microkernel.md)
   fuzz --smoke              every cargo-fuzz target for a few seconds (part of `test`)
   fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
   bench boot|vm             benchmarks (print figures, never assert)

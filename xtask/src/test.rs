@@ -294,6 +294,10 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
         let o = run_captured(b.command(false)?, &want, &["KERNEL PANIC"], Duration::from_secs(40), false)?;
         t.record(&format!("fault_dump_{kind}"), o.matched, "(register dump incomplete)");
     }
+    // The ring-3 syscall fuzzer (a fixed time; under --quick only when --only selects it).
+    if selected("syscall_fuzz") && (!quick || only_filter(&std::env::args().collect::<Vec<_>>()).is_some()) {
+        crate::sysfuzz::test(t, &kernel)?;
+    }
     // Intel VT-x under Bochs (slow: skipped by --quick unless --bochs is given).
     if (!quick || std::env::args().any(|a| a == "--bochs")) && selected("bochs") {
         crate::bochs::tests(t, &plain, &kernel, &[(module.clone(), "ktest-module".into())], &args("multiboot2"))?;

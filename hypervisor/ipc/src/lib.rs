@@ -136,6 +136,35 @@ pub mod syscall {
     /// from (rdi high, rsi low); all zero for a message from this node.
     pub const SYS_SENDER: u64 = 17;
 }
+/// The protocol between the kernel's `syscall_fuzz` test and the ring-3 fuzzer `sysfuzz`
+/// (docs/microkernel.md, "Syscall fuzzer"): configuration and report labels, and the
+/// operation classes that stay off until the kernel finding behind each is fixed.
+pub mod sysfuzz {
+    /// First message on the fuzzer's own endpoint: words = deadline (ns), classes, physical
+    /// page of its MMIO grant, the peer's task id.
+    pub const CFG_FUZZ: u64 = 0x5f0;
+    /// First message on the peer's own endpoint (the same binary answering calls).
+    pub const CFG_PEER: u64 = 0x5f1;
+    /// To the peer from the test (badge 0): exit.
+    pub const PEER_STOP: u64 = 0x5f2;
+    /// Fuzzer → test: words = calls, errors, violations, bitmask of syscalls covered.
+    pub const REPORT_STATS: u64 = 0x5f3;
+    /// Fuzzer → test: a call that must fail succeeded; words = nr, arg0, arg1, result.
+    pub const REPORT_VIOLATION: u64 = 0x5f4;
+    /// Fuzzer → test: the run reached its deadline (words as `REPORT_STATS`).
+    pub const REPORT_DONE: u64 = 0x5f5;
+    /// SYS_UNMAP of kernel-half, non-canonical and wrapping ranges.
+    pub const C_UNMAP_HOSTILE: u64 = 1 << 0;
+    /// SYS_MAP_MMIO with lengths whose page count overflows `pages * 4096`.
+    pub const C_MMIO_HUGE_LEN: u64 = 1 << 1;
+    /// SYS_LOG of a buffer in the task's MMIO mapping.
+    pub const C_LOG_MMIO: u64 = 1 << 2;
+    /// Timeouts (sleep, recv, join) for which `now + timeout` overflows.
+    pub const C_HUGE_TIMEOUT: u64 = 1 << 3;
+    /// `syscall` executed with RFLAGS.TF set (a #DB due at the kernel's entry).
+    pub const C_TRAP_FLAG: u64 = 1 << 4;
+    pub const ALL_CLASSES: u64 = 0x1f;
+}
 /// The stand-in task of calls that cross nodes: the callee of a call to another node, the
 /// caller of a call from another node (the kernel's router answers for it).
 pub const REMOTE: TaskId = u64::MAX;

@@ -69,12 +69,16 @@ const TESTS: &[(&str, TestFn)] = &[
     ("console_flood_leaves_node_running", crate::ktest_console::console_flood_leaves_node_running),
 ];
 
+/// Long tests that run only when `ktest.only` names them (their own `cargo xtask test` entry).
+const ON_REQUEST: &[(&str, TestFn)] = &[("syscall_fuzz", crate::ktest_sysfuzz::syscall_fuzz)];
+
 pub fn run(node: &Node) -> ! {
     println!("ktest: running {} tests", TESTS.len());
     let (mut passed, mut failed) = (0, 0);
     // `ktest.only=<prefix>` runs a subset (the Bochs run takes only the microVM tests).
     let only = arg(node, "ktest.only");
-    for (name, f) in TESTS {
+    let requested = ON_REQUEST.iter().filter(|_| only.is_some());
+    for (name, f) in TESTS.iter().chain(requested) {
         if only.is_some_and(|p| !name.starts_with(p)) {
             continue;
         }

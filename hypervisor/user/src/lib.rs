@@ -22,7 +22,7 @@ pub struct Msg {
 pub mod nic;
 pub mod virtio_pci;
 
-pub use catenary_arch_user::{copy_from, copy_to, dma, entry, inb, outb, rdtsc, read_u32, read_u64, syscall6, write_u32, write_u64};
+pub use catenary_arch_user::{copy_from, copy_to, dma, entry, hostile, inb, outb, rdtsc, read_u32, read_u64, syscall6, write_u32, write_u64};
 
 /// A syscall that returns a message in registers (recv, call).
 fn syscall_msg(nr: u64, a0: u64, a1: u64, w: [u64; 4]) -> Result<Msg, u64> {

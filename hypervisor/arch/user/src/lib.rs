@@ -142,3 +142,4 @@ pub fn copy_to(addr: u64, data: &[u8]) {
 }
 
 pub mod dma;
+pub mod hostile;

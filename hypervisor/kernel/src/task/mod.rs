@@ -90,6 +90,9 @@ pub const fn killed_by(v: u64) -> u64 {
 pub static RTCD_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_RTCD"));
 pub static UAPP_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_UAPP"));
 pub static NICD_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_NICD"));
+/// The ring-3 syscall fuzzer (test builds only: `ktest_sysfuzz`).
+#[cfg(feature = "ktest")]
+pub static SYSFUZZ_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_SYSFUZZ"));
 
 pub struct Ctx {
     frame: TrapFrame,
@@ -184,6 +187,9 @@ pub fn kill_for_test(id: TaskId) -> bool {
             for (w, e) in rep.wake_with_error {
                 complete(k, w, Err(err(e)));
             }
+            wake_joiners(k, id, killed_by(0xff));
+            // Not running anywhere: its frames and address space go back now.
+            reap_dead(k, id);
             true
         }
         _ => false,

@@ -120,6 +120,15 @@ pub fn give_current(c: Capability) -> usize {
     })
 }
 
+/// Drop capability `slot` from the calling task's table (tests that hand out many).
+pub fn drop_current(slot: usize) {
+    with(|k| {
+        if let Some(me) = k.sched.current(smp::cpu_index()) {
+            let _ = k.sched.task_mut(me).map(|t| t.context.caps.remove(slot));
+        }
+    })
+}
+
 #[cfg_attr(feature = "ktest", allow(dead_code))]
 pub fn current_task() -> TaskId {
     with(|k| k.sched.current(smp::cpu_index()).unwrap_or(0))

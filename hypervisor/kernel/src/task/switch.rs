@@ -44,14 +44,19 @@ pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
         }
     }
     if let Some(p) = prev {
-        if k.sched.task(p).map(|t| t.state == TaskState::Dead).unwrap_or(false) {
-            if let Some(t) = k.sched.reap(p) {
-                for fr in t.context.frames {
-                    let _ = memory::free_frame(fr);
-                }
-                if let Some(s) = t.context.space {
-                    s.destroy();
-                }
+        reap_dead(k, p);
+    }
+}
+
+/// Free a dead task's frames and address space once no CPU runs it any more.
+pub(super) fn reap_dead(k: &mut Kernel, id: TaskId) {
+    if k.sched.task(id).map(|t| t.state == TaskState::Dead).unwrap_or(false) {
+        if let Some(t) = k.sched.reap(id) {
+            for fr in t.context.frames {
+                let _ = memory::free_frame(fr);
+            }
+            if let Some(s) = t.context.space {
+                s.destroy();
             }
         }
     }
@@ -113,13 +118,18 @@ pub(super) fn kill_current(k: &mut Kernel, f: &mut TrapFrame, code: u64) {
     for (w, e) in rep.wake_with_error {
         complete(k, w, Err(err(e)));
     }
+    wake_joiners(k, me, code);
+    resched(k, f);
+}
+
+/// Wake the tasks waiting in `join` for `dead`, with its exit code.
+pub(super) fn wake_joiners(k: &mut Kernel, dead: TaskId, code: u64) {
     let joiners: Vec<TaskId> =
-        k.sched.tasks().filter(|t| t.state == TaskState::Blocked(BlockReason::Join(me))).map(|t| t.id).collect();
+        k.sched.tasks().filter(|t| t.state == TaskState::Blocked(BlockReason::Join(dead))).map(|t| t.id).collect();
     for j in joiners {
         if let Some(t) = k.sched.task_mut(j) {
             t.context.frame.rax = code;
         }
         wake(k, j);
     }
-    resched(k, f);
 }

@@ -1,0 +1,236 @@
+//! `syscall_fuzz`: the ring-3 syscall fuzzer (`hypervisor/user/src/bin/sysfuzz.rs`) against
+//! this node for a fixed time. Run on request only (`ktest.only=syscall_fuzz`; `cargo xtask
+//! test --only syscall_fuzz`), with `sysfuzz.seconds=N` (default 60), `sysfuzz.seed=HEX`
+//! (default: from the clock; printed either way) and `sysfuzz.classes=HEX` (operation classes
+//! that crash the kernel until their finding is fixed; default `DEFAULT_CLASSES`).
+//!
+//! The test restarts the fuzzer whenever it ends (killed by a fault, a chosen exit, or, when it
+//! blocks past its deadline, killed by the test), each run with a seed derived from the master
+//! seed, beside a peer task it calls and grants memory to. It passes if the node survives, no
+//! call that must fail succeeded, every syscall was exercised, the node's services still
+//! answer, and the free-frame count is back at its starting value after the last run.
+
+use alloc::format;
+use alloc::string::String;
+use catenary_arch::{memory, time};
+use catenary_ipc::sysfuzz::*;
+use catenary_ipc::{Address, Capability, IpcError, Message, Rights};
+use catenary_sched::{Affinity, Priority};
+use log::info;
+
+use crate::init::Node;
+use crate::task::{self, UserSpec};
+
+const SEC: u64 = 1_000_000_000;
+/// Classes on by default: those whose kernel finding is fixed on main (see the class list
+/// in catenary_ipc::sysfuzz and docs/microkernel.md).
+const DEFAULT_CLASSES: u64 = 0;
+/// A run ends after at most this long (then a new fuzzer with the next seed starts).
+const RUN_NS: u64 = 10 * SEC;
+/// How long past its deadline a fuzzer may stay blocked before the test kills it.
+const GRACE_NS: u64 = 2 * SEC;
+/// The syscalls (and "any other number") the fuzzer reports coverage for: bits 0..=18.
+const ALL_CALLS: u64 = (1 << 19) - 1;
+
+fn arg<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    crate::cmdline::get(&node.boot.cmdline, key)
+}
+
+fn hex(v: &str) -> Option<u64> {
+    u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()
+}
+
+/// SplitMix64 step: the seed of run `n` from the master seed.
+fn run_seed(master: u64, n: u64) -> u64 {
+    let mut z = master.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn vector_name(v: u64) -> &'static str {
+    match v {
+        0 => "#DE",
+        1 => "#DB",
+        3 => "#BP",
+        4 => "#OF",
+        6 => "#UD",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        19 => "#XM",
+        0xff => "killed-by-test",
+        _ => "other",
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    runs: u64,
+    calls: u64,
+    errors: u64,
+    violations: u64,
+    covered: u64,
+    finished: u64,
+    chosen_exits: u64,
+    blocked: u64,
+    kills: alloc::collections::BTreeMap<u64, u64>,
+    bad_exits: u64,
+    peer_failures: u64,
+}
+
+pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
+    let secs = arg(node, "sysfuzz.seconds").and_then(|v| v.parse::<u64>().ok()).unwrap_or(60).max(1);
+    let master = arg(node, "sysfuzz.seed").and_then(hex).unwrap_or_else(|| time::now_ns() ^ catenary_arch::cpu::rdtsc().rotate_left(17));
+    let classes = arg(node, "sysfuzz.classes").and_then(hex).unwrap_or(DEFAULT_CLASSES) & ALL_CLASSES;
+    let io = task::ioapic_phys().ok_or("no IOAPIC in ACPI: nothing to grant as MMIO")?;
+    info!(target: "sysfuzz", "sysfuzz: master seed {master:#018x}, {secs} s, classes {classes:#x} (reproduce with sysfuzz.seed={master:x} sysfuzz.classes={classes:x})");
+
+    // A stale capability: the endpoint of a task that has exited.
+    let (gone, gone_ep) = task::spawn_user(&UserSpec { name: "sysfuzz-gone", elf: task::UAPP_ELF, arg: task::ROLE_ONE_SHOT, prio: Priority::NORMAL,
+        affinity: Affinity::ANY, own_endpoint: true, caps: &[], ports: &[], mmio: &[], dma_pages: 0 })
+        .map_err(|e| format!("spawn: {e:?}"))?;
+    let s = task::give_current(task::send_cap(gone_ep.ok_or("no endpoint")?, 0));
+    task::send(s, Message::new(1, [0; 4])).map_err(|e| format!("{e:?}"))?;
+    task::drop_current(s);
+    task::join(gone, 5 * SEC).ok_or("one-shot task did not exit")?;
+    let stale = Capability { target: Address::local(gone_ep.unwrap()), rights: Rights::SEND.union(Rights::RECV), badge: 7 };
+
+    let (rslot, rep_ep) = task::create_endpoint_for_current(64);
+    let before = memory::stats().free;
+    info!(target: "sysfuzz", "sysfuzz: free frames before: {before}");
+    let end = time::now_ns() + secs * SEC;
+    let mut t = Tally::default();
+    while time::now_ns() < end {
+        let seed = run_seed(master, t.runs);
+        t.runs += 1;
+        one_run(&mut t, seed, classes, io, end, stale, rslot, rep_ep)?;
+    }
+    task::drop_current(rslot);
+    let after = memory::stats().free;
+    info!(target: "sysfuzz", "sysfuzz: free frames after: {after} (before: {before})");
+
+    let mut kills = String::new();
+    for (v, n) in &t.kills {
+        kills.push_str(&format!(" {}({v})={n}", vector_name(*v)));
+    }
+    info!(target: "sysfuzz", "sysfuzz: summary: {} runs, {} calls ({} errors), {} violations, syscalls covered {:#x}/{ALL_CALLS:#x}; runs ended: {} at the deadline, {} chosen exits, {} blocked (killed by the test), kills by vector:{}",
+        t.runs, t.calls, t.errors, t.violations, t.covered, t.finished, t.chosen_exits, t.blocked, if kills.is_empty() { " none" } else { &kills });
+
+    // The node's services still answer.
+    let echo = task::give_current(task::send_cap(task::echo_endpoint(), 1));
+    let r = task::call(echo, Message::new(1, [41, 0, 0, 0]));
+    task::drop_current(echo);
+    check(matches!(r, Ok(m) if m.words[0] == 42), || format!("echo service after fuzzing: {r:?}"))?;
+    check(t.violations == 0, || format!("{} calls that must fail succeeded (see VIOLATION lines)", t.violations))?;
+    check(t.peer_failures == 0, || format!("the peer died in {} runs", t.peer_failures))?;
+    check(t.bad_exits == 0, || format!("{} runs ended with an unexpected exit code (fuzzer bug?)", t.bad_exits))?;
+    check(t.covered & ALL_CALLS == ALL_CALLS, || format!("syscalls covered {:#x}, want {ALL_CALLS:#x}", t.covered))?;
+    check(after == before, || format!("free frames {before} before, {after} after: {} leaked", before as i64 - after as i64))
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_run(t: &mut Tally, seed: u64, classes: u64, io: u64, end: u64, stale: Capability, rslot: usize, rep_ep: u64) -> Result<(), String> {
+    let spec = |name, caps, mmio, dma| UserSpec { name, elf: task::SYSFUZZ_ELF, arg: seed, prio: Priority::NORMAL, affinity: Affinity::ANY,
+        own_endpoint: true, caps, ports: &[], mmio, dma_pages: dma };
+    let (peer, peer_ep) = task::spawn_user(&spec("sysfuzz-peer", &[], &[], 0)).map_err(|e| format!("spawn peer: {e:?}"))?;
+    let peer_ep = peer_ep.ok_or("peer has no endpoint")?;
+    let pslot = task::give_current(task::send_cap(peer_ep, 0));
+    task::send(pslot, Message::new(CFG_PEER, [0; 4])).map_err(|e| format!("peer config: {e:?}"))?;
+
+    let remote = Address { node: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], endpoint: 1 };
+    let caps = [
+        Capability { target: Address::local(peer_ep), rights: Rights::SEND.union(Rights::GRANT), badge: 1 },
+        stale,
+        task::send_cap(rep_ep, 0x5f),
+        Capability { target: remote, rights: Rights::SEND.union(Rights::GRANT).union(Rights::BIND), badge: 2 },
+        Capability { target: Address::local(peer_ep), rights: Rights::NONE, badge: 3 },
+    ];
+    let mmio = [(io, 4096)];
+    let (fz, fz_ep) = task::spawn_user(&spec("sysfuzz", &caps, &mmio, 4)).map_err(|e| format!("spawn fuzzer: {e:?}"))?;
+    let fslot = task::give_current(task::send_cap(fz_ep.ok_or("fuzzer has no endpoint")?, 0));
+    let deadline = end.min(time::now_ns() + RUN_NS);
+    task::send(fslot, Message::new(CFG_FUZZ, [deadline, classes, io, peer])).map_err(|e| format!("fuzzer config: {e:?}"))?;
+    task::drop_current(fslot);
+
+    // Collect reports until the fuzzer ends; past its deadline and grace, kill it.
+    let (mut calls, mut errors) = (0, 0);
+    let code = loop {
+        match task::recv(rslot, 20_000_000) {
+            Ok(m) => {
+                take_report(t, &m, &mut calls, &mut errors);
+                continue;
+            }
+            Err(IpcError::Timeout) => {}
+            Err(e) => return Err(format!("report endpoint: {e:?}")),
+        }
+        if let Some(c) = task::join(fz, 1) {
+            break c;
+        }
+        if time::now_ns() > deadline + GRACE_NS && task::kill_for_test(fz) {
+            t.blocked += 1;
+            break task::killed_by(0xff);
+        }
+    };
+    while let Ok(m) = task::recv(rslot, 1) {
+        take_report(t, &m, &mut calls, &mut errors);
+    }
+    t.calls += calls;
+    t.errors += errors;
+    if code == 0 || code & 1 << 63 != 0 {
+        t.covered |= 1 << catenary_ipc::syscall::SYS_EXIT; // it ended with SYS_EXIT
+    }
+    match code {
+        0 => t.finished += 1,
+        c if c & 1 << 63 != 0 || c & !0xff == 0x5f_0000 => t.chosen_exits += 1,
+        c if c & !0xff == task::killed_by(0) => {
+            if c & 0xff != 0xff {
+                *t.kills.entry(c & 0xff).or_default() += 1;
+            }
+        }
+        c => {
+            t.bad_exits += 1;
+            log::warn!(target: "sysfuzz", "sysfuzz: run with seed {seed:#x} exited with {c:#x}");
+        }
+    }
+    info!(target: "sysfuzz", "sysfuzz: run {} seed {seed:#018x}: {calls} calls, {errors} errors, ended with {code:#x}", t.runs);
+
+    // Stop the peer (it answers badge-0 PEER_STOP only).
+    let _ = task::send(pslot, Message::new(PEER_STOP, [0; 4]));
+    match task::join(peer, 2 * SEC) {
+        Some(0) => {}
+        r => {
+            // The peer only answers calls and reads real grants: it must never die.
+            t.peer_failures += 1;
+            log::warn!(target: "sysfuzz", "sysfuzz: the peer of run {} ended with {r:x?}", t.runs);
+            task::kill_for_test(peer);
+        }
+    }
+    task::drop_current(pslot);
+    Ok(())
+}
+
+/// Fold a fuzzer report into the tally (stats are cumulative per run: keep the latest).
+fn take_report(t: &mut Tally, m: &Message, calls: &mut u64, errors: &mut u64) {
+    if m.badge != 0x5f {
+        return;
+    }
+    match m.label {
+        REPORT_STATS | REPORT_DONE => {
+            *calls = (*calls).max(m.words[0]);
+            *errors = (*errors).max(m.words[1]);
+            t.covered |= m.words[3];
+        }
+        REPORT_VIOLATION => {
+            t.violations += 1;
+            log::warn!(target: "sysfuzz", "sysfuzz: VIOLATION reported: nr {} arg0 {:#x} arg1 {:#x} -> {:#x}", m.words[0], m.words[1], m.words[2], m.words[3]);
+        }
+        _ => {}
+    }
+}
