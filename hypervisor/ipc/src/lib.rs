@@ -153,13 +153,22 @@ pub mod sysfuzz {
     pub const REPORT_VIOLATION: u64 = 0x5f4;
     /// Fuzzer → test: the run reached its deadline (words as `REPORT_STATS`).
     pub const REPORT_DONE: u64 = 0x5f5;
+    /// Test → fuzzer, every few tens of ms: ends a receive that waits with a huge timeout.
+    pub const TICK: u64 = 0x5f6;
+    /// A second MMIO grant: a physical page nothing answers at (QEMU reads it as all ones),
+    /// outside the kernel's direct map. The fuzzer maps it and hands pointers into it around.
+    pub const HOLE_PHYS: u64 = 0x80_0000_0000;
+    /// In the classes word: the first run, which reaches its (short) deadline without killing
+    /// itself and exits there (so SYS_EXIT is always covered).
+    pub const F_FIRST_RUN: u64 = 1 << 32;
     /// SYS_UNMAP of kernel-half, non-canonical and wrapping ranges.
     pub const C_UNMAP_HOSTILE: u64 = 1 << 0;
     /// SYS_MAP_MMIO with lengths whose page count overflows `pages * 4096`.
     pub const C_MMIO_HUGE_LEN: u64 = 1 << 1;
     /// SYS_LOG of a buffer in the task's MMIO mapping.
     pub const C_LOG_MMIO: u64 = 1 << 2;
-    /// Timeouts (sleep, recv, join) for which `now + timeout` overflows.
+    /// Timeouts (sleep, recv, join) for which `now + timeout` overflows (a receive on its own
+    /// endpoint with one, ended by the test's next `TICK`; sleep/join with one at the end).
     pub const C_HUGE_TIMEOUT: u64 = 1 << 3;
     /// `syscall` executed with RFLAGS.TF set (a #DB due at the kernel's entry).
     pub const C_TRAP_FLAG: u64 = 1 << 4;

@@ -134,7 +134,7 @@ impl Fz {
             3 => self.text + r.below(16) * PAGE,
             4 => STACK_TOP - r.below(STACK_PAGES + 2) * PAGE,
             5 => GUARD,
-            6 => MMIO_VA,
+            6 => MMIO_VA + r.below(2) * PAGE,
             7 => DMA_VA + r.below(4) * PAGE,
             8 => GRANT_WINDOW + r.below(64) * PAGE,
             9 => USER_END - r.pick(&[PAGE, 2 * PAGE, 1, 8, 200]),
@@ -285,7 +285,15 @@ impl Fz {
             }
             SYS_RECV => {
                 let slot = self.slot();
-                let t = self.timeout();
+                let t = if self.cfg.classes & C_HUGE_TIMEOUT != 0 && self.rng.one_in(16) {
+                    // Empty its queue so the receive really waits: now + t overflows, and the
+                    // test's next TICK ends the wait.
+                    while recv(SLOT_OWN, 1).is_ok() {}
+                    self.rng.pick(&[u64::MAX, u64::MAX - 1, 1 << 63, u64::MAX - now_ns()])
+                } else {
+                    self.timeout()
+                };
+                let slot = if t > 1 << 62 { SLOT_OWN } else { slot };
                 let r = catenary_arch_user::syscall_msg(nr, slot, t, [self.junk(); 4]).rax;
                 // Only slot 0 carries the receive right.
                 self.expect_err("recv without the receive right", slot != SLOT_OWN, nr, [slot, t, 0], r);
@@ -338,7 +346,7 @@ impl Fz {
                 };
                 // The kernel reads at most LOG_MAX bytes: that range must be valid.
                 let cls = class_of(ptr, len.min(LOG_MAX));
-                let mmio = ptr < MMIO_VA + PAGE && ptr.saturating_add(len.min(LOG_MAX)) > MMIO_VA;
+                let mmio = ptr < MMIO_VA + 2 * PAGE && ptr.saturating_add(len.min(LOG_MAX)) > MMIO_VA;
                 if mmio && self.cfg.classes & C_LOG_MMIO == 0 {
                     return;
                 }
@@ -368,7 +376,7 @@ impl Fz {
                 let cls = class_of(base & !1, len);
                 let label = if self.rng.one_in(2) { GRANT_LABEL } else { self.rng.next() };
                 let r = catenary_arch_user::syscall_msg(nr, slot, label, [self.junk(), self.junk(), base | writable as u64, len]).rax;
-                let unowned = cls != Class::User || (base & !1) == MMIO_VA || (writable && (self.text..self.text + PAGE).contains(&base));
+                let unowned = cls != Class::User || (base & !1) & !(PAGE - 1) == MMIO_VA || (base & !1) & !(PAGE - 1) == MMIO_VA + PAGE || (writable && (self.text..self.text + PAGE).contains(&base));
                 self.expect_err("grant of memory the task does not own", len > 0 && unowned, nr, [slot, base, len], r);
             }
             SYS_MAP_MMIO => {
@@ -377,7 +385,7 @@ impl Fz {
                 let phys = match self.rng.below(6) {
                     0 | 1 => p,
                     2 => p + PAGE,
-                    3 => self.rng.pick(&[0xfee0_0000, 0x10_0000, 0, 0xfec0_0000, 0xffff_f000]),
+                    3 => self.rng.pick(&[0xfee0_0000, 0x10_0000, 0, 0xfec0_0000, 0xffff_f000, HOLE_PHYS, HOLE_PHYS + PAGE]),
                     4 => p.wrapping_sub(PAGE),
                     _ => self.rng.next() & !(PAGE - 1),
                 };
@@ -386,7 +394,7 @@ impl Fz {
                     return;
                 }
                 let r = syscall6(nr, virt, phys, len, 0, 0, 0);
-                let ungranted = phys != p || len > PAGE;
+                let ungranted = (phys != p && phys != HOLE_PHYS) || len > PAGE;
                 let outside = class_of(virt, len.div_ceil(PAGE).saturating_mul(PAGE)) == Class::Outside;
                 self.expect_err("map_mmio outside the grant / the user half", len > 0 && (ungranted || outside), nr, [virt, phys, len], r);
             }
@@ -473,7 +481,8 @@ impl Fz {
     /// The last thing a run does: block in a way only the test can end (or exit).
     fn final_op(&mut self) -> ! {
         self.report(REPORT_STATS);
-        match self.rng.below(6) {
+        let how = if self.cfg.classes & F_FIRST_RUN != 0 { 5 } else { self.rng.below(6) };
+        match how {
             0 if self.cfg.classes & C_HUGE_TIMEOUT != 0 => {
                 let ns = self.rng.pick(&[u64::MAX, u64::MAX - 1, 1 << 63, u64::MAX - now_ns()]);
                 logf!("sysfuzz: final op: sleep({:#x})", ns);
@@ -560,6 +569,7 @@ fn run(seed: u64) -> u64 {
     // Some real state to aim at: arena pages, the MMIO grant, DMA memory.
     let _ = map(ARENA, 8);
     let _ = map_mmio(MMIO_VA, fz.cfg.mmio_phys, PAGE);
+    let _ = map_mmio(MMIO_VA + PAGE, HOLE_PHYS, PAGE);
     if dma_alloc(DMA_VA, 2).is_ok() {
         fz.dma_left -= 2;
     }
@@ -570,7 +580,7 @@ fn run(seed: u64) -> u64 {
         }
         for _ in 0..64 {
             match fz.rng.below(16384) {
-                0 => fz.suicide(),
+                0 if fz.cfg.classes & F_FIRST_RUN == 0 => fz.suicide(),
                 1..=128 => fz.odd_entry(),
                 _ => fz.step(),
             }
