@@ -48,6 +48,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("user_kernel_memory_access_killed", crate::ktest_core::user_kernel_memory_access_killed),
     ("user_ungranted_port_killed", crate::ktest_core::user_ungranted_port_killed),
     ("user_memory_map_unmap", crate::ktest_core::user_memory_map_unmap),
+    ("user_killed_while_blocked_frees_frames", crate::ktest_core::user_killed_while_blocked_frees_frames),
     ("user_preempted_spinner", crate::ktest_core::user_preempted_spinner),
     ("driver_rtc_over_ipc", crate::ktest_core::driver_rtc_over_ipc),
     ("ipc_memory_grant", crate::ktest_core::ipc_memory_grant),

@@ -223,6 +223,19 @@ fn echo_still_answers() -> Result<(), String> {
     check(r.words[0] == 11, || "echo service answered wrongly".into())
 }
 
+/// A blocked ring-3 task killed from outside (`kill_for_test`, the path a supervisor takes)
+/// gives its frames back at once and wakes a task waiting in `join` for it.
+pub fn user_killed_while_blocked_frees_frames(_: &Node) -> Result<(), String> {
+    let before = catenary_arch::memory::stats().free;
+    let (id, _) = spawn_uapp("blocked", task::ROLE_ONE_SHOT, Affinity::ANY, true, &[])?;
+    task::sleep_ns(50_000_000); // it reaches its recv and blocks
+    check(task::kill_for_test(id), || "task not killable (not blocked?)".into())?;
+    let code = task::join(id, 5 * SEC).ok_or("join did not return")?;
+    check(code == task::killed_by(0xff), || format!("exit code {code:#x}"))?;
+    let after = catenary_arch::memory::stats().free;
+    check(after == before, || format!("{} frames leaked by the kill", before as i64 - after as i64))
+}
+
 pub fn user_memory_map_unmap(_: &Node) -> Result<(), String> {
     let (slot, ep) = task::create_endpoint_for_current(4);
     let (id, _) = spawn_uapp("mem", task::ROLE_MEMORY, Affinity::ANY, false, &[task::send_cap(ep, 0)])?;
