@@ -109,6 +109,29 @@ pub mod nic_ring {
     }
 }
 
+/// The protocol between the supervisor (`supd`, ring 3) and the kernel. The supervisor's spawn
+/// authority is a send capability to the kernel's spawner endpoint whose badge (set by the
+/// kernel, unforgeable) has bit i set for each manifest service i it may start; the kernel
+/// answers and reports deaths on the supervisor's own endpoint.
+pub mod supervisor {
+    /// supervisor -> spawner: start service `words[0]` (its manifest index).
+    pub const LABEL_SPAWN: u64 = 1;
+    /// kernel -> supervisor: service `words[0]` runs as task `words[1]`.
+    pub const LABEL_STARTED: u64 = 0x20;
+    /// kernel -> supervisor: service `words[0]` cannot start (`words[1]`: a `NOT_STARTED_*`).
+    pub const LABEL_NOT_STARTED: u64 = 0x21;
+    /// kernel -> supervisor: service `words[0]` (task `words[1]`) died with exit code
+    /// `words[2]` (`0xdead0000 | vector` for an exception) at address `words[3]` (the
+    /// faulting address of a page fault, else the instruction pointer; 0 for an exit).
+    pub const LABEL_FAULT: u64 = 0x22;
+    /// anyone -> supervisor (call): how often service `words[0]` was restarted (reply word 0).
+    pub const LABEL_QUERY: u64 = 2;
+    pub const NOT_STARTED_NO_RIGHT: u64 = 1;
+    pub const NOT_STARTED_RUNNING: u64 = 2;
+    pub const NOT_STARTED_NO_DEVICE: u64 = 3;
+    pub const NOT_STARTED_NO_MEMORY: u64 = 4;
+}
+
 /// The syscall ABI's numbers (RAX at `syscall` / `int 0x80`), shared by the kernel and the
 /// ring-3 runtime so they cannot drift apart.
 pub mod syscall {
@@ -177,6 +200,12 @@ pub mod sysfuzz {
 /// The stand-in task of calls that cross nodes: the callee of a call to another node, the
 /// caller of a call from another node (the kernel's router answers for it).
 pub const REMOTE: TaskId = u64::MAX;
+
+/// The placeholder owner of held endpoint `id` (see [`IpcSpace::hold_endpoint`]); never a
+/// task id (the scheduler counts tasks from 1).
+pub const fn held_owner(id: EndpointId) -> TaskId {
+    (1 << 62) | id
+}
 /// The badge of every message that came from another node (or a microVM) through the
 /// node's router; `origin` then names the sender.
 pub const REMOTE_BADGE: u64 = 0xfab0_0000_0000_0000;
@@ -603,6 +632,35 @@ impl IpcSpace {
             self.calls.remove(&t);
         }
         r
+    }
+
+    /// Keep endpoint `id` open while the task that receives on it is down (a service being
+    /// restarted): it gets the placeholder owner [`held_owner`], so `task_died` of the old
+    /// owner leaves it open; messages queue (up to its capacity) and calls wait.
+    pub fn hold_endpoint(&mut self, id: EndpointId) -> bool {
+        match self.endpoints.get_mut(&id) {
+            Some(e) => {
+                e.owner = held_owner(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Give a held endpoint to `owner` (the restarted service): calls that reached it while it
+    /// was held are now owed by `owner`.
+    pub fn adopt_endpoint(&mut self, id: EndpointId, owner: TaskId) -> bool {
+        let held = held_owner(id);
+        match self.endpoints.get_mut(&id) {
+            Some(e) if e.owner == held => e.owner = owner,
+            _ => return false,
+        }
+        for c in self.calls.values_mut() {
+            if c.callee == held {
+                c.callee = owner;
+            }
+        }
+        true
     }
 
     /// Whether call `token` still waits for its reply.

@@ -278,3 +278,33 @@ fn bind_right_is_not_part_of_all() {
     assert!(t.check(b, Rights::BIND).is_ok());
     assert_eq!(t.check(s, Rights::BIND), Err(IpcError::NoRight));
 }
+
+#[test]
+fn held_endpoint_survives_its_owner_and_is_adopted() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(10, 4);
+    let c = cap(ep, Rights::SEND, 7);
+    // a call reaches the service, which dies before replying: the caller gets DeadPeer
+    let (t1, _) = s.call(20, &c, Message::new(1, [0; 4])).unwrap();
+    assert!(s.hold_endpoint(ep));
+    let r = s.task_died(10);
+    assert!(r.closed_endpoints.is_empty());
+    assert!(r.wake_with_error.contains(&(20, IpcError::DeadPeer)));
+    assert!(!s.call_pending(t1));
+    // while held: sends queue, calls wait
+    assert_eq!(s.send(&c, Message::new(2, [0; 4])), Ok(Delivery::Queued));
+    let (t2, _) = s.call(21, &c, Message::new(3, [0; 4])).unwrap();
+    assert_eq!(s.reply(10, t2, Message::new(0, [0; 4])), Err(IpcError::BadReply));
+    // the restarted service adopts it, receives what queued and owes the call
+    assert!(s.adopt_endpoint(ep, 11));
+    assert!(!s.adopt_endpoint(ep, 12), "only a held endpoint can be adopted");
+    let m1 = s.recv(11, ep).unwrap().unwrap();
+    assert_eq!(m1.label, 1, "the dead owner's unreceived call stays queued; its token is gone");
+    assert_eq!(s.reply(11, m1.reply, Message::new(0, [0; 4])), Err(IpcError::BadReply));
+    assert_eq!(s.recv(11, ep).unwrap().unwrap().label, 2);
+    let m3 = s.recv(11, ep).unwrap().unwrap();
+    assert_eq!(s.reply(11, m3.reply, Message::new(9, [0; 4])).map(|(c, m)| (c, m.label)), Ok((21, 9)));
+    // an endpoint that is not held closes with its owner as before
+    let r = s.task_died(11);
+    assert_eq!(r.closed_endpoints, vec![ep]);
+}
