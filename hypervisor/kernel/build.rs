@@ -11,7 +11,10 @@ fn main() {
     // CATENARY_USER_DIR (plain `cargo check`), empty placeholders keep the build working.
     println!("cargo:rerun-if-env-changed=CATENARY_USER_DIR");
     let out_dir = std::env::var("OUT_DIR").unwrap();
-    for prog in ["rtcd", "uapp", "nicd", "sysfuzz"] {
+    // Exactly the programs the service manifest knows (catenary_manifest::PROGRAMS), listed
+    // for the kernel in programs.rs.
+    let mut table = String::from("pub static PROGRAM_ELFS: &[(&str, &[u8])] = &[\n");
+    for prog in catenary_manifest::PROGRAMS {
         let path = match std::env::var("CATENARY_USER_DIR") {
             Ok(d) => format!("{d}/{prog}"),
             Err(_) => {
@@ -22,7 +25,10 @@ fn main() {
         };
         println!("cargo:rerun-if-changed={path}");
         println!("cargo:rustc-env=CATENARY_USER_{}={path}", prog.to_uppercase());
+        table.push_str(&format!("    ({prog:?}, include_bytes!({path:?})),\n"));
     }
+    table.push_str("];\n");
+    std::fs::write(format!("{out_dir}/programs.rs"), table).unwrap();
 
     // Test guests: assembled with binutils (as/objcopy come with gcc) into flat binaries.
     for guest in ["hostile", "flood", "reinject"] {

@@ -338,7 +338,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -350,11 +350,12 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     }
     let kernel = crate::build::build_kernel(false)?;
     // each group is one cluster boot; `--only net_remote_ipc` (etc.) picks groups
-    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 8] = [
+    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 9] = [
         ("net_boot", crate::netboot::tests),
         ("net_fabric_echo", test_fabric_echo),
         ("net_outsider", test_outsider),
         ("net_remote_ipc", test_remote_ipc),
+        ("net_nicd_restart", test_nicd_restart),
         ("net_microvm_reaches", test_microvm_net),
         ("net_microvm_bulk_tcp", test_microvm_bulk_tcp),
         ("net_linux_namespace", test_linux_ping),
@@ -485,6 +486,44 @@ fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         &format!("(node1's client bound to {client:?} in node1's /64 {client_ok}, node2's echo told that sender {sender_seen}; log {})", log.display()));
     t.record("net_private_keys_not_logged", ok && leaked.is_empty(),
         &format!("(keys found in serial logs or printed QEMU command lines: {leaked:?}; log {})", log.display()));
+    Ok(())
+}
+
+/// The supervisor restarts a crashed NIC driver: node1's first `nicd` dies of a page fault
+/// (`nicd.crash_after=40`: after 40 received frames) in the middle of fabric echoes to node2;
+/// the kernel quiesces the device before the dead driver's DMA memory is freed, the
+/// supervisor logs the fault and restarts `nicd`, `netd` attaches the new one, and the fabric
+/// session, echoes and remote IPC calls to node2 work again.
+fn test_nicd_restart(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "net_nicd_restart_after_crash";
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "nicd.crash_after=40 net.nicd_restart=node2".into();
+    let b = NodeSpec::new(2);
+    let mut r = start(kernel, &[a, b], "net-nicd-restart", &[])?;
+    let ok = r.wait(Duration::from_secs(240), false, |l| {
+        l[0].iter().any(|x| x.contains("net: ipc probe done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+    });
+    let log = r.save_logs("net-nicd-restart");
+    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    // boot: the supervisor started the services with their grants
+    let started = ["rtcd", "echo", "nicd"].iter().all(|s| r.lines[0].iter().any(|l| l.contains(&format!("service {s} started (start 1)"))));
+    let grants = r.lines[0].iter().any(|l| l.contains("service nicd started (start 1)") && l.contains("MMIO [") && l.contains("160 DMA pages") && l.contains("sends [(\"netd\""));
+    // the fault, as the kernel and the supervisor saw it
+    let fault = r.lines[0].iter().any(|l| l.contains("supd: nicd (task") && l.contains("died: exception 0xe, address 0xdead0000; restart 1 in"));
+    // the device was quiesced before the frames went back: bus mastering off at that moment
+    let freed = r.lines[0].iter().find(|l| l.contains("service nicd (task") && l.contains("back to the allocator")).cloned();
+    let quiesced = freed.as_ref().is_some_and(|l| l.contains("bus mastering off (turned off at death: true, reset: true)"));
+    let restarted = r.has(0, "supd: restarting nicd (restart 1)") && r.has(0, "service nicd started (start 2)")
+        && r.lines[0].iter().any(|l| l.contains("nicd restarted during fabric traffic to node2 (restarts: 1;"));
+    let attached = r.has(0, "netd attached again");
+    let echoes = r.lines[0].iter().any(|l| l.contains("fabric ping after nicd restart node2") && l.contains(" 5/5 replies"));
+    let calls = r.has(0, "ipc: remote calls to node2 echo: 3/3 replies");
+    let alive_after = r.lines[0].iter().skip_while(|l| !l.contains("netd attached again")).count() > 3;
+    drop(r);
+    println!("  started {started}, grants logged {grants}, fault {fault}, quiesced before free {quiesced} ({}), restarted {restarted}, attached {attached}, echoes {echoes}, calls {calls}",
+        freed.as_deref().map(str::trim).unwrap_or("no free line"));
+    t.record(name, ok && !panic && started && grants && fault && quiesced && restarted && attached && echoes && calls && alive_after,
+        &format!("(services started {started}, grants {grants}, fault reported {fault}, device quiesced before free {quiesced}, restarted {restarted}, netd attached {attached}, 5/5 echoes {echoes}, 3/3 remote calls {calls}; log {})", log.display()));
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 
 use alloc::vec::Vec;
 use spin::Mutex;
-use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, HeaderType, PciRoot};
+pub use virtio_drivers::transport::pci::bus::DeviceFunction;
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunctionInfo, HeaderType, PciRoot};
 use x86_64::instructions::port::Port;
 
 /// The 0xcf8/0xcfc pair is one shared resource: an address write and the data access that

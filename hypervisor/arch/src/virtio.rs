@@ -172,6 +172,66 @@ pub fn find_net() -> Option<(DeviceFunction, VirtioPciInfo)> {
     None
 }
 
+/// PCI command register bit 2: the function may master the bus (DMA, MSI-X writes).
+const CMD_BUS_MASTER: u32 = 1 << 2;
+/// `device_status` in the virtio common configuration structure.
+const COMMON_DEVICE_STATUS: u64 = 0x14;
+/// The kernel's window on the common configuration structure last reset (physical, virtual):
+/// mapped once, reused by every later reset of the same device.
+static COMMON_WINDOW: spin::Mutex<Option<(u64, u64)>> = spin::Mutex::new(None);
+
+/// What [`quiesce`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quiesced {
+    /// The command register reads back with bus mastering off.
+    pub bus_master_off: bool,
+    /// `device_status` reads back 0 after the reset.
+    pub reset: bool,
+}
+
+/// Stop a virtio PCI function whose (ring-3) driver died, before the driver's DMA memory goes
+/// back to the frame allocator: bus mastering off first (the device can no longer read or
+/// write memory, MSI-X messages included), then a device reset (`device_status` = 0 in the
+/// common configuration, found through the function's own virtio capabilities), so that turning bus mastering on again for the
+/// next driver cannot resume the old queues, which point into the freed memory.
+pub fn quiesce(df: DeviceFunction) -> Quiesced {
+    let mut cam = crate::pci::PortCam;
+    let cmd = cam.read_word(df, 0x04) & 0xffff; // the upper half is the status register (RW1C)
+    cam.write_word(df, 0x04, cmd & !CMD_BUS_MASTER);
+    let bus_master_off = !bus_master_on(df);
+    let common_phys = VirtioPciInfo::read(df).ok().map(|i| i.common.0);
+    let window = common_phys.and_then(|common_phys| {
+        let mut w = COMMON_WINDOW.lock();
+        match *w {
+            Some((p, v)) if p == common_phys => Some(v),
+            _ => match crate::paging::map_mmio(common_phys, COMMON_DEVICE_STATUS + 1) {
+                Ok(v) => {
+                    *w = Some((common_phys, v));
+                    Some(v)
+                }
+                Err(_) => None,
+            },
+        }
+    });
+    let reset = window.is_some_and(|v| {
+        let status = (v + COMMON_DEVICE_STATUS) as *mut u8;
+        // SAFETY: `v` is an uncached kernel window on the device's common configuration
+        // structure (at least `COMMON_DEVICE_STATUS + 1` bytes, mapped by `map_mmio` for this
+        // physical address and used only here); offset 0x14 is the one-byte `device_status`.
+        unsafe {
+            status.write_volatile(0);
+            // the device may finish the reset later: read until it reads 0 (bounded)
+            (0..10_000).any(|_| status.read_volatile() == 0)
+        }
+    });
+    Quiesced { bus_master_off, reset }
+}
+
+/// Whether function `df` may master the bus now.
+pub fn bus_master_on(df: DeviceFunction) -> bool {
+    crate::pci::PortCam.read_word(df, 0x04) & CMD_BUS_MASTER != 0
+}
+
 /// Queue depth of each virtqueue.
 pub const NET_QUEUE: usize = 32;
 /// Receive buffer length (MTU 1500 + Ethernet header + virtio-net header, rounded).

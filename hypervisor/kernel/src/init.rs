@@ -165,7 +165,7 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     }
     // The wall clock, before the ring-3 rtcd takes the RTC's ports.
     crate::net::record_rtc();
-    crate::task::start_node(&cpu_list, ioapic_addr);
+    crate::task::start_node(&cpu_list, ioapic_addr, &bi.cmdline);
     if crate::cmdline::get(&bi.cmdline, "bench") == Some("ipc") {
         crate::task::run_ipc_bench(ncpus);
     }

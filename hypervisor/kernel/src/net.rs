@@ -107,6 +107,12 @@ struct UserNic {
     wake_slot: usize,
     /// Times the ring's indices were out of range.
     bad_indices: u64,
+    /// Where the device's structures are (sent to each incarnation of `nicd`).
+    cfg: [catenary_ipc::Message; 2],
+    /// The slot of `netd`'s endpoint `nicd` reports to.
+    report_slot: usize,
+    /// `nicd` died and its restart has not been attached yet (logged once).
+    gone: bool,
 }
 
 impl UserNic {
@@ -192,6 +198,9 @@ struct State {
     /// The capability slot of the endpoint the NIC's interrupt notifies (None: polling).
     irq: Option<usize>,
     ipccall: Option<String>,
+    /// `net.nicd_restart=NAME` (test): fabric traffic to NAME until `nicd` has died and been
+    /// restarted (with `nicd.crash_after=N`), then the session and a remote call again.
+    restart_probe: Option<String>,
     /// Fabric IPC events logged so far (the first few of each kind are).
     ipc_logged: [u32; 4],
     /// The microVM /128s the node routes.
@@ -448,6 +457,8 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
             }
         }
     } else {
+        // the manifest's nicd must not start: this kernel drives the device itself
+        crate::task::supervisor::provide_endpoint("netd", None);
         let nic = match VirtioNet::probe() {
             Ok(n) => n,
             Err(NicError::NotFound) => {
@@ -508,6 +519,7 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
         wait_s: crate::cmdline::get(cmdline, "net.wait").and_then(|w| w.parse().ok()).unwrap_or(60),
         irq: None,
         ipccall: crate::cmdline::get(cmdline, "net.ipccall").map(String::from),
+        restart_probe: crate::cmdline::get(cmdline, "net.nicd_restart").map(String::from),
         ipc_logged: [0; 4],
         vm_routes: alloc::vec::Vec::new(),
     };
@@ -760,23 +772,20 @@ fn ipc_client(_: u64) {
     info!(target: "net", "ipc probe done");
 }
 
-/// Above `netd` (DRIVER): the receive interrupt's wakeup of `nicd` preempts `netd`.
-const NICD_PRIORITY: Priority = Priority(7);
-
-/// DMA pages `nicd` may allocate: its heap (96), the virtqueues and the frame ring.
-const NICD_DMA_PAGES: u64 = 160;
-
-/// Start the ring-3 driver `nicd` for the first virtio-net function: grant it the device's
-/// virtio structures (page-rounded MMIO ranges), DMA pages and the receive interrupt (MSI-X
-/// entry 0 -> `NIC_VECTOR` on the BSP -> notification on `nicd`'s endpoint), tell it where the
-/// structures are, and wait for it to come up with its frame ring. Returns the NIC and the
-/// slot of `netd`'s endpoint, which `nicd` wakes when frames arrive. Ok(None): no device.
+/// Bring up the ring-3 driver `nicd` for the first virtio-net function. `nicd` is a service of
+/// the manifest (hypervisor/manifest), started and restarted by the supervisor with its grants
+/// (the device's virtio structures, DMA pages, the receive interrupt, a send capability to
+/// `netd`'s endpoint); `netd` programs MSI-X entry 0 -> `NIC_VECTOR` on the BSP, provides the
+/// endpoint `nicd` reports to (which lets the supervisor's request to start it go ahead), tells
+/// it where the structures are and waits for its frame ring. Returns the NIC and the slot of
+/// `netd`'s endpoint. Ok(None): no device.
 fn start_nicd() -> Result<Option<(Nic, usize)>, &'static str> {
-    use crate::task::{self, UserSpec};
+    use crate::task::{self, supervisor};
     use catenary_ipc::Message;
-    let Some((df, info)) = catenary_arch::virtio::find_net() else { return Ok(None) };
-    let pages = |(a, l): (u64, u64)| (a & !0xfff, ((a + l.max(1) + 0xfff) & !0xfff) - (a & !0xfff));
-    let mmio = [pages(info.common), pages(info.notify), pages(info.isr), pages(info.device)];
+    let Some((df, info)) = catenary_arch::virtio::find_net() else {
+        supervisor::provide_endpoint("netd", None);
+        return Ok(None);
+    };
     let msix = match catenary_arch::smp::apic_id_of(0).ok_or("no BSP APIC id").and_then(|bsp| {
         catenary_arch::virtio::msix_program(df, task::NIC_VECTOR, bsp).map(|n| (n, bsp))
     }) {
@@ -786,55 +795,91 @@ fn start_nicd() -> Result<Option<(Nic, usize)>, &'static str> {
             None
         }
     };
+    let dep = supervisor::service_endpoint("nicd").ok_or("no nicd in the service manifest")?;
     let (kslot, kep) = task::create_endpoint_for_current(16);
-    let (tid, dep) = task::spawn_user(&UserSpec {
-        name: "nicd",
-        elf: task::NICD_ELF,
-        arg: 0,
-        prio: NICD_PRIORITY,
-        affinity: Affinity::ANY,
-        own_endpoint: true,
-        caps: &[task::send_cap(kep, 1)],
-        ports: &[],
-        mmio: &mmio,
-        dma_pages: NICD_DMA_PAGES,
-    })
-    .map_err(|_| "cannot start the ring-3 driver")?;
-    let dep = dep.ok_or("nicd has no endpoint")?;
-    if msix.is_some() {
-        task::bind_irq_notification(task::NIC_VECTOR, dep, 1);
-    }
     let dslot = task::give_current(task::send_cap(dep, 0));
     let cfg = [
         Message::new(ring::LABEL_CONFIG, [info.common.0, info.notify.0, info.isr.0, info.device.0]),
         Message::new(ring::LABEL_CONFIG2, [info.notify_multiplier as u64, info.device.1, info.notify.1, 0]),
     ];
-    for m in cfg {
-        task::send(dslot, m).map_err(|_| "cannot reach nicd")?;
+    supervisor::provide_endpoint("netd", Some(kep));
+    let mut u = UserNic { task: 0, ring: 0, mac: [0; 6], wake_slot: dslot, bad_indices: 0, cfg, report_slot: kslot, gone: false };
+    let (msix_used, link) = attach_nicd(&mut u, None)?;
+    info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}, MAC {:02x?}, link {} (driver in ring 3: task {} nicd, started by the supervisor)",
+        df.bus, df.device, df.function, u.mac, if link { "up" } else { "down" }, u.task);
+    info!(target: "net", "nicd granted MMIO (the device's virtio structures, per its manifest entry), {} DMA pages, frame ring at {:#x} ({} pages)",
+        catenary_manifest::SERVICES.iter().find(|s| s.name == "nicd").map(|s| s.dma_pages).unwrap_or(0), u.ring, ring::RING_PAGES);
+    match msix {
+        Some((n, bsp)) if msix_used => info!(target: "net",
+            "virtio-net: MSI-X on ({} entries): receive queue -> vector {:#x} on APIC {}, notifies endpoint {} (nicd, ring 3)", n, task::NIC_VECTOR, bsp, dep),
+        _ => warn!(target: "net", "virtio-net: no MSI-X vector for the receive queue: nicd polls every 10 ms"),
     }
-    let up = task::recv(kslot, 10_000_000_000).map_err(|_| "nicd did not come up in 10 s")?;
+    Ok(Some((Nic::User(u), kslot)))
+}
+
+/// Attach `u` to the running incarnation of `nicd` (other than `old`): wait for the
+/// supervisor to have started it, send it the device's configuration, wait for its frame ring
+/// and check the ring is its own DMA memory. Returns whether it uses MSI-X and the link state.
+fn attach_nicd(u: &mut UserNic, old: Option<catenary_sched::TaskId>) -> Result<(bool, bool), &'static str> {
+    use crate::task::{self, supervisor};
+    let end = time::now_ns() + 10_000_000_000;
+    let tid = loop {
+        match supervisor::service_task("nicd") {
+            Some(t) if Some(t) != old => break t,
+            _ if time::now_ns() > end => return Err("the supervisor did not start nicd in 10 s"),
+            _ => task::sleep_ns(1_000_000),
+        }
+    };
+    // what the dead driver sent and nobody received (its queue may be full: the new one's
+    // report must fit)
+    while task::recv(u.report_slot, 1).is_ok() {}
+    for m in u.cfg {
+        task::send(u.wake_slot, m).map_err(|_| "cannot reach nicd")?;
+    }
+    let up = loop {
+        let left = end.saturating_sub(time::now_ns()).max(1);
+        let m = task::recv(u.report_slot, left).map_err(|_| "nicd did not come up in 10 s")?;
+        if m.label == ring::LABEL_UP || m.label == ring::LABEL_FAIL {
+            break m; // (frames or wakeups from before are skipped)
+        }
+    };
     if up.label == ring::LABEL_FAIL {
         warn!(target: "net", "nicd failed at step {}", up.words[0]);
         return Err("nicd failed");
-    }
-    if up.label != ring::LABEL_UP {
-        return Err("unexpected message from nicd");
     }
     let ring_phys = up.words[0];
     if ring_phys % 4096 != 0 || !task::owns_frames(tid, ring_phys, ring::RING_PAGES) {
         return Err("nicd's frame ring is not its own DMA memory");
     }
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&up.words[1].to_le_bytes()[..6]);
-    info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}, MAC {:02x?}, link {} (driver in ring 3: task {} nicd)",
-        df.bus, df.device, df.function, mac, if up.words[2] != 0 { "up" } else { "down" }, tid);
-    info!(target: "net", "nicd granted MMIO {:x?}, {} DMA pages, frame ring at {:#x} ({} pages)", mmio, NICD_DMA_PAGES, ring_phys, ring::RING_PAGES);
-    match msix {
-        Some((n, bsp)) if up.words[3] != 0 => info!(target: "net",
-            "virtio-net: MSI-X on ({} entries): receive queue -> vector {:#x} on APIC {}, notifies endpoint {} (nicd, ring 3)", n, task::NIC_VECTOR, bsp, dep),
-        _ => warn!(target: "net", "virtio-net: no MSI-X vector for the receive queue: nicd polls every 10 ms"),
+    u.mac.copy_from_slice(&up.words[1].to_le_bytes()[..6]);
+    u.task = tid;
+    u.ring = ring_phys;
+    u.bad_indices = 0;
+    u.gone = false;
+    Ok((up.words[3] != 0, up.words[2] != 0))
+}
+
+/// If `nicd` died: note it, and once the supervisor has restarted it, attach the new one (the
+/// stack, its sessions and its sockets stay in `netd`; frames in flight were lost).
+fn nic_watch(st: &mut State) {
+    let Nic::User(u) = &mut st.nic else { return };
+    let now_task = crate::task::supervisor::service_task("nicd");
+    if now_task == Some(u.task) {
+        return;
     }
-    Ok(Some((Nic::User(UserNic { task: tid, ring: ring_phys, mac, wake_slot: dslot, bad_indices: 0 }), kslot)))
+    if !u.gone {
+        u.gone = true;
+        warn!(target: "net", "virtio-net: nicd (task {}) is gone: no frames until the supervisor restarts it", u.task);
+    }
+    if now_task.is_none() {
+        return;
+    }
+    let old = u.task;
+    match attach_nicd(u, Some(old)) {
+        Ok(_) => info!(target: "net", "virtio-net: nicd restarted as task {} (restarts: {}), frame ring at {:#x}: netd attached again",
+            u.task, crate::task::supervisor::service_restarts("nicd"), u.ring),
+        Err(e) => warn!(target: "net", "virtio-net: attaching the restarted nicd: {}", e),
+    }
 }
 
 /// Route the NIC's receive interrupt (MSI-X) to the BSP as an IPC notification of an endpoint
@@ -864,6 +909,7 @@ fn enable_irq(st: &mut State) -> Option<usize> {
 fn pump(st: &mut State, timeout_ns: u64, mut done: impl FnMut(&mut Node) -> bool) -> bool {
     let end = time::now_ns() + timeout_ns;
     loop {
+        nic_watch(st);
         st.node.poll(&mut st.nic, time::now_ns());
         if ipc_pump(st) {
             st.node.poll(&mut st.nic, time::now_ns());
@@ -930,18 +976,58 @@ const IDLE_WAKE_NS: u64 = 10_000_000;
 /// Bytes per throughput run: 3500 datagrams of 1200 bytes.
 const STREAM_BYTES: u64 = 3500 * 1200;
 
+/// Start the `ipcclient` task: remote calls to `peer`'s echo service (see [`ipc_client`]).
+fn start_ipc_probe(peer: &str, p: &catenary_net::Peer) {
+    use netfabric::identity::{AddressKind, Prefix64};
+    let pfx = Prefix64::of(&p.fabric_addr);
+    // the peer's netd binds its echo service first: task index 1
+    let (Some(echo), Some(unbound)) = (pfx.workload_address(AddressKind::Task, 1), pfx.workload_address(AddressKind::Task, 0x99)) else { return };
+    catenary_arch::cpu::without_interrupts(|| *IPC_PROBE.lock() = Some((String::from(peer), echo, unbound, p.fabric_addr)));
+    crate::task::spawn_kernel("ipcclient", Priority::NORMAL, Affinity::ANY, ipc_client, 0);
+}
+
+/// `net.nicd_restart=NAME`: fabric echoes to NAME, one after the other, until `nicd` died in
+/// the middle of them and the supervisor restarted it; then the session, echoes and remote
+/// calls must work again.
+fn restart_probe(st: &mut State, peer: &str) {
+    use crate::task::supervisor;
+    let Some(p) = wait_session(st, peer) else { return };
+    let before = supervisor::service_restarts("nicd");
+    let t0 = time::now_ns();
+    let (mut sent, mut answered) = (0, 0);
+    loop {
+        let attached = matches!(&st.nic, Nic::User(u) if supervisor::service_task("nicd") == Some(u.task));
+        if supervisor::service_restarts("nicd") > before && attached {
+            break;
+        }
+        if time::now_ns() - t0 > 120_000_000_000 {
+            warn!(target: "net", "restart probe: nicd was not restarted within 120 s");
+            return;
+        }
+        if let Some(r) = ping(st, Path::Fabric, p.fabric_addr, 1, 100) {
+            sent += r.sent;
+            answered += r.received;
+        }
+    }
+    info!(target: "net", "restart probe: nicd restarted during fabric traffic to {} (restarts: {}; {} of {} echoes answered meanwhile)",
+        peer, supervisor::service_restarts("nicd"), answered, sent);
+    let Some(p) = wait_session(st, peer) else { return };
+    if let Some(r) = ping(st, Path::Fabric, p.fabric_addr, 5, 100) {
+        info!(target: "net", "fabric ping after nicd restart {} {}: {}/{} replies, median rtt {} us", peer, p.fabric_addr, r.received, r.sent, r.median_ns() / 1000);
+    }
+    start_ipc_probe(peer, &p);
+}
+
 fn probes(st: &mut State) {
     if let Some(peer) = st.ipccall.take() {
         if let Some(p) = wait_session(st, &peer) {
-            use netfabric::identity::{AddressKind, Prefix64};
-            let pfx = Prefix64::of(&p.fabric_addr);
-            // the peer's netd binds its echo service first: task index 1
-            let (Some(echo), Some(unbound)) = (pfx.workload_address(AddressKind::Task, 1), pfx.workload_address(AddressKind::Task, 0x99)) else { return };
-            catenary_arch::cpu::without_interrupts(|| *IPC_PROBE.lock() = Some((peer.clone(), echo, unbound, p.fabric_addr)));
-            crate::task::spawn_kernel("ipcclient", Priority::NORMAL, Affinity::ANY, ipc_client, 0);
+            start_ipc_probe(&peer, &p);
         } else {
             info!(target: "net", "ipc probe done");
         }
+    }
+    if let Some(peer) = st.restart_probe.take() {
+        restart_probe(st, &peer);
     }
     if let Some(peer) = st.ping.take() {
         if let Some(p) = wait_session(st, &peer) {
@@ -999,6 +1085,7 @@ fn netd(_: u64) {
     let mut last_report = 0;
     let mut irqs_seen = false;
     loop {
+        nic_watch(&mut st);
         let now = time::now_ns();
         let mut active = st.node.poll(&mut st.nic, now);
         if ipc_pump(&mut st) {

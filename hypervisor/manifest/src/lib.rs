@@ -11,8 +11,8 @@ mod services;
 pub use services::SERVICES;
 
 /// Programs embedded in the kernel image (bins of hypervisor/user; the kernel's build script
-/// embeds exactly these).
-pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd"];
+/// embeds exactly these). `uapp` and `sysfuzz` also serve the kernel's tests.
+pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "sysfuzz"];
 
 /// The supervisor's own program: started by the kernel, not an entry of [`SERVICES`].
 pub const SUPERVISOR: &str = "supd";

@@ -105,6 +105,11 @@ pub(super) fn on_exception(f: &mut TrapFrame) -> bool {
         (id, k.sched.task(id).map(|t| t.name.clone()).unwrap_or_default())
     });
     catenary_arch::trap::print_dump(f, &alloc::format!("in ring-3 task {} \"{}\" - killing the task", id, name));
-    with(|k| kill_current(k, f, killed_by(f.vector)));
+    // what the supervisor is told: the faulting address of a page fault, else where it ran
+    let addr = if f.vector == 14 { cpu::read_cr2() } else { f.rip };
+    with(|k| {
+        supervisor::note_fault(k, id, addr);
+        kill_current(k, f, killed_by(f.vector))
+    });
     true
 }

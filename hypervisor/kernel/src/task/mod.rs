@@ -43,6 +43,7 @@ mod mapping;
 mod remote;
 mod services;
 mod spawn;
+pub mod supervisor;
 mod switch;
 mod syscall;
 
@@ -128,6 +129,8 @@ pub struct Kernel {
     irq_notify: alloc::collections::BTreeMap<u8, (EndpointId, u64)>,
     /// Fabric IPC (sends and calls to other nodes, handed to `netd`).
     remote: Remote,
+    /// The manifest's services (see `supervisor`).
+    svc: supervisor::Supervision,
 }
 
 static K: Mutex<Option<Kernel>> = Mutex::new(None);
@@ -150,6 +153,7 @@ pub fn init(cpus: usize) {
         grants: Default::default(),
         irq_notify: Default::default(),
         remote: Remote::default(),
+        svc: Default::default(),
     };
     for _ in 0..cpus {
         k.idle_stack.push(paging::alloc_stack(4).expect("idle stack").1);
@@ -179,6 +183,7 @@ fn ap_entry(cpu_idx: usize) -> ! {
 pub fn kill_for_test(id: TaskId) -> bool {
     with(|k| match k.sched.task(id).map(|t| t.state) {
         Some(TaskState::Ready) | Some(TaskState::Blocked(_)) => {
+            supervisor::on_death(k, id, killed_by(0xff));
             let rep = k.ipc.task_died(id);
             grants_on_death(k, id);
             k.remote.bound.remove(&id);

@@ -1,9 +1,9 @@
-//! Boot services: the APs and the first ring-3 services (rtcd, echo).
+//! Boot services: the APs, then the supervisor, which starts the ring-3 services.
 
 use super::*;
 
-/// Bring up the APs, route the RTC interrupt and start the ring-3 services.
-pub fn start_node(cpus: &[(u32, bool)], ioapic: Option<u64>) {
+/// Bring up the APs and start the supervisor (which starts the ring-3 services).
+pub fn start_node(cpus: &[(u32, bool)], ioapic: Option<u64>, cmdline: &str) {
     IOAPIC_PHYS.store(ioapic.unwrap_or(0), core::sync::atomic::Ordering::Relaxed);
     let mut idx = 1;
     for &(apic_id, is_bsp) in cpus {
@@ -21,48 +21,8 @@ pub fn start_node(cpus: &[(u32, bool)], ioapic: Option<u64>) {
         warn!(target: "task", "no ring-3 programs embedded (build with `cargo xtask build`)");
         return;
     }
-    match spawn_user(&UserSpec {
-        name: "rtcd",
-        elf: RTCD_ELF,
-        arg: 0,
-        prio: Priority::DRIVER,
-        affinity: Affinity::ANY,
-        own_endpoint: true,
-        caps: &[],
-        ports: &[0x70, 0x71],
-        mmio: &[],
-        dma_pages: 0,
-    }) {
-        Ok((id, ep)) => {
-            with(|k| k.rtc_endpoint = ep);
-            if let (Some(io), Some(bsp)) = (ioapic, smp::apic_id_of(0)) {
-                if let Err(e) = apic::ioapic_route(io, 8, RTC_VECTOR, bsp) {
-                    warn!(target: "task", "IOAPIC: {:?}", e);
-                }
-            }
-            info!(target: "task", "ring-3 service rtcd started: task {}, endpoint {}, ports 0x70-0x71, IRQ 8 -> vector {:#x}",
-                id, ep.unwrap_or(0), RTC_VECTOR);
-        }
-        Err(e) => warn!(target: "task", "rtcd: {:?}", e),
-    }
-    match spawn_user(&UserSpec {
-        name: "echo",
-        elf: UAPP_ELF,
-        arg: ROLE_ECHO,
-        prio: Priority::NORMAL,
-        affinity: Affinity::ANY,
-        own_endpoint: true,
-        caps: &[],
-        ports: &[],
-        mmio: &[],
-        dma_pages: 0,
-    }) {
-        Ok((id, ep)) => {
-            with(|k| k.echo_endpoint_set(ep));
-            info!(target: "task", "ring-3 service echo started: task {}, endpoint {}", id, ep.unwrap_or(0));
-        }
-        Err(e) => warn!(target: "task", "echo: {:?}", e),
-    }
+    // rtcd, echo, nicd: the manifest's services, started by the supervisor
+    supervisor::start(cmdline);
 }
 
 pub const ROLE_ECHO: u64 = 1;
@@ -86,7 +46,7 @@ pub fn ioapic_phys() -> Option<u64> {
 
 static ECHO_EP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 impl Kernel {
-    fn echo_endpoint_set(&mut self, ep: Option<EndpointId>) {
+    pub(super) fn echo_endpoint_set(&mut self, ep: Option<EndpointId>) {
         ECHO_EP.store(ep.unwrap_or(0), core::sync::atomic::Ordering::Relaxed);
     }
 }

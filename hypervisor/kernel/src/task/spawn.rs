@@ -61,6 +61,12 @@ pub struct UserSpec<'a> {
 /// Load an embedded program into a fresh address space and start it. Returns the task and its
 /// endpoint (when `own_endpoint`).
 pub fn spawn_user(s: &UserSpec) -> Result<(TaskId, Option<EndpointId>), SpawnError> {
+    spawn_user_with(s, None, &mut |_, _| {})
+}
+
+/// [`spawn_user`] for a supervised service: the task adopts the held endpoint `adopt` in slot
+/// 0 (see `supervisor`), and `created` runs under the kernel lock before the task can run.
+pub(super) fn spawn_user_with(s: &UserSpec, adopt: Option<EndpointId>, created: &mut dyn FnMut(&mut Kernel, TaskId)) -> Result<(TaskId, Option<EndpointId>), SpawnError> {
     let mut space = AddressSpace::new().map_err(|_| SpawnError::NoMemory)?;
     let mut frames = Vec::new();
     let entry = load_elf(&mut space, &mut frames, s.elf)?;
@@ -89,9 +95,18 @@ pub fn spawn_user(s: &UserSpec) -> Result<(TaskId, Option<EndpointId>), SpawnErr
             k.sched.task_mut(id).unwrap().context.caps.insert(cap).map_err(SpawnError::Cap)?;
             ep = Some(e);
         }
+        if let Some(e) = adopt {
+            if !k.ipc.adopt_endpoint(e, id) {
+                return Err(SpawnError::Cap(IpcError::NoEndpoint));
+            }
+            let cap = Capability { target: Address::local(e), rights: Rights::SEND.union(Rights::RECV), badge: 0 };
+            k.sched.task_mut(id).unwrap().context.caps.insert(cap).map_err(SpawnError::Cap)?;
+            ep = Some(e);
+        }
         for c in s.caps {
             k.sched.task_mut(id).unwrap().context.caps.insert(*c).map_err(SpawnError::Cap)?;
         }
+        created(k, id);
         wake(k, id);
         Ok((id, ep))
     })

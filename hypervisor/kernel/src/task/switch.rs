@@ -52,6 +52,7 @@ pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
 pub(super) fn reap_dead(k: &mut Kernel, id: TaskId) {
     if k.sched.task(id).map(|t| t.state == TaskState::Dead).unwrap_or(false) {
         if let Some(t) = k.sched.reap(id) {
+            supervisor::before_free(k, id, t.context.frames.len());
             for fr in t.context.frames {
                 let _ = memory::free_frame(fr);
             }
@@ -110,6 +111,7 @@ pub(super) fn complete(k: &mut Kernel, id: TaskId, r: Result<Message, u64>) -> b
 pub(super) fn kill_current(k: &mut Kernel, f: &mut TrapFrame, code: u64) {
     let c = smp::cpu_index();
     let Some(me) = k.sched.current(c) else { return };
+    supervisor::on_death(k, me, code);
     let rep = k.ipc.task_died(me);
     grants_on_death(k, me);
     k.remote.bound.remove(&me);

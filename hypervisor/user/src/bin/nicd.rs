@@ -5,8 +5,9 @@
 //! and the grant-syscall HAL. Frames go to and come from the kernel's stack (`netd`) through
 //! the shared ring of `catenary_user::nic`.
 //!
-//! Capability slots: 0 = its own endpoint (config, transmit wakeups, interrupts), 1 = send to
-//! the kernel's `netd`.
+//! Started by the supervisor with the grants of its manifest entry (hypervisor/manifest).
+//! Capability slots: 0 = its own endpoint (config, transmit wakeups, interrupts; the same
+//! endpoint across restarts), 1 = send to the kernel's `netd`.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -32,14 +33,29 @@ fn fail(step: u64) -> u64 {
     step
 }
 
-fn run(_arg: u64) -> u64 {
+/// Where the test crash (`arg` = N) reads: unmapped, so the task dies of a page fault there.
+const CRASH_ADDRESS: u64 = 0xdead_0000;
+
+/// Wait for a message with `label`, skipping others: a restarted nicd finds on its endpoint
+/// (the same across restarts) what was sent to the one before it (wakeups, interrupts).
+fn recv_label(label: u64) -> Option<Msg> {
+    loop {
+        match recv(0, 0) {
+            Ok(m) if m.label == label => return Some(m),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// `arg`: 0, or (test only, `nicd.crash_after=N` on the kernel command line, first start
+/// only) crash with a page fault after receiving N frames.
+fn run(arg: u64) -> u64 {
     if !dma::init(HEAP_PAGES) {
         return fail(1);
     }
-    let (Ok(c1), Ok(c2)) = (recv(0, 0), recv(0, 0)) else { return fail(2) };
-    if c1.label != LABEL_CONFIG || c2.label != LABEL_CONFIG2 {
-        return fail(3);
-    }
+    let Some(c1) = recv_label(LABEL_CONFIG) else { return fail(2) };
+    let Some(c2) = recv_label(LABEL_CONFIG2) else { return fail(3) };
     let map = |phys: u64, len: u64| dma::map_mmio(phys, len.max(1));
     let (Some(common), Some(notify), Some(isr), Some(device)) =
         (map(c1.words[0], 0x38), map(c1.words[1], c2.words[2]), map(c1.words[2], 1), map(c1.words[3], c2.words[1]))
@@ -70,6 +86,7 @@ fn run(_arg: u64) -> u64 {
     let _ = send(KERNEL, LABEL_UP, [ring_phys, u64::from_le_bytes(m), (status & 1) as u64, msix as u64]);
     let mut dropped = 0u64;
     let mut irq_seen = false;
+    let mut received = 0u64;
     loop {
         // receive: device -> ring
         let mut got = false;
@@ -90,6 +107,11 @@ fn run(_arg: u64) -> u64 {
                 dropped += 1;
             }
             let _ = net.recycle_rx_buffer(buf);
+            received += 1;
+            if arg != 0 && received == arg {
+                logf!("nicd: crashing on purpose after {} frames (test)", received);
+                let _ = peek(CRASH_ADDRESS);
+            }
         }
         if got {
             let _ = send(KERNEL, LABEL_RX, [dropped, 0, 0, 0]);

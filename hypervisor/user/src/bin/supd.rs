@@ -1,0 +1,95 @@
+//! supd: the supervisor (after Hubris's `jefe`). Started by the kernel with the authority to
+//! start exactly the services of the build-time manifest (`catenary_manifest::SERVICES`);
+//! starts them all, and when the kernel reports one dead (which service, which task, exit code
+//! or exception vector, faulting address) logs it and restarts it after an exponential
+//! backoff (`catenary_manifest::backoff_ms`, bounded). Answers `LABEL_QUERY` calls with a
+//! service's restart count.
+//!
+//! Capability slots: 0 = its own endpoint (the kernel's answers and fault notices, queries),
+//! 1 = send to the kernel's spawner (badge: the services it may start).
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+use catenary_ipc::supervisor::*;
+use catenary_manifest::{backoff_ms, SERVICES};
+use catenary_user::*;
+
+const SPAWNER: u64 = 1;
+const N: usize = SERVICES.len();
+/// Restarts that count as "in a row": a service that ran this long is considered healthy and
+/// its backoff starts over.
+const HEALTHY_NS: u64 = 60_000_000_000;
+
+#[derive(Clone, Copy, Default)]
+struct Svc {
+    task: u64,
+    restarts: u32,
+    /// Crashes in a row (backoff exponent).
+    streak: u32,
+    started_at: u64,
+    /// A restart is due at this time (0: none).
+    due: u64,
+}
+
+entry!(run);
+
+fn describe(code: u64) -> (&'static str, u64) {
+    if code & !0xff == 0xdead_0000 { ("exception", code & 0xff) } else { ("exit code", code) }
+}
+
+fn run(_arg: u64) -> u64 {
+    let mut s = [Svc::default(); N];
+    for (i, svc) in SERVICES.iter().enumerate() {
+        logf!("supd: starting {} (program {}, priority {})", svc.name, svc.program, svc.priority);
+        let _ = send(SPAWNER, LABEL_SPAWN, [i as u64, 0, 0, 0]);
+    }
+    loop {
+        let now = now_ns();
+        let next = s.iter().filter(|x| x.due != 0).map(|x| x.due).min();
+        let timeout = match next {
+            Some(d) if d <= now => 1,
+            Some(d) => d - now,
+            None => 0,
+        };
+        if let Ok(m) = recv(0, timeout) {
+            let i = m.words[0] as usize;
+            match m.label {
+                LABEL_STARTED if i < N => {
+                    s[i].task = m.words[1];
+                    s[i].started_at = now_ns();
+                    logf!("supd: {} running as task {} (restarts: {})", SERVICES[i].name, m.words[1], s[i].restarts);
+                }
+                LABEL_NOT_STARTED if i < N => logf!("supd: {} not started (reason {})", SERVICES[i].name, m.words[1]),
+                LABEL_FAULT if i < N => {
+                    let (what, v) = describe(m.words[2]);
+                    let healthy = now_ns().saturating_sub(s[i].started_at) > HEALTHY_NS;
+                    s[i].streak = if healthy { 1 } else { s[i].streak.saturating_add(1) };
+                    s[i].task = 0;
+                    if SERVICES[i].restart {
+                        let ms = backoff_ms(s[i].streak);
+                        s[i].due = now_ns() + ms * 1_000_000;
+                        logf!("supd: {} (task {}) died: {} {:#x}, address {:#x}; restart {} in {} ms",
+                            SERVICES[i].name, m.words[1], what, v, m.words[3], s[i].restarts + 1, ms);
+                    } else {
+                        logf!("supd: {} (task {}) died: {} {:#x}, address {:#x}; not restarted", SERVICES[i].name, m.words[1], what, v, m.words[3]);
+                    }
+                }
+                LABEL_QUERY if m.reply != 0 => {
+                    let r = if i < N { [s[i].restarts as u64, s[i].task, 0, 0] } else { [u64::MAX; 4] };
+                    let _ = reply(m.reply, LABEL_QUERY, r);
+                }
+                _ => {}
+            }
+        }
+        let now = now_ns();
+        for (i, x) in s.iter_mut().enumerate() {
+            if x.due != 0 && x.due <= now {
+                x.due = 0;
+                x.restarts += 1;
+                logf!("supd: restarting {} (restart {})", SERVICES[i].name, x.restarts);
+                let _ = send(SPAWNER, LABEL_SPAWN, [i as u64, 0, 0, 0]);
+            }
+        }
+    }
+}
