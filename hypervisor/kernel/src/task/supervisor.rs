@@ -84,6 +84,21 @@ pub(super) fn start(cmdline: &str) {
         }
     });
     spawn_kernel("spawner", Priority::DRIVER, Affinity::ANY, spawner, 0);
+    // Boot goes on once the services that need no kernel task's endpoint run (as when the
+    // kernel started them itself): what comes next (tests, netd) finds them up.
+    let end = time::now_ns() + 5_000_000_000;
+    let independent = |s: &Service| !s.sends.iter().any(|t| catenary_manifest::KERNEL_ENDPOINTS.contains(t));
+    loop {
+        let up = with(|k| SERVICES.iter().zip(&k.svc.svcs).all(|(s, st)| !independent(s) || st.starts > 0));
+        if up {
+            break;
+        }
+        if time::now_ns() > end {
+            warn!(target: "supervisor", "not every service is up after 5 s");
+            break;
+        }
+        sleep_ns(1_000_000);
+    }
 }
 
 /// A kernel task provides (`Some`) or will never provide (`None`) the kernel endpoint `name`
