@@ -68,6 +68,11 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     if !o.lines.iter().any(|l| l.starts_with("ktest syscall_fuzz ... ok")) {
         why.push(o.lines.iter().find(|l| l.starts_with("ktest syscall_fuzz")).cloned().unwrap_or_else(|| "no ktest result".into()));
     }
+    // A ring-3 task must not be able to start a line of the node's log (SYS_LOG with "\n").
+    let forged = o.lines.iter().filter(|l| l.trim_start_matches(|c: char| c.is_control() || c == '[' || c.is_ascii_digit() || c == ';').starts_with("ktest sysfuzz_forged_line")).count();
+    if forged > 0 {
+        why.push(format!("{forged} log lines forged by the fuzzer"));
+    }
     let violations = o.lines.iter().filter(|l| l.contains("VIOLATION")).count();
     if violations > 0 {
         why.push(format!("{violations} VIOLATION lines"));

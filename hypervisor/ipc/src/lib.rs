@@ -195,7 +195,12 @@ pub mod sysfuzz {
     pub const C_HUGE_TIMEOUT: u64 = 1 << 3;
     /// `syscall` executed with RFLAGS.TF set (a #DB due at the kernel's entry).
     pub const C_TRAP_FLAG: u64 = 1 << 4;
-    pub const ALL_CLASSES: u64 = 0x1f;
+    /// SYS_LOG of text with a newline, a carriage return and terminal escapes, which would
+    /// forge a line of the node's log (`FORGED_LINE`, which the xtask test looks for).
+    pub const C_LOG_FORGE: u64 = 1 << 5;
+    pub const ALL_CLASSES: u64 = 0x3f;
+    /// What a forged log line starts with (never at the start of a real line).
+    pub const FORGED_LINE: &str = "ktest sysfuzz_forged_line ... ok";
 }
 /// The stand-in task of calls that cross nodes: the callee of a call to another node, the
 /// caller of a call from another node (the kernel's router answers for it).

@@ -440,6 +440,13 @@ impl Fz {
                 let r = hostile::syscall_with_rsp(bad, nr);
                 self.note(nr, r);
             }
+            3 if self.cfg.classes & C_LOG_FORGE != 0 && self.rng.one_in(8) => {
+                // A line of its own in the node's log, if control characters went through.
+                let mut l = Line::new();
+                let _ = core::fmt::Write::write_fmt(&mut l, format_args!("sysfuzz: forging\n{}\r\x1b[2K{}\x1b[1A", FORGED_LINE, FORGED_LINE));
+                let r = syscall6(SYS_LOG, l.as_str().as_ptr() as u64, l.as_str().len() as u64, 0, 0, 0, 0);
+                self.note(SYS_LOG, r);
+            }
             _ => {
                 // Timer interrupts taken with AC set.
                 hostile::spin_with_ac(20_000);
