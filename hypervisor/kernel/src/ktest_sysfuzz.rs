@@ -24,7 +24,7 @@ use crate::task::{self, UserSpec};
 const SEC: u64 = 1_000_000_000;
 /// Classes on by default: those whose kernel finding is fixed on main (see the class list
 /// in catenary_ipc::sysfuzz and docs/microkernel.md).
-const DEFAULT_CLASSES: u64 = C_TRAP_FLAG;
+const DEFAULT_CLASSES: u64 = C_TRAP_FLAG | C_LOG_FORGE;
 /// A run ends after at most this long (then a new fuzzer with the next seed starts).
 const RUN_NS: u64 = 10 * SEC;
 /// How long past its deadline a fuzzer may stay blocked before the test kills it.

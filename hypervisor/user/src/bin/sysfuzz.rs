@@ -440,7 +440,7 @@ impl Fz {
                 let r = hostile::syscall_with_rsp(bad, nr);
                 self.note(nr, r);
             }
-            3 if self.cfg.classes & C_LOG_FORGE != 0 && self.rng.one_in(8) => {
+            3 if self.cfg.classes & C_LOG_FORGE != 0 && self.rng.one_in(2) => {
                 // A line of its own in the node's log, if control characters went through.
                 let mut l = Line::new();
                 let _ = core::fmt::Write::write_fmt(&mut l, format_args!("sysfuzz: forging\n{}\r\x1b[2K{}\x1b[1A", FORGED_LINE, FORGED_LINE));
