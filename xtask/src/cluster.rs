@@ -514,7 +514,7 @@ fn test_nicd_restart(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let freed = r.lines[0].iter().find(|l| l.contains("service nicd (task") && l.contains("back to the allocator")).cloned();
     let quiesced = freed.as_ref().is_some_and(|l| l.contains("bus mastering off (turned off at death: true, reset: true)"));
     let restarted = r.has(0, "supd: restarting nicd (restart 1)") && r.has(0, "service nicd started (start 2)")
-        && r.lines[0].iter().any(|l| l.contains("nicd restarted during fabric traffic to node2 (restarts: 1;"));
+        && r.lines[0].iter().any(|l| l.contains("nicd restarted during fabric traffic to node2 (restarts: 1;") && l.contains("could master the bus: 0)"));
     let attached = r.has(0, "netd attached again");
     let echoes = r.lines[0].iter().any(|l| l.contains("fabric ping after nicd restart node2") && l.contains(" 5/5 replies"));
     let calls = r.has(0, "ipc: remote calls to node2 echo: 3/3 replies");

@@ -51,6 +51,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("user_killed_while_blocked_frees_frames", crate::ktest_core::user_killed_while_blocked_frees_frames),
     ("user_preempted_spinner", crate::ktest_core::user_preempted_spinner),
     ("driver_rtc_over_ipc", crate::ktest_core::driver_rtc_over_ipc),
+    ("supervisor_restarts_echo", crate::ktest_supervisor::supervisor_restarts_echo),
     ("ipc_memory_grant", crate::ktest_core::ipc_memory_grant),
     ("driver_mmio_dma_grants", crate::ktest_core::driver_mmio_dma_grants),
     ("vm_hostile_garbage_io", crate::ktest_vm::vm_hostile_garbage_io),

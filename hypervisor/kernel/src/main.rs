@@ -30,6 +30,8 @@ mod ktest_core;
 #[cfg(feature = "ktest")]
 mod ktest_reinject;
 #[cfg(feature = "ktest")]
+mod ktest_supervisor;
+#[cfg(feature = "ktest")]
 mod ktest_sysfuzz;
 #[cfg(feature = "ktest")]
 mod ktest_vm;

@@ -1009,8 +1009,8 @@ fn restart_probe(st: &mut State, peer: &str) {
             answered += r.received;
         }
     }
-    info!(target: "net", "restart probe: nicd restarted during fabric traffic to {} (restarts: {}; {} of {} echoes answered meanwhile)",
-        peer, supervisor::service_restarts("nicd"), answered, sent);
+    info!(target: "net", "restart probe: nicd restarted during fabric traffic to {} (restarts: {}; {} of {} echoes answered meanwhile; frames freed while a dead driver's device could master the bus: {})",
+        peer, supervisor::service_restarts("nicd"), answered, sent, supervisor::dma_freed_while_mastering());
     let Some(p) = wait_session(st, peer) else { return };
     if let Some(r) = ping(st, Path::Fabric, p.fabric_addr, 5, 100) {
         info!(target: "net", "fabric ping after nicd restart {} {}: {}/{} replies, median rtt {} us", peer, p.fabric_addr, r.received, r.sent, r.median_ns() / 1000);

@@ -124,6 +124,11 @@ pub fn service_endpoint(name: &str) -> Option<EndpointId> {
     with(|k| k.svc.svcs.get(i).and_then(|s| s.endpoint))
 }
 
+/// The supervisor's endpoint (where it takes `LABEL_QUERY` calls).
+pub fn supervisor_endpoint() -> Option<EndpointId> {
+    with(|k| k.svc.supd.map(|(_, e)| e))
+}
+
 /// How often service `name` was restarted (starts after the first).
 pub fn service_restarts(name: &str) -> u32 {
     let Some(i) = catenary_manifest::index_of(SERVICES, name) else { return 0 };
@@ -132,6 +137,7 @@ pub fn service_restarts(name: &str) -> u32 {
 
 /// Frames freed while a dead service's device still had bus mastering on (0 unless the
 /// quiesce-before-free order is broken).
+#[cfg_attr(feature = "ktest", allow(dead_code))]
 pub fn dma_freed_while_mastering() -> u64 {
     DMA_FREED_WHILE_MASTERING.load(core::sync::atomic::Ordering::Relaxed)
 }

@@ -1,0 +1,44 @@
+//! The supervisor restarts a killed service, and capabilities to the service keep working.
+
+use alloc::format;
+use alloc::string::String;
+use catenary_arch::time;
+use catenary_ipc::Message;
+
+use crate::init::Node;
+use crate::task::{self, supervisor};
+
+const SEC: u64 = 1_000_000_000;
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+/// Kill the `echo` service: a call made through the capability taken before the kill, while
+/// `echo` is down, is answered by the incarnation the supervisor starts; the kernel and the
+/// supervisor (asked with `LABEL_QUERY`) both count one more restart.
+pub fn supervisor_restarts_echo(_: &Node) -> Result<(), String> {
+    let slot = task::give_current(task::send_cap(task::echo_endpoint(), 1));
+    let r = task::call(slot, Message::new(1, [10, 0, 0, 0])).map_err(|e| format!("echo before the kill: {e:?}"))?;
+    check(r.words[0] == 11, || format!("echo answered {r:?}"))?;
+    let old = supervisor::service_task("echo").ok_or("echo is not a running service")?;
+    let before = supervisor::service_restarts("echo");
+    let end = time::now_ns() + 5 * SEC;
+    while !task::kill_for_test(old) {
+        check(time::now_ns() < end, || "echo never stopped running long enough to be killed".into())?;
+        task::yield_now();
+    }
+    check(supervisor::service_task("echo").is_none(), || "echo still registered after the kill".into())?;
+    // echo is down: this call waits on its held endpoint for the next incarnation
+    let r = task::call(slot, Message::new(1, [20, 0, 0, 0])).map_err(|e| format!("echo after the kill: {e:?}"))?;
+    check(r.words[0] == 21, || format!("restarted echo answered {r:?}"))?;
+    let new = supervisor::service_task("echo").ok_or("echo not running after its restart")?;
+    check(new != old, || "the same task answered".into())?;
+    let restarts = supervisor::service_restarts("echo");
+    check(restarts == before + 1, || format!("kernel counts {restarts} restarts, expected {}", before + 1))?;
+    let supd = supervisor::supervisor_endpoint().ok_or("no supervisor")?;
+    let q = task::give_current(task::send_cap(supd, 0));
+    let idx = catenary_manifest::index_of(catenary_manifest::SERVICES, "echo").ok_or("echo not in the manifest")? as u64;
+    let a = task::call(q, Message::new(catenary_ipc::supervisor::LABEL_QUERY, [idx, 0, 0, 0])).map_err(|e| format!("query: {e:?}"))?;
+    check(a.words[0] == restarts as u64 && a.words[1] == new, || format!("supd says restarts {} task {}, kernel {} task {}", a.words[0], a.words[1], restarts, new))
+}
