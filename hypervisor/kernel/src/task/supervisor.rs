@@ -170,8 +170,13 @@ pub(super) fn on_death(k: &mut Kernel, id: TaskId, code: u64) {
         st.endpoint.unwrap_or(0), if st.device.is_some() { ", device quiesced" } else { "" });
     if let Some((_, ep)) = k.svc.supd {
         let cap = send_cap(ep, 0);
-        if let Ok(Delivery::Direct { receiver, msg }) = k.ipc.send(&cap, Message::new(LABEL_FAULT, [i as u64, id, code, fault])) {
-            complete(k, receiver, Ok(msg));
+        match k.ipc.send(&cap, Message::new(LABEL_FAULT, [i as u64, id, code, fault])) {
+            Ok(Delivery::Direct { receiver, msg }) => {
+                complete(k, receiver, Ok(msg));
+            }
+            Ok(Delivery::Queued) => {}
+            // only the kernel sends to it (and tests' queries): full means supd is stuck
+            Err(e) => log::error!(target: "supervisor", "cannot tell the supervisor that {} died ({:?}): it will not be restarted", SERVICES[i].name, e),
         }
     }
 }
