@@ -9,6 +9,7 @@ PKGS=(
   busybox-static cpio                           # guest initramfs
   gcc make flex bison bc libelf-dev libssl-dev xz-utils  # guest kernel build
   vde2 iproute2 iputils-ping wireguard-go wireguard-tools python3  # cluster networking, fabric interop tests
+  umoci skopeo squashfs-tools                   # catenary image pack tests (real OCI images, unsquashfs)
 )
 # cargo-fuzz (crates.io) runs the fuzz smoke tests of `cargo xtask test`.
 if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-fuzz" ]; then
