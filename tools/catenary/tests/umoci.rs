@@ -98,6 +98,15 @@ fn umoci_busybox_image() {
     assert_eq!(paths, ["/", "/bin", "/bin/busybox", "/bin/ls", "/bin/sh", "/etc", "/etc/passwd", "/home", "/home/app", "/old", "/old/b"]);
     let fs = read_squashfs(&d.join("out/rootfs.squashfs"));
     assert_eq!(fs["/bin/ls"].kind, Kind::File(std::fs::read(BUSYBOX).unwrap()));
+    // The hard link's bytes are stored once, and nothing trails the filesystem.
+    let size = std::fs::metadata(d.join("out/rootfs.squashfs")).unwrap().len();
+    assert!(size < std::fs::metadata(BUSYBOX).unwrap().len(), "squashfs of {size} bytes: busybox stored twice?");
+    let sb = Command::new("unsquashfs").arg("-s").arg(d.join("out/rootfs.squashfs")).output().unwrap();
+    let used: u64 = String::from_utf8_lossy(&sb.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem size ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .expect("unsquashfs -s prints the filesystem size");
+    assert!(size >= used && size - used < 4096, "image of {size} bytes for a {used}-byte filesystem");
 
     // skopeo's docker-archive export of the same image: a docker-save tarball, same tree.
     if !have("skopeo") {

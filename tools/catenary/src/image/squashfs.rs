@@ -32,6 +32,9 @@ pub fn write(root: &Dir, spool: Arc<File>, out: &Path) -> Result<u64> {
     let mut w = std::io::BufWriter::new(f);
     let (_, len) = fs.write(&mut w).map_err(sq)?;
     let f = w.into_inner().map_err(|e| io_err(out)(e.into_error()))?;
+    // The writer seeks back over data blocks it finds duplicated (hard links, equal files), which
+    // leaves stale bytes past the image's end: cut them off.
+    f.set_len(len).map_err(io_err(out))?;
     f.sync_all().map_err(io_err(out))?;
     Ok(len)
 }
