@@ -176,6 +176,14 @@ pub mod sysfuzz {
     pub const REPORT_VIOLATION: u64 = 0x5f4;
     /// Fuzzer → test: the run reached its deadline (words as `REPORT_STATS`).
     pub const REPORT_DONE: u64 = 0x5f5;
+    /// Fuzzer → peer (a call with a grant): keep the call unanswered; the fuzzer then waits
+    /// until the test kills it, so the caller dies while its pages are lent.
+    pub const GRANT_HOLD: u64 = 0x5f7;
+    /// Fuzzer → peer: exit now (with `PEER_DIED`); later calls meet a dead endpoint.
+    pub const PEER_DIE: u64 = 0x5f8;
+    pub const PEER_DIED: u64 = 0x5fde;
+    /// The peer's exit code when a reply to a held call whose caller died went through.
+    pub const PEER_BAD_REPLY: u64 = 0x5fbad;
     /// Test → fuzzer, every few tens of ms: ends a receive that waits with a huge timeout.
     pub const TICK: u64 = 0x5f6;
     /// A second MMIO grant: a physical page nothing answers at (QEMU reads it as all ones),

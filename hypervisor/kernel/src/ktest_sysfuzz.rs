@@ -29,6 +29,10 @@ const DEFAULT_CLASSES: u64 = C_TRAP_FLAG | C_LOG_FORGE;
 const RUN_NS: u64 = 10 * SEC;
 /// How long past its deadline a fuzzer may stay blocked before the test kills it.
 const GRACE_NS: u64 = 2 * SEC;
+/// Fuzzers running at once (beside one peer), so syscalls race on the node's CPUs.
+const FUZZERS: usize = 2;
+/// The badge of fuzzer i's report capability: REPORT_BADGE | i.
+const REPORT_BADGE: u64 = 0x5f00;
 /// The syscalls (and "any other number") the fuzzer reports coverage for: bits 0..=18.
 const ALL_CALLS: u64 = (1 << 19) - 1;
 
@@ -79,6 +83,7 @@ struct Tally {
     kills: alloc::collections::BTreeMap<u64, u64>,
     bad_exits: u64,
     peer_failures: u64,
+    peer_deaths: u64,
 }
 
 pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
@@ -104,9 +109,7 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
     let end = time::now_ns() + secs * SEC;
     let mut t = Tally::default();
     while time::now_ns() < end {
-        let seed = run_seed(master, t.runs);
-        t.runs += 1;
-        one_run(&mut t, seed, classes, io, end, stale, rslot, rep_ep)?;
+        one_run(&mut t, master, classes, io, end, stale, rslot, rep_ep)?;
     }
     task::drop_current(rslot);
     let after = memory::stats().free;
@@ -116,8 +119,8 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
     for (v, n) in &t.kills {
         kills.push_str(&format!(" {}({v})={n}", vector_name(*v)));
     }
-    info!(target: "sysfuzz", "sysfuzz: summary: {} runs, {} calls ({} errors), {} violations, syscalls covered {:#x}/{ALL_CALLS:#x}; runs ended: {} at the deadline, {} chosen exits, {} blocked (killed by the test), kills by vector:{}",
-        t.runs, t.calls, t.errors, t.violations, t.covered, t.finished, t.chosen_exits, t.blocked, if kills.is_empty() { " none" } else { &kills });
+    info!(target: "sysfuzz", "sysfuzz: summary: {} runs, {} calls ({} errors), {} violations, syscalls covered {:#x}/{ALL_CALLS:#x}; runs ended: {} at the deadline, {} chosen exits, {} blocked (killed by the test); peer told to exit {}; kills by vector:{}",
+        t.runs, t.calls, t.errors, t.violations, t.covered, t.finished, t.chosen_exits, t.blocked, t.peer_deaths, if kills.is_empty() { " none" } else { &kills });
 
     // The node's services still answer.
     let echo = task::give_current(task::send_cap(task::echo_endpoint(), 1));
@@ -135,84 +138,109 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if cond { Ok(()) } else { Err(what()) }
 }
 
+/// One fuzzer instance of a run.
+struct Fuzzer {
+    id: u64,
+    slot: usize,
+    seed: u64,
+    code: Option<u64>,
+    calls: u64,
+    errors: u64,
+}
+
+fn spec<'a>(name: &'a str, seed: u64, caps: &'a [Capability], mmio: &'a [(u64, u64)], dma: u64) -> UserSpec<'a> {
+    UserSpec { name, elf: task::SYSFUZZ_ELF, arg: seed, prio: Priority::NORMAL, affinity: Affinity::ANY, own_endpoint: true, caps, ports: &[], mmio, dma_pages: dma }
+}
+
+/// One run: a peer and `FUZZERS` fuzzers beside it (on any CPU), until every fuzzer ended.
 #[allow(clippy::too_many_arguments)]
-fn one_run(t: &mut Tally, seed: u64, classes: u64, io: u64, end: u64, stale: Capability, rslot: usize, rep_ep: u64) -> Result<(), String> {
-    let spec = |name, caps, mmio, dma| UserSpec { name, elf: task::SYSFUZZ_ELF, arg: seed, prio: Priority::NORMAL, affinity: Affinity::ANY,
-        own_endpoint: true, caps, ports: &[], mmio, dma_pages: dma };
-    let (peer, peer_ep) = task::spawn_user(&spec("sysfuzz-peer", &[], &[], 0)).map_err(|e| format!("spawn peer: {e:?}"))?;
+fn one_run(t: &mut Tally, master: u64, classes: u64, io: u64, end: u64, stale: Capability, rslot: usize, rep_ep: u64) -> Result<(), String> {
+    let (peer, peer_ep) = task::spawn_user(&spec("sysfuzz-peer", 0, &[], &[], 0)).map_err(|e| format!("spawn peer: {e:?}"))?;
     let peer_ep = peer_ep.ok_or("peer has no endpoint")?;
     let pslot = task::give_current(task::send_cap(peer_ep, 0));
     task::send(pslot, Message::new(CFG_PEER, [0; 4])).map_err(|e| format!("peer config: {e:?}"))?;
 
-    let remote = Address { node: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], endpoint: 1 };
-    let caps = [
-        Capability { target: Address::local(peer_ep), rights: Rights::SEND.union(Rights::GRANT), badge: 1 },
-        stale,
-        task::send_cap(rep_ep, 0x5f),
-        Capability { target: remote, rights: Rights::SEND.union(Rights::GRANT).union(Rights::BIND), badge: 2 },
-        Capability { target: Address::local(peer_ep), rights: Rights::NONE, badge: 3 },
-    ];
-    let mmio = [(io, 4096), (HOLE_PHYS, 4096)];
-    let (fz, fz_ep) = task::spawn_user(&spec("sysfuzz", &caps, &mmio, 4)).map_err(|e| format!("spawn fuzzer: {e:?}"))?;
-    let fslot = task::give_current(task::send_cap(fz_ep.ok_or("fuzzer has no endpoint")?, 0));
     // The first run is short and ends at its deadline (SYS_EXIT covered every time).
-    let first = t.runs == 1;
+    let first = t.runs == 0;
     let deadline = end.min(time::now_ns() + if first { SEC } else { RUN_NS });
     let cls = classes | if first { F_FIRST_RUN } else { 0 };
-    task::send(fslot, Message::new(CFG_FUZZ, [deadline, cls, io, peer])).map_err(|e| format!("fuzzer config: {e:?}"))?;
+    let remote = Address { node: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], endpoint: 1 };
+    let mmio = [(io, 4096), (HOLE_PHYS, 4096)];
+    let mut fz = alloc::vec::Vec::new();
+    for i in 0..FUZZERS {
+        let seed = run_seed(master, t.runs);
+        t.runs += 1;
+        let caps = [
+            Capability { target: Address::local(peer_ep), rights: Rights::SEND.union(Rights::GRANT), badge: 1 },
+            stale,
+            task::send_cap(rep_ep, REPORT_BADGE | i as u64),
+            Capability { target: remote, rights: Rights::SEND.union(Rights::GRANT).union(Rights::BIND), badge: 2 },
+            Capability { target: Address::local(peer_ep), rights: Rights::NONE, badge: 3 },
+        ];
+        let (id, ep) = task::spawn_user(&spec("sysfuzz", seed, &caps, &mmio, 4)).map_err(|e| format!("spawn fuzzer: {e:?}"))?;
+        let slot = task::give_current(task::send_cap(ep.ok_or("fuzzer has no endpoint")?, 0));
+        task::send(slot, Message::new(CFG_FUZZ, [deadline, cls, io, peer])).map_err(|e| format!("fuzzer config: {e:?}"))?;
+        fz.push(Fuzzer { id, slot, seed, code: None, calls: 0, errors: 0 });
+    }
 
-    // Collect reports until the fuzzer ends; past its deadline and grace, kill it.
-    let (mut calls, mut errors) = (0, 0);
-    let code = loop {
+    // Collect reports until every fuzzer ended; past the deadline and grace, kill the rest.
+    while fz.iter().any(|f| f.code.is_none()) {
         match task::recv(rslot, 20_000_000) {
             Ok(m) => {
-                take_report(t, &m, &mut calls, &mut errors);
+                take_report(t, &mut fz, &m);
                 continue;
             }
             Err(IpcError::Timeout) => {}
             Err(e) => return Err(format!("report endpoint: {e:?}")),
         }
-        let _ = task::send(fslot, Message::new(TICK, [0; 4]));
-        if let Some(c) = task::join(fz, 1) {
-            break c;
-        }
-        if time::now_ns() > deadline + GRACE_NS && task::kill_for_test(fz) {
-            t.blocked += 1;
-            break task::killed_by(0xff);
-        }
-    };
-    task::drop_current(fslot);
-    while let Ok(m) = task::recv(rslot, 1) {
-        take_report(t, &m, &mut calls, &mut errors);
-    }
-    t.calls += calls;
-    t.errors += errors;
-    if code == 0 || code & 1 << 63 != 0 {
-        t.covered |= 1 << catenary_ipc::syscall::SYS_EXIT; // it ended with SYS_EXIT
-    }
-    match code {
-        0 => t.finished += 1,
-        c if c & 1 << 63 != 0 || c & !0xff == 0x5f_0000 => t.chosen_exits += 1,
-        c if c & !0xff == task::killed_by(0) => {
-            if c & 0xff != 0xff {
-                *t.kills.entry(c & 0xff).or_default() += 1;
+        let late = time::now_ns() > deadline + GRACE_NS;
+        for f in fz.iter_mut().filter(|f| f.code.is_none()) {
+            let _ = task::send(f.slot, Message::new(TICK, [0; 4]));
+            if let Some(c) = task::join(f.id, 1) {
+                f.code = Some(c);
+            } else if late && task::kill_for_test(f.id) {
+                t.blocked += 1;
+                f.code = Some(task::killed_by(0xff));
             }
         }
-        c => {
-            t.bad_exits += 1;
-            log::warn!(target: "sysfuzz", "sysfuzz: run with seed {seed:#x} exited with {c:#x}");
-        }
     }
-    info!(target: "sysfuzz", "sysfuzz: run {} seed {seed:#018x}: {calls} calls, {errors} errors, ended with {code:#x}", t.runs);
+    while let Ok(m) = task::recv(rslot, 1) {
+        take_report(t, &mut fz, &m);
+    }
+    for f in &fz {
+        task::drop_current(f.slot);
+        let code = f.code.unwrap_or(0);
+        t.calls += f.calls;
+        t.errors += f.errors;
+        if code == 0 || code & 1 << 63 != 0 {
+            t.covered |= 1 << catenary_ipc::syscall::SYS_EXIT; // it ended with SYS_EXIT
+        }
+        match code {
+            0 => t.finished += 1,
+            c if c & 1 << 63 != 0 || c & !0xff == 0x5f_0000 => t.chosen_exits += 1,
+            c if c & !0xff == task::killed_by(0) => {
+                if c & 0xff != 0xff {
+                    *t.kills.entry(c & 0xff).or_default() += 1;
+                }
+            }
+            c => {
+                t.bad_exits += 1;
+                log::warn!(target: "sysfuzz", "sysfuzz: fuzzer with seed {:#x} exited with {c:#x}", f.seed);
+            }
+        }
+        info!(target: "sysfuzz", "sysfuzz: fuzzer seed {:#018x}: {} calls, {} errors, ended with {code:#x}", f.seed, f.calls, f.errors);
+    }
 
-    // Stop the peer (it answers badge-0 PEER_STOP only).
+    // Stop the peer (it answers badge-0 PEER_STOP only), unless a fuzzer told it to exit.
     let _ = task::send(pslot, Message::new(PEER_STOP, [0; 4]));
     match task::join(peer, 2 * SEC) {
         Some(0) => {}
+        Some(PEER_DIED) => t.peer_deaths += 1,
         r => {
-            // The peer only answers calls and reads real grants: it must never die.
+            // The peer only answers calls and reads real grants: it must never die, and a
+            // reply to a call whose caller was killed must fail.
             t.peer_failures += 1;
-            log::warn!(target: "sysfuzz", "sysfuzz: the peer of run {} ended with {r:x?}", t.runs);
+            log::warn!(target: "sysfuzz", "sysfuzz: the peer ended with {r:x?}");
             task::kill_for_test(peer);
         }
     }
@@ -221,14 +249,12 @@ fn one_run(t: &mut Tally, seed: u64, classes: u64, io: u64, end: u64, stale: Cap
 }
 
 /// Fold a fuzzer report into the tally (stats are cumulative per run: keep the latest).
-fn take_report(t: &mut Tally, m: &Message, calls: &mut u64, errors: &mut u64) {
-    if m.badge != 0x5f {
-        return;
-    }
+fn take_report(t: &mut Tally, fz: &mut [Fuzzer], m: &Message) {
+    let Some(f) = fz.get_mut((m.badge ^ REPORT_BADGE) as usize) else { return };
     match m.label {
         REPORT_STATS | REPORT_DONE => {
-            *calls = (*calls).max(m.words[0]);
-            *errors = (*errors).max(m.words[1]);
+            f.calls = f.calls.max(m.words[0]);
+            f.errors = f.errors.max(m.words[1]);
             t.covered |= m.words[3];
         }
         REPORT_VIOLATION => {

@@ -123,6 +123,14 @@ fn class_of(addr: u64, len: u64) -> Class {
 /// SYS_LOG prints at most this many bytes (longer lengths are cut, not refused).
 const LOG_MAX: u64 = 200;
 
+/// Whether [virt, virt + pages) touches a page this task keeps unmapped (null page, stack
+/// guard, grant window), so that reads there must fail: it never maps anything there itself.
+fn reserved(virt: u64, pages: u64) -> bool {
+    let end = virt.saturating_add(pages.saturating_mul(PAGE));
+    let hits = |lo: u64, hi: u64| virt < hi && end > lo;
+    hits(0, PAGE) || hits(GUARD, GUARD + PAGE) || hits(GRANT_WINDOW, GRANT_WINDOW + (1 << 40))
+}
+
 static PROBE: &str = "sysfuzz: SYS_LOG probe string (a valid user buffer)";
 
 impl Fz {
@@ -274,7 +282,11 @@ impl Fz {
                 if nr == SYS_CALL && slot == SLOT_OWN {
                     return; // a call to its own endpoint waits forever (the final-op class)
                 }
-                let label = if self.rng.one_in(8) { LABEL_NOTIFY } else { self.rng.next() };
+                let label = match self.rng.below(16) {
+                    0 | 1 => LABEL_NOTIFY,
+                    2 if slot == SLOT_PEER && self.rng.one_in(64) => PEER_DIE,
+                    _ => self.rng.next(),
+                };
                 let w = [self.junk(), self.junk(), self.junk(), self.junk()];
                 let r = if nr == SYS_SEND {
                     syscall6(nr, slot, label, w[0], w[1], w[2], w[3])
@@ -318,6 +330,9 @@ impl Fz {
                 // Bounded memory: fresh pages only in the arena (or refused ones).
                 let in_arena = virt >= ARENA && virt.saturating_add(pages.saturating_mul(PAGE)) <= ARENA + ARENA_PAGES * PAGE;
                 if !in_arena && !outside && !on_text && !(virt % PAGE != 0 || pages == 0 || pages > 1 << 40) {
+                    return;
+                }
+                if reserved(virt, pages) && !outside {
                     return;
                 }
                 let r = syscall6(nr, virt, pages, self.junk(), 0, 0, 0);
@@ -393,6 +408,9 @@ impl Fz {
                 if len > 1 << 40 && self.cfg.classes & C_MMIO_HUGE_LEN == 0 {
                     return;
                 }
+                if reserved(virt, len.div_ceil(PAGE)) && class_of(virt, len.div_ceil(PAGE).saturating_mul(PAGE)) != Class::Outside {
+                    return;
+                }
                 let r = syscall6(nr, virt, phys, len, 0, 0, 0);
                 let ungranted = (phys != p && phys != HOLE_PHYS) || len > PAGE;
                 let outside = class_of(virt, len.div_ceil(PAGE).saturating_mul(PAGE)) == Class::Outside;
@@ -401,6 +419,9 @@ impl Fz {
             SYS_DMA_ALLOC => {
                 let virt = if self.rng.one_in(2) { DMA_VA + (4 + self.rng.below(60)) * PAGE } else { self.addr() };
                 let pages = self.pages();
+                if reserved(virt, pages) && class_of(virt, pages.saturating_mul(PAGE)) != Class::Outside {
+                    return;
+                }
                 let r = syscall6(nr, virt, pages, 0, 0, 0, 0);
                 let outside = class_of(virt, pages.saturating_mul(PAGE)) == Class::Outside;
                 self.expect_err("dma_alloc over the quota / outside the user half", pages > 0 && (pages > self.dma_left || outside), nr, [virt, pages, 0], r);
@@ -429,7 +450,7 @@ impl Fz {
                 let r = hostile::syscall_with_flags(hostile::FLAG_AC, nr, self.junk(), self.junk(), 0);
                 self.note(nr, r);
             }
-            1 if self.cfg.classes & C_TRAP_FLAG != 0 && self.rng.one_in(16) => {
+            1 if self.cfg.classes & C_TRAP_FLAG != 0 && self.rng.one_in(64) => {
                 // Single-stepping `syscall`: the #DB is due right at the kernel's entry.
                 let r = hostile::syscall_with_flags(hostile::FLAG_TF, nr, 0, 0, 0);
                 self.note(nr, r);
@@ -505,6 +526,13 @@ impl Fz {
                 log("sysfuzz: final op: call to its own endpoint");
                 let _ = call(SLOT_OWN, 1, [0; 4]);
             }
+            4 => {
+                // Lend pages to the peer, which never answers: the test kills this task while
+                // they are mapped in the peer (the frames must pass to the peer, then back).
+                let _ = map(ARENA + 64 * PAGE, 4);
+                log("sysfuzz: final op: grant held by the peer");
+                let _ = call_grant(SLOT_PEER, GRANT_HOLD, 0, 0, ARENA + 64 * PAGE, 4 * PAGE, self.rng.one_in(2));
+            }
             3 => {
                 // Any exit code is the task's to choose (the top bit marks it for the test).
                 let code = self.rng.next() | 1 << 63;
@@ -538,12 +566,24 @@ impl Fz {
 }
 
 fn peer() -> u64 {
+    let mut held = 0u64;
     loop {
         let Ok(m) = recv(SLOT_OWN, 0) else { continue };
         if m.label == PEER_STOP && m.badge == 0 {
+            // A held call's caller was killed by now: its call ended with it.
+            if held != 0 && reply(held, 0, [0; 4]).is_ok() {
+                return PEER_BAD_REPLY;
+            }
             return 0;
         }
+        if m.label == PEER_DIE && m.badge == 1 && m.reply == 0 {
+            return PEER_DIED;
+        }
         if m.reply == 0 {
+            continue;
+        }
+        if m.label == GRANT_HOLD && m.badge == 1 && m.words[2] != 0 {
+            held = m.reply; // never answered: the caller dies holding the grant
             continue;
         }
         // A granted range (read-only use: the fuzzer may grant its own stack). Words 2 and 3
@@ -586,7 +626,7 @@ fn run(seed: u64) -> u64 {
             fz.final_op();
         }
         for _ in 0..64 {
-            match fz.rng.below(16384) {
+            match fz.rng.below(32768) {
                 0 if fz.cfg.classes & F_FIRST_RUN == 0 => fz.suicide(),
                 1..=128 => fz.odd_entry(),
                 _ => fz.step(),
