@@ -85,7 +85,8 @@ pub struct Service {
     pub mmio: &'static [Mmio],
     /// Pages it may take with `dma_alloc`.
     pub dma_pages: u64,
-    /// Pages of memory it may own (image, stack, `map`, DMA).
+    /// Its memory quota: pages it may take with `map` and `dma_alloc`, page tables included
+    /// (its program image and stack are not charged) — the kernel's per-task page quota.
     pub memory_pages: u64,
     /// Restart it (with backoff) when it dies.
     pub restart: bool,
