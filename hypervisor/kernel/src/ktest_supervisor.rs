@@ -39,6 +39,14 @@ pub fn supervisor_restarts_echo(_: &Node) -> Result<(), String> {
     let supd = supervisor::supervisor_endpoint().ok_or("no supervisor")?;
     let q = task::give_current(task::send_cap(supd, 0));
     let idx = catenary_manifest::index_of(catenary_manifest::SERVICES, "echo").ok_or("echo not in the manifest")? as u64;
-    let a = task::call(q, Message::new(catenary_ipc::supervisor::LABEL_QUERY, [idx, 0, 0, 0])).map_err(|e| format!("query: {e:?}"))?;
-    check(a.words[0] == restarts as u64 && a.words[1] == new, || format!("supd says restarts {} task {}, kernel {} task {}", a.words[0], a.words[1], restarts, new))
+    // supd learns the new task from the spawner's answer, which may still be on its way
+    let end = time::now_ns() + 5 * SEC;
+    loop {
+        let a = task::call(q, Message::new(catenary_ipc::supervisor::LABEL_QUERY, [idx, 0, 0, 0])).map_err(|e| format!("query: {e:?}"))?;
+        if a.words[0] == restarts as u64 && a.words[1] == new {
+            return Ok(());
+        }
+        check(time::now_ns() < end, || format!("supd says restarts {} task {}, kernel {} task {}", a.words[0], a.words[1], restarts, new))?;
+        task::sleep_ns(10_000_000);
+    }
 }
