@@ -338,7 +338,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_lossy_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -350,12 +350,13 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     }
     let kernel = crate::build::build_kernel(false)?;
     // each group is one cluster boot; `--only net_remote_ipc` (etc.) picks groups
-    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 9] = [
+    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 10] = [
         ("net_boot", crate::netboot::tests),
         ("net_fabric_echo", test_fabric_echo),
         ("net_outsider", test_outsider),
         ("net_remote_ipc", test_remote_ipc),
         ("net_nicd_restart", test_nicd_restart),
+        ("net_lossy_ipc", test_lossy_ipc),
         ("net_microvm_reaches", test_microvm_net),
         ("net_microvm_bulk_tcp", test_microvm_bulk_tcp),
         ("net_linux_namespace", test_linux_ping),
@@ -524,6 +525,55 @@ fn test_nicd_restart(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         freed.as_deref().map(str::trim).unwrap_or("no free line"));
     t.record(name, ok && !panic && started && grants && fault && quiesced && restarted && attached && echoes && calls && alive_after,
         &format!("(services started {started}, grants {grants}, fault reported {fault}, device quiesced before free {quiesced}, restarted {restarted}, netd attached {attached}, 5/5 echoes {echoes}, 3/3 remote calls {calls}; log {})", log.display()));
+    Ok(())
+}
+
+/// Reliable fabric IPC over a lossy fabric: both nodes drop 20% of the fabric IPC datagrams
+/// they send and receive (`net.test-loss=20`, so about 36% per direction). node1's `rpctest`
+/// makes 30 calls and 60 numbered sends to node2's counting service `rpcsvc`: every call is
+/// answered correctly and ran exactly once there (node2 suppressed retransmitted duplicates),
+/// the sends arrive all and in order, and a call to node3 (in the cluster file, not running)
+/// with a 3 s timeout fails with `Timeout`.
+fn test_lossy_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let ghost = NodeSpec::new(3);
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "net.rpctest=node2,node3 net.test-loss=20".into();
+    let mut b = NodeSpec::new(2);
+    b.cmdline = "net.rpcsvc=1 net.test-loss=20".into();
+    let mut r = start(kernel, &[a, b], "net-lossy-ipc", &[ghost.member()])?;
+    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
+    let ok = r.wait(Duration::from_secs(300), false, |l| {
+        (l[0].iter().any(|x| x.contains("net: rpctest done")) && l.iter().all(|n| n.iter().any(|x| x.contains("ipc: reliability counters")))) || panicked(l)
+    });
+    let log = r.save_logs("net-lossy-ipc");
+    let panic = panicked(&r.lines);
+    let lossy = (0..2).all(|n| r.has(n, "TEST ONLY: net.test-loss=20"));
+    let counters = |n: usize| r.lines[n].iter().rev().find(|l| l.contains("ipc: reliability counters")).cloned().unwrap_or_default();
+    let (c1, c2) = (counters(0), counters(1));
+    let num = |l: &str, k: &str| after(l, k).unwrap_or(0);
+    let retransmits = num(&c1, "retransmits: ");
+    let dropped = num(&c1, "dropped by net.test-loss ") + num(&c2, "dropped by net.test-loss ");
+    let suppressed = num(&c2, "dup_running: ") + num(&c2, "dup_replayed: ");
+    let calls_ok = r.has(0, "rpctest: 30/30 calls to node2 answered correctly");
+    let stats = r.lines[0].iter().find(|l| l.contains("rpctest: node2 reports")).cloned().unwrap_or_default();
+    let once = stats.contains("reports 30 executions of 30 calls (0 ran twice)") && !r.has(1, "ran twice");
+    let ordered = stats.contains("60/60 sends in order, 0 out of order") && !r.has(1, "rpcsvc: send ");
+    let ghost_line = r.lines[0].iter().find(|l| l.contains("rpctest: call to node3 (down)")).cloned().unwrap_or_default();
+    let waited = ghost_line.split(" after ").nth(1).and_then(|x| after(x, ""));
+    let timeout = ghost_line.contains("Err(Timeout)") && waited.is_some_and(|ms| (2900..20_000).contains(&ms));
+    for l in [&c1, &c2, &stats, &ghost_line] {
+        println!("  {}", l.split("net: ").nth(1).unwrap_or(l));
+    }
+    drop(r);
+    let base = ok && lossy && !panic && dropped > 0;
+    t.record("net_lossy_ipc_calls_retransmitted", base && calls_ok && retransmits > 0,
+        &format!("(loss on both nodes {lossy}, {dropped} datagrams dropped, 30/30 answers {calls_ok}, {retransmits} retransmissions; log {})", log.display()));
+    t.record("net_lossy_ipc_calls_run_once", base && calls_ok && once && suppressed > 0,
+        &format!("(node2 ran each call once {once}, suppressed {suppressed} duplicate requests; log {})", log.display()));
+    t.record("net_lossy_ipc_sends_in_order", base && ordered,
+        &format!("(60 sends all delivered in order {ordered}; log {})", log.display()));
+    t.record("net_lossy_ipc_unreachable_times_out", ok && !panic && timeout,
+        &format!("(call to a node that is down: Timeout after {waited:?} ms of a 3000 ms timeout {timeout}; log {})", log.display()));
     Ok(())
 }
 

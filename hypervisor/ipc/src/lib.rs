@@ -142,6 +142,9 @@ pub mod syscall {
     pub const SYS_TIME: u64 = 4;
     pub const SYS_SEND: u64 = 5;
     pub const SYS_RECV: u64 = 6;
+    /// `call(slot, label, words)`: rdi = capability slot (bits 0..31) | timeout in ms
+    /// (bits 32..63; 0 = the default: none for a local call, 20 s for a call to another
+    /// node). No answer by then: [`IpcError::Timeout`](crate::IpcError::Timeout).
     pub const SYS_CALL: u64 = 7;
     pub const SYS_REPLY: u64 = 8;
     pub const SYS_MAP: u64 = 9;
@@ -314,7 +317,8 @@ pub enum IpcError {
     QueueFull,
     /// The peer died (endpoint closed, or the server died before replying).
     DeadPeer,
-    /// A blocking receive or call timed out.
+    /// A blocking receive or call timed out: no answer within the caller's timeout (for a call
+    /// to another node also when that node is down or the fabric lost every retransmission).
     Timeout,
     /// No such endpoint.
     NoEndpoint,

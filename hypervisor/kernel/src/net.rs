@@ -28,6 +28,10 @@
 //! - `net.ipccall=NAME` — once the session with NAME is up, a kernel task calls NAME's `echo`
 //!   service by its fabric address (3 calls, same `call` syscall as a local call) and sends
 //!   one message to an unbound /128 of NAME's /64.
+//! - `net.rpcsvc=1`, `net.rpctest=NAME[,GHOST]`, `net.ipcbench=NAME` — reliable fabric IPC
+//!   probes and the remote call benchmark (see `rpcprobe.rs`);
+//! - `net.test-loss=PCT` — TESTS ONLY: drop PCT% (1..=90) of fabric IPC datagrams in each
+//!   direction (logged loudly; anything else is refused).
 //!
 //! Fabric IPC: `netd` is the node's IPC router. It keeps the table /128 → local endpoint
 //! ([`bind_address`], netfabric's allocator gives task /128s of the node's /64; the `echo`
@@ -52,7 +56,8 @@ use alloc::string::String;
 use catenary_arch::virtio::{NicError, VirtioNet};
 use catenary_arch::{entropy, memory, time};
 use catenary_bootinfo::Module;
-use catenary_net::ipcroute::{Inbound, IpcRouter, RouteError, WireMsg};
+use catenary_net::ipcroute::{Body, Frame, IpcRouter, RouteError};
+use catenary_net::rpc::{Delivery, Outcome, Rpc};
 use catenary_net::{Cluster, Link, Node, NodeConfig, Path};
 use catenary_sched::{Affinity, Priority};
 use log::{info, warn};
@@ -201,10 +206,16 @@ struct State {
     /// `net.nicd_restart=NAME` (test): fabric traffic to NAME until `nicd` has died and been
     /// restarted (with `nicd.crash_after=N`), then the session and a remote call again.
     restart_probe: Option<String>,
+    /// `net.rpcsvc=1`, `net.rpctest=NAME[,GHOST]`, `net.ipcbench=NAME` (see `rpcprobe`).
+    rpcsvc: bool,
+    rpctest: Option<String>,
+    ipcbench: Option<String>,
     /// Fabric IPC events logged so far (the first few of each kind are).
     ipc_logged: [u32; 4],
     /// The microVM /128s the node routes.
     vm_routes: alloc::vec::Vec<core::net::Ipv6Addr>,
+    /// Fabric IPC's retransmissions, duplicate suppression and send streams.
+    rpc: Rpc,
 }
 
 /// The node's fabric IPC routing table (set up by `netd`).
@@ -509,7 +520,16 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
     let unix_at_origin = wall_clock_at_boot(cmdline, now);
     let rng_seed = seeds.fabric;
     let mut nic = nic;
+    // this run's incarnation (peers tell our calls from an earlier boot's): a hash of the
+    // fabric seed, which itself never leaves the node
+    let h = netfabric::crypto::hash(&[b"catenary fabric ipc incarnation", &rng_seed]);
+    let incarnation = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+    let test_loss = test_loss(cmdline, u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]));
     let mut node = Node::new(&mut nic, NodeConfig { identity, cluster, unix_time_at_origin: unix_at_origin, rng_seed }, now);
+    if let Some((pct, seed)) = test_loss {
+        node.set_test_loss(pct, seed);
+    }
+    let rpc = Rpc::new(node.fabric_addr, incarnation);
     node.connect_all(now);
     let st = State {
         nic,
@@ -520,8 +540,12 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
         irq: None,
         ipccall: crate::cmdline::get(cmdline, "net.ipccall").map(String::from),
         restart_probe: crate::cmdline::get(cmdline, "net.nicd_restart").map(String::from),
+        rpcsvc: crate::cmdline::get(cmdline, "net.rpcsvc").is_some(),
+        rpctest: crate::cmdline::get(cmdline, "net.rpctest").map(String::from),
+        ipcbench: crate::cmdline::get(cmdline, "net.ipcbench").map(String::from),
         ipc_logged: [0; 4],
         vm_routes: alloc::vec::Vec::new(),
+        rpc,
     };
     let mut st = alloc::boxed::Box::new(st);
     if user_irq.is_some() {
@@ -533,6 +557,23 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
     }
     router_up(&mut st);
     Some(st)
+}
+
+/// `net.test-loss=PCT` (1..=90): TESTS ONLY — drop PCT% of the fabric IPC datagrams this
+/// node sends and receives, to show that remote calls and sends survive loss. Logged loudly;
+/// anything else than a number in range is refused (no loss).
+fn test_loss(cmdline: &str, seed: u64) -> Option<(u64, u64)> {
+    let v = crate::cmdline::get(cmdline, "net.test-loss")?;
+    match v.parse::<u64>() {
+        Ok(pct) if (1..=90).contains(&pct) => {
+            warn!(target: "net", "TEST ONLY: net.test-loss={}: dropping {}% of fabric IPC datagrams in each direction", pct, pct);
+            Some((pct, seed))
+        }
+        _ => {
+            warn!(target: "net", "net.test-loss={:?} refused (a test-only switch: 1..=90 percent)", v);
+            None
+        }
+    }
 }
 
 /// Unix seconds at boot per the CMOS RTC, read by [`record_rtc`] before `rtcd` owns the RTC.
@@ -616,90 +657,73 @@ fn router_up(st: &mut State) {
             netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network(), echo, a),
         Err(_) => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64 (no echo service to bind)",
             netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network()),
+    }    if st.rpcsvc {
+        // binds the next task /128 (prefix:200::2)
+        crate::task::spawn_kernel("rpcsvc", Priority::NORMAL, Affinity::ANY, crate::rpcprobe::rpcsvc, 0);
     }
 }
 
 /// Move fabric IPC: the kernel's remote sends and calls out, answers to calls from other
-/// nodes out, inbound frames decoded and delivered. Returns whether anything happened.
+/// nodes out, inbound frames decoded and delivered, retransmissions (`catenary_net::rpc`).
+/// Returns whether anything happened.
 fn ipc_pump(st: &mut State) -> bool {
+    use catenary_ipc::IpcError;
     use core::net::Ipv6Addr;
     let now = time::now_ns();
     crate::task::reap_remote_calls();
     let (outs, replies) = crate::task::take_remote();
     let mut active = !outs.is_empty() || !replies.is_empty();
+    let mut tx: alloc::vec::Vec<Frame> = alloc::vec::Vec::new();
     for o in outs {
         let dst = Ipv6Addr::from(o.dst);
-        let wm = WireMsg { label: o.msg.label, words: o.msg.words, call_id: o.token };
-        let sent = with_router(|r| r.message_packet(o.src.map(Ipv6Addr::from), dst, o.endpoint, wm)).flatten().is_some_and(|p| st.node.send_ipc(&p, now));
+        let Some(src) = with_router(|r| r.source_for(o.src.map(Ipv6Addr::from))) else { break };
+        let body = Body { label: o.msg.label, words: o.msg.words };
+        let sent = if o.token != 0 {
+            match st.rpc.start_call(now, src, dst, o.endpoint, o.token, body) {
+                Some(f) => f.packet().is_some_and(|p| st.node.send_ipc(&p, now)),
+                None => false,
+            }
+        } else {
+            match st.rpc.send(now, src, dst, o.endpoint, body) {
+                Ok(Some(f)) => f.packet().is_some_and(|p| st.node.send_ipc(&p, now)),
+                Ok(None) => true, // waits for the stream's window
+                Err(_) => {
+                    warn!(target: "net", "ipc: send to {} dropped: its stream's backlog is full (lost sends: {})", dst, st.rpc.counters.sends_lost);
+                    continue;
+                }
+            }
+        };
         if st.ipc_logged[0] < 8 {
             st.ipc_logged[0] += 1;
             info!(target: "net", "ipc: {} to {} endpoint {} {}", if o.token != 0 { "call" } else { "send" }, dst, o.endpoint,
                 if sent { "forwarded over the fabric" } else { "unreachable (no peer routes it)" });
         }
         if !sent && o.token != 0 {
-            crate::task::complete_remote_call(o.token, o.dst, Err(catenary_ipc::IpcError::Unreachable));
+            st.rpc.cancel_call(o.token);
+            crate::task::complete_remote_call(o.token, o.dst, Err(IpcError::Unreachable));
         }
     }
     for r in replies {
-        let (from, to) = (Ipv6Addr::from(r.to.from), Ipv6Addr::from(r.to.to));
-        let p = with_router(|rt| {
-            rt.call_done(&to); // the caller's source gets its quota slot back
-            match r.result {
-            Ok(m) => rt.reply_packet(from, to, WireMsg { label: m.label, words: m.words, call_id: r.to.call_id }),
-            Err(e) => rt.error_packet(from, to, r.to.call_id, e.code()),
-            }
-        })
-        .flatten();
-        if let Some(p) = p {
-            st.node.send_ipc(&p, now);
-        }
+        let answer = match r.result {
+            Ok(m) => Ok(Body { label: m.label, words: m.words }),
+            Err(e) => Err(e.code()),
+        };
+        tx.push(st.rpc.answer(now, r.to, answer));
     }
+    let over_quota = st.rpc.counters.over_quota;
     while let Some(p) = st.node.take_ipc() {
         active = true;
         let Some(d) = with_router(|r| (r.decode(&p), r.counters)) else { break };
         match d {
-            (Ok(Inbound::Deliver { from, to, endpoint, msg }), _) => {
-                let call = (msg.call_id != 0).then_some(crate::task::ReplyTo { to: from.octets(), from: to.octets(), call_id: msg.call_id });
-                // calls in flight are bounded per source (peer /64, or local microVM /128)
-                if call.is_some() && with_router(|rt| rt.admit_call(&from)) != Some(true) {
-                    let n = with_router(|rt| rt.counters.over_quota).unwrap_or(0);
-                    if st.ipc_logged[3] < 8 {
-                        st.ipc_logged[3] += 1;
-                        info!(target: "net", "ipc: refused a call from {}: {} calls in flight from its source (over quota: {})",
-                            from, catenary_net::ipcroute::CALLS_PER_SOURCE, n);
-                    }
-                    let code = catenary_ipc::IpcError::QueueFull.code();
-                    if let Some(p) = with_router(|rt| rt.error_packet(to, from, msg.call_id, code)).flatten() {
-                        st.node.send_ipc(&p, now);
-                    }
-                    continue;
+            (Ok(f), _) => {
+                let logged = &mut st.ipc_logged[1];
+                let (out, done) = st.rpc.inbound(now, f, &mut |d| deliver(d, logged));
+                tx.extend(out);
+                if let Some(c) = done {
+                    let result = c.result.map(|b| catenary_ipc::Message::new(b.label, b.words))
+                        .map_err(|code| IpcError::from_code(code).unwrap_or(IpcError::Unreachable));
+                    crate::task::complete_remote_call(c.call_id, c.from.octets(), result);
                 }
-                let r = crate::task::deliver_remote(endpoint, catenary_ipc::Message::new(msg.label, msg.words), call, from.octets());
-                if st.ipc_logged[1] < 8 {
-                    st.ipc_logged[1] += 1;
-                    info!(target: "net", "ipc: {} from {} to {} -> endpoint {}: {}", if call.is_some() { "call" } else { "send" },
-                        from, to, endpoint, match r { Ok(()) => "delivered", Err(_) => "refused" });
-                }
-                if let Err(e) = r {
-                    if call.is_some() {
-                        with_router(|rt| rt.call_done(&from));
-                    }
-                    if e == catenary_ipc::IpcError::DeadPeer {
-                        with_router(|rt| rt.unbind(&to));
-                    }
-                    if let Some(c) = call {
-                        if let Some(p) = with_router(|rt| rt.error_packet(to, from, c.call_id, e.code())).flatten() {
-                            st.node.send_ipc(&p, now);
-                        }
-                    }
-                }
-            }
-            (Ok(Inbound::Reply { from, msg }), _) => {
-                crate::task::complete_remote_call(msg.call_id, from.octets(), Ok(catenary_ipc::Message::new(msg.label, msg.words)));
-            }
-            (Ok(Inbound::Error { from, call_id, code }), _) => {
-                let e = catenary_ipc::IpcError::from_code(code).unwrap_or(catenary_ipc::IpcError::Unreachable);
-                crate::task::complete_remote_call(call_id, from.octets(), Err(e));
             }
             (Err(e), c) => {
                 if let RouteError::Unbound(a) = e {
@@ -712,16 +736,53 @@ fn ipc_pump(st: &mut State) -> bool {
                     info!(target: "net", "ipc: refused a frame: {:?} (refused: {})", e, c.dropped_malformed);
                 }
                 // a well-formed call that cannot be delivered is answered with an error
-                if let Some((from, to, id)) = IpcRouter::refused_call(&p) {
-                    let code = catenary_ipc::IpcError::NoEndpoint.code();
-                    if let Some(p) = with_router(|rt| rt.error_packet(to, from, id, code)).flatten() {
-                        st.node.send_ipc(&p, now);
-                    }
+                if let Some(f) = IpcRouter::refusal(&p, IpcError::NoEndpoint.code()) {
+                    tx.push(f);
                 }
             }
         }
     }
+    if st.rpc.counters.over_quota > over_quota && st.ipc_logged[3] < 8 {
+        st.ipc_logged[3] += 1;
+        info!(target: "net", "ipc: refused calls over the quota of {} in flight per source (over quota: {})",
+            catenary_net::ipcroute::CALLS_PER_SOURCE, st.rpc.counters.over_quota);
+    }
+    tx.extend(st.rpc.poll(now, crate::task::remote_call_waiting));
+    active |= !tx.is_empty();
+    for f in tx {
+        if let Some(p) = f.packet() {
+            st.node.send_ipc(&p, now);
+        }
+    }
     active
+}
+
+/// Hand a call or send from another node to its local endpoint (`catenary_net::rpc` decided
+/// it is due: not a duplicate, in stream order).
+fn deliver(d: Delivery, logged: &mut u32) -> Outcome {
+    use catenary_ipc::{IpcError, Message};
+    let (from, to, endpoint, body, call) = match d {
+        Delivery::Call { ticket, endpoint, body } => (ticket.from, ticket.to, endpoint, body, Some(ticket)),
+        Delivery::Send { from, to, endpoint, body } => (from, to, endpoint, body, None),
+    };
+    let r = crate::task::deliver_remote(endpoint, Message::new(body.label, body.words), call, from.octets());
+    if *logged < 8 {
+        *logged += 1;
+        info!(target: "net", "ipc: {} from {} to {} -> endpoint {}: {}", if call.is_some() { "call" } else { "send" },
+            from, to, endpoint, match r { Ok(()) => "delivered", Err(_) => "refused" });
+    }
+    match r {
+        Ok(()) => Outcome::Delivered,
+        // the endpoint's queue (or the kernel's table of calls from other nodes) is full:
+        // the sender's retransmission tries again
+        Err(IpcError::QueueFull) => Outcome::Busy,
+        Err(e) => {
+            if e == IpcError::DeadPeer {
+                with_router(|rt| rt.unbind(&to));
+            }
+            Outcome::Failed(e.code())
+        }
+    }
 }
 
 /// The target of the `net.ipccall` probe: the peer's echo /128 and an unbound /128.
@@ -1029,6 +1090,34 @@ fn probes(st: &mut State) {
     if let Some(peer) = st.restart_probe.take() {
         restart_probe(st, &peer);
     }
+    if let Some(arg) = st.rpctest.take() {
+        let mut it = arg.split(',');
+        let peer = String::from(it.next().unwrap_or(""));
+        let ghost = it.next().and_then(|g| {
+            let p = st.node.peer_by_name(g)?;
+            Some((String::from(g), netfabric::identity::Prefix64::of(&p.fabric_addr).workload_address(netfabric::identity::AddressKind::Task, 1)?))
+        });
+        if let Some(p) = wait_session(st, &peer) {
+            let pfx = netfabric::identity::Prefix64::of(&p.fabric_addr);
+            if let Some(svc) = pfx.workload_address(netfabric::identity::AddressKind::Task, 2) {
+                catenary_arch::cpu::without_interrupts(|| *crate::rpcprobe::TEST.lock() = Some((peer.clone(), svc, ghost)));
+                crate::task::spawn_kernel("rpctest", Priority::NORMAL, Affinity::ANY, crate::rpcprobe::rpctest, 0);
+            }
+        } else {
+            info!(target: "net", "rpctest done");
+        }
+    }
+    if let Some(peer) = st.ipcbench.take() {
+        if let Some(p) = wait_session(st, &peer) {
+            let echo = netfabric::identity::Prefix64::of(&p.fabric_addr).workload_address(netfabric::identity::AddressKind::Task, 1);
+            if let Some(echo) = echo {
+                catenary_arch::cpu::without_interrupts(|| *crate::rpcprobe::BENCH.lock() = Some((peer.clone(), echo)));
+                crate::task::spawn_kernel("ipcbench", Priority::NORMAL, Affinity::ANY, crate::rpcprobe::ipcbench, 0);
+            }
+        } else {
+            info!(target: "net", "bench ipc: remote done");
+        }
+    }
     if let Some(peer) = st.ping.take() {
         if let Some(p) = wait_session(st, &peer) {
             if let Some(r) = ping(st, Path::Fabric, p.fabric_addr, 5, 100) {
@@ -1099,6 +1188,9 @@ fn netd(_: u64) {
         }
         if active {
             last_active = now;
+        }
+        if crate::rpcprobe::REPORT.swap(false, core::sync::atomic::Ordering::Relaxed) {
+            info!(target: "net", "ipc: reliability counters {:?}, datagrams dropped by net.test-loss {}", st.rpc.counters, st.node.counters.test_dropped);
         }
         if now - last_report > 30_000_000_000 {
             last_report = now;

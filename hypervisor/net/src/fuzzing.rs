@@ -13,6 +13,7 @@
 //! IPC router or the microVM is decoded. Nothing may panic.
 
 use crate::ipcroute::IpcRouter;
+use crate::rpc::{Delivery, Outcome, Rpc};
 use crate::{Cluster, Link, Member, Node, NodeConfig, Path};
 use alloc::collections::VecDeque;
 use alloc::vec;
@@ -119,6 +120,7 @@ pub struct Harness {
     pub peer: Node,
     pub plink: QueueLink,
     pub router: IpcRouter,
+    pub rpc: Rpc,
     vm: Ipv6Addr,
     bound: Ipv6Addr,
     /// Frames the peer sent (handshakes, transport data, NDP): material for mutations.
@@ -146,7 +148,8 @@ impl Harness {
         target.add_vm_route(vm);
         let mut router = IpcRouter::new(target.fabric_addr);
         let bound = router.bind(2).unwrap_or(Ipv6Addr::UNSPECIFIED);
-        let mut h = Harness { target, tlink, peer, plink, router, vm, bound, seen: Vec::new(), now: 0 };
+        let rpc = Rpc::new(target.fabric_addr, 7);
+        let mut h = Harness { target, tlink, peer, plink, router, rpc, vm, bound, seen: Vec::new(), now: 0 };
         h.peer.connect("target", 0);
         for _ in 0..400 {
             h.step(1_000_000);
@@ -174,12 +177,34 @@ impl Harness {
         }
         self.target.poll(&mut self.tlink, self.now);
         while let Some(p) = self.target.take_ipc() {
-            if let Ok(crate::ipcroute::Inbound::Deliver { from, .. }) = self.router.decode(&p) {
-                if self.router.admit_call(&from) {
-                    self.router.call_done(&from);
+            // decoded frames go through the reliability layer: deliveries alternate between
+            // accepted (a call answered at once), busy and failed
+            match self.router.decode(&p) {
+                Ok(f) => {
+                    let mut n = 0u32;
+                    let mut tickets = Vec::new();
+                    let _ = self.rpc.inbound(self.now, f, &mut |d| {
+                        n += 1;
+                        match n % 3 {
+                            0 => Outcome::Busy,
+                            1 => {
+                                if let Delivery::Call { ticket, .. } = d {
+                                    tickets.push(ticket);
+                                }
+                                Outcome::Delivered
+                            }
+                            _ => Outcome::Failed(6),
+                        }
+                    });
+                    for t in tickets {
+                        let _ = self.rpc.answer(self.now, t, Ok(crate::ipcroute::Body::default())).packet();
+                    }
+                }
+                Err(_) => {
+                    let _ = IpcRouter::refusal(&p, 6);
                 }
             }
-            let _ = IpcRouter::refused_call(&p);
+            let _ = self.rpc.poll(self.now, |_| true);
         }
         while let Some(p) = self.target.take_vm_packet() {
             let mut port = crate::vmlink::VmPort::new(self.vm, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
@@ -304,7 +329,14 @@ impl Harness {
                         _ => Prefix64::of(&self.target.fabric_addr).workload_address(AddressKind::Task, inp.u8() as u64).unwrap_or(self.bound),
                     };
                     let payload = if inp.u8() % 2 == 0 {
-                        crate::ipcroute::WireMsg { label: inp.u8() as u64, words: [inp.u16() as u64; 4], call_id: inp.u8() as u64 % 3 }.encode()
+                        let mut v = alloc::vec![crate::ipcroute::WIRE_VERSION, 0, 0, 0, 0, 0, 0, 0];
+                        for x in [inp.u8() as u64 % 3, inp.u8() as u64 % 5, inp.u8() as u64 % 4] {
+                            v.extend_from_slice(&x.to_be_bytes());
+                        }
+                        if inp.u8() % 4 != 0 {
+                            v.extend_from_slice(&[inp.u8(); 40]);
+                        }
+                        v
                     } else {
                         inp.bytes(64)
                     };

@@ -1,24 +1,40 @@
 //! Fabric IPC routing: which /128 of the node's /64 names which local IPC endpoint, and the
-//! encoding of one IPC message (label + 4 words) in a [`FabricFrame`] (IPv6/UDP port
-//! [`FABRIC_IPC_PORT`] inside the encrypted tunnel).
+//! wire format of fabric IPC ([`Frame`]) inside a [`FabricFrame`] (IPv6/UDP port
+//! [`FABRIC_IPC_PORT`] inside the encrypted tunnel). The reliability rules (retransmission,
+//! duplicate suppression, ordered sends) are in [`crate::rpc`]; this module only encodes and
+//! checks.
 //!
-//! Frames (all integers big-endian in the payload):
+//! The payload of every IPC frame starts with a 32-byte header (integers big-endian):
 //!
-//! * `Message`, message kind [`KIND_SEND`] or [`KIND_CALL`]: payload = label, words[0..4],
-//!   call id (0 for a send) — 48 bytes. Only a task /128 that was bound to an endpoint
-//!   ([`IpcRouter::bind`], reached through the kernel's capability-checked `bind_address`)
-//!   names a local endpoint; the frame's endpoint field must be 0 or that endpoint. The wire
-//!   never picks an endpoint by number: a message to the node's own /128 is refused like one
-//!   to an unbound /128.
-//! * `Reply`: payload = label, words, call id of the caller's node — 48 bytes.
-//! * `Error`: payload = call id, IPC error code — 16 bytes (a call that cannot be delivered).
+//! | offset | size | field                                                               |
+//! |-------:|-----:|---------------------------------------------------------------------|
+//! | 0      | 1    | payload version, [`WIRE_VERSION`] (= 2)                             |
+//! | 1      | 7    | reserved, must be 0                                                 |
+//! | 8      | 8    | incarnation: the caller's (call, reply, error) or the stream sender's (send, ack) random instance number, never 0 |
+//! | 16     | 8    | id: call id (call, reply, error; never 0), sequence number (send; never 0), cumulative ack (ack) |
+//! | 24     | 8    | aux: watermark (call; ≤ id), stream number (send, ack; never 0), 0 (reply), IPC error code (error; never 0) |
+//! | 32     | 40   | label + 4 words (call, send and reply only)                         |
+//!
+//! | frame kind, message kind | payload | from → to |
+//! |---|---|---|
+//! | Message, [`KIND_CALL`] | 72 | caller's /128 → callee's task /128 |
+//! | Message, [`KIND_SEND`] | 72 | sender's /128 → receiver's task /128 |
+//! | Reply (message kind 0, endpoint 0) | 72 | callee's /128 → caller's /128 |
+//! | Error (message kind 0, endpoint 0) | 32 | callee's /128 → caller's /128 |
+//! | Ack (message kind 0, endpoint 0) | 32 | receiver's /128 → sender's /128 |
+//!
+//! The FabricFrame flags must be 0. Only a task /128 that was bound to an endpoint
+//! ([`IpcRouter::bind`], reached through the kernel's capability-checked `bind_address`)
+//! names a local endpoint; a Message's endpoint field must be 0 or that endpoint. The wire
+//! never picks an endpoint by number: a message to the node's own /128 is refused like one to
+//! an unbound /128. Replies, errors and acks are taken at the node's /128 and its bound
+//! /128s only.
 //!
 //! Everything here comes from the network: [`IpcRouter::decode`] returns [`RouteError`] and
 //! never panics; every refused frame is counted. The sender of a delivered message is the
 //! packet's source /128, which the fabric authenticated (netfabric accepts a decrypted packet
 //! only if its source lies in the sending peer's /64, derived from the peer's key; a microVM's
-//! port accepts only the VM's own /128). Calls in flight here are bounded per source
-//! ([`IpcRouter::admit_call`]): a peer's /64, or a local microVM's /128.
+//! port accepts only the VM's own /128).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -31,40 +47,123 @@ use netfabric::ipv6::{self, Ipv6Error};
 pub const KIND_SEND: u32 = 0;
 /// Message kind of a call (the receiver replies).
 pub const KIND_CALL: u32 = 1;
-/// Payload length of message and reply frames.
-pub const MSG_PAYLOAD: usize = 48;
-/// Payload length of error frames.
-pub const ERR_PAYLOAD: usize = 16;
+/// Version of the IPC payload format (1 was the unreliable 48-byte format).
+pub const WIRE_VERSION: u8 = 2;
+/// Length of the payload header every frame carries.
+pub const HEADER: usize = 32;
+/// Payload length of call, send and reply frames.
+pub const MSG_PAYLOAD: usize = HEADER + 40;
+/// Payload length of error and ack frames.
+pub const SHORT_PAYLOAD: usize = HEADER;
 
-/// One IPC message as it crosses the fabric.
+/// The message an IPC call, send or reply carries: label and 4 words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct WireMsg {
+pub struct Body {
     pub label: u64,
     pub words: [u64; 4],
-    /// The calling node's id for the call (0: a send).
-    pub call_id: u64,
 }
 
-impl WireMsg {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(MSG_PAYLOAD);
-        v.extend_from_slice(&self.label.to_be_bytes());
-        for w in self.words {
-            v.extend_from_slice(&w.to_be_bytes());
+/// One fabric IPC frame, decoded (and checked) or to be encoded. `src`/`dst` are the IPv6
+/// source and destination /128s; `inc` the incarnation (see the module table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A call; `endpoint` is the frame's endpoint field when encoding and the local endpoint
+    /// the destination /128 is bound to once decoded.
+    Call { src: Ipv6Addr, dst: Ipv6Addr, endpoint: u64, inc: u64, call_id: u64, watermark: u64, body: Body },
+    /// Send number `seq` of stream `stream` from `src` to `dst`.
+    Send { src: Ipv6Addr, dst: Ipv6Addr, endpoint: u64, inc: u64, stream: u64, seq: u64, body: Body },
+    /// The answer to call `call_id` of incarnation `inc` of the caller `dst`.
+    Reply { src: Ipv6Addr, dst: Ipv6Addr, inc: u64, call_id: u64, body: Body },
+    /// Call `call_id` failed at `src` with IPC error `code`.
+    Error { src: Ipv6Addr, dst: Ipv6Addr, inc: u64, call_id: u64, code: u64 },
+    /// `src` delivered sends `1..=seq` of stream (`inc`, `stream`) from `dst`.
+    Ack { src: Ipv6Addr, dst: Ipv6Addr, inc: u64, stream: u64, seq: u64 },
+}
+
+impl Frame {
+    pub fn src(&self) -> Ipv6Addr {
+        match *self {
+            Frame::Call { src, .. } | Frame::Send { src, .. } | Frame::Reply { src, .. } | Frame::Error { src, .. } | Frame::Ack { src, .. } => src,
         }
-        v.extend_from_slice(&self.call_id.to_be_bytes());
-        v
     }
-    pub fn decode(b: &[u8]) -> Result<WireMsg, RouteError> {
-        if b.len() != MSG_PAYLOAD {
-            return Err(RouteError::BadPayload);
+    pub fn dst(&self) -> Ipv6Addr {
+        match *self {
+            Frame::Call { dst, .. } | Frame::Send { dst, .. } | Frame::Reply { dst, .. } | Frame::Error { dst, .. } | Frame::Ack { dst, .. } => dst,
         }
-        let w = |i: usize| -> Result<u64, RouteError> {
-            let s = b.get(i * 8..i * 8 + 8).ok_or(RouteError::BadPayload)?;
-            Ok(u64::from_be_bytes(s.try_into().map_err(|_| RouteError::BadPayload)?))
+    }
+
+    /// The IPv6/UDP packet carrying this frame (None only if netfabric refuses to encode it).
+    pub fn packet(&self) -> Option<Vec<u8>> {
+        let payload = |inc: u64, id: u64, aux: u64, body: Option<&Body>| {
+            let mut v = Vec::with_capacity(MSG_PAYLOAD);
+            v.push(WIRE_VERSION);
+            v.extend_from_slice(&[0; 7]);
+            for x in [inc, id, aux] {
+                v.extend_from_slice(&x.to_be_bytes());
+            }
+            if let Some(b) = body {
+                v.extend_from_slice(&b.label.to_be_bytes());
+                for w in b.words {
+                    v.extend_from_slice(&w.to_be_bytes());
+                }
+            }
+            v
         };
-        Ok(WireMsg { label: w(0)?, words: [w(1)?, w(2)?, w(3)?, w(4)?], call_id: w(5)? })
+        let f = match *self {
+            Frame::Call { src, dst, endpoint, inc, call_id, watermark, ref body } => {
+                FabricFrame::message(src, dst, endpoint, KIND_CALL, payload(inc, call_id, watermark, Some(body)))
+            }
+            Frame::Send { src, dst, endpoint, inc, stream, seq, ref body } => {
+                FabricFrame::message(src, dst, endpoint, KIND_SEND, payload(inc, seq, stream, Some(body)))
+            }
+            Frame::Reply { src, dst, inc, call_id, ref body } => {
+                FabricFrame { kind: FrameKind::Reply, ..FabricFrame::message(src, dst, 0, 0, payload(inc, call_id, 0, Some(body))) }
+            }
+            Frame::Error { src, dst, inc, call_id, code } => {
+                FabricFrame { kind: FrameKind::Error, ..FabricFrame::message(src, dst, 0, 0, payload(inc, call_id, code, None)) }
+            }
+            Frame::Ack { src, dst, inc, stream, seq } => {
+                FabricFrame { kind: FrameKind::Ack, ..FabricFrame::message(src, dst, 0, 0, payload(inc, seq, stream, None)) }
+            }
+        };
+        ipv6::frame_to_packet(&f).ok()
     }
+}
+
+/// The checked payload header and body.
+struct Payload {
+    inc: u64,
+    id: u64,
+    aux: u64,
+    body: Option<Body>,
+}
+
+fn be64(b: &[u8], at: usize) -> Result<u64, RouteError> {
+    let s = b.get(at..at + 8).ok_or(RouteError::BadPayload)?;
+    Ok(u64::from_be_bytes(s.try_into().map_err(|_| RouteError::BadPayload)?))
+}
+
+/// Check a payload: exact length, version, reserved bytes, incarnation never 0.
+fn parse_payload(b: &[u8], with_body: bool) -> Result<Payload, RouteError> {
+    if b.len() != if with_body { MSG_PAYLOAD } else { SHORT_PAYLOAD } {
+        return Err(RouteError::BadPayload);
+    }
+    if b.first() != Some(&WIRE_VERSION) {
+        return Err(RouteError::BadVersion);
+    }
+    if b.get(1..8).is_none_or(|r| r.iter().any(|&x| x != 0)) {
+        return Err(RouteError::BadPayload);
+    }
+    let (inc, id, aux) = (be64(b, 8)?, be64(b, 16)?, be64(b, 24)?);
+    if inc == 0 {
+        return Err(RouteError::BadPayload);
+    }
+    let body = if with_body {
+        Some(Body { label: be64(b, 32)?, words: [be64(b, 40)?, be64(b, 48)?, be64(b, 56)?, be64(b, 64)?] })
+    } else {
+        None
+    };
+    Ok(Payload { inc, id, aux, body })
 }
 
 /// Why an inbound IPC packet was not delivered.
@@ -78,44 +177,40 @@ pub enum RouteError {
     Unbound(Ipv6Addr),
     /// A task /128 named an endpoint other than the one bound to it.
     WrongEndpoint,
-    /// The payload is not what the frame kind needs.
+    /// The payload is not what the frame kind needs (length, reserved bytes, zero ids).
     BadPayload,
-    /// Unknown message kind, or a frame kind this router does not take (ack).
+    /// The payload version is not [`WIRE_VERSION`].
+    BadVersion,
+    /// Unknown message kind, or fields that must be 0 are not (flags, endpoint, kind).
     BadKind,
-    /// A call to the node /128 with endpoint 0.
-    NoEndpoint,
-    /// The source already has [`CALLS_PER_SOURCE`] calls in flight here.
-    OverQuota,
 }
 
 /// Calls from one source (a peer node's /64, or one local microVM's /128) that may be in
 /// flight here at once; the kernel's table of calls from other nodes holds 256, so no single
-/// source can fill it.
+/// source can fill it. Enforced by [`crate::rpc::Rpc`].
 pub const CALLS_PER_SOURCE: u32 = 16;
-
-/// What an inbound frame asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Inbound {
-    /// Deliver `msg` to local endpoint `endpoint`; when `msg.call_id != 0` the sender waits
-    /// for a reply (send it back to `from`, from `to`).
-    Deliver { from: Ipv6Addr, to: Ipv6Addr, endpoint: u64, msg: WireMsg },
-    /// A reply to our call `msg.call_id`, from `from`.
-    Reply { from: Ipv6Addr, msg: WireMsg },
-    /// Our call `call_id` to `from` failed there with IPC error `code`.
-    Error { from: Ipv6Addr, call_id: u64, code: u64 },
-}
 
 /// Counters the node prints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteCounters {
+    /// Calls and sends decoded for a bound /128.
     pub delivered: u64,
     pub replies: u64,
     pub errors_in: u64,
+    pub acks_in: u64,
     pub dropped_unbound: u64,
     pub dropped_malformed: u64,
-    pub sent: u64,
-    /// Calls refused because their source had [`CALLS_PER_SOURCE`] in flight.
-    pub over_quota: u64,
+}
+
+/// Who a call or stream from `from` counts against, at the node whose /64 is `ours`: the peer
+/// node's /64 (its network address) for another node — the fabric authenticated that much and
+/// no more — or the /128 of a microVM of this node.
+pub fn source_key(ours: &Prefix64, from: &Ipv6Addr) -> Ipv6Addr {
+    if ours.contains(from) {
+        *from
+    } else {
+        Prefix64::of(from).network()
+    }
 }
 
 /// The node's /128 → endpoint table and its task address allocator.
@@ -124,8 +219,6 @@ pub struct IpcRouter {
     prefix: Prefix64,
     alloc: AddressAllocator,
     bound: BTreeMap<Ipv6Addr, u64>,
-    /// Calls in flight here per source key ([`IpcRouter::source_key`]).
-    calls_in: BTreeMap<Ipv6Addr, u32>,
     pub counters: RouteCounters,
 }
 
@@ -133,7 +226,7 @@ impl IpcRouter {
     /// A router for the node whose own address is `node` (`prefix::1`).
     pub fn new(node: Ipv6Addr) -> IpcRouter {
         let prefix = Prefix64::of(&node);
-        IpcRouter { node, prefix, alloc: AddressAllocator::new(prefix), bound: BTreeMap::new(), calls_in: BTreeMap::new(), counters: RouteCounters::default() }
+        IpcRouter { node, prefix, alloc: AddressAllocator::new(prefix), bound: BTreeMap::new(), counters: RouteCounters::default() }
     }
 
     pub fn node_address(&self) -> Ipv6Addr {
@@ -177,149 +270,114 @@ impl IpcRouter {
         self.prefix.contains(addr)
     }
 
-    /// Who a call from `from` counts against: the peer node's /64 (its network address) for
-    /// another node — the fabric authenticated that much and no more — or the /128 of a
-    /// microVM of this node.
+    /// See [`source_key`].
     pub fn source_key(&self, from: &Ipv6Addr) -> Ipv6Addr {
-        if self.prefix.contains(from) {
-            *from
-        } else {
-            Prefix64::of(from).network()
-        }
+        source_key(&self.prefix, from)
     }
 
-    /// Take one of `from`'s [`CALLS_PER_SOURCE`] slots for a call about to be delivered.
-    /// False (counted in `over_quota`): answer the call with an error instead.
-    pub fn admit_call(&mut self, from: &Ipv6Addr) -> bool {
-        let k = self.source_key(from);
-        let n = self.calls_in.entry(k).or_insert(0);
-        if *n >= CALLS_PER_SOURCE {
-            self.counters.over_quota += 1;
-            return false;
+    /// The /128 a task's sends and calls go out from: its bound /128 (`from`) if it is one of
+    /// ours, else the node's.
+    pub fn source_for(&self, from: Option<Ipv6Addr>) -> Ipv6Addr {
+        match from {
+            Some(a) if self.bound.contains_key(&a) => a,
+            _ => self.node,
         }
-        *n += 1;
-        true
-    }
-
-    /// A call from `from` was answered (or failed): give its slot back.
-    pub fn call_done(&mut self, from: &Ipv6Addr) {
-        let k = self.source_key(from);
-        if let Some(n) = self.calls_in.get_mut(&k) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.calls_in.remove(&k);
-            }
-        }
-    }
-
-    /// Calls from `from`'s source in flight here.
-    pub fn calls_in_flight(&self, from: &Ipv6Addr) -> u32 {
-        self.calls_in.get(&self.source_key(from)).copied().unwrap_or(0)
     }
 
     /// Decode an inbound IPv6 packet (already decrypted) and decide where it goes. Refusals
     /// are counted.
-    pub fn decode(&mut self, packet: &[u8]) -> Result<Inbound, RouteError> {
+    pub fn decode(&mut self, packet: &[u8]) -> Result<Frame, RouteError> {
         let r = self.decode_inner(packet);
         match &r {
-            Ok(Inbound::Deliver { .. }) => self.counters.delivered += 1,
-            Ok(Inbound::Reply { .. }) => self.counters.replies += 1,
-            Ok(Inbound::Error { .. }) => self.counters.errors_in += 1,
+            Ok(Frame::Call { .. } | Frame::Send { .. }) => self.counters.delivered += 1,
+            Ok(Frame::Reply { .. }) => self.counters.replies += 1,
+            Ok(Frame::Error { .. }) => self.counters.errors_in += 1,
+            Ok(Frame::Ack { .. }) => self.counters.acks_in += 1,
             Err(RouteError::Unbound(_)) => self.counters.dropped_unbound += 1,
             Err(_) => self.counters.dropped_malformed += 1,
         }
         r
     }
 
-    fn decode_inner(&self, packet: &[u8]) -> Result<Inbound, RouteError> {
+    fn decode_inner(&self, packet: &[u8]) -> Result<Frame, RouteError> {
         let f = ipv6::packet_to_frame(packet).map_err(RouteError::Packet)?;
         if !self.prefix.contains(&f.dst) {
             return Err(RouteError::NotOurPrefix);
         }
-        match f.kind {
-            FrameKind::Message => {
-                let msg = WireMsg::decode(&f.payload)?;
-                match (f.message_kind, msg.call_id) {
-                    (KIND_SEND, 0) => {}
-                    (KIND_CALL, id) if id != 0 => {}
-                    _ => return Err(RouteError::BadKind),
-                }
-                // only a bound /128 names an endpoint; the node's own /128 names none
-                let ep = self.bound.get(&f.dst).copied().ok_or(RouteError::Unbound(f.dst))?;
-                if f.endpoint != 0 && f.endpoint != ep {
-                    return Err(RouteError::WrongEndpoint);
-                }
-                Ok(Inbound::Deliver { from: f.src, to: f.dst, endpoint: ep, msg })
+        if f.flags != 0 {
+            return Err(RouteError::BadKind);
+        }
+        let (src, dst) = (f.src, f.dst);
+        if f.kind == FrameKind::Message {
+            if f.message_kind != KIND_SEND && f.message_kind != KIND_CALL {
+                return Err(RouteError::BadKind);
             }
-            // answers come back to the /128 the call went out from: the node's, or a bound one
-            FrameKind::Reply | FrameKind::Error if !self.is_local(&f.dst) => Err(RouteError::Unbound(f.dst)),
+            let p = parse_payload(&f.payload, true)?;
+            let body = p.body.ok_or(RouteError::BadPayload)?;
+            if p.id == 0 {
+                return Err(RouteError::BadPayload);
+            }
+            if f.message_kind == KIND_CALL && p.aux > p.id {
+                return Err(RouteError::BadPayload); // the watermark is at most the call's own id
+            }
+            if f.message_kind == KIND_SEND && p.aux == 0 {
+                return Err(RouteError::BadPayload);
+            }
+            // only a bound /128 names an endpoint; the node's own /128 names none
+            let ep = self.bound.get(&dst).copied().ok_or(RouteError::Unbound(dst))?;
+            if f.endpoint != 0 && f.endpoint != ep {
+                return Err(RouteError::WrongEndpoint);
+            }
+            return Ok(if f.message_kind == KIND_CALL {
+                Frame::Call { src, dst, endpoint: ep, inc: p.inc, call_id: p.id, watermark: p.aux, body }
+            } else {
+                Frame::Send { src, dst, endpoint: ep, inc: p.inc, stream: p.aux, seq: p.id, body }
+            });
+        }
+        if f.endpoint != 0 || f.message_kind != 0 {
+            return Err(RouteError::BadKind);
+        }
+        // answers come back to the /128 the call or send went out from: the node's, or a bound one
+        if !self.is_local(&dst) {
+            return Err(RouteError::Unbound(dst));
+        }
+        match f.kind {
             FrameKind::Reply => {
-                let msg = WireMsg::decode(&f.payload)?;
-                if msg.call_id == 0 {
-                    return Err(RouteError::BadPayload);
+                let p = parse_payload(&f.payload, true)?;
+                match (p.id, p.aux, p.body) {
+                    (call_id, 0, Some(body)) if call_id != 0 => Ok(Frame::Reply { src, dst, inc: p.inc, call_id, body }),
+                    _ => Err(RouteError::BadPayload),
                 }
-                Ok(Inbound::Reply { from: f.src, msg })
             }
             FrameKind::Error => {
-                if f.payload.len() != ERR_PAYLOAD {
+                let p = parse_payload(&f.payload, false)?;
+                if p.id == 0 || p.aux == 0 {
                     return Err(RouteError::BadPayload);
                 }
-                let call_id = u64::from_be_bytes(f.payload[..8].try_into().map_err(|_| RouteError::BadPayload)?);
-                let code = u64::from_be_bytes(f.payload[8..16].try_into().map_err(|_| RouteError::BadPayload)?);
-                if call_id == 0 {
-                    return Err(RouteError::BadPayload);
-                }
-                Ok(Inbound::Error { from: f.src, call_id, code })
+                Ok(Frame::Error { src, dst, inc: p.inc, call_id: p.id, code: p.aux })
             }
-            FrameKind::Ack => Err(RouteError::BadKind),
+            FrameKind::Ack => {
+                let p = parse_payload(&f.payload, false)?;
+                if p.aux == 0 {
+                    return Err(RouteError::BadPayload);
+                }
+                Ok(Frame::Ack { src, dst, inc: p.inc, stream: p.aux, seq: p.id })
+            }
+            FrameKind::Message => Err(RouteError::BadKind),
         }
     }
 
-    /// For a well-formed call frame that could not be delivered: (caller's /128, the /128 it
-    /// called, call id), so that the caller gets an error frame instead of waiting for its
-    /// timeout. None for anything else (sends, replies, malformed frames: no answer).
-    pub fn refused_call(packet: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr, u64)> {
+    /// For a well-formed call frame that could not be delivered (unbound /128, wrong
+    /// endpoint): the Error frame with IPC error `code` that answers it, so that the caller
+    /// does not wait for its timeout. None for anything else (sends, replies, malformed
+    /// frames: no answer).
+    pub fn refusal(packet: &[u8], code: u64) -> Option<Frame> {
         let f = ipv6::packet_to_frame(packet).ok()?;
-        if f.kind != FrameKind::Message || f.message_kind != KIND_CALL {
+        if f.kind != FrameKind::Message || f.message_kind != KIND_CALL || f.flags != 0 {
             return None;
         }
-        let m = WireMsg::decode(&f.payload).ok()?;
-        (m.call_id != 0).then_some((f.src, f.dst, m.call_id))
-    }
-
-    fn packet(&mut self, f: FabricFrame) -> Option<Vec<u8>> {
-        let p = ipv6::frame_to_packet(&f).ok()?;
-        self.counters.sent += 1;
-        Some(p)
-    }
-
-    /// The IPv6/UDP packet of a send (`msg.call_id == 0`) or call to endpoint `endpoint` at
-    /// `dst`, from `from` (the sending task's bound /128) or else from the node's /128.
-    pub fn message_packet(&mut self, from: Option<Ipv6Addr>, dst: Ipv6Addr, endpoint: u64, msg: WireMsg) -> Option<Vec<u8>> {
-        let kind = if msg.call_id == 0 { KIND_SEND } else { KIND_CALL };
-        let src = match from {
-            Some(a) if self.bound.contains_key(&a) => a,
-            _ => self.node,
-        };
-        let f = FabricFrame::message(src, dst, endpoint, kind, msg.encode());
-        self.packet(f)
-    }
-
-    /// The packet answering call `msg.call_id` of `to`, from `from` (the /128 it was sent to).
-    pub fn reply_packet(&mut self, from: Ipv6Addr, to: Ipv6Addr, msg: WireMsg) -> Option<Vec<u8>> {
-        let mut f = FabricFrame::message(from, to, 0, 0, msg.encode());
-        f.kind = FrameKind::Reply;
-        self.packet(f)
-    }
-
-    /// The packet telling `to` that its call `call_id` failed with IPC error `code`.
-    pub fn error_packet(&mut self, from: Ipv6Addr, to: Ipv6Addr, call_id: u64, code: u64) -> Option<Vec<u8>> {
-        let mut p = Vec::with_capacity(ERR_PAYLOAD);
-        p.extend_from_slice(&call_id.to_be_bytes());
-        p.extend_from_slice(&code.to_be_bytes());
-        let mut f = FabricFrame::message(from, to, 0, 0, p);
-        f.kind = FrameKind::Error;
-        self.packet(f)
+        let p = parse_payload(&f.payload, true).ok()?;
+        (p.id != 0 && p.aux <= p.id && code != 0).then_some(Frame::Error { src: f.dst, dst: f.src, inc: p.inc, call_id: p.id, code })
     }
 }
 
@@ -337,105 +395,71 @@ mod tests {
     fn node(seed: u8) -> Ipv6Addr {
         Identity::from_secret_bytes([seed; 32]).node_address()
     }
+    const B: Body = Body { label: 5, words: [1, 2, 3, 4] };
+
+    fn call(src: Ipv6Addr, dst: Ipv6Addr, endpoint: u64, call_id: u64) -> Frame {
+        Frame::Call { src, dst, endpoint, inc: 77, call_id, watermark: call_id, body: B }
+    }
 
     #[test]
-    fn call_to_bound_task_address_and_reply() {
+    fn every_kind_round_trips() {
         let (a, b) = (node(1), node(2));
         let mut ra = IpcRouter::new(a);
         let mut rb = IpcRouter::new(b);
         let t = rb.bind(7).unwrap();
         assert_ne!(t, b);
         assert!(rb.in_prefix(&t) && rb.is_local(&t));
-        let m = WireMsg { label: 5, words: [1, 2, 3, 4], call_id: 42 };
-        let p = ra.message_packet(None, t, 0, m).unwrap();
+        let p = call(a, t, 0, 42).packet().unwrap();
         assert!(is_ipc_packet(&p));
-        let Ok(Inbound::Deliver { from, to, endpoint, msg }) = rb.decode(&p) else { panic!() };
-        assert_eq!((from, to, endpoint, msg), (a, t, 7, m));
-        let r = WireMsg { label: 6, words: [2, 3, 4, 5], call_id: 42 };
-        let rp = rb.reply_packet(to, from, r).unwrap();
-        assert_eq!(ra.decode(&rp), Ok(Inbound::Reply { from: t, msg: r }));
-        let ep = rb.error_packet(to, from, 43, 6).unwrap();
-        assert_eq!(ra.decode(&ep), Ok(Inbound::Error { from: t, call_id: 43, code: 6 }));
-        assert_eq!(rb.counters.delivered, 1);
-        assert_eq!(ra.counters.replies, 1);
+        assert_eq!(p.len(), 40 + 8 + 56 + MSG_PAYLOAD);
+        assert_eq!(rb.decode(&p), Ok(Frame::Call { src: a, dst: t, endpoint: 7, inc: 77, call_id: 42, watermark: 42, body: B }));
+        let s = Frame::Send { src: a, dst: t, endpoint: 7, inc: 9, stream: 3, seq: 1, body: B };
+        assert_eq!(rb.decode(&s.packet().unwrap()), Ok(s));
+        for f in [
+            Frame::Reply { src: t, dst: a, inc: 77, call_id: 42, body: B },
+            Frame::Error { src: t, dst: a, inc: 77, call_id: 43, code: 6 },
+            Frame::Ack { src: t, dst: a, inc: 9, stream: 3, seq: 0 },
+            Frame::Ack { src: t, dst: a, inc: 9, stream: 3, seq: u64::MAX },
+        ] {
+            assert_eq!(ra.decode(&f.packet().unwrap()), Ok(f));
+        }
+        assert_eq!(rb.counters.delivered, 2);
+        assert_eq!((ra.counters.replies, ra.counters.errors_in, ra.counters.acks_in), (1, 1, 2));
     }
 
     #[test]
     fn node_address_names_no_endpoint() {
         // the wire never picks an endpoint by number: only bound /128s deliver
         let (a, b) = (node(1), node(2));
-        let mut ra = IpcRouter::new(a);
         let mut rb = IpcRouter::new(b);
         for ep in [0, 1, 2, 9, u64::MAX] {
-            let p = ra.message_packet(None, b, ep, WireMsg { label: 1, ..Default::default() }).unwrap();
+            let p = Frame::Send { src: a, dst: b, endpoint: ep, inc: 1, stream: 1, seq: 1, body: B }.packet().unwrap();
             assert_eq!(rb.decode(&p), Err(RouteError::Unbound(b)), "endpoint {ep}");
-            let c = ra.message_packet(None, b, ep, WireMsg { label: 1, call_id: 3, ..Default::default() }).unwrap();
+            let c = call(a, b, ep, 3).packet().unwrap();
             assert_eq!(rb.decode(&c), Err(RouteError::Unbound(b)));
-            assert_eq!(IpcRouter::refused_call(&c), Some((a, b, 3)));
+            assert_eq!(IpcRouter::refusal(&c, 6), Some(Frame::Error { src: b, dst: a, inc: 77, call_id: 3, code: 6 }));
+            assert_eq!(IpcRouter::refusal(&p, 6), None); // a send: no answer
         }
         assert_eq!(rb.counters.delivered, 0);
         assert_eq!(rb.counters.dropped_unbound, 10);
     }
 
     #[test]
-    fn sender_is_the_authenticated_source() {
-        // a call from a bound task goes out from its /128, and the receiver is told that /128;
-        // a task without one sends from the node's /128
+    fn sources_and_source_keys() {
         let (a, b) = (node(1), node(2));
         let mut ra = IpcRouter::new(a);
-        let mut rb = IpcRouter::new(b);
-        let srv = rb.bind(4).unwrap();
+        let rb = IpcRouter::new(b);
         let cli = ra.bind(6).unwrap();
-        let m = WireMsg { label: 1, words: [1, 2, 3, 4], call_id: 9 };
-        let p = ra.message_packet(Some(cli), srv, 0, m).unwrap();
-        let Ok(Inbound::Deliver { from, to, endpoint, .. }) = rb.decode(&p) else { panic!() };
-        assert_eq!((from, to, endpoint), (cli, srv, 4));
-        // the answer goes back to the bound /128, which takes it
-        let rp = rb.reply_packet(to, from, WireMsg { call_id: 9, ..m }).unwrap();
-        assert_eq!(ra.decode(&rp), Ok(Inbound::Reply { from: srv, msg: WireMsg { call_id: 9, ..m } }));
+        assert_eq!(ra.source_for(Some(cli)), cli);
+        assert_eq!(ra.source_for(None), a);
         // a /128 we do not own is never used as the source
         let foreign = Prefix64::of(&a).workload_address(AddressKind::Task, 77).unwrap();
-        let p = ra.message_packet(Some(foreign), srv, 0, m).unwrap();
-        let Ok(Inbound::Deliver { from, .. }) = rb.decode(&p) else { panic!() };
-        assert_eq!(from, a);
+        assert_eq!(ra.source_for(Some(foreign)), a);
         // source keys: a peer counts as its /64, a local microVM as its /128
         let vm = Prefix64::of(&b).workload_address(AddressKind::MicroVm, 1).unwrap();
         assert_eq!(rb.source_key(&cli), Prefix64::of(&a).network());
         assert_eq!(rb.source_key(&a), Prefix64::of(&a).network());
         assert_eq!(rb.source_key(&vm), vm);
-    }
-
-    #[test]
-    fn calls_in_flight_are_bounded_per_source() {
-        let (a, b, c) = (node(1), node(2), node(3));
-        let mut rb = IpcRouter::new(b);
-        let a_task = Prefix64::of(&a).workload_address(AddressKind::Task, 5).unwrap();
-        let vm1 = Prefix64::of(&b).workload_address(AddressKind::MicroVm, 1).unwrap();
-        let vm2 = Prefix64::of(&b).workload_address(AddressKind::MicroVm, 2).unwrap();
-        for i in 0..CALLS_PER_SOURCE {
-            // the peer's node /128 and its task /128s share one quota
-            assert!(rb.admit_call(if i % 2 == 0 { &a } else { &a_task }));
-        }
-        assert!(!rb.admit_call(&a));
-        assert!(!rb.admit_call(&a_task));
-        assert_eq!(rb.counters.over_quota, 2);
-        // others are unaffected: another peer, each microVM on its own
-        for _ in 0..CALLS_PER_SOURCE {
-            assert!(rb.admit_call(&c));
-            assert!(rb.admit_call(&vm1));
-        }
-        assert!(!rb.admit_call(&vm1));
-        assert!(rb.admit_call(&vm2));
-        // an answered call gives the slot back
-        rb.call_done(&a_task);
-        assert_eq!(rb.calls_in_flight(&a), CALLS_PER_SOURCE - 1);
-        assert!(rb.admit_call(&a));
-        assert!(!rb.admit_call(&a));
-        for _ in 0..CALLS_PER_SOURCE + 5 {
-            rb.call_done(&vm2); // more answers than calls: never underflows
-        }
-        assert_eq!(rb.calls_in_flight(&vm2), 0);
-        assert_eq!(rb.counters.over_quota, 4);
     }
 
     #[test]
@@ -445,63 +469,81 @@ mod tests {
         let mut rb = IpcRouter::new(b);
         let t = rb.bind(3).unwrap();
         let unbound = Prefix64::of(&b).workload_address(AddressKind::Task, 99).unwrap();
-        let p = ra.message_packet(None, unbound, 1, WireMsg::default()).unwrap();
-        assert_eq!(rb.decode(&p), Err(RouteError::Unbound(unbound)));
+        assert_eq!(rb.decode(&call(a, unbound, 1, 5).packet().unwrap()), Err(RouteError::Unbound(unbound)));
         assert_eq!(rb.counters.dropped_unbound, 1);
-        assert_eq!(IpcRouter::refused_call(&p), None); // a send: no answer
-        let c = ra.message_packet(None, unbound, 1, WireMsg { call_id: 5, ..Default::default() }).unwrap();
-        assert_eq!(rb.decode(&c), Err(RouteError::Unbound(unbound)));
-        assert_eq!(IpcRouter::refused_call(&c), Some((a, unbound, 5)));
-        let e = rb.error_packet(unbound, a, 5, 6).unwrap();
-        assert_eq!(ra.decode(&e), Ok(Inbound::Error { from: unbound, call_id: 5, code: 6 }));
         // a bound /128 with another endpoint
-        let p = ra.message_packet(None, t, 4, WireMsg::default()).unwrap();
-        assert_eq!(rb.decode(&p), Err(RouteError::WrongEndpoint));
+        assert_eq!(rb.decode(&call(a, t, 4, 5).packet().unwrap()), Err(RouteError::WrongEndpoint));
         // someone else's prefix
-        let p = ra.message_packet(None, node(3), 1, WireMsg::default()).unwrap();
-        assert_eq!(rb.decode(&p), Err(RouteError::NotOurPrefix));
+        assert_eq!(rb.decode(&call(a, node(3), 1, 5).packet().unwrap()), Err(RouteError::NotOurPrefix));
         // after unbind
         assert!(rb.unbind(&t));
-        let p = ra.message_packet(None, t, 0, WireMsg::default()).unwrap();
-        assert_eq!(rb.decode(&p), Err(RouteError::Unbound(t)));
-        assert_eq!(rb.counters.dropped_unbound, 3);
+        assert_eq!(rb.decode(&call(a, t, 0, 5).packet().unwrap()), Err(RouteError::Unbound(t)));
+        assert_eq!(rb.counters.dropped_unbound, 2);
         assert_eq!(rb.counters.dropped_malformed, 2);
-        // replies only to the node address
-        let p = ra.reply_packet(a, t, WireMsg { call_id: 1, ..Default::default() }).unwrap();
-        assert!(rb.decode(&p).is_err());
+        // answers only to the node's /128 and bound /128s
+        let p = Frame::Reply { src: a, dst: t, inc: 1, call_id: 1, body: B }.packet().unwrap();
+        assert_eq!(rb.decode(&p), Err(RouteError::Unbound(t)));
+        let p = Frame::Ack { src: b, dst: unbound, inc: 1, stream: 1, seq: 1 }.packet().unwrap();
+        assert!(ra.decode(&p).is_err());
+    }
+
+    /// A payload with the given header words (and a body for 72-byte kinds).
+    fn raw(version: u8, inc: u64, id: u64, aux: u64, body: bool) -> Vec<u8> {
+        let mut v = alloc::vec![version, 0, 0, 0, 0, 0, 0, 0];
+        for x in [inc, id, aux] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        if body {
+            v.extend_from_slice(&[0u8; 40]);
+        }
+        v
     }
 
     #[test]
-    fn hostile_frames_return_errors() {
+    fn hostile_fields_are_refused() {
         let (a, b) = (node(1), node(2));
         let mut rb = IpcRouter::new(b);
         let ep = rb.bind(3).unwrap();
-        let good = FabricFrame::message(a, ep, 0, KIND_CALL, WireMsg { call_id: 1, ..Default::default() }.encode());
-        let pkt = ipv6::frame_to_packet(&good).unwrap();
+        let pkt = call(a, ep, 0, 1).packet().unwrap();
         assert!(rb.decode(&pkt).is_ok());
-        // wrong payload sizes, kinds, call ids
-        for (kind, mk, payload) in [
-            (FrameKind::Message, KIND_CALL, Vec::new()),
-            (FrameKind::Message, KIND_CALL, alloc::vec![0u8; 47]),
-            (FrameKind::Message, KIND_CALL, alloc::vec![0u8; 49]),
-            (FrameKind::Message, KIND_CALL, WireMsg::default().encode()), // call without id
-            (FrameKind::Message, KIND_SEND, WireMsg { call_id: 1, ..Default::default() }.encode()),
-            (FrameKind::Message, 77, WireMsg::default().encode()),
-            (FrameKind::Ack, 0, Vec::new()),
+        let mut reserved = raw(2, 1, 1, 1, true);
+        reserved[3] = 1;
+        let msg = |mk: u32, payload: Vec<u8>| FabricFrame::message(a, ep, 0, mk, payload);
+        let with = |kind: FrameKind, payload: Vec<u8>| FabricFrame { kind, ..FabricFrame::message(a, b, 0, 0, payload) };
+        for (f, want) in [
+            (msg(KIND_CALL, Vec::new()), RouteError::BadPayload),
+            (msg(KIND_CALL, alloc::vec![2u8; 71]), RouteError::BadPayload),
+            (msg(KIND_CALL, alloc::vec![2u8; 73]), RouteError::BadPayload),
+            (msg(KIND_CALL, raw(1, 1, 1, 1, true)), RouteError::BadVersion),
+            (msg(KIND_CALL, raw(3, 1, 1, 1, true)), RouteError::BadVersion),
+            (msg(KIND_CALL, reserved.clone()), RouteError::BadPayload),
+            (msg(KIND_CALL, raw(2, 0, 1, 1, true)), RouteError::BadPayload), // no incarnation
+            (msg(KIND_CALL, raw(2, 1, 0, 0, true)), RouteError::BadPayload), // call without id
+            (msg(KIND_CALL, raw(2, 1, 5, 6, true)), RouteError::BadPayload), // watermark above the id
+            (msg(KIND_SEND, raw(2, 1, 0, 1, true)), RouteError::BadPayload), // seq 0
+            (msg(KIND_SEND, raw(2, 1, 1, 0, true)), RouteError::BadPayload), // stream 0
+            (msg(77, raw(2, 1, 1, 1, true)), RouteError::BadKind),
+            (FabricFrame { flags: 1, ..msg(KIND_CALL, raw(2, 1, 1, 1, true)) }, RouteError::BadKind),
+            (with(FrameKind::Reply, raw(2, 1, 1, 0, false)), RouteError::BadPayload),
+            (with(FrameKind::Reply, raw(2, 1, 0, 0, true)), RouteError::BadPayload),
+            (with(FrameKind::Reply, raw(2, 1, 1, 1, true)), RouteError::BadPayload),
+            (with(FrameKind::Error, raw(2, 1, 1, 0, false)), RouteError::BadPayload), // code 0
+            (with(FrameKind::Error, raw(2, 1, 0, 3, false)), RouteError::BadPayload),
+            (with(FrameKind::Error, raw(2, 1, 1, 3, true)), RouteError::BadPayload),
+            (with(FrameKind::Ack, raw(2, 1, 1, 0, false)), RouteError::BadPayload), // stream 0
+            (with(FrameKind::Ack, raw(2, 0, 1, 1, false)), RouteError::BadPayload),
+            (FabricFrame { endpoint: 1, ..with(FrameKind::Ack, raw(2, 1, 1, 1, false)) }, RouteError::BadKind),
+            (FabricFrame { message_kind: 1, ..with(FrameKind::Reply, raw(2, 1, 1, 0, true)) }, RouteError::BadKind),
         ] {
-            let mut f = FabricFrame::message(a, ep, 0, mk, payload);
-            f.kind = kind;
             let p = ipv6::frame_to_packet(&f).unwrap();
-            assert!(rb.decode(&p).is_err(), "{kind:?} {mk}");
+            assert_eq!(rb.decode(&p), Err(want), "{f:?}");
         }
-        let mut f = FabricFrame::message(a, b, 0, 0, alloc::vec![0u8; 15]);
-        f.kind = FrameKind::Error;
-        assert_eq!(rb.decode(&ipv6::frame_to_packet(&f).unwrap()), Err(RouteError::BadPayload));
+        assert_eq!(IpcRouter::refusal(&ipv6::frame_to_packet(&msg(KIND_CALL, raw(2, 1, 5, 6, true))).unwrap(), 6), None);
         // every truncation and every single-byte corruption of a good packet: an error or a
         // valid decode, never a panic
         for n in 0..pkt.len() {
             assert!(rb.decode(&pkt[..n]).is_err());
-            assert!(IpcRouter::refused_call(&pkt[..n]).is_none());
+            assert!(IpcRouter::refusal(&pkt[..n], 6).is_none());
         }
         let mut seed = 0x1234_5678u32;
         for i in 0..pkt.len() {
@@ -510,7 +552,7 @@ mod tests {
                 let mut p = pkt.clone();
                 p[i] ^= (seed >> 16) as u8 | 1;
                 let _ = rb.decode(&p);
-                let _ = IpcRouter::refused_call(&p);
+                let _ = IpcRouter::refusal(&p, 6);
             }
         }
         // random garbage

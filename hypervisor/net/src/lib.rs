@@ -23,6 +23,7 @@ extern crate alloc;
 
 pub mod cluster;
 pub mod ipcroute;
+pub mod rpc;
 pub mod vmlink;
 pub mod entropy;
 pub mod walltime;
@@ -225,6 +226,8 @@ pub struct NetCounters {
     /// Fabric IPC packets (UDP 51900 to a /128 of our /64) dropped because the queue to
     /// `netd`'s router was full.
     pub ipc_queue_full: u64,
+    /// Fabric IPC datagrams dropped on purpose ([`Node::set_test_loss`]; tests only).
+    pub test_dropped: u64,
     /// Packets routed to a microVM /128 of this node's /64.
     pub vm_in: u64,
     /// Packets from microVMs routed (fabric or this node).
@@ -270,6 +273,8 @@ pub struct Node {
     /// The microVM /128s of this node's /64 it routes (to `take_vm_packet`).
     vm_routes: Vec<Ipv6Addr>,
     vm_rx: VecDeque<Vec<u8>>,
+    /// Induced loss of fabric IPC datagrams (tests only): percent and the dice's state.
+    test_loss: Option<(u64, u64)>,
 }
 
 fn sinstant(ns: u64) -> SInstant {
@@ -381,7 +386,7 @@ impl Node {
             name, link_local, fabric_addr, mac, port, peers, counters: NetCounters::default(),
             eth, eth_sockets, tun, tun_sockets, tun_dev, fabric, fab_udp, ping_eth, ping_tun, bench_eth, bench_tun,
             responder: (0, 0), ping: None, stream: None, logged_drops: 0, ipc_rx: VecDeque::new(),
-            vm_routes: Vec::new(), vm_rx: VecDeque::new(),
+            vm_routes: Vec::new(), vm_rx: VecDeque::new(), test_loss: None,
         }
     }
 
@@ -434,7 +439,9 @@ impl Node {
                 Some((_, core::net::IpAddr::V6(dst), _))
                     if ipcroute::is_ipc_packet(&p.packet) && netfabric::identity::Prefix64::of(&dst) == netfabric::identity::Prefix64::of(&self.fabric_addr) =>
                 {
-                    if self.ipc_rx.len() < IPC_QUEUE {
+                    if self.test_drop() {
+                        // lost on purpose (inbound)
+                    } else if self.ipc_rx.len() < IPC_QUEUE {
                         self.ipc_rx.push_back(p.packet)
                     } else {
                         self.counters.ipc_queue_full += 1
@@ -535,9 +542,32 @@ impl Node {
         self.ipc_rx.pop_front()
     }
 
+    /// TESTS ONLY: drop `percent`% (at most 90) of the fabric IPC datagrams this node sends
+    /// and of those it receives, chosen by a xorshift generator seeded with `seed`, to show
+    /// that fabric IPC survives loss (kernel command line `net.test-loss=PCT`). 0 turns it off.
+    pub fn set_test_loss(&mut self, percent: u64, seed: u64) {
+        self.test_loss = (percent > 0).then_some((percent.min(90), seed | 1));
+    }
+
+    fn test_drop(&mut self) -> bool {
+        let Some((pct, x)) = self.test_loss.as_mut() else { return false };
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        let drop = *x % 100 < *pct;
+        if drop {
+            self.counters.test_dropped += 1;
+        }
+        drop
+    }
+
     /// Tunnel an IPC packet (from [`ipcroute::IpcRouter`]) to the peer owning its
     /// destination. False: no peer routes it (counted in `fabric_no_route`).
     pub fn send_ipc(&mut self, packet: &[u8], now_ns: u64) -> bool {
+        let routed = netfabric::device::inner_header(packet).is_some_and(|(_, dst, _)| self.fabric.routes().lookup(&dst).is_some());
+        if routed && self.test_drop() {
+            return true; // lost on purpose, as if on the wire (outbound)
+        }
         match self.fabric.send(packet, FInstant::from_nanos(now_ns)) {
             Ok(out) => {
                 self.fabric_output(out);

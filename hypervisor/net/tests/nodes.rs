@@ -224,28 +224,29 @@ fn settle(n1: &mut Node, l1: &mut Port, n2: &mut Node, l2: &mut Port, t: &mut u6
 
 #[test]
 fn remote_ipc_reaches_only_bound_addresses_and_names_the_authenticated_sender() {
-    use catenary_net::ipcroute::{Inbound, IpcRouter, RouteError, WireMsg};
+    use catenary_net::ipcroute::{Body, Frame, IpcRouter, RouteError};
     let (mut n1, mut l1, mut n2, mut l2, c, mut t) = two_nodes();
     let mut r1 = IpcRouter::new(n1.fabric_addr);
     let mut r2 = IpcRouter::new(n2.fabric_addr);
     let echo = r2.bind(7).unwrap();
     let client = r1.bind(3).unwrap();
-    let m = WireMsg { label: 1, words: [1, 2, 3, 4], call_id: 11 };
+    let body = Body { label: 1, words: [1, 2, 3, 4] };
+    let m = |src, dst, endpoint| Frame::Call { src, dst, endpoint, inc: 3, call_id: 11, watermark: 11, body };
     // a call from node1's bound task to node2's bound /128: delivered, sender = that task's /128
-    let p = r1.message_packet(Some(client), echo, 0, m).unwrap();
+    let p = m(r1.source_for(Some(client)), echo, 0).packet().unwrap();
     assert!(n1.send_ipc(&p, t));
     settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
     let got = n2.take_ipc().expect("delivered through the fabric");
-    assert_eq!(r2.decode(&got), Ok(Inbound::Deliver { from: client, to: echo, endpoint: 7, msg: m }));
+    assert_eq!(r2.decode(&got), Ok(m(client, echo, 7)));
     // the same endpoint by number at node2's own /128: refused, never delivered
-    let p = r1.message_packet(None, n2.fabric_addr, 7, m).unwrap();
+    let p = m(r1.source_for(None), n2.fabric_addr, 7).packet().unwrap();
     assert!(n1.send_ipc(&p, t));
     settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
     let got = n2.take_ipc().unwrap();
     assert_eq!(r2.decode(&got), Err(RouteError::Unbound(n2.fabric_addr)));
     // node1 claims to be node3 (a /128 outside its /64): node2's fabric drops it
     let before = n2.fabric().counters().dropped_source_not_allowed;
-    let forged = netfabric::ipv6::frame_to_packet(&netfabric::ipc::FabricFrame::message(c.node_address(), echo, 0, 1, m.encode())).unwrap();
+    let forged = m(c.node_address(), echo, 0).packet().unwrap();
     assert!(n1.send_ipc(&forged, t));
     settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
     assert!(n2.take_ipc().is_none());
@@ -254,7 +255,7 @@ fn remote_ipc_reaches_only_bound_addresses_and_names_the_authenticated_sender() 
 
 #[test]
 fn microvm_ipc_blocked_by_default_and_big_packets_get_packet_too_big() {
-    use catenary_net::ipcroute::{IpcRouter, WireMsg};
+    use catenary_net::ipcroute::{Body, Frame, IpcRouter};
     use netfabric::identity::{AddressKind, Prefix64};
     let (mut n1, mut l1, mut n2, mut l2, _, mut t) = two_nodes();
     let vm = Prefix64::of(&n1.fabric_addr).workload_address(AddressKind::MicroVm, 1).unwrap();
@@ -263,7 +264,7 @@ fn microvm_ipc_blocked_by_default_and_big_packets_get_packet_too_big() {
     let local = r1.bind(5).unwrap();
     let remote = Prefix64::of(&n2.fabric_addr).workload_address(AddressKind::Task, 1).unwrap();
     // an IPC frame the guest built itself (its source is its /128, as its port checked)
-    let frame = |dst| netfabric::ipv6::frame_to_packet(&netfabric::ipc::FabricFrame::message(vm, dst, 0, 1, WireMsg { call_id: 1, ..Default::default() }.encode())).unwrap();
+    let frame = |dst| Frame::Call { src: vm, dst, endpoint: 0, inc: 1, call_id: 1, watermark: 1, body: Body::default() }.packet().unwrap();
     for dst in [local, n1.fabric_addr, remote] {
         assert!(!n1.route_from_vm(frame(dst), t, false), "{dst}");
     }

@@ -56,7 +56,12 @@ pub fn recv(slot: u64, timeout_ns: u64) -> Result<Msg, u64> {
     syscall_msg(SYS_RECV, slot, timeout_ns, [0; 4])
 }
 pub fn call(slot: u64, label: u64, w: [u64; 4]) -> Result<Msg, u64> {
-    syscall_msg(SYS_CALL, slot, label, w)
+    syscall_msg(SYS_CALL, slot & 0xffff_ffff, label, w)
+}
+/// A call that fails with `Timeout` (code 5) after `timeout_ms` without an answer (0: no
+/// timeout for a local call, 20 s for a call to another node).
+pub fn call_timeout(slot: u64, label: u64, w: [u64; 4], timeout_ms: u32) -> Result<Msg, u64> {
+    syscall_msg(SYS_CALL, (slot & 0xffff_ffff) | (timeout_ms as u64) << 32, label, w)
 }
 /// Call with a grant of [base, base+len) of this task's memory (read-only or read-write) to
 /// the receiver, valid until it replies. The receiver finds the pages mapped at

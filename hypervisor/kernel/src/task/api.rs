@@ -41,7 +41,16 @@ pub fn bind_address(slot: usize) -> Result<[u8; 16], IpcError> {
     }
 }
 pub fn call(slot: usize, m: Message) -> Result<Message, IpcError> {
-    res(sys(SYS_CALL, [slot as u64, m.label, m.words[0], m.words[1], m.words[2], m.words[3]]))
+    call_timeout(slot, m, 0)
+}
+/// A call that fails with `Timeout` after `timeout_ms` (0: the default; see `SYS_CALL`).
+pub fn call_timeout(slot: usize, m: Message, timeout_ms: u32) -> Result<Message, IpcError> {
+    let a = (slot as u64 & 0xffff_ffff) | (timeout_ms as u64) << 32;
+    res(sys(SYS_CALL, [a, m.label, m.words[0], m.words[1], m.words[2], m.words[3]]))
+}
+/// Answer call `token` (kernel tasks serving calls).
+pub fn reply(token: u64, m: Message) -> Result<(), IpcError> {
+    res(sys(SYS_REPLY, [token, m.label, m.words[0], m.words[1], m.words[2], m.words[3]])).map(|_| ())
 }
 /// Wait for a task to end; returns its exit code (None on timeout).
 pub fn join(id: TaskId, timeout_ns: u64) -> Option<u64> {

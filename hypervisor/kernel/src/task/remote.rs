@@ -32,14 +32,10 @@ pub struct RemoteOut {
     pub token: u64,
 }
 
-/// Where the answer to a call from another node goes: `to` (the caller's node /128) from
-/// `from` (the /128 the call was addressed to), naming the caller's `call_id`.
-#[derive(Clone, Copy, Debug)]
-pub struct ReplyTo {
-    pub to: [u8; 16],
-    pub from: [u8; 16],
-    pub call_id: u64,
-}
+/// Where the answer to a call from another node goes (the caller's /128, incarnation and
+/// call id; the /128 it called): `netd`'s reliability layer keeps the answer for
+/// retransmitted requests.
+pub type ReplyTo = catenary_net::rpc::Ticket;
 
 /// The answer (or failure) of a call from another node.
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +46,8 @@ pub struct RemoteReply {
 
 /// Badge of messages that came from another node.
 pub const REMOTE_BADGE: u64 = catenary_ipc::REMOTE_BADGE;
-/// A call to another node fails with `Timeout` after this long without an answer.
+/// A call to another node fails with `Timeout` after this long without an answer, unless
+/// the caller chose its own timeout (`SYS_CALL`, rdi bits 32..63).
 pub const REMOTE_CALL_TIMEOUT_NS: u64 = 20_000_000_000;
 /// Remote sends and calls waiting for `netd`, at most (then `QueueFull`).
 pub(super) const REMOTE_QUEUE: usize = 64;
@@ -207,6 +204,12 @@ pub fn complete_remote_call(token: u64, from: [u8; 16], result: Result<Message, 
             },
         }
     })
+}
+
+/// (`netd`) Whether a task still waits for our call `token` to another node (it did not
+/// time out): `netd` retransmits only those.
+pub fn remote_call_waiting(token: u64) -> bool {
+    with(|k| k.remote.calls_out.contains_key(&token))
 }
 
 /// (`netd`) Calls from other nodes whose callee died: answer them with `DeadPeer`.

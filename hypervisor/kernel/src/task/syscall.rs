@@ -87,7 +87,14 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             }
         }
         SYS_CALL => {
-            let cap = match k.sched.task(me).unwrap().context.caps.get(f.rdi as usize) {
+            // rdi: capability slot (bits 0..31) and the caller's timeout in ms (bits 32..63;
+            // 0: none for a local call, REMOTE_CALL_TIMEOUT_NS for a remote one)
+            let (slot, timeout_ms) = (f.rdi & 0xffff_ffff, f.rdi >> 32);
+            let deadline = |dflt: Option<u64>| match timeout_ms {
+                0 => dflt.map(|d| time::now_ns().saturating_add(d)),
+                ms => Some(time::now_ns().saturating_add(ms.saturating_mul(1_000_000))),
+            };
+            let cap = match k.sched.task(me).unwrap().context.caps.get(slot as usize) {
                 Ok(c) => c,
                 Err(e) => return f.rax = err(e),
             };
@@ -96,7 +103,7 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                 Err(node) => {
                     match remote_send(k, me, &cap, node, msg_from(f), true) {
                         Ok((tok, _)) => {
-                            let _ = k.sched.block(me, BlockReason::Reply(tok), Some(time::now_ns() + REMOTE_CALL_TIMEOUT_NS));
+                            let _ = k.sched.block(me, BlockReason::Reply(tok), deadline(Some(REMOTE_CALL_TIMEOUT_NS)));
                             resched(k, f);
                         }
                         Err(e) => f.rax = err(e),
@@ -106,7 +113,7 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             };
             match k.ipc.call(me, &cap, msg_from(f)) {
                 Ok((tok, d)) => {
-                    let _ = k.sched.block(me, BlockReason::Reply(tok), None);
+                    let _ = k.sched.block(me, BlockReason::Reply(tok), deadline(None));
                     if let Delivery::Direct { receiver, msg } = d {
                         complete(k, receiver, Ok(msg));
                     }

@@ -1,0 +1,170 @@
+//! Probes of reliable fabric IPC (docs/networking.md §3a), started by `netd`:
+//!
+//! - `net.rpcsvc=1` — the kernel task `rpcsvc` serves at the node's second task /128
+//!   (`prefix:200::2`, bound right after `echo`): it counts how often each call runs (a call
+//!   that runs twice is logged) and checks that sends arrive in order;
+//! - `net.rpctest=NAME[,GHOST]` — once the session with NAME is up, the kernel task `rpctest`
+//!   makes [`CALLS`] calls and [`SENDS`] numbered sends to NAME's `rpcsvc`, checks every
+//!   answer and then `rpcsvc`'s counts (each call ran once, the sends in order), and calls
+//!   GHOST (a cluster member that is not running) with a [`GHOST_TIMEOUT_MS`] timeout, which
+//!   must end in `Timeout`;
+//! - `net.ipcbench=NAME` — `ipcbench` calls NAME's `echo` [`BENCH_CALLS`] times and prints
+//!   the median round trip (`cargo xtask bench ipc`).
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+use catenary_arch::time;
+use catenary_ipc::{Address, Capability, IpcError, Message, Rights};
+use core::net::Ipv6Addr;
+use core::sync::atomic::{AtomicBool, Ordering};
+use log::{info, warn};
+use spin::Mutex;
+
+use crate::task;
+
+/// A call `rpcsvc` counts: words[0] names it; the reply is (words[0] * 3, executions).
+pub const LABEL_EXEC: u64 = 0x5201;
+/// A numbered send (words[0] = 1, 2, …).
+pub const LABEL_SEQ: u64 = 0x5202;
+/// A call answered with (executions, calls run twice, sends in order, sends out of order).
+pub const LABEL_STATS: u64 = 0x5203;
+pub const CALLS: u64 = 30;
+pub const SENDS: u64 = 60;
+pub const GHOST_TIMEOUT_MS: u32 = 3000;
+pub const BENCH_CALLS: usize = 200;
+
+/// Set by a probe when `netd` should log its reliability counters.
+pub static REPORT: AtomicBool = AtomicBool::new(false);
+
+/// `rpctest`'s targets: (peer name, its rpcsvc /128, ghost name and its echo /128).
+pub static TEST: Mutex<Option<(alloc::string::String, Ipv6Addr, Option<(alloc::string::String, Ipv6Addr)>)>> = Mutex::new(None);
+/// `ipcbench`'s target: (peer name, its echo /128).
+pub static BENCH: Mutex<Option<(alloc::string::String, Ipv6Addr)>> = Mutex::new(None);
+
+fn remote_slot(a: Ipv6Addr) -> usize {
+    task::give_current(Capability { target: Address { node: a.octets(), endpoint: 0 }, rights: Rights::SEND, badge: 0 })
+}
+
+/// The counting service.
+pub fn rpcsvc(_: u64) {
+    let (slot, ep) = task::create_endpoint_for_current(64);
+    let bind = task::give_current(Capability { target: Address::local(ep), rights: Rights::BIND, badge: 0 });
+    match task::bind_address(bind) {
+        Ok(a) => info!(target: "net", "rpcsvc: endpoint {} has fabric address {}", ep, Ipv6Addr::from(a)),
+        Err(e) => {
+            warn!(target: "net", "rpcsvc: cannot bind: {:?}", e);
+            return;
+        }
+    }
+    let (mut execs, mut twice, mut in_order, mut out_of_order, mut next) = (0u64, 0u64, 0u64, 0u64, 1u64);
+    let mut seen = BTreeSet::new();
+    loop {
+        let Ok(m) = task::recv(slot, 0) else { continue };
+        let answer = match m.label {
+            LABEL_EXEC => {
+                execs += 1;
+                if seen.contains(&m.words[0]) {
+                    twice += 1;
+                    warn!(target: "net", "rpcsvc: call {} ran twice", m.words[0]);
+                } else if seen.len() < 4096 {
+                    seen.insert(m.words[0]);
+                }
+                Message::new(LABEL_EXEC, [m.words[0].wrapping_mul(3), execs, 0, 0])
+            }
+            LABEL_SEQ => {
+                if m.words[0] == next {
+                    in_order += 1;
+                } else {
+                    out_of_order += 1;
+                    warn!(target: "net", "rpcsvc: send {} arrived, expected {}", m.words[0], next);
+                }
+                next = m.words[0].wrapping_add(1);
+                continue;
+            }
+            LABEL_STATS => {
+                REPORT.store(true, Ordering::Relaxed);
+                Message::new(LABEL_STATS, [execs, twice, in_order, out_of_order])
+            }
+            _ => Message::new(0, [0; 4]),
+        };
+        if m.reply != 0 {
+            let _ = task::reply(m.reply, answer);
+        }
+    }
+}
+
+/// The lossy-link test client.
+pub fn rpctest(_: u64) {
+    let Some((peer, svc, ghost)) = catenary_arch::cpu::without_interrupts(|| TEST.lock().take()) else { return };
+    let slot = remote_slot(svc);
+    let t0 = time::now_ns();
+    let mut good = 0;
+    for i in 1..=CALLS {
+        match task::call(slot, Message::new(LABEL_EXEC, [i, 0, 0, 0])) {
+            Ok(r) if r.label == LABEL_EXEC && r.words[0] == i * 3 => good += 1,
+            r => warn!(target: "net", "rpctest: call {} to {}: {:?}", i, peer, r.map(|m| (m.label, m.words))),
+        }
+    }
+    info!(target: "net", "rpctest: {}/{} calls to {} answered correctly in {} ms", good, CALLS, peer, (time::now_ns() - t0) / 1_000_000);
+    let mut sent = 0;
+    for i in 1..=SENDS {
+        match task::send(slot, Message::new(LABEL_SEQ, [i, 0, 0, 0])) {
+            Ok(()) => sent += 1,
+            Err(e) => warn!(target: "net", "rpctest: send {}: {:?}", i, e),
+        }
+    }
+    // the sends travel on their own stream: ask until they are all in (or 60 s)
+    let end = time::now_ns() + 60_000_000_000;
+    let mut stats = None;
+    while time::now_ns() < end {
+        if let Ok(r) = task::call(slot, Message::new(LABEL_STATS, [0; 4])) {
+            stats = Some(r.words);
+            if r.words[2] + r.words[3] >= SENDS {
+                break;
+            }
+        }
+        task::sleep_ns(500_000_000);
+    }
+    match stats {
+        Some([execs, twice, in_order, out_of_order]) => info!(target: "net",
+            "rpctest: {} reports {} executions of {} calls ({} ran twice), {}/{} sends in order, {} out of order",
+            peer, execs, CALLS, twice, in_order, sent, out_of_order),
+        None => warn!(target: "net", "rpctest: no stats from {}", peer),
+    }
+    if let Some((gname, gaddr)) = ghost {
+        let g = remote_slot(gaddr);
+        let t = time::now_ns();
+        let r = task::call_timeout(g, Message::new(LABEL_EXEC, [1, 0, 0, 0]), GHOST_TIMEOUT_MS);
+        info!(target: "net", "rpctest: call to {} (down) with a {} ms timeout: {:?} after {} ms",
+            gname, GHOST_TIMEOUT_MS, r.map(|m| m.label), (time::now_ns() - t) / 1_000_000);
+        if r != Err(IpcError::Timeout) {
+            warn!(target: "net", "rpctest: expected Timeout");
+        }
+    }
+    REPORT.store(true, Ordering::Relaxed);
+    info!(target: "net", "rpctest done");
+}
+
+/// The remote call round trip for `cargo xtask bench ipc`.
+pub fn ipcbench(_: u64) {
+    let Some((peer, echo)) = catenary_arch::cpu::without_interrupts(|| BENCH.lock().take()) else { return };
+    let slot = remote_slot(echo);
+    for i in 0..10 {
+        let _ = task::call(slot, Message::new(7, [i, 0, 0, 0])); // warm up
+    }
+    let mut rtt = Vec::with_capacity(BENCH_CALLS);
+    for i in 0..BENCH_CALLS as u64 {
+        let t = time::now_ns();
+        if task::call(slot, Message::new(7, [i, 0, 0, 0])).is_ok_and(|r| r.label == 8) {
+            rtt.push(time::now_ns() - t);
+        }
+    }
+    rtt.sort_unstable();
+    if let (Some(min), Some(max)) = (rtt.first(), rtt.last()) {
+        info!(target: "net", "bench ipc: remote call round trip to {} echo (in-kernel netd, ring-3 echo): median {} us, min {} us, max {} us over {} calls",
+            peer, rtt[rtt.len() / 2] / 1000, min / 1000, max / 1000, rtt.len());
+    } else {
+        warn!(target: "net", "bench ipc: no remote call to {} answered", peer);
+    }
+    info!(target: "net", "bench ipc: remote done");
+}
