@@ -227,7 +227,8 @@ fn spawner(_: u64) {
     let reply = give_current(send_cap(sep, 0));
     let mut pending: Vec<(u64, usize)> = Vec::new();
     loop {
-        if let Ok(m) = recv(slot, 1_000_000_000) {
+        // requests, and the notification of a provided kernel endpoint (no periodic wakeups)
+        if let Ok(m) = recv(slot, 0) {
             if m.label == LABEL_SPAWN && pending.len() < 2 * catenary_manifest::MAX_SERVICES {
                 pending.push((m.badge, m.words[0] as usize));
             }
