@@ -195,6 +195,9 @@ pub mod sysfuzz {
     /// In the classes word: the first run, which reaches its (short) deadline without killing
     /// itself and exits there (so SYS_EXIT is always covered).
     pub const F_FIRST_RUN: u64 = 1 << 32;
+    /// With `F_FIRST_RUN`: end with the held grant instead (the caller-dies-while-granted path
+    /// in every test run).
+    pub const F_FIRST_HOLD: u64 = 1 << 33;
     /// SYS_UNMAP of kernel-half, non-canonical and wrapping ranges.
     pub const C_UNMAP_HOSTILE: u64 = 1 << 0;
     /// SYS_MAP_MMIO with lengths whose page count overflows `pages * 4096`.

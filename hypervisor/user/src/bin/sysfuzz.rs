@@ -123,12 +123,19 @@ fn class_of(addr: u64, len: u64) -> Class {
 /// SYS_LOG prints at most this many bytes (longer lengths are cut, not refused).
 const LOG_MAX: u64 = 200;
 
-/// Whether [virt, virt + pages) touches a page this task keeps unmapped (null page, stack
-/// guard, grant window), so that reads there must fail: it never maps anything there itself.
+/// Whether [virt, virt + pages) touches a page whose state this task relies on: the null
+/// page, stack guard and grant window stay unmapped (reads there must fail), the MMIO pages
+/// stay MMIO (grants of them must fail). It never maps anything there itself.
 fn reserved(virt: u64, pages: u64) -> bool {
     let end = virt.saturating_add(pages.saturating_mul(PAGE));
     let hits = |lo: u64, hi: u64| virt < hi && end > lo;
-    hits(0, PAGE) || hits(GUARD, GUARD + PAGE) || hits(GRANT_WINDOW, GRANT_WINDOW + (1 << 40))
+    hits(0, PAGE) || hits(GUARD, GUARD + PAGE) || hits(GRANT_WINDOW, GRANT_WINDOW + (1 << 40)) || mmio_pages(virt, pages)
+}
+
+/// Whether [virt, virt + pages) touches its two MMIO pages, which it keeps mapped (and maps
+/// nothing else over) so that a grant of them must fail.
+fn mmio_pages(virt: u64, pages: u64) -> bool {
+    virt < MMIO_VA + 2 * PAGE && virt.saturating_add(pages.saturating_mul(PAGE)) > MMIO_VA
 }
 
 static PROBE: &str = "sysfuzz: SYS_LOG probe string (a valid user buffer)";
@@ -344,6 +351,9 @@ impl Fz {
                 if outside && self.cfg.classes & C_UNMAP_HOSTILE == 0 {
                     return;
                 }
+                if mmio_pages(virt, pages) && !outside {
+                    return;
+                }
                 // Unmapping its own code, data or stack kills this task later: rare.
                 let own = virt < ARENA || (STACK_TOP - STACK_PAGES * PAGE..STACK_TOP).contains(&virt);
                 if own && !outside && !self.rng.one_in(64) {
@@ -509,7 +519,11 @@ impl Fz {
     /// The last thing a run does: block in a way only the test can end (or exit).
     fn final_op(&mut self) -> ! {
         self.report(REPORT_STATS);
-        let how = if self.cfg.classes & F_FIRST_RUN != 0 { 5 } else { self.rng.below(6) };
+        let how = match self.cfg.classes & (F_FIRST_RUN | F_FIRST_HOLD) {
+            0 => self.rng.below(6),
+            F_FIRST_RUN => 5,
+            _ => 4,
+        };
         match how {
             0 if self.cfg.classes & C_HUGE_TIMEOUT != 0 => {
                 let ns = self.rng.pick(&[u64::MAX, u64::MAX - 1, 1 << 63, u64::MAX - now_ns()]);
