@@ -69,9 +69,16 @@ pub fn cpu_index() -> usize {
     v as usize
 }
 
-pub(crate) fn percpu() -> &'static mut PerCpu {
+/// This CPU's per-CPU block.
+///
+/// # Safety
+/// Per-CPU data exists (after `init_this_cpu`), interrupts are off until the reference is
+/// dropped (nothing else on this CPU touches the block meanwhile), and the caller holds no
+/// other reference from `percpu` at the same time.
+pub(crate) unsafe fn percpu() -> &'static mut PerCpu {
     let v: u64;
-    // SAFETY: as in `cpu_index`; callers run with interrupts off on this CPU.
+    // SAFETY: GS base points to this CPU's leaked PerCpu block (caller's promise that it
+    // exists); exclusivity is the caller's promise.
     unsafe {
         core::arch::asm!("mov {}, gs:[0]", out(reg) v, options(nostack, readonly, preserves_flags));
         &mut *(v as *mut PerCpu)

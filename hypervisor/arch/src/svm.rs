@@ -104,9 +104,7 @@ static LAST_VCPU_ON_CPU: [AtomicU64; MAX_CPUS] = [NO_VCPU; MAX_CPUS];
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 fn zeroed_frame() -> Result<u64, VirtError> {
-    let f = crate::memory::alloc_frame().map_err(|_| VirtError::OutOfMemory)?;
-    crate::memory::zero_frame(f);
-    Ok(f)
+    crate::memory::alloc_zeroed_frame().map_err(|_| VirtError::OutOfMemory)
 }
 
 /// Enable SVM on this CPU (once) and return its host VMSAVE page.

@@ -367,7 +367,9 @@ pub fn crash_for_test(kind: &str) {
         // then raise #UD. Delivering #UD faults on the guard page, delivering that #PF (also
         // IST1) faults again: #DF on its own IST stack, whose dump must not need the lock.
         "df" => crate::serial::hold_console_lock(|| {
-            let tss = crate::smp::percpu().tss as *mut x86_64::structures::tss::TaskStateSegment;
+            // SAFETY: interrupts are off (console lock held), per-CPU data exists on a booted CPU,
+            // and only the TSS address is read from the block.
+            let tss = unsafe { crate::smp::percpu() }.tss as *mut x86_64::structures::tss::TaskStateSegment;
             // SAFETY: `tss` is this CPU's live TSS (leaked by `gdt::init_cpu`); only IST1 is
             // changed, and this CPU never returns from the #DF that follows (it halts).
             unsafe {

@@ -9,19 +9,14 @@
 //! new task's CR3 and I/O bitmap.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
-use x86_64::structures::paging::{
-    mapper::TranslateResult, FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame,
-    Size4KiB, Translate,
-};
-use x86_64::{PhysAddr, VirtAddr};
+use x86_64::structures::paging::FrameAllocator;
 
-use crate::paging::{p2v, GlobalFrames, PagingError, PAGE, PHYS_OFFSET};
+use crate::paging::{p2v, GlobalFrames, PagingError};
 use crate::trap::TrapFrame;
 
 /// `TrapFrame::vector` of a frame built by the `syscall` entry.
 pub const SYSCALL_FRAME: u64 = 0x100;
-/// Highest user address + 1 (the lower half).
-pub const USER_END: u64 = 0x0000_8000_0000_0000;
+pub use crate::user_mem::{AddressSpace, UserRange, USER_END};
 pub const IO_BITMAP_BYTES: usize = 8192;
 
 static SYSCALL_HANDLER: AtomicUsize = AtomicUsize::new(0);
@@ -184,162 +179,16 @@ pub fn prefill_kernel_half() -> Result<(), PagingError> {
     Ok(())
 }
 
-/// A user address space: its own PML4 whose upper half is the kernel's (supervisor-only).
-pub struct AddressSpace {
-    pml4: u64,
-}
-
-impl AddressSpace {
-    pub fn new() -> Result<AddressSpace, PagingError> {
-        let f = GlobalFrames.allocate_frame().ok_or(PagingError::OutOfFrames)?.start_address().as_u64();
-        let k = p2v(crate::paging::kernel_pml4()) as *const u64;
-        let n = p2v(f) as *mut u64;
-        // SAFETY: `f` is a fresh zeroed frame; both tables are reached through the direct map.
-        unsafe {
-            for i in 256..512 {
-                n.add(i).write(k.add(i).read());
-            }
-        }
-        Ok(AddressSpace { pml4: f })
-    }
-
-    pub fn pml4(&self) -> u64 {
-        self.pml4
-    }
-
-    fn mapper(&self) -> OffsetPageTable<'static> {
-        // SAFETY: the PML4 is owned by this address space and reached through the direct map;
-        // the mapper only touches the lower (user) half.
-        unsafe { OffsetPageTable::new(&mut *((self.pml4 + PHYS_OFFSET) as *mut PageTable), VirtAddr::new(PHYS_OFFSET)) }
-    }
-
-    /// Map frame `phys` at user address `virt` (US bit set), writable and/or executable.
-    pub fn map(&mut self, virt: u64, phys: u64, writable: bool, executable: bool) -> Result<(), PagingError> {
-        if virt % PAGE != 0 || phys % PAGE != 0 {
-            return Err(PagingError::Misaligned);
-        }
-        if virt >= USER_END {
-            return Err(PagingError::AlreadyMapped);
-        }
-        let mut fl = F::PRESENT | F::USER_ACCESSIBLE;
-        if writable {
-            fl |= F::WRITABLE;
-        }
-        if !executable {
-            fl |= F::NO_EXECUTE;
-        }
-        let mut m = self.mapper();
-        // SAFETY: a user-half mapping of a frame the caller owns (or lends); it cannot alias
-        // kernel structures except through a frame the kernel handed out for this purpose.
-        let fl_tbl = F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE;
-        unsafe {
-            m.map_to_with_table_flags(
-                Page::<Size4KiB>::containing_address(VirtAddr::new(virt)),
-                PhysFrame::containing_address(PhysAddr::new(phys)),
-                fl,
-                fl_tbl,
-                &mut GlobalFrames,
-            )?
-            .flush();
-        }
-        Ok(())
-    }
-
-    /// Map device memory `phys` at user address `virt`: uncached (PCD|PWT), never executable.
-    pub fn map_mmio(&mut self, virt: u64, phys: u64, writable: bool) -> Result<(), PagingError> {
-        if virt % PAGE != 0 || phys % PAGE != 0 {
-            return Err(PagingError::Misaligned);
-        }
-        if virt >= USER_END {
-            return Err(PagingError::AlreadyMapped);
-        }
-        let mut fl = F::PRESENT | F::USER_ACCESSIBLE | F::NO_EXECUTE | F::NO_CACHE | F::WRITE_THROUGH;
-        if writable {
-            fl |= F::WRITABLE;
-        }
-        let mut m = self.mapper();
-        // SAFETY: a user-half mapping of a device range the kernel granted to this address
-        // space's task; it is not RAM, so it aliases no kernel data.
-        unsafe {
-            m.map_to_with_table_flags(
-                Page::<Size4KiB>::containing_address(VirtAddr::new(virt)),
-                PhysFrame::containing_address(PhysAddr::new(phys)),
-                fl,
-                F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE,
-                &mut GlobalFrames,
-            )?
-            .flush();
-        }
-        Ok(())
-    }
-
-    /// Unmap a user page; returns the frame it mapped.
-    pub fn unmap(&mut self, virt: u64) -> Result<u64, PagingError> {
-        let mut m = self.mapper();
-        match m.unmap(Page::<Size4KiB>::containing_address(VirtAddr::new(virt))) {
-            Ok((f, flush)) => {
-                flush.flush();
-                Ok(f.start_address().as_u64())
-            }
-            Err(_) => Err(PagingError::NotMapped),
-        }
-    }
-
-    /// (physical address, writable) of user address `virt`.
-    pub fn translate(&self, virt: u64) -> Option<(u64, bool)> {
-        if virt >= USER_END {
-            return None;
-        }
-        match self.mapper().translate(VirtAddr::new(virt)) {
-            TranslateResult::Mapped { frame, offset, flags } if flags.contains(F::USER_ACCESSIBLE) => {
-                Some((frame.start_address().as_u64() + offset, flags.contains(F::WRITABLE)))
-            }
-            _ => None,
-        }
-    }
-
-    /// Copy bytes out of user memory (through the direct map, so SMAP stays on).
-    pub fn read(&self, virt: u64, buf: &mut [u8]) -> Result<(), PagingError> {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let (p, _) = self.translate(virt + i as u64).ok_or(PagingError::NotMapped)?;
-            // SAFETY: `p` is a mapped user frame reached through the direct map.
-            *b = unsafe { ((p + PHYS_OFFSET) as *const u8).read_volatile() };
-        }
-        Ok(())
-    }
-
-    /// Free the page-table frames of the user half (not the frames they mapped: the kernel
-    /// tracks those per task) and the PML4 itself.
-    pub fn destroy(self) {
-        fn free_level(table: u64, level: u8) {
-            let t = p2v(table) as *const u64;
-            let n = if level == 4 { 256 } else { 512 };
-            for i in 0..n {
-                // SAFETY: page-table frames of this space, reached through the direct map.
-                let e = unsafe { t.add(i).read() };
-                if e & 1 != 0 && e & (1 << 7) == 0 && level > 1 {
-                    let next = e & 0x000f_ffff_ffff_f000;
-                    free_level(next, level - 1);
-                    let _ = crate::memory::free_frame(next);
-                }
-            }
-        }
-        free_level(self.pml4, 4);
-        let _ = crate::memory::free_frame(self.pml4);
-    }
-}
-
-/// Write bytes into a physical frame (through the direct map).
-pub fn write_phys(phys: u64, data: &[u8]) {
-    assert!((phys % PAGE) as usize + data.len() <= PAGE as usize);
-    // SAFETY: the caller owns the frame (just allocated for a user page); the direct map covers it.
-    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p2v(phys) as *mut u8, data.len()) }
-}
-
 /// Load `bitmap` as this CPU's TSS I/O permission bitmap (`owner` identifies it so an
 /// unchanged bitmap is not copied again), or deny every port with `None`.
 pub fn set_io_bitmap(owner: u64, bitmap: Option<&[u8; IO_BITMAP_BYTES]>) {
-    let pc = crate::smp::percpu();
+    crate::cpu::without_interrupts(|| set_io_bitmap_here(owner, bitmap))
+}
+
+fn set_io_bitmap_here(owner: u64, bitmap: Option<&[u8; IO_BITMAP_BYTES]>) {
+    // SAFETY: interrupts are off (caller) and this is the only live reference; per-CPU data
+    // exists before the scheduler switches tasks.
+    let pc = unsafe { crate::smp::percpu() };
     let tss = pc.tss as *mut crate::gdt::TssWithIo;
     match bitmap {
         Some(b) if pc.io_owner != owner => {

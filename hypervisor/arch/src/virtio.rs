@@ -25,7 +25,8 @@ unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _dir: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let p = crate::memory::alloc_contiguous(pages as u64, 1).expect("virtio DMA: out of frames");
         for i in 0..pages as u64 {
-            crate::memory::zero_frame(p + i * PAGE_SIZE as u64);
+            // SAFETY: frames just allocated for this call: nothing else refers to them.
+            unsafe { crate::memory::zero_frame(p + i * PAGE_SIZE as u64) };
         }
         let v = crate::paging::p2v(p) as *mut u8;
         (p, NonNull::new(v).expect("direct map address is never null"))

@@ -318,9 +318,7 @@ impl Caps {
 static VMXON: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
 
 fn zeroed_frame() -> Result<u64, VirtError> {
-    let f = crate::memory::alloc_frame().map_err(|_| VirtError::OutOfMemory)?;
-    crate::memory::zero_frame(f);
-    Ok(f)
+    crate::memory::alloc_zeroed_frame().map_err(|_| VirtError::OutOfMemory)
 }
 
 fn apic_id() -> u32 {

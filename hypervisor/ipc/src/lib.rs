@@ -161,6 +161,14 @@ pub mod syscall {
     /// `sender()`: the authenticated fabric /128 the last message this task received came
     /// from (rdi high, rsi low); all zero for a message from this node.
     pub const SYS_SENDER: u64 = 17;
+    /// Error code (returned negated) of a syscall given a bad argument: an address outside
+    /// the caller's memory, a range that overflows, memory or a device it does not own.
+    pub const ERR_BAD_ARG: u64 = 100;
+    /// Error code (returned negated): the caller's memory quota, or the node's memory, is
+    /// exhausted.
+    pub const ERR_NO_MEMORY: u64 = 101;
+    /// Most pages one `SYS_MAP` maps (bounded work per call; map more with more calls).
+    pub const MAP_MAX_PAGES: u64 = 1024;
 }
 /// The protocol between the kernel's `syscall_fuzz` test and the ring-3 fuzzer `sysfuzz`
 /// (docs/microkernel.md, "Syscall fuzzer"): configuration and report labels, and the

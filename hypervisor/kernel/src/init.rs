@@ -75,6 +75,12 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
         Err(e) => panic!("frame allocator: {:?}", e),
     };
     memory::install(frames);
+    // What ring 3 may never get as device memory, and the modules read in place for good.
+    let ram: Vec<(u64, u64)> = bi.memory_map.iter()
+        .filter(|r| !matches!(r.kind, MemoryKind::Reserved | MemoryKind::BadMemory | MemoryKind::Framebuffer))
+        .map(|r| (r.start, r.len)).collect();
+    memory::set_ram_ranges(&ram);
+    memory::set_boot_modules(&bi.modules);
     for r in &bi.memory_map {
         log::debug!(target: "mm", "  {:#014x}-{:#014x} {:?}", r.start, r.start + r.len, r.kind);
     }
@@ -171,7 +177,7 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     }
 
     for m in &bi.modules {
-        let data = memory::phys_slice(m.start, m.len as usize);
+        let Some(data) = memory::boot_module(m) else { continue };
         info!(target: "boot", "module \"{}\" at {:#x}, {} bytes, fnv1a {:016x}", m.name, m.start, m.len, fnv1a(data));
     }
 

@@ -122,7 +122,7 @@ fn boot_module(node: &Node) -> Result<(), String> {
     let want = arg(node, "ktest.module_fnv").ok_or("no ktest.module_fnv on the command line")?;
     let want = u64::from_str_radix(want, 16).map_err(|_| "bad ktest.module_fnv")?;
     let m = node.boot.modules.first().ok_or("no boot module arrived")?;
-    let got = crate::init::fnv1a(memory::phys_slice(m.start, m.len as usize));
+    let got = crate::init::fnv1a(memory::boot_module(m).ok_or("module not registered")?);
     check(got == want, || format!("module fnv1a {got:016x}, expected {want:016x}"))?;
     // The module's frames must never be handed out.
     check(m.start % 4096 == 0 || m.len > 0, || "empty module".into())
@@ -143,7 +143,8 @@ fn frame_alloc(_: &Node) -> Result<(), String> {
     let before = memory::stats();
     let mut frames = Vec::new();
     for _ in 0..256 {
-        frames.push(memory::alloc_frame().map_err(|e| format!("{e:?}"))?);
+        // zeroed on the way: each frame is real, writable memory reachable through the direct map
+        frames.push(memory::alloc_zeroed_frame().map_err(|e| format!("{e:?}"))?);
     }
     let mut sorted = frames.clone();
     sorted.sort();
@@ -151,10 +152,6 @@ fn frame_alloc(_: &Node) -> Result<(), String> {
     check(sorted.len() == frames.len(), || "duplicate frame handed out".into())?;
     check(frames.iter().all(|f| f % 4096 == 0), || "unaligned frame".into())?;
     check(memory::stats().free == before.free - 256, || "stats did not drop by 256".into())?;
-    // Each frame is real, writable memory reachable through the direct map.
-    for &f in &frames {
-        memory::zero_frame(f);
-    }
     for f in frames {
         memory::free_frame(f).map_err(|e| format!("{e:?}"))?;
     }
@@ -174,8 +171,7 @@ fn frame_alloc_contiguous(_: &Node) -> Result<(), String> {
 const TEST_VIRT: u64 = 0xffff_d000_0000_0000;
 
 fn page_map_unmap_translate(_: &Node) -> Result<(), String> {
-    let f = memory::alloc_frame().map_err(|e| format!("{e:?}"))?;
-    memory::zero_frame(f);
+    let f = memory::alloc_zeroed_frame().map_err(|e| format!("{e:?}"))?;
     check(paging::translate(TEST_VIRT).is_none(), || "test page already mapped".into())?;
     paging::map_fresh_test_page(TEST_VIRT, f).map_err(|e| format!("map: {e:?}"))?;
     let t = paging::translate(TEST_VIRT + 0x123).ok_or("not mapped after map")?;

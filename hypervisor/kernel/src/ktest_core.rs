@@ -167,7 +167,7 @@ pub fn ipc_missing_capability(_: &Node) -> Result<(), String> {
 }
 
 fn spawn_uapp(name: &str, role: u64, aff: Affinity, own: bool, caps: &[catenary_ipc::Capability]) -> Result<(u64, Option<u64>), String> {
-    task::spawn_user(&UserSpec { name, elf: task::UAPP_ELF, arg: role, prio: Priority::NORMAL, affinity: aff, own_endpoint: own, caps, ports: &[], mmio: &[], dma_pages: 0 })
+    task::spawn_user(&UserSpec { name, elf: task::UAPP_ELF, arg: role, prio: Priority::NORMAL, affinity: aff, own_endpoint: own, caps, ports: &[], mmio: &[], dma_pages: 0, mem_pages: task::DEFAULT_MEM_PAGES })
         .map_err(|e| format!("spawn {name}: {e:?}"))
 }
 
@@ -347,7 +347,7 @@ pub fn driver_mmio_dma_grants(_: &Node) -> Result<(), String> {
     let io = task::ioapic_phys().ok_or("no IOAPIC in ACPI")?;
     let before = catenary_arch::memory::stats().free;
     let (id, ep) = task::spawn_user(&UserSpec { name: "mmio-drv", elf: task::UAPP_ELF, arg: task::ROLE_MMIO_DRIVER, prio: Priority::DRIVER,
-        affinity: Affinity::ANY, own_endpoint: true, caps: &[], ports: &[], mmio: &[(io, 4096)], dma_pages: 4 })
+        affinity: Affinity::ANY, own_endpoint: true, caps: &[], ports: &[], mmio: &[(io, 4096)], dma_pages: 4, mem_pages: task::DEFAULT_MEM_PAGES })
         .map_err(|e| format!("spawn: {e:?}"))?;
     let slot = task::give_current(task::send_cap(ep.unwrap(), 0));
     let r = task::call(slot, Message::new(1, [io, 0xfee0_0000, 0, 0])).map_err(|e| format!("driver call: {e:?}"))?;
@@ -356,8 +356,9 @@ pub fn driver_mmio_dma_grants(_: &Node) -> Result<(), String> {
     let phys = r.words[1];
     check(phys != 0 && phys % 4096 == 0, || format!("DMA physical address {phys:#x}"))?;
     for i in 0..4u64 {
-        let b = catenary_arch::memory::phys_slice(phys + i * 4096, 8);
-        let v = u64::from_le_bytes(b.try_into().unwrap());
+        let mut b = [0u8; 8];
+        catenary_arch::memory::phys_read(phys + i * 4096, &mut b);
+        let v = u64::from_le_bytes(b);
         check(v == 0xd4a0 + i, || format!("DMA page {i} at {:#x} holds {v:#x}: not the driver's memory", phys + i * 4096))?;
     }
     check(r.words[2] == 7, || format!("ungranted MMIO / DMA over quota accepted: error mask {:#b}", r.words[2]))?;

@@ -95,7 +95,7 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
 
     // A stale capability: the endpoint of a task that has exited.
     let (gone, gone_ep) = task::spawn_user(&UserSpec { name: "sysfuzz-gone", elf: task::UAPP_ELF, arg: task::ROLE_ONE_SHOT, prio: Priority::NORMAL,
-        affinity: Affinity::ANY, own_endpoint: true, caps: &[], ports: &[], mmio: &[], dma_pages: 0 })
+        affinity: Affinity::ANY, own_endpoint: true, caps: &[], ports: &[], mmio: &[], dma_pages: 0, mem_pages: task::DEFAULT_MEM_PAGES })
         .map_err(|e| format!("spawn: {e:?}"))?;
     let s = task::give_current(task::send_cap(gone_ep.ok_or("no endpoint")?, 0));
     task::send(s, Message::new(1, [0; 4])).map_err(|e| format!("{e:?}"))?;
@@ -149,7 +149,7 @@ struct Fuzzer {
 }
 
 fn spec<'a>(name: &'a str, seed: u64, caps: &'a [Capability], mmio: &'a [(u64, u64)], dma: u64) -> UserSpec<'a> {
-    UserSpec { name, elf: task::SYSFUZZ_ELF, arg: seed, prio: Priority::NORMAL, affinity: Affinity::ANY, own_endpoint: true, caps, ports: &[], mmio, dma_pages: dma }
+    UserSpec { name, elf: task::SYSFUZZ_ELF, arg: seed, prio: Priority::NORMAL, affinity: Affinity::ANY, own_endpoint: true, caps, ports: &[], mmio, dma_pages: dma, mem_pages: task::DEFAULT_MEM_PAGES }
 }
 
 /// One run: a peer and `FUZZERS` fuzzers beside it (on any CPU), until every fuzzer ended.

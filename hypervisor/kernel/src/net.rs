@@ -152,7 +152,7 @@ impl UserNic {
         let off = RX_SLOTS + s * SLOT_LEN;
         let v = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(off)], || {
             let len = frame_len(memory::phys_read_u64(r + RX_LEN + s * 8));
-            memory::phys_write_u64(r + RX_TAIL, tail.wrapping_add(1));
+            memory::user_write_u64(r + RX_TAIL, tail.wrapping_add(1)).ok()?;
             let mut v = alloc::vec![0u8; len?];
             memory::phys_read(r + off, &mut v);
             Some(v)
@@ -185,9 +185,10 @@ impl UserNic {
         let s = slot(head);
         let off = TX_SLOTS + s * SLOT_LEN;
         let _ = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(off)], || {
-            memory::phys_write(r + off, &frame);
-            memory::phys_write_u64(r + TX_LEN + s * 8, len as u64);
-            memory::phys_write_u64(r + TX_HEAD, head.wrapping_add(1));
+            // user frames only (the arch checks); whose they are, with_owned_frames checked
+            let _ = memory::user_write(r + off, &frame)
+                .and_then(|()| memory::user_write_u64(r + TX_LEN + s * 8, len as u64))
+                .and_then(|()| memory::user_write_u64(r + TX_HEAD, head.wrapping_add(1)));
         });
         // a full endpoint means nicd has wakeups pending already
         let _ = crate::task::send(self.wake_slot, catenary_ipc::Message::new(LABEL_TX, [0; 4]));
@@ -425,7 +426,7 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
 /// The node's secret key from the `node.key` entry of a cpio boot module (never logged).
 fn node_key(modules: &[Module]) -> Option<[u8; 32]> {
     for m in modules {
-        let data = memory::phys_slice(m.start, m.len as usize);
+        let Some(data) = memory::boot_module(m) else { continue };
         let Some(f) = catenary_bootinfo::ImageStore::parse(data).ok().and_then(|s| s.get(catenary_net::nodekey::NODE_KEY_FILE)) else { continue };
         match catenary_net::nodekey::parse_node_key(f) {
             Ok(k) => return Some(k),
@@ -502,7 +503,7 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
     };
     let mut cluster = Cluster::default();
     for m in modules {
-        let mut data = memory::phys_slice(m.start, m.len as usize);
+        let Some(mut data) = memory::boot_module(m) else { continue };
         // On PVH there is one module: the cluster file may ride in the guest bundle's cpio.
         if !Cluster::is_cluster_file(data) {
             if let Some(c) = catenary_bootinfo::ImageStore::parse(data).ok().and_then(|s| s.get("cluster.txt")) {

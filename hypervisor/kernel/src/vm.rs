@@ -366,7 +366,7 @@ pub struct GuestBundle {
 
 pub fn find_bundle(modules: &[catenary_bootinfo::Module]) -> Option<GuestBundle> {
     for m in modules {
-        let data = catenary_arch::memory::phys_slice(m.start, m.len as usize);
+        let Some(data) = catenary_arch::memory::boot_module(m) else { continue };
         if let Ok(store) = catenary_bootinfo::ImageStore::parse(data) {
             if let Some(initramfs) = store.get("initramfs.cpio.gz") {
                 return Some(GuestBundle { vmlinux: store.get("vmlinux"), bzimage: store.get("bzImage"), initramfs });

@@ -9,10 +9,10 @@ pub fn run_ipc_bench(cpus: usize) {
     let other = if cpus > 1 { 1 } else { 0 };
     for (what, srv_cpu, cli_cpu) in [("same CPU", 0usize, 0usize), ("across CPUs", other, 0)] {
         let srv = spawn_user(&UserSpec { name: "bench-echo", elf: UAPP_ELF, arg: ROLE_ECHO, prio: Priority::NORMAL,
-            affinity: Affinity::only(srv_cpu), own_endpoint: true, caps: &[], ports: &[], mmio: &[], dma_pages: 0 });
+            affinity: Affinity::only(srv_cpu), own_endpoint: true, caps: &[], ports: &[], mmio: &[], dma_pages: 0, mem_pages: DEFAULT_MEM_PAGES });
         let Ok((sid, Some(sep))) = srv else { warn!(target: "bench", "cannot start server"); return };
         let cli = spawn_user(&UserSpec { name: "bench-client", elf: UAPP_ELF, arg: ROLE_BENCH, prio: Priority::NORMAL,
-            affinity: Affinity::only(cli_cpu), own_endpoint: false, caps: &[send_cap(sep, 1), send_cap(ep, 0)], ports: &[], mmio: &[], dma_pages: 0 });
+            affinity: Affinity::only(cli_cpu), own_endpoint: false, caps: &[send_cap(sep, 1), send_cap(ep, 0)], ports: &[], mmio: &[], dma_pages: 0, mem_pages: DEFAULT_MEM_PAGES });
         let Ok((cid, _)) = cli else { warn!(target: "bench", "cannot start client"); return };
         match recv(slot, 60_000_000_000) {
             Ok(m) => {

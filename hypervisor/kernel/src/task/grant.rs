@@ -9,28 +9,19 @@ pub(super) struct GrantRec {
     pub(super) sender: TaskId,
     /// The receiver and where the pages are mapped in it, once delivered.
     pub(super) mapped: Option<(TaskId, u64)>,
-    pub(super) frames: Vec<u64>,
-    pub(super) writable: bool,
+    /// The sender's frames, checked against its page tables when it made the call.
+    pub(super) lent: catenary_arch::user_mem::Lent,
 }
 
-/// The frames behind [base, base+len) of `me`, if `me` owns every page (and they are
-/// writable when `writable`).
-pub(super) fn grant_frames(k: &Kernel, me: TaskId, base: u64, len: u64, writable: bool) -> Option<Vec<u64>> {
-    let t = k.sched.task(me)?;
-    let space = t.context.space.as_ref()?;
-    let pages = len.div_ceil(4096);
-    if base % 4096 != 0 || pages == 0 || pages > GRANT_MAX_PAGES || base.checked_add(pages * 4096)? > uspace::USER_END {
+/// The frames behind [base, base+len) of `me`, if every page is `me`'s own RAM (not MMIO,
+/// not itself a grant) and writable when `writable`.
+pub(super) fn grant_frames(k: &Kernel, me: TaskId, base: u64, len: u64, writable: bool) -> Option<catenary_arch::user_mem::Lent> {
+    let space = k.sched.task(me)?.context.space.as_ref()?;
+    let r = UserRange::pages(base, len.div_ceil(4096)).ok()?;
+    if r.page_count() > GRANT_MAX_PAGES {
         return None;
     }
-    let mut frames = Vec::with_capacity(pages as usize);
-    for i in 0..pages {
-        let (phys, w) = space.translate(base + i * 4096)?;
-        if (writable && !w) || !t.context.frames.contains(&phys) {
-            return None;
-        }
-        frames.push(phys);
-    }
-    Some(frames)
+    space.lend(r, writable).ok()
 }
 
 /// A message reaches `receiver`: map the grant travelling with it (if any) into its grant
@@ -43,15 +34,11 @@ pub(super) fn deliver_grant(k: &mut Kernel, receiver: TaskId, m: &mut Message) {
     let Some(rec) = k.grants.get(&m.reply) else { return };
     let used: Vec<u64> = k.grants.values().filter_map(|g| g.mapped.filter(|(r, _)| *r == receiver).map(|(_, v)| v)).collect();
     let Some(virt) = (0..GRANT_SLOTS).map(|i| GRANT_WINDOW + i * GRANT_MAX_PAGES * 4096).find(|v| !used.contains(v)) else { return };
-    let (frames, writable) = (rec.frames.clone(), rec.writable);
-    let Some(space) = k.sched.task_mut(receiver).and_then(|t| t.context.space.as_mut()) else { return };
-    for (i, fr) in frames.iter().enumerate() {
-        if space.map(virt + i as u64 * 4096, *fr, writable, false).is_err() {
-            for j in 0..i as u64 {
-                let _ = space.unmap(virt + j * 4096);
-            }
-            return;
-        }
+    let writable = rec.lent.writable();
+    let Some(t) = k.sched.task_mut(receiver) else { return };
+    let Some(space) = t.context.space.as_mut() else { return };
+    if space.map_lent(virt, &k.grants[&m.reply].lent).is_err() {
+        return;
     }
     k.grants.get_mut(&m.reply).unwrap().mapped = Some((receiver, virt));
     m.words[2] = virt | writable as u64;
@@ -60,7 +47,7 @@ pub(super) fn deliver_grant(k: &mut Kernel, receiver: TaskId, m: &mut Message) {
 pub(super) fn unmap_grant(k: &mut Kernel, rec: &GrantRec) {
     if let Some((r, virt)) = rec.mapped {
         if let Some(space) = k.sched.task_mut(r).and_then(|t| t.context.space.as_mut()) {
-            for i in 0..rec.frames.len() as u64 {
+            for i in 0..rec.lent.pages() {
                 let _ = space.unmap(virt + i * 4096);
             }
         }
@@ -89,10 +76,12 @@ pub(super) fn grants_on_death(k: &mut Kernel, dead: TaskId) {
         // its own (freed when it exits) instead of returning to the allocator now.
         if let Some((r, _)) = rec.mapped {
             if let Some(t) = k.sched.task_mut(dead) {
-                t.context.frames.retain(|f| !rec.frames.contains(f));
+                for f in rec.lent.frames() {
+                    t.context.frames.remove(f);
+                }
             }
             if let Some(t) = k.sched.task_mut(r) {
-                t.context.frames.extend_from_slice(&rec.frames);
+                t.context.frames.extend(rec.lent.frames().iter().copied());
             }
         }
     }

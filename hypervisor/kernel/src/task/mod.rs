@@ -51,7 +51,8 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_arch::trap::TrapFrame;
-use catenary_arch::uspace::{self, AddressSpace};
+use catenary_arch::uspace::{self, AddressSpace, UserRange};
+use catenary_arch::user_mem::PageKind;
 use catenary_arch::{apic, cpu, memory, paging, smp, time};
 use catenary_ipc::{Address, CapTable, Capability, Delivery, EndpointId, IpcError, IpcSpace, Message, Rights, REMOTE};
 use catenary_sched::{Affinity, BlockReason, Priority, Scheduler, TaskId, TaskState};
@@ -78,10 +79,14 @@ pub const RTC_VECTOR: u8 = 0x58;
 pub const NIC_VECTOR: u8 = 0x59;
 const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_0000;
 const USER_STACK_PAGES: u64 = 32;
-const ERR_BAD_ARG: u64 = 100;
 /// Where granted pages appear in a receiver: 64 slots of `GRANT_MAX_PAGES` pages.
 pub const GRANT_WINDOW: u64 = 0x0000_6000_0000_0000;
 pub const GRANT_MAX_PAGES: u64 = 4096;
+/// Page tables one mapping call may add (a run of up to `MAP_MAX_PAGES` pages crosses at most
+/// two page tables, two directories and two PDPTs): reserved from the quota up front.
+const TABLES_PER_CALL: u64 = 6;
+/// Memory quota of a ring-3 task whose spec does not set one (pages).
+pub const DEFAULT_MEM_PAGES: u64 = 1024;
 
 /// Exit code of a task killed by exception `v`.
 pub const fn killed_by(v: u64) -> u64 {
@@ -101,7 +106,10 @@ pub struct Ctx {
     space: Option<AddressSpace>,
     io: Option<Box<[u8; uspace::IO_BITMAP_BYTES]>>,
     pub caps: CapTable,
-    frames: Vec<u64>,
+    /// The RAM frames the task owns (freed when it exits).
+    frames: alloc::collections::BTreeSet<u64>,
+    /// Pages it may still take with `map` and `dma_alloc` (page tables included).
+    mem_left: u64,
     kentry: Option<(fn(u64), u64)>,
     /// Driver grants: physical MMIO ranges (base, len) it may map, DMA pages it may allocate.
     mmio: Vec<(u64, u64)>,
@@ -112,7 +120,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn new(frame: TrapFrame) -> Ctx {
-        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Vec::new(), kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16] }
+        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Default::default(), mem_left: 0, kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16] }
     }
 }
 

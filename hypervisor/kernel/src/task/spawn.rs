@@ -56,6 +56,27 @@ pub struct UserSpec<'a> {
     pub mmio: &'a [(u64, u64)],
     /// How many pages of DMA memory it may allocate with `dma_alloc`.
     pub dma_pages: u64,
+    /// Its memory quota: the pages it may own (program image, stack, `map`, `dma_alloc`, and
+    /// the page tables for them). [`DEFAULT_MEM_PAGES`] is a start.
+    pub mem_pages: u64,
+}
+
+/// The program image and the stack of a new task.
+fn load_image(space: &mut AddressSpace, frames: &mut alloc::collections::BTreeSet<u64>, elf: &[u8]) -> Result<u64, SpawnError> {
+    let entry = load_elf(space, frames, elf)?;
+    for i in 0..USER_STACK_PAGES {
+        let fr = memory::FreshFrame::alloc().map_err(|_| SpawnError::NoMemory)?;
+        frames.insert(space.map_fresh_frame(USER_STACK_TOP - (i + 1) * 4096, fr, true, false).map_err(|_| SpawnError::NoMemory)?);
+    }
+    Ok(entry)
+}
+
+/// A task that will not start (or has ended): its frames and page tables go back.
+pub(super) fn discard(space: AddressSpace, frames: alloc::collections::BTreeSet<u64>) {
+    for fr in frames {
+        let _ = memory::free_user_frame(fr);
+    }
+    space.destroy();
 }
 
 /// Load an embedded program into a fresh address space and start it. Returns the task and its
@@ -68,14 +89,20 @@ pub fn spawn_user(s: &UserSpec) -> Result<(TaskId, Option<EndpointId>), SpawnErr
 /// 0 (see `supervisor`), and `created` runs under the kernel lock before the task can run.
 pub(super) fn spawn_user_with(s: &UserSpec, adopt: Option<EndpointId>, created: &mut dyn FnMut(&mut Kernel, TaskId)) -> Result<(TaskId, Option<EndpointId>), SpawnError> {
     let mut space = AddressSpace::new().map_err(|_| SpawnError::NoMemory)?;
-    let mut frames = Vec::new();
-    let entry = load_elf(&mut space, &mut frames, s.elf)?;
-    for i in 0..USER_STACK_PAGES {
-        let fr = memory::alloc_frame().map_err(|_| SpawnError::NoMemory)?;
-        memory::zero_frame(fr);
-        frames.push(fr);
-        space.map(USER_STACK_TOP - (i + 1) * 4096, fr, true, false).map_err(|_| SpawnError::NoMemory)?;
-    }
+    let mut frames = alloc::collections::BTreeSet::new();
+    let entry = match load_image(&mut space, &mut frames, s.elf) {
+        // the image, the stack and their page tables come out of the quota
+        Ok(_) if frames.len() as u64 + space.table_frames() > s.mem_pages => Err(SpawnError::NoMemory),
+        r => r,
+    };
+    let entry = match entry {
+        Ok(e) => e,
+        Err(e) => {
+            discard(space, frames);
+            return Err(e);
+        }
+    };
+    let mem_left = s.mem_pages - (frames.len() as u64 + space.table_frames());
     let mut ctx = Ctx::new(uspace::user_frame(entry, USER_STACK_TOP, s.arg));
     ctx.space = Some(space);
     ctx.frames = frames;
@@ -84,6 +111,7 @@ pub(super) fn spawn_user_with(s: &UserSpec, adopt: Option<EndpointId>, created: 
     }
     ctx.mmio = s.mmio.to_vec();
     ctx.dma_left = s.dma_pages;
+    ctx.mem_left = mem_left;
     with(|k| {
         let id = k.sched.create(s.name, s.prio, s.affinity, ctx);
         let mut ep = None;

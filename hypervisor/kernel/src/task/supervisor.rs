@@ -209,7 +209,7 @@ fn spawner(_: u64) {
     let elf = elf_of(catenary_manifest::SUPERVISOR);
     let sup = spawn_user(&UserSpec {
         name: catenary_manifest::SUPERVISOR, elf, arg: SERVICES.len() as u64, prio: Priority::DRIVER, affinity: Affinity::ANY,
-        own_endpoint: true, caps: &[cap], ports: &[], mmio: &[], dma_pages: 0,
+        own_endpoint: true, caps: &[cap], ports: &[], mmio: &[], dma_pages: 0, mem_pages: DEFAULT_MEM_PAGES,
     });
     let (sid, Some(sep)) = (match sup {
         Ok(x) => x,
@@ -300,7 +300,7 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
     let arg = if s.name == "nicd" && starts == 0 && crash != 0 { crash } else { s.arg };
     let spec = UserSpec {
         name: s.name, elf: elf_of(s.program), arg, prio: Priority(s.priority), affinity: Affinity::ANY,
-        own_endpoint: false, caps: &caps, ports: s.ports, mmio: &mmio, dma_pages: s.dma_pages,
+        own_endpoint: false, caps: &caps, ports: s.ports, mmio: &mmio, dma_pages: s.dma_pages, mem_pages: s.memory_pages,
     };
     let mut irq = String::new();
     match (s.irq, ep) {

@@ -53,11 +53,9 @@ pub(super) fn reap_dead(k: &mut Kernel, id: TaskId) {
     if k.sched.task(id).map(|t| t.state == TaskState::Dead).unwrap_or(false) {
         if let Some(t) = k.sched.reap(id) {
             supervisor::before_free(k, id, t.context.frames.len());
-            for fr in t.context.frames {
-                let _ = memory::free_frame(fr);
-            }
-            if let Some(s) = t.context.space {
-                s.destroy();
+            match t.context.space {
+                Some(s) => discard(s, t.context.frames),
+                None => debug_assert!(t.context.frames.is_empty()),
             }
         }
     }

@@ -3,7 +3,42 @@
 use super::*;
 
 pub(super) fn on_syscall(f: &mut TrapFrame) {
-    with(|k| syscall(k, f))
+    // Calls whose slow part (zeroing memory, the UART) runs without the kernel lock.
+    match f.rax {
+        SYS_MAP => sys_map(f),
+        SYS_DMA_ALLOC => sys_dma_alloc(f),
+        SYS_LOG => sys_log(f),
+        _ => with(|k| syscall(k, f)),
+    }
+}
+
+/// The deadline `ns` from now (0 = none); saturates instead of wrapping to the past.
+pub(super) fn deadline(ns: u64) -> Option<u64> {
+    (ns != 0).then(|| time::now_ns().saturating_add(ns))
+}
+
+/// Longest `SYS_LOG` line (bytes).
+const LOG_MAX: u64 = 200;
+
+/// `SYS_LOG(ptr, len)`: copy at most `LOG_MAX` bytes of the caller's RAM under the lock, print
+/// them after releasing it.
+fn sys_log(f: &mut TrapFrame) {
+    let (ptr, len) = (f.rdi, f.rsi.min(LOG_MAX));
+    let got = with(|k| {
+        let me = k.sched.current(smp::cpu_index())?;
+        let t = k.sched.task(me)?;
+        let r = UserRange::new(ptr, len).ok()?;
+        let mut buf = alloc::vec![0u8; len as usize];
+        t.context.space.as_ref()?.copy_from_user(r, &mut buf).ok()?;
+        Some((me, t.name.clone(), buf))
+    });
+    match got {
+        Some((me, name, buf)) => {
+            info!(target: "user", "[{} {}] {}", me, name, String::from_utf8_lossy(&buf));
+            f.rax = 0;
+        }
+        None => f.rax = ERR_BAD_ARG.wrapping_neg(),
+    }
 }
 
 pub(super) fn msg_from(f: &TrapFrame) -> Message {
@@ -28,7 +63,7 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
         }
         SYS_SLEEP => {
             f.rax = 0;
-            let _ = k.sched.block(me, BlockReason::Sleep, Some(time::now_ns() + f.rdi));
+            let _ = k.sched.block(me, BlockReason::Sleep, deadline(f.rdi.max(1)));
             resched(k, f);
         }
         SYS_TIME => f.rax = time::now_ns(),
@@ -79,7 +114,7 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                     }
                 }
                 Ok(None) => {
-                    let deadline = if f.rsi == 0 { None } else { Some(time::now_ns() + f.rsi) };
+                    let deadline = deadline(f.rsi);
                     let _ = k.sched.block(me, BlockReason::Recv(ep), deadline);
                     resched(k, f);
                 }
@@ -136,7 +171,7 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             m.grant = Some(catenary_ipc::Grant { base, len, writable });
             match k.ipc.call(me, &cap, m) {
                 Ok((tok, d)) => {
-                    k.grants.insert(tok, GrantRec { sender: me, mapped: None, frames, writable });
+                    k.grants.insert(tok, GrantRec { sender: me, mapped: None, lent: frames });
                     let _ = k.sched.block(me, BlockReason::Reply(tok), None);
                     if let Delivery::Direct { receiver, mut msg } = d {
                         deliver_grant(k, receiver, &mut msg);
@@ -169,25 +204,8 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                 Err(e) => f.rax = err(e),
             }
         }
-        SYS_MAP => f.rax = map_anon(k, me, f.rdi, f.rsi),
         SYS_MAP_MMIO => f.rax = map_mmio(k, me, f.rdi, f.rsi, f.rdx),
-        SYS_DMA_ALLOC => f.rax = dma_alloc(k, me, f.rdi, f.rsi),
         SYS_UNMAP => f.rax = unmap_anon(k, me, f.rdi, f.rsi),
-        SYS_LOG => {
-            let t = k.sched.task(me).unwrap();
-            let len = (f.rsi as usize).min(200);
-            let mut buf = alloc::vec![0u8; len];
-            let ok = match &t.context.space {
-                Some(s) => s.read(f.rdi, &mut buf).is_ok(),
-                None => false,
-            };
-            if ok {
-                info!(target: "user", "[{} {}] {}", me, t.name, String::from_utf8_lossy(&buf));
-                f.rax = 0;
-            } else {
-                f.rax = ERR_BAD_ARG.wrapping_neg();
-            }
-        }
         SYS_BIND_ADDRESS => match sys_bind_address(k, me, f.rdi as usize) {
             Ok(a) => {
                 f.rax = 0;
@@ -207,7 +225,7 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             } else if k.sched.task(target).is_none() {
                 f.rax = ERR_BAD_ARG.wrapping_neg();
             } else {
-                let deadline = if f.rsi == 0 { None } else { Some(time::now_ns() + f.rsi) };
+                let deadline = deadline(f.rsi);
                 let _ = k.sched.block(me, BlockReason::Join(target), deadline);
                 resched(k, f);
             }

@@ -1,0 +1,502 @@
+//! User address spaces and the one checked way into user memory.
+//!
+//! Every syscall argument that names user memory becomes a [`UserRange`] first: canonical,
+//! inside the lower half, `start + len` computed without overflow. The [`AddressSpace`]
+//! methods that take one check each page against the task's own page tables: present,
+//! user-accessible, writable where written, and of the right *kind*. The kind lives in the
+//! leaf entry's software bits, set when the kernel mapped the page:
+//!
+//! - [`PageKind::Ram`]: a frame the task owns (anonymous memory, its ELF image and stack,
+//!   DMA memory), always RAM;
+//! - [`PageKind::Grant`]: another task's RAM lent for one call (the grant window);
+//! - [`PageKind::Mmio`]: device memory, never read or written by the kernel on the task's
+//!   behalf (it is not in the direct map and reads may have side effects).
+//!
+//! Mapping an arbitrary physical address into user space can break memory safety (a task
+//! could reach kernel data), so the raw mapping functions are `unsafe`; the kernel uses the
+//! safe ones here, which either take a fresh frame token from the allocator
+//! ([`AddressSpace::map_fresh_frame`], [`AddressSpace::map_dma`]), take a [`Lent`] token produced by the lender's own page tables
+//! ([`AddressSpace::map_lent`]), or refuse every physical address that is RAM
+//! ([`AddressSpace::map_device`]).
+
+use alloc::vec::Vec;
+use x86_64::structures::paging::{
+    mapper::TranslateResult, FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame,
+    Size4KiB, Translate,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+use crate::memory::{FreshFrame, FreshRun};
+use crate::paging::{p2v, GlobalFrames, PagingError, PAGE, PHYS_OFFSET};
+
+/// Highest user address + 1 (the lower, canonical half).
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+
+/// Why a user-memory request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserError {
+    /// Not inside the user half (kernel or non-canonical address), or `start + len` overflows.
+    OutOfRange,
+    /// Not page-aligned where pages are required, or an empty range.
+    Misaligned,
+    /// A page in the range is not mapped (or not user-accessible).
+    NotMapped,
+    /// A page is mapped but of the wrong kind (MMIO where RAM is needed, a grant where an
+    /// owned page is needed, RAM where a device address is needed).
+    WrongKind,
+    /// A page is read-only and the request writes.
+    ReadOnly,
+    /// Already mapped.
+    Busy,
+    /// No memory for a frame or a page table.
+    NoMemory,
+}
+
+impl From<PagingError> for UserError {
+    fn from(e: PagingError) -> Self {
+        match e {
+            PagingError::OutOfFrames => UserError::NoMemory,
+            PagingError::AlreadyMapped | PagingError::HugePage => UserError::Busy,
+            PagingError::NotMapped => UserError::NotMapped,
+            PagingError::Misaligned => UserError::Misaligned,
+        }
+    }
+}
+
+/// A range of user virtual addresses `[start, start + len)`, checked to lie in the user half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRange {
+    start: u64,
+    len: u64,
+}
+
+impl UserRange {
+    /// Any byte range: `start + len <= USER_END`, no overflow.
+    pub fn new(start: u64, len: u64) -> Result<UserRange, UserError> {
+        let end = start.checked_add(len).ok_or(UserError::OutOfRange)?;
+        if start >= USER_END || end > USER_END {
+            return Err(UserError::OutOfRange);
+        }
+        Ok(UserRange { start, len })
+    }
+
+    /// `pages` whole pages from page-aligned `start` (at least one).
+    pub fn pages(start: u64, pages: u64) -> Result<UserRange, UserError> {
+        if start % PAGE != 0 || pages == 0 {
+            return Err(UserError::Misaligned);
+        }
+        UserRange::new(start, pages.checked_mul(PAGE).ok_or(UserError::OutOfRange)?)
+    }
+
+    /// The pages covering `[start, start + len)` of any byte range (at least one).
+    pub fn covering_pages(start: u64, len: u64) -> Result<UserRange, UserError> {
+        let r = UserRange::new(start, len)?;
+        if len == 0 {
+            return Err(UserError::Misaligned);
+        }
+        let s = start & !(PAGE - 1);
+        let e = (r.end() + PAGE - 1) & !(PAGE - 1); // end <= USER_END: no overflow
+        Ok(UserRange { start: s, len: e - s })
+    }
+
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+    /// Number of pages the range touches.
+    pub fn page_count(&self) -> u64 {
+        if self.len == 0 {
+            return 0;
+        }
+        ((self.end() - 1) >> 12) - (self.start >> 12) + 1
+    }
+    /// Whether the range lies entirely in `[lo, hi)`.
+    pub fn within(&self, lo: u64, hi: u64) -> bool {
+        self.start >= lo && self.end() <= hi
+    }
+    /// The start of every page the range touches.
+    pub fn page_starts(&self) -> impl Iterator<Item = u64> {
+        let first = self.start & !(PAGE - 1);
+        (0..self.page_count()).map(move |i| first + i * PAGE)
+    }
+}
+
+/// What a user page is (stored in the leaf entry's software bits 9..11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageKind {
+    Ram,
+    Grant,
+    Mmio,
+}
+
+impl PageKind {
+    fn bit(self) -> F {
+        match self {
+            PageKind::Ram => F::BIT_9,
+            PageKind::Grant => F::BIT_10,
+            PageKind::Mmio => F::BIT_11,
+        }
+    }
+    fn of(flags: F) -> Option<PageKind> {
+        [PageKind::Ram, PageKind::Grant, PageKind::Mmio].into_iter().find(|k| flags.contains(k.bit()))
+    }
+}
+
+/// One present user page: its frame, kind and whether ring 3 may write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserPage {
+    pub phys: u64,
+    pub kind: PageKind,
+    pub writable: bool,
+}
+
+/// Frames a task lends for one call: taken from the lender's own page tables (every page its
+/// RAM, writable if the loan is), so mapping them elsewhere shares task memory and nothing else.
+#[derive(Debug)]
+pub struct Lent {
+    frames: Vec<u64>,
+    writable: bool,
+}
+
+impl Lent {
+    pub fn frames(&self) -> &[u64] {
+        &self.frames
+    }
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+    pub fn pages(&self) -> u64 {
+        self.frames.len() as u64
+    }
+}
+
+/// A user address space: its own PML4 whose upper half is the kernel's (supervisor-only).
+pub struct AddressSpace {
+    pml4: u64,
+    /// Page-table frames of the user half (charged to the task's memory quota).
+    tables: u64,
+}
+
+/// Counts the page-table frames a mapping call allocates.
+struct Counting<'a>(&'a mut u64);
+
+// SAFETY: forwards to `GlobalFrames`, which hands out unused, zeroed RAM frames.
+unsafe impl FrameAllocator<Size4KiB> for Counting<'_> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let f = GlobalFrames.allocate_frame()?;
+        *self.0 += 1;
+        Some(f)
+    }
+}
+
+impl AddressSpace {
+    pub fn new() -> Result<AddressSpace, PagingError> {
+        let f = GlobalFrames.allocate_frame().ok_or(PagingError::OutOfFrames)?.start_address().as_u64();
+        let k = p2v(crate::paging::kernel_pml4()) as *const u64;
+        let n = p2v(f) as *mut u64;
+        // SAFETY: `f` is a fresh zeroed frame; both tables are reached through the direct map.
+        unsafe {
+            for i in 256..512 {
+                n.add(i).write(k.add(i).read());
+            }
+        }
+        Ok(AddressSpace { pml4: f, tables: 1 })
+    }
+
+    pub fn pml4(&self) -> u64 {
+        self.pml4
+    }
+
+    /// Page-table frames this space uses (PML4 included).
+    pub fn table_frames(&self) -> u64 {
+        self.tables
+    }
+
+    fn mapper(&self) -> OffsetPageTable<'static> {
+        // SAFETY: the PML4 is owned by this address space and reached through the direct map;
+        // callers only touch the lower (user) half through it.
+        unsafe { OffsetPageTable::new(&mut *((self.pml4 + PHYS_OFFSET) as *mut PageTable), VirtAddr::new(PHYS_OFFSET)) }
+    }
+
+    /// Map frame `phys` at user address `virt` as a page of `kind`.
+    ///
+    /// # Safety
+    /// Ring 3 gets access to `phys`: it must be memory the task may use (a frame it owns, or
+    /// lent to it) that stays allocated while mapped, or device memory granted to it.
+    unsafe fn map_raw(&mut self, virt: u64, phys: u64, kind: PageKind, writable: bool, executable: bool) -> Result<(), UserError> {
+        if virt % PAGE != 0 || phys % PAGE != 0 {
+            return Err(UserError::Misaligned);
+        }
+        if virt >= USER_END {
+            return Err(UserError::OutOfRange);
+        }
+        let mut fl = F::PRESENT | F::USER_ACCESSIBLE | kind.bit();
+        if writable {
+            fl |= F::WRITABLE;
+        }
+        if !executable {
+            fl |= F::NO_EXECUTE;
+        }
+        if kind == PageKind::Mmio {
+            fl |= F::NO_CACHE | F::WRITE_THROUGH;
+        }
+        let mut m = self.mapper();
+        let mut tables = self.tables;
+        // SAFETY: a user-half mapping; what it maps is the caller's promise.
+        let r = unsafe {
+            m.map_to_with_table_flags(
+                Page::<Size4KiB>::containing_address(VirtAddr::new(virt)),
+                PhysFrame::containing_address(PhysAddr::new(phys)),
+                fl,
+                F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE,
+                &mut Counting(&mut tables),
+            )
+        };
+        self.tables = tables;
+        r.map_err(PagingError::from)?.flush();
+        Ok(())
+    }
+
+    /// Map frame `phys` (owned by the task) at `virt` as task RAM.
+    ///
+    /// # Safety
+    /// `phys` is a RAM frame the task owns and the kernel keeps allocated while it is mapped.
+    pub unsafe fn map(&mut self, virt: u64, phys: u64, writable: bool, executable: bool) -> Result<(), UserError> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.map_raw(virt, phys, PageKind::Ram, writable, executable) }
+    }
+
+    /// Map device memory `phys` at `virt`: uncached, never executable.
+    ///
+    /// # Safety
+    /// `phys` is device memory granted to the task (not RAM the kernel uses).
+    pub unsafe fn map_mmio(&mut self, virt: u64, phys: u64, writable: bool) -> Result<(), UserError> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.map_raw(virt, phys, PageKind::Mmio, writable, false) }
+    }
+
+    /// Map a fresh zeroed frame at page `virt` as task RAM; the frame becomes the task's
+    /// (a user frame: the caller frees it with `memory::free_user_frame` when the task is done
+    /// with it). Returns its physical address. On error the frame goes back to the allocator.
+    pub fn map_fresh_frame(&mut self, virt: u64, frame: FreshFrame, writable: bool, executable: bool) -> Result<u64, UserError> {
+        UserRange::pages(virt, 1)?;
+        // SAFETY: a fresh zeroed frame that nothing else refers to, now owned by the task.
+        unsafe { self.map_raw(virt, frame.phys(), PageKind::Ram, writable, executable)? };
+        Ok(frame.into_user())
+    }
+
+    /// Map a fresh contiguous run over the pages of `r` (writable task RAM: DMA memory).
+    /// Returns its first frame; every frame becomes the task's (see [`Self::map_fresh_frame`]).
+    pub fn map_dma(&mut self, r: UserRange, run: FreshRun) -> Result<u64, UserError> {
+        if r.start() % PAGE != 0 || r.len() % PAGE != 0 || r.page_count() != run.pages() {
+            return Err(UserError::Misaligned);
+        }
+        for (i, v) in r.page_starts().enumerate() {
+            // SAFETY: fresh zeroed frames that nothing else refers to, now owned by the task.
+            if let Err(e) = unsafe { self.map_raw(v, run.phys() + i as u64 * PAGE, PageKind::Ram, true, false) } {
+                for u in r.page_starts().take(i) {
+                    let _ = self.unmap(u);
+                }
+                return Err(e); // `run` drops: its frames go back
+            }
+        }
+        Ok(run.into_user().0)
+    }
+
+    /// Map device memory `[phys, phys + r.len())` at `r`, uncached. Refuses any page that is
+    /// RAM (see [`crate::memory::is_ram`]): whether the task was granted the device range is
+    /// the caller's policy, but RAM never reaches ring 3 this way.
+    pub fn map_device(&mut self, r: UserRange, phys: u64, writable: bool) -> Result<(), UserError> {
+        if r.start() % PAGE != 0 || r.len() % PAGE != 0 || r.is_empty() || phys % PAGE != 0 {
+            return Err(UserError::Misaligned);
+        }
+        let pend = phys.checked_add(r.len()).ok_or(UserError::OutOfRange)?;
+        if pend > crate::memory::PHYS_LIMIT {
+            return Err(UserError::OutOfRange);
+        }
+        if r.page_starts().enumerate().any(|(i, _)| crate::memory::is_ram(phys + i as u64 * PAGE)) {
+            return Err(UserError::WrongKind);
+        }
+        for (i, v) in r.page_starts().enumerate() {
+            // SAFETY: device memory (checked not to be RAM above).
+            if let Err(e) = unsafe { self.map_raw(v, phys + i as u64 * PAGE, PageKind::Mmio, writable, false) } {
+                for u in r.page_starts().take(i) {
+                    let _ = self.unmap(u);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The frames behind `r` for lending: every page present and task RAM (not MMIO, not
+    /// itself a grant), writable if `writable`.
+    pub fn lend(&self, r: UserRange, writable: bool) -> Result<Lent, UserError> {
+        let mut frames = Vec::new();
+        frames.try_reserve_exact(r.page_count() as usize).map_err(|_| UserError::NoMemory)?;
+        for v in r.page_starts() {
+            let p = self.page(v).ok_or(UserError::NotMapped)?;
+            if p.kind != PageKind::Ram {
+                return Err(UserError::WrongKind);
+            }
+            if writable && !p.writable {
+                return Err(UserError::ReadOnly);
+            }
+            frames.push(p.phys);
+        }
+        Ok(Lent { frames, writable })
+    }
+
+    /// Map a loan at page-aligned `virt` (grant pages, never executable). All or nothing.
+    pub fn map_lent(&mut self, virt: u64, lent: &Lent) -> Result<(), UserError> {
+        let r = UserRange::pages(virt, lent.pages().max(1))?;
+        for (i, v) in r.page_starts().enumerate() {
+            // SAFETY: the frames are task RAM of the lender (checked by `lend` against its page
+            // tables); the kernel keeps them allocated while the loan is mapped.
+            if let Err(e) = unsafe { self.map_raw(v, lent.frames[i], PageKind::Grant, lent.writable, false) } {
+                for u in r.page_starts().take(i) {
+                    let _ = self.unmap(u);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmap the user page at `virt`; returns what it mapped. Refuses the kernel half and
+    /// non-canonical addresses (no page there belongs to the task).
+    pub fn unmap(&mut self, virt: u64) -> Result<UserPage, UserError> {
+        let r = UserRange::pages(virt & !(PAGE - 1), 1)?;
+        let page = self.page(r.start()).ok_or(UserError::NotMapped)?;
+        let mut m = self.mapper();
+        match m.unmap(Page::<Size4KiB>::containing_address(VirtAddr::new(r.start()))) {
+            Ok((_, flush)) => {
+                flush.flush();
+                Ok(page)
+            }
+            Err(_) => Err(UserError::NotMapped),
+        }
+    }
+
+    /// The present user page containing `virt`, if any.
+    pub fn page(&self, virt: u64) -> Option<UserPage> {
+        if virt >= USER_END {
+            return None;
+        }
+        match self.mapper().translate(VirtAddr::new(virt & !(PAGE - 1))) {
+            TranslateResult::Mapped { frame, offset, flags } if flags.contains(F::USER_ACCESSIBLE) => Some(UserPage {
+                phys: frame.start_address().as_u64() + offset,
+                kind: PageKind::of(flags)?,
+                writable: flags.contains(F::WRITABLE),
+            }),
+            _ => None,
+        }
+    }
+
+    /// (physical address, writable) of user address `virt`.
+    pub fn translate(&self, virt: u64) -> Option<(u64, bool)> {
+        self.page(virt).map(|p| (p.phys + (virt & (PAGE - 1)), p.writable))
+    }
+
+    /// Copy `buf.len()` bytes from user memory at `r` (RAM pages only: the task's own or lent
+    /// to it; never MMIO). Through the direct map, so SMAP stays on.
+    pub fn copy_from_user(&self, r: UserRange, buf: &mut [u8]) -> Result<(), UserError> {
+        if buf.len() as u64 != r.len() {
+            return Err(UserError::OutOfRange);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let v = r.start() + done as u64;
+            let p = self.page(v).ok_or(UserError::NotMapped)?;
+            if p.kind == PageKind::Mmio {
+                return Err(UserError::WrongKind);
+            }
+            let off = (v % PAGE) as usize;
+            let n = (PAGE as usize - off).min(buf.len() - done);
+            // SAFETY: `p.phys` is a RAM frame mapped in this task (its own or lent to it and
+            // kept allocated by the kernel); the direct map covers it; a byte copy has no
+            // validity requirements, and ring 3 writing concurrently only changes data.
+            unsafe { core::ptr::copy_nonoverlapping((p2v(p.phys) as *const u8).add(off), buf[done..].as_mut_ptr(), n) };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copy `data` into user memory at `r` (writable RAM pages only).
+    pub fn copy_to_user(&self, r: UserRange, data: &[u8]) -> Result<(), UserError> {
+        if data.len() as u64 != r.len() {
+            return Err(UserError::OutOfRange);
+        }
+        // Check every page first: all or nothing.
+        for v in r.page_starts() {
+            let p = self.page(v).ok_or(UserError::NotMapped)?;
+            if p.kind == PageKind::Mmio {
+                return Err(UserError::WrongKind);
+            }
+            if !p.writable {
+                return Err(UserError::ReadOnly);
+            }
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            let v = r.start() + done as u64;
+            let p = self.page(v).ok_or(UserError::NotMapped)?;
+            let off = (v % PAGE) as usize;
+            let n = (PAGE as usize - off).min(data.len() - done);
+            // SAFETY: a writable RAM page of this task (checked above); the direct map covers it.
+            unsafe { core::ptr::copy_nonoverlapping(data[done..].as_ptr(), (p2v(p.phys) as *mut u8).add(off), n) };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Free the page-table frames of the user half (not the frames they mapped: the kernel
+    /// tracks those per task) and the PML4 itself.
+    pub fn destroy(self) {
+        fn free_level(table: u64, level: u8) {
+            let t = p2v(table) as *const u64;
+            let n = if level == 4 { 256 } else { 512 };
+            for i in 0..n {
+                // SAFETY: page-table frames of this space, reached through the direct map.
+                let e = unsafe { t.add(i).read() };
+                if e & 1 != 0 && e & (1 << 7) == 0 && level > 1 {
+                    let next = e & 0x000f_ffff_ffff_f000;
+                    free_level(next, level - 1);
+                    let _ = crate::memory::free_frame(next);
+                }
+            }
+        }
+        free_level(self.pml4, 4);
+        let _ = crate::memory::free_frame(self.pml4);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked() {
+        assert!(UserRange::new(0x1000, 0x1000).is_ok());
+        assert_eq!(UserRange::new(USER_END, 1), Err(UserError::OutOfRange));
+        assert_eq!(UserRange::new(USER_END - 1, 2), Err(UserError::OutOfRange));
+        assert_eq!(UserRange::new(0xffff_8000_0000_0000, 1), Err(UserError::OutOfRange));
+        assert_eq!(UserRange::new(u64::MAX, 2), Err(UserError::OutOfRange));
+        assert_eq!(UserRange::pages(0x1000, 1 << 52), Err(UserError::OutOfRange));
+        assert_eq!(UserRange::pages(0x1001, 1), Err(UserError::Misaligned));
+        assert_eq!(UserRange::pages(0x1000, 0), Err(UserError::Misaligned));
+        assert_eq!(UserRange::pages(USER_END - 0x1000, 1).map(|r| r.end()), Ok(USER_END));
+        let r = UserRange::covering_pages(0x1ff8, 16).unwrap();
+        assert_eq!((r.start(), r.len(), r.page_count()), (0x1000, 0x2000, 2));
+        assert_eq!(UserRange::new(0x1ff8, 16).unwrap().page_starts().collect::<Vec<_>>(), [0x1000, 0x2000]);
+        assert_eq!(UserRange::covering_pages(USER_END - 1, 1).map(|r| r.end()), Ok(USER_END));
+    }
+}
