@@ -123,6 +123,11 @@ pub fn send_ipi(apic_id: u32, vector: u8) {
     write_icr(apic_id, 0x0000_4000 | vector as u32);
 }
 
+/// Send an NMI to `apic_id` (delivery mode NMI; tests of the NMI path).
+pub fn send_nmi(apic_id: u32) {
+    write_icr(apic_id, 0x0000_4400);
+}
+
 /// Enable this CPU's local APIC. Returns (apic id, x2apic?).
 pub fn init(x2apic: bool) -> Result<(u32, bool), crate::paging::PagingError> {
     let base = crate::cpu::rdmsr(IA32_APIC_BASE);

@@ -312,11 +312,36 @@ fn fatal(f: &TrapFrame) -> ! {
 #[no_mangle]
 extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
     let v = f.vector;
+    if read_rflags() & RFLAGS_AC != 0 {
+        AC_ENTRIES.fetch_add(1, Ordering::Relaxed); // the entry stub failed to clear AC
+    }
     // NMI, double fault and machine check run on their own IST stacks and may have interrupted
-    // anything, including a holder of the console, heap or kernel lock: no probe recovery, no
-    // kernel hook (it takes the kernel lock), straight to the lock-free dump.
-    if matches!(v, 2 | 8 | 18) {
-        fatal(f);
+    // anything, including a holder of the console, heap or kernel lock, or the two
+    // instructions of the syscall path that run in ring 0 with the user's GS: no probe
+    // recovery, no kernel hook (it takes the kernel lock), nothing that reads per-CPU data.
+    match v {
+        // An NMI is not the interrupted code's doing (watchdog, IPI, a parity report):
+        // count it and resume, whatever ring it came from.
+        2 => {
+            NMI_COUNT.fetch_add(1, Ordering::Relaxed);
+            if f.cs & 3 == 3 {
+                NMI_RING3.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        // A machine check the CPU says can resume (MCG_STATUS.RIPV): clear MCIP and resume;
+        // the task in ring 3 did nothing wrong. Otherwise this CPU cannot go on.
+        18 if machine_check_recoverable() => {
+            MCE_COUNT.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        8 | 18 => fatal(f),
+        _ => {}
+    }
+    if v == crate::uspace::SYSCALL_FRAME {
+        crate::uspace::syscall_dispatch(f);
+        check_user_return(f);
+        return;
     }
     if v < 32 {
         let before = *f;
@@ -331,6 +356,7 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
             // SAFETY: only `set_exception_hook` stores into EXCEPTION_HOOK, always a valid fn.
             let hook: ExceptionHook = unsafe { core::mem::transmute(hook) };
             if hook(f) {
+                check_user_return(f);
                 return;
             }
         }
@@ -349,6 +375,86 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
             // SAFETY: only `set_eoi_hook` stores into EOI_HOOK, always a valid fn().
             let eoi: fn() = unsafe { core::mem::transmute(eoi) };
             eoi();
+        }
+    }
+    check_user_return(f);
+}
+
+const RFLAGS_AC: u64 = 1 << 18;
+static AC_ENTRIES: AtomicU64 = AtomicU64::new(0);
+static NMI_COUNT: AtomicU64 = AtomicU64::new(0);
+static NMI_RING3: AtomicU64 = AtomicU64::new(0);
+static MCE_COUNT: AtomicU64 = AtomicU64::new(0);
+static BAD_RETURNS: AtomicU64 = AtomicU64::new(0);
+
+/// Returns to ring 3 refused because the RIP was not canonical (the task was killed instead).
+pub fn noncanonical_returns() -> u64 {
+    BAD_RETURNS.load(Ordering::Relaxed)
+}
+
+fn read_rflags() -> u64 {
+    x86_64::registers::rflags::read_raw()
+}
+
+/// Kernel entries that reached Rust with EFLAGS.AC set (SMAP off): zero unless an entry path
+/// forgets to clear it.
+pub fn ac_entries() -> u64 {
+    AC_ENTRIES.load(Ordering::Relaxed)
+}
+
+/// NMIs taken (and resumed from) since boot, on every CPU.
+pub fn nmi_count() -> u64 {
+    NMI_COUNT.load(Ordering::Relaxed)
+}
+
+/// Of those, the NMIs that interrupted ring 3.
+pub fn nmi_ring3_count() -> u64 {
+    NMI_RING3.load(Ordering::Relaxed)
+}
+
+/// Machine checks resumed from since boot.
+pub fn machine_check_count() -> u64 {
+    MCE_COUNT.load(Ordering::Relaxed)
+}
+
+/// For a #MC: whether the interrupted code may resume (MCG_STATUS.RIPV); if so, clear
+/// MCG_STATUS.MCIP so the next machine check does not shut the CPU down.
+fn machine_check_recoverable() -> bool {
+    const IA32_MCG_STATUS: u32 = 0x17a;
+    let (_, _, _, edx) = crate::cpu::cpuid(1, 0);
+    if edx & (1 << 14) == 0 {
+        return false; // no MCA: no MCG_STATUS to ask
+    }
+    if crate::cpu::rdmsr(IA32_MCG_STATUS) & 1 == 0 {
+        return false;
+    }
+    // SAFETY: clearing MCG_STATUS (MCIP and the flags) after handling a machine check is what
+    // the architecture asks for; it has no other effect.
+    unsafe { crate::cpu::wrmsr(IA32_MCG_STATUS, 0) };
+    true
+}
+
+/// Bits 47..63 all equal.
+pub fn is_canonical(a: u64) -> bool {
+    ((a << 16) as i64 >> 16) as u64 == a
+}
+
+/// The frame about to be restored returns to ring 3: its RIP must be canonical, or `iretq`
+/// raises #GP in ring 0 with the user's GS already loaded. Such a task is treated as if it
+/// had faulted with #GP in ring 3 (the exception hook kills it and picks another frame).
+fn check_user_return(f: &mut TrapFrame) {
+    while f.cs & 3 == 3 && !is_canonical(f.rip) {
+        BAD_RETURNS.fetch_add(1, Ordering::Relaxed);
+        let hook = EXCEPTION_HOOK.load(Ordering::Acquire);
+        f.vector = 13;
+        f.error_code = 0;
+        if hook == 0 {
+            fatal(f);
+        }
+        // SAFETY: only `set_exception_hook` stores into EXCEPTION_HOOK, always a valid fn.
+        let hook: ExceptionHook = unsafe { core::mem::transmute(hook) };
+        if !hook(f) {
+            fatal(f);
         }
     }
 }

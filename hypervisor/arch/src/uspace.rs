@@ -1,4 +1,4 @@
-//! Ring 3: the `syscall`/`sysret` MSRs and entry (`asm/smp.s`), task contexts (a saved
+//! Ring 3: the `syscall` MSRs and entry (`asm/trap.s`), task contexts (a saved
 //! `TrapFrame` + its FXSAVE area), user address spaces (a PML4 sharing the kernel half, user
 //! pages with the US bit), SMEP/SMAP, and the per-CPU TSS I/O permission bitmap.
 //!
@@ -64,9 +64,9 @@ pub fn enable_protections() -> (bool, bool) {
     (smep, smap)
 }
 
+/// A `syscall` from ring 3 (the shared entry in `asm/trap.s`, vector [`SYSCALL_FRAME`]).
 #[cfg(feature = "kernel")]
-#[no_mangle]
-extern "C" fn arch_syscall_dispatch(f: &mut TrapFrame) {
+pub(crate) fn syscall_dispatch(f: &mut TrapFrame) {
     let h = SYSCALL_HANDLER.load(Ordering::Acquire);
     if h == 0 {
         f.rax = u64::MAX;

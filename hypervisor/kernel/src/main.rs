@@ -33,6 +33,8 @@ mod ktest_reinject;
 #[cfg(feature = "ktest")]
 mod ktest_supervisor;
 #[cfg(feature = "ktest")]
+mod ktest_syscall;
+#[cfg(feature = "ktest")]
 mod ktest_sysfuzz;
 #[cfg(feature = "ktest")]
 mod ktest_vm;

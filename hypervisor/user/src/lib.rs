@@ -22,7 +22,7 @@ pub struct Msg {
 pub mod nic;
 pub mod virtio_pci;
 
-pub use catenary_arch_user::{copy_from, copy_to, dma, entry, hostile, inb, outb, rdtsc, read_u32, read_u64, syscall6, write_u32, write_u64};
+pub use catenary_arch_user::{copy_from, copy_to, dma, entry, hostile, inb, outb, rdtsc, read_u32, read_u64, set_ac, syscall6, write_u32, write_u64};
 
 /// A syscall that returns a message in registers (recv, call).
 fn syscall_msg(nr: u64, a0: u64, a1: u64, w: [u64; 4]) -> Result<Msg, u64> {
@@ -106,6 +106,12 @@ pub fn map_mmio(virt: u64, phys: u64, len: u64) -> Result<(), u64> {
 pub fn dma_alloc(virt: u64, pages: u64) -> Result<u64, u64> {
     let r = syscall6(SYS_DMA_ALLOC, virt, pages, 0, 0, 0, 0);
     if r < 1 << 63 { Ok(r) } else { Err(r.wrapping_neg()) }
+}
+/// `SYS_LOG` of `len` bytes at any address (tests of the kernel's checks): Err(code) when
+/// the kernel refuses the range.
+pub fn log_at(addr: u64, len: u64) -> Result<(), u64> {
+    let r = syscall6(SYS_LOG, addr, len, 0, 0, 0, 0);
+    if r == 0 { Ok(()) } else { Err(r.wrapping_neg()) }
 }
 pub fn log(s: &str) {
     syscall6(SYS_LOG, s.as_ptr() as u64, s.len() as u64, 0, 0, 0, 0);

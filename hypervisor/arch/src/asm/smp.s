@@ -1,5 +1,5 @@
 // AP bring-up trampoline (copied to physical 0x8000 by smp.rs; SIPI vector 0x08) and the
-// syscall entry. The trampoline runs 16-bit real mode -> 32-bit protected mode -> long mode on
+// idle loop (the syscall entry is in trap.s, with the trap entry it shares). The trampoline runs 16-bit real mode -> 32-bit protected mode -> long mode on
 // the static boot page tables (identity map of the low 4 GiB + the kernel window), jumps to
 // the kernel's higher half, switches to the kernel page tables and calls `arch_ap_main`.
 .set TRAMP, 0x8000
@@ -85,93 +85,6 @@ arch_ap_entry64:
 1:  cli
     hlt
     jmp 1b
-
-// ---- syscall entry: builds the same TrapFrame as trap_common (vector 0x100), on the
-// per-CPU syscall stack (gs:8), with the FXSAVE area right below the frame. Returns with iretq
-// because the handler may have switched the frame to another task (kernel or user).
-.global arch_syscall_entry
-arch_syscall_entry:
-    swapgs
-    mov gs:[16], rsp
-    mov rsp, gs:[8]
-    push 0x1b                                 // user SS
-    push qword ptr gs:[16]                    // user RSP
-    push r11                                  // RFLAGS
-    push 0x23                                 // user CS
-    push rcx                                  // RIP
-    push 0
-    push 0x100
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
-    cld
-    mov rbx, rsp
-    and rsp, ~0x3f
-    sub rsp, 1024
-    // FPU/SSE/AVX state below the frame: XSAVE (x87|SSE|AVX per XCR0) when enabled, else FXSAVE.
-    cmp byte ptr [rip + ARCH_XSAVE_ON], 0
-    je 91f
-    xor eax, eax
-    // XSAVE header: XSAVE writes only the XSTATE_BV bits in RFBM and leaves the rest of the
-    // header as it was (stack garbage on real or firmware-touched memory), but XRSTOR faults on
-    // XSTATE_BV bits outside XCR0 and on non-zero header bytes 8..63: clear all 64 bytes.
-    mov [rsp + 512], rax
-    mov [rsp + 520], rax
-    mov [rsp + 528], rax
-    mov [rsp + 536], rax
-    mov [rsp + 544], rax
-    mov [rsp + 552], rax
-    mov [rsp + 560], rax
-    mov [rsp + 568], rax
-    mov eax, -1
-    mov edx, -1
-    xsave64 [rsp]
-    jmp 92f
-91: fxsave64 [rsp]
-92:
-    mov rdi, rbx
-    call arch_syscall_dispatch
-    cmp byte ptr [rip + ARCH_XSAVE_ON], 0
-    je 93f
-    mov eax, -1
-    mov edx, -1
-    xrstor64 [rsp]
-    jmp 94f
-93: fxrstor64 [rsp]
-94:
-    mov rsp, rbx
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
-    test qword ptr [rsp + 24], 3
-    jz 2f
-    swapgs
-2:  add rsp, 16
-    iretq
 
 // Idle loop for kernel idle contexts.
 .global arch_idle_loop

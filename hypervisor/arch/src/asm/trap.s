@@ -30,12 +30,17 @@ arch_trap_stubs:
     .set v, v + 1
 .endr
 
+// The one entry/exit sequence of the kernel. Interrupts and exceptions come here from the
+// stubs above; `syscall` comes from `arch_syscall_entry` below with the same frame layout
+// (vector 0x100) and GS already switched. Both leave through the same restore and `iretq`,
+// because the handler may have replaced the frame with another task's (kernel or user).
 trap_common:
     // From ring 3 (saved CS at +24): switch GS to the kernel's per-CPU block.
     test qword ptr [rsp + 24], 3
-    jz 1f
+    jz trap_gs_ok
     swapgs
-1:  push rax
+trap_gs_ok:
+    push rax
     push rbx
     push rcx
     push rdx
@@ -51,6 +56,12 @@ trap_common:
     push r14
     push r15
     cld
+    // EFLAGS.AC is not cleared by interrupt or exception delivery: with the user's AC set,
+    // SMAP would be off in the kernel. Clear it on every entry (pushfq/popfq works with or
+    // without SMAP; IF stays as the gate left it).
+    pushfq
+    and qword ptr [rsp], ~(1 << 18)
+    popfq
     mov rbx, rsp                 // rbx = &mut TrapFrame (callee-saved)
     and rsp, ~0x3f
     sub rsp, 1024
@@ -107,6 +118,22 @@ trap_common:
     swapgs
 2:  add rsp, 16                  // vector + error code
     iretq
+
+// ---- syscall entry: builds the trap frame `trap_common` would (vector 0x100) on the per-CPU
+// syscall stack (gs:8) and joins it. SFMASK cleared IF, TF, DF, AC and NT.
+.global arch_syscall_entry
+arch_syscall_entry:
+    swapgs
+    mov gs:[16], rsp
+    mov rsp, gs:[8]
+    push 0x1b                    // user SS
+    push qword ptr gs:[16]       // user RSP
+    push r11                     // RFLAGS
+    push 0x23                    // user CS
+    push rcx                     // RIP
+    push 0
+    push 0x100
+    jmp trap_gs_ok
 
 // ---- fault-recovering probes (used by tests and by code that touches untrusted addresses)
 // u64 arch_probe_read(addr) -> rax = byte, rdx = 0 on success / 1 after a recovered fault

@@ -61,6 +61,19 @@ pub fn syscall_msg(nr: u64, a0: u64, a1: u64, w: [u64; 4]) -> MsgRegs {
     MsgRegs { rax: r, badge, label, words: [w0, w1, w2, w3], reply }
 }
 
+/// Set or clear EFLAGS.AC in ring 3 (tests: the kernel must not run with a task's AC).
+pub fn set_ac(on: bool) {
+    // SAFETY: AC is a ring-3-writable flag; with CR0.AM clear it changes nothing for this task,
+    // and the kernel clears it on every entry.
+    unsafe {
+        if on {
+            core::arch::asm!("pushfq", "or qword ptr [rsp], 0x40000", "popfq");
+        } else {
+            core::arch::asm!("pushfq", "and qword ptr [rsp], ~0x40000", "popfq");
+        }
+    }
+}
+
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC is allowed in ring 3 (CR4.TSD clear) and has no side effects.
     unsafe { core::arch::x86_64::_rdtsc() }

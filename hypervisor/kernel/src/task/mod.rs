@@ -187,6 +187,18 @@ fn ap_entry(cpu_idx: usize) -> ! {
     }
 }
 
+/// Point the saved RIP of blocked ring-3 task `id` at `rip` (tests of the return-to-ring-3
+/// checks). False if it is not a blocked ring-3 task.
+pub fn set_user_rip_for_test(id: TaskId, rip: u64) -> bool {
+    with(|k| match k.sched.task_mut(id) {
+        Some(t) if matches!(t.state, TaskState::Blocked(_)) && t.context.space.is_some() => {
+            t.context.frame.rip = rip;
+            true
+        }
+        _ => false,
+    })
+}
+
 /// Kill a task that is not running right now (tests). Returns whether it was killed.
 pub fn kill_for_test(id: TaskId) -> bool {
     with(|k| match k.sched.task(id).map(|t| t.state) {

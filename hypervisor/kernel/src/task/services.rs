@@ -37,6 +37,9 @@ pub const ROLE_MEMORY: u64 = 9;
 pub const ROLE_GRANT_SERVER: u64 = 10;
 pub const ROLE_GRANT_CLIENT: u64 = 11;
 pub const ROLE_MMIO_DRIVER: u64 = 12;
+pub const ROLE_HOSTILE_ARGS: u64 = 20;
+pub const ROLE_SET_AC: u64 = 21;
+pub const ROLE_SPIN_FOR: u64 = 22;
 
 static IOAPIC_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Physical address of the first IOAPIC (from ACPI), if any.

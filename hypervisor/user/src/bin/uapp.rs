@@ -18,6 +18,60 @@ const ROLE_MEMORY: u64 = 9;
 const ROLE_GRANT_SERVER: u64 = 10;
 const ROLE_GRANT_CLIENT: u64 = 11;
 const ROLE_MMIO_DRIVER: u64 = 12;
+const ROLE_HOSTILE_ARGS: u64 = 20;
+const ROLE_SET_AC: u64 = 21;
+const ROLE_SPIN_FOR: u64 = 22;
+
+/// The kernel's answer to a bad argument.
+const BAD: Result<(), u64> = Err(ERR_BAD_ARG);
+
+/// ROLE_HOSTILE_ARGS: syscalls with arguments the kernel must refuse (review findings). Each
+/// bit of the result is one refusal seen; bits 16.. count the pages the quota let it map.
+fn hostile_args(io: u64) -> (u64, u64, u64) {
+    const REGS: u64 = 0x3000_0000;
+    const HEAP: u64 = 0x4000_0000;
+    const KTEXT: u64 = 0xffff_ffff_8020_0000;
+    let mut ok = 0u64;
+    let mut bit = |i: u32, c: bool| {
+        if c {
+            ok |= 1 << i;
+        }
+    };
+    // SYS_UNMAP: kernel text (4 KiB pages shared by every address space), the direct map, a
+    // non-canonical address (panicked under the kernel lock), the grant window.
+    bit(0, unmap(KTEXT, 1) == BAD);
+    bit(1, unmap(0x0000_8000_0000_0000, 1) == BAD);
+    bit(2, unmap(0xffff_8000_0000_0000, 1) == BAD);
+    bit(3, unmap(0x0000_7fff_ffff_f000, u64::MAX) == BAD);
+    // SYS_MAP_MMIO: a length whose page count times 4096 wraps to 0 (mapped RAM after the grant).
+    bit(4, map_mmio(REGS, io, u64::MAX) == BAD);
+    bit(5, map_mmio(REGS, io, 4096).is_ok());
+    // SYS_LOG through the granted MMIO page (the kernel read it through the direct map), from
+    // kernel memory, and with a wrapping range.
+    bit(6, log_at(REGS, 16) == BAD);
+    bit(7, log_at(KTEXT, 16) == BAD && log_at(u64::MAX - 3, 16) == BAD && log_at(0x0000_7fff_ffff_fff8, 16) == BAD);
+    // SYS_MAP / SYS_DMA_ALLOC with page counts whose byte length overflows.
+    bit(8, map(HEAP, 1 << 52) == BAD && map(HEAP, u64::MAX) == BAD && dma_alloc(HEAP, 1 << 52) == BAD.map(|_| 0));
+    // SYS_CALL_GRANT of a range that wraps, and of the MMIO page (not RAM the task owns).
+    bit(9, call_grant(0, 1, 0, 0, 0xffff_ffff_ffff_f000, 8192, false).err() == Some(ERR_BAD_ARG));
+    bit(10, call_grant(0, 1, 0, 0, REGS, 4096, false).err() == Some(ERR_BAD_ARG));
+    // SYS_UNMAP of the MMIO page is the task's own business; of it again, not.
+    bit(11, unmap(REGS, 1).is_ok() && unmap(REGS, 1) == BAD);
+    // The memory quota: map 16 pages at a time until the kernel says no.
+    let mut pages = 0u64;
+    let mut last = Ok(());
+    while pages < 4096 {
+        last = map(HEAP + pages * 4096, 16);
+        if last.is_err() {
+            break;
+        }
+        pages += 16;
+    }
+    bit(12, last == Err(ERR_NO_MEMORY));
+    // Unmapping gives the pages back to the quota.
+    bit(13, unmap(HEAP, pages) == Ok(()) && map(HEAP, 16) == Ok(()) && unmap(HEAP, 16) == Ok(()));
+    (ok, pages, 0)
+}
 
 fn checksum(base: u64, len: u64) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -255,6 +309,40 @@ fn run(role: u64) -> u64 {
             let _ = recv(0, 0);
             log("uapp: touching ungranted MMIO (this task should be killed)");
             read_u32(REGS + 0x1000) as u64
+        }
+        // slot 0: own endpoint. The first message brings a granted MMIO page (IOAPIC).
+        ROLE_HOSTILE_ARGS => {
+            let Ok(m) = recv(0, 0) else { return 1 };
+            let (ok, pages, _) = hostile_args(m.words[0]);
+            // The longest receive timeout waits (it wrapped into the past and timed out).
+            let r = recv(0, u64::MAX - 1);
+            let waited = matches!(r, Ok(ref w) if w.label == 2);
+            let _ = reply(m.reply, 1, [ok, pages, waited as u64, 0]);
+            0
+        }
+        // Runs with EFLAGS.AC set (timer interrupts and syscalls meanwhile), then exits.
+        ROLE_SET_AC => {
+            set_ac(true);
+            let t = now_ns();
+            while now_ns() - t < 200_000_000 {
+                for _ in 0..10_000 {
+                    core::hint::spin_loop();
+                }
+                null();
+            }
+            set_ac(false);
+            0x0ac
+        }
+        // Spins in ring 3 (no syscalls for long stretches) for 1.5 s, then exits with 0x5f.
+        ROLE_SPIN_FOR => {
+            let t = now_ns();
+            while now_ns() - t < 1_500_000_000 {
+                let c = rdtsc();
+                while rdtsc() - c < 1_000_000 {
+                    core::hint::spin_loop();
+                }
+            }
+            0x5f
         }
         _ => 1,
     }
