@@ -164,26 +164,26 @@ pub fn is_user_memory(paddr: u64, len: u64) -> bool {
     with_user(|u| (paddr & !0xfff..end).step_by(4096).all(|f| u.contains(&f)))
 }
 
-/// Copy into task memory (a ring shared with a ring-3 driver). Refuses anything that is not
-/// a user frame; whose frame it is, is the caller's policy.
-pub fn user_write(paddr: u64, data: &[u8]) -> Result<(), ()> {
+/// Copy into task memory (a ring shared with a ring-3 driver). Refuses (false) anything that
+/// is not a user frame; whose frame it is, is the caller's policy.
+pub fn user_write(paddr: u64, data: &[u8]) -> bool {
     if !is_user_memory(paddr, data.len() as u64) {
-        return Err(());
+        return false;
     }
     // SAFETY: user frames hold no kernel data and stay allocated while the caller holds the
     // kernel lock that their owner's exit needs (the caller's check).
     unsafe { phys_write(paddr, data) };
-    Ok(())
+    true
 }
 
 /// An aligned 64-bit volatile store into task memory (see [`user_write`]).
-pub fn user_write_u64(paddr: u64, v: u64) -> Result<(), ()> {
+pub fn user_write_u64(paddr: u64, v: u64) -> bool {
     if paddr % 8 != 0 || !is_user_memory(paddr, 8) {
-        return Err(());
+        return false;
     }
     // SAFETY: as in `user_write`; aligned.
     unsafe { phys_write_u64(paddr, v) };
-    Ok(())
+    true
 }
 
 pub fn stats() -> FrameStats {

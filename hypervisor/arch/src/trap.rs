@@ -380,6 +380,7 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
     check_user_return(f);
 }
 
+#[cfg(feature = "kernel")]
 const RFLAGS_AC: u64 = 1 << 18;
 static AC_ENTRIES: AtomicU64 = AtomicU64::new(0);
 static NMI_COUNT: AtomicU64 = AtomicU64::new(0);
@@ -392,6 +393,7 @@ pub fn noncanonical_returns() -> u64 {
     BAD_RETURNS.load(Ordering::Relaxed)
 }
 
+#[cfg(feature = "kernel")]
 fn read_rflags() -> u64 {
     x86_64::registers::rflags::read_raw()
 }
@@ -417,6 +419,7 @@ pub fn machine_check_count() -> u64 {
     MCE_COUNT.load(Ordering::Relaxed)
 }
 
+#[cfg(feature = "kernel")]
 /// For a #MC: whether the interrupted code may resume (MCG_STATUS.RIPV); if so, clear
 /// MCG_STATUS.MCIP so the next machine check does not shut the CPU down.
 fn machine_check_recoverable() -> bool {
@@ -439,6 +442,7 @@ pub fn is_canonical(a: u64) -> bool {
     ((a << 16) as i64 >> 16) as u64 == a
 }
 
+#[cfg(feature = "kernel")]
 /// The frame about to be restored returns to ring 3: its RIP must be canonical, or `iretq`
 /// raises #GP in ring 0 with the user's GS already loaded. Such a task is treated as if it
 /// had faulted with #GP in ring 3 (the exception hook kills it and picks another frame).

@@ -152,7 +152,7 @@ impl UserNic {
         let off = RX_SLOTS + s * SLOT_LEN;
         let v = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(off)], || {
             let len = frame_len(memory::phys_read_u64(r + RX_LEN + s * 8));
-            memory::user_write_u64(r + RX_TAIL, tail.wrapping_add(1)).ok()?;
+            memory::user_write_u64(r + RX_TAIL, tail.wrapping_add(1)).then_some(())?;
             let mut v = alloc::vec![0u8; len?];
             memory::phys_read(r + off, &mut v);
             Some(v)
@@ -187,8 +187,8 @@ impl UserNic {
         let _ = crate::task::with_owned_frames(self.task, &[hdr, self.slot_frame(off)], || {
             // user frames only (the arch checks); whose they are, with_owned_frames checked
             let _ = memory::user_write(r + off, &frame)
-                .and_then(|()| memory::user_write_u64(r + TX_LEN + s * 8, len as u64))
-                .and_then(|()| memory::user_write_u64(r + TX_HEAD, head.wrapping_add(1)));
+                && memory::user_write_u64(r + TX_LEN + s * 8, len as u64)
+                && memory::user_write_u64(r + TX_HEAD, head.wrapping_add(1));
         });
         // a full endpoint means nicd has wakeups pending already
         let _ = crate::task::send(self.wake_slot, catenary_ipc::Message::new(LABEL_TX, [0; 4]));

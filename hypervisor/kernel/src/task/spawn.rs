@@ -13,9 +13,15 @@ pub(super) fn kernel_task_start(_: u64) {
     uspace::ksyscall(SYS_EXIT, [0; 6]);
 }
 
-/// Start a kernel task running `f(arg)`.
+/// Start a kernel task running `f(arg)` (boot code: no memory for its stack stops the node;
+/// [`try_spawn_kernel`] returns the error instead).
 pub fn spawn_kernel(name: &str, prio: Priority, aff: Affinity, f: fn(u64), arg: u64) -> TaskId {
-    let (_, top) = paging::alloc_stack(8).expect("kernel task stack");
+    try_spawn_kernel(name, prio, aff, f, arg).expect("kernel task stack")
+}
+
+/// Start a kernel task running `f(arg)`; `NoMemory` when its stack cannot be allocated.
+pub fn try_spawn_kernel(name: &str, prio: Priority, aff: Affinity, f: fn(u64), arg: u64) -> Result<TaskId, SpawnError> {
+    let (_, top) = paging::alloc_stack(8).map_err(|_| SpawnError::NoMemory)?;
     let entry: extern "C" fn(u64) = {
         extern "C" fn tramp(a: u64) {
             kernel_task_start(a)
@@ -24,11 +30,11 @@ pub fn spawn_kernel(name: &str, prio: Priority, aff: Affinity, f: fn(u64), arg: 
     };
     let mut ctx = Ctx::new(uspace::kernel_frame(entry as *const () as u64, top, 0));
     ctx.kentry = Some((f, arg));
-    with(|k| {
+    Ok(with(|k| {
         let id = k.sched.create(name, prio, aff, ctx);
         wake(k, id);
         id
-    })
+    }))
 }
 
 #[derive(Debug)]
@@ -114,9 +120,9 @@ pub(super) fn spawn_user_with(s: &UserSpec, adopt: Option<EndpointId>, created: 
     ctx.mem_left = mem_left;
     with(|k| {
         let id = k.sched.create(s.name, s.prio, s.affinity, ctx);
+        // Its capabilities; if they do not fit, the half-made task goes away with its memory.
+        let setup = |k: &mut Kernel| -> Result<Option<EndpointId>, SpawnError> {
         let mut ep = None;
-        let t = k.sched.task_mut(id).unwrap();
-        let _ = t;
         if s.own_endpoint {
             let e = k.ipc.create_endpoint(id, catenary_ipc::DEFAULT_CAPACITY);
             let cap = Capability { target: Address::local(e), rights: Rights::SEND.union(Rights::RECV), badge: 0 };
@@ -134,9 +140,21 @@ pub(super) fn spawn_user_with(s: &UserSpec, adopt: Option<EndpointId>, created: 
         for c in s.caps {
             k.sched.task_mut(id).unwrap().context.caps.insert(*c).map_err(SpawnError::Cap)?;
         }
-        created(k, id);
-        wake(k, id);
-        Ok((id, ep))
+        Ok(ep)
+        };
+        match setup(k) {
+            Ok(ep) => {
+                created(k, id);
+                wake(k, id);
+                Ok((id, ep))
+            }
+            Err(e) => {
+                let _ = k.ipc.task_died(id);
+                let _ = k.sched.kill(id);
+                reap_dead(k, id);
+                Err(e)
+            }
+        }
     })
 }
 
