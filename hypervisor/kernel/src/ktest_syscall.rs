@@ -12,9 +12,8 @@ use crate::init::Node;
 use crate::task::{self, UserSpec};
 
 const SEC: u64 = 1_000_000_000;
-/// Memory quota of the hostile task: its image, stack and page tables (about 50 pages) and
-/// some room to `map`.
-const QUOTA: u64 = 128;
+/// Memory quota of the hostile task (`map` and page tables).
+const QUOTA: u64 = 64;
 
 fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if cond { Ok(()) } else { Err(what()) }
@@ -53,7 +52,7 @@ fn late_send(_: u64) {
 /// A ring-3 task calls `unmap` on kernel text, the direct map and a non-canonical address,
 /// `map_mmio` with a length whose page count wraps, `log` on its MMIO page, on kernel memory
 /// and on wrapping ranges, `map`/`dma_alloc` with overflowing page counts, `call_grant` of a
-/// wrapping range and of MMIO; it maps until its 128-page quota says no, gets the pages back by
+/// wrapping range and of MMIO; it maps until its 64-page quota says no, gets the pages back by
 /// unmapping, and waits with the longest receive timeout. Every call is refused with an
 /// error, the node lives on, and every frame comes back.
 pub fn syscall_hostile_arguments(_: &Node) -> Result<(), String> {
@@ -71,7 +70,7 @@ pub fn syscall_hostile_arguments(_: &Node) -> Result<(), String> {
     let (mask, pages, waited) = (r.words[0], r.words[1], r.words[2]);
     const ALL: u64 = (1 << 14) - 1;
     check(mask == ALL, || format!("refusals seen {mask:#06x}, want {ALL:#06x} (missing {:#06x})", ALL & !mask))?;
-    check((16..QUOTA).contains(&pages), || format!("a task with a {QUOTA}-page quota mapped {pages} pages"))?;
+    check((16..=QUOTA).contains(&pages), || format!("a task with a {QUOTA}-page quota mapped {pages} pages"))?;
     check(waited == 1, || "a receive with timeout u64::MAX - 1 timed out at once (deadline wrapped)".into())?;
     check(code == 0, || format!("hostile task exit code {code:#x}"))?;
     echo_still_answers()?;

@@ -62,8 +62,9 @@ pub struct UserSpec<'a> {
     pub mmio: &'a [(u64, u64)],
     /// How many pages of DMA memory it may allocate with `dma_alloc`.
     pub dma_pages: u64,
-    /// Its memory quota: the pages it may own (program image, stack, `map`, `dma_alloc`, and
-    /// the page tables for them). [`DEFAULT_MEM_PAGES`] is a start.
+    /// Its memory quota: pages it may take with `map` and `dma_alloc`, page tables included
+    /// (its program image and stack are not charged; unmapping them gives at most their size
+    /// back). [`DEFAULT_MEM_PAGES`] is a start.
     pub mem_pages: u64,
 }
 
@@ -97,18 +98,12 @@ pub(super) fn spawn_user_with(s: &UserSpec, adopt: Option<EndpointId>, created: 
     let mut space = AddressSpace::new().map_err(|_| SpawnError::NoMemory)?;
     let mut frames = alloc::collections::BTreeSet::new();
     let entry = match load_image(&mut space, &mut frames, s.elf) {
-        // the image, the stack and their page tables come out of the quota
-        Ok(_) if frames.len() as u64 + space.table_frames() > s.mem_pages => Err(SpawnError::NoMemory),
-        r => r,
-    };
-    let entry = match entry {
         Ok(e) => e,
         Err(e) => {
             discard(space, frames);
             return Err(e);
         }
     };
-    let mem_left = s.mem_pages - (frames.len() as u64 + space.table_frames());
     let mut ctx = Ctx::new(uspace::user_frame(entry, USER_STACK_TOP, s.arg));
     ctx.space = Some(space);
     ctx.frames = frames;
@@ -117,7 +112,7 @@ pub(super) fn spawn_user_with(s: &UserSpec, adopt: Option<EndpointId>, created: 
     }
     ctx.mmio = s.mmio.to_vec();
     ctx.dma_left = s.dma_pages;
-    ctx.mem_left = mem_left;
+    ctx.mem_left = s.mem_pages;
     with(|k| {
         let id = k.sched.create(s.name, s.prio, s.affinity, ctx);
         // Its capabilities; if they do not fit, the half-made task goes away with its memory.
