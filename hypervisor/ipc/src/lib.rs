@@ -201,7 +201,8 @@ pub mod sysfuzz {
     /// outside the kernel's direct map. The fuzzer maps it and hands pointers into it around.
     pub const HOLE_PHYS: u64 = 0x80_0000_0000;
     /// In the classes word: the first run, which reaches its (short) deadline without killing
-    /// itself and exits there (so SYS_EXIT is always covered).
+    /// itself (no deliberate faults, no unmapping of its own code or stack, no TF, and it does
+    /// not tell the peer to exit) and exits there (so SYS_EXIT is always covered).
     pub const F_FIRST_RUN: u64 = 1 << 32;
     /// With `F_FIRST_RUN`: end with the held grant instead (the caller-dies-while-granted path
     /// in every test run).

@@ -130,6 +130,7 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
     check(t.violations == 0, || format!("{} calls that must fail succeeded (see VIOLATION lines)", t.violations))?;
     check(t.peer_failures == 0, || format!("the peer died in {} runs", t.peer_failures))?;
     check(t.bad_exits == 0, || format!("{} runs ended with an unexpected exit code (fuzzer bug?)", t.bad_exits))?;
+    check(t.blocked >= 1, || "the first run's held grant did not leave its caller blocked".into())?;
     check(t.covered & ALL_CALLS == ALL_CALLS, || format!("syscalls covered {:#x}, want {ALL_CALLS:#x}", t.covered))?;
     check(after == before, || format!("free frames {before} before, {after} after: {} leaked", before as i64 - after as i64))
 }

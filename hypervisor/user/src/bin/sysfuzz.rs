@@ -30,6 +30,8 @@ const USER_END: u64 = 0x0000_8000_0000_0000;
 const ARENA: u64 = 0x1000_0000;
 const ARENA_PAGES: u64 = 4096;
 const MMIO_VA: u64 = 0x3000_0000;
+/// The pages of the final held grant (inside the range SYS_MAP accepts, never fuzzed).
+const HOLD_VA: u64 = 0x3200_0000;
 const DMA_VA: u64 = 0x3100_0000;
 const GRANT_WINDOW: u64 = 0x0000_6000_0000_0000;
 const STACK_TOP: u64 = 0x0000_7fff_ffff_0000;
@@ -129,7 +131,7 @@ const LOG_MAX: u64 = 200;
 fn reserved(virt: u64, pages: u64) -> bool {
     let end = virt.saturating_add(pages.saturating_mul(PAGE));
     let hits = |lo: u64, hi: u64| virt < hi && end > lo;
-    hits(0, PAGE) || hits(GUARD, GUARD + PAGE) || hits(GRANT_WINDOW, GRANT_WINDOW + (1 << 40)) || mmio_pages(virt, pages)
+    hits(0, PAGE) || hits(GUARD, GUARD + PAGE) || hits(GRANT_WINDOW, GRANT_WINDOW + (1 << 40)) || hits(HOLD_VA, HOLD_VA + 4 * PAGE) || mmio_pages(virt, pages)
 }
 
 /// Whether [virt, virt + pages) touches its two MMIO pages, which it keeps mapped (and maps
@@ -291,7 +293,8 @@ impl Fz {
                 }
                 let label = match self.rng.below(16) {
                     0 | 1 => LABEL_NOTIFY,
-                    2 if slot == SLOT_PEER && self.rng.one_in(64) => PEER_DIE,
+                    // (not in the first run, whose held grant needs the peer)
+                    2 if slot == SLOT_PEER && self.cfg.classes & F_FIRST_RUN == 0 && self.rng.one_in(64) => PEER_DIE,
                     _ => self.rng.next(),
                 };
                 let w = [self.junk(), self.junk(), self.junk(), self.junk()];
@@ -356,7 +359,7 @@ impl Fz {
                 }
                 // Unmapping its own code, data or stack kills this task later: rare.
                 let own = virt < ARENA || (STACK_TOP - STACK_PAGES * PAGE..STACK_TOP).contains(&virt);
-                if own && !outside && !self.rng.one_in(64) {
+                if own && !outside && (self.cfg.classes & F_FIRST_RUN != 0 || !self.rng.one_in(64)) {
                     return;
                 }
                 let r = syscall6(nr, virt, pages, self.junk(), 0, 0, 0);
@@ -460,7 +463,7 @@ impl Fz {
                 let r = hostile::syscall_with_flags(hostile::FLAG_AC, nr, self.junk(), self.junk(), 0);
                 self.note(nr, r);
             }
-            1 if self.cfg.classes & C_TRAP_FLAG != 0 && self.rng.one_in(64) => {
+            1 if self.cfg.classes & (C_TRAP_FLAG | F_FIRST_RUN) == C_TRAP_FLAG && self.rng.one_in(64) => {
                 // Single-stepping `syscall`: the #DB is due right at the kernel's entry.
                 let r = hostile::syscall_with_flags(hostile::FLAG_TF, nr, 0, 0, 0);
                 self.note(nr, r);
@@ -543,9 +546,20 @@ impl Fz {
             4 => {
                 // Lend pages to the peer, which never answers: the test kills this task while
                 // they are mapped in the peer (the frames must pass to the peer, then back).
-                let _ = map(ARENA + 64 * PAGE, 4);
+                // Fresh pages of its own, away from everything it fuzzed; the peer's queue may
+                // be full of its junk for a moment.
+                let _ = map(HOLD_VA, 4);
                 log("sysfuzz: final op: grant held by the peer");
-                let _ = call_grant(SLOT_PEER, GRANT_HOLD, 0, 0, ARENA + 64 * PAGE, 4 * PAGE, self.rng.one_in(2));
+                let w = self.rng.one_in(2);
+                for _ in 0..200 {
+                    match call_grant(SLOT_PEER, GRANT_HOLD, 0, 0, HOLD_VA, 4 * PAGE, w) {
+                        Err(3) => sleep_ns(1_000_000), // QueueFull
+                        r => {
+                            logf!("sysfuzz: the held grant call ended: {:?}", r);
+                            break;
+                        }
+                    }
+                }
             }
             3 => {
                 // Any exit code is the task's to choose (the top bit marks it for the test).
