@@ -40,6 +40,18 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// One locked add to a dword at byte offset 1 of `word` (misaligned, inside one cache line).
+/// Test aid: under QEMU's multi-threaded TCG a misaligned atomic stops the world
+/// (`cpu_exec_step_atomic` → `start_exclusive`), which kicks every other vCPU thread out of
+/// its execution loop: the interrupt-delivery test uses it from one CPU to kick another
+/// (docs/vmm.md "Soak").
+pub fn misaligned_locked_add(word: &mut u64) {
+    let p = (word as *mut u64 as *mut u8).wrapping_add(1);
+    // SAFETY: the 4 bytes at offset 1..5 lie inside the 8-byte `word`, which we hold
+    // exclusively; an 8-aligned u64 keeps them inside one cache line.
+    unsafe { core::arch::asm!("lock add dword ptr [{}], 1", in(reg) p, options(nostack)) }
+}
+
 pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     let r = core::arch::x86_64::__cpuid_count(leaf, sub);
     (r.eax, r.ebx, r.ecx, r.edx)

@@ -15,6 +15,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use catenary_vmm::cpu::{DescTable, Exit, Segment, VcpuState};
 use catenary_vmm::EventDecision;
+use catenary_vmm::svm_exit;
 use core::sync::atomic::{AtomicU64, Ordering};
 use crate::smp::MAX_CPUS;
 
@@ -217,6 +218,9 @@ pub struct SvmVcpu {
     /// The CPU (index) this vCPU last entered a guest on.
     last_cpu: Option<usize>,
     reinject: Option<u64>,
+    /// An external interrupt armed as a virtual interrupt (V_IRQ) that the guest has not taken
+    /// yet: re-armed on every entry, and the device model is asked for nothing else meanwhile.
+    virq: Option<u8>,
 }
 
 impl SvmVcpu {
@@ -247,6 +251,7 @@ impl SvmVcpu {
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             last_cpu: None,
             reinject: None,
+            virq: None,
         };
         // MSRs that VMLOAD/VMSAVE switch, and the guest PAT (G_PAT with NPT): the guest owns them.
         for msr in [0xc000_0100, 0xc000_0101, 0xc000_0102, 0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0x174, 0x175, 0x176, 0x277] {
@@ -433,25 +438,37 @@ impl Vcpu for SvmVcpu {
 
     fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
         enable_on_this_cpu()?;
+        // External interrupts go in as a virtual interrupt (V_IRQ), never through EVENTINJ:
+        // see `catenary_vmm::svm_exit::virtual_interrupt_vector` (a QEMU TCG bug delivers an
+        // EVENTINJ interrupt twice). NMIs and exceptions keep using EVENTINJ.
         let mut window = false;
+        let inject = |v: &mut Self, ev: u64| match svm_exit::virtual_interrupt_vector(ev) {
+            Some(vector) => v.virq = Some(vector),
+            None => v.w64(C_EVENTINJ, ev),
+        };
         if let Some(ev) = self.reinject.take() {
-            self.w64(C_EVENTINJ, ev);
-        } else {
+            inject(self, ev);
+        } else if self.virq.is_none() {
             match event {
-                EventDecision::Inject(i) => self.w64(C_EVENTINJ, i.svm_eventinj()),
+                EventDecision::Inject(i) => inject(self, i.svm_eventinj()),
                 EventDecision::RequestWindow => window = true,
                 EventDecision::None => {}
             }
         }
-        let vintr = self.r64(C_VINTR) & !((1 << 8) | (0xf << 16) | (1 << 20) | (0xff << 32));
+        let vintr = self.r64(C_VINTR);
         let i3 = self.r32(C_INTERCEPT_V3);
-        if window {
-            // A dummy virtual interrupt at top priority: #VMEXIT(VINTR) fires as soon as the
-            // guest can take an interrupt; then the real one is injected through EVENTINJ.
-            self.w64(C_VINTR, vintr | (1 << 8) | (0xf << 16) | (1 << 20));
+        if let Some(vector) = self.virq {
+            // Taken at the first instruction boundary where the guest can take an interrupt;
+            // the exit path looks at V_IRQ to learn whether it was.
+            self.w64(C_VINTR, svm_exit::vintr::armed(vintr, vector));
+            self.w32(C_INTERCEPT_V3, i3 & !I3_VINTR);
+        } else if window {
+            // A dummy virtual interrupt with the VINTR intercept: #VMEXIT(VINTR) fires as soon
+            // as the guest can take an interrupt; then the real one is armed.
+            self.w64(C_VINTR, svm_exit::vintr::armed(vintr, 0));
             self.w32(C_INTERCEPT_V3, i3 | I3_VINTR);
         } else {
-            self.w64(C_VINTR, vintr);
+            self.w64(C_VINTR, svm_exit::vintr::cleared(vintr));
             self.w32(C_INTERCEPT_V3, i3 & !I3_VINTR);
         }
 
@@ -503,6 +520,11 @@ impl Vcpu for SvmVcpu {
         // Interrupts are back on here: a host interrupt that caused the exit has been taken.
 
         self.w64(C_EVENTINJ, 0);
+        // The armed virtual interrupt stays pending until the CPU clears V_IRQ (taken; if its
+        // delivery was cut short EXITINTINFO holds it, below).
+        if self.virq.is_some() && self.r64(C_VINTR) & svm_exit::vintr::V_IRQ == 0 {
+            self.virq = None;
+        }
         let intinfo = self.r64(C_EXITINTINFO);
         // An event was being delivered when the exit hit: deliver it again on the next entry
         // (or let the guest re-execute the INT instruction that raised it: see `redelivery`).
@@ -511,7 +533,7 @@ impl Vcpu for SvmVcpu {
     }
 
     fn reinjection_pending(&self) -> bool {
-        self.reinject.is_some()
+        self.reinject.is_some() || self.virq.is_some()
     }
 
     fn lazy_ram(&self) -> bool {

@@ -72,6 +72,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("vm_page_walk_maps_fresh_ram", crate::ktest_vm::vm_page_walk_maps_fresh_ram),
     ("vm_vcpu_loop_is_a_task", crate::ktest_core::vm_vcpu_loop_is_a_task),
     ("vm_event_redelivered_after_nested_fault", crate::ktest_reinject::vm_event_redelivered_after_nested_fault),
+    ("vm_interrupt_delivered_once", crate::ktest_reinject::vm_interrupt_delivered_once),
     ("console_flood_leaves_node_running", crate::ktest_console::console_flood_leaves_node_running),
 ];
 

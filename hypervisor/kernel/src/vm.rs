@@ -280,7 +280,9 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                     }
                     vm.poll(time::now_ns());
                     console.drain(vm.console(), time::now_ns(), false);
-                    if vm.pending_irq().is_some() || vm.pending_exception().is_some() {
+                    // (An interrupt the backend still holds armed for the guest counts too:
+                    // `sti; hlt` exits before the guest takes it.)
+                    if vm.pending_irq().is_some() || vm.pending_exception().is_some() || vcpu.reinjection_pending() {
                         break;
                     }
                     if let Some(r) = vm.stop_reason().cloned() {
@@ -356,6 +358,8 @@ pub const HOSTILE_LOAD: u64 = 0x10000;
 pub const FLOOD_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flood.bin"));
 /// The re-injection test guest (testguests/reinject.S), loaded at `HOSTILE_LOAD` too.
 pub const REINJECT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reinject.bin"));
+/// The exactly-once interrupt test guest (testguests/irqonce.S), loaded at `HOSTILE_LOAD` too.
+pub const IRQONCE_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/irqonce.bin"));
 
 /// The guest image bundle (a cpio boot module holding vmlinux, bzImage, initramfs.cpio.gz).
 pub struct GuestBundle {

@@ -85,6 +85,49 @@ pub fn redelivery(exitintinfo: u64) -> Option<u64> {
     }
 }
 
+/// External interrupts reach an SVM guest as a *virtual* interrupt (VMCB V_IRQ with the vector
+/// in V_INTR_VECTOR), never through EVENTINJ. Given an EVENTINJ-encoded event (valid bit set),
+/// the vector to arm V_IRQ with when it is an external interrupt (type 0); `None` for NMIs and
+/// exceptions, which keep going through EVENTINJ.
+///
+/// Why (docs/vmm.md "Soak", issue 9): QEMU's TCG `helper_vmrun` delivers an EVENTINJ external
+/// interrupt on the spot but leaves the vector in `cs->exception_index`; the next time anything
+/// asks the vCPU thread to leave its loop (`cpu->exit_request`: a kick from another thread)
+/// before the guest's next exit or exception, `cpu_handle_interrupt` keeps that stale index and
+/// `cpu_handle_exception` delivers the vector a second time as an exception, whatever the
+/// guest's RFLAGS.IF. Guests then take the same interrupt nested inside its own handler, with
+/// interrupts off (a Linux guest oopses, deadlocks on its irq lock or triple-faults). A virtual
+/// interrupt is delivered by QEMU's `x86_cpu_exec_interrupt`, which leaves no stale index. On
+/// hardware V_IRQ is the architected way to hand a guest an interrupt (APM vol. 2 §15.21.4) and
+/// is taken at the first instruction boundary where the guest has IF=1 and no interrupt shadow,
+/// exactly when the device model decides to inject.
+pub fn virtual_interrupt_vector(eventinj: u64) -> Option<u8> {
+    (eventinj & (1 << 31) != 0 && (eventinj >> 8) & 7 == 0).then_some(eventinj as u8)
+}
+
+/// VMCB V_INTR control word (offset 0x60) bits the world switch owns.
+pub mod vintr {
+    /// V_IRQ: a virtual interrupt is pending (the CPU clears it when the guest takes it).
+    pub const V_IRQ: u64 = 1 << 8;
+    /// V_INTR_PRIO (bits 19:16).
+    pub const PRIO_MASK: u64 = 0xf << 16;
+    /// V_IGN_TPR: take the virtual interrupt whatever the guest's virtual TPR.
+    pub const IGN_TPR: u64 = 1 << 20;
+    /// V_INTR_VECTOR (bits 39:32).
+    pub const VECTOR_MASK: u64 = 0xff << 32;
+
+    /// `current` with any virtual interrupt disarmed.
+    pub fn cleared(current: u64) -> u64 {
+        current & !(V_IRQ | PRIO_MASK | IGN_TPR | VECTOR_MASK)
+    }
+
+    /// `current` with a virtual interrupt armed: top priority, TPR ignored, `vector` (for the
+    /// interrupt-window request the vector is never delivered: VINTR is intercepted).
+    pub fn armed(current: u64, vector: u8) -> u64 {
+        cleared(current) | V_IRQ | PRIO_MASK | IGN_TPR | ((vector as u64) << 32)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +214,20 @@ mod tests {
         assert_eq!(redelivery(v | (3 << 8) | 4), None);
         // an "exception" with an interrupt vector (QEMU's record of a virtual interrupt)
         assert_eq!(redelivery(v | (3 << 8) | 0x30), Some(v | 0x30));
+    }
+
+    #[test]
+    fn interrupts_go_through_v_irq_exceptions_through_eventinj() {
+        // external interrupt 0x30 (type 0), as `Injection::svm_eventinj` and `redelivery` encode it
+        assert_eq!(virtual_interrupt_vector(0x30 | (1 << 31)), Some(0x30));
+        // QEMU's own record of an interrupt (type 3, vector >= 32) becomes type 0 first
+        assert_eq!(redelivery(0x34 | (3 << 8) | (1 << 31)).and_then(virtual_interrupt_vector), Some(0x34));
+        // NMI, #PF with error code, not valid: not a virtual interrupt
+        assert_eq!(virtual_interrupt_vector(2 | (2 << 8) | (1 << 31)), None);
+        assert_eq!(virtual_interrupt_vector(14 | (3 << 8) | (1 << 11) | (1 << 31) | (2 << 32)), None);
+        assert_eq!(virtual_interrupt_vector(0x30), None);
+        let v = vintr::armed(1 << 24, 0x31);
+        assert_eq!(v, (1 << 24) | (1 << 8) | (0xf << 16) | (1 << 20) | (0x31 << 32));
+        assert_eq!(vintr::cleared(v), 1 << 24, "V_INTR_MASKING and V_TPR are kept");
     }
 }
