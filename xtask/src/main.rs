@@ -9,6 +9,7 @@ mod fuzz;
 mod netboot;
 mod qemu;
 mod soak;
+mod soak_inspect;
 mod sysfuzz;
 mod test;
 mod bench;
@@ -36,7 +37,7 @@ commands:
   fuzz --smoke              every cargo-fuzz target for a few seconds (part of `test`)
   fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
   bench boot|vm             benchmarks (print figures, never assert)
-  soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log]
+  soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log] [--inspect]
           [--guest minimal|debian] [--node-args WORDS]
                             boot Linux guests back to back under CPU load; ends with
                             `N boots, N clean, 0 node failures` (failure logs in build/soak/)

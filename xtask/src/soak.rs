@@ -84,15 +84,23 @@ pub struct Options {
     pub reset_log: bool,
     /// Leave out the matrix points in [`QUARANTINED`] (the gating short soak only).
     pub quarantine: bool,
+    /// `--inspect`: on a host triple fault QEMU pauses instead of exiting (`-action
+    /// shutdown=pause`) and the soak reads the dead machine through the QEMU monitor (every
+    /// CPU's registers, the page walk of its IDT/#DF gate, RIP and TSS) into
+    /// `boot-NNN.inspect.log` before it ends QEMU.
+    pub inspect: bool,
+    /// `--kick-ms N` (diagnostic): every N ms, `stop` + `cont` through a second QEMU monitor,
+    /// which makes QEMU ask every vCPU thread to leave its execution loop (`exit_request`) at
+    /// an arbitrary point of the guest's run (docs/vmm.md "Soak": the QEMU bug this exposes).
+    pub kick_ms: u64,
 }
 
 /// Matrix points quarantined from the gating short soak (`soak_vm_short` in `cargo xtask
-/// test`) while a known, open bug makes them fail now and then: Debian's kernel with `vm.debug`
-/// at 384–512 MiB ends in a *guest* triple fault (node alive) about once in 12 such boots
-/// (issue 9 item 1, docs/vmm.md "Soak"). `cargo xtask soak vm` always runs the whole matrix,
-/// and that is the check for the issue; this list must shrink to nothing when the bug is fixed.
-fn quarantined(c: &Case) -> bool {
-    c.guest == Guest::Debian && c.extra.contains("vm.debug")
+/// test`) while a known, open bug makes them fail now and then. Empty: the guest triple fault
+/// that put Debian's kernel with `vm.debug` here (issue 9 item 1) was QEMU TCG delivering an
+/// EVENTINJ interrupt twice, fixed by injecting interrupts as V_IRQ (docs/vmm.md "Soak").
+fn quarantined(_c: &Case) -> bool {
+    false
 }
 
 pub fn cmd_soak(args: &[String]) -> Result<(), String> {
@@ -101,7 +109,7 @@ pub fn cmd_soak(args: &[String]) -> Result<(), String> {
         Some("vm") => {}
         _ => return Err("usage: cargo xtask soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--node-args WORDS] [--guest minimal|debian]".into()),
     }
-    let mut o = Options { runs: 100, parallel: 1, load: 2, qemu_log: "cpu_reset".into(), node_args: String::new(), guest: None, reset_log: false, quarantine: false };
+    let mut o = Options { runs: 100, parallel: 1, load: 2, qemu_log: "cpu_reset".into(), node_args: String::new(), guest: None, reset_log: false, quarantine: false, inspect: false, kick_ms: 0 };
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> Result<usize, String> {
             it.next().and_then(|v| v.parse().ok()).ok_or_else(|| format!("{name} needs a number"))
@@ -113,6 +121,8 @@ pub fn cmd_soak(args: &[String]) -> Result<(), String> {
             "--qemu-log" => o.qemu_log = it.next().ok_or("--qemu-log needs QEMU -d flags")?.clone(),
             "--node-args" => o.node_args = it.next().ok_or("--node-args needs words")?.clone(),
             "--reset-log" => o.reset_log = true,
+            "--inspect" => o.inspect = true,
+            "--kick-ms" => o.kick_ms = num("--kick-ms")? as u64,
             "--guest" => o.guest = Some(it.next().ok_or("--guest needs minimal or debian")?.to_lowercase()),
             other => return Err(format!("unknown soak option `{other}`")),
         }
@@ -137,8 +147,7 @@ pub fn short_test(t: &mut crate::test::Tally) {
         return;
     }
     println!("== soak: Linux guests back to back under load (cargo xtask soak vm --runs 10 --parallel 2)");
-    let o = Options { runs: 10, parallel: 2, load: 2, qemu_log: "cpu_reset".into(), node_args: String::new(), guest: None, reset_log: false, quarantine: true };
-    println!("    quarantined (known open guest triple fault, see xtask/src/soak.rs): Debian guest with vm.debug");
+    let o = Options { runs: 10, parallel: 2, load: 2, qemu_log: "cpu_reset".into(), node_args: String::new(), guest: None, reset_log: false, quarantine: true, inspect: false, kick_ms: 0 };
     match soak_vm(&o) {
         Ok((b, c, f)) => t.record(NAME, b == o.runs && c == b && f == 0, &format!("({b} boots, {c} clean, {f} node failures; logs in {})", soak_dir().display())),
         Err(e) => t.record(NAME, false, &e),
@@ -316,10 +325,28 @@ fn one_boot(i: usize, case: &Case, kernel: &Path, bundle: &Path, dir: &Path, o: 
     let dlog = dir.join(format!("boot-{i:03}.qemu-d.log"));
     let _ = std::fs::remove_file(&dlog);
     b.extra = vec!["-d".into(), o.qemu_log.clone(), "-D".into(), dlog.display().to_string()];
-    if o.reset_log {
-        b.extra.extend(["-action".into(), "reboot=reset".into()]);
-    }
-    let lines = capture(b.command(false)?)?;
+    let inspect = if o.inspect {
+        let sock = dir.join(format!("boot-{i:03}.mon"));
+        let _ = std::fs::remove_file(&sock);
+        b.extra.extend(["-action".into(), "shutdown=pause".into()]);
+        b.extra.extend(["-chardev".into(), format!("socket,id=insp,path={},server=on,wait=off", sock.display())]);
+        b.extra.extend(["-mon".into(), "chardev=insp,mode=readline".into()]);
+        Some(Inspect { dlog: dlog.clone(), sock, out: dir.join(format!("boot-{i:03}.inspect.log")) })
+    } else {
+        if o.reset_log {
+            b.extra.extend(["-action".into(), "reboot=reset".into()]);
+        }
+        None
+    };
+    let kicker = (o.kick_ms > 0).then(|| {
+        let sock = dir.join(format!("boot-{i:03}.kick"));
+        let _ = std::fs::remove_file(&sock);
+        b.extra.extend(["-chardev".into(), format!("socket,id=kick,path={},server=on,wait=off", sock.display())]);
+        b.extra.extend(["-mon".into(), "chardev=kick,mode=readline".into()]);
+        crate::soak_inspect::Kicker::start(sock, o.kick_ms, inspect.as_ref().map(|i| i.dlog.clone()))
+    });
+    let lines = capture(b.command(false)?, inspect.as_ref())?;
+    drop(kicker);
     let (lines, qemu_exited, timed_out) = lines;
     let has = |p: &str| lines.iter().any(|l| l.contains(p));
     let ended = lines.iter().find(|l| l.contains("microVM demo ended:") || l.contains("microVM demo failed")).cloned();
@@ -349,9 +376,16 @@ fn one_boot(i: usize, case: &Case, kernel: &Path, bundle: &Path, dir: &Path, o: 
     Ok(verdict)
 }
 
+/// Where `--inspect` finds QEMU's `-d` log and monitor socket, and writes its report.
+struct Inspect {
+    dlog: PathBuf,
+    sock: PathBuf,
+    out: PathBuf,
+}
+
 /// Run QEMU until the node reports what happened after the microVM (then stop it), QEMU exits,
 /// or the deadline passes. Returns (serial lines, QEMU's exit status if it exited, timed out).
-fn capture(mut c: Command) -> Result<(Vec<String>, Option<Option<i32>>, bool), String> {
+fn capture(mut c: Command, inspect: Option<&Inspect>) -> Result<(Vec<String>, Option<Option<i32>>, bool), String> {
     c.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
     let start = Instant::now();
     let mut child = c.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
@@ -397,6 +431,15 @@ fn capture(mut c: Command) -> Result<(Vec<String>, Option<Option<i32>>, bool), S
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(ins) = inspect {
+                    if std::fs::read_to_string(&ins.dlog).map(|l| l.contains("Triple fault")).unwrap_or(false) {
+                        let report = crate::soak_inspect::inspect(&ins.sock);
+                        let _ = std::fs::write(&ins.out, report);
+                        lines.push("[soak] host triple fault: QEMU paused, machine state in the .inspect.log".into());
+                        exited = Some(None);
+                        break;
+                    }
+                }
                 if let Ok(Some(st)) = child.try_wait() {
                     exited = Some(st.code());
                     while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -411,7 +454,7 @@ fn capture(mut c: Command) -> Result<(Vec<String>, Option<Option<i32>>, bool), S
             }
         }
     }
-    if exited.is_none() {
+    if exited.is_none() || inspect.is_some() {
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -490,6 +490,14 @@ pub fn crash_for_test(kind: &str) {
                 core::arch::asm!("ud2");
             }
         }),
+        // A triple fault (QEMU's `-d cpu_reset` logs it; `soak vm --inspect` reads the dead
+        // machine): an empty IDT, then #UD, whose delivery faults, and so does the #DF's.
+        "tf" => {
+            let empty = x86_64::structures::DescriptorTablePointer { limit: 0, base: VirtAddr::new(0) };
+            // SAFETY: this CPU never runs again (the machine resets or stops on the triple
+            // fault); nothing reads the IDT register afterwards.
+            unsafe { core::arch::asm!("lidt [{}]", "ud2", in(reg) &empty, options(noreturn)) }
+        }
         _ => {}
     }
 }

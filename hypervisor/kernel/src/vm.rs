@@ -306,6 +306,7 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                     warn!(target: "vmm", "{name}: triple fault at rip {:#x} (cs {:#x}, cpl {}) rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} xcr0 {:#x} idtr {:#x}+{:#x} gdtr {:#x}+{:#x} tr {:#x}",
                         st.rip, st.cs.selector, st.cpl, st.rsp, st.rflags, st.cr0, st.cr2, st.cr3, st.cr4, st.efer, st.xcr0,
                         st.idtr.base, st.idtr.limit, st.gdtr.base, st.gdtr.limit, st.tr.base);
+                    log_guest_walks(&st, ram, &mapped, name);
                 }
                 return Ended::Stopped(r);
             }
@@ -315,6 +316,49 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                 return Ended::Failed(format!("{e:?}"));
             }
         }
+    }
+}
+
+/// After a guest triple fault: the guest's own page walk (as its tables are now) of what the
+/// last event delivery touched (its IDT's #DF/#PF gates, RIP, RSP, the TSS), and whether each
+/// table lies in a chunk our nested tables map. A walk that succeeds now means the delivery
+/// fault was not in the guest's tables as they ended up (docs/vmm.md "Soak").
+fn log_guest_walks(st: &VcpuState, ram: &GuestRam, mapped: &[bool], name: &str) {
+    use catenary_vmm::mem::GuestMemoryExt;
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    if st.cr0 & (1 << 31) == 0 || st.efer & (1 << 10) == 0 {
+        return;
+    }
+    let levels: u32 = if st.cr4 & (1 << 12) != 0 { 5 } else { 4 };
+    // (Every address here is the guest's: wrapping arithmetic, the test build traps overflow.)
+    let targets = [("idt#DF", st.idtr.base.wrapping_add(0x80)), ("idt#PF", st.idtr.base.wrapping_add(0xe0)), ("rip", st.rip), ("rsp", st.rsp), ("tss", st.tr.base.wrapping_add(4))];
+    for (what, va) in targets {
+        let mut line = format!("{name}: walk {what} {va:#x}:");
+        let mut table = st.cr3 & ADDR;
+        for l in (1..=levels).rev() {
+            let shift = 12 + 9 * (l - 1);
+            let at = table + ((va >> shift) & 511) * 8;
+            let chunk = (at / virt::CHUNK) as usize;
+            let m = mapped.get(chunk).copied().unwrap_or(false);
+            let Ok(e) = ram.read_u64(at) else {
+                line.push_str(&format!(" L{l}@{at:#x} outside RAM"));
+                break;
+            };
+            line.push_str(&format!(" L{l}@{at:#x}{}={e:#x}", if m { "" } else { "(chunk unmapped)" }));
+            if e & 1 == 0 {
+                line.push_str(" not present");
+                break;
+            }
+            if l == 1 || (l <= 3 && e & 0x80 != 0) {
+                let size = 1u64 << shift;
+                let pa = (e & ADDR & !(size - 1)) | (va & (size - 1));
+                let pm = mapped.get((pa / virt::CHUNK) as usize).copied().unwrap_or(false);
+                line.push_str(&format!(" -> {pa:#x}{}", if pm { "" } else { " (chunk unmapped)" }));
+                break;
+            }
+            table = e & ADDR;
+        }
+        warn!(target: "vmm", "{line}");
     }
 }
 
