@@ -298,7 +298,7 @@ fn corrupted_uncompressed_blob() {
     let l = oci_layout_with(&t.path().join("in"), &layers, &config(&layers, "amd64"), "application/vnd.oci.image.layer.v1.tar");
     let p = t.path().join("in/blobs/sha256").join(&l.layer_digests[0][7..]);
     let b = std::fs::read(&p).unwrap();
-    let i = b.windows(3).position(|w| w == b"old").unwrap();
+    let i = b.windows(7).position(|w| w == b"deleted").unwrap();
     let mut b2 = b.clone();
     b2[i] = b'O';
     std::fs::write(&p, b2).unwrap();
