@@ -88,11 +88,13 @@ fn multi_layer_tree_is_exact() {
 #[test]
 fn whiteouts_across_three_layers() {
     let t = tempfile::tempdir().unwrap();
-    let l0 = tar(&[Ent::File("a", b"a0", 0o644, 0, 0), Ent::File("f", b"file", 0o644, 0, 0), Ent::Dir("d/", 0o755, 0, 0), Ent::File("d/x", b"x", 0o644, 0, 0)]);
+    let l0 = tar(&[Ent::File("a", b"a0", 0o644, 0, 0), Ent::File("b", b"b0", 0o644, 0, 0), Ent::File("f", b"file", 0o644, 0, 0), Ent::Dir("d/", 0o755, 0, 0), Ent::File("d/x", b"x", 0o644, 0, 0)]);
     // Same layer: a whiteout and a re-creation of the name; the re-creation stays.
     let l1 = tar(&[
         Ent::File("a", b"a1", 0o644, 0, 0),
         Ent::Raw(b".wh.a".to_vec(), EntryType::Regular, ""),
+        Ent::File("b", b"b1", 0o644, 0, 0),
+        Ent::Raw(b".wh.b".to_vec(), EntryType::Regular, ""),
         Ent::Dir("f/", 0o711, 0, 0),
         Ent::File("d", b"now a file", 0o644, 0, 0),
     ]);
@@ -101,7 +103,8 @@ fn whiteouts_across_three_layers() {
     oci_layout(&t.path().join("in"), &layers, &config(&layers, "amd64"));
     pack(&t.path().join("in"), &t.path().join("out")).unwrap();
     let fs = read_squashfs(&t.path().join("out/rootfs.squashfs"));
-    assert_eq!(fs.keys().cloned().collect::<Vec<_>>(), ["/", "/d", "/f", "/f/inside"]);
+    assert_eq!(fs.keys().cloned().collect::<Vec<_>>(), ["/", "/b", "/d", "/f", "/f/inside"]);
+    assert_eq!(fs["/b"].kind, Kind::File(b"b1".to_vec()), "a whiteout never hides its own layer's entry");
     assert_eq!(fs["/d"].kind, Kind::File(b"now a file".to_vec()));
     assert_eq!((fs["/f"].kind.clone(), fs["/f"].mode), (Kind::Dir, 0o711));
 }

@@ -71,7 +71,8 @@ pub fn read_layer(ctx: &mut LayerCtx<'_>, stream: &mut dyn Read) -> Result<Dir> 
     let mut upper = Dir::new(Meta::IMPLICIT_DIR, false);
     let mut archive = tar::Archive::new(stream);
     let entries = archive.entries().map_err(|e| malformed(ctx.index, e))?.raw(true);
-    let (mut long_name, mut long_link, mut pax): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = (None, None, None);
+    // GNU long name, GNU long link and PAX records for the next member.
+    let (mut long_name, mut long_link, mut pax) = (None::<Vec<u8>>, None::<Vec<u8>>, None::<Vec<u8>>);
     for entry in entries {
         let mut entry = entry.map_err(|e| malformed(ctx.index, e))?;
         ctx.budget.entries += 1;
