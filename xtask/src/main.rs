@@ -38,7 +38,7 @@ commands:
   fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
   bench boot|vm             benchmarks (print figures, never assert)
   soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log] [--inspect]
-          [--guest minimal|debian] [--node-args WORDS]
+          [--guest minimal|debian] [--node-args WORDS] [--kick-ms N]
                             boot Linux guests back to back under CPU load; ends with
                             `N boots, N clean, 0 node failures` (failure logs in build/soak/)
 ";

@@ -17,7 +17,9 @@
 //! QEMU (`-no-reboot`), so that the `cpu_reset` log holds every CPU's state at that moment;
 //! `--qemu-log cpu_reset,int` adds every interrupt and exception before it. `--guest` boots only
 //! one of the two guests; `--node-args` adds node command-line words (`crash=df` checks that a
-//! dying node counts as a node failure).
+//! dying node counts as a node failure, `crash=tf` that a silent triple fault does).
+//! `--inspect` pauses QEMU at a host triple fault and reads the dead machine through its
+//! monitor (`soak_inspect.rs`); `--kick-ms N` kicks the vCPU threads every N ms (stop/cont).
 
 use crate::tools::{out_dir, require};
 use crate::vmbench::base64;
@@ -107,7 +109,7 @@ pub fn cmd_soak(args: &[String]) -> Result<(), String> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("vm") => {}
-        _ => return Err("usage: cargo xtask soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--node-args WORDS] [--guest minimal|debian]".into()),
+        _ => return Err("usage: cargo xtask soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log] [--inspect] [--kick-ms N] [--node-args WORDS] [--guest minimal|debian]".into()),
     }
     let mut o = Options { runs: 100, parallel: 1, load: 2, qemu_log: "cpu_reset".into(), node_args: String::new(), guest: None, reset_log: false, quarantine: false, inspect: false, kick_ms: 0 };
     while let Some(a) = it.next() {
