@@ -385,3 +385,54 @@ fn cli_pack_prints_digest() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("catenary image pack: "));
 }
+
+#[test]
+fn zstd_and_plain_layers() {
+    let t = tempfile::tempdir().unwrap();
+    let layers = [base_layer()];
+    let c = config(&layers, "amd64");
+    let gz = oci_layout(&t.path().join("gz"), &layers, &c);
+    let a = pack(&gz.dir, &t.path().join("a")).unwrap();
+    // The same layer stored zstd-compressed.
+    let z = t.path().join("zs");
+    let l = oci_layout_with(&z, &layers, &c, "application/vnd.oci.image.layer.v1.tar");
+    let zbytes = zstd::encode_all(&layers[0][..], 3).unwrap();
+    let zd = write_blob(&z, &zbytes);
+    let mpath = z.join("blobs/sha256").join(&l.manifest_digest[7..]);
+    let m = String::from_utf8(std::fs::read(&mpath).unwrap()).unwrap();
+    let m = m
+        .replace(&l.layer_digests[0], &zd)
+        .replace("layer.v1.tar\"", "layer.v1.tar+zstd\"")
+        .replace(&format!("\"size\":{}}}]", layers[0].len()), &format!("\"size\":{}}}]", zbytes.len()));
+    let md = write_blob(&z, m.as_bytes());
+    let idx = std::fs::read_to_string(z.join("index.json")).unwrap();
+    let idx = idx.replace(&l.manifest_digest, &md).replace(&format!("\"size\":{}", std::fs::metadata(&mpath).unwrap().len()), &format!("\"size\":{}", m.len()));
+    std::fs::write(z.join("index.json"), idx).unwrap();
+    let b = pack(&z, &t.path().join("b")).unwrap();
+    assert_eq!(a.manifest.rootfs.digest, b.manifest.rootfs.digest);
+    // An OCI layout inside a tarball (what Docker 25+ `docker save` writes).
+    let mut tb = tar::Builder::new(std::fs::File::create(t.path().join("oci.tar")).unwrap());
+    tb.append_dir_all(".", &gz.dir).unwrap();
+    tb.finish().unwrap();
+    drop(tb);
+    let c2 = pack(&t.path().join("oci.tar"), &t.path().join("c")).unwrap();
+    assert_eq!(c2.digest, a.digest, "same image, same digest");
+}
+
+#[test]
+fn hostile_docker_manifest_paths() {
+    // An extracted docker-save directory whose manifest.json names a (valid) config outside it.
+    let t = tempfile::tempdir().unwrap();
+    let c = serde_json::to_vec(&config(&[], "amd64")).unwrap();
+    let name = format!("{}.json", &sha(&c)[7..]);
+    std::fs::create_dir(t.path().join("outside")).unwrap();
+    std::fs::write(t.path().join("outside").join(&name), &c).unwrap();
+    let d = t.path().join("in");
+    std::fs::create_dir(&d).unwrap();
+    for cfg in [format!("../outside/{name}"), t.path().join("outside").join(&name).display().to_string()] {
+        let m = serde_json::json!([{"Config": cfg, "RepoTags": null, "Layers": []}]);
+        std::fs::write(d.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = pack(&d, &t.path().join("out")).unwrap_err();
+        assert!(matches!(&e, PackError::Malformed { why, .. } if why.contains("outside the input")), "{e}");
+    }
+}

@@ -117,7 +117,10 @@ impl Store {
     pub fn get(&self, name: &str) -> Result<Option<(Box<dyn Read>, u64)>> {
         match self {
             Store::Dir(root) => {
-                // Names come from the image's own JSON only after `check_digest`, or are fixed.
+                // A docker manifest.json names its files itself: stay inside the input directory.
+                if name.starts_with('/') || name.split('/').any(|c| c == "..") {
+                    return Err(PackError::Malformed { what: "image".into(), why: format!("file name {name:?} outside the input") });
+                }
                 let p = root.join(name);
                 match File::open(&p) {
                     Ok(f) => {
