@@ -150,6 +150,22 @@ pub fn ipc_full_queue(_: &Node) -> Result<(), String> {
     Ok(())
 }
 
+/// A call nobody answers ends with `Timeout` after the caller's own timeout (`SYS_CALL` rdi
+/// bits 32..63); the callee's late answer is refused.
+pub fn ipc_call_timeout(_: &Node) -> Result<(), String> {
+    let (slot, _) = task::create_endpoint_for_current(4);
+    let t0 = time::now_ns();
+    let r = task::call_timeout(slot, Message::new(5, [0; 4]), 50);
+    let waited = time::now_ns() - t0;
+    check(r == Err(IpcError::Timeout), || format!("call nobody answers, 50 ms timeout: {r:?}"))?;
+    check((50_000_000..5 * SEC).contains(&waited), || format!("timed out after {} ms", waited / 1_000_000))?;
+    if let Ok(m) = task::recv(slot, 100_000_000) {
+        let late = task::reply(m.reply, Message::new(6, [0; 4]));
+        check(late == Err(IpcError::BadReply), || format!("answer after the caller's timeout: {late:?}"))?;
+    }
+    Ok(())
+}
+
 pub fn ipc_missing_capability(_: &Node) -> Result<(), String> {
     let r = task::send(63, Message::default());
     check(r == Err(IpcError::NoCapability), || format!("send on an empty slot: {r:?}"))?;
