@@ -19,6 +19,8 @@ fn base_layer() -> Vec<u8> {
         Ent::Dir("etc/", 0o755, 0, 0),
         Ent::File("etc/passwd", b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n", 0o644, 0, 0),
         Ent::File("etc/gone", b"deleted by the upper layer", 0o644, 0, 0),
+        Ent::File("etc/empty", b"", 0o400, 0, 0),
+        Ent::File("etc/été name", b"non-ASCII name", 0o644, 0, 0),
         Ent::Dir("data/", 0o750, 1000, 1000),
         Ent::File("data/old1", b"old", 0o600, 1000, 1000),
         Ent::Dir("data/sub/", 0o755, 0, 0),
@@ -60,7 +62,7 @@ fn multi_layer_tree_is_exact() {
     assert_eq!(
         paths,
         [
-            "/", "/bin", "/bin/busybox", "/bin/ln", "/bin/sh", "/data", "/data/new", "/dev", "/etc", "/etc/passwd", "/home", "/home/app",
+            "/", "/bin", "/bin/busybox", "/bin/ln", "/bin/sh", "/data", "/data/new", "/dev", "/etc", "/etc/empty", "/etc/passwd", "/etc/\u{e9}t\u{e9} name", "/home", "/home/app",
             "/home/app/abs", "/run", "/run/fifo", "/usr", "/usr/local", "/usr/local/bin", "/usr/local/bin/suid"
         ]
     );
@@ -76,6 +78,7 @@ fn multi_layer_tree_is_exact() {
     assert_eq!((e("/usr/local/bin/suid").mode, e("/usr/local/bin/suid").gid), (0o4750, 1000));
     assert_eq!((e("/home/app").mode, e("/home/app").uid), (0o700, 1000));
     assert_eq!(e("/run/fifo").kind, Kind::Fifo);
+    assert_eq!((e("/etc/empty").kind, e("/etc/empty").mode), (Kind::File(vec![]), 0o400));
     assert_eq!(e("/etc/passwd").mtime, 1_700_000_000);
     // Directories a layer needs but does not list: 0755 root.
     assert_eq!((e("/usr").mode, e("/usr").uid, e("/usr").mtime), (0o755, 0, 0));

@@ -52,8 +52,8 @@ pub struct Budget {
     pub bytes: u64,
 }
 
-/// Longest file name squashfs stores.
-const MAX_NAME: usize = 256;
+/// Longest file name Linux accepts (NAME_MAX; squashfs stores up to 256).
+const MAX_NAME: usize = 255;
 const OPAQUE: &[u8] = b".wh..wh..opq";
 const WH: &[u8] = b".wh.";
 
