@@ -439,3 +439,38 @@ fn hostile_docker_manifest_paths() {
         assert!(matches!(&e, PackError::Malformed { why, .. } if why.contains("outside the input")), "{e}");
     }
 }
+
+#[test]
+fn multi_platform_index_picks_amd64() {
+    let t = tempfile::tempdir().unwrap();
+    let layers = [base_layer()];
+    let dir = t.path().join("in");
+    let l = oci_layout(&dir, &layers, &config(&layers, "amd64"));
+    let msize = std::fs::metadata(dir.join("blobs/sha256").join(&l.manifest_digest[7..])).unwrap().len();
+    let arm = l.layer_digests[0].clone(); // any blob: the arm64 entry must never be read
+    let nested = |with_amd64: bool| {
+        let mut ms = vec![serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": 1,
+            "platform": {"architecture": "arm64", "os": "linux"}
+        })];
+        if with_amd64 {
+            ms.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": l.manifest_digest, "size": msize,
+                "platform": {"architecture": "amd64", "os": "linux"}
+            }));
+        }
+        let idx = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": ms})).unwrap();
+        let d = write_blob(&dir, &idx);
+        let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": idx.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"}
+        }]});
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    };
+    nested(true);
+    let r = pack(&dir, &t.path().join("a")).unwrap();
+    assert_eq!(r.manifest.source.manifest.as_deref(), Some(l.manifest_digest.as_str()));
+    nested(false);
+    let e = pack(&dir, &t.path().join("b")).unwrap_err();
+    assert!(matches!(&e, PackError::WrongPlatform { arch, .. } if arch.contains("linux/arm64")), "{e}");
+}
