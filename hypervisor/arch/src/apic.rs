@@ -5,7 +5,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
 
 pub const TIMER_VECTOR: u8 = 0x30;
-pub const SPURIOUS_VECTOR: u8 = 0xff;
+pub use crate::trap::SPURIOUS_VECTOR;
 pub const ERROR_VECTOR: u8 = 0xfe;
 /// Inter-processor "reschedule" interrupt.
 pub const RESCHED_VECTOR: u8 = 0x40;
@@ -79,7 +79,7 @@ fn eoi() {
 
 fn on_timer(f: &mut crate::trap::TrapFrame) {
     // `ticks()` is the boot CPU's count, so it keeps meaning "timer periods" on any CPU count.
-    if crate::smp::cpu_index() == 0 {
+    if crate::percpu::cpu_index() == 0 {
         TICKS.fetch_add(1, Ordering::Relaxed);
     }
     let h = TICK_HOOK.load(Ordering::Acquire);

@@ -8,8 +8,7 @@ pub const PROTO_PVH: u32 = 1;
 pub const PROTO_MB2: u32 = 2;
 pub const PROTO_LIMINE: u32 = 3;
 
-/// Where the PVH/Multiboot2 trampoline loads the kernel image (see linker.ld).
-pub const KERNEL_PHYS_DEFAULT: u64 = 0x20_0000;
+pub use crate::paging::KERNEL_PHYS_DEFAULT;
 
 /// Everything the kernel needs from the boot path.
 pub struct Handoff {

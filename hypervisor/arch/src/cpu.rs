@@ -149,9 +149,47 @@ pub fn features() -> CpuFeatures {
     }
 }
 
+/// Bytes reserved below every trap frame for the FPU/SSE/AVX state (XSAVE of x87|SSE|AVX
+/// needs 832; FXSAVE uses the first 512).
+pub const FPU_AREA: usize = 1024;
+
+/// Non-zero when the entry stubs use XSAVE/XRSTOR (CR4.OSXSAVE on every CPU, XCR0 set).
+#[no_mangle]
+pub static ARCH_XSAVE_ON: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+static XCR0: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Turn on XSAVE on this CPU where CPUID has it: CR4.OSXSAVE, XCR0 = x87|SSE(|AVX). Returns
+/// XCR0 (0 = FXSAVE only). Every CPU calls it before it takes interrupts.
+pub fn enable_xsave() -> u64 {
+    let (_, _, ecx, _) = cpuid(1, 0);
+    if ecx & (1 << 26) == 0 {
+        return 0;
+    }
+    let (supported, _, _, _) = cpuid(0xd, 0);
+    let mut xcr0 = 0b11;
+    if ecx & (1 << 28) != 0 && supported & 0b100 != 0 {
+        xcr0 |= 0b100;
+    }
+    cr4_set(1 << 18);
+    // SAFETY: CR4.OSXSAVE is on and XCR0 holds x87|SSE plus AVX only if CPUID reports it.
+    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") xcr0 as u32, in("edx") 0u32, options(nostack, nomem)) };
+    let (_, size, _, _) = cpuid(0xd, 0);
+    if size as usize > FPU_AREA {
+        return 0; // cannot happen with x87|SSE|AVX (832 bytes); stay on FXSAVE
+    }
+    XCR0.store(xcr0, core::sync::atomic::Ordering::Relaxed);
+    ARCH_XSAVE_ON.store(1, core::sync::atomic::Ordering::Release);
+    xcr0
+}
+
+/// The XCR0 the kernel set (0 = FXSAVE only).
+pub fn xcr0() -> u64 {
+    XCR0.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether AVX (ymm) state is enabled for tasks (XCR0 has AVX).
 pub fn avx_enabled() -> bool {
-    crate::uspace::xcr0() & 0b100 != 0
+    xcr0() & 0b100 != 0
 }
 
 /// Test helper: load ymm0..ymm7 from `pattern`, spin for `cycles` TSC cycles (preemption

@@ -15,7 +15,9 @@
 
 extern crate alloc;
 
+pub mod layers;
 pub mod cpu;
+pub mod percpu;
 pub mod serial;
 pub mod trap;
 pub mod gdt;

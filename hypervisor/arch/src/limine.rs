@@ -101,7 +101,7 @@ pub fn handoff() -> Result<(BootInfo, u64), BootError> {
         bsp_lapic_id: MP.get_response().map(|r| r.bsp_lapic_id()),
     };
     BOOTED_BY_LIMINE.store(true, Ordering::Release);
-    let kphys = view.kernel_phys_base.unwrap_or(crate::boot::KERNEL_PHYS_DEFAULT);
+    let kphys = view.kernel_phys_base.unwrap_or(crate::paging::KERNEL_PHYS_DEFAULT);
     Ok((BootInfo::from_limine(&view)?, kphys))
 }
 

@@ -8,6 +8,22 @@ static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
 
 pub use catenary_mm::{AllocError, FrameStats};
 
+/// Offset through which physical memory is reachable right now: 0 (identity map of the low
+/// 4 GiB) on PVH/Multiboot2 before our tables are live, the HHDM offset on Limine, and
+/// `paging::PHYS_OFFSET` once `paging::build_and_activate` has run.
+static PHYS_VIEW: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+pub fn phys_view() -> u64 {
+    PHYS_VIEW.load(core::sync::atomic::Ordering::Relaxed)
+}
+pub fn set_early_phys_view(offset: u64) {
+    PHYS_VIEW.store(offset, core::sync::atomic::Ordering::Relaxed);
+}
+/// Virtual address at which physical address `p` can be read now.
+pub fn p2v(p: u64) -> u64 {
+    p.wrapping_add(phys_view())
+}
+
 pub fn install(frames: FrameAllocator) {
     crate::cpu::without_interrupts(|| *FRAMES.lock() = Some(frames));
 }
@@ -72,7 +88,7 @@ impl FreshFrame {
     pub fn alloc() -> Result<FreshFrame, AllocError> {
         let f = alloc_frame()?;
         // SAFETY: just allocated: nothing else refers to it; the direct map covers it.
-        unsafe { core::ptr::write_bytes(crate::paging::p2v(f) as *mut u8, 0, 4096) };
+        unsafe { core::ptr::write_bytes(p2v(f) as *mut u8, 0, 4096) };
         Ok(FreshFrame(f))
     }
     pub fn phys(&self) -> u64 {
@@ -84,7 +100,7 @@ impl FreshFrame {
             return false;
         }
         // SAFETY: the frame is ours alone (not yet mapped anywhere); the range is inside it.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (crate::paging::p2v(self.0) as *mut u8).add(offset), data.len()) };
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (p2v(self.0) as *mut u8).add(offset), data.len()) };
         true
     }
     /// Give the frame to ring 3: it becomes a user frame (see [`user_write`]).
@@ -115,7 +131,7 @@ impl FreshRun {
         let phys = alloc_contiguous(pages, 1)?;
         for i in 0..pages {
             // SAFETY: just allocated: nothing else refers to these frames.
-            unsafe { core::ptr::write_bytes(crate::paging::p2v(phys + i * 4096) as *mut u8, 0, 4096) };
+            unsafe { core::ptr::write_bytes(p2v(phys + i * 4096) as *mut u8, 0, 4096) };
         }
         Ok(FreshRun { phys, pages })
     }
@@ -196,7 +212,7 @@ pub struct PhysView;
 
 impl catenary_bootinfo::PhysRead for PhysView {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), catenary_bootinfo::BootError> {
-        let view = crate::paging::phys_view();
+        let view = phys_view();
         // Before our tables are live only the low 4 GiB is identity mapped.
         if view == 0 && paddr.saturating_add(buf.len() as u64) > 0x1_0000_0000 {
             return Err(catenary_bootinfo::BootError::Unreadable { paddr, len: buf.len() as u64 });
@@ -218,7 +234,7 @@ impl catenary_bootinfo::PhysRead for PhysView {
 /// kernel's life (boot modules: reserved, never handed out by the frame allocator).
 pub unsafe fn phys_slice(paddr: u64, len: usize) -> &'static [u8] {
     // SAFETY: forwarded to the caller.
-    unsafe { core::slice::from_raw_parts(crate::paging::p2v(paddr) as *const u8, len) }
+    unsafe { core::slice::from_raw_parts(p2v(paddr) as *const u8, len) }
 }
 
 /// The boot modules (start, len), recorded once at boot by [`set_boot_modules`].
@@ -254,7 +270,7 @@ pub fn phys_read(paddr: u64, buf: &mut [u8]) {
     core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
     // SAFETY: the direct map covers all RAM; the frames are allocated (caller's check) and a
     // byte copy has no validity requirements. A concurrent ring-3 writer only changes data.
-    unsafe { core::ptr::copy_nonoverlapping(crate::paging::p2v(paddr) as *const u8, buf.as_mut_ptr(), buf.len()) }
+    unsafe { core::ptr::copy_nonoverlapping(p2v(paddr) as *const u8, buf.as_mut_ptr(), buf.len()) }
 }
 
 /// Copy into physical memory shared with a ring-3 driver (see [`phys_read`]).
@@ -264,7 +280,7 @@ pub fn phys_read(paddr: u64, buf: &mut [u8]) {
 /// ring-3 task owns (checked by the caller under the kernel lock), kept allocated meanwhile.
 pub unsafe fn phys_write(paddr: u64, data: &[u8]) {
     // SAFETY: forwarded to the caller; ring-3 memory holds no kernel data.
-    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), crate::paging::p2v(paddr) as *mut u8, data.len()) }
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p2v(paddr) as *mut u8, data.len()) }
     core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
 }
 
@@ -272,7 +288,7 @@ pub unsafe fn phys_write(paddr: u64, data: &[u8]) {
 pub fn phys_read_u64(paddr: u64) -> u64 {
     assert!(paddr % 8 == 0);
     // SAFETY: as in `phys_read`; aligned.
-    let v = unsafe { core::ptr::read_volatile(crate::paging::p2v(paddr) as *const u64) };
+    let v = unsafe { core::ptr::read_volatile(p2v(paddr) as *const u64) };
     core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
     v
 }
@@ -283,7 +299,7 @@ pub unsafe fn phys_write_u64(paddr: u64, v: u64) {
     assert!(paddr % 8 == 0);
     core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
     // SAFETY: forwarded to the caller; aligned.
-    unsafe { core::ptr::write_volatile(crate::paging::p2v(paddr) as *mut u64, v) }
+    unsafe { core::ptr::write_volatile(p2v(paddr) as *mut u64, v) }
 }
 
 /// Zero a physical frame through the direct map.
@@ -292,7 +308,7 @@ pub unsafe fn phys_write_u64(paddr: u64, v: u64) {
 /// The caller owns the frame (just allocated, nothing else refers to it).
 pub unsafe fn zero_frame(paddr: u64) {
     // SAFETY: forwarded to the caller; the direct map covers all RAM.
-    unsafe { core::ptr::write_bytes(crate::paging::p2v(paddr) as *mut u8, 0, 4096) }
+    unsafe { core::ptr::write_bytes(p2v(paddr) as *mut u8, 0, 4096) }
 }
 
 pub fn is_allocated(paddr: u64) -> bool {

@@ -23,22 +23,10 @@ pub const MMIO_BASE: u64 = 0xffff_c000_0000_0000;
 pub const STACK_BASE: u64 = 0xffff_e000_0000_0000;
 pub const KERNEL_VIRT: u64 = 0xffff_ffff_8000_0000;
 pub const PAGE: u64 = 4096;
+/// Where the PVH/Multiboot2 trampoline loads the kernel image (see linker.ld).
+pub const KERNEL_PHYS_DEFAULT: u64 = 0x20_0000;
 
-/// Offset through which physical memory is reachable right now: 0 (identity map of the low
-/// 4 GiB) on PVH/Multiboot2 before our tables are live, the HHDM offset on Limine, and
-/// `PHYS_OFFSET` once `activate` has run.
-static PHYS_VIEW: AtomicU64 = AtomicU64::new(0);
-
-pub fn phys_view() -> u64 {
-    PHYS_VIEW.load(Ordering::Relaxed)
-}
-pub fn set_early_phys_view(offset: u64) {
-    PHYS_VIEW.store(offset, Ordering::Relaxed);
-}
-/// Virtual address at which physical address `p` can be read now.
-pub fn p2v(p: u64) -> u64 {
-    p.wrapping_add(phys_view())
-}
+pub use crate::memory::{p2v, phys_view, set_early_phys_view};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingError {
@@ -191,7 +179,7 @@ pub fn build_and_activate(spec: &KernelSpaceSpec) -> Result<(), PagingError> {
             x86_64::registers::control::Cr3Flags::empty(),
         );
     }
-    PHYS_VIEW.store(PHYS_OFFSET, Ordering::Relaxed);
+    set_early_phys_view(PHYS_OFFSET);
     KERNEL_PML4.store(pml4_phys, Ordering::Relaxed);
     // SAFETY: the PML4 is now reachable through the direct map, and only KERNEL_SPACE (under its
     // lock) uses this mapper from here on.
@@ -326,27 +314,4 @@ pub fn map_fresh_test_page(virt: u64, frame: u64) -> Result<(), PagingError> {
     }
     // SAFETY: the frame is allocated (owned by the caller) and `virt` was unmapped.
     unsafe { map_page(virt, frame, MapFlags::DATA) }
-}
-
-/// Try to execute a byte of data memory (which must hold `ret`): faults if NX is enforced.
-pub fn probe_exec_data(addr: u64) -> Result<(), crate::trap::ProbeFault> {
-    match translate(addr) {
-        Some((_, _, true)) => Err(crate::trap::ProbeFault { addr, error_code: 0 }), // executable: refuse to run it
-        // SAFETY: the page is mapped non-executable, so the call faults at its first fetch and is
-        // recovered; nothing runs.
-        _ => unsafe { crate::trap::probe_exec(addr) },
-    }
-}
-
-/// Try to write a read-only kernel page: faults if write protection is enforced.
-pub fn probe_write_readonly(addr: u64) -> Result<(), crate::trap::ProbeFault> {
-    match translate(addr) {
-        Some((_, false, _)) => {
-            let old = crate::trap::probe_read(addr)?;
-            // SAFETY: the page is mapped read-only, so the write faults and is recovered; if
-            // it did not, it writes back the byte that was there.
-            unsafe { crate::trap::probe_write(addr, old) }
-        }
-        _ => Err(crate::trap::ProbeFault { addr, error_code: 0 }),
-    }
 }

@@ -1,30 +1,13 @@
-//! SMP: per-CPU data (reached through GS base), AP bring-up with INIT-SIPI-SIPI through a
-//! 16-bit trampoline copied to physical 0x8000 (`asm/smp.s`), and IPIs.
-//!
-//! Per-CPU block layout (offsets are used by `asm/smp.s`): +0 self pointer, +8 syscall stack
-//! top, +16 user RSP scratch, +24 CPU index, +32 APIC id, +40 TSS (with I/O bitmap), +48 owner
-//! of the loaded I/O bitmap (0 = deny all).
+//! SMP: AP bring-up with INIT-SIPI-SIPI through a 16-bit trampoline copied to physical 0x8000
+//! (`asm/smp.s`), each CPU's per-CPU block (`percpu`), and which CPUs are online.
 
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-pub const MAX_CPUS: usize = 64;
 const TRAMPOLINE_PHYS: u64 = 0x8000;
-const IA32_GS_BASE: u32 = 0xc000_0101;
-const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
-#[repr(C)]
-pub struct PerCpu {
-    self_ptr: u64,
-    pub syscall_stack_top: u64,
-    user_rsp: u64,
-    pub index: u64,
-    pub apic_id: u64,
-    pub(crate) tss: u64,
-    pub(crate) io_owner: u64,
-}
+pub use crate::percpu::{cpu_index, PerCpu, MAX_CPUS};
 
-static PERCPU_READY: AtomicBool = AtomicBool::new(false);
 static ONLINE: AtomicUsize = AtomicUsize::new(0);
 static AP_ALIVE: AtomicU64 = AtomicU64::new(u64::MAX);
 static AP_HOOK: AtomicUsize = AtomicUsize::new(0);
@@ -34,55 +17,11 @@ static CPU_APIC: [AtomicU32; MAX_CPUS] = [NO_APIC; MAX_CPUS];
 /// Set up this CPU's per-CPU block (GS base), its syscall stack and the syscall MSRs.
 pub fn init_this_cpu(index: usize, apic_id: u32, sel: &crate::gdt::Selectors) -> Result<(), crate::paging::PagingError> {
     let (_, top) = crate::paging::alloc_stack(8)?;
-    let pc: &'static mut PerCpu = Box::leak(Box::new(PerCpu {
-        self_ptr: 0,
-        syscall_stack_top: top,
-        user_rsp: 0,
-        index: index as u64,
-        apic_id: apic_id as u64,
-        tss: sel.tss_io,
-        io_owner: 0,
-    }));
-    pc.self_ptr = pc as *mut PerCpu as u64;
-    // SAFETY: GS base points to this CPU's leaked per-CPU block; KERNEL_GS_BASE holds the
-    // user GS (0) until the first swapgs on a ring-3 entry.
-    unsafe {
-        crate::cpu::wrmsr(IA32_GS_BASE, pc.self_ptr);
-        crate::cpu::wrmsr(IA32_KERNEL_GS_BASE, 0);
-    }
     CPU_APIC[index].store(apic_id, Ordering::Release);
     crate::uspace::init_syscall_msrs(sel);
-    PERCPU_READY.store(true, Ordering::Release);
+    crate::percpu::install(Box::leak(Box::new(PerCpu::new(index, apic_id, top, sel.tss_io))));
     ONLINE.fetch_add(1, Ordering::AcqRel);
     Ok(())
-}
-
-/// This CPU's index (0 = boot CPU); 0 before per-CPU data exists.
-pub fn cpu_index() -> usize {
-    if !PERCPU_READY.load(Ordering::Acquire) {
-        return 0;
-    }
-    let v: u64;
-    // SAFETY: GS base points to this CPU's PerCpu block once PERCPU_READY is set (the boot CPU
-    // sets it first; APs set GS before enabling interrupts or calling kernel code).
-    unsafe { core::arch::asm!("mov {}, gs:[24]", out(reg) v, options(nostack, readonly, preserves_flags)) };
-    v as usize
-}
-
-/// This CPU's per-CPU block.
-///
-/// # Safety
-/// Per-CPU data exists (after `init_this_cpu`), interrupts are off until the reference is
-/// dropped (nothing else on this CPU touches the block meanwhile), and the caller holds no
-/// other reference from `percpu` at the same time.
-pub(crate) unsafe fn percpu() -> &'static mut PerCpu {
-    let v: u64;
-    // SAFETY: GS base points to this CPU's leaked PerCpu block (caller's promise that it
-    // exists); exclusivity is the caller's promise.
-    unsafe {
-        core::arch::asm!("mov {}, gs:[0]", out(reg) v, options(nostack, readonly, preserves_flags));
-        &mut *(v as *mut PerCpu)
-    }
 }
 
 pub fn online_cpus() -> usize {

@@ -100,6 +100,31 @@ pub fn set_exception_hook(f: ExceptionHook) {
     EXCEPTION_HOOK.store(f as usize, Ordering::Release);
 }
 
+/// The local APIC's spurious-interrupt vector (no EOI for it).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// `TrapFrame::vector` of a frame built by the `syscall` entry (`asm/trap.s`).
+pub const SYSCALL_FRAME: u64 = 0x100;
+static SYSCALL_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// The kernel's handler for `syscall` from ring 3.
+pub fn set_syscall_handler(f: fn(&mut TrapFrame)) {
+    SYSCALL_HANDLER.store(f as usize, Ordering::Release);
+}
+
+/// A `syscall` from ring 3 (the shared entry in `asm/trap.s`, vector [`SYSCALL_FRAME`]).
+#[cfg(feature = "kernel")]
+fn syscall_dispatch(f: &mut TrapFrame) {
+    let h = SYSCALL_HANDLER.load(Ordering::Acquire);
+    if h == 0 {
+        f.rax = u64::MAX;
+        return;
+    }
+    // SAFETY: only `set_syscall_handler` stores into SYSCALL_HANDLER, always a valid fn.
+    let h: fn(&mut TrapFrame) = unsafe { core::mem::transmute(h) };
+    h(f)
+}
+
 static mut IDT: InterruptDescriptorTable = InterruptDescriptorTable::new();
 
 extern "C" {
@@ -212,6 +237,29 @@ pub unsafe fn probe_exec(addr: u64) -> Result<(), ProbeFault> {
     let r = unsafe { arch_probe_exec(addr) };
     PROBE_EXEC_TARGET.store(u64::MAX, Ordering::SeqCst);
     if r.faulted != 0 { Err(last_probe_fault()) } else { Ok(()) }
+}
+
+/// Try to execute a byte of data memory (which must hold `ret`): faults if NX is enforced.
+pub fn probe_exec_data(addr: u64) -> Result<(), ProbeFault> {
+    match crate::paging::translate(addr) {
+        Some((_, _, true)) => Err(ProbeFault { addr, error_code: 0 }), // executable: refuse to run it
+        // SAFETY: the page is mapped non-executable, so the call faults at its first fetch and is
+        // recovered; nothing runs.
+        _ => unsafe { probe_exec(addr) },
+    }
+}
+
+/// Try to write a read-only kernel page: faults if write protection is enforced.
+pub fn probe_write_readonly(addr: u64) -> Result<(), ProbeFault> {
+    match crate::paging::translate(addr) {
+        Some((_, false, _)) => {
+            let old = probe_read(addr)?;
+            // SAFETY: the page is mapped read-only, so the write faults and is recovered; if
+            // it did not, it writes back the byte that was there.
+            unsafe { probe_write(addr, old) }
+        }
+        _ => Err(ProbeFault { addr, error_code: 0 }),
+    }
 }
 
 /// Whether recovered probe faults print the register dump (tests want to see it).
@@ -338,8 +386,8 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
         8 | 18 => fatal(f),
         _ => {}
     }
-    if v == crate::uspace::SYSCALL_FRAME {
-        crate::uspace::syscall_dispatch(f);
+    if v == SYSCALL_FRAME {
+        syscall_dispatch(f);
         check_user_return(f);
         return;
     }
@@ -369,7 +417,7 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
         h(f);
     }
     // No EOI for the spurious vector or for software interrupts (`int 0x80..0x8f`).
-    if v != crate::apic::SPURIOUS_VECTOR as u64 && !(0x80..0x90).contains(&v) {
+    if v != SPURIOUS_VECTOR as u64 && !(0x80..0x90).contains(&v) {
         let eoi = EOI_HOOK.load(Ordering::Acquire);
         if eoi != 0 {
             // SAFETY: only `set_eoi_hook` stores into EOI_HOOK, always a valid fn().
@@ -479,7 +527,7 @@ pub fn crash_for_test(kind: &str) {
         "df" => crate::serial::hold_console_lock(|| {
             // SAFETY: interrupts are off (console lock held), per-CPU data exists on a booted CPU,
             // and only the TSS address is read from the block.
-            let tss = unsafe { crate::smp::percpu() }.tss as *mut x86_64::structures::tss::TaskStateSegment;
+            let tss = unsafe { crate::percpu::percpu() }.tss as *mut x86_64::structures::tss::TaskStateSegment;
             // SAFETY: `tss` is this CPU's live TSS (leaked by `gdt::init_cpu`); only IST1 is
             // changed, and this CPU never returns from the #DF that follows (it halts).
             unsafe {

@@ -8,22 +8,14 @@
 //! the current frame + FXSAVE area out to the old task and the new task's in, then loading the
 //! new task's CR3 and I/O bitmap.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
 use x86_64::structures::paging::FrameAllocator;
 
 use crate::paging::{p2v, GlobalFrames, PagingError};
 use crate::trap::TrapFrame;
 
-/// `TrapFrame::vector` of a frame built by the `syscall` entry.
-pub const SYSCALL_FRAME: u64 = 0x100;
+pub use crate::trap::{set_syscall_handler, SYSCALL_FRAME};
 pub use crate::user_mem::{AddressSpace, UserRange, USER_END};
 pub const IO_BITMAP_BYTES: usize = 8192;
-
-static SYSCALL_HANDLER: AtomicUsize = AtomicUsize::new(0);
-
-pub fn set_syscall_handler(f: fn(&mut TrapFrame)) {
-    SYSCALL_HANDLER.store(f as usize, Ordering::Release);
-}
 
 extern "C" {
     fn arch_syscall_entry();
@@ -64,56 +56,7 @@ pub fn enable_protections() -> (bool, bool) {
     (smep, smap)
 }
 
-/// A `syscall` from ring 3 (the shared entry in `asm/trap.s`, vector [`SYSCALL_FRAME`]).
-#[cfg(feature = "kernel")]
-pub(crate) fn syscall_dispatch(f: &mut TrapFrame) {
-    let h = SYSCALL_HANDLER.load(Ordering::Acquire);
-    if h == 0 {
-        f.rax = u64::MAX;
-        return;
-    }
-    // SAFETY: only `set_syscall_handler` stores into SYSCALL_HANDLER, always a valid fn.
-    let h: fn(&mut TrapFrame) = unsafe { core::mem::transmute(h) };
-    h(f)
-}
-
-/// Bytes reserved below every trap frame for the FPU/SSE/AVX state (XSAVE of x87|SSE|AVX
-/// needs 832; FXSAVE uses the first 512).
-pub const FPU_AREA: usize = 1024;
-
-/// Non-zero when the entry stubs use XSAVE/XRSTOR (CR4.OSXSAVE on every CPU, XCR0 set).
-#[no_mangle]
-pub static ARCH_XSAVE_ON: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
-static XCR0: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// Turn on XSAVE on this CPU where CPUID has it: CR4.OSXSAVE, XCR0 = x87|SSE(|AVX). Returns
-/// XCR0 (0 = FXSAVE only). Every CPU calls it before it takes interrupts.
-pub fn enable_xsave() -> u64 {
-    let (_, _, ecx, _) = crate::cpu::cpuid(1, 0);
-    if ecx & (1 << 26) == 0 {
-        return 0;
-    }
-    let (supported, _, _, _) = crate::cpu::cpuid(0xd, 0);
-    let mut xcr0 = 0b11;
-    if ecx & (1 << 28) != 0 && supported & 0b100 != 0 {
-        xcr0 |= 0b100;
-    }
-    crate::cpu::cr4_set(1 << 18);
-    // SAFETY: CR4.OSXSAVE is on and XCR0 holds x87|SSE plus AVX only if CPUID reports it.
-    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") xcr0 as u32, in("edx") 0u32, options(nostack, nomem)) };
-    let (_, size, _, _) = crate::cpu::cpuid(0xd, 0);
-    if size as usize > FPU_AREA {
-        return 0; // cannot happen with x87|SSE|AVX (832 bytes); stay on FXSAVE
-    }
-    XCR0.store(xcr0, core::sync::atomic::Ordering::Relaxed);
-    ARCH_XSAVE_ON.store(1, core::sync::atomic::Ordering::Release);
-    xcr0
-}
-
-/// The XCR0 the kernel set (0 = FXSAVE only).
-pub fn xcr0() -> u64 {
-    XCR0.load(core::sync::atomic::Ordering::Relaxed)
-}
+pub use crate::cpu::{enable_xsave, xcr0, ARCH_XSAVE_ON, FPU_AREA};
 
 /// The FPU/SSE/AVX save area that the entry stub filled right below `f` (restored on exit).
 pub fn fx_area(f: &mut TrapFrame) -> &mut [u8; FPU_AREA] {
@@ -188,7 +131,7 @@ pub fn set_io_bitmap(owner: u64, bitmap: Option<&[u8; IO_BITMAP_BYTES]>) {
 fn set_io_bitmap_here(owner: u64, bitmap: Option<&[u8; IO_BITMAP_BYTES]>) {
     // SAFETY: interrupts are off (caller) and this is the only live reference; per-CPU data
     // exists before the scheduler switches tasks.
-    let pc = unsafe { crate::smp::percpu() };
+    let pc = unsafe { crate::percpu::percpu() };
     let tss = pc.tss as *mut crate::gdt::TssWithIo;
     match bitmap {
         Some(b) if pc.io_owner != owner => {

@@ -206,7 +206,7 @@ fn pf_unmapped_read_caught(_: &Node) -> Result<(), String> {
 fn pf_nx_exec_caught(_: &Node) -> Result<(), String> {
     let code: Box<[u8; 64]> = Box::new([0xc3; 64]); // `ret`, on the heap (NX)
     let addr = code.as_ptr() as u64;
-    let r = paging::probe_exec_data(addr);
+    let r = trap::probe_exec_data(addr);
     let f = r.err().ok_or("executing heap memory did not fault: NX not enforced")?;
     check(f.error_code & 0x10 != 0 && f.error_code & 1 != 0, || format!("not an instruction-fetch protection fault: {f:?}"))
 }
@@ -214,7 +214,7 @@ fn pf_nx_exec_caught(_: &Node) -> Result<(), String> {
 fn pf_rodata_write_caught(_: &Node) -> Result<(), String> {
     static RO: [u8; 16] = [7; 16];
     let addr = RO.as_ptr() as u64;
-    let f = paging::probe_write_readonly(addr).err().ok_or("write to rodata did not fault")?;
+    let f = trap::probe_write_readonly(addr).err().ok_or("write to rodata did not fault")?;
     check(f.error_code & 0b11 == 0b11, || format!("not a write protection fault: {f:?}"))?;
     check(RO[0] == 7, || "rodata changed".into())
 }
