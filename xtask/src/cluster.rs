@@ -32,6 +32,10 @@ pub struct NodeSpec {
     /// Boot with the guest image (vmlinux, initramfs) next to the cluster file in one cpio
     /// module (PVH passes a single module), so the node can run its demo microVM.
     pub guest: bool,
+    /// Pause and resume the machine through a QEMU monitor every this many ms (0: never;
+    /// `CATENARY_KICK_MS` sets it for every node): each time every vCPU thread leaves QEMU's
+    /// execution loop at an arbitrary point, which is what QEMU's I/O thread does now and then.
+    pub kick_ms: u64,
 }
 
 impl NodeSpec {
@@ -44,6 +48,7 @@ impl NodeSpec {
             cmdline: String::new(),
             pcap: None,
             guest: false,
+            kick_ms: std::env::var("CATENARY_KICK_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
         }
     }
     fn member(&self) -> Member {
@@ -95,10 +100,17 @@ pub struct Running {
     /// Each node's QEMU command line as xtask prints it (redacted).
     pub shown: Vec<String>,
     children: Vec<Child>,
+    /// Which nodes' QEMU has exited (noted once in that node's lines).
+    exited: Vec<bool>,
     rx: mpsc::Receiver<(usize, String)>,
     pub dir: PathBuf,
     switch: Switch,
 }
+
+/// The line xtask adds to a node's console lines when its QEMU exits while the test still
+/// runs (a node must never stop on its own: a host triple fault under `-no-reboot` ends QEMU
+/// without a word on the serial console).
+pub const NODE_STOPPED: &str = "[xtask] node stopped";
 
 impl Running {
     pub fn switch_sock(&self) -> &Path {
@@ -125,9 +137,56 @@ impl Running {
                     self.lines[i].push(l);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return done(&self.lines),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.note_exits();
+                    return done(&self.lines);
+                }
             }
+            self.note_exits();
         }
+    }
+
+    /// Note every node that stopped in its lines: its QEMU exited (with its status), or QEMU
+    /// logged a triple fault (`-d cpu_reset`; with `CATENARY_RESET_LOG=1` the machine then
+    /// resets, and the log holds every CPU's state at that moment).
+    fn note_exits(&mut self) {
+        for i in 0..self.children.len() {
+            if self.exited[i] {
+                continue;
+            }
+            let status = self.children[i].try_wait().ok().flatten();
+            let qlog = self.dir.join(format!("{}-qemu.log", self.names[i]));
+            let text = std::fs::read_to_string(&qlog).unwrap_or_default();
+            let triple = text.contains("Triple fault");
+            if status.is_none() && !triple {
+                continue;
+            }
+            self.exited[i] = true;
+            let what = match status {
+                Some(s) => format!("QEMU ended ({s})"),
+                None => "QEMU still runs".into(),
+            };
+            let why = if triple { "QEMU logged a host triple fault" } else { "no triple fault in QEMU's log" };
+            self.lines[i].push(format!("{NODE_STOPPED}: {what}; {why}; QEMU's log {}", qlog.display()));
+        }
+    }
+
+    /// Every live node's CPU registers (QEMU monitor `info registers -a`) into
+    /// `<dir>/<node>-cpus.log`, noted in its lines: what a silent node was doing.
+    pub fn dump_cpus(&mut self) {
+        for i in 0..self.children.len() {
+            let sock = self.dir.join(format!("{}.mon", self.names[i]));
+            let out = self.dir.join(format!("{}-cpus.log", self.names[i]));
+            let text = monitor(&sock, &["info registers -a", "info status"]);
+            let _ = std::fs::write(&out, &text);
+            let rips: Vec<String> = text.lines().filter_map(|l| l.strip_prefix("RIP=")).map(|l| l.split_whitespace().next().unwrap_or("").to_string()).collect();
+            self.lines[i].push(format!("[xtask] CPU state (QEMU monitor): RIPs {rips:?}; {}", out.display()));
+        }
+    }
+
+    /// The nodes whose QEMU exited while the test ran (with what xtask noted).
+    pub fn exits(&self) -> Vec<String> {
+        self.lines.iter().flatten().filter(|l| l.starts_with(NODE_STOPPED)).cloned().collect()
     }
 
     pub fn has(&self, node: usize, pat: &str) -> bool {
@@ -212,6 +271,30 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member])
             "-device".into(),
             format!("virtio-net-pci,netdev=n0,mac={mac}"),
         ]);
+        // QEMU's own log of CPU resets: at a host triple fault it holds every CPU's state
+        // (the node itself can print nothing then).
+        let qlog = dir.join(format!("{}-qemu.log", n.name));
+        let _ = std::fs::remove_file(&qlog);
+        // (`CATENARY_QEMU_LOG=cpu_reset,int` logs more, e.g. every event QEMU delivers.)
+        let what = std::env::var("CATENARY_QEMU_LOG").unwrap_or_else(|_| "cpu_reset".into());
+        b.extra.extend(["-d".into(), what, "-D".into(), qlog.display().to_string()]);
+        // a monitor on a socket: a test whose node went silent reads its CPUs (`dump_cpus`)
+        let mon = dir.join(format!("{}.mon", n.name));
+        let _ = std::fs::remove_file(&mon);
+        b.extra.extend(["-chardev".into(), format!("socket,id=mon,path={},server=on,wait=off", mon.display())]);
+        b.extra.extend(["-mon".into(), "chardev=mon,mode=readline".into()]);
+        let kick_ms = n.kick_ms;
+        if kick_ms > 0 {
+            let sock = dir.join(format!("{}.kick", n.name));
+            let _ = std::fs::remove_file(&sock);
+            b.extra.extend(["-chardev".into(), format!("socket,id=kick,path={},server=on,wait=off", sock.display())]);
+            b.extra.extend(["-mon".into(), "chardev=kick,mode=readline".into()]);
+            std::thread::spawn(move || kicker(&sock, kick_ms));
+        }
+        if std::env::var("CATENARY_RESET_LOG").is_ok_and(|v| v == "1") {
+            // let a triple fault reset the machine (after -no-reboot): QEMU then logs the CPUs
+            b.extra.extend(["-action".into(), "reboot=reset".into()]);
+        }
         if let Some(p) = &n.pcap {
             let _ = std::fs::remove_file(p);
             b.extra.extend(["-object".into(), format!("filter-dump,id=f0,netdev=n0,file={}", p.display())]);
@@ -238,7 +321,54 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member])
         children.push(child);
     }
     drop(tx);
-    Ok(Running { names: nodes.iter().map(|n| n.name.clone()).collect(), lines: vec![Vec::new(); nodes.len()], shown, children, rx, dir, switch })
+    Ok(Running { names: nodes.iter().map(|n| n.name.clone()).collect(), lines: vec![Vec::new(); nodes.len()], shown, exited: vec![false; nodes.len()], children, rx, dir, switch })
+}
+
+/// Run HMP commands on the monitor at `sock`; what it printed.
+fn monitor(sock: &Path, cmds: &[&str]) -> String {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let Ok(mut m) = UnixStream::connect(sock) else { return format!("(no monitor at {})", sock.display()) };
+    let _ = m.set_read_timeout(Some(Duration::from_millis(1500)));
+    let mut out = Vec::new();
+    let mut b = [0u8; 65536];
+    for c in cmds {
+        if m.write_all(format!("{c}\n").as_bytes()).is_err() {
+            break;
+        }
+        while let Ok(n) = m.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&b[..n]);
+        }
+    }
+    String::from_utf8_lossy(&out).replace('\r', "")
+}
+
+/// Send `stop` and `cont` to a QEMU monitor every `ms` until QEMU goes away.
+fn kicker(sock: &Path, ms: u64) {
+    use std::os::unix::net::UnixStream;
+    let mut m = None;
+    for _ in 0..100 {
+        if let Ok(s) = UnixStream::connect(sock) {
+            m = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(mut m) = m else { return };
+    let mut r = m.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while matches!(std::io::Read::read(&mut r, &mut b), Ok(n) if n > 0) {}
+    });
+    loop {
+        std::thread::sleep(Duration::from_millis(ms));
+        if m.write_all(b"stop\ncont\n").is_err() {
+            return;
+        }
+    }
 }
 
 /// Write a file only its owner can read (it holds a private key).
@@ -338,7 +468,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_lossy_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_lossy_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -350,7 +480,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     }
     let kernel = crate::build::build_kernel(false)?;
     // each group is one cluster boot; `--only net_remote_ipc` (etc.) picks groups
-    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 10] = [
+    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 11] = [
         ("net_boot", crate::netboot::tests),
         ("net_fabric_echo", test_fabric_echo),
         ("net_outsider", test_outsider),
@@ -358,7 +488,8 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_nicd_restart", test_nicd_restart),
         ("net_lossy_ipc", test_lossy_ipc),
         ("net_microvm_reaches", test_microvm_net),
-        ("net_microvm_bulk_tcp", test_microvm_bulk_tcp),
+        ("net_microvm_bulk_tcp", |t, k| test_microvm_bulk_tcp(t, k, 0)),
+        ("net_microvm_kicked", |t, k| test_microvm_bulk_tcp(t, k, KICK_MS)),
         ("net_linux_namespace", test_linux_ping),
         ("net_wireguard_go", test_wireguard_go),
     ];
@@ -611,8 +742,12 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     a.guest = true;
     let mut r = start(kernel, &[a, b], "net-microvm", &[])?;
     let ok = r.wait(Duration::from_secs(240), false, |l| {
-        l[0].iter().any(|x| x.contains("microVM demo ended") || x.contains("vm-net-done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+        l[0].iter().any(|x| x.contains("microVM demo ended") || x.contains("vm-net-done"))
+            || l.iter().flatten().any(|x| x.contains("KERNEL PANIC") || x.starts_with(NODE_STOPPED))
     });
+    if !ok {
+        r.dump_cpus();
+    }
     let log = r.save_logs("net-microvm");
     let addr_logged = r.lines[0].iter().any(|l| l.contains("virtio-net MAC") && l.contains(&format!("address {vm_addr}/128")));
     let replies = r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && l.contains("bytes from") && l.contains(&target.to_string())).count();
@@ -620,9 +755,10 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     for l in r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && (l.contains("bytes from") || l.contains("vm-net") || l.contains("packets"))) {
         println!("  node1: {l}");
     }
+    let exits = r.exits();
     drop(r);
-    t.record("net_microvm_reaches_other_node", ok && addr_logged && replies >= 3 && !panic,
-        &format!("(VM address {vm_addr} logged {addr_logged}, {replies} echo replies from {target} in the guest; log {})", log.display()));
+    t.record("net_microvm_reaches_other_node", ok && addr_logged && replies >= 3 && !panic && exits.is_empty(),
+        &format!("(VM address {vm_addr} logged {addr_logged}, {replies} echo replies from {target} in the guest, nodes that stopped {exits:?}; log {})", log.display()));
     Ok(())
 }
 
@@ -630,6 +766,11 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
 const GUEST_NET_SETUP: &str = "A=$(sed -n 's/.*catenary.addr=\\([^ ]*\\).*/\\1/p' /proc/cmdline); echo vm-net-addr $A; \
     echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad; ip link set eth0 up; \
     ip -6 addr add $A/128 dev eth0; ip -6 route add default dev eth0; ";
+
+/// `net_microvm_kicked_bulk_tcp`: the bulk test with both machines paused and resumed this
+/// often (docs/vmm.md "Interrupt injection on SVM": before V_IRQ delivery, QEMU delivered an injected
+/// interrupt a second time at such a kick, and the guests locked up within seconds).
+const KICK_MS: u64 = 1;
 
 /// Bytes the bulk TCP test moves (4 MiB).
 const BULK_BYTES: u64 = 4 << 20;
@@ -639,8 +780,8 @@ const BULK_BYTES: u64 = 4 << 20;
 /// fabric. The guests' eth0 MTU is 1500, the fabric carries 1404: node1 answers the first
 /// full-size segments with ICMPv6 Packet Too Big and the guest's TCP adapts. Both guests print
 /// the SHA-256 of what they sent / received; they must match.
-fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    let name = "net_microvm_bulk_tcp";
+fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path, kick_ms: u64) -> Result<(), String> {
+    let (name, tag) = if kick_ms > 0 { ("net_microvm_kicked_bulk_tcp", "net-microvm-kicked") } else { ("net_microvm_bulk_tcp", "net-microvm-bulk") };
     if !out_dir().join("guest").join("vmlinux").exists() {
         t.record(name, false, "(no guest image in build/guest: cargo xtask guest)");
         return Ok(());
@@ -655,29 +796,39 @@ fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let send = format!(
         "{GUEST_NET_SETUP}dd if=/dev/urandom of=/tmp/src bs=65536 count={count} 2>/dev/null; echo bulk-src $(sha256sum /tmp/src); \
          i=0; while [ $i -lt 60 ]; do \
-           if (cat /tmp/src; sleep 1; while grep ':1388 01 ' /proc/net/tcp6 | grep -qv ' 01 00000000:'; do sleep 1; done) | nc -w 5 {dst} 5000; \
+           if (cat /tmp/src; sleep 1; j=0; while [ $j -lt 60 ] && grep ':1388 01 ' /proc/net/tcp6 | grep -qv ' 01 00000000:'; do sleep 1; j=$((j+1)); done) | nc -w 5 {dst} 5000; \
            then echo bulk-sent; break; fi; i=$((i+1)); sleep 3; done; \
          echo bulk-icmp6 too-big-received $(awk '/Icmp6InPktTooBigs/ {{print $2}}' /proc/net/snmp6); sleep 30; echo vm-net-done"
     );
     // the receiver stops at the expected byte count (it does not depend on seeing the sender's
-    // FIN, which the sender's last frames before its VM ends may not carry across); it polls
+    // FIN, which the sender's last frames before its VM ends may not carry across), then stays
+    // up a while so that its last ACKs reach the sender, which waits for them; it polls
     // the file size: `wait` in busybox sh would wait for the whole pipeline, `sleep` included
     let recv = format!(
         "{GUEST_NET_SETUP}echo bulk-listening; touch /tmp/dst; sleep 900 | nc -l -p 5000 | head -c {BULK_BYTES} > /tmp/dst & \
          n=0; while [ $(wc -c < /tmp/dst) -lt {BULK_BYTES} ]; do sleep 2; n=$((n+1)); [ $((n % 5)) = 0 ] && echo bulk-progress $(wc -c < /tmp/dst); done; \
-         echo bulk-dst $(sha256sum /tmp/dst) size $(wc -c < /tmp/dst); echo vm-net-done"
+         echo bulk-dst $(sha256sum /tmp/dst) size $(wc -c < /tmp/dst); sleep 20; echo vm-net-done"
     );
     a.cmdline = format!("vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(send.as_bytes()));
     a.guest = true;
     b.cmdline = format!("vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(recv.as_bytes()));
     b.guest = true;
-    let mut r = start(kernel, &[a, b], "net-microvm-bulk", &[])?;
-    let ok = r.wait(Duration::from_secs(600), false, |l| {
-        (l[1].iter().any(|x| x.contains("bulk-dst")) && l[0].iter().any(|x| x.contains("bulk-icmp6")))
-            || l.iter().any(|n| n.iter().any(|x| x.contains("microVM demo ended")))
-            || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+    a.kick_ms = kick_ms;
+    b.kick_ms = kick_ms;
+    let mut r = start(kernel, &[a, b], tag, &[])?;
+    // (a guest stuck in its own kernel never ends: a kicked run that passes takes ~30 s)
+    let ok = r.wait(Duration::from_secs(if kick_ms > 0 { 240 } else { 600 }), false, |l| {
+        let received = l[1].iter().any(|x| x.contains("bulk-dst"));
+        // node2's guest ends by itself once it has the data; node1's reports after that
+        (received && l[0].iter().any(|x| x.contains("bulk-icmp6")))
+            || l[0].iter().any(|x| x.contains("microVM demo ended"))
+            || (!received && l[1].iter().any(|x| x.contains("microVM demo ended")))
+            || l.iter().flatten().any(|x| x.contains("KERNEL PANIC") || x.starts_with(NODE_STOPPED))
     });
-    let log = r.save_logs("net-microvm-bulk");
+    if !ok {
+        r.dump_cpus();
+    }
+    let log = r.save_logs(tag);
     let hash = |node: usize, key: &str| {
         r.lines[node].iter().find_map(|l| l.split(key).nth(1).and_then(|x| x.split_whitespace().next()).map(str::to_string))
     };
@@ -687,11 +838,12 @@ fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let ptb = r.has(0, "answered with ICMPv6 Packet Too Big")
         && r.lines[0].iter().any(|l| l.contains("bulk-icmp6") && after(l, "too-big-received ").is_some_and(|n| n > 0));
     let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    let exits = r.exits();
     drop(r);
     let same = src.is_some() && src == got && size == Some(BULK_BYTES);
     println!("  bulk TCP node1 VM -> node2 VM {dst}: sent sha256 {src:?}, received {got:?}, {size:?} bytes; node1 sent Packet Too Big {ptb}");
-    t.record(name, ok && same && ptb && !panic,
-        &format!("(sha256 sent {src:?} received {got:?}, {size:?} of {BULK_BYTES} bytes, Packet Too Big {ptb}; log {})", log.display()));
+    t.record(name, ok && same && ptb && !panic && exits.is_empty(),
+        &format!("(sha256 sent {src:?} received {got:?}, {size:?} of {BULK_BYTES} bytes, Packet Too Big {ptb}, nodes that stopped {exits:?}; log {})", log.display()));
     Ok(())
 }
 
