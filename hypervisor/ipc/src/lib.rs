@@ -221,7 +221,10 @@ pub mod sysfuzz {
     /// SYS_LOG of text with a newline, a carriage return and terminal escapes, which would
     /// forge a line of the node's log (`FORGED_LINE`, which the xtask test looks for).
     pub const C_LOG_FORGE: u64 = 1 << 5;
-    pub const ALL_CLASSES: u64 = 0x3f;
+    /// (The test's side) NMIs sent to the other CPUs every ~20 ms while the fuzzers run: an
+    /// NMI in ring 3 (or anywhere) must resume what it interrupted, never kill the task.
+    pub const C_NMI: u64 = 1 << 6;
+    pub const ALL_CLASSES: u64 = 0x7f;
     /// What a forged log line starts with (never at the start of a real line).
     pub const FORGED_LINE: &str = "ktest sysfuzz_forged_line ... ok";
 }

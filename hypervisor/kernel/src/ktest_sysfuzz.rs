@@ -12,7 +12,7 @@
 
 use alloc::format;
 use alloc::string::String;
-use catenary_arch::{memory, time};
+use catenary_arch::{apic, memory, smp, time, trap};
 use catenary_ipc::sysfuzz::*;
 use catenary_ipc::{Address, Capability, IpcError, Message, Rights};
 use catenary_sched::{Affinity, Priority};
@@ -24,7 +24,7 @@ use crate::task::{self, UserSpec};
 const SEC: u64 = 1_000_000_000;
 /// Classes on by default: those whose kernel finding is fixed on main (see the class list
 /// in catenary_ipc::sysfuzz and docs/microkernel.md).
-const DEFAULT_CLASSES: u64 = C_TRAP_FLAG | C_LOG_FORGE;
+const DEFAULT_CLASSES: u64 = ALL_CLASSES;
 /// A run ends after at most this long (then a new fuzzer with the next seed starts).
 const RUN_NS: u64 = 10 * SEC;
 /// How long past its deadline a fuzzer may stay blocked before the test kills it.
@@ -56,6 +56,7 @@ fn vector_name(v: u64) -> &'static str {
     match v {
         0 => "#DE",
         1 => "#DB",
+        2 => "NMI",
         3 => "#BP",
         4 => "#OF",
         6 => "#UD",
@@ -64,6 +65,7 @@ fn vector_name(v: u64) -> &'static str {
         14 => "#PF",
         16 => "#MF",
         17 => "#AC",
+        18 => "#MC",
         19 => "#XM",
         0xff => "killed-by-test",
         _ => "other",
@@ -105,6 +107,7 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
 
     let (rslot, rep_ep) = task::create_endpoint_for_current(64);
     let before = memory::stats().free;
+    let (nmi0, nmi3_0, ac0) = (trap::nmi_count(), trap::nmi_ring3_count(), trap::ac_entries());
     info!(target: "sysfuzz", "sysfuzz: free frames before: {before}");
     let end = time::now_ns() + secs * SEC;
     let mut t = Tally::default();
@@ -115,6 +118,8 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
     let after = memory::stats().free;
     info!(target: "sysfuzz", "sysfuzz: free frames after: {after} (before: {before})");
 
+    let (nmis, nmis3) = (trap::nmi_count() - nmi0, trap::nmi_ring3_count() - nmi3_0);
+    info!(target: "sysfuzz", "sysfuzz: NMIs sent to the fuzzers' CPUs: {nmis} handled, {nmis3} of them in ring 3");
     let mut kills = String::new();
     for (v, n) in &t.kills {
         kills.push_str(&format!(" {}({v})={n}", vector_name(*v)));
@@ -127,6 +132,13 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
     let r = task::call(echo, Message::new(1, [41, 0, 0, 0]));
     task::drop_current(echo);
     check(matches!(r, Ok(m) if m.words[0] == 42), || format!("echo service after fuzzing: {r:?}"))?;
+    // The fuzzers enter the kernel with RFLAGS.AC set (syscalls, interrupts): it must be clear
+    // in every handler (SMAP on).
+    let ac = trap::ac_entries() - ac0;
+    check(ac == 0, || format!("{ac} kernel entries ran with RFLAGS.AC set"))?;
+    // NMI and #MC are not the task's doing: they must never kill it.
+    check(!t.kills.contains_key(&2) && !t.kills.contains_key(&18), || format!("a fuzzer was killed by NMI/#MC: {kills}"))?;
+    check(classes & C_NMI == 0 || nmis3 > 0, || format!("{nmis} NMIs handled, none in ring 3"))?;
     check(t.violations == 0, || format!("{} calls that must fail succeeded (see VIOLATION lines)", t.violations))?;
     check(t.peer_failures == 0, || format!("the peer died in {} runs", t.peer_failures))?;
     check(t.bad_exits == 0, || format!("{} runs ended with an unexpected exit code (fuzzer bug?)", t.bad_exits))?;
@@ -195,6 +207,13 @@ fn one_run(t: &mut Tally, master: u64, classes: u64, io: u64, end: u64, stale: C
             }
             Err(IpcError::Timeout) => {}
             Err(e) => return Err(format!("report endpoint: {e:?}")),
+        }
+            if classes & C_NMI != 0 {
+            for c in (0..smp::online_cpus()).filter(|c| *c != smp::cpu_index()) {
+                if let Some(a) = smp::apic_id_of(c) {
+                    apic::send_nmi(a);
+                }
+            }
         }
         let late = time::now_ns() > deadline + GRACE_NS;
         for f in fz.iter_mut().filter(|f| f.code.is_none()) {

@@ -483,7 +483,7 @@ impl Fz {
             }
             _ => {
                 // Timer interrupts taken with AC set.
-                hostile::spin_with_ac(20_000);
+                hostile::spin_with_ac(3_000_000);
             }
         }
     }
