@@ -59,6 +59,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("syscall_entry_clears_ac", crate::ktest_syscall::syscall_entry_clears_ac),
     ("syscall_nmi_in_ring3_resumes", crate::ktest_syscall::syscall_nmi_in_ring3_resumes),
     ("syscall_noncanonical_return_killed", crate::ktest_syscall::syscall_noncanonical_return_killed),
+    ("syscall_spawn_failure_frees_everything", crate::ktest_syscall::syscall_spawn_failure_frees_everything),
     ("vm_hostile_garbage_io", crate::ktest_vm::vm_hostile_garbage_io),
     ("vm_hostile_unknown_msr_gp", crate::ktest_vm::vm_hostile_unknown_msr_gp),
     ("vm_hostile_wild_mmio", crate::ktest_vm::vm_hostile_wild_mmio),

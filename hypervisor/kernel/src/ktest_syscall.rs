@@ -149,3 +149,17 @@ pub fn syscall_noncanonical_return_killed(_: &Node) -> Result<(), String> {
     check(trap::noncanonical_returns() > caught, || "the kernel returned to a non-canonical RIP (the task died of it in ring 3)".into())?;
     echo_still_answers()
 }
+
+/// A task whose capabilities do not fit its table is not started, and nothing of it stays
+/// behind: no half-made task, every frame of its image and stack back.
+pub fn syscall_spawn_failure_frees_everything(_: &Node) -> Result<(), String> {
+    let caps = alloc::vec![task::send_cap(task::echo_endpoint(), 1); 80];
+    let before = memory::stats().free;
+    let r = task::spawn_user(&UserSpec { name: "too-many-caps", elf: task::UAPP_ELF, arg: task::ROLE_ONE_SHOT, prio: Priority::NORMAL,
+        affinity: Affinity::ANY, own_endpoint: true, caps: &caps, ports: &[], mmio: &[], dma_pages: 0, mem_pages: task::DEFAULT_MEM_PAGES });
+    check(r.is_err(), || format!("a task with 81 capabilities in a 64-slot table started: {r:?}"))?;
+    task::sleep_ns(20_000_000);
+    let after = memory::stats().free;
+    check(after == before, || format!("{} frames left behind by the refused task", before as i64 - after as i64))?;
+    echo_still_answers()
+}
