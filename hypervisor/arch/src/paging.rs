@@ -252,7 +252,10 @@ pub unsafe fn map_page(virt: u64, phys: u64, flags: MapFlags) -> Result<(), Pagi
 }
 
 /// Unmap one 4 KiB kernel page and return the frame it mapped (the TLB entry is flushed).
-pub fn unmap_page(virt: u64) -> Result<u64, PagingError> {
+///
+/// # Safety
+/// Nothing uses the page any more (a kernel stack, the image or a live mapping would fault).
+pub unsafe fn unmap_page(virt: u64) -> Result<u64, PagingError> {
     with_space(|m| match m.unmap(Page::<Size4KiB>::containing_address(VirtAddr::new(virt))) {
         Ok((frame, flush)) => {
             flush.flush();
@@ -304,8 +307,28 @@ pub fn alloc_stack(pages: u64) -> Result<(u64, u64), PagingError> {
     Ok((bottom, bottom + pages * PAGE))
 }
 
-/// Map a fresh, caller-owned frame at an unused kernel address (tests and simple users).
+/// Kernel addresses for test mappings (`map_fresh_test_page`, `unmap_test_page`): 1 GiB that
+/// nothing else maps.
+pub const TEST_WINDOW: (u64, u64) = (0xffff_d000_0000_0000, 0xffff_d000_4000_0000);
+
+fn in_test_window(virt: u64) -> bool {
+    (TEST_WINDOW.0..TEST_WINDOW.1).contains(&virt)
+}
+
+/// Unmap a page of the test window; returns the frame it mapped.
+pub fn unmap_test_page(virt: u64) -> Result<u64, PagingError> {
+    if !in_test_window(virt) {
+        return Err(PagingError::NotMapped);
+    }
+    // SAFETY: only test code maps pages in the test window, and owns what it maps there.
+    unsafe { unmap_page(virt) }
+}
+
+/// Map a fresh, caller-owned frame at an unused address of the test window.
 pub fn map_fresh_test_page(virt: u64, frame: u64) -> Result<(), PagingError> {
+    if !in_test_window(virt) {
+        return Err(PagingError::AlreadyMapped);
+    }
     if translate(virt).is_some() {
         return Err(PagingError::AlreadyMapped);
     }

@@ -187,7 +187,7 @@ fn page_map_unmap_translate(_: &Node) -> Result<(), String> {
     let r = trap::probe_read(TEST_VIRT);
     trap::set_probe_dump(true);
     check(r == Ok(0), || format!("read through the mapping: {r:?}"))?;
-    let back = paging::unmap_page(TEST_VIRT).map_err(|e| format!("unmap: {e:?}"))?;
+    let back = paging::unmap_test_page(TEST_VIRT).map_err(|e| format!("unmap: {e:?}"))?;
     check(back == f, || "unmap returned another frame".into())?;
     check(paging::translate(TEST_VIRT).is_none(), || "still mapped after unmap".into())?;
     trap::set_probe_dump(false);
