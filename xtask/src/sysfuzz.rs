@@ -58,7 +58,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let o = run_captured(b.command(false)?, &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], limit, false)?;
     let log = out_dir().join("syscall_fuzz.log");
     let _ = std::fs::write(&log, o.lines.join("\n"));
-    for l in o.lines.iter().filter(|l| l.contains("sysfuzz: summary") || l.contains("sysfuzz: master seed") || l.contains("free frames")) {
+    for l in o.lines.iter().filter(|l| l.contains("sysfuzz: summary") || l.contains("sysfuzz: master seed") || l.contains("free frames") || l.contains("sysfuzz: NMIs")) {
         println!("  {}", l.trim());
     }
     let mut why = Vec::new();
