@@ -736,7 +736,8 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let cmd = format!(
         "A=$(sed -n 's/.*catenary.addr=\\([^ ]*\\).*/\\1/p' /proc/cmdline); echo vm-net-addr $A; \
          echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad; ip link set eth0 up; \
-         ip -6 addr add $A/128 dev eth0; ip -6 route add default dev eth0; sleep 2; ping -6 -c 4 -W 3 {target} || ping6 -c 4 {target}; echo vm-net-done"
+         ip -6 addr add $A/128 dev eth0; ip -6 route add default dev eth0; sleep 2; ping -6 -c 4 -W 3 {target} || ping6 -c 4 {target}; \
+         echo vm-mtu $(cat /proc/sys/net/ipv6/conf/eth0/mtu); echo vm-net-done"
     );
     a.cmdline = format!("vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(cmd.as_bytes()));
     a.guest = true;
@@ -750,6 +751,9 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     }
     let log = r.save_logs("net-microvm");
     let addr_logged = r.lines[0].iter().any(|l| l.contains("virtio-net MAC") && l.contains(&format!("address {vm_addr}/128")));
+    // the node's router advertisement (answering the guest's solicitation) set eth0's IPv6 MTU
+    let mtu = r.lines[0].iter().find_map(|l| after(l, "vm-mtu "));
+    let mtu_ok = mtu == Some(catenary_net::FABRIC_MTU as u64);
     let replies = r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && l.contains("bytes from") && l.contains(&target.to_string())).count();
     let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
     for l in r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && (l.contains("bytes from") || l.contains("vm-net") || l.contains("packets"))) {
@@ -759,6 +763,8 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     drop(r);
     t.record("net_microvm_reaches_other_node", ok && addr_logged && replies >= 3 && !panic && exits.is_empty(),
         &format!("(VM address {vm_addr} logged {addr_logged}, {replies} echo replies from {target} in the guest, nodes that stopped {exits:?}; log {})", log.display()));
+    t.record("net_microvm_mtu_advertised", ok && mtu_ok,
+        &format!("(guest's eth0 IPv6 MTU {mtu:?}, fabric MTU {}; log {})", catenary_net::FABRIC_MTU, log.display()));
     Ok(())
 }
 
@@ -793,8 +799,11 @@ fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path, kick_ms: u64) -> Result<(
     let count = BULK_BYTES / 65536;
     // nc exits at the end of its input: keep the input open until the connection to port 5000
     // (0x1388) has nothing left unacknowledged, so nothing is still in flight when it closes
+    // Both guests ignore the MTU the node advertises (accept_ra_mtu=0, set before the link is
+    // up), so that they keep eth0's 1500 and the transfer needs Packet Too Big (the receiver's
+    // MSS would otherwise keep the sender's segments under the fabric MTU).
     let send = format!(
-        "{GUEST_NET_SETUP}dd if=/dev/urandom of=/tmp/src bs=65536 count={count} 2>/dev/null; echo bulk-src $(sha256sum /tmp/src); \
+        "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra_mtu; {GUEST_NET_SETUP}dd if=/dev/urandom of=/tmp/src bs=65536 count={count} 2>/dev/null; echo bulk-src $(sha256sum /tmp/src); \
          i=0; while [ $i -lt 60 ]; do \
            if (cat /tmp/src; sleep 1; j=0; while [ $j -lt 60 ] && grep ':1388 01 ' /proc/net/tcp6 | grep -qv ' 01 00000000:'; do sleep 1; j=$((j+1)); done) | nc -w 5 {dst} 5000; \
            then echo bulk-sent; break; fi; i=$((i+1)); sleep 3; done; \
@@ -805,7 +814,7 @@ fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path, kick_ms: u64) -> Result<(
     // up a while so that its last ACKs reach the sender, which waits for them; it polls
     // the file size: `wait` in busybox sh would wait for the whole pipeline, `sleep` included
     let recv = format!(
-        "{GUEST_NET_SETUP}echo bulk-listening; touch /tmp/dst; sleep 900 | nc -l -p 5000 | head -c {BULK_BYTES} > /tmp/dst & \
+        "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra_mtu; {GUEST_NET_SETUP}echo bulk-listening; touch /tmp/dst; sleep 900 | nc -l -p 5000 | head -c {BULK_BYTES} > /tmp/dst & \
          n=0; while [ $(wc -c < /tmp/dst) -lt {BULK_BYTES} ]; do sleep 2; n=$((n+1)); [ $((n % 5)) = 0 ] && echo bulk-progress $(wc -c < /tmp/dst); done; \
          echo bulk-dst $(sha256sum /tmp/dst) size $(wc -c < /tmp/dst); sleep 20; echo vm-net-done"
     );

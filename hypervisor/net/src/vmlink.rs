@@ -8,6 +8,11 @@
 //! guest sends to the node for routing — only if their source is the VM's /128 (anything else
 //! is counted and dropped). Packets routed to the VM's /128 go back as Ethernet frames.
 //!
+//! The port also answers the guest's router solicitations with a router advertisement that
+//! carries the link MTU ([`crate::FABRIC_MTU`], RFC 4861 §4.6.4), so a guest that accepts
+//! router advertisements (Linux does by default) sizes its packets for the fabric and does not
+//! depend on ICMPv6 Packet Too Big (which the node still sends for anything larger).
+//!
 //! Every frame from the guest is hostile: parsing is bounds-checked, errors are counted, and
 //! nothing panics.
 
@@ -19,6 +24,8 @@ const ETH_HDR: usize = 14;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IP_HDR: usize = 40;
 const NEXT_ICMPV6: u8 = 58;
+const ND_RS: u8 = 133;
+const ND_RA: u8 = 134;
 const ND_NS: u8 = 135;
 const ND_NA: u8 = 136;
 
@@ -31,6 +38,8 @@ pub struct VmPortCounters {
     pub delivered: u64,
     /// Neighbour solicitations answered.
     pub nd_answered: u64,
+    /// Router solicitations answered (with a router advertisement carrying the link MTU).
+    pub rs_answered: u64,
     /// Packets whose source was not the VM's /128 (dropped).
     pub bad_source: u64,
     /// Frames that were not well-formed IPv6 over Ethernet, or not IPv6 (dropped).
@@ -58,6 +67,8 @@ pub struct VmPort {
     pub vm_mac: [u8; 6],
     /// The MAC the node answers with (the VM's next hop for every destination).
     pub port_mac: [u8; 6],
+    /// The MTU the port advertises (the largest packet the node can route on for the VM).
+    pub link_mtu: u32,
     pub counters: VmPortCounters,
 }
 
@@ -103,7 +114,7 @@ fn link_local(mac: [u8; 6]) -> Ipv6Addr {
 
 impl VmPort {
     pub fn new(vm_addr: Ipv6Addr, vm_mac: [u8; 6], port_mac: [u8; 6]) -> VmPort {
-        VmPort { vm_addr, vm_mac, port_mac, counters: VmPortCounters::default() }
+        VmPort { vm_addr, vm_mac, port_mac, link_mtu: crate::FABRIC_MTU as u32, counters: VmPortCounters::default() }
     }
 
     /// Handle one Ethernet frame the VM sent.
@@ -132,6 +143,9 @@ impl VmPort {
         let dst = addr(ip, 24)?;
         if next == NEXT_ICMPV6 && ip.get(IP_HDR) == Some(&ND_NS) {
             return Some(self.solicitation(ip, src));
+        }
+        if next == NEXT_ICMPV6 && ip.get(IP_HDR) == Some(&ND_RS) {
+            return Some(self.router_solicitation(ip, src));
         }
         if src != self.vm_addr {
             if src.is_unicast_link_local() || src.is_unspecified() {
@@ -193,6 +207,45 @@ impl VmPort {
         let mut p = ipv6_header(target, dst, NEXT_ICMPV6, 255, msg.len());
         p.extend_from_slice(&msg);
         self.counters.nd_answered += 1;
+        FromVm::Reply(self.frame(&p, dst))
+    }
+
+    /// Answer a router solicitation with a router advertisement from the port's link-local
+    /// address: default router, the link MTU, the port's link-layer address, no prefixes (the
+    /// VM's /128 is configured, not autoconfigured).
+    fn router_solicitation(&mut self, ip: &[u8], src: Ipv6Addr) -> FromVm {
+        // RFC 4861 §6.1.1: hop limit 255, ICMP code 0, at least 8 bytes; the source is the
+        // VM's link-local address or unspecified (then the answer goes to all nodes).
+        if ip[7] != 255 || ip.len() < IP_HDR + 8 || ip[IP_HDR + 1] != 0 {
+            self.counters.malformed += 1;
+            return FromVm::Drop;
+        }
+        let dst = if src.is_unspecified() {
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)
+        } else if src.is_unicast_link_local() {
+            src
+        } else {
+            self.counters.bad_source += 1;
+            return FromVm::Drop;
+        };
+        let from = link_local(self.port_mac);
+        let mut msg = vec![0u8; 16 + 8 + 8];
+        msg[0] = ND_RA;
+        msg[4] = 64; // the hop limit the VM should use
+        msg[6..8].copy_from_slice(&1800u16.to_be_bytes()); // router lifetime (s)
+        // option 5: MTU (RFC 4861 §4.6.4)
+        msg[16] = 5;
+        msg[17] = 1;
+        msg[20..24].copy_from_slice(&self.link_mtu.to_be_bytes());
+        // option 1: source link-layer address
+        msg[24] = 1;
+        msg[25] = 1;
+        msg[26..32].copy_from_slice(&self.port_mac);
+        let ck = icmpv6_checksum(&from, &dst, &msg);
+        msg[2..4].copy_from_slice(&ck.to_be_bytes());
+        let mut p = ipv6_header(from, dst, NEXT_ICMPV6, 255, msg.len());
+        p.extend_from_slice(&msg);
+        self.counters.rs_answered += 1;
         FromVm::Reply(self.frame(&p, dst))
     }
 
@@ -289,6 +342,61 @@ mod tests {
         let mut p = ipv6_header(src, dst, NEXT_ICMPV6, 255, msg.len());
         p.extend_from_slice(&msg);
         eth(&p)
+    }
+
+    fn rs(src: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+        let mut msg = vec![0u8; 16];
+        msg[0] = ND_RS;
+        msg[8] = 1;
+        msg[9] = 1;
+        msg[10..16].copy_from_slice(&VM_MAC);
+        let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+        let ck = icmpv6_checksum(&src, &dst, &msg);
+        msg[2..4].copy_from_slice(&ck.to_be_bytes());
+        let mut p = ipv6_header(src, dst, NEXT_ICMPV6, hop_limit, msg.len());
+        p.extend_from_slice(&msg);
+        eth(&p)
+    }
+
+    #[test]
+    fn router_solicitation_gets_an_advertisement_with_the_fabric_mtu() {
+        let mut p = VmPort::new(vm(), VM_MAC, PORT_MAC);
+        let ll = link_local(VM_MAC);
+        let FromVm::Reply(f) = p.from_vm(&rs(ll, 255)) else { panic!("no advertisement") };
+        assert_eq!(&f[..6], &VM_MAC);
+        let ip = &f[ETH_HDR..];
+        let (src, dst) = (addr(ip, 8).unwrap(), addr(ip, 24).unwrap());
+        assert_eq!(src, link_local(PORT_MAC));
+        assert_eq!(dst, ll);
+        assert_eq!(ip[7], 255);
+        let msg = &ip[IP_HDR..];
+        assert_eq!(msg[0], ND_RA);
+        assert_eq!(icmpv6_checksum(&src, &dst, msg), 0, "checksum over the whole message verifies");
+        assert!(u16::from_be_bytes([msg[6], msg[7]]) > 0, "a default router");
+        // the MTU option carries the fabric MTU
+        let mut opts = &msg[16..];
+        let mut mtu = None;
+        while opts.len() >= 8 && opts[1] > 0 {
+            let len = opts[1] as usize * 8;
+            if opts[0] == 5 {
+                mtu = Some(u32::from_be_bytes([opts[4], opts[5], opts[6], opts[7]]));
+            }
+            opts = &opts[len.min(opts.len())..];
+        }
+        assert_eq!(mtu, Some(crate::FABRIC_MTU as u32));
+        assert_eq!(p.counters.rs_answered, 1);
+        // DAD-time solicitation (unspecified source): to all nodes
+        let FromVm::Reply(f) = p.from_vm(&rs(Ipv6Addr::UNSPECIFIED, 255)) else { panic!() };
+        assert_eq!(&f[..2], &[0x33, 0x33]);
+        // off-link hop limit, or a global source: not answered
+        assert_eq!(p.from_vm(&rs(ll, 64)), FromVm::Drop);
+        assert_eq!(p.from_vm(&rs(vm(), 255)), FromVm::Drop);
+        assert_eq!(p.counters.rs_answered, 2);
+        // truncated solicitations never panic
+        let full = rs(ll, 255);
+        for n in 0..full.len() {
+            let _ = p.from_vm(&full[..n]);
+        }
     }
 
     #[test]
