@@ -174,32 +174,40 @@ pub fn free_user_frame(paddr: u64) -> Result<(), catenary_mm::FreeError> {
     free_frame(paddr)
 }
 
+fn all_user(u: &alloc::collections::BTreeSet<u64>, paddr: u64, len: u64) -> bool {
+    let Some(end) = paddr.checked_add(len) else { return false };
+    (paddr & !0xfff..end).step_by(4096).all(|f| u.contains(&f))
+}
+
 /// Whether every frame of `[paddr, paddr + len)` is a user frame.
 pub fn is_user_memory(paddr: u64, len: u64) -> bool {
-    let Some(end) = paddr.checked_add(len) else { return false };
-    with_user(|u| (paddr & !0xfff..end).step_by(4096).all(|f| u.contains(&f)))
+    with_user(|u| all_user(u, paddr, len))
 }
 
 /// Copy into task memory (a ring shared with a ring-3 driver). Refuses (false) anything that
 /// is not a user frame; whose frame it is, is the caller's policy.
 pub fn user_write(paddr: u64, data: &[u8]) -> bool {
-    if !is_user_memory(paddr, data.len() as u64) {
-        return false;
-    }
-    // SAFETY: user frames hold no kernel data and stay allocated while the caller holds the
-    // kernel lock that their owner's exit needs (the caller's check).
-    unsafe { phys_write(paddr, data) };
-    true
+    with_user(|u| {
+        if !all_user(u, paddr, data.len() as u64) {
+            return false;
+        }
+        // SAFETY: user frames hold no kernel data, and they stay allocated while we hold the
+        // user-frame lock (`free_user_frame` takes it before freeing).
+        unsafe { phys_write(paddr, data) };
+        true
+    })
 }
 
 /// An aligned 64-bit volatile store into task memory (see [`user_write`]).
 pub fn user_write_u64(paddr: u64, v: u64) -> bool {
-    if paddr % 8 != 0 || !is_user_memory(paddr, 8) {
-        return false;
-    }
-    // SAFETY: as in `user_write`; aligned.
-    unsafe { phys_write_u64(paddr, v) };
-    true
+    with_user(|u| {
+        if paddr % 8 != 0 || !all_user(u, paddr, 8) {
+            return false;
+        }
+        // SAFETY: as in `user_write`; aligned.
+        unsafe { phys_write_u64(paddr, v) };
+        true
+    })
 }
 
 pub fn stats() -> FrameStats {
