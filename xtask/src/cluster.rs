@@ -743,7 +743,8 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     a.guest = true;
     let mut r = start(kernel, &[a, b], "net-microvm", &[])?;
     let ok = r.wait(Duration::from_secs(240), false, |l| {
-        l[0].iter().any(|x| x.contains("microVM demo ended") || x.contains("vm-net-done"))
+        // until the node has detached the VM's /128 after it ended (or it failed)
+        l[0].iter().any(|x| x.contains("microVM demo failed") || (x.contains("vm: ") && x.contains("/128 detached (its microVM ended)")))
             || l.iter().flatten().any(|x| x.contains("KERNEL PANIC") || x.starts_with(NODE_STOPPED))
     });
     if !ok {
@@ -754,6 +755,7 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     // the node's router advertisement (answering the guest's solicitation) set eth0's IPv6 MTU
     let mtu = r.lines[0].iter().find_map(|l| after(l, "vm-mtu "));
     let mtu_ok = mtu == Some(catenary_net::FABRIC_MTU as u64);
+    let detached = r.lines[0].iter().any(|l| l.contains(&format!("vm: {vm_addr}/128 detached (its microVM ended)")));
     let replies = r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && l.contains("bytes from") && l.contains(&target.to_string())).count();
     let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
     for l in r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && (l.contains("bytes from") || l.contains("vm-net") || l.contains("packets"))) {
@@ -761,8 +763,8 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     }
     let exits = r.exits();
     drop(r);
-    t.record("net_microvm_reaches_other_node", ok && addr_logged && replies >= 3 && !panic && exits.is_empty(),
-        &format!("(VM address {vm_addr} logged {addr_logged}, {replies} echo replies from {target} in the guest, nodes that stopped {exits:?}; log {})", log.display()));
+    t.record("net_microvm_reaches_other_node", ok && addr_logged && replies >= 3 && detached && !panic && exits.is_empty(),
+        &format!("(VM address {vm_addr} logged {addr_logged}, {replies} echo replies from {target} in the guest, its /128 detached when it ended {detached}, nodes that stopped {exits:?}; log {})", log.display()));
     t.record("net_microvm_mtu_advertised", ok && mtu_ok,
         &format!("(guest's eth0 IPv6 MTU {mtu:?}, fabric MTU {}; log {})", catenary_net::FABRIC_MTU, log.display()));
     Ok(())

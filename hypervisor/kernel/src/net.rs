@@ -260,6 +260,9 @@ struct VmLink {
     from_vm: alloc::collections::VecDeque<alloc::vec::Vec<u8>>,
     to_vm: alloc::collections::VecDeque<alloc::vec::Vec<u8>>,
     dropped: u64,
+    /// The VM has ended: `netd` routes what it sent last (this many frames), then removes
+    /// the link.
+    detached: Option<usize>,
 }
 
 static VM_LINKS: Mutex<alloc::vec::Vec<VmLink>> = Mutex::new(alloc::vec::Vec::new());
@@ -287,6 +290,7 @@ pub fn attach_vm(mac: [u8; 6], wait_ns: u64, allow_ipc: bool) -> Option<core::ne
                     from_vm: Default::default(),
                     to_vm: Default::default(),
                     dropped: 0,
+                    detached: None,
                 })
             });
             crate::task::wake_netd();
@@ -299,16 +303,19 @@ pub fn attach_vm(mac: [u8; 6], wait_ns: u64, allow_ipc: bool) -> Option<core::ne
     }
 }
 
-/// The microVM is gone: stop routing its /128.
+/// The microVM is gone: stop routing its /128. The frames it sent last (a final ACK, the
+/// last datagram before it powered off) still go out: `netd` routes what is left of them
+/// before it removes the link. Frames still queued *for* it are dropped: nobody can take
+/// them any more.
 pub fn detach_vm(addr: core::net::Ipv6Addr) {
     with_links(|l| {
-        for v in l.iter().filter(|v| v.port.vm_addr == addr) {
+        for v in l.iter_mut().filter(|v| v.port.vm_addr == addr) {
             VM_RX_PENDING.fetch_sub(v.to_vm.len(), core::sync::atomic::Ordering::Relaxed);
+            v.dropped += v.to_vm.len() as u64;
+            v.to_vm.clear();
+            v.detached = Some(v.from_vm.len());
         }
-        l.retain(|v| v.port.vm_addr != addr);
     });
-    // the /128 is never handed out again
-    with_router(|r| r.unbind(&addr));
     crate::task::wake_netd();
 }
 
@@ -362,9 +369,10 @@ fn vm_pump(st: &mut State) -> bool {
     use catenary_net::vmlink::FromVm;
     let mut out = alloc::vec::Vec::new();
     let mut active = false;
+    let mut detached = alloc::vec::Vec::new();
     with_links(|l| {
         for v in l.iter_mut() {
-            if !v.routed {
+            if !v.routed && v.detached.is_none() {
                 v.routed = true;
                 st.node.add_vm_route(v.port.vm_addr);
                 info!(target: "net", "vm: routing {}/128 to a microVM (MAC {:02x?})", v.port.vm_addr, v.port.vm_mac);
@@ -373,12 +381,22 @@ fn vm_pump(st: &mut State) -> bool {
                 active = true;
                 match v.port.from_vm(&f) {
                     FromVm::Route(p) => out.push((p, v.allow_ipc)),
-                    FromVm::Reply(r) => push_to_vm(v, r),
-                    FromVm::Drop => {}
+                    FromVm::Reply(r) if v.detached.is_none() => push_to_vm(v, r),
+                    FromVm::Reply(_) | FromVm::Drop => {}
                 }
             }
+            if let Some(last) = v.detached {
+                detached.push((v.port.vm_addr, last, v.dropped));
+            }
         }
+        // the last frames of ended VMs are in `out`: their links can go
+        l.retain(|v| v.detached.is_none());
     });
+    for (a, last, dropped) in detached {
+        // the /128 is never handed out again
+        with_router(|r| r.unbind(&a));
+        info!(target: "net", "vm: {}/128 detached (its microVM ended): {} frames it sent last handled after it ended; {} frames for it dropped", a, last, dropped);
+    }
     // routes of detached VMs
     let gone: alloc::vec::Vec<core::net::Ipv6Addr> = st.vm_routes.iter().copied()
         .filter(|a| with_links(|l| !l.iter().any(|v| v.port.vm_addr == *a))).collect();
