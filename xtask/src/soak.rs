@@ -456,6 +456,13 @@ fn capture(mut c: Command, inspect: Option<&Inspect>) -> Result<(Vec<String>, Op
             }
         }
     }
+    // CATENARY_SOAK_KEEP=1 (with --inspect): leave a machine that died paused for a debugger
+    // (its PID is printed) instead of ending it.
+    if exited == Some(None) && inspect.is_some() && std::env::var_os("CATENARY_SOAK_KEEP").is_some() {
+        lines.push(format!("[soak] QEMU pid {} left paused (CATENARY_SOAK_KEEP)", child.id()));
+        eprintln!("soak: QEMU pid {} left paused", child.id());
+        return Ok((lines, exited, timed_out));
+    }
     if exited.is_none() || inspect.is_some() {
         let _ = child.kill();
         let _ = child.wait();
