@@ -287,14 +287,23 @@ impl Fz {
                 self.note(nr, r);
             }
             SYS_SEND | SYS_CALL => {
-                let slot = self.slot();
-                if nr == SYS_CALL && slot == SLOT_OWN {
-                    return; // a call to its own endpoint waits forever (the final-op class)
+                let mut slot = self.slot();
+                if nr == SYS_CALL {
+                    // rdi bits 32..63: the caller's timeout in ms (0: none). A call to its own
+                    // endpoint is never answered: it needs one (without: the final-op class).
+                    let ms = match self.rng.below(4) {
+                        _ if slot & 0xffff_ffff == SLOT_OWN => 1 + self.rng.below(5),
+                        0 => 1 + self.rng.below(50),
+                        1 => self.rng.pick(&[u32::MAX as u64, 1 << 31, 0xffff]),
+                        _ => 0,
+                    };
+                    slot = (slot & 0xffff_ffff) | ms << 32;
                 }
+                let dead = Self::dead_slot(if nr == SYS_CALL { slot & 0xffff_ffff } else { slot });
                 let label = match self.rng.below(16) {
                     0 | 1 => LABEL_NOTIFY,
                     // (not in the first run, whose held grant needs the peer)
-                    2 if slot == SLOT_PEER && self.cfg.classes & F_FIRST_RUN == 0 && self.rng.one_in(64) => PEER_DIE,
+                    2 if slot & 0xffff_ffff == SLOT_PEER && self.cfg.classes & F_FIRST_RUN == 0 && self.rng.one_in(64) => PEER_DIE,
                     _ => self.rng.next(),
                 };
                 let w = [self.junk(), self.junk(), self.junk(), self.junk()];
@@ -303,7 +312,7 @@ impl Fz {
                 } else {
                     catenary_arch_user::syscall_msg(nr, slot, label, w).rax
                 };
-                self.expect_err("send/call on a dead slot", Self::dead_slot(slot), nr, [slot, label, w[0]], r);
+                self.expect_err("send/call on a dead slot", dead, nr, [slot, label, w[0]], r);
             }
             SYS_RECV => {
                 let slot = self.slot();
