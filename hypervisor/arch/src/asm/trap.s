@@ -39,6 +39,13 @@ trap_common:
     test qword ptr [rsp + 24], 3
     jz trap_gs_ok
     swapgs
+    // EFLAGS.AC is not cleared by interrupt or exception delivery: with the user's AC set,
+    // SMAP would be off in the kernel. Clear it on entries from ring 3 (the kernel never sets
+    // AC; `syscall` clears it through SFMASK). pushfq/popfq works with or without SMAP and
+    // keeps IF as the gate left it.
+    pushfq
+    and qword ptr [rsp], ~(1 << 18)
+    popfq
 trap_gs_ok:
     push rax
     push rbx
@@ -56,12 +63,6 @@ trap_gs_ok:
     push r14
     push r15
     cld
-    // EFLAGS.AC is not cleared by interrupt or exception delivery: with the user's AC set,
-    // SMAP would be off in the kernel. Clear it on every entry (pushfq/popfq works with or
-    // without SMAP; IF stays as the gate left it).
-    pushfq
-    and qword ptr [rsp], ~(1 << 18)
-    popfq
     mov rbx, rsp                 // rbx = &mut TrapFrame (callee-saved)
     and rsp, ~0x3f
     sub rsp, 1024
