@@ -43,6 +43,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("ipc_ordering", crate::ktest_core::ipc_ordering),
     ("ipc_full_queue", crate::ktest_core::ipc_full_queue),
     ("ipc_call_timeout", crate::ktest_core::ipc_call_timeout),
+    ("remote_call_unanswered_times_out", crate::ktest_remote::remote_call_unanswered_times_out),
     ("ipc_missing_capability", crate::ktest_core::ipc_missing_capability),
     ("ipc_dead_peer", crate::ktest_core::ipc_dead_peer),
     ("ipc_call_reply_across_cpus", crate::ktest_core::ipc_call_reply_across_cpus),

@@ -31,6 +31,8 @@ mod ktest_core;
 #[cfg(feature = "ktest")]
 mod ktest_reinject;
 #[cfg(feature = "ktest")]
+mod ktest_remote;
+#[cfg(feature = "ktest")]
 mod ktest_supervisor;
 #[cfg(feature = "ktest")]
 mod ktest_syscall;

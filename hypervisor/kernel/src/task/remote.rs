@@ -15,6 +15,8 @@ pub(super) struct Remote {
     pub(super) calls_out: alloc::collections::BTreeMap<u64, [u8; 16]>,
     /// Calls from other nodes in flight here: token -> where the answer goes.
     pub(super) calls_in: alloc::collections::BTreeMap<u64, ReplyTo>,
+    /// When each of those is answered with `Timeout` if its callee has not answered by then.
+    pub(super) calls_in_deadline: alloc::collections::BTreeMap<u64, u64>,
     pub(super) replies: alloc::collections::VecDeque<RemoteReply>,
     /// The fabric /128 bound to an endpoint a task owns (`SYS_BIND_ADDRESS`): its remote
     /// sends and calls go out from that /128, so the receiver learns which task sent them.
@@ -168,6 +170,7 @@ pub fn deliver_remote(ep: EndpointId, msg: Message, call: Option<ReplyTo>, origi
                 }
                 let (tok, d) = k.ipc.call(REMOTE, &cap, msg)?;
                 k.remote.calls_in.insert(tok, to);
+                k.remote.calls_in_deadline.insert(tok, time::now_ns().saturating_add(REMOTE_CALL_IN_TIMEOUT_NS));
                 d
             }
             None => k.ipc.send(&cap, msg)?,
@@ -212,14 +215,38 @@ pub fn remote_call_waiting(token: u64) -> bool {
     with(|k| k.remote.calls_out.contains_key(&token))
 }
 
-/// (`netd`) Calls from other nodes whose callee died: answer them with `DeadPeer`.
+/// A call from another node whose callee has not answered after this long is answered with
+/// `Timeout` (and forgotten: a late reply gets `BadReply`), so the caller's slot of the
+/// per-source quota of calls in flight comes back: a callee that never replies cannot lock a
+/// peer out. Longer than callers wait by default (`REMOTE_CALL_TIMEOUT_NS`).
+pub const REMOTE_CALL_IN_TIMEOUT_NS: u64 = 60_000_000_000;
+
+/// (`netd`) Calls from other nodes whose callee died (answered with `DeadPeer`) or has not
+/// answered within [`REMOTE_CALL_IN_TIMEOUT_NS`] (answered with `Timeout`).
 pub fn reap_remote_calls() {
+    reap_remote_calls_at(time::now_ns())
+}
+
+/// [`reap_remote_calls`] as of `now` (ns of uptime).
+pub fn reap_remote_calls_at(now: u64) {
     with(|k| {
         let dead: Vec<u64> = k.remote.calls_in.keys().copied().filter(|t| !k.ipc.call_pending(*t)).collect();
         for t in dead {
+            k.remote.calls_in_deadline.remove(&t);
             if let Some(to) = k.remote.calls_in.remove(&t) {
                 k.remote.replies.push_back(RemoteReply { to, result: Err(IpcError::DeadPeer) });
             }
         }
+        let late: Vec<u64> = k.remote.calls_in_deadline.iter().filter(|(_, d)| **d <= now).map(|(t, _)| *t).collect();
+        for t in late {
+            k.remote.calls_in_deadline.remove(&t);
+            if let Some(to) = k.remote.calls_in.remove(&t) {
+                k.ipc.cancel_call(t);
+                k.remote.replies.push_back(RemoteReply { to, result: Err(IpcError::Timeout) });
+            }
+        }
+        // deadlines of calls answered meanwhile (the reply syscall removed them from calls_in)
+        let calls_in = &k.remote.calls_in;
+        k.remote.calls_in_deadline.retain(|t, _| calls_in.contains_key(t));
     })
 }
