@@ -84,7 +84,13 @@ pub fn vm_interrupt_delivered_once(node: &crate::init::Node) -> Result<(), Strin
     let line = r.console.iter().find(|l| l.starts_with("irqonce: entries")).ok_or_else(|| format!("no result line; ended {:?}, console {:?}", r.ended, r.console))?;
     let kicks = KICKS.load(Ordering::SeqCst);
     log::info!(target: "ktest", "irqonce: {} ({kicks} kicks from CPU 1)", line.trim_end());
-    check(line.trim_end() == "irqonce: entries 00000018 nested 00000000", || format!("`{}`: an interrupt was delivered twice (or lost); {kicks} kicks", line.trim_end()))?;
+    // The wait loop ends once 24 entries were counted; the last pass of `sti; hlt; nop; cli` can
+    // take one more genuine tick at the `nop` (the handler's EOI lets the next PIT tick in, and
+    // its `iretd` sets IF again), so 24 or 25 entries are correct. A second delivery of one
+    // interrupt lands inside the handler (IF=0) and is counted as nested.
+    let text = line.trim_end();
+    check(text == "irqonce: entries 00000018 nested 00000000" || text == "irqonce: entries 00000019 nested 00000000",
+        || format!("`{text}`: an interrupt was delivered twice (or lost); {kicks} kicks"))?;
     check(!kick || kicks > 0, || "the kicker on CPU 1 never ran".into())?;
     check(matches!(r.ended, Ended::Stopped(StopReason::PowerOff { .. })), || format!("ended {:?}", r.ended))?;
     Ok(())

@@ -1,5 +1,5 @@
 /* Every injected interrupt is delivered exactly once (issue 9 item 1, docs/vmm.md "Soak").
- * The PIT interrupts the guest IRQONCE_COUNT times (8259 at vector 0x20, IRQ 0 only); each
+ * The PIT interrupts the guest at least IRQONCE_COUNT times (8259 at vector 0x20, IRQ 0 only); each
  * time the guest waits in `sti; hlt`, so a genuine interrupt returns into that wait loop. The
  * handler spins with interrupts off and no exits for a while before it acknowledges the
  * interrupt (its first exit); an entry whose return address lies anywhere but the wait loop
