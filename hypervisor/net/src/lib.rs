@@ -8,7 +8,8 @@
 //! * **underlay** (`Medium::Ethernet`): the link-local address from the MAC (modified EUI-64),
 //!   SLAAC (router solicitations; router advertisements add addresses and a default route
 //!   where a router exists), NDP (smoltcp answers neighbour solicitations), ICMPv6 echo
-//!   replies, and the UDP socket that carries the fabric sessions (port 51820);
+//!   replies, and the UDP sockets that carry the fabric sessions (port 51820: one receives,
+//!   one per destination sends, so an unreachable peer delays no other; [`underlay_tx`]);
 //! * **fabric** (`Medium::Ip`): the node's fabric address `prefix::1` (derived from its key).
 //!   IP packets it emits go to [`netfabric::Device::send`] (cryptokey routing picks the peer by
 //!   its /64) and leave encrypted through the underlay UDP socket; decrypted packets whose
@@ -28,6 +29,7 @@ pub mod vmlink;
 pub mod entropy;
 pub mod walltime;
 pub mod nodekey;
+mod underlay_tx;
 /// Entry points shared by the cargo-fuzz target (`hypervisor/net/fuzz`) and the host tests.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -238,6 +240,9 @@ pub struct NetCounters {
     pub vm_ipc_blocked: u64,
     /// Packets from microVMs larger than the fabric MTU, answered with Packet Too Big.
     pub vm_too_big: u64,
+    /// Fabric datagrams dropped because their destination's underlay queue was full (its
+    /// neighbour does not resolve: a node that is down).
+    pub underlay_queue_full: u64,
 }
 
 /// Packets waiting for the microVMs, at most.
@@ -261,6 +266,7 @@ pub struct Node {
     tun_dev: TunDev,
     fabric: Fabric,
     fab_udp: SocketHandle,
+    underlay_tx: underlay_tx::UnderlayTx,
     ping_eth: SocketHandle,
     ping_tun: SocketHandle,
     bench_eth: SocketHandle,
@@ -338,7 +344,11 @@ impl Node {
         });
 
         let mut eth_sockets = SocketSet::new(vec![]);
-        let mut fab = udp_socket(256, 256 * 1600);
+        // Receives only: datagrams leave through `underlay_tx`'s sockets.
+        let mut fab = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0u8; 256 * 1600]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 1], vec![0u8; 0]),
+        );
         fab.bind(port).expect("bind fabric port");
         let fab_udp = eth_sockets.add(fab);
         let mut pe = icmp_socket();
@@ -382,8 +392,9 @@ impl Node {
         if me.is_none() {
             warn!(target: "net", "this node's key is not in the cluster file");
         }
+        let underlay_tx = underlay_tx::UnderlayTx::new(port, peers.len() + 4);
         Node {
-            name, link_local, fabric_addr, mac, port, peers, counters: NetCounters::default(),
+            underlay_tx, name, link_local, fabric_addr, mac, port, peers, counters: NetCounters::default(),
             eth, eth_sockets, tun, tun_sockets, tun_dev, fabric, fab_udp, ping_eth, ping_tun, bench_eth, bench_tun,
             responder: (0, 0), ping: None, stream: None, logged_drops: 0, ipc_rx: VecDeque::new(),
             vm_routes: Vec::new(), vm_rx: VecDeque::new(), test_loss: None,
@@ -423,11 +434,11 @@ impl Node {
     fn fabric_output(&mut self, out: netfabric::Output) {
         for t in out.transmits {
             if let SocketAddr::V6(d) = t.dst {
-                let s = self.eth_sockets.get_mut::<udp::Socket>(self.fab_udp);
-                if s.send_slice(&t.data, IpEndpoint::new(IpAddress::Ipv6(*d.ip()), d.port())).is_err() {
-                    debug!(target: "net", "fabric: underlay socket full");
+                if self.underlay_tx.send(&mut self.eth_sockets, *d.ip(), d.port(), &t.data) {
+                    self.counters.fabric_out += 1;
+                } else {
+                    self.counters.underlay_queue_full += 1;
                 }
-                self.counters.fabric_out += 1;
             }
         }
         for p in out.packets {
@@ -528,9 +539,10 @@ impl Node {
             }
         }
         self.apps(now_ns);
-        if self.eth.poll(now, &mut EthDev(link), &mut self.eth_sockets) != smoltcp::iface::PollResult::None {
+        if self.eth.poll(now, &mut EthDev(&mut *link), &mut self.eth_sockets) != smoltcp::iface::PollResult::None {
             active = true;
         }
+        self.underlay_tx.solicit_stuck(&self.eth_sockets, &self.eth, link, now_ns);
         active
     }
 

@@ -290,3 +290,28 @@ fn microvm_ipc_blocked_by_default_and_big_packets_get_packet_too_big() {
     fits.resize(catenary_net::FABRIC_MTU, 0);
     assert!(n1.route_from_vm(fits, t, false));
 }
+
+/// A member whose underlay address does not resolve (no port on the hub answers neighbour
+/// discovery: a node that is down) must not delay the sessions with the others: the handshake
+/// to it is started first, so a shared underlay queue would hold everything behind it.
+#[test]
+fn unresolvable_member_does_not_block_the_others() {
+    let (a, b, dead) = (Identity::generate(&mut OsRng), Identity::generate(&mut OsRng), Identity::generate(&mut OsRng));
+    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node3", &dead, 3), member("node2", &b, 2)] };
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let (mut l1, mut l2) = (port(&hub, 1), port(&hub, 2));
+    let cfg = |id: &Identity, s: u8| NodeConfig { identity: id.clone(), cluster: cluster.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };
+    let mut n1 = Node::new(&mut l1, cfg(&a, 1), 0);
+    let mut n2 = Node::new(&mut l2, cfg(&b, 2), 0);
+    n1.connect("node3", 0);
+    n1.connect("node2", 0);
+    let mut t = 0u64;
+    for _ in 0..3000 {
+        t += 1_000_000;
+        n1.poll(&mut l1, t);
+        n2.poll(&mut l2, t);
+    }
+    assert!(!n1.peer_by_name("node3").unwrap().established);
+    assert!(n1.peer_by_name("node2").unwrap().established, "node1-node2 session blocked by the unresolvable node3");
+    assert!(n2.peer_by_name("node1").unwrap().established);
+}
