@@ -671,8 +671,12 @@ fn test_lossy_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let mut b = NodeSpec::new(2);
     b.cmdline = "net.rpcsvc=1 net.test-loss=20".into();
     // node3 is listed but never started: its underlay address does not resolve (no neighbour
-    // advertisement), which must not hold up node1's session with node2.
-    let ghost = NodeSpec::new(3);
+    // advertisement), which must not hold up node1's session with node2. Its key sorts after
+    // node1's, so node1 starts the handshake with it at boot (`connect_all`).
+    let mut ghost = NodeSpec::new(3);
+    while ghost.identity.public_key() <= a.identity.public_key() {
+        ghost = NodeSpec::new(3);
+    }
     let mut r = start(kernel, &[a, b], "net-lossy-ipc", &[ghost.member()])?;
     let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
     let ok = r.wait(Duration::from_secs(300), false, |l| {
