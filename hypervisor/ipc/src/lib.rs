@@ -399,6 +399,10 @@ impl CapTable {
         self.slots.push(Some(c));
         Ok(self.slots.len() - 1)
     }
+    /// Whether [`CapTable::insert`] would find a slot.
+    pub fn has_room(&self) -> bool {
+        self.slots.len() < self.limit || self.slots.iter().any(|s| s.is_none())
+    }
     pub fn get(&self, slot: usize) -> Result<Capability, IpcError> {
         self.slots.get(slot).copied().flatten().ok_or(IpcError::NoCapability)
     }

@@ -88,9 +88,12 @@ fn cap_table_slots_rights_and_derive() {
     assert_eq!(t.check(1, Rights::SEND).unwrap().badge, 2);
     let d = t.derive(1, Rights::ALL, 9).unwrap();
     assert_eq!(d.rights, Rights::SEND, "derive never adds rights");
+    assert!(t.has_room());
     t.insert(d).unwrap();
+    assert!(!t.has_room());
     assert_eq!(t.insert(d), Err(IpcError::TableFull));
     t.remove(0).unwrap();
+    assert!(t.has_room(), "a freed slot is room");
     assert_eq!(t.remove(0), Err(IpcError::NoCapability));
     assert_eq!(t.insert(d).unwrap(), 0, "freed slot reused");
     assert_eq!(t.len(), 3);

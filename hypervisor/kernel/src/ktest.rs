@@ -61,6 +61,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("syscall_nmi_in_ring3_resumes", crate::ktest_syscall::syscall_nmi_in_ring3_resumes),
     ("syscall_noncanonical_return_killed", crate::ktest_syscall::syscall_noncanonical_return_killed),
     ("syscall_spawn_failure_frees_everything", crate::ktest_syscall::syscall_spawn_failure_frees_everything),
+    ("caps_table_full_is_an_error", crate::ktest_lifecycle::caps_table_full_is_an_error),
     ("vm_hostile_garbage_io", crate::ktest_vm::vm_hostile_garbage_io),
     ("vm_hostile_unknown_msr_gp", crate::ktest_vm::vm_hostile_unknown_msr_gp),
     ("vm_hostile_wild_mmio", crate::ktest_vm::vm_hostile_wild_mmio),
@@ -106,6 +107,11 @@ pub fn run(node: &Node) -> ! {
     println!("ktest: {} passed, {} failed", passed, failed);
     qemu::exit(if failed == 0 { 0 } else { 1 });
     catenary_arch::cpu::halt_forever()
+}
+
+/// A capability the test task could not take (its table is full).
+pub fn cap_err(e: catenary_ipc::IpcError) -> String {
+    format!("capability table: {e:?}")
 }
 
 fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {

@@ -116,7 +116,7 @@ pub fn sched_sleep_timeouts(_: &Node) -> Result<(), String> {
     task::sleep_ns(50_000_000);
     let slept = time::now_ns() - t0;
     check((50_000_000..2 * SEC).contains(&slept), || format!("sleep(50 ms) took {} ms", slept / 1_000_000))?;
-    let (slot, _) = task::create_endpoint_for_current(4);
+    let (slot, _) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let t0 = time::now_ns();
     let r = task::recv(slot, 30_000_000);
     let waited = time::now_ns() - t0;
@@ -125,7 +125,7 @@ pub fn sched_sleep_timeouts(_: &Node) -> Result<(), String> {
 }
 
 pub fn ipc_ordering(_: &Node) -> Result<(), String> {
-    let (slot, _) = task::create_endpoint_for_current(16);
+    let (slot, _) = task::try_create_endpoint_for_current(16).map_err(crate::ktest::cap_err)?;
     for i in 0..16 {
         task::send(slot, Message::new(100 + i, [i, i * i, 0, 0])).map_err(|e| format!("send {i}: {e:?}"))?;
     }
@@ -137,7 +137,7 @@ pub fn ipc_ordering(_: &Node) -> Result<(), String> {
 }
 
 pub fn ipc_full_queue(_: &Node) -> Result<(), String> {
-    let (slot, _) = task::create_endpoint_for_current(4);
+    let (slot, _) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     for i in 0..4 {
         task::send(slot, Message::new(i, [0; 4])).map_err(|e| format!("send {i}: {e:?}"))?;
     }
@@ -153,7 +153,7 @@ pub fn ipc_full_queue(_: &Node) -> Result<(), String> {
 /// A call nobody answers ends with `Timeout` after the caller's own timeout (`SYS_CALL` rdi
 /// bits 32..63); the callee's late answer is refused.
 pub fn ipc_call_timeout(_: &Node) -> Result<(), String> {
-    let (slot, _) = task::create_endpoint_for_current(4);
+    let (slot, _) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let t0 = time::now_ns();
     let r = task::call_timeout(slot, Message::new(5, [0; 4]), 50);
     let waited = time::now_ns() - t0;
@@ -169,15 +169,15 @@ pub fn ipc_call_timeout(_: &Node) -> Result<(), String> {
 pub fn ipc_missing_capability(_: &Node) -> Result<(), String> {
     let r = task::send(63, Message::default());
     check(r == Err(IpcError::NoCapability), || format!("send on an empty slot: {r:?}"))?;
-    let (_, ep) = task::create_endpoint_for_current(4);
-    let recv_only = task::give_current(catenary_ipc::Capability {
+    let (_, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
+    let recv_only = task::try_give_current(catenary_ipc::Capability {
         target: catenary_ipc::Address::local(ep),
         rights: Rights::RECV,
         badge: 0,
-    });
+    }).map_err(crate::ktest::cap_err)?;
     let r = task::send(recv_only, Message::default());
     check(r == Err(IpcError::NoRight), || format!("send with a receive-only capability: {r:?}"))?;
-    let send_only = task::give_current(task::send_cap(ep, 0));
+    let send_only = task::try_give_current(task::send_cap(ep, 0)).map_err(crate::ktest::cap_err)?;
     let r = task::recv(send_only, 1_000_000);
     check(r == Err(IpcError::NoRight), || format!("receive with a send-only capability: {r:?}"))
 }
@@ -191,7 +191,7 @@ pub fn ipc_dead_peer(_: &Node) -> Result<(), String> {
     // The server takes the call and exits without replying: the caller gets DeadPeer, and later
     // sends to its closed endpoint fail the same way.
     let (id, ep) = spawn_uapp("one-shot", task::ROLE_ONE_SHOT, Affinity::ANY, true, &[])?;
-    let slot = task::give_current(task::send_cap(ep.unwrap(), 0));
+    let slot = task::try_give_current(task::send_cap(ep.unwrap(), 0)).map_err(crate::ktest::cap_err)?;
     let r = task::call(slot, Message::new(1, [0; 4]));
     check(r == Err(IpcError::DeadPeer), || format!("call to a server that died: {r:?}"))?;
     check(task::join(id, 5 * SEC) == Some(5), || "server exit code".into())?;
@@ -200,7 +200,7 @@ pub fn ipc_dead_peer(_: &Node) -> Result<(), String> {
 }
 
 pub fn ipc_call_reply_across_cpus(node: &Node) -> Result<(), String> {
-    let (slot, ep) = task::create_endpoint_for_current(4);
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let server_cpu = 1.min(node.cpus - 1);
     let client_cpu = last_cpu(node);
     let (srv, sep) = spawn_uapp("echo-x", task::ROLE_ECHO, Affinity::only(server_cpu), true, &[])?;
@@ -210,7 +210,7 @@ pub fn ipc_call_reply_across_cpus(node: &Node) -> Result<(), String> {
     task::join(cli, 5 * SEC);
     check(m.label == 0x600d && m.words[0] == 200 && m.words[1] == 0, || format!("client report {m:?}"))?;
     // Kernel task on CPU 0 calling the ring-3 server on another CPU.
-    let s2 = task::give_current(task::send_cap(sep, 9));
+    let s2 = task::try_give_current(task::send_cap(sep, 9)).map_err(crate::ktest::cap_err)?;
     for i in 0..50 {
         let r = task::call(s2, Message::new(41, [i, 0, 0, 0])).map_err(|e| format!("call {i}: {e:?}"))?;
         check(r.label == 42 && r.words[0] == i + 1, || format!("bad reply {r:?}"))?;
@@ -234,7 +234,7 @@ pub fn user_ungranted_port_killed(_: &Node) -> Result<(), String> {
 }
 
 fn echo_still_answers() -> Result<(), String> {
-    let slot = task::give_current(task::send_cap(task::echo_endpoint(), 1));
+    let slot = task::try_give_current(task::send_cap(task::echo_endpoint(), 1)).map_err(crate::ktest::cap_err)?;
     let r = task::call(slot, Message::new(1, [10, 0, 0, 0])).map_err(|e| format!("echo service after the kill: {e:?}"))?;
     check(r.words[0] == 11, || "echo service answered wrongly".into())
 }
@@ -253,7 +253,7 @@ pub fn user_killed_while_blocked_frees_frames(_: &Node) -> Result<(), String> {
 }
 
 pub fn user_memory_map_unmap(_: &Node) -> Result<(), String> {
-    let (slot, ep) = task::create_endpoint_for_current(4);
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let (id, _) = spawn_uapp("mem", task::ROLE_MEMORY, Affinity::ANY, false, &[task::send_cap(ep, 0)])?;
     let m = task::recv(slot, 10 * SEC).map_err(|e| format!("{e:?}"))?;
     task::join(id, 5 * SEC);
@@ -275,7 +275,7 @@ pub fn user_preempted_spinner(_: &Node) -> Result<(), String> {
 
 pub fn driver_rtc_over_ipc(_: &Node) -> Result<(), String> {
     let rtc = task::rtc_endpoint().ok_or("rtcd not running")?;
-    let (slot, ep) = task::create_endpoint_for_current(4);
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let (id, _) = spawn_uapp("rtc-client", task::ROLE_RTC_CLIENT, Affinity::ANY, false, &[task::send_cap(rtc, 3), task::send_cap(ep, 0)])?;
     let m = task::recv(slot, 20 * SEC).map_err(|e| format!("no report: {e:?}"))?;
     task::join(id, 5 * SEC);
@@ -334,7 +334,7 @@ pub fn vm_vcpu_loop_is_a_task(_: &Node) -> Result<(), String> {
 /// refuses grants of memory the sender does not own or may not write, and the receiver's
 /// mapping is gone after its reply (touching it kills the receiver).
 pub fn ipc_memory_grant(_: &Node) -> Result<(), String> {
-    let (slot, ep) = task::create_endpoint_for_current(4);
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let before = catenary_arch::memory::stats().free;
     let (srv, sep) = spawn_uapp("grant-srv", task::ROLE_GRANT_SERVER, Affinity::ANY, true, &[])?;
     let sep = sep.unwrap();
@@ -365,7 +365,7 @@ pub fn driver_mmio_dma_grants(_: &Node) -> Result<(), String> {
     let (id, ep) = task::spawn_user(&UserSpec { name: "mmio-drv", elf: task::UAPP_ELF, arg: task::ROLE_MMIO_DRIVER, prio: Priority::DRIVER,
         affinity: Affinity::ANY, own_endpoint: true, caps: &[], ports: &[], mmio: &[(io, 4096)], dma_pages: 4, mem_pages: task::DEFAULT_MEM_PAGES })
         .map_err(|e| format!("spawn: {e:?}"))?;
-    let slot = task::give_current(task::send_cap(ep.unwrap(), 0));
+    let slot = task::try_give_current(task::send_cap(ep.unwrap(), 0)).map_err(crate::ktest::cap_err)?;
     let r = task::call(slot, Message::new(1, [io, 0xfee0_0000, 0, 0])).map_err(|e| format!("driver call: {e:?}"))?;
     let kernel_ver = catenary_arch::apic::ioapic_read(io, 1).map_err(|e| format!("{e:?}"))? as u64;
     check(r.words[0] == kernel_ver && matches!(kernel_ver & 0xff, 0x11 | 0x20), || format!("IOAPIC version from ring 3 {:#x}, kernel reads {kernel_ver:#x}", r.words[0]))?;

@@ -19,7 +19,7 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 }
 
 pub fn remote_call_unanswered_times_out(_: &Node) -> Result<(), String> {
-    let (slot, ep) = task::create_endpoint_for_current(4);
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let caller: Ipv6Addr = "fd00:1:2:3:200::7".parse().unwrap();
     let ticket = catenary_net::rpc::Ticket { from: caller, to: "fd00:9:8:7:200::1".parse().unwrap(), inc: 7, call_id: 42 };
     task::deliver_remote(ep, Message::new(5, [1, 2, 3, 4]), Some(ticket), caller.octets()).map_err(|e| format!("deliver: {e:?}"))?;

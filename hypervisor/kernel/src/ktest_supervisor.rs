@@ -18,7 +18,7 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 /// `echo` is down, is answered by the incarnation the supervisor starts; the kernel and the
 /// supervisor (asked with `LABEL_QUERY`) both count one more restart.
 pub fn supervisor_restarts_echo(_: &Node) -> Result<(), String> {
-    let slot = task::give_current(task::send_cap(task::echo_endpoint(), 1));
+    let slot = task::try_give_current(task::send_cap(task::echo_endpoint(), 1)).map_err(crate::ktest::cap_err)?;
     let r = task::call(slot, Message::new(1, [10, 0, 0, 0])).map_err(|e| format!("echo before the kill: {e:?}"))?;
     check(r.words[0] == 11, || format!("echo answered {r:?}"))?;
     let old = supervisor::service_task("echo").ok_or("echo is not a running service")?;
@@ -37,7 +37,7 @@ pub fn supervisor_restarts_echo(_: &Node) -> Result<(), String> {
     let restarts = supervisor::service_restarts("echo");
     check(restarts == before + 1, || format!("kernel counts {restarts} restarts, expected {}", before + 1))?;
     let supd = supervisor::supervisor_endpoint().ok_or("no supervisor")?;
-    let q = task::give_current(task::send_cap(supd, 0));
+    let q = task::try_give_current(task::send_cap(supd, 0)).map_err(crate::ktest::cap_err)?;
     let idx = catenary_manifest::index_of(catenary_manifest::SERVICES, "echo").ok_or("echo not in the manifest")? as u64;
     // supd learns the new task from the spawner's answer, which may still be on its way
     let end = time::now_ns() + 5 * SEC;

@@ -26,7 +26,7 @@ fn spawn(name: &str, role: u64, aff: Affinity, mmio: &[(u64, u64)], mem_pages: u
 }
 
 fn echo_still_answers() -> Result<(), String> {
-    let slot = task::give_current(task::send_cap(task::echo_endpoint(), 1));
+    let slot = task::try_give_current(task::send_cap(task::echo_endpoint(), 1)).map_err(crate::ktest::cap_err)?;
     let r = task::call(slot, Message::new(1, [10, 0, 0, 0])).map_err(|e| format!("echo service afterwards: {e:?}"))?;
     check(r.words[0] == 11, || format!("echo answered {r:?}"))
 }
@@ -44,7 +44,7 @@ fn late_send(_: u64) {
         }
         task::sleep_ns(10_000_000);
     }
-    let slot = task::give_current(task::send_cap(ep, 0));
+    let Ok(slot) = task::try_give_current(task::send_cap(ep, 0)) else { return };
     task::sleep_ns(300_000_000);
     let _ = task::send(slot, Message::new(2, [0; 4]));
 }
@@ -62,7 +62,7 @@ pub fn syscall_hostile_arguments(_: &Node) -> Result<(), String> {
     let before = memory::stats().free;
     let (id, ep) = spawn("hostile-args", task::ROLE_HOSTILE_ARGS, Affinity::ANY, &[(io, 4096)], QUOTA)?;
     let ep = ep.ok_or("no endpoint")?;
-    let slot = task::give_current(task::send_cap(ep, 0));
+    let slot = task::try_give_current(task::send_cap(ep, 0)).map_err(crate::ktest::cap_err)?;
     LATE_EP.store(ep, Ordering::SeqCst);
     let r = task::call(slot, Message::new(1, [io, 0, 0, 0])).map_err(|e| format!("the hostile task did not answer: {e:?}"))?;
     task::join(sender, 5 * SEC).ok_or("late sender stuck")?;
@@ -130,7 +130,7 @@ pub fn syscall_nmi_in_ring3_resumes(node: &Node) -> Result<(), String> {
 /// faulting in ring 0 with the user's GS.
 pub fn syscall_noncanonical_return_killed(_: &Node) -> Result<(), String> {
     let (id, ep) = spawn("bad-rip", task::ROLE_ONE_SHOT, Affinity::ANY, &[], task::DEFAULT_MEM_PAGES)?;
-    let slot = task::give_current(task::send_cap(ep.ok_or("no endpoint")?, 0));
+    let slot = task::try_give_current(task::send_cap(ep.ok_or("no endpoint")?, 0)).map_err(crate::ktest::cap_err)?;
     let mut set = false;
     for _ in 0..100 {
         task::sleep_ns(10_000_000);

@@ -99,13 +99,13 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
     let (gone, gone_ep) = task::spawn_user(&UserSpec { name: "sysfuzz-gone", elf: task::UAPP_ELF, arg: task::ROLE_ONE_SHOT, prio: Priority::NORMAL,
         affinity: Affinity::ANY, own_endpoint: true, caps: &[], ports: &[], mmio: &[], dma_pages: 0, mem_pages: task::DEFAULT_MEM_PAGES })
         .map_err(|e| format!("spawn: {e:?}"))?;
-    let s = task::give_current(task::send_cap(gone_ep.ok_or("no endpoint")?, 0));
+    let s = task::try_give_current(task::send_cap(gone_ep.ok_or("no endpoint")?, 0)).map_err(crate::ktest::cap_err)?;
     task::send(s, Message::new(1, [0; 4])).map_err(|e| format!("{e:?}"))?;
     task::drop_current(s);
     task::join(gone, 5 * SEC).ok_or("one-shot task did not exit")?;
     let stale = Capability { target: Address::local(gone_ep.unwrap()), rights: Rights::SEND.union(Rights::RECV), badge: 7 };
 
-    let (rslot, rep_ep) = task::create_endpoint_for_current(64);
+    let (rslot, rep_ep) = task::try_create_endpoint_for_current(64).map_err(crate::ktest::cap_err)?;
     let before = memory::stats().free;
     let (nmi0, nmi3_0, ac0) = (trap::nmi_count(), trap::nmi_ring3_count(), trap::ac_entries());
     info!(target: "sysfuzz", "sysfuzz: free frames before: {before}");
@@ -128,7 +128,7 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
         t.runs, t.calls, t.errors, t.violations, t.covered, t.finished, t.chosen_exits, t.blocked, t.peer_deaths, if kills.is_empty() { " none" } else { &kills });
 
     // The node's services still answer.
-    let echo = task::give_current(task::send_cap(task::echo_endpoint(), 1));
+    let echo = task::try_give_current(task::send_cap(task::echo_endpoint(), 1)).map_err(crate::ktest::cap_err)?;
     let r = task::call(echo, Message::new(1, [41, 0, 0, 0]));
     task::drop_current(echo);
     check(matches!(r, Ok(m) if m.words[0] == 42), || format!("echo service after fuzzing: {r:?}"))?;
@@ -174,7 +174,7 @@ fn spec<'a>(name: &'a str, seed: u64, caps: &'a [Capability], mmio: &'a [(u64, u
 fn one_run(t: &mut Tally, master: u64, classes: u64, io: u64, end: u64, stale: Capability, rslot: usize, rep_ep: u64) -> Result<(), String> {
     let (peer, peer_ep) = task::spawn_user(&spec("sysfuzz-peer", 0, &[], &[], 0)).map_err(|e| format!("spawn peer: {e:?}"))?;
     let peer_ep = peer_ep.ok_or("peer has no endpoint")?;
-    let pslot = task::give_current(task::send_cap(peer_ep, 0));
+    let pslot = task::try_give_current(task::send_cap(peer_ep, 0)).map_err(crate::ktest::cap_err)?;
     task::send(pslot, Message::new(CFG_PEER, [0; 4])).map_err(|e| format!("peer config: {e:?}"))?;
 
     // The first run is short and ends at its deadline (SYS_EXIT covered every time).
@@ -195,7 +195,7 @@ fn one_run(t: &mut Tally, master: u64, classes: u64, io: u64, end: u64, stale: C
             Capability { target: Address::local(peer_ep), rights: Rights::NONE, badge: 3 },
         ];
         let (id, ep) = task::spawn_user(&spec("sysfuzz", seed, &caps, &mmio, 4)).map_err(|e| format!("spawn fuzzer: {e:?}"))?;
-        let slot = task::give_current(task::send_cap(ep.ok_or("fuzzer has no endpoint")?, 0));
+        let slot = task::try_give_current(task::send_cap(ep.ok_or("fuzzer has no endpoint")?, 0)).map_err(crate::ktest::cap_err)?;
         // In the first run, the second fuzzer ends holding a grant (see GRANT_HOLD).
         let cls = if first && i == 1 { cls | F_FIRST_HOLD } else { cls };
         task::send(slot, Message::new(CFG_FUZZ, [deadline, cls, io, peer])).map_err(|e| format!("fuzzer config: {e:?}"))?;

@@ -29,6 +29,8 @@ mod ktest_console;
 #[cfg(feature = "ktest")]
 mod ktest_core;
 #[cfg(feature = "ktest")]
+mod ktest_lifecycle;
+#[cfg(feature = "ktest")]
 mod ktest_reinject;
 #[cfg(feature = "ktest")]
 mod ktest_remote;

@@ -41,14 +41,18 @@ pub static TEST: Mutex<Option<(alloc::string::String, Ipv6Addr, Option<(alloc::s
 /// `ipcbench`'s target: (peer name, its echo /128).
 pub static BENCH: Mutex<Option<(alloc::string::String, Ipv6Addr)>> = Mutex::new(None);
 
-fn remote_slot(a: Ipv6Addr) -> usize {
-    task::give_current(Capability { target: Address { node: a.octets(), endpoint: 0 }, rights: Rights::SEND, badge: 0 })
+fn remote_slot(a: Ipv6Addr) -> Result<usize, catenary_ipc::IpcError> {
+    task::try_give_current(Capability { target: Address { node: a.octets(), endpoint: 0 }, rights: Rights::SEND, badge: 0 })
 }
 
 /// The counting service.
 pub fn rpcsvc(_: u64) {
-    let (slot, ep) = task::create_endpoint_for_current(64);
-    let bind = task::give_current(Capability { target: Address::local(ep), rights: Rights::BIND, badge: 0 });
+    let caps = task::try_create_endpoint_for_current(64)
+        .and_then(|(slot, ep)| task::try_give_current(Capability { target: Address::local(ep), rights: Rights::BIND, badge: 0 }).map(|b| (slot, ep, b)));
+    let Ok((slot, ep, bind)) = caps else {
+        warn!(target: "net", "rpcsvc: no room for its capabilities");
+        return;
+    };
     match task::bind_address(bind) {
         Ok(a) => info!(target: "net", "rpcsvc: endpoint {} has fabric address {}", ep, Ipv6Addr::from(a)),
         Err(e) => {
@@ -96,7 +100,7 @@ pub fn rpcsvc(_: u64) {
 /// The lossy-link test client.
 pub fn rpctest(_: u64) {
     let Some((peer, svc, ghost)) = catenary_arch::cpu::without_interrupts(|| TEST.lock().take()) else { return };
-    let slot = remote_slot(svc);
+    let Ok(slot) = remote_slot(svc) else { return warn!(target: "net", "rpctest: capability table full") };
     let t0 = time::now_ns();
     let mut good = 0;
     for i in 1..=CALLS {
@@ -132,7 +136,7 @@ pub fn rpctest(_: u64) {
         None => warn!(target: "net", "rpctest: no stats from {}", peer),
     }
     if let Some((gname, gaddr)) = ghost {
-        let g = remote_slot(gaddr);
+        let Ok(g) = remote_slot(gaddr) else { return warn!(target: "net", "rpctest: capability table full") };
         let t = time::now_ns();
         let r = task::call_timeout(g, Message::new(LABEL_EXEC, [1, 0, 0, 0]), GHOST_TIMEOUT_MS);
         info!(target: "net", "rpctest: call to {} (down) with a {} ms timeout: {:?} after {} ms",
@@ -148,7 +152,7 @@ pub fn rpctest(_: u64) {
 /// The remote call round trip for `cargo xtask bench ipc`.
 pub fn ipcbench(_: u64) {
     let Some((peer, echo)) = catenary_arch::cpu::without_interrupts(|| BENCH.lock().take()) else { return };
-    let slot = remote_slot(echo);
+    let Ok(slot) = remote_slot(echo) else { return warn!(target: "net", "ipcbench: capability table full") };
     for i in 0..10 {
         let _ = task::call(slot, Message::new(7, [i, 0, 0, 0])); // warm up
     }

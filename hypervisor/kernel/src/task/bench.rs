@@ -5,7 +5,7 @@ use super::*;
 /// `bench=ipc` on the command line: ring-3 call/reply round trip on one CPU and across CPUs,
 /// and the null syscall, in TSC cycles (medians of 2000, measured in ring 3).
 pub fn run_ipc_bench(cpus: usize) {
-    let (slot, ep) = create_endpoint_for_current(4);
+    let Ok((slot, ep)) = try_create_endpoint_for_current(4) else { return warn!(target: "bench", "capability table full") };
     let other = if cpus > 1 { 1 } else { 0 };
     for (what, srv_cpu, cli_cpu) in [("same CPU", 0usize, 0usize), ("across CPUs", other, 0)] {
         let srv = spawn_user(&UserSpec { name: "bench-echo", elf: UAPP_ELF, arg: ROLE_ECHO, prio: Priority::NORMAL,

@@ -158,22 +158,39 @@ pub fn send_cap(ep: EndpointId, badge: u64) -> Capability {
     Capability { target: Address::local(ep), rights: Rights::SEND, badge }
 }
 
-/// Give the calling task (kernel or user) a new endpoint; returns (slot, endpoint).
-pub fn create_endpoint_for_current(capacity: usize) -> (usize, EndpointId) {
+/// Give the calling task a new endpoint; returns (slot, endpoint), or `TableFull` when its
+/// capability table has no free slot (then no endpoint is created).
+pub fn try_create_endpoint_for_current(capacity: usize) -> Result<(usize, EndpointId), IpcError> {
     with(|k| {
-        let me = k.sched.current(smp::cpu_index()).unwrap();
+        let me = k.sched.current(smp::cpu_index()).ok_or(IpcError::NoEndpoint)?;
+        if !k.sched.task(me).ok_or(IpcError::NoEndpoint)?.context.caps.has_room() {
+            return Err(IpcError::TableFull);
+        }
         let e = k.ipc.create_endpoint(me, capacity);
         let cap = Capability { target: Address::local(e), rights: Rights::SEND.union(Rights::RECV), badge: 0 };
-        (k.sched.task_mut(me).unwrap().context.caps.insert(cap).unwrap(), e)
+        let slot = k.sched.task_mut(me).ok_or(IpcError::NoEndpoint)?.context.caps.insert(cap)?;
+        Ok((slot, e))
     })
 }
 
-/// Put a capability into the calling task's table; returns the slot.
-pub fn give_current(c: Capability) -> usize {
+/// Put a capability into the calling task's table; returns the slot, or `TableFull`.
+pub fn try_give_current(c: Capability) -> Result<usize, IpcError> {
     with(|k| {
-        let me = k.sched.current(smp::cpu_index()).unwrap();
-        k.sched.task_mut(me).unwrap().context.caps.insert(c).unwrap()
+        let me = k.sched.current(smp::cpu_index()).ok_or(IpcError::NoEndpoint)?;
+        k.sched.task_mut(me).ok_or(IpcError::NoEndpoint)?.context.caps.insert(c)
     })
+}
+
+/// [`try_create_endpoint_for_current`] for `net.rs`'s boot-time setup only (it moves to ring
+/// 3 with netd, issue 10 item 4): panics when the table is full. Everything else uses the
+/// `try_` form.
+pub fn create_endpoint_for_current(capacity: usize) -> (usize, EndpointId) {
+    try_create_endpoint_for_current(capacity).expect("capability table full")
+}
+
+/// [`try_give_current`] for `net.rs` (see [`create_endpoint_for_current`]).
+pub fn give_current(c: Capability) -> usize {
+    try_give_current(c).expect("capability table full")
 }
 
 /// Drop capability `slot` from the calling task's table (tests that hand out many).

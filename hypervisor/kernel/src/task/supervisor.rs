@@ -203,7 +203,9 @@ enum Refusal {
 /// The spawner: starts `supd`, then serves its spawn requests (one per manifest service at a
 /// time), holding back those whose kernel endpoints are not provided yet.
 fn spawner(_: u64) {
-    let (slot, ep) = create_endpoint_for_current(2 * catenary_manifest::MAX_SERVICES);
+    let Ok((slot, ep)) = try_create_endpoint_for_current(2 * catenary_manifest::MAX_SERVICES) else {
+        return log::error!(target: "supervisor", "spawner: no room for its endpoint");
+    };
     let mask = (1u64 << SERVICES.len()) - 1;
     let cap = Capability { target: Address::local(ep), rights: Rights::SEND, badge: mask };
     let elf = elf_of(catenary_manifest::SUPERVISOR);
@@ -224,7 +226,9 @@ fn spawner(_: u64) {
     });
     info!(target: "supervisor", "supervisor supd started: task {}, endpoint {}, may spawn services {:#x} of the manifest ({} services)",
         sid, sep, mask, SERVICES.len());
-    let reply = give_current(send_cap(sep, 0));
+    let Ok(reply) = try_give_current(send_cap(sep, 0)) else {
+        return log::error!(target: "supervisor", "spawner: no room for the supervisor's capability");
+    };
     let mut pending: Vec<(u64, usize)> = Vec::new();
     loop {
         // requests, and the notification of a provided kernel endpoint (no periodic wakeups)
