@@ -171,6 +171,7 @@ pub struct SysRet {
     pub r8: u64,
     pub r9: u64,
     pub r12: u64,
+    pub r13: u64,
 }
 
 /// A system call from a kernel task (`int 0x80`, same registers as `syscall` from ring 3).
@@ -184,7 +185,7 @@ pub fn ksyscall(nr: u64, a: [u64; 6]) -> SysRet {
             inlateout("rax") nr => r.rax, inlateout("rdi") a[0] => r.rdi, inlateout("rsi") a[1] => r.rsi,
             inlateout("rdx") a[2] => r.rdx, inlateout("r10") a[3] => r.r10, inlateout("r8") a[4] => r.r8,
             inlateout("r9") a[5] => r.r9, inlateout("r12") 0u64 => r.r12,
-            lateout("rcx") _, lateout("r11") _);
+            inlateout("r13") 0u64 => r.r13, lateout("rcx") _, lateout("r11") _);
     }
     r
 }

@@ -152,6 +152,11 @@ pub mod syscall {
     pub const SYS_LOG: u64 = 11;
     pub const SYS_JOIN: u64 = 12;
     pub const SYS_CALL_GRANT: u64 = 13;
+    /// Set by the kernel (never by a sender) in r13 of a received message when words 2 and 3
+    /// describe a memory grant it mapped for this receiver (address | writable, length).
+    /// Without it words 2 and 3 are the sender's data: a descriptor in an ordinary message is
+    /// not a grant.
+    pub const MSG_FLAG_GRANT: u64 = 1;
     pub const SYS_MAP_MMIO: u64 = 14;
     pub const SYS_DMA_ALLOC: u64 = 15;
     /// `bind_address(slot)`: give the local endpoint of capability `slot` (which must carry

@@ -17,6 +17,16 @@ pub struct Msg {
     pub words: [u64; 4],
     pub badge: u64,
     pub reply: u64,
+    /// Kernel-set flags ([`MSG_FLAG_GRANT`]).
+    pub flags: u64,
+}
+
+impl Msg {
+    /// The memory grant this message brought, as the kernel mapped it: (address, writable,
+    /// length). `None` for any message the kernel did not flag, whatever its words say.
+    pub fn grant(&self) -> Option<(u64, bool, u64)> {
+        (self.flags & MSG_FLAG_GRANT != 0).then(|| (self.words[2] & !1, self.words[2] & 1 != 0, self.words[3]))
+    }
 }
 
 pub mod nic;
@@ -27,7 +37,7 @@ pub use catenary_arch_user::{copy_from, copy_to, dma, entry, hostile, inb, outb,
 /// A syscall that returns a message in registers (recv, call).
 fn syscall_msg(nr: u64, a0: u64, a1: u64, w: [u64; 4]) -> Result<Msg, u64> {
     let r = catenary_arch_user::syscall_msg(nr, a0, a1, w);
-    if r.rax == 0 { Ok(Msg { label: r.label, words: r.words, badge: r.badge, reply: r.reply }) } else { Err(r.rax.wrapping_neg()) }
+    if r.rax == 0 { Ok(Msg { label: r.label, words: r.words, badge: r.badge, reply: r.reply, flags: r.flags }) } else { Err(r.rax.wrapping_neg()) }
 }
 
 pub fn null() -> u64 {
@@ -65,7 +75,8 @@ pub fn call_timeout(slot: u64, label: u64, w: [u64; 4], timeout_ms: u32) -> Resu
 }
 /// Call with a grant of [base, base+len) of this task's memory (read-only or read-write) to
 /// the receiver, valid until it replies. The receiver finds the pages mapped at
-/// `words[2] & !1` (bit 0: writable), `words[3]` bytes.
+/// `words[2] & !1` (bit 0: writable), `words[3]` bytes, and the kernel's grant flag set
+/// ([`Msg::grant`]; words 2 and 3 of an unflagged message are data, never a grant).
 pub fn call_grant(slot: u64, label: u64, w0: u64, w1: u64, base: u64, len: u64, writable: bool) -> Result<Msg, u64> {
     syscall_msg(SYS_CALL_GRANT, slot, label, [w0, w1, base | writable as u64, len])
 }

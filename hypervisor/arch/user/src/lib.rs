@@ -46,19 +46,22 @@ pub struct MsgRegs {
     pub label: u64,
     pub words: [u64; 4],
     pub reply: u64,
+    /// Kernel-set message flags (`catenary_ipc::syscall::MSG_FLAG_GRANT`).
+    pub flags: u64,
 }
 
-/// `syscall` that returns a message in rdi, rsi, rdx, r10, r8, r9 and r12.
+/// `syscall` that returns a message in rdi, rsi, rdx, r10, r8, r9, r12 and flags in r13.
 #[inline(always)]
 pub fn syscall_msg(nr: u64, a0: u64, a1: u64, w: [u64; 4]) -> MsgRegs {
-    let (r, badge, label, w0, w1, w2, w3, reply): (u64, u64, u64, u64, u64, u64, u64, u64);
-    // SAFETY: as in `syscall6`; the kernel returns the message in rdi, rsi, rdx, r10, r8, r9, r12.
+    let (r, badge, label, w0, w1, w2, w3, reply, flags): (u64, u64, u64, u64, u64, u64, u64, u64, u64);
+    // SAFETY: as in `syscall6`; the kernel returns the message in rdi, rsi, rdx, r10, r8, r9,
+    // r12 and r13.
     unsafe {
         core::arch::asm!("syscall", inlateout("rax") nr => r, inlateout("rdi") a0 => badge, inlateout("rsi") a1 => label,
             inlateout("rdx") w[0] => w0, inlateout("r10") w[1] => w1, inlateout("r8") w[2] => w2, inlateout("r9") w[3] => w3,
-            inlateout("r12") 0u64 => reply, lateout("rcx") _, lateout("r11") _, options(nostack));
+            inlateout("r12") 0u64 => reply, inlateout("r13") 0u64 => flags, lateout("rcx") _, lateout("r11") _, options(nostack));
     }
-    MsgRegs { rax: r, badge, label, words: [w0, w1, w2, w3], reply }
+    MsgRegs { rax: r, badge, label, words: [w0, w1, w2, w3], reply, flags }
 }
 
 /// Set or clear EFLAGS.AC in ring 3 (tests: the kernel must not run with a task's AC).

@@ -16,6 +16,10 @@ pub(super) fn res(r: uspace::SysRet) -> Result<Message, IpcError> {
         let mut m = Message::new(r.rsi, [r.rdx, r.r10, r.r8, r.r9]);
         m.badge = r.rdi;
         m.reply = r.r12;
+        if r.r13 & MSG_FLAG_GRANT != 0 {
+            // a grant to a kernel task: its descriptor, as the kernel mapped it
+            m.grant = Some(catenary_ipc::Grant { base: r.r8 & !1, len: r.r9, writable: r.r8 & 1 != 0 });
+        }
         Ok(m)
     } else {
         Err(IpcError::from_code(r.rax.wrapping_neg()).unwrap_or(IpcError::NoEndpoint))

@@ -30,7 +30,10 @@ pub(super) fn deliver_grant(k: &mut Kernel, receiver: TaskId, m: &mut Message) {
     if m.grant.is_none() {
         return;
     }
+    // Not mapped (no slot, no memory): no descriptor, and no grant flag (`put_msg`).
     m.words[2] = 0;
+    m.words[3] = 0;
+    let len = m.grant.map(|g| g.len).unwrap_or(0);
     let Some(rec) = k.grants.get(&m.reply) else { return };
     let used: Vec<u64> = k.grants.values().filter_map(|g| g.mapped.filter(|(r, _)| *r == receiver).map(|(_, v)| v)).collect();
     let Some(virt) = (0..GRANT_SLOTS).map(|i| GRANT_WINDOW + i * GRANT_MAX_PAGES * 4096).find(|v| !used.contains(v)) else { return };
@@ -42,6 +45,7 @@ pub(super) fn deliver_grant(k: &mut Kernel, receiver: TaskId, m: &mut Message) {
     }
     k.grants.get_mut(&m.reply).unwrap().mapped = Some((receiver, virt));
     m.words[2] = virt | writable as u64;
+    m.words[3] = len;
 }
 
 pub(super) fn unmap_grant(k: &mut Kernel, rec: &GrantRec) {

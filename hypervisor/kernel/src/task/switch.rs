@@ -86,6 +86,8 @@ pub(super) fn put_msg(f: &mut TrapFrame, m: &Message) {
     f.r8 = m.words[2];
     f.r9 = m.words[3];
     f.r12 = m.reply;
+    // kernel-set: words 2 and 3 are a grant this receiver has mapped (see `deliver_grant`)
+    f.r13 = if m.grant.is_some() && m.words[2] != 0 { MSG_FLAG_GRANT } else { 0 };
 }
 
 pub(super) fn err(e: IpcError) -> u64 {

@@ -304,9 +304,16 @@ impl Fz {
                     0 | 1 => LABEL_NOTIFY,
                     // (not in the first run, whose held grant needs the peer)
                     2 if slot & 0xffff_ffff == SLOT_PEER && self.cfg.classes & F_FIRST_RUN == 0 && self.rng.one_in(64) => PEER_DIE,
+                    3 => GRANT_LABEL,
                     _ => self.rng.next(),
                 };
-                let w = [self.junk(), self.junk(), self.junk(), self.junk()];
+                let mut w = [self.junk(), self.junk(), self.junk(), self.junk()];
+                if label == GRANT_LABEL {
+                    // a forged grant descriptor: the peer's grant window (where a real grant
+                    // of ours would be), in an ordinary message; the peer must not take it
+                    w[2] = GRANT_WINDOW + self.rng.below(64) * 4096 * PAGE | self.rng.below(2);
+                    w[3] = PAGE * (1 + self.rng.below(4));
+                }
                 let r = if nr == SYS_SEND {
                     syscall6(nr, slot, label, w[0], w[1], w[2], w[3])
                 } else {
@@ -619,13 +626,14 @@ fn peer() -> u64 {
         if m.reply == 0 {
             continue;
         }
-        if m.label == GRANT_HOLD && m.badge == 1 && m.words[2] != 0 {
+        if m.label == GRANT_HOLD && m.badge == 1 && m.grant().is_some() {
             held = m.reply; // never answered: the caller dies holding the grant
             continue;
         }
         // A granted range (read-only use: the fuzzer may grant its own stack). Words 2 and 3
-        // of any call are the sender's to choose: only a call_grant with GRANT_LABEL is read.
-        let (addr, len) = (m.words[2] & !1, m.words[3]);
+        // of any call are the sender's to choose: only what the kernel flagged as a grant is
+        // read (the fuzzer also sends forged descriptors with GRANT_LABEL).
+        let (addr, _, len) = m.grant().unwrap_or((0, false, 0));
         let mut sum = 0u64;
         if m.label == GRANT_LABEL && addr != 0 && len > 0 {
             let mut off = 0;

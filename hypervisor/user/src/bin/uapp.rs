@@ -208,7 +208,12 @@ fn run(role: u64) -> u64 {
                 let Ok(m) = recv(0, 0) else { continue };
                 match m.label {
                     1 => {
-                        let (addr, writable, len) = (m.words[2] & !1, m.words[2] & 1 != 0, m.words[3]);
+                        // only what the kernel flagged as a grant: a descriptor in an
+                        // ordinary call (words 2, 3) is the sender's data
+                        let Some((addr, writable, len)) = m.grant() else {
+                            let _ = reply(m.reply, 0xbad, [0; 4]);
+                            continue;
+                        };
                         if addr == 0 {
                             let _ = reply(m.reply, 0xbad, [0; 4]);
                             continue;
@@ -270,6 +275,12 @@ fn run(role: u64) -> u64 {
             }
             if call_grant(0, 1, 0, 0, BASE + 8, 4096, false).is_err() && call_grant(0, 1, 0, 0, BASE, 0, false).is_err() {
                 errs |= 16; // misaligned / empty
+            }
+            // A grant descriptor forged in an ordinary call (the server's first grant slot,
+            // writable, where our grants were mapped): no kernel grant flag, so the server
+            // refuses it instead of reading or writing whatever is mapped there.
+            if matches!(call(0, 1, [1, 0x66, 0x0000_6000_0000_0000 | 1, LEN]), Ok(r) if r.label == 0xbad) {
+                errs |= 32;
             }
             // The server's mapping ended with its reply: touching it kills the server.
             let probe = call(0, 9, [0; 4]);
