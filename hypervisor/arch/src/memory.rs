@@ -70,12 +70,54 @@ pub fn alloc_contiguous(count: u64, align_frames: u64) -> Result<u64, AllocError
     with(|a| a.alloc_contiguous(count, align_frames))
 }
 
-pub fn free_frame(paddr: u64) -> Result<(), catenary_mm::FreeError> {
+/// Give a frame back to the allocator. Not exported: outside this crate frames are freed
+/// only by dropping the tokens that own them ([`FreshFrame`], [`FreshRun`]) or through
+/// [`free_user_frame`] (task memory the kernel tracks). Safe code cannot free a frame by its
+/// address (it compiled before, and freeing a frame still in use corrupts memory):
+///
+/// ```compile_fail
+/// #![forbid(unsafe_code)]
+/// let _ = catenary_arch::memory::free_frame(0x10_0000);
+/// ```
+/// ```compile_fail
+/// #![forbid(unsafe_code)]
+/// let _ = catenary_arch::memory::free_contiguous(0x10_0000, 512);
+/// ```
+/// ```no_run
+/// #![forbid(unsafe_code)]
+/// // what safe code has: owning tokens, freed when dropped
+/// let f = catenary_arch::memory::FreshFrame::alloc().unwrap();
+/// drop(f);
+/// ```
+///
+/// # Safety
+/// `paddr` was allocated here and nothing refers to it any more: no page-table entry (in any
+/// address space, nested or EPT tables included) maps it, no CPU may still hold a TLB entry
+/// for such a mapping that could be used, no device may DMA into it, no pointer into it is
+/// used after this call.
+pub(crate) unsafe fn free_frame(paddr: u64) -> Result<(), catenary_mm::FreeError> {
     with(|a| a.free(paddr))
 }
 
-pub fn free_contiguous(paddr: u64, count: u64) -> Result<(), catenary_mm::FreeError> {
+/// Give `count` contiguous frames back (see [`free_frame`]).
+///
+/// # Safety
+/// As for [`free_frame`], for every frame of the run.
+pub(crate) unsafe fn free_contiguous(paddr: u64, count: u64) -> Result<(), catenary_mm::FreeError> {
     with(|a| a.free_contiguous(paddr, count))
+}
+
+/// The allocator refuses a double free (a self-test of the allocator in place: allocates a
+/// frame, frees it twice). True when the second free was refused.
+pub fn double_free_refused() -> bool {
+    let Ok(f) = alloc_frame() else { return false };
+    // SAFETY: just allocated, never mapped or shared: nothing refers to it.
+    let first = unsafe { free_frame(f) };
+    // SAFETY: the frame is free now; the allocator must refuse this (that is the test), and
+    // a refused free changes nothing. If it were accepted, only allocator bookkeeping of a
+    // frame nobody uses would be touched.
+    let second = unsafe { free_frame(f) };
+    first.is_ok() && second.is_err()
 }
 
 /// One frame just taken from the allocator and zeroed, owned by nobody else; freed on drop
@@ -103,6 +145,12 @@ impl FreshFrame {
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (p2v(self.0) as *mut u8).add(offset), data.len()) };
         true
     }
+    /// Give up the token for a kernel mapping that now owns the frame.
+    pub(crate) fn into_mapped(self) -> u64 {
+        let f = self.0;
+        core::mem::forget(self);
+        f
+    }
     /// Give the frame to ring 3: it becomes a user frame (see [`user_write`]).
     pub(crate) fn into_user(self) -> u64 {
         let f = self.0;
@@ -114,7 +162,8 @@ impl FreshFrame {
 
 impl Drop for FreshFrame {
     fn drop(&mut self) {
-        let _ = free_frame(self.0);
+        // SAFETY: the token owns the frame and was never mapped (mapping consumes it).
+        let _ = unsafe { free_frame(self.0) };
     }
 }
 
@@ -128,7 +177,11 @@ pub struct FreshRun {
 
 impl FreshRun {
     pub fn alloc(pages: u64) -> Result<FreshRun, AllocError> {
-        let phys = alloc_contiguous(pages, 1)?;
+        Self::alloc_aligned(pages, 1)
+    }
+    /// `pages` frames starting at a multiple of `align_frames` frames (a power of two).
+    pub fn alloc_aligned(pages: u64, align_frames: u64) -> Result<FreshRun, AllocError> {
+        let phys = alloc_contiguous(pages, align_frames)?;
         for i in 0..pages {
             // SAFETY: just allocated: nothing else refers to these frames.
             unsafe { core::ptr::write_bytes(p2v(phys + i * 4096) as *mut u8, 0, 4096) };
@@ -153,7 +206,8 @@ impl FreshRun {
 
 impl Drop for FreshRun {
     fn drop(&mut self) {
-        let _ = free_contiguous(self.phys, self.pages);
+        // SAFETY: the token owns the run and was never mapped (mapping consumes it).
+        let _ = unsafe { free_contiguous(self.phys, self.pages) };
     }
 }
 
@@ -171,7 +225,10 @@ pub fn free_user_frame(paddr: u64) -> Result<(), catenary_mm::FreeError> {
     if !with_user(|u| u.remove(&paddr)) {
         return Err(catenary_mm::FreeError::Foreign { paddr });
     }
-    free_frame(paddr)
+    // SAFETY: a user frame holds no kernel object, and `user_write` no longer reaches it (just
+    // removed from the set under its lock). The caller (the kernel, when a task unmaps a page
+    // or has died) removed the task's mapping first, on the CPU that ran it.
+    unsafe { free_frame(paddr) }
 }
 
 fn all_user(u: &alloc::collections::BTreeSet<u64>, paddr: u64, len: u64) -> bool {

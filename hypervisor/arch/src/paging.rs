@@ -315,26 +315,38 @@ fn in_test_window(virt: u64) -> bool {
     (TEST_WINDOW.0..TEST_WINDOW.1).contains(&virt)
 }
 
-/// Unmap a page of the test window; returns the frame it mapped.
+/// Unmap a page of the test window and give its frame back to the allocator; returns the
+/// frame's address.
 pub fn unmap_test_page(virt: u64) -> Result<u64, PagingError> {
     if !in_test_window(virt) {
         return Err(PagingError::NotMapped);
     }
-    // SAFETY: only test code maps pages in the test window, and owns what it maps there.
-    unsafe { unmap_page(virt) }
+    // SAFETY: only `map_fresh_test_page` maps pages in the test window, each with a frame it
+    // took ownership of (a `FreshFrame`), so unmapping takes nothing from anyone else.
+    let f = unsafe { unmap_page(virt) }?;
+    // SAFETY: that frame was owned by the mapping just removed (this CPU's TLB entry flushed).
+    // The test window has no TLB shootdown: a CPU that read the page (`trap::probe_read`)
+    // could keep a stale entry; only the ktest task, pinned to CPU 0, maps and reads there.
+    let _ = unsafe { crate::memory::free_frame(f) };
+    Ok(f)
 }
 
-/// Map a fresh, caller-owned frame at an unused address of the test window.
-pub fn map_fresh_test_page(virt: u64, frame: u64) -> Result<(), PagingError> {
+/// Map a fresh frame at an unused address of the test window; the mapping owns the frame
+/// until `unmap_test_page` (on an error the frame is freed with the token).
+pub fn map_fresh_test_page(virt: u64, frame: crate::memory::FreshFrame) -> Result<(), PagingError> {
     if !in_test_window(virt) {
         return Err(PagingError::AlreadyMapped);
     }
     if translate(virt).is_some() {
         return Err(PagingError::AlreadyMapped);
     }
-    if !crate::memory::is_allocated(frame) {
-        return Err(PagingError::NotMapped);
+    let f = frame.into_mapped();
+    // SAFETY: the frame was a `FreshFrame` (allocated, zeroed, referred to by nothing else),
+    // whose ownership passes to this mapping; `virt` was unmapped.
+    let r = unsafe { map_page(virt, f, MapFlags::DATA) };
+    if r.is_err() {
+        // SAFETY: the mapping failed: the frame is still referred to by nothing.
+        let _ = unsafe { crate::memory::free_frame(f) };
     }
-    // SAFETY: the frame is allocated (owned by the caller) and `virt` was unmapped.
-    unsafe { map_page(virt, frame, MapFlags::DATA) }
+    r
 }

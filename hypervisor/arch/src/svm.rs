@@ -10,7 +10,7 @@
 //! and the device model (`catenary-vmm`) advances it and decodes MMIO instructions itself.
 
 use crate::guest_switch::{FpuSwitch, GuestDebugRegs, XsaveArea};
-use crate::virt::{GuestRam, Vcpu, VirtError, CHUNK};
+use crate::virt::{GuestRam, RamChunks, Vcpu, VirtError, CHUNK};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use catenary_vmm::cpu::{DescTable, Exit, Segment, VcpuState};
@@ -195,12 +195,17 @@ impl Npt {
 impl Drop for Npt {
     fn drop(&mut self) {
         for &t in self.tables.iter().chain(core::iter::once(&self.root)) {
-            let _ = crate::memory::free_frame(t);
+            // SAFETY: nested-table frames only this Npt owns; its vCPU is being dropped, so no
+            // VMRUN uses them again, and the next vCPU entering on any CPU flushes the TLB
+            // (TLB_CONTROL, `run`) before its guest could use a stale nested translation.
+            let _ = unsafe { crate::memory::free_frame(t) };
         }
     }
 }
 
 pub struct SvmVcpu {
+    /// The guest RAM its NPT maps (kept alive as long as this vCPU).
+    ram: alloc::sync::Arc<RamChunks>,
     vmcb: u64,
     iopm: u64,
     msrpm: u64,
@@ -238,6 +243,7 @@ impl SvmVcpu {
         let max_asid = crate::cpu::cpuid(0x8000_000a, 0).1.max(2);
         let asid = 1 + vm_id % (max_asid - 1);
         let mut v = SvmVcpu {
+            ram: ram.share(),
             vmcb,
             iopm,
             msrpm,
@@ -540,7 +546,9 @@ impl Vcpu for SvmVcpu {
         true
     }
 
-    fn map_ram_chunk(&mut self, idx: usize, hpa: u64) {
+    fn map_ram_chunk(&mut self, idx: usize) {
+        let Some(hpa) = self.ram.chunk(idx) else { return };
+        self.ram.populate(idx);
         // The table levels were built for all of RAM at creation, so this cannot allocate.
         let _ = self.npt.map_chunk(idx, hpa);
     }
@@ -553,8 +561,12 @@ impl Vcpu for SvmVcpu {
 
 impl Drop for SvmVcpu {
     fn drop(&mut self) {
-        let _ = crate::memory::free_frame(self.vmcb);
-        let _ = crate::memory::free_contiguous(self.iopm, 3);
-        let _ = crate::memory::free_contiguous(self.msrpm, 2);
+        // SAFETY: control frames only this vCPU owns; it is being dropped, so no VMRUN on any
+        // CPU names its VMCB (VMRUN runs only inside `run`, which needs `&mut self`).
+        unsafe {
+            let _ = crate::memory::free_frame(self.vmcb);
+            let _ = crate::memory::free_contiguous(self.iopm, 3);
+            let _ = crate::memory::free_contiguous(self.msrpm, 2);
+        }
     }
 }

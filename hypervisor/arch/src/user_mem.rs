@@ -470,12 +470,17 @@ impl AddressSpace {
                 if e & 1 != 0 && e & (1 << 7) == 0 && level > 1 {
                     let next = e & 0x000f_ffff_ffff_f000;
                     free_level(next, level - 1);
-                    let _ = crate::memory::free_frame(next);
+                    // SAFETY: a page-table frame of this space, which `destroy` consumes (no
+                    // later map/unmap reaches it). A CPU with this PML4 still in CR3 could walk
+                    // it: not checked here; the kernel destroys a space only in `reap_dead`,
+                    // after the task's CPU switched away (a remaining hole, docs/microkernel.md).
+                    let _ = unsafe { crate::memory::free_frame(next) };
                 }
             }
         }
         free_level(self.pml4, 4);
-        let _ = crate::memory::free_frame(self.pml4);
+        // SAFETY: as above, for the PML4.
+        let _ = unsafe { crate::memory::free_frame(self.pml4) };
     }
 }
 

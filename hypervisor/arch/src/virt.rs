@@ -26,7 +26,9 @@
 //! - `VcpuState.efer` never shows the virtualization-enable bit (SVME): that is the backend's.
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use catenary_vmm::cpu::{Exit, VcpuState};
 use catenary_vmm::mem::{GuestMemory, MemError};
 use catenary_vmm::EventDecision;
@@ -59,8 +61,20 @@ pub trait Vcpu {
     fn lazy_ram(&self) -> bool {
         false
     }
-    /// Map RAM chunk `idx` (guest-physical `idx * 2 MiB`) to host `hpa`, already zeroed.
-    fn map_ram_chunk(&mut self, _idx: usize, _hpa: u64) {}
+    /// Zero (if not yet) and map RAM chunk `idx` (guest-physical `idx * 2 MiB`) of the guest
+    /// RAM this vCPU was made for; an index outside it is ignored. Only this vCPU's own RAM
+    /// can be mapped: there is no way to name other host memory (it took a host address
+    /// before, which let safe code map anything, the APIC or kernel memory, into a guest):
+    ///
+    /// ```compile_fail
+    /// #![forbid(unsafe_code)]
+    /// fn map_any(v: &mut dyn catenary_arch::virt::Vcpu) { v.map_ram_chunk(0, 0xfee0_0000) }
+    /// ```
+    /// ```
+    /// #![forbid(unsafe_code)]
+    /// fn map_own(v: &mut dyn catenary_arch::virt::Vcpu) { v.map_ram_chunk(0) }
+    /// ```
+    fn map_ram_chunk(&mut self, _idx: usize) {}
     /// Host memory this vCPU uses beyond guest RAM (control structures, bitmaps, page tables).
     fn overhead_bytes(&self) -> u64;
 }
@@ -68,57 +82,100 @@ pub trait Vcpu {
 pub const CHUNK: u64 = 2 << 20;
 
 /// Guest RAM: 2 MiB host chunks from the frame allocator, guest-physical from 0. Returned to the
-/// allocator when dropped.
+/// allocator when the `GuestRam` *and* every vCPU made from it are dropped: a vCPU holds its
+/// own reference to the chunks it maps, so no safe sequence of calls leaves a guest mapping
+/// onto freed frames.
 ///
 /// Chunks are zeroed on first use, not up front: a chunk becomes visible to the guest only
-/// after `populate` has zeroed it (the loader's writes populate what they touch; backends
-/// with lazy mapping map the rest on the guest's first access). So a guest never sees another
-/// guest's data, and creating a microVM does not pay for zeroing RAM the guest never touches.
+/// after it has been zeroed (the loader's writes populate what they touch; backends with lazy
+/// mapping zero and map the rest on the guest's first access, `Vcpu::map_ram_chunk`). So a
+/// guest never sees another guest's data, and creating a microVM does not pay for zeroing
+/// RAM the guest never touches.
 pub struct GuestRam {
-    chunks: Vec<u64>,
-    populated: Vec<bool>,
+    chunks: Arc<RamChunks>,
     size: u64,
 }
 
-impl GuestRam {
-    pub fn new(size: u64) -> Result<GuestRam, VirtError> {
-        let n = size.div_ceil(CHUNK);
-        let mut chunks = Vec::new();
-        chunks.try_reserve_exact(n as usize).map_err(|_| VirtError::OutOfMemory)?;
-        let mut ram = GuestRam { chunks, populated: alloc::vec![false; n as usize], size: n * CHUNK };
-        for _ in 0..n {
-            let p = crate::memory::alloc_contiguous(512, 512).map_err(|_| VirtError::OutOfMemory)?;
-            ram.chunks.push(p);
-        }
-        Ok(ram)
-    }
+/// The frames of one guest's RAM, shared by its `GuestRam` and its vCPUs.
+pub(crate) struct RamChunks {
+    phys: Vec<u64>,
+    populated: Vec<AtomicBool>,
+}
 
-    /// Zero chunk `idx` if it has not been yet. Returns true if this call populated it.
-    pub fn populate(&mut self, idx: usize) -> bool {
+impl RamChunks {
+    /// Host physical address of chunk `idx`.
+    pub(crate) fn chunk(&self, idx: usize) -> Option<u64> {
+        self.phys.get(idx).copied()
+    }
+    pub(crate) fn is_populated(&self, idx: usize) -> bool {
+        self.populated.get(idx).is_some_and(|p| p.load(Ordering::Acquire))
+    }
+    /// Zero chunk `idx` if it has not been yet; true if this call did.
+    pub(crate) fn populate(&self, idx: usize) -> bool {
         match self.populated.get(idx) {
-            Some(false) => {
-                // SAFETY: a 2 MiB chunk this GuestRam owns, reached through the direct map;
-                // no guest mapping of it exists yet.
-                unsafe { core::ptr::write_bytes(crate::paging::p2v(self.chunks[idx]) as *mut u8, 0, CHUNK as usize) };
-                self.populated[idx] = true;
+            Some(p) if !p.load(Ordering::Acquire) => {
+                // SAFETY: a 2 MiB chunk these RamChunks own, reached through the direct map;
+                // not populated yet, so no guest mapping of it exists (backends map only
+                // populated chunks) and nothing reads it.
+                unsafe { core::ptr::write_bytes(crate::paging::p2v(self.phys[idx]) as *mut u8, 0, CHUNK as usize) };
+                p.store(true, Ordering::Release);
                 true
             }
             _ => false,
         }
     }
+}
+
+impl Drop for RamChunks {
+    fn drop(&mut self) {
+        for &c in &self.phys {
+            // SAFETY: the last reference is gone: neither the `GuestRam` nor any vCPU (whose
+            // nested/EPT tables map these chunks; each holds a reference until its own drop
+            // has made its tables unusable) remains.
+            let _ = unsafe { crate::memory::free_contiguous(c, 512) };
+        }
+    }
+}
+
+impl GuestRam {
+    pub fn new(size: u64) -> Result<GuestRam, VirtError> {
+        let n = size.div_ceil(CHUNK);
+        let mut phys = Vec::new();
+        phys.try_reserve_exact(n as usize).map_err(|_| VirtError::OutOfMemory)?;
+        let mut populated = Vec::new();
+        populated.try_reserve_exact(n as usize).map_err(|_| VirtError::OutOfMemory)?;
+        let mut chunks = RamChunks { phys, populated };
+        for _ in 0..n {
+            // (on failure, dropping `chunks` frees those taken so far)
+            let p = crate::memory::alloc_contiguous(512, 512).map_err(|_| VirtError::OutOfMemory)?;
+            chunks.phys.push(p);
+            chunks.populated.push(AtomicBool::new(false));
+        }
+        Ok(GuestRam { chunks: Arc::new(chunks), size: n * CHUNK })
+    }
+
+    /// The chunks, for a vCPU that maps them (it keeps them alive).
+    pub(crate) fn share(&self) -> Arc<RamChunks> {
+        self.chunks.clone()
+    }
+
+    /// Zero chunk `idx` if it has not been yet. Returns true if this call populated it.
+    pub fn populate(&mut self, idx: usize) -> bool {
+        self.chunks.populate(idx)
+    }
 
     pub fn populate_all(&mut self) {
-        for i in 0..self.chunks.len() {
+        for i in 0..self.chunks.phys.len() {
             self.populate(i);
         }
     }
 
     pub fn is_populated(&self, idx: usize) -> bool {
-        self.populated.get(idx).copied().unwrap_or(false)
+        self.chunks.is_populated(idx)
     }
 
     pub fn populated_bytes(&self) -> u64 {
-        self.populated.iter().filter(|p| **p).count() as u64 * CHUNK
+        (0..self.chunks.phys.len()).filter(|&i| self.is_populated(i)).count() as u64 * CHUNK
     }
 
     pub fn size(&self) -> u64 {
@@ -127,7 +184,7 @@ impl GuestRam {
 
     /// Host physical chunks (guest-physical `i * 2 MiB` maps to `chunks()[i]`).
     pub fn chunks(&self) -> &[u64] {
-        &self.chunks
+        &self.chunks.phys
     }
 
     fn span(&self, gpa: u64, len: usize) -> Result<(), MemError> {
@@ -145,7 +202,7 @@ impl GuestRam {
             let idx = (g / CHUNK) as usize;
             let off = g % CHUNK;
             let n = ((CHUNK - off) as usize).min(len - done);
-            f(crate::paging::p2v(self.chunks[idx] + off), n, done);
+            f(crate::paging::p2v(self.chunks.phys[idx] + off), n, done);
             done += n;
         }
     }
@@ -194,13 +251,6 @@ impl GuestMemory for GuestRam {
     }
 }
 
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        for &c in &self.chunks {
-            let _ = crate::memory::free_contiguous(c, 512);
-        }
-    }
-}
 
 /// Turn on hardware virtualization on this CPU ahead of the first microVM (per-CPU host save
 /// areas are allocated here, once). Returns the backend name, or why there is none.

@@ -33,7 +33,9 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
-        match crate::memory::free_contiguous(paddr, pages as u64) {
+        // SAFETY: forwarded from the `Hal::dma_dealloc` contract: the driver allocated this run
+        // with `dma_alloc` and the device no longer uses it.
+        match unsafe { crate::memory::free_contiguous(paddr, pages as u64) } {
             Ok(()) => 0,
             Err(_) => -1,
         }

@@ -16,7 +16,7 @@
 //! at the exiting instruction: the device model advances it.
 
 use crate::guest_switch::{FpuSwitch, GuestDebugRegs, XsaveArea};
-use crate::virt::{GuestRam, Vcpu, VirtError, CHUNK};
+use crate::virt::{GuestRam, RamChunks, Vcpu, VirtError, CHUNK};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -353,7 +353,8 @@ pub fn enable_on_this_cpu() -> Result<(), VirtError> {
     // SAFETY: a fresh frame we own for good; its first dword is the VMCS revision id.
     unsafe { core::ptr::write_volatile(crate::paging::p2v(region) as *mut u32, caps.revision) };
     if let Err(e) = vmx_pa_insn(0, region) {
-        let _ = crate::memory::free_frame(region);
+        // SAFETY: VMXON failed, so the CPU does not use the region; nothing else knows it.
+        let _ = unsafe { crate::memory::free_frame(region) };
         log::warn!(target: "vmx", "VMXON failed ({e}: {})", vm_instruction_error_name(e));
         return Err(VirtError::EntryFailed(e));
     }
@@ -433,7 +434,10 @@ impl Ept {
 impl Drop for Ept {
     fn drop(&mut self) {
         for &t in self.tables.iter().chain(core::iter::once(&self.root)) {
-            let _ = crate::memory::free_frame(t);
+            // SAFETY: EPT frames only this Ept owns; its vCPU flushed what this EPT cached
+            // (INVEPT) and cleared its VMCS in its own `drop` before the fields are dropped,
+            // or (`new` failing) the tables were never used by a VM entry.
+            let _ = unsafe { crate::memory::free_frame(t) };
         }
     }
 }
@@ -541,6 +545,8 @@ fn write_host_state() {
 // ---- the vCPU ----
 
 pub struct VmxVcpu {
+    /// The guest RAM its EPT maps (kept alive as long as this vCPU).
+    ram: alloc::sync::Arc<RamChunks>,
     vmcs: u64,
     io_bitmaps: u64,
     msr_bitmap: u64,
@@ -593,9 +599,12 @@ impl VmxVcpu {
         let ept = match Ept::build(ram) {
             Ok(e) => e,
             Err(e) => {
-                let _ = crate::memory::free_frame(vmcs);
-                let _ = crate::memory::free_contiguous(io_bitmaps, 2);
-                let _ = crate::memory::free_frame(msr_bitmap);
+                // SAFETY: allocated just above, never loaded (no VMPTRLD yet): nothing uses them.
+                unsafe {
+                    let _ = crate::memory::free_frame(vmcs);
+                    let _ = crate::memory::free_contiguous(io_bitmaps, 2);
+                    let _ = crate::memory::free_frame(msr_bitmap);
+                }
                 return Err(e);
             }
         };
@@ -603,6 +612,7 @@ impl VmxVcpu {
         let vpid = if vpid_ok { 1 + (vm_id % 0xfffe) as u16 } else { 0 };
         let unrestricted = caps.proc2_allowed(PROC2_UNRESTRICTED);
         let mut v = VmxVcpu {
+            ram: ram.share(),
             vmcs,
             io_bitmaps,
             msr_bitmap,
@@ -1151,7 +1161,9 @@ impl Vcpu for VmxVcpu {
         true
     }
 
-    fn map_ram_chunk(&mut self, idx: usize, hpa: u64) {
+    fn map_ram_chunk(&mut self, idx: usize) {
+        let Some(hpa) = self.ram.chunk(idx) else { return };
+        self.ram.populate(idx);
         let _ = self.ept.map_chunk(idx, hpa);
     }
 
@@ -1170,8 +1182,12 @@ impl Drop for VmxVcpu {
             }
             let _ = vmx_pa_insn(1, self.vmcs);
         });
-        let _ = crate::memory::free_frame(self.vmcs);
-        let _ = crate::memory::free_contiguous(self.io_bitmaps, 2);
-        let _ = crate::memory::free_frame(self.msr_bitmap);
+        // SAFETY: this vCPU's own frames; its VMCS was cleared (VMCLEAR) just above, so no
+        // CPU has it current, and no VM entry can name them again.
+        unsafe {
+            let _ = crate::memory::free_frame(self.vmcs);
+            let _ = crate::memory::free_contiguous(self.io_bitmaps, 2);
+            let _ = crate::memory::free_frame(self.msr_bitmap);
+        }
     }
 }

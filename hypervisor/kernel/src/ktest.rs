@@ -158,36 +158,38 @@ fn frame_alloc(_: &Node) -> Result<(), String> {
     let mut frames = Vec::new();
     for _ in 0..256 {
         // zeroed on the way: each frame is real, writable memory reachable through the direct map
-        frames.push(memory::alloc_zeroed_frame().map_err(|e| format!("{e:?}"))?);
+        frames.push(memory::FreshFrame::alloc().map_err(|e| format!("{e:?}"))?);
     }
-    let mut sorted = frames.clone();
+    let mut sorted: Vec<u64> = frames.iter().map(|f| f.phys()).collect();
     sorted.sort();
     sorted.dedup();
     check(sorted.len() == frames.len(), || "duplicate frame handed out".into())?;
-    check(frames.iter().all(|f| f % 4096 == 0), || "unaligned frame".into())?;
+    check(sorted.iter().all(|f| f % 4096 == 0), || "unaligned frame".into())?;
     check(memory::stats().free == before.free - 256, || "stats did not drop by 256".into())?;
-    for f in frames {
-        memory::free_frame(f).map_err(|e| format!("{e:?}"))?;
-    }
-    check(memory::free_frame(sorted[0]).is_err(), || "double free not detected".into())?;
+    drop(frames); // the tokens give their frames back
+    check(memory::double_free_refused(), || "double free not detected".into())?;
     check(memory::stats().free == before.free, || "stats not restored".into())
 }
 
 fn frame_alloc_contiguous(_: &Node) -> Result<(), String> {
-    let p = memory::alloc_contiguous(512, 512).map_err(|e| format!("{e:?}"))?;
+    let before = memory::stats().free;
+    let big = memory::FreshRun::alloc_aligned(512, 512).map_err(|e| format!("{e:?}"))?;
+    let p = big.phys();
     check(p % (2 << 20) == 0, || format!("{p:#x} not 2 MiB aligned"))?;
-    let q = memory::alloc_contiguous(16, 1).map_err(|e| format!("{e:?}"))?;
+    let small = memory::FreshRun::alloc(16).map_err(|e| format!("{e:?}"))?;
+    let q = small.phys();
     check(q + 16 * 4096 <= p || q >= p + (2 << 20), || "overlapping contiguous ranges".into())?;
-    memory::free_contiguous(p, 512).map_err(|e| format!("{e:?}"))?;
-    memory::free_contiguous(q, 16).map_err(|e| format!("{e:?}"))
+    drop((big, small));
+    check(memory::stats().free == before, || "contiguous runs not given back".into())
 }
 
 const TEST_VIRT: u64 = 0xffff_d000_0000_0000;
 
 fn page_map_unmap_translate(_: &Node) -> Result<(), String> {
-    let f = memory::alloc_zeroed_frame().map_err(|e| format!("{e:?}"))?;
+    let fresh = memory::FreshFrame::alloc().map_err(|e| format!("{e:?}"))?;
+    let f = fresh.phys();
     check(paging::translate(TEST_VIRT).is_none(), || "test page already mapped".into())?;
-    paging::map_fresh_test_page(TEST_VIRT, f).map_err(|e| format!("map: {e:?}"))?;
+    paging::map_fresh_test_page(TEST_VIRT, fresh).map_err(|e| format!("map: {e:?}"))?;
     let t = paging::translate(TEST_VIRT + 0x123).ok_or("not mapped after map")?;
     check(t.0 == f + 0x123 && t.1 && !t.2, || format!("translate gave {t:?}, frame {f:#x}"))?;
     trap::set_probe_dump(false);
@@ -200,8 +202,7 @@ fn page_map_unmap_translate(_: &Node) -> Result<(), String> {
     trap::set_probe_dump(false);
     let r = trap::probe_read(TEST_VIRT);
     trap::set_probe_dump(true);
-    check(r.is_err(), || "read after unmap did not fault (stale TLB?)".into())?;
-    memory::free_frame(f).map_err(|e| format!("{e:?}"))
+    check(r.is_err(), || "read after unmap did not fault (stale TLB?)".into())
 }
 
 fn pf_unmapped_read_caught(_: &Node) -> Result<(), String> {

@@ -249,8 +249,7 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
             if gpa < ram.size() {
                 let idx = (gpa / virt::CHUNK) as usize;
                 if !mapped[idx] {
-                    ram.populate(idx);
-                    vcpu.map_ram_chunk(idx, ram.chunks()[idx]);
+                    vcpu.map_ram_chunk(idx);
                     mapped[idx] = true;
                     continue;
                 }
