@@ -116,7 +116,9 @@ pub mod nic_ring {
 pub mod supervisor {
     /// supervisor -> spawner: start service `words[0]` (its manifest index).
     pub const LABEL_SPAWN: u64 = 1;
-    /// kernel -> supervisor: service `words[0]` runs as task `words[1]`.
+    /// kernel -> supervisor: service `words[0]` runs as task `words[1]`, restarted `words[2]`
+    /// times so far (the kernel's count; a restarted supervisor adopts a running service this
+    /// way: asked to start it, the spawner answers with the task that runs it).
     pub const LABEL_STARTED: u64 = 0x20;
     /// kernel -> supervisor: service `words[0]` cannot start (`words[1]`: a `NOT_STARTED_*`).
     pub const LABEL_NOT_STARTED: u64 = 0x21;

@@ -54,6 +54,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("user_preempted_spinner", crate::ktest_core::user_preempted_spinner),
     ("driver_rtc_over_ipc", crate::ktest_core::driver_rtc_over_ipc),
     ("supervisor_restarts_echo", crate::ktest_supervisor::supervisor_restarts_echo),
+    ("supervisor_restarted_after_death", crate::ktest_supervisor::supervisor_restarted_after_death),
     ("ipc_memory_grant", crate::ktest_core::ipc_memory_grant),
     ("driver_mmio_dma_grants", crate::ktest_core::driver_mmio_dma_grants),
     ("syscall_hostile_arguments", crate::ktest_syscall::syscall_hostile_arguments),

@@ -14,6 +14,44 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if cond { Ok(()) } else { Err(what()) }
 }
 
+/// Kill the supervisor `supd` itself: the kernel restarts it on the same endpoint, the new
+/// incarnation adopts the running services (its `LABEL_QUERY` answer names echo's current
+/// task and the kernel's restart count), and it restarts a service killed afterwards.
+pub fn supervisor_restarted_after_death(node: &Node) -> Result<(), String> {
+    let (old, restarts_before) = supervisor::supervisor_task();
+    let old = old.ok_or("no supervisor running")?;
+    let end = time::now_ns() + 5 * SEC;
+    while !task::kill_for_test(old) {
+        check(time::now_ns() < end, || "supd never stopped running long enough to be killed".into())?;
+        task::yield_now();
+    }
+    let end = time::now_ns() + 10 * SEC;
+    let new = loop {
+        if let (Some(t), n) = supervisor::supervisor_task() {
+            check(t != old && n == restarts_before + 1, || format!("supervisor task {t} after {n} restarts"))?;
+            break t;
+        }
+        check(time::now_ns() < end, || "the supervisor was not restarted within 10 s".into())?;
+        task::sleep_ns(10_000_000);
+    };
+    let echo = supervisor::service_task("echo").ok_or("echo stopped with the supervisor")?;
+    let supd = supervisor::supervisor_endpoint().ok_or("no supervisor endpoint")?;
+    let q = task::try_give_current(task::send_cap(supd, 0)).map_err(crate::ktest::cap_err)?;
+    let idx = catenary_manifest::index_of(catenary_manifest::SERVICES, "echo").ok_or("echo not in the manifest")? as u64;
+    let end = time::now_ns() + 5 * SEC;
+    loop {
+        let a = task::call(q, Message::new(catenary_ipc::supervisor::LABEL_QUERY, [idx, 0, 0, 0])).map_err(|e| format!("query the new supd: {e:?}"))?;
+        if a.words[1] == echo && a.words[0] == supervisor::service_restarts("echo") as u64 {
+            break;
+        }
+        check(time::now_ns() < end, || format!("new supd (task {new}) says echo is task {} after {} restarts; kernel: task {echo}", a.words[1], a.words[0]))?;
+        task::sleep_ns(10_000_000);
+    }
+    task::drop_current(q);
+    // the new supervisor restarts a service that dies now
+    supervisor_restarts_echo(node)
+}
+
 /// Kill the `echo` service: a call made through the capability taken before the kill, while
 /// `echo` is down, is answered by the incarnation the supervisor starts; the kernel and the
 /// supervisor (asked with `LABEL_QUERY`) both count one more restart.

@@ -52,8 +52,12 @@ pub struct Supervision {
     last_fault: Option<(TaskId, u64)>,
     /// Dead services whose device was quiesced; checked when their frames are freed.
     quiesced: alloc::collections::BTreeMap<TaskId, (usize, catenary_arch::virtio::Quiesced, catenary_arch::pci::DeviceFunction)>,
-    /// The spawner's endpoint (woken when a kernel endpoint is provided).
+    /// The spawner's endpoint (woken when a kernel endpoint is provided, or `supd` died).
     spawner: Option<EndpointId>,
+    /// The supervisor's endpoint: the same for every incarnation (held while it is down).
+    supd_ep: Option<EndpointId>,
+    /// How often `supd` was restarted.
+    supd_restarts: u32,
     /// `nicd.crash_after=N` (test): the first nicd crashes after N received frames.
     nicd_crash_after: u64,
 }
@@ -124,9 +128,15 @@ pub fn service_endpoint(name: &str) -> Option<EndpointId> {
     with(|k| k.svc.svcs.get(i).and_then(|s| s.endpoint))
 }
 
-/// The supervisor's endpoint (where it takes `LABEL_QUERY` calls).
+/// The supervisor's endpoint (where it takes `LABEL_QUERY` calls; the same across its
+/// restarts).
 pub fn supervisor_endpoint() -> Option<EndpointId> {
-    with(|k| k.svc.supd.map(|(_, e)| e))
+    with(|k| k.svc.supd_ep)
+}
+
+/// The task running the supervisor now, and how often it was restarted.
+pub fn supervisor_task() -> (Option<TaskId>, u32) {
+    with(|k| (k.svc.supd.map(|(t, _)| t), k.svc.supd_restarts))
 }
 
 /// How often service `name` was restarted (starts after the first).
@@ -151,9 +161,17 @@ pub(super) fn note_fault(k: &mut Kernel, task: TaskId, addr: u64) {
 /// service, keep the service's endpoint, quiesce its device and tell the supervisor.
 pub(super) fn on_death(k: &mut Kernel, id: TaskId, code: u64) {
     let fault = k.svc.last_fault.take().filter(|(t, _)| *t == id).map(|(_, a)| a).unwrap_or(0);
-    if k.svc.supd.is_some_and(|(t, _)| t == id) {
-        log::error!(target: "supervisor", "the supervisor (task {}) died with code {:#x}: services are no longer restarted", id, code);
+    if let Some((_, sep)) = k.svc.supd.filter(|(t, _)| *t == id) {
+        // Policy: the kernel restarts the supervisor (the spawner does, with backoff), which
+        // adopts the services still running; fault notices meanwhile queue on its held
+        // endpoint. Services keep running without it: only their restarts wait.
+        log::error!(target: "supervisor", "the supervisor (task {}) died with code {:#x}, address {:#x}: restarting it (restart {}); running services are kept",
+            id, code, fault, k.svc.supd_restarts + 1);
+        k.ipc.hold_endpoint(sep);
         k.svc.supd = None;
+        if let Some(s) = k.svc.spawner {
+            let _ = k.ipc.notify(s, 2).map(|r| r.map(|(who, m)| complete(k, who, Ok(m))));
+        }
         return;
     }
     let Some(i) = k.svc.svcs.iter().position(|s| s.task == Some(id)) else { return };
@@ -207,23 +225,8 @@ fn spawner(_: u64) {
         return log::error!(target: "supervisor", "spawner: no room for its endpoint");
     };
     let mask = (1u64 << SERVICES.len()) - 1;
-    let cap = Capability { target: Address::local(ep), rights: Rights::SEND, badge: mask };
-    let elf = elf_of(catenary_manifest::SUPERVISOR);
-    let sup = spawn_user(&UserSpec {
-        name: catenary_manifest::SUPERVISOR, elf, arg: SERVICES.len() as u64, prio: Priority::DRIVER, affinity: Affinity::ANY,
-        own_endpoint: true, caps: &[cap], ports: &[], mmio: &[], dma_pages: 0, mem_pages: DEFAULT_MEM_PAGES,
-    });
-    let (sid, Some(sep)) = (match sup {
-        Ok(x) => x,
-        Err(e) => {
-            log::error!(target: "supervisor", "cannot start the supervisor: {:?}", e);
-            return;
-        }
-    }) else { return };
-    with(|k| {
-        k.svc.supd = Some((sid, sep));
-        k.svc.spawner = Some(ep);
-    });
+    let Some((sid, sep)) = start_supd(ep, None) else { return };
+    with(|k| k.svc.spawner = Some(ep));
     info!(target: "supervisor", "supervisor supd started: task {}, endpoint {}, may spawn services {:#x} of the manifest ({} services)",
         sid, sep, mask, SERVICES.len());
     let Ok(reply) = try_give_current(send_cap(sep, 0)) else {
@@ -237,6 +240,21 @@ fn spawner(_: u64) {
                 pending.push((m.badge, m.words[0] as usize));
             }
         }
+        if with(|k| k.svc.supd.is_none()) {
+            // the supervisor died: its requests die with it; start the next one (backoff by
+            // deaths so far, as for services), on the same endpoint
+            pending.clear();
+            let n = with(|k| k.svc.supd_restarts) + 1;
+            sleep_ns(catenary_manifest::backoff_ms(n) * 1_000_000);
+            match start_supd(ep, Some(sep)) {
+                Some((t, _)) => {
+                    with(|k| k.svc.supd_restarts = n);
+                    info!(target: "supervisor", "supervisor supd restarted (restart {}): task {}, endpoint {}", n, t, sep)
+                }
+                None => log::error!(target: "supervisor", "cannot restart the supervisor: services are no longer restarted"),
+            }
+            continue;
+        }
         let mut i = 0;
         while i < pending.len() {
             let (badge, idx) = pending[i];
@@ -246,11 +264,41 @@ fn spawner(_: u64) {
                     i += 1;
                     continue;
                 }
-                Ok(tid) => Message::new(LABEL_STARTED, [idx as u64, tid, 0, 0]),
+                Ok(tid) => Message::new(LABEL_STARTED, [idx as u64, tid, service_restarts(SERVICES[idx].name) as u64, 0]),
                 Err(Refusal::No(why)) => Message::new(LABEL_NOT_STARTED, [idx as u64, why, 0, 0]),
             };
             pending.swap_remove(i);
             let _ = send(reply, out);
+        }
+    }
+}
+
+/// Start (`adopt`: None) or restart (`adopt`: its held endpoint) the supervisor with its one
+/// capability: send to the spawner's endpoint `spawner`, badge = every manifest service.
+fn start_supd(spawner: EndpointId, adopt: Option<EndpointId>) -> Option<(TaskId, EndpointId)> {
+    let mask = (1u64 << SERVICES.len()) - 1;
+    let cap = Capability { target: Address::local(spawner), rights: Rights::SEND, badge: mask };
+    let spec = UserSpec {
+        name: catenary_manifest::SUPERVISOR, elf: elf_of(catenary_manifest::SUPERVISOR), arg: SERVICES.len() as u64, prio: Priority::DRIVER,
+        affinity: Affinity::ANY, own_endpoint: adopt.is_none(), caps: &[cap], ports: &[], mmio: &[], dma_pages: 0, mem_pages: DEFAULT_MEM_PAGES,
+    };
+    // registered under the kernel lock before it can run (and die)
+    match spawn_user_with(&spec, adopt, &mut |k, tid| {
+        if let Some(e) = adopt {
+            k.svc.supd = Some((tid, e));
+        }
+    }) {
+        Ok((t, Some(e))) => {
+            with(|k| {
+                k.svc.supd = Some((t, e));
+                k.svc.supd_ep = Some(e);
+            });
+            Some((t, e))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            log::error!(target: "supervisor", "cannot start the supervisor: {:?}", e);
+            None
         }
     }
 }
@@ -271,7 +319,8 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
         (st.task.is_some(), st.endpoint, st.starts, k.svc.kernel_eps.clone(), k.svc.nicd_crash_after)
     });
     if running {
-        return Err(Refusal::No(NOT_STARTED_RUNNING));
+        // asked again (a restarted supervisor adopting what runs): the task that runs it
+        return with(|k| k.svc.svcs[idx].task).ok_or(Refusal::No(NOT_STARTED_RUNNING));
     }
     // send capabilities, badge = index + 1
     let mut caps = Vec::new();

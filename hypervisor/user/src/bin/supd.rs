@@ -5,6 +5,10 @@
 //! backoff (`catenary_manifest::backoff_ms`, bounded). Answers `LABEL_QUERY` calls with a
 //! service's restart count.
 //!
+//! If supd itself dies, the kernel restarts it on the same endpoint: it asks for every
+//! service again and the spawner answers with the tasks that still run them (adopted, with
+//! the kernel's restart counts); deaths reported meanwhile are queued on the endpoint.
+//!
 //! Capability slots: 0 = its own endpoint (the kernel's answers and fault notices, queries),
 //! 1 = send to the kernel's spawner (badge: the services it may start).
 #![no_std]
@@ -56,7 +60,12 @@ fn run(_arg: u64) -> u64 {
             let i = m.words[0] as usize;
             match m.label {
                 LABEL_STARTED if i < N => {
+                    if s[i].task == m.words[1] {
+                        continue; // already known
+                    }
                     s[i].task = m.words[1];
+                    // the kernel's count (a restarted supervisor adopts running services)
+                    s[i].restarts = s[i].restarts.max(m.words[2] as u32);
                     s[i].started_at = now_ns();
                     logf!("supd: {} running as task {} (restarts: {})", SERVICES[i].name, m.words[1], s[i].restarts);
                 }
