@@ -468,7 +468,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_lossy_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_lossy_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -480,12 +480,13 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     }
     let kernel = crate::build::build_kernel(false)?;
     // each group is one cluster boot; `--only net_remote_ipc` (etc.) picks groups
-    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 11] = [
+    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 12] = [
         ("net_boot", crate::netboot::tests),
         ("net_fabric_echo", test_fabric_echo),
         ("net_outsider", test_outsider),
         ("net_remote_ipc", test_remote_ipc),
         ("net_nicd_restart", test_nicd_restart),
+        ("net_netd_ring3", test_netd_ring3),
         ("net_lossy_ipc", test_lossy_ipc),
         ("net_microvm_reaches", test_microvm_net),
         ("net_microvm_bulk_tcp", |t, k| test_microvm_bulk_tcp(t, k, 0)),
@@ -656,6 +657,53 @@ fn test_nicd_restart(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         freed.as_deref().map(str::trim).unwrap_or("no free line"));
     t.record(name, ok && !panic && started && grants && fault && quiesced && restarted && attached && echoes && calls && alive_after,
         &format!("(services started {started}, grants {grants}, fault reported {fault}, device quiesced before free {quiesced}, restarted {restarted}, netd attached {attached}, 5/5 echoes {echoes}, 3/3 remote calls {calls}; log {})", log.display()));
+    Ok(())
+}
+
+/// The network stack in ring 3 (`net.netd=user` on node1): the supervisor starts `netd`
+/// with its manifest grants, `nicd` lends it the frame ring, and node1's kernel task
+/// `netdtest` calls node2's echo through it. Then a message from node2 (its `panicsvc`, asked
+/// by node1) makes the first `netd` panic (`netd.test_panic=1`): only `netd` dies, the
+/// supervisor restarts it, calls work again. Then `netd` is killed in the middle of a stream
+/// of calls: restarted again (restart count 2), the session comes back and calls work again.
+fn test_netd_ring3(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "net.netd=user netd.test_panic=1 net.netdtest=node2".into();
+    let mut b = NodeSpec::new(2);
+    b.cmdline = "net.panicsvc=1".into();
+    let mut r = start(kernel, &[a, b], "net-netd-ring3", &[])?;
+    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
+    let ok = r.wait(Duration::from_secs(300), false, |l| l[0].iter().any(|x| x.contains("net: netd probe done")) || panicked(l));
+    let log = r.save_logs("net-netd-ring3");
+    let panic = panicked(&r.lines);
+    let line = |k: &str| r.lines[0].iter().find(|l| l.contains(k)).cloned().unwrap_or_default();
+    let started = line("service netd started (start 1)");
+    let grants = started.contains("program netd") && started.contains("sends [(\"nicd\"") && started.contains("router capability (SYS_NET) in slot 2")
+        && started.contains("memory quota 4096 pages") && started.contains("MMIO []") && started.contains("0 DMA pages")
+        && r.has(0, "supd: netd running as task") && r.has(0, "(may lend memory to netd: SHARE)");
+    let ring = r.has(0, "nicd lent its frame ring at") && r.has(0, "netd (ring 3) routes fabric IPC for");
+    let calls = r.has(0, "netd probe: node2 echo at") && r.has(0, "answers through the ring-3 netd");
+    let delivered = r.has(1, "ipc: call from") && r.has(1, "-> endpoint");
+    let panic_msg = r.has(1, "panicsvc: sent the test panic message") && r.has(0, "TEST ONLY: a fabric IPC message from");
+    let panic_death = r.lines[0].iter().any(|l| l.contains("supd: netd (task") && l.contains("died: exit code 0xbad"));
+    let after_panic = r.has(0, "made netd panic; the node runs on") && r.has(0, "netd probe: after the panic: 3/3 remote calls");
+    let kill = r.has(0, "netd probe: killed netd (task") && r.lines[0].iter().any(|l| l.contains("supd: netd (task") && l.contains("died: exception 0xff"));
+    let after_kill = r.lines[0].iter().any(|l| l.contains("(restarts: 2); after the kill: 3/3 remote calls"));
+    let alive = r.lines[0].iter().skip_while(|l| !l.contains("netd probe done")).count() >= 1 && r.has(0, "supd: restarting netd (restart 2)");
+    // each incarnation made its own session with node2 (the fabric session re-established)
+    let sessions = r.lines[0].iter().filter(|l| l.contains("netd] net: fabric: session with node2 established")).count();
+    for k in ["service netd started (start 1)", "nicd lent its frame ring", "made netd panic", "after the panic:", "killed netd", "after the kill:"] {
+        let l = line(k);
+        println!("  {}", l.split("] ").last().unwrap_or(&l).trim());
+    }
+    drop(r);
+    let base = ok && !panic;
+    t.record("net_netd_ring3_started_by_supervisor", base && grants && ring && calls && delivered,
+        &format!("(started with its grants {grants}, frame ring lent by nicd {ring}, remote calls through it {calls}, delivered at node2 {delivered}; log {})", log.display()));
+    t.record("net_netd_ring3_panic_kills_only_netd", base && panic_msg && panic_death && after_panic && sessions >= 2,
+        &format!("(panic message sent and taken {panic_msg}, netd died with its panic code {panic_death}, restarted and 3/3 calls after {after_panic}, sessions {sessions}; log {})", log.display()));
+    t.record("net_netd_ring3_restart_after_kill", base && kill && after_kill && alive && sessions >= 3,
+        &format!("(killed during traffic {kill}, restarted (restarts: 2) with 3/3 calls after {after_kill}, node alive {alive}, sessions made by the three incarnations {sessions}; log {})", log.display()));
     Ok(())
 }
 

@@ -71,6 +71,11 @@ pub mod nic_ring {
     pub const LABEL_RX: u64 = 0x11;
     /// driver → kernel: initialisation failed ([step]).
     pub const LABEL_FAIL: u64 = 0x12;
+    /// driver → ring-3 netd (before `LABEL_UP`): the ring is lent to it (`SYS_SHARE`) and
+    /// mapped at [address] in its grant window.
+    pub const LABEL_SHARED: u64 = 0x13;
+    /// driver → netd: a new driver started and waits for `LABEL_CONFIG`.
+    pub const LABEL_HELLO: u64 = 0x14;
 
     /// The indices in the shared ring page do not describe a ring of `SLOTS` frames: the other
     /// side misbehaves (or its memory was corrupted).
@@ -134,6 +139,82 @@ pub mod supervisor {
     pub const NOT_STARTED_NO_MEMORY: u64 = 4;
 }
 
+/// The kernel ↔ ring-3 `netd` interface (`SYS_NET`): the router's operations and the fixed
+/// records they copy through the caller's buffer. Little-endian u64s at the offsets given;
+/// /128s are 16 bytes in network order.
+pub mod netd {
+    /// Copy the boot data into the buffer (layout `BOOT_*`); rax = bytes written.
+    pub const OP_BOOT: u64 = 1;
+    /// The node's fabric /128 is `buf[0..16]`: the kernel routes remote sends and calls to
+    /// the router's endpoint from now on (and binds `echo`'s task /128 the first time).
+    pub const OP_UP: u64 = 2;
+    /// Take the next remote send/call or answer into the buffer: rax = 0 (nothing),
+    /// [`TAKE_OUT`] or [`TAKE_REPLY`].
+    pub const OP_TAKE: u64 = 3;
+    /// Deliver a message from another node (record `DELIVER_*`) to the endpoint bound to its
+    /// destination /128.
+    pub const OP_DELIVER: u64 = 4;
+    /// Our call `arg` was answered (record `COMPLETE_*`); rax = 1 if a caller was waiting.
+    pub const OP_COMPLETE: u64 = 5;
+    /// Whether a task still waits for our call `arg` (rax 1/0).
+    pub const OP_WAITING: u64 = 6;
+    /// Answer calls from other nodes whose callee died or timed out (queued for `OP_TAKE`).
+    pub const OP_REAP: u64 = 7;
+    /// The endpoint bound to the /128 `buf[0..16]` (rax), or an error.
+    pub const OP_LOOKUP: u64 = 8;
+
+    /// Records are at most this long.
+    pub const RECORD: usize = 128;
+    /// TESTS ONLY: a fabric IPC message with this label makes a ring-3 `netd` started with
+    /// `netd.test_panic=1` panic (its first incarnation): a packet that kills `netd`, not the
+    /// node.
+    pub const TEST_PANIC_LABEL: u64 = 0x7e57_0bad;
+    pub const TAKE_OUT: u64 = 1;
+    pub const TAKE_REPLY: u64 = 2;
+    // OP_TAKE, TAKE_OUT: src /128 @8 (zero: the node's), dst @24, endpoint @40, label @48,
+    // words @56..88, token @88 (0: a send).
+    // OP_TAKE, TAKE_REPLY: caller /128 @8, called /128 @24, incarnation @40, call id @48,
+    // ok @56 (1: label/words are the reply; 0: label is the IPC error code), label @64, words @72..104.
+    // OP_DELIVER: to /128 @0, from /128 @16, incarnation @32, call id @40 (0: a send), label @48,
+    // words @56..88.
+    // OP_COMPLETE (arg = token): from /128 @0, ok @16, label/code @24, words @32..64.
+
+    /// Boot data: version @0 (1), flags @8 ([`BOOT_KEY`], [`BOOT_MSIX`]), Unix time at boot
+    /// @16, the virtio structures @24 (common, notify, isr, device physical addresses, notify
+    /// multiplier, device config length, notify length: 7 words), command line length @80,
+    /// cluster file length @88, node key @96..128, identity seed @128..160, fabric seed
+    /// @160..192, then the command line and the cluster file.
+    pub const BOOT_HEADER: usize = 192;
+    pub const BOOT_MAX: usize = 64 * 1024;
+    pub const BOOT_KEY: u64 = 1;
+    pub const BOOT_MSIX: u64 = 2;
+
+    pub fn get_u64(b: &[u8], off: usize) -> u64 {
+        let mut w = [0u8; 8];
+        if let Some(s) = b.get(off..off + 8) {
+            w.copy_from_slice(s);
+        }
+        u64::from_le_bytes(w)
+    }
+    pub fn put_u64(b: &mut [u8], off: usize, v: u64) {
+        if let Some(s) = b.get_mut(off..off + 8) {
+            s.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    pub fn get_addr(b: &[u8], off: usize) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        if let Some(s) = b.get(off..off + 16) {
+            a.copy_from_slice(s);
+        }
+        a
+    }
+    pub fn put_addr(b: &mut [u8], off: usize, a: &[u8; 16]) {
+        if let Some(s) = b.get_mut(off..off + 16) {
+            s.copy_from_slice(a);
+        }
+    }
+}
+
 /// The syscall ABI's numbers (RAX at `syscall` / `int 0x80`), shared by the kernel and the
 /// ring-3 runtime so they cannot drift apart.
 pub mod syscall {
@@ -168,6 +249,15 @@ pub mod syscall {
     /// `sender()`: the authenticated fabric /128 the last message this task received came
     /// from (rdi high, rsi low); all zero for a message from this node.
     pub const SYS_SENDER: u64 = 17;
+    /// `net(slot, op, buf, len, arg)`: the router's calls (ring-3 `netd` only: the capability
+    /// in `slot` must carry [`Rights::ROUTER`](crate::Rights::ROUTER)); ops and records in
+    /// [`crate::netd`].
+    pub const SYS_NET: u64 = 18;
+    /// `share(slot, base, len)`: lend [base, base+len) of the caller's own RAM, writable, to
+    /// the owner of the endpoint of capability `slot` (which must carry
+    /// [`Rights::SHARE`](crate::Rights::SHARE)) until either dies; returns where the pages are
+    /// mapped in the receiver's grant window (the same mapping again for the same range).
+    pub const SYS_SHARE: u64 = 19;
     /// Error code (returned negated) of a syscall given a bad argument: an address outside
     /// the caller's memory, a range that overflows, memory or a device it does not own.
     pub const ERR_BAD_ARG: u64 = 100;
@@ -279,6 +369,13 @@ impl Rights {
     /// May give the endpoint a fabric /128 (`bind_address`): makes it reachable from other
     /// nodes. Not part of [`Rights::ALL`]: only granted on purpose.
     pub const BIND: Rights = Rights(8);
+    /// On a capability to the node's router endpoint (`netd`'s): may use `SYS_NET` (take the
+    /// kernel's remote sends and calls, deliver messages from other nodes, complete calls).
+    /// Minted by the kernel only, for the manifest's `router` service.
+    pub const ROUTER: Rights = Rights(16);
+    /// May lend memory to the endpoint's owner for as long as both live (`SYS_SHARE`).
+    /// Minted by the kernel only, per the manifest's `shares`.
+    pub const SHARE: Rights = Rights(32);
     pub const ALL: Rights = Rights(7);
     pub fn contains(self, o: Rights) -> bool {
         self.0 & o.0 == o.0

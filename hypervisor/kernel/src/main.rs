@@ -20,6 +20,7 @@ mod klog;
 // Node networking runs in the normal build; the ktest build does not start it.
 #[cfg_attr(feature = "ktest", allow(dead_code))]
 mod net;
+mod netdprobe;
 mod rpcprobe;
 mod task;
 #[cfg(feature = "ktest")]

@@ -209,6 +209,8 @@ struct State {
     restart_probe: Option<String>,
     /// `net.rpcsvc=1`, `net.rpctest=NAME[,GHOST]`, `net.ipcbench=NAME` (see `rpcprobe`).
     rpcsvc: bool,
+    /// `net.panicsvc=1` (see `netdprobe`).
+    panicsvc: bool,
     rpctest: Option<String>,
     ipcbench: Option<String>,
     /// Fabric IPC events logged so far (the first few of each kind are).
@@ -464,11 +466,156 @@ static BOOT: Mutex<Option<Boot>> = Mutex::new(None);
 /// Start `netd`, which probes the NIC and brings the stack up (on its own stack, so boot goes
 /// on meanwhile). Nothing happens without a virtio-net device or with `net=off`.
 pub fn start(cmdline: &str, modules: &[Module]) {
+    use crate::task::supervisor;
     if crate::cmdline::get(cmdline, "net") == Some("off") {
+        supervisor::enable("netd", false);
+        supervisor::enable("nicd", false);
         return;
     }
+    if crate::cmdline::get(cmdline, "net.netd") == Some("user") {
+        if crate::cmdline::get(cmdline, "net.driver") == Some("kernel") {
+            warn!(target: "net", "net.netd=user needs the ring-3 driver nicd: net.driver=kernel ignored");
+        }
+        return start_user(cmdline, modules);
+    }
+    // the in-kernel stack adopts the netd service's endpoint; the ring-3 program never runs
+    supervisor::enable("netd", false);
     *BOOT.lock() = Some(Boot { cmdline: String::from(cmdline), modules: modules.to_vec() });
     crate::task::spawn_kernel("netd", Priority::DRIVER, Affinity::ANY, netd, 0);
+}
+
+// ------------------------------------------------------------------ netd in ring 3
+
+/// What the ring-3 `netd` gets at `SYS_NET(OP_BOOT)`: the command line, the boot modules
+/// (node key, cluster file) and the virtio-net structures (found and MSI-X programmed here:
+/// configuration space stays the kernel's).
+struct UserBoot {
+    cmdline: String,
+    modules: alloc::vec::Vec<Module>,
+    cfg: [u64; 7],
+    msix: bool,
+}
+
+static USER_BOOT: Mutex<Option<UserBoot>> = Mutex::new(None);
+
+/// `net.netd=user`: the network stack runs in ring 3 as the manifest's `netd` service,
+/// started (and restarted) by the supervisor. The kernel finds the NIC, programs its MSI-X
+/// entry, and lets the supervisor start `nicd` and `netd`.
+fn start_user(cmdline: &str, modules: &[Module]) {
+    use crate::task::{self, supervisor};
+    let Some((df, info)) = catenary_arch::virtio::find_net() else {
+        info!(target: "net", "no virtio-net device: networking off");
+        supervisor::enable("netd", false);
+        supervisor::enable("nicd", false);
+        return;
+    };
+    let msix = match catenary_arch::smp::apic_id_of(0).ok_or("no BSP APIC id").and_then(|bsp| catenary_arch::virtio::msix_program(df, task::NIC_VECTOR, bsp)) {
+        Ok(n) => {
+            info!(target: "net", "virtio-net: MSI-X entry 0 of {} -> vector {:#x} (nicd's receive interrupt)", n, task::NIC_VECTOR);
+            true
+        }
+        Err(e) => {
+            warn!(target: "net", "virtio-net: no interrupts ({}): nicd polls", e);
+            false
+        }
+    };
+    let cfg = [info.common.0, info.notify.0, info.isr.0, info.device.0, info.notify_multiplier as u64, info.device.1, info.notify.1];
+    catenary_arch::cpu::without_interrupts(|| {
+        *USER_BOOT.lock() = Some(UserBoot { cmdline: String::from(cmdline), modules: modules.to_vec(), cfg, msix });
+    });
+    info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}: the network stack runs in ring 3 (net.netd=user): the supervisor starts netd and nicd with their manifest grants",
+        df.bus, df.device, df.function);
+    crate::rpcprobe::USER_NETD.store(true, core::sync::atomic::Ordering::Relaxed);
+    supervisor::enable("nicd", true);
+    supervisor::enable("netd", true);
+    crate::netdprobe::start(cmdline, modules);
+}
+
+/// The cluster file among the boot modules (raw text), if any.
+fn cluster_text(modules: &[Module]) -> Option<&'static [u8]> {
+    for m in modules {
+        let Some(mut data) = memory::boot_module(m) else { continue };
+        if !Cluster::is_cluster_file(data) {
+            if let Some(c) = catenary_bootinfo::ImageStore::parse(data).ok().and_then(|s| s.get("cluster.txt")) {
+                data = c;
+            }
+        }
+        if Cluster::is_cluster_file(data) {
+            return Some(data);
+        }
+    }
+    None
+}
+
+/// The cluster as the kernel reads it (the probes find their peers in it).
+pub(crate) fn cluster(modules: &[Module]) -> Option<Cluster> {
+    core::str::from_utf8(cluster_text(modules)?).ok().and_then(|t| Cluster::parse(t).ok())
+}
+
+/// (`SYS_NET` `OP_BOOT`) The ring-3 netd's boot data (layout `catenary_ipc::netd::BOOT_*`):
+/// fresh seeds from the hardware for each incarnation. None without `net.netd=user`, or
+/// when the node may not create keys (no hardware entropy).
+pub(crate) fn user_boot_data() -> Option<alloc::vec::Vec<u8>> {
+    use catenary_ipc::netd::*;
+    let (cmdline, modules, cfg, msix) = catenary_arch::cpu::without_interrupts(|| {
+        USER_BOOT.lock().as_ref().map(|b| (b.cmdline.clone(), b.modules.clone(), b.cfg, b.msix))
+    })?;
+    let seeds = seeds(&cmdline)?;
+    let key = node_key(&modules).or_else(|| crate::cmdline::get(&cmdline, "net.key").and_then(hex32));
+    let cluster = cluster_text(&modules).unwrap_or(&[]);
+    if BOOT_HEADER + cmdline.len() + cluster.len() > BOOT_MAX {
+        warn!(target: "net", "netd boot data over {} bytes (cluster file too long)", BOOT_MAX);
+        return None;
+    }
+    let mut b = alloc::vec![0u8; BOOT_HEADER];
+    put_u64(&mut b, 0, 1);
+    put_u64(&mut b, 8, if key.is_some() { BOOT_KEY } else { 0 } | if msix { BOOT_MSIX } else { 0 });
+    put_u64(&mut b, 16, wall_clock_at_boot(&cmdline, time::now_ns()));
+    for (i, w) in cfg.iter().enumerate() {
+        put_u64(&mut b, 24 + 8 * i, *w);
+    }
+    put_u64(&mut b, 80, cmdline.len() as u64);
+    put_u64(&mut b, 88, cluster.len() as u64);
+    b[96..128].copy_from_slice(&key.unwrap_or([0; 32]));
+    b[128..160].copy_from_slice(&seeds.identity);
+    b[160..192].copy_from_slice(&seeds.fabric);
+    b.extend_from_slice(cmdline.as_bytes());
+    b.extend_from_slice(cluster);
+    Some(b)
+}
+
+/// (`SYS_NET` `OP_UP`) The ring-3 netd is up with fabric /128 `node`: the kernel's routing
+/// table (kept across its restarts) is made the first time, with `echo` bound first. False
+/// if a table for another /128 exists (a netd with another key).
+pub(crate) fn user_router_up(node: core::net::Ipv6Addr) -> bool {
+    let fresh = catenary_arch::cpu::without_interrupts(|| {
+        let mut r = ROUTER.lock();
+        match r.as_ref() {
+            Some(t) => Err(t.node_address() == node),
+            None => {
+                *r = Some(IpcRouter::new(node));
+                Ok(())
+            }
+        }
+    });
+    match fresh {
+        Err(same) => same,
+        Ok(()) => {
+            let echo = crate::task::echo_endpoint();
+            match with_router(|r| r.bind(echo)).flatten() {
+                Some(a) => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64 through the ring-3 netd; endpoint {} (echo) has fabric address {}",
+                    netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network(), echo, a),
+                None => info!(target: "net", "ipc: routing fabric IPC for {}/64 through the ring-3 netd (no echo service to bind)",
+                    netfabric::identity::Prefix64::of(&node).network()),
+            }
+            true
+        }
+    }
+}
+
+/// The endpoint bound to fabric /128 `a` (the kernel's table).
+pub(crate) fn router_lookup(a: &core::net::Ipv6Addr) -> Option<u64> {
+    with_router(|r| r.lookup(a)).flatten()
 }
 
 fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State>> {
@@ -488,7 +635,7 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
         }
     } else {
         // the manifest's nicd must not start: this kernel drives the device itself
-        crate::task::supervisor::provide_endpoint("netd", None);
+        crate::task::supervisor::enable("nicd", false);
         let nic = match VirtioNet::probe() {
             Ok(n) => n,
             Err(NicError::NotFound) => {
@@ -560,6 +707,7 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
         ipccall: crate::cmdline::get(cmdline, "net.ipccall").map(String::from),
         restart_probe: crate::cmdline::get(cmdline, "net.nicd_restart").map(String::from),
         rpcsvc: crate::cmdline::get(cmdline, "net.rpcsvc").is_some(),
+        panicsvc: crate::cmdline::get(cmdline, "net.panicsvc").is_some(),
         rpctest: crate::cmdline::get(cmdline, "net.rpctest").map(String::from),
         ipcbench: crate::cmdline::get(cmdline, "net.ipcbench").map(String::from),
         ipc_logged: [0; 4],
@@ -679,6 +827,10 @@ fn router_up(st: &mut State) {
     }    if st.rpcsvc {
         // binds the next task /128 (prefix:200::2)
         crate::task::spawn_kernel("rpcsvc", Priority::NORMAL, Affinity::ANY, crate::rpcprobe::rpcsvc, 0);
+    }
+    if st.panicsvc {
+        // binds the next task /128 (prefix:200::2)
+        crate::task::spawn_kernel("panicsvc", Priority::NORMAL, Affinity::ANY, crate::netdprobe::panicsvc, 0);
     }
 }
 
@@ -863,7 +1015,7 @@ fn start_nicd() -> Result<Option<(Nic, usize)>, &'static str> {
     use crate::task::{self, supervisor};
     use catenary_ipc::Message;
     let Some((df, info)) = catenary_arch::virtio::find_net() else {
-        supervisor::provide_endpoint("netd", None);
+        supervisor::enable("nicd", false);
         return Ok(None);
     };
     let msix = match catenary_arch::smp::apic_id_of(0).ok_or("no BSP APIC id").and_then(|bsp| {
@@ -876,13 +1028,14 @@ fn start_nicd() -> Result<Option<(Nic, usize)>, &'static str> {
         }
     };
     let dep = supervisor::service_endpoint("nicd").ok_or("no nicd in the service manifest")?;
-    let (kslot, kep) = task::create_endpoint_for_current(16);
+    // nicd reports to the netd service's endpoint: this kernel task receives on it
+    let (kslot, _) = supervisor::adopt_service_endpoint("netd").ok_or("no netd endpoint in the service manifest")?;
     let dslot = task::give_current(task::send_cap(dep, 0));
     let cfg = [
         Message::new(ring::LABEL_CONFIG, [info.common.0, info.notify.0, info.isr.0, info.device.0]),
         Message::new(ring::LABEL_CONFIG2, [info.notify_multiplier as u64, info.device.1, info.notify.1, 0]),
     ];
-    supervisor::provide_endpoint("netd", Some(kep));
+    supervisor::enable("nicd", true);
     let mut u = UserNic { task: 0, ring: 0, mac: [0; 6], wake_slot: dslot, bad_indices: 0, cfg, report_slot: kslot, gone: false };
     let (msix_used, link) = attach_nicd(&mut u, None)?;
     info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}, MAC {:02x?}, link {} (driver in ring 3: task {} nicd, started by the supervisor)",

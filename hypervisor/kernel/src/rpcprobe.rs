@@ -33,6 +33,9 @@ pub const SENDS: u64 = 60;
 pub const GHOST_TIMEOUT_MS: u32 = 3000;
 pub const BENCH_CALLS: usize = 200;
 
+/// The network stack runs in ring 3 (`net.netd=user`): the benchmark says so.
+pub static USER_NETD: AtomicBool = AtomicBool::new(false);
+
 /// Set by a probe when `netd` should log its reliability counters.
 pub static REPORT: AtomicBool = AtomicBool::new(false);
 
@@ -165,8 +168,8 @@ pub fn ipcbench(_: u64) {
     }
     rtt.sort_unstable();
     if let (Some(min), Some(max)) = (rtt.first(), rtt.last()) {
-        info!(target: "net", "bench ipc: remote call round trip to {} echo (in-kernel netd, ring-3 echo): median {} us, min {} us, max {} us over {} calls",
-            peer, rtt[rtt.len() / 2] / 1000, min / 1000, max / 1000, rtt.len());
+        info!(target: "net", "bench ipc: remote call round trip to {} echo ({} netd, ring-3 echo): median {} us, min {} us, max {} us over {} calls",
+            peer, if USER_NETD.load(Ordering::Relaxed) { "ring-3" } else { "in-kernel" }, rtt[rtt.len() / 2] / 1000, min / 1000, max / 1000, rtt.len());
     } else {
         warn!(target: "net", "bench ipc: no remote call to {} answered", peer);
     }

@@ -12,13 +12,15 @@ pub use services::SERVICES;
 
 /// Programs embedded in the kernel image (bins of hypervisor/user; the kernel's build script
 /// embeds exactly these). `uapp` and `sysfuzz` also serve the kernel's tests.
-pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "sysfuzz"];
+pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz"];
 
 /// The supervisor's own program: started by the kernel, not an entry of [`SERVICES`].
 pub const SUPERVISOR: &str = "supd";
 
-/// Endpoints that kernel tasks own, which services may be given send capabilities to.
-pub const KERNEL_ENDPOINTS: &[&str] = &["netd"];
+/// Endpoints that kernel tasks own, which services may be given send capabilities to. None
+/// today: `netd`'s endpoint is the `netd` service's, which the in-kernel stack
+/// (`net.netd=kernel`, the default) adopts instead of the ring-3 program.
+pub const KERNEL_ENDPOINTS: &[&str] = &[];
 
 /// Node-wide budgets the quotas of all services together must fit in.
 pub const DMA_BUDGET_PAGES: u64 = 1024;
@@ -90,6 +92,12 @@ pub struct Service {
     pub memory_pages: u64,
     /// Restart it (with backoff) when it dies.
     pub restart: bool,
+    /// The node's router (ring-3 `netd`): one more capability, to its own endpoint with the
+    /// `ROUTER` right (`SYS_NET`), after its send capabilities. At most one service.
+    pub router: bool,
+    /// Those of its `sends` whose capability also carries the `SHARE` right (`SYS_SHARE`:
+    /// memory lent for as long as both live, e.g. `nicd`'s frame ring to `netd`).
+    pub shares: &'static [&'static str],
 }
 
 /// Why a manifest is refused.
@@ -109,6 +117,8 @@ pub enum Error {
     DmaOverBudget,
     MemoryOverBudget,
     DmaOverMemory(usize),
+    /// More than one router, or a share with a service it has no send capability to.
+    BadNetGrant(usize),
 }
 
 impl Error {
@@ -128,6 +138,7 @@ impl Error {
             Error::DmaOverBudget => "manifest: DMA quotas over DMA_BUDGET_PAGES",
             Error::MemoryOverBudget => "manifest: memory quotas over MEMORY_BUDGET_PAGES",
             Error::DmaOverMemory(_) => "manifest: a DMA quota larger than the service's memory quota",
+            Error::BadNetGrant(_) => "manifest: two routers, or a share to a service not in its sends",
         }
     }
 }
@@ -218,6 +229,22 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
         if s.dma_pages > s.memory_pages {
             return Err(Error::DmaOverMemory(i));
         }
+        let mut k = 0;
+        while k < s.shares.len() {
+            if !contains(s.sends, s.shares[k]) {
+                return Err(Error::BadNetGrant(i));
+            }
+            k += 1;
+        }
+        if s.router {
+            let mut j = i + 1;
+            while j < services.len() {
+                if services[j].router {
+                    return Err(Error::BadNetGrant(j));
+                }
+                j += 1;
+            }
+        }
         dma = dma.saturating_add(s.dma_pages);
         mem = mem.saturating_add(s.memory_pages);
         let mut m = 0;
@@ -291,8 +318,8 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 ///
 /// ```
 /// use catenary_manifest::*;
-/// const GOOD: &[Service] = &[Service { name: "x", program: "uapp", arg: 0, priority: 4, endpoint: true, sends: &["netd"],
-///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true }];
+/// const GOOD: &[Service] = &[Service { name: "x", program: "uapp", arg: 0, priority: 4, endpoint: true, sends: &["x"],
+///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[] }];
 /// assert_valid!(GOOD);
 /// ```
 ///
@@ -300,8 +327,8 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 ///
 /// ```compile_fail
 /// use catenary_manifest::*;
-/// const BAD: &[Service] = &[Service { name: "x", program: "nosuch", arg: 0, priority: 4, endpoint: true, sends: &["netd"],
-///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true }];
+/// const BAD: &[Service] = &[Service { name: "x", program: "nosuch", arg: 0, priority: 4, endpoint: true, sends: &["x"],
+///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[] }];
 /// assert_valid!(BAD);
 /// ```
 ///
@@ -310,7 +337,7 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 /// ```compile_fail
 /// use catenary_manifest::*;
 /// const A: Service = Service { name: "a", program: "uapp", arg: 0, priority: 4, endpoint: true, sends: &[],
-///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true };
+///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[] };
 /// const BAD: &[Service] = &[A, Service { name: "b", ..A }];
 /// assert_valid!(BAD);
 /// ```

@@ -17,6 +17,8 @@ pub const SERVICES: &[Service] = &[
         dma_pages: 0,
         memory_pages: 64,
         restart: true,
+        router: false,
+        shares: &[],
     },
     // The echo service (uapp role 1): the target of the local and fabric IPC tests.
     Service {
@@ -32,10 +34,13 @@ pub const SERVICES: &[Service] = &[
         dma_pages: 0,
         memory_pages: 64,
         restart: true,
+        router: false,
+        shares: &[],
     },
     // The virtio-net driver: the device's virtio structures, DMA memory (heap 96 pages,
     // virtqueues, the 17-page frame ring), the receive interrupt, and a send capability to
-    // the kernel's netd. Priority 7: above netd, so its wakeup preempts netd.
+    // netd's endpoint that may lend it the frame ring (SHARE). Priority 7: above netd, so its
+    // wakeup preempts netd.
     Service {
         name: "nicd",
         program: "nicd",
@@ -49,5 +54,28 @@ pub const SERVICES: &[Service] = &[
         dma_pages: 160,
         memory_pages: 320,
         restart: true,
+        router: false,
+        shares: &["netd"],
+    },
+    // The network stack (smoltcp, netfabric sessions, the fabric IPC router) in ring 3
+    // (`net.netd=user`; by default the kernel runs it and adopts this entry's endpoint): its
+    // endpoint (nicd's reports, the kernel's notifications), a send capability to nicd, the
+    // router capability (SYS_NET), and memory for its heap (the stack, sessions, queues).
+    // No ports, MMIO or DMA: frames come through the ring nicd lends it.
+    Service {
+        name: "netd",
+        program: "netd",
+        arg: 0,
+        priority: 6,
+        endpoint: true,
+        sends: &["nicd"],
+        ports: &[],
+        irq: None,
+        mmio: &[],
+        dma_pages: 0,
+        memory_pages: 4096,
+        restart: true,
+        router: true,
+        shares: &[],
     },
 ];

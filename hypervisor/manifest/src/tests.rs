@@ -1,7 +1,7 @@
 use super::*;
 
 const fn svc(name: &'static str, program: &'static str) -> Service {
-    Service { name, program, arg: 0, priority: 4, endpoint: true, sends: &[], ports: &[], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true }
+    Service { name, program, arg: 0, priority: 4, endpoint: true, sends: &[], ports: &[], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[] }
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn quotas_over_budget_refused() {
 #[test]
 fn send_targets_must_exist() {
     let mut a = svc("a", "rtcd");
-    a.sends = &["netd", "b"];
+    a.sends = &["b"];
     let mut b = svc("b", "uapp");
     assert_eq!(check(&[a, b]), Ok(()));
     b.endpoint = false;
@@ -99,4 +99,19 @@ fn backoff_doubles_and_is_bounded() {
     assert_eq!(backoff_ms(3), BACKOFF_MIN_MS * 4);
     assert_eq!(backoff_ms(40), BACKOFF_MAX_MS);
     assert_eq!(backoff_ms(u32::MAX), BACKOFF_MAX_MS);
+}
+
+#[test]
+fn one_router_and_shares_only_to_send_targets() {
+    let mut a = svc("a", "nicd");
+    let mut b = svc("b", "netd");
+    a.sends = &["b"];
+    a.shares = &["b"];
+    b.router = true;
+    assert_eq!(check(&[a, b]), Ok(()));
+    a.router = true;
+    assert_eq!(check(&[a, b]), Err(Error::BadNetGrant(1)));
+    a.router = false;
+    a.shares = &["c"];
+    assert_eq!(check(&[a, b]), Err(Error::BadNetGrant(0)));
 }

@@ -256,6 +256,18 @@ impl IpcRouter {
         self.bound.remove(addr).is_some()
     }
 
+    /// Record that `addr`, a task /128 of this node's /64, names `endpoint`, as the table
+    /// that hands them out says (the kernel's, for the ring-3 `netd`, which keeps this one
+    /// as its copy for decoding). False (nothing recorded) for the node's /128, endpoint 0 or
+    /// an address outside the /64.
+    pub fn adopt_binding(&mut self, addr: Ipv6Addr, endpoint: u64) -> bool {
+        if endpoint == 0 || addr == self.node || !self.prefix.contains(&addr) {
+            return false;
+        }
+        self.bound.insert(addr, endpoint);
+        true
+    }
+
     pub fn lookup(&self, addr: &Ipv6Addr) -> Option<u64> {
         self.bound.get(addr).copied()
     }
@@ -442,6 +454,23 @@ mod tests {
         }
         assert_eq!(rb.counters.delivered, 0);
         assert_eq!(rb.counters.dropped_unbound, 10);
+    }
+
+    #[test]
+    fn adopted_bindings_are_task_addresses_of_our_prefix_only() {
+        // the ring-3 netd's copy of the kernel's table: what it adopts decodes like a bind
+        let (a, b) = (node(1), node(2));
+        let mut rb = IpcRouter::new(b);
+        let t = Prefix64::of(&b).workload_address(AddressKind::Task, 1).unwrap();
+        let p = call(a, t, 0, 3).packet().unwrap();
+        assert_eq!(rb.decode(&p), Err(RouteError::Unbound(t)));
+        assert!(!rb.adopt_binding(t, 0));
+        assert!(!rb.adopt_binding(b, 5)); // the node's /128 never names an endpoint
+        assert!(!rb.adopt_binding(Prefix64::of(&a).workload_address(AddressKind::Task, 1).unwrap(), 5));
+        assert!(rb.adopt_binding(t, 5));
+        assert!(matches!(rb.decode(&p), Ok(Frame::Call { endpoint: 5, .. })));
+        assert!(rb.unbind(&t));
+        assert_eq!(rb.decode(&p), Err(RouteError::Unbound(t)));
     }
 
     #[test]

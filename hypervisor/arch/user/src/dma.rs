@@ -104,6 +104,24 @@ pub fn init(pages: u64) -> bool {
     true
 }
 
+/// Make the heap out of ordinary memory (a program without DMA grants, e.g. `netd`):
+/// `pages` fresh pages mapped at `HEAP_VA` with `SYS_MAP` (at most 1024 a call). Not DMA
+/// memory: the virtio HAL never sees it. Returns false if the kernel refused (quota).
+pub fn init_mapped(pages: u64) -> bool {
+    const SYS_MAP: u64 = 9;
+    let mut done = 0;
+    while done < pages {
+        let n = (pages - done).min(1024);
+        if crate::syscall6(SYS_MAP, HEAP_VA + done * 4096, n, 0, 0, 0, 0) != 0 {
+            return false;
+        }
+        done += n;
+    }
+    // SAFETY: [HEAP_VA, +pages*4096) was just mapped for this task and is used only as heap.
+    HEAP.with(|h| unsafe { h.init(HEAP_VA as *mut u8, (pages * 4096) as usize) });
+    true
+}
+
 /// Bounce slots for buffers outside DMA memory (the driver's stack: `virtio-drivers` shares a
 /// stack-allocated virtio-net header on transmit). 16 slots of 256 bytes in one DMA page;
 /// bit i of BOUNCE_USED = slot i in use.

@@ -24,6 +24,8 @@ core::arch::global_asm!(
     "2: movzx eax, byte ptr [rdi]", "  movzx ecx, byte ptr [rsi]", "  sub eax, ecx", "  jnz 3f", "  inc rdi", "  inc rsi", "  dec rdx", "  jnz 2b",
     "3: ret",
     ".global rust_eh_personality", "rust_eh_personality:", "  ret",
+    // the precompiled `alloc` names it on unwind paths that panic=abort never takes
+    ".global _Unwind_Resume", "_Unwind_Resume:", "  ud2",
 );
 
 /// `syscall` with six arguments; returns rax.

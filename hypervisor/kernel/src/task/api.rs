@@ -44,6 +44,11 @@ pub fn bind_address(slot: usize) -> Result<[u8; 16], IpcError> {
         Err(IpcError::from_code(r.rax.wrapping_neg()).unwrap_or(IpcError::NoEndpoint))
     }
 }
+/// The authenticated fabric /128 the last received message came from (zero: local).
+pub fn sender() -> [u8; 16] {
+    let r = sys(SYS_SENDER, [0; 6]);
+    join_addr(r.rdi, r.rsi)
+}
 pub fn call(slot: usize, m: Message) -> Result<Message, IpcError> {
     call_timeout(slot, m, 0)
 }

@@ -11,6 +11,43 @@ pub(super) struct GrantRec {
     pub(super) mapped: Option<(TaskId, u64)>,
     /// The sender's frames, checked against its page tables when it made the call.
     pub(super) lent: catenary_arch::user_mem::Lent,
+    /// A standing share (`SYS_SHARE`), not a call's grant: it lasts until either side dies.
+    pub(super) standing: bool,
+}
+
+/// Standing shares one task may have made, at most.
+const SHARES_PER_LENDER: usize = 4;
+
+/// Keys of standing shares in `Kernel::grants` (call tokens never reach this range).
+static NEXT_SHARE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// `SYS_SHARE(slot, base, len)`: lend [base, base+len) of `me`'s own RAM, writable, to the
+/// owner of the endpoint of capability `slot` (which must carry the `SHARE` right) until
+/// either of them dies. Returns where the pages are mapped in the receiver; sharing the
+/// same pages with the same receiver again returns the same mapping.
+pub(super) fn sys_share(k: &mut Kernel, me: TaskId, slot: usize, base: u64, len: u64) -> Result<u64, u64> {
+    let cap = k.sched.task(me).ok_or(err(IpcError::NoCapability))?.context.caps.check(slot, Rights::SEND.union(Rights::SHARE)).map_err(err)?;
+    let cap = localize(k, cap).map_err(|_| err(IpcError::Unreachable))?;
+    let receiver = k.ipc.endpoint(cap.target.endpoint).ok_or(err(IpcError::NoEndpoint))?.owner;
+    // a live task with an address space other than the lender (not a held endpoint, not a
+    // kernel task)
+    if receiver == me || k.sched.task(receiver).and_then(|t| t.context.space.as_ref()).is_none() {
+        return Err(err(IpcError::DeadPeer));
+    }
+    let lent = grant_frames(k, me, base, len, true).ok_or(ERR_BAD_ARG.wrapping_neg())?;
+    if let Some(v) = k.grants.values().find(|g| g.standing && g.sender == me && g.mapped.map(|(r, _)| r) == Some(receiver) && g.lent.frames() == lent.frames()).and_then(|g| g.mapped) {
+        return Ok(v.1);
+    }
+    if k.grants.values().filter(|g| g.standing && g.sender == me).count() >= SHARES_PER_LENDER {
+        return Err(err(IpcError::TableFull));
+    }
+    let used: Vec<u64> = k.grants.values().filter_map(|g| g.mapped.filter(|(r, _)| *r == receiver).map(|(_, v)| v)).collect();
+    let virt = (0..GRANT_SLOTS).map(|i| GRANT_WINDOW + i * GRANT_MAX_PAGES * 4096).find(|v| !used.contains(v)).ok_or(err(IpcError::TableFull))?;
+    let space = k.sched.task_mut(receiver).and_then(|t| t.context.space.as_mut()).ok_or(err(IpcError::DeadPeer))?;
+    space.map_lent(virt, &lent).map_err(|_| ERR_BAD_ARG.wrapping_neg())?;
+    let key = NEXT_SHARE.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+    k.grants.insert(key, GrantRec { sender: me, mapped: Some((receiver, virt)), lent, standing: true });
+    Ok(virt)
 }
 
 /// The frames behind [base, base+len) of `me`, if every page is `me`'s own RAM (not MMIO,
@@ -72,8 +109,25 @@ pub(super) fn grants_on_death(k: &mut Kernel, dead: TaskId) {
     let tokens: Vec<u64> = k.grants.iter().filter(|(_, g)| g.sender == dead || g.mapped.map(|(r, _)| r) == Some(dead)).map(|(t, _)| *t).collect();
     for tok in tokens {
         let rec = k.grants.remove(&tok).unwrap();
-        if rec.sender != dead {
+        if rec.sender != dead || rec.mapped.map(|(r, _)| r) == Some(dead) {
             continue; // the receiver died: its address space goes, the sender keeps its pages
+        }
+        if rec.standing {
+            // The receiver may be using the shared pages right now (another CPU, or
+            // preempted in the middle of a copy): they stay mapped there and become its own
+            // (freed when it exits); the record keeps their window slot taken until then.
+            if let Some((r, _)) = rec.mapped {
+                if let Some(t) = k.sched.task_mut(dead) {
+                    for f in rec.lent.frames() {
+                        t.context.frames.remove(f);
+                    }
+                }
+                if let Some(t) = k.sched.task_mut(r) {
+                    t.context.frames.extend(rec.lent.frames().iter().copied());
+                }
+                k.grants.insert(tok, GrantRec { sender: r, ..rec });
+            }
+            continue;
         }
         unmap_grant(k, &rec);
         // The receiver may run on another CPU with the pages still in its TLB: they become

@@ -17,7 +17,11 @@
 //! bind_address(slot) → fabric /128 in rdi (high), rsi (low): the capability must carry the
 //! BIND right and name an open local endpoint (how an endpoint becomes reachable from other
 //! nodes), 17 sender() → the authenticated fabric /128 the last received message came from
-//! (rdi, rsi; zero for a local message). A received message comes
+//! (rdi, rsi; zero for a local message), 18 net(slot, op, buf, len, arg): the ring-3
+//! router's operations (`netd.rs`; the capability needs the ROUTER right), 19 share(slot,
+//! base, len) → where the pages are mapped in the receiver: a standing writable loan of the
+//! caller's RAM to the owner of the capability's endpoint (SHARE right) until either dies
+//! (`grant.rs`). A received message comes
 //! back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words) and r12 (reply token, non-zero
 //! for a call).
 //!
@@ -31,7 +35,7 @@
 //!
 //! Files: `switch` (context switch, wake, kill), `irq` (timer, IPIs, device interrupts,
 //! ring-3 faults), `syscall` (dispatch), `mapping` (memory syscalls), `grant` (memory grants),
-//! `remote` (fabric IPC for `netd`), `spawn` + `elf` (creating tasks), `api` (kernel-side
+//! `remote` (fabric IPC for `netd`), `netd` (the ring-3 router's syscall), `spawn` + `elf` (creating tasks), `api` (kernel-side
 //! syscall wrappers), `services` (boot services), `bench` (IPC benchmark).
 
 mod api;
@@ -40,6 +44,7 @@ mod elf;
 mod grant;
 mod irq;
 mod mapping;
+mod netd;
 mod remote;
 mod services;
 mod spawn;

@@ -60,6 +60,43 @@ pub struct Supervision {
     supd_restarts: u32,
     /// `nicd.crash_after=N` (test): the first nicd crashes after N received frames.
     nicd_crash_after: u64,
+    /// `netd.test_panic=1` (test): the first ring-3 netd panics on a fabric IPC message with
+    /// `catenary_ipc::netd::TEST_PANIC_LABEL` (later ones do not: the sender retransmits it).
+    netd_test_panic: bool,
+    /// Services that start only when the kernel's network bring-up says so (those with a
+    /// device or the router right): Some(true) go, Some(false) never.
+    enabled: alloc::collections::BTreeMap<&'static str, bool>,
+}
+
+/// Whether service `s` waits for [`enable`] (its device or its role depends on how the
+/// kernel brings networking up: `nicd` and `netd`).
+fn gated(s: &Service) -> bool {
+    s.router || s.mmio.iter().any(|m| matches!(m, Mmio::Device(_)))
+}
+
+/// The network bring-up decides whether gated service `name` runs (`yes`) or never does;
+/// a waiting request to start it is served now.
+pub fn enable(name: &'static str, yes: bool) {
+    with(|k| {
+        k.svc.enabled.insert(name, yes);
+        if let Some(s) = k.svc.spawner {
+            let _ = k.ipc.notify(s, 1).map(|r| r.map(|(who, m)| complete(k, who, Ok(m))));
+        }
+    })
+}
+
+/// (The in-kernel `netd`) Receive on service `name`'s endpoint instead of the ring-3
+/// program: the endpoint is adopted by the calling kernel task, which gets a capability
+/// (receive and send) for it. Returns (slot, endpoint).
+pub fn adopt_service_endpoint(name: &str) -> Option<(usize, EndpointId)> {
+    let i = catenary_manifest::index_of(SERVICES, name)?;
+    let ep = with(|k| {
+        let me = k.sched.current(smp::cpu_index())?;
+        let ep = k.svc.svcs.get(i)?.endpoint?;
+        k.ipc.adopt_endpoint(ep, me).then_some(ep)
+    })?;
+    let slot = give_current(Capability { target: Address::local(ep), rights: Rights::SEND.union(Rights::RECV), badge: 0 });
+    Some((slot, ep))
 }
 
 /// Frames freed while a dead service's device could still master the bus (must stay 0).
@@ -69,8 +106,10 @@ static DMA_FREED_WHILE_MASTERING: core::sync::atomic::AtomicU64 = core::sync::at
 /// spawner, which starts the supervisor.
 pub(super) fn start(cmdline: &str) {
     let crash = crate::cmdline::get(cmdline, "nicd.crash_after").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let netd_panic = crate::cmdline::get(cmdline, "netd.test_panic") == Some("1");
     with(|k| {
         k.svc.nicd_crash_after = crash;
+        k.svc.netd_test_panic = netd_panic;
         for s in SERVICES {
             let mut st = SvcState::default();
             if s.endpoint {
@@ -91,7 +130,7 @@ pub(super) fn start(cmdline: &str) {
     // Boot goes on once the services that need no kernel task's endpoint run (as when the
     // kernel started them itself): what comes next (tests, netd) finds them up.
     let end = time::now_ns() + 5_000_000_000;
-    let independent = |s: &Service| !s.sends.iter().any(|t| catenary_manifest::KERNEL_ENDPOINTS.contains(t));
+    let independent = |s: &Service| !gated(s) && !s.sends.iter().any(|t| catenary_manifest::KERNEL_ENDPOINTS.contains(t));
     loop {
         let up = with(|k| SERVICES.iter().zip(&k.svc.svcs).all(|(s, st)| !independent(s) || st.starts > 0));
         if up {
@@ -186,6 +225,9 @@ pub(super) fn on_death(k: &mut Kernel, id: TaskId, code: u64) {
     }
     info!(target: "supervisor", "service {} (task {}) died: code {:#x}, address {:#x}; endpoint {} kept{}", SERVICES[i].name, id, code, fault,
         st.endpoint.unwrap_or(0), if st.device.is_some() { ", device quiesced" } else { "" });
+    if SERVICES[i].router {
+        super::netd::router_died(k);
+    }
     if let Some((_, ep)) = k.svc.supd {
         let cap = send_cap(ep, 0);
         match k.ipc.send(&cap, Message::new(LABEL_FAULT, [i as u64, id, code, fault])) {
@@ -314,13 +356,20 @@ fn virtio_net_grant() -> Option<(catenary_arch::pci::DeviceFunction, [(u64, u64)
 /// Start manifest service `idx` with exactly its grants.
 fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
     let s: &Service = &SERVICES[idx];
-    let (running, ep, starts, kernel_eps, crash) = with(|k| {
+    let (running, ep, starts, kernel_eps, crash, enabled, netd_panic) = with(|k| {
         let st = k.svc.svcs[idx];
-        (st.task.is_some(), st.endpoint, st.starts, k.svc.kernel_eps.clone(), k.svc.nicd_crash_after)
+        (st.task.is_some(), st.endpoint, st.starts, k.svc.kernel_eps.clone(), k.svc.nicd_crash_after, k.svc.enabled.get(s.name).copied(), k.svc.netd_test_panic)
     });
     if running {
         // asked again (a restarted supervisor adopting what runs): the task that runs it
         return with(|k| k.svc.svcs[idx].task).ok_or(Refusal::No(NOT_STARTED_RUNNING));
+    }
+    if gated(s) {
+        match enabled {
+            None => return Err(Refusal::Wait),
+            Some(false) => return Err(Refusal::No(NOT_STARTED_NO_DEVICE)),
+            Some(true) => {}
+        }
     }
     // send capabilities, badge = index + 1
     let mut caps = Vec::new();
@@ -335,8 +384,18 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
             },
         };
         let Some(e) = target else { return Err(Refusal::No(NOT_STARTED_NO_DEVICE)) };
-        caps.push(send_cap(e, idx as u64 + 1));
+        let mut cap = send_cap(e, idx as u64 + 1);
+        if s.shares.contains(t) {
+            cap.rights = cap.rights.union(Rights::SHARE);
+        }
+        caps.push(cap);
         sends.push((*t, e));
+    }
+    let mut router = "";
+    if s.router {
+        let Some(e) = ep else { return Err(Refusal::No(NOT_STARTED_NO_DEVICE)) };
+        caps.push(Capability { target: Address::local(e), rights: Rights::ROUTER, badge: 0 });
+        router = ", the router capability (SYS_NET) in slot ";
     }
     let mut mmio = Vec::new();
     let mut device = None;
@@ -350,7 +409,13 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
             }
         }
     }
-    let arg = if s.name == "nicd" && starts == 0 && crash != 0 { crash } else { s.arg };
+    let arg = if s.name == "nicd" && starts == 0 && crash != 0 {
+        crash
+    } else if s.router && netd_panic && starts == 0 {
+        1
+    } else {
+        s.arg
+    };
     let spec = UserSpec {
         name: s.name, elf: elf_of(s.program), arg, prio: Priority(s.priority), affinity: Affinity::ANY,
         own_endpoint: false, caps: &caps, ports: s.ports, mmio: &mmio, dma_pages: s.dma_pages, mem_pages: s.memory_pages,
@@ -386,7 +451,9 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
             return Err(Refusal::No(NOT_STARTED_NO_MEMORY));
         }
     };
-    info!(target: "supervisor", "service {} started (start {}): task {}, program {}, priority {}, endpoint {:?} in slot 0, sends {:?}, ports {:x?}{}, MMIO {:x?}, {} DMA pages, memory quota {} pages",
-        s.name, starts + 1, tid, s.program, s.priority, ep, sends, s.ports, irq, mmio, s.dma_pages, s.memory_pages);
+    let router = if router.is_empty() { String::new() } else { alloc::format!("{}{}", router, caps.len()) };
+    info!(target: "supervisor", "service {} started (start {}): task {}, program {}, priority {}, endpoint {:?} in slot 0, sends {:?}{}{}, ports {:x?}{}, MMIO {:x?}, {} DMA pages, memory quota {} pages",
+        s.name, starts + 1, tid, s.program, s.priority, ep, sends, if s.shares.is_empty() { "" } else { " (may lend memory to netd: SHARE)" },
+        router, s.ports, irq, mmio, s.dma_pages, s.memory_pages);
     Ok(tid)
 }

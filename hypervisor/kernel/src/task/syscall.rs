@@ -8,6 +8,7 @@ pub(super) fn on_syscall(f: &mut TrapFrame) {
         SYS_MAP => sys_map(f),
         SYS_DMA_ALLOC => sys_dma_alloc(f),
         SYS_LOG => sys_log(f),
+        SYS_NET => super::netd::sys_net(f),
         _ => with(|k| syscall(k, f)),
     }
 }
@@ -171,7 +172,7 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             m.grant = Some(catenary_ipc::Grant { base, len, writable });
             match k.ipc.call(me, &cap, m) {
                 Ok((tok, d)) => {
-                    k.grants.insert(tok, GrantRec { sender: me, mapped: None, lent: frames });
+                    k.grants.insert(tok, GrantRec { sender: me, mapped: None, lent: frames, standing: false });
                     let _ = k.sched.block(me, BlockReason::Reply(tok), None);
                     if let Delivery::Direct { receiver, mut msg } = d {
                         deliver_grant(k, receiver, &mut msg);
@@ -213,6 +214,12 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             }
             Err(e) => f.rax = err(e),
         },
+        SYS_SHARE => {
+            f.rax = match sys_share(k, me, f.rdi as usize, f.rsi, f.rdx) {
+                Ok(v) => v,
+                Err(e) => e,
+            }
+        }
         SYS_SENDER => {
             let o = k.sched.task(me).map(|t| t.context.origin).unwrap_or([0; 16]);
             f.rax = 0;

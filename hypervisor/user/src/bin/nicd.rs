@@ -7,7 +7,8 @@
 //!
 //! Started by the supervisor with the grants of its manifest entry (hypervisor/manifest).
 //! Capability slots: 0 = its own endpoint (config, transmit wakeups, interrupts; the same
-//! endpoint across restarts), 1 = send to the kernel's `netd`.
+//! endpoint across restarts), 1 = send to `netd`'s endpoint (with the right to lend it the
+//! frame ring: `SYS_SHARE`).
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -38,14 +39,29 @@ const CRASH_ADDRESS: u64 = 0xdead_0000;
 
 /// Wait for a message with `label`, skipping others: a restarted nicd finds on its endpoint
 /// (the same across restarts) what was sent to the one before it (wakeups, interrupts).
+/// Without it for a second, say hello to netd again (a ring-3 netd configures a new nicd
+/// when it hears of it; the hello may not have fit its endpoint's queue).
 fn recv_label(label: u64) -> Option<Msg> {
     loop {
-        match recv(0, 0) {
+        match recv(0, 1_000_000_000) {
             Ok(m) if m.label == label => return Some(m),
             Ok(_) => {}
+            Err(5) => {
+                let _ = send(KERNEL, LABEL_HELLO, [0; 4]); // timeout
+            }
             Err(_) => return None,
         }
     }
+}
+
+/// Lend the frame ring to netd for as long as both live (a ring-3 netd maps it; the
+/// in-kernel one reads it through the direct map and cannot take it) and report it up.
+fn report_up(ring: u64, ring_phys: u64, up: [u64; 4]) {
+    let r = syscall6(SYS_SHARE, KERNEL, ring, RING_PAGES * 4096, 0, 0, 0);
+    if r < 1 << 63 {
+        let _ = send(KERNEL, LABEL_SHARED, [r, ring_phys, 0, 0]);
+    }
+    let _ = send(KERNEL, LABEL_UP, up);
 }
 
 /// `arg`: 0, or (test only, `nicd.crash_after=N` on the kernel command line, first start
@@ -54,6 +70,7 @@ fn run(arg: u64) -> u64 {
     if !dma::init(HEAP_PAGES) {
         return fail(1);
     }
+    let _ = send(KERNEL, LABEL_HELLO, [0; 4]);
     let Some(c1) = recv_label(LABEL_CONFIG) else { return fail(2) };
     let Some(c2) = recv_label(LABEL_CONFIG2) else { return fail(3) };
     let map = |phys: u64, len: u64| dma::map_mmio(phys, len.max(1));
@@ -83,7 +100,8 @@ fn run(arg: u64) -> u64 {
     let mac = net.mac_address();
     let mut m = [0u8; 8];
     m[..6].copy_from_slice(&mac);
-    let _ = send(KERNEL, LABEL_UP, [ring_phys, u64::from_le_bytes(m), (status & 1) as u64, msix as u64]);
+    let up = [ring_phys, u64::from_le_bytes(m), (status & 1) as u64, msix as u64];
+    report_up(ring, ring_phys, up);
     let mut dropped = 0u64;
     let mut irq_seen = false;
     let mut received = 0u64;
@@ -132,6 +150,10 @@ fn run(arg: u64) -> u64 {
             if m.label == LABEL_NOTIFY && !irq_seen {
                 irq_seen = true;
                 log("nicd: receive interrupt (MSI-X) woke the driver");
+            }
+            if m.label == LABEL_CONFIG {
+                // a restarted netd: lend it the ring and report again (the device runs on)
+                report_up(ring, ring_phys, up);
             }
         }
     }

@@ -1,0 +1,231 @@
+//! Probes of the ring-3 `netd` (`net.netd=user`), kernel tasks that use fabric IPC through
+//! the ordinary `call`/`send` syscalls (they need nothing from `netd` but its routing):
+//!
+//! - `net.netdtest=NAME` (with `netd.test_panic=1`): `netdtest` calls NAME's `echo` until it
+//!   answers; asks NAME's `panicsvc` to send this node the test panic message, which makes
+//!   the first `netd` panic (only `netd` dies; the supervisor restarts it); calls echo again
+//!   until 3 in a row answer; then kills `netd` in the middle of a stream of calls
+//!   (`netdtraffic`) and again waits for the restart and 3 answered calls. Logs each step and
+//!   the restart count.
+//! - `net.ipcbench=NAME`: once NAME's echo answers, the remote call benchmark
+//!   (`rpcprobe::ipcbench`) through the ring-3 `netd`.
+//! - `net.panicsvc=1` (on the peer, any `netd`): `panicsvc` at the node's second task /128
+//!   (`prefix:200::2`): a call to it is answered, then a send with
+//!   `catenary_ipc::netd::TEST_PANIC_LABEL` goes to the caller's node's `echo` /128.
+
+use alloc::string::String;
+use catenary_arch::time;
+use catenary_ipc::{Address, Capability, Message, Rights};
+use core::net::Ipv6Addr;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use log::{info, warn};
+use netfabric::identity::{AddressKind, Prefix64};
+use spin::Mutex;
+
+use crate::task::{self, supervisor};
+
+const SEC: u64 = 1_000_000_000;
+/// Asks `panicsvc` to send the test panic message back.
+pub const LABEL_PANIC_REQUEST: u64 = 0x5301;
+
+/// (peer name, its echo /128, its panicsvc /128)
+static TARGET: Mutex<Option<(String, Ipv6Addr, Ipv6Addr)>> = Mutex::new(None);
+static TRAFFIC_TO: Mutex<Option<Ipv6Addr>> = Mutex::new(None);
+static TRAFFIC_OK: AtomicU64 = AtomicU64::new(0);
+static TRAFFIC_FAILED: AtomicU64 = AtomicU64::new(0);
+static TRAFFIC_STOP: AtomicBool = AtomicBool::new(false);
+
+fn remote_slot(a: Ipv6Addr) -> Option<usize> {
+    task::try_give_current(Capability { target: Address { node: a.octets(), endpoint: 0 }, rights: Rights::SEND, badge: 0 }).ok()
+}
+
+fn echo_call(slot: usize, i: u64) -> bool {
+    task::call_timeout(slot, Message::new(7, [i, 2 * i, 3 * i, 0xfab]), 2000).is_ok_and(|r| r.label == 8 && r.words == [i + 1, 2 * i + 1, 3 * i + 1, 0xfac])
+}
+
+/// Call until one answer comes (or `within_ns` passes); returns the ms it took.
+fn first_answer(slot: usize, within_ns: u64) -> Option<u64> {
+    let t0 = time::now_ns();
+    let mut i = 1;
+    while time::now_ns() - t0 < within_ns {
+        if echo_call(slot, i) {
+            return Some((time::now_ns() - t0) / 1_000_000);
+        }
+        i += 1;
+        task::sleep_ns(200_000_000);
+    }
+    None
+}
+
+/// Call until 3 in a row are answered correctly (or `within_ns` passes).
+fn three_in_a_row(slot: usize, within_ns: u64) -> bool {
+    let t0 = time::now_ns();
+    let mut run = 0;
+    let mut i = 100;
+    while time::now_ns() - t0 < within_ns {
+        if echo_call(slot, i) {
+            run += 1;
+            if run == 3 {
+                return true;
+            }
+        } else {
+            run = 0;
+            task::sleep_ns(200_000_000);
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The peer `name`'s task /128 number `index` (1: echo, 2: the probe service), from the
+/// cluster file.
+fn peer_task(modules: &[catenary_bootinfo::Module], name: &str, index: u64) -> Option<Ipv6Addr> {
+    let c = crate::net::cluster(modules)?;
+    let m = c.by_name(name)?;
+    Prefix64::from_public_key(&m.public_key).workload_address(AddressKind::Task, index)
+}
+
+/// Start the probes the command line asks for (`net.netd=user`).
+pub fn start(cmdline: &str, modules: &[catenary_bootinfo::Module]) {
+    if let Some(peer) = crate::cmdline::get(cmdline, "net.netdtest") {
+        match (peer_task(modules, peer, 1), peer_task(modules, peer, 2)) {
+            (Some(echo), Some(svc)) => {
+                catenary_arch::cpu::without_interrupts(|| *TARGET.lock() = Some((String::from(peer), echo, svc)));
+                task::spawn_kernel("netdtest", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, netdtest, 0);
+            }
+            _ => warn!(target: "net", "netd probe: {} is not in the cluster file", peer),
+        }
+    }
+    if let Some(peer) = crate::cmdline::get(cmdline, "net.ipcbench") {
+        match peer_task(modules, peer, 1) {
+            Some(echo) => {
+                catenary_arch::cpu::without_interrupts(|| *crate::rpcprobe::BENCH.lock() = Some((String::from(peer), echo)));
+                task::spawn_kernel("ipcbench", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, bench, 0);
+            }
+            None => warn!(target: "net", "bench ipc: {} is not in the cluster file", peer),
+        }
+    }
+}
+
+fn bench(_: u64) {
+    let Some(echo) = catenary_arch::cpu::without_interrupts(|| crate::rpcprobe::BENCH.lock().as_ref().map(|b| b.1)) else { return };
+    let Some(slot) = remote_slot(echo) else { return };
+    if first_answer(slot, 120 * SEC).is_none() {
+        warn!(target: "net", "bench ipc: no answer from the peer's echo in 120 s");
+        info!(target: "net", "bench ipc: remote done");
+        return;
+    }
+    crate::rpcprobe::ipcbench(0);
+}
+
+fn wait_restart(before: u32, within_ns: u64) -> Option<(u32, u64)> {
+    let t0 = time::now_ns();
+    while time::now_ns() - t0 < within_ns {
+        let n = supervisor::service_restarts("netd");
+        if n > before {
+            if let Some(t) = supervisor::service_task("netd") {
+                return Some((n, t));
+            }
+        }
+        task::sleep_ns(10_000_000);
+    }
+    None
+}
+
+/// Calls to the peer's echo, back to back, until told to stop (the traffic `netd` dies in).
+fn traffic(_: u64) {
+    let Some(a) = catenary_arch::cpu::without_interrupts(|| *TRAFFIC_TO.lock()) else { return };
+    let Some(slot) = remote_slot(a) else { return };
+    let mut i = 1000;
+    while !TRAFFIC_STOP.load(Ordering::Relaxed) {
+        if echo_call(slot, i) {
+            TRAFFIC_OK.fetch_add(1, Ordering::Relaxed);
+        } else {
+            TRAFFIC_FAILED.fetch_add(1, Ordering::Relaxed);
+            task::sleep_ns(50_000_000);
+        }
+        i += 1;
+    }
+}
+
+fn netdtest(_: u64) {
+    let Some((peer, echo, svc)) = catenary_arch::cpu::without_interrupts(|| TARGET.lock().take()) else { return };
+    let (Some(slot), Some(svc_slot)) = (remote_slot(echo), remote_slot(svc)) else { return warn!(target: "net", "netd probe: capability table full") };
+    let done = || info!(target: "net", "netd probe done");
+    let Some(ms) = first_answer(slot, 120 * SEC) else {
+        warn!(target: "net", "netd probe: no answer from {} echo at {} in 120 s", peer, echo);
+        return done();
+    };
+    info!(target: "net", "netd probe: {} echo at {} answers through the ring-3 netd (task {:?}; first answer after {} ms)",
+        peer, echo, supervisor::service_task("netd"), ms);
+
+    // 1. a message from the network that makes netd panic: only netd dies
+    let before = supervisor::service_restarts("netd");
+    let r = task::call_timeout(svc_slot, Message::new(LABEL_PANIC_REQUEST, [0; 4]), 5000);
+    info!(target: "net", "netd probe: asked {} panicsvc to send the test panic message: {:?}", peer, r.map(|m| m.label));
+    let Some((n, t)) = wait_restart(before, 60 * SEC) else {
+        warn!(target: "net", "netd probe: netd was not restarted within 60 s of the panic message");
+        return done();
+    };
+    info!(target: "net", "netd probe: the message from {} made netd panic; the node runs on, the supervisor restarted netd as task {} (restarts: {})", peer, t, n);
+    let t0 = time::now_ns();
+    let ok = three_in_a_row(slot, 120 * SEC);
+    info!(target: "net", "netd probe: after the panic: {} remote calls to {} echo in a row ({} ms after the restart)",
+        if ok { "3/3" } else { "not 3" }, peer, (time::now_ns() - t0) / 1_000_000);
+
+    // 2. netd killed in the middle of fabric traffic
+    catenary_arch::cpu::without_interrupts(|| *TRAFFIC_TO.lock() = Some(echo));
+    task::spawn_kernel("netdtraffic", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, traffic, 0);
+    let t0 = time::now_ns();
+    while TRAFFIC_OK.load(Ordering::Relaxed) < 5 && time::now_ns() - t0 < 60 * SEC {
+        task::sleep_ns(10_000_000);
+    }
+    let before = supervisor::service_restarts("netd");
+    let Some(old) = supervisor::service_task("netd") else { return done() };
+    let t0 = time::now_ns();
+    while !task::kill_for_test(old) {
+        if time::now_ns() - t0 > 5 * SEC {
+            warn!(target: "net", "netd probe: netd never stopped running long enough to be killed");
+            return done();
+        }
+        task::yield_now();
+    }
+    let answered = TRAFFIC_OK.load(Ordering::Relaxed);
+    info!(target: "net", "netd probe: killed netd (task {}) in the middle of fabric traffic to {} ({} calls answered before)", old, peer, answered);
+    let Some((n, t)) = wait_restart(before, 60 * SEC) else {
+        warn!(target: "net", "netd probe: netd was not restarted within 60 s of the kill");
+        return done();
+    };
+    let t1 = time::now_ns();
+    let ok = three_in_a_row(slot, 120 * SEC);
+    TRAFFIC_STOP.store(true, Ordering::Relaxed);
+    info!(target: "net", "netd probe: netd restarted as task {} (restarts: {}); after the kill: {} remote calls to {} echo in a row ({} ms after the restart); traffic: {} answered, {} failed",
+        t, n, if ok { "3/3" } else { "not 3" }, peer, (time::now_ns() - t1) / 1_000_000, TRAFFIC_OK.load(Ordering::Relaxed), TRAFFIC_FAILED.load(Ordering::Relaxed));
+    done();
+}
+
+/// `net.panicsvc=1`: see the module docs.
+pub fn panicsvc(_: u64) {
+    let caps = task::try_create_endpoint_for_current(16)
+        .and_then(|(slot, ep)| task::try_give_current(Capability { target: Address::local(ep), rights: Rights::BIND, badge: 0 }).map(|b| (slot, ep, b)));
+    let Ok((slot, ep, bind)) = caps else { return warn!(target: "net", "panicsvc: no room for its capabilities") };
+    match task::bind_address(bind) {
+        Ok(a) => info!(target: "net", "panicsvc: endpoint {} has fabric address {}", ep, Ipv6Addr::from(a)),
+        Err(e) => return warn!(target: "net", "panicsvc: cannot bind: {:?}", e),
+    }
+    loop {
+        let Ok(m) = task::recv(slot, 0) else { continue };
+        let from = Ipv6Addr::from(task::sender());
+        if m.reply == 0 {
+            continue;
+        }
+        let _ = task::reply(m.reply, Message::new(m.label, [0; 4]));
+        if m.label != LABEL_PANIC_REQUEST {
+            continue;
+        }
+        let Some(echo) = Prefix64::of(&from).workload_address(AddressKind::Task, 1) else { continue };
+        let Some(s) = remote_slot(echo) else { continue };
+        let r = task::send(s, Message::new(catenary_ipc::netd::TEST_PANIC_LABEL, [0; 4]));
+        info!(target: "net", "panicsvc: sent the test panic message to {} (caller {}): {:?}", echo, from, r);
+    }
+}

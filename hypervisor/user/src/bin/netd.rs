@@ -1,0 +1,463 @@
+//! netd in ring 3: the node's network stack (smoltcp, netfabric sessions, fabric routing and
+//! the fabric IPC router with its reliability layer: the `catenary-net` crate the in-kernel
+//! `netd` runs too), started and restarted by the supervisor (`net.netd=user`).
+//!
+//! Granted (manifest entry `netd`): its endpoint (slot 0: `nicd`'s reports, the kernel's
+//! wakeups), a send capability to `nicd` (slot 1), the router capability (slot 2: `SYS_NET`)
+//! and a memory quota for its heap. No ports, MMIO or DMA: frames come through the ring
+//! `nicd` lends it (`SYS_SHARE`), mapped in its grant window. What crosses to the kernel:
+//! boot data (`OP_BOOT`), remote sends/calls to carry (`OP_TAKE`), messages from other nodes
+//! to deliver (`OP_DELIVER`, to the endpoint the kernel's table names), answers to our calls
+//! (`OP_COMPLETE`). See docs/microkernel.md, "netd in ring 3".
+//!
+//! `arg` bit 0 (TESTS ONLY, `netd.test_panic=1`, first start only): panic on a fabric IPC
+//! message whose label is `catenary_ipc::netd::TEST_PANIC_LABEL`.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use catenary_ipc::netd::*;
+use catenary_ipc::nic_ring as ring;
+use catenary_ipc::IpcError;
+use catenary_net::ipcroute::{Body, Frame, IpcRouter, RouteError};
+use catenary_net::rpc::{Delivery, Outcome, Rpc, Ticket};
+use catenary_net::{Cluster, Link, Node, NodeConfig};
+use catenary_user::*;
+use core::net::Ipv6Addr;
+use netfabric::Identity;
+
+const OWN: u64 = 0;
+const NICD: u64 = 1;
+const ROUTER: u64 = 2;
+/// Heap pages (of the manifest's 4096-page quota; page tables come out of the rest).
+const HEAP_PAGES: u64 = 3072;
+/// How long `netd` waits for a wakeup before running the stack's timers anyway.
+const IDLE_WAKE_NS: u64 = 10_000_000;
+/// Kernel records taken per pass, at most (the rest wait for the next pass).
+const TAKE_PER_PASS: usize = 64;
+
+entry!(run);
+
+struct Logger;
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            logf!("{}: {}", r.target(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+static LOGGER: Logger = Logger;
+
+fn net(op: u64, buf: &mut [u8], arg: u64) -> Result<u64, u64> {
+    let r = syscall6(SYS_NET, ROUTER, op, buf.as_mut_ptr() as u64, buf.len() as u64, arg, 0);
+    if r < 1 << 63 { Ok(r) } else { Err(r.wrapping_neg()) }
+}
+
+/// The frame ring `nicd` lends us, mapped at `ring` (0: none yet).
+struct RingNic {
+    ring: u64,
+    mac: [u8; 6],
+    bad: u64,
+}
+
+impl RingNic {
+    fn bad_ring(&mut self, e: ring::BadIndices) {
+        self.bad += 1;
+        if self.bad == 1 {
+            logf!("net: nicd: frame ring indices out of range (head {}, tail {}): frames ignored", e.head, e.tail);
+        }
+    }
+}
+
+impl Link for RingNic {
+    fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        use ring::*;
+        let r = self.ring;
+        if r == 0 {
+            return None;
+        }
+        let (head, tail) = (read_u64(r + RX_HEAD), read_u64(r + RX_TAIL));
+        let n = match pending(head, tail) {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) => {
+                self.bad_ring(e);
+                return None;
+            }
+        };
+        let s = slot(tail);
+        let len = frame_len(read_u64(r + RX_LEN + s * 8));
+        let v = len.map(|len| {
+            let mut v = alloc::vec![0u8; len];
+            copy_from(r + RX_SLOTS + s * SLOT_LEN, &mut v);
+            v
+        });
+        // a bad length drops the frame (the slot is consumed either way: no stall)
+        write_u64(r + RX_TAIL, tail.wrapping_add(1));
+        if n >= SLOTS {
+            let _ = send(NICD, LABEL_TX, [0; 4]); // the ring was full: nicd waits for room
+        }
+        v
+    }
+    fn can_send(&self) -> bool {
+        use ring::*;
+        self.ring != 0 && room(read_u64(self.ring + TX_HEAD), read_u64(self.ring + TX_TAIL)).is_ok_and(|n| n > 0)
+    }
+    fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) {
+        use ring::*;
+        if len as u64 > SLOT_LEN || !self.can_send() {
+            return; // dropped, as a full NIC queue would
+        }
+        let mut frame = alloc::vec![0u8; len];
+        f(&mut frame);
+        let r = self.ring;
+        let head = read_u64(r + TX_HEAD);
+        let s = slot(head);
+        copy_to(r + TX_SLOTS + s * SLOT_LEN, &frame);
+        write_u64(r + TX_LEN + s * 8, len as u64);
+        write_u64(r + TX_HEAD, head.wrapping_add(1));
+        let _ = send(NICD, LABEL_TX, [0; 4]);
+    }
+}
+
+struct Boot {
+    flags: u64,
+    unix_at_origin: u64,
+    cfg: [u64; 7],
+    key: [u8; 32],
+    identity_seed: [u8; 32],
+    fabric_seed: [u8; 32],
+    cluster: Vec<u8>,
+}
+
+fn boot() -> Option<Boot> {
+    let mut b = alloc::vec![0u8; BOOT_MAX];
+    let n = net(OP_BOOT, &mut b, 0).ok()? as usize;
+    if n < BOOT_HEADER || get_u64(&b, 0) != 1 {
+        return None;
+    }
+    let (cl, kl) = (get_u64(&b, 80) as usize, get_u64(&b, 88) as usize);
+    let cluster = b.get(BOOT_HEADER + cl..BOOT_HEADER + cl + kl)?.to_vec();
+    let arr = |o: usize| {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(&b[o..o + 32]);
+        a
+    };
+    let mut cfg = [0u64; 7];
+    for (i, w) in cfg.iter_mut().enumerate() {
+        *w = get_u64(&b, 24 + 8 * i);
+    }
+    Some(Boot { flags: get_u64(&b, 8), unix_at_origin: get_u64(&b, 16), cfg, key: arr(96), identity_seed: arr(128), fabric_seed: arr(160), cluster })
+}
+
+fn configure_nicd(cfg: &[u64; 7]) {
+    let _ = send(NICD, ring::LABEL_CONFIG, [cfg[0], cfg[1], cfg[2], cfg[3]]);
+    let _ = send(NICD, ring::LABEL_CONFIG2, [cfg[4], cfg[5], cfg[6], 0]);
+}
+
+struct State {
+    nic: RingNic,
+    node: Node,
+    rpc: Rpc,
+    /// Our copy of the kernel's /128 → endpoint table (filled on demand with `OP_LOOKUP`).
+    router: IpcRouter,
+    cfg: [u64; 7],
+    /// Where `nicd` said it lent us the ring (waiting for its `LABEL_UP`).
+    shared: u64,
+    test_panic: bool,
+    logged: [u32; 4],
+    socket_refusals: u64,
+}
+
+/// A message on our endpoint: `nicd`'s reports, the kernel's wakeups, socket requests.
+fn on_message(st: &mut State, m: Msg) {
+    match m.label {
+        ring::LABEL_HELLO => {
+            logf!("net: a new nicd asks for its configuration");
+            configure_nicd(&st.cfg);
+        }
+        ring::LABEL_SHARED => st.shared = m.words[0],
+        ring::LABEL_UP => {
+            if st.shared == 0 {
+                logf!("net: nicd is up but did not lend its frame ring");
+                return;
+            }
+            st.nic.ring = st.shared;
+            st.nic.bad = 0;
+            logf!("net: nicd's frame ring is lent to netd at {:#x} ({} pages, SYS_SHARE): frames flow", st.shared, ring::RING_PAGES);
+        }
+        ring::LABEL_FAIL => logf!("net: nicd failed at step {}", m.words[0]),
+        l if catenary_netsock_is_request(l) => {
+            // the socket protocol (catenary-netsock) is not served yet: an error, never a hang
+            st.socket_refusals += 1;
+            if m.reply != 0 {
+                let _ = reply(m.reply, 2, [0; 4]); // NetError::UnknownOp
+            }
+        }
+        _ => {} // wakeups (frames, the kernel's notification)
+    }
+}
+
+fn catenary_netsock_is_request(label: u64) -> bool {
+    label & !0xffff == 0x4e53_0000
+}
+
+/// Hand a call or send from another node to its local endpoint (through the kernel).
+fn deliver(d: Delivery, test_panic: bool, logged: &mut u32) -> Outcome {
+    let (rec_to, from, inc, call_id, body) = match d {
+        Delivery::Call { ticket, body, .. } => (ticket.to, ticket.from, ticket.inc, ticket.call_id, body),
+        Delivery::Send { from, to, body, .. } => (to, from, 0, 0, body),
+    };
+    if test_panic && body.label == TEST_PANIC_LABEL {
+        logf!("net: TEST ONLY: a fabric IPC message from {} carries the test panic label: netd panics", from);
+        panic!("netd: test panic message");
+    }
+    let mut rec = [0u8; RECORD];
+    put_addr(&mut rec, 0, &rec_to.octets());
+    put_addr(&mut rec, 16, &from.octets());
+    put_u64(&mut rec, 32, inc);
+    put_u64(&mut rec, 40, call_id);
+    put_u64(&mut rec, 48, body.label);
+    for (i, w) in body.words.iter().enumerate() {
+        put_u64(&mut rec, 56 + 8 * i, *w);
+    }
+    let r = net(OP_DELIVER, &mut rec, 0);
+    if *logged < 8 {
+        *logged += 1;
+        logf!("net: ipc: {} from {} to {}: {}", if call_id != 0 { "call" } else { "send" }, from, rec_to, if r.is_ok() { "delivered" } else { "refused" });
+    }
+    match r {
+        Ok(_) => Outcome::Delivered,
+        Err(c) if c == IpcError::QueueFull.code() => Outcome::Busy,
+        Err(c) => Outcome::Failed(c),
+    }
+}
+
+fn complete(token: u64, from: Ipv6Addr, result: Result<Body, u64>) {
+    let mut rec = [0u8; RECORD];
+    put_addr(&mut rec, 0, &from.octets());
+    match result {
+        Ok(b) => {
+            put_u64(&mut rec, 16, 1);
+            put_u64(&mut rec, 24, b.label);
+            for (i, w) in b.words.iter().enumerate() {
+                put_u64(&mut rec, 32 + 8 * i, *w);
+            }
+        }
+        Err(code) => put_u64(&mut rec, 24, code),
+    }
+    let _ = net(OP_COMPLETE, &mut rec, token);
+}
+
+/// Decode with our copy of the routing table, asking the kernel's for a /128 it lacks.
+fn decode(router: &mut IpcRouter, p: &[u8]) -> Result<Frame, RouteError> {
+    match router.decode(p) {
+        Err(RouteError::Unbound(a)) => {
+            let mut rec = [0u8; 16];
+            put_addr(&mut rec, 0, &a.octets());
+            match net(OP_LOOKUP, &mut rec, 0) {
+                Ok(ep) if router.adopt_binding(a, ep) => router.decode(p),
+                _ => Err(RouteError::Unbound(a)),
+            }
+        }
+        r => r,
+    }
+}
+
+/// Fabric IPC: the kernel's remote sends and calls out, answers out, inbound frames
+/// delivered, retransmissions. Returns whether anything happened.
+fn ipc_pump(st: &mut State) -> bool {
+    let now = now_ns();
+    let _ = net(OP_REAP, &mut [], 0);
+    let mut tx: Vec<Frame> = Vec::new();
+    let mut active = false;
+    let node_addr = st.node.fabric_addr;
+    for _ in 0..TAKE_PER_PASS {
+        let mut rec = [0u8; RECORD];
+        match net(OP_TAKE, &mut rec, 0) {
+            Ok(TAKE_OUT) => {
+                active = true;
+                let src = get_addr(&rec, 8);
+                let src = if src == [0; 16] { node_addr } else { Ipv6Addr::from(src) };
+                let dst = Ipv6Addr::from(get_addr(&rec, 24));
+                let endpoint = get_u64(&rec, 40);
+                let body = Body { label: get_u64(&rec, 48), words: [get_u64(&rec, 56), get_u64(&rec, 64), get_u64(&rec, 72), get_u64(&rec, 80)] };
+                let token = get_u64(&rec, 88);
+                let sent = if token != 0 {
+                    match st.rpc.start_call(now, src, dst, endpoint, token, body) {
+                        Some(f) => f.packet().is_some_and(|p| st.node.send_ipc(&p, now)),
+                        None => false,
+                    }
+                } else {
+                    match st.rpc.send(now, src, dst, endpoint, body) {
+                        Ok(Some(f)) => f.packet().is_some_and(|p| st.node.send_ipc(&p, now)),
+                        Ok(None) => true,
+                        Err(_) => continue,
+                    }
+                };
+                if st.logged[0] < 8 {
+                    st.logged[0] += 1;
+                    logf!("net: ipc: {} to {} {}", if token != 0 { "call" } else { "send" }, dst, if sent { "forwarded over the fabric" } else { "unreachable" });
+                }
+                if !sent && token != 0 {
+                    st.rpc.cancel_call(token);
+                    complete(token, dst, Err(IpcError::Unreachable.code()));
+                }
+            }
+            Ok(TAKE_REPLY) => {
+                active = true;
+                let ticket = Ticket { from: Ipv6Addr::from(get_addr(&rec, 8)), to: Ipv6Addr::from(get_addr(&rec, 24)), inc: get_u64(&rec, 40), call_id: get_u64(&rec, 48) };
+                let answer = if get_u64(&rec, 56) == 1 {
+                    Ok(Body { label: get_u64(&rec, 64), words: [get_u64(&rec, 72), get_u64(&rec, 80), get_u64(&rec, 88), get_u64(&rec, 96)] })
+                } else {
+                    Err(get_u64(&rec, 64))
+                };
+                tx.push(st.rpc.answer(now, ticket, answer));
+            }
+            _ => break,
+        }
+    }
+    while let Some(p) = st.node.take_ipc() {
+        active = true;
+        match decode(&mut st.router, &p) {
+            Ok(f) => {
+                let (test_panic, logged) = (st.test_panic, &mut st.logged[1]);
+                let router = &mut st.router;
+                let (out, done) = st.rpc.inbound(now, f, &mut |d| {
+                    let to = match &d {
+                        Delivery::Call { ticket, .. } => ticket.to,
+                        Delivery::Send { to, .. } => *to,
+                    };
+                    let o = deliver(d, test_panic, logged);
+                    if o == Outcome::Failed(IpcError::DeadPeer.code()) || o == Outcome::Failed(IpcError::NoEndpoint.code()) {
+                        router.unbind(&to); // our copy: asked again next time
+                    }
+                    o
+                });
+                tx.extend(out);
+                if let Some(c) = done {
+                    complete(c.call_id, c.from, c.result);
+                }
+            }
+            Err(e) => {
+                if st.logged[3] < 8 {
+                    st.logged[3] += 1;
+                    logf!("net: ipc: refused a frame: {:?}", e);
+                }
+                if let Some(f) = IpcRouter::refusal(&p, IpcError::NoEndpoint.code()) {
+                    tx.push(f);
+                }
+            }
+        }
+    }
+    tx.extend(st.rpc.poll(now, |t| net(OP_WAITING, &mut [], t) == Ok(1)));
+    active |= !tx.is_empty();
+    for f in tx {
+        if let Some(p) = f.packet() {
+            st.node.send_ipc(&p, now);
+        }
+    }
+    active
+}
+
+fn run(arg: u64) -> u64 {
+    if !dma::init_mapped(HEAP_PAGES) {
+        log("netd: no heap (memory quota)");
+        return 1;
+    }
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+    let Some(b) = boot() else {
+        log("netd: no boot data from the kernel (networking off, or no router capability)");
+        return 2;
+    };
+    // nicd: its configuration (a running nicd lends us its ring again), then its ring
+    configure_nicd(&b.cfg);
+    let mut nic = RingNic { ring: 0, mac: [0; 6], bad: 0 };
+    let mut shared = 0;
+    let t0 = now_ns();
+    while nic.ring == 0 {
+        if now_ns() - t0 > 10_000_000_000 {
+            log("netd: nicd did not lend its frame ring in 10 s");
+            return 3;
+        }
+        let Ok(m) = recv(OWN, 1_000_000_000) else {
+            configure_nicd(&b.cfg);
+            continue;
+        };
+        match m.label {
+            ring::LABEL_SHARED => shared = m.words[0],
+            ring::LABEL_UP if shared != 0 => {
+                nic.ring = shared;
+                nic.mac.copy_from_slice(&m.words[1].to_le_bytes()[..6]);
+            }
+            ring::LABEL_HELLO => configure_nicd(&b.cfg),
+            ring::LABEL_FAIL => {
+                logf!("netd: nicd failed at step {}", m.words[0]);
+                return 4;
+            }
+            _ => {}
+        }
+    }
+    logf!("net: netd (ring 3): nicd lent its frame ring at {:#x} ({} pages); MAC {:02x?}{}", nic.ring, ring::RING_PAGES, nic.mac,
+        if b.flags & BOOT_MSIX != 0 { ", MSI-X receive interrupt" } else { "" });
+    let identity = if b.flags & BOOT_KEY != 0 {
+        logf!("net: identity: the node key from the boot module");
+        Identity::from_secret_bytes(b.key)
+    } else {
+        logf!("net: no node key: using a random identity");
+        Identity::from_secret_bytes(b.identity_seed)
+    };
+    let cluster = if b.cluster.is_empty() {
+        Cluster::default()
+    } else {
+        match core::str::from_utf8(&b.cluster).map_err(|_| alloc::string::String::from("not UTF-8")).and_then(|t| Cluster::parse(t).map_err(|e| alloc::format!("{e}"))) {
+            Ok(c) => c,
+            Err(e) => {
+                logf!("net: cluster file rejected ({}): no peers", e);
+                Cluster::default()
+            }
+        }
+    };
+    let now = now_ns();
+    let h = netfabric::crypto::hash(&[b"catenary fabric ipc incarnation", &b.fabric_seed]);
+    let incarnation = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) | 1;
+    let mut node = Node::new(&mut nic, NodeConfig { identity, cluster, unix_time_at_origin: b.unix_at_origin, rng_seed: b.fabric_seed }, now);
+    let rpc = Rpc::new(node.fabric_addr, incarnation);
+    node.connect_all(now);
+    let mut a = [0u8; 16];
+    put_addr(&mut a, 0, &node.fabric_addr.octets());
+    if let Err(e) = net(OP_UP, &mut a, 0) {
+        logf!("netd: the kernel refused our fabric address {} (error {})", node.fabric_addr, e);
+        return 5;
+    }
+    logf!("net: netd (ring 3) routes fabric IPC for {}; the kernel forwards remote sends and calls to it", node.fabric_addr);
+    if arg & 1 != 0 {
+        logf!("net: TEST ONLY: netd.test_panic=1: a fabric IPC message with label {:#x} makes this netd panic", TEST_PANIC_LABEL);
+    }
+    let router = IpcRouter::new(node.fabric_addr);
+    let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4], socket_refusals: 0 };
+    loop {
+        let now = now_ns();
+        let mut active = st.node.poll(&mut st.nic, now);
+        if ipc_pump(&mut st) {
+            active = true;
+            st.node.poll(&mut st.nic, now_ns());
+        }
+        if active {
+            yield_now();
+        } else if let Ok(m) = recv(OWN, IDLE_WAKE_NS) {
+            on_message(&mut st, m);
+        }
+    }
+}
