@@ -16,6 +16,32 @@ pub fn read_cr4() -> u64 {
     Cr4::read_raw()
 }
 
+/// The current stack pointer.
+pub fn stack_pointer() -> u64 {
+    let sp: u64;
+    // SAFETY: reads RSP into a register; no memory access.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    sp
+}
+
+/// Flush this CPU's whole TLB, global entries included (toggling CR4.PGE when it is on,
+/// reloading CR3 otherwise).
+pub fn flush_tlb_all() {
+    without_interrupts(|| {
+        let cr4 = Cr4::read_raw();
+        if cr4 & (1 << 7) != 0 {
+            // SAFETY: clearing and restoring PGE only invalidates TLB entries (all of them,
+            // global ones included); no translation changes. Interrupts are off in between.
+            unsafe {
+                Cr4::write_raw(cr4 & !(1 << 7));
+                Cr4::write_raw(cr4);
+            }
+        } else {
+            x86_64::instructions::tlb::flush_all();
+        }
+    })
+}
+
 /// OR bits into CR4 (never overwrite: firmware may have set bits we must keep).
 pub fn cr4_set(bits: u64) {
     // SAFETY: callers only set feature-enable bits the CPU advertises (checked by the caller).

@@ -307,6 +307,109 @@ pub fn alloc_stack(pages: u64) -> Result<(u64, u64), PagingError> {
     Ok((bottom, bottom + pages * PAGE))
 }
 
+/// A kernel task's stack: `pages` mapped pages above an unmapped guard page, in a slot of
+/// the stack region. Dropping it unmaps the pages and frees their frames; the slot's
+/// addresses are reused only once every CPU that may have cached them has flushed its TLB
+/// since ([`tlb_catch_up`]: there is no shootdown IPI, and a stale entry would let a new
+/// stack at the same address reach the old, freed frames).
+///
+/// The owner drops it only when nothing runs on it any more (the kernel: after the task
+/// died and its CPU entered the kernel on another stack).
+#[derive(Debug)]
+pub struct KernelStack {
+    bottom: u64,
+    pages: u64,
+}
+
+impl KernelStack {
+    pub fn top(&self) -> u64 {
+        self.bottom + self.pages * PAGE
+    }
+    /// Whether `addr` (a stack pointer) lies in this stack.
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.bottom..self.top()).contains(&addr)
+    }
+}
+
+impl Drop for KernelStack {
+    fn drop(&mut self) {
+        for i in 0..self.pages {
+            // SAFETY: the pages of this stack's slot, mapped by `alloc_kernel_stack` with frames
+            // it owns; nothing runs on the stack any more (the owner's contract above).
+            if let Ok(f) = unsafe { unmap_page(self.bottom + i * PAGE) } {
+                // SAFETY: the frame was this stack's alone; its mapping is gone (this CPU's
+                // entry flushed). Other CPUs may hold stale entries for the slot, which nobody
+                // uses: the slot is not handed out again before they flush (`reusable`).
+                let _ = unsafe { crate::memory::free_frame(f) };
+            }
+        }
+        let epoch = TLB_EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
+        crate::cpu::without_interrupts(|| FREE_STACK_SLOTS.lock().push((self.bottom - PAGE, self.pages, epoch)));
+    }
+}
+
+/// Stack slots given back: (slot, pages, epoch at which they were freed).
+static FREE_STACK_SLOTS: spin::Mutex<alloc::vec::Vec<(u64, u64, u64)>> = spin::Mutex::new(alloc::vec::Vec::new());
+/// Advanced at every stack free; each CPU records the value it last flushed its TLB at.
+static TLB_EPOCH: AtomicU64 = AtomicU64::new(1);
+static TLB_FLUSHED: [AtomicU64; crate::percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS];
+/// CPUs that have called [`tlb_catch_up`] (a CPU that never has, never ran a task).
+static TLB_CPUS: AtomicU64 = AtomicU64::new(0);
+
+/// Called by the scheduler on this CPU at its ticks and context switches: flush the TLB if a
+/// stack was freed since the last flush, so its slot can be reused.
+pub fn tlb_catch_up() {
+    let c = crate::percpu::cpu_index();
+    let Some(seen) = TLB_FLUSHED.get(c) else { return };
+    let e = TLB_EPOCH.load(Ordering::SeqCst);
+    if seen.load(Ordering::SeqCst) < e {
+        crate::cpu::flush_tlb_all();
+        seen.store(e, Ordering::SeqCst);
+    }
+    TLB_CPUS.fetch_or(1 << c, Ordering::SeqCst);
+}
+
+/// Every CPU has flushed its TLB since `epoch`.
+fn all_flushed_since(epoch: u64) -> bool {
+    let cpus = TLB_CPUS.load(Ordering::SeqCst);
+    (0..crate::percpu::MAX_CPUS).filter(|c| cpus & (1 << c) != 0).all(|c| TLB_FLUSHED[c].load(Ordering::SeqCst) >= epoch)
+}
+
+/// Freed stack slots whose addresses cannot be reused yet (tests).
+pub fn stack_slots_waiting() -> usize {
+    crate::cpu::without_interrupts(|| FREE_STACK_SLOTS.lock().iter().filter(|s| !all_flushed_since(s.2)).count())
+}
+
+/// Freed stack slots kept for reuse (tests: the slot of an ended task is reused).
+pub fn stack_slots_free() -> usize {
+    crate::cpu::without_interrupts(|| FREE_STACK_SLOTS.lock().len())
+}
+
+/// A kernel task's stack of `pages` pages (see [`KernelStack`]).
+pub fn alloc_kernel_stack(pages: u64) -> Result<KernelStack, PagingError> {
+    let reused = crate::cpu::without_interrupts(|| {
+        let mut free = FREE_STACK_SLOTS.lock();
+        let i = free.iter().position(|s| s.1 == pages && all_flushed_since(s.2))?;
+        Some(free.swap_remove(i).0)
+    });
+    let slot = reused.unwrap_or_else(|| STACK_NEXT.fetch_add((pages + 1) * PAGE, Ordering::Relaxed));
+    // From here on the slot is owned by `stack` (dropping it on failure unmaps what was mapped).
+    let mut stack = KernelStack { bottom: slot + PAGE, pages: 0 };
+    for i in 0..pages {
+        let f = crate::memory::FreshFrame::alloc().map_err(|_| PagingError::OutOfFrames)?;
+        let f = f.into_mapped();
+        // SAFETY: a fresh frame (owned by nobody else) at an address of this slot, which
+        // nobody else uses (a fresh slot, or a freed one every CPU has flushed since).
+        if let Err(e) = unsafe { map_page(stack.bottom + i * PAGE, f, MapFlags::DATA) } {
+            // SAFETY: not mapped: the frame is still referred to by nothing.
+            let _ = unsafe { crate::memory::free_frame(f) };
+            return Err(e);
+        }
+        stack.pages = i + 1;
+    }
+    Ok(stack)
+}
+
 /// Kernel addresses for test mappings (`map_fresh_test_page`, `unmap_test_page`): 1 GiB that
 /// nothing else maps.
 pub const TEST_WINDOW: (u64, u64) = (0xffff_d000_0000_0000, 0xffff_d000_4000_0000);

@@ -63,6 +63,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("syscall_noncanonical_return_killed", crate::ktest_syscall::syscall_noncanonical_return_killed),
     ("syscall_spawn_failure_frees_everything", crate::ktest_syscall::syscall_spawn_failure_frees_everything),
     ("caps_table_full_is_an_error", crate::ktest_lifecycle::caps_table_full_is_an_error),
+    ("kernel_task_stacks_freed", crate::ktest_lifecycle::kernel_task_stacks_freed),
     ("vm_hostile_garbage_io", crate::ktest_vm::vm_hostile_garbage_io),
     ("vm_hostile_unknown_msr_gp", crate::ktest_vm::vm_hostile_unknown_msr_gp),
     ("vm_hostile_wild_mmio", crate::ktest_vm::vm_hostile_wild_mmio),
@@ -108,6 +109,16 @@ pub fn run(node: &Node) -> ! {
     println!("ktest: {} passed, {} failed", passed, failed);
     qemu::exit(if failed == 0 { 0 } else { 1 });
     catenary_arch::cpu::halt_forever()
+}
+
+/// Free frames once the stacks of kernel tasks that have died are back (they are freed at
+/// their CPU's next tick): what frame-count checks compare.
+pub fn free_frames_settled() -> u64 {
+    let end = catenary_arch::time::now_ns() + 1_000_000_000;
+    while crate::task::kernel_stacks_pending() > 0 && catenary_arch::time::now_ns() < end {
+        crate::task::sleep_ns(1_000_000);
+    }
+    memory::stats().free
 }
 
 /// A capability the test task could not take (its table is full).

@@ -242,13 +242,13 @@ fn echo_still_answers() -> Result<(), String> {
 /// A blocked ring-3 task killed from outside (`kill_for_test`, the path a supervisor takes)
 /// gives its frames back at once and wakes a task waiting in `join` for it.
 pub fn user_killed_while_blocked_frees_frames(_: &Node) -> Result<(), String> {
-    let before = catenary_arch::memory::stats().free;
+    let before = crate::ktest::free_frames_settled();
     let (id, _) = spawn_uapp("blocked", task::ROLE_ONE_SHOT, Affinity::ANY, true, &[])?;
     task::sleep_ns(50_000_000); // it reaches its recv and blocks
     check(task::kill_for_test(id), || "task not killable (not blocked?)".into())?;
     let code = task::join(id, 5 * SEC).ok_or("join did not return")?;
     check(code == task::killed_by(0xff), || format!("exit code {code:#x}"))?;
-    let after = catenary_arch::memory::stats().free;
+    let after = crate::ktest::free_frames_settled();
     check(after == before, || format!("{} frames leaked by the kill", before as i64 - after as i64))
 }
 
@@ -335,7 +335,7 @@ pub fn vm_vcpu_loop_is_a_task(_: &Node) -> Result<(), String> {
 /// mapping is gone after its reply (touching it kills the receiver).
 pub fn ipc_memory_grant(_: &Node) -> Result<(), String> {
     let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
-    let before = catenary_arch::memory::stats().free;
+    let before = crate::ktest::free_frames_settled();
     let (srv, sep) = spawn_uapp("grant-srv", task::ROLE_GRANT_SERVER, Affinity::ANY, true, &[])?;
     let sep = sep.unwrap();
     let grant_cap = catenary_ipc::Capability { target: catenary_ipc::Address::local(sep), rights: Rights::SEND.union(Rights::GRANT), badge: 5 };
@@ -348,7 +348,7 @@ pub fn ipc_memory_grant(_: &Node) -> Result<(), String> {
     check(m.words[2] == 63, || format!("bad grants accepted: error mask {:#b} (want 0b111111; 0b100000: a forged descriptor refused)", m.words[2]))?;
     check(m.words[3] == 1 && code == task::killed_by(14), || format!("revoked grant still mapped (server exit {code:#x})"))?;
     check(task::grants_outstanding() == 0, || format!("{} grants left", task::grants_outstanding()))?;
-    let after = catenary_arch::memory::stats().free;
+    let after = crate::ktest::free_frames_settled();
     check(after == before, || format!("{} frames leaked", before as i64 - after as i64))
 }
 
@@ -361,7 +361,7 @@ pub fn ipc_memory_grant(_: &Node) -> Result<(), String> {
 /// was not granted; its DMA frames come back.
 pub fn driver_mmio_dma_grants(_: &Node) -> Result<(), String> {
     let io = task::ioapic_phys().ok_or("no IOAPIC in ACPI")?;
-    let before = catenary_arch::memory::stats().free;
+    let before = crate::ktest::free_frames_settled();
     let (id, ep) = task::spawn_user(&UserSpec { name: "mmio-drv", elf: task::UAPP_ELF, arg: task::ROLE_MMIO_DRIVER, prio: Priority::DRIVER,
         affinity: Affinity::ANY, own_endpoint: true, caps: &[], ports: &[], mmio: &[(io, 4096)], dma_pages: 4, mem_pages: task::DEFAULT_MEM_PAGES })
         .map_err(|e| format!("spawn: {e:?}"))?;
@@ -381,7 +381,7 @@ pub fn driver_mmio_dma_grants(_: &Node) -> Result<(), String> {
     task::send(slot, Message::new(9, [0; 4])).map_err(|e| format!("{e:?}"))?;
     let code = task::join(id, 5 * SEC).ok_or("driver not killed")?;
     check(code == task::killed_by(14), || format!("exit code {code:#x}, expected #PF kill"))?;
-    let after = catenary_arch::memory::stats().free;
+    let after = crate::ktest::free_frames_settled();
     check(after == before, || format!("{} frames leaked", before as i64 - after as i64))?;
     log::info!(target: "ktest", "ring-3 driver: IOAPIC version {kernel_ver:#x} via granted MMIO, 4 DMA pages at {phys:#x}");
     Ok(())

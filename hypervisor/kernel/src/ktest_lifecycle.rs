@@ -65,3 +65,35 @@ pub fn caps_table_full_is_an_error(_: &Node) -> Result<(), String> {
     task::drop_current(slot);
     check(r.words[0] == 11, || format!("echo answered {r:?}"))
 }
+
+fn noop(_: u64) {}
+
+/// Kernel tasks that end give their stacks back: after a warm-up task (the heap's own
+/// growth), 20 kernel tasks spawned and joined one after the other (each on any CPU) leave
+/// the free-frame count where it was. Each leaked its 8-frame stack before.
+pub fn kernel_task_stacks_freed(_: &Node) -> Result<(), String> {
+    const N: u64 = 20;
+    let once = || -> Result<(), String> {
+        let id = task::try_spawn_kernel("stack-cycle", Priority::NORMAL, Affinity::ANY, noop, 0).map_err(|e| format!("spawn: {e:?}"))?;
+        task::join(id, 5 * SEC).ok_or("a kernel task did not end")?;
+        // its stack's addresses are reused once every CPU has flushed its TLB (ticks)
+        let end = catenary_arch::time::now_ns() + SEC;
+        while (task::kernel_stacks_pending() > 0 || catenary_arch::paging::stack_slots_waiting() > 0) && catenary_arch::time::now_ns() < end {
+            task::sleep_ns(1_000_000);
+        }
+        Ok(())
+    };
+    once()?;
+    let before = crate::ktest::free_frames_settled();
+    let slots_before = catenary_arch::paging::stack_slots_free();
+    for _ in 0..N {
+        once()?;
+    }
+    let after = crate::ktest::free_frames_settled();
+    check(after == before, || format!("{} frames not back after {N} kernel tasks ended ({} per task)", before as i64 - after as i64, (before as i64 - after as i64) / N as i64))?;
+    check(task::kernel_stacks_pending() == 0, || "dead kernel stacks still pending".into())?;
+    // one task at a time: each reuses a freed stack's addresses (else the stack region
+    // grows, and with it the page tables): the list of freed slots does not grow
+    let slots = catenary_arch::paging::stack_slots_free();
+    check(slots <= slots_before, || format!("{slots} freed stack slots kept, {slots_before} before: addresses not reused"))
+}

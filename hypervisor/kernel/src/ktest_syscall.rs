@@ -4,7 +4,7 @@
 use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU64, Ordering};
-use catenary_arch::{apic, memory, smp, trap};
+use catenary_arch::{apic, smp, trap};
 use catenary_ipc::Message;
 use catenary_sched::{Affinity, Priority};
 
@@ -34,7 +34,7 @@ fn echo_still_answers() -> Result<(), String> {
 static LATE_EP: AtomicU64 = AtomicU64::new(0);
 
 /// Sends label 2 to endpoint `LATE_EP` 300 ms after it is set (the answer a long receive
-/// waits for). Started before the frame count is taken: its kernel stack stays allocated.
+/// waits for). Its kernel stack is freed after it ends (counted in the frame check).
 fn late_send(_: u64) {
     let mut ep = 0;
     for _ in 0..500 {
@@ -58,8 +58,8 @@ fn late_send(_: u64) {
 pub fn syscall_hostile_arguments(_: &Node) -> Result<(), String> {
     let io = task::ioapic_phys().ok_or("no IOAPIC in ACPI: nothing to grant as MMIO")?;
     LATE_EP.store(0, Ordering::SeqCst);
+    let before = crate::ktest::free_frames_settled();
     let sender = task::spawn_kernel("late-send", Priority::NORMAL, Affinity::ANY, late_send, 0);
-    let before = memory::stats().free;
     let (id, ep) = spawn("hostile-args", task::ROLE_HOSTILE_ARGS, Affinity::ANY, &[(io, 4096)], QUOTA)?;
     let ep = ep.ok_or("no endpoint")?;
     let slot = task::try_give_current(task::send_cap(ep, 0)).map_err(crate::ktest::cap_err)?;
@@ -74,7 +74,7 @@ pub fn syscall_hostile_arguments(_: &Node) -> Result<(), String> {
     check(waited == 1, || "a receive with timeout u64::MAX - 1 timed out at once (deadline wrapped)".into())?;
     check(code == 0, || format!("hostile task exit code {code:#x}"))?;
     echo_still_answers()?;
-    let after = memory::stats().free;
+    let after = crate::ktest::free_frames_settled();
     check(after == before, || format!("{} frames leaked", before as i64 - after as i64))
 }
 
@@ -154,12 +154,12 @@ pub fn syscall_noncanonical_return_killed(_: &Node) -> Result<(), String> {
 /// behind: no half-made task, every frame of its image and stack back.
 pub fn syscall_spawn_failure_frees_everything(_: &Node) -> Result<(), String> {
     let caps = alloc::vec![task::send_cap(task::echo_endpoint(), 1); 80];
-    let before = memory::stats().free;
+    let before = crate::ktest::free_frames_settled();
     let r = task::spawn_user(&UserSpec { name: "too-many-caps", elf: task::UAPP_ELF, arg: task::ROLE_ONE_SHOT, prio: Priority::NORMAL,
         affinity: Affinity::ANY, own_endpoint: true, caps: &caps, ports: &[], mmio: &[], dma_pages: 0, mem_pages: task::DEFAULT_MEM_PAGES });
     check(r.is_err(), || format!("a task with 81 capabilities in a 64-slot table started: {r:?}"))?;
     task::sleep_ns(20_000_000);
-    let after = memory::stats().free;
+    let after = crate::ktest::free_frames_settled();
     check(after == before, || format!("{} frames left behind by the refused task", before as i64 - after as i64))?;
     echo_still_answers()
 }

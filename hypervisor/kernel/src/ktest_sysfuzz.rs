@@ -12,7 +12,7 @@
 
 use alloc::format;
 use alloc::string::String;
-use catenary_arch::{apic, memory, smp, time, trap};
+use catenary_arch::{apic, smp, time, trap};
 use catenary_ipc::sysfuzz::*;
 use catenary_ipc::{Address, Capability, IpcError, Message, Rights};
 use catenary_sched::{Affinity, Priority};
@@ -106,7 +106,7 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
     let stale = Capability { target: Address::local(gone_ep.unwrap()), rights: Rights::SEND.union(Rights::RECV), badge: 7 };
 
     let (rslot, rep_ep) = task::try_create_endpoint_for_current(64).map_err(crate::ktest::cap_err)?;
-    let before = memory::stats().free;
+    let before = crate::ktest::free_frames_settled();
     let (nmi0, nmi3_0, ac0) = (trap::nmi_count(), trap::nmi_ring3_count(), trap::ac_entries());
     info!(target: "sysfuzz", "sysfuzz: free frames before: {before}");
     let end = time::now_ns() + secs * SEC;
@@ -115,7 +115,7 @@ pub fn syscall_fuzz(node: &Node) -> Result<(), String> {
         one_run(&mut t, master, classes, io, end, stale, rslot, rep_ep)?;
     }
     task::drop_current(rslot);
-    let after = memory::stats().free;
+    let after = crate::ktest::free_frames_settled();
     info!(target: "sysfuzz", "sysfuzz: free frames after: {after} (before: {before})");
 
     let (nmis, nmis3) = (trap::nmi_count() - nmi0, trap::nmi_ring3_count() - nmi3_0);

@@ -8,7 +8,7 @@ use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use catenary_arch::{guest_switch, memory, smp, time};
+use catenary_arch::{guest_switch, smp, time};
 use catenary_sched::{Affinity, Priority};
 use catenary_vmm::cpu::{GuestFault, StopReason};
 
@@ -83,7 +83,7 @@ fn beside_healthy(scenario: u32, name: &str) -> Result<RunReport, String> {
         let id = task::spawn_kernel("healthy-vm", Priority::NORMAL, Affinity::only(smp::cpu_index()), healthy_runner, 0);
         RUNNER.store(id.max(1), Ordering::SeqCst);
     }
-    let before = memory::stats().free;
+    let before = crate::ktest::free_frames_settled();
     let gen = REQUESTED.fetch_add(1, Ordering::SeqCst) + 1;
     // Start the hostile VM once the healthy one is under way, so the two overlap.
     let t0 = time::now_ns();
@@ -102,7 +102,7 @@ fn beside_healthy(scenario: u32, name: &str) -> Result<RunReport, String> {
     if let Some(Err(e)) = RESULT.lock().take() {
         return Err(format!("the healthy VM beside {name} failed: {e}"));
     }
-    let after = memory::stats().free;
+    let after = crate::ktest::free_frames_settled();
     check(after == before, || format!("{} frames not returned after the VMs ended", before as i64 - after as i64))?;
     check(r.console.iter().any(|l| l.contains("starting scenario")), || format!("guest never ran: {:?}", r.ended))?;
     Ok(r)

@@ -5,6 +5,7 @@ use super::*;
 
 pub(super) fn on_tick(f: &mut TrapFrame) {
     with(|k| {
+        free_dead_stacks(k);
         let c = smp::cpu_index();
         if c == 0 {
             k.ticks += 1;

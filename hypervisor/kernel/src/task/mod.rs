@@ -121,11 +121,13 @@ pub struct Ctx {
     dma_left: u64,
     /// The fabric /128 the last message this task received came from (`SYS_SENDER`).
     origin: [u8; 16],
+    /// A kernel task's stack (freed after it died, see `switch::free_dead_stacks`).
+    kstack: Option<paging::KernelStack>,
 }
 
 impl Ctx {
     fn new(frame: TrapFrame) -> Ctx {
-        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Default::default(), mem_left: 0, kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16] }
+        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Default::default(), mem_left: 0, kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16], kstack: None }
     }
 }
 
@@ -134,6 +136,8 @@ pub struct Kernel {
     pub ipc: IpcSpace,
     idle_stack: Vec<u64>,
     on_idle: Vec<bool>,
+    /// Per CPU: stacks of dead kernel tasks, freed once this CPU runs on another stack.
+    dead_stacks: Vec<Vec<paging::KernelStack>>,
     exit_codes: alloc::collections::BTreeMap<TaskId, u64>,
     rtc_endpoint: Option<EndpointId>,
     ticks: u64,
@@ -160,6 +164,7 @@ pub fn init(cpus: usize) {
         ipc: IpcSpace::new(),
         idle_stack: Vec::new(),
         on_idle: alloc::vec![true; cpus],
+        dead_stacks: (0..cpus).map(|_| Vec::new()).collect(),
         exit_codes: Default::default(),
         rtc_endpoint: None,
         ticks: 0,
@@ -190,6 +195,11 @@ fn ap_entry(cpu_idx: usize) -> ! {
     loop {
         cpu::wait_for_interrupt();
     }
+}
+
+/// Stacks of dead kernel tasks not freed yet (each goes at its CPU's next tick or switch).
+pub fn kernel_stacks_pending() -> usize {
+    with(|k| k.dead_stacks.iter().map(|v| v.len()).sum())
 }
 
 /// Point the saved RIP of blocked ring-3 task `id` at `rip` (tests of the return-to-ring-3

@@ -18,8 +18,23 @@ pub(super) fn load(k: &mut Kernel, f: &mut TrapFrame, id: TaskId) {
     uspace::set_io_bitmap(id, t.context.io.as_deref());
 }
 
+/// Free the stacks of dead kernel tasks this CPU no longer runs on (a dying kernel task
+/// enters the kernel for its exit on its own stack: its stack waits here for the next entry),
+/// and let this CPU's TLB catch up with freed stack addresses. At every tick and switch.
+pub(super) fn free_dead_stacks(k: &mut Kernel) {
+    let c = smp::cpu_index();
+    paging::tlb_catch_up();
+    if let Some(dead) = k.dead_stacks.get_mut(c) {
+        if !dead.is_empty() {
+            let sp = cpu::stack_pointer();
+            dead.retain(|s| s.contains(sp));
+        }
+    }
+}
+
 /// Pick the next task for this CPU and make `f` its frame.
 pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
+    free_dead_stacks(k);
     let c = smp::cpu_index();
     let prev = if k.on_idle[c] { None } else { k.sched.current(c) };
     let next = k.sched.switch(c);
@@ -51,7 +66,12 @@ pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
 /// Free a dead task's frames and address space once no CPU runs it any more.
 pub(super) fn reap_dead(k: &mut Kernel, id: TaskId) {
     if k.sched.task(id).map(|t| t.state == TaskState::Dead).unwrap_or(false) {
-        if let Some(t) = k.sched.reap(id) {
+        if let Some(mut t) = k.sched.reap(id) {
+            if let Some(s) = t.context.kstack.take() {
+                // this CPU may be running on it right now (the task's own exit)
+                let c = smp::cpu_index();
+                k.dead_stacks[c].push(s);
+            }
             supervisor::before_free(k, id, t.context.frames.len());
             match t.context.space {
                 Some(s) => discard(s, t.context.frames),
