@@ -10,6 +10,7 @@ mod netboot;
 mod qemu;
 mod soak;
 mod soak_inspect;
+mod smpvm;
 mod sysfuzz;
 mod test;
 mod bench;

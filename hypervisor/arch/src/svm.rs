@@ -10,7 +10,7 @@
 //! and the device model (`catenary-vmm`) advances it and decodes MMIO instructions itself.
 
 use crate::guest_switch::{FpuSwitch, GuestDebugRegs, XsaveArea};
-use crate::virt::{GuestRam, RamChunks, Vcpu, VirtError, CHUNK};
+use crate::virt::{GuestRam, Placement, RamChunks, Vcpu, VirtError, CHUNK};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use catenary_vmm::cpu::{DescTable, Exit, Segment, VcpuState};
@@ -106,6 +106,15 @@ static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 fn zeroed_frame() -> Result<u64, VirtError> {
     crate::memory::alloc_zeroed_frame().map_err(|_| VirtError::OutOfMemory)
+}
+
+/// CPU `cpu`'s host VMSAVE page; an error if SVM is not on there. Never allocates: `run` calls
+/// it with interrupts off (every CPU enables SVM when it comes up: `virt::enable_this_cpu`).
+fn host_vmsave_of(cpu: usize) -> Result<u64, VirtError> {
+    match HOST_VMSAVE.get(cpu).map(|s| s.load(Ordering::Relaxed)) {
+        Some(pa) if pa != 0 => Ok(pa),
+        _ => Err(VirtError::Unsupported("SVM is not enabled on this CPU")),
+    }
 }
 
 /// Enable SVM on this CPU (once) and return its host VMSAVE page.
@@ -220,8 +229,8 @@ pub struct SvmVcpu {
     asid: u32,
     /// Unique for the node's lifetime (ASIDs are reused).
     serial: u64,
-    /// The CPU (index) this vCPU last entered a guest on.
-    last_cpu: Option<usize>,
+    /// The CPUs (index) this vCPU entered a guest on, the last one, and how often it moved.
+    placement: Placement,
     reinject: Option<u64>,
     /// An external interrupt armed as a virtual interrupt (V_IRQ) that the guest has not taken
     /// yet: re-armed on every entry, and the device model is asked for nothing else meanwhile.
@@ -230,7 +239,8 @@ pub struct SvmVcpu {
 
 impl SvmVcpu {
     pub fn new(ram: &GuestRam, vm_id: u32) -> Result<SvmVcpu, VirtError> {
-        enable_on_this_cpu()?;
+        // (No SVM instruction here: SVM was turned on on every CPU as it came up, and `run`
+        // checks the CPU it enters on.)
         let vmcb = zeroed_frame()?;
         let iopm = crate::memory::alloc_contiguous(3, 1).map_err(|_| VirtError::OutOfMemory)?;
         let msrpm = crate::memory::alloc_contiguous(2, 1).map_err(|_| VirtError::OutOfMemory)?;
@@ -255,7 +265,7 @@ impl SvmVcpu {
             dr: GuestDebugRegs::RESET,
             asid,
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
-            last_cpu: None,
+            placement: Placement::default(),
             reinject: None,
             virq: None,
         };
@@ -443,7 +453,6 @@ impl Vcpu for SvmVcpu {
     }
 
     fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
-        enable_on_this_cpu()?;
         // External interrupts go in as a virtual interrupt (V_IRQ), never through EVENTINJ:
         // see `catenary_vmm::svm_exit::virtual_interrupt_vector` (a QEMU TCG bug delivers an
         // EVENTINJ interrupt twice). NMIs and exceptions keep using EVENTINJ.
@@ -485,20 +494,24 @@ impl Vcpu for SvmVcpu {
         let fpu_ptr: *mut FpuSwitch = &mut fpu;
         let vmcb = self.vmcb;
         let dr = &mut self.dr;
-        let last_cpu = &mut self.last_cpu;
+        let placement = &mut self.placement;
         crate::cpu::without_interrupts(|| -> Result<(), VirtError> {
             // Everything per-CPU is chosen here, with interrupts off: until this point the task
-            // may have been preempted and resumed on another CPU, and the host VMSAVE page and
-            // the TLB that matter are those of the CPU that executes VMRUN.
+            // may have been preempted and resumed on another CPU (vCPU tasks migrate, docs/vmm.md
+            // "SMP"), and the host VMSAVE page and the TLB that matter are those of the CPU that
+            // executes VMRUN. VM_HSAVE_PA is per CPU in hardware (an MSR each CPU set when it
+            // enabled SVM), and the VMCB has no cached state to drop: this backend never sets
+            // VMCB clean bits (offset 0xc0 stays 0), so VMRUN reloads every field on any CPU.
             let cpu = crate::smp::cpu_index();
-            let host_vmsave = enable_on_this_cpu()?;
+            let host_vmsave = host_vmsave_of(cpu)?;
             // ASIDs are a small pool (16 on QEMU) shared by all microVMs, so two vCPUs can
             // carry the same ASID: flush whenever this CPU last ran a different vCPU, or this
-            // vCPU last ran elsewhere. TLB_CONTROL=1 (flush all) is the one mode every SVM
+            // vCPU last ran elsewhere (its guest may have changed its page tables and flushed
+            // only that other CPU's TLB). TLB_CONTROL=1 (flush all) is the one mode every SVM
             // implementation has (QEMU has no flush-by-ASID).
-            let prev = LAST_VCPU_ON_CPU[cpu].swap(serial, Ordering::Relaxed);
-            let flush = prev != serial || *last_cpu != Some(cpu);
-            *last_cpu = Some(cpu);
+            let prev = LAST_VCPU_ON_CPU.get(cpu).ok_or(VirtError::Unsupported("CPU index out of range"))?.swap(serial, Ordering::Relaxed);
+            let moved = placement.enter(cpu);
+            let flush = prev != serial || moved;
             // SAFETY: TLB_CONTROL is a byte inside the VMCB page this vCPU owns.
             unsafe { core::ptr::write_volatile(tlb_control, flush as u8) };
             let host_dr = dr.load(false);
@@ -551,6 +564,10 @@ impl Vcpu for SvmVcpu {
         self.ram.populate(idx);
         // The table levels were built for all of RAM at creation, so this cannot allocate.
         let _ = self.npt.map_chunk(idx, hpa);
+    }
+
+    fn placement(&self) -> Placement {
+        self.placement
     }
 
     fn overhead_bytes(&self) -> u64 {

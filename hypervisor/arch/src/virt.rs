@@ -77,6 +77,43 @@ pub trait Vcpu {
     fn map_ram_chunk(&mut self, _idx: usize) {}
     /// Host memory this vCPU uses beyond guest RAM (control structures, bitmaps, page tables).
     fn overhead_bytes(&self) -> u64;
+    /// Which CPUs this vCPU entered its guest on, and how often it moved (docs/vmm.md, "SMP").
+    fn placement(&self) -> Placement;
+}
+
+/// vCPU moves between CPUs since boot, all vCPUs (`Placement::enter`).
+static MIGRATIONS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// How many times any vCPU entered its guest on a different CPU than the time before.
+pub fn migrations_total() -> u64 {
+    MIGRATIONS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Where a vCPU ran: recorded by the backend inside the interrupts-off window of each entry,
+/// where the CPU cannot change any more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Bit n: the vCPU entered its guest on CPU index n at least once.
+    pub cpus: u64,
+    /// Entries on a different CPU than the previous entry.
+    pub migrations: u64,
+    /// The CPU of the last entry.
+    pub last_cpu: Option<usize>,
+}
+
+impl Placement {
+    /// Record an entry on `cpu`; true if the vCPU last entered elsewhere (or never), i.e. the
+    /// TLB of this CPU may hold stale translations for it and per-CPU state must be this CPU's.
+    pub fn enter(&mut self, cpu: usize) -> bool {
+        let moved = self.last_cpu != Some(cpu);
+        if moved && self.last_cpu.is_some() {
+            self.migrations += 1;
+            MIGRATIONS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
+        self.cpus |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
+        self.last_cpu = Some(cpu);
+        moved
+    }
 }
 
 pub const CHUNK: u64 = 2 << 20;

@@ -1,7 +1,8 @@
 //! Intel VT-x backend (VMX + EPT + VPID + unrestricted guest).
 //!
 //! Per CPU: CR4.VMXE, IA32_FEATURE_CONTROL checked (locked-on, or enabled and locked by us), a
-//! VMXON region. Per vCPU: a VMCS (VMCLEAR + VMPTRLD; VMLAUNCH first, VMRESUME after), I/O
+//! VMXON region. Per vCPU: a VMCS (current on a CPU only inside one interrupts-off section:
+//! VMPTRLD, use, VMCLEAR, so the vCPU's task can move to another CPU in between), I/O
 //! bitmaps intercepting every port, an MSR bitmap intercepting every MSR except those the guest
 //! owns (FS/GS/KERNEL_GS base, STAR/LSTAR/CSTAR/SFMASK, SYSENTER, PAT), 4-level EPT with 2 MiB
 //! write-back pages over the guest RAM chunks, a VPID, the guest's GPRs, and its XSAVE area, XCR0, DR0–DR3 and DR6 (`guest_switch.rs`).
@@ -16,7 +17,7 @@
 //! at the exiting instruction: the device model advances it.
 
 use crate::guest_switch::{FpuSwitch, GuestDebugRegs, XsaveArea};
-use crate::virt::{GuestRam, RamChunks, Vcpu, VirtError, CHUNK};
+use crate::virt::{GuestRam, Placement, RamChunks, Vcpu, VirtError, CHUNK};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -26,6 +27,7 @@ use catenary_vmm::vmx_exit::{
     CrAccess, VmxExitInfo,
 };
 use catenary_vmm::EventDecision;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 
 // ---- capability MSRs ----
@@ -316,6 +318,18 @@ impl Caps {
 
 /// Per CPU (APIC id): the VMXON region.
 static VMXON: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
+/// Per CPU (by `smp::cpu_index`): in VMX root operation. Read with interrupts off before any
+/// VMX instruction, lock-free (a vCPU task can be on any CPU; a VMX instruction outside VMX
+/// operation raises #UD in the host).
+static VMX_ON: [AtomicBool; crate::smp::MAX_CPUS] = [const { AtomicBool::new(false) }; crate::smp::MAX_CPUS];
+
+/// Ok if this CPU is in VMX root operation. Call with interrupts off.
+fn on_here() -> Result<(), VirtError> {
+    match VMX_ON.get(crate::smp::cpu_index()) {
+        Some(on) if on.load(Ordering::Acquire) => Ok(()),
+        _ => Err(VirtError::Unsupported("VMX is not on on this CPU")),
+    }
+}
 
 fn zeroed_frame() -> Result<u64, VirtError> {
     crate::memory::alloc_zeroed_frame().map_err(|_| VirtError::OutOfMemory)
@@ -327,11 +341,17 @@ fn apic_id() -> u32 {
 
 /// Enter VMX root operation on this CPU (once).
 pub fn enable_on_this_cpu() -> Result<(), VirtError> {
+    // Interrupts off: the APIC id, VMXON and the record must all be of one CPU.
+    crate::cpu::without_interrupts(enable_on_this_cpu_now)
+}
+
+fn enable_on_this_cpu_now() -> Result<(), VirtError> {
     let id = apic_id();
     let mut on = VMXON.lock();
     if on.contains_key(&id) {
         return Ok(());
     }
+    let slot = VMX_ON.get(crate::smp::cpu_index()).ok_or(VirtError::Unsupported("CPU index out of range"))?;
     let fc = crate::cpu::rdmsr(IA32_FEATURE_CONTROL);
     if fc & 1 != 0 && fc & (1 << 2) == 0 {
         return Err(VirtError::Unsupported("VMX disabled by firmware (IA32_FEATURE_CONTROL locked)"));
@@ -366,6 +386,7 @@ pub fn enable_on_this_cpu() -> Result<(), VirtError> {
         invvpid(2, 0);
     }
     on.insert(id, region);
+    slot.store(true, Ordering::Release);
     log::info!(target: "vmx", "VMX on (cpu {id}): revision {:#x}, EPT/VPID caps {:#x}, unrestricted guest {}",
         caps.revision, caps.ept_vpid, caps.proc2_allowed(PROC2_UNRESTRICTED));
     Ok(())
@@ -564,7 +585,8 @@ pub struct VmxVcpu {
     /// CR2 is not in the VMCS: loaded into the real register around each entry.
     cr2: u64,
     launched: bool,
-    cpu: u32,
+    /// The CPUs this vCPU entered its guest on (TLB flush decisions, reports).
+    placement: Placement,
     /// Entry interruption info (+ error code, + instruction length) to re-deliver.
     reinject: Option<(u32, u32, u32)>,
     proc_base: u32,
@@ -578,7 +600,7 @@ pub fn create(ram: &GuestRam, vm_id: u32) -> Result<Box<dyn Vcpu>, VirtError> {
 
 impl VmxVcpu {
     pub fn new(ram: &GuestRam, vm_id: u32) -> Result<VmxVcpu, VirtError> {
-        enable_on_this_cpu()?;
+        // (VMX was turned on on every CPU as it came up; the VMCS setup below checks this one.)
         let caps = Caps::read();
         if !caps.proc2_allowed(PROC2_EPT) {
             return Err(VirtError::Unsupported("VMX without EPT"));
@@ -628,7 +650,7 @@ impl VmxVcpu {
             xcr0: 1,
             cr2: 0,
             launched: false,
-            cpu: apic_id(),
+            placement: Placement::default(),
             reinject: None,
             proc_base: 0,
             cr0_mask: 0,
@@ -639,7 +661,12 @@ impl VmxVcpu {
         {
             v.msr_passthrough(msr);
         }
-        crate::cpu::without_interrupts(|| v.setup_vmcs())?;
+        crate::cpu::without_interrupts(|| {
+            on_here()?;
+            let r = v.setup_vmcs();
+            v.release();
+            r
+        })?;
         Ok(v)
     }
 
@@ -656,8 +683,9 @@ impl VmxVcpu {
         }
     }
 
-    /// Make this vCPU's VMCS current on this CPU.
+    /// Make this vCPU's VMCS current on this CPU. Call with interrupts off.
     fn load(&self) -> Result<(), VirtError> {
+        on_here()?;
         if vmptrst() != self.vmcs {
             vmx_pa_insn(2, self.vmcs).map_err(|e| {
                 log::warn!(target: "vmx", "VMPTRLD failed ({e}: {})", vm_instruction_error_name(e));
@@ -665,6 +693,16 @@ impl VmxVcpu {
             })?;
         }
         Ok(())
+    }
+
+    /// VMCLEAR: write the VMCS back to memory and make it inactive on this CPU, before
+    /// interrupts come back on (the task may then be moved: a VMCS must never be active on two
+    /// CPUs, and only the CPU it is active on can clear it). The next entry is a VMLAUNCH.
+    fn release(&mut self) {
+        if on_here().is_ok() {
+            let _ = vmx_pa_insn(1, self.vmcs);
+        }
+        self.launched = false;
     }
 
     fn setup_vmcs(&mut self) -> Result<(), VirtError> {
@@ -1052,72 +1090,15 @@ impl VmxVcpu {
     }
 
     fn run_inner(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
-        let cpu = apic_id();
-        if cpu != self.cpu {
-            // The kernel runs a vCPU on one CPU; moving it would need VMCLEAR on the old one.
-            return Err(VirtError::Unsupported("VMX vCPU moved to another CPU"));
-        }
         let mut event = event;
         loop {
-            let r = crate::cpu::without_interrupts(|| -> Result<(u32, Option<Exit>), VirtError> {
-                self.load()?;
-                write_host_state();
-                let mut window = false;
-                if let Some((info, ec, len)) = self.reinject.take() {
-                    vmwrite(f::ENTRY_INTR_INFO, info as u64);
-                    vmwrite(f::ENTRY_EXCEPTION_ERROR_CODE, ec as u64);
-                    vmwrite(f::ENTRY_INSTRUCTION_LEN, len as u64);
-                } else {
-                    match event {
-                        EventDecision::Inject(i) => {
-                            let mut info = i.vmx_entry_info();
-                            if self.guest_cr0() & CR0_PE == 0 {
-                                info &= !(1 << 11); // no error codes in real mode
-                            }
-                            vmwrite(f::ENTRY_INTR_INFO, info as u64);
-                            vmwrite(f::ENTRY_EXCEPTION_ERROR_CODE, i.error_code.unwrap_or(0) as u64);
-                        }
-                        EventDecision::RequestWindow => window = true,
-                        EventDecision::None => {}
-                    }
-                }
-                let proc = if window { self.proc_base | PROC_INTR_WINDOW } else { self.proc_base };
-                vmwrite(f::PROC_CONTROLS, proc as u64);
-                let reason = self.enter()?;
-                // An event that was being delivered when the exit hit is delivered again.
-                let idt = vmread(f::IDT_VECTORING_INFO) as u32;
-                if idt & (1 << 31) != 0 {
-                    let ec = vmread(f::IDT_VECTORING_ERROR_CODE) as u32;
-                    let len = vmread(f::EXIT_INSTRUCTION_LEN) as u32;
-                    self.reinject = Some((idt & 0x8000_0fff, ec, len));
-                }
-                vmwrite(f::ENTRY_INTR_INFO, 0);
-                if reason & 0xffff == 28 && reason & (1 << 31) == 0 {
-                    let q = vmread(f::EXIT_QUALIFICATION);
-                    if self.emulate_cr_access(q) {
-                        return Ok((reason, None));
-                    }
-                }
-                let info = VmxExitInfo {
-                    reason,
-                    qualification: vmread(f::EXIT_QUALIFICATION),
-                    intr_info: vmread(f::EXIT_INTR_INFO) as u32,
-                    intr_error: vmread(f::EXIT_INTR_ERROR_CODE) as u32,
-                    gpa: vmread(f::GUEST_PHYSICAL_ADDRESS),
-                };
-                let exit = decode_vmx_exit(&info);
-                if exit == Exit::Nmi {
-                    // NMI exiting consumed a host NMI: deliver it to the host now, as KVM does,
-                    // through the host's NMI gate (the NMI handler on its own IST stack).
-                    // SAFETY: `int 2` enters the kernel's own vector-2 handler, exactly as the
-                    // NMI would have; interrupts are off, as they are for a real NMI.
-                    unsafe { core::arch::asm!("int 2") };
-                }
-                if let Exit::InvalidGuestState { .. } | Exit::Other { .. } = exit {
-                    log::warn!(target: "vmx", "exit {} ({reason:#x}), qualification {:#x}, guest RIP {:#x}",
-                        exit_reason_name(reason), info.qualification, vmread(f::GUEST_RIP));
-                }
-                Ok((reason, Some(exit)))
+            // Everything per-CPU happens inside one interrupts-off section (the task can be
+            // moved to another CPU before and after it): VMPTRLD, this CPU's host state, a TLB
+            // flush if the vCPU last ran elsewhere, the entry, the exit, VMCLEAR.
+            let r = crate::cpu::without_interrupts(|| {
+                let r = self.enter_once(event);
+                self.release();
+                r
             })?;
             // Interrupts are back on here: a host interrupt that caused the exit has been taken.
             match r {
@@ -1126,6 +1107,76 @@ impl VmxVcpu {
                 (_, None) => event = EventDecision::None,
             }
         }
+    }
+
+    /// One entry and exit, with interrupts off.
+    fn enter_once(&mut self, event: EventDecision) -> Result<(u32, Option<Exit>), VirtError> {
+        let cpu = crate::smp::cpu_index();
+        let moved = self.placement.enter(cpu);
+        self.load()?;
+        write_host_state();
+        if moved {
+            // VPID/EPT-tagged translations this vCPU (or a dead VM with the same VPID or
+            // EPT root) left on this CPU may be stale: its guest may have changed its
+            // page tables and flushed only the CPU it ran on meanwhile.
+            self.flush_tlb();
+        }
+        let mut window = false;
+        if let Some((info, ec, len)) = self.reinject.take() {
+            vmwrite(f::ENTRY_INTR_INFO, info as u64);
+            vmwrite(f::ENTRY_EXCEPTION_ERROR_CODE, ec as u64);
+            vmwrite(f::ENTRY_INSTRUCTION_LEN, len as u64);
+        } else {
+            match event {
+                EventDecision::Inject(i) => {
+                    let mut info = i.vmx_entry_info();
+                    if self.guest_cr0() & CR0_PE == 0 {
+                        info &= !(1 << 11); // no error codes in real mode
+                    }
+                    vmwrite(f::ENTRY_INTR_INFO, info as u64);
+                    vmwrite(f::ENTRY_EXCEPTION_ERROR_CODE, i.error_code.unwrap_or(0) as u64);
+                }
+                EventDecision::RequestWindow => window = true,
+                EventDecision::None => {}
+            }
+        }
+        let proc = if window { self.proc_base | PROC_INTR_WINDOW } else { self.proc_base };
+        vmwrite(f::PROC_CONTROLS, proc as u64);
+        let reason = self.enter()?;
+        // An event that was being delivered when the exit hit is delivered again.
+        let idt = vmread(f::IDT_VECTORING_INFO) as u32;
+        if idt & (1 << 31) != 0 {
+            let ec = vmread(f::IDT_VECTORING_ERROR_CODE) as u32;
+            let len = vmread(f::EXIT_INSTRUCTION_LEN) as u32;
+            self.reinject = Some((idt & 0x8000_0fff, ec, len));
+        }
+        vmwrite(f::ENTRY_INTR_INFO, 0);
+        if reason & 0xffff == 28 && reason & (1 << 31) == 0 {
+            let q = vmread(f::EXIT_QUALIFICATION);
+            if self.emulate_cr_access(q) {
+                return Ok((reason, None));
+            }
+        }
+        let info = VmxExitInfo {
+            reason,
+            qualification: vmread(f::EXIT_QUALIFICATION),
+            intr_info: vmread(f::EXIT_INTR_INFO) as u32,
+            intr_error: vmread(f::EXIT_INTR_ERROR_CODE) as u32,
+            gpa: vmread(f::GUEST_PHYSICAL_ADDRESS),
+        };
+        let exit = decode_vmx_exit(&info);
+        if exit == Exit::Nmi {
+            // NMI exiting consumed a host NMI: deliver it to the host now, as KVM does,
+            // through the host's NMI gate (the NMI handler on its own IST stack).
+            // SAFETY: `int 2` enters the kernel's own vector-2 handler, exactly as the
+            // NMI would have; interrupts are off, as they are for a real NMI.
+            unsafe { core::arch::asm!("int 2") };
+        }
+        if let Exit::InvalidGuestState { .. } | Exit::Other { .. } = exit {
+            log::warn!(target: "vmx", "exit {} ({reason:#x}), qualification {:#x}, guest RIP {:#x}",
+                exit_reason_name(reason), info.qualification, vmread(f::GUEST_RIP));
+        }
+        Ok((reason, Some(exit)))
     }
 
 }
@@ -1141,12 +1192,23 @@ impl Vcpu for VmxVcpu {
 
     fn set_state(&mut self, s: &VcpuState) {
         // Interrupts off: a task switch between VMPTRLD and the VMWRITEs could make another
-        // vCPU's VMCS current on this CPU (two microVMs share a CPU).
-        crate::cpu::without_interrupts(|| self.set_state_current(s))
+        // vCPU's VMCS current on this CPU (two microVMs share a CPU), and the VMCS must be
+        // cleared again before the task can move.
+        crate::cpu::without_interrupts(|| {
+            self.set_state_current(s);
+            self.release();
+        })
     }
 
     fn state(&self) -> VcpuState {
-        crate::cpu::without_interrupts(|| self.state_current())
+        crate::cpu::without_interrupts(|| {
+            let s = self.state_current();
+            // (As `release`; `launched` is already false: every section ends with VMCLEAR.)
+            if on_here().is_ok() {
+                let _ = vmx_pa_insn(1, self.vmcs);
+            }
+            s
+        })
     }
 
     fn run(&mut self, event: EventDecision) -> Result<Exit, VirtError> {
@@ -1167,6 +1229,10 @@ impl Vcpu for VmxVcpu {
         let _ = self.ept.map_chunk(idx, hpa);
     }
 
+    fn placement(&self) -> Placement {
+        self.placement
+    }
+
     fn overhead_bytes(&self) -> u64 {
         // VMCS + I/O bitmaps (2) + MSR bitmap + EPT tables + GPR/XSAVE areas
         (1 + 2 + 1 + 1 + self.ept.tables.len() as u64) * 4096 + 2 * core::mem::size_of::<XsaveArea>() as u64 + core::mem::size_of::<Self>() as u64
@@ -1179,11 +1245,12 @@ impl Drop for VmxVcpu {
             // Flush what this VM cached, then make the VMCS inactive before its frame goes back.
             if self.load().is_ok() {
                 self.flush_tlb();
+                let _ = vmx_pa_insn(1, self.vmcs);
             }
-            let _ = vmx_pa_insn(1, self.vmcs);
         });
-        // SAFETY: this vCPU's own frames; its VMCS was cleared (VMCLEAR) just above, so no
-        // CPU has it current, and no VM entry can name them again.
+        // SAFETY: this vCPU's own frames; its VMCS is not active on any CPU (every
+        // interrupts-off section that loads it ends with VMCLEAR, and so does the flush just
+        // above), and no VM entry can name them again.
         unsafe {
             let _ = crate::memory::free_frame(self.vmcs);
             let _ = crate::memory::free_contiguous(self.io_bitmaps, 2);

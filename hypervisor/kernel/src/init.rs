@@ -201,27 +201,31 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     idle(&node)
 }
 
-/// What the demo microVM's task needs from the boot information.
+/// What the demo microVMs' tasks need from the boot information (each task clones it).
 static DEMO_VM: spin::Mutex<Option<(alloc::string::String, Vec<catenary_bootinfo::Module>)>> = spin::Mutex::new(None);
 
-/// Run the demo microVM's vCPU loop as a kernel task of its own, pinned to the boot CPU (the
-/// one with hardware virtualization enabled; the backends keep per-CPU state), while every
-/// other task keeps running.
+/// Run each demo microVM's vCPU loop as a kernel task of its own, while every other task keeps
+/// running. `vm.count=N` starts N copies of the demo microVM (`demo`, `demo-2`, …). The tasks
+/// may run on any CPU and the scheduler spreads and moves them like any task (every CPU has
+/// hardware virtualization on; docs/vmm.md "SMP").
 #[cfg_attr(feature = "ktest", allow(dead_code))]
 fn start_demo_vm(node: &Node) {
     cpu::without_interrupts(|| *DEMO_VM.lock() = Some((node.boot.cmdline.clone(), node.boot.modules.clone())));
-    fn body(_: u64) {
-        let Some((cmdline, modules)) = cpu::without_interrupts(|| DEMO_VM.lock().take()) else { return };
-        if let Some(r) = crate::vm::run_demo(&cmdline, &modules) {
+    fn body(index: u64) {
+        let Some((cmdline, modules)) = cpu::without_interrupts(|| DEMO_VM.lock().clone()) else { return };
+        if let Some(r) = crate::vm::run_demo_nth(&cmdline, &modules, index as usize) {
             let st = memory::stats();
             info!(target: "vmm", "after the microVM: {} MiB free; exits by reason: {:?}; host overhead {} KiB; guest RAM touched {} MiB; ready after {} ms",
                 mib(st.free_bytes()), r.exits_by_reason, r.overhead_bytes / 1024, mib(r.touched_bytes), r.ready_ns.map(|n| n / 1_000_000).unwrap_or(0));
         }
     }
-    let id = crate::task::spawn_kernel("vcpu-demo", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::only(0), body, 0);
-    log::debug!(target: "vmm", "demo microVM task {}", id);
+    for i in 0..crate::vm::demo_count(&node.boot.cmdline) {
+        let name = if i == 0 { alloc::string::String::from("vcpu-demo") } else { alloc::format!("vcpu-demo-{}", i + 1) };
+        let id = crate::task::spawn_kernel(&name, catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, body, i as u64);
+        log::debug!(target: "vmm", "demo microVM task {}", id);
+    }
 
-    // `vm2.*`: a second demo microVM beside the first (same CPU: virtualization is on there).
+    // `vm2.*`: a second demo microVM beside the first, configured separately.
     if crate::vm::second_demo_wanted(&node.boot.cmdline) {
         cpu::without_interrupts(|| *DEMO_VM2.lock() = Some((node.boot.cmdline.clone(), node.boot.modules.clone())));
         fn body2(_: u64) {
@@ -230,7 +234,7 @@ fn start_demo_vm(node: &Node) {
                 info!(target: "vmm", "after the second microVM: {} MiB free", mib(memory::stats().free_bytes()));
             }
         }
-        let id = crate::task::spawn_kernel("vcpu-demo2", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::only(0), body2, 0);
+        let id = crate::task::spawn_kernel("vcpu-demo2", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, body2, 0);
         log::debug!(target: "vmm", "second demo microVM task {}", id);
     }
 }
@@ -239,7 +243,7 @@ static DEMO_VM2: spin::Mutex<Option<(alloc::string::String, Vec<catenary_bootinf
 
 /// `heartbeat=MS`: a kernel task on the last CPU logs `heartbeat N` every MS milliseconds, with
 /// how late it woke. Tests use it to see that the node's other tasks keep running while a
-/// microVM misbehaves (the heartbeat is not a VM task and not on the VMs' CPU).
+/// microVM misbehaves (the heartbeat is not a VM task; vCPU tasks share its CPU fairly).
 #[cfg_attr(feature = "ktest", allow(dead_code))]
 fn start_heartbeat(node: &Node) {
     let Some(ms) = crate::cmdline::get(&node.boot.cmdline, "heartbeat").and_then(|v| v.parse::<u64>().ok()) else { return };

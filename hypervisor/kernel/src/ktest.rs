@@ -83,7 +83,11 @@ const TESTS: &[(&str, TestFn)] = &[
 ];
 
 /// Long tests that run only when `ktest.only` names them (their own `cargo xtask test` entry).
-const ON_REQUEST: &[(&str, TestFn)] = &[("syscall_fuzz", crate::ktest_sysfuzz::syscall_fuzz)];
+const ON_REQUEST: &[(&str, TestFn)] = &[
+    ("syscall_fuzz", crate::ktest_sysfuzz::syscall_fuzz),
+    ("smp_vm_eight_guests", crate::ktest_smp_vm::smp_vm_eight_guests),
+    ("smp_vm_spinner_fair_share", crate::ktest_smp_vm::smp_vm_spinner_fair_share),
+];
 
 pub fn run(node: &Node) -> ! {
     println!("ktest: running {} tests", TESTS.len());

@@ -36,6 +36,8 @@ mod ktest_reinject;
 #[cfg(feature = "ktest")]
 mod ktest_remote;
 #[cfg(feature = "ktest")]
+mod ktest_smp_vm;
+#[cfg(feature = "ktest")]
 mod ktest_supervisor;
 #[cfg(feature = "ktest")]
 mod ktest_syscall;

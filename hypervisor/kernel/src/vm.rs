@@ -7,7 +7,8 @@
 //!
 //! Kernel command line: `vm=none` skips the demo microVM; `vm.boot=pvh|bzimage`,
 //! `vm.mem=<MiB>`, `vm.cmd=<base64 shell command>`, `vm.exit=poweroff|reboot|halt`,
-//! `vm.disk=<MiB>` (a read-only virtio-blk disk with a marker line) and `vm.debug` shape it.
+//! `vm.disk=<MiB>` (a read-only virtio-blk disk with a marker line) and `vm.debug` shape it;
+//! `vm.count=N` starts N copies of it (`demo`, `demo-2`, …), each its own vCPU task on any CPU.
 //! `vm.net=1` gives the demo microVM a virtio-net device and a /128 of the node's /64
 //! (`net::attach_vm`); `netd` routes it (the guest gets `catenary.addr=<addr>` on its command
 //! line; with it the guest's init configures `eth0`, or `vm.cmd` does).
@@ -52,6 +53,10 @@ pub struct RunReport {
     pub console_written: u64,
     pub console_dropped: u64,
     pub console_overwritten: u64,
+    /// The CPUs its vCPU entered the guest on and how often it moved between them.
+    pub placement: virt::Placement,
+    /// Port exits by port (the first 256 distinct ports): test guests count progress this way.
+    pub io_by_port: alloc::vec::Vec<(u16, u64)>,
 }
 
 fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
@@ -116,7 +121,7 @@ pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) 
 
 fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>) -> RunReport {
     let t0 = time::now_ns();
-    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0 };
+    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new() };
     let ram_size = ram_mib << 20;
     let mut ram = match GuestRam::new(ram_size) {
         Ok(r) => r,
@@ -197,6 +202,8 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     report.exits_by_reason = vm.stats().exits_by_reason().collect();
     report.overhead_bytes = vcpu.overhead_bytes() + core::mem::size_of::<MicroVm>() as u64;
     report.touched_bytes = ram.populated_bytes();
+    report.placement = vcpu.placement();
+    report.io_by_port = vm.stats().io_by_port.iter().map(|(p, n)| (*p, *n)).collect();
     report.wall_ns = time::now_ns() - t0;
     report.ended = ended;
     // Dropping the vCPU and the RAM returns every frame to the allocator.
@@ -372,6 +379,21 @@ pub fn report(name: &str, r: &RunReport) {
     if r.console_dropped > 0 {
         info!(target: "vmm", "microVM {name}: console {} bytes written, {} dropped", r.console_written, r.console_dropped);
     }
+    if r.placement.cpus != 0 {
+        info!(target: "vmm", "microVM {name}: vCPU ran on CPUs {}, moved {} times", cpu_list(r.placement.cpus), r.placement.migrations);
+    }
+}
+
+/// "0,1" for CPU mask 0b11.
+pub fn cpu_list(mask: u64) -> String {
+    let mut s = String::new();
+    for c in (0..64).filter(|c| mask & (1u64 << c) != 0) {
+        if !s.is_empty() {
+            s.push(',');
+        }
+        s.push_str(&format!("{c}"));
+    }
+    s
 }
 
 /// 32-bit flat protected mode, paging off, interrupts off: the state raw test guests start in.
@@ -403,6 +425,8 @@ pub const FLOOD_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flood.b
 pub const REINJECT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reinject.bin"));
 /// The exactly-once interrupt test guest (testguests/irqonce.S), loaded at `HOSTILE_LOAD` too.
 pub const IRQONCE_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/irqonce.bin"));
+/// The progress-counting SMP test guest (testguests/progress.S), loaded at `HOSTILE_LOAD` too.
+pub const PROGRESS_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/progress.bin"));
 
 /// The guest image bundle (a cpio boot module holding vmlinux, bzImage, initramfs.cpio.gz).
 pub struct GuestBundle {
@@ -423,9 +447,20 @@ pub fn find_bundle(modules: &[catenary_bootinfo::Module]) -> Option<GuestBundle>
     None
 }
 
-/// Boot the demo Linux microVM from the bundle, as the command line asks (`vm.*` words).
-pub fn run_demo(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
-    run_demo_as("vm", "demo", cmdline, modules)
+/// Most copies of the demo microVM `vm.count` starts.
+pub const MAX_DEMO_VMS: usize = 64;
+
+/// `vm.count=N`: how many copies of the demo microVM the node starts (1 by default, at most
+/// `MAX_DEMO_VMS`; 0 with `vm=none`). Each copy is the same `vm.*` configuration and goes
+/// through the same creation path; copy `i` (from 0) is named `demo` for 0, else `demo-<i+1>`.
+pub fn demo_count(cmdline: &str) -> usize {
+    crate::cmdline::get(cmdline, "vm.count").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).min(MAX_DEMO_VMS)
+}
+
+/// Boot copy `index` (from 0) of the demo Linux microVM from the bundle, as the command line
+/// asks (`vm.*` words; `vm.count`).
+pub fn run_demo_nth(cmdline: &str, modules: &[catenary_bootinfo::Module], index: usize) -> Option<RunReport> {
+    run_demo_as("vm", "demo", index, cmdline, modules)
 }
 
 /// Whether the command line asks for a second demo microVM (`vm2.*` words), which runs beside
@@ -436,12 +471,12 @@ pub fn second_demo_wanted(cmdline: &str) -> bool {
 
 /// The second demo microVM: the same options as the first, read from `vm2.*`.
 pub fn run_demo2(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
-    run_demo_as("vm2", "demo2", cmdline, modules)
+    run_demo_as("vm2", "demo2", 0, cmdline, modules)
 }
 
 /// A demo microVM configured by the command-line words `<key>`, `<key>.mem`, `<key>.cmd`,
 /// `<key>.exit`, `<key>.disk`, `<key>.net`, `<key>.ipc`, `<key>.debug`, `<key>.boot`.
-fn run_demo_as(key: &str, default_name: &str, cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
+fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
     let opt = |name: &str| -> Option<&str> {
         if name.is_empty() {
             crate::cmdline::get(cmdline, key)
@@ -449,10 +484,12 @@ fn run_demo_as(key: &str, default_name: &str, cmdline: &str, modules: &[catenary
             crate::cmdline::get(cmdline, &format!("{key}.{name}"))
         }
     };
-    let want = opt("").unwrap_or(default_name);
-    if want == "none" {
+    let base = opt("").unwrap_or(default_name);
+    if base == "none" {
         return None;
     }
+    let name = if index == 0 { String::from(base) } else { format!("{base}-{}", index + 1) };
+    let want = name.as_str();
     if opt("xsave") == Some("0") {
         HIDE_XSAVE.store(true, core::sync::atomic::Ordering::Relaxed);
     }
@@ -480,7 +517,8 @@ fn run_demo_as(key: &str, default_name: &str, cmdline: &str, modules: &[catenary
     // `vm.net=1`: a virtio-net device and a /128 of the node's /64, routed by netd.
     let net = match opt("net") {
         Some(v) if v != "0" => {
-            let mac = [0x02, 0xca, 0x7e, 0x00, 0x01, NEXT_VM_ID.load(core::sync::atomic::Ordering::Relaxed) as u8];
+            // (The copy index keeps the MACs of `vm.count` copies apart: they start at once.)
+            let mac = [0x02, 0xca, 0x7e, 0x00, 0x01u8.wrapping_add(index as u8), NEXT_VM_ID.load(core::sync::atomic::Ordering::Relaxed) as u8];
             // `vm.ipc=1` (`vm2.ipc=1`): the node lets this guest use fabric IPC (default: blocked)
             let ipc = opt("ipc") == Some("1");
             match crate::net::attach_vm(mac, 60_000_000_000, ipc) {

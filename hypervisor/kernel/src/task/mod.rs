@@ -190,8 +190,12 @@ pub fn init(cpus: usize) {
 }
 
 fn ap_entry(cpu_idx: usize) -> ! {
+    // Hardware virtualization on every CPU before it takes tasks: vCPU tasks may run, and
+    // move, anywhere (docs/vmm.md "SMP"); a vCPU on a CPU without it fails its entry.
+    let virt = catenary_arch::virt::enable_this_cpu();
     with(|k| k.sched.set_online(cpu_idx, true));
-    info!(target: "smp", "cpu {} online (APIC id {}), scheduler running", cpu_idx, smp::apic_id_of(cpu_idx).unwrap_or(0));
+    info!(target: "smp", "cpu {} online (APIC id {}), scheduler running, virtualization {}", cpu_idx, smp::apic_id_of(cpu_idx).unwrap_or(0),
+        match virt { Ok(b) => b, Err(_) => "off" });
     loop {
         cpu::wait_for_interrupt();
     }
