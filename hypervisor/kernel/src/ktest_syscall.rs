@@ -68,7 +68,7 @@ pub fn syscall_hostile_arguments(_: &Node) -> Result<(), String> {
     task::join(sender, 5 * SEC).ok_or("late sender stuck")?;
     let code = task::join(id, 5 * SEC).ok_or("hostile task did not exit")?;
     let (mask, pages, waited) = (r.words[0], r.words[1], r.words[2]);
-    const ALL: u64 = (1 << 14) - 1;
+    const ALL: u64 = (1 << 16) - 1;
     check(mask == ALL, || format!("refusals seen {mask:#06x}, want {ALL:#06x} (missing {:#06x})", ALL & !mask))?;
     check((16..=QUOTA).contains(&pages), || format!("a task with a {QUOTA}-page quota mapped {pages} pages"))?;
     check(waited == 1, || "a receive with timeout u64::MAX - 1 timed out at once (deadline wrapped)".into())?;

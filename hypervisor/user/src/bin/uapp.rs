@@ -70,6 +70,11 @@ fn hostile_args(io: u64) -> (u64, u64, u64) {
     bit(12, last == Err(ERR_NO_MEMORY));
     // Unmapping gives the pages back to the quota.
     bit(13, unmap(HEAP, pages) == Ok(()) && map(HEAP, 16) == Ok(()) && unmap(HEAP, 16) == Ok(()));
+    // The ring-3 router's syscall needs the ROUTER right (its own endpoint in slot 0 has
+    // receive, not ROUTER; slot 63 is empty); a standing share needs the SHARE right.
+    let refused = |r: u64| r >= 1 << 63;
+    bit(14, refused(syscall6(SYS_NET, 0, catenary_ipc::netd::OP_REAP, 0, 0, 0, 0)) && refused(syscall6(SYS_NET, 63, catenary_ipc::netd::OP_REAP, 0, 0, 0, 0)));
+    bit(15, map(HEAP, 1) == Ok(()) && refused(syscall6(SYS_SHARE, 0, HEAP, 4096, 0, 0, 0)) && unmap(HEAP, 1) == Ok(()));
     (ok, pages, 0)
 }
 
