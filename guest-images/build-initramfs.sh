@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Build Catenary's guest initramfs: a gzip'd newc cpio holding a static busybox, a symlink for
 # every busybox applet, /dev/console + /dev/null nodes, guest-images/initramfs/init and the
-# hostile-guest test program /usr/libexec/catenary-hostile (guest-images/hostile/hostile.c).
+# hostile-guest test program /usr/libexec/catenary-hostile (guest-images/hostile/hostile.c),
+# and, when CATENARY_INIT names it, the static catenary-init binary as /sbin/catenary-init (the
+# PID 1 for Catenary images: `rdinit=/sbin/catenary-init`, docs/guest-init.md; `cargo xtask
+# guest` builds it).
 #
 #   guest-images/build-initramfs.sh OUTDIR      -> OUTDIR/initramfs.cpio.gz (path printed)
 #
 # Reproducible: entries sorted, mtimes fixed ($SOURCE_DATE_EPOCH, default 0), uid/gid 0,
 # gzip -n. No root needed. Environment: CATENARY_BUSYBOX (default /bin/busybox, must be
-# static: Debian package busybox-static).
+# static: Debian package busybox-static), CATENARY_INIT (a static catenary-init; optional).
 set -euo pipefail
 
 die() { echo "build-initramfs.sh: error: $*" >&2; exit 1; }
@@ -38,6 +41,15 @@ trap 'rm -rf "$WORK"' EXIT
 "$CC" -static -O2 -Wall -o "$WORK/hostile" "$HERE/hostile/hostile.c" || die "building hostile.c failed (static glibc: Debian libc6-dev)"
 strip "$WORK/hostile" 2>/dev/null || true
 
+if [ -n "${CATENARY_INIT:-}" ]; then
+    [ -f "$CATENARY_INIT" ] || die "CATENARY_INIT=$CATENARY_INIT: no such file"
+    if readelf -l "$CATENARY_INIT" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+        die "$CATENARY_INIT is dynamically linked (build it with -C target-feature=+crt-static)"
+    fi
+    cp "$CATENARY_INIT" "$WORK/catenary-init"
+    strip "$WORK/catenary-init" 2>/dev/null || true
+fi
+
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$WORK/passwd"
 printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$WORK/group"
 
@@ -53,6 +65,9 @@ printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$WORK/group"
     echo "file /etc/group $WORK/group 0644 0 0"
     echo "dir /usr/libexec 0755 0 0"
     echo "file /usr/libexec/catenary-hostile $WORK/hostile 0755 0 0"
+    if [ -f "$WORK/catenary-init" ]; then
+        echo "file /sbin/catenary-init $WORK/catenary-init 0755 0 0"
+    fi
     # One symlink per applet, at the path busybox itself expects (bin/sh, sbin/poweroff, ...).
     "$BUSYBOX" --list-full | LC_ALL=C sort | while read -r applet; do
         [ "$applet" = bin/busybox ] && continue

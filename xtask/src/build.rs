@@ -176,7 +176,8 @@ pub fn guest_bundle() -> Result<PathBuf, String> {
     };
     eprintln!("xtask: guest kernel (cached by config hash; the first build takes ~10 min)");
     quiet(Command::new("bash").arg(gi.join("build-kernel.sh")).arg(&dir))?;
-    quiet(Command::new("bash").arg(gi.join("build-initramfs.sh")).arg(&dir))?;
+    let init = build_guest_init()?;
+    quiet(Command::new("bash").arg(gi.join("build-initramfs.sh")).arg(&dir).env("CATENARY_INIT", &init))?;
     let mut files = Vec::new();
     for name in ["vmlinux", "bzImage", "initramfs.cpio.gz"] {
         let data = std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
@@ -188,6 +189,25 @@ pub fn guest_bundle() -> Result<PathBuf, String> {
         std::fs::write(&bundle, bytes).map_err(|e| e.to_string())?;
     }
     Ok(bundle)
+}
+
+/// `catenary-init` (guest-init/init), the guest's PID 1 for Catenary images: a static
+/// executable (static glibc: the toolchain has only the x86_64-unknown-linux-gnu target), built
+/// in its own target directory so that its RUSTFLAGS do not invalidate the workspace's cache.
+pub fn build_guest_init() -> Result<PathBuf, String> {
+    let target_dir = root().join("target").join("guest-init");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args(["build", "--quiet", "--release", "-p", "catenary-init", "--target", "x86_64-unknown-linux-gnu"])
+        .status()
+        .map_err(|e| format!("cargo build -p catenary-init: {e}"))?;
+    if !st.success() {
+        return Err("cargo build -p catenary-init failed".into());
+    }
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/catenary-init"))
 }
 
 /// A cpio "newc" archive (deterministic: fixed inode numbers, mtime 0, mode 0644).

@@ -6,6 +6,7 @@ mod bochs;
 mod build;
 mod cluster;
 mod fuzz;
+mod initimage;
 mod netboot;
 mod qemu;
 mod soak;

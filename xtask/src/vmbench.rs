@@ -23,7 +23,7 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
-fn node_with_guest(kernel: &std::path::Path, bundle: &std::path::Path, cmdline: &str) -> Boot {
+pub fn node_with_guest(kernel: &std::path::Path, bundle: &std::path::Path, cmdline: &str) -> Boot {
     let mut b = Boot::pvh("q35", kernel.to_path_buf());
     b.smp = 2;
     b.mem = "1G".into();
@@ -75,6 +75,9 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
             format!("(missing {missing:?}; serial log {})", log.display())
         };
         t.record(name, o.matched, &why);
+    }
+    if crate::test::selected("vm_linux_catenary_init") {
+        crate::initimage::test(t, &kernel)?;
     }
     if crate::test::selected("vm_linux_hostile") {
         hostile_userland_test(t, &kernel, &bundle)?;

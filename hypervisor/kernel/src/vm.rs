@@ -12,6 +12,10 @@
 //! `vm.net=1` gives the demo microVM a virtio-net device and a /128 of the node's /64
 //! (`net::attach_vm`); `netd` routes it (the guest gets `catenary.addr=<addr>` on its command
 //! line; with it the guest's init configures `eth0`, or `vm.cmd` does).
+//! `vm.image=1` runs the Catenary image the bundle carries (`image/rootfs.squashfs`,
+//! `image/config.json`) under `catenary-init`: the root filesystem as a read-only virtio-blk
+//! disk, the run config appended to the initramfs, the workload channel for its log and exit
+//! status (docs/guest-init.md).
 
 use alloc::format;
 use alloc::string::String;
@@ -20,6 +24,7 @@ use catenary_arch::{cpu, time};
 use catenary_vmm::cpu::{Exit, StopReason, VcpuState};
 use catenary_vmm::{Action, EventDecision, MicroVm, VmConfig, VmError};
 use crate::vmconsole::VmConsole;
+use catenary_vmm::guest_proto::wire::WorkloadExit;
 use core::sync::atomic::{AtomicBool, Ordering};
 use log::{info, warn};
 
@@ -57,6 +62,9 @@ pub struct RunReport {
     pub placement: virt::Placement,
     /// Port exits by port (the first 256 distinct ports): test guests count progress this way.
     pub io_by_port: alloc::vec::Vec<(u16, u64)>,
+    /// What the guest init reported on the workload channel (VMs from a Catenary image).
+    pub workload_exit: Option<WorkloadExit>,
+    pub workload_ready: bool,
 }
 
 fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
@@ -111,17 +119,23 @@ pub struct NetAttach {
 
 /// Like `run_with`, with an optional virtio-net device linked to `netd`.
 pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None)
+    run_inner(name, image, ram_mib, disk, net, None, false)
+}
+
+/// Like `run_full`, for a guest whose init is `catenary-init`: the VM gets the workload
+/// channel (docs/guest-init.md), whose log and exit status land in the report.
+pub fn run_workload(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
+    run_inner(name, image, ram_mib, disk, net, None, true)
 }
 
 /// Like `run`; the VM ends (`Ended::Killed`) soon after `stop` becomes true.
 pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
-    run_inner(name, image, ram_mib, None, None, Some(stop))
+    run_inner(name, image, ram_mib, None, None, Some(stop), false)
 }
 
-fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>) -> RunReport {
+fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool) -> RunReport {
     let t0 = time::now_ns();
-    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new() };
+    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new(), workload_exit: None, workload_ready: false };
     let ram_size = ram_mib << 20;
     let mut ram = match GuestRam::new(ram_size) {
         Ok(r) => r,
@@ -135,6 +149,7 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
     cfg.virtio_blk = disk;
     cfg.virtio_net = net.map(|n| n.mac);
+    cfg.workload_channel = channel;
     // Both backends switch XCR0 and the full XSAVE state (arch guest_switch.rs): the guest
     // may see XSAVE/AVX when the node enabled it.
     cfg.cpuid.xsave = catenary_arch::uspace::xcr0() & 0b111 == 0b111 && !HIDE_XSAVE.load(core::sync::atomic::Ordering::Relaxed);
@@ -192,8 +207,10 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop);
     VMS_RUNNING.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
     VMS_ENDED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    console.drain(vm.console(), time::now_ns(), true);
+    console.drain_vm(&mut vm, time::now_ns(), true);
     report.ready_ns = console.ready;
+    report.workload_exit = console.workload.exit();
+    report.workload_ready = console.workload.ready();
     report.console = console.lines();
     report.console_written = vm.console().written;
     report.console_dropped = vm.console().dropped + console.discarded;
@@ -270,7 +287,7 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
         let now = time::now_ns();
         let action = vm.handle_exit(exit, &mut st, ram, now);
         vcpu.set_state(&st);
-        console.drain(vm.console(), now, false);
+        console.drain_vm(vm, now, false);
         net_sync(vm, ram, net);
         if vm.out_of_memory() {
             return Ended::OutOfMemory;
@@ -285,7 +302,7 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                         return Ended::OutOfMemory;
                     }
                     vm.poll(time::now_ns());
-                    console.drain(vm.console(), time::now_ns(), false);
+                    console.drain_vm(vm, time::now_ns(), false);
                     // (An interrupt the backend still holds armed for the guest counts too:
                     // `sti; hlt` exits before the guest takes it.)
                     if vm.pending_irq().is_some() || vm.pending_exception().is_some() || vcpu.reinjection_pending() {
@@ -376,6 +393,11 @@ pub fn report(name: &str, r: &RunReport) {
         Ended::Killed => info!(target: "vmm", "microVM {name} stopped by the node ({} exits, {} ms)", r.exits, r.wall_ns / 1_000_000),
         Ended::OutOfMemory => warn!(target: "vmm", "microVM {name} ended: out of host memory (only this VM stopped)"),
     }
+    match (r.workload_exit, r.workload_ready) {
+        (Some(e), _) => info!(target: "vmm", "microVM {name}: workload {e}"),
+        (None, true) => warn!(target: "vmm", "microVM {name}: workload started but reported no exit status"),
+        (None, false) => {}
+    }
     if r.console_dropped > 0 {
         info!(target: "vmm", "microVM {name}: console {} bytes written, {} dropped", r.console_written, r.console_dropped);
     }
@@ -433,6 +455,10 @@ pub struct GuestBundle {
     pub vmlinux: Option<&'static [u8]>,
     pub bzimage: Option<&'static [u8]>,
     pub initramfs: &'static [u8],
+    /// A Catenary image's root filesystem and run config (docs/images.md), when the bundle
+    /// carries one (`vm.image=1`).
+    pub image_rootfs: Option<&'static [u8]>,
+    pub image_config: Option<&'static [u8]>,
 }
 
 pub fn find_bundle(modules: &[catenary_bootinfo::Module]) -> Option<GuestBundle> {
@@ -440,7 +466,13 @@ pub fn find_bundle(modules: &[catenary_bootinfo::Module]) -> Option<GuestBundle>
         let Some(data) = catenary_arch::memory::boot_module(m) else { continue };
         if let Ok(store) = catenary_bootinfo::ImageStore::parse(data) {
             if let Some(initramfs) = store.get("initramfs.cpio.gz") {
-                return Some(GuestBundle { vmlinux: store.get("vmlinux"), bzimage: store.get("bzImage"), initramfs });
+                return Some(GuestBundle {
+                    vmlinux: store.get("vmlinux"),
+                    bzimage: store.get("bzImage"),
+                    initramfs,
+                    image_rootfs: store.get("image/rootfs.squashfs"),
+                    image_config: store.get("image/config.json"),
+                });
             }
         }
     }
@@ -499,6 +531,22 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
     };
     let mem: u64 = opt("mem").and_then(|m| m.parse().ok()).unwrap_or(256);
     let mut gcmd = String::from("console=ttyS0 panic=-1 reboot=k tsc=reliable");
+    // `vm.image=1`: run the Catenary image in the bundle (image/rootfs.squashfs +
+    // image/config.json, `cargo xtask test` packs one) under catenary-init (docs/guest-init.md).
+    let image = if opt("image").is_some_and(|v| v != "0") {
+        match (bundle.image_rootfs, bundle.image_config) {
+            (Some(r), Some(c)) => Some((r, c)),
+            _ => {
+                warn!(target: "vmm", "microVM {want}: vm.image: the guest bundle holds no image/rootfs.squashfs + image/config.json");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    if image.is_some() {
+        gcmd.push_str(" rdinit=/sbin/catenary-init");
+    }
     if let Some(c) = opt("cmd") {
         gcmd.push_str(" catenary.cmd=");
         gcmd.push_str(c);
@@ -508,12 +556,21 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
         gcmd.push_str(mode);
     }
     // `vm.disk=<MiB>`: attach a virtio-blk disk whose first sector starts with a marker line.
-    let disk = opt("disk").and_then(|m| m.parse::<usize>().ok()).map(|mib| {
+    let disk = if let Some((rootfs, _)) = image {
+        // The image's root, read-only (catenary-init mounts /dev/vda as squashfs).
+        let mut d = alloc::vec::Vec::new();
+        if d.try_reserve_exact(rootfs.len()).is_err() {
+            warn!(target: "vmm", "microVM {want}: no memory for its {} byte root filesystem", rootfs.len());
+            return None;
+        }
+        d.extend_from_slice(rootfs);
+        Some((d, true))
+    } else { opt("disk").and_then(|m| m.parse::<usize>().ok()).map(|mib| {
         let mut d = alloc::vec![0u8; mib.clamp(1, 64) << 20];
         let marker = b"catenary-virtio-blk-marker\n";
         d[..marker.len()].copy_from_slice(marker);
         (d, true)
-    });
+    }) };
     // `vm.net=1`: a virtio-net device and a /128 of the node's /64, routed by netd.
     let net = match opt("net") {
         Some(v) if v != "0" => {
@@ -538,15 +595,30 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
     if opt("debug").is_some() {
         gcmd.push_str(" loglevel=7");
     }
-    let image = match (opt("boot"), bundle.vmlinux, bundle.bzimage) {
-        (Some("bzimage"), _, Some(bz)) | (_, None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: bundle.initramfs, cmdline: &gcmd },
-        (_, Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd: bundle.initramfs, cmdline: &gcmd },
+    // A Catenary image's run config rides in a cpio appended to the initramfs.
+    let initrd_buf = match image {
+        Some((_, config)) => {
+            let node = catenary_vmm::workload::node_json(want, net.map(|n| n.addr));
+            match catenary_vmm::workload::workload_initrd(bundle.initramfs, config, node.as_bytes()) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    warn!(target: "vmm", "microVM {want}: no memory for its initrd");
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
+    let initrd: &[u8] = initrd_buf.as_deref().unwrap_or(bundle.initramfs);
+    let boot = match (opt("boot"), bundle.vmlinux, bundle.bzimage) {
+        (Some("bzimage"), _, Some(bz)) | (_, None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd, cmdline: &gcmd },
+        (_, Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd, cmdline: &gcmd },
         _ => {
             warn!(target: "vmm", "guest bundle has no kernel");
             return None;
         }
     };
-    let r = run_full(want, image, mem, disk, net);
+    let r = if image.is_some() { run_workload(want, boot, mem, disk, net) } else { run_full(want, boot, mem, disk, net) };
     if let Some(n) = net {
         crate::net::detach_vm(n.addr);
     }

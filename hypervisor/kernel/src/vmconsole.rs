@@ -12,6 +12,8 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_vmm::console::{ConsoleCapture, ConsoleRing, LineSplitter, TokenBucket, BURST_BYTES, RATE_BYTES_PER_S};
+use catenary_vmm::workload::{stream_name, WorkloadLog};
+use catenary_vmm::MicroVm;
 use log::warn;
 
 /// Most bytes moved from the ring per drain call (one call per VM exit or halt wake-up).
@@ -33,6 +35,10 @@ pub struct VmConsole<'a> {
     last_report_ns: u64,
     /// Unprinted bytes discarded at the VM's end (beyond its rate and `END_TAIL`).
     pub discarded: u64,
+    /// The workload channel's decoder (VMs started from a Catenary image): the workload's log
+    /// is printed as `[vm:NAME stdout] …` / `[vm:NAME stderr] …`, apart from the console.
+    pub workload: WorkloadLog,
+    log_bucket: TokenBucket,
 }
 
 impl<'a> VmConsole<'a> {
@@ -48,6 +54,8 @@ impl<'a> VmConsole<'a> {
             reported_dropped: 0,
             last_report_ns: t0,
             discarded: 0,
+            workload: WorkloadLog::new(),
+            log_bucket: TokenBucket::new(RATE_BYTES_PER_S, BURST_BYTES, t0),
         })
     }
 
@@ -91,6 +99,44 @@ impl<'a> VmConsole<'a> {
                 dropped - self.reported_dropped, dropped, ring.written);
             self.reported_dropped = dropped;
             self.last_report_ns = now;
+        }
+    }
+
+    /// Drain the VM's console and, when it has one, its workload channel.
+    pub fn drain_vm(&mut self, vm: &mut MicroVm, now: u64, end: bool) {
+        self.drain(vm.console(), now, end);
+        if let Some(ch) = vm.channel() {
+            self.drain_channel(ch, now, end);
+        }
+    }
+
+    /// Decode the workload channel at the VM's log rate (all of it at the end: the ring holds
+    /// at most its 64 KiB, and the exit status is in its newest bytes).
+    fn drain_channel(&mut self, ring: &mut ConsoleRing, now: u64, end: bool) {
+        let avail = ring.len() as u64;
+        let mut left = if end { avail } else if avail == 0 { 0 } else { self.log_bucket.take(now, avail.min(DRAIN_BUDGET)) } as usize;
+        let mut buf = [0u8; 256];
+        let name = self.name;
+        let capture = &mut self.capture;
+        let mut emit = |s, l: &[u8]| {
+            capture.line(l);
+            catenary_arch::println!("[vm:{} {}] {}", name, stream_name(s), String::from_utf8_lossy(l));
+        };
+        while left > 0 {
+            let n = ring.pop(&mut buf[..left.min(256)]);
+            if n == 0 {
+                break;
+            }
+            self.workload.feed(&buf[..n], &mut emit);
+            left -= n;
+        }
+        if end {
+            self.workload.flush(&mut emit);
+            let st = self.workload.stats();
+            if st.garbage_bytes + st.bad_frames + st.unknown_frames > 0 || ring.dropped > 0 {
+                warn!(target: "vmm", "vm {}: workload channel: {} bytes outside frames, {} bad and {} unknown frames, {} bytes overwritten",
+                    self.name, st.garbage_bytes, st.bad_frames, st.unknown_frames, ring.dropped);
+            }
         }
     }
 

@@ -381,3 +381,38 @@ pub fn loaders(data: &[u8]) {
     let _ = load_bzimage(&mut mem, image, Some(&initrd), &cmd, ram);
     let _ = load_pvh(&mut mem, image, None, &cmd, ram);
 }
+
+/// The workload channel end to end on the node's side: a channel console device (virtio-mmio,
+/// the guest's queue layout from the input) whose transmitted bytes go through the decoder
+/// and line splitter (`crate::workload`). The first input byte picks how the rest is split
+/// into chunks before decoding; the decoder must never panic and lines stay bounded.
+pub fn workload_channel(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let step = 1 + b.u8() as usize;
+    let rest = b.rest();
+    let mut log = crate::workload::WorkloadLog::new();
+    for c in rest.chunks(step) {
+        log.feed(c, &mut |_, l| assert!(l.len() <= crate::console::MAX_OUT_LINE));
+    }
+    log.flush(&mut |_, l| assert!(l.len() <= crate::console::MAX_OUT_LINE));
+    let s = log.stats();
+    assert!(s.garbage_bytes <= rest.len() as u64);
+    // The same bytes as guest output through a channel console's transmit queue.
+    let mut img = rest.to_vec();
+    img.resize(0x1_0000, 0);
+    let mut mem = VecMemory::from_bytes(img);
+    let mut t = VirtioMmio::new(0, 5, Device::Console(VirtioConsole::new_channel()), 16);
+    for (off, v) in [(0x70u64, 3u64), (0x24, 1), (0x20, 1), (0x24, 0), (0x20, 0), (0x70, 0xb), (0x30, 1), (0x38, 16), (0x80, 0x100), (0x90, 0x200), (0xa0, 0x300), (0x44, 1), (0x70, 0xf), (0x50, 1)] {
+        t.write(off, 4, v, &mut mem);
+    }
+    let mut ring = crate::console::ConsoleRing::try_new(4096).expect("small ring");
+    t.process_console_tx(&mut mem, &mut ring);
+    let mut buf = [0u8; 512];
+    loop {
+        let n = ring.pop(&mut buf);
+        if n == 0 {
+            break;
+        }
+        log.feed(&buf[..n], &mut |_, l| assert!(l.len() <= crate::console::MAX_OUT_LINE));
+    }
+}

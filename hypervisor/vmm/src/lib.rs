@@ -99,6 +99,7 @@ pub mod virtio;
 pub mod svm_exit;
 pub mod vm;
 pub mod vmx_exit;
+pub mod workload;
 #[cfg(test)]
 mod vm_tests;
 
@@ -108,4 +109,5 @@ pub use cpu::{
 };
 pub use cpuid::CpuidConfig;
 pub use mem::{GuestMemory, GuestMemoryExt, MemError, VecMemory};
+pub use catenary_guest_proto as guest_proto;
 pub use vm::{EventDecision, MicroVm, Stats, VmConfig, WildMmioPolicy};

@@ -52,6 +52,9 @@ pub struct VmConfig {
     pub cpuid: CpuidConfig,
     pub wild_mmio: WildMmioPolicy,
     pub virtio_console: bool,
+    /// A second virtio-console, right after the first (the guest's `/dev/hvc1`): the workload
+    /// channel (docs/guest-init.md). Its output lands in [`MicroVm::channel`].
+    pub workload_channel: bool,
     /// Disk image and read-only flag.
     pub virtio_blk: Option<(Vec<u8>, bool)>,
     /// A virtio-net device with this MAC.
@@ -71,6 +74,7 @@ impl VmConfig {
             cpuid: CpuidConfig { tsc_khz, ..Default::default() },
             wild_mmio: WildMmioPolicy::Stop,
             virtio_console: true,
+            workload_channel: false,
             virtio_blk: None,
             virtio_net: None,
             queue_size: 256,
@@ -199,6 +203,8 @@ pub struct MicroVm {
     pub msrs: MsrState,
     host_cpuid: HostCpuidTable,
     console: ConsoleRing,
+    /// The workload channel's output not yet decoded (when `cfg.workload_channel`).
+    channel: Option<ConsoleRing>,
     #[cfg(any(test, feature = "fuzzing"))]
     lines: crate::console::LineSplitter,
     stats: Stats,
@@ -230,6 +236,14 @@ impl MicroVm {
                 base += layout::MMIO_STRIDE;
             }
         }
+        let mut channel = None;
+        if cfg.workload_channel {
+            if let Some(&irq) = irqs.next() {
+                channel = Some(ConsoleRing::try_new(RING_BYTES).map_err(|_| VmError::OutOfMemory)?);
+                virtio.push(VirtioMmio::new(base, irq, Device::Console(VirtioConsole::new_channel()), qs));
+                base += layout::MMIO_STRIDE;
+            }
+        }
         if let Some((disk, ro)) = cfg.virtio_blk.take() {
             if let Some(&irq) = irqs.next() {
                 virtio.push(VirtioMmio::new(base, irq, Device::Blk(VirtioBlk::new(disk, ro, "catenary0")), qs));
@@ -253,6 +267,7 @@ impl MicroVm {
             msrs: MsrState::new(cfg.tsc_khz),
             host_cpuid: HostCpuidTable::capture(host_cpuid),
             console,
+            channel,
             #[cfg(any(test, feature = "fuzzing"))]
             lines: Default::default(),
             stats: Stats::default(),
@@ -286,6 +301,12 @@ impl MicroVm {
         &mut self.console
     }
 
+    /// The workload channel's bytes not yet decoded (None without the channel device); decode
+    /// them with [`crate::workload::WorkloadLog`].
+    pub fn channel(&mut self) -> Option<&mut ConsoleRing> {
+        self.channel.as_mut()
+    }
+
     /// Complete console lines in the ring (tests and fuzzing; the kernel drains the ring).
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn take_console_lines(&mut self) -> Vec<String> {
@@ -311,6 +332,9 @@ impl MicroVm {
         self.uart.push_input(bytes);
         for d in &mut self.virtio {
             if let Device::Console(c) = &mut d.dev {
+                if c.channel {
+                    continue;
+                }
                 c.push_input(bytes);
                 d.kick_rx(mem);
             }
@@ -847,7 +871,11 @@ impl MicroVm {
                 match op {
                     MmioOp::Store { value, .. } => {
                         d.write(off, size, value, mem);
-                        d.process_console_tx(mem, &mut self.console);
+                        let out = match (&d.dev, self.channel.as_mut()) {
+                            (Device::Console(c), Some(ch)) if c.channel => ch,
+                            _ => &mut self.console,
+                        };
+                        d.process_console_tx(mem, out);
                         if d.out_of_memory {
                             return Err(VmError::OutOfMemory);
                         }

@@ -358,6 +358,57 @@ fn virtio_console_via_mmio_exits() {
 }
 
 #[test]
+fn workload_channel_kept_apart() {
+    // The channel is the second console (guest /dev/hvc1); what the guest writes there lands in
+    // the channel ring, never among the console lines, and host console input never reaches it.
+    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000);
+    cfg.workload_channel = true;
+    cfg.virtio_blk = Some((vec![0u8; 4096], true));
+    let mut v = MicroVm::new(cfg, &host_cpuid);
+    assert_eq!(
+        v.kernel_cmdline_extras(),
+        "virtio_mmio.device=0x200@0xd0000000:5 virtio_mmio.device=0x200@0xd0001000:6 virtio_mmio.device=0x200@0xd0002000:9 tsc_early_khz=2000000"
+    );
+    let (mut c, mut m) = long_guest(&[0x89, 0x07]); // mov [rdi], eax
+    let w = |v: &mut MicroVm, c: &mut VcpuState, m: &mut VecMemory, off: u64, val: u64| {
+        c.rip = CODE;
+        c.rdi = 0xd000_1000 + off;
+        c.rax = val;
+        assert_eq!(v.handle_exit(Exit::Mmio { gpa: 0xd000_1000 + off, write_hint: Some(true) }, c, m, 0), Ok(Action::Resume));
+    };
+    for (off, val) in [(0x70, 3), (0x24, 1), (0x20, 1), (0x70, 0xb), (0x30, 0), (0x38, 4), (0x80, 0xa000), (0x90, 0xa100), (0xa0, 0xa200), (0x44, 1), (0x30, 1), (0x38, 4), (0x80, 0x8000), (0x90, 0x8100), (0xa0, 0x8200), (0x44, 1), (0x70, 0xf)] {
+        w(&mut v, &mut c, &mut m, off, val);
+    }
+    let mut frames = Vec::new();
+    crate::guest_proto::wire::encode_data(crate::guest_proto::wire::Stream::Stdout, b"from the workload\n", &mut |b| frames.extend_from_slice(b));
+    frames.extend_from_slice(&crate::guest_proto::wire::encode_exit(crate::guest_proto::wire::WorkloadExit::Code(3)));
+    m.write(0x9000, &frames).unwrap();
+    m.write_u64(0x8000, 0x9000).unwrap();
+    m.write_u32(0x8008, frames.len() as u32).unwrap();
+    m.write_u16(0x8104, 0).unwrap();
+    m.write_u16(0x8102, 1).unwrap();
+    // A receive buffer posted on the channel's queue 0: console input must not fill it.
+    m.write_u64(0xa000, 0xb000).unwrap();
+    m.write_u32(0xa008, 64).unwrap();
+    m.write_u16(0xa00c, 2).unwrap(); // VIRTQ_DESC_F_WRITE
+    m.write_u16(0xa104, 0).unwrap();
+    m.write_u16(0xa102, 1).unwrap();
+    w(&mut v, &mut c, &mut m, 0x50, 0);
+    w(&mut v, &mut c, &mut m, 0x50, 1);
+    assert!(v.take_console_lines().is_empty());
+    v.push_console_input(b"typed", &mut m);
+    assert_eq!(m.read_u16(0xa202).unwrap(), 0, "console input reached the channel");
+    let ring = v.channel().unwrap();
+    let mut buf = [0u8; 256];
+    let n = ring.pop(&mut buf);
+    let mut log = crate::workload::WorkloadLog::new();
+    let mut lines = Vec::new();
+    log.feed(&buf[..n], &mut |s, l| lines.push((s, alloc::string::String::from_utf8_lossy(l).into_owned())));
+    assert_eq!(lines, [(crate::guest_proto::wire::Stream::Stdout, alloc::string::String::from("from the workload"))]);
+    assert_eq!(log.exit(), Some(crate::guest_proto::wire::WorkloadExit::Code(3)));
+}
+
+#[test]
 fn boot_then_first_exit() {
     // bzImage entry state decodes as 64-bit; PVH entry as 32-bit.
     let mut m = VecMemory::new(32 << 20);

@@ -14,6 +14,9 @@ pub const MAX_INPUT: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct VirtioConsole {
+    /// This console is the workload channel (docs/guest-init.md): its output goes to the VM's
+    /// channel ring, not to the console, and host console input never reaches it.
+    pub channel: bool,
     pub input: VecDeque<u8>,
     /// Bytes of transmit chains beyond [`MAX_TX_CHAIN`] (also counted in the ring's drops).
     pub dropped_tx: u64,
@@ -22,6 +25,11 @@ pub struct VirtioConsole {
 impl VirtioConsole {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The workload channel's console.
+    pub fn new_channel() -> Self {
+        VirtioConsole { channel: true, ..Self::default() }
     }
 
     pub fn config(&self) -> [u8; 12] {

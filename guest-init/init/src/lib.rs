@@ -1,0 +1,8 @@
+//! `catenary-init`, the guest's PID 1 (docs/guest-init.md). The parts that need no Linux
+//! privileges live here and are host-tested: user resolution against the image's
+//! `/etc/passwd` and `/etc/group`, and the generated `/etc` files. `main.rs` is the boot
+//! sequence itself.
+#![forbid(unsafe_code)]
+
+pub mod etc;
+pub mod user;

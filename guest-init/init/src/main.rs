@@ -1,0 +1,369 @@
+//! `catenary-init`: the guest's PID 1 for a Catenary image (docs/guest-init.md).
+//!
+//! 1. mounts /proc, /sys, /dev (devtmpfs); lowers the console log level;
+//! 2. reads `/catenary/config.json` + `/catenary/node.json` (appended to the initramfs by the
+//!    node) and merges them; opens the workload channel (raw mode);
+//! 3. mounts the image's squashfs read-only from the virtio-blk disk under a tmpfs overlay;
+//! 4. brings up `lo` and, with an address, `eth0` (/128 + on-link default route);
+//! 5. writes /etc/hosts, /etc/hostname, /etc/resolv.conf; sets the hostname;
+//! 6. moves /dev, /proc, /sys into the new root and switches to it; mounts /dev/pts,
+//!    /dev/shm, /tmp;
+//! 7. resolves User, sets Env, HOME, WorkingDir; prints `catenary-init: ready`; runs
+//!    Entrypoint + Cmd with stdout/stderr on pipes it forwards to the channel;
+//! 8. forwards signals, reaps every zombie; when the workload ends, sends its exit status on
+//!    the channel and powers the VM off.
+//!
+//! PID 1 never exits: every failure is reported (console + channel) and ends in power-off.
+#![forbid(unsafe_code)]
+
+use catenary_guest_proto::config::{ImageConfig, NodeConfig, RunSpec, MAX_CONFIG_BYTES};
+use catenary_guest_proto::wire::{self, Stream, WorkloadExit};
+use catenary_init::{etc, user};
+use nix::mount::{mount, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = "/catenary/config.json";
+const NODE: &str = "/catenary/node.json";
+/// The initramfs busybox (used for `ip` before the root switch).
+const BUSYBOX: &str = "/bin/busybox";
+/// How long the workload's pipes are still read after it exited (a background child may
+/// hold them open).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// An error before or while starting the workload: reported, then power-off.
+struct Failure {
+    status: i32,
+    msg: String,
+}
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure { status: 1, msg: msg.into() })
+}
+
+trait Context<T> {
+    fn ctx(self, what: &str) -> Result<T, Failure>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn ctx(self, what: &str) -> Result<T, Failure> {
+        self.map_err(|e| Failure { status: 1, msg: format!("{what}: {e}") })
+    }
+}
+
+/// The workload channel (docs/guest-init.md): the init is its only writer.
+struct Channel {
+    tty: File,
+    broken: bool,
+}
+
+impl Channel {
+    fn open(path: &str) -> Result<Channel, Failure> {
+        let tty = OpenOptions::new().read(true).write(true).open(path).ctx(&format!("workload channel {path}"))?;
+        // Raw: no newline translation, no echo; frames are binary.
+        let mut t = nix::sys::termios::tcgetattr(tty.as_fd()).ctx("workload channel: tcgetattr")?;
+        nix::sys::termios::cfmakeraw(&mut t);
+        nix::sys::termios::tcsetattr(tty.as_fd(), nix::sys::termios::SetArg::TCSANOW, &t).ctx("workload channel: tcsetattr")?;
+        Ok(Channel { tty, broken: false })
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.tty.write_all(bytes) {
+            self.broken = true;
+            println!("catenary-init: workload channel write failed: {e} (the log is lost from here)");
+        }
+    }
+
+    fn data(&mut self, stream: Stream, data: &[u8]) {
+        let mut frames = Vec::with_capacity(data.len() + 8);
+        wire::encode_data(stream, data, &mut |b| frames.extend_from_slice(b));
+        self.send(&frames);
+    }
+
+    fn finish(&mut self, exit: WorkloadExit) {
+        self.send(&wire::encode_exit(exit));
+        let _ = nix::sys::termios::tcdrain(self.tty.as_fd());
+    }
+}
+
+fn mkdir_p(p: &str) -> Result<(), Failure> {
+    fs::create_dir_all(p).ctx(&format!("mkdir {p}"))
+}
+
+fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), Failure> {
+    mkdir_p(target)?;
+    mount(Some(src), target, Some(fstype), flags, data).ctx(&format!("mount {fstype} {src} on {target}"))
+}
+
+fn move_mount(from: &str, to: &str) -> Result<(), Failure> {
+    mkdir_p(to)?;
+    mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>).ctx(&format!("move mount {from} to {to}"))
+}
+
+/// A file of at most `limit` bytes, None when absent.
+fn read_bounded(path: &str, limit: usize) -> Result<Option<Vec<u8>>, Failure> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return fail(format!("{path}: {e}")),
+    };
+    let mut v = Vec::new();
+    f.take(limit as u64 + 1).read_to_end(&mut v).ctx(path)?;
+    if v.len() > limit {
+        return fail(format!("{path}: more than {limit} bytes"));
+    }
+    Ok(Some(v))
+}
+
+/// Replace `path` (a file or a symlink the image has there) with `content`.
+fn write_etc(path: &str, content: &str) -> Result<(), Failure> {
+    if fs::symlink_metadata(path).is_ok() {
+        fs::remove_file(path).ctx(&format!("replacing {path}"))?;
+    }
+    fs::write(path, content).ctx(path)
+}
+
+fn busybox(args: &[&str]) -> Result<(), Failure> {
+    let out = Command::new(BUSYBOX).args(args).output().ctx(&format!("busybox {}", args.join(" ")))?;
+    if !out.status.success() {
+        return fail(format!("busybox {}: {} {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+fn early_mounts() -> Result<(), Failure> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt("proc", "/proc", "proc", nosuid, None)?;
+    mnt("sysfs", "/sys", "sysfs", nosuid, None)?;
+    mnt("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    Ok(())
+}
+
+fn read_spec() -> Result<RunSpec, Failure> {
+    let image = read_bounded(CONFIG, MAX_CONFIG_BYTES)?.ok_or_else(|| Failure { status: 1, msg: format!("{CONFIG} is missing: the node gave no image config") })?;
+    let image = ImageConfig::parse(&image).ctx("image config")?;
+    let node = match read_bounded(NODE, MAX_CONFIG_BYTES)? {
+        Some(b) => NodeConfig::parse(&b).ctx("node config")?,
+        None => NodeConfig { version: 1, ..Default::default() },
+    };
+    RunSpec::resolve(&image, &node).ctx("run config")
+}
+
+/// Steps 3-6: the new root, the network, /etc, the switch.
+fn enter_root(spec: &RunSpec) -> Result<(), Failure> {
+    mnt(&spec.rootfs_device, "/mnt/lower", "squashfs", MsFlags::MS_RDONLY, None)?;
+    mnt("tmpfs", "/mnt/rw", "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+    mkdir_p("/mnt/rw/upper")?;
+    mkdir_p("/mnt/rw/work")?;
+    mnt("overlay", "/mnt/root", "overlay", MsFlags::empty(), Some("lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"))?;
+
+    busybox(&["ip", "link", "set", "lo", "up"])?;
+    if let Some(a) = spec.address {
+        // The node routes exactly this /128; duplicate address detection only delays it.
+        let _ = fs::write("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0");
+        busybox(&["ip", "link", "set", "eth0", "up"])?;
+        busybox(&["ip", "-6", "addr", "add", &format!("{a}/128"), "dev", "eth0"])?;
+        busybox(&["ip", "-6", "route", "add", "default", "dev", "eth0"])?;
+    }
+
+    mkdir_p("/mnt/root/etc")?;
+    write_etc("/mnt/root/etc/hosts", &etc::hosts(&spec.hostname, spec.address))?;
+    write_etc("/mnt/root/etc/hostname", &etc::hostname(&spec.hostname))?;
+    write_etc("/mnt/root/etc/resolv.conf", &etc::resolv_conf(&spec.nameservers))?;
+    nix::unistd::sethostname(&spec.hostname).ctx("sethostname")?;
+
+    for m in ["/dev", "/proc", "/sys"] {
+        move_mount(m, &format!("/mnt/root{m}"))?;
+    }
+    // switch_root: the overlay becomes / (the initramfs stays in memory; it is small).
+    nix::unistd::chdir("/mnt/root").ctx("chdir /mnt/root")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).ctx("move the new root onto /")?;
+    nix::unistd::chroot(".").ctx("chroot")?;
+    nix::unistd::chdir("/").ctx("chdir /")?;
+
+    mnt("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=620,ptmxmode=666"))?;
+    mnt("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mnt("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    Ok(())
+}
+
+/// The signals PID 1 takes (through a signalfd) and forwards to the workload; SIGCHLD reaps.
+fn signal_set() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH, Signal::SIGCONT] {
+        s.add(sig);
+    }
+    s
+}
+
+/// Reap every exited child; the workload's status when it was among them.
+fn reap(child: Pid) -> Option<WorkloadExit> {
+    let mut found = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => found = Some(WorkloadExit::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => found = Some(WorkloadExit::Signal(sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(_) => return found,
+            Ok(_) => {} // an orphan the workload left behind: reaped
+        }
+    }
+}
+
+/// Step 7-8: run the workload, pump its output, wait for it.
+fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Failure> {
+    let passwd = read_bounded("/etc/passwd", MAX_CONFIG_BYTES)?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let group = read_bounded("/etc/group", MAX_CONFIG_BYTES)?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|msg| Failure { status: 1, msg })?;
+    // Docker creates a missing WorkingDir (owned by root).
+    mkdir_p(&spec.working_dir)?;
+    let env = etc::final_env(&spec.env, &id.home, &spec.hostname);
+
+    let sigs = signal_set();
+    sigs.thread_block().ctx("blocking signals")?;
+    let sfd = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ctx("signalfd")?;
+    let (mut out_r, out_w) = std::io::pipe().ctx("pipe")?;
+    let (mut err_r, err_w) = std::io::pipe().ctx("pipe")?;
+
+    let mut cmd = Command::new(&spec.argv[0]);
+    // std clears the child's signal mask, restores SIGPIPE, and drops supplementary groups
+    // when it changes the uid.
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.working_dir)
+        .gid(id.gid)
+        .uid(id.uid)
+        .stdin(Stdio::null())
+        .stdout(out_w)
+        .stderr(err_w);
+    println!("catenary-init: ready");
+    chan.send(&wire::encode_ready());
+    let child = cmd.spawn();
+    drop(cmd); // our copies of the pipes' write ends: EOF comes when the workload's close
+    let child = match child {
+        Ok(c) => Pid::from_raw(c.id() as i32),
+        Err(e) => {
+            let status = match e.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                std::io::ErrorKind::PermissionDenied => 126,
+                _ => 1,
+            };
+            return Err(Failure { status, msg: format!("cannot run {:?}: {e}", spec.argv[0]) });
+        }
+    };
+
+    let mut open = [true, true];
+    let mut status: Option<WorkloadExit> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut buf = vec![0u8; wire::MAX_PAYLOAD];
+    loop {
+        if let Some(s) = status {
+            let done = !open[0] && !open[1];
+            if done || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(s);
+            }
+        }
+        let timeout = if status.is_some() { PollTimeout::from(100u16) } else { PollTimeout::NONE };
+        let (ready_out, ready_err, ready_sig) = {
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            if open[0] {
+                fds.push(PollFd::new(out_r.as_fd(), PollFlags::POLLIN));
+            }
+            if open[1] {
+                fds.push(PollFd::new(err_r.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return fail(format!("poll: {e}")),
+            }
+            let hit = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+            let sig = hit(0);
+            let (o, e) = match (open[0], open[1]) {
+                (true, true) => (hit(1), hit(2)),
+                (true, false) => (hit(1), false),
+                (false, true) => (false, hit(1)),
+                (false, false) => (false, false),
+            };
+            (o, e, sig)
+        };
+        for (i, ready, stream) in [(0usize, ready_out, Stream::Stdout), (1, ready_err, Stream::Stderr)] {
+            if !ready {
+                continue;
+            }
+            let r = if i == 0 { out_r.read(&mut buf) } else { err_r.read(&mut buf) };
+            match r {
+                Ok(0) | Err(_) => open[i] = false,
+                Ok(n) => chan.data(stream, &buf[..n]),
+            }
+        }
+        if ready_sig {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+                if sig == Signal::SIGCHLD {
+                    if let Some(s) = reap(child) {
+                        status = Some(s);
+                        deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                    }
+                } else if status.is_none() {
+                    let _ = kill(child, sig);
+                }
+            }
+        }
+    }
+}
+
+fn run(chan: &mut Option<Channel>) -> Result<WorkloadExit, Failure> {
+    early_mounts()?;
+    let debug = fs::read_to_string("/proc/cmdline").map(|c| c.split_whitespace().any(|w| w == "catenary.debug")).unwrap_or(false);
+    if !debug {
+        // Keep late kernel messages off the console (they go to the node's console anyway,
+        // never into the workload's log).
+        let _ = fs::write("/proc/sys/kernel/printk", "1");
+    }
+    let spec = read_spec()?;
+    *chan = Some(Channel::open(&spec.channel)?);
+    enter_root(&spec)?;
+    let Some(ch) = chan.as_mut() else { return fail("workload channel lost") };
+    run_workload(&spec, ch)
+}
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("catenary-init: not PID 1: this program is the guest's init (docs/guest-init.md)");
+        std::process::exit(2);
+    }
+    let mut chan: Option<Channel> = None;
+    let exit = match run(&mut chan) {
+        Ok(e) => e,
+        Err(f) => {
+            println!("catenary-init: error: {}", f.msg);
+            if let Some(c) = chan.as_mut() {
+                c.data(Stream::Init, format!("catenary-init: {}\n", f.msg).as_bytes());
+            }
+            WorkloadExit::InitFailed(f.status)
+        }
+    };
+    println!("catenary-init: workload {exit}");
+    if let Some(c) = chan.as_mut() {
+        c.finish(exit);
+    }
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // Not reached: PID 1 must never return (the kernel would panic).
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

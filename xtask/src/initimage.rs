@@ -1,0 +1,127 @@
+//! `vm_linux_catenary_init`: a busybox OCI image built offline with umoci (Entrypoint, Cmd, Env,
+//! WorkingDir, a non-root User), packed with `catenary image pack`, run in a Catenary node's
+//! microVM under catenary-init (`vm.image=1`, docs/guest-init.md). The node's log must show
+//! `catenary-init: ready` on the guest console, the workload's stdout and stderr as its log
+//! (`[vm:demo stdout]`, `[vm:demo stderr]`, never on the console), all four settings applied,
+//! and exit code 3 reported through the workload channel.
+
+use crate::qemu::run_captured;
+use crate::test::Tally;
+use crate::tools::{out_dir, root, which};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const NAME: &str = "vm_linux_catenary_init";
+const BUSYBOX: &str = "/bin/busybox";
+
+/// The workload: `sh -c SCRIPT entry from-cmd` ($0 from the Entrypoint, $1 from Cmd).
+const SCRIPT: &str = "echo \"catenary-test entrypoint=$0 cmd=$1 user=$(busybox id -u):$(busybox id -g) name=$(busybox id -un)\"; \
+echo \"catenary-test pwd=$(pwd) greeting=$GREETING home=$HOME host=$(busybox hostname)\"; \
+echo catenary-test to-stderr >&2; exit 3";
+
+fn run(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0]).args(&args[1..]).current_dir(dir).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// The OCI layout (umoci, rootless) and the packed Catenary image in `dir/out`.
+fn build_image(dir: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    run(dir, &["umoci", "init", "--layout", "L"])?;
+    run(dir, &["umoci", "new", "--image", "L:bb"])?;
+    run(dir, &["umoci", "unpack", "--rootless", "--image", "L:bb", "B"])?;
+    let rootfs = dir.join("B/rootfs");
+    for p in ["bin", "etc", "home/app", "srv/data"] {
+        std::fs::create_dir_all(rootfs.join(p)).map_err(|e| e.to_string())?;
+    }
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).map_err(|e| e.to_string())?;
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n").map_err(|e| e.to_string())?;
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1001:\n").map_err(|e| e.to_string())?;
+    run(dir, &["umoci", "repack", "--image", "L:bb", "B"])?;
+    run(
+        dir,
+        &[
+            "umoci", "config", "--image", "L:bb", "--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c", "--config.entrypoint", SCRIPT,
+            "--config.entrypoint", "entry", "--config.cmd", "from-cmd", "--config.env", "GREETING=hello-from-env", "--config.workingdir",
+            "/srv/data", "--config.user", "app",
+        ],
+    )?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root())
+        .args(["run", "--quiet", "-p", "catenary", "--", "image", "pack"])
+        .arg(dir.join("L"))
+        .args(["--ref", "bb", "-o"])
+        .arg(dir.join("out"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("catenary image pack: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}
+
+pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    if which("umoci").is_none() {
+        t.skip(NAME, "umoci not installed (Debian package umoci; ci/install-deps.sh installs it)");
+        return Ok(());
+    }
+    if !Path::new(BUSYBOX).exists() {
+        t.skip(NAME, "/bin/busybox missing (Debian package busybox-static)");
+        return Ok(());
+    }
+    let dir = out_dir().join("catenary-init-test");
+    if let Err(e) = build_image(&dir) {
+        t.record(NAME, false, &format!("(building the image: {e})"));
+        return Ok(());
+    }
+    // The guest bundle plus the packed image, as one boot module.
+    let g = out_dir().join("guest");
+    let mut files = Vec::new();
+    for (name, path) in [
+        ("vmlinux", g.join("vmlinux")),
+        ("bzImage", g.join("bzImage")),
+        ("initramfs.cpio.gz", g.join("initramfs.cpio.gz")),
+        ("image/rootfs.squashfs", dir.join("out/rootfs.squashfs")),
+        ("image/config.json", dir.join("out/config.json")),
+    ] {
+        files.push((name.to_string(), std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?));
+    }
+    let bundle = dir.join("bundle.cpio");
+    std::fs::write(&bundle, crate::build::cpio_newc(&files)).map_err(|e| e.to_string())?;
+
+    let b = crate::vmbench::node_with_guest(kernel, &bundle, "vm.image=1");
+    let want = [
+        "[vm:demo] catenary-init: ready",
+        "[vm:demo stdout] catenary-test entrypoint=entry cmd=from-cmd user=1000:1001 name=app",
+        "[vm:demo stdout] catenary-test pwd=/srv/data greeting=hello-from-env home=/home/app host=demo",
+        "[vm:demo stderr] catenary-test to-stderr",
+        "microVM demo: workload exit code 3",
+        "microVM demo ended: power off",
+    ];
+    let fail = ["KERNEL PANIC", "- stopping this CPU", "microVM demo failed", "catenary-init: error", "microVM demo ended: reboot", "microVM demo ended: triple"];
+    let o = run_captured(b.command(false)?, &want, &fail, Duration::from_secs(300), false)?;
+    let log = out_dir().join(format!("{NAME}.log"));
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    // The workload's output is its log, never a console line.
+    let on_console = o.lines.iter().filter(|l| l.contains("[vm:demo] catenary-test")).count();
+    let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+    let ok = o.matched && o.failed_on.is_none() && on_console == 0;
+    t.record(
+        NAME,
+        ok,
+        &format!(
+            "(missing {missing:?}{}, {on_console} workload lines on the guest console; serial log {})",
+            o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(),
+            log.display()
+        ),
+    );
+    Ok(())
+}
