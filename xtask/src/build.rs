@@ -200,6 +200,11 @@ pub fn build_guest_init() -> Result<PathBuf, String> {
         .current_dir(root())
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // Small: it is in every guest's initramfs (decompressed at each boot).
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .args(["build", "--quiet", "--release", "-p", "catenary-init", "--target", "x86_64-unknown-linux-gnu"])
         .status()
