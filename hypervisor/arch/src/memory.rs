@@ -128,6 +128,7 @@ pub struct FreshFrame(u64);
 
 impl FreshFrame {
     pub fn alloc() -> Result<FreshFrame, AllocError> {
+        crate::percpu::note_slow_work();
         let f = alloc_frame()?;
         // SAFETY: just allocated: nothing else refers to it; the direct map covers it.
         unsafe { core::ptr::write_bytes(p2v(f) as *mut u8, 0, 4096) };
@@ -181,6 +182,7 @@ impl FreshRun {
     }
     /// `pages` frames starting at a multiple of `align_frames` frames (a power of two).
     pub fn alloc_aligned(pages: u64, align_frames: u64) -> Result<FreshRun, AllocError> {
+        crate::percpu::note_slow_work();
         let phys = alloc_contiguous(pages, align_frames)?;
         for i in 0..pages {
             // SAFETY: just allocated: nothing else refers to these frames.
