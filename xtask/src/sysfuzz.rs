@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub const DEFAULT_SECONDS: u64 = 60;
 
-fn opt(name: &str) -> Option<String> {
+pub fn opt(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {

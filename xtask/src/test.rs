@@ -227,7 +227,9 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
     let kernel = build_kernel(true)?;
     let plain = build_kernel(false)?;
     let (module, fnv) = test_module()?;
-    let args = |proto: &str| format!("ktest.protocol={proto} ktest.module_fnv={fnv:016x} ktest.marker=cmdline-ok ktest.cpus=4");
+    // `--ktest-only PREFIX`: only the in-kernel tests whose names start with PREFIX (debugging).
+    let only = crate::sysfuzz::opt("--ktest-only").map(|p| format!(" ktest.only={p}")).unwrap_or_default();
+    let args = |proto: &str| format!("ktest.protocol={proto} ktest.module_fnv={fnv:016x} ktest.marker=cmdline-ok ktest.cpus=4{only}");
 
     let mut boots: Vec<(String, Boot, u64)> = Vec::new();
     for m in ["microvm", "q35", "pc"] {

@@ -78,6 +78,47 @@ pub fn misaligned_locked_add(word: &mut u64) {
     unsafe { core::arch::asm!("lock add dword ptr [{}], 1", in(reg) p, options(nostack)) }
 }
 
+/// FXSAVE, then FXRSTOR of the image just saved: the FPU/SSE state is left as it was.
+/// Test aid for the QEMU TCG race below (`qemu_tcg_first_cpu_race`): every x87-state restore
+/// (FXRSTOR, XRSTOR, FRSTOR, FLDENV) makes QEMU clear IGNNE in the *first* CPU's flags word.
+pub fn fpu_state_roundtrip() {
+    #[repr(C, align(16))]
+    struct Area([u8; 512]);
+    let mut area = Area([0; 512]);
+    // SAFETY: FXSAVE writes exactly the 512-byte, 16-byte-aligned area we own; FXRSTOR then
+    // reads back the image FXSAVE just wrote (so its MXCSR is valid): the FPU/SSE state
+    // afterwards is the state before. The kernel runs with CR4.OSFXSR set (trap.s saves
+    // FXSAVE/XSAVE state on every entry).
+    unsafe { core::arch::asm!("fxsave64 [{0}]", "fxrstor64 [{0}]", in(reg) area.0.as_mut_ptr(), options(nostack)) }
+}
+
+/// True when the CPU is QEMU's TCG emulator (CPUID 0x4000_0000 signature "TCGTCGTCGTCG").
+pub fn is_qemu_tcg() -> bool {
+    let (_, _, ecx, _) = cpuid(1, 0);
+    if ecx & (1 << 31) == 0 {
+        return false;
+    }
+    let (_, b, c, d) = cpuid(0x4000_0000, 0);
+    let mut sig = [0u8; 12];
+    sig[0..4].copy_from_slice(&b.to_le_bytes());
+    sig[4..8].copy_from_slice(&c.to_le_bytes());
+    sig[8..12].copy_from_slice(&d.to_le_bytes());
+    &sig == b"TCGTCGTCGTCG"
+}
+
+/// QEMU TCG (7.2, also current upstream) races on the first CPU's `hflags2`: every x87-state
+/// restore on *any* vCPU (`cpu_set_fpus` -> `cpu_clear_ignne` in target/i386/tcg/sysemu/
+/// fpu_helper.c) does an unlocked `first_cpu->env.hflags2 &= ~HF2_IGNNE_MASK` from its own
+/// thread. When that read-modify-write straddles the first CPU's own update of `hflags2`
+/// (VMRUN sets GIF/NPT, #VMEXIT clears them), the first CPU's update is lost: after #VMEXIT
+/// nested paging stays on in host mode (the host's next fetch walks its page tables through
+/// the guest's NPT and the node triple-faults), or inside a guest it is turned off (the guest
+/// triple-faults). So on QEMU TCG with more than one CPU, no world switch may run on CPU 0
+/// (docs/vmm.md "The host triple fault"). On hardware and with one CPU this is false.
+pub fn qemu_tcg_first_cpu_race(cpus: usize) -> bool {
+    cpus >= 2 && is_qemu_tcg()
+}
+
 pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     let r = core::arch::x86_64::__cpuid_count(leaf, sub);
     (r.eax, r.ebx, r.ecx, r.edx)

@@ -53,31 +53,6 @@ pub fn cpu_index() -> usize {
     v as usize
 }
 
-/// Per CPU: whether it holds the kernel's big lock (set by the kernel around its critical
-/// sections, with interrupts off). Slow work (zeroing fresh memory, printing a task's log
-/// text) must happen outside it: [`note_slow_work`] counts violations.
-static BIG_LOCK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-static SLOW_UNDER_LOCK: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// The kernel took (`true`) or released (`false`) its big lock on this CPU.
-pub fn set_big_lock_held(held: bool) {
-    if let Some(b) = BIG_LOCK.get(cpu_index()) {
-        b.store(held, Ordering::Relaxed);
-    }
-}
-
-/// Slow work is being done on this CPU now: counted if the big lock is held.
-pub fn note_slow_work() {
-    if BIG_LOCK.get(cpu_index()).is_some_and(|b| b.load(Ordering::Relaxed)) {
-        SLOW_UNDER_LOCK.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// How often slow work ran under the kernel's big lock since boot (tests: must not grow).
-pub fn slow_work_under_lock() -> u64 {
-    SLOW_UNDER_LOCK.load(Ordering::Relaxed)
-}
-
 /// This CPU's per-CPU block.
 ///
 /// # Safety

@@ -313,26 +313,3 @@ pub fn create_vcpu(ram: &GuestRam, vm_id: u32) -> Result<Box<dyn Vcpu>, VirtErro
     }
     Err(VirtError::Unsupported("this CPU has neither SVM+NPT nor VMX+EPT"))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::Placement;
-
-    /// The first entry and every entry on another CPU than the last one report a move (the
-    /// backends flush the TLB then); only real moves are counted.
-    #[test]
-    fn placement_reports_moves() {
-        let mut p = Placement::default();
-        assert!(p.enter(1), "first entry: this CPU's TLB may hold a dead VM's translations");
-        assert!(!p.enter(1));
-        assert!(p.enter(0), "moved to CPU 0");
-        assert!(p.enter(1), "back on CPU 1: its TLB may be stale for this vCPU");
-        assert!(!p.enter(1));
-        assert_eq!(p.migrations, 2);
-        assert_eq!(p.cpus, 0b11);
-        assert_eq!(p.last_cpu, Some(1));
-        assert!(p.enter(200), "a CPU index past the mask still counts as a move");
-        assert_eq!(p.cpus, 0b11);
-        assert_eq!(p.migrations, 3);
-    }
-}

@@ -221,7 +221,7 @@ fn start_demo_vm(node: &Node) {
     }
     for i in 0..crate::vm::demo_count(&node.boot.cmdline) {
         let name = if i == 0 { alloc::string::String::from("vcpu-demo") } else { alloc::format!("vcpu-demo-{}", i + 1) };
-        let id = crate::task::spawn_kernel(&name, catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, body, i as u64);
+        let id = crate::task::spawn_kernel(&name, catenary_sched::Priority::NORMAL, crate::vm::vcpu_affinity(node.cpus), body, i as u64);
         log::debug!(target: "vmm", "demo microVM task {}", id);
     }
 
@@ -234,7 +234,7 @@ fn start_demo_vm(node: &Node) {
                 info!(target: "vmm", "after the second microVM: {} MiB free", mib(memory::stats().free_bytes()));
             }
         }
-        let id = crate::task::spawn_kernel("vcpu-demo2", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, body2, 0);
+        let id = crate::task::spawn_kernel("vcpu-demo2", catenary_sched::Priority::NORMAL, crate::vm::vcpu_affinity(node.cpus), body2, 0);
         log::debug!(target: "vmm", "second demo microVM task {}", id);
     }
 }

@@ -23,10 +23,6 @@ impl Log for SerialLogger {
         };
         // Component = last path segment of the target (module path by default).
         let comp = r.target().rsplit("::").next().unwrap_or(r.target());
-        if r.target() == "user" {
-            // a ring-3 task's text (SYS_LOG): printed outside the kernel lock
-            catenary_arch::percpu::note_slow_work();
-        }
         println!("[{:5}.{:06}] {} {}: {}", ns / 1_000_000_000, (ns / 1000) % 1_000_000, lvl, comp, OneLine(r.args()));
     }
     fn flush(&self) {}

@@ -79,6 +79,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("vm_vcpu_loop_is_a_task", crate::ktest_core::vm_vcpu_loop_is_a_task),
     ("vm_event_redelivered_after_nested_fault", crate::ktest_reinject::vm_event_redelivered_after_nested_fault),
     ("vm_interrupt_delivered_once", crate::ktest_reinject::vm_interrupt_delivered_once),
+    ("vm_world_switch_vs_fpu_restore", crate::ktest_reinject::vm_world_switch_vs_fpu_restore),
     ("console_flood_leaves_node_running", crate::ktest_console::console_flood_leaves_node_running),
 ];
 
@@ -91,6 +92,9 @@ const ON_REQUEST: &[(&str, TestFn)] = &[
 
 pub fn run(node: &Node) -> ! {
     println!("ktest: running {} tests", TESTS.len());
+    // The runner starts microVMs itself: keep it on one CPU where world switches are safe
+    // (vm::vcpu_affinity; one CPU, because some tests compare per-CPU state before and after).
+    let _ = crate::task::set_current_affinity(catenary_sched::Affinity::only(crate::vm::vm_test_cpu(node.cpus)));
     let (mut passed, mut failed) = (0, 0);
     // `ktest.only=<prefix>` runs a subset (the Bochs run takes only the microVM tests).
     let only = arg(node, "ktest.only");

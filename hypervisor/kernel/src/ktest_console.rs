@@ -86,10 +86,10 @@ fn phase(mode: u64) -> Result<Phase, String> {
     *BG_REPORT.lock() = None;
     *HEALTHY_REPORT.lock() = None;
     let heap0 = heap::used_bytes();
-    let bg = task::spawn_kernel("console-bg", Priority::NORMAL, Affinity::only(0), background_vm, mode);
+    let bg = task::spawn_kernel("console-bg", Priority::NORMAL, Affinity::only(crate::vm::vm_test_cpu(catenary_arch::smp::online_cpus())), background_vm, mode);
     task::sleep_ns(200_000_000);
     let (c0, t0) = (COUNT.load(Ordering::SeqCst), time::now_ns());
-    let h = task::spawn_kernel("console-healthy", Priority::NORMAL, Affinity::only(0), healthy_vm, 0);
+    let h = task::spawn_kernel("console-healthy", Priority::NORMAL, Affinity::only(crate::vm::vm_test_cpu(catenary_arch::smp::online_cpus())), healthy_vm, 0);
     let mut peak = heap::used_bytes();
     let (mut best, mut wt, mut wc) = (0, t0, c0);
     while task::join(h, 20_000_000).is_none() {

@@ -15,7 +15,7 @@ use alloc::string::String;
 use catenary_vmm::cpu::StopReason;
 
 use crate::init::Node;
-use crate::vm::{Ended, Image, HOSTILE_LOAD, IRQONCE_GUEST, REINJECT_GUEST};
+use crate::vm::{Ended, Image, EXITLOOP_GUEST, HOSTILE_LOAD, IRQONCE_GUEST, REINJECT_GUEST};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
@@ -37,7 +37,7 @@ pub fn vm_event_redelivered_after_nested_fault(_: &Node) -> Result<(), String> {
 
 static IRQONCE_REPORT: spin::Mutex<Option<crate::vm::RunReport>> = spin::Mutex::new(None);
 
-/// CPU 0: the guest, while CPU 1 kicks.
+/// The VM test CPU (`vm::vm_test_cpu`): the guest, while another CPU kicks.
 fn irqonce_vm(_: u64) {
     let r = crate::vm::run("irqonce", Image::Raw { code: IRQONCE_GUEST, load: HOSTILE_LOAD, arg: 0 }, 4);
     *IRQONCE_REPORT.lock() = Some(r);
@@ -46,7 +46,7 @@ fn irqonce_vm(_: u64) {
 static KICKING: AtomicBool = AtomicBool::new(false);
 static KICKS: AtomicU64 = AtomicU64::new(0);
 
-/// CPU 1: misaligned locked adds as fast as it can while the guest runs on CPU 0. Under QEMU's
+/// Another CPU: misaligned locked adds as fast as it can while the guest runs. Under QEMU's
 /// multi-threaded TCG each one stops the world, i.e. kicks CPU 0's vCPU thread out of its
 /// execution loop at an arbitrary point of the guest's run (`catenary_arch::cpu::
 /// misaligned_locked_add`); on hardware it is a harmless locked add.
@@ -71,8 +71,11 @@ pub fn vm_interrupt_delivered_once(node: &crate::init::Node) -> Result<(), Strin
     let kick = node.cpus >= 2;
     KICKS.store(0, Ordering::SeqCst);
     KICKING.store(true, Ordering::SeqCst);
-    let k = kick.then(|| task::spawn_kernel("irqonce-kicker", Priority::NORMAL, Affinity::only(1), kicker, 0));
-    let v = task::spawn_kernel("irqonce-vm", Priority::NORMAL, Affinity::only(0), irqonce_vm, 0);
+    // The guest on the VM test CPU (not CPU 0 under QEMU TCG), the kicker on another.
+    let vm_cpu = crate::vm::vm_test_cpu(node.cpus);
+    let kick_cpu = if vm_cpu == 0 { 1 } else { 0 };
+    let k = kick.then(|| task::spawn_kernel("irqonce-kicker", Priority::NORMAL, Affinity::only(kick_cpu), kicker, 0));
+    let v = task::spawn_kernel("irqonce-vm", Priority::NORMAL, Affinity::only(vm_cpu), irqonce_vm, 0);
     let joined = task::join(v, 300_000_000_000);
     KICKING.store(false, Ordering::SeqCst);
     if let Some(k) = k {
@@ -83,11 +86,69 @@ pub fn vm_interrupt_delivered_once(node: &crate::init::Node) -> Result<(), Strin
     crate::vm::report("irqonce", &r);
     let line = r.console.iter().find(|l| l.starts_with("irqonce: entries")).ok_or_else(|| format!("no result line; ended {:?}, console {:?}", r.ended, r.console))?;
     let kicks = KICKS.load(Ordering::SeqCst);
-    log::info!(target: "ktest", "irqonce: {} ({kicks} kicks from CPU 1)", line.trim_end());
+    log::info!(target: "ktest", "irqonce: {} ({kicks} kicks from CPU {kick_cpu})", line.trim_end());
     // One one-shot PIT interrupt per pass of the wait loop: exactly 24 entries; a second
     // delivery of one interrupt lands inside the handler (IF=0) and is counted as nested.
     check(line.trim_end() == "irqonce: entries 00000018 nested 00000000", || format!("`{}`: an interrupt was delivered twice (or lost); {kicks} kicks", line.trim_end()))?;
-    check(!kick || kicks > 0, || "the kicker on CPU 1 never ran".into())?;
+    check(!kick || kicks > 0, || format!("the kicker on CPU {kick_cpu} never ran"))?;
+    check(matches!(r.ended, Ended::Stopped(StopReason::PowerOff { .. })), || format!("ended {:?}", r.ended))?;
+    Ok(())
+}
+
+static EXITLOOP_REPORT: spin::Mutex<Option<crate::vm::RunReport>> = spin::Mutex::new(None);
+static RESTORING: AtomicBool = AtomicBool::new(false);
+static RESTORES: AtomicU64 = AtomicU64::new(0);
+/// Port exits the stress guest makes (each one a VMRUN/#VMEXIT pair on its CPU).
+const EXITLOOP_EXITS: u32 = 300_000;
+static EXITLOOP_EXITS_NOW: AtomicU64 = AtomicU64::new(0);
+
+fn exitloop_vm(_: u64) {
+    let exits = EXITLOOP_EXITS_NOW.load(Ordering::SeqCst) as u32;
+    let r = crate::vm::run("exitloop", Image::Raw { code: EXITLOOP_GUEST, load: HOSTILE_LOAD, arg: exits }, 4);
+    *EXITLOOP_REPORT.lock() = Some(r);
+}
+
+/// The other CPU: x87-state restores as fast as it can (`catenary_arch::cpu::fpu_state_roundtrip`).
+fn restorer(_: u64) {
+    while RESTORING.load(Ordering::SeqCst) {
+        for _ in 0..256 {
+            catenary_arch::cpu::fpu_state_roundtrip();
+        }
+        RESTORES.fetch_add(256, Ordering::Relaxed);
+    }
+}
+
+/// World switches on one CPU while another CPU restores x87 state as fast as it can: the
+/// guest's 300,000 exits all complete and the node survives (docs/vmm.md "The host triple
+/// fault": under QEMU TCG an x87 restore on any CPU rewrites CPU 0's SVM flags unlocked, so
+/// the VM must not run on CPU 0 there; `crate::vm::vm_cpus`).
+pub fn vm_world_switch_vs_fpu_restore(node: &crate::init::Node) -> Result<(), String> {
+    use crate::task;
+    use catenary_sched::{Affinity, Priority};
+    let vm_cpu = crate::vm::vm_test_cpu(node.cpus);
+    let other = if vm_cpu == 0 { node.cpus.saturating_sub(1) } else { 0 };
+    // With one CPU (the Bochs run: slow, and nothing to race with) a short run.
+    let want = if node.cpus >= 2 { EXITLOOP_EXITS } else { 2_000 };
+    EXITLOOP_EXITS_NOW.store(want as u64, Ordering::SeqCst);
+    RESTORES.store(0, Ordering::SeqCst);
+    RESTORING.store(node.cpus >= 2, Ordering::SeqCst);
+    let k = (node.cpus >= 2).then(|| task::spawn_kernel("fpu-restorer", Priority::NORMAL, Affinity::only(other), restorer, 0));
+    let t0 = catenary_arch::time::now_ns();
+    let v = task::spawn_kernel("exitloop-vm", Priority::NORMAL, Affinity::only(vm_cpu), exitloop_vm, 0);
+    let joined = task::join(v, 600_000_000_000);
+    let ms = (catenary_arch::time::now_ns() - t0) / 1_000_000;
+    RESTORING.store(false, Ordering::SeqCst);
+    if let Some(k) = k {
+        let _ = task::join(k, 10_000_000_000);
+    }
+    joined.ok_or("the exitloop VM did not end in 600 s")?;
+    let r = EXITLOOP_REPORT.lock().take().ok_or("no exitloop report")?;
+    crate::vm::report("exitloop", &r);
+    let restores = RESTORES.load(Ordering::SeqCst);
+    log::info!(target: "ktest", "exitloop: {} exits on CPU {vm_cpu} in {ms} ms while CPU {other} made {restores} x87 restores", r.exits);
+    check(r.console.iter().any(|l| l.trim_end() == "exitloop: done"), || format!("no `exitloop: done`; ended {:?}, console {:?}", r.ended, r.console))?;
+    check(r.exits >= want as u64, || format!("only {} exits", r.exits))?;
+    check(node.cpus < 2 || restores > 0, || "the restorer never ran".into())?;
     check(matches!(r.ended, Ended::Stopped(StopReason::PowerOff { .. })), || format!("ended {:?}", r.ended))?;
     Ok(())
 }

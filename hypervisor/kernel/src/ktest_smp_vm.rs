@@ -89,7 +89,7 @@ fn run_all(spinner: Option<usize>, bursts: bool) -> Result<(Vec<RunReport>, usiz
     let ids: Vec<catenary_sched::TaskId> = (0..VMS)
         .map(|i| {
             let arg = i as u64 | if spinner == Some(i) { SPIN } else { 0 };
-            task::spawn_kernel(&format!("vcpu-smp{i}"), Priority::NORMAL, Affinity::ANY, vm_task, arg)
+            task::spawn_kernel(&format!("vcpu-smp{i}"), Priority::NORMAL, crate::vm::vcpu_affinity(catenary_arch::smp::online_cpus()), vm_task, arg)
         })
         .collect();
     let running = || vm::vm_counts().0.saturating_sub(running0);
@@ -112,7 +112,10 @@ fn run_all(spinner: Option<usize>, bursts: bool) -> Result<(Vec<RunReport>, usiz
         most = most.max(running());
         let t = now();
         if bursts && t >= next_burst {
-            let cpu = (burners.len() / BURNERS) % 2;
+            // Alternate between the CPUs vCPUs may use (not CPU 0 under QEMU TCG: vm::vcpu_affinity).
+            let n = catenary_arch::smp::online_cpus();
+            let vcpu_cpus: Vec<usize> = (0..n).filter(|c| vm::vcpu_affinity(n).allows(*c)).collect();
+            let cpu = vcpu_cpus[(burners.len() / BURNERS) % vcpu_cpus.len()];
             for _ in 0..BURNERS {
                 burners.push(task::spawn_kernel("smp-burner", Priority::NORMAL, Affinity::only(cpu), burner, t + BURST_EVERY_NS / 2));
             }

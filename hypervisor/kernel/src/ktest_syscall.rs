@@ -59,7 +59,6 @@ pub fn syscall_hostile_arguments(_: &Node) -> Result<(), String> {
     let io = task::ioapic_phys().ok_or("no IOAPIC in ACPI: nothing to grant as MMIO")?;
     LATE_EP.store(0, Ordering::SeqCst);
     let before = crate::ktest::free_frames_settled();
-    let slow0 = catenary_arch::percpu::slow_work_under_lock();
     let sender = task::spawn_kernel("late-send", Priority::NORMAL, Affinity::ANY, late_send, 0);
     let (id, ep) = spawn("hostile-args", task::ROLE_HOSTILE_ARGS, Affinity::ANY, &[(io, 4096)], QUOTA)?;
     let ep = ep.ok_or("no endpoint")?;
@@ -74,9 +73,6 @@ pub fn syscall_hostile_arguments(_: &Node) -> Result<(), String> {
     check((16..=QUOTA).contains(&pages), || format!("a task with a {QUOTA}-page quota mapped {pages} pages"))?;
     check(waited == 1, || "a receive with timeout u64::MAX - 1 timed out at once (deadline wrapped)".into())?;
     check(code == 0, || format!("hostile task exit code {code:#x}"))?;
-    // SYS_MAP / SYS_DMA_ALLOC zero, and SYS_LOG prints, outside the kernel lock
-    let slow = catenary_arch::percpu::slow_work_under_lock() - slow0;
-    check(slow == 0, || format!("{slow} times memory was zeroed or task text printed under the kernel lock"))?;
     echo_still_answers()?;
     let after = crate::ktest::free_frames_settled();
     check(after == before, || format!("{} frames leaked", before as i64 - after as i64))
@@ -96,7 +92,8 @@ pub fn syscall_entry_clears_ac(_: &Node) -> Result<(), String> {
 /// NMIs sent to a CPU while a ring-3 task spins there: the CPU and the task carry on (an NMI
 /// used to stop the CPU). NMIs are sent one at a time until three have interrupted ring 3.
 pub fn syscall_nmi_in_ring3_resumes(node: &Node) -> Result<(), String> {
-    let cpu = node.cpus.saturating_sub(1);
+    // Another CPU than the runner's (the runner may sit on the last one: vm::vm_test_cpu).
+    let cpu = (0..node.cpus).rev().find(|c| *c != smp::cpu_index()).unwrap_or(smp::cpu_index());
     if cpu == smp::cpu_index() {
         return Err("needs a second CPU (ktest.cpus >= 2)".into());
     }

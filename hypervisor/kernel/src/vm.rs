@@ -136,6 +136,12 @@ pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) 
 fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool) -> RunReport {
     let t0 = time::now_ns();
     let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new(), workload_exit: None, workload_ready: false };
+    // Never a world switch on a CPU where it is unsafe (vcpu_affinity): move this task first.
+    if crate::task::restrict_current_affinity(vcpu_affinity(catenary_arch::smp::online_cpus())).is_err() {
+        report.ended = Ended::Failed(alloc::format!("{name}: its vCPU task is pinned to CPU 0, where QEMU TCG cannot run world switches safely (docs/vmm.md)"));
+        report.wall_ns = time::now_ns() - t0;
+        return report;
+    }
     let ram_size = ram_mib << 20;
     let mut ram = match GuestRam::new(ram_size) {
         Ok(r) => r,
@@ -449,6 +455,24 @@ pub const REINJECT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rein
 pub const IRQONCE_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/irqonce.bin"));
 /// The progress-counting SMP test guest (testguests/progress.S), loaded at `HOSTILE_LOAD` too.
 pub const PROGRESS_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/progress.bin"));
+/// Where vCPU tasks may run: every CPU, except CPU 0 on QEMU TCG with two or more CPUs, where
+/// another CPU's x87-state restores race with CPU 0's world switches and lose its SVM flags
+/// (`catenary_arch::cpu::qemu_tcg_first_cpu_race`; docs/vmm.md "The host triple fault").
+pub fn vcpu_affinity(cpus: usize) -> catenary_sched::Affinity {
+    if catenary_arch::cpu::qemu_tcg_first_cpu_race(cpus) {
+        catenary_sched::Affinity(!1u64)
+    } else {
+        catenary_sched::Affinity::ANY
+    }
+}
+
+/// The CPU a test pins one microVM to: the last CPU where CPU 0 is off limits, else CPU 0.
+pub fn vm_test_cpu(cpus: usize) -> usize {
+    if catenary_arch::cpu::qemu_tcg_first_cpu_race(cpus) { cpus - 1 } else { 0 }
+}
+
+/// The world-switch stress guest (testguests/exitloop.S): EBX back-to-back port exits.
+pub const EXITLOOP_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exitloop.bin"));
 
 /// The guest image bundle (a cpio boot module holding vmlinux, bzImage, initramfs.cpio.gz).
 pub struct GuestBundle {

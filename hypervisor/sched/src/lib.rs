@@ -188,6 +188,17 @@ impl<C> Scheduler<C> {
     pub fn tasks(&self) -> impl Iterator<Item = &Tcb<C>> {
         self.tasks.values()
     }
+    /// Change where a task may run. A running or queued task keeps its place until it next
+    /// blocks or is preempted; it is then placed on an allowed CPU (`cpu_for`).
+    pub fn set_affinity(&mut self, id: TaskId, affinity: Affinity) -> Result<(), SchedError> {
+        self.tasks.get_mut(&id).ok_or(SchedError::NoSuchTask)?.affinity = affinity;
+        Ok(())
+    }
+
+    pub fn affinity(&self, id: TaskId) -> Option<Affinity> {
+        self.tasks.get(&id).map(|t| t.affinity)
+    }
+
     pub fn current(&self, cpu: CpuId) -> Option<TaskId> {
         self.current.get(cpu).copied().flatten()
     }
@@ -404,30 +415,32 @@ impl<C> Scheduler<C> {
         None
     }
 
-    /// Periodic balancing: move queued tasks from the busiest to the idlest CPU while the
-    /// difference is two or more. Returns the moves (task, from, to).
+    /// Periodic balancing: move a queued task from the busiest CPU to the idlest CPU its
+    /// affinity allows while the difference is two or more. Returns the moves (task, from, to).
+    /// (The idlest CPU overall may be one no queued task may use, e.g. CPU 0 for vCPU tasks
+    /// on QEMU TCG: then the next idlest is tried.)
     pub fn balance(&mut self) -> Vec<(TaskId, CpuId, CpuId)> {
         let mut moves = Vec::new();
         for _ in 0..self.cpus() * 4 {
             let load = |s: &Self, c: CpuId| s.queues[c].len + s.current[c].map(|_| 1).unwrap_or(0);
-            let cpus: Vec<CpuId> = (0..self.cpus()).filter(|c| self.online[*c]).collect();
-            let (Some(&hi), Some(&lo)) = (cpus.iter().max_by_key(|c| load(self, **c)), cpus.iter().min_by_key(|c| load(self, **c)))
-            else {
-                break;
-            };
-            if load(self, hi) < load(self, lo) + 2 {
-                break;
-            }
+            let mut cpus: Vec<CpuId> = (0..self.cpus()).filter(|c| self.online[*c]).collect();
+            let Some(&hi) = cpus.iter().max_by_key(|c| load(self, **c)) else { break };
+            cpus.sort_by_key(|c| (load(self, *c), *c));
             let mut moved = None;
-            'find: for l in 0..PRIORITIES {
-                for (i, id) in self.queues[hi].levels[l].iter().enumerate() {
-                    if self.tasks[id].affinity.allows(lo) {
-                        moved = Some((l, i, *id));
-                        break 'find;
+            'find: for &lo in cpus.iter().filter(|lo| **lo != hi) {
+                if load(self, hi) < load(self, lo) + 2 {
+                    break;
+                }
+                for l in 0..PRIORITIES {
+                    for (i, id) in self.queues[hi].levels[l].iter().enumerate() {
+                        if self.tasks[id].affinity.allows(lo) {
+                            moved = Some((l, i, *id, lo));
+                            break 'find;
+                        }
                     }
                 }
             }
-            let Some((l, i, id)) = moved else { break };
+            let Some((l, i, id, lo)) = moved else { break };
             self.queues[hi].levels[l].remove(i);
             self.queues[hi].len -= 1;
             let p = self.tasks[&id].priority;

@@ -125,6 +125,28 @@ fn kill_and_reap() {
     assert!(s.task(a).is_none());
 }
 
+/// The idlest CPU may be one no queued task may use (CPU 0 for vCPU tasks on QEMU TCG): balancing
+/// then moves work to the next idlest CPU instead of giving up.
+#[test]
+fn balance_skips_an_idle_cpu_the_tasks_may_not_use() {
+    let mut s = sched(3);
+    s.set_online(2, false);
+    let not_cpu0 = Affinity(!1);
+    let ids: Vec<TaskId> = (0..6).map(|_| spawn(&mut s, Priority::NORMAL, not_cpu0)).collect();
+    assert_eq!(s.queue_len(1), 6);
+    s.set_online(2, true);
+    let moves = s.balance();
+    assert!(!moves.is_empty(), "nothing moved to CPU 2");
+    assert_eq!(s.queue_len(0), 0);
+    assert_eq!((s.queue_len(1), s.queue_len(2)), (3, 3));
+    for (_, from, to) in moves {
+        assert_eq!((from, to), (1, 2));
+    }
+    for id in ids {
+        assert_ne!(s.task(id).unwrap().cpu, 0);
+    }
+}
+
 #[test]
 fn balance_moves_load_to_idle_cpus() {
     let mut s = sched(4);

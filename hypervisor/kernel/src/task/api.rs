@@ -66,3 +66,34 @@ pub fn join(id: TaskId, timeout_ns: u64) -> Option<u64> {
     let r = sys(SYS_JOIN, [id, timeout_ns, 0, 0, 0, 0]);
     if r.rax == err(IpcError::Timeout) { None } else { Some(r.rax) }
 }
+
+/// Narrow the calling task's affinity to `allowed` (intersected with what it has) and move it
+/// off any CPU outside it: the task sleeps until it wakes on an allowed CPU (`wake` places a
+/// task only on CPUs its affinity allows). Err when the intersection is empty.
+pub fn restrict_current_affinity(allowed: catenary_sched::Affinity) -> Result<(), ()> {
+    let me = current_task();
+    let now = with(|k| k.sched.affinity(me)).unwrap_or(catenary_sched::Affinity::ANY);
+    let want = catenary_sched::Affinity(now.0 & allowed.0);
+    if want.0 == 0 {
+        return Err(());
+    }
+    let _ = with(|k| k.sched.set_affinity(me, want));
+    while !want.allows(catenary_arch::percpu::cpu_index()) {
+        sleep_ns(1);
+    }
+    Ok(())
+}
+
+/// Set the calling task's affinity to `aff` and move it onto an allowed CPU (see
+/// `restrict_current_affinity`). Err when `aff` allows no CPU.
+pub fn set_current_affinity(aff: catenary_sched::Affinity) -> Result<(), ()> {
+    if aff.0 == 0 {
+        return Err(());
+    }
+    let me = current_task();
+    let _ = with(|k| k.sched.set_affinity(me, aff));
+    while !aff.allows(catenary_arch::percpu::cpu_index()) {
+        sleep_ns(1);
+    }
+    Ok(())
+}

@@ -153,14 +153,7 @@ pub struct Kernel {
 static K: Mutex<Option<Kernel>> = Mutex::new(None);
 
 pub fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
-    cpu::without_interrupts(|| {
-        let mut g = K.lock();
-        // zeroing fresh memory and printing task text are counted if done in here
-        catenary_arch::percpu::set_big_lock_held(true);
-        let r = f(g.as_mut().expect("scheduler not initialised"));
-        catenary_arch::percpu::set_big_lock_held(false);
-        r
-    })
+    cpu::without_interrupts(|| f(K.lock().as_mut().expect("scheduler not initialised")))
 }
 
 /// Create the scheduler for `cpus` CPUs and adopt the running boot context as task "main".
