@@ -468,7 +468,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_lossy_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_lossy_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -480,13 +480,14 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     }
     let kernel = crate::build::build_kernel(false)?;
     // each group is one cluster boot; `--only net_remote_ipc` (etc.) picks groups
-    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 12] = [
+    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 13] = [
         ("net_boot", crate::netboot::tests),
         ("net_fabric_echo", test_fabric_echo),
         ("net_outsider", test_outsider),
         ("net_remote_ipc", test_remote_ipc),
         ("net_nicd_restart", test_nicd_restart),
         ("net_netd_ring3", test_netd_ring3),
+        ("net_netd_sockets", test_netd_sockets),
         ("net_lossy_ipc", test_lossy_ipc),
         ("net_microvm_reaches", test_microvm_net),
         ("net_microvm_bulk_tcp", |t, k| test_microvm_bulk_tcp(t, k, 0)),
@@ -704,6 +705,38 @@ fn test_netd_ring3(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         &format!("(panic message sent and taken {panic_msg}, netd died with its panic code {panic_death}, restarted and 3/3 calls after {after_panic}, sessions {sessions}; log {})", log.display()));
     t.record("net_netd_ring3_restart_after_kill", base && kill && after_kill && alive && sessions >= 3,
         &format!("(killed during traffic {kill}, restarted (restarts: 2) with 3/3 calls after {after_kill}, node alive {alive}, sessions made by the three incarnations {sessions}; log {})", log.display()));
+    Ok(())
+}
+
+/// The IPC socket protocol served by the ring-3 `netd` on both nodes: node2's ring-3 UDP
+/// echo (a uapp client of its `netd`, port 7) and node1's ring-3 client, which sends 3
+/// datagrams from an ephemeral port of node1's /128 to node2's /128 and gets each back, then
+/// makes hostile requests (a handle never opened, an unknown operation, a reserved port, a
+/// SEND whose words name a grant it did not lend, a ninth socket, a double close): each gets
+/// its error and `netd` lives on.
+fn test_netd_sockets(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "net.netd=user net.udptest=node2".into();
+    let mut b = NodeSpec::new(2);
+    b.cmdline = "net.netd=user net.udpecho=7".into();
+    let mut r = start(kernel, &[a, b], "net-netd-sockets", &[])?;
+    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
+    let ok = r.wait(Duration::from_secs(240), false, |l| l[0].iter().any(|x| x.contains("net: udp probe done")) || panicked(l));
+    let log = r.save_logs("net-netd-sockets");
+    let panic = panicked(&r.lines);
+    let echoes = r.has(0, "udp client: 3/3 echoes") && r.has(1, "udp echo: socket 1 bound to the node's fabric /128, port 7");
+    let hostile = r.has(0, "udp client: 6/6 hostile requests refused as expected");
+    let netd_alive = !r.lines.iter().flatten().any(|l| l.contains("supd: netd (task"));
+    for k in ["udp client: 3/3", "udp client: 6/6", "udp probe: the ring-3 client"] {
+        if let Some(l) = r.lines[0].iter().find(|l| l.contains(k)) {
+            println!("  {}", l.split("] ").last().unwrap_or(l).trim());
+        }
+    }
+    drop(r);
+    t.record("net_netd_udp_sockets", ok && !panic && echoes,
+        &format!("(3/3 UDP echoes between ring-3 clients through both ring-3 netds {echoes}; log {})", log.display()));
+    t.record("net_netd_socket_requests_hostile", ok && !panic && hostile && netd_alive,
+        &format!("(6/6 hostile socket requests refused {hostile}, netd never died {netd_alive}; log {})", log.display()));
     Ok(())
 }
 

@@ -258,6 +258,10 @@ pub mod syscall {
     /// [`Rights::SHARE`](crate::Rights::SHARE)) until either dies; returns where the pages are
     /// mapped in the receiver's grant window (the same mapping again for the same range).
     pub const SYS_SHARE: u64 = 19;
+    /// `grant_of(token)`: the memory grant that came with the call `token` the caller
+    /// received and has not answered: rdi = address | writable, rsi = length in bytes
+    /// (what the kernel mapped, never what the caller's words claim).
+    pub const SYS_GRANT_OF: u64 = 20;
     /// Error code (returned negated) of a syscall given a bad argument: an address outside
     /// the caller's memory, a range that overflows, memory or a device it does not own.
     pub const ERR_BAD_ARG: u64 = 100;

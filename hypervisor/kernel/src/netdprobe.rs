@@ -23,6 +23,7 @@ use netfabric::identity::{AddressKind, Prefix64};
 use spin::Mutex;
 
 use crate::task::{self, supervisor};
+use catenary_sched::TaskId;
 
 const SEC: u64 = 1_000_000_000;
 /// Asks `panicsvc` to send the test panic message back.
@@ -85,8 +86,62 @@ fn peer_task(modules: &[catenary_bootinfo::Module], name: &str, index: u64) -> O
     Prefix64::from_public_key(&m.public_key).workload_address(AddressKind::Task, index)
 }
 
+/// uapp roles that speak the socket protocol (hypervisor/user/src/bin/uapp.rs).
+const ROLE_UDP_ECHO: u64 = 30;
+const ROLE_UDP_CLIENT: u64 = 31;
+/// Badges of their capabilities to `netd` (the socket protocol's client ids).
+const BADGE_UDP_ECHO: u64 = 0x100;
+const BADGE_UDP_CLIENT: u64 = 0x101;
+
+/// A ring-3 client of the socket protocol: uapp `role` with a send capability to `netd`'s
+/// endpoint (slot 1, badge `badge`; send and grant: data travels in memory grants); its own
+/// endpoint gets `first`.
+fn spawn_socket_client(name: &str, role: u64, badge: u64, first: Message) -> Option<TaskId> {
+    let ep = supervisor::service_endpoint("netd")?;
+    let spec = task::UserSpec {
+        name, elf: task::UAPP_ELF, arg: role, prio: catenary_sched::Priority::NORMAL, affinity: catenary_sched::Affinity::ANY,
+        own_endpoint: true, caps: &[Capability { rights: Rights::SEND.union(Rights::GRANT), ..task::send_cap(ep, badge) }], ports: &[], mmio: &[], dma_pages: 0, mem_pages: task::DEFAULT_MEM_PAGES,
+    };
+    let (tid, own) = task::spawn_user(&spec).ok()?;
+    let slot = task::try_give_current(task::send_cap(own?, 0)).ok()?;
+    task::send(slot, first).ok()?;
+    Some(tid)
+}
+
+static UDP_PEER: Mutex<Option<(String, Ipv6Addr, u16)>> = Mutex::new(None);
+
+/// `net.udptest=NAME`: the ring-3 client sends datagrams to NAME's UDP echo (port 7) through
+/// the ring-3 `netd`, then hostile requests; the probe reports its exit code.
+fn udptest(_: u64) {
+    let Some((peer, addr, port)) = catenary_arch::cpu::without_interrupts(|| UDP_PEER.lock().take()) else { return };
+    let (hi, lo) = { let v = u128::from_be_bytes(addr.octets()); ((v >> 64) as u64, v as u64) };
+    let Some(tid) = spawn_socket_client("udpclient", ROLE_UDP_CLIENT, BADGE_UDP_CLIENT, Message::new(1, [hi, lo, port as u64, 0])) else {
+        warn!(target: "net", "udp probe: cannot start the client");
+        return info!(target: "net", "udp probe done");
+    };
+    let code = task::join(tid, 150 * SEC);
+    info!(target: "net", "udp probe: the ring-3 client (task {}) of {}'s UDP echo ended: {} echoes, {} hostile requests refused ({:?})",
+        tid, peer, code.map(|c| c & 0xff).unwrap_or(0), code.map(|c| (c >> 8) & 0xff).unwrap_or(0), code);
+    info!(target: "net", "udp probe done");
+}
+
 /// Start the probes the command line asks for (`net.netd=user`).
 pub fn start(cmdline: &str, modules: &[catenary_bootinfo::Module]) {
+    if let Some(port) = crate::cmdline::get(cmdline, "net.udpecho").and_then(|p| p.parse::<u64>().ok()) {
+        match spawn_socket_client("udpecho", ROLE_UDP_ECHO, BADGE_UDP_ECHO, Message::new(1, [port, 0, 0, 0])) {
+            Some(t) => info!(target: "net", "udp probe: UDP echo on port {} (ring-3 task {}, a client of netd's socket protocol)", port, t),
+            None => warn!(target: "net", "udp probe: cannot start the UDP echo"),
+        }
+    }
+    if let Some(peer) = crate::cmdline::get(cmdline, "net.udptest") {
+        match crate::net::cluster(modules).and_then(|c| c.by_name(peer).map(|m| Prefix64::from_public_key(&m.public_key).node_address())) {
+            Some(a) => {
+                catenary_arch::cpu::without_interrupts(|| *UDP_PEER.lock() = Some((String::from(peer), a, 7)));
+                task::spawn_kernel("udptest", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, udptest, 0);
+            }
+            None => warn!(target: "net", "udp probe: {} is not in the cluster file", peer),
+        }
+    }
     if let Some(peer) = crate::cmdline::get(cmdline, "net.netdtest") {
         match (peer_task(modules, peer, 1), peer_task(modules, peer, 2)) {
             (Some(echo), Some(svc)) => {

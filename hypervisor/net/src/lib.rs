@@ -30,6 +30,7 @@ pub mod entropy;
 pub mod walltime;
 pub mod nodekey;
 mod underlay_tx;
+pub mod sockets;
 /// Entry points shared by the cargo-fuzz target (`hypervisor/net/fuzz`) and the host tests.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

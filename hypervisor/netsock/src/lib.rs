@@ -92,8 +92,9 @@ pub const GRANT_MAX: u64 = 64 * 1024;
 pub const DGRAM_HEADER: usize = 24;
 /// Ports handed out for port 0.
 pub const EPHEMERAL: core::ops::RangeInclusive<u16> = 49152..=65535;
-/// Ports no client may bind: the fabric's IPC port and its underlay port.
-pub const RESERVED_PORTS: &[u16] = &[51820, 51900];
+/// Ports no client may bind: the fabric's IPC port, its underlay port, and the node's own
+/// UDP responder on the fabric /128 (`cargo xtask bench net`).
+pub const RESERVED_PORTS: &[u16] = &[5001, 51820, 51900];
 
 /// Why a request failed (the reply's label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -174,6 +174,7 @@ fn ports_are_exclusive_per_address_and_kind() {
     assert_eq!(t.bind(3, d, Local::Own, 7001, Addrs { node: node(), own: None }), Err(NetError::BadAddress));
     assert_eq!(t.bind(3, d, Local::Node, 51900, addrs()), Err(NetError::BadPort));
     assert_eq!(t.bind(3, d, Local::Node, 51820, addrs()), Err(NetError::BadPort));
+    assert_eq!(t.bind(3, d, Local::Node, 5001, addrs()), Err(NetError::BadPort));
     assert_eq!(t.bind(1, a, Local::Node, 7002, addrs()), Err(NetError::BadState));
     t.close(1, a).unwrap();
     assert_eq!(t.bind(3, d, Local::Node, 7000, addrs()), Ok((node(), 7000)));

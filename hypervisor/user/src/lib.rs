@@ -6,6 +6,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 // The syscall numbers: one definition, shared by the kernel and the ring-3 runtime.
 pub use catenary_ipc::syscall::*;
 
@@ -29,6 +31,7 @@ impl Msg {
     }
 }
 
+pub mod netsock_server;
 pub mod nic;
 pub mod virtio_pci;
 
@@ -93,6 +96,12 @@ pub fn sender() -> core::net::Ipv6Addr {
 pub fn bind_address(slot: u64) -> Result<core::net::Ipv6Addr, u64> {
     let r = catenary_arch_user::syscall_msg(SYS_BIND_ADDRESS, slot, 0, [0; 4]);
     if r.rax == 0 { Ok(core::net::Ipv6Addr::from(((r.badge as u128) << 64) | r.label as u128)) } else { Err(r.rax.wrapping_neg()) }
+}
+/// The memory grant that came with call `token` (received, not answered yet), as the kernel
+/// mapped it: (address, writable, bytes). None if that call brought none.
+pub fn grant_of(token: u64) -> Option<(u64, bool, u64)> {
+    let r = catenary_arch_user::syscall_msg(SYS_GRANT_OF, token, 0, [0; 4]);
+    (r.rax == 0).then_some((r.badge & !1, r.badge & 1 != 0, r.label))
 }
 pub fn reply(token: u64, label: u64, w: [u64; 4]) -> Result<(), u64> {
     let r = syscall6(SYS_REPLY, token, label, w[0], w[1], w[2], w[3]);

@@ -21,7 +21,8 @@
 //! router's operations (`netd.rs`; the capability needs the ROUTER right), 19 share(slot,
 //! base, len) → where the pages are mapped in the receiver: a standing writable loan of the
 //! caller's RAM to the owner of the capability's endpoint (SHARE right) until either dies
-//! (`grant.rs`). A received message comes
+//! (`grant.rs`), 20 grant_of(token) → the grant that came with the unanswered call `token`
+//! (rdi = address | writable, rsi = bytes mapped). A received message comes
 //! back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words) and r12 (reply token, non-zero
 //! for a call).
 //!

@@ -214,6 +214,13 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             }
             Err(e) => f.rax = err(e),
         },
+        SYS_GRANT_OF => match k.grants.get(&f.rdi).filter(|g| !g.standing).and_then(|g| g.mapped.filter(|(r, _)| *r == me).map(|(_, v)| (v, g))) {
+            Some((v, g)) => {
+                f.rax = 0;
+                (f.rdi, f.rsi) = (v | g.lent.writable() as u64, g.lent.pages() * 4096);
+            }
+            None => f.rax = err(IpcError::BadReply),
+        },
         SYS_SHARE => {
             f.rax = match sys_share(k, me, f.rdi as usize, f.rsi, f.rdx) {
                 Ok(v) => v,

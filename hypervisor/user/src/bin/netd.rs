@@ -8,7 +8,9 @@
 //! `nicd` lends it (`SYS_SHARE`), mapped in its grant window. What crosses to the kernel:
 //! boot data (`OP_BOOT`), remote sends/calls to carry (`OP_TAKE`), messages from other nodes
 //! to deliver (`OP_DELIVER`, to the endpoint the kernel's table names), answers to our calls
-//! (`OP_COMPLETE`). See docs/microkernel.md, "netd in ring 3".
+//! (`OP_COMPLETE`). It also serves the IPC socket protocol (`catenary-netsock`) for UDP on
+//! the node's /128 (`catenary_user::netsock_server`). See docs/microkernel.md, "netd in ring 3",
+//! and docs/networking.md §3c.
 //!
 //! `arg` bit 0 (TESTS ONLY, `netd.test_panic=1`, first start only): panic on a fabric IPC
 //! message whose label is `catenary_ipc::netd::TEST_PANIC_LABEL`.
@@ -176,7 +178,8 @@ struct State {
     shared: u64,
     test_panic: bool,
     logged: [u32; 4],
-    socket_refusals: u64,
+    /// The socket protocol's server (UDP on the node's /128).
+    sockets: catenary_user::netsock_server::SocketServer,
 }
 
 /// A message on our endpoint: `nicd`'s reports, the kernel's wakeups, socket requests.
@@ -197,19 +200,14 @@ fn on_message(st: &mut State, m: Msg) {
             logf!("net: nicd's frame ring is lent to netd at {:#x} ({} pages, SYS_SHARE): frames flow", st.shared, ring::RING_PAGES);
         }
         ring::LABEL_FAIL => logf!("net: nicd failed at step {}", m.words[0]),
-        l if catenary_netsock_is_request(l) => {
-            // the socket protocol (catenary-netsock) is not served yet: an error, never a hang
-            st.socket_refusals += 1;
+        l if catenary_netsock::is_request(l) => {
             if m.reply != 0 {
-                let _ = reply(m.reply, 2, [0; 4]); // NetError::UnknownOp
+                let (label, words) = st.sockets.serve(&mut st.node, m.badge, m.reply, m.label, m.words);
+                let _ = reply(m.reply, label, words);
             }
         }
         _ => {} // wakeups (frames, the kernel's notification)
     }
-}
-
-fn catenary_netsock_is_request(label: u64) -> bool {
-    label & !0xffff == 0x4e53_0000
 }
 
 /// Hand a call or send from another node to its local endpoint (through the kernel).
@@ -446,7 +444,7 @@ fn run(arg: u64) -> u64 {
         logf!("net: TEST ONLY: netd.test_panic=1: a fabric IPC message with label {:#x} makes this netd panic", TEST_PANIC_LABEL);
     }
     let router = IpcRouter::new(node.fabric_addr);
-    let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4], socket_refusals: 0 };
+    let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4], sockets: catenary_user::netsock_server::SocketServer::new() };
     loop {
         let now = now_ns();
         let mut active = st.node.poll(&mut st.nic, now);

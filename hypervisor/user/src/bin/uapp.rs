@@ -21,6 +21,8 @@ const ROLE_MMIO_DRIVER: u64 = 12;
 const ROLE_HOSTILE_ARGS: u64 = 20;
 const ROLE_SET_AC: u64 = 21;
 const ROLE_SPIN_FOR: u64 = 22;
+const ROLE_UDP_ECHO: u64 = 30;
+const ROLE_UDP_CLIENT: u64 = 31;
 
 /// The kernel's answer to a bad argument.
 const BAD: Result<(), u64> = Err(ERR_BAD_ARG);
@@ -92,6 +94,126 @@ fn pattern(i: u64, seed: u64) -> u64 {
 fn median(v: &mut [u64]) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
+}
+
+/// The socket protocol (catenary-netsock) through `netd`'s endpoint in slot 1: a call with
+/// no grant, or with the page at `SOCK_BUF` lent (`len` bytes, writable or not).
+const SOCK_BUF: u64 = 0x5000_0000;
+fn sock(label: u64, w: [u64; 4]) -> Result<[u64; 4], u64> {
+    let m = call(1, label, w).map_err(|e| 0x1000 | e)?;
+    if m.label == 0 { Ok(m.words) } else { Err(m.label) }
+}
+fn sock_grant(label: u64, h: u64, len: u64, writable: bool) -> Result<[u64; 4], u64> {
+    let m = call_grant(1, label, h, 0, SOCK_BUF, len, writable).map_err(|e| 0x1000 | e)?;
+    if m.label == 0 { Ok(m.words) } else { Err(m.label) }
+}
+fn put_header(addr: core::net::Ipv6Addr, port: u16) {
+    let mut h = [0u8; 24];
+    h[..16].copy_from_slice(&addr.octets());
+    h[16..18].copy_from_slice(&port.to_be_bytes());
+    copy_to(SOCK_BUF, &h);
+}
+fn header() -> (core::net::Ipv6Addr, u16) {
+    let mut h = [0u8; 24];
+    copy_from(SOCK_BUF, &mut h);
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&h[..16]);
+    (core::net::Ipv6Addr::from(a), u16::from_be_bytes([h[16], h[17]]))
+}
+
+/// ROLE_UDP_ECHO (`arg` port in the first message): a UDP socket on the node's /128 that
+/// sends every datagram back to where it came from.
+fn udp_echo(port: u64) -> u64 {
+    use catenary_netsock::*;
+    if map(SOCK_BUF, 1).is_err() {
+        return 1;
+    }
+    let Ok([h, ..]) = sock(OP_SOCKET, [1, 0, 0, 0]) else { return 2 };
+    let Ok(_) = sock(OP_BIND, [h, 0, port, 0]) else { return 3 };
+    logf!("udp echo: socket {} bound to the node's fabric /128, port {}", h, port);
+    let mut echoed = 0u64;
+    loop {
+        match sock_grant(OP_RECV, h, 4096, true) {
+            Ok([n, ..]) => {
+                let (from, p) = header();
+                if echoed < 3 {
+                    logf!("udp echo: {} bytes from [{}]:{}", n - 24, from, p);
+                }
+                echoed += 1;
+                let _ = sock_grant(OP_SEND, h, n, false);
+            }
+            Err(e) if e == NetError::WouldBlock.code() => sleep_ns(5_000_000),
+            Err(_) => sleep_ns(100_000_000),
+        }
+    }
+}
+
+/// ROLE_UDP_CLIENT: told the peer (/128 high, low, port) in a message on slot 0, sends 3
+/// datagrams from an ephemeral port of the node's /128 and waits for each echo; then hostile
+/// requests. Exit code: echoes received | refusals seen << 8.
+fn udp_client() -> u64 {
+    use catenary_netsock::*;
+    let Ok(m) = recv(0, 0) else { return 0 };
+    let (peer, port) = (addr_of(m.words[0], m.words[1]), m.words[2] as u16);
+    if map(SOCK_BUF, 1).is_err() {
+        return 0;
+    }
+    let Ok([h, ..]) = sock(OP_SOCKET, [1, 0, 0, 0]) else { return 0 };
+    let Ok([local, ..]) = sock(OP_BIND, [h, 0, 0, 0]) else { return 0 };
+    logf!("udp client: socket {} on the node's fabric /128, port {}; echoes from [{}]:{}", h, local, peer, port);
+    let mut got = 0u64;
+    let t0 = now_ns();
+    let mut i = 0u64;
+    while got < 3 && now_ns() - t0 < 90_000_000_000 {
+        i += 1;
+        let mut text = Line::new();
+        let _ = core::fmt::Write::write_fmt(&mut text, format_args!("catenary udp datagram {}", got + 1));
+        put_header(peer, port);
+        copy_to(SOCK_BUF + 24, text.as_str().as_bytes());
+        let len = 24 + text.as_str().len() as u64;
+        if sock_grant(OP_SEND, h, len, false).is_err() {
+            sleep_ns(200_000_000);
+            continue;
+        }
+        // its echo, within a second (the first may wait for the fabric session)
+        let t = now_ns();
+        while now_ns() - t < 1_000_000_000 {
+            match sock_grant(OP_RECV, h, 4096, true) {
+                Ok([n, ..]) => {
+                    let (from, p) = header();
+                    let mut back = [0u8; 64];
+                    let k = ((n - 24) as usize).min(64);
+                    copy_from(SOCK_BUF + 24, &mut back[..k]);
+                    if from == peer && p == port && &back[..k] == text.as_str().as_bytes() {
+                        got += 1;
+                        logf!("udp client: echo {} from [{}]:{} ({} bytes, {} us)", got, from, p, n - 24, (now_ns() - t) / 1000);
+                        break;
+                    }
+                }
+                Err(_) => sleep_ns(5_000_000),
+            }
+        }
+    }
+    logf!("udp client: {}/3 echoes ({} datagrams sent)", got, i);
+    // hostile requests get errors (and netd lives on: the last call is answered)
+    let mut refused = 0u64;
+    let mut check = |what: &str, r: Result<[u64; 4], u64>, want: NetError| {
+        if r == Err(want.code()) {
+            refused += 1;
+        }
+        logf!("udp client: {} -> {:?} (want {:?})", what, r.map(|w| w[0]).map_err(NetError::from_code), want);
+    };
+    check("close of a handle never opened", sock(OP_CLOSE, [7, 0, 0, 0]), NetError::BadHandle);
+    check("unknown operation", sock(OP_BASE + 0x77, [0; 4]), NetError::UnknownOp);
+    check("bind to a reserved port", sock(OP_SOCKET, [1, 0, 0, 0]).and_then(|[s, ..]| sock(OP_BIND, [s, 0, 51900, 0])), NetError::BadPort);
+    check("send with words claiming a grant it did not lend", sock(OP_SEND, [h, 0, 0x6000_0000_0000, 4096]), NetError::BadBuffer);
+    for _ in 0..8 {
+        let _ = sock(OP_SOCKET, [1, 0, 0, 0]);
+    }
+    check("a ninth socket", sock(OP_SOCKET, [1, 0, 0, 0]), NetError::TooManySockets);
+    check("close", sock(OP_CLOSE, [h, 0, 0, 0]).map(|_| [0; 4]).and(Err(0)).or_else(|_| sock(OP_CLOSE, [h, 0, 0, 0])), NetError::BadHandle);
+    logf!("udp client: {}/6 hostile requests refused as expected", refused);
+    got | refused << 8
 }
 
 entry!(run);
@@ -360,6 +482,11 @@ fn run(role: u64) -> u64 {
             }
             0x5f
         }
+        ROLE_UDP_ECHO => {
+            let Ok(m) = recv(0, 0) else { return 1 };
+            udp_echo(m.words[0])
+        }
+        ROLE_UDP_CLIENT => udp_client(),
         _ => 1,
     }
 }
