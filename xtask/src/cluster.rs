@@ -468,7 +468,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_lossy_ipc", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -480,7 +480,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     }
     let kernel = crate::build::build_kernel(false)?;
     // each group is one cluster boot; `--only net_remote_ipc` (etc.) picks groups
-    let groups: [(&str, fn(&mut Tally, &Path) -> Result<(), String>); 13] = [
+    let groups: &[(&str, fn(&mut Tally, &Path) -> Result<(), String>)] = &[
         ("net_boot", crate::netboot::tests),
         ("net_fabric_echo", test_fabric_echo),
         ("net_outsider", test_outsider),
@@ -489,13 +489,14 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_netd_ring3", test_netd_ring3),
         ("net_netd_sockets", test_netd_sockets),
         ("net_lossy_ipc", test_lossy_ipc),
+        ("net_rpc_quota", test_rpc_quota),
         ("net_microvm_reaches", test_microvm_net),
         ("net_microvm_bulk_tcp", |t, k| test_microvm_bulk_tcp(t, k, 0)),
         ("net_microvm_kicked", |t, k| test_microvm_bulk_tcp(t, k, KICK_MS)),
         ("net_linux_namespace", test_linux_ping),
         ("net_wireguard_go", test_wireguard_go),
     ];
-    for (name, f) in groups {
+    for &(name, f) in groups {
         if crate::test::selected(name) {
             f(t, &kernel)?;
         }
@@ -792,6 +793,53 @@ fn test_lossy_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         &format!("(60 sends all delivered in order {ordered}; log {})", log.display()));
     t.record("net_lossy_ipc_unreachable_times_out", ok && !panic && timeout,
         &format!("(call to a node that is down: Timeout after {waited:?} ms of a 3000 ms timeout {timeout}; log {})", log.display()));
+    Ok(())
+}
+
+/// The per-source quota of remote calls in flight (`CALLS_PER_SOURCE`, 16) filled over the
+/// fabric: node1's `rpcquota` makes 20 concurrent calls to node2's `rpcsvc` that it takes and
+/// never answers. The 4 beyond the quota are refused with `QueueFull` at once (node2 counts
+/// them `over_quota`), while node3 (another source /64) is still answered by node2's `rpcsvc`
+/// with the 16 held; node2's kernel answers the held calls with `Timeout` after 60 s, and then
+/// node1 is answered again.
+fn test_rpc_quota(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "net.rpcquota=fill:node2".into();
+    let mut b = NodeSpec::new(2);
+    b.cmdline = "net.rpcsvc=1".into();
+    let mut c = NodeSpec::new(3);
+    c.cmdline = "net.rpcquota=other:node2".into();
+    let mut r = start(kernel, &[a, b, c], "net-rpc-quota", &[])?;
+    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
+    let ok = r.wait(Duration::from_secs(360), false, |l| {
+        (l[0].iter().any(|x| x.contains("net: rpcquota done")) && l[2].iter().any(|x| x.contains("net: rpcquota other done"))) || panicked(l)
+    });
+    let log = r.save_logs("net-rpc-quota");
+    let panic = panicked(&r.lines);
+    let line = |n: usize, k: &str| r.lines[n].iter().find(|l| l.contains(k)).cloned().unwrap_or_default();
+    let early = line(0, "rpcquota: 20 concurrent calls");
+    let held = line(0, "rpcquota: held calls answered Timeout");
+    let again = line(0, "rpcquota: a call after the held calls ended");
+    let other = line(2, "answered this node's call while it held");
+    // the excess refused at once (a generous bound: the held calls last 60 s), nothing else early
+    let slowest = early.split("slowest after ").nth(1).and_then(|x| after(x, ""));
+    let refused = early.contains(": 4 refused with QueueFull") && early.contains("0 ended otherwise, 16 waiting") && slowest.is_some_and(|ms| ms < 10_000);
+    let counted = r.lines[1].iter().any(|l| l.contains("ipc: refused calls over the quota of 16 in flight per source"));
+    // answered by node2's kernel (60 s), not ended by node1's own 90 s timeout
+    let longest = held.split("..").nth(1).and_then(|x| after(x, ""));
+    let timed = held.contains("Timeout by node2: 16 (after ") && longest.is_some_and(|ms| ms < 90_000);
+    let back = again.contains("Ok((");
+    let alive = (0..3).all(|n| !r.has(n, "KERNEL PANIC")) && r.exits().is_empty();
+    for l in [&early, &held, &again, &other] {
+        println!("  {}", l.split("net: ").nth(1).unwrap_or(l));
+    }
+    drop(r);
+    t.record("net_rpc_quota_excess_refused", ok && !panic && alive && refused && counted,
+        &format!("(4 of 20 refused with QueueFull at once, 16 held {refused}, slowest refusal {slowest:?} ms, node2 counted over_quota {counted}; log {})", log.display()));
+    t.record("net_rpc_quota_other_source_served", ok && !panic && alive && !other.is_empty(),
+        &format!("(node3 answered while node2 held a full quota from node1: {}; log {})", !other.is_empty(), log.display()));
+    t.record("net_rpc_quota_slots_come_back", ok && !panic && alive && timed && back,
+        &format!("(16 held calls answered Timeout by node2's kernel {timed}, the last after {longest:?} ms, node1 answered again {back}; log {})", log.display()));
     Ok(())
 }
 

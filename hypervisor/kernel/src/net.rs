@@ -28,7 +28,8 @@
 //! - `net.ipccall=NAME` — once the session with NAME is up, a kernel task calls NAME's `echo`
 //!   service by its fabric address (3 calls, same `call` syscall as a local call) and sends
 //!   one message to an unbound /128 of NAME's /64.
-//! - `net.rpcsvc=1`, `net.rpctest=NAME[,GHOST]`, `net.ipcbench=NAME` — reliable fabric IPC
+//! - `net.rpcsvc=1`, `net.rpctest=NAME[,GHOST]`, `net.rpcquota=fill|other:NAME`,
+//!   `net.ipcbench=NAME` — reliable fabric IPC
 //!   probes and the remote call benchmark (see `rpcprobe.rs`);
 //! - `net.test-loss=PCT` — TESTS ONLY: drop PCT% (1..=90) of fabric IPC datagrams in each
 //!   direction (logged loudly; anything else is refused).
@@ -212,6 +213,8 @@ struct State {
     /// `net.panicsvc=1` (see `netdprobe`).
     panicsvc: bool,
     rpctest: Option<String>,
+    /// `net.rpcquota=fill|other:NAME` (see `rpcprobe::rpcquota`).
+    rpcquota: Option<String>,
     ipcbench: Option<String>,
     /// Fabric IPC events logged so far (the first few of each kind are).
     ipc_logged: [u32; 4],
@@ -709,6 +712,7 @@ fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed::Box<State
         rpcsvc: crate::cmdline::get(cmdline, "net.rpcsvc").is_some(),
         panicsvc: crate::cmdline::get(cmdline, "net.panicsvc").is_some(),
         rpctest: crate::cmdline::get(cmdline, "net.rpctest").map(String::from),
+        rpcquota: crate::cmdline::get(cmdline, "net.rpcquota").map(String::from),
         ipcbench: crate::cmdline::get(cmdline, "net.ipcbench").map(String::from),
         ipc_logged: [0; 4],
         vm_routes: alloc::vec::Vec::new(),
@@ -1277,6 +1281,14 @@ fn probes(st: &mut State) {
             }
         } else {
             info!(target: "net", "rpctest done");
+        }
+    }
+    if let Some(arg) = st.rpcquota.take() {
+        let (mode, peer) = arg.split_once(':').unwrap_or(("fill", arg.as_str()));
+        let svc = wait_session(st, peer).and_then(|p| netfabric::identity::Prefix64::of(&p.fabric_addr).workload_address(netfabric::identity::AddressKind::Task, 2));
+        match svc {
+            Some(svc) => crate::rpcprobe::rpcquota_start(peer, svc, mode == "fill"),
+            None => info!(target: "net", "rpcquota done"),
         }
     }
     if let Some(peer) = st.ipcbench.take() {

@@ -8,6 +8,13 @@
 //!   answer and then `rpcsvc`'s counts (each call ran once, the sends in order), and calls
 //!   GHOST (a cluster member that is not running) with a [`GHOST_TIMEOUT_MS`] timeout, which
 //!   must end in `Timeout`;
+//! - `net.rpcquota=fill:NAME` — `rpcquota` fills this node's quota of calls in flight at
+//!   NAME (`CALLS_PER_SOURCE`, per source /64): [`QUOTA_EXTRA`] more concurrent calls than the
+//!   quota to `rpcsvc`'s [`LABEL_HOLD`], which it takes and never answers; the excess must be
+//!   refused with `QueueFull` at once, the rest end when NAME's kernel answers them with
+//!   `Timeout` (`REMOTE_CALL_IN_TIMEOUT_NS`), and then a call must be answered again;
+//! - `net.rpcquota=other:NAME` — `rpcquota` (on a third node, another source) calls NAME's
+//!   `rpcsvc` until it is answered while `rpcsvc` holds a full quota of calls;
 //! - `net.ipcbench=NAME` — `ipcbench` calls NAME's `echo` [`BENCH_CALLS`] times and prints
 //!   the median round trip (`cargo xtask bench ipc`).
 
@@ -28,6 +35,14 @@ pub const LABEL_EXEC: u64 = 0x5201;
 pub const LABEL_SEQ: u64 = 0x5202;
 /// A call answered with (executions, calls run twice, sends in order, sends out of order).
 pub const LABEL_STATS: u64 = 0x5203;
+/// A call `rpcsvc` takes and never answers.
+pub const LABEL_HOLD: u64 = 0x5204;
+/// A call answered with (calls `rpcsvc` holds unanswered now, 0, 0, 0).
+pub const LABEL_HELD: u64 = 0x5205;
+/// Calls `rpcquota` makes beyond the quota.
+pub const QUOTA_EXTRA: u64 = 4;
+/// The held calls' own timeout: longer than the callee's kernel holds them.
+pub const HOLD_TIMEOUT_MS: u32 = 90_000;
 pub const CALLS: u64 = 30;
 pub const SENDS: u64 = 60;
 pub const GHOST_TIMEOUT_MS: u32 = 3000;
@@ -41,6 +56,10 @@ pub static REPORT: AtomicBool = AtomicBool::new(false);
 
 /// `rpctest`'s targets: (peer name, its rpcsvc /128, ghost name and its echo /128).
 pub static TEST: Mutex<Option<(alloc::string::String, Ipv6Addr, Option<(alloc::string::String, Ipv6Addr)>)>> = Mutex::new(None);
+/// `rpcquota`'s target: (peer name, its rpcsvc /128).
+pub static QUOTA: Mutex<Option<(alloc::string::String, Ipv6Addr)>> = Mutex::new(None);
+/// The held calls' outcomes: (result label, ms).
+static HOLDS: Mutex<Vec<(Result<u64, IpcError>, u64)>> = Mutex::new(Vec::new());
 /// `ipcbench`'s target: (peer name, its echo /128).
 pub static BENCH: Mutex<Option<(alloc::string::String, Ipv6Addr)>> = Mutex::new(None);
 
@@ -65,6 +84,8 @@ pub fn rpcsvc(_: u64) {
     }
     let (mut execs, mut twice, mut in_order, mut out_of_order, mut next) = (0u64, 0u64, 0u64, 0u64, 1u64);
     let mut seen = BTreeSet::new();
+    // arrival times of the LABEL_HOLD calls the kernel has not timed out yet
+    let mut held: Vec<u64> = Vec::new();
     loop {
         let Ok(m) = task::recv(slot, 0) else { continue };
         let answer = match m.label {
@@ -87,6 +108,19 @@ pub fn rpcsvc(_: u64) {
                 }
                 next = m.words[0].wrapping_add(1);
                 continue;
+            }
+            LABEL_HOLD | LABEL_HELD => {
+                let now = time::now_ns();
+                // the kernel answers a held call with Timeout after REMOTE_CALL_IN_TIMEOUT_NS
+                // (from its delivery, a little before our recv): count those gone a second early
+                held.retain(|t| now - t < task::REMOTE_CALL_IN_TIMEOUT_NS - 1_000_000_000);
+                if m.label == LABEL_HOLD {
+                    if held.len() < 1024 {
+                        held.push(now);
+                    }
+                    continue;
+                }
+                Message::new(LABEL_HELD, [held.len() as u64, 0, 0, 0])
             }
             LABEL_STATS => {
                 REPORT.store(true, Ordering::Relaxed);
@@ -150,6 +184,90 @@ pub fn rpctest(_: u64) {
     }
     REPORT.store(true, Ordering::Relaxed);
     info!(target: "net", "rpctest done");
+}
+
+/// Start `rpcquota` against `peer`'s `rpcsvc` at `svc` (`fill`: this node fills its quota).
+pub fn rpcquota_start(peer: &str, svc: Ipv6Addr, fill: bool) {
+    catenary_arch::cpu::without_interrupts(|| *QUOTA.lock() = Some((alloc::string::String::from(peer), svc)));
+    task::spawn_kernel("rpcquota", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, rpcquota, fill as u64);
+}
+
+/// One held call (`rpcquota` starts one task per concurrent call).
+fn rpchold(i: u64) {
+    let Some(svc) = catenary_arch::cpu::without_interrupts(|| QUOTA.lock().as_ref().map(|q| q.1)) else { return };
+    let t = time::now_ns();
+    let r = match remote_slot(svc) {
+        Ok(slot) => task::call_timeout(slot, Message::new(LABEL_HOLD, [i, 0, 0, 0]), HOLD_TIMEOUT_MS).map(|m| m.label),
+        Err(e) => Err(e),
+    };
+    let ms = (time::now_ns() - t) / 1_000_000;
+    catenary_arch::cpu::without_interrupts(|| HOLDS.lock().push((r, ms)));
+}
+
+fn holds() -> Vec<(Result<u64, IpcError>, u64)> {
+    catenary_arch::cpu::without_interrupts(|| HOLDS.lock().clone())
+}
+
+/// The quota test (`net.rpcquota`): fill this node's quota at the peer, or (`fill` = 0) be
+/// the other source that must still be served while it is full.
+pub fn rpcquota(fill: u64) {
+    let Some((peer, svc)) = catenary_arch::cpu::without_interrupts(|| QUOTA.lock().clone()) else { return };
+    let Ok(slot) = remote_slot(svc) else { return warn!(target: "net", "rpcquota: capability table full") };
+    if fill == 0 {
+        let end = time::now_ns() + 200_000_000_000;
+        let mut tries = 0u64;
+        let mut seen = false;
+        while time::now_ns() < end {
+            tries += 1;
+            match task::call_timeout(slot, Message::new(LABEL_HELD, [0; 4]), 10_000) {
+                Ok(r) if r.label == LABEL_HELD && r.words[0] >= catenary_net::ipcroute::CALLS_PER_SOURCE as u64 => {
+                    info!(target: "net", "rpcquota: {} answered this node's call while it held {} unanswered calls from another source (try {})", peer, r.words[0], tries);
+                    seen = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if tries < 5 || tries % 50 == 0 => warn!(target: "net", "rpcquota: call {} to {}: {:?}", tries, peer, e),
+                Err(_) => {}
+            }
+            task::sleep_ns(250_000_000);
+        }
+        if !seen {
+            warn!(target: "net", "rpcquota: never answered while {} held a full quota ({} tries)", peer, tries);
+        }
+        return info!(target: "net", "rpcquota other done");
+    }
+    let quota = catenary_net::ipcroute::CALLS_PER_SOURCE as u64;
+    let n = quota + QUOTA_EXTRA;
+    let t0 = time::now_ns();
+    for i in 0..n {
+        if task::try_spawn_kernel("rpchold", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, rpchold, i).is_err() {
+            warn!(target: "net", "rpcquota: cannot start call {}", i);
+        }
+    }
+    // the calls beyond the quota end at once; the others wait for the callee's kernel
+    let wait = |count: usize, secs: u64| {
+        let end = time::now_ns() + secs * 1_000_000_000;
+        while holds().len() < count && time::now_ns() < end {
+            task::sleep_ns(100_000_000);
+        }
+    };
+    wait(QUOTA_EXTRA as usize, 30);
+    task::sleep_ns(2_000_000_000); // any further (wrong) early ends show up too
+    let early = holds();
+    let refused = early.iter().filter(|(r, _)| *r == Err(IpcError::QueueFull)).count();
+    info!(target: "net", "rpcquota: {} concurrent calls to {}'s never-answering endpoint: {} refused with QueueFull (slowest after {} ms), {} ended otherwise, {} waiting",
+        n, peer, refused, early.iter().filter(|(r, _)| *r == Err(IpcError::QueueFull)).map(|h| h.1).max().unwrap_or(0),
+        early.len() - refused, n as usize - early.len());
+    wait(n as usize, HOLD_TIMEOUT_MS as u64 / 1000 + 30);
+    let all = holds();
+    let timed: Vec<u64> = all.iter().filter(|(r, _)| *r == Err(IpcError::Timeout)).map(|h| h.1).collect();
+    info!(target: "net", "rpcquota: held calls answered Timeout by {}: {} (after {}..{} ms), outcomes {:?}",
+        peer, timed.len(), timed.iter().min().unwrap_or(&0), timed.iter().max().unwrap_or(&0),
+        all.iter().map(|h| h.0).collect::<Vec<_>>());
+    let r = task::call_timeout(slot, Message::new(LABEL_HELD, [0; 4]), 10_000);
+    info!(target: "net", "rpcquota: a call after the held calls ended ({} s after the first): {:?}",
+        (time::now_ns() - t0) / 1_000_000_000, r.map(|m| (m.label, m.words[0])));
+    info!(target: "net", "rpcquota done");
 }
 
 /// The remote call round trip for `cargo xtask bench ipc`.
