@@ -818,7 +818,7 @@ fn test_rpc_quota(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let panic = panicked(&r.lines);
     let line = |n: usize, k: &str| r.lines[n].iter().find(|l| l.contains(k)).cloned().unwrap_or_default();
     let early = line(0, "rpcquota: 20 concurrent calls");
-    let held = line(0, "rpcquota: held calls answered Timeout");
+    let held = line(0, "rpcquota: held calls to node2 ended with Timeout");
     let again = line(0, "rpcquota: a call after the held calls ended");
     let other = line(2, "answered this node's call while it held");
     // the excess refused at once (a generous bound: the held calls last 60 s), nothing else early
@@ -827,7 +827,7 @@ fn test_rpc_quota(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let counted = r.lines[1].iter().any(|l| l.contains("ipc: refused calls over the quota of 16 in flight per source"));
     // answered by node2's kernel (60 s), not ended by node1's own 90 s timeout
     let longest = held.split("..").nth(1).and_then(|x| after(x, ""));
-    let timed = held.contains("Timeout by node2: 16 (after ") && longest.is_some_and(|ms| ms < 90_000);
+    let timed = held.contains("ended with Timeout: 16 (after ") && longest.is_some_and(|ms| ms < 90_000);
     let back = again.contains("Ok((");
     let alive = (0..3).all(|n| !r.has(n, "KERNEL PANIC")) && r.exits().is_empty();
     for l in [&early, &held, &again, &other] {

@@ -261,8 +261,8 @@ pub fn rpcquota(fill: u64) {
     wait(n as usize, HOLD_TIMEOUT_MS as u64 / 1000 + 30);
     let all = holds();
     let timed: Vec<u64> = all.iter().filter(|(r, _)| *r == Err(IpcError::Timeout)).map(|h| h.1).collect();
-    info!(target: "net", "rpcquota: held calls answered Timeout by {}: {} (after {}..{} ms), outcomes {:?}",
-        peer, timed.len(), timed.iter().min().unwrap_or(&0), timed.iter().max().unwrap_or(&0),
+    info!(target: "net", "rpcquota: held calls to {} ended with Timeout: {} (after {}..{} ms; {} ms is our own timeout), outcomes {:?}",
+        peer, timed.len(), timed.iter().min().unwrap_or(&0), timed.iter().max().unwrap_or(&0), HOLD_TIMEOUT_MS,
         all.iter().map(|h| h.0).collect::<Vec<_>>());
     let r = task::call_timeout(slot, Message::new(LABEL_HELD, [0; 4]), 10_000);
     info!(target: "net", "rpcquota: a call after the held calls ended ({} s after the first): {:?}",
