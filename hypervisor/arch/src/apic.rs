@@ -211,6 +211,36 @@ pub fn ioapic_read(ioapic_phys: u64, reg: u32) -> Result<u32, crate::paging::Pag
     }))
 }
 
+/// Write redirection entry `pin` (high dword first, so the entry is complete when the low
+/// dword unmasks it).
+fn ioapic_write_entry(ioapic_phys: u64, pin: u8, low: u32, high: u32) -> Result<(), crate::paging::PagingError> {
+    let base = ioapic_virt(ioapic_phys)?;
+    let reg = 0x10 + 2 * pin as u32;
+    let w = |r: u32, v: u32| {
+        // SAFETY: IOREGSEL (base) and IOWIN (base + 0x10) of the IOAPIC mapped uncached above.
+        unsafe {
+            core::ptr::write_volatile(base as *mut u32, r);
+            core::ptr::write_volatile((base + 0x10) as *mut u32, v);
+        }
+    };
+    crate::cpu::without_interrupts(|| {
+        w(reg + 1, high);
+        w(reg, low);
+    });
+    Ok(())
+}
+
+/// Route IOAPIC input `pin` to the CPU with `dest_apic` as an NMI (delivery mode 100b),
+/// edge-triggered, active high, unmasked: tests of the NMI path while a guest runs.
+pub fn ioapic_route_nmi(ioapic_phys: u64, pin: u8, dest_apic: u32) -> Result<(), crate::paging::PagingError> {
+    ioapic_write_entry(ioapic_phys, pin, 4 << 8, dest_apic << 24)
+}
+
+/// Mask IOAPIC input `pin` (its redirection entry's bit 16).
+pub fn ioapic_mask(ioapic_phys: u64, pin: u8) -> Result<(), crate::paging::PagingError> {
+    ioapic_write_entry(ioapic_phys, pin, 1 << 16, 0)
+}
+
 /// Route IOAPIC input `pin` (of the IOAPIC at physical `ioapic_phys`) to `vector` on the CPU
 /// with `dest_apic`, edge-triggered, active high, unmasked.
 pub fn ioapic_route(ioapic_phys: u64, pin: u8, vector: u8, dest_apic: u32) -> Result<(), crate::paging::PagingError> {

@@ -70,6 +70,17 @@ fn from_cpuid() -> Option<(u64, TscSource)> {
     }
     None
 }
+/// Start PIT channel 0 as a one-shot (mode 0) of `ticks` PIT ticks (1.193182 MHz): its output
+/// (ISA IRQ 0, IOAPIC input 2) goes low now and rises once when the count ends. Tests only:
+/// the kernel does not use the PIT's interrupt.
+pub fn pit_one_shot(ticks: u16) {
+    // SAFETY: PIT programming on ports 0x40/0x43; no memory effects.
+    unsafe {
+        Port::<u8>::new(0x43).write(0x30); // channel 0, lobyte/hibyte, mode 0, binary
+        Port::<u8>::new(0x40).write(ticks as u8);
+        Port::<u8>::new(0x40).write((ticks >> 8) as u8);
+    }
+}
 
 /// Measure the TSC over ~50 ms of PIT channel 0 counting down (mode 2, polled through the
 /// latch command). Channel 0 needs no gate, so this also works on QEMU microvm, which has no

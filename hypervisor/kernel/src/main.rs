@@ -32,6 +32,8 @@ mod ktest_core;
 #[cfg(feature = "ktest")]
 mod ktest_lifecycle;
 #[cfg(feature = "ktest")]
+mod ktest_nmi;
+#[cfg(feature = "ktest")]
 mod ktest_reinject;
 #[cfg(feature = "ktest")]
 mod ktest_remote;

@@ -474,6 +474,9 @@ pub fn vm_test_cpu(cpus: usize) -> usize {
 /// The world-switch stress guest (testguests/exitloop.S): EBX back-to-back port exits.
 pub const EXITLOOP_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exitloop.bin"));
 
+/// The host-NMI test guest (testguests/nmispin.S): RDTSC busy loops, few exits.
+pub const NMISPIN_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nmispin.bin"));
+
 /// The guest image bundle (a cpio boot module holding vmlinux, bzImage, initramfs.cpio.gz).
 pub struct GuestBundle {
     pub vmlinux: Option<&'static [u8]>,
