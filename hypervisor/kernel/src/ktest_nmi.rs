@@ -44,20 +44,30 @@ fn nmi_vm(_: u64) {
     *RESULT.lock() = Some(r);
 }
 
+/// At most this many runs: the NMI may land while the host handles one of the guest's exits
+/// (its timer interrupts, its port writes), which is no test of the guest-time path.
+const ATTEMPTS: usize = 8;
+
 pub fn vm_host_nmi_while_guest_runs(node: &Node) -> Result<(), String> {
     use crate::task;
     use catenary_sched::{Affinity, Priority};
     let cpu = crate::vm::vm_test_cpu(node.cpus);
-    let t = task::spawn_kernel("nmispin-vm", Priority::NORMAL, Affinity::only(cpu), nmi_vm, 0);
-    task::join(t, 300_000_000_000).ok_or("the nmispin VM did not end in 300 s")?;
-    let (r, nmis) = RESULT.lock().take().ok_or("no nmispin result")??;
-    crate::vm::report("nmispin", &r);
-    let nmi_exits = r.exits_by_reason.iter().find(|(n, _)| *n == "nmi").map_or(0, |(_, c)| *c);
-    let rounds = r.io_by_port.iter().find(|(p, _)| *p == 0x21).map_or(0, |(_, c)| *c);
-    log::info!(target: "ktest", "nmispin: {nmis} NMI(s) handled by the host, {nmi_exits} NMI exit(s), {rounds} rounds, {} exits", r.exits);
-    check(nmi_exits == 1, || format!("{nmi_exits} NMI exits, want 1 (the NMI did not arrive while the guest ran); host NMIs {nmis}"))?;
-    check(nmis == 1, || format!("the host's NMI handler ran {nmis} times, want 1 (the VMM dropped or duplicated the NMI)"))?;
-    check(rounds == 20 && r.console.iter().any(|l| l.trim_end() == "nmispin: done"), || format!("{rounds} of 20 rounds; console {:?}", r.console))?;
-    check(matches!(r.ended, Ended::Stopped(StopReason::PowerOff { .. })), || format!("ended {:?}", r.ended))?;
-    Ok(())
+    for attempt in 1..=ATTEMPTS {
+        let t = task::spawn_kernel("nmispin-vm", Priority::NORMAL, Affinity::only(cpu), nmi_vm, 0);
+        task::join(t, 300_000_000_000).ok_or("the nmispin VM did not end in 300 s")?;
+        let (r, nmis) = RESULT.lock().take().ok_or("no nmispin result")??;
+        crate::vm::report("nmispin", &r);
+        let nmi_exits = r.exits_by_reason.iter().find(|(n, _)| *n == "nmi").map_or(0, |(_, c)| *c);
+        let rounds = r.io_by_port.iter().find(|(p, _)| *p == 0x21).map_or(0, |(_, c)| *c);
+        log::info!(target: "ktest", "nmispin attempt {attempt}: {nmis} NMI(s) handled by the host, {nmi_exits} NMI exit(s), {rounds} rounds, {} exits", r.exits);
+        // Every run: the one NMI reached the host's handler exactly once, the guest finished.
+        check(nmi_exits <= 1, || format!("{nmi_exits} NMI exits, want at most 1"))?;
+        check(nmis == 1, || format!("the host's NMI handler ran {nmis} times, want 1 (the VMM dropped or duplicated the NMI; {nmi_exits} NMI exits)"))?;
+        check(rounds == 20 && r.console.iter().any(|l| l.trim_end() == "nmispin: done"), || format!("{rounds} of 20 rounds; console {:?}", r.console))?;
+        check(matches!(r.ended, Ended::Stopped(StopReason::PowerOff { .. })), || format!("ended {:?}", r.ended))?;
+        if nmi_exits == 1 {
+            return Ok(());
+        }
+    }
+    Err(format!("in {ATTEMPTS} runs the NMI never arrived while the guest ran (no nmi exit)"))
 }
