@@ -1,0 +1,80 @@
+//! The kernel's side of the ring-3 `netd`: finding the NIC, its boot data (`SYS_NET` `OP_BOOT`).
+
+use super::*;
+
+/// What the ring-3 `netd` gets at `SYS_NET(OP_BOOT)`: the command line, the boot modules
+/// (node key, cluster file) and the virtio-net structures (found and MSI-X programmed here:
+/// configuration space stays the kernel's).
+pub(super) struct UserBoot {
+    pub(super) cmdline: String,
+    pub(super) modules: alloc::vec::Vec<Module>,
+    pub(super) cfg: [u64; 7],
+    pub(super) msix: bool,
+}
+
+pub(super) static USER_BOOT: Mutex<Option<UserBoot>> = Mutex::new(None);
+
+/// `net.netd=user`: the network stack runs in ring 3 as the manifest's `netd` service,
+/// started (and restarted) by the supervisor. The kernel finds the NIC, programs its MSI-X
+/// entry, and lets the supervisor start `nicd` and `netd`.
+pub(super) fn start_user(cmdline: &str, modules: &[Module]) {
+    use crate::task::{self, supervisor};
+    let Some((df, info)) = catenary_arch::virtio::find_net() else {
+        info!(target: "net", "no virtio-net device: networking off");
+        supervisor::enable("netd", false);
+        supervisor::enable("nicd", false);
+        return;
+    };
+    let msix = match catenary_arch::smp::apic_id_of(0).ok_or("no BSP APIC id").and_then(|bsp| catenary_arch::virtio::msix_program(df, task::NIC_VECTOR, bsp)) {
+        Ok(n) => {
+            info!(target: "net", "virtio-net: MSI-X entry 0 of {} -> vector {:#x} (nicd's receive interrupt)", n, task::NIC_VECTOR);
+            true
+        }
+        Err(e) => {
+            warn!(target: "net", "virtio-net: no interrupts ({}): nicd polls", e);
+            false
+        }
+    };
+    let cfg = [info.common.0, info.notify.0, info.isr.0, info.device.0, info.notify_multiplier as u64, info.device.1, info.notify.1];
+    catenary_arch::cpu::without_interrupts(|| {
+        *USER_BOOT.lock() = Some(UserBoot { cmdline: String::from(cmdline), modules: modules.to_vec(), cfg, msix });
+    });
+    info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}: the network stack runs in ring 3 (net.netd=user): the supervisor starts netd and nicd with their manifest grants",
+        df.bus, df.device, df.function);
+    crate::rpcprobe::USER_NETD.store(true, core::sync::atomic::Ordering::Relaxed);
+    supervisor::enable("nicd", true);
+    supervisor::enable("netd", true);
+    crate::netdprobe::start(cmdline, modules);
+}
+
+/// (`SYS_NET` `OP_BOOT`) The ring-3 netd's boot data (layout `catenary_ipc::netd::BOOT_*`):
+/// fresh seeds from the hardware for each incarnation. None without `net.netd=user`, or
+/// when the node may not create keys (no hardware entropy).
+pub(crate) fn user_boot_data() -> Option<alloc::vec::Vec<u8>> {
+    use catenary_ipc::netd::*;
+    let (cmdline, modules, cfg, msix) = catenary_arch::cpu::without_interrupts(|| {
+        USER_BOOT.lock().as_ref().map(|b| (b.cmdline.clone(), b.modules.clone(), b.cfg, b.msix))
+    })?;
+    let seeds = seeds(&cmdline)?;
+    let key = node_key(&modules).or_else(|| crate::cmdline::get(&cmdline, "net.key").and_then(hex32));
+    let cluster = cluster_text(&modules).unwrap_or(&[]);
+    if BOOT_HEADER + cmdline.len() + cluster.len() > BOOT_MAX {
+        warn!(target: "net", "netd boot data over {} bytes (cluster file too long)", BOOT_MAX);
+        return None;
+    }
+    let mut b = alloc::vec![0u8; BOOT_HEADER];
+    put_u64(&mut b, 0, 1);
+    put_u64(&mut b, 8, if key.is_some() { BOOT_KEY } else { 0 } | if msix { BOOT_MSIX } else { 0 });
+    put_u64(&mut b, 16, wall_clock_at_boot(&cmdline, time::now_ns()));
+    for (i, w) in cfg.iter().enumerate() {
+        put_u64(&mut b, 24 + 8 * i, *w);
+    }
+    put_u64(&mut b, 80, cmdline.len() as u64);
+    put_u64(&mut b, 88, cluster.len() as u64);
+    b[96..128].copy_from_slice(&key.unwrap_or([0; 32]));
+    b[128..160].copy_from_slice(&seeds.identity);
+    b[160..192].copy_from_slice(&seeds.fabric);
+    b.extend_from_slice(cmdline.as_bytes());
+    b.extend_from_slice(cluster);
+    Some(b)
+}
