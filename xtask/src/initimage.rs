@@ -5,76 +5,44 @@
 //! (`[vm:demo stdout]`, `[vm:demo stderr]`, never on the console), all four settings applied,
 //! and exit code 3 reported through the workload channel.
 
+use crate::ociimage as oci;
 use crate::qemu::run_captured;
 use crate::test::Tally;
-use crate::tools::{out_dir, root, which};
+use crate::tools::out_dir;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const NAME: &str = "vm_linux_catenary_init";
-const BUSYBOX: &str = "/bin/busybox";
 
 /// The workload: `sh -c SCRIPT entry from-cmd` ($0 from the Entrypoint, $1 from Cmd).
 const SCRIPT: &str = "echo \"catenary-test entrypoint=$0 cmd=$1 user=$(busybox id -u):$(busybox id -g) name=$(busybox id -un)\"; \
 echo \"catenary-test pwd=$(pwd) greeting=$GREETING home=$HOME host=$(busybox hostname)\"; \
 echo catenary-test to-stderr >&2; exit 3";
 
-fn run(dir: &Path, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0]).args(&args[1..]).current_dir(dir).output().map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
-
 /// The OCI layout (umoci, rootless) and the packed Catenary image in `dir/out`.
 fn build_image(dir: &Path) -> Result<(), String> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    run(dir, &["umoci", "init", "--layout", "L"])?;
-    run(dir, &["umoci", "new", "--image", "L:bb"])?;
-    run(dir, &["umoci", "unpack", "--rootless", "--image", "L:bb", "B"])?;
-    let rootfs = dir.join("B/rootfs");
-    for p in ["bin", "etc", "home/app", "srv/data"] {
+    let rootfs = oci::new_image(dir, "bb")?;
+    for p in ["etc", "home/app", "srv/data"] {
         std::fs::create_dir_all(rootfs.join(p)).map_err(|e| e.to_string())?;
     }
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).map_err(|e| e.to_string())?;
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).map_err(|e| e.to_string())?;
+    oci::add_busybox(&rootfs)?;
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n").map_err(|e| e.to_string())?;
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1001:\n").map_err(|e| e.to_string())?;
-    run(dir, &["umoci", "repack", "--image", "L:bb", "B"])?;
-    run(
+    oci::repack(dir, "bb")?;
+    oci::config(
         dir,
+        "bb",
         &[
-            "umoci", "config", "--image", "L:bb", "--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c", "--config.entrypoint", SCRIPT,
-            "--config.entrypoint", "entry", "--config.cmd", "from-cmd", "--config.env", "GREETING=hello-from-env", "--config.workingdir",
-            "/srv/data", "--config.user", "app",
+            "--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c", "--config.entrypoint", SCRIPT, "--config.entrypoint", "entry",
+            "--config.cmd", "from-cmd", "--config.env", "GREETING=hello-from-env", "--config.workingdir", "/srv/data", "--config.user", "app",
         ],
     )?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root())
-        .args(["run", "--quiet", "-p", "catenary", "--", "image", "pack"])
-        .arg(dir.join("L"))
-        .args(["--ref", "bb", "-o"])
-        .arg(dir.join("out"))
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("catenary image pack: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(())
+    oci::pack(dir, "bb", &dir.join("out")).map(|_| ())
 }
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    if which("umoci").is_none() {
-        t.skip(NAME, "umoci not installed (Debian package umoci; ci/install-deps.sh installs it)");
-        return Ok(());
-    }
-    if !Path::new(BUSYBOX).exists() {
-        t.skip(NAME, "/bin/busybox missing (Debian package busybox-static)");
+    if let Some(why) = oci::missing_tools() {
+        t.skip(NAME, why);
         return Ok(());
     }
     let dir = out_dir().join("catenary-init-test");
@@ -83,19 +51,8 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         return Ok(());
     }
     // The guest bundle plus the packed image, as one boot module.
-    let g = out_dir().join("guest");
-    let mut files = Vec::new();
-    for (name, path) in [
-        ("vmlinux", g.join("vmlinux")),
-        ("bzImage", g.join("bzImage")),
-        ("initramfs.cpio.gz", g.join("initramfs.cpio.gz")),
-        ("image/rootfs.squashfs", dir.join("out/rootfs.squashfs")),
-        ("image/config.json", dir.join("out/config.json")),
-    ] {
-        files.push((name.to_string(), std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?));
-    }
     let bundle = dir.join("bundle.cpio");
-    std::fs::write(&bundle, crate::build::cpio_newc(&files)).map_err(|e| e.to_string())?;
+    oci::bundle_with_image(&dir.join("out"), &bundle)?;
 
     let b = crate::vmbench::node_with_guest(kernel, &bundle, "vm.image=1");
     let want = [
