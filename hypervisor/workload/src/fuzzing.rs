@@ -1,0 +1,142 @@
+//! The fuzz entry point (target `requests` in `hypervisor/workload/fuzz`, and the host test
+//! `fuzzing_inputs_never_panic`): arbitrary bytes split into steps, each either a request as
+//! raw bytes (decoded like `workd` decodes a grant), a valid request built from the bytes, a
+//! kernel event, or a clock step, applied to a [`Service`] over a simulated kernel. Bounds are
+//! checked after every step.
+
+use crate::admission::Admission;
+use crate::logring::Stream;
+use crate::proto::{decode_request, encode_response, Request, Target, WORKLOADS_MAX};
+use crate::service::{Service, Vmm};
+use crate::spec::{RestartPolicy, WorkloadSpec};
+use crate::store::{ImageIndex, ImageInfo};
+use crate::vmctl::{self, CreateVm, Event, VmEvent, VmHandle, VMS_MAX};
+use crate::Digest;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// A kernel that creates VMs until it has `VMS_MAX`, and remembers which are alive.
+#[derive(Default)]
+pub struct SimKernel {
+    pub alive: Vec<VmHandle>,
+    pub next: VmHandle,
+    pub killed: Vec<VmHandle>,
+    pub created: Vec<CreateVm>,
+    pub signals: bool,
+}
+
+impl Vmm for SimKernel {
+    fn create(&mut self, req: &CreateVm) -> Option<VmHandle> {
+        if self.alive.len() >= VMS_MAX || req.memory_mib > 4096 {
+            return None;
+        }
+        self.next += 1;
+        self.alive.push(self.next);
+        self.created.push(req.clone());
+        Some(self.next)
+    }
+    fn kill(&mut self, vm: VmHandle) {
+        self.killed.push(vm);
+    }
+    fn signal(&mut self, _vm: VmHandle, _s: i32) -> bool {
+        self.signals
+    }
+    fn touched(&mut self, vm: VmHandle) -> Option<u64> {
+        self.alive.contains(&vm).then_some(vm << 20)
+    }
+}
+
+pub fn image() -> Digest {
+    Digest([0x11; 32])
+}
+
+pub fn service(free_mib: u64) -> Service {
+    let mut ix = ImageIndex::new();
+    let d = image();
+    ix.insert(ImageInfo { digest: d, rootfs: d, rootfs_size: 4096, config: d, config_size: 10 }).unwrap();
+    Service::new(ix, Admission::new(free_mib << 20), 1, 4096)
+}
+
+fn word(d: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = d.len().min(8);
+    b[..n].copy_from_slice(&d[..n]);
+    u64::from_le_bytes(b)
+}
+
+/// Run one input. Panics only if a bound is broken (that is the finding).
+pub fn run(data: &[u8]) {
+    let mut s = service(1024);
+    let mut k = SimKernel { signals: data.first().is_some_and(|b| b & 1 == 1), ..Default::default() };
+    let mut now = 0u64;
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let (kind, len) = (rest[0], rest[1] as usize);
+        let body = &rest[2..(2 + len).min(rest.len())];
+        rest = &rest[(2 + len).min(rest.len())..];
+        match kind % 5 {
+            0 => {
+                // raw bytes as a request
+                if let Ok(r) = decode_request(body) {
+                    let resp = s.handle(r, now, &mut k);
+                    assert!(encode_response(&resp).is_some(), "every answer fits REPLY_MAX");
+                }
+            }
+            1 => {
+                // a well-formed request with fuzzed fields
+                let w = word(body);
+                let t = if w & 1 == 0 { Target::Id((w >> 1) as u32 % 8) } else { Target::Name(String::from(["a", "b", "c"][(w >> 1) as usize % 3])) };
+                let req = match (w >> 8) % 7 {
+                    0 => Request::Create(WorkloadSpec {
+                        name: String::from(["a", "b", "c", "-x", ""][(w >> 12) as usize % 5]),
+                        image: if w & 0x10000 == 0 { image() } else { Digest([0; 32]) },
+                        vcpus: (w >> 17) as u8 % 3,
+                        memory_mib: [16, 32, 64, 512, 2000][(w >> 20) as usize % 5],
+                        env: Vec::new(),
+                        args: None,
+                        restart: [RestartPolicy::No, RestartPolicy::Always, RestartPolicy::OnFailure { limit: (w >> 24) as u32 % 4 }][(w >> 30) as usize % 3],
+                    }),
+                    1 => Request::Start(t),
+                    2 => Request::Stop { target: t, grace_ms: Some((w >> 32) as u32) },
+                    3 => Request::Destroy(t),
+                    4 => Request::Status(t),
+                    5 => Request::Logs { target: t, cursor: w >> 20, max: (w >> 40) as u32 },
+                    _ => Request::List,
+                };
+                let resp = s.handle(req, now, &mut k);
+                assert!(encode_response(&resp).is_some());
+            }
+            2 => {
+                // a kernel event for a live (or made-up) VM
+                let w = word(body);
+                let vm = if k.alive.is_empty() || w & 1 == 1 { w >> 1 } else { k.alive[(w >> 1) as usize % k.alive.len()] };
+                let event = match (w >> 8) % 5 {
+                    0 => Event::Log { stream: Stream::Stdout, line: body.to_vec() },
+                    1 => Event::Ready,
+                    2 => Event::Exit(vmctl::Exit::Code((w >> 16) as i32)),
+                    3 => Event::Lost { bytes: w >> 16 },
+                    _ => {
+                        k.alive.retain(|v| *v != vm);
+                        Event::Ended { how: [vmctl::Ended::PowerOff, vmctl::Ended::Crashed, vmctl::Ended::Killed][(w >> 16) as usize % 3], touched_bytes: w, wall_ms: 1 }
+                    }
+                };
+                s.on_event(VmEvent { vm, event }, now, &mut k);
+            }
+            3 => {
+                now = now.saturating_add(word(body) % 100_000);
+                s.tick(now, &mut k);
+            }
+            _ => {
+                // raw bytes as kernel event records (the service's decoder of OP_EVENTS)
+                if let Some(evs) = vmctl::decode::<Vec<VmEvent>>(body) {
+                    for e in evs {
+                        s.on_event(e, now, &mut k);
+                    }
+                }
+            }
+        }
+        assert!(s.len() <= WORKLOADS_MAX);
+        assert!(s.vms() <= VMS_MAX);
+        assert!(s.admission.free_mib() <= s.admission.capacity_mib());
+    }
+}

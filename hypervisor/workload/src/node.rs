@@ -1,0 +1,77 @@
+//! `node.json` (docs/guest-init.md): what the node tells the guest init about one run — its
+//! hostname, its /128, and the workload's argument and environment overrides. The kernel builds
+//! it from a [`crate::vmctl::CreateVm`] record, so every string is escaped here.
+
+use alloc::string::String;
+use core::fmt::Write;
+
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn push_list(out: &mut String, key: &str, items: &[String]) {
+    let _ = write!(out, ",\"{key}\":[");
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(out, s);
+    }
+    out.push(']');
+}
+
+/// `node.json` version 1. `hostname` is left out unless it is a valid hostname.
+pub fn node_json(hostname: &str, address: Option<core::net::Ipv6Addr>, args: Option<&[String]>, env: &[String]) -> String {
+    let mut s = String::from("{\"version\":1");
+    let valid = !hostname.is_empty() && hostname.len() <= 64 && hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') && !hostname.starts_with(['-', '.']);
+    if valid {
+        let _ = write!(s, ",\"hostname\":\"{hostname}\"");
+    }
+    if let Some(a) = address {
+        let _ = write!(s, ",\"address\":\"{a}\"");
+    }
+    if let Some(a) = args {
+        push_list(&mut s, "args", a);
+    }
+    if !env.is_empty() {
+        push_list(&mut s, "env", env);
+    }
+    s.push('}');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn escaped_and_parseable() {
+        let args = vec![String::from("a\"b\\c"), String::from("line\nnext\u{1}"), String::from("ünï")];
+        let env = vec![String::from("X=1"), String::from("Y=\u{2028}")];
+        let j = node_json("w1", Some("fd00::5".parse().unwrap()), Some(&args), &env);
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["hostname"], "w1");
+        assert_eq!(v["address"], "fd00::5");
+        assert_eq!(v["args"][0], "a\"b\\c");
+        assert_eq!(v["args"][1], "line\nnext\u{1}");
+        assert_eq!(v["args"][2], "ünï");
+        assert_eq!(v["env"][1], "Y=\u{2028}");
+        assert_eq!(node_json("bad\"name", None, None, &[]), "{\"version\":1}");
+        assert_eq!(node_json("w", None, Some(&[]), &[]), "{\"version\":1,\"hostname\":\"w\",\"args\":[]}");
+    }
+}

@@ -1,0 +1,180 @@
+//! The workload service's IPC protocol: what any task (and, through it, the operator API) says
+//! to `workd`.
+//!
+//! # Transport
+//!
+//! A request is a `call_grant` to `workd`'s endpoint with label [`LABEL_REQUEST`], word 0 = the
+//! request's length, and a **writable** grant of the client's buffer, which holds the request
+//! (postcard-encoded [`Request`]) at its start. `workd` reads the request from the grant the
+//! kernel really mapped (never from addresses in the words), writes the answer (postcard
+//! [`Response`] = `Result<Reply, Error>`) to the start of the same buffer, and replies with label
+//! [`TRANSPORT_OK`] and word 0 = the answer's length. A buffer of [`BUFFER_MIN`] bytes holds any
+//! request and any answer. When there is no answer to write, the reply's label says why
+//! ([`Transport`]).
+//!
+//! # Bounds
+//!
+//! Requests at most [`REQUEST_MAX`] bytes; answers at most [`REPLY_MAX`]; specs as
+//! [`crate::spec`] says; [`WORKLOADS_MAX`] workloads per node; a log read returns at most
+//! [`LOG_READ_MAX`] bytes. A request that is not a valid encoding (bad length prefix, bad UTF-8,
+//! unknown variant, trailing bytes) answers [`Error::Malformed`]; nothing a client sends makes
+//! `workd` panic (decoded with [`decode_request`], host-tested and fuzzed).
+
+use crate::logring::LogChunk;
+use crate::spec::{SpecError, WorkloadSpec};
+use crate::status::{State, Status, Summary, WorkloadId};
+use crate::store::ImageInfo;
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// The request label ("WK" in the high half).
+pub const LABEL_REQUEST: u64 = 0x574b_0001;
+/// Reply label: the answer is in the buffer, word 0 = its length.
+pub const TRANSPORT_OK: u64 = 0;
+
+pub const REQUEST_MAX: usize = 16 * 1024;
+pub const REPLY_MAX: usize = 16 * 1024;
+/// A client buffer this large holds any request and any answer.
+pub const BUFFER_MIN: usize = 16 * 1024;
+/// Workloads one node's service holds (created and not destroyed).
+pub const WORKLOADS_MAX: usize = 32;
+/// Bytes one `Logs` request returns at most.
+pub const LOG_READ_MAX: u32 = 8 * 1024;
+/// Longest grace period a stop may ask for, and the default.
+pub const GRACE_MAX_MS: u32 = 300_000;
+pub const GRACE_DEFAULT_MS: u32 = 10_000;
+
+/// Why no answer was written (the reply's label when it is not [`TRANSPORT_OK`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Transport {
+    /// The call brought no grant, or a read-only one.
+    NoBuffer = 1,
+    /// Word 0 is 0, larger than the grant, or larger than [`REQUEST_MAX`].
+    BadLength = 2,
+    /// The answer does not fit in the grant; word 1 = the bytes it needs.
+    BufferTooSmall = 3,
+    /// A label that is not [`LABEL_REQUEST`].
+    UnknownLabel = 4,
+}
+
+impl Transport {
+    pub fn from_label(l: u64) -> Option<Transport> {
+        Some(match l {
+            1 => Transport::NoBuffer,
+            2 => Transport::BadLength,
+            3 => Transport::BufferTooSmall,
+            4 => Transport::UnknownLabel,
+            _ => return None,
+        })
+    }
+}
+
+/// Which workload a request names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    Id(WorkloadId),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Admit and name a workload (state `created`); nothing runs yet.
+    Create(WorkloadSpec),
+    /// Run it (from `created`, `exited` or `failed`); resets its restart count.
+    Start(Target),
+    /// Stop it: the image's StopSignal, SIGKILL when `grace_ms` (default
+    /// [`GRACE_DEFAULT_MS`], at most [`GRACE_MAX_MS`]) has passed, then power-off. A stopped
+    /// workload is not restarted by its policy.
+    Stop { target: Target, grace_ms: Option<u32> },
+    /// Forget a workload that is not running; its memory goes back to the node.
+    Destroy(Target),
+    List,
+    Status(Target),
+    /// Log bytes from `cursor` (0: the oldest kept), at most `max` (capped at
+    /// [`LOG_READ_MAX`]). Follow by passing the answer's `next` back.
+    Logs { target: Target, cursor: u64, max: u32 },
+    /// The node's image store.
+    Images,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Created(WorkloadId),
+    Done,
+    List(Vec<Summary>),
+    Status(Status),
+    Logs(LogChunk),
+    Images(Vec<ImageInfo>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Error {
+    /// Not a valid request encoding.
+    Malformed,
+    BadSpec(SpecError),
+    NoSuchWorkload,
+    NameInUse,
+    /// No image with that digest in the node's store.
+    NoSuchImage,
+    /// It does not fit: the memory it needs (guest memory plus the node's overhead) and what is
+    /// free for workloads, in MiB. Nothing was created.
+    NoMemory { need_mib: u64, free_mib: u64 },
+    TooManyWorkloads,
+    /// Not possible in this state (start while running, destroy while running…).
+    BadState(State),
+    /// Valid, but this node cannot do it (e.g. more than one vCPU per microVM).
+    Unsupported,
+    /// The kernel refused to create the microVM.
+    VmRefused,
+}
+
+impl Error {
+    pub fn message(&self) -> &'static str {
+        match self {
+            Error::Malformed => "malformed request",
+            Error::BadSpec(e) => e.message(),
+            Error::NoSuchWorkload => "no such workload",
+            Error::NameInUse => "a workload with this name exists",
+            Error::NoSuchImage => "no image with this digest in the node's store",
+            Error::NoMemory { .. } => "not enough free memory on the node for this workload",
+            Error::TooManyWorkloads => "the node holds the most workloads it may",
+            Error::BadState(_) => "not possible in the workload's state",
+            Error::Unsupported => "not supported on this node",
+            Error::VmRefused => "the kernel refused to create the microVM",
+        }
+    }
+}
+
+pub type Response = Result<Reply, Error>;
+
+/// Decode a request (hostile bytes: never panics; trailing bytes are malformed).
+pub fn decode_request(bytes: &[u8]) -> Result<Request, Error> {
+    if bytes.is_empty() || bytes.len() > REQUEST_MAX {
+        return Err(Error::Malformed);
+    }
+    match postcard::take_from_bytes::<Request>(bytes) {
+        Ok((r, [])) => Ok(r),
+        _ => Err(Error::Malformed),
+    }
+}
+
+pub fn encode_request(r: &Request) -> Option<Vec<u8>> {
+    postcard::to_allocvec(r).ok().filter(|b| b.len() <= REQUEST_MAX)
+}
+
+pub fn encode_response(r: &Response) -> Option<Vec<u8>> {
+    postcard::to_allocvec(r).ok().filter(|b| b.len() <= REPLY_MAX)
+}
+
+/// Decode an answer (the client's side; `workd` is trusted less than nothing by a parser).
+pub fn decode_response(bytes: &[u8]) -> Option<Response> {
+    if bytes.len() > REPLY_MAX {
+        return None;
+    }
+    match postcard::take_from_bytes::<Response>(bytes) {
+        Ok((r, [])) => Some(r),
+        _ => None,
+    }
+}

@@ -1,0 +1,338 @@
+//! The workload service's state machine: every request, kernel event and timer of `workd`
+//! goes through [`Service`], which is deterministic (the clock is an argument) and reaches the
+//! kernel only through the [`Vmm`] trait — so the whole service is tested on the host with a
+//! simulated kernel, and `workd` is the loop around it.
+
+use crate::admission::Admission;
+use crate::logring::{LogRing, Stream};
+use crate::proto::{Error, Reply, Request, Target, GRACE_DEFAULT_MS, GRACE_MAX_MS, LOG_READ_MAX, WORKLOADS_MAX};
+use crate::restart::{Decision, Restarts};
+use crate::spec::{WorkloadSpec, ENV_ATTEMPT, ENV_WORKLOAD};
+use crate::status::{ExitStatus, State, Status, Summary, WorkloadId};
+use crate::store::ImageIndex;
+use crate::vmctl::{self, CreateVm, Event, VmEvent, VmHandle};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// After SIGKILL, how long the init gets to report before the node powers the VM off.
+pub const KILL_GRACE_MS: u64 = 2_000;
+
+/// What the service needs from the kernel (`SYS_VM` in `workd`; a simulation in tests).
+pub trait Vmm {
+    fn create(&mut self, req: &CreateVm) -> Option<VmHandle>;
+    /// Power it off now; its `Ended` event follows.
+    fn kill(&mut self, vm: VmHandle);
+    /// Ask its init to deliver `signal` (0: the image's StopSignal) to the workload; false if
+    /// the node cannot (yet).
+    fn signal(&mut self, vm: VmHandle, signal: i32) -> bool;
+    /// Guest RAM it touched so far.
+    fn touched(&mut self, vm: VmHandle) -> Option<u64>;
+}
+
+/// Where a stop is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopStage {
+    /// The stop signal was asked for (or could not be): SIGKILL at the deadline.
+    Signalled,
+    /// SIGKILL was asked for: power-off at the deadline.
+    Killed,
+    /// Powered off: waiting for the `Ended` event.
+    PoweredOff,
+}
+
+struct Workload {
+    id: WorkloadId,
+    spec: WorkloadSpec,
+    state: State,
+    vm: Option<VmHandle>,
+    exit: Option<ExitStatus>,
+    /// The init's EXIT report for the current run (arrives before `Ended`).
+    reported: Option<vmctl::Exit>,
+    restarts: Restarts,
+    attempts: u32,
+    started_ms: u64,
+    ended_ms: u64,
+    restart_at: Option<u64>,
+    stop: Option<(StopStage, u64)>,
+    stopped: bool,
+    touched: u64,
+    log: LogRing,
+}
+
+pub struct Service {
+    workloads: Vec<Workload>,
+    next_id: WorkloadId,
+    pub images: ImageIndex,
+    pub admission: Admission,
+    max_vcpus: u8,
+    log_capacity: usize,
+}
+
+impl Service {
+    pub fn new(images: ImageIndex, admission: Admission, max_vcpus: u8, log_capacity: usize) -> Service {
+        Service { workloads: Vec::new(), next_id: 1, images, admission, max_vcpus, log_capacity }
+    }
+
+    fn find(&self, t: &Target) -> Result<usize, Error> {
+        self.workloads
+            .iter()
+            .position(|w| match t {
+                Target::Id(i) => w.id == *i,
+                Target::Name(n) => w.spec.name == *n,
+            })
+            .ok_or(Error::NoSuchWorkload)
+    }
+
+    /// The workload's name and state (the loop's log lines).
+    pub fn describe(&self, id: WorkloadId) -> Option<(&str, State)> {
+        self.workloads.iter().find(|w| w.id == id).map(|w| (w.spec.name.as_str(), w.state))
+    }
+
+    /// Serve one request at `now_ms`.
+    pub fn handle(&mut self, req: Request, now_ms: u64, vmm: &mut dyn Vmm) -> Result<Reply, Error> {
+        match req {
+            Request::Create(spec) => {
+                spec.check()?;
+                if spec.vcpus > self.max_vcpus {
+                    return Err(Error::Unsupported);
+                }
+                if self.images.get(&spec.image).is_none() {
+                    return Err(Error::NoSuchImage);
+                }
+                if self.workloads.iter().any(|w| w.spec.name == spec.name) {
+                    return Err(Error::NameInUse);
+                }
+                if self.workloads.len() >= WORKLOADS_MAX {
+                    return Err(Error::TooManyWorkloads);
+                }
+                // last: a refusal above commits nothing, and this either commits or refuses
+                self.admission.admit(spec.memory_mib)?;
+                let id = self.next_id;
+                self.next_id = self.next_id.wrapping_add(1).max(1);
+                let mut log = LogRing::new(self.log_capacity);
+                log.push(Stream::Node, format!("created: image {}, {} MiB, {} vCPU\n", spec.image.short(), spec.memory_mib, spec.vcpus).as_bytes());
+                self.workloads.push(Workload {
+                    id, spec, state: State::Created, vm: None, exit: None, reported: None, restarts: Restarts::default(), attempts: 0,
+                    started_ms: 0, ended_ms: 0, restart_at: None, stop: None, stopped: false, touched: 0, log,
+                });
+                Ok(Reply::Created(id))
+            }
+            Request::Start(t) => {
+                let i = self.find(&t)?;
+                let w = &mut self.workloads[i];
+                if !matches!(w.state, State::Created | State::Exited | State::Failed) {
+                    return Err(Error::BadState(w.state));
+                }
+                w.restarts = Restarts::default();
+                w.stopped = false;
+                launch(w, now_ms, vmm);
+                Ok(Reply::Done)
+            }
+            Request::Stop { target, grace_ms } => {
+                let i = self.find(&target)?;
+                let grace = grace_ms.unwrap_or(GRACE_DEFAULT_MS).min(GRACE_MAX_MS) as u64;
+                let w = &mut self.workloads[i];
+                w.stopped = true;
+                match (w.state, w.vm) {
+                    (State::Starting | State::Running, Some(vm)) => {
+                        w.state = State::Stopping;
+                        let asked = vmm.signal(vm, 0);
+                        note(w, &format!("stopping: {}, power-off in {} ms at the latest\n", if asked { "stop signal sent" } else { "no stop signal on this node" }, grace));
+                        // without a signal there is nothing to wait for
+                        w.stop = Some((StopStage::Signalled, if asked { now_ms.saturating_add(grace) } else { now_ms }));
+                        self.tick(now_ms, vmm);
+                    }
+                    (State::Starting, None) => {
+                        // a restart waiting for its delay: it does not happen
+                        w.restart_at = None;
+                        w.state = State::Exited;
+                        note(w, "stopped while waiting to restart\n");
+                    }
+                    _ => {} // nothing runs: stopping is done
+                }
+                Ok(Reply::Done)
+            }
+            Request::Destroy(t) => {
+                let i = self.find(&t)?;
+                let w = &self.workloads[i];
+                if w.vm.is_some() || w.state == State::Stopping {
+                    return Err(Error::BadState(w.state));
+                }
+                let w = self.workloads.remove(i);
+                self.admission.release(w.spec.memory_mib);
+                Ok(Reply::Done)
+            }
+            Request::List => Ok(Reply::List(
+                self.workloads
+                    .iter()
+                    .map(|w| Summary { id: w.id, name: w.spec.name.clone(), state: w.state, exit: w.exit, restarts: w.restarts.total, memory_mib: w.spec.memory_mib })
+                    .collect(),
+            )),
+            Request::Status(t) => {
+                let i = self.find(&t)?;
+                let w = &mut self.workloads[i];
+                if let Some(vm) = w.vm {
+                    if let Some(b) = vmm.touched(vm) {
+                        w.touched = b;
+                    }
+                }
+                Ok(Reply::Status(status(w, now_ms)))
+            }
+            Request::Logs { target, cursor, max } => {
+                let i = self.find(&target)?;
+                Ok(Reply::Logs(self.workloads[i].log.read(cursor, max.min(LOG_READ_MAX) as usize)))
+            }
+            Request::Images => Ok(Reply::Images(self.images.list().to_vec())),
+        }
+    }
+
+    /// A kernel event. Events for a VM the service does not know (any more) are ignored.
+    pub fn on_event(&mut self, ev: VmEvent, now_ms: u64, vmm: &mut dyn Vmm) {
+        let Some(w) = self.workloads.iter_mut().find(|w| w.vm == Some(ev.vm)) else { return };
+        match ev.event {
+            Event::Log { stream, mut line } => {
+                line.push(b'\n');
+                w.log.push(stream, &line);
+            }
+            Event::Lost { bytes } => note(w, &format!("{bytes} log bytes lost on the node (the workload logged faster than the service read)\n")),
+            Event::Ready => {
+                if w.state == State::Starting {
+                    w.state = State::Running;
+                }
+            }
+            Event::Exit(e) => w.reported = Some(e),
+            Event::Ended { how, touched_bytes, wall_ms: _ } => {
+                w.vm = None;
+                w.touched = touched_bytes;
+                w.ended_ms = now_ms;
+                w.stop = None;
+                let exit = match (w.reported.take(), how) {
+                    (Some(vmctl::Exit::Code(c)), _) => ExitStatus::Code(c),
+                    (Some(vmctl::Exit::Signal(s)), _) => ExitStatus::Signal(s),
+                    (Some(vmctl::Exit::InitFailed(s)), _) => ExitStatus::InitFailed(s),
+                    (None, vmctl::Ended::Killed) => ExitStatus::PoweredOff,
+                    (None, vmctl::Ended::CreateFailed) => ExitStatus::CreateFailed,
+                    (None, _) => ExitStatus::Crashed,
+                };
+                w.exit = Some(exit);
+                w.state = if w.stopped || matches!(exit, ExitStatus::Code(_) | ExitStatus::Signal(_)) { State::Exited } else { State::Failed };
+                let ran = now_ms.saturating_sub(w.started_ms);
+                match w.restarts.decide(w.spec.restart, exit, w.stopped, ran, now_ms) {
+                    Decision::Stay => note(w, &format!("ended: {exit} after {ran} ms\n")),
+                    Decision::Restart { at_ms, n } => {
+                        note(w, &format!("ended: {exit} after {ran} ms; restart {} in {} ms\n", w.restarts.total, at_ms - now_ms));
+                        let _ = n;
+                        w.restart_at = Some(at_ms);
+                        w.state = State::Starting;
+                    }
+                }
+                let _ = vmm;
+            }
+        }
+    }
+
+    /// Timers: restarts that are due, stops whose grace ran out. Returns the next deadline.
+    pub fn tick(&mut self, now_ms: u64, vmm: &mut dyn Vmm) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        for w in &mut self.workloads {
+            if let Some(at) = w.restart_at {
+                if at <= now_ms {
+                    w.restart_at = None;
+                    launch(w, now_ms, vmm);
+                } else {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+            if let (Some((stage, at)), Some(vm)) = (w.stop, w.vm) {
+                if at <= now_ms {
+                    match stage {
+                        StopStage::Signalled if vmm.signal(vm, 9) => {
+                            note(w, "grace period over: SIGKILL\n");
+                            w.stop = Some((StopStage::Killed, now_ms + KILL_GRACE_MS));
+                        }
+                        StopStage::Signalled | StopStage::Killed => {
+                            vmm.kill(vm);
+                            note(w, "powered off by the node\n");
+                            w.stop = Some((StopStage::PoweredOff, u64::MAX));
+                        }
+                        StopStage::PoweredOff => {}
+                    }
+                }
+                if let Some((_, at)) = w.stop {
+                    if at != u64::MAX {
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    /// Workloads that have a microVM now.
+    pub fn vms(&self) -> usize {
+        self.workloads.iter().filter(|w| w.vm.is_some()).count()
+    }
+    pub fn len(&self) -> usize {
+        self.workloads.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.workloads.is_empty()
+    }
+}
+
+fn note(w: &mut Workload, s: &str) {
+    w.log.push(Stream::Node, s.as_bytes());
+}
+
+fn status(w: &Workload, now_ms: u64) -> Status {
+    let uptime = if w.attempts == 0 { 0 } else if w.vm.is_some() { now_ms.saturating_sub(w.started_ms) } else { w.ended_ms.saturating_sub(w.started_ms) };
+    Status {
+        id: w.id,
+        name: w.spec.name.clone(),
+        image: w.spec.image,
+        state: w.state,
+        exit: w.exit,
+        restarts: w.restarts.total,
+        attempts: w.attempts,
+        restart: w.spec.restart,
+        uptime_ms: uptime,
+        memory_touched: w.touched,
+        memory_mib: w.spec.memory_mib,
+        vcpus: w.spec.vcpus,
+        restart_in_ms: w.restart_at.map(|a| a.saturating_sub(now_ms)),
+        log_end: w.log.end(),
+        log_start: w.log.start(),
+    }
+}
+
+/// Create the next run's microVM (the attempt number and the workload's name in its env).
+fn launch(w: &mut Workload, now_ms: u64, vmm: &mut dyn Vmm) {
+    w.attempts = w.attempts.saturating_add(1);
+    w.reported = None;
+    w.stop = None;
+    w.started_ms = now_ms;
+    w.exit = None;
+    let mut env = w.spec.env.clone();
+    env.push(format!("{ENV_ATTEMPT}={}", w.attempts));
+    env.push(format!("{ENV_WORKLOAD}={}", w.spec.name));
+    let req = CreateVm { image: w.spec.image, name: String::from(w.spec.name.as_str()), vcpus: w.spec.vcpus, memory_mib: w.spec.memory_mib, args: w.spec.args.clone(), env };
+    match vmm.create(&req) {
+        Some(vm) => {
+            w.vm = Some(vm);
+            w.state = State::Starting;
+            note(w, &format!("starting: attempt {}\n", w.attempts));
+        }
+        None => {
+            w.vm = None;
+            w.ended_ms = now_ms;
+            w.state = State::Failed;
+            w.exit = Some(ExitStatus::CreateFailed);
+            note(w, "the kernel refused to create its microVM\n");
+            if let Decision::Restart { at_ms, .. } = w.restarts.decide(w.spec.restart, ExitStatus::CreateFailed, false, 0, now_ms) {
+                w.restart_at = Some(at_ms);
+                w.state = State::Starting;
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! What a client asks to run: the workload spec, and its checks.
+
+use crate::{Digest, Error};
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// Longest workload name (a valid hostname: the guest gets it as its hostname).
+pub const NAME_MAX: usize = 63;
+/// vCPUs a spec may ask for (the node runs one vCPU per microVM today: `workd` refuses more
+/// with [`Error::Unsupported`]).
+pub const VCPUS_MAX: u8 = 64;
+/// Guest memory bounds in MiB (a Linux guest with catenary-init needs about 32).
+pub const MEMORY_MIN_MIB: u32 = 32;
+pub const MEMORY_MAX_MIB: u32 = 16384;
+/// Environment and argument overrides: entries and bytes per entry.
+pub const ENV_MAX: usize = 64;
+pub const ARGS_MAX: usize = 64;
+pub const ENTRY_MAX: usize = 1024;
+/// Restart limit an `on-failure` policy may name.
+pub const RESTART_LIMIT_MAX: u32 = 1000;
+/// Variables `workd` sets in every run's environment (a spec may not set them).
+pub const ENV_ATTEMPT: &str = "CATENARY_ATTEMPT";
+pub const ENV_WORKLOAD: &str = "CATENARY_WORKLOAD";
+
+/// When a workload that ended is started again (with [`crate::restart::backoff_ms`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Never.
+    No,
+    /// When it failed (anything but exit code 0), at most `limit` times in a row.
+    OnFailure { limit: u32 },
+    /// Whenever it ended, however it ended (unless stopped by a request).
+    Always,
+}
+
+/// A workload to create (`Request::Create`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// Its name: unique on the node, 1..=[`NAME_MAX`] of `[a-z0-9-]`, not starting with `-`.
+    pub name: String,
+    /// The image in the node's store.
+    pub image: Digest,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// `NAME=value` entries: a NAME the image sets is replaced, others are appended.
+    pub env: Vec<String>,
+    /// Replaces the image's `cmd` when present (`docker run IMAGE ARGS`).
+    pub args: Option<Vec<String>>,
+    pub restart: RestartPolicy,
+}
+
+/// Whether `name` may name a workload.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_MAX
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn valid_entry(s: &str) -> bool {
+    s.len() <= ENTRY_MAX && !s.contains('\0')
+}
+
+impl WorkloadSpec {
+    /// Check every field; the error names the first field that is wrong.
+    pub fn check(&self) -> Result<(), Error> {
+        if !valid_name(&self.name) {
+            return Err(Error::BadSpec(SpecError::Name));
+        }
+        if self.vcpus == 0 || self.vcpus > VCPUS_MAX {
+            return Err(Error::BadSpec(SpecError::Vcpus));
+        }
+        if self.memory_mib < MEMORY_MIN_MIB || self.memory_mib > MEMORY_MAX_MIB {
+            return Err(Error::BadSpec(SpecError::Memory));
+        }
+        if self.env.len() > ENV_MAX {
+            return Err(Error::BadSpec(SpecError::Env));
+        }
+        for e in &self.env {
+            let Some((k, _)) = e.split_once('=') else { return Err(Error::BadSpec(SpecError::Env)) };
+            let key_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !k.as_bytes()[0].is_ascii_digit();
+            if !key_ok || !valid_entry(e) || k == ENV_ATTEMPT || k == ENV_WORKLOAD {
+                return Err(Error::BadSpec(SpecError::Env));
+            }
+        }
+        if let Some(a) = &self.args {
+            if a.len() > ARGS_MAX || !a.iter().all(|s| valid_entry(s)) {
+                return Err(Error::BadSpec(SpecError::Args));
+            }
+        }
+        if let RestartPolicy::OnFailure { limit } = self.restart {
+            if limit > RESTART_LIMIT_MAX {
+                return Err(Error::BadSpec(SpecError::Restart));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which field of a spec is wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecError {
+    Name,
+    Vcpus,
+    Memory,
+    Env,
+    Args,
+    Restart,
+}
+
+impl SpecError {
+    pub fn message(self) -> &'static str {
+        match self {
+            SpecError::Name => "name: 1-63 of [a-z0-9-], not starting with '-'",
+            SpecError::Vcpus => "vcpus: 1-64",
+            SpecError::Memory => "memory: 32-16384 MiB",
+            SpecError::Env => "env: at most 64 NAME=value entries of at most 1024 bytes, NAME of [A-Za-z0-9_] (CATENARY_* reserved)",
+            SpecError::Args => "args: at most 64 arguments of at most 1024 bytes, no NUL",
+            SpecError::Restart => "restart: on-failure limit at most 1000",
+        }
+    }
+}

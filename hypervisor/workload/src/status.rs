@@ -1,0 +1,127 @@
+//! A workload's states and the status record the service reports.
+
+use crate::spec::RestartPolicy;
+use crate::Digest;
+use alloc::string::String;
+use serde::{Deserialize, Serialize};
+
+/// The node-wide handle of a workload (never reused while the service runs).
+pub type WorkloadId = u32;
+
+/// Where a workload is in its life.
+///
+/// ```text
+/// created --start--> starting --(guest init READY)--> running --(ended)--> exited | failed
+///                       ^                                 |stop              |
+///                       |                             stopping --(ended)--> exited
+///                       +--------(restart policy, after the backoff delay)---+
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// Admitted and named; no microVM yet.
+    Created,
+    /// Its microVM is being created and booted, or a restart waits for its backoff delay
+    /// ([`Status::restart_in_ms`]).
+    Starting,
+    /// The guest init reported that it runs the entrypoint.
+    Running,
+    /// A stop was asked for: the stop signal, then power-off after the grace period.
+    Stopping,
+    /// The workload ended and reported how (an exit code or a signal), or was stopped.
+    Exited,
+    /// Its microVM could not be created, or ended without the init's report (the guest
+    /// crashed, the init failed, the node ran out of memory).
+    Failed,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Exited => "exited",
+            State::Failed => "failed",
+        }
+    }
+    /// Whether a microVM of it may exist (created, and not yet ended).
+    pub fn active(self) -> bool {
+        matches!(self, State::Starting | State::Running | State::Stopping)
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// The entrypoint exited with this status.
+    Code(i32),
+    /// A signal killed the entrypoint.
+    Signal(i32),
+    /// The guest init could not run it (126 not executable, 127 not found, 1 otherwise).
+    InitFailed(i32),
+    /// The microVM ended without the init's report (guest crash, triple fault, reboot).
+    Crashed,
+    /// The node powered the microVM off (a stop whose grace period ran out, or no stop signal).
+    PoweredOff,
+    /// The microVM could not be created (the kernel refused: no memory, bad image).
+    CreateFailed,
+}
+
+impl ExitStatus {
+    /// A clean end: exit code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl core::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
+            ExitStatus::InitFailed(s) => write!(f, "init failed (status {s})"),
+            ExitStatus::Crashed => write!(f, "crashed (no exit report)"),
+            ExitStatus::PoweredOff => write!(f, "powered off by the node"),
+            ExitStatus::CreateFailed => write!(f, "microVM not created"),
+        }
+    }
+}
+
+/// The status record (`Request::Status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: WorkloadId,
+    pub name: String,
+    pub image: Digest,
+    pub state: State,
+    /// How the last run ended (None before the first end).
+    pub exit: Option<ExitStatus>,
+    /// Restarts by the policy since the last `start`.
+    pub restarts: u32,
+    /// Runs since it was created (the current one included).
+    pub attempts: u32,
+    pub restart: RestartPolicy,
+    /// Time since the current run's microVM was created, or how long the last run lasted.
+    pub uptime_ms: u64,
+    /// Guest RAM the microVM touched (populated), as the kernel last reported it.
+    pub memory_touched: u64,
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    /// When a restart is waiting for its backoff delay: the time left.
+    pub restart_in_ms: Option<u64>,
+    /// Log bytes written since creation, and the oldest byte still in its ring.
+    pub log_end: u64,
+    pub log_start: u64,
+}
+
+/// One line of `Request::List`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub id: WorkloadId,
+    pub name: String,
+    pub state: State,
+    pub exit: Option<ExitStatus>,
+    pub restarts: u32,
+    pub memory_mib: u32,
+}

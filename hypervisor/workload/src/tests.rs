@@ -1,0 +1,348 @@
+//! The service as a whole, over the simulated kernel of [`crate::fuzzing`].
+
+use crate::fuzzing::{image, service, SimKernel};
+use crate::logring::Stream;
+use crate::proto::*;
+use crate::service::KILL_GRACE_MS;
+use crate::spec::*;
+use crate::status::*;
+use crate::vmctl::{self, Event, VmEvent};
+use crate::Digest;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+fn spec(name: &str, mib: u32, restart: RestartPolicy) -> WorkloadSpec {
+    WorkloadSpec { name: name.into(), image: image(), vcpus: 1, memory_mib: mib, env: vec!["A=1".into()], args: Some(vec!["flaky".into()]), restart }
+}
+
+fn status(s: &mut crate::service::Service, k: &mut SimKernel, name: &str, now: u64) -> Status {
+    match s.handle(Request::Status(Target::Name(name.into())), now, k) {
+        Ok(Reply::Status(st)) => st,
+        r => panic!("{r:?}"),
+    }
+}
+
+fn end(s: &mut crate::service::Service, k: &mut SimKernel, vm: u64, exit: Option<vmctl::Exit>, how: vmctl::Ended, now: u64) {
+    if let Some(e) = exit {
+        s.on_event(VmEvent { vm, event: Event::Exit(e) }, now, k);
+    }
+    k.alive.retain(|v| *v != vm);
+    s.on_event(VmEvent { vm, event: Event::Ended { how, touched_bytes: 5 << 20, wall_ms: 10 } }, now, k);
+}
+
+#[test]
+fn on_failure_fails_twice_then_succeeds_two_restarts() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    let id = match s.handle(Request::Create(spec("flaky", 64, RestartPolicy::OnFailure { limit: 5 })), 0, &mut k) {
+        Ok(Reply::Created(id)) => id,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(status(&mut s, &mut k, "flaky", 0).state, State::Created);
+    s.handle(Request::Start(Target::Id(id)), 0, &mut k).unwrap();
+    let mut now = 0;
+    for attempt in 1..=3u32 {
+        let vm = k.next;
+        // the attempt number reaches the guest in its env (after the spec's own entries)
+        let c = k.created.last().unwrap();
+        assert_eq!(c.env, vec![String::from("A=1"), format!("CATENARY_ATTEMPT={attempt}"), String::from("CATENARY_WORKLOAD=flaky")]);
+        assert_eq!(c.args.as_deref(), Some(&[String::from("flaky")][..]));
+        assert_eq!(status(&mut s, &mut k, "flaky", now).state, State::Starting);
+        s.on_event(VmEvent { vm, event: Event::Ready }, now, &mut k);
+        assert_eq!(status(&mut s, &mut k, "flaky", now).state, State::Running);
+        s.on_event(VmEvent { vm, event: Event::Log { stream: Stream::Stdout, line: format!("attempt {attempt}").into_bytes() } }, now, &mut k);
+        now += 1000;
+        let code = if attempt < 3 { 1 } else { 0 };
+        end(&mut s, &mut k, vm, Some(vmctl::Exit::Code(code)), vmctl::Ended::PowerOff, now);
+        let st = status(&mut s, &mut k, "flaky", now);
+        if attempt < 3 {
+            assert_eq!(st.state, State::Starting, "waiting for the backoff");
+            assert_eq!(st.exit, Some(ExitStatus::Code(1)));
+            let delay = crate::restart::backoff_ms(attempt);
+            assert_eq!(st.restart_in_ms, Some(delay));
+            // not before the delay
+            assert_eq!(s.tick(now + delay - 1, &mut k), Some(now + delay));
+            assert_eq!(k.created.len() as u32, attempt);
+            now += delay;
+            assert_eq!(s.tick(now, &mut k), None);
+            assert_eq!(k.created.len() as u32, attempt + 1);
+        } else {
+            assert_eq!(st.state, State::Exited);
+            assert_eq!(st.exit, Some(ExitStatus::Code(0)));
+            assert_eq!(st.restarts, 2);
+            assert_eq!(st.attempts, 3);
+            assert_eq!(st.uptime_ms, 1000);
+            assert_eq!(st.memory_touched, 5 << 20);
+        }
+    }
+    let logs = match s.handle(Request::Logs { target: Target::Id(id), cursor: 0, max: 10_000 }, now, &mut k) {
+        Ok(Reply::Logs(c)) => c,
+        r => panic!("{r:?}"),
+    };
+    let out: Vec<&[u8]> = logs.records.iter().filter(|r| r.stream == Stream::Stdout).map(|r| &r.data[..]).collect();
+    assert_eq!(out, [&b"attempt 1\n"[..], b"attempt 2\n", b"attempt 3\n"]);
+    let list = match s.handle(Request::List, now, &mut k) {
+        Ok(Reply::List(l)) => l,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(list[0].restarts, 2);
+}
+
+#[test]
+fn on_failure_limit_and_failed_state() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    s.handle(Request::Create(spec("f", 64, RestartPolicy::OnFailure { limit: 1 })), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("f".into())), 0, &mut k).unwrap();
+    end(&mut s, &mut k, 1, None, vmctl::Ended::Crashed, 10);
+    assert_eq!(status(&mut s, &mut k, "f", 10).state, State::Starting);
+    s.tick(10_000, &mut k);
+    end(&mut s, &mut k, 2, Some(vmctl::Exit::InitFailed(127)), vmctl::Ended::PowerOff, 10_010);
+    let st = status(&mut s, &mut k, "f", 20_000);
+    assert_eq!((st.state, st.exit, st.restarts), (State::Failed, Some(ExitStatus::InitFailed(127)), 1));
+    // start again: restarts count from 0
+    s.handle(Request::Start(Target::Name("f".into())), 20_000, &mut k).unwrap();
+    assert_eq!(status(&mut s, &mut k, "f", 20_000).restarts, 0);
+    assert_eq!(s.handle(Request::Start(Target::Name("f".into())), 20_000, &mut k), Err(Error::BadState(State::Starting)));
+}
+
+#[test]
+fn eight_workloads_each_with_its_own_log() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    for i in 0..8 {
+        let mut sp = spec(&format!("w{i}"), 64, RestartPolicy::No);
+        sp.args = Some(vec!["hello".into(), format!("w{i}")]);
+        s.handle(Request::Create(sp), 0, &mut k).unwrap();
+        s.handle(Request::Start(Target::Name(format!("w{i}"))), 0, &mut k).unwrap();
+    }
+    assert_eq!(s.vms(), 8);
+    // interleaved lines
+    for round in 0..3 {
+        for vm in 1..=8u64 {
+            s.on_event(VmEvent { vm, event: Event::Log { stream: Stream::Stdout, line: format!("vm{vm} line{round}").into_bytes() } }, 0, &mut k);
+        }
+    }
+    for i in 0..8u64 {
+        let c = match s.handle(Request::Logs { target: Target::Name(format!("w{i}")), cursor: 0, max: 4096 }, 0, &mut k) {
+            Ok(Reply::Logs(c)) => c,
+            r => panic!("{r:?}"),
+        };
+        let text: Vec<u8> = c.records.iter().filter(|r| r.stream == Stream::Stdout).flat_map(|r| r.data.clone()).collect();
+        assert_eq!(text, format!("vm{0} line0\nvm{0} line1\nvm{0} line2\n", i + 1).into_bytes());
+    }
+}
+
+#[test]
+fn admission_refusal_creates_nothing() {
+    let (mut s, mut k) = (service(1024), SimKernel::default()); // 960 MiB for workloads
+    for i in 0..8 {
+        s.handle(Request::Create(spec(&format!("w{i}"), 64, RestartPolicy::No)), 0, &mut k).unwrap();
+    }
+    let free = s.admission.free_mib();
+    assert_eq!(free, 960 - 8 * 68);
+    let r = s.handle(Request::Create(spec("big", 512, RestartPolicy::No)), 0, &mut k);
+    assert_eq!(r, Err(Error::NoMemory { need_mib: 516, free_mib: free }));
+    assert_eq!(s.admission.free_mib(), free);
+    assert_eq!(s.len(), 8);
+    assert_eq!(s.handle(Request::Status(Target::Name("big".into())), 0, &mut k), Err(Error::NoSuchWorkload));
+    // checks before admission commit nothing either
+    let mut bad = spec("w0", 64, RestartPolicy::No);
+    assert_eq!(s.handle(Request::Create(bad.clone()), 0, &mut k), Err(Error::NameInUse));
+    bad.name = "x".into();
+    bad.image = Digest([9; 32]);
+    assert_eq!(s.handle(Request::Create(bad.clone()), 0, &mut k), Err(Error::NoSuchImage));
+    bad.image = image();
+    bad.vcpus = 2;
+    assert_eq!(s.handle(Request::Create(bad), 0, &mut k), Err(Error::Unsupported));
+    assert_eq!(s.admission.free_mib(), free);
+    // destroying gives memory back
+    s.handle(Request::Destroy(Target::Name("w0".into())), 0, &mut k).unwrap();
+    assert_eq!(s.admission.free_mib(), free + 68);
+    assert!(k.created.is_empty(), "nothing was started");
+}
+
+#[test]
+fn workloads_max() {
+    let (mut s, mut k) = (service(100_000), SimKernel::default());
+    for i in 0..WORKLOADS_MAX {
+        s.handle(Request::Create(spec(&format!("w{i}"), 32, RestartPolicy::No)), 0, &mut k).unwrap();
+    }
+    assert_eq!(s.handle(Request::Create(spec("one-more", 32, RestartPolicy::No)), 0, &mut k), Err(Error::TooManyWorkloads));
+    let r = s.handle(Request::List, 0, &mut k);
+    assert!(encode_response(&r).unwrap().len() <= REPLY_MAX);
+}
+
+#[test]
+fn stop_signal_then_sigkill_then_power_off() {
+    let (mut s, mut k) = (service(1024), SimKernel { signals: true, ..Default::default() });
+    s.handle(Request::Create(spec("srv", 64, RestartPolicy::Always)), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("srv".into())), 0, &mut k).unwrap();
+    s.on_event(VmEvent { vm: 1, event: Event::Ready }, 0, &mut k);
+    s.handle(Request::Stop { target: Target::Name("srv".into()), grace_ms: Some(500) }, 100, &mut k).unwrap();
+    assert_eq!(status(&mut s, &mut k, "srv", 100).state, State::Stopping);
+    assert_eq!(s.tick(599, &mut k), Some(600));
+    assert_eq!(s.tick(600, &mut k), Some(600 + KILL_GRACE_MS), "SIGKILL asked");
+    assert!(k.killed.is_empty());
+    s.tick(600 + KILL_GRACE_MS, &mut k);
+    assert_eq!(k.killed, [1]);
+    end(&mut s, &mut k, 1, None, vmctl::Ended::Killed, 3000);
+    let st = status(&mut s, &mut k, "srv", 3000);
+    assert_eq!((st.state, st.exit, st.restarts), (State::Exited, Some(ExitStatus::PoweredOff), 0), "a stopped workload is not restarted, even with `always`");
+    assert_eq!(s.tick(100_000, &mut k), None);
+    assert_eq!(k.created.len(), 1);
+    // a workload that handles the signal exits on its own
+    s.handle(Request::Start(Target::Name("srv".into())), 4000, &mut k).unwrap();
+    s.handle(Request::Stop { target: Target::Name("srv".into()), grace_ms: None }, 4000, &mut k).unwrap();
+    end(&mut s, &mut k, 2, Some(vmctl::Exit::Code(0)), vmctl::Ended::PowerOff, 4100);
+    assert_eq!(status(&mut s, &mut k, "srv", 4100).exit, Some(ExitStatus::Code(0)));
+    assert_eq!(k.killed, [1]);
+}
+
+#[test]
+fn stop_without_signals_powers_off_at_once() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    s.handle(Request::Create(spec("srv", 64, RestartPolicy::No)), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("srv".into())), 0, &mut k).unwrap();
+    assert_eq!(s.handle(Request::Destroy(Target::Name("srv".into())), 0, &mut k), Err(Error::BadState(State::Starting)));
+    s.handle(Request::Stop { target: Target::Name("srv".into()), grace_ms: Some(GRACE_MAX_MS * 2) }, 5, &mut k).unwrap();
+    assert_eq!(k.killed, [1]);
+    assert_eq!(s.handle(Request::Destroy(Target::Name("srv".into())), 5, &mut k), Err(Error::BadState(State::Stopping)));
+    end(&mut s, &mut k, 1, None, vmctl::Ended::Killed, 50);
+    s.handle(Request::Destroy(Target::Name("srv".into())), 50, &mut k).unwrap();
+    assert!(s.is_empty());
+    // events of a VM nobody owns any more are ignored
+    s.on_event(VmEvent { vm: 1, event: Event::Ready }, 60, &mut k);
+}
+
+#[test]
+fn stop_during_backoff_cancels_the_restart() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    s.handle(Request::Create(spec("f", 64, RestartPolicy::Always)), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("f".into())), 0, &mut k).unwrap();
+    end(&mut s, &mut k, 1, Some(vmctl::Exit::Code(0)), vmctl::Ended::PowerOff, 10);
+    s.handle(Request::Stop { target: Target::Name("f".into()), grace_ms: None }, 20, &mut k).unwrap();
+    assert_eq!(s.tick(1_000_000, &mut k), None);
+    assert_eq!(k.created.len(), 1);
+    assert_eq!(status(&mut s, &mut k, "f", 30).state, State::Exited);
+}
+
+#[test]
+fn create_failure_is_reported() {
+    let (mut s, mut k) = (service(100_000), SimKernel::default());
+    s.handle(Request::Create(spec("huge", 8000, RestartPolicy::OnFailure { limit: 3 })), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("huge".into())), 0, &mut k).unwrap();
+    let st = status(&mut s, &mut k, "huge", 0);
+    assert_eq!((st.state, st.exit), (State::Failed, Some(ExitStatus::CreateFailed)));
+}
+
+#[test]
+fn every_request_round_trips() {
+    let t = Target::Name("w".into());
+    let reqs = [
+        Request::Create(spec("w", 64, RestartPolicy::OnFailure { limit: 3 })),
+        Request::Start(Target::Id(7)),
+        Request::Stop { target: t.clone(), grace_ms: None },
+        Request::Destroy(t.clone()),
+        Request::List,
+        Request::Status(t.clone()),
+        Request::Logs { target: t, cursor: u64::MAX, max: 5 },
+        Request::Images,
+    ];
+    for r in reqs {
+        let b = encode_request(&r).unwrap();
+        assert_eq!(decode_request(&b), Ok(r));
+    }
+    let resp: Response = Err(Error::NoMemory { need_mib: 1, free_mib: 2 });
+    assert_eq!(decode_response(&encode_response(&resp).unwrap()), Some(resp));
+}
+
+#[test]
+fn hostile_requests_are_errors() {
+    let good = encode_request(&Request::Create(spec("w", 64, RestartPolicy::No))).unwrap();
+    assert_eq!(decode_request(&[]), Err(Error::Malformed));
+    assert_eq!(decode_request(&[200]), Err(Error::Malformed), "unknown variant");
+    assert_eq!(decode_request(&good[..good.len() - 1]), Err(Error::Malformed), "truncated");
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert_eq!(decode_request(&trailing), Err(Error::Malformed), "trailing bytes");
+    // a Vec or string length prefix far beyond the input
+    let mut huge = vec![0u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    huge.extend_from_slice(&[b'a'; 32]);
+    assert_eq!(decode_request(&huge), Err(Error::Malformed));
+    // invalid UTF-8 in the name
+    let mut bad_utf8 = vec![5u8, 1, 3];
+    bad_utf8.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+    assert_eq!(decode_request(&bad_utf8), Err(Error::Malformed));
+    assert_eq!(decode_request(&vec![4u8; REQUEST_MAX + 1]), Err(Error::Malformed), "over the bound");
+    // valid encodings of invalid specs
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    let mut bad = |f: &dyn Fn(&mut WorkloadSpec), e: SpecError| {
+        let mut sp = spec("ok", 64, RestartPolicy::No);
+        f(&mut sp);
+        assert_eq!(s.handle(Request::Create(sp), 0, &mut k), Err(Error::BadSpec(e)));
+    };
+    bad(&|s| s.name = String::new(), SpecError::Name);
+    bad(&|s| s.name = "Upper".into(), SpecError::Name);
+    bad(&|s| s.name = "-x".into(), SpecError::Name);
+    bad(&|s| s.name = "a".repeat(64), SpecError::Name);
+    bad(&|s| s.vcpus = 0, SpecError::Vcpus);
+    bad(&|s| s.memory_mib = 1, SpecError::Memory);
+    bad(&|s| s.memory_mib = u32::MAX, SpecError::Memory);
+    bad(&|s| s.env = vec!["NOEQUALS".into()], SpecError::Env);
+    bad(&|s| s.env = vec!["=x".into()], SpecError::Env);
+    bad(&|s| s.env = vec!["1X=x".into()], SpecError::Env);
+    bad(&|s| s.env = vec!["CATENARY_ATTEMPT=9".into()], SpecError::Env);
+    bad(&|s| s.env = vec!["X=a\0b".into()], SpecError::Env);
+    bad(&|s| s.env = (0..65).map(|i| format!("X{i}=1")).collect(), SpecError::Env);
+    bad(&|s| s.args = Some(vec!["a".repeat(1025)]), SpecError::Args);
+    bad(&|s| s.args = Some((0..65).map(|_| String::new()).collect()), SpecError::Args);
+    bad(&|s| s.restart = RestartPolicy::OnFailure { limit: 1001 }, SpecError::Restart);
+    assert_eq!(s.len(), 0);
+    assert_eq!(s.handle(Request::Stop { target: Target::Id(99), grace_ms: None }, 0, &mut k), Err(Error::NoSuchWorkload));
+    assert_eq!(s.handle(Request::Destroy(Target::Name("nope".into())), 0, &mut k), Err(Error::NoSuchWorkload));
+    assert_eq!(s.handle(Request::Logs { target: Target::Id(0), cursor: u64::MAX, max: u32::MAX }, 0, &mut k), Err(Error::NoSuchWorkload));
+}
+
+#[test]
+fn log_reads_are_bounded_and_report_loss() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    s.handle(Request::Create(spec("chatty", 64, RestartPolicy::No)), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("chatty".into())), 0, &mut k).unwrap();
+    for i in 0..1000 {
+        s.on_event(VmEvent { vm: 1, event: Event::Log { stream: Stream::Stderr, line: vec![b'0' + (i % 10) as u8; 150] } }, 0, &mut k);
+    }
+    let c = match s.handle(Request::Logs { target: Target::Name("chatty".into()), cursor: 0, max: u32::MAX }, 0, &mut k) {
+        Ok(Reply::Logs(c)) => c,
+        r => panic!("{r:?}"),
+    };
+    assert!(c.lost > 140_000, "the 4 KiB ring kept only the newest lines ({} lost)", c.lost);
+    let bytes: usize = c.records.iter().map(|r| r.data.len()).sum();
+    assert!(bytes <= LOG_READ_MAX as usize && bytes > 3000);
+    assert!(encode_response(&Ok(Reply::Logs(c))).unwrap().len() <= REPLY_MAX);
+}
+
+#[test]
+fn fuzzing_inputs_never_panic() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for n in 0..3000 {
+        let len = (n % 300) + 1;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        crate::fuzzing::run(&data);
+    }
+    // a valid create + start + events sequence in fuzz-input form
+    let create = encode_request(&Request::Create(spec("a", 64, RestartPolicy::Always))).unwrap();
+    let start = encode_request(&Request::Start(Target::Name("a".into()))).unwrap();
+    let mut input = vec![0u8, create.len() as u8];
+    input.extend_from_slice(&create);
+    input.extend_from_slice(&[0, start.len() as u8]);
+    input.extend_from_slice(&start);
+    input.extend_from_slice(&[2, 8, 0, 4, 0, 0, 0, 0, 0, 0, 3, 8, 0xff, 0xff, 0, 0, 0, 0, 0, 0]);
+    crate::fuzzing::run(&input);
+}

@@ -1,0 +1,174 @@
+//! The kernel's VM-control interface: what the workload service (and only it: the capability
+//! carries the `VMCTL` right, which the manifest grants to one service) asks of the kernel, and
+//! the events the kernel sends back. The kernel keeps only mechanism: create a microVM from a
+//! verified image in its store, power it off, ask its init for a signal, and report what the
+//! guest did. Restarts, admission, logs and names live in the service.
+//!
+//! `SYS_VM(slot, op, buf, len, arg)` (syscall 21); `slot` holds the caller's capability with
+//! the VMCTL right on its own endpoint; `buf`/`len` name the caller's memory (checked page by
+//! page like every syscall argument). Records are postcard, at most [`RECORD_MAX`] bytes.
+//!
+//! | op | in | out (rax) |
+//! |---|---|---|
+//! | [`OP_INFO`] | — | [`NodeInfo`] in buf; bytes written |
+//! | [`OP_IMAGES`] | — | `Vec<ImageInfo>` in buf; bytes written |
+//! | [`OP_CREATE`] | [`CreateVm`] in buf | the VM's handle (≥ 1) |
+//! | [`OP_KILL`] | arg = handle | 0: it is being powered off |
+//! | [`OP_SIGNAL`] | arg = handle, len = signal (0: the image's StopSignal) | 0, or `ERR_UNSUPPORTED` |
+//! | [`OP_EVENTS`] | — | `Vec<VmEvent>` in buf (as many as fit); bytes written, 0 = none |
+//! | [`OP_TOUCHED`] | arg = handle | guest RAM bytes the VM has touched |
+//!
+//! Events wait in one bounded queue per owner; when it goes from empty to non-empty the kernel
+//! notifies the owner's endpoint ([`EVENT_BIT`]). Log lines beyond [`QUEUE_LOG_BYTES`] are
+//! dropped and counted ([`Event::Lost`]); READY, EXIT and ENDED are never dropped (at most
+//! [`VMS_MAX`] microVMs each send at most three).
+
+use crate::logring::Stream;
+use crate::Digest;
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+pub const OP_INFO: u64 = 1;
+pub const OP_IMAGES: u64 = 2;
+pub const OP_CREATE: u64 = 3;
+pub const OP_KILL: u64 = 4;
+pub const OP_SIGNAL: u64 = 5;
+pub const OP_EVENTS: u64 = 6;
+pub const OP_TOUCHED: u64 = 7;
+
+/// The kernel has no way (yet) to do this (`OP_SIGNAL` before the host → guest channel).
+pub const ERR_UNSUPPORTED: u64 = 102;
+
+/// Largest record either way.
+pub const RECORD_MAX: usize = 64 * 1024;
+/// MicroVMs one owner may have at once.
+pub const VMS_MAX: usize = 32;
+/// Log bytes the event queue holds before it drops lines.
+pub const QUEUE_LOG_BYTES: usize = 256 * 1024;
+/// The notification bit the kernel sets on the owner's endpoint when events wait.
+pub const EVENT_BIT: u64 = 1 << 8;
+
+pub type VmHandle = u64;
+
+/// `OP_INFO`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    pub cpus: u32,
+    /// vCPUs a microVM may have.
+    pub max_vcpus: u8,
+    pub images: u32,
+    pub vms: u32,
+}
+
+/// `OP_CREATE`: a microVM running image `image` under catenary-init.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateVm {
+    pub image: Digest,
+    /// Its name in the node's log and its hostname (a workload name).
+    pub name: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub args: Option<Vec<String>>,
+    pub env: Vec<String>,
+}
+
+/// How a microVM ended, as the kernel saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ended {
+    /// The guest powered off (catenary-init does after reporting).
+    PowerOff,
+    /// Reset, triple fault, a device-model error: the guest did not end on its own terms.
+    Crashed,
+    /// `OP_KILL`.
+    Killed,
+    /// A host allocation it needed failed.
+    OutOfMemory,
+    /// It could not be created (guest RAM, loading the kernel).
+    CreateFailed,
+}
+
+/// What the guest init reported as the workload's end (the channel's EXIT frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    InitFailed(i32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// One log line (at most 160 bytes, without its newline).
+    Log { stream: Stream, line: Vec<u8> },
+    /// Log bytes the queue dropped for this VM since its last delivered line.
+    Lost { bytes: u64 },
+    /// catenary-init is about to run the entrypoint.
+    Ready,
+    Exit(Exit),
+    /// The microVM is gone (its last event).
+    Ended { how: Ended, touched_bytes: u64, wall_ms: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmEvent {
+    pub vm: VmHandle,
+    pub event: Event,
+}
+
+/// Decode a record (hostile bytes: errors, never panics; trailing bytes are an error).
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+    if bytes.len() > RECORD_MAX {
+        return None;
+    }
+    match postcard::take_from_bytes(bytes) {
+        Ok((v, [])) => Some(v),
+        _ => None,
+    }
+}
+
+/// Encode a record (None if it would exceed [`RECORD_MAX`]).
+pub fn encode<T: Serialize>(v: &T) -> Option<Vec<u8>> {
+    postcard::to_allocvec(v).ok().filter(|b| b.len() <= RECORD_MAX)
+}
+
+/// Events that fit in `max` bytes, as one record; how many were taken.
+pub fn encode_events(events: &[VmEvent], max: usize) -> (Vec<u8>, usize) {
+    let mut n = events.len();
+    loop {
+        if let Ok(b) = postcard::to_allocvec(&events[..n]) {
+            if b.len() <= max.min(RECORD_MAX) || n == 0 {
+                return if b.len() <= max { (b, n) } else { (Vec::new(), 0) };
+            }
+        }
+        if n == 0 {
+            return (Vec::new(), 0);
+        }
+        n = n * 3 / 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn records_round_trip_and_refuse_junk() {
+        let c = CreateVm { image: Digest([7; 32]), name: "w1".into(), vcpus: 1, memory_mib: 64, args: Some(vec!["a".into()]), env: vec!["X=1".into()] };
+        let b = encode(&c).unwrap();
+        assert_eq!(decode::<CreateVm>(&b), Some(c));
+        let mut t = b.clone();
+        t.push(0);
+        assert_eq!(decode::<CreateVm>(&t), None, "trailing bytes");
+        assert_eq!(decode::<CreateVm>(&b[..b.len() - 1]), None);
+        assert_eq!(decode::<CreateVm>(&[0xff; 40]), None);
+        let evs: Vec<VmEvent> = (0..100).map(|i| VmEvent { vm: i, event: Event::Log { stream: Stream::Stdout, line: vec![b'x'; 100] } }).collect();
+        let (b, n) = encode_events(&evs, 4096);
+        assert!(b.len() <= 4096 && n > 10 && n < 100);
+        assert_eq!(decode::<Vec<VmEvent>>(&b).unwrap().len(), n);
+        assert_eq!(encode_events(&evs, 3).1, 0);
+        assert_eq!(encode_events(&[], 100).1, 0);
+    }
+}
