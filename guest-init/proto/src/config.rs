@@ -95,7 +95,8 @@ pub struct RunSpec {
     pub nameservers: Vec<Ipv6Addr>,
     pub rootfs_device: String,
     pub channel: String,
-    pub stop_signal: String,
+    /// The image's StopSignal as a number (what a STOP request from the node delivers).
+    pub stop_signal: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +217,9 @@ impl RunSpec {
         check_path("rootfsDevice", &rootfs_device)?;
         let channel = node.channel.clone().unwrap_or_else(|| "/dev/hvc1".into());
         check_path("channel", &channel)?;
+        let Some(stop_signal) = crate::signal::parse(&image.stop_signal) else {
+            return err(format!("stopSignal {:?} is not a signal", image.stop_signal));
+        };
         Ok(RunSpec {
             argv,
             env,
@@ -226,7 +230,7 @@ impl RunSpec {
             nameservers: node.nameservers.clone(),
             rootfs_device,
             channel,
-            stop_signal: image.stop_signal.clone(),
+            stop_signal,
         })
     }
 }
@@ -249,6 +253,10 @@ mod tests {
         assert_eq!(spec.hostname, "catenary");
         assert_eq!(spec.rootfs_device, "/dev/vda");
         assert_eq!(spec.channel, "/dev/hvc1");
+        assert_eq!(spec.stop_signal, 15);
+        let mut c = c;
+        c.stop_signal = "SIGUSR1".into();
+        assert_eq!(RunSpec::resolve(&c, &NodeConfig { version: 1, ..Default::default() }).unwrap().stop_signal, 10);
     }
 
     #[test]
@@ -297,6 +305,9 @@ mod tests {
         let mut c = base.clone();
         c.cmd = vec!["a\0b".into()];
         assert!(RunSpec::resolve(&c, &node).unwrap_err().0.contains("NUL"));
+        let mut c = base.clone();
+        c.stop_signal = "SIGNOPE".into();
+        assert!(RunSpec::resolve(&c, &node).unwrap_err().0.contains("stopSignal"));
         let n = NodeConfig { version: 1, hostname: Some("bad host".into()), ..Default::default() };
         assert!(RunSpec::resolve(&base, &n).unwrap_err().0.contains("hostname"));
         let n = NodeConfig { version: 1, args: Some(vec!["x".into(); MAX_ARGS]), ..Default::default() };

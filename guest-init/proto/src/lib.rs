@@ -3,12 +3,15 @@
 //!
 //! - [`wire`]: the **workload channel**, a framed byte stream the init writes on a dedicated
 //!   virtio-console device: the workload's stdout and stderr, `ready`, and its exit status.
-//!   `no_std`, no allocation; the node decodes it as hostile input.
+//!   `no_std`, no allocation; the node decodes it as hostile input. The node sends the
+//!   other way on the same device: STOP and SIGNAL requests.
+//! - [`signal`]: the image's `StopSignal` spellings.
 //! - `config` (feature `config`): the run configuration the init reads: the image's
 //!   `config.json` (docs/images.md) and the node's overrides (`node.json`).
 #![cfg_attr(not(feature = "config"), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod signal;
 pub mod wire;
 
 #[cfg(feature = "config")]

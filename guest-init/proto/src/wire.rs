@@ -15,6 +15,18 @@
 //! type 5  INIT    payload = UTF-8 text: the init's own error messages (len <= MAX_PAYLOAD)
 //! ```
 //!
+//! The other direction, node → guest, uses the same framing on the device's receive queue; the
+//! node is its only writer and the init its only reader:
+//!
+//! ```text
+//! type 16 STOP    len = 0: deliver the image's StopSignal (the run config's; SIGTERM by
+//!                 default) to the workload's process group
+//! type 17 SIGNAL  len = 1: signo:u8 (1..=MAX_SIGNAL): deliver this signal to the workload's
+//!                 process group (the node's stop sends SIGKILL this way after its grace period)
+//! ```
+//!
+//! The init decodes it with [`CommandDecoder`], which is just as defensive (the node is trusted
+//! more than the guest, but a parser never assumes its input is well formed).
 //! The node decodes the stream with [`Decoder`]: bytes before a valid header are skipped and
 //! counted, a frame with an unknown type is skipped whole, a known type with an impossible
 //! length is counted as bad and skipped; nothing panics, nothing allocates, and the state is a
@@ -33,6 +45,14 @@ pub const T_STDERR: u8 = 2;
 pub const T_READY: u8 = 3;
 pub const T_EXIT: u8 = 4;
 pub const T_INIT: u8 = 5;
+/// Node → guest: deliver the image's StopSignal.
+pub const T_STOP: u8 = 16;
+/// Node → guest: deliver the signal in the 1-byte payload.
+pub const T_SIGNAL: u8 = 17;
+/// Largest signal number a SIGNAL frame carries (Linux's SIGRTMAX on x86-64).
+pub const MAX_SIGNAL: u8 = 64;
+/// SIGKILL's number on Linux (the node's last word before it powers a VM off).
+pub const SIGKILL: u8 = 9;
 
 /// Which stream a data frame belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +140,128 @@ pub fn encode_exit(e: WorkloadExit) -> [u8; HEADER + 5] {
     let h = header(T_EXIT, 5);
     let p = e.to_payload();
     [h[0], h[1], h[2], h[3], p[0], p[1], p[2], p[3], p[4]]
+}
+
+/// The STOP frame (node → guest).
+pub fn encode_stop() -> [u8; HEADER] {
+    header(T_STOP, 0)
+}
+
+/// The SIGNAL frame (node → guest); `None` for a number outside 1..=[`MAX_SIGNAL`].
+pub fn encode_signal(signo: u8) -> Option<[u8; HEADER + 1]> {
+    if signo == 0 || signo > MAX_SIGNAL {
+        return None;
+    }
+    let h = header(T_SIGNAL, 1);
+    Some([h[0], h[1], h[2], h[3], signo])
+}
+
+/// A request from the node (node → guest direction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Deliver the image's StopSignal.
+    Stop,
+    /// Deliver this signal (1..=[`MAX_SIGNAL`]).
+    Signal(u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CmdState {
+    Sync,
+    Header(usize),
+    /// The 1-byte payload of a SIGNAL frame.
+    Signal,
+    Skip(usize),
+}
+
+/// Counters of what the [`CommandDecoder`] refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandStats {
+    pub garbage_bytes: u64,
+    /// STOP with a payload, SIGNAL of another length or with a number outside 1..=64.
+    pub bad_frames: u64,
+    pub unknown_frames: u64,
+    pub frames: u64,
+}
+
+/// Streaming decoder of the node → guest direction (the init's side). Fixed-size state; bytes
+/// before a header are skipped, unknown frames are skipped whole, bad ones are counted and
+/// skipped; nothing panics or allocates.
+#[derive(Debug, Clone)]
+pub struct CommandDecoder {
+    state: CmdState,
+    hdr: [u8; HEADER],
+    pub stats: CommandStats,
+}
+
+impl Default for CommandDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CommandDecoder {
+    pub const fn new() -> Self {
+        CommandDecoder { state: CmdState::Sync, hdr: [0; HEADER], stats: CommandStats { garbage_bytes: 0, bad_frames: 0, unknown_frames: 0, frames: 0 } }
+    }
+
+    /// Feed bytes read from the channel; `cmd` is called for every valid request, in order.
+    pub fn feed(&mut self, mut input: &[u8], cmd: &mut dyn FnMut(Command)) {
+        while let Some((&b, rest)) = input.split_first() {
+            match self.state {
+                CmdState::Sync => {
+                    let skip = input.iter().position(|&b| b == MAGIC).unwrap_or(input.len());
+                    self.stats.garbage_bytes += skip as u64;
+                    input = &input[skip..];
+                    if let Some(r) = input.get(1..) {
+                        self.hdr[0] = MAGIC;
+                        self.state = CmdState::Header(1);
+                        input = r;
+                    }
+                }
+                CmdState::Header(n) => {
+                    self.hdr[n] = b;
+                    input = rest;
+                    if n + 1 < HEADER {
+                        self.state = CmdState::Header(n + 1);
+                        continue;
+                    }
+                    let len = u16::from_le_bytes([self.hdr[2], self.hdr[3]]) as usize;
+                    self.state = match (self.hdr[1], len) {
+                        (T_STOP, 0) => {
+                            self.stats.frames += 1;
+                            cmd(Command::Stop);
+                            CmdState::Sync
+                        }
+                        (T_SIGNAL, 1) => CmdState::Signal,
+                        (T_STOP | T_SIGNAL, _) => {
+                            self.stats.bad_frames += 1;
+                            if len == 0 { CmdState::Sync } else { CmdState::Skip(len) }
+                        }
+                        (_, _) => {
+                            self.stats.unknown_frames += 1;
+                            if len == 0 { CmdState::Sync } else { CmdState::Skip(len) }
+                        }
+                    };
+                }
+                CmdState::Signal => {
+                    input = rest;
+                    self.state = CmdState::Sync;
+                    if b == 0 || b > MAX_SIGNAL {
+                        self.stats.bad_frames += 1;
+                    } else {
+                        self.stats.frames += 1;
+                        cmd(Command::Signal(b));
+                    }
+                }
+                CmdState::Skip(left) => {
+                    let take = left.min(input.len());
+                    input = &input[take..];
+                    self.state = if left == take { CmdState::Sync } else { CmdState::Skip(left - take) };
+                }
+            }
+        }
+    }
 }
 
 /// What the decoder found.
@@ -376,6 +518,52 @@ mod tests {
         assert_eq!(d.stats.extra_exits, 1);
     }
 
+    fn commands_in_pieces(bytes: &[u8], piece: usize) -> (Vec<Command>, CommandDecoder) {
+        let mut d = CommandDecoder::new();
+        let mut got = Vec::new();
+        for c in bytes.chunks(piece.max(1)) {
+            d.feed(c, &mut |x| got.push(x));
+        }
+        (got, d)
+    }
+
+    #[test]
+    fn commands_round_trip_in_any_piece_size() {
+        let mut v = Vec::new();
+        v.extend_from_slice(&encode_stop());
+        v.extend_from_slice(&encode_signal(SIGKILL).unwrap());
+        v.extend_from_slice(&encode_signal(MAX_SIGNAL).unwrap());
+        v.extend_from_slice(&encode_stop());
+        assert_eq!(v, [MAGIC, T_STOP, 0, 0, MAGIC, T_SIGNAL, 1, 0, 9, MAGIC, T_SIGNAL, 1, 0, 64, MAGIC, T_STOP, 0, 0]);
+        for piece in 1..=v.len() {
+            let (got, d) = commands_in_pieces(&v, piece);
+            assert_eq!(got, [Command::Stop, Command::Signal(9), Command::Signal(64), Command::Stop], "piece {piece}");
+            assert_eq!(d.stats, CommandStats { frames: 4, ..Default::default() });
+        }
+        assert_eq!(encode_signal(0), None);
+        assert_eq!(encode_signal(65), None);
+    }
+
+    #[test]
+    fn bad_commands_are_skipped() {
+        let mut v = Vec::new();
+        v.extend_from_slice(b"noise");
+        v.extend_from_slice(&[MAGIC, T_STOP, 2, 0, MAGIC, MAGIC]); // STOP with a payload: bad, payload skipped
+        v.extend_from_slice(&[MAGIC, T_SIGNAL, 1, 0, 0]); // signal 0: bad
+        v.extend_from_slice(&[MAGIC, T_SIGNAL, 1, 0, 65]); // above SIGRTMAX: bad
+        v.extend_from_slice(&[MAGIC, T_SIGNAL, 2, 0, 15, 15]); // two bytes: bad, skipped
+        v.extend_from_slice(&[MAGIC, T_STDOUT, 3, 0, MAGIC, T_STOP, 0]); // a guest → node type: unknown, skipped whole
+        v.extend_from_slice(&[MAGIC, 0x99, 0, 0]); // unknown, empty
+        v.extend_from_slice(&encode_signal(15).unwrap());
+        let (got, d) = commands_in_pieces(&v, 3);
+        assert_eq!(got, [Command::Signal(15)]);
+        assert_eq!(d.stats, CommandStats { garbage_bytes: 5, bad_frames: 4, unknown_frames: 2, frames: 1 });
+        // The guest → node decoder never takes a command frame for its own.
+        let (s, d) = decode_in_pieces(&v, 7);
+        assert_eq!((s.exits.len(), s.ready), (0, 0));
+        assert!(d.stats.unknown_frames >= 1);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic() {
         // A cheap sweep beside the cargo-fuzz target (hypervisor/vmm/fuzz chan_decode).
@@ -396,6 +584,9 @@ mod tests {
                 .collect();
             let (_s, d) = decode_in_pieces(&bytes, 1 + round % 17);
             assert!(d.stats.garbage_bytes <= bytes.len() as u64);
+            let (got, d) = commands_in_pieces(&bytes, 1 + round % 13);
+            assert!(d.stats.garbage_bytes <= bytes.len() as u64);
+            assert!(got.iter().all(|c| matches!(c, Command::Stop) || matches!(c, Command::Signal(1..=MAX_SIGNAL))));
         }
     }
 }

@@ -386,6 +386,8 @@ pub fn loaders(data: &[u8]) {
 /// the guest's queue layout from the input) whose transmitted bytes go through the decoder
 /// and line splitter (`crate::workload`). The first input byte picks how the rest is split
 /// into chunks before decoding; the decoder must never panic and lines stay bounded.
+/// The other direction too: the same bytes through the init's command decoder, and node → init
+/// frames delivered into receive buffers the input describes (bounded, never a panic).
 pub fn workload_channel(data: &[u8]) {
     let mut b = Bytes::new(data);
     let step = 1 + b.u8() as usize;
@@ -415,4 +417,21 @@ pub fn workload_channel(data: &[u8]) {
         }
         log.feed(&buf[..n], &mut |_, l| assert!(l.len() <= crate::console::MAX_OUT_LINE));
     }
+    // Node → guest: the init's decoder on arbitrary bytes accepts only valid requests.
+    let mut cmds = catenary_guest_proto::wire::CommandDecoder::new();
+    for c in rest.chunks(step) {
+        cmds.feed(c, &mut |c| assert!(!matches!(c, catenary_guest_proto::wire::Command::Signal(0) | catenary_guest_proto::wire::Command::Signal(65..))));
+    }
+    // … and requests queued on a receive queue the input laid out (queue 0).
+    for (off, v) in [(0x30u64, 0u64), (0x38, 16), (0x80, 0x400), (0x90, 0x500), (0xa0, 0x600), (0x44, 1), (0x50, 0)] {
+        t.write(off, 4, v, &mut mem);
+    }
+    if let Device::Console(c) = &mut t.dev {
+        for i in 0..200u8 {
+            let f = catenary_guest_proto::wire::encode_signal(1 + i % 64).unwrap_or_default();
+            let _ = if i % 3 == 0 { c.push_frame(&catenary_guest_proto::wire::encode_stop()) } else { c.push_frame(&f) };
+            assert!(c.input.len() <= crate::virtio::console::MAX_CHANNEL_INPUT);
+        }
+    }
+    t.kick_rx(&mut mem);
 }

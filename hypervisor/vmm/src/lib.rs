@@ -96,6 +96,7 @@ pub mod mem;
 pub mod msr;
 pub mod paging;
 pub mod virtio;
+pub mod stop;
 pub mod svm_exit;
 pub mod vm;
 pub mod vmx_exit;

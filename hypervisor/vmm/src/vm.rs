@@ -342,6 +342,29 @@ impl MicroVm {
         self.sync_irqs();
     }
 
+    /// Send one node → init frame (STOP, SIGNAL: `guest_proto::wire`) on the workload channel's
+    /// receive queue. `false` when the VM has no channel or its bounded input is full (the
+    /// guest has not read what is queued); the frame is then not queued at all.
+    pub fn send_to_init(&mut self, frame: &[u8], mem: &mut dyn GuestMemory) -> bool {
+        let mut ok = false;
+        for d in &mut self.virtio {
+            if let Device::Console(c) = &mut d.dev {
+                if c.channel {
+                    ok = c.push_frame(frame);
+                    d.kick_rx(mem);
+                    break;
+                }
+            }
+        }
+        self.sync_irqs();
+        ok
+    }
+
+    /// Whether the VM has the workload channel (it runs `catenary-init`).
+    pub fn has_channel(&self) -> bool {
+        self.channel.is_some()
+    }
+
     /// Ethernet frames the guest sent on its virtio-net device since the last call.
     pub fn take_net_tx(&mut self) -> Vec<Vec<u8>> {
         // One net device at most: its queue is moved out (no allocation).

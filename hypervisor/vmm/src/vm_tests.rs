@@ -398,6 +398,22 @@ fn workload_channel_kept_apart() {
     assert!(v.take_console_lines().is_empty());
     v.push_console_input(b"typed", &mut m);
     assert_eq!(m.read_u16(0xa202).unwrap(), 0, "console input reached the channel");
+    // A node → init request lands in that buffer, whole (the init's STOP/SIGNAL direction).
+    use crate::guest_proto::wire::{encode_signal, encode_stop};
+    assert!(v.send_to_init(&encode_stop(), &mut m));
+    assert_eq!(m.read_u16(0xa202).unwrap(), 1, "the STOP frame was not delivered");
+    assert_eq!(m.read_u32(0xa208).unwrap(), 4);
+    let mut got = [0u8; 4];
+    m.read(0xb000, &mut got).unwrap();
+    assert_eq!(got, encode_stop());
+    // No buffer posted now: requests wait, bounded, and a frame that does not fit is refused whole.
+    let mut queued = 0;
+    while v.send_to_init(&encode_signal(9).unwrap(), &mut m) {
+        queued += 1;
+        assert!(queued <= crate::virtio::console::MAX_CHANNEL_INPUT);
+    }
+    assert_eq!(queued, crate::virtio::console::MAX_CHANNEL_INPUT / 5);
+    assert_eq!(m.read_u16(0xa202).unwrap(), 1);
     let ring = v.channel().unwrap();
     let mut buf = [0u8; 256];
     let n = ring.pop(&mut buf);

@@ -11,6 +11,9 @@ use alloc::collections::VecDeque;
 pub const MAX_TX_CHAIN: u64 = 4096;
 /// Host input bytes queued for the guest.
 pub const MAX_INPUT: usize = 64 * 1024;
+/// Node → init frames queued on the workload channel (a few STOP/SIGNAL requests: the node
+/// coalesces them, so a guest that never reads cannot make this grow).
+pub const MAX_CHANNEL_INPUT: usize = 256;
 
 #[derive(Debug, Clone, Default)]
 pub struct VirtioConsole {
@@ -46,6 +49,17 @@ impl VirtioConsole {
                 self.input.push_back(b);
             }
         }
+    }
+
+    /// Queue one whole node → init frame (docs/guest-init.md) on the channel's receive side; `false`
+    /// (nothing queued) when this is not the channel or the frame does not fit in
+    /// [`MAX_CHANNEL_INPUT`]: a frame is never cut.
+    pub fn push_frame(&mut self, frame: &[u8]) -> bool {
+        if !self.channel || self.input.len() + frame.len() > MAX_CHANNEL_INPUT {
+            return false;
+        }
+        self.input.extend(frame);
+        true
     }
 
     /// Copy every transmit chain into `out` (through a stack buffer: no allocation).
