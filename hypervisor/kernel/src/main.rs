@@ -47,5 +47,8 @@ mod ktest_syscall;
 mod ktest_sysfuzz;
 #[cfg(feature = "ktest")]
 mod ktest_vm;
+#[cfg(feature = "ktest")]
+mod ktest_workload;
 mod vm;
 mod vmconsole;
+mod vmcontrol;

@@ -15,7 +15,12 @@
 //! `vm.image=1` runs the Catenary image the bundle carries (`image/rootfs.squashfs`,
 //! `image/config.json`) under `catenary-init`: the root filesystem as a read-only virtio-blk
 //! disk, the run config appended to the initramfs, the workload channel for its log and exit
-//! status (docs/guest-init.md).
+//! status (docs/guest-init.md). With it, `vm.stop_after=TEXT` stops the workload through
+//! [`VmControl::request_stop`] (grace `vm.stop_grace=SECS`, default 10) once a line of its log
+//! contains TEXT: a test trigger for the stop path the workload service uses.
+//!
+//! A VM started with a [`VmControl`] (`run_workload_ctl`) takes signal, stop and kill requests
+//! from any task while it runs (`vmcontrol`).
 
 use alloc::format;
 use alloc::string::String;
@@ -24,6 +29,8 @@ use catenary_arch::{cpu, time};
 use catenary_vmm::cpu::{Exit, StopReason, VcpuState};
 use catenary_vmm::{Action, EventDecision, MicroVm, VmConfig, VmError};
 use crate::vmconsole::VmConsole;
+pub use crate::vmcontrol::VmControl;
+use catenary_vmm::stop::{StopAction, StopPolicy};
 use catenary_vmm::guest_proto::wire::WorkloadExit;
 use core::sync::atomic::{AtomicBool, Ordering};
 use log::{info, warn};
@@ -119,21 +126,45 @@ pub struct NetAttach {
 
 /// Like `run_with`, with an optional virtio-net device linked to `netd`.
 pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, false)
+    run_inner(name, image, ram_mib, disk, net, None, false, None)
 }
 
 /// Like `run_full`, for a guest whose init is `catenary-init`: the VM gets the workload
 /// channel (docs/guest-init.md), whose log and exit status land in the report.
 pub fn run_workload(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, true)
+    run_inner(name, image, ram_mib, disk, net, None, true, None)
+}
+
+/// Like `run_workload`, controlled through `ctl` while it runs: `ctl.request_signal`,
+/// `ctl.request_stop` (StopSignal, SIGKILL after the grace period, then power-off) and
+/// `ctl.request_kill` from any task (`vmcontrol`, docs/guest-init.md "Stopping a workload").
+/// `ctl` reports the VM running once it is about to enter the guest and ended when this
+/// returns (whatever the reason). The run report says how it ended: the workload's exit
+/// status (`workload_exit`) when the init reported one, `Ended::Killed` when the node powered it
+/// off.
+pub fn run_workload_ctl(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, ctl: &VmControl) -> RunReport {
+    run_inner(name, image, ram_mib, disk, net, None, true, Some(ctl))
 }
 
 /// Like `run`; the VM ends (`Ended::Killed`) soon after `stop` becomes true.
 pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
-    run_inner(name, image, ram_mib, None, None, Some(stop), false)
+    run_inner(name, image, ram_mib, None, None, Some(stop), false, None)
 }
 
-fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool) -> RunReport {
+/// Marks the control block ended however `run_inner` returns.
+struct EndOnDrop<'a>(Option<&'a VmControl>);
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.finished();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool, ctl: Option<&VmControl>) -> RunReport {
+    let _end = EndOnDrop(ctl);
     let t0 = time::now_ns();
     let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new(), workload_exit: None, workload_ready: false };
     // Never a world switch on a CPU where it is unsafe (vcpu_affinity): move this task first.
@@ -209,8 +240,12 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, backend {}, created in {} us (RAM {} us, image load {} us)",
         ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000, (t_ram - t0) / 1000, (t_loaded - t_ram) / 1000);
     vcpu.set_state(&state);
+    if let Some(c) = ctl {
+        console.stop_on_log = c.stop_on_log.lock().clone();
+        c.started(vm.has_channel());
+    }
     VMS_RUNNING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop);
+    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop, ctl);
     VMS_RUNNING.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
     VMS_ENDED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     console.drain_vm(&mut vm, time::now_ns(), true);
@@ -250,9 +285,57 @@ fn net_sync(vm: &mut MicroVm, ram: &mut GuestRam, net: Option<NetAttach>) {
 /// Longest a halted vCPU's task sleeps before polling the device model again.
 const HALT_POLL_NS: u64 = 1_000_000;
 
-fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut VmConsole, name: &str, net: Option<NetAttach>, stop: Option<&AtomicBool>) -> Ended {
+/// Apply the node's requests (`ctl`) and the stop policy's deadlines; `Some` when the node
+/// powers the VM off now.
+fn apply_control(ctl: Option<&VmControl>, policy: &mut StopPolicy, vm: &mut MicroVm, ram: &mut GuestRam, console: &mut VmConsole, name: &str) -> Option<Ended> {
+    use catenary_vmm::guest_proto::wire;
+    let ctl = ctl?;
+    let now = time::now_ns();
+    // The `vm.stop_after` test trigger: the same request any other task makes.
+    if let Some((_, grace)) = console.stop_on_log.as_ref().filter(|_| core::mem::take(&mut console.stop_on_log_seen)) {
+        info!(target: "vmm", "microVM {name}: its log showed the stop_after text: requesting a stop");
+        let _ = ctl.request_stop(*grace);
+    }
+    let mut actions = [None, None];
+    if let Some(p) = ctl.take() {
+        for signo in (1..=wire::MAX_SIGNAL).filter(|s| p.signals & (1u64 << (s - 1)) != 0) {
+            let sent = wire::encode_signal(signo).is_some_and(|f| vm.send_to_init(&f, ram));
+            info!(target: "vmm", "microVM {name}: signal {signo} {}", if sent { "sent to its init" } else { "not sent: its init has not read the earlier requests" });
+        }
+        if p.kill {
+            actions[0] = policy.kill();
+        } else if let Some(grace) = p.stop_grace {
+            actions[0] = policy.request(now, grace, vm.has_channel());
+            if actions[0].is_some() {
+                info!(target: "vmm", "microVM {name}: stop requested (grace {} ms)", grace / 1_000_000);
+            }
+        }
+    }
+    actions[1] = policy.poll(now);
+    for a in actions.into_iter().flatten() {
+        match a {
+            StopAction::SendStop => {
+                let sent = vm.send_to_init(&wire::encode_stop(), ram);
+                info!(target: "vmm", "microVM {name}: {}", if sent { "the image's StopSignal sent to its init" } else { "STOP not sent: its init has not read the earlier requests" });
+            }
+            StopAction::SendSignal(s) => {
+                let sent = wire::encode_signal(s).is_some_and(|f| vm.send_to_init(&f, ram));
+                info!(target: "vmm", "microVM {name}: still running after its grace period: signal {s} {}", if sent { "sent to its init" } else { "not sent" });
+            }
+            StopAction::PowerOff => {
+                info!(target: "vmm", "microVM {name}: powered off by the node");
+                return Some(Ended::Killed);
+            }
+        }
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut VmConsole, name: &str, net: Option<NetAttach>, stop: Option<&AtomicBool>, ctl: Option<&VmControl>) -> Ended {
     let mut st = vcpu.state();
     let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    let mut policy = StopPolicy::new();
     // Which RAM chunks the vCPU maps: those populated when it was created (lazy backends map
     // the rest on first touch). The device model can populate a chunk on its own (virtio
     // writes into guest buffers), so "populated" does not imply "mapped".
@@ -260,6 +343,9 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
     loop {
         if stopped() {
             return Ended::Killed;
+        }
+        if let Some(e) = apply_control(ctl, &mut policy, vm, ram, console, name) {
+            return e;
         }
         let now = time::now_ns();
         vm.poll(now);
@@ -319,6 +405,9 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                     }
                     if stopped() {
                         return Ended::Killed;
+                    }
+                    if let Some(e) = apply_control(ctl, &mut policy, vm, ram, console, name) {
+                        return e;
                     }
                     // Block this task (other tasks run on this CPU meanwhile) until the
                     // device model's next deadline, at most 1 ms; the sleep ends on a host tick.
@@ -645,7 +734,18 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
             return None;
         }
     };
-    let r = if image.is_some() { run_workload(want, boot, mem, disk, net) } else { run_full(want, boot, mem, disk, net) };
+    let r = match (image.is_some(), opt("stop_after")) {
+        (true, Some(text)) => {
+            // The test trigger for the stop path (module docs): a control block like the
+            // workload service's, whose stop request the VM's own log sets off.
+            let ctl = VmControl::new();
+            let grace = opt("stop_grace").and_then(|g| g.parse::<u64>().ok()).map_or(crate::vmcontrol::DEFAULT_GRACE_NS, |s| s.saturating_mul(1_000_000_000));
+            *ctl.stop_on_log.lock() = Some((String::from(text), grace));
+            run_workload_ctl(want, boot, mem, disk, net, &ctl)
+        }
+        (true, None) => run_workload(want, boot, mem, disk, net),
+        (false, _) => run_full(want, boot, mem, disk, net),
+    };
     if let Some(n) = net {
         crate::net::detach_vm(n.addr);
     }
