@@ -9,7 +9,8 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
         Some("vm") => crate::vmbench::bench_vm(),
         Some("ipc") => bench_ipc(),
         Some("net") => crate::cluster::bench(&args[1..]),
-        _ => Err("usage: cargo xtask bench boot|vm|ipc|net".into()),
+        Some("workload") => crate::workbench::bench_workload(),
+        _ => Err("usage: cargo xtask bench boot|vm|ipc|net|workload".into()),
     }
 }
 

@@ -19,6 +19,7 @@ mod test;
 mod bench;
 mod tools;
 mod vmbench;
+mod workbench;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,7 @@ commands:
       --machine microvm|q35|pc   (default q35)    --smp N (default 2)   --mem SIZE (default 1G)
       --iso                  boot the GRUB ISO instead of -kernel (PVH)   --uefi  (with --iso: OVMF)
       --no-guest             do not attach the guest image bundle
+      --image DIR            run a packed Catenary image (`catenary image pack -o DIR`) in the node (vm.image=1)
       --nodes N              N nodes on one vde switch (keys + cluster file generated), consoles prefixed [nodeK]
   iso [--test]              build the hybrid BIOS+UEFI ISO (GRUB; Limine too if `limine` is on PATH)
   guest                     build the guest kernel + initramfs bundle (cached)
@@ -40,7 +42,7 @@ commands:
                             --sysfuzz-classes HEX (docs/microkernel.md)
   fuzz --smoke              every cargo-fuzz target for a few seconds (part of `test`)
   fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
-  bench boot|vm             benchmarks (print figures, never assert)
+  bench boot|vm|ipc|net|workload  benchmarks (print figures, never assert)
   soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log] [--inspect]
           [--guest minimal|debian] [--node-args WORDS] [--kick-ms N]
                             boot Linux guests back to back under CPU load; ends with

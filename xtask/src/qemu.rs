@@ -3,7 +3,7 @@
 
 use crate::tools::{out_dir, require, require_file};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -265,6 +265,22 @@ fn guest_modules_for_run() -> Vec<(PathBuf, String)> {
     m
 }
 
+/// `catenary image verify DIR`: the node does not check the image's digests yet.
+fn verify_image(dir: &Path) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = Command::new(cargo)
+        .current_dir(crate::tools::root())
+        .args(["run", "--quiet", "-p", "catenary", "--", "image", "verify"])
+        .arg(dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(format!("--image {}: {}", dir.display(), String::from_utf8_lossy(&o.stderr).trim()));
+    }
+    eprintln!("xtask: image {} ({})", dir.display(), String::from_utf8_lossy(&o.stdout).trim());
+    Ok(())
+}
+
 pub fn cmd_run(args: &[String]) -> Result<(), String> {
     let mut machine = "q35".to_string();
     let mut smp = 2;
@@ -274,6 +290,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
     let mut guest = true;
     let mut cmdline = Vec::new();
     let mut nodes = 0usize;
+    let mut image: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -283,6 +300,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
             "--iso" => iso = true,
             "--uefi" => uefi = true,
             "--no-guest" => guest = false,
+            "--image" => image = Some(PathBuf::from(it.next().ok_or("--image needs a packed image directory (catenary image pack -o DIR)")?)),
             "--nodes" => nodes = it.next().ok_or("--nodes needs a value")?.parse().map_err(|_| "--nodes needs a number")?,
             "--" => {
                 cmdline.extend(it.by_ref().cloned());
@@ -297,7 +315,18 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
         return crate::cluster::run_nodes(nodes, &cmdline.join(" "));
     }
     let kernel = crate::build::build_kernel(false)?;
-    let mods = if guest { guest_modules_for_run() } else { vec![] };
+    let mut mods = if guest { guest_modules_for_run() } else { vec![] };
+    if let Some(dir) = &image {
+        // The packed image rides in the guest bundle; the node runs it under catenary-init.
+        if mods.is_empty() {
+            return Err("--image needs the guest bundle (run `cargo xtask guest` once; not with --no-guest)".into());
+        }
+        verify_image(dir)?;
+        let bundle = out_dir().join("run-image-bundle.cpio");
+        crate::ociimage::bundle_with_image(dir, &bundle)?;
+        mods = vec![(bundle, "guest-bundle".into())];
+        cmdline.insert(0, "vm.image=1".into());
+    }
     let cmd = cmdline.join(" ");
     let mut b = if iso {
         let iso = crate::build::build_iso(&kernel, &mods, &cmd, "catenary")?;

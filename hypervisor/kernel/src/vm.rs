@@ -263,11 +263,22 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     report.placement = vcpu.placement();
     report.io_by_port = vm.stats().io_by_port.iter().map(|(p, n)| (*p, *n)).collect();
     report.wall_ns = time::now_ns() - t0;
+    if channel {
+        // Everything this VM holds is still allocated here (its RAM, vCPU, device model, disk).
+        info!(target: "vmm", "microVM {name}: memory at its end: {}; guest RAM {} KiB ({} KiB touched)", node_memory(), ram.size() / 1024, report.touched_bytes / 1024);
+    }
     report.ended = ended;
     // Dropping the vCPU and the RAM returns every frame to the allocator.
     drop(vcpu);
     drop(ram);
     report
+}
+
+/// The node's time and memory now: free frames and the kernel heap (bytes allocated, bytes it
+/// holds), for before/after figures (`cargo xtask bench workload`, docs/images.md).
+fn node_memory() -> String {
+    format!("node time {} us, free frames {}, heap {} of {} bytes",
+        time::now_ns() / 1000, catenary_arch::memory::stats().free, catenary_arch::heap::used_bytes(), catenary_arch::heap::size())
 }
 
 /// Move frames between the guest's virtio-net device and `netd`.
@@ -661,6 +672,8 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
         None
     };
     if image.is_some() {
+        // `cargo xtask bench workload` reads this and the "memory at its end" line.
+        info!(target: "vmm", "microVM {want}: create: {}", node_memory());
         gcmd.push_str(" rdinit=/sbin/catenary-init");
     }
     if let Some(c) = opt("cmd") {

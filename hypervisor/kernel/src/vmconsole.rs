@@ -14,7 +14,8 @@ use alloc::vec::Vec;
 use catenary_vmm::console::{ConsoleCapture, ConsoleRing, LineSplitter, TokenBucket, BURST_BYTES, RATE_BYTES_PER_S};
 use catenary_vmm::workload::{stream_name, WorkloadLog};
 use catenary_vmm::MicroVm;
-use log::warn;
+use catenary_vmm::guest_proto::wire::Stream;
+use log::{info, warn};
 
 /// Most bytes moved from the ring per drain call (one call per VM exit or halt wake-up).
 pub const DRAIN_BUDGET: u64 = 1024;
@@ -43,6 +44,8 @@ pub struct VmConsole<'a> {
     /// set when a workload log line contains the text (the vCPU task then requests the stop).
     pub stop_on_log: Option<(String, u64)>,
     pub stop_on_log_seen: bool,
+    /// Time from creation to the node printing the workload's first stdout/stderr line.
+    pub first_log: Option<u64>,
 }
 
 impl<'a> VmConsole<'a> {
@@ -62,6 +65,7 @@ impl<'a> VmConsole<'a> {
             log_bucket: TokenBucket::new(RATE_BYTES_PER_S, BURST_BYTES, t0),
             stop_on_log: None,
             stop_on_log_seen: false,
+            first_log: None,
         })
     }
 
@@ -122,8 +126,8 @@ impl<'a> VmConsole<'a> {
         let avail = ring.len() as u64;
         let mut left = if end { avail } else if avail == 0 { 0 } else { self.log_bucket.take(now, avail.min(DRAIN_BUDGET)) } as usize;
         let mut buf = [0u8; 256];
-        let name = self.name;
-        let capture = &mut self.capture;
+        let (name, t0) = (self.name, self.t0);
+        let (capture, first_log) = (&mut self.capture, &mut self.first_log);
         let (marker, seen) = (self.stop_on_log.as_ref().map(|(m, _)| m.as_bytes()), &mut self.stop_on_log_seen);
         let mut emit = |s, l: &[u8]| {
             if marker.is_some_and(|m| !m.is_empty() && contains(l, m)) {
@@ -131,6 +135,12 @@ impl<'a> VmConsole<'a> {
             }
             capture.line(l);
             catenary_arch::println!("[vm:{} {}] {}", name, stream_name(s), String::from_utf8_lossy(l));
+            // `cargo xtask bench workload` reads this line (time to the entrypoint's first line).
+            if first_log.is_none() && s != Stream::Init {
+                let now = catenary_arch::time::now_ns();
+                *first_log = Some(now - t0);
+                info!(target: "vmm", "microVM {}: first workload log line at node time {} us, {} us after creation", name, now / 1000, (now - t0) / 1000);
+            }
         };
         while left > 0 {
             let n = ring.pop(&mut buf[..left.min(256)]);
