@@ -94,9 +94,9 @@ fn node_run(kernel: &Path, bundle: &Path, words: &str, names: &[String]) -> Resu
     let mut fail = vec!["KERNEL PANIC", "- stopping this CPU", "catenary-init: error"];
     fail.extend(failed.iter().map(String::as_str));
     let o = run_captured(b.command(false)?, &want, &fail, Duration::from_secs(600), false)?;
+    let log = out_dir().join(format!("bench-workload-{}.log", names.len()));
+    let _ = std::fs::write(&log, o.lines.join("\n"));
     if !o.matched {
-        let log = out_dir().join("bench-workload.log");
-        let _ = std::fs::write(&log, o.lines.join("\n"));
         return Err(format!("the node did not run every workload to its end (log {})", log.display()));
     }
     Ok(o.lines)
@@ -221,5 +221,29 @@ pub fn bench_workload() -> Result<(), String> {
         }
         _ => println!("bench workload: start rate: only {lines_seen} of {COUNT} workloads printed their first line"),
     }
+    concurrent_memory(&lines, &fs);
     Ok(())
+}
+
+/// Memory per microVM with `COUNT` of them alive: the node's counters at the first create
+/// (before any of them existed) and at the first VM's end (checked: every one had been
+/// created by then), divided by `COUNT`.
+fn concurrent_memory(lines: &[String], fs: &[VmFigures]) {
+    let Some(first) = fs.iter().filter(|f| f.create_us.is_some()).min_by_key(|f| f.create_us) else { return };
+    let Some(end_at) = lines.iter().position(|l| l.contains(": memory at its end: ")) else { return };
+    let end = &lines[end_at];
+    // `microVM NAME (id N): … created in …`: the VM's RAM, vCPU and device model exist.
+    let created_before = lines[..end_at].iter().filter(|l| l.contains("microVM demo") && l.contains(" created in ")).count();
+    if created_before < COUNT {
+        println!("bench workload: memory with {COUNT} alive: only {created_before} had been created when the first ended; no figure");
+        return;
+    }
+    let (Some(fr0), Some(u0), Some(s0)) = (first.free0, first.heap_used0, first.heap_size0) else { return };
+    let (Some(fr1), Some(u1), Some(s1)) = (num_after(end, "free frames"), num_after(end, "heap"), num_after(end, " of")) else { return };
+    let ram = COUNT_MEM as i64 * 1024 * 1024 * COUNT as i64;
+    let frames = (fr0 as i64 - fr1 as i64) * 4096;
+    let (heap_grow, heap_used) = (s1 as i64 - s0 as i64, u1 as i64 - u0 as i64);
+    let per = (frames - heap_grow - ram + heap_used) / COUNT as i64;
+    println!("bench workload: host memory per microVM beyond its guest RAM with {COUNT} alive (node counters at the first create and at the first VM's end)");
+    println!("  {} KiB per microVM: frames taken {} KiB (guest RAM {} KiB), heap grown {} KiB, heap used {:+} KiB", per / 1024, frames / 1024, ram / 1024, heap_grow / 1024, heap_used / 1024);
 }
