@@ -23,12 +23,12 @@ use std::time::Duration;
 const NAME: &str = "vm_linux_image_layers";
 
 /// The workload: one `tree` line per path under /data (sorted; type, mode, owner, size and
-/// content, or the symlink's target), the count of `.wh.*` names anywhere on the root
+/// content, or the symlink's target and what reading through it gives), the count of `.wh.*` names anywhere on the root
 /// filesystem, and the inodes of both hard-link pairs.
 const SCRIPT: &str = r#"cd /data
 for p in $(find . | sort); do
   m=$(stat -c '%A %u:%g' "$p")
-  if [ -L "$p" ]; then echo "tree $p $m -> $(readlink "$p")"
+  if [ -L "$p" ]; then echo "tree $p $m -> $(readlink "$p") = $(cat "$p" 2>&1)"
   elif [ -d "$p" ]; then echo "tree $p $m"
   else echo "tree $p $m $(stat -c %s "$p") $(cat "$p")"; fi
 done
@@ -44,11 +44,11 @@ const WANT_TREE: &[&str] = &[
     "tree ./dir/newlink -rw-r----- 1000:1001 13 new-in-layer3",
     "tree ./dir/sub drwxr-xr-x 1000:1001",
     "tree ./dir/sub/fresh.txt -rw-r--r-- 1000:1001 6 fresh3",
-    "tree ./dir/up lrwxrwxrwx 1000:1001 -> ../keep.txt",
+    "tree ./dir/up lrwxrwxrwx 1000:1001 -> ../keep.txt = keep-layer1",
     "tree ./hard.txt -rw-r--r-- 0:0 13 target-layer1",
     "tree ./keep.txt -rw-r--r-- 0:0 11 keep-layer1",
     "tree ./layer2.txt -rw-r--r-- 0:0 7 layer-2",
-    "tree ./link lrwxrwxrwx 0:0 -> target.txt",
+    "tree ./link lrwxrwxrwx 0:0 -> target.txt = target-layer1",
     "tree ./target.txt -rw-r--r-- 0:0 13 target-layer1",
 ];
 
