@@ -10,8 +10,12 @@ struct DirectMapHandler;
 
 impl acpi::AcpiHandler for DirectMapHandler {
     unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> acpi::PhysicalMapping<Self, T> {
+        // Firmware tables only: never memory the frame allocator manages (a wild table pointer
+        // would otherwise alias kernel objects others are writing).
+        assert!(crate::memory::firmware_readable(physical_address as u64, size as u64), "ACPI table at {physical_address:#x} in allocator-managed memory");
         let virt = crate::paging::p2v(physical_address as u64) as *mut T;
-        // SAFETY: the direct map covers all RAM and firmware table regions of the memory map;
+        // SAFETY: the region is not allocator-managed (checked above: firmware or boot data no
+        // Rust code writes), the direct map covers the memory map's firmware table regions, and
         // the acpi crate only reads through the mapping.
         unsafe {
             acpi::PhysicalMapping::new(
@@ -55,11 +59,19 @@ pub struct PlatformSummary {
 pub enum AcpiProblem {
     Tables(acpi::AcpiError),
     NotApic,
+    /// The RSDP address lies in memory the frame allocator manages (not a firmware table).
+    NotFirmware,
 }
 
-/// Parse RSDP → XSDT/RSDT → MADT.
+/// Parse RSDP → XSDT/RSDT → MADT. An `rsdp` in allocator-managed memory is refused; a table
+/// pointer into it stops the CPU (`DirectMapHandler`) rather than reading kernel objects.
 pub fn parse(rsdp: u64) -> Result<PlatformSummary, AcpiProblem> {
-    // SAFETY: `rsdp` comes from the boot protocol (or a validated scan); the handler maps it.
+    if !crate::memory::firmware_readable(rsdp, 36) {
+        return Err(AcpiProblem::NotFirmware);
+    }
+    // SAFETY: `from_rsdp` reads through `DirectMapHandler`, which maps only non-allocator
+    // memory covered by the direct map (checked per mapping); the crate validates signatures
+    // and checksums, and only reads.
     let tables = unsafe { acpi::AcpiTables::from_rsdp(DirectMapHandler, rsdp as usize) }.map_err(AcpiProblem::Tables)?;
     let revision = tables.revision();
     let oem_id = tables

@@ -108,19 +108,26 @@ fn write_icr(dest: u32, low: u32) {
     }
 }
 
-/// INIT IPI (assert, level) to `apic_id`.
-pub fn send_init(apic_id: u32) {
+/// INIT IPI (assert, level) to `apic_id`. Not exported: INIT resets a running CPU wherever it
+/// is (holding a lock, half-way through a write); only AP start-up sends it.
+pub(crate) fn send_init(apic_id: u32) {
     write_icr(apic_id, 0x0000_4500);
 }
 
-/// Startup IPI: the AP starts in real mode at `page << 12`.
-pub fn send_sipi(apic_id: u32, page: u8) {
+/// Startup IPI: the AP starts in real mode at `page << 12` (AP start-up only).
+pub(crate) fn send_sipi(apic_id: u32, page: u8) {
     write_icr(apic_id, 0x0000_4600 | page as u32);
 }
 
-/// Fixed-delivery IPI with `vector` to `apic_id`.
-pub fn send_ipi(apic_id: u32, vector: u8) {
+/// Fixed-delivery IPI with `vector` to `apic_id`; false (nothing sent) for a vector below 32:
+/// delivered as an interrupt, an exception vector with an error code (8, 10–14, 17, 21, 29,
+/// 30) would make the entry stub take a word of the interrupted frame for the error code.
+pub fn send_ipi(apic_id: u32, vector: u8) -> bool {
+    if vector < 32 {
+        return false;
+    }
     write_icr(apic_id, 0x0000_4000 | vector as u32);
+    true
 }
 
 /// Send an NMI to `apic_id` (delivery mode NMI; tests of the NMI path).
@@ -128,8 +135,19 @@ pub fn send_nmi(apic_id: u32) {
     write_icr(apic_id, 0x0000_4400);
 }
 
-/// Enable this CPU's local APIC. Returns (apic id, x2apic?).
+/// The APIC mode every CPU uses: 0 not chosen yet, 1 xAPIC, 2 x2APIC (the first `init`'s).
+static MODE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// Enable this CPU's local APIC. Returns (apic id, x2apic?). The mode is chosen by the first
+/// call (x2APIC only where CPUID has it) and kept for every CPU: register accesses go through
+/// one global mode, and switching it under a running CPU would send them to an unmapped xAPIC
+/// window.
 pub fn init(x2apic: bool) -> Result<(u32, bool), crate::paging::PagingError> {
+    let want = if x2apic && crate::cpu::cpuid(1, 0).2 & (1 << 21) != 0 { 2 } else { 1 };
+    let x2apic = match MODE.compare_exchange(0, want, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => want == 2,
+        Err(m) => m == 2,
+    };
     let base = crate::cpu::rdmsr(IA32_APIC_BASE);
     if x2apic {
         // SAFETY: EN | EXTD switches the LAPIC to x2APIC mode (CPUID says it is supported).
@@ -190,13 +208,25 @@ pub fn timer_hz() -> u64 {
 }
 
 static IOAPIC_VIRT: AtomicU64 = AtomicU64::new(0);
+static IOAPIC_PHYS: AtomicU64 = AtomicU64::new(0);
+static IOAPIC_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
-/// The (first) IOAPIC's registers, mapped uncached on first use.
+/// The (first) IOAPIC's registers, mapped uncached on first use. The address must not be RAM
+/// (`paging::map_mmio` refuses it: the register writes below would land in it) and, once
+/// mapped, every later call must name the same IOAPIC (`NotDevice` otherwise).
 fn ioapic_virt(ioapic_phys: u64) -> Result<u64, crate::paging::PagingError> {
-    if IOAPIC_VIRT.load(Ordering::Relaxed) == 0 {
-        IOAPIC_VIRT.store(crate::paging::map_mmio(ioapic_phys, 4096)?, Ordering::Relaxed);
-    }
-    Ok(IOAPIC_VIRT.load(Ordering::Relaxed))
+    crate::cpu::without_interrupts(|| {
+        let _g = IOAPIC_LOCK.lock();
+        if IOAPIC_VIRT.load(Ordering::Acquire) == 0 {
+            let v = crate::paging::map_mmio(ioapic_phys, 0x20)?;
+            IOAPIC_PHYS.store(ioapic_phys, Ordering::Release);
+            IOAPIC_VIRT.store(v, Ordering::Release);
+        }
+        if IOAPIC_PHYS.load(Ordering::Acquire) != ioapic_phys {
+            return Err(crate::paging::PagingError::NotDevice);
+        }
+        Ok(IOAPIC_VIRT.load(Ordering::Acquire))
+    })
 }
 
 /// Read IOAPIC register `reg` (1 = version) through IOREGSEL/IOWIN.
@@ -243,7 +273,11 @@ pub fn ioapic_mask(ioapic_phys: u64, pin: u8) -> Result<(), crate::paging::Pagin
 
 /// Route IOAPIC input `pin` (of the IOAPIC at physical `ioapic_phys`) to `vector` on the CPU
 /// with `dest_apic`, edge-triggered, active high, unmasked.
+/// A vector below 32 is refused (`BadVector`, see [`send_ipi`]).
 pub fn ioapic_route(ioapic_phys: u64, pin: u8, vector: u8, dest_apic: u32) -> Result<(), crate::paging::PagingError> {
+    if vector < 32 {
+        return Err(crate::paging::PagingError::BadVector);
+    }
     let base = ioapic_virt(ioapic_phys)?;
     let reg = 0x10 + 2 * pin as u32;
     let w = |r: u32, v: u32| {

@@ -27,7 +27,7 @@ pub enum HandoffError {
 
 /// Parse the boot information of `proto` found at `info` (physical).
 pub fn handoff(proto: u32, info: u64) -> Result<Handoff, HandoffError> {
-    let mem = crate::memory::PhysView;
+    let mem = crate::memory::PhysView::new();
     let mut keep = alloc::vec::Vec::new();
     let (bi, kernel_phys) = match proto {
         PROTO_PVH => (BootInfo::from_pvh(info, &mem).map_err(HandoffError::Boot)?, KERNEL_PHYS_DEFAULT),
@@ -47,7 +47,7 @@ pub fn handoff(proto: u32, info: u64) -> Result<Handoff, HandoffError> {
 
 /// Look for the ACPI RSDP in the BIOS area (0xe0000..0x100000) when the boot protocol gave none.
 pub fn scan_rsdp() -> Option<u64> {
-    let mem = crate::memory::PhysView;
+    let mem = crate::memory::PhysView::new();
     let mut buf = [0u8; 20];
     let mut a = 0xe0000u64;
     while a < 0x100000 {

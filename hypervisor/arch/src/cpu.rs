@@ -42,14 +42,31 @@ pub fn flush_tlb_all() {
     })
 }
 
-/// OR bits into CR4 (never overwrite: firmware may have set bits we must keep).
-pub fn cr4_set(bits: u64) {
-    // SAFETY: callers only set feature-enable bits the CPU advertises (checked by the caller).
-    unsafe { Cr4::write_raw(Cr4::read_raw() | bits) }
+/// CR4 bits `cr4_set` may turn on: PGE, OSFXSR, OSXMMEXCPT, VMXE, OSXSAVE, SMEP, SMAP.
+const CR4_SETTABLE: u64 = (1 << 7) | (1 << 9) | (1 << 10) | (1 << 13) | (1 << 18) | (1 << 20) | (1 << 21);
+
+/// OR bits into CR4 (never overwrite: firmware may have set bits we must keep). Only the
+/// feature-enable bits of `CR4_SETTABLE` may be turned on (others, such as FSGSBASE or PCIDE, change what
+/// ring 3 or the paging code may rely on); not exported:
+///
+/// ```compile_fail
+/// #![forbid(unsafe_code)]
+/// catenary_arch::cpu::cr4_set(1 << 16); // FSGSBASE
+/// ```
+pub(crate) fn cr4_set(bits: u64) {
+    let now = Cr4::read_raw();
+    assert!(bits & !now & !CR4_SETTABLE == 0, "cr4_set: would turn on a bit outside CR4_SETTABLE");
+    // SAFETY: each allowed bit only enables a feature (global pages, SSE/XSAVE state, VMX
+    // operation, SMEP/SMAP) that restricts or extends what the kernel itself uses; none changes
+    // the paging mode or lets ring 3 touch kernel state. A bit the CPU lacks raises #GP (a
+    // fault, not a memory error).
+    unsafe { Cr4::write_raw(now | bits) }
 }
 
 pub fn rdmsr(msr: u32) -> u64 {
-    // SAFETY: reading an MSR has no memory effect; callers only read MSRs that exist.
+    // SAFETY: reading an MSR writes no memory and changes no translation; an MSR that does not
+    // exist raises #GP, which the trap handler treats as a fatal kernel fault (the CPU stops;
+    // nothing is corrupted).
     unsafe { Msr::new(msr).read() }
 }
 

@@ -58,10 +58,14 @@ pub fn bsp_guard_pages() -> [u64; 5] {
     [base, base + sz, base + 2 * sz, base + 3 * sz, base + 4 * sz]
 }
 
-/// Load a GDT and TSS for the boot CPU and reload the segment registers.
+/// Load a GDT and TSS for the boot CPU and reload the segment registers. Once: a second call
+/// panics (it would hand the boot CPU's exception stacks to a second TSS).
 pub fn init_bsp() -> &'static Selectors {
-    // SAFETY: called once on the boot CPU before interrupts are enabled; only the stack tops'
-    // addresses are taken.
+    static DONE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    assert!(!DONE.swap(true, core::sync::atomic::Ordering::SeqCst), "gdt::init_bsp called twice");
+    // SAFETY: only addresses are computed (no reference to the stacks is made): `base.add(i)`
+    // for i < 5 stays inside the five-element BSP_IST array, and one past the end of element i
+    // is at most one past the array.
     let tops: [u64; 5] = unsafe {
         let base = core::ptr::addr_of_mut!(BSP_IST) as *mut GuardedStack;
         core::array::from_fn(|i| (base.add(i) as u64) + core::mem::size_of::<GuardedStack>() as u64)
@@ -69,8 +73,14 @@ pub fn init_bsp() -> &'static Selectors {
     init_cpu(tops)
 }
 
-/// Build and load this CPU's GDT/TSS with the given IST stack tops (IST1..IST5).
-pub fn init_cpu(ist_tops: [u64; 5]) -> &'static Selectors {
+/// Build and load this CPU's GDT/TSS with the given IST stack tops (IST1..IST5). Not
+/// exported: the tops are raw addresses the CPU will push exception frames to.
+///
+/// ```compile_fail
+/// #![forbid(unsafe_code)]
+/// let _ = catenary_arch::gdt::init_cpu([0x1000; 5]);
+/// ```
+pub(crate) fn init_cpu(ist_tops: [u64; 5]) -> &'static Selectors {
     let mut tss = TaskStateSegment::new();
     for (i, top) in ist_tops.iter().enumerate() {
         tss.interrupt_stack_table[i] = VirtAddr::new(*top);

@@ -70,7 +70,7 @@ fn cstr(b: &[u8]) -> String {
 pub fn handoff() -> Result<(BootInfo, u64), BootError> {
     let hhdm = HHDM.get_response().map(|h| h.offset());
     if let Some(off) = hhdm {
-        crate::paging::set_early_phys_view(off);
+        crate::memory::set_early_phys_view(off);
     }
     let view = LimineView {
         base_revision_supported: BASE_REVISION.is_supported(),
@@ -128,12 +128,12 @@ extern "C" {
 /// Start the AP with local APIC id `lapic_id` as CPU `index` through Limine's MP response:
 /// Limine has parked it; writing `goto_address` sends it to `arch_limine_ap_entry`, which moves
 /// to our stack and page tables and joins the common AP path (`smp::arch_ap_main`).
-pub fn start_ap(index: usize, lapic_id: u32, stack_top: u64) -> Result<(), &'static str> {
+pub(crate) fn start_ap(index: usize, lapic_id: u32, stack: crate::paging::StaticStack) -> Result<(), &'static str> {
     let resp = MP.get_response().ok_or("no Limine MP response")?;
     let cpu = resp.cpus().iter().find(|c| c.lapic_id == lapic_id).ok_or("APIC id not in the MP response")?;
     let boot = alloc::boxed::Box::leak(alloc::boxed::Box::new(LimineApBoot {
         kernel_cr3: crate::paging::kernel_pml4(),
-        stack_top,
+        stack_top: stack.top(),
         index: index as u64,
     }));
     cpu.extra.store(boot as *const LimineApBoot as u64, Ordering::SeqCst);

@@ -13,9 +13,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 use x86_64::structures::paging::{
     mapper::{MapToError, MapperFlush, TranslateResult, UnmapError},
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame, Size2MiB, Size4KiB,
-    Translate,
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTableFlags as F, PhysFrame, Size4KiB, Translate,
 };
+#[cfg(feature = "kernel")]
+use x86_64::structures::paging::{PageTable, Size2MiB};
 use x86_64::{PhysAddr, VirtAddr};
 
 pub const PHYS_OFFSET: u64 = 0xffff_8000_0000_0000;
@@ -26,7 +27,9 @@ pub const PAGE: u64 = 4096;
 /// Where the PVH/Multiboot2 trampoline loads the kernel image (see linker.ld).
 pub const KERNEL_PHYS_DEFAULT: u64 = 0x20_0000;
 
-pub use crate::memory::{p2v, phys_view, set_early_phys_view};
+pub use crate::memory::{p2v, phys_view};
+#[cfg(feature = "kernel")]
+use crate::memory::set_early_phys_view;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingError {
@@ -35,6 +38,10 @@ pub enum PagingError {
     NotMapped,
     HugePage,
     Misaligned,
+    /// A device mapping was asked for RAM (or a range that wraps).
+    NotDevice,
+    /// An interrupt vector below 32 (the exception vectors) was asked for.
+    BadVector,
 }
 
 impl<S: x86_64::structures::paging::PageSize> From<MapToError<S>> for PagingError {
@@ -100,8 +107,24 @@ pub struct KernelSpaceSpec<'a> {
 static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
 static KERNEL_SPACE: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
 
-/// Build the kernel's page tables from scratch and switch CR3 to them.
+/// Build the kernel's page tables from scratch and switch CR3 to them. Once (a second call
+/// is refused with `AlreadyMapped`: address spaces share the first tables' kernel half), and
+/// only with the running image's own sections at the physical address the CPU runs them
+/// from (`Misaligned` otherwise): a wrong `kernel_phys` would map other frames as kernel text.
+#[cfg(feature = "kernel")]
 pub fn build_and_activate(spec: &KernelSpaceSpec) -> Result<(), PagingError> {
+    static BUILT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    let k = kernel_sections();
+    if (spec.sections.text, spec.sections.rodata, spec.sections.data) != (k.text, k.rodata, k.data) {
+        return Err(PagingError::Misaligned);
+    }
+    if BUILT.swap(true, Ordering::SeqCst) {
+        return Err(PagingError::AlreadyMapped);
+    }
+    if current_phys_of(k.text.0) != Some(spec.kernel_phys) {
+        BUILT.store(false, Ordering::SeqCst);
+        return Err(PagingError::Misaligned);
+    }
     let pml4_phys = crate::memory::alloc_frame().map_err(|_| PagingError::OutOfFrames)?;
     let view = phys_view();
     // SAFETY: the frame was just allocated and is reachable through the current phys view.
@@ -180,6 +203,7 @@ pub fn build_and_activate(spec: &KernelSpaceSpec) -> Result<(), PagingError> {
         );
     }
     set_early_phys_view(PHYS_OFFSET);
+    crate::memory::set_kernel_image(spec.kernel_phys, spec.sections.data.1 - spec.sections.text.0);
     KERNEL_PML4.store(pml4_phys, Ordering::Relaxed);
     // SAFETY: the PML4 is now reachable through the direct map, and only KERNEL_SPACE (under its
     // lock) uses this mapper from here on.
@@ -187,6 +211,30 @@ pub fn build_and_activate(spec: &KernelSpaceSpec) -> Result<(), PagingError> {
     // SAFETY: PHYS_OFFSET direct-maps all RAM.
     *KERNEL_SPACE.lock() = Some(unsafe { OffsetPageTable::new(pml4, VirtAddr::new(PHYS_OFFSET)) });
     Ok(())
+}
+
+/// Walk the tables in CR3 (the boot tables before `build_and_activate`) for `virt`, reading
+/// entries through the current physical view (no references to the tables are made).
+#[cfg(feature = "kernel")]
+fn current_phys_of(virt: u64) -> Option<u64> {
+    let mut table = crate::cpu::read_cr3() & 0x000f_ffff_ffff_f000;
+    for level in (0..4u32).rev() {
+        let idx = (virt >> (12 + 9 * level)) & 0x1ff;
+        // SAFETY: `table` is a page table of the loaded hierarchy (CR3 or an entry of it),
+        // which the current physical view maps (the boot identity map, HHDM or direct map);
+        // an aligned u64 read with no reference kept.
+        let e = unsafe { core::ptr::read_volatile((p2v(table) + idx * 8) as *const u64) };
+        if e & 1 == 0 {
+            return None;
+        }
+        let addr = e & 0x000f_ffff_ffff_f000;
+        if level == 0 || (level <= 2 && e & (1 << 7) != 0) {
+            let size = 1u64 << (12 + 9 * level);
+            return Some((addr & !(size - 1)) + (virt & (size - 1)));
+        }
+        table = addr;
+    }
+    None
 }
 
 pub fn kernel_pml4() -> u64 {
@@ -280,10 +328,16 @@ pub fn translate(virt: u64) -> Option<(u64, bool, bool)> {
 static MMIO_NEXT: AtomicU64 = AtomicU64::new(MMIO_BASE);
 static STACK_NEXT: AtomicU64 = AtomicU64::new(STACK_BASE);
 
-/// Map a device's MMIO range uncached; returns the virtual address of `phys`.
+/// Map a device's MMIO range uncached; returns the virtual address of `phys`. Refuses
+/// (`NotDevice`) a range with any page of RAM (`memory::is_ram`) or one that wraps: mapped
+/// writable and uncached, RAM would alias the direct map with another memory type, and the
+/// callers (APIC, IOAPIC, virtio register accessors) write through what this returns.
 pub fn map_mmio(phys: u64, size: u64) -> Result<u64, PagingError> {
     let start = phys & !(PAGE - 1);
-    let end = (phys + size + PAGE - 1) & !(PAGE - 1);
+    let end = phys.checked_add(size).and_then(|e| e.checked_add(PAGE - 1)).ok_or(PagingError::NotDevice)? & !(PAGE - 1);
+    if end > crate::memory::PHYS_LIMIT || (start..end).step_by(PAGE as usize).any(crate::memory::is_ram) {
+        return Err(PagingError::NotDevice);
+    }
     let virt = MMIO_NEXT.fetch_add(end - start + PAGE, Ordering::Relaxed); // + a hole page
     let mut off = 0;
     while start + off < end {
@@ -294,17 +348,34 @@ pub fn map_mmio(phys: u64, size: u64) -> Result<u64, PagingError> {
     Ok(virt + (phys - start))
 }
 
-/// Allocate a kernel stack of `pages` pages with an unmapped guard page below it.
-/// Returns (bottom, top) virtual addresses.
-pub fn alloc_stack(pages: u64) -> Result<(u64, u64), PagingError> {
+/// A stack that lives for good (boot, AP, idle and syscall stacks): mapped pages above an
+/// unmapped guard page, never freed. Only [`alloc_stack`] makes one.
+#[derive(Debug, Clone, Copy)]
+pub struct StaticStack {
+    bottom: u64,
+    top: u64,
+}
+
+impl StaticStack {
+    pub fn bottom(&self) -> u64 {
+        self.bottom
+    }
+    pub fn top(&self) -> u64 {
+        self.top
+    }
+}
+
+/// Allocate a kernel stack of `pages` pages with an unmapped guard page below it, for good.
+pub fn alloc_stack(pages: u64) -> Result<StaticStack, PagingError> {
     let slot = STACK_NEXT.fetch_add((pages + 1) * PAGE, Ordering::Relaxed);
     let bottom = slot + PAGE; // `slot` itself stays unmapped: the guard
     for i in 0..pages {
-        let f = crate::memory::alloc_frame().map_err(|_| PagingError::OutOfFrames)?;
-        // SAFETY: a fresh frame mapped at a fresh stack address.
+        let f = crate::memory::FreshFrame::alloc().map_err(|_| PagingError::OutOfFrames)?.into_mapped();
+        // SAFETY: a fresh frame (owned by nobody else, given to this mapping for good) at a
+        // fresh stack address nobody else uses.
         unsafe { map_page(bottom + i * PAGE, f, MapFlags::DATA)? };
     }
-    Ok((bottom, bottom + pages * PAGE))
+    Ok(StaticStack { bottom, top: bottom + pages * PAGE })
 }
 
 /// A kernel task's stack: `pages` mapped pages above an unmapped guard page, in a slot of
@@ -350,29 +421,21 @@ impl Drop for KernelStack {
 
 /// Stack slots given back: (slot, pages, epoch at which they were freed).
 static FREE_STACK_SLOTS: spin::Mutex<alloc::vec::Vec<(u64, u64, u64)>> = spin::Mutex::new(alloc::vec::Vec::new());
-/// Advanced at every stack free; each CPU records the value it last flushed its TLB at.
-static TLB_EPOCH: AtomicU64 = AtomicU64::new(1);
-static TLB_FLUSHED: [AtomicU64; crate::percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS];
-/// CPUs that have called [`tlb_catch_up`] (a CPU that never has, never ran a task).
-static TLB_CPUS: AtomicU64 = AtomicU64::new(0);
+use crate::memory::{all_flushed_since, TLB_EPOCH};
 
 /// Called by the scheduler on this CPU at its ticks and context switches: flush the TLB if a
-/// stack was freed since the last flush, so its slot can be reused.
+/// translation other CPUs may cache was removed since the last flush (a freed stack, a user
+/// mapping removed remotely), so the slot or frame can be reused; then free the user frames
+/// every CPU has flushed for.
 pub fn tlb_catch_up() {
     let c = crate::percpu::cpu_index();
-    let Some(seen) = TLB_FLUSHED.get(c) else { return };
+    let Some(seen) = crate::memory::tlb_seen(c) else { return };
     let e = TLB_EPOCH.load(Ordering::SeqCst);
-    if seen.load(Ordering::SeqCst) < e {
+    if seen < e {
         crate::cpu::flush_tlb_all();
-        seen.store(e, Ordering::SeqCst);
     }
-    TLB_CPUS.fetch_or(1 << c, Ordering::SeqCst);
-}
-
-/// Every CPU has flushed its TLB since `epoch`.
-fn all_flushed_since(epoch: u64) -> bool {
-    let cpus = TLB_CPUS.load(Ordering::SeqCst);
-    (0..crate::percpu::MAX_CPUS).filter(|c| cpus & (1 << c) != 0).all(|c| TLB_FLUSHED[c].load(Ordering::SeqCst) >= epoch)
+    crate::memory::tlb_flushed_at(c, e);
+    crate::memory::free_flushed_user_frames();
 }
 
 /// Freed stack slots whose addresses cannot be reused yet (tests).
@@ -427,10 +490,10 @@ pub fn unmap_test_page(virt: u64) -> Result<u64, PagingError> {
     // SAFETY: only `map_fresh_test_page` maps pages in the test window, each with a frame it
     // took ownership of (a `FreshFrame`), so unmapping takes nothing from anyone else.
     let f = unsafe { unmap_page(virt) }?;
-    // SAFETY: that frame was owned by the mapping just removed (this CPU's TLB entry flushed).
-    // The test window has no TLB shootdown: a CPU that read the page (`trap::probe_read`)
-    // could keep a stale entry; only the ktest task, pinned to CPU 0, maps and reads there.
-    let _ = unsafe { crate::memory::free_frame(f) };
+    // SAFETY: that frame was owned by the mapping just removed (this CPU's TLB entry flushed);
+    // another CPU that read the page (`trap::probe_read`) may keep a stale entry, so the frame
+    // is freed only once every CPU has flushed since.
+    unsafe { crate::memory::free_after_flush(f) };
     Ok(f)
 }
 

@@ -15,9 +15,22 @@ use x86_64::instructions::port::Port;
 /// follows must not interleave with another CPU's.
 static CF8_LOCK: Mutex<()> = Mutex::new(());
 
-/// Legacy port-I/O configuration mechanism #1.
-#[derive(Debug, Default)]
-pub struct PortCam;
+/// Legacy port-I/O configuration mechanism #1. Only this crate makes one: a configuration
+/// write can move a device's BAR over RAM or let it master the bus, so which registers are
+/// written is decided here (virtio set-up, MSI-X, quiescing), not by safe callers:
+///
+/// ```compile_fail
+/// #![forbid(unsafe_code)]
+/// let _ = catenary_arch::pci::PortCam;
+/// ```
+#[derive(Debug)]
+pub struct PortCam(());
+
+impl PortCam {
+    pub(crate) fn new() -> PortCam {
+        PortCam(())
+    }
+}
 
 fn address(df: DeviceFunction, reg: u8) -> u32 {
     0x8000_0000 | (df.bus as u32) << 16 | (df.device as u32 & 0x1f) << 11 | (df.function as u32 & 7) << 8 | (reg as u32 & 0xfc)
@@ -43,8 +56,8 @@ impl ConfigurationAccess for PortCam {
             let _g = CF8_LOCK.lock();
             let mut a: Port<u32> = Port::new(0xcf8);
             let mut d: Port<u32> = Port::new(0xcfc);
-            // SAFETY: as above; callers write only registers of devices this kernel drives
-            // (command register, BARs, capabilities).
+            // SAFETY: as above; a `PortCam` exists only inside this crate, whose callers write
+            // only the command register, BARs and capabilities of devices the kernel drives.
             unsafe {
                 a.write(address(df, reg));
                 d.write(data);
@@ -53,7 +66,7 @@ impl ConfigurationAccess for PortCam {
     }
 
     unsafe fn unsafe_clone(&self) -> Self {
-        PortCam
+        PortCam(())
     }
 }
 
@@ -64,9 +77,9 @@ pub struct PciFunction {
     pub info: DeviceFunctionInfo,
 }
 
-/// The PCI root through legacy ports.
-pub fn root() -> PciRoot<PortCam> {
-    PciRoot::new(PortCam)
+/// The PCI root through legacy ports (not exported: it writes configuration space).
+pub(crate) fn root() -> PciRoot<PortCam> {
+    PciRoot::new(PortCam(()))
 }
 
 /// Every function on every bus reachable from bus 0 through PCI-PCI bridges.
@@ -82,7 +95,7 @@ pub fn scan() -> Vec<PciFunction> {
         seen[bus as usize] = true;
         for (df, info) in root.enumerate_bus(bus) {
             if info.header_type == HeaderType::PciPciBridge {
-                let r = PortCam.read_word(df, 0x18);
+                let r = PortCam(()).read_word(df, 0x18);
                 let secondary = (r >> 8) as u8;
                 if secondary != 0 {
                     buses.push(secondary);

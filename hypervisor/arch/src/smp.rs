@@ -14,14 +14,31 @@ static AP_HOOK: AtomicUsize = AtomicUsize::new(0);
 const NO_APIC: AtomicU32 = AtomicU32::new(u32::MAX);
 static CPU_APIC: [AtomicU32; MAX_CPUS] = [NO_APIC; MAX_CPUS];
 
-/// Set up this CPU's per-CPU block (GS base), its syscall stack and the syscall MSRs.
+/// Set up this CPU's per-CPU block (GS base), its syscall stack and the syscall MSRs, as CPU
+/// `index`. Refused (`Busy`) for an index out of range or already taken: two CPUs sharing an
+/// index would share per-CPU state (the TLB-flush records that decide when freed memory may
+/// be reused, the loaded-address-space records, VMX/SVM per-CPU areas).
 pub fn init_this_cpu(index: usize, apic_id: u32, sel: &crate::gdt::Selectors) -> Result<(), crate::paging::PagingError> {
-    let (_, top) = crate::paging::alloc_stack(8)?;
+    if !claim_index(index) {
+        return Err(crate::paging::PagingError::AlreadyMapped);
+    }
+    let top = crate::paging::alloc_stack(8)?.top();
     CPU_APIC[index].store(apic_id, Ordering::Release);
     crate::uspace::init_syscall_msrs(sel);
     crate::percpu::install(Box::leak(Box::new(PerCpu::new(index, apic_id, top, sel.tss_io))));
     ONLINE.fetch_add(1, Ordering::AcqRel);
     Ok(())
+}
+
+/// CPU indices handed out (`start_ap` on the boot CPU, `init_this_cpu` on each CPU).
+static CLAIMED: AtomicU64 = AtomicU64::new(0);
+static STARTED: AtomicU64 = AtomicU64::new(0);
+
+fn claim(set: &AtomicU64, index: usize) -> bool {
+    index < MAX_CPUS && set.fetch_or(1 << index, Ordering::SeqCst) & (1 << index) == 0
+}
+fn claim_index(index: usize) -> bool {
+    claim(&CLAIMED, index)
 }
 
 pub fn online_cpus() -> usize {
@@ -45,13 +62,17 @@ extern "C" {
     static boot_pml4: u8;
 }
 
-/// Start the AP with `apic_id` as CPU `index`; waits until it reports in (or ~1 s).
+/// Start the AP with `apic_id` as CPU `index`; waits until it reports in (or ~1 s). Each
+/// index is started once (index 0 is the boot CPU's): a second start is refused.
 pub fn start_ap(index: usize, apic_id: u32) -> Result<(), &'static str> {
+    if index == 0 || !claim(&STARTED, index) {
+        return Err("CPU index out of range, the boot CPU's, or started already");
+    }
     #[cfg(feature = "kernel")]
     if crate::limine::booted_by_limine() {
-        let (_, stack_top) = crate::paging::alloc_stack(16).map_err(|_| "no memory for the AP stack")?;
+        let stack = crate::paging::alloc_stack(16).map_err(|_| "no memory for the AP stack")?;
         AP_ALIVE.store(u64::MAX, Ordering::SeqCst);
-        crate::limine::start_ap(index, apic_id, stack_top)?;
+        crate::limine::start_ap(index, apic_id, stack)?;
         return wait_alive(index, 1_400_000_000);
     }
     let start = core::ptr::addr_of!(arch_ap_tramp_start) as u64;
@@ -62,7 +83,7 @@ pub fn start_ap(index: usize, apic_id: u32) -> Result<(), &'static str> {
     if boot_cr3 >= 1 << 32 {
         return Err("boot page tables above 4 GiB");
     }
-    let (_, stack_top) = crate::paging::alloc_stack(16).map_err(|_| "no memory for the AP stack")?;
+    let stack_top = crate::paging::alloc_stack(16).map_err(|_| "no memory for the AP stack")?.top();
     let dst = crate::paging::p2v(TRAMPOLINE_PHYS);
     // SAFETY: physical 0x8000 lies in the first MiB, which the frame allocator never hands out;
     // the direct map covers it. The blob is position-dependent code assembled for 0x8000.
@@ -122,9 +143,17 @@ extern "C" fn arch_ap_main(index: u64) -> ! {
     let index = index as usize;
     // Same CPU state as the boot CPU: global pages, SSE, write protect.
     crate::cpu::cr4_set((1 << 7) | (1 << 9) | (1 << 10));
-    let ist: [u64; 5] = core::array::from_fn(|_| {
-        crate::paging::alloc_stack((crate::gdt::IST_STACK_SIZE / 4096) as u64).map(|s| s.1).unwrap_or(0)
-    });
+    let mut ist = [0u64; 5];
+    for top in ist.iter_mut() {
+        match crate::paging::alloc_stack((crate::gdt::IST_STACK_SIZE / 4096) as u64) {
+            Ok(s) => *top = s.top(),
+            // (an IST entry of 0 would run the next exception on whatever is at address 0)
+            Err(_) => {
+                crate::println!("cpu {}: no memory for exception stacks", index);
+                crate::cpu::halt_forever();
+            }
+        }
+    }
     let sel = crate::gdt::init_cpu(ist);
     crate::trap::load();
     crate::uspace::enable_protections();

@@ -9,6 +9,21 @@ use x86_64::VirtAddr;
 use crate::gdt;
 
 /// Register state saved by the trap entry stub (`asm/trap.s`), lowest address first.
+///
+/// The fields `iretq` restores (RIP, CS, RFLAGS, RSP, SS) are not writable outside this crate:
+/// a frame comes from a kernel entry, `uspace::user_frame` (ring 3),
+/// `uspace::kernel_frame` (a kernel function on a kernel stack), the idle frame, or
+/// `Default` (all zero: selector 0, which faults if it is ever restored). So safe code cannot
+/// send ring 0 to an arbitrary address or stack, nor give ring 3 a ring-0 selector or IOPL:
+///
+/// ```compile_fail
+/// #![forbid(unsafe_code)]
+/// fn hijack(f: &mut catenary_arch::trap::TrapFrame) { f.cs = 0x08; f.rip = 0xffff_8000_dead_0000; }
+/// ```
+/// ```
+/// #![forbid(unsafe_code)]
+/// fn syscall_result(f: &mut catenary_arch::trap::TrapFrame) { f.rax = 0; let _ = f.rip(); }
+/// ```
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TrapFrame {
@@ -29,11 +44,43 @@ pub struct TrapFrame {
     pub rax: u64,
     pub vector: u64,
     pub error_code: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
+    pub(crate) rip: u64,
+    pub(crate) cs: u64,
+    pub(crate) rflags: u64,
+    pub(crate) rsp: u64,
+    pub(crate) ss: u64,
+}
+
+impl TrapFrame {
+    pub fn rip(&self) -> u64 {
+        self.rip
+    }
+    pub fn cs(&self) -> u64 {
+        self.cs
+    }
+    pub fn rflags(&self) -> u64 {
+        self.rflags
+    }
+    pub fn rsp(&self) -> u64 {
+        self.rsp
+    }
+    pub fn ss(&self) -> u64 {
+        self.ss
+    }
+    /// Whether the frame returns to ring 3.
+    pub fn is_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
+    /// Point a ring-3 frame's RIP at `rip` (any value: a bad one faults in ring 3, and a
+    /// non-canonical one is caught by the return check). False, and nothing changed, for a
+    /// ring-0 frame.
+    pub fn set_user_rip(&mut self, rip: u64) -> bool {
+        if !self.is_user() {
+            return false;
+        }
+        self.rip = rip;
+        true
+    }
 }
 
 pub const EXCEPTION_NAMES: [&str; 32] = [
@@ -143,10 +190,16 @@ struct ProbeRet {
     faulted: u64,
 }
 
-/// Fill every IDT gate with its stub and IST index, then load the IDT on this CPU.
+/// Fill every IDT gate with its stub and IST index, then load the IDT on this CPU. The gates
+/// are filled once (the boot CPU's first call); later calls only load the IDT.
 pub fn init() {
+    static FILLED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if FILLED.swap(true, Ordering::SeqCst) {
+        return load();
+    }
     let stubs = core::ptr::addr_of!(arch_trap_stubs) as u64;
-    // SAFETY: called on the boot CPU before interrupts are on; no other reference exists yet.
+    // SAFETY: the first call (checked above), on the boot CPU before interrupts are on and
+    // before any other CPU runs: no other reference to the IDT exists yet.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(IDT) };
     for v in 0..256usize {
         let addr = VirtAddr::new(stubs + 16 * v as u64);
@@ -386,6 +439,25 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
         8 | 18 => fatal(f),
         _ => {}
     }
+    // The frame handlers get is this CPU's live frame until they return (`is_live_frame`);
+    // a nested entry (a probe's fault) saves and restores the outer one.
+    let cpu = crate::percpu::cpu_index();
+    let outer = LIVE_FRAME[cpu].swap(f as *mut TrapFrame as u64, Ordering::SeqCst);
+    dispatch(f, v);
+    LIVE_FRAME[cpu].store(outer, Ordering::SeqCst);
+}
+
+/// The frame of the kernel entry each CPU is handling (0: none), set by `arch_trap_dispatch`.
+static LIVE_FRAME: [AtomicU64; crate::percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS];
+
+/// Whether `f` is the frame of the kernel entry this CPU is handling (the one the entry stub
+/// built, with its FPU save area below it), not a copy of one.
+pub fn is_live_frame(f: &TrapFrame) -> bool {
+    LIVE_FRAME.get(crate::percpu::cpu_index()).is_some_and(|l| l.load(Ordering::SeqCst) == f as *const TrapFrame as u64)
+}
+
+#[cfg(feature = "kernel")]
+fn dispatch(f: &mut TrapFrame, v: u64) {
     if v == SYSCALL_FRAME {
         syscall_dispatch(f);
         check_user_return(f);

@@ -20,6 +20,7 @@
 //! ([`AddressSpace::map_device`]).
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::structures::paging::{
     mapper::TranslateResult, FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame,
     Size4KiB, Translate,
@@ -59,6 +60,7 @@ impl From<PagingError> for UserError {
             PagingError::AlreadyMapped | PagingError::HugePage => UserError::Busy,
             PagingError::NotMapped => UserError::NotMapped,
             PagingError::Misaligned => UserError::Misaligned,
+            PagingError::NotDevice | PagingError::BadVector => UserError::WrongKind,
         }
     }
 }
@@ -160,10 +162,20 @@ pub struct UserPage {
 
 /// Frames a task lends for one call: taken from the lender's own page tables (every page its
 /// RAM, writable if the loan is), so mapping them elsewhere shares task memory and nothing else.
+/// The loan holds a reference on each frame until it is dropped, so the frames stay allocated
+/// (even if the lender unmaps or frees them) while the loan can still be mapped.
 #[derive(Debug)]
 pub struct Lent {
     frames: Vec<u64>,
     writable: bool,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        for &f in &self.frames {
+            crate::memory::user_unref(f, false);
+        }
+    }
 }
 
 impl Lent {
@@ -262,6 +274,9 @@ impl AddressSpace {
         };
         self.tables = tables;
         r.map_err(PagingError::from)?.flush();
+        if kind != PageKind::Mmio {
+            crate::memory::user_ref(phys); // a user frame is counted per mapping
+        }
         Ok(())
     }
 
@@ -352,6 +367,14 @@ impl AddressSpace {
             }
             frames.push(p.phys);
         }
+        // Pin every frame (all or nothing): a RAM page that is not a user frame (mapped with
+        // the raw `map`) cannot be lent.
+        for (i, &f) in frames.iter().enumerate() {
+            if !crate::memory::user_ref(f) {
+                frames[..i].iter().for_each(|&g| crate::memory::user_unref(g, false));
+                return Err(UserError::WrongKind);
+            }
+        }
         Ok(Lent { frames, writable })
     }
 
@@ -359,8 +382,9 @@ impl AddressSpace {
     pub fn map_lent(&mut self, virt: u64, lent: &Lent) -> Result<(), UserError> {
         let r = UserRange::pages(virt, lent.pages().max(1))?;
         for (i, v) in r.page_starts().enumerate() {
-            // SAFETY: the frames are task RAM of the lender (checked by `lend` against its page
-            // tables); the kernel keeps them allocated while the loan is mapped.
+            // SAFETY: the frames are user frames of the lender (checked by `lend` against its
+            // page tables), pinned by `lent` until it drops and then by this mapping's own
+            // reference (`map_raw` counts it) until it is unmapped.
             if let Err(e) = unsafe { self.map_raw(v, lent.frames[i], PageKind::Grant, lent.writable, false) } {
                 for u in r.page_starts().take(i) {
                     let _ = self.unmap(u);
@@ -380,6 +404,9 @@ impl AddressSpace {
         match m.unmap(Page::<Size4KiB>::containing_address(VirtAddr::new(r.start()))) {
             Ok((_, flush)) => {
                 flush.flush();
+                if page.kind != PageKind::Mmio {
+                    crate::memory::user_unref(page.phys, loaded_elsewhere(self.pml4));
+                }
                 Ok(page)
             }
             Err(_) => Err(UserError::NotMapped),
@@ -458,30 +485,104 @@ impl AddressSpace {
         Ok(())
     }
 
-    /// Free the page-table frames of the user half (not the frames they mapped: the kernel
-    /// tracks those per task) and the PML4 itself.
+    /// Drop the space: every user mapping goes (a user frame is freed once its owner gave it
+    /// up and nothing else maps it, see `memory::free_user_frame`), then the page-table frames
+    /// of the user half and the PML4. A space still loaded on this CPU is switched away from
+    /// first; one still loaded on another CPU is kept until that CPU switches away (its
+    /// tables are freed at a later [`activate`]), so no CPU ever walks freed tables.
     pub fn destroy(self) {
-        fn free_level(table: u64, level: u8) {
-            let t = p2v(table) as *const u64;
-            let n = if level == 4 { 256 } else { 512 };
-            for i in 0..n {
-                // SAFETY: page-table frames of this space, reached through the direct map.
-                let e = unsafe { t.add(i).read() };
-                if e & 1 != 0 && e & (1 << 7) == 0 && level > 1 {
-                    let next = e & 0x000f_ffff_ffff_f000;
-                    free_level(next, level - 1);
-                    // SAFETY: a page-table frame of this space, which `destroy` consumes (no
-                    // later map/unmap reaches it). A CPU with this PML4 still in CR3 could walk
-                    // it: not checked here; the kernel destroys a space only in `reap_dead`,
-                    // after the task's CPU switched away (a remaining hole, docs/microkernel.md).
-                    let _ = unsafe { crate::memory::free_frame(next) };
+        let pml4 = self.pml4;
+        core::mem::forget(self);
+        if current_loaded() == pml4 {
+            activate(None);
+        }
+        if loaded_elsewhere(pml4) {
+            crate::cpu::without_interrupts(|| ZOMBIES.lock().push(pml4));
+            return;
+        }
+        free_tables(pml4);
+    }
+}
+
+/// Free a space's tables (loaded on no CPU: each CPU that had it loaded has switched CR3 since,
+/// which flushed its non-global translations).
+fn free_tables(pml4: u64) {
+    fn free_level(table: u64, level: u8) {
+        let t = p2v(table) as *const u64;
+        let n = if level == 4 { 256 } else { 512 };
+        for i in 0..n {
+            // SAFETY: a page-table frame of this space, reached through the direct map; the
+            // space is loaded nowhere and owned by this call, so nothing writes it meanwhile.
+            let e = unsafe { t.add(i).read() };
+            if e & 1 == 0 {
+                continue;
+            }
+            let next = e & 0x000f_ffff_ffff_f000;
+            if level == 1 {
+                // A leaf: drop its reference on a user frame (RAM or grant; MMIO is not counted).
+                if e & (F::BIT_9 | F::BIT_10).bits() != 0 {
+                    crate::memory::user_unref(next, false);
                 }
+            } else if e & (1 << 7) == 0 {
+                free_level(next, level - 1);
+                // SAFETY: a page-table frame of this space, which is loaded on no CPU (so no
+                // CPU walks or caches it) and owned by this call (no later map/unmap reaches it).
+                let _ = unsafe { crate::memory::free_frame(next) };
             }
         }
-        free_level(self.pml4, 4);
-        // SAFETY: as above, for the PML4.
-        let _ = unsafe { crate::memory::free_frame(self.pml4) };
     }
+    free_level(pml4, 4);
+    // SAFETY: as above, for the PML4.
+    let _ = unsafe { crate::memory::free_frame(pml4) };
+}
+
+/// The user PML4 each CPU has loaded (0: the kernel's), written only by [`activate`].
+static LOADED: [AtomicU64; crate::percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS];
+/// Destroyed spaces still loaded on some CPU when they were destroyed.
+static ZOMBIES: spin::Mutex<Vec<u64>> = spin::Mutex::new(Vec::new());
+
+fn current_loaded() -> u64 {
+    LOADED.get(crate::percpu::cpu_index()).map_or(0, |l| l.load(Ordering::SeqCst))
+}
+
+/// Whether a CPU other than this one has `pml4` loaded.
+fn loaded_elsewhere(pml4: u64) -> bool {
+    let me = crate::percpu::cpu_index();
+    LOADED.iter().enumerate().any(|(c, l)| c != me && l.load(Ordering::SeqCst) == pml4)
+}
+
+/// Load `space`'s page tables on this CPU (the kernel's with `None`; no-op if already loaded).
+/// The only way to load a user space: it takes the space itself (not an address), and records
+/// which space each CPU has loaded so [`AddressSpace::destroy`] never frees tables a CPU uses.
+pub fn activate(space: Option<&AddressSpace>) {
+    let pml4 = space.map_or(crate::paging::kernel_pml4(), |s| s.pml4);
+    crate::cpu::without_interrupts(|| {
+        if let Some(l) = LOADED.get(crate::percpu::cpu_index()) {
+            l.store(if space.is_some() { pml4 } else { 0 }, Ordering::SeqCst);
+        }
+        if crate::cpu::read_cr3() & !0xfff != pml4 {
+            // SAFETY: a user space shares the kernel half with the kernel page tables
+            // (`AddressSpace::new`), and `space` is alive for this call (borrowed), so the
+            // running kernel code, stacks and data stay mapped; the record above keeps
+            // `destroy` from freeing the tables while this CPU has them loaded.
+            unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
+        }
+    });
+    let zombies = crate::cpu::without_interrupts(|| {
+        let mut z = ZOMBIES.lock();
+        if z.is_empty() {
+            return Vec::new();
+        }
+        let (done, keep): (Vec<u64>, Vec<u64>) = z.iter().partition(|&&p| !LOADED.iter().any(|l| l.load(Ordering::SeqCst) == p));
+        *z = keep;
+        done
+    });
+    zombies.into_iter().for_each(free_tables);
+}
+
+/// Destroyed address spaces whose tables wait for a CPU to switch away (tests).
+pub fn spaces_pending() -> usize {
+    crate::cpu::without_interrupts(|| ZOMBIES.lock().len())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::paging::{p2v, GlobalFrames, PagingError};
 use crate::trap::TrapFrame;
 
 pub use crate::trap::{set_syscall_handler, SYSCALL_FRAME};
-pub use crate::user_mem::{AddressSpace, UserRange, USER_END};
+pub use crate::user_mem::{spaces_pending, AddressSpace, UserRange, USER_END};
 pub const IO_BITMAP_BYTES: usize = 8192;
 
 extern "C" {
@@ -59,10 +59,16 @@ pub fn enable_protections() -> (bool, bool) {
 pub use crate::cpu::{enable_xsave, xcr0, ARCH_XSAVE_ON, FPU_AREA};
 
 /// The FPU/SSE/AVX save area that the entry stub filled right below `f` (restored on exit).
+/// `f` must be the frame of the kernel entry this CPU is handling (the one its handler was
+/// given): any other `TrapFrame` (a copy in a task's context, say) has no save area below it,
+/// and this panics instead of handing out memory that is not one.
 pub fn fx_area(f: &mut TrapFrame) -> &mut [u8; FPU_AREA] {
+    assert!(crate::trap::is_live_frame(f), "fx_area: not the live trap frame of this CPU");
     let p = (f as *mut TrapFrame as u64 & !0x3f) - FPU_AREA as u64;
-    // SAFETY: every entry stub (trap_common, arch_syscall_entry) aligns the frame's address to
-    // 64 and places its FPU_AREA-byte save area directly below it, for the handler's lifetime.
+    // SAFETY: `f` is this CPU's live entry frame (checked above), and every entry stub
+    // (trap_common, arch_syscall_entry) aligns that frame's address to 64 and places its
+    // FPU_AREA-byte save area directly below it, for the handler's lifetime; the returned
+    // borrow is tied to the `&mut` of the frame, so there is one user at a time.
     unsafe { &mut *(p as *mut [u8; FPU_AREA]) }
 }
 
@@ -80,28 +86,50 @@ pub fn user_frame(rip: u64, rsp: u64, arg: u64) -> TrapFrame {
     TrapFrame { rip, rsp, rdi: arg, cs: 0x23, ss: 0x1b, rflags: 0x202, ..Default::default() }
 }
 
-/// A frame that runs kernel code `rip` on stack `rsp` with `rdi` = `arg`, interrupts on.
-pub fn kernel_frame(rip: u64, rsp: u64, arg: u64) -> TrapFrame {
-    // The stack top is 16-aligned; entering a function needs rsp ≡ 8 (mod 16).
-    TrapFrame { rip, rsp: rsp - 8, rdi: arg, cs: 0x08, ss: 0x10, rflags: 0x202, ..Default::default() }
+/// A frame that runs kernel function `entry(arg)` on `stack`, interrupts on. It takes a
+/// function (not an address) and a stack from the allocator (not a stack pointer), so the
+/// frame cannot point ring-0 execution or its stack at arbitrary memory. The caller keeps
+/// `stack` for as long as the frame may run (the kernel keeps it in the task's context).
+/// (It took a raw entry address and stack top before.)
+///
+/// ```compile_fail
+/// #![forbid(unsafe_code)]
+/// let _ = catenary_arch::uspace::kernel_frame(0xffff_8000_dead_0000, 0xffff_8000_0010_0000, 0);
+/// ```
+/// ```no_run
+/// #![forbid(unsafe_code)]
+/// extern "C" fn entry(_: u64) -> ! { loop {} }
+/// let stack = catenary_arch::paging::alloc_kernel_stack(8).unwrap();
+/// let _ = catenary_arch::uspace::kernel_frame(entry, &stack, 0);
+/// ```
+pub fn kernel_frame(entry: extern "C" fn(u64) -> !, stack: &crate::paging::KernelStack, arg: u64) -> TrapFrame {
+    ring0_frame(entry as *const () as u64, stack.top(), arg)
 }
 
-/// A fresh frame for this CPU's idle loop on `stack_top`.
-pub fn idle_frame(stack_top: u64) -> TrapFrame {
-    kernel_frame(arch_idle_loop as *const () as u64, stack_top, 0)
+/// The stack top is 16-aligned; entering a function needs rsp ≡ 8 (mod 16).
+fn ring0_frame(rip: u64, top: u64, arg: u64) -> TrapFrame {
+    TrapFrame { rip, rsp: top - 8, rdi: arg, cs: 0x08, ss: 0x10, rflags: 0x202, ..Default::default() }
+}
+
+/// A fresh frame for this CPU's idle loop on `stack` (a stack that lives for good).
+pub fn idle_frame(stack: crate::paging::StaticStack) -> TrapFrame {
+    ring0_frame(arch_idle_loop as *const () as u64, stack.top(), 0)
 }
 
 pub fn current_cr3() -> u64 {
     crate::cpu::read_cr3() & !0xfff
 }
 
-/// Switch to the page tables at `pml4` (no-op if already loaded).
-pub fn switch_cr3(pml4: u64) {
-    if current_cr3() != pml4 {
-        // SAFETY: every PML4 given here shares the kernel half with the kernel page tables
-        // (`AddressSpace::new`), so the running kernel code, stacks and data stay mapped.
-        unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
-    }
+/// Switch to `space`'s page tables (the kernel's with `None`); see
+/// [`crate::user_mem::activate`]. It took a raw PML4 address before, which let safe code load
+/// any frame as page tables:
+///
+/// ```compile_fail
+/// #![forbid(unsafe_code)]
+/// catenary_arch::uspace::switch_cr3(0x1000);
+/// ```
+pub fn switch_cr3(space: Option<&AddressSpace>) {
+    crate::user_mem::activate(space)
 }
 
 /// Make sure every kernel-half PML4 slot has a PDPT, so address spaces created later (which copy
@@ -188,4 +216,18 @@ pub fn ksyscall(nr: u64, a: [u64; 6]) -> SysRet {
             inlateout("r13") 0u64 => r.r13, lateout("rcx") _, lateout("r11") _);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `TrapFrame` that is not the live entry frame (a copy kept in a task's context) has no
+    /// FPU save area below it: `fx_area` refuses it instead of handing out the memory below.
+    #[test]
+    #[should_panic(expected = "not the live trap frame")]
+    fn fx_area_refuses_a_copied_frame() {
+        let mut copy = alloc::boxed::Box::new(TrapFrame::default());
+        let _ = fx_area(&mut copy);
+    }
 }

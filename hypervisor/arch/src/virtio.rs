@@ -68,7 +68,7 @@ fn bar_address(df: DeviceFunction, bar: u8) -> Option<u64> {
     if bar > 5 {
         return None;
     }
-    let cam = crate::pci::PortCam;
+    let cam = crate::pci::PortCam::new();
     let lo = cam.read_word(df, 0x10 + 4 * bar);
     if lo & 1 != 0 {
         return None; // I/O BAR
@@ -88,7 +88,10 @@ pub fn msix_program(df: DeviceFunction, vector: u8, dest_apic: u32) -> Result<u1
     if dest_apic > 0xff {
         return Err("destination APIC id above 255 (needs interrupt remapping)");
     }
-    let cam = crate::pci::PortCam;
+    if vector < 32 {
+        return Err("vector below 32 (an exception vector, see apic::send_ipi)");
+    }
+    let cam = crate::pci::PortCam::new();
     let root = crate::pci::root();
     let cap = root.capabilities(df).find(|c| c.id == 0x11).map(|c| c.offset).ok_or("no MSI-X capability")?;
     let ctrl = (cam.read_word(df, cap) >> 16) as u16;
@@ -97,7 +100,7 @@ pub fn msix_program(df: DeviceFunction, vector: u8, dest_apic: u32) -> Result<u1
     let tbase = bar_address(df, (table & 7) as u8).ok_or("MSI-X table BAR not a memory BAR")? + (table & !7) as u64;
     let tv = crate::paging::map_mmio(tbase, entries as u64 * 16).map_err(|_| "cannot map the MSI-X table")?;
     // Function-masked while the table is written, then enabled and unmasked.
-    let mut cam_w = crate::pci::PortCam;
+    let mut cam_w = crate::pci::PortCam::new();
     let low16 = cam.read_word(df, cap) & 0xffff;
     cam_w.write_word(df, cap, low16 | ((ctrl as u32 | 0x4000) << 16));
     // SAFETY: `tv` maps the device's MSI-X table (`entries` × 16 bytes, uncached), a fresh
@@ -130,7 +133,7 @@ pub struct VirtioPciInfo {
 
 impl VirtioPciInfo {
     pub fn read(df: DeviceFunction) -> Result<VirtioPciInfo, &'static str> {
-        let cam = crate::pci::PortCam;
+        let cam = crate::pci::PortCam::new();
         let root = crate::pci::root();
         let mut info = VirtioPciInfo::default();
         for c in root.capabilities(df).filter(|c| c.id == 0x09) {
@@ -198,7 +201,7 @@ pub struct Quiesced {
 /// common configuration, found through the function's own virtio capabilities), so that turning bus mastering on again for the
 /// next driver cannot resume the old queues, which point into the freed memory.
 pub fn quiesce(df: DeviceFunction) -> Quiesced {
-    let mut cam = crate::pci::PortCam;
+    let mut cam = crate::pci::PortCam::new();
     let cmd = cam.read_word(df, 0x04) & 0xffff; // the upper half is the status register (RW1C)
     cam.write_word(df, 0x04, cmd & !CMD_BUS_MASTER);
     let bus_master_off = !bus_master_on(df);
@@ -232,7 +235,7 @@ pub fn quiesce(df: DeviceFunction) -> Quiesced {
 
 /// Whether function `df` may master the bus now.
 pub fn bus_master_on(df: DeviceFunction) -> bool {
-    crate::pci::PortCam.read_word(df, 0x04) & CMD_BUS_MASTER != 0
+    crate::pci::PortCam::new().read_word(df, 0x04) & CMD_BUS_MASTER != 0
 }
 
 /// Queue depth of each virtqueue.

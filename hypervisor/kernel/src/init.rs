@@ -74,7 +74,7 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
         Ok(f) => f,
         Err(e) => panic!("frame allocator: {:?}", e),
     };
-    memory::install(frames);
+    assert!(memory::install(frames), "frame allocator installed twice");
     // What ring 3 may never get as device memory, and the modules read in place for good.
     let ram: Vec<(u64, u64)> = bi.memory_map.iter()
         .filter(|r| !matches!(r.kind, MemoryKind::Reserved | MemoryKind::BadMemory | MemoryKind::Framebuffer))

@@ -64,6 +64,12 @@ const TESTS: &[(&str, TestFn)] = &[
     ("syscall_spawn_failure_frees_everything", crate::ktest_syscall::syscall_spawn_failure_frees_everything),
     ("caps_table_full_is_an_error", crate::ktest_lifecycle::caps_table_full_is_an_error),
     ("kernel_task_stacks_freed", crate::ktest_lifecycle::kernel_task_stacks_freed),
+    ("sound_user_frame_freed_once", crate::ktest_sound::sound_user_frame_freed_once),
+    ("sound_lent_frames_outlive_owner", crate::ktest_sound::sound_lent_frames_outlive_owner),
+    ("sound_destroy_loaded_space", crate::ktest_sound::sound_destroy_loaded_space),
+    ("sound_phys_read_user_only", crate::ktest_sound::sound_phys_read_user_only),
+    ("sound_boot_state_set_once", crate::ktest_sound::sound_boot_state_set_once),
+    ("sound_device_mappings_refuse_ram", crate::ktest_sound::sound_device_mappings_refuse_ram),
     ("vm_hostile_garbage_io", crate::ktest_vm::vm_hostile_garbage_io),
     ("vm_hostile_unknown_msr_gp", crate::ktest_vm::vm_hostile_unknown_msr_gp),
     ("vm_hostile_wild_mmio", crate::ktest_vm::vm_hostile_wild_mmio),
@@ -125,7 +131,7 @@ pub fn run(node: &Node) -> ! {
 /// their CPU's next tick): what frame-count checks compare.
 pub fn free_frames_settled() -> u64 {
     let end = catenary_arch::time::now_ns() + 1_000_000_000;
-    while crate::task::kernel_stacks_pending() > 0 && catenary_arch::time::now_ns() < end {
+    while (crate::task::kernel_stacks_pending() > 0 || memory::user_frees_pending() > 0) && catenary_arch::time::now_ns() < end {
         crate::task::sleep_ns(1_000_000);
     }
     memory::stats().free
@@ -266,7 +272,8 @@ fn stack_guard_page_unmapped(_: &Node) -> Result<(), String> {
     let g = boot::boot_stack_guard();
     check(paging::translate(g).is_none(), || "boot stack guard page is mapped".into())?;
     check(trap::probe_read(g).is_err(), || "boot stack guard page readable".into())?;
-    let (bottom, top) = paging::alloc_stack(4).map_err(|e| format!("{e:?}"))?;
+    let s = paging::alloc_stack(4).map_err(|e| format!("{e:?}"))?;
+    let (bottom, top) = (s.bottom(), s.top());
     check(top - bottom == 4 * 4096, || "wrong stack size".into())?;
     check(paging::translate(bottom - 1).is_none(), || "allocated stack has no guard".into())?;
     check(paging::translate(bottom).is_some(), || "allocated stack unmapped".into())

@@ -44,6 +44,8 @@ mod ktest_supervisor;
 #[cfg(feature = "ktest")]
 mod ktest_syscall;
 #[cfg(feature = "ktest")]
+mod ktest_sound;
+#[cfg(feature = "ktest")]
 mod ktest_sysfuzz;
 #[cfg(feature = "ktest")]
 mod ktest_vm;

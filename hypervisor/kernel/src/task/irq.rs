@@ -98,7 +98,7 @@ pub(super) fn on_bound_irq(f: &mut TrapFrame) {
 }
 
 pub(super) fn on_exception(f: &mut TrapFrame) -> bool {
-    if f.cs & 3 != 3 {
+    if !f.is_user() {
         return false; // a kernel fault: dump and stop, as before
     }
     let (id, name) = with(|k| {
@@ -107,7 +107,7 @@ pub(super) fn on_exception(f: &mut TrapFrame) -> bool {
     });
     catenary_arch::trap::print_dump(f, &alloc::format!("in ring-3 task {} \"{}\" - killing the task", id, name));
     // what the supervisor is told: the faulting address of a page fault, else where it ran
-    let addr = if f.vector == 14 { cpu::read_cr2() } else { f.rip };
+    let addr = if f.vector == 14 { cpu::read_cr2() } else { f.rip() };
     with(|k| {
         supervisor::note_fault(k, id, addr);
         kill_current(k, f, killed_by(f.vector))

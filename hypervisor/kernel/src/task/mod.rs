@@ -135,7 +135,7 @@ impl Ctx {
 pub struct Kernel {
     pub sched: Scheduler<Ctx>,
     pub ipc: IpcSpace,
-    idle_stack: Vec<u64>,
+    idle_stack: Vec<paging::StaticStack>,
     on_idle: Vec<bool>,
     /// Per CPU: stacks of dead kernel tasks, freed once this CPU runs on another stack.
     dead_stacks: Vec<Vec<paging::KernelStack>>,
@@ -175,7 +175,7 @@ pub fn init(cpus: usize) {
         svc: Default::default(),
     };
     for _ in 0..cpus {
-        k.idle_stack.push(paging::alloc_stack(4).expect("idle stack").1);
+        k.idle_stack.push(paging::alloc_stack(4).expect("idle stack"));
     }
     k.sched.set_online(0, true);
     k.sched.adopt_running(0, "main", Priority::NORMAL, Ctx::new(TrapFrame::default()));
@@ -212,8 +212,7 @@ pub fn kernel_stacks_pending() -> usize {
 pub fn set_user_rip_for_test(id: TaskId, rip: u64) -> bool {
     with(|k| match k.sched.task_mut(id) {
         Some(t) if matches!(t.state, TaskState::Blocked(_)) && t.context.space.is_some() => {
-            t.context.frame.rip = rip;
-            true
+            t.context.frame.set_user_rip(rip)
         }
         _ => false,
     })

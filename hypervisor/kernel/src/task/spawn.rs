@@ -22,14 +22,11 @@ pub fn spawn_kernel(name: &str, prio: Priority, aff: Affinity, f: fn(u64), arg: 
 /// Start a kernel task running `f(arg)`; `NoMemory` when its stack cannot be allocated.
 pub fn try_spawn_kernel(name: &str, prio: Priority, aff: Affinity, f: fn(u64), arg: u64) -> Result<TaskId, SpawnError> {
     let stack = paging::alloc_kernel_stack(8).map_err(|_| SpawnError::NoMemory)?;
-    let top = stack.top();
-    let entry: extern "C" fn(u64) = {
-        extern "C" fn tramp(a: u64) {
-            kernel_task_start(a)
-        }
-        tramp
-    };
-    let mut ctx = Ctx::new(uspace::kernel_frame(entry as *const () as u64, top, 0));
+    extern "C" fn tramp(a: u64) -> ! {
+        kernel_task_start(a);
+        unreachable!("SYS_EXIT returned")
+    }
+    let mut ctx = Ctx::new(uspace::kernel_frame(tramp, &stack, 0));
     ctx.kentry = Some((f, arg));
     ctx.kstack = Some(stack);
     Ok(with(|k| {

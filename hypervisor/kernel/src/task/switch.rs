@@ -14,7 +14,7 @@ pub(super) fn load(k: &mut Kernel, f: &mut TrapFrame, id: TaskId) {
     let t = k.sched.task_mut(id).expect("picked task exists");
     *f = t.context.frame;
     uspace::fx_area(f).copy_from_slice(&t.context.fx[..]);
-    uspace::switch_cr3(t.context.space.as_ref().map(|s| s.pml4()).unwrap_or_else(paging::kernel_pml4));
+    uspace::switch_cr3(t.context.space.as_ref());
     uspace::set_io_bitmap(id, t.context.io.as_deref());
 }
 
@@ -52,7 +52,7 @@ pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
         None => {
             if !k.on_idle[c] {
                 *f = uspace::idle_frame(k.idle_stack[c]);
-                uspace::switch_cr3(paging::kernel_pml4());
+                uspace::switch_cr3(None);
                 uspace::set_io_bitmap(0, None);
                 k.on_idle[c] = true;
             }
