@@ -20,6 +20,7 @@ mod bench;
 mod tools;
 mod vmbench;
 mod workbench;
+mod workloadtest;
 
 use std::process::ExitCode;
 

@@ -88,8 +88,9 @@ pub fn pack(dir: &Path, tag: &str, out: &Path) -> Result<String, String> {
 }
 
 /// The guest bundle boot module (`build/guest`'s vmlinux, bzImage, initramfs.cpio.gz) plus the
-/// packed image in `image` (`image/rootfs.squashfs`, `image/config.json`), written to `bundle`:
-/// what a node started with `vm.image=1` runs.
+/// packed image in `image` (`image/rootfs.squashfs`, `image/config.json`, and `image/image.json`,
+/// by which the node's image store verifies it), written to `bundle`: what a node started with
+/// `vm.image=1` runs, and the image the workload service finds in its store.
 pub fn bundle_with_image(image: &Path, bundle: &Path) -> Result<(), String> {
     let g = out_dir().join("guest");
     let mut files = Vec::new();
@@ -99,6 +100,7 @@ pub fn bundle_with_image(image: &Path, bundle: &Path) -> Result<(), String> {
         ("initramfs.cpio.gz", g.join("initramfs.cpio.gz")),
         ("image/rootfs.squashfs", image.join("rootfs.squashfs")),
         ("image/config.json", image.join("config.json")),
+        ("image/image.json", image.join("image.json")),
     ] {
         files.push((name.to_string(), std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?));
     }

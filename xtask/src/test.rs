@@ -304,6 +304,10 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
     if crate::smpvm::TESTS.iter().any(|n| selected(n)) && (!quick || only_filter(&std::env::args().collect::<Vec<_>>()).is_some()) {
         crate::smpvm::test(t, &kernel)?;
     }
+    // The workload service with Linux microVMs (one boot; under --quick only when --only selects it).
+    if crate::workloadtest::TESTS.iter().any(|n| selected(n)) && (!quick || only_filter(&std::env::args().collect::<Vec<_>>()).is_some()) {
+        crate::workloadtest::test(t, &kernel)?;
+    }
     // Intel VT-x under Bochs (slow: skipped by --quick unless --bochs is given).
     if (!quick || std::env::args().any(|a| a == "--bochs")) && selected("bochs") {
         crate::bochs::tests(t, &plain, &kernel, &[(module.clone(), "ktest-module".into())], &args("multiboot2"))?;

@@ -262,6 +262,10 @@ pub mod syscall {
     /// received and has not answered: rdi = address | writable, rsi = length in bytes
     /// (what the kernel mapped, never what the caller's words claim).
     pub const SYS_GRANT_OF: u64 = 20;
+    /// `vm(slot, op, buf, len, arg)`: VM control for the workload service (the capability in
+    /// `slot` must carry [`Rights::VMCTL`](crate::Rights::VMCTL) on the caller's own
+    /// endpoint); ops and records in `catenary_workload::vmctl`.
+    pub const SYS_VM: u64 = 21;
     /// Error code (returned negated) of a syscall given a bad argument: an address outside
     /// the caller's memory, a range that overflows, memory or a device it does not own.
     pub const ERR_BAD_ARG: u64 = 100;
@@ -380,6 +384,10 @@ impl Rights {
     /// May lend memory to the endpoint's owner for as long as both live (`SYS_SHARE`).
     /// Minted by the kernel only, per the manifest's `shares`.
     pub const SHARE: Rights = Rights(32);
+    /// On a capability to the workload service's own endpoint: may use `SYS_VM` (create,
+    /// power off and hear from microVMs). Minted by the kernel only, for the manifest's
+    /// `vm_control` service.
+    pub const VMCTL: Rights = Rights(64);
     pub const ALL: Rights = Rights(7);
     pub fn contains(self, o: Rights) -> bool {
         self.0 & o.0 == o.0

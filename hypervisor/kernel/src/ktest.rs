@@ -96,6 +96,9 @@ const ON_REQUEST: &[(&str, TestFn)] = &[
     ("syscall_fuzz", crate::ktest_sysfuzz::syscall_fuzz),
     ("smp_vm_eight_guests", crate::ktest_smp_vm::smp_vm_eight_guests),
     ("smp_vm_spinner_fair_share", crate::ktest_smp_vm::smp_vm_spinner_fair_share),
+    ("workload_hostile_requests", crate::ktest_workd::workload_hostile_requests),
+    ("workload_restart_on_failure", crate::ktest_workd::workload_restart_on_failure),
+    ("workload_eight_at_once", crate::ktest_workd::workload_eight_at_once),
 ];
 
 pub fn run(node: &Node) -> ! {

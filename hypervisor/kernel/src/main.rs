@@ -50,7 +50,10 @@ mod ktest_sysfuzz;
 #[cfg(feature = "ktest")]
 mod ktest_vm;
 #[cfg(feature = "ktest")]
+mod ktest_workd;
+#[cfg(feature = "ktest")]
 mod ktest_workload;
 mod vm;
 mod vmconsole;
 mod vmcontrol;
+mod vmstore;

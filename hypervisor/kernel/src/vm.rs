@@ -126,13 +126,13 @@ pub struct NetAttach {
 
 /// Like `run_with`, with an optional virtio-net device linked to `netd`.
 pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, false, None)
+    run_inner(name, image, ram_mib, disk, net, None, false, None, None)
 }
 
 /// Like `run_full`, for a guest whose init is `catenary-init`: the VM gets the workload
 /// channel (docs/guest-init.md), whose log and exit status land in the report.
 pub fn run_workload(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, true, None)
+    run_inner(name, image, ram_mib, disk, net, None, true, None, None)
 }
 
 /// Like `run_workload`, controlled through `ctl` while it runs: `ctl.request_signal`,
@@ -143,12 +143,12 @@ pub fn run_workload(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc:
 /// status (`workload_exit`) when the init reported one, `Ended::Killed` when the node powered it
 /// off.
 pub fn run_workload_ctl(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, ctl: &VmControl) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, true, Some(ctl))
+    run_inner(name, image, ram_mib, disk, net, None, true, Some(ctl), None)
 }
 
 /// Like `run`; the VM ends (`Ended::Killed`) soon after `stop` becomes true.
 pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
-    run_inner(name, image, ram_mib, None, None, Some(stop), false, None)
+    run_inner(name, image, ram_mib, None, None, Some(stop), false, None, None)
 }
 
 /// Marks the control block ended however `run_inner` returns.
@@ -162,11 +162,49 @@ impl Drop for EndOnDrop<'_> {
     }
 }
 
+/// A workload's microVM, as `SYS_VM`'s `OP_CREATE` asks (docs/workloads.md): the image's root
+/// filesystem as a read-only virtio-blk disk over the store's frames (shared by every VM of
+/// the image), the run config and `node_json` appended to the initramfs, the workload channel;
+/// its log lines, READY and touched memory go to the owner's event queue as VM `handle`
+/// (`task::vmctl`). Stopped, signalled and killed through `ctl` (`vmcontrol`).
 #[allow(clippy::too_many_arguments)]
-fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool, ctl: Option<&VmControl>) -> RunReport {
+pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: &'static [u8], config: &[u8], node_json: &str, ctl: &VmControl, touched: &core::sync::atomic::AtomicU64) -> RunReport {
+    let failed = |why: &str| {
+        let mut r = empty_report();
+        r.ended = Ended::Failed(String::from(why));
+        r
+    };
+    let Some(g) = crate::vmstore::guest_kernel() else { return failed("no guest kernel among the boot modules") };
+    let initrd = match catenary_vmm::workload::workload_initrd(g.initramfs, config, node_json.as_bytes()) {
+        Ok(v) => v,
+        Err(_) => return failed("no memory for its initrd"),
+    };
+    let cmdline = "console=ttyS0 panic=-1 reboot=k tsc=reliable rdinit=/sbin/catenary-init";
+    let boot = match (g.vmlinux, g.bzimage) {
+        (Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd: &initrd, cmdline },
+        (None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: &initrd, cmdline },
+        _ => return failed("the guest bundle has no kernel"),
+    };
+    run_inner(name, boot, mem_mib, None, None, None, true, Some(ctl), Some(&Sink { handle, touched, rootfs }))
+}
+
+/// A workload VM's shared root disk, and where its events go (`task::vmctl`).
+pub struct Sink<'a> {
+    pub handle: u64,
+    /// Guest RAM touched so far (`OP_TOUCHED`), updated as chunks are populated.
+    pub touched: &'a core::sync::atomic::AtomicU64,
+    pub rootfs: &'static [u8],
+}
+
+fn empty_report() -> RunReport {
+    RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new(), workload_exit: None, workload_ready: false }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool, ctl: Option<&VmControl>, sink: Option<&Sink>) -> RunReport {
     let _end = EndOnDrop(ctl);
     let t0 = time::now_ns();
-    let mut report = RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new(), workload_exit: None, workload_ready: false };
+    let mut report = empty_report();
     // Never a world switch on a CPU where it is unsafe (vcpu_affinity): move this task first.
     if crate::task::restrict_current_affinity(vcpu_affinity(catenary_arch::smp::online_cpus())).is_err() {
         report.ended = Ended::Failed(alloc::format!("{name}: its vCPU task is pinned to CPU 0, where QEMU TCG cannot run world switches safely (docs/vmm.md)"));
@@ -185,13 +223,17 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     let tsc_khz = (time::tsc_hz() / 1000) as u32;
     let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
     cfg.virtio_blk = disk;
+    cfg.virtio_blk_shared = sink.map(|s| s.rootfs);
     cfg.virtio_net = net.map(|n| n.mac);
     cfg.workload_channel = channel;
     // Both backends switch XCR0 and the full XSAVE state (arch guest_switch.rs): the guest
     // may see XSAVE/AVX when the node enabled it.
     cfg.cpuid.xsave = catenary_arch::uspace::xcr0() & 0b111 == 0b111 && !HIDE_XSAVE.load(core::sync::atomic::Ordering::Relaxed);
     let (mut vm, mut console) = match (MicroVm::try_new(cfg, &host_cpuid), VmConsole::try_new(name, t0)) {
-        (Ok(vm), Some(c)) => (vm, c),
+        (Ok(vm), Some(mut c)) => {
+            c.sink = sink.map(|s| s.handle);
+            (vm, c)
+        }
         _ => {
             report.ended = Ended::OutOfMemory;
             return report;
@@ -245,7 +287,7 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
         c.started(vm.has_channel());
     }
     VMS_RUNNING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop, ctl);
+    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop, ctl, sink.map(|s| s.touched));
     VMS_RUNNING.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
     VMS_ENDED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     console.drain_vm(&mut vm, time::now_ns(), true);
@@ -343,7 +385,7 @@ fn apply_control(ctl: Option<&VmControl>, policy: &mut StopPolicy, vm: &mut Micr
 }
 
 #[allow(clippy::too_many_arguments)]
-fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut VmConsole, name: &str, net: Option<NetAttach>, stop: Option<&AtomicBool>, ctl: Option<&VmControl>) -> Ended {
+fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut VmConsole, name: &str, net: Option<NetAttach>, stop: Option<&AtomicBool>, ctl: Option<&VmControl>, touched: Option<&core::sync::atomic::AtomicU64>) -> Ended {
     let mut st = vcpu.state();
     let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
     let mut policy = StopPolicy::new();
@@ -378,6 +420,9 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                 if !mapped[idx] {
                     vcpu.map_ram_chunk(idx);
                     mapped[idx] = true;
+                    if let Some(t) = touched {
+                        t.store(ram.populated_bytes(), Ordering::Relaxed);
+                    }
                     continue;
                 }
             }
@@ -586,6 +631,8 @@ pub struct GuestBundle {
     /// carries one (`vm.image=1`).
     pub image_rootfs: Option<&'static [u8]>,
     pub image_config: Option<&'static [u8]>,
+    /// Its `image.json` (the image store verifies the image by it).
+    pub image_manifest: Option<&'static [u8]>,
 }
 
 pub fn find_bundle(modules: &[catenary_bootinfo::Module]) -> Option<GuestBundle> {
@@ -599,6 +646,7 @@ pub fn find_bundle(modules: &[catenary_bootinfo::Module]) -> Option<GuestBundle>
                     initramfs,
                     image_rootfs: store.get("image/rootfs.squashfs"),
                     image_config: store.get("image/config.json"),
+                    image_manifest: store.get("image/image.json"),
                 });
             }
         }

@@ -46,6 +46,10 @@ pub struct VmConsole<'a> {
     pub stop_on_log_seen: bool,
     /// Time from creation to the node printing the workload's first stdout/stderr line.
     pub first_log: Option<u64>,
+    /// A workload VM of the workload service (`SYS_VM`): its log lines and READY also go to the
+    /// service's event queue under this VM handle (`task::vmctl`).
+    pub sink: Option<u64>,
+    ready_sent: bool,
 }
 
 impl<'a> VmConsole<'a> {
@@ -66,6 +70,8 @@ impl<'a> VmConsole<'a> {
             stop_on_log: None,
             stop_on_log_seen: false,
             first_log: None,
+            sink: None,
+            ready_sent: false,
         })
     }
 
@@ -129,6 +135,7 @@ impl<'a> VmConsole<'a> {
         let (name, t0) = (self.name, self.t0);
         let (capture, first_log) = (&mut self.capture, &mut self.first_log);
         let (marker, seen) = (self.stop_on_log.as_ref().map(|(m, _)| m.as_bytes()), &mut self.stop_on_log_seen);
+        let sink = self.sink;
         let mut emit = |s, l: &[u8]| {
             if marker.is_some_and(|m| !m.is_empty() && contains(l, m)) {
                 *seen = true;
@@ -141,6 +148,9 @@ impl<'a> VmConsole<'a> {
                 *first_log = Some(now - t0);
                 info!(target: "vmm", "microVM {}: first workload log line at node time {} us, {} us after creation", name, now / 1000, (now - t0) / 1000);
             }
+            if let Some(h) = sink {
+                crate::task::vmctl::log_line(h, s, l);
+            }
         };
         while left > 0 {
             let n = ring.pop(&mut buf[..left.min(256)]);
@@ -149,6 +159,10 @@ impl<'a> VmConsole<'a> {
             }
             self.workload.feed(&buf[..n], &mut emit);
             left -= n;
+        }
+        if let (Some(h), false, true) = (sink, self.ready_sent, self.workload.ready()) {
+            self.ready_sent = true;
+            crate::task::vmctl::ready(h);
         }
         if end {
             self.workload.flush(&mut emit);

@@ -11,8 +11,9 @@ mod services;
 pub use services::SERVICES;
 
 /// Programs embedded in the kernel image (bins of hypervisor/user; the kernel's build script
-/// embeds exactly these). `uapp` and `sysfuzz` also serve the kernel's tests.
-pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz"];
+/// embeds exactly these). `uapp`, `sysfuzz` and `wkctl` (a workload-protocol client) also serve
+/// the kernel's tests.
+pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz", "workd", "wkctl"];
 
 /// The supervisor's own program: started by the kernel, not an entry of [`SERVICES`].
 pub const SUPERVISOR: &str = "supd";
@@ -98,6 +99,10 @@ pub struct Service {
     /// Those of its `sends` whose capability also carries the `SHARE` right (`SYS_SHARE`:
     /// memory lent for as long as both live, e.g. `nicd`'s frame ring to `netd`).
     pub shares: &'static [&'static str],
+    /// The node's workload service (`workd`): one more capability, to its own endpoint with
+    /// the `VMCTL` right (`SYS_VM`: create, power off and hear from microVMs), after its send
+    /// capabilities and the router's. At most one service.
+    pub vm_control: bool,
 }
 
 /// Why a manifest is refused.
@@ -119,6 +124,8 @@ pub enum Error {
     DmaOverMemory(usize),
     /// More than one router, or a share with a service it has no send capability to.
     BadNetGrant(usize),
+    /// More than one service with `vm_control`, or one without an endpoint.
+    BadVmControl(usize),
 }
 
 impl Error {
@@ -139,6 +146,7 @@ impl Error {
             Error::MemoryOverBudget => "manifest: memory quotas over MEMORY_BUDGET_PAGES",
             Error::DmaOverMemory(_) => "manifest: a DMA quota larger than the service's memory quota",
             Error::BadNetGrant(_) => "manifest: two routers, or a share to a service not in its sends",
+            Error::BadVmControl(_) => "manifest: two services with vm_control, or one without an endpoint",
         }
     }
 }
@@ -245,6 +253,18 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
                 j += 1;
             }
         }
+        if s.vm_control {
+            if !s.endpoint {
+                return Err(Error::BadVmControl(i));
+            }
+            let mut j = i + 1;
+            while j < services.len() {
+                if services[j].vm_control {
+                    return Err(Error::BadVmControl(j));
+                }
+                j += 1;
+            }
+        }
         dma = dma.saturating_add(s.dma_pages);
         mem = mem.saturating_add(s.memory_pages);
         let mut m = 0;
@@ -319,7 +339,7 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 /// ```
 /// use catenary_manifest::*;
 /// const GOOD: &[Service] = &[Service { name: "x", program: "uapp", arg: 0, priority: 4, endpoint: true, sends: &["x"],
-///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[] }];
+///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], vm_control: false }];
 /// assert_valid!(GOOD);
 /// ```
 ///
@@ -328,7 +348,7 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 /// ```compile_fail
 /// use catenary_manifest::*;
 /// const BAD: &[Service] = &[Service { name: "x", program: "nosuch", arg: 0, priority: 4, endpoint: true, sends: &["x"],
-///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[] }];
+///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], vm_control: false }];
 /// assert_valid!(BAD);
 /// ```
 ///
@@ -337,7 +357,7 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 /// ```compile_fail
 /// use catenary_manifest::*;
 /// const A: Service = Service { name: "a", program: "uapp", arg: 0, priority: 4, endpoint: true, sends: &[],
-///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[] };
+///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], vm_control: false };
 /// const BAD: &[Service] = &[A, Service { name: "b", ..A }];
 /// assert_valid!(BAD);
 /// ```

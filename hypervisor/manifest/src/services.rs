@@ -19,6 +19,7 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: false,
         shares: &[],
+        vm_control: false,
     },
     // The echo service (uapp role 1): the target of the local and fabric IPC tests.
     Service {
@@ -36,6 +37,7 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: false,
         shares: &[],
+        vm_control: false,
     },
     // The virtio-net driver: the device's virtio structures, DMA memory (heap 96 pages,
     // virtqueues, the 17-page frame ring), the receive interrupt, and a send capability to
@@ -56,6 +58,7 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: false,
         shares: &["netd"],
+        vm_control: false,
     },
     // The network stack (smoltcp, netfabric sessions, the fabric IPC router) in ring 3
     // (`net.netd=user`; by default the kernel runs it and adopts this entry's endpoint): its
@@ -77,5 +80,27 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: true,
         shares: &[],
+        vm_control: false,
+    },
+    // The workload service: owns the node's microVMs (create, stop, restart, logs) and serves
+    // the workload protocol (catenary_workload::proto) on its endpoint; the VM-control
+    // capability (SYS_VM) is its only authority over them. Memory for its heap (logs of up to
+    // 32 workloads at 64 KiB each, requests, the event buffer).
+    Service {
+        name: "workd",
+        program: "workd",
+        arg: 0,
+        priority: 5,
+        endpoint: true,
+        sends: &[],
+        ports: &[],
+        irq: None,
+        mmio: &[],
+        dma_pages: 0,
+        memory_pages: 1024,
+        restart: true,
+        router: false,
+        shares: &[],
+        vm_control: true,
     },
 ];

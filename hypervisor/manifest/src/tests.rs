@@ -1,7 +1,7 @@
 use super::*;
 
 const fn svc(name: &'static str, program: &'static str) -> Service {
-    Service { name, program, arg: 0, priority: 4, endpoint: true, sends: &[], ports: &[], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[] }
+    Service { name, program, arg: 0, priority: 4, endpoint: true, sends: &[], ports: &[], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], vm_control: false }
 }
 
 #[test]
@@ -114,4 +114,20 @@ fn one_router_and_shares_only_to_send_targets() {
     a.router = false;
     a.shares = &["c"];
     assert_eq!(check(&[a, b]), Err(Error::BadNetGrant(0)));
+}
+
+#[test]
+fn vm_control_granted_once_to_a_service_with_an_endpoint() {
+    let mut a = svc("a", "workd");
+    let mut b = svc("b", "uapp");
+    a.vm_control = true;
+    assert_eq!(check(&[a, b]), Ok(()));
+    b.vm_control = true;
+    assert_eq!(check(&[a, b]), Err(Error::BadVmControl(1)));
+    b.vm_control = false;
+    a.endpoint = false;
+    assert_eq!(check(&[a, b]), Err(Error::BadVmControl(0)));
+    let mut v = SERVICES.iter().filter(|s| s.vm_control);
+    assert_eq!(v.next().map(|s| s.name), Some("workd"));
+    assert!(v.next().is_none());
 }

@@ -107,6 +107,12 @@ pub fn reply(token: u64, label: u64, w: [u64; 4]) -> Result<(), u64> {
     let r = syscall6(SYS_REPLY, token, label, w[0], w[1], w[2], w[3]);
     if r == 0 { Ok(()) } else { Err(r.wrapping_neg()) }
 }
+/// `SYS_VM(slot, op, buf, len, arg)`: the workload service's VM control
+/// (`catenary_workload::vmctl`); Ok(rax) or Err(code).
+pub fn vm(slot: u64, op: u64, buf: u64, len: u64, arg: u64) -> Result<u64, u64> {
+    let r = syscall6(SYS_VM, slot, op, buf, len, arg, 0);
+    if r < 1 << 63 { Ok(r) } else { Err(r.wrapping_neg()) }
+}
 /// Map `pages` fresh zeroed pages at `virt`.
 pub fn map(virt: u64, pages: u64) -> Result<(), u64> {
     let r = syscall6(SYS_MAP, virt, pages, 0, 0, 0, 0);

@@ -57,6 +57,9 @@ pub struct VmConfig {
     pub workload_channel: bool,
     /// Disk image and read-only flag.
     pub virtio_blk: Option<(Vec<u8>, bool)>,
+    /// A read-only virtio-blk disk over bytes shared with other VMs (used when `virtio_blk` is
+    /// `None`): a workload image's root filesystem.
+    pub virtio_blk_shared: Option<&'static [u8]>,
     /// A virtio-net device with this MAC.
     pub virtio_net: Option<[u8; 6]>,
     pub queue_size: u16,
@@ -76,6 +79,7 @@ impl VmConfig {
             virtio_console: true,
             workload_channel: false,
             virtio_blk: None,
+            virtio_blk_shared: None,
             virtio_net: None,
             queue_size: 256,
             console_ring_bytes: RING_BYTES,
@@ -244,9 +248,14 @@ impl MicroVm {
                 base += layout::MMIO_STRIDE;
             }
         }
-        if let Some((disk, ro)) = cfg.virtio_blk.take() {
+        let blk = match (cfg.virtio_blk.take(), cfg.virtio_blk_shared) {
+            (Some((disk, ro)), _) => Some(VirtioBlk::new(disk, ro, "catenary0")),
+            (None, Some(bytes)) => Some(VirtioBlk::shared(bytes, "catenary0")),
+            (None, None) => None,
+        };
+        if let Some(b) = blk {
             if let Some(&irq) = irqs.next() {
-                virtio.push(VirtioMmio::new(base, irq, Device::Blk(VirtioBlk::new(disk, ro, "catenary0")), qs));
+                virtio.push(VirtioMmio::new(base, irq, Device::Blk(b), qs));
                 base += layout::MMIO_STRIDE;
             }
         }

@@ -38,7 +38,10 @@ impl Vmm for SimKernel {
     fn kill(&mut self, vm: VmHandle) {
         self.killed.push(vm);
     }
-    fn signal(&mut self, _vm: VmHandle, _s: i32) -> bool {
+    fn stop(&mut self, _vm: VmHandle, _grace_ms: u64) -> bool {
+        self.signals
+    }
+    fn signal(&mut self, _vm: VmHandle, _s: u8) -> bool {
         self.signals
     }
     fn touched(&mut self, vm: VmHandle) -> Option<u64> {
@@ -86,7 +89,8 @@ pub fn run(data: &[u8]) {
                 // a well-formed request with fuzzed fields
                 let w = word(body);
                 let t = if w & 1 == 0 { Target::Id((w >> 1) as u32 % 8) } else { Target::Name(String::from(["a", "b", "c"][(w >> 1) as usize % 3])) };
-                let req = match (w >> 8) % 7 {
+                let req = match (w >> 8) % 8 {
+                    7 => Request::Signal { target: t, signal: (w >> 16) as u8 },
                     0 => Request::Create(WorkloadSpec {
                         name: String::from(["a", "b", "c", "-x", ""][(w >> 12) as usize % 5]),
                         image: if w & 0x10000 == 0 { image() } else { Digest([0; 32]) },

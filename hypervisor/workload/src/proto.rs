@@ -44,6 +44,8 @@ pub const LOG_READ_MAX: u32 = 8 * 1024;
 /// Longest grace period a stop may ask for, and the default.
 pub const GRACE_MAX_MS: u32 = 300_000;
 pub const GRACE_DEFAULT_MS: u32 = 10_000;
+/// Highest signal number a `Signal` request may name.
+pub const SIGNAL_MAX: u8 = 64;
 
 /// Why no answer was written (the reply's label when it is not [`TRANSPORT_OK`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,8 +87,8 @@ pub enum Request {
     /// Run it (from `created`, `exited` or `failed`); resets its restart count.
     Start(Target),
     /// Stop it: the image's StopSignal, SIGKILL when `grace_ms` (default
-    /// [`GRACE_DEFAULT_MS`], at most [`GRACE_MAX_MS`]) has passed, then power-off. A stopped
-    /// workload is not restarted by its policy.
+    /// [`GRACE_DEFAULT_MS`], at most [`GRACE_MAX_MS`]) has passed, then power-off 5 s later. A
+    /// stopped workload is not restarted by its policy.
     Stop { target: Target, grace_ms: Option<u32> },
     /// Forget a workload that is not running; its memory goes back to the node.
     Destroy(Target),
@@ -97,6 +99,8 @@ pub enum Request {
     Logs { target: Target, cursor: u64, max: u32 },
     /// The node's image store.
     Images,
+    /// Deliver `signal` (1..=64) to a running workload's processes (through its init).
+    Signal { target: Target, signal: u8 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +132,8 @@ pub enum Error {
     Unsupported,
     /// The kernel refused to create the microVM.
     VmRefused,
+    /// A signal number outside 1..=64.
+    BadSignal,
 }
 
 impl Error {
@@ -143,6 +149,7 @@ impl Error {
             Error::BadState(_) => "not possible in the workload's state",
             Error::Unsupported => "not supported on this node",
             Error::VmRefused => "the kernel refused to create the microVM",
+            Error::BadSignal => "a signal number outside 1-64",
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::admission::Admission;
 use crate::logring::{LogRing, Stream};
-use crate::proto::{Error, Reply, Request, Target, GRACE_DEFAULT_MS, GRACE_MAX_MS, LOG_READ_MAX, WORKLOADS_MAX};
+use crate::proto::{Error, Reply, Request, Target, GRACE_DEFAULT_MS, GRACE_MAX_MS, LOG_READ_MAX, SIGNAL_MAX, WORKLOADS_MAX};
 use crate::restart::{Decision, Restarts};
 use crate::spec::{WorkloadSpec, ENV_ATTEMPT, ENV_WORKLOAD};
 use crate::status::{ExitStatus, State, Status, Summary, WorkloadId};
@@ -15,17 +15,23 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-/// After SIGKILL, how long the init gets to report before the node powers the VM off.
-pub const KILL_GRACE_MS: u64 = 2_000;
+/// After SIGKILL, how long the kernel lets the init report before it powers the VM off
+/// (`catenary_vmm::stop::KILL_GRACE_NS`).
+pub const KILL_GRACE_MS: u64 = 5_000;
+/// If a stopped VM has not ended this long after the kernel should have powered it off,
+/// `workd` powers it off itself.
+pub const BACKSTOP_MS: u64 = 5_000;
 
 /// What the service needs from the kernel (`SYS_VM` in `workd`; a simulation in tests).
 pub trait Vmm {
     fn create(&mut self, req: &CreateVm) -> Option<VmHandle>;
     /// Power it off now; its `Ended` event follows.
     fn kill(&mut self, vm: VmHandle);
-    /// Ask its init to deliver `signal` (0: the image's StopSignal) to the workload; false if
-    /// the node cannot (yet).
-    fn signal(&mut self, vm: VmHandle, signal: i32) -> bool;
+    /// Stop it: the image's StopSignal through its init, SIGKILL after `grace_ms`, power-off
+    /// [`KILL_GRACE_MS`] later (the kernel applies the sequence); false if the kernel cannot.
+    fn stop(&mut self, vm: VmHandle, grace_ms: u64) -> bool;
+    /// Ask its init to deliver `signal` (1..=64) to the workload; false if it cannot.
+    fn signal(&mut self, vm: VmHandle, signal: u8) -> bool;
     /// Guest RAM it touched so far.
     fn touched(&mut self, vm: VmHandle) -> Option<u64>;
 }
@@ -33,10 +39,8 @@ pub trait Vmm {
 /// Where a stop is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StopStage {
-    /// The stop signal was asked for (or could not be): SIGKILL at the deadline.
-    Signalled,
-    /// SIGKILL was asked for: power-off at the deadline.
-    Killed,
+    /// The kernel runs the stop sequence: power it off ourselves at the deadline (backstop).
+    Asked,
     /// Powered off: waiting for the `Ended` event.
     PoweredOff,
 }
@@ -137,11 +141,14 @@ impl Service {
                 match (w.state, w.vm) {
                     (State::Starting | State::Running, Some(vm)) => {
                         w.state = State::Stopping;
-                        let asked = vmm.signal(vm, 0);
-                        note(w, &format!("stopping: {}, power-off in {} ms at the latest\n", if asked { "stop signal sent" } else { "no stop signal on this node" }, grace));
-                        // without a signal there is nothing to wait for
-                        w.stop = Some((StopStage::Signalled, if asked { now_ms.saturating_add(grace) } else { now_ms }));
-                        self.tick(now_ms, vmm);
+                        if vmm.stop(vm, grace) {
+                            note(w, &format!("stopping: the image's StopSignal, SIGKILL after {grace} ms, power-off {KILL_GRACE_MS} ms later\n"));
+                            w.stop = Some((StopStage::Asked, now_ms.saturating_add(grace + KILL_GRACE_MS + BACKSTOP_MS)));
+                        } else {
+                            vmm.kill(vm);
+                            note(w, "stopping: no stop signal on this node: powered off\n");
+                            w.stop = Some((StopStage::PoweredOff, u64::MAX));
+                        }
                     }
                     (State::Starting, None) => {
                         // a restart waiting for its delay: it does not happen
@@ -184,6 +191,19 @@ impl Service {
                 Ok(Reply::Logs(self.workloads[i].log.read(cursor, max.min(LOG_READ_MAX) as usize)))
             }
             Request::Images => Ok(Reply::Images(self.images.list().to_vec())),
+            Request::Signal { target, signal } => {
+                if !(1..=SIGNAL_MAX).contains(&signal) {
+                    return Err(Error::BadSignal);
+                }
+                let i = self.find(&target)?;
+                let w = &mut self.workloads[i];
+                let Some(vm) = w.vm else { return Err(Error::BadState(w.state)) };
+                if !vmm.signal(vm, signal) {
+                    return Err(Error::Unsupported);
+                }
+                note(w, &format!("signal {signal} sent\n"));
+                Ok(Reply::Done)
+            }
         }
     }
 
@@ -245,19 +265,10 @@ impl Service {
                 }
             }
             if let (Some((stage, at)), Some(vm)) = (w.stop, w.vm) {
-                if at <= now_ms {
-                    match stage {
-                        StopStage::Signalled if vmm.signal(vm, 9) => {
-                            note(w, "grace period over: SIGKILL\n");
-                            w.stop = Some((StopStage::Killed, now_ms + KILL_GRACE_MS));
-                        }
-                        StopStage::Signalled | StopStage::Killed => {
-                            vmm.kill(vm);
-                            note(w, "powered off by the node\n");
-                            w.stop = Some((StopStage::PoweredOff, u64::MAX));
-                        }
-                        StopStage::PoweredOff => {}
-                    }
+                if at <= now_ms && stage == StopStage::Asked {
+                    vmm.kill(vm);
+                    note(w, "not ended after the stop sequence: powered off by workd\n");
+                    w.stop = Some((StopStage::PoweredOff, u64::MAX));
                 }
                 if let Some((_, at)) = w.stop {
                     if at != u64::MAX {
@@ -267,6 +278,11 @@ impl Service {
             }
         }
         next
+    }
+
+    /// The workload whose current microVM is `vm`.
+    pub fn workload_of(&self, vm: VmHandle) -> Option<WorkloadId> {
+        self.workloads.iter().find(|w| w.vm == Some(vm)).map(|w| w.id)
     }
 
     /// Workloads that have a microVM now.

@@ -3,7 +3,7 @@
 use crate::fuzzing::{image, service, SimKernel};
 use crate::logring::Stream;
 use crate::proto::*;
-use crate::service::KILL_GRACE_MS;
+use crate::service::{BACKSTOP_MS, KILL_GRACE_MS};
 use crate::spec::*;
 use crate::status::*;
 use crate::vmctl::{self, Event, VmEvent};
@@ -173,29 +173,45 @@ fn workloads_max() {
 }
 
 #[test]
-fn stop_signal_then_sigkill_then_power_off() {
+fn stop_asks_the_kernel_then_backstop_power_off() {
     let (mut s, mut k) = (service(1024), SimKernel { signals: true, ..Default::default() });
     s.handle(Request::Create(spec("srv", 64, RestartPolicy::Always)), 0, &mut k).unwrap();
     s.handle(Request::Start(Target::Name("srv".into())), 0, &mut k).unwrap();
     s.on_event(VmEvent { vm: 1, event: Event::Ready }, 0, &mut k);
     s.handle(Request::Stop { target: Target::Name("srv".into()), grace_ms: Some(500) }, 100, &mut k).unwrap();
     assert_eq!(status(&mut s, &mut k, "srv", 100).state, State::Stopping);
-    assert_eq!(s.tick(599, &mut k), Some(600));
-    assert_eq!(s.tick(600, &mut k), Some(600 + KILL_GRACE_MS), "SIGKILL asked");
+    // the kernel runs StopSignal -> SIGKILL -> power-off; workd only keeps a backstop
+    let backstop = 100 + 500 + KILL_GRACE_MS + BACKSTOP_MS;
+    assert_eq!(s.tick(backstop - 1, &mut k), Some(backstop));
     assert!(k.killed.is_empty());
-    s.tick(600 + KILL_GRACE_MS, &mut k);
+    s.tick(backstop, &mut k);
     assert_eq!(k.killed, [1]);
-    end(&mut s, &mut k, 1, None, vmctl::Ended::Killed, 3000);
-    let st = status(&mut s, &mut k, "srv", 3000);
+    end(&mut s, &mut k, 1, None, vmctl::Ended::Killed, backstop + 10);
+    let st = status(&mut s, &mut k, "srv", backstop + 10);
     assert_eq!((st.state, st.exit, st.restarts), (State::Exited, Some(ExitStatus::PoweredOff), 0), "a stopped workload is not restarted, even with `always`");
-    assert_eq!(s.tick(100_000, &mut k), None);
+    assert_eq!(s.tick(1_000_000, &mut k), None);
     assert_eq!(k.created.len(), 1);
-    // a workload that handles the signal exits on its own
-    s.handle(Request::Start(Target::Name("srv".into())), 4000, &mut k).unwrap();
-    s.handle(Request::Stop { target: Target::Name("srv".into()), grace_ms: None }, 4000, &mut k).unwrap();
-    end(&mut s, &mut k, 2, Some(vmctl::Exit::Code(0)), vmctl::Ended::PowerOff, 4100);
-    assert_eq!(status(&mut s, &mut k, "srv", 4100).exit, Some(ExitStatus::Code(0)));
+    // a workload that handles its StopSignal exits on its own, with its status
+    s.handle(Request::Start(Target::Name("srv".into())), 1_000_000, &mut k).unwrap();
+    s.handle(Request::Stop { target: Target::Name("srv".into()), grace_ms: None }, 1_000_000, &mut k).unwrap();
+    end(&mut s, &mut k, 2, Some(vmctl::Exit::Code(0)), vmctl::Ended::PowerOff, 1_000_100);
+    assert_eq!(status(&mut s, &mut k, "srv", 1_000_100).exit, Some(ExitStatus::Code(0)));
+    assert_eq!(s.tick(u64::MAX / 2, &mut k), None);
     assert_eq!(k.killed, [1]);
+}
+
+#[test]
+fn signals() {
+    let (mut s, mut k) = (service(1024), SimKernel { signals: true, ..Default::default() });
+    s.handle(Request::Create(spec("srv", 64, RestartPolicy::No)), 0, &mut k).unwrap();
+    let sig = |signal| Request::Signal { target: Target::Name("srv".into()), signal };
+    assert_eq!(s.handle(sig(1), 0, &mut k), Err(Error::BadState(State::Created)));
+    s.handle(Request::Start(Target::Name("srv".into())), 0, &mut k).unwrap();
+    assert_eq!(s.handle(sig(0), 0, &mut k), Err(Error::BadSignal));
+    assert_eq!(s.handle(sig(65), 0, &mut k), Err(Error::BadSignal));
+    assert_eq!(s.handle(sig(10), 0, &mut k), Ok(Reply::Done));
+    k.signals = false;
+    assert_eq!(s.handle(sig(10), 0, &mut k), Err(Error::Unsupported));
 }
 
 #[test]
@@ -247,6 +263,7 @@ fn every_request_round_trips() {
         Request::Status(t.clone()),
         Request::Logs { target: t, cursor: u64::MAX, max: 5 },
         Request::Images,
+        Request::Signal { target: Target::Id(1), signal: 15 },
     ];
     for r in reqs {
         let b = encode_request(&r).unwrap();

@@ -14,7 +14,8 @@
 //! | [`OP_IMAGES`] | — | `Vec<ImageInfo>` in buf; bytes written |
 //! | [`OP_CREATE`] | [`CreateVm`] in buf | the VM's handle (≥ 1) |
 //! | [`OP_KILL`] | arg = handle | 0: it is being powered off |
-//! | [`OP_SIGNAL`] | arg = handle, len = signal (0: the image's StopSignal) | 0, or `ERR_UNSUPPORTED` |
+//! | [`OP_SIGNAL`] | arg = handle, len = signal (1..=64) | 0, or `ERR_UNSUPPORTED` (no init to deliver it) |
+//! | [`OP_STOP`] | arg = handle, len = grace period in ms | 0: the kernel sends the image's StopSignal, SIGKILL after the grace period, and powers the VM off 5 s later |
 //! | [`OP_EVENTS`] | — | `Vec<VmEvent>` in buf (as many as fit); bytes written, 0 = none |
 //! | [`OP_TOUCHED`] | arg = handle | guest RAM bytes the VM has touched |
 //!
@@ -36,8 +37,9 @@ pub const OP_KILL: u64 = 4;
 pub const OP_SIGNAL: u64 = 5;
 pub const OP_EVENTS: u64 = 6;
 pub const OP_TOUCHED: u64 = 7;
+pub const OP_STOP: u64 = 8;
 
-/// The kernel has no way (yet) to do this (`OP_SIGNAL` before the host → guest channel).
+/// The kernel cannot do this for that VM (a signal to a VM without catenary-init).
 pub const ERR_UNSUPPORTED: u64 = 102;
 
 /// Largest record either way.

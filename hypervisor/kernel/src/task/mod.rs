@@ -22,7 +22,8 @@
 //! base, len) → where the pages are mapped in the receiver: a standing writable loan of the
 //! caller's RAM to the owner of the capability's endpoint (SHARE right) until either dies
 //! (`grant.rs`), 20 grant_of(token) → the grant that came with the unanswered call `token`
-//! (rdi = address | writable, rsi = bytes mapped). A received message comes
+//! (rdi = address | writable, rsi = bytes mapped), 21 vm(slot, op, buf, len, arg): the
+//! workload service's VM control (`vmctl.rs`; the capability needs the VMCTL right). A received message comes
 //! back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words) and r12 (reply token, non-zero
 //! for a call).
 //!
@@ -52,6 +53,7 @@ mod spawn;
 pub mod supervisor;
 mod switch;
 mod syscall;
+pub mod vmctl;
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -149,6 +151,8 @@ pub struct Kernel {
     remote: Remote,
     /// The manifest's services (see `supervisor`).
     svc: supervisor::Supervision,
+    /// MicroVMs of the workload service (`SYS_VM`).
+    vmctl: vmctl::VmCtl,
 }
 
 static K: Mutex<Option<Kernel>> = Mutex::new(None);
@@ -173,6 +177,7 @@ pub fn init(cpus: usize) {
         irq_notify: Default::default(),
         remote: Remote::default(),
         svc: Default::default(),
+        vmctl: Default::default(),
     };
     for _ in 0..cpus {
         k.idle_stack.push(paging::alloc_stack(4).expect("idle stack"));

@@ -26,6 +26,11 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/programs.rs"));
 }
 
+/// The embedded program `program` (empty if there is none).
+pub fn program_elf(program: &str) -> &'static [u8] {
+    elf_of(program)
+}
+
 fn elf_of(program: &str) -> &'static [u8] {
     embedded::PROGRAM_ELFS.iter().find(|(n, _)| *n == program).map(|(_, e)| *e).unwrap_or(&[])
 }
@@ -231,6 +236,9 @@ pub(super) fn on_death(k: &mut Kernel, id: TaskId, code: u64) {
     if SERVICES[i].router {
         super::netd::router_died(k);
     }
+    if let (true, Some(e)) = (SERVICES[i].vm_control, st.endpoint) {
+        super::vmctl::owner_died(k, e);
+    }
     if let Some((_, ep)) = k.svc.supd {
         let cap = send_cap(ep, 0);
         match k.ipc.send(&cap, Message::new(LABEL_FAULT, [i as u64, id, code, fault])) {
@@ -394,11 +402,17 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
         caps.push(cap);
         sends.push((*t, e));
     }
-    let mut router = "";
+    let mut router = String::new();
     if s.router {
         let Some(e) = ep else { return Err(Refusal::No(NOT_STARTED_NO_DEVICE)) };
         caps.push(Capability { target: Address::local(e), rights: Rights::ROUTER, badge: 0 });
-        router = ", the router capability (SYS_NET) in slot ";
+        router = alloc::format!(", the router capability (SYS_NET) in slot {}", caps.len());
+    }
+    let mut vmctl = String::new();
+    if s.vm_control {
+        let Some(e) = ep else { return Err(Refusal::No(NOT_STARTED_NO_DEVICE)) };
+        caps.push(Capability { target: Address::local(e), rights: Rights::VMCTL, badge: 0 });
+        vmctl = alloc::format!(", the VM-control capability (SYS_VM) in slot {}", caps.len());
     }
     let mut mmio = Vec::new();
     let mut device = None;
@@ -454,9 +468,8 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
             return Err(Refusal::No(NOT_STARTED_NO_MEMORY));
         }
     };
-    let router = if router.is_empty() { String::new() } else { alloc::format!("{}{}", router, caps.len()) };
-    info!(target: "supervisor", "service {} started (start {}): task {}, program {}, priority {}, endpoint {:?} in slot 0, sends {:?}{}{}, ports {:x?}{}, MMIO {:x?}, {} DMA pages, memory quota {} pages",
+    info!(target: "supervisor", "service {} started (start {}): task {}, program {}, priority {}, endpoint {:?} in slot 0, sends {:?}{}{}{}, ports {:x?}{}, MMIO {:x?}, {} DMA pages, memory quota {} pages",
         s.name, starts + 1, tid, s.program, s.priority, ep, sends, if s.shares.is_empty() { "" } else { " (may lend memory to netd: SHARE)" },
-        router, s.ports, irq, mmio, s.dma_pages, s.memory_pages);
+        router, vmctl, s.ports, irq, mmio, s.dma_pages, s.memory_pages);
     Ok(tid)
 }

@@ -9,6 +9,7 @@ pub(super) fn on_syscall(f: &mut TrapFrame) {
         SYS_DMA_ALLOC => sys_dma_alloc(f),
         SYS_LOG => sys_log(f),
         SYS_NET => super::netd::sys_net(f),
+        SYS_VM => super::vmctl::sys_vm(f),
         _ => with(|k| syscall(k, f)),
     }
 }

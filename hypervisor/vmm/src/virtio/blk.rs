@@ -1,4 +1,6 @@
-//! virtio-blk (device id 2) over an in-memory disk.
+//! virtio-blk (device id 2) over an in-memory disk: the VM's own bytes, or bytes shared
+//! read-only by many VMs (a workload image's root filesystem: every microVM of the image reads
+//! the same frames).
 //!
 //! Requests: IN (read), OUT (write), FLUSH, GET_ID; everything else answers UNSUPP. Data length
 //! must be a multiple of 512 and the whole transfer must lie inside the disk (checked
@@ -21,9 +23,32 @@ const SECTOR: u64 = 512;
 /// Largest single transfer served (bounds host work per request).
 const MAX_XFER: u64 = 4 << 20;
 
+/// The bytes behind a disk.
+#[derive(Debug, Clone)]
+pub enum Disk {
+    Owned(Vec<u8>),
+    /// Read-only, shared with other VMs (never written).
+    Shared(&'static [u8]),
+}
+
+impl Disk {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Disk::Owned(v) => v,
+            Disk::Shared(s) => s,
+        }
+    }
+    fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        match self {
+            Disk::Owned(v) => Some(v),
+            Disk::Shared(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VirtioBlk {
-    pub disk: Vec<u8>,
+    pub disk: Disk,
     pub read_only: bool,
     pub id: [u8; 20],
     pub reads: u64,
@@ -39,7 +64,16 @@ impl VirtioBlk {
         for (d, s) in idb.iter_mut().zip(id.bytes()) {
             *d = s;
         }
-        VirtioBlk { disk, read_only, id: idb, reads: 0, writes: 0 }
+        VirtioBlk { disk: Disk::Owned(disk), read_only, id: idb, reads: 0, writes: 0 }
+    }
+
+    /// A read-only disk over `bytes` (whole sectors: a partial last sector is not visible),
+    /// shared with whoever else reads them.
+    pub fn shared(bytes: &'static [u8], id: &str) -> Self {
+        let n = bytes.len() - bytes.len() % SECTOR as usize;
+        let mut b = Self::new(Vec::new(), true, id);
+        b.disk = Disk::Shared(&bytes[..n]);
+        b
     }
 
     pub fn features(&self) -> u64 {
@@ -47,7 +81,7 @@ impl VirtioBlk {
     }
 
     pub fn capacity_sectors(&self) -> u64 {
-        self.disk.len() as u64 / SECTOR
+        self.disk.bytes().len() as u64 / SECTOR
     }
 
     pub fn config(&self) -> [u8; 24] {
@@ -83,11 +117,11 @@ impl VirtioBlk {
         };
         match typ {
             VIRTIO_BLK_T_IN => {
-                let Some(r) = range(data_w, self.disk.len() as u64) else {
+                let Some(r) = range(data_w, self.disk.bytes().len() as u64) else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
                 self.reads += 1;
-                match c.write_at(mem, 0, &self.disk[r]) {
+                match c.write_at(mem, 0, &self.disk.bytes()[r]) {
                     Ok(n) => (VIRTIO_BLK_S_OK, n as u32),
                     Err(_) => (VIRTIO_BLK_S_IOERR, 0),
                 }
@@ -97,13 +131,13 @@ impl VirtioBlk {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 let len = c.readable_len().saturating_sub(16);
-                let Some(r) = range(len, self.disk.len() as u64) else {
+                let Some(r) = range(len, self.disk.bytes().len() as u64) else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
                 // Straight from guest memory into the disk: no host buffer the size of the
                 // guest's request. A chain that is unreadable part-way leaves the sectors
                 // partly written and answers IOERR, as a real disk may.
-                let Some(dst) = self.disk.get_mut(r) else {
+                let Some(dst) = self.disk.bytes_mut().and_then(|d| d.get_mut(r)) else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
                 let want = dst.len();

@@ -385,6 +385,37 @@ mod tests {
     }
 
     #[test]
+    fn blk_shared_disks_read_the_same_bytes_and_refuse_writes() {
+        // one copy of the image's bytes behind two devices (two microVMs of one image)
+        let mut img = alloc::vec![0u8; 4 * 512 + 100];
+        img[512..1024].fill(0xcd);
+        let img: &'static [u8] = alloc::boxed::Box::leak(img.into_boxed_slice());
+        for _vm in 0..2 {
+            let mut m = VecMemory::new(0x40000);
+            let mut d = Driver::new(0x1000, 8);
+            let mut t = setup(Device::Blk(VirtioBlk::shared(img, "catenary0")), &mut m, &[Driver::new(0x1000, 8)]);
+            assert_eq!(t.read(0x100, 4), 4, "whole sectors only");
+            m.write_u32(0x8000, VIRTIO_BLK_T_IN).unwrap();
+            m.write_u64(0x8008, 1).unwrap();
+            d.add(&mut m, &[(0x8000, 16, false), (0x9000, 512, true), (0x9200, 1, true)]);
+            t.write(0x50, 4, 0, &mut m);
+            assert_eq!(m.read_u8(0x9200).unwrap(), VIRTIO_BLK_S_OK);
+            assert!(m.as_slice()[0x9000..0x9200].iter().all(|&b| b == 0xcd));
+            m.as_mut_slice()[0xa000..0xa200].fill(0x5a);
+            m.write_u32(0x8100, VIRTIO_BLK_T_OUT).unwrap();
+            m.write_u64(0x8108, 1).unwrap();
+            d.add(&mut m, &[(0x8100, 16, false), (0xa000, 512, false), (0x9300, 1, true)]);
+            t.write(0x50, 4, 0, &mut m);
+            assert_eq!(m.read_u8(0x9300).unwrap(), VIRTIO_BLK_S_IOERR);
+            if let Device::Blk(b) = &t.dev {
+                assert!(core::ptr::eq(b.disk.bytes().as_ptr(), img.as_ptr()), "the same bytes, not a copy");
+                assert_eq!(b.features() & VIRTIO_BLK_F_RO, VIRTIO_BLK_F_RO);
+            }
+        }
+        assert!(img[512..1024].iter().all(|&b| b == 0xcd));
+    }
+
+    #[test]
     fn blk_round_trip() {
         let mut m = VecMemory::new(0x40000);
         let mut disk = alloc::vec![0u8; 8 * 512];
@@ -415,7 +446,7 @@ mod tests {
         t.write(0x50, 4, 0, &mut m);
         assert_eq!(m.read_u8(0x9300).unwrap(), VIRTIO_BLK_S_OK);
         if let Device::Blk(b) = &t.dev {
-            assert!(b.disk[7 * 512..].iter().all(|&x| x == 0x5a));
+            assert!(b.disk.bytes()[7 * 512..].iter().all(|&x| x == 0x5a));
         }
         // out of bounds: sector 8
         m.write_u64(0x8108, 8).unwrap();

@@ -1,0 +1,56 @@
+//! In-kernel tests of the workload service (docs/workloads.md): a ring-3 client (`wkctl`, with
+//! one capability: send + grant to `workd`'s endpoint) speaks the workload protocol to the
+//! ring-3 `workd` the supervisor started, which runs real Linux microVMs from the packed
+//! busybox image in the node's store. The client's checks are its `wkctl: RESULT …` lines and
+//! its exit code (the number of failed checks); here the test also requires that `workd` was
+//! neither restarted nor replaced meanwhile. Run by `cargo xtask test --only workload_` (one
+//! boot with the guest bundle and image, `ktest.only=workload`; `ON_REQUEST`; that boot also runs
+//! `ktest_workload`'s `workload_stop_grace_policy`).
+
+use alloc::format;
+use alloc::string::String;
+use catenary_ipc::{Address, Capability, Rights};
+use catenary_sched::{Affinity, Priority};
+
+use crate::init::Node;
+use crate::task::{self, supervisor, UserSpec};
+
+const SEC: u64 = 1_000_000_000;
+
+fn run_client(scenario: u64, timeout_s: u64) -> Result<(), String> {
+    let ep = supervisor::service_endpoint("workd").ok_or("no workd service in the manifest")?;
+    let end = catenary_arch::time::now_ns() + 10 * SEC;
+    while supervisor::service_task("workd").is_none() {
+        if catenary_arch::time::now_ns() > end {
+            return Err("workd is not running 10 s after boot".into());
+        }
+        task::sleep_ns(10_000_000);
+    }
+    let (workd, restarts) = (supervisor::service_task("workd"), supervisor::service_restarts("workd"));
+    let cap = Capability { target: Address::local(ep), rights: Rights::SEND.union(Rights::GRANT), badge: 0x77 };
+    let (id, _) = task::spawn_user(&UserSpec {
+        name: "wkctl", elf: supervisor::program_elf("wkctl"), arg: scenario, prio: Priority::NORMAL, affinity: Affinity::ANY,
+        own_endpoint: true, caps: &[cap], ports: &[], mmio: &[], dma_pages: 0, mem_pages: 256,
+    })
+    .map_err(|e| format!("spawn wkctl: {e:?}"))?;
+    let code = task::join(id, timeout_s * SEC).ok_or_else(|| format!("wkctl did not finish within {timeout_s} s"))?;
+    if supervisor::service_task("workd") != workd || supervisor::service_restarts("workd") != restarts {
+        return Err(format!("workd was replaced meanwhile (task {:?} -> {:?})", workd, supervisor::service_task("workd")));
+    }
+    if code != 0 {
+        return Err(format!("wkctl: {code:#x} checks failed (its RESULT lines say which)"));
+    }
+    Ok(())
+}
+
+pub fn workload_hostile_requests(_: &Node) -> Result<(), String> {
+    run_client(1, 120)
+}
+
+pub fn workload_restart_on_failure(_: &Node) -> Result<(), String> {
+    run_client(2, 600)
+}
+
+pub fn workload_eight_at_once(_: &Node) -> Result<(), String> {
+    run_client(3, 900)
+}

@@ -1,0 +1,321 @@
+//! `SYS_VM`: the workload service's control of microVMs (docs/workloads.md; records in
+//! `catenary_workload::vmctl`). Only mechanism lives here: create a microVM from a verified
+//! image in the store (`vmstore`), power it off, and queue what the guest did (log lines,
+//! READY, the init's EXIT report, the end) for the service, bounded. Names, restarts,
+//! admission and logs are the service's.
+//!
+//! Authority: every operation needs a capability with the VMCTL right on the caller's own
+//! endpoint, which the spawner mints only for the manifest's `vm_control` service (`workd`).
+//! VMs belong to that endpoint; when the service dies its VMs are powered off and their
+//! events dropped (a restarted service starts from nothing: docs/workloads.md "Not done yet").
+//! Stop, signal and kill go through each VM's `VmControl` (`vmcontrol`), which its vCPU task
+//! applies between exits.
+
+use super::*;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::sync::Arc;
+use catenary_workload::logring::Stream;
+use catenary_workload::spec::{valid_name, ARGS_MAX, ENTRY_MAX, ENV_MAX, MEMORY_MAX_MIB, MEMORY_MIN_MIB};
+use catenary_workload::vmctl::*;
+use crate::vmcontrol::{ControlError, VmControl};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+struct VmRec {
+    owner: EndpointId,
+    ctl: Arc<VmControl>,
+    touched: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Queue {
+    events: VecDeque<VmEvent>,
+    log_bytes: usize,
+    /// Log bytes dropped per VM since its last queued line.
+    lost: BTreeMap<VmHandle, u64>,
+}
+
+#[derive(Default)]
+pub struct VmCtl {
+    vms: BTreeMap<VmHandle, VmRec>,
+    queues: BTreeMap<EndpointId, Queue>,
+    next: VmHandle,
+}
+
+/// What a VM's task needs to start (taken by the task).
+struct Launch {
+    name: String,
+    mem_mib: u64,
+    rootfs: &'static [u8],
+    config: &'static [u8],
+    node_json: String,
+    ctl: Arc<VmControl>,
+    touched: Arc<AtomicU64>,
+}
+
+static LAUNCH: spin::Mutex<BTreeMap<VmHandle, Launch>> = spin::Mutex::new(BTreeMap::new());
+
+fn bad() -> u64 {
+    ERR_BAD_ARG.wrapping_neg()
+}
+
+/// The caller and its endpoint, if capability `slot` carries VMCTL for an endpoint it owns.
+fn owner_of(k: &Kernel, slot: usize) -> Result<(TaskId, EndpointId), u64> {
+    let me = k.sched.current(smp::cpu_index()).ok_or(err(IpcError::NoCapability))?;
+    let cap = k.sched.task(me).ok_or(err(IpcError::NoCapability))?.context.caps.check(slot, Rights::VMCTL).map_err(err)?;
+    if !cap.target.is_local() || k.ipc.endpoint(cap.target.endpoint).map(|e| e.owner) != Some(me) {
+        return Err(err(IpcError::NoRight));
+    }
+    Ok((me, cap.target.endpoint))
+}
+
+fn space(k: &Kernel, me: TaskId) -> Result<&AddressSpace, u64> {
+    k.sched.task(me).and_then(|t| t.context.space.as_ref()).ok_or_else(bad)
+}
+
+fn copy_out(k: &Kernel, me: TaskId, ptr: u64, len: u64, data: &[u8]) -> Result<u64, u64> {
+    if (data.len() as u64) > len {
+        return Err(bad());
+    }
+    let r = UserRange::new(ptr, data.len() as u64).map_err(|_| bad())?;
+    space(k, me)?.copy_to_user(r, data).map_err(|_| bad())?;
+    Ok(data.len() as u64)
+}
+
+/// `SYS_VM(slot, op, buf, len, arg)`.
+pub(super) fn sys_vm(f: &mut TrapFrame) {
+    let (slot, op, ptr, len, arg) = (f.rdi as usize, f.rsi, f.rdx, f.r10, f.r8);
+    let r: Result<u64, u64> = match op {
+        OP_INFO => (|| {
+            with(|k| owner_of(k, slot))?;
+            let st = memory::stats();
+            let vms = with(|k| k.vmctl.vms.len()) as u32;
+            let info = NodeInfo {
+                free_bytes: st.free_bytes(),
+                total_bytes: st.total_bytes(),
+                cpus: smp::online_cpus() as u32,
+                max_vcpus: 1,
+                images: crate::vmstore::list().len() as u32,
+                vms,
+            };
+            let rec = encode(&info).ok_or_else(bad)?;
+            with(|k| {
+                let (me, _) = owner_of(k, slot)?;
+                copy_out(k, me, ptr, len, &rec)
+            })
+        })(),
+        OP_IMAGES => (|| {
+            with(|k| owner_of(k, slot))?;
+            let rec = encode(&crate::vmstore::list()).ok_or_else(bad)?;
+            with(|k| {
+                let (me, _) = owner_of(k, slot)?;
+                copy_out(k, me, ptr, len, &rec)
+            })
+        })(),
+        OP_CREATE => create(slot, ptr, len),
+        OP_KILL | OP_SIGNAL | OP_STOP => with(|k| {
+            let (_, ep) = owner_of(k, slot)?;
+            let v = k.vmctl.vms.get(&arg).filter(|v| v.owner == ep).ok_or_else(bad)?;
+            let r = match op {
+                OP_KILL => v.ctl.request_kill(),
+                OP_STOP => v.ctl.request_stop(len.saturating_mul(1_000_000)),
+                _ => v.ctl.request_signal(u8::try_from(len).unwrap_or(0)),
+            };
+            match r {
+                Ok(()) => Ok(0),
+                Err(ControlError::NoInit) => Err(ERR_UNSUPPORTED.wrapping_neg()),
+                Err(ControlError::BadSignal | ControlError::Ended) => Err(bad()),
+            }
+        }),
+        OP_TOUCHED => with(|k| {
+            let (_, ep) = owner_of(k, slot)?;
+            let v = k.vmctl.vms.get(&arg).filter(|v| v.owner == ep).ok_or_else(bad)?;
+            Ok(v.touched.load(Ordering::Relaxed))
+        }),
+        OP_EVENTS => take_events(slot, ptr, len),
+        _ => Err(bad()),
+    };
+    f.rax = r.unwrap_or_else(|e| e);
+}
+
+fn take_events(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
+    let max = (len as usize).min(RECORD_MAX);
+    // take a batch under the lock, encode outside it, put back what did not fit
+    let batch: Vec<VmEvent> = with(|k| {
+        let (_, ep) = owner_of(k, slot)?;
+        let q = k.vmctl.queues.entry(ep).or_default();
+        let mut v = Vec::new();
+        let mut bytes = 0;
+        while let Some(e) = q.events.front() {
+            let sz = match &e.event {
+                Event::Log { line, .. } => line.len() + 24,
+                _ => 40,
+            };
+            if bytes + sz > max && !v.is_empty() {
+                break;
+            }
+            bytes += sz;
+            let e = q.events.pop_front().unwrap_or(VmEvent { vm: 0, event: Event::Ready });
+            if let Event::Log { line, .. } = &e.event {
+                q.log_bytes -= line.len();
+            }
+            v.push(e);
+        }
+        Ok::<_, u64>(v)
+    })?;
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let (rec, n) = encode_events(&batch, max);
+    let r = with(|k| {
+        let (me, ep) = owner_of(k, slot)?;
+        let written = if n > 0 { copy_out(k, me, ptr, len, &rec) } else { Err(bad()) };
+        // what was not delivered goes back to the front, in order
+        let q = k.vmctl.queues.entry(ep).or_default();
+        let keep_from = if written.is_ok() { n } else { 0 };
+        for e in batch[keep_from..].iter().rev() {
+            if let Event::Log { line, .. } = &e.event {
+                q.log_bytes += line.len();
+            }
+            q.events.push_front(e.clone());
+        }
+        written
+    });
+    r
+}
+
+fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
+    if len == 0 || len as usize > RECORD_MAX {
+        return Err(bad());
+    }
+    with(|k| owner_of(k, slot))?;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len as usize).map_err(|_| ERR_NO_MEMORY.wrapping_neg())?;
+    buf.resize(len as usize, 0);
+    with(|k| {
+        let (me, _) = owner_of(k, slot)?;
+        let r = UserRange::new(ptr, len).map_err(|_| bad())?;
+        space(k, me)?.copy_from_user(r, &mut buf).map_err(|_| bad())
+    })?;
+    let req: CreateVm = decode(&buf).ok_or_else(bad)?;
+    // the record is hostile: every field checked again
+    let entry_ok = |v: &[String], max: usize| v.len() <= max && v.iter().all(|s| s.len() <= ENTRY_MAX && !s.contains('\0'));
+    if req.vcpus != 1
+        || !(MEMORY_MIN_MIB..=MEMORY_MAX_MIB).contains(&req.memory_mib)
+        || !valid_name(&req.name)
+        || !entry_ok(&req.env, ENV_MAX + 2)
+        || !req.env.iter().all(|e| e.contains('='))
+        || !req.args.as_deref().is_none_or(|a| entry_ok(a, ARGS_MAX))
+    {
+        return Err(bad());
+    }
+    let (rootfs, config) = crate::vmstore::get(&req.image).ok_or_else(bad)?;
+    let node_json = catenary_workload::node::node_json(&req.name, None, req.args.as_deref(), &req.env);
+    let ctl = Arc::new(VmControl::new());
+    let touched = Arc::new(AtomicU64::new(0));
+    let handle = with(|k| {
+        let (_, ep) = owner_of(k, slot)?;
+        if k.vmctl.vms.values().filter(|v| v.owner == ep).count() >= VMS_MAX {
+            return Err(ERR_NO_MEMORY.wrapping_neg());
+        }
+        k.vmctl.next += 1;
+        let h = k.vmctl.next;
+        k.vmctl.vms.insert(h, VmRec { owner: ep, ctl: ctl.clone(), touched: touched.clone() });
+        Ok(h)
+    })?;
+    let name = alloc::format!("vm-{}", req.name);
+    cpu::without_interrupts(|| {
+        LAUNCH.lock().insert(handle, Launch { name: req.name, mem_mib: req.memory_mib as u64, rootfs, config, node_json, ctl, touched });
+    });
+    if try_spawn_kernel(&name, Priority::NORMAL, crate::vm::vcpu_affinity(smp::online_cpus()), vm_task, handle).is_err() {
+        cpu::without_interrupts(|| LAUNCH.lock().remove(&handle));
+        with(|k| k.vmctl.vms.remove(&handle));
+        return Err(ERR_NO_MEMORY.wrapping_neg());
+    }
+    Ok(handle)
+}
+
+/// A workload VM's kernel task: run it, report how it ended, forget it.
+fn vm_task(handle: u64) {
+    let Some(l) = cpu::without_interrupts(|| LAUNCH.lock().remove(&handle)) else { return };
+    info!(target: "vmm", "workload microVM {} (handle {}): {} MiB, root filesystem {} bytes shared read-only from the image store", l.name, handle, l.mem_mib, l.rootfs.len());
+    let r = crate::vm::run_image_vm(handle, &l.name, l.mem_mib, l.rootfs, l.config, &l.node_json, &l.ctl, &l.touched);
+    crate::vm::report(&l.name, &r);
+    let how = match &r.ended {
+        crate::vm::Ended::Stopped(catenary_vmm::cpu::StopReason::PowerOff { .. }) => Ended::PowerOff,
+        crate::vm::Ended::Stopped(_) => Ended::Crashed,
+        crate::vm::Ended::Killed => Ended::Killed,
+        crate::vm::Ended::OutOfMemory => Ended::OutOfMemory,
+        crate::vm::Ended::Failed(_) if r.exits == 0 => Ended::CreateFailed,
+        crate::vm::Ended::Failed(_) => Ended::Crashed,
+    };
+    if let Some(e) = r.workload_exit {
+        use catenary_vmm::guest_proto::wire::WorkloadExit as W;
+        let e = match e {
+            W::Code(c) => Exit::Code(c),
+            W::Signal(s) => Exit::Signal(s),
+            W::InitFailed(s) => Exit::InitFailed(s),
+        };
+        push(handle, Event::Exit(e));
+    }
+    push(handle, Event::Ended { how, touched_bytes: r.touched_bytes, wall_ms: r.wall_ns / 1_000_000 });
+    with(|k| k.vmctl.vms.remove(&handle));
+}
+
+/// Queue an event for VM `handle`'s owner (dropped when the VM has no owner any more); notify
+/// the owner when its queue was empty. Log lines beyond the queue's bound are counted, not kept.
+fn push(handle: VmHandle, event: Event) {
+    with(|k| {
+        let Some(ep) = k.vmctl.vms.get(&handle).map(|v| v.owner) else { return };
+        let q = k.vmctl.queues.entry(ep).or_default();
+        if let Event::Log { line, .. } = &event {
+            if q.log_bytes + line.len() > QUEUE_LOG_BYTES {
+                *q.lost.entry(handle).or_default() += line.len() as u64 + 1;
+                return;
+            }
+            if let Some(n) = q.lost.remove(&handle) {
+                q.events.push_back(VmEvent { vm: handle, event: Event::Lost { bytes: n } });
+            }
+            q.log_bytes += line.len();
+        }
+        let was_empty = q.events.is_empty();
+        q.events.push_back(VmEvent { vm: handle, event });
+        if was_empty {
+            if let Ok(Some((who, m))) = k.ipc.notify(ep, EVENT_BIT) {
+                complete(k, who, Ok(m));
+            }
+        }
+    })
+}
+
+/// A log line of VM `handle` (from its vCPU task).
+pub fn log_line(handle: VmHandle, stream: catenary_vmm::guest_proto::wire::Stream, line: &[u8]) {
+    use catenary_vmm::guest_proto::wire::Stream as S;
+    let stream = match stream {
+        S::Stdout => Stream::Stdout,
+        S::Stderr => Stream::Stderr,
+        S::Init => Stream::Init,
+    };
+    push(handle, Event::Log { stream, line: line.to_vec() });
+}
+
+/// VM `handle`'s init reported READY.
+pub fn ready(handle: VmHandle) {
+    push(handle, Event::Ready);
+}
+
+/// The owner of `ep` (the workload service) died: its VMs are powered off, their events
+/// dropped.
+pub(super) fn owner_died(k: &mut Kernel, ep: EndpointId) {
+    let mut n = 0;
+    k.vmctl.vms.retain(|_, v| {
+        if v.owner == ep {
+            let _ = v.ctl.request_kill();
+            n += 1;
+            false
+        } else {
+            true
+        }
+    });
+    k.vmctl.queues.remove(&ep);
+    info!(target: "vmm", "the workload service died: its {} microVMs are being powered off", n);
+}
