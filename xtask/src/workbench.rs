@@ -8,9 +8,17 @@
 //! - host memory per microVM beyond its guest RAM, from the node's own free-frame and heap
 //!   counters before the create and at the VM's end.
 //!
-//! There is no workload service yet (issue 11, item 3): the "create request" is the node's
-//! demo-VM path (`vm.image=1`, `kernel/src/vm.rs` `run_demo_as`), whose first step logs
-//! `microVM NAME: create: node time …`. The figures come from the node's own log lines.
+//! Two ways to start the same image on a node, both measured:
+//! - **through the workload service** (`workd`, docs/workloads.md): the test kernel booted with
+//!   `ktest.only=workbench` runs the ring-3 client `wkctl` (scenario 4), which logs
+//!   `wkctl: bench create NAME at node time …` just before each Create request and then Starts
+//!   it: five workloads one after another (256 MiB), then eight at once (64 MiB);
+//! - **the node's `vm.image=1` path** (no service: the demo VM started from the bundle's image,
+//!   `kernel/src/vm.rs` `run_demo_as`, whose first step logs `microVM NAME: create: …`), one
+//!   VM per boot, and `vm.count=8` for eight at once.
+//!
+//! The figures come from the node's own log lines (its clock; `vmconsole.rs` logs when it decodes
+//! a workload's first stdout/stderr line).
 
 use crate::bench::median;
 use crate::ociimage as oci;
@@ -37,6 +45,8 @@ fn num_after(line: &str, key: &str) -> Option<u64> {
 /// The node's figures for one VM, from its log lines.
 #[derive(Default, Debug)]
 struct VmFigures {
+    /// `wkctl: bench create NAME at node time T us` (the workload service path).
+    request_us: Option<u64>,
     create_us: Option<u64>,
     first_us: Option<u64>,
     free0: Option<u64>,
@@ -54,8 +64,11 @@ fn figures(lines: &[String], name: &str) -> VmFigures {
     let create = format!("microVM {name}: create: ");
     let first = format!("microVM {name}: first workload log line");
     let end = format!("microVM {name}: memory at its end: ");
+    let request = format!("wkctl: bench create {name} at node time");
     for l in lines {
-        if l.contains(&create) {
+        if l.contains(&request) {
+            f.request_us = num_after(l, "node time");
+        } else if l.contains(&create) {
             f.create_us = num_after(l, "node time");
             f.free0 = num_after(l, "free frames");
             f.heap_used0 = num_after(l, "heap");
@@ -163,6 +176,74 @@ fn direct_ms(dir: &Path, image: &Path) -> Result<f64, String> {
     found.map(|d| d.as_secs_f64() * 1000.0).ok_or_else(|| format!("direct QEMU: no `{MARKER}` on the channel ({}; serial {})", err.trim(), serial.display()))
 }
 
+
+/// Create (the request, or the VM path's first step) → first log line, in ms, per VM.
+fn latency_ms(f: &VmFigures) -> Option<f64> {
+    let t0 = f.request_us.or(f.create_us)?;
+    Some((f.first_us? as f64 - t0 as f64) / 1000.0)
+}
+
+/// Host memory beyond guest RAM of one VM alone, KiB: frames taken outside the heap, minus the
+/// guest's RAM, plus the heap bytes allocated, between its create line and its end line.
+fn beyond_kib(f: &VmFigures) -> Option<(f64, String)> {
+    let (fr0, fr1, u0, u1, s0, s1, ram) = (f.free0?, f.free1?, f.heap_used0?, f.heap_used1?, f.heap_size0?, f.heap_size1?, f.ram_kib?);
+    let frames = (fr0 as i64 - fr1 as i64) * 4096;
+    let heap_grow = s1 as i64 - s0 as i64;
+    let heap_used = u1 as i64 - u0 as i64;
+    let b = frames - heap_grow - (ram as i64) * 1024 + heap_used;
+    let detail = format!(
+        "free frames {fr0} -> {fr1} ({} KiB), heap used {u0} -> {u1} bytes ({:+} KiB), heap grown {} KiB, guest RAM {ram} KiB ({} KiB touched)",
+        frames / 1024, heap_used / 1024, heap_grow / 1024, f.touched_kib.unwrap_or(0)
+    );
+    Some((b as f64 / 1024.0, detail))
+}
+
+fn runs(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Eight at once: the rate (8 / first create → last first line) and the memory per VM.
+fn print_eight(lines: &[String], names: &[String], what: &str) {
+    let fs: Vec<VmFigures> = names.iter().map(|n| figures(lines, n)).collect();
+    let first_create = fs.iter().filter_map(|f| f.request_us.or(f.create_us)).min();
+    let last_line = fs.iter().filter_map(|f| f.first_us).max();
+    let lines_seen = fs.iter().filter(|f| f.first_us.is_some()).count();
+    match (first_create, last_line) {
+        (Some(a), Some(b)) if lines_seen == names.len() && b > a => {
+            let s = (b - a) as f64 / 1e6;
+            println!("  {what}: first create -> last first-log-line {:.0} ms = {:.2} workloads started per second", s * 1000.0, names.len() as f64 / s);
+        }
+        _ => println!("  {what}: only {lines_seen} of {} workloads printed their first line", names.len()),
+    }
+    concurrent_memory(lines, &fs, names, what);
+}
+
+/// The service path: one boot of the test kernel with `ktest.only=workbench`.
+fn service_figures(bundle: &Path) -> Result<f64, String> {
+    let kernel = crate::build::build_kernel(true)?;
+    let b = crate::vmbench::node_with_guest(&kernel, bundle, "ktest.only=workbench");
+    let o = run_captured(b.command(false)?, &["ktest workbench_service ... "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(1500), false)?;
+    let log = out_dir().join("bench-workload-service.log");
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    if !o.lines.iter().any(|l| l.contains("ktest workbench_service ... ok")) {
+        return Err(format!("the workload service run did not finish (log {})", log.display()));
+    }
+    let lat: Vec<VmFigures> = (1..=5).map(|i| figures(&o.lines, &format!("lat{i}"))).collect();
+    let ms: Vec<f64> = lat.iter().filter_map(latency_ms).collect();
+    let mem: Vec<(f64, String)> = lat.iter().filter_map(beyond_kib).collect();
+    println!("bench workload: through the workload service (workd; wkctl's Create request -> the node decodes the first log line; one node, 5 workloads one after another, 256 MiB)");
+    println!("  median {:.0} ms   runs {} ms", median(ms.clone()), runs(&ms));
+    if let Some((_, d)) = mem.last() {
+        let k: Vec<f64> = mem.iter().map(|m| m.0).collect();
+        println!("  host memory beyond guest RAM per microVM (node counters at the VM's create and at its end): median {:.0} KiB   runs {} KiB", median(k.clone()), runs(&k));
+        println!("  last: {d}");
+    }
+    let names: Vec<String> = (1..=8).map(|i| format!("w{i}")).collect();
+    print_eight(&o.lines, &names, "through the workload service, 8 at once (64 MiB each)");
+    println!("  (node log {})", log.display());
+    Ok(median(ms))
+}
+
 pub fn bench_workload() -> Result<(), String> {
     if let Some(why) = oci::missing_tools() {
         return Err(format!("bench workload: {why}"));
@@ -173,77 +254,57 @@ pub fn bench_workload() -> Result<(), String> {
     let image = build_image(&dir)?;
     let bundle = dir.join("bundle.cpio");
     oci::bundle_with_image(&image, &bundle)?;
-    println!("bench workload: no workload service yet: \"create\" is the node starting its image VM (`vm.image=1`, kernel/src/vm.rs)");
+    let ms = service_figures(&bundle)?;
 
-    // Latency and memory: one VM per node boot (QEMU TCG, q35, 2 CPUs, 1 GiB; guest 256 MiB).
+    // The node's vm.image=1 path, one VM per node boot (QEMU TCG, q35, 2 CPUs, 1 GiB; 256 MiB),
+    // and the same image booted directly by QEMU.
     let (mut cat, mut direct, mut beyond, mut detail) = (Vec::new(), Vec::new(), Vec::new(), String::new());
     for _ in 0..RUNS {
         let lines = node_run(&kernel, &bundle, "vm.image=1", &["demo".to_string()])?;
         let f = figures(&lines, "demo");
-        let (Some(t0), Some(t1)) = (f.create_us, f.first_us) else { return Err(format!("no create/first-line figures in the node log: {f:?}")) };
-        cat.push((t1 - t0) as f64 / 1000.0);
-        if let (Some(fr0), Some(fr1), Some(u0), Some(u1), Some(s0), Some(s1), Some(ram)) = (f.free0, f.free1, f.heap_used0, f.heap_used1, f.heap_size0, f.heap_size1, f.ram_kib) {
-            // Frames taken outside the heap, minus the guest's RAM, plus the heap bytes it took.
-            let frames = (fr0 as i64 - fr1 as i64) * 4096;
-            let heap_grow = s1 as i64 - s0 as i64;
-            let heap_used = u1 as i64 - u0 as i64;
-            let b = frames - heap_grow - (ram as i64) * 1024 + heap_used;
-            beyond.push(b as f64 / 1024.0);
-            detail = format!(
-                "free frames {fr0} -> {fr1} ({} KiB), heap used {u0} -> {u1} bytes ({:+} KiB), heap grown {} KiB, guest RAM {ram} KiB ({} KiB touched)",
-                frames / 1024, heap_used / 1024, heap_grow / 1024, f.touched_kib.unwrap_or(0)
-            );
+        cat.push(latency_ms(&f).ok_or_else(|| format!("no create/first-line figures in the node log: {f:?}"))?);
+        if let Some((k, d)) = beyond_kib(&f) {
+            beyond.push(k);
+            detail = d;
         }
         direct.push(direct_ms(&dir, &image)?);
     }
     let (mc, md) = (median(cat.clone()), median(direct.clone()));
-    let r = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
-    println!("bench workload: create -> entrypoint's first log line, median of {RUNS} (QEMU TCG)");
-    println!("  under Catenary (node time, create -> line decoded from the channel): median {mc:.0} ms   runs {} ms", r(&cat));
-    println!("  direct QEMU -M microvm (QEMU start -> line in the channel file):    median {md:.0} ms   runs {} ms", r(&direct));
-    println!("  ratio Catenary / direct: {:.2}", mc / md);
-    println!("bench workload: host memory per microVM beyond its guest RAM (node counters at create and at the VM's end)");
-    println!("  median {:.0} KiB   runs {} KiB", median(beyond.clone()), r(&beyond));
-    println!("  last run: {detail}");
+    println!("bench workload: the node's vm.image=1 path (no service; its create step -> first log line decoded; a fresh node per run, 256 MiB)");
+    println!("  median {mc:.0} ms   runs {} ms", runs(&cat));
+    println!("  host memory beyond guest RAM per microVM: median {:.0} KiB   runs {} KiB", median(beyond.clone()), runs(&beyond));
+    println!("  last: {detail}");
+    println!("bench workload: the same kernel, initramfs + run config and squashfs booted directly by QEMU -M microvm (QEMU start -> the line in the channel file)");
+    println!("  median {md:.0} ms   runs {} ms", runs(&direct));
+    println!("  ratio workload service / direct: {:.2}; vm.image path / direct: {:.2}", ms / md, mc / md);
 
-    // Start rate: COUNT copies at once.
     let names: Vec<String> = (0..COUNT).map(|i| if i == 0 { "demo".to_string() } else { format!("demo-{}", i + 1) }).collect();
     let lines = node_run(&kernel, &bundle, &format!("vm.image=1 vm.count={COUNT} vm.mem={COUNT_MEM}"), &names)?;
-    let fs: Vec<VmFigures> = names.iter().map(|n| figures(&lines, n)).collect();
-    let first_create = fs.iter().filter_map(|f| f.create_us).min();
-    let last_line = fs.iter().filter_map(|f| f.first_us).max();
-    let lines_seen = fs.iter().filter(|f| f.first_us.is_some()).count();
-    match (first_create, last_line) {
-        (Some(a), Some(b)) if lines_seen == COUNT && b > a => {
-            let s = (b - a) as f64 / 1e6;
-            println!("bench workload: {COUNT} workloads started at once on one node (2 CPUs, vCPUs on CPU 1 under TCG; {COUNT_MEM} MiB each)");
-            println!("  first create -> last first-log-line: {:.0} ms = {:.2} workloads started per second", s * 1000.0, COUNT as f64 / s);
-        }
-        _ => println!("bench workload: start rate: only {lines_seen} of {COUNT} workloads printed their first line"),
-    }
-    concurrent_memory(&lines, &fs);
+    print_eight(&lines, &names, &format!("the vm.image=1 path, vm.count={COUNT} ({COUNT_MEM} MiB each)"));
     Ok(())
 }
 
-/// Memory per microVM with `COUNT` of them alive: the node's counters at the first create
-/// (before any of them existed) and at the first VM's end (checked: every one had been
-/// created by then), divided by `COUNT`.
-fn concurrent_memory(lines: &[String], fs: &[VmFigures]) {
+/// Memory per microVM with all of `names` alive: the node's counters at the first VM's create
+/// line (before any of them existed) and at the first VM's end (checked: every one had been
+/// created by then), divided by their number.
+fn concurrent_memory(lines: &[String], fs: &[VmFigures], names: &[String], what: &str) {
+    let n = names.len();
     let Some(first) = fs.iter().filter(|f| f.create_us.is_some()).min_by_key(|f| f.create_us) else { return };
-    let Some(end_at) = lines.iter().position(|l| l.contains(": memory at its end: ")) else { return };
+    let is_ours = |l: &str, tail: &str| names.iter().any(|m| l.contains(&format!("microVM {m}{tail}")));
+    let Some(end_at) = lines.iter().position(|l| is_ours(l, ": memory at its end: ")) else { return };
     let end = &lines[end_at];
     // `microVM NAME (id N): … created in …`: the VM's RAM, vCPU and device model exist.
-    let created_before = lines[..end_at].iter().filter(|l| l.contains("microVM demo") && l.contains(" created in ")).count();
-    if created_before < COUNT {
-        println!("bench workload: memory with {COUNT} alive: only {created_before} had been created when the first ended; no figure");
+    let created_before = lines[..end_at].iter().filter(|l| is_ours(l, " (id ") && l.contains(" created in ")).count();
+    if created_before < n {
+        println!("  {what}: only {created_before} had been created when the first ended: no memory figure");
         return;
     }
     let (Some(fr0), Some(u0), Some(s0)) = (first.free0, first.heap_used0, first.heap_size0) else { return };
-    let (Some(fr1), Some(u1), Some(s1)) = (num_after(end, "free frames"), num_after(end, "heap"), num_after(end, " of")) else { return };
-    let ram = COUNT_MEM as i64 * 1024 * 1024 * COUNT as i64;
+    let (Some(fr1), Some(u1), Some(s1), Some(ram1)) = (num_after(end, "free frames"), num_after(end, "heap"), num_after(end, " of"), num_after(end, "guest RAM")) else { return };
+    let ram = ram1 as i64 * 1024 * n as i64;
     let frames = (fr0 as i64 - fr1 as i64) * 4096;
     let (heap_grow, heap_used) = (s1 as i64 - s0 as i64, u1 as i64 - u0 as i64);
-    let per = (frames - heap_grow - ram + heap_used) / COUNT as i64;
-    println!("bench workload: host memory per microVM beyond its guest RAM with {COUNT} alive (node counters at the first create and at the first VM's end)");
-    println!("  {} KiB per microVM: frames taken {} KiB (guest RAM {} KiB), heap grown {} KiB, heap used {:+} KiB", per / 1024, frames / 1024, ram / 1024, heap_grow / 1024, heap_used / 1024);
+    let per = (frames - heap_grow - ram + heap_used) / n as i64;
+    println!("  {what}: host memory beyond guest RAM with all {n} alive (node counters at the first create and at the first end): {} KiB per microVM (frames taken {} KiB for {} KiB of guest RAM, heap grown {} KiB, heap used {:+} KiB)",
+        per / 1024, frames / 1024, ram / 1024, heap_grow / 1024, heap_used / 1024);
 }

@@ -99,6 +99,7 @@ const ON_REQUEST: &[(&str, TestFn)] = &[
     ("workload_hostile_requests", crate::ktest_workd::workload_hostile_requests),
     ("workload_restart_on_failure", crate::ktest_workd::workload_restart_on_failure),
     ("workload_eight_at_once", crate::ktest_workd::workload_eight_at_once),
+    ("workbench_service", crate::ktest_workd::workbench_service),
 ];
 
 pub fn run(node: &Node) -> ! {

@@ -54,3 +54,9 @@ pub fn workload_restart_on_failure(_: &Node) -> Result<(), String> {
 pub fn workload_eight_at_once(_: &Node) -> Result<(), String> {
     run_client(3, 900)
 }
+
+/// Not a check: `cargo xtask bench workload` boots `ktest.only=workbench` and reads the node's
+/// lines (wkctl scenario 4).
+pub fn workbench_service(_: &Node) -> Result<(), String> {
+    run_client(4, 1500)
+}

@@ -174,6 +174,8 @@ pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: &'static [u8]
         r.ended = Ended::Failed(String::from(why));
         r
     };
+    // `cargo xtask bench workload` reads this and the "memory at its end" line.
+    info!(target: "vmm", "microVM {name}: create: {}", node_memory());
     let Some(g) = crate::vmstore::guest_kernel() else { return failed("no guest kernel among the boot modules") };
     let initrd = match catenary_vmm::workload::workload_initrd(g.initramfs, config, node_json.as_bytes()) {
         Ok(v) => v,

@@ -14,6 +14,10 @@
 //!   sleeping; all eight `running` at the same time, each log holding only its own line; then
 //!   an admission refusal (a request for more memory than is left: `NoMemory`, and nothing
 //!   created); then all stopped (StopSignal, SIGKILL after 1 s, power-off) and destroyed.
+//! 4 bench (`cargo xtask bench workload`, figures, not checks): five workloads one after
+//!   another (256 MiB), then eight at once (64 MiB), from the image in the store; it logs
+//!   `wkctl: bench create NAME at node time T us` just before each Create request (the node
+//!   logs when it decodes each workload's first log line).
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -143,6 +147,7 @@ fn run(scenario: u64) -> u64 {
         1 => hostile(&mut c),
         2 => restart(&mut c),
         3 => eight(&mut c),
+        4 => bench(&mut c),
         _ => c.result("scenario", false, "unknown scenario"),
     }
     c.failed as u64
@@ -327,4 +332,36 @@ fn eight(c: &mut Client) {
         _ => usize::MAX,
     };
     c.result("stop_destroy", stopped == N && left == 0, &format!("{stopped}/{N} stopped, {left} left after destroy; exits {exits:?}"));
+}
+
+/// Scenario 4: create and start `name`, logging the node time of the request.
+fn bench_start(c: &mut Client, img: Digest, name: &str, mib: u32) -> bool {
+    logf!("wkctl: bench create {} at node time {} us", name, now_ns() / 1000);
+    let r = c.req(&Request::Create(spec(name, img, &[], RestartPolicy::No, mib)));
+    let s = c.req(&Request::Start(Target::Name(name.into())));
+    matches!(r, Ok(Reply::Created(_))) && s == Ok(Reply::Done)
+}
+
+fn bench(c: &mut Client) {
+    let Some(img) = c.image() else { return c.result("bench", false, "no image in the store") };
+    let ended = |s: &catenary_workload::Status| matches!(s.state, State::Exited | State::Failed);
+    let mut ok = 0;
+    for i in 1..=5 {
+        let name = format!("lat{i}");
+        if bench_start(c, img, &name, 256) && wait(c, &name, 300, ended).is_some_and(|s| ended(&s)) {
+            ok += 1;
+        }
+        let _ = c.req(&Request::Destroy(Target::Name(name)));
+    }
+    let names: Vec<String> = (1..=8).map(|i| format!("w{i}")).collect();
+    for n in &names {
+        if bench_start(c, img, n, 64) {
+            ok += 1;
+        }
+    }
+    for n in &names {
+        let _ = wait(c, n, 900, ended);
+        let _ = c.req(&Request::Destroy(Target::Name(n.clone())));
+    }
+    c.result("bench", ok == 13, &format!("{ok}/13 workloads created and started"));
 }
