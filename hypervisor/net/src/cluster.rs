@@ -109,6 +109,10 @@ impl Cluster {
             }
             let w: Vec<&str> = l.split_whitespace().collect();
             let line = |why| ClusterError::Line(n + 1, why);
+            if w[0] == "operator" {
+                // operator keys and roles: the API's (catenary_api::auth checks these lines)
+                continue;
+            }
             if w.len() != 5 || w[0] != "node" {
                 return Err(line("expected: node NAME KEY ADDR PORT"));
             }

@@ -27,6 +27,12 @@ fn good_file_parses() {
 }
 
 #[test]
+fn operator_lines_are_the_apis_not_members() {
+    let c = parse(&format!("node a {} fe80::1 51820\noperator alice {} admin\n", key(1), key(2))).unwrap();
+    assert_eq!(c.members.len(), 1);
+}
+
+#[test]
 fn nonsense_is_a_clear_error() {
     let (k1, k2) = (key(1), key(2));
     let zero = "0".repeat(64);

@@ -1,26 +1,97 @@
 #![forbid(unsafe_code)]
 //! `catenary`: Catenary's host tool. `catenary image pack` turns an OCI image into a Catenary
-//! image (docs/images.md); the operator commands join it as further subcommands.
+//! image (docs/images.md); the operator commands (`init`, `nodes`, `image push|ls|rm`, `run`,
+//! `ps`, `logs`, `stop`, `rm`, `inspect`, `events`) speak the node's API (docs/api.md).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use catenary::image::{self, Limits, PackOptions};
+use catenary::ops::commands::{self, CliError, Ctx, RunArgs};
+use catenary::ops::config;
+use catenary::ops::transport::Transport;
+use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "catenary", version, about = "Catenary's host tool")]
 struct Cli {
+    /// The node's API endpoint, `[fabric /128]:port` (default: the config's `api`, or
+    /// $CATENARY_API).
+    #[arg(long, global = true, env = "CATENARY_API")]
+    api: Option<String>,
+    /// Print the node's JSON answers instead of tables (read commands).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Catenary images: pack an OCI image, verify a packed one.
+    /// Make an operator key (from the OS entropy source) and config under the user's config
+    /// directory; prints the public key to add to the cluster file.
+    Init {
+        /// Set the API endpoint (`[fabric /128]:port`) in the config.
+        #[arg(long = "set-api")]
+        set_api: Option<String>,
+        /// Operator name for the printed cluster-file line.
+        #[arg(long, default_value = "operator")]
+        name: String,
+        /// Replace an existing key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The cluster's nodes: state, CPUs, memory, workloads.
+    Nodes,
+    /// Catenary images: pack an OCI image, verify a packed one; push, list, remove on a node.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Run an image as a workload; prints its id and name.
+    Run {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        cpus: Option<u8>,
+        /// Guest memory in MiB.
+        #[arg(long)]
+        mem: Option<u32>,
+        /// NAME=value (repeatable).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// no, always, on-failure or on-failure:N.
+        #[arg(long)]
+        restart: Option<String>,
+        /// A digest (sha256:…) or a packed image directory.
+        image: String,
+        /// Replace the image's cmd.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The workloads on the node.
+    Ps,
+    /// A workload's log; -f follows it until the workload has ended.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        id: String,
+    },
+    /// Stop a workload (its StopSignal, then SIGKILL after the grace period).
+    Stop {
+        #[arg(long)]
+        grace_ms: Option<u32>,
+        id: String,
+    },
+    /// Remove a workload that does not run.
+    Rm { id: String },
+    /// A workload's full status (JSON).
+    Inspect { id: String },
+    /// Workload events; -f follows.
+    Events {
+        #[arg(short, long)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -35,6 +106,56 @@ enum ImageCmd {
         #[arg(long)]
         digest: Option<String>,
     },
+    /// Upload a packed image directory to the node (in chunks, resumable); prints its digest.
+    Push { dir: PathBuf },
+    /// The images in the node's store.
+    Ls,
+    /// Remove an image from the node's store.
+    Rm { digest: String },
+}
+
+/// The API endpoint: --api / $CATENARY_API, else the config's.
+fn endpoint(api: Option<String>) -> Result<String, CliError> {
+    if let Some(a) = api {
+        return Ok(a);
+    }
+    let dir = config::config_dir().map_err(CliError::Other)?;
+    let cfg = config::load(&dir).map_err(CliError::Other)?;
+    cfg.api.ok_or_else(|| CliError::Other(format!("no API endpoint: pass --api [ADDR]:{} or set one with `catenary init --set-api`", catenary_api::PORT)))
+}
+
+fn operate(api: Option<String>, json: bool, cmd: Cmd) -> Result<(), CliError> {
+    let poll = Duration::from_millis(500);
+    if let Cmd::Init { set_api, name, force } = cmd {
+        let dir = config::config_dir().map_err(CliError::Other)?;
+        if let (Some(a), true) = (&set_api, dir.join(config::KEY_FILE).exists() && !force) {
+            config::set_api(&dir, a).map_err(CliError::Other)?;
+            eprintln!("API endpoint set to {a}");
+            return Ok(());
+        }
+        let cfg = config::init(&dir, set_api, force).map_err(CliError::Other)?;
+        eprintln!("operator key written to {} (mode 0600)", dir.join(config::KEY_FILE).display());
+        eprintln!("fabric address {}; add this line to the cluster file (role admin or viewer):", cfg.address);
+        println!("operator {name} {} admin", cfg.public_key);
+        return Ok(());
+    }
+    let c = Ctx { t: Transport::new(&endpoint(api)?), json };
+    match cmd {
+        Cmd::Nodes => commands::nodes(&c),
+        Cmd::Image(ImageCmd::Push { dir }) => commands::image_push(&c, &dir),
+        Cmd::Image(ImageCmd::Ls) => commands::images(&c),
+        Cmd::Image(ImageCmd::Rm { digest }) => commands::image_rm(&c, &digest),
+        Cmd::Run { name, cpus, mem, env, restart, image, args } => {
+            commands::run(&c, RunArgs { name, cpus, memory_mib: mem, env, restart, image, args })
+        }
+        Cmd::Ps => commands::ps(&c),
+        Cmd::Logs { follow, id } => commands::logs(&c, &id, follow, poll),
+        Cmd::Stop { grace_ms, id } => commands::stop(&c, &id, grace_ms),
+        Cmd::Rm { id } => commands::rm(&c, &id),
+        Cmd::Inspect { id } => commands::inspect(&c, &id),
+        Cmd::Events { follow } => commands::events(&c, follow, poll),
+        Cmd::Init { .. } | Cmd::Image(ImageCmd::Pack(_) | ImageCmd::Verify { .. }) => Ok(()),
+    }
 }
 
 #[derive(Args)]
@@ -61,6 +182,18 @@ struct PackArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Image(ImageCmd::Pack(_) | ImageCmd::Verify { .. }) => {}
+        cmd => {
+            return match operate(cli.api, cli.json, cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("catenary: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+    }
     match cli.cmd {
         Cmd::Image(ImageCmd::Pack(a)) => {
             let opts = PackOptions {
@@ -94,5 +227,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        _ => ExitCode::FAILURE,
     }
 }

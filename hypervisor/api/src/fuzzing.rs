@@ -1,0 +1,166 @@
+//! A simulated node (the real workload service state machine over
+//! `catenary_workload::fuzzing::SimKernel`) and the fuzz entry point (target `http_requests` in
+//! `hypervisor/api/fuzz`, and the host test `fuzzing_inputs_never_panic`): arbitrary bytes
+//! cut into pieces and fed to the request reader as a connection delivers them, or turned into
+//! well-formed requests on the route table with fuzzed parameters and bodies, from callers of
+//! every kind; every answer must be a JSON body with a valid status, and every bound must hold.
+
+use crate::auth::{Operator, Operators, Role};
+use crate::error::ApiError;
+use crate::http::{Limits, Request, RequestReader};
+use crate::router::{Api, Backend};
+use crate::routes::ROUTES;
+use crate::types::Node;
+use crate::upload::{PushedImage, UploadLimits};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use catenary_workload::fuzzing::{service, SimKernel};
+use catenary_workload::proto;
+use catenary_workload::service::Service;
+use catenary_workload::Digest;
+
+pub const ADMIN: [u8; 32] = [0xad; 32];
+pub const VIEWER: [u8; 32] = [0x1e; 32];
+pub const NODE: [u8; 32] = [0x0d; 32];
+pub const STRANGER: [u8; 32] = [0x57; 32];
+
+/// A node: the workload service as `workd` runs it, over a simulated kernel.
+pub struct SimNode {
+    pub service: Service,
+    pub kernel: SimKernel,
+    pub now_ms: u64,
+    pub added: Vec<PushedImage>,
+}
+
+impl SimNode {
+    pub fn new(free_mib: u64) -> SimNode {
+        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, added: Vec::new() }
+    }
+}
+
+impl Backend for SimNode {
+    fn workd(&mut self, req: proto::Request) -> proto::Response {
+        // the request crosses IPC as bytes, as it does to `workd`
+        let bytes = proto::encode_request(&req).ok_or(proto::Error::Malformed)?;
+        let req = proto::decode_request(&bytes)?;
+        self.service.handle(req, self.now_ms, &mut self.kernel)
+    }
+    fn nodes(&mut self) -> Vec<Node> {
+        let a = &self.service.admission;
+        let free = a.free_mib();
+        alloc::vec![Node {
+            name: "node1".to_string(),
+            public_key: crate::auth::hex(&NODE),
+            address: String::from("fd00::1"),
+            state: "up".to_string(),
+            cpus: Some(1),
+            memory_total_mib: Some(a.capacity_mib()),
+            memory_free_mib: Some(free),
+            memory_committed_mib: Some(a.capacity_mib() - free),
+            workloads: Some(self.service.len() as u32),
+        }]
+    }
+    fn add_image(&mut self, image: PushedImage) -> Result<(), ApiError> {
+        self.service.images.insert(image.info)?;
+        self.added.push(image);
+        Ok(())
+    }
+    fn remove_image(&mut self, _digest: Digest) -> Result<(), ApiError> {
+        Err(ApiError::new(501, "not_implemented", "the node's image store cannot remove images yet"))
+    }
+}
+
+/// The operators of the simulated cluster: an admin, a viewer; a node key.
+pub fn operators() -> Operators {
+    Operators {
+        operators: alloc::vec![
+            Operator { name: "admin".into(), key: ADMIN, role: Role::Admin },
+            Operator { name: "viewer".into(), key: VIEWER, role: Role::Viewer },
+        ],
+        node_keys: alloc::vec![NODE],
+    }
+}
+
+pub fn api() -> Api {
+    api_with(1 << 20)
+}
+
+/// The API over [`operators`], taking images of at most `image_max` bytes.
+pub fn api_with(image_max: u64) -> Api {
+    Api::new(operators(), UploadLimits { image_max, uploads_max: 2, idle_ms: 60_000 })
+}
+
+fn check(resp: &crate::http::Response) {
+    assert!((200..600).contains(&resp.status));
+    assert!(serde_json::from_slice::<serde_json::Value>(&resp.body).is_ok(), "every answer is JSON");
+}
+
+fn word(d: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = d.len().min(8);
+    b[..n].copy_from_slice(&d[..n]);
+    u64::from_le_bytes(b)
+}
+
+/// Run one input. Panics only when an answer is not JSON or a bound is broken.
+pub fn run(data: &[u8]) {
+    let mut api = api();
+    let mut node = SimNode::new(1024);
+    let limits = Limits { max_headers: 8, max_head: 512, max_body: 4096, timeout_ms: 1000 };
+    let mut reader = RequestReader::new(limits, 0);
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let (kind, len) = (rest[0], rest[1] as usize);
+        let body = &rest[2..(2 + len).min(rest.len())];
+        rest = &rest[(2 + len).min(rest.len())..];
+        let caller = [ADMIN, VIEWER, NODE, STRANGER][(kind >> 4) as usize % 4];
+        match kind % 4 {
+            0 => {
+                // raw bytes from a connection
+                match reader.feed(body, node.now_ms) {
+                    Ok(None) => {}
+                    Ok(Some(req)) => {
+                        let now = node.now_ms;
+                        check(&api.handle(&caller, &req, &mut node, now));
+                        reader = RequestReader::new(limits, node.now_ms);
+                    }
+                    Err(e) => {
+                        check(&e.to_response());
+                        reader = RequestReader::new(limits, node.now_ms);
+                    }
+                }
+            }
+            1 => {
+                // a well-formed request on a route, with fuzzed parameters, query and body
+                let w = word(body);
+                let r = &ROUTES[w as usize % ROUTES.len()];
+                let params = ["1", "2", "web", "sha256:1111111111111111111111111111111111111111111111111111111111111111", "-x", "0"];
+                let mut path = String::new();
+                for (i, seg) in r.path.split('/').enumerate().skip(1) {
+                    path.push('/');
+                    path.push_str(if seg.starts_with('{') { params[(w >> (8 + 3 * i)) as usize % params.len()] } else { seg });
+                }
+                let tail = body.get(8..).unwrap_or(&[]);
+                let query = ["", "cursor=5", "since=1", "max=99999999999", "cursor=1&cursor=2", "x=1"][(w >> 40) as usize % 6];
+                let req = Request { method: r.method, path, query: query.into(), chunk_digest: Some(Digest::of(tail).to_string()), body: tail.to_vec() };
+                let now = node.now_ms;
+                check(&api.handle(&caller, &req, &mut node, now));
+            }
+            2 => {
+                node.now_ms = node.now_ms.saturating_add(word(body) % 100_000);
+                if let Err(e) = reader.check_deadline(node.now_ms) {
+                    check(&e.to_response());
+                    reader = RequestReader::new(limits, node.now_ms);
+                }
+                let now = node.now_ms;
+                api.tick(&mut node, now);
+            }
+            _ => {
+                // the kernel's side moves on
+                node.service.tick(node.now_ms, &mut node.kernel);
+            }
+        }
+        assert!(api.uploads.len() <= 2);
+        assert!(api.uploads.bytes() <= 2 << 20);
+    }
+}

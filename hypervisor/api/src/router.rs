@@ -1,0 +1,296 @@
+//! The API's logic: a request from an authorized caller becomes calls of the workload
+//! service's protocol (`catenary_workload::proto`), image-push steps, or reads of the event
+//! log; the answers become JSON.
+//!
+//! The node side is behind [`Backend`] (in `apid`: `workd` over IPC, the kernel's store; in the
+//! host tests: the real workload service state machine over a simulated kernel).
+
+use crate::auth::Operators;
+use crate::error::ApiError;
+use crate::events::EventLog;
+use crate::http::{Method, Request as HttpRequest, Response};
+use crate::routes::{self, Body, Op, Params, Route};
+use crate::types::*;
+use crate::upload::{PushedImage, UploadLimits, Uploads};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use catenary_workload::proto::{self as wk, Reply, Target, LOG_READ_MAX};
+use catenary_workload::spec::{valid_name, WorkloadSpec};
+use catenary_workload::status::WorkloadId;
+use catenary_workload::store::ImageInfo;
+use catenary_workload::{Digest, RestartPolicy};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Defaults of `run` when the request does not say.
+pub const DEFAULT_CPUS: u8 = 1;
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+
+/// What the API needs from its node.
+pub trait Backend {
+    /// One request to the workload service.
+    fn workd(&mut self, req: wk::Request) -> wk::Response;
+    /// The cluster's nodes as this node knows them.
+    fn nodes(&mut self) -> Vec<Node>;
+    /// Put a pushed, verified image into the node's store.
+    fn add_image(&mut self, image: PushedImage) -> Result<(), ApiError>;
+    /// Take an image out of the node's store.
+    fn remove_image(&mut self, digest: Digest) -> Result<(), ApiError>;
+}
+
+/// The API service's state: who may call, pushes in progress, events seen.
+#[derive(Debug)]
+pub struct Api {
+    pub operators: Operators,
+    pub uploads: Uploads,
+    pub events: EventLog,
+    runs: u32,
+}
+
+fn json<T: Serialize>(status: u16, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => Response::json(status, b),
+        Err(_) => ApiError::new(500, "internal", "the answer could not be encoded").to_response(),
+    }
+}
+
+fn out_of_protocol() -> ApiError {
+    ApiError::new(500, "internal", "the workload service answered out of protocol")
+}
+
+fn body<T: DeserializeOwned + Default>(req: &HttpRequest, kind: Body) -> Result<T, ApiError> {
+    if req.body.is_empty() && matches!(kind, Body::OptionalJson(_)) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&req.body).map_err(|e| ApiError::bad_request(&alloc::format!("body: {e}")))
+}
+
+fn body_required<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+    serde_json::from_slice(&req.body).map_err(|e| ApiError::bad_request(&alloc::format!("body: {e}")))
+}
+
+fn param<'a>(p: &'a Params, name: &str) -> &'a str {
+    p.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| v.as_str())
+}
+
+/// `{workload}`: an id (digits) or a name.
+fn target(p: &Params) -> Result<Target, ApiError> {
+    let w = param(p, "workload");
+    // all digits is an id (a name of only digits cannot be named by it: use the id)
+    if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) {
+        return (w.len() <= 10).then(|| w.parse::<WorkloadId>().ok()).flatten().map(Target::Id).ok_or_else(|| ApiError::bad_request("workload: id out of range"));
+    }
+    if valid_name(w) {
+        return Ok(Target::Name(w.to_string()));
+    }
+    Err(ApiError::bad_request("workload: an id or a name of 1-63 of [a-z0-9-]"))
+}
+
+fn digest(p: &Params) -> Result<Digest, ApiError> {
+    Digest::parse(param(p, "digest")).ok_or_else(|| ApiError::bad_request("digest: not sha256:<64 lowercase hex>"))
+}
+
+fn number(p: &Params, name: &str) -> Result<u32, ApiError> {
+    let v = param(p, name);
+    (!v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| v.parse::<u32>().ok())
+        .flatten()
+        .ok_or_else(|| ApiError::bad_request(&alloc::format!("{name}: not a number")))
+}
+
+impl Api {
+    pub fn new(operators: Operators, upload_limits: UploadLimits) -> Api {
+        Api { operators, uploads: Uploads::new(upload_limits), events: EventLog::new(), runs: 0 }
+    }
+
+    /// Answer one request from the fabric peer `caller` (its public key).
+    pub fn handle(&mut self, caller: &[u8; 32], req: &HttpRequest, backend: &mut dyn Backend, now_ms: u64) -> Response {
+        if let Err(e) = self.operators.authorize(caller, req.method) {
+            return e.to_response();
+        }
+        // a change is seen before and after every mutation, so none hides behind another
+        if req.method != Method::Get {
+            self.observe(backend, now_ms);
+        }
+        let resp = match routes::route(req.method, &req.path) {
+            Ok((route, params)) => self.serve(route, &params, req, backend, now_ms).unwrap_or_else(|e| e.to_response()),
+            Err(e) => e.to_response(),
+        };
+        if req.method != Method::Get {
+            self.observe(backend, now_ms);
+        }
+        resp
+    }
+
+    /// Periodic work: note workload changes, drop idle uploads.
+    pub fn tick(&mut self, backend: &mut dyn Backend, now_ms: u64) {
+        self.observe(backend, now_ms);
+        self.uploads.expire(now_ms);
+    }
+
+    fn observe(&mut self, backend: &mut dyn Backend, now_ms: u64) {
+        if let Ok(Reply::List(l)) = backend.workd(wk::Request::List) {
+            self.events.observe(&l, now_ms);
+        }
+    }
+
+    fn images(backend: &mut dyn Backend) -> Result<Vec<ImageInfo>, ApiError> {
+        match backend.workd(wk::Request::Images)? {
+            Reply::Images(i) => Ok(i),
+            _ => Err(out_of_protocol()),
+        }
+    }
+
+    fn status(backend: &mut dyn Backend, t: Target) -> Result<Workload, ApiError> {
+        match backend.workd(wk::Request::Status(t))? {
+            Reply::Status(s) => Ok(Workload::from(&s)),
+            _ => Err(out_of_protocol()),
+        }
+    }
+
+    fn done(backend: &mut dyn Backend, req: wk::Request) -> Result<(), ApiError> {
+        match backend.workd(req)? {
+            Reply::Done => Ok(()),
+            _ => Err(out_of_protocol()),
+        }
+    }
+
+    fn serve(&mut self, route: &Route, p: &Params, req: &HttpRequest, backend: &mut dyn Backend, now_ms: u64) -> Result<Response, ApiError> {
+        let q = routes::query_numbers(&req.query, route.query)?;
+        let qv = |k: &str| q.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        if route.body == Body::None && !req.body.is_empty() {
+            return Err(ApiError::bad_request("this request takes no body"));
+        }
+        let ok = |v: &dyn erased::Ser| v.respond(route.status);
+        Ok(match route.op {
+            Op::ListNodes => ok(&NodeList { nodes: backend.nodes() }),
+            Op::ListImages => ok(&ImageList { images: Self::images(backend)?.iter().map(Image::from).collect() }),
+            Op::InspectImage => {
+                let d = digest(p)?;
+                let i = Self::images(backend)?.into_iter().find(|i| i.digest == d).ok_or_else(|| ApiError::from(wk::Error::NoSuchImage))?;
+                ok(&Image::from(&i))
+            }
+            Op::RemoveImage => {
+                let d = digest(p)?;
+                let i = Self::images(backend)?.into_iter().find(|i| i.digest == d).ok_or_else(|| ApiError::from(wk::Error::NoSuchImage))?;
+                backend.remove_image(d)?;
+                ok(&Image::from(&i))
+            }
+            Op::CreateUpload => {
+                let c: UploadCreate = body_required(req)?;
+                let d = Digest::parse(&c.image).ok_or_else(|| ApiError::bad_request("image: not a sha256:<64 lowercase hex> digest"))?;
+                if Self::images(backend)?.iter().any(|i| i.digest == d) {
+                    let present = Upload { id: 0, image: c.image, size: 0, chunk_size: 0, chunks: 0, missing: Vec::new(), present: true };
+                    return Ok(json(200, &present));
+                }
+                ok(&self.uploads.create(&c, now_ms)?)
+            }
+            Op::GetUpload => ok(&self.uploads.get(number(p, "upload")?, now_ms)?),
+            Op::PutChunk => ok(&self.uploads.put_chunk(number(p, "upload")?, number(p, "chunk")?, req.chunk_digest.as_deref(), &req.body, now_ms)?),
+            Op::CommitUpload => {
+                let image = self.uploads.commit(number(p, "upload")?, now_ms)?;
+                let view = Image::from(&image.info);
+                backend.add_image(image)?;
+                ok(&view)
+            }
+            Op::AbortUpload => {
+                let id = number(p, "upload")?;
+                let u = self.uploads.get(id, now_ms)?;
+                self.uploads.abort(id)?;
+                ok(&u)
+            }
+            Op::ListWorkloads => match backend.workd(wk::Request::List)? {
+                Reply::List(l) => {
+                    self.events.observe(&l, now_ms);
+                    ok(&WorkloadList { workloads: l.iter().map(WorkloadSummary::from).collect() })
+                }
+                _ => return Err(out_of_protocol()),
+            },
+            Op::RunWorkload => ok(&self.run(body_required(req)?, backend)?),
+            Op::InspectWorkload => ok(&Self::status(backend, target(p)?)?),
+            Op::StartWorkload => {
+                let t = target(p)?;
+                Self::done(backend, wk::Request::Start(t.clone()))?;
+                ok(&Self::status(backend, t)?)
+            }
+            Op::StopWorkload => {
+                let t = target(p)?;
+                let s: StopRequest = body(req, route.body)?;
+                if s.grace_ms.is_some_and(|g| g > wk::GRACE_MAX_MS) {
+                    return Err(ApiError::bad_request("grace_ms: at most 300000"));
+                }
+                Self::done(backend, wk::Request::Stop { target: t.clone(), grace_ms: s.grace_ms })?;
+                ok(&Self::status(backend, t)?)
+            }
+            Op::RemoveWorkload => {
+                let t = target(p)?;
+                let w = Self::status(backend, t)?;
+                Self::done(backend, wk::Request::Destroy(Target::Id(w.id)))?;
+                ok(&Removed { id: w.id, name: w.name })
+            }
+            Op::WorkloadLogs => {
+                let max = qv("max").unwrap_or(LOG_READ_MAX as u64).min(LOG_READ_MAX as u64) as u32;
+                match backend.workd(wk::Request::Logs { target: target(p)?, cursor: qv("cursor").unwrap_or(0), max })? {
+                    Reply::Logs(c) => ok(&Logs::from(&c)),
+                    _ => return Err(out_of_protocol()),
+                }
+            }
+            Op::Events => {
+                self.observe(backend, now_ms);
+                ok(&self.events.read(qv("since").unwrap_or(0)))
+            }
+        })
+    }
+
+    /// Create, then start; a workload that cannot start is removed again (nothing half-made).
+    fn run(&mut self, r: RunRequest, backend: &mut dyn Backend) -> Result<Workload, ApiError> {
+        let image = Digest::parse(&r.image).ok_or_else(|| ApiError::bad_request("image: not a sha256:<64 lowercase hex> digest"))?;
+        let restart = match r.restart.as_deref() {
+            None => RestartPolicy::No,
+            Some(s) => types_restart(s)?,
+        };
+        self.runs = self.runs.wrapping_add(1);
+        let name = r.name.unwrap_or_else(|| alloc::format!("w{}-{}", self.runs, image.short()));
+        let spec = WorkloadSpec {
+            name,
+            image,
+            vcpus: r.cpus.unwrap_or(DEFAULT_CPUS),
+            memory_mib: r.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            env: r.env,
+            args: r.args,
+            restart,
+        };
+        spec.check()?;
+        let id = match backend.workd(wk::Request::Create(spec))? {
+            Reply::Created(id) => id,
+            _ => return Err(out_of_protocol()),
+        };
+        if let Err(e) = Self::done(backend, wk::Request::Start(Target::Id(id))) {
+            let _ = backend.workd(wk::Request::Destroy(Target::Id(id)));
+            return Err(e);
+        }
+        Self::status(backend, Target::Id(id))
+    }
+}
+
+fn types_restart(s: &str) -> Result<RestartPolicy, ApiError> {
+    crate::types::parse_restart(s).ok_or_else(|| ApiError::bad_request("restart: no, always, on-failure or on-failure:N"))
+}
+
+/// Serialize any answer type through one `&dyn` (keeps the match above short).
+mod erased {
+    use super::*;
+    pub trait Ser {
+        fn respond(&self, status: u16) -> Response;
+    }
+    impl<T: Serialize> Ser for T {
+        fn respond(&self, status: u16) -> Response {
+            json(status, self)
+        }
+    }
+}
+
+/// A caller key as text, for a service's log line (a public key: not a secret).
+pub fn caller_text(k: &[u8; 32]) -> String {
+    crate::auth::hex(&k[..8])
+}

@@ -1,0 +1,369 @@
+//! The JSON the API speaks: request bodies (unknown fields refused) and answers (every field
+//! always present, `null` when empty). Each type is a schema of docs/api/openapi.json under the
+//! same name; the test `openapi_matches_the_implementation` holds the two together.
+
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use catenary_workload::logring::{LogChunk, Stream};
+use catenary_workload::status::{Status, Summary};
+use catenary_workload::store::ImageInfo;
+use catenary_workload::{ExitStatus, RestartPolicy};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// A node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    /// Its fabric public key (64 hex).
+    pub public_key: String,
+    /// Its fabric /128.
+    pub address: String,
+    /// `up` (this node, or a peer with a live session), `unreachable`, `unknown`.
+    pub state: String,
+    /// Resources, when known (this node's own; `null` for a peer not asked).
+    pub cpus: Option<u32>,
+    pub memory_total_mib: Option<u64>,
+    pub memory_free_mib: Option<u64>,
+    /// Guest memory (plus overhead) committed to its workloads.
+    pub memory_committed_mib: Option<u64>,
+    pub workloads: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeList {
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub digest: String,
+    pub rootfs: String,
+    pub rootfs_size: u64,
+    pub config: String,
+    pub config_size: u64,
+}
+
+impl From<&ImageInfo> for Image {
+    fn from(i: &ImageInfo) -> Image {
+        Image { digest: i.digest.to_string(), rootfs: i.rootfs.to_string(), rootfs_size: i.rootfs_size, config: i.config.to_string(), config_size: i.config_size }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageList {
+    pub images: Vec<Image>,
+}
+
+/// Start pushing an image: its digest and its `image.json`, byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadCreate {
+    pub image: String,
+    pub manifest: String,
+}
+
+/// An image push in progress (or an image already there: `present`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    /// Its id in `/v1/images/uploads/{id}` (0 when the image is `present`).
+    pub id: u32,
+    pub image: String,
+    /// Bytes of the stream: config.json then rootfs.squashfs.
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunks: u32,
+    /// Chunks not received yet (what a resumed push sends).
+    pub missing: Vec<u32>,
+    /// The node already has the image: nothing to send.
+    pub present: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Unique on the node; made from the image when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `sha256:…` of an image in the node's store.
+    pub image: String,
+    #[serde(default)]
+    pub cpus: Option<u8>,
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Replaces the image's cmd.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// `no` (default), `always`, `on-failure` or `on-failure:N`.
+    #[serde(default)]
+    pub restart: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    #[serde(default)]
+    pub grace_ms: Option<u32>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// `code`, `signal`, `init_failed`, `crashed`, `powered_off`, `create_failed`.
+    pub how: String,
+    /// The exit code or signal number, when there is one.
+    pub status: Option<i32>,
+    pub text: String,
+}
+
+impl From<ExitStatus> for Exit {
+    fn from(e: ExitStatus) -> Exit {
+        let (how, status) = match e {
+            ExitStatus::Code(c) => ("code", Some(c)),
+            ExitStatus::Signal(s) => ("signal", Some(s)),
+            ExitStatus::InitFailed(s) => ("init_failed", Some(s)),
+            ExitStatus::Crashed => ("crashed", None),
+            ExitStatus::PoweredOff => ("powered_off", None),
+            ExitStatus::CreateFailed => ("create_failed", None),
+        };
+        Exit { how: how.to_string(), status, text: e.to_string() }
+    }
+}
+
+pub fn restart_text(r: RestartPolicy) -> String {
+    match r {
+        RestartPolicy::No => "no".to_string(),
+        RestartPolicy::Always => "always".to_string(),
+        RestartPolicy::OnFailure { limit } => alloc::format!("on-failure:{limit}"),
+    }
+}
+
+/// `no`, `always`, `on-failure` (limit 5) or `on-failure:N`.
+pub fn parse_restart(s: &str) -> Option<RestartPolicy> {
+    match s {
+        "no" => Some(RestartPolicy::No),
+        "always" => Some(RestartPolicy::Always),
+        "on-failure" => Some(RestartPolicy::OnFailure { limit: 5 }),
+        _ => {
+            let n = s.strip_prefix("on-failure:")?;
+            (!n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit())).then(|| RestartPolicy::OnFailure { limit: n.parse().unwrap_or(0) })
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSummary {
+    pub id: u32,
+    pub name: String,
+    pub state: String,
+    pub exit: Option<Exit>,
+    pub restarts: u32,
+    pub memory_mib: u32,
+}
+
+impl From<&Summary> for WorkloadSummary {
+    fn from(s: &Summary) -> WorkloadSummary {
+        WorkloadSummary { id: s.id, name: s.name.clone(), state: s.state.name().to_string(), exit: s.exit.map(Exit::from), restarts: s.restarts, memory_mib: s.memory_mib }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadList {
+    pub workloads: Vec<WorkloadSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub id: u32,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub exit: Option<Exit>,
+    pub restarts: u32,
+    pub attempts: u32,
+    pub restart: String,
+    pub uptime_ms: u64,
+    pub memory_touched: u64,
+    pub memory_mib: u32,
+    pub cpus: u8,
+    pub restart_in_ms: Option<u64>,
+    pub log_start: u64,
+    pub log_end: u64,
+}
+
+impl From<&Status> for Workload {
+    fn from(s: &Status) -> Workload {
+        Workload {
+            id: s.id,
+            name: s.name.clone(),
+            image: s.image.to_string(),
+            state: s.state.name().to_string(),
+            exit: s.exit.map(Exit::from),
+            restarts: s.restarts,
+            attempts: s.attempts,
+            restart: restart_text(s.restart),
+            uptime_ms: s.uptime_ms,
+            memory_touched: s.memory_touched,
+            memory_mib: s.memory_mib,
+            cpus: s.vcpus,
+            restart_in_ms: s.restart_in_ms,
+            log_start: s.log_start,
+            log_end: s.log_end,
+        }
+    }
+}
+
+/// What `DELETE /v1/workloads/{workload}` removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub id: u32,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub offset: u64,
+    /// `stdout`, `stderr`, `init`, `node`.
+    pub stream: String,
+    /// The bytes as text (invalid UTF-8 replaced).
+    pub data: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logs {
+    pub records: Vec<LogRecord>,
+    /// The cursor for the next read (follow by passing it back as `cursor`).
+    pub next: u64,
+    /// Bytes dropped by the node's ring before this reader got them.
+    pub lost: u64,
+    pub end: u64,
+}
+
+pub fn stream_name(s: Stream) -> &'static str {
+    match s {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+        Stream::Init => "init",
+        Stream::Node => "node",
+    }
+}
+
+impl From<&LogChunk> for Logs {
+    fn from(c: &LogChunk) -> Logs {
+        let records = c
+            .records
+            .iter()
+            .map(|r| LogRecord { offset: r.offset, stream: stream_name(r.stream).to_string(), data: String::from_utf8_lossy(&r.data).into_owned() })
+            .collect();
+        Logs { records, next: c.next, lost: c.lost, end: c.end }
+    }
+}
+
+/// A change the API service saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing; `GET /v1/events?since=SEQ` returns the events after SEQ.
+    pub seq: u64,
+    /// Milliseconds since the API service started.
+    pub time_ms: u64,
+    /// `created`, `state`, `removed`.
+    pub kind: String,
+    pub workload: u32,
+    pub name: String,
+    pub state: String,
+    pub exit: Option<Exit>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventList {
+    pub events: Vec<Event>,
+    /// Pass back as `since`.
+    pub next: u64,
+    /// Events dropped from the service's ring before this reader got them.
+    pub lost: u64,
+}
+
+/// One value of every schema, every optional field filled, by schema name (for the OpenAPI
+/// check: its keys must be the document's properties).
+pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
+    let exit = Exit { how: "code".into(), status: Some(0), text: "exit code 0".into() };
+    let d = "sha256:1111111111111111111111111111111111111111111111111111111111111111".to_string();
+    let node = Node {
+        name: "node1".into(),
+        public_key: "00".repeat(32),
+        address: "fd00::1".into(),
+        state: "up".into(),
+        cpus: Some(1),
+        memory_total_mib: Some(256),
+        memory_free_mib: Some(100),
+        memory_committed_mib: Some(68),
+        workloads: Some(1),
+    };
+    let image = Image { digest: d.clone(), rootfs: d.clone(), rootfs_size: 1, config: d.clone(), config_size: 1 };
+    let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64 };
+    let workload = Workload {
+        id: 1,
+        name: "web".into(),
+        image: d.clone(),
+        state: "running".into(),
+        exit: Some(exit.clone()),
+        restarts: 0,
+        attempts: 1,
+        restart: "no".into(),
+        uptime_ms: 1,
+        memory_touched: 1,
+        memory_mib: 64,
+        cpus: 1,
+        restart_in_ms: Some(1),
+        log_start: 0,
+        log_end: 1,
+    };
+    let record = LogRecord { offset: 0, stream: "stdout".into(), data: "hi\n".into() };
+    let event = Event { seq: 1, time_ms: 1, kind: "created".into(), workload: 1, name: "web".into(), state: "created".into(), exit: Some(exit.clone()) };
+    let v = |x: serde_json::Result<serde_json::Value>| x.unwrap_or(serde_json::Value::Null);
+    vec![
+        ("Error", v(serde_json::to_value(ErrorBody { error: ErrorDetail { code: "c".into(), message: "m".into() } }))),
+        ("ErrorDetail", v(serde_json::to_value(ErrorDetail { code: "c".into(), message: "m".into() }))),
+        ("Node", v(serde_json::to_value(&node))),
+        ("NodeList", v(serde_json::to_value(NodeList { nodes: vec![node] }))),
+        ("Image", v(serde_json::to_value(&image))),
+        ("ImageList", v(serde_json::to_value(ImageList { images: vec![image] }))),
+        ("UploadCreate", v(serde_json::to_value(UploadCreate { image: d.clone(), manifest: "{}".into() }))),
+        ("Upload", v(serde_json::to_value(Upload { id: 1, image: d.clone(), size: 1, chunk_size: 1, chunks: 1, missing: vec![0], present: false }))),
+        (
+            "RunRequest",
+            v(serde_json::to_value(RunRequest {
+                name: Some("web".into()),
+                image: d,
+                cpus: Some(1),
+                memory_mib: Some(64),
+                env: vec!["A=1".into()],
+                args: Some(vec!["x".into()]),
+                restart: Some("no".into()),
+            })),
+        ),
+        ("StopRequest", v(serde_json::to_value(StopRequest { grace_ms: Some(1) }))),
+        ("Exit", v(serde_json::to_value(&exit))),
+        ("WorkloadSummary", v(serde_json::to_value(&summary))),
+        ("WorkloadList", v(serde_json::to_value(WorkloadList { workloads: vec![summary] }))),
+        ("Workload", v(serde_json::to_value(&workload))),
+        ("Removed", v(serde_json::to_value(Removed { id: 1, name: "web".into() }))),
+        ("LogRecord", v(serde_json::to_value(&record))),
+        ("Logs", v(serde_json::to_value(Logs { records: vec![record], next: 3, lost: 0, end: 3 }))),
+        ("Event", v(serde_json::to_value(&event))),
+        ("EventList", v(serde_json::to_value(EventList { events: vec![event], next: 1, lost: 0 }))),
+    ]
+}

@@ -1,0 +1,289 @@
+//! The operator commands: each builds its API request with `catenary_api::client`, sends it,
+//! and prints a table (or the JSON answer with `--json`).
+
+use super::transport::{CallError, Transport};
+use catenary_api::client::{self, ClientError};
+use catenary_api::types::*;
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::time::Duration;
+
+/// Why a command failed, and its exit status.
+#[derive(Debug)]
+pub enum CliError {
+    Call(CallError),
+    Other(String),
+}
+
+impl From<CallError> for CliError {
+    fn from(e: CallError) -> CliError {
+        CliError::Call(e)
+    }
+}
+
+impl CliError {
+    /// 3: the node is unreachable; 4: permission denied; 1: anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Call(CallError::Unreachable(_)) => 3,
+            CliError::Call(CallError::Api(ClientError::Api { status: 403, .. })) => 4,
+            _ => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Call(e) => write!(f, "{e}"),
+            CliError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+pub struct Ctx {
+    pub t: Transport,
+    pub json: bool,
+}
+
+type R = Result<(), CliError>;
+
+fn print_json<T: serde::Serialize>(v: &T) -> R {
+    println!("{}", serde_json::to_string_pretty(v).map_err(|e| CliError::Other(e.to_string()))?);
+    Ok(())
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn exit_text(e: &Option<Exit>) -> String {
+    e.as_ref().map_or("-".into(), |e| e.text.clone())
+}
+
+pub fn nodes(c: &Ctx) -> R {
+    let l: NodeList = c.t.call(&client::list_nodes())?;
+    if c.json {
+        return print_json(&l);
+    }
+    println!("{:<12} {:<12} {:<40} {:>4} {:>16} {:>9}", "NAME", "STATE", "ADDRESS", "CPUS", "MEM FREE/TOTAL", "WORKLOADS");
+    for n in &l.nodes {
+        let mem = match (n.memory_free_mib, n.memory_total_mib) {
+            (Some(f), Some(t)) => format!("{f}/{t} MiB"),
+            _ => "-".into(),
+        };
+        println!("{:<12} {:<12} {:<40} {:>4} {:>16} {:>9}", n.name, n.state, n.address, opt(n.cpus), mem, opt(n.workloads));
+    }
+    Ok(())
+}
+
+pub fn images(c: &Ctx) -> R {
+    let l: ImageList = c.t.call(&client::list_images())?;
+    if c.json {
+        return print_json(&l);
+    }
+    println!("{:<71} {:>12}", "DIGEST", "ROOTFS");
+    for i in &l.images {
+        println!("{:<71} {:>12}", i.digest, i.rootfs_size);
+    }
+    Ok(())
+}
+
+pub fn image_rm(c: &Ctx, digest: &str) -> R {
+    let i: Image = c.t.call(&client::remove_image(digest))?;
+    println!("{}", i.digest);
+    Ok(())
+}
+
+/// `catenary image push DIR`: verify the image here, then send what the node lacks. Resumes
+/// a push that was interrupted (the node keeps the chunks it verified); a chunk the node finds
+/// corrupted is sent again (up to 3 times); an image the node has is not sent at all.
+pub fn image_push(c: &Ctx, dir: &Path) -> R {
+    let (digest, m) = crate::image::verify(dir, None).map_err(|e| CliError::Other(format!("{}: {e}", dir.display())))?;
+    let manifest = std::fs::read_to_string(dir.join(crate::image::IMAGE_FILE)).map_err(|e| CliError::Other(e.to_string()))?;
+    let create = UploadCreate { image: digest.clone(), manifest };
+    let u: Upload = c.t.call(&client::create_upload(&create))?;
+    if u.present {
+        eprintln!("the node already has {digest}");
+        println!("{digest}");
+        return Ok(());
+    }
+    let config = std::fs::read(dir.join(&m.config.file)).map_err(|e| CliError::Other(e.to_string()))?;
+    let mut rootfs = std::fs::File::open(dir.join(&m.rootfs.file)).map_err(|e| CliError::Other(e.to_string()))?;
+    if u.size != config.len() as u64 + m.rootfs.size || u.chunk_size == 0 {
+        return Err(CliError::Other(format!("the node expects {} bytes in chunks of {}: not this image", u.size, u.chunk_size)));
+    }
+    if u.missing.len() < u.chunks as usize {
+        eprintln!("resuming: {} of {} chunks already on the node", u.chunks as usize - u.missing.len(), u.chunks);
+    }
+    let bar = indicatif::ProgressBar::new(u.size);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_position((u.chunks as u64 - u.missing.len() as u64) * u.chunk_size as u64);
+    for i in &u.missing {
+        let bytes = stream_chunk(&config, &mut rootfs, u.size, u.chunk_size as u64, *i).map_err(|e| CliError::Other(e.to_string()))?;
+        let mut tries = 0;
+        loop {
+            match c.t.call::<Upload>(&client::put_chunk(u.id, *i, &bytes)) {
+                Ok(_) => break,
+                Err(CallError::Api(ClientError::Api { code, .. })) if code == "chunk_digest_mismatch" && tries < 3 => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bar.inc(bytes.len() as u64);
+    }
+    bar.finish_and_clear();
+    let img: Image = c.t.call(&client::commit_upload(u.id))?;
+    println!("{}", img.digest);
+    Ok(())
+}
+
+/// Chunk `i` of the stream config.json ‖ rootfs.squashfs.
+fn stream_chunk(config: &[u8], rootfs: &mut std::fs::File, size: u64, chunk: u64, i: u32) -> std::io::Result<Vec<u8>> {
+    let start = i as u64 * chunk;
+    let end = (start + chunk).min(size);
+    let mut out = Vec::with_capacity((end - start) as usize);
+    let cl = config.len() as u64;
+    if start < cl {
+        out.extend_from_slice(&config[start as usize..end.min(cl) as usize]);
+    }
+    if end > cl {
+        let from = start.max(cl) - cl;
+        rootfs.seek(SeekFrom::Start(from))?;
+        let mut buf = vec![0u8; (end - start.max(cl)) as usize];
+        rootfs.read_exact(&mut buf)?;
+        out.extend_from_slice(&buf);
+    }
+    Ok(out)
+}
+
+pub struct RunArgs {
+    pub name: Option<String>,
+    pub cpus: Option<u8>,
+    pub memory_mib: Option<u32>,
+    pub env: Vec<String>,
+    pub restart: Option<String>,
+    pub image: String,
+    pub args: Vec<String>,
+}
+
+/// IMAGE is a digest, or a packed image directory (its digest is image.json's sha256).
+fn image_digest(image: &str) -> Result<String, CliError> {
+    if image.starts_with("sha256:") {
+        return Ok(image.to_string());
+    }
+    let p = Path::new(image);
+    if p.is_dir() {
+        let bytes = std::fs::read(p.join(crate::image::IMAGE_FILE)).map_err(|e| CliError::Other(format!("{image}: {e}")))?;
+        return Ok(catenary_workload::Digest::of(&bytes).to_string());
+    }
+    Err(CliError::Other(format!("{image}: not an image digest (sha256:…) nor a packed image directory")))
+}
+
+pub fn run(c: &Ctx, a: RunArgs) -> R {
+    for e in &a.env {
+        if !e.contains('=') {
+            return Err(CliError::Other(format!("--env {e}: expected NAME=value")));
+        }
+    }
+    let req = RunRequest {
+        name: a.name,
+        image: image_digest(&a.image)?,
+        cpus: a.cpus,
+        memory_mib: a.memory_mib,
+        env: a.env,
+        args: (!a.args.is_empty()).then_some(a.args),
+        restart: a.restart,
+    };
+    let w: Workload = c.t.call(&client::run(&req))?;
+    if c.json {
+        return print_json(&w);
+    }
+    println!("{} {}", w.id, w.name);
+    Ok(())
+}
+
+pub fn ps(c: &Ctx) -> R {
+    let l: WorkloadList = c.t.call(&client::list_workloads())?;
+    if c.json {
+        return print_json(&l);
+    }
+    println!("{:>4} {:<24} {:<9} {:>8} {:>8}  EXIT", "ID", "NAME", "STATE", "MEM MiB", "RESTARTS");
+    for w in &l.workloads {
+        println!("{:>4} {:<24} {:<9} {:>8} {:>8}  {}", w.id, w.name, w.state, w.memory_mib, w.restarts, exit_text(&w.exit));
+    }
+    Ok(())
+}
+
+pub fn inspect(c: &Ctx, id: &str) -> R {
+    let w: Workload = c.t.call(&client::inspect(id))?;
+    print_json(&w)
+}
+
+pub fn stop(c: &Ctx, id: &str, grace_ms: Option<u32>) -> R {
+    let w: Workload = c.t.call(&client::stop(id, grace_ms))?;
+    println!("{} {} {}", w.id, w.name, w.state);
+    Ok(())
+}
+
+pub fn rm(c: &Ctx, id: &str) -> R {
+    let r: Removed = c.t.call(&client::remove(id))?;
+    println!("{} {}", r.id, r.name);
+    Ok(())
+}
+
+/// `logs [-f]`: from the oldest byte kept; following polls from the cursor until the workload
+/// has ended and everything it logged was read.
+pub fn logs(c: &Ctx, id: &str, follow: bool, poll: Duration) -> R {
+    let mut cursor = 0;
+    loop {
+        let l: Logs = c.t.call(&client::logs(id, cursor))?;
+        if l.lost > 0 {
+            eprintln!("[{} bytes dropped by the node before they were read]", l.lost);
+        }
+        for r in &l.records {
+            if c.json {
+                println!("{}", serde_json::to_string(r).map_err(|e| CliError::Other(e.to_string()))?);
+            } else if r.stream == "stderr" {
+                eprint!("{}", r.data);
+            } else {
+                print!("{}", r.data);
+            }
+        }
+        cursor = l.next;
+        if l.next < l.end {
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        let w: Workload = c.t.call(&client::inspect(id))?;
+        if matches!(w.state.as_str(), "exited" | "failed") && w.log_end <= cursor {
+            return Ok(());
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+pub fn events(c: &Ctx, follow: bool, poll: Duration) -> R {
+    let mut since = 0;
+    loop {
+        let l: EventList = c.t.call(&client::events(since))?;
+        for e in &l.events {
+            if c.json {
+                println!("{}", serde_json::to_string(e).map_err(|e| CliError::Other(e.to_string()))?);
+            } else {
+                println!("{:>6} {:>10}ms {:<8} {:>4} {:<24} {:<9} {}", e.seq, e.time_ms, e.kind, e.workload, e.name, e.state, exit_text(&e.exit));
+            }
+        }
+        since = l.next;
+        if !follow {
+            return Ok(());
+        }
+        if l.events.is_empty() {
+            std::thread::sleep(poll);
+        }
+    }
+}
