@@ -37,6 +37,7 @@ impl From<WkError> for ApiError {
         let (status, code) = match e {
             WkError::Malformed => (400, "malformed"),
             WkError::BadSpec(_) => (400, "bad_spec"),
+            WkError::BadSignal => (400, "bad_signal"),
             WkError::NoSuchWorkload => (404, "no_such_workload"),
             WkError::NameInUse => (409, "name_in_use"),
             WkError::NoSuchImage => (404, "no_such_image"),

@@ -98,7 +98,7 @@ fn operators_come_from_the_cluster_file() {
     assert!(ops.authorize(&[3; 32], Method::Get).is_ok());
     assert_eq!(ops.authorize(&[3; 32], Method::Delete).unwrap_err().status, 403);
     let bad = [
-        (format!("catenary-cluster v2\n"), 1, "first line"),
+        (String::from("catenary-cluster v2\n"), 1, "first line"),
         (format!("{file}operator bob {} root\n", key(5)), 6, "role"),
         (format!("{file}operator bob {} admin\n", key(2)), 6, "duplicate operator key"),
         (format!("{file}operator alice {} admin\n", key(4)), 6, "duplicate operator name"),
@@ -423,7 +423,7 @@ fn fuzzing_inputs_never_panic() {
         let mut data = Vec::new();
         for _ in 0..(next() % 12) {
             let kind = (next() & 0xff) as u8;
-            let body: Vec<u8> = if kind % 4 == 0 && next() % 2 == 0 {
+            let body: Vec<u8> = if kind % 4 == 0 && next().is_multiple_of(2) {
                 seeds[(next() % 3) as usize].to_vec()
             } else {
                 (0..next() % 64).map(|_| next() as u8).collect()
