@@ -114,6 +114,50 @@ pub mod nic_ring {
     }
 }
 
+/// The frame ring between a microVM's virtio-net device (its vCPU task, in the kernel) and the
+/// ring-3 `netd`, in `PAGES` pages of `netd`'s memory (lent with `netd::OP_VM_RING`). The same
+/// shape as [`nic_ring`] seen from `netd`: "RX" frames came from the VM (the kernel produces,
+/// `netd` consumes), "TX" frames go to the VM (`netd` produces, the kernel consumes). Slots
+/// never cross a page. Fixed slots: a guest can make neither side allocate; when a ring is
+/// full, frames are dropped and counted.
+pub mod vm_ring {
+    pub const SLOTS: u64 = 64;
+    pub const SLOT_LEN: u64 = 2048;
+    pub const PAGES: u64 = 1 + 2 * SLOTS * SLOT_LEN / 4096;
+    pub const RX_HEAD: u64 = 0x00;
+    pub const RX_TAIL: u64 = 0x08;
+    pub const TX_HEAD: u64 = 0x10;
+    pub const TX_TAIL: u64 = 0x18;
+    pub const RX_LEN: u64 = 0x100;
+    pub const TX_LEN: u64 = 0x400;
+    pub const RX_SLOTS: u64 = 0x1000;
+    pub const TX_SLOTS: u64 = 0x1000 + SLOTS * SLOT_LEN;
+
+    pub use super::nic_ring::BadIndices;
+
+    /// Frames between `head` and `tail` (see [`super::nic_ring::pending`]), for this ring's
+    /// `SLOTS`.
+    pub fn pending(head: u64, tail: u64) -> Result<u64, BadIndices> {
+        let n = head.wrapping_sub(tail);
+        if n > SLOTS { Err(BadIndices { head, tail }) } else { Ok(n) }
+    }
+    pub fn room(head: u64, tail: u64) -> Result<u64, BadIndices> {
+        pending(head, tail).map(|n| SLOTS - n)
+    }
+    /// Byte offset of frame counter `count`'s slot in the RX or TX area `base`.
+    pub fn slot_offset(base: u64, count: u64) -> u64 {
+        base + (count % SLOTS) * SLOT_LEN
+    }
+    /// Byte offset of frame counter `count`'s length word in `RX_LEN` or `TX_LEN`.
+    pub fn len_offset(base: u64, count: u64) -> u64 {
+        base + (count % SLOTS) * 8
+    }
+    /// A frame length read from the ring: at most one slot.
+    pub fn frame_len(len: u64) -> Option<usize> {
+        (len <= SLOT_LEN).then_some(len as usize)
+    }
+}
+
 /// The protocol between the supervisor (`supd`, ring 3) and the kernel. The supervisor's spawn
 /// authority is a send capability to the kernel's spawner endpoint whose badge (set by the
 /// kernel, unforgeable) has bit i set for each manifest service i it may start; the kernel
@@ -162,6 +206,27 @@ pub mod netd {
     pub const OP_REAP: u64 = 7;
     /// The endpoint bound to the /128 `buf[0..16]` (rax), or an error.
     pub const OP_LOOKUP: u64 = 8;
+    /// The next microVM link event for this `netd` into the buffer (record `VM_*`): rax = 0
+    /// (none), [`VM_ATTACH`] (a link this `netd` has not been told about: every live link
+    /// again after a restart) or [`VM_DETACH`] (its microVM ended).
+    pub const OP_VM_NEXT: u64 = 9;
+    /// Lend the kernel the frame ring (layout [`crate::vm_ring`]) for link `arg`: `buf`/`len`
+    /// are the ring's `vm_ring::PAGES` pages of the caller's own memory. The vCPU task reads
+    /// and writes them only while they are still the caller's.
+    pub const OP_VM_RING: u64 = 10;
+    /// Frames for link `arg`'s microVM wait in its ring (the vCPU task takes them).
+    pub const OP_VM_KICK: u64 = 11;
+    /// Link `arg` (detached) is done: its last frames are routed; the kernel forgets it.
+    pub const OP_VM_DONE: u64 = 12;
+    /// Receive interrupts the NIC has raised so far (rax).
+    pub const OP_NIC_IRQS: u64 = 13;
+    pub const VM_ATTACH: u64 = 1;
+    pub const VM_DETACH: u64 = 2;
+    // OP_VM_NEXT: kind @0, link id @8, the VM's /128 @16, MAC @32 (6 bytes), flags @40
+    // (VM_ALLOW_IPC), frames the kernel dropped for want of a ring or of room @48.
+    pub const VM_ALLOW_IPC: u64 = 1;
+    /// `OP_REAP`'s rax: a probe asked `netd` to log its reliability counters.
+    pub const REAP_REPORT: u64 = 1;
 
     /// Records are at most this long.
     pub const RECORD: usize = 128;
@@ -188,6 +253,8 @@ pub mod netd {
     pub const BOOT_MAX: usize = 64 * 1024;
     pub const BOOT_KEY: u64 = 1;
     pub const BOOT_MSIX: u64 = 2;
+    /// This is `netd`'s first start (the command line's probes run once).
+    pub const BOOT_FIRST: u64 = 4;
 
     pub fn get_u64(b: &[u8], off: usize) -> u64 {
         let mut w = [0u8; 8];

@@ -271,6 +271,30 @@ fn nic_ring_indices_from_a_hostile_driver_are_refused() {
 }
 
 #[test]
+fn vm_ring_layout_and_hostile_indices() {
+    use crate::vm_ring::*;
+    // the length words fit the header page, the slot areas the pages, no slot crosses a page
+    assert!(RX_LEN >= TX_TAIL + 8 && RX_LEN + SLOTS * 8 <= TX_LEN && TX_LEN + SLOTS * 8 <= 4096);
+    assert_eq!(TX_SLOTS + SLOTS * SLOT_LEN, PAGES * 4096);
+    assert_eq!(4096 % SLOT_LEN, 0);
+    for c in [0, 1, SLOTS - 1, SLOTS, u64::MAX] {
+        for base in [RX_SLOTS, TX_SLOTS] {
+            let o = slot_offset(base, c);
+            assert_eq!(o / 4096, (o + SLOT_LEN - 1) / 4096, "slot {c} crosses a page");
+            assert!(o + SLOT_LEN <= PAGES * 4096);
+        }
+        assert!(len_offset(RX_LEN, c) + 8 <= TX_LEN && len_offset(TX_LEN, c) + 8 <= 4096);
+    }
+    assert_eq!(pending(SLOTS, 0), Ok(SLOTS));
+    assert_eq!(room(SLOTS, 0), Ok(0));
+    assert_eq!(pending(1, u64::MAX), Ok(2));
+    for (h, t) in [(0, 1), (SLOTS + 1, 0), (u64::MAX, 0), (1 << 63, 0)] {
+        assert!(pending(h, t).is_err() && room(h, t).is_err(), "{h} {t}");
+    }
+    assert_eq!(frame_len(SLOT_LEN + 1), None);
+}
+
+#[test]
 fn bind_right_is_not_part_of_all() {
     assert!(!Rights::ALL.contains(Rights::BIND));
     let mut t = CapTable::new(4);

@@ -125,8 +125,100 @@ fn udptest(_: u64) {
     info!(target: "net", "udp probe done");
 }
 
-/// Start the probes the command line asks for (`net.netd=user`).
+/// Wait until the routing table exists (the ring-3 `netd` said `OP_UP`), up to 120 s.
+pub fn wait_router() -> bool {
+    let t0 = time::now_ns();
+    while !crate::net::router_ready() {
+        if time::now_ns() - t0 > 120 * SEC {
+            warn!(target: "net", "no netd came up in 120 s");
+            return false;
+        }
+        task::sleep_ns(10_000_000);
+    }
+    true
+}
+
+/// A probe service (`rpcsvc`, `panicsvc`) binds the node's second task /128 once the router
+/// is up (the first is echo's).
+fn after_router(which: u64) {
+    if wait_router() {
+        if which == 0 { crate::rpcprobe::rpcsvc(0) } else { panicsvc(0) }
+    }
+}
+
+/// (peer's echo /128, what to start once it answers: 0 rpctest, 1 rpcquota fill, 2 rpcquota
+/// other)
+static AFTER_PEER: Mutex<Option<(Ipv6Addr, u64)>> = Mutex::new(None);
+
+/// Once the peer's echo answers (the ring-3 `netd` has the session), start the probe.
+fn after_peer(_: u64) {
+    let Some((echo, what)) = catenary_arch::cpu::without_interrupts(|| AFTER_PEER.lock().take()) else { return };
+    let answered = remote_slot(echo).and_then(|slot| first_answer(slot, 120 * SEC)).is_some();
+    if !answered {
+        warn!(target: "net", "probe: no answer from the peer's echo at {} in 120 s", echo);
+    }
+    match what {
+        0 if answered => crate::rpcprobe::rpctest(0),
+        0 => info!(target: "net", "rpctest done"),
+        _ => match catenary_arch::cpu::without_interrupts(|| crate::rpcprobe::QUOTA.lock().clone()) {
+            Some((peer, svc)) if answered => crate::rpcprobe::rpcquota_start(&peer, svc, what == 1),
+            _ => info!(target: "net", "rpcquota done"),
+        },
+    }
+}
+
+/// Start the probes the command line asks for (ring-3 `netd`): kernel tasks that use fabric
+/// IPC through it (`net.ping` and `net.bench` drive the stack: `netd` runs those itself).
 pub fn start(cmdline: &str, modules: &[catenary_bootinfo::Module]) {
+    let get = |k: &str| crate::cmdline::get(cmdline, k);
+    if let Some(peer) = get("net.ipccall") {
+        match crate::net::cluster(modules).and_then(|c| c.by_name(peer).map(|m| Prefix64::from_public_key(&m.public_key).node_address())) {
+            Some(a) => crate::net::start_ipc_client(peer, a, true),
+            None => warn!(target: "net", "ipc probe: {} is not in the cluster file", peer),
+        }
+    }
+    if get("net.rpcsvc").is_some() {
+        task::spawn_kernel("rpcsvc", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, after_router, 0);
+    } else if get("net.panicsvc").is_some() {
+        task::spawn_kernel("panicsvc", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, after_router, 1);
+    }
+    if let Some(arg) = get("net.rpctest") {
+        let mut it = arg.split(',');
+        let peer = it.next().unwrap_or("");
+        let ghost = it.next().and_then(|g| Some((String::from(g), peer_task(modules, g, 1)?)));
+        match (peer_task(modules, peer, 1), peer_task(modules, peer, 2)) {
+            (Some(echo), Some(svc)) => {
+                catenary_arch::cpu::without_interrupts(|| {
+                    *crate::rpcprobe::TEST.lock() = Some((String::from(peer), svc, ghost));
+                    *AFTER_PEER.lock() = Some((echo, 0));
+                });
+                task::spawn_kernel("rpctest", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, after_peer, 0);
+            }
+            _ => warn!(target: "net", "rpctest: {} is not in the cluster file", peer),
+        }
+    }
+    if let Some(arg) = get("net.rpcquota") {
+        let (mode, peer) = arg.split_once(':').unwrap_or(("fill", arg));
+        match (peer_task(modules, peer, 1), peer_task(modules, peer, 2)) {
+            (Some(echo), Some(svc)) => {
+                catenary_arch::cpu::without_interrupts(|| {
+                    *crate::rpcprobe::QUOTA.lock() = Some((String::from(peer), svc));
+                    *AFTER_PEER.lock() = Some((echo, if mode == "fill" { 1 } else { 2 }));
+                });
+                task::spawn_kernel("rpcquota", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, after_peer, 0);
+            }
+            _ => warn!(target: "net", "rpcquota: {} is not in the cluster file", peer),
+        }
+    }
+    if let Some(peer) = get("net.nicd_restart") {
+        match peer_task(modules, peer, 1) {
+            Some(echo) => {
+                catenary_arch::cpu::without_interrupts(|| *TARGET.lock() = Some((String::from(peer), echo, echo)));
+                task::spawn_kernel("nicdtest", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, nicdtest, 0);
+            }
+            None => warn!(target: "net", "nicd probe: {} is not in the cluster file", peer),
+        }
+    }
     if let Some(port) = crate::cmdline::get(cmdline, "net.udpecho").and_then(|p| p.parse::<u64>().ok()) {
         match spawn_socket_client("udpecho", ROLE_UDP_ECHO, BADGE_UDP_ECHO, Message::new(1, [port, 0, 0, 0])) {
             Some(t) => info!(target: "net", "udp probe: UDP echo on port {} (ring-3 task {}, a client of netd's socket protocol)", port, t),
@@ -174,11 +266,15 @@ fn bench(_: u64) {
 }
 
 fn wait_restart(before: u32, within_ns: u64) -> Option<(u32, u64)> {
+    wait_restart_of("netd", before, within_ns)
+}
+
+fn wait_restart_of(service: &str, before: u32, within_ns: u64) -> Option<(u32, u64)> {
     let t0 = time::now_ns();
     while time::now_ns() - t0 < within_ns {
-        let n = supervisor::service_restarts("netd");
+        let n = supervisor::service_restarts(service);
         if n > before {
-            if let Some(t) = supervisor::service_task("netd") {
+            if let Some(t) = supervisor::service_task(service) {
                 return Some((n, t));
             }
         }
@@ -283,4 +379,48 @@ pub fn panicsvc(_: u64) {
         let r = task::send(s, Message::new(catenary_ipc::netd::TEST_PANIC_LABEL, [0; 4]));
         info!(target: "net", "panicsvc: sent the test panic message to {} (caller {}): {:?}", echo, from, r);
     }
+}
+
+/// `net.nicd_restart=NAME`: the NIC driver killed in the middle of fabric traffic (remote
+/// calls to NAME's echo, back to back, through the ring-3 `netd` and `nicd`). The kernel
+/// quiesces the device before the dead driver's DMA memory is freed, the supervisor restarts
+/// `nicd`, `netd` configures the new one and is lent its frame ring; then calls must be
+/// answered again, over the same fabric session.
+fn nicdtest(_: u64) {
+    let Some((peer, echo, _)) = catenary_arch::cpu::without_interrupts(|| TARGET.lock().take()) else { return };
+    let done = || info!(target: "net", "nicd probe done");
+    let Some(slot) = remote_slot(echo) else { return done() };
+    let Some(ms) = first_answer(slot, 120 * SEC) else {
+        warn!(target: "net", "nicd probe: no answer from {} echo at {} in 120 s", peer, echo);
+        return done();
+    };
+    info!(target: "net", "nicd probe: {} echo at {} answers (first answer after {} ms)", peer, echo, ms);
+    catenary_arch::cpu::without_interrupts(|| *TRAFFIC_TO.lock() = Some(echo));
+    task::spawn_kernel("nicdtraffic", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, traffic, 0);
+    let t0 = time::now_ns();
+    while TRAFFIC_OK.load(Ordering::Relaxed) < 5 && time::now_ns() - t0 < 60 * SEC {
+        task::sleep_ns(10_000_000);
+    }
+    let before = supervisor::service_restarts("nicd");
+    let Some(old) = supervisor::service_task("nicd") else { return done() };
+    let t0 = time::now_ns();
+    while !task::kill_for_test(old) {
+        if time::now_ns() - t0 > 5 * SEC {
+            warn!(target: "net", "nicd probe: nicd never stopped running long enough to be killed");
+            return done();
+        }
+        task::yield_now();
+    }
+    info!(target: "net", "nicd probe: killed nicd (task {}) in the middle of fabric traffic to {} ({} calls answered before)", old, peer, TRAFFIC_OK.load(Ordering::Relaxed));
+    let Some((n, t)) = wait_restart_of("nicd", before, 60 * SEC) else {
+        warn!(target: "net", "nicd probe: nicd was not restarted within 60 s of the kill");
+        return done();
+    };
+    let t1 = time::now_ns();
+    let ok = three_in_a_row(slot, 120 * SEC);
+    TRAFFIC_STOP.store(true, Ordering::Relaxed);
+    info!(target: "net", "nicd probe: nicd restarted as task {} (restarts: {}; frames freed while a dead driver's device could master the bus: {}); after the kill: {} remote calls to {} echo in a row ({} ms after the restart); traffic: {} answered, {} failed",
+        t, n, supervisor::dma_freed_while_mastering(), if ok { "3/3" } else { "not 3" }, peer, (time::now_ns() - t1) / 1_000_000,
+        TRAFFIC_OK.load(Ordering::Relaxed), TRAFFIC_FAILED.load(Ordering::Relaxed));
+    done();
 }

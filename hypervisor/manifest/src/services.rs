@@ -60,10 +60,11 @@ pub const SERVICES: &[Service] = &[
         shares: &["netd"],
         vm_control: false,
     },
-    // The network stack (smoltcp, netfabric sessions, the fabric IPC router) in ring 3
-    // (`net.netd=user`; by default the kernel runs it and adopts this entry's endpoint): its
-    // endpoint (nicd's reports, the kernel's notifications), a send capability to nicd, the
-    // router capability (SYS_NET), and memory for its heap (the stack, sessions, queues).
+    // The network stack (smoltcp, netfabric sessions, the fabric IPC router, the microVM
+    // links) in ring 3 (the default; with `net.netd=kernel` the kernel runs it and adopts this
+    // entry's endpoint): its endpoint (nicd's reports, the kernel's notifications), a send
+    // capability to nicd, the router capability (SYS_NET), and memory for its heap (the
+    // stack, sessions, queues: 3072 pages) and the microVM links' frame rings (8 × 65 pages).
     // No ports, MMIO or DMA: frames come through the ring nicd lends it.
     Service {
         name: "netd",
@@ -76,7 +77,7 @@ pub const SERVICES: &[Service] = &[
         irq: None,
         mmio: &[],
         dma_pages: 0,
-        memory_pages: 4096,
+        memory_pages: 4736,
         restart: true,
         router: true,
         shares: &[],

@@ -148,14 +148,14 @@ pub fn peek(addr: u64) -> u8 {
     catenary_arch_user::read_u8(addr)
 }
 
-/// Small fixed-buffer formatter for log lines.
+/// Small fixed-buffer formatter for log lines (as long as the kernel's `SYS_LOG` takes).
 pub struct Line {
-    buf: [u8; 160],
+    buf: [u8; 200],
     len: usize,
 }
 impl Line {
     pub fn new() -> Line {
-        Line { buf: [0; 160], len: 0 }
+        Line { buf: [0; 200], len: 0 }
     }
     pub fn as_str(&self) -> &str {
         core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")

@@ -25,8 +25,6 @@ pub(super) struct State {
     pub(super) ipcbench: Option<String>,
     /// Fabric IPC events logged so far (the first few of each kind are).
     pub(super) ipc_logged: [u32; 4],
-    /// The microVM /128s the node routes.
-    pub(super) vm_routes: alloc::vec::Vec<core::net::Ipv6Addr>,
     /// Fabric IPC's retransmissions, duplicate suppression and send streams.
     pub(super) rpc: Rpc,
 }
@@ -132,7 +130,6 @@ pub(super) fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed
         rpcquota: crate::cmdline::get(cmdline, "net.rpcquota").map(String::from),
         ipcbench: crate::cmdline::get(cmdline, "net.ipcbench").map(String::from),
         ipc_logged: [0; 4],
-        vm_routes: alloc::vec::Vec::new(),
         rpc,
     };
     let mut st = alloc::boxed::Box::new(st);
@@ -334,11 +331,6 @@ pub(super) fn netd(_: u64) {
         if ipc_pump(&mut st) {
             active = true;
             st.node.poll(&mut st.nic, time::now_ns());
-        }
-        if vm_pump(&mut st) {
-            active = true;
-            st.node.poll(&mut st.nic, time::now_ns());
-            vm_pump(&mut st);
         }
         if active {
             last_active = now;

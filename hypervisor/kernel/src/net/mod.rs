@@ -1,19 +1,27 @@
-//! Node networking: the virtio-net driver, the IPv6 stack and the fabric, run by one kernel
-//! task (`netd`).
+//! Node networking, the kernel's side. The network stack — smoltcp, the fabric sessions, the
+//! fabric IPC router, the microVM links' routing — is the ring-3 service `netd`
+//! (hypervisor/user/src/bin/netd.rs), started and restarted by the supervisor; the NIC driver
+//! is the ring-3 `nicd`. The kernel keeps, one concern per file:
 //!
-//! The NIC driver runs in ring 3 (`nicd`, hypervisor/user/src/bin/nicd.rs), granted the
-//! device's virtio structures, DMA memory and the receive interrupt; frames pass through a ring
-//! in its DMA memory ([`UserNic`]). `net.driver=kernel` keeps the in-kernel driver
-//! (`arch::virtio::VirtioNet`). With that driver the receive queue interrupts through MSI-X
-//! ([`NIC_VECTOR`](crate::task::NIC_VECTOR)), delivered as an IPC notification to an endpoint
-//! `netd` waits on (the ring-3 drivers' mechanism): `netd` polls the stack until a pass finds
-//! no work, then waits for the interrupt or 10 ms (the stack's timers), whichever comes first.
-//! Without MSI-X (or with `net.irq=off`) it falls back to polling: busy while traffic flowed in
-//! the last 200 ms, otherwise one scheduler tick (10 ms) of sleep. See docs/networking.md.
+//! - `ring3.rs`: finding the NIC and programming its MSI-X entry (configuration space is the
+//!   kernel's), `netd`'s boot data (`SYS_NET` `OP_BOOT`);
+//! - `boot.rs`: the node key, the cluster file, entropy seeds, the wall clock at boot;
+//! - `router.rs`: the fabric IPC routing table (/128 -> local endpoint; `bind_address`), kept
+//!   across `netd`'s restarts;
+//! - `vmlink.rs`: the microVM links (a /128 each, a frame ring in `netd`'s memory between the
+//!   vCPU task's virtio-net device and `netd`).
+//!
+//! `net.netd=kernel` (or `net.driver=kernel`) runs the same stack as a kernel task instead,
+//! kept as the reference for the benchmarks and for the in-kernel NIC driver
+//! (`arch::virtio::VirtioNet`): `knetd.rs` (the task, its fabric IPC pump), `nic.rs` (the NIC
+//! as it sees it: the in-kernel driver or `nicd`'s ring through the direct map), `probes.rs`
+//! (its probes; `ipcclient` serves both). It has no microVM links and serves no sockets.
 //!
 //! Kernel command line:
 //! - `net=off` — do not start networking;
-//! - `net.driver=kernel` — drive the NIC in the kernel instead of the ring-3 `nicd`;
+//! - `net.netd=kernel` — the in-kernel `netd` (see above);
+//! - `net.driver=kernel` — drive the NIC in the kernel instead of the ring-3 `nicd` (implies
+//!   the in-kernel `netd`);
 //! - `net.irq=off` — with `net.driver=kernel`: poll the NIC instead of taking its interrupts;
 //! - `net.key=HEX` — the node's x25519 secret key (64 hex digits), if no boot module carries it
 //!   (`node.key` in a cpio module, which is how xtask passes it: the command line is logged,
@@ -21,37 +29,18 @@
 //! - `net.time=SECS` — Unix time now, for handshake timestamps when the CMOS RTC cannot be read;
 //! - `net.insecure-entropy` — create keys even without RDSEED/RDRAND (timing jitter only: the
 //!   keys may be guessable; logged loudly). Without it such a node keeps networking off;
-//! - `net.ping=NAME` — once the fabric session with peer NAME is up, ping its fabric address
-//!   (5 echoes) and its link-local address (3 echoes) and print the results;
-//! - `net.bench=NAME` — latency and throughput to NAME over the fabric and the plain link;
-//! - `net.wait=SECS` — how long the probes wait for the session (default 60);
-//! - `net.ipccall=NAME` — once the session with NAME is up, a kernel task calls NAME's `echo`
-//!   service by its fabric address (3 calls, same `call` syscall as a local call) and sends
-//!   one message to an unbound /128 of NAME's /64.
-//! - `net.rpcsvc=1`, `net.rpctest=NAME[,GHOST]`, `net.rpcquota=fill|other:NAME`,
-//!   `net.ipcbench=NAME` — reliable fabric IPC
-//!   probes and the remote call benchmark (see `rpcprobe.rs`);
+//! - `net.ping=NAME`, `net.bench=NAME`, `net.wait=SECS` — probes `netd` runs on its stack
+//!   (user/src/bin/netd/probes.rs, or `probes.rs` here);
+//! - `net.ipccall=NAME`, `net.rpcsvc=1`, `net.rpctest=NAME[,GHOST]`,
+//!   `net.rpcquota=fill|other:NAME`, `net.ipcbench=NAME`, `net.nicd_restart=NAME`,
+//!   `net.netdtest=NAME`, `net.panicsvc=1`, `net.udpecho=PORT`, `net.udptest=NAME` — fabric
+//!   IPC and socket probes, kernel tasks (`netdprobe.rs`, `rpcprobe.rs`);
 //! - `net.test-loss=PCT` — TESTS ONLY: drop PCT% (1..=90) of fabric IPC datagrams in each
 //!   direction (logged loudly; anything else is refused).
 //!
-//! Fabric IPC: `netd` is the node's IPC router. It keeps the table /128 → local endpoint
-//! ([`bind_address`], netfabric's allocator gives task /128s of the node's /64; the `echo`
-//! service gets the first one), delivers decrypted IPC frames (IPv6/UDP port 51900) for the
-//! node's /128s as IPC messages, and carries sends and calls whose address names another node
-//! (queued for it by the kernel, `task::take_remote`) in fabric frames. See
-//! docs/networking.md.
-//!
 //! The cluster file (see `catenary_net::cluster`) is the boot module that starts with
 //! `catenary-cluster v1`, or the entry `cluster.txt` of a cpio boot module (the guest bundle,
-//! where only one module can be passed).
-//!
-//! MicroVMs: `attach_vm` gives a microVM a /128 of the node's /64 (netfabric's allocator, kind
-//! microVM) and a link to `netd` (two bounded frame queues under a lock; the vCPU task moves
-//! frames between them and its virtio-net device and wakes `netd`). `netd` is the VM's router:
-//! `catenary_net::vmlink::VmPort` answers the guest's neighbour solicitations and checks that
-//! what it sends comes from its /128 (other sources are counted and dropped); the node routes
-//! the packets to its own stack, another microVM or over the fabric, and packets for the
-//! /128 back to the VM.
+//! where only one module can be passed). See docs/networking.md.
 
 use alloc::string::String;
 use catenary_arch::virtio::{NicError, VirtioNet};
@@ -80,7 +69,10 @@ pub(crate) use router::*;
 pub(crate) use vmlink::*;
 pub(crate) use boot::*;
 pub(crate) use ring3::*;
-use probes::*;
+pub(crate) use probes::*;
+
+/// The in-kernel `netd` runs (`net.netd=kernel`): no microVM links, no socket protocol.
+pub(crate) static KERNEL_NETD: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// Start `netd`, which probes the NIC and brings the stack up (on its own stack, so boot goes
 /// on meanwhile). Nothing happens without a virtio-net device or with `net=off`.
@@ -91,12 +83,17 @@ pub fn start(cmdline: &str, modules: &[Module]) {
         supervisor::enable("nicd", false);
         return;
     }
-    if crate::cmdline::get(cmdline, "net.netd") == Some("user") {
-        if crate::cmdline::get(cmdline, "net.driver") == Some("kernel") {
+    // The ring-3 netd unless the in-kernel one is asked for (`net.netd=kernel`, or the
+    // in-kernel driver, which only it can use).
+    let which = crate::cmdline::get(cmdline, "net.netd");
+    let kernel_driver = crate::cmdline::get(cmdline, "net.driver") == Some("kernel");
+    if which == Some("user") || (which != Some("kernel") && !kernel_driver) {
+        if kernel_driver {
             warn!(target: "net", "net.netd=user needs the ring-3 driver nicd: net.driver=kernel ignored");
         }
         return start_user(cmdline, modules);
     }
+    KERNEL_NETD.store(true, core::sync::atomic::Ordering::Relaxed);
     // the in-kernel stack adopts the netd service's endpoint; the ring-3 program never runs
     supervisor::enable("netd", false);
     *BOOT.lock() = Some(Boot { cmdline: String::from(cmdline), modules: modules.to_vec() });

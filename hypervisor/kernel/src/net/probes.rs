@@ -9,10 +9,13 @@ pub(super) static IPC_PROBE: Mutex<Option<(String, core::net::Ipv6Addr, core::ne
 /// `net.ipccall=NAME`: a kernel task calls NAME's `echo` by its fabric address with the
 /// ordinary `call` syscall (only the capability's address differs from a local call), then
 /// sends to an unbound /128 of NAME's /64.
-pub(super) fn ipc_client(_: u64) {
+pub(super) fn ipc_client(wait: u64) {
     use catenary_ipc::{Address, Capability, Message, Rights};
     let Some((peer, echo, unbound, peer_node)) = catenary_arch::cpu::without_interrupts(|| IPC_PROBE.lock().take()) else { return };
     let cap = |a: core::net::Ipv6Addr| Capability { target: Address { node: a.octets(), endpoint: 0 }, rights: Rights::SEND, badge: 0 };
+    if wait != 0 && !crate::netdprobe::wait_router() {
+        return info!(target: "net", "ipc probe done");
+    }
     // a bound task: its calls go out from its own /128, which the callee is told
     let (_, own) = crate::task::create_endpoint_for_current(1);
     match bind_endpoint(own) {
@@ -20,6 +23,17 @@ pub(super) fn ipc_client(_: u64) {
         Err(e) => warn!(target: "net", "ipc: ipcclient cannot bind its endpoint: {:?}", e),
     }
     let slot = crate::task::give_current(cap(echo));
+    if wait != 0 {
+        // (ring-3 netd) until the peer's echo answers: the session is up
+        let t0 = time::now_ns();
+        while crate::task::call_timeout(slot, Message::new(7, [0; 4]), 2000).is_err() {
+            if time::now_ns() - t0 > 120_000_000_000 {
+                warn!(target: "net", "ipc: no answer from {} echo at {} in 120 s", peer, echo);
+                break;
+            }
+            crate::task::sleep_ns(200_000_000);
+        }
+    }
     let mut ok = 0;
     for i in 1..=3u64 {
         let t0 = time::now_ns();
@@ -102,12 +116,18 @@ pub(super) const STREAM_BYTES: u64 = 3500 * 1200;
 
 /// Start the `ipcclient` task: remote calls to `peer`'s echo service (see [`ipc_client`]).
 pub(super) fn start_ipc_probe(peer: &str, p: &catenary_net::Peer) {
+    start_ipc_client(peer, p.fabric_addr, false);
+}
+
+/// Start the `ipcclient` task for `peer` (node /128 `node`); `wait`: it first calls the
+/// peer's echo until it answers (the ring-3 `netd` runs the session; this task cannot see it).
+pub(crate) fn start_ipc_client(peer: &str, node: core::net::Ipv6Addr, wait: bool) {
     use netfabric::identity::{AddressKind, Prefix64};
-    let pfx = Prefix64::of(&p.fabric_addr);
+    let pfx = Prefix64::of(&node);
     // the peer's netd binds its echo service first: task index 1
     let (Some(echo), Some(unbound)) = (pfx.workload_address(AddressKind::Task, 1), pfx.workload_address(AddressKind::Task, 0x99)) else { return };
-    catenary_arch::cpu::without_interrupts(|| *IPC_PROBE.lock() = Some((String::from(peer), echo, unbound, p.fabric_addr)));
-    crate::task::spawn_kernel("ipcclient", Priority::NORMAL, Affinity::ANY, ipc_client, 0);
+    catenary_arch::cpu::without_interrupts(|| *IPC_PROBE.lock() = Some((String::from(peer), echo, unbound, node)));
+    crate::task::spawn_kernel("ipcclient", Priority::NORMAL, Affinity::ANY, ipc_client, wait as u64);
 }
 
 /// `net.nicd_restart=NAME`: fabric echoes to NAME, one after the other, until `nicd` died in

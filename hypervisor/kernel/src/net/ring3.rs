@@ -14,11 +14,17 @@ pub(super) struct UserBoot {
 
 pub(super) static USER_BOOT: Mutex<Option<UserBoot>> = Mutex::new(None);
 
-/// `net.netd=user`: the network stack runs in ring 3 as the manifest's `netd` service,
+/// The network stack runs in ring 3 (the default) as the manifest's `netd` service,
 /// started (and restarted) by the supervisor. The kernel finds the NIC, programs its MSI-X
 /// entry, and lets the supervisor start `nicd` and `netd`.
 pub(super) fn start_user(cmdline: &str, modules: &[Module]) {
     use crate::task::{self, supervisor};
+    if seeds(cmdline).is_none() {
+        // no keys without hardware entropy (logged): netd never starts
+        supervisor::enable("netd", false);
+        supervisor::enable("nicd", false);
+        return;
+    }
     let Some((df, info)) = catenary_arch::virtio::find_net() else {
         info!(target: "net", "no virtio-net device: networking off");
         supervisor::enable("netd", false);
@@ -27,7 +33,7 @@ pub(super) fn start_user(cmdline: &str, modules: &[Module]) {
     };
     let msix = match catenary_arch::smp::apic_id_of(0).ok_or("no BSP APIC id").and_then(|bsp| catenary_arch::virtio::msix_program(df, task::NIC_VECTOR, bsp)) {
         Ok(n) => {
-            info!(target: "net", "virtio-net: MSI-X entry 0 of {} -> vector {:#x} (nicd's receive interrupt)", n, task::NIC_VECTOR);
+            info!(target: "net", "virtio-net: MSI-X on ({} entries): entry 0 -> vector {:#x} on the BSP (nicd's receive interrupt)", n, task::NIC_VECTOR);
             true
         }
         Err(e) => {
@@ -39,7 +45,7 @@ pub(super) fn start_user(cmdline: &str, modules: &[Module]) {
     catenary_arch::cpu::without_interrupts(|| {
         *USER_BOOT.lock() = Some(UserBoot { cmdline: String::from(cmdline), modules: modules.to_vec(), cfg, msix });
     });
-    info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}: the network stack runs in ring 3 (net.netd=user): the supervisor starts netd and nicd with their manifest grants",
+    info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}: the network stack runs in ring 3: the supervisor starts netd and nicd (driver in ring 3) with their manifest grants",
         df.bus, df.device, df.function);
     crate::rpcprobe::USER_NETD.store(true, core::sync::atomic::Ordering::Relaxed);
     supervisor::enable("nicd", true);
@@ -64,7 +70,8 @@ pub(crate) fn user_boot_data() -> Option<alloc::vec::Vec<u8>> {
     }
     let mut b = alloc::vec![0u8; BOOT_HEADER];
     put_u64(&mut b, 0, 1);
-    put_u64(&mut b, 8, if key.is_some() { BOOT_KEY } else { 0 } | if msix { BOOT_MSIX } else { 0 });
+    let first = crate::task::supervisor::service_restarts("netd") == 0;
+    put_u64(&mut b, 8, if key.is_some() { BOOT_KEY } else { 0 } | if msix { BOOT_MSIX } else { 0 } | if first { BOOT_FIRST } else { 0 });
     put_u64(&mut b, 16, wall_clock_at_boot(&cmdline, time::now_ns()));
     for (i, w) in cfg.iter().enumerate() {
         put_u64(&mut b, 24 + 8 * i, *w);

@@ -30,21 +30,26 @@ pub(super) fn bind_endpoint(ep: catenary_ipc::EndpointId) -> Result<core::net::I
 /// table (kept across its restarts) is made the first time, with `echo` bound first. False
 /// if a table for another /128 exists (a netd with another key).
 pub(crate) fn user_router_up(node: core::net::Ipv6Addr) -> bool {
+    // (read before the router lock: lock order kernel, router)
+    let echo = crate::task::echo_endpoint();
+    // echo is bound in the same critical section that makes the table, so no other binder
+    // (a probe service waiting for the router) can take its /128
     let fresh = catenary_arch::cpu::without_interrupts(|| {
         let mut r = ROUTER.lock();
         match r.as_ref() {
             Some(t) => Err(t.node_address() == node),
             None => {
-                *r = Some(IpcRouter::new(node));
-                Ok(())
+                let mut t = IpcRouter::new(node);
+                let a = t.bind(echo);
+                *r = Some(t);
+                Ok(a)
             }
         }
     });
     match fresh {
         Err(same) => same,
-        Ok(()) => {
-            let echo = crate::task::echo_endpoint();
-            match with_router(|r| r.bind(echo)).flatten() {
+        Ok(a) => {
+            match a {
                 Some(a) => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64 through the ring-3 netd; endpoint {} (echo) has fabric address {}",
                     netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network(), echo, a),
                 None => info!(target: "net", "ipc: routing fabric IPC for {}/64 through the ring-3 netd (no echo service to bind)",
@@ -53,6 +58,11 @@ pub(crate) fn user_router_up(node: core::net::Ipv6Addr) -> bool {
             true
         }
     }
+}
+
+/// Whether the routing table exists (a `netd` is up).
+pub(crate) fn router_ready() -> bool {
+    with_router(|_| ()).is_some()
 }
 
 /// The endpoint bound to fabric /128 `a` (the kernel's table).

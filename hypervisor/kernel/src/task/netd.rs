@@ -146,12 +146,50 @@ pub(super) fn sys_net(f: &mut TrapFrame) {
         OP_WAITING => with(|k| router_of(k, slot)).map(|_| remote_call_waiting(arg) as u64),
         OP_REAP => with(|k| router_of(k, slot)).map(|_| {
             reap_remote_calls();
-            0
+            // a probe asked for the reliability counters (logged by netd)
+            if crate::rpcprobe::REPORT.swap(false, core::sync::atomic::Ordering::Relaxed) { REAP_REPORT } else { 0 }
         }),
         OP_LOOKUP => (|| {
             let rec = record_in(slot, ptr, len, 16)?;
             crate::net::router_lookup(&core::net::Ipv6Addr::from(get_addr(&rec, 0))).ok_or(fail(IpcError::NoEndpoint))
         })(),
+        OP_VM_NEXT => with(|k| router_of(k, slot)).and_then(|(me, _)| {
+            if len < RECORD as u64 {
+                return Err(ERR_BAD_ARG.wrapping_neg());
+            }
+            let mut rec = [0u8; RECORD];
+            let kind = crate::net::vm_next(me, &mut rec);
+            if kind != 0 {
+                // (an event whose record cannot be copied out is lost: netd's buffer is its own)
+                with(|k| copy_out(k, me, ptr, &rec))?;
+            }
+            Ok(kind)
+        }),
+        OP_VM_RING => (|| {
+            // the ring's pages: the caller's own RAM pages, mapped at [ptr, ptr + len)
+            let frames = with(|k| {
+                let (me, _) = router_of(k, slot)?;
+                if len != catenary_ipc::vm_ring::PAGES * 4096 {
+                    return Err(ERR_BAD_ARG.wrapping_neg());
+                }
+                let r = UserRange::pages(ptr, catenary_ipc::vm_ring::PAGES).map_err(|_| ERR_BAD_ARG.wrapping_neg())?;
+                let t = k.sched.task(me).ok_or(ERR_BAD_ARG.wrapping_neg())?;
+                let space = t.context.space.as_ref().ok_or(ERR_BAD_ARG.wrapping_neg())?;
+                let mut frames = Vec::new();
+                frames.try_reserve_exact(r.page_count() as usize).map_err(|_| ERR_NO_MEMORY.wrapping_neg())?;
+                for v in r.page_starts() {
+                    match space.page(v) {
+                        Some(p) if p.kind == PageKind::Ram && t.context.frames.contains(&p.phys) => frames.push(p.phys),
+                        _ => return Err(ERR_BAD_ARG.wrapping_neg()),
+                    }
+                }
+                Ok((me, frames))
+            })?;
+            if crate::net::vm_ring_lent(frames.0, arg, &frames.1) { Ok(0) } else { Err(fail(IpcError::NoEndpoint)) }
+        })(),
+        OP_VM_KICK => with(|k| router_of(k, slot)).and_then(|(me, _)| if crate::net::vm_kick(me, arg) { Ok(0) } else { Err(fail(IpcError::NoEndpoint)) }),
+        OP_VM_DONE => with(|k| router_of(k, slot)).and_then(|(me, _)| if crate::net::vm_done(me, arg) { Ok(0) } else { Err(fail(IpcError::NoEndpoint)) }),
+        OP_NIC_IRQS => with(|k| router_of(k, slot)).map(|_| irq_count(NIC_VECTOR)),
         _ => Err(ERR_BAD_ARG.wrapping_neg()),
     };
     f.rax = match r {

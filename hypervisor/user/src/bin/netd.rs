@@ -20,6 +20,11 @@
 
 extern crate alloc;
 
+#[path = "netd/probes.rs"]
+mod probes;
+#[path = "netd/vms.rs"]
+mod vms;
+
 use alloc::vec::Vec;
 use catenary_ipc::netd::*;
 use catenary_ipc::nic_ring as ring;
@@ -133,6 +138,7 @@ impl Link for RingNic {
 }
 
 struct Boot {
+    cmdline: alloc::string::String,
     flags: u64,
     unix_at_origin: u64,
     cfg: [u64; 7],
@@ -159,7 +165,8 @@ fn boot() -> Option<Boot> {
     for (i, w) in cfg.iter_mut().enumerate() {
         *w = get_u64(&b, 24 + 8 * i);
     }
-    Some(Boot { flags: get_u64(&b, 8), unix_at_origin: get_u64(&b, 16), cfg, key: arr(96), identity_seed: arr(128), fabric_seed: arr(160), cluster })
+    let cmdline = alloc::string::String::from(core::str::from_utf8(b.get(BOOT_HEADER..BOOT_HEADER + cl)?).ok()?);
+    Some(Boot { cmdline, flags: get_u64(&b, 8), unix_at_origin: get_u64(&b, 16), cfg, key: arr(96), identity_seed: arr(128), fabric_seed: arr(160), cluster })
 }
 
 fn configure_nicd(cfg: &[u64; 7]) {
@@ -180,6 +187,12 @@ struct State {
     logged: [u32; 4],
     /// The socket protocol's server (UDP on the node's /128).
     sockets: catenary_user::netsock_server::SocketServer,
+    /// The microVM links.
+    vms: vms::VmLinks,
+    /// Waiting for the first wakeup (logged once).
+    woken: bool,
+    /// The NIC interrupts through MSI-X (else `nicd` polls).
+    msix: bool,
 }
 
 /// A message on our endpoint: `nicd`'s reports, the kernel's wakeups, socket requests.
@@ -232,7 +245,10 @@ fn deliver(d: Delivery, test_panic: bool, logged: &mut u32) -> Outcome {
     let r = net(OP_DELIVER, &mut rec, 0);
     if *logged < 8 {
         *logged += 1;
-        logf!("net: ipc: {} from {} to {}: {}", if call_id != 0 { "call" } else { "send" }, from, rec_to, if r.is_ok() { "delivered" } else { "refused" });
+        match r {
+            Ok(ep) => logf!("net: ipc: {} from {} to {} -> endpoint {}: delivered", if call_id != 0 { "call" } else { "send" }, from, rec_to, ep),
+            Err(_) => logf!("net: ipc: {} from {} to {}: refused", if call_id != 0 { "call" } else { "send" }, from, rec_to),
+        }
     }
     match r {
         Ok(_) => Outcome::Delivered,
@@ -276,7 +292,15 @@ fn decode(router: &mut IpcRouter, p: &[u8]) -> Result<Frame, RouteError> {
 /// delivered, retransmissions. Returns whether anything happened.
 fn ipc_pump(st: &mut State) -> bool {
     let now = now_ns();
-    let _ = net(OP_REAP, &mut [], 0);
+    if net(OP_REAP, &mut [], 0) == Ok(REAP_REPORT) {
+        // (two lines: a log line is at most 200 bytes)
+        let c = &st.rpc.counters;
+        logf!("net: ipc: reliability counters retransmits: {}, dup_running: {}, dup_replayed: {}, datagrams dropped by net.test-loss {}",
+            c.retransmits, c.dup_running, c.dup_replayed, st.node.counters.test_dropped);
+        logf!("net: ipc: more counters calls_out: {}, sends_out: {}, calls_given_up: {}, sends_lost: {}, stale_calls: {}, over_quota: {}, dup_sends: {}, held_sends: {}, busy: {}, stale_answers: {}",
+            c.calls_out, c.sends_out, c.calls_given_up, c.sends_lost, c.stale_calls, c.over_quota, c.dup_sends, c.held_sends, c.busy, c.stale_answers);
+    }
+    let over_quota = st.rpc.counters.over_quota;
     let mut tx: Vec<Frame> = Vec::new();
     let mut active = false;
     let node_addr = st.node.fabric_addr;
@@ -348,15 +372,25 @@ fn ipc_pump(st: &mut State) -> bool {
                 }
             }
             Err(e) => {
-                if st.logged[3] < 8 {
+                if let RouteError::Unbound(a) = e {
+                    if st.logged[2] < 8 {
+                        st.logged[2] += 1;
+                        logf!("net: ipc: dropped a frame to unbound {} (dropped to unbound /128s: {})", a, st.router.counters.dropped_unbound);
+                    }
+                } else if st.logged[3] < 8 {
                     st.logged[3] += 1;
-                    logf!("net: ipc: refused a frame: {:?}", e);
+                    logf!("net: ipc: refused a frame: {:?} (refused: {})", e, st.router.counters.dropped_malformed);
                 }
                 if let Some(f) = IpcRouter::refusal(&p, IpcError::NoEndpoint.code()) {
                     tx.push(f);
                 }
             }
         }
+    }
+    if st.rpc.counters.over_quota > over_quota && st.logged[3] < 8 {
+        st.logged[3] += 1;
+        logf!("net: ipc: refused calls over the quota of {} in flight per source (over quota: {})",
+            catenary_net::ipcroute::CALLS_PER_SOURCE, st.rpc.counters.over_quota);
     }
     tx.extend(st.rpc.poll(now, |t| net(OP_WAITING, &mut [], t) == Ok(1)));
     active |= !tx.is_empty();
@@ -431,6 +465,15 @@ fn run(arg: u64) -> u64 {
     let h = netfabric::crypto::hash(&[b"catenary fabric ipc incarnation", &b.fabric_seed]);
     let incarnation = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) | 1;
     let mut node = Node::new(&mut nic, NodeConfig { identity, cluster, unix_time_at_origin: b.unix_at_origin, rng_seed: b.fabric_seed }, now);
+    if let Some(pct) = probes::arg(&b.cmdline, "net.test-loss") {
+        match pct.parse::<u64>() {
+            Ok(p) if (1..=90).contains(&p) => {
+                logf!("net: TEST ONLY: net.test-loss={}: dropping {}% of fabric IPC datagrams in each direction", p, p);
+                node.set_test_loss(p, u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]));
+            }
+            _ => logf!("net: net.test-loss={:?} refused (a test-only switch: 1..=90 percent)", pct),
+        }
+    }
     let rpc = Rpc::new(node.fabric_addr, incarnation);
     node.connect_all(now);
     let mut a = [0u8; 16];
@@ -444,18 +487,41 @@ fn run(arg: u64) -> u64 {
         logf!("net: TEST ONLY: netd.test_panic=1: a fabric IPC message with label {:#x} makes this netd panic", TEST_PANIC_LABEL);
     }
     let router = IpcRouter::new(node.fabric_addr);
-    let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4], sockets: catenary_user::netsock_server::SocketServer::new() };
-    loop {
-        let now = now_ns();
-        let mut active = st.node.poll(&mut st.nic, now);
-        if ipc_pump(&mut st) {
-            active = true;
-            st.node.poll(&mut st.nic, now_ns());
-        }
-        if active {
-            yield_now();
-        } else if let Ok(m) = recv(OWN, IDLE_WAKE_NS) {
-            on_message(&mut st, m);
-        }
+    let msix = b.flags & BOOT_MSIX != 0;
+    let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
+        sockets: catenary_user::netsock_server::SocketServer::new(), vms: vms::VmLinks::new(), woken: false, msix };
+    if b.flags & BOOT_FIRST != 0 {
+        // the command line's probes (tests, benchmarks): once per boot, not per restart
+        probes::run(&mut st, &b.cmdline);
     }
+    loop {
+        step(&mut st);
+    }
+}
+
+/// One pass: the stack, fabric IPC, the microVM links; then, if nothing happened, wait for
+/// a wakeup (frames from `nicd`, the kernel's notification, a socket request) or the stack's
+/// next timer. A wakeup that came during the pass is pending: the wait returns at once.
+fn step(st: &mut State) -> bool {
+    let now = now_ns();
+    let mut active = st.node.poll(&mut st.nic, now);
+    if ipc_pump(st) {
+        active = true;
+        st.node.poll(&mut st.nic, now_ns());
+    }
+    if st.vms.pump(&mut st.node, now_ns()) {
+        active = true;
+        st.node.poll(&mut st.nic, now_ns());
+        st.vms.pump(&mut st.node, now_ns());
+    }
+    if active {
+        yield_now();
+    } else if let Ok(m) = recv(OWN, IDLE_WAKE_NS) {
+        if !st.woken && m.label == ring::LABEL_RX {
+            st.woken = true;
+            logf!("net: virtio-net: frames from nicd woke netd");
+        }
+        on_message(st, m);
+    }
+    active
 }
