@@ -423,7 +423,7 @@ fn fuzzing_inputs_never_panic() {
         let mut data = Vec::new();
         for _ in 0..(next() % 12) {
             let kind = (next() & 0xff) as u8;
-            let body: Vec<u8> = if kind % 4 == 0 && next().is_multiple_of(2) {
+            let body: Vec<u8> = if kind.is_multiple_of(4) && next().is_multiple_of(2) {
                 seeds[(next() % 3) as usize].to_vec()
             } else {
                 (0..next() % 64).map(|_| next() as u8).collect()

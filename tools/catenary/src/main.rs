@@ -43,6 +43,19 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Write a WireGuard config (0600) that makes this workstation a fabric peer of the cluster
+    /// with the operator key, for `wg-quick` or `wireguard-go` + `wg` (docs/api.md).
+    WgConfig {
+        /// The cluster file (`catenary-cluster v1`).
+        #[arg(long)]
+        cluster: PathBuf,
+        /// The interface on the nodes' link, for link-local underlay endpoints.
+        #[arg(long)]
+        iface: Option<String>,
+        /// Where to write it.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// The cluster's nodes: state, CPUs, memory, workloads.
     Nodes,
     /// Catenary images: pack an OCI image, verify a packed one; push, list, remove on a node.
@@ -139,6 +152,12 @@ fn operate(api: Option<String>, json: bool, cmd: Cmd) -> Result<(), CliError> {
         println!("operator {name} {} admin", cfg.public_key);
         return Ok(());
     }
+    if let Cmd::WgConfig { cluster, iface, output } = cmd {
+        let dir = config::config_dir().map_err(CliError::Other)?;
+        catenary::ops::wgconfig::write(&dir, &cluster, iface.as_deref(), &output).map_err(CliError::Other)?;
+        eprintln!("wrote {} (mode 0600; it holds the operator's private key)", output.display());
+        return Ok(());
+    }
     let c = Ctx { t: Transport::new(&endpoint(api)?), json };
     match cmd {
         Cmd::Nodes => commands::nodes(&c),
@@ -154,7 +173,7 @@ fn operate(api: Option<String>, json: bool, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Rm { id } => commands::rm(&c, &id),
         Cmd::Inspect { id } => commands::inspect(&c, &id),
         Cmd::Events { follow } => commands::events(&c, follow, poll),
-        Cmd::Init { .. } | Cmd::Image(ImageCmd::Pack(_) | ImageCmd::Verify { .. }) => Ok(()),
+        Cmd::Init { .. } | Cmd::WgConfig { .. } | Cmd::Image(ImageCmd::Pack(_) | ImageCmd::Verify { .. }) => Ok(()),
     }
 }
 

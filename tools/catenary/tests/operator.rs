@@ -200,3 +200,56 @@ fn push_resume_run_ps_logs_stop_rm_through_the_cli() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("permission denied"), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(catenary(&api, &cfg, &["ps"]).status.success(), "a viewer reads");
 }
+
+#[test]
+fn wg_config_makes_the_workstation_a_fabric_peer_with_the_operator_key() {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("cfg");
+    let init = Command::new(env!("CARGO_BIN_EXE_catenary")).arg("init").env("CATENARY_CONFIG_DIR", &cfg).output().unwrap();
+    stdout(&init);
+    let secret = catenary_api::auth::hex32(std::fs::read_to_string(cfg.join("operator.key")).unwrap().trim()).unwrap();
+    let op = netfabric::Identity::from_secret_bytes(secret);
+    let (n1, n2) = (netfabric::Identity::from_secret_bytes([1; 32]), netfabric::Identity::from_secret_bytes([2; 32]));
+    let cluster = t.path().join("cluster.txt");
+    let hex = |i: &netfabric::Identity| catenary_api::auth::hex(&i.public_key());
+    std::fs::write(&cluster, format!("catenary-cluster v1\nnode node1 {} fe80::5054:ff:fe00:1 51820\nnode node2 {} 2001:db8::2 51821\noperator me {} admin\n", hex(&n1), hex(&n2), hex(&op))).unwrap();
+    let out = t.path().join("wg.conf");
+    let wg = |iface: Option<&str>, cluster: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_catenary"));
+        c.args(["wg-config", "--cluster"]).arg(cluster).arg("-o").arg(&out).env("CATENARY_CONFIG_DIR", &cfg);
+        if let Some(i) = iface {
+            c.args(["--iface", i]);
+        }
+        c.output().unwrap()
+    };
+    let o = wg(Some("tap0"), &cluster);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!printed.contains(&b64(&secret)) && !printed.contains(&catenary_api::auth::hex(&secret)), "the private key was printed");
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains(&format!("PrivateKey = {}\n", b64(&secret))), "{text}");
+    assert!(text.contains(&format!("Address = {}/64\n", op.node_address())), "{text}");
+    for (id, ep) in [(&n1, "[fe80::5054:ff:fe00:1%tap0]:51820"), (&n2, "[2001:db8::2]:51821")] {
+        let peer = format!("PublicKey = {}\nAllowedIPs = {}/64\nEndpoint = {ep}\n", b64(&id.public_key()), id.prefix().network());
+        assert!(text.contains(&peer), "{peer} not in {text}");
+    }
+    // the stock tool agrees that this private key is the operator's public key
+    if let Ok(mut child) = Command::new("wg").arg("pubkey").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn() {
+        child.stdin.take().unwrap().write_all(format!("{}\n", b64(&secret)).as_bytes()).unwrap();
+        let pubkey = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&pubkey.stdout).trim(), b64(&op.public_key()));
+    } else {
+        eprintln!("wg not installed: the `wg pubkey` cross-check did not run");
+    }
+    // a link-local endpoint needs the interface; a bad cluster file says which line
+    let o = wg(None, &cluster);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--iface"));
+    std::fs::write(&cluster, "catenary-cluster v1\nnode node1 12 fe80::1 51820\n").unwrap();
+    let o = wg(Some("tap0"), &cluster);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -60,7 +60,7 @@ pub fn init(dir: &Path, api: Option<String>, force: bool) -> Result<Config, Stri
 }
 
 /// Write a file only its owner can read (created with 0600, and set so if it existed).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let err = |e: std::io::Error| format!("{}: {e}", path.display());
     let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(err)?;
     f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(err)?;
