@@ -1,0 +1,30 @@
+//! Cluster orchestration core (issue 13; docs/orchestration.md).
+//!
+//! Plain safe Rust with no clock and no I/O: every entry point takes the current time as an
+//! argument and returns the datagrams to send, so the ring-3 membership service can run it over
+//! the fabric and the host-side simulator ([`sim`], feature `sim`) can run many nodes in one
+//! process from one seed.
+//!
+//! - [`identity`]: a node's identity (fabric public key, fabric address, generation);
+//! - [`codec`]: the membership wire format, which refuses any identity whose key is not admitted;
+//! - [`membership`]: SWIM probing, suspicion, incarnations and piggybacked gossip (the `foca`
+//!   crate), key admission, graceful leave, the member table `catenary nodes` shows;
+//! - [`placement`]: the deterministic scheduler function (to come).
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod codec;
+pub mod identity;
+pub mod membership;
+pub mod placement;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+#[cfg(test)]
+mod sim_tests;
+
+pub use identity::{NodeId, NodeKey};
+pub use membership::{Datagram, MemberState, MemberView, Membership, MembershipConfig};

@@ -1,0 +1,344 @@
+//! SWIM membership: the `foca` crate driven with the time as an argument.
+//!
+//! [`Membership`] wraps one `foca::Foca` per node. The caller (the ring-3 membership service,
+//! or the simulator) feeds it the datagrams the fabric delivered, with the fabric-authenticated
+//! sender key, and calls [`Membership::tick`] at [`Membership::next_deadline`]; it takes the
+//! datagrams to send from [`Membership::take_outgoing`]. Nothing here reads a clock or does I/O.
+//!
+//! What this layer adds to foca:
+//! - key admission (see [`crate::codec`]): only admitted keys are ever decoded;
+//! - graceful leave seen as `left`, not `dead`: a leave notice rides foca's custom broadcasts
+//!   and the leaving node tells every active member directly;
+//! - rejoin: a node with no active members announces itself to its seeds every
+//!   `announce_period`, so a partitioned node finds the cluster again once the partition heals
+//!   (foca then tells it that its old identity is down and it rejoins as the next generation).
+use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::num::{NonZeroU8, NonZeroUsize};
+use core::time::Duration;
+
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PeriodicParams, State, Timer};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::codec::{Codec, LeaveNotices, Shared, SharedRef};
+use crate::identity::{NodeId, NodeKey};
+
+/// Protocol timings and limits. The defaults are what docs/orchestration.md measures.
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// How often each node probes one random member.
+    pub probe_period: Duration,
+    /// How long a direct probe waits before asking others to probe indirectly.
+    pub probe_rtt: Duration,
+    /// How many members are asked to probe indirectly (and the fan-out of a gossip round).
+    pub indirect_probes: usize,
+    /// How long a member stays suspect before it is declared dead.
+    pub suspect_to_down_after: Duration,
+    /// How often updates are gossiped outside the probe cycle, and to how many members.
+    pub gossip_period: Duration,
+    pub gossip_fanout: usize,
+    /// How many times one update is piggybacked before it is dropped.
+    pub max_transmissions: u8,
+    /// How often a node with no active members announces itself to its seeds.
+    pub announce_period: Duration,
+    /// Largest datagram produced or accepted.
+    pub max_packet_size: usize,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            probe_period: Duration::from_millis(500),
+            probe_rtt: Duration::from_millis(150),
+            indirect_probes: 3,
+            suspect_to_down_after: Duration::from_millis(1500),
+            gossip_period: Duration::from_millis(200),
+            gossip_fanout: 3,
+            max_transmissions: 10,
+            announce_period: Duration::from_millis(1000),
+            // Fits one fabric datagram (1420-byte WireGuard MTU less IPv6+UDP headers).
+            max_packet_size: 1280,
+        }
+    }
+}
+
+impl MembershipConfig {
+    fn foca(&self, indirect_probes: usize) -> foca::Config {
+        let one = NonZeroUsize::MIN;
+        foca::Config {
+            probe_period: self.probe_period,
+            probe_rtt: self.probe_rtt,
+            num_indirect_probes: NonZeroUsize::new(indirect_probes).unwrap_or(one),
+            max_transmissions: NonZeroU8::new(self.max_transmissions).unwrap_or(NonZeroU8::MIN),
+            suspect_to_down_after: self.suspect_to_down_after,
+            // Down identities are remembered: a dead identity must never come back as alive.
+            remove_down_after: None,
+            max_packet_size: NonZeroUsize::new(self.max_packet_size).unwrap_or(one),
+            // Lets a node the cluster declared dead learn it and rejoin as a new generation.
+            notify_down_members: true,
+            periodic_announce: None,
+            periodic_announce_to_down_members: Some(PeriodicParams {
+                frequency: self.announce_period,
+                num_members: one,
+            }),
+            periodic_gossip: Some(PeriodicParams {
+                frequency: self.gossip_period,
+                num_members: NonZeroUsize::new(self.gossip_fanout).unwrap_or(one),
+            }),
+        }
+    }
+}
+
+/// One outgoing datagram: to the fabric address of `to`, authenticated by the fabric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datagram {
+    pub to: NodeId,
+    pub data: Vec<u8>,
+}
+
+/// A member's state as `catenary nodes` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub state: MemberState,
+    /// `generation << 16 | SWIM incarnation`: grows on every refuted suspicion and every rejoin.
+    pub incarnation: u64,
+}
+
+pub fn combined_incarnation(generation: u32, incarnation: u16) -> u64 {
+    (u64::from(generation) << 16) | u64::from(incarnation)
+}
+
+/// Something the node itself went through (members' changes are read from [`Membership::members`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelfEvent {
+    /// The cluster had declared us down; we came back as this new identity.
+    Rejoined(NodeId),
+    /// No active member is left (we announce to the seeds until one answers).
+    Idle,
+    Active,
+    /// Our identity is down (we left, or the cluster declared us dead).
+    Defunct,
+}
+
+pub struct Membership {
+    foca: Foca<NodeId, Codec, SmallRng, LeaveNotices>,
+    config: MembershipConfig,
+    shared: SharedRef,
+    rt: AccumulatingRuntime<NodeId>,
+    timers: BTreeMap<(Duration, u64), Timer<NodeId>>,
+    timer_seq: u64,
+    next_announce: Duration,
+    seeds: Vec<NodeId>,
+    outgoing: Vec<Datagram>,
+    events: Vec<SelfEvent>,
+    left: bool,
+}
+
+impl Membership {
+    /// A node that will join through `seeds` (any identities of other nodes; their generation
+    /// does not matter). `rng_seed` comes from the node's entropy (or the simulator's seed).
+    pub fn new(
+        id: NodeId,
+        config: MembershipConfig,
+        rng_seed: u64,
+        admitted: impl IntoIterator<Item = NodeKey>,
+        seeds: Vec<NodeId>,
+    ) -> Self {
+        let shared: SharedRef = Rc::new(RefCell::new(Shared::default()));
+        shared.borrow_mut().admitted.extend(admitted);
+        let foca = Foca::with_custom_broadcast(
+            id,
+            config.foca(config.indirect_probes),
+            SmallRng::seed_from_u64(rng_seed),
+            Codec::new(shared.clone()),
+            LeaveNotices::new(shared.clone()),
+        );
+        let seeds = seeds.into_iter().filter(|s| s.key != id.key).collect();
+        Membership {
+            foca,
+            config,
+            shared,
+            rt: AccumulatingRuntime::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            next_announce: Duration::ZERO,
+            seeds,
+            outgoing: Vec::new(),
+            events: Vec::new(),
+            left: false,
+        }
+    }
+
+    pub fn identity(&self) -> NodeId {
+        *self.foca.identity()
+    }
+
+    /// Lets `key` join (`catenary node add KEY`).
+    pub fn admit(&mut self, key: NodeKey) {
+        self.shared.borrow_mut().admitted.insert(key);
+    }
+
+    pub fn is_admitted(&self, key: &NodeKey) -> bool {
+        self.shared.borrow().admitted.contains(key)
+    }
+
+    /// A datagram the fabric delivered from the peer whose public key is `from`. Errors mean the
+    /// datagram was dropped (malformed, not admitted, not from who it claims); they are counted
+    /// by the caller, never fatal.
+    pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: NodeKey,
+        data: &[u8],
+    ) -> Result<(), foca::Error> {
+        if self.left {
+            return Ok(());
+        }
+        self.shared.borrow_mut().authenticated_src = Some(from);
+        let r = self.foca.handle_data(data, &mut self.rt);
+        self.shared.borrow_mut().authenticated_src = None;
+        self.drain(now);
+        r
+    }
+
+    /// The earliest time [`Membership::tick`] has work.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        if self.left {
+            return None;
+        }
+        let t = self.timers.keys().next().map(|k| k.0);
+        Some(t.map_or(self.next_announce, |t| t.min(self.next_announce)))
+    }
+
+    /// Runs every timer due at or before `now`, in deadline order.
+    pub fn tick(&mut self, now: Duration) {
+        if self.left {
+            return;
+        }
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            // A timer error is foca refusing stale work; the protocol goes on.
+            let _ = self.foca.handle_timer(timer, &mut self.rt);
+            self.drain(now);
+        }
+        if now >= self.next_announce {
+            self.next_announce = now + self.config.announce_period;
+            if self.foca.num_members() == 0 {
+                for seed in self.seeds.clone() {
+                    let _ = self.foca.announce(
+                        NodeId {
+                            generation: 0,
+                            ..seed
+                        },
+                        &mut self.rt,
+                    );
+                }
+                self.drain(now);
+            }
+        }
+    }
+
+    /// Leaves the cluster gracefully: every active member is told directly (and the notice is
+    /// gossiped on), so the others show this node as `left` at once rather than dead later.
+    pub fn leave(&mut self, now: Duration) {
+        if self.left {
+            return;
+        }
+        let me = self.identity();
+        // The handler records the notice in `left` too (inserting it first would make foca
+        // think it is old news and not send it).
+        let _ = self.foca.add_broadcast(&LeaveNotices::encode(&me));
+        // leave_cluster gossips to `indirect_probes` members: widen that to all of them.
+        let everyone = self.foca.num_members().max(1);
+        let _ = self.foca.set_config(self.config.foca(everyone));
+        let _ = self.foca.leave_cluster(&mut self.rt);
+        self.drain(now);
+        self.left = true;
+        self.timers.clear();
+    }
+
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    pub fn take_outgoing(&mut self) -> Vec<Datagram> {
+        core::mem::take(&mut self.outgoing)
+    }
+
+    pub fn take_events(&mut self) -> Vec<SelfEvent> {
+        core::mem::take(&mut self.events)
+    }
+
+    /// The member table (this node excluded), sorted by key.
+    pub fn members(&self) -> Vec<MemberView> {
+        let shared = self.shared.borrow();
+        let mut v: Vec<MemberView> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| {
+                let id = *m.id();
+                let state = match m.state() {
+                    State::Alive => MemberState::Alive,
+                    State::Suspect => MemberState::Suspect,
+                    State::Down if shared.left.get(&id.key) == Some(&id.generation) => {
+                        MemberState::Left
+                    }
+                    State::Down => MemberState::Dead,
+                };
+                MemberView {
+                    id,
+                    state,
+                    incarnation: combined_incarnation(id.generation, m.incarnation()),
+                }
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The state this node holds for `key`, if it knows it.
+    pub fn member(&self, key: &NodeKey) -> Option<MemberView> {
+        self.members().into_iter().find(|m| m.id.key == *key)
+    }
+
+    fn drain(&mut self, now: Duration) {
+        while let Some((to, data)) = self.rt.to_send() {
+            self.outgoing.push(Datagram {
+                to,
+                data: data.to_vec(),
+            });
+        }
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            self.timer_seq += 1;
+            self.timers.insert((now + after, self.timer_seq), timer);
+        }
+        while let Some(n) = self.rt.to_notify() {
+            match n {
+                OwnedNotification::Rejoin(id) => self.events.push(SelfEvent::Rejoined(id)),
+                OwnedNotification::Idle => {
+                    self.events.push(SelfEvent::Idle);
+                    // Start looking for the cluster at once rather than at the next period.
+                    self.next_announce = now;
+                }
+                OwnedNotification::Active => self.events.push(SelfEvent::Active),
+                OwnedNotification::Defunct => self.events.push(SelfEvent::Defunct),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The deterministic placement function (next: spreads replicas over nodes with room).
