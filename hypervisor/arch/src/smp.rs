@@ -62,11 +62,14 @@ extern "C" {
     static boot_pml4: u8;
 }
 
+/// Why `start_ap` refused an index without trying.
+pub const START_REFUSED: &str = "CPU index out of range, the boot CPU's, or started already";
+
 /// Start the AP with `apic_id` as CPU `index`; waits until it reports in (or ~1 s). Each
 /// index is started once (index 0 is the boot CPU's): a second start is refused.
 pub fn start_ap(index: usize, apic_id: u32) -> Result<(), &'static str> {
     if index == 0 || !claim(&STARTED, index) {
-        return Err("CPU index out of range, the boot CPU's, or started already");
+        return Err(START_REFUSED);
     }
     #[cfg(feature = "kernel")]
     if crate::limine::booted_by_limine() {

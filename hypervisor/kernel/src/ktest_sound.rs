@@ -121,7 +121,9 @@ pub fn sound_boot_state_set_once(node: &Node) -> Result<(), String> {
     check(smp::start_ap(0, 0).is_err(), || "the boot CPU's index was started as an AP".into())?;
     if smp::online_cpus() > 1 {
         let id = smp::apic_id_of(1).ok_or("CPU 1 online without an APIC id")?;
-        check(smp::start_ap(1, id).is_err(), || "an online CPU index was started again".into())?;
+        // refused up front (before it sent INIT to the running CPU), not "did not come up"
+        let r = smp::start_ap(1, id);
+        check(r == Err(smp::START_REFUSED), || format!("an online CPU index was started again: {r:?}"))?;
     }
     check(smp::start_ap(smp::MAX_CPUS, 0).is_err(), || "a CPU index out of range was accepted".into())?;
     let spec = paging::KernelSpaceSpec { phys_ranges: &[(0, 1 << 30)], kernel_phys: 0x20_0000, sections: paging::kernel_sections(), guard_pages: &[], global_pages: true };
