@@ -38,7 +38,14 @@ mod tests {
         ("limine", 3, include_str!("limine.rs")),
         ("virt", 4, include_str!("virt.rs")),
         ("svm", 4, include_str!("svm.rs")),
-        ("vmx", 4, include_str!("vmx.rs")),
+        ("vmx", 4, include_str!("vmx/mod.rs")),
+        ("vmx", 4, include_str!("vmx/caps.rs")),
+        ("vmx", 4, include_str!("vmx/vmcs.rs")),
+        ("vmx", 4, include_str!("vmx/ept.rs")),
+        ("vmx", 4, include_str!("vmx/host.rs")),
+        ("vmx", 4, include_str!("vmx/setup.rs")),
+        ("vmx", 4, include_str!("vmx/state.rs")),
+        ("vmx", 4, include_str!("vmx/entry.rs")),
         ("guest_switch", 4, include_str!("guest_switch.rs")),
     ];
     /// The virtualization facade and its backends name each other (trait and dispatch).

@@ -24,6 +24,7 @@ pub fn phys_view() -> u64 {
 /// #![forbid(unsafe_code)]
 /// catenary_arch::paging::set_early_phys_view(0);
 /// ```
+#[cfg_attr(not(feature = "kernel"), allow(dead_code))]
 pub(crate) fn set_early_phys_view(offset: u64) {
     PHYS_VIEW.store(offset, core::sync::atomic::Ordering::Relaxed);
 }
@@ -437,6 +438,7 @@ pub fn stats() -> FrameStats {
 /// Physical (start, len) of the kernel image, recorded when the kernel page tables go live.
 static KERNEL_IMAGE: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
 
+#[cfg_attr(not(feature = "kernel"), allow(dead_code))]
 pub(crate) fn set_kernel_image(start: u64, len: u64) {
     KERNEL_IMAGE.0.store(start, Ordering::Relaxed);
     KERNEL_IMAGE.1.store(len, Ordering::Relaxed);

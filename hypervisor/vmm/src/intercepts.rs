@@ -1,6 +1,6 @@
 //! The guest boundary: which guest events each backend intercepts.
 //!
-//! The arch backends (`svm.rs`, `vmx.rs`) program their VMCB intercept vectors and VMCS
+//! The arch backends (`svm.rs`, `vmx/`) program their VMCB intercept vectors and VMCS
 //! exception bitmap / controls from these functions, so the configuration is host-tested here:
 //! a missing bit would let a guest hang a real CPU (the CVE-2015-5307 / CVE-2015-8104
 //! benign-exception microcode loops on #AC and #DB, which QEMU's emulated CPU cannot show),

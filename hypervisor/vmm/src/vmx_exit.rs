@@ -1,6 +1,6 @@
 //! Intel VT-x exit decoding: the pure part of the VMX backend, host-tested.
 //!
-//! The backend (`catenary-arch`, `vmx.rs`) reads the raw VMCS exit fields and calls
+//! The backend (`catenary-arch`, `vmx/`) reads the raw VMCS exit fields and calls
 //! [`decode_vmx_exit`]; everything here is arithmetic on those numbers (Intel SDM vol. 3C,
 //! appendix C "basic exit reasons", §28.2.1 exit qualifications, §31.4 VM-instruction errors).
 
