@@ -71,17 +71,11 @@ pub fn join(id: TaskId, timeout_ns: u64) -> Option<u64> {
 /// off any CPU outside it: the task sleeps until it wakes on an allowed CPU (`wake` places a
 /// task only on CPUs its affinity allows). Err when the intersection is empty.
 pub fn restrict_current_affinity(allowed: catenary_sched::Affinity) -> Result<(), ()> {
+    // `current_task` takes the kernel lock itself: ask for it outside `with` (inside, the
+    // non-reentrant lock deadlocks the CPU, and with it the node).
     let me = current_task();
     let now = with(|k| k.sched.affinity(me)).unwrap_or(catenary_sched::Affinity::ANY);
-    let want = catenary_sched::Affinity(now.0 & allowed.0);
-    if want.0 == 0 {
-        return Err(());
-    }
-    let _ = with(|k| k.sched.set_affinity(me, want));
-    while !want.allows(catenary_arch::percpu::cpu_index()) {
-        sleep_ns(1);
-    }
-    Ok(())
+    set_current_affinity(catenary_sched::Affinity(now.0 & allowed.0))
 }
 
 /// Set the calling task's affinity to `aff` and move it onto an allowed CPU (see
