@@ -9,7 +9,7 @@
 //! - [`codec`]: the membership wire format, which refuses any identity whose key is not admitted;
 //! - [`membership`]: SWIM probing, suspicion, incarnations and piggybacked gossip (the `foca`
 //!   crate), key admission, graceful leave, the member table `catenary nodes` shows;
-//! - [`placement`]: the deterministic scheduler function (to come).
+//! - [`placement`]: the deterministic scheduler function.
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -1,1 +1,415 @@
-//! The deterministic placement function (next: spreads replicas over nodes with room).
+//! The deterministic placement function: which node runs which replica.
+//!
+//! Pure: the same nodes and workloads give the same plan, whatever order they are listed in
+//! (both are sorted first). Rules:
+//! - a replica goes only on a node whose free vCPUs and memory (the workload service's
+//!   accounting) hold it, and whose labels and key satisfy every constraint;
+//! - replicas of one workload are spread: at most one per node;
+//! - a workload is placed whole or not at all: if fewer nodes can take it than it has replicas
+//!   it is refused with the reason, and nothing of it is placed (no half-running service);
+//! - larger workloads are placed first (total memory, then vCPUs, then name), which packs better
+//!   than input order; each replica goes to the eligible node with the most memory left after
+//!   it, then most vCPUs left, then the smallest key, which spreads load.
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::identity::NodeKey;
+
+/// A node as the scheduler sees it: what is still free on it, and its labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeCapacity {
+    pub key: NodeKey,
+    pub free_vcpus: u32,
+    pub free_mem_mib: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Constraint {
+    /// The node must carry label `key` with this value.
+    LabelEquals { key: String, value: String },
+    /// The node must be one of these.
+    OnNodes(Vec<NodeKey>),
+    /// The node must not be this one (a drained node).
+    NotOnNode(NodeKey),
+}
+
+impl Constraint {
+    pub fn allows(&self, node: &NodeCapacity) -> bool {
+        match self {
+            Constraint::LabelEquals { key, value } => node.labels.get(key) == Some(value),
+            Constraint::OnNodes(keys) => keys.contains(&node.key),
+            Constraint::NotOnNode(k) => node.key != *k,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadDemand {
+    pub name: String,
+    pub replicas: u32,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub constraints: Vec<Constraint>,
+}
+
+impl WorkloadDemand {
+    fn total_mem(&self) -> u128 {
+        u128::from(self.mem_mib) * u128::from(self.replicas)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Placement {
+    pub workload: String,
+    pub replica: u32,
+    pub node: NodeKey,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RefusalReason {
+    /// Zero vCPUs or memory, or a name given to more than one workload.
+    Invalid,
+    /// Fewer nodes have room and satisfy the constraints than there are replicas.
+    NoRoom { eligible: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Refusal {
+    pub workload: String,
+    pub reason: RefusalReason,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Sorted by workload name, then replica.
+    pub placements: Vec<Placement>,
+    /// Sorted by workload name.
+    pub refused: Vec<Refusal>,
+}
+
+fn fits(node: &NodeCapacity, w: &WorkloadDemand) -> bool {
+    node.free_vcpus >= w.vcpus
+        && node.free_mem_mib >= w.mem_mib
+        && w.constraints.iter().all(|c| c.allows(node))
+}
+
+/// Places `workloads` on `nodes` (see the module comment for the rules).
+pub fn place(nodes: &[NodeCapacity], workloads: &[WorkloadDemand]) -> Plan {
+    // A key listed twice is ambiguous (which capacity, which labels?): that node is left out.
+    let mut keys: BTreeMap<NodeKey, usize> = BTreeMap::new();
+    for n in nodes {
+        *keys.entry(n.key).or_default() += 1;
+    }
+    let mut free: Vec<NodeCapacity> = nodes
+        .iter()
+        .filter(|n| keys[&n.key] == 1)
+        .cloned()
+        .collect();
+    free.sort_by_key(|n| n.key);
+
+    // A name given twice is ambiguous: every workload with it is refused.
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    for w in workloads {
+        *names.entry(w.name.as_str()).or_default() += 1;
+    }
+    let mut plan = Plan::default();
+    let mut valid: Vec<&WorkloadDemand> = Vec::new();
+    for w in workloads {
+        if w.vcpus == 0 || w.mem_mib == 0 || names[w.name.as_str()] > 1 {
+            plan.refused.push(Refusal {
+                workload: w.name.clone(),
+                reason: RefusalReason::Invalid,
+            });
+        } else {
+            valid.push(w);
+        }
+    }
+    valid.sort_by(|a, b| {
+        b.total_mem()
+            .cmp(&a.total_mem())
+            .then(b.vcpus.cmp(&a.vcpus))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+
+    for w in valid {
+        if w.replicas == 0 {
+            continue;
+        }
+        let eligible = free.iter().filter(|n| fits(n, w)).count();
+        if eligible < w.replicas as usize {
+            plan.refused.push(Refusal {
+                workload: w.name.clone(),
+                reason: RefusalReason::NoRoom {
+                    eligible: eligible as u32,
+                },
+            });
+            continue;
+        }
+        let mut used = alloc::vec![false; free.len()];
+        for replica in 0..w.replicas {
+            // Enough eligible nodes were counted above and each replica takes a new one.
+            let best = (0..free.len())
+                .filter(|&i| !used[i] && fits(&free[i], w))
+                .max_by(|&a, &b| {
+                    let (na, nb) = (&free[a], &free[b]);
+                    (na.free_mem_mib, na.free_vcpus)
+                        .cmp(&(nb.free_mem_mib, nb.free_vcpus))
+                        // Equal room: the smaller key wins (max_by keeps the last maximum).
+                        .then(nb.key.cmp(&na.key))
+                });
+            let Some(i) = best else { break };
+            used[i] = true;
+            free[i].free_vcpus -= w.vcpus;
+            free[i].free_mem_mib -= w.mem_mib;
+            plan.placements.push(Placement {
+                workload: w.name.clone(),
+                replica,
+                node: free[i].key,
+            });
+        }
+    }
+    plan.placements.sort();
+    plan.refused.sort();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{sim_key, SimRng};
+    use alloc::format;
+    use alloc::string::ToString;
+
+    fn random_input(seed: u64) -> (Vec<NodeCapacity>, Vec<WorkloadDemand>) {
+        let mut r = SimRng::new(seed);
+        let zones = ["a", "b", "c"];
+        let n = 1 + r.below(12) as usize;
+        let nodes: Vec<NodeCapacity> = (0..n)
+            .map(|i| {
+                let mut labels = BTreeMap::new();
+                labels.insert("zone".to_string(), zones[r.below(3) as usize].to_string());
+                if r.per_mille(300) {
+                    labels.insert("gpu".to_string(), "yes".to_string());
+                }
+                // Half the inputs use a few round sizes, so that ties between nodes are common.
+                let (free_vcpus, free_mem_mib) = if seed.is_multiple_of(2) {
+                    (r.below(17) as u32, r.below(16_385))
+                } else {
+                    (4 << r.below(2), 4096 << r.below(2))
+                };
+                NodeCapacity {
+                    key: sim_key(i),
+                    free_vcpus,
+                    free_mem_mib,
+                    labels,
+                }
+            })
+            .collect();
+        let mut nodes = nodes;
+        if r.per_mille(100) {
+            // The same key twice, with another capacity: ambiguous, must be left out.
+            let mut twin = nodes[0].clone();
+            twin.free_mem_mib = r.below(16_385);
+            nodes.push(twin);
+        }
+        let w = r.below(25) as usize;
+        let workloads = (0..w)
+            .map(|j| {
+                let mut constraints = Vec::new();
+                match r.below(6) {
+                    0 => constraints.push(Constraint::LabelEquals {
+                        key: "zone".into(),
+                        value: zones[r.below(3) as usize].into(),
+                    }),
+                    1 => constraints.push(Constraint::LabelEquals {
+                        key: "gpu".into(),
+                        value: "yes".into(),
+                    }),
+                    2 => {
+                        constraints.push(Constraint::NotOnNode(sim_key(r.below(n as u64) as usize)))
+                    }
+                    3 => constraints.push(Constraint::OnNodes(
+                        (0..n).filter(|_| r.per_mille(500)).map(sim_key).collect(),
+                    )),
+                    _ => {}
+                }
+                WorkloadDemand {
+                    name: format!("w{}", if r.per_mille(50) { 0 } else { j }),
+                    replicas: r.below(5) as u32,
+                    vcpus: r.below(5) as u32,
+                    mem_mib: r.below(4097),
+                    constraints,
+                }
+            })
+            .collect();
+        (nodes, workloads)
+    }
+
+    /// Capacity, spread, constraints, all-or-nothing, justified refusals, determinism and
+    /// independence from input order, over 2,000 random inputs.
+    #[test]
+    fn placement_properties_hold_on_random_inputs() {
+        for seed in 0..2000 {
+            let (nodes, workloads) = random_input(seed);
+            let plan = place(&nodes, &workloads);
+            // What is left on each (unambiguous) node after the plan; never below zero.
+            let once = |k: &NodeKey| nodes.iter().filter(|n| n.key == *k).count() == 1;
+            let mut left: BTreeMap<NodeKey, NodeCapacity> = nodes
+                .iter()
+                .filter(|n| once(&n.key))
+                .map(|n| (n.key, n.clone()))
+                .collect();
+            let by_name = |name: &str| {
+                workloads
+                    .iter()
+                    .filter(|w| w.name == name)
+                    .collect::<Vec<_>>()
+            };
+            for p in &plan.placements {
+                let ws = by_name(&p.workload);
+                assert_eq!(ws.len(), 1, "seed {seed}: placed a duplicate name");
+                let w = ws[0];
+                assert_eq!(
+                    nodes.iter().filter(|n| n.key == p.node).count(),
+                    1,
+                    "seed {seed}: placed on a missing or ambiguous node"
+                );
+                let n = left.get_mut(&p.node).expect("a listed node");
+                assert!(
+                    w.constraints.iter().all(|c| c.allows(n)),
+                    "seed {seed}: constraint broken"
+                );
+                n.free_vcpus = n
+                    .free_vcpus
+                    .checked_sub(w.vcpus)
+                    .expect("vCPUs overcommitted");
+                n.free_mem_mib = n
+                    .free_mem_mib
+                    .checked_sub(w.mem_mib)
+                    .expect("memory overcommitted");
+            }
+            let refused: Vec<&str> = plan.refused.iter().map(|r| r.workload.as_str()).collect();
+            for w in &workloads {
+                let mine: Vec<&Placement> = plan
+                    .placements
+                    .iter()
+                    .filter(|p| p.workload == w.name)
+                    .collect();
+                let mut on: Vec<NodeKey> = mine.iter().map(|p| p.node).collect();
+                on.sort();
+                on.dedup();
+                assert_eq!(
+                    on.len(),
+                    mine.len(),
+                    "seed {seed}: two replicas of {} on one node",
+                    w.name
+                );
+                if refused.contains(&w.name.as_str()) {
+                    assert!(
+                        mine.is_empty(),
+                        "seed {seed}: {} refused yet partly placed",
+                        w.name
+                    );
+                } else {
+                    assert_eq!(
+                        mine.len(),
+                        w.replicas as usize,
+                        "seed {seed}: {} neither placed whole nor refused",
+                        w.name
+                    );
+                }
+            }
+            for r in &plan.refused {
+                if let RefusalReason::NoRoom { .. } = r.reason {
+                    // Justified: even now, fewer nodes could take a replica than it asked for.
+                    let w = by_name(&r.workload)[0];
+                    let could = left.values().filter(|n| fits(n, w)).count();
+                    assert!(
+                        could < w.replicas as usize,
+                        "seed {seed}: {} refused but fits",
+                        w.name
+                    );
+                }
+            }
+            // Same input, same plan; reversed input order, same plan.
+            assert_eq!(place(&nodes, &workloads), plan, "seed {seed}");
+            let (mut rn, mut rw) = (nodes.clone(), workloads.clone());
+            rn.reverse();
+            rw.reverse();
+            assert_eq!(place(&rn, &rw), plan, "seed {seed}: depends on input order");
+        }
+    }
+
+    #[test]
+    fn replicas_spread_evenly_over_equal_nodes() {
+        let nodes: Vec<NodeCapacity> = (0..4)
+            .map(|i| NodeCapacity {
+                key: sim_key(i),
+                free_vcpus: 64,
+                free_mem_mib: 65536,
+                labels: BTreeMap::new(),
+            })
+            .collect();
+        let workloads: Vec<WorkloadDemand> = (0..6)
+            .map(|j| WorkloadDemand {
+                name: format!("svc{j}"),
+                replicas: 2,
+                vcpus: 1,
+                mem_mib: 512,
+                constraints: Vec::new(),
+            })
+            .collect();
+        let plan = place(&nodes, &workloads);
+        assert!(plan.refused.is_empty());
+        let mut count: BTreeMap<NodeKey, usize> = BTreeMap::new();
+        for p in &plan.placements {
+            *count.entry(p.node).or_default() += 1;
+        }
+        assert_eq!(count.len(), 4);
+        assert!(count.values().all(|&c| c == 3), "{count:?}");
+    }
+
+    #[test]
+    fn a_workload_that_does_not_fit_is_refused_whole() {
+        let nodes: Vec<NodeCapacity> = (0..3)
+            .map(|i| NodeCapacity {
+                key: sim_key(i),
+                free_vcpus: 4,
+                free_mem_mib: 1024,
+                labels: BTreeMap::new(),
+            })
+            .collect();
+        let big = WorkloadDemand {
+            name: "big".into(),
+            replicas: 4,
+            vcpus: 1,
+            mem_mib: 256,
+            constraints: Vec::new(),
+        };
+        let plan = place(&nodes, &[big]);
+        assert!(plan.placements.is_empty());
+        assert_eq!(
+            plan.refused,
+            [Refusal {
+                workload: "big".into(),
+                reason: RefusalReason::NoRoom { eligible: 3 }
+            }]
+        );
+        let drained = WorkloadDemand {
+            name: "pinned".into(),
+            replicas: 1,
+            vcpus: 1,
+            mem_mib: 256,
+            constraints: alloc::vec![
+                Constraint::OnNodes(alloc::vec![sim_key(1)]),
+                Constraint::NotOnNode(sim_key(1))
+            ],
+        };
+        assert_eq!(
+            place(&nodes, &[drained]).refused[0].reason,
+            RefusalReason::NoRoom { eligible: 0 }
+        );
+    }
+}
