@@ -227,7 +227,7 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member])
     let dir = out_dir().join(tag);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let switch = Switch::start(&dir)?;
-    let mut listed = Cluster { members: nodes.iter().filter(|n| n.listed).map(NodeSpec::member).collect() };
+    let mut listed = Cluster { members: nodes.iter().filter(|n| n.listed).map(NodeSpec::member).collect(), operators: vec![] };
     listed.members.extend(externals.iter().cloned());
     let shared = dir.join("cluster.txt");
     std::fs::write(&shared, listed.render()).map_err(|e| e.to_string())?;

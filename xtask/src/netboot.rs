@@ -154,7 +154,7 @@ fn reboot_test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     };
     let (mac_a, mac_b) = ([0x52, 0x54, 0x00, 0xcb, 0x00, 1], [0x52, 0x54, 0x00, 0xcb, 0x00, 2]);
     let member = |n: &str, id: &Identity, mac| Member { name: n.into(), public_key: id.public_key(), underlay: link_local_from_mac(mac), port: FABRIC_PORT };
-    let cluster = Cluster { members: vec![member("node1", &a, mac_a), member("node2", &b, mac_b)] };
+    let cluster = Cluster { members: vec![member("node1", &a, mac_a), member("node2", &b, mac_b)], operators: vec![] };
     let file = crate::tools::out_dir().join("net-reboot-cluster.txt");
     std::fs::write(&file, cluster.render()).map_err(|e| e.to_string())?;
     let base = 20_000 + (std::process::id() % 20_000) as u16;

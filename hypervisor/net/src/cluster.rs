@@ -26,14 +26,26 @@ pub struct Member {
     pub port: u16,
 }
 
+/// An operator: a workstation that is a fabric peer of every node (`operator NAME KEY ROLE`).
+/// It has no fixed underlay endpoint: a node learns it from the operator's authenticated
+/// handshake (WireGuard roaming). The role is the operator API's (`catenary_api::auth`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operator {
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub role: String,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
     pub members: Vec<Member>,
+    pub operators: Vec<Operator>,
 }
 
 /// Most nodes a cluster file may list, and the longest node name: a cluster file comes from a
 /// boot module, and nothing in it may make the node allocate without bound.
 pub const MAX_MEMBERS: usize = 1024;
+pub const MAX_OPERATORS: usize = 256;
 pub const MAX_NAME: usize = 32;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -102,6 +114,7 @@ impl Cluster {
             _ => return Err(ClusterError::BadMagic),
         }
         let mut members = Vec::new();
+        let mut operators: Vec<Operator> = Vec::new();
         for (n, l) in lines {
             let l = l.trim();
             if l.is_empty() || l.starts_with('#') {
@@ -110,7 +123,26 @@ impl Cluster {
             let w: Vec<&str> = l.split_whitespace().collect();
             let line = |why| ClusterError::Line(n + 1, why);
             if w[0] == "operator" {
-                // operator keys and roles: the API's (catenary_api::auth checks these lines)
+                if w.len() != 4 {
+                    return Err(line("expected: operator NAME KEY admin|viewer"));
+                }
+                if w[1].is_empty() || w[1].len() > MAX_NAME || !w[1].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                    return Err(line("bad name (1-32 of A-Z a-z 0-9 - _)"));
+                }
+                let public_key = hex_decode32(w[2]).ok_or(line("bad public key (64 hex digits)"))?;
+                if weak_key(&public_key) {
+                    return Err(line("public key is a low-order point"));
+                }
+                if w[3] != "admin" && w[3] != "viewer" {
+                    return Err(line("role is not admin or viewer"));
+                }
+                if operators.iter().any(|o| o.public_key == public_key || o.name == w[1]) {
+                    return Err(line("duplicate operator name or key"));
+                }
+                if operators.len() >= MAX_OPERATORS {
+                    return Err(line("more than 256 operators"));
+                }
+                operators.push(Operator { name: w[1].to_string(), public_key, role: w[3].to_string() });
                 continue;
             }
             if w.len() != 5 || w[0] != "node" {
@@ -153,7 +185,15 @@ impl Cluster {
             }
             members.push(Member { name: name.to_string(), public_key, underlay, port });
         }
-        Ok(Cluster { members })
+        // a key is a node or an operator, never both; their /64s must not collide either
+        for o in &operators {
+            let prefix = netfabric::identity::Prefix64::from_public_key(&o.public_key);
+            if members.iter().any(|m| m.public_key == o.public_key || netfabric::identity::Prefix64::from_public_key(&m.public_key) == prefix) {
+                let n = text.lines().position(|l| l.split_whitespace().nth(1) == Some(o.name.as_str()) && l.trim_start().starts_with("operator")).map_or(0, |p| p + 1);
+                return Err(ClusterError::Line(n, "operator key (or its /64) is a node's"));
+            }
+        }
+        Ok(Cluster { members, operators })
     }
 
     pub fn render(&self) -> String {
@@ -161,6 +201,9 @@ impl Cluster {
         s.push_str("\n# name public-key underlay-ipv6 port\n");
         for m in &self.members {
             s.push_str(&format!("node {} {} {} {}\n", m.name, hex_encode(&m.public_key), m.underlay, m.port));
+        }
+        for o in &self.operators {
+            s.push_str(&format!("operator {} {} {}\n", o.name, hex_encode(&o.public_key), o.role));
         }
         s
     }

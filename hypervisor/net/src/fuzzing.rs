@@ -138,7 +138,7 @@ impl Harness {
             underlay: crate::cluster::link_local_from_mac(mac),
             port: crate::cluster::FABRIC_PORT,
         };
-        let cluster = Cluster { members: vec![m("target", &a, TARGET_MAC), m("peer", &b, PEER_MAC)] };
+        let cluster = Cluster { members: vec![m("target", &a, TARGET_MAC), m("peer", &b, PEER_MAC)], operators: vec![] };
         let mut tlink = QueueLink { mac: TARGET_MAC, ..Default::default() };
         let mut plink = QueueLink { mac: PEER_MAC, ..Default::default() };
         let cfg = |id: &Identity, s: u8| NodeConfig { identity: id.clone(), cluster: cluster.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };

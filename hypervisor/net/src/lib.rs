@@ -175,6 +175,9 @@ pub struct Peer {
     pub fabric_addr: Ipv6Addr,
     pub underlay: Ipv6Addr,
     pub established: bool,
+    /// An operator's workstation: no fixed endpoint (learned from its handshake), never
+    /// initiated to by the node.
+    pub operator: bool,
 }
 
 /// Results of a ping run.
@@ -386,7 +389,18 @@ impl Node {
                 }
             };
             let pfx = netfabric::identity::Prefix64::from_public_key(&m.public_key);
-            peers.push(Peer { name: m.name.clone(), id, public_key: m.public_key, fabric_addr: pfx.node_address(), underlay: m.underlay, established: false });
+            peers.push(Peer { name: m.name.clone(), id, public_key: m.public_key, fabric_addr: pfx.node_address(), underlay: m.underlay, established: false, operator: false });
+        }
+        // Operators (docs/api.md): peers without an endpoint; only their handshakes start a
+        // session, and replies go where the authenticated handshake came from.
+        for o in &cfg.cluster.operators {
+            match fabric.add_peer(PeerConfig::new(o.public_key)) {
+                Ok(id) => {
+                    let pfx = netfabric::identity::Prefix64::from_public_key(&o.public_key);
+                    peers.push(Peer { name: alloc::format!("operator:{}", o.name), id, public_key: o.public_key, fabric_addr: pfx.node_address(), underlay: Ipv6Addr::UNSPECIFIED, established: false, operator: true });
+                }
+                Err(e) => warn!(target: "net", "cluster: operator {} not added: {}", o.name, e),
+            }
         }
         info!(target: "net", "{}: MAC {:02x?}, link-local {}, fabric address {} ({}/64), {} peer(s), fabric UDP port {}",
             name, mac, link_local, fabric_addr, cfg.identity.prefix().network(), peers.len(), port);
@@ -414,7 +428,7 @@ impl Node {
     /// sorts after ours: one side initiates, so boot-time handshakes never cross.
     pub fn connect_all(&mut self, now_ns: u64) {
         let me = self.fabric.identity().public_key();
-        let ids: Vec<PeerId> = self.peers.iter().filter(|p| p.public_key > me).map(|p| p.id).collect();
+        let ids: Vec<PeerId> = self.peers.iter().filter(|p| p.public_key > me && !p.operator).map(|p| p.id).collect();
         for id in ids {
             let out = self.fabric.send_to(id, &[], FInstant::from_nanos(now_ns));
             self.fabric_output(out);

@@ -27,9 +27,22 @@ fn good_file_parses() {
 }
 
 #[test]
-fn operator_lines_are_the_apis_not_members() {
-    let c = parse(&format!("node a {} fe80::1 51820\noperator alice {} admin\n", key(1), key(2))).unwrap();
+fn operator_lines_are_operators_not_members() {
+    let c = parse(&format!("node a {} fe80::1 51820\noperator alice {} admin\noperator ci {} viewer\n", key(1), key(2), key(3))).unwrap();
     assert_eq!(c.members.len(), 1);
+    assert_eq!(c.operators.iter().map(|o| (o.name.as_str(), o.role.as_str())).collect::<Vec<_>>(), [("alice", "admin"), ("ci", "viewer")]);
+    let (k1, k2) = (key(1), key(2));
+    let zero = "0".repeat(64);
+    for (body, why) in [
+        (format!("node a {k1} fe80::1 1\noperator x {k1} admin\n"), "operator key (or its /64) is a node's"),
+        (format!("operator x {k2} root\n"), "role is not admin or viewer"),
+        (format!("operator x {k2}\n"), "expected: operator NAME KEY admin|viewer"),
+        (format!("operator x {zero} admin\n"), "public key is a low-order point"),
+        (format!("operator x {k2} admin\noperator y {k2} admin\n"), "duplicate operator name or key"),
+        (format!("operator x/ {k2} admin\n"), "bad name (1-32 of A-Z a-z 0-9 - _)"),
+    ] {
+        assert_eq!(line_err(&body).1, why, "{body}");
+    }
 }
 
 #[test]

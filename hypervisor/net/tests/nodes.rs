@@ -62,7 +62,7 @@ fn member(name: &str, id: &Identity, n: u8) -> Member {
 #[test]
 fn cluster_file_round_trip() {
     let a = Identity::generate(&mut OsRng);
-    let c = Cluster { members: vec![member("node1", &a, 1)] };
+    let c = Cluster { members: vec![member("node1", &a, 1)], operators: vec![] };
     let text = c.render();
     assert!(Cluster::is_cluster_file(text.as_bytes()));
     assert_eq!(Cluster::parse(&text).unwrap(), c);
@@ -74,9 +74,9 @@ fn cluster_file_round_trip() {
 #[test]
 fn fabric_echo_is_encrypted_and_outsiders_get_no_session() {
     let (a, b, c) = (Identity::generate(&mut OsRng), Identity::generate(&mut OsRng), Identity::generate(&mut OsRng));
-    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2)] };
+    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2)], operators: vec![] };
     // node3 knows node1 but node1 does not know node3.
-    let cluster3 = Cluster { members: vec![member("node1", &a, 1), member("node3", &c, 3)] };
+    let cluster3 = Cluster { members: vec![member("node1", &a, 1), member("node3", &c, 3)], operators: vec![] };
     let hub = Rc::new(RefCell::new(Hub::default()));
     let (mut l1, mut l2, mut l3) = (port(&hub, 1), port(&hub, 2), port(&hub, 3));
     let cfg = |id: &Identity, cl: &Cluster, s: u8| NodeConfig { identity: id.clone(), cluster: cl.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };
@@ -159,12 +159,62 @@ fn fabric_echo_is_encrypted_and_outsiders_get_no_session() {
     assert!(bytes > 100_000, "delivered {bytes}");
 }
 
+/// An operator's workstation (docs/api.md) is listed by key only: the node makes it a peer
+/// without an endpoint, never initiates to it, accepts its handshake and answers it where the
+/// handshake came from. The same workstation unlisted gets nothing.
+#[test]
+fn listed_operator_reaches_the_node_without_an_endpoint_in_the_file() {
+    use catenary_net::cluster::Operator;
+    let (a, b, op) = (Identity::generate(&mut OsRng), Identity::generate(&mut OsRng), Identity::generate(&mut OsRng));
+    let operator = Operator { name: "alice".into(), public_key: op.public_key(), role: "admin".into() };
+    let with_op = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2)], operators: vec![operator] };
+    let text = with_op.render();
+    assert_eq!(Cluster::parse(&text).unwrap(), with_op, "operator lines round-trip");
+    // the workstation's own view: node1 with its endpoint (what `catenary wg-config` writes)
+    let ws = Cluster { members: vec![member("node1", &a, 1)], operators: vec![] };
+    for listed in [true, false] {
+        let hub = Rc::new(RefCell::new(Hub::default()));
+        let (mut l1, mut l3) = (port(&hub, 1), port(&hub, 3));
+        let node_cluster = if listed { with_op.clone() } else { Cluster { operators: vec![], ..with_op.clone() } };
+        let cfg = |id: &Identity, cl: &Cluster, s: u8| NodeConfig { identity: id.clone(), cluster: cl.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };
+        let mut n1 = Node::new(&mut l1, cfg(&a, &node_cluster, 1), 0);
+        let mut w = Node::new(&mut l3, cfg(&op, &ws, 3), 0);
+        let mut t = 0u64;
+        n1.connect_all(t);
+        for _ in 0..50 {
+            t += 1_000_000;
+            n1.poll(&mut l1, t);
+            w.poll(&mut l3, t);
+        }
+        assert_eq!(n1.peer_by_name("operator:alice").is_some(), listed);
+        w.connect("node1", t);
+        w.start_ping(Path::Fabric, n1.fabric_addr, 3, 64, 0, t);
+        let mut rep = None;
+        for _ in 0..5000 {
+            t += 1_000_000;
+            n1.poll(&mut l1, t);
+            w.poll(&mut l3, t);
+            if let Some(r) = w.take_ping() {
+                rep = Some(r);
+                break;
+            }
+        }
+        let rep = rep.expect("ping finished");
+        if listed {
+            assert_eq!(rep.received, 3, "the listed operator's echoes are answered");
+            assert!(n1.peer_by_name("operator:alice").unwrap().established);
+        } else {
+            assert_eq!(rep.received, 0, "an unlisted key gets no answer at all");
+            assert!(!w.peer_by_name("node1").unwrap().established);
+        }
+    }
+}
 
 /// Reproduction of crossed handshakes (both sides initiate at once): see docs/networking.md.
 #[test]
 fn crossed_handshakes() {
     let (a, b) = (Identity::generate(&mut OsRng), Identity::generate(&mut OsRng));
-    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2)] };
+    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2)], operators: vec![] };
     let hub = Rc::new(RefCell::new(Hub::default()));
     let (mut l1, mut l2) = (port(&hub, 1), port(&hub, 2));
     let cfg = |id: &Identity, s: u8| NodeConfig { identity: id.clone(), cluster: cluster.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };
@@ -194,7 +244,7 @@ fn crossed_handshakes() {
 /// Two nodes with an established session (node1 initiates).
 fn two_nodes() -> (Node, Port, Node, Port, Identity, u64) {
     let (a, b, c) = (Identity::from_secret_bytes([1; 32]), Identity::from_secret_bytes([2; 32]), Identity::from_secret_bytes([3; 32]));
-    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2), member("node3", &c, 3)] };
+    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node2", &b, 2), member("node3", &c, 3)], operators: vec![] };
     let hub = Rc::new(RefCell::new(Hub::default()));
     let (mut l1, mut l2) = (port(&hub, 1), port(&hub, 2));
     let cfg = |id: &Identity, s: u8| NodeConfig { identity: id.clone(), cluster: cluster.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };
@@ -327,7 +377,7 @@ fn microvm_ipc_blocked_by_default_and_big_packets_get_packet_too_big() {
 #[test]
 fn unresolvable_member_does_not_block_the_others() {
     let (a, b, dead) = (Identity::generate(&mut OsRng), Identity::generate(&mut OsRng), Identity::generate(&mut OsRng));
-    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node3", &dead, 3), member("node2", &b, 2)] };
+    let cluster = Cluster { members: vec![member("node1", &a, 1), member("node3", &dead, 3), member("node2", &b, 2)], operators: vec![] };
     let hub = Rc::new(RefCell::new(Hub::default()));
     let (mut l1, mut l2) = (port(&hub, 1), port(&hub, 2));
     let cfg = |id: &Identity, s: u8| NodeConfig { identity: id.clone(), cluster: cluster.clone(), unix_time_at_origin: 1_700_000_000, rng_seed: [s; 32] };
