@@ -468,7 +468,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -488,6 +488,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_nicd_restart", test_nicd_restart),
         ("net_netd_ring3", test_netd_ring3),
         ("net_netd_sockets", test_netd_sockets),
+        ("net_netd_tcp", test_netd_tcp),
         ("net_lossy_ipc", test_lossy_ipc),
         ("net_rpc_quota", test_rpc_quota),
         ("net_microvm_reaches", test_microvm_net),
@@ -747,6 +748,59 @@ fn test_netd_sockets(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         &format!("(3/3 UDP echoes between ring-3 clients through both ring-3 netds {echoes}; log {})", log.display()));
     t.record("net_netd_socket_requests_hostile", ok && !panic && hostile && netd_alive,
         &format!("(6/6 hostile socket requests refused {hostile}, netd never died {netd_alive}; log {})", log.display()));
+    Ok(())
+}
+
+/// TCP through the IPC socket protocol, both nodes `net.netd=user`: node2's ring-3 echo
+/// server listens on its own task /128 (`prefix:200::2`, port 7); node1's ring-3 client, from
+/// its own task /128, opens 3 connections at once and gets each request back, sends 1 MiB
+/// through one connection and gets it back checksummed (flow control: the server reads only
+/// what it has echoed), connects to a port nothing listens on (`Refused`), and makes hostile
+/// TCP requests (each its error, `netd` never dies). Then a client without a /128 of its own
+/// is refused `Own`, connects from the node's /128 and exits with its sockets open: node1's
+/// `netd` closes them (the server sees the FIN).
+fn test_netd_tcp(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "net.tcptest=node2".into();
+    let mut b = NodeSpec::new(2);
+    b.cmdline = "net.tcpecho=7".into();
+    let mut r = start(kernel, &[a, b], "net-netd-tcp", &[])?;
+    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
+    let ok = r.wait(Duration::from_secs(480), false, |l| {
+        (l[0].iter().any(|x| x.contains("net: tcp probe done")) && l[1].iter().any(|x| x.contains("(first: \"catenary dier\")"))) || panicked(l)
+    });
+    let log = r.save_logs("net-netd-tcp");
+    let panic = panicked(&r.lines);
+    let find = |n: usize, k: &str| r.lines[n].iter().find(|l| l.contains(k)).cloned().unwrap_or_default();
+    let listening = find(1, "tcp echo: listening on its own /128");
+    let own_server = listening.contains(":200::2]:7");
+    let client_line = find(0, "tcp probe: TCP client (ring-3 task");
+    let client_addr = client_line.split("its task /128 Some(").nth(1).and_then(|x| x.split(')').next()).unwrap_or("?").to_string();
+    let from_client = r.lines[1].iter().filter(|l| l.contains("tcp echo: connection") && l.contains(&format!("from [{client_addr}]:"))).count();
+    let concurrent = r.has(0, "tcp client: 3 connections open at once") && r.has(0, "tcp client: 3/3 concurrent connections answered") && from_client >= 3 && client_addr.contains(":200::2");
+    let large_line = find(0, "of 1048576 bytes echoed");
+    let large = large_line.contains("1048576 of 1048576 bytes echoed") && large_line.contains("checksum ok");
+    let refused = r.has(0, "(nothing listens) -> Err(Net(Refused))");
+    let hostile = r.has(0, "tcp client: 11/11 hostile TCP requests refused as expected");
+    let netd_alive = !r.lines.iter().flatten().any(|l| l.contains("supd: netd (task"));
+    let dier_exit = find(0, "tcp probe: the client that exits with open sockets");
+    let dier_task = dier_exit.split("(task ").nth(1).and_then(|x| x.split(')').next()).unwrap_or("?").to_string();
+    let own_refused = dier_exit.contains("ended: Some(3)");
+    let reaped = r.has(0, &format!("net: sockets: client task {dier_task} died: closed its 3 socket(s)"));
+    let fin_seen = r.has(1, "bytes (first: \"catenary dier\")") && find(1, "(first: \"catenary dier\")").contains("ended by the peer (FIN) after 13 bytes");
+    for l in [&listening, &client_line, &find(0, "tcp client: 3/3"), &large_line, &find(0, "(nothing listens)"), &find(0, "hostile TCP requests"), &dier_exit, &find(0, "net: sockets: client task"), &find(1, "(first: \"catenary dier\")")] {
+        println!("  {}", l.split("] ").last().unwrap_or(l).trim());
+    }
+    drop(r);
+    let base = ok && !panic;
+    t.record("net_netd_tcp_server_on_own_addr", base && own_server, &format!("(ring-3 server listening on its task /128 :200::2 port 7 {own_server}; log {})", log.display()));
+    t.record("net_netd_tcp_concurrent", base && concurrent,
+        &format!("(3 connections at once from the client's task /128 {client_addr}, all answered, {from_client} seen by the server {concurrent}; log {})", log.display()));
+    t.record("net_netd_tcp_1mib_checksummed", base && large, &format!("(1 MiB echoed with matching checksums {large}; log {})", log.display()));
+    t.record("net_netd_tcp_refused", base && refused, &format!("(connect to a port nothing listens on: Refused {refused}; log {})", log.display()));
+    t.record("net_netd_tcp_client_death_closes", base && own_refused && reaped && fin_seen,
+        &format!("(Own refused to a task without a /128 and data sent {own_refused}, its netd closed its 3 sockets {reaped}, the server saw its FIN {fin_seen}; log {})", log.display()));
+    t.record("net_netd_tcp_hostile", base && hostile && netd_alive, &format!("(11/11 hostile TCP requests refused {hostile}, netd never died {netd_alive}; log {})", log.display()));
     Ok(())
 }
 

@@ -227,6 +227,12 @@ pub mod netd {
     pub const VM_ALLOW_IPC: u64 = 1;
     /// `OP_REAP`'s rax: a probe asked `netd` to log its reliability counters.
     pub const REAP_REPORT: u64 = 1;
+    /// Who made call `arg` (received by the router, not answered yet): rax = the caller's
+    /// task id, `buf[0..16]` = the fabric /128 bound to it (all zero: none). The socket
+    /// protocol's client identity: a client cannot claim another task's /128.
+    pub const OP_CALLER: u64 = 16;
+    /// Whether task `arg` is alive (rax 1/0): `netd` closes the sockets of dead clients.
+    pub const OP_ALIVE: u64 = 17;
 
     /// Records are at most this long.
     pub const RECORD: usize = 128;
@@ -746,6 +752,11 @@ impl IpcSpace {
         self.next_token += 1;
         self.calls.insert(token, PendingCall { caller, callee: REMOTE });
         token
+    }
+
+    /// The task waiting for call `token`, if `callee` owes its reply.
+    pub fn caller_of(&self, callee: TaskId, token: u64) -> Option<TaskId> {
+        self.calls.get(&token).filter(|c| c.callee == callee).map(|c| c.caller)
     }
 
     /// End call `token` owed by `replier` without a reply message (it failed); returns the

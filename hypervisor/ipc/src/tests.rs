@@ -335,3 +335,16 @@ fn held_endpoint_survives_its_owner_and_is_adopted() {
     let r = s.task_died(11);
     assert_eq!(r.closed_endpoints, vec![ep]);
 }
+
+#[test]
+fn caller_of_names_the_caller_only_to_the_callee() {
+    let mut s = IpcSpace::new();
+    let ep = s.create_endpoint(1, 4);
+    let (token, _) = s.call(9, &cap(ep, Rights::SEND, 0x77), Message::new(1, [0; 4])).unwrap();
+    // the badge is the capability's; the caller is the task the kernel registered
+    assert_eq!(s.caller_of(1, token), Some(9));
+    assert_eq!(s.caller_of(2, token), None); // not owed by task 2
+    assert_eq!(s.caller_of(1, token + 1), None);
+    s.reply(1, token, Message::new(0, [0; 4])).unwrap();
+    assert_eq!(s.caller_of(1, token), None); // answered: gone
+}

@@ -21,6 +21,7 @@ mod klog;
 #[cfg_attr(feature = "ktest", allow(dead_code))]
 mod net;
 mod netdprobe;
+mod tcpprobe;
 mod rpcprobe;
 mod task;
 #[cfg(feature = "ktest")]

@@ -170,6 +170,7 @@ fn after_peer(_: u64) {
 /// Start the probes the command line asks for (ring-3 `netd`): kernel tasks that use fabric
 /// IPC through it (`net.ping` and `net.bench` drive the stack: `netd` runs those itself).
 pub fn start(cmdline: &str, modules: &[catenary_bootinfo::Module]) {
+    crate::tcpprobe::start(cmdline, modules);
     let get = |k: &str| crate::cmdline::get(cmdline, k);
     if let Some(peer) = get("net.ipccall") {
         match crate::net::cluster(modules).and_then(|c| c.by_name(peer).map(|m| Prefix64::from_public_key(&m.public_key).node_address())) {

@@ -31,6 +31,7 @@ pub mod walltime;
 pub mod nodekey;
 mod underlay_tx;
 pub mod sockets;
+pub mod tcp;
 /// Entry points shared by the cargo-fuzz target (`hypervisor/net/fuzz`) and the host tests.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -247,6 +248,8 @@ pub struct NetCounters {
     /// Fabric datagrams dropped because their destination's underlay queue was full (its
     /// neighbour does not resolve: a node that is down).
     pub underlay_queue_full: u64,
+    /// Packets for the fabric interface dropped because its queue was full.
+    pub tun_queue_full: u64,
 }
 
 /// Packets waiting for the microVMs, at most.
@@ -254,6 +257,8 @@ const VM_QUEUE: usize = 256;
 
 /// Fabric IPC packets waiting for the router, at most.
 const IPC_QUEUE: usize = 256;
+/// Packets waiting for the fabric interface, at most.
+const TUN_QUEUE: usize = 512;
 
 pub struct Node {
     pub name: String,
@@ -285,6 +290,9 @@ pub struct Node {
     vm_rx: VecDeque<Vec<u8>>,
     /// Induced loss of fabric IPC datagrams (tests only): percent and the dice's state.
     test_loss: Option<(u64, u64)>,
+    /// Task /128s of this node's /64 with client sockets on them (`tcp::add_socket_addr`):
+    /// how many sockets each.
+    socket_addrs: alloc::collections::BTreeMap<Ipv6Addr, u32>,
 }
 
 fn sinstant(ns: u64) -> SInstant {
@@ -346,6 +354,10 @@ impl Node {
         tun.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(IpAddress::Ipv6(fabric_addr), 8));
         });
+        // Client sockets bind task /128s too (`tcp`, `sockets`): the interface takes packets
+        // for any address; `fabric_output` hands it only those for the node's /128 and for
+        // task /128s with sockets on them.
+        tun.set_any_ip(true);
 
         let mut eth_sockets = SocketSet::new(vec![]);
         // Receives only: datagrams leave through `underlay_tx`'s sockets.
@@ -412,7 +424,7 @@ impl Node {
             underlay_tx, name, link_local, fabric_addr, mac, port, peers, counters: NetCounters::default(),
             eth, eth_sockets, tun, tun_sockets, tun_dev, fabric, fab_udp, ping_eth, ping_tun, bench_eth, bench_tun,
             responder: (0, 0), ping: None, stream: None, logged_drops: 0, ipc_rx: VecDeque::new(),
-            vm_routes: Vec::new(), vm_rx: VecDeque::new(), test_loss: None,
+            vm_routes: Vec::new(), vm_rx: VecDeque::new(), test_loss: None, socket_addrs: Default::default(),
         }
     }
 
@@ -473,9 +485,7 @@ impl Node {
                         self.counters.ipc_queue_full += 1
                     }
                 }
-                Some((_, core::net::IpAddr::V6(dst), _)) if dst == self.fabric_addr || dst.is_multicast() => {
-                    self.tun_dev.rx.push_back(p.packet)
-                }
+                Some((_, core::net::IpAddr::V6(dst), _)) if self.is_local_socket_addr(&dst) || dst.is_multicast() => self.queue_for_tun(p.packet),
                 _ => self.counters.not_for_us += 1,
             }
         }
@@ -545,6 +555,12 @@ impl Node {
                         active = true;
                         continue;
                     }
+                    if self.is_local_socket_addr(&dst) {
+                        // between two sockets of this node: back into the interface
+                        self.queue_for_tun(p);
+                        active = true;
+                        continue;
+                    }
                 }
                 match self.fabric.send(&p, fnow) {
                     Ok(out) => self.fabric_output(out),
@@ -559,6 +575,16 @@ impl Node {
         }
         self.underlay_tx.solicit_stuck(&self.eth_sockets, &self.eth, link, now_ns);
         active
+    }
+
+    /// Queue a packet for the fabric interface (bounded: beyond [`TUN_QUEUE`] it is dropped
+    /// and counted, as a full NIC queue would drop it).
+    fn queue_for_tun(&mut self, p: Vec<u8>) {
+        if self.tun_dev.rx.len() < TUN_QUEUE {
+            self.tun_dev.rx.push_back(p);
+        } else {
+            self.counters.tun_queue_full += 1;
+        }
     }
 
     // ------------------------------------------------------------------ fabric IPC
@@ -663,8 +689,8 @@ impl Node {
             }
             return true;
         }
-        if dst == self.fabric_addr {
-            self.tun_dev.rx.push_back(packet);
+        if self.is_local_socket_addr(&dst) {
+            self.queue_for_tun(packet);
             return true;
         }
         if self.vm_routes.contains(&dst) {

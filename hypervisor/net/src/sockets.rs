@@ -1,4 +1,4 @@
-//! UDP sockets on the node's fabric /128 for `netd`'s clients (the IPC socket protocol,
+//! UDP sockets on the node's fabric /128 or a task /128 of its /64 for `netd`'s clients (the IPC socket protocol,
 //! `catenary-netsock`): smoltcp sockets on the fabric interface, so their datagrams travel
 //! encrypted to the peer whose /64 holds the destination, like the node's own traffic.
 
@@ -20,11 +20,12 @@ pub enum UdpError {
 }
 
 impl Node {
-    /// Open a UDP socket on the node's fabric /128 and `port`, with `packets` datagrams of up
-    /// to `max_len` bytes queued per direction.
-    pub fn udp_open(&mut self, port: u16, packets: usize, max_len: usize) -> Result<UdpSocket, UdpError> {
+    /// Open a UDP socket on `addr` (the node's fabric /128, or a task /128 of its /64 given
+    /// to [`Node::add_socket_addr`]) and `port`, with `packets` datagrams of up to `max_len`
+    /// bytes queued per direction.
+    pub fn udp_open(&mut self, addr: Ipv6Addr, port: u16, packets: usize, max_len: usize) -> Result<UdpSocket, UdpError> {
         let mut s = udp_socket(packets, packets * max_len);
-        let ep = smoltcp::wire::IpListenEndpoint { addr: Some(IpAddress::Ipv6(self.fabric_addr)), port };
+        let ep = smoltcp::wire::IpListenEndpoint { addr: Some(IpAddress::Ipv6(addr)), port };
         s.bind(ep).map_err(|_| UdpError::BadPort)?;
         Ok(UdpSocket(self.tun_sockets.add(s)))
     }
@@ -51,6 +52,19 @@ impl Node {
         match meta.endpoint.addr {
             IpAddress::Ipv6(a) => Some((n, a, meta.endpoint.port)),
         }
+    }
+
+    /// Whether a datagram waits for `s`, and whether its transmit queue has room.
+    pub fn udp_ready(&mut self, s: UdpSocket) -> (bool, bool) {
+        let sock = self.tun_sockets.get_mut::<udp::Socket>(s.0);
+        (sock.can_recv(), sock.can_send())
+    }
+
+    /// Whether `addr` lies in this node's /64 or a peer's (a TCP connect anywhere else could
+    /// only time out).
+    pub fn routable(&self, addr: &Ipv6Addr) -> bool {
+        let p = netfabric::identity::Prefix64::of(addr);
+        p == netfabric::identity::Prefix64::of(&self.fabric_addr) || self.peers.iter().any(|x| netfabric::identity::Prefix64::of(&x.fabric_addr) == p)
     }
 
     /// Close `s` (its queued datagrams are dropped).

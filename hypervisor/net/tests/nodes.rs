@@ -307,8 +307,8 @@ fn remote_ipc_reaches_only_bound_addresses_and_names_the_authenticated_sender() 
 fn udp_sockets_on_the_fabric_address_reach_the_peer_encrypted() {
     use catenary_net::sockets::UdpError;
     let (mut n1, mut l1, mut n2, mut l2, _, mut t) = two_nodes();
-    let a = n1.udp_open(40000, 8, 1356).unwrap();
-    let b = n2.udp_open(7, 8, 1356).unwrap();
+    let a = n1.udp_open(n1.fabric_addr, 40000, 8, 1356).unwrap();
+    let b = n2.udp_open(n2.fabric_addr, 7, 8, 1356).unwrap();
     n1.udp_send(a, n2.fabric_addr, 7, b"hello over the fabric").unwrap();
     settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
     let mut buf = [0u8; 64];
@@ -394,4 +394,76 @@ fn unresolvable_member_does_not_block_the_others() {
     assert!(!n1.peer_by_name("node3").unwrap().established);
     assert!(n1.peer_by_name("node2").unwrap().established, "node1-node2 session blocked by the unresolvable node3");
     assert!(n2.peer_by_name("node1").unwrap().established);
+}
+
+#[test]
+fn tcp_between_task_addresses_flow_control_refusal_and_close() {
+    use catenary_net::tcp::Phase;
+    use netfabric::identity::{AddressKind, Prefix64};
+    let (mut n1, mut l1, mut n2, mut l2, _, mut t) = two_nodes();
+    let task1 = Prefix64::of(&n1.fabric_addr).workload_address(AddressKind::Task, 2).unwrap();
+    let task2 = Prefix64::of(&n2.fabric_addr).workload_address(AddressKind::Task, 2).unwrap();
+    // a task /128 with no socket on it gets nothing (the connect times out, no answer)
+    let lonely = n1.tcp_connect(n1.fabric_addr, 40001, task2, 7, 8192).unwrap();
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n1.tcp_phase(lonely), Phase::Connecting);
+    n1.tcp_remove(lonely);
+    n2.add_socket_addr(task2);
+    n1.add_socket_addr(task1);
+    let l = n2.tcp_listen(task2, 7, 8192).unwrap();
+    // nothing listens on port 9: the SYN is answered with a reset (refused)
+    let refused = n1.tcp_connect(task1, 40002, task2, 9, 8192).unwrap();
+    let c = n1.tcp_connect(task1, 40003, task2, 7, 8192).unwrap();
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n1.tcp_phase(refused), Phase::Closed);
+    assert!(n1.tcp_readable(refused).is_err());
+    assert_eq!(n1.tcp_phase(c), Phase::Open);
+    assert_eq!(n2.tcp_phase(l), Phase::Open);
+    assert_eq!(n2.tcp_peer(l), Some((task1, 40003)));
+    // flow control: the reader does not read; the sender's buffer fills and stays full
+    let chunk = [0x5au8; 4096];
+    let mut sent = 0;
+    for _ in 0..40 {
+        sent += n1.tcp_send(c, &chunk).unwrap();
+        settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    }
+    assert_eq!(sent, 2 * 8192, "the receiver's buffer plus the sender's, no more");
+    assert_eq!(n1.tcp_room(c), 0);
+    assert_eq!(n1.tcp_send(c, &chunk), Ok(0));
+    assert_eq!(n2.tcp_readable(l), Ok((8192, false)));
+    // reading opens the window: everything arrives, in order
+    let mut got = 0;
+    let mut buf = [0u8; 3000];
+    for _ in 0..20 {
+        let n = n2.tcp_recv(l, &mut buf).unwrap();
+        assert!(buf[..n].iter().all(|b| *b == 0x5a));
+        got += n;
+        settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    }
+    assert_eq!(got, sent);
+    // close: the peer reads its FIN as the end (0 bytes, finished), and can still answer
+    n1.tcp_close(c);
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n2.tcp_phase(l), Phase::PeerClosed);
+    assert_eq!(n2.tcp_readable(l), Ok((0, true)));
+    assert_eq!(n2.tcp_send(l, b"bye"), Ok(3));
+    n2.tcp_close(l);
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n1.tcp_recv(c, &mut buf), Ok(3));
+    assert_eq!(n2.tcp_phase(l), Phase::Closed);
+    // an abort resets the peer: it sees no FIN (an error, not the end of the data)
+    let l = n2.tcp_listen(task2, 7, 8192).unwrap();
+    let c = n1.tcp_connect(task1, 40004, task2, 7, 8192).unwrap();
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n2.tcp_phase(l), Phase::Open);
+    n1.tcp_abort(c);
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n2.tcp_phase(l), Phase::Closed);
+    assert!(n2.tcp_readable(l).is_err());
+    // a task /128 whose last socket went is not routed to the interface any more
+    n2.remove_socket_addr(&task2);
+    let late = n1.tcp_connect(task1, 40005, task2, 7, 8192).unwrap();
+    let l = n2.tcp_listen(task2, 7, 8192).unwrap();
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!((n1.tcp_phase(late), n2.tcp_phase(l)), (Phase::Connecting, Phase::Listening));
 }

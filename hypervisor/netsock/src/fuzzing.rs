@@ -3,8 +3,8 @@
 //! clients, decoded and applied to a [`SocketTable`] the way `netd` applies them, with the
 //! table's bounds checked after every step.
 
-use crate::table::{Addrs, SocketTable};
-use crate::{DgramHeader, Request, CLIENTS_MAX, SOCKETS_PER_CLIENT};
+use crate::table::{Addrs, SocketTable, State};
+use crate::{DgramHeader, Request, CLIENTS_MAX, SOCKETS_MAX, SOCKETS_PER_CLIENT};
 use core::net::Ipv6Addr;
 
 fn word(d: &[u8]) -> u64 {
@@ -27,7 +27,7 @@ pub fn run(data: &[u8]) {
             break;
         }
         let client = (step[0] % 40) as u64; // more clients than the bound
-        let label = crate::OP_BASE + (step[1] % 10) as u64;
+        let label = crate::OP_BASE + (step[1] % 12) as u64;
         let w = [word(&step[2..]), word(step.get(10..).unwrap_or(&[])), word(step.get(18..).unwrap_or(&[])), word(step.get(26..).unwrap_or(&[]))];
         // small values are the interesting ones: fold most words into a small range
         let w = w.map(|x| if x & 0x8000_0000_0000_0000 != 0 { x } else { x % 70_000 });
@@ -58,12 +58,26 @@ pub fn run(data: &[u8]) {
             Ok(Request::Close { h }) => {
                 let _ = t.close(client, h);
             }
+            Ok(Request::Shutdown { h }) => {
+                // what netd does when the stack reports a state change
+                let st = [State::Connected, State::Closed][(w[1] & 1) as usize];
+                if t.get(client, h).is_ok_and(|s| s.kind == crate::Kind::Tcp && !matches!(s.state, State::Listening(_))) {
+                    let _ = t.set_state(client, h, st);
+                }
+            }
+            Ok(Request::Poll { .. }) => {
+                for h in t.handles(client) {
+                    assert!(t.get(client, h).is_ok());
+                }
+            }
             Err(_) => {}
         }
         if step[1] == 0xff {
             t.forget_client(client);
         }
         assert!(t.clients() <= CLIENTS_MAX);
-        assert!(t.len() <= CLIENTS_MAX * SOCKETS_PER_CLIENT);
+        assert!(t.len() <= SOCKETS_MAX);
+        assert!(t.handles(client).len() <= SOCKETS_PER_CLIENT);
+        assert!(t.client_ids().len() == t.clients());
     }
 }

@@ -14,13 +14,24 @@
 //! | op | words in | grant | words out |
 //! |---|---|---|---|
 //! | `OP_SOCKET` | kind (1 UDP, 2 TCP) | — | handle |
-//! | `OP_BIND` | handle, local ([`Local::Node`] 0 / [`Local::Own`] 1), port (0: any) | — | port |
+//! | `OP_BIND` | handle, local ([`Local::Node`] 0 / [`Local::Own`] 1), port (0: any) | — | port, /128 high, low |
 //! | `OP_CONNECT` | handle, /128 high, /128 low, port | — | — |
 //! | `OP_LISTEN` | handle, backlog (1..=[`BACKLOG_MAX`]) | — | — |
 //! | `OP_ACCEPT` | handle | — | new handle, peer /128 high, low, peer port |
 //! | `OP_SEND` | handle, flags (0) | read-only | bytes taken |
-//! | `OP_RECV` | handle, flags (0) | writable | bytes written |
+//! | `OP_RECV` | handle, flags (0) | writable | bytes written (TCP: 0 = the peer closed) |
 //! | `OP_CLOSE` | handle | — | — |
+//! | `OP_SHUTDOWN` | handle (TCP) | — | — |
+//! | `OP_POLL` | wait (ms, ≤ [`POLL_WAIT_MAX_MS`]) | — | [`Ready`] masks: readable, writable, acceptable, hangup |
+//!
+//! `Local::Own` is the task /128 the kernel has bound to the *caller* (the kernel tells `netd`
+//! who made the call): a client cannot name another task's /128. A TCP `CONNECT` returns at
+//! once; the connection is usable when `POLL` reports the handle writable, and fails with
+//! [`NetError::Refused`] (the peer reset the SYN) or [`NetError::TimedOut`]. `SEND` takes
+//! what fits in the socket's buffer (backpressure: the bytes taken may be fewer than the
+//! grant, and none is [`NetError::WouldBlock`]). `CLOSE` of a TCP socket sends what is still
+//! buffered, then a FIN (`netd` keeps the stack socket until it is done, bounded); the
+//! sockets of a client task that dies are closed the same way.
 //!
 //! A UDP buffer (both directions) starts with a [`DgramHeader`] ([`DGRAM_HEADER`] bytes: the
 //! peer's /128 and port; on `SEND` an all-zero /128 means the connected peer), followed by the
@@ -65,6 +76,8 @@ pub const OP_ACCEPT: u64 = OP_BASE + 5;
 pub const OP_SEND: u64 = OP_BASE + 6;
 pub const OP_RECV: u64 = OP_BASE + 7;
 pub const OP_CLOSE: u64 = OP_BASE + 8;
+pub const OP_SHUTDOWN: u64 = OP_BASE + 9;
+pub const OP_POLL: u64 = OP_BASE + 10;
 
 /// Whether `label` is a socket request (an `OP_*`, known or not).
 pub const fn is_request(label: u64) -> bool {
@@ -76,6 +89,16 @@ pub const OK: u64 = 0;
 
 /// Sockets one client may have open.
 pub const SOCKETS_PER_CLIENT: usize = 8;
+/// Sockets open in all (every client together).
+pub const SOCKETS_MAX: usize = 64;
+/// Stack TCP sockets in all: connections, the listening sockets behind each listener's
+/// backlog, and closed connections still sending their last data (`netd`'s memory: each has
+/// [`TCP_BUFFER`] bytes per direction).
+pub const TCP_STACK_MAX: usize = 96;
+/// Longest `POLL` wait (ms).
+pub const POLL_WAIT_MAX_MS: u64 = 60_000;
+/// How long a TCP connect may take before it fails with [`NetError::TimedOut`] (ms).
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// Clients (distinct badges) `netd` keeps sockets for.
 pub const CLIENTS_MAX: usize = 32;
 /// Connections a TCP listener holds before `ACCEPT` takes them.
@@ -130,13 +153,19 @@ pub enum NetError {
     Unreachable = 14,
     /// No ephemeral port left.
     NoPorts = 15,
+    /// The peer answered a TCP connect with a reset (nothing listens on that port).
+    Refused = 16,
+    /// A TCP connect got no answer within [`CONNECT_TIMEOUT_MS`], or an established peer
+    /// stopped acknowledging.
+    TimedOut = 17,
 }
 
 impl NetError {
-    pub const ALL: [NetError; 15] = [
+    pub const ALL: [NetError; 17] = [
         NetError::BadRequest, NetError::UnknownOp, NetError::BadHandle, NetError::TooManySockets, NetError::BadState,
         NetError::AddrInUse, NetError::BadAddress, NetError::BadPort, NetError::WouldBlock, NetError::TooLarge,
         NetError::BadBuffer, NetError::NotConnected, NetError::Reset, NetError::Unreachable, NetError::NoPorts,
+        NetError::Refused, NetError::TimedOut,
     ];
     pub const fn code(self) -> u64 {
         self as u64
@@ -191,6 +220,10 @@ pub enum Request {
     Send { h: Handle, grant: Grant },
     Recv { h: Handle, grant: Grant },
     Close { h: Handle },
+    /// TCP: no more data from us (a FIN after what is buffered); receiving goes on.
+    Shutdown { h: Handle },
+    /// Which of the client's sockets are ready, waiting up to `wait_ms` for one to be.
+    Poll { wait_ms: u64 },
 }
 
 fn addr_words(a: Ipv6Addr) -> (u64, u64) {
@@ -246,10 +279,21 @@ impl Request {
                 }
                 Request::Listen { h: handle(w[0])?, backlog: w[1] as u8 }
             }
-            OP_ACCEPT | OP_CLOSE => {
+            OP_ACCEPT | OP_CLOSE | OP_SHUTDOWN => {
                 zero(&w[1..])?;
                 let h = handle(w[0])?;
-                if label == OP_ACCEPT { Request::Accept { h } } else { Request::Close { h } }
+                match label {
+                    OP_ACCEPT => Request::Accept { h },
+                    OP_CLOSE => Request::Close { h },
+                    _ => Request::Shutdown { h },
+                }
+            }
+            OP_POLL => {
+                zero(&w[1..])?;
+                if w[0] > POLL_WAIT_MAX_MS {
+                    return Err(NetError::BadRequest);
+                }
+                Request::Poll { wait_ms: w[0] }
             }
             OP_SEND | OP_RECV => {
                 if w[1] != 0 {
@@ -288,6 +332,8 @@ impl Request {
             Request::Send { h, grant } => (OP_SEND, [h, 0, grant.addr | grant.writable as u64, grant.len]),
             Request::Recv { h, grant } => (OP_RECV, [h, 0, grant.addr | 1, grant.len]),
             Request::Close { h } => (OP_CLOSE, [h, 0, 0, 0]),
+            Request::Shutdown { h } => (OP_SHUTDOWN, [h, 0, 0, 0]),
+            Request::Poll { wait_ms } => (OP_POLL, [wait_ms, 0, 0, 0]),
         }
     }
 }
@@ -303,6 +349,40 @@ pub fn encode_reply(r: Result<[u64; 4], NetError>) -> (u64, [u64; 4]) {
 /// Decode a reply (client side). An unknown non-zero label is reported as `Err(None)`.
 pub fn decode_reply(label: u64, w: [u64; 4]) -> Result<[u64; 4], Option<NetError>> {
     if label == OK { Ok(w) } else { Err(NetError::from_code(label)) }
+}
+
+/// `BIND`'s answer: the port and the /128 the socket is bound to.
+pub fn bind_reply(addr: Ipv6Addr, port: u16) -> [u64; 4] {
+    let (hi, lo) = addr_words(addr);
+    [port as u64, hi, lo, 0]
+}
+
+/// `POLL`'s answer: one bit per handle (bit `h`) in each word.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// `RECV` would not block: data, a datagram, the peer's FIN (0 bytes) or an error.
+    pub readable: u64,
+    /// `SEND` would not block: room, or an error to report.
+    pub writable: u64,
+    /// A listener with a connection `ACCEPT` can take.
+    pub acceptable: u64,
+    /// Failed (refused, reset, timed out) or closed by the peer.
+    pub hangup: u64,
+}
+
+impl Ready {
+    pub fn words(&self) -> [u64; 4] {
+        [self.readable, self.writable, self.acceptable, self.hangup]
+    }
+    pub fn from_words(w: [u64; 4]) -> Ready {
+        Ready { readable: w[0], writable: w[1], acceptable: w[2], hangup: w[3] }
+    }
+    pub fn any(&self) -> bool {
+        self.readable | self.writable | self.acceptable | self.hangup != 0
+    }
+    pub fn bit(h: Handle) -> u64 {
+        1u64.checked_shl(h as u32).unwrap_or(0)
+    }
 }
 
 /// `ACCEPT`'s answer: the new handle and the peer.

@@ -3,7 +3,7 @@
 //! IP stack, and bounds what a client can hold (sockets per client, clients, backlog, ports).
 //! Pure bookkeeping: `netd` maps each entry to a smoltcp socket.
 
-use crate::{peer_ok, Handle, Kind, Local, NetError, BACKLOG_MAX, CLIENTS_MAX, EPHEMERAL, RESERVED_PORTS, SOCKETS_PER_CLIENT};
+use crate::{peer_ok, Handle, Kind, Local, NetError, BACKLOG_MAX, CLIENTS_MAX, EPHEMERAL, RESERVED_PORTS, SOCKETS_MAX, SOCKETS_PER_CLIENT};
 use alloc::collections::{BTreeMap, BTreeSet};
 use core::net::Ipv6Addr;
 
@@ -79,9 +79,28 @@ impl SocketTable {
         self.clients.get_mut(&client).and_then(|c| c.get_mut(i)).and_then(|s| s.as_mut()).ok_or(NetError::BadHandle)
     }
 
+    /// The clients that hold sockets.
+    pub fn client_ids(&self) -> alloc::vec::Vec<u64> {
+        self.clients.keys().copied().collect()
+    }
+
+    /// The handles `client` has open.
+    pub fn handles(&self, client: u64) -> alloc::vec::Vec<Handle> {
+        self.clients.get(&client).map(|c| c.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(i, _)| i as Handle + 1).collect()).unwrap_or_default()
+    }
+
+    /// `netd` saw the stack socket change state (TCP: connected, closed by the peer).
+    pub fn set_state(&mut self, client: u64, h: Handle, state: State) -> Result<(), NetError> {
+        self.get_mut(client, h)?.state = state;
+        Ok(())
+    }
+
     /// A new socket (state `Open`).
     pub fn socket(&mut self, client: u64, kind: Kind) -> Result<Handle, NetError> {
         if !self.clients.contains_key(&client) && self.clients.len() >= CLIENTS_MAX {
+            return Err(NetError::TooManySockets);
+        }
+        if self.len() >= SOCKETS_MAX {
             return Err(NetError::TooManySockets);
         }
         let c = self.clients.entry(client).or_insert([None; SOCKETS_PER_CLIENT]);

@@ -29,6 +29,9 @@ fn every_request_round_trips() {
         Request::Send { h: 1, grant: g },
         Request::Recv { h: 1, grant: gw },
         Request::Close { h: 5 },
+        Request::Shutdown { h: 4 },
+        Request::Poll { wait_ms: 0 },
+        Request::Poll { wait_ms: POLL_WAIT_MAX_MS },
     ];
     for r in reqs {
         let (l, w) = r.encode();
@@ -43,7 +46,13 @@ fn hostile_requests_get_errors() {
         (0, [0; 4], UnknownOp),
         (catenary_notify(), [0; 4], UnknownOp),
         (OP_BASE, [0; 4], UnknownOp),
-        (OP_BASE + 9, [0; 4], UnknownOp),
+        (OP_BASE + 11, [0; 4], UnknownOp),
+        (OP_SHUTDOWN, [0, 0, 0, 0], BadHandle),
+        (OP_SHUTDOWN, [1, 0, 1, 0], BadRequest),
+        (OP_POLL, [POLL_WAIT_MAX_MS + 1, 0, 0, 0], BadRequest),
+        (OP_POLL, [u64::MAX, 0, 0, 0], BadRequest),
+        (OP_POLL, [0, 1, 0, 0], BadRequest),
+        (OP_POLL, [0, 0, 0, 1], BadRequest),
         (OP_BASE + 0xffff, [0; 4], UnknownOp),
         (OP_SOCKET, [0, 0, 0, 0], BadRequest),
         (OP_SOCKET, [3, 0, 0, 0], BadRequest),
@@ -108,6 +117,13 @@ fn replies_round_trip() {
     assert_eq!(decode_reply(999, [0; 4]), Err(None));
     let w = accept_reply(3, peer(), 443);
     assert_eq!((w[0], addr_of(w[1], w[2]), w[3]), (3, peer(), 443));
+    let w = bind_reply(own(), 8080);
+    assert_eq!((w[0], addr_of(w[1], w[2]), w[3]), (8080, own(), 0));
+    let r = Ready { readable: Ready::bit(1), writable: Ready::bit(8), acceptable: Ready::bit(2), hangup: Ready::bit(3) };
+    assert_eq!(Ready::from_words(r.words()), r);
+    assert!(r.any() && !Ready::default().any());
+    assert_eq!(Ready::bit(64), 0); // no handle that large: no bit, no overflow
+    assert_eq!(NetError::from_code(NetError::TimedOut.code()), Some(NetError::TimedOut));
 }
 
 #[test]
@@ -198,7 +214,34 @@ fn ephemeral_ports_are_distinct_and_bounded_by_the_client_limits() {
         client += 1;
     }
     assert!(got.len() <= span);
-    assert_eq!(got.len(), CLIENTS_MAX * SOCKETS_PER_CLIENT);
+    assert_eq!(got.len(), SOCKETS_MAX.min(CLIENTS_MAX * SOCKETS_PER_CLIENT));
+}
+
+#[test]
+fn sockets_in_all_are_bounded() {
+    let mut t = SocketTable::new();
+    let mut n = 0;
+    for c in 0..CLIENTS_MAX as u64 {
+        while t.socket(c, Kind::Tcp).is_ok() {
+            n += 1;
+        }
+    }
+    assert_eq!(n, SOCKETS_MAX);
+    assert_eq!(t.len(), SOCKETS_MAX);
+    // a connection a listener accepted counts too
+    let l = t.handles(0)[0];
+    t.bind(0, l, Local::Node, 80, addrs()).unwrap();
+    t.listen(0, l, 1).unwrap();
+    t.close(1, 1).unwrap();
+    t.close(0, 2).unwrap();
+    assert!(t.accepted(0, l, (peer(), 1)).is_ok());
+    assert_eq!(t.accepted(0, l, (peer(), 2)), Err(NetError::TooManySockets));
+    // a client that dies gives everything back
+    let before = t.len();
+    let gone = t.forget_client(3);
+    assert_eq!(gone.len(), SOCKETS_PER_CLIENT);
+    assert_eq!(t.len(), before - SOCKETS_PER_CLIENT);
+    assert!(t.handles(3).is_empty() && !t.client_ids().contains(&3));
 }
 
 #[test]

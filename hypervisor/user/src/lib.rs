@@ -31,6 +31,7 @@ impl Msg {
     }
 }
 
+pub mod netsock_client;
 pub mod netsock_server;
 pub mod nic;
 pub mod virtio_pci;

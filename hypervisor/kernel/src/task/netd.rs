@@ -190,6 +190,19 @@ pub(super) fn sys_net(f: &mut TrapFrame) {
         OP_VM_KICK => with(|k| router_of(k, slot)).and_then(|(me, _)| if crate::net::vm_kick(me, arg) { Ok(0) } else { Err(fail(IpcError::NoEndpoint)) }),
         OP_VM_DONE => with(|k| router_of(k, slot)).and_then(|(me, _)| if crate::net::vm_done(me, arg) { Ok(0) } else { Err(fail(IpcError::NoEndpoint)) }),
         OP_NIC_IRQS => with(|k| router_of(k, slot)).map(|_| irq_count(NIC_VECTOR)),
+        OP_CALLER => with(|k| {
+            let (me, _) = router_of(k, slot)?;
+            let caller = k.ipc.caller_of(me, arg).filter(|c| *c != REMOTE).ok_or(fail(IpcError::BadReply))?;
+            if len < 16 {
+                return Err(ERR_BAD_ARG.wrapping_neg());
+            }
+            copy_out(k, me, ptr, &k.remote.bound.get(&caller).copied().unwrap_or([0; 16]))?;
+            Ok(caller)
+        }),
+        OP_ALIVE => with(|k| {
+            router_of(k, slot)?;
+            Ok(k.sched.task(arg).is_some_and(|t| !matches!(t.state, catenary_sched::TaskState::Dead)) as u64)
+        }),
         _ => Err(ERR_BAD_ARG.wrapping_neg()),
     };
     f.rax = match r {

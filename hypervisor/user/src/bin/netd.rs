@@ -8,8 +8,8 @@
 //! `nicd` lends it (`SYS_SHARE`), mapped in its grant window. What crosses to the kernel:
 //! boot data (`OP_BOOT`), remote sends/calls to carry (`OP_TAKE`), messages from other nodes
 //! to deliver (`OP_DELIVER`, to the endpoint the kernel's table names), answers to our calls
-//! (`OP_COMPLETE`). It also serves the IPC socket protocol (`catenary-netsock`) for UDP on
-//! the node's /128 (`catenary_user::netsock_server`). See docs/microkernel.md, "netd in ring 3",
+//! (`OP_COMPLETE`). It also serves the IPC socket protocol (`catenary-netsock`): UDP and TCP
+//! on the node's /128 and the callers' task /128s (`catenary_user::netsock_server`). See docs/microkernel.md, "netd in ring 3",
 //! and docs/networking.md §3c.
 //!
 //! `arg` bit 0 (TESTS ONLY, `netd.test_panic=1`, first start only): panic on a fabric IPC
@@ -185,7 +185,7 @@ struct State {
     shared: u64,
     test_panic: bool,
     logged: [u32; 4],
-    /// The socket protocol's server (UDP on the node's /128).
+    /// The socket protocol's server.
     sockets: catenary_user::netsock_server::SocketServer,
     /// The microVM links.
     vms: vms::VmLinks,
@@ -215,8 +215,7 @@ fn on_message(st: &mut State, m: Msg) {
         ring::LABEL_FAIL => logf!("net: nicd failed at step {}", m.words[0]),
         l if catenary_netsock::is_request(l) => {
             if m.reply != 0 {
-                let (label, words) = st.sockets.serve(&mut st.node, m.badge, m.reply, m.label, m.words);
-                let _ = reply(m.reply, label, words);
+                st.sockets.serve(&mut st.node, m.reply, m.label, m.words);
             }
         }
         _ => {} // wakeups (frames, the kernel's notification)
@@ -489,7 +488,7 @@ fn run(arg: u64) -> u64 {
     let router = IpcRouter::new(node.fabric_addr);
     let msix = b.flags & BOOT_MSIX != 0;
     let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
-        sockets: catenary_user::netsock_server::SocketServer::new(), vms: vms::VmLinks::new(), woken: false, msix };
+        sockets: catenary_user::netsock_server::SocketServer::new(ROUTER), vms: vms::VmLinks::new(), woken: false, msix };
     if b.flags & BOOT_FIRST != 0 {
         // the command line's probes (tests, benchmarks): once per boot, not per restart
         probes::run(&mut st, &b.cmdline);
@@ -514,6 +513,7 @@ fn step(st: &mut State) -> bool {
         st.node.poll(&mut st.nic, now_ns());
         st.vms.pump(&mut st.node, now_ns());
     }
+    st.sockets.poll(&mut st.node, now_ns());
     if active {
         yield_now();
     } else if let Ok(m) = recv(OWN, IDLE_WAKE_NS) {

@@ -23,6 +23,12 @@ const ROLE_SET_AC: u64 = 21;
 const ROLE_SPIN_FOR: u64 = 22;
 const ROLE_UDP_ECHO: u64 = 30;
 const ROLE_UDP_CLIENT: u64 = 31;
+const ROLE_TCP_SERVER: u64 = 32;
+const ROLE_TCP_CLIENT: u64 = 33;
+const ROLE_TCP_DIER: u64 = 34;
+
+#[path = "uapp/tcp.rs"]
+mod tcp;
 
 /// The kernel's answer to a bad argument.
 const BAD: Result<(), u64> = Err(ERR_BAD_ARG);
@@ -487,6 +493,12 @@ fn run(role: u64) -> u64 {
             udp_echo(m.words[0])
         }
         ROLE_UDP_CLIENT => udp_client(),
+        ROLE_TCP_SERVER => recv(0, 0).map(|m| tcp::server(m.words[0] as u16)).unwrap_or(1),
+        ROLE_TCP_CLIENT | ROLE_TCP_DIER => {
+            let Ok(m) = recv(0, 0) else { return 0 };
+            let (peer, port) = (catenary_netsock::addr_of(m.words[0], m.words[1]), m.words[2] as u16);
+            if role == ROLE_TCP_CLIENT { tcp::client(peer, port) } else { tcp::dier(peer, port) }
+        }
         _ => 1,
     }
 }
