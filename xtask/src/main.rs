@@ -11,6 +11,7 @@ mod layerimage;
 mod netboot;
 mod ociimage;
 mod qemu;
+mod sim;
 mod soak;
 mod soak_inspect;
 mod smpvm;
@@ -44,6 +45,8 @@ commands:
   fuzz --smoke              every cargo-fuzz target for a few seconds (part of `test`)
   fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
   bench boot|vm|ipc|net|workload  benchmarks (print figures, never assert)
+  sim [--seeds N] [--first F]  the cluster core's chaos schedules over N seeds (default 1000); ends
+                            with how many held every invariant. --detection: failure-detection times
   soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log] [--inspect]
           [--guest minimal|debian] [--node-args WORDS] [--kick-ms N]
                             boot Linux guests back to back under CPU load; ends with
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::cmd_fuzz(rest),
         "bench" => bench::cmd_bench(rest),
         "soak" => soak::cmd_soak(rest),
+        "sim" => sim::cmd_sim(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

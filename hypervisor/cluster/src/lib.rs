@@ -17,6 +17,8 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+#[cfg(any(test, feature = "sim"))]
+pub mod chaos;
 pub mod codec;
 pub mod identity;
 pub mod membership;

@@ -9,7 +9,8 @@
 //! - key admission (see [`crate::codec`]): only admitted keys are ever decoded;
 //! - graceful leave seen as `left`, not `dead`: a leave notice rides foca's custom broadcasts
 //!   and the leaving node tells every active member directly;
-//! - rejoin: a node with no active members announces itself to its seeds every
+//! - rejoin: a node that is not active (no member answered yet, idle, or just renewed its
+//!   identity) announces itself to its seeds every
 //!   `announce_period`, so a partitioned node finds the cluster again once the partition heals
 //!   (foca then tells it that its old identity is down and it rejoins as the next generation).
 use alloc::collections::BTreeMap;
@@ -42,7 +43,7 @@ pub struct MembershipConfig {
     pub gossip_fanout: usize,
     /// How many times one update is piggybacked before it is dropped.
     pub max_transmissions: u8,
-    /// How often a node with no active members announces itself to its seeds.
+    /// How often a node that is not active announces itself to its seeds.
     pub announce_period: Duration,
     /// Largest datagram produced or accepted.
     pub max_packet_size: usize,
@@ -144,6 +145,11 @@ pub struct Membership {
     outgoing: Vec<Datagram>,
     events: Vec<SelfEvent>,
     left: bool,
+    last_event: Option<SelfEvent>,
+    /// The newest foca timer token seen, and the suspicions this node timed (`arm_suspicions`):
+    /// key -> (generation, incarnation, token). Bounded by the admitted keys.
+    token: u8,
+    armed: BTreeMap<NodeKey, (u32, u16, u8)>,
 }
 
 impl Membership {
@@ -178,6 +184,9 @@ impl Membership {
             outgoing: Vec::new(),
             events: Vec::new(),
             left: false,
+            token: 0,
+            armed: BTreeMap::new(),
+            last_event: None,
         }
     }
 
@@ -238,7 +247,7 @@ impl Membership {
         }
         if now >= self.next_announce {
             self.next_announce = now + self.config.announce_period;
-            if self.foca.num_members() == 0 {
+            if !self.active() {
                 for seed in self.seeds.clone() {
                     let _ = self.foca.announce(
                         NodeId {
@@ -270,6 +279,20 @@ impl Membership {
         self.drain(now);
         self.left = true;
         self.timers.clear();
+    }
+
+    /// The last change in this node's own standing (active, idle, defunct, rejoined).
+    pub fn last_self_event(&self) -> Option<SelfEvent> {
+        self.last_event
+    }
+
+    /// Whether foca is probing (it last said `Active`). It is not before the first member
+    /// answers, after it went idle, was declared down, or renewed its identity: a renewed foca
+    /// keeps its old member table but stays disconnected until a datagram makes a member
+    /// active (found by the chaos simulation, seed 5958, where three rejoined nodes each held
+    /// only stale identities of the others and none announced).
+    fn active(&self) -> bool {
+        matches!(self.last_event, Some(SelfEvent::Active))
     }
 
     pub fn has_left(&self) -> bool {
@@ -316,6 +339,42 @@ impl Membership {
         self.members().into_iter().find(|m| m.id.key == *key)
     }
 
+    /// Every member that holds a suspicion times it out itself, as in the SWIM paper. foca only
+    /// arms the suspect-to-dead timer on the node whose probe failed, and drops every pending
+    /// timer when it goes idle, is declared down or renews its identity. So a suspicion learnt
+    /// by gossip, whose originator then restarted, or one held across a timer reset, stayed
+    /// `suspect` for ever unless the suspect happened to hear of it and refute it (found by the
+    /// chaos simulation, seeds 37 and 13448). Here each suspect (member, incarnation) gets a
+    /// timer under the current foca token; foca still checks the incarnation when it fires, so
+    /// a refuted suspicion is not turned into a death.
+    fn arm_suspicions(&mut self, now: Duration) {
+        let suspects: Vec<(NodeId, u16)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (*m.id(), m.incarnation()))
+            .collect();
+        self.armed
+            .retain(|key, _| suspects.iter().any(|(id, _)| id.key == *key));
+        for (member_id, incarnation) in suspects {
+            let want = (member_id.generation, incarnation, self.token);
+            if self.armed.get(&member_id.key) == Some(&want) {
+                continue;
+            }
+            self.armed.insert(member_id.key, want);
+            self.timer_seq += 1;
+            let timer = Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                token: self.token,
+            };
+            self.timers.insert(
+                (now + self.config.suspect_to_down_after, self.timer_seq),
+                timer,
+            );
+        }
+    }
+
     fn drain(&mut self, now: Duration) {
         while let Some((to, data)) = self.rt.to_send() {
             self.outgoing.push(Datagram {
@@ -324,21 +383,48 @@ impl Membership {
             });
         }
         while let Some((after, timer)) = self.rt.to_schedule() {
+            let token = timer_token(&timer);
             self.timer_seq += 1;
             self.timers.insert((now + after, self.timer_seq), timer);
+            if let Some(t) = token {
+                self.token = t;
+            }
         }
+        self.arm_suspicions(now);
         while let Some(n) = self.rt.to_notify() {
             match n {
-                OwnedNotification::Rejoin(id) => self.events.push(SelfEvent::Rejoined(id)),
+                OwnedNotification::Rejoin(id) => {
+                    self.events.push(SelfEvent::Rejoined(id));
+                    self.last_event = Some(SelfEvent::Rejoined(id));
+                }
                 OwnedNotification::Idle => {
                     self.events.push(SelfEvent::Idle);
+                    self.last_event = Some(SelfEvent::Idle);
                     // Start looking for the cluster at once rather than at the next period.
                     self.next_announce = now;
                 }
-                OwnedNotification::Active => self.events.push(SelfEvent::Active),
-                OwnedNotification::Defunct => self.events.push(SelfEvent::Defunct),
+                OwnedNotification::Active => {
+                    self.events.push(SelfEvent::Active);
+                    self.last_event = Some(SelfEvent::Active);
+                }
+                OwnedNotification::Defunct => {
+                    self.events.push(SelfEvent::Defunct);
+                    self.last_event = Some(SelfEvent::Defunct);
+                }
                 _ => {}
             }
         }
+    }
+}
+
+fn timer_token(t: &Timer<NodeId>) -> Option<u8> {
+    match t {
+        Timer::ProbeRandomMember(token)
+        | Timer::PeriodicAnnounce(token)
+        | Timer::PeriodicAnnounceDown(token)
+        | Timer::PeriodicGossip(token)
+        | Timer::SendIndirectProbe { token, .. }
+        | Timer::ChangeSuspectToDown { token, .. } => Some(*token),
+        Timer::RemoveDown(_) => None,
     }
 }

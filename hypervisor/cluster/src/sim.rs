@@ -6,6 +6,8 @@
 //! to the cluster. Every change a node sees in its member table is recorded in a trace, so a
 //! failing seed replays exactly and two runs of one seed can be compared.
 use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
@@ -64,6 +66,8 @@ impl Default for NetConfig {
 pub struct TraceEvent {
     pub at: Duration,
     pub observer: usize,
+    /// The observer's own generation (its table starts empty after a restart).
+    pub observer_generation: u32,
     pub member: NodeKey,
     pub state: MemberState,
     pub incarnation: u64,
@@ -95,6 +99,11 @@ pub struct Sim {
     group: Vec<u32>,
     views: Vec<BTreeMap<NodeKey, (MemberState, u64)>>,
     trace: Vec<TraceEvent>,
+    outsiders: Vec<usize>,
+    /// Invariant checking: the trace up to here is checked; the last (state, incarnation) per
+    /// (observer, observer generation, member).
+    checked: usize,
+    last_seen: BTreeMap<(usize, u32, NodeKey), (MemberState, u64)>,
     pub delivered: u64,
     pub dropped: u64,
     pub rejected: u64,
@@ -132,6 +141,9 @@ impl Sim {
             group: Vec::new(),
             views: Vec::new(),
             trace: Vec::new(),
+            outsiders: Vec::new(),
+            checked: 0,
+            last_seen: BTreeMap::new(),
             delivered: 0,
             dropped: 0,
             rejected: 0,
@@ -164,6 +176,7 @@ impl Sim {
         });
         self.group.push(0);
         self.views.push(BTreeMap::new());
+        self.outsiders.push(i);
         let mut keys = self.admitted.clone();
         keys.push(sim_key(i));
         self.boot_with(i, keys);
@@ -383,6 +396,7 @@ impl Sim {
                 self.trace.push(TraceEvent {
                     at: self.now,
                     observer: i,
+                    observer_generation: self.nodes[i].generation,
                     member: mv.id.key,
                     state: mv.state,
                     incarnation: mv.incarnation,
@@ -402,5 +416,46 @@ impl Sim {
                     .filter(|&&m| m != o)
                     .all(|&m| self.view(o, m).map(|v| v.0) == Some(state))
             })
+    }
+}
+
+impl Sim {
+    pub fn is_alive(&self, i: usize) -> bool {
+        self.nodes[i].node.as_ref().is_some_and(|m| !m.has_left())
+    }
+
+    /// Checks the membership invariants on every trace event since the last call:
+    /// - no admitted node ever lists a key that was not admitted;
+    /// - what an observer holds about a member never goes back to an older generation, nor, while
+    ///   the member is alive or suspect, to a lower incarnation;
+    /// - a generation declared dead or left never comes back alive or suspect (SWIM never
+    ///   revives an identity; only a new generation can return).
+    pub fn check_invariants(&mut self) -> Result<(), String> {
+        while self.checked < self.trace.len() {
+            let e = self.trace[self.checked];
+            self.checked += 1;
+            if !self.outsiders.contains(&e.observer) && !self.admitted.contains(&e.member) {
+                return Err(format!("{e:?}: a non-admitted key entered a member table"));
+            }
+            let k = (e.observer, e.observer_generation, e.member);
+            if let Some(&(state, inc)) = self.last_seen.get(&k) {
+                let (old_gen, new_gen) = (inc >> 16, e.incarnation >> 16);
+                let active =
+                    |s: MemberState| matches!(s, MemberState::Alive | MemberState::Suspect);
+                if new_gen < old_gen {
+                    return Err(format!("{e:?}: generation went back from {old_gen}"));
+                }
+                // SWIM's incarnation orders alive/suspect claims; a death notice overrides any
+                // incarnation (foca sends it with 0), so only active-to-active is compared.
+                if new_gen == old_gen && active(state) && active(e.state) && e.incarnation < inc {
+                    return Err(format!("{e:?}: incarnation went back from {inc:#x}"));
+                }
+                if new_gen == old_gen && !active(state) && active(e.state) {
+                    return Err(format!("{e:?}: a {state:?} generation came back"));
+                }
+            }
+            self.last_seen.insert(k, (e.state, e.incarnation));
+        }
+        Ok(())
     }
 }

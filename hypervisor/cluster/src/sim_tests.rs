@@ -218,3 +218,35 @@ fn same_seed_replays_the_identical_trace() {
     // The trace does depend on the seed (the check above is not comparing constants).
     assert_ne!(scenario(1).0, scenario(2).0);
 }
+
+/// Random crashes, restarts, leaves, partitions and heals over a lossy network: the invariants
+/// hold after every step and the cluster converges once the faults stop.
+#[test]
+fn chaos_schedules_hold_the_invariants() {
+    for seed in 0..150 {
+        if let Err(e) = crate::chaos::chaos(seed) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// Seed 37 found members stuck in `suspect` for ever after foca dropped their timers
+/// (`Membership::arm_suspicions`).
+#[test]
+fn regression_seed_37_suspect_outlives_a_timer_reset() {
+    crate::chaos::chaos(37).unwrap();
+}
+
+/// Seed 5958 found rejoined nodes that held only stale identities of each other and never
+/// announced (`Membership::active`).
+#[test]
+fn regression_seed_5958_renewed_nodes_announce() {
+    crate::chaos::chaos(5958).unwrap();
+}
+
+/// Seed 13448 found a suspicion learnt by gossip that nobody timed out once its originator had
+/// restarted (`Membership::arm_suspicions`).
+#[test]
+fn regression_seed_13448_gossiped_suspicion_times_out() {
+    crate::chaos::chaos(13448).unwrap();
+}
