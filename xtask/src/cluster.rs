@@ -672,7 +672,7 @@ fn test_nicd_restart(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The network stack in ring 3 (`net.netd=user` on node1): the supervisor starts `netd`
+/// The network stack in ring 3 (the default; node1): the supervisor starts `netd`
 /// with its manifest grants, `nicd` lends it the frame ring, and node1's kernel task
 /// `netdtest` calls node2's echo through it. Then a message from node2 (its `panicsvc`, asked
 /// by node1) makes the first `netd` panic (`netd.test_panic=1`): only `netd` dies, the

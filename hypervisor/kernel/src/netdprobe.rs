@@ -1,4 +1,4 @@
-//! Probes of the ring-3 `netd` (`net.netd=user`), kernel tasks that use fabric IPC through
+//! Probes of the ring-3 `netd` (the default), kernel tasks that use fabric IPC through
 //! the ordinary `call`/`send` syscalls (they need nothing from `netd` but its routing):
 //!
 //! - `net.netdtest=NAME` (with `netd.test_panic=1`): `netdtest` calls NAME's `echo` until it

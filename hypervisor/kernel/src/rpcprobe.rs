@@ -48,7 +48,7 @@ pub const SENDS: u64 = 60;
 pub const GHOST_TIMEOUT_MS: u32 = 3000;
 pub const BENCH_CALLS: usize = 200;
 
-/// The network stack runs in ring 3 (`net.netd=user`): the benchmark says so.
+/// The network stack runs in ring 3 (the default; not `net.netd=kernel`): the benchmark says so.
 pub static USER_NETD: AtomicBool = AtomicBool::new(false);
 
 /// Set by a probe when `netd` should log its reliability counters.

@@ -54,7 +54,7 @@ pub(super) fn start_user(cmdline: &str, modules: &[Module]) {
 }
 
 /// (`SYS_NET` `OP_BOOT`) The ring-3 netd's boot data (layout `catenary_ipc::netd::BOOT_*`):
-/// fresh seeds from the hardware for each incarnation. None without `net.netd=user`, or
+/// fresh seeds from the hardware for each incarnation. None with the in-kernel `netd`, or
 /// when the node may not create keys (no hardware entropy).
 pub(crate) fn user_boot_data() -> Option<alloc::vec::Vec<u8>> {
     use catenary_ipc::netd::*;

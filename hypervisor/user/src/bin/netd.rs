@@ -1,15 +1,19 @@
 //! netd in ring 3: the node's network stack (smoltcp, netfabric sessions, fabric routing and
 //! the fabric IPC router with its reliability layer: the `catenary-net` crate the in-kernel
-//! `netd` runs too), started and restarted by the supervisor (`net.netd=user`).
+//! `netd` runs too) and the microVM links' routing, started and restarted by the supervisor
+//! (the default; `net.netd=kernel` runs the kernel task instead).
 //!
 //! Granted (manifest entry `netd`): its endpoint (slot 0: `nicd`'s reports, the kernel's
 //! wakeups), a send capability to `nicd` (slot 1), the router capability (slot 2: `SYS_NET`)
-//! and a memory quota for its heap. No ports, MMIO or DMA: frames come through the ring
-//! `nicd` lends it (`SYS_SHARE`), mapped in its grant window. What crosses to the kernel:
-//! boot data (`OP_BOOT`), remote sends/calls to carry (`OP_TAKE`), messages from other nodes
-//! to deliver (`OP_DELIVER`, to the endpoint the kernel's table names), answers to our calls
-//! (`OP_COMPLETE`). It also serves the IPC socket protocol (`catenary-netsock`): UDP and TCP
-//! on the node's /128 and the callers' task /128s (`catenary_user::netsock_server`). See docs/microkernel.md, "netd in ring 3",
+//! and a memory quota for its heap and the microVM frame rings. No ports, MMIO or DMA: frames
+//! come through the ring `nicd` lends it (`SYS_SHARE`), mapped in its grant window, and
+//! through the rings it lends the kernel for the microVM links (`netd/vms.rs`). What crosses
+//! to the kernel: boot data (`OP_BOOT`), remote sends/calls to carry (`OP_TAKE`), messages
+//! from other nodes to deliver (`OP_DELIVER`, to the endpoint the kernel's table names),
+//! answers to our calls (`OP_COMPLETE`), microVM link events (`OP_VM_*`). On its first start
+//! it runs the command line's `net.ping`/`net.bench` probes (`netd/probes.rs`). It also
+//! serves the IPC socket protocol (`catenary-netsock`): UDP and TCP on the node's /128 and the
+//! callers' task /128s (`catenary_user::netsock_server`). See docs/microkernel.md, "netd in ring 3",
 //! and docs/networking.md §3c.
 //!
 //! `arg` bit 0 (TESTS ONLY, `netd.test_panic=1`, first start only): panic on a fabric IPC
