@@ -23,7 +23,7 @@ pub struct ChaosReport {
 }
 
 pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
-    let mut r = SimRng::new(seed ^ 0x6368_616f_73);
+    let mut r = SimRng::new(seed ^ 0x0063_6861_6f73);
     let n = 4 + r.below(6) as usize;
     let mut sim = Sim::new(seed, n, MembershipConfig::default(), NetConfig::default());
     let faults = 8 + r.below(12) as usize;
@@ -38,7 +38,7 @@ pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
         let i = r.below(n as u64) as usize;
         match r.below(6) {
             0 | 1 if sim.is_alive(i) => sim.kill(i),
-            0 | 1 | 2 if !sim.is_alive(i) && !left[i] => sim.restart(i),
+            0..=2 if !sim.is_alive(i) && !left[i] => sim.restart(i),
             3 if sim.is_alive(i) && r.per_mille(500) => {
                 sim.leave(i);
                 left[i] = true;
