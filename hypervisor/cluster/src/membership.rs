@@ -27,6 +27,8 @@ use rand::SeedableRng;
 use crate::codec::{Codec, LeaveNotices, Shared, SharedRef};
 use crate::identity::{NodeId, NodeKey};
 
+const MAX_EVENTS: usize = 64;
+
 /// Protocol timings and limits. The defaults are what docs/orchestration.md measures.
 #[derive(Clone, Debug)]
 pub struct MembershipConfig {
@@ -303,6 +305,15 @@ impl Membership {
         core::mem::take(&mut self.outgoing)
     }
 
+    /// Kept to the newest `MAX_EVENTS` if the caller does not take them (it should, after each
+    /// call, as it takes the outgoing datagrams).
+    fn push_event(&mut self, e: SelfEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.remove(0);
+        }
+        self.events.push(e);
+    }
+
     pub fn take_events(&mut self) -> Vec<SelfEvent> {
         core::mem::take(&mut self.events)
     }
@@ -394,21 +405,21 @@ impl Membership {
         while let Some(n) = self.rt.to_notify() {
             match n {
                 OwnedNotification::Rejoin(id) => {
-                    self.events.push(SelfEvent::Rejoined(id));
+                    self.push_event(SelfEvent::Rejoined(id));
                     self.last_event = Some(SelfEvent::Rejoined(id));
                 }
                 OwnedNotification::Idle => {
-                    self.events.push(SelfEvent::Idle);
+                    self.push_event(SelfEvent::Idle);
                     self.last_event = Some(SelfEvent::Idle);
                     // Start looking for the cluster at once rather than at the next period.
                     self.next_announce = now;
                 }
                 OwnedNotification::Active => {
-                    self.events.push(SelfEvent::Active);
+                    self.push_event(SelfEvent::Active);
                     self.last_event = Some(SelfEvent::Active);
                 }
                 OwnedNotification::Defunct => {
-                    self.events.push(SelfEvent::Defunct);
+                    self.push_event(SelfEvent::Defunct);
                     self.last_event = Some(SelfEvent::Defunct);
                 }
                 _ => {}

@@ -250,3 +250,30 @@ fn regression_seed_5958_renewed_nodes_announce() {
 fn regression_seed_13448_gossiped_suspicion_times_out() {
     crate::chaos::chaos(13448).unwrap();
 }
+
+#[test]
+fn a_node_that_left_can_come_back_as_a_newer_generation() {
+    for seed in 0..SEEDS {
+        let mut sim = converged(seed, N, NetConfig::default());
+        let node = (seed as usize + 3) % N;
+        sim.leave(node);
+        let at = sim.now();
+        let others: Vec<usize> = all(N).into_iter().filter(|&i| i != node).collect();
+        let t = sim.run_until_true(at + secs(10), |s| {
+            s.all_see(&others, &[node], MemberState::Left)
+        });
+        assert!(t.is_some(), "seed {seed}: leave not seen");
+        let left_inc = sim.view(others[0], node).expect("known").1;
+        sim.restart(node);
+        let everyone = all(N);
+        let t = sim.run_until_true(sim.now() + secs(30), |s| {
+            s.all_see(&everyone, &everyone, MemberState::Alive)
+        });
+        assert!(t.is_some(), "seed {seed}: the node did not come back");
+        assert!(
+            sim.view(others[0], node).expect("known").1 > left_inc,
+            "seed {seed}"
+        );
+        sim.check_invariants().unwrap();
+    }
+}
