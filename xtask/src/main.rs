@@ -34,7 +34,8 @@ commands:
       --machine microvm|q35|pc   (default q35)    --smp N (default 2)   --mem SIZE (default 1G)
       --iso                  boot the GRUB ISO instead of -kernel (PVH)   --uefi  (with --iso: OVMF)
       --no-guest             do not attach the guest image bundle
-      --image DIR            run a packed Catenary image (`catenary image pack -o DIR`) in the node (vm.image=1)
+      --image DIR            run a packed Catenary image (`catenary image pack -o DIR`) as the workload
+                             `demo`, started by the workload service (workload.demo=demo)
       --nodes N              N nodes on one vde switch (keys + cluster file generated), consoles prefixed [nodeK]
   iso [--test]              build the hybrid BIOS+UEFI ISO (GRUB; Limine too if `limine` is on PATH)
   guest                     build the guest kernel + initramfs bundle (cached)

@@ -265,7 +265,12 @@ fn guest_modules_for_run() -> Vec<(PathBuf, String)> {
     m
 }
 
-/// `catenary image verify DIR`: the node does not check the image's digests yet.
+/// What `run --image` puts on the node's command line: no demo VM of its own; the workload
+/// service creates and starts the store's image as the workload `demo` (docs/workloads.md).
+pub const RUN_IMAGE_CMDLINE: &str = "vm=none workload.demo=demo";
+
+/// `catenary image verify DIR` (the node verifies it again on arrival: a bad image fails here
+/// with a clearer message).
 fn verify_image(dir: &Path) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let o = Command::new(cargo)
@@ -317,7 +322,8 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
     let kernel = crate::build::build_kernel(false)?;
     let mut mods = if guest { guest_modules_for_run() } else { vec![] };
     if let Some(dir) = &image {
-        // The packed image rides in the guest bundle; the node runs it under catenary-init.
+        // The packed image rides in the guest bundle; the node's image store verifies it and
+        // the workload service runs it as the workload `demo` (docs/workloads.md).
         if mods.is_empty() {
             return Err("--image needs the guest bundle (run `cargo xtask guest` once; not with --no-guest)".into());
         }
@@ -325,7 +331,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
         let bundle = out_dir().join("run-image-bundle.cpio");
         crate::ociimage::bundle_with_image(dir, &bundle)?;
         mods = vec![(bundle, "guest-bundle".into())];
-        cmdline.insert(0, "vm.image=1".into());
+        cmdline.insert(0, RUN_IMAGE_CMDLINE.into());
     }
     let cmd = cmdline.join(" ");
     let mut b = if iso {

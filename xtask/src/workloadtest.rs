@@ -5,7 +5,9 @@
 //! client speaks the workload protocol to the ring-3 `workd` the supervisor started, which runs
 //! the image in real Linux microVMs. Each ktest result is a test line; so are the admission
 //! refusal (a `wkctl: RESULT admission` line), the image verified on arrival, and `workd`'s
-//! start by the supervisor with exactly its grants.
+//! start by the supervisor with exactly its grants. `workload_run_image` boots the ordinary
+//! kernel with the command line `cargo xtask run --image` uses: `workd` starts the image as the
+//! workload `demo`, whose log reaches the console.
 
 use crate::ociimage as oci;
 use crate::qemu::{run_captured, Boot};
@@ -14,7 +16,8 @@ use crate::tools::out_dir;
 use std::path::Path;
 use std::time::Duration;
 
-pub const TESTS: [&str; 6] = [
+pub const TESTS: [&str; 7] = [
+    "workload_run_image",
     "workload_started_by_supervisor",
     "workload_image_verified",
     "workload_hostile_requests",
@@ -73,7 +76,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let mut b = Boot::pvh("q35", kernel.to_path_buf());
     b.smp = 2;
     b.mem = "1G".into();
-    b.initrd = Some(bundle);
+    b.initrd = Some(bundle.clone());
     b.cmdline = "ktest.only=workload".into();
     let o = run_captured(b.command(false)?, &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(1500), false)?;
     let log = out_dir().join("workload.log");
@@ -100,5 +103,30 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     }
     let ok = has("wkctl: RESULT admission ok");
     t.record("workload_admission_refused", ok, &stopped("no `wkctl: RESULT admission ok`".into()));
+    run_image(t, &bundle)
+}
+
+/// `cargo xtask run --image`'s node: the demo is a workload that workd creates and starts.
+fn run_image(t: &mut Tally, bundle: &Path) -> Result<(), String> {
+    const NAME: &str = "workload_run_image";
+    if !crate::test::selected(NAME) {
+        return Ok(());
+    }
+    let kernel = crate::build::build_kernel(false)?;
+    let mut b = Boot::pvh("q35", kernel);
+    b.smp = 2;
+    b.mem = "1G".into();
+    b.initrd = Some(bundle.to_path_buf());
+    b.cmdline = crate::qemu::RUN_IMAGE_CMDLINE.into();
+    // the image's default cmd: `hello default` (greets, then sleeps)
+    let want = ["workd: workload demo from image", "created and started, as the node's command line asks", "[vm:demo stdout] hello from default", "[vm:demo stderr] stderr of default"];
+    let o = run_captured(b.command(false)?, &want, &["KERNEL PANIC", "- stopping this CPU", "microVM demo failed", "refused"], Duration::from_secs(300), false)?;
+    let log = out_dir().join(format!("{NAME}.log"));
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+    // no demo VM of the kernel's own: the only microVM is the workload's
+    let kernel_demo = o.lines.iter().any(|l| l.contains("vcpu-demo") || l.contains("no guest bundle"));
+    t.record(NAME, o.matched && !kernel_demo, &format!("(missing {missing:?}{}; serial log {})",
+        o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(), log.display()));
     Ok(())
 }

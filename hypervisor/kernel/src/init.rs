@@ -172,7 +172,7 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     // The wall clock, before the ring-3 rtcd takes the RTC's ports.
     crate::net::record_rtc();
     // Images among the boot modules, verified before the workload service can ask for them.
-    crate::vmstore::init(&bi.modules);
+    crate::vmstore::init(&bi.modules, &bi.cmdline);
     crate::task::start_node(&cpu_list, ioapic_addr, &bi.cmdline);
     if crate::cmdline::get(&bi.cmdline, "bench") == Some("ipc") {
         crate::task::run_ipc_bench(ncpus);

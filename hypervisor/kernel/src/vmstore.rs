@@ -11,6 +11,7 @@
 
 use alloc::vec::Vec;
 use catenary_workload::store::{verify, ImageIndex, ImageInfo};
+use catenary_workload::vmctl::AutoStart;
 use catenary_workload::Digest;
 use log::{info, warn};
 
@@ -32,6 +33,7 @@ struct Store {
     images: Vec<StoredImage>,
     index: ImageIndex,
     guest: Option<GuestKernel>,
+    autostart: Option<AutoStart>,
 }
 
 static STORE: spin::Mutex<Option<Store>> = spin::Mutex::new(None);
@@ -41,9 +43,14 @@ fn locked<R>(f: impl FnOnce(&mut Option<Store>) -> R) -> R {
 }
 
 /// Take in the images among the boot modules (once, at boot; hashing happens here, outside
-/// every lock).
-pub fn init(modules: &[catenary_bootinfo::Module]) {
-    let mut st = Store { images: Vec::new(), index: ImageIndex::new(), guest: None };
+/// every lock), and the workload the command line asks the workload service to start
+/// (`workload.demo=NAME`, `workload.mem=MiB`, default 256).
+pub fn init(modules: &[catenary_bootinfo::Module], cmdline: &str) {
+    let autostart = crate::cmdline::get(cmdline, "workload.demo").map(|n| AutoStart {
+        name: alloc::string::String::from(n),
+        memory_mib: crate::cmdline::get(cmdline, "workload.mem").and_then(|m| m.parse().ok()).unwrap_or(256),
+    });
+    let mut st = Store { images: Vec::new(), index: ImageIndex::new(), guest: None, autostart };
     if let Some(b) = crate::vm::find_bundle(modules) {
         st.guest = Some(GuestKernel { vmlinux: b.vmlinux, bzimage: b.bzimage, initramfs: b.initramfs });
         match (b.image_manifest, b.image_rootfs, b.image_config) {
@@ -76,6 +83,11 @@ pub fn list() -> Vec<ImageInfo> {
 /// An image's bytes (root filesystem, run configuration).
 pub fn get(d: &Digest) -> Option<(&'static [u8], &'static [u8])> {
     locked(|s| s.as_ref()?.images.iter().find(|i| i.info.digest == *d).map(|i| (i.rootfs, i.config)))
+}
+
+/// The workload the command line asks the workload service to start at boot.
+pub fn autostart() -> Option<AutoStart> {
+    locked(|s| s.as_ref()?.autostart.clone())
 }
 
 pub fn guest_kernel() -> Option<GuestKernel> {

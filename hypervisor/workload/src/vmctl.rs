@@ -54,7 +54,7 @@ pub const EVENT_BIT: u64 = 1 << 8;
 pub type VmHandle = u64;
 
 /// `OP_INFO`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub free_bytes: u64,
     pub total_bytes: u64,
@@ -63,6 +63,16 @@ pub struct NodeInfo {
     pub max_vcpus: u8,
     pub images: u32,
     pub vms: u32,
+    /// A workload the node's command line asks the service to create and start at boot from
+    /// the first image in the store (`workload.demo=NAME workload.mem=MiB`; `cargo xtask run
+    /// --image DIR`).
+    pub autostart: Option<AutoStart>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoStart {
+    pub name: String,
+    pub memory_mib: u32,
 }
 
 /// `OP_CREATE`: a microVM running image `image` under catenary-init.

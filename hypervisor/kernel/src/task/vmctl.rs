@@ -96,6 +96,7 @@ pub(super) fn sys_vm(f: &mut TrapFrame) {
                 max_vcpus: 1,
                 images: crate::vmstore::list().len() as u32,
                 vms,
+                autostart: crate::vmstore::autostart(),
             };
             let rec = encode(&info).ok_or_else(bad)?;
             with(|k| {

@@ -88,7 +88,11 @@ fn run(_arg: u64) -> u64 {
     let admission = Admission::new(info.free_bytes);
     logf!("workd: serving the workload protocol; {} images, {} MiB free on the node, {} MiB for workloads, {} CPUs",
         index.list().len(), info.free_bytes >> 20, admission.capacity_mib(), info.cpus);
+    let first_image = index.list().first().map(|i| i.digest);
     let mut svc = Service::new(index, admission, info.max_vcpus, DEFAULT_CAPACITY);
+    if let (Some(a), Some(image)) = (&info.autostart, first_image) {
+        autostart(&mut svc, &mut k, a, image);
+    }
     let mut next: Option<u64> = None;
     loop {
         let timeout = match next {
@@ -102,6 +106,19 @@ fn run(_arg: u64) -> u64 {
         }
         drain_events(&mut svc, &mut k);
         next = svc.tick(now_ms(), &mut k);
+    }
+}
+
+/// The workload the node's command line names (`workload.demo=NAME`): created and started
+/// through the same requests a client makes.
+fn autostart(svc: &mut Service, k: &mut Kernel, a: &vmctl::AutoStart, image: catenary_workload::Digest) {
+    let spec = catenary_workload::WorkloadSpec {
+        name: a.name.clone(), image, vcpus: 1, memory_mib: a.memory_mib, env: Vec::new(), args: None, restart: catenary_workload::RestartPolicy::No,
+    };
+    let r = svc.handle(Request::Create(spec), now_ms(), k).and_then(|_| svc.handle(Request::Start(Target::Name(a.name.clone())), now_ms(), k));
+    match r {
+        Ok(_) => logf!("workd: workload {:.64} from image {}: created and started, as the node's command line asks", a.name, image.short()),
+        Err(e) => logf!("workd: the command line's workload {:.64}: refused: {:?} ({})", a.name, e, e.message()),
     }
 }
 
