@@ -107,6 +107,10 @@ pub fn run(node: &Node) -> ! {
     // The runner starts microVMs itself: keep it on one CPU where world switches are safe
     // (vm::vcpu_affinity; one CPU, because some tests compare per-CPU state before and after).
     let _ = crate::task::set_current_affinity(catenary_sched::Affinity::only(crate::vm::vm_test_cpu(node.cpus)));
+    // Services the supervisor starts at boot (workd, netd, ...) allocate frames while they come
+    // up; the frame-count tests compare the global count, so start once it has been still.
+    let quiet = wait_for_quiet_memory();
+    println!("ktest: node memory quiet after {} ms", quiet / 1_000_000);
     let (mut passed, mut failed) = (0, 0);
     // `ktest.only=<prefix>` runs a subset (the Bochs run takes only the microVM tests).
     let only = arg(node, "ktest.only");
@@ -139,6 +143,22 @@ pub fn free_frames_settled() -> u64 {
         crate::task::sleep_ns(1_000_000);
     }
     memory::stats().free
+}
+
+/// Wait (at most 5 s) until the free-frame count has not changed for 200 ms; the time waited.
+fn wait_for_quiet_memory() -> u64 {
+    let start = catenary_arch::time::now_ns();
+    let (mut last, mut since) = (memory::stats().free, start);
+    loop {
+        crate::task::sleep_ns(10_000_000);
+        let now = catenary_arch::time::now_ns();
+        let free = memory::stats().free;
+        if free != last {
+            (last, since) = (free, now);
+        } else if now - since >= 200_000_000 || now - start >= 5_000_000_000 {
+            return now - start;
+        }
+    }
 }
 
 /// A capability the test task could not take (its table is full).
