@@ -238,7 +238,7 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
         b.mem = "512M".into();
         b.cmdline = args("pvh");
         b.initrd = Some(module.clone());
-        boots.push((format!("boot_pvh_{m}"), b, 60));
+        boots.push((format!("boot_pvh_{m}"), b, 120));
     }
     if !quick {
         let iso = build_iso(&kernel, &[(module.clone(), "ktest-module".into())], &args("multiboot2"), "catenary-test")?;

@@ -99,7 +99,7 @@ static EXITLOOP_REPORT: spin::Mutex<Option<crate::vm::RunReport>> = spin::Mutex:
 static RESTORING: AtomicBool = AtomicBool::new(false);
 static RESTORES: AtomicU64 = AtomicU64::new(0);
 /// Port exits the stress guest makes (each one a VMRUN/#VMEXIT pair on its CPU).
-const EXITLOOP_EXITS: u32 = 300_000;
+const EXITLOOP_EXITS: u32 = 100_000;
 static EXITLOOP_EXITS_NOW: AtomicU64 = AtomicU64::new(0);
 
 fn exitloop_vm(_: u64) {
@@ -119,7 +119,7 @@ fn restorer(_: u64) {
 }
 
 /// World switches on one CPU while another CPU restores x87 state as fast as it can: the
-/// guest's 300,000 exits all complete and the node survives (docs/vmm.md "The host triple
+/// guest's 100,000 exits all complete and the node survives (docs/vmm.md "The host triple
 /// fault": under QEMU TCG an x87 restore on any CPU rewrites CPU 0's SVM flags unlocked, so
 /// the VM must not run on CPU 0 there; `crate::vm::vm_cpus`).
 pub fn vm_world_switch_vs_fpu_restore(node: &crate::init::Node) -> Result<(), String> {
