@@ -191,10 +191,19 @@ impl Lent {
 }
 
 /// A user address space: its own PML4 whose upper half is the kernel's (supervisor-only).
+/// Not `Sync` (see `_not_sync`):
+///
+/// ```compile_fail
+/// fn shared<T: Sync>() {}
+/// shared::<catenary_arch::uspace::AddressSpace>();
+/// ```
 pub struct AddressSpace {
     pml4: u64,
     /// Page-table frames of the user half (charged to the task's memory quota).
     tables: u64,
+    /// Not `Sync`: `&self` methods walk the tables through a `&mut PageTable` (the x86_64
+    /// crate's mapper), so two CPUs must not share a `&AddressSpace` (sending it is fine).
+    _not_sync: core::marker::PhantomData<core::cell::Cell<()>>,
 }
 
 /// Counts the page-table frames a mapping call allocates.
@@ -220,7 +229,7 @@ impl AddressSpace {
                 n.add(i).write(k.add(i).read());
             }
         }
-        Ok(AddressSpace { pml4: f, tables: 1 })
+        Ok(AddressSpace { pml4: f, tables: 1, _not_sync: core::marker::PhantomData })
     }
 
     pub fn pml4(&self) -> u64 {
@@ -233,8 +242,12 @@ impl AddressSpace {
     }
 
     fn mapper(&self) -> OffsetPageTable<'static> {
-        // SAFETY: the PML4 is owned by this address space and reached through the direct map;
-        // callers only touch the lower (user) half through it.
+        // SAFETY: the PML4 is owned by this address space and reached through the direct map.
+        // Only one such `&mut` lives at a time: each method makes one and drops it before
+        // making another, `&mut self` methods are exclusive, and the type is not `Sync`, so no
+        // other CPU can make one through a shared reference. Callers only touch the lower
+        // (user) half through it (every address is checked below `USER_END`), whose tables
+        // belong to this space alone.
         unsafe { OffsetPageTable::new(&mut *((self.pml4 + PHYS_OFFSET) as *mut PageTable), VirtAddr::new(PHYS_OFFSET)) }
     }
 

@@ -28,7 +28,7 @@
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 use catenary_vmm::cpu::{Exit, VcpuState};
 use catenary_vmm::mem::{GuestMemory, MemError};
 use catenary_vmm::EventDecision;
@@ -136,7 +136,7 @@ pub struct GuestRam {
 /// The frames of one guest's RAM, shared by its `GuestRam` and its vCPUs.
 pub(crate) struct RamChunks {
     phys: Vec<u64>,
-    populated: Vec<AtomicBool>,
+    populated: Vec<AtomicU8>,
 }
 
 impl RamChunks {
@@ -145,23 +145,38 @@ impl RamChunks {
         self.phys.get(idx).copied()
     }
     pub(crate) fn is_populated(&self, idx: usize) -> bool {
-        self.populated.get(idx).is_some_and(|p| p.load(Ordering::Acquire))
+        self.populated.get(idx).is_some_and(|p| p.load(Ordering::Acquire) == POPULATED)
     }
-    /// Zero chunk `idx` if it has not been yet; true if this call did.
+    /// Zero chunk `idx` if it has not been yet; true if this call did. One caller zeroes (the
+    /// one that moves the chunk from `EMPTY` to `ZEROING`); a concurrent caller (the `GuestRam`
+    /// and a vCPU share the chunks) waits until it is `POPULATED` instead of zeroing it again
+    /// (possibly after a guest already wrote it).
     pub(crate) fn populate(&self, idx: usize) -> bool {
-        match self.populated.get(idx) {
-            Some(p) if !p.load(Ordering::Acquire) => {
+        let Some(p) = self.populated.get(idx) else { return false };
+        match p.compare_exchange(EMPTY, ZEROING, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
                 // SAFETY: a 2 MiB chunk these RamChunks own, reached through the direct map;
-                // not populated yet, so no guest mapping of it exists (backends map only
-                // populated chunks) and nothing reads it.
+                // this caller alone moved it to ZEROING, so nobody else writes it, and it is
+                // not populated, so no guest mapping of it exists (backends map only populated
+                // chunks) and nothing reads it.
                 unsafe { core::ptr::write_bytes(crate::paging::p2v(self.phys[idx]) as *mut u8, 0, CHUNK as usize) };
-                p.store(true, Ordering::Release);
+                p.store(POPULATED, Ordering::Release);
                 true
             }
-            _ => false,
+            Err(_) => {
+                while p.load(Ordering::Acquire) != POPULATED {
+                    core::hint::spin_loop();
+                }
+                false
+            }
         }
     }
 }
+
+/// Chunk states (`RamChunks::populated`).
+const EMPTY: u8 = 0;
+const ZEROING: u8 = 1;
+const POPULATED: u8 = 2;
 
 impl Drop for RamChunks {
     fn drop(&mut self) {
@@ -186,7 +201,7 @@ impl GuestRam {
             // (on failure, dropping `chunks` frees those taken so far)
             let p = crate::memory::alloc_contiguous(512, 512).map_err(|_| VirtError::OutOfMemory)?;
             chunks.phys.push(p);
-            chunks.populated.push(AtomicBool::new(false));
+            chunks.populated.push(AtomicU8::new(EMPTY));
         }
         Ok(GuestRam { chunks: Arc::new(chunks), size: n * CHUNK })
     }
