@@ -36,6 +36,8 @@ pub struct NodeSpec {
     /// `CATENARY_KICK_MS` sets it for every node): each time every vCPU thread leaves QEMU's
     /// execution loop at an arbitrary point, which is what QEMU's I/O thread does now and then.
     pub kick_ms: u64,
+    /// More entries for the boot module of a `guest` node (a packed image for `vm.image=1`).
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 impl NodeSpec {
@@ -49,6 +51,7 @@ impl NodeSpec {
             pcap: None,
             guest: false,
             kick_ms: std::env::var("CATENARY_KICK_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+            files: Vec::new(),
         }
     }
     fn member(&self) -> Member {
@@ -258,6 +261,7 @@ pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member])
             }
             b.mem = "1G".into();
             b.smp = 2;
+            files.extend(n.files.iter().cloned());
         }
         files.push(("cluster.txt".to_string(), std::fs::read(&cluster_file).map_err(|e| e.to_string())?));
         files.push((catenary_net::nodekey::NODE_KEY_FILE.to_string(), (hex_encode(&n.identity.secret_bytes()) + "\n").into_bytes()));
@@ -468,7 +472,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -496,6 +500,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_microvm_kicked", |t, k| test_microvm_bulk_tcp(t, k, KICK_MS)),
         ("net_linux_namespace", test_linux_ping),
         ("net_wireguard_go", test_wireguard_go),
+        ("net_workload_server", crate::workloadnet::test),
     ];
     for &(name, f) in groups {
         if crate::test::selected(name) {
@@ -957,7 +962,7 @@ fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
 }
 
 /// The guest's network setup: its /128 from the command line on eth0, on-link default route.
-const GUEST_NET_SETUP: &str = "A=$(sed -n 's/.*catenary.addr=\\([^ ]*\\).*/\\1/p' /proc/cmdline); echo vm-net-addr $A; \
+pub(crate) const GUEST_NET_SETUP: &str = "A=$(sed -n 's/.*catenary.addr=\\([^ ]*\\).*/\\1/p' /proc/cmdline); echo vm-net-addr $A; \
     echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad; ip link set eth0 up; \
     ip -6 addr add $A/128 dev eth0; ip -6 route add default dev eth0; ";
 
@@ -1175,7 +1180,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn b64(d: &[u8]) -> String {
+pub(crate) fn b64(d: &[u8]) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
     for c in d.chunks(3) {

@@ -21,6 +21,7 @@ mod bench;
 mod tools;
 mod vmbench;
 mod workbench;
+mod workloadnet;
 mod workloadtest;
 
 use std::process::ExitCode;

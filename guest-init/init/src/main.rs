@@ -10,14 +10,15 @@
 //!    /dev/shm, /tmp;
 //! 7. resolves User, sets Env, HOME, WorkingDir; prints `catenary-init: ready`; runs
 //!    Entrypoint + Cmd with stdout/stderr on pipes it forwards to the channel;
-//! 8. forwards signals, reaps every zombie; when the workload ends, sends its exit status on
-//!    the channel and powers the VM off.
+//! 8. forwards signals (those PID 1 gets, and the node's STOP and SIGNAL requests on the
+//!    channel) to the workload's process group, reaps every zombie; when the workload ends,
+//!    sends its exit status on the channel and powers the VM off.
 //!
 //! PID 1 never exits: every failure is reported (console + channel) and ends in power-off.
 #![forbid(unsafe_code)]
 
 use catenary_guest_proto::config::{ImageConfig, NodeConfig, RunSpec, MAX_CONFIG_BYTES};
-use catenary_guest_proto::wire::{self, Stream, WorkloadExit};
+use catenary_guest_proto::wire::{self, Command as NodeCommand, CommandDecoder, Stream, WorkloadExit};
 use catenary_init::{etc, user};
 use nix::mount::{mount, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -171,11 +172,15 @@ fn enter_root(spec: &RunSpec) -> Result<(), Failure> {
 
     busybox(&["ip", "link", "set", "lo", "up"])?;
     if let Some(a) = spec.address {
-        // The node routes exactly this /128; duplicate address detection only delays it.
+        // The node routes exactly this /128; duplicate address detection only delays it. The
+        // node's router advertisement (its MTU is wanted) must not install a default route via
+        // the node's link-local address beside ours: the on-link route is the one (`replace`,
+        // in case one came first).
         let _ = fs::write("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0");
+        let _ = fs::write("/proc/sys/net/ipv6/conf/eth0/accept_ra_defrtr", "0");
         busybox(&["ip", "link", "set", "eth0", "up"])?;
         busybox(&["ip", "-6", "addr", "add", &format!("{a}/128"), "dev", "eth0"])?;
-        busybox(&["ip", "-6", "route", "add", "default", "dev", "eth0"])?;
+        busybox(&["ip", "-6", "route", "replace", "default", "dev", "eth0"])?;
     }
 
     mkdir_p("/mnt/root/etc")?;
@@ -208,6 +213,21 @@ fn signal_set() -> SigSet {
     s
 }
 
+/// Deliver `signo` to the workload's process group (it leads its own group: `process_group(0)`
+/// at spawn), so that a shell's foreground children get it too, as `docker stop` does for a
+/// container's processes.
+fn signal_workload(child: Pid, signo: i32, why: &str, chan: &mut Channel) {
+    let Ok(sig) = Signal::try_from(signo) else {
+        // nix has no safe way to send a real-time signal (and this crate forbids unsafe).
+        let msg = format!("catenary-init: {why}: signal {signo} cannot be delivered (real-time signals are not supported)\n");
+        print!("{msg}");
+        chan.data(Stream::Init, msg.as_bytes());
+        return;
+    };
+    println!("catenary-init: {why}: {sig} to the workload's process group");
+    let _ = kill(Pid::from_raw(-child.as_raw()), sig);
+}
+
 /// Reap every exited child; the workload's status when it was among them.
 fn reap(child: Pid) -> Option<WorkloadExit> {
     let mut found = None;
@@ -237,20 +257,27 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
     let (mut err_r, err_w) = std::io::pipe().ctx("pipe")?;
 
     let mut cmd = Command::new(&spec.argv[0]);
-    // std clears the child's signal mask, restores SIGPIPE, and drops supplementary groups
-    // when it changes the uid.
+    // std restores SIGPIPE and drops supplementary groups when it changes the uid, but the
+    // child inherits our signal mask (measured: SigBlk in the child's /proc/self/status), and
+    // a workload with SIGTERM blocked never sees the stop. Without `pre_exec` (unsafe) the mask
+    // can only be cleared in our own thread around the spawn; see below.
     cmd.args(&spec.argv[1..])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.working_dir)
         .gid(id.gid)
         .uid(id.uid)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(out_w)
         .stderr(err_w);
     println!("catenary-init: ready");
     chan.send(&wire::encode_ready());
+    // Unblocked only while spawning: what arrives meanwhile is lost (PID 1 has no handlers,
+    // so the kernel drops it), which for SIGCHLD is caught by reaping once right after.
+    sigs.thread_unblock().ctx("unblocking signals")?;
     let child = cmd.spawn();
+    sigs.thread_block().ctx("blocking signals")?;
     drop(cmd); // our copies of the pipes' write ends: EOF comes when the workload's close
     let child = match child {
         Ok(c) => Pid::from_raw(c.id() as i32),
@@ -265,9 +292,14 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
     };
 
     let mut open = [true, true];
-    let mut status: Option<WorkloadExit> = None;
-    let mut deadline: Option<Instant> = None;
+    // (A workload that ended while SIGCHLD was unblocked.)
+    let mut status: Option<WorkloadExit> = reap(child);
+    let mut deadline: Option<Instant> = status.map(|_| Instant::now() + DRAIN_AFTER_EXIT);
     let mut buf = vec![0u8; wire::MAX_PAYLOAD];
+    // The node's requests (STOP, SIGNAL) arrive on the channel's receive side.
+    let mut node_cmds = CommandDecoder::new();
+    let mut chan_open = true;
+    let chan_in = chan.tty.try_clone().ctx("workload channel: dup")?;
     loop {
         if let Some(s) = status {
             let done = !open[0] && !open[1];
@@ -276,13 +308,15 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
             }
         }
         let timeout = if status.is_some() { PollTimeout::from(100u16) } else { PollTimeout::NONE };
-        let (ready_out, ready_err, ready_sig) = {
+        let (ready_out, ready_err, ready_sig, ready_chan) = {
+            // Slots: the signalfd, then each source still open, in this order.
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-            if open[0] {
-                fds.push(PollFd::new(out_r.as_fd(), PollFlags::POLLIN));
-            }
-            if open[1] {
-                fds.push(PollFd::new(err_r.as_fd(), PollFlags::POLLIN));
+            let mut slot = [None; 3];
+            for (i, (on, fd)) in [(chan_open, chan_in.as_fd()), (open[0], out_r.as_fd()), (open[1], err_r.as_fd())].into_iter().enumerate() {
+                if on {
+                    slot[i] = Some(fds.len());
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
             }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
@@ -290,14 +324,8 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
                 Err(e) => return fail(format!("poll: {e}")),
             }
             let hit = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
-            let sig = hit(0);
-            let (o, e) = match (open[0], open[1]) {
-                (true, true) => (hit(1), hit(2)),
-                (true, false) => (hit(1), false),
-                (false, true) => (false, hit(1)),
-                (false, false) => (false, false),
-            };
-            (o, e, sig)
+            let at = |i: usize| slot[i].is_some_and(hit);
+            (at(1), at(2), hit(0), at(0))
         };
         for (i, ready, stream) in [(0usize, ready_out, Stream::Stdout), (1, ready_err, Stream::Stderr)] {
             if !ready {
@@ -309,6 +337,19 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
                 Ok(n) => chan.data(stream, &buf[..n]),
             }
         }
+        if ready_chan {
+            let mut cmds = Vec::new();
+            match (&chan_in).read(&mut buf) {
+                Ok(0) | Err(_) => chan_open = false,
+                Ok(n) => node_cmds.feed(&buf[..n], &mut |c| cmds.push(c)),
+            }
+            for c in cmds.into_iter().filter(|_| status.is_none()) {
+                match c {
+                    NodeCommand::Stop => signal_workload(child, spec.stop_signal.into(), "the node asked for a stop", chan),
+                    NodeCommand::Signal(n) => signal_workload(child, n.into(), "the node sent a signal", chan),
+                }
+            }
+        }
         if ready_sig {
             while let Ok(Some(info)) = sfd.read_signal() {
                 let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
@@ -318,7 +359,7 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
                         deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
                     }
                 } else if status.is_none() {
-                    let _ = kill(child, sig);
+                    let _ = kill(Pid::from_raw(-child.as_raw()), sig);
                 }
             }
         }
