@@ -95,6 +95,9 @@ pub const SOCKETS_MAX: usize = 64;
 /// backlog, and closed connections still sending their last data (`netd`'s memory: each has
 /// [`TCP_BUFFER`] bytes per direction).
 pub const TCP_STACK_MAX: usize = 96;
+/// Stack TCP sockets one client's handles may keep (its connections, its listeners' backlogs
+/// and its closed connections still sending), so that one client cannot take them all.
+pub const TCP_STACK_PER_CLIENT: usize = 24;
 /// Longest `POLL` wait (ms).
 pub const POLL_WAIT_MAX_MS: u64 = 60_000;
 /// How long a TCP connect may take before it fails with [`NetError::TimedOut`] (ms).

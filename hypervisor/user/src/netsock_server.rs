@@ -63,8 +63,9 @@ pub struct SocketServer {
     router: u64,
     table: SocketTable,
     stack: BTreeMap<(u64, Handle), Entry>,
-    /// Closed TCP connections still sending their last data: (socket, give up at, task /128).
-    closing: Vec<(TcpSocket, u64, Option<Ipv6Addr>)>,
+    /// Closed TCP connections still sending their last data: (socket, give up at, task /128,
+    /// the client that had it).
+    closing: Vec<(TcpSocket, u64, Option<Ipv6Addr>, u64)>,
     /// Stack TCP sockets that exist (≤ `TCP_STACK_MAX`).
     tcp_used: usize,
     /// `POLL`s waiting: client -> (reply token, deadline).
@@ -132,8 +133,18 @@ impl SocketServer {
         let _ = crate::reply(token, l, w);
     }
 
-    fn tcp_budget(&self) -> Result<(), NetError> {
-        if self.tcp_used < TCP_STACK_MAX { Ok(()) } else { Err(NetError::TooManySockets) }
+    fn tcp_budget(&self, client: u64) -> Result<(), NetError> {
+        if self.tcp_used < TCP_STACK_MAX && self.client_tcp(client) < TCP_STACK_PER_CLIENT { Ok(()) } else { Err(NetError::TooManySockets) }
+    }
+
+    /// Stack TCP sockets `client` keeps (connections, listeners' backlogs, closing ones).
+    fn client_tcp(&self, client: u64) -> usize {
+        let held: usize = self.stack.range((client, 0)..=(client, Handle::MAX)).map(|(_, e)| match &e.backing {
+            Backing::Tcp(_) => 1,
+            Backing::Listener { socks, .. } => socks.len(),
+            _ => 0,
+        }).sum();
+        held + self.closing.iter().filter(|c| c.3 == client).count()
     }
 
     fn register(&mut self, node: &mut Node, e: &mut Entry, addr: Ipv6Addr) {
@@ -232,7 +243,7 @@ impl SocketServer {
                 if s.state != State::Open && s.state != State::Bound {
                     return Err(NetError::BadState);
                 }
-                self.tcp_budget()?;
+                self.tcp_budget(client)?;
                 if peer_ok(&peer) && !node.routable(&peer) {
                     return Err(NetError::Unreachable);
                 }
@@ -260,7 +271,8 @@ impl SocketServer {
         self.table.listen(client, h, backlog)?;
         let (addr, port) = self.table.get(client, h)?.local.ok_or(NetError::BadState)?;
         let mut socks = Vec::new();
-        while socks.len() < backlog as usize && self.tcp_used < TCP_STACK_MAX {
+        let room = TCP_STACK_PER_CLIENT.saturating_sub(self.client_tcp(client));
+        while socks.len() < (backlog as usize).min(room) && self.tcp_used < TCP_STACK_MAX {
             match node.tcp_listen(addr, port, TCP_BUFFER) {
                 Ok(s) => {
                     socks.push(s);
@@ -305,6 +317,7 @@ impl SocketServer {
     /// Top a listener up to its backlog (as the budget allows) and drop the stack sockets
     /// whose connection failed before it was accepted.
     fn rearm(&mut self, node: &mut Node, client: u64, h: Handle) {
+        let mine = self.client_tcp(client);
         let Some(Entry { backing: Backing::Listener { addr, port, backlog, socks }, .. }) = self.stack.get_mut(&(client, h)) else { return };
         let before = socks.len();
         socks.retain(|s| {
@@ -315,11 +328,13 @@ impl SocketServer {
             !dead
         });
         self.tcp_used -= before - socks.len();
-        while socks.len() < *backlog && self.tcp_used < TCP_STACK_MAX {
+        let mut mine = mine - (before - socks.len());
+        while socks.len() < *backlog && self.tcp_used < TCP_STACK_MAX && mine < TCP_STACK_PER_CLIENT {
             match node.tcp_listen(*addr, *port, TCP_BUFFER) {
                 Ok(s) => {
                     socks.push(s);
                     self.tcp_used += 1;
+                    mine += 1;
                 }
                 Err(_) => break,
             }
@@ -475,8 +490,14 @@ impl SocketServer {
                 }
             }
         }
+        // a client over its share (it closes faster than its connections finish) loses the
+        // linger: reset, dropped at the next pass
+        let over = linger.is_some() && self.client_tcp(client) >= TCP_STACK_PER_CLIENT;
+        if let (true, Some(s)) = (over, linger) {
+            node.tcp_abort(s);
+        }
         match (linger, e.task_addr) {
-            (Some(s), a) => self.closing.push((s, now + LINGER_NS, a)),
+            (Some(s), a) => self.closing.push((s, if over { now } else { now + LINGER_NS }, a, client)),
             (None, Some(a)) => node.remove_socket_addr(&a),
             (None, None) => {}
         }
@@ -560,7 +581,7 @@ impl SocketServer {
         }
         let mut i = 0;
         while i < self.closing.len() {
-            let (s, until, a) = self.closing[i];
+            let (s, until, a, _) = self.closing[i];
             if node.tcp_phase(s) == Phase::Closed || now >= until {
                 node.tcp_remove(s);
                 self.tcp_used -= 1;
