@@ -54,7 +54,7 @@ impl NodeSpec {
             files: Vec::new(),
         }
     }
-    fn member(&self) -> Member {
+    pub fn member(&self) -> Member {
         Member { name: self.name.clone(), public_key: self.identity.public_key(), underlay: link_local_from_mac(self.mac), port: FABRIC_PORT }
     }
 }
@@ -227,10 +227,15 @@ fn unix_now() -> u64 {
 /// plus itself (it knows the others; they do not know it).
 /// `externals` are members that are not QEMU nodes (a Linux WireGuard peer).
 pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member]) -> Result<Running, String> {
+    start_with(kernel, nodes, tag, externals, &[])
+}
+
+/// [`start`], with `operator` lines (workstations, docs/api.md) in the cluster file.
+pub fn start_with(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member], operators: &[catenary_net::cluster::Operator]) -> Result<Running, String> {
     let dir = out_dir().join(tag);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let switch = Switch::start(&dir)?;
-    let mut listed = Cluster { members: nodes.iter().filter(|n| n.listed).map(NodeSpec::member).collect(), operators: vec![] };
+    let mut listed = Cluster { members: nodes.iter().filter(|n| n.listed).map(NodeSpec::member).collect(), operators: operators.to_vec() };
     listed.members.extend(externals.iter().cloned());
     let shared = dir.join("cluster.txt");
     std::fs::write(&shared, listed.render()).map_err(|e| e.to_string())?;
@@ -472,7 +477,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -501,6 +506,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_linux_namespace", test_linux_ping),
         ("net_wireguard_go", test_wireguard_go),
         ("net_workload_server", crate::workloadnet::test),
+        ("net_operator_wireguard_go", crate::apitest::test_operator_wireguard_go),
     ];
     for &(name, f) in groups {
         if crate::test::selected(name) {
@@ -1072,7 +1078,7 @@ fn test_outsider(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn sh(args: &[&str]) -> Result<String, String> {
+pub(crate) fn sh(args: &[&str]) -> Result<String, String> {
     let o = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).to_string())
@@ -1081,9 +1087,9 @@ fn sh(args: &[&str]) -> Result<String, String> {
     }
 }
 
-struct NsGuard {
-    ns: String,
-    plug: Option<Child>,
+pub(crate) struct NsGuard {
+    pub(crate) ns: String,
+    pub(crate) plug: Option<Child>,
 }
 
 impl Drop for NsGuard {

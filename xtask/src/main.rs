@@ -2,6 +2,7 @@
 //! (host crates and tests keep normal flags), boots it in QEMU, makes the GRUB/Limine ISO,
 //! builds guest images, runs every test and the benchmarks.
 
+mod apitest;
 mod bochs;
 mod build;
 mod cluster;
