@@ -24,6 +24,8 @@ pub fn test_operator_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), St
         return Ok(());
     }
     let node = NodeSpec::new(1);
+    // the workstation's view of the cluster: this node with its endpoint
+    let node_member = node.member();
     let node_addr = node.identity.node_address();
     let node_prefix = format!("{}/64", node.identity.prefix().network());
     let tag = "net-operator-wg";
@@ -48,9 +50,8 @@ pub fn test_operator_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), St
     let id = std::process::id() % 10000;
     let (ns, tap, wgif) = (format!("catop{id}"), format!("catot{id}"), format!("catop{id}"));
     let tap_mac = [0x52u8, 0x54, 0x00, 0xca, 0x00, 0xfd];
-    // the workstation's view of the cluster: the node with its endpoint
     let cluster_txt = dir.join("cluster-workstation.txt");
-    std::fs::write(&cluster_txt, Cluster { members: vec![NodeSpec::new(1).member()], operators: vec![] }.render()).map_err(|e| e.to_string())?;
+    std::fs::write(&cluster_txt, Cluster { members: vec![node_member], operators: vec![] }.render()).map_err(|e| e.to_string())?;
     let conf = dir.join("wg-operator.conf");
     let mut g = NsGuard { ns: ns.clone(), plug: None };
     let mut wg: Option<Child> = None;
