@@ -8,12 +8,12 @@
 //! operator's endpoint from its authenticated handshake) and the node must log the session
 //! with `operator:NAME`.
 
-use crate::cluster::{sh, NodeSpec, NsGuard};
+use crate::cluster::{sh, wireguard_go_namespace, NodeSpec, NsGuard};
 use crate::test::Tally;
 use catenary_net::cluster::{Cluster, Operator};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 pub fn test_operator_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "net_operator_wireguard_go_reaches_fabric_address";
@@ -63,39 +63,7 @@ pub fn test_operator_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), St
         let stripped = dir.join("wg-operator.setconf");
         std::fs::write(&stripped, text.lines().filter(|l| !l.starts_with("Address")).collect::<Vec<_>>().join("\n") + "\n").map_err(|e| e.to_string())?;
         sh(&["chmod", "600", stripped.to_str().unwrap()])?;
-        sh(&["ip", "netns", "add", &ns])?;
-        sh(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        let mac = tap_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        sh(&["ip", "link", "set", &tap, "address", &mac])?;
-        sh(&["ip", "link", "set", &tap, "netns", &ns])?;
-        let plug = Command::new("ip")
-            .args(["netns", "exec", &ns, "vde_plug2tap", "-s"])
-            .arg(r.switch_sock())
-            .arg(&tap)
-            .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
-            .spawn().map_err(|e| e.to_string())?;
-        g.plug = Some(plug);
-        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
-        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &tap, "up"])?;
-        for _ in 0..40 {
-            let a = sh(&["ip", "netns", "exec", &ns, "ip", "-6", "addr", "show", "dev", &tap])?;
-            if a.contains("fe80") && !a.contains("tentative") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "wireguard-go", "-f", &wgif])
-            .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
-            .spawn().map_err(|e| e.to_string())?;
-        wg = Some(child);
-        let t0 = Instant::now();
-        while sh(&["ip", "netns", "exec", &ns, "ip", "link", "show", &wgif]).is_err() {
-            if t0.elapsed() > Duration::from_secs(10) {
-                return Err("wireguard-go did not create its interface".into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wg = Some(wireguard_go_namespace(r.switch_sock(), &ns, &tap, &wgif, tap_mac, &mut g)?);
         sh(&["ip", "netns", "exec", &ns, "wg", "setconf", &wgif, stripped.to_str().unwrap()])?;
         sh(&["ip", "netns", "exec", &ns, "ip", "-6", "addr", "add", &address, "dev", &wgif])?;
         sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &wgif, "up"])?;

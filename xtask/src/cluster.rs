@@ -1202,6 +1202,47 @@ pub(crate) fn b64(d: &[u8]) -> String {
     s
 }
 
+/// A network namespace `ns` on the switch (tap `tap` with MAC `tap_mac` through `vde_plug2tap`,
+/// link-local address ready) running `wireguard-go` with interface `wgif`, not yet configured.
+/// `g` owns the namespace and the plug; the returned child is `wireguard-go`.
+pub(crate) fn wireguard_go_namespace(switch: &Path, ns: &str, tap: &str, wgif: &str, tap_mac: [u8; 6], g: &mut NsGuard) -> Result<Child, String> {
+    sh(&["ip", "netns", "add", ns])?;
+    sh(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"])?;
+    let mac = tap_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    sh(&["ip", "link", "set", tap, "address", &mac])?;
+    sh(&["ip", "link", "set", tap, "netns", ns])?;
+    let plug = Command::new("ip")
+        .args(["netns", "exec", ns, "vde_plug2tap", "-s"])
+        .arg(switch)
+        .arg(tap)
+        .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
+        .spawn().map_err(|e| e.to_string())?;
+    g.plug = Some(plug);
+    sh(&["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])?;
+    sh(&["ip", "netns", "exec", ns, "ip", "link", "set", tap, "up"])?;
+    for _ in 0..40 {
+        let a = sh(&["ip", "netns", "exec", ns, "ip", "-6", "addr", "show", "dev", tap])?;
+        if a.contains("fe80") && !a.contains("tentative") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "wireguard-go", "-f", wgif])
+        .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
+        .spawn().map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    while sh(&["ip", "netns", "exec", ns, "ip", "link", "show", wgif]).is_err() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("wireguard-go did not create its interface".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(child)
+}
+
 /// A Linux `wireguard-go` peer in a namespace on the switch (listed in the cluster file with
 /// its tap's link-local address) pings the node's fabric address through its WireGuard
 /// interface: the node's netfabric session interoperates with the reference implementation.
@@ -1232,39 +1273,7 @@ fn test_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let mut g = NsGuard { ns: ns.clone(), plug: None };
     let mut wg: Option<Child> = None;
     let res = (|| -> Result<String, String> {
-        sh(&["ip", "netns", "add", &ns])?;
-        sh(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        let mac = tap_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        sh(&["ip", "link", "set", &tap, "address", &mac])?;
-        sh(&["ip", "link", "set", &tap, "netns", &ns])?;
-        let plug = Command::new("ip")
-            .args(["netns", "exec", &ns, "vde_plug2tap", "-s"])
-            .arg(r.switch_sock())
-            .arg(&tap)
-            .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
-            .spawn().map_err(|e| e.to_string())?;
-        g.plug = Some(plug);
-        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
-        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &tap, "up"])?;
-        for _ in 0..40 {
-            let a = sh(&["ip", "netns", "exec", &ns, "ip", "-6", "addr", "show", "dev", &tap])?;
-            if a.contains("fe80") && !a.contains("tentative") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "wireguard-go", "-f", &wgif])
-            .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
-            .spawn().map_err(|e| e.to_string())?;
-        wg = Some(child);
-        let t0 = Instant::now();
-        while sh(&["ip", "netns", "exec", &ns, "ip", "link", "show", &wgif]).is_err() {
-            if t0.elapsed() > Duration::from_secs(10) {
-                return Err("wireguard-go did not create its interface".into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wg = Some(wireguard_go_namespace(r.switch_sock(), &ns, &tap, &wgif, tap_mac, &mut g)?);
         let ep = format!("[{node_ll}%{tap}]:{FABRIC_PORT}");
         sh(&["ip", "netns", "exec", &ns, "wg", "set", &wgif, "listen-port", &FABRIC_PORT.to_string(), "private-key", keyfile.to_str().unwrap(),
             "peer", &b64(&node_pub), "allowed-ips", &node_prefix, "endpoint", &ep])?;
