@@ -2,15 +2,23 @@
   description = "Catenary: a bare-metal x86_64 microVM hypervisor appliance";
 
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+  # The Rust toolchain comes from rust-toolchain.toml (the one source of truth for its version),
+  # not from nixpkgs: nixos-24.11's rustc is older than the toolchain the code is built and
+  # tested with. `xtask` checks that this file, rust-toolchain.toml and CI agree (docs/boot.md).
+  inputs.rust-overlay.url = "github:oxalica/rust-overlay";
+  inputs.rust-overlay.inputs.nixpkgs.follows = "nixpkgs";
 
-  outputs = { self, nixpkgs }:
+  outputs = { self, nixpkgs, rust-overlay }:
     let
       system = "x86_64-linux";
-      pkgs = import nixpkgs { inherit system; };
+      pkgs = import nixpkgs { inherit system; overlays = [ rust-overlay.overlays.default ]; };
+      toolchain = pkgs.rust-bin.fromRustupToolchainFile ./rust-toolchain.toml;
+      rustPlatform = pkgs.makeRustPlatform { cargo = toolchain; rustc = toolchain; };
       src = pkgs.lib.cleanSource ./.;
-      kernel = import ./nix/kernel.nix { inherit pkgs src; };
+      kernel = import ./nix/kernel.nix { inherit pkgs src rustPlatform; };
       guestKernel = import ./nix/guest-kernel.nix { inherit pkgs; };
-      guestInitramfs = import ./nix/guest-initramfs.nix { inherit pkgs; };
+      guestInit = import ./nix/guest-init.nix { inherit pkgs src rustPlatform; };
+      guestInitramfs = import ./nix/guest-initramfs.nix { inherit pkgs guestInit; };
       guestBundle = import ./nix/guest-bundle.nix { inherit pkgs guestKernel guestInitramfs; };
       iso = import ./nix/iso.nix { inherit pkgs kernel guestBundle; };
       netboot = import ./nix/netboot.nix { inherit pkgs kernel guestBundle; };
@@ -40,6 +48,7 @@
       packages.${system} = {
         inherit kernel iso netboot;
         guest-kernel = guestKernel;
+        guest-init = guestInit;
         guest-initramfs = guestInitramfs;
         guest-bundle = guestBundle;
         default = iso;
@@ -51,7 +60,7 @@
       };
       checks.${system}.kernel = kernel;
       devShells.${system}.default = pkgs.mkShell {
-        packages = with pkgs; [ cargo rustc qemu grub2 xorriso mtools OVMF bochs vde2 wireguard-go wireguard-tools busybox cpio ];
+        packages = with pkgs; [ toolchain qemu grub2 xorriso mtools OVMF bochs vde2 wireguard-go wireguard-tools busybox cpio ];
       };
     };
 }

@@ -9,6 +9,7 @@ PKGS=(
   busybox-static cpio                           # guest initramfs
   gcc make flex bison bc libelf-dev libssl-dev xz-utils  # guest kernel build
   vde2 iproute2 iputils-ping wireguard-go wireguard-tools python3  # cluster networking, fabric interop tests
+  nix-bin                                       # the flake and nix/*.nix must parse (nix-instantiate --parse)
   umoci skopeo squashfs-tools                   # catenary image pack tests (real OCI images, unsquashfs)
 )
 # cargo-fuzz (crates.io) runs the fuzz smoke tests of `cargo xtask test`.

@@ -3,8 +3,9 @@
 #
 #   $out/catenary.elf        the appliance kernel (PVH note, Multiboot2 header, Limine requests)
 #   $out/catenary-test.elf   the in-kernel test build
-{ pkgs, src }:
-pkgs.rustPlatform.buildRustPackage {
+# `rustPlatform` is built by flake.nix from rust-toolchain.toml (never nixpkgs' own rustc).
+{ pkgs, src, rustPlatform }:
+rustPlatform.buildRustPackage {
   pname = "catenary-kernel";
   version = "0.1.0";
   inherit src;

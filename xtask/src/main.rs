@@ -10,6 +10,7 @@ mod fuzz;
 mod initimage;
 mod layerimage;
 mod netboot;
+mod nixcheck;
 mod ociimage;
 mod qemu;
 mod sim;
