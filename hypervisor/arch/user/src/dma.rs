@@ -14,9 +14,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
-pub const HEAP_VA: u64 = 0x10_0000_0000;
-pub const DMA_VA: u64 = 0x11_0000_0000;
-pub const MMIO_VA: u64 = 0x12_0000_0000;
+pub use crate::layout::{DMA_VA, HEAP_VA, MMIO_VA};
+use crate::region::{DmaRegion, Mmio};
 
 const SYS_MAP_MMIO: u64 = 14;
 const SYS_DMA_ALLOC: u64 = 15;
@@ -50,6 +49,23 @@ pub fn alloc_pages(pages: u64) -> Option<(u64, u64)> {
     Some((v, p))
 }
 
+/// `pages` contiguous DMA pages at the next free address of the DMA window, as an owned
+/// region (kept until the task exits).
+pub fn alloc(pages: u64) -> Option<DmaRegion> {
+    let size = pages.checked_mul(4096)?;
+    let v = DMA_NEXT.fetch_add(size, Ordering::Relaxed);
+    DmaRegion::alloc(v, pages).ok()
+}
+
+/// Map the `len` bytes of a granted device range at `phys` (any alignment) at the next free
+/// address of the MMIO window, uncached.
+pub fn mmio(phys: u64, len: u64) -> Option<Mmio> {
+    let start = phys & !0xfff;
+    let size = (phys - start).checked_add(len)?.checked_add(4095)? & !0xfff;
+    let v = MMIO_NEXT.fetch_add(size.checked_add(4096)?, Ordering::Relaxed);
+    Mmio::map_at(v, start, len, phys - start).ok()
+}
+
 /// Map [phys, phys+len) (page-aligned start, granted by the kernel) uncached; returns the
 /// virtual address of `phys`.
 pub fn map_mmio(phys: u64, len: u64) -> Option<u64> {
@@ -67,7 +83,7 @@ struct Heap {
 // SAFETY: every access to `heap` holds `lock`.
 unsafe impl Sync for Heap {}
 
-#[global_allocator]
+#[cfg_attr(not(test), global_allocator)]
 static HEAP: Heap = Heap { lock: AtomicBool::new(false), heap: core::cell::UnsafeCell::new(linked_list_allocator::Heap::empty()) };
 
 impl Heap {

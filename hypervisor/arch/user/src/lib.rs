@@ -1,10 +1,21 @@
-//! The machine side of Catenary's ring-3 runtime: the `_start` entry and `mem*` routines, the
-//! `syscall` instruction, port I/O and raw memory access. Everything here runs in ring 3 and
-//! cannot harm the kernel (the kernel's page tables, TSS I/O bitmap and syscall checks decide);
-//! it is the only `unsafe` code of the user programs, kept in an arch crate like the kernel's.
-//! `catenary-user` builds the safe ABI on top and forbids `unsafe`.
-#![no_std]
+//! The machine side of Catenary's ring-3 runtime and its only `unsafe` code: the `_start`
+//! entry and `mem*` routines, the `syscall` instruction, port I/O, and the safe API the
+//! programs use instead of raw addresses:
+//! - [`sys`]: the typed syscalls, sound for every argument (memory goes in as slices or
+//!   regions; the raw `syscall` is `unsafe`);
+//! - [`region`]: owned mapped memory ([`region::Pages`], [`region::Mmio`],
+//!   [`region::DmaRegion`], [`region::Grant`]) with bounds-checked volatile access;
+//! - [`dma`]: the heap and the `virtio-drivers` HAL of a ring-3 driver;
+//! - [`hostile`]: hostile syscalls and faults for the fuzzer, filtered so that they cannot
+//!   corrupt this program's own memory.
+//!
+//! Everything here runs in ring 3 and cannot harm the kernel (its page tables, TSS I/O bitmap
+//! and syscall checks decide). `catenary-user` and the programs forbid `unsafe`; what this
+//! crate exports as safe must keep `forbid(unsafe_code)` there meaningful (docs/microkernel.md,
+//! "Soundness of the arch crates").
+#![cfg_attr(not(test), no_std)]
 
+#[cfg(not(test))]
 core::arch::global_asm!(
     ".section .text._start, \"ax\"",
     ".global _start",
@@ -161,3 +172,6 @@ pub fn copy_to(addr: u64, data: &[u8]) {
 
 pub mod dma;
 pub mod hostile;
+pub mod layout;
+pub mod region;
+pub mod sys;
