@@ -5,7 +5,8 @@
 //! 0. CPU registers and ports: `cpu`, `percpu`, `gdt`, `serial`, `qemu`, `rtc`, `entropy`, `pci`
 //! 1. physical memory and paging: `memory`, `paging`, `heap`
 //! 2. interrupts, APIC and time: `trap`, `apic`, `time`, `acpi`, `virtio`
-//! 3. SMP, user address spaces and boot: `smp`, `uspace`, `user_mem`, `boot`, `limine`
+//! 3. SMP, user address spaces, task contexts and boot: `smp`, `uspace`, `user_mem`, `context`,
+//!    `boot`, `limine`
 //! 4. virtualization: `virt`, `svm`, `vmx`, `guest_switch`
 
 #[cfg(test)]
@@ -34,6 +35,7 @@ mod tests {
         ("smp", 3, include_str!("smp.rs")),
         ("uspace", 3, include_str!("uspace.rs")),
         ("user_mem", 3, include_str!("user_mem.rs")),
+        ("context", 3, include_str!("context.rs")),
         ("boot", 3, include_str!("boot.rs")),
         ("limine", 3, include_str!("limine.rs")),
         ("virt", 4, include_str!("virt.rs")),

@@ -31,6 +31,7 @@ pub mod boot;
 pub mod qemu;
 pub mod smp;
 pub mod uspace;
+pub mod context;
 pub mod user_mem;
 pub mod virt;
 pub mod guest_switch;

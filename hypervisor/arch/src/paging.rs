@@ -416,7 +416,16 @@ impl Drop for KernelStack {
         }
         let epoch = TLB_EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
         crate::cpu::without_interrupts(|| FREE_STACK_SLOTS.lock().push((self.bottom - PAGE, self.pages, epoch)));
+        KERNEL_STACKS_LIVE.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Kernel stacks allocated and not dropped yet.
+static KERNEL_STACKS_LIVE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// How many [`KernelStack`]s exist (tests: a dead task's stack is freed with its context).
+pub fn kernel_stacks_live() -> usize {
+    KERNEL_STACKS_LIVE.load(Ordering::SeqCst)
 }
 
 /// Stack slots given back: (slot, pages, epoch at which they were freed).
@@ -458,6 +467,7 @@ pub fn alloc_kernel_stack(pages: u64) -> Result<KernelStack, PagingError> {
     let slot = reused.unwrap_or_else(|| STACK_NEXT.fetch_add((pages + 1) * PAGE, Ordering::Relaxed));
     // From here on the slot is owned by `stack` (dropping it on failure unmaps what was mapped).
     let mut stack = KernelStack { bottom: slot + PAGE, pages: 0 };
+    KERNEL_STACKS_LIVE.fetch_add(1, Ordering::SeqCst);
     for i in 0..pages {
         let f = crate::memory::FreshFrame::alloc().map_err(|_| PagingError::OutOfFrames)?;
         let f = f.into_mapped();

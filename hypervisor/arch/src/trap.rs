@@ -8,25 +8,10 @@ use x86_64::VirtAddr;
 
 use crate::gdt;
 
-/// Register state saved by the trap entry stub (`asm/trap.s`), lowest address first.
-///
-/// The fields `iretq` restores (RIP, CS, RFLAGS, RSP, SS) are not writable outside this crate:
-/// a frame comes from a kernel entry, `uspace::user_frame` (ring 3),
-/// `uspace::kernel_frame` (a kernel function on a kernel stack), the idle frame, or
-/// `Default` (all zero: selector 0, which faults if it is ever restored). So safe code cannot
-/// send ring 0 to an arbitrary address or stack, nor give ring 3 a ring-0 selector or IOPL:
-///
-/// ```compile_fail
-/// #![forbid(unsafe_code)]
-/// fn hijack(f: &mut catenary_arch::trap::TrapFrame) { f.cs = 0x08; f.rip = 0xffff_8000_dead_0000; }
-/// ```
-/// ```
-/// #![forbid(unsafe_code)]
-/// fn syscall_result(f: &mut catenary_arch::trap::TrapFrame) { f.rax = 0; let _ = f.rip(); }
-/// ```
+/// The general-purpose registers of a [`TrapFrame`], in the entry stub's order.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TrapFrame {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpRegs {
     pub r15: u64,
     pub r14: u64,
     pub r13: u64,
@@ -42,8 +27,47 @@ pub struct TrapFrame {
     pub rcx: u64,
     pub rbx: u64,
     pub rax: u64,
-    pub vector: u64,
-    pub error_code: u64,
+}
+
+/// Register state saved by the trap entry stub (`asm/trap.s`), lowest address first.
+///
+/// Ownership rules (docs/microkernel.md, "Saved contexts"):
+/// - Safe code never owns a `TrapFrame`: it gets `&mut` to the live frame of the kernel entry
+///   it handles, and keeps tasks' states as `context::TaskContext`s. `TrapFrame` is not
+///   `Clone`, `Copy` or `Default`, so a frame cannot be duplicated (a second copy of a ring-0
+///   frame would resume a kernel stack twice, or after the stack was freed) or made up.
+/// - The fields `iretq` restores (RIP, CS, RFLAGS, RSP, SS) and the vector are not writable
+///   outside this crate: safe code cannot send ring 0 to an arbitrary address or stack, nor
+///   give ring 3 a ring-0 selector or IOPL.
+/// - The general registers are read through `Deref`; writing them (`DerefMut`) is for frames
+///   whose registers are the caller's to set: ring 3, and ring 0 stopped in a kernel system
+///   call (`int 0x80`, whose stub treats every register as clobbered). Writing a ring-0 frame
+///   stopped anywhere else (an interrupt in the middle of kernel code) panics: it would change
+///   registers compiled code relies on.
+///
+/// ```compile_fail,E0616
+/// #![forbid(unsafe_code)]
+/// fn hijack(f: &mut catenary_arch::trap::TrapFrame) { f.cs = 0x08; f.rip = 0xffff_8000_dead_0000; }
+/// ```
+/// ```compile_fail,E0308
+/// #![forbid(unsafe_code)]
+/// // no copies of a frame (a ring-0 frame copied and restored twice runs a stack twice)
+/// fn dup(f: &catenary_arch::trap::TrapFrame) -> catenary_arch::trap::TrapFrame { f.clone() }
+/// ```
+/// ```compile_fail,E0277
+/// #![forbid(unsafe_code)]
+/// fn forge(f: &mut catenary_arch::trap::TrapFrame) { *f = Default::default(); }
+/// ```
+/// ```
+/// #![forbid(unsafe_code)]
+/// fn syscall_result(f: &mut catenary_arch::trap::TrapFrame) { if f.is_user() { f.rax = 0; } let _ = (f.rip(), f.rdi); }
+/// ```
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    pub(crate) regs: GpRegs,
+    pub(crate) vector: u64,
+    pub(crate) error_code: u64,
     pub(crate) rip: u64,
     pub(crate) cs: u64,
     pub(crate) rflags: u64,
@@ -51,7 +75,49 @@ pub struct TrapFrame {
     pub(crate) ss: u64,
 }
 
+impl core::ops::Deref for TrapFrame {
+    type Target = GpRegs;
+    fn deref(&self) -> &GpRegs {
+        &self.regs
+    }
+}
+
+impl core::ops::DerefMut for TrapFrame {
+    /// Panics for a ring-0 frame not stopped in a kernel system call (see the type's docs).
+    fn deref_mut(&mut self) -> &mut GpRegs {
+        assert!(self.regs_writable(), "TrapFrame: register write to a ring-0 frame stopped at vector {:#x}", self.vector);
+        &mut self.regs
+    }
+}
+
 impl TrapFrame {
+    /// An all-zero frame (selector 0: restoring it faults). For arch's own constructors.
+    pub(crate) const fn zeroed() -> TrapFrame {
+        TrapFrame {
+            regs: GpRegs { r15: 0, r14: 0, r13: 0, r12: 0, r11: 0, r10: 0, r9: 0, r8: 0, rbp: 0, rdi: 0, rsi: 0, rdx: 0, rcx: 0, rbx: 0, rax: 0 },
+            vector: 0,
+            error_code: 0,
+            rip: 0,
+            cs: 0,
+            rflags: 0,
+            rsp: 0,
+            ss: 0,
+        }
+    }
+    /// A copy, for arch's own use (a dump of the frame before recovery, saving a context).
+    pub(crate) fn snapshot(&self) -> TrapFrame {
+        TrapFrame { regs: self.regs, vector: self.vector, error_code: self.error_code, rip: self.rip, cs: self.cs, rflags: self.rflags, rsp: self.rsp, ss: self.ss }
+    }
+    /// Whether safe code may write the general registers (see the type's docs).
+    pub fn regs_writable(&self) -> bool {
+        self.is_user() || self.vector == KSYSCALL_VECTOR as u64
+    }
+    pub fn vector(&self) -> u64 {
+        self.vector
+    }
+    pub fn error_code(&self) -> u64 {
+        self.error_code
+    }
     pub fn rip(&self) -> u64 {
         self.rip
     }
@@ -82,6 +148,10 @@ impl TrapFrame {
         true
     }
 }
+
+/// Vector of the kernel-mode system call gate (kernel tasks use the same ABI as ring 3; see
+/// `uspace::ksyscall`).
+pub const KSYSCALL_VECTOR: u8 = 0x80;
 
 pub const EXCEPTION_NAMES: [&str; 32] = [
     "#DE divide error",
@@ -164,7 +234,7 @@ pub fn set_syscall_handler(f: fn(&mut TrapFrame)) {
 fn syscall_dispatch(f: &mut TrapFrame) {
     let h = SYSCALL_HANDLER.load(Ordering::Acquire);
     if h == 0 {
-        f.rax = u64::MAX;
+        f.regs.rax = u64::MAX;
         return;
     }
     // SAFETY: only `set_syscall_handler` stores into SYSCALL_HANDLER, always a valid fn.
@@ -344,7 +414,7 @@ fn try_recover_probe(f: &mut TrapFrame) -> bool {
     if recovered {
         LAST_PROBE_FAULT.store(crate::cpu::read_cr2(), Ordering::Relaxed);
         LAST_PROBE_ERR.store(f.error_code, Ordering::Relaxed);
-        f.rdx = 1;
+        f.regs.rdx = 1;
     }
     recovered
 }
@@ -443,8 +513,22 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
     // a nested entry (a probe's fault) saves and restores the outer one.
     let cpu = crate::percpu::cpu_index();
     let outer = LIVE_FRAME[cpu].swap(f as *mut TrapFrame as u64, Ordering::SeqCst);
+    let outer_nested = NESTED[cpu].swap(outer != 0, Ordering::SeqCst);
     dispatch(f, v);
+    NESTED[cpu].store(outer_nested, Ordering::SeqCst);
     LIVE_FRAME[cpu].store(outer, Ordering::SeqCst);
+}
+
+/// Per CPU: whether the entry being handled interrupted another entry's handler (a probe's
+/// fault): its frame then points into that handler's IST stack, not at a task.
+static NESTED: [core::sync::atomic::AtomicBool; crate::percpu::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicBool::new(false) }; crate::percpu::MAX_CPUS];
+
+/// Whether `f` is this CPU's live frame of an entry from a task (ring 3, or ring 0 on the
+/// stack the CPU ran on), not of a fault inside a handler: the only frame a context switch
+/// may save or replace.
+pub(crate) fn is_task_entry_frame(f: &TrapFrame) -> bool {
+    is_live_frame(f) && NESTED.get(crate::percpu::cpu_index()).is_some_and(|n| !n.load(Ordering::SeqCst))
 }
 
 /// The frame of the kernel entry each CPU is handling (0: none), set by `arch_trap_dispatch`.
@@ -464,7 +548,7 @@ fn dispatch(f: &mut TrapFrame, v: u64) {
         return;
     }
     if v < 32 {
-        let before = *f;
+        let before = f.snapshot();
         if try_recover_probe(f) {
             if PRINT_DUMP_ON_PROBE.load(Ordering::Relaxed) != 0 {
                 print_dump(&before, "(caught by probe, recovered)");

@@ -29,6 +29,8 @@ mod ktest;
 #[cfg(feature = "ktest")]
 mod ktest_console;
 #[cfg(feature = "ktest")]
+mod ktest_context;
+#[cfg(feature = "ktest")]
 mod ktest_core;
 #[cfg(feature = "ktest")]
 mod ktest_lifecycle;

@@ -83,7 +83,7 @@ pub fn irq_count(vector: u8) -> u64 {
 }
 
 pub(super) fn on_bound_irq(f: &mut TrapFrame) {
-    let v = f.vector as u8;
+    let v = f.vector() as u8;
     IRQ_COUNT[v as usize].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     with(|k| {
         let Some(&(ep, bits)) = k.irq_notify.get(&v) else { return };
@@ -107,10 +107,10 @@ pub(super) fn on_exception(f: &mut TrapFrame) -> bool {
     });
     catenary_arch::trap::print_dump(f, &alloc::format!("in ring-3 task {} \"{}\" - killing the task", id, name));
     // what the supervisor is told: the faulting address of a page fault, else where it ran
-    let addr = if f.vector == 14 { cpu::read_cr2() } else { f.rip() };
+    let addr = if f.vector() == 14 { cpu::read_cr2() } else { f.rip() };
     with(|k| {
         supervisor::note_fault(k, id, addr);
-        kill_current(k, f, killed_by(f.vector))
+        kill_current(k, f, killed_by(f.vector()))
     });
     true
 }

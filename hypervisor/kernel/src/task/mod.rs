@@ -3,8 +3,8 @@
 //! Policy lives in `catenary-sched` (run queues, priorities, sleep queue) and `catenary-ipc`
 //! (endpoints, capabilities, call/reply); this module keeps one of each behind a lock taken
 //! with interrupts off, and does the machine side through `catenary-arch`: a task's context is
-//! the `TrapFrame` + FXSAVE image saved at its last kernel entry, its address space and its I/O
-//! bitmap. Every kernel entry (timer, IPI, `syscall`, `int 0x80`, a fault) may end with a
+//! a `catenary_arch::context::TaskContext` (the registers + FPU image saved at its last kernel
+//! entry, and for a kernel task the stack they run on), its address space and its I/O bitmap. Every kernel entry (timer, IPI, `syscall`, `int 0x80`, a fault) may end with a
 //! different task's frame restored: that is the context switch.
 //!
 //! System call ABI (rax = number; arguments rdi, rsi, rdx, r10, r8, r9; rax = 0 or -error):
@@ -58,10 +58,11 @@ pub mod vmctl;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
-use catenary_arch::trap::TrapFrame;
+use catenary_arch::context::TaskContext;
+use catenary_arch::trap::{GpRegs, TrapFrame};
 use catenary_arch::uspace::{self, AddressSpace, UserRange};
 use catenary_arch::user_mem::PageKind;
-use catenary_arch::{apic, cpu, memory, paging, smp, time};
+use catenary_arch::{apic, context, cpu, memory, paging, smp, time};
 use catenary_ipc::{Address, CapTable, Capability, Delivery, EndpointId, IpcError, IpcSpace, Message, Rights, REMOTE};
 use catenary_sched::{Affinity, BlockReason, Priority, Scheduler, TaskId, TaskState};
 use log::{info, warn};
@@ -109,8 +110,8 @@ pub static NICD_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_NICD"));
 pub static SYSFUZZ_ELF: &[u8] = include_bytes!(env!("CATENARY_USER_SYSFUZZ"));
 
 pub struct Ctx {
-    frame: TrapFrame,
-    fx: Box<[u8; uspace::FPU_AREA]>,
+    /// Registers, FPU image and (a kernel task's) stack; arch moves them in and out of the CPU.
+    frame: TaskContext,
     space: Option<AddressSpace>,
     io: Option<Box<[u8; uspace::IO_BITMAP_BYTES]>>,
     pub caps: CapTable,
@@ -124,13 +125,11 @@ pub struct Ctx {
     dma_left: u64,
     /// The fabric /128 the last message this task received came from (`SYS_SENDER`).
     origin: [u8; 16],
-    /// A kernel task's stack (freed after it died, see `switch::free_dead_stacks`).
-    kstack: Option<paging::KernelStack>,
 }
 
 impl Ctx {
-    fn new(frame: TrapFrame) -> Ctx {
-        Ctx { frame, fx: Box::new(uspace::default_fx()), space: None, io: None, caps: CapTable::new(64), frames: Default::default(), mem_left: 0, kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16], kstack: None }
+    fn new(frame: TaskContext) -> Ctx {
+        Ctx { frame, space: None, io: None, caps: CapTable::new(64), frames: Default::default(), mem_left: 0, kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16] }
     }
 }
 
@@ -139,8 +138,8 @@ pub struct Kernel {
     pub ipc: IpcSpace,
     idle_stack: Vec<paging::StaticStack>,
     on_idle: Vec<bool>,
-    /// Per CPU: stacks of dead kernel tasks, freed once this CPU runs on another stack.
-    dead_stacks: Vec<Vec<paging::KernelStack>>,
+    /// An empty context, held in a task's place while `switch::switch_to` loads that task.
+    spare: TaskContext,
     exit_codes: alloc::collections::BTreeMap<TaskId, u64>,
     rtc_endpoint: Option<EndpointId>,
     ticks: u64,
@@ -169,7 +168,7 @@ pub fn init(cpus: usize) {
         ipc: IpcSpace::new(),
         idle_stack: Vec::new(),
         on_idle: alloc::vec![true; cpus],
-        dead_stacks: (0..cpus).map(|_| Vec::new()).collect(),
+        spare: TaskContext::running(),
         exit_codes: Default::default(),
         rtc_endpoint: None,
         ticks: 0,
@@ -183,7 +182,7 @@ pub fn init(cpus: usize) {
         k.idle_stack.push(paging::alloc_stack(4).expect("idle stack"));
     }
     k.sched.set_online(0, true);
-    k.sched.adopt_running(0, "main", Priority::NORMAL, Ctx::new(TrapFrame::default()));
+    k.sched.adopt_running(0, "main", Priority::NORMAL, Ctx::new(TaskContext::running()));
     k.on_idle[0] = false;
     cpu::without_interrupts(|| *K.lock() = Some(k));
     catenary_arch::trap::register_irq(uspace::KSYSCALL_VECTOR, on_syscall);
@@ -207,9 +206,10 @@ fn ap_entry(cpu_idx: usize) -> ! {
     }
 }
 
-/// Stacks of dead kernel tasks not freed yet (each goes at its CPU's next tick or switch).
+/// Stacks of dead kernel tasks not freed yet: dead tasks not reaped whose context still owns
+/// one (a stack goes with its task's context, when the task is reaped).
 pub fn kernel_stacks_pending() -> usize {
-    with(|k| k.dead_stacks.iter().map(|v| v.len()).sum())
+    with(|k| k.sched.tasks().filter(|t| t.state == TaskState::Dead && t.context.frame.owns_kernel_stack()).count())
 }
 
 /// Point the saved RIP of blocked ring-3 task `id` at `rip` (tests of the return-to-ring-3
@@ -218,6 +218,35 @@ pub fn set_user_rip_for_test(id: TaskId, rip: u64) -> bool {
     with(|k| match k.sched.task_mut(id) {
         Some(t) if matches!(t.state, TaskState::Blocked(_)) && t.context.space.is_some() => {
             t.context.frame.set_user_rip(rip)
+        }
+        _ => false,
+    })
+}
+
+/// Whether blocked task `id`'s saved context holds a kernel stack, and its saved frame's vector
+/// (tests of the context ownership). None if it is not blocked.
+pub fn saved_context_for_test(id: TaskId) -> Option<(bool, u64)> {
+    with(|k| match k.sched.task(id) {
+        Some(t) if matches!(t.state, TaskState::Blocked(_)) => Some((t.context.frame.owns_kernel_stack(), t.context.frame.frame().vector())),
+        _ => None,
+    })
+}
+
+/// Whether task `id` still exists (in any state).
+pub fn task_exists(id: TaskId) -> bool {
+    with(|k| k.sched.task(id).is_some())
+}
+
+/// Write `v` into every general register but rax (the result, set on wake-up) of blocked
+/// kernel task `id`'s saved frame: it is stopped in a kernel system call, whose registers are
+/// the kernel's to set (`uspace::ksyscall`). False if it is not a blocked kernel task.
+pub fn scribble_saved_regs_for_test(id: TaskId, v: u64) -> bool {
+    with(|k| match k.sched.task_mut(id) {
+        Some(t) if matches!(t.state, TaskState::Blocked(_)) && t.context.space.is_none() && t.context.frame.frame().regs_writable() => {
+            let r = &mut *t.context.frame;
+            (r.r15, r.r14, r.r13, r.r12, r.r11, r.r10, r.r9, r.r8) = (v, v, v, v, v, v, v, v);
+            (r.rbp, r.rdi, r.rsi, r.rdx, r.rcx, r.rbx) = (v, v, v, v, v, v);
+            true
         }
         _ => false,
     })

@@ -26,9 +26,10 @@ pub fn try_spawn_kernel(name: &str, prio: Priority, aff: Affinity, f: fn(u64), a
         kernel_task_start(a);
         unreachable!("SYS_EXIT returned")
     }
-    let mut ctx = Ctx::new(uspace::kernel_frame(tramp, &stack, 0));
+    // the context owns the stack from here: it is freed with the context (task reaped) or,
+    // while the task runs, by the CPU that runs it once it switches away for good
+    let mut ctx = Ctx::new(TaskContext::kernel(tramp, stack, 0));
     ctx.kentry = Some((f, arg));
-    ctx.kstack = Some(stack);
     Ok(with(|k| {
         let id = k.sched.create(name, prio, aff, ctx);
         wake(k, id);
@@ -103,7 +104,14 @@ pub(super) fn spawn_user_with(s: &UserSpec, adopt: Option<EndpointId>, created: 
             return Err(e);
         }
     };
-    let mut ctx = Ctx::new(uspace::user_frame(entry, USER_STACK_TOP, s.arg));
+    let frame = match TaskContext::user(entry, USER_STACK_TOP, s.arg) {
+        Ok(c) => c,
+        Err(_) => {
+            discard(space, frames);
+            return Err(SpawnError::BadElf); // an entry point outside the user half
+        }
+    };
+    let mut ctx = Ctx::new(frame);
     ctx.space = Some(space);
     ctx.frames = frames;
     if !s.ports.is_empty() {

@@ -3,33 +3,48 @@
 
 use super::*;
 
-pub(super) fn save(k: &mut Kernel, f: &mut TrapFrame, id: TaskId) {
-    if let Some(t) = k.sched.task_mut(id) {
-        t.context.frame = *f;
-        t.context.fx.copy_from_slice(uspace::fx_area(f));
-    }
-}
-
-pub(super) fn load(k: &mut Kernel, f: &mut TrapFrame, id: TaskId) {
-    let t = k.sched.task_mut(id).expect("picked task exists");
-    *f = t.context.frame;
-    uspace::fx_area(f).copy_from_slice(&t.context.fx[..]);
-    uspace::switch_cr3(t.context.space.as_ref());
-    uspace::set_io_bitmap(id, t.context.io.as_deref());
-}
-
-/// Free the stacks of dead kernel tasks this CPU no longer runs on (a dying kernel task
-/// enters the kernel for its exit on its own stack: its stack waits here for the next entry),
-/// and let this CPU's TLB catch up with freed stack addresses. At every tick and switch.
-pub(super) fn free_dead_stacks(k: &mut Kernel) {
+/// Save `f` (this CPU's entry frame) into task `prev` (`None`: this CPU was idle) and load task
+/// `next` (`None`: the idle loop). `catenary_arch::context::switch` moves the kernel stack a
+/// ring-0 frame runs on along with it. False if `next` had no saved frame (then this CPU
+/// idles; cannot happen for a task the scheduler picked).
+fn switch_to(k: &mut Kernel, f: &mut TrapFrame, prev: Option<TaskId>, next: Option<TaskId>) -> bool {
     let c = smp::cpu_index();
-    paging::tlb_catch_up();
-    if let Some(dead) = k.dead_stacks.get_mut(c) {
-        if !dead.is_empty() {
-            let sp = cpu::stack_pointer();
-            dead.retain(|s| s.contains(sp));
+    let idle = k.idle_stack[c];
+    // Two tasks of one table: `next`'s context is swapped out into `k.spare` (an empty one)
+    // for the switch and swapped back after: no allocation here.
+    let swapped = match next.and_then(|n| k.sched.task_mut(n)) {
+        Some(t) => {
+            core::mem::swap(&mut t.context.frame, &mut k.spare);
+            true
+        }
+        None => false,
+    };
+    let prev_ctx = prev.and_then(|p| k.sched.task_mut(p)).map(|t| &mut t.context.frame);
+    let to = if swapped && k.spare.is_loadable() { context::Next::Task(&mut k.spare) } else { context::Next::Idle(idle) };
+    let loaded = matches!(to, context::Next::Task(_));
+    if let Err(e) = context::switch(f, prev_ctx, to) {
+        panic!("context switch on a frame that is not this CPU's task entry: {e:?}");
+    }
+    if let Some(t) = next.filter(|_| swapped).and_then(|n| k.sched.task_mut(n)) {
+        core::mem::swap(&mut t.context.frame, &mut k.spare);
+    }
+    match next.filter(|_| loaded).and_then(|n| k.sched.task(n)) {
+        Some(t) => {
+            uspace::switch_cr3(t.context.space.as_ref());
+            uspace::set_io_bitmap(next.unwrap_or(0), t.context.io.as_deref());
+        }
+        None => {
+            uspace::switch_cr3(None);
+            uspace::set_io_bitmap(0, None);
         }
     }
+    loaded
+}
+
+/// Let this CPU's TLB catch up with freed stack addresses and unmapped user pages. At every
+/// tick and switch. (Dead kernel tasks' stacks are freed with their contexts: see `reap_dead`.)
+pub(super) fn free_dead_stacks(_: &mut Kernel) {
+    paging::tlb_catch_up();
 }
 
 /// Pick the next task for this CPU and make `f` its frame.
@@ -41,22 +56,12 @@ pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
     if next == prev && prev.is_some() {
         return;
     }
-    if let Some(p) = prev {
-        save(k, f, p);
-    }
-    match next {
-        Some(n) => {
-            load(k, f, n);
-            k.on_idle[c] = false;
+    if next.is_some() || !k.on_idle[c] {
+        let loaded = switch_to(k, f, prev, next);
+        if !loaded {
+            warn!("cpu {c}: task {next:?} had no saved context; idling");
         }
-        None => {
-            if !k.on_idle[c] {
-                *f = uspace::idle_frame(k.idle_stack[c]);
-                uspace::switch_cr3(None);
-                uspace::set_io_bitmap(0, None);
-                k.on_idle[c] = true;
-            }
-        }
+        k.on_idle[c] = !loaded;
     }
     if let Some(p) = prev {
         reap_dead(k, p);
@@ -66,12 +71,9 @@ pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
 /// Free a dead task's frames and address space once no CPU runs it any more.
 pub(super) fn reap_dead(k: &mut Kernel, id: TaskId) {
     if k.sched.task(id).map(|t| t.state == TaskState::Dead).unwrap_or(false) {
-        if let Some(mut t) = k.sched.reap(id) {
-            if let Some(s) = t.context.kstack.take() {
-                // this CPU may be running on it right now (the task's own exit)
-                let c = smp::cpu_index();
-                k.dead_stacks[c].push(s);
-            }
+        if let Some(t) = k.sched.reap(id) {
+            // A kernel task's stack is freed with its context (`t` dropped at the end): no CPU
+            // runs on it, or its context would not hold it (`context::switch` moves it).
             supervisor::before_free(k, id, t.context.frames.len());
             match t.context.space {
                 Some(s) => discard(s, t.context.frames),
@@ -97,7 +99,7 @@ pub(super) fn wake(k: &mut Kernel, id: TaskId) -> bool {
     }
 }
 
-pub(super) fn put_msg(f: &mut TrapFrame, m: &Message) {
+pub(super) fn put_msg(f: &mut GpRegs, m: &Message) {
     f.rax = 0;
     f.rdi = m.badge;
     f.rsi = m.label;
