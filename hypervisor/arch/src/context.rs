@@ -37,6 +37,12 @@
 //! let stack = catenary_arch::paging::alloc_kernel_stack(8).unwrap();
 //! let c = catenary_arch::context::TaskContext::kernel(entry, &stack, 0);
 //! ```
+//! ```compile_fail,E0308
+//! #![forbid(unsafe_code)]
+//! // nor an address instead of a function
+//! let stack = catenary_arch::paging::alloc_kernel_stack(8).unwrap();
+//! let c = catenary_arch::context::TaskContext::kernel(0xffff_8000_dead_0000, stack, 0);
+//! ```
 //! ```no_run
 //! #![forbid(unsafe_code)]
 //! extern "C" fn entry(_: u64) -> ! { loop {} }

@@ -4,8 +4,12 @@
 //! entries), GDT/TSS with IST stacks, the IDT and trap entry stubs, control registers and MSRs,
 //! port I/O (16550 serial, PIT, PIC, QEMU debug exit), page tables and the direct map, the heap
 //! arena, the local APIC and TSC clock, and the ACPI table mapping handler. Each `unsafe` block
-//! carries a `// SAFETY:` comment. Policy (what to map, when to tick, what to log) lives in the
-//! safe kernel crate and the host-tested logic crates.
+//! carries a `// SAFETY:` comment, and no safe function exported here can break memory safety
+//! whatever its arguments (docs/microkernel.md, "Arch API soundness"); e.g. a task's saved CPU
+//! state is a `context::TaskContext` that owns the kernel stack a ring-0 frame runs on, and
+//! only `context::switch` puts a saved frame on the CPU ("Saved contexts"). Policy (what to
+//! map, when to tick, what to log) lives in the safe kernel crate and the host-tested logic
+//! crates.
 //!
 //! The bare-metal parts (boot assembly, `mem*` symbols, global allocator) are compiled only with
 //! the `kernel` feature, which the kernel binary enables; without it the crate builds on the
