@@ -1,16 +1,69 @@
-//! `cargo xtask bench`: figures, never assertions.
+//! `cargo xtask bench`: figures, never assertions. Every benchmark adds its rows to the table
+//! of `benchtable` (figure, reference from the same run, ratio, goal).
 
 use crate::qemu::{run_captured, Boot};
 use std::time::Duration;
 
+const USAGE: &str = "usage: cargo xtask bench [boot|vm|ipc|net|workload|aead]";
+
+/// `cargo xtask bench` runs every benchmark and ends with one table (`benchtable`); `bench
+/// NAME` runs one and ends with its rows. A benchmark that fails is reported and the others
+/// still run; the command then fails.
 pub fn cmd_bench(args: &[String]) -> Result<(), String> {
-    match args.first().map(String::as_str) {
-        Some("boot") => bench_boot(),
-        Some("vm") => crate::vmbench::bench_vm(),
-        Some("ipc") => bench_ipc(),
-        Some("net") => crate::cluster::bench(&args[1..]),
-        Some("workload") => crate::workbench::bench_workload(),
-        _ => Err("usage: cargo xtask bench boot|vm|ipc|net|workload".into()),
+    type Bench = fn(&[String]) -> Result<(), String>;
+    let all: [(&str, Bench); 6] = [
+        ("boot", |_| bench_boot()),
+        ("vm", |_| crate::vmbench::bench_vm()),
+        ("ipc", |_| bench_ipc()),
+        ("net", |a| crate::cluster::bench(a)),
+        ("workload", |_| crate::workbench::bench_workload()),
+        ("aead", |_| bench_aead()),
+    ];
+    let (chosen, file): (Vec<(&str, Bench)>, String) = match args.first().map(String::as_str) {
+        None => (all.to_vec(), "bench.json".into()),
+        Some(name) => match all.iter().find(|(n, _)| *n == name) {
+            Some(b) => (vec![*b], format!("bench-{name}.json")),
+            None => return Err(USAGE.into()),
+        },
+    };
+    let rest = if args.is_empty() { &[][..] } else { &args[1..] };
+    let mut failed = Vec::new();
+    for (name, run) in chosen {
+        if let Err(e) = run(rest) {
+            println!("bench {name}: FAILED: {e}");
+            failed.push(name);
+        }
+    }
+    crate::benchtable::finish(&file)?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("benchmarks that did not produce figures: {}", failed.join(", ")))
+    }
+}
+
+/// netfabric's transport throughput vs raw ChaCha20-Poly1305 seal+open on the host
+/// (`cargo bench -p netfabric`, netfabric/benches/fabric.rs): the AEAD reference of item 4.
+fn bench_aead() -> Result<(), String> {
+    println!("bench aead: netfabric send+receive vs raw chacha20poly1305 seal+open on the host (cargo bench -p netfabric)");
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(crate::tools::root())
+        .args(["bench", "-q", "-p", "netfabric", "--bench", "fabric"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for l in text.lines() {
+        println!("  {l}");
+    }
+    let mbs = |key: &str| {
+        text.lines().find(|l| l.trim_start().starts_with(key)).and_then(|l| l.split(':').nth(1)).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok())
+    };
+    match (mbs("netfabric (send"), mbs("raw chacha20poly1305")) {
+        (Some(lib), Some(raw)) => {
+            crate::benchtable::ratio("fabric AEAD path on the host (1400 B packets)", "MB/s", lib, "raw ChaCha20-Poly1305", raw, crate::benchtable::Goal::None);
+            Ok(())
+        }
+        _ => Err(format!("no figures in `cargo bench -p netfabric` output: {}", String::from_utf8_lossy(&out.stderr))),
     }
 }
 
@@ -40,7 +93,9 @@ fn bench_boot() -> Result<(), String> {
             }
         }
         let all: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
-        println!("  {m:8} median {:7.1} ms   (runs: {} ms)", median(times), all.join(", "));
+        let med = median(times);
+        println!("  {m:8} median {med:7.1} ms   (runs: {} ms)", all.join(", "));
+        crate::benchtable::value(&format!("node boot to `catenary: ready` (QEMU {m})"), "ms", med, crate::benchtable::Goal::None);
     }
     Ok(())
 }
@@ -56,7 +111,14 @@ fn bench_ipc() -> Result<(), String> {
     println!("bench ipc: ring-3 <-> ring-3 call/reply and null syscall, TSC cycles, median of 2000 (QEMU TCG, -smp 4)");
     let o = run_captured(b.command(false)?, &["bench ipc: done"], &["KERNEL PANIC"], Duration::from_secs(240), false)?;
     for l in o.lines.iter().filter(|l| l.contains("bench ipc:")) {
-        println!("  {}", l.split("bench ipc: ").nth(1).unwrap_or(l));
+        let text = l.split("bench ipc: ").nth(1).unwrap_or(l);
+        println!("  {text}");
+        // `same CPU: call/reply round trip R cycles, null syscall N cycles, ratio X`
+        let num = |key: &str| text.split(key).nth(1).and_then(|x| x.split_whitespace().next()).and_then(|x| x.parse::<f64>().ok());
+        if let (Some((what, _)), Some(rt), Some(null)) = (text.split_once(": call/reply"), num("round trip "), num("null syscall ")) {
+            let goal = if what == "same CPU" { 3.0 } else { 6.0 };
+            crate::benchtable::ratio(&format!("IPC call/reply, ring 3, {what}"), "cycles", rt, "null syscall", null, crate::benchtable::Goal::AtMost(goal));
+        }
     }
     bench_ipc_remote(&kernel_path)
 }
@@ -104,6 +166,7 @@ fn bench_ipc_remote(kernel: &std::path::Path) -> Result<(), String> {
         println!("bench ipc: remote call round trip, ring-3 netd vs in-kernel netd:");
         println!("  median {um:.0} us vs {km:.0} us (ratio {:.2}), min {un:.0} us vs {kn:.0} us (ratio {:.2})", um / km, un / kn);
         println!("  host load average (1/5/15 min) during the ring-3 run: {ul}; during the in-kernel run: {kl}");
+        crate::benchtable::ratio("remote call round trip, two nodes (median)", "us", *um, "in-kernel netd", *km, crate::benchtable::Goal::None);
     }
     Ok(())
 }

@@ -1177,13 +1177,31 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let mut r = start(&kernel, &[a, b], "net-bench", &[])?;
     let ok = r.wait(Duration::from_secs(600), false, |l| l[0].iter().any(|x| x.contains("bench net: done") || x.contains("KERNEL PANIC")));
     let log = r.save_logs("net-bench");
+    let mut fig = std::collections::HashMap::new();
     for l in r.lines[0].iter().filter(|l| l.contains("bench net:")) {
-        println!("  {}", l.split("bench net: ").nth(1).unwrap_or(l));
+        let text = l.split("bench net: ").nth(1).unwrap_or(l);
+        println!("  {text}");
+        // `fabric rtt median 812 us (…)`, `plain throughput 61.0 Mbit/s (…)`
+        let mut w = text.split_whitespace();
+        if let (Some(path), Some(kind), Some(a), Some(b)) = (w.next(), w.next(), w.next(), w.next()) {
+            let v = if kind == "rtt" { b.parse::<f64>().ok() } else { a.parse::<f64>().ok() };
+            if let (true, Some(v)) = (kind == "rtt" || kind == "throughput", v) {
+                fig.insert(format!("{path} {kind}"), v);
+            }
+        }
     }
     if !ok {
         println!("  (did not finish; log {})", log.display());
     }
-    Ok(())
+    use crate::benchtable::{ratio, Goal};
+    match (fig.get("fabric rtt"), fig.get("plain rtt"), fig.get("fabric throughput"), fig.get("plain throughput")) {
+        (Some(fr), Some(pr), Some(ft), Some(pt)) => {
+            ratio("fabric round trip, two nodes (median, 56 B)", "us", *fr, "unencrypted", *pr, Goal::AtMost(1.3));
+            ratio("fabric throughput, two nodes (1200 B UDP)", "Mbit/s", *ft, "unencrypted", *pt, Goal::AtLeast(0.8));
+            Ok(())
+        }
+        _ => Err(format!("no fabric/plain figures (log {})", log.display())),
+    }
 }
 
 pub(crate) fn b64(d: &[u8]) -> String {

@@ -20,6 +20,7 @@ mod smpvm;
 mod sysfuzz;
 mod test;
 mod bench;
+mod benchtable;
 mod tools;
 mod vmbench;
 mod workbench;
@@ -48,7 +49,7 @@ commands:
                             --sysfuzz-classes HEX (docs/microkernel.md)
   fuzz --smoke              every cargo-fuzz target for a few seconds (part of `test`)
   fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
-  bench boot|vm|ipc|net|workload  benchmarks (print figures, never assert)
+  bench [boot|vm|ipc|net|workload|aead]  benchmarks: every one (no argument) or one; one table of figures, references, ratios and goals, also in build/bench*.json (never asserts)
   sim [--seeds N] [--first F]  the cluster core's chaos schedules over N seeds (default 1000); ends
                             with how many held every invariant. --detection: failure-detection times
   soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log] [--inspect]

@@ -191,6 +191,7 @@ pub fn bench_vm() -> Result<(), String> {
     println!("  under Catenary (SVM in QEMU TCG, PVH): median {mc:.0} ms   runs {cat:?}");
     println!("  direct QEMU TCG -M microvm (PVH):     median {md:.0} ms   runs {direct:?}");
     println!("  ratio Catenary / direct: {:.2}", mc / md);
+    crate::benchtable::ratio("Linux guest to `catenary-init: ready`", "ms", mc, "direct QEMU -M microvm", md, crate::benchtable::Goal::AtMost(1.15));
     println!("  last run, node log:");
     for d in details {
         println!("    {d}");

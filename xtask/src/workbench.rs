@@ -236,6 +236,7 @@ fn service_figures(bundle: &Path) -> Result<f64, String> {
     if let Some((_, d)) = mem.last() {
         let k: Vec<f64> = mem.iter().map(|m| m.0).collect();
         println!("  host memory beyond guest RAM per microVM (node counters at the VM's create and at its end): median {:.0} KiB   runs {} KiB", median(k.clone()), runs(&k));
+        crate::benchtable::value("host memory per microVM beyond guest RAM (workd, median)", "KiB", median(k.clone()), crate::benchtable::Goal::AtMost(256.0));
         println!("  last: {d}");
     }
     let names: Vec<String> = (1..=8).map(|i| format!("w{i}")).collect();
@@ -277,6 +278,8 @@ pub fn bench_workload() -> Result<(), String> {
     println!("bench workload: the same kernel, initramfs + run config and squashfs booted directly by QEMU -M microvm (QEMU start -> the line in the channel file)");
     println!("  median {md:.0} ms   runs {} ms", runs(&direct));
     println!("  ratio workload service / direct: {:.2}; vm.image path / direct: {:.2}", ms / md, mc / md);
+    crate::benchtable::ratio("workload create to first log line (workd)", "ms", ms, "direct QEMU -M microvm", md, crate::benchtable::Goal::None);
+    crate::benchtable::value("host memory per microVM beyond guest RAM (vm.image path, median)", "KiB", median(beyond.clone()), crate::benchtable::Goal::AtMost(256.0));
 
     let names: Vec<String> = (0..COUNT).map(|i| if i == 0 { "demo".to_string() } else { format!("demo-{}", i + 1) }).collect();
     let lines = node_run(&kernel, &bundle, &format!("vm.image=1 vm.count={COUNT} vm.mem={COUNT_MEM}"), &names)?;
