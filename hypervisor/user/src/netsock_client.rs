@@ -1,7 +1,7 @@
 //! The client side of the IPC socket protocol (`catenary-netsock`): one call per request to
 //! `netd`'s endpoint (capability `slot`, which needs SEND and GRANT). Data buffers are the
-//! caller's own pages, lent for the call (`call_grant`): `buf` must be page-aligned memory
-//! the task has mapped. Every function returns at once; [`Sockets::poll`] waits for a socket
+//! caller's own pages, lent for the call (`call_grant`): `buf` is a region the task mapped
+//! (`Pages`). Every function returns at once; [`Sockets::poll`] waits for a socket
 //! to be ready.
 
 use catenary_netsock::*;
@@ -62,12 +62,13 @@ impl Sockets {
     pub fn accept(&self, h: Handle) -> SockResult<(Handle, Ipv6Addr, u16)> {
         self.request(Request::Accept { h }).map(|w| (w[0], addr_of(w[1], w[2]), w[3] as u16))
     }
-    /// Send `len` bytes at `buf` (TCP: as many as fit; returns how many).
-    pub fn send(&self, h: Handle, buf: u64, len: u64) -> SockResult<usize> {
+    /// Send the first `len` bytes of `buf` (TCP: as many as fit; returns how many).
+    pub fn send(&self, h: Handle, buf: &crate::Mem, len: u64) -> SockResult<usize> {
         answer(crate::call_grant(self.slot, OP_SEND, h, 0, buf, len, false)).map(|w| w[0] as usize)
     }
-    /// Receive into `len` bytes at `buf`; returns the bytes written (TCP: 0 = the peer closed).
-    pub fn recv(&self, h: Handle, buf: u64, len: u64) -> SockResult<usize> {
+    /// Receive into the first `len` bytes of `buf`; returns the bytes written (TCP: 0 = the
+    /// peer closed).
+    pub fn recv(&self, h: Handle, buf: &crate::Mem, len: u64) -> SockResult<usize> {
         answer(crate::call_grant(self.slot, OP_RECV, h, 0, buf, len, true)).map(|w| w[0] as usize)
     }
     pub fn close(&self, h: Handle) -> SockResult<()> {

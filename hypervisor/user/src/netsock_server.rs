@@ -97,16 +97,13 @@ impl SocketServer {
     /// The calling task of call `token` and the /128 the kernel bound to it.
     fn caller(&self, token: u64) -> Option<(u64, Option<Ipv6Addr>)> {
         let mut a = [0u8; 16];
-        let r = crate::syscall6(crate::SYS_NET, self.router, OP_CALLER, a.as_mut_ptr() as u64, 16, token, 0);
-        if r >= 1 << 63 {
-            return None;
-        }
+        let r = crate::net(self.router, OP_CALLER, &mut a, token).ok()?;
         let own = Ipv6Addr::from(a);
         Some((r, (!own.is_unspecified()).then_some(own)))
     }
 
     fn alive(&self, task: u64) -> bool {
-        crate::syscall6(crate::SYS_NET, self.router, OP_ALIVE, 0, 0, task, 0) != 0
+        crate::net(self.router, OP_ALIVE, &mut [], task) != Ok(0)
     }
 
     /// Serve request (`label`, `words`), call `token`: the reply goes now, or (a `POLL` that
@@ -393,14 +390,14 @@ impl SocketServer {
 
     fn send(&mut self, node: &mut Node, client: u64, h: Handle, token: u64, claimed: u64, now: u64) -> Result<[u64; 4], NetError> {
         let kind = self.table.get(client, h)?.kind;
-        let (addr, _, len) = crate::grant_of(token).ok_or(NetError::BadBuffer)?;
-        let len = len.min(claimed).min(GRANT_MAX) as usize;
+        let g = crate::grant_of(token).ok_or(NetError::BadBuffer)?;
+        let len = g.len().min(claimed).min(GRANT_MAX) as usize;
         if kind == Kind::Udp {
             if len < DGRAM_HEADER {
                 return Err(NetError::BadBuffer);
             }
             let mut buf = alloc::vec![0u8; len.min(DGRAM_HEADER + UDP_PAYLOAD_MAX + 1)];
-            crate::copy_from(addr, &mut buf);
+            g.read(0, &mut buf);
             let (hdr, payload) = DgramHeader::decode(&buf)?;
             let to = (!hdr.addr.is_unspecified()).then_some((hdr.addr, hdr.port));
             let (dst, port) = self.table.check_send(client, h, to)?.ok_or(NetError::BadState)?;
@@ -422,7 +419,7 @@ impl SocketServer {
             return Err(NetError::WouldBlock);
         }
         let mut buf = alloc::vec![0u8; n];
-        crate::copy_from(addr, &mut buf);
+        g.read(0, &mut buf);
         let taken = node.tcp_send(s, &buf).map_err(|_| NetError::NotConnected)?;
         if taken == 0 {
             return Err(NetError::WouldBlock);
@@ -432,9 +429,9 @@ impl SocketServer {
 
     fn recv(&mut self, node: &mut Node, client: u64, h: Handle, token: u64, claimed: u64, now: u64) -> Result<[u64; 4], NetError> {
         let kind = self.table.get(client, h)?.kind;
-        let (addr, writable, len) = crate::grant_of(token).ok_or(NetError::BadBuffer)?;
-        let len = len.min(claimed).min(GRANT_MAX) as usize;
-        if !writable {
+        let g = crate::grant_of(token).ok_or(NetError::BadBuffer)?;
+        let len = g.len().min(claimed).min(GRANT_MAX) as usize;
+        if !g.writable() {
             return Err(NetError::BadBuffer);
         }
         if kind == Kind::Udp {
@@ -446,8 +443,8 @@ impl SocketServer {
             let mut buf = alloc::vec![0u8; UDP_PAYLOAD_MAX];
             let (n, from, port) = node.udp_recv(s, &mut buf).ok_or(NetError::WouldBlock)?;
             let n = n.min(len - DGRAM_HEADER); // the rest of a datagram the buffer cannot hold is dropped
-            crate::copy_to(addr, &DgramHeader { addr: from, port }.encode());
-            crate::copy_to(addr + DGRAM_HEADER as u64, &buf[..n]);
+            g.write(0, &DgramHeader { addr: from, port }.encode());
+            g.write(DGRAM_HEADER as u64, &buf[..n]);
             return Ok([(DGRAM_HEADER + n) as u64, 0, 0, 0]);
         }
         self.table.check_recv(client, h).or_else(|e| if e == NetError::WouldBlock { Ok(()) } else { Err(e) })?;
@@ -462,7 +459,7 @@ impl SocketServer {
         }
         let mut buf = alloc::vec![0u8; avail.min(len).min(TCP_BUFFER)];
         let n = node.tcp_recv(s, &mut buf).map_err(|_| NetError::NotConnected)?;
-        crate::copy_to(addr, &buf[..n]);
+        g.write(0, &buf[..n]);
         Ok([n as u64, 0, 0, 0])
     }
 

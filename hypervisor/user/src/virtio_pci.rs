@@ -3,7 +3,8 @@
 //! kernel owns PCI configuration space; the driver is granted only the device's structures:
 //! common configuration, notification area, ISR and device configuration).
 
-use catenary_arch_user::{read_u16, read_u32, write_u16, write_u32, write_u8};
+use crate::Mmio;
+use alloc::rc::Rc;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{Error, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -28,40 +29,38 @@ const QUEUE_DESC: u64 = 0x20;
 const QUEUE_DRIVER: u64 = 0x28;
 const QUEUE_DEVICE: u64 = 0x30;
 
-/// Virtual addresses of the mapped structures.
+/// The mapped structures (shared: the driver makes more than one transport over them).
+/// Every access is bounds-checked against its window: an offset the device reports that lies
+/// outside (a notification offset, say) panics the driver, never reaches other memory.
 pub struct UserPciTransport {
     pub device_type: DeviceType,
-    pub common: u64,
-    pub notify: u64,
+    pub common: Rc<Mmio>,
+    pub notify: Rc<Mmio>,
     pub notify_multiplier: u32,
-    pub isr: u64,
-    pub device: u64,
+    pub isr: Rc<Mmio>,
+    pub device: Rc<Mmio>,
     pub device_len: usize,
-}
-
-fn read_u8(a: u64) -> u8 {
-    catenary_arch_user::read_u8(a)
 }
 
 impl UserPciTransport {
     fn select(&mut self, q: u16) {
-        write_u16(self.common + QUEUE_SELECT, q);
+        self.common.write_u16(QUEUE_SELECT, q);
     }
     fn write64(&mut self, off: u64, v: u64) {
-        write_u32(self.common + off, v as u32);
-        write_u32(self.common + off + 4, (v >> 32) as u32);
+        self.common.write_u32(off, v as u32);
+        self.common.write_u32(off + 4, (v >> 32) as u32);
     }
     /// Route configuration changes to MSI-X entry `v` (or none). Returns what the device took.
     pub fn set_config_vector(&mut self, v: u16) -> u16 {
-        write_u16(self.common + CONFIG_MSIX_VECTOR, v);
-        read_u16(self.common + CONFIG_MSIX_VECTOR)
+        self.common.write_u16(CONFIG_MSIX_VECTOR, v);
+        self.common.read_u16(CONFIG_MSIX_VECTOR)
     }
     /// Route queue `q`'s interrupts to MSI-X entry `v` (or none). Returns what the device took
     /// (`NO_VECTOR` if it refused).
     pub fn set_queue_vector(&mut self, q: u16, v: u16) -> u16 {
         self.select(q);
-        write_u16(self.common + QUEUE_MSIX_VECTOR, v);
-        read_u16(self.common + QUEUE_MSIX_VECTOR)
+        self.common.write_u16(QUEUE_MSIX_VECTOR, v);
+        self.common.read_u16(QUEUE_MSIX_VECTOR)
     }
 }
 
@@ -70,32 +69,32 @@ impl Transport for UserPciTransport {
         self.device_type
     }
     fn read_device_features(&mut self) -> u64 {
-        write_u32(self.common + DEVICE_FEATURE_SELECT, 0);
-        let lo = read_u32(self.common + DEVICE_FEATURE) as u64;
-        write_u32(self.common + DEVICE_FEATURE_SELECT, 1);
-        let hi = read_u32(self.common + DEVICE_FEATURE) as u64;
+        self.common.write_u32(DEVICE_FEATURE_SELECT, 0);
+        let lo = self.common.read_u32(DEVICE_FEATURE) as u64;
+        self.common.write_u32(DEVICE_FEATURE_SELECT, 1);
+        let hi = self.common.read_u32(DEVICE_FEATURE) as u64;
         hi << 32 | lo
     }
     fn write_driver_features(&mut self, f: u64) {
-        write_u32(self.common + DRIVER_FEATURE_SELECT, 0);
-        write_u32(self.common + DRIVER_FEATURE, f as u32);
-        write_u32(self.common + DRIVER_FEATURE_SELECT, 1);
-        write_u32(self.common + DRIVER_FEATURE, (f >> 32) as u32);
+        self.common.write_u32(DRIVER_FEATURE_SELECT, 0);
+        self.common.write_u32(DRIVER_FEATURE, f as u32);
+        self.common.write_u32(DRIVER_FEATURE_SELECT, 1);
+        self.common.write_u32(DRIVER_FEATURE, (f >> 32) as u32);
     }
     fn max_queue_size(&mut self, q: u16) -> u32 {
         self.select(q);
-        read_u16(self.common + QUEUE_SIZE) as u32
+        self.common.read_u16(QUEUE_SIZE) as u32
     }
     fn notify(&mut self, q: u16) {
         self.select(q);
-        let off = read_u16(self.common + QUEUE_NOTIFY_OFF) as u64;
-        write_u16(self.notify + off * self.notify_multiplier as u64, q);
+        let off = self.common.read_u16(QUEUE_NOTIFY_OFF) as u64;
+        self.notify.write_u16(off * self.notify_multiplier as u64, q);
     }
     fn get_status(&self) -> DeviceStatus {
-        DeviceStatus::from_bits_truncate(read_u8(self.common + DEVICE_STATUS) as u32)
+        DeviceStatus::from_bits_truncate(self.common.read_u8(DEVICE_STATUS) as u32)
     }
     fn set_status(&mut self, s: DeviceStatus) {
-        write_u8(self.common + DEVICE_STATUS, s.bits() as u8);
+        self.common.write_u8(DEVICE_STATUS, s.bits() as u8);
     }
     fn set_guest_page_size(&mut self, _: u32) {}
     fn requires_legacy_layout(&self) -> bool {
@@ -103,24 +102,24 @@ impl Transport for UserPciTransport {
     }
     fn queue_set(&mut self, q: u16, size: u32, desc: PhysAddr, driver: PhysAddr, device: PhysAddr) {
         self.select(q);
-        write_u16(self.common + QUEUE_SIZE, size as u16);
+        self.common.write_u16(QUEUE_SIZE, size as u16);
         self.write64(QUEUE_DESC, desc);
         self.write64(QUEUE_DRIVER, driver);
         self.write64(QUEUE_DEVICE, device);
-        write_u16(self.common + QUEUE_ENABLE, 1);
+        self.common.write_u16(QUEUE_ENABLE, 1);
     }
     fn queue_unset(&mut self, _q: u16) {
         // A queue cannot be disabled one by one in virtio 1.x; a device reset does it.
     }
     fn queue_used(&mut self, q: u16) -> bool {
         self.select(q);
-        read_u16(self.common + QUEUE_ENABLE) == 1
+        self.common.read_u16(QUEUE_ENABLE) == 1
     }
     fn ack_interrupt(&mut self) -> InterruptStatus {
-        InterruptStatus::from_bits_retain(read_u8(self.isr) as u32)
+        InterruptStatus::from_bits_retain(self.isr.read_u8(0) as u32)
     }
     fn read_config_generation(&self) -> u32 {
-        read_u8(self.common + CONFIG_GENERATION) as u32
+        self.common.read_u8(CONFIG_GENERATION) as u32
     }
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, Error> {
         let n = core::mem::size_of::<T>();
@@ -132,7 +131,7 @@ impl Transport for UserPciTransport {
             return Err(Error::ConfigSpaceTooSmall);
         }
         for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b = read_u8(self.device + (offset + i) as u64);
+            *b = self.device.try_read_u8((offset + i) as u64).ok_or(Error::ConfigSpaceTooSmall)?;
         }
         T::read_from_bytes(&buf[..n]).map_err(|_| Error::ConfigSpaceTooSmall)
     }
@@ -141,8 +140,11 @@ impl Transport for UserPciTransport {
         if offset + bytes.len() > self.device_len {
             return Err(Error::ConfigSpaceTooSmall);
         }
+        if offset + bytes.len() > self.device.len() as usize {
+            return Err(Error::ConfigSpaceTooSmall);
+        }
         for (i, b) in bytes.iter().enumerate() {
-            write_u8(self.device + (offset + i) as u64, *b);
+            self.device.write_u8((offset + i) as u64, *b);
         }
         Ok(())
     }

@@ -29,13 +29,14 @@ const NONE: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::n
 static REGIONS: [[AtomicU64; 3]; 16] = [NONE; 16];
 
 fn dma_syscall(virt: u64, pages: u64) -> Option<u64> {
-    let r = crate::syscall6(SYS_DMA_ALLOC, virt, pages, 0, 0, 0, 0);
+    // SAFETY: SYS_DMA_ALLOC maps only into unmapped pages: it touches no Rust object.
+    let r = unsafe { crate::sys::syscall6(SYS_DMA_ALLOC, virt, pages, 0, 0, 0, 0) };
     (r < 1 << 63).then_some(r)
 }
 
 /// Allocate `pages` contiguous DMA pages at the next free address of the DMA region; returns
-/// (virt, phys).
-pub fn alloc_pages(pages: u64) -> Option<(u64, u64)> {
+/// (virt, phys) (for the HAL, which hands them to `virtio-drivers`).
+fn alloc_pages(pages: u64) -> Option<(u64, u64)> {
     let v = DMA_NEXT.fetch_add(pages * 4096, Ordering::Relaxed);
     let p = dma_syscall(v, pages)?;
     for r in REGIONS.iter() {
@@ -67,14 +68,18 @@ pub fn mmio(phys: u64, len: u64) -> Option<Mmio> {
 }
 
 /// Map [phys, phys+len) (page-aligned start, granted by the kernel) uncached; returns the
-/// virtual address of `phys`.
-pub fn map_mmio(phys: u64, len: u64) -> Option<u64> {
+/// virtual address of `phys` (for the HAL).
+fn map_mmio(phys: u64, len: u64) -> Option<u64> {
     let start = phys & !0xfff;
-    let size = (phys + len - start).div_ceil(4096) * 4096;
-    let v = MMIO_NEXT.fetch_add(size + 4096, Ordering::Relaxed);
-    let r = crate::syscall6(SYS_MAP_MMIO, v, start, size, 0, 0, 0);
+    let size = phys.checked_add(len)?.checked_sub(start)?.checked_add(4095)? & !4095;
+    let v = MMIO_NEXT.fetch_add(size.checked_add(4096)?, Ordering::Relaxed);
+    // SAFETY: SYS_MAP_MMIO maps only into unmapped pages: it touches no Rust object.
+    let r = unsafe { crate::sys::syscall6(SYS_MAP_MMIO, v, start, size, 0, 0, 0) };
     (r == 0).then_some(v + (phys - start))
 }
+
+/// The heap stays inside its window (`layout`: Rust memory, which `hostile` never unmaps).
+const HEAP_MAX_PAGES: u64 = (DMA_VA - HEAP_VA) / 4096;
 
 struct Heap {
     lock: AtomicBool,
@@ -112,10 +117,15 @@ unsafe impl GlobalAlloc for Heap {
 /// Make the heap: `pages` contiguous DMA pages at `HEAP_VA`. Returns false if the kernel
 /// refused (no DMA grant).
 pub fn init(pages: u64) -> bool {
+    if pages > HEAP_MAX_PAGES {
+        return false;
+    }
     let Some(p) = dma_syscall(HEAP_VA, pages) else { return false };
     HEAP_PHYS.store(p, Ordering::Relaxed);
     HEAP_LEN.store(pages * 4096, Ordering::Relaxed);
-    // SAFETY: [HEAP_VA, +pages*4096) was just mapped for this task and is used only as heap.
+    // SAFETY: [HEAP_VA, +pages*4096) was just mapped for this task into unmapped pages (so no
+    // other object is there, and a second `init` fails: the pages are taken) and is used only
+    // as heap.
     HEAP.with(|h| unsafe { h.init(HEAP_VA as *mut u8, (pages * 4096) as usize) });
     true
 }
@@ -125,15 +135,21 @@ pub fn init(pages: u64) -> bool {
 /// memory: the virtio HAL never sees it. Returns false if the kernel refused (quota).
 pub fn init_mapped(pages: u64) -> bool {
     const SYS_MAP: u64 = 9;
+    if pages > HEAP_MAX_PAGES {
+        return false;
+    }
     let mut done = 0;
     while done < pages {
         let n = (pages - done).min(1024);
-        if crate::syscall6(SYS_MAP, HEAP_VA + done * 4096, n, 0, 0, 0, 0) != 0 {
+        // SAFETY: SYS_MAP maps only into unmapped pages: it touches no Rust object.
+        if unsafe { crate::sys::syscall6(SYS_MAP, HEAP_VA + done * 4096, n, 0, 0, 0, 0) } != 0 {
             return false;
         }
         done += n;
     }
-    // SAFETY: [HEAP_VA, +pages*4096) was just mapped for this task and is used only as heap.
+    // SAFETY: [HEAP_VA, +pages*4096) was just mapped for this task into unmapped pages (so no
+    // other object is there, and a second `init` fails: the pages are taken) and is used only
+    // as heap.
     HEAP.with(|h| unsafe { h.init(HEAP_VA as *mut u8, (pages * 4096) as usize) });
     true
 }

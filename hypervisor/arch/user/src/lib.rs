@@ -39,44 +39,6 @@ core::arch::global_asm!(
     ".global _Unwind_Resume", "_Unwind_Resume:", "  ud2",
 );
 
-/// `syscall` with six arguments; returns rax.
-#[inline(always)]
-pub fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> u64 {
-    let r: u64;
-    // SAFETY: the kernel's syscall ABI: rcx/r11 are clobbered, everything else but rax is kept.
-    unsafe {
-        core::arch::asm!("syscall", inlateout("rax") nr => r, in("rdi") a0, in("rsi") a1, in("rdx") a2,
-            in("r10") a3, in("r8") a4, in("r9") a5, lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    r
-}
-
-/// Registers a message-returning syscall (recv, call) gives back.
-#[derive(Clone, Copy, Default, Debug)]
-pub struct MsgRegs {
-    pub rax: u64,
-    pub badge: u64,
-    pub label: u64,
-    pub words: [u64; 4],
-    pub reply: u64,
-    /// Kernel-set message flags (`catenary_ipc::syscall::MSG_FLAG_GRANT`).
-    pub flags: u64,
-}
-
-/// `syscall` that returns a message in rdi, rsi, rdx, r10, r8, r9, r12 and flags in r13.
-#[inline(always)]
-pub fn syscall_msg(nr: u64, a0: u64, a1: u64, w: [u64; 4]) -> MsgRegs {
-    let (r, badge, label, w0, w1, w2, w3, reply, flags): (u64, u64, u64, u64, u64, u64, u64, u64, u64);
-    // SAFETY: as in `syscall6`; the kernel returns the message in rdi, rsi, rdx, r10, r8, r9,
-    // r12 and r13.
-    unsafe {
-        core::arch::asm!("syscall", inlateout("rax") nr => r, inlateout("rdi") a0 => badge, inlateout("rsi") a1 => label,
-            inlateout("rdx") w[0] => w0, inlateout("r10") w[1] => w1, inlateout("r8") w[2] => w2, inlateout("r9") w[3] => w3,
-            inlateout("r12") 0u64 => reply, inlateout("r13") 0u64 => flags, lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    MsgRegs { rax: r, badge, label, words: [w0, w1, w2, w3], reply, flags }
-}
-
 /// Set or clear EFLAGS.AC in ring 3 (tests: the kernel must not run with a task's AC).
 pub fn set_ac(on: bool) {
     // SAFETY: AC is a ring-3-writable flag; with CR0.AM clear it changes nothing for this task,
@@ -107,29 +69,6 @@ pub fn outb(port: u16, v: u8) {
     unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nostack, nomem)) };
 }
 
-/// Raw reads and writes of this task's memory (volatile: MMIO and shared grants). A bad
-/// address faults and the kernel kills the task; nothing else can go wrong in ring 3.
-pub fn read_u8(addr: u64) -> u8 {
-    // SAFETY: ring-3 access checked by the kernel's page tables; a bad address kills this task.
-    unsafe { core::ptr::read_volatile(addr as *const u8) }
-}
-pub fn read_u32(addr: u64) -> u32 {
-    // SAFETY: as in `read_u8`.
-    unsafe { core::ptr::read_volatile(addr as *const u32) }
-}
-pub fn write_u32(addr: u64, v: u32) {
-    // SAFETY: as in `read_u8`.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
-}
-pub fn read_u64(addr: u64) -> u64 {
-    // SAFETY: as in `read_u8`.
-    unsafe { core::ptr::read_volatile(addr as *const u64) }
-}
-pub fn write_u64(addr: u64, v: u64) {
-    // SAFETY: as in `read_u8`.
-    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
-}
-
 /// Declare a program's entry point: `_start` calls `user_main(arg)` (the start argument from
 /// the kernel) and exits with its result. The exported symbol is generated here, so the
 /// program crates can `forbid(unsafe_code)`.
@@ -141,33 +80,6 @@ macro_rules! entry {
             $f(arg)
         }
     };
-}
-
-pub fn read_u16(addr: u64) -> u16 {
-    // SAFETY: as in `read_u8`.
-    unsafe { core::ptr::read_volatile(addr as *const u16) }
-}
-pub fn write_u16(addr: u64, v: u16) {
-    // SAFETY: as in `read_u8`.
-    unsafe { core::ptr::write_volatile(addr as *mut u16, v) }
-}
-pub fn write_u8(addr: u64, v: u8) {
-    // SAFETY: as in `read_u8`.
-    unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
-}
-
-/// Copy `buf.len()` bytes from this task's memory at `addr` (shared memory: ring slots).
-pub fn copy_from(addr: u64, buf: &mut [u8]) {
-    core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
-    // SAFETY: ring-3 access checked by the page tables (a bad address kills this task); the
-    // source may change concurrently (memory shared with the kernel), which only changes data.
-    unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len()) }
-}
-/// Copy `data` into this task's memory at `addr` (shared memory: ring slots).
-pub fn copy_to(addr: u64, data: &[u8]) {
-    // SAFETY: as in `copy_from`.
-    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) }
-    core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
 }
 
 pub mod dma;

@@ -261,6 +261,12 @@ impl Grant {
         // and no Rust object ever lives.
         Some(Grant { mem: unsafe { Mem::new(base, len) }, writable })
     }
+    /// A grant whose address someone told this task (a standing `SYS_SHARE`, announced in a
+    /// message): `len` bytes at `addr`, writable. None unless it lies in the grant window —
+    /// where no Rust object lives, so whatever is (or is not) mapped there, access is sound.
+    pub fn at(addr: u64, len: u64) -> Option<Grant> {
+        Grant::from_kernel(addr | 1, len)
+    }
     pub fn writable(&self) -> bool {
         self.writable
     }

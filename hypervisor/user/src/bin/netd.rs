@@ -67,13 +67,12 @@ impl log::Log for Logger {
 static LOGGER: Logger = Logger;
 
 fn net(op: u64, buf: &mut [u8], arg: u64) -> Result<u64, u64> {
-    let r = syscall6(SYS_NET, ROUTER, op, buf.as_mut_ptr() as u64, buf.len() as u64, arg, 0);
-    if r < 1 << 63 { Ok(r) } else { Err(r.wrapping_neg()) }
+    catenary_user::net(ROUTER, op, buf, arg)
 }
 
-/// The frame ring `nicd` lends us, mapped at `ring` (0: none yet).
+/// The frame ring `nicd` lends us, in our grant window (None: none yet).
 struct RingNic {
-    ring: u64,
+    ring: Option<Grant>,
     mac: [u8; 6],
     bad: u64,
 }
@@ -93,11 +92,8 @@ impl Link for RingNic {
     }
     fn recv(&mut self) -> Option<Vec<u8>> {
         use ring::*;
-        let r = self.ring;
-        if r == 0 {
-            return None;
-        }
-        let (head, tail) = (read_u64(r + RX_HEAD), read_u64(r + RX_TAIL));
+        let r = self.ring.as_ref()?;
+        let (head, tail) = (r.read_u64(RX_HEAD), r.read_u64(RX_TAIL));
         let n = match pending(head, tail) {
             Ok(0) => return None,
             Ok(n) => n,
@@ -107,14 +103,14 @@ impl Link for RingNic {
             }
         };
         let s = slot(tail);
-        let len = frame_len(read_u64(r + RX_LEN + s * 8));
+        let len = frame_len(r.read_u64(RX_LEN + s * 8));
         let v = len.map(|len| {
             let mut v = alloc::vec![0u8; len];
-            copy_from(r + RX_SLOTS + s * SLOT_LEN, &mut v);
+            r.read(RX_SLOTS + s * SLOT_LEN, &mut v);
             v
         });
         // a bad length drops the frame (the slot is consumed either way: no stall)
-        write_u64(r + RX_TAIL, tail.wrapping_add(1));
+        r.write_u64(RX_TAIL, tail.wrapping_add(1));
         if n >= SLOTS {
             let _ = send(NICD, LABEL_TX, [0; 4]); // the ring was full: nicd waits for room
         }
@@ -122,7 +118,7 @@ impl Link for RingNic {
     }
     fn can_send(&self) -> bool {
         use ring::*;
-        self.ring != 0 && room(read_u64(self.ring + TX_HEAD), read_u64(self.ring + TX_TAIL)).is_ok_and(|n| n > 0)
+        self.ring.as_ref().is_some_and(|r| room(r.read_u64(TX_HEAD), r.read_u64(TX_TAIL)).is_ok_and(|n| n > 0))
     }
     fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) {
         use ring::*;
@@ -131,12 +127,12 @@ impl Link for RingNic {
         }
         let mut frame = alloc::vec![0u8; len];
         f(&mut frame);
-        let r = self.ring;
-        let head = read_u64(r + TX_HEAD);
+        let Some(r) = self.ring.as_ref() else { return };
+        let head = r.read_u64(TX_HEAD);
         let s = slot(head);
-        copy_to(r + TX_SLOTS + s * SLOT_LEN, &frame);
-        write_u64(r + TX_LEN + s * 8, len as u64);
-        write_u64(r + TX_HEAD, head.wrapping_add(1));
+        r.write(TX_SLOTS + s * SLOT_LEN, &frame);
+        r.write_u64(TX_LEN + s * 8, len as u64);
+        r.write_u64(TX_HEAD, head.wrapping_add(1));
         let _ = send(NICD, LABEL_TX, [0; 4]);
     }
 }
@@ -212,7 +208,7 @@ fn on_message(st: &mut State, m: Msg) {
                 logf!("net: nicd is up but did not lend its frame ring");
                 return;
             }
-            st.nic.ring = st.shared;
+            st.nic.ring = Grant::at(st.shared, ring::RING_PAGES * 4096);
             st.nic.bad = 0;
             logf!("net: nicd's frame ring is lent to netd at {:#x} ({} pages, SYS_SHARE): frames flow", st.shared, ring::RING_PAGES);
         }
@@ -418,10 +414,10 @@ fn run(arg: u64) -> u64 {
     };
     // nicd: its configuration (a running nicd lends us its ring again), then its ring
     configure_nicd(&b.cfg);
-    let mut nic = RingNic { ring: 0, mac: [0; 6], bad: 0 };
+    let mut nic = RingNic { ring: None, mac: [0; 6], bad: 0 };
     let mut shared = 0;
     let t0 = now_ns();
-    while nic.ring == 0 {
+    while nic.ring.is_none() {
         if now_ns() - t0 > 10_000_000_000 {
             log("netd: nicd did not lend its frame ring in 10 s");
             return 3;
@@ -433,7 +429,7 @@ fn run(arg: u64) -> u64 {
         match m.label {
             ring::LABEL_SHARED => shared = m.words[0],
             ring::LABEL_UP if shared != 0 => {
-                nic.ring = shared;
+                nic.ring = Grant::at(shared, ring::RING_PAGES * 4096);
                 nic.mac.copy_from_slice(&m.words[1].to_le_bytes()[..6]);
             }
             ring::LABEL_HELLO => configure_nicd(&b.cfg),
@@ -444,7 +440,7 @@ fn run(arg: u64) -> u64 {
             _ => {}
         }
     }
-    logf!("net: netd (ring 3): nicd lent its frame ring at {:#x} ({} pages); MAC {:02x?}{}", nic.ring, ring::RING_PAGES, nic.mac,
+    logf!("net: netd (ring 3): nicd lent its frame ring at {:#x} ({} pages); MAC {:02x?}{}", nic.ring.as_ref().map_or(0, |g| g.addr()), ring::RING_PAGES, nic.mac,
         if b.flags & BOOT_MSIX != 0 { ", MSI-X receive interrupt" } else { "" });
     let identity = if b.flags & BOOT_KEY != 0 {
         logf!("net: identity: the node key from the boot module");

@@ -19,6 +19,7 @@ use catenary_user::dma::{self, UserHal};
 use catenary_user::nic::*;
 use catenary_user::virtio_pci::{UserPciTransport, NO_VECTOR};
 use catenary_user::*;
+use alloc::rc::Rc;
 use virtio_drivers::device::net::VirtIONet;
 use virtio_drivers::transport::DeviceType;
 
@@ -56,10 +57,9 @@ fn recv_label(label: u64) -> Option<Msg> {
 
 /// Lend the frame ring to netd for as long as both live (a ring-3 netd maps it; the
 /// in-kernel one reads it through the direct map and cannot take it) and report it up.
-fn report_up(ring: u64, ring_phys: u64, up: [u64; 4]) {
-    let r = syscall6(SYS_SHARE, KERNEL, ring, RING_PAGES * 4096, 0, 0, 0);
-    if r < 1 << 63 {
-        let _ = send(KERNEL, LABEL_SHARED, [r, ring_phys, 0, 0]);
+fn report_up(ring: &DmaRegion, up: [u64; 4]) {
+    if let Ok(r) = share(KERNEL, ring) {
+        let _ = send(KERNEL, LABEL_SHARED, [r, ring.phys(), 0, 0]);
     }
     let _ = send(KERNEL, LABEL_UP, up);
 }
@@ -73,7 +73,7 @@ fn run(arg: u64) -> u64 {
     let _ = send(KERNEL, LABEL_HELLO, [0; 4]);
     let Some(c1) = recv_label(LABEL_CONFIG) else { return fail(2) };
     let Some(c2) = recv_label(LABEL_CONFIG2) else { return fail(3) };
-    let map = |phys: u64, len: u64| dma::map_mmio(phys, len.max(1));
+    let map = |phys: u64, len: u64| dma::mmio(phys, len.max(1)).map(Rc::new);
     let (Some(common), Some(notify), Some(isr), Some(device)) =
         (map(c1.words[0], 0x38), map(c1.words[1], c2.words[2]), map(c1.words[2], 1), map(c1.words[3], c2.words[1]))
     else {
@@ -81,11 +81,11 @@ fn run(arg: u64) -> u64 {
     };
     let mk = || UserPciTransport {
         device_type: DeviceType::Network,
-        common,
-        notify,
+        common: common.clone(),
+        notify: notify.clone(),
         notify_multiplier: c2.words[0] as u32,
-        isr,
-        device,
+        isr: isr.clone(),
+        device: device.clone(),
         device_len: c2.words[1] as usize,
     };
     // virtio-net config: mac[6], status u16 (bit 0 = link up when VIRTIO_NET_F_STATUS).
@@ -96,12 +96,12 @@ fn run(arg: u64) -> u64 {
     let mut regs = mk();
     regs.set_config_vector(NO_VECTOR);
     let msix = regs.set_queue_vector(0, 0) == 0 && regs.set_queue_vector(1, NO_VECTOR) == NO_VECTOR;
-    let Some((ring, ring_phys)) = dma::alloc_pages(RING_PAGES) else { return fail(6) };
+    let Some(ring) = dma::alloc(RING_PAGES) else { return fail(6) };
     let mac = net.mac_address();
     let mut m = [0u8; 8];
     m[..6].copy_from_slice(&mac);
-    let up = [ring_phys, u64::from_le_bytes(m), (status & 1) as u64, msix as u64];
-    report_up(ring, ring_phys, up);
+    let up = [ring.phys(), u64::from_le_bytes(m), (status & 1) as u64, msix as u64];
+    report_up(&ring, up);
     let mut dropped = 0u64;
     let mut irq_seen = false;
     let mut received = 0u64;
@@ -109,7 +109,7 @@ fn run(arg: u64) -> u64 {
         // receive: device -> ring
         let mut got = false;
         while net.can_recv() {
-            let (head, tail) = (read_u64(ring + RX_HEAD), read_u64(ring + RX_TAIL));
+            let (head, tail) = (ring.read_u64(RX_HEAD), ring.read_u64(RX_TAIL));
             if head - tail >= SLOTS {
                 break; // the stack is behind: leave frames in the device queue (netd wakes us)
             }
@@ -117,9 +117,9 @@ fn run(arg: u64) -> u64 {
             let p = buf.packet();
             if p.len() as u64 <= SLOT_LEN {
                 let s = head % SLOTS;
-                copy_to(ring + RX_SLOTS + s * SLOT_LEN, p);
-                write_u64(ring + RX_LEN + s * 8, p.len() as u64);
-                write_u64(ring + RX_HEAD, head + 1);
+                ring.write(RX_SLOTS + s * SLOT_LEN, p);
+                ring.write_u64(RX_LEN + s * 8, p.len() as u64);
+                ring.write_u64(RX_HEAD, head + 1);
                 got = true;
             } else {
                 dropped += 1;
@@ -128,22 +128,22 @@ fn run(arg: u64) -> u64 {
             received += 1;
             if arg != 0 && received == arg {
                 logf!("nicd: crashing on purpose after {} frames (test)", received);
-                let _ = peek(CRASH_ADDRESS);
+                let _ = hostile::read_u64(CRASH_ADDRESS);
             }
         }
         if got {
             let _ = send(KERNEL, LABEL_RX, [dropped, 0, 0, 0]);
         }
         // transmit: ring -> device
-        let (mut tail, head) = (read_u64(ring + TX_TAIL), read_u64(ring + TX_HEAD));
+        let (mut tail, head) = (ring.read_u64(TX_TAIL), ring.read_u64(TX_HEAD));
         while tail != head {
             let s = tail % SLOTS;
-            let len = read_u64(ring + TX_LEN + s * 8).min(SLOT_LEN) as usize;
+            let len = ring.read_u64(TX_LEN + s * 8).min(SLOT_LEN) as usize;
             let mut tx = net.new_tx_buffer(len);
-            copy_from(ring + TX_SLOTS + s * SLOT_LEN, tx.packet_mut());
+            ring.read(TX_SLOTS + s * SLOT_LEN, tx.packet_mut());
             let _ = net.send(tx);
             tail += 1;
-            write_u64(ring + TX_TAIL, tail);
+            ring.write_u64(TX_TAIL, tail);
         }
         // wait for the receive interrupt or a transmit wakeup (without MSI-X: poll every 10 ms)
         if let Ok(m) = recv(0, if msix { 0 } else { 10_000_000 }) {
@@ -153,7 +153,7 @@ fn run(arg: u64) -> u64 {
             }
             if m.label == LABEL_CONFIG {
                 // a restarted netd: lend it the ring and report again (the device runs on)
-                report_up(ring, ring_phys, up);
+                report_up(&ring, up);
             }
         }
     }

@@ -8,6 +8,10 @@
 //! privileged instructions, `int n`). The node must survive all of it; a call that must fail
 //! but succeeds is a violation, reported to the test.
 //!
+//! Its raw syscalls go through `catenary_arch_user::hostile`, which does not make a call that
+//! would unmap or let anyone write this program's own memory (counted as refused); every other
+//! hostile argument reaches the kernel.
+//!
 //! The same binary is the peer the fuzzer calls and grants memory to (it answers every call).
 //!
 //! Capability slots (given by the test): 0 own endpoint (send+recv), 1 the peer's endpoint
@@ -99,6 +103,9 @@ struct Fz {
     calls: [u64; 19],
     errors: u64,
     violations: u64,
+    /// Calls `hostile` did not make: they would have unmapped or let someone write this
+    /// program's own memory (its image, stack or heap).
+    refused: u64,
     dma_left: u64,
     text: u64,
     steps: u64,
@@ -218,6 +225,10 @@ impl Fz {
     }
 
     fn note(&mut self, nr: u64, r: u64) {
+        if r == hostile::REFUSED {
+            self.refused += 1;
+            return;
+        }
         self.calls[(nr as usize).min(18)] += 1;
         if is_err(r) {
             self.errors += 1;
@@ -272,9 +283,9 @@ impl Fz {
             SYS_NULL | SYS_TIME | SYS_SENDER | SYS_YIELD => {
                 let (j0, j1, j2) = (self.junk(), self.junk(), self.junk());
                 let r = if nr == SYS_SENDER {
-                    catenary_arch_user::syscall_msg(nr, j0, j1, [j2; 4]).rax
+                    hostile::syscall_msg(nr, j0, j1, [j2; 4])
                 } else {
-                    syscall6(nr, j0, j1, j2, self.rng.next(), self.rng.next(), self.rng.next())
+                    hostile::syscall(nr, [j0, j1, j2, self.rng.next(), self.rng.next(), self.rng.next()])
                 };
                 self.note(nr, r);
                 if nr != SYS_TIME && r != 0 {
@@ -283,7 +294,7 @@ impl Fz {
             }
             SYS_SLEEP => {
                 let ns = self.timeout() / 8;
-                let r = syscall6(nr, ns, self.junk(), 0, 0, 0, 0);
+                let r = hostile::syscall(nr, [ns, self.junk(), 0, 0, 0, 0]);
                 self.note(nr, r);
             }
             SYS_SEND | SYS_CALL => {
@@ -315,9 +326,9 @@ impl Fz {
                     w[3] = PAGE * (1 + self.rng.below(4));
                 }
                 let r = if nr == SYS_SEND {
-                    syscall6(nr, slot, label, w[0], w[1], w[2], w[3])
+                    hostile::syscall(nr, [slot, label, w[0], w[1], w[2], w[3]])
                 } else {
-                    catenary_arch_user::syscall_msg(nr, slot, label, w).rax
+                    hostile::syscall_msg(nr, slot, label, w)
                 };
                 self.expect_err("send/call on a dead slot", dead, nr, [slot, label, w[0]], r);
             }
@@ -332,7 +343,7 @@ impl Fz {
                     self.timeout()
                 };
                 let slot = if t > 1 << 62 { SLOT_OWN } else { slot };
-                let r = catenary_arch_user::syscall_msg(nr, slot, t, [self.junk(); 4]).rax;
+                let r = hostile::syscall_msg(nr, slot, t, [self.junk(); 4]);
                 // Only slot 0 carries the receive right.
                 self.expect_err("recv without the receive right", slot != SLOT_OWN, nr, [slot, t, 0], r);
             }
@@ -343,7 +354,7 @@ impl Fz {
                     2 => self.rng.pick(&[0, u64::MAX, u64::MAX - 1, 1 << 63]),
                     _ => self.rng.next(),
                 };
-                let r = syscall6(nr, tok, self.rng.next(), self.junk(), self.junk(), 0, 0);
+                let r = hostile::syscall(nr, [tok, self.rng.next(), self.junk(), self.junk(), 0, 0]);
                 // Nobody ever calls this task: it owes no reply.
                 self.expect_err("reply with a forged token", true, nr, [tok, 0, 0], r);
             }
@@ -361,7 +372,7 @@ impl Fz {
                 if reserved(virt, pages) && !outside {
                     return;
                 }
-                let r = syscall6(nr, virt, pages, self.junk(), 0, 0, 0);
+                let r = hostile::syscall(nr, [virt, pages, self.junk(), 0, 0, 0]);
                 self.expect_err("map outside the user half / over mapped pages", pages > 0 && (outside || (on_text && virt % PAGE == 0)), nr, [virt, pages, 0], r);
             }
             SYS_UNMAP => {
@@ -378,7 +389,14 @@ impl Fz {
                 if own && !outside && (self.cfg.classes & F_FIRST_RUN != 0 || !self.rng.one_in(64)) {
                     return;
                 }
-                let r = syscall6(nr, virt, pages, self.junk(), 0, 0, 0);
+                let r = hostile::syscall(nr, [virt, pages, self.junk(), 0, 0, 0]);
+                if r == hostile::REFUSED && own {
+                    // its own code, data or stack: the run ends with the unmap (no Rust code
+                    // may run on memory it took away); a chosen exit for the test
+                    logf!("sysfuzz: unmapping its own memory ({:#x}, {} pages) and exiting (after {} steps)", virt, pages, self.steps);
+                    self.report(REPORT_STATS);
+                    hostile::unmap_then_exit(virt, pages, 1 << 63 | 0x0a);
+                }
                 self.expect_err("unmap outside the user half", pages > 0 && outside, nr, [virt, pages, 0], r);
             }
             SYS_LOG => {
@@ -398,7 +416,7 @@ impl Fz {
                 // (zeros, mostly) into the node's log: ask for none of it.
                 let probe = (PROBE.as_ptr() as u64..PROBE.as_ptr() as u64 + 8).contains(&ptr);
                 let len = if cls == Class::User && !mmio && !probe { 0 } else { len };
-                let r = syscall6(nr, ptr, len, self.junk(), 0, 0, 0);
+                let r = hostile::syscall(nr, [ptr, len, self.junk(), 0, 0, 0]);
                 self.expect_err("log from outside the user half / an unmapped page", len > 0 && cls != Class::User, nr, [ptr, len, 0], r);
             }
             SYS_JOIN => {
@@ -409,7 +427,7 @@ impl Fz {
                     _ => self.rng.next(),
                 };
                 let to = self.timeout();
-                let r = syscall6(nr, t, to, 0, 0, 0, 0);
+                let r = hostile::syscall(nr, [t, to, 0, 0, 0, 0]);
                 self.note(nr, r);
             }
             SYS_CALL_GRANT => {
@@ -419,7 +437,7 @@ impl Fz {
                 let writable = self.rng.one_in(2);
                 let cls = class_of(base & !1, len);
                 let label = if self.rng.one_in(2) { GRANT_LABEL } else { self.rng.next() };
-                let r = catenary_arch_user::syscall_msg(nr, slot, label, [self.junk(), self.junk(), base | writable as u64, len]).rax;
+                let r = hostile::syscall_msg(nr, slot, label, [self.junk(), self.junk(), base | writable as u64, len]);
                 let unowned = cls != Class::User || (base & !1) & !(PAGE - 1) == MMIO_VA || (base & !1) & !(PAGE - 1) == MMIO_VA + PAGE || (writable && (self.text..self.text + PAGE).contains(&base));
                 self.expect_err("grant of memory the task does not own", len > 0 && unowned, nr, [slot, base, len], r);
             }
@@ -440,7 +458,7 @@ impl Fz {
                 if reserved(virt, len.div_ceil(PAGE)) && class_of(virt, len.div_ceil(PAGE).saturating_mul(PAGE)) != Class::Outside {
                     return;
                 }
-                let r = syscall6(nr, virt, phys, len, 0, 0, 0);
+                let r = hostile::syscall(nr, [virt, phys, len, 0, 0, 0]);
                 let ungranted = (phys != p && phys != HOLE_PHYS) || len > PAGE;
                 let outside = class_of(virt, len.div_ceil(PAGE).saturating_mul(PAGE)) == Class::Outside;
                 self.expect_err("map_mmio outside the grant / the user half", len > 0 && (ungranted || outside), nr, [virt, phys, len], r);
@@ -451,7 +469,7 @@ impl Fz {
                 if reserved(virt, pages) && class_of(virt, pages.saturating_mul(PAGE)) != Class::Outside {
                     return;
                 }
-                let r = syscall6(nr, virt, pages, 0, 0, 0, 0);
+                let r = hostile::syscall(nr, [virt, pages, 0, 0, 0, 0]);
                 let outside = class_of(virt, pages.saturating_mul(PAGE)) == Class::Outside;
                 self.expect_err("dma_alloc over the quota / outside the user half", pages > 0 && (pages > self.dma_left || outside), nr, [virt, pages, 0], r);
                 if !is_err(r) {
@@ -460,12 +478,12 @@ impl Fz {
             }
             SYS_BIND_ADDRESS => {
                 let slot = self.slot();
-                let r = catenary_arch_user::syscall_msg(nr, slot, self.junk(), [0; 4]).rax;
+                let r = hostile::syscall_msg(nr, slot, self.junk(), [0; 4]);
                 // No capability here carries BIND for a local endpoint.
                 self.expect_err("bind_address", true, nr, [slot, 0, 0], r);
             }
             _ => {
-                let r = catenary_arch_user::syscall_msg(nr, self.junk(), self.junk(), [self.junk(); 4]).rax;
+                let r = hostile::syscall_msg(nr, self.junk(), self.junk(), [self.junk(); 4]);
                 self.expect_err("unknown syscall number", nr >= 0x100, nr, [0, 0, 0], r);
             }
         }
@@ -494,7 +512,7 @@ impl Fz {
                 // A line of its own in the node's log, if control characters went through.
                 let mut l = Line::new();
                 let _ = core::fmt::Write::write_fmt(&mut l, format_args!("sysfuzz: forging\n{}\r\x1b[2K{}\x1b[1A", FORGED_LINE, FORGED_LINE));
-                let r = syscall6(SYS_LOG, l.as_str().as_ptr() as u64, l.as_str().len() as u64, 0, 0, 0, 0);
+                let r = hostile::syscall(SYS_LOG, [l.as_str().as_ptr() as u64, l.as_str().len() as u64, 0, 0, 0, 0]);
                 self.note(SYS_LOG, r);
             }
             _ => {
@@ -511,15 +529,18 @@ impl Fz {
         self.report(REPORT_STATS);
         match how {
             0 => {
-                read_u64(self.rng.pick(&[0xffff_ffff_8020_0000, 0xffff_8000_0000_0000, 0xffff_ffff_ffff_fff8]));
+                hostile::read_u64(self.rng.pick(&[0xffff_ffff_8020_0000, 0xffff_8000_0000_0000, 0xffff_ffff_ffff_fff8]));
             }
             1 => {
-                read_u64(self.rng.pick(&[USER_END, 0x8000_0000_0000_0000, 0xdead_beef_dead_bee0]));
+                hostile::read_u64(self.rng.pick(&[USER_END, 0x8000_0000_0000_0000, 0xdead_beef_dead_bee0]));
             }
             2 => {
-                read_u64(GUARD + 8);
+                hostile::read_u64(GUARD + 8);
             }
-            3 => write_u64(self.text, 0),
+            3 => {
+                // its own (read-only) code
+                hostile::write_u64(self.text, 0);
+            }
             4 => hostile::fault(Fault::Ud2),
             5 => hostile::fault(Fault::Int3),
             6 => hostile::fault(Fault::Int(self.rng.next() as u8)),
@@ -553,7 +574,7 @@ impl Fz {
                 let t = self.rng.pick(&[u64::MAX, 1 << 63]);
                 logf!("sysfuzz: final op: recv(own, {:#x}) / join(peer, {:#x})", t, t);
                 let _ = recv(SLOT_OWN, t);
-                syscall6(SYS_JOIN, self.cfg.peer_task, t, 0, 0, 0, 0);
+                hostile::syscall(SYS_JOIN, [self.cfg.peer_task, t, 0, 0, 0, 0]);
             }
             2 => {
                 log("sysfuzz: final op: call to its own endpoint");
@@ -564,14 +585,14 @@ impl Fz {
                 // they are mapped in the peer (the frames must pass to the peer, then back).
                 // Fresh pages of its own, away from everything it fuzzed; the peer's queue may
                 // be full of its junk for a moment.
-                let _ = map(HOLD_VA, 4);
+                let _ = hostile::syscall(SYS_MAP, [HOLD_VA, 4, 0, 0, 0, 0]);
                 log("sysfuzz: final op: grant held by the peer");
                 let w = self.rng.one_in(2);
                 for _ in 0..200 {
-                    match call_grant(SLOT_PEER, GRANT_HOLD, 0, 0, HOLD_VA, 4 * PAGE, w) {
-                        Err(3) => sleep_ns(1_000_000), // QueueFull
+                    match hostile::syscall_msg(SYS_CALL_GRANT, SLOT_PEER, GRANT_HOLD, [0, 0, HOLD_VA | w as u64, 4 * PAGE]) {
+                        r if r == 3u64.wrapping_neg() => sleep_ns(1_000_000), // QueueFull
                         r => {
-                            logf!("sysfuzz: the held grant call ended: {:?}", r);
+                            logf!("sysfuzz: the held grant call ended: {:#x}", r);
                             break;
                         }
                     }
@@ -606,6 +627,7 @@ impl Fz {
             }
         }
         log(l.as_str());
+        logf!("sysfuzz: {} calls not made (aimed at its own memory: hostile::REFUSED)", self.refused);
     }
 }
 
@@ -633,12 +655,11 @@ fn peer() -> u64 {
         // A granted range (read-only use: the fuzzer may grant its own stack). Words 2 and 3
         // of any call are the sender's to choose: only what the kernel flagged as a grant is
         // read (the fuzzer also sends forged descriptors with GRANT_LABEL).
-        let (addr, _, len) = m.grant().unwrap_or((0, false, 0));
         let mut sum = 0u64;
-        if m.label == GRANT_LABEL && addr != 0 && len > 0 {
+        if let Some(g) = m.grant().filter(|_| m.label == GRANT_LABEL) {
             let mut off = 0;
-            while off < len.min(64 * PAGE) {
-                sum = sum.wrapping_add(read_u64(addr + off));
+            while off < g.len().min(64 * PAGE) {
+                sum = sum.wrapping_add(g.try_read_u64(off).unwrap_or_else(|| g.read_u8(off) as u64));
                 off += PAGE;
             }
         }
@@ -656,13 +677,14 @@ fn run(seed: u64) -> u64 {
         _ => return 2,
     }
     let cfg = Cfg { deadline: c.words[0], classes: c.words[1], mmio_phys: c.words[2], peer_task: c.words[3] };
-    let mut fz = Fz { rng: Rng(seed), cfg, calls: [0; 19], errors: 0, violations: 0, dma_left: 4, text: run as *const () as u64 & !(PAGE - 1), steps: 0 };
+    let mut fz = Fz { rng: Rng(seed), cfg, calls: [0; 19], errors: 0, violations: 0, refused: 0, dma_left: 4, text: run as *const () as u64 & !(PAGE - 1), steps: 0 };
     logf!("sysfuzz: run seed {:#018x}, classes {:#x}, {} ms", seed, fz.cfg.classes, fz.cfg.deadline.saturating_sub(now_ns()) / 1_000_000);
     // Some real state to aim at: arena pages, the MMIO grant, DMA memory.
-    let _ = map(ARENA, 8);
-    let _ = map_mmio(MMIO_VA, fz.cfg.mmio_phys, PAGE);
-    let _ = map_mmio(MMIO_VA + PAGE, HOLE_PHYS, PAGE);
-    if dma_alloc(DMA_VA, 2).is_ok() {
+    // (raw: the fuzzer unmaps and remaps them; no region object of it points there)
+    let _ = hostile::syscall(SYS_MAP, [ARENA, 8, 0, 0, 0, 0]);
+    let _ = hostile::syscall(SYS_MAP_MMIO, [MMIO_VA, fz.cfg.mmio_phys, PAGE, 0, 0, 0]);
+    let _ = hostile::syscall(SYS_MAP_MMIO, [MMIO_VA + PAGE, HOLE_PHYS, PAGE, 0, 0, 0]);
+    if !is_err(hostile::syscall(SYS_DMA_ALLOC, [DMA_VA, 2, 0, 0, 0, 0])) {
         fz.dma_left -= 2;
     }
     loop {

@@ -33,6 +33,27 @@ mod tcp;
 /// The kernel's answer to a bad argument.
 const BAD: Result<(), u64> = Err(ERR_BAD_ARG);
 
+/// Raw memory syscalls for the kernel's argument tests, through `hostile` (which never lets
+/// one unmap or overwrite this program's own memory; see catenary-arch-user).
+fn res(r: u64) -> Result<u64, u64> {
+    if r < 1 << 63 { Ok(r) } else { Err(r.wrapping_neg()) }
+}
+fn unmap(virt: u64, pages: u64) -> Result<(), u64> {
+    res(hostile::syscall(SYS_UNMAP, [virt, pages, 0, 0, 0, 0])).map(|_| ())
+}
+fn map(virt: u64, pages: u64) -> Result<(), u64> {
+    res(hostile::syscall(SYS_MAP, [virt, pages, 0, 0, 0, 0])).map(|_| ())
+}
+fn map_mmio(virt: u64, phys: u64, len: u64) -> Result<(), u64> {
+    res(hostile::syscall(SYS_MAP_MMIO, [virt, phys, len, 0, 0, 0])).map(|_| ())
+}
+fn dma_alloc(virt: u64, pages: u64) -> Result<u64, u64> {
+    res(hostile::syscall(SYS_DMA_ALLOC, [virt, pages, 0, 0, 0, 0]))
+}
+fn grant_raw(slot: u64, label: u64, base: u64, len: u64, writable: bool) -> Result<u64, u64> {
+    res(hostile::syscall_msg(SYS_CALL_GRANT, slot, label, [0, 0, base | writable as u64, len]))
+}
+
 /// ROLE_HOSTILE_ARGS: syscalls with arguments the kernel must refuse (review findings). Each
 /// bit of the result is one refusal seen; bits 16.. count the pages the quota let it map.
 fn hostile_args(io: u64) -> (u64, u64, u64) {
@@ -56,13 +77,14 @@ fn hostile_args(io: u64) -> (u64, u64, u64) {
     bit(5, map_mmio(REGS, io, 4096).is_ok());
     // SYS_LOG through the granted MMIO page (the kernel read it through the direct map), from
     // kernel memory, and with a wrapping range.
+    let log_at = hostile::log_at;
     bit(6, log_at(REGS, 16) == BAD);
     bit(7, log_at(KTEXT, 16) == BAD && log_at(u64::MAX - 3, 16) == BAD && log_at(0x0000_7fff_ffff_fff8, 16) == BAD);
     // SYS_MAP / SYS_DMA_ALLOC with page counts whose byte length overflows.
     bit(8, map(HEAP, 1 << 52) == BAD && map(HEAP, u64::MAX) == BAD && dma_alloc(HEAP, 1 << 52) == BAD.map(|_| 0));
     // SYS_CALL_GRANT of a range that wraps, and of the MMIO page (not RAM the task owns).
-    bit(9, call_grant(0, 1, 0, 0, 0xffff_ffff_ffff_f000, 8192, false).err() == Some(ERR_BAD_ARG));
-    bit(10, call_grant(0, 1, 0, 0, REGS, 4096, false).err() == Some(ERR_BAD_ARG));
+    bit(9, grant_raw(0, 1, 0xffff_ffff_ffff_f000, 8192, false).err() == Some(ERR_BAD_ARG));
+    bit(10, grant_raw(0, 1, REGS, 4096, false).err() == Some(ERR_BAD_ARG));
     // SYS_UNMAP of the MMIO page is the task's own business; of it again, not.
     bit(11, unmap(REGS, 1).is_ok() && unmap(REGS, 1) == BAD);
     // The memory quota: map 16 pages at a time until the kernel says no.
@@ -81,15 +103,15 @@ fn hostile_args(io: u64) -> (u64, u64, u64) {
     // The ring-3 router's syscall needs the ROUTER right (its own endpoint in slot 0 has
     // receive, not ROUTER; slot 63 is empty); a standing share needs the SHARE right.
     let refused = |r: u64| r >= 1 << 63;
-    bit(14, refused(syscall6(SYS_NET, 0, catenary_ipc::netd::OP_REAP, 0, 0, 0, 0)) && refused(syscall6(SYS_NET, 63, catenary_ipc::netd::OP_REAP, 0, 0, 0, 0)));
-    bit(15, map(HEAP, 1) == Ok(()) && refused(syscall6(SYS_SHARE, 0, HEAP, 4096, 0, 0, 0)) && unmap(HEAP, 1) == Ok(()));
+    bit(14, refused(hostile::syscall(SYS_NET, [0, catenary_ipc::netd::OP_REAP, 0, 0, 0, 0])) && refused(hostile::syscall(SYS_NET, [63, catenary_ipc::netd::OP_REAP, 0, 0, 0, 0])));
+    bit(15, map(HEAP, 1) == Ok(()) && refused(hostile::syscall(SYS_SHARE, [0, HEAP, 4096, 0, 0, 0])) && unmap(HEAP, 1) == Ok(()));
     (ok, pages, 0)
 }
 
-fn checksum(base: u64, len: u64) -> u64 {
+fn checksum(m: &Mem, len: u64) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for i in 0..len / 8 {
-        h = (h ^ read_u64(base + i * 8)).wrapping_mul(0x100_0000_01b3);
+        h = (h ^ m.read_u64(i * 8)).wrapping_mul(0x100_0000_01b3);
     }
     h
 }
@@ -109,19 +131,19 @@ fn sock(label: u64, w: [u64; 4]) -> Result<[u64; 4], u64> {
     let m = call(1, label, w).map_err(|e| 0x1000 | e)?;
     if m.label == 0 { Ok(m.words) } else { Err(m.label) }
 }
-fn sock_grant(label: u64, h: u64, len: u64, writable: bool) -> Result<[u64; 4], u64> {
-    let m = call_grant(1, label, h, 0, SOCK_BUF, len, writable).map_err(|e| 0x1000 | e)?;
+fn sock_grant(buf: &Pages, label: u64, h: u64, len: u64, writable: bool) -> Result<[u64; 4], u64> {
+    let m = call_grant(1, label, h, 0, buf, len, writable).map_err(|e| 0x1000 | e)?;
     if m.label == 0 { Ok(m.words) } else { Err(m.label) }
 }
-fn put_header(addr: core::net::Ipv6Addr, port: u16) {
+fn put_header(buf: &Pages, addr: core::net::Ipv6Addr, port: u16) {
     let mut h = [0u8; 24];
     h[..16].copy_from_slice(&addr.octets());
     h[16..18].copy_from_slice(&port.to_be_bytes());
-    copy_to(SOCK_BUF, &h);
+    buf.write(0, &h);
 }
-fn header() -> (core::net::Ipv6Addr, u16) {
+fn header(buf: &Pages) -> (core::net::Ipv6Addr, u16) {
     let mut h = [0u8; 24];
-    copy_from(SOCK_BUF, &mut h);
+    buf.read(0, &mut h);
     let mut a = [0u8; 16];
     a.copy_from_slice(&h[..16]);
     (core::net::Ipv6Addr::from(a), u16::from_be_bytes([h[16], h[17]]))
@@ -131,22 +153,20 @@ fn header() -> (core::net::Ipv6Addr, u16) {
 /// sends every datagram back to where it came from.
 fn udp_echo(port: u64) -> u64 {
     use catenary_netsock::*;
-    if map(SOCK_BUF, 1).is_err() {
-        return 1;
-    }
+    let Ok(buf) = Pages::map(SOCK_BUF, 1) else { return 1 };
     let Ok([h, ..]) = sock(OP_SOCKET, [1, 0, 0, 0]) else { return 2 };
     let Ok(_) = sock(OP_BIND, [h, 0, port, 0]) else { return 3 };
     logf!("udp echo: socket {} bound to the node's fabric /128, port {}", h, port);
     let mut echoed = 0u64;
     loop {
-        match sock_grant(OP_RECV, h, 4096, true) {
+        match sock_grant(&buf, OP_RECV, h, 4096, true) {
             Ok([n, ..]) => {
-                let (from, p) = header();
+                let (from, p) = header(&buf);
                 if echoed < 3 {
                     logf!("udp echo: {} bytes from [{}]:{}", n - 24, from, p);
                 }
                 echoed += 1;
-                let _ = sock_grant(OP_SEND, h, n, false);
+                let _ = sock_grant(&buf, OP_SEND, h, n, false);
             }
             Err(e) if e == NetError::WouldBlock.code() => sleep_ns(5_000_000),
             Err(_) => sleep_ns(100_000_000),
@@ -161,9 +181,7 @@ fn udp_client() -> u64 {
     use catenary_netsock::*;
     let Ok(m) = recv(0, 0) else { return 0 };
     let (peer, port) = (addr_of(m.words[0], m.words[1]), m.words[2] as u16);
-    if map(SOCK_BUF, 1).is_err() {
-        return 0;
-    }
+    let Ok(buf) = Pages::map(SOCK_BUF, 1) else { return 0 };
     let Ok([h, ..]) = sock(OP_SOCKET, [1, 0, 0, 0]) else { return 0 };
     let Ok([local, ..]) = sock(OP_BIND, [h, 0, 0, 0]) else { return 0 };
     logf!("udp client: socket {} on the node's fabric /128, port {}; echoes from [{}]:{}", h, local, peer, port);
@@ -174,22 +192,22 @@ fn udp_client() -> u64 {
         i += 1;
         let mut text = Line::new();
         let _ = core::fmt::Write::write_fmt(&mut text, format_args!("catenary udp datagram {}", got + 1));
-        put_header(peer, port);
-        copy_to(SOCK_BUF + 24, text.as_str().as_bytes());
+        put_header(&buf, peer, port);
+        buf.write(24, text.as_str().as_bytes());
         let len = 24 + text.as_str().len() as u64;
-        if sock_grant(OP_SEND, h, len, false).is_err() {
+        if sock_grant(&buf, OP_SEND, h, len, false).is_err() {
             sleep_ns(200_000_000);
             continue;
         }
         // its echo, within a second (the first may wait for the fabric session)
         let t = now_ns();
         while now_ns() - t < 1_000_000_000 {
-            match sock_grant(OP_RECV, h, 4096, true) {
+            match sock_grant(&buf, OP_RECV, h, 4096, true) {
                 Ok([n, ..]) => {
-                    let (from, p) = header();
+                    let (from, p) = header(&buf);
                     let mut back = [0u8; 64];
-                    let k = ((n - 24) as usize).min(64);
-                    copy_from(SOCK_BUF + 24, &mut back[..k]);
+                    let k = ((n.saturating_sub(24)) as usize).min(64);
+                    buf.read(24, &mut back[..k]);
                     if from == peer && p == port && &back[..k] == text.as_str().as_bytes() {
                         got += 1;
                         logf!("udp client: echo {} from [{}]:{} ({} bytes, {} us)", got, from, p, n - 24, (now_ns() - t) / 1000);
@@ -282,8 +300,8 @@ fn run(role: u64) -> u64 {
         }
         ROLE_TOUCH_KERNEL => {
             log("uapp: reading kernel memory (this task should be killed)");
-            let v = peek(0xffff_ffff_8020_0000);
-            v as u64
+            let v = hostile::read_u8(0xffff_ffff_8020_0000);
+            v.unwrap_or(0) as u64
         }
         ROLE_BAD_PORT => {
             log("uapp: reading CMOS port 0x71 without a grant (this task should be killed)");
@@ -318,17 +336,17 @@ fn run(role: u64) -> u64 {
         // slot 0: report. Map, use and unmap memory.
         ROLE_MEMORY => {
             let base = 0x1000_0000u64;
-            let r = map(base, 4).is_ok();
-            let mut sum = 0;
-            if r {
+            let pages = Pages::map(base, 4);
+            let (r, mut sum) = (pages.is_ok(), 0);
+            if let Ok(p) = &pages {
                 for i in 0..2048u64 {
-                    write_u64(base + i * 8, i);
+                    p.write_u64(i * 8, i);
                 }
                 for i in 0..2048u64 {
-                    sum += read_u64(base + i * 8);
+                    sum += p.read_u64(i * 8);
                 }
             }
-            let u = unmap(base, 4).is_ok();
+            let u = pages.is_ok_and(|p| p.unmap().is_ok());
             let _ = send(0, 0x3e, [r as u64, sum, u as u64, 0]);
             0
         }
@@ -336,32 +354,29 @@ fn run(role: u64) -> u64 {
         // with pattern(i, w1)); label 9: touch the last granted range after its reply (the
         // grant is gone: this task must be killed by #PF).
         ROLE_GRANT_SERVER => {
-            let mut last = 0u64;
+            let mut last: Option<Grant> = None;
             loop {
                 let Ok(m) = recv(0, 0) else { continue };
                 match m.label {
                     1 => {
                         // only what the kernel flagged as a grant: a descriptor in an
                         // ordinary call (words 2, 3) is the sender's data
-                        let Some((addr, writable, len)) = m.grant() else {
+                        let Some(g) = m.grant() else {
                             let _ = reply(m.reply, 0xbad, [0; 4]);
                             continue;
                         };
-                        if addr == 0 {
-                            let _ = reply(m.reply, 0xbad, [0; 4]);
-                            continue;
-                        }
+                        let (len, writable) = (g.len(), g.writable());
                         if m.words[0] == 1 && writable {
                             for i in 0..len / 8 {
-                                write_u64(addr + i * 8, pattern(i, m.words[1]));
+                                g.write_u64(i * 8, pattern(i, m.words[1]));
                             }
                         }
-                        last = addr;
-                        let _ = reply(m.reply, 2, [checksum(addr, len), addr, writable as u64, 0]);
+                        let _ = reply(m.reply, 2, [checksum(&g, len), g.addr(), writable as u64, 0]);
+                        last = Some(g);
                     }
                     9 => {
                         log("uapp: touching a revoked grant (this task should be killed)");
-                        let v = read_u64(last);
+                        let v = last.as_ref().map_or(0, |g| g.read_u64(0));
                         let _ = reply(m.reply, 0xbad, [v, 0, 0, 0]);
                     }
                     _ => {
@@ -375,38 +390,38 @@ fn run(role: u64) -> u64 {
         ROLE_GRANT_CLIENT => {
             const BASE: u64 = 0x2000_0000;
             const LEN: u64 = 64 * 1024;
-            if map(BASE, LEN / 4096).is_err() {
+            let Ok(pages) = Pages::map(BASE, LEN / 4096) else {
                 let _ = send(1, 0x9a, [0; 4]);
                 return 1;
-            }
+            };
             for i in 0..LEN / 8 {
-                write_u64(BASE + i * 8, pattern(i, 0x1234));
+                pages.write_u64(i * 8, pattern(i, 0x1234));
             }
-            let local = checksum(BASE, LEN);
+            let local = checksum(&pages, LEN);
             // Read-only bulk transfer: the server checksums our 64 KiB.
-            let ro = matches!(call_grant(0, 1, 0, 0, BASE, LEN, false), Ok(r) if r.label == 2 && r.words[0] == local && r.words[2] == 0);
+            let ro = matches!(call_grant(0, 1, 0, 0, &pages, LEN, false), Ok(r) if r.label == 2 && r.words[0] == local && r.words[2] == 0);
             // Read-write: the server fills the pages, we see its data.
-            let rw = match call_grant(0, 1, 1, 0x77, BASE, LEN, true) {
-                Ok(r) => r.label == 2 && r.words[2] == 1 && (0..LEN / 8).all(|i| read_u64(BASE + i * 8) == pattern(i, 0x77)) && r.words[0] == checksum(BASE, LEN),
+            let rw = match call_grant(0, 1, 1, 0x77, &pages, LEN, true) {
+                Ok(r) => r.label == 2 && r.words[2] == 1 && (0..LEN / 8).all(|i| pages.read_u64(i * 8) == pattern(i, 0x77)) && r.words[0] == checksum(&pages, LEN),
                 Err(_) => false,
             };
             // Memory we do not own, or cannot write, is refused; so is a capability without
             // the grant right.
             let mut errs = 0u64;
-            if call_grant(0, 1, 0, 0, 0x3000_0000, 4096, false) == Err(100) {
+            if grant_raw(0, 1, 0x3000_0000, 4096, false) == Err(100) {
                 errs |= 1; // unmapped
             }
-            if call_grant(0, 1, 0, 0, 0xffff_8000_0000_0000, 4096, false) == Err(100) {
+            if grant_raw(0, 1, 0xffff_8000_0000_0000, 4096, false) == Err(100) {
                 errs |= 2; // kernel half
             }
             let text = run as *const () as u64 & !0xfff;
-            if call_grant(0, 1, 0, 0, text, 4096, true) == Err(100) {
+            if grant_raw(0, 1, text, 4096, true) == Err(100) {
                 errs |= 4; // read-only page granted writable
             }
-            if call_grant(2, 1, 0, 0, BASE, 4096, false) == Err(2) {
+            if call_grant(2, 1, 0, 0, &pages, 4096, false).err() == Some(2) {
                 errs |= 8; // no grant right
             }
-            if call_grant(0, 1, 0, 0, BASE + 8, 4096, false).is_err() && call_grant(0, 1, 0, 0, BASE, 0, false).is_err() {
+            if grant_raw(0, 1, BASE + 8, 4096, false).is_err() && call_grant(0, 1, 0, 0, &pages, 0, false).is_err() {
                 errs |= 16; // misaligned / empty
             }
             // A grant descriptor forged in an ordinary call (the server's first grant slot,
@@ -429,30 +444,32 @@ fn run(role: u64) -> u64 {
             let Ok(m) = recv(0, 0) else { return 1 };
             let (io, bad) = (m.words[0], m.words[1]);
             let mut ver = 0u64;
-            if map_mmio(REGS, io, 4096).is_ok() {
-                write_u32(REGS, 1); // IOREGSEL = version register
-                ver = read_u32(REGS + 0x10) as u64; // IOWIN
+            let regs = Mmio::map(REGS, io, 4096);
+            if let Ok(r) = &regs {
+                r.write_u32(0, 1); // IOREGSEL = version register
+                ver = r.read_u32(0x10) as u64; // IOWIN
             }
             let mut errs = 0u64;
-            if map_mmio(REGS + 0x1000, bad, 4096) == Err(100) {
+            if Mmio::map(REGS + 0x1000, bad, 4096).err() == Some(100) {
                 errs |= 1;
             }
-            if map_mmio(REGS + 0x2000, io + 0x1000, 4096) == Err(100) {
+            if Mmio::map(REGS + 0x2000, io + 0x1000, 4096).err() == Some(100) {
                 errs |= 2;
             }
-            let phys = dma_alloc(DMA, 4).unwrap_or(0);
-            if phys != 0 {
+            let dma = DmaRegion::alloc(DMA, 4);
+            let phys = dma.as_ref().map_or(0, |d| d.phys());
+            if let Ok(d) = &dma {
                 for i in 0..4 {
-                    write_u64(DMA + i * 4096, 0xd4a0 + i);
+                    d.write_u64(i * 4096, 0xd4a0 + i);
                 }
             }
-            if dma_alloc(DMA + 0x10000, 1) == Err(100) {
+            if DmaRegion::alloc(DMA + 0x10000, 1).err() == Some(100) {
                 errs |= 4;
             }
             let _ = reply(m.reply, 1, [ver, phys, errs, 0]);
             let _ = recv(0, 0);
             log("uapp: touching ungranted MMIO (this task should be killed)");
-            read_u32(REGS + 0x1000) as u64
+            hostile::read_u64(REGS + 0x1000).unwrap_or(0)
         }
         // slot 0: own endpoint. The first message brings a granted MMIO page (IOAPIC).
         ROLE_HOSTILE_ARGS => {

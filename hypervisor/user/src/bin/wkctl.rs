@@ -24,7 +24,6 @@
 
 extern crate alloc;
 
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -41,11 +40,11 @@ const HEAP_PAGES: u64 = 128;
 
 entry!(run);
 
-#[repr(align(4096))]
-struct Buf([u8; BUFFER_MIN]);
+/// Where the request buffer is mapped (fresh pages, lent to workd for each call).
+const BUF_VA: u64 = 0x2000_0000;
 
 struct Client {
-    buf: Box<Buf>,
+    buf: Pages,
     failed: u32,
 }
 
@@ -56,17 +55,14 @@ enum Raw {
 }
 
 impl Client {
-    fn addr(&self) -> u64 {
-        self.buf.0.as_ptr() as u64
-    }
-
     /// Send `bytes` as a request with word 0 = `w0`, through a grant of the buffer.
     fn raw(&mut self, bytes: &[u8], w0: u64, writable: bool, label: u64) -> Raw {
-        self.buf.0[..bytes.len()].copy_from_slice(bytes);
-        match call_grant(WORKD, label, w0, 0, self.addr(), BUFFER_MIN as u64, writable) {
+        self.buf.write(0, &bytes[..bytes.len().min(BUFFER_MIN)]);
+        match call_grant(WORKD, label, w0, 0, &self.buf, BUFFER_MIN as u64, writable) {
             Ok(m) if m.label == TRANSPORT_OK => {
-                let n = (m.words[0] as usize).min(BUFFER_MIN);
-                Raw::Answer(decode_response(&self.buf.0[..n]))
+                let mut back = vec![0u8; (m.words[0] as usize).min(BUFFER_MIN)];
+                self.buf.read(0, &mut back);
+                Raw::Answer(decode_response(&back))
             }
             Ok(m) => Raw::Label(m.label),
             Err(e) => Raw::Label(0x1000 + e),
@@ -142,7 +138,11 @@ fn run(scenario: u64) -> u64 {
         log("wkctl: no heap");
         return 99;
     }
-    let mut c = Client { buf: Box::new(Buf([0; BUFFER_MIN])), failed: 0 };
+    let Ok(buf) = Pages::map(BUF_VA, (BUFFER_MIN as u64).div_ceil(4096)) else {
+        log("wkctl: no memory for the request buffer");
+        return 1;
+    };
+    let mut c = Client { buf, failed: 0 };
     match scenario {
         1 => hostile(&mut c),
         2 => restart(&mut c),
@@ -202,9 +202,9 @@ fn hostile(c: &mut Client) {
     c.result("hostile_unknown_workload", r == Err(Error::NoSuchWorkload), &format!("{r:?}"));
     // the kernel's VM control without the capability
     let mut b = [0u8; 64];
-    let r0 = vm(0, catenary_workload::vmctl::OP_INFO, b.as_mut_ptr() as u64, 64, 0);
-    let r1 = vm(WORKD, catenary_workload::vmctl::OP_CREATE, b.as_mut_ptr() as u64, 64, 0);
-    let r2 = vm(WORKD, catenary_workload::vmctl::OP_KILL, 0, 0, 1);
+    let r0 = vm(0, catenary_workload::vmctl::OP_INFO, &mut b, 0);
+    let r1 = vm(WORKD, catenary_workload::vmctl::OP_CREATE, &mut b, 0);
+    let r2 = vm_value(WORKD, catenary_workload::vmctl::OP_KILL, 0, 1);
     c.result("hostile_sys_vm_without_capability", r0.is_err() && r1.is_err() && r2.is_err(), &format!("{r0:?} {r1:?} {r2:?}"));
     // and workd still answers
     let r = c.req(&Request::List);

@@ -35,8 +35,8 @@ struct Kernel {
 
 impl Vmm for Kernel {
     fn create(&mut self, req: &CreateVm) -> Option<VmHandle> {
-        let rec = vmctl::encode(req)?;
-        match vm(VMCTL, OP_CREATE, rec.as_ptr() as u64, rec.len() as u64, 0) {
+        let mut rec = vmctl::encode(req)?;
+        match vm(VMCTL, OP_CREATE, &mut rec, 0) {
             Ok(h) => Some(h),
             Err(e) => {
                 logf!("workd: the kernel refused microVM {} (error {})", req.name, e);
@@ -45,23 +45,23 @@ impl Vmm for Kernel {
         }
     }
     fn kill(&mut self, h: VmHandle) {
-        let _ = vm(VMCTL, OP_KILL, 0, 0, h);
+        let _ = vm_value(VMCTL, OP_KILL, 0, h);
     }
     fn stop(&mut self, h: VmHandle, grace_ms: u64) -> bool {
-        vm(VMCTL, OP_STOP, 0, grace_ms, h).is_ok()
+        vm_value(VMCTL, OP_STOP, grace_ms, h).is_ok()
     }
     fn signal(&mut self, h: VmHandle, signal: u8) -> bool {
-        vm(VMCTL, OP_SIGNAL, 0, signal as u64, h).is_ok()
+        vm_value(VMCTL, OP_SIGNAL, signal as u64, h).is_ok()
     }
     fn touched(&mut self, h: VmHandle) -> Option<u64> {
-        vm(VMCTL, OP_TOUCHED, 0, 0, h).ok()
+        vm_value(VMCTL, OP_TOUCHED, 0, h).ok()
     }
 }
 
 impl Kernel {
     /// A record the kernel writes into our buffer.
     fn read<T: serde::de::DeserializeOwned>(&mut self, op: u64) -> Option<T> {
-        let n = vm(VMCTL, op, self.buf.as_mut_ptr() as u64, self.buf.len() as u64, 0).ok()? as usize;
+        let n = vm(VMCTL, op, &mut self.buf, 0).ok()? as usize;
         vmctl::decode(self.buf.get(..n)?)
     }
 }
@@ -155,13 +155,14 @@ fn serve(svc: &mut Service, k: &mut Kernel, m: &Msg) {
         return answer(Transport::UnknownLabel as u64, [0; 4]);
     }
     // the grant the kernel mapped for this call, never the words
-    let Some((addr, true, glen)) = grant_of(m.reply) else { return answer(Transport::NoBuffer as u64, [0; 4]) };
+    let Some(g) = grant_of(m.reply).filter(|g| g.writable()) else { return answer(Transport::NoBuffer as u64, [0; 4]) };
+    let glen = g.len();
     let n = m.words[0];
     if n == 0 || n > glen || n > REQUEST_MAX as u64 {
         return answer(Transport::BadLength as u64, [0; 4]);
     }
     let mut req = vec![0u8; n as usize];
-    copy_from(addr, &mut req);
+    g.read(0, &mut req);
     let resp = match decode_request(&req) {
         Ok(r) => {
             let what = describe(&r);
@@ -183,7 +184,7 @@ fn serve(svc: &mut Service, k: &mut Kernel, m: &Msg) {
     if out.len() as u64 > glen {
         return answer(Transport::BufferTooSmall as u64, [0, out.len() as u64, 0, 0]);
     }
-    copy_to(addr, &out);
+    g.write(0, &out);
     answer(TRANSPORT_OK, [out.len() as u64, 0, 0, 0]);
 }
 

@@ -33,8 +33,8 @@ struct Link {
 
 pub struct VmLinks {
     links: Vec<Link>,
-    /// Which rings are mapped / in use.
-    mapped: [bool; MAX_LINKS],
+    /// The rings mapped so far (kept and reused) / in use.
+    rings: [Option<Pages>; MAX_LINKS],
     used: [bool; MAX_LINKS],
     bad_indices: u64,
     blocked_logged: u32,
@@ -47,7 +47,7 @@ fn ring_va(i: usize) -> u64 {
 
 impl VmLinks {
     pub fn new() -> VmLinks {
-        VmLinks { links: Vec::new(), mapped: [false; MAX_LINKS], used: [false; MAX_LINKS], bad_indices: 0, blocked_logged: 0, too_big_logged: false }
+        VmLinks { links: Vec::new(), rings: [const { None }; MAX_LINKS], used: [false; MAX_LINKS], bad_indices: 0, blocked_logged: 0, too_big_logged: false }
     }
 
     /// Take the kernel's link events (attach, detach), lend rings, route the VMs' frames and
@@ -56,16 +56,16 @@ impl VmLinks {
         let mut active = self.events(node, now);
         let (blocked, too_big) = (node.counters.vm_ipc_blocked, node.counters.vm_too_big);
         for i in 0..self.links.len() {
-            let va = ring_va(self.links[i].ring);
+            let Some(ring) = self.rings[self.links[i].ring].as_ref() else { continue };
             let mut kick = false;
-            while let Some(f) = recv(va, &mut self.bad_indices) {
+            while let Some(f) = recv(ring, &mut self.bad_indices) {
                 active = true;
                 let l = &mut self.links[i];
                 match l.port.from_vm(&f) {
                     FromVm::Route(p) => {
                         node.route_from_vm(p, now, l.allow_ipc);
                     }
-                    FromVm::Reply(r) => kick |= send(va, &r),
+                    FromVm::Reply(r) => kick |= send(ring, &r),
                     FromVm::Drop => {}
                 }
             }
@@ -86,9 +86,8 @@ impl VmLinks {
             active = true;
             let Some((_, core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&p) else { continue };
             let Some(i) = self.links.iter().position(|l| l.port.vm_addr == dst) else { continue };
-            if let Some(f) = self.links[i].port.to_vm(&p) {
-                let va = ring_va(self.links[i].ring);
-                kicks[i] |= send(va, &f);
+            if let (Some(f), Some(ring)) = (self.links[i].port.to_vm(&p), self.rings[self.links[i].ring].as_ref()) {
+                kicks[i] |= send(ring, &f);
             }
         }
         for (i, k) in kicks.iter().enumerate() {
@@ -126,21 +125,22 @@ impl VmLinks {
             logf!("net: vm: no ring left for {}/128 ({} links): not routed", addr, MAX_LINKS);
             return;
         };
-        let va = ring_va(ring);
-        if !self.mapped[ring] {
+        if self.rings[ring].is_none() {
             // fresh zeroed pages of netd's memory quota
-            if syscall6(SYS_MAP, va, vr::PAGES, 0, 0, 0, 0) != 0 {
-                logf!("net: vm: no memory for the frame ring of {}/128: not routed", addr);
-                return;
+            match Pages::map(ring_va(ring), vr::PAGES) {
+                Ok(p) => self.rings[ring] = Some(p),
+                Err(_) => {
+                    logf!("net: vm: no memory for the frame ring of {}/128: not routed", addr);
+                    return;
+                }
             }
-            self.mapped[ring] = true;
         }
+        let Some(pages) = self.rings[ring].as_ref() else { return };
         for off in [vr::RX_HEAD, vr::RX_TAIL, vr::TX_HEAD, vr::TX_TAIL] {
-            write_u64(va + off, 0);
+            pages.write_u64(off, 0);
         }
-        let lent = syscall6(SYS_NET, crate::ROUTER, OP_VM_RING, va, vr::PAGES * 4096, id, 0);
-        if lent != 0 {
-            logf!("net: vm: the kernel refused the frame ring for {}/128 (error {})", addr, lent.wrapping_neg());
+        if let Err(e) = net_vm_ring(crate::ROUTER, pages, id) {
+            logf!("net: vm: the kernel refused the frame ring for {}/128 (error {})", addr, e);
             return;
         }
         self.used[ring] = true;
@@ -155,15 +155,15 @@ impl VmLinks {
             let _ = crate::net(OP_VM_DONE, &mut [], id);
             return;
         };
-        let va = ring_va(self.links[i].ring);
+        let Some(ring) = self.rings[self.links[i].ring].as_ref() else { return };
         let mut last = 0;
-        while let Some(f) = recv(va, &mut self.bad_indices) {
+        while let Some(f) = recv(ring, &mut self.bad_indices) {
             last += 1;
             if let FromVm::Route(p) = self.links[i].port.from_vm(&f) {
                 node.route_from_vm(p, now, self.links[i].allow_ipc);
             }
         }
-        let for_it = vr::pending(read_u64(va + vr::TX_HEAD), read_u64(va + vr::TX_TAIL)).unwrap_or(0);
+        let for_it = vr::pending(ring.read_u64(vr::TX_HEAD), ring.read_u64(vr::TX_TAIL)).unwrap_or(0);
         let l = self.links.remove(i);
         node.remove_vm_route(&l.port.vm_addr);
         self.used[l.ring] = false;
@@ -176,8 +176,8 @@ impl VmLinks {
 }
 
 /// The next frame the VM sent, if any (the slot is consumed either way).
-fn recv(va: u64, bad_indices: &mut u64) -> Option<Vec<u8>> {
-    let (head, tail) = (read_u64(va + vr::RX_HEAD), read_u64(va + vr::RX_TAIL));
+fn recv(ring: &Mem, bad_indices: &mut u64) -> Option<Vec<u8>> {
+    let (head, tail) = (ring.read_u64(vr::RX_HEAD), ring.read_u64(vr::RX_TAIL));
     match vr::pending(head, tail) {
         Ok(0) => return None,
         Ok(_) => {}
@@ -189,23 +189,23 @@ fn recv(va: u64, bad_indices: &mut u64) -> Option<Vec<u8>> {
             return None;
         }
     }
-    let f = vr::frame_len(read_u64(va + vr::len_offset(vr::RX_LEN, tail))).map(|len| {
+    let f = vr::frame_len(ring.read_u64(vr::len_offset(vr::RX_LEN, tail))).map(|len| {
         let mut v = alloc::vec![0u8; len];
-        copy_from(va + vr::slot_offset(vr::RX_SLOTS, tail), &mut v);
+        ring.read(vr::slot_offset(vr::RX_SLOTS, tail), &mut v);
         v
     });
-    write_u64(va + vr::RX_TAIL, tail.wrapping_add(1));
+    ring.write_u64(vr::RX_TAIL, tail.wrapping_add(1));
     Some(f.unwrap_or_default())
 }
 
 /// Put a frame for the VM into its ring; false (dropped) when the ring is full.
-fn send(va: u64, f: &[u8]) -> bool {
-    let (head, tail) = (read_u64(va + vr::TX_HEAD), read_u64(va + vr::TX_TAIL));
+fn send(ring: &Mem, f: &[u8]) -> bool {
+    let (head, tail) = (ring.read_u64(vr::TX_HEAD), ring.read_u64(vr::TX_TAIL));
     if f.len() as u64 > vr::SLOT_LEN || !vr::room(head, tail).is_ok_and(|n| n > 0) {
         return false;
     }
-    copy_to(va + vr::slot_offset(vr::TX_SLOTS, head), f);
-    write_u64(va + vr::len_offset(vr::TX_LEN, head), f.len() as u64);
-    write_u64(va + vr::TX_HEAD, head.wrapping_add(1));
+    ring.write(vr::slot_offset(vr::TX_SLOTS, head), f);
+    ring.write_u64(vr::len_offset(vr::TX_LEN, head), f.len() as u64);
+    ring.write_u64(vr::TX_HEAD, head.wrapping_add(1));
     true
 }

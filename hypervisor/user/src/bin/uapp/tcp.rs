@@ -18,7 +18,7 @@ const NETD: Sockets = Sockets { slot: 1 };
 /// Per-connection buffers (page-aligned, lent to `netd` for each call).
 const BUFS: u64 = 0x5100_0000;
 const BUF_LEN: u64 = 8192;
-fn buf(i: u64) -> u64 {
+fn buf_va(i: u64) -> u64 {
     BUFS + i * 0x4000
 }
 
@@ -33,14 +33,17 @@ fn pattern(i: u64) -> u8 {
 }
 
 /// The buffers, and a heap (uapp's other roles need none).
-fn map_bufs(n: u64) -> bool {
-    dma::init_mapped(HEAP_PAGES) && (0..n).all(|i| map(buf(i), 2).is_ok())
+fn map_bufs(n: u64) -> Option<alloc::vec::Vec<Pages>> {
+    if !dma::init_mapped(HEAP_PAGES) {
+        return None;
+    }
+    (0..n).map(|i| Pages::map(buf_va(i), 2).ok()).collect()
 }
 const HEAP_PAGES: u64 = 64;
 
-fn read(at: u64, n: usize) -> alloc::vec::Vec<u8> {
+fn read(m: &Mem, off: u64, n: usize) -> alloc::vec::Vec<u8> {
     let mut v = alloc::vec![0u8; n];
-    copy_from(at, &mut v);
+    m.read(off, &mut v);
     v
 }
 
@@ -60,9 +63,7 @@ struct Conn {
 
 /// ROLE_TCP_SERVER: echo on this task's own /128, port `port`.
 pub fn server(port: u16) -> u64 {
-    if !map_bufs(9) {
-        return 1;
-    }
+    let Some(bufs) = map_bufs(9) else { return 1 };
     let Ok(l) = NETD.socket(Kind::Tcp) else { return 2 };
     let (addr, p) = match NETD.bind(l, Local::Own, port) {
         Ok(x) => x,
@@ -94,7 +95,7 @@ pub fn server(port: u16) -> u64 {
         let mut i = 0;
         while i < conns.len() {
             let c = &mut conns[i];
-            let b = buf(c.h);
+            let b = &bufs[c.h as usize];
             let mut done = false;
             // send back what was read; read more only when all of it went (bounded buffer)
             if c.pending > c.sent_back {
@@ -103,7 +104,7 @@ pub fn server(port: u16) -> u64 {
                     Ok(n) => {
                         c.sent_back += n;
                         if c.sent_back < c.pending {
-                            copy_to(b, &read(b + n as u64, c.pending - c.sent_back));
+                            b.write(0, &read(b, n as u64, c.pending - c.sent_back));
                             c.pending -= c.sent_back;
                             c.sent_back = 0;
                         }
@@ -123,7 +124,7 @@ pub fn server(port: u16) -> u64 {
                     Ok(n) => {
                         if c.first_len == 0 {
                             c.first_len = n.min(24);
-                            copy_from(b, &mut c.first[..c.first_len]);
+                            b.read(0, &mut c.first[..c.first_len]);
                         }
                         c.pending = n;
                         c.total += n;
@@ -151,13 +152,13 @@ pub fn server(port: u16) -> u64 {
 }
 
 /// Connect, waiting until established (retrying a refusal while the server starts).
-fn connect(local: Local, peer: Ipv6Addr, port: u16, within_ns: u64) -> SockResult<Handle> {
+fn connect(local: Local, peer: Ipv6Addr, port: u16, within_ns: u64, scratch: &Mem) -> SockResult<Handle> {
     let t0 = now_ns();
     loop {
         let h = NETD.socket(Kind::Tcp)?;
         NETD.bind(h, local, 0)?;
         NETD.connect(h, peer, port)?;
-        let r = established(h);
+        let r = established(h, scratch);
         match r {
             Ok(()) => return Ok(h),
             Err(e) => {
@@ -172,13 +173,13 @@ fn connect(local: Local, peer: Ipv6Addr, port: u16, within_ns: u64) -> SockResul
 }
 
 /// Wait until `h` is connected (writable) or failed (the error).
-fn established(h: Handle) -> SockResult<()> {
+fn established(h: Handle, scratch: &Mem) -> SockResult<()> {
     loop {
         let r = NETD.poll(1000)?;
         if r.hangup & Ready::bit(h) != 0 {
             // the error is what RECV answers now (a server that answers nothing first: no
             // data is lost here)
-            return NETD.recv(h, buf(0), 16).map(|_| ());
+            return NETD.recv(h, scratch, 16).map(|_| ());
         }
         if r.writable & Ready::bit(h) != 0 {
             return Ok(());
@@ -187,7 +188,7 @@ fn established(h: Handle) -> SockResult<()> {
 }
 
 /// Send all of `data` (from `at`) and read the echo back on `h`, concurrently.
-fn echo_all(h: Handle, total: usize, fill: &dyn Fn(u64, usize) -> alloc::vec::Vec<u8>, at: u64, into: u64) -> SockResult<(usize, u64, u64)> {
+fn echo_all(h: Handle, total: usize, fill: &dyn Fn(u64, usize) -> alloc::vec::Vec<u8>, at: &Mem, into: &Mem) -> SockResult<(usize, u64, u64)> {
     let (mut sent, mut got) = (0usize, 0usize);
     let (mut hs, mut hr) = (FNV0, FNV0);
     let mut staged = 0usize; // bytes at `at` from offset `sent`
@@ -196,17 +197,17 @@ fn echo_all(h: Handle, total: usize, fill: &dyn Fn(u64, usize) -> alloc::vec::Ve
         if sent < total {
             if staged == 0 {
                 let v = fill(sent as u64, (total - sent).min(BUF_LEN as usize));
-                copy_to(at, &v);
+                at.write(0, &v);
                 staged = v.len();
             }
             match NETD.send(h, at, staged as u64) {
                 Ok(n) => {
-                    hs = fnv(hs, &read(at, n));
+                    hs = fnv(hs, &read(at, 0, n));
                     sent += n;
                     if n < staged {
                         // keep the rest: move it to the front
-                        let rest = read(at + n as u64, staged - n);
-                        copy_to(at, &rest);
+                        let rest = read(at, n as u64, staged - n);
+                        at.write(0, &rest);
                     }
                     staged -= n;
                 }
@@ -220,7 +221,7 @@ fn echo_all(h: Handle, total: usize, fill: &dyn Fn(u64, usize) -> alloc::vec::Ve
         match NETD.recv(h, into, BUF_LEN) {
             Ok(0) => break,
             Ok(n) => {
-                hr = fnv(hr, &read(into, n));
+                hr = fnv(hr, &read(into, 0, n));
                 got += n;
             }
             Err(SockError::Net(NetError::WouldBlock)) => {
@@ -235,14 +236,12 @@ fn echo_all(h: Handle, total: usize, fill: &dyn Fn(u64, usize) -> alloc::vec::Ve
 /// ROLE_TCP_CLIENT: against the echo server at `peer`:`port`. Exit code: one bit per check
 /// passed (bit 0 concurrent, 1 large transfer, 2 refused, 3 hostile requests).
 pub fn client(peer: Ipv6Addr, port: u16) -> u64 {
-    if !map_bufs(9) {
-        return 0;
-    }
+    let Some(bufs) = map_bufs(9) else { return 0 };
     let mut ok = 0u64;
     // 1. several connections at once, from this task's own /128
     let mut hs = alloc::vec::Vec::new();
     for i in 0..3 {
-        match connect(Local::Own, peer, port, 120_000_000_000) {
+        match connect(Local::Own, peer, port, 120_000_000_000, &bufs[0]) {
             Ok(h) => hs.push(h),
             Err(e) => {
                 logf!("tcp client: connection {} to [{}]:{} failed: {:?}", i + 1, peer, port, e);
@@ -255,8 +254,8 @@ pub fn client(peer: Ipv6Addr, port: u16) -> u64 {
     for (i, h) in hs.iter().enumerate() {
         let mut text = Line::new();
         let _ = core::fmt::Write::write_fmt(&mut text, format_args!("catenary request {} on handle {}", i + 1, h));
-        copy_to(buf(*h), text.as_str().as_bytes());
-        if NETD.send(*h, buf(*h), text.as_str().len() as u64) != Ok(text.as_str().len()) {
+        bufs[*h as usize].write(0, text.as_str().as_bytes());
+        if NETD.send(*h, &bufs[*h as usize], text.as_str().len() as u64) != Ok(text.as_str().len()) {
             logf!("tcp client: request {} not taken", i + 1);
         }
     }
@@ -268,9 +267,9 @@ pub fn client(peer: Ipv6Addr, port: u16) -> u64 {
         let mut got = alloc::vec::Vec::new();
         let t0 = now_ns();
         while got.len() < want.len() && now_ns() - t0 < 20_000_000_000 {
-            match NETD.recv(*h, buf(7), BUF_LEN) {
+            match NETD.recv(*h, &bufs[7], BUF_LEN) {
                 Ok(0) => break,
-                Ok(n) => got.extend(read(buf(7), n)),
+                Ok(n) => got.extend(read(&bufs[7], 0, n)),
                 Err(SockError::Net(NetError::WouldBlock)) => {
                     let _ = NETD.poll(100);
                 }
@@ -290,11 +289,11 @@ pub fn client(peer: Ipv6Addr, port: u16) -> u64 {
     }
     // 2. 1 MiB through one connection, checksummed both ways
     const TOTAL: usize = 1 << 20;
-    match connect(Local::Own, peer, port, 30_000_000_000) {
+    match connect(Local::Own, peer, port, 30_000_000_000, &bufs[0]) {
         Ok(h) => {
             let t0 = now_ns();
             let fill = |off: u64, n: usize| (0..n as u64).map(|i| pattern(off + i)).collect::<alloc::vec::Vec<u8>>();
-            let r = echo_all(h, TOTAL, &fill, buf(5), buf(6));
+            let r = echo_all(h, TOTAL, &fill, &bufs[5], &bufs[6]);
             let ms = (now_ns() - t0) / 1_000_000;
             let want = (0..TOTAL as u64).fold(FNV0, |h, i| fnv(h, &[pattern(i)]));
             match r {
@@ -315,7 +314,7 @@ pub fn client(peer: Ipv6Addr, port: u16) -> u64 {
     // 3. a port nothing listens on: refused
     let r = NETD.socket(Kind::Tcp).and_then(|h| {
         NETD.connect(h, peer, 9)?;
-        let r = established(h);
+        let r = established(h, &bufs[0]);
         let _ = NETD.close(h);
         r
     });
@@ -333,8 +332,8 @@ pub fn client(peer: Ipv6Addr, port: u16) -> u64 {
     };
     let t = NETD.socket(Kind::Tcp).unwrap_or(0);
     let u = NETD.socket(Kind::Udp).unwrap_or(0);
-    check("send on a TCP socket never connected", NETD.send(t, buf(0), 10).map(|n| [n as u64, 0, 0, 0]), NetError::NotConnected);
-    check("receive on a TCP socket never connected", NETD.recv(t, buf(0), 10).map(|n| [n as u64, 0, 0, 0]), NetError::BadState);
+    check("send on a TCP socket never connected", NETD.send(t, &bufs[0], 10).map(|n| [n as u64, 0, 0, 0]), NetError::NotConnected);
+    check("receive on a TCP socket never connected", NETD.recv(t, &bufs[0], 10).map(|n| [n as u64, 0, 0, 0]), NetError::BadState);
     check("accept on a socket that does not listen", NETD.raw(OP_ACCEPT, [t, 0, 0, 0]), NetError::BadState);
     check("listen with a backlog of 5", NETD.raw(OP_LISTEN, [t, 5, 0, 0]), NetError::BadRequest);
     check("listen before bind", NETD.raw(OP_LISTEN, [t, 1, 0, 0]), NetError::BadState);
@@ -364,15 +363,13 @@ fn peer_lo(a: Ipv6Addr) -> u64 {
 /// borrow another task's), connects from the node's /128, sends, and exits with the
 /// connection open: its `netd` must close it (the server sees the FIN).
 pub fn dier(peer: Ipv6Addr, port: u16) -> u64 {
-    if !map_bufs(1) {
-        return 0;
-    }
+    let Some(bufs) = map_bufs(1) else { return 0 };
     let mut code = 0;
     match NETD.socket(Kind::Tcp).and_then(|h| NETD.bind(h, Local::Own, 0)) {
         Err(SockError::Net(NetError::BadAddress)) => code |= 1,
         r => logf!("tcp dier: bind to Own without a /128 of its own -> {:?}", r),
     }
-    let h = match connect(Local::Node, peer, port, 60_000_000_000) {
+    let h = match connect(Local::Node, peer, port, 60_000_000_000, &bufs[0]) {
         Ok(h) => h,
         Err(e) => {
             logf!("tcp dier: no connection: {:?}", e);
@@ -380,8 +377,8 @@ pub fn dier(peer: Ipv6Addr, port: u16) -> u64 {
         }
     };
     let msg = b"catenary dier";
-    copy_to(buf(0), msg);
-    if NETD.send(h, buf(0), msg.len() as u64) == Ok(msg.len()) {
+    bufs[0].write(0, msg);
+    if NETD.send(h, &bufs[0], msg.len() as u64) == Ok(msg.len()) {
         code |= 2;
     }
     // a listener too, so that the server side has more than one socket to close
