@@ -343,6 +343,7 @@ mod tests {
         // a writable grant of the text: the kernel must refuse (read-only pages)
         assert!(!refused(SYS_CALL_GRANT, [1, 0, 0, 0, IMAGE_BASE | 1, PAGE], &rm));
         assert!(!refused(99, [rm.image.1; 6], &rm), "unknown numbers");
+        assert!(!refused(SYS_UNMAP, [IMAGE_BASE + 0x5000, 0, 0, 0, 0, 0], &rm), "no pages: nothing unmapped");
     }
 
     #[test]

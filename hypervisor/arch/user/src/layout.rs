@@ -40,12 +40,12 @@ pub struct RustMemory {
 impl RustMemory {
     /// Whether [lo, hi) meets any Rust object (read-only or writable).
     pub fn meets(&self, lo: u64, hi: u64) -> bool {
-        let m = |a: u64, b: u64| lo < b && hi > a;
+        let m = |a: u64, b: u64| lo < hi && lo < b && hi > a;
         m(self.image.0, self.image.2) || m(self.stack.0, self.stack.1) || m(self.heap.0, self.heap.1)
     }
     /// Whether [lo, hi) meets writable Rust memory (data, bss, stack, heap).
     pub fn meets_writable(&self, lo: u64, hi: u64) -> bool {
-        let m = |a: u64, b: u64| lo < b && hi > a;
+        let m = |a: u64, b: u64| lo < hi && lo < b && hi > a;
         m(self.image.1, self.image.2) || m(self.stack.0, self.stack.1) || m(self.heap.0, self.heap.1)
     }
 }
