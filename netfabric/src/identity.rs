@@ -210,6 +210,18 @@ impl AddressAllocator {
         self.live.insert(addr);
         Ok(addr)
     }
+    /// Take the given microVM address (one a caller numbers itself, e.g. the workload service's
+    /// per-workload /128s): it must be a microVM address of this prefix and not live. The
+    /// sequential [`Self::allocate`] never reaches the indices such callers use (they start at
+    /// 2^16; see `catenary_workload::net`), and a claimed address can be claimed again once
+    /// released.
+    pub fn claim(&mut self, addr: Ipv6Addr) -> bool {
+        if !self.prefix.contains(&addr) || !matches!(classify(&addr), Some((AddressKind::MicroVm, _))) || self.live.contains(&addr) {
+            return false;
+        }
+        self.live.insert(addr);
+        true
+    }
     /// Release an address (it is never handed out again). Returns whether it was live.
     pub fn release(&mut self, addr: &Ipv6Addr) -> bool {
         self.live.remove(addr)

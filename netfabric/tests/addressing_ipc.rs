@@ -53,6 +53,23 @@ fn allocator_never_collides() {
     assert_eq!(id.prefix().workload_address(AddressKind::Task, 0), None);
 }
 
+#[test]
+fn claimed_microvm_addresses_are_exclusive_and_reusable_after_release() {
+    let id = Identity::generate(&mut OsRng);
+    let other = Identity::generate(&mut OsRng);
+    let mut a = AddressAllocator::new(id.prefix());
+    let vm = id.prefix().workload_address(AddressKind::MicroVm, 0x1_0001).unwrap();
+    assert!(a.claim(vm));
+    assert!(!a.claim(vm), "a live address is not claimed twice");
+    assert!(a.release(&vm));
+    assert!(a.claim(vm), "released, it can be claimed again");
+    // only microVM addresses of this prefix
+    assert!(!a.claim(id.prefix().workload_address(AddressKind::Task, 0x1_0002).unwrap()));
+    assert!(!a.claim(id.node_address()));
+    assert!(!a.claim(other.prefix().workload_address(AddressKind::MicroVm, 0x1_0002).unwrap()));
+    assert!(!a.claim(id.prefix().address(0x0100_0000_0000_0000)), "index 0");
+}
+
 fn frame() -> FabricFrame {
     let a = Identity::generate(&mut OsRng);
     let b = Identity::generate(&mut OsRng);

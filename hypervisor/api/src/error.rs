@@ -46,6 +46,7 @@ impl From<WkError> for ApiError {
             WkError::BadState(_) => (409, "bad_state"),
             WkError::Unsupported => (422, "unsupported"),
             WkError::VmRefused => (503, "vm_refused"),
+            WkError::NoNetworkLink => (507, "no_network_link"),
         };
         let message = match e {
             WkError::NoMemory { need_mib, free_mib } => alloc::format!("{}: needs {need_mib} MiB, {free_mib} MiB free", e.message()),

@@ -259,6 +259,7 @@ impl Api {
             env: r.env,
             args: r.args,
             restart,
+            net: r.net.unwrap_or(true),
         };
         spec.check()?;
         let id = match backend.workd(wk::Request::Create(spec))? {

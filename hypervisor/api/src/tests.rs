@@ -48,7 +48,7 @@ fn refused(api: &mut Api, node: &mut SimNode, caller: [u8; 32], req: &ClientRequ
 }
 
 fn run_req(name: &str, mib: u32) -> RunRequest {
-    RunRequest { name: Some(name.into()), image: image().to_string(), cpus: None, memory_mib: Some(mib), env: vec!["A=1".into()], args: None, restart: None }
+    RunRequest { name: Some(name.into()), image: image().to_string(), cpus: None, memory_mib: Some(mib), env: vec!["A=1".into()], args: None, restart: None, net: None }
 }
 
 #[test]

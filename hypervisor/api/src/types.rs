@@ -110,6 +110,9 @@ pub struct RunRequest {
     /// `no` (default), `always`, `on-failure` or `on-failure:N`.
     #[serde(default)]
     pub restart: Option<String>,
+    /// A network device with its own /128 (default true; false: `--net none`).
+    #[serde(default)]
+    pub net: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,11 +175,16 @@ pub struct WorkloadSummary {
     pub exit: Option<Exit>,
     pub restarts: u32,
     pub memory_mib: u32,
+    /// Its /128 (created with network, once the node's network is up).
+    pub address: Option<String>,
 }
 
 impl From<&Summary> for WorkloadSummary {
     fn from(s: &Summary) -> WorkloadSummary {
-        WorkloadSummary { id: s.id, name: s.name.clone(), state: s.state.name().to_string(), exit: s.exit.map(Exit::from), restarts: s.restarts, memory_mib: s.memory_mib }
+        WorkloadSummary {
+            id: s.id, name: s.name.clone(), state: s.state.name().to_string(), exit: s.exit.map(Exit::from), restarts: s.restarts, memory_mib: s.memory_mib,
+            address: s.address.map(|a| a.to_string()),
+        }
     }
 }
 
@@ -202,6 +210,8 @@ pub struct Workload {
     pub restart_in_ms: Option<u64>,
     pub log_start: u64,
     pub log_end: u64,
+    /// Its /128 (created with network, once the node's network is up).
+    pub address: Option<String>,
 }
 
 impl From<&Status> for Workload {
@@ -222,6 +232,7 @@ impl From<&Status> for Workload {
             restart_in_ms: s.restart_in_ms,
             log_start: s.log_start,
             log_end: s.log_end,
+            address: s.address.map(|a| a.to_string()),
         }
     }
 }
@@ -313,7 +324,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         workloads: Some(1),
     };
     let image = Image { digest: d.clone(), rootfs: d.clone(), rootfs_size: 1, config: d.clone(), config_size: 1 };
-    let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64 };
+    let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64, address: Some("fd00::100:0:1:1".into()) };
     let workload = Workload {
         id: 1,
         name: "web".into(),
@@ -330,6 +341,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         restart_in_ms: Some(1),
         log_start: 0,
         log_end: 1,
+        address: Some("fd00::100:0:1:1".into()),
     };
     let record = LogRecord { offset: 0, stream: "stdout".into(), data: "hi\n".into() };
     let event = Event { seq: 1, time_ms: 1, kind: "created".into(), workload: 1, name: "web".into(), state: "created".into(), exit: Some(exit.clone()) };
@@ -353,6 +365,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
                 env: vec!["A=1".into()],
                 args: Some(vec!["x".into()]),
                 restart: Some("no".into()),
+                net: Some(true),
             })),
         ),
         ("StopRequest", v(serde_json::to_value(StopRequest { grace_ms: Some(1) }))),

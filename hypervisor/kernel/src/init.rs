@@ -200,6 +200,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     #[cfg(not(feature = "ktest"))]
     start_demo_vm(&node);
     #[cfg(not(feature = "ktest"))]
+    crate::wkclient::start(&node.boot.cmdline);
+    #[cfg(not(feature = "ktest"))]
     idle(&node)
 }
 

@@ -60,3 +60,5 @@ mod vm;
 mod vmconsole;
 mod vmcontrol;
 mod vmstore;
+#[cfg(not(feature = "ktest"))]
+mod wkclient;

@@ -164,11 +164,12 @@ impl Drop for EndOnDrop<'_> {
 
 /// A workload's microVM, as `SYS_VM`'s `OP_CREATE` asks (docs/workloads.md): the image's root
 /// filesystem as a read-only virtio-blk disk over the store's frames (shared by every VM of
-/// the image), the run config and `node_json` appended to the initramfs, the workload channel;
+/// the image), the run config and `node_json` appended to the initramfs, the workload channel,
+/// a virtio-net device linked to `netd` with `net` (its /128 is in `node_json`);
 /// its log lines, READY and touched memory go to the owner's event queue as VM `handle`
 /// (`task::vmctl`). Stopped, signalled and killed through `ctl` (`vmcontrol`).
 #[allow(clippy::too_many_arguments)]
-pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: &'static [u8], config: &[u8], node_json: &str, ctl: &VmControl, touched: &core::sync::atomic::AtomicU64) -> RunReport {
+pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: &'static [u8], config: &[u8], node_json: &str, net: Option<NetAttach>, ctl: &VmControl, touched: &core::sync::atomic::AtomicU64) -> RunReport {
     let failed = |why: &str| {
         let mut r = empty_report();
         r.ended = Ended::Failed(String::from(why));
@@ -187,7 +188,7 @@ pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: &'static [u8]
         (None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: &initrd, cmdline },
         _ => return failed("the guest bundle has no kernel"),
     };
-    run_inner(name, boot, mem_mib, None, None, None, true, Some(ctl), Some(&Sink { handle, touched, rootfs }))
+    run_inner(name, boot, mem_mib, None, net, None, true, Some(ctl), Some(&Sink { handle, touched, rootfs }))
 }
 
 /// A workload VM's shared root disk, and where its events go (`task::vmctl`).

@@ -49,6 +49,7 @@ pub fn init(modules: &[catenary_bootinfo::Module], cmdline: &str) {
     let autostart = crate::cmdline::get(cmdline, "workload.demo").map(|n| AutoStart {
         name: alloc::string::String::from(n),
         memory_mib: crate::cmdline::get(cmdline, "workload.mem").and_then(|m| m.parse().ok()).unwrap_or(256),
+        net: crate::cmdline::get(cmdline, "workload.net") == Some("1"),
     });
     let mut st = Store { images: Vec::new(), index: ImageIndex::new(), guest: None, autostart };
     if let Some(b) = crate::vm::find_bundle(modules) {

@@ -250,6 +250,12 @@ impl IpcRouter {
         self.alloc.allocate(AddressKind::MicroVm).ok()
     }
 
+    /// Take microVM /128 `addr` of the node's /64 (the workload service numbers its
+    /// workloads' addresses); false if it is not one or is live.
+    pub fn claim_vm(&mut self, addr: Ipv6Addr) -> bool {
+        self.alloc.claim(addr)
+    }
+
     /// Forget a /128 (its endpoint closed); it is never handed out again.
     pub fn unbind(&mut self, addr: &Ipv6Addr) -> bool {
         self.alloc.release(addr);

@@ -23,6 +23,8 @@ pub struct SimKernel {
     pub killed: Vec<VmHandle>,
     pub created: Vec<CreateVm>,
     pub signals: bool,
+    /// The node's fabric /128 (None: its network is not up).
+    pub node: Option<core::net::Ipv6Addr>,
 }
 
 impl Vmm for SimKernel {
@@ -47,6 +49,9 @@ impl Vmm for SimKernel {
     fn touched(&mut self, vm: VmHandle) -> Option<u64> {
         self.alive.contains(&vm).then_some(vm << 20)
     }
+    fn node_address(&mut self) -> Option<core::net::Ipv6Addr> {
+        self.node
+    }
 }
 
 pub fn image() -> Digest {
@@ -70,7 +75,7 @@ fn word(d: &[u8]) -> u64 {
 /// Run one input. Panics only if a bound is broken (that is the finding).
 pub fn run(data: &[u8]) {
     let mut s = service(1024);
-    let mut k = SimKernel { signals: data.first().is_some_and(|b| b & 1 == 1), ..Default::default() };
+    let mut k = SimKernel { signals: data.first().is_some_and(|b| b & 1 == 1), node: data.first().is_some_and(|b| b & 2 == 2).then(|| core::net::Ipv6Addr::new(0xfd00, 1, 2, 3, 0, 0, 0, 1)), ..Default::default() };
     let mut now = 0u64;
     let mut rest = data;
     while rest.len() >= 2 {
@@ -99,6 +104,7 @@ pub fn run(data: &[u8]) {
                         env: Vec::new(),
                         args: None,
                         restart: [RestartPolicy::No, RestartPolicy::Always, RestartPolicy::OnFailure { limit: (w >> 24) as u32 % 4 }][(w >> 30) as usize % 3],
+                        net: w & (1 << 33) != 0,
                     }),
                     1 => Request::Start(t),
                     2 => Request::Stop { target: t, grace_ms: Some((w >> 32) as u32) },
@@ -142,5 +148,6 @@ pub fn run(data: &[u8]) {
         assert!(s.len() <= WORKLOADS_MAX);
         assert!(s.vms() <= VMS_MAX);
         assert!(s.admission.free_mib() <= s.admission.capacity_mib());
+        assert!(s.net_links() <= crate::net::LINKS_MAX as usize);
     }
 }

@@ -17,6 +17,7 @@
 //!   over IPC (postcard, bounded);
 //! - [`vmctl`]: the kernel's VM-control records (`SYS_VM`, gated by the VMCTL capability);
 //! - [`node`]: the `node.json` the guest init reads;
+//! - [`net`]: each networked workload's link slot, /128 and MAC;
 //! - [`service`]: the state machine `workd` runs around all of the above.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ mod digest;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod logring;
+pub mod net;
 pub mod node;
 pub mod proto;
 pub mod restart;

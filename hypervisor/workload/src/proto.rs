@@ -134,6 +134,9 @@ pub enum Error {
     VmRefused,
     /// A signal number outside 1..=64.
     BadSignal,
+    /// Every network link of the node is taken ([`crate::net::LINKS_MAX`] workloads with
+    /// network exist): destroy one, or create this one without network. Nothing was created.
+    NoNetworkLink,
 }
 
 impl Error {
@@ -150,6 +153,7 @@ impl Error {
             Error::Unsupported => "not supported on this node",
             Error::VmRefused => "the kernel refused to create the microVM",
             Error::BadSignal => "a signal number outside 1-64",
+            Error::NoNetworkLink => "all 8 network links of the node are taken: destroy a workload with network, or create this one without (net none)",
         }
     }
 }

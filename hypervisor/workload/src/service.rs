@@ -34,6 +34,9 @@ pub trait Vmm {
     fn signal(&mut self, vm: VmHandle, signal: u8) -> bool;
     /// Guest RAM it touched so far.
     fn touched(&mut self, vm: VmHandle) -> Option<u64>;
+    /// The node's fabric /128 (its /64 holds the workloads' addresses); None while the node's
+    /// network is not up.
+    fn node_address(&mut self) -> Option<core::net::Ipv6Addr>;
 }
 
 /// Where a stop is.
@@ -62,6 +65,8 @@ struct Workload {
     stopped: bool,
     touched: u64,
     log: LogRing,
+    /// Its network link slot (`crate::net`): kept across restarts, freed by destroy.
+    net: Option<u8>,
 }
 
 pub struct Service {
@@ -71,11 +76,13 @@ pub struct Service {
     pub admission: Admission,
     max_vcpus: u8,
     log_capacity: usize,
+    /// The node's fabric /128, once the kernel knew it.
+    node: Option<core::net::Ipv6Addr>,
 }
 
 impl Service {
     pub fn new(images: ImageIndex, admission: Admission, max_vcpus: u8, log_capacity: usize) -> Service {
-        Service { workloads: Vec::new(), next_id: 1, images, admission, max_vcpus, log_capacity }
+        Service { workloads: Vec::new(), next_id: 1, images, admission, max_vcpus, log_capacity, node: None }
     }
 
     fn find(&self, t: &Target) -> Result<usize, Error> {
@@ -86,6 +93,20 @@ impl Service {
                 Target::Name(n) => w.spec.name == *n,
             })
             .ok_or(Error::NoSuchWorkload)
+    }
+
+    /// The lowest network link slot no workload holds.
+    fn free_slot(&self) -> Option<u8> {
+        (1..=crate::net::LINKS_MAX).find(|s| !self.workloads.iter().any(|w| w.net == Some(*s)))
+    }
+
+    /// The /128 of link slot `slot` (None while the node's network is not up).
+    fn address(&mut self, slot: Option<u8>, vmm: &mut dyn Vmm) -> Option<core::net::Ipv6Addr> {
+        let slot = slot?;
+        if self.node.is_none() {
+            self.node = vmm.node_address();
+        }
+        Some(crate::net::address(self.node?, slot))
     }
 
     /// The workload's name and state (the loop's log lines).
@@ -110,6 +131,10 @@ impl Service {
                 if self.workloads.len() >= WORKLOADS_MAX {
                     return Err(Error::TooManyWorkloads);
                 }
+                let net = match spec.net {
+                    true => Some(self.free_slot().ok_or(Error::NoNetworkLink)?),
+                    false => None,
+                };
                 // last: a refusal above commits nothing, and this either commits or refuses
                 self.admission.admit(spec.memory_mib)?;
                 let id = self.next_id;
@@ -118,7 +143,7 @@ impl Service {
                 log.push(Stream::Node, format!("created: image {}, {} MiB, {} vCPU\n", spec.image.short(), spec.memory_mib, spec.vcpus).as_bytes());
                 self.workloads.push(Workload {
                     id, spec, state: State::Created, vm: None, exit: None, reported: None, restarts: Restarts::default(), attempts: 0,
-                    started_ms: 0, ended_ms: 0, restart_at: None, stop: None, stopped: false, touched: 0, log,
+                    started_ms: 0, ended_ms: 0, restart_at: None, stop: None, stopped: false, touched: 0, log, net,
                 });
                 Ok(Reply::Created(id))
             }
@@ -170,21 +195,27 @@ impl Service {
                 self.admission.release(w.spec.memory_mib);
                 Ok(Reply::Done)
             }
-            Request::List => Ok(Reply::List(
-                self.workloads
-                    .iter()
-                    .map(|w| Summary { id: w.id, name: w.spec.name.clone(), state: w.state, exit: w.exit, restarts: w.restarts.total, memory_mib: w.spec.memory_mib })
-                    .collect(),
-            )),
+            Request::List => {
+                if self.node.is_none() && self.workloads.iter().any(|w| w.net.is_some()) {
+                    self.node = vmm.node_address();
+                }
+                let node = self.node;
+                let list = self.workloads.iter().map(|w| Summary {
+                    id: w.id, name: w.spec.name.clone(), state: w.state, exit: w.exit, restarts: w.restarts.total, memory_mib: w.spec.memory_mib,
+                    address: node.zip(w.net).map(|(n, s)| crate::net::address(n, s)),
+                });
+                Ok(Reply::List(list.collect()))
+            }
             Request::Status(t) => {
                 let i = self.find(&t)?;
+                let address = self.address(self.workloads[i].net, vmm);
                 let w = &mut self.workloads[i];
                 if let Some(vm) = w.vm {
                     if let Some(b) = vmm.touched(vm) {
                         w.touched = b;
                     }
                 }
-                Ok(Reply::Status(status(w, now_ms)))
+                Ok(Reply::Status(status(w, now_ms, address)))
             }
             Request::Logs { target, cursor, max } => {
                 let i = self.find(&target)?;
@@ -285,6 +316,11 @@ impl Service {
         self.workloads.iter().find(|w| w.vm == Some(vm)).map(|w| w.id)
     }
 
+    /// Network link slots held (workloads created with network, not destroyed).
+    pub fn net_links(&self) -> usize {
+        self.workloads.iter().filter(|w| w.net.is_some()).count()
+    }
+
     /// Workloads that have a microVM now.
     pub fn vms(&self) -> usize {
         self.workloads.iter().filter(|w| w.vm.is_some()).count()
@@ -301,7 +337,7 @@ fn note(w: &mut Workload, s: &str) {
     w.log.push(Stream::Node, s.as_bytes());
 }
 
-fn status(w: &Workload, now_ms: u64) -> Status {
+fn status(w: &Workload, now_ms: u64, address: Option<core::net::Ipv6Addr>) -> Status {
     let uptime = if w.attempts == 0 { 0 } else if w.vm.is_some() { now_ms.saturating_sub(w.started_ms) } else { w.ended_ms.saturating_sub(w.started_ms) };
     Status {
         id: w.id,
@@ -319,6 +355,7 @@ fn status(w: &Workload, now_ms: u64) -> Status {
         restart_in_ms: w.restart_at.map(|a| a.saturating_sub(now_ms)),
         log_end: w.log.end(),
         log_start: w.log.start(),
+        address,
     }
 }
 
@@ -332,7 +369,7 @@ fn launch(w: &mut Workload, now_ms: u64, vmm: &mut dyn Vmm) {
     let mut env = w.spec.env.clone();
     env.push(format!("{ENV_ATTEMPT}={}", w.attempts));
     env.push(format!("{ENV_WORKLOAD}={}", w.spec.name));
-    let req = CreateVm { image: w.spec.image, name: String::from(w.spec.name.as_str()), vcpus: w.spec.vcpus, memory_mib: w.spec.memory_mib, args: w.spec.args.clone(), env };
+    let req = CreateVm { image: w.spec.image, name: String::from(w.spec.name.as_str()), vcpus: w.spec.vcpus, memory_mib: w.spec.memory_mib, args: w.spec.args.clone(), env, net: w.net };
     match vmm.create(&req) {
         Some(vm) => {
             w.vm = Some(vm);

@@ -48,6 +48,10 @@ pub struct WorkloadSpec {
     /// Replaces the image's `cmd` when present (`docker run IMAGE ARGS`).
     pub args: Option<Vec<String>>,
     pub restart: RestartPolicy,
+    /// A network device with its own /128 of the node's /64, routed over the fabric (what
+    /// clients default to: `--net none` turns it off). At most [`crate::net::LINKS_MAX`]
+    /// workloads with network per node.
+    pub net: bool,
 }
 
 /// Whether `name` may name a workload.

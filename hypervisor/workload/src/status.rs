@@ -113,6 +113,9 @@ pub struct Status {
     /// Log bytes written since creation, and the oldest byte still in its ring.
     pub log_end: u64,
     pub log_start: u64,
+    /// Its /128 (a workload created with network, once the node's network is up); the same
+    /// for every run until it is destroyed.
+    pub address: Option<core::net::Ipv6Addr>,
 }
 
 /// One line of `Request::List`.
@@ -124,4 +127,6 @@ pub struct Summary {
     pub exit: Option<ExitStatus>,
     pub restarts: u32,
     pub memory_mib: u32,
+    /// Its /128, as in [`Status::address`].
+    pub address: Option<core::net::Ipv6Addr>,
 }

@@ -14,7 +14,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 fn spec(name: &str, mib: u32, restart: RestartPolicy) -> WorkloadSpec {
-    WorkloadSpec { name: name.into(), image: image(), vcpus: 1, memory_mib: mib, env: vec!["A=1".into()], args: Some(vec!["flaky".into()]), restart }
+    WorkloadSpec { name: name.into(), image: image(), vcpus: 1, memory_mib: mib, env: vec!["A=1".into()], args: Some(vec!["flaky".into()]), restart, net: false }
 }
 
 fn status(s: &mut crate::service::Service, k: &mut SimKernel, name: &str, now: u64) -> Status {
@@ -159,6 +159,57 @@ fn admission_refusal_creates_nothing() {
     s.handle(Request::Destroy(Target::Name("w0".into())), 0, &mut k).unwrap();
     assert_eq!(s.admission.free_mib(), free + 68);
     assert!(k.created.is_empty(), "nothing was started");
+}
+
+/// Each workload with network holds a link slot (its /128) from create to destroy: the same
+/// on every run, a ninth refused with nothing created, a destroyed one's slot reused.
+#[test]
+fn network_links_are_bounded_kept_across_restarts_and_freed_by_destroy() {
+    let node = core::net::Ipv6Addr::new(0xfd12, 0x3456, 0x789a, 0xbcde, 0, 0, 0, 1);
+    let (mut s, mut k) = (service(100_000), SimKernel { node: Some(node), ..Default::default() });
+    let net = |name: &str| WorkloadSpec { net: true, ..spec(name, 64, RestartPolicy::Always) };
+    for i in 1..=8 {
+        s.handle(Request::Create(net(&format!("n{i}"))), 0, &mut k).unwrap();
+    }
+    let free = s.admission.free_mib();
+    assert_eq!(s.handle(Request::Create(net("n9")), 0, &mut k), Err(Error::NoNetworkLink));
+    assert_eq!((s.len(), s.admission.free_mib()), (8, free), "the refusal created and committed nothing");
+    // without network it still fits
+    s.handle(Request::Create(spec("plain", 64, RestartPolicy::No)), 0, &mut k).unwrap();
+    let addr = |s: &mut crate::service::Service, k: &mut SimKernel, n: &str| status(s, k, n, 0).address;
+    assert_eq!(addr(&mut s, &mut k, "plain"), None);
+    let a3 = addr(&mut s, &mut k, "n3").unwrap();
+    assert_eq!(a3, crate::net::address(node, 3));
+    let all: Vec<_> = (1..=8).map(|i| addr(&mut s, &mut k, &format!("n{i}")).unwrap()).collect();
+    assert!(all.iter().enumerate().all(|(i, a)| !all[..i].contains(a)), "distinct: {all:?}");
+    match s.handle(Request::List, 0, &mut k) {
+        Ok(Reply::List(l)) => assert_eq!(l.iter().find(|w| w.name == "n3").unwrap().address, Some(a3)),
+        r => panic!("{r:?}"),
+    }
+    // the kernel is asked for the slot's device; a restart asks for the same slot again
+    s.handle(Request::Start(Target::Name("n3".into())), 0, &mut k).unwrap();
+    assert_eq!(k.created.last().unwrap().net, Some(3));
+    let vm = k.next;
+    end(&mut s, &mut k, vm, Some(vmctl::Exit::Code(1)), vmctl::Ended::PowerOff, 50);
+    s.tick(10_000, &mut k);
+    assert_eq!(k.created.len(), 2, "restarted by its policy");
+    assert_eq!(k.created[1].net, Some(3));
+    assert_eq!(addr(&mut s, &mut k, "n3"), Some(a3), "a restarted workload keeps its /128");
+    assert_eq!(k.created.iter().filter(|c| c.name == "plain").count(), 0);
+    // destroy frees the slot: the next networked workload gets it (and its /128)
+    let vm = k.next;
+    s.handle(Request::Stop { target: Target::Name("n3".into()), grace_ms: Some(0) }, 10_000, &mut k).unwrap();
+    end(&mut s, &mut k, vm, None, vmctl::Ended::Killed, 10_001);
+    s.handle(Request::Destroy(Target::Name("n3".into())), 10_002, &mut k).unwrap();
+    s.handle(Request::Create(net("n9")), 10_003, &mut k).unwrap();
+    assert_eq!(addr(&mut s, &mut k, "n9"), Some(a3));
+    assert_eq!(s.net_links(), 8);
+    // before the node's network is up the status has no address, and gets it once it is
+    let (mut s2, mut k2) = (service(1024), SimKernel::default());
+    s2.handle(Request::Create(net("early")), 0, &mut k2).unwrap();
+    assert_eq!(addr(&mut s2, &mut k2, "early"), None);
+    k2.node = Some(node);
+    assert_eq!(addr(&mut s2, &mut k2, "early"), Some(crate::net::address(node, 1)));
 }
 
 #[test]

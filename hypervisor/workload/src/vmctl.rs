@@ -38,6 +38,8 @@ pub const OP_SIGNAL: u64 = 5;
 pub const OP_EVENTS: u64 = 6;
 pub const OP_TOUCHED: u64 = 7;
 pub const OP_STOP: u64 = 8;
+/// The node's fabric /128 (16 bytes into the buffer), once its network is up; an error before.
+pub const OP_NET: u64 = 9;
 
 /// The kernel cannot do this for that VM (a signal to a VM without catenary-init).
 pub const ERR_UNSUPPORTED: u64 = 102;
@@ -73,6 +75,8 @@ pub struct NodeInfo {
 pub struct AutoStart {
     pub name: String,
     pub memory_mib: u32,
+    /// `workload.net=1`: with network (off by default: `cargo xtask run` nodes have no fabric).
+    pub net: bool,
 }
 
 /// `OP_CREATE`: a microVM running image `image` under catenary-init.
@@ -85,6 +89,10 @@ pub struct CreateVm {
     pub memory_mib: u32,
     pub args: Option<Vec<String>>,
     pub env: Vec<String>,
+    /// Its network link slot ([`crate::net`]): a virtio-net device with the slot's MAC and /128,
+    /// linked to `netd`. The kernel refuses the VM (it ends `CreateFailed`) rather than run it
+    /// without the network it asked for.
+    pub net: Option<u8>,
 }
 
 /// How a microVM ended, as the kernel saw it.
@@ -168,7 +176,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_refuse_junk() {
-        let c = CreateVm { image: Digest([7; 32]), name: "w1".into(), vcpus: 1, memory_mib: 64, args: Some(vec!["a".into()]), env: vec!["X=1".into()] };
+        let c = CreateVm { image: Digest([7; 32]), name: "w1".into(), vcpus: 1, memory_mib: 64, args: Some(vec!["a".into()]), env: vec!["X=1".into()], net: Some(3) };
         let b = encode(&c).unwrap();
         assert_eq!(decode::<CreateVm>(&b), Some(c));
         let mut t = b.clone();

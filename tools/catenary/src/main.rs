@@ -76,6 +76,10 @@ enum Cmd {
         /// no, always, on-failure or on-failure:N.
         #[arg(long)]
         restart: Option<String>,
+        /// `none`: no network device. Default: a network device with the workload's own /128
+        /// of the node's /64, reachable over the fabric.
+        #[arg(long, value_parser = ["none", "fabric"])]
+        net: Option<String>,
         /// A digest (sha256:…) or a packed image directory.
         image: String,
         /// Replace the image's cmd.
@@ -164,8 +168,8 @@ fn operate(api: Option<String>, json: bool, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Image(ImageCmd::Push { dir }) => commands::image_push(&c, &dir),
         Cmd::Image(ImageCmd::Ls) => commands::images(&c),
         Cmd::Image(ImageCmd::Rm { digest }) => commands::image_rm(&c, &digest),
-        Cmd::Run { name, cpus, mem, env, restart, image, args } => {
-            commands::run(&c, RunArgs { name, cpus, memory_mib: mem, env, restart, image, args })
+        Cmd::Run { name, cpus, mem, env, restart, net, image, args } => {
+            commands::run(&c, RunArgs { name, cpus, memory_mib: mem, env, restart, net: net.as_deref() != Some("none"), image, args })
         }
         Cmd::Ps => commands::ps(&c),
         Cmd::Logs { follow, id } => commands::logs(&c, &id, follow, poll),

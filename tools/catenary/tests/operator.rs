@@ -154,6 +154,7 @@ fn push_resume_run_ps_logs_stop_rm_through_the_cli() {
     {
         let g = node.api.lock().unwrap();
         let c = g.1.kernel.created.last().unwrap();
+        assert_eq!(c.net, Some(1), "a workload has network unless asked otherwise");
         assert_eq!(c.args.as_deref(), Some(&["echo".to_string(), "-n".into(), "x".into()][..]));
         assert!(c.env.contains(&"GREETING=hi".to_string()));
         assert_eq!(c.memory_mib, 64);
@@ -186,6 +187,17 @@ fn push_resume_run_ps_logs_stop_rm_through_the_cli() {
     assert_eq!(kinds.last().map(String::as_str), Some("removed"));
     let nodes: serde_json::Value = serde_json::from_str(&stdout(&catenary(&api, &cfg, &["nodes", "--json"]))).unwrap();
     assert_eq!(nodes["nodes"][0]["state"], "up");
+    // with the node's network up: a workload's /128 in run, ps and inspect; none with --net none
+    let node_addr = std::net::Ipv6Addr::new(0xfd00, 0xa, 0xb, 0xc, 0, 0, 0, 1);
+    node.api.lock().unwrap().1.kernel.node = Some(node_addr);
+    let want = catenary_workload::net::address(node_addr, 1).to_string();
+    assert_eq!(stdout(&catenary(&api, &cfg, &["run", "--name", "net1", &digest])).trim(), format!("2 net1 {want}"));
+    assert_eq!(stdout(&catenary(&api, &cfg, &["run", "--name", "quiet", "--net", "none", &digest])).trim(), "3 quiet");
+    assert_eq!(node.api.lock().unwrap().1.kernel.created.last().unwrap().net, None);
+    let table = stdout(&catenary(&api, &cfg, &["ps"]));
+    assert!(table.lines().any(|l| l.contains("net1") && l.contains(&want)) && table.lines().any(|l| l.contains("quiet") && l.contains(" - ")), "{table}");
+    let inspect: serde_json::Value = serde_json::from_str(&stdout(&catenary(&api, &cfg, &["inspect", "net1"]))).unwrap();
+    assert_eq!(inspect["address"], want.as_str());
 
     // clear errors and exit statuses: unknown image, no capacity, permission denied
     let o = catenary(&api, &cfg, &["run", &format!("sha256:{}", "2".repeat(64))]);

@@ -103,6 +103,53 @@ pub fn attach_vm(mac: [u8; 6], wait_ns: u64, allow_ipc: bool) -> Option<Ipv6Addr
     }
 }
 
+/// The node's fabric /128, once networking is up (`SYS_VM` `OP_NET`).
+pub fn node_fabric_address() -> Option<Ipv6Addr> {
+    with_router(|r| r.node_address())
+}
+
+/// A workload microVM's link: link slot `slot` of the workload service
+/// (`catenary_workload::net`: the slot names its MAC and its /128 of the node's /64, so a
+/// restarted workload keeps its address). Waits up to `wait_ns` for the ring-3 `netd`, for the
+/// slot's /128 to be free (the same workload's previous run's link goes once `netd` routed its
+/// last frames) and for room among the [`MAX_VM_LINKS`] links; the reason when it cannot.
+pub fn attach_workload(slot: u8, wait_ns: u64) -> Result<Ipv6Addr, &'static str> {
+    let t0 = time::now_ns();
+    let mac = catenary_workload::net::mac(slot);
+    loop {
+        if KERNEL_NETD.load(Ordering::Relaxed) {
+            return Err("microVM links need the ring-3 netd (this node runs net.netd=kernel)");
+        }
+        let why = match with_router(|r| {
+            let a = catenary_workload::net::address(r.node_address(), slot);
+            (a, r.claim_vm(a))
+        }) {
+            None => "the node's network is not up",
+            Some((_, false)) => "its /128 is still in use (the last run's link)",
+            Some((a, true)) => {
+                let ok = with_links(|l| {
+                    if l.len() >= MAX_VM_LINKS || l.try_reserve(1).is_err() {
+                        return false;
+                    }
+                    let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
+                    l.push(VmLink { id, addr: a, mac, allow_ipc: false, ring: None, told: None, ended: false, detach_told: false, kicked: false, dropped: 0 });
+                    true
+                });
+                if ok {
+                    crate::task::wake_netd();
+                    return Ok(a);
+                }
+                with_router(|r| r.unbind(&a));
+                "every microVM link of the node is taken"
+            }
+        };
+        if time::now_ns() - t0 > wait_ns {
+            return Err(why);
+        }
+        crate::task::sleep_ns(10_000_000);
+    }
+}
+
 /// The microVM is gone. `netd` still routes the frames it sent last (a final ACK, the last
 /// datagram before it powered off) that wait in the ring, then says `OP_VM_DONE`; frames for
 /// it are dropped. A link no `netd` was told about goes at once.

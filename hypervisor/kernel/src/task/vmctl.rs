@@ -47,10 +47,17 @@ struct Launch {
     mem_mib: u64,
     rootfs: &'static [u8],
     config: &'static [u8],
-    node_json: String,
+    args: Option<Vec<String>>,
+    env: Vec<String>,
+    /// The workload service's network link slot (`catenary_workload::net`).
+    net: Option<u8>,
     ctl: Arc<VmControl>,
     touched: Arc<AtomicU64>,
 }
+
+/// How long a workload VM's task waits for its network link (netd up, the last run's link
+/// gone, room among the links) before it gives up.
+const NET_WAIT_NS: u64 = 30_000_000_000;
 
 static LAUNCH: spin::Mutex<BTreeMap<VmHandle, Launch>> = spin::Mutex::new(BTreeMap::new());
 
@@ -133,6 +140,14 @@ pub(super) fn sys_vm(f: &mut TrapFrame) {
             Ok(v.touched.load(Ordering::Relaxed))
         }),
         OP_EVENTS => take_events(slot, ptr, len),
+        OP_NET => (|| {
+            with(|k| owner_of(k, slot))?;
+            let a = crate::net::node_fabric_address().ok_or(ERR_UNSUPPORTED.wrapping_neg())?;
+            with(|k| {
+                let (me, _) = owner_of(k, slot)?;
+                copy_out(k, me, ptr, len, &a.octets())
+            })
+        })(),
         _ => Err(bad()),
     };
     f.rax = r.unwrap_or_else(|e| e);
@@ -206,11 +221,11 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
         || !entry_ok(&req.env, ENV_MAX + 2)
         || !req.env.iter().all(|e| e.contains('='))
         || !req.args.as_deref().is_none_or(|a| entry_ok(a, ARGS_MAX))
+        || !req.net.is_none_or(catenary_workload::net::valid_slot)
     {
         return Err(bad());
     }
     let (rootfs, config) = crate::vmstore::get(&req.image).ok_or_else(bad)?;
-    let node_json = catenary_workload::node::node_json(&req.name, None, req.args.as_deref(), &req.env);
     let ctl = Arc::new(VmControl::new());
     let touched = Arc::new(AtomicU64::new(0));
     let handle = with(|k| {
@@ -225,7 +240,7 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
     })?;
     let name = alloc::format!("vm-{}", req.name);
     cpu::without_interrupts(|| {
-        LAUNCH.lock().insert(handle, Launch { name: req.name, mem_mib: req.memory_mib as u64, rootfs, config, node_json, ctl, touched });
+        LAUNCH.lock().insert(handle, Launch { name: req.name, mem_mib: req.memory_mib as u64, rootfs, config, args: req.args, env: req.env, net: req.net, ctl, touched });
     });
     if try_spawn_kernel(&name, Priority::NORMAL, crate::vm::vcpu_affinity(smp::online_cpus()), vm_task, handle).is_err() {
         cpu::without_interrupts(|| LAUNCH.lock().remove(&handle));
@@ -239,7 +254,28 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
 fn vm_task(handle: u64) {
     let Some(l) = cpu::without_interrupts(|| LAUNCH.lock().remove(&handle)) else { return };
     info!(target: "vmm", "workload microVM {} (handle {}): {} MiB, root filesystem {} bytes shared read-only from the image store", l.name, handle, l.mem_mib, l.rootfs.len());
-    let r = crate::vm::run_image_vm(handle, &l.name, l.mem_mib, l.rootfs, l.config, &l.node_json, &l.ctl, &l.touched);
+    // A VM that asked for network runs with it or not at all (its link slot names its MAC and
+    // /128; a second VM of the same slot, or no network within the wait, ends it here).
+    let net = match l.net {
+        None => None,
+        Some(slot) => match crate::net::attach_workload(slot, NET_WAIT_NS) {
+            Ok(addr) => {
+                info!(target: "vmm", "workload microVM {}: virtio-net MAC {:02x?}, address {}/128 (link slot {}, routed by netd)", l.name, catenary_workload::net::mac(slot), addr, slot);
+                Some(crate::vm::NetAttach { mac: catenary_workload::net::mac(slot), addr })
+            }
+            Err(why) => {
+                warn!(target: "vmm", "workload microVM {}: no network link: {}; not started", l.name, why);
+                push(handle, Event::Ended { how: Ended::CreateFailed, touched_bytes: 0, wall_ms: 0 });
+                with(|k| k.vmctl.vms.remove(&handle));
+                return;
+            }
+        },
+    };
+    let node_json = catenary_workload::node::node_json(&l.name, net.map(|n| n.addr), l.args.as_deref(), &l.env);
+    let r = crate::vm::run_image_vm(handle, &l.name, l.mem_mib, l.rootfs, l.config, &node_json, net, &l.ctl, &l.touched);
+    if let Some(n) = net {
+        crate::net::detach_vm(n.addr);
+    }
     crate::vm::report(&l.name, &r);
     let how = match &r.ended {
         crate::vm::Ended::Stopped(catenary_vmm::cpu::StopReason::PowerOff { .. }) => Ended::PowerOff,

@@ -18,6 +18,12 @@
 //!   another (256 MiB), then eight at once (64 MiB), from the image in the store; it logs
 //!   `wkctl: bench create NAME at node time T us` just before each Create request (the node
 //!   logs when it decodes each workload's first log line).
+//! 5 web (`net_workload_server_stop`, an ordinary node of a cluster booted with
+//!   `workload.client=5`): the workload `web` from the image in the store, with network: its
+//!   status names its /128 (logged as `wkctl: web address A`); once its log shows the request
+//!   for `/done.html` (from a microVM on another node), a `Stop` request: it must end `exited`
+//!   with exit code 0 (its shell traps SIGTERM). Destroyed, its /128 goes to the next workload
+//!   created with network.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -130,7 +136,8 @@ impl Client {
 }
 
 fn spec(name: &str, image: Digest, args: &[&str], restart: RestartPolicy, mib: u32) -> WorkloadSpec {
-    WorkloadSpec { name: name.into(), image, vcpus: 1, memory_mib: mib, env: vec![], args: Some(args.iter().map(|s| String::from(*s)).collect()), restart }
+    // the test node of scenarios 1-4 has no network: their workloads run without
+    WorkloadSpec { name: name.into(), image, vcpus: 1, memory_mib: mib, env: vec![], args: Some(args.iter().map(|s| String::from(*s)).collect()), restart, net: false }
 }
 
 fn run(scenario: u64) -> u64 {
@@ -148,6 +155,7 @@ fn run(scenario: u64) -> u64 {
         2 => restart(&mut c),
         3 => eight(&mut c),
         4 => bench(&mut c),
+        5 => web(&mut c),
         _ => c.result("scenario", false, "unknown scenario"),
     }
     c.failed as u64
@@ -364,4 +372,40 @@ fn bench(c: &mut Client) {
         let _ = c.req(&Request::Destroy(Target::Name(n.clone())));
     }
     c.result("bench", ok == 13, &format!("{ok}/13 workloads created and started"));
+}
+
+/// Scenario 5: the web server workload with network, stopped by a `Stop` request.
+fn web(c: &mut Client) {
+    let Some(img) = c.image() else { return c.result("web", false, "no image in the store") };
+    let s = WorkloadSpec { args: None, net: true, ..spec("web", img, &[], RestartPolicy::No, 64) };
+    let r = c.req(&Request::Create(s.clone()));
+    let st = c.req(&Request::Start(Target::Name("web".into())));
+    if !matches!(r, Ok(Reply::Created(_))) || st != Ok(Reply::Done) {
+        return c.result("web", false, &format!("create {r:?}, start {st:?}"));
+    }
+    let s1 = wait(c, "web", 600, |s| s.state != State::Starting);
+    let addr = s1.as_ref().and_then(|s| s.address);
+    logf!("wkctl: web address {}", addr.map(|a| format!("{a}")).unwrap_or_default());
+    c.result("web_running", s1.as_ref().is_some_and(|s| s.state == State::Running) && addr.is_some(), &format!("{:?}", s1.map(|s| (s.state, s.exit, s.address))));
+    // the client on the other node asks for /done.html once it has the page
+    let end = now_ns() + 900 * 1_000_000_000;
+    let mut asked = false;
+    while now_ns() < end && !asked {
+        asked = c.log_text("web", Stream::Stderr).contains("url:/done.html");
+        if c.status("web").is_some_and(|s| s.state != State::Running) {
+            break;
+        }
+        sleep_ns(1_000_000_000);
+    }
+    let r = c.req(&Request::Stop { target: Target::Name("web".into()), grace_ms: Some(20_000) });
+    let s2 = wait(c, "web", 120, |s| matches!(s.state, State::Exited | State::Failed));
+    let ok = asked && r == Ok(Reply::Done) && s2.as_ref().is_some_and(|s| s.state == State::Exited && s.exit == Some(ExitStatus::Code(0)) && s.address == addr);
+    c.result("web_stop", ok, &format!("/done.html asked: {asked}; stop {r:?}; then {:?}", s2.map(|s| (s.state, s.exit, s.address))));
+    // destroy frees the link slot: the next workload with network gets the same /128
+    let d = c.req(&Request::Destroy(Target::Name("web".into())));
+    let r = c.req(&Request::Create(WorkloadSpec { name: "web2".into(), ..s }));
+    let a2 = c.status("web2").and_then(|s| s.address);
+    c.result("web_address_reused", d == Ok(Reply::Done) && matches!(r, Ok(Reply::Created(_))) && a2.is_some() && a2 == addr, &format!("destroy {d:?}; create web2 {r:?}: address {a2:?}"));
+    let _ = c.req(&Request::Destroy(Target::Name("web2".into())));
+    logf!("wkctl: web scenario done, {} checks failed", c.failed);
 }

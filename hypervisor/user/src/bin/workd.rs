@@ -18,7 +18,7 @@ use catenary_workload::logring::DEFAULT_CAPACITY;
 use catenary_workload::proto::{decode_request, encode_response, Transport, LABEL_REQUEST, REQUEST_MAX, TRANSPORT_OK};
 use catenary_workload::service::{Service, Vmm};
 use catenary_workload::store::ImageIndex;
-use catenary_workload::vmctl::{self, CreateVm, Event, NodeInfo, VmEvent, VmHandle, OP_CREATE, OP_EVENTS, OP_IMAGES, OP_INFO, OP_KILL, OP_SIGNAL, OP_STOP, OP_TOUCHED, RECORD_MAX};
+use catenary_workload::vmctl::{self, CreateVm, Event, NodeInfo, VmEvent, VmHandle, OP_CREATE, OP_EVENTS, OP_IMAGES, OP_INFO, OP_KILL, OP_NET, OP_SIGNAL, OP_STOP, OP_TOUCHED, RECORD_MAX};
 use catenary_workload::{Request, Target};
 
 const OWN: u64 = 0;
@@ -55,6 +55,10 @@ impl Vmm for Kernel {
     }
     fn touched(&mut self, h: VmHandle) -> Option<u64> {
         vm_value(VMCTL, OP_TOUCHED, 0, h).ok()
+    }
+    fn node_address(&mut self) -> Option<core::net::Ipv6Addr> {
+        let mut a = [0u8; 16];
+        (vm(VMCTL, OP_NET, a.as_mut_ptr() as u64, 16, 0).ok()? == 16).then(|| core::net::Ipv6Addr::from(a))
     }
 }
 
@@ -114,6 +118,7 @@ fn run(_arg: u64) -> u64 {
 fn autostart(svc: &mut Service, k: &mut Kernel, a: &vmctl::AutoStart, image: catenary_workload::Digest) {
     let spec = catenary_workload::WorkloadSpec {
         name: a.name.clone(), image, vcpus: 1, memory_mib: a.memory_mib, env: Vec::new(), args: None, restart: catenary_workload::RestartPolicy::No,
+        net: a.net,
     };
     let r = svc.handle(Request::Create(spec), now_ms(), k).and_then(|_| svc.handle(Request::Start(Target::Name(a.name.clone())), now_ms(), k));
     match r {
@@ -195,7 +200,7 @@ fn describe(r: &Request) -> Option<alloc::string::String> {
         Target::Name(n) => alloc::format!("{:.64}", n),
     };
     Some(match r {
-        Request::Create(s) => alloc::format!("create {:.64} ({} MiB, {} vCPU, restart {:?})", s.name, s.memory_mib, s.vcpus, s.restart),
+        Request::Create(s) => alloc::format!("create {:.64} ({} MiB, {} vCPU, restart {:?}, network {})", s.name, s.memory_mib, s.vcpus, s.restart, if s.net { "on" } else { "none" }),
         Request::Start(x) => alloc::format!("start {}", t(x)),
         Request::Stop { target, .. } => alloc::format!("stop {}", t(target)),
         Request::Destroy(x) => alloc::format!("destroy {}", t(x)),

@@ -165,6 +165,8 @@ pub struct RunArgs {
     pub memory_mib: Option<u32>,
     pub env: Vec<String>,
     pub restart: Option<String>,
+    /// A network device with its own /128 (`--net none`: false).
+    pub net: bool,
     pub image: String,
     pub args: Vec<String>,
 }
@@ -196,12 +198,16 @@ pub fn run(c: &Ctx, a: RunArgs) -> R {
         env: a.env,
         args: (!a.args.is_empty()).then_some(a.args),
         restart: a.restart,
+        net: Some(a.net),
     };
     let w: Workload = c.t.call(&client::run(&req))?;
     if c.json {
         return print_json(&w);
     }
-    println!("{} {}", w.id, w.name);
+    match &w.address {
+        Some(a) => println!("{} {} {}", w.id, w.name, a),
+        None => println!("{} {}", w.id, w.name),
+    }
     Ok(())
 }
 
@@ -210,9 +216,9 @@ pub fn ps(c: &Ctx) -> R {
     if c.json {
         return print_json(&l);
     }
-    println!("{:>4} {:<24} {:<9} {:>8} {:>8}  EXIT", "ID", "NAME", "STATE", "MEM MiB", "RESTARTS");
+    println!("{:>4} {:<24} {:<9} {:>8} {:>8}  {:<39}  EXIT", "ID", "NAME", "STATE", "MEM MiB", "RESTARTS", "ADDRESS");
     for w in &l.workloads {
-        println!("{:>4} {:<24} {:<9} {:>8} {:>8}  {}", w.id, w.name, w.state, w.memory_mib, w.restarts, exit_text(&w.exit));
+        println!("{:>4} {:<24} {:<9} {:>8} {:>8}  {:<39}  {}", w.id, w.name, w.state, w.memory_mib, w.restarts, w.address.as_deref().unwrap_or("-"), exit_text(&w.exit));
     }
     Ok(())
 }
