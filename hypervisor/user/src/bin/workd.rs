@@ -58,7 +58,7 @@ impl Vmm for Kernel {
     }
     fn node_address(&mut self) -> Option<core::net::Ipv6Addr> {
         let mut a = [0u8; 16];
-        (vm(VMCTL, OP_NET, a.as_mut_ptr() as u64, 16, 0).ok()? == 16).then(|| core::net::Ipv6Addr::from(a))
+        (vm(VMCTL, OP_NET, &mut a, 0).ok()? == 16).then(|| core::net::Ipv6Addr::from(a))
     }
 }
 
