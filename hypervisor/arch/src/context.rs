@@ -187,9 +187,13 @@ impl core::ops::Deref for TaskContext {
 }
 
 impl core::ops::DerefMut for TaskContext {
-    /// The saved general registers; panics for a ring-0 frame not stopped in a kernel system
-    /// call (see [`TrapFrame`]).
+    /// The saved general registers; panics for a saved ring-0 frame not stopped in a kernel
+    /// system call (see [`TrapFrame`]). While the context runs, its frame is stale (the next
+    /// save replaces all of it), so writing it is allowed and does nothing.
     fn deref_mut(&mut self) -> &mut GpRegs {
+        if !self.loadable {
+            return &mut self.frame.regs;
+        }
         &mut self.frame
     }
 }
@@ -354,9 +358,11 @@ mod tests {
         assert_eq!(f.rbx, 0);
     }
 
-    /// A running context (never saved) cannot be loaded.
+    /// A running context (never saved) cannot be loaded; its stale registers may be written.
     #[test]
     fn running_context_is_not_loadable() {
-        assert!(!TaskContext::running().is_loadable());
+        let mut c = TaskContext::running();
+        assert!(!c.is_loadable());
+        c.rax = 1;
     }
 }
