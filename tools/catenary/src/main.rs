@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use catenary::image::{self, Limits, PackOptions};
 use catenary::ops::commands::{self, CliError, Ctx, RunArgs};
 use catenary::ops::config;
-use catenary::ops::transport::Transport;
+use catenary::ops::transport::{self, Choice, FabricNode};
 use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
@@ -21,6 +21,18 @@ struct Cli {
     /// $CATENARY_API).
     #[arg(long, global = true, env = "CATENARY_API")]
     api: Option<String>,
+    /// How requests travel: `fabric` (the CLI's own user-space fabric session; the default
+    /// when a fabric node is known) or `host` (the host's TCP stack, through a WireGuard
+    /// interface).
+    #[arg(long, global = true, env = "CATENARY_TRANSPORT")]
+    transport: Option<String>,
+    /// The node for the embedded fabric, NODEKEY@HOST:PORT (its public key and UDP endpoint;
+    /// default: the config's `fabric`).
+    #[arg(long, global = true, env = "CATENARY_FABRIC_NODE")]
+    fabric_node: Option<String>,
+    /// Seconds to wait for the node (handshake, connection, or any stall of an answer).
+    #[arg(long, global = true, default_value_t = 15)]
+    timeout: u64,
     /// Print the node's JSON answers instead of tables (read commands).
     #[arg(long, global = true)]
     json: bool,
@@ -36,6 +48,9 @@ enum Cmd {
         /// Set the API endpoint (`[fabric /128]:port`) in the config.
         #[arg(long = "set-api")]
         set_api: Option<String>,
+        /// Set the node the embedded fabric reaches: NODEKEY@HOST:PORT.
+        #[arg(long = "set-fabric")]
+        set_fabric: Option<String>,
         /// Operator name for the printed cluster-file line.
         #[arg(long, default_value = "operator")]
         name: String,
@@ -131,26 +146,22 @@ enum ImageCmd {
     Rm { digest: String },
 }
 
-/// The API endpoint: --api / $CATENARY_API, else the config's.
-fn endpoint(api: Option<String>) -> Result<String, CliError> {
-    if let Some(a) = api {
-        return Ok(a);
-    }
-    let dir = config::config_dir().map_err(CliError::Other)?;
-    let cfg = config::load(&dir).map_err(CliError::Other)?;
-    cfg.api.ok_or_else(|| CliError::Other(format!("no API endpoint: pass --api [ADDR]:{} or set one with `catenary init --set-api`", catenary_api::PORT)))
-}
-
-fn operate(api: Option<String>, json: bool, cmd: Cmd) -> Result<(), CliError> {
+fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
     let poll = Duration::from_millis(500);
-    if let Cmd::Init { set_api, name, force } = cmd {
+    if let Cmd::Init { set_api, set_fabric, name, force } = cmd {
         let dir = config::config_dir().map_err(CliError::Other)?;
-        if let (Some(a), true) = (&set_api, dir.join(config::KEY_FILE).exists() && !force) {
-            config::set_api(&dir, a).map_err(CliError::Other)?;
-            eprintln!("API endpoint set to {a}");
+        if let Some(f) = &set_fabric {
+            FabricNode::parse(f).map_err(CliError::Other)?;
+        }
+        if (set_api.is_some() || set_fabric.is_some()) && dir.join(config::KEY_FILE).exists() && !force {
+            config::set(&dir, set_api.as_deref(), set_fabric.as_deref()).map_err(CliError::Other)?;
+            eprintln!("config updated");
             return Ok(());
         }
         let cfg = config::init(&dir, set_api, force).map_err(CliError::Other)?;
+        if set_fabric.is_some() {
+            config::set(&dir, None, set_fabric.as_deref()).map_err(CliError::Other)?;
+        }
         eprintln!("operator key written to {} (mode 0600)", dir.join(config::KEY_FILE).display());
         eprintln!("fabric address {}; add this line to the cluster file (role admin or viewer):", cfg.address);
         println!("operator {name} {} admin", cfg.public_key);
@@ -162,7 +173,8 @@ fn operate(api: Option<String>, json: bool, cmd: Cmd) -> Result<(), CliError> {
         eprintln!("wrote {} (mode 0600; it holds the operator's private key)", output.display());
         return Ok(());
     }
-    let c = Ctx { t: Transport::new(&endpoint(api)?), json };
+    let dir = config::config_dir().map_err(CliError::Other)?;
+    let c = Ctx { t: transport::choose(choice, &dir).map_err(CliError::Other)?, json };
     match cmd {
         Cmd::Nodes => commands::nodes(&c),
         Cmd::Image(ImageCmd::Push { dir }) => commands::image_push(&c, &dir),
@@ -208,7 +220,8 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Image(ImageCmd::Pack(_) | ImageCmd::Verify { .. }) => {}
         cmd => {
-            return match operate(cli.api, cli.json, cmd) {
+            let choice = Choice { api: cli.api, via: cli.transport, fabric_node: cli.fabric_node, timeout: Duration::from_secs(cli.timeout.max(1)) };
+            return match operate(choice, cli.json, cmd) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("catenary: {e}");

@@ -26,6 +26,13 @@ pub struct Config {
     /// The node's API endpoint, `[fabric /128]:port`, when one is set.
     #[serde(default)]
     pub api: Option<String>,
+    /// The node the CLI's embedded fabric reaches, `NODEKEY@HOST:PORT` (its public key and
+    /// underlay UDP endpoint): with it, requests go through the CLI's own fabric session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric: Option<String>,
+    /// `"host"`: use the host's TCP stack (a WireGuard interface) even with `fabric` set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 pub fn config_dir() -> Result<PathBuf, String> {
@@ -53,7 +60,7 @@ pub fn init(dir: &Path, api: Option<String>, force: bool) -> Result<Config, Stri
     let id = netfabric::Identity::from_secret_bytes(secret);
     let secret_hex = catenary_api::auth::hex(&id.secret_bytes());
     secret.fill(0);
-    let cfg = Config { public_key: catenary_api::auth::hex(&id.public_key()), address: id.node_address().to_string(), api };
+    let cfg = Config { public_key: catenary_api::auth::hex(&id.public_key()), address: id.node_address().to_string(), api, fabric: None, transport: None };
     write_private(&key_path, format!("{secret_hex}\n").as_bytes())?;
     write_private(&dir.join(CONFIG_FILE), format!("{}\n", serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?).as_bytes())?;
     Ok(cfg)
@@ -67,15 +74,27 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     f.write_all(bytes).map_err(err)
 }
 
+/// The operator's x25519 secret from the key file (never printed).
+pub fn secret(dir: &Path) -> Result<[u8; 32], String> {
+    let p = dir.join(KEY_FILE);
+    let key = fs::read_to_string(&p).map_err(|e| format!("{}: {e} (run `catenary init` first)", p.display()))?;
+    catenary_api::auth::hex32(key.trim()).ok_or_else(|| format!("{}: not 64 hex digits", p.display()))
+}
+
 pub fn load(dir: &Path) -> Result<Config, String> {
     let p = dir.join(CONFIG_FILE);
     let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e} (run `catenary init` first)", p.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-/// Set the API endpoint in an existing config.
-pub fn set_api(dir: &Path, api: &str) -> Result<(), String> {
+/// Set the API endpoint and/or the fabric node in an existing config.
+pub fn set(dir: &Path, api: Option<&str>, fabric: Option<&str>) -> Result<(), String> {
     let mut cfg = load(dir)?;
-    cfg.api = Some(api.to_string());
+    if let Some(a) = api {
+        cfg.api = Some(a.to_string());
+    }
+    if let Some(f) = fabric {
+        cfg.fabric = Some(f.to_string());
+    }
     write_private(&dir.join(CONFIG_FILE), format!("{}\n", serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?).as_bytes())
 }

@@ -2,5 +2,7 @@
 //! the transport to a node's API, and the commands over the API (docs/api.md).
 pub mod commands;
 pub mod config;
+pub mod fabric;
+pub mod fabric_call;
 pub mod transport;
 pub mod wgconfig;

@@ -1,14 +1,21 @@
-//! How a request reaches a node: plain TCP to the node's fabric /128 (port
-//! [`catenary_api::PORT`]), one request per connection. The workstation must be a fabric peer
-//! for that address to route (docs/api.md "Reaching a node": a WireGuard interface — kernel or
-//! `wireguard-go` — with the operator key; the fabric is WireGuard-compatible). Tests point it
-//! at any address (`--api 127.0.0.1:PORT`).
+//! How a request reaches a node's API at its fabric /128, port [`catenary_api::PORT`], one
+//! request per TCP connection, over one of two paths (docs/api.md "Reaching a node"):
+//!
+//! * **fabric** (the default when the node's fabric key and UDP endpoint are known, from the
+//!   config's `fabric` or `--fabric-node`): the CLI is its own fabric peer in user space
+//!   ([`super::fabric`]: netfabric over a UDP socket + smoltcp). No root, no WireGuard interface.
+//! * **host**: the host's TCP stack. The workstation must be a fabric peer for the address to
+//!   route (a WireGuard interface, kernel or `wireguard-go`, from `catenary wg-config`). Chosen
+//!   with `--transport host` (or `"transport": "host"` in the config), and whenever no fabric
+//!   node is known (tests point it at any address: `--api 127.0.0.1:PORT`).
 
+use super::fabric::Link;
 use catenary_api::client::{self, ClientError, ClientRequest};
 use serde::de::DeserializeOwned;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// What went wrong, as the CLI reports it (each its own exit status).
 #[derive(Debug)]
@@ -29,18 +36,98 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// The node's side of a fabric session: its public key and its underlay UDP endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FabricNode {
+    pub public_key: [u8; 32],
+    pub endpoint: SocketAddr,
+}
+
+impl FabricNode {
+    /// `KEY@HOST:PORT`: 64 hex, then an address and port (`[fe80::…%IFACE]:51820` takes an
+    /// interface name or index as the zone; a host name is resolved).
+    pub fn parse(s: &str) -> Result<FabricNode, String> {
+        let (key, ep) = s.split_once('@').ok_or_else(|| format!("{s:?}: expected NODEKEY@HOST:PORT"))?;
+        let public_key = catenary_api::auth::hex32(key.trim()).ok_or_else(|| format!("{key:?}: the node's key is not 64 hex digits"))?;
+        Ok(FabricNode { public_key, endpoint: resolve(ep.trim())? })
+    }
+
+    /// The node's fabric /128 and API port.
+    pub fn api_endpoint(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(netfabric::identity::Prefix64::from_public_key(&self.public_key).node_address()), catenary_api::PORT)
+    }
+}
+
+/// A socket address; an IPv6 zone may name an interface (`%eth0`: its index from sysfs, as
+/// std's parser takes only numbers).
+fn resolve(ep: &str) -> Result<SocketAddr, String> {
+    let mut text = ep.to_string();
+    if let (Some(p), Some(q)) = (ep.find('%'), ep.find(']')) {
+        let zone = &ep[p + 1..q];
+        if !zone.is_empty() && !zone.bytes().all(|b| b.is_ascii_digit()) {
+            let idx = std::fs::read_to_string(format!("/sys/class/net/{zone}/ifindex")).map_err(|_| format!("{ep}: no interface {zone:?}"))?;
+            text = format!("{}{}{}", &ep[..p + 1], idx.trim(), &ep[q..]);
+        }
+    }
+    text.to_socket_addrs().map_err(|e| format!("{ep}: {e}"))?.next().ok_or_else(|| format!("{ep}: no address"))
+}
+
+enum Via {
+    Host,
+    /// The operator's secret (never printed), the node, and the session once it is made.
+    Fabric { secret: [u8; 32], node: FabricNode, link: Mutex<Option<Box<Link>>> },
+}
+
 pub struct Transport {
     pub endpoint: String,
     pub timeout: Duration,
+    via: Via,
 }
 
 impl Transport {
+    /// Plain TCP through the host's stack to `endpoint`.
     pub fn new(endpoint: &str) -> Transport {
-        Transport { endpoint: endpoint.to_string(), timeout: Duration::from_secs(15) }
+        Transport { endpoint: endpoint.to_string(), timeout: Duration::from_secs(15), via: Via::Host }
+    }
+
+    /// Through an embedded fabric session with `node`, as the operator whose x25519 secret is
+    /// `secret`; `endpoint` is the API's `[fabric /128]:port`.
+    pub fn fabric(endpoint: &str, secret: [u8; 32], node: FabricNode) -> Transport {
+        Transport { endpoint: endpoint.to_string(), timeout: Duration::from_secs(15), via: Via::Fabric { secret, node, link: Mutex::new(None) } }
+    }
+
+    pub fn is_fabric(&self) -> bool {
+        matches!(self.via, Via::Fabric { .. })
     }
 
     /// Send one request; the answer's status and body.
     pub fn send(&self, req: &ClientRequest) -> Result<(u16, Vec<u8>), CallError> {
+        match &self.via {
+            Via::Host => self.send_host(req),
+            Via::Fabric { secret, node, link } => {
+                let mut g = link.lock().unwrap_or_else(|p| p.into_inner());
+                if g.is_none() {
+                    let id = netfabric::Identity::from_secret_bytes(*secret);
+                    let any: SocketAddr = if node.endpoint.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|_| CallError::Unreachable("bad bind address".into()))?;
+                    let peer = netfabric::PeerConfig::new(node.public_key).with_endpoint(node.endpoint);
+                    *g = Some(Box::new(Link::new(id, peer, any).map_err(CallError::Unreachable)?));
+                }
+                let l = g.as_mut().ok_or_else(|| CallError::Unreachable("no fabric link".into()))?;
+                let dst = self.endpoint.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| CallError::Unreachable(format!("{}: not an address", self.endpoint)))?;
+                let IpAddr::V6(ip) = dst.ip() else {
+                    return Err(CallError::Unreachable(format!("{}: the fabric carries IPv6 only", self.endpoint)));
+                };
+                let bytes = req.to_bytes(&self.endpoint);
+                super::fabric_call::request(l, ip, dst.port(), &bytes, self.timeout, &self.describe(node))
+            }
+        }
+    }
+
+    fn describe(&self, node: &FabricNode) -> String {
+        format!("{} (node key {}… at {})", self.endpoint, &catenary_api::auth::hex(&node.public_key)[..8], node.endpoint)
+    }
+
+    fn send_host(&self, req: &ClientRequest) -> Result<(u16, Vec<u8>), CallError> {
         let un = |e: std::io::Error| CallError::Unreachable(format!("{}: {e}", self.endpoint));
         let addr = self.endpoint.to_socket_addrs().map_err(un)?.next().ok_or_else(|| CallError::Unreachable(format!("{}: no address", self.endpoint)))?;
         let mut s = TcpStream::connect_timeout(&addr, self.timeout).map_err(un)?;
@@ -49,6 +136,7 @@ impl Transport {
         s.write_all(&req.to_bytes(&self.endpoint)).map_err(un)?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
+        let start = Instant::now();
         loop {
             if let Some(r) = client::parse_response(&buf).map_err(CallError::Api)? {
                 return Ok(r);
@@ -56,6 +144,9 @@ impl Transport {
             let n = s.read(&mut chunk).map_err(un)?;
             if n == 0 {
                 return Err(CallError::Unreachable(format!("{}: the connection closed before the answer was complete", self.endpoint)));
+            }
+            if start.elapsed() > self.timeout * 4 {
+                return Err(CallError::Unreachable(format!("{}: the answer did not complete in time", self.endpoint)));
             }
             buf.extend_from_slice(&chunk[..n]);
         }
@@ -66,4 +157,48 @@ impl Transport {
         let (status, body) = self.send(req)?;
         client::decode(status, &body).map_err(CallError::Api)
     }
+}
+
+/// What the command line and environment say about the path (each overrides the config).
+#[derive(Default)]
+pub struct Choice {
+    /// `--api` / $CATENARY_API.
+    pub api: Option<String>,
+    /// `--transport fabric|host` / $CATENARY_TRANSPORT.
+    pub via: Option<String>,
+    /// `--fabric-node KEY@HOST:PORT` / $CATENARY_FABRIC_NODE.
+    pub fabric_node: Option<String>,
+    pub timeout: Duration,
+}
+
+/// The transport for `c` and the operator config in `dir`: the embedded fabric when a fabric
+/// node is known (unless `host` is asked for), else the host's TCP stack. With the fabric, the
+/// API endpoint defaults to the node's fabric /128, port 8080.
+pub fn choose(c: Choice, dir: &std::path::Path) -> Result<Transport, String> {
+    let cfg = super::config::load(dir);
+    let cfg_field = |f: fn(&super::config::Config) -> Option<String>| cfg.as_ref().ok().and_then(f);
+    let via = c.via.or_else(|| cfg_field(|k| k.transport.clone()));
+    let node = c.fabric_node.or_else(|| cfg_field(|k| k.fabric.clone()));
+    // a known fabric node names the API endpoint on either path: its /128, port 8080
+    let api = c.api.or_else(|| cfg_field(|k| k.api.clone())).or_else(|| node.as_deref().and_then(|n| FabricNode::parse(n).ok()).map(|n| n.api_endpoint().to_string()));
+    let fabric = match via.as_deref() {
+        Some("host") => false,
+        Some("fabric") if node.is_none() => return Err("--transport fabric needs the node: --fabric-node NODEKEY@HOST:PORT or `catenary init --set-fabric`".into()),
+        Some("fabric") | None => node.is_some(),
+        Some(o) => return Err(format!("transport {o:?}: expected fabric or host")),
+    };
+    let mut t = if fabric {
+        let node = FabricNode::parse(node.as_deref().unwrap_or_default())?;
+        Transport::fabric(&api.unwrap_or_else(|| node.api_endpoint().to_string()), super::config::secret(dir)?, node)
+    } else {
+        match api {
+            Some(a) => Transport::new(&a),
+            None => {
+                cfg?;
+                return Err(format!("no API endpoint: pass --api [ADDR]:{} or set one with `catenary init --set-api`, or a fabric node with `catenary init --set-fabric NODEKEY@HOST:PORT`", catenary_api::PORT));
+            }
+        }
+    };
+    t.timeout = c.timeout;
+    Ok(t)
 }
