@@ -1,5 +1,6 @@
 //! `cargo xtask sim`: the cluster core's deterministic simulator over many seeds
-//! (docs/orchestration.md). Runs the `catenary-cluster` examples in release mode.
+//! (docs/orchestration.md). Runs the `catenary-cluster` examples in release mode: membership
+//! chaos (`chaos`), then the replicated desired state's (`raft_chaos`).
 use std::process::Command;
 
 pub fn cmd_sim(args: &[String]) -> Result<(), String> {
@@ -15,19 +16,21 @@ pub fn cmd_sim(args: &[String]) -> Result<(), String> {
             other => return Err(format!("sim: unknown option `{other}`")),
         }
     }
-    let (example, extra): (&str, Vec<String>) = if detection {
-        ("detection", vec![seeds.to_string()])
+    // Membership chaos, then the desired state's (Raft, scheduler, leases), on the same seeds.
+    let runs: Vec<(&str, Vec<String>)> = if detection {
+        vec![("detection", vec![seeds.to_string()])]
     } else {
-        ("chaos", vec![seeds.to_string(), first.to_string()])
+        vec![("chaos", vec![seeds.to_string(), first.to_string()]), ("raft_chaos", vec![seeds.to_string(), first.to_string()])]
     };
-    let status = Command::new(env!("CARGO"))
-        .args(["run", "--release", "--quiet", "-p", "catenary-cluster", "--features", "sim", "--example", example, "--"])
-        .args(&extra)
-        .status()
-        .map_err(|e| format!("cargo: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("sim {example} failed ({status})"))
+    for (example, extra) in runs {
+        let status = Command::new(env!("CARGO"))
+            .args(["run", "--release", "--quiet", "-p", "catenary-cluster", "--features", "sim", "--example", example, "--"])
+            .args(&extra)
+            .status()
+            .map_err(|e| format!("cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("sim {example} failed ({status})"));
+        }
     }
+    Ok(())
 }

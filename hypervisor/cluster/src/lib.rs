@@ -9,7 +9,10 @@
 //! - [`codec`]: the membership wire format, which refuses any identity whose key is not admitted;
 //! - [`membership`]: SWIM probing, suspicion, incarnations and piggybacked gossip (the `foca`
 //!   crate), key admission, graceful leave, the member table `catenary nodes` shows;
-//! - [`placement`]: the deterministic scheduler function.
+//! - [`placement`]: the deterministic scheduler function;
+//! - [`desired`]: the desired state (workloads, admitted keys, drains, assignments), a
+//!   deterministic state machine;
+//! - [`replica`]: Raft (the vendored `raftbare` core) replicating it, with leases.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -20,9 +23,16 @@ extern crate std;
 #[cfg(any(test, feature = "sim"))]
 pub mod chaos;
 pub mod codec;
+pub mod desired;
 pub mod identity;
 pub mod membership;
 pub mod placement;
+#[cfg(any(test, feature = "sim"))]
+pub mod raft_sim;
+#[cfg(test)]
+mod raft_tests;
+pub mod reconcile;
+pub mod replica;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 #[cfg(test)]

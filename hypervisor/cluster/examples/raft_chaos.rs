@@ -1,0 +1,28 @@
+//! The desired state's chaos schedules over many seeds (Raft, scheduler, leases):
+//! `cargo run --release -p catenary-cluster --features sim --example raft_chaos -- [SEEDS] [FIRST]`
+use std::time::Instant;
+
+use catenary_cluster::raft_sim::raft_chaos;
+
+fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
+    let seeds = args.first().copied().unwrap_or(1000);
+    let first = args.get(1).copied().unwrap_or(0);
+    let start = Instant::now();
+    let mut failed = Vec::new();
+    for seed in first..first + seeds {
+        if let Err(e) = raft_chaos(seed) {
+            println!("FAILED {e}");
+            failed.push(seed);
+        }
+    }
+    println!(
+        "desired state: {} of {seeds} seeds held every invariant ({} failed: {failed:?}); {:.1} s",
+        seeds - failed.len() as u64,
+        failed.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+}

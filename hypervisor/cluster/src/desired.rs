@@ -1,0 +1,261 @@
+//! The cluster's desired state: what should run and who belongs, as a deterministic state
+//! machine that every node applies in the order the replicated log ([`crate::replica`])
+//! commits.
+//!
+//! A [`Command`] is validated when it is applied, not only when it is proposed: every node
+//! applies the same committed commands in the same order, so every node reaches the same
+//! [`DesiredState`] and the same refusals. Sizes are bounded ([`Limits`]) so that a committed
+//! command can never make a node allocate without limit.
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::identity::NodeKey;
+use crate::placement::{Constraint, WorkloadDemand};
+
+/// What a workload should be (the API's `run` request, as the cluster keeps it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    pub name: String,
+    /// The Catenary image's digest (sha256).
+    pub image: [u8; 32],
+    pub replicas: u32,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub restart: RestartPolicy,
+    pub constraints: Vec<Constraint>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    No,
+    OnFailure { max_restarts: u32 },
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Admin,
+    Viewer,
+}
+
+/// One change to the desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Create or replace a workload (by name).
+    PutWorkload(WorkloadSpec),
+    RemoveWorkload(String),
+    /// `catenary node add KEY`: the node may join.
+    AdmitNode(NodeKey),
+    RemoveNode(NodeKey),
+    /// `catenary node drain KEY`: nothing is placed there any more.
+    Drain(NodeKey),
+    Undrain(NodeKey),
+    SetOperator { key: NodeKey, role: Option<Role> },
+    /// The leader's scheduler ([`crate::reconcile`]): replica `replica` of `workload` runs on
+    /// `node`. Refused unless the workload has that replica, the node is admitted and not
+    /// drained, and the replica is not assigned (moving is `Unassign`, then `Assign`).
+    Assign { workload: String, replica: u32, node: NodeKey },
+    Unassign { workload: String, replica: u32 },
+}
+
+/// Why an applied command changed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Empty or too long a name, zero replicas/vCPUs/memory, too many env/args entries.
+    Invalid,
+    TooMany,
+    NoSuchWorkload,
+    NoSuchNode,
+    /// A node's key cannot also be an operator's, nor the reverse.
+    KeyInUse,
+    /// `Assign` of a replica that is already assigned, or to a drained node.
+    Conflict,
+}
+
+/// Bounds on what the state can hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub workloads: usize,
+    pub nodes: usize,
+    pub operators: usize,
+    pub name_len: usize,
+    pub replicas: u32,
+    pub env_and_args: usize,
+    pub string_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { workloads: 10_000, nodes: 1_024, operators: 256, name_len: 63, replicas: 64, env_and_args: 256, string_len: 4_096 }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub workloads: BTreeMap<String, WorkloadSpec>,
+    pub nodes: BTreeSet<NodeKey>,
+    pub drained: BTreeSet<NodeKey>,
+    pub operators: BTreeMap<NodeKey, Role>,
+    /// Which node runs each replica (workload name, replica index).
+    pub assignments: BTreeMap<(String, u32), NodeKey>,
+    /// Commands applied (refused ones included): the state's version.
+    pub applied: u64,
+}
+
+impl DesiredState {
+    /// Apply one committed command. Deterministic: the result depends only on the state and
+    /// the command.
+    pub fn apply(&mut self, cmd: &Command, limits: &Limits) -> Result<(), Refused> {
+        self.applied += 1;
+        match cmd {
+            Command::PutWorkload(spec) => {
+                validate(spec, limits)?;
+                if !self.workloads.contains_key(&spec.name) && self.workloads.len() >= limits.workloads {
+                    return Err(Refused::TooMany);
+                }
+                self.workloads.insert(spec.name.clone(), spec.clone());
+            }
+            Command::RemoveWorkload(name) => {
+                self.workloads.remove(name).ok_or(Refused::NoSuchWorkload)?;
+                self.assignments.retain(|(w, _), _| w != name);
+            }
+            Command::AdmitNode(key) => {
+                if self.operators.contains_key(key) {
+                    return Err(Refused::KeyInUse);
+                }
+                if !self.nodes.contains(key) && self.nodes.len() >= limits.nodes {
+                    return Err(Refused::TooMany);
+                }
+                self.nodes.insert(*key);
+            }
+            Command::RemoveNode(key) => {
+                if !self.nodes.remove(key) {
+                    return Err(Refused::NoSuchNode);
+                }
+                self.drained.remove(key);
+                self.assignments.retain(|_, n| n != key);
+            }
+            Command::Drain(key) => {
+                if !self.nodes.contains(key) {
+                    return Err(Refused::NoSuchNode);
+                }
+                self.drained.insert(*key);
+            }
+            Command::Undrain(key) => {
+                if !self.drained.remove(key) {
+                    return Err(Refused::NoSuchNode);
+                }
+            }
+            Command::SetOperator { key, role } => match role {
+                Some(r) => {
+                    if self.nodes.contains(key) {
+                        return Err(Refused::KeyInUse);
+                    }
+                    if !self.operators.contains_key(key) && self.operators.len() >= limits.operators {
+                        return Err(Refused::TooMany);
+                    }
+                    self.operators.insert(*key, *r);
+                }
+                None => {
+                    self.operators.remove(key);
+                }
+            },
+            Command::Assign { workload, replica, node } => {
+                let w = self.workloads.get(workload).ok_or(Refused::NoSuchWorkload)?;
+                if *replica >= w.replicas {
+                    return Err(Refused::Invalid);
+                }
+                if !self.nodes.contains(node) {
+                    return Err(Refused::NoSuchNode);
+                }
+                let key = (workload.clone(), *replica);
+                if self.drained.contains(node) || self.assignments.contains_key(&key) {
+                    return Err(Refused::Conflict);
+                }
+                self.assignments.insert(key, *node);
+            }
+            Command::Unassign { workload, replica } => {
+                self.assignments.remove(&(workload.clone(), *replica)).ok_or(Refused::NoSuchWorkload)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The replicas assigned to `node`.
+    pub fn assigned_to(&self, node: NodeKey) -> impl Iterator<Item = &(String, u32)> + '_ {
+        self.assignments.iter().filter(move |(_, n)| **n == node).map(|(k, _)| k)
+    }
+
+    /// What the scheduler ([`crate::placement::place`]) is given: every workload, with the
+    /// drained nodes excluded by constraint.
+    pub fn demands(&self) -> Vec<WorkloadDemand> {
+        self.workloads
+            .values()
+            .map(|w| {
+                let mut constraints = w.constraints.clone();
+                constraints.extend(self.drained.iter().map(|k| Constraint::NotOnNode(*k)));
+                WorkloadDemand { name: w.name.clone(), replicas: w.replicas, vcpus: w.vcpus, mem_mib: w.mem_mib, constraints }
+            })
+            .collect()
+    }
+}
+
+fn validate(spec: &WorkloadSpec, l: &Limits) -> Result<(), Refused> {
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= l.name_len
+        && spec.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    let sizes_ok = spec.replicas >= 1 && spec.replicas <= l.replicas && spec.vcpus >= 1 && spec.mem_mib >= 1;
+    let strings_ok = spec.env.len() + spec.args.len() <= l.env_and_args
+        && spec.env.iter().all(|(k, v)| !k.is_empty() && k.len() + v.len() <= l.string_len)
+        && spec.args.iter().all(|a| a.len() <= l.string_len);
+    if name_ok && sizes_ok && strings_ok {
+        Ok(())
+    } else {
+        Err(Refused::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    pub(crate) fn spec(name: &str) -> WorkloadSpec {
+        WorkloadSpec {
+            name: name.to_string(),
+            image: [7; 32],
+            replicas: 1,
+            vcpus: 1,
+            mem_mib: 64,
+            env: vec![("K".to_string(), "V".to_string())],
+            args: vec![],
+            restart: RestartPolicy::No,
+            constraints: vec![],
+        }
+    }
+
+    #[test]
+    fn apply_validates_and_bounds() {
+        let l = Limits { workloads: 2, ..Limits::default() };
+        let mut s = DesiredState::default();
+        assert_eq!(s.apply(&Command::PutWorkload(spec("a")), &l), Ok(()));
+        assert_eq!(s.apply(&Command::PutWorkload(spec("b")), &l), Ok(()));
+        assert_eq!(s.apply(&Command::PutWorkload(spec("c")), &l), Err(Refused::TooMany));
+        // Replacing an existing one is not growth.
+        assert_eq!(s.apply(&Command::PutWorkload(WorkloadSpec { replicas: 3, ..spec("a") }), &l), Ok(()));
+        assert_eq!(s.apply(&Command::PutWorkload(WorkloadSpec { replicas: 0, ..spec("d") }), &l), Err(Refused::Invalid));
+        assert_eq!(s.apply(&Command::PutWorkload(spec("../x")), &l), Err(Refused::Invalid));
+        assert_eq!(s.apply(&Command::RemoveWorkload("zz".to_string()), &l), Err(Refused::NoSuchWorkload));
+        assert_eq!(s.workloads["a"].replicas, 3);
+        assert_eq!(s.applied, 7);
+        let k = NodeKey([1; 32]);
+        assert_eq!(s.apply(&Command::AdmitNode(k), &l), Ok(()));
+        assert_eq!(s.apply(&Command::SetOperator { key: k, role: Some(Role::Admin) }, &l), Err(Refused::KeyInUse));
+        assert_eq!(s.apply(&Command::Drain(k), &l), Ok(()));
+        assert!(s.demands().iter().all(|d| d.constraints.contains(&Constraint::NotOnNode(k))));
+    }
+}

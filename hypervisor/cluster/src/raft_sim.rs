@@ -1,0 +1,550 @@
+//! The deterministic simulator for the replicated desired state: Raft replicas, the leader's
+//! scheduler and the nodes that run what they are assigned, over the same seeded lossy network
+//! as [`crate::sim`], with crashes (storage kept, as on a disk), restarts and partitions.
+//!
+//! After every event it checks:
+//! - **election safety**: at most one leader per term, ever;
+//! - **state machine safety**: no two nodes apply different commands at one log index;
+//! - **no accepted write lost**: every proposal the cluster acknowledged (committed at the node
+//!   that took it) is in the log of every later leader;
+//! - **one runner**: a `replicas = 1` workload never runs on two nodes at once (a node runs an
+//!   assignment only while its lease holds); a move off a drained node may overlap for at most
+//!   the lease plus the delay bound;
+//! - **spread**: no node holds two replicas of one workload.
+//!
+//! [`RaftSim::converged`] then says whether, once quiet, every node agrees on the desired state
+//! and on what runs where, and every acknowledged workload is there.
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use raftbare::LogPosition;
+
+use crate::desired::{Command, RestartPolicy, WorkloadSpec};
+use crate::identity::NodeKey;
+use crate::placement::NodeCapacity;
+use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
+use crate::replica::{Envelope, Replica, ReplicaConfig, ReplicaId, Storage};
+use crate::sim::{NetConfig, SimRng};
+
+/// How often a leader runs its scheduler.
+const RECONCILE_EVERY: Duration = Duration::from_millis(100);
+
+struct Slot {
+    replica: Option<Replica>,
+    /// What survives a crash.
+    disk: Option<Storage>,
+    group: u32,
+    /// How many of the replica's applied positions were checked already.
+    checked: usize,
+    next_reconcile: Duration,
+}
+
+pub struct RaftSim {
+    pub now: Duration,
+    rng: SimRng,
+    pub net: NetConfig,
+    pub lease: LeaseConfig,
+    cfg: ReplicaConfig,
+    seed: u64,
+    slots: Vec<Slot>,
+    capacity: (u32, u64),
+    queue: BTreeMap<(Duration, u64), Envelope>,
+    seq: u64,
+    leaders: BTreeMap<u64, ReplicaId>,
+    applied_at: BTreeMap<u64, u64>,
+    /// Acknowledged proposals: position and workload name.
+    pub accepted: Vec<(LogPosition, String)>,
+    /// The term of the node that acknowledged each (same order): every leader of that term or
+    /// a later one must hold it (Raft's leader completeness).
+    accepted_term: Vec<u64>,
+    pending: Vec<(ReplicaId, LogPosition, String)>,
+    /// `(workload, replica)` → since when it has run on more than one node.
+    overlap_since: BTreeMap<(String, u32), Duration>,
+    /// Drains happened: overlaps up to one lease are allowed from then on.
+    pub drains: u32,
+    pub violations: Vec<String>,
+    /// Every leader change and commit, for replay comparison.
+    pub trace: Vec<(Duration, ReplicaId, u64, u64)>,
+    pub delivered: u64,
+    /// Debugging a seed: every event's node states inside this window go to `notes`.
+    pub debug_window: Option<(Duration, Duration)>,
+    pub notes: Vec<String>,
+    /// Check after every event that each node's storage is current, and that a restart
+    /// restores its term, vote and log.
+    pub check_storage: bool,
+    pub restarts_checked: u32,
+}
+
+pub fn key_of(id: ReplicaId) -> NodeKey {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&(id + 1).to_le_bytes());
+    NodeKey(k)
+}
+
+impl RaftSim {
+    /// `n` nodes, each with `vcpus` and `mem_mib` free; node 0 creates the cluster.
+    pub fn new(n: usize, seed: u64, net: NetConfig, vcpus: u32, mem_mib: u64) -> RaftSim {
+        let cfg = ReplicaConfig::default();
+        let ids: Vec<ReplicaId> = (0..n as u64).collect();
+        let mut slots = Vec::new();
+        for id in 0..n as u64 {
+            let r = if id == 0 { Replica::bootstrap(id, &ids, cfg.clone(), seed, Duration::ZERO) } else { Replica::join(id, cfg.clone(), seed, Duration::ZERO) };
+            slots.push(Slot { replica: Some(r), disk: None, group: 0, checked: 0, next_reconcile: Duration::ZERO });
+        }
+        // The delay bound the leases assume: the network's own.
+        let lease = LeaseConfig { max_delay: net.max_delay, ..LeaseConfig::default() };
+        let mut sim = RaftSim {
+            now: Duration::ZERO,
+            rng: SimRng::new(seed),
+            net,
+            lease,
+            cfg,
+            seed,
+            slots,
+            capacity: (vcpus, mem_mib),
+            queue: BTreeMap::new(),
+            seq: 0,
+            leaders: BTreeMap::new(),
+            applied_at: BTreeMap::new(),
+            accepted: Vec::new(),
+            accepted_term: Vec::new(),
+            pending: Vec::new(),
+            overlap_since: BTreeMap::new(),
+            drains: 0,
+            violations: Vec::new(),
+            trace: Vec::new(),
+            delivered: 0,
+            debug_window: None,
+            notes: Vec::new(),
+            check_storage: false,
+            restarts_checked: 0,
+        };
+        sim.flush_all();
+        sim
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn replica(&self, id: ReplicaId) -> Option<&Replica> {
+        self.slots[id as usize].replica.as_ref()
+    }
+
+    pub fn is_up(&self, id: ReplicaId) -> bool {
+        self.slots[id as usize].replica.is_some()
+    }
+
+    /// The leader of the highest term among running nodes, if any.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        self.slots.iter().filter_map(|s| s.replica.as_ref()).filter(|r| r.is_leader()).max_by_key(|r| r.term()).map(|r| r.id())
+    }
+
+    pub fn crash(&mut self, id: ReplicaId) {
+        let s = &mut self.slots[id as usize];
+        if let Some(r) = s.replica.take() {
+            if self.check_storage {
+                let back = Replica::restart(id, r.storage().clone(), self.cfg.clone(), 0, self.now);
+                if back.term() != r.term() || back.voted_for() != r.voted_for() || back.log() != r.log() {
+                    self.violations.push(format!("{:?}: node {id} restarted with term {} vote {:?}, had term {} vote {:?}", self.now, back.term(), back.voted_for(), r.term(), r.voted_for()));
+                }
+                self.restarts_checked += 1;
+            }
+            s.disk = Some(r.storage().clone());
+        }
+    }
+
+    pub fn restart(&mut self, id: ReplicaId) {
+        let (now, cfg) = (self.now, self.cfg.clone());
+        let seed = self.seed ^ self.now.as_micros() as u64;
+        let s = &mut self.slots[id as usize];
+        if s.replica.is_some() {
+            return;
+        }
+        let r = match s.disk.take() {
+            Some(d) => Replica::restart(id, d, cfg, seed, now),
+            None => Replica::join(id, cfg, seed, now),
+        };
+        s.replica = Some(r);
+        s.checked = 0;
+        self.flush(id);
+    }
+
+    /// Nodes in different groups cannot talk.
+    pub fn partition(&mut self, groups: &[&[ReplicaId]]) {
+        for (g, members) in groups.iter().enumerate() {
+            for id in *members {
+                self.slots[*id as usize].group = g as u32 + 1;
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        for s in &mut self.slots {
+            s.group = 0;
+        }
+    }
+
+    /// Propose through the current leader; false when there is none.
+    pub fn propose(&mut self, cmd: Command) -> bool {
+        let Some(l) = self.leader() else { return false };
+        let name = match &cmd {
+            Command::PutWorkload(s) => s.name.clone(),
+            _ => String::new(),
+        };
+        if matches!(cmd, Command::Drain(_)) {
+            self.drains += 1;
+        }
+        let now = self.now;
+        let r = self.slots[l as usize].replica.as_mut().unwrap();
+        match r.propose(now, cmd) {
+            Ok(pos) => {
+                if !name.is_empty() {
+                    self.pending.push((l, pos, name));
+                }
+                self.flush(l);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn workload(name: &str, replicas: u32, mem_mib: u64) -> WorkloadSpec {
+        WorkloadSpec {
+            name: name.to_string(),
+            image: [0xab; 32],
+            replicas,
+            vcpus: 1,
+            mem_mib,
+            env: vec![],
+            args: vec![],
+            restart: RestartPolicy::Always,
+            constraints: vec![],
+        }
+    }
+
+    /// Admit every node (what `catenary cluster new` writes into the initial state).
+    pub fn admit_all(&mut self) -> bool {
+        (0..self.slots.len() as u64).all(|id| self.propose(Command::AdmitNode(key_of(id))))
+    }
+
+    fn node_slots(&self) -> Vec<NodeSlot> {
+        (0..self.slots.len() as u64)
+            .map(|id| NodeSlot {
+                id,
+                capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: BTreeMap::new() },
+            })
+            .collect()
+    }
+
+    fn flush_all(&mut self) {
+        for id in 0..self.slots.len() as u64 {
+            self.flush(id);
+        }
+    }
+
+    fn flush(&mut self, id: ReplicaId) {
+        let Some(r) = self.slots[id as usize].replica.as_mut() else { return };
+        for env in r.take_outgoing() {
+            if self.rng.per_mille(self.net.drop_per_mille) {
+                continue;
+            }
+            let copies = if self.rng.per_mille(self.net.dup_per_mille) { 2 } else { 1 };
+            for _ in 0..copies {
+                let span = (self.net.max_delay - self.net.min_delay).as_micros() as u64;
+                let at = self.now + self.net.min_delay + Duration::from_micros(self.rng.below(span.max(1)));
+                self.seq += 1;
+                self.queue.insert((at, self.seq), env.clone());
+            }
+        }
+    }
+
+    /// Run events until `until`.
+    pub fn run_until(&mut self, until: Duration) {
+        while self.now < until {
+            let next_msg = self.queue.keys().next().map(|k| k.0);
+            let next_timer = self
+                .slots
+                .iter()
+                .filter_map(|s| s.replica.as_ref().map(|r| r.next_deadline().min(s.next_reconcile)))
+                .min();
+            let next = [next_msg, next_timer, Some(until)].into_iter().flatten().min().unwrap().max(self.now);
+            self.now = next;
+            if self.now >= until && next_msg.is_none_or(|m| m > until) && next_timer.is_none_or(|t| t > until) {
+                break;
+            }
+            // Messages due now.
+            while let Some((&(at, seq), _)) = self.queue.iter().next() {
+                if at > self.now {
+                    break;
+                }
+                let env = self.queue.remove(&(at, seq)).unwrap();
+                let to = env.to as usize;
+                if to >= self.slots.len() || self.slots[to].group != self.slots[env.from as usize].group {
+                    continue;
+                }
+                if let Some(r) = self.slots[to].replica.as_mut() {
+                    r.handle(self.now, env);
+                    self.delivered += 1;
+                    self.flush(to as u64);
+                }
+            }
+            // Timers and the leaders' scheduler.
+            for id in 0..self.slots.len() as u64 {
+                let now = self.now;
+                let Some(r) = self.slots[id as usize].replica.as_mut() else { continue };
+                if r.next_deadline() <= now {
+                    r.tick(now);
+                }
+                self.flush(id);
+                if self.slots[id as usize].next_reconcile <= now {
+                    self.slots[id as usize].next_reconcile = now + RECONCILE_EVERY;
+                    self.run_scheduler(id);
+                }
+            }
+            self.after_step();
+        }
+    }
+
+    fn run_scheduler(&mut self, id: ReplicaId) {
+        let slots = self.node_slots();
+        let now = self.now;
+        let Some(r) = self.slots[id as usize].replica.as_mut() else { return };
+        if !r.is_leader() || r.has_uncommitted() {
+            return;
+        }
+        let cmds = reconcile(r.state(), r, now, &self.lease, &slots);
+        for c in cmds {
+            if r.propose(now, c).is_err() {
+                break;
+            }
+        }
+        self.flush(id);
+    }
+
+    fn after_step(&mut self) {
+        let now = self.now;
+        if self.debug_window.is_some_and(|(a, b)| now >= a && now <= b) {
+            for (id, s) in self.slots.iter().enumerate() {
+                if let Some(r) = &s.replica {
+                    let e = r.log().entries();
+                    let tail: Vec<u64> = (e.last_position().index.get().saturating_sub(4)..=e.last_position().index.get())
+                        .filter_map(|i| e.get_term(raftbare::LogIndex::new(i)).map(|t| t.get()))
+                        .collect();
+                    self.notes.push(format!("{now:?} n{id} g{} {:?} t{} commit {} last {:?} tail-terms {tail:?} voted {:?}", s.group, r.role(), r.term(), r.commit_index(), e.last_position().index.get(), r.storage().voted_for.map(|v| v.get())));
+                } else {
+                    self.notes.push(format!("{now:?} n{id} down"));
+                }
+            }
+        }
+        // Acknowledged proposals.
+        let mut still = Vec::new();
+        for (node, pos, name) in core::mem::take(&mut self.pending) {
+            match self.slots[node as usize].replica.as_ref().map(|r| (r.commit_status(pos), r.term())) {
+                Some((s, term)) if s.is_committed() => {
+                    self.accepted.push((pos, name));
+                    self.accepted_term.push(term);
+                }
+                Some((s, _)) if s.is_in_progress() => still.push((node, pos, name)),
+                _ => {}
+            }
+        }
+        self.pending = still;
+        for id in 0..self.slots.len() {
+            let Some(r) = self.slots[id].replica.as_ref() else { continue };
+            if self.check_storage && !r.storage_is_current() {
+                self.violations.push(format!("{now:?}: node {id}'s storage is behind its state"));
+            }
+            // Election safety.
+            if r.is_leader() {
+                let l = *self.leaders.entry(r.term()).or_insert(r.id());
+                if l != r.id() {
+                    self.violations.push(format!("{now:?}: two leaders in term {}: {l} and {}", r.term(), r.id()));
+                }
+                if self.trace.last().is_none_or(|t| t.1 != r.id() || t.2 != r.term()) {
+                    self.trace.push((now, r.id(), r.term(), r.commit_index()));
+                }
+                // Every acknowledged write is in the leader's log.
+                // (Leaders of that term or later: a deposed leader of an older term, cut off
+                // from the majority, may lack what was committed after it.)
+                for ((pos, name), ack_term) in self.accepted.iter().zip(&self.accepted_term) {
+                    if r.term() >= *ack_term && !r.log().entries().contains(*pos) {
+                        self.violations.push(format!("{now:?}: leader {} (term {}) lacks acknowledged {name} at {pos:?}", r.id(), r.term()));
+                    }
+                }
+            }
+            // State machine safety.
+            for pos in &r.applied()[self.slots[id].checked..] {
+                let t = *self.applied_at.entry(pos.index.get()).or_insert(pos.term.get());
+                if t != pos.term.get() {
+                    self.violations.push(format!("{now:?}: node {id} applied term {} at index {}, another node term {t}", pos.term.get(), pos.index.get()));
+                }
+            }
+            let n = r.applied().len();
+            // Spread.
+            let st = r.state();
+            let mut seen = BTreeSet::new();
+            for ((w, _), k) in &st.assignments {
+                if !seen.insert((w.clone(), *k)) {
+                    self.violations.push(format!("{now:?}: node {id} has two replicas of {w} on one node"));
+                }
+            }
+            self.slots[id].checked = n;
+        }
+        // One runner: who runs what right now.
+        let mut runners: BTreeMap<(String, u32), u32> = BTreeMap::new();
+        for id in 0..self.slots.len() as u64 {
+            for (w, rep) in self.running_on(id) {
+                *runners.entry((w, rep)).or_default() += 1;
+            }
+        }
+        let bound = self.lease.lease + self.lease.max_delay + RECONCILE_EVERY;
+        let singles: BTreeSet<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.replica.as_ref())
+            .flat_map(|r| r.state().workloads.values().filter(|w| w.replicas == 1).map(|w| w.name.clone()).collect::<Vec<_>>())
+            .collect();
+        let mut over = BTreeMap::new();
+        for ((w, rep), n) in runners {
+            if n > 1 && singles.contains(&w) {
+                let since = *self.overlap_since.get(&(w.clone(), rep)).unwrap_or(&now);
+                if self.drains == 0 {
+                    self.violations.push(format!("{now:?}: {w} (replicas = 1) runs on {n} nodes"));
+                } else if now - since > bound {
+                    self.violations.push(format!("{now:?}: {w} (replicas = 1) ran on {n} nodes for {:?} (bound {bound:?})", now - since));
+                }
+                over.insert((w, rep), since);
+            }
+        }
+        self.overlap_since = over;
+    }
+
+    /// What node `id` runs now: its assignments in its own applied state, while its lease holds.
+    pub fn running_on(&self, id: ReplicaId) -> Vec<(String, u32)> {
+        let Some(r) = self.slots[id as usize].replica.as_ref() else { return Vec::new() };
+        if !r.lease_until(self.now, self.lease.lease).is_some_and(|t| t > self.now) {
+            return Vec::new();
+        }
+        let st = r.state();
+        st.assigned_to(key_of(id)).filter(|(w, _)| st.workloads.contains_key(w)).cloned().collect()
+    }
+
+    /// Once quiet: every running node has the same desired state and assignments, every
+    /// acknowledged workload is in it, and every workload's replicas are all running somewhere
+    /// (given room). `Err` says what is off.
+    pub fn converged(&self) -> Result<(), String> {
+        let running: Vec<&Replica> = self.slots.iter().filter_map(|s| s.replica.as_ref()).collect();
+        let first = running.first().ok_or("no node runs")?.state();
+        for r in &running {
+            if r.state().workloads != first.workloads || r.state().assignments != first.assignments || r.state().nodes != first.nodes {
+                return Err(format!("node {} disagrees (applied {} vs {})", r.id(), r.state().applied, first.applied));
+            }
+        }
+        for (pos, name) in &self.accepted {
+            if !first.workloads.contains_key(name) {
+                return Err(format!("acknowledged {name} at {pos:?} is missing"));
+            }
+        }
+        for (name, spec) in &first.workloads {
+            for rep in 0..spec.replicas {
+                let runs = (0..self.slots.len() as u64).filter(|id| self.running_on(*id).contains(&(name.clone(), rep))).count();
+                if runs != 1 {
+                    return Err(format!("{name} replica {rep} runs on {runs} nodes"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A random fault schedule over `secs` seconds (crashes of a minority, restarts,
+    /// partitions, heals, new workloads, drains), then everything healed and restarted and
+    /// `settle` seconds of quiet.
+    pub fn chaos(&mut self, secs: u64, settle: u64, with_drains: bool) {
+        let n = self.slots.len() as u64;
+        let mut t = self.now;
+        let end = self.now + Duration::from_secs(secs);
+        let mut named = 0u32;
+        while t < end {
+            t += Duration::from_millis(50 + self.rng.below(1200));
+            self.run_until(t);
+            match self.rng.below(10) {
+                0 | 1 => {
+                    // Crash one node, keeping a majority up.
+                    let down = (0..n).filter(|i| !self.is_up(*i)).count() as u64;
+                    if down + 1 <= (n - 1) / 2 {
+                        let id = self.rng.below(n);
+                        self.crash(id);
+                    }
+                }
+                2 | 3 => {
+                    let id = self.rng.below(n);
+                    self.restart(id);
+                }
+                4 => {
+                    let cut = self.rng.below(n);
+                    let rest: Vec<u64> = (0..n).filter(|i| *i != cut).collect();
+                    self.partition(&[&[cut], &rest]);
+                }
+                5 => self.heal(),
+                6 if with_drains => {
+                    let id = self.rng.below(n);
+                    let _ = self.propose(Command::Drain(key_of(id)));
+                }
+                7 if with_drains => {
+                    let id = self.rng.below(n);
+                    let _ = self.propose(Command::Undrain(key_of(id)));
+                }
+                _ => {
+                    named += 1;
+                    let reps = 1 + self.rng.below(2) as u32;
+                    let _ = self.propose(Command::PutWorkload(Self::workload(&format!("w{named}"), reps, 64)));
+                }
+            }
+        }
+        self.heal();
+        for id in 0..n {
+            self.restart(id);
+        }
+        let settle_until = self.now + Duration::from_secs(settle);
+        if with_drains {
+            // Maintenance over: undrain every node (through whoever leads once one does).
+            let mut left: Vec<u64> = (0..n).collect();
+            while !left.is_empty() && self.now < settle_until {
+                let t = self.now + Duration::from_millis(500);
+                self.run_until(t);
+                let drained = self.leader().and_then(|l| self.replica(l)).map(|r| r.state().drained.clone()).unwrap_or_default();
+                left.retain(|id| drained.contains(&key_of(*id)) || self.leader().is_none());
+                if let Some(id) = left.first().copied() {
+                    if self.propose(Command::Undrain(key_of(id))) {
+                        left.remove(0);
+                    }
+                }
+            }
+        }
+        self.run_until(settle_until);
+    }
+}
+
+/// One chaos run of the desired state: 3–7 nodes (from the seed), 30 s of faults (drains on
+/// every third seed), everything healed, 20 s of quiet; `Err` names the seed and what broke.
+pub fn raft_chaos(seed: u64) -> Result<(), String> {
+    let n = 3 + (seed % 5) as usize;
+    let mut sim = RaftSim::new(n, seed, NetConfig::default(), 64, 65536);
+    sim.run_until(Duration::from_secs(3));
+    if !sim.admit_all() {
+        sim.run_until(Duration::from_secs(6));
+        if !sim.admit_all() {
+            return Err(format!("seed {seed}: no leader to admit the nodes"));
+        }
+    }
+    sim.chaos(30, 20, seed % 3 == 0);
+    if let Some(v) = sim.violations.first() {
+        return Err(format!("seed {seed}: {v} ({} violations)", sim.violations.len()));
+    }
+    sim.converged().map_err(|e| format!("seed {seed}: {e}"))
+}

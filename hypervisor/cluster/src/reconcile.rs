@@ -1,0 +1,123 @@
+//! The leader's scheduler loop: from the committed desired state and what the leader knows of
+//! its peers, the `Assign`/`Unassign` commands that bring assignments to what should run.
+//!
+//! Safety of `replicas = 1` rests on leases ([`Replica::lease_until`]): a node runs what it is
+//! assigned only while its lease holds, and a replica on a node that stopped answering is moved
+//! only once that node's lease must have run out, counted from the last lease grant the leader
+//! sent it (or, for grants from an earlier leader, from this leader's election plus the grant
+//! window; see docs/orchestration.md for the argument). The one assumption is a bound
+//! `max_delay` on how long a datagram can be in flight (and clocks that run at about the same
+//! rate). A drained or removed node is told by the log (`Unassign`) and stops when it applies
+//! that entry, at the latest when its lease runs out, so a move off a *live* node can overlap
+//! for at most one lease.
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::desired::{Command, DesiredState};
+use crate::identity::NodeKey;
+use crate::placement::{place, Constraint, NodeCapacity, WorkloadDemand};
+use crate::replica::{Replica, ReplicaId};
+
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    /// How long a lease lasts after the grant that renewed it.
+    pub lease: Duration,
+    /// The bound on a datagram's time in flight that the lease argument assumes.
+    pub max_delay: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig { lease: Duration::from_secs(2), max_delay: Duration::from_millis(500) }
+    }
+}
+
+/// A cluster node as the scheduler sees it: its Raft id and its capacity (totals: what is
+/// assigned to it is subtracted here).
+#[derive(Clone, Debug)]
+pub struct NodeSlot {
+    pub id: ReplicaId,
+    pub capacity: NodeCapacity,
+}
+
+/// May `node`'s replicas be moved now? Only once every lease it may hold has run out.
+pub fn lease_expired(leader: &Replica, node: ReplicaId, now: Duration, cfg: &LeaseConfig) -> bool {
+    let Some(since) = leader.leader_since() else { return false };
+    let from = (since + leader.grant_window()).max(leader.last_grant_sent(node).unwrap_or(Duration::ZERO));
+    now > from + cfg.max_delay + cfg.lease
+}
+
+/// The leader's view of whether `node` is up: it acknowledged within the replica's
+/// `peer_down_after` (the same rule that decides whether it gets lease grants).
+pub fn is_up(leader: &Replica, node: ReplicaId, now: Duration) -> bool {
+    node == leader.id() || leader.last_ack(node).is_some_and(|t| now.saturating_sub(t) <= leader.peer_down_after())
+}
+
+/// The commands that move the assignments towards the desired state. Empty when nothing is to
+/// do, and only from a leader.
+pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &LeaseConfig, nodes: &[NodeSlot]) -> Vec<Command> {
+    let mut out = Vec::new();
+    if !leader.is_leader() {
+        return out;
+    }
+    let id_of = |key: &NodeKey| nodes.iter().find(|n| n.capacity.key == *key).map(|n| n.id);
+    // 1. Unassign what must move: workload shrunk, node gone, drained, or down past its lease.
+    for ((w, r), key) in &state.assignments {
+        let shrunk = state.workloads.get(w).is_none_or(|s| *r >= s.replicas);
+        let gone = !state.nodes.contains(key) || state.drained.contains(key);
+        let lost = match id_of(key) {
+            Some(id) => !is_up(leader, id, now) && lease_expired(leader, id, now, cfg),
+            None => true,
+        };
+        if shrunk || gone || lost {
+            out.push(Command::Unassign { workload: w.clone(), replica: *r });
+        }
+    }
+    if !out.is_empty() {
+        // Moves are two steps (Unassign committed, then Assign), so that a replica is never
+        // assigned twice.
+        return out;
+    }
+    // 2. Free capacity of the nodes that can take work.
+    let mut free: Vec<NodeCapacity> = nodes
+        .iter()
+        .filter(|n| state.nodes.contains(&n.capacity.key) && !state.drained.contains(&n.capacity.key) && is_up(leader, n.id, now))
+        .map(|n| {
+            let mut c = n.capacity.clone();
+            for ((w, _), key) in &state.assignments {
+                if *key == c.key {
+                    if let Some(s) = state.workloads.get(w) {
+                        c.free_vcpus = c.free_vcpus.saturating_sub(s.vcpus);
+                        c.free_mem_mib = c.free_mem_mib.saturating_sub(s.mem_mib);
+                    }
+                }
+            }
+            c
+        })
+        .collect();
+    // 3. Place the missing replicas, one workload at a time in name order.
+    for (name, spec) in &state.workloads {
+        let missing: Vec<u32> = (0..spec.replicas).filter(|r| !state.assignments.contains_key(&(name.clone(), *r))).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let mut constraints = spec.constraints.clone();
+        for ((w, _), key) in &state.assignments {
+            if w == name {
+                constraints.push(Constraint::NotOnNode(*key));
+            }
+        }
+        let demand = WorkloadDemand { name: name.clone(), replicas: missing.len() as u32, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints };
+        let plan = place(&free, &[demand]);
+        for p in plan.placements {
+            let Some(r) = missing.get(p.replica as usize) else { continue };
+            if let Some(c) = free.iter_mut().find(|c| c.key == p.node) {
+                c.free_vcpus = c.free_vcpus.saturating_sub(spec.vcpus);
+                c.free_mem_mib = c.free_mem_mib.saturating_sub(spec.mem_mib);
+            }
+            out.push(Command::Assign { workload: String::clone(name), replica: *r, node: p.node });
+        }
+    }
+    out
+}

@@ -1,0 +1,485 @@
+//! The replicated desired state: Raft (the `raftbare` core, vendored `no_std` in
+//! third_party/raftbare) carrying [`Command`]s, applied in commit order to a [`DesiredState`].
+//!
+//! Like [`crate::membership`], a [`Replica`] never reads a clock or does I/O: `handle`,
+//! `tick` and `propose` take the current time, and what to send comes out of
+//! [`Replica::take_outgoing`]. raftbare tracks only the *positions* of commands in the log; the
+//! commands themselves are kept here, keyed by (term, index), which names one entry across the
+//! whole cluster (Raft's log matching), so an entry a new leader overwrote can never be applied
+//! with the old command. AppendEntries messages carry the commands of the entries they carry.
+//!
+//! [`Storage`] is what Raft requires to survive a crash (term, vote, log, commands). It is
+//! updated before any message leaves ([`Replica::take_outgoing`] is only called after the step
+//! that produced the messages has updated it), so a caller that writes it to stable storage
+//! before sending keeps Raft's guarantees. The simulator keeps it across a crash.
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use raftbare::{Action, CommitStatus, LogEntries, LogEntry, LogIndex, LogPosition, Message, Node, NodeId, Role, Term};
+
+use crate::desired::{Command, DesiredState, Limits, Refused};
+
+/// A Raft member's id: the node's index in the cluster's voter list, or a newer id for a node
+/// re-added after losing its storage.
+pub type ReplicaId = u64;
+
+/// How many AppendEntries send times a leader remembers (a reply to an older one renews nothing).
+const SENT_AT_KEPT: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// The leader's heartbeat period.
+    pub heartbeat: Duration,
+    /// A follower or candidate starts an election after a random time in this range.
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// At most this many log entries per AppendEntries message.
+    pub max_entries_per_message: usize,
+    /// `propose` refuses (`LogFull`) beyond this many entries (there is no log compaction yet).
+    pub max_log_entries: u64,
+    /// A leader grants leases only while a majority acknowledged it within this window
+    /// (check-quorum; at most the election timeout, so a deposed leader stops first).
+    pub grant_window: Duration,
+    /// A peer that has not acknowledged the leader for this long gets no lease grants and is
+    /// treated as down by the scheduler ([`crate::reconcile`]).
+    pub peer_down_after: Duration,
+    pub limits: Limits,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(500),
+            election_max: Duration::from_millis(1000),
+            max_entries_per_message: 64,
+            max_log_entries: 100_000,
+            grant_window: Duration::from_millis(500),
+            peer_down_after: Duration::from_millis(1000),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A Raft message and the commands of the `Command` entries it carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub from: ReplicaId,
+    pub to: ReplicaId,
+    pub message: Message,
+    pub commands: Vec<(LogPosition, Command)>,
+    /// AppendEntries only: the leader heard from a majority within the grant window, so the
+    /// receiver may renew its lease ([`Replica::lease_until`]).
+    pub grant: bool,
+}
+
+/// What must survive a crash.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+    pub log: raftbare::Log,
+    pub commands: BTreeMap<(u64, u64), Command>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader takes proposals; this is who this replica thinks leads (if anyone).
+    NotLeader { leader: Option<ReplicaId> },
+    LogFull,
+}
+
+pub struct Replica {
+    id: ReplicaId,
+    node: Node,
+    cfg: ReplicaConfig,
+    commands: BTreeMap<(u64, u64), Command>,
+    state: DesiredState,
+    /// The last applied log index, and the positions of the commands applied so far (what the
+    /// simulator checks across nodes).
+    applied_index: u64,
+    applied: Vec<LogPosition>,
+    refusals: Vec<(LogPosition, Refused)>,
+    deadline: Duration,
+    rng: u64,
+    outgoing: Vec<Envelope>,
+    /// Follower: the leader of `term` it last heard from, and when (an AppendEntries that
+    /// granted a lease, see [`Replica::lease_until`]).
+    leader_hint: Option<(u64, ReplicaId)>,
+    last_grant: Option<(u64, Duration)>,
+    /// Leader: when each AppendEntries of this term was sent (by seqno; bounded), and for each
+    /// follower the send time of the latest call it acknowledged.
+    sent_at: BTreeMap<u64, Duration>,
+    follower_acks: BTreeMap<ReplicaId, Duration>,
+    /// Leader: when it last sent each peer an AppendEntries that granted a lease.
+    grants_sent: BTreeMap<ReplicaId, Duration>,
+    became_leader: Option<(u64, Duration)>,
+    storage: Storage,
+}
+
+impl Replica {
+    /// The first node of a new cluster of `voters` (itself included).
+    pub fn bootstrap(id: ReplicaId, voters: &[ReplicaId], cfg: ReplicaConfig, seed: u64, now: Duration) -> Replica {
+        let mut r = Replica::fresh(id, cfg, seed, now);
+        let ids: Vec<NodeId> = voters.iter().map(|v| NodeId::new(*v)).collect();
+        r.node.create_cluster(&ids);
+        r.step(now);
+        r
+    }
+
+    /// A node that joins a cluster being created by another's [`Replica::bootstrap`] (or that
+    /// was added to it): it waits to hear from a leader.
+    pub fn join(id: ReplicaId, cfg: ReplicaConfig, seed: u64, now: Duration) -> Replica {
+        let mut r = Replica::fresh(id, cfg, seed, now);
+        r.step(now);
+        r
+    }
+
+    /// A node restarted with the storage it had when it stopped.
+    pub fn restart(id: ReplicaId, storage: Storage, cfg: ReplicaConfig, seed: u64, now: Duration) -> Replica {
+        let mut r = Replica::fresh(id, cfg, seed, now);
+        r.node = Node::restart(NodeId::new(id), storage.term, storage.voted_for, storage.log.clone());
+        r.commands = storage.commands.clone();
+        r.storage = storage;
+        // The state machine is rebuilt by applying the log again as the commit index advances.
+        r.step(now);
+        r
+    }
+
+    fn fresh(id: ReplicaId, cfg: ReplicaConfig, seed: u64, now: Duration) -> Replica {
+        let node = Node::start(NodeId::new(id));
+        let storage = Storage { term: node.current_term(), voted_for: node.voted_for(), log: node.log().clone(), commands: BTreeMap::new() };
+        Replica {
+            id,
+            node,
+            cfg,
+            commands: BTreeMap::new(),
+            state: DesiredState::default(),
+            applied_index: 0,
+            applied: Vec::new(),
+            refusals: Vec::new(),
+            deadline: now,
+            rng: seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            outgoing: Vec::new(),
+            leader_hint: None,
+            last_grant: None,
+            sent_at: BTreeMap::new(),
+            follower_acks: BTreeMap::new(),
+            grants_sent: BTreeMap::new(),
+            became_leader: None,
+            storage,
+        }
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+    pub fn role(&self) -> Role {
+        self.node.role()
+    }
+    pub fn is_leader(&self) -> bool {
+        self.node.role().is_leader()
+    }
+    pub fn term(&self) -> u64 {
+        self.node.current_term().get()
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.node.commit_index().get()
+    }
+    pub fn log(&self) -> &raftbare::Log {
+        self.node.log()
+    }
+    pub fn state(&self) -> &DesiredState {
+        &self.state
+    }
+    /// Positions of the commands applied so far, in order.
+    pub fn applied(&self) -> &[LogPosition] {
+        &self.applied
+    }
+    pub fn refusals(&self) -> &[(LogPosition, Refused)] {
+        &self.refusals
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Whether [`Replica::storage`] holds the core's current term, vote and log (what the
+    /// simulator checks after every event), and the command of every `Command` entry.
+    pub fn storage_is_current(&self) -> bool {
+        self.storage.term == self.node.current_term()
+            && self.storage.voted_for == self.node.voted_for()
+            && self.storage.log == *self.node.log()
+            && self.node.log().entries().iter_with_positions().all(|(p, e)| {
+                !matches!(e, LogEntry::Command) || self.storage.commands.contains_key(&(p.term.get(), p.index.get()))
+            })
+    }
+
+    /// The core's vote (for the restart check).
+    pub fn voted_for(&self) -> Option<ReplicaId> {
+        self.node.voted_for().map(|n| n.get())
+    }
+    pub fn next_deadline(&self) -> Duration {
+        self.deadline
+    }
+    /// Who this replica believes leads its current term.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        if self.is_leader() {
+            return Some(self.id);
+        }
+        self.leader_hint.filter(|(t, _)| *t == self.term()).map(|(_, l)| l)
+    }
+
+    /// Leader only: the latest instant `M` such that a majority of the voters (the leader
+    /// included) acknowledged an AppendEntries the leader sent at or after `M`. No other leader
+    /// can have been elected before a majority stopped hearing from this one, so this leader
+    /// held its majority at least until `M`.
+    pub fn majority_contact(&self, now: Duration) -> Option<Duration> {
+        if !self.is_leader() {
+            return None;
+        }
+        let others: Vec<ReplicaId> = self.node.config().unique_nodes().map(|n| n.get()).filter(|n| *n != self.id).collect();
+        let need = (others.len() + 1) / 2; // a majority of others + self, less self
+        if need == 0 {
+            return Some(now);
+        }
+        let mut acks: Vec<Duration> = others.iter().filter_map(|v| self.follower_acks.get(v).copied()).collect();
+        if acks.len() < need {
+            return None;
+        }
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        Some(acks[need - 1])
+    }
+
+    /// Until when this node may run what the desired state assigns it (its *lease*), given a
+    /// lease length. A follower's lease starts when it received an AppendEntries from a leader
+    /// that had heard from a majority within the last `grant_window` (the leader stops granting
+    /// once it has not: check-quorum); the leader's starts at its [`Replica::majority_contact`].
+    /// A node cut off from the majority stops renewing and its lease runs out; whoever then
+    /// places its workloads elsewhere waits the lease out first ([`crate::reconcile`]).
+    pub fn lease_until(&self, now: Duration, lease: Duration) -> Option<Duration> {
+        if self.is_leader() {
+            return self.majority_contact(now).map(|m| m + lease);
+        }
+        self.last_grant.map(|(_, t)| t + lease)
+    }
+
+    /// When this replica became the leader of its current term.
+    pub fn leader_since(&self) -> Option<Duration> {
+        self.became_leader.filter(|(t, _)| *t == self.term() && self.is_leader()).map(|(_, at)| at)
+    }
+
+    /// Leader only: when this leader last sent `peer` a lease grant.
+    pub fn last_grant_sent(&self, peer: ReplicaId) -> Option<Duration> {
+        self.grants_sent.get(&peer).copied()
+    }
+
+    /// The voters of the current configuration.
+    pub fn voters(&self) -> Vec<ReplicaId> {
+        self.node.config().unique_nodes().map(|n| n.get()).collect()
+    }
+
+    pub fn grant_window(&self) -> Duration {
+        self.cfg.grant_window
+    }
+
+    pub fn peer_down_after(&self) -> Duration {
+        self.cfg.peer_down_after
+    }
+
+    /// Leader only: when `peer` last acknowledged (the send time of the acknowledged call).
+    pub fn last_ack(&self, peer: ReplicaId) -> Option<Duration> {
+        self.follower_acks.get(&peer).copied()
+    }
+
+    pub fn propose(&mut self, now: Duration, cmd: Command) -> Result<LogPosition, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        if self.node.log().last_position().index.get() >= self.cfg.max_log_entries {
+            return Err(ProposeError::LogFull);
+        }
+        let pos = self.node.propose_command();
+        if pos.is_invalid() {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        self.commands.insert((pos.term.get(), pos.index.get()), cmd);
+        self.step(now);
+        Ok(pos)
+    }
+
+    /// Entries in the log that are not committed yet.
+    pub fn has_uncommitted(&self) -> bool {
+        self.node.log().last_position().index.get() > self.node.commit_index().get()
+    }
+
+    pub fn commit_status(&self, pos: LogPosition) -> CommitStatus {
+        self.node.get_commit_status(pos)
+    }
+
+    /// Run the timer if it is due.
+    pub fn tick(&mut self, now: Duration) {
+        if now >= self.deadline {
+            // Pushed out first: raftbare asks for a new timeout when it needs one.
+            self.deadline = now + self.cfg.election_max;
+            self.node.handle_election_timeout();
+            self.step(now);
+        }
+    }
+
+    /// A message from a peer. Malformed envelopes (commands that do not match the entries
+    /// carried, a sender that is not the message's sender) are dropped.
+    pub fn handle(&mut self, now: Duration, env: Envelope) {
+        if env.to != self.id || env.message.from().get() != env.from {
+            return;
+        }
+        match &env.message {
+            Message::AppendEntriesCall { header, entries, .. } => {
+                let wanted: Vec<LogPosition> =
+                    entries.iter_with_positions().filter(|(_, e)| matches!(e, LogEntry::Command)).map(|(p, _)| p).collect();
+                if wanted.len() != env.commands.len() || wanted.iter().zip(&env.commands).any(|(w, (p, _))| w != p) {
+                    return;
+                }
+                for (p, c) in &env.commands {
+                    self.commands.insert((p.term.get(), p.index.get()), c.clone());
+                }
+                if header.term >= self.node.current_term() {
+                    self.leader_hint = Some((header.term.get(), env.from));
+                }
+            }
+            Message::AppendEntriesReply { header, .. } if self.is_leader() && header.term == self.node.current_term() => {
+                if let Some(sent) = self.sent_at.get(&header.seqno.get()).copied() {
+                    let e = self.follower_acks.entry(env.from).or_insert(sent);
+                    *e = (*e).max(sent);
+                }
+            }
+            _ => {}
+        }
+        let grant = match &env.message {
+            Message::AppendEntriesCall { header, commit_index, .. } if env.grant => Some((header.term, commit_index.get())),
+            _ => None,
+        };
+        self.node.handle_message(env.message);
+        self.step(now);
+        // A grant renews the lease only once this node has applied everything the leader had
+        // committed when it sent it: a node that comes back behind (after a partition, say)
+        // must not run yesterday's assignments under today's lease.
+        if let Some((term, commit)) = grant {
+            if term == self.node.current_term() && !self.is_leader() && self.applied_index >= commit {
+                self.last_grant = Some((term.get(), now));
+            }
+        }
+    }
+
+    pub fn take_outgoing(&mut self) -> Vec<Envelope> {
+        core::mem::take(&mut self.outgoing)
+    }
+
+    fn jitter(&mut self) -> Duration {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let span = (self.cfg.election_max - self.cfg.election_min).as_micros().max(1) as u64;
+        self.cfg.election_min + Duration::from_micros(z % span)
+    }
+
+    /// Carry out raftbare's actions: storage first, then messages; then apply what committed.
+    fn step(&mut self, now: Duration) {
+        let mut storage_dirty = false;
+        let mut sends: Vec<(Option<NodeId>, Message)> = Vec::new();
+        while let Some(action) = self.node.actions_mut().next() {
+            match action {
+                Action::SetElectionTimeout => {
+                    self.deadline = now + if self.node.role().is_leader() { self.cfg.heartbeat } else { self.jitter() };
+                }
+                Action::SaveCurrentTerm | Action::SaveVotedFor | Action::AppendLogEntries(_) => storage_dirty = true,
+                Action::BroadcastMessage(m) => sends.push((None, m)),
+                Action::SendMessage(to, m) => sends.push((Some(to), m)),
+                // The log is never compacted, so no follower is ever behind a snapshot.
+                Action::InstallSnapshot(_) => {}
+            }
+        }
+        if self.is_leader() && self.became_leader.is_none_or(|(t, _)| t != self.term()) {
+            self.follower_acks.clear();
+            self.sent_at.clear();
+            self.grants_sent.clear();
+            self.became_leader = Some((self.term(), now));
+        }
+        // raftbare truncates a diverging suffix without asking for a write until it knows
+        // where the logs agree; storing the truncation at once is as safe and keeps the
+        // storage exactly the core's state (the simulator checks it after every event).
+        if storage_dirty || self.storage.log != *self.node.log() || self.storage.term != self.node.current_term() || self.storage.voted_for != self.node.voted_for() {
+            self.storage.term = self.node.current_term();
+            self.storage.voted_for = self.node.voted_for();
+            self.storage.log = self.node.log().clone();
+        }
+        // Commands are stored with the log (a new proposal or received entries).
+        if self.storage.commands.len() != self.commands.len() {
+            self.storage.commands = self.commands.clone();
+        }
+        let peers: Vec<NodeId> = self.node.peers().collect();
+        for (to, m) in sends {
+            match to {
+                Some(t) => self.send(now, t, m),
+                None => {
+                    for p in &peers {
+                        self.send(now, *p, m.clone());
+                    }
+                }
+            }
+        }
+        self.apply_committed();
+    }
+
+    fn send(&mut self, now: Duration, to: NodeId, mut message: Message) {
+        let mut commands = Vec::new();
+        let mut grant = false;
+        if let Message::AppendEntriesCall { header, entries, .. } = &mut message {
+            self.sent_at.insert(header.seqno.get(), now);
+            while self.sent_at.len() > SENT_AT_KEPT {
+                self.sent_at.pop_first();
+            }
+            // Only to a peer that answers: grants to a dead or cut-off peer would keep its
+            // lease "possibly alive" for ever, and its replicas could never move.
+            grant = self.majority_contact(now).is_some_and(|m| now.saturating_sub(m) <= self.cfg.grant_window)
+                && self.follower_acks.get(&to.get()).is_some_and(|a| now.saturating_sub(*a) <= self.cfg.peer_down_after);
+            if grant {
+                self.grants_sent.insert(to.get(), now);
+            }
+            if entries.len() > self.cfg.max_entries_per_message {
+                entries.truncate(self.cfg.max_entries_per_message);
+            }
+            for (p, e) in entries.iter_with_positions() {
+                if matches!(e, LogEntry::Command) {
+                    match self.commands.get(&(p.term.get(), p.index.get())) {
+                        Some(c) => commands.push((p, c.clone())),
+                        // Cannot happen (every Command entry in the log came with its command);
+                        // sending the entry without it would stall the follower, so drop it.
+                        None => return,
+                    }
+                }
+            }
+        }
+        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant });
+    }
+
+    fn apply_committed(&mut self) {
+        let commit = self.node.commit_index().get();
+        while self.applied_index < commit {
+            let i = self.applied_index + 1;
+            let entries: &LogEntries = self.node.log().entries();
+            let (Some(term), Some(entry)) = (entries.get_term(LogIndex::new(i)), entries.get_entry(LogIndex::new(i))) else { break };
+            if matches!(entry, LogEntry::Command) {
+                let pos = LogPosition { term, index: LogIndex::new(i) };
+                let Some(cmd) = self.commands.get(&(term.get(), i)).cloned() else { break };
+                if let Err(e) = self.state.apply(&cmd, &self.cfg.limits) {
+                    self.refusals.push((pos, e));
+                }
+                self.applied.push(pos);
+            }
+            self.applied_index = i;
+        }
+    }
+}
