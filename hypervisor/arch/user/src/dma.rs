@@ -88,7 +88,7 @@ struct Heap {
 // SAFETY: every access to `heap` holds `lock`.
 unsafe impl Sync for Heap {}
 
-#[cfg_attr(not(test), global_allocator)]
+#[cfg_attr(feature = "runtime", global_allocator)]
 static HEAP: Heap = Heap { lock: AtomicBool::new(false), heap: core::cell::UnsafeCell::new(linked_list_allocator::Heap::empty()) };
 
 impl Heap {

@@ -50,18 +50,18 @@ impl RustMemory {
     }
 }
 
-#[cfg(not(test))]
+#[cfg(feature = "runtime")]
 extern "C" {
     // user.ld: the start of the writable segment and the end of the image.
     static __catenary_data: u8;
     static __catenary_end: u8;
 }
 
-/// This program's Rust memory (host tests: a made-up layout).
+/// This program's Rust memory (host builds without the runtime: a made-up layout).
 pub fn rust_memory() -> RustMemory {
-    #[cfg(not(test))]
+    #[cfg(feature = "runtime")]
     let (data, end) = (core::ptr::addr_of!(__catenary_data) as u64, core::ptr::addr_of!(__catenary_end) as u64);
-    #[cfg(test)]
+    #[cfg(not(feature = "runtime"))]
     let (data, end) = (IMAGE_BASE + 0x10_0000, IMAGE_BASE + 0x20_0000);
     RustMemory { image: (IMAGE_BASE, data, end), stack: STACK, heap: (HEAP_VA, MMIO_VA) }
 }

@@ -13,9 +13,40 @@
 //! and syscall checks decide). `catenary-user` and the programs forbid `unsafe`; what this
 //! crate exports as safe must keep `forbid(unsafe_code)` there meaningful (docs/microkernel.md,
 //! "Soundness of the arch crates").
+//!
+//! What safe code cannot do (each a `compile_fail` doctest, `cargo test -p catenary-arch-user
+//! --doc`): call the raw syscall,
+//! ```compile_fail
+//! #![forbid(unsafe_code)]
+//! // SYS_UNMAP of its own text
+//! catenary_arch_user::sys::syscall6(10, 0x40_0000, 1, 0, 0, 0, 0);
+//! ```
+//! make a region out of an address,
+//! ```compile_fail
+//! #![forbid(unsafe_code)]
+//! let _ = catenary_arch_user::region::Mem { base: 0x40_0000, len: 4096 };
+//! ```
+//! ```compile_fail
+//! #![forbid(unsafe_code)]
+//! let _ = catenary_arch_user::region::Mem::new(0x40_0000, 4096);
+//! ```
+//! keep using a region after unmapping it,
+//! ```compile_fail
+//! #![forbid(unsafe_code)]
+//! fn f(p: catenary_arch_user::region::Pages) {
+//!     let _ = p.unmap();
+//!     p.write_u64(0, 1);
+//! }
+//! ```
+//! or lend memory that is not a region (its heap or stack).
+//! ```compile_fail
+//! #![forbid(unsafe_code)]
+//! let buf = [0u8; 4096];
+//! let _ = catenary_arch_user::sys::call_grant(1, 0, 0, 0, &buf, 4096, true);
+//! ```
 #![cfg_attr(not(test), no_std)]
 
-#[cfg(not(test))]
+#[cfg(feature = "runtime")]
 core::arch::global_asm!(
     ".section .text._start, \"ax\"",
     ".global _start",
