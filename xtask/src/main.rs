@@ -3,6 +3,7 @@
 //! builds guest images, runs every test and the benchmarks.
 
 mod apitest;
+mod fabriccli;
 mod bochs;
 mod build;
 mod cluster;

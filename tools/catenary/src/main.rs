@@ -124,6 +124,13 @@ enum Cmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Check the embedded fabric against a TCP echo service at --api: send BYTES bytes, expect
+    /// them back (a diagnostic: the node's `net.tcpecho` probe answers so).
+    #[command(hide = true)]
+    FabricProbe {
+        #[arg(long, default_value_t = 4096)]
+        bytes: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +196,16 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Rm { id } => commands::rm(&c, &id),
         Cmd::Inspect { id } => commands::inspect(&c, &id),
         Cmd::Events { follow } => commands::events(&c, follow, poll),
+        Cmd::FabricProbe { bytes } => {
+            let sent: Vec<u8> = (0..bytes.min(1 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+            let start = std::time::Instant::now();
+            let got = c.t.echo(&sent)?;
+            if got[..sent.len()] != sent[..] {
+                return Err(CliError::Other(format!("fabric-probe: {} bytes came back, not the ones sent", got.len())));
+            }
+            println!("fabric-probe: {} bytes echoed by {} in {} ms", sent.len(), c.t.endpoint, start.elapsed().as_millis());
+            Ok(())
+        }
         Cmd::Init { .. } | Cmd::WgConfig { .. } | Cmd::Image(ImageCmd::Pack(_) | ImageCmd::Verify { .. }) => Ok(()),
     }
 }

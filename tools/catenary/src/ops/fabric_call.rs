@@ -14,6 +14,15 @@ use std::time::{Duration, Instant};
 /// and the connection, and any stretch without progress after that; `what` names the node in
 /// errors.
 pub fn request(link: &mut Link, dst: Ipv6Addr, port: u16, bytes: &[u8], timeout: Duration, what: &str) -> Result<(u16, Vec<u8>), CallError> {
+    exchange_until(link, dst, port, bytes, timeout, what, &|buf| client::parse_response(buf).map_err(CallError::Api))
+}
+
+/// What has arrived so far: the answer once it is complete.
+type Complete<'a> = &'a dyn Fn(&[u8]) -> Result<Option<(u16, Vec<u8>)>, CallError>;
+
+/// Send `bytes` and read until `complete` says the answer is there (an HTTP answer for
+/// [`request`], the bytes echoed back for `catenary fabric-probe`).
+pub fn exchange_until(link: &mut Link, dst: Ipv6Addr, port: u16, bytes: &[u8], timeout: Duration, what: &str, complete: Complete) -> Result<(u16, Vec<u8>), CallError> {
     // the session first (netfabric starts the handshake and retransmits the initiation), so the
     // SYN is not held back behind it and resent as duplicates
     let deadline = Instant::now() + timeout;
@@ -25,7 +34,7 @@ pub fn request(link: &mut Link, dst: Ipv6Addr, port: u16, bytes: &[u8], timeout:
         link.pump(Duration::from_millis(50));
     }
     let h = link.connect(dst, port).map_err(CallError::Unreachable)?;
-    let r = exchange(link, h, bytes, timeout, what);
+    let r = exchange(link, h, bytes, timeout, what, complete);
     // done or given up: reset the connection (the server closes after its answer anyway) and
     // let the stack send that before the socket is dropped
     link.tcp(h).abort();
@@ -34,7 +43,7 @@ pub fn request(link: &mut Link, dst: Ipv6Addr, port: u16, bytes: &[u8], timeout:
     r
 }
 
-fn exchange(link: &mut Link, h: smoltcp::iface::SocketHandle, bytes: &[u8], timeout: Duration, what: &str) -> Result<(u16, Vec<u8>), CallError> {
+fn exchange(link: &mut Link, h: smoltcp::iface::SocketHandle, bytes: &[u8], timeout: Duration, what: &str, complete: Complete) -> Result<(u16, Vec<u8>), CallError> {
     let mut deadline = Instant::now() + timeout;
     let (mut sent, mut established) = (0usize, false);
     let mut buf = Vec::new();
@@ -83,7 +92,7 @@ fn exchange(link: &mut Link, h: smoltcp::iface::SocketHandle, bytes: &[u8], time
         }
         if got {
             deadline = Instant::now() + timeout;
-            if let Some(r) = client::parse_response(&buf).map_err(CallError::Api)? {
+            if let Some(r) = complete(&buf)? {
                 return Ok(r);
             }
         }

@@ -72,10 +72,13 @@ fn resolve(ep: &str) -> Result<SocketAddr, String> {
     text.to_socket_addrs().map_err(|e| format!("{ep}: {e}"))?.next().ok_or_else(|| format!("{ep}: no address"))
 }
 
+/// The embedded fabric's session, made on first use and kept for the process.
+type SharedLink = Mutex<Option<Box<Link>>>;
+
 enum Via {
     Host,
     /// The operator's secret (never printed), the node, and the session once it is made.
-    Fabric { secret: [u8; 32], node: FabricNode, link: Mutex<Option<Box<Link>>> },
+    Fabric { secret: [u8; 32], node: FabricNode, link: SharedLink },
 }
 
 pub struct Transport {
@@ -104,23 +107,48 @@ impl Transport {
     pub fn send(&self, req: &ClientRequest) -> Result<(u16, Vec<u8>), CallError> {
         match &self.via {
             Via::Host => self.send_host(req),
-            Via::Fabric { secret, node, link } => {
-                let mut g = link.lock().unwrap_or_else(|p| p.into_inner());
-                if g.is_none() {
-                    let id = netfabric::Identity::from_secret_bytes(*secret);
-                    let any: SocketAddr = if node.endpoint.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|_| CallError::Unreachable("bad bind address".into()))?;
-                    let peer = netfabric::PeerConfig::new(node.public_key).with_endpoint(node.endpoint);
-                    *g = Some(Box::new(Link::new(id, peer, any).map_err(CallError::Unreachable)?));
-                }
-                let l = g.as_mut().ok_or_else(|| CallError::Unreachable("no fabric link".into()))?;
-                let dst = self.endpoint.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| CallError::Unreachable(format!("{}: not an address", self.endpoint)))?;
-                let IpAddr::V6(ip) = dst.ip() else {
-                    return Err(CallError::Unreachable(format!("{}: the fabric carries IPv6 only", self.endpoint)));
-                };
+            Via::Fabric { node, .. } => {
+                let (l, ip, port) = self.link()?;
+                let mut g = l.lock().unwrap_or_else(|p| p.into_inner());
+                let link = g.as_mut().ok_or_else(|| CallError::Unreachable("no fabric link".into()))?;
                 let bytes = req.to_bytes(&self.endpoint);
-                super::fabric_call::request(l, ip, dst.port(), &bytes, self.timeout, &self.describe(node))
+                super::fabric_call::request(link, ip, port, &bytes, self.timeout, &self.describe(node))
             }
         }
+    }
+
+    /// Through the embedded fabric only: send `bytes` to the endpoint (a TCP echo service) and
+    /// return what came back once as many bytes have (`catenary fabric-probe`).
+    pub fn echo(&self, bytes: &[u8]) -> Result<Vec<u8>, CallError> {
+        let Via::Fabric { node, .. } = &self.via else {
+            return Err(CallError::Unreachable("fabric-probe needs the embedded fabric (a fabric node, not --transport host)".into()));
+        };
+        let (l, ip, port) = self.link()?;
+        let mut g = l.lock().unwrap_or_else(|p| p.into_inner());
+        let link = g.as_mut().ok_or_else(|| CallError::Unreachable("no fabric link".into()))?;
+        let n = bytes.len();
+        let got = super::fabric_call::exchange_until(link, ip, port, bytes, self.timeout, &self.describe(node), &|b| Ok((b.len() >= n).then(|| (0, b.to_vec()))))?;
+        Ok(got.1)
+    }
+
+    /// The fabric link (made on first use) and the endpoint's address and port.
+    fn link(&self) -> Result<(&SharedLink, std::net::Ipv6Addr, u16), CallError> {
+        let Via::Fabric { secret, node, link } = &self.via else {
+            return Err(CallError::Unreachable("not the embedded fabric".into()));
+        };
+        let mut g = link.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let id = netfabric::Identity::from_secret_bytes(*secret);
+            let any: SocketAddr = if node.endpoint.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|_| CallError::Unreachable("bad bind address".into()))?;
+            let peer = netfabric::PeerConfig::new(node.public_key).with_endpoint(node.endpoint);
+            *g = Some(Box::new(Link::new(id, peer, any).map_err(CallError::Unreachable)?));
+        }
+        drop(g);
+        let dst = self.endpoint.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| CallError::Unreachable(format!("{}: not an address", self.endpoint)))?;
+        let IpAddr::V6(ip) = dst.ip() else {
+            return Err(CallError::Unreachable(format!("{}: the fabric carries IPv6 only", self.endpoint)));
+        };
+        Ok((link, ip, dst.port()))
     }
 
     fn describe(&self, node: &FabricNode) -> String {

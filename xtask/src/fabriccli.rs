@@ -1,0 +1,221 @@
+//! The `catenary` CLI's embedded fabric against a real node (issue 12 item 5, docs/api.md
+//! "Reaching a node"): the CLI, run as an unprivileged user in the host's own network namespace,
+//! makes its own netfabric session with a QEMU node and reaches a TCP service on the node's
+//! fabric /64 through it. No tap, no namespace, no WireGuard.
+//!
+//! The node sits on a `vde_switch`, which a host process cannot reach with plain UDP. The
+//! test's stand-in for the workstation's network card is a relay that needs no root either:
+//! `vde_plug` on the switch (Ethernet frames over its stdin/stdout, each after a 2-byte
+//! big-endian length) under a smoltcp Ethernet interface with a link-local address, whose UDP
+//! socket forwards datagrams to and from a localhost UDP port the CLI sends to. The relay only
+//! moves opaque fabric datagrams: the handshake, encryption and TCP are the CLI's.
+//!
+//! Until the API service (`apid`) is on the node, what answers is the ring-3 TCP echo server
+//! (`net.tcpecho=8080`, hypervisor/user/src/bin/uapp/tcp.rs) on the node's task /128, and the CLI
+//! runs its hidden `fabric-probe` (bytes out, the same bytes back).
+
+use crate::cluster::NodeSpec;
+use crate::test::Tally;
+use catenary_net::cluster::{link_local_from_mac, Operator};
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::socket::udp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RELAY_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xca, 0x00, 0xfc];
+const RELAY_PORT: u16 = 51900;
+
+/// Frames from the switch in, frames to it out (through `vde_plug`'s pipes).
+struct Plug {
+    rx: Receiver<Vec<u8>>,
+    tx: ChildStdin,
+}
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut ChildStdin);
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut b = vec![0u8; len + 2];
+        let r = f(&mut b[2..]);
+        b[..2].copy_from_slice(&(len as u16).to_be_bytes());
+        let _ = self.0.write_all(&b);
+        r
+    }
+}
+impl phy::Device for Plug {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _t: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
+        let f = self.rx.try_recv().ok()?;
+        Some((Rx(f), Tx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _t: smoltcp::time::Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c
+    }
+}
+
+/// The relay: localhost UDP <-> `[node underlay]:port` on the switch. Returns its localhost
+/// address and the `vde_plug` child (killed by the caller).
+fn relay(switch: &Path, node: (Ipv6Addr, u16), stop: Arc<AtomicBool>) -> Result<(SocketAddr, Child), String> {
+    let mut child = Command::new("vde_plug").arg(switch).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| format!("vde_plug: {e}"))?;
+    let mut out = child.stdout.take().ok_or("vde_plug: no stdout")?;
+    let tx = child.stdin.take().ok_or("vde_plug: no stdin")?;
+    let (ftx, frx) = channel();
+    std::thread::spawn(move || {
+        let mut len = [0u8; 2];
+        while out.read_exact(&mut len).is_ok() {
+            let mut f = vec![0u8; u16::from_be_bytes(len) as usize];
+            if out.read_exact(&mut f).is_err() || ftx.send(f).is_err() {
+                break;
+            }
+        }
+    });
+    let host = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let host_addr = host.local_addr().map_err(|e| e.to_string())?;
+    host.set_nonblocking(true).map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        let mut dev = Plug { rx: frx, tx };
+        let origin = Instant::now();
+        let now = || smoltcp::time::Instant::from_micros(origin.elapsed().as_micros() as i64);
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(RELAY_MAC))), &mut dev, now());
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv6(link_local_from_mac(RELAY_MAC)), 64));
+        });
+        let mut sockets = SocketSet::new(vec![]);
+        let mut s = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0u8; 256 * 1600]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0u8; 256 * 1600]),
+        );
+        let _ = s.bind(RELAY_PORT);
+        let h = sockets.add(s);
+        let dst = IpEndpoint::new(IpAddress::Ipv6(node.0), node.1);
+        let mut client: Option<SocketAddr> = None;
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::SeqCst) {
+            let mut busy = false;
+            while let Ok((n, from)) = host.recv_from(&mut buf) {
+                client = Some(from);
+                let _ = sockets.get_mut::<udp::Socket>(h).send_slice(&buf[..n], dst);
+                busy = true;
+            }
+            iface.poll(now(), &mut dev, &mut sockets);
+            let s = sockets.get_mut::<udp::Socket>(h);
+            while let Ok((n, _)) = s.recv_slice(&mut buf) {
+                if let Some(c) = client {
+                    let _ = host.send_to(&buf[..n], c);
+                }
+                busy = true;
+            }
+            if !busy {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    Ok((host_addr, child))
+}
+
+pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "net_cli_embedded_fabric_reaches_node";
+    if crate::tools::which("vde_plug").is_none() {
+        t.skip(name, "needs vde_plug (vde2)");
+        return Ok(());
+    }
+    // the CLI binary, run directly (not through cargo) so it can run as another user
+    let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err("cargo build -p catenary failed".into());
+    }
+    let bin = crate::tools::root().join("target/debug/catenary");
+    let tag = "net-cli-fabric";
+    let dir = crate::tools::out_dir().join(tag);
+    let cfg = dir.join("operator");
+    let _ = std::fs::remove_dir_all(&cfg);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // as root, the CLI runs as nobody: it needs no privilege
+    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let unpriv = root && crate::tools::which("setpriv").is_some();
+    let catenary = |args: &[&str]| -> Result<std::process::Output, String> {
+        let mut c = if unpriv {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        c.args(args).env("CATENARY_CONFIG_DIR", &cfg).env_remove("CATENARY_API").output().map_err(|e| e.to_string())
+    };
+    if unpriv {
+        std::fs::create_dir_all(&cfg).map_err(|e| e.to_string())?;
+        Command::new("chown").args(["65534:65534"]).arg(&cfg).status().map_err(|e| e.to_string())?;
+    }
+    let o = catenary(&["init", "--name", "cli"])?;
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    let key = line.split_whitespace().nth(2).and_then(catenary_net::cluster::hex_decode32).ok_or(format!("catenary init printed {line:?}: {}", String::from_utf8_lossy(&o.stderr)))?;
+    let mut node = NodeSpec::new(1);
+    node.cmdline = "net.tcpecho=8080".into();
+    let member = node.member();
+    let node_key = node.identity.public_key();
+    let op = Operator { name: "cli".into(), public_key: key, role: "admin".into() };
+    let mut r = crate::cluster::start_with(kernel, &[node], tag, &[], &[op])?;
+    let up = r.wait(Duration::from_secs(120), false, |l| l[0].iter().any(|x| x.contains("tcp echo: listening on its own /128")));
+    let echo = r.lines[0].iter().find(|l| l.contains("tcp echo: listening on its own /128")).and_then(|l| l.split("listening on its own /128 [").nth(1)?.split(']').next().map(String::from));
+    let stop = Arc::new(AtomicBool::new(false));
+    let res = (|| -> Result<String, String> {
+        let echo = echo.ok_or("the node's TCP echo server did not start")?;
+        let (relay_addr, child) = relay(r.switch_sock(), (member.underlay, member.port), stop.clone())?;
+        let _child = KillOnDrop(child);
+        let spec = format!("{}@{relay_addr}", node_key.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let o = catenary(&["init", "--set-fabric", &spec])?;
+        if !o.status.success() {
+            return Err(format!("init --set-fabric: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+        let start = Instant::now();
+        let o = catenary(&["--api", &format!("[{echo}]:8080"), "--timeout", "60", "fabric-probe", "--bytes", "65536"])?;
+        let took = start.elapsed();
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)).trim().to_string();
+        if !o.status.success() {
+            return Err(format!("fabric-probe failed after {took:?}: {out}"));
+        }
+        Ok(out)
+    })();
+    stop.store(true, Ordering::SeqCst);
+    r.wait(Duration::from_millis(500), false, |_| false);
+    let session = r.has(0, "session with operator:cli established");
+    let log = r.save_logs(tag);
+    drop(r);
+    let _ = std::fs::remove_file(cfg.join("operator.key"));
+    match res {
+        Ok(out) => {
+            println!("  {out} (CLI as uid {}; node logged the session: {session})", if unpriv { "65534" } else { "of the runner" });
+            t.record(name, up && session && out.contains("65536 bytes echoed"), &format!("(log {})", log.display()));
+        }
+        Err(e) => t.record(name, false, &format!("({e}; log {})", log.display())),
+    }
+    Ok(())
+}
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
