@@ -25,6 +25,7 @@ static HEAP_LEN: AtomicU64 = AtomicU64::new(0);
 static DMA_NEXT: AtomicU64 = AtomicU64::new(DMA_VA);
 static MMIO_NEXT: AtomicU64 = AtomicU64::new(MMIO_VA);
 /// (virt, phys, len) of the `dma_alloc`s beyond the heap, for `share`.
+#[allow(clippy::declare_interior_mutable_const)] // only to initialise REGIONS
 const NONE: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 static REGIONS: [[AtomicU64; 3]; 16] = [NONE; 16];
 

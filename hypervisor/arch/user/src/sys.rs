@@ -145,12 +145,19 @@ pub fn call_timeout(slot: u64, label: u64, w: [u64; 4], timeout_ms: u32) -> Resu
 /// Call with a grant of the first `len` bytes of `mem` (read-only or read-write) to the
 /// receiver, valid until it replies. The receiver finds it with [`Msg::grant`].
 pub fn call_grant(slot: u64, label: u64, w0: u64, w1: u64, mem: &Mem, len: u64, writable: bool) -> Result<Msg, u64> {
-    if len > mem.len() {
+    call_grant_at(slot, label, w0, w1, mem, 0, len, writable)
+}
+/// [`call_grant`] of the `len` bytes at offset `off` of `mem` (the kernel lends whole pages:
+/// `mem.addr() + off` should be page-aligned, else it refuses). Err(`ERR_BAD_ARG`) without a
+/// call when the range is not inside `mem`.
+#[allow(clippy::too_many_arguments)]
+pub fn call_grant_at(slot: u64, label: u64, w0: u64, w1: u64, mem: &Mem, off: u64, len: u64, writable: bool) -> Result<Msg, u64> {
+    if off.checked_add(len).is_none_or(|end| end > mem.len()) {
         return Err(ERR_BAD_ARG);
     }
-    // SAFETY: the lent range lies in a region, which holds no Rust object (region::Mem's
-    // invariant): the receiver writing it changes no Rust value of this task.
-    let r = unsafe { syscall_msg(SYS_CALL_GRANT, slot, label, [w0, w1, mem.addr() | writable as u64, len]) };
+    // SAFETY: the lent range lies in a region (checked above), which holds no Rust object
+    // (region::Mem's invariant): the receiver writing it changes no Rust value of this task.
+    let r = unsafe { syscall_msg(SYS_CALL_GRANT, slot, label, [w0, w1, (mem.addr() + off) | writable as u64, len]) };
     if r.rax == 0 { Ok(Msg { label: r.label, words: r.words, badge: r.badge, reply: r.reply, flags: r.flags }) } else { Err(r.rax.wrapping_neg()) }
 }
 /// Lend `mem` (own RAM: fresh pages or DMA memory) writable to the owner of the endpoint of
