@@ -16,7 +16,7 @@ use crate::tools::out_dir;
 use std::path::Path;
 use std::time::Duration;
 
-pub const TESTS: [&str; 7] = [
+pub const TESTS: [&str; 10] = [
     "workload_run_image",
     "workload_started_by_supervisor",
     "workload_image_verified",
@@ -24,6 +24,9 @@ pub const TESTS: [&str; 7] = [
     "workload_restart_on_failure",
     "workload_eight_at_once",
     "workload_admission_refused",
+    "workload_image_push",
+    "workload_image_remove",
+    "workload_adopted_after_restart",
 ];
 
 /// The image's entrypoint: `sh -c SCRIPT entry ARGS…`. `flaky` fails until the run's
@@ -32,6 +35,7 @@ const SCRIPT: &str = r#"case "$1" in
 flaky) if [ "$CATENARY_ATTEMPT" -ge 3 ]; then echo "flaky attempt $CATENARY_ATTEMPT: succeeding"; exit 0; fi
        echo "flaky attempt $CATENARY_ATTEMPT: failing"; echo "failing on purpose" >&2; exit 1;;
 hello) echo "hello from $2"; echo "stderr of $2" >&2; exec busybox sleep 600;;
+tick) i=0; while true; do i=$((i+1)); echo "tick $i"; busybox sleep 1; done;;
 *) echo "args: $*"; exit 3;;
 esac"#;
 
@@ -77,7 +81,8 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     b.smp = 2;
     b.mem = "1G".into();
     b.initrd = Some(bundle.clone());
-    b.cmdline = "ktest.only=workload".into();
+    // uploads idle for 20 s are dropped (workload_image_push waits for one to be)
+    b.cmdline = "ktest.only=workload store.upload_idle_s=20".into();
     let o = run_captured(b.command(false)?, &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(1500), false)?;
     let log = out_dir().join("workload.log");
     let _ = std::fs::write(&log, o.lines.join("\n"));
@@ -97,10 +102,12 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     t.record("workload_started_by_supervisor", ok, &stopped(format!("start line: {:?}", started.map(|l| l.trim()))));
     let ok = has("verified on arrival") && has("workd: image sha256:");
     t.record("workload_image_verified", ok, &stopped("no `verified on arrival` / `workd: image` line".into()));
-    for name in ["workload_hostile_requests", "workload_restart_on_failure", "workload_eight_at_once"] {
+    for name in ["workload_hostile_requests", "workload_restart_on_failure", "workload_eight_at_once", "workload_image_push", "workload_adopted_after_restart"] {
         let line = o.lines.iter().find_map(|l| l.strip_prefix(&format!("ktest {name} ... ")));
         t.record(name, line == Some("ok"), &stopped(format!("{line:?}")));
     }
+    let ok = has("wkctl: RESULT remove_refused_while_used ok") && has("wkctl: RESULT remove_done ok") && has("wkctl: RESULT remove_frames_returned ok");
+    t.record("workload_image_remove", ok, &stopped("no `wkctl: RESULT remove_… ok` lines".into()));
     let ok = has("wkctl: RESULT admission ok");
     t.record("workload_admission_refused", ok, &stopped("no `wkctl: RESULT admission ok`".into()));
     run_image(t, &bundle)

@@ -47,6 +47,11 @@ impl From<WkError> for ApiError {
             WkError::Unsupported => (422, "unsupported"),
             WkError::VmRefused => (503, "vm_refused"),
             WkError::NoNetworkLink => (507, "no_network_link"),
+            WkError::ImageInUse => (409, "image_in_use"),
+            WkError::ImageInvalid => (422, "image_invalid"),
+            WkError::ChunkDigest => (422, "chunk_digest_mismatch"),
+            WkError::NoSuchUpload => (404, "no_such_upload"),
+            WkError::StoreFull => (507, "store_full"),
         };
         let message = match e {
             WkError::NoMemory { need_mib, free_mib } => alloc::format!("{}: needs {need_mib} MiB, {free_mib} MiB free", e.message()),

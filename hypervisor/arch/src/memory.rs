@@ -234,6 +234,47 @@ impl Drop for FreshRun {
     }
 }
 
+/// `pages` physically contiguous frames the kernel keeps for itself (the image store's
+/// bytes): zeroed, never mapped into a task or a guest, reached only through this token (the
+/// direct map), freed on drop. Safe because the token owns the frames alone: `bytes` and
+/// `bytes_mut` borrow it, so nothing can read or write them after it is dropped.
+#[derive(Debug)]
+pub struct KernelRun {
+    phys: u64,
+    pages: u64,
+}
+
+impl KernelRun {
+    pub fn alloc(pages: u64) -> Result<KernelRun, AllocError> {
+        let phys = alloc_contiguous(pages, 1)?;
+        let run = KernelRun { phys, pages };
+        // SAFETY: just allocated: the run is ours alone; the direct map covers RAM.
+        unsafe { core::ptr::write_bytes(p2v(phys) as *mut u8, 0, (pages * 4096) as usize) };
+        Ok(run)
+    }
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the frames are allocated, owned by this token alone and mapped by the direct
+        // map; the slice borrows the token, so it cannot outlive the frames, and writes need
+        // `&mut self`.
+        unsafe { core::slice::from_raw_parts(p2v(self.phys) as *const u8, (self.pages * 4096) as usize) }
+    }
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `bytes`; `&mut self` makes this the only reference.
+        unsafe { core::slice::from_raw_parts_mut(p2v(self.phys) as *mut u8, (self.pages * 4096) as usize) }
+    }
+}
+
+impl Drop for KernelRun {
+    fn drop(&mut self) {
+        // SAFETY: the token owns the run; it was never mapped anywhere but the direct map, and
+        // no borrow of it outlives the token.
+        let _ = unsafe { free_contiguous(self.phys, self.pages) };
+    }
+}
+
 /// Advanced whenever a translation other CPUs may cache is removed (a freed kernel stack, a
 /// user mapping removed from a space loaded on another CPU); each CPU records the value it
 /// last flushed its TLB at (`paging::tlb_catch_up`, at its ticks and switches).

@@ -103,6 +103,8 @@ const ON_REQUEST: &[(&str, TestFn)] = &[
     ("workload_restart_on_failure", crate::ktest_workd::workload_restart_on_failure),
     ("workload_eight_at_once", crate::ktest_workd::workload_eight_at_once),
     ("workbench_service", crate::ktest_workd::workbench_service),
+    ("workload_image_push", crate::ktest_workd::workload_image_push),
+    ("workload_adopted_after_restart", crate::ktest_workd::workload_adopted_after_restart),
 ];
 
 pub fn run(node: &Node) -> ! {

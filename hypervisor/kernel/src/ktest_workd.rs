@@ -30,7 +30,7 @@ fn run_client(scenario: u64, timeout_s: u64) -> Result<(), String> {
     let cap = Capability { target: Address::local(ep), rights: Rights::SEND.union(Rights::GRANT), badge: 0x77 };
     let (id, _) = task::spawn_user(&UserSpec {
         name: "wkctl", elf: supervisor::program_elf("wkctl"), arg: scenario, prio: Priority::NORMAL, affinity: Affinity::ANY,
-        own_endpoint: true, caps: &[cap], ports: &[], mmio: &[], dma_pages: 0, mem_pages: 256,
+        own_endpoint: true, caps: &[cap], ports: &[], mmio: &[], dma_pages: 0, mem_pages: 512,
     })
     .map_err(|e| format!("spawn wkctl: {e:?}"))?;
     let code = task::join(id, timeout_s * SEC).ok_or_else(|| format!("wkctl did not finish within {timeout_s} s"))?;
@@ -59,4 +59,44 @@ pub fn workload_eight_at_once(_: &Node) -> Result<(), String> {
 /// lines (wkctl scenario 4).
 pub fn workbench_service(_: &Node) -> Result<(), String> {
     run_client(4, 1500)
+}
+
+/// Image push through `workd` into the kernel's store (wkctl scenario 6: good, corrupted chunk,
+/// resumed, already present, mismatch refused, removal refused while used then done, an
+/// abandoned upload expired); here also: the store holds no more frames than before.
+pub fn workload_image_push(_: &Node) -> Result<(), String> {
+    let before = crate::vmstore::info();
+    run_client(6, 600)?;
+    let after = crate::vmstore::info();
+    if after.used_pages != before.used_pages || after.uploads != 0 {
+        return Err(format!("the store holds {} pages in {} uploads after the scenario (before: {} pages)", after.used_pages, after.uploads, before.used_pages));
+    }
+    Ok(())
+}
+
+/// Kill `workd` while two workloads run: the supervisor restarts it, the new incarnation
+/// adopts both microVMs (wkctl scenarios 7 and 8).
+pub fn workload_adopted_after_restart(_: &Node) -> Result<(), String> {
+    run_client(7, 600)?;
+    let old = supervisor::service_task("workd").ok_or("workd is not running")?;
+    let restarts = supervisor::service_restarts("workd");
+    let end = catenary_arch::time::now_ns() + 5 * SEC;
+    while !task::kill_for_test(old) {
+        if catenary_arch::time::now_ns() > end {
+            return Err("workd never stopped running long enough to be killed".into());
+        }
+        task::yield_now();
+    }
+    let end = catenary_arch::time::now_ns() + 30 * SEC;
+    loop {
+        match supervisor::service_task("workd") {
+            Some(t) if t != old && supervisor::service_restarts("workd") == restarts + 1 => {
+                log::info!(target: "ktest", "workd killed (task {old}) and restarted as task {t}: {} restarts", restarts + 1);
+                break;
+            }
+            _ if catenary_arch::time::now_ns() > end => return Err(format!("workd was not restarted within 30 s (restarts {})", supervisor::service_restarts("workd"))),
+            _ => task::sleep_ns(50_000_000),
+        }
+    }
+    run_client(8, 600)
 }

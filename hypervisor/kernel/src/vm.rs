@@ -169,7 +169,7 @@ impl Drop for EndOnDrop<'_> {
 /// its log lines, READY and touched memory go to the owner's event queue as VM `handle`
 /// (`task::vmctl`). Stopped, signalled and killed through `ctl` (`vmcontrol`).
 #[allow(clippy::too_many_arguments)]
-pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: &'static [u8], config: &[u8], node_json: &str, net: Option<NetAttach>, ctl: &VmControl, touched: &core::sync::atomic::AtomicU64) -> RunReport {
+pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: catenary_vmm::virtio::blk::SharedBytes, config: &[u8], node_json: &str, net: Option<NetAttach>, ctl: &VmControl, touched: &core::sync::atomic::AtomicU64) -> RunReport {
     let failed = |why: &str| {
         let mut r = empty_report();
         r.ended = Ended::Failed(String::from(why));
@@ -196,7 +196,7 @@ pub struct Sink<'a> {
     pub handle: u64,
     /// Guest RAM touched so far (`OP_TOUCHED`), updated as chunks are populated.
     pub touched: &'a core::sync::atomic::AtomicU64,
-    pub rootfs: &'static [u8],
+    pub rootfs: catenary_vmm::virtio::blk::SharedBytes,
 }
 
 fn empty_report() -> RunReport {
@@ -226,7 +226,7 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     let tsc_khz = (time::tsc_hz() / 1000) as u32;
     let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
     cfg.virtio_blk = disk;
-    cfg.virtio_blk_shared = sink.map(|s| s.rootfs);
+    cfg.virtio_blk_shared = sink.map(|s| s.rootfs.clone());
     cfg.virtio_net = net.map(|n| n.mac);
     cfg.workload_channel = channel;
     // Both backends switch XCR0 and the full XSAVE state (arch guest_switch.rs): the guest

@@ -59,7 +59,7 @@ pub struct VmConfig {
     pub virtio_blk: Option<(Vec<u8>, bool)>,
     /// A read-only virtio-blk disk over bytes shared with other VMs (used when `virtio_blk` is
     /// `None`): a workload image's root filesystem.
-    pub virtio_blk_shared: Option<&'static [u8]>,
+    pub virtio_blk_shared: Option<crate::virtio::blk::SharedBytes>,
     /// A virtio-net device with this MAC.
     pub virtio_net: Option<[u8; 6]>,
     pub queue_size: u16,
@@ -248,7 +248,7 @@ impl MicroVm {
                 base += layout::MMIO_STRIDE;
             }
         }
-        let blk = match (cfg.virtio_blk.take(), cfg.virtio_blk_shared) {
+        let blk = match (cfg.virtio_blk.take(), cfg.virtio_blk_shared.take()) {
             (Some((disk, ro)), _) => Some(VirtioBlk::new(disk, ro, "catenary0")),
             (None, Some(bytes)) => Some(VirtioBlk::shared(bytes, "catenary0")),
             (None, None) => None,

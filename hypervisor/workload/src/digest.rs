@@ -49,6 +49,22 @@ impl core::fmt::Display for Digest {
     }
 }
 
+/// A sha256 over bytes that arrive in pieces (a pushed image's stream).
+#[derive(Clone, Default)]
+pub struct Hasher(Sha256);
+
+impl Hasher {
+    pub fn new() -> Hasher {
+        Hasher::default()
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    pub fn finish(self) -> Digest {
+        Digest(self.0.finalize().into())
+    }
+}
+
 impl core::fmt::Debug for Digest {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         core::fmt::Display::fmt(self, f)
@@ -67,6 +83,10 @@ mod tests {
         assert_eq!(s, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(Digest::parse(&s), Some(d));
         assert_eq!(format!("{}", d.short()), "ba7816bf8f01");
+        let mut h = Hasher::new();
+        h.update(b"a");
+        h.update(b"bc");
+        assert_eq!(h.finish(), d);
         for bad in ["", "sha256:", "sha512:ba78", &s.to_uppercase(), &s[..70], &format!("{s}0"), "sha256:zz7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"] {
             assert_eq!(Digest::parse(bad), None, "{bad}");
         }

@@ -41,7 +41,7 @@ pub mod status;
 pub mod store;
 pub mod vmctl;
 
-pub use digest::Digest;
+pub use digest::{Digest, Hasher};
 pub use proto::{Error, Reply, Request, Response, Target};
 pub use spec::{RestartPolicy, WorkloadSpec};
 pub use status::{ExitStatus, State, Status, WorkloadId};

@@ -24,6 +24,8 @@ use crate::logring::LogChunk;
 use crate::spec::{SpecError, WorkloadSpec};
 use crate::status::{State, Status, Summary, WorkloadId};
 use crate::store::ImageInfo;
+use crate::vmctl::StoreInfo;
+use crate::Digest;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
@@ -101,7 +103,29 @@ pub enum Request {
     Images,
     /// Deliver `signal` (1..=64) to a running workload's processes (through its init).
     Signal { target: Target, signal: u8 },
+    /// Push an image into the node's store: `manifest` is its `image.json` (whose sha256 is
+    /// `image`). Answers [`Reply::Upload`]: `present` (nothing to send) or the upload to send
+    /// the stream `config.json ‖ rootfs.squashfs` to — the one already in progress for that
+    /// image, if any (resume: send what is missing again; sending a range twice is harmless).
+    ImageBegin { image: Digest, manifest: Vec<u8> },
+    /// `len` bytes of an upload's stream at `offset`, in the request's grant at
+    /// [`CHUNK_OFFSET`] (the grant must reach that far); kept only when their sha256 is
+    /// `digest`. Any order, any ranges, at most [`CHUNK_MAX`] bytes.
+    ImageChunk { upload: u32, offset: u64, len: u32, digest: Digest },
+    /// Verify the whole image against its digest and put it in the store ([`Reply::Image`]);
+    /// a mismatch refuses it ([`Error::ImageInvalid`]) and frees the upload.
+    ImageCommit { upload: u32 },
+    ImageAbort { upload: u32 },
+    /// Take an image out of the store; refused while a workload (of any state) names it.
+    RemoveImage(Digest),
+    /// The store's use of memory.
+    Store,
 }
+
+/// Where an [`Request::ImageChunk`]'s bytes start in the grant.
+pub const CHUNK_OFFSET: usize = REQUEST_MAX;
+/// Largest chunk.
+pub const CHUNK_MAX: usize = crate::vmctl::WRITE_MAX;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
@@ -111,6 +135,11 @@ pub enum Reply {
     Status(Status),
     Logs(LogChunk),
     Images(Vec<ImageInfo>),
+    /// [`Request::ImageBegin`]: the image is in the store (`present`, upload 0), or the upload
+    /// to send its `size` stream bytes to.
+    Upload { upload: u32, size: u64, present: bool },
+    Image(ImageInfo),
+    Store(StoreInfo),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +166,16 @@ pub enum Error {
     /// Every network link of the node is taken ([`crate::net::LINKS_MAX`] workloads with
     /// network exist): destroy one, or create this one without network. Nothing was created.
     NoNetworkLink,
+    /// A workload uses the image.
+    ImageInUse,
+    /// The pushed bytes are not the image (digest, sizes or manifest): refused, upload freed.
+    ImageInvalid,
+    /// A chunk whose bytes do not have its digest: not kept, send it again.
+    ChunkDigest,
+    /// No such upload (committed, aborted or expired), or a chunk outside it.
+    NoSuchUpload,
+    /// The store's quota cannot hold the image, or too many uploads are in progress.
+    StoreFull,
 }
 
 impl Error {
@@ -154,6 +193,11 @@ impl Error {
             Error::VmRefused => "the kernel refused to create the microVM",
             Error::BadSignal => "a signal number outside 1-64",
             Error::NoNetworkLink => "all 8 network links of the node are taken: destroy a workload with network, or create this one without (net none)",
+            Error::ImageInUse => "a workload uses this image",
+            Error::ImageInvalid => "the pushed bytes are not the image they were announced as: refused",
+            Error::ChunkDigest => "the chunk's bytes do not have its digest: send it again",
+            Error::NoSuchUpload => "no such upload (committed, aborted or expired), or a chunk outside it",
+            Error::StoreFull => "the image store has no room (quota, or too many uploads at once)",
         }
     }
 }

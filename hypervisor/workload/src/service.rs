@@ -9,11 +9,14 @@ use crate::proto::{Error, Reply, Request, Target, GRACE_DEFAULT_MS, GRACE_MAX_MS
 use crate::restart::{Decision, Restarts};
 use crate::spec::{WorkloadSpec, ENV_ATTEMPT, ENV_WORKLOAD};
 use crate::status::{ExitStatus, State, Status, Summary, WorkloadId};
-use crate::store::ImageIndex;
-use crate::vmctl::{self, CreateVm, Event, VmEvent, VmHandle};
+use crate::proto::CHUNK_MAX;
+use crate::store::{ImageIndex, ImageInfo, MANIFEST_MAX};
+use crate::vmctl::{self, CreateVm, Event, StoreInfo, VmEvent, VmHandle};
+use crate::Digest;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
 
 /// After SIGKILL, how long the kernel lets the init report before it powers the VM off
 /// (`catenary_vmm::stop::KILL_GRACE_NS`).
@@ -37,6 +40,42 @@ pub trait Vmm {
     /// The node's fabric /128 (its /64 holds the workloads' addresses); None while the node's
     /// network is not up.
     fn node_address(&mut self) -> Option<core::net::Ipv6Addr>;
+    /// Keep `tag` with the VM (what a restarted service adopts it by).
+    fn tag(&mut self, _vm: VmHandle, _tag: &[u8]) {}
+    /// Start (or resume) pushing an image: `(0, 0)` when the store has it, else the upload and
+    /// its stream's size.
+    fn image_begin(&mut self, _image: Digest, _manifest: &[u8]) -> Result<(u32, u64), Error> {
+        Err(Error::Unsupported)
+    }
+    /// The current request's chunk (`len` bytes for `offset`, which must have `digest`).
+    fn image_write(&mut self, _upload: u32, _offset: u64, _len: u32, _digest: Digest) -> Result<(), Error> {
+        Err(Error::Unsupported)
+    }
+    fn image_commit(&mut self, _upload: u32) -> Result<ImageInfo, Error> {
+        Err(Error::Unsupported)
+    }
+    fn image_abort(&mut self, _upload: u32) -> Result<(), Error> {
+        Err(Error::Unsupported)
+    }
+    fn image_remove(&mut self, _image: Digest) -> Result<(), Error> {
+        Err(Error::Unsupported)
+    }
+    fn store(&mut self) -> Option<StoreInfo> {
+        None
+    }
+}
+
+/// What the kernel keeps with each VM for the service (`OP_TAG`): enough to rebuild the
+/// workload when a restarted `workd` adopts the VM (`OP_LIVE`, [`Service::adopt`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptTag {
+    pub id: WorkloadId,
+    pub spec: WorkloadSpec,
+    pub restarts: u32,
+    pub streak: u32,
+    pub attempts: u32,
+    /// Its network link slot (its /128 and MAC).
+    pub net: Option<u8>,
 }
 
 /// Where a stop is.
@@ -235,6 +274,42 @@ impl Service {
                 note(w, &format!("signal {signal} sent\n"));
                 Ok(Reply::Done)
             }
+            Request::ImageBegin { image, manifest } => {
+                if self.images.get(&image).is_some() {
+                    return Ok(Reply::Upload { upload: 0, size: 0, present: true });
+                }
+                if manifest.len() > MANIFEST_MAX || Digest::of(&manifest) != image {
+                    return Err(Error::ImageInvalid);
+                }
+                let (upload, size) = vmm.image_begin(image, &manifest)?;
+                Ok(Reply::Upload { upload, size, present: upload == 0 })
+            }
+            Request::ImageChunk { upload, offset, len, digest } => {
+                if len == 0 || len as usize > CHUNK_MAX {
+                    return Err(Error::NoSuchUpload);
+                }
+                vmm.image_write(upload, offset, len, digest)?;
+                Ok(Reply::Done)
+            }
+            Request::ImageCommit { upload } => {
+                let info = vmm.image_commit(upload)?;
+                // the kernel's store and this index hold the same bound
+                let _ = self.images.insert(info);
+                Ok(Reply::Image(info))
+            }
+            Request::ImageAbort { upload } => vmm.image_abort(upload).map(|()| Reply::Done),
+            Request::RemoveImage(d) => {
+                if self.images.get(&d).is_none() {
+                    return Err(Error::NoSuchImage);
+                }
+                if self.workloads.iter().any(|w| w.spec.image == d) {
+                    return Err(Error::ImageInUse);
+                }
+                vmm.image_remove(d)?;
+                self.images.remove(&d);
+                Ok(Reply::Done)
+            }
+            Request::Store => vmm.store().map(Reply::Store).ok_or(Error::Unsupported),
         }
     }
 
@@ -311,6 +386,35 @@ impl Service {
         next
     }
 
+    /// Adopt the VMs a dead incarnation of the service left running (`OP_LIVE`): each becomes
+    /// its workload again (id, spec, restart counts from its tag; state from whether its init
+    /// reported READY), admitted again. A VM without a valid tag, or whose id or name is
+    /// taken, is powered off. Returns how many were adopted.
+    pub fn adopt(&mut self, vms: Vec<vmctl::LiveVm>, now_ms: u64, vmm: &mut dyn Vmm) -> usize {
+        let mut n = 0;
+        for v in vms {
+            let tag = vmctl::decode::<AdoptTag>(&v.tag).filter(|t| t.spec.check().is_ok());
+            let Some(t) = tag else {
+                vmm.kill(v.vm);
+                continue;
+            };
+            if self.workloads.iter().any(|w| w.id == t.id || w.spec.name == t.spec.name || (t.net.is_some() && w.net == t.net)) || self.workloads.len() >= WORKLOADS_MAX || self.admission.admit(t.spec.memory_mib).is_err() {
+                vmm.kill(v.vm);
+                continue;
+            }
+            let mut log = LogRing::new(self.log_capacity);
+            log.push(Stream::Node, format!("adopted by a restarted workd (microVM {}, running for {} ms)\n", v.vm, v.age_ms).as_bytes());
+            self.next_id = self.next_id.max(t.id.wrapping_add(1)).max(1);
+            self.workloads.push(Workload {
+                id: t.id, spec: t.spec, state: if v.ready { State::Running } else { State::Starting }, vm: Some(v.vm), exit: None, reported: None,
+                restarts: Restarts { total: t.restarts, streak: t.streak }, attempts: t.attempts, started_ms: now_ms.saturating_sub(v.age_ms), ended_ms: 0,
+                restart_at: None, stop: None, stopped: false, touched: v.touched_bytes, log, net: t.net,
+            });
+            n += 1;
+        }
+        n
+    }
+
     /// The workload whose current microVM is `vm`.
     pub fn workload_of(&self, vm: VmHandle) -> Option<WorkloadId> {
         self.workloads.iter().find(|w| w.vm == Some(vm)).map(|w| w.id)
@@ -374,6 +478,10 @@ fn launch(w: &mut Workload, now_ms: u64, vmm: &mut dyn Vmm) {
         Some(vm) => {
             w.vm = Some(vm);
             w.state = State::Starting;
+            let tag = AdoptTag { id: w.id, spec: w.spec.clone(), restarts: w.restarts.total, streak: w.restarts.streak, attempts: w.attempts, net: w.net };
+            if let Some(t) = vmctl::encode(&tag).filter(|t| t.len() <= vmctl::TAG_MAX) {
+                vmm.tag(vm, &t);
+            }
             note(w, &format!("starting: attempt {}\n", w.attempts));
         }
         None => {

@@ -88,6 +88,20 @@ pub struct ImageInfo {
     pub config_size: u64,
 }
 
+/// What a push of the image sends after `image.json`: the sizes of `config.json` and
+/// `rootfs.squashfs`, read from the manifest (checked again, with the digests, by [`verify`]).
+/// The stream is `config.json ‖ rootfs.squashfs`.
+pub fn stream_sizes(image_json: &[u8]) -> Result<(u64, u64), StoreError> {
+    if image_json.len() > MANIFEST_MAX {
+        return Err(StoreError::BadManifest);
+    }
+    let m: Manifest = serde_json::from_slice(image_json).map_err(|_| StoreError::BadManifest)?;
+    if m.schema_version != 1 || m.config.size > CONFIG_MAX as u64 {
+        return Err(StoreError::BadManifest);
+    }
+    Ok((m.config.size, m.rootfs.size))
+}
+
 /// Verify an arriving image: `image_json`'s digest (and `expect`, when the image was named by
 /// one), then the root filesystem's and run configuration's digests and sizes.
 pub fn verify(image_json: &[u8], rootfs: &[u8], config: &[u8], expect: Option<Digest>) -> Result<ImageInfo, StoreError> {
@@ -140,6 +154,12 @@ impl ImageIndex {
         self.images.push(info);
         Ok(())
     }
+    /// Take an image out (false: it was not there).
+    pub fn remove(&mut self, d: &Digest) -> bool {
+        let n = self.images.len();
+        self.images.retain(|i| i.digest != *d);
+        self.images.len() != n
+    }
     pub fn get(&self, d: &Digest) -> Option<&ImageInfo> {
         self.images.iter().find(|i| i.digest == *d)
     }
@@ -171,6 +191,8 @@ pub(crate) mod tests {
         assert_eq!(info.digest, Digest::of(&m));
         assert_eq!((info.rootfs_size, info.config_size), (14, 13));
         assert_eq!(verify(&m, r, c, None), Ok(info));
+        assert_eq!(stream_sizes(&m), Ok((13, 14)));
+        assert_eq!(stream_sizes(b"{}"), Err(StoreError::BadManifest));
         // every mismatch is refused, naming what is wrong
         assert_eq!(verify(&m, r, c, Some(Digest::of(b"other"))), Err(StoreError::ManifestDigest));
         assert_eq!(verify(&m, b"squashfs bytez", c, None), Err(StoreError::RootfsDigest));
@@ -200,5 +222,8 @@ pub(crate) mod tests {
         assert_eq!(ix.insert(ImageInfo { digest: d, rootfs: d, rootfs_size: 1, config: d, config_size: 1 }), Err(StoreError::Full));
         assert!(ix.get(&Digest([3; 32])).is_some());
         assert!(ix.get(&d).is_none());
+        assert!(ix.remove(&Digest([3; 32])) && !ix.remove(&Digest([3; 32])));
+        assert!(ix.get(&Digest([3; 32])).is_none());
+        ix.insert(ImageInfo { digest: d, rootfs: d, rootfs_size: 1, config: d, config_size: 1 }).unwrap();
     }
 }

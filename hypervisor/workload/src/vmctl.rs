@@ -18,6 +18,14 @@
 //! | [`OP_STOP`] | arg = handle, len = grace period in ms | 0: the kernel sends the image's StopSignal, SIGKILL after the grace period, and powers the VM off 5 s later |
 //! | [`OP_EVENTS`] | — | `Vec<VmEvent>` in buf (as many as fit); bytes written, 0 = none |
 //! | [`OP_TOUCHED`] | arg = handle | guest RAM bytes the VM has touched |
+//! | [`OP_IMAGE_BEGIN`] | [`ImageBegin`] in buf | 0: the store has the image; else the upload's id (the one in progress for that image, to resume) |
+//! | [`OP_IMAGE_WRITE`] | buf/len = bytes, arg = [`write_arg`]`(upload, offset)` | 0: copied into the upload's store frames |
+//! | [`OP_IMAGE_COMMIT`] | arg = upload | 0: verified and in the store; `ERR_IMAGE_INVALID`: refused, its frames freed |
+//! | [`OP_IMAGE_ABORT`] | arg = upload | 0: its frames freed |
+//! | [`OP_IMAGE_REMOVE`] | buf = the 32 digest bytes | 0: out of the store, frames freed when no VM holds them; `ERR_IN_USE` |
+//! | [`OP_STORE`] | — | [`StoreInfo`] in buf; bytes written |
+//! | [`OP_TAG`] | arg = handle, buf = at most [`TAG_MAX`] bytes | 0: the kernel keeps them with the VM |
+//! | [`OP_LIVE`] | — | `Vec<LiveVm>` in buf: the owner's VMs that run (a restarted service adopts them); bytes written |
 //!
 //! Events wait in one bounded queue per owner; when it goes from empty to non-empty the kernel
 //! notifies the owner's endpoint ([`EVENT_BIT`]). Log lines beyond [`QUEUE_LOG_BYTES`] are
@@ -40,9 +48,76 @@ pub const OP_TOUCHED: u64 = 7;
 pub const OP_STOP: u64 = 8;
 /// The node's fabric /128 (16 bytes into the buffer), once its network is up; an error before.
 pub const OP_NET: u64 = 9;
+pub const OP_IMAGE_BEGIN: u64 = 10;
+pub const OP_IMAGE_WRITE: u64 = 11;
+pub const OP_IMAGE_COMMIT: u64 = 12;
+pub const OP_IMAGE_ABORT: u64 = 13;
+pub const OP_IMAGE_REMOVE: u64 = 14;
+pub const OP_STORE: u64 = 15;
+pub const OP_TAG: u64 = 16;
+pub const OP_LIVE: u64 = 17;
 
 /// The kernel cannot do this for that VM (a signal to a VM without catenary-init).
 pub const ERR_UNSUPPORTED: u64 = 102;
+/// The pushed bytes are not the image they were announced as (or the manifest is not one).
+pub const ERR_IMAGE_INVALID: u64 = 103;
+/// A VM (or one being created) uses the image.
+pub const ERR_IN_USE: u64 = 104;
+/// The store's quota (pages) cannot hold the image.
+pub const ERR_QUOTA: u64 = 105;
+/// [`UPLOADS_MAX`] uploads are in progress.
+pub const ERR_TOO_MANY_UPLOADS: u64 = 106;
+/// No such upload (finished, aborted, expired) or the write lies outside it.
+pub const ERR_NO_UPLOAD: u64 = 107;
+
+/// Uploads in progress at once (each holds its store frames from begin to commit).
+pub const UPLOADS_MAX: usize = 4;
+/// Largest write into an upload.
+pub const WRITE_MAX: usize = 1 << 20;
+/// Largest image stream (config.json + rootfs.squashfs) a push may announce.
+pub const IMAGE_MAX: u64 = 256 << 20;
+/// An upload untouched this long is dropped and its frames freed (the kernel's default;
+/// `store.upload_idle_s=` on the node's command line).
+pub const UPLOAD_IDLE_MS: u64 = 600_000;
+/// Bytes the kernel keeps with a VM for its owner ([`OP_TAG`]).
+pub const TAG_MAX: usize = 8 * 1024;
+
+/// `OP_IMAGE_WRITE`'s arg: the upload's id (16 bits) and the byte offset in its stream.
+pub fn write_arg(upload: u32, offset: u64) -> Option<u64> {
+    (upload <= 0xffff && offset < 1 << 48).then_some(offset << 16 | upload as u64)
+}
+
+/// `OP_IMAGE_BEGIN`: push image `image` whose `image.json` is `manifest`; the stream that
+/// follows is `config.json ‖ rootfs.squashfs` (the sizes `manifest` names).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageBegin {
+    pub image: Digest,
+    pub manifest: Vec<u8>,
+}
+
+/// `OP_STORE`: the image store's use of memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    /// Frames the store may hold (images pushed at run time and uploads in progress).
+    pub quota_pages: u64,
+    pub used_pages: u64,
+    pub uploads: u32,
+    pub images: u32,
+    /// The node's free frames now.
+    pub free_pages: u64,
+}
+
+/// `OP_LIVE`: one running VM of the caller's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveVm {
+    pub vm: VmHandle,
+    /// What the owner gave `OP_TAG`.
+    pub tag: Vec<u8>,
+    /// Its init reported READY.
+    pub ready: bool,
+    pub age_ms: u64,
+    pub touched_bytes: u64,
+}
 
 /// Largest record either way.
 pub const RECORD_MAX: usize = 64 * 1024;
@@ -190,5 +265,12 @@ mod tests {
         assert_eq!(decode::<Vec<VmEvent>>(&b).unwrap().len(), n);
         assert_eq!(encode_events(&evs, 3).1, 0);
         assert_eq!(encode_events(&[], 100).1, 0);
+    }
+
+    #[test]
+    fn write_arg_packs_upload_and_offset() {
+        assert_eq!(write_arg(3, 0x1000), Some(0x1000 << 16 | 3));
+        assert_eq!(write_arg(0x1_0000, 0), None);
+        assert_eq!(write_arg(1, 1 << 48), None);
     }
 }

@@ -58,6 +58,19 @@ impl Mem {
     }
 }
 
+impl Mem {
+    /// `SYS_VM(slot, op, …)` over `len` bytes of this region at `off`: the kernel copies them
+    /// in or out (the workload service hands an image chunk a client lent it straight to the
+    /// node's store). `ERR_BAD_ARG` if the range is not inside the region.
+    pub fn vm(&self, slot: u64, op: u64, off: u64, len: u64, arg: u64) -> Result<u64, u64> {
+        let Some(a) = self.at(off, len, 1) else { return Err(ERR_BAD_ARG) };
+        // SAFETY: [a, a + len) lies inside this region, whose memory holds no Rust object
+        // (Mem's invariant): whatever the kernel reads or writes there, no Rust access races
+        // with it and nothing the program refers to changes.
+        check(unsafe { syscall6(SYS_VM, slot, op, a, len, arg, 0) })
+    }
+}
+
 macro_rules! accessors {
     ($($read:ident $write:ident $try_read:ident $t:ty),*) => {
         impl Mem {

@@ -6,8 +6,12 @@
 //!
 //! Authority: every operation needs a capability with the VMCTL right on the caller's own
 //! endpoint, which the spawner mints only for the manifest's `vm_control` service (`workd`).
-//! VMs belong to that endpoint; when the service dies its VMs are powered off and their
-//! events dropped (a restarted service starts from nothing: docs/workloads.md "Not done yet").
+//! VMs belong to that endpoint, which outlives the service (the supervisor holds it while the
+//! service is down). When the service dies its VMs keep running and their events keep
+//! queueing for [`ADOPT_GRACE_NS`]: the restarted service asks for them (`OP_LIVE`, with the
+//! tag it gave each one, `OP_TAG`) and adopts them; VMs nobody adopted by then are powered off
+//! (the `vm-orphans` kernel task). The image store's uploads (`OP_IMAGE_*`, `vmstore`) also
+//! belong to the endpoint.
 //! Stop, signal and kill go through each VM's `VmControl` (`vmcontrol`), which its vCPU task
 //! applies between exits.
 
@@ -17,6 +21,7 @@ use alloc::sync::Arc;
 use catenary_workload::logring::Stream;
 use catenary_workload::spec::{valid_name, ARGS_MAX, ENTRY_MAX, ENV_MAX, MEMORY_MAX_MIB, MEMORY_MIN_MIB};
 use catenary_workload::vmctl::*;
+use catenary_workload::Digest;
 use crate::vmcontrol::{ControlError, VmControl};
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,7 +29,17 @@ struct VmRec {
     owner: EndpointId,
     ctl: Arc<VmControl>,
     touched: Arc<AtomicU64>,
+    /// The owner's bytes for this VM (`OP_TAG`), returned by `OP_LIVE`.
+    tag: Vec<u8>,
+    ready: bool,
+    created_ns: u64,
+    /// The owner died at this time and nobody adopted the VM yet.
+    orphaned_ns: Option<u64>,
 }
+
+/// How long the VMs of a dead workload service wait to be adopted before they are powered off.
+pub const ADOPT_GRACE_NS: u64 = 120_000_000_000;
+static REAPER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 #[derive(Default)]
 struct Queue {
@@ -45,8 +60,7 @@ pub struct VmCtl {
 struct Launch {
     name: String,
     mem_mib: u64,
-    rootfs: &'static [u8],
-    config: &'static [u8],
+    image: Arc<crate::vmstore::ImageBytes>,
     args: Option<Vec<String>>,
     env: Vec<String>,
     /// The workload service's network link slot (`catenary_workload::net`).
@@ -91,6 +105,7 @@ fn copy_out(k: &Kernel, me: TaskId, ptr: u64, len: u64, data: &[u8]) -> Result<u
 /// `SYS_VM(slot, op, buf, len, arg)`.
 pub(super) fn sys_vm(f: &mut TrapFrame) {
     let (slot, op, ptr, len, arg) = (f.rdi as usize, f.rsi, f.rdx, f.r10, f.r8);
+    crate::vmstore::expire(catenary_arch::time::now_ns());
     let r: Result<u64, u64> = match op {
         OP_INFO => (|| {
             with(|k| owner_of(k, slot))?;
@@ -148,9 +163,129 @@ pub(super) fn sys_vm(f: &mut TrapFrame) {
                 copy_out(k, me, ptr, len, &a.octets())
             })
         })(),
+        OP_IMAGE_BEGIN | OP_IMAGE_WRITE | OP_IMAGE_COMMIT | OP_IMAGE_ABORT | OP_IMAGE_REMOVE | OP_STORE => image_op(slot, op, ptr, len, arg),
+        OP_TAG => tag(slot, ptr, len, arg),
+        OP_LIVE => live(slot, ptr, len),
         _ => Err(bad()),
     };
     f.rax = r.unwrap_or_else(|e| e);
+}
+
+/// `len` bytes of the caller's memory at `ptr` (at most `max`).
+fn copy_in(slot: usize, ptr: u64, len: u64, max: usize) -> Result<Vec<u8>, u64> {
+    if len as usize > max {
+        return Err(bad());
+    }
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len as usize).map_err(|_| ERR_NO_MEMORY.wrapping_neg())?;
+    buf.resize(len as usize, 0);
+    with(|k| {
+        let (me, _) = owner_of(k, slot)?;
+        let r = UserRange::new(ptr, len).map_err(|_| bad())?;
+        space(k, me)?.copy_from_user(r, &mut buf).map_err(|_| bad())
+    })?;
+    Ok(buf)
+}
+
+fn store_err(e: crate::vmstore::StoreErr) -> u64 {
+    use crate::vmstore::StoreErr as E;
+    match e {
+        E::Invalid => ERR_IMAGE_INVALID,
+        E::InUse | E::Busy => ERR_IN_USE,
+        E::Quota => ERR_QUOTA,
+        E::TooManyUploads => ERR_TOO_MANY_UPLOADS,
+        E::NoUpload => ERR_NO_UPLOAD,
+        E::NoSuchImage => ERR_BAD_ARG,
+        E::NoMemory => ERR_NO_MEMORY,
+    }
+    .wrapping_neg()
+}
+
+/// The image store's operations (`vmstore`): uploads belong to the caller's endpoint.
+fn image_op(slot: usize, op: u64, ptr: u64, len: u64, arg: u64) -> Result<u64, u64> {
+    use crate::vmstore as st;
+    let (_, ep) = with(|k| owner_of(k, slot))?;
+    let owner = ep as u64;
+    let now = catenary_arch::time::now_ns();
+    let upload = u32::try_from(arg & 0xffff).map_err(|_| bad())?;
+    match op {
+        OP_IMAGE_BEGIN => {
+            let b: ImageBegin = decode(&copy_in(slot, ptr, len, RECORD_MAX)?).ok_or_else(bad)?;
+            st::begin(owner, b, now).map(|(id, _)| id as u64).map_err(store_err)
+        }
+        OP_IMAGE_WRITE => {
+            if len == 0 || len as usize > WRITE_MAX {
+                return Err(bad());
+            }
+            let r = UserRange::new(ptr, len).map_err(|_| bad())?;
+            // straight from the caller's memory into the store's frames, under the kernel lock
+            // only for the copy (the caller's mappings cannot change meanwhile)
+            st::write(owner, upload, arg >> 16, len, now, |dst| {
+                with(|k| {
+                    let Ok((me, _)) = owner_of(k, slot) else { return false };
+                    space(k, me).ok().is_some_and(|s| s.copy_from_user(r, dst).is_ok())
+                })
+            })
+            .map(|()| 0)
+            .map_err(store_err)
+        }
+        OP_IMAGE_COMMIT => {
+            let info = st::commit(owner, upload, now).map_err(store_err)?;
+            let rec = encode(&info).ok_or_else(bad)?;
+            with(|k| {
+                let (me, _) = owner_of(k, slot)?;
+                copy_out(k, me, ptr, len, &rec)
+            })
+        }
+        OP_IMAGE_ABORT => st::abort(owner, upload).map(|()| 0).map_err(store_err),
+        OP_IMAGE_REMOVE => {
+            let b = copy_in(slot, ptr, len, 32)?;
+            let d = Digest(b.try_into().map_err(|_| bad())?);
+            st::remove(&d).map(|()| 0).map_err(store_err)
+        }
+        _ => {
+            let rec = encode(&st::info()).ok_or_else(bad)?;
+            with(|k| {
+                let (me, _) = owner_of(k, slot)?;
+                copy_out(k, me, ptr, len, &rec)
+            })
+        }
+    }
+}
+
+/// `OP_TAG`: keep the owner's bytes with VM `handle`.
+fn tag(slot: usize, ptr: u64, len: u64, handle: u64) -> Result<u64, u64> {
+    let b = copy_in(slot, ptr, len, TAG_MAX)?;
+    with(|k| {
+        let (_, ep) = owner_of(k, slot)?;
+        let v = k.vmctl.vms.get_mut(&handle).filter(|v| v.owner == ep).ok_or_else(bad)?;
+        v.tag = b;
+        Ok(0)
+    })
+}
+
+/// `OP_LIVE`: the caller's VMs, adopted by it (no longer orphans).
+fn live(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
+    let now = catenary_arch::time::now_ns();
+    let list: Vec<LiveVm> = with(|k| {
+        let (_, ep) = owner_of(k, slot)?;
+        Ok::<_, u64>(
+            k.vmctl
+                .vms
+                .iter_mut()
+                .filter(|(_, v)| v.owner == ep)
+                .map(|(h, v)| {
+                    v.orphaned_ns = None;
+                    LiveVm { vm: *h, tag: v.tag.clone(), ready: v.ready, age_ms: (now - v.created_ns) / 1_000_000, touched_bytes: v.touched.load(Ordering::Relaxed) }
+                })
+                .collect(),
+        )
+    })?;
+    let rec = encode(&list).ok_or_else(bad)?;
+    with(|k| {
+        let (me, _) = owner_of(k, slot)?;
+        copy_out(k, me, ptr, len, &rec)
+    })
 }
 
 fn take_events(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
@@ -225,7 +360,7 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
     {
         return Err(bad());
     }
-    let (rootfs, config) = crate::vmstore::get(&req.image).ok_or_else(bad)?;
+    let image = crate::vmstore::get(&req.image).ok_or_else(bad)?;
     let ctl = Arc::new(VmControl::new());
     let touched = Arc::new(AtomicU64::new(0));
     let handle = with(|k| {
@@ -235,13 +370,16 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
         }
         k.vmctl.next += 1;
         let h = k.vmctl.next;
-        k.vmctl.vms.insert(h, VmRec { owner: ep, ctl: ctl.clone(), touched: touched.clone() });
+        k.vmctl.vms.insert(h, VmRec { owner: ep, ctl: ctl.clone(), touched: touched.clone(), tag: Vec::new(), ready: false, created_ns: catenary_arch::time::now_ns(), orphaned_ns: None });
         Ok(h)
     })?;
     let name = alloc::format!("vm-{}", req.name);
     cpu::without_interrupts(|| {
-        LAUNCH.lock().insert(handle, Launch { name: req.name, mem_mib: req.memory_mib as u64, rootfs, config, args: req.args, env: req.env, net: req.net, ctl, touched });
+        LAUNCH.lock().insert(handle, Launch { name: req.name, mem_mib: req.memory_mib as u64, image, args: req.args, env: req.env, net: req.net, ctl, touched });
     });
+    if !REAPER.swap(true, Ordering::AcqRel) && try_spawn_kernel("vm-orphans", Priority::NORMAL, Affinity::ANY, reaper, 0).is_err() {
+        REAPER.store(false, Ordering::Release);
+    }
     if try_spawn_kernel(&name, Priority::NORMAL, crate::vm::vcpu_affinity(smp::online_cpus()), vm_task, handle).is_err() {
         cpu::without_interrupts(|| LAUNCH.lock().remove(&handle));
         with(|k| k.vmctl.vms.remove(&handle));
@@ -253,7 +391,7 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
 /// A workload VM's kernel task: run it, report how it ended, forget it.
 fn vm_task(handle: u64) {
     let Some(l) = cpu::without_interrupts(|| LAUNCH.lock().remove(&handle)) else { return };
-    info!(target: "vmm", "workload microVM {} (handle {}): {} MiB, root filesystem {} bytes shared read-only from the image store", l.name, handle, l.mem_mib, l.rootfs.len());
+    info!(target: "vmm", "workload microVM {} (handle {}): {} MiB, root filesystem {} bytes shared read-only from the image store", l.name, handle, l.mem_mib, l.image.rootfs().len());
     // A VM that asked for network runs with it or not at all (its link slot names its MAC and
     // /128; a second VM of the same slot, or no network within the wait, ends it here).
     let net = match l.net {
@@ -272,7 +410,8 @@ fn vm_task(handle: u64) {
         },
     };
     let node_json = catenary_workload::node::node_json(&l.name, net.map(|n| n.addr), l.args.as_deref(), &l.env);
-    let r = crate::vm::run_image_vm(handle, &l.name, l.mem_mib, l.rootfs, l.config, &node_json, net, &l.ctl, &l.touched);
+    let r = crate::vm::run_image_vm(handle, &l.name, l.mem_mib, crate::vmstore::disk(&l.image), l.image.config(), &node_json, net, &l.ctl, &l.touched);
+    drop(l.image); // the image may be removed now
     if let Some(n) = net {
         crate::net::detach_vm(n.addr);
     }
@@ -337,22 +476,39 @@ pub fn log_line(handle: VmHandle, stream: catenary_vmm::guest_proto::wire::Strea
 
 /// VM `handle`'s init reported READY.
 pub fn ready(handle: VmHandle) {
+    with(|k| k.vmctl.vms.get_mut(&handle).map(|v| v.ready = true));
     push(handle, Event::Ready);
 }
 
-/// The owner of `ep` (the workload service) died: its VMs are powered off, their events
-/// dropped.
+/// The owner of `ep` (the workload service) died: its VMs keep running, their events keep
+/// queueing (bounded as always) for the next incarnation, which adopts them (`OP_LIVE`); the
+/// `vm-orphans` task powers off those not adopted within [`ADOPT_GRACE_NS`].
 pub(super) fn owner_died(k: &mut Kernel, ep: EndpointId) {
+    let now = catenary_arch::time::now_ns();
     let mut n = 0;
-    k.vmctl.vms.retain(|_, v| {
-        if v.owner == ep {
-            let _ = v.ctl.request_kill();
-            n += 1;
-            false
-        } else {
-            true
-        }
-    });
-    k.vmctl.queues.remove(&ep);
-    info!(target: "vmm", "the workload service died: its {} microVMs are being powered off", n);
+    for v in k.vmctl.vms.values_mut().filter(|v| v.owner == ep) {
+        v.orphaned_ns.get_or_insert(now);
+        n += 1;
+    }
+    if n > 0 {
+        info!(target: "vmm", "the workload service died: its {} microVMs keep running; powered off unless adopted within {} s", n, ADOPT_GRACE_NS / 1_000_000_000);
+    }
+}
+
+/// Started with the first VM: powers off VMs whose owner died and nobody adopted in time.
+fn reaper(_: u64) {
+    loop {
+        crate::task::sleep_ns(2_000_000_000);
+        let now = catenary_arch::time::now_ns();
+        with(|k| {
+            for (h, v) in k.vmctl.vms.iter_mut() {
+                if v.orphaned_ns.is_some_and(|t| now.saturating_sub(t) > ADOPT_GRACE_NS) {
+                    v.orphaned_ns = None;
+                    if v.ctl.request_kill().is_ok() {
+                        info!(target: "vmm", "microVM {h}: not adopted by a workload service within {} s: powered off", ADOPT_GRACE_NS / 1_000_000_000);
+                    }
+                }
+            }
+        });
+    }
 }

@@ -24,6 +24,18 @@
 //!   for `/done.html` (from a microVM on another node), a `Stop` request: it must end `exited`
 //!   with exit code 0 (its shell traps SIGTERM). Destroyed, its /128 goes to the next workload
 //!   created with network.
+//! 6 push (`workload_image_push`, `workload_image_remove`): an image made here (a manifest
+//!   and a patterned 3 MiB root filesystem: the store verifies digests and sizes, not the
+//!   filesystem) pushed in 256 KiB chunks out of order; a corrupted chunk refused, then the
+//!   push resumed (`ImageBegin` again answers the same upload) and committed; pushed again:
+//!   `present` at once; a push whose bytes are not the image (chunks that match their own
+//!   digests) refused on commit with its frames freed; removal refused while a workload names
+//!   the image, then done, the store's frames back with the allocator; an abandoned upload
+//!   dropped after the node's idle time (`store.upload_idle_s`).
+//! 7 adopt, part 1 (`workload_adopted_after_restart`): two workloads that log a tick a second,
+//!   running; the kernel test then kills `workd` and waits for its restart.
+//! 8 adopt, part 2: both still running under the new `workd`, with their ids and restart
+//!   counts; new ticks in their logs; stop works on them; destroyed.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -42,7 +54,7 @@ use catenary_workload::status::{ExitStatus, State};
 use catenary_workload::{Digest, Request, Target};
 
 const WORKD: u64 = 1;
-const HEAP_PAGES: u64 = 128;
+const HEAP_PAGES: u64 = 320;
 
 entry!(run);
 
@@ -156,6 +168,9 @@ fn run(scenario: u64) -> u64 {
         3 => eight(&mut c),
         4 => bench(&mut c),
         5 => web(&mut c),
+        6 => push(&mut c),
+        7 => adopt_before(&mut c),
+        8 => adopt_after(&mut c),
         _ => c.result("scenario", false, "unknown scenario"),
     }
     c.failed as u64
@@ -408,4 +423,257 @@ fn web(c: &mut Client) {
     c.result("web_address_reused", d == Ok(Reply::Done) && matches!(r, Ok(Reply::Created(_))) && a2.is_some() && a2 == addr, &format!("destroy {d:?}; create web2 {r:?}: address {a2:?}"));
     let _ = c.req(&Request::Destroy(Target::Name("web2".into())));
     logf!("wkctl: web scenario done, {} checks failed", c.failed);
+}
+
+/// The pushed image's chunk size, and a buffer for one chunk behind the request.
+const CH: usize = 256 * 1024;
+
+/// Where the push's buffer (a request, then a chunk at `CHUNK_OFFSET`) is mapped.
+const CHUNK_VA: u64 = 0x2100_0000;
+
+/// A made-up image: `config.json ‖ rootfs` generated from `seed`, and its manifest.
+struct Synth {
+    config: Vec<u8>,
+    rootfs_len: usize,
+    seed: u8,
+    manifest: Vec<u8>,
+    digest: Digest,
+}
+
+impl Synth {
+    fn new(seed: u8, rootfs_len: usize) -> Synth {
+        let config = format!("{{\"version\":1,\"seed\":{seed}}}").into_bytes();
+        let mut s = Synth { config, rootfs_len, seed, manifest: Vec::new(), digest: Digest([0; 32]) };
+        let mut h = catenary_workload::Hasher::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut off = 0;
+        while off < rootfs_len {
+            let n = (rootfs_len - off).min(buf.len());
+            s.rootfs_bytes(off, &mut buf[..n]);
+            h.update(&buf[..n]);
+            off += n;
+        }
+        let rd = h.finish();
+        s.manifest = format!(
+            "{{\"schemaVersion\":1,\"mediaType\":\"{}\",\"rootfs\":{{\"mediaType\":\"{}\",\"digest\":\"{}\",\"size\":{},\"file\":\"rootfs.squashfs\"}},\"config\":{{\"mediaType\":\"{}\",\"digest\":\"{}\",\"size\":{},\"file\":\"config.json\"}},\"source\":{{\"manifest\":null,\"config\":\"sha256:00\"}}}}",
+            catenary_workload::store::IMAGE_MEDIA_TYPE, catenary_workload::store::ROOTFS_MEDIA_TYPE, rd, rootfs_len,
+            catenary_workload::store::CONFIG_MEDIA_TYPE, Digest::of(&s.config), s.config.len()
+        )
+        .into_bytes();
+        s.digest = Digest::of(&s.manifest);
+        s
+    }
+    fn rootfs_bytes(&self, off: usize, out: &mut [u8]) {
+        for (i, b) in out.iter_mut().enumerate() {
+            let x = off + i;
+            *b = (x as u8).wrapping_mul(31) ^ (x >> 12) as u8 ^ self.seed;
+        }
+    }
+    fn size(&self) -> usize {
+        self.config.len() + self.rootfs_len
+    }
+    fn chunks(&self) -> usize {
+        self.size().div_ceil(CH)
+    }
+    /// Stream bytes `[off, off + out.len())`.
+    fn stream(&self, off: usize, out: &mut [u8]) {
+        for (i, b) in out.iter_mut().enumerate() {
+            let x = off + i;
+            if x < self.config.len() {
+                *b = self.config[x];
+            } else {
+                let mut one = [0u8];
+                self.rootfs_bytes(x - self.config.len(), &mut one);
+                *b = one[0];
+            }
+        }
+    }
+}
+
+struct Pusher {
+    buf: Pages,
+    data: Vec<u8>,
+}
+
+impl Pusher {
+    /// Send chunk `k` of `img` to `upload`; `corrupt`: flip a byte after the digest was taken
+    /// (a corrupted transfer), `lie`: flip it before (bytes that are not the image's but match
+    /// their own digest).
+    fn chunk(&mut self, img: &Synth, upload: u32, k: usize, corrupt: bool, lie: bool) -> Response {
+        let off = k * CH;
+        let len = CH.min(img.size() - off);
+        let data = &mut self.data[..len];
+        img.stream(off, data);
+        if lie {
+            data[len / 2] ^= 0x55;
+        }
+        let digest = Digest::of(data);
+        if corrupt {
+            data[len / 3] ^= 0x01;
+        }
+        self.buf.write(CHUNK_OFFSET as u64, data);
+        let r = Request::ImageChunk { upload, offset: off as u64, len: len as u32, digest };
+        let b = encode_request(&r).unwrap_or_default();
+        self.buf.write(0, &b);
+        match call_grant(WORKD, LABEL_REQUEST, b.len() as u64, 0, &self.buf, (CHUNK_OFFSET + CH) as u64, true) {
+            Ok(m) if m.label == TRANSPORT_OK => {
+                let mut back = vec![0u8; (m.words[0] as usize).min(BUFFER_MIN)];
+                self.buf.read(0, &mut back);
+                decode_response(&back).unwrap_or(Err(Error::Malformed))
+            }
+            _ => Err(Error::Malformed),
+        }
+    }
+}
+
+fn store(c: &mut Client) -> Option<catenary_workload::vmctl::StoreInfo> {
+    match c.req(&Request::Store) {
+        Ok(Reply::Store(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn has_image(c: &mut Client, d: Digest) -> bool {
+    matches!(c.req(&Request::Images), Ok(Reply::Images(v)) if v.iter().any(|i| i.digest == d))
+}
+
+fn push(c: &mut Client) {
+    let Ok(buf) = Pages::map(CHUNK_VA, ((CHUNK_OFFSET + CH) / 4096) as u64) else { return c.result("push_buffer", false, "no memory for the chunk buffer") };
+    let mut p = Pusher { buf, data: vec![0u8; CH] };
+    let img = Synth::new(1, 3 * 1024 * 1024 + 123);
+    let pages = img.size().div_ceil(4096) as u64;
+    let Some(s0) = store(c) else { return c.result("push_store_info", false, "no Store answer") };
+    logf!("wkctl: store before: {:?}", s0);
+    // begin: an upload for the whole stream
+    let r = c.req(&Request::ImageBegin { image: img.digest, manifest: img.manifest.clone() });
+    let Ok(Reply::Upload { upload, size, present: false }) = r else { return c.result("push_begin", false, &format!("{r:?}")) };
+    c.result("push_begin", size == img.size() as u64 && upload != 0, &format!("upload {upload}, {size} bytes, {} chunks", img.chunks()));
+    // the chunks out of order (odd ones first, backwards), all but the first
+    let n = img.chunks();
+    let order: Vec<usize> = (1..n).rev().filter(|k| k % 2 == 1).chain((1..n).filter(|k| k % 2 == 0)).collect();
+    let mut ok = true;
+    for &k in &order {
+        let r = p.chunk(&img, upload, k, false, false);
+        ok &= r == Ok(Reply::Done);
+    }
+    c.result("push_chunks_out_of_order", ok, &format!("{order:?}"));
+    // a chunk corrupted on the way: refused, not kept
+    let r = p.chunk(&img, upload, 0, true, false);
+    c.result("push_corrupted_chunk_refused", r == Err(Error::ChunkDigest), &format!("{r:?}"));
+    // the client reconnects: the same upload, resumed
+    let r = c.req(&Request::ImageBegin { image: img.digest, manifest: img.manifest.clone() });
+    c.result("push_resumed", r == Ok(Reply::Upload { upload, size, present: false }), &format!("{r:?}"));
+    let r = p.chunk(&img, upload, 0, false, false);
+    c.result("push_chunk_resent", r == Ok(Reply::Done), &format!("{r:?}"));
+    let r = c.req(&Request::ImageCommit { upload });
+    let committed = matches!(&r, Ok(Reply::Image(i)) if i.digest == img.digest);
+    let there = has_image(c, img.digest);
+    c.result("push_committed", committed && there, &format!("{r:?}"));
+    let s1 = store(c).unwrap_or(s0.clone());
+    logf!("wkctl: store after the push: {:?}", s1);
+    c.result("push_store_frames", s1.used_pages >= s0.used_pages + pages && s1.free_pages + pages <= s0.free_pages, &format!("{pages} pages: used {} -> {}, free {} -> {}", s0.used_pages, s1.used_pages, s0.free_pages, s1.free_pages));
+    // pushed again: present, nothing to send
+    let t0 = now_ns();
+    let r = c.req(&Request::ImageBegin { image: img.digest, manifest: img.manifest.clone() });
+    c.result("push_already_present", r == Ok(Reply::Upload { upload: 0, size: 0, present: true }), &format!("{r:?} in {} us", (now_ns() - t0) / 1000));
+    // bytes that are not the image: every chunk matches its digest, the commit refuses them
+    let bad = Synth::new(2, 600 * 1024);
+    match c.req(&Request::ImageBegin { image: bad.digest, manifest: bad.manifest.clone() }) {
+        Ok(Reply::Upload { upload: u2, present: false, .. }) => {
+            let mut ok = true;
+            for k in 0..bad.chunks() {
+                ok &= p.chunk(&bad, u2, k, false, k == 1) == Ok(Reply::Done);
+            }
+            let r = c.req(&Request::ImageCommit { upload: u2 });
+            let s2 = store(c).unwrap_or(s0.clone());
+            let again = c.req(&Request::ImageCommit { upload: u2 });
+            let there = has_image(c, bad.digest);
+            c.result("push_mismatch_refused", ok && r == Err(Error::ImageInvalid) && !there && s2.used_pages == s1.used_pages && s2.uploads == 0 && again == Err(Error::NoSuchUpload),
+                &format!("{r:?}; then {again:?}; used {} (was {}), uploads {}", s2.used_pages, s1.used_pages, s2.uploads));
+        }
+        r => c.result("push_mismatch_refused", false, &format!("begin: {r:?}")),
+    }
+    // removal: refused while a workload names the image, then done; the frames go back
+    let r = c.req(&Request::Create(spec("uses-pushed", img.digest, &["x"], RestartPolicy::No, 64)));
+    c.result("remove_workload_created", matches!(r, Ok(Reply::Created(_))), &format!("{r:?}"));
+    let r = c.req(&Request::RemoveImage(img.digest));
+    let there = has_image(c, img.digest);
+    c.result("remove_refused_while_used", r == Err(Error::ImageInUse) && there, &format!("{r:?}"));
+    let _ = c.req(&Request::Destroy(Target::Name("uses-pushed".into())));
+    let r = c.req(&Request::RemoveImage(img.digest));
+    let s3 = store(c).unwrap_or(s0.clone());
+    logf!("wkctl: store after the removal: {:?}", s3);
+    let there = has_image(c, img.digest);
+    c.result("remove_done", r == Ok(Reply::Done) && !there, &format!("{r:?}"));
+    // the image's frames are free again (give or take a few pages of heap the node allocated)
+    c.result("remove_frames_returned", s3.used_pages == s0.used_pages && s3.free_pages + 64 >= s0.free_pages && s3.free_pages >= s1.free_pages + pages,
+        &format!("used {} (before the push {}), free {} (before the push {}, after it {})", s3.used_pages, s0.used_pages, s3.free_pages, s0.free_pages, s1.free_pages));
+    let r = c.req(&Request::RemoveImage(img.digest));
+    c.result("remove_unknown", r == Err(Error::NoSuchImage), &format!("{r:?}"));
+    // an upload abandoned halfway: dropped after the node's idle time, its frames freed
+    let ab = Synth::new(3, 500 * 1024);
+    if let Ok(Reply::Upload { upload: u3, present: false, .. }) = c.req(&Request::ImageBegin { image: ab.digest, manifest: ab.manifest.clone() }) {
+        let _ = p.chunk(&ab, u3, 0, false, false);
+        let held = store(c).map(|s| s.uploads == 1 && s.used_pages > s0.used_pages).unwrap_or(false);
+        let end = now_ns() + 120 * 1_000_000_000;
+        let mut s4 = store(c);
+        while now_ns() < end && !s4.as_ref().is_some_and(|s| s.uploads == 0) {
+            sleep_ns(1_000_000_000);
+            s4 = store(c);
+        }
+        let s4 = s4.unwrap_or(s0.clone());
+        c.result("push_abandoned_expires", held && s4.uploads == 0 && s4.used_pages == s0.used_pages, &format!("held {held}; {s4:?}"));
+    } else {
+        c.result("push_abandoned_expires", false, "begin refused");
+    }
+}
+
+const TICKER: &str = "tick";
+
+fn adopt_before(c: &mut Client) {
+    let Some(img) = c.image() else { return c.result("adopt_image", false, "no image in the store") };
+    for name in ["adopt-a", "adopt-b"] {
+        let s = WorkloadSpec {
+            name: name.into(), image: img, vcpus: 1, memory_mib: 64, env: vec![], restart: RestartPolicy::No,
+            args: Some(vec![String::from(TICKER)]), net: false,
+        };
+        let r = c.req(&Request::Create(s)).and_then(|_| c.req(&Request::Start(Target::Name(name.into()))));
+        c.result(&format!("adopt_started_{name}"), r == Ok(Reply::Done), &format!("{r:?}"));
+    }
+    for name in ["adopt-a", "adopt-b"] {
+        let s = wait(c, name, 300, |s| s.state == State::Running);
+        let end = now_ns() + 120 * 1_000_000_000;
+        let mut ticks = c.log_text(name, Stream::Stdout);
+        while !ticks.contains("tick ") && now_ns() < end {
+            sleep_ns(200_000_000);
+            ticks = c.log_text(name, Stream::Stdout);
+        }
+        c.result(&format!("adopt_running_{name}"), s.as_ref().is_some_and(|s| s.state == State::Running) && ticks.contains("tick "), &format!("{:?}; log {:?}", s.map(|s| s.state), ticks.lines().last()));
+    }
+}
+
+fn adopt_after(c: &mut Client) {
+    let ids: Vec<Option<catenary_workload::Status>> = ["adopt-a", "adopt-b"].iter().map(|n| c.status(n)).collect();
+    for (name, s) in ["adopt-a", "adopt-b"].iter().zip(&ids) {
+        c.result(&format!("adopted_{name}"), s.as_ref().is_some_and(|s| s.state == State::Running && s.attempts == 1 && s.restarts == 0),
+            &format!("{:?}", s.as_ref().map(|s| (s.id, s.state, s.attempts, s.restarts))));
+    }
+    // their logs go on under the new workd: a tick logged after the adoption
+    for name in ["adopt-a", "adopt-b"] {
+        let first = c.log_text(name, Stream::Stdout);
+        let end = now_ns() + 60 * 1_000_000_000;
+        let mut later = first.clone();
+        while now_ns() < end && later.matches("tick ").count() < first.matches("tick ").count() + 2 {
+            sleep_ns(1_000_000_000);
+            later = c.log_text(name, Stream::Stdout);
+        }
+        c.result(&format!("adopted_logs_{name}"), later.matches("tick ").count() >= first.matches("tick ").count() + 2, &format!("{:?}", later.lines().last()));
+    }
+    for name in ["adopt-a", "adopt-b"] {
+        let r = c.req(&Request::Stop { target: Target::Name(name.into()), grace_ms: Some(1000) });
+        let s = wait(c, name, 120, |s| s.state == State::Exited);
+        let d = c.req(&Request::Destroy(Target::Name(name.into())));
+        c.result(&format!("adopted_stop_{name}"), r == Ok(Reply::Done) && s.as_ref().is_some_and(|s| s.state == State::Exited) && d == Ok(Reply::Done),
+            &format!("{r:?}, {:?}, {d:?}", s.map(|s| (s.state, s.exit))));
+    }
 }

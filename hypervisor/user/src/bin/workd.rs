@@ -4,6 +4,12 @@
 //! it. Every decision is `catenary_workload::service::Service`'s (host-tested); this is the loop
 //! around it: requests from clients (through the memory grant the kernel mapped for the call),
 //! the kernel's VM events (a notification, then `OP_EVENTS`), and the service's timers.
+//!
+//! A restarted `workd` first adopts the microVMs its dead predecessor left running (`OP_LIVE`:
+//! each with the tag `Service` gave it, `service::AdoptTag`). Image pushes (`ImageBegin`,
+//! `ImageChunk`, `ImageCommit`) go to the kernel's store: a chunk's bytes are hashed here,
+//! straight from the client's grant, and copied by the kernel from the grant into the store's
+//! frames.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -18,19 +24,38 @@ use catenary_workload::logring::DEFAULT_CAPACITY;
 use catenary_workload::proto::{decode_request, encode_response, Transport, LABEL_REQUEST, REQUEST_MAX, TRANSPORT_OK};
 use catenary_workload::service::{Service, Vmm};
 use catenary_workload::store::ImageIndex;
-use catenary_workload::vmctl::{self, CreateVm, Event, NodeInfo, VmEvent, VmHandle, OP_CREATE, OP_EVENTS, OP_IMAGES, OP_INFO, OP_KILL, OP_NET, OP_SIGNAL, OP_STOP, OP_TOUCHED, RECORD_MAX};
-use catenary_workload::{Request, Target};
+use catenary_workload::proto::CHUNK_OFFSET;
+use catenary_workload::store::ImageInfo;
+use catenary_workload::vmctl::{
+    self, CreateVm, Event, ImageBegin, LiveVm, NodeInfo, StoreInfo, VmEvent, VmHandle, OP_CREATE, OP_EVENTS, OP_IMAGES, OP_IMAGE_ABORT, OP_IMAGE_BEGIN, OP_IMAGE_COMMIT,
+    OP_IMAGE_REMOVE, OP_IMAGE_WRITE, OP_INFO, OP_KILL, OP_LIVE, OP_NET, OP_SIGNAL, OP_STOP, OP_STORE, OP_TAG, OP_TOUCHED, RECORD_MAX,
+};
+use catenary_workload::{Digest, Error, Request, Target};
 
 const OWN: u64 = 0;
 const VMCTL: u64 = 1;
 /// 3 MiB of heap (quota 1024 pages): 32 logs of 64 KiB, the 64 KiB event buffer, requests.
 const HEAP_PAGES: u64 = 768;
+/// While uploads are in progress, how often the loop runs (each `SYS_VM` expires idle ones).
+const UPLOAD_POLL_MS: u64 = 5_000;
 
 entry!(run);
 
 /// The kernel, as the service sees it.
 struct Kernel {
     buf: Vec<u8>,
+    /// The current request's grant: where an `ImageChunk`'s bytes are.
+    grant: Option<Grant>,
+}
+
+fn store_error(e: u64) -> Error {
+    match e {
+        vmctl::ERR_IMAGE_INVALID => Error::ImageInvalid,
+        vmctl::ERR_IN_USE => Error::ImageInUse,
+        vmctl::ERR_QUOTA | vmctl::ERR_TOO_MANY_UPLOADS => Error::StoreFull,
+        vmctl::ERR_NO_UPLOAD => Error::NoSuchUpload,
+        _ => Error::NoSuchImage,
+    }
 }
 
 impl Vmm for Kernel {
@@ -60,6 +85,52 @@ impl Vmm for Kernel {
         let mut a = [0u8; 16];
         (vm(VMCTL, OP_NET, &mut a, 0).ok()? == 16).then(|| core::net::Ipv6Addr::from(a))
     }
+    fn tag(&mut self, h: VmHandle, tag: &[u8]) {
+        let mut t = tag.to_vec();
+        let _ = vm(VMCTL, OP_TAG, &mut t, h);
+    }
+    fn image_begin(&mut self, image: Digest, manifest: &[u8]) -> Result<(u32, u64), Error> {
+        let (c, r) = catenary_workload::store::stream_sizes(manifest).map_err(|_| Error::ImageInvalid)?;
+        let mut rec = vmctl::encode(&ImageBegin { image, manifest: manifest.to_vec() }).ok_or(Error::ImageInvalid)?;
+        let id = vm(VMCTL, OP_IMAGE_BEGIN, &mut rec, 0).map_err(store_error)?;
+        Ok((id as u32, if id == 0 { 0 } else { c + r }))
+    }
+    fn image_write(&mut self, upload: u32, offset: u64, len: u32, digest: Digest) -> Result<(), Error> {
+        let g = self.grant.as_ref().ok_or(Error::Malformed)?;
+        if (CHUNK_OFFSET as u64).saturating_add(len as u64) > g.len() {
+            return Err(Error::Malformed);
+        }
+        let src = CHUNK_OFFSET as u64;
+        // the digest, read from the grant in pieces (no megabyte copy in this heap)
+        let mut h = catenary_workload::Hasher::new();
+        let mut done = 0u64;
+        while done < len as u64 {
+            let n = (len as u64 - done).min(self.buf.len() as u64) as usize;
+            g.read(src + done, &mut self.buf[..n]);
+            h.update(&self.buf[..n]);
+            done += n as u64;
+        }
+        if h.finish() != digest {
+            return Err(Error::ChunkDigest);
+        }
+        let arg = vmctl::write_arg(upload, offset).ok_or(Error::NoSuchUpload)?;
+        // the kernel copies the chunk from the grant into the store's frames
+        g.vm(VMCTL, OP_IMAGE_WRITE, src, len as u64, arg).map(|_| ()).map_err(store_error)
+    }
+    fn image_commit(&mut self, upload: u32) -> Result<ImageInfo, Error> {
+        let n = vm(VMCTL, OP_IMAGE_COMMIT, &mut self.buf, upload as u64).map_err(store_error)? as usize;
+        self.buf.get(..n).and_then(vmctl::decode).ok_or(Error::ImageInvalid)
+    }
+    fn image_abort(&mut self, upload: u32) -> Result<(), Error> {
+        vm_value(VMCTL, OP_IMAGE_ABORT, 0, upload as u64).map(|_| ()).map_err(store_error)
+    }
+    fn image_remove(&mut self, image: Digest) -> Result<(), Error> {
+        let mut d = image.0;
+        vm(VMCTL, OP_IMAGE_REMOVE, &mut d, 0).map(|_| ()).map_err(store_error)
+    }
+    fn store(&mut self) -> Option<StoreInfo> {
+        self.read(OP_STORE)
+    }
 }
 
 impl Kernel {
@@ -79,7 +150,7 @@ fn run(_arg: u64) -> u64 {
         log("workd: no memory for its heap");
         return 1;
     }
-    let mut k = Kernel { buf: vec![0u8; RECORD_MAX] };
+    let mut k = Kernel { buf: vec![0u8; RECORD_MAX], grant: None };
     let Some(info) = k.read::<NodeInfo>(OP_INFO) else {
         log("workd: the kernel refused OP_INFO: no VM-control capability?");
         return 2;
@@ -89,12 +160,19 @@ fn run(_arg: u64) -> u64 {
         logf!("workd: image {} in the store (rootfs {} bytes)", i.digest, i.rootfs_size);
         let _ = index.insert(i);
     }
-    let admission = Admission::new(info.free_bytes);
+    // the VMs a dead predecessor left running: their memory counts as the node's again
+    let live: Vec<LiveVm> = k.read(OP_LIVE).unwrap_or_default();
+    let held: u64 = live.iter().map(|v| v.touched_bytes).sum();
+    let admission = Admission::new(info.free_bytes + held);
     logf!("workd: serving the workload protocol; {} images, {} MiB free on the node, {} MiB for workloads, {} CPUs",
         index.list().len(), info.free_bytes >> 20, admission.capacity_mib(), info.cpus);
     let first_image = index.list().first().map(|i| i.digest);
     let mut svc = Service::new(index, admission, info.max_vcpus, DEFAULT_CAPACITY);
-    if let (Some(a), Some(image)) = (&info.autostart, first_image) {
+    if !live.is_empty() {
+        let n = live.len();
+        let adopted = svc.adopt(live, now_ms(), &mut k);
+        logf!("workd: adopted {} of the {} microVMs a previous workd left running", adopted, n);
+    } else if let (Some(a), Some(image)) = (&info.autostart, first_image) {
         autostart(&mut svc, &mut k, a, image);
     }
     let mut next: Option<u64> = None;
@@ -110,6 +188,11 @@ fn run(_arg: u64) -> u64 {
         }
         drain_events(&mut svc, &mut k);
         next = svc.tick(now_ms(), &mut k);
+        // uploads in progress: wake now and then, so the kernel drops abandoned ones
+        if k.store().is_some_and(|s| s.uploads > 0) {
+            let at = now_ms() + UPLOAD_POLL_MS;
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
     }
 }
 
@@ -137,7 +220,7 @@ fn drain_events(svc: &mut Service, k: &mut Kernel) {
             let id = svc_id_of(svc, vm);
             svc.on_event(e, now_ms(), k);
             if let (true, Some(id)) = (ended, id) {
-                let mut c = Kernel { buf: Vec::new() };
+                let mut c = Kernel { buf: Vec::new(), grant: None };
                 if let Ok(catenary_workload::Reply::Status(st)) = svc.handle(Request::Status(Target::Id(id)), now_ms(), &mut c) {
                     logf!("workd: {} ended: {}; now {} (restarts {}, attempts {}, {} KiB touched)", st.name,
                         st.exit.map(|e| alloc::format!("{e}")).unwrap_or_default(), st.state.name(), st.restarts, st.attempts, st.memory_touched >> 10);
@@ -160,7 +243,7 @@ fn serve(svc: &mut Service, k: &mut Kernel, m: &Msg) {
         return answer(Transport::UnknownLabel as u64, [0; 4]);
     }
     // the grant the kernel mapped for this call, never the words
-    let Some(g) = grant_of(m.reply).filter(|g| g.writable()) else { return answer(Transport::NoBuffer as u64, [0; 4]) };
+    let Some(mut g) = grant_of(m.reply).filter(|g| g.writable()) else { return answer(Transport::NoBuffer as u64, [0; 4]) };
     let glen = g.len();
     let n = m.words[0];
     if n == 0 || n > glen || n > REQUEST_MAX as u64 {
@@ -171,7 +254,12 @@ fn serve(svc: &mut Service, k: &mut Kernel, m: &Msg) {
     let resp = match decode_request(&req) {
         Ok(r) => {
             let what = describe(&r);
+            k.grant = Some(g);
             let resp = svc.handle(r, now_ms(), k);
+            g = match k.grant.take() {
+                Some(g) => g,
+                None => return answer(Transport::NoBuffer as u64, [0; 4]),
+            };
             if let Some(w) = what {
                 match &resp {
                     Ok(_) => logf!("workd: {}: ok", w),
@@ -205,6 +293,10 @@ fn describe(r: &Request) -> Option<alloc::string::String> {
         Request::Stop { target, .. } => alloc::format!("stop {}", t(target)),
         Request::Destroy(x) => alloc::format!("destroy {}", t(x)),
         Request::Signal { target, signal } => alloc::format!("signal {} to {}", signal, t(target)),
+        Request::ImageBegin { image, .. } => alloc::format!("push image {}", image.short()),
+        Request::ImageCommit { upload } => alloc::format!("commit upload {upload}"),
+        Request::ImageAbort { upload } => alloc::format!("abort upload {upload}"),
+        Request::RemoveImage(d) => alloc::format!("remove image {}", d.short()),
         _ => return None,
     })
 }

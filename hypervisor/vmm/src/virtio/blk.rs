@@ -8,6 +8,7 @@
 
 use super::queue::{Chain, Queue, QueueError};
 use crate::mem::GuestMemory;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 pub const VIRTIO_BLK_T_IN: u32 = 0;
@@ -23,25 +24,41 @@ const SECTOR: u64 = 512;
 /// Largest single transfer served (bounds host work per request).
 const MAX_XFER: u64 = 4 << 20;
 
+/// Bytes several VMs read (an image store entry): they stay alive while any disk holds them.
+#[derive(Clone)]
+pub struct SharedBytes(pub Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl SharedBytes {
+    pub fn bytes(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl core::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.bytes().len())
+    }
+}
+
 /// The bytes behind a disk.
 #[derive(Debug, Clone)]
 pub enum Disk {
     Owned(Vec<u8>),
-    /// Read-only, shared with other VMs (never written).
-    Shared(&'static [u8]),
+    /// Read-only, shared with other VMs (never written): the first `len` bytes.
+    Shared(SharedBytes, usize),
 }
 
 impl Disk {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Disk::Owned(v) => v,
-            Disk::Shared(s) => s,
+            Disk::Shared(s, n) => s.bytes().get(..*n).unwrap_or(&[]),
         }
     }
     fn bytes_mut(&mut self) -> Option<&mut [u8]> {
         match self {
             Disk::Owned(v) => Some(v),
-            Disk::Shared(_) => None,
+            Disk::Shared(..) => None,
         }
     }
 }
@@ -69,10 +86,11 @@ impl VirtioBlk {
 
     /// A read-only disk over `bytes` (whole sectors: a partial last sector is not visible),
     /// shared with whoever else reads them.
-    pub fn shared(bytes: &'static [u8], id: &str) -> Self {
-        let n = bytes.len() - bytes.len() % SECTOR as usize;
+    pub fn shared(bytes: SharedBytes, id: &str) -> Self {
+        let len = bytes.bytes().len();
+        let n = len - len % SECTOR as usize;
         let mut b = Self::new(Vec::new(), true, id);
-        b.disk = Disk::Shared(&bytes[..n]);
+        b.disk = Disk::Shared(bytes, n);
         b
     }
 

@@ -389,11 +389,11 @@ mod tests {
         // one copy of the image's bytes behind two devices (two microVMs of one image)
         let mut img = alloc::vec![0u8; 4 * 512 + 100];
         img[512..1024].fill(0xcd);
-        let img: &'static [u8] = alloc::boxed::Box::leak(img.into_boxed_slice());
+        let img = crate::virtio::blk::SharedBytes(alloc::sync::Arc::new(img));
         for _vm in 0..2 {
             let mut m = VecMemory::new(0x40000);
             let mut d = Driver::new(0x1000, 8);
-            let mut t = setup(Device::Blk(VirtioBlk::shared(img, "catenary0")), &mut m, &[Driver::new(0x1000, 8)]);
+            let mut t = setup(Device::Blk(VirtioBlk::shared(img.clone(), "catenary0")), &mut m, &[Driver::new(0x1000, 8)]);
             assert_eq!(t.read(0x100, 4), 4, "whole sectors only");
             m.write_u32(0x8000, VIRTIO_BLK_T_IN).unwrap();
             m.write_u64(0x8008, 1).unwrap();
@@ -408,11 +408,11 @@ mod tests {
             t.write(0x50, 4, 0, &mut m);
             assert_eq!(m.read_u8(0x9300).unwrap(), VIRTIO_BLK_S_IOERR);
             if let Device::Blk(b) = &t.dev {
-                assert!(core::ptr::eq(b.disk.bytes().as_ptr(), img.as_ptr()), "the same bytes, not a copy");
+                assert!(core::ptr::eq(b.disk.bytes().as_ptr(), img.bytes().as_ptr()), "the same bytes, not a copy");
                 assert_eq!(b.features() & VIRTIO_BLK_F_RO, VIRTIO_BLK_F_RO);
             }
         }
-        assert!(img[512..1024].iter().all(|&b| b == 0xcd));
+        assert!(img.bytes()[512..1024].iter().all(|&b| b == 0xcd));
     }
 
     #[test]
