@@ -25,6 +25,9 @@ pub struct SimKernel {
     pub signals: bool,
     /// The node's fabric /128 (None: its network is not up).
     pub node: Option<core::net::Ipv6Addr>,
+    /// What the service tagged each VM with (`OP_TAG`).
+    pub tags: Vec<(VmHandle, Vec<u8>)>,
+    pub removed: Vec<Digest>,
 }
 
 impl Vmm for SimKernel {
@@ -51,6 +54,14 @@ impl Vmm for SimKernel {
     }
     fn node_address(&mut self) -> Option<core::net::Ipv6Addr> {
         self.node
+    }
+    fn tag(&mut self, vm: VmHandle, tag: &[u8]) {
+        self.tags.retain(|(v, _)| *v != vm);
+        self.tags.push((vm, tag.to_vec()));
+    }
+    fn image_remove(&mut self, image: Digest) -> Result<(), crate::Error> {
+        self.removed.push(image);
+        Ok(())
     }
 }
 

@@ -315,6 +315,12 @@ fn every_request_round_trips() {
         Request::Logs { target: t, cursor: u64::MAX, max: 5 },
         Request::Images,
         Request::Signal { target: Target::Id(1), signal: 15 },
+        Request::ImageBegin { image: Digest([3; 32]), manifest: b"{}".to_vec() },
+        Request::ImageChunk { upload: 2, offset: 1 << 20, len: 4096, digest: Digest([4; 32]) },
+        Request::ImageCommit { upload: 2 },
+        Request::ImageAbort { upload: 2 },
+        Request::RemoveImage(Digest([5; 32])),
+        Request::Store,
     ];
     for r in reqs {
         let b = encode_request(&r).unwrap();
@@ -413,4 +419,62 @@ fn fuzzing_inputs_never_panic() {
     input.extend_from_slice(&start);
     input.extend_from_slice(&[2, 8, 0, 4, 0, 0, 0, 0, 0, 0, 3, 8, 0xff, 0xff, 0, 0, 0, 0, 0, 0]);
     crate::fuzzing::run(&input);
+}
+
+#[test]
+fn a_restarted_service_adopts_running_vms() {
+    let mut k = SimKernel::default();
+    let mut s = service(1024);
+    for n in ["a", "b", "c"] {
+        s.handle(Request::Create(spec(n, 64, RestartPolicy::OnFailure { limit: 5 })), 0, &mut k).unwrap();
+        s.handle(Request::Start(Target::Name(n.into())), 0, &mut k).unwrap();
+    }
+    // a fails once and is restarted: its new VM's tag carries the restart
+    end(&mut s, &mut k, 1, Some(vmctl::Exit::Code(1)), vmctl::Ended::PowerOff, 100);
+    let next = s.tick(100_000, &mut k);
+    assert!(next.is_none() && k.alive.len() == 3, "{:?}", k.alive);
+    s.on_event(VmEvent { vm: 4, event: Event::Ready }, 100_100, &mut k);
+    // the service dies; the kernel lists the live VMs with their tags (c's tag is garbage)
+    let live: Vec<vmctl::LiveVm> = k
+        .alive
+        .iter()
+        .map(|vm| {
+            let tag = k.tags.iter().find(|(v, _)| v == vm).map(|(_, t)| t.clone()).unwrap();
+            let tag = if *vm == 3 { vec![0xff; 5] } else { tag };
+            vmctl::LiveVm { vm: *vm, tag, ready: *vm == 4, age_ms: 50, touched_bytes: 1 << 20 }
+        })
+        .collect();
+    let mut s2 = service(1024);
+    assert_eq!(s2.adopt(live, 200_000, &mut k), 2);
+    assert!(k.killed.contains(&3), "a VM whose tag does not decode is powered off");
+    let a = status(&mut s2, &mut k, "a", 200_000);
+    assert_eq!((a.id, a.state, a.restarts, a.attempts, a.uptime_ms), (1, State::Running, 1, 2, 50));
+    let b = status(&mut s2, &mut k, "b", 200_000);
+    assert_eq!((b.id, b.state, b.restarts, b.attempts), (2, State::Starting, 0, 1));
+    assert!(matches!(s2.handle(Request::Status(Target::Name("c".into())), 0, &mut k), Err(Error::NoSuchWorkload)));
+    // adopted memory is admitted again; new workloads get new ids; events reach the adopted
+    assert_eq!(s2.admission.free_mib(), service(1024).admission.free_mib() - 2 * 68);
+    assert_eq!(s2.handle(Request::Create(spec("d", 64, RestartPolicy::No)), 0, &mut k), Ok(Reply::Created(3)));
+    s2.on_event(VmEvent { vm: 2, event: Event::Ready }, 200_001, &mut k);
+    assert_eq!(status(&mut s2, &mut k, "b", 200_001).state, State::Running);
+    end(&mut s2, &mut k, 2, Some(vmctl::Exit::Code(0)), vmctl::Ended::PowerOff, 200_002);
+    assert_eq!(status(&mut s2, &mut k, "b", 200_002).exit, Some(ExitStatus::Code(0)));
+}
+
+#[test]
+fn an_image_a_workload_names_is_not_removed() {
+    let mut k = SimKernel::default();
+    let mut s = service(1024);
+    s.handle(Request::Create(spec("w", 64, RestartPolicy::No)), 0, &mut k).unwrap();
+    assert_eq!(s.handle(Request::RemoveImage(image()), 0, &mut k), Err(Error::ImageInUse));
+    assert!(k.removed.is_empty());
+    s.handle(Request::Destroy(Target::Name("w".into())), 0, &mut k).unwrap();
+    assert_eq!(s.handle(Request::RemoveImage(image()), 0, &mut k), Ok(Reply::Done));
+    assert_eq!(k.removed, vec![image()]);
+    assert_eq!(s.handle(Request::RemoveImage(image()), 0, &mut k), Err(Error::NoSuchImage));
+    assert_eq!(s.handle(Request::Images, 0, &mut k), Ok(Reply::Images(vec![])));
+    // pushing an image the node has is answered at once; a manifest that is not the digest's is refused
+    let mut s = service(1024);
+    assert_eq!(s.handle(Request::ImageBegin { image: image(), manifest: vec![] }, 0, &mut k), Ok(Reply::Upload { upload: 0, size: 0, present: true }));
+    assert_eq!(s.handle(Request::ImageBegin { image: Digest([9; 32]), manifest: b"{}".to_vec() }, 0, &mut k), Err(Error::ImageInvalid));
 }
