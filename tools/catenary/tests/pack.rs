@@ -138,6 +138,33 @@ fn run_config_and_digest() {
     assert!(matches!(image::verify(&out, Some(&r.digest)), Err(PackError::DigestMismatch { .. })));
 }
 
+/// A real-time StopSignal (systemd images use SIGRTMIN+3) is kept; a name that is no signal is
+/// refused with nothing written.
+#[test]
+fn stop_signals() {
+    for (given, number) in [("SIGRTMIN+3", 37), ("RTMAX", 64), ("SIGUSR1", 10), ("9", 9)] {
+        let t = tempfile::tempdir().unwrap();
+        let layers = [base_layer()];
+        let mut c = config(&layers, "amd64");
+        c["config"]["StopSignal"] = given.into();
+        oci_layout(&t.path().join("in"), &layers, &c);
+        pack(&t.path().join("in"), &t.path().join("out")).unwrap();
+        let rc = RunConfig::parse(&std::fs::read(t.path().join("out/config.json")).unwrap()).unwrap();
+        assert_eq!(rc.stop_signal, given);
+        assert_eq!(catenary_guest_proto::signal::parse(&rc.stop_signal), Some(number), "{given}");
+    }
+    for bad in ["SIGFOO", "SIGRTMIN+31", "65", "0"] {
+        let t = tempfile::tempdir().unwrap();
+        let layers = [base_layer()];
+        let mut c = config(&layers, "amd64");
+        c["config"]["StopSignal"] = bad.into();
+        oci_layout(&t.path().join("in"), &layers, &c);
+        let e = pack(&t.path().join("in"), &t.path().join("out")).unwrap_err();
+        assert!(e.to_string().contains("StopSignal"), "{bad}: {e}");
+        assert!(!t.path().join("out").exists(), "{bad}: output written");
+    }
+}
+
 #[test]
 fn same_input_same_bytes() {
     let t = tempfile::tempdir().unwrap();

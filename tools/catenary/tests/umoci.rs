@@ -107,6 +107,15 @@ fn umoci_busybox_image() {
         .find_map(|l| l.strip_prefix("Filesystem size ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()))
         .expect("unsquashfs -s prints the filesystem size");
     assert!(size >= used && size - used < 4096, "image of {size} bytes for a {used}-byte filesystem");
+    // The hard link is one inode with two names: unsquashfs makes the extracted names one inode
+    // only when the image has one (a copy would give two inodes, each with one link).
+    let x = d.join("x");
+    let o = Command::new("unsquashfs").arg("-d").arg(&x).arg(d.join("out/rootfs.squashfs")).output().unwrap();
+    assert!(o.status.success(), "unsquashfs -d: {}", String::from_utf8_lossy(&o.stderr));
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (std::fs::metadata(x.join("bin/busybox")).unwrap(), std::fs::metadata(x.join("bin/ls")).unwrap());
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "bin/busybox and its hard link bin/ls");
+    assert_eq!(std::fs::metadata(x.join("etc/passwd")).unwrap().nlink(), 1);
 
     // skopeo's docker-archive export of the same image: a docker-save tarball, same tree.
     if !have("skopeo") {

@@ -133,6 +133,8 @@ impl<'a> Entry<'a> {
         superblock: &SuperBlock,
         kind: &Kind,
         id_table: &[Id],
+        // Catenary: more than 1 for a hard-linked file (only an extended inode stores it).
+        link_count: u32,
     ) -> Result<Self, BackhandError> {
         let uid = Self::find_id_index(id_table, header.uid)?;
         let gid = Self::find_id_index(id_table, header.gid)?;
@@ -149,7 +151,7 @@ impl<'a> Entry<'a> {
                 // A basic inode has no `sparse` field, thus a file with holes needs an extended
                 // inode. This is the same as mksquashfs.
                 let basic = match *sparse {
-                    0 => u32::try_from(file_size).ok().zip(u32::try_from(*blocks_start).ok()),
+                    0 if link_count == 1 => u32::try_from(file_size).ok().zip(u32::try_from(*blocks_start).ok()),
                     _ => None,
                 };
                 let inode = match basic {
@@ -178,7 +180,7 @@ impl<'a> Entry<'a> {
                                 // least 1 byte, the same as mksquashfs.
                                 sparse: (*sparse).min(file_size.saturating_sub(1)),
                                 block_sizes: block_sizes.to_vec(),
-                                link_count: 1,
+                                link_count,
                                 xattr_index: 0xffffffff, // <- no xattr
                             }),
                         )
@@ -186,6 +188,24 @@ impl<'a> Entry<'a> {
                 };
 
                 Ok(inode.to_bytes(node_path.as_bytes(), inode_writer, superblock, kind))
+            }
+            // Catenary: a hard-linked file's link count needs the extended inode.
+            Added::Fragment { frag_index, block_offset } if link_count != 1 => {
+                let file_inode = Inode::new(
+                    InodeId::ExtendedFile,
+                    header,
+                    InodeInner::ExtendedFile(ExtendedFile {
+                        blocks_start: 0,
+                        file_size: file_size as u64,
+                        sparse: 0,
+                        link_count,
+                        frag_index: *frag_index,
+                        block_offset: *block_offset,
+                        xattr_index: 0xffffffff, // <- no xattr
+                        block_sizes: vec![],
+                    }),
+                );
+                Ok(file_inode.to_bytes(node_path.as_bytes(), inode_writer, superblock, kind))
             }
             Added::Fragment { frag_index, block_offset } => {
                 let file_inode = Inode::new(
@@ -427,6 +447,9 @@ impl Entry<'_> {
         let mut dirs = vec![];
         let mut creating_dir = vec![];
         let mut lowest_inode = u32::MAX;
+        // Catenary: with hard links the numbers in one directory are not close together; the
+        // header's entries must all be within i16 of its lowest number, highest included.
+        let mut highest_inode = 0u32;
         let mut iter = entries.iter().peekable();
         let mut creating_start = if let Some(entry) = iter.peek() {
             entry.start
@@ -438,12 +461,16 @@ impl Entry<'_> {
             if e.inode < lowest_inode {
                 lowest_inode = e.inode;
             }
+            if e.inode > highest_inode {
+                highest_inode = e.inode;
+            }
             creating_dir.push(e);
 
             // last entry
             if let Some(next) = &iter.peek() {
                 // if the next entry would be > the lowest_inode
-                let max_inode = (next.inode as u64).abs_diff(lowest_inode as u64) > i16::MAX as u64;
+                let (lo, hi) = (lowest_inode.min(next.inode), highest_inode.max(next.inode));
+                let max_inode = (hi - lo) as u64 > i16::MAX as u64;
                 // make sure entries have the correct start and amount of directories
                 if next.start != creating_start || creating_dir.len() >= 255 || max_inode {
                     let dir = Self::create_dir(&creating_dir, creating_start, lowest_inode)?;
@@ -451,6 +478,7 @@ impl Entry<'_> {
                     creating_dir = vec![];
                     creating_start = next.start;
                     lowest_inode = u32::MAX;
+                    highest_inode = 0;
                 }
             }
             // last entry

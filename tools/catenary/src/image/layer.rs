@@ -169,7 +169,7 @@ pub fn read_layer(ctx: &mut LayerCtx<'_>, stream: &mut dyn Read) -> Result<Dir> 
                 }
                 ctx.budget.bytes += size;
                 let data = ctx.spool.append(&mut entry, size).map_err(|e| bad(ctx.index, &raw_path, &e.to_string()))?;
-                Node::File { meta, data }
+                Node::File { meta, data, ino: ctx.budget.entries }
             }
             EntryType::Directory => Node::Dir(Dir::new(meta, true)),
             EntryType::Symlink => {
@@ -186,7 +186,7 @@ pub fn read_layer(ctx: &mut LayerCtx<'_>, stream: &mut dyn Read) -> Result<Dir> 
                 // The target is an earlier member of this layer or a file of a lower one.
                 let found = tree::lookup(&upper, &target).or_else(|| tree::lookup(ctx.lower, &target));
                 match found {
-                    Some(Node::File { meta, data }) => Node::File { meta: *meta, data: *data },
+                    Some(Node::File { meta, data, ino }) => Node::File { meta: *meta, data: *data, ino: *ino },
                     Some(other) => {
                         return Err(bad(ctx.index, &raw_path, &format!("hard link to a {} ({})", other.kind(), lossy(&raw_target))));
                     }

@@ -97,6 +97,15 @@ pub fn pack(input: &Path, out: &Path, opts: &PackOptions) -> Result<PackReport> 
     let plan = source::plan(&store, opts.reference.as_deref(), &opts.limits)?;
 
     let mut spool = spool::Spool::create(&staging.path().join("spool"))?;
+    // The StopSignal is checked here, not first in the guest: a name the init cannot deliver
+    // would only show when the workload is stopped.
+    let run = runconfig::RunConfig::from_oci(&plan.config);
+    if catenary_guest_proto::signal::parse(&run.stop_signal).is_none() {
+        return Err(PackError::Malformed {
+            what: "image config".into(),
+            why: format!("StopSignal {:?} names no signal (a number 1-64, a name like SIGTERM, SIGRTMIN+N or SIGRTMAX-N)", run.stop_signal),
+        });
+    }
     let mut root = Dir::new(Meta::IMPLICIT_DIR, true);
     let mut budget = layer::Budget::default();
     let mut warnings = Vec::new();
@@ -111,7 +120,6 @@ pub fn pack(input: &Path, out: &Path, opts: &PackOptions) -> Result<PackReport> 
     squashfs::write(&root, spool, &rootfs_path)?;
     let (rootfs_digest, rootfs_size) = hash_file(&rootfs_path)?;
 
-    let run = runconfig::RunConfig::from_oci(&plan.config);
     let run_bytes = run.canonical();
     write_file(&work.join(CONFIG_FILE), &run_bytes)?;
 

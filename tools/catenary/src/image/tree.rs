@@ -22,7 +22,7 @@ impl Meta {
     pub const IMPLICIT_DIR: Meta = Meta { mode: 0o755, uid: 0, gid: 0, mtime: 0 };
 }
 
-/// Where a regular file's bytes are in the spool. Hard links share one `Data`.
+/// Where a regular file's bytes are in the spool. Hard links share one `Data` (and one `ino`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Data {
     pub offset: u64,
@@ -51,7 +51,9 @@ impl Dir {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Dir(Dir),
-    File { meta: Meta, data: Data },
+    /// `ino`: which tar entry made the file (unique over all layers); hard links to it carry
+    /// the same, and paths sharing one in the final tree are written as one inode.
+    File { meta: Meta, data: Data, ino: u64 },
     Symlink { meta: Meta, target: Vec<u8> },
     Fifo { meta: Meta },
 }

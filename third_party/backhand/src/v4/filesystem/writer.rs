@@ -2,6 +2,8 @@ use core::num::NonZeroUsize;
 use no_std_io2::io::{Read, Seek, Write};
 use std::ffi::OsStr;
 use std::io::{Cursor, SeekFrom};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -20,9 +22,11 @@ use crate::v4::filesystem::node::{InnerNode, LazyFile, Nodes};
 use crate::v4::filesystem::normalize_squashfs_path;
 use crate::v4::fragment;
 use crate::v4::id::Id;
+use crate::v4::inode::InodeId;
 use crate::v4::metadata::{self, METADATA_MAXSIZE, MetadataWriter};
 use crate::v4::reader::WriteSeek;
 use crate::v4::squashfs::SuperBlock;
+use crate::v4::unix_string::OsStrExt;
 use crate::{
     DEFAULT_BLOCK_SIZE, DEFAULT_PAD_LEN, FilesystemReader, Flags, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
     Node, NodeHeader, SquashfsBlockDevice, SquashfsCharacterDevice, SquashfsDir,
@@ -82,6 +86,15 @@ pub struct FilesystemWriter<'a, 'b, 'c> {
     /// Superblock Flag to remove duplicate flags
     pub(crate) no_duplicate_files: bool,
     pub(crate) emit_compression_options: bool,
+    /// Catenary: hard links, link path -> the file it links to (see [`Self::push_hard_link`]).
+    pub(crate) hard_links: BTreeMap<PathBuf, PathBuf>,
+    /// Catenary: number of hard links to each link target (its link count less one).
+    pub(crate) link_counts: BTreeMap<PathBuf, u32>,
+    /// Catenary: the inode written for each link target: (start, offset, number, type).
+    pub(crate) link_inodes: RefCell<BTreeMap<PathBuf, (u32, u16, u32, InodeId)>>,
+    /// Catenary: inode number by node index: 1, 2, … over the nodes that are not hard links
+    /// (a link has its target's number; readers expect numbers 1..=inode count).
+    pub(crate) inode_numbers: RefCell<Vec<u32>>,
 }
 
 impl Default for FilesystemWriter<'_, '_, '_> {
@@ -102,6 +115,10 @@ impl Default for FilesystemWriter<'_, '_, '_> {
             pad_len: DEFAULT_PAD_LEN,
             no_duplicate_files: true,
             emit_compression_options: true,
+            hard_links: BTreeMap::new(),
+            link_counts: BTreeMap::new(),
+            link_inodes: RefCell::new(BTreeMap::new()),
+            inode_numbers: RefCell::new(Vec::new()),
         }
     }
 }
@@ -247,6 +264,10 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
             pad_len: DEFAULT_PAD_LEN,
             no_duplicate_files: reader.no_duplicate_files,
             emit_compression_options: true,
+            hard_links: BTreeMap::new(),
+            link_counts: BTreeMap::new(),
+            link_inodes: RefCell::new(BTreeMap::new()),
+            inode_numbers: RefCell::new(Vec::new()),
         })
     }
 
@@ -299,6 +320,30 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
         let reader = Arc::new(Mutex::new(reader));
         let new_file = InnerNode::File(SquashfsFileWriter::UserDefined(reader));
         self.insert_node(path, header, new_file)?;
+        Ok(())
+    }
+
+    /// Catenary: insert `path` as a hard link to the regular file `target`, pushed before. Both
+    /// names get one inode (the target's number, data and metadata) with a link count of one
+    /// more than the links to it. A link to a link links to that link's target.
+    pub fn push_hard_link<P, Q>(&mut self, target: P, path: Q) -> Result<(), BackhandError>
+    where
+        P: AsRef<Path>,
+        Q: AsRef<Path>,
+    {
+        let mut target = normalize_squashfs_path(target.as_ref())?;
+        if let Some(t) = self.hard_links.get(&target) {
+            target = t.clone();
+        }
+        let header = match self.root.node_mut(&target) {
+            Some(n) if matches!(n.inner, InnerNode::File(_)) => n.header,
+            _ => return Err(BackhandError::InvalidFilePath),
+        };
+        let empty: &'c [u8] = &[];
+        self.push_file(empty, path.as_ref(), header)?;
+        let path = normalize_squashfs_path(path.as_ref())?;
+        self.hard_links.insert(path, target.clone());
+        *self.link_counts.entry(target).or_insert(0) += 1;
         Ok(())
     }
 
@@ -548,6 +593,14 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
         Ok(())
     }
 
+    /// Catenary: the inode number of node `node_id` (see `inode_numbers`).
+    fn ino(&self, node_id: NonZeroUsize) -> Result<u32, BackhandError> {
+        match self.inode_numbers.borrow().get(node_id.get() - 1) {
+            Some(&n) if n != 0 => Ok(n),
+            _ => Err(BackhandError::InternalState(err_text!("no inode number for a node"))),
+        }
+    }
+
     /// Create SquashFS file system from each node of Tree
     ///
     /// This works by recursively creating Inodes and Dirs for each node in the tree. This also
@@ -571,19 +624,74 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
         let filename = node.fullpath.file_name().unwrap_or(OsStr::new("/"));
         //if not a dir, return the entry
         match &node.inner {
+            // Catenary: a hard link or the file hard links point to: one inode for all names.
+            InnerNode::File(SquashfsFileWriter::Consumed(..))
+                if self.hard_links.contains_key(&node.fullpath)
+                    || self.link_counts.contains_key(&node.fullpath) =>
+            {
+                let target = self.hard_links.get(&node.fullpath).unwrap_or(&node.fullpath);
+                let written = self.link_inodes.borrow().get(target).copied();
+                let (start, offset, inode, t) = match written {
+                    Some(w) => w,
+                    None => {
+                        let index = self
+                            .root
+                            .nodes
+                            .binary_search_by(|n| n.fullpath.as_path().cmp(target))
+                            .map_err(|_| BackhandError::InvalidFilePath)?;
+                        let tnode = &self.root.nodes[index];
+                        let InnerNode::File(SquashfsFileWriter::Consumed(filesize, added)) =
+                            &tnode.inner
+                        else {
+                            return Err(BackhandError::InvalidFilePath);
+                        };
+                        let links = self.link_counts.get(target).copied().unwrap_or(0);
+                        let e = Entry::file(
+                            tnode.fullpath.file_name().unwrap_or(OsStr::new("/")),
+                            tnode.header,
+                            self.ino(
+                                NonZeroUsize::new(index + 1)
+                                    .ok_or(BackhandError::InvalidFilePath)?,
+                            )?,
+                            inode_writer,
+                            *filesize,
+                            added,
+                            superblock,
+                            kind,
+                            id_table,
+                            links + 1,
+                        )?;
+                        let w = (e.start, e.offset, e.inode, e.t);
+                        self.link_inodes.borrow_mut().insert(target.clone(), w);
+                        w
+                    }
+                };
+                let name = filename.as_bytes();
+                return Ok(Entry {
+                    start,
+                    offset,
+                    inode,
+                    t,
+                    name_size: u16::try_from(name.len() - 1).map_err(
+                        |e: std::num::TryFromIntError| {
+                            BackhandError::NumericConversion(err_text!("name size: {}", e))
+                        },
+                    )?,
+                    name,
+                });
+            }
             InnerNode::File(SquashfsFileWriter::Consumed(filesize, added)) => {
                 return Entry::file(
                     filename,
                     node.header,
-                    node_id.get().try_into().map_err(|e: std::num::TryFromIntError| {
-                        BackhandError::NumericConversion(err_text!("file node id: {}", e))
-                    })?,
+                    self.ino(node_id)?,
                     inode_writer,
                     *filesize,
                     added,
                     superblock,
                     kind,
                     id_table,
+                    1,
                 );
             }
             InnerNode::File(_) => unreachable!(),
@@ -592,9 +700,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
                     filename,
                     node.header,
                     symlink,
-                    node_id.get().try_into().map_err(|e: std::num::TryFromIntError| {
-                        BackhandError::NumericConversion(err_text!("symlink node id: {}", e))
-                    })?,
+                    self.ino(node_id)?,
                     inode_writer,
                     superblock,
                     kind,
@@ -606,12 +712,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
                     filename,
                     node.header,
                     char,
-                    node_id.get().try_into().map_err(|e: std::num::TryFromIntError| {
-                        BackhandError::NumericConversion(err_text!(
-                            "character device node id: {}",
-                            e
-                        ))
-                    })?,
+                    self.ino(node_id)?,
                     inode_writer,
                     superblock,
                     kind,
@@ -623,9 +724,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
                     filename,
                     node.header,
                     block,
-                    node_id.get().try_into().map_err(|e: std::num::TryFromIntError| {
-                        BackhandError::NumericConversion(err_text!("block device node id: {}", e))
-                    })?,
+                    self.ino(node_id)?,
                     inode_writer,
                     superblock,
                     kind,
@@ -636,9 +735,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
                 return Entry::named_pipe(
                     filename,
                     node.header,
-                    node_id.get().try_into().map_err(|e: std::num::TryFromIntError| {
-                        BackhandError::NumericConversion(err_text!("named pipe node id: {}", e))
-                    })?,
+                    self.ino(node_id)?,
                     inode_writer,
                     superblock,
                     kind,
@@ -649,9 +746,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
                 return Entry::socket(
                     filename,
                     node.header,
-                    node_id.get().try_into().map_err(|e: std::num::TryFromIntError| {
-                        BackhandError::NumericConversion(err_text!("socket node id: {}", e))
-                    })?,
+                    self.ino(node_id)?,
                     inode_writer,
                     superblock,
                     kind,
@@ -674,12 +769,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
                 self.write_inode_dir(
                     inode_writer,
                     dir_writer,
-                    node_id.get().try_into().map_err(|e: std::num::TryFromIntError| {
-                        BackhandError::NumericConversion(err_text!(
-                            "parent node id for directory: {}",
-                            e
-                        ))
-                    })?,
+                    self.ino(node_id)?,
                     child_id,
                     superblock,
                     kind,
@@ -704,9 +794,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
         let entry = Entry::path(
             filename,
             node.header,
-            node_id.get().try_into().map_err(|e: std::num::TryFromIntError| {
-                BackhandError::NumericConversion(err_text!("directory node id: {}", e))
-            })?,
+            self.ino(node_id)?,
             children_num,
             parent_node_id,
             inode_writer,
@@ -727,6 +815,23 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
     /// (written populated [`SuperBlock`], total amount of bytes written including padding)
     pub fn write<W: Write + Seek>(&mut self, mut w: W) -> Result<(SuperBlock, u64), BackhandError> {
         let mut superblock = SuperBlock::new(self.fs_compressor.id, self.kind.clone());
+        self.link_inodes.borrow_mut().clear();
+        let mut next = 0u32;
+        let numbers: Vec<u32> = self
+            .root
+            .nodes
+            .iter()
+            .map(|n| {
+                if self.hard_links.contains_key(&n.fullpath) {
+                    0
+                } else {
+                    next += 1;
+                    next
+                }
+            })
+            .collect();
+        *self.inode_numbers.borrow_mut() = numbers;
+        let inode_count = next;
 
         if self.no_duplicate_files {
             superblock.flags |= Flags::DataHasBeenDeduplicated as u16;
@@ -799,10 +904,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
             &self.id_table,
         )?;
         superblock.root_inode = ((root.start as u64) << 16) | ((root.offset as u64) & 0xffff);
-        superblock.inode_count =
-            self.root.nodes.len().try_into().map_err(|e: std::num::TryFromIntError| {
-                BackhandError::NumericConversion(err_text!("inode count: {}", e))
-            })?;
+        superblock.inode_count = inode_count;
         superblock.block_size = self.block_size;
         superblock.block_log = self.block_log;
         superblock.mod_time = self.mod_time;
