@@ -1,9 +1,14 @@
 //! `vm_linux_catenary_init`: a busybox OCI image built offline with umoci (Entrypoint, Cmd, Env,
-//! WorkingDir, a non-root User), packed with `catenary image pack`, run in a Catenary node's
-//! microVM under catenary-init (`vm.image=1`, docs/guest-init.md). The node's log must show
+//! WorkingDir, a non-root User with supplementary groups from the image's /etc/group), packed
+//! with `catenary image pack`, run in a Catenary node's microVM under catenary-init (`vm.image=1`, docs/guest-init.md). The node's log must show
 //! `catenary-init: ready` on the guest console, the workload's stdout and stderr as its log
 //! (`[vm:demo stdout]`, `[vm:demo stderr]`, never on the console), all four settings applied,
 //! and exit code 3 reported through the workload channel.
+//!
+//! `vm_linux_workload_oom_killed`: an image whose entrypoint doubles a shell string until the guest
+//! kernel's OOM killer kills it, run by the workload service as the node's demo workload
+//! (`workload.demo=demo workload.mem=128`): workd must report it as killed by the OOM killer,
+//! not as a plain signal 9, and the init's note names the victim in the workload's log.
 
 use crate::ociimage as oci;
 use crate::qemu::run_captured;
@@ -15,7 +20,7 @@ use std::time::Duration;
 const NAME: &str = "vm_linux_catenary_init";
 
 /// The workload: `sh -c SCRIPT entry from-cmd` ($0 from the Entrypoint, $1 from Cmd).
-const SCRIPT: &str = "echo \"catenary-test entrypoint=$0 cmd=$1 user=$(busybox id -u):$(busybox id -g) name=$(busybox id -un)\"; \
+const SCRIPT: &str = "echo \"catenary-test entrypoint=$0 cmd=$1 user=$(busybox id -u):$(busybox id -g) name=$(busybox id -un) groups=$(busybox id -G)\"; \
 echo \"catenary-test pwd=$(pwd) greeting=$GREETING home=$HOME host=$(busybox hostname)\"; \
 echo catenary-test to-stderr >&2; exit 3";
 
@@ -27,7 +32,7 @@ fn build_image(dir: &Path) -> Result<(), String> {
     }
     oci::add_busybox(&rootfs)?;
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n").map_err(|e| e.to_string())?;
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1001:\n").map_err(|e| e.to_string())?;
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1001:\nstaff:x:50:app\naudio:x:29:other,app\nwheel:x:10:root\n").map_err(|e| e.to_string())?;
     oci::repack(dir, "bb")?;
     oci::config(
         dir,
@@ -57,7 +62,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let b = crate::vmbench::node_with_guest(kernel, &bundle, "vm.image=1");
     let want = [
         "[vm:demo] catenary-init: ready",
-        "[vm:demo stdout] catenary-test entrypoint=entry cmd=from-cmd user=1000:1001 name=app",
+        "[vm:demo stdout] catenary-test entrypoint=entry cmd=from-cmd user=1000:1001 name=app groups=1001 29 50",
         "[vm:demo stdout] catenary-test pwd=/srv/data greeting=hello-from-env home=/home/app host=demo",
         "[vm:demo stderr] catenary-test to-stderr",
         "microVM demo: workload exit code 3",
@@ -79,6 +84,44 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(),
             log.display()
         ),
+    );
+    Ok(())
+}
+
+/// `vm_linux_workload_oom_killed` (see the top of this file).
+pub fn oom_test(t: &mut Tally) -> Result<(), String> {
+    const OOM: &str = "vm_linux_workload_oom_killed";
+    if let Some(why) = oci::missing_tools() {
+        t.skip(OOM, why);
+        return Ok(());
+    }
+    let dir = out_dir().join("oom-test");
+    let built = (|| {
+        let rootfs = oci::new_image(&dir, "oom")?;
+        oci::add_busybox(&rootfs)?;
+        oci::repack(&dir, "oom")?;
+        let script = "echo allocating; x=xxxxxxxxxxxxxxxx; while :; do x=\"$x$x\"; done";
+        oci::config(&dir, "oom", &["--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c", "--config.cmd", script])?;
+        oci::pack(&dir, "oom", &dir.join("out"))
+    })();
+    if let Err(e) = built {
+        t.record(OOM, false, &format!("(building the image: {e})"));
+        return Ok(());
+    }
+    let bundle = dir.join("bundle.cpio");
+    oci::bundle_with_image(&dir.join("out"), &bundle)?;
+    let kernel = crate::build::build_kernel(false)?;
+    let b = crate::vmbench::node_with_guest(&kernel, &bundle, &format!("{} workload.mem=128", crate::qemu::RUN_IMAGE_CMDLINE));
+    let want = ["[vm:demo stdout] allocating", "the kernel's OOM killer killed process", "workd: demo ended: killed by the kernel's OOM killer (signal 9)"];
+    let fail = ["KERNEL PANIC", "- stopping this CPU", "workd: demo ended: killed by signal", "workd: demo ended: crashed", "catenary-init: error"];
+    let o = run_captured(b.command(false)?, &want, &fail, Duration::from_secs(300), false)?;
+    let log = out_dir().join(format!("{OOM}.log"));
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+    t.record(
+        OOM,
+        o.matched && o.failed_on.is_none(),
+        &format!("(missing {missing:?}{}; serial log {})", o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(), log.display()),
     );
     Ok(())
 }

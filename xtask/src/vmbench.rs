@@ -79,6 +79,9 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
     if crate::test::selected("vm_linux_catenary_init") {
         crate::initimage::test(t, &kernel)?;
     }
+    if crate::test::selected("vm_linux_workload_oom_killed") {
+        crate::initimage::oom_test(t)?;
+    }
     if crate::test::selected("vm_linux_image_layers") {
         crate::layerimage::test(t, &kernel)?;
     }

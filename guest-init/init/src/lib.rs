@@ -6,3 +6,6 @@
 
 pub mod etc;
 pub mod user;
+pub mod exec;
+pub mod oom;
+pub mod signal;

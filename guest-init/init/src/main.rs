@@ -19,7 +19,7 @@
 
 use catenary_guest_proto::config::{ImageConfig, NodeConfig, RunSpec, MAX_CONFIG_BYTES};
 use catenary_guest_proto::wire::{self, Command as NodeCommand, CommandDecoder, Stream, WorkloadExit};
-use catenary_init::{etc, user};
+use catenary_init::{etc, exec, oom, user};
 use nix::mount::{mount, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -217,15 +217,18 @@ fn signal_set() -> SigSet {
 /// at spawn), so that a shell's foreground children get it too, as `docker stop` does for a
 /// container's processes.
 fn signal_workload(child: Pid, signo: i32, why: &str, chan: &mut Channel) {
-    let Ok(sig) = Signal::try_from(signo) else {
-        // nix has no safe way to send a real-time signal (and this crate forbids unsafe).
-        let msg = format!("catenary-init: {why}: signal {signo} cannot be delivered (real-time signals are not supported)\n");
-        print!("{msg}");
-        chan.data(Stream::Init, msg.as_bytes());
-        return;
-    };
-    println!("catenary-init: {why}: {sig} to the workload's process group");
-    let _ = kill(Pid::from_raw(-child.as_raw()), sig);
+    // Real-time signals (a StopSignal like SIGRTMIN+3) too: see signal.rs.
+    match catenary_init::signal::deliver_to_group(child.as_raw(), signo) {
+        Ok(()) => match Signal::try_from(signo) {
+            Ok(sig) => println!("catenary-init: {why}: {sig} to the workload's process group"),
+            Err(_) => println!("catenary-init: {why}: signal {signo} to the workload's process group"),
+        },
+        Err(e) => {
+            let msg = format!("catenary-init: {why}: {e}\n");
+            print!("{msg}");
+            chan.data(Stream::Init, msg.as_bytes());
+        }
+    }
 }
 
 /// Reap every exited child; the workload's status when it was among them.
@@ -238,6 +241,21 @@ fn reap(child: Pid) -> Option<WorkloadExit> {
             Ok(WaitStatus::StillAlive) | Err(_) => return found,
             Ok(_) => {} // an orphan the workload left behind: reaped
         }
+    }
+}
+
+/// `exit`, or an OOM kill when the workload died of a signal while the OOM killer killed
+/// (each kill is noted in the workload's log).
+fn with_oom(exit: WorkloadExit, watch: Option<&mut oom::OomWatch>, chan: &mut Channel) -> WorkloadExit {
+    let kills = watch.map(|w| w.kills(16)).unwrap_or_default();
+    for k in &kills {
+        let msg = format!("catenary-init: the kernel's OOM killer killed process {} ({})\n", k.pid, k.comm);
+        print!("{msg}");
+        chan.data(Stream::Init, msg.as_bytes());
+    }
+    match exit {
+        WorkloadExit::Signal(s) if !kills.is_empty() => WorkloadExit::OomKilled(s),
+        e => e,
     }
 }
 
@@ -256,21 +274,33 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
     let (mut out_r, out_w) = std::io::pipe().ctx("pipe")?;
     let (mut err_r, err_w) = std::io::pipe().ctx("pipe")?;
 
-    let mut cmd = Command::new(&spec.argv[0]);
-    // std restores SIGPIPE and drops supplementary groups when it changes the uid, but the
-    // child inherits our signal mask (measured: SigBlk in the child's /proc/self/status), and
-    // a workload with SIGTERM blocked never sees the stop. Without `pre_exec` (unsafe) the mask
-    // can only be cleared in our own thread around the spawn; see below.
-    cmd.args(&spec.argv[1..])
+    // Found here, as execvp would (the helper's exec then only fails for the user's lack of
+    // permission or a bad format): a missing program is the init's failure (127), not an exit.
+    let path_env = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| std::ffi::OsStr::new(v.as_str()));
+    let program = exec::find_program(std::ffi::OsStr::new(&spec.argv[0]), path_env)
+        .map_err(|(status, why)| Failure { status, msg: format!("cannot run {:?}: {why}", spec.argv[0]) })?;
+    // The helper (exec.rs) sets the user, its groups and execs the entrypoint; std would drop
+    // supplementary groups when it changes the uid. It inherits our signal mask (measured:
+    // SigBlk in the child's /proc/self/status), and a workload with SIGTERM blocked never sees
+    // the stop. Without `pre_exec` (unsafe) the mask can only be cleared in our own thread
+    // around the spawn; see below.
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(exec::helper_args(id.uid, id.gid, &id.groups, &program, &spec.argv))
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.working_dir)
-        .gid(id.gid)
-        .uid(id.uid)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(out_w)
         .stderr(err_w);
+    // The kernel log from here on: the OOM killer's records (oom.rs).
+    let mut oom_watch = match oom::OomWatch::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            println!("catenary-init: /dev/kmsg: {e} (OOM kills are not reported)");
+            None
+        }
+    };
     println!("catenary-init: ready");
     chan.send(&wire::encode_ready());
     // Unblocked only while spawning: what arrives meanwhile is lost (PID 1 has no handlers,
@@ -304,7 +334,7 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
         if let Some(s) = status {
             let done = !open[0] && !open[1];
             if done || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(s);
+                return Ok(with_oom(s, oom_watch.as_mut(), chan));
             }
         }
         let timeout = if status.is_some() { PollTimeout::from(100u16) } else { PollTimeout::NONE };
@@ -382,6 +412,13 @@ fn run(chan: &mut Option<Channel>) -> Result<WorkloadExit, Failure> {
 }
 
 fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == exec::HELPER_FLAG) {
+        // The workload's first moments (exec.rs): returns only when the exec failed.
+        let (status, msg) = exec::helper(&args[2..]);
+        eprintln!("{msg}");
+        std::process::exit(status);
+    }
     if std::process::id() != 1 {
         eprintln!("catenary-init: not PID 1: this program is the guest's init (docs/guest-init.md)");
         std::process::exit(2);

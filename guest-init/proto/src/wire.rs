@@ -11,7 +11,9 @@
 //! type 4  EXIT    len = 5: kind:u8, value:i32 (little endian)
 //!                 kind 0 = exited with status `value`, 1 = killed by signal `value`,
 //!                 2 = the init failed before or while starting the workload (`value` is the
-//!                     status it reports: 126 not executable, 127 not found, 1 otherwise)
+//!                     status it reports: 126 not executable, 127 not found, 1 otherwise),
+//!                 3 = killed by signal `value` while the kernel's OOM killer was killing in
+//!                     the VM (docs/guest-init.md "Out of memory")
 //! type 5  INIT    payload = UTF-8 text: the init's own error messages (len <= MAX_PAYLOAD)
 //! ```
 //!
@@ -72,6 +74,9 @@ pub enum WorkloadExit {
     Signal(i32),
     /// The init could not run it; the status it reports (126, 127 or 1).
     InitFailed(i32),
+    /// A signal killed it (SIGKILL, in practice) and the kernel's OOM killer killed a process
+    /// in the VM during the run.
+    OomKilled(i32),
 }
 
 impl WorkloadExit {
@@ -81,6 +86,7 @@ impl WorkloadExit {
             WorkloadExit::Code(v) => (0u8, v),
             WorkloadExit::Signal(v) => (1, v),
             WorkloadExit::InitFailed(v) => (2, v),
+            WorkloadExit::OomKilled(v) => (3, v),
         };
         let b = v.to_le_bytes();
         [k, b[0], b[1], b[2], b[3]]
@@ -95,6 +101,7 @@ impl WorkloadExit {
             0 => Some(WorkloadExit::Code(v)),
             1 => Some(WorkloadExit::Signal(v)),
             2 => Some(WorkloadExit::InitFailed(v)),
+            3 => Some(WorkloadExit::OomKilled(v)),
             _ => None,
         }
     }
@@ -106,6 +113,7 @@ impl core::fmt::Display for WorkloadExit {
             WorkloadExit::Code(c) => write!(f, "exit code {c}"),
             WorkloadExit::Signal(s) => write!(f, "killed by signal {s}"),
             WorkloadExit::InitFailed(c) => write!(f, "init failed (status {c})"),
+            WorkloadExit::OomKilled(s) => write!(f, "killed by the kernel's OOM killer (signal {s})"),
         }
     }
 }
@@ -488,10 +496,10 @@ mod tests {
 
     #[test]
     fn exit_kinds_round_trip() {
-        for e in [WorkloadExit::Code(0), WorkloadExit::Code(255), WorkloadExit::Signal(9), WorkloadExit::InitFailed(127), WorkloadExit::Code(-1)] {
+        for e in [WorkloadExit::Code(0), WorkloadExit::Code(255), WorkloadExit::Signal(9), WorkloadExit::InitFailed(127), WorkloadExit::Code(-1), WorkloadExit::OomKilled(9)] {
             assert_eq!(WorkloadExit::from_payload(&e.to_payload()), Some(e));
         }
-        assert_eq!(WorkloadExit::from_payload(&[3, 0, 0, 0, 0]), None);
+        assert_eq!(WorkloadExit::from_payload(&[4, 0, 0, 0, 0]), None);
         assert_eq!(WorkloadExit::from_payload(&[0, 0, 0, 0]), None);
     }
 

@@ -125,7 +125,7 @@ pub struct StopRequest {
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
-    /// `code`, `signal`, `init_failed`, `crashed`, `powered_off`, `create_failed`.
+    /// `code`, `signal`, `oom_killed`, `init_failed`, `crashed`, `powered_off`, `create_failed`.
     pub how: String,
     /// The exit code or signal number, when there is one.
     pub status: Option<i32>,
@@ -138,6 +138,7 @@ impl From<ExitStatus> for Exit {
             ExitStatus::Code(c) => ("code", Some(c)),
             ExitStatus::Signal(s) => ("signal", Some(s)),
             ExitStatus::InitFailed(s) => ("init_failed", Some(s)),
+            ExitStatus::OomKilled(s) => ("oom_killed", Some(s)),
             ExitStatus::Crashed => ("crashed", None),
             ExitStatus::PoweredOff => ("powered_off", None),
             ExitStatus::CreateFailed => ("create_failed", None),

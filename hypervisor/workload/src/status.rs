@@ -60,6 +60,9 @@ pub enum ExitStatus {
     Signal(i32),
     /// The guest init could not run it (126 not executable, 127 not found, 1 otherwise).
     InitFailed(i32),
+    /// The guest kernel's OOM killer was killing when this signal killed the entrypoint (the
+    /// workload needs more memory than its microVM has).
+    OomKilled(i32),
     /// The microVM ended without the init's report (guest crash, triple fault, reboot).
     Crashed,
     /// The node powered the microVM off (a stop whose grace period ran out, or no stop signal).
@@ -81,6 +84,7 @@ impl core::fmt::Display for ExitStatus {
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
             ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
             ExitStatus::InitFailed(s) => write!(f, "init failed (status {s})"),
+            ExitStatus::OomKilled(s) => write!(f, "killed by the kernel's OOM killer (signal {s})"),
             ExitStatus::Crashed => write!(f, "crashed (no exit report)"),
             ExitStatus::PoweredOff => write!(f, "powered off by the node"),
             ExitStatus::CreateFailed => write!(f, "microVM not created"),

@@ -191,6 +191,8 @@ pub enum Exit {
     Code(i32),
     Signal(i32),
     InitFailed(i32),
+    /// Killed by this signal while the guest kernel's OOM killer killed in the VM.
+    OomKilled(i32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

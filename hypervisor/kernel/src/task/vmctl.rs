@@ -430,6 +430,7 @@ fn vm_task(handle: u64) {
             W::Code(c) => Exit::Code(c),
             W::Signal(s) => Exit::Signal(s),
             W::InitFailed(s) => Exit::InitFailed(s),
+            W::OomKilled(s) => Exit::OomKilled(s),
         };
         push(handle, Event::Exit(e));
     }
