@@ -106,6 +106,23 @@ fn on_failure_limit_and_failed_state() {
     assert_eq!(s.handle(Request::Start(Target::Name("f".into())), 20_000, &mut k), Err(Error::BadState(State::Starting)));
 }
 
+/// An OOM kill the init reported is its own exit status (not a plain signal 9): the run is
+/// `exited` and counts as a failure for `on-failure`.
+#[test]
+fn oom_kill_is_reported_and_is_a_failure() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    s.handle(Request::Create(spec("m", 64, RestartPolicy::OnFailure { limit: 1 })), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("m".into())), 0, &mut k).unwrap();
+    end(&mut s, &mut k, 1, Some(vmctl::Exit::OomKilled(9)), vmctl::Ended::PowerOff, 10);
+    let st = status(&mut s, &mut k, "m", 10);
+    assert_eq!((st.state, st.exit, st.restarts), (State::Starting, Some(ExitStatus::OomKilled(9)), 1));
+    s.tick(10_000, &mut k);
+    end(&mut s, &mut k, 2, Some(vmctl::Exit::OomKilled(9)), vmctl::Ended::PowerOff, 10_010);
+    let st = status(&mut s, &mut k, "m", 20_000);
+    assert_eq!((st.state, st.exit, st.restarts), (State::Exited, Some(ExitStatus::OomKilled(9)), 1));
+    assert_eq!(format!("{}", ExitStatus::OomKilled(9)), "killed by the kernel's OOM killer (signal 9)");
+}
+
 #[test]
 fn eight_workloads_each_with_its_own_log() {
     let (mut s, mut k) = (service(1024), SimKernel::default());
