@@ -15,6 +15,7 @@ mod nixcheck;
 mod ociimage;
 mod qemu;
 mod sim;
+mod sockrestart;
 mod soak;
 mod soak_inspect;
 mod smpvm;

@@ -8,6 +8,11 @@
 //!   connect, hostile requests); then a client without a /128 of its own that connects and
 //!   exits with its sockets open (its `netd` must close them). Logs each exit code, then
 //!   `tcp probe done`.
+//! - `net.sockrestart=NAME`: a client (uapp role 35, `uapp/restart.rs`) with a listener, a
+//!   UDP socket and a connection to NAME's echo server; `netd` is killed in the middle of its
+//!   transfer; the client checks the errors and opens its sockets again.
+//! - `net.restartpeer=NAME`: (role 36) connects to NAME's restart client (NAME's
+//!   `prefix:200::2`, TCP 8, UDP 9) until each echoes once.
 
 use alloc::string::String;
 use catenary_ipc::{Address, Capability, Message, Rights};
@@ -30,6 +35,11 @@ static TARGET: Mutex<Option<(String, Ipv6Addr)>> = Mutex::new(None);
 /// Start uapp `role` with a send+grant capability to `netd` (slot 1); if `bind`, give its
 /// endpoint a task /128 (waiting for the router); then send it `first`.
 fn spawn(name: &str, role: u64, bind: bool, first: Message) -> Option<(TaskId, Option<Ipv6Addr>)> {
+    spawn_slot(name, role, bind, first).map(|(t, a, _)| (t, a))
+}
+
+/// [`spawn`], also returning the probe's capability slot to the task's endpoint.
+fn spawn_slot(name: &str, role: u64, bind: bool, first: Message) -> Option<(TaskId, Option<Ipv6Addr>, usize)> {
     let ep = supervisor::service_endpoint("netd")?;
     let spec = task::UserSpec {
         name, elf: task::UAPP_ELF, arg: role, prio: catenary_sched::Priority::NORMAL, affinity: catenary_sched::Affinity::ANY,
@@ -52,7 +62,7 @@ fn spawn(name: &str, role: u64, bind: bool, first: Message) -> Option<(TaskId, O
     }
     let slot = task::try_give_current(task::send_cap(own, 0)).ok()?;
     task::send(slot, first).ok()?;
-    Some((tid, addr))
+    Some((tid, addr, slot))
 }
 
 fn words(a: Ipv6Addr, port: u16) -> [u64; 4] {
@@ -89,8 +99,77 @@ fn client(_: u64) {
     done();
 }
 
+const ROLE_RESTART_CLIENT: u64 = 35;
+const ROLE_RESTART_PEER: u64 = 36;
+static RESTART_TARGET: Mutex<Option<(String, Ipv6Addr)>> = Mutex::new(None);
+
+/// `net.sockrestart=NAME`: the restart client (its own task /128) against NAME's echo server;
+/// once it says it is mid-transfer, `netd` is killed; logs the restart and its exit code.
+fn sockrestart(_: u64) {
+    let Some((peer, addr)) = catenary_arch::cpu::without_interrupts(|| RESTART_TARGET.lock().take()) else { return };
+    let done = || info!(target: "net", "sockrestart probe done");
+    let Some((t, own, slot)) = spawn_slot("restartclient", ROLE_RESTART_CLIENT, true, Message::new(1, words(addr, 7))) else {
+        warn!(target: "net", "sockrestart probe: cannot start the client");
+        return done();
+    };
+    info!(target: "net", "sockrestart probe: client (ring-3 task {}, its task /128 {:?}) against {}'s echo server at [{}]:7", t, own, peer, addr);
+    // the client answers when it is in the middle of its transfer
+    match task::call_timeout(slot, Message::new(2, [0; 4]), 240_000) {
+        Ok(m) => info!(target: "net", "sockrestart probe: the client is mid-transfer ({} bytes echoed)", m.words[0]),
+        Err(e) => {
+            warn!(target: "net", "sockrestart probe: the client never got to its transfer: {:?}", e);
+            return done();
+        }
+    }
+    let before = supervisor::service_restarts("netd");
+    let Some(old) = supervisor::service_task("netd") else {
+        warn!(target: "net", "sockrestart probe: no netd to kill");
+        return done();
+    };
+    let t0 = catenary_arch::time::now_ns();
+    while !task::kill_for_test(old) {
+        if catenary_arch::time::now_ns() - t0 > 10 * SEC {
+            warn!(target: "net", "sockrestart probe: netd never stopped running long enough to be killed");
+            return done();
+        }
+        task::yield_now();
+    }
+    info!(target: "net", "sockrestart probe: killed netd (task {}) in the middle of the client's transfer", old);
+    while supervisor::service_restarts("netd") == before && catenary_arch::time::now_ns() - t0 < 60 * SEC {
+        task::sleep_ns(50_000_000);
+    }
+    info!(target: "net", "sockrestart probe: netd restarted as task {:?} (restarts: {})", supervisor::service_task("netd"), supervisor::service_restarts("netd"));
+    let code = task::join(t, 400 * SEC);
+    info!(target: "net", "sockrestart probe: the client ended: {:?} (bits: 1 unaligned echoes, 2 connection Restarted, 4 listener/UDP/poll Restarted, 8 reopened, 16 TCP served, 32 UDP served, 64 buffer misuse refused)", code);
+    done();
+}
+
+fn restartpeer(_: u64) {
+    let Some((peer, addr)) = catenary_arch::cpu::without_interrupts(|| RESTART_TARGET.lock().take()) else { return };
+    match spawn("restartpeer", ROLE_RESTART_PEER, false, Message::new(1, words(addr, 8))) {
+        Some((t, _)) => {
+            info!(target: "net", "sockrestart peer: ring-3 task {} against {}'s restart client at [{}]", t, peer, addr);
+            let code = task::join(t, 600 * SEC);
+            info!(target: "net", "sockrestart peer: ended: {:?} (bits: 1 TCP echoed, 2 UDP echoed)", code);
+        }
+        None => warn!(target: "net", "sockrestart peer: cannot start"),
+    }
+}
+
 /// Start what the command line asks for.
 pub fn start(cmdline: &str, modules: &[catenary_bootinfo::Module]) {
+    let task2 = |peer: &str| crate::net::cluster(modules).and_then(|c| c.by_name(peer).and_then(|m| Prefix64::from_public_key(&m.public_key).workload_address(AddressKind::Task, 2)));
+    for (key, f, name) in [("net.sockrestart", sockrestart as fn(u64), "sockrestart"), ("net.restartpeer", restartpeer as fn(u64), "restartpeer")] {
+        if let Some(peer) = crate::cmdline::get(cmdline, key) {
+            match task2(peer) {
+                Some(a) => {
+                    catenary_arch::cpu::without_interrupts(|| *RESTART_TARGET.lock() = Some((String::from(peer), a)));
+                    task::spawn_kernel(name, catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, f, 0);
+                }
+                None => warn!(target: "net", "{}: {} is not in the cluster file", key, peer),
+            }
+        }
+    }
     if let Some(port) = crate::cmdline::get(cmdline, "net.tcpecho").and_then(|p| p.parse::<u16>().ok()) {
         catenary_arch::cpu::without_interrupts(|| *SERVER_PORT.lock() = port);
         task::spawn_kernel("tcpecho", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::ANY, server, 0);

@@ -293,6 +293,11 @@ pub struct Node {
     /// Task /128s of this node's /64 with client sockets on them (`tcp::add_socket_addr`):
     /// how many sockets each.
     socket_addrs: alloc::collections::BTreeMap<Ipv6Addr, u32>,
+    /// The latest RSTs that reached the fabric interface (tcp.rs: tells a reset connection
+    /// from one that timed out), at most [`tcp::RSTS_KEPT`].
+    tcp_rsts: VecDeque<(tcp::TcpTuple, u64)>,
+    /// The time of the current (or last) [`Node::poll`].
+    poll_ns: u64,
 }
 
 fn sinstant(ns: u64) -> SInstant {
@@ -425,6 +430,7 @@ impl Node {
             eth, eth_sockets, tun, tun_sockets, tun_dev, fabric, fab_udp, ping_eth, ping_tun, bench_eth, bench_tun,
             responder: (0, 0), ping: None, stream: None, logged_drops: 0, ipc_rx: VecDeque::new(),
             vm_routes: Vec::new(), vm_rx: VecDeque::new(), test_loss: None, socket_addrs: Default::default(),
+            tcp_rsts: VecDeque::new(), poll_ns: 0,
         }
     }
 
@@ -521,6 +527,7 @@ impl Node {
     /// Move packets: NIC → underlay → fabric → fabric interface → fabric → underlay → NIC.
     /// Returns whether anything happened.
     pub fn poll<L: Link>(&mut self, link: &mut L, now_ns: u64) -> bool {
+        self.poll_ns = now_ns;
         let now = sinstant(now_ns);
         let fnow = FInstant::from_nanos(now_ns);
         let mut active = self.eth.poll(now, &mut EthDev(&mut *link), &mut self.eth_sockets) != smoltcp::iface::PollResult::None;
@@ -581,6 +588,7 @@ impl Node {
     /// and counted, as a full NIC queue would drop it).
     fn queue_for_tun(&mut self, p: Vec<u8>) {
         if self.tun_dev.rx.len() < TUN_QUEUE {
+            self.note_rst(&p);
             self.tun_dev.rx.push_back(p);
         } else {
             self.counters.tun_queue_full += 1;

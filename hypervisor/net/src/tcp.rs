@@ -41,6 +41,30 @@ pub enum Phase {
 /// How long an unanswered connection lasts (SYN or data not acknowledged).
 const TIMEOUT_MS: u64 = 10_000;
 
+/// A connection's endpoints: (local /128, local port, peer /128, peer port).
+pub type TcpTuple = (Ipv6Addr, u16, Ipv6Addr, u16);
+
+/// RSTs remembered (the latest; each is looked for only until its connection is classified).
+pub const RSTS_KEPT: usize = 64;
+
+/// How an established connection that closed without the peer's FIN ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpEnd {
+    /// An RST from the peer arrived.
+    Reset,
+    /// Nothing came back for the timeout (the peer's node is gone, or it stopped acknowledging).
+    TimedOut,
+}
+
+/// What the owner of a connection remembers between looks at it ([`Node::tcp_watch`]): its
+/// endpoints and when it was last seen connected. smoltcp forgets the endpoints when the
+/// connection ends and closes the same way on an RST and on a timeout, so the node keeps the
+/// RSTs that reached the fabric interface and this says whose they were.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpWatch {
+    seen: Option<(TcpTuple, u64)>,
+}
+
 fn tcp_socket(buffer: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0u8; buffer]), tcp::SocketBuffer::new(vec![0u8; buffer]));
     s.set_timeout(Some(smoltcp::time::Duration::from_millis(TIMEOUT_MS)));
@@ -139,6 +163,49 @@ impl Node {
     /// Drop the socket (whatever state it is in; nothing more is sent for it).
     pub fn tcp_remove(&mut self, s: TcpSocket) {
         self.tun_sockets.remove(s.0);
+    }
+
+    /// Look at connection `s` (its phase, as [`Node::tcp_phase`]): while it is connected,
+    /// remember its endpoints in `w`; once it has ended without the peer's FIN, how: an RST
+    /// for its endpoints that arrived since it was last seen connected is [`TcpEnd::Reset`],
+    /// anything else (smoltcp's timeout: no answer within 10 s) [`TcpEnd::TimedOut`]. `None`
+    /// while it lives, after a FIN, and for a connection never seen connected.
+    pub fn tcp_watch(&mut self, s: TcpSocket, w: &mut TcpWatch) -> (Phase, Option<TcpEnd>) {
+        let phase = self.tcp_phase(s);
+        let t = self.tcp(s);
+        if matches!(phase, Phase::Open | Phase::PeerClosed | Phase::Closing) {
+            if let (Some(r), Some(l)) = (t.remote_endpoint(), t.local_endpoint()) {
+                let (IpAddress::Ipv6(la), IpAddress::Ipv6(ra)) = (l.addr, r.addr);
+                w.seen = Some(((la, l.port, ra, r.port), self.poll_ns));
+            }
+            return (phase, None);
+        }
+        if phase != Phase::Closed || self.tcp_readable(s).is_ok() {
+            return (phase, None);
+        }
+        let Some((tuple, since)) = w.seen else { return (phase, None) };
+        let reset = self.tcp_rsts.iter().any(|(t, at)| *t == tuple && *at >= since);
+        (phase, Some(if reset { TcpEnd::Reset } else { TcpEnd::TimedOut }))
+    }
+
+    /// Remember an RST in packet `p` (IPv6 + TCP, no extension headers: what smoltcp peers
+    /// send) on its way into the fabric interface.
+    pub(crate) fn note_rst(&mut self, p: &[u8]) {
+        if p.len() < 40 + 20 || p[0] >> 4 != 6 || p[6] != 6 || p[40 + 13] & 0x04 == 0 {
+            return;
+        }
+        let addr = |o: usize| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&p[o..o + 16]);
+            Ipv6Addr::from(a)
+        };
+        let port = |o: usize| u16::from_be_bytes([p[o], p[o + 1]]);
+        // ours is the destination
+        let tuple = (addr(24), port(42), addr(8), port(40));
+        if self.tcp_rsts.len() == RSTS_KEPT {
+            self.tcp_rsts.pop_front();
+        }
+        self.tcp_rsts.push_back((tuple, self.poll_ns));
     }
 
     /// Packets to `addr` (a task /128 of this node's /64 with a client socket on it) reach

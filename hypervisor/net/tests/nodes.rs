@@ -467,3 +467,53 @@ fn tcp_between_task_addresses_flow_control_refusal_and_close() {
     settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
     assert_eq!((n1.tcp_phase(late), n2.tcp_phase(l)), (Phase::Connecting, Phase::Listening));
 }
+
+/// An established connection that ends without the peer's FIN: an RST from the peer is
+/// `Reset`; a peer that stops answering (its node is gone: never polled again) is `TimedOut`
+/// after smoltcp's 10 s, not `Reset` (docs/networking.md §3c).
+#[test]
+fn tcp_reset_and_timeout_are_told_apart() {
+    use catenary_net::tcp::{Phase, TcpEnd, TcpWatch};
+    use netfabric::identity::{AddressKind, Prefix64};
+    let (mut n1, mut l1, mut n2, mut l2, _, mut t) = two_nodes();
+    let task1 = Prefix64::of(&n1.fabric_addr).workload_address(AddressKind::Task, 2).unwrap();
+    let task2 = Prefix64::of(&n2.fabric_addr).workload_address(AddressKind::Task, 2).unwrap();
+    n1.add_socket_addr(task1);
+    n2.add_socket_addr(task2);
+    // 1. the peer aborts: an RST arrives
+    let l = n2.tcp_listen(task2, 7, 8192).unwrap();
+    let c = n1.tcp_connect(task1, 40010, task2, 7, 8192).unwrap();
+    let mut w = TcpWatch::default();
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n1.tcp_watch(c, &mut w), (Phase::Open, None));
+    n2.tcp_abort(l);
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n1.tcp_watch(c, &mut w), (Phase::Closed, Some(TcpEnd::Reset)));
+    // 2. the peer's node stops (no more polls) while we have data to send: a timeout
+    let l = n2.tcp_listen(task2, 7, 8192).unwrap();
+    let c = n1.tcp_connect(task1, 40011, task2, 7, 8192).unwrap();
+    let mut w = TcpWatch::default();
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n2.tcp_phase(l), Phase::Open);
+    assert_eq!(n1.tcp_watch(c, &mut w), (Phase::Open, None));
+    assert_eq!(n1.tcp_send(c, b"anyone there?"), Ok(13));
+    let mut ended = None;
+    for _ in 0..30_000 {
+        t += 1_000_000;
+        n1.poll(&mut l1, t);
+        if let (Phase::Closed, e) = n1.tcp_watch(c, &mut w) {
+            ended = e;
+            break;
+        }
+    }
+    assert_eq!(ended, Some(TcpEnd::TimedOut), "no answer for 10 s is a timeout, not a reset");
+    // 3. a FIN is neither
+    let l = n2.tcp_listen(task2, 7, 8192).unwrap();
+    let c = n1.tcp_connect(task1, 40012, task2, 7, 8192).unwrap();
+    let mut w = TcpWatch::default();
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n1.tcp_watch(c, &mut w), (Phase::Open, None));
+    n2.tcp_close(l);
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n1.tcp_watch(c, &mut w), (Phase::PeerClosed, None));
+}

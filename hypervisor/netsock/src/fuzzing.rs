@@ -4,7 +4,7 @@
 //! table's bounds checked after every step.
 
 use crate::table::{Addrs, SocketTable, State};
-use crate::{DgramHeader, Request, CLIENTS_MAX, SOCKETS_MAX, SOCKETS_PER_CLIENT};
+use crate::{slot_of, DgramHeader, Request, CLIENTS_MAX, SOCKETS_MAX, SOCKETS_PER_CLIENT};
 use core::net::Ipv6Addr;
 
 fn word(d: &[u8]) -> u64 {
@@ -33,41 +33,48 @@ pub fn run(data: &[u8]) {
         let w = w.map(|x| if x & 0x8000_0000_0000_0000 != 0 { x } else { x % 70_000 });
         let a = addrs[(client % 2) as usize];
         let _ = DgramHeader::decode(step.get(2..).unwrap_or(&[]));
-        match Request::decode(label, w) {
+        let req = Request::decode(label, w);
+        // what netd checks first: the handle's epoch (netd 1 here); the table sees the slot
+        if let Ok(r) = req {
+            if let Ok(r2) = r.for_epoch(1) {
+                assert_eq!(r2.handle().map(|h| h <= SOCKETS_PER_CLIENT as u64), r.handle().map(|_| true));
+            }
+        }
+        match req {
             Ok(Request::Socket { kind }) => {
                 let _ = t.socket(client, kind);
             }
             Ok(Request::Bind { h, local, port }) => {
-                let _ = t.bind(client, h, local, port, a);
+                let _ = t.bind(client, slot_of(h), local, port, a);
             }
             Ok(Request::Connect { h, addr, port }) => {
-                let _ = t.connect(client, h, addr, port, a);
+                let _ = t.connect(client, slot_of(h), addr, port, a);
             }
             Ok(Request::Listen { h, backlog }) => {
-                let _ = t.listen(client, h, backlog);
+                let _ = t.listen(client, slot_of(h), backlog);
             }
             Ok(Request::Accept { h }) => {
-                let _ = t.accepted(client, h, ("fd01::1".parse().unwrap(), 4000));
+                let _ = t.accepted(client, slot_of(h), ("fd01::1".parse().unwrap(), 4000));
             }
             Ok(Request::Send { h, .. }) => {
-                let _ = t.check_send(client, h, None);
+                let _ = t.check_send(client, slot_of(h), None);
             }
             Ok(Request::Recv { h, .. }) => {
-                let _ = t.check_recv(client, h);
+                let _ = t.check_recv(client, slot_of(h));
             }
             Ok(Request::Close { h }) => {
-                let _ = t.close(client, h);
+                let _ = t.close(client, slot_of(h));
             }
             Ok(Request::Shutdown { h }) => {
                 // what netd does when the stack reports a state change
                 let st = [State::Connected, State::Closed][(w[1] & 1) as usize];
-                if t.get(client, h).is_ok_and(|s| s.kind == crate::Kind::Tcp && !matches!(s.state, State::Listening(_))) {
-                    let _ = t.set_state(client, h, st);
+                if t.get(client, slot_of(h)).is_ok_and(|s| s.kind == crate::Kind::Tcp && !matches!(s.state, State::Listening(_))) {
+                    let _ = t.set_state(client, slot_of(h), st);
                 }
             }
             Ok(Request::Poll { .. }) => {
                 for h in t.handles(client) {
-                    assert!(t.get(client, h).is_ok());
+                    assert!(t.get(client, slot_of(h)).is_ok());
                 }
             }
             Err(_) => {}

@@ -7,8 +7,8 @@
 //! A request is a `call` whose label is one of the `OP_*` constants and whose four words are
 //! the arguments below. Data travels in a memory grant (`call_grant`): the kernel maps the
 //! client's buffer into `netd` for the duration of the call and tells it where in words 2
-//! and 3 (address | writable, length), so `SEND` and `RECV` carry their handle and flags in
-//! words 0 and 1 only. The reply's label is [`OK`] (0) or a [`NetError`] code; its words are
+//! and 3 (address | writable, length), so `SEND` and `RECV` carry their handle and the data's
+//! offset in the grant in words 0 and 1 only. The reply's label is [`OK`] (0) or a [`NetError`] code; its words are
 //! the results.
 //!
 //! | op | words in | grant | words out |
@@ -18,11 +18,11 @@
 //! | `OP_CONNECT` | handle, /128 high, /128 low, port | — | — |
 //! | `OP_LISTEN` | handle, backlog (1..=[`BACKLOG_MAX`]) | — | — |
 //! | `OP_ACCEPT` | handle | — | new handle, peer /128 high, low, peer port |
-//! | `OP_SEND` | handle, flags (0) | read-only | bytes taken |
-//! | `OP_RECV` | handle, flags (0) | writable | bytes written (TCP: 0 = the peer closed) |
+//! | `OP_SEND` | handle, offset of the data in the grant | read-only | bytes taken |
+//! | `OP_RECV` | handle, offset of the data in the grant | writable | bytes written (TCP: 0 = the peer closed) |
 //! | `OP_CLOSE` | handle | — | — |
 //! | `OP_SHUTDOWN` | handle (TCP) | — | — |
-//! | `OP_POLL` | wait (ms, ≤ [`POLL_WAIT_MAX_MS`]) | — | [`Ready`] masks: readable, writable, acceptable, hangup |
+//! | `OP_POLL` | wait (ms, ≤ [`POLL_WAIT_MAX_MS`]), epoch of the client's handles (0: any) | — | [`Ready`] masks: readable, writable, acceptable, hangup |
 //!
 //! `Local::Own` is the task /128 the kernel has bound to the *caller* (the kernel tells `netd`
 //! who made the call): a client cannot name another task's /128. A TCP `CONNECT` returns at
@@ -50,10 +50,23 @@
 //!
 //! # Restarts
 //!
-//! `netd`'s sockets live in its memory: when it dies they are gone. Its endpoint outlives it
-//! (supervisor), so a client's call made while it is down waits for the next incarnation, which
-//! does not know the handle and answers [`NetError::BadHandle`]; a call in flight when it died
-//! fails with the kernel's `DeadPeer`. Either way the client opens a new socket.
+//! `netd`'s sockets live in its memory: when it dies they are gone. Each incarnation serves
+//! with its own epoch (its start number, from the supervisor) and every handle it gives
+//! carries that epoch ([`make_handle`]), so a request naming a handle of an earlier `netd` is
+//! answered [`NetError::Restarted`] — never served on whatever socket the new `netd` gave the
+//! same slot. Its endpoint outlives it (supervisor), so a call made while it is down waits for
+//! the next incarnation; a call in flight when it died (a `POLL` waiting, a `RECV`) fails with
+//! the kernel's `DeadPeer`, which the client reports as [`NetError::Restarted`] too; a `POLL`
+//! carries the epoch of the client's handles so that it is not left waiting on sockets the
+//! new `netd` never had. The client opens its listeners and UDP sockets again; established
+//! connections are lost (the peer's next segment is answered with an RST, or it times out).
+//!
+//! # Buffers
+//!
+//! A grant starts where the client's region (its mapped pages) does. A buffer at any offset in
+//! a region is lent with the region's memory before it: `SEND`/`RECV` word 1 is where in the
+//! grant the data starts (0..=[`OFFSET_MAX`]) and the grant's length is that offset plus the
+//! data's length (at most [`GRANT_MAX`] in all).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -150,7 +163,7 @@ pub enum NetError {
     BadBuffer = 11,
     /// A TCP socket that is not (or no longer) connected.
     NotConnected = 12,
-    /// The peer reset the connection (or `netd` lost it).
+    /// An RST from the peer ended an established connection.
     Reset = 13,
     /// No route to the peer's /64 (not a cluster member).
     Unreachable = 14,
@@ -159,16 +172,20 @@ pub enum NetError {
     /// The peer answered a TCP connect with a reset (nothing listens on that port).
     Refused = 16,
     /// A TCP connect got no answer within [`CONNECT_TIMEOUT_MS`], or an established peer
-    /// stopped acknowledging.
+    /// stopped acknowledging for [`CONNECT_TIMEOUT_MS`] (no RST came).
     TimedOut = 17,
+    /// The handle is from an earlier `netd` (its epoch is not this one's): `netd` restarted
+    /// and every socket it had is gone. Also what a call in flight when `netd` died reports
+    /// on the client side (the kernel's `DeadPeer`), and a `POLL` whose epoch is stale.
+    Restarted = 18,
 }
 
 impl NetError {
-    pub const ALL: [NetError; 17] = [
+    pub const ALL: [NetError; 18] = [
         NetError::BadRequest, NetError::UnknownOp, NetError::BadHandle, NetError::TooManySockets, NetError::BadState,
         NetError::AddrInUse, NetError::BadAddress, NetError::BadPort, NetError::WouldBlock, NetError::TooLarge,
         NetError::BadBuffer, NetError::NotConnected, NetError::Reset, NetError::Unreachable, NetError::NoPorts,
-        NetError::Refused, NetError::TimedOut,
+        NetError::Refused, NetError::TimedOut, NetError::Restarted,
     ];
     pub const fn code(self) -> u64 {
         self as u64
@@ -193,8 +210,29 @@ pub enum Local {
     Own = 1,
 }
 
-/// A socket handle (1-based, per client; 0 is never one).
+/// A socket handle: the epoch of the `netd` that gave it (its start number, bits 16..64) and
+/// the socket's slot (1..=[`SOCKETS_PER_CLIENT`], per client; bits 0..16). A handle whose
+/// epoch is not the serving `netd`'s is answered [`NetError::Restarted`] (epoch 0: a handle
+/// no `netd` gave, [`NetError::BadHandle`]).
 pub type Handle = u64;
+
+/// The slot of handle `h` (1..=[`SOCKETS_PER_CLIENT`] for a valid one): its bit in [`Ready`].
+pub const fn slot_of(h: Handle) -> u64 {
+    h & 0xffff
+}
+
+/// The epoch of the `netd` that gave handle `h`.
+pub const fn epoch_of(h: Handle) -> u64 {
+    h >> 16
+}
+
+/// The handle of `slot` given by the `netd` of `epoch` (< 2^48).
+pub const fn make_handle(epoch: u64, slot: u64) -> Handle {
+    epoch << 16 | (slot & 0xffff)
+}
+
+/// Largest offset of the data in the grant (`SEND`/`RECV` word 1).
+pub const OFFSET_MAX: u64 = GRANT_MAX - 1;
 
 /// A grant as the kernel presents it to `netd` (words 2 and 3 of the request).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,13 +258,17 @@ pub enum Request {
     Connect { h: Handle, addr: Ipv6Addr, port: u16 },
     Listen { h: Handle, backlog: u8 },
     Accept { h: Handle },
-    Send { h: Handle, grant: Grant },
-    Recv { h: Handle, grant: Grant },
+    /// The data is `grant.len - off` bytes at `off` in the grant (a buffer that does not
+    /// start where its region does is lent with the region's memory before it, `off` bytes).
+    Send { h: Handle, off: u16, grant: Grant },
+    Recv { h: Handle, off: u16, grant: Grant },
     Close { h: Handle },
     /// TCP: no more data from us (a FIN after what is buffered); receiving goes on.
     Shutdown { h: Handle },
     /// Which of the client's sockets are ready, waiting up to `wait_ms` for one to be.
-    Poll { wait_ms: u64 },
+    /// `epoch`: the epoch of the client's handles (0: any), so that a client whose `netd`
+    /// restarted is told [`NetError::Restarted`] at once instead of waiting on nothing.
+    Poll { wait_ms: u64, epoch: u64 },
 }
 
 fn addr_words(a: Ipv6Addr) -> (u64, u64) {
@@ -244,7 +286,8 @@ fn port(w: u64) -> Result<u16, NetError> {
 }
 
 fn handle(w: u64) -> Result<Handle, NetError> {
-    if w == 0 || w > SOCKETS_PER_CLIENT as u64 { Err(NetError::BadHandle) } else { Ok(w) }
+    let s = slot_of(w);
+    if s == 0 || s > SOCKETS_PER_CLIENT as u64 { Err(NetError::BadHandle) } else { Ok(w) }
 }
 
 impl Request {
@@ -292,28 +335,32 @@ impl Request {
                 }
             }
             OP_POLL => {
-                zero(&w[1..])?;
+                zero(&w[2..])?;
                 if w[0] > POLL_WAIT_MAX_MS {
                     return Err(NetError::BadRequest);
                 }
-                Request::Poll { wait_ms: w[0] }
+                Request::Poll { wait_ms: w[0], epoch: w[1] }
             }
             OP_SEND | OP_RECV => {
-                if w[1] != 0 {
+                if w[1] > OFFSET_MAX {
                     return Err(NetError::BadRequest);
                 }
+                let off = w[1] as u16;
                 let h = handle(w[0])?;
                 let grant = Grant::from_words(w[2], w[3]).ok_or(NetError::BadBuffer)?;
                 if grant.len > GRANT_MAX {
                     return Err(NetError::TooLarge);
                 }
+                if grant.len <= off as u64 {
+                    return Err(NetError::BadBuffer);
+                }
                 if label == OP_RECV {
                     if !grant.writable {
                         return Err(NetError::BadBuffer);
                     }
-                    Request::Recv { h, grant }
+                    Request::Recv { h, off, grant }
                 } else {
-                    Request::Send { h, grant }
+                    Request::Send { h, off, grant }
                 }
             }
             _ => return Err(NetError::UnknownOp),
@@ -332,12 +379,44 @@ impl Request {
             }
             Request::Listen { h, backlog } => (OP_LISTEN, [h, backlog as u64, 0, 0]),
             Request::Accept { h } => (OP_ACCEPT, [h, 0, 0, 0]),
-            Request::Send { h, grant } => (OP_SEND, [h, 0, grant.addr | grant.writable as u64, grant.len]),
-            Request::Recv { h, grant } => (OP_RECV, [h, 0, grant.addr | 1, grant.len]),
+            Request::Send { h, off, grant } => (OP_SEND, [h, off as u64, grant.addr | grant.writable as u64, grant.len]),
+            Request::Recv { h, off, grant } => (OP_RECV, [h, off as u64, grant.addr | 1, grant.len]),
             Request::Close { h } => (OP_CLOSE, [h, 0, 0, 0]),
             Request::Shutdown { h } => (OP_SHUTDOWN, [h, 0, 0, 0]),
-            Request::Poll { wait_ms } => (OP_POLL, [wait_ms, 0, 0, 0]),
+            Request::Poll { wait_ms, epoch } => (OP_POLL, [wait_ms, epoch, 0, 0]),
         }
+    }
+
+    /// The socket handle the request names, if any.
+    pub fn handle(&self) -> Option<Handle> {
+        match *self {
+            Request::Socket { .. } | Request::Poll { .. } => None,
+            Request::Bind { h, .. } | Request::Connect { h, .. } | Request::Listen { h, .. } | Request::Accept { h }
+            | Request::Send { h, .. } | Request::Recv { h, .. } | Request::Close { h } | Request::Shutdown { h } => Some(h),
+        }
+    }
+
+    /// The request as served by the `netd` of `epoch`: its handle checked against that epoch
+    /// ([`NetError::Restarted`] for another `netd`'s, [`NetError::BadHandle`] for epoch 0) and
+    /// reduced to its slot, which is what the socket table knows; a `POLL` from a client
+    /// whose handles are another `netd`'s is [`NetError::Restarted`].
+    pub fn for_epoch(mut self, epoch: u64) -> Result<Request, NetError> {
+        let check = |h: Handle| match epoch_of(h) {
+            0 => Err(NetError::BadHandle),
+            e if e != epoch => Err(NetError::Restarted),
+            _ => Ok(slot_of(h)),
+        };
+        match &mut self {
+            Request::Socket { .. } => {}
+            Request::Poll { epoch: e, .. } => {
+                if *e != 0 && *e != epoch {
+                    return Err(NetError::Restarted);
+                }
+            }
+            Request::Bind { h, .. } | Request::Connect { h, .. } | Request::Listen { h, .. } | Request::Accept { h }
+            | Request::Send { h, .. } | Request::Recv { h, .. } | Request::Close { h } | Request::Shutdown { h } => *h = check(*h)?,
+        }
+        Ok(self)
     }
 }
 
@@ -383,8 +462,9 @@ impl Ready {
     pub fn any(&self) -> bool {
         self.readable | self.writable | self.acceptable | self.hangup != 0
     }
+    /// The bit of handle `h` (its slot).
     pub fn bit(h: Handle) -> u64 {
-        1u64.checked_shl(h as u32).unwrap_or(0)
+        1u64.checked_shl(slot_of(h) as u32).unwrap_or(0)
     }
 }
 

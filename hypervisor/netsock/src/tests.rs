@@ -26,12 +26,14 @@ fn every_request_round_trips() {
         Request::Connect { h: 2, addr: peer(), port: 80 },
         Request::Listen { h: 3, backlog: 4 },
         Request::Accept { h: 3 },
-        Request::Send { h: 1, grant: g },
-        Request::Recv { h: 1, grant: gw },
+        Request::Send { h: 1, off: 0, grant: g },
+        Request::Recv { h: 1, off: 0, grant: gw },
+        Request::Send { h: make_handle(7, 2), off: 99, grant: g },
+        Request::Recv { h: make_handle(1, 8), off: 4095, grant: Grant { len: 4096 + 10, ..gw } },
         Request::Close { h: 5 },
         Request::Shutdown { h: 4 },
-        Request::Poll { wait_ms: 0 },
-        Request::Poll { wait_ms: POLL_WAIT_MAX_MS },
+        Request::Poll { wait_ms: 0, epoch: 0 },
+        Request::Poll { wait_ms: POLL_WAIT_MAX_MS, epoch: 3 },
     ];
     for r in reqs {
         let (l, w) = r.encode();
@@ -51,7 +53,7 @@ fn hostile_requests_get_errors() {
         (OP_SHUTDOWN, [1, 0, 1, 0], BadRequest),
         (OP_POLL, [POLL_WAIT_MAX_MS + 1, 0, 0, 0], BadRequest),
         (OP_POLL, [u64::MAX, 0, 0, 0], BadRequest),
-        (OP_POLL, [0, 1, 0, 0], BadRequest),
+        (OP_POLL, [0, 0, 1, 0], BadRequest),
         (OP_POLL, [0, 0, 0, 1], BadRequest),
         (OP_BASE + 0xffff, [0; 4], UnknownOp),
         (OP_SOCKET, [0, 0, 0, 0], BadRequest),
@@ -70,13 +72,51 @@ fn hostile_requests_get_errors() {
         (OP_CLOSE, [0, 0, 0, 0], BadHandle),
         (OP_SEND, [1, 0, 0, 10], BadBuffer),
         (OP_SEND, [1, 0, 0x6000_0000_0000, 0], BadBuffer),
-        (OP_SEND, [1, 1, 0x6000_0000_0000, 10], BadRequest),
+        (OP_SEND, [1, OFFSET_MAX + 1, 0x6000_0000_0000, 5000], BadRequest),
+        (OP_SEND, [1, u64::MAX, 0x6000_0000_0000, 10], BadRequest),
+        (OP_SEND, [1, 10, 0x6000_0000_0000, 10], BadBuffer), // the offset leaves no data
+        (OP_RECV, [1, 4000, 0x6000_0000_0001, 100], BadBuffer),
+        (OP_SEND, [make_handle(5, 9), 0, 0x6000_0000_0000, 10], BadHandle),
+        (OP_CLOSE, [make_handle(5, 0), 0, 0, 0], BadHandle),
         (OP_SEND, [1, 0, 0x6000_0000_0000, GRANT_MAX + 1], TooLarge),
         (OP_RECV, [1, 0, 0x6000_0000_0000, 10], BadBuffer), // not writable
     ];
     for (l, w, e) in cases {
         assert_eq!(Request::decode(*l, *w), Err(*e), "label {l:#x} words {w:?}");
     }
+}
+
+#[test]
+fn handles_of_another_netd_are_restarted() {
+    use NetError::*;
+    let (l, w) = Request::Close { h: make_handle(2, 3) }.encode();
+    let r = Request::decode(l, w).unwrap();
+    assert_eq!(r.for_epoch(2), Ok(Request::Close { h: 3 }));
+    assert_eq!(r.for_epoch(3), Err(Restarted));
+    assert_eq!(r.for_epoch(1), Err(Restarted));
+    // a handle no netd gave (epoch 0) is unknown, not stale
+    assert_eq!(Request::Close { h: 3 }.for_epoch(2), Err(BadHandle));
+    let g = Grant { addr: 0x6000_0000_0000, len: 10, writable: true };
+    for r in [
+        Request::Bind { h: make_handle(1, 1), local: Local::Node, port: 0 },
+        Request::Connect { h: make_handle(1, 1), addr: peer(), port: 1 },
+        Request::Listen { h: make_handle(1, 1), backlog: 1 },
+        Request::Accept { h: make_handle(1, 1) },
+        Request::Send { h: make_handle(1, 1), off: 0, grant: g },
+        Request::Recv { h: make_handle(1, 1), off: 0, grant: g },
+        Request::Shutdown { h: make_handle(1, 1) },
+    ] {
+        assert_eq!(r.for_epoch(2), Err(Restarted), "{r:?}");
+        assert_eq!(r.for_epoch(1).map(|r| r.handle()), Ok(Some(1)), "{r:?}");
+    }
+    // a POLL from a client holding another netd's handles is answered at once
+    assert_eq!(Request::Poll { wait_ms: 1000, epoch: 1 }.for_epoch(2), Err(Restarted));
+    assert!(Request::Poll { wait_ms: 1000, epoch: 0 }.for_epoch(2).is_ok());
+    assert!(Request::Poll { wait_ms: 1000, epoch: 2 }.for_epoch(2).is_ok());
+    assert!(Request::Socket { kind: Kind::Tcp }.for_epoch(9).is_ok());
+    // POLL's bits are per slot, whatever the epoch
+    assert_eq!(Ready::bit(make_handle(77, 3)), Ready::bit(3));
+    assert_eq!((slot_of(make_handle(u32::MAX as u64, 8)), epoch_of(make_handle(u32::MAX as u64, 8))), (8, u32::MAX as u64));
 }
 
 fn catenary_notify() -> u64 {

@@ -19,7 +19,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use catenary_ipc::netd::{OP_ALIVE, OP_CALLER};
 use catenary_net::sockets::{UdpError, UdpSocket};
-use catenary_net::tcp::{Phase, TcpSocket};
+use catenary_net::tcp::{Phase, TcpEnd, TcpSocket, TcpWatch};
 use catenary_net::Node;
 use catenary_netsock::table::{Addrs, SocketTable, State};
 use catenary_netsock::*;
@@ -51,16 +51,20 @@ struct Entry {
     established: bool,
     /// TCP: how it failed, once seen.
     failed: Option<NetError>,
+    /// TCP: its endpoints while connected (an RST or a timeout, told apart at the end).
+    watch: TcpWatch,
 }
 
 impl Entry {
     fn new(backing: Backing) -> Entry {
-        Entry { backing, task_addr: None, deadline: 0, established: false, failed: None }
+        Entry { backing, task_addr: None, deadline: 0, established: false, failed: None, watch: TcpWatch::default() }
     }
 }
 
 pub struct SocketServer {
     router: u64,
+    /// This `netd`'s epoch (its start number): in every handle it gives.
+    epoch: u64,
     table: SocketTable,
     stack: BTreeMap<(u64, Handle), Entry>,
     /// Closed TCP connections still sending their last data: (socket, give up at, task /128,
@@ -87,9 +91,10 @@ fn udp_err(e: UdpError) -> NetError {
 
 impl SocketServer {
     /// `router`: the capability slot with the ROUTER right (for `OP_CALLER`, `OP_ALIVE`).
-    pub fn new(router: u64) -> SocketServer {
+    /// `epoch`: this incarnation's (1 or more), in every handle it gives.
+    pub fn new(router: u64, epoch: u64) -> SocketServer {
         SocketServer {
-            router, table: SocketTable::new(), stack: BTreeMap::new(), closing: Vec::new(), tcp_used: 0, waits: BTreeMap::new(),
+            router, epoch: epoch.clamp(1, (1 << 48) - 1), table: SocketTable::new(), stack: BTreeMap::new(), closing: Vec::new(), tcp_used: 0, waits: BTreeMap::new(),
             next_sweep: 0, served: 0, refused: 0, reaped: 0,
         }
     }
@@ -154,21 +159,22 @@ impl SocketServer {
     fn serve_inner(&mut self, node: &mut Node, client: u64, own: Option<Ipv6Addr>, token: u64, label: u64, words: [u64; 4]) -> Option<Result<[u64; 4], NetError>> {
         let now = crate::now_ns();
         let addrs = Addrs { node: node.fabric_addr, own };
-        let req = match Request::decode(label, words) {
+        // a handle of an earlier netd is `Restarted`; the table knows slots
+        let req = match Request::decode(label, words).and_then(|r| r.for_epoch(self.epoch)) {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
         Some(match req {
             Request::Socket { kind } => self.table.socket(client, kind).map(|h| {
                 self.stack.insert((client, h), Entry::new(Backing::None));
-                [h, 0, 0, 0]
+                [make_handle(self.epoch, h), 0, 0, 0]
             }),
             Request::Bind { h, local, port } => self.bind(node, client, h, local, port, addrs),
             Request::Connect { h, addr, port } => self.connect(node, client, h, addr, port, addrs, now),
             Request::Listen { h, backlog } => self.listen(node, client, h, backlog),
             Request::Accept { h } => self.accept(node, client, h),
-            Request::Send { h, .. } => self.send(node, client, h, token, words[3], now),
-            Request::Recv { h, .. } => self.recv(node, client, h, token, words[3], now),
+            Request::Send { h, off, .. } => self.send(node, client, h, token, off as u64, words[3], now),
+            Request::Recv { h, off, .. } => self.recv(node, client, h, token, off as u64, words[3], now),
             Request::Close { h } => self.table.close(client, h).map(|_| {
                 self.drop_entry(node, client, h, now);
                 [0; 4]
@@ -181,7 +187,7 @@ impl SocketServer {
                 Some(_) => Err(NetError::BadState),
                 None => Err(NetError::BadHandle),
             },
-            Request::Poll { wait_ms } => {
+            Request::Poll { wait_ms, .. } => {
                 let r = self.ready(node, client, now);
                 if r.any() || wait_ms == 0 {
                     Ok(r.words())
@@ -308,7 +314,7 @@ impl SocketServer {
         self.register(node, &mut e, addr);
         self.stack.insert((client, n), e);
         self.rearm(node, client, h);
-        Ok(accept_reply(n, peer.0, peer.1))
+        Ok(accept_reply(make_handle(self.epoch, n), peer.0, peer.1))
     }
 
     /// Top a listener up to its backlog (as the budget allows) and drop the stack sockets
@@ -346,7 +352,7 @@ impl SocketServer {
         if let Some(f) = e.failed {
             return Err(f);
         }
-        let phase = node.tcp_phase(s);
+        let (phase, end) = node.tcp_watch(s, &mut e.watch);
         let state = match phase {
             Phase::Connecting if now >= e.deadline => {
                 node.tcp_abort(s);
@@ -361,8 +367,9 @@ impl SocketServer {
             Phase::Closed => {
                 if node.tcp_readable(s).is_err() {
                     // no FIN came: the peer reset it, or the SYN got a reset, or no answer
+                    // established: an RST from the peer, or no answer for 10 s
                     e.failed = Some(if e.established {
-                        NetError::Reset
+                        if end == Some(TcpEnd::Reset) { NetError::Reset } else { NetError::TimedOut }
                     } else if now >= e.deadline {
                         NetError::TimedOut
                     } else {
@@ -388,16 +395,27 @@ impl SocketServer {
         }
     }
 
-    fn send(&mut self, node: &mut Node, client: u64, h: Handle, token: u64, claimed: u64, now: u64) -> Result<[u64; 4], NetError> {
-        let kind = self.table.get(client, h)?.kind;
+    /// The data of call `token`: the kernel's grant, cut to the length the kernel passed on
+    /// (word 3), and where in it the data starts (`off`) and how long it is.
+    fn data_of(token: u64, off: u64, claimed: u64) -> Result<(crate::Grant, u64, usize), NetError> {
         let g = crate::grant_of(token).ok_or(NetError::BadBuffer)?;
-        let len = g.len().min(claimed).min(GRANT_MAX) as usize;
+        let end = g.len().min(claimed).min(GRANT_MAX);
+        if end <= off {
+            return Err(NetError::BadBuffer);
+        }
+        Ok((g, off, (end - off) as usize))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(&mut self, node: &mut Node, client: u64, h: Handle, token: u64, off: u64, claimed: u64, now: u64) -> Result<[u64; 4], NetError> {
+        let kind = self.table.get(client, h)?.kind;
+        let (g, off, len) = Self::data_of(token, off, claimed)?;
         if kind == Kind::Udp {
             if len < DGRAM_HEADER {
                 return Err(NetError::BadBuffer);
             }
             let mut buf = alloc::vec![0u8; len.min(DGRAM_HEADER + UDP_PAYLOAD_MAX + 1)];
-            g.read(0, &mut buf);
+            g.read(off, &mut buf);
             let (hdr, payload) = DgramHeader::decode(&buf)?;
             let to = (!hdr.addr.is_unspecified()).then_some((hdr.addr, hdr.port));
             let (dst, port) = self.table.check_send(client, h, to)?.ok_or(NetError::BadState)?;
@@ -419,7 +437,7 @@ impl SocketServer {
             return Err(NetError::WouldBlock);
         }
         let mut buf = alloc::vec![0u8; n];
-        g.read(0, &mut buf);
+        g.read(off, &mut buf);
         let taken = node.tcp_send(s, &buf).map_err(|_| NetError::NotConnected)?;
         if taken == 0 {
             return Err(NetError::WouldBlock);
@@ -427,10 +445,10 @@ impl SocketServer {
         Ok([taken as u64, 0, 0, 0])
     }
 
-    fn recv(&mut self, node: &mut Node, client: u64, h: Handle, token: u64, claimed: u64, now: u64) -> Result<[u64; 4], NetError> {
+    #[allow(clippy::too_many_arguments)]
+    fn recv(&mut self, node: &mut Node, client: u64, h: Handle, token: u64, off: u64, claimed: u64, now: u64) -> Result<[u64; 4], NetError> {
         let kind = self.table.get(client, h)?.kind;
-        let g = crate::grant_of(token).ok_or(NetError::BadBuffer)?;
-        let len = g.len().min(claimed).min(GRANT_MAX) as usize;
+        let (g, off, len) = Self::data_of(token, off, claimed)?;
         if !g.writable() {
             return Err(NetError::BadBuffer);
         }
@@ -443,8 +461,8 @@ impl SocketServer {
             let mut buf = alloc::vec![0u8; UDP_PAYLOAD_MAX];
             let (n, from, port) = node.udp_recv(s, &mut buf).ok_or(NetError::WouldBlock)?;
             let n = n.min(len - DGRAM_HEADER); // the rest of a datagram the buffer cannot hold is dropped
-            g.write(0, &DgramHeader { addr: from, port }.encode());
-            g.write(DGRAM_HEADER as u64, &buf[..n]);
+            g.write(off, &DgramHeader { addr: from, port }.encode());
+            g.write(off + DGRAM_HEADER as u64, &buf[..n]);
             return Ok([(DGRAM_HEADER + n) as u64, 0, 0, 0]);
         }
         self.table.check_recv(client, h).or_else(|e| if e == NetError::WouldBlock { Ok(()) } else { Err(e) })?;
@@ -459,7 +477,7 @@ impl SocketServer {
         }
         let mut buf = alloc::vec![0u8; avail.min(len).min(TCP_BUFFER)];
         let n = node.tcp_recv(s, &mut buf).map_err(|_| NetError::NotConnected)?;
-        g.write(0, &buf[..n]);
+        g.write(off, &buf[..n]);
         Ok([n as u64, 0, 0, 0])
     }
 

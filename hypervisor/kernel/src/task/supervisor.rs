@@ -433,6 +433,8 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
     } else {
         s.arg
     };
+    // the router (netd) is told its start number: the epoch its socket handles carry
+    let arg = if s.router { arg | (starts as u64 + 1) << 8 } else { arg };
     let spec = UserSpec {
         name: s.name, elf: elf_of(s.program), arg, prio: Priority(s.priority), affinity: Affinity::ANY,
         own_endpoint: false, caps: &caps, ports: s.ports, mmio: &mmio, dma_pages: s.dma_pages, mem_pages: s.memory_pages,

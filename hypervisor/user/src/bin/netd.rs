@@ -17,7 +17,8 @@
 //! and docs/networking.md §3c.
 //!
 //! `arg` bit 0 (TESTS ONLY, `netd.test_panic=1`, first start only): panic on a fabric IPC
-//! message whose label is `catenary_ipc::netd::TEST_PANIC_LABEL`.
+//! message whose label is `catenary_ipc::netd::TEST_PANIC_LABEL`. Bits 8.. : this start's
+//! number (1 at boot, 2 after the first restart…), the socket handles' epoch.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -487,8 +488,10 @@ fn run(arg: u64) -> u64 {
     }
     let router = IpcRouter::new(node.fabric_addr);
     let msix = b.flags & BOOT_MSIX != 0;
+    let epoch = (arg >> 8).max(1);
+    logf!("net: sockets: this netd is start {}: its socket handles carry epoch {}", arg >> 8, epoch);
     let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
-        sockets: catenary_user::netsock_server::SocketServer::new(ROUTER), vms: vms::VmLinks::new(), woken: false, msix };
+        sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix };
     if b.flags & BOOT_FIRST != 0 {
         // the command line's probes (tests, benchmarks): once per boot, not per restart
         probes::run(&mut st, &b.cmdline);

@@ -26,7 +26,11 @@ const ROLE_UDP_CLIENT: u64 = 31;
 const ROLE_TCP_SERVER: u64 = 32;
 const ROLE_TCP_CLIENT: u64 = 33;
 const ROLE_TCP_DIER: u64 = 34;
+const ROLE_RESTART_CLIENT: u64 = 35;
+const ROLE_RESTART_PEER: u64 = 36;
 
+#[path = "uapp/restart.rs"]
+mod restart;
 #[path = "uapp/tcp.rs"]
 mod tcp;
 
@@ -515,6 +519,11 @@ fn run(role: u64) -> u64 {
             let Ok(m) = recv(0, 0) else { return 0 };
             let (peer, port) = (catenary_netsock::addr_of(m.words[0], m.words[1]), m.words[2] as u16);
             if role == ROLE_TCP_CLIENT { tcp::client(peer, port) } else { tcp::dier(peer, port) }
+        }
+        ROLE_RESTART_CLIENT | ROLE_RESTART_PEER => {
+            let Ok(m) = recv(0, 0) else { return 0 };
+            let (peer, port) = (catenary_netsock::addr_of(m.words[0], m.words[1]), m.words[2] as u16);
+            if role == ROLE_RESTART_CLIENT { restart::client(peer, port) } else { restart::peer(peer) }
         }
         _ => 1,
     }

@@ -95,7 +95,7 @@ pub fn server(port: u16) -> u64 {
         let mut i = 0;
         while i < conns.len() {
             let c = &mut conns[i];
-            let b = &bufs[c.h as usize];
+            let b = &bufs[slot_of(c.h) as usize];
             let mut done = false;
             // send back what was read; read more only when all of it went (bounded buffer)
             if c.pending > c.sent_back {
@@ -254,8 +254,8 @@ pub fn client(peer: Ipv6Addr, port: u16) -> u64 {
     for (i, h) in hs.iter().enumerate() {
         let mut text = Line::new();
         let _ = core::fmt::Write::write_fmt(&mut text, format_args!("catenary request {} on handle {}", i + 1, h));
-        bufs[*h as usize].write(0, text.as_str().as_bytes());
-        if NETD.send(*h, &bufs[*h as usize], text.as_str().len() as u64) != Ok(text.as_str().len()) {
+        bufs[slot_of(*h) as usize].write(0, text.as_str().as_bytes());
+        if NETD.send(*h, &bufs[slot_of(*h) as usize], text.as_str().len() as u64) != Ok(text.as_str().len()) {
             logf!("tcp client: request {} not taken", i + 1);
         }
     }
