@@ -40,6 +40,8 @@ pub enum Phase {
 
 /// How long an unanswered connection lasts (SYN or data not acknowledged).
 const TIMEOUT_MS: u64 = 10_000;
+/// How often an idle connection probes its peer (four chances per timeout).
+const KEEP_ALIVE_MS: u64 = TIMEOUT_MS / 4;
 
 /// A connection's endpoints: (local /128, local port, peer /128, peer port).
 pub type TcpTuple = (Ipv6Addr, u16, Ipv6Addr, u16);
@@ -68,6 +70,10 @@ pub struct TcpWatch {
 fn tcp_socket(buffer: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0u8; buffer]), tcp::SocketBuffer::new(vec![0u8; buffer]));
     s.set_timeout(Some(smoltcp::time::Duration::from_millis(TIMEOUT_MS)));
+    // smoltcp's timeout also runs on an idle connection (from the last segment received):
+    // keep-alives make a live peer answer well within it, so only a peer that is gone (or
+    // stopped answering) times out
+    s.set_keep_alive(Some(smoltcp::time::Duration::from_millis(KEEP_ALIVE_MS)));
     s
 }
 

@@ -507,7 +507,17 @@ fn tcp_reset_and_timeout_are_told_apart() {
         }
     }
     assert_eq!(ended, Some(TcpEnd::TimedOut), "no answer for 10 s is a timeout, not a reset");
-    // 3. a FIN is neither
+    // 3. an idle connection whose peer is there lives on (smoltcp's timeout also runs while
+    // nothing is sent: the keep-alives keep it fed)
+    let l = n2.tcp_listen(task2, 7, 8192).unwrap();
+    let c = n1.tcp_connect(task1, 40013, task2, 7, 8192).unwrap();
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    assert_eq!(n1.tcp_send(c, b"x"), Ok(1));
+    for _ in 0..600 {
+        settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t); // 30 s, nothing sent
+    }
+    assert_eq!((n1.tcp_phase(c), n2.tcp_phase(l)), (Phase::Open, Phase::Open), "an idle connection must not time out");
+    // 4. a FIN is neither
     let l = n2.tcp_listen(task2, 7, 8192).unwrap();
     let c = n1.tcp_connect(task1, 40012, task2, 7, 8192).unwrap();
     let mut w = TcpWatch::default();
@@ -517,3 +527,4 @@ fn tcp_reset_and_timeout_are_told_apart() {
     settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
     assert_eq!(n1.tcp_watch(c, &mut w), (Phase::PeerClosed, None));
 }
+

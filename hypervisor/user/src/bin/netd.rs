@@ -170,6 +170,9 @@ fn boot() -> Option<Boot> {
     Some(Boot { cmdline, flags: get_u64(&b, 8), unix_at_origin: get_u64(&b, 16), cfg, key: arr(96), identity_seed: arr(128), fabric_seed: arr(160), cluster })
 }
 
+/// Socket requests kept while `netd` starts (one call per client task: bounded by clients).
+const EARLY_MAX: usize = 64;
+
 fn configure_nicd(cfg: &[u64; 7]) {
     let _ = send(NICD, ring::LABEL_CONFIG, [cfg[0], cfg[1], cfg[2], cfg[3]]);
     let _ = send(NICD, ring::LABEL_CONFIG2, [cfg[4], cfg[5], cfg[6], 0]);
@@ -417,6 +420,10 @@ fn run(arg: u64) -> u64 {
     configure_nicd(&b.cfg);
     let mut nic = RingNic { ring: None, mac: [0; 6], bad: 0 };
     let mut shared = 0;
+    // socket requests that reach the endpoint before we serve (calls made while no netd ran
+    // wait on it): kept and served once we do, never dropped unanswered (the caller would
+    // wait forever); beyond EARLY_MAX, WouldBlock
+    let mut early: Vec<Msg> = Vec::new();
     let t0 = now_ns();
     while nic.ring.is_none() {
         if now_ns() - t0 > 10_000_000_000 {
@@ -437,6 +444,13 @@ fn run(arg: u64) -> u64 {
             ring::LABEL_FAIL => {
                 logf!("netd: nicd failed at step {}", m.words[0]);
                 return 4;
+            }
+            l if catenary_netsock::is_request(l) && m.reply != 0 => {
+                if early.len() < EARLY_MAX {
+                    early.push(m);
+                } else {
+                    let _ = reply(m.reply, catenary_netsock::NetError::WouldBlock.code(), [0; 4]);
+                }
             }
             _ => {}
         }
@@ -492,6 +506,12 @@ fn run(arg: u64) -> u64 {
     logf!("net: sockets: this netd is start {}: its socket handles carry epoch {}", arg >> 8, epoch);
     let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
         sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix };
+    if !early.is_empty() {
+        logf!("net: sockets: serving {} request(s) that came before this netd was up", early.len());
+    }
+    for m in early {
+        on_message(&mut st, m);
+    }
     if b.flags & BOOT_FIRST != 0 {
         // the command line's probes (tests, benchmarks): once per boot, not per restart
         probes::run(&mut st, &b.cmdline);
