@@ -160,7 +160,7 @@ fn udp_echo(port: u64) -> u64 {
     let Ok(buf) = Pages::map(SOCK_BUF, 1) else { return 1 };
     let Ok([h, ..]) = sock(OP_SOCKET, [1, 0, 0, 0]) else { return 2 };
     let Ok(_) = sock(OP_BIND, [h, 0, port, 0]) else { return 3 };
-    logf!("udp echo: socket {} bound to the node's fabric /128, port {}", h, port);
+    logf!("udp echo: socket {} bound to the node's fabric /128, port {}", catenary_netsock::slot_of(h), port);
     let mut echoed = 0u64;
     loop {
         match sock_grant(&buf, OP_RECV, h, 4096, true) {
@@ -188,7 +188,7 @@ fn udp_client() -> u64 {
     let Ok(buf) = Pages::map(SOCK_BUF, 1) else { return 0 };
     let Ok([h, ..]) = sock(OP_SOCKET, [1, 0, 0, 0]) else { return 0 };
     let Ok([local, ..]) = sock(OP_BIND, [h, 0, 0, 0]) else { return 0 };
-    logf!("udp client: socket {} on the node's fabric /128, port {}; echoes from [{}]:{}", h, local, peer, port);
+    logf!("udp client: socket {} on the node's fabric /128, port {}; echoes from [{}]:{}", catenary_netsock::slot_of(h), local, peer, port);
     let mut got = 0u64;
     let t0 = now_ns();
     let mut i = 0u64;
