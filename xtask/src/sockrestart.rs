@@ -62,6 +62,6 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     t.record("net_netd_socket_restart_reopen", base && reopened_ok && accepted && udp && peer_ok && peer_lost,
         &format!("(listener and UDP socket opened again with epoch 2 {reopened_ok}, node2's new connection accepted and echoed {accepted}, its datagram echoed {udp}, node2's peer saw both {peer_ok}, node2's echo server saw the old connection fail {peer_lost}; log {})", log.display()));
     t.record("net_netd_socket_restart_unaligned_buffers", base && unaligned && misuse_ok,
-        &format!("(4/4 echoes from a buffer 11 bytes before a page end into one 7 bytes into a page {unaligned}, a buffer past its memory and a wrapping one BadBuffer, offset 4096 BadRequest {misuse_ok}; log {})", log.display()));
+        &format!("(4/4 echoes from a buffer 11 bytes before a page end into one 7 bytes into a page {unaligned}, a buffer past its region and a wrapping one BadBuffer, an offset over 65535 BadRequest {misuse_ok}; log {})", log.display()));
     Ok(())
 }
