@@ -15,9 +15,8 @@
 //! `vm.image=1` runs the Catenary image the bundle carries (`image/rootfs.squashfs`,
 //! `image/config.json`) under `catenary-init`: the root filesystem as a read-only virtio-blk
 //! disk, the run config appended to the initramfs, the workload channel for its log and exit
-//! status (docs/guest-init.md). With it, `vm.stop_after=TEXT` stops the workload through
-//! [`VmControl::request_stop`] (grace `vm.stop_grace=SECS`, default 10) once a line of its log
-//! contains TEXT: a test trigger for the stop path the workload service uses.
+//! status (docs/guest-init.md). (Stopping such a VM is the workload service's: its VMs
+//! take stop requests through their [`VmControl`].)
 //!
 //! A VM started with a [`VmControl`] (`run_workload_ctl`) takes signal, stop and kill requests
 //! from any task while it runs (`vmcontrol`).
@@ -286,7 +285,6 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
         ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000, (t_ram - t0) / 1000, (t_loaded - t_ram) / 1000);
     vcpu.set_state(&state);
     if let Some(c) = ctl {
-        console.stop_on_log = c.stop_on_log.lock().clone();
         c.started(vm.has_channel());
     }
     VMS_RUNNING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
@@ -343,15 +341,10 @@ const HALT_POLL_NS: u64 = 1_000_000;
 
 /// Apply the node's requests (`ctl`) and the stop policy's deadlines; `Some` when the node
 /// powers the VM off now.
-fn apply_control(ctl: Option<&VmControl>, policy: &mut StopPolicy, vm: &mut MicroVm, ram: &mut GuestRam, console: &mut VmConsole, name: &str) -> Option<Ended> {
+fn apply_control(ctl: Option<&VmControl>, policy: &mut StopPolicy, vm: &mut MicroVm, ram: &mut GuestRam, name: &str) -> Option<Ended> {
     use catenary_vmm::guest_proto::wire;
     let ctl = ctl?;
     let now = time::now_ns();
-    // The `vm.stop_after` test trigger: the same request any other task makes.
-    if let Some((_, grace)) = console.stop_on_log.as_ref().filter(|_| core::mem::take(&mut console.stop_on_log_seen)) {
-        info!(target: "vmm", "microVM {name}: its log showed the stop_after text: requesting a stop");
-        let _ = ctl.request_stop(*grace);
-    }
     let mut actions = [None, None];
     if let Some(p) = ctl.take() {
         for signo in (1..=wire::MAX_SIGNAL).filter(|s| p.signals & (1u64 << (s - 1)) != 0) {
@@ -400,7 +393,7 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
         if stopped() {
             return Ended::Killed;
         }
-        if let Some(e) = apply_control(ctl, &mut policy, vm, ram, console, name) {
+        if let Some(e) = apply_control(ctl, &mut policy, vm, ram, name) {
             return e;
         }
         let now = time::now_ns();
@@ -465,7 +458,7 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
                     if stopped() {
                         return Ended::Killed;
                     }
-                    if let Some(e) = apply_control(ctl, &mut policy, vm, ram, console, name) {
+                    if let Some(e) = apply_control(ctl, &mut policy, vm, ram, name) {
                         return e;
                     }
                     // Block this task (other tasks run on this CPU meanwhile) until the
@@ -798,18 +791,7 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
             return None;
         }
     };
-    let r = match (image.is_some(), opt("stop_after")) {
-        (true, Some(text)) => {
-            // The test trigger for the stop path (module docs): a control block like the
-            // workload service's, whose stop request the VM's own log sets off.
-            let ctl = VmControl::new();
-            let grace = opt("stop_grace").and_then(|g| g.parse::<u64>().ok()).map_or(crate::vmcontrol::DEFAULT_GRACE_NS, |s| s.saturating_mul(1_000_000_000));
-            *ctl.stop_on_log.lock() = Some((String::from(text), grace));
-            run_workload_ctl(want, boot, mem, disk, net, &ctl)
-        }
-        (true, None) => run_workload(want, boot, mem, disk, net),
-        (false, _) => run_full(want, boot, mem, disk, net),
-    };
+    let r = if image.is_some() { run_workload(want, boot, mem, disk, net) } else { run_full(want, boot, mem, disk, net) };
     if let Some(n) = net {
         crate::net::detach_vm(n.addr);
     }

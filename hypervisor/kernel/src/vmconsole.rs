@@ -40,10 +40,6 @@ pub struct VmConsole<'a> {
     /// is printed as `[vm:NAME stdout] …` / `[vm:NAME stderr] …`, apart from the console.
     pub workload: WorkloadLog,
     log_bucket: TokenBucket,
-    /// `vm.stop_after` (`VmControl::stop_on_log`): the text and the grace period; `seen` is
-    /// set when a workload log line contains the text (the vCPU task then requests the stop).
-    pub stop_on_log: Option<(String, u64)>,
-    pub stop_on_log_seen: bool,
     /// Time from creation to the node printing the workload's first stdout/stderr line.
     pub first_log: Option<u64>,
     /// A workload VM of the workload service (`SYS_VM`): its log lines and READY also go to the
@@ -67,8 +63,6 @@ impl<'a> VmConsole<'a> {
             discarded: 0,
             workload: WorkloadLog::new(),
             log_bucket: TokenBucket::new(RATE_BYTES_PER_S, BURST_BYTES, t0),
-            stop_on_log: None,
-            stop_on_log_seen: false,
             first_log: None,
             sink: None,
             ready_sent: false,
@@ -134,12 +128,8 @@ impl<'a> VmConsole<'a> {
         let mut buf = [0u8; 256];
         let (name, t0) = (self.name, self.t0);
         let (capture, first_log) = (&mut self.capture, &mut self.first_log);
-        let (marker, seen) = (self.stop_on_log.as_ref().map(|(m, _)| m.as_bytes()), &mut self.stop_on_log_seen);
         let sink = self.sink;
         let mut emit = |s, l: &[u8]| {
-            if marker.is_some_and(|m| !m.is_empty() && contains(l, m)) {
-                *seen = true;
-            }
             capture.line(l);
             catenary_arch::println!("[vm:{} {}] {}", name, stream_name(s), String::from_utf8_lossy(l));
             // `cargo xtask bench workload` reads this line (time to the entrypoint's first line).

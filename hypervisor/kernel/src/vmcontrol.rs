@@ -21,7 +21,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-pub use catenary_vmm::stop::{DEFAULT_GRACE_NS, MAX_GRACE_NS};
+pub use catenary_vmm::stop::MAX_GRACE_NS;
 
 const NOT_STARTED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -53,10 +53,6 @@ pub struct VmControl {
     /// The grace period of a pending stop request, `NO_STOP` without one.
     stop_grace: AtomicU64,
     kill: AtomicBool,
-    /// Test trigger (`vm.stop_after=TEXT` on the node's command line): the VM's vCPU task
-    /// calls [`VmControl::request_stop`] with this grace period as soon as a line of the
-    /// workload's log contains TEXT. Read once when the VM starts.
-    pub stop_on_log: spin::Mutex<Option<(alloc::string::String, u64)>>,
 }
 
 impl Default for VmControl {
@@ -82,7 +78,6 @@ impl VmControl {
             signals: AtomicU64::new(0),
             stop_grace: AtomicU64::new(NO_STOP),
             kill: AtomicBool::new(false),
-            stop_on_log: spin::Mutex::new(None),
         }
     }
 
@@ -109,7 +104,7 @@ impl VmControl {
     }
 
     /// Stop the VM: the image's StopSignal now, SIGKILL after `grace_ns` (at most
-    /// [`MAX_GRACE_NS`]; [`DEFAULT_GRACE_NS`] is Docker's 10 s), power-off [`catenary_vmm::stop::KILL_GRACE_NS`]
+    /// [`MAX_GRACE_NS`]; [`catenary_vmm::stop::DEFAULT_GRACE_NS`] is Docker's 10 s), power-off [`catenary_vmm::stop::KILL_GRACE_NS`]
     /// after that. The VM ends as its init reports (the workload's exit status lands in the
     /// run report) or, if it never does, as `Ended::Killed`. A second request while a stop is
     /// under way changes nothing.
