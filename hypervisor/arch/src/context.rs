@@ -300,6 +300,8 @@ pub fn switch(live: &mut TrapFrame, prev: Option<&mut TaskContext>, next: Next<'
         Next::Idle(stack) => {
             let f = ring0_frame(arch_idle_loop as *const () as u64, stack.top() - 8, 0);
             live.regs = f.regs;
+            live.vector = 0; // not a system call: its registers are not the kernel's to set
+            live.error_code = 0;
             live.rip = f.rip;
             live.rsp = f.rsp;
             live.cs = f.cs;

@@ -58,8 +58,8 @@ pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
     }
     if next.is_some() || !k.on_idle[c] {
         let loaded = switch_to(k, f, prev, next);
-        if !loaded {
-            warn!("cpu {c}: task {next:?} had no saved context; idling");
+        if let (Some(n), false) = (next, loaded) {
+            warn!("cpu {c}: task {n} had no saved context; idling");
         }
         k.on_idle[c] = !loaded;
     }
