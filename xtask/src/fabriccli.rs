@@ -10,9 +10,11 @@
 //! socket forwards datagrams to and from a localhost UDP port the CLI sends to. The relay only
 //! moves opaque fabric datagrams: the handshake, encryption and TCP are the CLI's.
 //!
-//! Until the API service (`apid`) is on the node, what answers is the ring-3 TCP echo server
-//! (`net.tcpecho=8080`, hypervisor/user/src/bin/uapp/tcp.rs) on the node's task /128, and the CLI
-//! runs its hidden `fabric-probe` (bytes out, the same bytes back).
+//! Two things answer: the ring-3 TCP echo server (`net.tcpecho=8080`,
+//! hypervisor/user/src/bin/uapp/tcp.rs) on the node's task /128, to which the CLI's hidden
+//! `fabric-probe` sends 64 KiB and expects them back; and, when the tree has the API service
+//! (`apid`, hypervisor/user/src/bin/apid.rs), `catenary nodes` against the node's own /128 port
+//! 8080 (the default endpoint for a fabric node).
 
 use crate::cluster::NodeSpec;
 use crate::test::Tally;
@@ -175,10 +177,13 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let node_key = node.identity.public_key();
     let op = Operator { name: "cli".into(), public_key: key, role: "admin".into() };
     let mut r = crate::cluster::start_with(kernel, &[node], tag, &[], &[op])?;
-    let up = r.wait(Duration::from_secs(120), false, |l| l[0].iter().any(|x| x.contains("tcp echo: listening on its own /128")));
+    let apid = crate::tools::root().join("hypervisor/user/src/bin/apid.rs").exists();
+    let serving = "apid: serving the operator API";
+    let up = r.wait(Duration::from_secs(120), false, |l| l[0].iter().any(|x| x.contains("tcp echo: listening on its own /128")) && (!apid || l[0].iter().any(|x| x.contains(serving))));
     let echo = r.lines[0].iter().find(|l| l.contains("tcp echo: listening on its own /128")).and_then(|l| l.split("listening on its own /128 [").nth(1)?.split(']').next().map(String::from));
     let stop = Arc::new(AtomicBool::new(false));
-    let res = (|| -> Result<String, String> {
+    // the probe's outcome, and `catenary nodes`'s when apid is in the tree
+    let res = (|| -> Result<(String, Option<Result<String, String>>), String> {
         let echo = echo.ok_or("the node's TCP echo server did not start")?;
         let (relay_addr, child) = relay(r.switch_sock(), (member.underlay, member.port), stop.clone())?;
         let _child = KillOnDrop(child);
@@ -194,7 +199,17 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         if !o.status.success() {
             return Err(format!("fabric-probe failed after {took:?}: {out}"));
         }
-        Ok(out)
+        if !apid {
+            return Ok((out, None));
+        }
+        let start = Instant::now();
+        let o = catenary(&["--timeout", "60", "nodes"])?;
+        let took = start.elapsed();
+        let table = String::from_utf8_lossy(&o.stdout).to_string();
+        if !o.status.success() || !table.lines().nth(1).is_some_and(|l| l.starts_with("node1")) {
+            return Ok((out, Some(Err(format!("catenary nodes after {took:?}: {table}{}", String::from_utf8_lossy(&o.stderr).trim())))));
+        }
+        Ok((out, Some(Ok(format!("`catenary nodes` answered by apid in {} ms: {}", took.as_millis(), table.lines().nth(1).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" "))))))
     })();
     stop.store(true, Ordering::SeqCst);
     r.wait(Duration::from_millis(500), false, |_| false);
@@ -202,12 +217,26 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let log = r.save_logs(tag);
     drop(r);
     let _ = std::fs::remove_file(cfg.join("operator.key"));
+    let who = if unpriv { "65534" } else { "of the runner" };
     match res {
-        Ok(out) => {
-            println!("  {out} (CLI as uid {}; node logged the session: {session})", if unpriv { "65534" } else { "of the runner" });
+        Ok((out, nodes)) => {
+            println!("  {out} (CLI as uid {who}; node logged the session: {session})");
             t.record(name, up && session && out.contains("65536 bytes echoed"), &format!("(log {})", log.display()));
+            match nodes {
+                None => println!("  apid is not in this tree: `catenary nodes` not run"),
+                Some(Ok(n)) => {
+                    println!("  {n}");
+                    t.record("net_cli_embedded_fabric_nodes_from_apid", true, &format!("(log {})", log.display()));
+                }
+                Some(Err(e)) => t.record("net_cli_embedded_fabric_nodes_from_apid", false, &format!("({e}; log {})", log.display())),
+            }
         }
-        Err(e) => t.record(name, false, &format!("({e}; log {})", log.display())),
+        Err(e) => {
+            t.record(name, false, &format!("({e}; log {})", log.display()));
+            if apid {
+                t.record("net_cli_embedded_fabric_nodes_from_apid", false, "(not run: the probe failed)");
+            }
+        }
     }
     Ok(())
 }
