@@ -53,6 +53,9 @@ pub fn put_chunk(id: u32, index: u32, bytes: &[u8]) -> ClientRequest {
     r.body = bytes.to_vec();
     r
 }
+pub fn abort_upload(id: u32) -> ClientRequest {
+    req(Method::Delete, alloc::format!("/v1/images/uploads/{id}"))
+}
 pub fn commit_upload(id: u32) -> ClientRequest {
     req(Method::Post, alloc::format!("/v1/images/uploads/{id}/commit"))
 }

@@ -6,12 +6,11 @@
 //! every kind; every answer must be a JSON body with a valid status, and every bound must hold.
 
 use crate::auth::{Operator, Operators, Role};
-use crate::error::ApiError;
 use crate::http::{Limits, Request, RequestReader};
 use crate::router::{Api, Backend};
 use crate::routes::ROUTES;
 use crate::types::Node;
-use crate::upload::{PushedImage, UploadLimits};
+use crate::upload::UploadLimits;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use catenary_workload::fuzzing::{service, SimKernel};
@@ -29,12 +28,11 @@ pub struct SimNode {
     pub service: Service,
     pub kernel: SimKernel,
     pub now_ms: u64,
-    pub added: Vec<PushedImage>,
 }
 
 impl SimNode {
     pub fn new(free_mib: u64) -> SimNode {
-        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, added: Vec::new() }
+        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0 }
     }
 }
 
@@ -60,13 +58,12 @@ impl Backend for SimNode {
             workloads: Some(self.service.len() as u32),
         }]
     }
-    fn add_image(&mut self, image: PushedImage) -> Result<(), ApiError> {
-        self.service.images.insert(image.info)?;
-        self.added.push(image);
-        Ok(())
-    }
-    fn remove_image(&mut self, _digest: Digest) -> Result<(), ApiError> {
-        Err(ApiError::new(501, "not_implemented", "the node's image store cannot remove images yet"))
+    fn workd_chunk(&mut self, req: proto::Request, bytes: &[u8]) -> proto::Response {
+        // as `workd` reads the chunk from the grant
+        self.kernel.chunk = bytes.to_vec();
+        let r = self.workd(req);
+        self.kernel.chunk.clear();
+        r
     }
 }
 

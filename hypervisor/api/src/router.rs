@@ -11,7 +11,7 @@ use crate::events::EventLog;
 use crate::http::{Method, Request as HttpRequest, Response};
 use crate::routes::{self, Body, Op, Params, Route};
 use crate::types::*;
-use crate::upload::{PushedImage, UploadLimits, Uploads};
+use crate::upload::{UploadLimits, Uploads};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use catenary_workload::proto::{self as wk, Reply, Target, LOG_READ_MAX};
@@ -32,10 +32,9 @@ pub trait Backend {
     fn workd(&mut self, req: wk::Request) -> wk::Response;
     /// The cluster's nodes as this node knows them.
     fn nodes(&mut self) -> Vec<Node>;
-    /// Put a pushed, verified image into the node's store.
-    fn add_image(&mut self, image: PushedImage) -> Result<(), ApiError>;
-    /// Take an image out of the node's store.
-    fn remove_image(&mut self, digest: Digest) -> Result<(), ApiError>;
+    /// A `proto::Request::ImageChunk` with its bytes: `apid` writes the request at the start of
+    /// its granted buffer and `bytes` at `proto::CHUNK_OFFSET` (the grant must reach that far).
+    fn workd_chunk(&mut self, req: wk::Request, bytes: &[u8]) -> wk::Response;
 }
 
 /// The API service's state: who may call, pushes in progress, events seen.
@@ -173,8 +172,10 @@ impl Api {
             Op::RemoveImage => {
                 let d = digest(p)?;
                 let i = Self::images(backend)?.into_iter().find(|i| i.digest == d).ok_or_else(|| ApiError::from(wk::Error::NoSuchImage))?;
-                backend.remove_image(d)?;
-                ok(&Image::from(&i))
+                match backend.workd(wk::Request::RemoveImage(d))? {
+                    Reply::Done => ok(&Image::from(&i)),
+                    _ => return Err(out_of_protocol()),
+                }
             }
             Op::CreateUpload => {
                 let c: UploadCreate = body_required(req)?;
@@ -183,20 +184,22 @@ impl Api {
                     let present = Upload { id: 0, image: c.image, size: 0, chunk_size: 0, chunks: 0, missing: Vec::new(), present: true };
                     return Ok(json(200, &present));
                 }
-                ok(&self.uploads.create(&c, now_ms)?)
+                let u = self.uploads.create(&c, backend, now_ms)?;
+                if u.present {
+                    return Ok(json(200, &u));
+                }
+                ok(&u)
             }
             Op::GetUpload => ok(&self.uploads.get(number(p, "upload")?, now_ms)?),
-            Op::PutChunk => ok(&self.uploads.put_chunk(number(p, "upload")?, number(p, "chunk")?, req.chunk_digest.as_deref(), &req.body, now_ms)?),
+            Op::PutChunk => ok(&self.uploads.put_chunk(number(p, "upload")?, number(p, "chunk")?, req.chunk_digest.as_deref(), &req.body, backend, now_ms)?),
             Op::CommitUpload => {
-                let image = self.uploads.commit(number(p, "upload")?, now_ms)?;
-                let view = Image::from(&image.info);
-                backend.add_image(image)?;
-                ok(&view)
+                let info = self.uploads.commit(number(p, "upload")?, backend, now_ms)?;
+                ok(&Image::from(&info))
             }
             Op::AbortUpload => {
                 let id = number(p, "upload")?;
                 let u = self.uploads.get(id, now_ms)?;
-                self.uploads.abort(id)?;
+                self.uploads.abort(id, backend)?;
                 ok(&u)
             }
             Op::ListWorkloads => match backend.workd(wk::Request::List)? {

@@ -223,7 +223,7 @@ fn bad_requests_get_4xx_with_a_json_error_saying_what_is_wrong() {
         (client::run(&bad_digest), 400, "bad_request", "image"),
         (client::run(&bad_restart), 400, "bad_request", "restart"),
         (client::inspect_image(&Digest([7; 32]).to_string()), 404, "no_such_image", "image"),
-        (client::remove_image(&image().to_string()), 501, "not_implemented", "remove"),
+        (client::remove_image(&image().to_string()), 409, "image_in_use", "uses"),
         (client::get_upload(9), 404, "no_such_upload", "upload"),
         (client::start("web"), 409, "bad_state", "starting"),
     ];
@@ -343,9 +343,9 @@ fn image_push_in_chunks_resumes_refuses_a_corrupt_chunk_and_verifies_the_whole()
     }
     let img: Image = ok(&mut api, &mut node, &client::commit_upload(u.id));
     assert_eq!(img.digest, digest);
-    assert_eq!(node.added[0].rootfs, rootfs);
-    assert_eq!(node.added[0].config, config);
-    assert!(api.uploads.is_empty());
+    // the bytes are in the node's store, as one stream
+    assert_eq!(node.kernel.stored[0].1, stream);
+    assert!(api.uploads.is_empty() && node.kernel.uploads.is_empty());
     let list: ImageList = ok(&mut api, &mut node, &client::list_images());
     assert!(list.images.iter().any(|i| i.digest == digest));
     // pushing it again is instant: the node has it
@@ -369,9 +369,9 @@ fn image_push_in_chunks_resumes_refuses_a_corrupt_chunk_and_verifies_the_whole()
     }
     let (s, c, m) = refused(&mut api, &mut node, ADMIN, &client::commit_upload(u.id));
     assert_eq!((s, c.as_str()), (422, "image_invalid"));
-    assert!(m.contains("rootfs"), "{m}");
-    assert!(api.uploads.is_empty());
-    assert_eq!(node.added.len(), 1);
+    assert!(m.contains("not the image"), "{m}");
+    assert!(api.uploads.is_empty() && node.kernel.uploads.is_empty(), "the store freed it");
+    assert_eq!(node.kernel.stored.len(), 1);
 }
 
 #[test]
@@ -384,8 +384,8 @@ fn uploads_are_bounded() {
     let overflow = String::from("{\"rootfs\":{\"size\":18446744073709551615},\"config\":{\"size\":1}}");
     let c = UploadCreate { image: Digest::of(overflow.as_bytes()).to_string(), manifest: overflow };
     assert_eq!(refused(&mut api, &mut node, ADMIN, &client::create_upload(&c)).0, 413);
-    for i in 0..3 {
-        let m = format!("{{\"rootfs\":{{\"size\":{i}}},\"config\":{{\"size\":1}}}}");
+    for i in 0..3u8 {
+        let m = test_image(&[i; 10], b"{}", Digest::of(&[i; 10]));
         let c = UploadCreate { image: Digest::of(m.as_bytes()).to_string(), manifest: m };
         let (status, body) = call(&mut api, &mut node, ADMIN, &client::create_upload(&c));
         assert_eq!(status, if i < 2 { 201 } else { 507 }, "{}", String::from_utf8_lossy(&body));
@@ -395,6 +395,33 @@ fn uploads_are_bounded() {
     let now = node.now_ms;
     api.tick(&mut node, now);
     assert!(api.uploads.is_empty());
+}
+
+#[test]
+fn images_are_removed_unless_a_workload_uses_them_and_aborted_pushes_are_freed() {
+    let (mut api, mut node) = (fuzzing::api(), SimNode::new(1024));
+    let _: Workload = ok(&mut api, &mut node, &client::run(&run_req("web", 64)));
+    let (s, c, m) = refused(&mut api, &mut node, ADMIN, &client::remove_image(&image().to_string()));
+    assert_eq!((s, c.as_str()), (409, "image_in_use"), "{m}");
+    let _: serde_json::Value = ok(&mut api, &mut node, &client::stop("web", None));
+    let (s, _) = call(&mut api, &mut node, ADMIN, &client::remove("web"));
+    assert!(s < 300 || s == 409, "{s}");
+    // once no workload names it, it goes (and its frames with it, in the kernel's store)
+    let end = VmEvent { vm: 1, event: Event::Ended { how: vmctl::Ended::Killed, touched_bytes: 0, wall_ms: 1 } };
+    node.service.on_event(end, 1, &mut node.kernel);
+    let _: serde_json::Value = ok(&mut api, &mut node, &client::remove("web"));
+    let img: Image = ok(&mut api, &mut node, &client::remove_image(&image().to_string()));
+    assert_eq!(img.digest, image().to_string());
+    assert_eq!(node.kernel.removed, vec![image()]);
+    let list: ImageList = ok(&mut api, &mut node, &client::list_images());
+    assert!(list.images.is_empty());
+    // an aborted push is freed in the store too
+    let m = test_image(&[1; 10], b"{}", Digest::of(&[1; 10]));
+    let u: Upload = ok(&mut api, &mut node, &client::create_upload(&UploadCreate { image: Digest::of(m.as_bytes()).to_string(), manifest: m }));
+    assert_eq!(node.kernel.uploads.len(), 1);
+    let (s, _) = call(&mut api, &mut node, ADMIN, &client::abort_upload(u.id));
+    assert_eq!(s, 200);
+    assert!(node.kernel.uploads.is_empty() && api.uploads.is_empty());
 }
 
 #[test]

@@ -28,7 +28,16 @@ pub struct SimKernel {
     /// What the service tagged each VM with (`OP_TAG`).
     pub tags: Vec<(VmHandle, Vec<u8>)>,
     pub removed: Vec<Digest>,
+    /// The store's uploads in progress: (id, image, manifest, stream).
+    pub uploads: Vec<(u32, Digest, Vec<u8>, Vec<u8>)>,
+    /// The bytes of the `ImageChunk` being served (`workd` reads them from the grant).
+    pub chunk: Vec<u8>,
+    /// Images pushed and verified: their info and stream (`config.json ‖ rootfs.squashfs`).
+    pub stored: Vec<(ImageInfo, Vec<u8>)>,
 }
+
+/// The simulated store's largest image (the kernel's bound is `vmctl::IMAGE_MAX`).
+pub const SIM_IMAGE_MAX: u64 = 4 << 20;
 
 impl Vmm for SimKernel {
     fn create(&mut self, req: &CreateVm) -> Option<VmHandle> {
@@ -61,7 +70,43 @@ impl Vmm for SimKernel {
     }
     fn image_remove(&mut self, image: Digest) -> Result<(), crate::Error> {
         self.removed.push(image);
+        self.stored.retain(|(i, _)| i.digest != image);
         Ok(())
+    }
+    fn image_begin(&mut self, image: Digest, manifest: &[u8]) -> Result<(u32, u64), crate::Error> {
+        let (c, r) = crate::store::stream_sizes(manifest).map_err(|_| crate::Error::ImageInvalid)?;
+        let size = c.checked_add(r).filter(|s| *s <= SIM_IMAGE_MAX).ok_or(crate::Error::StoreFull)?;
+        if let Some(u) = self.uploads.iter().find(|u| u.1 == image) {
+            return Ok((u.0, u.3.len() as u64));
+        }
+        if self.uploads.len() >= vmctl::UPLOADS_MAX {
+            return Err(crate::Error::StoreFull);
+        }
+        let id = self.uploads.iter().map(|u| u.0).max().unwrap_or(0) + 1;
+        self.uploads.push((id, image, manifest.to_vec(), alloc::vec![0; size as usize]));
+        Ok((id, size))
+    }
+    fn image_write(&mut self, upload: u32, offset: u64, len: u32, digest: Digest) -> Result<(), crate::Error> {
+        if self.chunk.len() != len as usize || Digest::of(&self.chunk) != digest {
+            return Err(crate::Error::ChunkDigest);
+        }
+        let u = self.uploads.iter_mut().find(|u| u.0 == upload).ok_or(crate::Error::NoSuchUpload)?;
+        let end = offset.checked_add(len as u64).filter(|e| *e <= u.3.len() as u64).ok_or(crate::Error::NoSuchUpload)?;
+        u.3[offset as usize..end as usize].copy_from_slice(&self.chunk);
+        Ok(())
+    }
+    fn image_commit(&mut self, upload: u32) -> Result<ImageInfo, crate::Error> {
+        let i = self.uploads.iter().position(|u| u.0 == upload).ok_or(crate::Error::NoSuchUpload)?;
+        let (_, image, manifest, data) = self.uploads.swap_remove(i);
+        let (c, _) = crate::store::stream_sizes(&manifest).map_err(|_| crate::Error::ImageInvalid)?;
+        let info = crate::store::verify(&manifest, &data[c as usize..], &data[..c as usize], Some(image)).map_err(|_| crate::Error::ImageInvalid)?;
+        self.stored.push((info, data));
+        Ok(info)
+    }
+    fn image_abort(&mut self, upload: u32) -> Result<(), crate::Error> {
+        let n = self.uploads.len();
+        self.uploads.retain(|u| u.0 != upload);
+        if self.uploads.len() == n { Err(crate::Error::NoSuchUpload) } else { Ok(()) }
     }
 }
 
