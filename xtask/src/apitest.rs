@@ -95,3 +95,289 @@ pub fn test_operator_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), St
     }
     Ok(())
 }
+
+/// A workstation in its own network namespace on the switch: a `catenary init` key (its
+/// config directory), a `wireguard-go` interface configured by `catenary wg-config` with the
+/// nodes as peers, routes to their /64s.
+struct Workstation {
+    cfg: std::path::PathBuf,
+    ns: String,
+    wg: Option<Child>,
+    _g: NsGuard,
+}
+
+impl Drop for Workstation {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.wg {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // the operator's private key stays in no file of the run
+        let _ = std::fs::remove_file(self.cfg.join("operator.key"));
+    }
+}
+
+/// The `catenary` binary (built once by the test).
+fn cli() -> std::path::PathBuf {
+    crate::tools::root().join("target/debug/catenary")
+}
+
+/// `catenary init --name NAME` in `cfg`: the operator's public key.
+fn init_key(cfg: &Path, name: &str) -> Result<[u8; 32], String> {
+    let _ = std::fs::remove_dir_all(cfg);
+    let o = Command::new(cli()).args(["init", "--name", name]).env("CATENARY_CONFIG_DIR", cfg).output().map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    line.split_whitespace().nth(2).and_then(catenary_net::cluster::hex_decode32).ok_or(format!("catenary init printed {line:?}"))
+}
+
+impl Workstation {
+    fn up(switch: &Path, dir: &Path, name: &str, cfg: &Path, idx: u8, cluster_txt: &Path, nodes: &[&NodeSpec]) -> Result<Workstation, String> {
+        let id = std::process::id() % 1000;
+        let (ns, tap, wgif) = (format!("catapi{id}{idx}"), format!("catat{id}{idx}"), format!("catw{id}{idx}"));
+        let mut g = NsGuard { ns: ns.clone(), plug: None };
+        let conf = dir.join(format!("wg-{name}.conf"));
+        let o = Command::new(cli()).args(["wg-config", "--cluster", cluster_txt.to_str().unwrap(), "--iface", &tap, "-o", conf.to_str().unwrap()])
+            .env("CATENARY_CONFIG_DIR", cfg).output().map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!("catenary wg-config: {}", String::from_utf8_lossy(&o.stderr).trim()));
+        }
+        let text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&conf);
+        let address = text.lines().find_map(|l| l.strip_prefix("Address = ")).ok_or("no Address in the wg-config output")?.to_string();
+        let stripped = dir.join(format!("wg-{name}.setconf"));
+        std::fs::write(&stripped, text.lines().filter(|l| !l.starts_with("Address")).collect::<Vec<_>>().join("\n") + "\n").map_err(|e| e.to_string())?;
+        sh(&["chmod", "600", stripped.to_str().unwrap()])?;
+        let mut ws = Workstation { cfg: cfg.to_path_buf(), ns: ns.clone(), wg: None, _g: NsGuard { ns: String::new(), plug: None } };
+        let r = (|| {
+            ws.wg = Some(wireguard_go_namespace(switch, &ns, &tap, &wgif, [0x52, 0x54, 0x00, 0xca, 0x01, idx], &mut g)?);
+            sh(&["ip", "netns", "exec", &ns, "wg", "setconf", &wgif, stripped.to_str().unwrap()])?;
+            sh(&["ip", "netns", "exec", &ns, "ip", "-6", "addr", "add", &address, "dev", &wgif])?;
+            sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &wgif, "up"])?;
+            for n in nodes {
+                sh(&["ip", "netns", "exec", &ns, "ip", "-6", "route", "add", &format!("{}/64", n.identity.prefix().network()), "dev", &wgif])?;
+            }
+            Ok::<(), String>(())
+        })();
+        let _ = std::fs::remove_file(&stripped);
+        ws._g = g;
+        r.map(|_| ws)
+    }
+
+    /// `catenary --api [node]:8080 ARGS` in the namespace: (exit status, stdout, stderr).
+    fn cli(&self, node: &NodeSpec, args: &[&str]) -> (i32, String, String) {
+        let api = format!("[{}]:{}", node.identity.node_address(), catenary_api::PORT);
+        let o = Command::new("ip").args(["netns", "exec", &self.ns]).arg(cli()).args(["--api", &api]).args(args).env("CATENARY_CONFIG_DIR", &self.cfg).output();
+        match o {
+            Ok(o) => (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned()),
+            Err(e) => (-1, String::new(), e.to_string()),
+        }
+    }
+
+    /// `curl` in the namespace: (exit status, HTTP status and body).
+    fn curl(&self, node: &NodeSpec, path: &str) -> (i32, String) {
+        let url = format!("http://[{}]:{}{path}", node.identity.node_address(), catenary_api::PORT);
+        let o = Command::new("ip").args(["netns", "exec", &self.ns, "curl", "-s", "-g", "--max-time", "15", "-w", "\n%{http_code}", &url]).output();
+        match o {
+            Ok(o) => (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned()),
+            Err(e) => (-1, e.to_string()),
+        }
+    }
+}
+
+/// A check of the API test: its line and whether it held.
+struct Checks(Vec<(String, bool)>);
+
+impl Checks {
+    fn check(&mut self, what: &str, ok: bool, detail: &str) {
+        // one line each: the first line of the detail, at most 160 characters
+        let d: String = detail.trim().lines().next().unwrap_or("").chars().take(160).collect();
+        println!("  {} {what}: {d}", if ok { "ok  " } else { "FAIL" });
+        self.0.push((what.into(), ok));
+    }
+    fn all(&self) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|c| c.1)
+    }
+}
+
+fn json(s: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(s.trim()).ok()
+}
+
+/// `net_operator_api_cli` (issue 12 items 1, 2, 5-7; docs/api.md): two nodes each running
+/// `apid`; workstations in namespaces reach them through `wireguard-go` with their own keys.
+/// The admin's CLI lists nodes, runs the store's image on node2, follows its log through node1
+/// (forwarded), sees it in `ps` of either node (gathered from both), inspects and stops it
+/// through node1, removes it through node2; a viewer's `run` is refused (exit
+/// 4, 403) while its `ps` works; a key the cluster file does not list gets no answer at all
+/// (CLI exit 3, curl times out); `curl` gets JSON; every `--json` output parses.
+pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "net_operator_api_cli";
+    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let tools = ["ip", "vde_plug2tap", "curl", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
+    if !root || !tools || !Path::new("/dev/net/tun").exists() {
+        t.skip(name, "needs root, /dev/net/tun, ip, curl, vde_plug2tap, wireguard-go, wg");
+        return Ok(());
+    }
+    if let Some(why) = crate::ociimage::missing_tools() {
+        t.skip(name, why);
+        return Ok(());
+    }
+    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
+        t.record(name, false, "(no guest bundle in build/guest: `cargo xtask guest` failed?)");
+        return Ok(());
+    }
+    let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
+    if !st.success() {
+        t.record(name, false, "(cargo build -p catenary failed)");
+        return Ok(());
+    }
+    let tag = "net-operator-api";
+    let dir = crate::tools::out_dir().join(tag);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // the workload test's busybox image (`hello NAME` greets and sleeps), packed
+    let img_dir = crate::tools::out_dir().join("operator-api-image");
+    crate::workloadtest::build(&img_dir)?;
+    let image = img_dir.join("out");
+    let (admin_cfg, viewer_cfg, stranger_cfg) = (dir.join("admin"), dir.join("viewer"), dir.join("stranger"));
+    let admin = init_key(&admin_cfg, "alice")?;
+    let viewer = init_key(&viewer_cfg, "ci")?;
+    init_key(&stranger_cfg, "mallory")?;
+    let ops = [
+        Operator { name: "alice".into(), public_key: admin, role: "admin".into() },
+        Operator { name: "ci".into(), public_key: viewer, role: "viewer".into() },
+    ];
+    let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2)];
+    for n in &mut nodes {
+        n.guest = true;
+        n.cmdline = "vm=none".into();
+        for f in ["rootfs.squashfs", "config.json", "image.json"] {
+            n.files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));
+        }
+    }
+    let mut r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
+    let serving = "apid: serving the operator API";
+    let up = r.wait(Duration::from_secs(400), false, |l| l.iter().all(|n| n.iter().any(|x| x.contains(serving))));
+    let cluster_txt = dir.join("cluster-workstation.txt");
+    std::fs::write(&cluster_txt, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
+    let mut c = Checks(Vec::new());
+    c.check("both nodes' apid listen on their fabric /128, port 8080", up, &format!("`{serving}` on each node"));
+    let res = (|| -> Result<(), String> {
+        if !up {
+            return Err("apid is not serving".into());
+        }
+        let refs: Vec<&NodeSpec> = nodes.iter().collect();
+        let a = Workstation::up(r.switch_sock(), &dir, "alice", &admin_cfg, 1, &cluster_txt, &refs)?;
+        let v = Workstation::up(r.switch_sock(), &dir, "ci", &viewer_cfg, 2, &cluster_txt, &refs)?;
+        let s = Workstation::up(r.switch_sock(), &dir, "mallory", &stranger_cfg, 3, &cluster_txt, &refs)?;
+        let (n1, n2) = (&nodes[0], &nodes[1]);
+        // nodes: both listed, node1 up (it answers), JSON parses
+        let (st, out, err) = a.cli(n1, &["--json", "nodes"]);
+        let nl = json(&out);
+        let names: Vec<String> = nl.as_ref().and_then(|j| j["nodes"].as_array().cloned()).unwrap_or_default().iter().map(|n| format!("{}:{}", n["name"].as_str().unwrap_or("?"), n["state"].as_str().unwrap_or("?"))).collect();
+        c.check("admin `catenary --json nodes` via node1 lists both nodes", st == 0 && names.len() == 2 && names.contains(&"node1:up".to_string()), &format!("exit {st}: {names:?} {err}"));
+        let (st, out, _) = a.cli(n1, &["nodes"]);
+        c.check("admin `catenary nodes` prints a table", st == 0 && out.contains("node1") && out.contains("node2"), &out.replace('\n', " | "));
+        // the image in node1's store; push of an image the node has is instant
+        let (st, out, err) = a.cli(n1, &["--json", "image", "ls"]);
+        let digest = std::fs::read_to_string(image.join("image.json")).ok().map(|m| format!("sha256:{}", catenary_api::auth::hex(&sha256(m.as_bytes()))));
+        let listed = json(&out).map(|j| j.to_string()).unwrap_or_default();
+        c.check("`image ls --json` lists the store's image", st == 0 && digest.as_ref().is_some_and(|d| listed.contains(d.as_str())), &format!("exit {st} {err}"));
+        let (st, out, err) = a.cli(n1, &["image", "push", image.to_str().unwrap()]);
+        c.check("`image push` of an image the node has is answered at once", st == 0, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        // run on node2 (through node2's API) from the packed directory (its digest); then
+        // everything else through node1, which forwards what concerns node2's workload
+        let (st, out, err) = a.cli(n2, &["--json", "run", "--name", "greeter", "--mem", "64", image.to_str().unwrap(), "hello", "apitest"]);
+        let w = json(&out);
+        c.check("admin `run --json` on node2 creates and starts the workload", st == 0 && w.as_ref().is_some_and(|w| w["name"] == "greeter"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let api = format!("[{}]:{}", n1.identity.node_address(), catenary_api::PORT);
+        let mut follow = Command::new("ip").args(["netns", "exec", &a.ns]).arg(cli()).args(["--api", &api, "logs", "-f", "greeter"])
+            .env("CATENARY_CONFIG_DIR", &a.cfg).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().map_err(|e| e.to_string())?;
+        let out_pipe = follow.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out_pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let t0 = std::time::Instant::now();
+        let mut greeted = false;
+        while !greeted && t0.elapsed() < Duration::from_secs(300) {
+            if let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
+                greeted |= l.contains("hello from apitest");
+            }
+            r.wait(Duration::from_millis(10), false, |_| false);
+        }
+        c.check("`logs -f greeter` through node1 shows node2's workload's output as it comes", greeted, &format!("after {:.0} s", t0.elapsed().as_secs_f64()));
+        // ps on either node: the list gathered from both, each entry with its node
+        for (via, n) in [("node1", n1), ("node2", n2)] {
+            let (st, out, _) = a.cli(n, &["--json", "ps"]);
+            let l = json(&out).and_then(|j| j["workloads"].as_array().cloned()).unwrap_or_default();
+            let seen = l.iter().any(|w| w["name"] == "greeter" && w["state"] == "running" && w["node"] == "node2");
+            c.check(&format!("`ps --json` via {via} shows greeter running on node2"), st == 0 && seen && l.len() == 1, &format!("exit {st}: {}", out.replace('\n', " ")));
+        }
+        let (st, out, _) = a.cli(n1, &["ps"]);
+        c.check("`ps` table via node1 shows greeter", st == 0 && out.contains("greeter"), &out.replace('\n', " | "));
+        let (st, out, _) = a.cli(n1, &["--json", "inspect", "greeter"]);
+        c.check("`inspect --json greeter` via node1 (forwarded to node2)", st == 0 && json(&out).is_some_and(|j| j["name"] == "greeter" && j["state"] == "running"), &format!("exit {st}"));
+        // the viewer reads but may not run
+        let (st, out, err) = v.cli(n1, &["run", "--name", "nope", image.to_str().unwrap()]);
+        c.check("viewer `run` is refused: exit 4, permission denied (403)", st == 4 && err.contains("permission denied"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let (st, out, _) = v.cli(n1, &["--json", "ps"]);
+        let nope = out.contains("\"nope\"");
+        c.check("viewer `ps --json` works; nothing was created by the refused run", st == 0 && json(&out).is_some() && !nope, &format!("exit {st}"));
+        // a key the cluster file does not list: no session, no answer at all
+        let (st, out, err) = s.cli(n1, &["nodes"]);
+        c.check("unknown key: the CLI gets no answer (exit 3, unreachable)", st == 3 && out.is_empty(), &format!("exit {st}: {}", err.trim()));
+        let (st, out) = s.curl(n1, "/v1/nodes");
+        c.check("unknown key: curl gets no HTTP answer", st != 0 && !out.contains('{'), &format!("curl exit {st}, output {:?}", out.trim()));
+        // curl through the admin's interface
+        let (st, out) = a.curl(n1, "/v1/workloads");
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", ""));
+        c.check("curl GET /v1/workloads gets 200 and JSON", st == 0 && code == "200" && json(body).is_some_and(|j| j["workloads"].is_array()), &format!("curl exit {st}, HTTP {code}"));
+        let (st, out) = v.curl(n1, "/v1/nope");
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", ""));
+        c.check("curl of an unknown path gets 404 and a JSON error", st == 0 && code == "404" && json(body).is_some_and(|j| j["error"]["code"].is_string()), &format!("HTTP {code}: {}", body.trim()));
+        // stop through node1 (forwarded): logs -f ends by itself once the workload has
+        // ended; then rm through node2 (its own)
+        let (st, out, err) = a.cli(n1, &["stop", "--grace-ms", "2000", "greeter"]);
+        c.check("admin `stop greeter` via node1 (forwarded to node2)", st == 0, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let t0 = std::time::Instant::now();
+        let mut ended = None;
+        while ended.is_none() && t0.elapsed() < Duration::from_secs(180) {
+            ended = follow.try_wait().ok().flatten();
+            r.wait(Duration::from_millis(500), false, |_| false);
+        }
+        if ended.is_none() {
+            let _ = follow.kill();
+        }
+        let _ = follow.wait();
+        c.check("`logs -f` returns once the workload has ended", ended.is_some_and(|s| s.success()), &format!("{ended:?} after {:.0} s", t0.elapsed().as_secs_f64()));
+        let (st, out, _) = a.cli(n1, &["--json", "inspect", "greeter"]);
+        let exit = json(&out).map(|j| j["exit"].to_string()).unwrap_or_default();
+        c.check("`inspect --json`: exited by signal 15 (the image's StopSignal)", st == 0 && out.contains("\"exited\"") && exit.contains("15"), &format!("exit {st}: exit {exit}"));
+        let (st, out, err) = a.cli(n2, &["rm", "greeter"]);
+        c.check("admin `rm greeter` via node2", st == 0, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let (st, out, _) = a.cli(n1, &["--json", "ps"]);
+        let gone = json(&out).and_then(|j| j["workloads"].as_array().map(|l| l.is_empty())).unwrap_or(false);
+        c.check("`ps --json` via node1 after rm: no workloads on either node", st == 0 && gone, out.trim());
+        let (st, out, _) = a.cli(n2, &["--json", "events"]);
+        let kinds: Vec<String> = out.lines().filter_map(json).map(|e| e["kind"].as_str().unwrap_or("?").to_string()).collect();
+        c.check("`events --json` (one JSON object a line) saw created and removed", st == 0 && kinds.contains(&"created".into()) && kinds.contains(&"removed".into()), &format!("{kinds:?}"));
+        drop((a, v, s));
+        Ok(())
+    })();
+    r.wait(Duration::from_millis(500), false, |_| false);
+    let log = r.save_logs(tag);
+    drop(r);
+    if let Err(e) = &res {
+        c.check("the test ran to its end", false, e);
+    }
+    t.record(name, c.all(), &format!("({} checks; log {})", c.0.len(), log.display()));
+    Ok(())
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}

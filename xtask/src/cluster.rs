@@ -381,7 +381,7 @@ fn kicker(sock: &Path, ms: u64) {
 }
 
 /// Write a file only its owner can read (it holds a private key).
-fn write_private(p: &Path, data: &[u8]) -> Result<(), String> {
+pub(crate) fn write_private(p: &Path, data: &[u8]) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(p);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -426,12 +426,28 @@ pub fn run_nodes(n: usize, cmdline: &str) -> Result<(), String> {
     for s in &nodes {
         eprintln!("xtask: {} key {} fabric {} underlay {}", s.name, hex_encode(&s.identity.public_key()), s.identity.node_address(), link_local_from_mac(s.mac));
     }
-    let mut r = start(&kernel, &nodes, "cluster", &[])?;
+    // an operator (admin) for the CLI in a second terminal (docs/api.md, "A local cluster")
+    let op = crate::operator::prepare(&nodes[0])?;
+    let mut r = start_with(&kernel, &nodes, "cluster", &[], &[op])?;
     for (n, c) in r.names.iter().zip(&r.shown) {
         eprintln!("xtask: {n}: {c}");
     }
     eprintln!("xtask: {n} node(s) on vde switch {}; cluster file {}; stop with Ctrl-C",
         r.switch_sock().display(), r.dir.join("cluster.txt").display());
+    let _ws = match crate::operator::workstation(r.switch_sock(), &nodes) {
+        Ok(w) => {
+            if w.is_some() {
+                eprintln!("xtask: the workstation's fabric is up (tap {}, wireguard-go {})", crate::operator::TAP, crate::operator::WG);
+            }
+            w
+        }
+        Err(e) => {
+            eprintln!("xtask: the workstation's fabric could not be set up: {e}");
+            None
+        }
+    };
+    eprintln!("xtask: operator config {} (admin key, API of node1); in a second terminal:", crate::operator::dir().display());
+    eprintln!("xtask:   export CATENARY_CONFIG_DIR={}; cargo run -q -p catenary -- nodes", crate::operator::dir().display());
     r.wait(Duration::from_secs(u64::MAX / 4), true, |_| false);
     Ok(())
 }
@@ -477,7 +493,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -509,6 +525,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_workload_server", crate::workloadnet::test),
         ("net_operator_wireguard_go", crate::apitest::test_operator_wireguard_go),
         ("net_cli_embedded_fabric", crate::fabriccli::test),
+        ("net_operator_api", crate::apitest::test_operator_api),
     ];
     for &(name, f) in groups {
         if crate::test::selected(name) {

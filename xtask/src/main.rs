@@ -4,6 +4,7 @@
 
 mod apitest;
 mod fabriccli;
+mod operator;
 mod bochs;
 mod build;
 mod cluster;

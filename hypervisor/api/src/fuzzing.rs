@@ -139,7 +139,7 @@ pub fn run(data: &[u8]) {
                 }
                 let tail = body.get(8..).unwrap_or(&[]);
                 let query = ["", "cursor=5", "since=1", "max=99999999999", "cursor=1&cursor=2", "x=1"][(w >> 40) as usize % 6];
-                let req = Request { method: r.method, path, query: query.into(), chunk_digest: Some(Digest::of(tail).to_string()), body: tail.to_vec() };
+                let req = Request { method: r.method, path, query: query.into(), chunk_digest: Some(Digest::of(tail).to_string()), on_behalf_of: None, body: tail.to_vec() };
                 let now = node.now_ms;
                 check(&api.handle(&caller, &req, &mut node, now));
             }

@@ -67,6 +67,9 @@ impl Method {
     }
 }
 
+/// The header a node's API service sets on a request it forwards to another node's.
+pub const ON_BEHALF_OF: &str = "Catenary-On-Behalf-Of";
+
 /// A complete request. Only the headers the API uses are kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -77,6 +80,9 @@ pub struct Request {
     pub query: String,
     /// `Chunk-Digest` (an image chunk's `sha256:…`).
     pub chunk_digest: Option<String>,
+    /// `Catenary-On-Behalf-Of` (64 hex): the operator a node forwards this request for. Only
+    /// a caller that is a node of the cluster may say so (`apid` checks; docs/api.md).
+    pub on_behalf_of: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -168,6 +174,7 @@ impl RequestReader {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let mut length: Option<usize> = None;
         let mut chunk_digest = None;
+        let mut on_behalf_of = None;
         for h in r.headers.iter() {
             if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 return Err(ApiError::new(411, "length_required", "Transfer-Encoding is refused: send the body with Content-Length"));
@@ -184,12 +191,16 @@ impl RequestReader {
                 let v = core::str::from_utf8(h.value).map_err(|_| ApiError::new(400, "bad_request", "Chunk-Digest is not text"))?;
                 chunk_digest = Some(v.to_string());
             }
+            if h.name.eq_ignore_ascii_case(ON_BEHALF_OF) {
+                let v = core::str::from_utf8(h.value).map_err(|_| ApiError::new(400, "bad_request", "Catenary-On-Behalf-Of is not text"))?;
+                on_behalf_of = Some(v.to_string());
+            }
         }
         let len = length.unwrap_or(0);
         if len > self.limits.max_body {
             return Err(ApiError::new(413, "body_too_large", &alloc::format!("the body may be at most {} bytes", self.limits.max_body)));
         }
-        let req = Request { method, path: path.to_string(), query: query.to_string(), chunk_digest, body: Vec::new() };
+        let req = Request { method, path: path.to_string(), query: query.to_string(), chunk_digest, on_behalf_of, body: Vec::new() };
         Ok(Some((req, n, len)))
     }
 }

@@ -253,6 +253,10 @@ fn malformed_and_oversized_requests_are_refused_with_their_status() {
     let l = Limits { max_headers: 4, max_head: 256, max_body: 100, timeout_ms: 1000 };
     let ok = feed_all(b"POST /v1/x?y=1 HTTP/1.1\r\nContent-Length: 3\r\nChunk-Digest: sha256:ab\r\n\r\nabcIGNORED", l).unwrap().unwrap();
     assert_eq!((ok.method, ok.path.as_str(), ok.query.as_str(), ok.body.as_slice(), ok.chunk_digest.as_deref()), (Method::Post, "/v1/x", "y=1", &b"abc"[..], Some("sha256:ab")));
+    assert_eq!(ok.on_behalf_of, None);
+    // a forwarded request names its operator (apid honours it from a node only)
+    let fwd = feed_all(b"GET /v1/workloads/w HTTP/1.1\r\ncatenary-on-behalf-of: 0a0b\r\n\r\n", l).unwrap().unwrap();
+    assert_eq!(fwd.on_behalf_of.as_deref(), Some("0a0b"));
     let long_header = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
     let many = "GET / HTTP/1.1\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\n\r\n";
     let cases: Vec<(&[u8], u16)> = vec![

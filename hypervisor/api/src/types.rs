@@ -178,6 +178,10 @@ pub struct WorkloadSummary {
     pub memory_mib: u32,
     /// Its /128 (created with network, once the node's network is up).
     pub address: Option<String>,
+    /// The node that runs it, in a list gathered from the cluster's nodes (`null`: the node
+    /// that answered).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl From<&Summary> for WorkloadSummary {
@@ -185,6 +189,7 @@ impl From<&Summary> for WorkloadSummary {
         WorkloadSummary {
             id: s.id, name: s.name.clone(), state: s.state.name().to_string(), exit: s.exit.map(Exit::from), restarts: s.restarts, memory_mib: s.memory_mib,
             address: s.address.map(|a| a.to_string()),
+            node: None,
         }
     }
 }
@@ -325,7 +330,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         workloads: Some(1),
     };
     let image = Image { digest: d.clone(), rootfs: d.clone(), rootfs_size: 1, config: d.clone(), config_size: 1 };
-    let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64, address: Some("fd00::100:0:1:1".into()) };
+    let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64, address: Some("fd00::100:0:1:1".into()), node: Some("node1".into()) };
     let workload = Workload {
         id: 1,
         name: "web".into(),

@@ -234,6 +234,18 @@ pub mod netd {
     /// Whether task `arg` is alive (rax 1/0): `netd` closes the sockets of dead clients.
     pub const OP_ALIVE: u64 = 17;
 
+    /// A task's call to `netd`'s endpoint (with a writable grant): the cluster file as
+    /// `netd` booted with it (public: node and operator keys, names, endpoints) is copied
+    /// into the grant. Reply label 0 with words [bytes, up, members, 0] (`up`: bit i set when
+    /// the i-th `node` line is this node or has an established fabric session, i < 64), or
+    /// [`CLUSTER_TOO_SMALL`] with words [bytes needed, ..] / [`CLUSTER_NO_GRANT`] /
+    /// [`CLUSTER_NOT_READY`] (the stack is not up yet: ask again). The API service (`apid`)
+    /// learns its operators and the nodes from it.
+    pub const LABEL_CLUSTER: u64 = 0x4e43_0001;
+    pub const CLUSTER_NO_GRANT: u64 = 1;
+    pub const CLUSTER_TOO_SMALL: u64 = 2;
+    pub const CLUSTER_NOT_READY: u64 = 3;
+
     /// Records are at most this long.
     pub const RECORD: usize = 128;
     /// TESTS ONLY: a fabric IPC message with this label makes a ring-3 `netd` started with

@@ -13,7 +13,7 @@ pub use services::SERVICES;
 /// Programs embedded in the kernel image (bins of hypervisor/user; the kernel's build script
 /// embeds exactly these). `uapp`, `sysfuzz` and `wkctl` (a workload-protocol client) also serve
 /// the kernel's tests.
-pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz", "workd", "wkctl"];
+pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz", "workd", "wkctl", "apid"];
 
 /// The supervisor's own program: started by the kernel, not an entry of [`SERVICES`].
 pub const SUPERVISOR: &str = "supd";
@@ -99,6 +99,9 @@ pub struct Service {
     /// Those of its `sends` whose capability also carries the `SHARE` right (`SYS_SHARE`:
     /// memory lent for as long as both live, e.g. `nicd`'s frame ring to `netd`).
     pub shares: &'static [&'static str],
+    /// Those of its `sends` whose capability also carries the `GRANT` right (lend its own
+    /// memory for the length of a call: requests and answers through a buffer).
+    pub grants: &'static [&'static str],
     /// The node's workload service (`workd`): one more capability, to its own endpoint with
     /// the `VMCTL` right (`SYS_VM`: create, power off and hear from microVMs), after its send
     /// capabilities and the router's. At most one service.
@@ -145,7 +148,7 @@ impl Error {
             Error::DmaOverBudget => "manifest: DMA quotas over DMA_BUDGET_PAGES",
             Error::MemoryOverBudget => "manifest: memory quotas over MEMORY_BUDGET_PAGES",
             Error::DmaOverMemory(_) => "manifest: a DMA quota larger than the service's memory quota",
-            Error::BadNetGrant(_) => "manifest: two routers, or a share to a service not in its sends",
+            Error::BadNetGrant(_) => "manifest: two routers, or a share or grant to a service not in its sends",
             Error::BadVmControl(_) => "manifest: two services with vm_control, or one without an endpoint",
         }
     }
@@ -240,6 +243,13 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
         let mut k = 0;
         while k < s.shares.len() {
             if !contains(s.sends, s.shares[k]) {
+                return Err(Error::BadNetGrant(i));
+            }
+            k += 1;
+        }
+        let mut k = 0;
+        while k < s.grants.len() {
+            if !contains(s.sends, s.grants[k]) {
                 return Err(Error::BadNetGrant(i));
             }
             k += 1;
@@ -339,7 +349,7 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 /// ```
 /// use catenary_manifest::*;
 /// const GOOD: &[Service] = &[Service { name: "x", program: "uapp", arg: 0, priority: 4, endpoint: true, sends: &["x"],
-///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], vm_control: false }];
+///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], grants: &[], vm_control: false }];
 /// assert_valid!(GOOD);
 /// ```
 ///
@@ -348,7 +358,7 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 /// ```compile_fail
 /// use catenary_manifest::*;
 /// const BAD: &[Service] = &[Service { name: "x", program: "nosuch", arg: 0, priority: 4, endpoint: true, sends: &["x"],
-///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], vm_control: false }];
+///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], grants: &[], vm_control: false }];
 /// assert_valid!(BAD);
 /// ```
 ///
@@ -357,7 +367,7 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 /// ```compile_fail
 /// use catenary_manifest::*;
 /// const A: Service = Service { name: "a", program: "uapp", arg: 0, priority: 4, endpoint: true, sends: &[],
-///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], vm_control: false };
+///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], grants: &[], vm_control: false };
 /// const BAD: &[Service] = &[A, Service { name: "b", ..A }];
 /// assert_valid!(BAD);
 /// ```

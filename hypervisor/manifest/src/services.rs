@@ -19,6 +19,7 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: false,
         shares: &[],
+        grants: &[],
         vm_control: false,
     },
     // The echo service (uapp role 1): the target of the local and fabric IPC tests.
@@ -37,6 +38,7 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: false,
         shares: &[],
+        grants: &[],
         vm_control: false,
     },
     // The virtio-net driver: the device's virtio structures, DMA memory (heap 96 pages,
@@ -58,6 +60,7 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: false,
         shares: &["netd"],
+        grants: &[],
         vm_control: false,
     },
     // The network stack (smoltcp, netfabric sessions, the fabric IPC router, the microVM
@@ -81,6 +84,7 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: true,
         shares: &[],
+        grants: &[],
         vm_control: false,
     },
     // The workload service: owns the node's microVMs (create, stop, restart, logs) and serves
@@ -102,6 +106,29 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: false,
         shares: &[],
+        grants: &[],
         vm_control: true,
+    },
+    // The operator API (docs/api.md): HTTP on the node's fabric /128, port 8080, through
+    // netd's sockets; each request becomes workload-protocol calls to workd. Send capabilities
+    // to both that may lend its buffers for a call (GRANT); no other authority. Memory for its
+    // heap: connections' requests (≤ 260 KiB each), image pushes in progress, the event ring.
+    Service {
+        name: "apid",
+        program: "apid",
+        arg: 0,
+        priority: 4,
+        endpoint: true,
+        sends: &["workd", "netd"],
+        ports: &[],
+        irq: None,
+        mmio: &[],
+        dma_pages: 0,
+        memory_pages: 2560,
+        restart: true,
+        router: false,
+        shares: &[],
+        grants: &["workd", "netd"],
+        vm_control: false,
     },
 ];

@@ -1,7 +1,7 @@
 use super::*;
 
 const fn svc(name: &'static str, program: &'static str) -> Service {
-    Service { name, program, arg: 0, priority: 4, endpoint: true, sends: &[], ports: &[], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], vm_control: false }
+    Service { name, program, arg: 0, priority: 4, endpoint: true, sends: &[], ports: &[], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], grants: &[], vm_control: false }
 }
 
 #[test]

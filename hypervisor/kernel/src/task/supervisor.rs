@@ -399,6 +399,9 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
         if s.shares.contains(t) {
             cap.rights = cap.rights.union(Rights::SHARE);
         }
+        if s.grants.contains(t) {
+            cap.rights = cap.rights.union(Rights::GRANT);
+        }
         caps.push(cap);
         sends.push((*t, e));
     }

@@ -197,6 +197,9 @@ struct State {
     woken: bool,
     /// The NIC interrupts through MSI-X (else `nicd` polls).
     msix: bool,
+    /// The cluster file as booted with (`LABEL_CLUSTER`), and its nodes' keys in file order.
+    cluster_text: Vec<u8>,
+    member_keys: Vec<[u8; 32]>,
 }
 
 /// A message on our endpoint: `nicd`'s reports, the kernel's wakeups, socket requests.
@@ -217,6 +220,7 @@ fn on_message(st: &mut State, m: Msg) {
             logf!("net: nicd's frame ring is lent to netd at {:#x} ({} pages, SYS_SHARE): frames flow", st.shared, ring::RING_PAGES);
         }
         ring::LABEL_FAIL => logf!("net: nicd failed at step {}", m.words[0]),
+        LABEL_CLUSTER if m.reply != 0 => cluster_file(st, m.reply),
         l if catenary_netsock::is_request(l) => {
             if m.reply != 0 {
                 st.sockets.serve(&mut st.node, m.reply, m.label, m.words);
@@ -224,6 +228,27 @@ fn on_message(st: &mut State, m: Msg) {
         }
         _ => {} // wakeups (frames, the kernel's notification)
     }
+}
+
+/// `LABEL_CLUSTER`: copy the cluster file into the caller's writable grant; say which nodes
+/// are up (this one, or a peer with an established session).
+fn cluster_file(st: &State, token: u64) {
+    let (label, words) = match grant_of(token) {
+        Some(g) if g.writable() && g.len() as usize >= st.cluster_text.len() => {
+            g.write(0, &st.cluster_text);
+            let mut up = 0u64;
+            for (i, k) in st.member_keys.iter().enumerate().take(64) {
+                let own = netfabric::identity::Prefix64::from_public_key(k).node_address() == st.node.fabric_addr;
+                if own || st.node.peers.iter().any(|p| p.public_key == *k && p.established) {
+                    up |= 1 << i;
+                }
+            }
+            (0, [st.cluster_text.len() as u64, up, st.member_keys.len() as u64, 0])
+        }
+        Some(g) if g.writable() => (CLUSTER_TOO_SMALL, [st.cluster_text.len() as u64, 0, 0, 0]),
+        _ => (CLUSTER_NO_GRANT, [0; 4]),
+    };
+    let _ = reply(token, label, words);
 }
 
 /// Hand a call or send from another node to its local endpoint (through the kernel).
@@ -445,6 +470,10 @@ fn run(arg: u64) -> u64 {
                 logf!("netd: nicd failed at step {}", m.words[0]);
                 return 4;
             }
+            // a client's call before the stack is up: answered (ask again), never dropped
+            LABEL_CLUSTER if m.reply != 0 => {
+                let _ = reply(m.reply, CLUSTER_NOT_READY, [0; 4]);
+            }
             l if catenary_netsock::is_request(l) && m.reply != 0 => {
                 if early.len() < EARLY_MAX {
                     early.push(m);
@@ -464,6 +493,7 @@ fn run(arg: u64) -> u64 {
         logf!("net: no node key: using a random identity");
         Identity::from_secret_bytes(b.identity_seed)
     };
+    let cluster_text = b.cluster.clone();
     let cluster = if b.cluster.is_empty() {
         Cluster::default()
     } else {
@@ -475,6 +505,7 @@ fn run(arg: u64) -> u64 {
             }
         }
     };
+    let member_keys: Vec<[u8; 32]> = cluster.members.iter().map(|m| m.public_key).collect();
     let now = now_ns();
     let h = netfabric::crypto::hash(&[b"catenary fabric ipc incarnation", &b.fabric_seed]);
     let incarnation = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) | 1;
@@ -505,7 +536,7 @@ fn run(arg: u64) -> u64 {
     let epoch = (arg >> 8).max(1);
     logf!("net: sockets: this netd is start {}: its socket handles carry epoch {}", arg >> 8, epoch);
     let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
-        sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix };
+        sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix, cluster_text, member_keys };
     if !early.is_empty() {
         logf!("net: sockets: serving {} request(s) that came before this netd was up", early.len());
     }

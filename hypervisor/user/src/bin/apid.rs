@@ -1,0 +1,424 @@
+//! apid: the operator API service (docs/api.md). Serves `catenary_api::Api` — HTTP/1.1 + JSON,
+//! `/v1/…` — on the node's fabric /128, TCP port 8080, through `netd`'s sockets
+//! (`catenary_user::netsock_client`, docs/networking.md §3c); every request becomes calls of
+//! the workload protocol to `workd` (`catenary_workload::proto`, through a granted buffer).
+//!
+//! Granted (manifest entry `apid`): its endpoint (slot 0, unused today), send capabilities
+//! with GRANT to `workd` (slot 1) and `netd` (slot 2), and a memory quota for its heap.
+//!
+//! - **Who calls.** The cluster file (`netd`'s `LABEL_CLUSTER`) lists the operators with their
+//!   roles and the nodes. The fabric delivers a packet only when its source lies in the /64 of
+//!   the key whose session carried it, so a connection's peer /128 names the caller's key
+//!   (`Operators::caller_of`); a connection from no known key is closed without an answer.
+//! - **Bounded.** At most [`CONNS_MAX`] connections at once (a connection beyond them gets 503
+//!   and is closed); each has its `RequestReader` (head, body and the 10 s deadline of
+//!   `catenary_api::http::Limits`) and at most [`CONN_LIFE_MS`] in all, answer included.
+//! - `Api::tick` runs every second (events, idle uploads).
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+#[path = "apid/forward.rs"]
+mod forward;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use catenary_api::auth::{hex, hex32, Operators};
+use catenary_api::http::{Limits, Method, Request as HttpRequest, RequestReader, Response};
+use catenary_api::types::{Node as ApiNode, WorkloadList};
+use catenary_api::upload::UploadLimits;
+use catenary_api::{Api, ApiError, Backend};
+use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, CLUSTER_TOO_SMALL, LABEL_CLUSTER};
+use catenary_netsock::{Handle, Kind, Local, Ready, BACKLOG_MAX, GRANT_MAX};
+use catenary_user::netsock_client::Sockets;
+use catenary_user::*;
+use catenary_workload::proto::{self as wk, decode_response, encode_request, BUFFER_MIN, CHUNK_OFFSET, LABEL_REQUEST, TRANSPORT_OK};
+use core::net::Ipv6Addr;
+use netfabric::identity::Prefix64;
+
+const WORKD: u64 = 1;
+const NETD: u64 = 2;
+/// 8 MiB of heap (quota 2560 pages): connections' requests and answers, pushes, events.
+const HEAP_PAGES: u64 = 2048;
+/// Connections served at once: `netd` gives a client 8 sockets, one is the listener.
+const CONNS_MAX: usize = 6;
+/// A connection's whole life (request and answer): a client that does not read its answer
+/// loses the connection.
+const CONN_LIFE_MS: u64 = 30_000;
+/// The cluster file's largest size (`netd`'s boot data is at most 64 KiB).
+const CLUSTER_MAX: usize = 64 * 1024;
+/// Bytes moved per socket call.
+const IO: usize = 16 * 1024;
+
+entry!(run);
+
+/// Where the buffers lent to `workd` and `netd` live (their own pages, not the heap).
+const WK_VA: u64 = 0x2000_0000;
+const IO_VA: u64 = 0x2010_0000;
+const CLUSTER_VA: u64 = 0x2020_0000;
+/// The buffer lent to `workd`: a request, and an image chunk at `CHUNK_OFFSET`.
+const WK_BYTES: usize = CHUNK_OFFSET + catenary_api::upload::CHUNK_SIZE;
+
+/// The node, as the API sees it: `workd` over IPC, the cluster as `netd` knows it.
+struct Node {
+    wk: Pages,
+    cluster: Pages,
+    /// `workd` did not answer one of this request's calls (the answer becomes 503).
+    workd_down: bool,
+    /// The node's /128 (where the listener is bound).
+    me: Option<Ipv6Addr>,
+    /// The cluster's nodes (name, /128), in the file's order.
+    members: Vec<(String, Ipv6Addr)>,
+}
+
+/// The cluster file and which of its nodes are up (`LABEL_CLUSTER`).
+fn cluster_file(buf: &Pages) -> Result<(String, u64), String> {
+    let m = call_grant(NETD, LABEL_CLUSTER, 0, 0, buf, CLUSTER_MAX as u64, true).map_err(|e| alloc::format!("netd: IPC error {e}"))?;
+    match m.label {
+        0 => {
+            let mut b = alloc::vec![0u8; (m.words[0] as usize).min(CLUSTER_MAX)];
+            buf.read(0, &mut b);
+            let text = String::from_utf8(b).map_err(|_| String::from("the cluster file is not UTF-8"))?;
+            Ok((text, m.words[1]))
+        }
+        CLUSTER_NOT_READY => Err(String::from("netd is not up yet")),
+        CLUSTER_TOO_SMALL => Err(alloc::format!("the cluster file has {} bytes, more than {CLUSTER_MAX}", m.words[0])),
+        l => Err(alloc::format!("netd refused the cluster request ({l})")),
+    }
+}
+
+impl Node {
+    /// One workload-protocol call: the request at the buffer's start, `chunk` (an image
+    /// chunk's bytes, or nothing) at `CHUNK_OFFSET`, the grant covering both.
+    fn call_workd(&mut self, req: &wk::Request, chunk: &[u8]) -> wk::Response {
+        let Some(b) = encode_request(req) else { return Err(wk::Error::Malformed) };
+        if b.len() > CHUNK_OFFSET || chunk.len() > WK_BYTES - CHUNK_OFFSET {
+            return Err(wk::Error::Malformed);
+        }
+        self.wk.write(0, &b);
+        let mut len = BUFFER_MIN;
+        if !chunk.is_empty() {
+            self.wk.write(CHUNK_OFFSET as u64, chunk);
+            len = CHUNK_OFFSET + chunk.len();
+        }
+        match call_grant(WORKD, LABEL_REQUEST, b.len() as u64, 0, &self.wk, len as u64, true) {
+            Ok(m) if m.label == TRANSPORT_OK => {
+                let mut back = alloc::vec![0u8; (m.words[0] as usize).min(BUFFER_MIN)];
+                self.wk.read(0, &mut back);
+                decode_response(&back).unwrap_or_else(|| {
+                    self.workd_down = true;
+                    Err(wk::Error::Malformed)
+                })
+            }
+            _ => {
+                self.workd_down = true;
+                Err(wk::Error::Malformed)
+            }
+        }
+    }
+}
+
+impl Backend for Node {
+    fn workd(&mut self, req: wk::Request) -> wk::Response {
+        self.call_workd(&req, &[])
+    }
+
+    fn nodes(&mut self) -> Vec<ApiNode> {
+        let Ok((text, up)) = cluster_file(&self.cluster) else { return Vec::new() };
+        let Ok(c) = catenary_net::Cluster::parse(&text) else { return Vec::new() };
+        // this node: what workd reports (committed = the workloads' guest memory)
+        let own = match self.workd(wk::Request::List) {
+            Ok(wk::Reply::List(l)) => Some((l.len() as u32, l.iter().map(|s| s.memory_mib as u64).sum::<u64>())),
+            _ => None,
+        };
+        let me = self.me;
+        c.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let addr = Prefix64::from_public_key(&m.public_key).node_address();
+                let this = Some(addr) == me;
+                let state = if this || (i < 64 && up & (1 << i) != 0) { "up" } else { "unreachable" };
+                ApiNode {
+                    name: m.name.clone(),
+                    public_key: hex(&m.public_key),
+                    address: alloc::format!("{addr}"),
+                    state: state.into(),
+                    cpus: None,
+                    memory_total_mib: None,
+                    memory_free_mib: None,
+                    memory_committed_mib: own.filter(|_| this).map(|o| o.1),
+                    workloads: own.filter(|_| this).map(|o| o.0),
+                }
+            })
+            .collect()
+    }
+
+    fn workd_chunk(&mut self, req: wk::Request, bytes: &[u8]) -> wk::Response {
+        self.call_workd(&req, bytes)
+    }
+}
+
+struct Conn {
+    h: Handle,
+    caller: [u8; 32],
+    reader: RequestReader,
+    /// The answer once there is one, and how much of it `netd` took.
+    out: Option<Vec<u8>>,
+    sent: usize,
+    born_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
+fn run(_arg: u64) -> u64 {
+    if !dma::init_mapped(HEAP_PAGES) {
+        log("apid: no heap");
+        return 99;
+    }
+    let pages = |n: usize| (n as u64).div_ceil(4096);
+    let (Ok(wk), Ok(io), Ok(cluster)) = (Pages::map(WK_VA, pages(WK_BYTES)), Pages::map(IO_VA, pages(IO)), Pages::map(CLUSTER_VA, pages(CLUSTER_MAX))) else {
+        log("apid: no memory for its buffers");
+        return 98;
+    };
+    let mut node = Node { wk, cluster, workd_down: false, me: None, members: Vec::new() };
+    // the cluster file: who may call (netd answers once the network is up)
+    // Wait for netd with a call that lends nothing (a node without a network never runs
+    // netd: apid then waits here for ever, holding no grant), then ask for the file through a
+    // grant. One call at a time: nothing piles up in netd's queue.
+    loop {
+        match call(NETD, LABEL_CLUSTER, [0; 4]) {
+            Ok(m) if m.label == CLUSTER_NO_GRANT => break,
+            _ => sleep_ns(1_000_000_000),
+        }
+    }
+    let mut asked = false;
+    let operators = loop {
+        match cluster_file(&node.cluster) {
+            Ok((text, _)) => match Operators::parse(&text) {
+                Ok(o) if catenary_net::Cluster::parse(&text).is_ok() => {
+                    if let Ok(c) = catenary_net::Cluster::parse(&text) {
+                        node.members = c.members.iter().map(|m| (m.name.clone(), Prefix64::from_public_key(&m.public_key).node_address())).collect();
+                    }
+                    break o;
+                }
+                Ok(o) => break o,
+                Err(e) => {
+                    logf!("apid: the cluster file's operators are refused ({}): no operator may call", e);
+                    break Operators::default();
+                }
+            },
+            Err(e) => {
+                if !asked {
+                    logf!("apid: no cluster file yet ({}); asking again every second", e);
+                    asked = true;
+                }
+                sleep_ns(1_000_000_000);
+            }
+        }
+    };
+    let s = Sockets { slot: NETD };
+    let listener = match s.socket(Kind::Tcp).and_then(|h| s.bind(h, Local::Node, catenary_api::PORT).map(|a| (h, a))).and_then(|(h, a)| s.listen(h, BACKLOG_MAX as u8).map(|_| (h, a))) {
+        Ok((h, (addr, port))) => {
+            node.me = Some(addr);
+            logf!("apid: serving the operator API on [{}]:{} ({} operators, {} nodes)", addr, port, operators.operators.len(), operators.node_keys.len());
+            h
+        }
+        Err(e) => {
+            logf!("apid: cannot listen on the node's /128 port {}: {:?}", catenary_api::PORT, e);
+            return 2;
+        }
+    };
+    let mut api = Api::new(operators, UploadLimits::default());
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut next_tick = now_ms();
+    loop {
+        let now = now_ms();
+        if now >= next_tick {
+            api.tick(&mut node, now);
+            next_tick = now + 1000;
+        }
+        let wait = next_tick.saturating_sub(now).clamp(1, 1000);
+        let ready = match s.poll(wait) {
+            Ok(r) => r,
+            Err(e) => {
+                // netd restarted: its sockets are gone; so is this service's state of them
+                logf!("apid: netd's poll failed ({:?}): starting again", e);
+                return 3;
+            }
+        };
+        let mut busy = false;
+        if ready.acceptable & Ready::bit(listener) != 0 {
+            busy = true;
+            accept(&s, listener, &api.operators, &mut conns, &io);
+        }
+        let mut i = 0;
+        while i < conns.len() {
+            let c = &mut conns[i];
+            let bit = Ready::bit(c.h);
+            let now = now_ms();
+            let done = if now > c.born_ms + CONN_LIFE_MS {
+                true
+            } else if c.out.is_none() {
+                if ready.readable & bit != 0 || ready.hangup & bit != 0 {
+                    busy = true;
+                    read(&s, c, &mut api, &mut node, &io)
+                } else if let Err(e) = c.reader.check_deadline(now) {
+                    c.out = Some(e.to_response().to_bytes());
+                    false
+                } else {
+                    false
+                }
+            } else {
+                false
+            };
+            let done = done || (c.out.is_some() && (ready.writable & bit != 0 || ready.hangup & bit != 0) && {
+                busy = true;
+                write(&s, c, &io)
+            });
+            if done {
+                let _ = s.close(c.h);
+                conns.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        if !busy {
+            // POLL reports a connection that waits for its request as writable: nothing to do
+            sleep_ns(5_000_000);
+        }
+    }
+}
+
+/// Take the waiting connections: known callers get a reader, a connection from no known key
+/// is closed unanswered, and one beyond [`CONNS_MAX`] gets 503.
+fn accept(s: &Sockets, listener: Handle, ops: &Operators, conns: &mut Vec<Conn>, io: &Pages) {
+    while let Ok((h, peer, _port)) = s.accept(listener) {
+        let prefix_of = |k: &[u8; 32]| Prefix64::from_public_key(k).0;
+        let Some(caller) = ops.caller_of(&peer.octets(), prefix_of) else {
+            logf!("apid: a connection from {}, of no key in the cluster file: closed", peer);
+            let _ = s.close(h);
+            continue;
+        };
+        if conns.len() >= CONNS_MAX {
+            let b = ApiError::new(503, "busy", "the node serves its most connections at once; try again").to_response().to_bytes();
+            let n = b.len().min(IO);
+            io.write(0, &b[..n]);
+            let _ = s.send(h, io, n as u64);
+            let _ = s.close(h);
+            continue;
+        }
+        let now = now_ms();
+        conns.push(Conn { h, caller, reader: RequestReader::new(Limits::default(), now), out: None, sent: 0, born_ms: now });
+    }
+}
+
+/// Read what came; once the request is whole (or refused), the answer. True: close it now.
+fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -> bool {
+    let mut data = alloc::vec![0u8; IO];
+    for _ in 0..32 {
+        let n = match s.recv(c.h, io, IO as u64) {
+            Ok(0) | Err(_) => return true, // the peer closed or reset before its request was whole
+            Ok(n) => n.min(IO),
+        };
+        io.read(0, &mut data[..n]);
+        let now = now_ms();
+        match c.reader.feed(&data[..n], now) {
+            Ok(None) => continue,
+            Ok(Some(req)) => {
+                // a node may forward an operator's request (forward.rs); nobody else may say
+                // whom a request is for
+                let from_node = api.operators.node_keys.contains(&c.caller);
+                let caller = match (&req.on_behalf_of, from_node) {
+                    (Some(k), true) => match hex32(k) {
+                        Some(k) => k,
+                        None => {
+                            c.out = Some(ApiError::bad_request("Catenary-On-Behalf-Of: not a 64-hex key").to_response().to_bytes());
+                            return false;
+                        }
+                    },
+                    _ => c.caller,
+                };
+                node.workd_down = false;
+                let mut resp = api.handle(&caller, &req, node, now);
+                if node.workd_down {
+                    resp = ApiError::new(503, "workd_unavailable", "the node's workload service did not answer").to_response();
+                }
+                if !from_node && api.operators.by_key(&caller).is_some() {
+                    resp = elsewhere(s, io, node, &req, &caller, resp);
+                }
+                c.out = Some(resp.to_bytes());
+                return false;
+            }
+            Err(e) => {
+                c.out = Some(e.to_response().to_bytes());
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// The other nodes that are up now (name, /128).
+fn others_up(node: &mut Node) -> Vec<(String, Ipv6Addr)> {
+    let up = cluster_file(&node.cluster).map(|(_, up)| up).unwrap_or(0);
+    node.members.iter().enumerate().filter(|(i, m)| Some(m.1) != node.me && *i < 64 && up & (1 << i) != 0).map(|(_, m)| m.clone()).collect()
+}
+
+/// What the other nodes add to this node's answer: a workload this node does not have is
+/// looked for on the others (the first answer that is not 404 is the answer), and the
+/// workload list is gathered from every node that is up (each entry says its node).
+fn elsewhere(s: &Sockets, io: &Pages, node: &mut Node, req: &HttpRequest, caller: &[u8; 32], resp: Response) -> Response {
+    let is_list = req.method == Method::Get && req.path == "/v1/workloads";
+    let missing = resp.status == 404 && req.path.starts_with("/v1/workloads/") && resp.body.windows(18).any(|w| w == b"\"no_such_workload\"");
+    if is_list && resp.status == 200 {
+        let Ok(mut list) = serde_json::from_slice::<WorkloadList>(&resp.body) else { return resp };
+        let own = node.members.iter().find(|m| Some(m.1) == node.me).map(|m| m.0.clone());
+        for w in &mut list.workloads {
+            w.node = own.clone();
+        }
+        for (name, addr) in others_up(node) {
+            let bytes = forward::request_bytes(req, addr, caller);
+            if let Some((200, body)) = forward::exchange(s, io, addr, &bytes) {
+                if let Ok(l) = serde_json::from_slice::<WorkloadList>(&body) {
+                    list.workloads.extend(l.workloads.into_iter().take(wk::WORKLOADS_MAX).map(|mut w| {
+                        w.node = Some(name.clone());
+                        w
+                    }));
+                }
+            }
+        }
+        return serde_json::to_vec(&list).map(|b| Response::json(200, b)).unwrap_or(resp);
+    }
+    if missing {
+        for (_, addr) in others_up(node) {
+            let bytes = forward::request_bytes(req, addr, caller);
+            if let Some((status, body)) = forward::exchange(s, io, addr, &bytes) {
+                if status != 404 {
+                    return Response::json(status, body);
+                }
+            }
+        }
+    }
+    resp
+}
+
+/// Send what `netd` takes of the answer. True: all of it is sent (close: `netd` lingers to
+/// deliver it and the FIN), or the connection failed.
+fn write(s: &Sockets, c: &mut Conn, io: &Pages) -> bool {
+    let Some(out) = &c.out else { return false };
+    while c.sent < out.len() {
+        let n = (out.len() - c.sent).min(IO).min(GRANT_MAX as usize);
+        io.write(0, &out[c.sent..c.sent + n]);
+        match s.send(c.h, io, n as u64) {
+            Ok(0) => return false,
+            Ok(k) => c.sent += k.min(n),
+            Err(_) => return true,
+        }
+    }
+    true
+}

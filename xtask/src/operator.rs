@@ -1,0 +1,104 @@
+//! `cargo xtask run --nodes N` makes the cluster ready for an operator (issue 12 item 6,
+//! docs/api.md "A local cluster"): an operator key and config in `build/cluster/operator`
+//! (`catenary init`, the API endpoint set to node1's fabric /128), the key as an `admin`
+//! operator line in the nodes' cluster file, and the workstation's side of the fabric:
+//! `catenary wg-config` writes `wg0.conf`; as root, xtask also brings it up in the host's
+//! namespace (tap `catop0` on the switch through `vde_plug2tap`, `wireguard-go catwg0`,
+//! `wg setconf`, the operator address and a route per node /64), so that in a second terminal
+//! `CATENARY_CONFIG_DIR=build/cluster/operator catenary nodes` answers. Without root it
+//! prints the commands that do the same.
+
+use crate::cluster::{sh, NodeSpec};
+use catenary_net::cluster::{Cluster, Operator};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TAP: &str = "catop0";
+pub const WG: &str = "catwg0";
+
+pub fn dir() -> PathBuf {
+    crate::tools::out_dir().join("cluster").join("operator")
+}
+
+fn catenary(args: &[&str], cfg: &Path) -> Result<String, String> {
+    let o = Command::new("cargo").args(["run", "--quiet", "-p", "catenary", "--"]).args(args).env("CATENARY_CONFIG_DIR", cfg).output().map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(format!("catenary {}: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&o.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// A new operator key (the cluster's nodes are new too) with node1's API as its endpoint.
+pub fn prepare(node1: &NodeSpec) -> Result<Operator, String> {
+    let cfg = dir();
+    let _ = std::fs::remove_dir_all(&cfg);
+    let api = format!("[{}]:{}", node1.identity.node_address(), catenary_api::PORT);
+    let line = catenary(&["init", "--name", "workstation", "--set-api", &api], &cfg)?;
+    let key = line.split_whitespace().nth(2).and_then(catenary_net::cluster::hex_decode32).ok_or(format!("catenary init printed {line:?}"))?;
+    Ok(Operator { name: "workstation".into(), public_key: key, role: "admin".into() })
+}
+
+/// What keeps the workstation's fabric up (ended with xtask).
+pub struct Workstation {
+    children: Vec<Child>,
+}
+
+impl Drop for Workstation {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["link", "del", TAP]).output();
+    }
+}
+
+/// `wg0.conf` for the nodes, and (as root, with the tools) the interface up in this namespace.
+pub fn workstation(switch: &Path, nodes: &[NodeSpec]) -> Result<Option<Workstation>, String> {
+    let cfg = dir();
+    let cluster = cfg.join("cluster.txt");
+    std::fs::write(&cluster, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
+    let conf = cfg.join("wg0.conf");
+    catenary(&["wg-config", "--cluster", cluster.to_str().unwrap(), "--iface", TAP, "-o", conf.to_str().unwrap()], &cfg)?;
+    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let tools = ["ip", "vde_plug2tap", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
+    let routes: Vec<String> = nodes.iter().map(|n| format!("{}/64", n.identity.prefix().network())).collect();
+    if !root || !tools {
+        eprintln!("xtask: the operator's WireGuard config is {} (needs root, vde_plug2tap, wireguard-go, wg to bring up):", conf.display());
+        eprintln!("xtask:   sudo ip tuntap add dev {TAP} mode tap && sudo ip link set {TAP} up && sudo vde_plug2tap -s {} {TAP} &", switch.display());
+        eprintln!("xtask:   sudo wg-quick up {}   # or wireguard-go {WG} + wg setconf + ip addr", conf.display());
+        for r in &routes {
+            eprintln!("xtask:   sudo ip -6 route add {r} dev {WG}");
+        }
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
+    let address = text.lines().find_map(|l| l.strip_prefix("Address = ")).ok_or("no Address in the wg-config output")?.to_string();
+    let stripped = cfg.join("wg0.setconf");
+    crate::cluster::write_private(&stripped, (text.lines().filter(|l| !l.starts_with("Address")).collect::<Vec<_>>().join("\n") + "\n").as_bytes())?;
+    let _ = Command::new("ip").args(["link", "del", TAP]).output();
+    let _ = Command::new("ip").args(["link", "del", WG]).output();
+    let mut w = Workstation { children: Vec::new() };
+    sh(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap"])?;
+    sh(&["ip", "link", "set", TAP, "address", "52:54:00:ca:02:01"])?;
+    w.children.push(Command::new("vde_plug2tap").arg("-s").arg(switch).arg(TAP).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
+    sh(&["ip", "link", "set", TAP, "up"])?;
+    w.children.push(Command::new("wireguard-go").args(["-f", WG]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
+    let t0 = Instant::now();
+    while sh(&["ip", "link", "show", WG]).is_err() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err("wireguard-go did not create its interface".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = sh(&["wg", "setconf", WG, stripped.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&stripped);
+    r?;
+    sh(&["ip", "-6", "addr", "add", &address, "dev", WG])?;
+    sh(&["ip", "link", "set", WG, "up"])?;
+    for r in &routes {
+        sh(&["ip", "-6", "route", "add", r, "dev", WG])?;
+    }
+    Ok(Some(w))
+}
