@@ -31,7 +31,7 @@ fn main() {
     std::fs::write(format!("{out_dir}/programs.rs"), table).unwrap();
 
     // Test guests: assembled with binutils (as/objcopy come with gcc) into flat binaries.
-    for guest in ["hostile", "flood", "reinject", "irqonce", "exitloop", "progress", "nmispin"] {
+    for guest in ["hostile", "flood", "reinject", "irqonce", "exitloop", "progress", "nmispin", "cpuidloop"] {
         let src = format!("{dir}/testguests/{guest}.S");
         println!("cargo:rerun-if-changed={src}");
         let obj = format!("{out}/{guest}.o");

@@ -4,16 +4,17 @@
 use crate::qemu::{run_captured, Boot};
 use std::time::Duration;
 
-const USAGE: &str = "usage: cargo xtask bench [boot|vm|ipc|net|workload|aead]";
+const USAGE: &str = "usage: cargo xtask bench [boot|vm|exit|ipc|net|workload|aead]";
 
 /// `cargo xtask bench` runs every benchmark and ends with one table (`benchtable`); `bench
 /// NAME` runs one and ends with its rows. A benchmark that fails is reported and the others
 /// still run; the command then fails.
 pub fn cmd_bench(args: &[String]) -> Result<(), String> {
     type Bench = fn(&[String]) -> Result<(), String>;
-    let all: [(&str, Bench); 6] = [
+    let all: [(&str, Bench); 7] = [
         ("boot", |_| bench_boot()),
         ("vm", |_| crate::vmbench::bench_vm()),
+        ("exit", |_| crate::vmbench::bench_exit()),
         ("ipc", |_| bench_ipc()),
         ("net", |a| crate::cluster::bench(a)),
         ("workload", |_| crate::workbench::bench_workload()),

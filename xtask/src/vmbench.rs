@@ -160,10 +160,10 @@ pub fn hostile_userland_test(t: &mut Tally, kernel: &std::path::Path, bundle: &s
 
 fn catenary_ready_ms(kernel: &std::path::Path, bundle: &std::path::Path) -> Result<(f64, Vec<String>), String> {
     let b = node_with_guest(kernel, bundle, "");
-    let o = run_captured(b.command(false)?, &["after the microVM:"], &["KERNEL PANIC", "microVM demo failed"], Duration::from_secs(300), false)?;
+    let o = run_captured(b.command(false)?, &["after the microVM:", "exit profile: total"], &["KERNEL PANIC", "microVM demo failed"], Duration::from_secs(300), false)?;
     let line = o.lines.iter().find(|l| l.contains("after the microVM:")).ok_or("the microVM did not finish")?;
     let ms = line.rsplit("ready after ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse::<f64>().ok()).ok_or("no ready time")?;
-    let details = o.lines.iter().filter(|l| l.contains("after the microVM") || l.contains("created in") || l.contains("ended:")).cloned().collect();
+    let details = o.lines.iter().filter(|l| l.contains("after the microVM") || l.contains("created in") || l.contains("ended:") || l.contains("exit profile:")).cloned().collect();
     Ok((ms, details))
 }
 
@@ -196,8 +196,58 @@ pub fn bench_vm() -> Result<(), String> {
     println!("  ratio Catenary / direct: {:.2}", mc / md);
     crate::benchtable::ratio("Linux guest to `catenary-init: ready`", "ms", mc, "direct QEMU -M microvm", md, crate::benchtable::Goal::AtMost(1.15));
     println!("  last run, node log:");
-    for d in details {
+    for d in &details {
         println!("    {d}");
     }
+    // The last run's exits by reason (`exit profile: COUNT ROW` lines, docs/vmm.md).
+    let profile: Vec<(u64, &str)> = details
+        .iter()
+        .filter_map(|l| l.split("exit profile: ").nth(1))
+        .filter_map(|t| t.split_once(' ').and_then(|(n, row)| Some((n.parse().ok()?, row.trim()))))
+        .collect();
+    if profile.is_empty() {
+        return Err("the node logged no exit profile".into());
+    }
+    let total: u64 = details.iter().find_map(|l| l.split("exit profile: total ").nth(1)).and_then(|n| n.trim().parse().ok()).ok_or("no exit total")?;
+    let sum: u64 = profile.iter().map(|(n, _)| n).sum();
+    println!("  exits per boot by reason (last run; {total} in all):");
+    for (n, row) in &profile {
+        println!("    {n:>8}  {:>5.1}%  {row}", 100.0 * *n as f64 / total.max(1) as f64);
+        crate::benchtable::value(&format!("Linux guest boot exits: {row}"), "exits", *n as f64, crate::benchtable::Goal::None);
+    }
+    crate::benchtable::value("Linux guest boot exits: all", "exits", total as f64, crate::benchtable::Goal::None);
+    if sum != total {
+        return Err(format!("the exit profile's rows sum to {sum}, not the total {total}"));
+    }
     Ok(())
+}
+
+/// The null exit round trip (`bench=exit` on the node, `hypervisor/kernel/src/exitbench.rs`):
+/// TSC cycles per CPUID that exits to the VMM, against the same guest loop without the exit and
+/// CPUID on the host (no exit), all measured in one node run.
+pub fn bench_exit() -> Result<(), String> {
+    let kernel = crate::build::build_kernel(false)?;
+    let mut b = Boot::pvh("q35", kernel);
+    b.smp = 2;
+    b.mem = "512M".into();
+    b.cmdline = "bench=exit".into();
+    println!("bench exit: a guest loops on CPUID (each an exit) and on NOP (no exit), TSC cycles per iteration (QEMU TCG, -smp 2)");
+    let o = run_captured(b.command(false)?, &["bench exit: done"], &["KERNEL PANIC", "bench exit: no", "bench exit: the guest"], Duration::from_secs(300), false)?;
+    let mut found = false;
+    for l in o.lines.iter().filter(|l| l.contains("bench exit:")) {
+        let text = l.split("bench exit: ").nth(1).unwrap_or(l);
+        println!("  {text}");
+        let num = |key: &str| text.split(key).nth(1).and_then(|x| x.split_whitespace().next()).and_then(|x| x.parse::<f64>().ok());
+        if let (Some(exit), Some(none), Some(host)) = (num("CPUID with exit "), num("same loop without exit "), num("host CPUID without exit ")) {
+            use crate::benchtable::{ratio, Goal};
+            ratio("Null exit round trip vs guest NOP", "cycles", exit, "same guest loop, NOP, no exit", none, Goal::None);
+            ratio("Null exit round trip vs host CPUID", "cycles", exit, "CPUID on the host, no exit", host, Goal::None);
+            found = true;
+        }
+    }
+    if found {
+        Ok(())
+    } else {
+        Err(o.failed_on.map(|l| format!("stopped at `{l}`")).unwrap_or_else(|| "no `bench exit:` figures".into()))
+    }
 }

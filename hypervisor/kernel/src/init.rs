@@ -177,6 +177,9 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     if crate::cmdline::get(&bi.cmdline, "bench") == Some("ipc") {
         crate::task::run_ipc_bench(ncpus);
     }
+    if crate::cmdline::get(&bi.cmdline, "bench") == Some("exit") {
+        crate::exitbench::run(ncpus);
+    }
 
     for m in &bi.modules {
         let Some(data) = memory::boot_module(m) else { continue };
@@ -221,6 +224,11 @@ fn start_demo_vm(node: &Node) {
             let st = memory::stats();
             info!(target: "vmm", "after the microVM: {} MiB free; exits by reason: {:?}; host overhead {} KiB; guest RAM touched {} MiB; ready after {} ms",
                 mib(st.free_bytes()), r.exits_by_reason, r.overhead_bytes / 1024, mib(r.touched_bytes), r.ready_ns.map(|n| n / 1_000_000).unwrap_or(0));
+            // Where the exits went, one row per reason (port I/O by device); docs/vmm.md.
+            for (row, n) in catenary_vmm::exitprofile::profile(&r.exits_by_reason, &r.io_by_port) {
+                info!(target: "vmm", "exit profile: {n} {row}");
+            }
+            info!(target: "vmm", "exit profile: total {}", r.exits);
         }
     }
     for i in 0..crate::vm::demo_count(&node.boot.cmdline) {

@@ -56,6 +56,7 @@ mod ktest_vm;
 mod ktest_workd;
 #[cfg(feature = "ktest")]
 mod ktest_workload;
+mod exitbench;
 mod vm;
 mod vmconsole;
 mod vmcontrol;

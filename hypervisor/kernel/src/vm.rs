@@ -798,3 +798,7 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
     report(want, &r);
     Some(r)
 }
+
+/// The null-exit guest (testguests/cpuidloop.S): EBX CPUID exits, then the same loop without
+/// exits, both timed in the guest (`bench=exit`, `crate::exitbench`).
+pub const CPUIDLOOP_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cpuidloop.bin"));

@@ -87,6 +87,7 @@ pub mod console;
 pub mod cpu;
 pub mod cpuid;
 pub mod devices;
+pub mod exitprofile;
 pub mod fallible;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
