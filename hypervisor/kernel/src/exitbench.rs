@@ -11,9 +11,17 @@ const ITERATIONS: u32 = 20_000;
 
 static REPORT: spin::Mutex<Option<RunReport>> = spin::Mutex::new(None);
 
-fn vm_task(_: u64) {
-    let r = crate::vm::run("cpuidloop", Image::Raw { code: CPUIDLOOP_GUEST, load: HOSTILE_LOAD, arg: ITERATIONS }, 4);
+fn vm_task(iterations: u64) {
+    let r = crate::vm::run("cpuidloop", Image::Raw { code: CPUIDLOOP_GUEST, load: HOSTILE_LOAD, arg: iterations as u32 }, 4);
     *REPORT.lock() = Some(r);
+}
+
+/// Runs the guest for `iterations` on the test CPU; `None` if it did not end in 300 s.
+fn run_guest(cpus: usize, iterations: u32) -> Option<RunReport> {
+    let cpu = crate::vm::vm_test_cpu(cpus);
+    let id = crate::task::spawn_kernel("cpuidloop-vm", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::only(cpu), vm_task, iterations as u64);
+    crate::task::join(id, 300_000_000_000)?;
+    REPORT.lock().take()
 }
 
 /// `cpuidloop: exit HEX noexit HEX` from the guest's console: the two loops' TSC cycles.
@@ -34,11 +42,7 @@ fn host_cpuid_loop() -> u64 {
 
 pub fn run(cpus: usize) {
     let cpu = crate::vm::vm_test_cpu(cpus);
-    let id = crate::task::spawn_kernel("cpuidloop-vm", catenary_sched::Priority::NORMAL, catenary_sched::Affinity::only(cpu), vm_task, 0);
-    if crate::task::join(id, 300_000_000_000).is_none() {
-        return warn!(target: "bench", "bench exit: the guest did not end in 300 s");
-    }
-    let Some(r) = REPORT.lock().take() else { return warn!(target: "bench", "bench exit: no report") };
+    let Some(r) = run_guest(cpus, ITERATIONS) else { return warn!(target: "bench", "bench exit: no report from the guest in 300 s") };
     let cpuid_exits = r.exits_by_reason.iter().find(|(k, _)| *k == "cpuid").map(|(_, n)| *n).unwrap_or(0);
     let Some((exit, none)) = parse(&r.console) else {
         return warn!(target: "bench", "bench exit: no result from the guest; ended {:?}, console {:?}", r.ended, r.console);
@@ -49,4 +53,32 @@ pub fn run(cpus: usize) {
     info!(target: "bench", "bench exit: CPUID with exit {} cycles, same loop without exit {} cycles, host CPUID without exit {} cycles",
         exit / n, none / n, host / n);
     info!(target: "bench", "bench exit: done");
+}
+
+/// The exit counters add up: the CPUID guest's N iterations are exactly N `cpuid` exits, its
+/// report on the UART is exactly one `io: uart 0x3f8` exit per byte, and the exit profile's rows
+/// sum to the VM's total (docs/vmm.md "Where exits go"). Counts only; no time is checked.
+#[cfg(feature = "ktest")]
+pub fn vm_exit_profile_counts(node: &crate::init::Node) -> Result<(), alloc::string::String> {
+    const N: u32 = 500;
+    let r = run_guest(node.cpus, N).ok_or("the CPUID guest did not end in 300 s")?;
+    crate::vm::report("cpuidloop", &r);
+    let line = r.console.iter().find(|l| l.starts_with("cpuidloop: exit ")).ok_or_else(|| alloc::format!("no report; console {:?}", r.console))?;
+    parse(&r.console).ok_or_else(|| alloc::format!("unreadable report `{line}`"))?;
+    let rows = catenary_vmm::exitprofile::profile(&r.exits_by_reason, &r.io_by_port);
+    let get = |k: &str| rows.iter().find(|(row, _)| row == k).map(|(_, n)| *n).unwrap_or(0);
+    let sum: u64 = rows.iter().map(|(_, n)| n).sum();
+    log::info!(target: "ktest", "exit profile of the CPUID guest: {rows:?}, {} exits in all", r.exits);
+    // The line as printed plus its newline: one UART write exit per byte.
+    let uart_bytes = line.trim_end().len() as u64 + 1;
+    if get("cpuid") != N as u64 {
+        return Err(alloc::format!("{} cpuid exits counted for {N} CPUIDs", get("cpuid")));
+    }
+    if get("io: uart 0x3f8") != uart_bytes {
+        return Err(alloc::format!("{} UART exits for {uart_bytes} bytes printed", get("io: uart 0x3f8")));
+    }
+    if sum != r.exits || r.exits < N as u64 + uart_bytes {
+        return Err(alloc::format!("profile rows sum to {sum}, total {}", r.exits));
+    }
+    Ok(())
 }

@@ -89,6 +89,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("vm_event_redelivered_after_nested_fault", crate::ktest_reinject::vm_event_redelivered_after_nested_fault),
     ("vm_interrupt_delivered_once", crate::ktest_reinject::vm_interrupt_delivered_once),
     ("vm_world_switch_vs_fpu_restore", crate::ktest_reinject::vm_world_switch_vs_fpu_restore),
+    ("vm_exit_profile_counts", crate::exitbench::vm_exit_profile_counts),
     ("vm_host_nmi_while_guest_runs", crate::ktest_nmi::vm_host_nmi_while_guest_runs),
     ("console_flood_leaves_node_running", crate::ktest_console::console_flood_leaves_node_running),
     ("workload_stop_grace_policy", crate::ktest_workload::workload_stop_grace_policy),
