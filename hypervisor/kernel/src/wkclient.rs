@@ -29,7 +29,7 @@ fn run(scenario: u64) {
     let cap = Capability { target: Address::local(ep), rights: Rights::SEND.union(Rights::GRANT), badge: 0x78 };
     let spec = UserSpec {
         name: "wkctl", elf: supervisor::program_elf("wkctl"), arg: scenario, prio: Priority::NORMAL, affinity: Affinity::ANY,
-        own_endpoint: true, caps: &[cap], ports: &[], mmio: &[], dma_pages: 0, mem_pages: 256,
+        own_endpoint: true, caps: &[cap], ports: &[], mmio: &[], dma_pages: 0, mem_pages: 512,
     };
     match task::spawn_user(&spec) {
         Ok((id, _)) => match task::join(id, 3600 * SEC) {
