@@ -30,4 +30,10 @@ fn main() {
     }
     println!("violations: {:?}", &sim.violations[..sim.violations.len().min(10)]);
     println!("converged: {:?}", sim.converged());
+    for id in 0..n as u64 {
+        if let Some(r) = sim.replica(id) {
+            let st = r.state();
+            println!("node {id}: leader {} term {} commit {} drained {} nodes {} assignments {:?} running {:?}", r.is_leader(), r.term(), r.commit_index(), st.drained.len(), st.nodes.len(), st.assignments.iter().map(|((w, rep), k)| (w.clone(), *rep, k.0[0])).collect::<Vec<_>>(), sim.running_on(id));
+        }
+    }
 }

@@ -119,8 +119,9 @@ impl DesiredState {
                 self.workloads.insert(spec.name.clone(), spec.clone());
             }
             Command::RemoveWorkload(name) => {
+                // Its assignments stay until the scheduler unassigns them, which waits out the
+                // host's lease if the host does not answer (a cut-off host may still run it).
                 self.workloads.remove(name).ok_or(Refused::NoSuchWorkload)?;
-                self.assignments.retain(|(w, _), _| w != name);
             }
             Command::AdmitNode(key) => {
                 if self.operators.contains_key(key) {
@@ -136,7 +137,7 @@ impl DesiredState {
                     return Err(Refused::NoSuchNode);
                 }
                 self.drained.remove(key);
-                self.assignments.retain(|_, n| n != key);
+                // Assignments on it are moved by the scheduler, after its lease if it is down.
             }
             Command::Drain(key) => {
                 if !self.nodes.contains(key) {

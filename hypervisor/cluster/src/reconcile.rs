@@ -66,11 +66,15 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
     for ((w, r), key) in &state.assignments {
         let shrunk = state.workloads.get(w).is_none_or(|s| *r >= s.replicas);
         let gone = !state.nodes.contains(key) || state.drained.contains(key);
-        let lost = match id_of(key) {
-            Some(id) => !is_up(leader, id, now) && lease_expired(leader, id, now, cfg),
-            None => true,
-        };
-        if shrunk || gone || lost {
+        let id = id_of(key);
+        let up = id.is_some_and(|id| is_up(leader, id, now));
+        // Every lease the host may hold has run out (for a host the caller did not list, any
+        // lease from this leader's term: it never got a grant from this leader).
+        let expired = lease_expired(leader, id.unwrap_or(ReplicaId::MAX), now, cfg);
+        // A host that answers applies the Unassign (at the latest when its lease runs out:
+        // the drain bound); one that does not may still run the replica until its lease ends.
+        let movable = up || expired;
+        if (shrunk || gone || !up) && movable && (shrunk || gone || expired) {
             out.push(Command::Unassign { workload: w.clone(), replica: *r });
         }
     }

@@ -259,9 +259,21 @@ impl Replica {
     /// places its workloads elsewhere waits the lease out first ([`crate::reconcile`]).
     pub fn lease_until(&self, now: Duration, lease: Duration) -> Option<Duration> {
         if self.is_leader() {
+            if !self.committed_own_term() {
+                return None;
+            }
             return self.majority_contact(now).map(|m| m + lease);
         }
         self.last_grant.map(|(_, t)| t + lease)
+    }
+
+    /// Leader: an entry of its own term is committed, so its commit index (and what it has
+    /// applied) covers everything the cluster ever committed. Until then a new leader's commit
+    /// index can be behind the cluster's (after a restart it starts at 0): it neither runs
+    /// its assignments nor grants leases (the simulator found the overlap, seed 9745).
+    fn committed_own_term(&self) -> bool {
+        let c = self.node.commit_index();
+        self.node.log().entries().get_term(c).is_some_and(|t| t == self.node.current_term())
     }
 
     /// When this replica became the leader of its current term.
@@ -443,7 +455,8 @@ impl Replica {
             }
             // Only to a peer that answers: grants to a dead or cut-off peer would keep its
             // lease "possibly alive" for ever, and its replicas could never move.
-            grant = self.majority_contact(now).is_some_and(|m| now.saturating_sub(m) <= self.cfg.grant_window)
+            grant = self.committed_own_term()
+                && self.majority_contact(now).is_some_and(|m| now.saturating_sub(m) <= self.cfg.grant_window)
                 && self.follower_acks.get(&to.get()).is_some_and(|a| now.saturating_sub(*a) <= self.cfg.peer_down_after);
             if grant {
                 self.grants_sent.insert(to.get(), now);
