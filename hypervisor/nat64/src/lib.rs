@@ -3,8 +3,8 @@
 //!
 //! - Addresses: the RFC 6052 well-known prefix `64:ff9b::/96`; IPv4 address `a.b.c.d` is
 //!   `64:ff9b::a.b.c.d` inside (RFC 6052 §2.2, /96 layout). Destinations that are not global
-//!   unicast IPv4 (0/8, 10/8, 127/8, 169.254/16, 172.16/12, 192.168/16, 100.64/10, 224/4,
-//!   240/4) are refused, as RFC 6052 §3.1 requires for the well-known prefix.
+//!   unicast IPv4 (0/8, 10/8, 100.64/10, 127/8, 169.254/16, 172.16/12, 192.0.0/24,
+//!   192.168/16, 198.18/15, 224/4, 240/4) are refused, as RFC 6052 §3.1 requires for the well-known prefix.
 //! - State (RFC 6146): endpoint-independent mapping, address- and port-dependent filtering,
 //!   bounded tables with the RFC's timeouts ([`table`]).
 //! - Translation (RFC 7915, [`translate`]): TCP, UDP, ICMP echo, and the ICMP errors that carry
@@ -176,6 +176,8 @@ pub fn embed(prefix: &[u8; 12], v4: [u8; 4]) -> [u8; 16] {
 pub fn is_global_v4(a: [u8; 4]) -> bool {
     !(a[0] == 0
         || a[0] == 10
+        || (a[0] == 192 && a[1] == 0 && a[2] == 0)
+        || (a[0] == 198 && (a[1] == 18 || a[1] == 19))
         || a[0] == 127
         || (a[0] == 169 && a[1] == 254)
         || (a[0] == 172 && (16..32).contains(&a[1]))

@@ -340,3 +340,43 @@ fn hostile_packets_never_panic_and_never_grow_the_tables() {
     fuzzing::run(&data);
     fuzzing::run(&[0u8; 3]);
 }
+
+#[test]
+fn a_host_cannot_quote_another_hosts_flow_in_an_icmp_error() {
+    let mut n = nat();
+    let out = n.outbound(t(1), &udp6(host(), 5000, mapped(REMOTE), 53, 64, b"q")).unwrap();
+    let p = port_at(&out, 20);
+    let to_a = n.inbound(t(2), &udp4(REMOTE, 53, POOL, p, b"answer")).unwrap();
+    let other: [u8; 16] = "fd00:ca7e::6".parse::<Ipv6Addr>().unwrap().octets();
+    let unreachable = etherparse::Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port);
+    // Host B quotes the packet A received, to the real remote and to an address of its choice.
+    for dst in [REMOTE, [8, 8, 4, 4]] {
+        let mut err = Vec::new();
+        PacketBuilder::ipv6(other, mapped(dst), 64).icmpv6(unreachable).write(&mut err, &to_a).unwrap();
+        assert_eq!(n.outbound(t(3), &err), Err(Drop::Filtered));
+    }
+    // A itself, to another address than the remote: filtered too.
+    let mut err = Vec::new();
+    PacketBuilder::ipv6(host(), mapped([8, 8, 4, 4]), 64).icmpv6(unreachable).write(&mut err, &to_a).unwrap();
+    assert_eq!(n.outbound(t(3), &err), Err(Drop::Filtered));
+}
+
+#[test]
+fn damaged_segments_are_not_given_a_good_checksum() {
+    let mut n = nat();
+    let mut out6 = udp6(host(), 5000, mapped(REMOTE), 53, 64, b"query");
+    let last = out6.len() - 1;
+    out6[last] ^= 0x10;
+    assert_eq!(n.outbound(t(1), &out6), Err(Drop::Malformed));
+    let o = n.outbound(t(1), &udp6(host(), 5000, mapped(REMOTE), 53, 64, b"query")).unwrap();
+    let mut in4 = udp4(REMOTE, 53, POOL, port_at(&o, 20), b"answer");
+    let last = in4.len() - 1;
+    in4[last] ^= 0x10;
+    assert_eq!(n.inbound(t(2), &in4), Err(Drop::Malformed));
+    // IPv4's "no checksum" is accepted and gets a real one on the IPv6 side.
+    let mut zero = udp4(REMOTE, 53, POOL, port_at(&o, 20), b"answer");
+    zero[26] = 0;
+    zero[27] = 0;
+    let back = n.inbound(t(2), &zero).unwrap();
+    assert!(v6_l4_ok(&back));
+}

@@ -2,8 +2,11 @@
 //! in [`crate::table`]. Headers are parsed and written with `etherparse`; lengths are checked
 //! against the slice before any use.
 //!
-//! Choices where RFC 7915 leaves room: the IPv4 header gets DF set and identification 0 (the
-//! cluster does not fragment, §5.1), TTL/hop limit are decremented (a packet that would leave
+//! Choices where RFC 7915 leaves room, and one deliberate deviation: the IPv4 header always
+//! gets DF set and identification 0 (RFC 7915 §5.1 clears DF for packets of 1260 bytes or less
+//! and fills the identification; we do not fragment or reassemble at all, so a path with an
+//! IPv4 MTU under 1280 loses the packet and says so with fragmentation-needed, translated to a
+//! packet-too-big of at least 1280), TTL/hop limit are decremented (a packet that would leave
 //! with 0 is dropped, not answered), the traffic class maps to DSCP+ECN and back, the flow label
 //! is 0. ICMP errors translate the packet they carry (its addresses and the port or echo
 //! identifier of the mapping, not its checksum, which the receiver does not check) and are cut
@@ -47,6 +50,11 @@ pub fn outbound(cfg: &Config, table: &mut Table, now: Duration, packet: &[u8]) -
     match ip6.next_header {
         IpNumber::TCP => {
             let (tcp, data) = TcpHeader::from_slice(payload).map_err(|_| Drop::Malformed)?;
+            // Verified before it is recomputed: a segment damaged on the way must not leave
+            // with a good checksum.
+            if tcp.calc_checksum_ipv6(&ip6, data).map_err(|_| Drop::Malformed)? != tcp.checksum {
+                return Err(Drop::Malformed);
+            }
             let flags = TcpFlags { syn: tcp.syn, fin: tcp.fin, rst: tcp.rst };
             let b = table.outbound(cfg, now, Flow { proto: Proto::Tcp, remote: dst4, remote_port: tcp.destination_port, tcp: Some(flags) }, ip6.source, tcp.source_port)?;
             let mut out_tcp = tcp.clone();
@@ -57,6 +65,9 @@ pub fn outbound(cfg: &Config, table: &mut Table, now: Duration, packet: &[u8]) -
         }
         IpNumber::UDP => {
             let (udp, data) = udp_parts(payload)?;
+            if udp.calc_checksum_ipv6(&ip6, data).map_err(|_| Drop::Malformed)? != udp.checksum {
+                return Err(Drop::Malformed);
+            }
             let b = table.outbound(cfg, now, Flow { proto: Proto::Udp, remote: dst4, remote_port: udp.destination_port, tcp: None }, ip6.source, udp.source_port)?;
             let mut out_udp = udp;
             out_udp.source_port = b.v4_port;
@@ -84,18 +95,18 @@ pub fn outbound(cfg: &Config, table: &mut Table, now: Duration, packet: &[u8]) -
                         DestUnreachableCode::Port => DestUnreachableHeader::Port,
                         _ => return Err(Drop::Unsupported),
                     };
-                    (Icmpv4Type::DestinationUnreachable(h), inner_6to4(cfg, table, data)?)
+                    (Icmpv4Type::DestinationUnreachable(h), inner_6to4(cfg, table, &ip6, dst4, data)?)
                 }
                 Icmpv6Type::PacketTooBig { mtu } => {
                     let next_hop_mtu = u16::try_from(mtu.saturating_sub(20)).unwrap_or(u16::MAX);
-                    (Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }), inner_6to4(cfg, table, data)?)
+                    (Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }), inner_6to4(cfg, table, &ip6, dst4, data)?)
                 }
                 Icmpv6Type::TimeExceeded(code) => {
                     let c = match code {
                         TimeExceeded6::HopLimitExceeded => TimeExceeded4::TtlExceededInTransit,
                         TimeExceeded6::FragmentReassemblyTimeExceeded => TimeExceeded4::FragmentReassemblyTimeExceeded,
                     };
-                    (Icmpv4Type::TimeExceeded(c), inner_6to4(cfg, table, data)?)
+                    (Icmpv4Type::TimeExceeded(c), inner_6to4(cfg, table, &ip6, dst4, data)?)
                 }
                 // Echo replies to inbound pings cannot happen (inbound pings open no state);
                 // neighbour discovery and the rest stay inside.
@@ -113,12 +124,18 @@ pub fn outbound(cfg: &Config, table: &mut Table, now: Duration, packet: &[u8]) -
 
 /// The packet inside an ICMPv6 error a host inside sent about a packet that came in through
 /// us: it went `prefix::remote` → host:port; as IPv4 it went remote → pool:mapped port.
-fn inner_6to4(cfg: &Config, table: &Table, data: &[u8]) -> Result<Vec<u8>, Drop> {
+fn inner_6to4(cfg: &Config, table: &Table, outer: &Ipv6Header, outer_dst4: [u8; 4], data: &[u8]) -> Result<Vec<u8>, Drop> {
     // ICMPv6 errors carry 4 bytes (unused / MTU / pointer) before the packet; etherparse
     // keeps them in the header, so `data` is the packet.
     let (ip6, rest) = Ipv6Header::from_slice(data).map_err(|_| Drop::Malformed)?;
     if ip6.source[..12] != cfg.prefix {
         return Err(Drop::NotOurs);
+    }
+    // A host may only report errors about packets it received itself, to the sender of that
+    // packet: otherwise one tenant could quote another's flow and leak its mapping or inject
+    // errors into it.
+    if ip6.destination != outer.source || ip6.source[12..] != outer_dst4 {
+        return Err(Drop::Filtered);
     }
     let remote: [u8; 4] = ip6.source[12..].try_into().expect("4 bytes");
     let (proto, number) = match ip6.next_header {
@@ -185,6 +202,9 @@ pub fn inbound(cfg: &Config, table: &mut Table, now: Duration, packet: &[u8]) ->
     match ip4.protocol {
         IpNumber::TCP => {
             let (tcp, data) = TcpHeader::from_slice(payload).map_err(|_| Drop::Malformed)?;
+            if tcp.calc_checksum_ipv4(&ip4, data).map_err(|_| Drop::Malformed)? != tcp.checksum {
+                return Err(Drop::Malformed);
+            }
             let flags = TcpFlags { syn: tcp.syn, fin: tcp.fin, rst: tcp.rst };
             let b = table.inbound(cfg, now, Flow { proto: Proto::Tcp, remote: ip4.source, remote_port: tcp.source_port, tcp: Some(flags) }, tcp.destination_port)?;
             let mut out = tcp.clone();
@@ -195,6 +215,10 @@ pub fn inbound(cfg: &Config, table: &mut Table, now: Duration, packet: &[u8]) ->
         }
         IpNumber::UDP => {
             let (udp, data) = udp_parts(payload)?;
+            // 0 is IPv4's "no checksum"; anything else must verify.
+            if udp.checksum != 0 && udp.calc_checksum_ipv4(&ip4, data).map_err(|_| Drop::Malformed)? != udp.checksum {
+                return Err(Drop::Malformed);
+            }
             let b = table.inbound(cfg, now, Flow { proto: Proto::Udp, remote: ip4.source, remote_port: udp.source_port, tcp: None }, udp.destination_port)?;
             let mut out = udp;
             out.destination_port = b.v6_port;
