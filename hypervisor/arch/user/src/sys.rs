@@ -147,12 +147,13 @@ pub fn call_timeout(slot: u64, label: u64, w: [u64; 4], timeout_ms: u32) -> Resu
 pub fn call_grant(slot: u64, label: u64, w0: u64, w1: u64, mem: &Mem, len: u64, writable: bool) -> Result<Msg, u64> {
     call_grant_at(slot, label, w0, w1, mem, 0, len, writable)
 }
-/// [`call_grant`] of the `len` bytes at offset `off` of `mem` (the kernel lends whole pages:
-/// `mem.addr() + off` should be page-aligned, else it refuses). Err(`ERR_BAD_ARG`) without a
-/// call when the range is not inside `mem`.
+/// [`call_grant`] of the `len` bytes at offset `off` of `mem` (the kernel lends whole pages).
+/// Err(`ERR_BAD_ARG`) without a call when the range is not inside `mem` or `mem.addr() + off`
+/// is not page-aligned (bit 0 of the address word is the writable flag: an odd address would
+/// turn a read-only lend into a writable one).
 #[allow(clippy::too_many_arguments)]
 pub fn call_grant_at(slot: u64, label: u64, w0: u64, w1: u64, mem: &Mem, off: u64, len: u64, writable: bool) -> Result<Msg, u64> {
-    if off.checked_add(len).is_none_or(|end| end > mem.len()) {
+    if off.checked_add(len).is_none_or(|end| end > mem.len()) || (mem.addr() + off) % 4096 != 0 {
         return Err(ERR_BAD_ARG);
     }
     // SAFETY: the lent range lies in a region (checked above), which holds no Rust object
