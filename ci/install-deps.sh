@@ -3,7 +3,7 @@
 # Idempotent: skips apt-get entirely when everything is already installed.
 set -euo pipefail
 PKGS=(
-  qemu-system-x86 ovmf                          # boot tests (TCG), UEFI path
+  qemu-system-x86 ovmf ipxe-qemu                # boot tests (TCG), UEFI path, PXE option ROMs
   grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools   # hybrid BIOS+UEFI ISO
   bochs bochsbios vgabios                       # Intel VT-x path (Bochs emulates VMX+EPT)
   busybox-static cpio                           # guest initramfs

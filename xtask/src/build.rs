@@ -87,18 +87,7 @@ pub fn build_iso(kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str,
     require_file("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin")?;
     let stage = out_dir().join(format!("{iso_name}.d"));
     let _ = std::fs::remove_dir_all(&stage);
-    let boot = stage.join("boot");
-    std::fs::create_dir_all(boot.join("grub")).map_err(|e| e.to_string())?;
-    std::fs::copy(kernel, boot.join("catenary.elf")).map_err(|e| e.to_string())?;
-    let mut cfg = String::from("set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_output serial console\n\n");
-    cfg.push_str(&format!("menuentry \"Catenary\" {{\n    multiboot2 /boot/catenary.elf {cmdline}\n"));
-    for (i, (path, name)) in modules.iter().enumerate() {
-        let file = format!("module{i}");
-        std::fs::copy(path, boot.join(&file)).map_err(|e| format!("{path:?}: {e}"))?;
-        cfg.push_str(&format!("    module2 /boot/{file} {name}\n"));
-    }
-    cfg.push_str("    boot\n}\n");
-    std::fs::write(boot.join("grub/grub.cfg"), &cfg).map_err(|e| e.to_string())?;
+    write_grub_boot(&stage, kernel, modules, cmdline)?;
 
     let iso = out_dir().join(format!("{iso_name}.iso"));
     let out = Command::new(mkrescue)
@@ -111,6 +100,24 @@ pub fn build_iso(kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str,
         return Err(format!("grub-mkrescue failed:\n{}", String::from_utf8_lossy(&out.stderr)));
     }
     Ok(iso)
+}
+
+/// `DIR/boot/catenary.elf`, `DIR/boot/moduleN` and `DIR/boot/grub/grub.cfg` booting them as
+/// Multiboot2 (`multiboot2` + `module2 ... NAME`). Shared by the ISO and the PXE directory
+/// (`cargo xtask netboot`), so both boot paths see the same kernel command line and modules.
+pub fn write_grub_boot(dir: &std::path::Path, kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str) -> Result<(), String> {
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(boot.join("grub")).map_err(|e| e.to_string())?;
+    std::fs::copy(kernel, boot.join("catenary.elf")).map_err(|e| e.to_string())?;
+    let mut cfg = String::from("set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_output serial console\n\n");
+    cfg.push_str(&format!("menuentry \"Catenary\" {{\n    multiboot2 /boot/catenary.elf {cmdline}\n"));
+    for (i, (path, name)) in modules.iter().enumerate() {
+        let file = format!("module{i}");
+        std::fs::copy(path, boot.join(&file)).map_err(|e| format!("{path:?}: {e}"))?;
+        cfg.push_str(&format!("    module2 /boot/{file} {name}\n"));
+    }
+    cfg.push_str("    boot\n}\n");
+    std::fs::write(boot.join("grub/grub.cfg"), &cfg).map_err(|e| e.to_string())
 }
 
 /// A Limine-protocol ISO (BIOS + UEFI) beside the GRUB one, when a `limine` binary is on PATH

@@ -13,6 +13,7 @@ mod initimage;
 mod layerimage;
 mod netboot;
 mod nixcheck;
+mod pxe;
 mod ociimage;
 mod qemu;
 mod sim;
@@ -45,6 +46,8 @@ commands:
                              `demo`, started by the workload service (workload.demo=demo)
       --nodes N              N nodes on one vde switch (keys + cluster file generated), consoles prefixed [nodeK]
   iso [--test]              build the hybrid BIOS+UEFI ISO (GRUB; Limine too if `limine` is on PATH)
+  netboot [--test] [DIR]    PXE/TFTP directory (GRUB BIOS+UEFI network images, grub.cfg, kernel,
+                            modules; default build/netboot; same layout as `nix build .#netboot`)
   guest                     build the guest kernel + initramfs bundle (cached)
   test [--quick] [--only S] run every test; ends with `N passed, N failed, N skipped`
                             (--only S: only the test groups whose names contain S; repeatable)
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         "build" => build::cmd_build(rest),
         "run" => qemu::cmd_run(rest),
         "iso" => build::cmd_iso(rest),
+        "netboot" => pxe::cmd_netboot(rest),
         "guest" => build::cmd_guest(rest),
         "test" => test::cmd_test(rest),
         "fuzz" => fuzz::cmd_fuzz(rest),

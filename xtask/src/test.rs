@@ -249,6 +249,12 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
         let mut uefi = bios;
         uefi.uefi = true;
         boots.push(("boot_grub_iso_ovmf".into(), uefi, 240));
+        if crate::pxe::TESTS.iter().any(|n| selected(n)) {
+            match crate::pxe::test_boots(&kernel, &[(module.clone(), "ktest-module".into())], &args("multiboot2")) {
+                Ok(pxe) => boots.extend(pxe),
+                Err(e) => crate::pxe::TESTS.iter().filter(|n| selected(n)).for_each(|n| t.skip(n, &e)),
+            }
+        }
     }
     for (name, b, secs) in boots.into_iter().filter(|(n, _, _)| selected(n)) {
         let c = b.command(false)?;
