@@ -93,6 +93,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("vm_host_nmi_while_guest_runs", crate::ktest_nmi::vm_host_nmi_while_guest_runs),
     ("console_flood_leaves_node_running", crate::ktest_console::console_flood_leaves_node_running),
     ("workload_stop_grace_policy", crate::ktest_workload::workload_stop_grace_policy),
+    ("store_upload_ids_unique", crate::ktest_store::store_upload_ids_unique),
 ];
 
 /// Long tests that run only when `ktest.only` names them (their own `cargo xtask test` entry).

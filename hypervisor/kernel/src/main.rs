@@ -49,6 +49,8 @@ mod ktest_syscall;
 #[cfg(feature = "ktest")]
 mod ktest_sound;
 #[cfg(feature = "ktest")]
+mod ktest_store;
+#[cfg(feature = "ktest")]
 mod ktest_sysfuzz;
 #[cfg(feature = "ktest")]
 mod ktest_vm;

@@ -222,6 +222,7 @@ pub fn begin(owner: u64, b: ImageBegin, now_ns: u64) -> Result<(u32, u64), Store
     let (config_len, rootfs_len) = stream_sizes(&b.manifest).map_err(|_| StoreErr::Invalid)?;
     let size = config_len.checked_add(rootfs_len).filter(|s| *s <= IMAGE_MAX && *s > 0).ok_or(StoreErr::Invalid)?;
     let pages = size.div_ceil(4096);
+    let manifest = b.manifest;
     let id = with_store(|s| {
         if s.index.get(&b.image).is_some() {
             return Ok(0);
@@ -236,28 +237,61 @@ pub fn begin(owner: u64, b: ImageBegin, now_ns: u64) -> Result<(u32, u64), Store
         if s.used_pages + pages > s.quota_pages {
             return Err(StoreErr::Quota);
         }
+        let id = next_free_id(s.next_upload, |id| s.uploads.iter().any(|u| u.id == id));
+        s.next_upload = id;
         s.used_pages += pages;
-        s.next_upload = s.next_upload.wrapping_add(1).clamp(1, 0xffff);
-        Ok(s.next_upload)
+        // In the list (without frames: busy) from here on, so no other begin can take its id.
+        s.uploads.push(Upload { id, owner, image: b.image, manifest, config_len: config_len as usize, rootfs_len: rootfs_len as usize, pages, run: None, touched_ns: now_ns });
+        Ok(id | NEW)
     })?;
     if id == 0 {
         return Ok((0, 0));
     }
-    if locked(|s| s.as_ref().is_some_and(|s| s.uploads.iter().any(|u| u.id == id))) {
+    if id & NEW == 0 {
         return Ok((id, size)); // resumed
     }
+    let id = id & !NEW;
     // allocated and zeroed outside the lock; the pages were reserved above
-    let run = match KernelRun::alloc(pages) {
-        Ok(r) => r,
-        Err(_) => {
-            locked(|s| s.as_mut().map(|s| s.used_pages -= pages));
-            return Err(StoreErr::NoMemory);
+    let run = KernelRun::alloc(pages);
+    let ok = run.is_ok();
+    locked(|s| {
+        let Some(s) = s.as_mut() else { return };
+        let Some(i) = s.uploads.iter().position(|u| u.id == id) else { return };
+        match run {
+            Ok(r) => s.uploads[i].run = Some(r),
+            Err(_) => {
+                s.uploads.swap_remove(i);
+                s.used_pages -= pages;
+            }
         }
-    };
-    let u = Upload { id, owner, image: b.image, manifest: b.manifest, config_len: config_len as usize, rootfs_len: rootfs_len as usize, pages, run: Some(run), touched_ns: now_ns };
-    locked(|s| s.as_mut().map(|s| s.uploads.push(u)));
+    });
+    if !ok {
+        return Err(StoreErr::NoMemory);
+    }
     info!(target: "store", "upload {id} of image {}: {size} bytes in {pages} store pages", b.image.short());
     Ok((id, size))
+}
+
+/// Marks a new upload's id inside [`begin`] (ids are 16 bits: [`catenary_workload::vmctl::write_arg`]).
+const NEW: u32 = 1 << 31;
+
+/// The id after `last` in 1..=0xffff (wrapping) that `live` does not hold. At most
+/// [`UPLOADS_MAX`] ids are live, so one of the next `UPLOADS_MAX + 1` is free.
+fn next_free_id(last: u32, live: impl Fn(u32) -> bool) -> u32 {
+    let mut id = last;
+    for _ in 0..=UPLOADS_MAX {
+        id = if id >= 0xffff { 1 } else { id + 1 };
+        if !live(id) {
+            break;
+        }
+    }
+    id
+}
+
+/// Tests: the id the next new upload starts searching after.
+#[cfg(feature = "ktest")]
+pub fn set_last_upload_id(last: u32) {
+    locked(|s| s.as_mut().map(|s| s.next_upload = last));
 }
 
 /// Take upload `id`'s frames out for work outside the lock (checked: `owner`'s, `len` bytes at
