@@ -59,6 +59,20 @@ pub enum Command {
     /// drained, and the replica is not assigned (moving is `Unassign`, then `Assign`).
     Assign { workload: String, replica: u32, node: NodeKey },
     Unassign { workload: String, replica: u32 },
+    /// The leader's scheduler: the host an `Unassign` took `replica` of `workload` from has
+    /// surely stopped it (it reported applying the `Unassign`, or its lease ran out), so the
+    /// replica may be assigned again ([`DesiredState::releases`]).
+    Released { workload: String, replica: u32 },
+}
+
+/// A replica taken off its host by `Unassign` whose host may still run it: until the leader
+/// knows the host stopped it (`Command::Released`), it is not assigned anywhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub host: NodeKey,
+    /// The state's [`DesiredState::applied`] count right after the `Unassign`: a host whose
+    /// state has applied this many commands has applied the `Unassign` and stopped the replica.
+    pub at: u64,
 }
 
 /// Why an applied command changed nothing.
@@ -101,6 +115,8 @@ pub struct DesiredState {
     pub operators: BTreeMap<NodeKey, Role>,
     /// Which node runs each replica (workload name, replica index).
     pub assignments: BTreeMap<(String, u32), NodeKey>,
+    /// Replicas unassigned whose former host may still run them (see [`Release`]).
+    pub releases: BTreeMap<(String, u32), Release>,
     /// Commands applied (refused ones included): the state's version.
     pub applied: u64,
 }
@@ -173,13 +189,19 @@ impl DesiredState {
                     return Err(Refused::NoSuchNode);
                 }
                 let key = (workload.clone(), *replica);
-                if self.drained.contains(node) || self.assignments.contains_key(&key) {
+                // A replica still being released may still run on its old host.
+                if self.drained.contains(node) || self.assignments.contains_key(&key) || self.releases.contains_key(&key) {
                     return Err(Refused::Conflict);
                 }
                 self.assignments.insert(key, *node);
             }
             Command::Unassign { workload, replica } => {
-                self.assignments.remove(&(workload.clone(), *replica)).ok_or(Refused::NoSuchWorkload)?;
+                let key = (workload.clone(), *replica);
+                let host = self.assignments.remove(&key).ok_or(Refused::NoSuchWorkload)?;
+                self.releases.insert(key, Release { host, at: self.applied });
+            }
+            Command::Released { workload, replica } => {
+                self.releases.remove(&(workload.clone(), *replica)).ok_or(Refused::NoSuchWorkload)?;
             }
         }
         Ok(())

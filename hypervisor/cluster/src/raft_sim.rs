@@ -8,8 +8,8 @@
 //! - **no accepted write lost**: every proposal the cluster acknowledged (committed at the node
 //!   that took it) is in the log of every later leader;
 //! - **one runner**: a `replicas = 1` workload never runs on two nodes at once (a node runs an
-//!   assignment only while its lease holds); a move off a drained node may overlap for at most
-//!   the lease plus the delay bound;
+//!   assignment only while its lease holds), not even while it is moved off a drained or
+//!   removed node;
 //! - **spread**: no node holds two replicas of one workload.
 //!
 //! [`RaftSim::converged`] then says whether, once quiet, every node agrees on the desired state
@@ -62,8 +62,6 @@ pub struct RaftSim {
     /// a later one must hold it (Raft's leader completeness).
     accepted_term: Vec<u64>,
     pending: Vec<(ReplicaId, LogPosition, String)>,
-    /// `(workload, replica)` → since when it has run on more than one node.
-    overlap_since: BTreeMap<(String, u32), Duration>,
     /// Drains happened: overlaps up to one lease are allowed from then on.
     pub drains: u32,
     /// Workloads a `RemoveWorkload` was proposed for (whether it committed is not tracked):
@@ -116,7 +114,6 @@ impl RaftSim {
             accepted: Vec::new(),
             accepted_term: Vec::new(),
             pending: Vec::new(),
-            overlap_since: BTreeMap::new(),
             drains: 0,
             removed: BTreeSet::new(),
             violations: Vec::new(),
@@ -409,27 +406,17 @@ impl RaftSim {
                 runners.entry((w, rep)).or_default().push(id);
             }
         }
-        let bound = self.lease.lease + self.lease.max_delay + RECONCILE_EVERY;
         let live: Vec<&Replica> = self.slots.iter().filter_map(|s| s.replica.as_ref()).collect();
         let singles: BTreeSet<String> =
             live.iter().flat_map(|r| r.state().workloads.values().filter(|w| w.replicas == 1).map(|w| w.name.clone()).collect::<Vec<_>>()).collect();
-        // An overlap is allowed (for at most `bound`) only while one of the runners is being
-        // moved off as drained or removed, as some node's applied state says; any other
-        // overlap is a violation at once.
-        let leaving = |id: u64| live.iter().any(|r| r.state().drained.contains(&key_of(id)) || !r.state().nodes.contains(&key_of(id)));
-        let mut over = BTreeMap::new();
-        for ((w, rep), ids) in runners {
+        // No overlap at all: not for a dead or cut-off host, and not for a drained or removed
+        // one either (a replica is placed again only once its old host reported applying the
+        // `Unassign` or its lease ran out).
+        for ((w, _), ids) in runners {
             if ids.len() > 1 && singles.contains(&w) {
-                let since = *self.overlap_since.get(&(w.clone(), rep)).unwrap_or(&now);
-                if !ids.iter().any(|id| leaving(*id)) {
-                    self.violations.push(format!("{now:?}: {w} (replicas = 1) runs on {} nodes {ids:?}", ids.len()));
-                } else if now - since > bound {
-                    self.violations.push(format!("{now:?}: {w} (replicas = 1) ran on {} nodes for {:?} (bound {bound:?})", ids.len(), now - since));
-                }
-                over.insert((w, rep), since);
+                self.violations.push(format!("{now:?}: {w} (replicas = 1) runs on {} nodes {ids:?}", ids.len()));
             }
         }
-        self.overlap_since = over;
     }
 
     /// What node `id` runs now: its assignments in its own applied state, while its lease holds.

@@ -4,6 +4,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::desired::Command;
+use crate::placement::Constraint;
 use crate::raft_sim::{key_of, RaftSim};
 use crate::sim::NetConfig;
 
@@ -121,11 +122,13 @@ fn chaos_schedules_hold_the_invariants() {
 }
 
 /// Seeds the chaos runs found bugs with: the raftbare vote restriction (254 … 961), a new
-/// leader granting leases before its commit index caught up (3287, 6850, 7520, 9745), and the
-/// undrain at the end of a schedule lost with its leader (3765).
+/// leader granting leases before its commit index caught up (3287, 6850, 7520, 9745), the
+/// undrain at the end of a schedule lost with its leader (3765), and a workload removed and put
+/// again while its host was just cut off but still counted as answering (2883: it was placed
+/// elsewhere while the old host ran it under its lease).
 #[test]
 fn regression_seeds() {
-    for seed in [254u64, 489, 510, 584, 585, 607, 652, 671, 740, 897, 945, 961, 3287, 3765, 6850, 7520, 9745] {
+    for seed in [254u64, 489, 510, 584, 585, 607, 652, 671, 740, 897, 945, 961, 2883, 3287, 3765, 6850, 7520, 9745] {
         crate::raft_sim::raft_chaos(seed).unwrap();
     }
 }
@@ -182,5 +185,77 @@ fn removing_a_cut_off_node_waits_out_its_lease() {
         let now_on = runner_of(&sim, "s1");
         assert!(now_on.len() == 1 && now_on[0] != host, "seed {}: s1 runs on {now_on:?}", 700 + seed);
         assert!(sim.violations.is_empty(), "seed {}: {:?}", 700 + seed, sim.violations);
+    }
+}
+
+/// Seed 2883 as a directed test: the host of a singleton is cut off, and at once (while it still
+/// counts as answering) the workload is removed and put again. The `Unassign` commits without
+/// the host; the replica is placed again only once the host's lease must have run out, never
+/// while it may still run it.
+#[test]
+fn a_workload_put_again_while_its_host_is_just_cut_off_waits_for_the_release() {
+    let mut ran = 0;
+    for seed in 0..10 {
+        let mut sim = cluster(5, 900 + seed);
+        // On a follower (a cut-off leader is deposed, which is another test).
+        let mut spec = RaftSim::workload("s1", 1, 256);
+        spec.constraints.push(Constraint::NotOnNode(key_of(sim.leader().unwrap())));
+        assert!(sim.propose(Command::PutWorkload(spec.clone())));
+        sim.run_until(secs(8));
+        let host = runner_of(&sim, "s1")[0];
+        if sim.leader() == Some(host) {
+            continue;
+        }
+        let rest: Vec<u64> = (0..5).filter(|i| *i != host).collect();
+        sim.partition(&[&[host], &rest]);
+        let cut = sim.now;
+        assert!(sim.propose(Command::RemoveWorkload("s1".into())), "seed {}", 900 + seed);
+        sim.run_until(cut + Duration::from_millis(200));
+        // Put again somewhere else (so that the old host is not simply chosen again).
+        spec.constraints.push(Constraint::NotOnNode(key_of(host)));
+        assert!(sim.propose(Command::PutWorkload(spec.clone())), "seed {}", 900 + seed);
+        let mut moved = None;
+        while sim.now < cut + secs(10) {
+            sim.run_until(sim.now + Duration::from_millis(20));
+            let on = runner_of(&sim, "s1");
+            if on.iter().any(|n| *n != host) {
+                moved = Some(sim.now - cut);
+                break;
+            }
+        }
+        let moved = moved.unwrap_or_else(|| panic!("seed {}: s1 never placed again", 900 + seed));
+        assert!(moved >= sim.lease.lease, "seed {}: placed again after {moved:?}, inside the old host's lease", 900 + seed);
+        sim.heal();
+        sim.run_until(sim.now + secs(5));
+        assert!(sim.violations.is_empty(), "seed {}: {:?}", 900 + seed, sim.violations);
+        sim.converged().unwrap_or_else(|e| panic!("seed {}: {e}", 900 + seed));
+        ran += 1;
+    }
+    assert!(ran >= 5, "only {ran} seeds had a follower host");
+}
+
+/// A drain of a live host releases at once: the host applies the `Unassign` and says so, so
+/// the replica moves within a few round trips, without waiting out the lease, and never runs
+/// twice.
+#[test]
+fn a_drained_live_hosts_singleton_moves_without_waiting_for_its_lease() {
+    for seed in 0..10 {
+        let mut sim = cluster(3, 950 + seed);
+        assert!(sim.propose(Command::PutWorkload(RaftSim::workload("s1", 1, 256))));
+        sim.run_until(secs(8));
+        let host = runner_of(&sim, "s1")[0];
+        let at = sim.now;
+        assert!(sim.propose(Command::Drain(key_of(host))));
+        let mut moved = None;
+        while sim.now < at + secs(10) {
+            sim.run_until(sim.now + Duration::from_millis(10));
+            if runner_of(&sim, "s1").iter().any(|n| *n != host) {
+                moved = Some(sim.now - at);
+                break;
+            }
+        }
+        let moved = moved.unwrap_or_else(|| panic!("seed {}: s1 never moved", 950 + seed));
+        assert!(moved < sim.lease.lease, "seed {}: the move waited {moved:?}", 950 + seed);
+        assert!(sim.violations.is_empty(), "seed {}: {:?}", 950 + seed, sim.violations);
     }
 }

@@ -7,14 +7,17 @@
 //! sent it (or, for grants from an earlier leader, from this leader's election plus the grant
 //! window; see docs/orchestration.md for the argument). The one assumption is a bound
 //! `max_delay` on how long a datagram can be in flight (and clocks that run at about the same
-//! rate). A drained or removed node is told by the log (`Unassign`) and stops when it applies
-//! that entry, at the latest when its lease runs out, so a move off a *live* node can overlap
-//! for at most one lease.
+//! rate). A replica taken off a host that still answers (drained, removed, or its workload removed
+//! or shrunk) is unassigned at once, but placed again only once that host reported applying the
+//! `Unassign` or its lease must have run out ([`release_done`], `Command::Released`): the host
+//! may have been cut off just after its last answer (simulator seed 2883), so no move ever
+//! overlaps.
+use alloc::collections::BTreeSet;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use crate::desired::{Command, DesiredState};
+use crate::desired::{Command, DesiredState, Release};
 use crate::identity::NodeKey;
 use crate::placement::{place, Constraint, NodeCapacity, WorkloadDemand};
 use crate::replica::{Replica, ReplicaId};
@@ -48,6 +51,21 @@ pub fn lease_expired(leader: &Replica, node: ReplicaId, now: Duration, cfg: &Lea
     now > from + cfg.max_delay + cfg.lease
 }
 
+/// Has the host of a [`Release`] surely stopped the replica? Yes once it reported applying the
+/// `Unassign` ([`Replica::peer_applied`]), or once every lease it got before the `Unassign`
+/// committed has run out: a grant sent after the commit renews a lease only once the host has
+/// applied up to the leader's commit index, the `Unassign` included; grants from earlier
+/// leaders end by this leader's election plus the grant window (as in [`lease_expired`]).
+/// A host the caller did not list is waited out the same way.
+pub fn release_done(leader: &Replica, release: &Release, host: Option<ReplicaId>, now: Duration, cfg: &LeaseConfig) -> bool {
+    if host.and_then(|h| leader.peer_applied(h)).is_some_and(|a| a >= release.at) {
+        return true;
+    }
+    let Some(since) = leader.leader_since() else { return false };
+    let from = (since + leader.grant_window()).max(leader.release_committed_at(release.at).unwrap_or(Duration::ZERO));
+    now > from + cfg.max_delay + cfg.lease
+}
+
 /// The leader's view of whether `node` is up: it acknowledged within the replica's
 /// `peer_down_after` (the same rule that decides whether it gets lease grants).
 pub fn is_up(leader: &Replica, node: ReplicaId, now: Duration) -> bool {
@@ -62,6 +80,16 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
         return out;
     }
     let id_of = |key: &NodeKey| nodes.iter().find(|n| n.capacity.key == *key).map(|n| n.id);
+    // 0. Replicas whose old host surely stopped them may be placed again (in this same batch:
+    // the `Released` is applied before the `Assign`s that follow it in the log).
+    let mut held: BTreeSet<(String, u32)> = BTreeSet::new();
+    for (key, rel) in &state.releases {
+        if release_done(leader, rel, id_of(&rel.host), now, cfg) {
+            out.push(Command::Released { workload: key.0.clone(), replica: key.1 });
+        } else {
+            held.insert(key.clone());
+        }
+    }
     // 1. Unassign what must move: workload shrunk, node gone, drained, or down past its lease.
     for ((w, r), key) in &state.assignments {
         let shrunk = state.workloads.get(w).is_none_or(|s| *r >= s.replicas);
@@ -78,7 +106,7 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
             out.push(Command::Unassign { workload: w.clone(), replica: *r });
         }
     }
-    if !out.is_empty() {
+    if out.iter().any(|c| matches!(c, Command::Unassign { .. })) {
         // Moves are two steps (Unassign committed, then Assign), so that a replica is never
         // assigned twice.
         return out;
@@ -102,7 +130,9 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
         .collect();
     // 3. Place the missing replicas, one workload at a time in name order.
     for (name, spec) in &state.workloads {
-        let missing: Vec<u32> = (0..spec.replicas).filter(|r| !state.assignments.contains_key(&(name.clone(), *r))).collect();
+        let missing: Vec<u32> = (0..spec.replicas)
+            .filter(|r| !state.assignments.contains_key(&(name.clone(), *r)) && !held.contains(&(name.clone(), *r)))
+            .collect();
         if missing.is_empty() {
             continue;
         }

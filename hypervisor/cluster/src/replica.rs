@@ -72,6 +72,10 @@ pub struct Envelope {
     /// AppendEntries only: the leader heard from a majority within the grant window, so the
     /// receiver may renew its lease ([`Replica::lease_until`]).
     pub grant: bool,
+    /// How many commands the sender's state has applied ([`DesiredState::applied`]): in an
+    /// AppendEntries reply, tells the leader the follower applied an `Unassign` and stopped
+    /// that replica, so it may be placed elsewhere ([`crate::reconcile`]).
+    pub applied: u64,
 }
 
 /// What must survive a crash.
@@ -114,6 +118,11 @@ pub struct Replica {
     follower_acks: BTreeMap<ReplicaId, Duration>,
     /// Leader: when it last sent each peer an AppendEntries that granted a lease.
     grants_sent: BTreeMap<ReplicaId, Duration>,
+    /// Leader: the highest applied count each follower reported in this term.
+    peer_applied: BTreeMap<ReplicaId, u64>,
+    /// Leader: when it applied (committed) each `Unassign` still being released in this term,
+    /// by the release's `at`.
+    release_times: BTreeMap<u64, Duration>,
     became_leader: Option<(u64, Duration)>,
     storage: Storage,
 }
@@ -167,6 +176,8 @@ impl Replica {
             sent_at: BTreeMap::new(),
             follower_acks: BTreeMap::new(),
             grants_sent: BTreeMap::new(),
+            peer_applied: BTreeMap::new(),
+            release_times: BTreeMap::new(),
             became_leader: None,
             storage,
         }
@@ -299,6 +310,21 @@ impl Replica {
         self.cfg.peer_down_after
     }
 
+    /// Leader only: the highest applied count `peer` reported in this term (see
+    /// [`Envelope::applied`]).
+    pub fn peer_applied(&self, peer: ReplicaId) -> Option<u64> {
+        if peer == self.id {
+            return Some(self.state.applied);
+        }
+        self.peer_applied.get(&peer).copied()
+    }
+
+    /// Leader only: when this leader, in its current term, applied the `Unassign` whose
+    /// [`crate::desired::Release::at`] is `at` (None if it was applied before this term).
+    pub fn release_committed_at(&self, at: u64) -> Option<Duration> {
+        self.release_times.get(&at).copied()
+    }
+
     /// Leader only: when `peer` last acknowledged (the send time of the acknowledged call).
     pub fn last_ack(&self, peer: ReplicaId) -> Option<Duration> {
         self.follower_acks.get(&peer).copied()
@@ -364,6 +390,8 @@ impl Replica {
                     let e = self.follower_acks.entry(env.from).or_insert(sent);
                     *e = (*e).max(sent);
                 }
+                let a = self.peer_applied.entry(env.from).or_insert(env.applied);
+                *a = (*a).max(env.applied);
             }
             _ => {}
         }
@@ -417,6 +445,8 @@ impl Replica {
             self.follower_acks.clear();
             self.sent_at.clear();
             self.grants_sent.clear();
+            self.peer_applied.clear();
+            self.release_times.clear();
             self.became_leader = Some((self.term(), now));
         }
         // raftbare truncates a diverging suffix without asking for a write until it knows
@@ -442,7 +472,7 @@ impl Replica {
                 }
             }
         }
-        self.apply_committed();
+        self.apply_committed(now);
     }
 
     fn send(&mut self, now: Duration, to: NodeId, mut message: Message) {
@@ -475,10 +505,10 @@ impl Replica {
                 }
             }
         }
-        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant });
+        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant, applied: self.state.applied });
     }
 
-    fn apply_committed(&mut self) {
+    fn apply_committed(&mut self, now: Duration) {
         let commit = self.node.commit_index().get();
         while self.applied_index < commit {
             let i = self.applied_index + 1;
@@ -487,8 +517,22 @@ impl Replica {
             if matches!(entry, LogEntry::Command) {
                 let pos = LogPosition { term, index: LogIndex::new(i) };
                 let Some(cmd) = self.commands.get(&(term.get(), i)).cloned() else { break };
-                if let Err(e) = self.state.apply(&cmd, &self.cfg.limits) {
-                    self.refusals.push((pos, e));
+                let releasing = match &cmd {
+                    Command::Released { workload, replica } => self.state.releases.get(&(workload.clone(), *replica)).map(|r| r.at),
+                    _ => None,
+                };
+                match self.state.apply(&cmd, &self.cfg.limits) {
+                    Err(e) => self.refusals.push((pos, e)),
+                    // The leader times its own releases (a follower's would not help it: a
+                    // new leader counts from its election, see reconcile::release_done).
+                    Ok(()) if matches!(cmd, Command::Unassign { .. }) && self.is_leader() => {
+                        self.release_times.insert(self.state.applied, now);
+                    }
+                    Ok(()) => {
+                        if let Some(at) = releasing {
+                            self.release_times.remove(&at);
+                        }
+                    }
                 }
                 self.applied.push(pos);
             }
