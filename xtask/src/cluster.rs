@@ -105,7 +105,13 @@ pub struct Running {
     children: Vec<Child>,
     /// Which nodes' QEMU has exited (noted once in that node's lines).
     exited: Vec<bool>,
+    /// Which nodes xtask killed on purpose ([`Running::kill`]): not reported as stopped.
+    killed: Vec<bool>,
+    /// How each node was started ([`Running::restart`] starts it again the same way).
+    boots: Vec<crate::qemu::Boot>,
     rx: mpsc::Receiver<(usize, String)>,
+    /// Kept for the reader threads of restarted nodes; `wait` ends when every node exited.
+    tx: mpsc::Sender<(usize, String)>,
     pub dir: PathBuf,
     switch: Switch,
 }
@@ -114,6 +120,11 @@ pub struct Running {
 /// runs (a node must never stop on its own: a host triple fault under `-no-reboot` ends QEMU
 /// without a word on the serial console).
 pub const NODE_STOPPED: &str = "[xtask] node stopped";
+/// The line [`Running::kill`] adds.
+pub const NODE_KILLED: &str = "[xtask] node killed";
+/// The line [`Running::restart`] adds.
+#[allow(dead_code)]
+pub const NODE_RESTARTED: &str = "[xtask] node restarted";
 
 impl Running {
     pub fn switch_sock(&self) -> &Path {
@@ -139,7 +150,13 @@ impl Running {
                     }
                     self.lines[i].push(l);
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // nothing came for a while and every QEMU is gone: nothing more will
+                    self.note_exits();
+                    if self.exited.iter().all(|e| *e) {
+                        return done(&self.lines);
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.note_exits();
                     return done(&self.lines);
@@ -154,7 +171,7 @@ impl Running {
     /// resets, and the log holds every CPU's state at that moment).
     fn note_exits(&mut self) {
         for i in 0..self.children.len() {
-            if self.exited[i] {
+            if self.exited[i] || self.killed[i] {
                 continue;
             }
             let status = self.children[i].try_wait().ok().flatten();
@@ -172,6 +189,35 @@ impl Running {
             let why = if triple { "QEMU logged a host triple fault" } else { "no triple fault in QEMU's log" };
             self.lines[i].push(format!("{NODE_STOPPED}: {what}; {why}; QEMU's log {}", qlog.display()));
         }
+    }
+
+    /// Kill node `i`'s QEMU (SIGKILL: the node gets no chance to say goodbye), as a power
+    /// failure would. Noted in its lines as `[xtask] node killed`; not reported by [`Running::exits`].
+    #[allow(dead_code)] // the cluster membership and orchestration tests
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+        self.exited[i] = true;
+        self.killed[i] = true;
+        self.lines[i].push(NODE_KILLED.into());
+    }
+
+    /// Start node `i` again with the same key, cluster file and QEMU arguments (a fresh wall
+    /// clock on its command line). Its new console lines are appended to `lines[i]` after
+    /// `[xtask] node restarted`; returns the index of that line.
+    #[allow(dead_code)]
+    pub fn restart(&mut self, i: usize) -> Result<usize, String> {
+        if !self.exited[i] {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.mon", self.names[i])));
+        let _ = std::fs::remove_file(self.dir.join(format!("{}-qemu.log", self.names[i])));
+        let (child, _) = spawn_node(&self.boots[i], i, &self.tx)?;
+        self.children[i] = child;
+        self.exited[i] = false;
+        self.killed[i] = false;
+        self.lines[i].push(NODE_RESTARTED.into());
+        Ok(self.lines[i].len() - 1)
     }
 
     /// Every live node's CPU registers (QEMU monitor `info registers -a`) into
@@ -242,6 +288,7 @@ pub fn start_with(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Mem
     let (tx, rx) = mpsc::channel();
     let mut children = Vec::new();
     let mut shown = Vec::new();
+    let mut boots = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let cluster_file = if n.listed {
             shared.clone()
@@ -255,7 +302,8 @@ pub fn start_with(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Mem
         let mut b = Boot::pvh("q35", kernel.to_path_buf());
         b.smp = 1;
         b.mem = "256M".into();
-        b.cmdline = format!("{}net.time={} {}", if n.guest { "" } else { "vm=none " }, unix_now(), n.cmdline);
+        // `net.time=0` is replaced by the wall clock when QEMU starts (`spawn_node`)
+        b.cmdline = format!("{}net.time=0 {}", if n.guest { "" } else { "vm=none " }, n.cmdline);
         // one cpio module (PVH passes one): the cluster file, this node's key, and the guest
         // image for a node that runs the demo microVM
         let mut files = Vec::new();
@@ -308,29 +356,39 @@ pub fn start_with(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Mem
             let _ = std::fs::remove_file(p);
             b.extra.extend(["-object".into(), format!("filter-dump,id=f0,netdev=n0,file={}", p.display())]);
         }
-        let mut c = b.command(false)?;
-        shown.push(crate::qemu::shown_command(&c));
-        c.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
-        let mut child = c.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let (t1, t2) = (tx.clone(), tx.clone());
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).split(b'\n').map_while(Result::ok) {
-                if t1.send((i, String::from_utf8_lossy(&l).trim_end_matches('\r').to_string())).is_err() {
-                    break;
-                }
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = t2.send((i, format!("[qemu stderr] {l}")));
-            }
-        });
+        let (child, show) = spawn_node(&b, i, &tx)?;
+        shown.push(show);
+        boots.push(b);
         children.push(child);
     }
-    drop(tx);
-    Ok(Running { names: nodes.iter().map(|n| n.name.clone()).collect(), lines: vec![Vec::new(); nodes.len()], shown, exited: vec![false; nodes.len()], children, rx, dir, switch })
+    Ok(Running { names: nodes.iter().map(|n| n.name.clone()).collect(), lines: vec![Vec::new(); nodes.len()], shown, exited: vec![false; nodes.len()], killed: vec![false; nodes.len()], boots, children, rx, tx, dir, switch })
+}
+
+/// Start one node's QEMU (its `net.time=0` set to now) with threads that send its console
+/// and stderr lines as `(i, line)`. Returns the child and its redacted command line.
+fn spawn_node(b: &crate::qemu::Boot, i: usize, tx: &mpsc::Sender<(usize, String)>) -> Result<(Child, String), String> {
+    let mut b = b.clone();
+    b.cmdline = b.cmdline.replace("net.time=0", &format!("net.time={}", unix_now()));
+    let mut c = b.command(false)?;
+    let show = crate::qemu::shown_command(&c);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let mut child = c.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (t1, t2) = (tx.clone(), tx.clone());
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+            if t1.send((i, String::from_utf8_lossy(&l).trim_end_matches('\r').to_string())).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = t2.send((i, format!("[qemu stderr] {l}")));
+        }
+    });
+    Ok((child, show))
 }
 
 /// Run HMP commands on the monitor at `sock`; what it printed.
