@@ -12,7 +12,10 @@
 //! - [`placement`]: the deterministic scheduler function;
 //! - [`desired`]: the desired state (workloads, admitted keys, drains, assignments), a
 //!   deterministic state machine;
-//! - [`replica`]: Raft (the vendored `raftbare` core) replicating it, with leases.
+//! - [`replica`]: Raft (the vendored `raftbare` core) replicating it, with leases;
+//! - [`raft_codec`]: the orchestration datagrams (Raft envelopes, forwarded writes, joins);
+//! - [`orch`]: one node's orchestration (diskless join, the leader's scheduler, what to run),
+//!   what the ring-3 service `orchd` runs.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -26,7 +29,9 @@ pub mod codec;
 pub mod desired;
 pub mod identity;
 pub mod membership;
+pub mod orch;
 pub mod placement;
+pub mod raft_codec;
 #[cfg(any(test, feature = "sim"))]
 pub mod raft_sim;
 #[cfg(test)]

@@ -346,6 +346,29 @@ impl Replica {
         Ok(pos)
     }
 
+    /// Leader only: make `add` voters instead of `remove` (raftbare's joint consensus; it
+    /// proposes the final configuration itself once the joint one is committed). Used to
+    /// replace a diskless node's old id by the new one it rejoins with (crate::orch).
+    pub fn propose_config(&mut self, now: Duration, add: &[ReplicaId], remove: &[ReplicaId]) -> Result<LogPosition, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        let add: Vec<NodeId> = add.iter().map(|i| NodeId::new(*i)).collect();
+        let remove: Vec<NodeId> = remove.iter().map(|i| NodeId::new(*i)).collect();
+        let cfg = self.node.config().to_joint_consensus(&add, &remove);
+        let pos = self.node.propose_config(cfg);
+        if pos.is_invalid() {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        self.step(now);
+        Ok(pos)
+    }
+
+    /// A configuration change is in progress (joint consensus).
+    pub fn config_changing(&self) -> bool {
+        self.node.config().is_joint_consensus()
+    }
+
     /// Entries in the log that are not committed yet.
     pub fn has_uncommitted(&self) -> bool {
         self.node.log().last_position().index.get() > self.node.commit_index().get()

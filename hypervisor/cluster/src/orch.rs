@@ -1,0 +1,483 @@
+//! One node's orchestration, sans I/O: what the ring-3 service `orchd` runs over the fabric,
+//! and what the host tests run over an in-process network.
+//!
+//! An [`Orch`] holds this node's [`Replica`] of the desired state and everything around it
+//! that is not Raft itself:
+//!
+//! - **Who is who.** The cluster file lists the members (their keys) in order; a member's Raft
+//!   ids are `generation << 16 | index`. The caller says which member a datagram came from (the
+//!   fabric authenticated its key); an envelope whose sender id is not that member's is dropped.
+//! - **Diskless start.** A node has no disk, so it cannot tell a first boot from a restart by
+//!   its storage. It listens first ([`OrchConfig::boot_wait`]): a leader's AppendEntries
+//!   addressed to any id of its index means the cluster exists and counted it as a voter, so it
+//!   comes back as the next generation (a new, empty Raft member) and asks to replace its old id
+//!   ([`Wire::Join`]; the leader proposes the joint configuration change). A vote request of a
+//!   cluster being created (candidate's log at the bootstrap entry) lets it join as generation
+//!   0; silence lets member 0 create the cluster and the others wait as generation 0. Reusing
+//!   the old id with an empty log would be unsafe: it could vote twice in a term, or forget an
+//!   entry a majority needed it for.
+//! - **The scheduler** ([`crate::reconcile`]) on the leader, with each node's capacity as the
+//!   node last reported it ([`Wire::Capacity`]), and the admission of the cluster file's members.
+//! - **Writes from any node**: [`Orch::submit`] proposes on the leader or forwards there.
+//! - **What to run**: [`Orch::assigned_now`] is the replicas the committed state assigns this
+//!   node while its lease holds, and nothing otherwise.
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use raftbare::{CommitStatus, LogIndex, LogPosition, Message, Term};
+
+use crate::desired::{Command, DesiredState, WorkloadSpec};
+use crate::identity::NodeKey;
+use crate::placement::NodeCapacity;
+use crate::raft_codec::{command_fits, decode, encode, encode_within, Wire, DATAGRAM_MAX};
+use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
+use crate::replica::{ProposeError, Replica, ReplicaConfig, ReplicaId};
+
+/// A member's index in the cluster file, from one of its Raft ids.
+pub fn member_of(id: ReplicaId) -> usize {
+    (id & 0xffff) as usize
+}
+pub fn generation_of(id: ReplicaId) -> u64 {
+    id >> 16
+}
+pub fn id_for(member: usize, generation: u64) -> ReplicaId {
+    generation << 16 | member as u64
+}
+
+/// At most this many members (ids keep the index in 16 bits; a configuration holds at most
+/// [`crate::raft_codec::CONFIG_NODES_MAX`]).
+pub const MEMBERS_MAX: usize = crate::raft_codec::CONFIG_NODES_MAX;
+/// Writes waiting for their outcome at once.
+pub const TICKETS_MAX: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct OrchConfig {
+    pub replica: ReplicaConfig,
+    pub lease: LeaseConfig,
+    /// How long a starting node listens for an existing cluster.
+    pub boot_wait: Duration,
+    pub join_period: Duration,
+    pub reconcile_period: Duration,
+    pub capacity_period: Duration,
+    /// A node whose capacity report is older than this gets nothing new placed on it.
+    pub capacity_stale: Duration,
+    /// A forwarded write with no answer by then has failed (the caller may retry).
+    pub submit_timeout: Duration,
+}
+
+impl Default for OrchConfig {
+    fn default() -> Self {
+        OrchConfig {
+            replica: ReplicaConfig::default(),
+            lease: LeaseConfig::default(),
+            boot_wait: Duration::from_secs(3),
+            join_period: Duration::from_secs(1),
+            reconcile_period: Duration::from_millis(200),
+            capacity_period: Duration::from_secs(1),
+            capacity_stale: Duration::from_secs(5),
+            submit_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+enum Phase {
+    /// Listening for a cluster. `existed`: a vote request of a cluster with history addressed
+    /// this member (so it must not take generation 0, and waits for a leader).
+    Discover { since: Duration, existed: bool },
+    Running(Box<Replica>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// A command of a kind only the scheduler proposes, or one too large for a datagram.
+    Refused,
+    /// No leader is known, or too many writes are waiting.
+    Unavailable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TicketStatus {
+    Pending,
+    Committed,
+    Failed,
+    Unknown,
+}
+
+struct Ticket {
+    at: Option<LogPosition>,
+    sent: Duration,
+    failed: bool,
+}
+
+/// What happened to datagrams (for the service's log).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub undecodable: u64,
+    /// The envelope's sender id is not the authenticated member's, or it names another member.
+    pub misaddressed: u64,
+    pub joins_proposed: u64,
+}
+
+pub struct Orch {
+    me: usize,
+    members: Vec<NodeKey>,
+    cfg: OrchConfig,
+    seed: u64,
+    phase: Phase,
+    /// The current id is in the configuration (an envelope addressed to it arrived, or it
+    /// started the cluster under it).
+    joined: bool,
+    own_capacity: Option<(u32, u64)>,
+    capacities: BTreeMap<usize, (u32, u64, Duration)>,
+    outgoing: Vec<(usize, Vec<u8>)>,
+    next_join: Duration,
+    next_reconcile: Duration,
+    next_capacity: Duration,
+    tickets: BTreeMap<u64, Ticket>,
+    next_ticket: u64,
+    pub counters: Counters,
+}
+
+impl Orch {
+    /// Member `me` of `members` (the cluster file's order), starting at `now`.
+    pub fn new(me: usize, members: Vec<NodeKey>, cfg: OrchConfig, seed: u64, now: Duration) -> Orch {
+        Orch {
+            me,
+            members,
+            cfg,
+            seed,
+            phase: Phase::Discover { since: now, existed: false },
+            joined: false,
+            own_capacity: None,
+            capacities: BTreeMap::new(),
+            outgoing: Vec::new(),
+            next_join: now,
+            next_reconcile: now,
+            next_capacity: now,
+            tickets: BTreeMap::new(),
+            next_ticket: 1,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn me(&self) -> usize {
+        self.me
+    }
+    pub fn replica(&self) -> Option<&Replica> {
+        match &self.phase {
+            Phase::Running(r) => Some(r),
+            Phase::Discover { .. } => None,
+        }
+    }
+    /// This node's Raft id once it has one, and whether the configuration holds it yet.
+    pub fn id(&self) -> Option<(ReplicaId, bool)> {
+        self.replica().map(|r| (r.id(), self.joined))
+    }
+    pub fn state(&self) -> Option<&DesiredState> {
+        self.replica().map(|r| r.state())
+    }
+    /// The member that leads, as this node believes.
+    pub fn leader(&self) -> Option<usize> {
+        self.replica().and_then(|r| r.leader()).map(member_of)
+    }
+
+    /// What this node's workload service can give cluster workloads now.
+    pub fn set_capacity(&mut self, vcpus: u32, mem_mib: u64) {
+        self.own_capacity = Some((vcpus, mem_mib));
+    }
+
+    /// Datagrams to send: (member index, bytes).
+    pub fn take_outgoing(&mut self) -> Vec<(usize, Vec<u8>)> {
+        core::mem::take(&mut self.outgoing)
+    }
+
+    /// The replicas the committed state assigns this node, while its lease holds; nothing
+    /// otherwise (a node cut off from the majority stops its workloads when its lease runs out).
+    pub fn assigned_now(&self, now: Duration) -> Vec<(WorkloadSpec, u32)> {
+        let Some(r) = self.replica() else { return Vec::new() };
+        if !self.lease_holds(now) {
+            return Vec::new();
+        }
+        let key = self.members[self.me];
+        r.state().assigned_to(key).filter_map(|(w, i)| r.state().workloads.get(w).map(|s| (s.clone(), *i))).collect()
+    }
+
+    pub fn lease_holds(&self, now: Duration) -> bool {
+        self.replica().is_some_and(|r| self.joined && r.lease_until(now, self.cfg.lease.lease).is_some_and(|u| u > now))
+    }
+
+    /// A datagram from member `from` (whose key the fabric authenticated).
+    pub fn handle(&mut self, now: Duration, from: usize, bytes: &[u8]) {
+        if from >= self.members.len() || from == self.me {
+            self.counters.misaddressed += 1;
+            return;
+        }
+        let Ok(w) = decode(bytes) else {
+            self.counters.undecodable += 1;
+            return;
+        };
+        match w {
+            Wire::Raft(env) => {
+                if member_of(env.from) != from || member_of(env.to) != self.me {
+                    self.counters.misaddressed += 1;
+                    return;
+                }
+                match &mut self.phase {
+                    Phase::Discover { existed, .. } => match &env.message {
+                        Message::AppendEntriesCall { .. } => {
+                            // A leader counts this member as a voter: come back as the next
+                            // generation and ask to replace the old id.
+                            let id = id_for(self.me, generation_of(env.to) + 1);
+                            self.phase = Phase::Running(Box::new(Replica::join(id, self.cfg.replica.clone(), self.seed, now)));
+                            self.joined = false;
+                            self.next_join = now;
+                        }
+                        Message::RequestVoteCall { last_position, .. } if generation_of(env.to) == 0 && last_position.index <= LogIndex::new(1) => {
+                            // A cluster being created: join it as generation 0.
+                            let mut r = Replica::join(env.to, self.cfg.replica.clone(), self.seed, now);
+                            r.handle(now, env);
+                            self.phase = Phase::Running(Box::new(r));
+                            self.joined = true;
+                        }
+                        _ => *existed = true,
+                    },
+                    Phase::Running(r) => {
+                        if env.to == r.id() {
+                            self.joined = true;
+                            r.handle(now, env);
+                        }
+                    }
+                }
+            }
+            Wire::Join { id } => {
+                if member_of(id) == from {
+                    self.handle_join(now, id);
+                }
+            }
+            Wire::Propose { request, command } => {
+                let (term, index) = match &mut self.phase {
+                    Phase::Running(r) if Self::forwardable(&command) && command_fits(&command) => match r.propose(now, command) {
+                        Ok(p) => (p.term.get(), p.index.get()),
+                        Err(_) => (0, 0),
+                    },
+                    _ => (0, 0),
+                };
+                self.push(from, &Wire::Proposed { request, term, index });
+            }
+            Wire::Proposed { request, term, index } => {
+                if let Some(t) = self.tickets.get_mut(&request) {
+                    if index == 0 {
+                        t.failed = true;
+                    } else {
+                        t.at = Some(LogPosition { term: Term::new(term), index: LogIndex::new(index) });
+                    }
+                }
+            }
+            Wire::Capacity { vcpus, mem_mib } => {
+                self.capacities.insert(from, (vcpus, mem_mib, now));
+            }
+        }
+        self.flush();
+    }
+
+    /// Leader: replace member `member_of(id)`'s voter ids by `id` (a restarted node).
+    fn handle_join(&mut self, now: Duration, id: ReplicaId) {
+        let Phase::Running(r) = &mut self.phase else { return };
+        if !r.is_leader() || r.config_changing() {
+            return;
+        }
+        let voters = r.voters();
+        if voters.contains(&id) {
+            return;
+        }
+        let old: Vec<ReplicaId> = voters.iter().copied().filter(|v| member_of(*v) == member_of(id)).collect();
+        // Only a newer generation replaces: an old datagram must not bring back a dead id.
+        if old.iter().any(|o| generation_of(*o) >= generation_of(id)) || voters.len() >= MEMBERS_MAX {
+            return;
+        }
+        if r.propose_config(now, &[id], &old).is_ok() {
+            self.counters.joins_proposed += 1;
+        }
+    }
+
+    /// The writes another node may forward (the API's); the scheduler's own commands and
+    /// admissions are the leader's alone.
+    fn forwardable(c: &Command) -> bool {
+        matches!(c, Command::PutWorkload(_) | Command::RemoveWorkload(_) | Command::Drain(_) | Command::Undrain(_))
+    }
+
+    /// Propose a write (the API's): on the leader directly, or forwarded to it. The ticket's
+    /// outcome comes from [`Orch::ticket`].
+    pub fn submit(&mut self, now: Duration, command: Command) -> Result<u64, SubmitError> {
+        if !Self::forwardable(&command) || !command_fits(&command) {
+            return Err(SubmitError::Refused);
+        }
+        self.expire_tickets(now);
+        if self.tickets.len() >= TICKETS_MAX {
+            return Err(SubmitError::Unavailable);
+        }
+        let Phase::Running(r) = &mut self.phase else { return Err(SubmitError::Unavailable) };
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        let mut ticket = Ticket { at: None, sent: now, failed: false };
+        match r.propose(now, command.clone()) {
+            Ok(p) => ticket.at = Some(p),
+            Err(ProposeError::NotLeader { leader: Some(l) }) if member_of(l) != self.me => {
+                self.push(member_of(l), &Wire::Propose { request: t, command });
+            }
+            Err(_) => return Err(SubmitError::Unavailable),
+        }
+        self.tickets.insert(t, ticket);
+        self.flush();
+        Ok(t)
+    }
+
+    /// A write's outcome: committed once this node's log has it committed.
+    pub fn ticket(&mut self, now: Duration, t: u64) -> TicketStatus {
+        self.expire_tickets(now);
+        let Some(r) = self.replica() else { return TicketStatus::Unknown };
+        let Some(tk) = self.tickets.get(&t) else { return TicketStatus::Unknown };
+        let status = match (tk.failed, tk.at) {
+            (true, _) => TicketStatus::Failed,
+            (false, None) => TicketStatus::Pending,
+            (false, Some(p)) => match r.commit_status(p) {
+                CommitStatus::Committed if r.applied().contains(&p) => TicketStatus::Committed,
+                CommitStatus::Rejected => TicketStatus::Failed,
+                _ => TicketStatus::Pending,
+            },
+        };
+        if status != TicketStatus::Pending {
+            self.tickets.remove(&t);
+        }
+        status
+    }
+
+    fn expire_tickets(&mut self, now: Duration) {
+        let limit = self.cfg.submit_timeout;
+        for t in self.tickets.values_mut() {
+            if now.saturating_sub(t.sent) > limit {
+                t.failed = true;
+            }
+        }
+    }
+
+    /// The earliest instant something is due.
+    pub fn next_deadline(&self) -> Duration {
+        let mut d = self.next_capacity.min(self.next_reconcile);
+        match &self.phase {
+            Phase::Discover { since, .. } => d = d.min(*since + self.cfg.boot_wait),
+            Phase::Running(r) => {
+                d = d.min(r.next_deadline());
+                if !self.joined {
+                    d = d.min(self.next_join);
+                }
+            }
+        }
+        d
+    }
+
+    pub fn tick(&mut self, now: Duration) {
+        if let Phase::Discover { since, existed } = self.phase {
+            if now >= since + self.cfg.boot_wait && !existed {
+                let n = self.members.len().min(MEMBERS_MAX);
+                let r = if self.me == 0 {
+                    let ids: Vec<ReplicaId> = (0..n).map(|m| id_for(m, 0)).collect();
+                    Replica::bootstrap(0, &ids, self.cfg.replica.clone(), self.seed, now)
+                } else {
+                    Replica::join(id_for(self.me, 0), self.cfg.replica.clone(), self.seed, now)
+                };
+                self.phase = Phase::Running(Box::new(r));
+                self.joined = true;
+            }
+        }
+        if now >= self.next_capacity {
+            self.next_capacity = now + self.cfg.capacity_period;
+            if let Some((vcpus, mem_mib)) = self.own_capacity {
+                self.capacities.insert(self.me, (vcpus, mem_mib, now));
+                for m in 0..self.members.len() {
+                    if m != self.me {
+                        self.push(m, &Wire::Capacity { vcpus, mem_mib });
+                    }
+                }
+            }
+        }
+        if let Phase::Running(r) = &mut self.phase {
+            r.tick(now);
+            if !self.joined && now >= self.next_join {
+                self.next_join = now + self.cfg.join_period;
+                let id = r.id();
+                for m in 0..self.members.len() {
+                    if m != self.me {
+                        self.push(m, &Wire::Join { id });
+                    }
+                }
+            }
+        }
+        if now >= self.next_reconcile {
+            self.next_reconcile = now + self.cfg.reconcile_period;
+            self.schedule(now);
+        }
+        self.flush();
+    }
+
+    /// Leader: admit the cluster file's members, then the scheduler's moves.
+    fn schedule(&mut self, now: Duration) {
+        let Phase::Running(r) = &mut self.phase else { return };
+        if !r.is_leader() || r.has_uncommitted() {
+            return;
+        }
+        let missing: Vec<NodeKey> = self.members.iter().copied().filter(|k| !r.state().nodes.contains(k)).collect();
+        if !missing.is_empty() {
+            for k in missing {
+                if r.propose(now, Command::AdmitNode(k)).is_err() {
+                    break;
+                }
+            }
+            return;
+        }
+        // Every voter is a slot (one per member, its newest id), so the lease rule knows it
+        // even when its capacity is unknown; a stale capacity is none.
+        let mut newest: BTreeMap<usize, ReplicaId> = BTreeMap::new();
+        for v in r.voters() {
+            let e = newest.entry(member_of(v)).or_insert(v);
+            *e = (*e).max(v);
+        }
+        let slots: Vec<NodeSlot> = newest
+            .iter()
+            .filter(|(m, _)| **m < self.members.len())
+            .map(|(m, id)| {
+                let (vcpus, mem) = self.capacities.get(m).filter(|c| now.saturating_sub(c.2) <= self.cfg.capacity_stale).map(|c| (c.0, c.1)).unwrap_or((0, 0));
+                NodeSlot { id: *id, capacity: NodeCapacity { key: self.members[*m], free_vcpus: vcpus, free_mem_mib: mem, labels: BTreeMap::new() } }
+            })
+            .collect();
+        let state = r.state().clone();
+        for c in reconcile(&state, r, now, &self.cfg.lease, &slots) {
+            if r.propose(now, c).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn push(&mut self, to: usize, w: &Wire) {
+        self.outgoing.push((to, encode(w)));
+    }
+
+    fn flush(&mut self) {
+        let Phase::Running(r) = &mut self.phase else { return };
+        for env in r.take_outgoing() {
+            let to = member_of(env.to);
+            if to >= self.members.len() || to == self.me {
+                continue;
+            }
+            if let Some(b) = encode_within(&env, DATAGRAM_MAX) {
+                self.outgoing.push((to, b));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "orch_tests.rs"]
+mod tests;

@@ -1,0 +1,268 @@
+//! [`Orch`] nodes over an in-process network (1–5 ms delays, reordering), with nodes killed
+//! and restarted *without* their storage (as a diskless node restarts). What every node "runs"
+//! is exactly [`Orch::assigned_now`] (what `orchd` makes its workload service run); a killed
+//! node runs nothing. Checked after every millisecond: no replica runs on two nodes.
+use alloc::collections::BTreeSet;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use super::*;
+use crate::desired::RestartPolicy;
+
+struct Net {
+    nodes: Vec<Option<Orch>>,
+    keys: Vec<NodeKey>,
+    now: Duration,
+    inflight: Vec<(Duration, usize, usize, Vec<u8>)>,
+    rng: u64,
+    running: Vec<BTreeSet<(String, u32)>>,
+    /// When each (workload, replica) last started on a node: (node, time).
+    started: Vec<(String, u32, usize, Duration)>,
+}
+
+fn spec(name: &str, replicas: u32) -> WorkloadSpec {
+    WorkloadSpec {
+        name: name.to_string(),
+        image: [1; 32],
+        replicas,
+        vcpus: 1,
+        mem_mib: 64,
+        env: vec![],
+        args: vec![],
+        restart: RestartPolicy::Always,
+        constraints: vec![],
+    }
+}
+
+impl Net {
+    fn new(n: usize, seed: u64) -> Net {
+        let keys: Vec<NodeKey> = (0..n).map(|i| NodeKey([i as u8 + 1; 32])).collect();
+        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new() };
+        for i in 0..n {
+            let o = net.fresh(i);
+            net.nodes.push(Some(o));
+        }
+        net
+    }
+
+    fn fresh(&mut self, i: usize) -> Orch {
+        let mut o = Orch::new(i, self.keys.clone(), OrchConfig::default(), self.rng ^ i as u64, self.now);
+        o.set_capacity(4, 1024);
+        o
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn step(&mut self) {
+        self.now += Duration::from_millis(1);
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = core::mem::take(&mut self.inflight).into_iter().partition(|d| d.0 <= now);
+        self.inflight = later;
+        for (_, from, to, b) in due {
+            if let Some(o) = self.nodes[to].as_mut() {
+                o.handle(now, from, &b);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let Some(o) = self.nodes[i].as_mut() else { continue };
+            o.tick(now);
+            let out = o.take_outgoing();
+            for (to, b) in out {
+                let delay = Duration::from_millis(1 + self.rand() % 5);
+                self.inflight.push((now + delay, i, to, b));
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let run: BTreeSet<(String, u32)> = match &self.nodes[i] {
+                Some(o) => o.assigned_now(now).into_iter().map(|(s, r)| (s.name, r)).collect(),
+                None => BTreeSet::new(),
+            };
+            for (w, r) in run.difference(&self.running[i]) {
+                self.started.push((w.clone(), *r, i, now));
+            }
+            self.running[i] = run;
+        }
+        // Never one replica on two nodes at once.
+        let mut seen: BTreeSet<&(String, u32)> = BTreeSet::new();
+        for set in &self.running {
+            for k in set {
+                assert!(seen.insert(k), "{k:?} runs on two nodes at {now:?}");
+            }
+        }
+    }
+
+    fn run_for(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.step();
+        }
+    }
+
+    fn run_until(&mut self, limit_ms: u64, mut f: impl FnMut(&Net) -> bool) -> bool {
+        for _ in 0..limit_ms {
+            if f(self) {
+                return true;
+            }
+            self.step();
+        }
+        f(self)
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.nodes.iter().enumerate().find(|(_, o)| o.as_ref().is_some_and(|o| o.replica().is_some_and(|r| r.is_leader()))).map(|(i, _)| i)
+    }
+
+    fn submit_via(&mut self, via: usize, cmd: Command) {
+        // Until the node knows a leader (a caller retries the same way).
+        let t = loop {
+            let now = self.now;
+            match self.nodes[via].as_mut().unwrap().submit(now, cmd.clone()) {
+                Ok(t) => break t,
+                Err(SubmitError::Unavailable) if self.now < Duration::from_secs(60) => self.step(),
+                Err(e) => panic!("submit: {e:?}"),
+            }
+        };
+        for _ in 0..5_000 {
+            self.step();
+            let now = self.now;
+            match self.nodes[via].as_mut().unwrap().ticket(now, t) {
+                TicketStatus::Pending => continue,
+                TicketStatus::Committed => return,
+                s => panic!("write {s:?}"),
+            }
+        }
+        panic!("write not committed in 5 s");
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.nodes[i] = None;
+        self.running[i].clear();
+        self.inflight.retain(|d| d.2 != i);
+    }
+
+    fn restart(&mut self, i: usize) {
+        let o = self.fresh(i);
+        self.nodes[i] = Some(o);
+    }
+
+    /// Every replica of every workload runs exactly once, and every live node has the same
+    /// desired state.
+    fn settled(&self) -> bool {
+        let Some(s) = self.nodes.iter().flatten().next().and_then(|o| o.state()) else { return false };
+        let all: Vec<&(String, u32)> = self.running.iter().flatten().collect();
+        let want: usize = s.workloads.values().map(|w| w.replicas as usize).sum();
+        self.nodes.iter().flatten().all(|o| o.state() == Some(s)) && all.len() == want && want > 0
+    }
+
+    fn runner_of(&self, w: &str, r: u32) -> Option<usize> {
+        self.running.iter().position(|s| s.contains(&(w.to_string(), r)))
+    }
+}
+
+fn formed(seed: u64) -> Net {
+    let mut net = Net::new(3, seed);
+    assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
+    let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
+    // Through a follower: forwarded to the leader.
+    net.submit_via(follower, Command::PutWorkload(spec("web", 2)));
+    net.submit_via(follower, Command::PutWorkload(spec("db", 1)));
+    assert!(net.run_until(10_000, |n| n.settled()), "not placed");
+    net
+}
+
+#[test]
+fn three_nodes_form_a_cluster_and_run_forwarded_writes() {
+    for seed in 0..5 {
+        let net = formed(seed);
+        let web: BTreeSet<usize> = (0..2).map(|r| net.runner_of("web", r).unwrap()).collect();
+        assert_eq!(web.len(), 2, "web's replicas on distinct nodes");
+        assert!(net.runner_of("db", 0).is_some());
+        // Every member was admitted by the leader.
+        let s = net.nodes[0].as_ref().unwrap().state().unwrap();
+        assert_eq!(s.nodes.len(), 3);
+        // Generation 0 everywhere: nobody restarted.
+        assert!(net.nodes.iter().flatten().all(|o| o.id().is_some_and(|(id, joined)| generation_of(id) == 0 && joined)));
+    }
+}
+
+/// The scenario on the logic alone: the singleton's host dies; its replicas start on
+/// the survivors only after its lease; it comes back without storage, rejoins as a new
+/// generation, and nothing runs twice at any millisecond (checked by `step`).
+#[test]
+fn a_killed_node_rejoins_as_a_new_generation_and_nothing_runs_twice() {
+    for seed in 0..5 {
+        let mut net = formed(seed);
+        let victim = net.runner_of("db", 0).unwrap();
+        let lost: Vec<(String, u32)> = net.running[victim].iter().cloned().collect();
+        let killed_at = net.now;
+        net.kill(victim);
+        assert!(net.run_until(20_000, |n| n.settled()), "seed {seed}: lost replicas not replaced");
+        let moved = net.started.iter().filter(|(w, r, _, at)| *at > killed_at && lost.contains(&(w.clone(), *r))).map(|s| s.3).min().unwrap();
+        let lease = LeaseConfig::default();
+        // Not before the victim's lease must have run out.
+        assert!(moved - killed_at >= lease.lease, "seed {seed}: moved after {:?}", moved - killed_at);
+        net.run_for(1_000);
+        net.restart(victim);
+        assert!(
+            net.run_until(20_000, |n| n.nodes[victim].as_ref().unwrap().id().is_some_and(|(id, joined)| joined && generation_of(id) == 1)),
+            "seed {seed}: did not rejoin"
+        );
+        // The old id is out of the configuration, the new one in.
+        let l = net.leader().unwrap();
+        assert!(net.run_until(5_000, |n| n.nodes[l].as_ref().unwrap().replica().is_some_and(|r| !r.config_changing())));
+        let voters = net.nodes[l].as_ref().unwrap().replica().unwrap().voters();
+        assert!(voters.contains(&id_for(victim, 1)) && !voters.contains(&id_for(victim, 0)), "seed {seed}: {voters:?}");
+        net.run_for(3_000);
+        assert!(net.settled(), "seed {seed}: not settled after the rejoin");
+    }
+}
+
+/// Member 0 creates the cluster when nobody answers; restarted, it must not create a second
+/// one: it hears the leader and rejoins.
+#[test]
+fn member_zero_restarted_rejoins_instead_of_creating_a_cluster() {
+    for seed in 0..5 {
+        let mut net = formed(seed);
+        net.kill(0);
+        net.run_for(4_000);
+        net.restart(0);
+        assert!(net.run_until(20_000, |n| n.nodes[0].as_ref().unwrap().id().is_some_and(|(id, j)| j && generation_of(id) == 1)), "seed {seed}");
+        assert!(net.run_until(20_000, |n| n.settled()), "seed {seed}");
+        let s = net.nodes[0].as_ref().unwrap().state().unwrap();
+        assert!(s.workloads.contains_key("web") && s.workloads.contains_key("db"), "seed {seed}: state lost");
+    }
+}
+
+#[test]
+fn datagrams_from_the_wrong_member_are_dropped() {
+    let mut net = formed(1);
+    let l = net.leader().unwrap();
+    let f = (l + 1) % 3;
+    let other = (l + 2) % 3;
+    // A vote request in the leader's name, sent by another member.
+    let h = raftbare::MessageHeader { from: raftbare::NodeId::new(id_for(l, 0)), term: Term::new(99), seqno: raftbare::MessageSeqNo::new(1) };
+    let env = crate::replica::Envelope {
+        from: id_for(l, 0),
+        to: id_for(f, 0),
+        message: Message::RequestVoteCall { header: h, last_position: LogPosition { term: Term::new(99), index: LogIndex::new(999) } },
+        commands: vec![],
+        grant: false,
+        applied: 0,
+    };
+    let term = net.nodes[f].as_ref().unwrap().replica().unwrap().term();
+    let now = net.now;
+    net.nodes[f].as_mut().unwrap().handle(now, other, &encode(&Wire::Raft(env)));
+    assert_eq!(net.nodes[f].as_ref().unwrap().counters.misaddressed, 1);
+    assert_eq!(net.nodes[f].as_ref().unwrap().replica().unwrap().term(), term);
+    net.nodes[f].as_mut().unwrap().handle(now, other, b"\xca\x09junk");
+    assert_eq!(net.nodes[f].as_ref().unwrap().counters.undecodable, 1);
+    // A follower does not take the scheduler's commands from another node.
+    assert_eq!(net.nodes[f].as_mut().unwrap().submit(now, Command::Unassign { workload: "db".into(), replica: 0 }), Err(SubmitError::Refused));
+}
