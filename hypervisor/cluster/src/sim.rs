@@ -107,6 +107,10 @@ pub struct Sim {
     pub delivered: u64,
     pub dropped: u64,
     pub rejected: u64,
+    /// Datagrams the nodes sent, and their bytes (the message load; duplicates the network
+    /// made are not counted).
+    pub sent: u64,
+    pub sent_bytes: u64,
 }
 
 /// The key of simulated node `i` (public keys only; no secret exists in the simulator).
@@ -147,6 +151,8 @@ impl Sim {
             delivered: 0,
             dropped: 0,
             rejected: 0,
+            sent: 0,
+            sent_bytes: 0,
         };
         for i in 0..n {
             sim.nodes.push(SimNode {
@@ -353,6 +359,8 @@ impl Sim {
         let members = m.members();
         let from = self.nodes[i].key;
         for d in out {
+            self.sent += 1;
+            self.sent_bytes += d.data.len() as u64;
             let Some(to) = self
                 .nodes
                 .iter()
