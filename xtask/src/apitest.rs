@@ -185,21 +185,21 @@ impl Workstation {
 }
 
 /// A check of the API test: its line and whether it held.
-struct Checks(Vec<(String, bool)>);
+pub struct Checks(pub Vec<(String, bool)>);
 
 impl Checks {
-    fn check(&mut self, what: &str, ok: bool, detail: &str) {
+    pub fn check(&mut self, what: &str, ok: bool, detail: &str) {
         // one line each: the first line of the detail, at most 160 characters
         let d: String = detail.trim().lines().next().unwrap_or("").chars().take(160).collect();
         println!("  {} {what}: {d}", if ok { "ok  " } else { "FAIL" });
         self.0.push((what.into(), ok));
     }
-    fn all(&self) -> bool {
+    pub fn all(&self) -> bool {
         !self.0.is_empty() && self.0.iter().all(|c| c.1)
     }
 }
 
-fn json(s: &str) -> Option<serde_json::Value> {
+pub fn json(s: &str) -> Option<serde_json::Value> {
     serde_json::from_str(s.trim()).ok()
 }
 
@@ -377,7 +377,7 @@ pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn sha256(b: &[u8]) -> [u8; 32] {
+pub fn sha256(b: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(b).into()
 }

@@ -74,9 +74,9 @@ impl phy::Device for Plug {
     }
 }
 
-/// The relay: localhost UDP <-> `[node underlay]:port` on the switch. Returns its localhost
-/// address and the `vde_plug` child (killed by the caller).
-fn relay(switch: &Path, node: (Ipv6Addr, u16), stop: Arc<AtomicBool>) -> Result<(SocketAddr, Child), String> {
+/// The relay: localhost UDP <-> `[node underlay]:port` on the switch, from the link-local
+/// address of `mac`. Returns its localhost address and the `vde_plug` child (killed by the caller).
+pub fn relay(switch: &Path, node: (Ipv6Addr, u16), mac: [u8; 6], stop: Arc<AtomicBool>) -> Result<(SocketAddr, Child), String> {
     let mut child = Command::new("vde_plug").arg(switch).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| format!("vde_plug: {e}"))?;
     let mut out = child.stdout.take().ok_or("vde_plug: no stdout")?;
     let tx = child.stdin.take().ok_or("vde_plug: no stdin")?;
@@ -97,9 +97,9 @@ fn relay(switch: &Path, node: (Ipv6Addr, u16), stop: Arc<AtomicBool>) -> Result<
         let mut dev = Plug { rx: frx, tx };
         let origin = Instant::now();
         let now = || smoltcp::time::Instant::from_micros(origin.elapsed().as_micros() as i64);
-        let mut iface = Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(RELAY_MAC))), &mut dev, now());
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(mac))), &mut dev, now());
         iface.update_ip_addrs(|a| {
-            let _ = a.push(IpCidr::new(IpAddress::Ipv6(link_local_from_mac(RELAY_MAC)), 64));
+            let _ = a.push(IpCidr::new(IpAddress::Ipv6(link_local_from_mac(mac)), 64));
         });
         let mut sockets = SocketSet::new(vec![]);
         let mut s = udp::Socket::new(
@@ -140,34 +140,13 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         t.skip(name, "needs vde_plug (vde2)");
         return Ok(());
     }
-    // the CLI binary, run directly (not through cargo) so it can run as another user
-    let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
-    if !st.success() {
-        return Err("cargo build -p catenary failed".into());
-    }
-    let bin = crate::tools::root().join("target/debug/catenary");
     let tag = "net-cli-fabric";
     let dir = crate::tools::out_dir().join(tag);
     let cfg = dir.join("operator");
-    let _ = std::fs::remove_dir_all(&cfg);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    // as root, the CLI runs as nobody: it needs no privilege
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-    let unpriv = root && crate::tools::which("setpriv").is_some();
-    let catenary = |args: &[&str]| -> Result<std::process::Output, String> {
-        let mut c = if unpriv {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(&bin);
-            c
-        } else {
-            Command::new(&bin)
-        };
-        c.args(args).env("CATENARY_CONFIG_DIR", &cfg).env_remove("CATENARY_API").output().map_err(|e| e.to_string())
-    };
-    if unpriv {
-        std::fs::create_dir_all(&cfg).map_err(|e| e.to_string())?;
-        Command::new("chown").args(["65534:65534"]).arg(&cfg).status().map_err(|e| e.to_string())?;
-    }
+    let cli = Cli::prepare(&cfg)?;
+    let unpriv = cli.unpriv;
+    let catenary = |args: &[&str]| cli.output(args);
     let o = catenary(&["init", "--name", "cli"])?;
     let line = String::from_utf8_lossy(&o.stdout).to_string();
     let key = line.split_whitespace().nth(2).and_then(catenary_net::cluster::hex_decode32).ok_or(format!("catenary init printed {line:?}: {}", String::from_utf8_lossy(&o.stderr)))?;
@@ -185,7 +164,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     // the probe's outcome, and `catenary nodes`'s when apid is in the tree
     let res = (|| -> Result<(String, Option<Result<String, String>>), String> {
         let echo = echo.ok_or("the node's TCP echo server did not start")?;
-        let (relay_addr, child) = relay(r.switch_sock(), (member.underlay, member.port), stop.clone())?;
+        let (relay_addr, child) = relay(r.switch_sock(), (member.underlay, member.port), RELAY_MAC, stop.clone())?;
         let _child = KillOnDrop(child);
         let spec = format!("{}@{relay_addr}", node_key.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let o = catenary(&["init", "--set-fabric", &spec])?;
@@ -241,7 +220,49 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     Ok(())
 }
 
-struct KillOnDrop(Child);
+/// The `catenary` binary run directly (not through cargo), as uid 65534 through `setpriv` when
+/// the runner is root (it needs no privilege), with its own config directory.
+pub struct Cli {
+    bin: std::path::PathBuf,
+    pub cfg: std::path::PathBuf,
+    pub unpriv: bool,
+}
+
+impl Cli {
+    /// Build the binary; an empty config directory `cfg` (owned by uid 65534 when unprivileged).
+    pub fn prepare(cfg: &Path) -> Result<Cli, String> {
+        let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err("cargo build -p catenary failed".into());
+        }
+        let _ = std::fs::remove_dir_all(cfg);
+        let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+        let unpriv = root && crate::tools::which("setpriv").is_some();
+        if unpriv {
+            std::fs::create_dir_all(cfg).map_err(|e| e.to_string())?;
+            Command::new("chown").args(["65534:65534"]).arg(cfg).status().map_err(|e| e.to_string())?;
+        }
+        Ok(Cli { bin: crate::tools::root().join("target/debug/catenary"), cfg: cfg.to_path_buf(), unpriv })
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = if self.unpriv {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
+        c.args(args).env("CATENARY_CONFIG_DIR", &self.cfg).env_remove("CATENARY_API");
+        c
+    }
+
+    pub fn output(&self, args: &[&str]) -> Result<std::process::Output, String> {
+        self.command(args).output().map_err(|e| e.to_string())
+    }
+}
+
+pub struct KillOnDrop(pub Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -13,6 +13,7 @@ mod initimage;
 mod layerimage;
 mod netboot;
 mod nixcheck;
+mod pushtest;
 mod pxe;
 mod ociimage;
 mod qemu;

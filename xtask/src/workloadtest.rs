@@ -31,7 +31,7 @@ pub const TESTS: [&str; 10] = [
 
 /// The image's entrypoint: `sh -c SCRIPT entry ARGS…`. `flaky` fails until the run's
 /// `CATENARY_ATTEMPT` (set by workd for every run) reaches 3; `hello NAME` greets and sleeps.
-const SCRIPT: &str = r#"case "$1" in
+pub const SCRIPT: &str = r#"case "$1" in
 flaky) if [ "$CATENARY_ATTEMPT" -ge 3 ]; then echo "flaky attempt $CATENARY_ATTEMPT: succeeding"; exit 0; fi
        echo "flaky attempt $CATENARY_ATTEMPT: failing"; echo "failing on purpose" >&2; exit 1;;
 hello) echo "hello from $2"; echo "stderr of $2" >&2; exec busybox sleep 600;;

@@ -31,7 +31,7 @@ use catenary_api::types::{Node as ApiNode, WorkloadList};
 use catenary_api::upload::UploadLimits;
 use catenary_api::{Api, ApiError, Backend};
 use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, CLUSTER_TOO_SMALL, LABEL_CLUSTER};
-use catenary_netsock::{Handle, Kind, Local, Ready, BACKLOG_MAX, GRANT_MAX};
+use catenary_netsock::{Handle, Kind, Local, NetError, Ready, BACKLOG_MAX, GRANT_MAX};
 use catenary_user::netsock_client::Sockets;
 use catenary_user::*;
 use catenary_workload::proto::{self as wk, decode_response, encode_request, BUFFER_MIN, CHUNK_OFFSET, LABEL_REQUEST, TRANSPORT_OK};
@@ -322,6 +322,8 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -
     let mut data = alloc::vec![0u8; IO];
     for _ in 0..32 {
         let n = match s.recv(c.h, io, IO as u64) {
+            // nothing more yet (a request larger than what has arrived: an image chunk)
+            Err(e) if e.is(NetError::WouldBlock) => return false,
             Ok(0) | Err(_) => return true, // the peer closed or reset before its request was whole
             Ok(n) => n.min(IO),
         };
@@ -417,6 +419,7 @@ fn write(s: &Sockets, c: &mut Conn, io: &Pages) -> bool {
         match s.send(c.h, io, n as u64) {
             Ok(0) => return false,
             Ok(k) => c.sent += k.min(n),
+            Err(e) if e.is(NetError::WouldBlock) => return false, // the socket's buffer is full
             Err(_) => return true,
         }
     }

@@ -113,31 +113,72 @@ pub fn image_push(c: &Ctx, dir: &Path) -> R {
     if u.size != config.len() as u64 + m.rootfs.size || u.chunk_size == 0 {
         return Err(CliError::Other(format!("the node expects {} bytes in chunks of {}: not this image", u.size, u.chunk_size)));
     }
-    if u.missing.len() < u.chunks as usize {
-        eprintln!("resuming: {} of {} chunks already on the node", u.chunks as usize - u.missing.len(), u.chunks);
+    let already = u.chunks as usize - u.missing.len();
+    if already > 0 {
+        eprintln!("resuming: {already} of {} chunks already on the node", u.chunks);
     }
+    let hooks = PushHooks::from_env();
     let bar = indicatif::ProgressBar::new(u.size);
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
-    bar.set_position((u.chunks as u64 - u.missing.len() as u64) * u.chunk_size as u64);
+    bar.set_position(already as u64 * u.chunk_size as u64);
+    let (mut sent, mut sent_bytes) = (0usize, 0u64);
     for i in &u.missing {
+        if hooks.hold_after == Some(sent) {
+            hold(sent);
+        }
         let bytes = stream_chunk(&config, &mut rootfs, u.size, u.chunk_size as u64, *i).map_err(|e| CliError::Other(e.to_string()))?;
         let mut tries = 0;
         loop {
-            match c.t.call::<Upload>(&client::put_chunk(u.id, *i, &bytes)) {
+            let mut req = client::put_chunk(u.id, *i, &bytes);
+            if tries == 0 && hooks.corrupt == Some(*i) {
+                if let Some(b) = req.body.first_mut() {
+                    *b ^= 0xff; // the digest header still names the true bytes
+                }
+            }
+            sent_bytes += req.body.len() as u64;
+            match c.t.call::<Upload>(&req) {
                 Ok(_) => break,
-                Err(CallError::Api(ClientError::Api { code, .. })) if code == "chunk_digest_mismatch" && tries < 3 => tries += 1,
+                Err(CallError::Api(ClientError::Api { code, .. })) if code == "chunk_digest_mismatch" && tries < 3 => {
+                    eprintln!("chunk {i} refused by the node (chunk_digest_mismatch): sending it again");
+                    tries += 1
+                }
                 Err(e) => return Err(e.into()),
             }
         }
+        sent += 1;
         bar.inc(bytes.len() as u64);
     }
     bar.finish_and_clear();
     let img: Image = c.t.call(&client::commit_upload(u.id))?;
+    eprintln!("pushed: {sent} of {} chunks sent ({sent_bytes} bytes), {already} were already on the node", u.chunks);
     println!("{}", img.digest);
     Ok(())
+}
+
+/// Test hooks of `image push` (docs/api.md "Image push"): a real interruption and a real
+/// corrupted chunk on the wire, for the QEMU tests. `CATENARY_PUSH_HOLD_AFTER=K`: after K
+/// chunks of this run, say so and wait to be killed. `CATENARY_PUSH_CORRUPT_CHUNK=I`: the
+/// first send of chunk I has a byte flipped (its digest header names the true bytes).
+struct PushHooks {
+    hold_after: Option<usize>,
+    corrupt: Option<u32>,
+}
+
+impl PushHooks {
+    fn from_env() -> PushHooks {
+        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+        PushHooks { hold_after: num("CATENARY_PUSH_HOLD_AFTER").map(|n: u64| n as usize), corrupt: num("CATENARY_PUSH_CORRUPT_CHUNK").map(|n: u64| n as u32) }
+    }
+}
+
+fn hold(sent: usize) -> ! {
+    eprintln!("push: holding after {sent} chunks (CATENARY_PUSH_HOLD_AFTER)");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// Chunk `i` of the stream config.json ‖ rootfs.squashfs.
