@@ -10,14 +10,21 @@ fn main() {
     let first = args.get(1).copied().unwrap_or(0);
     let start = Instant::now();
     let mut failed = Vec::new();
+    let (mut taken, mut installed) = (0, 0);
     for seed in first..first + seeds {
-        if let Err(e) = raft_chaos(seed) {
-            println!("FAILED {e}");
-            failed.push(seed);
+        match raft_chaos(seed) {
+            Ok((t, i)) => {
+                taken += t;
+                installed += i;
+            }
+            Err(e) => {
+                println!("FAILED {e}");
+                failed.push(seed);
+            }
         }
     }
     println!(
-        "desired state: {} of {seeds} seeds held every invariant ({} failed: {failed:?}); {:.1} s",
+        "desired state: {} of {seeds} seeds held every invariant ({} failed: {failed:?}); {taken} snapshots taken, {installed} installed by lagging followers; {:.1} s",
         seeds - failed.len() as u64,
         failed.len(),
         start.elapsed().as_secs_f64()

@@ -4,24 +4,17 @@
 //! after each event in that window).
 use std::time::Duration;
 
-use catenary_cluster::raft_sim::RaftSim;
-use catenary_cluster::sim::NetConfig;
+use catenary_cluster::raft_sim::raft_chaos_run;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let seed: u64 = args.first().and_then(|s| s.parse().ok()).expect("SEED");
-    let n = 3 + (seed % 5) as usize;
-    let mut sim = RaftSim::new(n, seed, NetConfig::default(), 64, 65536);
-    if let (Some(a), Some(b)) = (args.get(1).and_then(|s| s.parse::<f64>().ok()), args.get(2).and_then(|s| s.parse::<f64>().ok())) {
-        sim.debug_window = Some((Duration::from_secs_f64(a), Duration::from_secs_f64(b)));
-    }
-    // The same schedule as `raft_chaos` (raft_sim::raft_chaos).
-    sim.run_until(Duration::from_secs(3));
-    if !sim.admit_all() {
-        sim.run_until(Duration::from_secs(6));
-        sim.admit_all();
-    }
-    sim.chaos(30, 20, seed % 3 == 0);
+    let window = match (args.get(1).and_then(|s| s.parse::<f64>().ok()), args.get(2).and_then(|s| s.parse::<f64>().ok())) {
+        (Some(a), Some(b)) => Some((Duration::from_secs_f64(a), Duration::from_secs_f64(b))),
+        _ => None,
+    };
+    // The same run as `raft_chaos` (raft_sim::raft_chaos_run).
+    let (sim, result) = raft_chaos_run(seed, window);
     for line in &sim.notes {
         println!("{line}");
     }
@@ -29,11 +22,12 @@ fn main() {
         println!("leader {leader} of term {term} at {at:?} (commit {commit})");
     }
     println!("violations: {:?}", &sim.violations[..sim.violations.len().min(10)]);
-    println!("converged: {:?}", sim.converged());
-    for id in 0..n as u64 {
+    println!("result: {result:?}");
+    println!("snapshots (taken, installed): {:?}", sim.snapshots());
+    for id in 0..sim.len() as u64 {
         if let Some(r) = sim.replica(id) {
             let st = r.state();
-            println!("node {id}: leader {} term {} commit {} drained {} nodes {} assignments {:?} running {:?}", r.is_leader(), r.term(), r.commit_index(), st.drained.len(), st.nodes.len(), st.assignments.iter().map(|((w, rep), k)| (w.clone(), *rep, k.0[0])).collect::<Vec<_>>(), sim.running_on(id));
+            println!("node {id}: leader {} term {} commit {} log from {} drained {} nodes {} assignments {:?} running {:?}", r.is_leader(), r.term(), r.commit_index(), r.log().snapshot_position().index.get(), st.drained.len(), st.nodes.len(), st.assignments.iter().map(|((w, rep), k)| (w.clone(), *rep, k.0[0])).collect::<Vec<_>>(), sim.running_on(id));
         }
     }
 }

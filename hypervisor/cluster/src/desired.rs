@@ -207,6 +207,18 @@ impl DesiredState {
         Ok(())
     }
 
+    /// Whether the state is within `limits` (a snapshot received from a peer is checked).
+    pub fn within(&self, l: &Limits) -> bool {
+        let replicas = (l.workloads as u64).saturating_mul(u64::from(l.replicas));
+        self.workloads.len() <= l.workloads
+            && self.nodes.len() <= l.nodes
+            && self.operators.len() <= l.operators
+            && self.drained.len() <= l.nodes
+            && self.assignments.len() as u64 <= replicas
+            && self.releases.len() as u64 <= replicas.saturating_mul(2)
+            && self.workloads.values().all(|w| validate(w, l).is_ok())
+    }
+
     /// The replicas assigned to `node`.
     pub fn assigned_to(&self, node: NodeKey) -> impl Iterator<Item = &(String, u32)> + '_ {
         self.assignments.iter().filter(move |(_, n)| **n == node).map(|(k, _)| k)

@@ -255,6 +255,7 @@ fn datagrams_from_the_wrong_member_are_dropped() {
         commands: vec![],
         grant: false,
         applied: 0,
+        snapshot: None,
     };
     let term = net.nodes[f].as_ref().unwrap().replica().unwrap().term();
     let now = net.now;

@@ -610,7 +610,7 @@ impl<'a> R<'a> {
         if wanted.len() != commands.len() || wanted.iter().zip(&commands).any(|(w, (p, _))| w != p) {
             return Err(WireError::CommandMismatch);
         }
-        Ok(Envelope { from, to, message, commands, grant, applied })
+        Ok(Envelope { from, to, message, commands, grant, applied, snapshot: None })
     }
 }
 
@@ -697,16 +697,16 @@ mod tests {
             commands.push((pos(2, 7 + i as u64), all[i % all.len()].clone()));
         }
         let header = MessageHeader { from: NodeId::new(2), term: Term::new(2), seqno: MessageSeqNo::new(77) };
-        Envelope { from: 2, to: 3, message: Message::AppendEntriesCall { header, commit_index: LogIndex::new(5), entries }, commands, grant: true, applied: 3 }
+        Envelope { from: 2, to: 3, message: Message::AppendEntriesCall { header, commit_index: LogIndex::new(5), entries }, commands, grant: true, applied: 3, snapshot: None }
     }
 
     #[test]
     fn every_message_and_command_round_trips() {
         let h = MessageHeader { from: NodeId::new(1), term: Term::new(9), seqno: MessageSeqNo::new(3) };
         let mut wires = vec![
-            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteCall { header: h, last_position: pos(8, 40) }, commands: vec![], grant: false, applied: 0 }),
-            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: h, vote_granted: true }, commands: vec![], grant: false, applied: 0 }),
-            Wire::Raft(Envelope { from: 1, to: 2, message: Message::AppendEntriesReply { header: h, last_position: pos(9, 41) }, commands: vec![], grant: false, applied: 0 }),
+            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteCall { header: h, last_position: pos(8, 40) }, commands: vec![], grant: false, applied: 0, snapshot: None }),
+            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: h, vote_granted: true }, commands: vec![], grant: false, applied: 0, snapshot: None }),
+            Wire::Raft(Envelope { from: 1, to: 2, message: Message::AppendEntriesReply { header: h, last_position: pos(9, 41) }, commands: vec![], grant: false, applied: 0, snapshot: None }),
             Wire::Raft(append(10)),
             Wire::Proposed { request: u64::MAX, term: 4, index: 99 },
             Wire::Join { id: 1 << 16 | 2 },
@@ -736,7 +736,7 @@ mod tests {
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::Inconsistent));
         // A grant on a reply.
         let h = MessageHeader { from: NodeId::new(1), term: Term::new(9), seqno: MessageSeqNo::new(3) };
-        let e = Envelope { from: 1, to: 2, message: Message::AppendEntriesReply { header: h, last_position: pos(9, 41) }, commands: vec![], grant: true, applied: 12 };
+        let e = Envelope { from: 1, to: 2, message: Message::AppendEntriesReply { header: h, last_position: pos(9, 41) }, commands: vec![], grant: true, applied: 12, snapshot: None };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::Inconsistent));
         // A command missing, or at the wrong position.
         let mut e = append(3);
@@ -746,21 +746,21 @@ mod tests {
         e.commands[1].0 = pos(2, 100);
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::CommandMismatch));
         // Commands on a vote.
-        let e = Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: h, vote_granted: true }, commands: vec![(pos(1, 1), Command::RemoveWorkload("x".to_string()))], grant: false, applied: 0 };
+        let e = Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: h, vote_granted: true }, commands: vec![(pos(1, 1), Command::RemoveWorkload("x".to_string()))], grant: false, applied: 0, snapshot: None };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::CommandMismatch));
         // A term entry newer than the message's term, or going back.
         let mut entries = LogEntries::new(pos(3, 4));
         entries.push(LogEntry::Term(Term::new(2)));
         let hh = MessageHeader { from: NodeId::new(2), term: Term::new(5), seqno: MessageSeqNo::new(1) };
-        let e = Envelope { from: 2, to: 1, message: Message::AppendEntriesCall { header: hh, commit_index: LogIndex::new(0), entries }, commands: vec![], grant: false, applied: 0 };
+        let e = Envelope { from: 2, to: 1, message: Message::AppendEntriesCall { header: hh, commit_index: LogIndex::new(0), entries }, commands: vec![], grant: false, applied: 0, snapshot: None };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::BadEntries));
         let mut entries = LogEntries::new(pos(3, 4));
         entries.push(LogEntry::Term(Term::new(6)));
-        let e = Envelope { from: 2, to: 1, message: Message::AppendEntriesCall { header: hh, commit_index: LogIndex::new(0), entries }, commands: vec![], grant: false, applied: 0 };
+        let e = Envelope { from: 2, to: 1, message: Message::AppendEntriesCall { header: hh, commit_index: LogIndex::new(0), entries }, commands: vec![], grant: false, applied: 0, snapshot: None };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::BadEntries));
         // Numbers near overflow.
         let big = MessageHeader { from: NodeId::new(1), term: Term::new(NUMBER_MAX), seqno: MessageSeqNo::new(3) };
-        let e = Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: big, vote_granted: false }, commands: vec![], grant: false, applied: 0 };
+        let e = Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: big, vote_granted: false }, commands: vec![], grant: false, applied: 0, snapshot: None };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::OutOfRange));
     }
 

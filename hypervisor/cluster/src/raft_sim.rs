@@ -32,6 +32,8 @@ use crate::sim::{NetConfig, SimRng};
 
 /// How often a leader runs its scheduler.
 const RECONCILE_EVERY: Duration = Duration::from_millis(100);
+/// The simulator's log compaction threshold (the nodes' default is 1024).
+pub const SIM_SNAPSHOT_EVERY: u64 = 16;
 
 struct Slot {
     replica: Option<Replica>,
@@ -78,6 +80,9 @@ pub struct RaftSim {
     /// restores its term, vote and log.
     pub check_storage: bool,
     pub restarts_checked: u32,
+    /// Snapshots taken and installed by nodes that crashed since (the live ones are added by
+    /// [`RaftSim::snapshots`]).
+    snapshots_gone: (u64, u64),
 }
 
 pub fn key_of(id: ReplicaId) -> NodeKey {
@@ -87,9 +92,13 @@ pub fn key_of(id: ReplicaId) -> NodeKey {
 }
 
 impl RaftSim {
-    /// `n` nodes, each with `vcpus` and `mem_mib` free; node 0 creates the cluster.
+    /// `n` nodes, each with `vcpus` and `mem_mib` free; node 0 creates the cluster. The log is
+    /// compacted every [`SIM_SNAPSHOT_EVERY`] entries (small, so that runs exercise snapshots).
     pub fn new(n: usize, seed: u64, net: NetConfig, vcpus: u32, mem_mib: u64) -> RaftSim {
-        let cfg = ReplicaConfig::default();
+        RaftSim::with_config(n, seed, net, vcpus, mem_mib, ReplicaConfig { snapshot_every: SIM_SNAPSHOT_EVERY, ..ReplicaConfig::default() })
+    }
+
+    pub fn with_config(n: usize, seed: u64, net: NetConfig, vcpus: u32, mem_mib: u64, cfg: ReplicaConfig) -> RaftSim {
         let ids: Vec<ReplicaId> = (0..n as u64).collect();
         let mut slots = Vec::new();
         for id in 0..n as u64 {
@@ -123,6 +132,7 @@ impl RaftSim {
             notes: Vec::new(),
             check_storage: false,
             restarts_checked: 0,
+            snapshots_gone: (0, 0),
         };
         sim.flush_all();
         sim
@@ -156,7 +166,15 @@ impl RaftSim {
                 self.restarts_checked += 1;
             }
             s.disk = Some(r.storage().clone());
+            self.snapshots_gone.0 += r.snapshots_taken();
+            self.snapshots_gone.1 += r.snapshots_installed();
         }
+    }
+
+    /// Snapshots taken (log compaction) and installed from a leader, over the whole run.
+    pub fn snapshots(&self) -> (u64, u64) {
+        let live = self.slots.iter().filter_map(|s| s.replica.as_ref());
+        live.fold(self.snapshots_gone, |(t, i), r| (t + r.snapshots_taken(), i + r.snapshots_installed()))
     }
 
     pub fn restart(&mut self, id: ReplicaId) {
@@ -375,20 +393,24 @@ impl RaftSim {
                 // Every acknowledged write is in the leader's log.
                 // (Leaders of that term or later: a deposed leader of an older term, cut off
                 // from the majority, may lack what was committed after it.)
+                // (Or compacted into its snapshot: it was committed, and state machine safety
+                // checks the applied entries.)
+                let snap = r.log().snapshot_position().index;
                 for ((pos, name), ack_term) in self.accepted.iter().zip(&self.accepted_term) {
-                    if r.term() >= *ack_term && !r.log().entries().contains(*pos) {
+                    if r.term() >= *ack_term && pos.index > snap && !r.log().entries().contains(*pos) {
                         self.violations.push(format!("{now:?}: leader {} (term {}) lacks acknowledged {name} at {pos:?}", r.id(), r.term()));
                     }
                 }
             }
             // State machine safety.
-            for pos in &r.applied()[self.slots[id].checked..] {
+            let from = self.slots[id].checked.saturating_sub(r.applied_dropped()).min(r.applied().len());
+            for pos in &r.applied()[from..] {
                 let t = *self.applied_at.entry(pos.index.get()).or_insert(pos.term.get());
                 if t != pos.term.get() {
                     self.violations.push(format!("{now:?}: node {id} applied term {} at index {}, another node term {t}", pos.term.get(), pos.index.get()));
                 }
             }
-            let n = r.applied().len();
+            let n = r.applied_dropped() + r.applied().len();
             // Spread.
             let st = r.state();
             let mut seen = BTreeSet::new();
@@ -528,21 +550,33 @@ impl RaftSim {
     }
 }
 
-/// One chaos run of the desired state: 3–7 nodes (from the seed), 30 s of faults (drains on
-/// every third seed), everything healed, 20 s of quiet; `Err` names the seed and what broke.
-pub fn raft_chaos(seed: u64) -> Result<(), String> {
+/// One chaos run of the desired state: 3–7 nodes (from the seed), log compaction every 4–32
+/// entries (from the seed), 30 s of faults (drains on every third seed), everything healed,
+/// 20 s of quiet. Returns the simulator (for its counters and notes) and what broke, naming the
+/// seed. `debug_window`: see [`RaftSim::debug_window`].
+pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> (RaftSim, Result<(), String>) {
     let n = 3 + (seed % 5) as usize;
-    let mut sim = RaftSim::new(n, seed, NetConfig::default(), 64, 65536);
+    let cfg = ReplicaConfig { snapshot_every: 4 + (seed / 5) % 29, ..ReplicaConfig::default() };
+    let mut sim = RaftSim::with_config(n, seed, NetConfig::default(), 64, 65536, cfg);
+    sim.debug_window = debug_window;
     sim.run_until(Duration::from_secs(3));
     if !sim.admit_all() {
         sim.run_until(Duration::from_secs(6));
         if !sim.admit_all() {
-            return Err(format!("seed {seed}: no leader to admit the nodes"));
+            return (sim, Err(format!("seed {seed}: no leader to admit the nodes")));
         }
     }
     sim.chaos(30, 20, seed % 3 == 0);
     if let Some(v) = sim.violations.first() {
-        return Err(format!("seed {seed}: {v} ({} violations)", sim.violations.len()));
+        let e = format!("seed {seed}: {v} ({} violations)", sim.violations.len());
+        return (sim, Err(e));
     }
-    sim.converged().map_err(|e| format!("seed {seed}: {e}"))
+    let r = sim.converged().map_err(|e| format!("seed {seed}: {e}"));
+    (sim, r)
+}
+
+/// [`raft_chaos_run`] without the simulator: `Ok((snapshots taken, installed))`.
+pub fn raft_chaos(seed: u64) -> Result<(u64, u64), String> {
+    let (sim, r) = raft_chaos_run(seed, None);
+    r.map(|()| sim.snapshots())
 }

@@ -259,3 +259,51 @@ fn a_drained_live_hosts_singleton_moves_without_waiting_for_its_lease() {
         assert!(sim.violations.is_empty(), "seed {}: {:?}", 950 + seed, sim.violations);
     }
 }
+
+/// Log compaction: with a snapshot every 8 entries the log stays short and the commands of
+/// compacted entries are dropped; a node that was down while the log moved past it catches up
+/// by installing the leader's snapshot, and everyone converges.
+#[test]
+fn compaction_keeps_the_log_short_and_a_lagging_node_installs_the_snapshot() {
+    use crate::replica::ReplicaConfig;
+    for seed in 0..5 {
+        let cfg = ReplicaConfig { snapshot_every: 8, ..ReplicaConfig::default() };
+        let mut sim = RaftSim::with_config(3, 500 + seed, NetConfig::default(), 64, 65536, cfg);
+        sim.run_until(secs(3));
+        assert!(sim.admit_all());
+        sim.run_until(secs(5));
+        let leader = sim.leader().unwrap();
+        let behind = (leader + 1) % 3;
+        sim.crash(behind);
+        for i in 0..40 {
+            assert!(sim.propose(Command::PutWorkload(RaftSim::workload(&format!("w{i}"), 1, 64))), "seed {}", 500 + seed);
+            sim.run_until(sim.now + Duration::from_millis(50));
+        }
+        sim.run_until(sim.now + secs(5));
+        let l = sim.replica(sim.leader().unwrap()).unwrap();
+        let log = l.log();
+        let kept = log.last_position().index.get() - log.snapshot_position().index.get();
+        assert!(log.snapshot_position().index.get() > 60, "seed {}: compacted only to {:?}", 500 + seed, log.snapshot_position());
+        assert!(kept <= 16, "seed {}: {kept} entries after the snapshot", 500 + seed);
+        assert!(l.storage().commands.len() <= 16, "seed {}: {} commands kept", 500 + seed, l.storage().commands.len());
+        sim.restart(behind);
+        sim.run_until(sim.now + secs(5));
+        let b = sim.replica(behind).unwrap();
+        assert!(b.snapshots_installed() >= 1, "seed {}: the lagging node installed no snapshot", 500 + seed);
+        assert_eq!(b.state().workloads.len(), 40, "seed {}", 500 + seed);
+        assert!(sim.violations.is_empty(), "seed {}: {:?}", 500 + seed, sim.violations);
+        sim.converged().unwrap_or_else(|e| panic!("seed {}: {e}", 500 + seed));
+    }
+}
+
+/// The chaos schedules compact (every 4–32 entries) and lagging followers install snapshots.
+#[test]
+fn chaos_schedules_take_and_install_snapshots() {
+    let (mut taken, mut installed) = (0, 0);
+    for seed in 0..20 {
+        let (t, i) = crate::raft_sim::raft_chaos(seed).unwrap();
+        taken += t;
+        installed += i;
+    }
+    assert!(taken > 100 && installed > 10, "{taken} snapshots taken, {installed} installed");
+}

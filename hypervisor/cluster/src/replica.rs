@@ -16,7 +16,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use raftbare::{Action, CommitStatus, LogEntries, LogEntry, LogIndex, LogPosition, Message, Node, NodeId, Role, Term};
+use raftbare::{Action, CommitStatus, LogEntries, LogEntry, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, Node, NodeId, Role, Term};
 
 use crate::desired::{Command, DesiredState, Limits, Refused};
 
@@ -26,6 +26,8 @@ pub type ReplicaId = u64;
 
 /// How many AppendEntries send times a leader remembers (a reply to an older one renews nothing).
 const SENT_AT_KEPT: usize = 1024;
+/// How many applied positions and refusals are kept (the latest ones).
+const APPLIED_KEPT: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
@@ -36,8 +38,13 @@ pub struct ReplicaConfig {
     pub election_max: Duration,
     /// At most this many log entries per AppendEntries message.
     pub max_entries_per_message: usize,
-    /// `propose` refuses (`LogFull`) beyond this many entries (there is no log compaction yet).
+    /// `propose` refuses (`LogFull`) while the log holds this many entries after its snapshot
+    /// (only when commits stall: applied entries are compacted, see `snapshot_every`).
     pub max_log_entries: u64,
+    /// Log compaction: once this many entries were applied after the last snapshot, the state
+    /// is snapshotted and the log and commands up to it dropped; a follower too far behind
+    /// gets the snapshot ([`Envelope::snapshot`]).
+    pub snapshot_every: u64,
     /// A leader grants leases only while a majority acknowledged it within this window
     /// (check-quorum; at most the election timeout, so a deposed leader stops first).
     pub grant_window: Duration,
@@ -55,6 +62,7 @@ impl Default for ReplicaConfig {
             election_max: Duration::from_millis(1000),
             max_entries_per_message: 64,
             max_log_entries: 100_000,
+            snapshot_every: 1024,
             grant_window: Duration::from_millis(500),
             peer_down_after: Duration::from_millis(1000),
             limits: Limits::default(),
@@ -76,6 +84,19 @@ pub struct Envelope {
     /// AppendEntries reply, tells the leader the follower applied an `Unassign` and stopped
     /// that replica, so it may be placed elsewhere ([`crate::reconcile`]).
     pub applied: u64,
+    /// With an (empty) AppendEntries call from the leader: the leader's snapshot, for a
+    /// follower whose log ends before the leader's log begins. Installed before the call is
+    /// handled, so the call then matches.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// The desired state as of a committed log position: what replaces the log up to there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub position: LogPosition,
+    /// The cluster configuration (Raft voters) at `position`.
+    pub config: raftbare::ClusterConfig,
+    pub state: DesiredState,
 }
 
 /// What must survive a crash.
@@ -83,8 +104,11 @@ pub struct Envelope {
 pub struct Storage {
     pub term: Term,
     pub voted_for: Option<NodeId>,
+    /// The log after the snapshot (its `snapshot_position` is the snapshot's).
     pub log: raftbare::Log,
+    /// The commands of the log's `Command` entries (none before the snapshot).
     pub commands: BTreeMap<(u64, u64), Command>,
+    pub snapshot: Option<Snapshot>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,12 +122,13 @@ pub struct Replica {
     id: ReplicaId,
     node: Node,
     cfg: ReplicaConfig,
-    commands: BTreeMap<(u64, u64), Command>,
     state: DesiredState,
     /// The last applied log index, and the positions of the commands applied so far (what the
     /// simulator checks across nodes).
     applied_index: u64,
     applied: Vec<LogPosition>,
+    /// How many older applied positions were dropped from `applied` (bounded memory).
+    applied_dropped: usize,
     refusals: Vec<(LogPosition, Refused)>,
     deadline: Duration,
     rng: u64,
@@ -124,6 +149,10 @@ pub struct Replica {
     /// by the release's `at`.
     release_times: BTreeMap<u64, Duration>,
     became_leader: Option<(u64, Duration)>,
+    /// Leader: when it last sent each peer its snapshot (at most one per election_min).
+    snapshot_sent: BTreeMap<ReplicaId, Duration>,
+    snapshots_taken: u64,
+    snapshots_installed: u64,
     storage: Storage,
 }
 
@@ -149,7 +178,12 @@ impl Replica {
     pub fn restart(id: ReplicaId, storage: Storage, cfg: ReplicaConfig, seed: u64, now: Duration) -> Replica {
         let mut r = Replica::fresh(id, cfg, seed, now);
         r.node = Node::restart(NodeId::new(id), storage.term, storage.voted_for, storage.log.clone());
-        r.commands = storage.commands.clone();
+        // The state starts from the snapshot (if any); the entries after it are applied again as
+        // the commit index advances.
+        if let Some(snap) = &storage.snapshot {
+            r.state = snap.state.clone();
+            r.applied_index = snap.position.index.get();
+        }
         r.storage = storage;
         // The state machine is rebuilt by applying the log again as the commit index advances.
         r.step(now);
@@ -158,15 +192,15 @@ impl Replica {
 
     fn fresh(id: ReplicaId, cfg: ReplicaConfig, seed: u64, now: Duration) -> Replica {
         let node = Node::start(NodeId::new(id));
-        let storage = Storage { term: node.current_term(), voted_for: node.voted_for(), log: node.log().clone(), commands: BTreeMap::new() };
+        let storage = Storage { term: node.current_term(), voted_for: node.voted_for(), log: node.log().clone(), commands: BTreeMap::new(), snapshot: None };
         Replica {
             id,
             node,
             cfg,
-            commands: BTreeMap::new(),
             state: DesiredState::default(),
             applied_index: 0,
             applied: Vec::new(),
+            applied_dropped: 0,
             refusals: Vec::new(),
             deadline: now,
             rng: seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -179,6 +213,9 @@ impl Replica {
             peer_applied: BTreeMap::new(),
             release_times: BTreeMap::new(),
             became_leader: None,
+            snapshot_sent: BTreeMap::new(),
+            snapshots_taken: 0,
+            snapshots_installed: 0,
             storage,
         }
     }
@@ -205,8 +242,20 @@ impl Replica {
         &self.state
     }
     /// Positions of the commands applied so far, in order.
+    /// (The latest `APPLIED_KEPT`; [`Replica::applied_dropped`] says how many came before.)
     pub fn applied(&self) -> &[LogPosition] {
         &self.applied
+    }
+    pub fn applied_dropped(&self) -> usize {
+        self.applied_dropped
+    }
+    /// Snapshots this replica took of its own state (log compaction), and installed from a
+    /// leader.
+    pub fn snapshots_taken(&self) -> u64 {
+        self.snapshots_taken
+    }
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
     }
     pub fn refusals(&self) -> &[(LogPosition, Refused)] {
         &self.refusals
@@ -221,6 +270,8 @@ impl Replica {
         self.storage.term == self.node.current_term()
             && self.storage.voted_for == self.node.voted_for()
             && self.storage.log == *self.node.log()
+            && (self.node.log().snapshot_position().index.get() == 0
+                || self.storage.snapshot.as_ref().is_some_and(|s| s.position == self.node.log().snapshot_position()))
             && self.node.log().entries().iter_with_positions().all(|(p, e)| {
                 !matches!(e, LogEntry::Command) || self.storage.commands.contains_key(&(p.term.get(), p.index.get()))
             })
@@ -334,14 +385,15 @@ impl Replica {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader { leader: self.leader() });
         }
-        if self.node.log().last_position().index.get() >= self.cfg.max_log_entries {
+        let log = self.node.log();
+        if log.last_position().index.get() - log.snapshot_position().index.get() >= self.cfg.max_log_entries {
             return Err(ProposeError::LogFull);
         }
         let pos = self.node.propose_command();
         if pos.is_invalid() {
             return Err(ProposeError::NotLeader { leader: None });
         }
-        self.commands.insert((pos.term.get(), pos.index.get()), cmd);
+        self.storage.commands.insert((pos.term.get(), pos.index.get()), cmd);
         self.step(now);
         Ok(pos)
     }
@@ -374,8 +426,13 @@ impl Replica {
         self.node.log().last_position().index.get() > self.node.commit_index().get()
     }
 
+    /// Whether the entry at `pos` committed. An entry compacted away since is still known
+    /// committed while it is among the latest applied positions.
     pub fn commit_status(&self, pos: LogPosition) -> CommitStatus {
-        self.node.get_commit_status(pos)
+        match self.node.get_commit_status(pos) {
+            CommitStatus::Unknown if self.applied.binary_search_by(|p| p.index.cmp(&pos.index)).is_ok_and(|i| self.applied[i] == pos) => CommitStatus::Committed,
+            s => s,
+        }
     }
 
     /// Run the timer if it is due.
@@ -401,13 +458,21 @@ impl Replica {
                 if wanted.len() != env.commands.len() || wanted.iter().zip(&env.commands).any(|(w, (p, _))| w != p) {
                     return;
                 }
+                if let Some(snap) = &env.snapshot {
+                    // Only with an empty call that starts right after it, and within the limits.
+                    if !entries.is_empty() || entries.prev_position() != snap.position || !snap.state.within(&self.cfg.limits) {
+                        return;
+                    }
+                    self.install(snap.clone());
+                }
                 for (p, c) in &env.commands {
-                    self.commands.insert((p.term.get(), p.index.get()), c.clone());
+                    self.storage.commands.insert((p.term.get(), p.index.get()), c.clone());
                 }
                 if header.term >= self.node.current_term() {
                     self.leader_hint = Some((header.term.get(), env.from));
                 }
             }
+            _ if env.snapshot.is_some() => return,
             Message::AppendEntriesReply { header, .. } if self.is_leader() && header.term == self.node.current_term() => {
                 if let Some(sent) = self.sent_at.get(&header.seqno.get()).copied() {
                     let e = self.follower_acks.entry(env.from).or_insert(sent);
@@ -452,6 +517,7 @@ impl Replica {
     fn step(&mut self, now: Duration) {
         let mut storage_dirty = false;
         let mut sends: Vec<(Option<NodeId>, Message)> = Vec::new();
+        let mut snapshot_to: Vec<NodeId> = Vec::new();
         while let Some(action) = self.node.actions_mut().next() {
             match action {
                 Action::SetElectionTimeout => {
@@ -460,8 +526,8 @@ impl Replica {
                 Action::SaveCurrentTerm | Action::SaveVotedFor | Action::AppendLogEntries(_) => storage_dirty = true,
                 Action::BroadcastMessage(m) => sends.push((None, m)),
                 Action::SendMessage(to, m) => sends.push((Some(to), m)),
-                // The log is never compacted, so no follower is ever behind a snapshot.
-                Action::InstallSnapshot(_) => {}
+                // The follower's log ends before ours begins: it gets our snapshot.
+                Action::InstallSnapshot(to) => snapshot_to.push(to),
             }
         }
         if self.is_leader() && self.became_leader.is_none_or(|(t, _)| t != self.term()) {
@@ -480,10 +546,6 @@ impl Replica {
             self.storage.voted_for = self.node.voted_for();
             self.storage.log = self.node.log().clone();
         }
-        // Commands are stored with the log (a new proposal or received entries).
-        if self.storage.commands.len() != self.commands.len() {
-            self.storage.commands = self.commands.clone();
-        }
         let peers: Vec<NodeId> = self.node.peers().collect();
         for (to, m) in sends {
             match to {
@@ -495,7 +557,65 @@ impl Replica {
                 }
             }
         }
+        for to in snapshot_to {
+            self.send_snapshot(now, to);
+        }
         self.apply_committed(now);
+        self.compact();
+    }
+
+    /// Log compaction: once `snapshot_every` entries were applied after the last snapshot,
+    /// snapshot the state at the applied index and drop the log and commands up to it.
+    fn compact(&mut self) {
+        let base = self.node.log().snapshot_position().index.get();
+        if self.applied_index < base.saturating_add(self.cfg.snapshot_every.max(1)) {
+            return;
+        }
+        let Some((position, config)) = self.node.log().get_position_and_config(LogIndex::new(self.applied_index)) else { return };
+        let config = config.clone();
+        if !self.node.handle_snapshot_installed(position, config.clone()) {
+            return;
+        }
+        self.storage.snapshot = Some(Snapshot { position, config, state: self.state.clone() });
+        self.storage.log = self.node.log().clone();
+        self.prune_commands(position.index.get());
+        self.snapshots_taken += 1;
+    }
+
+    fn prune_commands(&mut self, upto: u64) {
+        // Keyed by (term, index): keep the entries past `upto` of any term.
+        self.storage.commands.retain(|(_, i), _| *i > upto);
+    }
+
+    /// Leader: send `to` the snapshot with an empty AppendEntries call that starts right after
+    /// it (seqno 0: raftbare ignores the reply; the next heartbeat's reply moves it on).
+    fn send_snapshot(&mut self, now: Duration, to: NodeId) {
+        let Some(snap) = self.storage.snapshot.clone() else { return };
+        if !self.is_leader() || self.snapshot_sent.get(&to.get()).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min) {
+            return;
+        }
+        self.snapshot_sent.insert(to.get(), now);
+        let message = Message::AppendEntriesCall {
+            header: MessageHeader { from: NodeId::new(self.id), term: self.node.current_term(), seqno: MessageSeqNo::new(0) },
+            commit_index: self.node.commit_index(),
+            entries: LogEntries::new(snap.position),
+        };
+        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands: Vec::new(), grant: false, applied: self.state.applied, snapshot: Some(snap) });
+    }
+
+    /// Follower: install a leader's snapshot that is ahead of what this node committed.
+    fn install(&mut self, snap: Snapshot) {
+        if snap.position.index <= self.node.commit_index() || self.is_leader() {
+            return;
+        }
+        if !self.node.handle_snapshot_installed(snap.position, snap.config.clone()) {
+            return;
+        }
+        self.state = snap.state.clone();
+        self.applied_index = snap.position.index.get();
+        self.prune_commands(snap.position.index.get());
+        self.storage.snapshot = Some(snap);
+        self.snapshots_installed += 1;
     }
 
     fn send(&mut self, now: Duration, to: NodeId, mut message: Message) {
@@ -519,7 +639,7 @@ impl Replica {
             }
             for (p, e) in entries.iter_with_positions() {
                 if matches!(e, LogEntry::Command) {
-                    match self.commands.get(&(p.term.get(), p.index.get())) {
+                    match self.storage.commands.get(&(p.term.get(), p.index.get())) {
                         Some(c) => commands.push((p, c.clone())),
                         // Cannot happen (every Command entry in the log came with its command);
                         // sending the entry without it would stall the follower, so drop it.
@@ -528,7 +648,7 @@ impl Replica {
                 }
             }
         }
-        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant, applied: self.state.applied });
+        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant, applied: self.state.applied, snapshot: None });
     }
 
     fn apply_committed(&mut self, now: Duration) {
@@ -539,13 +659,18 @@ impl Replica {
             let (Some(term), Some(entry)) = (entries.get_term(LogIndex::new(i)), entries.get_entry(LogIndex::new(i))) else { break };
             if matches!(entry, LogEntry::Command) {
                 let pos = LogPosition { term, index: LogIndex::new(i) };
-                let Some(cmd) = self.commands.get(&(term.get(), i)).cloned() else { break };
+                let Some(cmd) = self.storage.commands.get(&(term.get(), i)).cloned() else { break };
                 let releasing = match &cmd {
                     Command::Released { workload, replica } => self.state.releases.get(&(workload.clone(), *replica)).map(|r| r.at),
                     _ => None,
                 };
                 match self.state.apply(&cmd, &self.cfg.limits) {
-                    Err(e) => self.refusals.push((pos, e)),
+                    Err(e) => {
+                        if self.refusals.len() >= APPLIED_KEPT {
+                            self.refusals.remove(0);
+                        }
+                        self.refusals.push((pos, e));
+                    }
                     // The leader times its own releases (a follower's would not help it: a
                     // new leader counts from its election, see reconcile::release_done).
                     Ok(()) if matches!(cmd, Command::Unassign { .. }) && self.is_leader() => {
@@ -558,6 +683,10 @@ impl Replica {
                     }
                 }
                 self.applied.push(pos);
+                if self.applied.len() >= 2 * APPLIED_KEPT {
+                    self.applied.drain(..APPLIED_KEPT);
+                    self.applied_dropped += APPLIED_KEPT;
+                }
             }
             self.applied_index = i;
         }
