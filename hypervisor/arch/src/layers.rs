@@ -2,7 +2,8 @@
 //! lower layer, and no two files of one layer use each other, except the virtualization
 //! facade and its backends. Checked by the test below over the sources' `crate::` paths.
 //!
-//! 0. CPU registers and ports: `cpu`, `percpu`, `gdt`, `serial`, `qemu`, `rtc`, `entropy`, `pci`
+//! 0. CPU registers and ports: `cpu`, `percpu`, `gdt`, `serial`, `stages` (cycle accounting),
+//!    `qemu`, `rtc`, `entropy`, `pci`
 //! 1. physical memory and paging: `memory`, `paging`, `heap`
 //! 2. interrupts, APIC and time: `trap`, `apic`, `time`, `acpi`, `virtio`
 //! 3. SMP, user address spaces, task contexts and boot: `smp`, `uspace`, `user_mem`, `context`,
@@ -20,6 +21,7 @@ mod tests {
         ("percpu", 0, include_str!("percpu.rs")),
         ("gdt", 0, include_str!("gdt.rs")),
         ("serial", 0, include_str!("serial.rs")),
+        ("stages", 0, include_str!("stages.rs")),
         ("qemu", 0, include_str!("qemu.rs")),
         ("rtc", 0, include_str!("rtc.rs")),
         ("entropy", 0, include_str!("entropy.rs")),

@@ -23,6 +23,7 @@ pub mod layers;
 pub mod cpu;
 pub mod percpu;
 pub mod serial;
+pub mod stages;
 pub mod trap;
 pub mod gdt;
 pub mod paging;

@@ -512,9 +512,14 @@ extern "C" fn arch_trap_dispatch(f: &mut TrapFrame) {
     // The frame handlers get is this CPU's live frame until they return (`is_live_frame`);
     // a nested entry (a probe's fault) saves and restores the outer one.
     let cpu = crate::percpu::cpu_index();
+    crate::stages::mark(if f.cs & 3 == 3 { crate::stages::USER } else { crate::stages::KERNEL_OTHER });
+    if v == SYSCALL_FRAME {
+        crate::stages::count_syscall(f.regs.rax);
+    }
     let outer = LIVE_FRAME[cpu].swap(f as *mut TrapFrame as u64, Ordering::SeqCst);
     let outer_nested = NESTED[cpu].swap(outer != 0, Ordering::SeqCst);
     dispatch(f, v);
+    crate::stages::mark(crate::stages::TAIL);
     NESTED[cpu].store(outer_nested, Ordering::SeqCst);
     LIVE_FRAME[cpu].store(outer, Ordering::SeqCst);
 }

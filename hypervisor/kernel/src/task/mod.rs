@@ -62,7 +62,7 @@ use catenary_arch::context::TaskContext;
 use catenary_arch::trap::{GpRegs, TrapFrame};
 use catenary_arch::uspace::{self, AddressSpace, UserRange};
 use catenary_arch::user_mem::PageKind;
-use catenary_arch::{apic, context, cpu, memory, paging, smp, time};
+use catenary_arch::{apic, context, cpu, memory, paging, smp, stages, time};
 use catenary_ipc::{Address, CapTable, Capability, Delivery, EndpointId, IpcError, IpcSpace, Message, Rights, REMOTE};
 use catenary_sched::{Affinity, BlockReason, Priority, Scheduler, TaskId, TaskState};
 use log::{info, warn};

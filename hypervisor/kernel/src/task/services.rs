@@ -40,6 +40,9 @@ pub const ROLE_MMIO_DRIVER: u64 = 12;
 pub const ROLE_HOSTILE_ARGS: u64 = 20;
 pub const ROLE_SET_AC: u64 = 21;
 pub const ROLE_SPIN_FOR: u64 = 22;
+/// The IPC benchmark's passes with stage accounting: calls only, null syscalls only.
+pub const ROLE_BENCH_CALLS: u64 = 40;
+pub const ROLE_BENCH_NULLS: u64 = 41;
 
 static IOAPIC_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Physical address of the first IOAPIC (from ACPI), if any.

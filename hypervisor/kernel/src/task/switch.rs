@@ -25,6 +25,7 @@ fn switch_to(k: &mut Kernel, f: &mut TrapFrame, prev: Option<TaskId>, next: Opti
     if let Err(e) = context::switch(f, prev_ctx, to) {
         panic!("context switch on a frame that is not this CPU's task entry: {e:?}");
     }
+    stages::mark(stages::CONTEXT);
     if let Some(t) = next.filter(|_| swapped).and_then(|n| k.sched.task_mut(n)) {
         core::mem::swap(&mut t.context.frame, &mut k.spare);
     }
@@ -38,6 +39,7 @@ fn switch_to(k: &mut Kernel, f: &mut TrapFrame, prev: Option<TaskId>, next: Opti
             uspace::set_io_bitmap(0, None);
         }
     }
+    stages::mark(stages::SPACE);
     loaded
 }
 
@@ -49,10 +51,12 @@ pub(super) fn free_dead_stacks(_: &mut Kernel) {
 
 /// Pick the next task for this CPU and make `f` its frame.
 pub(super) fn resched(k: &mut Kernel, f: &mut TrapFrame) {
+    stages::mark(stages::WAKE);
     free_dead_stacks(k);
     let c = smp::cpu_index();
     let prev = if k.on_idle[c] { None } else { k.sched.current(c) };
     let next = k.sched.switch(c);
+    stages::mark(stages::PICK);
     if next == prev && prev.is_some() {
         return;
     }

@@ -49,6 +49,7 @@ pub(super) fn msg_from(f: &TrapFrame) -> Message {
 
 pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
     let c = smp::cpu_index();
+    stages::mark(stages::LOCK);
     let Some(me) = k.sched.current(c) else {
         f.rax = err(IpcError::NoEndpoint);
         return;
@@ -107,7 +108,9 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                 Err(e) => return f.rax = err(e),
             };
             let ep = cap.target.endpoint;
-            match k.ipc.recv(me, ep) {
+            let r = k.ipc.recv(me, ep);
+            stages::mark(stages::IPC);
+            match r {
                 Ok(Some(mut m)) => {
                     deliver_grant(k, me, &mut m);
                     put_msg(f, &m);
@@ -148,7 +151,9 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                     return;
                 }
             };
-            match k.ipc.call(me, &cap, msg_from(f)) {
+            let r = k.ipc.call(me, &cap, msg_from(f));
+            stages::mark(stages::IPC);
+            match r {
                 Ok((tok, d)) => {
                     let _ = k.sched.block(me, BlockReason::Reply(tok), deadline(None));
                     if let Delivery::Direct { receiver, msg } = d {
@@ -186,7 +191,9 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
         }
         SYS_REPLY => {
             revoke_on_reply(k, me, f.rdi);
-            match k.ipc.reply(me, f.rdi, msg_from(f)) {
+            let r = k.ipc.reply(me, f.rdi, msg_from(f));
+            stages::mark(stages::IPC);
+            match r {
                 Ok((REMOTE, m)) => {
                     // the answer to a call from another node: back through netd
                     f.rax = 0;
@@ -199,7 +206,9 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                 }
                 Ok((caller, m)) => {
                     f.rax = 0;
-                    if complete(k, caller, Ok(m)) {
+                    let preempt = complete(k, caller, Ok(m));
+                    stages::mark(stages::WAKE);
+                    if preempt {
                         resched(k, f);
                     }
                 }
