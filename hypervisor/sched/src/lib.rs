@@ -12,9 +12,11 @@
 //!   IPC receive, call: with an optional deadline in the sleep queue) and `Dead`.
 //! * Per-CPU run queues: one FIFO per priority level per CPU; `pick_next` takes the highest
 //!   priority, round robin within a level, and steals from the busiest CPU when its own queue
-//!   is empty (respecting affinity). `wake` places a task on the allowed CPU with the shortest
-//!   queue (preferring its last CPU when equally loaded) and says whether that CPU should be
-//!   preempted (the woken task has a higher priority than what runs there, or it idles).
+//!   is empty (respecting affinity). `wake` places a task on an idle allowed CPU, else on the
+//!   CPU running the lowest priority below its own (priorities hold across CPUs), else on the
+//!   least loaded (its last CPU first when equal), and says whether that CPU should be
+//!   preempted (the woken task outranks what runs there, or it idles). A task that has just
+//!   blocked and is still its CPU's `current` counts as neither load nor priority there.
 //! * The sleep queue: `(deadline, task)` ordered; `expire(now)` returns tasks whose timeout
 //!   passed, which the kernel wakes with a timeout result.
 #![no_std]
@@ -239,20 +241,35 @@ impl<C> Scheduler<C> {
         id
     }
 
+    /// The task `cpu` runs, if it still runs: a task that just blocked stays `current` until
+    /// its CPU switches away, but is no load and holds no priority there.
+    fn running_on(&self, cpu: CpuId) -> Option<&Tcb<C>> {
+        self.current[cpu].and_then(|c| self.tasks.get(&c)).filter(|t| t.state == TaskState::Running(cpu))
+    }
+
+    /// Queued tasks + the running one (if it still runs).
+    fn load(&self, cpu: CpuId) -> usize {
+        self.queues[cpu].len + self.running_on(cpu).map_or(0, |_| 1)
+    }
+
+    /// Where a woken `t` goes: an idle CPU (nothing running or queued; its last CPU first);
+    /// else the CPU whose highest priority (running or queued) is the lowest of all and below
+    /// `t`'s, to preempt it (priorities hold across CPUs, not only within one); else the least
+    /// loaded CPU (its last CPU when equally loaded).
     fn cpu_for(&self, t: &Tcb<C>) -> Option<CpuId> {
-        let mut best: Option<(usize, bool, CpuId)> = None;
-        for c in 0..self.cpus() {
-            if !t.affinity.allows(c) || !(self.online[c] || t.affinity == Affinity::only(c)) {
-                continue;
-            }
-            // Load = queued + the running task (if it is not idle).
-            let load = self.queues[c].len + self.current[c].map(|_| 1).unwrap_or(0);
-            let key = (load, c != t.cpu, c);
-            if best.map(|b| key < b).unwrap_or(true) {
-                best = Some(key);
-            }
+        let allowed = |c: &CpuId| t.affinity.allows(*c) && (self.online[*c] || t.affinity == Affinity::only(*c));
+        let cpus = || (0..self.cpus()).filter(allowed);
+        let least_loaded = cpus().min_by_key(|&c| (self.load(c), c != t.cpu, c))?;
+        if self.load(least_loaded) == 0 {
+            return Some(least_loaded);
         }
-        best.map(|b| b.2)
+        let top = |c: CpuId| {
+            let run = self.running_on(c).map(|r| r.priority.level());
+            let queued = self.queues[c].top_priority();
+            run.max(queued).unwrap_or(0)
+        };
+        let weakest = cpus().filter(|&c| top(c) < t.priority.level()).min_by_key(|&c| (top(c), c != t.cpu, c));
+        Some(weakest.unwrap_or(least_loaded))
     }
 
     /// Make a blocked (or new) task runnable. Clears its deadline.
@@ -271,7 +288,7 @@ impl<C> Scheduler<C> {
         t.state = TaskState::Ready;
         t.cpu = cpu;
         self.queues[cpu].push(id, prio);
-        let preempt = match self.current[cpu].and_then(|c| self.tasks.get(&c)) {
+        let preempt = match self.running_on(cpu) {
             None => true,
             Some(cur) => cur.priority < prio,
         };
@@ -422,7 +439,7 @@ impl<C> Scheduler<C> {
     pub fn balance(&mut self) -> Vec<(TaskId, CpuId, CpuId)> {
         let mut moves = Vec::new();
         for _ in 0..self.cpus() * 4 {
-            let load = |s: &Self, c: CpuId| s.queues[c].len + s.current[c].map(|_| 1).unwrap_or(0);
+            let load = |s: &Self, c: CpuId| s.load(c);
             let mut cpus: Vec<CpuId> = (0..self.cpus()).filter(|c| self.online[*c]).collect();
             let Some(&hi) = cpus.iter().max_by_key(|c| load(self, **c)) else { break };
             cpus.sort_by_key(|c| (load(self, *c), *c));

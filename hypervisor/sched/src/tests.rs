@@ -224,3 +224,50 @@ fn randomized_invariants() {
         }
     }
 }
+
+/// A caller that just blocked (still its CPU's `current` until the switch) is no load: the
+/// server it wakes, last run there, stays on that CPU (no IPI to another one) and is told to
+/// preempt (the CPU is about to pick). Before, the blocked caller counted as load and the
+/// server went to the idle CPU 1.
+#[test]
+fn blocked_caller_is_not_load() {
+    let mut s = sched(2);
+    let server = spawn(&mut s, Priority::NORMAL, Affinity::ANY);
+    assert_eq!(s.switch(0), Some(server));
+    s.block(server, BlockReason::Recv(1), None).unwrap();
+    let caller = spawn(&mut s, Priority::NORMAL, Affinity::ANY);
+    assert_eq!(s.switch(0), Some(caller));
+    s.block(caller, BlockReason::Reply(9), None).unwrap();
+    assert_eq!(s.current(0), Some(caller), "the caller is current until the switch");
+    assert_eq!(s.wake(server).unwrap(), Wake { cpu: 0, preempt: true });
+    assert_eq!(s.switch(0), Some(server));
+}
+
+/// Priorities hold across CPUs: a woken task goes to the CPU running the lowest priority
+/// below its own and preempts it, rather than queueing behind a higher priority on its last
+/// CPU while another CPU runs background work.
+#[test]
+fn woken_task_preempts_the_lowest_priority_cpu() {
+    let mut s = sched(3);
+    let hi = s.create("hi", Priority::HIGH, Affinity::only(0), ());
+    s.wake(hi).unwrap();
+    let normal = s.create("n", Priority::NORMAL, Affinity::only(1), ());
+    s.wake(normal).unwrap();
+    let low = s.create("low", Priority::LOW, Affinity::only(2), ());
+    s.wake(low).unwrap();
+    for c in 0..3 {
+        s.switch(c);
+    }
+    let t = s.create("t", Priority::NORMAL, Affinity::ANY, ());
+    // last ran on CPU 0 (created there), which runs HIGH; CPU 2 runs LOW
+    assert_eq!(s.task(t).unwrap().cpu, 0);
+    assert_eq!(s.wake(t).unwrap(), Wake { cpu: 2, preempt: true });
+    assert_eq!(s.switch(2), Some(t));
+    // A DRIVER task: CPUs 1 and 2 both top out at NORMAL (CPU 2 runs NORMAL with LOW
+    // queued); the first of them is preempted.
+    let d = s.create("d", Priority::DRIVER, Affinity::ANY, ());
+    assert_eq!(s.wake(d).unwrap(), Wake { cpu: 1, preempt: true });
+    // A task that outranks nothing goes to the least loaded CPU and waits its turn.
+    let bg = s.create("bg", Priority::LOW, Affinity::ANY, ());
+    assert_eq!(s.wake(bg).unwrap(), Wake { cpu: 0, preempt: false });
+}
