@@ -351,6 +351,10 @@ pub mod syscall {
     /// `slot` must carry [`Rights::VMCTL`](crate::Rights::VMCTL) on the caller's own
     /// endpoint); ops and records in `catenary_workload::vmctl`.
     pub const SYS_VM: u64 = 21;
+    /// Answer a call and wait for the next message in one system call: rdi = reply token,
+    /// rsi = label, rdx, r10, r8, r9 = words, r13 = the receive capability slot; returns as
+    /// `SYS_RECV` (without a timeout). A bad token or slot refuses the whole call.
+    pub const SYS_REPLY_RECV: u64 = 22;
     /// Error code (returned negated) of a syscall given a bad argument: an address outside
     /// the caller's memory, a range that overflows, memory or a device it does not own.
     pub const ERR_BAD_ARG: u64 = 100;

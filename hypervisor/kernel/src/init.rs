@@ -155,8 +155,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
         panic!("per-CPU data: {:?}", e);
     }
     let (smep, smap) = uspace::enable_protections();
-    info!(target: "cpu", "syscall/sysret entry on, SMEP {}, SMAP {}, FPU state via {} (XCR0 {:#x})", smep, smap,
-        if uspace::xcr0() != 0 { "XSAVE" } else { "FXSAVE" }, uspace::xcr0());
+    info!(target: "cpu", "syscall/sysret entry on, SMEP {}, SMAP {}, FPU state via {} (XCR0 {:#x}), PCID {}", smep, smap,
+        if uspace::xcr0() != 0 { "XSAVE" } else { "FXSAVE" }, uspace::xcr0(), catenary_arch::cpu::cpuid(1, 0).2 & (1 << 17) != 0);
     smp::set_x2apic(f.x2apic);
     crate::task::init(ncpus);
     match catenary_arch::virt::enable_this_cpu() {

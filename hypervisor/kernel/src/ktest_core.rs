@@ -219,6 +219,31 @@ pub fn ipc_call_reply_across_cpus(node: &Node) -> Result<(), String> {
     Ok(())
 }
 
+/// The IPC fastpath (`task/fastpath.rs`): a ring-3 echo server answering with
+/// `SYS_REPLY_RECV` and two ring-3 clients on its CPU, 200 checked calls each (so the
+/// server sometimes finds the other client's call queued when it answers, and sometimes
+/// switches straight to its caller); every answer right, and the direct switches taken.
+pub fn ipc_fastpath_same_cpu(node: &Node) -> Result<(), String> {
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
+    let cpu = last_cpu(node);
+    let before = task::fastpath_handoffs();
+    let (srv, sep) = spawn_uapp("echo-f", task::ROLE_ECHO, Affinity::only(cpu), true, &[])?;
+    let sep = sep.unwrap();
+    let mut clients = alloc::vec::Vec::new();
+    for i in 0..2u64 {
+        let (cli, _) = spawn_uapp("client-f", task::ROLE_CLIENT, Affinity::only(cpu), false, &[task::send_cap(sep, 7 + i), task::send_cap(ep, 0)])?;
+        clients.push(cli);
+    }
+    for _ in 0..2 {
+        let m = task::recv(slot, 20 * SEC).map_err(|e| format!("no report from a ring-3 client: {e:?}"))?;
+        check(m.label == 0x600d && m.words[0] == 200 && m.words[1] == 0, || format!("client report {m:?}"))?;
+    }
+    clients.into_iter().for_each(|c| drop(task::join(c, 5 * SEC)));
+    task::kill_for_test(srv);
+    let n = task::fastpath_handoffs() - before;
+    check(n >= 200, || format!("{n} direct switches for 400 calls on one CPU: the fastpath was not taken"))
+}
+
 pub fn user_kernel_memory_access_killed(_: &Node) -> Result<(), String> {
     let (id, _) = spawn_uapp("touch-kernel", task::ROLE_TOUCH_KERNEL, Affinity::ANY, false, &[])?;
     let code = task::join(id, 5 * SEC).ok_or("task not killed")?;

@@ -315,6 +315,38 @@ impl<C> Scheduler<C> {
         Ok(())
     }
 
+    /// Direct switch (the IPC fastpath): `cpu`'s current task `from` has just blocked (a call,
+    /// or a reply-and-receive) and `to`, blocked waiting for it, takes the CPU without passing
+    /// through the run queue. Refused (nothing changes) unless `from` is `cpu`'s current and
+    /// blocked, `to` is blocked and may run on `cpu`, and no ready task of `cpu` outranks `to`
+    /// (the direct switch never bypasses a higher priority). Clears `to`'s deadline.
+    pub fn hand_over(&mut self, cpu: CpuId, from: TaskId, to: TaskId) -> Result<(), SchedError> {
+        if self.current.get(cpu).copied().flatten() != Some(from) || from == to {
+            return Err(SchedError::BadState);
+        }
+        let f = self.tasks.get(&from).ok_or(SchedError::NoSuchTask)?;
+        let t = self.tasks.get(&to).ok_or(SchedError::NoSuchTask)?;
+        if !matches!(f.state, TaskState::Blocked(_)) || !matches!(t.state, TaskState::Blocked(_)) || !t.affinity.allows(cpu) {
+            return Err(SchedError::BadState);
+        }
+        if self.queues[cpu].top_priority().is_some_and(|l| l > t.priority.level()) {
+            return Err(SchedError::BadState);
+        }
+        if let Some(d) = t.deadline {
+            self.sleepers.remove(&(d, to));
+        }
+        let t = self.tasks.get_mut(&to).unwrap();
+        t.deadline = None;
+        t.state = TaskState::Running(cpu);
+        t.cpu = cpu;
+        t.dispatches += 1;
+        if t.ticks_left == 0 {
+            t.ticks_left = TIMESLICE_TICKS;
+        }
+        self.current[cpu] = Some(to);
+        Ok(())
+    }
+
     /// Mark a task dead and take it out of every queue. Its TCB stays until `reap`.
     pub fn kill(&mut self, id: TaskId) -> Result<TaskState, SchedError> {
         let t = self.tasks.get_mut(&id).ok_or(SchedError::NoSuchTask)?;

@@ -271,3 +271,35 @@ fn woken_task_preempts_the_lowest_priority_cpu() {
     let bg = s.create("bg", Priority::LOW, Affinity::ANY, ());
     assert_eq!(s.wake(bg).unwrap(), Wake { cpu: 0, preempt: false });
 }
+
+/// The IPC fastpath's direct switch: the blocked caller's CPU goes straight to the waiting
+/// receiver (no queue), with its deadline cleared; refused when a higher priority is ready
+/// there, when the receiver may not run there, or when either is not blocked.
+#[test]
+fn hand_over_switches_directly_or_refuses() {
+    let mut s = sched(2);
+    let server = spawn(&mut s, Priority::NORMAL, Affinity::ANY);
+    assert_eq!(s.switch(0), Some(server));
+    s.block(server, BlockReason::Recv(1), Some(500)).unwrap();
+    let caller = spawn(&mut s, Priority::NORMAL, Affinity::ANY);
+    assert_eq!(s.switch(0), Some(caller));
+    assert_eq!(s.hand_over(0, caller, server), Err(SchedError::BadState), "the caller still runs");
+    s.block(caller, BlockReason::Reply(7), None).unwrap();
+    let pinned = s.create("p", Priority::NORMAL, Affinity::only(1), ());
+    assert_eq!(s.hand_over(0, caller, pinned), Err(SchedError::BadState), "not allowed on cpu 0");
+    assert_eq!(s.hand_over(1, caller, server), Err(SchedError::BadState), "not cpu 1's current");
+    let high = s.create("h", Priority::HIGH, Affinity::only(0), ());
+    s.wake(high).unwrap();
+    assert_eq!(s.hand_over(0, caller, server), Err(SchedError::BadState), "a higher priority is ready");
+    s.kill(high).unwrap();
+    assert_eq!(s.hand_over(0, caller, server), Ok(()));
+    assert_eq!((s.current(0), s.task(server).unwrap().state), (Some(server), TaskState::Running(0)));
+    assert_eq!(s.task(server).unwrap().deadline, None);
+    assert!(s.expire(1_000).is_empty(), "the deadline left the sleep queue");
+    assert_eq!(s.queue_len(0), 0);
+    // and back on the reply: the server blocks in receive, the caller runs
+    s.block(server, BlockReason::Recv(1), None).unwrap();
+    assert_eq!(s.hand_over(0, server, caller), Ok(()));
+    assert_eq!(s.current(0), Some(caller));
+    assert_eq!(s.hand_over(0, caller, caller), Err(SchedError::BadState));
+}

@@ -23,8 +23,8 @@ use catenary_ipc::syscall::*;
 /// What a refused call returns (error code 0xfff, never a kernel code).
 pub const REFUSED: u64 = 0xfffu64.wrapping_neg();
 
-// Every syscall number up to SYS_VM is classified in `refused`; a new syscall must be too.
-const _: () = assert!(SYS_VM == 21, "a new syscall: classify it in hostile::refused");
+// Every syscall number up to SYS_REPLY_RECV is classified in `refused`; a new syscall must be too.
+const _: () = assert!(SYS_REPLY_RECV == 22, "a new syscall: classify it in hostile::refused");
 
 /// The pages [lo, hi) a syscall given [base, base + len) works on, if the whole range lies in
 /// the user half; None when it overflows or leaves the user half (the kernel's `UserRange`
@@ -49,9 +49,9 @@ pub fn refused(nr: u64, a: [u64; 6], rm: &RustMemory) -> bool {
         SYS_NET | SYS_VM => writes(a[2], a[3]),
         // registers only, reads only (log), or maps into unmapped pages only
         SYS_NULL | SYS_YIELD | SYS_EXIT | SYS_SLEEP | SYS_TIME | SYS_SEND | SYS_RECV | SYS_CALL | SYS_REPLY | SYS_MAP | SYS_LOG | SYS_JOIN
-        | SYS_MAP_MMIO | SYS_DMA_ALLOC | SYS_BIND_ADDRESS | SYS_SENDER | SYS_GRANT_OF => false,
+        | SYS_MAP_MMIO | SYS_DMA_ALLOC | SYS_BIND_ADDRESS | SYS_SENDER | SYS_GRANT_OF | SYS_REPLY_RECV => false,
         // unknown numbers: the kernel refuses them
-        _ => nr <= SYS_VM,
+        _ => nr <= SYS_REPLY_RECV,
     }
 }
 
@@ -363,7 +363,7 @@ mod tests {
     fn every_known_syscall_is_classified() {
         // no known number falls through to the catch-all refusal
         let rm = rm();
-        for nr in 0..=SYS_VM {
+        for nr in 0..=SYS_REPLY_RECV {
             assert!(!refused(nr, [0; 6], &rm), "{nr}");
         }
     }

@@ -137,6 +137,22 @@ pub fn recv(slot: u64, timeout_ns: u64) -> Result<Msg, u64> {
 pub fn call(slot: u64, label: u64, w: [u64; 4]) -> Result<Msg, u64> {
     msg(SYS_CALL, slot & 0xffff_ffff, label, w)
 }
+/// Answer call `token` with `label` and `w`, then wait on `slot` for the next message (no
+/// timeout), in one system call (the server loop's fastpath). Err(code) if the token is not a
+/// call this task owes (nothing answered, nothing received: wait with [`recv`]) or the
+/// receive failed.
+pub fn reply_recv(token: u64, label: u64, w: [u64; 4], slot: u64) -> Result<Msg, u64> {
+    let (r, badge, lbl, w0, w1, w2, w3, reply, flags): (u64, u64, u64, u64, u64, u64, u64, u64, u64);
+    // SAFETY: registers in, registers out, as `syscall_msg` (plus the receive slot in r13): a
+    // grant the received message brings is mapped into the grant window, never over Rust
+    // memory.
+    unsafe {
+        core::arch::asm!("syscall", inlateout("rax") SYS_REPLY_RECV => r, inlateout("rdi") token => badge, inlateout("rsi") label => lbl,
+            inlateout("rdx") w[0] => w0, inlateout("r10") w[1] => w1, inlateout("r8") w[2] => w2, inlateout("r9") w[3] => w3,
+            inlateout("r12") 0u64 => reply, inlateout("r13") slot => flags, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    if r == 0 { Ok(Msg { label: lbl, words: [w0, w1, w2, w3], badge, reply, flags }) } else { Err(r.wrapping_neg()) }
+}
 /// A call that fails with `Timeout` (code 5) after `timeout_ms` without an answer (0: no
 /// timeout for a local call, 20 s for a call to another node).
 pub fn call_timeout(slot: u64, label: u64, w: [u64; 4], timeout_ms: u32) -> Result<Msg, u64> {

@@ -33,19 +33,21 @@ pub fn run_ipc_bench(cpus: usize) {
         }
         for (role, per, name) in passes {
             stages::start();
+            let handoffs = fastpath_handoffs();
             let Ok((cid, _)) = client(role, cli_cpu, sep) else { warn!(target: "bench", "cannot start client"); return };
             let got = recv(slot, 60_000_000_000);
             let counts = stages::stop();
             join(cid, 5_000_000_000);
             let n = counts[per as usize].max(1);
+            let direct = fastpath_handoffs() - handoffs;
             let med = got.map(|m| m.words[1]).unwrap_or(0);
             let cpus_used: &[usize] = if srv_cpu == cli_cpu { &[cli_cpu] } else { &[cli_cpu, srv_cpu] };
             for &c in cpus_used {
                 let s = stages::sums(c);
                 let total: u64 = s.iter().sum();
                 let parts: Vec<String> = stages::NAMES.iter().zip(s.iter()).map(|(n_, v)| alloc::format!("{} {}", n_, v / n)).collect();
-                info!(target: "bench", "bench ipc: stages: {}: {} (median {} cycles with accounting on), cpu {}: {} per {} ({} cycles): {}",
-                    what, name, med, c, n, name, total / n, parts.join(", "));
+                info!(target: "bench", "bench ipc: stages: {}: {} (median {} cycles with accounting on, {} direct switches), cpu {}: {} per {} ({} cycles): {}",
+                    what, name, med, direct, c, n, name, total / n, parts.join(", "));
             }
         }
         kill_for_test(sid);

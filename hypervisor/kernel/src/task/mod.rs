@@ -43,6 +43,7 @@
 mod api;
 mod bench;
 mod elf;
+mod fastpath;
 mod grant;
 mod irq;
 mod mapping;
@@ -74,6 +75,7 @@ pub use catenary_ipc::syscall::*;
 pub use api::*;
 pub use bench::*;
 use elf::*;
+pub use fastpath::fastpath_handoffs;
 pub use grant::*;
 pub use irq::*;
 pub use mapping::*;

@@ -7,7 +7,7 @@ use super::*;
 /// `next` (`None`: the idle loop). `catenary_arch::context::switch` moves the kernel stack a
 /// ring-0 frame runs on along with it. False if `next` had no saved frame (then this CPU
 /// idles; cannot happen for a task the scheduler picked).
-fn switch_to(k: &mut Kernel, f: &mut TrapFrame, prev: Option<TaskId>, next: Option<TaskId>) -> bool {
+pub(super) fn switch_to(k: &mut Kernel, f: &mut TrapFrame, prev: Option<TaskId>, next: Option<TaskId>) -> bool {
     let c = smp::cpu_index();
     let idle = k.idle_stack[c];
     // Two tasks of one table: `next`'s context is swapped out into `k.spare` (an empty one)

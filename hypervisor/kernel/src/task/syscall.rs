@@ -157,7 +157,11 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                 Ok((tok, d)) => {
                     let _ = k.sched.block(me, BlockReason::Reply(tok), deadline(None));
                     if let Delivery::Direct { receiver, msg } = d {
-                        complete(k, receiver, Ok(msg));
+                        // the fastpath: straight to the waiting receiver (`fastpath.rs`)
+                        if super::fastpath::hand_to(k, f, me, receiver, msg) {
+                            return;
+                        }
+                        wake(k, receiver);
                     }
                     resched(k, f);
                 }
@@ -215,6 +219,7 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
                 Err(e) => f.rax = err(e),
             }
         }
+        SYS_REPLY_RECV => super::fastpath::reply_recv(k, f, me),
         SYS_MAP_MMIO => f.rax = map_mmio(k, me, f.rdi, f.rsi, f.rdx),
         SYS_UNMAP => f.rax = unmap_anon(k, me, f.rdi, f.rsi),
         SYS_BIND_ADDRESS => match sys_bind_address(k, me, f.rdi as usize) {

@@ -251,18 +251,24 @@ entry!(run);
 fn run(role: u64) -> u64 {
     match role {
         // slot 0: own endpoint. Replies to every call with label+1, words+1.
+        // The answer and the wait for the next message are one system call (`reply_recv`);
+        // when the caller is gone (or timed out) the answer is refused and it just receives.
         ROLE_ECHO => {
             let mut remote_seen = 0;
+            let mut answer: Option<(u64, u64, [u64; 4])> = None;
             loop {
-                if let Ok(m) = recv(0, 0) {
+                let got = match answer.take() {
+                    Some((tok, label, w)) => reply_recv(tok, label, w, 0).or_else(|_| recv(0, 0)),
+                    None => recv(0, 0),
+                };
+                if let Ok(m) = got {
                     if m.badge == REMOTE_BADGE && remote_seen < 3 {
                         // a message through the fabric: the kernel names its authenticated sender
                         remote_seen += 1;
                         logf!("echo: {} from fabric address {}", if m.reply != 0 { "call" } else { "send" }, sender());
                     }
                     if m.reply != 0 {
-                        let w = m.words.map(|x| x.wrapping_add(1));
-                        let _ = reply(m.reply, m.label + 1, w);
+                        answer = Some((m.reply, m.label + 1, m.words.map(|x| x.wrapping_add(1))));
                     }
                 }
             }
