@@ -247,10 +247,11 @@ pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         Operator { name: "ci".into(), public_key: viewer, role: "viewer".into() },
     ];
     let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2)];
-    for n in &mut nodes {
+    for (i, n) in nodes.iter_mut().enumerate() {
         n.guest = true;
         n.cmdline = "vm=none".into();
-        for f in ["rootfs.squashfs", "config.json", "image.json"] {
+        // the image only in node2's store: node1 finds it there (list, inspect, run, remove)
+        for f in ["rootfs.squashfs", "config.json", "image.json"].into_iter().filter(|_| i == 1) {
             n.files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));
         }
     }
@@ -275,20 +276,35 @@ pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let nl = json(&out);
         let names: Vec<String> = nl.as_ref().and_then(|j| j["nodes"].as_array().cloned()).unwrap_or_default().iter().map(|n| format!("{}:{}", n["name"].as_str().unwrap_or("?"), n["state"].as_str().unwrap_or("?"))).collect();
         c.check("admin `catenary --json nodes` via node1 lists both nodes", st == 0 && names.len() == 2 && names.contains(&"node1:up".to_string()), &format!("exit {st}: {names:?} {err}"));
+        // each node's CPUs and memory (node2's gathered from node2)
+        let figures = |nl: &Option<serde_json::Value>, node: &str| -> Option<(u64, u64, u64, u64)> {
+            let n = nl.as_ref()?["nodes"].as_array()?.iter().find(|n| n["name"] == node)?.clone();
+            Some((n["cpus"].as_u64()?, n["memory_total_mib"].as_u64()?, n["memory_free_mib"].as_u64()?, n["memory_committed_mib"].as_u64()?))
+        };
+        let idle = figures(&nl, "node2");
+        c.check(
+            "`nodes --json` via node1: both nodes' CPUs, memory total/free/committed (node2's from node2)",
+            figures(&nl, "node1").is_some_and(|f| f.0 >= 1 && f.1 > 0 && f.2 > 0 && f.2 <= f.1) && idle.is_some_and(|f| f.0 >= 1 && f.1 > 0 && f.2 > 0 && f.3 == 0),
+            &format!("node1 {:?} node2 {idle:?}", figures(&nl, "node1")),
+        );
         let (st, out, _) = a.cli(n1, &["nodes"]);
         c.check("admin `catenary nodes` prints a table", st == 0 && out.contains("node1") && out.contains("node2"), &out.replace('\n', " | "));
         // the image in node1's store; push of an image the node has is instant
         let (st, out, err) = a.cli(n1, &["--json", "image", "ls"]);
-        let digest = std::fs::read_to_string(image.join("image.json")).ok().map(|m| format!("sha256:{}", catenary_api::auth::hex(&sha256(m.as_bytes()))));
-        let listed = json(&out).map(|j| j.to_string()).unwrap_or_default();
-        c.check("`image ls --json` lists the store's image", st == 0 && digest.as_ref().is_some_and(|d| listed.contains(d.as_str())), &format!("exit {st} {err}"));
-        let (st, out, err) = a.cli(n1, &["image", "push", image.to_str().unwrap()]);
+        let digest = std::fs::read_to_string(image.join("image.json")).ok().map(|m| format!("sha256:{}", catenary_api::auth::hex(&sha256(m.as_bytes())))).unwrap_or_default();
+        let listed: Vec<(String, String)> = json(&out).and_then(|j| j["images"].as_array().cloned()).unwrap_or_default().iter().map(|i| (i["digest"].as_str().unwrap_or("?").to_string(), i["node"].as_str().unwrap_or("?").to_string())).collect();
+        c.check("`image ls --json` via node1 lists node2's image with `node: node2`", st == 0 && listed == [(digest.clone(), "node2".to_string())], &format!("exit {st}: {listed:?} {err}"));
+        let (st, out) = a.curl(n1, &format!("/v1/images/{digest}"));
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", ""));
+        c.check("curl GET /v1/images/{digest} via node1 finds it on node2", st == 0 && code == "200" && json(body).is_some_and(|j| j["digest"] == digest.as_str() && j["node"] == "node2"), &format!("HTTP {code}: {}", body.trim()));
+        let (st, out, err) = a.cli(n2, &["image", "push", image.to_str().unwrap()]);
         c.check("`image push` of an image the node has is answered at once", st == 0, &format!("exit {st}: {} {}", out.trim(), err.trim()));
-        // run on node2 (through node2's API) from the packed directory (its digest); then
-        // everything else through node1, which forwards what concerns node2's workload
-        let (st, out, err) = a.cli(n2, &["--json", "run", "--name", "greeter", "--mem", "64", image.to_str().unwrap(), "hello", "apitest"]);
+        // run through node1 from the packed directory (its digest): only node2 has the
+        // image, so the workload is placed there; everything else goes through node1 too,
+        // which forwards what concerns node2's workload
+        let (st, out, err) = a.cli(n1, &["--json", "run", "--name", "greeter", "--mem", "64", image.to_str().unwrap(), "hello", "apitest"]);
         let w = json(&out);
-        c.check("admin `run --json` on node2 creates and starts the workload", st == 0 && w.as_ref().is_some_and(|w| w["name"] == "greeter"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        c.check("admin `run --json` via node1 of node2's image: created and started on node2", st == 0 && w.as_ref().is_some_and(|w| w["name"] == "greeter" && w["node"] == "node2"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
         let api = format!("[{}]:{}", n1.identity.node_address(), catenary_api::PORT);
         let mut follow = Command::new("ip").args(["netns", "exec", &a.ns]).arg(cli()).args(["--api", &api, "logs", "-f", "greeter"])
             .env("CATENARY_CONFIG_DIR", &a.cfg).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().map_err(|e| e.to_string())?;
@@ -309,6 +325,16 @@ pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             r.wait(Duration::from_millis(10), false, |_| false);
         }
         c.check("`logs -f greeter` through node1 shows node2's workload's output as it comes", greeted, &format!("after {:.0} s", t0.elapsed().as_secs_f64()));
+        // node2's figures follow its workload: 64 MiB (+ overhead) committed, memory taken
+        let (st, out, _) = a.cli(n1, &["--json", "nodes"]);
+        let busy = figures(&json(&out), "node2");
+        c.check(
+            "`nodes --json` via node1 while greeter runs: node2's committed memory ≥ 64 MiB more, its free memory less",
+            st == 0 && matches!((idle, busy), (Some(i), Some(b)) if b.3 >= i.3 + 64 && b.2 < i.2),
+            &format!("node2 idle {idle:?}, running {busy:?} (cpus, total, free, committed MiB)"),
+        );
+        let (st, out, err) = a.cli(n1, &["image", "rm", &digest]);
+        c.check("`image rm` via node1 while greeter uses it: exit 1, node2's refusal (in use)", st == 1 && err.contains("node2") && err.contains("image_in_use"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
         // ps on either node: the list gathered from both, each entry with its node
         for (via, n) in [("node1", n1), ("node2", n2)] {
             let (st, out, _) = a.cli(n, &["--json", "ps"]);
@@ -361,6 +387,11 @@ pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let (st, out, _) = a.cli(n1, &["--json", "ps"]);
         let gone = json(&out).and_then(|j| j["workloads"].as_array().map(|l| l.is_empty())).unwrap_or(false);
         c.check("`ps --json` via node1 after rm: no workloads on either node", st == 0 && gone, out.trim());
+        let (st, out, err) = a.cli(n1, &["image", "rm", &digest]);
+        c.check("`image rm` via node1 removes it from node2's store", st == 0 && out.contains("removed from node2"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let (st, out, _) = a.cli(n1, &["--json", "image", "ls"]);
+        let none = json(&out).and_then(|j| j["images"].as_array().map(|l| l.is_empty())).unwrap_or(false);
+        c.check("`image ls --json` via node1 after rm: no image on either node", st == 0 && none, out.trim());
         let (st, out, _) = a.cli(n2, &["--json", "events"]);
         let kinds: Vec<String> = out.lines().filter_map(json).map(|e| e["kind"].as_str().unwrap_or("?").to_string()).collect();
         c.check("`events --json` (one JSON object a line) saw created and removed", st == 0 && kinds.contains(&"created".into()) && kinds.contains(&"removed".into()), &format!("{kinds:?}"));

@@ -28,11 +28,14 @@ pub struct SimNode {
     pub service: Service,
     pub kernel: SimKernel,
     pub now_ms: u64,
+    /// Its name, and the cluster's nodes (its `nodes()` rows; figures only for itself).
+    pub name: String,
+    pub members: Vec<String>,
 }
 
 impl SimNode {
     pub fn new(free_mib: u64) -> SimNode {
-        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0 }
+        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, name: "node1".into(), members: alloc::vec!["node1".into()] }
     }
 }
 
@@ -43,20 +46,33 @@ impl Backend for SimNode {
         let req = proto::decode_request(&bytes)?;
         self.service.handle(req, self.now_ms, &mut self.kernel)
     }
+    /// As `apid`: this node's figures from the workload service's `Node` request.
     fn nodes(&mut self) -> Vec<Node> {
-        let a = &self.service.admission;
-        let free = a.free_mib();
-        alloc::vec![Node {
-            name: "node1".to_string(),
-            public_key: crate::auth::hex(&NODE),
-            address: String::from("fd00::1"),
-            state: "up".to_string(),
-            cpus: Some(1),
-            memory_total_mib: Some(a.capacity_mib()),
-            memory_free_mib: Some(free),
-            memory_committed_mib: Some(a.capacity_mib() - free),
-            workloads: Some(self.service.len() as u32),
-        }]
+        let res = match self.workd(proto::Request::Node) {
+            Ok(proto::Reply::Node(r)) => Some(r),
+            _ => None,
+        };
+        let count = self.service.len() as u32;
+        let me = self.name.clone();
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let this = *m == me;
+                let res = res.filter(|_| this);
+                Node {
+                    name: m.clone(),
+                    public_key: crate::auth::hex(&NODE),
+                    address: alloc::format!("fd00::{}", i + 1),
+                    state: "up".to_string(),
+                    cpus: res.map(|r| r.cpus),
+                    memory_total_mib: res.map(|r| r.memory_total_mib),
+                    memory_free_mib: res.map(|r| r.memory_free_mib),
+                    memory_committed_mib: res.map(|r| r.memory_committed_mib),
+                    workloads: this.then_some(count),
+                }
+            })
+            .collect()
     }
     fn workd_chunk(&mut self, req: proto::Request, bytes: &[u8]) -> proto::Response {
         // as `workd` reads the chunk from the grant

@@ -11,6 +11,7 @@
 //! - [`types`]: the JSON wire types (the OpenAPI schemas);
 //! - [`upload`]: image push in chunks, resumable, verified per chunk and as a whole;
 //! - [`events`]: workload events from the changes the service sees;
+//! - [`cluster`]: what the other nodes add to an answer (lists gathered, requests forwarded);
 //! - [`client`]: the same requests from the client's side, and a bounded answer reader.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ extern crate std;
 
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod error;
 pub mod events;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -39,3 +41,5 @@ pub use router::{Api, Backend};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod cluster_tests;

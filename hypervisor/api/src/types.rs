@@ -53,11 +53,16 @@ pub struct Image {
     pub rootfs_size: u64,
     pub config: String,
     pub config_size: u64,
+    /// The node whose store holds it, in an answer gathered or forwarded from the cluster's
+    /// nodes (`null`: the node that answered; a removal from several nodes names them all,
+    /// joined by `,`).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl From<&ImageInfo> for Image {
     fn from(i: &ImageInfo) -> Image {
-        Image { digest: i.digest.to_string(), rootfs: i.rootfs.to_string(), rootfs_size: i.rootfs_size, config: i.config.to_string(), config_size: i.config_size }
+        Image { digest: i.digest.to_string(), rootfs: i.rootfs.to_string(), rootfs_size: i.rootfs_size, config: i.config.to_string(), config_size: i.config_size, node: None }
     }
 }
 
@@ -218,6 +223,9 @@ pub struct Workload {
     pub log_end: u64,
     /// Its /128 (created with network, once the node's network is up).
     pub address: Option<String>,
+    /// The node that runs it when another node answered (forwarded; `null`: the node asked).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl From<&Status> for Workload {
@@ -239,6 +247,7 @@ impl From<&Status> for Workload {
             log_start: s.log_start,
             log_end: s.log_end,
             address: s.address.map(|a| a.to_string()),
+            node: None,
         }
     }
 }
@@ -329,7 +338,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         memory_committed_mib: Some(68),
         workloads: Some(1),
     };
-    let image = Image { digest: d.clone(), rootfs: d.clone(), rootfs_size: 1, config: d.clone(), config_size: 1 };
+    let image = Image { digest: d.clone(), rootfs: d.clone(), rootfs_size: 1, config: d.clone(), config_size: 1, node: Some("node2".into()) };
     let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64, address: Some("fd00::100:0:1:1".into()), node: Some("node1".into()) };
     let workload = Workload {
         id: 1,
@@ -348,6 +357,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         log_start: 0,
         log_end: 1,
         address: Some("fd00::100:0:1:1".into()),
+        node: Some("node2".into()),
     };
     let record = LogRecord { offset: 0, stream: "stdout".into(), data: "hi\n".into() };
     let event = Event { seq: 1, time_ms: 1, kind: "created".into(), workload: 1, name: "web".into(), state: "created".into(), exit: Some(exit.clone()) };

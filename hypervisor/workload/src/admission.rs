@@ -36,6 +36,9 @@ impl Admission {
     pub fn capacity_mib(&self) -> u64 {
         self.capacity_mib
     }
+    pub fn committed_mib(&self) -> u64 {
+        self.committed_mib
+    }
     /// Commit memory for a workload, or refuse with what it needs and what is free.
     pub fn admit(&mut self, memory_mib: u32) -> Result<(), Error> {
         let need = Self::need_mib(memory_mib);

@@ -36,6 +36,8 @@ pub struct SimKernel {
     pub stored: Vec<(ImageInfo, Vec<u8>)>,
 }
 
+/// The simulated node's memory.
+pub const SIM_MEMORY_MIB: u64 = 2048;
 /// The simulated store's largest image (the kernel's bound is `vmctl::IMAGE_MAX`).
 pub const SIM_IMAGE_MAX: u64 = 4 << 20;
 
@@ -67,6 +69,12 @@ impl Vmm for SimKernel {
     fn tag(&mut self, vm: VmHandle, tag: &[u8]) {
         self.tags.retain(|(v, _)| *v != vm);
         self.tags.push((vm, tag.to_vec()));
+    }
+    /// 2 CPUs, 2 GiB; a live VM takes its guest memory off the free figure.
+    fn info(&mut self) -> Option<vmctl::NodeInfo> {
+        let used: u64 = self.alive.iter().filter_map(|h| self.created.get((*h as usize).checked_sub(1)?)).map(|c| (c.memory_mib as u64) << 20).sum();
+        let total = SIM_MEMORY_MIB << 20;
+        Some(vmctl::NodeInfo { free_bytes: total.saturating_sub(used), total_bytes: total, cpus: 2, max_vcpus: 1, images: self.stored.len() as u32, vms: self.alive.len() as u32, autostart: None })
     }
     fn image_remove(&mut self, image: Digest) -> Result<(), crate::Error> {
         self.removed.push(image);

@@ -120,6 +120,23 @@ pub enum Request {
     RemoveImage(Digest),
     /// The store's use of memory.
     Store,
+    /// The node's resources: CPUs online, memory total and free now (the kernel's figures),
+    /// and what admission has committed to workloads out of its capacity ([`Reply::Node`]).
+    Node,
+}
+
+/// [`Request::Node`]'s answer, in MiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    pub cpus: u32,
+    pub memory_total_mib: u64,
+    /// Free frames now (guest RAM is taken as guests touch it).
+    pub memory_free_mib: u64,
+    /// Guest memory plus overhead of the workloads admitted (created and not destroyed).
+    pub memory_committed_mib: u64,
+    /// What admission may commit in all (the free memory when the service started, less the
+    /// node's reserve).
+    pub memory_capacity_mib: u64,
 }
 
 /// Where an [`Request::ImageChunk`]'s bytes start in the grant.
@@ -140,6 +157,7 @@ pub enum Reply {
     Upload { upload: u32, size: u64, present: bool },
     Image(ImageInfo),
     Store(StoreInfo),
+    Node(NodeResources),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

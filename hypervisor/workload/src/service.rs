@@ -5,7 +5,7 @@
 
 use crate::admission::Admission;
 use crate::logring::{LogRing, Stream};
-use crate::proto::{Error, Reply, Request, Target, GRACE_DEFAULT_MS, GRACE_MAX_MS, LOG_READ_MAX, SIGNAL_MAX, WORKLOADS_MAX};
+use crate::proto::{Error, NodeResources, Reply, Request, Target, GRACE_DEFAULT_MS, GRACE_MAX_MS, LOG_READ_MAX, SIGNAL_MAX, WORKLOADS_MAX};
 use crate::restart::{Decision, Restarts};
 use crate::spec::{WorkloadSpec, ENV_ATTEMPT, ENV_WORKLOAD};
 use crate::status::{ExitStatus, State, Status, Summary, WorkloadId};
@@ -61,6 +61,10 @@ pub trait Vmm {
         Err(Error::Unsupported)
     }
     fn store(&mut self) -> Option<StoreInfo> {
+        None
+    }
+    /// The kernel's view of the node (`OP_INFO`): CPUs online, memory total and free.
+    fn info(&mut self) -> Option<crate::vmctl::NodeInfo> {
         None
     }
 }
@@ -310,6 +314,18 @@ impl Service {
                 Ok(Reply::Done)
             }
             Request::Store => vmm.store().map(Reply::Store).ok_or(Error::Unsupported),
+            Request::Node => vmm
+                .info()
+                .map(|i| {
+                    Reply::Node(NodeResources {
+                        cpus: i.cpus,
+                        memory_total_mib: i.total_bytes >> 20,
+                        memory_free_mib: i.free_bytes >> 20,
+                        memory_committed_mib: self.admission.committed_mib(),
+                        memory_capacity_mib: self.admission.capacity_mib(),
+                    })
+                })
+                .ok_or(Error::Unsupported),
         }
     }
 

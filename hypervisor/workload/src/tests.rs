@@ -319,6 +319,28 @@ fn create_failure_is_reported() {
     assert_eq!((st.state, st.exit), (State::Failed, Some(ExitStatus::CreateFailed)));
 }
 
+/// `Request::Node`: the kernel's CPUs and memory, and admission's commitments, which follow
+/// the workloads (committed from create to destroy; free memory while one runs).
+#[test]
+fn node_resources_follow_the_workloads() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    let node = |s: &mut crate::service::Service, k: &mut SimKernel| match s.handle(Request::Node, 0, k) {
+        Ok(Reply::Node(n)) => n,
+        r => panic!("{r:?}"),
+    };
+    let idle = node(&mut s, &mut k);
+    assert_eq!((idle.cpus, idle.memory_total_mib, idle.memory_free_mib, idle.memory_committed_mib), (2, 2048, 2048, 0));
+    assert_eq!(idle.memory_capacity_mib, 1024 - crate::admission::NODE_RESERVE_MIB);
+    s.handle(Request::Create(spec("w", 64, RestartPolicy::No)), 0, &mut k).unwrap();
+    assert_eq!(node(&mut s, &mut k).memory_committed_mib, 64 + crate::admission::VM_OVERHEAD_MIB);
+    s.handle(Request::Start(Target::Name("w".into())), 0, &mut k).unwrap();
+    let running = node(&mut s, &mut k);
+    assert_eq!((running.memory_free_mib, running.memory_committed_mib), (2048 - 64, 68));
+    end(&mut s, &mut k, 1, Some(vmctl::Exit::Code(0)), vmctl::Ended::PowerOff, 10);
+    s.handle(Request::Destroy(Target::Name("w".into())), 20, &mut k).unwrap();
+    assert_eq!(node(&mut s, &mut k), idle);
+}
+
 #[test]
 fn every_request_round_trips() {
     let t = Target::Name("w".into());
@@ -338,6 +360,7 @@ fn every_request_round_trips() {
         Request::ImageAbort { upload: 2 },
         Request::RemoveImage(Digest([5; 32])),
         Request::Store,
+        Request::Node,
     ];
     for r in reqs {
         let b = encode_request(&r).unwrap();

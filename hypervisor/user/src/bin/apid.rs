@@ -26,8 +26,8 @@ mod forward;
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_api::auth::{hex, hex32, Operators};
-use catenary_api::http::{Limits, Method, Request as HttpRequest, RequestReader, Response};
-use catenary_api::types::{Node as ApiNode, WorkloadList};
+use catenary_api::http::{Limits, RequestReader};
+use catenary_api::types::Node as ApiNode;
 use catenary_api::upload::UploadLimits;
 use catenary_api::{Api, ApiError, Backend};
 use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, CLUSTER_TOO_SMALL, LABEL_CLUSTER};
@@ -128,9 +128,13 @@ impl Backend for Node {
     fn nodes(&mut self) -> Vec<ApiNode> {
         let Ok((text, up)) = cluster_file(&self.cluster) else { return Vec::new() };
         let Ok(c) = catenary_net::Cluster::parse(&text) else { return Vec::new() };
-        // this node: what workd reports (committed = the workloads' guest memory)
-        let own = match self.workd(wk::Request::List) {
-            Ok(wk::Reply::List(l)) => Some((l.len() as u32, l.iter().map(|s| s.memory_mib as u64).sum::<u64>())),
+        // this node: its workloads, and its CPUs and memory as the kernel and workd report them
+        let count = match self.workd(wk::Request::List) {
+            Ok(wk::Reply::List(l)) => Some(l.len() as u32),
+            _ => None,
+        };
+        let res = match self.workd(wk::Request::Node) {
+            Ok(wk::Reply::Node(r)) => Some(r),
             _ => None,
         };
         let me = self.me;
@@ -146,11 +150,11 @@ impl Backend for Node {
                     public_key: hex(&m.public_key),
                     address: alloc::format!("{addr}"),
                     state: state.into(),
-                    cpus: None,
-                    memory_total_mib: None,
-                    memory_free_mib: None,
-                    memory_committed_mib: own.filter(|_| this).map(|o| o.1),
-                    workloads: own.filter(|_| this).map(|o| o.0),
+                    cpus: res.filter(|_| this).map(|r| r.cpus),
+                    memory_total_mib: res.filter(|_| this).map(|r| r.memory_total_mib),
+                    memory_free_mib: res.filter(|_| this).map(|r| r.memory_free_mib),
+                    memory_committed_mib: res.filter(|_| this).map(|r| r.memory_committed_mib),
+                    workloads: count.filter(|_| this),
                 }
             })
             .collect()
@@ -350,8 +354,12 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -
                 if node.workd_down {
                     resp = ApiError::new(503, "workd_unavailable", "the node's workload service did not answer").to_response();
                 }
-                if !from_node && api.operators.by_key(&caller).is_some() {
-                    resp = elsewhere(s, io, node, &req, &caller, resp);
+                if !from_node && api.operators.by_key(&caller).is_some() && catenary_api::cluster::concerns_others(&req) {
+                    let others = others_up(node);
+                    let names: Vec<String> = others.iter().map(|o| o.0.clone()).collect();
+                    let own = node.members.iter().find(|m| Some(m.1) == node.me).map(|m| m.0.clone());
+                    let mut ask = |i: usize| forward::exchange(s, io, others[i].1, &forward::request_bytes(&req, others[i].1, &caller));
+                    resp = catenary_api::cluster::elsewhere(&req, resp, own.as_deref(), &names, &mut ask);
                 }
                 c.out = Some(resp.to_bytes());
                 return false;
@@ -369,44 +377,6 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -
 fn others_up(node: &mut Node) -> Vec<(String, Ipv6Addr)> {
     let up = cluster_file(&node.cluster).map(|(_, up)| up).unwrap_or(0);
     node.members.iter().enumerate().filter(|(i, m)| Some(m.1) != node.me && *i < 64 && up & (1 << i) != 0).map(|(_, m)| m.clone()).collect()
-}
-
-/// What the other nodes add to this node's answer: a workload this node does not have is
-/// looked for on the others (the first answer that is not 404 is the answer), and the
-/// workload list is gathered from every node that is up (each entry says its node).
-fn elsewhere(s: &Sockets, io: &Pages, node: &mut Node, req: &HttpRequest, caller: &[u8; 32], resp: Response) -> Response {
-    let is_list = req.method == Method::Get && req.path == "/v1/workloads";
-    let missing = resp.status == 404 && req.path.starts_with("/v1/workloads/") && resp.body.windows(18).any(|w| w == b"\"no_such_workload\"");
-    if is_list && resp.status == 200 {
-        let Ok(mut list) = serde_json::from_slice::<WorkloadList>(&resp.body) else { return resp };
-        let own = node.members.iter().find(|m| Some(m.1) == node.me).map(|m| m.0.clone());
-        for w in &mut list.workloads {
-            w.node = own.clone();
-        }
-        for (name, addr) in others_up(node) {
-            let bytes = forward::request_bytes(req, addr, caller);
-            if let Some((200, body)) = forward::exchange(s, io, addr, &bytes) {
-                if let Ok(l) = serde_json::from_slice::<WorkloadList>(&body) {
-                    list.workloads.extend(l.workloads.into_iter().take(wk::WORKLOADS_MAX).map(|mut w| {
-                        w.node = Some(name.clone());
-                        w
-                    }));
-                }
-            }
-        }
-        return serde_json::to_vec(&list).map(|b| Response::json(200, b)).unwrap_or(resp);
-    }
-    if missing {
-        for (_, addr) in others_up(node) {
-            let bytes = forward::request_bytes(req, addr, caller);
-            if let Some((status, body)) = forward::exchange(s, io, addr, &bytes) {
-                if status != 404 {
-                    return Response::json(status, body);
-                }
-            }
-        }
-    }
-    resp
 }
 
 /// Send what `netd` takes of the answer. True: all of it is sent (close: `netd` lingers to

@@ -131,6 +131,9 @@ impl Vmm for Kernel {
     fn store(&mut self) -> Option<StoreInfo> {
         self.read(OP_STORE)
     }
+    fn info(&mut self) -> Option<NodeInfo> {
+        self.read(OP_INFO)
+    }
 }
 
 impl Kernel {

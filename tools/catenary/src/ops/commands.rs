@@ -66,13 +66,14 @@ pub fn nodes(c: &Ctx) -> R {
     if c.json {
         return print_json(&l);
     }
-    println!("{:<12} {:<12} {:<40} {:>4} {:>16} {:>9}", "NAME", "STATE", "ADDRESS", "CPUS", "MEM FREE/TOTAL", "WORKLOADS");
+    println!("{:<12} {:<12} {:<40} {:>4} {:>18} {:>14} {:>9}", "NAME", "STATE", "ADDRESS", "CPUS", "MEM FREE/TOTAL", "COMMITTED", "WORKLOADS");
     for n in &l.nodes {
         let mem = match (n.memory_free_mib, n.memory_total_mib) {
             (Some(f), Some(t)) => format!("{f}/{t} MiB"),
             _ => "-".into(),
         };
-        println!("{:<12} {:<12} {:<40} {:>4} {:>16} {:>9}", n.name, n.state, n.address, opt(n.cpus), mem, opt(n.workloads));
+        let committed = n.memory_committed_mib.map_or("-".into(), |c| format!("{c} MiB"));
+        println!("{:<12} {:<12} {:<40} {:>4} {:>18} {:>14} {:>9}", n.name, n.state, n.address, opt(n.cpus), mem, committed, opt(n.workloads));
     }
     Ok(())
 }
@@ -82,16 +83,19 @@ pub fn images(c: &Ctx) -> R {
     if c.json {
         return print_json(&l);
     }
-    println!("{:<71} {:>12}", "DIGEST", "ROOTFS");
+    println!("{:<71} {:>12}  NODE", "DIGEST", "ROOTFS");
     for i in &l.images {
-        println!("{:<71} {:>12}", i.digest, i.rootfs_size);
+        println!("{:<71} {:>12}  {}", i.digest, i.rootfs_size, i.node.as_deref().unwrap_or("-"));
     }
     Ok(())
 }
 
 pub fn image_rm(c: &Ctx, digest: &str) -> R {
     let i: Image = c.t.call(&client::remove_image(digest))?;
-    println!("{}", i.digest);
+    match &i.node {
+        Some(n) => println!("{} (removed from {n})", i.digest),
+        None => println!("{}", i.digest),
+    }
     Ok(())
 }
 
@@ -245,9 +249,11 @@ pub fn run(c: &Ctx, a: RunArgs) -> R {
     if c.json {
         return print_json(&w);
     }
+    // placed on another node (the one that holds the image): say which
+    let on = w.node.as_ref().map_or(String::new(), |n| format!(" on {n}"));
     match &w.address {
-        Some(a) => println!("{} {} {}", w.id, w.name, a),
-        None => println!("{} {}", w.id, w.name),
+        Some(a) => println!("{} {} {}{on}", w.id, w.name, a),
+        None => println!("{} {}{on}", w.id, w.name),
     }
     Ok(())
 }
@@ -257,9 +263,9 @@ pub fn ps(c: &Ctx) -> R {
     if c.json {
         return print_json(&l);
     }
-    println!("{:>4} {:<24} {:<9} {:>8} {:>8}  {:<39}  EXIT", "ID", "NAME", "STATE", "MEM MiB", "RESTARTS", "ADDRESS");
+    println!("{:>4} {:<24} {:<9} {:<10} {:>8} {:>8}  {:<39}  EXIT", "ID", "NAME", "STATE", "NODE", "MEM MiB", "RESTARTS", "ADDRESS");
     for w in &l.workloads {
-        println!("{:>4} {:<24} {:<9} {:>8} {:>8}  {:<39}  {}", w.id, w.name, w.state, w.memory_mib, w.restarts, w.address.as_deref().unwrap_or("-"), exit_text(&w.exit));
+        println!("{:>4} {:<24} {:<9} {:<10} {:>8} {:>8}  {:<39}  {}", w.id, w.name, w.state, w.node.as_deref().unwrap_or("-"), w.memory_mib, w.restarts, w.address.as_deref().unwrap_or("-"), exit_text(&w.exit));
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Requests that concern another node's workloads, forwarded over the fabric to that node's
+//! Requests that concern another node's workloads or images (`catenary_api::cluster`), forwarded over the fabric to that node's
 //! `apid` (TCP to its /128, port 8080), for the operator who asked.
 //!
 //! The other node knows this node by the /128 the connection comes from (a node's key, which

@@ -1,0 +1,186 @@
+//! What the other nodes add to a node's answer (issue 12 item 3, docs/api.md "Requests reach
+//! the right node"). The node asked answers from its own service first; then, for an
+//! operator's request:
+//!
+//! - lists are gathered from every other node that is up: `GET /v1/workloads` and
+//!   `GET /v1/images` (each entry's `node` names its node), `GET /v1/nodes` (each node's row
+//!   takes that node's own CPU and memory figures);
+//! - a workload this node does not have (404 `no_such_workload`), an image it does not have
+//!   (`GET /v1/images/{digest}`: 404 `no_such_image`) and a run of an image it does not have
+//!   (`POST /v1/workloads`: 404 `no_such_image`) go to the other nodes one after another: the
+//!   first answer that is not 404 is the answer (a `Workload` or `Image` in it names its
+//!   `node`), so a run lands on the node that holds the image;
+//! - `DELETE /v1/images/{digest}` removes the image from every node that holds it.
+//!
+//! Pure: `ask(i)` sends the same request to `others[i]` (for the same operator) and returns its
+//! (status, body), or `None` when that node did not answer in time; the service supplies the
+//! fabric connection (`apid/forward.rs`).
+
+use crate::http::{Method, Request, Response};
+use crate::types::{ErrorBody, Image, ImageList, NodeList, Workload, WorkloadList};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Entries taken from one other node's list (the workload service holds at most 32 workloads;
+/// a store holds fewer images than that).
+pub const LIST_MAX: usize = catenary_workload::proto::WORKLOADS_MAX;
+
+/// The error code of an answer, if it is an error body.
+fn code(r: &Response) -> Option<String> {
+    serde_json::from_slice::<ErrorBody>(&r.body).ok().map(|e| e.error.code)
+}
+
+/// `/v1/images/{digest}` (not an upload path).
+fn is_image_path(path: &str) -> bool {
+    path.strip_prefix("/v1/images/").is_some_and(|d| !d.is_empty() && !d.contains('/') && d != "uploads")
+}
+
+fn json<T: serde::Serialize>(status: u16, v: &T, fallback: Response) -> Response {
+    serde_json::to_vec(v).map(|b| Response::json(status, b)).unwrap_or(fallback)
+}
+
+/// Name the node in a forwarded answer that is a `Workload` or an `Image` (others pass as
+/// they are: logs, removals, errors).
+fn named(status: u16, body: Vec<u8>, node: &str) -> Response {
+    let raw = Response::json(status, body);
+    if !(200..300).contains(&status) {
+        return raw;
+    }
+    if let Ok(mut w) = serde_json::from_slice::<Workload>(&raw.body) {
+        w.node = Some(node.into());
+        return json(status, &w, raw);
+    }
+    if let Ok(mut i) = serde_json::from_slice::<Image>(&raw.body) {
+        i.node = Some(node.into());
+        return json(status, &i, raw);
+    }
+    raw
+}
+
+/// Whether the other nodes may have a say in `req`'s answer (else [`elsewhere`] returns the
+/// node's own answer as it is, and the service need not look for the nodes that are up).
+pub fn concerns_others(req: &Request) -> bool {
+    match req.method {
+        Method::Get => matches!(req.path.as_str(), "/v1/workloads" | "/v1/images" | "/v1/nodes") || req.path.starts_with("/v1/workloads/") || is_image_path(&req.path),
+        Method::Delete => req.path.starts_with("/v1/workloads/") || is_image_path(&req.path),
+        Method::Post => req.path == "/v1/workloads" || req.path.starts_with("/v1/workloads/"),
+        Method::Put => false,
+    }
+}
+
+/// The answer to `req` once the other nodes had their say. `own`: this node's name; `others`:
+/// the other nodes that are up, by name.
+pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[String], ask: &mut dyn FnMut(usize) -> Option<(u16, Vec<u8>)>) -> Response {
+    let get = req.method == Method::Get;
+    match (req.method, req.path.as_str(), resp.status) {
+        (Method::Get, "/v1/workloads", 200) => {
+            let Ok(mut list) = serde_json::from_slice::<WorkloadList>(&resp.body) else { return resp };
+            for w in &mut list.workloads {
+                w.node = own.map(String::from);
+            }
+            for (i, name) in others.iter().enumerate() {
+                if let Some((200, body)) = ask(i) {
+                    if let Ok(l) = serde_json::from_slice::<WorkloadList>(&body) {
+                        list.workloads.extend(l.workloads.into_iter().take(LIST_MAX).map(|mut w| {
+                            w.node = Some(name.clone());
+                            w
+                        }));
+                    }
+                }
+            }
+            json(200, &list, resp)
+        }
+        (Method::Get, "/v1/images", 200) => {
+            let Ok(mut list) = serde_json::from_slice::<ImageList>(&resp.body) else { return resp };
+            for im in &mut list.images {
+                im.node = own.map(String::from);
+            }
+            for (i, name) in others.iter().enumerate() {
+                if let Some((200, body)) = ask(i) {
+                    if let Ok(l) = serde_json::from_slice::<ImageList>(&body) {
+                        list.images.extend(l.images.into_iter().take(LIST_MAX).map(|mut im| {
+                            im.node = Some(name.clone());
+                            im
+                        }));
+                    }
+                }
+            }
+            json(200, &list, resp)
+        }
+        (Method::Get, "/v1/nodes", 200) => {
+            let Ok(mut list) = serde_json::from_slice::<NodeList>(&resp.body) else { return resp };
+            for (i, name) in others.iter().enumerate() {
+                let Some((200, body)) = ask(i) else { continue };
+                let Ok(theirs) = serde_json::from_slice::<NodeList>(&body) else { continue };
+                // only the node's figures about itself
+                if let (Some(row), Some(t)) = (list.nodes.iter_mut().find(|n| &n.name == name), theirs.nodes.iter().find(|n| &n.name == name)) {
+                    row.cpus = t.cpus;
+                    row.memory_total_mib = t.memory_total_mib;
+                    row.memory_free_mib = t.memory_free_mib;
+                    row.memory_committed_mib = t.memory_committed_mib;
+                    row.workloads = t.workloads;
+                }
+            }
+            json(200, &list, resp)
+        }
+        (Method::Delete, p, 200 | 404 | 409) if is_image_path(p) => remove_image(resp, own, others, ask),
+        _ => {
+            let c = if resp.status == 404 { code(&resp) } else { None };
+            let workload = req.path.starts_with("/v1/workloads/") && c.as_deref() == Some("no_such_workload");
+            let image = get && is_image_path(&req.path) && c.as_deref() == Some("no_such_image");
+            let run = req.method == Method::Post && req.path == "/v1/workloads" && c.as_deref() == Some("no_such_image");
+            if workload || image || run {
+                for (i, name) in others.iter().enumerate() {
+                    if let Some((status, body)) = ask(i) {
+                        if status != 404 {
+                            return named(status, body, name);
+                        }
+                    }
+                }
+            }
+            resp
+        }
+    }
+}
+
+/// `DELETE /v1/images/{digest}`: out of every node's store that holds it. 200 naming the nodes
+/// it left (joined by `,`) when no node refused; else the first refusal (409 `image_in_use`:
+/// a workload there uses it), its message naming that node and where the image did go; 404
+/// when no node had it.
+fn remove_image(resp: Response, own: Option<&str>, others: &[String], ask: &mut dyn FnMut(usize) -> Option<(u16, Vec<u8>)>) -> Response {
+    let mut removed: Vec<String> = Vec::new();
+    let mut image: Option<Image> = None;
+    let mut refused: Option<(Response, String)> = None;
+    let mut note = |status: u16, body: Vec<u8>, node: &str, removed: &mut Vec<String>| match status {
+        200 => {
+            if let Ok(i) = serde_json::from_slice::<Image>(&body) {
+                image.get_or_insert(i);
+            }
+            removed.push(node.into());
+        }
+        404 => {}
+        _ if refused.is_none() => refused = Some((Response::json(status, body), node.into())),
+        _ => {}
+    };
+    note(resp.status, resp.body.clone(), own.unwrap_or("this node"), &mut removed);
+    for (i, name) in others.iter().enumerate() {
+        if let Some((status, body)) = ask(i) {
+            note(status, body, name, &mut removed);
+        }
+    }
+    if let Some((r, node)) = refused {
+        let Ok(mut e) = serde_json::from_slice::<ErrorBody>(&r.body) else { return r };
+        e.error.message = alloc::format!("{node}: {}", e.error.message);
+        if !removed.is_empty() {
+            e.error.message.push_str(&alloc::format!(" (removed from {})", removed.join(", ")));
+        }
+        return json(r.status, &e, r);
+    }
+    match image {
+        Some(mut i) => {
+            i.node = Some(removed.join(","));
+            json(200, &i, resp)
+        }
+        None => resp,
+    }
+}

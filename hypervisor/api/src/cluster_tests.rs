@@ -1,0 +1,138 @@
+//! Two simulated nodes, each the real `Api` over the real workload service, joined as `apid`
+//! joins them (`cluster::elsewhere`; the other node answers the same request for the same
+//! operator and never forwards it again): images and workloads reached from either node.
+
+use crate::client::{self, decode, parse_response, ClientError, ClientRequest};
+use crate::cluster;
+use crate::fuzzing::{self, SimNode, ADMIN, VIEWER};
+use crate::http::{Limits, RequestReader};
+use crate::types::*;
+use crate::Api;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use catenary_workload::fuzzing::image;
+use catenary_workload::store::ImageInfo;
+use catenary_workload::vmctl::{Ended, Event, VmEvent};
+use catenary_workload::Digest;
+use serde::de::DeserializeOwned;
+
+struct Sim {
+    api: Api,
+    node: SimNode,
+}
+
+/// node1 and node2 both hold `image()`; node2 also holds `only2()`.
+fn cluster() -> Vec<Sim> {
+    let names: Vec<String> = vec!["node1".into(), "node2".into()];
+    let mut v: Vec<Sim> = names
+        .iter()
+        .map(|n| {
+            let mut node = SimNode::new(1024);
+            node.name = n.clone();
+            node.members = names.clone();
+            Sim { api: fuzzing::api(), node }
+        })
+        .collect();
+    let d = only2();
+    v[1].node.service.images.insert(ImageInfo { digest: d, rootfs: d, rootfs_size: 8192, config: d, config_size: 10 }).unwrap();
+    v
+}
+
+fn only2() -> Digest {
+    Digest([0x22; 32])
+}
+
+/// `req` from `caller` to node `at`, as `apid` serves it.
+fn call(c: &mut [Sim], at: usize, caller: [u8; 32], req: &ClientRequest) -> (u16, Vec<u8>) {
+    let mut reader = RequestReader::new(Limits::default(), 0);
+    let http = reader.feed(&req.to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
+    let (before, rest) = c.split_at_mut(at);
+    let (me, after) = rest.split_first_mut().unwrap();
+    let mut others: Vec<&mut Sim> = before.iter_mut().chain(after.iter_mut()).collect();
+    let names: Vec<String> = others.iter().map(|o| o.node.name.clone()).collect();
+    let resp = me.api.handle(&caller, &http, &mut me.node, 0);
+    let own = me.node.name.clone();
+    let mut ask = |i: usize| {
+        let o = &mut others[i];
+        let r = o.api.handle(&caller, &http, &mut o.node, 0);
+        Some((r.status, r.body))
+    };
+    let resp = if cluster::concerns_others(&http) { cluster::elsewhere(&http, resp, Some(&own), &names, &mut ask) } else { resp };
+    parse_response(&resp.to_bytes()).unwrap().unwrap()
+}
+
+fn ok<T: DeserializeOwned>(c: &mut [Sim], at: usize, req: &ClientRequest) -> T {
+    let (status, body) = call(c, at, ADMIN, req);
+    decode(status, &body).unwrap_or_else(|e| panic!("{:?} {}: {e}", req.method, req.path))
+}
+
+fn refused(c: &mut [Sim], at: usize, caller: [u8; 32], req: &ClientRequest) -> (u16, String, String) {
+    let (status, body) = call(c, at, caller, req);
+    match decode::<serde_json::Value>(status, &body) {
+        Err(ClientError::Api { status, code, message }) => (status, code, message),
+        r => panic!("{}: expected a refusal, got {status} {r:?}", req.path),
+    }
+}
+
+fn run_req(name: &str, image: Digest) -> RunRequest {
+    RunRequest { name: Some(name.into()), image: image.to_string(), cpus: None, memory_mib: Some(64), env: vec![], args: None, restart: None, net: None }
+}
+
+#[test]
+fn images_and_runs_reach_the_node_that_holds_the_image() {
+    let mut c = cluster();
+    let (both, two) = (image().to_string(), only2().to_string());
+    // list through node1: both stores, each entry naming its node
+    let l: ImageList = ok(&mut c, 0, &client::list_images());
+    let mut seen: Vec<(String, String)> = l.images.iter().map(|i| (i.digest.clone(), i.node.clone().unwrap_or_default())).collect();
+    seen.sort();
+    let mut want = vec![(both.clone(), "node1".to_string()), (both.clone(), "node2".into()), (two.clone(), "node2".into())];
+    want.sort();
+    assert_eq!(seen, want);
+    // inspect through node1: found on node2; one no node has is 404
+    let i: Image = ok(&mut c, 0, &client::inspect_image(&two));
+    assert_eq!((i.digest.as_str(), i.node.as_deref()), (two.as_str(), Some("node2")));
+    let none = Digest([0x33; 32]).to_string();
+    assert_eq!(refused(&mut c, 0, ADMIN, &client::inspect_image(&none)).1, "no_such_image");
+    // nodes through node1: node2's own CPU and memory figures, before and while it runs
+    let nodes: NodeList = ok(&mut c, 0, &client::list_nodes());
+    let n2 = nodes.nodes.iter().find(|n| n.name == "node2").unwrap().clone();
+    assert_eq!((n2.cpus, n2.memory_total_mib, n2.memory_free_mib, n2.memory_committed_mib, n2.workloads), (Some(2), Some(2048), Some(2048), Some(0), Some(0)));
+    // run through node1 of the image only node2 has: placed on node2
+    let w: Workload = ok(&mut c, 0, &client::run(&run_req("web", only2())));
+    assert_eq!((w.name.as_str(), w.node.as_deref()), ("web", Some("node2")));
+    assert_eq!((c[0].node.service.len(), c[1].node.service.len()), (0, 1));
+    let nodes: NodeList = ok(&mut c, 0, &client::list_nodes());
+    let n2 = nodes.nodes.iter().find(|n| n.name == "node2").unwrap();
+    assert_eq!((n2.memory_free_mib, n2.memory_committed_mib, n2.workloads), (Some(2048 - 64), Some(68), Some(1)));
+    let n1 = nodes.nodes.iter().find(|n| n.name == "node1").unwrap();
+    assert_eq!((n1.memory_committed_mib, n1.workloads), (Some(0), Some(0)));
+    // an image no node has: 404 from every node, nothing created
+    assert_eq!(refused(&mut c, 0, ADMIN, &client::run(&run_req("nope", Digest([0x33; 32])))).1, "no_such_image");
+    // ps through node1 shows it on node2
+    let l: WorkloadList = ok(&mut c, 0, &client::list_workloads());
+    assert_eq!(l.workloads.iter().map(|w| (w.name.as_str(), w.node.as_deref())).collect::<Vec<_>>(), vec![("web", Some("node2"))]);
+    // removing the image while node2's workload names it: node2's refusal, saying where
+    let (st, code, msg) = refused(&mut c, 0, ADMIN, &client::remove_image(&two));
+    assert_eq!((st, code.as_str()), (409, "image_in_use"));
+    assert!(msg.starts_with("node2: "), "{msg}");
+    // a viewer may not remove: refused by node1, not forwarded
+    assert_eq!(refused(&mut c, 0, VIEWER, &client::remove_image(&two)).0, 403);
+    // stop and remove through node1 (forwarded), then the image goes from node2
+    let s: Workload = ok(&mut c, 0, &client::stop("web", None));
+    assert_eq!(s.node.as_deref(), Some("node2"));
+    c[1].node.kernel.alive.clear();
+    let n2 = &mut c[1].node;
+    n2.service.on_event(VmEvent { vm: 1, event: Event::Ended { how: Ended::PowerOff, touched_bytes: 0, wall_ms: 1 } }, 0, &mut n2.kernel);
+    let _: Removed = ok(&mut c, 0, &client::remove("web"));
+    let i: Image = ok(&mut c, 0, &client::remove_image(&two));
+    assert_eq!(i.node.as_deref(), Some("node2"));
+    assert!(c[1].node.kernel.removed.contains(&only2()));
+    // an image both nodes hold leaves both
+    let i: Image = ok(&mut c, 1, &client::remove_image(&both));
+    assert_eq!(i.node.as_deref(), Some("node2,node1"));
+    let l: ImageList = ok(&mut c, 0, &client::list_images());
+    assert!(l.images.is_empty(), "{:?}", l.images);
+    assert_eq!(refused(&mut c, 0, ADMIN, &client::remove_image(&both)).1, "no_such_image");
+}
