@@ -10,12 +10,13 @@ fn main() {
     let first = args.get(1).copied().unwrap_or(0);
     let start = Instant::now();
     let mut failed = Vec::new();
-    let (mut taken, mut installed) = (0, 0);
+    let (mut taken, mut installed, mut diskless) = (0, 0, 0);
     for seed in first..first + seeds {
         match raft_chaos(seed) {
-            Ok((t, i)) => {
-                taken += t;
-                installed += i;
+            Ok(st) => {
+                taken += st.snapshots_taken;
+                installed += st.snapshots_installed;
+                diskless += st.diskless_restarts;
             }
             Err(e) => {
                 println!("FAILED {e}");
@@ -24,7 +25,7 @@ fn main() {
         }
     }
     println!(
-        "desired state: {} of {seeds} seeds held every invariant ({} failed: {failed:?}); {taken} snapshots taken, {installed} installed by lagging followers; {:.1} s",
+        "desired state: {} of {seeds} seeds held every invariant ({} failed: {failed:?}); {taken} snapshots taken, {installed} installed by lagging followers, {diskless} restarts without storage rejoined as new members; {:.1} s",
         seeds - failed.len() as u64,
         failed.len(),
         start.elapsed().as_secs_f64()

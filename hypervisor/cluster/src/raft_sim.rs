@@ -40,6 +40,9 @@ struct Slot {
     /// What survives a crash.
     disk: Option<Storage>,
     group: u32,
+    /// Bumped by a restart without storage: the node comes back as a new Raft member, id
+    /// `generation << 16 | slot` (as `crate::orch` numbers them).
+    generation: u64,
     /// How many of the replica's applied positions were checked already.
     checked: usize,
     next_reconcile: Duration,
@@ -85,6 +88,11 @@ pub struct RaftSim {
     snapshots_gone: (u64, u64),
 }
 
+/// The node (slot) a Raft id belongs to.
+pub fn slot_of(id: ReplicaId) -> ReplicaId {
+    id & 0xffff
+}
+
 pub fn key_of(id: ReplicaId) -> NodeKey {
     let mut k = [0u8; 32];
     k[..8].copy_from_slice(&(id + 1).to_le_bytes());
@@ -103,7 +111,7 @@ impl RaftSim {
         let mut slots = Vec::new();
         for id in 0..n as u64 {
             let r = if id == 0 { Replica::bootstrap(id, &ids, cfg.clone(), seed, Duration::ZERO) } else { Replica::join(id, cfg.clone(), seed, Duration::ZERO) };
-            slots.push(Slot { replica: Some(r), disk: None, group: 0, checked: 0, next_reconcile: Duration::ZERO });
+            slots.push(Slot { replica: Some(r), disk: None, group: 0, generation: 0, checked: 0, next_reconcile: Duration::ZERO });
         }
         // The delay bound the leases assume: the network's own.
         let lease = LeaseConfig { max_delay: net.max_delay, ..LeaseConfig::default() };
@@ -150,14 +158,46 @@ impl RaftSim {
         self.slots[id as usize].replica.is_some()
     }
 
-    /// The leader of the highest term among running nodes, if any.
+    /// The node (slot) whose replica leads the highest term among running nodes, if any.
     pub fn leader(&self) -> Option<ReplicaId> {
-        self.slots.iter().filter_map(|s| s.replica.as_ref()).filter(|r| r.is_leader()).max_by_key(|r| r.term()).map(|r| r.id())
+        self.slots.iter().filter_map(|s| s.replica.as_ref()).filter(|r| r.is_leader()).max_by_key(|r| r.term()).map(|r| slot_of(r.id()))
     }
 
-    pub fn crash(&mut self, id: ReplicaId) {
-        let s = &mut self.slots[id as usize];
+    /// Node `slot`'s current Raft id.
+    pub fn raft_id(&self, slot: ReplicaId) -> ReplicaId {
+        self.slots[slot as usize].generation << 16 | slot
+    }
+
+    /// Diskless restarts so far, and how many of those nodes are voters again.
+    pub fn diskless_restarts(&self) -> u64 {
+        self.slots.iter().map(|s| s.generation).sum()
+    }
+
+    /// Nodes that cannot count towards a majority: down, or back without storage and not yet
+    /// a voter under their new id (in the leader's configuration).
+    pub fn unavailable(&self) -> usize {
+        let voters = self.leader().and_then(|l| self.replica(l)).map(|r| r.voters()).unwrap_or_default();
+        (0..self.slots.len() as u64)
+            .filter(|s| !self.is_up(*s) || (self.slots[*s as usize].generation > 0 && !voters.contains(&self.raft_id(*s))))
+            .count()
+    }
+
+    /// Restart node `slot` without its storage (a diskless node): it comes back as the next
+    /// generation, a new and empty Raft member, and the leader replaces its old id by the new
+    /// one with a configuration change (`RaftSim::run_scheduler`, as `crate::orch` does on a
+    /// `Join`). Its empty log gets the leader's snapshot.
+    pub fn restart_diskless(&mut self, slot: ReplicaId) {
+        self.crash(slot);
+        let s = &mut self.slots[slot as usize];
+        s.disk = None;
+        s.generation += 1;
+        self.restart(slot);
+    }
+
+    pub fn crash(&mut self, slot: ReplicaId) {
+        let s = &mut self.slots[slot as usize];
         if let Some(r) = s.replica.take() {
+            let id = r.id();
             if self.check_storage {
                 let back = Replica::restart(id, r.storage().clone(), self.cfg.clone(), 0, self.now);
                 if back.term() != r.term() || back.voted_for() != r.voted_for() || back.log() != r.log() {
@@ -177,10 +217,11 @@ impl RaftSim {
         live.fold(self.snapshots_gone, |(t, i), r| (t + r.snapshots_taken(), i + r.snapshots_installed()))
     }
 
-    pub fn restart(&mut self, id: ReplicaId) {
+    pub fn restart(&mut self, slot: ReplicaId) {
         let (now, cfg) = (self.now, self.cfg.clone());
         let seed = self.seed ^ self.now.as_micros() as u64;
-        let s = &mut self.slots[id as usize];
+        let id = self.raft_id(slot);
+        let s = &mut self.slots[slot as usize];
         if s.replica.is_some() {
             return;
         }
@@ -190,7 +231,7 @@ impl RaftSim {
         };
         s.replica = Some(r);
         s.checked = 0;
-        self.flush(id);
+        self.flush(slot);
     }
 
     /// Nodes in different groups cannot talk.
@@ -257,7 +298,7 @@ impl RaftSim {
     fn node_slots(&self) -> Vec<NodeSlot> {
         (0..self.slots.len() as u64)
             .map(|id| NodeSlot {
-                id,
+                id: self.raft_id(id),
                 capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: BTreeMap::new() },
             })
             .collect()
@@ -305,11 +346,12 @@ impl RaftSim {
                     break;
                 }
                 let env = self.queue.remove(&(at, seq)).unwrap();
-                let to = env.to as usize;
-                if to >= self.slots.len() || self.slots[to].group != self.slots[env.from as usize].group {
+                let (to, from) = (slot_of(env.to) as usize, slot_of(env.from) as usize);
+                if to >= self.slots.len() || from >= self.slots.len() || self.slots[to].group != self.slots[from].group {
                     continue;
                 }
-                if let Some(r) = self.slots[to].replica.as_mut() {
+                // A datagram to an older generation of the node finds nobody.
+                if let Some(r) = self.slots[to].replica.as_mut().filter(|r| r.id() == env.to) {
                     r.handle(self.now, env);
                     self.delivered += 1;
                     self.flush(to as u64);
@@ -338,6 +380,19 @@ impl RaftSim {
         let Some(r) = self.slots[id as usize].replica.as_mut() else { return };
         if !r.is_leader() || r.has_uncommitted() {
             return;
+        }
+        // A node back without storage asks to replace its old id (orch's `Join`): one change
+        // at a time, only a newer generation replacing an older one.
+        if !r.config_changing() {
+            let voters = r.voters();
+            if let Some(new) = slots.iter().map(|s| s.id).find(|id| !voters.contains(id)) {
+                let old: Vec<ReplicaId> = voters.iter().copied().filter(|v| slot_of(*v) == slot_of(new) && *v >> 16 < new >> 16).collect();
+                if !old.is_empty() {
+                    let _ = r.propose_config(now, &[new], &old);
+                    self.flush(id);
+                    return;
+                }
+            }
         }
         let cmds = reconcile(r.state(), r, now, &self.lease, &slots);
         for c in cmds {
@@ -491,16 +546,21 @@ impl RaftSim {
             self.run_until(t);
             match self.rng.below(10) {
                 0 | 1 => {
-                    // Crash one node, keeping a majority up.
-                    let down = (0..n).filter(|i| !self.is_up(*i)).count() as u64;
-                    if down + 1 <= (n - 1) / 2 {
+                    // Crash one node, keeping a majority of voters up (a node back without
+                    // storage counts as down until it is a voter again).
+                    if self.unavailable() < ((n - 1) / 2) as usize {
                         let id = self.rng.below(n);
                         self.crash(id);
                     }
                 }
                 2 | 3 => {
+                    // Restart a node, one in three of the down ones without its storage.
                     let id = self.rng.below(n);
-                    self.restart(id);
+                    if !self.is_up(id) && self.rng.below(3) == 0 {
+                        self.restart_diskless(id);
+                    } else {
+                        self.restart(id);
+                    }
                 }
                 4 => {
                     let cut = self.rng.below(n);
@@ -575,8 +635,28 @@ pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> 
     (sim, r)
 }
 
-/// [`raft_chaos_run`] without the simulator: `Ok((snapshots taken, installed))`.
-pub fn raft_chaos(seed: u64) -> Result<(u64, u64), String> {
+/// What a chaos run exercised.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChaosStats {
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    /// Restarts without storage (each came back as a new Raft member; the run converged, so
+    /// each also became a voter again).
+    pub diskless_restarts: u64,
+}
+
+/// [`raft_chaos_run`] without the simulator.
+pub fn raft_chaos(seed: u64) -> Result<ChaosStats, String> {
     let (sim, r) = raft_chaos_run(seed, None);
-    r.map(|()| sim.snapshots())
+    r?;
+    let (snapshots_taken, snapshots_installed) = sim.snapshots();
+    // Converged means every node agrees; a node still joining would not have the state, but
+    // check the configuration too: every node's current id is a voter.
+    if let Some(l) = sim.leader().and_then(|l| sim.replica(l)) {
+        let voters = l.voters();
+        if let Some(s) = (0..sim.len() as u64).find(|s| !voters.contains(&sim.raft_id(*s))) {
+            return Err(format!("seed {seed}: node {s} (id {}) is not a voter at the end: {voters:?}", sim.raft_id(s)));
+        }
+    }
+    Ok(ChaosStats { snapshots_taken, snapshots_installed, diskless_restarts: sim.diskless_restarts() })
 }
