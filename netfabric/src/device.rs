@@ -623,6 +623,16 @@ impl Device {
         Ok(())
     }
 
+    /// Give an existing peer one more prefix (as a WireGuard allowed-ip: packets to it go to
+    /// the peer, and the peer's packets from it are accepted). False: no such peer.
+    pub fn add_prefix(&mut self, id: PeerId, p: IpPrefix) -> bool {
+        if !self.peers.contains_key(&id) {
+            return false;
+        }
+        self.routes.insert(p, id);
+        true
+    }
+
     /// Remove a peer, its prefixes and all its session state.
     pub fn remove_peer(&mut self, id: PeerId) -> bool {
         match self.peers.remove(&id) {

@@ -38,6 +38,9 @@ pub struct NodeSpec {
     pub kick_ms: u64,
     /// More entries for the boot module of a `guest` node (a packed image for `vm.image=1`).
     pub files: Vec<(String, Vec<u8>)>,
+    /// A second virtio-net device with this MAC on the same switch: a NAT64 gateway's IPv4
+    /// uplink (docs/nat64.md).
+    pub uplink: Option<[u8; 6]>,
 }
 
 impl NodeSpec {
@@ -52,6 +55,7 @@ impl NodeSpec {
             guest: false,
             kick_ms: std::env::var("CATENARY_KICK_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
             files: Vec::new(),
+            uplink: None,
         }
     }
     pub fn member(&self) -> Member {
@@ -328,6 +332,10 @@ pub fn start_with(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Mem
             "-device".into(),
             format!("virtio-net-pci,netdev=n0,mac={mac}"),
         ]);
+        if let Some(u) = n.uplink {
+            let umac = u.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            b.extra.extend(["-netdev".into(), format!("vde,id=n1,sock={}", switch.sock.display()), "-device".into(), format!("virtio-net-pci,netdev=n1,mac={umac}")]);
+        }
         // QEMU's own log of CPU resets: at a host triple fault it holds every CPU's state
         // (the node itself can print nothing then).
         let qlog = dir.join(format!("{}-qemu.log", n.name));
@@ -551,7 +559,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_nat64"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -585,6 +593,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_cli_embedded_fabric", crate::fabriccli::test),
         ("net_operator_api", crate::apitest::test_operator_api),
         ("net_cli_push", crate::pushtest::test),
+        ("net_nat64", crate::nat64test::test),
     ];
     for &(name, f) in groups {
         if crate::test::selected(name) {

@@ -165,11 +165,19 @@ impl VirtioPciInfo {
 /// Find the first virtio-net function, turn on memory space and bus mastering, and return
 /// where its structures are (for a ring-3 driver). The device is not reset or touched.
 pub fn find_net() -> Option<(DeviceFunction, VirtioPciInfo)> {
+    find_net_at(0)
+}
+
+/// Whether there is an `index`-th virtio-net function (0: the first), without touching it.
+pub fn has_net_at(index: usize) -> bool {
+    crate::pci::scan().into_iter().filter(|f| virtio_drivers::transport::pci::virtio_device_type(&f.info) == Some(DeviceType::Network)).nth(index).is_some()
+}
+
+/// [`find_net`] for the `index`-th virtio-net function in scan order (1: a NAT64 gateway's
+/// uplink, after the fabric's NIC).
+pub fn find_net_at(index: usize) -> Option<(DeviceFunction, VirtioPciInfo)> {
     let mut root = crate::pci::root();
-    for f in crate::pci::scan() {
-        if virtio_drivers::transport::pci::virtio_device_type(&f.info) != Some(DeviceType::Network) {
-            continue;
-        }
+    for f in crate::pci::scan().into_iter().filter(|f| virtio_drivers::transport::pci::virtio_device_type(&f.info) == Some(DeviceType::Network)).skip(index) {
         let (_, cmd) = root.get_status_command(f.df);
         use virtio_drivers::transport::pci::bus::Command;
         root.set_command(f.df, cmd | Command::MEMORY_SPACE | Command::BUS_MASTER);

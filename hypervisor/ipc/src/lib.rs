@@ -186,6 +186,8 @@ pub mod supervisor {
 /// The kernel ↔ ring-3 `netd` interface (`SYS_NET`): the router's operations and the fixed
 /// records they copy through the caller's buffer. Little-endian u64s at the offsets given;
 /// /128s are 16 bytes in network order.
+pub mod natgw;
+
 pub mod netd {
     /// Copy the boot data into the buffer (layout `BOOT_*`); rax = bytes written.
     pub const OP_BOOT: u64 = 1;

@@ -13,7 +13,7 @@ pub use services::SERVICES;
 /// Programs embedded in the kernel image (bins of hypervisor/user; the kernel's build script
 /// embeds exactly these). `uapp`, `sysfuzz` and `wkctl` (a workload-protocol client) also serve
 /// the kernel's tests.
-pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz", "workd", "wkctl", "apid"];
+pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz", "workd", "wkctl", "apid", "natd"];
 
 /// The supervisor's own program: started by the kernel, not an entry of [`SERVICES`].
 pub const SUPERVISOR: &str = "supd";
@@ -51,6 +51,9 @@ pub enum Device {
     /// The first virtio-net PCI function: its four virtio structures (common, notify, ISR,
     /// device configuration), page-rounded. Bus mastering is turned off when the service dies.
     VirtioNet,
+    /// The second virtio-net PCI function: a NAT64 gateway's IPv4 uplink (docs/nat64.md),
+    /// present only on nodes given one. The same four structures, bus mastering off at death.
+    VirtioNetUplink,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,10 +202,14 @@ const fn device_of(m: Mmio) -> Option<Device> {
     }
 }
 
+const fn same_device(a: Device, b: Device) -> bool {
+    matches!((a, b), (Device::VirtioNet, Device::VirtioNet) | (Device::VirtioNetUplink, Device::VirtioNetUplink))
+}
+
 const fn same_irq(a: Irq, b: Irq) -> bool {
     match (a, b) {
         (Irq::Isa(x), Irq::Isa(y)) => x == y,
-        (Irq::DeviceMsix(Device::VirtioNet), Irq::DeviceMsix(Device::VirtioNet)) => true,
+        (Irq::DeviceMsix(x), Irq::DeviceMsix(y)) => same_device(x, y),
         _ => false,
     }
 }
@@ -315,8 +322,10 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
                             }
                         }
                         (p, q) => {
-                            if let (Some(Device::VirtioNet), Some(Device::VirtioNet)) = (device_of(p), device_of(q)) {
-                                return Err(Error::DeviceTwice(j));
+                            if let (Some(x), Some(y)) = (device_of(p), device_of(q)) {
+                                if same_device(x, y) {
+                                    return Err(Error::DeviceTwice(j));
+                                }
                             }
                         }
                     }

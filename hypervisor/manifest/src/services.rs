@@ -131,4 +131,27 @@ pub const SERVICES: &[Service] = &[
         grants: &["workd", "netd"],
         vm_control: false,
     },
+    // The NAT64 gateway (docs/nat64.md): only on a node given an IPv4 uplink
+    // (`nat64.uplink=`, `nat64.router=` and a second virtio-net function; the kernel enables
+    // it). The uplink device's structures (no interrupt: it polls while idle), DMA memory for
+    // its heap (the translator's state table and virtqueue buffers), the exchange buffer and
+    // the queues; a send capability to netd that may lend it the exchange buffer (GRANT).
+    Service {
+        name: "natd",
+        program: "natd",
+        arg: 0,
+        priority: 5,
+        endpoint: true,
+        sends: &["netd"],
+        ports: &[],
+        irq: None,
+        mmio: &[Mmio::Device(Device::VirtioNetUplink)],
+        dma_pages: 544,
+        memory_pages: 640,
+        restart: true,
+        router: false,
+        shares: &[],
+        grants: &["netd"],
+        vm_control: false,
+    },
 ];

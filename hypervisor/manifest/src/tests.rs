@@ -38,6 +38,12 @@ fn overlapping_grants_refused() {
     a.mmio = &[Mmio::Device(Device::VirtioNet)];
     b.mmio = &[Mmio::Device(Device::VirtioNet)];
     assert_eq!(check(&[a, b]), Err(Error::DeviceTwice(1)));
+    // the NAT64 uplink is another device: one service each, never two
+    b.mmio = &[Mmio::Device(Device::VirtioNetUplink)];
+    assert_eq!(check(&[a, b]), Ok(()));
+    a.mmio = &[Mmio::Device(Device::VirtioNetUplink)];
+    assert_eq!(check(&[a, b]), Err(Error::DeviceTwice(1)));
+    a.mmio = &[Mmio::Device(Device::VirtioNet)];
     b.mmio = &[];
     a.irq = Some(Irq::Isa(8));
     b.irq = Some(Irq::Isa(8));

@@ -19,8 +19,9 @@
 //! against the slice, nothing panics (the fuzz target `nat64_packets` runs both directions),
 //! and the tables never grow past their bounds.
 //!
-//! This crate is the only IPv4 code in Catenary; the gateway service that runs it over the
-//! node's uplink is separate.
+//! This crate is the only IPv4 code in Catenary: the translator, the uplink's Ethernet and
+//! ARP ([`uplink`]) and the gateway that joins them ([`gateway`]); the ring-3 service `natd`
+//! only moves packets and frames.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -28,10 +29,14 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod gateway;
 pub mod table;
 pub mod translate;
+pub mod uplink;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod uplink_tests;
 
 use alloc::vec::Vec;
 use core::time::Duration;

@@ -32,6 +32,7 @@ pub mod nodekey;
 mod underlay_tx;
 pub mod sockets;
 pub mod tcp;
+pub mod nat64route;
 /// Entry points shared by the cargo-fuzz target (`hypervisor/net/fuzz`) and the host tests.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -298,6 +299,9 @@ pub struct Node {
     tcp_rsts: VecDeque<(tcp::TcpTuple, u64)>,
     /// The time of the current (or last) [`Node::poll`].
     poll_ns: u64,
+    /// The NAT64 prefix's route (`nat64route.rs`).
+    nat64: nat64route::Nat64Route,
+    pub nat64_counters: nat64route::Nat64Counters,
 }
 
 fn sinstant(ns: u64) -> SInstant {
@@ -430,7 +434,7 @@ impl Node {
             eth, eth_sockets, tun, tun_sockets, tun_dev, fabric, fab_udp, ping_eth, ping_tun, bench_eth, bench_tun,
             responder: (0, 0), ping: None, stream: None, logged_drops: 0, ipc_rx: VecDeque::new(),
             vm_routes: Vec::new(), vm_rx: VecDeque::new(), test_loss: None, socket_addrs: Default::default(),
-            tcp_rsts: VecDeque::new(), poll_ns: 0,
+            tcp_rsts: VecDeque::new(), poll_ns: 0, nat64: Default::default(), nat64_counters: Default::default(),
         }
     }
 
@@ -492,7 +496,14 @@ impl Node {
                     }
                 }
                 Some((_, core::net::IpAddr::V6(dst), _)) if self.is_local_socket_addr(&dst) || dst.is_multicast() => self.queue_for_tun(p.packet),
-                _ => self.counters.not_for_us += 1,
+                h => {
+                    // the NAT64 prefix, on the gateway: to natd
+                    let mut pk = Some(p.packet);
+                    match h {
+                        Some((_, core::net::IpAddr::V6(dst), _)) if self.nat64_claim(&dst, &mut pk) => {}
+                        _ => self.counters.not_for_us += 1,
+                    }
+                }
             }
         }
         for e in out.events {
@@ -705,6 +716,11 @@ impl Node {
             self.to_vm(packet);
             return true;
         }
+        let mut p = Some(packet);
+        if self.nat64_claim(&dst, &mut p) {
+            return true; // this node is the NAT64 gateway: to natd
+        }
+        let Some(packet) = p else { return false };
         if packet.len() > FABRIC_MTU {
             self.counters.vm_too_big += 1;
             if let core::net::IpAddr::V6(vm) = src {

@@ -81,6 +81,7 @@ pub fn start(cmdline: &str, modules: &[Module]) {
     if crate::cmdline::get(cmdline, "net") == Some("off") {
         supervisor::enable("netd", false);
         supervisor::enable("nicd", false);
+        supervisor::enable("natd", false);
         return;
     }
     // The ring-3 netd unless the in-kernel one is asked for (`net.netd=kernel`, or the
@@ -96,6 +97,7 @@ pub fn start(cmdline: &str, modules: &[Module]) {
     KERNEL_NETD.store(true, core::sync::atomic::Ordering::Relaxed);
     // the in-kernel stack adopts the netd service's endpoint; the ring-3 program never runs
     supervisor::enable("netd", false);
+    supervisor::enable("natd", false); // only the ring-3 netd serves the NAT64 gateway
     *BOOT.lock() = Some(Boot { cmdline: String::from(cmdline), modules: modules.to_vec() });
     crate::task::spawn_kernel("netd", Priority::DRIVER, Affinity::ANY, netd, 0);
 }

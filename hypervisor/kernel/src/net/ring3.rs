@@ -23,12 +23,14 @@ pub(super) fn start_user(cmdline: &str, modules: &[Module]) {
         // no keys without hardware entropy (logged): netd never starts
         supervisor::enable("netd", false);
         supervisor::enable("nicd", false);
+        supervisor::enable("natd", false);
         return;
     }
     let Some((df, info)) = catenary_arch::virtio::find_net() else {
         info!(target: "net", "no virtio-net device: networking off");
         supervisor::enable("netd", false);
         supervisor::enable("nicd", false);
+        supervisor::enable("natd", false);
         return;
     };
     let msix = match catenary_arch::smp::apic_id_of(0).ok_or("no BSP APIC id").and_then(|bsp| catenary_arch::virtio::msix_program(df, task::NIC_VECTOR, bsp)) {
@@ -50,6 +52,7 @@ pub(super) fn start_user(cmdline: &str, modules: &[Module]) {
     crate::rpcprobe::USER_NETD.store(true, core::sync::atomic::Ordering::Relaxed);
     supervisor::enable("nicd", true);
     supervisor::enable("netd", true);
+    enable_natd(cmdline);
     crate::netdprobe::start(cmdline, modules);
 }
 
@@ -84,4 +87,24 @@ pub(crate) fn user_boot_data() -> Option<alloc::vec::Vec<u8>> {
     b.extend_from_slice(cmdline.as_bytes());
     b.extend_from_slice(cluster);
     Some(b)
+}
+
+/// The NAT64 gateway service `natd` runs only on a node given an IPv4 uplink: `nat64.uplink=`
+/// on its command line and a second virtio-net function (docs/nat64.md). The kernel reads no
+/// IPv4 here: `natd` parses its settings itself.
+fn enable_natd(cmdline: &str) {
+    use crate::task::supervisor;
+    let asked = crate::cmdline::get(cmdline, "nat64.uplink").is_some();
+    let device = catenary_arch::virtio::has_net_at(1);
+    match (asked, device) {
+        (true, true) => {
+            info!(target: "net", "NAT64: an uplink is configured and a second virtio-net function is present: the supervisor starts natd");
+            supervisor::enable("natd", true);
+        }
+        (true, false) => {
+            warn!(target: "net", "NAT64: nat64.uplink is set but there is no second virtio-net function: natd does not run");
+            supervisor::enable("natd", false);
+        }
+        _ => supervisor::enable("natd", false),
+    }
 }

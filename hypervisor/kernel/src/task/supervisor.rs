@@ -356,12 +356,35 @@ fn start_supd(spawner: EndpointId, adopt: Option<EndpointId>) -> Option<(TaskId,
     }
 }
 
-/// The four virtio structures of the first virtio-net function, page-rounded; turns bus
-/// mastering on (after a quiesce, the device was reset: no old queue is live).
-fn virtio_net_grant() -> Option<(catenary_arch::pci::DeviceFunction, [(u64, u64); 4])> {
-    let (df, info) = catenary_arch::virtio::find_net()?;
+/// The four virtio structures of the `index`-th virtio-net function (0: the fabric's NIC,
+/// 1: a NAT64 gateway's uplink), page-rounded; turns bus mastering on (after a quiesce, the
+/// device was reset: no old queue is live).
+fn virtio_net_grant(index: usize) -> Option<(catenary_arch::pci::DeviceFunction, [(u64, u64); 4], catenary_arch::virtio::VirtioPciInfo)> {
+    let (df, info) = catenary_arch::virtio::find_net_at(index)?;
     let pages = |(a, l): (u64, u64)| (a & !0xfff, ((a + l.max(1) + 0xfff) & !0xfff) - (a & !0xfff));
-    Some((df, [pages(info.common), pages(info.notify), pages(info.isr), pages(info.device)]))
+    Some((df, [pages(info.common), pages(info.notify), pages(info.isr), pages(info.device)], info))
+}
+
+/// Tell a driver started with the uplink's structures where they are (the two messages
+/// `netd` sends `nicd`, `catenary_ipc::nic_ring::LABEL_CONFIG`/`LABEL_CONFIG2`), on its
+/// endpoint: `natd` has no `netd` that knows its device.
+fn post_device_config(ep: EndpointId, info: &catenary_arch::virtio::VirtioPciInfo) {
+    use catenary_ipc::nic_ring::{LABEL_CONFIG, LABEL_CONFIG2};
+    let msgs = [
+        Message::new(LABEL_CONFIG, [info.common.0, info.notify.0, info.isr.0, info.device.0]),
+        Message::new(LABEL_CONFIG2, [info.notify_multiplier as u64, info.device.1, info.notify.1, 0]),
+    ];
+    with(|k| {
+        for m in msgs {
+            match k.ipc.send(&send_cap(ep, 0), m) {
+                Ok(Delivery::Direct { receiver, msg }) => {
+                    complete(k, receiver, Ok(msg));
+                }
+                Ok(Delivery::Queued) => {}
+                Err(e) => warn!(target: "supervisor", "cannot tell the uplink driver its device ({:?})", e),
+            }
+        }
+    });
 }
 
 /// Start manifest service `idx` with exactly its grants.
@@ -419,11 +442,16 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
     }
     let mut mmio = Vec::new();
     let mut device = None;
+    let mut uplink = None;
     for m in s.mmio {
         match *m {
             Mmio::Fixed { base, len } => mmio.push((base, len)),
-            Mmio::Device(Device::VirtioNet) => {
-                let Some((df, r)) = virtio_net_grant() else { return Err(Refusal::No(NOT_STARTED_NO_DEVICE)) };
+            Mmio::Device(d) => {
+                let index = if d == Device::VirtioNetUplink { 1 } else { 0 };
+                let Some((df, r, info)) = virtio_net_grant(index) else { return Err(Refusal::No(NOT_STARTED_NO_DEVICE)) };
+                if d == Device::VirtioNetUplink {
+                    uplink = Some(info);
+                }
                 mmio.extend_from_slice(&r);
                 device = Some(df);
             }
@@ -473,6 +501,9 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
             return Err(Refusal::No(NOT_STARTED_NO_MEMORY));
         }
     };
+    if let (Some(info), Some(e)) = (uplink, ep) {
+        post_device_config(e, &info);
+    }
     info!(target: "supervisor", "service {} started (start {}): task {}, program {}, priority {}, endpoint {:?} in slot 0, sends {:?}{}{}{}, ports {:x?}{}, MMIO {:x?}, {} DMA pages, memory quota {} pages",
         s.name, starts + 1, tid, s.program, s.priority, ep, sends, if s.shares.is_empty() { "" } else { " (may lend memory to netd: SHARE)" },
         router, vmctl, s.ports, irq, mmio, s.dma_pages, s.memory_pages);

@@ -29,6 +29,8 @@ extern crate alloc;
 mod probes;
 #[path = "netd/vms.rs"]
 mod vms;
+#[path = "netd/natgw.rs"]
+mod natgw;
 
 use alloc::vec::Vec;
 use catenary_ipc::netd::*;
@@ -200,6 +202,8 @@ struct State {
     /// The cluster file as booted with (`LABEL_CLUSTER`), and its nodes' keys in file order.
     cluster_text: Vec<u8>,
     member_keys: Vec<[u8; 32]>,
+    /// The NAT64 gateway's exchange with `natd` (netd/natgw.rs).
+    natgw: natgw::NatGw,
 }
 
 /// A message on our endpoint: `nicd`'s reports, the kernel's wakeups, socket requests.
@@ -221,6 +225,7 @@ fn on_message(st: &mut State, m: Msg) {
         }
         ring::LABEL_FAIL => logf!("net: nicd failed at step {}", m.words[0]),
         LABEL_CLUSTER if m.reply != 0 => cluster_file(st, m.reply),
+        l if natgw::NatGw::is_request(l) => st.natgw.serve(&mut st.node, &m),
         l if catenary_netsock::is_request(l) => {
             if m.reply != 0 {
                 st.sockets.serve(&mut st.node, m.reply, m.label, m.words);
@@ -474,6 +479,9 @@ fn run(arg: u64) -> u64 {
             LABEL_CLUSTER if m.reply != 0 => {
                 let _ = reply(m.reply, CLUSTER_NOT_READY, [0; 4]);
             }
+            l if natgw::NatGw::is_request(l) && m.reply != 0 => {
+                let _ = reply(m.reply, catenary_ipc::natgw::ERR_NOT_READY, [0; 4]);
+            }
             l if catenary_netsock::is_request(l) && m.reply != 0 => {
                 if early.len() < EARLY_MAX {
                     early.push(m);
@@ -531,12 +539,13 @@ fn run(arg: u64) -> u64 {
     if arg & 1 != 0 {
         logf!("net: TEST ONLY: netd.test_panic=1: a fabric IPC message with label {:#x} makes this netd panic", TEST_PANIC_LABEL);
     }
+    let natgw = natgw::NatGw::new(&mut node, &b.cmdline);
     let router = IpcRouter::new(node.fabric_addr);
     let msix = b.flags & BOOT_MSIX != 0;
     let epoch = (arg >> 8).max(1);
     logf!("net: sockets: this netd is start {}: its socket handles carry epoch {}", arg >> 8, epoch);
     let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
-        sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix, cluster_text, member_keys };
+        sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix, cluster_text, member_keys, natgw };
     if !early.is_empty() {
         logf!("net: sockets: serving {} request(s) that came before this netd was up", early.len());
     }
@@ -568,6 +577,7 @@ fn step(st: &mut State) -> bool {
         st.vms.pump(&mut st.node, now_ns());
     }
     st.sockets.poll(&mut st.node, now_ns());
+    st.natgw.poll(&mut st.node);
     if active {
         yield_now();
     } else if let Ok(m) = recv(OWN, IDLE_WAKE_NS) {

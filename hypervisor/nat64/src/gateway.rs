@@ -1,0 +1,137 @@
+//! The gateway: the translator between the fabric (IPv6 packets to and from `64:ff9b::/96`)
+//! and the uplink (Ethernet frames). The ring-3 service `natd` moves packets and frames; the
+//! decisions are here, host-tested. Configured by the node's command line words `nat64.*`.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::uplink::{parse_addr, parse_cidr, Input, Uplink, UplinkConfig};
+use crate::{is_global_v4, Config, Nat64};
+
+/// The largest IPv6 packet the gateway hands to the fabric (the fabric's MTU): what would
+/// be larger is dropped and counted (TCP's MSS, from the inside host's MTU, keeps segments
+/// below it).
+pub const FABRIC_MTU: usize = 1404;
+
+/// Parsed `nat64.*` words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// `nat64.uplink=a.b.c.d/len`: the uplink's address (also the pool address).
+    pub addr: [u8; 4],
+    pub prefix_len: u8,
+    /// `nat64.router=a.b.c.d`: the IPv4 default router, on the uplink's subnet.
+    pub router: [u8; 4],
+    /// `nat64.udp_timeout=`, `nat64.tcp_timeout=` (established), `nat64.tcp_transitory_timeout=`,
+    /// `nat64.icmp_timeout=` (seconds; RFC 6146's defaults without them).
+    pub udp_timeout: Duration,
+    pub tcp_established_timeout: Duration,
+    pub tcp_transitory_timeout: Duration,
+    pub icmp_timeout: Duration,
+    /// `nat64.max_sessions=N` (bindings the same; [`DEFAULT_SESSIONS`] without it).
+    pub max_sessions: usize,
+}
+
+/// Sessions at most, whatever the command line says (memory of the service's quota).
+pub const MAX_SESSIONS: usize = 16_384;
+/// Sessions (and bindings) without `nat64.max_sessions`: what `natd`'s heap holds with room.
+pub const DEFAULT_SESSIONS: usize = 4096;
+
+impl GatewayConfig {
+    /// From the node's command line (only the `nat64.` words are read).
+    pub fn parse(cmdline: &str) -> Result<GatewayConfig, String> {
+        let d = Config::new([0; 4]);
+        let mut c = GatewayConfig {
+            addr: [0; 4], prefix_len: 0, router: [0; 4], udp_timeout: d.udp_timeout, tcp_established_timeout: d.tcp_established_timeout,
+            tcp_transitory_timeout: d.tcp_transitory_timeout, icmp_timeout: d.icmp_timeout, max_sessions: DEFAULT_SESSIONS,
+        };
+        let mut have = (false, false);
+        for w in cmdline.split_whitespace() {
+            let Some(w) = w.strip_prefix("nat64.") else { continue };
+            let (k, v) = w.split_once('=').ok_or_else(|| alloc::format!("nat64.{w}: expected KEY=VALUE"))?;
+            let secs = |v: &str| v.parse::<u64>().ok().filter(|s| (1..=86_400).contains(s)).map(Duration::from_secs).ok_or_else(|| alloc::format!("nat64.{k}={v}: seconds 1..=86400"));
+            match k {
+                "uplink" => {
+                    let (a, l) = parse_cidr(v).ok_or_else(|| alloc::format!("nat64.uplink={v}: expected a.b.c.d/len"))?;
+                    (c.addr, c.prefix_len) = (a, l);
+                    have.0 = true;
+                }
+                "router" => {
+                    c.router = parse_addr(v).ok_or_else(|| alloc::format!("nat64.router={v}: expected a.b.c.d"))?;
+                    have.1 = true;
+                }
+                "udp_timeout" => c.udp_timeout = secs(v)?,
+                "tcp_timeout" => c.tcp_established_timeout = secs(v)?,
+                "tcp_transitory_timeout" => c.tcp_transitory_timeout = secs(v)?,
+                "icmp_timeout" => c.icmp_timeout = secs(v)?,
+                "max_sessions" => {
+                    c.max_sessions = v.parse().ok().filter(|n| (1..=MAX_SESSIONS).contains(n)).ok_or_else(|| alloc::format!("nat64.max_sessions={v}: 1..={MAX_SESSIONS}"))?
+                }
+                _ => return Err(alloc::format!("nat64.{k}: unknown setting")),
+            }
+        }
+        if !have.0 || !have.1 {
+            return Err("needs nat64.uplink=a.b.c.d/len and nat64.router=a.b.c.d".into());
+        }
+        if !is_global_v4(c.addr) {
+            return Err("the uplink address must be global unicast IPv4 (RFC 6052 §3.1)".into());
+        }
+        Ok(c)
+    }
+
+    pub fn nat_config(&self) -> Config {
+        let mut n = Config::new(self.addr);
+        n.udp_timeout = self.udp_timeout;
+        n.tcp_established_timeout = self.tcp_established_timeout;
+        n.tcp_transitory_timeout = self.tcp_transitory_timeout;
+        n.icmp_timeout = self.icmp_timeout;
+        n.max_sessions = self.max_sessions;
+        n.max_bindings = self.max_sessions;
+        n
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Inbound IPv6 packets over the fabric MTU, dropped.
+    pub too_big: u64,
+}
+
+pub struct Gateway {
+    pub nat: Nat64,
+    pub uplink: Uplink,
+    pub stats: GatewayStats,
+}
+
+impl Gateway {
+    /// None: the router is not on the uplink's subnet.
+    pub fn new(cfg: &GatewayConfig, mac: [u8; 6]) -> Option<Gateway> {
+        let uplink = Uplink::new(UplinkConfig { mac, addr: cfg.addr, prefix_len: cfg.prefix_len, gateway: cfg.router })?;
+        Some(Gateway { nat: Nat64::new(cfg.nat_config()), uplink, stats: GatewayStats::default() })
+    }
+
+    /// An IPv6 packet from the fabric, to the prefix: translated and queued on the uplink
+    /// (frames in [`Uplink::take_frame`]); dropped (counted in the translator) otherwise.
+    pub fn from_fabric(&mut self, now: Duration, packet: &[u8]) {
+        if let Ok(v4) = self.nat.outbound(now, packet) {
+            self.uplink.send(now, v4);
+        }
+    }
+
+    /// A frame from the uplink: the IPv6 packet for the fabric, if it translates.
+    pub fn from_uplink(&mut self, now: Duration, frame: &[u8]) -> Option<Vec<u8>> {
+        let Input::Ipv4(p) = self.uplink.input(now, frame) else { return None };
+        let v6 = self.nat.inbound(now, &p).ok()?;
+        if v6.len() > FABRIC_MTU {
+            self.stats.too_big += 1;
+            return None;
+        }
+        Some(v6)
+    }
+
+    /// Timeouts: sessions (RFC 6146) and the ARP cache. Every second or so.
+    pub fn tick(&mut self, now: Duration) {
+        self.nat.expire(now);
+        self.uplink.tick(now);
+    }
+}
