@@ -11,6 +11,7 @@ mod cluster;
 mod fuzz;
 mod initimage;
 mod layerimage;
+mod nat64bench;
 mod nat64test;
 mod netboot;
 mod nixcheck;

@@ -107,6 +107,10 @@ mod tests {
             assert_eq!(it.next(), Some(Err(())));
             assert_eq!(it.next(), None);
         }
+        // a record over PACKET_MAX is refused even when the bytes are there
+        let mut big = alloc::vec![0u8; 2 + PACKET_MAX + 1];
+        big[..2].copy_from_slice(&((PACKET_MAX + 1) as u16).to_be_bytes());
+        assert_eq!(records(&big).next(), Some(Err(())));
         // random buffers never panic and never yield a record past the buffer
         let mut x = 99u32;
         for _ in 0..5000 {

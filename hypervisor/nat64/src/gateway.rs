@@ -6,8 +6,16 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use etherparse::{IpNumber, Ipv4Header, Ipv6Header, UdpHeader};
+
+use crate::dns64::{Dns64, Out, DNS64_ADDR};
+use crate::translate::{concat, udp_parts, v4_header, v6_header};
 use crate::uplink::{parse_addr, parse_cidr, Input, Uplink, UplinkConfig};
 use crate::{is_global_v4, Config, Nat64};
+
+/// The gateway's own UDP port for its questions to the upstream resolver: below the pool's
+/// ports (1024..), so no translated flow can hold it.
+pub const DNS_PORT: u16 = 1000;
 
 /// The largest IPv6 packet the gateway hands to the fabric (the fabric's MTU): what would
 /// be larger is dropped and counted (TCP's MSS, from the inside host's MTU, keeps segments
@@ -30,6 +38,8 @@ pub struct GatewayConfig {
     pub icmp_timeout: Duration,
     /// `nat64.max_sessions=N` (bindings the same; [`DEFAULT_SESSIONS`] without it).
     pub max_sessions: usize,
+    /// `nat64.dns=a.b.c.d`: the upstream IPv4 resolver DNS64 asks (none: no DNS64).
+    pub dns: Option<[u8; 4]>,
 }
 
 /// Sessions at most, whatever the command line says (memory of the service's quota).
@@ -44,6 +54,7 @@ impl GatewayConfig {
         let mut c = GatewayConfig {
             addr: [0; 4], prefix_len: 0, router: [0; 4], udp_timeout: d.udp_timeout, tcp_established_timeout: d.tcp_established_timeout,
             tcp_transitory_timeout: d.tcp_transitory_timeout, icmp_timeout: d.icmp_timeout, max_sessions: DEFAULT_SESSIONS,
+            dns: None,
         };
         let mut have = (false, false);
         for w in cmdline.split_whitespace() {
@@ -60,6 +71,7 @@ impl GatewayConfig {
                     c.router = parse_addr(v).ok_or_else(|| alloc::format!("nat64.router={v}: expected a.b.c.d"))?;
                     have.1 = true;
                 }
+                "dns" => c.dns = Some(parse_addr(v).filter(|a| is_global_v4(*a)).ok_or_else(|| alloc::format!("nat64.dns={v}: expected a global a.b.c.d"))?),
                 "udp_timeout" => c.udp_timeout = secs(v)?,
                 "tcp_timeout" => c.tcp_established_timeout = secs(v)?,
                 "tcp_transitory_timeout" => c.tcp_transitory_timeout = secs(v)?,
@@ -101,26 +113,91 @@ pub struct Gateway {
     pub nat: Nat64,
     pub uplink: Uplink,
     pub stats: GatewayStats,
+    /// DNS64 and its upstream resolver (`nat64.dns`).
+    pub dns: Option<(Dns64, [u8; 4])>,
+    pool: [u8; 4],
 }
 
 impl Gateway {
     /// None: the router is not on the uplink's subnet.
-    pub fn new(cfg: &GatewayConfig, mac: [u8; 6]) -> Option<Gateway> {
+    /// `seed`: entropy for the DNS64 transaction ids.
+    pub fn new(cfg: &GatewayConfig, mac: [u8; 6], seed: u16) -> Option<Gateway> {
         let uplink = Uplink::new(UplinkConfig { mac, addr: cfg.addr, prefix_len: cfg.prefix_len, gateway: cfg.router })?;
-        Some(Gateway { nat: Nat64::new(cfg.nat_config()), uplink, stats: GatewayStats::default() })
+        let dns = cfg.dns.map(|u| (Dns64::new(seed), u));
+        Some(Gateway { nat: Nat64::new(cfg.nat_config()), uplink, stats: GatewayStats::default(), dns, pool: cfg.addr })
     }
 
     /// An IPv6 packet from the fabric, to the prefix: translated and queued on the uplink
-    /// (frames in [`Uplink::take_frame`]); dropped (counted in the translator) otherwise.
+    /// (frames in [`Uplink::take_frame`]), or a question for DNS64 at `64:ff9b::35`; dropped
+    /// (counted) otherwise.
     pub fn from_fabric(&mut self, now: Duration, packet: &[u8]) {
+        if packet.get(24..40) == Some(&DNS64_ADDR[..]) {
+            self.dns_question(now, packet);
+            return;
+        }
         if let Ok(v4) = self.nat.outbound(now, packet) {
             self.uplink.send(now, v4);
         }
     }
 
-    /// A frame from the uplink: the IPv6 packet for the fabric, if it translates.
+    /// A question to DNS64 (UDP port 53, checksum verified): asked upstream.
+    fn dns_question(&mut self, now: Duration, packet: &[u8]) {
+        let pool = self.pool;
+        let Some((dns, upstream)) = self.dns.as_mut() else { return };
+        let Ok((ip6, rest)) = Ipv6Header::from_slice(packet) else { return };
+        let Some(payload) = rest.get(..usize::from(ip6.payload_length)) else { return };
+        if ip6.next_header != IpNumber::UDP {
+            return;
+        }
+        let Ok((udp, data)) = udp_parts(payload) else { return };
+        if udp.destination_port != 53 || udp.calc_checksum_ipv6(&ip6, data).ok() != Some(udp.checksum) {
+            return;
+        }
+        if let Out::Upstream(m) = dns.from_client(now, ip6.source, udp.source_port, data) {
+            let upstream = *upstream;
+            if let Some(p) = udp4(pool, DNS_PORT, upstream, 53, &m) {
+                self.uplink.send(now, p);
+            }
+        }
+    }
+
+    /// An answer from the upstream resolver to [`DNS_PORT`]: the reply for the guest (or the
+    /// next question upstream).
+    fn dns_answer(&mut self, now: Duration, p: &[u8]) -> Option<Option<Vec<u8>>> {
+        let pool = self.pool;
+        let (dns, upstream) = self.dns.as_mut()?;
+        let (ip4, rest) = Ipv4Header::from_slice(p).ok()?;
+        if ip4.protocol != IpNumber::UDP || ip4.source != *upstream || ip4.destination != pool || ip4.is_fragmenting_payload() {
+            return None;
+        }
+        let payload = rest.get(..usize::from(ip4.total_len).checked_sub(ip4.header_len())?)?;
+        let (udp, data) = udp_parts(payload).ok()?;
+        if udp.source_port != 53 || udp.destination_port != DNS_PORT {
+            return None;
+        }
+        if udp.checksum != 0 && udp.calc_checksum_ipv4(&ip4, data).ok() != Some(udp.checksum) {
+            return Some(None);
+        }
+        let upstream = *upstream;
+        Some(match dns.from_upstream(now, data) {
+            Out::Client(addr, port, m) => udp6(DNS64_ADDR, 53, addr, port, &m),
+            Out::Upstream(m) => {
+                if let Some(q) = udp4(pool, DNS_PORT, upstream, 53, &m) {
+                    self.uplink.send(now, q);
+                }
+                None
+            }
+            Out::None => None,
+        })
+    }
+
+    /// A frame from the uplink: the IPv6 packet for the fabric, if it translates (or is a
+    /// DNS64 answer).
     pub fn from_uplink(&mut self, now: Duration, frame: &[u8]) -> Option<Vec<u8>> {
         let Input::Ipv4(p) = self.uplink.input(now, frame) else { return None };
+        if let Some(answer) = self.dns_answer(now, &p) {
+            return answer;
+        }
         let v6 = self.nat.inbound(now, &p).ok()?;
         if v6.len() > FABRIC_MTU {
             self.stats.too_big += 1;
@@ -133,5 +210,22 @@ impl Gateway {
     pub fn tick(&mut self, now: Duration) {
         self.nat.expire(now);
         self.uplink.tick(now);
+        if let Some((d, _)) = self.dns.as_mut() {
+            d.expire(now);
+        }
     }
+}
+
+/// An IPv4/UDP packet (checksum computed).
+fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, data: &[u8]) -> Option<Vec<u8>> {
+    let ip = v4_header(src, dst, 64, IpNumber::UDP, 0, 8 + data.len()).ok()?;
+    let udp = UdpHeader::with_ipv4_checksum(sport, dport, &ip, data).ok()?;
+    Some(concat(&[&ip.to_bytes(), &udp.to_bytes(), data]))
+}
+
+/// An IPv6/UDP packet (checksum computed).
+fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, data: &[u8]) -> Option<Vec<u8>> {
+    let ip = v6_header(src, dst, 64, IpNumber::UDP, 0, 8 + data.len()).ok()?;
+    let udp = UdpHeader::with_ipv6_checksum(sport, dport, &ip, data).ok()?;
+    Some(concat(&[&ip.to_bytes(), &udp.to_bytes(), data]))
 }

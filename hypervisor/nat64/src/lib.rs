@@ -29,6 +29,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod dns64;
 pub mod gateway;
 pub mod table;
 pub mod translate;
@@ -37,6 +38,8 @@ pub mod uplink;
 mod tests;
 #[cfg(test)]
 mod uplink_tests;
+#[cfg(test)]
+mod dns64_tests;
 
 use alloc::vec::Vec;
 use core::time::Duration;
@@ -220,6 +223,27 @@ pub mod fuzzing {
                 nat.expire(now);
             }
             assert!(nat.sessions() <= 64 && nat.bindings() <= 64);
+        }
+    }
+
+    /// The DNS64 target: records [dir, len, bytes...] (dir bit 0: from a guest or from the
+    /// upstream resolver), with time passing; the state stays within its bound.
+    pub fn dns64(data: &[u8]) {
+        let mut d = crate::dns64::Dns64::new(1);
+        let mut now = Duration::ZERO;
+        let mut rest = data;
+        while rest.len() >= 3 {
+            let dir = rest[0];
+            let len = (usize::from(rest[1]) << 8 | usize::from(rest[2])).min(rest.len() - 3);
+            let msg = &rest[3..3 + len];
+            rest = &rest[3 + len..];
+            now += Duration::from_millis(u64::from(dir >> 1) * 100);
+            let out = if dir & 1 == 0 { d.from_client(now, [0xfd; 16], 5353, msg) } else { d.from_upstream(now, msg) };
+            // what goes upstream parses again and is answered by itself (not a response: dropped)
+            if let crate::dns64::Out::Upstream(m) = out {
+                let _ = d.from_upstream(now, &m);
+            }
+            assert!(d.pending() <= crate::dns64::MAX_PENDING);
         }
     }
 }

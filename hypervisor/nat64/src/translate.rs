@@ -328,7 +328,7 @@ fn inner_4to6(cfg: &Config, table: &Table, data: &[u8]) -> Result<([u8; 16], Vec
 // ---------------------------------------------------------------------------------------
 
 /// A UDP header and the datagram it describes (its own length field, checked).
-fn udp_parts(payload: &[u8]) -> Result<(UdpHeader, &[u8]), Drop> {
+pub(crate) fn udp_parts(payload: &[u8]) -> Result<(UdpHeader, &[u8]), Drop> {
     let (udp, _) = UdpHeader::from_slice(payload).map_err(|_| Drop::Malformed)?;
     let len = usize::from(udp.length);
     if len < 8 || len > payload.len() {
@@ -337,7 +337,7 @@ fn udp_parts(payload: &[u8]) -> Result<(UdpHeader, &[u8]), Drop> {
     Ok((udp, &payload[8..len]))
 }
 
-fn v4_header(src: [u8; 4], dst: [u8; 4], ttl: u8, proto: IpNumber, traffic_class: u8, payload_len: usize) -> Result<Ipv4Header, Drop> {
+pub(crate) fn v4_header(src: [u8; 4], dst: [u8; 4], ttl: u8, proto: IpNumber, traffic_class: u8, payload_len: usize) -> Result<Ipv4Header, Drop> {
     let len = u16::try_from(payload_len).map_err(|_| Drop::Malformed)?;
     let mut h = Ipv4Header::new(len, ttl, proto, src, dst).map_err(|_| Drop::Malformed)?;
     h.dscp = Ipv4Dscp::try_new(traffic_class >> 2).map_err(|_| Drop::Malformed)?;
@@ -350,7 +350,7 @@ fn v4_header(src: [u8; 4], dst: [u8; 4], ttl: u8, proto: IpNumber, traffic_class
     Ok(h)
 }
 
-fn v6_header(src: [u8; 16], dst: [u8; 16], hop: u8, next: IpNumber, traffic_class: u8, payload_len: usize) -> Result<Ipv6Header, Drop> {
+pub(crate) fn v6_header(src: [u8; 16], dst: [u8; 16], hop: u8, next: IpNumber, traffic_class: u8, payload_len: usize) -> Result<Ipv6Header, Drop> {
     Ok(Ipv6Header {
         traffic_class,
         flow_label: Ipv6FlowLabel::ZERO,
@@ -362,7 +362,7 @@ fn v6_header(src: [u8; 16], dst: [u8; 16], hop: u8, next: IpNumber, traffic_clas
     })
 }
 
-fn concat(parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn concat(parts: &[&[u8]]) -> Vec<u8> {
     let mut v = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
     for p in parts {
         v.extend_from_slice(p);

@@ -135,13 +135,19 @@ fn run(_arg: u64) -> u64 {
     regs.set_queue_vector(0, NO_VECTOR);
     regs.set_queue_vector(1, NO_VECTOR);
     let mac = net.mac_address();
-    let Some(mut gw) = Gateway::new(&cfg, mac) else {
+    // DNS64's first transaction id: the clock's low bits (ids are unpredictable enough to an
+    // off-path sender only together with the upstream's reply arriving first; see docs)
+    let Some(mut gw) = Gateway::new(&cfg, mac, (now_ns() ^ (now_ns() >> 17)) as u16) else {
         logf!("natd: the router {} is not on the uplink's subnet {}/{}", ip(cfg.router), ip(cfg.addr), cfg.prefix_len);
         return 7;
     };
     logf!("natd: NAT64 gateway up: uplink {}/{} (MAC {:02x?}) via router {}, 64:ff9b::/96 translated to {}; at most {} sessions; timeouts udp {} s, tcp {} s, tcp transitory {} s, icmp {} s",
         ip(cfg.addr), cfg.prefix_len, mac, ip(cfg.router), ip(cfg.addr), cfg.max_sessions, cfg.udp_timeout.as_secs(),
         cfg.tcp_established_timeout.as_secs(), cfg.tcp_transitory_timeout.as_secs(), cfg.icmp_timeout.as_secs());
+    if let Some(d) = cfg.dns {
+        logf!("natd: DNS64 at 64:ff9b::35 (UDP 53), asking the resolver {} (RFC 6147: AAAA synthesized in 64:ff9b::/96)", ip(d));
+    }
+    let mut dns_logged = 0u64;
     let cap = (XFER_PAGES * 4096) as usize;
     let mut out = alloc::vec![0u8; cap];
     let mut inb = alloc::vec![0u8; cap];
@@ -187,6 +193,14 @@ fn run(_arg: u64) -> u64 {
         if now_ns() >= next_tick {
             next_tick = now_ns() + TICK_NS;
             gw.tick(Duration::from_nanos(now_ns()));
+            if let Some((d, _)) = gw.dns.as_ref() {
+                let s = d.stats();
+                if s.queries != dns_logged {
+                    dns_logged = s.queries;
+                    logf!("natd: dns64: queries {}, synthesized {}, passed {}, empty A {}, malformed {}, unmatched {}, timed out {}",
+                        s.queries, s.synthesized, s.passed, s.empty_a, s.malformed, s.unmatched, s.timed_out);
+                }
+            }
             let cur = (gw.nat.sessions(), gw.nat.bindings());
             if cur != last {
                 last = cur;
