@@ -238,10 +238,23 @@ pub fn ipc_fastpath_same_cpu(node: &Node) -> Result<(), String> {
         let m = task::recv(slot, 20 * SEC).map_err(|e| format!("no report from a ring-3 client: {e:?}"))?;
         check(m.label == 0x600d && m.words[0] == 200 && m.words[1] == 0, || format!("client report {m:?}"))?;
     }
-    clients.into_iter().for_each(|c| drop(task::join(c, 5 * SEC)));
+    for c in clients {
+        let _ = task::join(c, 5 * SEC);
+    }
     task::kill_for_test(srv);
     let n = task::fastpath_handoffs() - before;
     check(n >= 200, || format!("{n} direct switches for 400 calls on one CPU: the fastpath was not taken"))
+}
+
+/// Returns to ring 3 by `sysretq` (which overwrites rcx and r11) only for frames saved by
+/// `syscall`: two ring-3 tasks on one CPU spin holding patterns in rcx and r11, preempted by
+/// the timer and switched between, yielding now and then; both find them intact.
+pub fn sched_user_regs_survive_preemption(node: &Node) -> Result<(), String> {
+    let cpu = last_cpu(node);
+    let a = spawn_uapp("regs-a", task::ROLE_REGS_HOLD, Affinity::only(cpu), false, &[])?.0;
+    let b = spawn_uapp("regs-b", task::ROLE_REGS_HOLD, Affinity::only(cpu), false, &[])?.0;
+    let (ca, cb) = (task::join(a, 60 * SEC), task::join(b, 60 * SEC));
+    check(ca == Some(0x600d) && cb == Some(0x600d), || format!("rcx/r11 of a preempted ring-3 task changed: exit codes {ca:x?} {cb:x?} (0x600d = intact, 0xbad0000 | turns)"))
 }
 
 pub fn user_kernel_memory_access_killed(_: &Node) -> Result<(), String> {

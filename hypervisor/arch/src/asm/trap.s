@@ -32,8 +32,9 @@ arch_trap_stubs:
 
 // The one entry/exit sequence of the kernel. Interrupts and exceptions come here from the
 // stubs above; `syscall` comes from `arch_syscall_entry` below with the same frame layout
-// (vector 0x100) and GS already switched. Both leave through the same restore and `iretq`,
-// because the handler may have replaced the frame with another task's (kernel or user).
+// (vector 0x100) and GS already switched. Both leave through the same restore, then `iretq`
+// or, for a ring-3 frame saved by `syscall` (which may be another task's after a switch),
+// `sysretq`.
 trap_common:
     // From ring 3 (saved CS at +24): switch GS to the kernel's per-CPU block.
     test qword ptr [rsp + 24], 3
@@ -116,7 +117,27 @@ trap_gs_ok:
     // Back to ring 3 (the frame may now be another task's): restore the user GS.
     test qword ptr [rsp + 24], 3
     jz 2f
+    // `sysretq` where it is safe, `iretq` otherwise. Safe for a frame saved by `syscall`
+    // (vector 0x100: its rcx and r11 are the syscall ABI's to clobber, so they can carry RIP
+    // and RFLAGS), never for a task preempted by an interrupt or fault (every register is
+    // live). RIP must be in the user half: on Intel a non-canonical RCX faults in ring 0 on
+    // the user's stack and GS (the dispatcher already kills a task returning there; checked
+    // again here). CS/SS come from STAR (the user selectors every ring-3 frame has); RFLAGS
+    // from the frame (a ring-3 frame never holds IOPL, VM, VIF, VIP: `context::switch`). An
+    // NMI between `mov rsp` and `sysretq` runs on its IST stack and reads no per-CPU data
+    // (it sees ring 0 with the user's GS, as at `syscall` entry). (AMD leaves SS's hidden
+    // attributes as they were after a ring-0 interrupt; 64-bit code does not use them.)
+    cmp qword ptr [rsp], 0x100
+    jne 1f
+    mov rcx, [rsp + 16]          // RIP
+    mov r11, rcx
+    shr r11, 47
+    jnz 1f
+    mov r11, [rsp + 32]          // RFLAGS
+    mov rsp, [rsp + 40]          // user RSP
     swapgs
+    sysretq
+1:  swapgs
 2:  add rsp, 16                  // vector + error code
     iretq
 

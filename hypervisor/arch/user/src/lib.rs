@@ -83,6 +83,46 @@ pub fn set_ac(on: bool) {
     }
 }
 
+/// Spin `iters` turns holding `pattern` in rcx and `!pattern` in r11, checking both on every
+/// turn; returns the turns on which either had changed. Every return to ring 3 but the one
+/// from this task's own `syscall` (whose ABI clobbers rcx and r11, so `sysret` may) must
+/// give a preempted task all its registers back: a test of the kernel's `sysret` choice.
+pub fn regs_hold(pattern: u64, iters: u64) -> u64 {
+    let bad: u64;
+    // SAFETY: registers only (rcx and r11 declared clobbered, the others are asm operands);
+    // no memory, no stack.
+    unsafe {
+        core::arch::asm!(
+            "mov rcx, {p}",
+            "mov r11, {p}",
+            "not r11",
+            "2:",
+            "cmp rcx, {p}",
+            "jne 3f",
+            "mov {t}, r11",
+            "not {t}",
+            "cmp {t}, {p}",
+            "je 4f",
+            "3:",
+            "inc {bad}",
+            "mov rcx, {p}",
+            "mov r11, {p}",
+            "not r11",
+            "4:",
+            "dec {n}",
+            "jnz 2b",
+            p = in(reg) pattern,
+            n = inout(reg) iters.max(1) => _,
+            bad = inout(reg) 0u64 => bad,
+            t = out(reg) _,
+            out("rcx") _,
+            out("r11") _,
+            options(nostack, nomem),
+        );
+    }
+    bad
+}
+
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC is allowed in ring 3 (CR4.TSD clear) and has no side effects.
     unsafe { core::arch::x86_64::_rdtsc() }

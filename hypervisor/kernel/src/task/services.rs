@@ -43,6 +43,8 @@ pub const ROLE_SPIN_FOR: u64 = 22;
 /// The IPC benchmark's passes with stage accounting: calls only, null syscalls only.
 pub const ROLE_BENCH_CALLS: u64 = 40;
 pub const ROLE_BENCH_NULLS: u64 = 41;
+/// Holds patterns in rcx/r11 while preempted (`sched_user_regs_survive_preemption`).
+pub const ROLE_REGS_HOLD: u64 = 42;
 
 static IOAPIC_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Physical address of the first IOAPIC (from ACPI), if any.

@@ -30,6 +30,7 @@ const ROLE_RESTART_CLIENT: u64 = 35;
 const ROLE_RESTART_PEER: u64 = 36;
 const ROLE_BENCH_CALLS: u64 = 40;
 const ROLE_BENCH_NULLS: u64 = 41;
+const ROLE_REGS_HOLD: u64 = 42;
 
 #[path = "uapp/restart.rs"]
 mod restart;
@@ -327,6 +328,18 @@ fn run(role: u64) -> u64 {
             let med = median(&mut s);
             let _ = send(1, 0xbf, [0, med, 0, 0]);
             0
+        }
+        // Spin holding patterns in rcx and r11 while being preempted (and yielding now and
+        // then): exit 0x600d if they always came back, else 0xbad0000 | turns they did not.
+        ROLE_REGS_HOLD => {
+            let mut bad = 0u64;
+            for round in 0..300u64 {
+                bad += regs_hold(0x1234_5678_9abc_def0 ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15), 100_000);
+                if round % 8 == 0 {
+                    yield_now();
+                }
+            }
+            if bad == 0 { 0x600d } else { 0xbad_0000 | bad.min(0xffff) }
         }
         ROLE_TOUCH_KERNEL => {
             log("uapp: reading kernel memory (this task should be killed)");
