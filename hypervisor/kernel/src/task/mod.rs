@@ -23,7 +23,9 @@
 //! caller's RAM to the owner of the capability's endpoint (SHARE right) until either dies
 //! (`grant.rs`), 20 grant_of(token) → the grant that came with the unanswered call `token`
 //! (rdi = address | writable, rsi = bytes mapped), 21 vm(slot, op, buf, len, arg): the
-//! workload service's VM control (`vmctl.rs`; the capability needs the VMCTL right). A received message comes
+//! workload service's VM control (`vmctl.rs`; the capability needs the VMCTL right), 22
+//! reply_recv(token, label, w0..w3; r13 = receive slot): reply, then receive without a
+//! timeout, in one call, switching straight to the caller where it may (`fastpath.rs`). A received message comes
 //! back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words) and r12 (reply token, non-zero
 //! for a call).
 //!
@@ -37,7 +39,8 @@
 //!
 //! Files: `switch` (context switch, wake, kill), `irq` (timer, IPIs, device interrupts,
 //! ring-3 faults), `syscall` (dispatch), `mapping` (memory syscalls), `grant` (memory grants),
-//! `remote` (fabric IPC for `netd`), `netd` (the ring-3 router's syscall), `spawn` + `elf` (creating tasks), `api` (kernel-side
+//! `remote` (fabric IPC for `netd`), `netd` (the ring-3 router's syscall), `fastpath` (direct
+//! switches of call and reply_recv), `spawn` + `elf` (creating tasks), `api` (kernel-side
 //! syscall wrappers), `services` (boot services), `bench` (IPC benchmark).
 
 mod api;
