@@ -125,13 +125,16 @@ fn bench_detection(n: usize, seeds: u64) {
     let wall = Instant::now();
     for seed in 0..seeds {
         let mut sim = Sim::new(seed, n, cfg.clone(), NetConfig::default());
+        // No per-event member-table tracking (O(N) per event); the checks below read the
+        // nodes' tables when they run.
+        sim.set_tracking(false);
         let everyone: Vec<usize> = (0..n).collect();
         // Converged: checked every 500 ms (the full check is quadratic in N).
         let mut converged = false;
         while sim.now() < Duration::from_secs(120) {
             let t = sim.now() + Duration::from_millis(500);
             sim.run_until(t);
-            if sim.all_see(&everyone, &everyone, MemberState::Alive) {
+            if sim.all_see_now(&everyone, &everyone, MemberState::Alive) {
                 converged = true;
                 break;
             }
@@ -153,8 +156,18 @@ fn bench_detection(n: usize, seeds: u64) {
         let victim = seed as usize % n;
         sim.kill(victim);
         let survivors: Vec<usize> = everyone.iter().copied().filter(|&i| i != victim).collect();
-        let first = sim.run_until_true(kill_at + Duration::from_secs(60), |s| survivors.iter().any(|&o| s.view(o, victim).map(|v| v.0) == Some(MemberState::Dead)));
-        let all = sim.run_until_true(kill_at + Duration::from_secs(60), |s| s.all_see(&survivors, &[victim], MemberState::Dead));
+        // Checked every 10 ms of simulated time (datagrams take 1–20 ms).
+        let (mut first, mut all) = (None, None);
+        while sim.now() < kill_at + Duration::from_secs(60) && all.is_none() {
+            let t = sim.now() + Duration::from_millis(10);
+            sim.run_until(t);
+            if first.is_none() && survivors.iter().any(|&o| sim.all_see_now(&[o], &[victim], MemberState::Dead)) {
+                first = Some(sim.now());
+            }
+            if sim.all_see_now(&survivors, &[victim], MemberState::Dead) {
+                all = Some(sim.now());
+            }
+        }
         match (first, all) {
             (Some(f), Some(a)) => {
                 first_dead.push(f - kill_at);

@@ -27,6 +27,7 @@ fn main() {
     for id in 0..sim.len() as u64 {
         if let Some(r) = sim.replica(id) {
             let st = r.state();
+            println!("node {id} (raft id {}): voters {:?} role {:?} last {:?}", r.id(), r.voters(), r.role(), r.log().last_position());
             println!("node {id}: leader {} term {} commit {} log from {} drained {} nodes {} assignments {:?} running {:?}", r.is_leader(), r.term(), r.commit_index(), r.log().snapshot_position().index.get(), st.drained.len(), st.nodes.len(), st.assignments.iter().map(|((w, rep), k)| (w.clone(), *rep, k.0[0])).collect::<Vec<_>>(), sim.running_on(id));
         }
     }

@@ -174,11 +174,16 @@ impl RaftSim {
     }
 
     /// Nodes that cannot count towards a majority: down, or back without storage and not yet
-    /// a voter under their new id (in the leader's configuration).
+    /// the only voter of theirs under their new id (in the leader's configuration; during the
+    /// joint configuration the old id still counts in the old majority and is dead; with no
+    /// leader, every node that came back without storage counts).
     pub fn unavailable(&self) -> usize {
         let voters = self.leader().and_then(|l| self.replica(l)).map(|r| r.voters()).unwrap_or_default();
         (0..self.slots.len() as u64)
-            .filter(|s| !self.is_up(*s) || (self.slots[*s as usize].generation > 0 && !voters.contains(&self.raft_id(*s))))
+            .filter(|s| {
+                let mine: Vec<&ReplicaId> = voters.iter().filter(|v| slot_of(**v) == *s).collect();
+                !self.is_up(*s) || (self.slots[*s as usize].generation > 0 && mine != [&self.raft_id(*s)])
+            })
             .count()
     }
 

@@ -111,6 +111,9 @@ pub struct Sim {
     /// made are not counted).
     pub sent: u64,
     pub sent_bytes: u64,
+    /// Record every member-table change (views, trace, invariants) after every event; off for
+    /// the 1,000-node measurements, where that costs O(N) per event ([`Sim::set_tracking`]).
+    tracking: bool,
 }
 
 /// The key of simulated node `i` (public keys only; no secret exists in the simulator).
@@ -153,6 +156,7 @@ impl Sim {
             rejected: 0,
             sent: 0,
             sent_bytes: 0,
+            tracking: true,
         };
         for i in 0..n {
             sim.nodes.push(SimNode {
@@ -230,6 +234,22 @@ impl Sim {
 
     pub fn trace(&self) -> &[TraceEvent] {
         &self.trace
+    }
+
+    /// Off: no views, trace or invariant tracking after each event (use [`Sim::all_see_now`],
+    /// which reads the nodes' tables when called).
+    pub fn set_tracking(&mut self, on: bool) {
+        self.tracking = on;
+    }
+
+    /// Like [`Sim::all_see`], from the nodes' member tables as they are now (O(N) per observer),
+    /// for runs without tracking.
+    pub fn all_see_now(&self, observers: &[usize], members: &[usize], state: MemberState) -> bool {
+        observers.iter().filter(|&&o| self.nodes[o].node.is_some()).all(|&o| {
+            let table: BTreeMap<NodeKey, MemberState> =
+                self.nodes[o].node.as_ref().map(|m| m.members().into_iter().map(|v| (v.id.key, v.state)).collect()).unwrap_or_default();
+            members.iter().filter(|&&m| m != o).all(|&m| table.get(&self.nodes[m].key) == Some(&state))
+        })
     }
 
     /// What `observer` holds about `member`.
@@ -356,15 +376,14 @@ impl Sim {
         };
         let out = m.take_outgoing();
         let _ = m.take_events();
-        let members = m.members();
+        let members = if self.tracking { m.members() } else { Vec::new() };
         let from = self.nodes[i].key;
         for d in out {
             self.sent += 1;
             self.sent_bytes += d.data.len() as u64;
-            let Some(to) = self
-                .nodes
-                .iter()
-                .position(|n| n.key == d.to.key && n.addr == d.to.addr)
+            // The index is in the address (sim_addr); the key must match too.
+            let guess = u64::from_be_bytes(d.to.addr[8..].try_into().unwrap_or([0xff; 8])) as usize;
+            let Some(to) = Some(guess).filter(|&g| g < self.nodes.len() && self.nodes[g].key == d.to.key && self.nodes[g].addr == d.to.addr)
             else {
                 self.dropped += 1;
                 continue;
