@@ -43,7 +43,9 @@ pub struct ReplicaConfig {
     pub max_log_entries: u64,
     /// Log compaction: once this many entries were applied after the last snapshot, the state
     /// is snapshotted and the log and commands up to it dropped; a follower too far behind
-    /// gets the snapshot ([`Envelope::snapshot`]).
+    /// gets the snapshot ([`Envelope::snapshot`]). Off by default (`u64::MAX`) until the wire
+    /// (`raft_codec`) carries snapshots: a follower behind a compacted log could not catch up
+    /// over the fabric. The simulator compacts every 4–32 entries.
     pub snapshot_every: u64,
     /// A leader grants leases only while a majority acknowledged it within this window
     /// (check-quorum; at most the election timeout, so a deposed leader stops first).
@@ -62,7 +64,7 @@ impl Default for ReplicaConfig {
             election_max: Duration::from_millis(1000),
             max_entries_per_message: 64,
             max_log_entries: 100_000,
-            snapshot_every: 1024,
+            snapshot_every: u64::MAX,
             grant_window: Duration::from_millis(500),
             peer_down_after: Duration::from_millis(1000),
             limits: Limits::default(),
