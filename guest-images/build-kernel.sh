@@ -3,10 +3,11 @@
 #
 #   guest-images/build-kernel.sh OUTDIR
 #
-# tinyconfig + guest-images/kernel/catenary-guest.config -> vmlinux (stripped, PVH ELF note
+# tinyconfig + guest-images/kernel/catenary-guest.config, with guest-images/kernel/patches/*.patch
+# applied (-p1, in name order) -> vmlinux (stripped, PVH ELF note
 # kept) and bzImage. Results are cached under
 #   ${CATENARY_CACHE:-$HOME/.cache/catenary}/guest-kernel-<hash>/
-# where <hash> covers the source package version, the config fragment and this script, so a
+# where <hash> covers the source package version, the config fragment, the patches and this script, so a
 # machine builds each configuration once. OUTDIR receives vmlinux, bzImage, config, System.map
 # (hard links into the cache when possible, else copies); the script prints their paths.
 #
@@ -56,7 +57,9 @@ else
     fi
 fi
 
-HASH=$( { printf 'pkg=%s\nversion=%s\n' "$SRCPKG" "$VERSION"; cat "$FRAGMENT" "$SCRIPT"; } \
+PATCHES=("$HERE"/kernel/patches/*.patch)
+[ -e "${PATCHES[0]}" ] || PATCHES=()
+HASH=$( { printf 'pkg=%s\nversion=%s\n' "$SRCPKG" "$VERSION"; cat "$FRAGMENT" "$SCRIPT" ${PATCHES[@]+"${PATCHES[@]}"}; } \
         | sha256sum | cut -c1-16)
 CACHED="$CACHE_ROOT/guest-kernel-$HASH"
 
@@ -137,6 +140,11 @@ tar -C "$BUILD" -xf "$TARBALL"
 rm -rf "$BUILD/pkg"
 SRC="$BUILD/$SRCPKG"
 [ -f "$SRC/Makefile" ] || die "unexpected source layout in $TARBALL"
+for p in ${PATCHES[@]+"${PATCHES[@]}"}; do
+    need_tool patch patch
+    log "applying $(basename "$p")"
+    patch -d "$SRC" -p1 --forward --quiet <"$p" || die "patch $p did not apply"
+done
 
 # --- configure ---
 # Reproducible build identity (shows up in the `Linux version` banner).

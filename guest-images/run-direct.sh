@@ -8,6 +8,8 @@
 #   INITRD        initramfs.cpio.gz from build-initramfs.sh
 #   --cmd CMD     shell command for the guest (passed as catenary.cmd=<base64>); default: demo
 #   --append S    extra kernel command line words
+#   --base S      the command line's base words (default: Catenary's, catenary_vmm::LINUX_CMDLINE:
+#                 "console=hvc0 panic=-1 reboot=k tsc=reliable"); `cargo xtask bench vm` passes it
 #   --legacy      only 8259 PIC + 8254 PIT + RTC, no local APIC / IO-APIC
 #                 (QEMU -cpu max,-apic; guest cmdline adds nolapic noapic)
 #   --mem M       guest RAM (default 256M)
@@ -16,7 +18,9 @@
 #   --repeat N    boot N times (quietly) and print each ready time and the median:
 #                   run-direct: median_ready_ms=<ms> runs=N ready_ms=<a,b,c,...>
 #
-# The guest console (ttyS0) goes to stdout. At the end one summary line is printed:
+# The guest console goes to stdout: the virtio console (hvc0, a virtconsole on QEMU's
+# virtio-serial-device, as under Catenary) when the base words say console=hvc0, else the 16550
+# (ttyS0). The i8042 is there for reboot=k (QEMU's -no-reboot then exits). At the end one summary line is printed:
 #   run-direct: ready_ms=<ms from QEMU start to `catenary-init: ready`> exit_status=<N> qemu_rc=<rc>
 # The script exits 0 only if the guest printed `catenary-init: ready`, an exit status line, and
 # QEMU terminated by itself (the guest powered off / reset).
@@ -28,6 +32,7 @@ set -euo pipefail
 die() { echo "run-direct.sh: error: $*" >&2; exit 2; }
 
 CMD=
+BASE="console=hvc0 panic=-1 reboot=k tsc=reliable"
 APPEND=
 LEGACY=0
 MEM=256M
@@ -39,6 +44,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --cmd) CMD=$2; shift 2 ;;
         --append) APPEND="$APPEND $2"; shift 2 ;;
+        --base) BASE=$2; shift 2 ;;
         --legacy) LEGACY=1; shift ;;
         --mem) MEM=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
@@ -93,10 +99,16 @@ host_tsc_khz() {
 }
 TSC_KHZ=${CATENARY_TSC_KHZ:-$(host_tsc_khz)}
 
-# The guest command line recommended for Catenary (see README.md), minus what only QEMU needs.
-CMDLINE="console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=t panic=-1 tsc_early_khz=$TSC_KHZ"
-CMDLINE="$CMDLINE catenary.exit=reboot"   # QEMU (-no-reboot) exits on reset, not on cli;hlt
+# The guest command line Catenary gives its microVMs (catenary_vmm::LINUX_CMDLINE), the same
+# exit mode as `cargo xtask bench vm` asks of the node, then the TSC frequency (under Catenary
+# the node appends it; QEMU's microvm appends the virtio_mmio.device= words itself).
+CMDLINE="$BASE catenary.exit=reboot"   # QEMU (-no-reboot) exits on reset, not on cli;hlt
 MACHINE="microvm,acpi=off"
+CONSOLE=(-serial stdio)
+case " $BASE " in
+    *" console=hvc0 "*)
+        CONSOLE=(-serial null -device virtio-serial-device -chardev stdio,id=con,signal=off -device virtconsole,chardev=con) ;;
+esac
 CPU=max
 if [ $LEGACY = 1 ]; then
     MACHINE="$MACHINE,pic=on,pit=on,rtc=on"
@@ -106,7 +118,7 @@ fi
 if [ -n "$CMD" ]; then
     CMDLINE="$CMDLINE catenary.cmd=$(printf '%s' "$CMD" | base64 -w0)"
 fi
-CMDLINE="$CMDLINE${APPEND}"
+CMDLINE="$CMDLINE tsc_early_khz=$TSC_KHZ${APPEND}"
 
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
@@ -116,7 +128,7 @@ ready_ms=
 set +e
 timeout --foreground "$TIMEOUT" "$QEMU" -M "$MACHINE" -cpu "$CPU" -m "$MEM" -smp 1 \
     -nodefaults -no-user-config -nographic -no-reboot \
-    -serial stdio -monitor none \
+    "${CONSOLE[@]}" -device i8042 -monitor none \
     -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE" </dev/null 2>&1 |
 while IFS= read -r line; do
     line=${line%$'\r'}
@@ -135,5 +147,8 @@ qemu_rc=${rcs[0]}
 ready_us=$(sed -n 's/^READY_US //p' "$LOG" | head -n1)
 [ -n "$ready_us" ] && ready_ms=$(( ready_us / 1000 ))
 status=$(sed -n 's/.*catenary-init: exit status \([0-9]*\).*/\1/p' "$LOG" | tail -n1)
+# The guest's own view of its command line (bench vm compares it with the Catenary guest's).
+guest_cmdline=$(sed -n 's/.*catenary-demo: cmdline: //p' "$LOG" | head -n1)
+echo "run-direct: cmdline=$guest_cmdline"
 echo "run-direct: ready_ms=${ready_ms:-none} exit_status=${status:-none} qemu_rc=$qemu_rc"
 [ -n "$ready_ms" ] && [ -n "$status" ] && [ "$qemu_rc" = 0 ] || exit 1

@@ -4,17 +4,18 @@
 use crate::qemu::{run_captured, Boot};
 use std::time::Duration;
 
-const USAGE: &str = "usage: cargo xtask bench [boot|vm|exit|ipc [local]|net|workload|aead|cluster|nat64]";
+const USAGE: &str = "usage: cargo xtask bench [boot|vm|exit|vmmem|ipc [local]|net|workload|aead|cluster|nat64]";
 
 /// `cargo xtask bench` runs every benchmark and ends with one table (`benchtable`); `bench
 /// NAME` runs one and ends with its rows. A benchmark that fails is reported and the others
 /// still run; the command then fails.
 pub fn cmd_bench(args: &[String]) -> Result<(), String> {
     type Bench = fn(&[String]) -> Result<(), String>;
-    let all: [(&str, Bench); 9] = [
+    let all: [(&str, Bench); 10] = [
         ("boot", |_| bench_boot()),
         ("vm", |_| crate::vmbench::bench_vm()),
         ("exit", |_| crate::vmbench::bench_exit()),
+        ("vmmem", |_| crate::vmbench::bench_vmmem()),
         ("ipc", |a| bench_ipc(a)),
         ("net", |a| crate::cluster::bench(a)),
         ("workload", |_| crate::workbench::bench_workload()),

@@ -140,13 +140,14 @@ fn direct_ms(dir: &Path, image: &Path) -> Result<f64, String> {
     let chan = dir.join("direct-channel.bin");
     let serial = dir.join("direct-serial.log");
     let _ = std::fs::remove_file(&chan);
-    let cmdline = format!("console=ttyS0 panic=-1 reboot=k tsc=reliable rdinit=/sbin/catenary-init tsc_early_khz={}", host_tsc_khz());
+    let cmdline = format!("{} rdinit=/sbin/catenary-init tsc_early_khz={}", catenary_vmm::LINUX_CMDLINE, host_tsc_khz());
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-M", "microvm,acpi=off", "-accel", "tcg", "-cpu", "max", "-m", "256M", "-smp", "1", "-nodefaults", "-no-user-config"]);
     c.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
-    c.arg("-serial").arg(format!("file:{}", serial.display()));
+    c.args(["-serial", "null"]);
     c.arg("-kernel").arg(g.join("vmlinux")).arg("-initrd").arg(&initrd_path).args(["-append", &cmdline]);
-    c.args(["-device", "virtio-serial-device", "-chardev", "null,id=con", "-device", "virtconsole,chardev=con"]);
+    c.args(["-device", "virtio-serial-device"]);
+    c.arg("-chardev").arg(format!("file,id=con,path={}", serial.display())).args(["-device", "virtconsole,chardev=con"]);
     c.arg("-chardev").arg(format!("file,id=chan,path={}", chan.display())).args(["-device", "virtconsole,chardev=chan"]);
     c.arg("-drive").arg(format!("file={},format=raw,if=none,id=root,readonly=on", image.join("rootfs.squashfs").display()));
     c.args(["-device", "virtio-blk-device,drive=root"]);

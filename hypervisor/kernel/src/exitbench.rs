@@ -52,6 +52,10 @@ pub fn run(cpus: usize) {
     info!(target: "bench", "bench exit: {n} iterations on CPU {cpu}, {cpuid_exits} CPUID exits counted ({} exits in all)", r.exits);
     info!(target: "bench", "bench exit: CPUID with exit {} cycles, same loop without exit {} cycles, host CPUID without exit {} cycles",
         exit / n, none / n, host / n);
+    let c = r.cycles;
+    let per = |x: u64| x / c.passes.max(1);
+    info!(target: "bench", "bench exit: per handled exit ({} passes): world switch + guest {} cycles, device model {} cycles, rest of the vCPU loop {} cycles",
+        c.passes, per(c.run), per(c.handle), per(c.rest));
     info!(target: "bench", "bench exit: done");
 }
 

@@ -180,6 +180,9 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     if crate::cmdline::get(&bi.cmdline, "bench") == Some("exit") {
         crate::exitbench::run(ncpus);
     }
+    if crate::cmdline::get(&bi.cmdline, "bench") == Some("vmmem") {
+        crate::vmmembench::run(ncpus);
+    }
 
     for m in &bi.modules {
         let Some(data) = memory::boot_module(m) else { continue };

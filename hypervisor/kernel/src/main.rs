@@ -59,6 +59,7 @@ mod ktest_workd;
 #[cfg(feature = "ktest")]
 mod ktest_workload;
 mod exitbench;
+mod vmmembench;
 mod vm;
 mod vmconsole;
 mod vmcontrol;

@@ -71,6 +71,19 @@ pub struct RunReport {
     /// What the guest init reported on the workload channel (VMs from a Catenary image).
     pub workload_exit: Option<WorkloadExit>,
     pub workload_ready: bool,
+    /// Where the vCPU loop's time went, in TSC cycles (`cargo xtask bench exit`).
+    pub cycles: LoopCycles,
+}
+
+/// TSC cycles the vCPU loop spent, summed over its passes that ended in an exit the device
+/// model handled: in `Vcpu::run` (world switch there and back plus the guest's own time), in
+/// `MicroVm::handle_exit` (decode, emulation), and in the rest (state copies, polling, console).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoopCycles {
+    pub passes: u64,
+    pub run: u64,
+    pub handle: u64,
+    pub rest: u64,
 }
 
 fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
@@ -150,6 +163,12 @@ pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) 
     run_inner(name, image, ram_mib, None, None, Some(stop), false, None, None)
 }
 
+/// Like `run_stoppable`, with a workload VM's devices (the workload channel too): the
+/// memory-per-microVM bench (`bench=vmmem`, `crate::vmmembench`).
+pub fn run_stoppable_workload(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
+    run_inner(name, image, ram_mib, None, None, Some(stop), true, None, None)
+}
+
 /// Marks the control block ended however `run_inner` returns.
 struct EndOnDrop<'a>(Option<&'a VmControl>);
 
@@ -181,7 +200,8 @@ pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: catenary_vmm:
         Ok(v) => v,
         Err(_) => return failed("no memory for its initrd"),
     };
-    let cmdline = "console=ttyS0 panic=-1 reboot=k tsc=reliable rdinit=/sbin/catenary-init";
+    let cmdline = format!("{} rdinit=/sbin/catenary-init", catenary_vmm::LINUX_CMDLINE);
+    let cmdline = cmdline.as_str();
     let boot = match (g.vmlinux, g.bzimage) {
         (Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd: &initrd, cmdline },
         (None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: &initrd, cmdline },
@@ -199,7 +219,7 @@ pub struct Sink<'a> {
 }
 
 fn empty_report() -> RunReport {
-    RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new(), workload_exit: None, workload_ready: false }
+    RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new(), workload_exit: None, workload_ready: false, cycles: LoopCycles::default() }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -288,7 +308,7 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
         c.started(vm.has_channel());
     }
     VMS_RUNNING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop, ctl, sink.map(|s| s.touched));
+    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop, ctl, sink.map(|s| s.touched), &mut report.cycles);
     VMS_RUNNING.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
     VMS_ENDED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     console.drain_vm(&mut vm, time::now_ns(), true);
@@ -381,7 +401,7 @@ fn apply_control(ctl: Option<&VmControl>, policy: &mut StopPolicy, vm: &mut Micr
 }
 
 #[allow(clippy::too_many_arguments)]
-fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut VmConsole, name: &str, net: Option<NetAttach>, stop: Option<&AtomicBool>, ctl: Option<&VmControl>, touched: Option<&core::sync::atomic::AtomicU64>) -> Ended {
+fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut VmConsole, name: &str, net: Option<NetAttach>, stop: Option<&AtomicBool>, ctl: Option<&VmControl>, touched: Option<&core::sync::atomic::AtomicU64>, cycles: &mut LoopCycles) -> Ended {
     let mut st = vcpu.state();
     let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
     let mut policy = StopPolicy::new();
@@ -390,6 +410,7 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
     // writes into guest buffers), so "populated" does not imply "mapped".
     let mut mapped: alloc::vec::Vec<bool> = (0..ram.chunks().len()).map(|i| !vcpu.lazy_ram() || ram.is_populated(i)).collect();
     loop {
+        let t_pass = cpu::rdtsc();
         if stopped() {
             return Ended::Killed;
         }
@@ -399,7 +420,10 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
         let now = time::now_ns();
         vm.poll(now);
         let ev = if vcpu.reinjection_pending() { EventDecision::None } else { vm.next_event(&st) };
-        let exit = match vcpu.run(ev) {
+        let t_run = cpu::rdtsc();
+        let run = vcpu.run(ev);
+        let t_ran = cpu::rdtsc();
+        let exit = match run {
             Ok(e) => e,
             Err(VirtError::EntryFailed(code)) => return Ended::Failed(format!("VM entry failed ({code:#x})")),
             Err(e) => return Ended::Failed(format!("{e:?}")),
@@ -429,10 +453,17 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
             continue;
         }
         let now = time::now_ns();
+        let t_handle = cpu::rdtsc();
         let action = vm.handle_exit(exit, &mut st, ram, now);
+        let t_handled = cpu::rdtsc();
         vcpu.set_state(&st);
         console.drain_vm(vm, now, false);
         net_sync(vm, ram, net);
+        let t_end = cpu::rdtsc();
+        cycles.passes += 1;
+        cycles.run += t_ran.wrapping_sub(t_run);
+        cycles.handle += t_handled.wrapping_sub(t_handle);
+        cycles.rest += t_end.wrapping_sub(t_pass).wrapping_sub(t_ran.wrapping_sub(t_run)).wrapping_sub(t_handled.wrapping_sub(t_handle));
         if vm.out_of_memory() {
             return Ended::OutOfMemory;
         }
@@ -678,7 +709,7 @@ pub fn run_demo2(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option
 }
 
 /// A demo microVM configured by the command-line words `<key>`, `<key>.mem`, `<key>.cmd`,
-/// `<key>.exit`, `<key>.disk`, `<key>.net`, `<key>.ipc`, `<key>.debug`, `<key>.boot`.
+/// `<key>.exit`, `<key>.console`, `<key>.disk`, `<key>.net`, `<key>.ipc`, `<key>.debug`, `<key>.boot`.
 fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
     let opt = |name: &str| -> Option<&str> {
         if name.is_empty() {
@@ -701,7 +732,9 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
         return None;
     };
     let mem: u64 = opt("mem").and_then(|m| m.parse().ok()).unwrap_or(256);
-    let mut gcmd = String::from("console=ttyS0 panic=-1 reboot=k tsc=reliable");
+    // `vm.console=ttyS0`: the guest's console on the 16550 instead of hvc0 (a guest that
+    // resets its own virtio devices, e.g. the hostile-userland test, would silence hvc0).
+    let mut gcmd = String::from(if opt("console") == Some("ttyS0") { catenary_vmm::LINUX_CMDLINE_SERIAL } else { catenary_vmm::LINUX_CMDLINE });
     // `vm.image=1`: run the Catenary image in the bundle (image/rootfs.squashfs +
     // image/config.json, `cargo xtask test` packs one) under catenary-init (docs/guest-init.md).
     let image = if opt("image").is_some_and(|v| v != "0") {

@@ -105,7 +105,7 @@ pub mod workload;
 #[cfg(test)]
 mod vm_tests;
 
-pub use boot::{load_bzimage, load_pvh, BootError, BootSetup};
+pub use boot::{load_bzimage, load_pvh, BootError, BootSetup, LINUX_CMDLINE, LINUX_CMDLINE_SERIAL};
 pub use cpu::{
     Action, CpuMode, DescTable, Exit, GuestFault, Injection, InjectionKind, Segment, StopReason, VcpuState, VmError,
 };

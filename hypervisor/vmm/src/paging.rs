@@ -252,15 +252,22 @@ pub fn write_linear(
 /// (a fetch stops early at an unmapped page or the end of RAM; the decoder then decides whether
 /// the shorter buffer still holds a whole instruction).
 pub fn fetch_instruction(cpu: &VcpuState, mem: &dyn GuestMemory) -> Result<([u8; 15], usize), WalkError> {
+    fetch_instruction_bytes(cpu, mem, 15)
+}
+
+/// Like [`fetch_instruction`], at most `max` (≤ 15) bytes: the exit fast path
+/// (`insn::skip_length`) needs 3, and usually one page walk instead of two.
+pub fn fetch_instruction_bytes(cpu: &VcpuState, mem: &dyn GuestMemory, max: usize) -> Result<([u8; 15], usize), WalkError> {
+    let max = max.min(15);
     let la = linear(cpu, &cpu.cs, cpu.rip, false);
     let acc = Access { write: false, fetch: true, user: cpu.cpl == 3 };
     let mut buf = [0u8; 15];
     let mut got = 0usize;
-    while got < 15 {
+    while got < max {
         let cur = la.wrapping_add(got as u64);
         let cur = if cpu.mode() == CpuMode::Long64 { cur } else { cur & 0xffff_ffff };
         let in_page = (0x1000 - (cur & 0xfff)) as usize;
-        let n = core::cmp::min(in_page, 15 - got);
+        let n = core::cmp::min(in_page, max - got);
         let gpa = match translate(cpu, mem, cur, acc) {
             Ok(g) => g,
             Err(e) if got == 0 => return Err(e),

@@ -9,7 +9,7 @@ use crate::devices::pic::DualPic;
 use crate::devices::pit::Pit;
 use crate::devices::rtc::Rtc;
 use crate::devices::uart::{Uart, COM1_BASE, COM1_IRQ};
-use crate::insn::{classify_mmio, complete_load, decode_at_rip, length_of, FetchError, MmioOp};
+use crate::insn::{classify_mmio, complete_load, decode_at_rip, length_of, skip_length, FetchError, MmioOp};
 use crate::mem::GuestMemory;
 use crate::msr::{MsrResult, MsrState};
 use crate::paging::{linear, read_linear, write_linear, Access, WalkError};
@@ -544,8 +544,8 @@ impl MicroVm {
     /// Decode at RIP, check the mnemonic, advance RIP. Returns Err(outcome) when the
     /// instruction could not be fetched.
     fn skip(&mut self, cpu: &mut VcpuState, mem: &dyn GuestMemory, m: &[Mnemonic], what: &'static str) -> Result<(), Outcome> {
-        match length_of(cpu, mem, m, what) {
-            Ok((len, _)) => {
+        match skip_length(cpu, mem, m, what) {
+            Ok(len) => {
                 cpu.advance_rip(len);
                 Ok(())
             }
