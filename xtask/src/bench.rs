@@ -4,14 +4,14 @@
 use crate::qemu::{run_captured, Boot};
 use std::time::Duration;
 
-const USAGE: &str = "usage: cargo xtask bench [boot|vm|exit|vmmem|ipc [local]|net|workload|aead|cluster|nat64]";
+const USAGE: &str = "usage: cargo xtask bench [boot|vm|exit|vmmem|ipc [local]|net|workload|aead|cluster|nat64|api]";
 
 /// `cargo xtask bench` runs every benchmark and ends with one table (`benchtable`); `bench
 /// NAME` runs one and ends with its rows. A benchmark that fails is reported and the others
 /// still run; the command then fails.
 pub fn cmd_bench(args: &[String]) -> Result<(), String> {
     type Bench = fn(&[String]) -> Result<(), String>;
-    let all: [(&str, Bench); 10] = [
+    let all: [(&str, Bench); 11] = [
         ("boot", |_| bench_boot()),
         ("vm", |_| crate::vmbench::bench_vm()),
         ("exit", |_| crate::vmbench::bench_exit()),
@@ -22,6 +22,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
         ("aead", |_| bench_aead()),
         ("cluster", |a| crate::clusterbench::bench_cluster(a)),
         ("nat64", crate::nat64bench::bench),
+        ("api", |_| crate::apibench::bench_api()),
     ];
     let (chosen, file): (Vec<(&str, Bench)>, String) = match args.first().map(String::as_str) {
         None => (all.to_vec(), "bench.json".into()),

@@ -480,21 +480,27 @@ fn leaked_keys(r: &Running, nodes: &[(String, [u8; 32])]) -> Vec<String> {
 }
 
 /// `cargo xtask run --nodes N`: every console with a `[nodeK]` prefix until Ctrl-C.
-pub fn run_nodes(n: usize, cmdline: &str) -> Result<(), String> {
+pub fn run_nodes(n: usize, cmdline: &str, guest: bool) -> Result<(), String> {
     if n == 0 || n > 200 {
         return Err("--nodes must be 1..200".into());
     }
     let kernel = crate::build::build_kernel(false)?;
     let mut nodes: Vec<NodeSpec> = (1..=n).map(NodeSpec::new).collect();
+    // with the guest bundle the nodes run workloads (`catenary run`); `--no-guest`: they answer
+    // the API but cannot run anything
+    let guest = guest && out_dir().join("guest").join("vmlinux").exists();
     for s in &mut nodes {
-        s.cmdline = cmdline.to_string();
+        // the bundle is for workloads, not the kernel's own demo VM (unless `-- vm=…` asks)
+        let demo = cmdline.split_whitespace().any(|w| w.starts_with("vm="));
+        s.cmdline = if guest && !demo { format!("vm=none {cmdline}") } else { cmdline.to_string() };
+        s.guest = guest;
     }
     for s in &nodes {
         eprintln!("xtask: {} key {} fabric {} underlay {}", s.name, hex_encode(&s.identity.public_key()), s.identity.node_address(), link_local_from_mac(s.mac));
     }
     // an operator (admin) for the CLI in a second terminal (docs/api.md, "A local cluster")
-    let op = crate::operator::prepare(&nodes[0])?;
-    let mut r = start_with(&kernel, &nodes, "cluster", &[], &[op])?;
+    let ops = crate::operator::prepare(&nodes[0])?;
+    let mut r = start_with(&kernel, &nodes, "cluster", &[], &ops)?;
     for (n, c) in r.names.iter().zip(&r.shown) {
         eprintln!("xtask: {n}: {c}");
     }
@@ -512,7 +518,17 @@ pub fn run_nodes(n: usize, cmdline: &str) -> Result<(), String> {
             None
         }
     };
-    eprintln!("xtask: operator config {} (admin key, API of node1); in a second terminal:", crate::operator::dir().display());
+    let _relay = match crate::operator::cli_relay(r.switch_sock(), &nodes[0]) {
+        Ok(rl) => Some(rl),
+        Err(e) => {
+            eprintln!("xtask: no fabric endpoint for the CLI (needs vde_plug): {e}");
+            None
+        }
+    };
+    if !guest {
+        eprintln!("xtask: the nodes have no guest bundle (`cargo xtask guest`; or --no-guest): they cannot run workloads");
+    }
+    eprintln!("xtask: operator config {} (admin key, node1 through the CLI's own fabric session); in a second terminal:", crate::operator::dir().display());
     eprintln!("xtask:   export CATENARY_CONFIG_DIR={}; cargo run -q -p catenary -- nodes", crate::operator::dir().display());
     r.wait(Duration::from_secs(u64::MAX / 4), true, |_| false);
     Ok(())

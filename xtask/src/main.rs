@@ -2,6 +2,7 @@
 //! (host crates and tests keep normal flags), boots it in QEMU, makes the GRUB/Limine ISO,
 //! builds guest images, runs every test and the benchmarks.
 
+mod apibench;
 mod apitest;
 mod fabriccli;
 mod operator;
@@ -59,7 +60,7 @@ commands:
                             --sysfuzz-classes HEX (docs/microkernel.md)
   fuzz --smoke              every cargo-fuzz target for a few seconds (part of `test`)
   fuzz [--seconds N] [T..]  longer fuzz runs (default 60 s per target); --list names them
-  bench [boot|vm|exit|ipc|net|workload|aead|cluster]  benchmarks: every one (no argument) or one; one table of figures, references, ratios and goals, also in build/bench*.json (never asserts)
+  bench [boot|vm|exit|ipc|net|workload|aead|cluster|nat64|api]  benchmarks: every one (no argument) or one; one table of figures, references, ratios and goals, also in build/bench*.json (never asserts)
   sim [--seeds N] [--first F]  the cluster core's chaos schedules (membership, then the replicated
                             desired state) over N seeds (default 1000); each ends
                             with how many held every invariant. --detection: failure-detection times

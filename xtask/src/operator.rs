@@ -1,17 +1,24 @@
 //! `cargo xtask run --nodes N` makes the cluster ready for an operator (issue 12 item 6,
 //! docs/api.md "A local cluster"): an operator key and config in `build/cluster/operator`
 //! (`catenary init`, the API endpoint set to node1's fabric /128), the key as an `admin`
-//! operator line in the nodes' cluster file, and the workstation's side of the fabric:
-//! `catenary wg-config` writes `wg0.conf`; as root, xtask also brings it up in the host's
-//! namespace (tap `catop0` on the switch through `vde_plug2tap`, `wireguard-go catwg0`,
-//! `wg setconf`, the operator address and a route per node /64), so that in a second terminal
-//! `CATENARY_CONFIG_DIR=build/cluster/operator catenary nodes` answers. Without root it
-//! prints the commands that do the same.
+//! operator line in the nodes' cluster file, and the CLI's way in, which needs no root: a
+//! relay from a localhost UDP port onto the cluster's switch (`fabriccli::relay`) as the config's
+//! fabric endpoint (`catenary init --set-fabric NODE1KEY@127.0.0.1:PORT`), so that in a
+//! second terminal `CATENARY_CONFIG_DIR=build/cluster/operator catenary nodes` answers through
+//! the CLI's embedded fabric.
+//!
+//! The stock tools' way in uses a second admin key (`build/cluster/operator/wg`: one key per
+//! fabric endpoint, or the node's session would flip between the two): `catenary wg-config`
+//! writes `wg0.conf`; as root, xtask also brings it up in the host's namespace (tap `catop0`
+//! on the switch through `vde_plug2tap`, `wireguard-go catwg0`, `wg setconf`, the operator
+//! address and a route per node /64) for `curl`. Without root it prints the commands.
 
 use crate::cluster::{sh, NodeSpec};
 use catenary_net::cluster::{Cluster, Operator};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const TAP: &str = "catop0";
@@ -29,14 +36,44 @@ fn catenary(args: &[&str], cfg: &Path) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// A new operator key (the cluster's nodes are new too) with node1's API as its endpoint.
-pub fn prepare(node1: &NodeSpec) -> Result<Operator, String> {
+/// New operator keys (the cluster's nodes are new too) with node1's API as their endpoint:
+/// `workstation` for the CLI (`dir()`), `workstation-wg` for the stock tools (`dir()/wg`).
+pub fn prepare(node1: &NodeSpec) -> Result<Vec<Operator>, String> {
     let cfg = dir();
     let _ = std::fs::remove_dir_all(&cfg);
     let api = format!("[{}]:{}", node1.identity.node_address(), catenary_api::PORT);
-    let line = catenary(&["init", "--name", "workstation", "--set-api", &api], &cfg)?;
-    let key = line.split_whitespace().nth(2).and_then(catenary_net::cluster::hex_decode32).ok_or(format!("catenary init printed {line:?}"))?;
-    Ok(Operator { name: "workstation".into(), public_key: key, role: "admin".into() })
+    let mut ops = Vec::new();
+    for (name, cfg) in [("workstation", cfg.clone()), ("workstation-wg", cfg.join("wg"))] {
+        let line = catenary(&["init", "--name", name, "--set-api", &api], &cfg)?;
+        let key = line.split_whitespace().nth(2).and_then(catenary_net::cluster::hex_decode32).ok_or(format!("catenary init printed {line:?}"))?;
+        ops.push(Operator { name: name.into(), public_key: key, role: "admin".into() });
+    }
+    Ok(ops)
+}
+
+/// The CLI's fabric endpoint: the relay to node1's underlay address on the switch, written
+/// into the operator config (`init --set-fabric`). Ends with xtask.
+pub struct CliRelay {
+    stop: Arc<AtomicBool>,
+    child: Child,
+}
+
+impl Drop for CliRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn cli_relay(switch: &Path, node1: &NodeSpec) -> Result<CliRelay, String> {
+    let m = node1.member();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, child) = crate::fabriccli::relay(switch, (m.underlay, m.port), [0x52, 0x54, 0x00, 0xca, 0x00, 0xe1], stop.clone())?;
+    let r = CliRelay { stop, child };
+    let spec = format!("{}@{addr}", catenary_net::cluster::hex_encode(&node1.identity.public_key()));
+    catenary(&["init", "--set-fabric", &spec], &dir())?;
+    Ok(r)
 }
 
 /// What keeps the workstation's fabric up (ended with xtask).
@@ -60,7 +97,7 @@ pub fn workstation(switch: &Path, nodes: &[NodeSpec]) -> Result<Option<Workstati
     let cluster = cfg.join("cluster.txt");
     std::fs::write(&cluster, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
     let conf = cfg.join("wg0.conf");
-    catenary(&["wg-config", "--cluster", cluster.to_str().unwrap(), "--iface", TAP, "-o", conf.to_str().unwrap()], &cfg)?;
+    catenary(&["wg-config", "--cluster", cluster.to_str().unwrap(), "--iface", TAP, "-o", conf.to_str().unwrap()], &cfg.join("wg"))?;
     let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
     let tools = ["ip", "vde_plug2tap", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
     let routes: Vec<String> = nodes.iter().map(|n| format!("{}/64", n.identity.prefix().network())).collect();

@@ -317,7 +317,11 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
         return Err(format!("--machine must be microvm, q35 or pc (got {machine})"));
     }
     if nodes > 0 {
-        return crate::cluster::run_nodes(nodes, &cmdline.join(" "));
+        if guest {
+            // builds or unpacks the cached bundle into build/guest
+            guest_modules_for_run();
+        }
+        return crate::cluster::run_nodes(nodes, &cmdline.join(" "), guest);
     }
     let kernel = crate::build::build_kernel(false)?;
     let mut mods = if guest { guest_modules_for_run() } else { vec![] };

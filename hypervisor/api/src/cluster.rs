@@ -112,8 +112,9 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
             for (i, name) in others.iter().enumerate() {
                 let Some((200, body)) = ask(i) else { continue };
                 let Ok(theirs) = serde_json::from_slice::<NodeList>(&body) else { continue };
-                // only the node's figures about itself
+                // only the node's figures about itself; it answered, so it is up
                 if let (Some(row), Some(t)) = (list.nodes.iter_mut().find(|n| &n.name == name), theirs.nodes.iter().find(|n| &n.name == name)) {
+                    row.state = "up".into();
                     row.cpus = t.cpus;
                     row.memory_total_mib = t.memory_total_mib;
                     row.memory_free_mib = t.memory_free_mib;

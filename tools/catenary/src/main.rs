@@ -131,6 +131,19 @@ enum Cmd {
         #[arg(long, default_value_t = 4096)]
         bytes: usize,
     },
+    /// Benchmark figures through one session (`cargo xtask bench api`): GET latency, an image
+    /// push, a TCP echo to `--echo [ADDR]:PORT`.
+    #[command(hide = true)]
+    BenchApi {
+        #[arg(long, default_value_t = 200)]
+        gets: usize,
+        #[arg(long)]
+        push: Option<PathBuf>,
+        #[arg(long)]
+        echo: Option<String>,
+        #[arg(long, default_value_t = 1 << 20)]
+        echo_bytes: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +219,7 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
             println!("fabric-probe: {} bytes echoed by {} in {} ms", sent.len(), c.t.endpoint, start.elapsed().as_millis());
             Ok(())
         }
+        Cmd::BenchApi { gets, push, echo, echo_bytes } => catenary::ops::bench::bench(&c, gets.min(100_000), push.as_deref(), echo.as_deref(), echo_bytes.min(64 << 20)),
         Cmd::Init { .. } | Cmd::WgConfig { .. } | Cmd::Image(ImageCmd::Pack(_) | ImageCmd::Verify { .. }) => Ok(()),
     }
 }

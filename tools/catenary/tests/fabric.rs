@@ -339,3 +339,53 @@ fn five_percent_datagram_loss_each_way_still_completes() {
     check_logs(&stdout(&catenary(&cfg, &["--timeout", "60", "logs", "web"])));
     eprintln!("logs: {:?}", start.elapsed());
 }
+
+/// `logs -f` in one process while other processes with the same config (the same operator key)
+/// run commands: each makes its own session, and the node (as any WireGuard peer) answers only
+/// in the newest one. The follower notices (packets with an index it does not know), lets the
+/// other command finish, takes the session back with a new handshake, and follows to the end.
+#[test]
+fn a_second_process_with_the_same_key_does_not_break_a_follower() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("cfg");
+    let op = operator_init(&cfg);
+    let n = node(op, 0.0);
+    set_fabric(&cfg, &n);
+    let img = t.path().join("img");
+    image_dir(&img);
+    stdout(&catenary(&cfg, &["image", "push", img.to_str().unwrap()]));
+    stdout(&catenary(&cfg, &["run", "--name", "web", img.to_str().unwrap()]));
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_catenary"))
+        .args(["--timeout", "60", "logs", "-f", "web"])
+        .env("CATENARY_CONFIG_DIR", &cfg)
+        .env_remove("CATENARY_API")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = n.handshakes.load(Ordering::SeqCst);
+    for _ in 0..2 {
+        let ps: serde_json::Value = serde_json::from_str(&stdout(&catenary(&cfg, &["--json", "ps"]))).unwrap();
+        assert_eq!(ps["workloads"][0]["name"], "web");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    log_and_end(&n.sim, 10);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = follower.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = follower.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let o = follower.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(status.is_some_and(|s| s.success()), "the follower did not end well within 30 s: {status:?} {err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("line ")).count(), 10, "{out}");
+    // the two `ps` and the follower's taking the session back: new handshakes
+    assert!(n.handshakes.load(Ordering::SeqCst) >= before + 3, "{} handshakes", n.handshakes.load(Ordering::SeqCst) - before);
+}

@@ -355,10 +355,13 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -
                     resp = ApiError::new(503, "workd_unavailable", "the node's workload service did not answer").to_response();
                 }
                 if !from_node && api.operators.by_key(&caller).is_some() && catenary_api::cluster::concerns_others(&req) {
-                    let others = others_up(node);
+                    let others = other_nodes(node);
                     let names: Vec<String> = others.iter().map(|o| o.0.clone()).collect();
                     let own = node.members.iter().find(|m| Some(m.1) == node.me).map(|m| m.0.clone());
-                    let mut ask = |i: usize| forward::exchange(s, io, others[i].1, &forward::request_bytes(&req, others[i].1, &caller));
+                    let mut ask = |i: usize| {
+                        let (_, addr, up) = others[i];
+                        forward::exchange(s, io, addr, &forward::request_bytes(&req, addr, &caller), if up { forward::FORWARD_MS } else { forward::IDLE_FORWARD_MS })
+                    };
                     resp = catenary_api::cluster::elsewhere(&req, resp, own.as_deref(), &names, &mut ask);
                 }
                 c.out = Some(resp.to_bytes());
@@ -373,10 +376,14 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -
     false
 }
 
-/// The other nodes that are up now (name, /128).
-fn others_up(node: &mut Node) -> Vec<(String, Ipv6Addr)> {
+/// The other nodes (name, /128, whether a session with it is up now), those that are up
+/// first. One without a session is asked too (an idle session lapses), with less time.
+fn other_nodes(node: &mut Node) -> Vec<(String, Ipv6Addr, bool)> {
     let up = cluster_file(&node.cluster).map(|(_, up)| up).unwrap_or(0);
-    node.members.iter().enumerate().filter(|(i, m)| Some(m.1) != node.me && *i < 64 && up & (1 << i) != 0).map(|(_, m)| m.clone()).collect()
+    let mut v: Vec<(String, Ipv6Addr, bool)> =
+        node.members.iter().enumerate().filter(|(_, m)| Some(m.1) != node.me).map(|(i, m)| (m.0.clone(), m.1, i < 64 && up & (1 << i) != 0)).collect();
+    v.sort_by_key(|o| !o.2);
+    v
 }
 
 /// Send what `netd` takes of the answer. True: all of it is sent (close: `netd` lingers to

@@ -287,6 +287,18 @@ pub fn rm(c: &Ctx, id: &str) -> R {
     Ok(())
 }
 
+/// Write to stdout now; false when its reader went away (`catenary logs -f X | head`): the
+/// command then ends quietly instead of failing on a broken pipe.
+fn emit(text: &str) -> Result<bool, CliError> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CliError::Other(format!("stdout: {e}"))),
+    }
+}
+
 /// `logs [-f]`: from the oldest byte kept; following polls from the cursor until the workload
 /// has ended and everything it logged was read.
 pub fn logs(c: &Ctx, id: &str, follow: bool, poll: Duration) -> R {
@@ -297,12 +309,16 @@ pub fn logs(c: &Ctx, id: &str, follow: bool, poll: Duration) -> R {
             eprintln!("[{} bytes dropped by the node before they were read]", l.lost);
         }
         for r in &l.records {
-            if c.json {
-                println!("{}", serde_json::to_string(r).map_err(|e| CliError::Other(e.to_string()))?);
+            let open = if c.json {
+                emit(&format!("{}\n", serde_json::to_string(r).map_err(|e| CliError::Other(e.to_string()))?))?
             } else if r.stream == "stderr" {
                 eprint!("{}", r.data);
+                true
             } else {
-                print!("{}", r.data);
+                emit(&r.data)?
+            };
+            if !open {
+                return Ok(());
             }
         }
         cursor = l.next;
@@ -325,10 +341,13 @@ pub fn events(c: &Ctx, follow: bool, poll: Duration) -> R {
     loop {
         let l: EventList = c.t.call(&client::events(since))?;
         for e in &l.events {
-            if c.json {
-                println!("{}", serde_json::to_string(e).map_err(|e| CliError::Other(e.to_string()))?);
+            let line = if c.json {
+                serde_json::to_string(e).map_err(|e| CliError::Other(e.to_string()))?
             } else {
-                println!("{:>6} {:>10}ms {:<8} {:>4} {:<24} {:<9} {}", e.seq, e.time_ms, e.kind, e.workload, e.name, e.state, exit_text(&e.exit));
+                format!("{:>6} {:>10}ms {:<8} {:>4} {:<24} {:<9} {}", e.seq, e.time_ms, e.kind, e.workload, e.name, e.state, exit_text(&e.exit))
+            };
+            if !emit(&(line + "\n"))? {
+                return Ok(());
             }
         }
         since = l.next;

@@ -34,7 +34,8 @@ pub fn exchange_until(link: &mut Link, dst: Ipv6Addr, port: u16, bytes: &[u8], t
         link.pump(Duration::from_millis(50));
     }
     let h = link.connect(dst, port).map_err(CallError::Unreachable)?;
-    let r = exchange(link, h, bytes, timeout, what, complete);
+    let replaced_at = link.counters().dropped_unknown_index;
+    let r = exchange(link, h, bytes, timeout, what, complete, replaced_at);
     // done or given up: reset the connection (the server closes after its answer anyway) and
     // let the stack send that before the socket is dropped
     link.tcp(h).abort();
@@ -43,7 +44,18 @@ pub fn exchange_until(link: &mut Link, dst: Ipv6Addr, port: u16, bytes: &[u8], t
     r
 }
 
-fn exchange(link: &mut Link, h: smoltcp::iface::SocketHandle, bytes: &[u8], timeout: Duration, what: &str, complete: Complete) -> Result<(u16, Vec<u8>), CallError> {
+/// The error of a request whose session another process took over (see [`replaced`]).
+pub const REPLACED: &str = "the node now answers another session of this operator key";
+
+/// Whether `e` says the session was taken over: the node made a new session with this
+/// operator key (another `catenary` process with the same config, e.g. `stop` while this one
+/// follows a log) and sends in it; this session's packets come back with an index it does not
+/// know. A new handshake takes the session back.
+pub fn replaced(e: &CallError) -> bool {
+    matches!(e, CallError::Unreachable(m) if m.contains(REPLACED))
+}
+
+fn exchange(link: &mut Link, h: smoltcp::iface::SocketHandle, bytes: &[u8], timeout: Duration, what: &str, complete: Complete, replaced_at: u64) -> Result<(u16, Vec<u8>), CallError> {
     let mut deadline = Instant::now() + timeout;
     let (mut sent, mut established) = (0usize, false);
     let mut buf = Vec::new();
@@ -58,6 +70,9 @@ fn exchange(link: &mut Link, h: smoltcp::iface::SocketHandle, bytes: &[u8], time
             }));
         }
         link.pump(Duration::from_millis(50));
+        if link.counters().dropped_unknown_index > replaced_at {
+            return Err(CallError::Unreachable(format!("{what}: {REPLACED} (another catenary process?)")));
+        }
         let s = link.tcp(h);
         match s.state() {
             State::SynSent | State::SynReceived => {}

@@ -72,6 +72,9 @@ fn resolve(ep: &str) -> Result<SocketAddr, String> {
     text.to_socket_addrs().map_err(|e| format!("{ep}: {e}"))?.next().ok_or_else(|| format!("{ep}: no address"))
 }
 
+/// How long a request whose session another process took over waits before it takes it back.
+const REPLACED_BACKOFF: Duration = Duration::from_millis(1500);
+
 /// The embedded fabric's session, made on first use and kept for the process.
 type SharedLink = Mutex<Option<Box<Link>>>;
 
@@ -108,11 +111,29 @@ impl Transport {
         match &self.via {
             Via::Host => self.send_host(req),
             Via::Fabric { node, .. } => {
-                let (l, ip, port) = self.link()?;
-                let mut g = l.lock().unwrap_or_else(|p| p.into_inner());
-                let link = g.as_mut().ok_or_else(|| CallError::Unreachable("no fabric link".into()))?;
                 let bytes = req.to_bytes(&self.endpoint);
-                super::fabric_call::request(link, ip, port, &bytes, self.timeout, &self.describe(node))
+                // a request that may be sent twice (GET, PUT) is sent again through a new
+                // session when another process with this key took the session over
+                let again = matches!(req.method, catenary_api::http::Method::Get | catenary_api::http::Method::Put);
+                let mut tries = 0;
+                loop {
+                    let (l, ip, port) = self.link()?;
+                    let mut g = l.lock().unwrap_or_else(|p| p.into_inner());
+                    let link = g.as_mut().ok_or_else(|| CallError::Unreachable("no fabric link".into()))?;
+                    let r = super::fabric_call::request(link, ip, port, &bytes, self.timeout, &self.describe(node));
+                    match r {
+                        Err(e) if super::fabric_call::replaced(&e) && again && tries < 3 => {
+                            tries += 1;
+                            // the next try makes a new session (a new handshake), which takes it
+                            // from the other process in turn: first give that one time to finish
+                            // (a command from a second terminal takes well under a second)
+                            *g = None;
+                            drop(g);
+                            std::thread::sleep(REPLACED_BACKOFF);
+                        }
+                        r => return r,
+                    }
+                }
             }
         }
     }
@@ -120,10 +141,15 @@ impl Transport {
     /// Through the embedded fabric only: send `bytes` to the endpoint (a TCP echo service) and
     /// return what came back once as many bytes have (`catenary fabric-probe`).
     pub fn echo(&self, bytes: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.echo_at(&self.endpoint, bytes)
+    }
+
+    /// [`Transport::echo`] to another `[addr]:port` through the same session.
+    pub fn echo_at(&self, endpoint: &str, bytes: &[u8]) -> Result<Vec<u8>, CallError> {
         let Via::Fabric { node, .. } = &self.via else {
             return Err(CallError::Unreachable("fabric-probe needs the embedded fabric (a fabric node, not --transport host)".into()));
         };
-        let (l, ip, port) = self.link()?;
+        let (l, ip, port) = self.link_to(endpoint)?;
         let mut g = l.lock().unwrap_or_else(|p| p.into_inner());
         let link = g.as_mut().ok_or_else(|| CallError::Unreachable("no fabric link".into()))?;
         let n = bytes.len();
@@ -133,6 +159,10 @@ impl Transport {
 
     /// The fabric link (made on first use) and the endpoint's address and port.
     fn link(&self) -> Result<(&SharedLink, std::net::Ipv6Addr, u16), CallError> {
+        self.link_to(&self.endpoint)
+    }
+
+    fn link_to(&self, endpoint: &str) -> Result<(&SharedLink, std::net::Ipv6Addr, u16), CallError> {
         let Via::Fabric { secret, node, link } = &self.via else {
             return Err(CallError::Unreachable("not the embedded fabric".into()));
         };
@@ -144,9 +174,9 @@ impl Transport {
             *g = Some(Box::new(Link::new(id, peer, any).map_err(CallError::Unreachable)?));
         }
         drop(g);
-        let dst = self.endpoint.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| CallError::Unreachable(format!("{}: not an address", self.endpoint)))?;
+        let dst = endpoint.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| CallError::Unreachable(format!("{endpoint}: not an address")))?;
         let IpAddr::V6(ip) = dst.ip() else {
-            return Err(CallError::Unreachable(format!("{}: the fabric carries IPv6 only", self.endpoint)));
+            return Err(CallError::Unreachable(format!("{endpoint}: the fabric carries IPv6 only")));
         };
         Ok((link, ip, dst.port()))
     }

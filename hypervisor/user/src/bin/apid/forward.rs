@@ -19,6 +19,10 @@ use core::net::Ipv6Addr;
 
 /// A forward's whole time: connect, request, answer.
 pub const FORWARD_MS: u64 = 10_000;
+/// The same for a node without a session now: an idle session lapses after 3 minutes (the
+/// connection makes a new one, a handshake of milliseconds), but a node that is down would hold
+/// every request up for this long.
+pub const IDLE_FORWARD_MS: u64 = 4_000;
 /// The largest answer taken from another node (a log read is at most 8 KiB of data).
 pub const ANSWER_MAX: usize = 320 * 1024;
 
@@ -44,11 +48,11 @@ pub fn request_bytes(req: &Request, to: Ipv6Addr, operator: &[u8; 32]) -> Vec<u8
 
 /// Send `bytes` to `[to]:8080` and read the answer until the peer closes: (status, body), or
 /// `None` (no connection, too slow, too large, not HTTP). `io`: pages lent for each call.
-pub fn exchange(s: &Sockets, io: &Pages, to: Ipv6Addr, bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
+pub fn exchange(s: &Sockets, io: &Pages, to: Ipv6Addr, bytes: &[u8], budget_ms: u64) -> Option<(u16, Vec<u8>)> {
     let h = s.socket(Kind::Tcp).ok()?;
     let r = (|| {
         s.connect(h, to, catenary_api::PORT).ok()?;
-        let end = now_ns() / 1_000_000 + FORWARD_MS;
+        let end = now_ns() / 1_000_000 + budget_ms;
         let (mut sent, mut got) = (0, Vec::new());
         let pending = |e: NetError| e == NetError::WouldBlock;
         loop {
