@@ -135,6 +135,8 @@ pub struct Replica {
     deadline: Duration,
     rng: u64,
     outgoing: Vec<Envelope>,
+    /// When this node last got an AppendEntries from a leader of its term (or a newer one).
+    leader_heard: Option<Duration>,
     /// Follower: the leader of `term` it last heard from, and when (an AppendEntries that
     /// granted a lease, see [`Replica::lease_until`]).
     leader_hint: Option<(u64, ReplicaId)>,
@@ -180,6 +182,7 @@ impl Replica {
     pub fn restart(id: ReplicaId, storage: Storage, cfg: ReplicaConfig, seed: u64, now: Duration) -> Replica {
         let mut r = Replica::fresh(id, cfg, seed, now);
         r.node = Node::restart(NodeId::new(id), storage.term, storage.voted_for, storage.log.clone());
+        r.node.set_vote_guard(false);
         // The state starts from the snapshot (if any); the entries after it are applied again as
         // the commit index advances.
         if let Some(snap) = &storage.snapshot {
@@ -193,7 +196,9 @@ impl Replica {
     }
 
     fn fresh(id: ReplicaId, cfg: ReplicaConfig, seed: u64, now: Duration) -> Replica {
-        let node = Node::start(NodeId::new(id));
+        let mut node = Node::start(NodeId::new(id));
+        // The guard against disruptive vote requests is applied here, with the clock (`handle`).
+        node.set_vote_guard(false);
         let storage = Storage { term: node.current_term(), voted_for: node.voted_for(), log: node.log().clone(), commands: BTreeMap::new(), snapshot: None };
         Replica {
             id,
@@ -208,6 +213,7 @@ impl Replica {
             rng: seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             outgoing: Vec::new(),
             leader_hint: None,
+            leader_heard: None,
             last_grant: None,
             sent_at: BTreeMap::new(),
             follower_acks: BTreeMap::new(),
@@ -472,7 +478,19 @@ impl Replica {
                 }
                 if header.term >= self.node.current_term() {
                     self.leader_hint = Some((header.term.get(), env.from));
+                    self.leader_heard = Some(now);
                 }
+            }
+            // Raft thesis §4.2.3: within the minimum election timeout of hearing from a current
+            // leader, a vote request of a newer term is ignored (a removed or cut-off node must
+            // not depose a working leader). (raftbare's own, clockless version ignored it for
+            // ever once this node had voted for another: third_party/raftbare/CATENARY.md.)
+            Message::RequestVoteCall { header, .. }
+                if header.term > self.node.current_term()
+                    && !self.is_leader()
+                    && self.leader_heard.is_some_and(|t| now.saturating_sub(t) < self.cfg.election_min) =>
+            {
+                return;
             }
             _ if env.snapshot.is_some() => return,
             Message::AppendEntriesReply { header, .. } if self.is_leader() && header.term == self.node.current_term() => {

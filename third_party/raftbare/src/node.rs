@@ -81,9 +81,25 @@ pub struct Node {
     seqno: MessageSeqNo,
     actions: Actions,
     role: RoleState,
+    /// Catenary: the clockless guard against disruptive vote requests (below); on unless the
+    /// caller applies a clocked one ([`Node::set_vote_guard`]).
+    vote_guard: bool,
 }
 
 impl Node {
+    /// Catenary: turn off the clockless guard against disruptive vote requests (a follower
+    /// that voted for another node in its term ignores newer-term vote requests, for as long
+    /// as it stays in that term). Without a clock that can be for ever: a voter that granted
+    /// its vote to a candidate which then died, and that cannot stand for election itself (a
+    /// new member whose log has no configuration yet), never answers anyone again, and no
+    /// leader is elected (catenary-cluster simulator, seed 35). A caller that turns it off
+    /// applies the rule with its clock (Raft thesis §4.2.3: ignore such a request within the
+    /// minimum election timeout of hearing from a current leader). A leader ignores them
+    /// either way.
+    pub fn set_vote_guard(&mut self, on: bool) {
+        self.vote_guard = on;
+    }
+
     /// Starts a new node.
     ///
     /// To create a new cluster, please call [`Node::create_cluster()`] after starting the node.
@@ -229,6 +245,7 @@ impl Node {
             seqno: MessageSeqNo::ZERO,
             actions: Actions::default(),
             role: RoleState::Follower,
+            vote_guard: true,
         }
     }
 
@@ -767,15 +784,29 @@ impl Node {
     pub fn handle_message(&mut self, msg: Message) {
         if self.current_term < msg.term() {
             if matches!(msg, Message::RequestVoteCall { .. })
-                && !matches!(self.role, RoleState::Candidate { .. })
-                && self.voted_for.is_some_and(|id| id != msg.from())
+                && (matches!(self.role, RoleState::Leader { .. })
+                    || (self.vote_guard
+                        && !matches!(self.role, RoleState::Candidate { .. })
+                        && self.voted_for.is_some_and(|id| id != msg.from())))
             {
                 // This message might have been sent from a removed node and should be ignored
                 // to prevent disruption of the cluster.
                 // For more details, please refer to section 6 of the Raft paper.
+                // (Catenary: the clockless follower half can be turned off, see
+                // `set_vote_guard`.)
                 return;
             }
+            // Catenary fix: a vote request of a newer term moves this node to that term, but
+            // restarts its election timer only if it grants the vote (Raft §5.2: the timer is
+            // reset by the current leader's AppendEntries or by granting a vote). 0.2.2 restarted
+            // it on every newer-term request, so a node whose log is the most up to date (the
+            // only one others may elect) kept being pushed back by candidates that could not
+            // win, and no leader was ever elected (the catenary-cluster simulator, seed 586).
+            let timer_was_set = self.actions.set_election_timeout;
             self.transition_to_follower(msg.term());
+            if matches!(msg, Message::RequestVoteCall { .. }) && !timer_was_set {
+                self.actions.set_election_timeout = false;
+            }
         }
 
         match msg {
