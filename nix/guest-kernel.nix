@@ -1,5 +1,6 @@
-# Catenary minimal guest kernel, built by Nix from the same config fragment as
-# guest-images/build-kernel.sh (tinyconfig + guest-images/kernel/catenary-guest.config).
+# Catenary minimal guest kernel, built by Nix from the same config fragment and patches as
+# guest-images/build-kernel.sh (tinyconfig + guest-images/kernel/catenary-guest.config,
+# guest-images/kernel/patches/*.patch).
 #
 # Source: nixpkgs' linux_6_1 (kernel.org 6.1.y). The non-Nix build uses Debian's
 # linux-source-6.1 (also 6.1.y, Debian patches); the configuration is identical.
@@ -16,6 +17,10 @@ let
   lib = pkgs.lib;
   base = pkgs.linux_6_1;
   fragment = ../guest-images/kernel/catenary-guest.config;
+  # The same patches build-kernel.sh applies (the console on hvc0 keeps the early boot log).
+  patchDir = ../guest-images/kernel/patches;
+  kernelPatches = map (n: { name = lib.removeSuffix ".patch" n; patch = patchDir + "/${n}"; })
+    (builtins.sort builtins.lessThan (builtins.filter (lib.hasSuffix ".patch") (builtins.attrNames (builtins.readDir patchDir))));
 
   # tinyconfig + fragment -> resolved .config, failing if any requested option did not stick.
   configfile = pkgs.stdenv.mkDerivation {
@@ -54,7 +59,7 @@ let
 
   kernel = (pkgs.linuxManualConfig {
     inherit (base) src version modDirVersion;
-    inherit configfile;
+    inherit configfile kernelPatches;
     # Given explicitly so evaluation needs no import-from-derivation of the .config.
     config = {
       CONFIG_MODULES = "n";
