@@ -99,7 +99,7 @@ pub fn test_operator_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), St
 /// A workstation in its own network namespace on the switch: a `catenary init` key (its
 /// config directory), a `wireguard-go` interface configured by `catenary wg-config` with the
 /// nodes as peers, routes to their /64s.
-struct Workstation {
+pub(crate) struct Workstation {
     cfg: std::path::PathBuf,
     ns: String,
     wg: Option<Child>,
@@ -123,7 +123,7 @@ fn cli() -> std::path::PathBuf {
 }
 
 /// `catenary init --name NAME` in `cfg`: the operator's public key.
-fn init_key(cfg: &Path, name: &str) -> Result<[u8; 32], String> {
+pub(crate) fn init_key(cfg: &Path, name: &str) -> Result<[u8; 32], String> {
     let _ = std::fs::remove_dir_all(cfg);
     let o = Command::new(cli()).args(["init", "--name", name]).env("CATENARY_CONFIG_DIR", cfg).output().map_err(|e| e.to_string())?;
     let line = String::from_utf8_lossy(&o.stdout).to_string();
@@ -131,7 +131,7 @@ fn init_key(cfg: &Path, name: &str) -> Result<[u8; 32], String> {
 }
 
 impl Workstation {
-    fn up(switch: &Path, dir: &Path, name: &str, cfg: &Path, idx: u8, cluster_txt: &Path, nodes: &[&NodeSpec]) -> Result<Workstation, String> {
+    pub(crate) fn up(switch: &Path, dir: &Path, name: &str, cfg: &Path, idx: u8, cluster_txt: &Path, nodes: &[&NodeSpec]) -> Result<Workstation, String> {
         let id = std::process::id() % 1000;
         let (ns, tap, wgif) = (format!("catapi{id}{idx}"), format!("catat{id}{idx}"), format!("catw{id}{idx}"));
         let mut g = NsGuard { ns: ns.clone(), plug: None };
@@ -164,7 +164,7 @@ impl Workstation {
     }
 
     /// `catenary --api [node]:8080 ARGS` in the namespace: (exit status, stdout, stderr).
-    fn cli(&self, node: &NodeSpec, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn cli(&self, node: &NodeSpec, args: &[&str]) -> (i32, String, String) {
         let api = format!("[{}]:{}", node.identity.node_address(), catenary_api::PORT);
         let o = Command::new("ip").args(["netns", "exec", &self.ns]).arg(cli()).args(["--api", &api]).args(args).env("CATENARY_CONFIG_DIR", &self.cfg).output();
         match o {

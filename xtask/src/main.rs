@@ -4,6 +4,7 @@
 
 mod apibench;
 mod apitest;
+mod orchtest;
 mod fabriccli;
 mod operator;
 mod bochs;

@@ -65,6 +65,13 @@ pub fn list_workloads() -> ClientRequest {
 pub fn run(r: &RunRequest) -> ClientRequest {
     with_json(req(Method::Post, "/v1/workloads".into()), r)
 }
+/// A workload for the cluster's desired state (`replicas` nodes run it).
+pub fn run_cluster(r: &RunRequest) -> ClientRequest {
+    with_json(req(Method::Post, "/v1/cluster/workloads".into()), r)
+}
+pub fn remove_cluster(workload: &str) -> ClientRequest {
+    req(Method::Delete, alloc::format!("/v1/cluster/workloads/{workload}"))
+}
 pub fn inspect(workload: &str) -> ClientRequest {
     req(Method::Get, alloc::format!("/v1/workloads/{workload}"))
 }

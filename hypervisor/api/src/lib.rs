@@ -37,7 +37,7 @@ pub use error::ApiError;
 
 /// The TCP port the API service listens on, on the node's fabric /128.
 pub const PORT: u16 = 8080;
-pub use router::{Api, Backend};
+pub use router::{Api, Backend, ClusterWrite};
 
 #[cfg(test)]
 mod tests;

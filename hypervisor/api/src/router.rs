@@ -35,7 +35,23 @@ pub trait Backend {
     /// A `proto::Request::ImageChunk` with its bytes: `apid` writes the request at the start of
     /// its granted buffer and `bytes` at `proto::CHUNK_OFFSET` (the grant must reach that far).
     fn workd_chunk(&mut self, req: wk::Request, bytes: &[u8]) -> wk::Response;
+    /// A write to the cluster's replicated desired state (in `apid`: the orchestration service
+    /// `orchd`, which answers once the write is committed). A node without one refuses.
+    fn cluster(&mut self, _w: ClusterWrite) -> Result<(), ApiError> {
+        Err(ApiError::new(503, "no_cluster", "this node has no orchestration service"))
+    }
 }
+
+/// A write to the cluster's desired state (docs/orchestration.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterWrite {
+    /// Create or replace a workload that runs on `replicas` nodes.
+    Put { spec: WorkloadSpec, replicas: u32 },
+    Remove(String),
+}
+
+/// The longest name of a cluster workload: its replicas run as `cl-NAME-R` on the nodes.
+pub const CLUSTER_NAME_MAX: usize = catenary_workload::spec::NAME_MAX - 6;
 
 /// The API service's state: who may call, pushes in progress, events seen.
 #[derive(Debug)]
@@ -238,6 +254,15 @@ impl Api {
                     _ => return Err(out_of_protocol()),
                 }
             }
+            Op::RunClusterWorkload => ok(&self.run_cluster(body_required(req)?, backend)?),
+            Op::RemoveClusterWorkload => {
+                let name = p.iter().find(|(k, _)| *k == "workload").map(|(_, v)| v.clone()).unwrap_or_default();
+                if !valid_name(&name) || name.len() > CLUSTER_NAME_MAX {
+                    return Err(ApiError::bad_request("workload: a cluster workload's name"));
+                }
+                backend.cluster(ClusterWrite::Remove(name.clone()))?;
+                ok(&ClusterWorkload { name, replicas: 0 })
+            }
             Op::Events => {
                 self.observe(backend, now_ms);
                 ok(&self.events.read(qv("since").unwrap_or(0)))
@@ -274,6 +299,38 @@ impl Api {
             return Err(e);
         }
         Self::status(backend, Target::Id(id))
+    }
+}
+
+impl Api {
+    /// A workload for the cluster: checked like `run`, then committed to the desired state.
+    fn run_cluster(&mut self, r: RunRequest, backend: &mut dyn Backend) -> Result<ClusterWorkload, ApiError> {
+        let image = Digest::parse(&r.image).ok_or_else(|| ApiError::bad_request("image: not a sha256:<64 lowercase hex> digest"))?;
+        let restart = match r.restart.as_deref() {
+            None => RestartPolicy::No,
+            Some(s) => types_restart(s)?,
+        };
+        let name = r.name.ok_or_else(|| ApiError::bad_request("name: required for a cluster workload"))?;
+        if name.len() > CLUSTER_NAME_MAX {
+            return Err(ApiError::bad_request("name: at most 57 characters for a cluster workload"));
+        }
+        let replicas = r.replicas.unwrap_or(1);
+        if !(1..=64).contains(&replicas) {
+            return Err(ApiError::bad_request("replicas: 1..=64"));
+        }
+        let spec = WorkloadSpec {
+            name: name.clone(),
+            image,
+            vcpus: r.cpus.unwrap_or(DEFAULT_CPUS),
+            memory_mib: r.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            env: r.env,
+            args: r.args,
+            restart,
+            net: r.net.unwrap_or(true),
+        };
+        spec.check()?;
+        backend.cluster(ClusterWrite::Put { spec, replicas })?;
+        Ok(ClusterWorkload { name, replicas })
     }
 }
 

@@ -26,6 +26,8 @@ pub enum Op {
     RemoveWorkload,
     WorkloadLogs,
     Events,
+    RunClusterWorkload,
+    RemoveClusterWorkload,
 }
 
 /// What a request body is: nothing, a JSON schema, or raw bytes (an image chunk).
@@ -80,6 +82,8 @@ pub const ROUTES: &[Route] = &[
     r(Delete, "/v1/workloads/{workload}", Op::RemoveWorkload, "removeWorkload", &[], Body::None, 200, "Removed"),
     r(Get, "/v1/workloads/{workload}/logs", Op::WorkloadLogs, "workloadLogs", &["cursor", "max"], Body::None, 200, "Logs"),
     r(Get, "/v1/events", Op::Events, "listEvents", &["since"], Body::None, 200, "EventList"),
+    r(Post, "/v1/cluster/workloads", Op::RunClusterWorkload, "runClusterWorkload", &[], Json("RunRequest"), 201, "ClusterWorkload"),
+    r(Delete, "/v1/cluster/workloads/{workload}", Op::RemoveClusterWorkload, "removeClusterWorkload", &[], Body::None, 200, "ClusterWorkload"),
 ];
 
 /// The values of a route's `{param}` segments, in order.

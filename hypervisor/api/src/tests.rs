@@ -48,7 +48,7 @@ fn refused(api: &mut Api, node: &mut SimNode, caller: [u8; 32], req: &ClientRequ
 }
 
 fn run_req(name: &str, mib: u32) -> RunRequest {
-    RunRequest { name: Some(name.into()), image: image().to_string(), cpus: None, memory_mib: Some(mib), env: vec!["A=1".into()], args: None, restart: None, net: None }
+    RunRequest { name: Some(name.into()), image: image().to_string(), cpus: None, memory_mib: Some(mib), env: vec!["A=1".into()], args: None, restart: None, net: None, replicas: None }
 }
 
 #[test]
@@ -466,4 +466,60 @@ fn fuzzing_inputs_never_panic() {
         let _ = i;
         fuzzing::run(&data);
     }
+}
+
+/// `POST /v1/cluster/workloads` / `DELETE /v1/cluster/workloads/{name}`: checked like `run`,
+/// then handed to the node's orchestration service (here a recording stand-in for `orchd`);
+/// only admins; a node without one answers 503.
+#[test]
+fn cluster_writes_go_to_the_orchestration_service() {
+    struct Orchd {
+        node: SimNode,
+        writes: Vec<crate::ClusterWrite>,
+    }
+    impl crate::Backend for Orchd {
+        fn workd(&mut self, req: catenary_workload::proto::Request) -> catenary_workload::proto::Response {
+            self.node.workd(req)
+        }
+        fn nodes(&mut self) -> Vec<Node> {
+            self.node.nodes()
+        }
+        fn workd_chunk(&mut self, req: catenary_workload::proto::Request, bytes: &[u8]) -> catenary_workload::proto::Response {
+            self.node.workd_chunk(req, bytes)
+        }
+        fn cluster(&mut self, w: crate::ClusterWrite) -> Result<(), crate::ApiError> {
+            self.writes.push(w);
+            Ok(())
+        }
+    }
+    fn send(api: &mut Api, b: &mut dyn crate::Backend, caller: [u8; 32], req: &ClientRequest) -> (u16, Vec<u8>) {
+        let mut reader = RequestReader::new(Limits::default(), 0);
+        let http = reader.feed(&req.to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
+        parse_response(&api.handle(&caller, &http, b, 0).to_bytes()).unwrap().unwrap()
+    }
+    let mut api = fuzzing::api();
+    let mut o = Orchd { node: SimNode::new(1024), writes: Vec::new() };
+    let mut req = run_req("web", 64);
+    req.replicas = Some(2);
+    let (s, b) = send(&mut api, &mut o, ADMIN, &client::run_cluster(&req));
+    let w: ClusterWorkload = decode(s, &b).unwrap();
+    assert_eq!((s, w.name.as_str(), w.replicas), (201, "web", 2));
+    match &o.writes[..] {
+        [crate::ClusterWrite::Put { spec, replicas: 2 }] => assert_eq!((spec.name.as_str(), spec.memory_mib, spec.env.clone()), ("web", 64, vec!["A=1".to_string()])),
+        w => panic!("{w:?}"),
+    }
+    // nothing ran on this node: the cluster places it
+    assert_eq!(o.node.service.len(), 0);
+    // refused before reaching the cluster: viewer, no name, replicas 0 or 65, a long name
+    assert_eq!(send(&mut api, &mut o, VIEWER, &client::run_cluster(&req)).0, 403);
+    for bad in [RunRequest { name: None, ..req.clone() }, RunRequest { replicas: Some(0), ..req.clone() }, RunRequest { replicas: Some(65), ..req.clone() }, RunRequest { name: Some("x".repeat(58)), ..req.clone() }] {
+        assert_eq!(send(&mut api, &mut o, ADMIN, &client::run_cluster(&bad)).0, 400, "{bad:?}");
+    }
+    let (s, b) = send(&mut api, &mut o, ADMIN, &client::remove_cluster("web"));
+    assert_eq!(decode::<ClusterWorkload>(s, &b).unwrap().replicas, 0);
+    assert_eq!(o.writes.len(), 2);
+    assert!(matches!(&o.writes[1], crate::ClusterWrite::Remove(n) if n == "web"));
+    // a node without an orchestration service
+    let mut plain = SimNode::new(1024);
+    assert_eq!(send(&mut api, &mut plain, ADMIN, &client::run_cluster(&req)).0, 503);
 }

@@ -118,6 +118,17 @@ pub struct RunRequest {
     /// A network device with its own /128 (default true; false: `--net none`).
     #[serde(default)]
     pub net: Option<bool>,
+    /// `POST /v1/cluster/workloads` only: on how many nodes it runs (1..=64, default 1).
+    #[serde(default)]
+    pub replicas: Option<u32>,
+}
+
+/// A workload of the cluster's replicated desired state (docs/orchestration.md): what
+/// `POST /v1/cluster/workloads` committed, or what `DELETE` removed (replicas 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterWorkload {
+    pub name: String,
+    pub replicas: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -382,8 +393,10 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
                 args: Some(vec!["x".into()]),
                 restart: Some("no".into()),
                 net: Some(true),
+                replicas: Some(2),
             })),
         ),
+        ("ClusterWorkload", v(serde_json::to_value(ClusterWorkload { name: "web".into(), replicas: 2 }))),
         ("StopRequest", v(serde_json::to_value(StopRequest { grace_ms: Some(1) }))),
         ("Exit", v(serde_json::to_value(&exit))),
         ("WorkloadSummary", v(serde_json::to_value(&summary))),

@@ -35,6 +35,19 @@ use crate::raft_codec::{command_fits, decode, encode, encode_within, Wire, DATAG
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
 use crate::replica::{ProposeError, Replica, ReplicaConfig, ReplicaId};
 
+/// The IPC protocol of `orchd`'s endpoint (what `apid` calls). `WRITE`: words[0] is the length
+/// of a [`Wire::Propose`] in the call's grant; the answer is [`IPC_OK`] with the ticket in
+/// words[0], or [`IPC_REFUSED`] / [`IPC_UNAVAILABLE`]. `TICKET`: words[0] is a ticket; the
+/// answer is [`IPC_OK`] (committed), [`IPC_PENDING`], [`IPC_FAILED`] or [`IPC_UNKNOWN`].
+pub const LABEL_WRITE: u64 = 1;
+pub const LABEL_TICKET: u64 = 2;
+pub const IPC_OK: u64 = 0;
+pub const IPC_REFUSED: u64 = 1;
+pub const IPC_UNAVAILABLE: u64 = 2;
+pub const IPC_FAILED: u64 = 3;
+pub const IPC_PENDING: u64 = 4;
+pub const IPC_UNKNOWN: u64 = 5;
+
 /// A member's index in the cluster file, from one of its Raft ids.
 pub fn member_of(id: ReplicaId) -> usize {
     (id & 0xffff) as usize
@@ -137,6 +150,8 @@ pub struct Orch {
     next_capacity: Duration,
     tickets: BTreeMap<u64, Ticket>,
     next_ticket: u64,
+    /// What this node's scheduler proposed since the caller last took it (for its log).
+    scheduled: Vec<Command>,
     pub counters: Counters,
 }
 
@@ -158,6 +173,7 @@ impl Orch {
             next_capacity: now,
             tickets: BTreeMap::new(),
             next_ticket: 1,
+            scheduled: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -186,6 +202,11 @@ impl Orch {
     /// What this node's workload service can give cluster workloads now.
     pub fn set_capacity(&mut self, vcpus: u32, mem_mib: u64) {
         self.own_capacity = Some((vcpus, mem_mib));
+    }
+
+    /// The scheduler's proposals since the last call (at most [`TICKETS_MAX`] kept).
+    pub fn take_scheduled(&mut self) -> Vec<Command> {
+        core::mem::take(&mut self.scheduled)
     }
 
     /// Datagrams to send: (member index, bytes).
@@ -454,8 +475,11 @@ impl Orch {
             .collect();
         let state = r.state().clone();
         for c in reconcile(&state, r, now, &self.cfg.lease, &slots) {
-            if r.propose(now, c).is_err() {
+            if r.propose(now, c.clone()).is_err() {
                 break;
+            }
+            if self.scheduled.len() < TICKETS_MAX {
+                self.scheduled.push(c);
             }
         }
     }

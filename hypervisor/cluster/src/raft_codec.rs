@@ -25,6 +25,8 @@ use crate::identity::NodeKey;
 use crate::placement::Constraint;
 use crate::replica::Envelope;
 
+/// The UDP port `orchd` uses on every node's fabric /128.
+pub const PORT: u16 = 7300;
 /// The first byte of every datagram, then the kind.
 pub const MAGIC: u8 = 0xCA;
 /// The largest datagram `orchd` sends: netd's `UDP_PAYLOAD_MAX` (the fabric MTU less IPv6 and

@@ -95,6 +95,10 @@ enum Cmd {
         /// of the node's /64, reachable over the fabric.
         #[arg(long, value_parser = ["none", "fabric"])]
         net: Option<String>,
+        /// Put it into the cluster's replicated desired state, run on this many nodes (each
+        /// replica as cl-NAME-R); needs --name.
+        #[arg(long)]
+        replicas: Option<u32>,
         /// A digest (sha256:…) or a packed image directory.
         image: String,
         /// Replace the image's cmd.
@@ -200,8 +204,8 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Image(ImageCmd::Push { dir }) => commands::image_push(&c, &dir),
         Cmd::Image(ImageCmd::Ls) => commands::images(&c),
         Cmd::Image(ImageCmd::Rm { digest }) => commands::image_rm(&c, &digest),
-        Cmd::Run { name, cpus, mem, env, restart, net, image, args } => {
-            commands::run(&c, RunArgs { name, cpus, memory_mib: mem, env, restart, net: net.as_deref() != Some("none"), image, args })
+        Cmd::Run { name, cpus, mem, env, restart, net, replicas, image, args } => {
+            commands::run(&c, RunArgs { name, cpus, memory_mib: mem, env, restart, net: net.as_deref() != Some("none"), replicas, image, args })
         }
         Cmd::Ps => commands::ps(&c),
         Cmd::Logs { follow, id } => commands::logs(&c, &id, follow, poll),

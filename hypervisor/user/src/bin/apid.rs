@@ -20,6 +20,8 @@
 
 extern crate alloc;
 
+#[path = "apid/cluster.rs"]
+mod cluster;
 #[path = "apid/forward.rs"]
 mod forward;
 
@@ -40,6 +42,8 @@ use netfabric::identity::Prefix64;
 
 const WORKD: u64 = 1;
 const NETD: u64 = 2;
+/// The orchestration service: cluster writes (`POST /v1/cluster/workloads`).
+const ORCHD: u64 = 3;
 /// 8 MiB of heap (quota 2560 pages): connections' requests and answers, pushes, events.
 const HEAP_PAGES: u64 = 2048;
 /// Connections served at once: `netd` gives a client 8 sockets, one is the listener.
@@ -162,6 +166,10 @@ impl Backend for Node {
 
     fn workd_chunk(&mut self, req: wk::Request, bytes: &[u8]) -> wk::Response {
         self.call_workd(&req, bytes)
+    }
+
+    fn cluster(&mut self, w: catenary_api::ClusterWrite) -> Result<(), ApiError> {
+        cluster::write(&self.wk, ORCHD, w)
     }
 }
 

@@ -212,6 +212,8 @@ pub struct RunArgs {
     pub restart: Option<String>,
     /// A network device with its own /128 (`--net none`: false).
     pub net: bool,
+    /// The cluster's desired state, on this many nodes.
+    pub replicas: Option<u32>,
     pub image: String,
     pub args: Vec<String>,
 }
@@ -244,7 +246,16 @@ pub fn run(c: &Ctx, a: RunArgs) -> R {
         args: (!a.args.is_empty()).then_some(a.args),
         restart: a.restart,
         net: Some(a.net),
+        replicas: a.replicas,
     };
+    if req.replicas.is_some() {
+        let w: ClusterWorkload = c.t.call(&client::run_cluster(&req))?;
+        if c.json {
+            return print_json(&w);
+        }
+        println!("{} replicas={} (cluster)", w.name, w.replicas);
+        return Ok(());
+    }
     let w: Workload = c.t.call(&client::run(&req))?;
     if c.json {
         return print_json(&w);
@@ -281,9 +292,17 @@ pub fn stop(c: &Ctx, id: &str, grace_ms: Option<u32>) -> R {
     Ok(())
 }
 
+/// A workload of the node (or, through it, of another node); a name no node has is taken
+/// out of the cluster's desired state.
 pub fn rm(c: &Ctx, id: &str) -> R {
-    let r: Removed = c.t.call(&client::remove(id))?;
-    println!("{} {}", r.id, r.name);
+    match c.t.call::<Removed>(&client::remove(id)) {
+        Ok(r) => println!("{} {}", r.id, r.name),
+        Err(CallError::Api(ClientError::Api { status: 404, .. })) => {
+            let w: ClusterWorkload = c.t.call(&client::remove_cluster(id))?;
+            println!("{} removed from the cluster", w.name);
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }
 

@@ -1,0 +1,415 @@
+//! orchd: the orchestration service (docs/orchestration.md, "On nodes"). Runs this node's
+//! [`catenary_cluster::orch::Orch`] — its Raft replica of the desired state, the leader's
+//! scheduler, the diskless rejoin — over the fabric, and makes the local workload service
+//! (`workd`) run exactly the replicas the committed state assigns this node while its lease
+//! holds.
+//!
+//! Granted (manifest entry `orchd`): send capabilities with GRANT to `workd` (slot 1) and
+//! `netd` (slot 2), and a memory quota for its heap and buffers.
+//!
+//! - **Fabric.** One UDP socket on the node's /128, port [`PORT`], through `netd`'s sockets.
+//!   A datagram is taken only from a cluster member's node /128 (the fabric delivers a packet
+//!   only when its source lies in the /64 of the key whose session carried it, and the exact
+//!   /128 leaves out the workloads of that node): the member's index is what `Orch` is told.
+//! - **Clock**: the kernel's monotonic clock (`now_ns`); leases assume clocks that run at
+//!   about the same rate, not synchronized ones.
+//! - **workd.** Cluster replicas are workd workloads named `cl-NAME-REPLICA`; every
+//!   [`CONVERGE_MS`] the service lists them, creates and starts what is assigned and missing,
+//!   stops and destroys what is not assigned (or everything once the lease ran out). Every
+//!   [`CAPACITY_MS`] it asks workd (`Request::Node`) for its CPUs and admission's memory.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use catenary_cluster::desired::{Command, RestartPolicy as ClusterRestart, WorkloadSpec as ClusterSpec};
+use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_TICKET, LABEL_WRITE};
+use catenary_cluster::raft_codec::{decode, Wire};
+use catenary_cluster::NodeKey;
+use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_CLUSTER};
+use catenary_netsock::{DgramHeader, Local, Ready, DGRAM_HEADER, UDP_PAYLOAD_MAX};
+use catenary_user::netsock_client::Sockets;
+use catenary_user::*;
+use catenary_workload::proto::{self as wk, decode_response, encode_request, Target, BUFFER_MIN, LABEL_REQUEST, TRANSPORT_OK};
+use catenary_workload::spec::{RestartPolicy, WorkloadSpec};
+use catenary_workload::status::State;
+use catenary_workload::Digest;
+use core::net::Ipv6Addr;
+use core::time::Duration;
+use netfabric::identity::Prefix64;
+
+const WORKD: u64 = 1;
+const NETD: u64 = 2;
+/// 4 MiB of heap: the replica's log and state, datagrams, workd answers.
+const HEAP_PAGES: u64 = 1024;
+/// The orchestration datagrams' port on every node's fabric /128.
+pub const PORT: u16 = catenary_cluster::raft_codec::PORT;
+const CLUSTER_MAX: usize = 64 * 1024;
+const CONVERGE_MS: u64 = 250;
+const CAPACITY_MS: u64 = 1000;
+/// vCPUs of cluster replicas placed per CPU of the node.
+const VCPUS_PER_CPU: u32 = 8;
+/// The prefix of the workd names of cluster replicas.
+const PREFIX: &str = "cl-";
+
+const WK_VA: u64 = 0x2000_0000;
+const IO_VA: u64 = 0x2010_0000;
+const CLUSTER_VA: u64 = 0x2020_0000;
+const IO: usize = DGRAM_HEADER + UDP_PAYLOAD_MAX;
+
+entry!(run);
+
+fn now() -> Duration {
+    Duration::from_nanos(now_ns())
+}
+
+struct Workd {
+    buf: Pages,
+}
+
+impl Workd {
+    fn call(&self, req: &wk::Request) -> Option<wk::Response> {
+        let b = encode_request(req)?;
+        if b.len() > BUFFER_MIN {
+            return None;
+        }
+        self.buf.write(0, &b);
+        match call_grant(WORKD, LABEL_REQUEST, b.len() as u64, 0, &self.buf, BUFFER_MIN as u64, true) {
+            Ok(m) if m.label == TRANSPORT_OK => {
+                let mut back = alloc::vec![0u8; (m.words[0] as usize).min(BUFFER_MIN)];
+                self.buf.read(0, &mut back);
+                decode_response(&back)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The workd name of replica `r` of cluster workload `name`, if workd can take it.
+fn local_name(name: &str, r: u32) -> Option<String> {
+    let n = format!("{PREFIX}{name}-{r}");
+    catenary_workload::spec::valid_name(&n).then_some(n)
+}
+
+fn local_spec(s: &ClusterSpec, name: String) -> WorkloadSpec {
+    WorkloadSpec {
+        name,
+        image: Digest(s.image),
+        vcpus: s.vcpus.min(u8::MAX as u32) as u8,
+        memory_mib: s.mem_mib.min(u32::MAX as u64) as u32,
+        env: s.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        args: if s.args.is_empty() { None } else { Some(s.args.clone()) },
+        restart: match s.restart {
+            ClusterRestart::No => RestartPolicy::No,
+            ClusterRestart::OnFailure { max_restarts } => RestartPolicy::OnFailure { limit: max_restarts },
+            ClusterRestart::Always => RestartPolicy::Always,
+        },
+        net: true,
+    }
+}
+
+/// The cluster file's members (name, key, node /128), once netd has it.
+fn members(buf: &Pages) -> Vec<(String, [u8; 32], Ipv6Addr)> {
+    loop {
+        match call(NETD, LABEL_CLUSTER, [0; 4]) {
+            Ok(m) if m.label == CLUSTER_NO_GRANT => break,
+            _ => sleep_ns(1_000_000_000),
+        }
+    }
+    let mut said = false;
+    loop {
+        match call_grant(NETD, LABEL_CLUSTER, 0, 0, buf, CLUSTER_MAX as u64, true) {
+            Ok(m) if m.label == 0 => {
+                let mut b = alloc::vec![0u8; (m.words[0] as usize).min(CLUSTER_MAX)];
+                buf.read(0, &mut b);
+                let parsed = core::str::from_utf8(&b).ok().and_then(|t| catenary_net::Cluster::parse(t).ok());
+                match parsed {
+                    Some(c) => return c.members.iter().map(|m| (m.name.clone(), m.public_key, Prefix64::from_public_key(&m.public_key).node_address())).collect(),
+                    None => {
+                        log("orchd: the cluster file does not parse: no orchestration");
+                        return Vec::new();
+                    }
+                }
+            }
+            Ok(m) if m.label == CLUSTER_NOT_READY => {}
+            _ => {
+                if !said {
+                    log("orchd: no cluster file yet; asking again every second");
+                    said = true;
+                }
+            }
+        }
+        sleep_ns(1_000_000_000);
+    }
+}
+
+fn run(_arg: u64) -> u64 {
+    if !dma::init_mapped(HEAP_PAGES) {
+        log("orchd: no heap");
+        return 99;
+    }
+    let pages = |n: usize| (n as u64).div_ceil(4096);
+    let (Ok(wbuf), Ok(io), Ok(cbuf)) = (Pages::map(WK_VA, pages(BUFFER_MIN)), Pages::map(IO_VA, pages(IO)), Pages::map(CLUSTER_VA, pages(CLUSTER_MAX))) else {
+        log("orchd: no memory for its buffers");
+        return 98;
+    };
+    let workd = Workd { buf: wbuf };
+    let members = members(&cbuf);
+    if members.is_empty() || members.len() > catenary_cluster::orch::MEMBERS_MAX {
+        logf!("orchd: {} cluster members: nothing to orchestrate", members.len());
+        idle();
+    }
+    let s = Sockets { slot: NETD };
+    let (sock, me_addr) = match s.udp_bound(Local::Node, PORT) {
+        Ok((h, a, _)) => (h, a),
+        Err(e) => {
+            logf!("orchd: cannot bind UDP port {} on the node's /128: {:?}", PORT, e);
+            return 2;
+        }
+    };
+    let Some(me) = members.iter().position(|m| m.2 == me_addr) else {
+        logf!("orchd: this node ([{}]) is not in the cluster file: nothing to orchestrate", me_addr);
+        idle();
+    };
+    let keys: Vec<NodeKey> = members.iter().map(|m| NodeKey(m.1)).collect();
+    let by_addr: BTreeMap<Ipv6Addr, usize> = members.iter().enumerate().map(|(i, m)| (m.2, i)).collect();
+    let seed = rdtsc() ^ (me as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut orch = Orch::new(me, keys, OrchConfig::default(), seed, now());
+    logf!("orchd: member {} of {} ({}), UDP [{}]:{}; listening for a cluster", me, members.len(), members[me].0, me_addr, PORT);
+
+    let mut next_converge = 0u64;
+    let mut next_capacity = 0u64;
+    let mut shown = Shown::default();
+    let mut data = alloc::vec![0u8; IO];
+    loop {
+        let t = now();
+        orch.tick(t);
+        send_all(&s, sock, &io, &members, &mut orch);
+        let ms = now_ns() / 1_000_000;
+        if ms >= next_capacity {
+            next_capacity = ms + CAPACITY_MS;
+            if let Some(Ok(wk::Reply::Node(n))) = workd.call(&wk::Request::Node) {
+                // Admission's room, plus what the cluster's replicas here already hold (the
+                // scheduler subtracts what it assigned itself). vCPUs are time-shared, not
+                // reserved: at most VCPUS_PER_CPU per CPU are placed.
+                let own: u64 = orch.assigned_now(t).iter().map(|(s, _)| s.mem_mib + catenary_workload::admission::VM_OVERHEAD_MIB).sum();
+                let free = n.memory_capacity_mib.saturating_sub(n.memory_committed_mib);
+                orch.set_capacity(n.cpus.saturating_mul(VCPUS_PER_CPU), free + own);
+            }
+        }
+        if ms >= next_converge {
+            next_converge = ms + CONVERGE_MS;
+            converge(&workd, &orch, t, &mut shown);
+        }
+        shown.report(&orch, t, &members);
+        for c in orch.take_scheduled() {
+            let name = |k: &NodeKey| members.iter().find(|m| m.1 == k.0).map(|m| m.0.as_str()).unwrap_or("?");
+            match c {
+                Command::Assign { workload, replica, node } => logf!("orchd: scheduler: assign {}/{} to {}", workload, replica, name(&node)),
+                Command::Unassign { workload, replica } => logf!("orchd: scheduler: unassign {}/{}", workload, replica),
+                Command::Released { workload, replica } => logf!("orchd: scheduler: {}/{} released", workload, replica),
+                other => logf!("orchd: scheduler: {:?}", other),
+            }
+        }
+        // Writes from apid: taken between polls (at most one poll's wait late).
+        while let Ok(m) = recv(0, 1) {
+            if m.reply != 0 {
+                serve(&mut orch, &m);
+            }
+        }
+        let wait = (orch.next_deadline().saturating_sub(now()).as_millis() as u64).clamp(1, 50);
+        let ready = match s.poll(wait) {
+            Ok(r) => r,
+            Err(e) => {
+                logf!("orchd: netd's poll failed ({:?}): starting again", e);
+                return 3;
+            }
+        };
+        if ready.readable & Ready::bit(sock) != 0 {
+            for _ in 0..32 {
+                let n = match s.recv(sock, &io, IO as u64) {
+                    Ok(n) => n.min(IO),
+                    Err(_) => break,
+                };
+                io.read(0, &mut data[..n]);
+                let Ok((h, payload)) = DgramHeader::decode(&data[..n]) else { continue };
+                // Only a member's node /128 speaks for that member.
+                if let Some(&from) = by_addr.get(&h.addr) {
+                    orch.handle(now(), from, payload);
+                }
+            }
+            send_all(&s, sock, &io, &members, &mut orch);
+        }
+    }
+}
+
+/// No orchestration on this node: answer every write "unavailable", for ever.
+fn idle() -> ! {
+    loop {
+        if let Ok(m) = recv(0, 0) {
+            if m.reply != 0 {
+                let _ = reply(m.reply, IPC_UNAVAILABLE, [0; 4]);
+            }
+        }
+    }
+}
+
+/// One IPC request (module comment of `catenary_cluster::orch`: `LABEL_WRITE`, `LABEL_TICKET`).
+fn serve(orch: &mut Orch, m: &Msg) {
+    let answer = |label: u64, w0: u64| {
+        let _ = reply(m.reply, label, [w0, 0, 0, 0]);
+    };
+    match m.label {
+        LABEL_WRITE => {
+            let Some(g) = grant_of(m.reply) else { return answer(IPC_REFUSED, 0) };
+            let n = m.words[0];
+            if n == 0 || n > g.len() || n > catenary_cluster::raft_codec::DATAGRAM_MAX as u64 {
+                return answer(IPC_REFUSED, 0);
+            }
+            let mut b = alloc::vec![0u8; n as usize];
+            g.read(0, &mut b);
+            let Ok(Wire::Propose { command, .. }) = decode(&b) else { return answer(IPC_REFUSED, 0) };
+            match orch.submit(now(), command) {
+                Ok(t) => answer(IPC_OK, t),
+                Err(SubmitError::Refused) => answer(IPC_REFUSED, 0),
+                Err(SubmitError::Unavailable) => answer(IPC_UNAVAILABLE, 0),
+            }
+        }
+        LABEL_TICKET => answer(
+            match orch.ticket(now(), m.words[0]) {
+                TicketStatus::Committed => IPC_OK,
+                TicketStatus::Pending => IPC_PENDING,
+                TicketStatus::Failed => IPC_FAILED,
+                TicketStatus::Unknown => IPC_UNKNOWN,
+            },
+            0,
+        ),
+        _ => answer(IPC_REFUSED, 0),
+    }
+}
+
+fn send_all(s: &Sockets, sock: u64, io: &Pages, members: &[(String, [u8; 32], Ipv6Addr)], orch: &mut Orch) {
+    for (to, bytes) in orch.take_outgoing() {
+        let Some(m) = members.get(to) else { continue };
+        if bytes.len() > UDP_PAYLOAD_MAX {
+            continue;
+        }
+        io.write(0, &DgramHeader { addr: m.2, port: PORT }.encode());
+        io.write(DGRAM_HEADER as u64, &bytes);
+        // A full queue or a peer without a session drops it: Raft retries.
+        let _ = s.send(sock, io, (DGRAM_HEADER + bytes.len()) as u64);
+    }
+}
+
+/// Make workd run exactly the assigned replicas (all of them only while the lease holds).
+fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) {
+    let Some(Ok(wk::Reply::List(list))) = workd.call(&wk::Request::List) else { return };
+    // What workd runs of the cluster's replicas, as its list says (the QEMU test reads this).
+    let running: Vec<String> = list.iter().filter(|w| w.name.starts_with(PREFIX) && w.state.active()).map(|w| format!("{}:{}", w.name, w.state.name())).collect();
+    if running != shown.running {
+        logf!("orchd: workd runs [{}]", running.join(" "));
+        shown.running = running;
+    }
+    let mut want: BTreeMap<String, (ClusterSpec, u32)> = BTreeMap::new();
+    for (spec, r) in orch.assigned_now(t) {
+        match local_name(&spec.name, r) {
+            Some(n) => {
+                want.insert(n, (spec, r));
+            }
+            None => logf!("orchd: {} replica {}: not a name workd takes; not run", spec.name, r),
+        }
+    }
+    for w in list.iter().filter(|w| w.name.starts_with(PREFIX)) {
+        if want.contains_key(&w.name) {
+            continue;
+        }
+        let target = Target::Name(w.name.clone());
+        if w.state.active() {
+            if w.state != State::Stopping {
+                logf!("orchd: stopping {} (not assigned here{})", w.name, if orch.lease_holds(t) { "" } else { ": no lease" });
+                let _ = workd.call(&wk::Request::Stop { target, grace_ms: Some(0) });
+            }
+        } else if workd.call(&wk::Request::Destroy(target)).is_some_and(|r| r.is_ok()) {
+            logf!("orchd: destroyed {}", w.name);
+        }
+    }
+    for (name, (spec, r)) in want {
+        match list.iter().find(|w| w.name == name) {
+            Some(w) if w.state == State::Created => {
+                let _ = workd.call(&wk::Request::Start(Target::Name(name)));
+            }
+            Some(_) => {}
+            None => match workd.call(&wk::Request::Create(local_spec(&spec, name.clone()))) {
+                Some(Ok(_)) => {
+                    let started = workd.call(&wk::Request::Start(Target::Name(name.clone())));
+                    logf!("orchd: started {} ({} replica {}): {:?}", name, spec.name, r, started.map(|r| r.is_ok()));
+                }
+                other => logf!("orchd: cannot create {}: {:?}", name, other),
+            },
+        }
+    }
+}
+
+/// What was last logged, so that only changes are.
+#[derive(Default)]
+struct Shown {
+    leader: Option<usize>,
+    id: Option<(u64, bool)>,
+    lease: bool,
+    assigned: usize,
+    misaddressed: u64,
+    undecodable: u64,
+    nodes: usize,
+    joins: u64,
+    running: Vec<String>,
+}
+
+impl Shown {
+    fn report(&mut self, orch: &Orch, t: Duration, members: &[(String, [u8; 32], Ipv6Addr)]) {
+        let name = |i: usize| members.get(i).map(|m| m.0.as_str()).unwrap_or("?");
+        if orch.id() != self.id {
+            self.id = orch.id();
+            if let Some((id, joined)) = self.id {
+                logf!("orchd: raft id {:#x} (generation {}){}", id, id >> 16, if joined { "" } else { ": asking the leader to replace the old id" });
+            }
+        }
+        if orch.leader() != self.leader {
+            self.leader = orch.leader();
+            match self.leader {
+                Some(l) => logf!("orchd: leader is {}{}", name(l), if l == orch.me() { " (this node)" } else { "" }),
+                None => log("orchd: no leader known"),
+            }
+        }
+        let lease = orch.lease_holds(t);
+        if lease != self.lease {
+            self.lease = lease;
+            log(if lease { "orchd: lease held" } else { "orchd: lease ran out: cluster replicas stop here" });
+        }
+        let n = orch.assigned_now(t).len();
+        if n != self.assigned {
+            self.assigned = n;
+            let st = orch.state();
+            logf!("orchd: {} replicas assigned here; {} workloads, {} assignments in the cluster", n, st.map_or(0, |s| s.workloads.len()), st.map_or(0, |s| s.assignments.len()));
+        }
+        let nodes = orch.state().map_or(0, |s| s.nodes.len());
+        if nodes != self.nodes {
+            self.nodes = nodes;
+            logf!("orchd: {} nodes admitted in the desired state", nodes);
+        }
+        let c = orch.counters;
+        if c.joins_proposed != self.joins {
+            self.joins = c.joins_proposed;
+            log("orchd: a restarted member asked to rejoin: proposed replacing its old raft id");
+        }
+        if c.misaddressed != self.misaddressed || c.undecodable != self.undecodable {
+            self.misaddressed = c.misaddressed;
+            self.undecodable = c.undecodable;
+            logf!("orchd: datagrams refused: {} undecodable, {} misaddressed", c.undecodable, c.misaddressed);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! `cluster_kill_rejoin` (issue 13 item 5, docs/orchestration.md "On nodes"): three QEMU
+//! nodes run `orchd`; an operator puts `web` (2 replicas) and `db` (1) into the cluster's
+//! desired state through node1's API; the node that runs `db` is killed (SIGKILL of its QEMU);
+//! the lost replicas must start on the survivors; the node is started again without any state
+//! (diskless), must rejoin as a new Raft generation, and nothing may run twice.
+//!
+//! What runs where is every node's workd list, as `orchd` logs it whenever it changes
+//! (`orchd: workd runs [cl-web-0:running …]`). Timings are host wall-clock from the kill:
+//! the leader's scheduler unassigning the lost replicas (detection: no acknowledgement for
+//! 1 s, then the lease of 2 s plus the 0.5 s delay bound waited out), and the survivor's workd
+//! reporting the replacement `running` (its guest init started the entrypoint). Bounds are
+//! generous sanity bounds only (TCG on a shared 2-core machine).
+
+use crate::apitest::{init_key, Checks, Workstation};
+use crate::cluster::NodeSpec;
+use crate::test::Tally;
+use catenary_net::cluster::{Cluster, Operator};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LIST: &str = "orchd: workd runs [";
+
+/// Each node's latest workd list of cluster replicas (name -> state), from line `from[i]` on.
+fn lists(lines: &[Vec<String>], from: &[usize], dead: &[bool]) -> Vec<BTreeMap<String, String>> {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, ls)| {
+            if dead[i] {
+                return BTreeMap::new();
+            }
+            let last = ls[from[i].min(ls.len())..].iter().rev().find_map(|l| l.split(LIST).nth(1));
+            last.map(|rest| {
+                rest.trim_end_matches(']')
+                    .split_whitespace()
+                    .filter_map(|e| e.split_once(':'))
+                    .map(|(n, s)| (n.to_string(), s.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Replica name -> the nodes whose workd has it active.
+fn runners(l: &[BTreeMap<String, String>]) -> BTreeMap<String, Vec<usize>> {
+    let mut m: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, n) in l.iter().enumerate() {
+        for k in n.keys() {
+            m.entry(k.clone()).or_default().push(i);
+        }
+    }
+    m
+}
+
+const REPLICAS: [&str; 3] = ["cl-db-0", "cl-web-0", "cl-web-1"];
+
+/// Every replica active on exactly one node and `running` there.
+fn placed(l: &[BTreeMap<String, String>]) -> bool {
+    let r = runners(l);
+    REPLICAS.iter().all(|n| r.get(*n).is_some_and(|v| v.len() == 1 && l[v[0]][*n] == "running")) && r.len() == REPLICAS.len()
+}
+
+pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "cluster_kill_rejoin";
+    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let tools = ["ip", "vde_plug2tap", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
+    if !root || !tools || !Path::new("/dev/net/tun").exists() {
+        t.skip(name, "needs root, /dev/net/tun, ip, vde_plug2tap, wireguard-go, wg");
+        return Ok(());
+    }
+    if let Some(why) = crate::ociimage::missing_tools() {
+        t.skip(name, why);
+        return Ok(());
+    }
+    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
+        t.record(name, false, "(no guest bundle in build/guest: `cargo xtask guest` failed?)");
+        return Ok(());
+    }
+    let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
+    if !st.success() {
+        t.record(name, false, "(cargo build -p catenary failed)");
+        return Ok(());
+    }
+    let tag = "cluster-kill-rejoin";
+    let dir = crate::tools::out_dir().join(tag);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let img_dir = crate::tools::out_dir().join("operator-api-image");
+    crate::workloadtest::build(&img_dir)?;
+    let image = img_dir.join("out");
+    let admin_cfg = dir.join("admin");
+    let admin = init_key(&admin_cfg, "alice")?;
+    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
+    let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2), NodeSpec::new(3)];
+    for n in &mut nodes {
+        n.guest = true;
+        n.cmdline = "vm=none".into();
+        for f in ["rootfs.squashfs", "config.json", "image.json"] {
+            n.files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));
+        }
+    }
+    let mut r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
+    let mut c = Checks(Vec::new());
+    let mut from = vec![0usize; 3];
+    let mut dead = vec![false; 3];
+    let res = (|| -> Result<(), String> {
+        // all three: apid serving, a leader known, the three members admitted
+        let formed = r.wait(Duration::from_secs(600), false, |l| {
+            l.iter().all(|n| n.iter().any(|x| x.contains("apid: serving")) && n.iter().any(|x| x.contains("orchd: leader is")))
+                && l.iter().any(|n| n.iter().any(|x| x.contains("orchd: 3 nodes admitted")))
+        });
+        c.check("three nodes: orchd elected a leader over the fabric and admitted the three members", formed, "`orchd: leader is` on every node");
+        if !formed {
+            return Err("no cluster".into());
+        }
+        let cluster_txt = dir.join("cluster-workstation.txt");
+        std::fs::write(&cluster_txt, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
+        let refs: Vec<&NodeSpec> = nodes.iter().collect();
+        let a = Workstation::up(r.switch_sock(), &dir, "alice", &admin_cfg, 1, &cluster_txt, &refs)?;
+        let img = image.to_str().unwrap();
+        for (w, n) in [("web", "2"), ("db", "1")] {
+            let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", n, "--name", w, "--mem", "64", "--restart", "always", img, "hello", w]);
+            c.check(&format!("`catenary run --replicas {n} --name {w}` through node1 is committed"), st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        }
+        let t0 = Instant::now();
+        let ok = r.wait(Duration::from_secs(600), false, |l| placed(&lists(l, &from, &dead)));
+        let l = lists(&r.lines, &from, &dead);
+        c.check("web's 2 replicas and db's 1 run, each on exactly one node (every workd's list)", ok, &format!("after {:.0} s: {:?}", t0.elapsed().as_secs_f64(), runners(&l)));
+        let web: Vec<usize> = ["cl-web-0", "cl-web-1"].iter().filter_map(|n| runners(&l).get(*n).map(|v| v[0])).collect();
+        c.check("web's replicas on two different nodes", web.len() == 2 && web[0] != web[1], &format!("{web:?}"));
+        if !ok {
+            return Err("not placed".into());
+        }
+        // kill the node that runs db
+        let victim = runners(&l)["cl-db-0"][0];
+        let lost: Vec<String> = l[victim].keys().cloned().collect();
+        let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        let killed = Instant::now();
+        r.kill(victim);
+        dead[victim] = true;
+        println!("  killed {} (it ran {:?})", nodes[victim].name, lost);
+        let mut detected: Option<Duration> = None;
+        let mut replaced: Option<Duration> = None;
+        let mut twice = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline && replaced.is_none() {
+            r.wait(Duration::from_millis(200), false, |_| false);
+            if detected.is_none() && (0..3).any(|i| i != victim && r.lines[i][mark[i]..].iter().any(|x| x.contains("orchd: scheduler: unassign"))) {
+                detected = Some(killed.elapsed());
+            }
+            let l = lists(&r.lines, &from, &dead);
+            for (n, v) in runners(&l) {
+                if v.len() > 1 {
+                    twice.push(format!("{n} on {v:?}"));
+                }
+            }
+            if lost.iter().all(|n| runners(&l).get(n).is_some_and(|v| v.len() == 1 && l[v[0]][n] == "running")) {
+                replaced = Some(killed.elapsed());
+            }
+        }
+        let secs = |d: Option<Duration>| d.map(|d| format!("{:.1} s", d.as_secs_f64())).unwrap_or("-".into());
+        println!("  timings: kill -> scheduler unassigns the lost replicas {}; kill -> every lost replica running on a survivor {}", secs(detected), secs(replaced));
+        c.check("the killed node's replicas run again on the survivors", replaced.is_some() && placed(&lists(&r.lines, &from, &dead)), &format!("kill -> running {}; {:?}", secs(replaced), runners(&lists(&r.lines, &from, &dead))));
+        c.check("the leader's scheduler unassigned them (detection)", detected.is_some(), &secs(detected));
+        c.check("no replica ran on two nodes after the kill", twice.is_empty(), &format!("{twice:?}"));
+        // restart it: no state survives (no disk); it must rejoin as generation 1
+        let at = r.restart(victim)?;
+        from[victim] = at;
+        dead[victim] = false;
+        let restarted = Instant::now();
+        let gen1 = format!("orchd: raft id {:#x} (generation 1)", 1u64 << 16 | victim as u64);
+        let joined = r.wait(Duration::from_secs(400), false, |l| l[victim][at..].iter().any(|x| x.ends_with(&gen1)));
+        c.check("the restarted node rejoined as a new Raft member (generation 1)", joined, &format!("`{gen1}` after {:.0} s", restarted.elapsed().as_secs_f64()));
+        c.check("the leader proposed replacing its old id", (0..3).any(|i| i != victim && r.lines[i][mark[i]..].iter().any(|x| x.contains("orchd: a restarted member asked to rejoin"))), "");
+        // a while of quiet: nothing twice, everything once
+        let quiet = Instant::now();
+        let mut twice = Vec::new();
+        while quiet.elapsed() < Duration::from_secs(30) {
+            r.wait(Duration::from_millis(200), false, |_| false);
+            let l = lists(&r.lines, &from, &dead);
+            for (n, v) in runners(&l) {
+                if v.len() > 1 {
+                    twice.push(format!("{n} on {v:?}"));
+                }
+            }
+        }
+        let l = lists(&r.lines, &from, &dead);
+        c.check("after the rejoin nothing runs twice, every replica once (all three workd lists)", twice.is_empty() && placed(&l), &format!("{twice:?} {:?}", runners(&l)));
+        // rm through the API (of a survivor: the workstation's WireGuard session with the
+        // restarted node is stale until wireguard-go rekeys) takes db out of the desired
+        // state; its replica stops
+        let (st, out, err) = a.cli(&nodes[(victim + 1) % 3], &["rm", "db"]);
+        c.check("`catenary rm db` removes it from the cluster", st == 0 && out.contains("removed from the cluster"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let gone = r.wait(Duration::from_secs(120), false, |l| !runners(&lists(l, &from, &dead)).contains_key("cl-db-0"));
+        c.check("db's replica stopped on its node", gone, "");
+        Ok(())
+    })();
+    let log = r.save_logs(tag);
+    if let Err(e) = res {
+        println!("  ({e}; log {})", log.display());
+    }
+    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
+    c.check("no panic on any node", !panics, "");
+    drop(r);
+    t.record(name, c.all(), &format!("(log {})", log.display()));
+    Ok(())
+}
