@@ -95,10 +95,13 @@ fn images_and_runs_reach_the_node_that_holds_the_image() {
     assert_eq!((i.digest.as_str(), i.node.as_deref()), (two.as_str(), Some("node2")));
     let none = Digest([0x33; 32]).to_string();
     assert_eq!(refused(&mut c, 0, ADMIN, &client::inspect_image(&none)).1, "no_such_image");
-    // nodes through node1: node2's own CPU and memory figures, before and while it runs
+    // nodes through node1: node2's own CPU and memory figures, before and while it runs; node1
+    // has no session with node2 now (an idle one lapsed), but node2 answered: up
+    c[0].node.unreachable = vec!["node2".into()];
     let nodes: NodeList = ok(&mut c, 0, &client::list_nodes());
     let n2 = nodes.nodes.iter().find(|n| n.name == "node2").unwrap().clone();
     assert_eq!((n2.cpus, n2.memory_total_mib, n2.memory_free_mib, n2.memory_committed_mib, n2.workloads), (Some(2), Some(2048), Some(2048), Some(0), Some(0)));
+    assert_eq!(n2.state, "up");
     // run through node1 of the image only node2 has: placed on node2
     let w: Workload = ok(&mut c, 0, &client::run(&run_req("web", only2())));
     assert_eq!((w.name.as_str(), w.node.as_deref()), ("web", Some("node2")));

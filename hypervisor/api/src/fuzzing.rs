@@ -31,11 +31,13 @@ pub struct SimNode {
     /// Its name, and the cluster's nodes (its `nodes()` rows; figures only for itself).
     pub name: String,
     pub members: Vec<String>,
+    /// Members it has no session with now (`unreachable` in its own rows).
+    pub unreachable: Vec<String>,
 }
 
 impl SimNode {
     pub fn new(free_mib: u64) -> SimNode {
-        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, name: "node1".into(), members: alloc::vec!["node1".into()] }
+        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, name: "node1".into(), members: alloc::vec!["node1".into()], unreachable: Vec::new() }
     }
 }
 
@@ -64,7 +66,7 @@ impl Backend for SimNode {
                     name: m.clone(),
                     public_key: crate::auth::hex(&NODE),
                     address: alloc::format!("fd00::{}", i + 1),
-                    state: "up".to_string(),
+                    state: if self.unreachable.contains(m) { "unreachable" } else { "up" }.to_string(),
                     cpus: res.map(|r| r.cpus),
                     memory_total_mib: res.map(|r| r.memory_total_mib),
                     memory_free_mib: res.map(|r| r.memory_free_mib),

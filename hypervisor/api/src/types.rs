@@ -30,7 +30,8 @@ pub struct Node {
     pub public_key: String,
     /// Its fabric /128.
     pub address: String,
-    /// `up` (this node, or a peer with a live session), `unreachable`, `unknown`.
+    /// `up` (this node, a peer with a live session, or one that answered this request),
+    /// `unreachable`, `unknown`.
     pub state: String,
     /// Resources, when known (this node's own; `null` for a peer not asked).
     pub cpus: Option<u32>,
