@@ -6,9 +6,9 @@
 //! file over HTTP, and a DNS server 203.0.113.53 with an A record for `ipv4only.example`. The
 //! microVM on node2 — a different node than the gateway — pings `64:ff9b::cb00:7150`, fetches
 //! the file by it (SHA-256 compared with the host's), asks the IPv4 DNS server through the
-//! translator (a UDP exchange) and asks DNS64 at `64:ff9b::35` for the name's AAAA; then the
-//! gateway's state table drains after the short timeouts the test configures. (Fetching by
-//! name through the guest's libc resolver does not work yet: docs/nat64.md.) Needs root, /dev/net/tun, ip, vde_plug2tap and
+//! translator (a UDP exchange), asks DNS64 at `64:ff9b::35` for the name's AAAA, and fetches
+//! the file by name with `nameserver 64:ff9b::35` in its `/etc/resolv.conf`; then the
+//! gateway's state table drains after the short timeouts the test configures. Needs root, /dev/net/tun, ip, vde_plug2tap and
 //! python3 (the servers); namespace and tap are made under `/tmp/catenary-netns.lock`.
 
 use crate::cluster::{b64, start, NodeSpec, NsGuard, GUEST_NET_SETUP, NODE_STOPPED};
@@ -19,13 +19,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const TESTS: [&str; 6] = [
+const TESTS: [&str; 7] = [
     "net_nat64_http_from_other_node",
     "net_nat64_udp_exchange",
     "net_nat64_ping",
     "net_nat64_state_table_drains",
     "net_nat64_gateway_only_where_configured",
     "net_nat64_dns64_synthesizes_aaaa",
+    "net_nat64_http_by_name",
 ];
 /// The IPv4 host and what it looks like inside (RFC 6052: 64:ff9b::203.0.113.80).
 const SERVER: &str = "203.0.113.80";
@@ -162,6 +163,8 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
          wget -q -O - http://[$T]/blob | sha256sum | sed 's/^/nat64-http-sha /'; \
          nslookup -type=A {NAME} {DNS6} 2>&1 | sed 's/^/nat64-udp /'; \
          nslookup -type=AAAA {NAME} 64:ff9b::35 2>&1 | sed 's/^/nat64-dns64 /'; \
+         echo nameserver 64:ff9b::35 > /etc/resolv.conf; \
+         wget -q -O - http://{NAME}/blob | sha256sum | sed 's/^/nat64-name-sha /'; \
          echo vm-nat64-done"
     );
     b.cmdline = format!("net.nat64gw=node1 vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(cmd.as_bytes()));
@@ -203,6 +206,9 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let udp = lines2.iter().any(|l| l.contains("nat64-udp Address") && l.contains(SERVER));
     // DNS64 at 64:ff9b::35: the AAAA synthesized from the A record
     let dns64 = lines2.iter().any(|l| l.contains("nat64-dns64 Address") && l.contains(SERVER6));
+    // by name through the guest's own resolver (glibc in busybox) and /etc/resolv.conf
+    let got_name_sha = lines2.iter().find_map(|l| l.split("nat64-name-sha ").nth(1).map(|s| s.split_whitespace().next().unwrap_or("").to_string()));
+    let by_name = got_name_sha.as_deref() == Some(sha.as_str());
     let pings = lines2.iter().filter(|l| l.contains("nat64-ping") && l.contains("bytes from") && l.contains(SERVER6)).count();
     let peak = lines1.iter().filter_map(|l| l.split("natd: sessions ").nth(1).and_then(|s| s.split(',').next()).and_then(|n| n.trim().parse::<u64>().ok())).max();
     let last = drain_line(lines1);
@@ -218,6 +224,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     t.record(TESTS[3], ok && drained && peak.is_some_and(|p| p >= 1),
         &format!("(most sessions logged {peak:?}, last table line {last:?}; {ctx})"));
     t.record(TESTS[5], ok && dns64, &format!("(nslookup -type=AAAA {NAME} at 64:ff9b::35 answered {SERVER6}: {dns64}; {ctx})"));
+    t.record(TESTS[6], ok && by_name, &format!("(wget http://{NAME}/blob with nameserver 64:ff9b::35 in /etc/resolv.conf: SHA-256 {got_name_sha:?}, on the host {sha}; {ctx})"));
     t.record(TESTS[4], ok && gateway && elsewhere, &format!("(natd on node1 with its uplink {gateway}, not on node2 which routes to node1 {elsewhere}; {ctx})"));
     Ok(())
 }

@@ -176,7 +176,7 @@ fn the_gateway_answers_guests_at_64_ff9b_35_through_the_upstream_resolver() {
     const ROUTER_MAC: [u8; 6] = [0x52, 0x54, 0, 0xca, 0x64, 0xfe];
     let c = GatewayConfig::parse("nat64.uplink=198.51.100.2/24 nat64.router=198.51.100.1 nat64.dns=203.0.113.53").unwrap();
     let mut g = Gateway::new(&c, MAC, 77).unwrap();
-    g.from_fabric(t(0), &v6_udp(CLIENT, DNS64_ADDR, 40001, 53, &ask(0x4242, "www.example.net", TYPE::AAAA)));
+    assert!(g.from_fabric(t(0), &v6_udp(CLIENT, DNS64_ADDR, 40001, 53, &ask(0x4242, "www.example.net", TYPE::AAAA))).is_none());
     let _arp = g.uplink.take_frame().expect("ARP for the router");
     let mut eth = Vec::from(MAC);
     eth.extend_from_slice(&ROUTER_MAC);
@@ -213,9 +213,17 @@ fn the_gateway_answers_guests_at_64_ff9b_35_through_the_upstream_resolver() {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(ROUTER_MAC, MAC).ipv4([203, 0, 113, 54], [198, 51, 100, 2], 60).udp(53, DNS_PORT).write(&mut v, &q2).unwrap();
     assert!(g.from_uplink(t(2), &v).is_none());
+    // an A question is answered by the gateway at once, back to the guest over the fabric
+    let back = g.from_fabric(t(3), &v6_udp(CLIENT, DNS64_ADDR, 40002, 53, &ask(0x77, "www.example.net", TYPE::A))).expect("the empty A answer");
+    assert!(g.uplink.take_frame().is_none(), "nothing asked upstream");
+    assert_eq!((&back[8..24], &back[24..40]), (&DNS64_ADDR[..], &CLIENT[..]));
+    let (ip6, rest) = etherparse::Ipv6Header::from_slice(&back).unwrap();
+    let (udp, data) = etherparse::UdpHeader::from_slice(rest).unwrap();
+    assert_eq!((udp.destination_port, udp.calc_checksum_ipv6(&ip6, data).unwrap()), (40002, udp.checksum));
+    assert_eq!(Packet::parse(data).unwrap().id(), 0x77);
     // without nat64.dns there is no DNS64: the question is dropped
     let c = GatewayConfig::parse("nat64.uplink=198.51.100.2/24 nat64.router=198.51.100.1").unwrap();
     let mut g = Gateway::new(&c, MAC, 77).unwrap();
-    g.from_fabric(t(0), &v6_udp(CLIENT, DNS64_ADDR, 40001, 53, &ask(1, "x.example", TYPE::AAAA)));
+    assert!(g.from_fabric(t(0), &v6_udp(CLIENT, DNS64_ADDR, 40001, 53, &ask(1, "x.example", TYPE::AAAA))).is_none());
     assert!(g.uplink.take_frame().is_none());
 }

@@ -128,36 +128,42 @@ impl Gateway {
     }
 
     /// An IPv6 packet from the fabric, to the prefix: translated and queued on the uplink
-    /// (frames in [`Uplink::take_frame`]), or a question for DNS64 at `64:ff9b::35`; dropped
-    /// (counted) otherwise.
-    pub fn from_fabric(&mut self, now: Duration, packet: &[u8]) {
+    /// (frames in [`Uplink::take_frame`]), or a question for DNS64 at `64:ff9b::35` (asked
+    /// upstream, or answered at once: the answer for the fabric is returned); dropped (counted)
+    /// otherwise.
+    pub fn from_fabric(&mut self, now: Duration, packet: &[u8]) -> Option<Vec<u8>> {
         if packet.get(24..40) == Some(&DNS64_ADDR[..]) {
-            self.dns_question(now, packet);
-            return;
+            return self.dns_question(now, packet);
         }
         if let Ok(v4) = self.nat.outbound(now, packet) {
             self.uplink.send(now, v4);
         }
+        None
     }
 
-    /// A question to DNS64 (UDP port 53, checksum verified): asked upstream.
-    fn dns_question(&mut self, now: Duration, packet: &[u8]) {
+    /// A question to DNS64 (UDP port 53, checksum verified).
+    fn dns_question(&mut self, now: Duration, packet: &[u8]) -> Option<Vec<u8>> {
         let pool = self.pool;
-        let Some((dns, upstream)) = self.dns.as_mut() else { return };
-        let Ok((ip6, rest)) = Ipv6Header::from_slice(packet) else { return };
-        let Some(payload) = rest.get(..usize::from(ip6.payload_length)) else { return };
+        let (dns, upstream) = self.dns.as_mut()?;
+        let (ip6, rest) = Ipv6Header::from_slice(packet).ok()?;
+        let payload = rest.get(..usize::from(ip6.payload_length))?;
         if ip6.next_header != IpNumber::UDP {
-            return;
+            return None;
         }
-        let Ok((udp, data)) = udp_parts(payload) else { return };
+        let (udp, data) = udp_parts(payload).ok()?;
         if udp.destination_port != 53 || udp.calc_checksum_ipv6(&ip6, data).ok() != Some(udp.checksum) {
-            return;
+            return None;
         }
-        if let Out::Upstream(m) = dns.from_client(now, ip6.source, udp.source_port, data) {
-            let upstream = *upstream;
-            if let Some(p) = udp4(pool, DNS_PORT, upstream, 53, &m) {
-                self.uplink.send(now, p);
+        match dns.from_client(now, ip6.source, udp.source_port, data) {
+            Out::Upstream(m) => {
+                let upstream = *upstream;
+                if let Some(p) = udp4(pool, DNS_PORT, upstream, 53, &m) {
+                    self.uplink.send(now, p);
+                }
+                None
             }
+            Out::Client(addr, port, m) => udp6(DNS64_ADDR, 53, addr, port, &m),
+            Out::None => None,
         }
     }
 

@@ -195,7 +195,7 @@ fn gateway_translates_between_the_fabric_and_the_uplink() {
     let mut g = Gateway::new(&c, MAC, 1).unwrap();
     let host: [u8; 16] = "fdaa::100:0:1:1".parse::<std::net::Ipv6Addr>().unwrap().octets();
     let mapped = embed(&WELL_KNOWN_PREFIX, REMOTE);
-    g.from_fabric(t(0), &v6_udp(host, mapped, 40000, 7, b"ping"));
+    assert!(g.from_fabric(t(0), &v6_udp(host, mapped, 40000, 7, b"ping")).is_none());
     let _arp = g.uplink.take_frame().unwrap();
     let reply = arp_packet(2, ROUTER_MAC, ROUTER, MAC, ADDR);
     assert!(g.from_uplink(t(1), &eth(MAC, ROUTER_MAC, 0x0806, &reply)).is_none());

@@ -14,6 +14,9 @@ use super::*;
 /// The RFC 6052 well-known prefix.
 pub const NAT64_PREFIX: Ipv6Addr = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0);
 pub const NAT64_PREFIX_LEN: u8 = 96;
+/// The cluster's DNS64 resolver (`natd` on the gateway): `64:ff9b::35`, which embeds 0.0.0.53,
+/// an address the translator never uses. Workloads get it in their `/etc/resolv.conf`.
+pub const DNS64_ADDR: Ipv6Addr = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0x35);
 /// Packets waiting for `natd`, at most (the rest are dropped and counted).
 pub const NAT64_QUEUE: usize = 256;
 

@@ -36,6 +36,12 @@ fn push_list(out: &mut String, key: &str, items: &[String]) {
 
 /// `node.json` version 1. `hostname` is left out unless it is a valid hostname.
 pub fn node_json(hostname: &str, address: Option<core::net::Ipv6Addr>, args: Option<&[String]>, env: &[String]) -> String {
+    node_json_with_dns(hostname, address, args, env, &[])
+}
+
+/// [`node_json`] with name servers for the guest's `/etc/resolv.conf` (the cluster's DNS64,
+/// docs/nat64.md).
+pub fn node_json_with_dns(hostname: &str, address: Option<core::net::Ipv6Addr>, args: Option<&[String]>, env: &[String], nameservers: &[core::net::Ipv6Addr]) -> String {
     let mut s = String::from("{\"version\":1");
     let valid = !hostname.is_empty() && hostname.len() <= 64 && hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') && !hostname.starts_with(['-', '.']);
     if valid {
@@ -49,6 +55,10 @@ pub fn node_json(hostname: &str, address: Option<core::net::Ipv6Addr>, args: Opt
     }
     if !env.is_empty() {
         push_list(&mut s, "env", env);
+    }
+    if !nameservers.is_empty() {
+        let ns: alloc::vec::Vec<String> = nameservers.iter().map(|a| alloc::format!("{a}")).collect();
+        push_list(&mut s, "nameservers", &ns);
     }
     s.push('}');
     s
@@ -73,5 +83,8 @@ mod tests {
         assert_eq!(v["env"][1], "Y=\u{2028}");
         assert_eq!(node_json("bad\"name", None, None, &[]), "{\"version\":1}");
         assert_eq!(node_json("w", None, Some(&[]), &[]), "{\"version\":1,\"hostname\":\"w\",\"args\":[]}");
+        let dns = node_json_with_dns("w", None, None, &[], &["64:ff9b::35".parse().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&dns).unwrap();
+        assert_eq!(v["nameservers"][0], "64:ff9b::35");
     }
 }

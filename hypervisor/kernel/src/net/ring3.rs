@@ -53,6 +53,7 @@ pub(super) fn start_user(cmdline: &str, modules: &[Module]) {
     supervisor::enable("nicd", true);
     supervisor::enable("netd", true);
     enable_natd(cmdline);
+    NAT64_NAMED.store(crate::cmdline::get(cmdline, "net.nat64gw").is_some(), core::sync::atomic::Ordering::Relaxed);
     crate::netdprobe::start(cmdline, modules);
 }
 
@@ -107,4 +108,12 @@ fn enable_natd(cmdline: &str) {
         }
         _ => supervisor::enable("natd", false),
     }
+}
+
+/// The command line names a NAT64 gateway (`net.nat64gw=`): workloads get DNS64 as their name
+/// server.
+static NAT64_NAMED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn nat64_named() -> bool {
+    NAT64_NAMED.load(core::sync::atomic::Ordering::Relaxed)
 }

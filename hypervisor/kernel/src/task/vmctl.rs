@@ -409,7 +409,9 @@ fn vm_task(handle: u64) {
             }
         },
     };
-    let node_json = catenary_workload::node::node_json(&l.name, net.map(|n| n.addr), l.args.as_deref(), &l.env);
+    // with a NAT64 gateway in the cluster, a networked workload resolves names through DNS64
+    let dns: &[core::net::Ipv6Addr] = if net.is_some() && crate::net::nat64_named() { &[catenary_net::nat64route::DNS64_ADDR] } else { &[] };
+    let node_json = catenary_workload::node::node_json_with_dns(&l.name, net.map(|n| n.addr), l.args.as_deref(), &l.env, dns);
     let r = crate::vm::run_image_vm(handle, &l.name, l.mem_mib, crate::vmstore::disk(&l.image), l.image.config(), &node_json, net, &l.ctl, &l.touched);
     drop(l.image); // the image may be removed now
     if let Some(n) = net {

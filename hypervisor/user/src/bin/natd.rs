@@ -154,10 +154,17 @@ fn run(_arg: u64) -> u64 {
     let mut next_tick = now_ns() + TICK_NS;
     let mut last = (usize::MAX, usize::MAX);
     let mut errors = 0u64;
+    // answers the gateway made itself (DNS64), for the next exchange
+    let mut replies: Vec<Vec<u8>> = Vec::new();
     loop {
         let now = Duration::from_nanos(now_ns());
         // uplink -> fabric: frames from the device, translated, into the exchange buffer
         let mut off = 0usize;
+        for r in replies.drain(..) {
+            if let Some(next) = put_record(&mut out, off, &r) {
+                off = next;
+            }
+        }
         while net.can_recv() && off + 2 + PACKET_MAX <= cap {
             let Ok(buf) = net.receive() else { break };
             if let Some(v6) = gw.from_uplink(now, buf.packet()) {
@@ -169,7 +176,7 @@ fn run(_arg: u64) -> u64 {
         }
         transmit(&mut net, &mut gw);
         // the exchange: our answers to netd, packets for the prefix back
-        let wait = if off == 0 && !net.can_recv() { IDLE_WAIT_MS } else { 0 };
+        let wait = if off == 0 && replies.is_empty() && !net.can_recv() { IDLE_WAIT_MS } else { 0 };
         xfer.write(0, &out[..off]);
         match call_grant(NETD, LABEL_XFER, off as u64, wait, &xfer, cap as u64, true) {
             Ok(m) if m.label == 0 => {
@@ -177,7 +184,11 @@ fn run(_arg: u64) -> u64 {
                 xfer.read(0, &mut inb[..n]);
                 let now = Duration::from_nanos(now_ns());
                 for p in records(&inb[..n]).flatten() {
-                    gw.from_fabric(now, p);
+                    if let Some(r) = gw.from_fabric(now, p) {
+                        if replies.len() < 64 {
+                            replies.push(r);
+                        }
+                    }
                 }
                 transmit(&mut net, &mut gw);
             }
