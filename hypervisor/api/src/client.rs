@@ -72,6 +72,10 @@ pub fn run_cluster(r: &RunRequest) -> ClientRequest {
 pub fn remove_cluster(workload: &str) -> ClientRequest {
     req(Method::Delete, alloc::format!("/v1/cluster/workloads/{workload}"))
 }
+/// `node drain NODE`: the cluster's scheduler moves every replica off it.
+pub fn drain_node(node: &str) -> ClientRequest {
+    req(Method::Post, alloc::format!("/v1/cluster/nodes/{node}/drain"))
+}
 pub fn inspect(workload: &str) -> ClientRequest {
     req(Method::Get, alloc::format!("/v1/workloads/{workload}"))
 }

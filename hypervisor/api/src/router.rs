@@ -48,6 +48,8 @@ pub enum ClusterWrite {
     /// Create or replace a workload that runs on `replicas` nodes.
     Put { spec: WorkloadSpec, replicas: u32 },
     Remove(String),
+    /// Take every replica off a node (its name in the cluster file, or its 64-hex key).
+    Drain(String),
 }
 
 /// The longest name of a cluster workload: its replicas run as `cl-NAME-R` on the nodes.
@@ -262,6 +264,14 @@ impl Api {
                 }
                 backend.cluster(ClusterWrite::Remove(name.clone()))?;
                 ok(&ClusterWorkload { name, replicas: 0 })
+            }
+            Op::DrainNode => {
+                let node = p.iter().find(|(k, _)| *k == "node").map(|(_, v)| v.clone()).unwrap_or_default();
+                if node.is_empty() || node.len() > 64 {
+                    return Err(ApiError::bad_request("node: a node's name or key"));
+                }
+                backend.cluster(ClusterWrite::Drain(node.clone()))?;
+                ok(&ClusterNode { name: node, drained: true })
             }
             Op::Events => {
                 self.observe(backend, now_ms);

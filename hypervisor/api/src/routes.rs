@@ -28,6 +28,7 @@ pub enum Op {
     Events,
     RunClusterWorkload,
     RemoveClusterWorkload,
+    DrainNode,
 }
 
 /// What a request body is: nothing, a JSON schema, or raw bytes (an image chunk).
@@ -84,6 +85,7 @@ pub const ROUTES: &[Route] = &[
     r(Get, "/v1/events", Op::Events, "listEvents", &["since"], Body::None, 200, "EventList"),
     r(Post, "/v1/cluster/workloads", Op::RunClusterWorkload, "runClusterWorkload", &[], Json("RunRequest"), 201, "ClusterWorkload"),
     r(Delete, "/v1/cluster/workloads/{workload}", Op::RemoveClusterWorkload, "removeClusterWorkload", &[], Body::None, 200, "ClusterWorkload"),
+    r(Post, "/v1/cluster/nodes/{node}/drain", Op::DrainNode, "drainNode", &[], Body::None, 200, "ClusterNode"),
 ];
 
 /// The values of a route's `{param}` segments, in order.

@@ -124,6 +124,14 @@ pub struct RunRequest {
     pub replicas: Option<u32>,
 }
 
+/// `POST /v1/cluster/nodes/{node}/drain`: the node (name) the cluster's scheduler takes
+/// every replica off (committed to the desired state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub name: String,
+    pub drained: bool,
+}
+
 /// A workload of the cluster's replicated desired state (docs/orchestration.md): what
 /// `POST /v1/cluster/workloads` committed, or what `DELETE` removed (replicas 0).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +406,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
             })),
         ),
         ("ClusterWorkload", v(serde_json::to_value(ClusterWorkload { name: "web".into(), replicas: 2 }))),
+        ("ClusterNode", v(serde_json::to_value(ClusterNode { name: "node2".into(), drained: true }))),
         ("StopRequest", v(serde_json::to_value(StopRequest { grace_ms: Some(1) }))),
         ("Exit", v(serde_json::to_value(&exit))),
         ("WorkloadSummary", v(serde_json::to_value(&summary))),

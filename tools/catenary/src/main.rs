@@ -76,6 +76,9 @@ enum Cmd {
     /// Catenary images: pack an OCI image, verify a packed one; push, list, remove on a node.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Cluster nodes: `node drain NODE`.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Run an image as a workload; prints its id and name.
     Run {
         #[arg(long)]
@@ -151,6 +154,13 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum NodeCmd {
+    /// The cluster's scheduler moves every replica off NODE (name or key) and places nothing
+    /// there any more.
+    Drain { node: String },
+}
+
+#[derive(Subcommand)]
 enum ImageCmd {
     /// Pack an OCI image layout directory or a `docker save` tarball into a Catenary image
     /// directory (rootfs.squashfs, config.json, image.json). Prints the image digest.
@@ -211,6 +221,7 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Logs { follow, id } => commands::logs(&c, &id, follow, poll),
         Cmd::Stop { grace_ms, id } => commands::stop(&c, &id, grace_ms),
         Cmd::Rm { id } => commands::rm(&c, &id),
+        Cmd::Node(NodeCmd::Drain { node }) => commands::drain(&c, &node),
         Cmd::Inspect { id } => commands::inspect(&c, &id),
         Cmd::Events { follow } => commands::events(&c, follow, poll),
         Cmd::FabricProbe { bytes } => {

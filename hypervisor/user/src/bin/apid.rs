@@ -169,7 +169,18 @@ impl Backend for Node {
     }
 
     fn cluster(&mut self, w: catenary_api::ClusterWrite) -> Result<(), ApiError> {
-        cluster::write(&self.wk, ORCHD, w)
+        let node = match &w {
+            // a member of the cluster file, by name or key
+            catenary_api::ClusterWrite::Drain(n) => {
+                let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
+                match members.iter().find(|m| m.name == *n || hex(&m.public_key) == *n) {
+                    Some(m) => Some(m.public_key),
+                    None => return Err(ApiError::new(404, "no_such_node", "no node of the cluster file has that name or key")),
+                }
+            }
+            _ => None,
+        };
+        cluster::write(&self.wk, ORCHD, w, node)
     }
 }
 

@@ -292,6 +292,16 @@ pub fn stop(c: &Ctx, id: &str, grace_ms: Option<u32>) -> R {
     Ok(())
 }
 
+/// `node drain NODE`: committed to the cluster's desired state; the replicas move off it.
+pub fn drain(c: &Ctx, node: &str) -> R {
+    let n: ClusterNode = c.t.call(&client::drain_node(node))?;
+    if c.json {
+        return print_json(&n);
+    }
+    println!("{} drained", n.name);
+    Ok(())
+}
+
 /// A workload of the node (or, through it, of another node); a name no node has is taken
 /// out of the cluster's desired state.
 pub fn rm(c: &Ctx, id: &str) -> R {

@@ -13,7 +13,7 @@ use catenary_workload::RestartPolicy;
 /// A write's whole time (orchd gives up on a forwarded write after 5 s).
 pub const WRITE_MS: u64 = 8_000;
 
-fn command(w: ClusterWrite) -> Command {
+fn command(w: ClusterWrite, node: Option<[u8; 32]>) -> Command {
     match w {
         ClusterWrite::Put { spec, replicas } => Command::PutWorkload(WorkloadSpec {
             name: spec.name,
@@ -32,12 +32,15 @@ fn command(w: ClusterWrite) -> Command {
             constraints: alloc::vec::Vec::new(),
         }),
         ClusterWrite::Remove(name) => Command::RemoveWorkload(name),
+        // the caller resolved the node's key (a name no member has is refused before)
+        ClusterWrite::Drain(_) => Command::Drain(catenary_cluster::NodeKey(node.unwrap_or([0; 32]))),
     }
 }
 
-pub fn write(buf: &Pages, orchd: u64, w: ClusterWrite) -> Result<(), ApiError> {
+/// `node`: the key of the node a `Drain` names.
+pub fn write(buf: &Pages, orchd: u64, w: ClusterWrite, node: Option<[u8; 32]>) -> Result<(), ApiError> {
     let unavailable = || ApiError::new(503, "cluster_unavailable", "the cluster has no leader now (or it did not commit in time); try again");
-    let bytes = encode(&Wire::Propose { request: 0, command: command(w) });
+    let bytes = encode(&Wire::Propose { request: 0, command: command(w, node) });
     if bytes.len() as u64 > buf.len() {
         return Err(ApiError::bad_request("the workload is too large for the cluster's log"));
     }
