@@ -349,6 +349,15 @@ pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         // the viewer reads but may not run
         let (st, out, err) = v.cli(n1, &["run", "--name", "nope", image.to_str().unwrap()]);
         c.check("viewer `run` is refused: exit 4, permission denied (403)", st == 4 && err.contains("permission denied"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        // membership (memberd through apid): both alive with an incarnation; `node add` is admin only
+        let (st, out, _) = a.cli(n1, &["--json", "nodes"]);
+        let members: Vec<String> = json(&out).and_then(|j| j["nodes"].as_array().cloned()).unwrap_or_default().iter().map(|n| format!("{}:{}:{}", n["name"].as_str().unwrap_or("?"), n["membership"].as_str().unwrap_or("?"), n["incarnation"].as_u64().unwrap_or(0))).collect();
+        c.check("`nodes --json` shows both nodes alive with an incarnation (memberd)", st == 0 && members.len() == 2 && members.iter().all(|m| m.contains(":alive:") && !m.ends_with(":0")), &format!("exit {st}: {members:?}"));
+        let newkey = catenary_net::cluster::hex_encode(&netfabric::Identity::generate(&mut rand_core::OsRng).public_key());
+        let (st, out, err) = v.cli(n1, &["node", "add", &newkey]);
+        c.check("viewer `node add` is refused: exit 4 (403)", st == 4 && err.contains("permission denied"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let (st, out, err) = a.cli(n1, &["node", "add", &newkey]);
+        c.check("admin `node add KEY` admits it (memberd)", st == 0 && out.trim() == newkey, &format!("exit {st}: {} {}", out.trim(), err.trim()));
         let (st, out, _) = v.cli(n1, &["--json", "ps"]);
         let nope = out.contains("\"nope\"");
         c.check("viewer `ps --json` works; nothing was created by the refused run", st == 0 && json(&out).is_some() && !nope, &format!("exit {st}"));

@@ -127,7 +127,6 @@ pub const NODE_STOPPED: &str = "[xtask] node stopped";
 /// The line [`Running::kill`] adds.
 pub const NODE_KILLED: &str = "[xtask] node killed";
 /// The line [`Running::restart`] adds.
-#[allow(dead_code)]
 pub const NODE_RESTARTED: &str = "[xtask] node restarted";
 
 impl Running {
@@ -197,7 +196,6 @@ impl Running {
 
     /// Kill node `i`'s QEMU (SIGKILL: the node gets no chance to say goodbye), as a power
     /// failure would. Noted in its lines as `[xtask] node killed`; not reported by [`Running::exits`].
-    #[allow(dead_code)] // the cluster membership and orchestration tests
     pub fn kill(&mut self, i: usize) {
         let _ = self.children[i].kill();
         let _ = self.children[i].wait();
@@ -209,7 +207,6 @@ impl Running {
     /// Start node `i` again with the same key, cluster file and QEMU arguments (a fresh wall
     /// clock on its command line). Its new console lines are appended to `lines[i]` after
     /// `[xtask] node restarted`; returns the index of that line.
-    #[allow(dead_code)]
     pub fn restart(&mut self, i: usize) -> Result<usize, String> {
         if !self.exited[i] {
             self.kill(i);
@@ -575,7 +572,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_nat64", "cluster_kill_rejoin"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_nat64", "cluster_kill_rejoin", "cluster_membership"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -611,6 +608,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_cli_push", crate::pushtest::test),
         ("net_nat64", crate::nat64test::test),
         ("cluster_kill_rejoin", crate::orchtest::test),
+        ("cluster_membership", crate::membertest::test),
     ];
     for &(name, f) in groups {
         if crate::test::selected(name) {

@@ -12,6 +12,7 @@ mod build;
 mod cluster;
 mod fuzz;
 mod initimage;
+mod membertest;
 mod layerimage;
 mod nat64bench;
 mod nat64test;

@@ -31,6 +31,9 @@ fn with_json<T: serde::Serialize>(mut r: ClientRequest, v: &T) -> ClientRequest 
 pub fn list_nodes() -> ClientRequest {
     req(Method::Get, "/v1/nodes".into())
 }
+pub fn add_node(public_key: &str) -> ClientRequest {
+    with_json(req(Method::Post, "/v1/nodes".into()), &crate::types::NodeAdd { public_key: public_key.into() })
+}
 pub fn list_images() -> ClientRequest {
     req(Method::Get, "/v1/images".into())
 }

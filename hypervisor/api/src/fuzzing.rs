@@ -33,11 +33,13 @@ pub struct SimNode {
     pub members: Vec<String>,
     /// Members it has no session with now (`unreachable` in its own rows).
     pub unreachable: Vec<String>,
+    /// Keys `POST /v1/nodes` admitted.
+    pub admitted: Vec<[u8; 32]>,
 }
 
 impl SimNode {
     pub fn new(free_mib: u64) -> SimNode {
-        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, name: "node1".into(), members: alloc::vec!["node1".into()], unreachable: Vec::new() }
+        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, name: "node1".into(), members: alloc::vec!["node1".into()], unreachable: Vec::new(), admitted: Vec::new() }
     }
 }
 
@@ -72,9 +74,17 @@ impl Backend for SimNode {
                     memory_free_mib: res.map(|r| r.memory_free_mib),
                     memory_committed_mib: res.map(|r| r.memory_committed_mib),
                     workloads: this.then_some(count),
+                    membership: Some("alive".to_string()),
+                    incarnation: Some(0),
                 }
             })
             .collect()
+    }
+    fn admit_node(&mut self, key: [u8; 32]) -> Result<(), crate::ApiError> {
+        if !self.admitted.contains(&key) {
+            self.admitted.push(key);
+        }
+        Ok(())
     }
     fn workd_chunk(&mut self, req: proto::Request, bytes: &[u8]) -> proto::Response {
         // as `workd` reads the chunk from the grant

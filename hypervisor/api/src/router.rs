@@ -32,6 +32,8 @@ pub trait Backend {
     fn workd(&mut self, req: wk::Request) -> wk::Response;
     /// The cluster's nodes as this node knows them.
     fn nodes(&mut self) -> Vec<Node>;
+    /// Admit a node's fabric key into membership (`POST /v1/nodes`, admin only).
+    fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError>;
     /// A `proto::Request::ImageChunk` with its bytes: `apid` writes the request at the start of
     /// its granted buffer and `bytes` at `proto::CHUNK_OFFSET` (the grant must reach that far).
     fn workd_chunk(&mut self, req: wk::Request, bytes: &[u8]) -> wk::Response;
@@ -181,6 +183,15 @@ impl Api {
         let ok = |v: &dyn erased::Ser| v.respond(route.status);
         Ok(match route.op {
             Op::ListNodes => ok(&NodeList { nodes: backend.nodes() }),
+            Op::AddNode => {
+                let a: crate::types::NodeAdd = body_required(req)?;
+                let key = crate::auth::hex32(&a.public_key).ok_or_else(|| ApiError::new(422, "bad_key", "public_key: not 64 hex digits"))?;
+                if key == [0; 32] {
+                    return Err(ApiError::new(422, "bad_key", "public_key: the all-zero key"));
+                }
+                backend.admit_node(key)?;
+                ok(&a)
+            }
             Op::ListImages => ok(&ImageList { images: Self::images(backend)?.iter().map(Image::from).collect() }),
             Op::InspectImage => {
                 let d = digest(p)?;

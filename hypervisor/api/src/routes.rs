@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     ListNodes,
+    AddNode,
     ListImages,
     InspectImage,
     RemoveImage,
@@ -67,6 +68,7 @@ use Method::{Delete, Get, Post, Put};
 
 pub const ROUTES: &[Route] = &[
     r(Get, "/v1/nodes", Op::ListNodes, "listNodes", &[], Body::None, 200, "NodeList"),
+    r(Post, "/v1/nodes", Op::AddNode, "addNode", &[], Json("NodeAdd"), 200, "NodeAdd"),
     r(Get, "/v1/images", Op::ListImages, "listImages", &[], Body::None, 200, "ImageList"),
     r(Get, "/v1/images/{digest}", Op::InspectImage, "inspectImage", &[], Body::None, 200, "Image"),
     r(Delete, "/v1/images/{digest}", Op::RemoveImage, "removeImage", &[], Body::None, 200, "Image"),

@@ -40,6 +40,21 @@ pub struct Node {
     /// Guest memory (plus overhead) committed to its workloads.
     pub memory_committed_mib: Option<u64>,
     pub workloads: Option<u32>,
+    /// Its membership state as this node's membership service (`memberd`) holds it: `alive`,
+    /// `suspect`, `dead`, `left`; `null` when the service did not answer or does not know it.
+    #[serde(default)]
+    pub membership: Option<String>,
+    /// `generation << 16 | SWIM incarnation` (grows on every refuted suspicion and rejoin).
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+}
+
+/// `POST /v1/nodes` (admin): admit a node's fabric key into membership.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAdd {
+    /// The node's fabric public key (64 hex).
+    pub public_key: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,6 +372,8 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         memory_free_mib: Some(100),
         memory_committed_mib: Some(68),
         workloads: Some(1),
+        membership: Some("alive".into()),
+        incarnation: Some(1 << 16),
     };
     let image = Image { digest: d.clone(), rootfs: d.clone(), rootfs_size: 1, config: d.clone(), config_size: 1, node: Some("node2".into()) };
     let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64, address: Some("fd00::100:0:1:1".into()), node: Some("node1".into()) };
@@ -387,6 +404,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         ("ErrorDetail", v(serde_json::to_value(ErrorDetail { code: "c".into(), message: "m".into() }))),
         ("Node", v(serde_json::to_value(&node))),
         ("NodeList", v(serde_json::to_value(NodeList { nodes: vec![node] }))),
+        ("NodeAdd", v(serde_json::to_value(NodeAdd { public_key: "00".repeat(32) }))),
         ("Image", v(serde_json::to_value(&image))),
         ("ImageList", v(serde_json::to_value(ImageList { images: vec![image] }))),
         ("UploadCreate", v(serde_json::to_value(UploadCreate { image: d.clone(), manifest: "{}".into() }))),

@@ -38,6 +38,7 @@ pub mod raft_sim;
 mod raft_tests;
 pub mod reconcile;
 pub mod replica;
+pub mod service;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 #[cfg(test)]

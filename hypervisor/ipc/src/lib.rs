@@ -244,6 +244,12 @@ pub mod netd {
     /// [`CLUSTER_NOT_READY`] (the stack is not up yet: ask again). The API service (`apid`)
     /// learns its operators and the nodes from it.
     pub const LABEL_CLUSTER: u64 = 0x4e43_0001;
+    /// A task's call to `netd`'s endpoint: reply label 0 with words [seed, unix seconds now,
+    /// 0, 0]: 64 bits from the node's entropy (BLAKE2s of the kernel-collected fabric seed,
+    /// the clock and a counter: fresh for every call) and the fabric's wall clock, or
+    /// [`CLUSTER_NOT_READY`]. The membership service (`memberd`) seeds its SWIM RNG with the
+    /// first and numbers its generation with the second.
+    pub const LABEL_SEED: u64 = 0x4e43_0002;
     pub const CLUSTER_NO_GRANT: u64 = 1;
     pub const CLUSTER_TOO_SMALL: u64 = 2;
     pub const CLUSTER_NOT_READY: u64 = 3;

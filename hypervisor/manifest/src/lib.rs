@@ -13,7 +13,7 @@ pub use services::SERVICES;
 /// Programs embedded in the kernel image (bins of hypervisor/user; the kernel's build script
 /// embeds exactly these). `uapp`, `sysfuzz` and `wkctl` (a workload-protocol client) also serve
 /// the kernel's tests.
-pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz", "workd", "wkctl", "apid", "natd", "orchd"];
+pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz", "workd", "wkctl", "apid", "natd", "orchd", "memberd"];
 
 /// The supervisor's own program: started by the kernel, not an entry of [`SERVICES`].
 pub const SUPERVISOR: &str = "supd";

@@ -109,6 +109,28 @@ pub const SERVICES: &[Service] = &[
         grants: &[],
         vm_control: true,
     },
+    // The membership service (docs/orchestration.md): SWIM over one UDP port on the node's
+    // fabric /128 through netd's sockets; answers apid's member-table query and admissions on
+    // its endpoint. A send capability to netd that may lend a buffer (GRANT: the cluster
+    // file); memory for its heap (1 MiB) and buffers.
+    Service {
+        name: "memberd",
+        program: "memberd",
+        arg: 0,
+        priority: 5,
+        endpoint: true,
+        sends: &["netd"],
+        ports: &[],
+        irq: None,
+        mmio: &[],
+        dma_pages: 0,
+        memory_pages: 384,
+        restart: true,
+        router: false,
+        shares: &[],
+        grants: &["netd"],
+        vm_control: false,
+    },
     // The operator API (docs/api.md): HTTP on the node's fabric /128, port 8080, through
     // netd's sockets; each request becomes workload-protocol calls to workd. Send capabilities
     // to both that may lend its buffers for a call (GRANT); no other authority. Memory for its
@@ -119,7 +141,7 @@ pub const SERVICES: &[Service] = &[
         arg: 0,
         priority: 4,
         endpoint: true,
-        sends: &["workd", "netd", "orchd"],
+        sends: &["workd", "netd", "orchd", "memberd"],
         ports: &[],
         irq: None,
         mmio: &[],
@@ -128,7 +150,7 @@ pub const SERVICES: &[Service] = &[
         restart: true,
         router: false,
         shares: &[],
-        grants: &["workd", "netd", "orchd"],
+        grants: &["workd", "netd", "orchd", "memberd"],
         vm_control: false,
     },
     // The orchestration service (docs/orchestration.md): the Raft replica of the desired

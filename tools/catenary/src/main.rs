@@ -71,12 +71,18 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// The cluster's nodes: state, CPUs, memory, workloads.
+    /// The cluster's nodes: state, membership (alive, suspect, dead, left) and incarnation,
+    /// CPUs, memory, workloads.
     Nodes,
+    /// A new cluster: `cluster new --nodes N [--dir D]` makes the node keys, the cluster file
+    /// and the operator config (no node is contacted).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Catenary images: pack an OCI image, verify a packed one; push, list, remove on a node.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Cluster nodes: `node drain NODE`.
+    /// Cluster nodes: `node drain NODE`; `node add KEY` (admin) admits a node's key into
+    /// membership.
     #[command(subcommand)]
     Node(NodeCmd),
     /// Run an image as a workload; prints its id and name.
@@ -158,6 +164,25 @@ enum NodeCmd {
     /// The cluster's scheduler moves every replica off NODE (name or key) and places nothing
     /// there any more.
     Drain { node: String },
+    /// Admit a node's fabric public key (64 hex) into membership. Until the replicated desired
+    /// state holds admitted keys, the admission lives in the answering node's membership
+    /// service only (in memory), and the fabric still needs the key in the nodes' cluster file.
+    Add { key: String },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Node keys (`nodeK.key`, 0600, from the OS entropy source; never printed), the cluster
+    /// file (`cluster.txt`) and the operator config (`operator/`, admin) in DIR.
+    New {
+        #[arg(long)]
+        nodes: usize,
+        #[arg(long, default_value = "cluster")]
+        dir: PathBuf,
+        /// Replace a cluster already in DIR (new keys).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,6 +226,16 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
         println!("operator {name} {} admin", cfg.public_key);
         return Ok(());
     }
+    if let Cmd::Cluster(ClusterCmd::New { nodes, dir, force }) = cmd {
+        let c = catenary::ops::clusternew::create(&dir, nodes, force).map_err(CliError::Other)?;
+        for m in &c.members {
+            println!("{} {}", m.name, catenary_net::cluster::hex_encode(&m.public_key));
+        }
+        eprintln!("{} node keys (mode 0600), cluster file {}, operator config {} (admin, API: {}'s fabric address)",
+            nodes, dir.join("cluster.txt").display(), dir.join("operator").display(), "node1");
+        eprintln!("use it: export CATENARY_CONFIG_DIR={}", dir.join("operator").display());
+        return Ok(());
+    }
     if let Cmd::WgConfig { cluster, iface, output } = cmd {
         let dir = config::config_dir().map_err(CliError::Other)?;
         catenary::ops::wgconfig::write(&dir, &cluster, iface.as_deref(), &output).map_err(CliError::Other)?;
@@ -211,6 +246,7 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
     let c = Ctx { t: transport::choose(choice, &dir).map_err(CliError::Other)?, json };
     match cmd {
         Cmd::Nodes => commands::nodes(&c),
+        Cmd::Node(NodeCmd::Add { key }) => commands::node_add(&c, &key),
         Cmd::Image(ImageCmd::Push { dir }) => commands::image_push(&c, &dir),
         Cmd::Image(ImageCmd::Ls) => commands::images(&c),
         Cmd::Image(ImageCmd::Rm { digest }) => commands::image_rm(&c, &digest),
@@ -235,7 +271,7 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::BenchApi { gets, push, echo, echo_bytes } => catenary::ops::bench::bench(&c, gets.min(100_000), push.as_deref(), echo.as_deref(), echo_bytes.min(64 << 20)),
-        Cmd::Init { .. } | Cmd::WgConfig { .. } | Cmd::Image(ImageCmd::Pack(_) | ImageCmd::Verify { .. }) => Ok(()),
+        Cmd::Init { .. } | Cmd::WgConfig { .. } | Cmd::Cluster(_) | Cmd::Image(ImageCmd::Pack(_) | ImageCmd::Verify { .. }) => Ok(()),
     }
 }
 

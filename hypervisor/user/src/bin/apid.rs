@@ -4,7 +4,8 @@
 //! the workload protocol to `workd` (`catenary_workload::proto`, through a granted buffer).
 //!
 //! Granted (manifest entry `apid`): its endpoint (slot 0, unused today), send capabilities
-//! with GRANT to `workd` (slot 1) and `netd` (slot 2), and a memory quota for its heap.
+//! with GRANT to `workd` (slot 1), `netd` (slot 2), `orchd` (slot 3) and `memberd` (slot 4:
+//! the member table, admissions), and a memory quota for its heap.
 //!
 //! - **Who calls.** The cluster file (`netd`'s `LABEL_CLUSTER`) lists the operators with their
 //!   roles and the nodes. The fabric delivers a packet only when its source lies in the /64 of
@@ -44,6 +45,8 @@ const WORKD: u64 = 1;
 const NETD: u64 = 2;
 /// The orchestration service: cluster writes (`POST /v1/cluster/workloads`).
 const ORCHD: u64 = 3;
+/// The membership service: the member table, admissions.
+const MEMBERD: u64 = 4;
 /// 8 MiB of heap (quota 2560 pages): connections' requests and answers, pushes, events.
 const HEAP_PAGES: u64 = 2048;
 /// Connections served at once: `netd` gives a client 8 sockets, one is the listener.
@@ -62,6 +65,7 @@ entry!(run);
 const WK_VA: u64 = 0x2000_0000;
 const IO_VA: u64 = 0x2010_0000;
 const CLUSTER_VA: u64 = 0x2020_0000;
+const MEMBERS_VA: u64 = 0x2040_0000;
 /// The buffer lent to `workd`: a request, and an image chunk at `CHUNK_OFFSET`.
 const WK_BYTES: usize = CHUNK_OFFSET + catenary_api::upload::CHUNK_SIZE;
 
@@ -69,6 +73,8 @@ const WK_BYTES: usize = CHUNK_OFFSET + catenary_api::upload::CHUNK_SIZE;
 struct Node {
     wk: Pages,
     cluster: Pages,
+    /// Where `memberd` writes its member table.
+    table: Pages,
     /// `workd` did not answer one of this request's calls (the answer becomes 503).
     workd_down: bool,
     /// The node's /128 (where the listener is bound).
@@ -142,6 +148,8 @@ impl Backend for Node {
             _ => None,
         };
         let me = self.me;
+        let table = member_table(&self.table);
+        let member = |k: &[u8; 32]| table.iter().find(|r| r.id.key.0 == *k);
         c.members
             .iter()
             .enumerate()
@@ -159,6 +167,8 @@ impl Backend for Node {
                     memory_free_mib: res.filter(|_| this).map(|r| r.memory_free_mib),
                     memory_committed_mib: res.filter(|_| this).map(|r| r.memory_committed_mib),
                     workloads: count.filter(|_| this),
+                    membership: member(&m.public_key).map(|r| catenary_cluster::service::state_name(r.state).into()),
+                    incarnation: member(&m.public_key).map(|r| r.incarnation),
                 }
             })
             .collect()
@@ -182,6 +192,26 @@ impl Backend for Node {
         };
         cluster::write(&self.wk, ORCHD, w, node)
     }
+
+    fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError> {
+        use catenary_cluster::service as svc;
+        match call_timeout(MEMBERD, svc::LABEL_ADMIT, svc::key_words(&key), 2000) {
+            Ok(m) if m.label == svc::OK => Ok(()),
+            _ => Err(ApiError::new(503, "memberd_unavailable", "the node's membership service did not admit the key")),
+        }
+    }
+}
+
+/// `memberd`'s member table (empty when it answers out of protocol).
+fn member_table(buf: &Pages) -> Vec<catenary_cluster::service::Row> {
+    use catenary_cluster::service as svc;
+    let Ok(m) = call_grant(MEMBERD, svc::LABEL_MEMBERS, 0, 0, buf, buf.len(), true) else { return Vec::new() };
+    if m.label != svc::OK || m.words[0] > buf.len() {
+        return Vec::new();
+    }
+    let mut b = alloc::vec![0u8; m.words[0] as usize];
+    buf.read(0, &mut b);
+    svc::decode(&b).unwrap_or_default()
 }
 
 struct Conn {
@@ -204,11 +234,11 @@ fn run(_arg: u64) -> u64 {
         return 99;
     }
     let pages = |n: usize| (n as u64).div_ceil(4096);
-    let (Ok(wk), Ok(io), Ok(cluster)) = (Pages::map(WK_VA, pages(WK_BYTES)), Pages::map(IO_VA, pages(IO)), Pages::map(CLUSTER_VA, pages(CLUSTER_MAX))) else {
+    let (Ok(wk), Ok(io), Ok(cluster), Ok(table)) = (Pages::map(WK_VA, pages(WK_BYTES)), Pages::map(IO_VA, pages(IO)), Pages::map(CLUSTER_VA, pages(CLUSTER_MAX)), Pages::map(MEMBERS_VA, pages(catenary_cluster::service::table_len(catenary_cluster::service::ROWS_MAX)))) else {
         log("apid: no memory for its buffers");
         return 98;
     };
-    let mut node = Node { wk, cluster, workd_down: false, me: None, members: Vec::new() };
+    let mut node = Node { wk, cluster, table, workd_down: false, me: None, members: Vec::new() };
     // the cluster file: who may call (netd answers once the network is up)
     // Wait for netd with a call that lends nothing (a node without a network never runs
     // netd: apid then waits here for ever, holding no grant), then ask for the file through a

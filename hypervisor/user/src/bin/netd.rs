@@ -204,6 +204,11 @@ struct State {
     member_keys: Vec<[u8; 32]>,
     /// The NAT64 gateway's exchange with `natd` (netd/natgw.rs).
     natgw: natgw::NatGw,
+    /// `LABEL_SEED`: the key its answers are hashed from (from the fabric seed), the calls so
+    /// far, and the wall clock at the clock's origin.
+    seed_key: [u8; 32],
+    seeds_given: u64,
+    unix_at_origin: u64,
 }
 
 /// A message on our endpoint: `nicd`'s reports, the kernel's wakeups, socket requests.
@@ -226,6 +231,13 @@ fn on_message(st: &mut State, m: Msg) {
         ring::LABEL_FAIL => logf!("net: nicd failed at step {}", m.words[0]),
         LABEL_CLUSTER if m.reply != 0 => cluster_file(st, m.reply),
         l if natgw::NatGw::is_request(l) => st.natgw.serve(&mut st.node, &m),
+        LABEL_SEED if m.reply != 0 => {
+            st.seeds_given += 1;
+            let now = now_ns();
+            let h = netfabric::crypto::hash(&[b"catenary netd seed answer", &st.seed_key, &st.seeds_given.to_le_bytes(), &now.to_le_bytes()]);
+            let seed = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+            let _ = reply(m.reply, 0, [seed, st.unix_at_origin + now / 1_000_000_000, 0, 0]);
+        }
         l if catenary_netsock::is_request(l) => {
             if m.reply != 0 {
                 st.sockets.serve(&mut st.node, m.reply, m.label, m.words);
@@ -476,7 +488,7 @@ fn run(arg: u64) -> u64 {
                 return 4;
             }
             // a client's call before the stack is up: answered (ask again), never dropped
-            LABEL_CLUSTER if m.reply != 0 => {
+            LABEL_CLUSTER | LABEL_SEED if m.reply != 0 => {
                 let _ = reply(m.reply, CLUSTER_NOT_READY, [0; 4]);
             }
             l if natgw::NatGw::is_request(l) && m.reply != 0 => {
@@ -545,7 +557,8 @@ fn run(arg: u64) -> u64 {
     let epoch = (arg >> 8).max(1);
     logf!("net: sockets: this netd is start {}: its socket handles carry epoch {}", arg >> 8, epoch);
     let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
-        sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix, cluster_text, member_keys, natgw };
+        sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix, cluster_text, member_keys, natgw,
+        seed_key: netfabric::crypto::hash(&[b"catenary netd seed key", &b.fabric_seed]), seeds_given: 0, unix_at_origin: b.unix_at_origin };
     if !early.is_empty() {
         logf!("net: sockets: serving {} request(s) that came before this netd was up", early.len());
     }

@@ -66,15 +66,25 @@ pub fn nodes(c: &Ctx) -> R {
     if c.json {
         return print_json(&l);
     }
-    println!("{:<12} {:<12} {:<40} {:>4} {:>18} {:>14} {:>9}", "NAME", "STATE", "ADDRESS", "CPUS", "MEM FREE/TOTAL", "COMMITTED", "WORKLOADS");
+    println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9}", "NAME", "STATE", "MEMBER", "INCARNATION", "ADDRESS", "CPUS", "MEM FREE/TOTAL", "COMMITTED", "WORKLOADS");
     for n in &l.nodes {
         let mem = match (n.memory_free_mib, n.memory_total_mib) {
             (Some(f), Some(t)) => format!("{f}/{t} MiB"),
             _ => "-".into(),
         };
         let committed = n.memory_committed_mib.map_or("-".into(), |c| format!("{c} MiB"));
-        println!("{:<12} {:<12} {:<40} {:>4} {:>18} {:>14} {:>9}", n.name, n.state, n.address, opt(n.cpus), mem, committed, opt(n.workloads));
+        println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9}", n.name, n.state, opt(n.membership.as_deref()), opt(n.incarnation), n.address, opt(n.cpus), mem, committed, opt(n.workloads));
     }
+    Ok(())
+}
+
+/// `catenary node add KEY` (admin).
+pub fn node_add(c: &Ctx, key: &str) -> R {
+    if catenary_api::auth::hex32(key).is_none() {
+        return Err(CliError::Other("KEY: not 64 hex digits".into()));
+    }
+    let a: NodeAdd = c.t.call(&client::add_node(key))?;
+    println!("{}", a.public_key);
     Ok(())
 }
 

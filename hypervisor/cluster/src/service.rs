@@ -1,0 +1,172 @@
+//! The membership service's IPC protocol (`memberd`, docs/orchestration.md): what `apid` asks
+//! it. Plain data, host-tested; the service and its clients only move these bytes.
+//!
+//! | label | words in | grant | reply label, words |
+//! |---|---|---|---|
+//! | [`LABEL_MEMBERS`] | — | writable, ≥ [`table_len`]`(rows)` | [`OK`], [bytes, rows, 0, 0] / [`ERR_SMALL`] [bytes needed] / [`ERR_NO_GRANT`] |
+//! | [`LABEL_ADMIT`] | the key's 32 bytes (4 little-endian words) | — | [`OK`] / [`ERR_KEY`] (a low-order or all-zero key is refused by the caller's parser) |
+//!
+//! The table: an 8-byte header (`MAGIC`, row count as u16 LE, 2 zero bytes) then one
+//! [`ROW`]-byte row per member: key (32), fabric /128 (16), incarnation (u64 LE), generation
+//! (u32 LE), state (u8: 0 alive, 1 suspect, 2 dead, 3 left), flags (bit 0: this node), 2 zero.
+
+use alloc::vec::Vec;
+
+use crate::identity::{NodeId, NodeKey};
+use crate::membership::MemberState;
+
+pub const LABEL_MEMBERS: u64 = 0x4d42_0001;
+pub const LABEL_ADMIT: u64 = 0x4d42_0002;
+pub const OK: u64 = 0;
+pub const ERR_NO_GRANT: u64 = 1;
+pub const ERR_SMALL: u64 = 2;
+pub const ERR_KEY: u64 = 3;
+/// `memberd` is not up yet (no cluster file, no socket).
+pub const ERR_NOT_READY: u64 = 4;
+/// A label this protocol does not know.
+pub const ERR_UNKNOWN: u64 = 5;
+
+const MAGIC: [u8; 4] = *b"MBT1";
+pub const HEADER: usize = 8;
+pub const ROW: usize = 64;
+/// Rows a table may hold (the cluster file's bound on nodes).
+pub const ROWS_MAX: usize = 1024;
+
+/// One member as the service reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub id: NodeId,
+    pub state: MemberState,
+    pub incarnation: u64,
+    /// This row is the answering node itself.
+    pub own: bool,
+}
+
+pub fn table_len(rows: usize) -> usize {
+    HEADER + rows * ROW
+}
+
+pub fn state_name(s: MemberState) -> &'static str {
+    match s {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Dead => "dead",
+        MemberState::Left => "left",
+    }
+}
+
+pub fn encode(rows: &[Row]) -> Vec<u8> {
+    let rows = &rows[..rows.len().min(ROWS_MAX)];
+    let mut b = Vec::with_capacity(table_len(rows.len()));
+    b.extend_from_slice(&MAGIC);
+    b.extend_from_slice(&(rows.len() as u16).to_le_bytes());
+    b.extend_from_slice(&[0, 0]);
+    for r in rows {
+        b.extend_from_slice(&r.id.key.0);
+        b.extend_from_slice(&r.id.addr);
+        b.extend_from_slice(&r.incarnation.to_le_bytes());
+        b.extend_from_slice(&r.id.generation.to_le_bytes());
+        b.push(match r.state {
+            MemberState::Alive => 0,
+            MemberState::Suspect => 1,
+            MemberState::Dead => 2,
+            MemberState::Left => 3,
+        });
+        b.push(r.own as u8);
+        b.extend_from_slice(&[0, 0]);
+    }
+    b
+}
+
+/// The rows of a table, or `None` for anything malformed (wrong magic, length, state, flags,
+/// non-zero padding): the bytes come from another task.
+pub fn decode(b: &[u8]) -> Option<Vec<Row>> {
+    if b.len() < HEADER || b[..4] != MAGIC || b[6..8] != [0, 0] {
+        return None;
+    }
+    let n = u16::from_le_bytes([b[4], b[5]]) as usize;
+    if n > ROWS_MAX || b.len() != table_len(n) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for r in b[HEADER..].chunks_exact(ROW) {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&r[..32]);
+        let mut addr = [0u8; 16];
+        addr.copy_from_slice(&r[32..48]);
+        let incarnation = u64::from_le_bytes(r[48..56].try_into().ok()?);
+        let generation = u32::from_le_bytes(r[56..60].try_into().ok()?);
+        let state = match r[60] {
+            0 => MemberState::Alive,
+            1 => MemberState::Suspect,
+            2 => MemberState::Dead,
+            3 => MemberState::Left,
+            _ => return None,
+        };
+        if r[61] > 1 || r[62..64] != [0, 0] {
+            return None;
+        }
+        out.push(Row { id: NodeId::new(NodeKey(key), addr, generation), state, incarnation, own: r[61] == 1 });
+    }
+    Some(out)
+}
+
+/// A key as `LABEL_ADMIT`'s four words, and back.
+pub fn key_words(k: &[u8; 32]) -> [u64; 4] {
+    let mut w = [0u64; 4];
+    for (i, c) in k.chunks_exact(8).enumerate() {
+        w[i] = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    }
+    w
+}
+
+pub fn words_key(w: [u64; 4]) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    for (i, x) in w.iter().enumerate() {
+        k[i * 8..i * 8 + 8].copy_from_slice(&x.to_le_bytes());
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: u8, state: MemberState) -> Row {
+        Row { id: NodeId::new(NodeKey([i; 32]), [i; 16], 1_700_000_000 + i as u32), state, incarnation: (i as u64) << 16 | 3, own: i == 0 }
+    }
+
+    #[test]
+    fn table_round_trip_and_hostile_bytes() {
+        let rows: Vec<Row> = [MemberState::Alive, MemberState::Suspect, MemberState::Dead, MemberState::Left].iter().enumerate().map(|(i, s)| row(i as u8, *s)).collect();
+        let b = encode(&rows);
+        assert_eq!(b.len(), table_len(4));
+        assert_eq!(decode(&b).unwrap(), rows);
+        assert_eq!(decode(&encode(&[])).unwrap(), Vec::new());
+        // every truncation and extension is refused, never a panic
+        for n in 0..b.len() {
+            assert!(decode(&b[..n]).is_none());
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_none());
+        // a bad state, bad flags, padding, magic, count
+        for (at, v) in [(HEADER + 60, 4u8), (HEADER + 61, 2), (HEADER + 62, 1), (0, b'X'), (4, 5), (6, 1)] {
+            let mut x = b.clone();
+            x[at] = v;
+            assert!(decode(&x).is_none(), "byte {at} = {v}");
+        }
+        // bit flips anywhere: no panic
+        for i in 0..b.len() * 8 {
+            let mut x = b.clone();
+            x[i / 8] ^= 1 << (i % 8);
+            let _ = decode(&x);
+        }
+    }
+
+    #[test]
+    fn key_words_round_trip() {
+        let k: [u8; 32] = core::array::from_fn(|i| i as u8 * 7 + 1);
+        assert_eq!(words_key(key_words(&k)), k);
+    }
+}

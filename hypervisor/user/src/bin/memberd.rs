@@ -1,0 +1,287 @@
+//! memberd: the node's membership service (docs/orchestration.md, issue 13). Runs
+//! `catenary_cluster::Membership` (SWIM over foca, key admission, graceful leave) unchanged
+//! over the fabric: one UDP port ([`PORT`]) on the node's fabric /128 through `netd`'s sockets
+//! (`catenary_user::netsock_client`), timers from the kernel clock.
+//!
+//! Granted (manifest entry `memberd`): its endpoint (slot 0: the member-table query and
+//! admission, `catenary_cluster::service`, from `apid`), a send capability with GRANT to
+//! `netd` (slot 1), memory for its heap.
+//!
+//! - **Who is talking.** The fabric delivers a datagram only when its source lies in the /64
+//!   of the key whose session carried it, and `netd` has sessions only with the cluster file's
+//!   keys, whose /64s the file's parser keeps distinct. So the source /128 names exactly one
+//!   key of the file: that is the fabric-authenticated sender key given to `handle_datagram`
+//!   (the same rule `apid` uses for its callers). A datagram from no member's /64, or from
+//!   this node's own /64 (a local task or microVM), is dropped.
+//! - **Admitted keys and seeds**: the cluster file's nodes (`netd`'s `LABEL_CLUSTER`).
+//!   `LABEL_ADMIT` adds a key in memory only (lost when memberd restarts) until the
+//!   replicated desired state holds the admitted keys.
+//! - **Generation**: the wall clock in seconds when memberd starts (it waits one second
+//!   first, so two starts never share one), so a node that restarted, or whose memberd did,
+//!   comes back as a newer identity than any the cluster remembers.
+//! - **RNG seed**: 64 bits from the node's entropy (`netd`'s `LABEL_SEED`).
+//! - `netd` restarts: its sockets are gone; memberd exits and the supervisor starts it again
+//!   (a new generation: the others see the old one dead and the new one alive).
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use catenary_cluster::service::{self as svc, Row};
+use catenary_cluster::{MemberState, Membership, MembershipConfig, NodeId, NodeKey};
+use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_CLUSTER, LABEL_SEED};
+use catenary_netsock::{DgramHeader, Handle, Local, DGRAM_HEADER};
+use catenary_user::netsock_client::Sockets;
+use catenary_user::*;
+use core::net::Ipv6Addr;
+use core::time::Duration;
+use netfabric::identity::Prefix64;
+
+const NETD: u64 = 1;
+/// The membership port on every node's fabric /128 (memberlist's).
+pub const PORT: u16 = 7946;
+/// 1 MiB of heap: foca's member table (bounded by the admitted keys), the datagrams.
+const HEAP_PAGES: u64 = 256;
+const CLUSTER_MAX: usize = 64 * 1024;
+const CLUSTER_VA: u64 = 0x2000_0000;
+const IO_VA: u64 = 0x2010_0000;
+/// The longest a query waits for the socket loop (its poll wait).
+const POLL_MS: u64 = 50;
+
+entry!(run);
+
+fn read_cluster(buf: &Pages) -> Option<String> {
+    let m = call_grant(NETD, LABEL_CLUSTER, 0, 0, buf, CLUSTER_MAX as u64, true).ok()?;
+    if m.label != 0 {
+        return None;
+    }
+    let mut b = alloc::vec![0u8; (m.words[0] as usize).min(CLUSTER_MAX)];
+    buf.read(0, &mut b);
+    String::from_utf8(b).ok()
+}
+
+fn now() -> Duration {
+    Duration::from_nanos(now_ns())
+}
+
+struct Service {
+    m: Membership,
+    /// The file's nodes: (the /64 their fabric addresses lie in, key).
+    members: Vec<(u64, [u8; 32])>,
+    me: NodeId,
+    dropped_unknown: u64,
+    refused: u64,
+    /// The last state logged per member (key, generation, state).
+    logged: Vec<([u8; 32], u32, MemberState)>,
+}
+
+fn run(_arg: u64) -> u64 {
+    if !dma::init_mapped(HEAP_PAGES) {
+        log("memberd: no heap");
+        return 99;
+    }
+    let (Ok(cbuf), Ok(io)) = (Pages::map(CLUSTER_VA, (CLUSTER_MAX as u64).div_ceil(4096)), Pages::map(IO_VA, 1)) else {
+        log("memberd: no memory for its buffers");
+        return 98;
+    };
+    // Wait for netd with a call that lends nothing (a node without a network never runs it).
+    loop {
+        match call(NETD, LABEL_CLUSTER, [0; 4]) {
+            Ok(m) if m.label == CLUSTER_NO_GRANT => break,
+            _ => sleep_ns(1_000_000_000),
+        }
+    }
+    let text = loop {
+        if let Some(t) = read_cluster(&cbuf) {
+            break t;
+        }
+        sleep_ns(1_000_000_000);
+    };
+    let cluster = match catenary_net::Cluster::parse(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            logf!("memberd: the cluster file is refused ({}): no membership", e);
+            loop {
+                sleep_ns(u64::MAX / 2);
+            }
+        }
+    };
+    // a fresh generation: wait out the second an earlier start may have used
+    let _ = seed_and_clock();
+    sleep_ns(1_000_000_000);
+    let (seed, unix) = seed_and_clock();
+    let s = Sockets { slot: NETD };
+    let (h, addr) = match s.udp_bound(Local::Node, PORT) {
+        Ok((h, a, _)) => (h, a),
+        Err(e) => {
+            logf!("memberd: cannot bind UDP port {} on the node's /128: {:?}", PORT, e);
+            return 2;
+        }
+    };
+    let prefix_of = |k: &[u8; 32]| u64::from_be_bytes(Prefix64::from_public_key(k).0);
+    let my_prefix = u64::from_be_bytes(addr.octets()[..8].try_into().unwrap_or([0; 8]));
+    let Some(own) = cluster.members.iter().find(|m| prefix_of(&m.public_key) == my_prefix) else {
+        logf!("memberd: this node ({}) is not in the cluster file: no membership", addr);
+        loop {
+            sleep_ns(u64::MAX / 2);
+        }
+    };
+    let node_id = |k: &[u8; 32], generation: u32| NodeId::new(NodeKey(*k), Prefix64::from_public_key(k).node_address().octets(), generation);
+    let me = node_id(&own.public_key, unix as u32);
+    let seeds: Vec<NodeId> = cluster.members.iter().filter(|m| m.public_key != own.public_key).map(|m| node_id(&m.public_key, 0)).collect();
+    let admitted: Vec<NodeKey> = cluster.members.iter().map(|m| NodeKey(m.public_key)).collect();
+    let m = Membership::new(me, MembershipConfig::default(), seed, admitted, seeds);
+    logf!("memberd: membership on [{}]:{} as {} generation {} ({} admitted keys, {} seeds)", addr, PORT, own.name, me.generation, cluster.members.len(), cluster.members.len() - 1);
+    let members = cluster.members.iter().map(|m| (prefix_of(&m.public_key), m.public_key)).collect();
+    let names: Vec<([u8; 32], String)> = cluster.members.iter().map(|m| (m.public_key, m.name.clone())).collect();
+    let mut sv = Service { m, members, me, dropped_unknown: 0, refused: 0, logged: Vec::new() };
+    loop {
+        let t = now();
+        if sv.m.next_deadline().is_some_and(|d| d <= t) {
+            sv.m.tick(t);
+        }
+        if let Err(e) = sv.flush(&s, h, &io) {
+            logf!("memberd: netd's socket failed ({:?}): starting again", e);
+            return 3;
+        }
+        sv.log_changes(&names);
+        let wait = sv.m.next_deadline().map_or(POLL_MS, |d| (d.saturating_sub(now()).as_millis() as u64).clamp(1, POLL_MS));
+        match s.poll(wait) {
+            Ok(r) if r.readable & catenary_netsock::Ready::bit(h) != 0 => {
+                if let Err(e) = sv.receive(&s, h, &io) {
+                    logf!("memberd: netd's socket failed ({:?}): starting again", e);
+                    return 3;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                logf!("memberd: netd's poll failed ({:?}): starting again", e);
+                return 3;
+            }
+        }
+        // queries from apid: served between socket rounds (no wait here)
+        while let Ok(q) = recv(0, 1) {
+            sv.serve(q);
+        }
+    }
+}
+
+/// `netd`'s `LABEL_SEED`: (seed, unix seconds), waiting until it answers.
+fn seed_and_clock() -> (u64, u64) {
+    loop {
+        match call(NETD, LABEL_SEED, [0; 4]) {
+            Ok(m) if m.label == 0 => return (m.words[0], m.words[1]),
+            Ok(m) if m.label == CLUSTER_NOT_READY => {}
+            _ => {}
+        }
+        sleep_ns(500_000_000);
+    }
+}
+
+impl Service {
+    /// Send what the protocol wants sent (a datagram `netd` cannot take now is lost, as UDP).
+    fn flush(&mut self, s: &Sockets, h: Handle, io: &Pages) -> Result<(), catenary_user::netsock_client::SockError> {
+        for d in self.m.take_outgoing() {
+            if d.data.len() > catenary_netsock::UDP_PAYLOAD_MAX {
+                continue;
+            }
+            io.write(0, &DgramHeader { addr: Ipv6Addr::from(d.to.addr), port: PORT }.encode());
+            io.write(DGRAM_HEADER as u64, &d.data);
+            match s.send(h, io, (DGRAM_HEADER + d.data.len()) as u64) {
+                Ok(_) => {}
+                Err(e) if e.is(catenary_netsock::NetError::Restarted) => return Err(e),
+                Err(_) => {} // would block, unreachable: a lost datagram, which SWIM tolerates
+            }
+        }
+        let _ = self.m.take_events();
+        Ok(())
+    }
+
+    fn receive(&mut self, s: &Sockets, h: Handle, io: &Pages) -> Result<(), catenary_user::netsock_client::SockError> {
+        let mut buf = alloc::vec![0u8; DGRAM_HEADER + catenary_netsock::UDP_PAYLOAD_MAX];
+        for _ in 0..catenary_netsock::UDP_QUEUE {
+            let n = match s.recv(h, io, buf.len() as u64) {
+                Ok(n) => n.min(buf.len()),
+                Err(e) if e.is(catenary_netsock::NetError::WouldBlock) => break,
+                Err(e) => return Err(e),
+            };
+            io.read(0, &mut buf[..n]);
+            let Ok((hdr, payload)) = DgramHeader::decode(&buf[..n]) else { continue };
+            let p = u64::from_be_bytes(hdr.addr.octets()[..8].try_into().unwrap_or([0; 8]));
+            // the fabric-authenticated sender: the one member whose /64 holds the source
+            let from = self.members.iter().find(|(mp, _)| *mp == p).map(|(_, k)| *k);
+            match from {
+                Some(k) if k != self.me.key.0 && hdr.port == PORT => {
+                    if self.m.handle_datagram(now(), NodeKey(k), payload).is_err() {
+                        self.refused += 1;
+                    }
+                }
+                _ => {
+                    self.dropped_unknown += 1;
+                    if self.dropped_unknown.is_power_of_two() {
+                        logf!("memberd: dropped {} datagram(s) from no member's /64 (last from [{}]:{})", self.dropped_unknown, hdr.addr, hdr.port);
+                    }
+                }
+            }
+        }
+        self.flush(s, h, io)
+    }
+
+    /// The member table, this node first.
+    fn rows(&self) -> Vec<Row> {
+        let mut v = alloc::vec![Row { id: self.m.identity(), state: MemberState::Alive, incarnation: catenary_cluster::membership::combined_incarnation(self.m.identity().generation, 0), own: true }];
+        v.extend(self.m.members().into_iter().map(|m| Row { id: m.id, state: m.state, incarnation: m.incarnation, own: false }));
+        v
+    }
+
+    fn serve(&mut self, q: Msg) {
+        if q.reply == 0 {
+            return;
+        }
+        let (label, words) = match q.label {
+            svc::LABEL_MEMBERS => {
+                let b = svc::encode(&self.rows());
+                match grant_of(q.reply) {
+                    Some(g) if g.writable() && g.len() as usize >= b.len() => {
+                        g.write(0, &b);
+                        (svc::OK, [b.len() as u64, (b.len() - svc::HEADER) as u64 / svc::ROW as u64, 0, 0])
+                    }
+                    Some(_) => (svc::ERR_SMALL, [b.len() as u64, 0, 0, 0]),
+                    None => (svc::ERR_NO_GRANT, [0; 4]),
+                }
+            }
+            svc::LABEL_ADMIT => {
+                let k = svc::words_key(q.words);
+                if k == [0; 32] {
+                    (svc::ERR_KEY, [0; 4])
+                } else {
+                    if !self.m.is_admitted(&NodeKey(k)) {
+                        self.m.admit(NodeKey(k));
+                        logf!("memberd: admitted key {} (in memory, this node only)", catenary_net::cluster::hex_encode(&k));
+                    }
+                    (svc::OK, [0; 4])
+                }
+            }
+            _ => (svc::ERR_UNKNOWN, [0; 4]),
+        };
+        let _ = reply(q.reply, label, words);
+    }
+
+    /// One log line per member change (what the cluster tests read).
+    fn log_changes(&mut self, names: &[([u8; 32], String)]) {
+        for v in self.m.members() {
+            let key = v.id.key.0;
+            let cur = (key, v.id.generation, v.state);
+            match self.logged.iter_mut().find(|l| l.0 == key) {
+                Some(l) if *l == cur => continue,
+                Some(l) => *l = cur,
+                None => self.logged.push(cur),
+            }
+            let name = names.iter().find(|n| n.0 == key).map_or("?", |n| n.1.as_str());
+            logf!("memberd: member {} {} incarnation {} (generation {}) at {} ms", name, svc::state_name(v.state), v.incarnation, v.id.generation, now_ns() / 1_000_000);
+        }
+    }
+}
