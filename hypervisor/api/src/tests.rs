@@ -491,6 +491,9 @@ fn cluster_writes_go_to_the_orchestration_service() {
             self.writes.push(w);
             Ok(())
         }
+        fn admit_node(&mut self, key: [u8; 32]) -> Result<(), crate::ApiError> {
+            self.node.admit_node(key)
+        }
     }
     fn send(api: &mut Api, b: &mut dyn crate::Backend, caller: [u8; 32], req: &ClientRequest) -> (u16, Vec<u8>) {
         let mut reader = RequestReader::new(Limits::default(), 0);
@@ -527,4 +530,24 @@ fn cluster_writes_go_to_the_orchestration_service() {
     // a node without an orchestration service
     let mut plain = SimNode::new(1024);
     assert_eq!(send(&mut api, &mut plain, ADMIN, &client::run_cluster(&req)).0, 503);
+}
+
+/// `POST /v1/nodes`: an admin admits a key (the backend gets it), a viewer gets 403, a key
+/// that is not 64 hex (or all zero) 422, and nothing is admitted by the refused requests.
+#[test]
+fn node_add_is_admin_only_and_checks_the_key() {
+    let mut api = fuzzing::api();
+    let mut node = SimNode::new(1024);
+    let key = "ab".repeat(32);
+    assert_eq!(call(&mut api, &mut node, VIEWER, &client::add_node(&key)).0, 403);
+    assert_eq!(call(&mut api, &mut node, STRANGER, &client::add_node(&key)).0, 403);
+    assert!(node.admitted.is_empty());
+    for bad in ["ab", "zz".repeat(32).as_str(), "00".repeat(32).as_str()] {
+        assert_eq!(call(&mut api, &mut node, ADMIN, &client::add_node(bad)).0, 422, "{bad}");
+    }
+    assert!(node.admitted.is_empty());
+    let (s, b) = call(&mut api, &mut node, ADMIN, &client::add_node(&key));
+    let a: NodeAdd = decode(s, &b).unwrap();
+    assert_eq!((s, a.public_key.as_str()), (200, key.as_str()));
+    assert_eq!(node.admitted, vec![[0xab; 32]]);
 }
