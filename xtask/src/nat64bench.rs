@@ -41,18 +41,15 @@ pub fn bench(_args: &[String]) -> Result<(), String> {
     a.uplink = Some([0x52, 0x54, 0x00, 0xca, 0x64, 0x01]);
     a.guest = true;
     let mut b = NodeSpec::new(2);
-    let fetch = |tag: &str, host: &str| {
-        format!("S=$(cut -d' ' -f1 /proc/uptime); N=$(wget -q -O - http://[{host}]/blob | wc -c); E=$(cut -d' ' -f1 /proc/uptime); echo bench-{tag}-http $N $S $E; ")
-    };
-    let mut cmd = format!(
-        "{GUEST_NET_SETUP} for i in $(seq 60); do ping -6 -c 1 -W 2 {SERVER6} >/dev/null 2>&1 && wget -q -O /dev/null http://[{plain}]/blob && break; sleep 2; done; \
-         ping -6 -c 20 -i 0.2 {plain} | tail -1 | sed 's/^/bench-plain-ping /'; ping -6 -c 20 -i 0.2 {SERVER6} | tail -1 | sed 's/^/bench-nat64-ping /'; "
+    // short: the guest's kernel command line (which carries it) holds 2048 bytes at most
+    let cmd = format!(
+        "{GUEST_NET_SETUP} P={plain}; T={SERVER6}; \
+         f(){{ S=$(cut -d' ' -f1 /proc/uptime); N=$(wget -q -O - http://[$2]/blob | wc -c); E=$(cut -d' ' -f1 /proc/uptime); echo bench-$1-http $N $S $E; }}; \
+         for i in $(seq 60); do ping -6 -c 1 -W 2 $T >/dev/null 2>&1 && wget -q -O /dev/null http://[$P]/blob && break; sleep 2; done; \
+         ping -6 -c 20 -i 0.2 $P | tail -1 | sed 's/^/bench-plain-ping /'; ping -6 -c 20 -i 0.2 $T | tail -1 | sed 's/^/bench-nat64-ping /'; \
+         for r in $(seq {ROUNDS}); do f plain $P; f nat64 $T; done; echo bench-nat64-done"
     );
-    for _ in 0..ROUNDS {
-        cmd += &fetch("plain", &plain.to_string());
-        cmd += &fetch("nat64", SERVER6);
-    }
-    cmd += "echo bench-nat64-done";
+    assert!(b64(cmd.as_bytes()).len() < 1800, "the guest command is too long for its kernel command line");
     b.cmdline = format!("net.nat64gw=node1 vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(cmd.as_bytes()));
     b.guest = true;
     println!("bench nat64: a microVM on node2 fetches {BYTES} bytes over HTTP and pings, from node1's microVM (plain IPv6 over the fabric) and from an IPv4 host through node1's NAT64 gateway, alternately; two QEMU TCG nodes (-smp 2) on a vde switch");
