@@ -323,7 +323,9 @@ fn one_boot(i: usize, case: &Case, kernel: &Path, bundle: &Path, dir: &Path, o: 
     b.smp = 2;
     b.mem = "1G".into();
     b.initrd = Some(bundle.to_path_buf());
-    b.cmdline = format!("vm.boot={} vm.mem={} vm.cmd={} {} {}", case.boot, case.mem_mib, base64(cmd.as_bytes()), case.extra, o.node_args).trim().to_string();
+    // Debian's stock kernel has virtio-mmio (so hvc0) only as modules: its console is the 8250.
+    let console = if case.guest == Guest::Debian { "vm.console=ttyS0" } else { "" };
+    b.cmdline = format!("vm.boot={} vm.mem={} vm.cmd={} {} {} {}", case.boot, case.mem_mib, base64(cmd.as_bytes()), console, case.extra, o.node_args).split_whitespace().collect::<Vec<_>>().join(" ");
     let dlog = dir.join(format!("boot-{i:03}.qemu-d.log"));
     let _ = std::fs::remove_file(&dlog);
     b.extra = vec!["-d".into(), o.qemu_log.clone(), "-D".into(), dlog.display().to_string()];

@@ -217,6 +217,9 @@ fn member_table(buf: &Pages) -> Vec<catenary_cluster::service::Row> {
 struct Conn {
     h: Handle,
     caller: [u8; 32],
+    /// The peer is a node's own /128 (not merely an address in its /64, which its microVMs
+    /// share): only then may it forward a request on an operator's behalf.
+    from_node: bool,
     reader: RequestReader,
     /// The answer once there is one, and how much of it `netd` took.
     out: Option<Vec<u8>>,
@@ -365,8 +368,9 @@ fn accept(s: &Sockets, listener: Handle, ops: &Operators, conns: &mut Vec<Conn>,
             let _ = s.close(h);
             continue;
         }
+        let from_node = ops.node_keys.contains(&caller) && Prefix64::from_public_key(&caller).node_address().octets() == peer.octets();
         let now = now_ms();
-        conns.push(Conn { h, caller, reader: RequestReader::new(Limits::default(), now), out: None, sent: 0, born_ms: now });
+        conns.push(Conn { h, caller, from_node, reader: RequestReader::new(Limits::default(), now), out: None, sent: 0, born_ms: now });
     }
 }
 
@@ -387,7 +391,8 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -
             Ok(Some(req)) => {
                 // a node may forward an operator's request (forward.rs); nobody else may say
                 // whom a request is for
-                let from_node = api.operators.node_keys.contains(&c.caller);
+                // (a microVM shares its node's /64, so the key alone does not make a node)
+                let from_node = c.from_node;
                 let caller = match (&req.on_behalf_of, from_node) {
                     (Some(k), true) => match hex32(k) {
                         Some(k) => k,

@@ -11,8 +11,9 @@
 //!   of the key whose session carried it, and `netd` has sessions only with the cluster file's
 //!   keys, whose /64s the file's parser keeps distinct. So the source /128 names exactly one
 //!   key of the file: that is the fabric-authenticated sender key given to `handle_datagram`
-//!   (the same rule `apid` uses for its callers). A datagram from no member's /64, or from
-//!   this node's own /64 (a local task or microVM), is dropped.
+//!   (the same rule `apid` uses for its callers). A datagram is taken only from a member's
+//!   own node /128 (its microVMs share its /64 and must not speak for it); one from any other
+//!   address, or from this node's own /64, is dropped.
 //! - **Admitted keys and seeds**: the cluster file's nodes (`netd`'s `LABEL_CLUSTER`).
 //!   `LABEL_ADMIT` adds a key in memory only (lost when memberd restarts) until the
 //!   replicated desired state holds the admitted keys.
@@ -212,7 +213,13 @@ impl Service {
             let Ok((hdr, payload)) = DgramHeader::decode(&buf[..n]) else { continue };
             let p = u64::from_be_bytes(hdr.addr.octets()[..8].try_into().unwrap_or([0; 8]));
             // the fabric-authenticated sender: the one member whose /64 holds the source
-            let from = self.members.iter().find(|(mp, _)| *mp == p).map(|(_, k)| *k);
+            // ... and only from that member's own /128: its microVMs share its /64 and must
+            // not speak for it
+            let from = self
+                .members
+                .iter()
+                .find(|(mp, k)| *mp == p && Prefix64::from_public_key(k).node_address().octets() == hdr.addr.octets())
+                .map(|(_, k)| *k);
             match from {
                 Some(k) if k != self.me.key.0 && hdr.port == PORT => {
                     if self.m.handle_datagram(now(), NodeKey(k), payload).is_err() {
