@@ -146,15 +146,21 @@ impl Operators {
         Ok(ops)
     }
 
-    /// The key whose fabric /64 holds `source` (the address a TCP peer connected from, as
-    /// `netd` reports it), among the operators and the nodes. The fabric accepts a packet only
-    /// when its inner source lies in the /64 of the key whose session carried it (cryptokey
-    /// routing, docs/netfabric.md §3), so the source address names the caller's key: this is
-    /// how the API service learns it from the fabric session. `prefix_of` derives a key's /64
-    /// (`netfabric::identity::Prefix64`, the first 8 bytes).
+    /// The key a TCP peer connected from `source` (as `netd` reports it) speaks for: an
+    /// operator whose fabric /64 holds it, or a node at exactly its own `::1`. The fabric
+    /// accepts a packet only when its inner source lies in the /64 of the key whose session
+    /// carried it (cryptokey routing, docs/netfabric.md §3), so the source address names the
+    /// caller's key: this is how the API service learns it from the fabric session. A node's
+    /// /64 also holds its microVMs and tasks, which are not the node: only the node's own
+    /// address (interface id 1) is the node; anything else in its /64 is no caller at all.
+    /// `prefix_of` derives a key's /64 (`netfabric::identity::Prefix64`, the first 8 bytes).
     pub fn caller_of(&self, source: &[u8; 16], prefix_of: impl Fn(&[u8; 32]) -> [u8; 8]) -> Option<[u8; 32]> {
-        let keys = self.operators.iter().map(|o| &o.key).chain(self.node_keys.iter());
-        keys.into_iter().find(|k| prefix_of(k) == source[..8]).copied()
+        const NODE_IID: [u8; 8] = [0, 0, 0, 0, 0, 0, 0, 1];
+        if let Some(o) = self.operators.iter().find(|o| prefix_of(&o.key) == source[..8]) {
+            return Some(o.key);
+        }
+        let at_node_address = source[8..] == NODE_IID;
+        self.node_keys.iter().find(|k| at_node_address && prefix_of(k) == source[..8]).copied()
     }
 
     pub fn by_key(&self, key: &[u8; 32]) -> Option<&Operator> {

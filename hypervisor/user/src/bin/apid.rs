@@ -368,7 +368,8 @@ fn accept(s: &Sockets, listener: Handle, ops: &Operators, conns: &mut Vec<Conn>,
             let _ = s.close(h);
             continue;
         }
-        let from_node = ops.node_keys.contains(&caller) && Prefix64::from_public_key(&caller).node_address().octets() == peer.octets();
+        // caller_of names a node only at its own ::1, never a microVM or task of its /64
+        let from_node = ops.node_keys.contains(&caller);
         let now = now_ms();
         conns.push(Conn { h, caller, from_node, reader: RequestReader::new(Limits::default(), now), out: None, sent: 0, born_ms: now });
     }
@@ -391,7 +392,6 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -
             Ok(Some(req)) => {
                 // a node may forward an operator's request (forward.rs); nobody else may say
                 // whom a request is for
-                // (a microVM shares its node's /64, so the key alone does not make a node)
                 let from_node = c.from_node;
                 let caller = match (&req.on_behalf_of, from_node) {
                     (Some(k), true) => match hex32(k) {
