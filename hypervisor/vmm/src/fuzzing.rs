@@ -435,3 +435,102 @@ pub fn workload_channel(data: &[u8]) {
     }
     t.kick_rx(&mut mem);
 }
+
+/// Arbitrary MSR, MMIO, line and timer traffic against 1–8 local APICs and an I/O APIC wired
+/// together as in a microVM, plus the MP table builder. Checks the invariants a vCPU loop
+/// relies on: only vectors ≥ 16 are ever pending, an expired timer's next deadline lies in the
+/// future, one input sends at most one message per pin/APIC.
+pub fn apic_sequence(data: &[u8]) {
+    use crate::devices::ioapic::IoApic;
+    use crate::devices::lapic::{route, ApicEffect, IpiRequest, LocalApic};
+    let mut b = Bytes::new(data);
+    let n = 1 + (b.u8() % 8) as usize;
+    let tsc_khz = b.u32() % 4_000_000;
+    let mut apics: Vec<LocalApic> = (0..n).map(|i| LocalApic::new(i as u32, i == 0, tsc_khz)).collect();
+    let mut io = IoApic::new(n as u8);
+    let mut now = 0u64;
+    let irqs: Vec<crate::mptable::IsaIrq> =
+        (0..b.u8() % 4).map(|_| crate::mptable::IsaIrq { irq: b.u8() % 20, level_triggered: b.bool() }).collect();
+    if let Ok(t) = crate::mptable::build_mptable(b.u8() % 10, &irqs) {
+        assert!(t.len() <= 0x400);
+    }
+    let mut queue: Vec<IpiRequest> = Vec::new();
+    let mut steps = 0;
+    while !b.exhausted() && steps < 2000 {
+        steps += 1;
+        let who = (b.u8() as usize) % n;
+        let mut eff = ApicEffect::None;
+        match b.u8() % 12 {
+            0 => {
+                let msr = match b.u8() % 4 {
+                    0 => 0x1b,
+                    1 => 0x6e0,
+                    _ => 0x800 + u32::from(b.u8()),
+                };
+                let _ = apics[who].rdmsr(msr, now);
+            }
+            1 | 2 => {
+                let msr = match b.u8() % 5 {
+                    0 => 0x1b,
+                    1 => 0x6e0,
+                    2 => 0x830,
+                    _ => 0x800 + u32::from(b.u8()),
+                };
+                let v = if b.bool() { u64::from(b.u32()) } else { b.u64() };
+                if let Some(Ok(e)) = apics[who].wrmsr(msr, v, now) {
+                    eff = e;
+                }
+            }
+            3 => {
+                let _ = apics[who].mmio_read(u64::from(b.u16() % 0x1100), [1, 2, 4, 8][(b.u8() % 4) as usize], now);
+            }
+            4 | 5 => {
+                let off = if b.bool() { u64::from(b.u8()) << 4 } else { u64::from(b.u16()) };
+                eff = apics[who].mmio_write(off, [1, 2, 4, 8][(b.u8() % 4) as usize], b.u64(), now);
+            }
+            6 => {
+                let off = u64::from(b.u8() % 0x24);
+                if b.bool() {
+                    io.mmio_write(off, [1, 2, 4][(b.u8() % 3) as usize], u64::from(b.u32()), &mut |m| queue.push(m));
+                } else {
+                    let _ = io.mmio_read(off, 4);
+                }
+            }
+            7 => io.set_irq((b.u8() % 26) as usize, b.bool(), &mut |m| queue.push(m)),
+            8 => {
+                now = now.saturating_add(u64::from(b.u32()) * u64::from(b.u8() % 4));
+                for a in apics.iter_mut() {
+                    if a.poll(now) {
+                        if let Some(d) = a.next_deadline_ns() {
+                            assert!(d > now, "an expired timer must be re-armed in the future");
+                        }
+                    }
+                }
+            }
+            9 => {
+                if let Some(v) = apics[who].ack() {
+                    assert!(v >= 16);
+                }
+            }
+            10 => {
+                let _ = (apics[who].take_init(), apics[who].take_sipi(), apics[who].take_nmi());
+            }
+            _ => {
+                let _ = apics[who].accepts_pic();
+                if let Some(v) = apics[who].pending_vector() {
+                    assert!(v >= 16);
+                }
+            }
+        }
+        match eff {
+            ApicEffect::Send(r) => queue.push(r),
+            ApicEffect::LevelEoi(v) => io.eoi(v, &mut |m| queue.push(m)),
+            ApicEffect::None => {}
+        }
+        assert!(queue.len() <= 24, "one input sends at most one message per pin");
+        for r in queue.drain(..) {
+            let hit = route(&mut apics, Some(who), &r);
+            assert!(hit < (1u64 << n));
+        }
+    }
+}

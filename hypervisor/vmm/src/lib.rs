@@ -82,6 +82,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod apic_bus;
 pub mod boot;
 pub mod console;
 pub mod cpu;
@@ -94,6 +95,7 @@ pub mod fuzzing;
 pub mod insn;
 pub mod intercepts;
 pub mod mem;
+pub mod mptable;
 pub mod msr;
 pub mod paging;
 pub mod virtio;
@@ -102,6 +104,10 @@ pub mod svm_exit;
 pub mod vm;
 pub mod vmx_exit;
 pub mod workload;
+#[cfg(test)]
+mod apic_tests;
+#[cfg(test)]
+mod vm_apic_tests;
 #[cfg(test)]
 mod vm_tests;
 

@@ -1,5 +1,6 @@
 //! The microVM device model: exit dispatch, port/MMIO buses, interrupt plumbing, stats.
 
+use crate::apic_bus::ApicBus;
 use crate::boot::layout;
 use crate::console::{ConsoleRing, RING_BYTES};
 use crate::cpu::*;
@@ -65,6 +66,11 @@ pub struct VmConfig {
     pub queue_size: u16,
     /// Size of the console ring (UART + virtio-console output not yet printed).
     pub console_ring_bytes: usize,
+    /// Local APICs + I/O APIC + MP table (docs/vmm.md "Multi-vCPU microVMs"); without it the
+    /// guest has the 8259 only and one vCPU.
+    pub apic: bool,
+    /// vCPUs (1..=8; more than 1 needs `apic`).
+    pub vcpus: u8,
 }
 
 impl VmConfig {
@@ -83,6 +89,8 @@ impl VmConfig {
             virtio_net: None,
             queue_size: 256,
             console_ring_bytes: RING_BYTES,
+            apic: false,
+            vcpus: 1,
         }
     }
 }
@@ -212,8 +220,13 @@ pub struct MicroVm {
     #[cfg(any(test, feature = "fuzzing"))]
     lines: crate::console::LineSplitter,
     stats: Stats,
-    pending: Option<Injection>,
+    /// Exceptions queued per vCPU.
+    pending: [Option<Injection>; crate::mptable::MAX_VCPUS as usize],
     stopped: Option<StopReason>,
+    /// The APICs, when `cfg.apic`.
+    apic: Option<ApicBus>,
+    /// The vCPU the calls act for ([`MicroVm::set_vcpu`]).
+    cur: usize,
 }
 
 type Outcome = Result<Action, VmError>;
@@ -259,6 +272,12 @@ impl MicroVm {
                 base += layout::MMIO_STRIDE;
             }
         }
+        if !cfg.apic {
+            cfg.vcpus = 1;
+        }
+        cfg.vcpus = cfg.vcpus.clamp(1, crate::mptable::MAX_VCPUS);
+        cfg.cpuid.apic |= cfg.apic;
+        let apic = cfg.apic.then(|| ApicBus::new(cfg.vcpus, cfg.tsc_khz));
         if let Some(mac) = cfg.virtio_net {
             if let Some(&irq) = irqs.next() {
                 virtio.push(VirtioMmio::new(base, irq, Device::Net(VirtioNet::new(mac)), qs));
@@ -280,8 +299,10 @@ impl MicroVm {
             #[cfg(any(test, feature = "fuzzing"))]
             lines: Default::default(),
             stats: Stats::default(),
-            pending: None,
+            pending: [None; crate::mptable::MAX_VCPUS as usize],
             stopped: None,
+            apic,
+            cur: 0,
             cfg,
         })
     }
@@ -298,6 +319,19 @@ impl MicroVm {
             s.push_str(&format!("tsc_early_khz={}", self.cfg.tsc_khz));
         }
         String::from(s.trim_end())
+    }
+
+    /// Write the guest's platform tables (the MP table, with `cfg.apic`) into its memory;
+    /// call after the boot loader. virtio IRQs are level-triggered on the I/O APIC.
+    pub fn write_platform_tables(&self, mem: &mut dyn GuestMemory) -> Result<(), crate::mptable::MpTableError> {
+        if self.apic.is_none() {
+            return Ok(());
+        }
+        let mut irqs: Vec<crate::mptable::IsaIrq> = Vec::new();
+        for d in &self.virtio {
+            irqs.push(crate::mptable::IsaIrq { irq: d.irq, level_triggered: true });
+        }
+        crate::mptable::write_mptable(mem, self.cfg.vcpus, &irqs)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -427,20 +461,65 @@ impl MicroVm {
     pub fn poll(&mut self, now_ns: u64) {
         if self.pit.poll(now_ns) {
             self.pic.pulse(0);
+            if let Some(a) = &mut self.apic {
+                a.pulse_isa_irq(0);
+            }
+        }
+        if let Some(a) = &mut self.apic {
+            a.poll(now_ns);
         }
         self.sync_irqs();
     }
 
-    /// Vector of the interrupt the PIC presents, if any.
+    /// Act for vCPU `v` from now on (exits, events, deadlines); out-of-range indices are
+    /// clamped. A one-vCPU VM never needs it.
+    pub fn set_vcpu(&mut self, v: usize) {
+        self.cur = v.min(usize::from(self.cfg.vcpus) - 1);
+    }
+
+    /// The vCPUs the calls currently act for.
+    pub fn vcpu(&self) -> usize {
+        self.cur
+    }
+
+    /// The APICs (None without `cfg.apic`).
+    pub fn apic_bus(&mut self) -> Option<&mut ApicBus> {
+        self.apic.as_mut()
+    }
+
+    /// Whether the 8259's INTR reaches the current vCPU (no APIC, or vCPU 0's LINT0 in
+    /// virtual-wire mode / APIC disabled).
+    fn pic_reaches_cpu(&self) -> bool {
+        match &self.apic {
+            None => true,
+            Some(a) => self.cur == 0 && a.lapic(0).is_some_and(|l| l.accepts_pic()),
+        }
+    }
+
+    /// Vector of the interrupt the current vCPU should take next: its local APIC's, else the
+    /// PIC's (when INTR reaches it).
     pub fn pending_irq(&self) -> Option<u8> {
-        self.pic.pending_vector()
+        if let Some(v) = self.apic.as_ref().and_then(|a| a.lapic(self.cur)).and_then(|l| l.pending_vector()) {
+            return Some(v);
+        }
+        if self.pic_reaches_cpu() {
+            self.pic.pending_vector()
+        } else {
+            None
+        }
     }
 
     /// INTA: the backend is injecting `vector` (from [`MicroVm::pending_irq`]). Returns the
-    /// vector the PIC actually delivers (normally the same; spurious 7/15 if the IRQ vanished).
+    /// vector actually delivered (normally the same; the PIC's spurious 7/15 if its IRQ
+    /// vanished).
     pub fn ack_irq(&mut self, vector: u8) -> u8 {
         let _ = vector;
-        let v = self.pic.ack();
+        let cur = self.cur;
+        let from_apic = self.apic.as_mut().and_then(|a| a.lapic_mut(cur)).and_then(|l| l.ack());
+        let v = match from_apic {
+            Some(v) => v,
+            None => self.pic.ack(),
+        };
         self.stats.irqs_injected += 1;
         self.sync_irqs();
         v
@@ -448,17 +527,22 @@ impl MicroVm {
 
     /// Absolute `now_ns` at which the next timer interrupt is due (to bound a HLT wait).
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        self.pit.next_deadline_ns()
+        let pit = self.pit.next_deadline_ns();
+        let apic = self.apic.as_ref().and_then(|a| a.next_deadline_ns(self.cur));
+        match (pit, apic) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// An exception queued by the device model (e.g. #GP for an unknown MSR), not yet taken.
     pub fn pending_exception(&self) -> Option<Injection> {
-        self.pending
+        self.pending[self.cur]
     }
 
     /// Take the queued exception for injection.
     pub fn take_injection(&mut self) -> Option<Injection> {
-        let p = self.pending.take();
+        let p = self.pending[self.cur].take();
         if p.is_some() {
             self.stats.exceptions_injected += 1;
         }
@@ -472,6 +556,10 @@ impl MicroVm {
         if let Some(i) = self.take_injection() {
             return EventDecision::Inject(i);
         }
+        let cur = self.cur;
+        if self.apic.as_mut().and_then(|a| a.lapic_mut(cur)).is_some_and(|l| l.take_nmi()) {
+            return EventDecision::Inject(Injection { vector: 2, error_code: None, kind: InjectionKind::Nmi });
+        }
         match self.pending_irq() {
             Some(v) if cpu.interrupts_enabled() && !cpu.interrupt_shadow => {
                 let v = self.ack_irq(v);
@@ -484,16 +572,16 @@ impl MicroVm {
 
     fn queue_exception(&mut self, inj: Injection) -> Option<StopReason> {
         let contributory = |v: u8| matches!(v, 0 | 10 | 11 | 12 | 13);
-        match self.pending {
+        match self.pending[self.cur] {
             None => {
-                self.pending = Some(inj);
+                self.pending[self.cur] = Some(inj);
                 None
             }
             Some(p) if p.vector == 8 => Some(StopReason::TripleFault),
             Some(p) => {
                 let df = (contributory(p.vector) && contributory(inj.vector))
                     || (p.vector == 14 && (contributory(inj.vector) || inj.vector == 14));
-                self.pending = Some(if df { Injection::exception(8, Some(0)) } else { inj });
+                self.pending[self.cur] = Some(if df { Injection::exception(8, Some(0)) } else { inj });
                 None
             }
         }
@@ -503,6 +591,12 @@ impl MicroVm {
         self.pic.set_irq(COM1_IRQ, self.uart.irq_level());
         for d in &self.virtio {
             self.pic.set_irq(d.irq, d.irq_level());
+        }
+        if let Some(a) = &mut self.apic {
+            a.set_isa_irq(COM1_IRQ, self.uart.irq_level());
+            for d in &self.virtio {
+                a.set_isa_irq(d.irq, d.irq_level());
+            }
         }
     }
 
@@ -589,7 +683,11 @@ impl MicroVm {
                     return o;
                 }
                 let host = |l: u32, s: u32| self.host_cpuid.get(l, s);
-                let r = guest_cpuid(&self.cfg.cpuid, cpu.rax as u32, cpu.rcx as u32, cpu.cr4, cpu.xcr0, &host);
+                let mut r = guest_cpuid(&self.cfg.cpuid, cpu.rax as u32, cpu.rcx as u32, cpu.cr4, cpu.xcr0, &host);
+                if cpu.rax as u32 == 1 && self.apic.is_some() {
+                    // Initial APIC ID of the vCPU executing CPUID (each vCPU is its own package).
+                    r[1] = (r[1] & 0x00ff_ffff) | ((self.cur as u32) << 24);
+                }
                 cpu.rax = r[0] as u64;
                 cpu.rbx = r[1] as u64;
                 cpu.rcx = r[2] as u64;
@@ -598,7 +696,13 @@ impl MicroVm {
             }
             Exit::Rdmsr => {
                 let idx = cpu.rcx as u32;
-                match self.msrs.read(idx, cpu, now_ns) {
+                let apic = self.apic.as_ref().and_then(|a| a.rdmsr(self.cur, idx, now_ns));
+                let r = match apic {
+                    Some(Ok(v)) => MsrResult::Ok(v),
+                    Some(Err(_)) => MsrResult::Gp,
+                    None => self.msrs.read(idx, cpu, now_ns),
+                };
+                match r {
                     MsrResult::Ok(v) => {
                         if let Err(o) = self.skip(cpu, mem, &[Mnemonic::Rdmsr], "rdmsr") {
                             return o;
@@ -618,7 +722,14 @@ impl MicroVm {
                     Ok((l, _)) => l,
                     Err(e) => return self.fetch_fail(e, cpu),
                 };
-                match self.msrs.write(idx, val, cpu) {
+                let cur = self.cur;
+                let apic = self.apic.as_mut().and_then(|a| a.wrmsr(cur, idx, val, now_ns));
+                let r = match apic {
+                    Some(Ok(())) => MsrResult::Ok(0),
+                    Some(Err(_)) => MsrResult::Gp,
+                    None => self.msrs.write(idx, val, cpu),
+                };
+                match r {
                     MsrResult::Ok(_) => {
                         cpu.advance_rip(len);
                         Ok(Action::Resume)
@@ -634,7 +745,7 @@ impl MicroVm {
                     return Ok(Action::Stop(StopReason::PowerOff { code: None }));
                 }
                 self.poll(now_ns);
-                if self.pending_irq().is_some() || self.pending.is_some() {
+                if self.pending_irq().is_some() || self.pending_exception().is_some() {
                     Ok(Action::Resume)
                 } else {
                     Ok(Action::Halt)
@@ -878,7 +989,7 @@ impl MicroVm {
 
     // ----- MMIO bus -------------------------------------------------------------------------
 
-    fn mmio(&mut self, gpa: u64, write_hint: Option<bool>, cpu: &mut VcpuState, mem: &mut dyn GuestMemory, _now: u64) -> Outcome {
+    fn mmio(&mut self, gpa: u64, write_hint: Option<bool>, cpu: &mut VcpuState, mem: &mut dyn GuestMemory, now: u64) -> Outcome {
         let (insn, bytes) = match decode_at_rip(cpu, mem) {
             Ok(x) => x,
             Err(e) => return self.fetch_fail(e, cpu),
@@ -896,6 +1007,18 @@ impl MicroVm {
             }
         }
         let size = op.size();
+        if let (Some(a), Some(w)) = (self.apic.as_mut(), ApicBus::window(gpa)) {
+            match op {
+                MmioOp::Store { value, .. } => a.mmio_write(self.cur, w, size, value, now),
+                MmioOp::Load { .. } => {
+                    let v = a.mmio_read(self.cur, w, size, now);
+                    complete_load(cpu, &op, v);
+                }
+            }
+            cpu.advance_rip(insn.len() as u64);
+            self.sync_irqs();
+            return Ok(Action::Resume);
+        }
         let dev = self.virtio.iter_mut().find(|d| d.contains(gpa));
         match dev {
             Some(d) => {

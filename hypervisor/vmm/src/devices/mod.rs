@@ -1,4 +1,6 @@
-//! Legacy PC devices on the port I/O bus.
+//! Legacy PC devices on the port I/O bus, and the APICs (MMIO / MSR).
+pub mod ioapic;
+pub mod lapic;
 pub mod misc;
 pub mod pic;
 pub mod pit;

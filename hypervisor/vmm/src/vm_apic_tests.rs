@@ -1,0 +1,178 @@
+//! MicroVm-level tests of an APIC microVM: APIC/IOAPIC MMIO, MSRs and CPUID through exits as a
+//! backend delivers them, interrupts as `next_event` hands them to each vCPU.
+
+use crate::cpu::*;
+use crate::mem::{GuestMemory, GuestMemoryExt, VecMemory};
+use crate::vm::*;
+use alloc::vec::Vec;
+
+const CODE: u64 = 0x10000;
+
+fn host_cpuid(l: u32, s: u32) -> [u32; 4] {
+    match (l, s) {
+        (0, _) => [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
+        (1, _) => [0x00a2_0f10, 0x0010_0800, 0xffff_ffff, 0xffff_ffff],
+        (0x8000_0000, _) => [0x8000_0008, 0, 0, 0],
+        _ => [0; 4],
+    }
+}
+
+fn apic_vm(vcpus: u8) -> MicroVm {
+    let mut cfg = VmConfig::new("smp", 0x10_0000, 1_000_000);
+    cfg.apic = true;
+    cfg.vcpus = vcpus;
+    MicroVm::new(cfg, &host_cpuid)
+}
+
+fn cpu32() -> VcpuState {
+    let mut c = VcpuState::new();
+    c.cr0 = CR0_PE | CR0_ET;
+    c.cs = Segment::flat(0x10, 0xb, true, false);
+    c.ds = Segment::flat(0x18, 3, true, false);
+    c.es = c.ds;
+    c.ss = c.ds;
+    c.rip = CODE;
+    c.rflags = RFLAGS_FIXED | RFLAGS_IF;
+    c
+}
+
+/// `mov [gpa], eax` (write) or `mov eax, [gpa]` (read) by vCPU `v`, as an MMIO exit.
+fn mmio32(vm: &mut MicroVm, mem: &mut VecMemory, v: usize, gpa: u32, write: Option<u32>) -> u32 {
+    let op = if write.is_some() { 0x89 } else { 0x8b };
+    let mut code = Vec::from([op, 0x05]);
+    code.extend_from_slice(&gpa.to_le_bytes());
+    mem.write(CODE, &code).unwrap();
+    let mut c = cpu32();
+    c.rax = u64::from(write.unwrap_or(0xdead_beef));
+    vm.set_vcpu(v);
+    let r = vm.handle_exit(Exit::Mmio { gpa: u64::from(gpa), write_hint: Some(write.is_some()) }, &mut c, mem, 0);
+    assert_eq!(r, Ok(Action::Resume));
+    assert_eq!(c.rip, CODE + 6);
+    c.rax as u32
+}
+
+fn next_irq(vm: &mut MicroVm, v: usize) -> Option<u8> {
+    vm.set_vcpu(v);
+    match vm.next_event(&cpu32()) {
+        EventDecision::Inject(i) if i.kind == InjectionKind::ExtInt => Some(i.vector),
+        EventDecision::None => None,
+        e => panic!("{e:?}"),
+    }
+}
+
+const LAPIC: u32 = 0xfee0_0000;
+const IOAPIC: u32 = 0xfec0_0000;
+
+#[test]
+fn two_vcpus_ipi_ioapic_timer_cpuid_and_mptable() {
+    let mut vm = apic_vm(2);
+    let mut mem = VecMemory::new(0x10_0000);
+    vm.write_platform_tables(&mut mem).unwrap();
+    assert_eq!(&mem.read_array::<4>(crate::mptable::MPTABLE_GPA).unwrap(), b"_MP_");
+    // Each vCPU sees its own APIC ID in the register and in CPUID.1:EBX[31:24].
+    for v in 0..2usize {
+        assert_eq!(mmio32(&mut vm, &mut mem, v, LAPIC + 0x20, None), (v as u32) << 24);
+        mmio32(&mut vm, &mut mem, v, LAPIC + 0xf0, Some(0x1ff));
+        mem.write(CODE, &[0x0f, 0xa2]).unwrap();
+        let mut c = cpu32();
+        c.rax = 1;
+        vm.set_vcpu(v);
+        assert_eq!(vm.handle_exit(Exit::Cpuid, &mut c, &mut mem, 0), Ok(Action::Resume));
+        assert_eq!(c.rbx >> 24, v as u64);
+        assert_ne!(c.rdx & (1 << 9), 0, "APIC in CPUID");
+    }
+    // IPI 0 → 1, fixed vector 0x41: vCPU 1 is woken and takes it, vCPU 0 does not.
+    vm.apic_bus().unwrap().take_wakeups();
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x310, Some(1 << 24));
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x300, Some(0x4041));
+    assert_eq!(vm.apic_bus().unwrap().take_wakeups(), 0b10);
+    assert_eq!(next_irq(&mut vm, 0), None);
+    assert_eq!(next_irq(&mut vm, 1), Some(0x41));
+    mmio32(&mut vm, &mut mem, 1, LAPIC + 0xb0, Some(0));
+
+    // The UART's IRQ 4 through I/O APIC pin 4 (vector 0x34, physical APIC 1).
+    mmio32(&mut vm, &mut mem, 0, IOAPIC, Some(0x18));
+    mmio32(&mut vm, &mut mem, 0, IOAPIC + 0x10, Some(0x34));
+    mmio32(&mut vm, &mut mem, 0, IOAPIC, Some(0x19));
+    mmio32(&mut vm, &mut mem, 0, IOAPIC + 0x10, Some(1 << 24));
+    mmio32(&mut vm, &mut mem, 0, IOAPIC, Some(0x18));
+    assert_eq!(mmio32(&mut vm, &mut mem, 0, IOAPIC + 0x10, None), 0x34);
+    let mut out = |vm: &mut MicroVm, port: u16, val: u8| {
+        vm.set_vcpu(0);
+        mem.write(CODE, &[0xee]).unwrap();
+        let mut c = cpu32();
+        c.rdx = u64::from(port);
+        c.rax = u64::from(val);
+        assert_eq!(vm.handle_exit(Exit::Io { port, size: 1, write: true, string: false, rep: false }, &mut c, &mut mem, 0), Ok(Action::Resume));
+    };
+    out(&mut vm, 0x3fc, 0x08); // MCR: OUT2
+    out(&mut vm, 0x3f9, 0x02); // IER: THRE interrupt → IRQ 4 rises
+    assert_eq!(next_irq(&mut vm, 0), None);
+    assert_eq!(next_irq(&mut vm, 1), Some(0x34));
+
+    // vCPU 0's APIC timer: one-shot, divide 1, 1000 ticks = 1 µs at the 1 GHz bus.
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x3e0, Some(0xb));
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x320, Some(0xec));
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x380, Some(1000));
+    vm.set_vcpu(0);
+    assert_eq!(vm.next_deadline_ns(), Some(1000));
+    vm.poll(1000);
+    assert_eq!(next_irq(&mut vm, 0), Some(0xec));
+
+    // APIC MSRs: IA32_APIC_BASE reads back, x2APIC MSRs #GP in xAPIC mode (RIP stays).
+    mem.write(CODE, &[0x0f, 0x32]).unwrap();
+    let mut c = cpu32();
+    c.rcx = 0x1b;
+    vm.set_vcpu(1);
+    assert_eq!(vm.handle_exit(Exit::Rdmsr, &mut c, &mut mem, 0), Ok(Action::Resume));
+    assert_eq!(c.rax, 0xfee0_0800, "vCPU 1 is not the BSP");
+    let mut c = cpu32();
+    c.rcx = 0x802;
+    assert_eq!(vm.handle_exit(Exit::Rdmsr, &mut c, &mut mem, 0), Ok(Action::Resume));
+    assert_eq!(c.rip, CODE);
+    assert_eq!(vm.take_injection(), Some(Injection::gp0()));
+}
+
+#[test]
+fn the_8259_reaches_vcpu0_through_lint0_until_it_is_masked() {
+    let mut vm = apic_vm(2);
+    let mut mem = VecMemory::new(0x10_0000);
+    // Program the PIC (ICW1-4, vector base 0x20, all unmasked) and the PIT (mode 2, 10 µs).
+    let mut out = |vm: &mut MicroVm, port: u16, val: u8| {
+        vm.set_vcpu(0);
+        mem.write(CODE, &[0xee]).unwrap();
+        let mut c = cpu32();
+        c.rdx = u64::from(port);
+        c.rax = u64::from(val);
+        assert_eq!(vm.handle_exit(Exit::Io { port, size: 1, write: true, string: false, rep: false }, &mut c, &mut mem, 0), Ok(Action::Resume));
+    };
+    for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, 0), (0x43, 0x34), (0x40, 12), (0x40, 0)] {
+        out(&mut vm, p, v);
+    }
+    vm.poll(20_000);
+    assert_eq!(next_irq(&mut vm, 1), None, "the 8259 is wired to the BSP only");
+    assert_eq!(next_irq(&mut vm, 0), Some(0x20));
+    // Linux masks LINT0 once its I/O APIC timer works: the 8259 no longer reaches vCPU 0.
+    out(&mut vm, 0x20, 0x20);
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0xf0, Some(0x1ff));
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x350, Some(0x1_0700));
+    vm.poll(60_000);
+    assert_eq!(next_irq(&mut vm, 0), None);
+}
+
+#[test]
+fn without_apic_nothing_changes() {
+    let mut cfg = VmConfig::new("up", 0x10_0000, 1_000_000);
+    cfg.vcpus = 4;
+    let mut vm = MicroVm::new(cfg, &host_cpuid);
+    let mut mem = VecMemory::new(0x10_0000);
+    vm.write_platform_tables(&mut mem).unwrap();
+    assert_eq!(mem.read_u32(crate::mptable::MPTABLE_GPA).unwrap(), 0, "no MP table");
+    assert_eq!(vm.cfg.vcpus, 1);
+    assert!(vm.apic_bus().is_none());
+    // The APIC window is wild MMIO, IA32_APIC_BASE #GPs.
+    mem.write(CODE, &[0x8b, 0x05, 0x20, 0, 0xe0, 0xfe]).unwrap();
+    let mut c = cpu32();
+    let r = vm.handle_exit(Exit::Mmio { gpa: 0xfee0_0020, write_hint: Some(false) }, &mut c, &mut mem, 0);
+    assert!(matches!(r, Ok(Action::Stop(StopReason::GuestFault(GuestFault::WildMmio { .. })))), "{r:?}");
+}
