@@ -155,3 +155,22 @@ impl ApicBus {
         core::mem::take(&mut self.wake)
     }
 }
+
+/// The state an application processor starts in after INIT and a Startup IPI with `vector`
+/// (SDM vol. 3 §9.4.4, §10.6.1 / §11.6.1): real mode, CS selector `vector << 8` with base
+/// `vector << 12`, IP 0, the other segments at 0 with 64 KiB limits, IDTR 0/0x3ff, TR a busy
+/// 16-bit TSS (what VM entry needs), RFLAGS 2, CR0 = ET, EFER 0.
+pub fn sipi_state(vector: u8) -> crate::cpu::VcpuState {
+    use crate::cpu::{DescTable, Segment, VcpuState};
+    let mut s = VcpuState::new();
+    s.cs = Segment::real(u16::from(vector) << 8, 0xb);
+    for seg in [&mut s.ds, &mut s.es, &mut s.fs, &mut s.gs, &mut s.ss] {
+        *seg = Segment::real(0, 0x3);
+    }
+    s.tr = Segment { selector: 0, base: 0, limit: 0xffff, attr: 0x3 | Segment::ATTR_P };
+    s.ldtr = Segment { selector: 0, base: 0, limit: 0xffff, attr: 0x2 | Segment::ATTR_P };
+    s.idtr = DescTable { base: 0, limit: 0x3ff };
+    s.gdtr = DescTable { base: 0, limit: 0xffff };
+    s.rip = 0;
+    s
+}

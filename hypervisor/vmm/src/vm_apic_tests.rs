@@ -176,3 +176,28 @@ fn without_apic_nothing_changes() {
     let r = vm.handle_exit(Exit::Mmio { gpa: 0xfee0_0020, write_hint: Some(false) }, &mut c, &mut mem, 0);
     assert!(matches!(r, Ok(Action::Stop(StopReason::GuestFault(GuestFault::WildMmio { .. })))), "{r:?}");
 }
+
+#[test]
+fn an_ap_starts_in_real_mode_at_the_sipi_vector() {
+    let mut vm = apic_vm(2);
+    let mut mem = VecMemory::new(0x10_0000);
+    // vCPU 0 sends INIT then SIPI 0x9f to APIC 1 (Linux's wakeup_secondary_cpu_via_init).
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x310, Some(1 << 24));
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x300, Some(0xc500));
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x300, Some(0x069f));
+    let bus = vm.apic_bus().unwrap();
+    assert_eq!(bus.take_wakeups(), 0b10);
+    let ap = bus.lapic_mut(1).unwrap();
+    assert!(ap.take_init());
+    let vector = ap.take_sipi().unwrap();
+    let mut c = crate::apic_bus::sipi_state(vector);
+    assert_eq!(c.mode(), CpuMode::Real);
+    assert_eq!(c.cs.base + c.rip, 0x9_f000);
+    // Its first instruction there, `out 0x80, al`, runs as a real-mode exit of vCPU 1.
+    mem.write(0x9_f000, &[0xe6, 0x80]).unwrap();
+    c.rax = 0x5a;
+    vm.set_vcpu(1);
+    assert_eq!(vm.handle_exit(Exit::Io { port: 0x80, size: 1, write: true, string: false, rep: false }, &mut c, &mut mem, 0), Ok(Action::Resume));
+    assert_eq!(c.rip, 2);
+    assert_eq!(vm.stats().post_code, 0x5a);
+}
