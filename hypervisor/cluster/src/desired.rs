@@ -11,7 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::identity::NodeKey;
-use crate::placement::{Constraint, WorkloadDemand};
+use crate::placement::{Constraint, NodeCapacity, WorkloadDemand};
 
 /// What a workload should be (the API's `run` request, as the cluster keeps it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,6 +235,91 @@ impl DesiredState {
                 WorkloadDemand { name: w.name.clone(), replicas: w.replicas, vcpus: w.vcpus, mem_mib: w.mem_mib, constraints }
             })
             .collect()
+    }
+}
+
+/// Heap bytes a string's buffer takes, allocator rounding and bookkeeping included (an
+/// estimate that `tests/heap.rs` checks is never below what the allocator was asked for).
+fn string_heap(s: &str) -> u64 {
+    if s.is_empty() {
+        0
+    } else {
+        (s.len() as u64).div_ceil(16) * 16 + 16
+    }
+}
+
+fn vec_heap<T>(v: &[T]) -> u64 {
+    if v.is_empty() {
+        0
+    } else {
+        (v.len() * core::mem::size_of::<T>()) as u64 + 16
+    }
+}
+
+impl WorkloadSpec {
+    /// Heap bytes this spec's strings and lists take (not the struct itself).
+    pub fn heap_bytes(&self) -> u64 {
+        string_heap(&self.name)
+            + vec_heap(&self.env)
+            + self.env.iter().map(|(k, v)| string_heap(k) + string_heap(v)).sum::<u64>()
+            + vec_heap(&self.args)
+            + self.args.iter().map(|a| string_heap(a)).sum::<u64>()
+            + vec_heap(&self.constraints)
+            + self
+                .constraints
+                .iter()
+                .map(|c| match c {
+                    Constraint::LabelEquals { key, value } | Constraint::LabelNotEquals { key, value } => string_heap(key) + string_heap(value),
+                    Constraint::OnNodes(k) => vec_heap(k),
+                    Constraint::NotOnNode(_) => 0,
+                })
+                .sum::<u64>()
+    }
+}
+
+/// One B-tree entry of `K` and `V`: the pair, times 2 for the nodes' slack (a node is at least
+/// half full), plus the node headers' share.
+fn entry_heap<K, V>() -> u64 {
+    2 * (core::mem::size_of::<K>() + core::mem::size_of::<V>()) as u64 + 16
+}
+
+impl Command {
+    /// Heap bytes this command takes as a log entry of [`crate::replica::Storage`] (the
+    /// commands map's entry and the command's own strings): what the replica's
+    /// `max_log_bytes` counts.
+    pub fn heap_bytes(&self) -> u64 {
+        let inner = match self {
+            Command::PutWorkload(s) => s.heap_bytes(),
+            Command::RemoveWorkload(n) | Command::Assign { workload: n, .. } | Command::Unassign { workload: n, .. } | Command::Released { workload: n, .. } => string_heap(n),
+            _ => 0,
+        };
+        entry_heap::<(u64, u64), Command>() + inner
+    }
+}
+
+impl DesiredState {
+    /// Heap bytes the state takes (estimate, as [`Command::heap_bytes`]): what a write's
+    /// room is checked against besides the log (crate::orch).
+    pub fn heap_bytes(&self) -> u64 {
+        let workloads: u64 = self.workloads.iter().map(|(k, w)| entry_heap::<String, WorkloadSpec>() + string_heap(k) + w.heap_bytes()).sum();
+        let assigned: u64 = self.assignments.keys().map(|(w, _)| entry_heap::<(String, u32), NodeKey>() + string_heap(w)).sum();
+        let released: u64 = self.releases.keys().map(|(w, _)| entry_heap::<(String, u32), Release>() + string_heap(w)).sum();
+        let keys = (self.nodes.len() + self.drained.len()) as u64 * entry_heap::<NodeKey, ()>() + self.operators.len() as u64 * entry_heap::<NodeKey, Role>();
+        workloads + assigned + released + keys
+    }
+
+    /// How many admitted, undrained nodes satisfy every constraint of `spec`, given each
+    /// node's labels (a node not in `labels` has none). Fewer than `spec.replicas`: the
+    /// scheduler cannot place it whole, whatever the room (the listing says "unplaceable").
+    pub fn eligible_nodes(&self, spec: &WorkloadSpec, labels: &BTreeMap<NodeKey, BTreeMap<String, String>>) -> u32 {
+        self.nodes
+            .iter()
+            .filter(|k| !self.drained.contains(k))
+            .filter(|k| {
+                let node = NodeCapacity { key: **k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default() };
+                spec.constraints.iter().all(|c| c.allows(&node))
+            })
+            .count() as u32
     }
 }
 

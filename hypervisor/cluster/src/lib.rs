@@ -28,6 +28,7 @@ pub mod chaos;
 pub mod codec;
 pub mod desired;
 pub mod identity;
+pub mod listing;
 pub mod membership;
 pub mod orch;
 pub mod placement;

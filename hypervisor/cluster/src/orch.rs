@@ -23,6 +23,7 @@
 //!   node while its lease holds, and nothing otherwise.
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
@@ -38,15 +39,28 @@ use crate::replica::{ProposeError, Replica, ReplicaConfig, ReplicaId};
 /// The IPC protocol of `orchd`'s endpoint (what `apid` calls). `WRITE`: words[0] is the length
 /// of a [`Wire::Propose`] in the call's grant; the answer is [`IPC_OK`] with the ticket in
 /// words[0], or [`IPC_REFUSED`] / [`IPC_UNAVAILABLE`]. `TICKET`: words[0] is a ticket; the
-/// answer is [`IPC_OK`] (committed), [`IPC_PENDING`], [`IPC_FAILED`] or [`IPC_UNKNOWN`].
+/// answer is [`IPC_OK`] (committed), [`IPC_PENDING`], [`IPC_FAILED`], [`IPC_UNKNOWN`] or
+/// [`IPC_FULL`]. `LIST`: words[0] is the first workload wanted; the answer is [`IPC_OK`] with
+/// the length of a [`crate::listing`] page written into the call's grant in words[0].
 pub const LABEL_WRITE: u64 = 1;
 pub const LABEL_TICKET: u64 = 2;
+pub const LABEL_LIST: u64 = 3;
 pub const IPC_OK: u64 = 0;
 pub const IPC_REFUSED: u64 = 1;
 pub const IPC_UNAVAILABLE: u64 = 2;
 pub const IPC_FAILED: u64 = 3;
 pub const IPC_PENDING: u64 = 4;
 pub const IPC_UNKNOWN: u64 = 5;
+/// The desired state has no room for the write ([`OrchConfig::write_budget`]).
+pub const IPC_FULL: u64 = 6;
+
+/// `orchd`'s heap holds the log's commands and the state: the log is refused past this many
+/// bytes ([`crate::replica::ReplicaConfig::max_log_bytes`]; without compaction on nodes it
+/// only grows) ...
+pub const NODE_LOG_BYTES: u64 = 2 * 1024 * 1024;
+/// ... and an operator's write once the log and the state would take more than this, so that
+/// the scheduler keeps room to place what was accepted (docs/orchestration.md, "Bounds").
+pub const NODE_WRITE_BUDGET: u64 = 3 * 512 * 1024;
 
 /// A member's index in the cluster file, from one of its Raft ids.
 pub fn member_of(id: ReplicaId) -> usize {
@@ -78,12 +92,15 @@ pub struct OrchConfig {
     pub capacity_stale: Duration,
     /// A forwarded write with no answer by then has failed (the caller may retry).
     pub submit_timeout: Duration,
+    /// An operator's write is refused ([`SubmitError::Full`]) when the log's and the state's
+    /// heap bytes plus its own would pass this.
+    pub write_budget: u64,
 }
 
 impl Default for OrchConfig {
     fn default() -> Self {
         OrchConfig {
-            replica: ReplicaConfig::default(),
+            replica: ReplicaConfig { max_log_bytes: NODE_LOG_BYTES, ..ReplicaConfig::default() },
             lease: LeaseConfig::default(),
             boot_wait: Duration::from_secs(3),
             join_period: Duration::from_secs(1),
@@ -91,6 +108,7 @@ impl Default for OrchConfig {
             capacity_period: Duration::from_secs(1),
             capacity_stale: Duration::from_secs(5),
             submit_timeout: Duration::from_secs(5),
+            write_budget: NODE_WRITE_BUDGET,
         }
     }
 }
@@ -108,6 +126,8 @@ pub enum SubmitError {
     Refused,
     /// No leader is known, or too many writes are waiting.
     Unavailable,
+    /// The desired state has no room for it ([`OrchConfig::write_budget`]).
+    Full,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,13 +136,20 @@ pub enum TicketStatus {
     Committed,
     Failed,
     Unknown,
+    /// The leader refused it: no room ([`OrchConfig::write_budget`]).
+    Full,
 }
 
 struct Ticket {
     at: Option<LogPosition>,
     sent: Duration,
     failed: bool,
+    full: bool,
 }
+
+/// A forwarded write the leader refused for room: [`Wire::Proposed`] with index 0 and this
+/// in `term` (0: not the leader, or its log refused it).
+const PROPOSED_FULL: u64 = 1;
 
 /// What happened to datagrams (for the service's log).
 #[derive(Clone, Copy, Debug, Default)]
@@ -143,6 +170,8 @@ pub struct Orch {
     /// started the cluster under it).
     joined: bool,
     own_capacity: Option<(u32, u64)>,
+    /// Each member's labels (the cluster file's `node` lines), for the scheduler's constraints.
+    labels: BTreeMap<NodeKey, BTreeMap<String, String>>,
     capacities: BTreeMap<usize, (u32, u64, Duration)>,
     outgoing: Vec<(usize, Vec<u8>)>,
     next_join: Duration,
@@ -166,6 +195,7 @@ impl Orch {
             phase: Phase::Discover { since: now, existed: false },
             joined: false,
             own_capacity: None,
+            labels: BTreeMap::new(),
             capacities: BTreeMap::new(),
             outgoing: Vec::new(),
             next_join: now,
@@ -197,6 +227,27 @@ impl Orch {
     /// The member that leads, as this node believes.
     pub fn leader(&self) -> Option<usize> {
         self.replica().and_then(|r| r.leader()).map(member_of)
+    }
+
+    /// The members' labels (every node reads them from the same cluster file; the leader's
+    /// scheduler uses its own).
+    pub fn set_labels(&mut self, labels: BTreeMap<NodeKey, BTreeMap<String, String>>) {
+        self.labels = labels;
+    }
+
+    pub fn labels(&self) -> &BTreeMap<NodeKey, BTreeMap<String, String>> {
+        &self.labels
+    }
+
+    /// A page of the committed desired state (crate::listing) from workload `start`.
+    pub fn list_page(&self, start: usize, max: usize) -> Option<Vec<u8>> {
+        self.state().map(|s| crate::listing::encode_page(s, &self.labels, start, max))
+    }
+
+    /// Whether an operator's write has room: the log's and the state's heap bytes and its own
+    /// within [`OrchConfig::write_budget`].
+    pub fn has_room(&self, command: &Command) -> bool {
+        self.replica().is_none_or(|r| r.log_bytes().saturating_add(r.state().heap_bytes()).saturating_add(command.heap_bytes()) <= self.cfg.write_budget)
     }
 
     /// What this node's workload service can give cluster workloads now.
@@ -278,9 +329,12 @@ impl Orch {
                 }
             }
             Wire::Propose { request, command } => {
+                let room = self.has_room(&command);
                 let (term, index) = match &mut self.phase {
+                    Phase::Running(r) if r.is_leader() && !room => (PROPOSED_FULL, 0),
                     Phase::Running(r) if Self::forwardable(&command) && command_fits(&command) => match r.propose(now, command) {
                         Ok(p) => (p.term.get(), p.index.get()),
+                        Err(ProposeError::LogFull) => (PROPOSED_FULL, 0),
                         Err(_) => (0, 0),
                     },
                     _ => (0, 0),
@@ -291,6 +345,7 @@ impl Orch {
                 if let Some(t) = self.tickets.get_mut(&request) {
                     if index == 0 {
                         t.failed = true;
+                        t.full = term == PROPOSED_FULL;
                     } else {
                         t.at = Some(LogPosition { term: Term::new(term), index: LogIndex::new(index) });
                     }
@@ -339,12 +394,16 @@ impl Orch {
         if self.tickets.len() >= TICKETS_MAX {
             return Err(SubmitError::Unavailable);
         }
+        if !self.has_room(&command) {
+            return Err(SubmitError::Full);
+        }
         let Phase::Running(r) = &mut self.phase else { return Err(SubmitError::Unavailable) };
         let t = self.next_ticket;
         self.next_ticket += 1;
-        let mut ticket = Ticket { at: None, sent: now, failed: false };
+        let mut ticket = Ticket { at: None, sent: now, failed: false, full: false };
         match r.propose(now, command.clone()) {
             Ok(p) => ticket.at = Some(p),
+            Err(ProposeError::LogFull) => return Err(SubmitError::Full),
             Err(ProposeError::NotLeader { leader: Some(l) }) if member_of(l) != self.me => {
                 self.push(member_of(l), &Wire::Propose { request: t, command });
             }
@@ -361,6 +420,7 @@ impl Orch {
         let Some(r) = self.replica() else { return TicketStatus::Unknown };
         let Some(tk) = self.tickets.get(&t) else { return TicketStatus::Unknown };
         let status = match (tk.failed, tk.at) {
+            (true, _) if tk.full => TicketStatus::Full,
             (true, _) => TicketStatus::Failed,
             (false, None) => TicketStatus::Pending,
             (false, Some(p)) => match r.commit_status(p) {
@@ -470,7 +530,7 @@ impl Orch {
             .filter(|(m, _)| **m < self.members.len())
             .map(|(m, id)| {
                 let (vcpus, mem) = self.capacities.get(m).filter(|c| now.saturating_sub(c.2) <= self.cfg.capacity_stale).map(|c| (c.0, c.1)).unwrap_or((0, 0));
-                NodeSlot { id: *id, capacity: NodeCapacity { key: self.members[*m], free_vcpus: vcpus, free_mem_mib: mem, labels: BTreeMap::new() } }
+                NodeSlot { id: *id, capacity: NodeCapacity { key: self.members[*m], free_vcpus: vcpus, free_mem_mib: mem, labels: self.labels.get(&self.members[*m]).cloned().unwrap_or_default() } }
             })
             .collect();
         let state = r.state().clone();

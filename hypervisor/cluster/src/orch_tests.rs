@@ -20,6 +20,7 @@ struct Net {
     running: Vec<BTreeSet<(String, u32)>>,
     /// When each (workload, replica) last started on a node: (node, time).
     started: Vec<(String, u32, usize, Duration)>,
+    cfg: OrchConfig,
 }
 
 fn spec(name: &str, replicas: u32) -> WorkloadSpec {
@@ -38,8 +39,12 @@ fn spec(name: &str, replicas: u32) -> WorkloadSpec {
 
 impl Net {
     fn new(n: usize, seed: u64) -> Net {
+        Net::with_config(n, seed, OrchConfig::default())
+    }
+
+    fn with_config(n: usize, seed: u64, cfg: OrchConfig) -> Net {
         let keys: Vec<NodeKey> = (0..n).map(|i| NodeKey([i as u8 + 1; 32])).collect();
-        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new() };
+        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg };
         for i in 0..n {
             let o = net.fresh(i);
             net.nodes.push(Some(o));
@@ -48,7 +53,7 @@ impl Net {
     }
 
     fn fresh(&mut self, i: usize) -> Orch {
-        let mut o = Orch::new(i, self.keys.clone(), OrchConfig::default(), self.rng ^ i as u64, self.now);
+        let mut o = Orch::new(i, self.keys.clone(), self.cfg.clone(), self.rng ^ i as u64, self.now);
         o.set_capacity(4, 1024);
         o
     }
@@ -266,4 +271,78 @@ fn datagrams_from_the_wrong_member_are_dropped() {
     assert_eq!(net.nodes[f].as_ref().unwrap().counters.undecodable, 1);
     // A follower does not take the scheduler's commands from another node.
     assert_eq!(net.nodes[f].as_mut().unwrap().submit(now, Command::Unassign { workload: "db".into(), replica: 0 }), Err(SubmitError::Refused));
+}
+
+/// Node labels (node 1 in zone `a`, the others in `b`) and constraints: `db` (zone = a) runs
+/// only on node 1, `web` (zone != a, 2 replicas) on nodes 0 and 2, `gpu` (gpu = yes) is
+/// accepted but no node can take it: every node's listing says so (eligible 0, unassigned).
+#[test]
+fn constraints_place_on_labelled_nodes_and_the_listing_shows_it() {
+    use crate::listing::{decode_page, PAGE_MAX};
+    use crate::placement::Constraint;
+    let label = |k: &str, v: &str| Constraint::LabelEquals { key: k.to_string(), value: v.to_string() };
+    for seed in 0..3 {
+        let mut net = Net::new(3, seed);
+        let labels: BTreeMap<NodeKey, BTreeMap<String, String>> =
+            (0..3).map(|i| (net.keys[i], [("zone".to_string(), (if i == 1 { "a" } else { "b" }).to_string())].into())).collect();
+        for o in net.nodes.iter_mut().flatten() {
+            o.set_labels(labels.clone());
+        }
+        assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
+        let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { constraints: vec![label("zone", "a")], ..spec("db", 1) }));
+        let not_a = Constraint::LabelNotEquals { key: "zone".to_string(), value: "a".to_string() };
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { constraints: vec![not_a], ..spec("web", 2) }));
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { constraints: vec![label("gpu", "yes")], ..spec("gpu", 1) }));
+        let placed = |n: &Net| n.runner_of("db", 0).is_some() && n.runner_of("web", 0).is_some() && n.runner_of("web", 1).is_some();
+        assert!(net.run_until(10_000, placed), "seed {seed}: not placed");
+        net.run_for(2_000);
+        assert_eq!(net.runner_of("db", 0), Some(1), "seed {seed}");
+        let web: BTreeSet<usize> = (0..2).filter_map(|r| net.runner_of("web", r)).collect();
+        assert_eq!(web, [0, 2].into(), "seed {seed}");
+        assert_eq!(net.runner_of("gpu", 0), None);
+        for o in net.nodes.iter().flatten() {
+            let page = decode_page(&o.list_page(0, PAGE_MAX).unwrap()).unwrap();
+            assert_eq!((page.total, page.entries.len()), (3, 3));
+            let e = |n: &str| page.entries.iter().find(|e| e.spec.name == n).unwrap();
+            assert_eq!((e("gpu").eligible, e("gpu").replicas.clone()), (0, vec![None]), "seed {seed}");
+            assert_eq!((e("db").eligible, e("db").replicas.clone()), (1, vec![Some(net.keys[1])]));
+            assert_eq!(e("web").eligible, 2);
+            assert!(e("web").replicas.iter().all(|r| r.is_some_and(|k| k != net.keys[1])));
+        }
+        // Put again with a constraint its node no longer meets: it moves (never on two nodes).
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { constraints: vec![label("zone", "b")], ..spec("db", 1) }));
+        assert!(net.run_until(10_000, |n| n.runner_of("db", 0).is_some_and(|h| h != 1)), "seed {seed}: db did not move off node 1");
+    }
+}
+
+/// The write budget: once the log and the state would pass it, an operator's write is refused
+/// as `Full` (what `apid` answers 503 `desired_state_full`) on the leader and on a follower,
+/// and what was accepted before is still placed.
+#[test]
+fn a_full_desired_state_refuses_writes_and_keeps_what_it_has() {
+    let cfg = OrchConfig { write_budget: 16 * 1024, ..OrchConfig::default() };
+    let mut net = Net::with_config(3, 4, cfg);
+    assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
+    let l = net.leader().unwrap();
+    let mut accepted = 0;
+    let full = loop {
+        let now = net.now;
+        let cmd = Command::PutWorkload(spec(&alloc::format!("w{accepted}"), 1));
+        match net.nodes[l].as_mut().unwrap().submit(now, cmd.clone()) {
+            Ok(_) => {
+                accepted += 1;
+                net.run_for(300);
+            }
+            Err(e) => break e,
+        }
+        assert!(accepted < 200, "never full");
+    };
+    assert_eq!(full, SubmitError::Full);
+    assert!(accepted >= 5, "only {accepted} writes fit");
+    let follower = (0..3).find(|i| *i != l).unwrap();
+    net.run_for(500);
+    let now = net.now;
+    assert_eq!(net.nodes[follower].as_mut().unwrap().submit(now, Command::PutWorkload(spec("more", 1))), Err(SubmitError::Full));
+    assert!(net.run_until(10_000, |n| n.settled()), "what was accepted is placed");
 }

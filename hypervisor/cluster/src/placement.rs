@@ -29,6 +29,9 @@ pub struct NodeCapacity {
 pub enum Constraint {
     /// The node must carry label `key` with this value.
     LabelEquals { key: String, value: String },
+    /// The node must not carry label `key` with this value (a node without the label is
+    /// allowed: `zone!=a` means "not in zone a").
+    LabelNotEquals { key: String, value: String },
     /// The node must be one of these.
     OnNodes(Vec<NodeKey>),
     /// The node must not be this one (a drained node).
@@ -39,6 +42,7 @@ impl Constraint {
     pub fn allows(&self, node: &NodeCapacity) -> bool {
         match self {
             Constraint::LabelEquals { key, value } => node.labels.get(key) == Some(value),
+            Constraint::LabelNotEquals { key, value } => node.labels.get(key) != Some(value),
             Constraint::OnNodes(keys) => keys.contains(&node.key),
             Constraint::NotOnNode(k) => node.key != *k,
         }
@@ -218,7 +222,11 @@ mod tests {
         let workloads = (0..w)
             .map(|j| {
                 let mut constraints = Vec::new();
-                match r.below(6) {
+                match r.below(7) {
+                    5 => constraints.push(Constraint::LabelNotEquals {
+                        key: "zone".into(),
+                        value: zones[r.below(3) as usize].into(),
+                    }),
                     0 => constraints.push(Constraint::LabelEquals {
                         key: "zone".into(),
                         value: zones[r.below(3) as usize].into(),

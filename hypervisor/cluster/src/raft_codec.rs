@@ -96,27 +96,27 @@ impl fmt::Display for WireError {
 
 // ---------------------------------------------------------------- encoding
 
-struct W(Vec<u8>);
+pub(crate) struct W(pub(crate) Vec<u8>);
 
 impl W {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    fn u16(&mut self, v: u16) {
+    pub(crate) fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.0.extend_from_slice(b);
     }
     /// Lengths past the bound are cut: the decoder would refuse them anyway, and a
     /// proposal is checked with [`command_fits`] first.
-    fn str(&mut self, s: &str) {
+    pub(crate) fn str(&mut self, s: &str) {
         let b = &s.as_bytes()[..floor_char(s, STRING_MAX)];
         self.u16(b.len() as u16);
         self.bytes(b);
@@ -189,7 +189,7 @@ impl W {
             }
         }
     }
-    fn spec(&mut self, s: &WorkloadSpec) {
+    pub(crate) fn spec(&mut self, s: &WorkloadSpec) {
         self.str(&s.name);
         self.bytes(&s.image);
         self.u32(s.replicas);
@@ -234,6 +234,11 @@ impl W {
                 Constraint::NotOnNode(k) => {
                     self.u8(3);
                     self.bytes(&k.0);
+                }
+                Constraint::LabelNotEquals { key, value } => {
+                    self.u8(4);
+                    self.str(key);
+                    self.str(value);
                 }
             }
         }
@@ -390,7 +395,7 @@ fn strings_within(cmd: &Command) -> bool {
                 && s.env.iter().all(|(k, v)| ok(k) && ok(v))
                 && s.args.iter().all(ok)
                 && s.constraints.iter().all(|c| match c {
-                    Constraint::LabelEquals { key, value } => ok(key) && ok(value),
+                    Constraint::LabelEquals { key, value } | Constraint::LabelNotEquals { key, value } => ok(key) && ok(value),
                     Constraint::OnNodes(k) => k.len() <= LIST_MAX,
                     Constraint::NotOnNode(_) => true,
                 })
@@ -402,12 +407,12 @@ fn strings_within(cmd: &Command) -> bool {
 
 // ---------------------------------------------------------------- decoding
 
-struct R<'a> {
-    b: &'a [u8],
+pub(crate) struct R<'a> {
+    pub(crate) b: &'a [u8],
 }
 
 impl<'a> R<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.b.len() < n {
             return Err(WireError::Truncated);
         }
@@ -415,26 +420,26 @@ impl<'a> R<'a> {
         self.b = t;
         Ok(h)
     }
-    fn u8(&mut self) -> Result<u8, WireError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
     }
-    fn flag(&mut self) -> Result<bool, WireError> {
+    pub(crate) fn flag(&mut self) -> Result<bool, WireError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
             _ => Err(WireError::OutOfRange),
         }
     }
-    fn u16(&mut self) -> Result<u16, WireError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, WireError> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Result<u32, WireError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
         let mut a = [0u8; 4];
         a.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(a))
     }
-    fn u64(&mut self) -> Result<u64, WireError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, WireError> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
@@ -448,7 +453,7 @@ impl<'a> R<'a> {
         Ok(v)
     }
     /// A count of items of at least `item` bytes each: bounded by `max` and by what is left.
-    fn count(&mut self, max: usize, item: usize) -> Result<usize, WireError> {
+    pub(crate) fn count(&mut self, max: usize, item: usize) -> Result<usize, WireError> {
         let n = self.u16()? as usize;
         if n > max {
             return Err(WireError::OutOfRange);
@@ -458,7 +463,7 @@ impl<'a> R<'a> {
         }
         Ok(n)
     }
-    fn str(&mut self) -> Result<String, WireError> {
+    pub(crate) fn str(&mut self) -> Result<String, WireError> {
         let n = self.u16()? as usize;
         if n > STRING_MAX {
             return Err(WireError::OutOfRange);
@@ -466,7 +471,7 @@ impl<'a> R<'a> {
         let b = self.take(n)?;
         core::str::from_utf8(b).map(String::from).map_err(|_| WireError::NotUtf8)
     }
-    fn key(&mut self) -> Result<NodeKey, WireError> {
+    pub(crate) fn key(&mut self) -> Result<NodeKey, WireError> {
         let mut k = [0u8; 32];
         k.copy_from_slice(self.take(32)?);
         Ok(NodeKey(k))
@@ -516,7 +521,7 @@ impl<'a> R<'a> {
             t => return Err(WireError::BadTag(t)),
         })
     }
-    fn spec(&mut self) -> Result<WorkloadSpec, WireError> {
+    pub(crate) fn spec(&mut self) -> Result<WorkloadSpec, WireError> {
         let name = self.str()?;
         let mut image = [0u8; 32];
         image.copy_from_slice(self.take(32)?);
@@ -551,6 +556,7 @@ impl<'a> R<'a> {
                     Constraint::OnNodes(keys)
                 }
                 3 => Constraint::NotOnNode(self.key()?),
+                4 => Constraint::LabelNotEquals { key: self.str()?, value: self.str()? },
                 t => return Err(WireError::BadTag(t)),
             });
         }
@@ -660,6 +666,7 @@ mod tests {
                 Constraint::LabelEquals { key: "zone".to_string(), value: "a".to_string() },
                 Constraint::OnNodes(vec![NodeKey([1; 32]), NodeKey([2; 32])]),
                 Constraint::NotOnNode(NodeKey([3; 32])),
+                Constraint::LabelNotEquals { key: "disk".to_string(), value: "hdd".to_string() },
             ],
         }
     }

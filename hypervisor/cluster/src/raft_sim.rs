@@ -25,7 +25,7 @@ use raftbare::LogPosition;
 
 use crate::desired::{Command, RestartPolicy, WorkloadSpec};
 use crate::identity::NodeKey;
-use crate::placement::NodeCapacity;
+use crate::placement::{Constraint, NodeCapacity};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
 use crate::replica::{Envelope, Replica, ReplicaConfig, ReplicaId, Storage};
 use crate::sim::{NetConfig, SimRng};
@@ -281,6 +281,30 @@ impl RaftSim {
         }
     }
 
+    /// Node `id`'s labels: `zone` = `z0`, `z1`, `z2` round the nodes.
+    pub fn labels_of(id: ReplicaId) -> BTreeMap<String, String> {
+        [("zone".to_string(), format!("z{}", id % 3))].into()
+    }
+
+    /// Every node's labels, by key.
+    pub fn labels(&self) -> BTreeMap<NodeKey, BTreeMap<String, String>> {
+        (0..self.slots.len() as u64).map(|id| (key_of(id), Self::labels_of(id))).collect()
+    }
+
+    /// The chaos runs' `w{k}`: every fourth not in zone `z{k % 3}`, every fourth (another)
+    /// only in it (with two replicas and three nodes, unplaceable). Fixed by the name, so that
+    /// a workload put again has the constraints it had.
+    pub fn chaos_workload(k: u32, replicas: u32) -> WorkloadSpec {
+        let mut w = Self::workload(&format!("w{k}"), replicas, 64);
+        let zone = (String::from("zone"), format!("z{}", k % 3));
+        match k % 4 {
+            1 => w.constraints.push(Constraint::LabelNotEquals { key: zone.0, value: zone.1 }),
+            3 => w.constraints.push(Constraint::LabelEquals { key: zone.0, value: zone.1 }),
+            _ => {}
+        }
+        w
+    }
+
     pub fn workload(name: &str, replicas: u32, mem_mib: u64) -> WorkloadSpec {
         WorkloadSpec {
             name: name.to_string(),
@@ -304,7 +328,7 @@ impl RaftSim {
         (0..self.slots.len() as u64)
             .map(|id| NodeSlot {
                 id: self.raft_id(id),
-                capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: BTreeMap::new() },
+                capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: Self::labels_of(id) },
             })
             .collect()
     }
@@ -478,6 +502,14 @@ impl RaftSim {
                 if !seen.insert((w.clone(), *k)) {
                     self.violations.push(format!("{now:?}: node {id} has two replicas of {w} on one node"));
                 }
+                // Constraints: no replica on a node whose labels its workload refuses.
+                let labels = (0..self.slots.len() as u64).find(|i| key_of(*i) == *k).map(Self::labels_of).unwrap_or_default();
+                let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels };
+                if let Some(spec) = st.workloads.get(w) {
+                    if let Some(c) = spec.constraints.iter().find(|c| !c.allows(&node)) {
+                        self.violations.push(format!("{now:?}: node {id}'s state assigns {w} to a node that violates {c:?}"));
+                    }
+                }
             }
             self.slots[id].checked = n;
         }
@@ -527,7 +559,15 @@ impl RaftSim {
                 return Err(format!("acknowledged {name} at {pos:?} is missing"));
             }
         }
+        let labels = self.labels();
         for (name, spec) in &first.workloads {
+            // Accepted but unplaceable as the nodes are labelled: nothing of it runs.
+            if first.eligible_nodes(spec, &labels) < spec.replicas {
+                if let Some(((_, r), _)) = first.assignments.range((name.clone(), 0)..=(name.clone(), u32::MAX)).next() {
+                    return Err(format!("unplaceable {name} has replica {r} assigned"));
+                }
+                continue;
+            }
             for rep in 0..spec.replicas {
                 let runs = (0..self.slots.len() as u64).filter(|id| self.running_on(*id).contains(&(name.clone(), rep))).count();
                 if runs != 1 {
@@ -584,14 +624,14 @@ impl RaftSim {
                 8 if named > 0 => {
                     // Remove a workload, or put one again under an old name (its old host,
                     // if cut off, may still run it until its lease ends).
-                    let w = format!("w{}", 1 + self.rng.below(u64::from(named)));
-                    let cmd = if self.rng.below(2) == 0 { Command::RemoveWorkload(w) } else { Command::PutWorkload(Self::workload(&w, 1, 64)) };
+                    let k = 1 + self.rng.below(u64::from(named)) as u32;
+                    let cmd = if self.rng.below(2) == 0 { Command::RemoveWorkload(format!("w{k}")) } else { Command::PutWorkload(Self::chaos_workload(k, 1)) };
                     let _ = self.propose(cmd);
                 }
                 _ => {
                     named += 1;
                     let reps = 1 + self.rng.below(2) as u32;
-                    let _ = self.propose(Command::PutWorkload(Self::workload(&format!("w{named}"), reps, 64)));
+                    let _ = self.propose(Command::PutWorkload(Self::chaos_workload(named, reps)));
                 }
             }
         }

@@ -83,6 +83,7 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
     // quadratic in the assignments (1,000 nodes, 10,000 workloads: docs/orchestration.md).
     let ids: BTreeMap<NodeKey, ReplicaId> = nodes.iter().map(|n| (n.capacity.key, n.id)).rev().collect();
     let id_of = |key: &NodeKey| ids.get(key).copied();
+    let labels: BTreeMap<NodeKey, &NodeCapacity> = nodes.iter().map(|n| (n.capacity.key, &n.capacity)).rev().collect();
     // 0. Replicas whose old host surely stopped them may be placed again (in this same batch:
     // the `Released` is applied before the `Assign`s that follow it in the log).
     let mut held: BTreeSet<(String, u32)> = BTreeSet::new();
@@ -93,9 +94,12 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
             held.insert(key.clone());
         }
     }
-    // 1. Unassign what must move: workload shrunk, node gone, drained, or down past its lease.
+    // 1. Unassign what must move: workload shrunk (or put again with constraints its node
+    // no longer meets), node gone, drained, or down past its lease.
     for ((w, r), key) in &state.assignments {
-        let shrunk = state.workloads.get(w).is_none_or(|s| *r >= s.replicas);
+        let unlabelled = NodeCapacity { key: *key, free_vcpus: 0, free_mem_mib: 0, labels: BTreeMap::new() };
+        let node = labels.get(key).copied().unwrap_or(&unlabelled);
+        let shrunk = state.workloads.get(w).is_none_or(|s| *r >= s.replicas || !s.constraints.iter().all(|c| c.allows(node)));
         let gone = !state.nodes.contains(key) || state.drained.contains(key);
         let id = id_of(key);
         let up = id.is_some_and(|id| is_up(leader, id, now));

@@ -41,6 +41,11 @@ pub struct ReplicaConfig {
     /// `propose` refuses (`LogFull`) while the log holds this many entries after its snapshot
     /// (only when commits stall: applied entries are compacted, see `snapshot_every`).
     pub max_log_entries: u64,
+    /// `propose` refuses (`LogFull`) once the commands kept for the log would take more than
+    /// this many heap bytes ([`Command::heap_bytes`]): a node's heap is small (`orchd`: 4 MiB)
+    /// and, without compaction on nodes, the log only grows. Unbounded by default; `orchd`
+    /// sets it (crate::orch).
+    pub max_log_bytes: u64,
     /// Log compaction: once this many entries were applied after the last snapshot, the state
     /// is snapshotted and the log and commands up to it dropped; a follower too far behind
     /// gets the snapshot ([`Envelope::snapshot`]). Off by default (`u64::MAX`) until the wire
@@ -64,6 +69,7 @@ impl Default for ReplicaConfig {
             election_max: Duration::from_millis(1000),
             max_entries_per_message: 64,
             max_log_entries: 100_000,
+            max_log_bytes: u64::MAX,
             snapshot_every: u64::MAX,
             grant_window: Duration::from_millis(500),
             peer_down_after: Duration::from_millis(1000),
@@ -157,6 +163,8 @@ pub struct Replica {
     snapshot_sent: BTreeMap<ReplicaId, Duration>,
     snapshots_taken: u64,
     snapshots_installed: u64,
+    /// Heap bytes of `storage.commands` ([`Command::heap_bytes`]).
+    log_bytes: u64,
     storage: Storage,
 }
 
@@ -190,6 +198,7 @@ impl Replica {
             r.applied_index = snap.position.index.get();
         }
         r.storage = storage;
+        r.recount_log_bytes();
         // The state machine is rebuilt by applying the log again as the commit index advances.
         r.step(now);
         r
@@ -224,6 +233,7 @@ impl Replica {
             snapshot_sent: BTreeMap::new(),
             snapshots_taken: 0,
             snapshots_installed: 0,
+            log_bytes: 0,
             storage,
         }
     }
@@ -394,14 +404,16 @@ impl Replica {
             return Err(ProposeError::NotLeader { leader: self.leader() });
         }
         let log = self.node.log();
-        if log.last_position().index.get() - log.snapshot_position().index.get() >= self.cfg.max_log_entries {
+        if log.last_position().index.get() - log.snapshot_position().index.get() >= self.cfg.max_log_entries
+            || self.log_bytes.saturating_add(cmd.heap_bytes()) > self.cfg.max_log_bytes
+        {
             return Err(ProposeError::LogFull);
         }
         let pos = self.node.propose_command();
         if pos.is_invalid() {
             return Err(ProposeError::NotLeader { leader: None });
         }
-        self.storage.commands.insert((pos.term.get(), pos.index.get()), cmd);
+        self.keep_command((pos.term.get(), pos.index.get()), cmd);
         self.step(now);
         Ok(pos)
     }
@@ -474,7 +486,7 @@ impl Replica {
                     self.install(snap.clone());
                 }
                 for (p, c) in &env.commands {
-                    self.storage.commands.insert((p.term.get(), p.index.get()), c.clone());
+                    self.keep_command((p.term.get(), p.index.get()), c.clone());
                 }
                 if header.term >= self.node.current_term() {
                     self.leader_hint = Some((header.term.get(), env.from));
@@ -605,6 +617,24 @@ impl Replica {
     fn prune_commands(&mut self, upto: u64) {
         // Keyed by (term, index): keep the entries past `upto` of any term.
         self.storage.commands.retain(|(_, i), _| *i > upto);
+        self.recount_log_bytes();
+    }
+
+    fn keep_command(&mut self, key: (u64, u64), cmd: Command) {
+        let add = cmd.heap_bytes();
+        if let Some(old) = self.storage.commands.insert(key, cmd) {
+            self.log_bytes = self.log_bytes.saturating_sub(old.heap_bytes());
+        }
+        self.log_bytes = self.log_bytes.saturating_add(add);
+    }
+
+    fn recount_log_bytes(&mut self) {
+        self.log_bytes = self.storage.commands.values().map(Command::heap_bytes).sum();
+    }
+
+    /// Heap bytes the log's commands take ([`ReplicaConfig::max_log_bytes`] bounds them).
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
     }
 
     /// Leader: send `to` the snapshot with an empty AppendEntries call that starts right after

@@ -7,6 +7,10 @@ use catenary_cluster::replica::{Replica, ReplicaConfig};
 use core::time::Duration;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    // The same bytes as a listing page (`orchd` → `apid`): an error or a page, never a panic.
+    if let Ok(p) = catenary_cluster::listing::decode_page(data) {
+        assert!(p.entries.iter().all(|e| e.replicas.len() as u32 == e.spec.replicas) && p.next <= p.total);
+    }
     if let Ok(w) = decode(data) {
         assert_eq!(encode(&w), data);
         if let Wire::Raft(mut e) = w {
