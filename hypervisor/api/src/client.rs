@@ -72,6 +72,13 @@ pub fn run(r: &RunRequest) -> ClientRequest {
 pub fn run_cluster(r: &RunRequest) -> ClientRequest {
     with_json(req(Method::Post, "/v1/cluster/workloads".into()), r)
 }
+/// The cluster's desired state, each replica's node and state.
+pub fn list_cluster() -> ClientRequest {
+    req(Method::Get, "/v1/cluster/workloads".into())
+}
+pub fn inspect_cluster(workload: &str) -> ClientRequest {
+    req(Method::Get, alloc::format!("/v1/cluster/workloads/{workload}"))
+}
 pub fn remove_cluster(workload: &str) -> ClientRequest {
     req(Method::Delete, alloc::format!("/v1/cluster/workloads/{workload}"))
 }

@@ -17,7 +17,8 @@
 //! fabric connection (`apid/forward.rs`).
 
 use crate::http::{Method, Request, Response};
-use crate::types::{ErrorBody, Image, ImageList, NodeList, Workload, WorkloadList};
+use crate::cluster_state;
+use crate::types::{ClusterWorkloadList, ClusterWorkloadStatus, ErrorBody, Image, ImageList, NodeList, Workload, WorkloadList};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -61,7 +62,12 @@ fn named(status: u16, body: Vec<u8>, node: &str) -> Response {
 /// node's own answer as it is, and the service need not look for the nodes that are up).
 pub fn concerns_others(req: &Request) -> bool {
     match req.method {
-        Method::Get => matches!(req.path.as_str(), "/v1/workloads" | "/v1/images" | "/v1/nodes") || req.path.starts_with("/v1/workloads/") || is_image_path(&req.path),
+        Method::Get => {
+            matches!(req.path.as_str(), "/v1/workloads" | "/v1/images" | "/v1/nodes" | "/v1/cluster/workloads")
+                || req.path.starts_with("/v1/workloads/")
+                || req.path.starts_with("/v1/cluster/workloads/")
+                || is_image_path(&req.path)
+        }
         Method::Delete => req.path.starts_with("/v1/workloads/") || is_image_path(&req.path),
         Method::Post => req.path == "/v1/workloads" || req.path.starts_with("/v1/workloads/"),
         Method::Put => false,
@@ -125,6 +131,32 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
             json(200, &list, resp)
         }
         (Method::Delete, p, 200 | 404 | 409) if is_image_path(p) => remove_image(resp, own, others, ask),
+        // The desired state: every node lists the same committed workloads and knows the
+        // state of the replicas assigned to it; each other node's answer fills in its own.
+        (Method::Get, "/v1/cluster/workloads", 200) => {
+            let Ok(mut list) = serde_json::from_slice::<ClusterWorkloadList>(&resp.body) else { return resp };
+            for i in 0..others.len() {
+                let Some((200, body)) = ask(i) else { continue };
+                let Ok(theirs) = serde_json::from_slice::<ClusterWorkloadList>(&body) else { continue };
+                for w in &mut list.workloads {
+                    if let Some(t) = theirs.workloads.iter().find(|t| t.name == w.name) {
+                        cluster_state::merge(w, t);
+                    }
+                }
+            }
+            json(200, &list, resp)
+        }
+        (Method::Get, p, 200) if p.starts_with("/v1/cluster/workloads/") => {
+            let Ok(mut w) = serde_json::from_slice::<ClusterWorkloadStatus>(&resp.body) else { return resp };
+            for i in 0..others.len() {
+                if let Some((200, body)) = ask(i) {
+                    if let Ok(t) = serde_json::from_slice::<ClusterWorkloadStatus>(&body) {
+                        cluster_state::merge(&mut w, &t);
+                    }
+                }
+            }
+            json(200, &w, resp)
+        }
         _ => {
             let c = if resp.status == 404 { code(&resp) } else { None };
             let workload = req.path.starts_with("/v1/workloads/") && c.as_deref() == Some("no_such_workload");

@@ -23,6 +23,7 @@ extern crate std;
 pub mod auth;
 pub mod client;
 pub mod cluster;
+pub mod cluster_state;
 pub mod error;
 pub mod events;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -43,3 +44,5 @@ pub use router::{Api, Backend, ClusterWrite};
 mod tests;
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod cluster_state_tests;

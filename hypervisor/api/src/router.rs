@@ -42,13 +42,19 @@ pub trait Backend {
     fn cluster(&mut self, _w: ClusterWrite) -> Result<(), ApiError> {
         Err(ApiError::new(503, "no_cluster", "this node has no orchestration service"))
     }
+    /// The committed desired state, each replica's state filled in where this node runs it
+    /// ([`crate::cluster_state::statuses`]), and how many workloads the state holds.
+    fn cluster_workloads(&mut self) -> Result<(Vec<ClusterWorkloadStatus>, u32), ApiError> {
+        Err(ApiError::new(503, "no_cluster", "this node has no orchestration service"))
+    }
 }
 
 /// A write to the cluster's desired state (docs/orchestration.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClusterWrite {
-    /// Create or replace a workload that runs on `replicas` nodes.
-    Put { spec: WorkloadSpec, replicas: u32 },
+    /// Create or replace a workload that runs on `replicas` nodes whose labels meet
+    /// `constraints`.
+    Put { spec: WorkloadSpec, replicas: u32, constraints: Vec<catenary_cluster::placement::Constraint> },
     Remove(String),
     /// Take every replica off a node (its name in the cluster file, or its 64-hex key).
     Drain(String),
@@ -268,6 +274,16 @@ impl Api {
                 }
             }
             Op::RunClusterWorkload => ok(&self.run_cluster(body_required(req)?, backend)?),
+            Op::ListClusterWorkloads => {
+                let (workloads, total) = backend.cluster_workloads()?;
+                ok(&ClusterWorkloadList { workloads, total })
+            }
+            Op::InspectClusterWorkload => {
+                let name = param(p, "workload");
+                let (workloads, _) = backend.cluster_workloads()?;
+                let w = workloads.into_iter().find(|w| w.name == name).ok_or_else(|| ApiError::new(404, "no_such_workload", "no cluster workload has that name"))?;
+                ok(&w)
+            }
             Op::RemoveClusterWorkload => {
                 let name = p.iter().find(|(k, _)| *k == "workload").map(|(_, v)| v.clone()).unwrap_or_default();
                 if !valid_name(&name) || name.len() > CLUSTER_NAME_MAX {
@@ -294,6 +310,12 @@ impl Api {
     /// Create, then start; a workload that cannot start is removed again (nothing half-made).
     fn run(&mut self, r: RunRequest, backend: &mut dyn Backend) -> Result<Workload, ApiError> {
         let image = Digest::parse(&r.image).ok_or_else(|| ApiError::bad_request("image: not a sha256:<64 lowercase hex> digest"))?;
+        if r.name.as_deref().is_some_and(|n| n.starts_with(crate::cluster_state::REPLICA_PREFIX)) {
+            return Err(ApiError::bad_request("name: names starting with cl- are the cluster's replicas (cl-NAME-R); choose another name, or run it on the cluster with --replicas"));
+        }
+        if r.replicas.is_some() || r.constraints.is_some() {
+            return Err(ApiError::bad_request("replicas, constraints: only for a cluster workload (POST /v1/cluster/workloads)"));
+        }
         let restart = match r.restart.as_deref() {
             None => RestartPolicy::No,
             Some(s) => types_restart(s)?,
@@ -339,6 +361,11 @@ impl Api {
         if !(1..=64).contains(&replicas) {
             return Err(ApiError::bad_request("replicas: 1..=64"));
         }
+        let texts = r.constraints.unwrap_or_default();
+        if texts.len() > crate::cluster_state::CONSTRAINTS_MAX {
+            return Err(ApiError::bad_request("constraints: at most 16"));
+        }
+        let constraints = texts.iter().map(|c| crate::cluster_state::parse_constraint(c)).collect::<Result<Vec<_>, _>>()?;
         let spec = WorkloadSpec {
             name: name.clone(),
             image,
@@ -350,7 +377,7 @@ impl Api {
             net: r.net.unwrap_or(true),
         };
         spec.check()?;
-        backend.cluster(ClusterWrite::Put { spec, replicas })?;
+        backend.cluster(ClusterWrite::Put { spec, replicas, constraints })?;
         Ok(ClusterWorkload { name, replicas })
     }
 }

@@ -29,6 +29,8 @@ pub enum Op {
     Events,
     RunClusterWorkload,
     RemoveClusterWorkload,
+    ListClusterWorkloads,
+    InspectClusterWorkload,
     DrainNode,
 }
 
@@ -86,6 +88,8 @@ pub const ROUTES: &[Route] = &[
     r(Get, "/v1/workloads/{workload}/logs", Op::WorkloadLogs, "workloadLogs", &["cursor", "max"], Body::None, 200, "Logs"),
     r(Get, "/v1/events", Op::Events, "listEvents", &["since"], Body::None, 200, "EventList"),
     r(Post, "/v1/cluster/workloads", Op::RunClusterWorkload, "runClusterWorkload", &[], Json("RunRequest"), 201, "ClusterWorkload"),
+    r(Get, "/v1/cluster/workloads", Op::ListClusterWorkloads, "listClusterWorkloads", &[], Body::None, 200, "ClusterWorkloadList"),
+    r(Get, "/v1/cluster/workloads/{workload}", Op::InspectClusterWorkload, "inspectClusterWorkload", &[], Body::None, 200, "ClusterWorkloadStatus"),
     r(Delete, "/v1/cluster/workloads/{workload}", Op::RemoveClusterWorkload, "removeClusterWorkload", &[], Body::None, 200, "ClusterWorkload"),
     r(Post, "/v1/cluster/nodes/{node}/drain", Op::DrainNode, "drainNode", &[], Body::None, 200, "ClusterNode"),
 ];

@@ -48,7 +48,7 @@ fn refused(api: &mut Api, node: &mut SimNode, caller: [u8; 32], req: &ClientRequ
 }
 
 fn run_req(name: &str, mib: u32) -> RunRequest {
-    RunRequest { name: Some(name.into()), image: image().to_string(), cpus: None, memory_mib: Some(mib), env: vec!["A=1".into()], args: None, restart: None, net: None, replicas: None }
+    RunRequest { name: Some(name.into()), image: image().to_string(), cpus: None, memory_mib: Some(mib), env: vec!["A=1".into()], args: None, restart: None, net: None, replicas: None, constraints: None }
 }
 
 #[test]
@@ -514,7 +514,7 @@ fn cluster_writes_go_to_the_orchestration_service() {
     let w: ClusterWorkload = decode(s, &b).unwrap();
     assert_eq!((s, w.name.as_str(), w.replicas), (201, "web", 2));
     match &o.writes[..] {
-        [crate::ClusterWrite::Put { spec, replicas: 2 }] => assert_eq!((spec.name.as_str(), spec.memory_mib, spec.env.clone()), ("web", 64, vec!["A=1".to_string()])),
+        [crate::ClusterWrite::Put { spec, replicas: 2, .. }] => assert_eq!((spec.name.as_str(), spec.memory_mib, spec.env.clone()), ("web", 64, vec!["A=1".to_string()])),
         w => panic!("{w:?}"),
     }
     // nothing ran on this node: the cluster places it

@@ -137,6 +137,10 @@ pub struct RunRequest {
     /// `POST /v1/cluster/workloads` only: on how many nodes it runs (1..=64, default 1).
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// `POST /v1/cluster/workloads` only: placement constraints on the nodes' labels,
+    /// `KEY=VALUE` or `KEY!=VALUE` (at most 16).
+    #[serde(default)]
+    pub constraints: Option<Vec<String>>,
 }
 
 /// `POST /v1/cluster/nodes/{node}/drain`: the node (name) the cluster's scheduler takes
@@ -153,6 +157,48 @@ pub struct ClusterNode {
 pub struct ClusterWorkload {
     pub name: String,
     pub replicas: u32,
+}
+
+/// `GET /v1/cluster/workloads`: the committed desired state (docs/orchestration.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterWorkloadList {
+    pub workloads: Vec<ClusterWorkloadStatus>,
+    /// Workloads in the desired state (more than listed when the list was cut).
+    pub total: u32,
+}
+
+/// A cluster workload: its spec, where each replica is assigned and whether it runs there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterWorkloadStatus {
+    pub name: String,
+    pub image: String,
+    pub replicas: u32,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// `NAME=value` entries.
+    pub env: Vec<String>,
+    pub args: Vec<String>,
+    pub restart: String,
+    /// `KEY=VALUE` / `KEY!=VALUE` on the nodes' labels.
+    pub constraints: Vec<String>,
+    /// Replicas whose node reports them `running`.
+    pub running: u32,
+    /// Nodes (admitted, not drained) whose labels meet every constraint.
+    pub eligible_nodes: u32,
+    /// False when fewer nodes meet the constraints than there are replicas: accepted, but
+    /// nothing of it is placed until the nodes' labels change.
+    pub placeable: bool,
+    pub assignments: Vec<ReplicaStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub replica: u32,
+    /// The node it is assigned to (`null`: not placed).
+    pub node: Option<String>,
+    /// Its state in that node's workload service (`null`: not there yet, or the node did not
+    /// answer).
+    pub state: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +442,21 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         address: Some("fd00::100:0:1:1".into()),
         node: Some("node2".into()),
     };
+    let cluster_status = ClusterWorkloadStatus {
+        name: "web".into(),
+        image: "sha256:00".into(),
+        replicas: 1,
+        cpus: 1,
+        memory_mib: 64,
+        env: vec!["A=1".into()],
+        args: vec!["x".into()],
+        restart: "no".into(),
+        constraints: vec!["zone=a".into()],
+        running: 1,
+        eligible_nodes: 2,
+        placeable: true,
+        assignments: vec![ReplicaStatus { replica: 0, node: Some("node1".into()), state: Some("running".into()) }],
+    };
     let record = LogRecord { offset: 0, stream: "stdout".into(), data: "hi\n".into() };
     let event = Event { seq: 1, time_ms: 1, kind: "created".into(), workload: 1, name: "web".into(), state: "created".into(), exit: Some(exit.clone()) };
     let v = |x: serde_json::Result<serde_json::Value>| x.unwrap_or(serde_json::Value::Null);
@@ -421,8 +482,12 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
                 restart: Some("no".into()),
                 net: Some(true),
                 replicas: Some(2),
+                constraints: Some(vec!["zone=a".into()]),
             })),
         ),
+        ("ClusterWorkloadList", v(serde_json::to_value(ClusterWorkloadList { workloads: vec![cluster_status.clone()], total: 1 }))),
+        ("ClusterWorkloadStatus", v(serde_json::to_value(&cluster_status))),
+        ("ReplicaStatus", v(serde_json::to_value(&cluster_status.assignments[0]))),
         ("ClusterWorkload", v(serde_json::to_value(ClusterWorkload { name: "web".into(), replicas: 2 }))),
         ("ClusterNode", v(serde_json::to_value(ClusterNode { name: "node2".into(), drained: true }))),
         ("StopRequest", v(serde_json::to_value(StopRequest { grace_ms: Some(1) }))),

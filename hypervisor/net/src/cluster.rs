@@ -18,6 +18,17 @@ pub const MAGIC: &str = "catenary-cluster v1";
 /// Default underlay UDP port for fabric sessions (WireGuard's).
 pub const FABRIC_PORT: u16 = 51820;
 
+/// Labels per `node` line.
+pub const MAX_LABELS: usize = 16;
+
+/// `KEY=VALUE`: a key of 1-63 of `a-z 0-9 . _ - /`, a value of 0-63 of `A-Z a-z 0-9 . _ -`.
+pub fn parse_label(t: &str) -> Option<(&str, &str)> {
+    let (k, v) = t.split_once('=')?;
+    let key_ok = !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b));
+    let value_ok = v.len() <= 63 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    (key_ok && value_ok).then_some((k, v))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     pub name: String,
@@ -145,8 +156,17 @@ impl Cluster {
                 operators.push(Operator { name: w[1].to_string(), public_key, role: w[3].to_string() });
                 continue;
             }
-            if w.len() != 5 || w[0] != "node" {
-                return Err(line("expected: node NAME KEY ADDR PORT"));
+            if w.len() < 5 || w[0] != "node" {
+                return Err(line("expected: node NAME KEY ADDR PORT [LABEL=VALUE]..."));
+            }
+            if w.len() - 5 > MAX_LABELS {
+                return Err(line("more than 16 labels"));
+            }
+            for (i, t) in w[5..].iter().enumerate() {
+                let (k, _) = parse_label(t).ok_or(line("bad label (KEY=VALUE: 1-63 of a-z 0-9 . _ - /, then 0-63 of A-Z a-z 0-9 . _ -)"))?;
+                if w[5..5 + i].iter().any(|o| o.split_once('=').is_some_and(|(ok, _)| ok == k)) {
+                    return Err(line("a label given twice"));
+                }
             }
             let name = w[1];
             if name.len() > MAX_NAME || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
@@ -194,6 +214,23 @@ impl Cluster {
             }
         }
         Ok(Cluster { members, operators })
+    }
+
+    /// The labels of each `node` line of `text` (`node NAME KEY ADDR PORT zone=a disk=ssd`),
+    /// by node key: what the orchestration's placement constraints match
+    /// (docs/orchestration.md). Lines the parser refuses are left out (call `parse` first).
+    pub fn labels(text: &str) -> Vec<([u8; 32], Vec<(String, String)>)> {
+        text.lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                if w.len() < 5 || w[0] != "node" || w.len() - 5 > MAX_LABELS {
+                    return None;
+                }
+                let key = hex_decode32(w[2])?;
+                let labels: Option<Vec<(String, String)>> = w[5..].iter().map(|t| parse_label(t).map(|(k, v)| (k.to_string(), v.to_string()))).collect();
+                Some((key, labels?))
+            })
+            .collect()
     }
 
     pub fn render(&self) -> String {

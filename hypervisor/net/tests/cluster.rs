@@ -62,8 +62,8 @@ fn nonsense_is_a_clear_error() {
         (format!("node a {k1} 10.0.0.1 1\n"), "bad IPv6 address"),
         (format!("node a {k1} :: 1\n"), "underlay address is unspecified, loopback or multicast"),
         (format!("node a {k1} ff02::1 1\n"), "underlay address is unspecified, loopback or multicast"),
-        (format!("node a {k1} fe80::1 1 extra\n"), "expected: node NAME KEY ADDR PORT"),
-        (format!("peer a {k1} fe80::1 1\n"), "expected: node NAME KEY ADDR PORT"),
+        (format!("node a {k1} fe80::1 1 extra\n"), "bad label (KEY=VALUE: 1-63 of a-z 0-9 . _ - /, then 0-63 of A-Z a-z 0-9 . _ -)"),
+        (format!("peer a {k1} fe80::1 1\n"), "expected: node NAME KEY ADDR PORT [LABEL=VALUE]..."),
         (format!("node a\u{0}b {k1} fe80::1 1\n"), "bad name (1-32 of A-Z a-z 0-9 - _)"),
         (format!("node {} {k1} fe80::1 1\n", "n".repeat(33)), "bad name (1-32 of A-Z a-z 0-9 - _)"),
     ];
@@ -112,4 +112,28 @@ fn arbitrary_text_never_panics() {
         }
         let _ = Cluster::parse(&s);
     }
+}
+
+/// `node` lines may carry labels (`zone=a`) for the orchestration's placement constraints:
+/// parsed per node key, bad or repeated labels refused with the line.
+#[test]
+fn node_lines_carry_labels() {
+    let body = format!("node a {} fe80::1 51820 zone=a disk=ssd\nnode b {} fe80::2 51820\n", key(1), key(2));
+    let c = parse(&body).unwrap();
+    assert_eq!(c.members.len(), 2);
+    let labels = Cluster::labels(&format!("catenary-cluster v1\n{body}"));
+    let of = |k: u8| labels.iter().find(|(key, _)| hex_encode(key) == self::key(k)).map(|(_, l)| l.clone());
+    assert_eq!(of(1), Some(vec![("zone".to_string(), "a".to_string()), ("disk".to_string(), "ssd".to_string())]));
+    assert_eq!(of(2), Some(vec![]));
+    for bad in ["zone", "=a", "Zone=a", "zone=a b=", "zone=a zone=b", "zone=a/b"] {
+        let line = format!("node a {} fe80::1 51820 {bad}\n", key(1));
+        let ok_if_empty_value = bad == "zone=a b=";
+        if ok_if_empty_value {
+            assert!(parse(&line).is_ok(), "{bad}: an empty value is a value");
+            continue;
+        }
+        assert_eq!(line_err(&line).0, 3, "{bad}");
+    }
+    let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
+    assert_eq!(line_err(&format!("node a {} fe80::1 51820 {}\n", key(1), many.join(" "))).1, "more than 16 labels");
 }

@@ -108,13 +108,18 @@ enum Cmd {
         /// replica as cl-NAME-R); needs --name.
         #[arg(long)]
         replicas: Option<u32>,
+        /// A placement constraint on the nodes' labels (the cluster file's `node` lines),
+        /// KEY=VALUE or KEY!=VALUE (repeatable); makes it a cluster workload.
+        #[arg(long = "constraint")]
+        constraint: Vec<String>,
         /// A digest (sha256:…) or a packed image directory.
         image: String,
         /// Replace the image's cmd.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The workloads on the node.
+    /// The workloads on the nodes, then the cluster's workloads (replicas running/desired
+    /// and their nodes).
     Ps,
     /// A workload's log; -f follows it until the workload has ended.
     Logs {
@@ -250,8 +255,8 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Image(ImageCmd::Push { dir }) => commands::image_push(&c, &dir),
         Cmd::Image(ImageCmd::Ls) => commands::images(&c),
         Cmd::Image(ImageCmd::Rm { digest }) => commands::image_rm(&c, &digest),
-        Cmd::Run { name, cpus, mem, env, restart, net, replicas, image, args } => {
-            commands::run(&c, RunArgs { name, cpus, memory_mib: mem, env, restart, net: net.as_deref() != Some("none"), replicas, image, args })
+        Cmd::Run { name, cpus, mem, env, restart, net, replicas, constraint, image, args } => {
+            commands::run(&c, RunArgs { name, cpus, memory_mib: mem, env, restart, net: net.as_deref() != Some("none"), replicas, constraints: constraint, image, args })
         }
         Cmd::Ps => commands::ps(&c),
         Cmd::Logs { follow, id } => commands::logs(&c, &id, follow, poll),

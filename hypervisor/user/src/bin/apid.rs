@@ -193,6 +193,20 @@ impl Backend for Node {
         cluster::write(&self.wk, ORCHD, w, node)
     }
 
+    fn cluster_workloads(&mut self) -> Result<(Vec<catenary_api::types::ClusterWorkloadStatus>, u32), ApiError> {
+        let (entries, total) = cluster::list(&self.wk, ORCHD)?;
+        let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
+        let me = self.me;
+        let own = members.iter().find(|m| Some(Prefix64::from_public_key(&m.public_key).node_address()) == me).map(|m| m.public_key);
+        let name_of = |k: &[u8; 32]| members.iter().find(|m| m.public_key == *k).map(|m| m.name.clone()).unwrap_or_else(|| hex(&k[..8]));
+        // the state of the replicas assigned here: this node's workload list
+        let local = match self.workd(wk::Request::List) {
+            Ok(wk::Reply::List(l)) => l,
+            _ => Vec::new(),
+        };
+        Ok((catenary_api::cluster_state::statuses(entries, &name_of, own, &local), total))
+    }
+
     fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError> {
         use catenary_cluster::service as svc;
         match call_timeout(MEMBERD, svc::LABEL_ADMIT, svc::key_words(&key), 2000) {

@@ -28,7 +28,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_cluster::desired::{Command, RestartPolicy as ClusterRestart, WorkloadSpec as ClusterSpec};
-use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_TICKET, LABEL_WRITE};
+use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LIST, LABEL_TICKET, LABEL_WRITE};
 use catenary_cluster::raft_codec::{decode, Wire};
 use catenary_cluster::NodeKey;
 use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_CLUSTER};
@@ -113,8 +113,11 @@ fn local_spec(s: &ClusterSpec, name: String) -> WorkloadSpec {
     }
 }
 
-/// The cluster file's members (name, key, node /128), once netd has it.
-fn members(buf: &Pages) -> Vec<(String, [u8; 32], Ipv6Addr)> {
+type Labels = BTreeMap<NodeKey, BTreeMap<String, String>>;
+
+/// The cluster file's members (name, key, node /128) and their labels (`node` lines'
+/// `KEY=VALUE` words, for placement constraints), once netd has it.
+fn members(buf: &Pages) -> (Vec<(String, [u8; 32], Ipv6Addr)>, Labels) {
     loop {
         match call(NETD, LABEL_CLUSTER, [0; 4]) {
             Ok(m) if m.label == CLUSTER_NO_GRANT => break,
@@ -129,10 +132,14 @@ fn members(buf: &Pages) -> Vec<(String, [u8; 32], Ipv6Addr)> {
                 buf.read(0, &mut b);
                 let parsed = core::str::from_utf8(&b).ok().and_then(|t| catenary_net::Cluster::parse(t).ok());
                 match parsed {
-                    Some(c) => return c.members.iter().map(|m| (m.name.clone(), m.public_key, Prefix64::from_public_key(&m.public_key).node_address())).collect(),
+                    Some(c) => {
+                        let text = core::str::from_utf8(&b).unwrap_or("");
+                        let labels: Labels = catenary_net::Cluster::labels(text).into_iter().map(|(k, l)| (NodeKey(k), l.into_iter().collect())).collect();
+                        return (c.members.iter().map(|m| (m.name.clone(), m.public_key, Prefix64::from_public_key(&m.public_key).node_address())).collect(), labels);
+                    }
                     None => {
                         log("orchd: the cluster file does not parse: no orchestration");
-                        return Vec::new();
+                        return (Vec::new(), Labels::new());
                     }
                 }
             }
@@ -159,7 +166,7 @@ fn run(_arg: u64) -> u64 {
         return 98;
     };
     let workd = Workd { buf: wbuf };
-    let members = members(&cbuf);
+    let (members, labels) = members(&cbuf);
     if members.is_empty() || members.len() > catenary_cluster::orch::MEMBERS_MAX {
         logf!("orchd: {} cluster members: nothing to orchestrate", members.len());
         idle();
@@ -180,6 +187,14 @@ fn run(_arg: u64) -> u64 {
     let by_addr: BTreeMap<Ipv6Addr, usize> = members.iter().enumerate().map(|(i, m)| (m.2, i)).collect();
     let seed = rdtsc() ^ (me as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut orch = Orch::new(me, keys, OrchConfig::default(), seed, now());
+    for (k, l) in &labels {
+        if !l.is_empty() {
+            let name = members.iter().find(|m| m.1 == k.0).map(|m| m.0.as_str()).unwrap_or("?");
+            let text: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            logf!("orchd: {} has labels {}", name, text.join(" "));
+        }
+    }
+    orch.set_labels(labels);
     logf!("orchd: member {} of {} ({}), UDP [{}]:{}; listening for a cluster", me, members.len(), members[me].0, me_addr, PORT);
 
     let mut next_converge = 0u64;
@@ -278,6 +293,7 @@ fn serve(orch: &mut Orch, m: &Msg) {
                 Ok(t) => answer(IPC_OK, t),
                 Err(SubmitError::Refused) => answer(IPC_REFUSED, 0),
                 Err(SubmitError::Unavailable) => answer(IPC_UNAVAILABLE, 0),
+                Err(SubmitError::Full) => answer(IPC_FULL, 0),
             }
         }
         LABEL_TICKET => answer(
@@ -286,9 +302,24 @@ fn serve(orch: &mut Orch, m: &Msg) {
                 TicketStatus::Pending => IPC_PENDING,
                 TicketStatus::Failed => IPC_FAILED,
                 TicketStatus::Unknown => IPC_UNKNOWN,
+                TicketStatus::Full => IPC_FULL,
             },
             0,
         ),
+        LABEL_LIST => {
+            // A page of the committed state from workload words[0], into the caller's grant.
+            let Some(g) = grant_of(m.reply).filter(|g| g.writable()) else { return answer(IPC_REFUSED, 0) };
+            let max = (g.len() as usize).min(catenary_cluster::listing::PAGE_MAX);
+            let start = usize::try_from(m.words[0]).unwrap_or(usize::MAX);
+            match orch.list_page(start, max) {
+                Some(page) if page.len() <= max => {
+                    g.write(0, &page);
+                    answer(IPC_OK, page.len() as u64)
+                }
+                Some(_) => answer(IPC_REFUSED, 0),
+                None => answer(IPC_UNAVAILABLE, 0),
+            }
+        }
         _ => answer(IPC_REFUSED, 0),
     }
 }

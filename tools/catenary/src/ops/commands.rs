@@ -224,6 +224,8 @@ pub struct RunArgs {
     pub net: bool,
     /// The cluster's desired state, on this many nodes.
     pub replicas: Option<u32>,
+    /// Placement constraints (a cluster workload).
+    pub constraints: Vec<String>,
     pub image: String,
     pub args: Vec<String>,
 }
@@ -256,7 +258,8 @@ pub fn run(c: &Ctx, a: RunArgs) -> R {
         args: (!a.args.is_empty()).then_some(a.args),
         restart: a.restart,
         net: Some(a.net),
-        replicas: a.replicas,
+        replicas: if a.replicas.is_none() && !a.constraints.is_empty() { Some(1) } else { a.replicas },
+        constraints: (!a.constraints.is_empty()).then_some(a.constraints),
     };
     if req.replicas.is_some() {
         let w: ClusterWorkload = c.t.call(&client::run_cluster(&req))?;
@@ -279,21 +282,56 @@ pub fn run(c: &Ctx, a: RunArgs) -> R {
     Ok(())
 }
 
+/// The cluster's desired state, or `None` when the node has no orchestration service (503
+/// `no_cluster`): `ps` then shows only the nodes' workloads.
+fn cluster_list(c: &Ctx) -> Result<Option<ClusterWorkloadList>, CliError> {
+    match c.t.call::<ClusterWorkloadList>(&client::list_cluster()) {
+        Ok(l) => Ok(Some(l)),
+        Err(CallError::Api(ClientError::Api { status: 503, code, .. })) if code == "no_cluster" => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn ps(c: &Ctx) -> R {
     let l: WorkloadList = c.t.call(&client::list_workloads())?;
+    let cl = cluster_list(c)?;
     if c.json {
-        return print_json(&l);
+        // The nodes' list as before, and the cluster's (null without orchestration).
+        return print_json(&serde_json::json!({ "workloads": l.workloads, "cluster": cl }));
     }
     println!("{:>4} {:<24} {:<9} {:<10} {:>8} {:>8}  {:<39}  EXIT", "ID", "NAME", "STATE", "NODE", "MEM MiB", "RESTARTS", "ADDRESS");
     for w in &l.workloads {
         println!("{:>4} {:<24} {:<9} {:<10} {:>8} {:>8}  {:<39}  {}", w.id, w.name, w.state, w.node.as_deref().unwrap_or("-"), w.memory_mib, w.restarts, w.address.as_deref().unwrap_or("-"), exit_text(&w.exit));
     }
+    let Some(cl) = cl else { return Ok(()) };
+    println!();
+    println!("{:<24} {:>8} {:<20} {:<40}  NODES", "CLUSTER WORKLOAD", "REPLICAS", "IMAGE", "CONSTRAINTS");
+    for w in &cl.workloads {
+        let nodes: Vec<String> = w.assignments.iter().map(|a| format!("{}:{}", a.node.as_deref().unwrap_or("-"), a.state.as_deref().unwrap_or("?"))).collect();
+        let mut nodes = nodes.join(" ");
+        if !w.placeable {
+            nodes = format!("unplaceable: {} of {} nodes meet the constraints", w.eligible_nodes, w.replicas);
+        }
+        let image = w.image.get(..19).unwrap_or(&w.image);
+        let constraints = if w.constraints.is_empty() { "-".to_string() } else { w.constraints.join(",") };
+        println!("{:<24} {:>8} {:<20} {:<40}  {}", w.name, format!("{}/{}", w.running, w.replicas), image, constraints, nodes);
+    }
+    if cl.workloads.len() < cl.total as usize {
+        println!("({} of {} cluster workloads listed)", cl.workloads.len(), cl.total);
+    }
     Ok(())
 }
 
+/// A node's workload (id or name), else the cluster workload of that name.
 pub fn inspect(c: &Ctx, id: &str) -> R {
-    let w: Workload = c.t.call(&client::inspect(id))?;
-    print_json(&w)
+    match c.t.call::<Workload>(&client::inspect(id)) {
+        Ok(w) => print_json(&w),
+        Err(CallError::Api(ClientError::Api { status: 404, .. })) => {
+            let w: ClusterWorkloadStatus = c.t.call(&client::inspect_cluster(id))?;
+            print_json(&w)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn stop(c: &Ctx, id: &str, grace_ms: Option<u32>) -> R {

@@ -1,0 +1,142 @@
+//! The cluster's desired state as the API shows it (`GET /v1/cluster/workloads`), and the
+//! placement constraints an operator writes (`catenary run --constraint zone=a`).
+//!
+//! A node's orchestration service lists the committed workloads with each replica's node
+//! (`catenary_cluster::listing`); this node fills in the state of the replicas assigned to it
+//! from its own workload service (a replica of `web` runs there as `cl-web-R`), and
+//! [`crate::cluster::elsewhere`] takes each other node's word for the replicas assigned to it.
+
+use crate::error::ApiError;
+use crate::types::{restart_text, ClusterWorkloadStatus, ReplicaStatus};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use catenary_cluster::desired::{Command, RestartPolicy as R, WorkloadSpec};
+use catenary_cluster::listing::Listed;
+use catenary_cluster::placement::Constraint;
+use catenary_workload::status::Summary;
+use catenary_workload::{Digest, RestartPolicy};
+
+/// The workd name prefix of cluster replicas: node-level workloads may not use it.
+pub const REPLICA_PREFIX: &str = "cl-";
+/// Constraints per workload.
+pub const CONSTRAINTS_MAX: usize = 16;
+
+/// The workd name of replica `r` of cluster workload `name`.
+pub fn replica_name(name: &str, r: u32) -> String {
+    alloc::format!("{REPLICA_PREFIX}{name}-{r}")
+}
+
+/// `KEY=VALUE` or `KEY!=VALUE` (the label rules of the cluster file's `node` lines).
+pub fn parse_constraint(s: &str) -> Result<Constraint, ApiError> {
+    let bad = || ApiError::bad_request(&alloc::format!("constraints: {:?} is not KEY=VALUE or KEY!=VALUE (key 1-63 of a-z 0-9 . _ - /, value 0-63 of A-Z a-z 0-9 . _ -)", s.get(..80).unwrap_or(s)));
+    let (k, v, eq) = match s.split_once("!=") {
+        Some((k, v)) => (k, v, false),
+        None => s.split_once('=').map(|(k, v)| (k, v, true)).ok_or_else(bad)?,
+    };
+    let key_ok = !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b));
+    let value_ok = v.len() <= 63 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !key_ok || !value_ok {
+        return Err(bad());
+    }
+    let (key, value) = (k.to_string(), v.to_string());
+    Ok(if eq { Constraint::LabelEquals { key, value } } else { Constraint::LabelNotEquals { key, value } })
+}
+
+/// A constraint as an operator writes it (node-key constraints by key).
+pub fn constraint_text(c: &Constraint) -> String {
+    match c {
+        Constraint::LabelEquals { key, value } => alloc::format!("{key}={value}"),
+        Constraint::LabelNotEquals { key, value } => alloc::format!("{key}!={value}"),
+        Constraint::OnNodes(keys) => alloc::format!("node in [{}]", keys.iter().map(|k| crate::auth::hex(&k.0[..8])).collect::<Vec<_>>().join(",")),
+        Constraint::NotOnNode(k) => alloc::format!("node != {}", crate::auth::hex(&k.0[..8])),
+    }
+}
+
+/// The command a cluster write commits. `node`: the key of the node a `Drain` names (the
+/// caller resolved it; a name no member has is refused before).
+pub fn command(w: crate::ClusterWrite, node: Option<[u8; 32]>) -> Command {
+    match w {
+        crate::ClusterWrite::Put { spec, replicas, constraints } => Command::PutWorkload(WorkloadSpec {
+            name: spec.name,
+            image: spec.image.0,
+            replicas,
+            vcpus: u32::from(spec.vcpus),
+            mem_mib: u64::from(spec.memory_mib),
+            // `NAME=value` entries (checked by the spec)
+            env: spec.env.iter().map(|e| e.split_once('=').map(|(k, v)| (k.into(), v.into())).unwrap_or_else(|| (e.clone(), String::new()))).collect(),
+            args: spec.args.unwrap_or_default(),
+            restart: match spec.restart {
+                RestartPolicy::No => R::No,
+                RestartPolicy::OnFailure { limit } => R::OnFailure { max_restarts: limit },
+                RestartPolicy::Always => R::Always,
+            },
+            constraints,
+        }),
+        crate::ClusterWrite::Remove(name) => Command::RemoveWorkload(name),
+        crate::ClusterWrite::Drain(_) => Command::Drain(catenary_cluster::NodeKey(node.unwrap_or([0; 32]))),
+    }
+}
+
+/// The listed workloads as the API answers them. `name_of`: a node's name from its key;
+/// `own`: this node's key, whose replicas' states come from `local` (its workload list).
+pub fn statuses(entries: Vec<Listed>, name_of: &dyn Fn(&[u8; 32]) -> String, own: Option<[u8; 32]>, local: &[Summary]) -> Vec<ClusterWorkloadStatus> {
+    entries
+        .into_iter()
+        .map(|e| {
+            let s = e.spec;
+            let assignments: Vec<ReplicaStatus> = e
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let r = i as u32;
+                    let state = k.filter(|k| Some(k.0) == own).and_then(|_| local.iter().find(|w| w.name == replica_name(&s.name, r))).map(|w| w.state.name().to_string());
+                    ReplicaStatus { replica: r, node: k.map(|k| name_of(&k.0)), state }
+                })
+                .collect();
+            let mut w = ClusterWorkloadStatus {
+                image: Digest(s.image).to_string(),
+                replicas: s.replicas,
+                cpus: s.vcpus,
+                memory_mib: s.mem_mib,
+                env: s.env.iter().map(|(k, v)| alloc::format!("{k}={v}")).collect(),
+                args: s.args.clone(),
+                restart: restart_text(match s.restart {
+                    R::No => RestartPolicy::No,
+                    R::OnFailure { max_restarts } => RestartPolicy::OnFailure { limit: max_restarts },
+                    R::Always => RestartPolicy::Always,
+                }),
+                constraints: s.constraints.iter().map(constraint_text).collect(),
+                running: 0,
+                eligible_nodes: e.eligible,
+                placeable: e.eligible >= s.replicas,
+                assignments,
+                name: s.name,
+            };
+            count_running(&mut w);
+            w
+        })
+        .collect()
+}
+
+/// `running` from the replicas' states.
+pub fn count_running(w: &mut ClusterWorkloadStatus) {
+    w.running = w.assignments.iter().filter(|a| a.state.as_deref() == Some("running")).count() as u32;
+}
+
+/// Take `theirs`' word for the replicas whose state this node does not know (each node knows
+/// the replicas assigned to it).
+pub fn merge(mine: &mut ClusterWorkloadStatus, theirs: &ClusterWorkloadStatus) {
+    if mine.name != theirs.name {
+        return;
+    }
+    for a in &mut mine.assignments {
+        if a.state.is_some() {
+            continue;
+        }
+        if let Some(t) = theirs.assignments.iter().find(|t| t.replica == a.replica && t.node == a.node && t.state.is_some()) {
+            a.state = t.state.clone();
+        }
+    }
+    count_running(mine);
+}

@@ -1,0 +1,204 @@
+//! `GET /v1/cluster/workloads` and the constraints of `POST /v1/cluster/workloads`, over the
+//! real desired state (`catenary_cluster::desired`, the commands `apid` hands to `orchd`), the
+//! real listing codec `orchd` answers with, and the real workload service of each node (whose
+//! `cl-NAME-R` workloads say whether a replica runs): what `apid` does, without Raft between.
+
+use crate::client::{self, decode, parse_response, ClientRequest};
+use crate::fuzzing::{self, SimNode, ADMIN, VIEWER};
+use crate::http::{Limits, RequestReader};
+use crate::types::*;
+use crate::{cluster, cluster_state, Api, ApiError, Backend, ClusterWrite};
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use catenary_cluster::desired::{Command, DesiredState, Limits as StateLimits};
+use catenary_cluster::listing::{decode_page, encode_page, PAGE_MAX};
+use catenary_cluster::placement::Constraint;
+use catenary_cluster::NodeKey;
+use catenary_workload::fuzzing::image;
+use catenary_workload::proto as wk;
+use catenary_workload::spec::WorkloadSpec;
+
+const KEYS: [[u8; 32]; 3] = [[0xa1; 32], [0xb2; 32], [0xc3; 32]];
+const NAMES: [&str; 3] = ["node1", "node2", "node3"];
+
+/// A node: its workload service, and the committed desired state its `orchd` holds.
+struct Node {
+    node: SimNode,
+    me: usize,
+    state: DesiredState,
+    labels: BTreeMap<NodeKey, BTreeMap<String, String>>,
+}
+
+impl Backend for Node {
+    fn workd(&mut self, req: wk::Request) -> wk::Response {
+        self.node.workd(req)
+    }
+    fn nodes(&mut self) -> Vec<crate::types::Node> {
+        self.node.nodes()
+    }
+    fn workd_chunk(&mut self, req: wk::Request, bytes: &[u8]) -> wk::Response {
+        self.node.workd_chunk(req, bytes)
+    }
+    fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError> {
+        self.node.admit_node(key)
+    }
+    fn cluster(&mut self, w: ClusterWrite) -> Result<(), ApiError> {
+        self.state.apply(&cluster_state::command(w, None), &StateLimits::default()).map_err(|e| ApiError::new(422, "refused", &alloc::format!("{e:?}")))
+    }
+    fn cluster_workloads(&mut self) -> Result<(Vec<ClusterWorkloadStatus>, u32), ApiError> {
+        let page = decode_page(&encode_page(&self.state, &self.labels, 0, PAGE_MAX)).map_err(|_| ApiError::new(500, "internal", "page"))?;
+        let local = match self.node.workd(wk::Request::List) {
+            Ok(wk::Reply::List(l)) => l,
+            _ => Vec::new(),
+        };
+        let name_of = |k: &[u8; 32]| KEYS.iter().position(|x| x == k).map_or("?".to_string(), |i| NAMES[i].to_string());
+        Ok((cluster_state::statuses(page.entries, &name_of, Some(KEYS[self.me]), &local), page.total))
+    }
+}
+
+fn node(me: usize) -> Node {
+    let mut n = SimNode::new(1024);
+    n.name = NAMES[me].into();
+    let mut state = DesiredState::default();
+    for k in KEYS {
+        state.apply(&Command::AdmitNode(NodeKey(k)), &StateLimits::default()).unwrap();
+    }
+    // node1 in zone a, node2 in zone b, node3 unlabelled
+    let zone = |z: &str| -> BTreeMap<String, String> { [("zone".to_string(), z.to_string())].into() };
+    let labels = [(NodeKey(KEYS[0]), zone("a")), (NodeKey(KEYS[1]), zone("b"))].into();
+    Node { node: n, me, state, labels }
+}
+
+fn send(api: &mut Api, b: &mut Node, caller: [u8; 32], req: &ClientRequest) -> (u16, Vec<u8>) {
+    let mut reader = RequestReader::new(Limits::default(), 0);
+    let http = reader.feed(&req.to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
+    parse_response(&api.handle(&caller, &http, b, 0).to_bytes()).unwrap().unwrap()
+}
+
+fn cluster_run(name: &str, replicas: u32, constraints: &[&str]) -> RunRequest {
+    RunRequest {
+        name: Some(name.into()),
+        image: image().to_string(),
+        cpus: None,
+        memory_mib: Some(64),
+        env: vec!["A=1".into()],
+        args: None,
+        restart: None,
+        net: None,
+        replicas: Some(replicas),
+        constraints: Some(constraints.iter().map(|c| c.to_string()).collect()),
+    }
+}
+
+/// A replica running on `n`'s workload service, as `orchd` starts it.
+fn run_replica(n: &mut Node, name: &str) {
+    let spec = WorkloadSpec { name: name.into(), image: image(), vcpus: 1, memory_mib: 64, env: vec![], args: None, restart: catenary_workload::RestartPolicy::No, net: false };
+    assert!(matches!(n.node.workd(wk::Request::Create(spec)), Ok(wk::Reply::Created(_))));
+    assert!(n.node.workd(wk::Request::Start(wk::Target::Name(name.into()))).is_ok());
+}
+
+fn state_of(n: &mut Node, name: &str) -> String {
+    match n.node.workd(wk::Request::List) {
+        Ok(wk::Reply::List(l)) => l.iter().find(|w| w.name == name).unwrap().state.name().to_string(),
+        _ => panic!("no list"),
+    }
+}
+
+#[test]
+fn the_desired_state_is_listed_with_constraints_nodes_and_states() {
+    let mut api = fuzzing::api();
+    let mut n1 = node(0);
+    // Constraints travel into the committed spec.
+    assert_eq!(send(&mut api, &mut n1, ADMIN, &client::run_cluster(&cluster_run("db", 1, &["zone=a"]))).0, 201);
+    assert_eq!(send(&mut api, &mut n1, ADMIN, &client::run_cluster(&cluster_run("web", 2, &["zone!=b"]))).0, 201);
+    assert_eq!(send(&mut api, &mut n1, ADMIN, &client::run_cluster(&cluster_run("gpu", 1, &["gpu=yes"]))).0, 201);
+    assert_eq!(n1.state.workloads["db"].constraints, vec![Constraint::LabelEquals { key: "zone".into(), value: "a".into() }]);
+    assert_eq!(n1.state.workloads["web"].constraints, vec![Constraint::LabelNotEquals { key: "zone".into(), value: "b".into() }]);
+    // Refused before reaching the cluster: bad constraints, too many.
+    let many: Vec<String> = (0..17).map(|i| alloc::format!("k{i}=v")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    for bad in [&["zone"][..], &["Zone=a"], &["zone=a b"], &["=a"], &many] {
+        assert_eq!(send(&mut api, &mut n1, ADMIN, &client::run_cluster(&cluster_run("x", 1, bad))).0, 400, "{bad:?}");
+    }
+    assert!(!n1.state.workloads.contains_key("x"));
+    // A node-level workload may not take a replica's name, nor cluster fields.
+    let mut plain = cluster_run("cl-db-0", 1, &[]);
+    plain.replicas = None;
+    plain.constraints = None;
+    let (s, b) = send(&mut api, &mut n1, ADMIN, &client::run(&plain));
+    assert_eq!(s, 400);
+    assert!(String::from_utf8_lossy(&b).contains("cl-"), "{}", String::from_utf8_lossy(&b));
+    plain.name = Some("ok".into());
+    plain.constraints = Some(vec!["zone=a".into()]);
+    assert_eq!(send(&mut api, &mut n1, ADMIN, &client::run(&plain)).0, 400);
+    assert_eq!(n1.node.service.len(), 0, "nothing ran on the node");
+
+    // The scheduler placed db on node1 and web on node1 and node3; node1 runs its replicas.
+    let assign = |s: &mut DesiredState, w: &str, r: u32, k: usize| s.apply(&Command::Assign { workload: w.into(), replica: r, node: NodeKey(KEYS[k]) }, &StateLimits::default()).unwrap();
+    assign(&mut n1.state, "db", 0, 0);
+    assign(&mut n1.state, "web", 0, 2);
+    assign(&mut n1.state, "web", 1, 0);
+    run_replica(&mut n1, "cl-db-0");
+    run_replica(&mut n1, "cl-web-1");
+    let db_state = state_of(&mut n1, "cl-db-0");
+
+    // A viewer may read it.
+    let (s, b) = send(&mut api, &mut n1, VIEWER, &client::list_cluster());
+    let l: ClusterWorkloadList = decode(s, &b).unwrap();
+    assert_eq!((l.total, l.workloads.len()), (3, 3));
+    let by = |n: &str| l.workloads.iter().find(|w| w.name == n).unwrap().clone();
+    let db = by("db");
+    assert_eq!((db.replicas, db.cpus, db.memory_mib, db.env.clone(), db.constraints.clone()), (1, 1, 64, vec!["A=1".to_string()], vec!["zone=a".to_string()]));
+    assert_eq!(db.image, image().to_string());
+    assert_eq!(db.assignments, vec![ReplicaStatus { replica: 0, node: Some("node1".into()), state: Some(db_state.clone()) }]);
+    assert_eq!((db.eligible_nodes, db.placeable), (1, true));
+    let gpu = by("gpu");
+    assert_eq!((gpu.eligible_nodes, gpu.placeable, gpu.running), (0, false, 0));
+    assert_eq!(gpu.assignments, vec![ReplicaStatus { replica: 0, node: None, state: None }]);
+    let web = by("web");
+    assert_eq!((web.eligible_nodes, web.placeable), (2, true));
+    // node1 knows its own replica's state, not node3's
+    assert_eq!(web.assignments[0], ReplicaStatus { replica: 0, node: Some("node3".into()), state: None });
+    assert_eq!(web.assignments[1].node.as_deref(), Some("node1"));
+    assert!(web.assignments[1].state.is_some());
+
+    // One workload; an unknown name 404.
+    let (s, b) = send(&mut api, &mut n1, VIEWER, &client::inspect_cluster("db"));
+    assert_eq!(decode::<ClusterWorkloadStatus>(s, &b).unwrap(), db);
+    assert_eq!(send(&mut api, &mut n1, VIEWER, &client::inspect_cluster("nope")).0, 404);
+
+    // Gathered: node3 (same committed state) knows its replica of web; node1's answer takes it.
+    let mut n3 = node(2);
+    n3.state = n1.state.clone();
+    let mut api3 = fuzzing::api();
+    run_replica(&mut n3, "cl-web-0");
+    let web0 = state_of(&mut n3, "cl-web-0");
+    for path in [client::list_cluster(), client::inspect_cluster("web")] {
+        let mut reader = RequestReader::new(Limits::default(), 0);
+        let http = reader.feed(&path.to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
+        let resp = api.handle(&ADMIN, &http, &mut n1, 0);
+        assert!(cluster::concerns_others(&http));
+        let mut ask = |_: usize| {
+            let r = api3.handle(&ADMIN, &http, &mut n3, 0);
+            Some((r.status, r.body))
+        };
+        let merged = cluster::elsewhere(&http, resp, Some("node1"), &["node3".to_string()], &mut ask);
+        let web: ClusterWorkloadStatus = if path.path.ends_with("/web") {
+            serde_json::from_slice(&merged.body).unwrap()
+        } else {
+            serde_json::from_slice::<ClusterWorkloadList>(&merged.body).unwrap().workloads.into_iter().find(|w| w.name == "web").unwrap()
+        };
+        assert_eq!(web.assignments[0].state.as_deref(), Some(web0.as_str()), "{}", path.path);
+        assert!(web.assignments[1].state.is_some());
+        let running = web.assignments.iter().filter(|a| a.state.as_deref() == Some("running")).count() as u32;
+        assert_eq!(web.running, running);
+    }
+
+    // A node without an orchestration service: 503.
+    let mut bare = SimNode::new(1024);
+    let mut reader = RequestReader::new(Limits::default(), 0);
+    let http = reader.feed(&client::list_cluster().to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
+    assert_eq!(api.handle(&ADMIN, &http, &mut bare, 0).status, 503);
+}
