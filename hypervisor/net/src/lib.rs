@@ -33,6 +33,7 @@ mod underlay_tx;
 pub mod sockets;
 pub mod tcp;
 pub mod nat64route;
+pub mod stages;
 /// Entry points shared by the cargo-fuzz target (`hypervisor/net/fuzz`) and the host tests.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -70,8 +71,19 @@ pub trait Link {
     /// Copy out the next received frame, if any.
     fn recv(&mut self) -> Option<Vec<u8>>;
     fn can_send(&self) -> bool;
+    /// How many frames could be sent now, if the driver knows (its queue's free slots).
+    fn room(&self) -> usize {
+        if self.can_send() {
+            usize::MAX
+        } else {
+            0
+        }
+    }
     /// Send a frame of `len` bytes that `f` fills in place (in the driver's TX buffer).
     fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8]));
+    /// The frames sent so far may go: a driver that batches wakes its device side here
+    /// ([`Node::poll`] calls it once at the end of a pass).
+    fn flush(&mut self) {}
 }
 
 struct EthDev<'a, L: Link>(&'a mut L);
@@ -123,6 +135,10 @@ impl<L: Link> phy::Device for EthDev<'_, L> {
 struct TunDev {
     rx: VecDeque<Vec<u8>>,
     tx: VecDeque<Vec<u8>>,
+    /// Packets it may still emit this pass: the link's room (set by `Node::poll`), so that
+    /// a full NIC holds datagrams in the fabric sockets (the sender waits) instead of the
+    /// underlay queues dropping them.
+    budget: usize,
 }
 struct TunRx(Vec<u8>);
 struct TunTx<'a>(&'a mut VecDeque<Vec<u8>>);
@@ -147,6 +163,10 @@ impl phy::Device for TunDev {
         Some((TunRx(p), TunTx(&mut self.tx)))
     }
     fn transmit(&mut self, _t: SInstant) -> Option<TunTx<'_>> {
+        if self.budget == 0 {
+            return None;
+        }
+        self.budget -= 1;
         Some(TunTx(&mut self.tx))
     }
     fn capabilities(&self) -> DeviceCapabilities {
@@ -302,6 +322,8 @@ pub struct Node {
     /// The NAT64 prefix's route (`nat64route.rs`).
     nat64: nat64route::Nat64Route,
     pub nat64_counters: nat64route::Nat64Counters,
+    /// Cycles per stage of the packet path (counted only with a clock: `set_stage_clock`).
+    stages: stages::Stages,
 }
 
 fn sinstant(ns: u64) -> SInstant {
@@ -435,11 +457,22 @@ impl Node {
             responder: (0, 0), ping: None, stream: None, logged_drops: 0, ipc_rx: VecDeque::new(),
             vm_routes: Vec::new(), vm_rx: VecDeque::new(), test_loss: None, socket_addrs: Default::default(),
             tcp_rsts: VecDeque::new(), poll_ns: 0, nat64: Default::default(), nat64_counters: Default::default(),
+            stages: Default::default(),
         }
     }
 
     pub fn fabric(&self) -> &Fabric {
         &self.fabric
+    }
+
+    /// Count cycles per stage of the packet path with `clock` (e.g. the TSC); None stops.
+    pub fn set_stage_clock(&mut self, clock: Option<fn() -> u64>) {
+        self.stages.set_clock(clock);
+    }
+
+    /// The per-stage counters so far ([`stages::StageCounts::since`] for an interval).
+    pub fn stage_counts(&self) -> stages::StageCounts {
+        self.stages.counts
     }
 
     pub fn peer_by_name(&self, name: &str) -> Option<&Peer> {
@@ -469,6 +502,12 @@ impl Node {
     }
 
     fn fabric_output(&mut self, out: netfabric::Output) {
+        let t0 = self.stages.start();
+        self.route_output(out);
+        self.stages.end(stages::Stage::FabricOut, t0);
+    }
+
+    fn route_output(&mut self, out: netfabric::Output) {
         for t in out.transmits {
             if let SocketAddr::V6(d) = t.dst {
                 if self.underlay_tx.send(&mut self.eth_sockets, *d.ip(), d.port(), &t.data) {
@@ -541,7 +580,9 @@ impl Node {
         self.poll_ns = now_ns;
         let now = sinstant(now_ns);
         let fnow = FInstant::from_nanos(now_ns);
+        let t = self.stages.start();
         let mut active = self.eth.poll(now, &mut EthDev(&mut *link), &mut self.eth_sockets) != smoltcp::iface::PollResult::None;
+        self.stages.end(stages::Stage::Underlay, t);
         // Datagrams from peers.
         loop {
             let s = self.eth_sockets.get_mut::<udp::Socket>(self.fab_udp);
@@ -550,7 +591,9 @@ impl Node {
             let src = SocketAddr::V6(SocketAddrV6::new(src, meta.endpoint.port, 0, 0));
             let data = data.to_vec();
             self.counters.fabric_in += 1;
+            let t = self.stages.start();
             let out = self.fabric.handle_incoming(&data, src, fnow);
+            self.stages.end(stages::Stage::Decrypt, t);
             self.fabric_output(out);
             active = true;
         }
@@ -558,11 +601,16 @@ impl Node {
             let out = self.fabric.tick(fnow);
             self.fabric_output(out);
         }
+        let t = self.stages.start();
         self.apps(now_ns);
+        self.stages.end(stages::Stage::Apps, t);
+        self.tun_dev.budget = link.room();
         for _ in 0..4 {
+            let t = self.stages.start();
             if self.tun.poll(now, &mut self.tun_dev, &mut self.tun_sockets) != smoltcp::iface::PollResult::None {
                 active = true;
             }
+            self.stages.end(stages::Stage::Fabric, t);
             if self.tun_dev.tx.is_empty() {
                 break;
             }
@@ -580,18 +628,26 @@ impl Node {
                         continue;
                     }
                 }
-                match self.fabric.send(&p, fnow) {
+                let t = self.stages.start();
+                let sent = self.fabric.send(&p, fnow);
+                self.stages.end(stages::Stage::Encrypt, t);
+                match sent {
                     Ok(out) => self.fabric_output(out),
                     Err(_) => self.counters.fabric_no_route += 1,
                 }
                 active = true;
             }
         }
+        let t = self.stages.start();
         self.apps(now_ns);
+        self.stages.end(stages::Stage::Apps, t);
+        let t = self.stages.start();
         if self.eth.poll(now, &mut EthDev(&mut *link), &mut self.eth_sockets) != smoltcp::iface::PollResult::None {
             active = true;
         }
+        self.stages.end(stages::Stage::Underlay, t);
         self.underlay_tx.solicit_stuck(&self.eth_sockets, &self.eth, link, now_ns);
+        link.flush();
         active
     }
 
@@ -640,7 +696,10 @@ impl Node {
         if routed && self.test_drop() {
             return true; // lost on purpose, as if on the wire (outbound)
         }
-        match self.fabric.send(packet, FInstant::from_nanos(now_ns)) {
+        let t = self.stages.start();
+        let sent = self.fabric.send(packet, FInstant::from_nanos(now_ns));
+        self.stages.end(stages::Stage::Encrypt, t);
+        match sent {
             Ok(out) => {
                 self.fabric_output(out);
                 true

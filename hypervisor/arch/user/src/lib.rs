@@ -46,6 +46,8 @@
 //! ```
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
 #[cfg(feature = "runtime")]
 core::arch::global_asm!(
     ".section .text._start, \"ax\"",
@@ -158,3 +160,4 @@ pub mod hostile;
 pub mod layout;
 pub mod region;
 pub mod sys;
+pub mod virtio_net;

@@ -41,6 +41,7 @@ use catenary_net::rpc::{Delivery, Outcome, Rpc, Ticket};
 use catenary_net::{Cluster, Link, Node, NodeConfig};
 use catenary_user::*;
 use core::net::Ipv6Addr;
+use core::sync::atomic::{fence, Ordering};
 use netfabric::Identity;
 
 const OWN: u64 = 0;
@@ -78,6 +79,29 @@ struct RingNic {
     ring: Option<Grant>,
     mac: [u8; 6],
     bad: u64,
+    /// Frames queued since the last wakeup decision ([`Link::flush`]).
+    unflushed: u64,
+    /// `net.nic=reference`: wake `nicd` after every frame, as before batching.
+    wake_each: bool,
+    /// Cycles and counts of the ring's side in `netd` ([`nicstat`]), for the bench.
+    stats: [u64; nicstat::COUNT],
+}
+
+/// `RingNic::stats` indices: cumulative TSC cycles and counts.
+pub mod nicstat {
+    /// Frames taken from the receive ring; cycles to copy them out; cycles they waited in
+    /// the ring (from `nicd`'s stamp to us: the handoff, mostly the switch to `netd`).
+    pub const RX_FRAMES: usize = 0;
+    pub const RX_CYCLES: usize = 1;
+    pub const RX_WAIT_CYCLES: usize = 2;
+    /// Frames put in the transmit ring; cycles to build and copy them in.
+    pub const TX_FRAMES: usize = 3;
+    pub const TX_CYCLES: usize = 4;
+    /// `LABEL_TX` wakeups sent to `nicd` and their cycles (the send, and the switch to the
+    /// higher-priority `nicd` and back, which runs it).
+    pub const TX_WAKES: usize = 5;
+    pub const TX_WAKE_CYCLES: usize = 6;
+    pub const COUNT: usize = 7;
 }
 
 impl RingNic {
@@ -105,7 +129,9 @@ impl Link for RingNic {
                 return None;
             }
         };
+        let t = rdtsc();
         let s = slot(tail);
+        let stamp = r.read_u64(RX_STAMP + s * 8);
         let len = frame_len(r.read_u64(RX_LEN + s * 8));
         let v = len.map(|len| {
             let mut v = alloc::vec![0u8; len];
@@ -114,20 +140,30 @@ impl Link for RingNic {
         });
         // a bad length drops the frame (the slot is consumed either way: no stall)
         r.write_u64(RX_TAIL, tail.wrapping_add(1));
+        let e = rdtsc();
+        self.stats[nicstat::RX_FRAMES] += 1;
+        self.stats[nicstat::RX_CYCLES] += e - t;
+        if stamp != 0 && stamp < t {
+            self.stats[nicstat::RX_WAIT_CYCLES] += t - stamp; // (nicd's stamp: figures only)
+        }
         if n >= SLOTS {
             let _ = send(NICD, LABEL_TX, [0; 4]); // the ring was full: nicd waits for room
         }
         v
     }
     fn can_send(&self) -> bool {
+        self.room() > 0
+    }
+    fn room(&self) -> usize {
         use ring::*;
-        self.ring.as_ref().is_some_and(|r| room(r.read_u64(TX_HEAD), r.read_u64(TX_TAIL)).is_ok_and(|n| n > 0))
+        self.ring.as_ref().map_or(0, |r| room(r.read_u64(TX_HEAD), r.read_u64(TX_TAIL)).unwrap_or(0) as usize)
     }
     fn send(&mut self, len: usize, f: &mut dyn FnMut(&mut [u8])) {
         use ring::*;
         if len as u64 > SLOT_LEN || !self.can_send() {
             return; // dropped, as a full NIC queue would
         }
+        let t = rdtsc();
         let mut frame = alloc::vec![0u8; len];
         f(&mut frame);
         let Some(r) = self.ring.as_ref() else { return };
@@ -135,8 +171,38 @@ impl Link for RingNic {
         let s = slot(head);
         r.write(TX_SLOTS + s * SLOT_LEN, &frame);
         r.write_u64(TX_LEN + s * 8, len as u64);
+        r.write_u64(TX_STAMP + s * 8, rdtsc());
         r.write_u64(TX_HEAD, head.wrapping_add(1));
-        let _ = send(NICD, LABEL_TX, [0; 4]);
+        self.stats[nicstat::TX_FRAMES] += 1;
+        self.stats[nicstat::TX_CYCLES] += rdtsc() - t;
+        self.unflushed += 1;
+        if self.wake_each {
+            self.wake();
+        }
+    }
+    /// Wake `nicd` for the frames queued this pass, only if it sleeps (it says so in the
+    /// ring before it sleeps and looks at the ring again after: see `nicd`'s loop).
+    fn flush(&mut self) {
+        use ring::*;
+        if self.unflushed == 0 {
+            return;
+        }
+        let Some(r) = self.ring.as_ref() else { return };
+        fence(Ordering::SeqCst); // our TX_HEAD before its flag
+        if r.read_u64(TX_WAITING) != 0 {
+            self.wake();
+        }
+        self.unflushed = 0;
+    }
+}
+
+impl RingNic {
+    fn wake(&mut self) {
+        let t = rdtsc();
+        let _ = send(NICD, ring::LABEL_TX, [0; 4]);
+        self.stats[nicstat::TX_WAKES] += 1;
+        self.stats[nicstat::TX_WAKE_CYCLES] += rdtsc() - t;
+        self.unflushed = 0;
     }
 }
 
@@ -175,9 +241,11 @@ fn boot() -> Option<Boot> {
 /// Socket requests kept while `netd` starts (one call per client task: bounded by clients).
 const EARLY_MAX: usize = 64;
 
-fn configure_nicd(cfg: &[u64; 7]) {
+/// `reference` (`net.nic=reference`): the driver waits for the device after each frame.
+fn configure_nicd(cfg: &[u64; 7], reference: bool) {
     let _ = send(NICD, ring::LABEL_CONFIG, [cfg[0], cfg[1], cfg[2], cfg[3]]);
-    let _ = send(NICD, ring::LABEL_CONFIG2, [cfg[4], cfg[5], cfg[6], 0]);
+    let flags = if reference { ring::CONFIG2_WAIT_EACH } else { 0 };
+    let _ = send(NICD, ring::LABEL_CONFIG2, [cfg[4], cfg[5], cfg[6], flags]);
 }
 
 struct State {
@@ -209,6 +277,26 @@ struct State {
     seed_key: [u8; 32],
     seeds_given: u64,
     unix_at_origin: u64,
+    /// Cycles and counts of `step` outside the stack ([`passstat`]), for the bench.
+    pass: [u64; passstat::COUNT],
+}
+
+/// `State::pass` indices: cumulative TSC cycles and counts of netd's passes.
+pub mod passstat {
+    /// Passes; cycles in `Node::poll` (all calls).
+    pub const PASSES: usize = 0;
+    pub const POLL_CYCLES: usize = 1;
+    /// Cycles in the fabric IPC pump (kernel records: `OP_REAP`, `OP_TAKE`…).
+    pub const IPC_CYCLES: usize = 2;
+    /// Cycles in the microVM links, the socket server and the NAT64 gateway.
+    pub const OTHER_CYCLES: usize = 3;
+    /// Yields after a busy pass and their cycles (others ran meanwhile).
+    pub const YIELDS: usize = 4;
+    pub const YIELD_CYCLES: usize = 5;
+    /// Waits for a wakeup and their cycles (idle, or others ran).
+    pub const WAITS: usize = 6;
+    pub const WAIT_CYCLES: usize = 7;
+    pub const COUNT: usize = 8;
 }
 
 /// A message on our endpoint: `nicd`'s reports, the kernel's wakeups, socket requests.
@@ -216,7 +304,7 @@ fn on_message(st: &mut State, m: Msg) {
     match m.label {
         ring::LABEL_HELLO => {
             logf!("net: a new nicd asks for its configuration");
-            configure_nicd(&st.cfg);
+            configure_nicd(&st.cfg, st.nic.wake_each);
         }
         ring::LABEL_SHARED => st.shared = m.words[0],
         ring::LABEL_UP => {
@@ -458,9 +546,15 @@ fn run(arg: u64) -> u64 {
         log("netd: no boot data from the kernel (networking off, or no router capability)");
         return 2;
     };
+    // `net.nic=reference`: the ring and driver as they were before batching (the bench's
+    // reference): nicd woken after every frame, and it waits for the device after each
+    let wake_each = probes::arg(&b.cmdline, "net.nic") == Some("reference");
+    if wake_each {
+        log("net: net.nic=reference: nicd is woken after every frame and waits for the device after each (the bench's reference)");
+    }
     // nicd: its configuration (a running nicd lends us its ring again), then its ring
-    configure_nicd(&b.cfg);
-    let mut nic = RingNic { ring: None, mac: [0; 6], bad: 0 };
+    configure_nicd(&b.cfg, wake_each);
+    let mut nic = RingNic { ring: None, mac: [0; 6], bad: 0, unflushed: 0, wake_each, stats: [0; nicstat::COUNT] };
     let mut shared = 0;
     // socket requests that reach the endpoint before we serve (calls made while no netd ran
     // wait on it): kept and served once we do, never dropped unanswered (the caller would
@@ -473,7 +567,7 @@ fn run(arg: u64) -> u64 {
             return 3;
         }
         let Ok(m) = recv(OWN, 1_000_000_000) else {
-            configure_nicd(&b.cfg);
+            configure_nicd(&b.cfg, wake_each);
             continue;
         };
         match m.label {
@@ -482,7 +576,7 @@ fn run(arg: u64) -> u64 {
                 nic.ring = Grant::at(shared, ring::RING_PAGES * 4096);
                 nic.mac.copy_from_slice(&m.words[1].to_le_bytes()[..6]);
             }
-            ring::LABEL_HELLO => configure_nicd(&b.cfg),
+            ring::LABEL_HELLO => configure_nicd(&b.cfg, wake_each),
             ring::LABEL_FAIL => {
                 logf!("netd: nicd failed at step {}", m.words[0]);
                 return 4;
@@ -539,6 +633,7 @@ fn run(arg: u64) -> u64 {
             _ => logf!("net: net.test-loss={:?} refused (a test-only switch: 1..=90 percent)", pct),
         }
     }
+    node.set_stage_clock(Some(rdtsc));
     let rpc = Rpc::new(node.fabric_addr, incarnation);
     node.connect_all(now);
     let mut a = [0u8; 16];
@@ -558,7 +653,8 @@ fn run(arg: u64) -> u64 {
     logf!("net: sockets: this netd is start {}: its socket handles carry epoch {}", arg >> 8, epoch);
     let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
         sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix, cluster_text, member_keys, natgw,
-        seed_key: netfabric::crypto::hash(&[b"catenary netd seed key", &b.fabric_seed]), seeds_given: 0, unix_at_origin: b.unix_at_origin };
+        seed_key: netfabric::crypto::hash(&[b"catenary netd seed key", &b.fabric_seed]), seeds_given: 0, unix_at_origin: b.unix_at_origin,
+        pass: [0; passstat::COUNT] };
     if !early.is_empty() {
         logf!("net: sockets: serving {} request(s) that came before this netd was up", early.len());
     }
@@ -578,12 +674,21 @@ fn run(arg: u64) -> u64 {
 /// a wakeup (frames from `nicd`, the kernel's notification, a socket request) or the stack's
 /// next timer. A wakeup that came during the pass is pending: the wait returns at once.
 fn step(st: &mut State) -> bool {
+    use passstat::*;
+    let t0 = rdtsc();
     let now = now_ns();
     let mut active = st.node.poll(&mut st.nic, now);
-    if ipc_pump(st) {
+    let t1 = rdtsc();
+    let mut poll = t1 - t0;
+    let ipc = ipc_pump(st);
+    let t2 = rdtsc();
+    let ipc_cycles = t2 - t1;
+    if ipc {
         active = true;
         st.node.poll(&mut st.nic, now_ns());
+        poll += rdtsc() - t2;
     }
+    let t3 = rdtsc();
     if st.vms.pump(&mut st.node, now_ns()) {
         active = true;
         st.node.poll(&mut st.nic, now_ns());
@@ -591,14 +696,26 @@ fn step(st: &mut State) -> bool {
     }
     st.sockets.poll(&mut st.node, now_ns());
     st.natgw.poll(&mut st.node);
+    let t4 = rdtsc();
+    st.pass[PASSES] += 1;
+    st.pass[POLL_CYCLES] += poll;
+    st.pass[IPC_CYCLES] += ipc_cycles;
+    st.pass[OTHER_CYCLES] += t4 - t3;
     if active {
         yield_now();
-    } else if let Ok(m) = recv(OWN, IDLE_WAKE_NS) {
-        if !st.woken && m.label == ring::LABEL_RX {
-            st.woken = true;
-            logf!("net: virtio-net: frames from nicd woke netd");
+        st.pass[YIELDS] += 1;
+        st.pass[YIELD_CYCLES] += rdtsc() - t4;
+    } else {
+        let m = recv(OWN, IDLE_WAKE_NS);
+        st.pass[WAITS] += 1;
+        st.pass[WAIT_CYCLES] += rdtsc() - t4;
+        if let Ok(m) = m {
+            if !st.woken && m.label == ring::LABEL_RX {
+                st.woken = true;
+                logf!("net: virtio-net: frames from nicd woke netd");
+            }
+            on_message(st, m);
         }
-        on_message(st, m);
     }
     active
 }

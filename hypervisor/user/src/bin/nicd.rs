@@ -15,18 +15,21 @@
 
 extern crate alloc;
 
-use catenary_user::dma::{self, UserHal};
+use catenary_user::dma;
+use catenary_user::virtio_net::AsyncNet;
 use catenary_user::nic::*;
 use catenary_user::virtio_pci::{UserPciTransport, NO_VECTOR};
 use catenary_user::*;
 use alloc::rc::Rc;
-use virtio_drivers::device::net::VirtIONet;
+use core::sync::atomic::{fence, Ordering};
 use virtio_drivers::transport::DeviceType;
 
 const HEAP_PAGES: u64 = 96;
 const QUEUE: usize = 32;
 const BUF: usize = 2048;
 const KERNEL: u64 = 1;
+/// How long a transmit waits for room in the device's queue before it leaves frames in the ring.
+const FULL_WAIT_NS: u64 = 20_000_000;
 
 entry!(run);
 
@@ -90,7 +93,9 @@ fn run(arg: u64) -> u64 {
     };
     // virtio-net config: mac[6], status u16 (bit 0 = link up when VIRTIO_NET_F_STATUS).
     let status: u16 = virtio_drivers::transport::Transport::read_config_space(&mk(), 6).unwrap_or(1);
-    let Ok(mut net) = VirtIONet::<UserHal, UserPciTransport, QUEUE>::new(mk(), BUF) else { return fail(5) };
+    let Some(mut net) = AsyncNet::<UserPciTransport, QUEUE>::new(mk(), BUF, QUEUE, QUEUE) else { return fail(5) };
+    // (test and bench reference, `net.nic=reference`: wait for the device after each frame)
+    let wait_each = c2.words[3] & CONFIG2_WAIT_EACH != 0;
     // After the reset in `new`: receive queue -> MSI-X entry 0 (the kernel programmed it to
     // the NIC vector), transmit queue and configuration changes -> none.
     let mut regs = mk();
@@ -105,26 +110,38 @@ fn run(arg: u64) -> u64 {
     let mut dropped = 0u64;
     let mut irq_seen = false;
     let mut received = 0u64;
+    let mut stats = Stats::default();
     loop {
-        // receive: device -> ring
+        stats.add(stat::LOOPS, 1);
+        // receive: device -> ring (the stack's tail is checked: a bad one stops the receive
+        // side until it is sane again, frames stay in the device queue)
         let mut got = false;
         while net.can_recv() {
-            let (head, tail) = (ring.read_u64(RX_HEAD), ring.read_u64(RX_TAIL));
-            if head - tail >= SLOTS {
+            let t = rdtsc();
+            let head = ring.read_u64(RX_HEAD);
+            if !room(head, ring.read_u64(RX_TAIL)).is_ok_and(|n| n > 0) {
                 break; // the stack is behind: leave frames in the device queue (netd wakes us)
             }
-            let Ok(buf) = net.receive() else { break };
-            let p = buf.packet();
-            if p.len() as u64 <= SLOT_LEN {
-                let s = head % SLOTS;
+            let Some(fit) = net.receive(|p| {
+                if p.len() as u64 > SLOT_LEN {
+                    return false;
+                }
+                let s = slot(head);
                 ring.write(RX_SLOTS + s * SLOT_LEN, p);
                 ring.write_u64(RX_LEN + s * 8, p.len() as u64);
-                ring.write_u64(RX_HEAD, head + 1);
+                ring.write_u64(RX_STAMP + s * 8, rdtsc());
+                ring.write_u64(RX_HEAD, head.wrapping_add(1));
+                true
+            }) else {
+                break;
+            };
+            if fit {
                 got = true;
             } else {
                 dropped += 1;
             }
-            let _ = net.recycle_rx_buffer(buf);
+            stats.add(stat::RX_FRAMES, 1);
+            stats.add(stat::RX_CYCLES, rdtsc() - t);
             received += 1;
             if arg != 0 && received == arg {
                 logf!("nicd: crashing on purpose after {} frames (test)", received);
@@ -132,21 +149,66 @@ fn run(arg: u64) -> u64 {
             }
         }
         if got {
+            let t = rdtsc();
             let _ = send(KERNEL, LABEL_RX, [dropped, 0, 0, 0]);
+            stats.add(stat::RX_WAKES, 1);
+            stats.add(stat::RX_WAKE_CYCLES, rdtsc() - t);
         }
-        // transmit: ring -> device
-        let (mut tail, head) = (ring.read_u64(TX_TAIL), ring.read_u64(TX_HEAD));
-        while tail != head {
-            let s = tail % SLOTS;
+        // transmit: ring -> device (the producer's head is checked: a bad one sends nothing)
+        // The device's transmit queue full (QEMU takes its frames in bursts): wait for it
+        // to take a burst, at most FULL_WAIT_NS, then leave the rest in the ring and look
+        // again at the next tick (transmit completions raise no interrupt).
+        let mut backlog = false;
+        let mut tail = ring.read_u64(TX_TAIL);
+        let n = pending(ring.read_u64(TX_HEAD), tail).unwrap_or(0);
+        for _ in 0..n {
+            let t = rdtsc();
+            let s = slot(tail);
+            let stamp = ring.read_u64(TX_STAMP + s * 8);
             let len = ring.read_u64(TX_LEN + s * 8).min(SLOT_LEN) as usize;
-            let mut tx = net.new_tx_buffer(len);
-            ring.read(TX_SLOTS + s * SLOT_LEN, tx.packet_mut());
-            let _ = net.send(tx);
-            tail += 1;
+            // the frame goes from the ring straight into the device's buffer
+            let d = rdtsc();
+            if !net.can_send() {
+                let end = now_ns() + FULL_WAIT_NS;
+                while !net.can_send() && now_ns() < end {
+                    core::hint::spin_loop();
+                }
+            }
+            if !net.transmit(len, |b| ring.read(TX_SLOTS + s * SLOT_LEN, b)) {
+                backlog = true;
+                break;
+            }
+            if wait_each {
+                while !net.idle_tx() {
+                    core::hint::spin_loop();
+                }
+            }
+            let e = rdtsc();
+            if stamp != 0 && stamp < t {
+                stats.add(stat::TX_STAMPED, 1);
+                stats.add(stat::TX_WAIT_CYCLES, t - stamp);
+            }
+            tail = tail.wrapping_add(1);
             ring.write_u64(TX_TAIL, tail);
+            stats.add(stat::TX_FRAMES, 1);
+            stats.add(stat::TX_CYCLES, e - t);
+            stats.add(stat::TX_DEVICE_CYCLES, e - d);
+        }
+        stats.publish(&ring);
+        // Sleep only with the transmit ring empty: say so first, then look again, so a
+        // producer that published meanwhile either sees the flag (and wakes us) or is seen.
+        if !backlog {
+            ring.write_u64(TX_WAITING, 1);
+            fence(Ordering::SeqCst);
+            if pending(ring.read_u64(TX_HEAD), ring.read_u64(TX_TAIL)).is_ok_and(|n| n > 0) {
+                ring.write_u64(TX_WAITING, 0);
+                continue;
+            }
         }
         // wait for the receive interrupt or a transmit wakeup (without MSI-X: poll every 10 ms)
-        if let Ok(m) = recv(0, if msix { 0 } else { 10_000_000 }) {
+        let m = recv(0, if backlog || !msix { 10_000_000 } else { 0 });
+        ring.write_u64(TX_WAITING, 0);
+        if let Ok(m) = m {
             if m.label == LABEL_NOTIFY && !irq_seen {
                 irq_seen = true;
                 log("nicd: receive interrupt (MSI-X) woke the driver");
@@ -155,6 +217,22 @@ fn run(arg: u64) -> u64 {
                 // a restarted netd: lend it the ring and report again (the device runs on)
                 report_up(&ring, up);
             }
+        }
+    }
+}
+
+/// The driver's counters, published in the ring's header page for the bench's breakdown
+/// (`nic_ring::stat`): a few plain writes per pass, read by no one unless a bench asks.
+#[derive(Default)]
+struct Stats([u64; stat::COUNT as usize]);
+
+impl Stats {
+    fn add(&mut self, i: u64, v: u64) {
+        self.0[i as usize] = self.0[i as usize].wrapping_add(v);
+    }
+    fn publish(&self, ring: &DmaRegion) {
+        for (i, v) in self.0.iter().enumerate() {
+            ring.write_u64(STATS + 8 * i as u64, *v);
         }
     }
 }
