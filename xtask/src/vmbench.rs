@@ -76,6 +76,9 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
         };
         t.record(name, o.matched, &why);
     }
+    if crate::test::selected("vm_linux_apic") {
+        apic_test(t, &kernel, &bundle)?;
+    }
     if crate::test::selected("vm_linux_catenary_init") {
         crate::initimage::test(t, &kernel)?;
     }
@@ -88,6 +91,30 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
     if crate::test::selected("vm_linux_hostile") {
         hostile_userland_test(t, &kernel, &bundle)?;
     }
+    Ok(())
+}
+
+/// The Linux guest with `vm.apic=1` (local APIC, I/O APIC, MP table; one vCPU): it must boot
+/// and show its local APIC timer and a virtio interrupt through the I/O APIC, level-triggered as
+/// the MP table says (`fasteoi`), both with a non-zero count.
+fn apic_test(t: &mut Tally, kernel: &std::path::Path, bundle: &std::path::Path) -> Result<(), String> {
+    let name = "vm_linux_apic";
+    let cmd = base64(b"grep -E 'IO-APIC|Local timer' /proc/interrupts | sed 's/^/apic-irq /'; echo apic-cpus $(cat /sys/devices/system/cpu/online)");
+    let b = node_with_guest(kernel, bundle, &format!("vm.boot=pvh vm.apic=1 vm.cmd={cmd}"));
+    let want = ["[vm:demo] catenary-init: ready", "apic-irq LOC:", "apic-cpus 0", "microVM demo ended: power off"];
+    let o = run_captured(b.command(false)?, &want, &["KERNEL PANIC", "- stopping this CPU", "microVM demo failed", "microVM demo ended: triple", "microVM demo ended: guest fault"], Duration::from_secs(300), false)?;
+    let log = crate::tools::out_dir().join(format!("{name}.log"));
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    // `apic-irq  LOC:  123  Local timer interrupts`, `apic-irq  5:  45  IO-APIC  5-fasteoi  virtio0`
+    let count = |l: &str| l.split("apic-irq").nth(1).and_then(|r| r.split_whitespace().nth(1)).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    let loc = o.lines.iter().find(|l| l.contains("apic-irq LOC:")).map(|l| count(l)).unwrap_or(0);
+    let virtio = o.lines.iter().filter(|l| l.contains("apic-irq") && l.contains("IO-APIC") && l.contains("fasteoi") && l.contains("virtio")).map(|l| count(l)).max().unwrap_or(0);
+    let ok = o.matched && loc > 0 && virtio > 0;
+    let why = if ok { String::new() } else {
+        let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+        format!("(missing {missing:?}, local timer interrupts {loc}, level-triggered virtio interrupts {virtio}; serial log {})", log.display())
+    };
+    t.record(name, ok, &why);
     Ok(())
 }
 

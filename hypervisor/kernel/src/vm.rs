@@ -107,6 +107,10 @@ static NEXT_VM_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32
 /// triple fault, docs/vmm.md "Soak").
 static HIDE_XSAVE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// `vm.apic=1`: the demo microVMs get a local APIC, an I/O APIC and an MP table instead of
+/// the bare 8259 (still one vCPU; docs/vmm.md "Multi-vCPU microVMs").
+static APIC_MODE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// MicroVMs whose vCPU loop is running, and microVMs that have ended since boot (the node's
 /// heartbeat reports both).
 static VMS_RUNNING: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
@@ -248,6 +252,7 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     cfg.virtio_blk_shared = sink.map(|s| s.rootfs.clone());
     cfg.virtio_net = net.map(|n| n.mac);
     cfg.workload_channel = channel;
+    cfg.apic = APIC_MODE.load(core::sync::atomic::Ordering::Relaxed) && !matches!(image, Image::Raw { .. });
     // Both backends switch XCR0 and the full XSAVE state (arch guest_switch.rs): the guest
     // may see XSAVE/AVX when the node enabled it.
     cfg.cpuid.xsave = catenary_arch::uspace::xcr0() & 0b111 == 0b111 && !HIDE_XSAVE.load(core::sync::atomic::Ordering::Relaxed);
@@ -282,6 +287,10 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
             }
         }
     };
+    if let Err(e) = vm.write_platform_tables(&mut ram) {
+        report.ended = Ended::Failed(format!("MP table: {e:?}"));
+        return report;
+    }
     let state = match setup {
         Ok(s) => s,
         Err(e) => {
@@ -726,6 +735,9 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
     let want = name.as_str();
     if opt("xsave") == Some("0") {
         HIDE_XSAVE.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
+    if opt("apic") == Some("1") {
+        APIC_MODE.store(true, core::sync::atomic::Ordering::Relaxed);
     }
     let Some(bundle) = find_bundle(modules) else {
         info!(target: "vmm", "no guest bundle boot module: no microVM started (build one with `cargo xtask guest`)");
