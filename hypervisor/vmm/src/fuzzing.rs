@@ -134,6 +134,10 @@ fn new_vm(b: &mut Bytes) -> MicroVm {
     cfg.cpuid.xsave = b.bool();
     cfg.virtio_blk = Some((vec![0u8; 4096], b.bool()));
     cfg.queue_size = 8;
+    // Half the VMs have the APICs (1–8 vCPUs): their MMIO windows and MSRs through exits.
+    let a = b.u8();
+    cfg.apic = a & 1 != 0;
+    cfg.vcpus = 1 + (a >> 1) % 8;
     MicroVm::new(cfg, &host_cpuid)
 }
 
@@ -185,7 +189,7 @@ fn cpu_from(b: &mut Bytes) -> VcpuState {
 fn exit_from(b: &mut Bytes) -> Exit {
     match b.u8() % 20 {
         0 => Exit::Io { port: b.u16(), size: [1, 2, 4, 3][(b.u8() % 4) as usize], write: b.bool(), string: b.bool(), rep: b.bool() },
-        1 => Exit::Mmio { gpa: if b.bool() { 0xd000_0000 + (b.u16() as u64 % 0x2000) } else { b.u64() }, write_hint: match b.u8() % 3 { 0 => None, 1 => Some(false), _ => Some(true) } },
+        1 => Exit::Mmio { gpa: match b.u8() % 4 { 0 => 0xd000_0000 + (b.u16() as u64 % 0x2000), 1 => 0xfee0_0000 + (b.u16() as u64 % 0x1000), 2 => 0xfec0_0000 + (b.u8() as u64 % 0x20), _ => b.u64() }, write_hint: match b.u8() % 3 { 0 => None, 1 => Some(false), _ => Some(true) } },
         2 => Exit::Cpuid,
         3 => Exit::Rdmsr,
         4 => Exit::Wrmsr,
@@ -225,9 +229,13 @@ pub fn exit_sequence(data: &[u8]) {
         if b.exhausted() {
             break;
         }
+        vm.set_vcpu(b.u8() as usize);
         let exit = exit_from(&mut b);
         now = now.saturating_add(b.u32() as u64);
         let _ = vm.handle_exit(exit, &mut cpu, &mut mem, now);
+        if let Some(bus) = vm.apic_bus() {
+            assert!(bus.take_wakeups() < 1 << bus.vcpus());
+        }
         vm.poll(now);
         if let EventDecision::Inject(_) = vm.next_event(&cpu) {}
         let _ = vm.next_deadline_ns();
