@@ -56,7 +56,8 @@
 //! instruction (SVM: VMCB RIP; VMX: guest RIP — do not add the exit instruction length).
 //! Exceptions (`Exit::Exception`) are reflected: the model queues the same exception.
 //!
-//! **Interrupts.** The only interrupt controller is the 8259 pair (the local APIC is hidden in
+//! **Interrupts** (without `VmConfig::apic`; with it see [`apic_bus`]: per-vCPU local APICs,
+//! the I/O APIC and the MP table, docs/vmm.md "Multi-vCPU microVMs"). The only interrupt controller is the 8259 pair (the local APIC is hidden in
 //! CPUID). [`MicroVm::next_event`] does the INTA cycle ([`MicroVm::ack_irq`]) when RFLAGS.IF=1
 //! and no interrupt shadow, and returns an `ExtInt` injection; otherwise it asks for an
 //! interrupt window. Timers are pure functions of `now_ns`: call [`MicroVm::poll`] before each
