@@ -9,6 +9,7 @@
 //! with `operator:NAME`.
 
 use crate::cluster::{sh, wireguard_go_namespace, NodeSpec, NsGuard};
+use crate::preflight::{ready, Needs};
 use crate::test::Tally;
 use catenary_net::cluster::{Cluster, Operator};
 use std::path::Path;
@@ -17,10 +18,7 @@ use std::time::Duration;
 
 pub fn test_operator_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "net_operator_wireguard_go_reaches_fabric_address";
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-    let tools = ["ip", "vde_plug2tap", "ping", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
-    if !root || !tools || !Path::new("/dev/net/tun").exists() {
-        t.skip(name, "needs root, /dev/net/tun, ip, ping, vde_plug2tap, wireguard-go, wg");
+    if !ready(t, &[name], &Needs { root: true, tools: &["ip", "ping", "vde_plug2tap", "wireguard-go", "wg"], ..Needs::default() }) {
         return Ok(());
     }
     let node = NodeSpec::new(1);
@@ -212,23 +210,8 @@ pub fn json(s: &str) -> Option<serde_json::Value> {
 /// (CLI exit 3, curl times out); `curl` gets JSON; every `--json` output parses.
 pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "net_operator_api_cli";
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-    let tools = ["ip", "vde_plug2tap", "curl", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
-    if !root || !tools || !Path::new("/dev/net/tun").exists() {
-        t.skip(name, "needs root, /dev/net/tun, ip, curl, vde_plug2tap, wireguard-go, wg");
-        return Ok(());
-    }
-    if let Some(why) = crate::ociimage::missing_tools() {
-        t.skip(name, why);
-        return Ok(());
-    }
-    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
-        t.record(name, false, "(no guest bundle in build/guest: `cargo xtask guest` failed?)");
-        return Ok(());
-    }
-    let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
-    if !st.success() {
-        t.record(name, false, "(cargo build -p catenary failed)");
+    let needs = Needs { root: true, tools: &["ip", "curl", "vde_plug2tap", "wireguard-go", "wg"], images: true, guest: true, cli: true };
+    if !ready(t, &[name], &needs) {
         return Ok(());
     }
     let tag = "net-operator-api";

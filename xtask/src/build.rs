@@ -202,6 +202,17 @@ pub fn guest_bundle() -> Result<PathBuf, String> {
 /// executable (static glibc: the toolchain has only the x86_64-unknown-linux-gnu target), built
 /// in its own target directory so that its RUSTFLAGS do not invalidate the workspace's cache.
 pub fn build_guest_init() -> Result<PathBuf, String> {
+    build_static_guest(&["--bin", "catenary-init"]).map(|d| d.join("catenary-init"))
+}
+
+/// An example of guest-init/init (`udpsend`, a tool for test images), static like catenary-init.
+pub fn build_guest_example(name: &str) -> Result<PathBuf, String> {
+    build_static_guest(&["--example", name]).map(|d| d.join("examples").join(name))
+}
+
+/// `cargo build --release -p catenary-init WHAT` static, in its own target directory; returns
+/// the release directory.
+fn build_static_guest(what: &[&str]) -> Result<PathBuf, String> {
     let target_dir = root().join("target").join("guest-init");
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
@@ -214,12 +225,13 @@ pub fn build_guest_init() -> Result<PathBuf, String> {
         .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .args(["build", "--quiet", "--release", "-p", "catenary-init", "--target", "x86_64-unknown-linux-gnu"])
+        .args(what)
         .status()
-        .map_err(|e| format!("cargo build -p catenary-init: {e}"))?;
+        .map_err(|e| format!("cargo build -p catenary-init {}: {e}", what.join(" ")))?;
     if !st.success() {
-        return Err("cargo build -p catenary-init failed".into());
+        return Err(format!("cargo build -p catenary-init {} failed", what.join(" ")));
     }
-    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/catenary-init"))
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release"))
 }
 
 /// A cpio "newc" archive (deterministic: fixed inode numbers, mtime 0, mode 0644).

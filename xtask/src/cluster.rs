@@ -572,7 +572,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_nat64", "cluster_kill_rejoin", "cluster_membership"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_guest_cannot_act_as_node", "net_nat64", "cluster_kill_rejoin", "cluster_membership"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -606,6 +606,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_cli_embedded_fabric", crate::fabriccli::test),
         ("net_operator_api", crate::apitest::test_operator_api),
         ("net_cli_push", crate::pushtest::test),
+        ("net_guest_cannot_act_as_node", crate::hostiletest::test),
         ("net_nat64", crate::nat64test::test),
         ("cluster_kill_rejoin", crate::orchtest::test),
         ("cluster_membership", crate::membertest::test),
@@ -1026,8 +1027,7 @@ fn test_rpc_quota(t: &mut Tally, kernel: &Path) -> Result<(), String> {
 /// configures that address with an on-link default route (node1 answers its neighbour
 /// solicitations and routes) and pings node2's fabric address through the fabric.
 fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    if !out_dir().join("guest").join("vmlinux").exists() {
-        t.record("net_microvm_reaches_other_node", false, "(no guest image in build/guest: cargo xtask guest)");
+    if !crate::preflight::ready(t, &["net_microvm_reaches_other_node"], &crate::preflight::Needs { guest: true, ..Default::default() }) {
         return Ok(());
     }
     let mut a = NodeSpec::new(1);
@@ -1092,8 +1092,7 @@ const BULK_BYTES: u64 = 4 << 20;
 /// the SHA-256 of what they sent / received; they must match.
 fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path, kick_ms: u64) -> Result<(), String> {
     let (name, tag) = if kick_ms > 0 { ("net_microvm_kicked_bulk_tcp", "net-microvm-kicked") } else { ("net_microvm_bulk_tcp", "net-microvm-bulk") };
-    if !out_dir().join("guest").join("vmlinux").exists() {
-        t.record(name, false, "(no guest image in build/guest: cargo xtask guest)");
+    if !crate::preflight::ready(t, &[name], &crate::preflight::Needs { guest: true, ..Default::default() }) {
         return Ok(());
     }
     let mut a = NodeSpec::new(1);
@@ -1211,10 +1210,7 @@ impl Drop for NsGuard {
 /// node's link-local address: real Linux IPv6 NDP and ICMPv6 as the peer.
 fn test_linux_ping(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "net_linux_namespace_pings_link_local";
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-    let tools = ["ip", "vde_plug2tap", "ping"].iter().all(|b| crate::tools::which(b).is_some());
-    if !root || !tools || !Path::new("/dev/net/tun").exists() {
-        t.skip(name, "needs root, /dev/net/tun, ip, ping and vde_plug2tap");
+    if !crate::preflight::ready(t, &[name], &crate::preflight::Needs { root: true, tools: &["ip", "ping", "vde_plug2tap"], ..Default::default() }) {
         return Ok(());
     }
     let node = NodeSpec::new(1);
@@ -1435,10 +1431,7 @@ pub(crate) fn wireguard_go_namespace(switch: &Path, ns: &str, tap: &str, wgif: &
 /// interface: the node's netfabric session interoperates with the reference implementation.
 fn test_wireguard_go(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "net_wireguard_go_peer_reaches_fabric_address";
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-    let tools = ["ip", "vde_plug2tap", "ping", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
-    if !root || !tools || !Path::new("/dev/net/tun").exists() {
-        t.skip(name, "needs root, /dev/net/tun, ip, ping, vde_plug2tap, wireguard-go, wg");
+    if !crate::preflight::ready(t, &[name], &crate::preflight::Needs { root: true, tools: &["ip", "ping", "vde_plug2tap", "wireguard-go", "wg"], ..Default::default() }) {
         return Ok(());
     }
     let linux = Identity::generate(&mut rand_core::OsRng);

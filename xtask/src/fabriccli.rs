@@ -136,8 +136,7 @@ pub fn relay(switch: &Path, node: (Ipv6Addr, u16), mac: [u8; 6], stop: Arc<Atomi
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "net_cli_embedded_fabric_reaches_node";
-    if crate::tools::which("vde_plug").is_none() {
-        t.skip(name, "needs vde_plug (vde2)");
+    if !crate::preflight::ready(t, &[name], &crate::preflight::Needs { tools: &["vde_plug"], ..Default::default() }) {
         return Ok(());
     }
     let tag = "net-cli-fabric";
@@ -236,8 +235,7 @@ impl Cli {
             return Err("cargo build -p catenary failed".into());
         }
         let _ = std::fs::remove_dir_all(cfg);
-        let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-        let unpriv = root && crate::tools::which("setpriv").is_some();
+        let unpriv = crate::preflight::is_root() && crate::tools::which("setpriv").is_some();
         if unpriv {
             std::fs::create_dir_all(cfg).map_err(|e| e.to_string())?;
             Command::new("chown").args(["65534:65534"]).arg(cfg).status().map_err(|e| e.to_string())?;

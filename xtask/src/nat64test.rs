@@ -127,22 +127,15 @@ pub(crate) fn blob(n: usize) -> (Vec<u8>, String) {
     (blob, sha)
 }
 
+const TOOLS: [&str; 3] = ["ip", "vde_plug2tap", "python3"];
+
+/// For `bench nat64` (the test uses `preflight::ready`).
 pub(crate) fn root_and_tools() -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-    root && ["ip", "vde_plug2tap", "python3"].iter().all(|b| crate::tools::which(b).is_some()) && Path::new("/dev/net/tun").exists()
+    crate::preflight::is_root() && TOOLS.iter().all(|b| crate::tools::which(b).is_some()) && Path::new("/dev/net/tun").exists()
 }
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    if !out_dir().join("guest").join("vmlinux").exists() {
-        for n in TESTS {
-            t.record(n, false, "(no guest image in build/guest: cargo xtask guest)");
-        }
-        return Ok(());
-    }
-    if !root_and_tools() {
-        for n in TESTS {
-            t.skip(n, "needs root, /dev/net/tun, ip, vde_plug2tap and python3");
-        }
+    if !crate::preflight::ready(t, &TESTS, &crate::preflight::Needs { root: true, tools: &TOOLS, guest: true, ..Default::default() }) {
         return Ok(());
     }
     // the file the IPv4 host serves: random bytes, and their SHA-256

@@ -13,11 +13,11 @@
 
 use crate::apitest::{init_key, Checks, Workstation};
 use crate::cluster::NodeSpec;
+use crate::preflight::{ready, Needs};
 use crate::test::Tally;
 use catenary_net::cluster::{Cluster, Operator};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const LIST: &str = "orchd: workd runs [";
@@ -65,23 +65,8 @@ fn placed(l: &[BTreeMap<String, String>]) -> bool {
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "cluster_kill_rejoin";
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-    let tools = ["ip", "vde_plug2tap", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
-    if !root || !tools || !Path::new("/dev/net/tun").exists() {
-        t.skip(name, "needs root, /dev/net/tun, ip, vde_plug2tap, wireguard-go, wg");
-        return Ok(());
-    }
-    if let Some(why) = crate::ociimage::missing_tools() {
-        t.skip(name, why);
-        return Ok(());
-    }
-    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
-        t.record(name, false, "(no guest bundle in build/guest: `cargo xtask guest` failed?)");
-        return Ok(());
-    }
-    let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
-    if !st.success() {
-        t.record(name, false, "(cargo build -p catenary failed)");
+    let needs = Needs { root: true, tools: &["ip", "vde_plug2tap", "wireguard-go", "wg"], images: true, guest: true, cli: true };
+    if !ready(t, &[name], &needs) {
         return Ok(());
     }
     let tag = "cluster-kill-rejoin";

@@ -18,6 +18,7 @@ use crate::apitest::{json, sha256, Checks};
 use crate::cluster::NodeSpec;
 use crate::fabriccli::{relay, Cli, KillOnDrop};
 use crate::ociimage as oci;
+use crate::preflight::{ready, Needs};
 use crate::test::Tally;
 use catenary_net::cluster::Operator;
 use std::io::{BufRead, BufReader};
@@ -62,16 +63,7 @@ fn hex(k: &[u8; 32]) -> String {
 }
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    if crate::tools::which("vde_plug").is_none() {
-        TESTS.iter().for_each(|n| t.skip(n, "needs vde_plug (vde2)"));
-        return Ok(());
-    }
-    if let Some(why) = oci::missing_tools() {
-        TESTS.iter().for_each(|n| t.skip(n, why));
-        return Ok(());
-    }
-    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
-        TESTS.iter().for_each(|n| t.record(n, false, "(no guest bundle in build/guest: `cargo xtask guest` failed?)"));
+    if !ready(t, &TESTS, &Needs { tools: &["vde_plug"], images: true, guest: true, ..Needs::default() }) {
         return Ok(());
     }
     let tag = "net-cli-push";

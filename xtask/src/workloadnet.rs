@@ -52,12 +52,7 @@ fn build_image(dir: &Path) -> Result<(), String> {
 }
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    if let Some(why) = oci::missing_tools() {
-        t.skip(NAME, why);
-        return Ok(());
-    }
-    if !out_dir().join("guest").join("vmlinux").exists() {
-        t.record(NAME, false, "(no guest image in build/guest: cargo xtask guest)");
+    if !crate::preflight::ready(t, &[NAME], &crate::preflight::Needs { images: true, guest: true, ..Default::default() }) {
         return Ok(());
     }
     let dir = out_dir().join("workload-server-image");

@@ -55,16 +55,7 @@ pub fn build(dir: &Path) -> Result<std::path::PathBuf, String> {
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     println!("== the workload service (2 CPUs, 1 GiB; busybox image in Linux microVMs)");
-    if let Some(why) = oci::missing_tools() {
-        for n in TESTS {
-            t.skip(n, why);
-        }
-        return Ok(());
-    }
-    if !out_dir().join("guest/vmlinux").exists() {
-        for n in TESTS {
-            t.record(n, false, "(no guest bundle in build/guest: `cargo xtask guest` failed?)");
-        }
+    if !crate::preflight::ready(t, &TESTS, &crate::preflight::Needs { images: true, guest: true, ..Default::default() }) {
         return Ok(());
     }
     let dir = out_dir().join("workload-test");

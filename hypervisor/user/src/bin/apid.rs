@@ -305,6 +305,8 @@ fn run(_arg: u64) -> u64 {
     };
     let mut api = Api::new(operators, UploadLimits::default());
     let mut conns: Vec<Conn> = Vec::new();
+    // connections closed for being of no known key (the log shows the 1st, 2nd, 4th, …)
+    let mut strangers = 0u64;
     let mut next_tick = now_ms();
     loop {
         let now = now_ms();
@@ -324,7 +326,7 @@ fn run(_arg: u64) -> u64 {
         let mut busy = false;
         if ready.acceptable & Ready::bit(listener) != 0 {
             busy = true;
-            accept(&s, listener, &api.operators, &mut conns, &io);
+            accept(&s, listener, &api.operators, &mut conns, &io, &mut strangers);
         }
         let mut i = 0;
         while i < conns.len() {
@@ -366,11 +368,15 @@ fn run(_arg: u64) -> u64 {
 
 /// Take the waiting connections: known callers get a reader, a connection from no known key
 /// is closed unanswered, and one beyond [`CONNS_MAX`] gets 503.
-fn accept(s: &Sockets, listener: Handle, ops: &Operators, conns: &mut Vec<Conn>, io: &Pages) {
+fn accept(s: &Sockets, listener: Handle, ops: &Operators, conns: &mut Vec<Conn>, io: &Pages, strangers: &mut u64) {
     while let Ok((h, peer, _port)) = s.accept(listener) {
         let prefix_of = |k: &[u8; 32]| Prefix64::from_public_key(k).0;
         let Some(caller) = ops.caller_of(&peer.octets(), prefix_of) else {
-            logf!("apid: a connection from {}, of no key in the cluster file: closed", peer);
+            // logged at 1, 2, 4, 8, …: a guest that connects in a loop cannot flood the console
+            *strangers += 1;
+            if strangers.is_power_of_two() {
+                logf!("apid: a connection from {}, of no key in the cluster file: closed ({} such so far)", peer, strangers);
+            }
             let _ = s.close(h);
             continue;
         };

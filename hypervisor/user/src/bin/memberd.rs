@@ -12,8 +12,11 @@
 //!   keys, whose /64s the file's parser keeps distinct. So the source /128 names exactly one
 //!   key of the file: that is the fabric-authenticated sender key given to `handle_datagram`
 //!   (the same rule `apid` uses for its callers). A datagram is taken only from a member's
-//!   own node /128 (its microVMs share its /64 and must not speak for it); one from any other
-//!   address, or from this node's own /64, is dropped.
+//!   own node /128 (its microVMs share its /64 and must not speak for it): one from another
+//!   address of its /64 is refused (`memberd: refused N datagram(s) from … in NAME's /64 but
+//!   not its node address`, logged at the 1st, 2nd, 4th, … so a guest cannot flood the
+//!   console); one from no member's /64, or from this node's own, is dropped (likewise logged).
+//!   Test: `net_guest_cannot_act_as_node` (xtask/src/hostiletest.rs).
 //! - **Admitted keys and seeds**: the cluster file's nodes (`netd`'s `LABEL_CLUSTER`).
 //!   `LABEL_ADMIT` adds a key in memory only (lost when memberd restarts) until the
 //!   replicated desired state holds the admitted keys.
@@ -74,7 +77,11 @@ struct Service {
     members: Vec<(u64, [u8; 32])>,
     me: NodeId,
     dropped_unknown: u64,
+    /// Datagrams from another member's /64 that are not from its node /128.
+    refused_not_node: u64,
     refused: u64,
+    /// The file's nodes' names (for the log).
+    names: Vec<([u8; 32], String)>,
     /// The last state logged per member (key, generation, state).
     logged: Vec<([u8; 32], u32, MemberState)>,
 }
@@ -138,7 +145,7 @@ fn run(_arg: u64) -> u64 {
     logf!("memberd: membership on [{}]:{} as {} generation {} ({} admitted keys, {} seeds)", addr, PORT, own.name, me.generation, cluster.members.len(), cluster.members.len() - 1);
     let members = cluster.members.iter().map(|m| (prefix_of(&m.public_key), m.public_key)).collect();
     let names: Vec<([u8; 32], String)> = cluster.members.iter().map(|m| (m.public_key, m.name.clone())).collect();
-    let mut sv = Service { m, members, me, dropped_unknown: 0, refused: 0, logged: Vec::new() };
+    let mut sv = Service { m, members, me, dropped_unknown: 0, refused_not_node: 0, refused: 0, names, logged: Vec::new() };
     loop {
         let t = now();
         if sv.m.next_deadline().is_some_and(|d| d <= t) {
@@ -148,7 +155,7 @@ fn run(_arg: u64) -> u64 {
             logf!("memberd: netd's socket failed ({:?}): starting again", e);
             return 3;
         }
-        sv.log_changes(&names);
+        sv.log_changes();
         let wait = sv.m.next_deadline().map_or(POLL_MS, |d| (d.saturating_sub(now()).as_millis() as u64).clamp(1, POLL_MS));
         match s.poll(wait) {
             Ok(r) if r.readable & catenary_netsock::Ready::bit(h) != 0 => {
@@ -213,23 +220,30 @@ impl Service {
             let Ok((hdr, payload)) = DgramHeader::decode(&buf[..n]) else { continue };
             let p = u64::from_be_bytes(hdr.addr.octets()[..8].try_into().unwrap_or([0; 8]));
             // the fabric-authenticated sender: the one member whose /64 holds the source
+            let owner = self.members.iter().find(|(mp, _)| *mp == p).map(|(_, k)| *k);
             // ... and only from that member's own /128: its microVMs share its /64 and must
             // not speak for it
-            let from = self
-                .members
-                .iter()
-                .find(|(mp, k)| *mp == p && Prefix64::from_public_key(k).node_address().octets() == hdr.addr.octets())
-                .map(|(_, k)| *k);
-            match from {
-                Some(k) if k != self.me.key.0 && hdr.port == PORT => {
+            let at_node = owner.is_some_and(|k| Prefix64::from_public_key(&k).node_address().octets() == hdr.addr.octets());
+            match owner {
+                Some(k) if at_node && k != self.me.key.0 && hdr.port == PORT => {
                     if self.m.handle_datagram(now(), NodeKey(k), payload).is_err() {
                         self.refused += 1;
+                    }
+                }
+                Some(k) if !at_node && k != self.me.key.0 => {
+                    // a microVM or task of another node (its datagrams reach us through the
+                    // fabric with a source in that node's /64); logged at 1, 2, 4, 8, … so a
+                    // guest cannot flood the console
+                    self.refused_not_node += 1;
+                    if self.refused_not_node.is_power_of_two() {
+                        let name = self.names.iter().find(|n| n.0 == k).map_or("?", |n| n.1.as_str());
+                        logf!("memberd: refused {} datagram(s) from [{}]:{}, in {}'s /64 but not its node address (a microVM or task does not speak for its node)", self.refused_not_node, hdr.addr, hdr.port, name);
                     }
                 }
                 _ => {
                     self.dropped_unknown += 1;
                     if self.dropped_unknown.is_power_of_two() {
-                        logf!("memberd: dropped {} datagram(s) from no member's /64 (last from [{}]:{})", self.dropped_unknown, hdr.addr, hdr.port);
+                        logf!("memberd: dropped {} datagram(s) from no other member's node address and port (last from [{}]:{})", self.dropped_unknown, hdr.addr, hdr.port);
                     }
                 }
             }
@@ -278,7 +292,7 @@ impl Service {
     }
 
     /// One log line per member change (what the cluster tests read).
-    fn log_changes(&mut self, names: &[([u8; 32], String)]) {
+    fn log_changes(&mut self) {
         for v in self.m.members() {
             let key = v.id.key.0;
             let cur = (key, v.id.generation, v.state);
@@ -287,7 +301,7 @@ impl Service {
                 Some(l) => *l = cur,
                 None => self.logged.push(cur),
             }
-            let name = names.iter().find(|n| n.0 == key).map_or("?", |n| n.1.as_str());
+            let name = self.names.iter().find(|n| n.0 == key).map_or("?", |n| n.1.as_str());
             logf!("memberd: member {} {} incarnation {} (generation {}) at {} ms", name, svc::state_name(v.state), v.incarnation, v.id.generation, now_ns() / 1_000_000);
         }
     }
