@@ -11,16 +11,21 @@ use etherparse::{IpNumber, Ipv4Header, Ipv6Header, UdpHeader};
 use crate::dns64::{Dns64, Out, DNS64_ADDR};
 use crate::translate::{concat, udp_parts, v4_header, v6_header};
 use crate::uplink::{parse_addr, parse_cidr, Input, Uplink, UplinkConfig};
-use crate::{is_global_v4, Config, Nat64};
+use crate::toobig::{df_and_id, frag_needed, fragment, packet_too_big, RateLimit};
+use crate::{embed, is_global_v4, Config, Nat64};
 
 /// The gateway's own UDP port for its questions to the upstream resolver: below the pool's
 /// ports (1024..), so no translated flow can hold it.
 pub const DNS_PORT: u16 = 1000;
 
-/// The largest IPv6 packet the gateway hands to the fabric (the fabric's MTU): what would
-/// be larger is dropped and counted (TCP's MSS, from the inside host's MTU, keeps segments
-/// below it).
+/// The largest IPv6 packet the gateway hands to the fabric (the fabric's MTU): a larger
+/// translation is fragmented or answered with fragmentation-needed ([`crate::toobig`]).
 pub const FABRIC_MTU: usize = 1404;
+/// The uplink's MTU without `nat64.mtu=` (Ethernet).
+pub const DEFAULT_UPLINK_MTU: usize = 1500;
+/// `nat64.mtu=` bounds: at least 1260 so that packet-too-big says at least 1280 (RFC 8200 §5);
+/// at most what the uplink's frames carry.
+pub const UPLINK_MTU_RANGE: core::ops::RangeInclusive<usize> = 1260..=1500;
 
 /// Parsed `nat64.*` words.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +45,8 @@ pub struct GatewayConfig {
     pub max_sessions: usize,
     /// `nat64.dns=a.b.c.d`: the upstream IPv4 resolver DNS64 asks (none: no DNS64).
     pub dns: Option<[u8; 4]>,
+    /// `nat64.mtu=N`: the uplink's IPv4 MTU ([`DEFAULT_UPLINK_MTU`] without it).
+    pub mtu: usize,
 }
 
 /// Sessions at most, whatever the command line says (memory of the service's quota).
@@ -54,7 +61,7 @@ impl GatewayConfig {
         let mut c = GatewayConfig {
             addr: [0; 4], prefix_len: 0, router: [0; 4], udp_timeout: d.udp_timeout, tcp_established_timeout: d.tcp_established_timeout,
             tcp_transitory_timeout: d.tcp_transitory_timeout, icmp_timeout: d.icmp_timeout, max_sessions: DEFAULT_SESSIONS,
-            dns: None,
+            dns: None, mtu: DEFAULT_UPLINK_MTU,
         };
         let mut have = (false, false);
         for w in cmdline.split_whitespace() {
@@ -72,6 +79,7 @@ impl GatewayConfig {
                     have.1 = true;
                 }
                 "dns" => c.dns = Some(parse_addr(v).filter(|a| is_global_v4(*a)).ok_or_else(|| alloc::format!("nat64.dns={v}: expected a global a.b.c.d"))?),
+                "mtu" => c.mtu = v.parse().ok().filter(|n| UPLINK_MTU_RANGE.contains(n)).ok_or_else(|| alloc::format!("nat64.mtu={v}: 1260..=1500"))?,
                 "udp_timeout" => c.udp_timeout = secs(v)?,
                 "tcp_timeout" => c.tcp_established_timeout = secs(v)?,
                 "tcp_transitory_timeout" => c.tcp_transitory_timeout = secs(v)?,
@@ -105,8 +113,17 @@ impl GatewayConfig {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GatewayStats {
-    /// Inbound IPv6 packets over the fabric MTU, dropped.
+    /// Inbound translations over the fabric MTU with DF set: dropped (answered with
+    /// fragmentation-needed unless rate-limited).
     pub too_big: u64,
+    /// Inbound translations over the fabric MTU without DF: sent as IPv6 fragments.
+    pub fragmented: u64,
+    /// Outbound translations over the uplink MTU: dropped (answered with packet-too-big
+    /// unless rate-limited).
+    pub out_too_big: u64,
+    /// ICMP errors the gateway sent, and the ones the rate limit held back.
+    pub icmp_sent: u64,
+    pub icmp_limited: u64,
 }
 
 pub struct Gateway {
@@ -116,6 +133,8 @@ pub struct Gateway {
     /// DNS64 and its upstream resolver (`nat64.dns`).
     pub dns: Option<(Dns64, [u8; 4])>,
     pool: [u8; 4],
+    mtu: usize,
+    icmp_limit: RateLimit,
 }
 
 impl Gateway {
@@ -124,7 +143,7 @@ impl Gateway {
     pub fn new(cfg: &GatewayConfig, mac: [u8; 6], seed: u16) -> Option<Gateway> {
         let uplink = Uplink::new(UplinkConfig { mac, addr: cfg.addr, prefix_len: cfg.prefix_len, gateway: cfg.router })?;
         let dns = cfg.dns.map(|u| (Dns64::new(seed), u));
-        Some(Gateway { nat: Nat64::new(cfg.nat_config()), uplink, stats: GatewayStats::default(), dns, pool: cfg.addr })
+        Some(Gateway { nat: Nat64::new(cfg.nat_config()), uplink, stats: GatewayStats::default(), dns, pool: cfg.addr, mtu: cfg.mtu, icmp_limit: RateLimit::default() })
     }
 
     /// An IPv6 packet from the fabric, to the prefix: translated and queued on the uplink
@@ -135,10 +154,27 @@ impl Gateway {
         if packet.get(24..40) == Some(&DNS64_ADDR[..]) {
             return self.dns_question(now, packet);
         }
-        if let Ok(v4) = self.nat.outbound(now, packet) {
+        let v4 = self.nat.outbound(now, packet).ok()?;
+        if v4.len() <= self.mtu {
             self.uplink.send(now, v4);
+            return None;
         }
-        None
+        // too big for the uplink: we never fragment (DF is always set), the sender learns the MTU
+        self.stats.out_too_big += 1;
+        if !self.may_send_icmp(now) {
+            return None;
+        }
+        packet_too_big(embed(&self.nat.config().prefix, self.pool), packet, self.mtu as u32 + 20)
+    }
+
+    fn may_send_icmp(&mut self, now: Duration) -> bool {
+        let ok = self.icmp_limit.allow(now);
+        if ok {
+            self.stats.icmp_sent += 1;
+        } else {
+            self.stats.icmp_limited += 1;
+        }
+        ok
     }
 
     /// A question to DNS64 (UDP port 53, checksum verified).
@@ -197,19 +233,29 @@ impl Gateway {
         })
     }
 
-    /// A frame from the uplink: the IPv6 packet for the fabric, if it translates (or is a
-    /// DNS64 answer).
-    pub fn from_uplink(&mut self, now: Duration, frame: &[u8]) -> Option<Vec<u8>> {
-        let Input::Ipv4(p) = self.uplink.input(now, frame) else { return None };
+    /// A frame from the uplink: the IPv6 packets for the fabric (one, or its fragments), if it
+    /// translates (or is a DNS64 answer).
+    pub fn from_uplink(&mut self, now: Duration, frame: &[u8]) -> Vec<Vec<u8>> {
+        let Input::Ipv4(p) = self.uplink.input(now, frame) else { return Vec::new() };
         if let Some(answer) = self.dns_answer(now, &p) {
-            return answer;
+            return answer.into_iter().collect();
         }
-        let v6 = self.nat.inbound(now, &p).ok()?;
-        if v6.len() > FABRIC_MTU {
-            self.stats.too_big += 1;
-            return None;
+        let Ok(v6) = self.nat.inbound(now, &p) else { return Vec::new() };
+        if v6.len() <= FABRIC_MTU {
+            return alloc::vec![v6];
         }
-        Some(v6)
+        let Some((df, id)) = df_and_id(&p) else { return Vec::new() };
+        if !df {
+            self.stats.fragmented += 1;
+            return fragment(&v6, FABRIC_MTU, u32::from(id)).unwrap_or_default();
+        }
+        self.stats.too_big += 1;
+        if self.may_send_icmp(now) {
+            if let Some(icmp) = frag_needed(self.pool, &p, (FABRIC_MTU - 20) as u16) {
+                self.uplink.send(now, icmp);
+            }
+        }
+        Vec::new()
     }
 
     /// Timeouts: sessions (RFC 6146) and the ARP cache. Every second or so.

@@ -32,6 +32,7 @@ extern crate std;
 pub mod dns64;
 pub mod gateway;
 pub mod table;
+pub mod toobig;
 pub mod translate;
 pub mod uplink;
 #[cfg(test)]
@@ -40,6 +41,8 @@ mod tests;
 mod uplink_tests;
 #[cfg(test)]
 mod dns64_tests;
+#[cfg(test)]
+mod toobig_tests;
 
 use alloc::vec::Vec;
 use core::time::Duration;
@@ -223,6 +226,34 @@ pub mod fuzzing {
                 nat.expire(now);
             }
             assert!(nat.sessions() <= 64 && nat.bindings() <= 64);
+        }
+    }
+
+    /// The gateway target: records [dir, len, bytes...] (dir bit 0: an IPv6 packet from the
+    /// fabric or an Ethernet frame from the uplink; bit 1: tick), through ARP, translation,
+    /// DNS64, fragmentation and the ICMP errors for packets too big. What goes to the fabric
+    /// fits its MTU; the uplink's frames fit Ethernet's.
+    pub fn gateway(data: &[u8]) {
+        use crate::gateway::{Gateway, GatewayConfig, FABRIC_MTU};
+        let cfg = GatewayConfig::parse("nat64.uplink=203.0.113.1/24 nat64.router=203.0.113.254 nat64.dns=198.51.100.53 nat64.mtu=1300 nat64.max_sessions=64").expect("valid");
+        let Some(mut g) = Gateway::new(&cfg, [2, 0, 0, 0, 0, 1], 1) else { return };
+        let mut now = Duration::ZERO;
+        let mut rest = data;
+        while rest.len() >= 3 {
+            let dir = rest[0];
+            let len = (usize::from(rest[1]) << 8 | usize::from(rest[2])).min(rest.len() - 3);
+            let pkt = &rest[3..3 + len];
+            rest = &rest[3 + len..];
+            now += Duration::from_millis(u64::from(dir >> 2) * 50);
+            let to_fabric: Vec<Vec<u8>> = if dir & 1 == 0 { g.from_fabric(now, pkt).into_iter().collect() } else { g.from_uplink(now, pkt) };
+            assert!(to_fabric.iter().all(|p| p.len() <= FABRIC_MTU));
+            while let Some(f) = g.uplink.take_frame() {
+                assert!(f.len() <= 14 + 1500);
+            }
+            if dir & 2 != 0 {
+                g.tick(now);
+            }
+            assert!(g.nat.sessions() <= 64 && g.nat.bindings() <= 64);
         }
     }
 

@@ -165,9 +165,9 @@ fn run(_arg: u64) -> u64 {
                 off = next;
             }
         }
-        while net.can_recv() && off + 2 + PACKET_MAX <= cap {
+        while net.can_recv() && off + 2 * (2 + PACKET_MAX) <= cap {
             let Ok(buf) = net.receive() else { break };
-            if let Some(v6) = gw.from_uplink(now, buf.packet()) {
+            for v6 in gw.from_uplink(now, buf.packet()) {
                 if let Some(next) = put_record(&mut out, off, &v6) {
                     off = next;
                 }
@@ -217,8 +217,8 @@ fn run(_arg: u64) -> u64 {
                 last = cur;
                 let s = gw.nat.stats();
                 let dropped: Vec<(catenary_nat64::Drop, u64)> = s.dropped.iter().map(|(d, n)| (*d, *n)).collect();
-                logf!("natd: sessions {}, bindings {}; translated out {}, in {}; expired {}; dropped {:?}; too big {}; arp {:?}",
-                    cur.0, cur.1, s.out_translated, s.in_translated, s.expired, dropped, gw.stats.too_big, (gw.uplink.stats().arp_requests_sent, gw.uplink.stats().arp_replies_sent, gw.uplink.arp_entries()));
+                logf!("natd: sessions {}, bindings {}; translated out {}, in {}; expired {}; dropped {:?}; too big in {} (fragmented {}), out {}; icmp sent {}, rate-limited {}; arp {:?}",
+                    cur.0, cur.1, s.out_translated, s.in_translated, s.expired, dropped, gw.stats.too_big, gw.stats.fragmented, gw.stats.out_too_big, gw.stats.icmp_sent, gw.stats.icmp_limited, (gw.uplink.stats().arp_requests_sent, gw.uplink.stats().arp_replies_sent, gw.uplink.arp_entries()));
             }
         }
     }
