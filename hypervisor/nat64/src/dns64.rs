@@ -10,23 +10,31 @@
 //! DNS messages are parsed and written with the `simple-dns` crate (`no_std` + `alloc`);
 //! everything parsed comes from a guest or from the network and is hostile: a message that does
 //! not parse, has no or several questions, or is not class IN is dropped and counted. State is
-//! bounded ([`MAX_PENDING`] questions in flight, [`PENDING_TIMEOUT`] each); answers are
-//! matched by the upstream transaction id, which the gateway picks.
+//! bounded ([`MAX_PENDING`] questions in flight, [`PENDING_TIMEOUT`] each).
 //!
-//! What is synthesized (RFC 6147 §5.1): an AAAA question whose upstream answer is NOERROR with
-//! no AAAA record gets the A records' addresses (global unicast only, §5.1.4) in the prefix,
-//! with the A record's TTL, CNAME records kept; an NXDOMAIN or an answer with AAAA records is
-//! passed through. Other questions are forwarded as they are, except A: the guests are
-//! IPv6-only (no IPv4 route), so an A question is answered NOERROR with no records at once —
-//! a deliberate choice beyond RFC 6147, which passes A through: with an A record busybox and
-//! glibc clients try IPv4 first and fail.
-
-use alloc::collections::BTreeMap;
+//! **Off-path spoofing** (RFC 5452): every question upstream gets a fresh transaction id *and*
+//! a fresh UDP source port, both drawn from a ChaCha20 generator seeded with 256 bits of the
+//! node's entropy, the port from the pool's range (1024–65535, held in the translator's table
+//! while the question is open so no flow can take it, [`Ports`]). An answer counts only when it
+//! comes to that port with that id and the question asked, so a blind forger must guess about
+//! 31 bits (16 of id, 15.9 of port) per question. A forged answer that does not match leaves
+//! the question open.
+//!
+//! **EDNS(0)** (RFC 6891): questions upstream carry an OPT record offering [`EDNS_SIZE`]
+//! (1232 bytes: no IP fragments, which the gateway drops, on any path with an MTU of 1280 or
+//! more). A guest's OPT is answered with ours; its size (at least 512, at most 1232) bounds
+//! the UDP answer; EDNS versions other than 0 get BADVERS (§6.1.3). Without OPT an answer is
+//! at most 512 bytes. A longer answer is cut to the question with TC set, so the client asks
+//! again over TCP ([`Client::Tcp`], served by [`crate::dns64_tcp`]), where answers are not cut.
+//! An upstream answer with TC set keeps TC (the gateway does not ask upstream over TCP).
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use simple_dns::rdata::{RData, AAAA};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use simple_dns::rdata::{RData, AAAA, OPT};
 use simple_dns::{Packet, PacketFlag, ResourceRecord, CLASS, QCLASS, QTYPE, RCODE, TYPE};
 
 use crate::{embed, is_global_v4, WELL_KNOWN_PREFIX};
@@ -37,8 +45,38 @@ pub const DNS64_ADDR: [u8; 16] = [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0, 0
 pub const MAX_PENDING: usize = 64;
 /// An unanswered question is forgotten after this.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(5);
-/// A DNS message over UDP is at most this long (without EDNS, RFC 1035 §4.2.1).
+/// A DNS message over UDP is at most this long without EDNS (RFC 1035 §4.2.1).
 pub const MAX_MESSAGE: usize = 512;
+/// The EDNS(0) UDP payload size offered upstream and to guests, and the longest message
+/// accepted from either (RFC 6891 §6.2.5; 1232 keeps IPv6 and IPv4 packets unfragmented).
+pub const EDNS_SIZE: u16 = 1232;
+/// Upstream source ports are drawn from this range (the pool's; reserved while in use).
+pub const PORTS: (u16, u16) = (1024, 65535);
+
+/// Who asked: a guest over UDP (address, port) or a TCP connection of [`crate::dns64_tcp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Client {
+    Udp([u8; 16], u16),
+    Tcp(u32),
+}
+
+/// The upstream source ports: claimed for a question, released when it is answered or
+/// forgotten. The translator's table implements it (a claimed port is never handed to a flow).
+pub trait Ports {
+    /// False if the port is in use.
+    fn claim(&mut self, port: u16) -> bool;
+    fn release(&mut self, port: u16);
+}
+
+/// Ports claimed in a set (tests, fuzzing).
+impl Ports for BTreeSet<u16> {
+    fn claim(&mut self, port: u16) -> bool {
+        self.insert(port)
+    }
+    fn release(&mut self, port: u16) {
+        self.remove(&port);
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dns64Stats {
@@ -51,6 +89,8 @@ pub struct Dns64Stats {
     pub unmatched: u64,
     /// A questions answered empty (the guests have no IPv4).
     pub empty_a: u64,
+    /// Answers cut to fit the client's UDP size (TC set).
+    pub truncated: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +102,10 @@ enum Stage {
 }
 
 struct Pending {
-    client: ([u8; 16], u16),
+    client: Client,
     client_id: u16,
+    /// The client's EDNS UDP size (None: it sent no OPT).
+    edns: Option<u16>,
     /// The client's question, as it sent it (name and type), re-parsed when answering.
     query: Vec<u8>,
     stage: Stage,
@@ -73,29 +115,29 @@ struct Pending {
 /// What to send after a message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Out {
-    /// A DNS message for the upstream resolver.
-    Upstream(Vec<u8>),
-    /// A DNS message for the client (its address and port).
-    Client([u8; 16], u16, Vec<u8>),
+    /// A DNS message for the upstream resolver, from this UDP source port.
+    Upstream { port: u16, msg: Vec<u8> },
+    /// A DNS message for the client.
+    Client(Client, Vec<u8>),
     None,
 }
 
 pub struct Dns64 {
-    pending: BTreeMap<u16, Pending>,
-    next_id: u16,
+    /// Open questions by (upstream source port, transaction id).
+    pending: BTreeMap<(u16, u16), Pending>,
+    rng: ChaCha20Rng,
     stats: Dns64Stats,
 }
 
-impl Default for Dns64 {
-    fn default() -> Self {
-        Self::new(0x5eed)
-    }
-}
-
 impl Dns64 {
-    /// `seed`: the first upstream transaction id (the gateway passes entropy).
-    pub fn new(seed: u16) -> Dns64 {
-        Dns64 { pending: BTreeMap::new(), next_id: seed, stats: Dns64Stats::default() }
+    /// `seed`: 256 bits of entropy for the upstream ids and ports.
+    pub fn new(seed: [u8; 32]) -> Dns64 {
+        Dns64 { pending: BTreeMap::new(), rng: ChaCha20Rng::from_seed(seed), stats: Dns64Stats::default() }
+    }
+
+    /// Is a question open on this upstream source port (an answer to it is DNS64's)?
+    pub fn waiting_on(&self, port: u16) -> bool {
+        self.pending.range((port, 0)..=(port, u16::MAX)).next().is_some()
     }
 
     pub fn stats(&self) -> &Dns64Stats {
@@ -106,21 +148,25 @@ impl Dns64 {
         self.pending.len()
     }
 
-    fn fresh_id(&mut self) -> u16 {
-        // an odd step through all 65536 ids; never one in use
-        for _ in 0..=MAX_PENDING {
-            self.next_id = self.next_id.wrapping_mul(0x6c8d).wrapping_add(0x3a1b);
-            if !self.pending.contains_key(&self.next_id) {
-                return self.next_id;
+    /// A fresh upstream (port, id): random, the port claimed. None after a few tries (the
+    /// pool is nearly full).
+    fn fresh(&mut self, ports: &mut dyn Ports) -> Option<(u16, u16)> {
+        let span = u32::from(PORTS.1 - PORTS.0) + 1;
+        for _ in 0..16 {
+            let r = self.rng.next_u64();
+            let port = PORTS.0 + ((r & 0xffff_ffff) % u64::from(span)) as u16;
+            let id = (r >> 32) as u16;
+            if ports.claim(port) {
+                return Some((port, id));
             }
         }
-        self.next_id
+        None
     }
 
-    /// A query from a guest (`src`, `port`: its address and UDP port).
-    pub fn from_client(&mut self, now: Duration, src: [u8; 16], port: u16, msg: &[u8]) -> Out {
-        self.expire(now);
-        let Some((id, q)) = question_of(msg) else {
+    /// A query from a guest.
+    pub fn from_client(&mut self, now: Duration, client: Client, msg: &[u8], ports: &mut dyn Ports) -> Out {
+        self.expire(now, ports);
+        let Some((id, q, edns)) = question_of(msg) else {
             self.stats.malformed += 1;
             return Out::None;
         };
@@ -129,54 +175,74 @@ impl Dns64 {
             return Out::None;
         }
         self.stats.queries += 1;
+        let p = Pending { client, client_id: id, edns: edns.map(|e| e.0), query: msg.to_vec(), stage: Stage::Asked, at: now };
+        if edns.is_some_and(|e| e.1 != 0) {
+            // RFC 6891 §6.1.3: an EDNS version we do not speak
+            return reply(&p, &Packet::new_reply(0), Vec::new(), RCODE::BADVERS, false).map_or(Out::None, |m| Out::Client(client, m));
+        }
         if q.1 == QTYPE::TYPE(TYPE::A) {
             // the guests are IPv6-only: an A record would only make them try IPv4 and fail
             // (busybox prefers it), so an A question gets an empty answer
-            let p = Pending { client: (src, port), client_id: id, query: msg.to_vec(), stage: Stage::Asked, at: now };
-            let empty = Packet::new_reply(0);
             self.stats.empty_a += 1;
-            return reply(&p, &empty, Vec::new(), RCODE::NoError).map_or(Out::None, |m| Out::Client(src, port, m));
+            return self.answer(&p, &Packet::new_reply(0), Vec::new(), RCODE::NoError, false);
         }
-        let up = self.fresh_id();
+        let Some((port, up)) = self.fresh(ports) else {
+            self.stats.full += 1;
+            return Out::None;
+        };
         let Some(m) = query(up, &q.0, q.1) else {
+            ports.release(port);
             self.stats.malformed += 1;
             return Out::None;
         };
-        self.pending.insert(up, Pending { client: (src, port), client_id: id, query: msg.to_vec(), stage: Stage::Asked, at: now });
-        Out::Upstream(m)
+        self.pending.insert((port, up), p);
+        Out::Upstream { port, msg: m }
     }
 
-    /// An answer from the upstream resolver.
-    pub fn from_upstream(&mut self, now: Duration, msg: &[u8]) -> Out {
-        self.expire(now);
-        let Ok(ans) = Packet::parse(msg) else {
-            self.stats.malformed += 1;
-            return Out::None;
+    /// An answer from the upstream resolver to our source `port`.
+    pub fn from_upstream(&mut self, now: Duration, port: u16, msg: &[u8], ports: &mut dyn Ports) -> Out {
+        self.expire(now, ports);
+        let ans = match Packet::parse(msg) {
+            Ok(a) if msg.len() <= usize::from(EDNS_SIZE) => a,
+            _ => {
+                self.stats.malformed += 1;
+                return Out::None;
+            }
         };
-        let Some(p) = self.pending.remove(&ans.id()) else {
+        let key = (port, ans.id());
+        let Some(p) = self.pending.get(&key) else {
             self.stats.unmatched += 1;
             return Out::None;
         };
-        // the answer must be about the question we asked
-        let Some((_, (name, qtype))) = question_of(&p.query) else { return Out::None };
+        // the answer must be about the question we asked; a forgery that is not leaves it open
+        let Some((_, (name, qtype), _)) = question_of(&p.query) else { return Out::None };
         let asked = if p.stage == Stage::AskedA { QTYPE::TYPE(TYPE::A) } else { qtype };
-        let same = ans.questions.len() == 1 && ans.questions[0].qtype == asked && eq_name(&ans.questions[0].qname.to_string(), &name);
+        let same = ans.questions.len() == 1
+            && ans.questions[0].qtype == asked
+            && ans.questions[0].qclass == QCLASS::CLASS(CLASS::IN)
+            && eq_name(&ans.questions[0].qname.to_string(), &name);
         if !same || !ans.has_flags(PacketFlag::RESPONSE) {
             self.stats.unmatched += 1;
             return Out::None;
         }
+        let p = self.pending.remove(&key).expect("looked up above");
+        ports.release(port);
+        let tc = ans.has_flags(PacketFlag::TRUNCATION);
         let aaaa = qtype == QTYPE::TYPE(TYPE::AAAA);
         match p.stage {
-            Stage::Asked if aaaa && ans.rcode() == RCODE::NoError && !ans.answers.iter().any(|r| matches!(r.rdata, RData::AAAA(_))) => {
-                // no AAAA: ask for A (RFC 6147 §5.1.1)
-                let up = self.fresh_id();
-                let Some(m) = query(up, &name, QTYPE::TYPE(TYPE::A)) else { return Out::None };
-                self.pending.insert(up, Pending { stage: Stage::AskedA, at: now, ..p });
-                Out::Upstream(m)
+            Stage::Asked if aaaa && !tc && ans.rcode() == RCODE::NoError && !ans.answers.iter().any(|r| matches!(r.rdata, RData::AAAA(_))) => {
+                // no AAAA: ask for A (RFC 6147 §5.1.1), from a fresh port and id
+                let Some((port, up)) = self.fresh(ports) else { return Out::None };
+                let Some(m) = query(up, &name, QTYPE::TYPE(TYPE::A)) else {
+                    ports.release(port);
+                    return Out::None;
+                };
+                self.pending.insert((port, up), Pending { stage: Stage::AskedA, at: now, ..p });
+                Out::Upstream { port, msg: m }
             }
             Stage::Asked => {
                 self.stats.passed += 1;
-                reply(&p, &ans, ans.answers.clone(), ans.rcode()).map_or(Out::None, |m| Out::Client(p.client.0, p.client.1, m))
+                self.answer(&p, &ans, ans.answers.clone(), ans.rcode(), tc)
             }
             Stage::AskedA => {
                 let mut answers = Vec::new();
@@ -195,33 +261,60 @@ impl Dns64 {
                 if answers.iter().any(|r| matches!(r.rdata, RData::AAAA(_))) {
                     self.stats.synthesized += 1;
                 }
-                reply(&p, &ans, answers, rcode).map_or(Out::None, |m| Out::Client(p.client.0, p.client.1, m))
+                self.answer(&p, &ans, answers, rcode, tc)
             }
         }
     }
 
-    /// Forget questions the upstream never answered.
-    pub fn expire(&mut self, now: Duration) {
-        let before = self.pending.len();
-        self.pending.retain(|_, p| now.saturating_sub(p.at) < PENDING_TIMEOUT);
-        self.stats.timed_out += (before - self.pending.len()) as u64;
+    fn answer(&mut self, p: &Pending, up: &Packet, answers: Vec<ResourceRecord>, rcode: RCODE, tc: bool) -> Out {
+        let Some(m) = reply(p, up, answers, rcode, tc) else { return Out::None };
+        if Packet::parse(&m).is_ok_and(|r| r.has_flags(PacketFlag::TRUNCATION)) && !tc {
+            self.stats.truncated += 1;
+        }
+        Out::Client(p.client, m)
+    }
+
+    /// Forget questions the upstream never answered (their ports go back).
+    pub fn expire(&mut self, now: Duration, ports: &mut dyn Ports) {
+        let dead: Vec<(u16, u16)> = self.pending.iter().filter(|(_, p)| now.saturating_sub(p.at) >= PENDING_TIMEOUT).map(|(k, _)| *k).collect();
+        for k in dead {
+            self.pending.remove(&k);
+            ports.release(k.0);
+            self.stats.timed_out += 1;
+        }
+    }
+
+    /// Forget the questions of a TCP connection that closed (their answers have nowhere to go).
+    pub fn forget(&mut self, client: Client, ports: &mut dyn Ports) {
+        let dead: Vec<(u16, u16)> = self.pending.iter().filter(|(_, p)| p.client == client).map(|(k, _)| *k).collect();
+        for k in dead {
+            self.pending.remove(&k);
+            ports.release(k.0);
+        }
     }
 }
 
-/// The id and the single IN question (name as text, type) of a query.
-fn question_of(msg: &[u8]) -> Option<(u16, (alloc::string::String, QTYPE))> {
-    if msg.len() > MAX_MESSAGE {
+/// The id, the single IN question (name as text, type) and the EDNS (UDP size clamped to
+/// 512..=[`EDNS_SIZE`], version) of a query.
+#[allow(clippy::type_complexity)]
+fn question_of(msg: &[u8]) -> Option<(u16, (alloc::string::String, QTYPE), Option<(u16, u8)>)> {
+    if msg.len() > usize::from(EDNS_SIZE) {
         return None;
     }
     let p = Packet::parse(msg).ok()?;
-    if p.questions.len() != 1 {
+    if p.questions.len() != 1 || p.has_flags(PacketFlag::RESPONSE) {
         return None;
     }
     let q = &p.questions[0];
     if !matches!(q.qclass, QCLASS::CLASS(CLASS::IN)) {
         return None;
     }
-    Some((p.id(), (q.qname.to_string(), q.qtype)))
+    let edns = p.opt().map(|o| (o.udp_packet_size.clamp(MAX_MESSAGE as u16, EDNS_SIZE), o.version));
+    Some((p.id(), (q.qname.to_string(), q.qtype), edns))
+}
+
+fn our_opt() -> OPT<'static> {
+    OPT { opt_codes: Vec::new(), udp_packet_size: EDNS_SIZE, version: 0 }
 }
 
 fn eq_name(a: &str, b: &str) -> bool {
@@ -231,17 +324,25 @@ fn eq_name(a: &str, b: &str) -> bool {
 fn query(id: u16, name: &str, qtype: QTYPE) -> Option<Vec<u8>> {
     let mut q = Packet::new_query(id);
     q.set_flags(PacketFlag::RECURSION_DESIRED);
+    *q.opt_mut() = Some(our_opt());
     q.questions.push(simple_dns::Question::new(simple_dns::Name::new(name).ok()?, qtype, QCLASS::CLASS(CLASS::IN), false));
     q.build_bytes_vec_compressed().ok()
 }
 
-/// The answer for the client: its id and question, the given records and code.
-fn reply(p: &Pending, up: &Packet, answers: Vec<ResourceRecord>, rcode: RCODE) -> Option<Vec<u8>> {
+/// The answer for the client: its id and question, the given records and code, our OPT if it
+/// sent one; cut to the question with TC when longer than its UDP size.
+fn reply(p: &Pending, up: &Packet, answers: Vec<ResourceRecord>, rcode: RCODE, tc: bool) -> Option<Vec<u8>> {
     let q = Packet::parse(&p.query).ok()?;
     let mut r = Packet::new_reply(p.client_id);
     r.set_flags(PacketFlag::RECURSION_AVAILABLE);
     if q.has_flags(PacketFlag::RECURSION_DESIRED) {
         r.set_flags(PacketFlag::RECURSION_DESIRED);
+    }
+    if tc {
+        r.set_flags(PacketFlag::TRUNCATION);
+    }
+    if p.edns.is_some() {
+        *r.opt_mut() = Some(our_opt());
     }
     *r.rcode_mut() = rcode;
     r.questions = q.questions.clone();
@@ -250,12 +351,17 @@ fn reply(p: &Pending, up: &Packet, answers: Vec<ResourceRecord>, rcode: RCODE) -
         r.name_servers = up.name_servers.clone(); // the SOA of a negative answer
     }
     let m = r.build_bytes_vec_compressed().ok()?;
-    // too long for UDP without EDNS: truncated, the client may retry over TCP (not served)
-    if m.len() > MAX_MESSAGE {
-        let mut t = Packet::new_reply(p.client_id);
-        t.set_flags(PacketFlag::TRUNCATION | PacketFlag::RECURSION_AVAILABLE);
-        t.questions = q.questions.clone();
-        return t.build_bytes_vec().ok();
+    let limit = match p.client {
+        Client::Tcp(_) => usize::from(u16::MAX),
+        Client::Udp(..) => usize::from(p.edns.unwrap_or(MAX_MESSAGE as u16)),
+    };
+    if m.len() > limit {
+        // too long for the client's UDP: the question alone with TC, it asks again over TCP
+        r.answers.clear();
+        r.name_servers.clear();
+        r.additional_records.clear();
+        r.set_flags(PacketFlag::TRUNCATION);
+        return r.build_bytes_vec().ok();
     }
     Some(m)
 }

@@ -8,15 +8,15 @@ use core::time::Duration;
 
 use etherparse::{IpNumber, Ipv4Header, Ipv6Header, UdpHeader};
 
-use crate::dns64::{Dns64, Out, DNS64_ADDR};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::dns64::{Client, Dns64, Out, DNS64_ADDR};
+use crate::dns64_tcp::DnsTcp;
 use crate::translate::{concat, udp_parts, v4_header, v6_header};
 use crate::uplink::{parse_addr, parse_cidr, Input, Uplink, UplinkConfig};
 use crate::toobig::{df_and_id, frag_needed, fragment, packet_too_big, RateLimit};
 use crate::{embed, is_global_v4, Config, Nat64};
-
-/// The gateway's own UDP port for its questions to the upstream resolver: below the pool's
-/// ports (1024..), so no translated flow can hold it.
-pub const DNS_PORT: u16 = 1000;
 
 /// The largest IPv6 packet the gateway hands to the fabric (the fabric's MTU): a larger
 /// translation is fragmented or answered with fragmentation-needed ([`crate::toobig`]).
@@ -132,6 +132,8 @@ pub struct Gateway {
     pub stats: GatewayStats,
     /// DNS64 and its upstream resolver (`nat64.dns`).
     pub dns: Option<(Dns64, [u8; 4])>,
+    /// DNS64 over TCP (with `dns`).
+    pub dns_tcp: Option<DnsTcp>,
     pool: [u8; 4],
     mtu: usize,
     icmp_limit: RateLimit,
@@ -139,32 +141,39 @@ pub struct Gateway {
 
 impl Gateway {
     /// None: the router is not on the uplink's subnet.
-    /// `seed`: entropy for the DNS64 transaction ids.
-    pub fn new(cfg: &GatewayConfig, mac: [u8; 6], seed: u16) -> Option<Gateway> {
+    /// `seed`: 256 bits of entropy (DNS64's upstream ids and ports, its TCP's sequence numbers).
+    pub fn new(cfg: &GatewayConfig, mac: [u8; 6], seed: [u8; 32]) -> Option<Gateway> {
         let uplink = Uplink::new(UplinkConfig { mac, addr: cfg.addr, prefix_len: cfg.prefix_len, gateway: cfg.router })?;
-        let dns = cfg.dns.map(|u| (Dns64::new(seed), u));
-        Some(Gateway { nat: Nat64::new(cfg.nat_config()), uplink, stats: GatewayStats::default(), dns, pool: cfg.addr, mtu: cfg.mtu, icmp_limit: RateLimit::default() })
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut dns_seed = [0u8; 32];
+        rng.fill_bytes(&mut dns_seed);
+        let dns = cfg.dns.map(|u| (Dns64::new(dns_seed), u));
+        let dns_tcp = cfg.dns.map(|_| DnsTcp::new(Duration::ZERO, rng.next_u64()));
+        Some(Gateway {
+            nat: Nat64::new(cfg.nat_config()), uplink, stats: GatewayStats::default(), dns, dns_tcp, pool: cfg.addr, mtu: cfg.mtu,
+            icmp_limit: RateLimit::default(),
+        })
     }
 
     /// An IPv6 packet from the fabric, to the prefix: translated and queued on the uplink
-    /// (frames in [`Uplink::take_frame`]), or a question for DNS64 at `64:ff9b::35` (asked
-    /// upstream, or answered at once: the answer for the fabric is returned); dropped (counted)
-    /// otherwise.
-    pub fn from_fabric(&mut self, now: Duration, packet: &[u8]) -> Option<Vec<u8>> {
+    /// (frames in [`Uplink::take_frame`]), or for DNS64 at `64:ff9b::35` (UDP or TCP port 53);
+    /// the packets for the fabric it causes at once are returned (DNS64's own answers, TCP,
+    /// packet too big).
+    pub fn from_fabric(&mut self, now: Duration, packet: &[u8]) -> Vec<Vec<u8>> {
         if packet.get(24..40) == Some(&DNS64_ADDR[..]) {
             return self.dns_question(now, packet);
         }
-        let v4 = self.nat.outbound(now, packet).ok()?;
+        let Ok(v4) = self.nat.outbound(now, packet) else { return Vec::new() };
         if v4.len() <= self.mtu {
             self.uplink.send(now, v4);
-            return None;
+            return Vec::new();
         }
         // too big for the uplink: we never fragment (DF is always set), the sender learns the MTU
         self.stats.out_too_big += 1;
         if !self.may_send_icmp(now) {
-            return None;
+            return Vec::new();
         }
-        packet_too_big(embed(&self.nat.config().prefix, self.pool), packet, self.mtu as u32 + 20)
+        packet_too_big(embed(&self.nat.config().prefix, self.pool), packet, self.mtu as u32 + 20).into_iter().collect()
     }
 
     fn may_send_icmp(&mut self, now: Duration) -> bool {
@@ -177,60 +186,97 @@ impl Gateway {
         ok
     }
 
-    /// A question to DNS64 (UDP port 53, checksum verified).
-    fn dns_question(&mut self, now: Duration, packet: &[u8]) -> Option<Vec<u8>> {
-        let pool = self.pool;
-        let (dns, upstream) = self.dns.as_mut()?;
-        let (ip6, rest) = Ipv6Header::from_slice(packet).ok()?;
-        let payload = rest.get(..usize::from(ip6.payload_length))?;
-        if ip6.next_header != IpNumber::UDP {
-            return None;
-        }
-        let (udp, data) = udp_parts(payload).ok()?;
-        if udp.destination_port != 53 || udp.calc_checksum_ipv6(&ip6, data).ok() != Some(udp.checksum) {
-            return None;
-        }
-        match dns.from_client(now, ip6.source, udp.source_port, data) {
-            Out::Upstream(m) => {
-                let upstream = *upstream;
-                if let Some(p) = udp4(pool, DNS_PORT, upstream, 53, &m) {
-                    self.uplink.send(now, p);
+    /// A packet to DNS64: a UDP question (checksum verified), or TCP for its listener.
+    fn dns_question(&mut self, now: Duration, packet: &[u8]) -> Vec<Vec<u8>> {
+        let Some((dns, _)) = self.dns.as_mut() else { return Vec::new() };
+        let Ok((ip6, rest)) = Ipv6Header::from_slice(packet) else { return Vec::new() };
+        let Some(payload) = rest.get(..usize::from(ip6.payload_length)) else { return Vec::new() };
+        match ip6.next_header {
+            IpNumber::TCP => {
+                if let Some(t) = self.dns_tcp.as_mut() {
+                    t.input(packet);
                 }
-                None
+                self.dns_tcp_run(now)
             }
-            Out::Client(addr, port, m) => udp6(DNS64_ADDR, 53, addr, port, &m),
-            Out::None => None,
+            IpNumber::UDP => {
+                let Ok((udp, data)) = udp_parts(payload) else { return Vec::new() };
+                if udp.destination_port != 53 || udp.calc_checksum_ipv6(&ip6, data).ok() != Some(udp.checksum) {
+                    return Vec::new();
+                }
+                let out = dns.from_client(now, Client::Udp(ip6.source, udp.source_port), data, &mut self.nat);
+                self.dns_out(now, out)
+            }
+            _ => Vec::new(),
         }
     }
 
-    /// An answer from the upstream resolver to [`DNS_PORT`]: the reply for the guest (or the
-    /// next question upstream).
-    fn dns_answer(&mut self, now: Duration, p: &[u8]) -> Option<Option<Vec<u8>>> {
-        let pool = self.pool;
+    /// Carry out what DNS64 said: a question upstream, or an answer for a guest.
+    fn dns_out(&mut self, now: Duration, out: Out) -> Vec<Vec<u8>> {
+        match out {
+            Out::Upstream { port, msg } => {
+                if let (Some((_, upstream)), pool) = (self.dns.as_ref(), self.pool) {
+                    if let Some(p) = udp4(pool, port, *upstream, 53, &msg) {
+                        self.uplink.send(now, p);
+                    }
+                }
+                Vec::new()
+            }
+            Out::Client(Client::Udp(addr, port), m) => udp6(DNS64_ADDR, 53, addr, port, &m).into_iter().collect(),
+            Out::Client(Client::Tcp(conn), m) => {
+                if let Some(t) = self.dns_tcp.as_mut() {
+                    t.answer(conn, &m);
+                }
+                self.dns_tcp_run(now)
+            }
+            Out::None => Vec::new(),
+        }
+    }
+
+    /// Run DNS64's TCP: questions read from connections go to DNS64, answers back; the
+    /// packets for the fabric.
+    fn dns_tcp_run(&mut self, now: Duration) -> Vec<Vec<u8>> {
+        let (Some(tcp), Some((dns, upstream))) = (self.dns_tcp.as_mut(), self.dns.as_mut()) else { return Vec::new() };
+        for _ in 0..4 {
+            let polled = tcp.poll(now);
+            for c in polled.closed {
+                dns.forget(Client::Tcp(c), &mut self.nat);
+            }
+            if polled.messages.is_empty() {
+                break;
+            }
+            for (c, m) in polled.messages {
+                match dns.from_client(now, Client::Tcp(c), &m, &mut self.nat) {
+                    Out::Upstream { port, msg } => {
+                        if let Some(p) = udp4(self.pool, port, *upstream, 53, &msg) {
+                            self.uplink.send(now, p);
+                        }
+                    }
+                    Out::Client(_, a) => tcp.answer(c, &a),
+                    Out::None => tcp.unanswered(c),
+                }
+            }
+        }
+        tcp.take_packets()
+    }
+
+    /// An answer from the upstream resolver to a port DNS64 asked from: the packets for the
+    /// guest (or the next question upstream). None: not DNS64's.
+    fn dns_answer(&mut self, now: Duration, p: &[u8]) -> Option<Vec<Vec<u8>>> {
         let (dns, upstream) = self.dns.as_mut()?;
         let (ip4, rest) = Ipv4Header::from_slice(p).ok()?;
-        if ip4.protocol != IpNumber::UDP || ip4.source != *upstream || ip4.destination != pool || ip4.is_fragmenting_payload() {
+        if ip4.protocol != IpNumber::UDP || ip4.source != *upstream || ip4.destination != self.pool || ip4.is_fragmenting_payload() {
             return None;
         }
         let payload = rest.get(..usize::from(ip4.total_len).checked_sub(ip4.header_len())?)?;
         let (udp, data) = udp_parts(payload).ok()?;
-        if udp.source_port != 53 || udp.destination_port != DNS_PORT {
+        if udp.source_port != 53 || !dns.waiting_on(udp.destination_port) {
             return None;
         }
         if udp.checksum != 0 && udp.calc_checksum_ipv4(&ip4, data).ok() != Some(udp.checksum) {
-            return Some(None);
+            return Some(Vec::new());
         }
-        let upstream = *upstream;
-        Some(match dns.from_upstream(now, data) {
-            Out::Client(addr, port, m) => udp6(DNS64_ADDR, 53, addr, port, &m),
-            Out::Upstream(m) => {
-                if let Some(q) = udp4(pool, DNS_PORT, upstream, 53, &m) {
-                    self.uplink.send(now, q);
-                }
-                None
-            }
-            Out::None => None,
-        })
+        let out = dns.from_upstream(now, udp.destination_port, data, &mut self.nat);
+        Some(self.dns_out(now, out))
     }
 
     /// A frame from the uplink: the IPv6 packets for the fabric (one, or its fragments), if it
@@ -238,7 +284,7 @@ impl Gateway {
     pub fn from_uplink(&mut self, now: Duration, frame: &[u8]) -> Vec<Vec<u8>> {
         let Input::Ipv4(p) = self.uplink.input(now, frame) else { return Vec::new() };
         if let Some(answer) = self.dns_answer(now, &p) {
-            return answer.into_iter().collect();
+            return answer;
         }
         let Ok(v6) = self.nat.inbound(now, &p) else { return Vec::new() };
         if v6.len() <= FABRIC_MTU {
@@ -258,13 +304,15 @@ impl Gateway {
         Vec::new()
     }
 
-    /// Timeouts: sessions (RFC 6146) and the ARP cache. Every second or so.
-    pub fn tick(&mut self, now: Duration) {
+    /// Timeouts: sessions (RFC 6146), the ARP cache, DNS64's questions and TCP (whose
+    /// retransmissions and closes are returned, for the fabric). Every second or so.
+    pub fn tick(&mut self, now: Duration) -> Vec<Vec<u8>> {
         self.nat.expire(now);
         self.uplink.tick(now);
         if let Some((d, _)) = self.dns.as_mut() {
-            d.expire(now);
+            d.expire(now, &mut self.nat);
         }
+        self.dns_tcp_run(now)
     }
 }
 

@@ -30,6 +30,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod dns64;
+pub mod dns64_tcp;
 pub mod gateway;
 pub mod table;
 pub mod toobig;
@@ -165,12 +166,27 @@ impl Nat64 {
         &self.stats
     }
 
+    /// UDP ports of the pool the gateway holds for itself (DNS64).
+    pub fn reserved_udp(&self) -> usize {
+        self.table.reserved_udp()
+    }
+
     fn count(&mut self, r: &Result<Vec<u8>, Drop>, out: bool) {
         match r {
             Ok(_) if out => self.stats.out_translated += 1,
             Ok(_) => self.stats.in_translated += 1,
             Err(d) => *self.stats.dropped.entry(*d).or_default() += 1,
         }
+    }
+}
+
+/// DNS64's upstream ports come from the pool and are kept from flows while in use.
+impl dns64::Ports for Nat64 {
+    fn claim(&mut self, port: u16) -> bool {
+        (self.cfg.ports.0..=self.cfg.ports.1).contains(&port) && self.table.reserve_udp(port)
+    }
+    fn release(&mut self, port: u16) {
+        self.table.release_udp(port);
     }
 }
 
@@ -236,7 +252,7 @@ pub mod fuzzing {
     pub fn gateway(data: &[u8]) {
         use crate::gateway::{Gateway, GatewayConfig, FABRIC_MTU};
         let cfg = GatewayConfig::parse("nat64.uplink=203.0.113.1/24 nat64.router=203.0.113.254 nat64.dns=198.51.100.53 nat64.mtu=1300 nat64.max_sessions=64").expect("valid");
-        let Some(mut g) = Gateway::new(&cfg, [2, 0, 0, 0, 0, 1], 1) else { return };
+        let Some(mut g) = Gateway::new(&cfg, [2, 0, 0, 0, 0, 1], [1; 32]) else { return };
         let mut now = Duration::ZERO;
         let mut rest = data;
         while rest.len() >= 3 {
@@ -260,7 +276,9 @@ pub mod fuzzing {
     /// The DNS64 target: records [dir, len, bytes...] (dir bit 0: from a guest or from the
     /// upstream resolver), with time passing; the state stays within its bound.
     pub fn dns64(data: &[u8]) {
-        let mut d = crate::dns64::Dns64::new(1);
+        let mut d = crate::dns64::Dns64::new([1; 32]);
+        let mut ports = alloc::collections::BTreeSet::new();
+        let mut last_port = 0u16;
         let mut now = Duration::ZERO;
         let mut rest = data;
         while rest.len() >= 3 {
@@ -269,12 +287,19 @@ pub mod fuzzing {
             let msg = &rest[3..3 + len];
             rest = &rest[3 + len..];
             now += Duration::from_millis(u64::from(dir >> 1) * 100);
-            let out = if dir & 1 == 0 { d.from_client(now, [0xfd; 16], 5353, msg) } else { d.from_upstream(now, msg) };
+            let client = if dir & 4 == 0 { crate::dns64::Client::Udp([0xfd; 16], 5353) } else { crate::dns64::Client::Tcp(u32::from(dir)) };
+            let out = if dir & 1 == 0 { d.from_client(now, client, msg, &mut ports) } else { d.from_upstream(now, last_port, msg, &mut ports) };
             // what goes upstream parses again and is answered by itself (not a response: dropped)
-            if let crate::dns64::Out::Upstream(m) = out {
-                let _ = d.from_upstream(now, &m);
+            if let crate::dns64::Out::Upstream { port, msg } = &out {
+                let (port, msg) = (*port, msg.clone());
+                last_port = port;
+                let _ = d.from_upstream(now, port, &msg, &mut ports);
+            }
+            if let crate::dns64::Out::Client(_, m) = &out {
+                assert!(m.len() <= usize::from(u16::MAX));
             }
             assert!(d.pending() <= crate::dns64::MAX_PENDING);
+            assert_eq!(ports.len(), d.pending(), "every open question holds one port, no more");
         }
     }
 }

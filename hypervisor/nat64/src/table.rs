@@ -61,6 +61,8 @@ pub struct Table {
     /// Sessions per binding (a binding goes when its last session does).
     refs: BTreeMap<(Proto, u16), u32>,
     next_port: u16,
+    /// UDP ports the gateway itself uses (DNS64's upstream questions): never handed out.
+    reserved: alloc::collections::BTreeSet<u16>,
 }
 
 /// The far (IPv4) end of a packet and its protocol: what a session is about.
@@ -157,6 +159,20 @@ impl Table {
         Ok(b)
     }
 
+    /// Hold a UDP port of the pool for the gateway's own use; false if a flow or the gateway
+    /// holds it already.
+    pub fn reserve_udp(&mut self, port: u16) -> bool {
+        !self.by_v4.contains_key(&(Proto::Udp, port)) && self.reserved.insert(port)
+    }
+
+    pub fn release_udp(&mut self, port: u16) {
+        self.reserved.remove(&port);
+    }
+
+    pub fn reserved_udp(&self) -> usize {
+        self.reserved.len()
+    }
+
     /// Drop what timed out; returns how many sessions went.
     pub fn expire(&mut self, now: Duration) -> usize {
         let dead: alloc::vec::Vec<SessionKey> = self.sessions.iter().filter(|(_, s)| s.expires <= now).map(|(k, _)| *k).collect();
@@ -189,7 +205,7 @@ impl Table {
         let span = u32::from(hi - lo) + 1;
         for i in 0..span {
             let p = lo + ((u32::from(self.next_port) + i) % span) as u16;
-            if !self.by_v4.contains_key(&(proto, p)) {
+            if !self.by_v4.contains_key(&(proto, p)) && !(proto == Proto::Udp && self.reserved.contains(&p)) {
                 self.next_port = (((u32::from(p - lo)) + 1) % span) as u16;
                 return Some(p);
             }

@@ -186,16 +186,16 @@ fn configuration_words() {
     assert_eq!(parse_cidr("203.0.113.9/32"), Some(([203, 0, 113, 9], 32)));
     // the router must be on the uplink's subnet
     let c = GatewayConfig::parse("nat64.uplink=198.51.100.2/24 nat64.router=203.0.113.1").unwrap();
-    assert!(Gateway::new(&c, MAC, 1).is_none());
+    assert!(Gateway::new(&c, MAC, [1; 32]).is_none());
 }
 
 #[test]
 fn gateway_translates_between_the_fabric_and_the_uplink() {
     let c = GatewayConfig::parse("nat64.uplink=198.51.100.2/24 nat64.router=198.51.100.1 nat64.udp_timeout=5").unwrap();
-    let mut g = Gateway::new(&c, MAC, 1).unwrap();
+    let mut g = Gateway::new(&c, MAC, [1; 32]).unwrap();
     let host: [u8; 16] = "fdaa::100:0:1:1".parse::<std::net::Ipv6Addr>().unwrap().octets();
     let mapped = embed(&WELL_KNOWN_PREFIX, REMOTE);
-    assert!(g.from_fabric(t(0), &v6_udp(host, mapped, 40000, 7, b"ping")).is_none());
+    assert!(g.from_fabric(t(0), &v6_udp(host, mapped, 40000, 7, b"ping")).is_empty());
     let _arp = g.uplink.take_frame().unwrap();
     let reply = arp_packet(2, ROUTER_MAC, ROUTER, MAC, ADDR);
     assert!(g.from_uplink(t(1), &eth(MAC, ROUTER_MAC, 0x0806, &reply)).is_empty());

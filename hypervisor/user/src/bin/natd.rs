@@ -135,9 +135,13 @@ fn run(_arg: u64) -> u64 {
     regs.set_queue_vector(0, NO_VECTOR);
     regs.set_queue_vector(1, NO_VECTOR);
     let mac = net.mac_address();
-    // DNS64's first transaction id: the clock's low bits (ids are unpredictable enough to an
-    // off-path sender only together with the upstream's reply arriving first; see docs)
-    let Some(mut gw) = Gateway::new(&cfg, mac, (now_ns() ^ (now_ns() >> 17)) as u16) else {
+    // 256 bits from the node's entropy (netd's LABEL_SEED, fresh output of a key drawn from
+    // hardware entropy at boot): DNS64's upstream ids and ports, its TCP's sequence numbers
+    let Some(seed) = entropy() else {
+        log("natd: netd gave no entropy (LABEL_SEED): not started");
+        return 8;
+    };
+    let Some(mut gw) = Gateway::new(&cfg, mac, seed) else {
         logf!("natd: the router {} is not on the uplink's subnet {}/{}", ip(cfg.router), ip(cfg.addr), cfg.prefix_len);
         return 7;
     };
@@ -145,7 +149,7 @@ fn run(_arg: u64) -> u64 {
         ip(cfg.addr), cfg.prefix_len, mac, ip(cfg.router), ip(cfg.addr), cfg.max_sessions, cfg.udp_timeout.as_secs(),
         cfg.tcp_established_timeout.as_secs(), cfg.tcp_transitory_timeout.as_secs(), cfg.icmp_timeout.as_secs());
     if let Some(d) = cfg.dns {
-        logf!("natd: DNS64 at 64:ff9b::35 (UDP 53), asking the resolver {} (RFC 6147: AAAA synthesized in 64:ff9b::/96)", ip(d));
+        logf!("natd: DNS64 at 64:ff9b::35 (UDP and TCP 53, EDNS 1232), asking the resolver {} (RFC 6147: AAAA synthesized in 64:ff9b::/96)", ip(d));
     }
     let mut dns_logged = 0u64;
     let cap = (XFER_PAGES * 4096) as usize;
@@ -184,7 +188,7 @@ fn run(_arg: u64) -> u64 {
                 xfer.read(0, &mut inb[..n]);
                 let now = Duration::from_nanos(now_ns());
                 for p in records(&inb[..n]).flatten() {
-                    if let Some(r) = gw.from_fabric(now, p) {
+                    for r in gw.from_fabric(now, p) {
                         if replies.len() < 64 {
                             replies.push(r);
                         }
@@ -203,13 +207,17 @@ fn run(_arg: u64) -> u64 {
         }
         if now_ns() >= next_tick {
             next_tick = now_ns() + TICK_NS;
-            gw.tick(Duration::from_nanos(now_ns()));
+            for r in gw.tick(Duration::from_nanos(now_ns())) {
+                if replies.len() < 64 {
+                    replies.push(r);
+                }
+            }
             if let Some((d, _)) = gw.dns.as_ref() {
                 let s = d.stats();
                 if s.queries != dns_logged {
                     dns_logged = s.queries;
-                    logf!("natd: dns64: queries {}, synthesized {}, passed {}, empty A {}, malformed {}, unmatched {}, timed out {}",
-                        s.queries, s.synthesized, s.passed, s.empty_a, s.malformed, s.unmatched, s.timed_out);
+                    logf!("natd: dns64: queries {}, synthesized {}, passed {}, empty A {}, malformed {}, unmatched {}, timed out {}, truncated {}; tcp connections {}",
+                        s.queries, s.synthesized, s.passed, s.empty_a, s.malformed, s.unmatched, s.timed_out, s.truncated, gw.dns_tcp.as_ref().map_or(0, |t| t.connections()));
                 }
             }
             let cur = (gw.nat.sessions(), gw.nat.bindings());
@@ -222,6 +230,25 @@ fn run(_arg: u64) -> u64 {
             }
         }
     }
+}
+
+/// 32 bytes of entropy: four of netd's LABEL_SEED answers (each 64 fresh bits).
+fn entropy() -> Option<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    for chunk in seed.chunks_mut(8) {
+        let mut got = None;
+        for _ in 0..50 {
+            match call(NETD, catenary_ipc::netd::LABEL_SEED, [0; 4]) {
+                Ok(m) if m.label == 0 => {
+                    got = Some(m.words[0]);
+                    break;
+                }
+                _ => sleep_ns(100_000_000),
+            }
+        }
+        chunk.copy_from_slice(&got?.to_le_bytes());
+    }
+    Some(seed)
 }
 
 /// Frames the gateway queued (translated packets, ARP) to the device.
