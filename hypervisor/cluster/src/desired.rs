@@ -111,6 +111,10 @@ impl Default for Limits {
 pub struct DesiredState {
     pub workloads: BTreeMap<String, WorkloadSpec>,
     pub nodes: BTreeSet<NodeKey>,
+    /// Every key ever admitted, in the order it was first admitted (a removed key keeps its
+    /// place): the same on every node, so it numbers the members admitted at run time
+    /// ([`crate::orch`]) identically everywhere.
+    pub node_order: Vec<NodeKey>,
     pub drained: BTreeSet<NodeKey>,
     pub operators: BTreeMap<NodeKey, Role>,
     /// Which node runs each replica (workload name, replica index).
@@ -143,8 +147,12 @@ impl DesiredState {
                 if self.operators.contains_key(key) {
                     return Err(Refused::KeyInUse);
                 }
-                if !self.nodes.contains(key) && self.nodes.len() >= limits.nodes {
+                let known = self.node_order.contains(key);
+                if (!self.nodes.contains(key) && self.nodes.len() >= limits.nodes) || (!known && self.node_order.len() >= limits.nodes) {
                     return Err(Refused::TooMany);
+                }
+                if !known {
+                    self.node_order.push(*key);
                 }
                 self.nodes.insert(*key);
             }
@@ -212,6 +220,8 @@ impl DesiredState {
         let replicas = (l.workloads as u64).saturating_mul(u64::from(l.replicas));
         self.workloads.len() <= l.workloads
             && self.nodes.len() <= l.nodes
+            && self.node_order.len() <= l.nodes
+            && self.nodes.iter().all(|k| self.node_order.contains(k))
             && self.operators.len() <= l.operators
             && self.drained.len() <= l.nodes
             && self.assignments.len() as u64 <= replicas

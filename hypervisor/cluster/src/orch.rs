@@ -32,7 +32,7 @@ use raftbare::{CommitStatus, LogIndex, LogPosition, Message, Term};
 use crate::desired::{Command, DesiredState, WorkloadSpec};
 use crate::identity::NodeKey;
 use crate::placement::NodeCapacity;
-use crate::raft_codec::{command_fits, decode, encode, encode_within, Wire, DATAGRAM_MAX};
+use crate::raft_codec::{command_fits, decode, encode, encode_within, Wire, DATAGRAM_MAX, EXTRA_MAX};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
 use crate::replica::{ProposeError, Replica, ReplicaConfig, ReplicaId};
 
@@ -114,6 +114,9 @@ impl Default for OrchConfig {
 }
 
 enum Phase {
+    /// Not in the cluster file: asking the listed members which member it is
+    /// ([`Wire::WhoAmI`]); a node the cluster never admitted stays here.
+    Unplaced,
     /// Listening for a cluster. `existed`: a vote request of a cluster with history addressed
     /// this member (so it must not take generation 0, and waits for a leader).
     Discover { since: Duration, existed: bool },
@@ -162,7 +165,13 @@ pub struct Counters {
 
 pub struct Orch {
     me: usize,
+    /// The cluster file's members, then the keys admitted at run time in the committed
+    /// admission order ([`DesiredState::node_order`]): the same numbering on every node.
     members: Vec<NodeKey>,
+    /// How many of `members` the cluster file lists.
+    file_len: usize,
+    /// This node's key.
+    own: NodeKey,
     cfg: OrchConfig,
     seed: u64,
     phase: Phase,
@@ -187,12 +196,26 @@ pub struct Orch {
 impl Orch {
     /// Member `me` of `members` (the cluster file's order), starting at `now`.
     pub fn new(me: usize, members: Vec<NodeKey>, cfg: OrchConfig, seed: u64, now: Duration) -> Orch {
+        let own = members.get(me).copied().unwrap_or(NodeKey([0; 32]));
+        Orch::with_phase(me, members, own, cfg, seed, now, Phase::Discover { since: now, existed: false })
+    }
+
+    /// A node whose key `own` is not among the cluster file's `members`: it takes part once
+    /// the cluster admitted it (`catenary node add KEY`), under the index a member tells it.
+    pub fn new_unlisted(members: Vec<NodeKey>, own: NodeKey, cfg: OrchConfig, seed: u64, now: Duration) -> Orch {
+        Orch::with_phase(usize::MAX, members, own, cfg, seed, now, Phase::Unplaced)
+    }
+
+    fn with_phase(me: usize, members: Vec<NodeKey>, own: NodeKey, cfg: OrchConfig, seed: u64, now: Duration, phase: Phase) -> Orch {
+        let file_len = members.len();
         Orch {
             me,
             members,
+            file_len,
+            own,
             cfg,
             seed,
-            phase: Phase::Discover { since: now, existed: false },
+            phase,
             joined: false,
             own_capacity: None,
             labels: BTreeMap::new(),
@@ -211,10 +234,18 @@ impl Orch {
     pub fn me(&self) -> usize {
         self.me
     }
+    /// This node's member index, once it has one (an unlisted node learns it when admitted).
+    pub fn member_index(&self) -> Option<usize> {
+        (!matches!(self.phase, Phase::Unplaced)).then_some(self.me)
+    }
+    /// Every member's key by index (the file's, then those admitted at run time).
+    pub fn members(&self) -> &[NodeKey] {
+        &self.members
+    }
     pub fn replica(&self) -> Option<&Replica> {
         match &self.phase {
             Phase::Running(r) => Some(r),
-            Phase::Discover { .. } => None,
+            Phase::Discover { .. } | Phase::Unplaced => None,
         }
     }
     /// This node's Raft id once it has one, and whether the configuration holds it yet.
@@ -272,7 +303,7 @@ impl Orch {
         if !self.lease_holds(now) {
             return Vec::new();
         }
-        let key = self.members[self.me];
+        let key = self.own;
         r.state().assigned_to(key).filter_map(|(w, i)| r.state().workloads.get(w).map(|s| (s.clone(), *i))).collect()
     }
 
@@ -290,6 +321,14 @@ impl Orch {
             self.counters.undecodable += 1;
             return;
         };
+        if matches!(self.phase, Phase::Unplaced) {
+            // Only a listed member's answer places this node.
+            if let (Wire::Members { extra }, true) = (w, from < self.file_len) {
+                self.place(now, extra);
+            }
+            return;
+        }
+        self.sync_members();
         match w {
             Wire::Raft(env) => {
                 if member_of(env.from) != from || member_of(env.to) != self.me {
@@ -321,6 +360,7 @@ impl Orch {
                             r.handle(now, env);
                         }
                     }
+                    Phase::Unplaced => {}
                 }
             }
             Wire::Join { id } => {
@@ -354,14 +394,61 @@ impl Orch {
             Wire::Capacity { vcpus, mem_mib } => {
                 self.capacities.insert(from, (vcpus, mem_mib, now));
             }
+            Wire::WhoAmI => {
+                let extra = self.members[self.file_len..].to_vec();
+                self.push(from, &Wire::Members { extra });
+            }
+            Wire::Members { .. } => {}
         }
         self.flush();
+    }
+
+    /// An unlisted node learns the run-time members from a listed one: if its key is among
+    /// them it is that member, and starts as any member does (listening first).
+    fn place(&mut self, now: Duration, extra: Vec<NodeKey>) {
+        let mut members = self.members[..self.file_len].to_vec();
+        for k in extra {
+            if members.contains(&k) || members.len() >= self.members_cap() {
+                return; // a key twice: not an answer any member gives
+            }
+            members.push(k);
+        }
+        let Some(me) = members.iter().position(|k| *k == self.own) else { return };
+        self.members = members;
+        self.me = me;
+        self.phase = Phase::Discover { since: now, existed: false };
+        self.next_join = now;
+    }
+
+    fn members_cap(&self) -> usize {
+        MEMBERS_MAX.min(self.file_len + EXTRA_MAX)
+    }
+
+    /// Number the keys the committed state admitted that the file does not list, in the
+    /// committed admission order (so every node numbers them alike).
+    fn sync_members(&mut self) {
+        let cap = self.members_cap();
+        let Phase::Running(r) = &self.phase else { return };
+        let order = &r.state().node_order;
+        for k in order {
+            if self.members.len() >= cap {
+                break;
+            }
+            if !self.members.contains(k) {
+                self.members.push(*k);
+            }
+        }
     }
 
     /// Leader: replace member `member_of(id)`'s voter ids by `id` (a restarted node).
     fn handle_join(&mut self, now: Duration, id: ReplicaId) {
         let Phase::Running(r) = &mut self.phase else { return };
         if !r.is_leader() || r.config_changing() {
+            return;
+        }
+        // A member admitted at run time is a voter only while the committed state admits it.
+        let m = member_of(id);
+        if m >= self.file_len && !self.members.get(m).is_some_and(|k| r.state().nodes.contains(k)) {
             return;
         }
         let voters = r.voters();
@@ -381,7 +468,7 @@ impl Orch {
     /// The writes another node may forward (the API's); the scheduler's own commands and
     /// admissions are the leader's alone.
     fn forwardable(c: &Command) -> bool {
-        matches!(c, Command::PutWorkload(_) | Command::RemoveWorkload(_) | Command::Drain(_) | Command::Undrain(_))
+        matches!(c, Command::PutWorkload(_) | Command::RemoveWorkload(_) | Command::Drain(_) | Command::Undrain(_) | Command::AdmitNode(_) | Command::RemoveNode(_))
     }
 
     /// Propose a write (the API's): on the leader directly, or forwarded to it. The ticket's
@@ -448,6 +535,7 @@ impl Orch {
     pub fn next_deadline(&self) -> Duration {
         let mut d = self.next_capacity.min(self.next_reconcile);
         match &self.phase {
+            Phase::Unplaced => d = d.min(self.next_join),
             Phase::Discover { since, .. } => d = d.min(*since + self.cfg.boot_wait),
             Phase::Running(r) => {
                 d = d.min(r.next_deadline());
@@ -460,9 +548,20 @@ impl Orch {
     }
 
     pub fn tick(&mut self, now: Duration) {
+        if matches!(self.phase, Phase::Unplaced) {
+            if now >= self.next_join {
+                self.next_join = now + self.cfg.join_period;
+                for m in 0..self.file_len {
+                    self.push(m, &Wire::WhoAmI);
+                }
+            }
+            return;
+        }
         if let Phase::Discover { since, existed } = self.phase {
             if now >= since + self.cfg.boot_wait && !existed {
-                let n = self.members.len().min(MEMBERS_MAX);
+                // The cluster is created over the file's members; one admitted at run time
+                // is in no configuration yet and asks the leader to add it (`Join`).
+                let n = self.file_len.min(MEMBERS_MAX);
                 let r = if self.me == 0 {
                     let ids: Vec<ReplicaId> = (0..n).map(|m| id_for(m, 0)).collect();
                     Replica::bootstrap(0, &ids, self.cfg.replica.clone(), self.seed, now)
@@ -470,9 +569,11 @@ impl Orch {
                     Replica::join(id_for(self.me, 0), self.cfg.replica.clone(), self.seed, now)
                 };
                 self.phase = Phase::Running(Box::new(r));
-                self.joined = true;
+                self.joined = self.me < self.file_len;
+                self.next_join = now;
             }
         }
+        self.sync_members();
         if now >= self.next_capacity {
             self.next_capacity = now + self.cfg.capacity_period;
             if let Some((vcpus, mem_mib)) = self.own_capacity {
@@ -509,7 +610,7 @@ impl Orch {
         if !r.is_leader() || r.has_uncommitted() {
             return;
         }
-        let missing: Vec<NodeKey> = self.members.iter().copied().filter(|k| !r.state().nodes.contains(k)).collect();
+        let missing: Vec<NodeKey> = self.members[..self.file_len].iter().copied().filter(|k| !r.state().nodes.contains(k)).collect();
         if !missing.is_empty() {
             for k in missing {
                 if r.propose(now, Command::AdmitNode(k)).is_err() {
@@ -565,3 +666,6 @@ impl Orch {
 #[cfg(test)]
 #[path = "orch_tests.rs"]
 mod tests;
+#[cfg(test)]
+#[path = "orch_admission_tests.rs"]
+mod admission_tests;

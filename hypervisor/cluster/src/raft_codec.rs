@@ -51,6 +51,10 @@ const KIND_PROPOSE: u8 = 2;
 const KIND_PROPOSED: u8 = 3;
 const KIND_JOIN: u8 = 4;
 const KIND_CAPACITY: u8 = 5;
+const KIND_WHO_AM_I: u8 = 6;
+const KIND_MEMBERS: u8 = 7;
+/// Keys in one [`Wire::Members`] (40 × 32 bytes fit a datagram).
+pub const EXTRA_MAX: usize = 40;
 
 /// One datagram between `orchd`s.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +71,11 @@ pub enum Wire {
     /// What the sender can give cluster workloads (its workload service's accounting), sent
     /// every second so the leader's scheduler knows every node's room.
     Capacity { vcpus: u32, mem_mib: u64 },
+    /// A node that is not in the cluster file asks a listed member which member it is (it was
+    /// admitted at run time: its index comes from the committed admission order).
+    WhoAmI,
+    /// The answer: the members admitted at run time, in order (they follow the file's).
+    Members { extra: Vec<NodeKey> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,6 +340,15 @@ pub fn encode(w: &Wire) -> Vec<u8> {
             o.u8(KIND_CAPACITY);
             o.u32(*vcpus);
             o.u64(*mem_mib);
+        }
+        Wire::WhoAmI => o.u8(KIND_WHO_AM_I),
+        Wire::Members { extra } => {
+            o.u8(KIND_MEMBERS);
+            let extra = &extra[..extra.len().min(EXTRA_MAX)];
+            o.u8(extra.len() as u8);
+            for k in extra {
+                o.0.extend_from_slice(&k.0);
+            }
         }
     }
     o.0
@@ -637,6 +655,18 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
         KIND_PROPOSED => Wire::Proposed { request: r.u64()?, term: r.num()?, index: r.num()? },
         KIND_JOIN => Wire::Join { id: r.num()? },
         KIND_CAPACITY => Wire::Capacity { vcpus: r.u32()?, mem_mib: r.u64()? },
+        KIND_WHO_AM_I => Wire::WhoAmI,
+        KIND_MEMBERS => {
+            let n = r.u8()? as usize;
+            if n > EXTRA_MAX {
+                return Err(WireError::OutOfRange);
+            }
+            let mut extra = Vec::with_capacity(n);
+            for _ in 0..n {
+                extra.push(r.key()?);
+            }
+            Wire::Members { extra }
+        }
         t => return Err(WireError::BadTag(t)),
     };
     if !r.b.is_empty() {
@@ -720,7 +750,15 @@ mod tests {
             Wire::Proposed { request: u64::MAX, term: 4, index: 99 },
             Wire::Join { id: 1 << 16 | 2 },
             Wire::Capacity { vcpus: 4, mem_mib: 1 << 40 },
+            Wire::WhoAmI,
+            Wire::Members { extra: vec![] },
+            Wire::Members { extra: (0..EXTRA_MAX as u8).map(|i| NodeKey([i; 32])).collect() },
         ];
+        assert!(encode(&wires[wires.len() - 1]).len() <= DATAGRAM_MAX);
+        let mut too_many = encode(&Wire::Members { extra: vec![] });
+        too_many[2] = EXTRA_MAX as u8 + 1;
+        too_many.extend(core::iter::repeat_n(1u8, 32 * (EXTRA_MAX + 1)));
+        assert_eq!(decode(&too_many), Err(WireError::OutOfRange));
         for c in every_command() {
             wires.push(Wire::Propose { request: 7, command: c });
         }

@@ -193,6 +193,20 @@ impl Sim {
         i
     }
 
+    /// Every running node admits `key` (as each node's `memberd` does once the replicated
+    /// desired state commits `AdmitNode`), and so does every node booted later.
+    pub fn admit(&mut self, key: NodeKey) {
+        if !self.admitted.contains(&key) {
+            self.admitted.push(key);
+        }
+        self.outsiders.retain(|&i| self.nodes[i].key != key);
+        for n in self.nodes.iter_mut() {
+            if let Some(m) = n.node.as_mut() {
+                m.admit(key);
+            }
+        }
+    }
+
     fn boot(&mut self, i: usize) {
         let keys = self.admitted.clone();
         self.boot_with(i, keys);

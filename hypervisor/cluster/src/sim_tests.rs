@@ -194,6 +194,24 @@ fn non_admitted_key_never_becomes_a_member() {
     }
 }
 
+#[test]
+fn admitted_outsider_becomes_a_member_on_every_node() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(seed, N, MembershipConfig::default(), NetConfig::default());
+        let outsider = sim.add_outsider();
+        sim.run_until(secs(10));
+        for o in 0..N {
+            assert!(sim.view(o, outsider).is_none(), "seed {seed}: node {o} lists the outsider before its admission");
+        }
+        sim.check_invariants().unwrap();
+        sim.admit(sim.key(outsider));
+        let everyone = all(N + 1);
+        let t = sim.run_until_true(secs(40), |s| s.all_see(&everyone, &everyone, MemberState::Alive));
+        assert!(t.is_some(), "seed {seed}: the admitted node is not alive on every node");
+        sim.check_invariants().unwrap();
+    }
+}
+
 fn scenario(seed: u64) -> (Vec<crate::sim::TraceEvent>, u64, u64) {
     let mut sim = Sim::new(seed, N, MembershipConfig::default(), NetConfig::default());
     sim.run_until(secs(5));
