@@ -221,6 +221,21 @@ impl Running {
         Ok(self.lines[i].len() - 1)
     }
 
+    /// Start one more QEMU machine on the switch (`b` must attach to [`Running::switch_sock`]
+    /// itself: e.g. a node booted over PXE). Its lines are `lines[returned index]`.
+    pub fn add_node(&mut self, name: &str, b: crate::qemu::Boot) -> Result<usize, String> {
+        let i = self.children.len();
+        let (child, show) = spawn_node(&b, i, &self.tx)?;
+        self.names.push(name.to_string());
+        self.lines.push(Vec::new());
+        self.shown.push(show);
+        self.children.push(child);
+        self.exited.push(false);
+        self.killed.push(false);
+        self.boots.push(b);
+        Ok(i)
+    }
+
     /// Every live node's CPU registers (QEMU monitor `info registers -a`) into
     /// `<dir>/<node>-cpus.log`, noted in its lines: what a silent node was doing.
     pub fn dump_cpus(&mut self) {
@@ -572,7 +587,7 @@ fn udp_ports(f: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_guest_cannot_act_as_node", "net_nat64", "cluster_kill_rejoin", "cluster_membership"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_guest_cannot_act_as_node", "net_nat64", "cluster_kill_rejoin", "cluster_membership", "cluster_pxe_join"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The networking tests (named `net_*`).
@@ -610,6 +625,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_nat64", crate::nat64test::test),
         ("cluster_kill_rejoin", crate::orchtest::test),
         ("cluster_membership", crate::membertest::test),
+        ("cluster_pxe_join", crate::admissiontest::test),
     ];
     for &(name, f) in groups {
         if crate::test::selected(name) {

@@ -5,6 +5,7 @@
 mod apibench;
 mod apitest;
 mod orchtest;
+mod admissiontest;
 mod fabriccli;
 mod forge;
 mod hostiletest;

@@ -6,7 +6,9 @@
 //!   boot/grub/x86_64-efi/core.efi   GRUB's network image for UEFI (DHCP bootfile)
 //!   boot/grub/{i386-pc,x86_64-efi}/ GRUB's modules, fetched over TFTP (grub-mknetdir)
 //!   boot/grub/grub.cfg              `multiboot2 /boot/catenary.elf` + `module2 /boot/moduleN NAME`
-//!   boot/catenary.elf, boot/moduleN the kernel and its boot modules (the guest bundle)
+//!   boot/catenary.elf, boot/moduleN the kernel and its boot modules (the guest bundle, and
+//!                                   with `--cluster FILE` the cluster file: public keys and
+//!                                   seed endpoints only)
 //!
 //! Tests (`boot_pxe_seabios`, `boot_pxe_ovmf`): QEMU's built-in DHCP/TFTP (`-netdev user,
 //! tftp=DIR,bootfile=...`) and iPXE's e1000 option ROM (SeaBIOS) or OVMF's network stack load GRUB,
@@ -51,9 +53,17 @@ pub fn build_netdir(dir: &Path, kernel: &PathBuf, modules: &[(PathBuf, String)],
 
 pub fn cmd_netboot(args: &[String]) -> Result<(), String> {
     let test = args.iter().any(|a| a == "--test");
-    let dir = args.iter().find(|a| !a.starts_with("--")).map(PathBuf::from).unwrap_or_else(|| out_dir().join("netboot"));
+    // `--cluster FILE`: the cluster file (public: seed endpoints, admitted keys) as a module;
+    // a node booted from here makes its own key and waits to be admitted (docs/boot.md).
+    let cluster = args.iter().position(|a| a == "--cluster").map(|i| args.get(i + 1).map(PathBuf::from).ok_or("--cluster FILE")).transpose()?;
+    let dir = args.iter().enumerate().find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--cluster")).map(|(_, a)| PathBuf::from(a)).unwrap_or_else(|| out_dir().join("netboot"));
     let k = crate::build::build_kernel(test)?;
-    let mods = crate::qemu::default_modules(true);
+    let mut mods = crate::qemu::default_modules(true);
+    if let Some(c) = cluster {
+        let text = std::fs::read_to_string(&c).map_err(|e| format!("{}: {e}", c.display()))?;
+        catenary_net::Cluster::parse(&text).map_err(|e| format!("{}: {e}", c.display()))?;
+        mods.push((c, "cluster.txt".into()));
+    }
     if mods.is_empty() {
         eprintln!("xtask: no build/guest-bundle.cpio (`cargo xtask guest`): the directory has no guest bundle");
     }

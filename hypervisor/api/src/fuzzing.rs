@@ -76,6 +76,7 @@ impl Backend for SimNode {
                     workloads: this.then_some(count),
                     membership: Some("alive".to_string()),
                     incarnation: Some(0),
+                    mac: None,
                 }
             })
             .collect()

@@ -47,6 +47,9 @@ pub struct Node {
     /// `generation << 16 | SWIM incarnation` (grows on every refuted suspicion and rejoin).
     #[serde(default)]
     pub incarnation: Option<u64>,
+    /// A pending node's NIC MAC, as its hello said (`null` otherwise).
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 /// `POST /v1/nodes` (admin): admit a node's fabric key into membership.
@@ -420,6 +423,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         workloads: Some(1),
         membership: Some("alive".into()),
         incarnation: Some(1 << 16),
+        mac: None,
     };
     let image = Image { digest: d.clone(), rootfs: d.clone(), rootfs_size: 1, config: d.clone(), config_size: 1, node: Some("node2".into()) };
     let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64, address: Some("fd00::100:0:1:1".into()), node: Some("node1".into()) };

@@ -319,6 +319,18 @@ pub mod netd {
     /// [`CLUSTER_NOT_READY`]. The membership service (`memberd`) seeds its SWIM RNG with the
     /// first and numbers its generation with the second.
     pub const LABEL_SEED: u64 = 0x4e43_0002;
+    /// A task's call: reply label 0 with words = this node's fabric public key (32 bytes as
+    /// 4 little-endian words; public), or [`CLUSTER_NOT_READY`].
+    pub const LABEL_SELF: u64 = 0x4e43_0003;
+    /// A task's call (`orchd`, once the replicated desired state committed `AdmitNode`):
+    /// words = the admitted key (4 LE words); the fabric takes it as a peer. Reply 0 (a peer
+    /// now or already), [`ADMIT_REFUSED`] (a low-order key, a /64 clash, too many).
+    pub const LABEL_ADMIT_PEER: u64 = 0x4e43_0004;
+    /// A task's call with a writable grant: the admission table (`catenary_net::admission`:
+    /// keys admitted at run time, pending nodes) is copied in. Reply 0 [bytes, rows, 0, 0],
+    /// [`CLUSTER_TOO_SMALL`] [bytes needed], [`CLUSTER_NO_GRANT`], [`CLUSTER_NOT_READY`].
+    pub const LABEL_ADMISSION: u64 = 0x4e43_0005;
+    pub const ADMIT_REFUSED: u64 = 4;
     pub const CLUSTER_NO_GRANT: u64 = 1;
     pub const CLUSTER_TOO_SMALL: u64 = 2;
     pub const CLUSTER_NOT_READY: u64 = 3;
@@ -343,13 +355,17 @@ pub mod netd {
     /// @16, the virtio structures @24 (common, notify, isr, device physical addresses, notify
     /// multiplier, device config length, notify length: 7 words), command line length @80,
     /// cluster file length @88, node key @96..128, identity seed @128..160, fabric seed
-    /// @160..192, then the command line and the cluster file.
-    pub const BOOT_HEADER: usize = 192;
+    /// @160..192, online CPUs @192, memory MiB @200, then the command line and the cluster
+    /// file.
+    pub const BOOT_HEADER: usize = 208;
     pub const BOOT_MAX: usize = 64 * 1024;
     pub const BOOT_KEY: u64 = 1;
     pub const BOOT_MSIX: u64 = 2;
     /// This is `netd`'s first start (the command line's probes run once).
     pub const BOOT_FIRST: u64 = 4;
+    /// The node key was generated at this boot from hardware entropy (no `node.key` boot
+    /// module): the node is in no cluster file yet and waits to be admitted.
+    pub const BOOT_GENERATED: u64 = 8;
 
     pub fn get_u64(b: &[u8], off: usize) -> u64 {
         let mut w = [0u8; 8];

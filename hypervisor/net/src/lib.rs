@@ -34,6 +34,8 @@ pub mod sockets;
 pub mod tcp;
 pub mod nat64route;
 pub mod stages;
+pub mod hello;
+pub mod admission;
 /// Entry points shared by the cargo-fuzz target (`hypervisor/net/fuzz`) and the host tests.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -324,6 +326,8 @@ pub struct Node {
     pub nat64_counters: nat64route::Nat64Counters,
     /// Cycles per stage of the packet path (counted only with a clock: `set_stage_clock`).
     stages: stages::Stages,
+    /// Peers admitted at run time, pending nodes, hellos (`admission.rs`).
+    pub admission: admission::Admission,
 }
 
 fn sinstant(ns: u64) -> SInstant {
@@ -450,6 +454,8 @@ impl Node {
         if me.is_none() {
             warn!(target: "net", "this node's key is not in the cluster file");
         }
+        let mut admission = admission::Admission::default();
+        admission.seeds = cfg.cluster.members.iter().filter(|m| m.public_key != cfg.identity.public_key()).map(|m| (m.public_key, SocketAddrV6::new(m.underlay, m.port, 0, 0))).collect();
         let underlay_tx = underlay_tx::UnderlayTx::new(port, peers.len() + 4);
         Node {
             underlay_tx, name, link_local, fabric_addr, mac, port, peers, counters: NetCounters::default(),
@@ -458,6 +464,7 @@ impl Node {
             vm_routes: Vec::new(), vm_rx: VecDeque::new(), test_loss: None, socket_addrs: Default::default(),
             tcp_rsts: VecDeque::new(), poll_ns: 0, nat64: Default::default(), nat64_counters: Default::default(),
             stages: Default::default(),
+            admission,
         }
     }
 
@@ -591,12 +598,17 @@ impl Node {
             let src = SocketAddr::V6(SocketAddrV6::new(src, meta.endpoint.port, 0, 0));
             let data = data.to_vec();
             self.counters.fabric_in += 1;
+            active = true;
+            if hello::is_hello(&data) {
+                self.on_hello(&data, src, now_ns);
+                continue;
+            }
             let t = self.stages.start();
             let out = self.fabric.handle_incoming(&data, src, fnow);
             self.stages.end(stages::Stage::Decrypt, t);
             self.fabric_output(out);
-            active = true;
         }
+        self.hello_tick(now_ns);
         if self.fabric.next_deadline().is_some_and(|d| d <= fnow) {
             let out = self.fabric.tick(fnow);
             self.fabric_output(out);

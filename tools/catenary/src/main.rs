@@ -169,9 +169,9 @@ enum NodeCmd {
     /// The cluster's scheduler moves every replica off NODE (name or key) and places nothing
     /// there any more.
     Drain { node: String },
-    /// Admit a node's fabric public key (64 hex) into membership. Until the replicated desired
-    /// state holds admitted keys, the admission lives in the answering node's membership
-    /// service only (in memory), and the fabric still needs the key in the nodes' cluster file.
+    /// Admit a node's fabric public key (64 hex; a pending node's, as `catenary nodes` shows
+    /// it): committed in the replicated desired state, from which every node's fabric and
+    /// membership service let it in.
     Add { key: String },
 }
 

@@ -66,7 +66,12 @@ pub(crate) fn user_boot_data() -> Option<alloc::vec::Vec<u8>> {
         USER_BOOT.lock().as_ref().map(|b| (b.cmdline.clone(), b.modules.clone(), b.cfg, b.msix))
     })?;
     let seeds = seeds(&cmdline)?;
-    let key = node_key(&modules).or_else(|| crate::cmdline::get(&cmdline, "net.key").and_then(hex32));
+    let given = node_key(&modules).or_else(|| crate::cmdline::get(&cmdline, "net.key").and_then(hex32));
+    let generated = given.is_none();
+    let key = match given {
+        Some(k) => Some(k),
+        None => Some(generated_identity(&seeds)?),
+    };
     let cluster = cluster_text(&modules).unwrap_or(&[]);
     if BOOT_HEADER + cmdline.len() + cluster.len() > BOOT_MAX {
         warn!(target: "net", "netd boot data over {} bytes (cluster file too long)", BOOT_MAX);
@@ -75,7 +80,7 @@ pub(crate) fn user_boot_data() -> Option<alloc::vec::Vec<u8>> {
     let mut b = alloc::vec![0u8; BOOT_HEADER];
     put_u64(&mut b, 0, 1);
     let first = crate::task::supervisor::service_restarts("netd") == 0;
-    put_u64(&mut b, 8, if key.is_some() { BOOT_KEY } else { 0 } | if msix { BOOT_MSIX } else { 0 } | if first { BOOT_FIRST } else { 0 });
+    put_u64(&mut b, 8, if key.is_some() { BOOT_KEY } else { 0 } | if msix { BOOT_MSIX } else { 0 } | if first { BOOT_FIRST } else { 0 } | if generated { BOOT_GENERATED } else { 0 });
     put_u64(&mut b, 16, wall_clock_at_boot(&cmdline, time::now_ns()));
     for (i, w) in cfg.iter().enumerate() {
         put_u64(&mut b, 24 + 8 * i, *w);
@@ -85,6 +90,8 @@ pub(crate) fn user_boot_data() -> Option<alloc::vec::Vec<u8>> {
     b[96..128].copy_from_slice(&key.unwrap_or([0; 32]));
     b[128..160].copy_from_slice(&seeds.identity);
     b[160..192].copy_from_slice(&seeds.fabric);
+    put_u64(&mut b, 192, catenary_arch::smp::online_cpus() as u64);
+    put_u64(&mut b, 200, memory::stats().total_bytes() >> 20);
     b.extend_from_slice(cmdline.as_bytes());
     b.extend_from_slice(cluster);
     Some(b)
@@ -112,6 +119,31 @@ fn enable_natd(cmdline: &str) {
 
 /// The command line names a NAT64 gateway (`net.nat64gw=`): workloads get DNS64 as their name
 /// server.
+/// The identity a node without a `node.key` boot module generated at this boot: made once, so
+/// that a restarted `netd` keeps the key the cluster may have admitted.
+static GENERATED: Mutex<Option<[u8; 32]>> = Mutex::new(None);
+
+/// This boot's generated identity (docs/boot.md, "Joining"): from the hardware entropy the
+/// seeds were drawn from, refused (networking off) without RDSEED/RDRAND even when
+/// `net.insecure-entropy` lets a keyed node's sessions start. The private key is never logged.
+fn generated_identity(seeds: &catenary_net::entropy::Seeds) -> Option<[u8; 32]> {
+    if let Some(k) = catenary_arch::cpu::without_interrupts(|| *GENERATED.lock()) {
+        return Some(k);
+    }
+    let source = entropy::sample().source;
+    if source == entropy::Source::None {
+        log::error!(target: "net", "identity: no node.key boot module and no hardware entropy source (RDSEED/RDRAND): this node cannot make its identity; networking off");
+        return None;
+    }
+    let k = seeds.identity;
+    let public = netfabric::identity::Identity::from_secret_bytes(k).public_key();
+    info!(target: "net", "identity: no node.key boot module: generated this boot's key from hardware entropy ({:?}); public key {} (pending until an admin runs `catenary node add` with it)",
+        source, catenary_net::cluster::hex_encode(&public));
+    info!(target: "net", "hardware: {} CPUs, {} MiB of memory (the NIC's MAC: netd's log)", catenary_arch::smp::online_cpus(), memory::stats().total_bytes() >> 20);
+    catenary_arch::cpu::without_interrupts(|| *GENERATED.lock() = Some(k));
+    Some(k)
+}
+
 static NAT64_NAMED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 pub(crate) fn nat64_named() -> bool {

@@ -169,8 +169,10 @@ impl Backend for Node {
                     workloads: count.filter(|_| this),
                     membership: member(&m.public_key).map(|r| catenary_cluster::service::state_name(r.state).into()),
                     incarnation: member(&m.public_key).map(|r| r.incarnation),
+                    mac: None,
                 }
             })
+            .chain(admission_nodes(&self.cluster, &table))
             .collect()
     }
 
@@ -208,12 +210,43 @@ impl Backend for Node {
     }
 
     fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError> {
-        use catenary_cluster::service as svc;
-        match call_timeout(MEMBERD, svc::LABEL_ADMIT, svc::key_words(&key), 2000) {
-            Ok(m) if m.label == svc::OK => Ok(()),
-            _ => Err(ApiError::new(503, "memberd_unavailable", "the node's membership service did not admit the key")),
-        }
+        // Committed in the replicated desired state; every node's fabric and membership
+        // admit it from there (orchd hands it to netd; memberd reads netd's table).
+        cluster::propose(&self.wk, ORCHD, catenary_cluster::desired::Command::AdmitNode(catenary_cluster::NodeKey(key)))
     }
+}
+
+/// The nodes admitted at run time (after the file's) and the pending ones, from `netd`'s
+/// admission table; membership from `memberd`'s table.
+fn admission_nodes(buf: &Pages, table: &[catenary_cluster::service::Row]) -> Vec<ApiNode> {
+    use catenary_ipc::netd::LABEL_ADMISSION;
+    let Ok(m) = call_grant(NETD, LABEL_ADMISSION, 0, 0, buf, CLUSTER_MAX as u64, true) else { return Vec::new() };
+    if m.label != 0 || m.words[0] as usize > CLUSTER_MAX {
+        return Vec::new();
+    }
+    let mut b = alloc::vec![0u8; m.words[0] as usize];
+    buf.read(0, &mut b);
+    let rows = catenary_net::admission::decode_table(&b).unwrap_or_default();
+    rows.iter()
+        .map(|r| {
+            let member = table.iter().find(|t| t.id.key.0 == r.key);
+            let m = r.mac;
+            ApiNode {
+                name: catenary_net::admission::short(&r.key),
+                public_key: hex(&r.key),
+                address: alloc::format!("{}", Prefix64::from_public_key(&r.key).node_address()),
+                state: if r.pending { "pending" } else if r.established { "up" } else { "unreachable" }.into(),
+                cpus: r.pending.then_some(r.cpus as u32),
+                memory_total_mib: r.pending.then_some(r.mem_mib as u64),
+                memory_free_mib: None,
+                memory_committed_mib: None,
+                workloads: None,
+                membership: member.map(|t| catenary_cluster::service::state_name(t.state).into()),
+                incarnation: member.map(|t| t.incarnation),
+                mac: r.pending.then(|| alloc::format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])),
+            }
+        })
+        .collect()
 }
 
 /// `memberd`'s member table (empty when it answers out of protocol).

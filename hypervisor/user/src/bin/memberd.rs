@@ -17,9 +17,12 @@
 //!   not its node address`, logged at the 1st, 2nd, 4th, … so a guest cannot flood the
 //!   console); one from no member's /64, or from this node's own, is dropped (likewise logged).
 //!   Test: `net_guest_cannot_act_as_node` (xtask/src/hostiletest.rs).
-//! - **Admitted keys and seeds**: the cluster file's nodes (`netd`'s `LABEL_CLUSTER`).
-//!   `LABEL_ADMIT` adds a key in memory only (lost when memberd restarts) until the
-//!   replicated desired state holds the admitted keys.
+//! - **Admitted keys and seeds**: the cluster file's nodes (`netd`'s `LABEL_CLUSTER`), and
+//!   every second the keys the replicated desired state admitted at run time (`netd`'s
+//!   admission table, `LABEL_ADMISSION`, filled by `orchd` from its committed state). A node
+//!   in no cluster file (netbooted) admits itself and the file's nodes, which are its seeds.
+//!   `LABEL_ADMIT` (a key in memory only) is kept for callers of the old protocol; `apid`
+//!   commits admissions in the desired state instead.
 //! - **Generation**: the wall clock in seconds when memberd starts (it waits one second
 //!   first, so two starts never share one), so a node that restarted, or whose memberd did,
 //!   comes back as a newer identity than any the cluster remembers.
@@ -36,7 +39,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_cluster::service::{self as svc, Row};
 use catenary_cluster::{MemberState, Membership, MembershipConfig, NodeId, NodeKey};
-use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_CLUSTER, LABEL_SEED};
+use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_ADMISSION, LABEL_CLUSTER, LABEL_SEED, LABEL_SELF};
 use catenary_netsock::{DgramHeader, Handle, Local, DGRAM_HEADER};
 use catenary_user::netsock_client::Sockets;
 use catenary_user::*;
@@ -131,22 +134,34 @@ fn run(_arg: u64) -> u64 {
     };
     let prefix_of = |k: &[u8; 32]| u64::from_be_bytes(Prefix64::from_public_key(k).0);
     let my_prefix = u64::from_be_bytes(addr.octets()[..8].try_into().unwrap_or([0; 8]));
-    let Some(own) = cluster.members.iter().find(|m| prefix_of(&m.public_key) == my_prefix) else {
-        logf!("memberd: this node ({}) is not in the cluster file: no membership", addr);
-        loop {
-            sleep_ns(u64::MAX / 2);
+    let (own_key, own_name) = match cluster.members.iter().find(|m| prefix_of(&m.public_key) == my_prefix) {
+        Some(o) => (o.public_key, o.name.clone()),
+        None => {
+            // In no cluster file (a netbooted node): a member once the cluster admits its key;
+            // until then the others' admission refuses everything it says.
+            let k = own_key();
+            logf!("memberd: this node ({}) is in no cluster file: announcing to the {} listed nodes until the cluster admits it", addr, cluster.members.len());
+            (k, catenary_net::admission::short(&k))
         }
     };
     let node_id = |k: &[u8; 32], generation: u32| NodeId::new(NodeKey(*k), Prefix64::from_public_key(k).node_address().octets(), generation);
-    let me = node_id(&own.public_key, unix as u32);
-    let seeds: Vec<NodeId> = cluster.members.iter().filter(|m| m.public_key != own.public_key).map(|m| node_id(&m.public_key, 0)).collect();
-    let admitted: Vec<NodeKey> = cluster.members.iter().map(|m| NodeKey(m.public_key)).collect();
-    let m = Membership::new(me, MembershipConfig::default(), seed, admitted, seeds);
-    logf!("memberd: membership on [{}]:{} as {} generation {} ({} admitted keys, {} seeds)", addr, PORT, own.name, me.generation, cluster.members.len(), cluster.members.len() - 1);
+    let me = node_id(&own_key, unix as u32);
+    let seeds: Vec<NodeId> = cluster.members.iter().filter(|m| m.public_key != own_key).map(|m| node_id(&m.public_key, 0)).collect();
+    let mut admitted: Vec<NodeKey> = cluster.members.iter().map(|m| NodeKey(m.public_key)).collect();
+    if !admitted.contains(&NodeKey(own_key)) {
+        admitted.push(NodeKey(own_key));
+    }
+    let m = Membership::new(me, MembershipConfig::default(), seed, admitted, seeds.clone());
+    logf!("memberd: membership on [{}]:{} as {} generation {} ({} admitted keys, {} seeds)", addr, PORT, own_name, me.generation, cluster.members.len(), seeds.len());
     let members = cluster.members.iter().map(|m| (prefix_of(&m.public_key), m.public_key)).collect();
     let names: Vec<([u8; 32], String)> = cluster.members.iter().map(|m| (m.public_key, m.name.clone())).collect();
     let mut sv = Service { m, members, me, dropped_unknown: 0, refused_not_node: 0, refused: 0, names, logged: Vec::new() };
+    let mut next_admission = 0u64;
     loop {
+        if now_ns() >= next_admission {
+            next_admission = now_ns() + 1_000_000_000;
+            sv.admit_from_netd(&cbuf);
+        }
         let t = now();
         if sv.m.next_deadline().is_some_and(|d| d <= t) {
             sv.m.tick(t);
@@ -189,7 +204,45 @@ fn seed_and_clock() -> (u64, u64) {
     }
 }
 
+/// This node's fabric public key (`netd`'s `LABEL_SELF`).
+fn own_key() -> [u8; 32] {
+    loop {
+        if let Ok(m) = call(NETD, LABEL_SELF, [0; 4]) {
+            if m.label == 0 {
+                return svc::words_key(m.words);
+            }
+        }
+        sleep_ns(500_000_000);
+    }
+}
+
 impl Service {
+    /// Admit the keys the replicated desired state admitted (`orchd` handed them to `netd`,
+    /// whose admission table lists them): the same on every node, from its own committed state.
+    fn admit_from_netd(&mut self, buf: &Pages) {
+        let Ok(m) = call_grant(NETD, LABEL_ADMISSION, 0, 0, buf, CLUSTER_MAX as u64, true) else { return };
+        if m.label != 0 || m.words[0] as usize > CLUSTER_MAX {
+            return;
+        }
+        let mut b = alloc::vec![0u8; m.words[0] as usize];
+        buf.read(0, &mut b);
+        let Ok(rows) = catenary_net::admission::decode_table(&b) else { return };
+        for r in rows.iter().filter(|r| !r.pending) {
+            if self.m.is_admitted(&NodeKey(r.key)) && self.members.iter().any(|(_, k)| *k == r.key) {
+                continue;
+            }
+            self.m.admit(NodeKey(r.key));
+            let p = u64::from_be_bytes(Prefix64::from_public_key(&r.key).0);
+            if !self.members.iter().any(|(_, k)| *k == r.key) {
+                self.members.push((p, r.key));
+            }
+            if !self.names.iter().any(|n| n.0 == r.key) {
+                self.names.push((r.key, catenary_net::admission::short(&r.key)));
+            }
+            logf!("memberd: admitted {} ({}): the replicated desired state admits it", catenary_net::admission::short(&r.key), catenary_net::cluster::hex_encode(&r.key));
+        }
+    }
+
     /// Send what the protocol wants sent (a datagram `netd` cannot take now is lost, as UDP).
     fn flush(&mut self, s: &Sockets, h: Handle, io: &Pages) -> Result<(), catenary_user::netsock_client::SockError> {
         for d in self.m.take_outgoing() {

@@ -215,6 +215,8 @@ struct Boot {
     identity_seed: [u8; 32],
     fabric_seed: [u8; 32],
     cluster: Vec<u8>,
+    cpus: u64,
+    mem_mib: u64,
 }
 
 fn boot() -> Option<Boot> {
@@ -235,7 +237,7 @@ fn boot() -> Option<Boot> {
         *w = get_u64(&b, 24 + 8 * i);
     }
     let cmdline = alloc::string::String::from(core::str::from_utf8(b.get(BOOT_HEADER..BOOT_HEADER + cl)?).ok()?);
-    Some(Boot { cmdline, flags: get_u64(&b, 8), unix_at_origin: get_u64(&b, 16), cfg, key: arr(96), identity_seed: arr(128), fabric_seed: arr(160), cluster })
+    Some(Boot { cmdline, flags: get_u64(&b, 8), unix_at_origin: get_u64(&b, 16), cfg, key: arr(96), identity_seed: arr(128), fabric_seed: arr(160), cluster, cpus: get_u64(&b, 192), mem_mib: get_u64(&b, 200) })
 }
 
 /// Socket requests kept while `netd` starts (one call per client task: bounded by clients).
@@ -319,6 +321,32 @@ fn on_message(st: &mut State, m: Msg) {
         ring::LABEL_FAIL => logf!("net: nicd failed at step {}", m.words[0]),
         LABEL_CLUSTER if m.reply != 0 => cluster_file(st, m.reply),
         l if natgw::NatGw::is_request(l) => st.natgw.serve(&mut st.node, &m),
+        LABEL_SELF if m.reply != 0 => {
+            let _ = reply(m.reply, 0, catenary_cluster::service::key_words(&st.node.fabric().identity().public_key()));
+        }
+        LABEL_ADMIT_PEER if m.reply != 0 => {
+            let key = catenary_cluster::service::words_key(m.words);
+            let label = match st.node.admit_peer(key, now_ns()) {
+                Ok(_) => 0,
+                Err(e) => {
+                    logf!("net: admission: key {} not taken as a peer: {}", catenary_net::cluster::hex_encode(&key), e);
+                    ADMIT_REFUSED
+                }
+            };
+            let _ = reply(m.reply, label, [0; 4]);
+        }
+        LABEL_ADMISSION if m.reply != 0 => {
+            let b = catenary_net::admission::encode_table(&st.node.admission_rows(now_ns()));
+            let (label, words) = match grant_of(m.reply) {
+                Some(g) if g.writable() && g.len() as usize >= b.len() => {
+                    g.write(0, &b);
+                    (0, [b.len() as u64, ((b.len() - catenary_net::admission::TABLE_HEADER) / catenary_net::admission::TABLE_ROW) as u64, 0, 0])
+                }
+                Some(g) if g.writable() => (CLUSTER_TOO_SMALL, [b.len() as u64, 0, 0, 0]),
+                _ => (CLUSTER_NO_GRANT, [0; 4]),
+            };
+            let _ = reply(m.reply, label, words);
+        }
         LABEL_SEED if m.reply != 0 => {
             st.seeds_given += 1;
             let now = now_ns();
@@ -582,7 +610,7 @@ fn run(arg: u64) -> u64 {
                 return 4;
             }
             // a client's call before the stack is up: answered (ask again), never dropped
-            LABEL_CLUSTER | LABEL_SEED if m.reply != 0 => {
+            LABEL_CLUSTER | LABEL_SEED | LABEL_SELF | LABEL_ADMIT_PEER | LABEL_ADMISSION if m.reply != 0 => {
                 let _ = reply(m.reply, CLUSTER_NOT_READY, [0; 4]);
             }
             l if natgw::NatGw::is_request(l) && m.reply != 0 => {
@@ -600,7 +628,13 @@ fn run(arg: u64) -> u64 {
     }
     logf!("net: netd (ring 3): nicd lent its frame ring at {:#x} ({} pages); MAC {:02x?}{}", nic.ring.as_ref().map_or(0, |g| g.addr()), ring::RING_PAGES, nic.mac,
         if b.flags & BOOT_MSIX != 0 { ", MSI-X receive interrupt" } else { "" });
-    let identity = if b.flags & BOOT_KEY != 0 {
+    let identity = if b.flags & BOOT_GENERATED != 0 {
+        let id = Identity::from_secret_bytes(b.key);
+        // two lines: a log record holds at most 128 bytes
+        logf!("net: identity: generated at boot from hardware entropy (no node.key); public key {}", catenary_net::cluster::hex_encode(&id.public_key()));
+        logf!("net: hardware: {} CPUs, {} MiB of memory, NIC MAC {}", b.cpus, b.mem_mib, mac_text(&nic.mac));
+        id
+    } else if b.flags & BOOT_KEY != 0 {
         logf!("net: identity: the node key from the boot module");
         Identity::from_secret_bytes(b.key)
     } else {
@@ -623,7 +657,14 @@ fn run(arg: u64) -> u64 {
     let now = now_ns();
     let h = netfabric::crypto::hash(&[b"catenary fabric ipc incarnation", &b.fabric_seed]);
     let incarnation = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) | 1;
+    let own_key = identity.public_key();
+    let listed = cluster.members.iter().any(|m| m.public_key == own_key);
     let mut node = Node::new(&mut nic, NodeConfig { identity, cluster, unix_time_at_origin: b.unix_at_origin, rng_seed: b.fabric_seed }, now);
+    if !listed && !member_keys.is_empty() {
+        // In no cluster file (a netbooted node): hello to the seeds until the cluster admits us.
+        node.enable_hello(b.cpus.min(u16::MAX as u64) as u16, b.mem_mib.min(u32::MAX as u64) as u32);
+        logf!("net: admission: this node's key is in no cluster file: saying hello to {} seed(s) every {} s until an admin admits it", member_keys.len(), catenary_net::admission::HELLO_PERIOD_NS / 1_000_000_000);
+    }
     if let Some(pct) = probes::arg(&b.cmdline, "net.test-loss") {
         match pct.parse::<u64>() {
             Ok(p) if (1..=90).contains(&p) => {
@@ -718,4 +759,8 @@ fn step(st: &mut State) -> bool {
         }
     }
     active
+}
+
+fn mac_text(m: &[u8; 6]) -> alloc::string::String {
+    alloc::format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }

@@ -31,7 +31,7 @@ use catenary_cluster::desired::{Command, RestartPolicy as ClusterRestart, Worklo
 use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LIST, LABEL_TICKET, LABEL_WRITE};
 use catenary_cluster::raft_codec::{decode, Wire};
 use catenary_cluster::NodeKey;
-use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_CLUSTER};
+use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_ADMIT_PEER, LABEL_CLUSTER, LABEL_SELF};
 use catenary_netsock::{DgramHeader, Local, Ready, DGRAM_HEADER, UDP_PAYLOAD_MAX};
 use catenary_user::netsock_client::Sockets;
 use catenary_user::*;
@@ -179,14 +179,24 @@ fn run(_arg: u64) -> u64 {
             return 2;
         }
     };
-    let Some(me) = members.iter().position(|m| m.2 == me_addr) else {
-        logf!("orchd: this node ([{}]) is not in the cluster file: nothing to orchestrate", me_addr);
-        idle();
-    };
+    let own = own_key();
     let keys: Vec<NodeKey> = members.iter().map(|m| NodeKey(m.1)).collect();
-    let by_addr: BTreeMap<Ipv6Addr, usize> = members.iter().enumerate().map(|(i, m)| (m.2, i)).collect();
-    let seed = rdtsc() ^ (me as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut orch = Orch::new(me, keys, OrchConfig::default(), seed, now());
+    let file_len = members.len();
+    let mut members = members;
+    let mut by_addr: BTreeMap<Ipv6Addr, usize> = members.iter().enumerate().map(|(i, m)| (m.2, i)).collect();
+    let mut orch = match members.iter().position(|m| m.2 == me_addr) {
+        Some(me) => {
+            let seed = rdtsc() ^ (me as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            logf!("orchd: member {} of {} ({}), UDP [{}]:{}; listening for a cluster", me, members.len(), members[me].0, me_addr, PORT);
+            Orch::new(me, keys, OrchConfig::default(), seed, now())
+        }
+        None => {
+            // A node in no cluster file (netbooted, its key made at boot): it takes part once
+            // an admin admitted its key (`catenary node add`), under the index a member tells it.
+            logf!("orchd: this node ([{}]) is in no cluster file: waiting to be admitted (asking the {} listed members every second)", me_addr, members.len());
+            Orch::new_unlisted(keys, NodeKey(own), OrchConfig::default(), rdtsc(), now())
+        }
+    };
     for (k, l) in &labels {
         if !l.is_empty() {
             let name = members.iter().find(|m| m.1 == k.0).map(|m| m.0.as_str()).unwrap_or("?");
@@ -195,7 +205,9 @@ fn run(_arg: u64) -> u64 {
         }
     }
     orch.set_labels(labels);
-    logf!("orchd: member {} of {} ({}), UDP [{}]:{}; listening for a cluster", me, members.len(), members[me].0, me_addr, PORT);
+    let mut placed = orch.member_index();
+    // Keys admitted at run time that netd took as fabric peers.
+    let mut handed: Vec<[u8; 32]> = Vec::new();
 
     let mut next_converge = 0u64;
     let mut next_capacity = 0u64;
@@ -204,6 +216,20 @@ fn run(_arg: u64) -> u64 {
     loop {
         let t = now();
         orch.tick(t);
+        if orch.members().len() != members.len() {
+            // Members admitted at run time, numbered alike on every node (the committed order).
+            for k in &orch.members()[members.len()..] {
+                members.push((catenary_net::admission::short(&k.0), k.0, Prefix64::from_public_key(&k.0).node_address()));
+            }
+            by_addr = members.iter().enumerate().map(|(i, m)| (m.2, i)).collect();
+        }
+        if orch.member_index() != placed {
+            placed = orch.member_index();
+            if let Some(i) = placed {
+                logf!("orchd: admitted by the cluster: member {} of {}; listening for the leader", i, members.len());
+            }
+        }
+        hand_admitted(&orch, file_len, own, &mut handed);
         send_all(&s, sock, &io, &members, &mut orch);
         let ms = now_ns() / 1_000_000;
         if ms >= next_capacity {
@@ -259,6 +285,39 @@ fn run(_arg: u64) -> u64 {
                 }
             }
             send_all(&s, sock, &io, &members, &mut orch);
+        }
+    }
+}
+
+/// This node's fabric public key (`netd`'s `LABEL_SELF`), waiting until it answers.
+fn own_key() -> [u8; 32] {
+    loop {
+        if let Ok(m) = call(NETD, LABEL_SELF, [0; 4]) {
+            if m.label == 0 {
+                return catenary_cluster::service::words_key(m.words);
+            }
+        }
+        sleep_ns(500_000_000);
+    }
+}
+
+/// Give `netd` every key the committed state admitted that the file does not list, once:
+/// the fabric takes it as a peer (every node does this from its own committed state).
+fn hand_admitted(orch: &Orch, file_len: usize, own: [u8; 32], handed: &mut Vec<[u8; 32]>) {
+    let Some(st) = orch.state() else { return };
+    let file = &orch.members()[..file_len.min(orch.members().len())];
+    let todo: Vec<NodeKey> = st.nodes.iter().filter(|k| !file.contains(k) && k.0 != own && !handed.contains(&k.0)).take(8).copied().collect();
+    for k in todo {
+        match call_timeout(NETD, LABEL_ADMIT_PEER, catenary_cluster::service::key_words(&k.0), 1000) {
+            Ok(m) if m.label == 0 => {
+                logf!("orchd: {} ({}) is admitted in the desired state: the fabric takes it as a peer", catenary_net::admission::short(&k.0), catenary_net::cluster::hex_encode(&k.0));
+                handed.push(k.0);
+            }
+            Ok(m) if m.label == catenary_ipc::netd::ADMIT_REFUSED => {
+                logf!("orchd: netd refused admitted key {} as a peer", catenary_net::cluster::hex_encode(&k.0));
+                handed.push(k.0);
+            }
+            _ => return, // asked again next round
         }
     }
 }

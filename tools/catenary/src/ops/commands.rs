@@ -70,10 +70,18 @@ pub fn nodes(c: &Ctx) -> R {
     for n in &l.nodes {
         let mem = match (n.memory_free_mib, n.memory_total_mib) {
             (Some(f), Some(t)) => format!("{f}/{t} MiB"),
+            (None, Some(t)) => format!("-/{t} MiB"),
             _ => "-".into(),
         };
         let committed = n.memory_committed_mib.map_or("-".into(), |c| format!("{c} MiB"));
         println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9}", n.name, n.state, opt(n.membership.as_deref()), opt(n.incarnation), n.address, opt(n.cpus), mem, committed, opt(n.workloads));
+    }
+    let pending: Vec<&catenary_api::types::Node> = l.nodes.iter().filter(|n| n.state == "pending").collect();
+    if !pending.is_empty() {
+        println!("pending (admit with `catenary node add KEY`):");
+        for n in pending {
+            println!("  {} key {} MAC {}", n.name, n.public_key, opt(n.mac.as_deref()));
+        }
     }
     Ok(())
 }

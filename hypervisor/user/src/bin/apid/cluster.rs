@@ -13,8 +13,13 @@ pub const WRITE_MS: u64 = 8_000;
 
 /// `node`: the key of the node a `Drain` names.
 pub fn write(buf: &Pages, orchd: u64, w: ClusterWrite, node: Option<[u8; 32]>) -> Result<(), ApiError> {
+    propose(buf, orchd, catenary_api::cluster_state::command(w, node))
+}
+
+/// Commit one command through `orchd`, waiting for it.
+pub fn propose(buf: &Pages, orchd: u64, c: catenary_cluster::desired::Command) -> Result<(), ApiError> {
     let unavailable = || ApiError::new(503, "cluster_unavailable", "the cluster has no leader now (or it did not commit in time); try again");
-    let bytes = encode(&Wire::Propose { request: 0, command: catenary_api::cluster_state::command(w, node) });
+    let bytes = encode(&Wire::Propose { request: 0, command: c });
     if bytes.len() as u64 > buf.len() {
         return Err(ApiError::bad_request("the workload is too large for the cluster's log"));
     }
