@@ -41,6 +41,8 @@ pub struct NodeSpec {
     /// A second virtio-net device with this MAC on the same switch: a NAT64 gateway's IPv4
     /// uplink (docs/nat64.md).
     pub uplink: Option<[u8; 6]>,
+    /// `KEY=VALUE` labels on its `node` line (placement constraints, docs/orchestration.md).
+    pub labels: Vec<String>,
 }
 
 impl NodeSpec {
@@ -56,11 +58,25 @@ impl NodeSpec {
             kick_ms: std::env::var("CATENARY_KICK_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
             files: Vec::new(),
             uplink: None,
+            labels: Vec::new(),
         }
     }
     pub fn member(&self) -> Member {
         Member { name: self.name.clone(), public_key: self.identity.public_key(), underlay: link_local_from_mac(self.mac), port: FABRIC_PORT }
     }
+}
+
+/// The cluster file with each node's labels after its `node` line's port.
+fn labelled(text: String, nodes: &[NodeSpec]) -> String {
+    text.lines()
+        .map(|l| {
+            let labels = nodes.iter().find(|n| !n.labels.is_empty() && l.starts_with(&format!("node {} ", n.name))).map(|n| n.labels.join(" "));
+            match labels {
+                Some(x) => format!("{l} {x}\n"),
+                None => format!("{l}\n"),
+            }
+        })
+        .collect()
 }
 
 /// The switch: `vde_switch` in the foreground, kept alive by holding its stdin open.
@@ -300,7 +316,7 @@ pub fn start_with(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Mem
     let mut listed = Cluster { members: nodes.iter().filter(|n| n.listed).map(NodeSpec::member).collect(), operators: operators.to_vec() };
     listed.members.extend(externals.iter().cloned());
     let shared = dir.join("cluster.txt");
-    std::fs::write(&shared, listed.render()).map_err(|e| e.to_string())?;
+    std::fs::write(&shared, labelled(listed.render(), nodes)).map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel();
     let mut children = Vec::new();
     let mut shown = Vec::new();

@@ -57,6 +57,41 @@ fn runners(l: &[BTreeMap<String, String>]) -> BTreeMap<String, Vec<usize>> {
 
 const REPLICAS: [&str; 3] = ["cl-db-0", "cl-web-0", "cl-web-1"];
 
+/// Placement constraints and the desired-state listing on the nodes: `pinned`
+/// (`--constraint zone=a`) runs on node2 (the only node labelled zone=a) and nowhere else;
+/// `nogpu` (`gpu=yes`) is accepted but unplaceable; `catenary --json ps` through node1 lists
+/// both with their replicas' nodes and states (node2's replica state gathered from node2).
+/// Both are removed again so that the kill scenario sees web and db only.
+fn constraints_and_listing(c: &mut Checks, r: &mut crate::cluster::Running, a: &Workstation, nodes: &[NodeSpec], img: &str, from: &[usize], dead: &[bool]) {
+    let (st, out, err) = a.cli(&nodes[0], &["run", "--constraint", "zone=a", "--name", "pinned", "--mem", "64", "--restart", "always", img, "hello", "pinned"]);
+    c.check("`catenary run --constraint zone=a --name pinned` is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+    let (st, out, err) = a.cli(&nodes[0], &["run", "--constraint", "gpu=yes", "--name", "nogpu", "--mem", "64", img]);
+    c.check("an unsatisfiable `--constraint gpu=yes` is accepted", st == 0, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+    let on2 = r.wait(Duration::from_secs(300), false, |l| runners(&lists(l, from, dead)).get("cl-pinned-0").is_some_and(|v| v == &[1]) && lists(l, from, dead)[1].get("cl-pinned-0").is_some_and(|s| s == "running"));
+    let l = lists(&r.lines, from, dead);
+    c.check("pinned runs on node2 (zone=a) and on no other node", on2, &format!("{:?}", runners(&l)));
+    let (st, out, err) = a.cli(&nodes[0], &["--json", "ps"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    let w = |n: &str| v["cluster"]["workloads"].as_array().and_then(|a| a.iter().find(|w| w["name"] == n)).cloned().unwrap_or(serde_json::Value::Null);
+    let (p, g) = (w("pinned"), w("nogpu"));
+    let pinned_ok = p["assignments"][0]["node"] == "node2" && p["assignments"][0]["state"] == "running" && p["running"] == 1 && p["constraints"][0] == "zone=a" && p["placeable"] == true;
+    c.check("`catenary --json ps` via node1 lists pinned on node2, running (node2's state gathered), 1/1", st == 0 && pinned_ok, &format!("exit {st}: {p} {}", err.trim()));
+    let nogpu_ok = g["placeable"] == false && g["eligible_nodes"] == 0 && g["assignments"][0]["node"].is_null() && g["running"] == 0;
+    c.check("it lists nogpu unplaceable (0 eligible nodes, unassigned)", nogpu_ok, &format!("{g}"));
+    let web_ok = w("web")["running"] == 2 && w("db")["running"] == 1;
+    c.check("web 2/2 and db 1/1 running in the listing", web_ok, &format!("{} {}", w("web"), w("db")));
+    let (st, table, _) = a.cli(&nodes[0], &["ps"]);
+    c.check("`catenary ps` shows the cluster table (pinned 1/1 on node2, nogpu unplaceable)", st == 0 && table.lines().any(|l| l.starts_with("pinned") && l.contains("1/1") && l.contains("node2:running")) && table.contains("unplaceable"), &table);
+    let (st, out, _) = a.cli(&nodes[0], &["run", "--name", "cl-x-0", "--mem", "64", img]);
+    c.check("a node-level run named cl-… is refused (exit 1, 400)", st == 1, &format!("exit {st}: {}", out.trim()));
+    for n in ["pinned", "nogpu"] {
+        let (st, out, err) = a.cli(&nodes[0], &["rm", n]);
+        c.check(&format!("`catenary rm {n}` removes it from the cluster"), st == 0 && out.contains("removed from the cluster"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+    }
+    let gone = r.wait(Duration::from_secs(120), false, |l| !runners(&lists(l, from, dead)).contains_key("cl-pinned-0"));
+    c.check("pinned's replica stopped", gone, "");
+}
+
 /// Every replica active on exactly one node and `running` there.
 fn placed(l: &[BTreeMap<String, String>]) -> bool {
     let r = runners(l);
@@ -86,6 +121,8 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             n.files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));
         }
     }
+    // node2 alone in zone a: a workload constrained to it lands there and nowhere else
+    nodes[1].labels = vec!["zone=a".into()];
     let mut r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
     let mut c = Checks(Vec::new());
     let mut from = vec![0usize; 3];
@@ -118,6 +155,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         if !ok {
             return Err("not placed".into());
         }
+        constraints_and_listing(&mut c, &mut r, &a, &nodes, img, &from, &dead);
         // kill the node that runs db
         let victim = runners(&l)["cl-db-0"][0];
         let lost: Vec<String> = l[victim].keys().cloned().collect();
