@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const TESTS: [&str; 7] = [
+const TESTS: [&str; 8] = [
     "net_nat64_http_from_other_node",
     "net_nat64_udp_exchange",
     "net_nat64_ping",
@@ -27,7 +27,26 @@ const TESTS: [&str; 7] = [
     "net_nat64_gateway_only_where_configured",
     "net_nat64_dns64_synthesizes_aaaa",
     "net_nat64_http_by_name",
+    "net_nat64_workload_resolv_conf",
 ];
+/// The workload `workd` runs on node2 (`workload.client=9`): its entrypoint prints the
+/// `/etc/resolv.conf` catenary-init wrote from node.json, then fetches the file by name
+/// (busybox wget: glibc's resolver, static) until it has it, and prints the SHA-256.
+const FETCH_TAG: &str = "fetch";
+const FETCH_SCRIPT: &str = "echo \"catenary-test resolv: $(busybox tr '\\n' '|' < /etc/resolv.conf)\"; \
+i=0; while [ $i -lt 40 ]; do s=$(busybox wget -q -T 10 -O - http://ipv4only.example/blob | busybox sha256sum); \
+case $s in e3b0c44298fc1c149afbf4c8996fb924*) i=$((i+1)); busybox sleep 2;; *) break;; esac; done; \
+echo \"catenary-test sha: $s\"";
+
+/// The busybox image `workd` runs (built offline with umoci, packed with `catenary image pack`).
+fn fetch_image(dir: &Path) -> Result<(), String> {
+    use crate::ociimage as oci;
+    let rootfs = oci::new_image(dir, FETCH_TAG)?;
+    oci::add_busybox(&rootfs)?;
+    oci::repack(dir, FETCH_TAG)?;
+    oci::config(dir, FETCH_TAG, &["--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c", "--config.entrypoint", FETCH_SCRIPT])?;
+    oci::pack(dir, FETCH_TAG, &dir.join("out")).map(|_| ())
+}
 /// The IPv4 host and what it looks like inside (RFC 6052: 64:ff9b::203.0.113.80).
 const SERVER: &str = "203.0.113.80";
 pub(crate) const SERVER6: &str = "64:ff9b::cb00:7150";
@@ -138,12 +157,20 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     if !crate::preflight::ready(t, &TESTS, &crate::preflight::Needs { root: true, tools: &TOOLS, guest: true, ..Default::default() }) {
         return Ok(());
     }
+    if let Some(why) = crate::ociimage::missing_tools() {
+        for n in TESTS {
+            t.skip(n, why);
+        }
+        return Ok(());
+    }
     // the file the IPv4 host serves: random bytes, and their SHA-256
     let dir = out_dir().join("net-nat64");
     let www = dir.join("www");
     std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
     let (data, sha) = blob(BLOB_BYTES);
     std::fs::write(www.join("blob"), &data).map_err(|e| e.to_string())?;
+    let img = dir.join("fetch-image");
+    fetch_image(&img)?;
 
     let mut a = NodeSpec::new(1);
     a.cmdline = GATEWAY.into();
@@ -160,8 +187,13 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
          wget -q -O - http://{NAME}/blob | sha256sum | sed 's/^/nat64-name-sha /'; \
          echo vm-nat64-done"
     );
-    b.cmdline = format!("net.nat64gw=node1 vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(cmd.as_bytes()));
+    // and a workload through workd (wkctl scenario 9) from the image in node2's store
+    b.cmdline = format!("net.nat64gw=node1 workload.client=9 vm=demo vm.boot=pvh vm.mem=128 vm.net=1 vm.cmd={}", b64(cmd.as_bytes()));
     b.guest = true;
+    for (name, file) in [("image/rootfs.squashfs", "rootfs.squashfs"), ("image/config.json", "config.json"), ("image/image.json", "image.json")] {
+        let p = img.join("out").join(file);
+        b.files.push((name.to_string(), std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?));
+    }
 
     // namespaces and taps: one test at a time on this machine
     let lock = std::fs::File::create("/tmp/catenary-netns.lock").map_err(|e| e.to_string())?;
@@ -173,7 +205,9 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC") || x.starts_with(NODE_STOPPED));
     let done = setup.is_ok()
         && r.wait(Duration::from_secs(420), false, |l| {
-            l[1].iter().any(|x| x.contains("vm-nat64-done") || x.contains("microVM demo failed")) || panicked(l)
+            let demo = l[1].iter().any(|x| x.contains("vm-nat64-done") || x.contains("microVM demo failed"));
+            let workload = l[1].iter().any(|x| x.contains("workload.client: wkctl scenario 9 ended"));
+            (demo && workload) || panicked(l)
         });
     // then the gateway's table drains (RFC 6146 timeouts, 10 s here; TCP after its FINs)
     let drain_line = |l: &[String]| l.iter().rev().find(|x| x.contains("natd: sessions ")).cloned();
@@ -188,7 +222,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     drop(lock);
     let lines1 = &r.lines[0];
     let lines2 = &r.lines[1];
-    for l in lines2.iter().filter(|l| l.contains("nat64-")).chain(lines1.iter().filter(|l| l.contains("natd: ") || l.contains("nat64:"))) {
+    for l in lines2.iter().filter(|l| l.contains("nat64-") || l.contains("[vm:fetch") || l.contains("wkctl")).chain(lines1.iter().filter(|l| l.contains("natd: ") || l.contains("nat64:"))) {
         println!("  {l}");
     }
     let panic = panicked(&r.lines);
@@ -207,6 +241,11 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let last = drain_line(lines1);
     let gateway = r.has(0, "service natd started") && r.has(0, "natd: NAT64 gateway up: uplink 198.51.100.2/24")
         && r.has(0, "this node is the cluster's NAT64 gateway");
+    // the workload: resolv.conf from node.json (catenary-init), the file by name over NAT64
+    let wl_resolv = lines2.iter().any(|l| l.contains("[vm:fetch stdout] catenary-test resolv: ") && l.contains("nameserver 64:ff9b::35|"));
+    let wl_sha = lines2.iter().find_map(|l| l.split("[vm:fetch stdout] catenary-test sha: ").nth(1).map(|s| s.split_whitespace().next().unwrap_or("").to_string()));
+    let wl_exit = r.has(1, "wkctl: RESULT fetch ok");
+    let wl_not_demo = r.has(1, "workd: create fetch") && r.has(1, "workload microVM fetch: virtio-net MAC");
     let elsewhere = !r.has(1, "service natd started") && r.has(1, "64:ff9b::/96 is routed over the fabric to the gateway node1");
     drop(r);
     let ctx = format!("namespace {:?}; log {}", setup.as_ref().err(), log.display());
@@ -218,6 +257,8 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         &format!("(most sessions logged {peak:?}, last table line {last:?}; {ctx})"));
     t.record(TESTS[5], ok && dns64, &format!("(nslookup -type=AAAA {NAME} at 64:ff9b::35 answered {SERVER6}: {dns64}; {ctx})"));
     t.record(TESTS[6], ok && by_name, &format!("(wget http://{NAME}/blob with nameserver 64:ff9b::35 in /etc/resolv.conf: SHA-256 {got_name_sha:?}, on the host {sha}; {ctx})"));
+    t.record(TESTS[7], ok && wl_resolv && wl_sha.as_deref() == Some(sha.as_str()) && wl_exit && wl_not_demo,
+        &format!("(workd's workload on node2: resolv.conf with 64:ff9b::35 {wl_resolv}, SHA-256 {wl_sha:?} vs {sha}, exit 0 {wl_exit}, created by workd with network {wl_not_demo}; {ctx})"));
     t.record(TESTS[4], ok && gateway && elsewhere, &format!("(natd on node1 with its uplink {gateway}, not on node2 which routes to node1 {elsewhere}; {ctx})"));
     Ok(())
 }

@@ -36,6 +36,9 @@
 //!   running; the kernel test then kills `workd` and waits for its restart.
 //! 8 adopt, part 2: both still running under the new `workd`, with their ids and restart
 //!   counts; new ticks in their logs; stop works on them; destroyed.
+//! 9 fetch (`net_nat64`, on a node that is not the NAT64 gateway): the image in the store run
+//!   with network as `fetch` (its entrypoint resolves a name and fetches it over NAT64); it
+//!   must exit with code 0.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -171,6 +174,7 @@ fn run(scenario: u64) -> u64 {
         6 => push(&mut c),
         7 => adopt_before(&mut c),
         8 => adopt_after(&mut c),
+        9 => fetch(&mut c),
         _ => c.result("scenario", false, "unknown scenario"),
     }
     c.failed as u64
@@ -423,6 +427,23 @@ fn web(c: &mut Client) {
     c.result("web_address_reused", d == Ok(Reply::Done) && matches!(r, Ok(Reply::Created(_))) && a2.is_some() && a2 == addr, &format!("destroy {d:?}; create web2 {r:?}: address {a2:?}"));
     let _ = c.req(&Request::Destroy(Target::Name("web2".into())));
     logf!("wkctl: web scenario done, {} checks failed", c.failed);
+}
+
+/// Scenario 9 (`net_nat64`): the store's image run with network as `fetch` — its entrypoint
+/// resolves a name through the `/etc/resolv.conf` catenary-init wrote and fetches over NAT64 —
+/// until it exits; the check is its exit code (the test reads what it printed).
+fn fetch(c: &mut Client) {
+    let Some(img) = c.image() else { return c.result("fetch", false, "no image in the store") };
+    let s = WorkloadSpec { args: None, net: true, ..spec("fetch", img, &[], RestartPolicy::No, 64) };
+    let r = c.req(&Request::Create(s));
+    let st = c.req(&Request::Start(Target::Name("fetch".into())));
+    if !matches!(r, Ok(Reply::Created(_))) || st != Ok(Reply::Done) {
+        return c.result("fetch", false, &format!("create {r:?}, start {st:?}"));
+    }
+    let end = wait(c, "fetch", 600, |s| matches!(s.state, State::Exited | State::Failed));
+    let ok = end.as_ref().is_some_and(|s| s.state == State::Exited && s.exit == Some(ExitStatus::Code(0)));
+    c.result("fetch", ok, &format!("{:?}", end.map(|s| (s.state, s.exit, s.address))));
+    let _ = c.req(&Request::Destroy(Target::Name("fetch".into())));
 }
 
 /// The pushed image's chunk size, and a buffer for one chunk behind the request.
