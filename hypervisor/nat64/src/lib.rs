@@ -12,7 +12,8 @@
 //!   protocol unreachable ↔ parameter problem), with the packet inside translated too and every
 //!   checksum recomputed. **Fragments are dropped deliberately** (IPv4 with MF or an offset, the
 //!   IPv6 Fragment header) and counted: the translated side sets DF, the fabric's MTU is known,
-//!   and reassembly state is a memory sink a hostile sender can fill. IPv6 extension headers
+//!   and reassembly state is a memory sink a hostile sender can fill. Whole packets too big for
+//!   the next hop get fragmentation-needed / packet-too-big, or IPv6 fragments ([`toobig`]). IPv6 extension headers
 //!   other than none are dropped likewise; IPv4 options are ignored.
 //!
 //! Everything that arrives is hostile: parsing is etherparse's, every length is checked
