@@ -55,7 +55,7 @@ pub fn list(buf: &Pages, orchd: u64) -> Result<(alloc::vec::Vec<catenary_cluster
     let len = (PAGE_MAX as u64).min(buf.len());
     let mut out = alloc::vec::Vec::new();
     let mut start = 0u64;
-    let mut total = 0;
+    let mut total: u32;
     loop {
         let m = call_grant(orchd, LABEL_LIST, start, 0, buf, len, true).map_err(|_| unavailable())?;
         if m.label != IPC_OK || m.words[0] > len {
