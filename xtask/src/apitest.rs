@@ -172,7 +172,7 @@ impl Workstation {
     }
 
     /// `curl` in the namespace: (exit status, HTTP status and body).
-    fn curl(&self, node: &NodeSpec, path: &str) -> (i32, String) {
+    pub(crate) fn curl(&self, node: &NodeSpec, path: &str) -> (i32, String) {
         let url = format!("http://[{}]:{}{path}", node.identity.node_address(), catenary_api::PORT);
         let o = Command::new("ip").args(["netns", "exec", &self.ns, "curl", "-s", "-g", "--max-time", "15", "-w", "\n%{http_code}", &url]).output();
         match o {

@@ -4,6 +4,7 @@
 
 mod apibench;
 mod apitest;
+mod imagecopytest;
 mod orchtest;
 mod admissiontest;
 mod fabriccli;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 const LIST: &str = "orchd: workd runs [";
 
 /// Each node's latest workd list of cluster replicas (name -> state), from line `from[i]` on.
-fn lists(lines: &[Vec<String>], from: &[usize], dead: &[bool]) -> Vec<BTreeMap<String, String>> {
+pub(crate) fn lists(lines: &[Vec<String>], from: &[usize], dead: &[bool]) -> Vec<BTreeMap<String, String>> {
     lines
         .iter()
         .enumerate()
@@ -45,7 +45,7 @@ fn lists(lines: &[Vec<String>], from: &[usize], dead: &[bool]) -> Vec<BTreeMap<S
 }
 
 /// Replica name -> the nodes whose workd has it active.
-fn runners(l: &[BTreeMap<String, String>]) -> BTreeMap<String, Vec<usize>> {
+pub(crate) fn runners(l: &[BTreeMap<String, String>]) -> BTreeMap<String, Vec<usize>> {
     let mut m: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, n) in l.iter().enumerate() {
         for k in n.keys() {

@@ -86,6 +86,9 @@ pub fn remove_cluster(workload: &str) -> ClientRequest {
 pub fn drain_node(node: &str) -> ClientRequest {
     req(Method::Post, alloc::format!("/v1/cluster/nodes/{node}/drain"))
 }
+pub fn undrain_node(node: &str) -> ClientRequest {
+    req(Method::Post, alloc::format!("/v1/cluster/nodes/{node}/undrain"))
+}
 pub fn inspect(workload: &str) -> ClientRequest {
     req(Method::Get, alloc::format!("/v1/workloads/{workload}"))
 }

@@ -210,19 +210,26 @@ impl RequestReader {
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    pub content_type: &'static str,
 }
 
 impl Response {
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, body }
+        Response { status, body, content_type: "application/json" }
+    }
+
+    /// Raw bytes (an image's bytes served to another node).
+    pub fn bytes(body: Vec<u8>) -> Response {
+        Response { status: 200, body, content_type: "application/octet-stream" }
     }
 
     /// The bytes on the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = alloc::format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.status,
             reason(self.status),
+            self.content_type,
             self.body.len()
         )
         .into_bytes();

@@ -12,6 +12,8 @@
 //! - [`upload`]: image push in chunks, resumable, verified per chunk and as a whole;
 //! - [`events`]: workload events from the changes the service sees;
 //! - [`cluster`]: what the other nodes add to an answer (lists gathered, requests forwarded);
+//! - [`peer`], [`fetch`]: node-to-node image reads, and a node fetching an image the cluster
+//!   needs there from the nodes that hold it;
 //! - [`client`]: the same requests from the client's side, and a bounded answer reader.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -28,7 +30,9 @@ pub mod error;
 pub mod events;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod fetch;
 pub mod http;
+pub mod peer;
 pub mod router;
 pub mod routes;
 pub mod types;
@@ -46,3 +50,4 @@ mod tests;
 mod cluster_tests;
 #[cfg(test)]
 mod cluster_state_tests;
+mod fetch_tests;

@@ -37,6 +37,11 @@ pub trait Backend {
     /// A `proto::Request::ImageChunk` with its bytes: `apid` writes the request at the start of
     /// its granted buffer and `bytes` at `proto::CHUNK_OFFSET` (the grant must reach that far).
     fn workd_chunk(&mut self, req: wk::Request, bytes: &[u8]) -> wk::Response;
+    /// A `proto::Request::ImageRead`: the bytes the workload service put at
+    /// `proto::CHUNK_OFFSET` of the granted buffer (`Reply::Read`'s count of them).
+    fn workd_read(&mut self, _req: wk::Request) -> Result<Vec<u8>, wk::Error> {
+        Err(wk::Error::Unsupported)
+    }
     /// A write to the cluster's replicated desired state (in `apid`: the orchestration service
     /// `orchd`, which answers once the write is committed). A node without one refuses.
     fn cluster(&mut self, _w: ClusterWrite) -> Result<(), ApiError> {
@@ -58,6 +63,8 @@ pub enum ClusterWrite {
     Remove(String),
     /// Take every replica off a node (its name in the cluster file, or its 64-hex key).
     Drain(String),
+    /// Let the scheduler place replicas on a drained node again.
+    Undrain(String),
 }
 
 /// The longest name of a cluster workload: its replicas run as `cl-NAME-R` on the nodes.
@@ -130,6 +137,9 @@ impl Api {
 
     /// Answer one request from the fabric peer `caller` (its public key).
     pub fn handle(&mut self, caller: &[u8; 32], req: &HttpRequest, backend: &mut dyn Backend, now_ms: u64) -> Response {
+        if crate::peer::is_peer(req) {
+            return crate::peer::serve(req, self.operators.node_keys.contains(caller), backend);
+        }
         if let Err(e) = self.operators.authorize(caller, req.method) {
             return e.to_response();
         }
@@ -292,13 +302,14 @@ impl Api {
                 backend.cluster(ClusterWrite::Remove(name.clone()))?;
                 ok(&ClusterWorkload { name, replicas: 0 })
             }
-            Op::DrainNode => {
+            Op::DrainNode | Op::UndrainNode => {
                 let node = p.iter().find(|(k, _)| *k == "node").map(|(_, v)| v.clone()).unwrap_or_default();
                 if node.is_empty() || node.len() > 64 {
                     return Err(ApiError::bad_request("node: a node's name or key"));
                 }
-                backend.cluster(ClusterWrite::Drain(node.clone()))?;
-                ok(&ClusterNode { name: node, drained: true })
+                let drain = route.op == Op::DrainNode;
+                backend.cluster(if drain { ClusterWrite::Drain(node.clone()) } else { ClusterWrite::Undrain(node.clone()) })?;
+                ok(&ClusterNode { name: node, drained: drain })
             }
             Op::Events => {
                 self.observe(backend, now_ms);

@@ -32,6 +32,7 @@ pub enum Op {
     ListClusterWorkloads,
     InspectClusterWorkload,
     DrainNode,
+    UndrainNode,
 }
 
 /// What a request body is: nothing, a JSON schema, or raw bytes (an image chunk).
@@ -92,6 +93,7 @@ pub const ROUTES: &[Route] = &[
     r(Get, "/v1/cluster/workloads/{workload}", Op::InspectClusterWorkload, "inspectClusterWorkload", &[], Body::None, 200, "ClusterWorkloadStatus"),
     r(Delete, "/v1/cluster/workloads/{workload}", Op::RemoveClusterWorkload, "removeClusterWorkload", &[], Body::None, 200, "ClusterWorkload"),
     r(Post, "/v1/cluster/nodes/{node}/drain", Op::DrainNode, "drainNode", &[], Body::None, 200, "ClusterNode"),
+    r(Post, "/v1/cluster/nodes/{node}/undrain", Op::UndrainNode, "undrainNode", &[], Body::None, 200, "ClusterNode"),
 ];
 
 /// The values of a route's `{param}` segments, in order.

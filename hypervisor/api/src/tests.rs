@@ -533,6 +533,11 @@ fn cluster_writes_go_to_the_orchestration_service() {
     let (s, b) = send(&mut api, &mut o, ADMIN, &client::drain_node("node2"));
     assert!(decode::<ClusterNode>(s, &b).unwrap().drained);
     assert!(matches!(&o.writes[2], crate::ClusterWrite::Drain(n) if n == "node2"));
+    // undrain: the same, as an Undrain
+    assert_eq!(send(&mut api, &mut o, VIEWER, &client::undrain_node("node2")).0, 403);
+    let (s, b) = send(&mut api, &mut o, ADMIN, &client::undrain_node("node2"));
+    assert!(!decode::<ClusterNode>(s, &b).unwrap().drained);
+    assert!(matches!(&o.writes[3], crate::ClusterWrite::Undrain(n) if n == "node2"));
     // a node without an orchestration service
     let mut plain = SimNode::new(1024);
     assert_eq!(send(&mut api, &mut plain, ADMIN, &client::run_cluster(&req)).0, 503);

@@ -45,6 +45,10 @@ use crate::replica::{ProposeError, Replica, ReplicaConfig, ReplicaId};
 pub const LABEL_WRITE: u64 = 1;
 pub const LABEL_TICKET: u64 = 2;
 pub const LABEL_LIST: u64 = 3;
+/// `WANTED`: which image this node's assigned replicas wait for (docs/orchestration.md "Images
+/// follow their replicas"): [`IPC_OK`] with the 32 digest bytes in the four words, or
+/// [`IPC_UNKNOWN`] when none is missing. `apid` asks and fetches it from a node that has it.
+pub const LABEL_WANTED: u64 = 4;
 pub const IPC_OK: u64 = 0;
 pub const IPC_REFUSED: u64 = 1;
 pub const IPC_UNAVAILABLE: u64 = 2;

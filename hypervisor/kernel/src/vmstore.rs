@@ -69,6 +69,8 @@ pub fn disk(b: &Arc<ImageBytes>) -> SharedBytes {
 pub struct StoredImage {
     pub info: ImageInfo,
     pub bytes: Arc<ImageBytes>,
+    /// Its `image.json` (another node that fetches the image begins its upload with it).
+    pub manifest: Vec<u8>,
 }
 
 /// What a workload's microVM boots: the guest kernel (PVH vmlinux or bzImage) and initramfs.
@@ -155,7 +157,7 @@ pub fn init(modules: &[catenary_bootinfo::Module], cmdline: &str) {
                         Ok(()) => {
                             info!(target: "store", "image {} verified on arrival ({} us): rootfs {} bytes ({}), config {} bytes; in the store",
                                 info.digest, (catenary_arch::time::now_ns() - t0) / 1000, r.len(), info.rootfs.short(), c.len());
-                            st.images.push(StoredImage { info, bytes: Arc::new(ImageBytes::Boot { rootfs: r, config: c }) });
+                            st.images.push(StoredImage { info, bytes: Arc::new(ImageBytes::Boot { rootfs: r, config: c }), manifest: m.to_vec() });
                         }
                         Err(e) => warn!(target: "store", "image {}: {}", info.digest, e.message()),
                     },
@@ -178,6 +180,11 @@ pub fn list() -> Vec<ImageInfo> {
 /// An image's bytes (held alive by the caller while it keeps the `Arc`).
 pub fn get(d: &Digest) -> Option<Arc<ImageBytes>> {
     locked(|s| s.as_ref()?.images.iter().find(|i| i.info.digest == *d).map(|i| i.bytes.clone()))
+}
+
+/// An image's `image.json` and its bytes (for `OP_IMAGE_READ`: another node fetches it).
+pub fn get_with_manifest(d: &Digest) -> Option<(Vec<u8>, Arc<ImageBytes>)> {
+    locked(|s| s.as_ref()?.images.iter().find(|i| i.info.digest == *d).map(|i| (i.manifest.clone(), i.bytes.clone())))
 }
 
 /// The workload the command line asks the workload service to start at boot.
@@ -364,7 +371,7 @@ pub fn commit(owner: u64, id: u32, now_ns: u64) -> Result<ImageInfo, StoreErr> {
             s.used_pages -= pages;
             return Some(bytes);
         }
-        s.images.push(StoredImage { info, bytes });
+        s.images.push(StoredImage { info, bytes, manifest: upload.manifest });
         None
     });
     if refused.is_some() {

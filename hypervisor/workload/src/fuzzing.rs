@@ -34,6 +34,8 @@ pub struct SimKernel {
     pub chunk: Vec<u8>,
     /// Images pushed and verified: their info and stream (`config.json ‖ rootfs.squashfs`).
     pub stored: Vec<(ImageInfo, Vec<u8>)>,
+    /// The `image.json` of each stored image (what `OP_IMAGE_READ` serves).
+    pub manifests: Vec<(Digest, Vec<u8>)>,
 }
 
 /// The simulated node's memory.
@@ -79,6 +81,7 @@ impl Vmm for SimKernel {
     fn image_remove(&mut self, image: Digest) -> Result<(), crate::Error> {
         self.removed.push(image);
         self.stored.retain(|(i, _)| i.digest != image);
+        self.manifests.retain(|(d, _)| *d != image);
         Ok(())
     }
     fn image_begin(&mut self, image: Digest, manifest: &[u8]) -> Result<(u32, u64), crate::Error> {
@@ -109,7 +112,20 @@ impl Vmm for SimKernel {
         let (c, _) = crate::store::stream_sizes(&manifest).map_err(|_| crate::Error::ImageInvalid)?;
         let info = crate::store::verify(&manifest, &data[c as usize..], &data[..c as usize], Some(image)).map_err(|_| crate::Error::ImageInvalid)?;
         self.stored.push((info, data));
+        self.manifests.push((image, manifest));
         Ok(info)
+    }
+    /// The bytes go to `chunk` (the real service's grant).
+    fn image_read(&mut self, image: Digest, manifest: bool, offset: u64, len: u32) -> Result<u32, crate::Error> {
+        let src = if manifest {
+            &self.manifests.iter().find(|m| m.0 == image).ok_or(crate::Error::NoSuchImage)?.1
+        } else {
+            &self.stored.iter().find(|s| s.0.digest == image).ok_or(crate::Error::NoSuchImage)?.1
+        };
+        let from = if manifest { 0 } else { (offset.min(src.len() as u64)) as usize };
+        let n = (src.len() - from).min(len as usize);
+        self.chunk = src[from..from + n].to_vec();
+        Ok(n as u32)
     }
     fn image_abort(&mut self, upload: u32) -> Result<(), crate::Error> {
         let n = self.uploads.len();

@@ -118,6 +118,11 @@ pub enum Request {
     ImageAbort { upload: u32 },
     /// Take an image out of the store; refused while a workload (of any state) names it.
     RemoveImage(Digest),
+    /// Read a stored image for another node that fetches it: its `image.json` (`manifest`), or
+    /// at most `len` ([`CHUNK_MAX`]) bytes of its stream `config.json ‖ rootfs.squashfs` from
+    /// `offset`. The bytes go to the request's grant at [`CHUNK_OFFSET`] (which must reach
+    /// `CHUNK_OFFSET + len`); the answer is [`Reply::Read`] with their count.
+    ImageRead { image: Digest, manifest: bool, offset: u64, len: u32 },
     /// The store's use of memory.
     Store,
     /// The node's resources: CPUs online, memory total and free now (the kernel's figures),
@@ -158,6 +163,8 @@ pub enum Reply {
     Image(ImageInfo),
     Store(StoreInfo),
     Node(NodeResources),
+    /// [`Request::ImageRead`]: this many bytes are in the grant at [`CHUNK_OFFSET`].
+    Read { len: u32 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -60,6 +60,11 @@ pub trait Vmm {
     fn image_remove(&mut self, _image: Digest) -> Result<(), Error> {
         Err(Error::Unsupported)
     }
+    /// Copy a stored image's `image.json` (`manifest`) or up to `len` bytes of its stream from
+    /// `offset` to where the current request's chunk goes; the count copied.
+    fn image_read(&mut self, _image: Digest, _manifest: bool, _offset: u64, _len: u32) -> Result<u32, Error> {
+        Err(Error::Unsupported)
+    }
     fn store(&mut self) -> Option<StoreInfo> {
         None
     }
@@ -312,6 +317,16 @@ impl Service {
                 vmm.image_remove(d)?;
                 self.images.remove(&d);
                 Ok(Reply::Done)
+            }
+            Request::ImageRead { image, manifest, offset, len } => {
+                if self.images.get(&image).is_none() {
+                    return Err(Error::NoSuchImage);
+                }
+                if len as usize > CHUNK_MAX || (manifest && (len as usize) < MANIFEST_MAX) {
+                    return Err(Error::Malformed);
+                }
+                let n = vmm.image_read(image, manifest, offset, len)?;
+                Ok(Reply::Read { len: n.min(len) })
             }
             Request::Store => vmm.store().map(Reply::Store).ok_or(Error::Unsupported),
             Request::Node => vmm

@@ -102,6 +102,32 @@ pub fn stream_sizes(image_json: &[u8]) -> Result<(u64, u64), StoreError> {
     Ok((m.config.size, m.rootfs.size))
 }
 
+/// What `image_json` names (the image's digest is its sha256): the digests and sizes of the
+/// run configuration and root filesystem, checked as [`verify`] checks them, without the bytes
+/// (a node that fetches an image checks each part as its bytes arrive).
+pub fn manifest_info(image_json: &[u8]) -> Result<ImageInfo, StoreError> {
+    if image_json.len() > MANIFEST_MAX {
+        return Err(StoreError::BadManifest);
+    }
+    let m: Manifest = serde_json::from_slice(image_json).map_err(|_| StoreError::BadManifest)?;
+    if m.schema_version != 1 || m.media_type != IMAGE_MEDIA_TYPE || m.rootfs.media_type != ROOTFS_MEDIA_TYPE || m.config.media_type != CONFIG_MEDIA_TYPE || m.config.size > CONFIG_MAX as u64 {
+        return Err(StoreError::BadManifest);
+    }
+    let rootfs = Digest::parse(&m.rootfs.digest).ok_or(StoreError::BadManifest)?;
+    let config = Digest::parse(&m.config.digest).ok_or(StoreError::BadManifest)?;
+    Ok(ImageInfo { digest: Digest::of(image_json), rootfs, rootfs_size: m.rootfs.size, config, config_size: m.config.size })
+}
+
+/// An `image.json` for these bytes, as `catenary image pack` writes it (tests build images
+/// with it).
+pub fn manifest_for(rootfs: &[u8], config: &[u8]) -> Vec<u8> {
+    alloc::format!(
+        "{{\"schemaVersion\":1,\"mediaType\":\"{IMAGE_MEDIA_TYPE}\",\"rootfs\":{{\"mediaType\":\"{ROOTFS_MEDIA_TYPE}\",\"digest\":\"{}\",\"size\":{},\"file\":\"rootfs.squashfs\"}},\"config\":{{\"mediaType\":\"{CONFIG_MEDIA_TYPE}\",\"digest\":\"{}\",\"size\":{},\"file\":\"config.json\"}},\"source\":{{\"manifest\":null,\"config\":\"sha256:00\"}}}}",
+        Digest::of(rootfs), rootfs.len(), Digest::of(config), config.len()
+    )
+    .into_bytes()
+}
+
 /// Verify an arriving image: `image_json`'s digest (and `expect`, when the image was named by
 /// one), then the root filesystem's and run configuration's digests and sizes.
 pub fn verify(image_json: &[u8], rootfs: &[u8], config: &[u8], expect: Option<Digest>) -> Result<ImageInfo, StoreError> {
@@ -171,17 +197,7 @@ impl ImageIndex {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use alloc::format;
-    use alloc::vec::Vec;
-
-    /// An image.json for these bytes, as `catenary image pack` writes it.
-    pub fn manifest_for(rootfs: &[u8], config: &[u8]) -> Vec<u8> {
-        format!(
-            "{{\"schemaVersion\":1,\"mediaType\":\"{IMAGE_MEDIA_TYPE}\",\"rootfs\":{{\"mediaType\":\"{ROOTFS_MEDIA_TYPE}\",\"digest\":\"{}\",\"size\":{},\"file\":\"rootfs.squashfs\"}},\"config\":{{\"mediaType\":\"{CONFIG_MEDIA_TYPE}\",\"digest\":\"{}\",\"size\":{},\"file\":\"config.json\"}},\"source\":{{\"manifest\":null,\"config\":\"sha256:00\"}}}}",
-            Digest::of(rootfs), rootfs.len(), Digest::of(config), config.len()
-        )
-        .into_bytes()
-    }
+    pub use super::manifest_for;
 
     #[test]
     fn verified_on_arrival() {
@@ -192,6 +208,8 @@ pub(crate) mod tests {
         assert_eq!((info.rootfs_size, info.config_size), (14, 13));
         assert_eq!(verify(&m, r, c, None), Ok(info));
         assert_eq!(stream_sizes(&m), Ok((13, 14)));
+        assert_eq!(manifest_info(&m), Ok(info));
+        assert_eq!(manifest_info(b"{}"), Err(StoreError::BadManifest));
         assert_eq!(stream_sizes(b"{}"), Err(StoreError::BadManifest));
         // every mismatch is refused, naming what is wrong
         assert_eq!(verify(&m, r, c, Some(Digest::of(b"other"))), Err(StoreError::ManifestDigest));

@@ -25,6 +25,7 @@
 //! | [`OP_IMAGE_REMOVE`] | buf = the 32 digest bytes | 0: out of the store, frames freed when no VM holds them; `ERR_IN_USE` |
 //! | [`OP_STORE`] | — | [`StoreInfo`] in buf; bytes written |
 //! | [`OP_TAG`] | arg = handle, buf = at most [`TAG_MAX`] bytes | 0: the kernel keeps them with the VM |
+//! | [`OP_IMAGE_READ`] | buf/len = where the bytes go, holding the image's 32 digest bytes at its start; arg = offset in the stream `config.json ‖ rootfs.squashfs`, or [`READ_MANIFEST`] for `image.json` | bytes written (at most `len`, at most [`WRITE_MAX`]; 0 past the end) |
 //! | [`OP_LIVE`] | — | `Vec<LiveVm>` in buf: the owner's VMs that run (a restarted service adopts them); bytes written |
 //!
 //! Events wait in one bounded queue per owner; when it goes from empty to non-empty the kernel
@@ -56,6 +57,10 @@ pub const OP_IMAGE_REMOVE: u64 = 14;
 pub const OP_STORE: u64 = 15;
 pub const OP_TAG: u64 = 16;
 pub const OP_LIVE: u64 = 17;
+/// Read a stored image's bytes (another node fetches the image through the API service).
+pub const OP_IMAGE_READ: u64 = 18;
+/// [`OP_IMAGE_READ`]'s arg for the image's `image.json` instead of its stream.
+pub const READ_MANIFEST: u64 = u64::MAX;
 
 /// The kernel cannot do this for that VM (a signal to a VM without catenary-init).
 pub const ERR_UNSUPPORTED: u64 = 102;

@@ -81,7 +81,7 @@ enum Cmd {
     /// Catenary images: pack an OCI image, verify a packed one; push, list, remove on a node.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Cluster nodes: `node drain NODE`; `node add KEY` (admin) admits a node's key into
+    /// Cluster nodes: `node drain NODE`, `node undrain NODE`; `node add KEY` (admin) admits a node's key into
     /// membership.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -169,6 +169,8 @@ enum NodeCmd {
     /// The cluster's scheduler moves every replica off NODE (name or key) and places nothing
     /// there any more.
     Drain { node: String },
+    /// The scheduler may place replicas on a drained NODE again.
+    Undrain { node: String },
     /// Admit a node's fabric public key (64 hex; a pending node's, as `catenary nodes` shows
     /// it): committed in the replicated desired state, from which every node's fabric and
     /// membership service let it in.
@@ -263,6 +265,7 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Stop { grace_ms, id } => commands::stop(&c, &id, grace_ms),
         Cmd::Rm { id } => commands::rm(&c, &id),
         Cmd::Node(NodeCmd::Drain { node }) => commands::drain(&c, &node),
+        Cmd::Node(NodeCmd::Undrain { node }) => commands::undrain(&c, &node),
         Cmd::Inspect { id } => commands::inspect(&c, &id),
         Cmd::Events { follow } => commands::events(&c, follow, poll),
         Cmd::FabricProbe { bytes } => {

@@ -164,6 +164,7 @@ pub(super) fn sys_vm(f: &mut TrapFrame) {
             })
         })(),
         OP_IMAGE_BEGIN | OP_IMAGE_WRITE | OP_IMAGE_COMMIT | OP_IMAGE_ABORT | OP_IMAGE_REMOVE | OP_STORE => image_op(slot, op, ptr, len, arg),
+        OP_IMAGE_READ => image_read(slot, ptr, len, arg),
         OP_TAG => tag(slot, ptr, len, arg),
         OP_LIVE => live(slot, ptr, len),
         _ => Err(bad()),
@@ -251,6 +252,42 @@ fn image_op(slot: usize, op: u64, ptr: u64, len: u64, arg: u64) -> Result<u64, u
             })
         }
     }
+}
+
+/// `OP_IMAGE_READ`: copy a stored image's `image.json` (arg [`READ_MANIFEST`]) or up to `len`
+/// bytes of its stream from offset `arg` to the caller's buffer, whose first 32 bytes name the
+/// image. The image is held (an `Arc`) while it is copied, so a removal cannot free it meanwhile.
+fn image_read(slot: usize, ptr: u64, len: u64, arg: u64) -> Result<u64, u64> {
+    if len < 32 || len as usize > WRITE_MAX {
+        return Err(bad());
+    }
+    let d = Digest(copy_in(slot, ptr, 32, 32)?.try_into().map_err(|_| bad())?);
+    let (manifest, bytes) = crate::vmstore::get_with_manifest(&d).ok_or(ERR_BAD_ARG.wrapping_neg())?;
+    let out = |data: &[u8], at: u64| {
+        with(|k| {
+            let (me, _) = owner_of(k, slot)?;
+            copy_out(k, me, ptr + at, len - at, data)
+        })
+    };
+    if arg == READ_MANIFEST {
+        if manifest.len() as u64 > len {
+            return Err(bad());
+        }
+        return out(&manifest, 0);
+    }
+    // the stream is config.json ‖ rootfs.squashfs: the two slices it spans, in order
+    let (config, rootfs) = (bytes.config(), bytes.rootfs());
+    let mut done = 0u64;
+    for (part, start) in [(config, 0u64), (rootfs, config.len() as u64)] {
+        let (from, end) = (arg.saturating_add(done), start + part.len() as u64);
+        if done >= len || from >= end || from < start {
+            continue;
+        }
+        let n = (end - from).min(len - done);
+        let lo = (from - start) as usize;
+        done += out(&part[lo..lo + n as usize], done)?;
+    }
+    Ok(done)
 }
 
 /// `OP_TAG`: keep the owner's bytes with VM `handle`.

@@ -23,6 +23,8 @@ extern crate alloc;
 
 #[path = "apid/cluster.rs"]
 mod cluster;
+#[path = "apid/fetch.rs"]
+mod fetch;
 #[path = "apid/forward.rs"]
 mod forward;
 
@@ -180,10 +182,33 @@ impl Backend for Node {
         self.call_workd(&req, bytes)
     }
 
+    /// An `ImageRead`: the whole buffer lent (workd writes the bytes at `CHUNK_OFFSET`).
+    fn workd_read(&mut self, req: wk::Request) -> Result<Vec<u8>, wk::Error> {
+        let b = encode_request(&req).ok_or(wk::Error::Malformed)?;
+        if b.len() > CHUNK_OFFSET {
+            return Err(wk::Error::Malformed);
+        }
+        self.wk.write(0, &b);
+        let m = call_grant(WORKD, LABEL_REQUEST, b.len() as u64, 0, &self.wk, WK_BYTES as u64, true).map_err(|_| wk::Error::Malformed)?;
+        if m.label != TRANSPORT_OK {
+            return Err(wk::Error::Malformed);
+        }
+        let mut back = alloc::vec![0u8; (m.words[0] as usize).min(BUFFER_MIN)];
+        self.wk.read(0, &mut back);
+        match decode_response(&back).ok_or(wk::Error::Malformed)?? {
+            wk::Reply::Read { len } if (len as usize) <= WK_BYTES - CHUNK_OFFSET => {
+                let mut out = alloc::vec![0u8; len as usize];
+                self.wk.read(CHUNK_OFFSET as u64, &mut out);
+                Ok(out)
+            }
+            _ => Err(wk::Error::Malformed),
+        }
+    }
+
     fn cluster(&mut self, w: catenary_api::ClusterWrite) -> Result<(), ApiError> {
         let node = match &w {
             // a member of the cluster file, by name or key
-            catenary_api::ClusterWrite::Drain(n) => {
+            catenary_api::ClusterWrite::Drain(n) | catenary_api::ClusterWrite::Undrain(n) => {
                 let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
                 match members.iter().find(|m| m.name == *n || hex(&m.public_key) == *n) {
                     Some(m) => Some(m.public_key),
@@ -341,13 +366,17 @@ fn run(_arg: u64) -> u64 {
     // connections closed for being of no known key (the log shows the 1st, 2nd, 4th, …)
     let mut strangers = 0u64;
     let mut next_tick = now_ms();
+    let mut fetcher = fetch::Fetcher::default();
     loop {
         let now = now_ms();
         if now >= next_tick {
             api.tick(&mut node, now);
             next_tick = now + 1000;
+            fetcher.ask(ORCHD, now, || other_nodes(&mut node));
         }
-        let wait = next_tick.saturating_sub(now).clamp(1, 1000);
+        // one request of an image fetch per turn, so that the API is still served meanwhile
+        fetcher.step(&s, &io, &mut node);
+        let wait = if fetcher.active() { 1 } else { next_tick.saturating_sub(now).clamp(1, 1000) };
         let ready = match s.poll(wait) {
             Ok(r) => r,
             Err(e) => {

@@ -28,7 +28,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_cluster::desired::{Command, RestartPolicy as ClusterRestart, WorkloadSpec as ClusterSpec};
-use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LIST, LABEL_TICKET, LABEL_WRITE};
+use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LIST, LABEL_TICKET, LABEL_WANTED, LABEL_WRITE};
 use catenary_cluster::raft_codec::{decode, Wire};
 use catenary_cluster::NodeKey;
 use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_ADMIT_PEER, LABEL_CLUSTER, LABEL_SELF};
@@ -260,7 +260,7 @@ fn run(_arg: u64) -> u64 {
         // Writes from apid: taken between polls (at most one poll's wait late).
         while let Ok(m) = recv(0, 1) {
             if m.reply != 0 {
-                serve(&mut orch, &m);
+                serve(&mut orch, &m, &shown.waiting);
             }
         }
         let wait = (orch.next_deadline().saturating_sub(now()).as_millis() as u64).clamp(1, 50);
@@ -333,8 +333,9 @@ fn idle() -> ! {
     }
 }
 
-/// One IPC request (module comment of `catenary_cluster::orch`: `LABEL_WRITE`, `LABEL_TICKET`).
-fn serve(orch: &mut Orch, m: &Msg) {
+/// One IPC request (module comment of `catenary_cluster::orch`: `LABEL_WRITE`, `LABEL_TICKET`,
+/// `LABEL_WANTED`). `waiting`: the replicas here whose image the store lacks.
+fn serve(orch: &mut Orch, m: &Msg, waiting: &BTreeMap<String, (Digest, u64)>) {
     let answer = |label: u64, w0: u64| {
         let _ = reply(m.reply, label, [w0, 0, 0, 0]);
     };
@@ -355,6 +356,14 @@ fn serve(orch: &mut Orch, m: &Msg) {
                 Err(SubmitError::Full) => answer(IPC_FULL, 0),
             }
         }
+        LABEL_WANTED => match waiting.values().min_by_key(|w| w.1) {
+            // the image the longest-waiting replica needs
+            Some((d, _)) => {
+                let w = |i: usize| u64::from_le_bytes(d.0[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+                let _ = reply(m.reply, IPC_OK, [w(0), w(1), w(2), w(3)]);
+            }
+            None => answer(IPC_UNKNOWN, 0),
+        },
         LABEL_TICKET => answer(
             match orch.ticket(now(), m.words[0]) {
                 TicketStatus::Committed => IPC_OK,
@@ -428,7 +437,26 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) {
             logf!("orchd: destroyed {}", w.name);
         }
     }
+    // A replica runs only once its image is in the store: until then it waits, and apid
+    // fetches the image from a node that has it (LABEL_WANTED).
+    let images: Vec<Digest> = match workd.call(&wk::Request::Images) {
+        Some(Ok(wk::Reply::Images(l))) => l.iter().map(|i| i.digest).collect(),
+        _ => return,
+    };
+    let now_ms = now_ns() / 1_000_000;
+    shown.waiting.retain(|n, _| want.contains_key(n) && !list.iter().any(|w| w.name == *n));
     for (name, (spec, r)) in want {
+        let exists = list.iter().any(|w| w.name == name);
+        if !exists && !images.contains(&Digest(spec.image)) {
+            if !shown.waiting.contains_key(&name) {
+                logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it", name, spec.name, r, Digest(spec.image));
+                shown.waiting.insert(name, (Digest(spec.image), now_ms));
+            }
+            continue;
+        }
+        if let Some((d, since)) = shown.waiting.remove(&name) {
+            logf!("orchd: image {} in the store after {} ms: starting {}", d, now_ms.saturating_sub(since), name);
+        }
         match list.iter().find(|w| w.name == name) {
             Some(w) if w.state == State::Created => {
                 let _ = workd.call(&wk::Request::Start(Target::Name(name)));
@@ -457,6 +485,8 @@ struct Shown {
     nodes: usize,
     joins: u64,
     running: Vec<String>,
+    /// Replicas assigned here whose image the store lacks (workd name → image, since when).
+    waiting: BTreeMap<String, (Digest, u64)>,
 }
 
 impl Shown {

@@ -28,7 +28,7 @@ use catenary_workload::proto::CHUNK_OFFSET;
 use catenary_workload::store::ImageInfo;
 use catenary_workload::vmctl::{
     self, CreateVm, Event, ImageBegin, LiveVm, NodeInfo, StoreInfo, VmEvent, VmHandle, OP_CREATE, OP_EVENTS, OP_IMAGES, OP_IMAGE_ABORT, OP_IMAGE_BEGIN, OP_IMAGE_COMMIT,
-    OP_IMAGE_REMOVE, OP_IMAGE_WRITE, OP_INFO, OP_KILL, OP_LIVE, OP_NET, OP_SIGNAL, OP_STOP, OP_STORE, OP_TAG, OP_TOUCHED, RECORD_MAX,
+    OP_IMAGE_READ, OP_IMAGE_REMOVE, OP_IMAGE_WRITE, OP_INFO, OP_KILL, OP_LIVE, OP_NET, OP_SIGNAL, OP_STOP, OP_STORE, OP_TAG, OP_TOUCHED, RECORD_MAX,
 };
 use catenary_workload::{Digest, Error, Request, Target};
 
@@ -127,6 +127,17 @@ impl Vmm for Kernel {
     fn image_remove(&mut self, image: Digest) -> Result<(), Error> {
         let mut d = image.0;
         vm(VMCTL, OP_IMAGE_REMOVE, &mut d, 0).map(|_| ()).map_err(store_error)
+    }
+    fn image_read(&mut self, image: Digest, manifest: bool, offset: u64, len: u32) -> Result<u32, Error> {
+        let g = self.grant.as_ref().ok_or(Error::Malformed)?;
+        let len = (len as u64).max(32);
+        if !g.writable() || (CHUNK_OFFSET as u64).saturating_add(len) > g.len() {
+            return Err(Error::Malformed);
+        }
+        // the kernel reads the image's digest there, then copies the bytes over it
+        g.write(CHUNK_OFFSET as u64, &image.0);
+        let arg = if manifest { vmctl::READ_MANIFEST } else { offset };
+        g.vm(VMCTL, OP_IMAGE_READ, CHUNK_OFFSET as u64, len, arg).map(|n| n as u32).map_err(|_| Error::NoSuchImage)
     }
     fn store(&mut self) -> Option<StoreInfo> {
         self.read(OP_STORE)

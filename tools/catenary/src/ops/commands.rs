@@ -358,6 +358,16 @@ pub fn drain(c: &Ctx, node: &str) -> R {
     Ok(())
 }
 
+/// `node undrain NODE`: committed; the scheduler may place replicas there again.
+pub fn undrain(c: &Ctx, node: &str) -> R {
+    let n: ClusterNode = c.t.call(&client::undrain_node(node))?;
+    if c.json {
+        return print_json(&n);
+    }
+    println!("{} undrained", n.name);
+    Ok(())
+}
+
 /// A workload of the node (or, through it, of another node); a name no node has is taken
 /// out of the cluster's desired state.
 pub fn rm(c: &Ctx, id: &str) -> R {

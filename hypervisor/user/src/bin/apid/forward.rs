@@ -46,6 +46,11 @@ pub fn request_bytes(req: &Request, to: Ipv6Addr, operator: &[u8; 32]) -> Vec<u8
     out
 }
 
+/// A node-to-node GET of `path` on node `to`, as this node (no operator named).
+pub fn get_bytes(path: &str, to: Ipv6Addr) -> Vec<u8> {
+    alloc::format!("GET {path} HTTP/1.1\r\nHost: [{to}]:{}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", catenary_api::PORT).into_bytes()
+}
+
 /// Send `bytes` to `[to]:8080` and read the answer until the peer closes: (status, body), or
 /// `None` (no connection, too slow, too large, not HTTP). `io`: pages lent for each call.
 pub fn exchange(s: &Sockets, io: &Pages, to: Ipv6Addr, bytes: &[u8], budget_ms: u64) -> Option<(u16, Vec<u8>)> {

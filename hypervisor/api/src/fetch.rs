@@ -1,0 +1,200 @@
+//! A node fetching an image from the nodes that hold it (docs/orchestration.md "Images follow
+//! their replicas"), sans I/O: the caller (`apid`) gives a `get` that sends one node-to-node
+//! request (`crate::peer`) to a holder and returns its answer, and the node's workload service
+//! as a [`Backend`]; each [`Fetch::step`] makes one request and says what happened.
+//!
+//! The image is named by its digest, so nothing a holder says is believed:
+//!
+//! - its `image.json` must have the image's digest (sha256) and be a manifest; the sizes and
+//!   the digests of `config.json` and `rootfs.squashfs` come from it;
+//! - chunks are asked in order, and each must have exactly the length the sizes give; its
+//!   sha256 goes with it into the store (`ImageChunk`, which `workd` checks again on the bytes
+//!   it copies), and its bytes go into running digests of the two files: `config.json` is
+//!   checked as soon as its last byte came, `rootfs.squashfs` after the last chunk (the format
+//!   names each file by one digest, so a wrong byte of the root filesystem shows at its end);
+//! - the store verifies the whole image again on commit (`ImageCommit`).
+//!
+//! A holder that fails any check is **refused**: the upload is aborted (its store frames freed)
+//! and the next holder is asked from the start. One that does not have the image or does not
+//! answer is skipped. When no holder is left the fetch has failed (the caller tries again
+//! later). Bounded: one upload at a time per fetch, the store's own bounds on its size
+//! (`ImageBegin`: the kernel's quota and image limit), a chunk at most [`CHUNK_SIZE`].
+
+use crate::peer::{chunk_path, manifest_path};
+use crate::router::Backend;
+use crate::upload::CHUNK_SIZE;
+use alloc::vec::Vec;
+use catenary_workload::proto::{self as wk, Reply};
+use catenary_workload::store::{manifest_info, ImageInfo};
+use catenary_workload::{Digest, Hasher};
+
+/// One node-to-node request: (holder, path) → (status, body), or `None` (no answer in time).
+pub type Get<'a> = dyn FnMut(usize, &str) -> Option<(u16, Vec<u8>)> + 'a;
+
+/// What one step did (the caller logs it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `holder` has the image: `size` bytes in `chunks` chunks to fetch.
+    Started { holder: usize, size: u64, chunks: u32 },
+    /// Chunk `n` (0-based) of `chunks` from `holder` is in the store's upload.
+    Chunk { holder: usize, n: u32, chunks: u32 },
+    /// `holder` does not have the image, or did not answer: the next one is asked.
+    NotHeld { holder: usize },
+    /// `holder` served bytes that are not the image's: refused, the next one is asked.
+    Refused { holder: usize, why: &'static str },
+    /// The image is in the store (`from`: the holder it came from; `None`: it was there).
+    Done { from: Option<usize>, info: ImageInfo },
+    /// No holder left, or the store refused (no room): nothing is kept.
+    Failed { why: &'static str },
+}
+
+struct Current {
+    holder: usize,
+    info: ImageInfo,
+    upload: u32,
+    size: u64,
+    next: u32,
+    chunks: u32,
+    config: Hasher,
+    rootfs: Hasher,
+    config_checked: bool,
+}
+
+pub struct Fetch {
+    pub image: Digest,
+    holders: Vec<usize>,
+    tried: usize,
+    cur: Option<Current>,
+    finished: bool,
+    /// Holders refused for wrong bytes.
+    pub refused: Vec<usize>,
+    /// Image bytes received (refused ones included).
+    pub received: u64,
+}
+
+impl Fetch {
+    /// Fetch `image`, asking `holders` (the caller's node indexes) in this order.
+    pub fn new(image: Digest, holders: Vec<usize>) -> Fetch {
+        Fetch { image, holders, tried: 0, cur: None, finished: false, refused: Vec::new(), received: 0 }
+    }
+
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// One request to a holder (or none, when the fetch is over), and what came of it.
+    pub fn step(&mut self, backend: &mut dyn Backend, get: &mut Get) -> Event {
+        if self.finished {
+            return Event::Failed { why: "the fetch is over" };
+        }
+        let ev = match self.cur.is_some() {
+            false => self.begin(backend, get),
+            true => self.chunk(backend, get),
+        };
+        if matches!(ev, Event::Done { .. } | Event::Failed { .. }) {
+            self.finished = true;
+        }
+        ev
+    }
+
+    fn begin(&mut self, backend: &mut dyn Backend, get: &mut Get) -> Event {
+        let Some(&holder) = self.holders.get(self.tried) else { return Event::Failed { why: "no node gave the image" } };
+        self.tried += 1;
+        let Some((200, manifest)) = get(holder, &manifest_path(&self.image)) else { return Event::NotHeld { holder } };
+        if Digest::of(&manifest) != self.image {
+            return self.refuse(holder, backend, "its image.json does not have the image's digest");
+        }
+        let Ok(info) = manifest_info(&manifest) else { return self.refuse(holder, backend, "its image.json is not an image manifest") };
+        let size = info.config_size.saturating_add(info.rootfs_size);
+        match backend.workd(wk::Request::ImageBegin { image: self.image, manifest }) {
+            Ok(Reply::Upload { present: true, .. }) => Event::Done { from: None, info },
+            Ok(Reply::Upload { upload, size: s, .. }) if s == size => {
+                let chunks = size.div_ceil(CHUNK_SIZE as u64) as u32;
+                self.cur = Some(Current { holder, info, upload, size, next: 0, chunks, config: Hasher::new(), rootfs: Hasher::new(), config_checked: false });
+                Event::Started { holder, size, chunks }
+            }
+            Err(wk::Error::StoreFull) => Event::Failed { why: "the node's image store has no room for it" },
+            _ => Event::Failed { why: "the node's store refused to begin the upload" },
+        }
+    }
+
+    fn chunk(&mut self, backend: &mut dyn Backend, get: &mut Get) -> Event {
+        let Some(c) = self.cur.as_mut() else { return Event::Failed { why: "no upload" } };
+        let holder = c.holder;
+        if c.next < c.chunks {
+            let n = c.next;
+            let off = u64::from(n) * CHUNK_SIZE as u64;
+            let len = (c.size - off).min(CHUNK_SIZE as u64) as usize;
+            let bytes = match get(holder, &chunk_path(&self.image, n)) {
+                Some((200, b)) => b,
+                // gone in the middle: the next holder, from the start
+                _ => {
+                    self.abort(backend);
+                    return Event::NotHeld { holder };
+                }
+            };
+            self.received += bytes.len() as u64;
+            if bytes.len() != len {
+                return self.refuse(holder, backend, "a chunk of the wrong length");
+            }
+            // the running digests of the two files the stream holds
+            let cl = c.info.config_size;
+            let split = cl.saturating_sub(off).min(len as u64) as usize;
+            c.config.update(&bytes[..split]);
+            c.rootfs.update(&bytes[split..]);
+            if !c.config_checked && off + len as u64 >= cl {
+                c.config_checked = true;
+                if core::mem::take(&mut c.config).finish() != c.info.config {
+                    return self.refuse(holder, backend, "config.json's bytes do not have the digest image.json names");
+                }
+            }
+            let req = wk::Request::ImageChunk { upload: c.upload, offset: off, len: len as u32, digest: Digest::of(&bytes) };
+            match backend.workd_chunk(req, &bytes) {
+                Ok(Reply::Done) => {}
+                Err(wk::Error::NoSuchUpload) => return Event::Failed { why: "the store dropped the upload" },
+                _ => {
+                    self.abort(backend);
+                    return Event::Failed { why: "the node's store refused a chunk" };
+                }
+            }
+            c.next += 1;
+            if c.next < c.chunks {
+                return Event::Chunk { holder, n, chunks: c.chunks };
+            }
+        }
+        // every chunk is in: the root filesystem's digest, then the store's own verification
+        let c = self.cur.as_mut().expect("checked above");
+        if !c.config_checked || core::mem::take(&mut c.rootfs).finish() != c.info.rootfs {
+            return self.refuse(holder, backend, "rootfs.squashfs's bytes do not have the digest image.json names");
+        }
+        let upload = c.upload;
+        match backend.workd(wk::Request::ImageCommit { upload }) {
+            Ok(Reply::Image(info)) if info.digest == self.image => {
+                self.cur = None;
+                Event::Done { from: Some(holder), info }
+            }
+            Err(wk::Error::ImageInvalid) => {
+                // the store freed it already
+                self.cur = None;
+                self.refused.push(holder);
+                Event::Refused { holder, why: "the store refused the whole image" }
+            }
+            _ => {
+                self.abort(backend);
+                Event::Failed { why: "the node's store did not commit the image" }
+            }
+        }
+    }
+
+    fn abort(&mut self, backend: &mut dyn Backend) {
+        if let Some(c) = self.cur.take() {
+            let _ = backend.workd(wk::Request::ImageAbort { upload: c.upload });
+        }
+    }
+
+    fn refuse(&mut self, holder: usize, backend: &mut dyn Backend, why: &'static str) -> Event {
+        self.abort(backend);
+        self.refused.push(holder);
+        Event::Refused { holder, why }
+    }
+}

@@ -1,0 +1,159 @@
+//! A node fetches an image from the nodes that hold it, each node the real `Api` over the real
+//! workload service (simulated kernel): the node-to-node routes answer only nodes, a holder
+//! that serves wrong bytes is refused and the next one gives the image, and nothing a hostile
+//! holder sends ends up in the store.
+
+use crate::fetch::{Event, Fetch};
+use crate::fuzzing::{self, SimNode, ADMIN, NODE, VIEWER};
+use crate::http::{Limits, RequestReader};
+use crate::peer::{chunk_path, manifest_path};
+use crate::router::Backend;
+use crate::upload::CHUNK_SIZE;
+use crate::Api;
+use alloc::vec::Vec;
+use catenary_workload::proto::{self as wk, Reply};
+use catenary_workload::store::manifest_for;
+use catenary_workload::Digest;
+
+struct Sim {
+    api: Api,
+    node: SimNode,
+}
+
+/// An image of 3 chunks and a bit (the rootfs is pseudo-random bytes).
+fn image() -> (Digest, Vec<u8>, Vec<u8>) {
+    let config = br#"{"version":1,"os":"linux"}"#.to_vec();
+    let mut x = 0x1234_5678u32;
+    let rootfs: Vec<u8> = (0..3 * CHUNK_SIZE + 1000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let manifest = manifest_for(&rootfs, &config);
+    let mut stream = config;
+    stream.extend_from_slice(&rootfs);
+    (Digest::of(&manifest), manifest, stream)
+}
+
+/// Put the image into `n`'s store as a push does.
+fn store(n: &mut SimNode, d: Digest, manifest: &[u8], stream: &[u8]) {
+    let Ok(Reply::Upload { upload, .. }) = n.workd(wk::Request::ImageBegin { image: d, manifest: manifest.to_vec() }) else { panic!("begin") };
+    for (i, c) in stream.chunks(CHUNK_SIZE).enumerate() {
+        let r = n.workd_chunk(wk::Request::ImageChunk { upload, offset: (i * CHUNK_SIZE) as u64, len: c.len() as u32, digest: Digest::of(c) }, c);
+        assert_eq!(r, Ok(Reply::Done));
+    }
+    assert!(matches!(n.workd(wk::Request::ImageCommit { upload }), Ok(Reply::Image(_))));
+}
+
+fn sims(k: usize) -> Vec<Sim> {
+    (0..k).map(|_| Sim { api: fuzzing::api(), node: SimNode::new(1024) }).collect()
+}
+
+fn get(s: &mut Sim, caller: [u8; 32], path: &str) -> (u16, Vec<u8>) {
+    let bytes = alloc::format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let req = RequestReader::new(Limits::default(), 0).feed(bytes.as_bytes(), 0).unwrap().unwrap();
+    let r = s.api.handle(&caller, &req, &mut s.node, 0);
+    (r.status, r.body)
+}
+
+fn has(n: &mut SimNode, d: Digest) -> bool {
+    matches!(n.workd(wk::Request::Images), Ok(Reply::Images(l)) if l.iter().any(|i| i.digest == d))
+}
+
+/// Run `f` on node 0 with `get` reaching the others (index i = node i + 1); `corrupt(holder, path, body)`
+/// lets a holder lie.
+fn fetch(c: &mut [Sim], d: Digest, holders: Vec<usize>, corrupt: &dyn Fn(usize, &str, &mut Vec<u8>)) -> (Vec<Event>, Fetch) {
+    let (me, others) = c.split_first_mut().unwrap();
+    let mut f = Fetch::new(d, holders);
+    let mut events = Vec::new();
+    let mut get_from = |h: usize, path: &str| {
+        let s = others.get_mut(h)?;
+        let (status, mut body) = get(s, NODE, path);
+        corrupt(h, path, &mut body);
+        Some((status, body))
+    };
+    for _ in 0..100 {
+        let e = f.step(&mut me.node, &mut get_from);
+        events.push(e);
+        if f.finished() {
+            break;
+        }
+    }
+    (events, f)
+}
+
+#[test]
+fn node_routes_answer_only_nodes_and_serve_the_stored_bytes() {
+    let (d, manifest, stream) = image();
+    let mut c = sims(1);
+    store(&mut c[0].node, d, &manifest, &stream);
+    assert_eq!(get(&mut c[0], NODE, &manifest_path(&d)), (200, manifest.clone()));
+    for n in 0..4u32 {
+        let (s, b) = get(&mut c[0], NODE, &chunk_path(&d, n));
+        let at = n as usize * CHUNK_SIZE;
+        assert_eq!((s, b.as_slice()), (200, &stream[at..(at + CHUNK_SIZE).min(stream.len())]));
+    }
+    assert_eq!(get(&mut c[0], NODE, &chunk_path(&d, 4)).0, 400);
+    assert_eq!(get(&mut c[0], NODE, &manifest_path(&Digest([9; 32]))).0, 404);
+    // an operator of any role, and a stranger: refused (a node is a caller only at its own ::1)
+    for k in [ADMIN, VIEWER, fuzzing::STRANGER] {
+        assert_eq!(get(&mut c[0], k, &manifest_path(&d)).0, 403);
+        assert_eq!(get(&mut c[0], k, &chunk_path(&d, 0)).0, 403);
+    }
+}
+
+#[test]
+fn a_holder_serving_corrupted_chunks_is_refused_and_another_gives_the_image() {
+    let (d, manifest, stream) = image();
+    // node 0 fetches; node 1 lies about chunk 2 (a byte of the rootfs), node 2 is honest
+    let mut c = sims(3);
+    for s in &mut c[1..] {
+        store(&mut s.node, d, &manifest, &stream);
+    }
+    let lie = |h: usize, path: &str, body: &mut Vec<u8>| {
+        if h == 0 && path.ends_with("/chunks/2") {
+            body[100] ^= 1;
+        }
+    };
+    let (events, f) = fetch(&mut c, d, alloc::vec![0, 1], &lie);
+    assert!(events.contains(&Event::Refused { holder: 0, why: "rootfs.squashfs's bytes do not have the digest image.json names" }), "{events:?}");
+    assert!(matches!(events.last(), Some(Event::Done { from: Some(1), .. })), "{events:?}");
+    assert_eq!(f.refused, alloc::vec![0]);
+    assert!(has(&mut c[0].node, d));
+    // the bytes in node 0's store are the image's, and its failed upload was freed
+    assert_eq!(c[0].node.kernel.stored.iter().find(|s| s.0.digest == d).map(|s| s.1.clone()), Some(stream.clone()));
+    assert!(c[0].node.kernel.uploads.is_empty());
+    // fetched again: present at once
+    let (events, _) = fetch(&mut c, d, alloc::vec![1], &|_, _, _| {});
+    assert!(matches!(events.as_slice(), [Event::Done { from: None, .. }]), "{events:?}");
+}
+
+#[test]
+fn wrong_manifests_configs_and_lengths_are_refused_and_nothing_is_kept() {
+    let (d, manifest, stream) = image();
+    let mut c = sims(5);
+    for s in &mut c[1..] {
+        store(&mut s.node, d, &manifest, &stream);
+    }
+    // holder 0: another image.json; 1: a byte of config.json; 2: a short chunk; 3: a chunk it
+    // cannot give (404) after the first
+    let lie = |h: usize, path: &str, body: &mut Vec<u8>| match h {
+        0 if path.ends_with("/manifest") => body.push(b' '),
+        1 if path.ends_with("/chunks/0") => body[3] ^= 0x20,
+        2 if path.ends_with("/chunks/1") => body.truncate(10),
+        _ => {}
+    };
+    let (events, f) = fetch(&mut c, d, alloc::vec![0, 1, 2, 7], &lie);
+    assert!(events.contains(&Event::Refused { holder: 0, why: "its image.json does not have the image's digest" }), "{events:?}");
+    assert!(events.contains(&Event::Refused { holder: 1, why: "config.json's bytes do not have the digest image.json names" }), "{events:?}");
+    assert!(events.contains(&Event::Refused { holder: 2, why: "a chunk of the wrong length" }), "{events:?}");
+    assert!(events.contains(&Event::NotHeld { holder: 7 }), "{events:?}");
+    assert_eq!(events.last(), Some(&Event::Failed { why: "no node gave the image" }));
+    assert_eq!(f.refused, alloc::vec![0, 1, 2]);
+    assert!(!has(&mut c[0].node, d));
+    assert!(c[0].node.kernel.uploads.is_empty(), "every refused upload is freed");
+    assert!(c[0].node.kernel.stored.is_empty());
+}
