@@ -38,6 +38,8 @@ pub enum Event {
     Started { holder: usize, size: u64, chunks: u32 },
     /// Chunk `n` (0-based) of `chunks` from `holder` is in the store's upload.
     Chunk { holder: usize, n: u32, chunks: u32 },
+    /// `holder` did not answer the request for chunk `n` in time: it is asked again.
+    Retry { holder: usize, n: u32 },
     /// `holder` does not have the image, or did not answer: the next one is asked.
     NotHeld { holder: usize },
     /// `holder` served bytes that are not the image's: refused, the next one is asked.
@@ -58,7 +60,13 @@ struct Current {
     config: Hasher,
     rootfs: Hasher,
     config_checked: bool,
+    /// Requests of the current chunk that got no answer.
+    misses: u32,
 }
+
+/// A chunk whose request got no answer is asked again this many times from the same holder
+/// (a loaded node or fabric), before the next holder is asked from the start.
+pub const CHUNK_TRIES: u32 = 3;
 
 pub struct Fetch {
     pub image: Digest,
@@ -110,7 +118,7 @@ impl Fetch {
             Ok(Reply::Upload { present: true, .. }) => Event::Done { from: None, info },
             Ok(Reply::Upload { upload, size: s, .. }) if s == size => {
                 let chunks = size.div_ceil(CHUNK_SIZE as u64) as u32;
-                self.cur = Some(Current { holder, info, upload, size, next: 0, chunks, config: Hasher::new(), rootfs: Hasher::new(), config_checked: false });
+                self.cur = Some(Current { holder, info, upload, size, next: 0, chunks, config: Hasher::new(), rootfs: Hasher::new(), config_checked: false, misses: 0 });
                 Event::Started { holder, size, chunks }
             }
             Err(wk::Error::StoreFull) => Event::Failed { why: "the node's image store has no room for it" },
@@ -127,12 +135,18 @@ impl Fetch {
             let len = (c.size - off).min(CHUNK_SIZE as u64) as usize;
             let bytes = match get(holder, &chunk_path(&self.image, n)) {
                 Some((200, b)) => b,
+                // no answer in time: the same chunk again, a few times
+                None if c.misses + 1 < CHUNK_TRIES => {
+                    c.misses += 1;
+                    return Event::Retry { holder, n };
+                }
                 // gone in the middle: the next holder, from the start
                 _ => {
                     self.abort(backend);
                     return Event::NotHeld { holder };
                 }
             };
+            c.misses = 0;
             self.received += bytes.len() as u64;
             if bytes.len() != len {
                 return self.refuse(holder, backend, "a chunk of the wrong length");

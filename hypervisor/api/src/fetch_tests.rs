@@ -157,3 +157,28 @@ fn wrong_manifests_configs_and_lengths_are_refused_and_nothing_is_kept() {
     assert!(c[0].node.kernel.uploads.is_empty(), "every refused upload is freed");
     assert!(c[0].node.kernel.stored.is_empty());
 }
+
+#[test]
+fn a_chunk_without_an_answer_is_asked_again_before_the_next_holder() {
+    let (d, manifest, stream) = image();
+    let mut c = sims(2);
+    store(&mut c[1].node, d, &manifest, &stream);
+    let (me, others) = c.split_first_mut().unwrap();
+    let mut f = Fetch::new(d, alloc::vec![0]);
+    let mut misses = 0;
+    let mut get_from = |h: usize, path: &str| {
+        // chunk 1 gets no answer twice (a loaded holder), then its bytes
+        if path.ends_with("/chunks/1") && misses < crate::fetch::CHUNK_TRIES - 1 {
+            misses += 1;
+            return None;
+        }
+        Some(get(others.get_mut(h)?, NODE, path))
+    };
+    let mut events = Vec::new();
+    while !f.finished() && events.len() < 100 {
+        events.push(f.step(&mut me.node, &mut get_from));
+    }
+    assert_eq!(events.iter().filter(|e| matches!(e, Event::Retry { holder: 0, n: 1 })).count(), 2, "{events:?}");
+    assert!(matches!(events.last(), Some(Event::Done { from: Some(0), .. })), "{events:?}");
+    assert!(has(&mut me.node, d));
+}

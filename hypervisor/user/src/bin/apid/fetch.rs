@@ -85,6 +85,7 @@ impl Fetcher {
                     logf!("apid: image {}: {} of {} chunks from {}", image.short(), n + 1, chunks, name(*holder));
                 }
             }
+            Event::Retry { holder, n } => logf!("apid: {} did not answer for chunk {} of image {} in time: asking again", name(*holder), n, image.short()),
             Event::NotHeld { holder } => logf!("apid: {} did not give image {} (not in its store, or no answer): asking the next node", name(*holder), image.short()),
             Event::Refused { holder, why } => logf!("apid: {} served wrong bytes for image {} ({}): refused; asking the next node", name(*holder), image, why),
             Event::Done { from: None, .. } => logf!("apid: image {} is already in this node's store", image),
