@@ -201,3 +201,73 @@ pub fn run(data: &[u8]) {
         assert!(api.uploads.bytes() <= 2 << 20);
     }
 }
+
+/// The fuzz target `image_fetch` (and the host test `fetch_inputs_never_panic`): a node fetches
+/// an image from three holders whose every answer the bytes choose (none, 404, the true bytes,
+/// the true bytes with a byte flipped or cut short, or the input's own bytes). Whatever they
+/// say: no panic, a `Done` leaves exactly the image's bytes in the store, and no upload is left
+/// once the fetch is over.
+pub fn fetch(data: &[u8]) -> bool {
+    use crate::fetch::{Event, Fetch};
+    use crate::upload::CHUNK_SIZE;
+    let config = b"{\"version\":1}".to_vec();
+    let rootfs: Vec<u8> = (0..CHUNK_SIZE + 300).map(|i| (i * 7 % 251) as u8).collect();
+    let manifest = catenary_workload::store::manifest_for(&rootfs, &config);
+    let d = Digest::of(&manifest);
+    let mut stream = config;
+    stream.extend_from_slice(&rootfs);
+    let mut node = SimNode::new(1024);
+    let mut f = Fetch::new(d, alloc::vec![0, 1, 2]);
+    let mut rest = data;
+    let mut get = |_h: usize, path: &str| {
+        let (kind, arg) = match rest {
+            [k, a, r @ ..] => {
+                rest = r;
+                (*k, *a as usize)
+            }
+            _ => (2, 0),
+        };
+        let truth = if path.ends_with("/manifest") {
+            manifest.clone()
+        } else {
+            let n: usize = path.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            stream.get(n * CHUNK_SIZE..).map(|s| s[..s.len().min(CHUNK_SIZE)].to_vec()).unwrap_or_default()
+        };
+        match kind % 6 {
+            0 => None,
+            1 => Some((404, Vec::new())),
+            2 => Some((200, truth)),
+            3 => {
+                let mut b = truth;
+                if !b.is_empty() {
+                    let i = arg * 997 % b.len();
+                    b[i] ^= 1 << (arg % 8);
+                }
+                Some((200, b))
+            }
+            4 => Some((200, truth[..truth.len().min(arg * 1024)].to_vec())),
+            _ => {
+                let n = arg.min(rest.len());
+                let b = rest[..n].to_vec();
+                rest = &rest[n..];
+                Some((200, b))
+            }
+        }
+    };
+    let mut done = false;
+    for _ in 0..64 {
+        let e = f.step(&mut node, &mut get);
+        if let Event::Done { .. } = e {
+            done = true;
+            let stored = node.kernel.stored.iter().find(|s| s.0.digest == d).map(|s| &s.1);
+            assert_eq!(stored, Some(&stream), "a finished fetch stored exactly the image's bytes");
+        }
+        if f.finished() {
+            break;
+        }
+    }
+    if f.finished() {
+        assert!(node.kernel.uploads.is_empty(), "no upload is left once the fetch is over");
+    }
+    done
+}
