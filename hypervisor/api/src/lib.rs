@@ -50,4 +50,5 @@ mod tests;
 mod cluster_tests;
 #[cfg(test)]
 mod cluster_state_tests;
+#[cfg(test)]
 mod fetch_tests;
