@@ -28,25 +28,13 @@
           -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
           -kernel ${kernel}/catenary.elf -initrd ${guestBundle}/guest-bundle.cpio "$@"
       '';
-      # N nodes on one vde_switch (no root needed); each console prefixed with its node name.
-      runCluster = pkgs.writeShellScript "catenary-qemu-cluster" ''
-        set -eu
-        n=''${1:-3}
-        dir=$(mktemp -d)
-        ${pkgs.vde2}/bin/vde_switch -s "$dir/switch" -d
-        for i in $(seq 1 "$n"); do
-          ${qemu} -M q35 -accel tcg -cpu max -smp 2 -m 1G -display none -serial stdio -monitor none \
-            -no-reboot -kernel ${kernel}/catenary.elf -initrd ${guestBundle}/guest-bundle.cpio \
-            -append "node=$i" -netdev vde,id=n0,sock="$dir/switch" \
-            -device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:$(printf %02x "$i") \
-            2>&1 | sed "s/^/[node$i] /" &
-        done
-        wait
-      '';
+      catenary = import ./nix/catenary-cli.nix { inherit pkgs src rustPlatform; };
+      # N nodes on one vde_switch (no root), keys and cluster file from `catenary cluster new`
+      runCluster = import ./nix/qemu-cluster.nix { inherit pkgs kernel guestKernel guestInitramfs catenary; };
     in
     {
       packages.${system} = {
-        inherit kernel iso netboot;
+        inherit kernel iso netboot catenary;
         guest-kernel = guestKernel;
         guest-init = guestInit;
         guest-initramfs = guestInitramfs;

@@ -513,7 +513,9 @@ pub fn run_nodes(n: usize, cmdline: &str, guest: bool) -> Result<(), String> {
         return Err("--nodes must be 1..200".into());
     }
     let kernel = crate::build::build_kernel(false)?;
-    let mut nodes: Vec<NodeSpec> = (1..=n).map(NodeSpec::new).collect();
+    // keys, cluster file and operator config from `catenary cluster new`, as an operator
+    // makes a cluster (docs/api.md, "A local cluster")
+    let (mut nodes, ops) = crate::operator::new_cluster(n)?;
     // with the guest bundle the nodes run workloads (`catenary run`); `--no-guest`: they answer
     // the API but cannot run anything
     let guest = guest && out_dir().join("guest").join("vmlinux").exists();
@@ -526,8 +528,6 @@ pub fn run_nodes(n: usize, cmdline: &str, guest: bool) -> Result<(), String> {
     for s in &nodes {
         eprintln!("xtask: {} key {} fabric {} underlay {}", s.name, hex_encode(&s.identity.public_key()), s.identity.node_address(), link_local_from_mac(s.mac));
     }
-    // an operator (admin) for the CLI in a second terminal (docs/api.md, "A local cluster")
-    let ops = crate::operator::prepare(&nodes[0])?;
     let mut r = start_with(&kernel, &nodes, "cluster", &[], &ops)?;
     for (n, c) in r.names.iter().zip(&r.shown) {
         eprintln!("xtask: {n}: {c}");

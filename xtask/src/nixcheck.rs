@@ -94,4 +94,80 @@ mod tests {
             assert!(out.status.success(), "{} does not parse: {}", p.display(), String::from_utf8_lossy(&out.stderr));
         }
     }
+
+    /// `nix run .#qemu-cluster` evaluated offline: nix/qemu-cluster.nix with stub packages
+    /// (`writeShellScript` returns the text; QEMU, vde_switch and `catenary` are recording
+    /// stubs; cpio, grep, sed and coreutils are the host's), then run with bash. Each node's
+    /// QEMU must get a boot module holding the cluster file and that node's own key as
+    /// `node.key`, the MAC the cluster file's underlay address comes from, and no key on its
+    /// command line; a new DIR is made by `catenary cluster new`, an existing one of N nodes is
+    /// used again, one of another size refused.
+    #[test]
+    fn qemu_cluster_app_boots_each_node_with_its_key_and_the_cluster_file() {
+        if Command::new("nix-instantiate").arg("--version").output().is_err() || Command::new("cpio").arg("--version").output().is_err() {
+            println!("SKIP: nix-instantiate (nix-bin) or cpio not installed");
+            return;
+        }
+        let t = std::env::temp_dir().join(format!("catenary-nixapp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        let stub = t.join("stub/bin");
+        std::fs::create_dir_all(&stub).unwrap();
+        let log = t.join("log");
+        let write_exec = |name: &str, body: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = stub.join(name);
+            std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        // QEMU: record the command line, keep a copy of the boot module and its mode
+        write_exec("qemu-system-x86_64", &format!(
+            "echo \"qemu $*\" >> {log}\nwhile [ $# -gt 0 ]; do if [ \"$1\" = -initrd ]; then stat -c %a \"$2\" >> {log}; cp \"$2\" {t}/module-$(echo \"$*\" | grep -o 'mac=[0-9a-f:]*' | tr : _).cpio; fi; shift; done",
+            log = log.display(), t = t.display()));
+        write_exec("vde_switch", &format!("echo \"vde_switch $*\" >> {}", log.display()));
+        // `catenary cluster new`: a cluster file and keys as the real one lays them out
+        write_exec("catenary", &format!(
+            "echo \"catenary $*\" >> {log}\n[ \"$1 $2 $3\" = \"cluster new --nodes\" ] || exit 9\nn=$4; d=$6; mkdir -p \"$d\"\n{{ echo 'catenary-cluster v1'; for i in $(seq 1 $n); do echo \"node node$i $(printf %064x $i) fe80::5054:ff:feca:$i 51820\"; done; }} > \"$d/cluster.txt\"\nfor i in $(seq 1 $n); do printf '%064x\\n' $((1000+i)) > \"$d/node$i.key\"; done",
+            log = log.display()));
+        for (f, d) in [("K/catenary.elf", "kernel"), ("G/vmlinux", "vmlinux"), ("I/initramfs.cpio.gz", "initramfs")] {
+            std::fs::create_dir_all(t.join(f).parent().unwrap()).unwrap();
+            std::fs::write(t.join(f), d).unwrap();
+        }
+        let sb = t.join("stub").display().to_string();
+        let expr = format!(
+            "import {}/nix/qemu-cluster.nix {{ pkgs = {{ writeShellScript = n: t: t; qemu = \"{sb}\"; vde2 = \"{sb}\"; cpio = \"/usr\"; coreutils = \"/usr\"; gnused = \"/usr\"; gnugrep = \"/usr\"; }}; kernel = \"{k}\"; guestKernel = \"{g}\"; guestInitramfs = \"{i}\"; catenary = \"{sb}\"; }}",
+            crate::tools::root().display(), k = t.join("K").display(), g = t.join("G").display(), i = t.join("I").display());
+        let out = Command::new("nix-instantiate").args(["--eval", "--strict", "--json", "-E", &expr]).output().unwrap();
+        assert!(out.status.success(), "qemu-cluster.nix does not evaluate: {}", String::from_utf8_lossy(&out.stderr));
+        let script: String = serde_json::from_slice(&out.stdout).unwrap();
+        let sh = t.join("app.sh");
+        std::fs::write(&sh, &script).unwrap();
+        let run = |args: &[&str]| Command::new("bash").arg(&sh).args(args).current_dir(&t).output().unwrap();
+        // a new cluster of 3 nodes in ./c
+        let o = run(&["3", "c"]);
+        assert!(o.status.success(), "the app failed: {} {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("catenary cluster new --nodes 3 --dir c"), "{text}");
+        let cluster = std::fs::read(t.join("c/cluster.txt")).unwrap();
+        for k in 1..=3u32 {
+            let key = std::fs::read(t.join(format!("c/node{k}.key"))).unwrap();
+            let mac = format!("52:54:00:ca:00:{k:02x}");
+            let m = std::fs::read(t.join(format!("module-mac={}.cpio", mac.replace(':', "_")))).unwrap_or_else(|_| panic!("no boot module for {mac}: {text}"));
+            let files = catenary_bootinfo::ImageStore::parse(&m).expect("the boot module is a newc cpio");
+            assert_eq!(files.get("node.key"), Some(&key[..]), "node{k}'s module holds another key");
+            assert_eq!(files.get("cluster.txt"), Some(&cluster[..]));
+            assert_eq!(files.get("vmlinux"), Some(&b"vmlinux"[..]));
+            assert_eq!(files.get("initramfs.cpio.gz"), Some(&b"initramfs"[..]));
+            let key = String::from_utf8(key).unwrap();
+            assert!(!text.contains(key.trim()), "node{k}'s key is on a command line: {text}");
+        }
+        assert_eq!(text.lines().filter(|l| l.starts_with("qemu ")).count(), 3);
+        assert_eq!(text.lines().filter(|l| *l == "600").count(), 3, "boot modules must be private: {text}");
+        // again with the same DIR: no new keys; with another size: refused
+        std::fs::remove_file(&log).unwrap();
+        assert!(run(&["3", "c"]).status.success());
+        assert!(!std::fs::read_to_string(&log).unwrap().contains("catenary "), "an existing cluster was made again");
+        let o = run(&["2", "c"]);
+        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("holds a cluster of 3 nodes"));
+        let _ = std::fs::remove_dir_all(&t);
+    }
 }

@@ -1,11 +1,12 @@
 //! `cargo xtask run --nodes N` makes the cluster ready for an operator (issue 12 item 6,
-//! docs/api.md "A local cluster"): an operator key and config in `build/cluster/operator`
-//! (`catenary init`, the API endpoint set to node1's fabric /128), the key as an `admin`
-//! operator line in the nodes' cluster file, and the CLI's way in, which needs no root: a
-//! relay from a localhost UDP port onto the cluster's switch (`fabriccli::relay`) as the config's
-//! fabric endpoint (`catenary init --set-fabric NODE1KEY@127.0.0.1:PORT`), so that in a
-//! second terminal `CATENARY_CONFIG_DIR=build/cluster/operator catenary nodes` answers through
-//! the CLI's embedded fabric.
+//! issue 13 item 5, docs/api.md "A local cluster"): `catenary cluster new` makes the node
+//! keys, the cluster file and the operator config in `build/cluster` (the operator's key an
+//! `admin` line of the file, its API endpoint node1's fabric /128), and xtask adds the CLI's
+//! way in, which needs no root: a relay from a localhost UDP port onto the cluster's switch
+//! (`fabriccli::relay`) as the config's fabric endpoint (`catenary init --set-fabric
+//! NODE1KEY@127.0.0.1:PORT`), so that in a second terminal
+//! `CATENARY_CONFIG_DIR=build/cluster/operator catenary nodes` answers through the CLI's
+//! embedded fabric.
 //!
 //! The stock tools' way in uses a second admin key (`build/cluster/operator/wg`: one key per
 //! fabric endpoint, or the node's session would flip between the two): `catenary wg-config`
@@ -36,19 +37,37 @@ fn catenary(args: &[&str], cfg: &Path) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// New operator keys (the cluster's nodes are new too) with node1's API as their endpoint:
-/// `workstation` for the CLI (`dir()`), `workstation-wg` for the stock tools (`dir()/wg`).
-pub fn prepare(node1: &NodeSpec) -> Result<Vec<Operator>, String> {
-    let cfg = dir();
-    let _ = std::fs::remove_dir_all(&cfg);
-    let api = format!("[{}]:{}", node1.identity.node_address(), catenary_api::PORT);
-    let mut ops = Vec::new();
-    for (name, cfg) in [("workstation", cfg.clone()), ("workstation-wg", cfg.join("wg"))] {
-        let line = catenary(&["init", "--name", name, "--set-api", &api], &cfg)?;
-        let key = line.split_whitespace().nth(2).and_then(catenary_net::cluster::hex_decode32).ok_or(format!("catenary init printed {line:?}"))?;
-        ops.push(Operator { name: name.into(), public_key: key, role: "admin".into() });
+/// A new cluster made the one way an operator makes one: `catenary cluster new --nodes N
+/// --dir build/cluster --force` writes the node keys (`nodeK.key`, 0600), the cluster file and
+/// the operator config (`build/cluster/operator`, admin, API at node1's fabric /128). xtask
+/// reads the keys back from those files (never from a command line or a log) into the nodes'
+/// specs, and adds one more admin key for the stock tools (`operator/wg`: one key per fabric
+/// endpoint, or the node's session would flip between the two). Returns the nodes and the
+/// cluster file's operators.
+pub fn new_cluster(n: usize) -> Result<(Vec<NodeSpec>, Vec<Operator>), String> {
+    let cdir = dir().parent().expect("build/cluster").to_path_buf();
+    std::fs::create_dir_all(&cdir).map_err(|e| e.to_string())?;
+    catenary(&["cluster", "new", "--nodes", &n.to_string(), "--dir", cdir.to_str().ok_or("build dir is not UTF-8")?, "--force"], &dir())?;
+    let text = std::fs::read_to_string(cdir.join("cluster.txt")).map_err(|e| format!("cluster.txt: {e}"))?;
+    let file = Cluster::parse(&text).map_err(|e| format!("catenary cluster new wrote a cluster file that does not parse: {e}"))?;
+    let mut nodes = Vec::new();
+    for k in 1..=n {
+        let p = cdir.join(format!("node{k}.key"));
+        let raw = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let secret = catenary_net::nodekey::parse_node_key(&raw).map_err(|e| format!("{}: {e:?}", p.display()))?;
+        let mut spec = NodeSpec::new(k);
+        spec.identity = netfabric::Identity::from_secret_bytes(secret);
+        // the cluster file is the truth: the node must be the one it names, at the address it names
+        if file.members.get(k - 1) != Some(&spec.member()) {
+            return Err(format!("node{k}: the cluster file does not list it as xtask boots it"));
+        }
+        nodes.push(spec);
     }
-    Ok(ops)
+    let mut ops = file.operators;
+    let line = catenary(&["init", "--name", "workstation-wg", "--force"], &dir().join("wg"))?;
+    let key = line.split_whitespace().nth(2).and_then(catenary_net::cluster::hex_decode32).ok_or(format!("catenary init printed {line:?}"))?;
+    ops.push(Operator { name: "workstation-wg".into(), public_key: key, role: "admin".into() });
+    Ok((nodes, ops))
 }
 
 /// The CLI's fabric endpoint: the relay to node1's underlay address on the switch, written
