@@ -21,6 +21,7 @@ mod layerimage;
 mod nat64bench;
 mod nat64test;
 mod netboot;
+mod leavetest;
 mod nixcheck;
 mod pushtest;
 mod preflight;

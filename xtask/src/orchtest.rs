@@ -104,7 +104,7 @@ fn constraints_and_listing(c: &mut Checks, r: &mut crate::cluster::Running, a: &
 }
 
 /// Every replica active on exactly one node and `running` there.
-fn placed(l: &[BTreeMap<String, String>]) -> bool {
+pub(crate) fn placed(l: &[BTreeMap<String, String>]) -> bool {
     let r = runners(l);
     REPLICAS.iter().all(|n| r.get(*n).is_some_and(|v| v.len() == 1 && l[v[0]][*n] == "running")) && r.len() == REPLICAS.len()
 }
@@ -240,4 +240,62 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     drop(r);
     t.record(name, c.all(), &format!("(log {})", log.display()));
     Ok(())
+}
+
+/// Why a three-node orchestration run cannot happen here (a skip), if it cannot.
+pub(crate) fn missing() -> Option<String> {
+    let root = std::process::Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let tools = ["ip", "vde_plug2tap", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
+    if !root || !tools || !Path::new("/dev/net/tun").exists() {
+        return Some("needs root, /dev/net/tun, ip, vde_plug2tap, wireguard-go, wg".into());
+    }
+    crate::ociimage::missing_tools().map(String::from)
+}
+
+/// Three nodes with the guest bundle and the test image in their stores, an admin operator
+/// `alice` (config in `DIR/admin`): the running cluster, the nodes, the admin config and the
+/// packed image (the graceful-leave test and `bench cluster`'s QEMU rows).
+pub(crate) fn boot(kernel: &Path, tag: &str) -> Result<(crate::cluster::Running, Vec<NodeSpec>, std::path::PathBuf, std::path::PathBuf), String> {
+    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
+        return Err("no guest bundle in build/guest: `cargo xtask guest` failed?".into());
+    }
+    let st = std::process::Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err("cargo build -p catenary failed".into());
+    }
+    let dir = crate::tools::out_dir().join(tag);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let img_dir = crate::tools::out_dir().join("operator-api-image");
+    crate::workloadtest::build(&img_dir)?;
+    let image = img_dir.join("out");
+    let admin_cfg = dir.join("admin");
+    let admin = init_key(&admin_cfg, "alice")?;
+    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
+    let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2), NodeSpec::new(3)];
+    for n in &mut nodes {
+        n.guest = true;
+        n.cmdline = "vm=none".into();
+        for f in ["rootfs.squashfs", "config.json", "image.json"] {
+            n.files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));
+        }
+    }
+    let r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
+    Ok((r, nodes, admin_cfg, image))
+}
+
+/// Wait until all three serve the API, know a leader and admitted the three members.
+pub(crate) fn formed(r: &mut crate::cluster::Running) -> bool {
+    r.wait(Duration::from_secs(600), false, |l| {
+        l.iter().all(|n| n.iter().any(|x| x.contains("apid: serving")) && n.iter().any(|x| x.contains("orchd: leader is")))
+            && l.iter().any(|n| n.iter().any(|x| x.contains("orchd: 3 nodes admitted")))
+    })
+}
+
+/// The admin's workstation (a WireGuard namespace on the switch) for the three nodes.
+pub(crate) fn workstation(r: &crate::cluster::Running, nodes: &[NodeSpec], admin_cfg: &Path) -> Result<Workstation, String> {
+    let dir = admin_cfg.parent().ok_or("no run dir")?;
+    let cluster_txt = dir.join("cluster-workstation.txt");
+    std::fs::write(&cluster_txt, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
+    let refs: Vec<&NodeSpec> = nodes.iter().collect();
+    Workstation::up(r.switch_sock(), dir, "alice", admin_cfg, 1, &cluster_txt, &refs)
 }

@@ -89,6 +89,10 @@ pub fn drain_node(node: &str) -> ClientRequest {
 pub fn undrain_node(node: &str) -> ClientRequest {
     req(Method::Post, alloc::format!("/v1/cluster/nodes/{node}/undrain"))
 }
+/// `node leave NODE`: the node leaves the cluster gracefully (seen as `left`) and is drained.
+pub fn leave_node(node: &str) -> ClientRequest {
+    req(Method::Post, alloc::format!("/v1/cluster/nodes/{node}/leave"))
+}
 pub fn inspect(workload: &str) -> ClientRequest {
     req(Method::Get, alloc::format!("/v1/workloads/{workload}"))
 }

@@ -11,6 +11,8 @@
 //!   first answer that is not 404 is the answer (a `Workload` or `Image` in it names its
 //!   `node`), so a run lands on the node that holds the image;
 //! - `DELETE /v1/images/{digest}` removes the image from every node that holds it.
+//! - `POST /v1/cluster/nodes/{node}/leave` for another node (404 [`NOT_THIS_NODE`]) goes to
+//!   that node alone: only a node can leave for itself.
 //!
 //! Pure: `ask(i)` sends the same request to `others[i]` (for the same operator) and returns its
 //! (status, body), or `None` when that node did not answer in time; the service supplies the
@@ -25,6 +27,14 @@ use alloc::vec::Vec;
 /// Entries taken from one other node's list (the workload service holds at most 32 workloads;
 /// a store holds fewer images than that).
 pub const LIST_MAX: usize = catenary_workload::proto::WORKLOADS_MAX;
+
+/// The error code of a leave asked of a node for another member.
+pub const NOT_THIS_NODE: &str = "not_this_node";
+
+/// `/v1/cluster/nodes/{node}/leave`: the node.
+fn leave_target(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/cluster/nodes/")?.strip_suffix("/leave").filter(|n| !n.is_empty() && !n.contains('/'))
+}
 
 /// The error code of an answer, if it is an error body.
 fn code(r: &Response) -> Option<String> {
@@ -69,7 +79,7 @@ pub fn concerns_others(req: &Request) -> bool {
                 || is_image_path(&req.path)
         }
         Method::Delete => req.path.starts_with("/v1/workloads/") || is_image_path(&req.path),
-        Method::Post => req.path == "/v1/workloads" || req.path.starts_with("/v1/workloads/"),
+        Method::Post => req.path == "/v1/workloads" || req.path.starts_with("/v1/workloads/") || leave_target(&req.path).is_some(),
         Method::Put => false,
     }
 }
@@ -156,6 +166,14 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
                 }
             }
             json(200, &w, resp)
+        }
+        (Method::Post, p, 404) if leave_target(p).is_some() && code(&resp).as_deref() == Some(NOT_THIS_NODE) => {
+            let node = leave_target(p).unwrap_or_default();
+            match others.iter().position(|n| n == node).map(|i| ask(i)) {
+                Some(Some((status, body))) => Response::json(status, body),
+                Some(None) => crate::error::ApiError::new(503, "node_unavailable", "that node did not answer").to_response(),
+                None => resp,
+            }
         }
         _ => {
             let c = if resp.status == 404 { code(&resp) } else { None };

@@ -139,3 +139,21 @@ fn images_and_runs_reach_the_node_that_holds_the_image() {
     assert!(l.images.is_empty(), "{:?}", l.images);
     assert_eq!(refused(&mut c, 0, ADMIN, &client::remove_image(&both)).1, "no_such_image");
 }
+
+/// `POST /v1/cluster/nodes/{node}/leave`: asked of node1 for node2, it reaches node2 alone,
+/// which leaves; asked for itself, node1 leaves; a viewer is refused and nobody leaves; an
+/// unknown name is 404 on the node asked and goes nowhere.
+#[test]
+fn a_leave_reaches_the_named_node_alone() {
+    let mut c = cluster();
+    assert_eq!(refused(&mut c, 0, VIEWER, &client::leave_node("node2")).0, 403);
+    assert!(!c[0].node.left && !c[1].node.left);
+    let (status, code, _) = refused(&mut c, 0, ADMIN, &client::leave_node("node9"));
+    assert_eq!((status, code.as_str()), (404, "no_such_node"));
+    assert!(!c[0].node.left && !c[1].node.left);
+    let n: ClusterNode = ok(&mut c, 0, &client::leave_node("node2"));
+    assert_eq!(n.name, "node2");
+    assert!(c[1].node.left && !c[0].node.left, "node2 must leave, node1 not");
+    let _: ClusterNode = ok(&mut c, 0, &client::leave_node("node1"));
+    assert!(c[0].node.left);
+}

@@ -35,11 +35,14 @@ pub struct SimNode {
     pub unreachable: Vec<String>,
     /// Keys `POST /v1/nodes` admitted.
     pub admitted: Vec<[u8; 32]>,
+    /// Whether `POST /v1/cluster/nodes/{its name}/leave` made it leave (as `apid` asks
+    /// `memberd`).
+    pub left: bool,
 }
 
 impl SimNode {
     pub fn new(free_mib: u64) -> SimNode {
-        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, name: "node1".into(), members: alloc::vec!["node1".into()], unreachable: Vec::new(), admitted: Vec::new() }
+        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, name: "node1".into(), members: alloc::vec!["node1".into()], unreachable: Vec::new(), admitted: Vec::new(), left: false }
     }
 }
 
@@ -86,6 +89,17 @@ impl Backend for SimNode {
             self.admitted.push(key);
         }
         Ok(())
+    }
+    /// As `apid`: itself leaves; another member is asked; anything else is no node.
+    fn leave(&mut self, node: &str) -> Result<bool, crate::ApiError> {
+        if node == self.name {
+            self.left = true;
+            Ok(true)
+        } else if self.members.iter().any(|m| m == node) {
+            Ok(false)
+        } else {
+            Err(crate::ApiError::new(404, "no_such_node", "no node of the cluster file has that name"))
+        }
     }
     fn workd_chunk(&mut self, req: proto::Request, bytes: &[u8]) -> proto::Response {
         // as `workd` reads the chunk from the grant

@@ -52,6 +52,13 @@ pub trait Backend {
     fn cluster_workloads(&mut self) -> Result<(Vec<ClusterWorkloadStatus>, u32), ApiError> {
         Err(ApiError::new(503, "no_cluster", "this node has no orchestration service"))
     }
+    /// `POST /v1/cluster/nodes/{node}/leave`: when `node` (a name in the cluster file) is this
+    /// node, it leaves gracefully (its membership service announces the leave, then the
+    /// cluster drains it) and the answer is `Ok(true)`; `Ok(false)` when `node` is another
+    /// member (the request goes to that node, `cluster::elsewhere`).
+    fn leave(&mut self, _node: &str) -> Result<bool, ApiError> {
+        Err(ApiError::new(503, "no_cluster", "this node has no membership service"))
+    }
 }
 
 /// A write to the cluster's desired state (docs/orchestration.md).
@@ -310,6 +317,16 @@ impl Api {
                 let drain = route.op == Op::DrainNode;
                 backend.cluster(if drain { ClusterWrite::Drain(node.clone()) } else { ClusterWrite::Undrain(node.clone()) })?;
                 ok(&ClusterNode { name: node, drained: drain })
+            }
+            Op::LeaveNode => {
+                let node = p.iter().find(|(k, _)| *k == "node").map(|(_, v)| v.clone()).unwrap_or_default();
+                if node.is_empty() || node.len() > 64 {
+                    return Err(ApiError::bad_request("node: a node's name"));
+                }
+                if !backend.leave(&node)? {
+                    return Err(ApiError::new(404, crate::cluster::NOT_THIS_NODE, "that node is another member: ask it"));
+                }
+                ok(&ClusterNode { name: node, drained: true })
             }
             Op::Events => {
                 self.observe(backend, now_ms);

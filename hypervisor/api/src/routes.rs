@@ -33,6 +33,7 @@ pub enum Op {
     InspectClusterWorkload,
     DrainNode,
     UndrainNode,
+    LeaveNode,
 }
 
 /// What a request body is: nothing, a JSON schema, or raw bytes (an image chunk).
@@ -94,6 +95,7 @@ pub const ROUTES: &[Route] = &[
     r(Delete, "/v1/cluster/workloads/{workload}", Op::RemoveClusterWorkload, "removeClusterWorkload", &[], Body::None, 200, "ClusterWorkload"),
     r(Post, "/v1/cluster/nodes/{node}/drain", Op::DrainNode, "drainNode", &[], Body::None, 200, "ClusterNode"),
     r(Post, "/v1/cluster/nodes/{node}/undrain", Op::UndrainNode, "undrainNode", &[], Body::None, 200, "ClusterNode"),
+    r(Post, "/v1/cluster/nodes/{node}/leave", Op::LeaveNode, "leaveNode", &[], Body::None, 200, "ClusterNode"),
 ];
 
 /// The values of a route's `{param}` segments, in order.

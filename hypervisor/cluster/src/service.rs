@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | [`LABEL_MEMBERS`] | — | writable, ≥ [`table_len`]`(rows)` | [`OK`], [bytes, rows, 0, 0] / [`ERR_SMALL`] [bytes needed] / [`ERR_NO_GRANT`] |
 //! | [`LABEL_ADMIT`] | the key's 32 bytes (4 little-endian words) | — | [`OK`] / [`ERR_KEY`] (a low-order or all-zero key is refused by the caller's parser) |
+//! | [`LABEL_LEAVE`] | — | — | [`OK`] (the leave notices are queued; the table then shows this node `left`) |
 //!
 //! The table: an 8-byte header (`MAGIC`, row count as u16 LE, 2 zero bytes) then one
 //! [`ROW`]-byte row per member: key (32), fabric /128 (16), incarnation (u64 LE), generation
@@ -17,6 +18,9 @@ use crate::membership::MemberState;
 
 pub const LABEL_MEMBERS: u64 = 0x4d42_0001;
 pub const LABEL_ADMIT: u64 = 0x4d42_0002;
+/// Leave the cluster gracefully (`Membership::leave`; `catenary node leave`): the others show
+/// this node `left`. No words; answered `OK` once the leave notices are queued.
+pub const LABEL_LEAVE: u64 = 0x4d42_0003;
 pub const OK: u64 = 0;
 pub const ERR_NO_GRANT: u64 = 1;
 pub const ERR_SMALL: u64 = 2;

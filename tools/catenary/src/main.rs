@@ -171,6 +171,10 @@ enum NodeCmd {
     Drain { node: String },
     /// The scheduler may place replicas on a drained NODE again.
     Undrain { node: String },
+    /// NODE (its name) leaves the cluster gracefully: the other nodes show it `left` at once
+    /// (never `dead`), and the cluster drains it, so its replicas start elsewhere. The node
+    /// keeps running outside the cluster; restarted, it joins again (still drained).
+    Leave { node: String },
     /// Admit a node's fabric public key (64 hex; a pending node's, as `catenary nodes` shows
     /// it): committed in the replicated desired state, from which every node's fabric and
     /// membership service let it in.
@@ -266,6 +270,7 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Rm { id } => commands::rm(&c, &id),
         Cmd::Node(NodeCmd::Drain { node }) => commands::drain(&c, &node),
         Cmd::Node(NodeCmd::Undrain { node }) => commands::undrain(&c, &node),
+        Cmd::Node(NodeCmd::Leave { node }) => commands::leave(&c, &node),
         Cmd::Inspect { id } => commands::inspect(&c, &id),
         Cmd::Events { follow } => commands::events(&c, follow, poll),
         Cmd::FabricProbe { bytes } => {

@@ -233,6 +233,25 @@ impl Backend for Node {
         };
         Ok((catenary_api::cluster_state::statuses(entries, &name_of, own, &local), total))
     }
+    /// This node leaves: `memberd` announces the leave first (the others show it `left` at
+    /// once), then the drain of this node is committed (its replicas stop as it applies the
+    /// Unassign and start elsewhere). Another member's name: `Ok(false)`, forwarded there.
+    fn leave(&mut self, node: &str) -> Result<bool, ApiError> {
+        use catenary_cluster::service as svc;
+        let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
+        let Some(m) = members.iter().find(|m| m.name == node) else {
+            return Err(ApiError::new(404, "no_such_node", "no node of the cluster file has that name"));
+        };
+        if Some(Prefix64::from_public_key(&m.public_key).node_address()) != self.me {
+            return Ok(false);
+        }
+        match call_timeout(MEMBERD, svc::LABEL_LEAVE, [0; 4], 2000) {
+            Ok(r) if r.label == svc::OK => {}
+            _ => return Err(ApiError::new(503, "memberd_unavailable", "the node's membership service did not leave")),
+        }
+        self.cluster(catenary_api::ClusterWrite::Drain(m.name.clone()))?;
+        Ok(true)
+    }
 
     fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError> {
         // Committed in the replicated desired state; every node's fabric and membership

@@ -23,6 +23,10 @@
 //!   in no cluster file (netbooted) admits itself and the file's nodes, which are its seeds.
 //!   `LABEL_ADMIT` (a key in memory only) is kept for callers of the old protocol; `apid`
 //!   commits admissions in the desired state instead.
+//! - **Graceful leave**: `LABEL_LEAVE` (from `apid`, `catenary node leave`) runs
+//!   `Membership::leave`: the leave notice goes to every active member at once, which show
+//!   this node `left`; from then on memberd sends nothing (a restart joins as a new
+//!   generation).
 //! - **Generation**: the wall clock in seconds when memberd starts (it waits one second
 //!   first, so two starts never share one), so a node that restarted, or whose memberd did,
 //!   comes back as a newer identity than any the cluster remembers.
@@ -306,7 +310,8 @@ impl Service {
 
     /// The member table, this node first.
     fn rows(&self) -> Vec<Row> {
-        let mut v = alloc::vec![Row { id: self.m.identity(), state: MemberState::Alive, incarnation: catenary_cluster::membership::combined_incarnation(self.m.identity().generation, 0), own: true }];
+        let own = if self.m.has_left() { MemberState::Left } else { MemberState::Alive };
+        let mut v = alloc::vec![Row { id: self.m.identity(), state: own, incarnation: catenary_cluster::membership::combined_incarnation(self.m.identity().generation, 0), own: true }];
         v.extend(self.m.members().into_iter().map(|m| Row { id: m.id, state: m.state, incarnation: m.incarnation, own: false }));
         v
     }
@@ -338,6 +343,13 @@ impl Service {
                     }
                     (svc::OK, [0; 4])
                 }
+            }
+            svc::LABEL_LEAVE => {
+                if !self.m.has_left() {
+                    self.m.leave(now());
+                    logf!("memberd: leaving the cluster (graceful leave) at {} ms", now_ns() / 1_000_000);
+                }
+                (svc::OK, [0; 4])
             }
             _ => (svc::ERR_UNKNOWN, [0; 4]),
         };

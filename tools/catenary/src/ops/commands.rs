@@ -368,6 +368,17 @@ pub fn undrain(c: &Ctx, node: &str) -> R {
     Ok(())
 }
 
+/// `node leave NODE`: the node leaves the cluster gracefully (the others show it `left` at
+/// once) and is drained (its replicas start elsewhere).
+pub fn leave(c: &Ctx, node: &str) -> R {
+    let n: ClusterNode = c.t.call(&client::leave_node(node))?;
+    if c.json {
+        return print_json(&n);
+    }
+    println!("{} left the cluster (drained)", n.name);
+    Ok(())
+}
+
 /// A workload of the node (or, through it, of another node); a name no node has is taken
 /// out of the cluster's desired state.
 pub fn rm(c: &Ctx, id: &str) -> R {

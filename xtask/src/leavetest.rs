@@ -1,0 +1,136 @@
+//! `cluster_graceful_leave` (issue 13 item 1, docs/orchestration.md "Graceful leave on
+//! nodes"): three QEMU nodes run `web` (2 replicas) and `db` (1); the operator asks node1
+//! `catenary node leave NODE` for another node that runs a replica. node1 forwards the request
+//! to that node, whose `memberd` announces the leave and whose drain is then committed. The
+//! two others must show it `left` (never suspect or dead) within about a second, its
+//! replicas must start on them, and it must not be declared dead later.
+//!
+//! Timings are host wall-clock: from the leaving node's own `memberd: leaving` console line
+//! (the protocol's part) and from the start of the CLI command (what an operator waits,
+//! fabric round trips and the forward included) to each survivor's `member NODE left` line;
+//! and from the CLI's start to every lost replica `running` on a survivor.
+
+use crate::apitest::Checks;
+use crate::orchtest::{lists, placed, runners};
+use crate::test::Tally;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The bound on "seen as left at once": a second of protocol time, with room for TCG nodes
+/// on a shared 2-core machine (measured figures are printed).
+const LEFT_WITHIN: Duration = Duration::from_secs(2);
+
+pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "cluster_graceful_leave";
+    if let Some(why) = crate::orchtest::missing() {
+        t.skip(name, &why);
+        return Ok(());
+    }
+    let tag = "cluster-graceful-leave";
+    let (mut r, nodes, admin_cfg, image) = match crate::orchtest::boot(kernel, tag) {
+        Ok(b) => b,
+        Err(e) => {
+            t.record(name, false, &format!("({e})"));
+            return Ok(());
+        }
+    };
+    let mut c = Checks(Vec::new());
+    let from = vec![0usize; 3];
+    let none = vec![false; 3];
+    let res = (|| -> Result<(), String> {
+        let formed = crate::orchtest::formed(&mut r);
+        c.check("three nodes: a leader, the three members admitted", formed, "");
+        if !formed {
+            return Err("no cluster".into());
+        }
+        let a = crate::orchtest::workstation(&r, &nodes, &admin_cfg)?;
+        let img = image.to_str().unwrap();
+        for (w, n) in [("web", "2"), ("db", "1")] {
+            let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", n, "--name", w, "--mem", "64", "--restart", "always", img, "hello", w]);
+            c.check(&format!("`catenary run --replicas {n} --name {w}` is committed"), st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        }
+        let ok = r.wait(Duration::from_secs(600), false, |l| placed(&lists(l, &from, &none)));
+        c.check("every replica runs once", ok, &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
+        if !ok {
+            return Err("not placed".into());
+        }
+        // the leaving node: not node1 (the one asked, so the request is forwarded), one that
+        // runs a replica (web's two are on two nodes, so node2 or node3 runs one)
+        let l = lists(&r.lines, &from, &none);
+        let victim = (1..3).find(|i| !l[*i].is_empty()).ok_or("node2 and node3 run nothing")?;
+        let vname = nodes[victim].name.clone();
+        let lost: Vec<String> = l[victim].keys().cloned().collect();
+        let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+        let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        let left_line = format!("memberd: member {vname} left");
+        println!("  {vname} leaves (it runs {lost:?}); asked of node1");
+        let asked = Instant::now();
+        let mut leaving: Option<Instant> = None;
+        let mut seen: Vec<Option<Instant>> = vec![None; 3];
+        let mut moved: Option<Duration> = None;
+        let mut twice = Vec::new();
+        let cli = std::thread::scope(|s| {
+            let h = s.spawn(|| a.cli(&nodes[0], &["node", "leave", &vname]));
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < deadline && moved.is_none() {
+                r.wait(Duration::from_millis(50), false, |_| false);
+                if leaving.is_none() && r.lines[victim][mark[victim]..].iter().any(|x| x.contains("memberd: leaving the cluster")) {
+                    leaving = Some(Instant::now());
+                }
+                for &i in &survivors {
+                    if seen[i].is_none() && r.lines[i][mark[i]..].iter().any(|x| x.contains(&left_line)) {
+                        seen[i] = Some(Instant::now());
+                    }
+                }
+                let l = lists(&r.lines, &from, &none);
+                for (n, v) in runners(&l) {
+                    if v.len() > 1 {
+                        twice.push(format!("{n} on {v:?}"));
+                    }
+                }
+                if placed(&l) && l[victim].is_empty() {
+                    moved = Some(asked.elapsed());
+                }
+            }
+            h.join().unwrap_or((-1, String::new(), "the CLI thread panicked".into()))
+        });
+        let (st, out, err) = cli;
+        c.check(&format!("`catenary node leave {vname}` through node1 (forwarded to {vname})"), st == 0 && out.contains("left the cluster"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        c.check(&format!("{vname}'s memberd announced its leave"), leaving.is_some(), "");
+        let ms = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        };
+        let fmt = |d: Option<Duration>| d.map(|d| format!("{} ms", d.as_millis())).unwrap_or("never".into());
+        let protocol: Vec<Option<Duration>> = survivors.iter().map(|&i| ms(leaving, seen[i])).collect();
+        let operator: Vec<Option<Duration>> = survivors.iter().map(|&i| ms(Some(asked), seen[i])).collect();
+        println!(
+            "  timings: {vname}'s leave line -> shown left on {} {} and {} {}; CLI start -> left {} and {}; CLI start -> every lost replica running on a survivor {}",
+            nodes[survivors[0]].name, fmt(protocol[0]), nodes[survivors[1]].name, fmt(protocol[1]), fmt(operator[0]), fmt(operator[1]), fmt(moved)
+        );
+        c.check(
+            &format!("both others show {vname} `left` within {} s of its leave", LEFT_WITHIN.as_secs()),
+            protocol.iter().all(|d| d.is_some_and(|d| d <= LEFT_WITHIN)),
+            &format!("{} and {}", fmt(protocol[0]), fmt(protocol[1])),
+        );
+        c.check(&format!("{vname}'s replicas run on the others, every replica once"), moved.is_some(), &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
+        c.check("no replica ran on two nodes", twice.is_empty(), &format!("{twice:?}"));
+        // a while later: still left, never suspect or dead
+        r.wait(Duration::from_secs(20), false, |_| false);
+        let bad: Vec<String> = survivors
+            .iter()
+            .flat_map(|&i| r.lines[i][mark[i]..].iter().filter(|x| x.contains(&format!("memberd: member {vname} ")) && !x.contains(&left_line)).map(move |x| format!("{}: {x}", i + 1)))
+            .collect();
+        c.check(&format!("{vname} is never shown suspect, dead or alive again after its leave (20 s more)"), bad.is_empty(), &format!("{bad:?}"));
+        Ok(())
+    })();
+    let log = r.save_logs(tag);
+    if let Err(e) = res {
+        println!("  ({e}; log {})", log.display());
+    }
+    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
+    c.check("no panic on any node", !panics, "");
+    drop(r);
+    t.record(name, c.all(), &format!("(log {})", log.display()));
+    Ok(())
+}
