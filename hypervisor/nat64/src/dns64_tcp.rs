@@ -4,7 +4,9 @@
 //! packets the gateway carries to and from the fabric.
 //!
 //! Bounds: [`MAX_CONNS`] connections at once (more are not accepted: their SYNs are refused by
-//! smoltcp with RST once every socket is busy), a message at most [`crate::dns64::EDNS_SIZE`]
+//! smoltcp with RST once every socket is busy), at most [`MAX_PER_SOURCE`] of them from one
+//! guest address (its further SYNs are answered with RST here, so one guest cannot hold every
+//! slot), a message at most [`crate::dns64::EDNS_SIZE`]
 //! bytes (a longer length prefix closes the connection), [`MAX_INFLIGHT`] questions open per
 //! connection (more are dropped), and a connection idle for [`IDLE_TIMEOUT`] is closed (RFC
 //! 7766 §6.2.3; a slow sender cannot hold a slot).
@@ -17,12 +19,14 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv6Address};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
 use crate::dns64::{DNS64_ADDR, EDNS_SIZE};
 
 /// Connections at once.
 pub const MAX_CONNS: usize = 8;
+/// Connections at once from one source address.
+pub const MAX_PER_SOURCE: usize = 2;
 /// Questions open per connection.
 pub const MAX_INFLIGHT: usize = 4;
 /// A connection without a complete message for this long is closed.
@@ -124,8 +128,34 @@ impl DnsTcp {
         DnsTcp { iface, sockets, dev, slots, next_conn: 1 }
     }
 
-    /// An IPv6 packet from the fabric to `[64:ff9b::35]` with TCP in it.
+    /// An IPv6 packet from the fabric to `[64:ff9b::35]` with TCP in it. A new connection's SYN
+    /// from an address that already has [`MAX_PER_SOURCE`] (open, or SYNs waiting) is reset.
     pub fn input(&mut self, packet: &[u8]) {
+        if let Some((src, sport)) = syn_of(packet) {
+            // connections of this source: the slots' and the SYNs still queued (a retransmitted
+            // SYN of one of them is not a new connection)
+            let mut ports: Vec<u16> = Vec::new();
+            for slot in self.slots.iter().filter(|s| s.conn.is_some()) {
+                if let Some(e) = self.sockets.get::<tcp::Socket>(slot.handle).remote_endpoint() {
+                    if e.addr == IpAddress::Ipv6(src) && !ports.contains(&e.port) {
+                        ports.push(e.port);
+                    }
+                }
+            }
+            for (a, p) in self.dev.rx.iter().filter_map(|q| syn_of(q)) {
+                if a == src && !ports.contains(&p) {
+                    ports.push(p);
+                }
+            }
+            if !ports.contains(&sport) && ports.len() >= MAX_PER_SOURCE {
+                if let Some(rst) = reset_for(packet) {
+                    if self.dev.tx.len() < QUEUE {
+                        self.dev.tx.push_back(rst);
+                    }
+                }
+                return;
+            }
+        }
         if self.dev.rx.len() < QUEUE {
             self.dev.rx.push_back(packet.to_vec());
         }
@@ -215,4 +245,41 @@ impl DnsTcp {
     pub fn connections(&self) -> usize {
         self.slots.iter().filter(|s| s.conn.is_some()).count()
     }
+}
+
+/// The source (address, port) of a packet that opens a TCP connection (SYN without ACK).
+fn syn_of(packet: &[u8]) -> Option<(Ipv6Address, u16)> {
+    let ip = Ipv6Packet::new_checked(packet).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    (tcp.syn() && !tcp.ack()).then(|| (ip.src_addr(), tcp.src_port()))
+}
+
+/// The RST that refuses the SYN in `packet` (RFC 9293 §3.10.7.1: SEQ 0, ACK = SYN's SEQ + 1).
+fn reset_for(packet: &[u8]) -> Option<Vec<u8>> {
+    let ip = Ipv6Packet::new_checked(packet).ok()?;
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let rst = TcpRepr {
+        src_port: tcp.dst_port(),
+        dst_port: tcp.src_port(),
+        control: TcpControl::Rst,
+        seq_number: TcpSeqNumber(0),
+        ack_number: Some(tcp.seq_number() + 1),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip6 = Ipv6Repr { src_addr: ip.dst_addr(), dst_addr: ip.src_addr(), next_header: IpProtocol::Tcp, payload_len: rst.buffer_len(), hop_limit: 64 };
+    let mut out = vec![0u8; ip6.buffer_len() + rst.buffer_len()];
+    let mut p = Ipv6Packet::new_unchecked(&mut out[..]);
+    ip6.emit(&mut p);
+    let checksum = smoltcp::phy::ChecksumCapabilities::default();
+    rst.emit(&mut TcpPacket::new_unchecked(p.payload_mut()), &IpAddress::Ipv6(ip6.src_addr), &IpAddress::Ipv6(ip6.dst_addr), &checksum);
+    Some(out)
 }

@@ -445,7 +445,12 @@ mod tcp_client {
 
 #[test]
 fn dns64_over_tcp_answers_length_prefixed_and_bounds_connections() {
-    use crate::dns64_tcp::{IDLE_TIMEOUT, MAX_CONNS};
+    use crate::dns64_tcp::{IDLE_TIMEOUT, MAX_CONNS, MAX_PER_SOURCE};
+    let source = |n: u8| {
+        let mut a = CLIENT;
+        a[15] = n;
+        a
+    };
     use smoltcp::socket::tcp::State;
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0xca, 0x64, 1];
     const ROUTER_MAC: [u8; 6] = [0x52, 0x54, 0, 0xca, 0x64, 0xfe];
@@ -517,8 +522,28 @@ fn dns64_over_tcp_answers_length_prefixed_and_bounds_connections() {
     pump(&mut g, &mut guest, &mut ms, &mut up);
     assert_eq!(guest.sock().state(), State::Closed, "reset by the gateway");
     assert_eq!(g.dns_tcp.as_ref().unwrap().connections(), 0);
-    // at most MAX_CONNS at once: the next is refused; an idle one is closed after the timeout
-    let mut guests: Vec<tcp_client::Guest> = (0..MAX_CONNS + 1).map(|i| tcp_client::Guest::connect(CLIENT, 51000 + i as u16)).collect();
+    // at most MAX_PER_SOURCE from one address: its next SYN is reset, another address still
+    // gets a slot
+    let mut mine: Vec<tcp_client::Guest> = (0..MAX_PER_SOURCE + 1).map(|i| tcp_client::Guest::connect(CLIENT, 52000 + i as u16)).collect();
+    for c in mine.iter_mut() {
+        pump(&mut g, c, &mut ms, &mut up);
+    }
+    let states: Vec<State> = mine.iter_mut().map(|c| c.sock().state()).collect();
+    assert_eq!(states, [State::Established, State::Established, State::Closed], "the third from one guest is reset");
+    assert_eq!(g.dns_tcp.as_ref().unwrap().connections(), MAX_PER_SOURCE);
+    let mut other = tcp_client::Guest::connect(source(0x41), 52100);
+    pump(&mut g, &mut other, &mut ms, &mut up);
+    assert_eq!(other.sock().state(), State::Established, "another guest is not crowded out");
+    drop((mine, other));
+    ms += IDLE_TIMEOUT.as_millis() as u64 + 1000;
+    for _ in 0..2 {
+        ms += 10;
+        let _ = g.tick(Duration::from_millis(ms));
+    }
+    assert_eq!(g.dns_tcp.as_ref().unwrap().connections(), 0, "idle connections closed");
+    // at most MAX_CONNS at once (from different guests): the next is refused; an idle one is
+    // closed after the timeout
+    let mut guests: Vec<tcp_client::Guest> = (0..MAX_CONNS + 1).map(|i| tcp_client::Guest::connect(source(0x50 + i as u8), 51000 + i as u16)).collect();
     for c in guests.iter_mut() {
         pump(&mut g, c, &mut ms, &mut up);
     }
