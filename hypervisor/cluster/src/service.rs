@@ -4,7 +4,6 @@
 //! | label | words in | grant | reply label, words |
 //! |---|---|---|---|
 //! | [`LABEL_MEMBERS`] | — | writable, ≥ [`table_len`]`(rows)` | [`OK`], [bytes, rows, 0, 0] / [`ERR_SMALL`] [bytes needed] / [`ERR_NO_GRANT`] |
-//! | [`LABEL_ADMIT`] | the key's 32 bytes (4 little-endian words) | — | [`OK`] / [`ERR_KEY`] (a low-order or all-zero key is refused by the caller's parser) |
 //! | [`LABEL_LEAVE`] | — | — | [`OK`] (the leave notices are queued; the table then shows this node `left`) |
 //!
 //! The table: an 8-byte header (`MAGIC`, row count as u16 LE, 2 zero bytes) then one
@@ -17,7 +16,8 @@ use crate::identity::{NodeId, NodeKey};
 use crate::membership::MemberState;
 
 pub const LABEL_MEMBERS: u64 = 0x4d42_0001;
-pub const LABEL_ADMIT: u64 = 0x4d42_0002;
+// 0x4d42_0002 was `LABEL_ADMIT` (any caller admitted any key): retired, answered
+// `ERR_UNKNOWN`. Admission comes only from the committed desired state (`orchd` → `netd`).
 /// Leave the cluster gracefully (`Membership::leave`; `catenary node leave`): the others show
 /// this node `left`. No words; answered `OK` once the leave notices are queued.
 pub const LABEL_LEAVE: u64 = 0x4d42_0003;
@@ -115,7 +115,7 @@ pub fn decode(b: &[u8]) -> Option<Vec<Row>> {
     Some(out)
 }
 
-/// A key as `LABEL_ADMIT`'s four words, and back.
+/// A key as four little-endian words (`netd`'s `LABEL_SELF`, `LABEL_ADMIT_PEER`), and back.
 pub fn key_words(k: &[u8; 32]) -> [u64; 4] {
     let mut w = [0u64; 4];
     for (i, c) in k.chunks_exact(8).enumerate() {

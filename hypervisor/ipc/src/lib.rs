@@ -322,15 +322,18 @@ pub mod netd {
     /// A task's call: reply label 0 with words = this node's fabric public key (32 bytes as
     /// 4 little-endian words; public), or [`CLUSTER_NOT_READY`].
     pub const LABEL_SELF: u64 = 0x4e43_0003;
-    /// A task's call (`orchd`, once the replicated desired state committed `AdmitNode`):
-    /// words = the admitted key (4 LE words); the fabric takes it as a peer. Reply 0 (a peer
-    /// now or already), [`ADMIT_REFUSED`] (a low-order key, a /64 clash, too many).
+    /// `orchd`'s call, once the replicated desired state committed `AdmitNode`: words = the
+    /// admitted key (4 LE words); the fabric takes it as a peer. Reply 0 (a peer now or
+    /// already), [`ADMIT_REFUSED`] (a low-order key, a /64 clash, too many), [`ADMIT_NOT_ORCHD`]
+    /// (the call's badge is not `orchd`'s: no other task may admit).
     pub const LABEL_ADMIT_PEER: u64 = 0x4e43_0004;
     /// A task's call with a writable grant: the admission table (`catenary_net::admission`:
     /// keys admitted at run time, pending nodes) is copied in. Reply 0 [bytes, rows, 0, 0],
     /// [`CLUSTER_TOO_SMALL`] [bytes needed], [`CLUSTER_NO_GRANT`], [`CLUSTER_NOT_READY`].
     pub const LABEL_ADMISSION: u64 = 0x4e43_0005;
     pub const ADMIT_REFUSED: u64 = 4;
+    /// [`LABEL_ADMIT_PEER`] from a task other than `orchd`: refused, nothing admitted.
+    pub const ADMIT_NOT_ORCHD: u64 = 5;
     pub const CLUSTER_NO_GRANT: u64 = 1;
     pub const CLUSTER_TOO_SMALL: u64 = 2;
     pub const CLUSTER_NOT_READY: u64 = 3;

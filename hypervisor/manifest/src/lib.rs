@@ -183,6 +183,16 @@ const fn contains(list: &[&str], s: &str) -> bool {
     false
 }
 
+/// Whether a call carrying `badge` comes from the service `name`: badges are set by the kernel
+/// from the sender's capability (its manifest index + 1), so a task cannot claim another's.
+/// Badge 0 (a sender the manifest did not name) and an unknown `name` never match.
+pub const fn is_from(services: &[Service], name: &str, badge: u64) -> bool {
+    match index_of(services, name) {
+        Some(i) => badge != 0 && badge == i as u64 + 1,
+        None => false,
+    }
+}
+
 /// The index of service `name` in `services`.
 pub const fn index_of(services: &[Service], name: &str) -> Option<usize> {
     let mut i = 0;

@@ -137,3 +137,21 @@ fn vm_control_granted_once_to_a_service_with_an_endpoint() {
     assert_eq!(v.next().map(|s| s.name), Some("workd"));
     assert!(v.next().is_none());
 }
+
+#[test]
+fn only_orchd_badge_may_admit_peers() {
+    // netd's LABEL_ADMIT_PEER rule: the badge of orchd's send capability, nothing else
+    let orchd = index_of(SERVICES, "orchd").expect("orchd in the manifest") as u64 + 1;
+    assert!(is_from(SERVICES, "orchd", orchd));
+    for other in ["natd", "apid", "memberd", "workd", "nicd", "supd"] {
+        if let Some(i) = index_of(SERVICES, other) {
+            assert!(!is_from(SERVICES, "orchd", i as u64 + 1), "{other}'s badge admitted");
+        }
+    }
+    assert!(!is_from(SERVICES, "orchd", 0), "a sender with no manifest badge admitted");
+    assert!(!is_from(SERVICES, "orchd", SERVICES.len() as u64 + 1));
+    assert!(!is_from(SERVICES, "orchd", u64::MAX));
+    assert!(!is_from(SERVICES, "no-such-service", orchd));
+    // every service that sends to netd is one of these: orchd among them, but no other admits
+    assert!(SERVICES.iter().any(|s| s.name == "orchd" && s.sends.contains(&"netd")));
+}

@@ -21,8 +21,9 @@
 //!   every second the keys the replicated desired state admitted at run time (`netd`'s
 //!   admission table, `LABEL_ADMISSION`, filled by `orchd` from its committed state). A node
 //!   in no cluster file (netbooted) admits itself and the file's nodes, which are its seeds.
-//!   `LABEL_ADMIT` (a key in memory only) is kept for callers of the old protocol; `apid`
-//!   commits admissions in the desired state instead.
+//!   There is no other way in: the old `LABEL_ADMIT` (any caller, any key) is gone, and
+//!   `netd` takes `LABEL_ADMIT_PEER` only from `orchd`'s badge, so the table holds only keys
+//!   this node's committed Raft state admitted.
 //! - **Graceful leave**: `LABEL_LEAVE` (from `apid`, `catenary node leave`) runs
 //!   `Membership::leave`: the leave notice goes to every active member at once, which show
 //!   this node `left`; from then on memberd sends nothing (a restart joins as a new
@@ -330,18 +331,6 @@ impl Service {
                     }
                     Some(_) => (svc::ERR_SMALL, [b.len() as u64, 0, 0, 0]),
                     None => (svc::ERR_NO_GRANT, [0; 4]),
-                }
-            }
-            svc::LABEL_ADMIT => {
-                let k = svc::words_key(q.words);
-                if k == [0; 32] {
-                    (svc::ERR_KEY, [0; 4])
-                } else {
-                    if !self.m.is_admitted(&NodeKey(k)) {
-                        self.m.admit(NodeKey(k));
-                        logf!("memberd: admitted key {} (in memory, this node only)", catenary_net::cluster::hex_encode(&k));
-                    }
-                    (svc::OK, [0; 4])
                 }
             }
             svc::LABEL_LEAVE => {

@@ -278,6 +278,8 @@ struct State {
     /// far, and the wall clock at the clock's origin.
     seed_key: [u8; 32],
     seeds_given: u64,
+    /// `LABEL_ADMIT_PEER` calls refused for not coming from `orchd` (the first few are logged).
+    admit_refused: u64,
     unix_at_origin: u64,
     /// Cycles and counts of `step` outside the stack ([`passstat`]), for the bench.
     pass: [u64; passstat::COUNT],
@@ -323,6 +325,14 @@ fn on_message(st: &mut State, m: Msg) {
         l if natgw::NatGw::is_request(l) => st.natgw.serve(&mut st.node, &m),
         LABEL_SELF if m.reply != 0 => {
             let _ = reply(m.reply, 0, catenary_cluster::service::key_words(&st.node.fabric().identity().public_key()));
+        }
+        // only orchd (from this node's committed Raft state) admits: any other caller's badge is refused
+        LABEL_ADMIT_PEER if m.reply != 0 && !catenary_manifest::is_from(catenary_manifest::SERVICES, "orchd", m.badge) => {
+            st.admit_refused += 1;
+            if st.admit_refused <= 4 {
+                logf!("net: admission: a peer admission from badge {} (not orchd) refused", m.badge);
+            }
+            let _ = reply(m.reply, catenary_ipc::netd::ADMIT_NOT_ORCHD, [0; 4]);
         }
         LABEL_ADMIT_PEER if m.reply != 0 => {
             let key = catenary_cluster::service::words_key(m.words);
@@ -694,7 +704,7 @@ fn run(arg: u64) -> u64 {
     logf!("net: sockets: this netd is start {}: its socket handles carry epoch {}", arg >> 8, epoch);
     let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
         sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix, cluster_text, member_keys, natgw,
-        seed_key: netfabric::crypto::hash(&[b"catenary netd seed key", &b.fabric_seed]), seeds_given: 0, unix_at_origin: b.unix_at_origin,
+        seed_key: netfabric::crypto::hash(&[b"catenary netd seed key", &b.fabric_seed]), seeds_given: 0, admit_refused: 0, unix_at_origin: b.unix_at_origin,
         pass: [0; passstat::COUNT] };
     if !early.is_empty() {
         logf!("net: sockets: serving {} request(s) that came before this netd was up", early.len());
