@@ -145,12 +145,12 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
         // state of the replicas assigned to it; each other node's answer fills in its own.
         (Method::Get, "/v1/cluster/workloads", 200) => {
             let Ok(mut list) = serde_json::from_slice::<ClusterWorkloadList>(&resp.body) else { return resp };
-            for i in 0..others.len() {
+            for (i, from) in others.iter().enumerate() {
                 let Some((200, body)) = ask(i) else { continue };
                 let Ok(theirs) = serde_json::from_slice::<ClusterWorkloadList>(&body) else { continue };
                 for w in &mut list.workloads {
                     if let Some(t) = theirs.workloads.iter().find(|t| t.name == w.name) {
-                        cluster_state::merge(w, t);
+                        cluster_state::merge(w, t, from);
                     }
                 }
             }
@@ -158,10 +158,10 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
         }
         (Method::Get, p, 200) if p.starts_with("/v1/cluster/workloads/") => {
             let Ok(mut w) = serde_json::from_slice::<ClusterWorkloadStatus>(&resp.body) else { return resp };
-            for i in 0..others.len() {
+            for (i, from) in others.iter().enumerate() {
                 if let Some((200, body)) = ask(i) {
                     if let Ok(t) = serde_json::from_slice::<ClusterWorkloadStatus>(&body) {
-                        cluster_state::merge(&mut w, &t);
+                        cluster_state::merge(&mut w, &t, from);
                     }
                 }
             }

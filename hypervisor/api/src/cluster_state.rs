@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use catenary_cluster::desired::{Command, RestartPolicy as R, WorkloadSpec};
 use catenary_cluster::listing::Listed;
 use catenary_cluster::placement::Constraint;
-use catenary_workload::status::Summary;
+use catenary_workload::status::{State, Summary};
 use catenary_workload::{Digest, RestartPolicy};
 
 /// The workd name prefix of cluster replicas: node-level workloads may not use it.
@@ -125,19 +125,29 @@ pub fn count_running(w: &mut ClusterWorkloadStatus) {
     w.running = w.assignments.iter().filter(|a| a.state.as_deref() == Some("running")).count() as u32;
 }
 
-/// Take `theirs`' word for the replicas whose state this node does not know (each node knows
-/// the replicas assigned to it).
-pub fn merge(mine: &mut ClusterWorkloadStatus, theirs: &ClusterWorkloadStatus) {
+/// Take `from`'s word (`theirs`, the answer of the node named `from`) for the replicas whose
+/// state this node does not know, only for those assigned to `from` (a node knows the replicas
+/// assigned to it, and nothing else); a state that is not a workload state's name is shown as
+/// [`UNKNOWN_STATE`] (the text is another node's and reaches operators' terminals).
+pub fn merge(mine: &mut ClusterWorkloadStatus, theirs: &ClusterWorkloadStatus, from: &str) {
     if mine.name != theirs.name {
         return;
     }
     for a in &mut mine.assignments {
-        if a.state.is_some() {
+        if a.state.is_some() || a.node.as_deref() != Some(from) {
             continue;
         }
-        if let Some(t) = theirs.assignments.iter().find(|t| t.replica == a.replica && t.node == a.node && t.state.is_some()) {
-            a.state = t.state.clone();
+        if let Some(t) = theirs.assignments.iter().find(|t| t.replica == a.replica && t.node == a.node) {
+            a.state = t.state.as_deref().map(known_state);
         }
     }
     count_running(mine);
+}
+
+/// What a replica's state is shown as when another node does not name a workload state.
+pub const UNKNOWN_STATE: &str = "unknown";
+
+/// `s` if it names a workload state, else [`UNKNOWN_STATE`].
+pub fn known_state(s: &str) -> String {
+    State::ALL.iter().map(|k| k.name()).find(|n| *n == s).unwrap_or(UNKNOWN_STATE).to_string()
 }

@@ -19,6 +19,7 @@ use catenary_cluster::NodeKey;
 use catenary_workload::fuzzing::image;
 use catenary_workload::proto as wk;
 use catenary_workload::spec::WorkloadSpec;
+use catenary_workload::vmctl::{Event, VmEvent};
 
 const KEYS: [[u8; 32]; 3] = [[0xa1; 32], [0xb2; 32], [0xc3; 32]];
 const NAMES: [&str; 3] = ["node1", "node2", "node3"];
@@ -97,6 +98,14 @@ fn run_replica(n: &mut Node, name: &str) {
     let spec = WorkloadSpec { name: name.into(), image: image(), vcpus: 1, memory_mib: 64, env: vec![], args: None, restart: catenary_workload::RestartPolicy::No, net: false };
     assert!(matches!(n.node.workd(wk::Request::Create(spec)), Ok(wk::Reply::Created(_))));
     assert!(n.node.workd(wk::Request::Start(wk::Target::Name(name.into()))).is_ok());
+    // its microVM says it is ready: the replica runs
+    let vm = n.node.kernel.next;
+    n.node.service.on_event(VmEvent { vm, event: Event::Ready }, 0, &mut n.node.kernel);
+}
+
+fn http_of(r: &ClientRequest) -> crate::http::Request {
+    let mut reader = RequestReader::new(Limits::default(), 0);
+    reader.feed(&r.to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap()
 }
 
 fn state_of(n: &mut Node, name: &str) -> String {
@@ -192,9 +201,30 @@ fn the_desired_state_is_listed_with_constraints_nodes_and_states() {
         };
         assert_eq!(web.assignments[0].state.as_deref(), Some(web0.as_str()), "{}", path.path);
         assert!(web.assignments[1].state.is_some());
-        let running = web.assignments.iter().filter(|a| a.state.as_deref() == Some("running")).count() as u32;
-        assert_eq!(web.running, running);
+        assert_eq!((web0.as_str(), web.assignments[1].state.as_deref()), ("running", Some("running")));
+        assert_eq!(web.running, 2, "both replicas run");
     }
+
+    // A node's word counts for the replicas assigned to it only, and only a state's name: node2
+    // (no replica of web) claims node3's; node3 answers a terminal escape for its own.
+    let mut forged = |state: &str| {
+        let mut l: ClusterWorkloadList = serde_json::from_slice(&api.handle(&ADMIN, &http_of(&client::list_cluster()), &mut n1, 0).body).unwrap();
+        for w in &mut l.workloads {
+            for a in &mut w.assignments {
+                a.state = Some(state.into());
+            }
+        }
+        serde_json::to_vec(&l).unwrap()
+    };
+    let answers = [forged("running"), forged("\u{1b}]0;pwned\u{7}\u{1b}[2J")];
+    let http = http_of(&client::list_cluster());
+    let resp = api.handle(&ADMIN, &http, &mut n1, 0);
+    let mut ask = |i: usize| Some((200, answers[i].clone()));
+    let merged = cluster::elsewhere(&http, resp, Some("node1"), &["node2".to_string(), "node3".to_string()], &mut ask);
+    let l: ClusterWorkloadList = serde_json::from_slice(&merged.body).unwrap();
+    let web = l.workloads.iter().find(|w| w.name == "web").unwrap();
+    assert_eq!(web.assignments[0], ReplicaStatus { replica: 0, node: Some("node3".into()), state: Some("unknown".into()) }, "node3's escape is not shown, node2's word not taken");
+    assert_eq!(web.running, 1, "node1's replica only");
 
     // A node without an orchestration service: 503.
     let mut bare = SimNode::new(1024);

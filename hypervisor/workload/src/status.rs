@@ -35,6 +35,8 @@ pub enum State {
 }
 
 impl State {
+    /// Every state (a name outside [`State::name`] of these is not a state).
+    pub const ALL: [State; 6] = [State::Created, State::Starting, State::Running, State::Stopping, State::Exited, State::Failed];
     pub fn name(self) -> &'static str {
         match self {
             State::Created => "created",
