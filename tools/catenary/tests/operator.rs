@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 struct Node {
@@ -19,12 +19,15 @@ struct Node {
     /// Chunk PUTs answered, and the one (1-based) whose connection is dropped unanswered.
     puts: AtomicUsize,
     drop_put: AtomicUsize,
+    /// Whether the cluster's listing answers 503 `cluster_unavailable` (as `apid` does while
+    /// `orchd` joins).
+    cluster_down: AtomicBool,
 }
 
 fn serve() -> (String, Arc<Node>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    let node = Arc::new(Node { api: Mutex::new((fuzzing::api_with(64 << 20), SimNode::new(1024))), caller: Mutex::new(ADMIN), puts: 0.into(), drop_put: 0.into() });
+    let node = Arc::new(Node { api: Mutex::new((fuzzing::api_with(64 << 20), SimNode::new(1024))), caller: Mutex::new(ADMIN), puts: 0.into(), drop_put: 0.into(), cluster_down: false.into() });
     let n = node.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
@@ -51,6 +54,10 @@ fn serve() -> (String, Arc<Node>) {
                         if k == n.drop_put.load(Ordering::SeqCst) {
                             continue; // the connection breaks mid-push
                         }
+                    }
+                    if r.path.starts_with("/v1/cluster/workloads") && n.cluster_down.load(Ordering::SeqCst) {
+                        let _ = s.write_all(&catenary_api::ApiError::new(503, "cluster_unavailable", "orchd is joining\u{1b}[2J").to_response().to_bytes());
+                        continue;
                     }
                     let caller = *n.caller.lock().unwrap();
                     let mut g = n.api.lock().unwrap();
@@ -264,4 +271,30 @@ fn wg_config_makes_the_workstation_a_fabric_peer_with_the_operator_key() {
     std::fs::write(&cluster, "catenary-cluster v1\nnode node1 12 fe80::1 51820\n").unwrap();
     let o = wg(Some("tap0"), &cluster);
     assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn ps_shows_the_nodes_table_when_the_cluster_listing_fails() {
+    let (api, node) = serve();
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("cfg");
+    // no orchestration service (503 no_cluster): no note, cluster null
+    let o = catenary(&api, &cfg, &["ps", "--json"]);
+    let ps: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((ps["cluster"].is_null(), ps["cluster_error"].is_null()), (true, true));
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    // the listing fails otherwise: the table, one line on stderr (no escape in it), exit 0
+    node.cluster_down.store(true, Ordering::SeqCst);
+    let o = catenary(&api, &cfg, &["ps"]);
+    let table = stdout(&o);
+    assert!(table.starts_with("  ID NAME"), "{table}");
+    assert!(!table.contains("CLUSTER WORKLOAD"), "{table}");
+    let err = String::from_utf8(o.stderr.clone()).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cluster_unavailable") || err.contains("orchd is joining"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    let o = catenary(&api, &cfg, &["ps", "--json"]);
+    let ps: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(ps["cluster"].is_null() && ps["workloads"].is_array(), "{ps}");
+    assert!(ps["cluster_error"].as_str().is_some_and(|e| e.contains("orchd is joining")), "{ps}");
 }

@@ -292,20 +292,29 @@ pub fn run(c: &Ctx, a: RunArgs) -> R {
 
 /// The cluster's desired state, or `None` when the node has no orchestration service (503
 /// `no_cluster`): `ps` then shows only the nodes' workloads.
-fn cluster_list(c: &Ctx) -> Result<Option<ClusterWorkloadList>, CliError> {
+fn cluster_list(c: &Ctx) -> Result<Option<ClusterWorkloadList>, CallError> {
     match c.t.call::<ClusterWorkloadList>(&client::list_cluster()) {
         Ok(l) => Ok(Some(l)),
         Err(CallError::Api(ClientError::Api { status: 503, code, .. })) if code == "no_cluster" => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
 pub fn ps(c: &Ctx) -> R {
     let l: WorkloadList = c.t.call(&client::list_workloads())?;
-    let cl = cluster_list(c)?;
+    // The nodes' table does not depend on the cluster's listing: when that fails (e.g. 503
+    // `cluster_unavailable` while orchd joins) ps says so on stderr, one line, and succeeds.
+    let (cl, cl_err) = match cluster_list(c) {
+        Ok(cl) => (cl, None),
+        Err(e) => (None, Some(e.to_string().chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect::<String>())),
+    };
+    if let Some(e) = &cl_err {
+        eprintln!("catenary: the cluster's workloads are not listed: {e}");
+    }
     if c.json {
-        // The nodes' list as before, and the cluster's (null without orchestration).
-        return print_json(&serde_json::json!({ "workloads": l.workloads, "cluster": cl }));
+        // The nodes' list as before, and the cluster's (null without orchestration or when
+        // its listing failed: `cluster_error` says why).
+        return print_json(&serde_json::json!({ "workloads": l.workloads, "cluster": cl, "cluster_error": cl_err }));
     }
     println!("{:>4} {:<24} {:<9} {:<10} {:>8} {:>8}  {:<39}  EXIT", "ID", "NAME", "STATE", "NODE", "MEM MiB", "RESTARTS", "ADDRESS");
     for w in &l.workloads {
