@@ -126,11 +126,8 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let gens = (generation(&r.lines[0], "node1"), generation(&r.lines[1], "node2"));
         let (Some(g1), Some(g2)) = gens else { return Err(format!("no memberd generation logged: {gens:?}")) };
         let forged = crate::forge::leave(crate::forge::identity(nodes[0].identity.public_key(), g1), crate::forge::identity(nodes[1].identity.public_key(), g2))?;
-        c.check(
-            &format!("the forged leave of node1 (generation {g1}) makes it `left` in-process when it comes from node1's own /128"),
-            true,
-            &format!("{} datagrams of {:?} bytes for node2 generation {g2}", forged.len(), forged.iter().map(Vec::len).collect::<Vec<_>>()),
-        );
+        // a precondition (forging errors above), not a check: the leave's effect is checked below
+        println!("  forged: node1's leave (generation {g1}) for node2 (generation {g2}): {} datagrams of {:?} bytes", forged.len(), forged.iter().map(Vec::len).collect::<Vec<_>>());
         // one relay (and fabric session) per node; node1 is the config's fabric node
         let mut relays = Vec::new();
         let mut specs = Vec::new();
