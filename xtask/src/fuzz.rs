@@ -125,7 +125,7 @@ pub fn run_targets(t: &mut Tally, targets: &[Target], secs: u64, prefix: &str) {
     crates.dedup();
     for dir in &crates {
         let start = Instant::now();
-        let out = cargo_fuzz(dir).args(["build", "-O"]).output();
+        let out = cargo_fuzz(dir).args(["build", "-O", "-a"]).output();
         let ok = matches!(&out, Ok(o) if o.status.success());
         println!("    built {} in {:.0}s", dir.strip_prefix(root()).unwrap_or(dir).display(), start.elapsed().as_secs_f64());
         if !ok {
@@ -145,7 +145,7 @@ pub fn run_targets(t: &mut Tally, targets: &[Target], secs: u64, prefix: &str) {
         let corpus = root().join("target").join("fuzz-corpus").join(tg.label().replace(['/', ':'], "_"));
         let _ = std::fs::create_dir_all(&corpus);
         let mut c = cargo_fuzz(&tg.dir);
-        c.args(["run", "-O", &tg.name])
+        c.args(["run", "-O", "-a", &tg.name])
             .arg(&corpus)
             .arg("--")
             .arg(format!("-max_total_time={secs}"))

@@ -174,6 +174,29 @@ fn timer_one_shot_periodic_and_tsc_deadline() {
 }
 
 #[test]
+fn timer_largest_count_and_divider_do_not_overflow() {
+    // TMICT 0xffff_ffff with divide-by-128 (TDCR 0xa) and by 8 (TDCR 2): the guest's largest
+    // values; the period in ns no longer fits u64 when multiplied by 10^9 first.
+    for (tdcr, div) in [(0xa_u64, 128u64), (2, 8)] {
+        let mut a = LocalApic::new(0, true, 1_000_000);
+        a.mmio_write(SVR, 4, 0x1ff, 0);
+        a.mmio_write(TIMER_DIV, 4, tdcr, 0);
+        for lvt in [0xec_u64, 0x2_00ec] {
+            a.mmio_write(LVT_TIMER, 4, lvt, 0);
+            a.mmio_write(TIMER_INIT, 4, 0xffff_ffff, 5);
+            let period = 0xffff_ffff * div; // 1 tick per ns before the divider
+            assert_eq!(a.next_deadline_ns(), Some(5 + period));
+            assert_eq!(a.mmio_read(TIMER_CUR, 4, 5) as u32, 0xffff_ffff);
+            assert_eq!(a.mmio_read(TIMER_CUR, 4, 5 + period / 2) as u32, 0x8000_0000);
+            assert!(!a.poll(4 + period));
+            assert!(a.poll(5 + period));
+            a.ack();
+            a.mmio_write(EOI, 4, 0, 0);
+        }
+    }
+}
+
+#[test]
 fn x2apic_msr_interface_and_mode_transitions() {
     let mut a = LocalApic::new(3, false, 1_000_000);
     let mut b = LocalApic::new(0, true, 1_000_000);

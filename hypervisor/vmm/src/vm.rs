@@ -227,7 +227,16 @@ pub struct MicroVm {
     apic: Option<ApicBus>,
     /// The vCPU the calls act for ([`MicroVm::set_vcpu`]).
     cur: usize,
+    /// Per vCPU: when an NMI was injected and is taken to be in service (NMIs blocked).
+    nmi_in_service: [Option<u64>; crate::mptable::MAX_VCPUS as usize],
+    /// The latest `now_ns` given to [`MicroVm::poll`].
+    now_ns: u64,
 }
+
+/// How long after an NMI's injection the next may be injected. The vCPU interface reports
+/// neither IRET nor the CPU's NMI-blocking state, so "the handler returned" is approximated:
+/// an NMI handler runs far shorter than this, and a second NMI stays latched until then.
+pub const NMI_HOLD_NS: u64 = 1_000_000;
 
 type Outcome = Result<Action, VmError>;
 
@@ -300,6 +309,8 @@ impl MicroVm {
             lines: Default::default(),
             stats: Stats::default(),
             pending: [None; crate::mptable::MAX_VCPUS as usize],
+            nmi_in_service: [None; crate::mptable::MAX_VCPUS as usize],
+            now_ns: 0,
             stopped: None,
             apic,
             cur: 0,
@@ -459,6 +470,7 @@ impl MicroVm {
     /// Advance timers to `now_ns` and update interrupt lines. Call before every VM entry and
     /// when a halted vCPU wakes.
     pub fn poll(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
         if self.pit.poll(now_ns) {
             self.pic.pulse(0);
             if let Some(a) = &mut self.apic {
@@ -549,7 +561,8 @@ impl MicroVm {
         p
     }
 
-    /// One-stop event decision before VM entry: a queued exception first, then a PIC
+    /// One-stop event decision before VM entry: a queued exception first, then a latched NMI
+    /// if there is no interrupt shadow and no NMI in service ([`NMI_HOLD_NS`]), then a PIC
     /// interrupt if RFLAGS.IF=1 and no interrupt shadow (acknowledging it), else a request for
     /// an interrupt window.
     pub fn next_event(&mut self, cpu: &VcpuState) -> EventDecision {
@@ -557,7 +570,15 @@ impl MicroVm {
             return EventDecision::Inject(i);
         }
         let cur = self.cur;
-        if self.apic.as_mut().and_then(|a| a.lapic_mut(cur)).is_some_and(|l| l.take_nmi()) {
+        if self.nmi_in_service[cur].is_some_and(|at| self.now_ns.saturating_sub(at) >= NMI_HOLD_NS) {
+            self.nmi_in_service[cur] = None;
+        }
+        let nmi = self.apic.as_mut().and_then(|a| a.lapic_mut(cur)).is_some_and(|l| l.nmi_pending());
+        if nmi && !cpu.interrupt_shadow && self.nmi_in_service[cur].is_none() {
+            if let Some(l) = self.apic.as_mut().and_then(|a| a.lapic_mut(cur)) {
+                l.take_nmi();
+            }
+            self.nmi_in_service[cur] = Some(self.now_ns);
             return EventDecision::Inject(Injection { vector: 2, error_code: None, kind: InjectionKind::Nmi });
         }
         match self.pending_irq() {

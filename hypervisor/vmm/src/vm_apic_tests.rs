@@ -201,3 +201,36 @@ fn an_ap_starts_in_real_mode_at_the_sipi_vector() {
     assert_eq!(c.rip, 2);
     assert_eq!(vm.stats().post_code, 0x5a);
 }
+
+#[test]
+fn an_nmi_waits_for_the_shadow_and_for_the_one_in_service() {
+    let mut vm = apic_vm(2);
+    let mut mem = VecMemory::new(0x10_0000);
+    for v in 0..2usize {
+        mmio32(&mut vm, &mut mem, v, LAPIC + 0xf0, Some(0x1ff));
+    }
+    let nmi = |vm: &mut MicroVm, mem: &mut VecMemory| {
+        mmio32(vm, mem, 1, LAPIC + 0x310, Some(0));
+        mmio32(vm, mem, 1, LAPIC + 0x300, Some(0x4400)); // NMI to APIC 0
+    };
+    let is_nmi = |d: EventDecision| matches!(d, EventDecision::Inject(i) if i.kind == InjectionKind::Nmi && i.vector == 2);
+    vm.poll(1_000);
+    nmi(&mut vm, &mut mem);
+    vm.set_vcpu(0);
+    // In an STI / MOV SS shadow: not now, and the NMI stays latched.
+    let mut shadow = cpu32();
+    shadow.interrupt_shadow = true;
+    assert!(!is_nmi(vm.next_event(&shadow)));
+    assert!(is_nmi(vm.next_event(&cpu32())));
+    // A second NMI while the first is in service (no IRET seen): held, not injected ...
+    nmi(&mut vm, &mut mem);
+    vm.set_vcpu(0);
+    assert!(!is_nmi(vm.next_event(&cpu32())));
+    vm.poll(1_000 + NMI_HOLD_NS / 2);
+    assert!(!is_nmi(vm.next_event(&cpu32())));
+    // ... until the hold has passed; then exactly once.
+    vm.poll(1_000 + NMI_HOLD_NS);
+    assert!(is_nmi(vm.next_event(&cpu32())));
+    vm.poll(1_000 + 3 * NMI_HOLD_NS);
+    assert!(!is_nmi(vm.next_event(&cpu32())));
+}

@@ -307,6 +307,11 @@ impl LocalApic {
         Some(v)
     }
 
+    /// Whether an NMI is latched and not yet taken.
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi_pending
+    }
+
     /// Take a pending NMI (delivered by an NMI IPI or LINT1/an LVT in NMI mode).
     pub fn take_nmi(&mut self) -> bool {
         core::mem::take(&mut self.nmi_pending)
@@ -389,7 +394,9 @@ impl LocalApic {
         }
     }
     fn period_ns(&self) -> u64 {
-        let p = u64::from(self.timer_init) * self.divide() * 1_000_000_000 / APIC_BUS_HZ;
+        // Guest-controlled (TMICT up to 2^32-1, divider up to 128): widen, then saturate.
+        let p = u128::from(self.timer_init) * u128::from(self.divide()) * 1_000_000_000 / u128::from(APIC_BUS_HZ);
+        let p = u64::try_from(p).unwrap_or(u64::MAX);
         if self.timer_mode() == 1 {
             p.max(MIN_PERIOD_NS)
         } else {
@@ -410,7 +417,7 @@ impl LocalApic {
         if self.timer_init == 0 || self.timer_mode() > 1 {
             return 0;
         }
-        let per_tick = (self.divide() * 1_000_000_000 / APIC_BUS_HZ).max(1);
+        let per_tick = (self.divide().saturating_mul(1_000_000_000) / APIC_BUS_HZ).max(1);
         let elapsed = now.saturating_sub(self.timer_start_ns);
         match self.timer_due_ns {
             None => 0,
