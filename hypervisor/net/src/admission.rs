@@ -108,7 +108,7 @@ impl Node {
         let me = self.fabric.identity().clone();
         let seeds = self.admission.seeds.clone();
         for (key, ep) in seeds {
-            if let Some(h) = hello::encode(&me, &key, cpus, mem, self.mac) {
+            if let Some(h) = hello::encode(&me, &key, cpus, mem, self.mac, now_ns) {
                 if self.underlay_tx.send(&mut self.eth_sockets, *ep.ip(), ep.port(), &h) {
                     self.admission.hellos_sent += 1;
                 }

@@ -11,8 +11,9 @@ use netfabric::Identity;
 fuzz_target!(|data: &[u8]| {
     let seed = Identity::from_secret_bytes([7; 32]);
     let mut p = hello::Pending::new(4, 5_000_000_000, 1000);
-    let from = SocketAddrV6::new(Ipv6Addr::LOCALHOST, 51820, 0, 0);
     for (i, chunk) in data.chunks(hello::LEN).enumerate() {
+        // a few sources (/64s), so the per-source rate limit does not refuse nearly everything
+        let from = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, (i % 4) as u16, 0, 0, 0, 1), 51820, 0, 0);
         let _ = p.offer(&seed, chunk, from, i as u64 * 300_000_000, |_| false);
         assert!(p.entries().len() <= 4);
     }
