@@ -26,7 +26,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::net::{Ipv6Addr, SocketAddr};
 use core::time::Duration;
 use rand_core::CryptoRngCore;
 
@@ -179,8 +179,10 @@ pub enum DropReason {
     KeyExpired,
     /// Inner packet source not owned by the peer it came from.
     SourceNotAllowed,
-    /// Inner packet is not a valid IPv4/IPv6 packet.
+    /// Inner packet is not a valid IPv6 packet.
     BadInnerPacket,
+    /// Inner packet is IPv4: the fabric is IPv6-only inside, so it is never routed.
+    InnerIpv4,
     /// Cookie reply that does not decrypt or answers nothing we sent.
     InvalidCookie,
     /// Queued packet dropped (queue full or handshake gave up).
@@ -275,8 +277,10 @@ impl core::fmt::Display for AddPeerError {
 /// Why [`Device::send`] refused a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {
-    /// Not an IPv4/IPv6 packet.
+    /// Not an IPv6 packet.
     InvalidPacket,
+    /// An IPv4 packet: the fabric carries only IPv6 (counted in `send_ipv4`).
+    Ipv4,
     /// Larger than [`MAX_PACKET`].
     TooLarge,
     /// No peer owns the destination.
@@ -305,6 +309,8 @@ pub struct Counters {
     /// limit bounds).
     pub handshakes_processed: u64,
     pub send_no_route: u64,
+    /// IPv4 packets handed to [`Device::send`]: refused, never routed.
+    pub send_ipv4: u64,
     pub dropped_malformed: u64,
     pub dropped_invalid_mac1: u64,
     pub dropped_under_load: u64,
@@ -320,6 +326,7 @@ pub struct Counters {
     pub dropped_key_expired: u64,
     pub dropped_source_not_allowed: u64,
     pub dropped_bad_inner_packet: u64,
+    pub dropped_inner_ipv4: u64,
     pub dropped_invalid_cookie: u64,
     pub dropped_queue_overflow: u64,
 }
@@ -342,6 +349,7 @@ impl Counters {
             DropReason::KeyExpired => &mut self.dropped_key_expired,
             DropReason::SourceNotAllowed => &mut self.dropped_source_not_allowed,
             DropReason::BadInnerPacket => &mut self.dropped_bad_inner_packet,
+            DropReason::InnerIpv4 => &mut self.dropped_inner_ipv4,
             DropReason::InvalidCookie => &mut self.dropped_invalid_cookie,
             DropReason::QueueOverflow => &mut self.dropped_queue_overflow,
         };
@@ -364,6 +372,7 @@ impl Counters {
             + self.dropped_key_expired
             + self.dropped_source_not_allowed
             + self.dropped_bad_inner_packet
+            + self.dropped_inner_ipv4
             + self.dropped_invalid_cookie
             + self.dropped_queue_overflow
     }
@@ -715,6 +724,10 @@ impl Device {
         if packet.len() > MAX_PACKET {
             return Err(SendError::TooLarge);
         }
+        if is_ipv4(packet) {
+            self.counters.send_ipv4 += 1;
+            return Err(SendError::Ipv4);
+        }
         let (_, dst, _) = inner_header(packet).ok_or(SendError::InvalidPacket)?;
         let Some(pid) = self.routes.lookup(&dst) else {
             self.counters.send_no_route += 1;
@@ -724,7 +737,8 @@ impl Device {
         Ok(out)
     }
 
-    /// Tunnel an IP packet to a given peer (no routing lookup).
+    /// Tunnel an IP packet to a given peer (no routing lookup and no IPv4 check: for keepalives,
+    /// handshakes and tests that play a hostile peer; the node routes through [`Device::send`]).
     pub fn send_to(&mut self, peer: PeerId, packet: &[u8], now: Instant) -> Output {
         let mut out = Output::default();
         self.send_to_peer(peer, packet, now, &mut out);
@@ -1146,6 +1160,9 @@ impl Device {
             self.counters.rx_keepalives += 1;
             return;
         }
+        if is_ipv4(&plain) {
+            return self.drop_pkt(out, Some(pid), DropReason::InnerIpv4);
+        }
         let Some((isrc, _, total)) = inner_header(&plain) else {
             return self.drop_pkt(out, Some(pid), DropReason::BadInnerPacket);
         };
@@ -1289,31 +1306,23 @@ impl Device {
     }
 }
 
-/// Source, destination and total length of an IPv4/IPv6 packet; `None` if malformed.
-pub fn inner_header(p: &[u8]) -> Option<(IpAddr, IpAddr, usize)> {
-    match p.first()? >> 4 {
-        6 => {
-            let hdr = p.get(..40)?;
-            let plen = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
-            let mut s = [0u8; 16];
-            let mut d = [0u8; 16];
-            s.copy_from_slice(&hdr[8..24]);
-            d.copy_from_slice(&hdr[24..40]);
-            Some((IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)), 40 + plen))
-        }
-        4 => {
-            let hdr = p.get(..20)?;
-            let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
-            let ihl = usize::from(hdr[0] & 0x0f) * 4;
-            if ihl < 20 || total < ihl {
-                return None;
-            }
-            let s = Ipv4Addr::new(hdr[12], hdr[13], hdr[14], hdr[15]);
-            let d = Ipv4Addr::new(hdr[16], hdr[17], hdr[18], hdr[19]);
-            Some((IpAddr::V4(s), IpAddr::V4(d), total))
-        }
-        _ => None,
+/// Does `p` claim to be IPv4 (version nibble 4)? Such packets are dropped, never routed.
+pub fn is_ipv4(p: &[u8]) -> bool {
+    p.first().is_some_and(|b| b >> 4 == 4)
+}
+
+/// Source, destination and total length of an IPv6 packet; `None` if malformed or not IPv6.
+pub fn inner_header(p: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr, usize)> {
+    if p.first()? >> 4 != 6 {
+        return None;
     }
+    let hdr = p.get(..40)?;
+    let plen = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
+    let mut s = [0u8; 16];
+    let mut d = [0u8; 16];
+    s.copy_from_slice(&hdr[8..24]);
+    d.copy_from_slice(&hdr[24..40]);
+    Some((Ipv6Addr::from(s), Ipv6Addr::from(d), 40 + plen))
 }
 
 #[cfg(test)]

@@ -2,21 +2,20 @@
 //!
 //! Outgoing: the destination of an inner packet selects the peer by longest-prefix match.
 //! Incoming: a decrypted packet is accepted only if the longest-prefix match of its *source*
-//! is the peer it arrived from. IPv6 is the fabric's protocol; IPv4 prefixes are accepted too
-//! because it costs nothing (separate table, same rule).
+//! is the peer it arrived from. The fabric is IPv6-only inside (every node, microVM and task
+//! has a /128), so the table holds IPv6 prefixes only; IPv4 reaches the cluster only through
+//! the NAT64 gateway (`hypervisor/nat64`), as IPv6 in `64:ff9b::/96`.
 
 use alloc::vec::Vec;
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use core::net::Ipv6Addr;
 
 use crate::device::PeerId;
 
-/// An IP prefix (address + length).
+/// An IPv6 prefix (address + length); there is no IPv4 variant on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IpPrefix {
     /// IPv6 prefix; length 0..=128.
     V6(Ipv6Addr, u8),
-    /// IPv4 prefix; length 0..=32.
-    V4(Ipv4Addr, u8),
 }
 
 impl IpPrefix {
@@ -25,27 +24,20 @@ impl IpPrefix {
         let len = len.min(128);
         IpPrefix::V6(Ipv6Addr::from(u128::from(addr) & mask128(len)), len)
     }
-    /// An IPv4 prefix (length clamped to 32, host bits cleared).
-    pub fn v4(addr: Ipv4Addr, len: u8) -> Self {
-        let len = len.min(32);
-        IpPrefix::V4(Ipv4Addr::from(u32::from(addr) & mask32(len)), len)
-    }
     /// Prefix length.
     pub fn len(&self) -> u8 {
         match self {
-            IpPrefix::V6(_, l) | IpPrefix::V4(_, l) => *l,
+            IpPrefix::V6(_, l) => *l,
         }
     }
-    /// True for a zero-length prefix (matches everything of its family).
+    /// True for a zero-length prefix (matches every address).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
     /// Does the prefix contain `addr`?
-    pub fn contains(&self, addr: &IpAddr) -> bool {
-        match (self, addr) {
-            (IpPrefix::V6(p, l), IpAddr::V6(a)) => u128::from(*a) & mask128(*l) == u128::from(*p),
-            (IpPrefix::V4(p, l), IpAddr::V4(a)) => u32::from(*a) & mask32(*l) == u32::from(*p),
-            _ => false,
+    pub fn contains(&self, addr: &Ipv6Addr) -> bool {
+        match self {
+            IpPrefix::V6(p, l) => u128::from(*addr) & mask128(*l) == u128::from(*p),
         }
     }
 }
@@ -54,16 +46,12 @@ impl core::fmt::Display for IpPrefix {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             IpPrefix::V6(a, l) => write!(f, "{a}/{l}"),
-            IpPrefix::V4(a, l) => write!(f, "{a}/{l}"),
         }
     }
 }
 
 fn mask128(len: u8) -> u128 {
     if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) }
-}
-fn mask32(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) }
 }
 
 /// The cryptokey routing table. Each prefix is owned by exactly one peer; inserting a prefix
@@ -90,7 +78,7 @@ impl RoutingTable {
         self.entries.retain(|(_, p)| *p != peer);
     }
     /// Longest-prefix match.
-    pub fn lookup(&self, addr: &IpAddr) -> Option<PeerId> {
+    pub fn lookup(&self, addr: &Ipv6Addr) -> Option<PeerId> {
         self.entries.iter().find(|(p, _)| p.contains(addr)).map(|(_, id)| *id)
     }
     /// The prefixes a peer owns.
@@ -109,11 +97,13 @@ mod tests {
         let a: Ipv6Addr = "fd12:3456::".parse().unwrap();
         t.insert(IpPrefix::v6(a, 32), PeerId(1));
         t.insert(IpPrefix::v6(a, 64), PeerId(2));
-        t.insert(IpPrefix::v4(Ipv4Addr::new(10, 0, 0, 0), 8), PeerId(3));
         assert_eq!(t.lookup(&"fd12:3456::1".parse().unwrap()), Some(PeerId(2)));
         assert_eq!(t.lookup(&"fd12:3456:1::1".parse().unwrap()), Some(PeerId(1)));
         assert_eq!(t.lookup(&"fd99::1".parse().unwrap()), None);
-        assert_eq!(t.lookup(&"10.1.2.3".parse().unwrap()), Some(PeerId(3)));
+        // a zero-length prefix is the default route (as WireGuard's `::/0`)
+        t.insert(IpPrefix::v6(Ipv6Addr::UNSPECIFIED, 0), PeerId(3));
+        assert_eq!(t.lookup(&"fd99::1".parse().unwrap()), Some(PeerId(3)));
+        t.remove_peer(PeerId(3));
         t.remove_peer(PeerId(2));
         assert_eq!(t.lookup(&"fd12:3456::1".parse().unwrap()), Some(PeerId(1)));
     }

@@ -491,3 +491,27 @@ fn add_peer_refuses_low_order_own_and_duplicate_keys() {
     let c = Identity::generate(&mut OsRng);
     assert!(a.dev.add_peer(PeerConfig::new(c.public_key())).is_ok());
 }
+
+/// The fabric is IPv6-only inside: an inner IPv4 packet from a peer is dropped and counted
+/// (never delivered, whatever its addresses), and one handed to `send` locally is refused.
+#[test]
+fn inner_ipv4_is_dropped_and_counted() {
+    let (mut a, mut b, now) = established();
+    // 20-byte IPv4 header (10.0.0.2 -> 10.0.0.1, UDP) and 8 bytes of payload.
+    let mut v4 = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1];
+    v4.extend_from_slice(&[0u8; 8]);
+    let o = b.dev.send_to(b.peer, &v4, now);
+    let r = a.dev.handle_incoming(&o.transmits[0].data, b.addr, now);
+    assert!(r.packets.is_empty());
+    assert_eq!(dropped(&r), vec![DropReason::InnerIpv4]);
+    assert_eq!(a.dev.counters().dropped_inner_ipv4, 1);
+    assert_eq!(a.dev.peer_counters(a.peer).unwrap().dropped, 1);
+    // The local side: refused before any routing, counted.
+    assert_eq!(a.dev.send(&v4, now).unwrap_err(), netfabric::SendError::Ipv4);
+    assert_eq!(a.dev.counters().send_ipv4, 1);
+    assert_eq!(a.dev.counters().send_no_route, 0);
+    // IPv6 still flows on the same session.
+    let ok = build_icmpv6_echo(b.id.node_address(), a.id.node_address(), true, 1, 1, b"x");
+    let o = b.dev.send_to(b.peer, &ok, now);
+    assert_eq!(a.dev.handle_incoming(&o.transmits[0].data, b.addr, now).packets.len(), 1);
+}

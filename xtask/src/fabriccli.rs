@@ -90,7 +90,7 @@ pub fn relay(switch: &Path, node: (Ipv6Addr, u16), mac: [u8; 6], stop: Arc<Atomi
             }
         }
     });
-    let host = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let host = UdpSocket::bind("[::1]:0").map_err(|e| e.to_string())?;
     let host_addr = host.local_addr().map_err(|e| e.to_string())?;
     host.set_nonblocking(true).map_err(|e| e.to_string())?;
     std::thread::spawn(move || {

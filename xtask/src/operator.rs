@@ -4,7 +4,7 @@
 //! `admin` line of the file, its API endpoint node1's fabric /128), and xtask adds the CLI's
 //! way in, which needs no root: a relay from a localhost UDP port onto the cluster's switch
 //! (`fabriccli::relay`) as the config's fabric endpoint (`catenary init --set-fabric
-//! NODE1KEY@127.0.0.1:PORT`), so that in a second terminal
+//! NODE1KEY@[::1]:PORT`), so that in a second terminal
 //! `CATENARY_CONFIG_DIR=build/cluster/operator catenary nodes` answers through the CLI's
 //! embedded fabric.
 //!

@@ -529,8 +529,8 @@ impl Node {
             // IPC router (`take_ipc`), other traffic to its own /128 to the fabric interface;
             // packets for a microVM's /128 to its queue (`take_vm_packet`); the rest is counted.
             match netfabric::device::inner_header(&p.packet) {
-                Some((_, core::net::IpAddr::V6(dst), _)) if self.vm_routes.contains(&dst) => self.to_vm(p.packet),
-                Some((_, core::net::IpAddr::V6(dst), _))
+                Some((_, dst, _)) if self.vm_routes.contains(&dst) => self.to_vm(p.packet),
+                Some((_, dst, _))
                     if ipcroute::is_ipc_packet(&p.packet) && netfabric::identity::Prefix64::of(&dst) == netfabric::identity::Prefix64::of(&self.fabric_addr) =>
                 {
                     if self.test_drop() {
@@ -541,12 +541,12 @@ impl Node {
                         self.counters.ipc_queue_full += 1
                     }
                 }
-                Some((_, core::net::IpAddr::V6(dst), _)) if self.is_local_socket_addr(&dst) || dst.is_multicast() => self.queue_for_tun(p.packet),
+                Some((_, dst, _)) if self.is_local_socket_addr(&dst) || dst.is_multicast() => self.queue_for_tun(p.packet),
                 h => {
                     // the NAT64 prefix, on the gateway: to natd
                     let mut pk = Some(p.packet);
                     match h {
-                        Some((_, core::net::IpAddr::V6(dst), _)) if self.nat64_claim(&dst, &mut pk) => {}
+                        Some((_, dst, _)) if self.nat64_claim(&dst, &mut pk) => {}
                         _ => self.counters.not_for_us += 1,
                     }
                 }
@@ -627,7 +627,7 @@ impl Node {
                 break;
             }
             while let Some(p) = self.tun_dev.tx.pop_front() {
-                if let Some((_, core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&p) {
+                if let Some((_, dst, _)) = netfabric::device::inner_header(&p) {
                     if self.vm_routes.contains(&dst) {
                         self.to_vm(p);
                         active = true;
@@ -761,7 +761,7 @@ impl Node {
     /// ICMPv6 Packet Too Big back from the node, so the guest's path MTU discovery (and TCP)
     /// adapts. False: dropped (no route, counted in `fabric_no_route`; blocked; too big).
     pub fn route_from_vm(&mut self, packet: Vec<u8>, now_ns: u64, allow_ipc: bool) -> bool {
-        let Some((src, core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&packet) else {
+        let Some((src, dst, _)) = netfabric::device::inner_header(&packet) else {
             self.counters.fabric_no_route += 1;
             return false;
         };
@@ -794,11 +794,9 @@ impl Node {
         let Some(packet) = p else { return false };
         if packet.len() > FABRIC_MTU {
             self.counters.vm_too_big += 1;
-            if let core::net::IpAddr::V6(vm) = src {
-                if self.vm_routes.contains(&vm) {
-                    let ptb = vmlink::packet_too_big(self.fabric_addr, &packet, FABRIC_MTU as u32);
-                    self.to_vm(ptb);
-                }
+            if self.vm_routes.contains(&src) {
+                let ptb = vmlink::packet_too_big(self.fabric_addr, &packet, FABRIC_MTU as u32);
+                self.to_vm(ptb);
             }
             return false;
         }

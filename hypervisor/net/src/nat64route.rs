@@ -122,7 +122,7 @@ impl Node {
     /// peer owning the destination. False: refused (counted).
     pub fn from_nat64(&mut self, packet: Vec<u8>, now_ns: u64) -> bool {
         let ok = self.nat64.role == Nat64Role::Gateway && packet.len() <= MTU;
-        let Some((core::net::IpAddr::V6(src), core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&packet).filter(|_| ok) else {
+        let Some((src, dst, _)) = netfabric::device::inner_header(&packet).filter(|_| ok) else {
             self.nat64_counters.refused += 1;
             return false;
         };

@@ -221,7 +221,7 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::SocketAddrV6;
 
     /// Two links on localhost: the initiator's TCP connection reaches the responder's listener
     /// and bytes flow both ways after one handshake.
@@ -230,7 +230,7 @@ mod tests {
         let a = Identity::from_secret_bytes([1; 32]);
         let b = Identity::from_secret_bytes([2; 32]);
         let (apub, baddr) = (a.public_key(), b.node_address());
-        let lo = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+        let lo = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0));
         let mut rb = Link::new(b.clone_identity(), PeerConfig::new(apub), lo).unwrap();
         let mut ra = Link::new(a, PeerConfig::new(rb.dev.identity().public_key()).with_endpoint(rb.local_addr().unwrap()), lo).unwrap();
         let mut l = Link::tcp_socket(4096, 4096);
