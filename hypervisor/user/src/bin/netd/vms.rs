@@ -84,7 +84,7 @@ impl VmLinks {
         let mut kicks: [bool; MAX_LINKS] = [false; MAX_LINKS];
         while let Some(p) = node.take_vm_packet() {
             active = true;
-            let Some((_, core::net::IpAddr::V6(dst), _)) = netfabric::device::inner_header(&p) else { continue };
+            let Some((_, dst, _)) = netfabric::device::inner_header(&p) else { continue };
             let Some(i) = self.links.iter().position(|l| l.port.vm_addr == dst) else { continue };
             if let (Some(f), Some(ring)) = (self.links[i].port.to_vm(&p), self.rings[self.links[i].ring].as_ref()) {
                 kicks[i] |= send(ring, &f);
