@@ -142,7 +142,11 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         ];
         let started = Instant::now();
         let p = r.add_node("pxe3", b)?;
-        let got_key = r.wait(Duration::from_secs(600), false, |l| l[p].iter().any(|x| x.contains(GENERATED)));
+        // the key line and, just after it, the hardware line (wait for both: the second may
+        // arrive a moment later)
+        let got_key = r.wait(Duration::from_secs(600), false, |l| {
+            l[p].iter().any(|x| x.contains(GENERATED)) && l[p].iter().any(|x| x.contains(HARDWARE) && x.contains("NIC MAC 52:54:00:ca:00:03"))
+        });
         let key_hex = r.lines[p].iter().find_map(|x| x.split(GENERATED).nth(1)).map(|s| s.trim().to_string()).unwrap_or_default();
         let booted = started.elapsed();
         c.check("the PXE node made its key at boot and logged its public key and hardware", got_key && key_hex.len() == 64 && r.lines[p].iter().any(|x| x.contains(HARDWARE) && x.contains("NIC MAC 52:54:00:ca:00:03")),
