@@ -34,6 +34,14 @@ pub fn list_nodes() -> ClientRequest {
 pub fn add_node(public_key: &str) -> ClientRequest {
     with_json(req(Method::Post, "/v1/nodes".into()), &crate::types::NodeAdd { public_key: public_key.into() })
 }
+/// `node label NODE k=v k-`: committed; constraints see the node's new labels.
+pub fn label_node(node: &str, labels: &crate::types::NodeLabels) -> ClientRequest {
+    with_json(req(Method::Post, alloc::format!("/v1/cluster/nodes/{node}/labels")), labels)
+}
+/// `node remove NODE`: the node's key is no longer admitted.
+pub fn remove_node(node: &str) -> ClientRequest {
+    req(Method::Delete, alloc::format!("/v1/nodes/{node}"))
+}
 pub fn list_images() -> ClientRequest {
     req(Method::Get, "/v1/images".into())
 }

@@ -75,6 +75,8 @@ pub fn command(w: crate::ClusterWrite, node: Option<[u8; 32]>) -> Command {
         crate::ClusterWrite::Remove(name) => Command::RemoveWorkload(name),
         crate::ClusterWrite::Drain(_) => Command::Drain(catenary_cluster::NodeKey(node.unwrap_or([0; 32]))),
         crate::ClusterWrite::Undrain(_) => Command::Undrain(catenary_cluster::NodeKey(node.unwrap_or([0; 32]))),
+        crate::ClusterWrite::Label { changes, .. } => Command::SetLabels { node: catenary_cluster::NodeKey(node.unwrap_or([0; 32])), changes },
+        crate::ClusterWrite::RemoveNode(_) => Command::RemoveNode(catenary_cluster::NodeKey(node.unwrap_or([0; 32]))),
     }
 }
 

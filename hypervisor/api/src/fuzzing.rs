@@ -80,6 +80,7 @@ impl Backend for SimNode {
                     membership: Some("alive".to_string()),
                     incarnation: Some(0),
                     mac: None,
+                    labels: None,
                 }
             })
             .collect()

@@ -72,6 +72,12 @@ pub enum ClusterWrite {
     Drain(String),
     /// Let the scheduler place replicas on a drained node again.
     Undrain(String),
+    /// Set (`Some`) or remove (`None`) labels of a node (name or key); checked by the router
+    /// (keys and values as `catenary_cluster::desired::label_key_ok`, at most
+    /// `LABEL_CHANGES_MAX`, each key once).
+    Label { node: String, changes: Vec<(String, Option<String>)> },
+    /// Take a node (name or 64-hex key) out of the cluster: its key is no longer admitted.
+    RemoveNode(String),
 }
 
 /// The longest name of a cluster workload: its replicas run as `cl-NAME-R` on the nodes.
@@ -317,6 +323,35 @@ impl Api {
                 let drain = route.op == Op::DrainNode;
                 backend.cluster(if drain { ClusterWrite::Drain(node.clone()) } else { ClusterWrite::Undrain(node.clone()) })?;
                 ok(&ClusterNode { name: node, drained: drain })
+            }
+            Op::LabelNode => {
+                let node = param(p, "node").to_string();
+                if node.is_empty() || node.len() > 64 {
+                    return Err(ApiError::bad_request("node: a node's name or key"));
+                }
+                let l: NodeLabels = body_required(req)?;
+                use catenary_cluster::desired::{label_key_ok, label_value_ok, LABEL_CHANGES_MAX};
+                let changes: Vec<(String, Option<String>)> = l.set.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).chain(l.remove.iter().map(|k| (k.clone(), None))).collect();
+                if changes.is_empty() || changes.len() > LABEL_CHANGES_MAX {
+                    return Err(ApiError::new(422, "bad_labels", "labels: 1 to 16 changes (set and remove together)"));
+                }
+                if let Some((k, v)) = changes.iter().find(|(k, v)| !label_key_ok(k) || !v.as_deref().is_none_or(label_value_ok)) {
+                    let shown = |s: &str| s.get(..80).unwrap_or(s).to_string();
+                    return Err(ApiError::new(422, "bad_labels", &alloc::format!("labels: {:?}={:?}: key 1-63 of a-z 0-9 . _ - /, value 0-63 of A-Z a-z 0-9 . _ -", shown(k), v.as_deref().map(shown))));
+                }
+                if l.remove.iter().enumerate().any(|(i, k)| l.set.contains_key(k) || l.remove[..i].contains(k)) {
+                    return Err(ApiError::new(422, "bad_labels", "labels: a key both set and removed, or removed twice"));
+                }
+                backend.cluster(ClusterWrite::Label { node, changes })?;
+                ok(&l)
+            }
+            Op::RemoveNode => {
+                let node = param(p, "node").to_string();
+                if node.is_empty() || node.len() > 64 {
+                    return Err(ApiError::bad_request("node: a node's name or key"));
+                }
+                backend.cluster(ClusterWrite::RemoveNode(node.clone()))?;
+                ok(&NodeAdd { public_key: node })
             }
             Op::LeaveNode => {
                 let node = p.iter().find(|(k, _)| *k == "node").map(|(_, v)| v.clone()).unwrap_or_default();

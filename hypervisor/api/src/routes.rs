@@ -34,6 +34,8 @@ pub enum Op {
     DrainNode,
     UndrainNode,
     LeaveNode,
+    LabelNode,
+    RemoveNode,
 }
 
 /// What a request body is: nothing, a JSON schema, or raw bytes (an image chunk).
@@ -73,6 +75,7 @@ use Method::{Delete, Get, Post, Put};
 pub const ROUTES: &[Route] = &[
     r(Get, "/v1/nodes", Op::ListNodes, "listNodes", &[], Body::None, 200, "NodeList"),
     r(Post, "/v1/nodes", Op::AddNode, "addNode", &[], Json("NodeAdd"), 200, "NodeAdd"),
+    r(Delete, "/v1/nodes/{node}", Op::RemoveNode, "removeNode", &[], Body::None, 200, "NodeAdd"),
     r(Get, "/v1/images", Op::ListImages, "listImages", &[], Body::None, 200, "ImageList"),
     r(Get, "/v1/images/{digest}", Op::InspectImage, "inspectImage", &[], Body::None, 200, "Image"),
     r(Delete, "/v1/images/{digest}", Op::RemoveImage, "removeImage", &[], Body::None, 200, "Image"),
@@ -96,6 +99,7 @@ pub const ROUTES: &[Route] = &[
     r(Post, "/v1/cluster/nodes/{node}/drain", Op::DrainNode, "drainNode", &[], Body::None, 200, "ClusterNode"),
     r(Post, "/v1/cluster/nodes/{node}/undrain", Op::UndrainNode, "undrainNode", &[], Body::None, 200, "ClusterNode"),
     r(Post, "/v1/cluster/nodes/{node}/leave", Op::LeaveNode, "leaveNode", &[], Body::None, 200, "ClusterNode"),
+    r(Post, "/v1/cluster/nodes/{node}/labels", Op::LabelNode, "labelNode", &[], Json("NodeLabels"), 200, "NodeLabels"),
 ];
 
 /// The values of a route's `{param}` segments, in order.

@@ -538,6 +538,31 @@ fn cluster_writes_go_to_the_orchestration_service() {
     let (s, b) = send(&mut api, &mut o, ADMIN, &client::undrain_node("node2"));
     assert!(!decode::<ClusterNode>(s, &b).unwrap().drained);
     assert!(matches!(&o.writes[3], crate::ClusterWrite::Undrain(n) if n == "node2"));
+    // labels: admin only; set and remove become one change list; malformed keys or values,
+    // no change, more than 16, or a key both set and removed are 422 and reach nobody
+    let labels = |set: &[(&str, &str)], remove: &[&str]| NodeLabels { set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), remove: remove.iter().map(|k| k.to_string()).collect() };
+    let good = labels(&[("zone", "b"), ("gpu", "yes")], &["disk"]);
+    assert_eq!(send(&mut api, &mut o, VIEWER, &client::label_node("node2", &good)).0, 403);
+    let many: Vec<(String, String)> = (0..17).map(|i| (alloc::format!("k{i}"), "v".to_string())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for bad in [labels(&[("Zone", "b")], &[]), labels(&[("zone", "b c")], &[]), labels(&[], &[""]), labels(&[], &[]), labels(&many, &[]), labels(&[("zone", "b")], &["zone"]), labels(&[], &["a", "a"])] {
+        assert_eq!(send(&mut api, &mut o, ADMIN, &client::label_node("node2", &bad)).0, 422, "{bad:?}");
+    }
+    assert_eq!(o.writes.len(), 4);
+    let (s, b) = send(&mut api, &mut o, ADMIN, &client::label_node("node2", &good));
+    assert_eq!(decode::<NodeLabels>(s, &b).unwrap(), good);
+    match &o.writes[4] {
+        crate::ClusterWrite::Label { node, changes } => {
+            assert_eq!(node, "node2");
+            assert_eq!(changes, &vec![("gpu".to_string(), Some("yes".to_string())), ("zone".to_string(), Some("b".to_string())), ("disk".to_string(), None)]);
+        }
+        w => panic!("{w:?}"),
+    }
+    // remove: admin only, handed over by name
+    assert_eq!(send(&mut api, &mut o, VIEWER, &client::remove_node("node2")).0, 403);
+    let (s, b) = send(&mut api, &mut o, ADMIN, &client::remove_node("node2"));
+    assert_eq!(decode::<NodeAdd>(s, &b).unwrap().public_key, "node2");
+    assert!(matches!(&o.writes[5], crate::ClusterWrite::RemoveNode(n) if n == "node2"));
     // a node without an orchestration service
     let mut plain = SimNode::new(1024);
     assert_eq!(send(&mut api, &mut plain, ADMIN, &client::run_cluster(&req)).0, 503);

@@ -50,6 +50,22 @@ pub struct Node {
     /// A pending node's NIC MAC, as its hello said (`null` otherwise).
     #[serde(default)]
     pub mac: Option<String>,
+    /// Its labels as placement constraints see them: the cluster file's `node` line with the
+    /// committed `catenary node label` changes over it (`null`: the orchestration service did
+    /// not answer, or a pending node).
+    #[serde(default)]
+    pub labels: Option<alloc::collections::BTreeMap<String, String>>,
+}
+
+/// `POST /v1/cluster/nodes/{node}/labels` (admin): labels to set and to remove on a node,
+/// committed to the desired state; the answer is what was committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLabels {
+    #[serde(default)]
+    pub set: alloc::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// `POST /v1/nodes` (admin): admit a node's fabric key into membership.
@@ -424,6 +440,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         membership: Some("alive".into()),
         incarnation: Some(1 << 16),
         mac: None,
+        labels: Some([("zone".to_string(), "a".to_string())].into()),
     };
     let image = Image { digest: d.clone(), rootfs: d.clone(), rootfs_size: 1, config: d.clone(), config_size: 1, node: Some("node2".into()) };
     let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64, address: Some("fd00::100:0:1:1".into()), node: Some("node1".into()) };
@@ -470,6 +487,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         ("Node", v(serde_json::to_value(&node))),
         ("NodeList", v(serde_json::to_value(NodeList { nodes: vec![node] }))),
         ("NodeAdd", v(serde_json::to_value(NodeAdd { public_key: "00".repeat(32) }))),
+        ("NodeLabels", v(serde_json::to_value(NodeLabels { set: [("zone".to_string(), "a".to_string())].into(), remove: vec!["disk".into()] }))),
         ("Image", v(serde_json::to_value(&image))),
         ("ImageList", v(serde_json::to_value(ImageList { images: vec![image] }))),
         ("UploadCreate", v(serde_json::to_value(UploadCreate { image: d.clone(), manifest: "{}".into() }))),

@@ -63,7 +63,30 @@ pub enum Command {
     /// surely stopped it (it reported applying the `Unassign`, or its lease ran out), so the
     /// replica may be assigned again ([`DesiredState::releases`]).
     Released { workload: String, replica: u32 },
+    /// `catenary node label NODE k=v k-`: set (`Some`) or remove (`None`) labels of an admitted
+    /// node, over what the cluster file's `node` line gives it ([`DesiredState::labels`]). At
+    /// most [`LABEL_CHANGES_MAX`] changes, each key once, keys and values as
+    /// [`label_key_ok`]/[`label_value_ok`]; refused whole otherwise.
+    SetLabels { node: NodeKey, changes: Vec<(String, Option<String>)> },
 }
+
+/// Label changes in one [`Command::SetLabels`].
+pub const LABEL_CHANGES_MAX: usize = 16;
+/// Label entries (set or removed) the state keeps per node over its cluster-file labels.
+pub const NODE_LABELS_MAX: usize = 32;
+
+/// A label key: 1–63 of `a-z 0-9 . _ - /` (the cluster file's `node` line rules).
+pub fn label_key_ok(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+}
+
+/// A label value: 0–63 of `A-Z a-z 0-9 . _ -`.
+pub fn label_value_ok(v: &str) -> bool {
+    v.len() <= 63 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Labels by node key.
+pub type Labels = BTreeMap<NodeKey, BTreeMap<String, String>>;
 
 /// A replica taken off its host by `Unassign` whose host may still run it: until the leader
 /// knows the host stopped it (`Command::Released`), it is not assigned anywhere else.
@@ -121,6 +144,9 @@ pub struct DesiredState {
     pub assignments: BTreeMap<(String, u32), NodeKey>,
     /// Replicas unassigned whose former host may still run them (see [`Release`]).
     pub releases: BTreeMap<(String, u32), Release>,
+    /// Label changes committed per node (`catenary node label`): `Some` sets, `None` removes,
+    /// over the node's cluster-file labels ([`DesiredState::effective_labels`]).
+    pub labels: BTreeMap<NodeKey, BTreeMap<String, Option<String>>>,
     /// Commands applied (refused ones included): the state's version.
     pub applied: u64,
 }
@@ -161,6 +187,7 @@ impl DesiredState {
                     return Err(Refused::NoSuchNode);
                 }
                 self.drained.remove(key);
+                self.labels.remove(key);
                 // Assignments on it are moved by the scheduler, after its lease if it is down.
             }
             Command::Drain(key) => {
@@ -211,6 +238,22 @@ impl DesiredState {
             Command::Released { workload, replica } => {
                 self.releases.remove(&(workload.clone(), *replica)).ok_or(Refused::NoSuchWorkload)?;
             }
+            Command::SetLabels { node, changes } => {
+                if !self.nodes.contains(node) {
+                    return Err(Refused::NoSuchNode);
+                }
+                if !labels_valid(changes) {
+                    return Err(Refused::Invalid);
+                }
+                let mut l = self.labels.get(node).cloned().unwrap_or_default();
+                for (k, v) in changes {
+                    l.insert(k.clone(), v.clone());
+                }
+                if l.len() > NODE_LABELS_MAX {
+                    return Err(Refused::TooMany);
+                }
+                self.labels.insert(*node, l);
+            }
         }
         Ok(())
     }
@@ -227,6 +270,28 @@ impl DesiredState {
             && self.assignments.len() as u64 <= replicas
             && self.releases.len() as u64 <= replicas.saturating_mul(2)
             && self.workloads.values().all(|w| validate(w, l).is_ok())
+            && self.labels.len() <= l.nodes
+            && self.labels.iter().all(|(k, m)| self.nodes.contains(k) && m.len() <= NODE_LABELS_MAX && m.iter().all(|(k, v)| label_key_ok(k) && v.as_deref().is_none_or(label_value_ok)))
+    }
+
+    /// Each node's labels: its cluster-file labels (`file`) with the committed changes
+    /// ([`Command::SetLabels`]) over them. What the scheduler's constraints and the listing see.
+    pub fn effective_labels(&self, file: &Labels) -> Labels {
+        let mut out = file.clone();
+        for (node, changes) in &self.labels {
+            let l = out.entry(*node).or_default();
+            for (k, v) in changes {
+                match v {
+                    Some(v) => {
+                        l.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        l.remove(k);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The replicas assigned to `node`.
@@ -301,6 +366,7 @@ impl Command {
         let inner = match self {
             Command::PutWorkload(s) => s.heap_bytes(),
             Command::RemoveWorkload(n) | Command::Assign { workload: n, .. } | Command::Unassign { workload: n, .. } | Command::Released { workload: n, .. } => string_heap(n),
+            Command::SetLabels { changes, .. } => vec_heap(changes) + changes.iter().map(|(k, v)| string_heap(k) + v.as_deref().map_or(0, string_heap)).sum::<u64>(),
             _ => 0,
         };
         entry_heap::<(u64, u64), Command>() + inner
@@ -315,7 +381,12 @@ impl DesiredState {
         let assigned: u64 = self.assignments.keys().map(|(w, _)| entry_heap::<(String, u32), NodeKey>() + string_heap(w)).sum();
         let released: u64 = self.releases.keys().map(|(w, _)| entry_heap::<(String, u32), Release>() + string_heap(w)).sum();
         let keys = (self.nodes.len() + self.drained.len()) as u64 * entry_heap::<NodeKey, ()>() + self.operators.len() as u64 * entry_heap::<NodeKey, Role>();
-        workloads + assigned + released + keys
+        let labels: u64 = self
+            .labels
+            .values()
+            .map(|m| entry_heap::<NodeKey, BTreeMap<String, Option<String>>>() + m.iter().map(|(k, v)| entry_heap::<String, Option<String>>() + string_heap(k) + v.as_deref().map_or(0, string_heap)).sum::<u64>())
+            .sum();
+        workloads + assigned + released + keys + labels
     }
 
     /// How many admitted, undrained nodes satisfy every constraint of `spec`, given each
@@ -331,6 +402,13 @@ impl DesiredState {
             })
             .count() as u32
     }
+}
+
+fn labels_valid(changes: &[(String, Option<String>)]) -> bool {
+    !changes.is_empty()
+        && changes.len() <= LABEL_CHANGES_MAX
+        && changes.iter().all(|(k, v)| label_key_ok(k) && v.as_deref().is_none_or(label_value_ok))
+        && changes.iter().enumerate().all(|(i, (k, _))| changes[..i].iter().all(|(o, _)| o != k))
 }
 
 fn validate(spec: &WorkloadSpec, l: &Limits) -> Result<(), Refused> {
@@ -387,5 +465,45 @@ mod tests {
         assert_eq!(s.apply(&Command::SetOperator { key: k, role: Some(Role::Admin) }, &l), Err(Refused::KeyInUse));
         assert_eq!(s.apply(&Command::Drain(k), &l), Ok(()));
         assert!(s.demands().iter().all(|d| d.constraints.contains(&Constraint::NotOnNode(k))));
+    }
+
+    /// `SetLabels`: only for an admitted node, refused whole when a key or value is malformed,
+    /// a key is given twice, there are no or too many changes, or the node would keep more
+    /// than `NODE_LABELS_MAX`; the effective labels are the file's with the changes over them;
+    /// removing the node forgets them.
+    #[test]
+    fn set_labels_validates_bounds_and_overlays_the_file() {
+        let l = Limits::default();
+        let mut s = DesiredState::default();
+        let (k, other) = (NodeKey([1; 32]), NodeKey([2; 32]));
+        let set = |key: &str, v: Option<&str>| Command::SetLabels { node: k, changes: vec![(key.to_string(), v.map(|v| v.to_string()))] };
+        assert_eq!(s.apply(&set("zone", Some("b")), &l), Err(Refused::NoSuchNode));
+        s.apply(&Command::AdmitNode(k), &l).unwrap();
+        for bad in [set("", Some("x")), set("Zone", Some("x")), set("zone", Some("a b")), set(&"k".repeat(64), Some("x")), set("zone", Some(&"v".repeat(64))), Command::SetLabels { node: k, changes: vec![] }] {
+            assert_eq!(s.apply(&bad, &l), Err(Refused::Invalid), "{bad:?}");
+        }
+        let twice = Command::SetLabels { node: k, changes: vec![("a".into(), Some("1".into())), ("a".into(), None)] };
+        assert_eq!(s.apply(&twice, &l), Err(Refused::Invalid));
+        let many = Command::SetLabels { node: k, changes: (0..=LABEL_CHANGES_MAX).map(|i| (alloc::format!("k{i}"), Some("v".into()))).collect() };
+        assert_eq!(s.apply(&many, &l), Err(Refused::Invalid));
+        assert!(s.labels.is_empty(), "nothing kept of a refused change");
+        assert_eq!(s.apply(&set("zone", Some("b")), &l), Ok(()));
+        assert_eq!(s.apply(&set("disk", None), &l), Ok(()));
+        assert_eq!(s.apply(&set("empty", Some("")), &l), Ok(()));
+        let file: Labels = [(k, [("zone".to_string(), "a".to_string()), ("disk".to_string(), "ssd".to_string())].into()), (other, [("zone".to_string(), "c".to_string())].into())].into();
+        let e = s.effective_labels(&file);
+        assert_eq!(e[&k], [("zone".to_string(), "b".to_string()), ("empty".to_string(), String::new())].into());
+        assert_eq!(e[&other], file[&other]);
+        assert!(s.within(&l));
+        // At most NODE_LABELS_MAX entries per node, over several commands.
+        for j in 0..3 {
+            let c = Command::SetLabels { node: k, changes: (0..LABEL_CHANGES_MAX).map(|i| (alloc::format!("x{j}-{i}"), Some("v".into()))).collect() };
+            let r = s.apply(&c, &l);
+            assert_eq!(r.is_ok(), 3 + (j + 1) * LABEL_CHANGES_MAX <= NODE_LABELS_MAX, "{j}: {r:?}");
+        }
+        assert!(s.labels[&k].len() <= NODE_LABELS_MAX);
+        assert!(s.heap_bytes() > 0);
+        s.apply(&Command::RemoveNode(k), &l).unwrap();
+        assert!(s.labels.is_empty());
     }
 }

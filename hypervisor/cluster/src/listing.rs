@@ -123,6 +123,73 @@ pub fn decode_page(bytes: &[u8]) -> Result<Page, WireError> {
     Ok(Page { total, next, entries })
 }
 
+/// The first byte of a labels table ([`crate::orch::LABEL_LABELS`]).
+pub const LABELS_MAGIC: u8 = 0xCC;
+/// Nodes in one labels table (the state's `Limits::nodes`).
+pub const LABEL_NODES_MAX: usize = 1024;
+/// Labels per node in a table (cluster file's 16 with the committed changes' 32 over them).
+pub const NODE_LABELS_SHOWN_MAX: usize = 48;
+
+/// Every admitted node's effective labels, as many nodes as fit in `max` bytes (in key order).
+/// Layout: magic `0xCC`, count u16, per node: key, label count u8, per label key and value
+/// as `raft_codec` writes strings.
+pub fn encode_labels(state: &DesiredState, labels: &BTreeMap<NodeKey, BTreeMap<String, String>>, max: usize) -> Vec<u8> {
+    let mut body = W(Vec::new());
+    let mut count = 0u16;
+    for k in state.nodes.iter().take(LABEL_NODES_MAX) {
+        let mut one = W(Vec::new());
+        one.bytes(&k.0);
+        let l: Vec<(&String, &String)> = labels.get(k).map(|l| l.iter().take(NODE_LABELS_SHOWN_MAX).collect()).unwrap_or_default();
+        one.u8(l.len() as u8);
+        for (k, v) in l {
+            one.str(k);
+            one.str(v);
+        }
+        if 3 + body.0.len() + one.0.len() > max {
+            break;
+        }
+        body.0.extend_from_slice(&one.0);
+        count += 1;
+    }
+    let mut w = W(Vec::with_capacity(3 + body.0.len()));
+    w.u8(LABELS_MAGIC);
+    w.u16(count);
+    w.bytes(&body.0);
+    w.0
+}
+
+/// A labels table `orchd` wrote. Never panics; strict as [`decode_page`].
+pub fn decode_labels(bytes: &[u8]) -> Result<BTreeMap<NodeKey, BTreeMap<String, String>>, WireError> {
+    if bytes.len() > PAGE_MAX {
+        return Err(WireError::TooLong);
+    }
+    let mut r = R { b: bytes };
+    if r.u8()? != LABELS_MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let n = r.count(LABEL_NODES_MAX, 33)?;
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let k = r.key()?;
+        let m = r.u8()? as usize;
+        if m > NODE_LABELS_SHOWN_MAX {
+            return Err(WireError::OutOfRange);
+        }
+        let mut l = BTreeMap::new();
+        for _ in 0..m {
+            let key = r.str()?;
+            l.insert(key, r.str()?);
+        }
+        if out.insert(k, l).is_some() {
+            return Err(WireError::Inconsistent);
+        }
+    }
+    if !r.b.is_empty() {
+        return Err(WireError::Trailing);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +254,33 @@ mod tests {
             start = p.next as usize;
         }
         assert_eq!(names, vec!["db", "gpu", "notb", "web"]);
+    }
+
+    #[test]
+    fn labels_tables_round_trip_and_refuse_malformed_bytes() {
+        let (s, labels) = state();
+        let b = encode_labels(&s, &labels, PAGE_MAX);
+        let d = decode_labels(&b).unwrap();
+        // Every admitted node, the unlabelled one with none.
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[&NodeKey([1; 32])], labels[&NodeKey([1; 32])]);
+        assert!(d[&NodeKey([3; 32])].is_empty());
+        for n in 0..b.len() {
+            assert!(decode_labels(&b[..n]).is_err(), "truncated at {n}");
+        }
+        // A small grant: whole nodes only, still decodable.
+        let part = decode_labels(&encode_labels(&s, &labels, 3 + 33 + 12)).unwrap();
+        assert_eq!(part.len(), 1);
+        let mut x = 0x1234_5678u64;
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut c = b.clone();
+            let at = (x as usize) % c.len();
+            c[at] ^= (x >> 24) as u8 | 1;
+            let _ = decode_labels(&c);
+        }
     }
 
     #[test]

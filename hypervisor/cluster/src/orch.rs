@@ -49,6 +49,10 @@ pub const LABEL_LIST: u64 = 3;
 /// follow their replicas"): [`IPC_OK`] with the 32 digest bytes in the four words, or
 /// [`IPC_UNKNOWN`] when none is missing. `apid` asks and fetches it from a node that has it.
 pub const LABEL_WANTED: u64 = 4;
+/// `LABELS`: every admitted node's labels as placement sees them (the cluster file's with the
+/// committed `node label` changes over them): [`IPC_OK`] with the length of a
+/// [`crate::listing::encode_labels`] table written into the call's grant in words[0].
+pub const LABEL_LABELS: u64 = 5;
 pub const IPC_OK: u64 = 0;
 pub const IPC_REFUSED: u64 = 1;
 pub const IPC_UNAVAILABLE: u64 = 2;
@@ -274,9 +278,23 @@ impl Orch {
         &self.labels
     }
 
+    /// Every node's labels: the cluster file's with the committed `node label` changes over
+    /// them (what the scheduler and the listing use).
+    pub fn effective_labels(&self) -> BTreeMap<NodeKey, BTreeMap<String, String>> {
+        match self.state() {
+            Some(s) => s.effective_labels(&self.labels),
+            None => self.labels.clone(),
+        }
+    }
+
     /// A page of the committed desired state (crate::listing) from workload `start`.
     pub fn list_page(&self, start: usize, max: usize) -> Option<Vec<u8>> {
-        self.state().map(|s| crate::listing::encode_page(s, &self.labels, start, max))
+        self.state().map(|s| crate::listing::encode_page(s, &s.effective_labels(&self.labels), start, max))
+    }
+
+    /// The labels table ([`LABEL_LABELS`]) in at most `max` bytes.
+    pub fn labels_table(&self, max: usize) -> Option<Vec<u8>> {
+        self.state().map(|s| crate::listing::encode_labels(s, &s.effective_labels(&self.labels), max))
     }
 
     /// Whether an operator's write has room: the log's and the state's heap bytes and its own
@@ -472,7 +490,7 @@ impl Orch {
     /// The writes another node may forward (the API's); the scheduler's own commands and
     /// admissions are the leader's alone.
     fn forwardable(c: &Command) -> bool {
-        matches!(c, Command::PutWorkload(_) | Command::RemoveWorkload(_) | Command::Drain(_) | Command::Undrain(_) | Command::AdmitNode(_) | Command::RemoveNode(_))
+        matches!(c, Command::PutWorkload(_) | Command::RemoveWorkload(_) | Command::Drain(_) | Command::Undrain(_) | Command::AdmitNode(_) | Command::RemoveNode(_) | Command::SetLabels { .. })
     }
 
     /// Propose a write (the API's): on the leader directly, or forwarded to it. The ticket's
@@ -630,12 +648,13 @@ impl Orch {
             let e = newest.entry(member_of(v)).or_insert(v);
             *e = (*e).max(v);
         }
+        let labels = r.state().effective_labels(&self.labels);
         let slots: Vec<NodeSlot> = newest
             .iter()
             .filter(|(m, _)| **m < self.members.len())
             .map(|(m, id)| {
                 let (vcpus, mem) = self.capacities.get(m).filter(|c| now.saturating_sub(c.2) <= self.cfg.capacity_stale).map(|c| (c.0, c.1)).unwrap_or((0, 0));
-                NodeSlot { id: *id, capacity: NodeCapacity { key: self.members[*m], free_vcpus: vcpus, free_mem_mib: mem, labels: self.labels.get(&self.members[*m]).cloned().unwrap_or_default() } }
+                NodeSlot { id: *id, capacity: NodeCapacity { key: self.members[*m], free_vcpus: vcpus, free_mem_mib: mem, labels: labels.get(&self.members[*m]).cloned().unwrap_or_default() } }
             })
             .collect();
         let state = r.state().clone();

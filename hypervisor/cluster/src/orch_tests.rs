@@ -346,3 +346,52 @@ fn a_full_desired_state_refuses_writes_and_keeps_what_it_has() {
     assert_eq!(net.nodes[follower].as_mut().unwrap().submit(now, Command::PutWorkload(spec("more", 1))), Err(SubmitError::Full));
     assert!(net.run_until(10_000, |n| n.settled()), "what was accepted is placed");
 }
+
+/// `catenary node label`: a `SetLabels` forwarded by a follower is committed on every node,
+/// the listing's eligibility follows it, and a replica whose node no longer meets its
+/// constraints after the relabel moves (never on two nodes); a workload no node could take
+/// is placed once a node is labelled for it; removing the label moves it off again.
+#[test]
+fn a_relabel_moves_replicas_and_places_what_now_fits() {
+    use crate::listing::{decode_page, PAGE_MAX};
+    use crate::placement::Constraint;
+    for seed in 0..3 {
+        let mut net = Net::new(3, seed);
+        // Node 1 is `zone=a` by its cluster-file line; the others have no labels.
+        let labels: BTreeMap<NodeKey, BTreeMap<String, String>> = [(net.keys[1], [("zone".to_string(), "a".to_string())].into())].into();
+        for o in net.nodes.iter_mut().flatten() {
+            o.set_labels(labels.clone());
+        }
+        assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
+        let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
+        let zone_a = Constraint::LabelEquals { key: "zone".to_string(), value: "a".to_string() };
+        let gpu = Constraint::LabelEquals { key: "gpu".to_string(), value: "yes".to_string() };
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { constraints: vec![zone_a], ..spec("db", 1) }));
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { constraints: vec![gpu], ..spec("ml", 1) }));
+        assert!(net.run_until(10_000, |n| n.runner_of("db", 0) == Some(1)), "seed {seed}: db not on node 1");
+        assert_eq!(net.runner_of("ml", 0), None);
+        // Relabel: node 1 leaves zone a (the file's label removed), node 2 joins it and gets a GPU.
+        let (k1, k2) = (net.keys[1], net.keys[2]);
+        net.submit_via(follower, Command::SetLabels { node: k1, changes: vec![("zone".to_string(), None)] });
+        net.submit_via(follower, Command::SetLabels { node: k2, changes: vec![("zone".to_string(), Some("a".to_string())), ("gpu".to_string(), Some("yes".to_string()))] });
+        let mut twice = false;
+        let moved = net.run_until(15_000, |n| {
+            twice |= (0..3).filter(|i| n.nodes[*i].as_ref().is_some_and(|o| o.assigned_now(n.now).iter().any(|(s, _)| s.name == "db"))).count() > 1;
+            n.runner_of("db", 0) == Some(2) && n.runner_of("ml", 0) == Some(2)
+        });
+        assert!(moved, "seed {seed}: db did not move to node 2, or ml was not placed there");
+        assert!(!twice, "seed {seed}: db ran on two nodes");
+        net.run_for(1_000);
+        for o in net.nodes.iter().flatten() {
+            let l = o.effective_labels();
+            assert_eq!(l.get(&k1).and_then(|m| m.get("zone")), None, "seed {seed}");
+            assert_eq!(l[&k2].get("gpu").map(String::as_str), Some("yes"));
+            let page = decode_page(&o.list_page(0, PAGE_MAX).unwrap()).unwrap();
+            let e = |n: &str| page.entries.iter().find(|e| e.spec.name == n).unwrap().clone();
+            assert_eq!((e("db").eligible, e("ml").eligible), (1, 1), "seed {seed}");
+        }
+        // The GPU label removed again: ml has no node left and is taken off.
+        net.submit_via(follower, Command::SetLabels { node: k2, changes: vec![("gpu".to_string(), None)] });
+        assert!(net.run_until(15_000, |n| n.runner_of("ml", 0).is_none() && n.nodes.iter().flatten().all(|o| o.state().is_some_and(|s| !s.assignments.contains_key(&("ml".to_string(), 0))))), "seed {seed}: ml stayed");
+    }
+}

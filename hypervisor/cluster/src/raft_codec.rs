@@ -20,7 +20,7 @@ use core::fmt;
 
 use raftbare::{ClusterConfig, LogEntries, LogEntry, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, NodeId, Term};
 
-use crate::desired::{Command, RestartPolicy, Role, WorkloadSpec};
+use crate::desired::{Command, RestartPolicy, Role, WorkloadSpec, LABEL_CHANGES_MAX};
 use crate::identity::NodeKey;
 use crate::placement::Constraint;
 use crate::replica::Envelope;
@@ -195,6 +195,22 @@ impl W {
                 self.u8(10);
                 self.str(workload);
                 self.u32(*replica);
+            }
+            Command::SetLabels { node, changes } => {
+                self.u8(11);
+                self.bytes(&node.0);
+                let n = changes.len().min(LABEL_CHANGES_MAX);
+                self.u8(n as u8);
+                for (k, v) in &changes[..n] {
+                    self.str(k);
+                    match v {
+                        Some(v) => {
+                            self.u8(1);
+                            self.str(v);
+                        }
+                        None => self.u8(0),
+                    }
+                }
             }
         }
     }
@@ -419,6 +435,7 @@ fn strings_within(cmd: &Command) -> bool {
                 })
         }
         Command::RemoveWorkload(n) | Command::Assign { workload: n, .. } | Command::Unassign { workload: n, .. } | Command::Released { workload: n, .. } => ok(n),
+        Command::SetLabels { changes, .. } => changes.len() <= LABEL_CHANGES_MAX && changes.iter().all(|(k, v)| ok(k) && v.as_ref().is_none_or(ok)),
         _ => true,
     }
 }
@@ -536,6 +553,20 @@ impl<'a> R<'a> {
             8 => Command::Assign { workload: self.str()?, replica: self.u32()?, node: self.key()? },
             9 => Command::Unassign { workload: self.str()?, replica: self.u32()? },
             10 => Command::Released { workload: self.str()?, replica: self.u32()? },
+            11 => {
+                let node = self.key()?;
+                let n = self.u8()? as usize;
+                if n > LABEL_CHANGES_MAX {
+                    return Err(WireError::OutOfRange);
+                }
+                let mut changes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = self.str()?;
+                    let v = if self.flag()? { Some(self.str()?) } else { None };
+                    changes.push((k, v));
+                }
+                Command::SetLabels { node, changes }
+            }
             t => return Err(WireError::BadTag(t)),
         })
     }
@@ -715,6 +746,7 @@ mod tests {
             Command::Assign { workload: "web".to_string(), replica: 1, node: k },
             Command::Unassign { workload: "web".to_string(), replica: 1 },
             Command::Released { workload: "web".to_string(), replica: 1 },
+            Command::SetLabels { node: k, changes: vec![("zone".to_string(), Some("b".to_string())), ("disk".to_string(), None), ("empty".to_string(), Some(String::new()))] },
         ]
     }
 

@@ -69,6 +69,8 @@ pub struct RaftSim {
     pending: Vec<(ReplicaId, LogPosition, String)>,
     /// Drains happened: overlaps up to one lease are allowed from then on.
     pub drains: u32,
+    /// The chaos schedule relabels nodes (`SetLabels`) as it puts workloads.
+    pub relabels: bool,
     /// Workloads a `RemoveWorkload` was proposed for (whether it committed is not tracked):
     /// the end check does not require them.
     removed: BTreeSet<String>,
@@ -132,6 +134,7 @@ impl RaftSim {
             accepted_term: Vec::new(),
             pending: Vec::new(),
             drains: 0,
+            relabels: false,
             removed: BTreeSet::new(),
             violations: Vec::new(),
             trace: Vec::new(),
@@ -300,6 +303,8 @@ impl RaftSim {
         match k % 4 {
             1 => w.constraints.push(Constraint::LabelNotEquals { key: zone.0, value: zone.1 }),
             3 => w.constraints.push(Constraint::LabelEquals { key: zone.0, value: zone.1 }),
+            // Off the nodes a relabel marked `tier=t1` (the chaos runs relabel nodes).
+            2 if k % 8 == 2 => w.constraints.push(Constraint::LabelNotEquals { key: "tier".into(), value: "t1".into() }),
             _ => {}
         }
         w
@@ -324,11 +329,17 @@ impl RaftSim {
         (0..self.slots.len() as u64).all(|id| self.propose(Command::AdmitNode(key_of(id))))
     }
 
-    fn node_slots(&self) -> Vec<NodeSlot> {
+    /// The nodes as `id`'s scheduler sees them: labels from [`Self::labels_of`] with the
+    /// committed `SetLabels` of `id`'s state over them (as `Orch` does with the cluster file's).
+    fn node_slots(&self, id: ReplicaId) -> Vec<NodeSlot> {
+        let labels = match self.slots[id as usize].replica.as_ref() {
+            Some(r) => r.state().effective_labels(&self.labels()),
+            None => self.labels(),
+        };
         (0..self.slots.len() as u64)
             .map(|id| NodeSlot {
                 id: self.raft_id(id),
-                capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: Self::labels_of(id) },
+                capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: labels.get(&key_of(id)).cloned().unwrap_or_default() },
             })
             .collect()
     }
@@ -404,7 +415,7 @@ impl RaftSim {
     }
 
     fn run_scheduler(&mut self, id: ReplicaId) {
-        let slots = self.node_slots();
+        let slots = self.node_slots(id);
         let now = self.now;
         let Some(r) = self.slots[id as usize].replica.as_mut() else { return };
         if !r.is_leader() || r.has_uncommitted() {
@@ -559,9 +570,23 @@ impl RaftSim {
                 return Err(format!("acknowledged {name} at {pos:?} is missing"));
             }
         }
-        let labels = self.labels();
+        // The labels as committed relabels left them: a replica whose node no longer meets its
+        // constraints must have been moved.
+        let labels = first.effective_labels(&self.labels());
+        for ((w, r), k) in &first.assignments {
+            let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default() };
+            if let Some(c) = first.workloads.get(w).and_then(|s| s.constraints.iter().find(|c| !c.allows(&node))) {
+                return Err(format!("{w} replica {r} is still on a node that violates {c:?} after relabelling"));
+            }
+        }
+        let file = self.labels();
         for (name, spec) in &first.workloads {
-            // Accepted but unplaceable as the nodes are labelled: nothing of it runs.
+            // Accepted but unplaceable as the nodes are labelled: nothing of it runs. (One that
+            // a relabel made unplaceable after it was placed keeps the replicas whose nodes
+            // still meet its constraints, checked above, as after losing nodes.)
+            if first.eligible_nodes(spec, &labels) < spec.replicas && first.eligible_nodes(spec, &file) >= spec.replicas {
+                continue;
+            }
             if first.eligible_nodes(spec, &labels) < spec.replicas {
                 if let Some(((_, r), _)) = first.assignments.range((name.clone(), 0)..=(name.clone(), u32::MAX)).next() {
                     return Err(format!("unplaceable {name} has replica {r} assigned"));
@@ -632,6 +657,14 @@ impl RaftSim {
                     named += 1;
                     let reps = 1 + self.rng.below(2) as u32;
                     let _ = self.propose(Command::PutWorkload(Self::chaos_workload(named, reps)));
+                    if self.relabels && named % 3 == 0 {
+                        // `catenary node label`: a node (from the count, not the generator, so
+                        // the schedule is the one without relabels) marked `tier=t1` or
+                        // unmarked; `w{k}` with k % 8 == 2 must move off (converged checks).
+                        let id = u64::from(named / 3) % n;
+                        let v = if (named / 3) % 2 == 1 { Some("t1".to_string()) } else { None };
+                        let _ = self.propose(Command::SetLabels { node: key_of(id), changes: vec![("tier".to_string(), v)] });
+                    }
                 }
             }
         }
@@ -664,6 +697,7 @@ pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> 
     let cfg = ReplicaConfig { snapshot_every: 4 + (seed / 5) % 29, ..ReplicaConfig::default() };
     let mut sim = RaftSim::with_config(n, seed, NetConfig::default(), 64, 65536, cfg);
     sim.debug_window = debug_window;
+    sim.relabels = true;
     sim.run_until(Duration::from_secs(3));
     if !sim.admit_all() {
         sim.run_until(Duration::from_secs(6));

@@ -72,7 +72,7 @@ enum Cmd {
         output: PathBuf,
     },
     /// The cluster's nodes: state, membership (alive, suspect, dead, left) and incarnation,
-    /// CPUs, memory, workloads.
+    /// CPUs, memory, workloads, labels.
     Nodes,
     /// A new cluster: `cluster new --nodes N [--dir D]` makes the node keys, the cluster file
     /// and the operator config (no node is contacted).
@@ -81,8 +81,9 @@ enum Cmd {
     /// Catenary images: pack an OCI image, verify a packed one; push, list, remove on a node.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Cluster nodes: `node drain NODE`, `node undrain NODE`; `node add KEY` (admin) admits a node's key into
-    /// membership.
+    /// Cluster nodes: `node drain NODE`, `node undrain NODE`, `node leave NODE`; `node add KEY`
+    /// admits a node's key into membership, `node remove NODE` takes it out, `node label NODE
+    /// k=v k-` sets and removes its labels (admin).
     #[command(subcommand)]
     Node(NodeCmd),
     /// Run an image as a workload; prints its id and name.
@@ -179,6 +180,20 @@ enum NodeCmd {
     /// it): committed in the replicated desired state, from which every node's fabric and
     /// membership service let it in.
     Add { key: String },
+    /// Set and remove NODE's labels (admin): `node label node2 zone=b gpu=yes disk-` sets
+    /// zone and gpu and removes disk (a cluster-file label too). Committed in the replicated
+    /// desired state, over the cluster file's labels; `run --constraint` placement follows
+    /// it, and replicas whose constraints NODE no longer meets move. At most 16 changes; key
+    /// 1-63 of a-z 0-9 . _ - /, value 0-63 of A-Z a-z 0-9 . _ -.
+    Label {
+        node: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+    /// Remove NODE (its name, node-XXXXXXXX, or its 64-hex key) from the cluster (admin):
+    /// committed in the replicated desired state; every node's fabric drops it as a peer and
+    /// its membership service forgets it, its replicas move, and its key is refused after.
+    Remove { node: String },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +273,8 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
     match cmd {
         Cmd::Nodes => commands::nodes(&c),
         Cmd::Node(NodeCmd::Add { key }) => commands::node_add(&c, &key),
+        Cmd::Node(NodeCmd::Label { node, changes }) => commands::node_label(&c, &node, &changes),
+        Cmd::Node(NodeCmd::Remove { node }) => commands::node_remove(&c, &node),
         Cmd::Image(ImageCmd::Push { dir }) => commands::image_push(&c, &dir),
         Cmd::Image(ImageCmd::Ls) => commands::images(&c),
         Cmd::Image(ImageCmd::Rm { digest }) => commands::image_rm(&c, &digest),

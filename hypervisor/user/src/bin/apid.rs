@@ -28,6 +28,7 @@ mod fetch;
 #[path = "apid/forward.rs"]
 mod forward;
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_api::auth::{hex, hex32, Operators};
@@ -130,6 +131,31 @@ impl Node {
             }
         }
     }
+
+    /// A node's key from its name or 64-hex key: a cluster file's member, or a key the
+    /// cluster admitted at run time (netd's admission table; named `node-XXXXXXXX`).
+    fn node_key(&self, n: &str) -> Option<[u8; 32]> {
+        let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
+        if let Some(m) = members.iter().find(|m| m.name == n || hex(&m.public_key) == n) {
+            return Some(m.public_key);
+        }
+        admission_nodes(&self.cluster, &[]).iter().filter(|r| r.state != "pending").find(|r| r.name == n || r.public_key == n).and_then(|r| catenary_api::auth::hex32(&r.public_key))
+    }
+
+    /// Every admitted node's labels as placement sees them (`orchd`'s `LABEL_LABELS`); empty
+    /// when `orchd` has no state yet.
+    fn labels(&self) -> BTreeMap<[u8; 32], BTreeMap<String, String>> {
+        use catenary_cluster::orch::{IPC_OK, LABEL_LABELS};
+        let len = (catenary_cluster::listing::PAGE_MAX as u64).min(self.wk.len());
+        match call_grant(ORCHD, LABEL_LABELS, 0, 0, &self.wk, len, true) {
+            Ok(m) if m.label == IPC_OK && m.words[0] <= len => {
+                let mut b = alloc::vec![0u8; m.words[0] as usize];
+                self.wk.read(0, &mut b);
+                catenary_cluster::listing::decode_labels(&b).map(|t| t.into_iter().map(|(k, l)| (k.0, l)).collect()).unwrap_or_default()
+            }
+            _ => BTreeMap::new(),
+        }
+    }
 }
 
 impl Backend for Node {
@@ -152,6 +178,7 @@ impl Backend for Node {
         let me = self.me;
         let table = member_table(&self.table);
         let member = |k: &[u8; 32]| table.iter().find(|r| r.id.key.0 == *k);
+        let labels = self.labels();
         c.members
             .iter()
             .enumerate()
@@ -172,9 +199,13 @@ impl Backend for Node {
                     membership: member(&m.public_key).map(|r| catenary_cluster::service::state_name(r.state).into()),
                     incarnation: member(&m.public_key).map(|r| r.incarnation),
                     mac: None,
+                    labels: labels.get(&m.public_key).cloned(),
                 }
             })
-            .chain(admission_nodes(&self.cluster, &table))
+            .chain(admission_nodes(&self.cluster, &table).into_iter().map(|mut n| {
+                n.labels = catenary_api::auth::hex32(&n.public_key).and_then(|k| labels.get(&k).cloned());
+                n
+            }))
             .collect()
     }
 
@@ -215,6 +246,11 @@ impl Backend for Node {
                     None => return Err(ApiError::new(404, "no_such_node", "no node of the cluster file has that name or key")),
                 }
             }
+            // any node: the cluster file's, or one admitted at run time (node-XXXXXXXX)
+            catenary_api::ClusterWrite::Label { node: n, .. } | catenary_api::ClusterWrite::RemoveNode(n) => match self.node_key(n) {
+                Some(k) => Some(k),
+                None => return Err(ApiError::new(404, "no_such_node", "no node of the cluster file, nor one admitted at run time, has that name or key")),
+            },
             _ => None,
         };
         cluster::write(&self.wk, ORCHD, w, node)
@@ -288,6 +324,7 @@ fn admission_nodes(buf: &Pages, table: &[catenary_cluster::service::Row]) -> Vec
                 membership: member.map(|t| catenary_cluster::service::state_name(t.state).into()),
                 incarnation: member.map(|t| t.incarnation),
                 mac: r.pending.then(|| alloc::format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])),
+                labels: None,
             }
         })
         .collect()

@@ -28,7 +28,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_cluster::desired::{Command, RestartPolicy as ClusterRestart, WorkloadSpec as ClusterSpec};
-use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LIST, LABEL_TICKET, LABEL_WANTED, LABEL_WRITE};
+use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LABELS, LABEL_LIST, LABEL_TICKET, LABEL_WANTED, LABEL_WRITE};
 use catenary_cluster::raft_codec::{decode, Wire};
 use catenary_cluster::NodeKey;
 use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_ADMIT_PEER, LABEL_CLUSTER, LABEL_SELF};
@@ -383,6 +383,18 @@ fn serve(orch: &mut Orch, m: &Msg, waiting: &BTreeMap<String, (Digest, u64)>) {
                 Some(page) if page.len() <= max => {
                     g.write(0, &page);
                     answer(IPC_OK, page.len() as u64)
+                }
+                Some(_) => answer(IPC_REFUSED, 0),
+                None => answer(IPC_UNAVAILABLE, 0),
+            }
+        }
+        LABEL_LABELS => {
+            // Every admitted node's labels (cluster file and `node label`), into the caller's grant.
+            let Some(g) = grant_of(m.reply).filter(|g| g.writable()) else { return answer(IPC_REFUSED, 0) };
+            match orch.labels_table((g.len() as usize).min(catenary_cluster::listing::PAGE_MAX)) {
+                Some(t) if t.len() as u64 <= g.len() => {
+                    g.write(0, &t);
+                    answer(IPC_OK, t.len() as u64)
                 }
                 Some(_) => answer(IPC_REFUSED, 0),
                 None => answer(IPC_UNAVAILABLE, 0),

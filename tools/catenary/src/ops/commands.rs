@@ -66,7 +66,7 @@ pub fn nodes(c: &Ctx) -> R {
     if c.json {
         return print_json(&l);
     }
-    println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9}", "NAME", "STATE", "MEMBER", "INCARNATION", "ADDRESS", "CPUS", "MEM FREE/TOTAL", "COMMITTED", "WORKLOADS");
+    println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9}  LABELS", "NAME", "STATE", "MEMBER", "INCARNATION", "ADDRESS", "CPUS", "MEM FREE/TOTAL", "COMMITTED", "WORKLOADS");
     for n in &l.nodes {
         let mem = match (n.memory_free_mib, n.memory_total_mib) {
             (Some(f), Some(t)) => format!("{f}/{t} MiB"),
@@ -74,7 +74,11 @@ pub fn nodes(c: &Ctx) -> R {
             _ => "-".into(),
         };
         let committed = n.memory_committed_mib.map_or("-".into(), |c| format!("{c} MiB"));
-        println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9}", n.name, n.state, opt(n.membership.as_deref()), opt(n.incarnation), n.address, opt(n.cpus), mem, committed, opt(n.workloads));
+        let labels = match &n.labels {
+            Some(l) if !l.is_empty() => l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            _ => "-".into(),
+        };
+        println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9}  {}", n.name, n.state, opt(n.membership.as_deref()), opt(n.incarnation), n.address, opt(n.cpus), mem, committed, opt(n.workloads), labels);
     }
     let pending: Vec<&catenary_api::types::Node> = l.nodes.iter().filter(|n| n.state == "pending").collect();
     if !pending.is_empty() {
@@ -93,6 +97,46 @@ pub fn node_add(c: &Ctx, key: &str) -> R {
     }
     let a: NodeAdd = c.t.call(&client::add_node(key))?;
     println!("{}", a.public_key);
+    Ok(())
+}
+
+/// `k=v` sets, `k-` removes (as `kubectl label`); checked again by the API.
+pub fn parse_label_changes(changes: &[String]) -> Result<NodeLabels, CliError> {
+    let mut l = NodeLabels::default();
+    for c in changes {
+        if let Some((k, v)) = c.split_once('=') {
+            if l.set.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(CliError::Other(format!("label {k} given twice")));
+            }
+        } else if let Some(k) = c.strip_suffix('-') {
+            l.remove.push(k.to_string());
+        } else {
+            return Err(CliError::Other(format!("{c:?}: not KEY=VALUE (set) or KEY- (remove)")));
+        }
+    }
+    Ok(l)
+}
+
+/// `catenary node label NODE k=v k-` (admin).
+pub fn node_label(c: &Ctx, node: &str, changes: &[String]) -> R {
+    let l = parse_label_changes(changes)?;
+    let done: NodeLabels = c.t.call(&client::label_node(node, &l))?;
+    if c.json {
+        return print_json(&done);
+    }
+    let mut parts: Vec<String> = done.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parts.extend(done.remove.iter().map(|k| format!("{k}-")));
+    println!("{node} labelled: {}", parts.join(" "));
+    Ok(())
+}
+
+/// `catenary node remove NODE` (admin).
+pub fn node_remove(c: &Ctx, node: &str) -> R {
+    let a: NodeAdd = c.t.call(&client::remove_node(node))?;
+    if c.json {
+        return print_json(&a);
+    }
+    println!("{} removed", a.public_key);
     Ok(())
 }
 
@@ -472,5 +516,21 @@ pub fn events(c: &Ctx, follow: bool, poll: Duration) -> R {
         if l.events.is_empty() {
             std::thread::sleep(poll);
         }
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::parse_label_changes;
+
+    #[test]
+    fn label_changes_parse_as_set_and_remove() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let l = parse_label_changes(&s(&["zone=b", "gpu=", "disk-"])).unwrap();
+        assert_eq!(l.set.get("zone").map(String::as_str), Some("b"));
+        assert_eq!(l.set.get("gpu").map(String::as_str), Some(""));
+        assert_eq!(l.remove, vec!["disk".to_string()]);
+        assert!(parse_label_changes(&s(&["zone"])).is_err());
+        assert!(parse_label_changes(&s(&["zone=a", "zone=b"])).is_err());
     }
 }
