@@ -80,9 +80,15 @@ pub fn command(w: crate::ClusterWrite, node: Option<[u8; 32]>) -> Command {
     }
 }
 
+/// The state of a replica assigned to a node whose store lacks its image: the node fetches it
+/// from one that has it before the replica is created (docs/orchestration.md, "Images follow
+/// their replicas"). Not counted as running.
+pub const FETCHING_IMAGE: &str = "fetching-image";
+
 /// The listed workloads as the API answers them. `name_of`: a node's name from its key;
-/// `own`: this node's key, whose replicas' states come from `local` (its workload list).
-pub fn statuses(entries: Vec<Listed>, name_of: &dyn Fn(&[u8; 32]) -> String, own: Option<[u8; 32]>, local: &[Summary]) -> Vec<ClusterWorkloadStatus> {
+/// `own`: this node's key, whose replicas' states come from `local` (its workload list), or
+/// are [`FETCHING_IMAGE`] when not created yet and their image is not in `images` (its store).
+pub fn statuses(entries: Vec<Listed>, name_of: &dyn Fn(&[u8; 32]) -> String, own: Option<[u8; 32]>, local: &[Summary], images: &[Digest]) -> Vec<ClusterWorkloadStatus> {
     entries
         .into_iter()
         .map(|e| {
@@ -93,7 +99,11 @@ pub fn statuses(entries: Vec<Listed>, name_of: &dyn Fn(&[u8; 32]) -> String, own
                 .enumerate()
                 .map(|(i, k)| {
                     let r = i as u32;
-                    let state = k.filter(|k| Some(k.0) == own).and_then(|_| local.iter().find(|w| w.name == replica_name(&s.name, r))).map(|w| w.state.name().to_string());
+                    let state = k.filter(|k| Some(k.0) == own).and_then(|_| match local.iter().find(|w| w.name == replica_name(&s.name, r)) {
+                        Some(w) => Some(w.state.name().to_string()),
+                        None if !images.contains(&Digest(s.image)) => Some(FETCHING_IMAGE.to_string()),
+                        None => None,
+                    });
                     ReplicaStatus { replica: r, node: k.map(|k| name_of(&k.0)), state }
                 })
                 .collect();
@@ -149,7 +159,7 @@ pub fn merge(mine: &mut ClusterWorkloadStatus, theirs: &ClusterWorkloadStatus, f
 /// What a replica's state is shown as when another node does not name a workload state.
 pub const UNKNOWN_STATE: &str = "unknown";
 
-/// `s` if it names a workload state, else [`UNKNOWN_STATE`].
+/// `s` if it names a workload state (or is [`FETCHING_IMAGE`]), else [`UNKNOWN_STATE`].
 pub fn known_state(s: &str) -> String {
-    State::ALL.iter().map(|k| k.name()).find(|n| *n == s).unwrap_or(UNKNOWN_STATE).to_string()
+    State::ALL.iter().map(|k| k.name()).chain([FETCHING_IMAGE]).find(|n| *n == s).unwrap_or(UNKNOWN_STATE).to_string()
 }

@@ -54,8 +54,12 @@ impl Backend for Node {
             Ok(wk::Reply::List(l)) => l,
             _ => Vec::new(),
         };
+        let images: Vec<catenary_workload::Digest> = match self.node.workd(wk::Request::Images) {
+            Ok(wk::Reply::Images(l)) => l.iter().map(|i| i.digest).collect(),
+            _ => Vec::new(),
+        };
         let name_of = |k: &[u8; 32]| KEYS.iter().position(|x| x == k).map_or("?".to_string(), |i| NAMES[i].to_string());
-        Ok((cluster_state::statuses(page.entries, &name_of, Some(KEYS[self.me]), &local), page.total))
+        Ok((cluster_state::statuses(page.entries, &name_of, Some(KEYS[self.me]), &local, &images), page.total))
     }
 }
 
@@ -231,4 +235,48 @@ fn the_desired_state_is_listed_with_constraints_nodes_and_states() {
     let mut reader = RequestReader::new(Limits::default(), 0);
     let http = reader.feed(&client::list_cluster().to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
     assert_eq!(api.handle(&ADMIN, &http, &mut bare, 0).status, 503);
+}
+
+/// A replica assigned to a node whose store lacks its image is `fetching-image` in that node's
+/// answer and in the gathered one, and is not counted as running; one whose image is there but
+/// that is not created yet has no state; once it runs it counts.
+#[test]
+fn a_replica_waiting_for_its_image_is_fetching_image_and_not_running() {
+    let mut api = fuzzing::api();
+    let mut n1 = node(0);
+    let mut other = cluster_run("copy", 2, &[]);
+    other.image = catenary_workload::Digest([0x22; 32]).to_string();
+    // The API refuses a run of an image no node has only for node-level runs; a cluster put
+    // goes to the desired state as is.
+    assert_eq!(send(&mut api, &mut n1, ADMIN, &client::run_cluster(&other)).0, 201);
+    assert_eq!(send(&mut api, &mut n1, ADMIN, &client::run_cluster(&cluster_run("here", 1, &[]))).0, 201);
+    let assign = |s: &mut DesiredState, w: &str, r: u32, k: usize| s.apply(&Command::Assign { workload: w.into(), replica: r, node: NodeKey(KEYS[k]) }, &StateLimits::default()).unwrap();
+    assign(&mut n1.state, "copy", 0, 0);
+    assign(&mut n1.state, "copy", 1, 2);
+    assign(&mut n1.state, "here", 0, 0);
+    let mut n3 = node(2);
+    n3.state = n1.state.clone();
+    let mut api3 = fuzzing::api();
+    let list = |api: &mut Api, n1: &mut Node, api3: &mut Api, n3: &mut Node| {
+        let http = http_of(&client::list_cluster());
+        let resp = api.handle(&ADMIN, &http, n1, 0);
+        let mut ask = |_: usize| {
+            let r = api3.handle(&ADMIN, &http, n3, 0);
+            Some((r.status, r.body))
+        };
+        let merged = cluster::elsewhere(&http, resp, Some("node1"), &["node3".to_string()], &mut ask);
+        serde_json::from_slice::<ClusterWorkloadList>(&merged.body).unwrap()
+    };
+    let l = list(&mut api, &mut n1, &mut api3, &mut n3);
+    let by = |l: &ClusterWorkloadList, n: &str| l.workloads.iter().find(|w| w.name == n).unwrap().clone();
+    let copy = by(&l, "copy");
+    assert_eq!(copy.assignments[0].state.as_deref(), Some(cluster_state::FETCHING_IMAGE), "node1's own replica");
+    assert_eq!(copy.assignments[1].state.as_deref(), Some(cluster_state::FETCHING_IMAGE), "node3's, from its answer");
+    assert_eq!(copy.running, 0);
+    // The image is in node1's store but the replica is not created yet: no state.
+    assert_eq!((by(&l, "here").assignments[0].state.clone(), by(&l, "here").running), (None, 0));
+    run_replica(&mut n1, "cl-here-0");
+    let l = list(&mut api, &mut n1, &mut api3, &mut n3);
+    assert_eq!((by(&l, "here").assignments[0].state.as_deref(), by(&l, "here").running), (Some("running"), 1));
+    assert_eq!(by(&l, "copy").running, 0);
 }

@@ -31,7 +31,8 @@ pub struct Node {
     /// Its fabric /128.
     pub address: String,
     /// `up` (this node, a peer with a live session, or one that answered this request),
-    /// `unreachable`, `unknown`.
+    /// `unreachable`, `unknown`, `pending` (a hello, not admitted), `removed` (the cluster
+    /// removed it).
     pub state: String,
     /// Resources, when known (this node's own; `null` for a peer not asked).
     pub cpus: Option<u32>,
@@ -215,8 +216,9 @@ pub struct ReplicaStatus {
     pub replica: u32,
     /// The node it is assigned to (`null`: not placed).
     pub node: Option<String>,
-    /// Its state in that node's workload service (`null`: not there yet, or the node did not
-    /// answer).
+    /// Its state in that node's workload service; `fetching-image` while the node's store lacks
+    /// its image and the node copies it (not counted in `running`); `null`: not there yet, or
+    /// the node did not answer.
     pub state: Option<String>,
 }
 

@@ -29,7 +29,7 @@ fn inputs(n: usize, w: usize) -> (Vec<NodeCapacity>, Vec<WorkloadDemand>) {
         .map(|i| {
             let mut labels = BTreeMap::new();
             labels.insert("zone".to_string(), ZONES[i % 3].to_string());
-            NodeCapacity { key: sim_key(i), free_vcpus: 64, free_mem_mib: 256 * 1024, labels }
+            NodeCapacity { key: sim_key(i), free_vcpus: 64, free_mem_mib: 256 * 1024, labels, images: Vec::new() }
         })
         .collect();
     let workloads = (0..w)
@@ -43,6 +43,7 @@ fn inputs(n: usize, w: usize) -> (Vec<NodeCapacity>, Vec<WorkloadDemand>) {
             } else {
                 Vec::new()
             },
+            image: [0; 32],
         })
         .collect();
     (nodes, workloads)

@@ -27,6 +27,7 @@ fn main() {
                 free_vcpus: 64,
                 free_mem_mib: 256 * 1024,
                 labels,
+                images: Vec::new(),
             }
         })
         .collect();
@@ -44,6 +45,7 @@ fn main() {
             } else {
                 Vec::new()
             },
+            image: [0; 32],
         })
         .collect();
     let replicas: u64 = workloads.iter().map(|w| u64::from(w.replicas)).sum();

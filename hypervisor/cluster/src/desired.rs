@@ -307,7 +307,7 @@ impl DesiredState {
             .map(|w| {
                 let mut constraints = w.constraints.clone();
                 constraints.extend(self.drained.iter().map(|k| Constraint::NotOnNode(*k)));
-                WorkloadDemand { name: w.name.clone(), replicas: w.replicas, vcpus: w.vcpus, mem_mib: w.mem_mib, constraints }
+                WorkloadDemand { name: w.name.clone(), replicas: w.replicas, vcpus: w.vcpus, mem_mib: w.mem_mib, constraints, image: w.image }
             })
             .collect()
     }
@@ -397,7 +397,7 @@ impl DesiredState {
             .iter()
             .filter(|k| !self.drained.contains(k))
             .filter(|k| {
-                let node = NodeCapacity { key: **k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default() };
+                let node = NodeCapacity { key: **k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default(), images: Vec::new() };
                 spec.constraints.iter().all(|c| c.allows(&node))
             })
             .count() as u32

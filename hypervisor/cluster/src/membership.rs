@@ -205,6 +205,26 @@ impl Membership {
         self.shared.borrow().admitted.contains(key)
     }
 
+    /// Takes `key` out (`catenary node remove`, committed `RemoveNode`): its identities are
+    /// marked down here (so foca stops probing them; not gossiped: every node revokes from its
+    /// own committed state), then it is no longer admitted, so its datagrams and any gossip
+    /// about it are refused from now on, and it leaves the member table [`Membership::members`]
+    /// shows. [`Membership::admit`] lets it in again.
+    pub fn revoke(&mut self, now: Duration, key: NodeKey) {
+        let ids: Vec<NodeId> = self.foca.iter_membership_state().filter(|m| m.id().key == key && m.state() != State::Down).map(|m| *m.id()).collect();
+        if !ids.is_empty() {
+            let _ = self.foca.apply_many(ids.into_iter().map(foca::Member::down), false, &mut self.rt);
+        }
+        {
+            let mut s = self.shared.borrow_mut();
+            s.admitted.remove(&key);
+            s.left.remove(&key);
+        }
+        self.armed.remove(&key);
+        self.seeds.retain(|s| s.key != key);
+        self.drain(now);
+    }
+
     /// A datagram the fabric delivered from the peer whose public key is `from`. Errors mean the
     /// datagram was dropped (malformed, not admitted, not from who it claims); they are counted
     /// by the caller, never fatal.
@@ -324,6 +344,8 @@ impl Membership {
         let mut v: Vec<MemberView> = self
             .foca
             .iter_membership_state()
+            // a revoked key's identities stay in foca's table (down), not in ours
+            .filter(|m| shared.admitted.contains(&m.id().key))
             .map(|m| {
                 let id = *m.id();
                 let state = match m.state() {

@@ -190,6 +190,10 @@ pub struct Orch {
     /// Each member's labels (the cluster file's `node` lines), for the scheduler's constraints.
     labels: BTreeMap<NodeKey, BTreeMap<String, String>>,
     capacities: BTreeMap<usize, (u32, u64, Duration)>,
+    /// The images this node's store holds, and each member's as it last reported them with
+    /// its capacity (the scheduler prefers holders: [`crate::placement`]).
+    own_images: Vec<[u8; 32]>,
+    images: BTreeMap<usize, Vec<[u8; 32]>>,
     outgoing: Vec<(usize, Vec<u8>)>,
     next_join: Duration,
     next_reconcile: Duration,
@@ -228,6 +232,8 @@ impl Orch {
             own_capacity: None,
             labels: BTreeMap::new(),
             capacities: BTreeMap::new(),
+            own_images: Vec::new(),
+            images: BTreeMap::new(),
             outgoing: Vec::new(),
             next_join: now,
             next_reconcile: now,
@@ -306,6 +312,15 @@ impl Orch {
     /// What this node's workload service can give cluster workloads now.
     pub fn set_capacity(&mut self, vcpus: u32, mem_mib: u64) {
         self.own_capacity = Some((vcpus, mem_mib));
+    }
+
+    /// The images in this node's store (digests; sorted, at most
+    /// [`crate::placement::IMAGES_MAX`] kept), reported with the capacity.
+    pub fn set_images(&mut self, mut images: Vec<[u8; 32]>) {
+        images.sort();
+        images.dedup();
+        images.truncate(crate::placement::IMAGES_MAX);
+        self.own_images = images;
     }
 
     /// The scheduler's proposals since the last call (at most [`TICKETS_MAX`] kept).
@@ -413,8 +428,9 @@ impl Orch {
                     }
                 }
             }
-            Wire::Capacity { vcpus, mem_mib } => {
+            Wire::Capacity { vcpus, mem_mib, images } => {
                 self.capacities.insert(from, (vcpus, mem_mib, now));
+                self.images.insert(from, images);
             }
             Wire::WhoAmI => {
                 let extra = self.members[self.file_len..].to_vec();
@@ -600,9 +616,11 @@ impl Orch {
             self.next_capacity = now + self.cfg.capacity_period;
             if let Some((vcpus, mem_mib)) = self.own_capacity {
                 self.capacities.insert(self.me, (vcpus, mem_mib, now));
+                self.images.insert(self.me, self.own_images.clone());
+                let w = Wire::Capacity { vcpus, mem_mib, images: self.own_images.clone() };
                 for m in 0..self.members.len() {
                     if m != self.me {
-                        self.push(m, &Wire::Capacity { vcpus, mem_mib });
+                        self.push(m, &w);
                     }
                 }
             }
@@ -626,13 +644,15 @@ impl Orch {
         self.flush();
     }
 
-    /// Leader: admit the cluster file's members, then the scheduler's moves.
+    /// Leader: admit the cluster file's members (once), then the scheduler's moves.
     fn schedule(&mut self, now: Duration) {
         let Phase::Running(r) = &mut self.phase else { return };
         if !r.is_leader() || r.has_uncommitted() {
             return;
         }
-        let missing: Vec<NodeKey> = self.members[..self.file_len].iter().copied().filter(|k| !r.state().nodes.contains(k)).collect();
+        // Only those never admitted: a file member an operator removed (`RemoveNode`) stays out
+        // until it is admitted again (`catenary node add`).
+        let missing: Vec<NodeKey> = self.members[..self.file_len].iter().copied().filter(|k| !r.state().node_order.contains(k)).collect();
         if !missing.is_empty() {
             for k in missing {
                 if r.propose(now, Command::AdmitNode(k)).is_err() {
@@ -654,7 +674,7 @@ impl Orch {
             .filter(|(m, _)| **m < self.members.len())
             .map(|(m, id)| {
                 let (vcpus, mem) = self.capacities.get(m).filter(|c| now.saturating_sub(c.2) <= self.cfg.capacity_stale).map(|c| (c.0, c.1)).unwrap_or((0, 0));
-                NodeSlot { id: *id, capacity: NodeCapacity { key: self.members[*m], free_vcpus: vcpus, free_mem_mib: mem, labels: labels.get(&self.members[*m]).cloned().unwrap_or_default() } }
+                NodeSlot { id: *id, capacity: NodeCapacity { key: self.members[*m], free_vcpus: vcpus, free_mem_mib: mem, labels: labels.get(&self.members[*m]).cloned().unwrap_or_default(), images: self.images.get(m).cloned().unwrap_or_default() } }
             })
             .collect();
         let state = r.state().clone();

@@ -395,3 +395,52 @@ fn a_relabel_moves_replicas_and_places_what_now_fits() {
         assert!(net.run_until(15_000, |n| n.runner_of("ml", 0).is_none() && n.nodes.iter().flatten().all(|o| o.state().is_some_and(|s| !s.assignments.contains_key(&("ml".to_string(), 0))))), "seed {seed}: ml stayed");
     }
 }
+
+/// The images each node reports with its capacity reach the leader's scheduler: among nodes
+/// with equal room, the one whose store holds a workload's image gets its replica; an image
+/// nobody holds goes by key as before.
+#[test]
+fn replicas_go_to_a_node_that_holds_their_image() {
+    for seed in 0..3 {
+        let mut net = Net::new(3, seed);
+        for (i, o) in net.nodes.iter_mut().enumerate() {
+            o.as_mut().unwrap().set_images(if i == 2 { vec![[9; 32], [8; 32]] } else { vec![[8; 32]] });
+        }
+        assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
+        let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [9; 32], ..spec("img", 1) }));
+        assert!(net.run_until(10_000, |n| n.runner_of("img", 0).is_some()), "seed {seed}: not placed");
+        assert_eq!(net.runner_of("img", 0), Some(2), "seed {seed}: not on the node that holds the image");
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [7; 32], ..spec("plain", 1) }));
+        assert!(net.run_until(10_000, |n| n.runner_of("plain", 0).is_some()), "seed {seed}: not placed");
+        assert_eq!(net.runner_of("plain", 0), Some(0), "seed {seed}: no holder: the smallest key with the most room");
+    }
+}
+
+/// `catenary node remove` of a cluster-file member: committed through a follower, the leader
+/// does not admit it again (it admits the file's members only once), its replicas move to the
+/// others (never on two nodes), and a later `AdmitNode` lets it back.
+#[test]
+fn a_removed_file_member_stays_out_and_its_replicas_move() {
+    for seed in 0..3 {
+        let mut net = formed(seed);
+        let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
+        net.submit_via(follower, Command::PutWorkload(spec("web", 2)));
+        assert!(net.run_until(10_000, |n| n.runner_of("web", 0).is_some() && n.runner_of("web", 1).is_some()), "seed {seed}: not placed");
+        // Remove a node that runs a replica and is not the one asked.
+        let gone = (0..3).find(|i| *i != follower && (0..2).any(|r| net.runner_of("web", r) == Some(*i))).unwrap();
+        let key = net.keys[gone];
+        net.submit_via(follower, Command::RemoveNode(key));
+        let moved = net.run_until(15_000, |n| (0..2).all(|r| n.runner_of("web", r).is_some_and(|h| h != gone)));
+        assert!(moved, "seed {seed}: web did not move off the removed node");
+        net.run_for(3_000);
+        for o in net.nodes.iter().flatten() {
+            let s = o.state().unwrap();
+            assert!(!s.nodes.contains(&key), "seed {seed}: the removed node was admitted again");
+            assert!(s.node_order.contains(&key));
+            assert!(s.assignments.values().all(|k| *k != key));
+        }
+        net.submit_via(follower, Command::AdmitNode(key));
+        assert!(net.run_until(5_000, |n| n.nodes.iter().flatten().all(|o| o.state().is_some_and(|s| s.nodes.contains(&key)))), "seed {seed}: not admitted again");
+    }
+}

@@ -9,7 +9,8 @@
 //!   it is refused with the reason, and nothing of it is placed (no half-running service);
 //! - larger workloads are placed first (total memory, then vCPUs, then name), which packs better
 //!   than input order; each replica goes to the eligible node with the most memory left after
-//!   it, then most vCPUs left, then the smallest key, which spreads load.
+//!   it, then most vCPUs left, then one whose store already holds the workload's image (no
+//!   copy over the fabric), then the smallest key, which spreads load.
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -23,7 +24,14 @@ pub struct NodeCapacity {
     pub free_vcpus: u32,
     pub free_mem_mib: u64,
     pub labels: BTreeMap<String, String>,
+    /// The images (digests) in its store as it last reported them (at most
+    /// [`IMAGES_MAX`]): among nodes otherwise equal, a holder of the workload's image wins.
+    pub images: Vec<[u8; 32]>,
 }
+
+/// Image digests a node reports ([`crate::raft_codec::Wire::Capacity`]: they fit one
+/// datagram with the rest).
+pub const IMAGES_MAX: usize = 32;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Constraint {
@@ -56,6 +64,8 @@ pub struct WorkloadDemand {
     pub vcpus: u32,
     pub mem_mib: u64,
     pub constraints: Vec<Constraint>,
+    /// Its image's digest (nodes that hold it are preferred when otherwise equal).
+    pub image: [u8; 32],
 }
 
 impl WorkloadDemand {
@@ -160,7 +170,9 @@ pub fn place(nodes: &[NodeCapacity], workloads: &[WorkloadDemand]) -> Plan {
                     let (na, nb) = (&free[a], &free[b]);
                     (na.free_mem_mib, na.free_vcpus)
                         .cmp(&(nb.free_mem_mib, nb.free_vcpus))
-                        // Equal room: the smaller key wins (max_by keeps the last maximum).
+                        // Equal room: a node that holds the image (no copy to wait for), then
+                        // the smaller key (max_by keeps the last maximum).
+                        .then(na.images.contains(&w.image).cmp(&nb.images.contains(&w.image)))
                         .then(nb.key.cmp(&na.key))
                 });
             let Some(i) = best else { break };
@@ -203,11 +215,14 @@ mod tests {
                 } else {
                     (4 << r.below(2), 4096 << r.below(2))
                 };
+                // Each node holds some of three images.
+                let images = (1..=3u8).filter(|_| r.per_mille(400)).map(|d| [d; 32]).collect();
                 NodeCapacity {
                     key: sim_key(i),
                     free_vcpus,
                     free_mem_mib,
                     labels,
+                    images,
                 }
             })
             .collect();
@@ -249,6 +264,7 @@ mod tests {
                     vcpus: r.below(5) as u32,
                     mem_mib: r.below(4097),
                     constraints,
+                    image: [1 + r.below(3) as u8; 32],
                 }
             })
             .collect();
@@ -358,6 +374,7 @@ mod tests {
                 free_vcpus: 64,
                 free_mem_mib: 65536,
                 labels: BTreeMap::new(),
+                images: Vec::new(),
             })
             .collect();
         let workloads: Vec<WorkloadDemand> = (0..6)
@@ -367,6 +384,7 @@ mod tests {
                 vcpus: 1,
                 mem_mib: 512,
                 constraints: Vec::new(),
+                image: [0; 32],
             })
             .collect();
         let plan = place(&nodes, &workloads);
@@ -387,6 +405,7 @@ mod tests {
                 free_vcpus: 4,
                 free_mem_mib: 1024,
                 labels: BTreeMap::new(),
+                images: Vec::new(),
             })
             .collect();
         let big = WorkloadDemand {
@@ -395,6 +414,7 @@ mod tests {
             vcpus: 1,
             mem_mib: 256,
             constraints: Vec::new(),
+            image: [0; 32],
         };
         let plan = place(&nodes, &[big]);
         assert!(plan.placements.is_empty());
@@ -414,10 +434,67 @@ mod tests {
                 Constraint::OnNodes(alloc::vec![sim_key(1)]),
                 Constraint::NotOnNode(sim_key(1))
             ],
+            image: [0; 32],
         };
         assert_eq!(
             place(&nodes, &[drained]).refused[0].reason,
             RefusalReason::NoRoom { eligible: 0 }
         );
+    }
+
+    /// Among nodes with equal room a holder of the image wins; room still comes first, and
+    /// neither spread nor constraints give way to it.
+    #[test]
+    fn replicas_prefer_nodes_that_hold_the_image_when_otherwise_equal() {
+        use alloc::vec;
+        let (x, y) = ([0xa1; 32], [0xb2; 32]);
+        let node = |i: usize, mem: u64, images: &[[u8; 32]]| NodeCapacity {
+            key: sim_key(i),
+            free_vcpus: 8,
+            free_mem_mib: mem,
+            labels: BTreeMap::new(),
+            images: images.to_vec(),
+        };
+        let demand = |name: &str, replicas: u32, image: [u8; 32], constraints: Vec<Constraint>| WorkloadDemand {
+            name: name.into(),
+            replicas,
+            vcpus: 1,
+            mem_mib: 256,
+            constraints,
+            image,
+        };
+        let on = |plan: &Plan| {
+            let mut v: Vec<NodeKey> = plan.placements.iter().map(|p| p.node).collect();
+            v.sort();
+            v
+        };
+        let sorted = |mut v: Vec<NodeKey>| {
+            v.sort();
+            v
+        };
+        let equal = [node(0, 4096, &[]), node(1, 4096, &[y]), node(2, 4096, &[x]), node(3, 4096, &[x, y])];
+        // The holders of x, not the smallest keys.
+        assert_eq!(on(&place(&equal, &[demand("a", 2, x, vec![])])), sorted(vec![sim_key(2), sim_key(3)]));
+        assert_eq!(on(&place(&equal, &[demand("b", 2, y, vec![])])), sorted(vec![sim_key(1), sim_key(3)]));
+        // No holder: the smallest keys, as before.
+        let mut all = sorted((0..4).map(sim_key).collect());
+        all.truncate(2);
+        assert_eq!(on(&place(&equal, &[demand("c", 2, [0xc3; 32], vec![])])), all);
+        // Spread: three replicas, two holders: both holders and the smaller of the others.
+        let third = sim_key(0).min(sim_key(1));
+        assert_eq!(on(&place(&equal, &[demand("d", 3, x, vec![])])), sorted(vec![third, sim_key(2), sim_key(3)]));
+        // A constraint keeps a holder out.
+        assert_eq!(on(&place(&equal, &[demand("e", 1, x, vec![Constraint::NotOnNode(sim_key(2)), Constraint::NotOnNode(sim_key(3))])])), vec![third]);
+        // Room first: a non-holder with more memory left wins.
+        let roomy = [node(0, 8192, &[]), node(1, 4096, &[x])];
+        assert_eq!(on(&place(&roomy, &[demand("f", 1, x, vec![])])), vec![sim_key(0)]);
+        // Same plan whatever the order of the nodes and of each node's images.
+        let mut rev: Vec<NodeCapacity> = equal.iter().rev().cloned().collect();
+        for n in &mut rev {
+            n.images.reverse();
+        }
+        for w in [demand("a", 2, x, vec![]), demand("b", 2, y, vec![]), demand("d", 3, x, vec![])] {
+            assert_eq!(place(&rev, &[w.clone()]), place(&equal, &[w]));
+        }
     }
 }

@@ -22,7 +22,7 @@ use raftbare::{ClusterConfig, LogEntries, LogEntry, LogIndex, LogPosition, Messa
 
 use crate::desired::{Command, RestartPolicy, Role, WorkloadSpec, LABEL_CHANGES_MAX};
 use crate::identity::NodeKey;
-use crate::placement::Constraint;
+use crate::placement::{Constraint, IMAGES_MAX};
 use crate::replica::Envelope;
 
 /// The UDP port `orchd` uses on every node's fabric /128.
@@ -69,8 +69,9 @@ pub enum Wire {
     /// id is replaced: docs/orchestration.md, diskless nodes).
     Join { id: u64 },
     /// What the sender can give cluster workloads (its workload service's accounting), sent
-    /// every second so the leader's scheduler knows every node's room.
-    Capacity { vcpus: u32, mem_mib: u64 },
+    /// every second so the leader's scheduler knows every node's room, and the images its
+    /// store holds (at most [`IMAGES_MAX`] digests), so that it prefers holders.
+    Capacity { vcpus: u32, mem_mib: u64, images: Vec<[u8; 32]> },
     /// A node that is not in the cluster file asks a listed member which member it is (it was
     /// admitted at run time: its index comes from the committed admission order).
     WhoAmI,
@@ -352,10 +353,15 @@ pub fn encode(w: &Wire) -> Vec<u8> {
             o.u8(KIND_JOIN);
             o.u64(*id);
         }
-        Wire::Capacity { vcpus, mem_mib } => {
+        Wire::Capacity { vcpus, mem_mib, images } => {
             o.u8(KIND_CAPACITY);
             o.u32(*vcpus);
             o.u64(*mem_mib);
+            let images = &images[..images.len().min(IMAGES_MAX)];
+            o.u8(images.len() as u8);
+            for d in images {
+                o.bytes(d);
+            }
         }
         Wire::WhoAmI => o.u8(KIND_WHO_AM_I),
         Wire::Members { extra } => {
@@ -685,7 +691,18 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
         KIND_PROPOSE => Wire::Propose { request: r.u64()?, command: r.command()? },
         KIND_PROPOSED => Wire::Proposed { request: r.u64()?, term: r.num()?, index: r.num()? },
         KIND_JOIN => Wire::Join { id: r.num()? },
-        KIND_CAPACITY => Wire::Capacity { vcpus: r.u32()?, mem_mib: r.u64()? },
+        KIND_CAPACITY => {
+            let (vcpus, mem_mib) = (r.u32()?, r.u64()?);
+            let n = r.u8()? as usize;
+            if n > IMAGES_MAX {
+                return Err(WireError::OutOfRange);
+            }
+            let mut images = Vec::with_capacity(n);
+            for _ in 0..n {
+                images.push(r.key()?.0);
+            }
+            Wire::Capacity { vcpus, mem_mib, images }
+        }
         KIND_WHO_AM_I => Wire::WhoAmI,
         KIND_MEMBERS => {
             let n = r.u8()? as usize;
@@ -781,12 +798,19 @@ mod tests {
             Wire::Raft(append(10)),
             Wire::Proposed { request: u64::MAX, term: 4, index: 99 },
             Wire::Join { id: 1 << 16 | 2 },
-            Wire::Capacity { vcpus: 4, mem_mib: 1 << 40 },
+            Wire::Capacity { vcpus: 4, mem_mib: 1 << 40, images: vec![] },
+            Wire::Capacity { vcpus: 4, mem_mib: 1 << 40, images: (0..IMAGES_MAX as u8).map(|i| [i; 32]).collect() },
             Wire::WhoAmI,
             Wire::Members { extra: vec![] },
             Wire::Members { extra: (0..EXTRA_MAX as u8).map(|i| NodeKey([i; 32])).collect() },
         ];
         assert!(encode(&wires[wires.len() - 1]).len() <= DATAGRAM_MAX);
+        let full_capacity = wires.iter().find(|w| matches!(w, Wire::Capacity { images, .. } if images.len() == IMAGES_MAX)).unwrap();
+        assert!(encode(full_capacity).len() <= DATAGRAM_MAX);
+        let mut too_many_images = encode(full_capacity);
+        too_many_images[14] = IMAGES_MAX as u8 + 1;
+        too_many_images.extend([7u8; 32]);
+        assert_eq!(decode(&too_many_images), Err(WireError::OutOfRange));
         let mut too_many = encode(&Wire::Members { extra: vec![] });
         too_many[2] = EXTRA_MAX as u8 + 1;
         too_many.extend(core::iter::repeat_n(1u8, 32 * (EXTRA_MAX + 1)));

@@ -289,6 +289,16 @@ impl RaftSim {
         [("zone".to_string(), format!("z{}", id % 3))].into()
     }
 
+    /// The images node `id` holds: every second node has the chaos workloads' image, so the
+    /// scheduler's preference for holders decides ties (placement stays a pure function).
+    pub fn images_of(id: ReplicaId) -> Vec<[u8; 32]> {
+        if id % 2 == 0 {
+            vec![[0xab; 32]]
+        } else {
+            vec![]
+        }
+    }
+
     /// Every node's labels, by key.
     pub fn labels(&self) -> BTreeMap<NodeKey, BTreeMap<String, String>> {
         (0..self.slots.len() as u64).map(|id| (key_of(id), Self::labels_of(id))).collect()
@@ -339,7 +349,7 @@ impl RaftSim {
         (0..self.slots.len() as u64)
             .map(|id| NodeSlot {
                 id: self.raft_id(id),
-                capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: labels.get(&key_of(id)).cloned().unwrap_or_default() },
+                capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: labels.get(&key_of(id)).cloned().unwrap_or_default(), images: Self::images_of(id) },
             })
             .collect()
     }
@@ -515,7 +525,7 @@ impl RaftSim {
                 }
                 // Constraints: no replica on a node whose labels its workload refuses.
                 let labels = (0..self.slots.len() as u64).find(|i| key_of(*i) == *k).map(Self::labels_of).unwrap_or_default();
-                let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels };
+                let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels, images: vec![] };
                 if let Some(spec) = st.workloads.get(w) {
                     if let Some(c) = spec.constraints.iter().find(|c| !c.allows(&node)) {
                         self.violations.push(format!("{now:?}: node {id}'s state assigns {w} to a node that violates {c:?}"));
@@ -574,7 +584,7 @@ impl RaftSim {
         // constraints must have been moved.
         let labels = first.effective_labels(&self.labels());
         for ((w, r), k) in &first.assignments {
-            let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default() };
+            let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default(), images: vec![] };
             if let Some(c) = first.workloads.get(w).and_then(|s| s.constraints.iter().find(|c| !c.allows(&node))) {
                 return Err(format!("{w} replica {r} is still on a node that violates {c:?} after relabelling"));
             }

@@ -97,7 +97,7 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
     // 1. Unassign what must move: workload shrunk (or put again with constraints its node
     // no longer meets), node gone, drained, or down past its lease.
     for ((w, r), key) in &state.assignments {
-        let unlabelled = NodeCapacity { key: *key, free_vcpus: 0, free_mem_mib: 0, labels: BTreeMap::new() };
+        let unlabelled = NodeCapacity { key: *key, free_vcpus: 0, free_mem_mib: 0, labels: BTreeMap::new(), images: Vec::new() };
         let node = labels.get(key).copied().unwrap_or(&unlabelled);
         let shrunk = state.workloads.get(w).is_none_or(|s| *r >= s.replicas || !s.constraints.iter().all(|c| c.allows(node)));
         let gone = !state.nodes.contains(key) || state.drained.contains(key);
@@ -155,7 +155,7 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
         for (_, key) in state.assignments.range((name.clone(), 0)..=(name.clone(), u32::MAX)) {
             constraints.push(Constraint::NotOnNode(*key));
         }
-        demands.push(WorkloadDemand { name: name.clone(), replicas: m.len() as u32, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints });
+        demands.push(WorkloadDemand { name: name.clone(), replicas: m.len() as u32, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints, image: spec.image });
         missing.insert(name.as_str(), (m, spec));
     }
     if demands.is_empty() {

@@ -207,6 +207,32 @@ impl Sim {
         }
     }
 
+    /// Node `i`'s key is removed from the cluster (`RemoveNode` committed): every other running
+    /// node revokes it, as `memberd` does from the committed state. Node `i` keeps running and
+    /// talking, an outsider from now on (the invariants then refuse its key in any table; the
+    /// trace so far is checked first, under the admission it was made under).
+    pub fn revoke(&mut self, i: usize) -> Result<(), String> {
+        self.check_invariants()?;
+        let key = self.nodes[i].key;
+        self.admitted.retain(|k| *k != key);
+        if !self.outsiders.contains(&i) {
+            self.outsiders.push(i);
+        }
+        let now = self.now;
+        for j in 0..self.nodes.len() {
+            if j == i {
+                continue;
+            }
+            if let Some(m) = self.nodes[j].node.as_mut() {
+                m.revoke(now, key);
+                // Its table no longer lists the key (views track only what tables list).
+                self.views[j].remove(&key);
+                self.after_step(j);
+            }
+        }
+        Ok(())
+    }
+
     fn boot(&mut self, i: usize) {
         let keys = self.admitted.clone();
         self.boot_with(i, keys);

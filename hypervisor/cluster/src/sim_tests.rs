@@ -295,3 +295,29 @@ fn a_node_that_left_can_come_back_as_a_newer_generation() {
         sim.check_invariants().unwrap();
     }
 }
+
+/// `catenary node remove`: once every other node revoked a member's key (as `memberd` does
+/// from the committed `RemoveNode`), it leaves every table and never comes back, though it
+/// keeps running and talking; the others stay alive with each other; invariants hold.
+#[test]
+fn a_revoked_node_leaves_every_table_and_is_refused_after() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(seed, N, MembershipConfig::default(), NetConfig::default());
+        let everyone = all(N);
+        assert!(sim.run_until_true(secs(30), |s| s.all_see(&everyone, &everyone, MemberState::Alive)).is_some(), "seed {seed}: no convergence");
+        let gone = N - 1;
+        sim.revoke(gone).unwrap();
+        let rest = all(N - 1);
+        for o in &rest {
+            assert!(sim.view(*o, gone).is_none(), "seed {seed}: node {o} still lists the removed node at once");
+        }
+        // 20 s of it talking: nobody lists it again (the invariant checker refuses its key in
+        // any table), and the others still see each other alive.
+        sim.run_until(sim.now() + secs(20));
+        for o in &rest {
+            assert!(sim.view(*o, gone).is_none(), "seed {seed}: node {o} lists the removed node again");
+        }
+        assert!(sim.all_see_now(&rest, &rest, MemberState::Alive), "seed {seed}: the others lost each other");
+        sim.check_invariants().unwrap();
+    }
+}

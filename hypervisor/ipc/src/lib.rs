@@ -331,6 +331,12 @@ pub mod netd {
     /// keys admitted at run time, pending nodes) is copied in. Reply 0 [bytes, rows, 0, 0],
     /// [`CLUSTER_TOO_SMALL`] [bytes needed], [`CLUSTER_NO_GRANT`], [`CLUSTER_NOT_READY`].
     pub const LABEL_ADMISSION: u64 = 0x4e43_0005;
+    /// `orchd`'s call, once the replicated desired state committed `RemoveNode` of a key it
+    /// had admitted: words = the key (4 LE words); the fabric drops it as a peer (a cluster
+    /// file's node too), refuses its hellos, and lists it removed in the admission table, from
+    /// which `memberd` revokes it. Reply 0 (removed, or it was no peer), [`ADMIT_REFUSED`]
+    /// (this node's own key, an operator's), [`ADMIT_NOT_ORCHD`] (not `orchd`'s badge).
+    pub const LABEL_REMOVE_PEER: u64 = 0x4e43_0006;
     pub const ADMIT_REFUSED: u64 = 4;
     /// [`LABEL_ADMIT_PEER`] from a task other than `orchd`: refused, nothing admitted.
     pub const ADMIT_NOT_ORCHD: u64 = 5;

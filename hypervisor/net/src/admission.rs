@@ -25,6 +25,10 @@ pub struct Admission {
     pub pending: hello::Pending,
     /// Keys admitted at run time, in the order `orchd` handed them over.
     pub extra: Vec<[u8; 32]>,
+    /// Keys the cluster removed (`RemoveNode` committed; `orchd` handed them over): no peer,
+    /// their hellos refused, listed in the admission table so that `memberd` revokes them too.
+    /// At most [`EXTRA_MAX`] (the oldest forgotten first).
+    pub removed: Vec<[u8; 32]>,
     /// This node is in no cluster file: say hello to the seeds (CPUs, memory MiB).
     pub hello: Option<(u16, u32)>,
     /// The cluster file's nodes other than this one (key, underlay endpoint): the seeds.
@@ -65,12 +69,46 @@ impl Node {
             if from.is_some() { " (it was pending here)" } else { "" });
         self.peers.push(Peer { name, id, public_key: key, fabric_addr: pfx.node_address(), underlay: from.map_or(Ipv6Addr::UNSPECIFIED, |f| *f.ip()), established: false, operator: false });
         self.admission.pending.remove(&key);
+        self.admission.removed.retain(|k| *k != key);
         self.admission.extra.push(key);
         if from.is_some() {
             let out = self.fabric.send_to(id, &[], FInstant::from_nanos(now_ns));
             self.fabric_output(out);
         }
         Ok(true)
+    }
+
+    /// Take `key` out (the cluster committed its removal): its fabric peer (a cluster file's
+    /// node or one admitted at run time) and all its session state go, so its packets are
+    /// refused as from an unknown peer; its hellos are refused from now on; the admission table
+    /// lists it as removed. `Ok(false)`: it was no peer (still recorded as removed). This
+    /// node's own key and operators' keys are refused.
+    pub fn remove_peer(&mut self, key: [u8; 32]) -> Result<bool, String> {
+        if key == self.fabric.identity().public_key() {
+            return Err(String::from("this node's own key"));
+        }
+        if self.peers.iter().any(|p| p.public_key == key && p.operator) {
+            return Err(String::from("an operator's key"));
+        }
+        let was = match self.peers.iter().position(|p| p.public_key == key) {
+            Some(i) => {
+                let p = self.peers.remove(i);
+                self.fabric.remove_peer(p.id);
+                true
+            }
+            None => false,
+        };
+        self.admission.extra.retain(|k| *k != key);
+        self.admission.pending.remove(&key);
+        if !self.admission.removed.contains(&key) {
+            if self.admission.removed.len() >= EXTRA_MAX {
+                self.admission.removed.remove(0);
+            }
+            self.admission.removed.push(key);
+        }
+        info!(target: "net", "admission: {} ({}) removed by the cluster: {}", short(&key), crate::cluster::hex_encode(&key),
+            if was { "no longer a fabric peer" } else { "it was no peer here" });
+        Ok(was)
     }
 
     /// Say hello to the seeds while this node has no session (it is in no cluster file).
@@ -81,7 +119,9 @@ impl Node {
     /// A datagram on the fabric port that is a hello (not a WireGuard message).
     pub(crate) fn on_hello(&mut self, data: &[u8], src: SocketAddr, now_ns: u64) {
         let SocketAddr::V6(from) = src else { return };
-        let known: Vec<[u8; 32]> = self.peers.iter().map(|p| p.public_key).collect();
+        // A removed key is not offered again as pending (an admin may `node add` it again).
+        let mut known: Vec<[u8; 32]> = self.peers.iter().map(|p| p.public_key).collect();
+        known.extend_from_slice(&self.admission.removed);
         let me = self.fabric.identity().clone();
         let before = self.admission.pending.get(&hello::parse(data).map(|f| f.key).unwrap_or([0; 32])).is_some();
         match self.admission.pending.offer(&me, data, from, now_ns, |k| known.contains(k)) {
@@ -126,6 +166,8 @@ impl Node {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Row {
     pub pending: bool,
+    /// Removed by the cluster (not pending, not established).
+    pub removed: bool,
     /// Admitted: a session is up. Pending: never.
     pub established: bool,
     pub key: [u8; 32],
@@ -141,7 +183,7 @@ pub struct Row {
 const TABLE_MAGIC: [u8; 4] = *b"ADM1";
 pub const TABLE_HEADER: usize = 8;
 pub const TABLE_ROW: usize = 72;
-pub const TABLE_ROWS_MAX: usize = EXTRA_MAX + hello::CAP;
+pub const TABLE_ROWS_MAX: usize = 2 * EXTRA_MAX + hello::CAP;
 
 pub fn table_len(rows: usize) -> usize {
     TABLE_HEADER + rows * TABLE_ROW
@@ -154,7 +196,8 @@ pub fn encode_table(rows: &[Row]) -> Vec<u8> {
     b.extend_from_slice(&(rows.len() as u16).to_le_bytes());
     b.extend_from_slice(&[0, 0]);
     for r in rows {
-        b.push(r.pending as u8);
+        // 0 admitted, 1 pending, 2 removed
+        b.push(if r.removed { 2 } else { r.pending as u8 });
         b.push(r.established as u8);
         b.extend_from_slice(&r.cpus.to_le_bytes());
         b.extend_from_slice(&r.mem_mib.to_le_bytes());
@@ -178,7 +221,7 @@ pub fn decode_table(b: &[u8]) -> Result<Vec<Row>, ()> {
     }
     let mut rows = Vec::with_capacity(n);
     for c in b[TABLE_HEADER..].chunks_exact(TABLE_ROW) {
-        if c[0] > 1 || c[1] > 1 || c[14..16] != [0, 0] {
+        if c[0] > 2 || c[1] > 1 || c[14..16] != [0, 0] || (c[0] == 2 && c[1] == 1) {
             return Err(());
         }
         let arr = |r: core::ops::Range<usize>| -> Vec<u8> { c[r].to_vec() };
@@ -190,6 +233,7 @@ pub fn decode_table(b: &[u8]) -> Result<Vec<Row>, ()> {
         mac.copy_from_slice(&c[8..14]);
         rows.push(Row {
             pending: c[0] == 1,
+            removed: c[0] == 2,
             established: c[1] == 1,
             cpus: u16::from_le_bytes([c[2], c[3]]),
             mem_mib: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
@@ -211,6 +255,7 @@ impl Node {
             .iter()
             .map(|k| Row {
                 pending: false,
+                removed: false,
                 established: self.peers.iter().any(|p| p.public_key == *k && p.established),
                 key: *k,
                 cpus: 0,
@@ -222,6 +267,7 @@ impl Node {
             .collect();
         v.extend(self.admission.pending.entries().iter().filter(|e| now_ns.saturating_sub(e.last_ns) <= hello::TTL_NS).map(|e| Row {
             pending: true,
+            removed: false,
             established: false,
             key: e.facts.key,
             cpus: e.facts.cpus,
@@ -229,6 +275,17 @@ impl Node {
             mac: e.facts.mac,
             underlay: *e.from.ip(),
             age_ms: now_ns.saturating_sub(e.first_ns) / 1_000_000,
+        }));
+        v.extend(self.admission.removed.iter().map(|k| Row {
+            pending: false,
+            removed: true,
+            established: false,
+            key: *k,
+            cpus: 0,
+            mem_mib: 0,
+            mac: [0; 6],
+            underlay: Ipv6Addr::UNSPECIFIED,
+            age_ms: 0,
         }));
         v
     }
@@ -241,8 +298,9 @@ mod tests {
     #[test]
     fn the_table_round_trips_and_refuses_malformed_bytes() {
         let rows = alloc::vec![
-            Row { pending: false, established: true, key: [1; 32], cpus: 0, mem_mib: 0, mac: [0; 6], underlay: Ipv6Addr::UNSPECIFIED, age_ms: 0 },
-            Row { pending: true, established: false, key: [2; 32], cpus: 4, mem_mib: 4096, mac: [0x52, 0x54, 0, 0xca, 0, 3], underlay: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 3), age_ms: 1234 },
+            Row { pending: false, removed: false, established: true, key: [1; 32], cpus: 0, mem_mib: 0, mac: [0; 6], underlay: Ipv6Addr::UNSPECIFIED, age_ms: 0 },
+            Row { pending: false, removed: true, established: false, key: [3; 32], cpus: 0, mem_mib: 0, mac: [0; 6], underlay: Ipv6Addr::UNSPECIFIED, age_ms: 0 },
+            Row { pending: true, removed: false, established: false, key: [2; 32], cpus: 4, mem_mib: 4096, mac: [0x52, 0x54, 0, 0xca, 0, 3], underlay: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 3), age_ms: 1234 },
         ];
         let b = encode_table(&rows);
         assert_eq!(decode_table(&b), Ok(rows));
@@ -250,7 +308,11 @@ mod tests {
             assert!(decode_table(&b[..n]).is_err());
         }
         let mut bad = b.clone();
-        bad[TABLE_HEADER] = 2;
+        bad[TABLE_HEADER] = 3;
+        assert!(decode_table(&bad).is_err());
+        // removed and established at once
+        let mut bad = b.clone();
+        bad[TABLE_HEADER + TABLE_ROW + 1] = 1;
         assert!(decode_table(&bad).is_err());
         let mut x = 7u64;
         for _ in 0..5000 {

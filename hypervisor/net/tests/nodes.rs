@@ -607,3 +607,51 @@ fn stage_counters_count_only_with_a_clock() {
     }
     assert_eq!(n2.stage_counts(), StageCounts::default(), "no clock: nothing counted");
 }
+
+/// `catenary node remove`: once the committed removal reaches a node's fabric
+/// (`Node::remove_peer`, what `netd` does on `orchd`'s `LABEL_REMOVE_PEER`), the removed node's
+/// packets are refused (no session, an unknown index), its new handshakes as from an unknown
+/// peer, the admission table says removed, and neither its own key nor an operator's can be
+/// removed; admitting it again makes it a peer again.
+#[test]
+fn a_removed_peer_is_refused_and_listed_removed() {
+    let (mut n1, mut l1, mut n2, mut l2, _, mut t) = two_nodes();
+    let a = n1.udp_open(n1.fabric_addr, 40000, 8, 1356).unwrap();
+    let b = n2.udp_open(n2.fabric_addr, 7, 8, 1356).unwrap();
+    n1.udp_send(a, n2.fabric_addr, 7, b"before").unwrap();
+    settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    let mut buf = [0u8; 64];
+    assert!(n2.udp_recv(b, &mut buf).is_some(), "delivered before the removal");
+    let k1 = Identity::from_secret_bytes([1; 32]).public_key();
+    let own = n2.fabric().identity().public_key();
+    assert!(n2.remove_peer(own).is_err(), "its own key");
+    assert_eq!(n2.remove_peer(k1), Ok(true));
+    assert!(n2.peer_by_name("node1").is_none());
+    let rows = n2.admission_rows(t);
+    assert!(rows.iter().any(|r| r.key == k1 && r.removed && !r.pending && !r.established), "{rows:?}");
+    // node1 still holds its session and keeps sending: nothing arrives.
+    let before = n2.fabric().counters().clone();
+    for _ in 0..3 {
+        n1.udp_send(a, n2.fabric_addr, 7, b"after").unwrap();
+        settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
+    }
+    assert!(n2.udp_recv(b, &mut buf).is_none(), "a removed node's datagram was delivered");
+    let after = n2.fabric().counters().clone();
+    assert!(after.dropped_unknown_index > before.dropped_unknown_index, "{after:?}");
+    // Its session gone stale, node1 handshakes again: refused as an unknown peer.
+    for _ in 0..200 {
+        t += 1_000_000_000;
+        n1.poll(&mut l1, t);
+        n2.poll(&mut l2, t);
+        let _ = n1.udp_send(a, n2.fabric_addr, 7, b"again");
+        if n2.fabric().counters().dropped_unknown_peer > before.dropped_unknown_peer {
+            break;
+        }
+    }
+    assert!(n2.fabric().counters().dropped_unknown_peer > before.dropped_unknown_peer, "no handshake refused: {:?}", n2.fabric().counters());
+    assert!(n2.udp_recv(b, &mut buf).is_none());
+    assert_eq!(n2.remove_peer(k1), Ok(false), "removing twice: no peer any more");
+    // Admitted again (`catenary node add`): a peer again, no longer listed removed.
+    assert_eq!(n2.admit_peer(k1, t), Ok(true));
+    assert!(n2.admission_rows(t).iter().all(|r| !(r.key == k1 && r.removed)));
+}

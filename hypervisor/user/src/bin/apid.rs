@@ -179,13 +179,16 @@ impl Backend for Node {
         let table = member_table(&self.table);
         let member = |k: &[u8; 32]| table.iter().find(|r| r.id.key.0 == *k);
         let labels = self.labels();
+        let admission = admission_nodes(&self.cluster, &table);
+        // a file node the cluster removed (`catenary node remove`) is shown once, as removed
+        let removed = |k: &[u8; 32]| admission.iter().any(|n| n.state == "removed" && n.public_key == hex(k));
         c.members
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let addr = Prefix64::from_public_key(&m.public_key).node_address();
                 let this = Some(addr) == me;
-                let state = if this || (i < 64 && up & (1 << i) != 0) { "up" } else { "unreachable" };
+                let state = if removed(&m.public_key) { "removed" } else if this || (i < 64 && up & (1 << i) != 0) { "up" } else { "unreachable" };
                 ApiNode {
                     name: m.name.clone(),
                     public_key: hex(&m.public_key),
@@ -202,7 +205,7 @@ impl Backend for Node {
                     labels: labels.get(&m.public_key).cloned(),
                 }
             })
-            .chain(admission_nodes(&self.cluster, &table).into_iter().map(|mut n| {
+            .chain(admission.iter().filter(|n| !c.members.iter().any(|m| hex(&m.public_key) == n.public_key)).cloned().map(|mut n| {
                 n.labels = catenary_api::auth::hex32(&n.public_key).and_then(|k| labels.get(&k).cloned());
                 n
             }))
@@ -267,7 +270,12 @@ impl Backend for Node {
             Ok(wk::Reply::List(l)) => l,
             _ => Vec::new(),
         };
-        Ok((catenary_api::cluster_state::statuses(entries, &name_of, own, &local), total))
+        // a replica assigned here, not created yet, whose image the store lacks: fetching-image
+        let images: Vec<catenary_workload::Digest> = match self.workd(wk::Request::Images) {
+            Ok(wk::Reply::Images(l)) => l.iter().map(|i| i.digest).collect(),
+            _ => Vec::new(),
+        };
+        Ok((catenary_api::cluster_state::statuses(entries, &name_of, own, &local, &images), total))
     }
     /// This node leaves: `memberd` announces the leave first (the others show it `left` at
     /// once), then the drain of this node is committed (its replicas stop as it applies the
@@ -315,7 +323,7 @@ fn admission_nodes(buf: &Pages, table: &[catenary_cluster::service::Row]) -> Vec
                 name: catenary_net::admission::short(&r.key),
                 public_key: hex(&r.key),
                 address: alloc::format!("{}", Prefix64::from_public_key(&r.key).node_address()),
-                state: if r.pending { "pending" } else if r.established { "up" } else { "unreachable" }.into(),
+                state: if r.removed { "removed" } else if r.pending { "pending" } else if r.established { "up" } else { "unreachable" }.into(),
                 cpus: r.pending.then_some(r.cpus as u32),
                 memory_total_mib: r.pending.then_some(r.mem_mib as u64),
                 memory_free_mib: None,

@@ -232,7 +232,18 @@ impl Service {
         let mut b = alloc::vec![0u8; m.words[0] as usize];
         buf.read(0, &mut b);
         let Ok(rows) = catenary_net::admission::decode_table(&b) else { return };
-        for r in rows.iter().filter(|r| !r.pending) {
+        // Removed by the committed state (`catenary node remove`): revoked (out of the table,
+        // its datagrams refused), and its /64 no longer names a member.
+        for r in rows.iter().filter(|r| r.removed && r.key != self.me.key.0) {
+            if !self.m.is_admitted(&NodeKey(r.key)) && !self.members.iter().any(|(_, k)| *k == r.key) {
+                continue;
+            }
+            self.m.revoke(now(), NodeKey(r.key));
+            self.members.retain(|(_, k)| *k != r.key);
+            let name = self.names.iter().find(|n| n.0 == r.key).map_or_else(|| catenary_net::admission::short(&r.key), |n| n.1.clone());
+            logf!("memberd: removed {} ({}): the replicated desired state removed it", name, catenary_net::cluster::hex_encode(&r.key));
+        }
+        for r in rows.iter().filter(|r| !r.pending && !r.removed) {
             if self.m.is_admitted(&NodeKey(r.key)) && self.members.iter().any(|(_, k)| *k == r.key) {
                 continue;
             }

@@ -327,7 +327,7 @@ fn on_message(st: &mut State, m: Msg) {
             let _ = reply(m.reply, 0, catenary_cluster::service::key_words(&st.node.fabric().identity().public_key()));
         }
         // only orchd (from this node's committed Raft state) admits: any other caller's badge is refused
-        LABEL_ADMIT_PEER if m.reply != 0 && !catenary_manifest::is_from(catenary_manifest::SERVICES, "orchd", m.badge) => {
+        LABEL_ADMIT_PEER | LABEL_REMOVE_PEER if m.reply != 0 && !catenary_manifest::is_from(catenary_manifest::SERVICES, "orchd", m.badge) => {
             st.admit_refused += 1;
             if st.admit_refused <= 4 {
                 logf!("net: admission: a peer admission from badge {} (not orchd) refused", m.badge);
@@ -340,6 +340,17 @@ fn on_message(st: &mut State, m: Msg) {
                 Ok(_) => 0,
                 Err(e) => {
                     logf!("net: admission: key {} not taken as a peer: {}", catenary_net::cluster::hex_encode(&key), e);
+                    ADMIT_REFUSED
+                }
+            };
+            let _ = reply(m.reply, label, [0; 4]);
+        }
+        LABEL_REMOVE_PEER if m.reply != 0 => {
+            let key = catenary_cluster::service::words_key(m.words);
+            let label = match st.node.remove_peer(key) {
+                Ok(_) => 0,
+                Err(e) => {
+                    logf!("net: admission: key {} not removed: {}", catenary_net::cluster::hex_encode(&key), e);
                     ADMIT_REFUSED
                 }
             };
@@ -620,7 +631,7 @@ fn run(arg: u64) -> u64 {
                 return 4;
             }
             // a client's call before the stack is up: answered (ask again), never dropped
-            LABEL_CLUSTER | LABEL_SEED | LABEL_SELF | LABEL_ADMIT_PEER | LABEL_ADMISSION if m.reply != 0 => {
+            LABEL_CLUSTER | LABEL_SEED | LABEL_SELF | LABEL_ADMIT_PEER | LABEL_REMOVE_PEER | LABEL_ADMISSION if m.reply != 0 => {
                 let _ = reply(m.reply, CLUSTER_NOT_READY, [0; 4]);
             }
             l if natgw::NatGw::is_request(l) && m.reply != 0 => {

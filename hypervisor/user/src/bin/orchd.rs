@@ -208,6 +208,8 @@ fn run(_arg: u64) -> u64 {
     let mut placed = orch.member_index();
     // Keys admitted at run time that netd took as fabric peers.
     let mut handed: Vec<[u8; 32]> = Vec::new();
+    // Keys the committed state removed that netd dropped (`catenary node remove`).
+    let mut removed: Vec<[u8; 32]> = Vec::new();
 
     let mut next_converge = 0u64;
     let mut next_capacity = 0u64;
@@ -229,7 +231,8 @@ fn run(_arg: u64) -> u64 {
                 logf!("orchd: admitted by the cluster: member {} of {}; listening for the leader", i, members.len());
             }
         }
-        hand_admitted(&orch, file_len, own, &mut handed);
+        hand_admitted(&orch, file_len, own, &mut handed, &mut removed);
+        hand_removed(&orch, own, &mut handed, &mut removed);
         send_all(&s, sock, &io, &members, &mut orch);
         let ms = now_ns() / 1_000_000;
         if ms >= next_capacity {
@@ -241,6 +244,10 @@ fn run(_arg: u64) -> u64 {
                 let own: u64 = orch.assigned_now(t).iter().map(|(s, _)| s.mem_mib + catenary_workload::admission::VM_OVERHEAD_MIB).sum();
                 let free = n.memory_capacity_mib.saturating_sub(n.memory_committed_mib);
                 orch.set_capacity(n.cpus.saturating_mul(VCPUS_PER_CPU), free + own);
+            }
+            // The store's images go with the capacity: the scheduler prefers their holders.
+            if let Some(Ok(wk::Reply::Images(l))) = workd.call(&wk::Request::Images) {
+                orch.set_images(l.iter().map(|i| i.digest.0).collect());
             }
         }
         if ms >= next_converge {
@@ -303,19 +310,42 @@ fn own_key() -> [u8; 32] {
 
 /// Give `netd` every key the committed state admitted that the file does not list, once:
 /// the fabric takes it as a peer (every node does this from its own committed state).
-fn hand_admitted(orch: &Orch, file_len: usize, own: [u8; 32], handed: &mut Vec<[u8; 32]>) {
+/// A file member removed and admitted again (`removed`) is handed over like a run-time key.
+fn hand_admitted(orch: &Orch, file_len: usize, own: [u8; 32], handed: &mut Vec<[u8; 32]>, removed: &mut Vec<[u8; 32]>) {
     let Some(st) = orch.state() else { return };
     let file = &orch.members()[..file_len.min(orch.members().len())];
-    let todo: Vec<NodeKey> = st.nodes.iter().filter(|k| !file.contains(k) && k.0 != own && !handed.contains(&k.0)).take(8).copied().collect();
+    let todo: Vec<NodeKey> = st.nodes.iter().filter(|k| (!file.contains(k) || removed.contains(&k.0)) && k.0 != own && !handed.contains(&k.0)).take(8).copied().collect();
     for k in todo {
         match call_timeout(NETD, LABEL_ADMIT_PEER, catenary_cluster::service::key_words(&k.0), 1000) {
             Ok(m) if m.label == 0 => {
                 logf!("orchd: {} ({}) is admitted in the desired state: the fabric takes it as a peer", catenary_net::admission::short(&k.0), catenary_net::cluster::hex_encode(&k.0));
                 handed.push(k.0);
+                removed.retain(|r| *r != k.0);
             }
             Ok(m) if m.label == catenary_ipc::netd::ADMIT_REFUSED => {
                 logf!("orchd: netd refused admitted key {} as a peer", catenary_net::cluster::hex_encode(&k.0));
                 handed.push(k.0);
+                removed.retain(|r| *r != k.0);
+            }
+            _ => return, // asked again next round
+        }
+    }
+}
+
+/// Give `netd` every key the committed state removed (`RemoveNode` of a key it once admitted:
+/// `node_order` keeps every key ever admitted), once: the fabric drops the peer and `memberd`
+/// revokes it from netd's admission table. Every node does this from its own committed state.
+/// A key admitted again is handed to netd again by [`hand_admitted`], which takes it out of
+/// `removed`.
+fn hand_removed(orch: &Orch, own: [u8; 32], handed: &mut Vec<[u8; 32]>, removed: &mut Vec<[u8; 32]>) {
+    let Some(st) = orch.state() else { return };
+    let todo: Vec<NodeKey> = st.node_order.iter().filter(|k| !st.nodes.contains(k) && k.0 != own && !removed.contains(&k.0)).take(8).copied().collect();
+    for k in todo {
+        match call_timeout(NETD, catenary_ipc::netd::LABEL_REMOVE_PEER, catenary_cluster::service::key_words(&k.0), 1000) {
+            Ok(m) if m.label == 0 || m.label == catenary_ipc::netd::ADMIT_REFUSED => {
+                logf!("orchd: {} ({}) is removed in the desired state: the fabric dropped it{}", catenary_net::admission::short(&k.0), catenary_net::cluster::hex_encode(&k.0), if m.label == 0 { "" } else { " (netd refused: see its log)" });
+                removed.push(k.0);
+                handed.retain(|h| *h != k.0);
             }
             _ => return, // asked again next round
         }
