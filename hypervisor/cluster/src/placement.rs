@@ -494,7 +494,7 @@ mod tests {
             n.images.reverse();
         }
         for w in [demand("a", 2, x, vec![]), demand("b", 2, y, vec![]), demand("d", 3, x, vec![])] {
-            assert_eq!(place(&rev, &[w.clone()]), place(&equal, &[w]));
+            assert_eq!(place(&rev, core::slice::from_ref(&w)), place(&equal, &[w]));
         }
     }
 }

@@ -292,7 +292,7 @@ impl RaftSim {
     /// The images node `id` holds: every second node has the chaos workloads' image, so the
     /// scheduler's preference for holders decides ties (placement stays a pure function).
     pub fn images_of(id: ReplicaId) -> Vec<[u8; 32]> {
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             vec![[0xab; 32]]
         } else {
             vec![]
@@ -667,7 +667,7 @@ impl RaftSim {
                     named += 1;
                     let reps = 1 + self.rng.below(2) as u32;
                     let _ = self.propose(Command::PutWorkload(Self::chaos_workload(named, reps)));
-                    if self.relabels && named % 3 == 0 {
+                    if self.relabels && named.is_multiple_of(3) {
                         // `catenary node label`: a node (from the count, not the generator, so
                         // the schedule is the one without relabels) marked `tier=t1` or
                         // unmarked; `w{k}` with k % 8 == 2 must move off (converged checks).
