@@ -14,6 +14,7 @@
 //!   deterministic state machine;
 //! - [`replica`]: Raft (the vendored `raftbare` core) replicating it, with leases;
 //! - [`raft_codec`]: the orchestration datagrams (Raft envelopes, forwarded writes, joins);
+//! - [`snapshot`]: a snapshot's bytes and its chunked transfer (InstallSnapshot over datagrams);
 //! - [`orch`]: one node's orchestration (diskless join, the leader's scheduler, what to run),
 //!   what the ring-3 service `orchd` runs.
 #![no_std]
@@ -40,6 +41,7 @@ mod raft_tests;
 pub mod reconcile;
 pub mod replica;
 pub mod service;
+pub mod snapshot;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 #[cfg(test)]

@@ -32,9 +32,10 @@ use raftbare::{CommitStatus, LogIndex, LogPosition, Message, Term};
 use crate::desired::{Command, DesiredState, WorkloadSpec};
 use crate::identity::NodeKey;
 use crate::placement::NodeCapacity;
-use crate::raft_codec::{command_fits, decode, encode, encode_within, Wire, DATAGRAM_MAX, EXTRA_MAX};
+use crate::raft_codec::{command_fits, decode, encode, Wire, EXTRA_MAX};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
 use crate::replica::{ProposeError, Replica, ReplicaConfig, ReplicaId};
+use crate::snapshot::{SnapshotReceiver, SnapshotSender};
 
 /// The IPC protocol of `orchd`'s endpoint (what `apid` calls). `WRITE`: words[0] is the length
 /// of a [`Wire::Propose`] in the call's grant; the answer is [`IPC_OK`] with the ticket in
@@ -62,13 +63,18 @@ pub const IPC_UNKNOWN: u64 = 5;
 /// The desired state has no room for the write ([`OrchConfig::write_budget`]).
 pub const IPC_FULL: u64 = 6;
 
-/// `orchd`'s heap holds the log's commands and the state: the log is refused past this many
-/// bytes ([`crate::replica::ReplicaConfig::max_log_bytes`]; without compaction on nodes it
-/// only grows) ...
+/// `orchd`'s heap (4 MiB) holds the log's commands, the state and the snapshot: the log is
+/// refused past this many bytes ([`crate::replica::ReplicaConfig::max_log_bytes`]; with
+/// compaction it stays short, this binds only while commits stall) ...
 pub const NODE_LOG_BYTES: u64 = 2 * 1024 * 1024;
 /// ... and an operator's write once the log and the state would take more than this, so that
-/// the scheduler keeps room to place what was accepted (docs/orchestration.md, "Bounds").
-pub const NODE_WRITE_BUDGET: u64 = 3 * 512 * 1024;
+/// the scheduler keeps room to place what was accepted, and the state's snapshot (a copy kept
+/// in `Storage`, its encoding at most [`crate::snapshot::SNAPSHOT_MAX`]) fits beside it
+/// (docs/orchestration.md, "Bounds").
+pub const NODE_WRITE_BUDGET: u64 = 1024 * 1024;
+/// Log compaction on nodes: a snapshot every this many applied entries (about 160 KiB of
+/// realistic commands), sent in chunks to a follower behind it (crate::snapshot).
+pub const NODE_SNAPSHOT_EVERY: u64 = 256;
 
 /// A member's index in the cluster file, from one of its Raft ids.
 pub fn member_of(id: ReplicaId) -> usize {
@@ -108,7 +114,7 @@ pub struct OrchConfig {
 impl Default for OrchConfig {
     fn default() -> Self {
         OrchConfig {
-            replica: ReplicaConfig { max_log_bytes: NODE_LOG_BYTES, ..ReplicaConfig::default() },
+            replica: ReplicaConfig { max_log_bytes: NODE_LOG_BYTES, snapshot_every: NODE_SNAPSHOT_EVERY, ..ReplicaConfig::default() },
             lease: LeaseConfig::default(),
             boot_wait: Duration::from_secs(3),
             join_period: Duration::from_secs(1),
@@ -202,6 +208,10 @@ pub struct Orch {
     next_ticket: u64,
     /// What this node's scheduler proposed since the caller last took it (for its log).
     scheduled: Vec<Command>,
+    /// Snapshots over the fabric (crate::snapshot): this node's transfers as a leader, and its
+    /// assembly as a follower.
+    pub snap_out: SnapshotSender,
+    pub snap_in: SnapshotReceiver,
     pub counters: Counters,
 }
 
@@ -241,6 +251,8 @@ impl Orch {
             tickets: BTreeMap::new(),
             next_ticket: 1,
             scheduled: Vec::new(),
+            snap_out: SnapshotSender::default(),
+            snap_in: SnapshotReceiver::default(),
             counters: Counters::default(),
         }
     }
@@ -431,6 +443,37 @@ impl Orch {
             Wire::Capacity { vcpus, mem_mib, images } => {
                 self.capacities.insert(from, (vcpus, mem_mib, now));
                 self.images.insert(from, images);
+            }
+            Wire::SnapChunk(c) => {
+                if member_of(c.head.from) != from || member_of(c.head.to) != self.me {
+                    self.counters.misaddressed += 1;
+                    return;
+                }
+                let Phase::Running(r) = &mut self.phase else { return };
+                if c.head.to != r.id() {
+                    return;
+                }
+                self.joined = true;
+                let (ack, env) = self.snap_in.on_chunk(c, r.term(), &self.cfg.replica.limits);
+                if let Some(env) = env {
+                    r.handle(now, env);
+                }
+                if let Some(a) = ack {
+                    self.push(from, &Wire::SnapAck(a));
+                }
+            }
+            Wire::SnapAck(a) => {
+                if member_of(a.from) != from || member_of(a.to) != self.me {
+                    self.counters.misaddressed += 1;
+                    return;
+                }
+                if let Phase::Running(r) = &self.phase {
+                    if a.to == r.id() && r.is_leader() {
+                        for b in self.snap_out.on_ack(&a) {
+                            self.outgoing.push((from, b));
+                        }
+                    }
+                }
             }
             Wire::WhoAmI => {
                 let extra = self.members[self.file_len..].to_vec();
@@ -699,7 +742,8 @@ impl Orch {
             if to >= self.members.len() || to == self.me {
                 continue;
             }
-            if let Some(b) = encode_within(&env, DATAGRAM_MAX) {
+            // A snapshot goes in chunks; anything else in one datagram.
+            for b in self.snap_out.datagrams(env) {
                 self.outgoing.push((to, b));
             }
         }

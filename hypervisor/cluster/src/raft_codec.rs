@@ -10,6 +10,9 @@
 //! peers (it is not Byzantine-tolerant), and only admitted cluster members' datagrams reach it,
 //! but a malformed datagram must still be an error, not a crash.
 //!
+//! A snapshot is larger than a datagram: it travels in chunks (kinds 8 and 9), whose layout
+//! and transfer protocol are in [`crate::snapshot`].
+//!
 //! An AppendEntries that would not fit a datagram is cut to a prefix of its entries that does
 //! ([`encode_within`]); Raft is indifferent to how many entries a call carries. A single
 //! command that cannot fit alone is refused before it is proposed ([`command_fits`]).
@@ -24,6 +27,7 @@ use crate::desired::{Command, RestartPolicy, Role, WorkloadSpec, LABEL_CHANGES_M
 use crate::identity::NodeKey;
 use crate::placement::{Constraint, IMAGES_MAX};
 use crate::replica::Envelope;
+use crate::snapshot::{SnapAck, SnapChunk};
 
 /// The UDP port `orchd` uses on every node's fabric /128.
 pub const PORT: u16 = 7300;
@@ -53,6 +57,8 @@ const KIND_JOIN: u8 = 4;
 const KIND_CAPACITY: u8 = 5;
 const KIND_WHO_AM_I: u8 = 6;
 const KIND_MEMBERS: u8 = 7;
+const KIND_SNAP_CHUNK: u8 = 8;
+const KIND_SNAP_ACK: u8 = 9;
 /// Keys in one [`Wire::Members`] (40 × 32 bytes fit a datagram).
 pub const EXTRA_MAX: usize = 40;
 
@@ -77,6 +83,11 @@ pub enum Wire {
     WhoAmI,
     /// The answer: the members admitted at run time, in order (they follow the file's).
     Members { extra: Vec<NodeKey> },
+    /// One chunk of the leader's snapshot for a follower behind its log (the layout and the
+    /// transfer: [`crate::snapshot`]).
+    SnapChunk(SnapChunk),
+    /// The follower's acknowledgement of a chunk (how much it holds without a gap).
+    SnapAck(SnapAck),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +142,7 @@ impl W {
         self.u16(b.len() as u16);
         self.bytes(b);
     }
-    fn pos(&mut self, p: LogPosition) {
+    pub(crate) fn pos(&mut self, p: LogPosition) {
         self.u64(p.term.get());
         self.u64(p.index.get());
     }
@@ -140,7 +151,7 @@ impl W {
         self.u64(h.term.get());
         self.u64(h.seqno.get());
     }
-    fn ids(&mut self, s: &BTreeSet<NodeId>) {
+    pub(crate) fn ids(&mut self, s: &BTreeSet<NodeId>) {
         self.u16(s.len().min(CONFIG_NODES_MAX) as u16);
         for n in s.iter().take(CONFIG_NODES_MAX) {
             self.u64(n.get());
@@ -372,6 +383,14 @@ pub fn encode(w: &Wire) -> Vec<u8> {
                 o.0.extend_from_slice(&k.0);
             }
         }
+        Wire::SnapChunk(c) => {
+            o.u8(KIND_SNAP_CHUNK);
+            o.snap_chunk(c);
+        }
+        Wire::SnapAck(a) => {
+            o.u8(KIND_SNAP_ACK);
+            o.snap_ack(a);
+        }
     }
     o.0
 }
@@ -486,7 +505,7 @@ impl<'a> R<'a> {
         Ok(u64::from_le_bytes(a))
     }
     /// A term, index, sequence number or id.
-    fn num(&mut self) -> Result<u64, WireError> {
+    pub(crate) fn num(&mut self) -> Result<u64, WireError> {
         let v = self.u64()?;
         if v >= NUMBER_MAX {
             return Err(WireError::OutOfRange);
@@ -517,7 +536,7 @@ impl<'a> R<'a> {
         k.copy_from_slice(self.take(32)?);
         Ok(NodeKey(k))
     }
-    fn pos(&mut self) -> Result<LogPosition, WireError> {
+    pub(crate) fn pos(&mut self) -> Result<LogPosition, WireError> {
         let term = Term::new(self.num()?);
         let index = LogIndex::new(self.num()?);
         Ok(LogPosition { term, index })
@@ -525,7 +544,7 @@ impl<'a> R<'a> {
     fn header(&mut self) -> Result<MessageHeader, WireError> {
         Ok(MessageHeader { from: NodeId::new(self.num()?), term: Term::new(self.num()?), seqno: MessageSeqNo::new(self.num()?) })
     }
-    fn ids(&mut self) -> Result<BTreeSet<NodeId>, WireError> {
+    pub(crate) fn ids(&mut self) -> Result<BTreeSet<NodeId>, WireError> {
         let n = self.count(CONFIG_NODES_MAX, 8)?;
         let mut s = BTreeSet::new();
         for _ in 0..n {
@@ -715,6 +734,8 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
             }
             Wire::Members { extra }
         }
+        KIND_SNAP_CHUNK => Wire::SnapChunk(r.snap_chunk()?),
+        KIND_SNAP_ACK => Wire::SnapAck(r.snap_ack()?),
         t => return Err(WireError::BadTag(t)),
     };
     if !r.b.is_empty() {

@@ -12,6 +12,11 @@
 //!   removed node;
 //! - **spread**: no node holds two replicas of one workload.
 //!
+//! Every message crosses the network as the bytes `orchd` sends (`raft_codec`, one datagram
+//! each, an AppendEntries cut to fit): the network drops, duplicates and reorders datagrams,
+//! and a snapshot travels as chunks and acknowledgements ([`crate::snapshot`]) exactly as
+//! between nodes. A datagram that does not decode is a violation.
+//!
 //! [`RaftSim::converged`] then says whether, once quiet, every node agrees on the desired state
 //! and on what runs where, and every acknowledged workload is there.
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -27,7 +32,9 @@ use crate::desired::{Command, RestartPolicy, WorkloadSpec};
 use crate::identity::NodeKey;
 use crate::placement::{Constraint, NodeCapacity};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
-use crate::replica::{Envelope, Replica, ReplicaConfig, ReplicaId, Storage};
+use crate::raft_codec::{decode, encode, Wire};
+use crate::replica::{Replica, ReplicaConfig, ReplicaId, Storage};
+use crate::snapshot::{SnapshotReceiver, SnapshotSender};
 use crate::sim::{NetConfig, SimRng};
 
 /// How often a leader runs its scheduler.
@@ -46,6 +53,9 @@ struct Slot {
     /// How many of the replica's applied positions were checked already.
     checked: usize,
     next_reconcile: Duration,
+    /// The node's snapshot transfers (in memory: a crash loses them).
+    tx: SnapshotSender,
+    rx: SnapshotReceiver,
 }
 
 pub struct RaftSim {
@@ -57,7 +67,8 @@ pub struct RaftSim {
     seed: u64,
     slots: Vec<Slot>,
     capacity: (u32, u64),
-    queue: BTreeMap<(Duration, u64), Envelope>,
+    /// Datagrams in flight: (from id, to id, bytes).
+    queue: BTreeMap<(Duration, u64), (ReplicaId, ReplicaId, Vec<u8>)>,
     seq: u64,
     leaders: BTreeMap<u64, ReplicaId>,
     applied_at: BTreeMap<u64, u64>,
@@ -88,6 +99,10 @@ pub struct RaftSim {
     /// Snapshots taken and installed by nodes that crashed since (the live ones are added by
     /// [`RaftSim::snapshots`]).
     snapshots_gone: (u64, u64),
+    /// Snapshot chunks delivered, and snapshots assembled from chunks and handed to a replica
+    /// (over the whole run).
+    pub chunks_delivered: u64,
+    pub snapshots_assembled: u64,
 }
 
 /// The node (slot) a Raft id belongs to.
@@ -113,7 +128,7 @@ impl RaftSim {
         let mut slots = Vec::new();
         for id in 0..n as u64 {
             let r = if id == 0 { Replica::bootstrap(id, &ids, cfg.clone(), seed, Duration::ZERO) } else { Replica::join(id, cfg.clone(), seed, Duration::ZERO) };
-            slots.push(Slot { replica: Some(r), disk: None, group: 0, generation: 0, checked: 0, next_reconcile: Duration::ZERO });
+            slots.push(Slot { replica: Some(r), disk: None, group: 0, generation: 0, checked: 0, next_reconcile: Duration::ZERO, tx: SnapshotSender::default(), rx: SnapshotReceiver::default() });
         }
         // The delay bound the leases assume: the network's own.
         let lease = LeaseConfig { max_delay: net.max_delay, ..LeaseConfig::default() };
@@ -144,6 +159,8 @@ impl RaftSim {
             check_storage: false,
             restarts_checked: 0,
             snapshots_gone: (0, 0),
+            chunks_delivered: 0,
+            snapshots_assembled: 0,
         };
         sim.flush_all();
         sim
@@ -214,6 +231,8 @@ impl RaftSim {
                 self.restarts_checked += 1;
             }
             s.disk = Some(r.storage().clone());
+            s.tx = SnapshotSender::default();
+            s.rx = SnapshotReceiver::default();
             self.snapshots_gone.0 += r.snapshots_taken();
             self.snapshots_gone.1 += r.snapshots_installed();
         }
@@ -360,20 +379,80 @@ impl RaftSim {
         }
     }
 
+    /// The node's outgoing envelopes, as the datagrams `orchd` would send.
     fn flush(&mut self, id: ReplicaId) {
-        let Some(r) = self.slots[id as usize].replica.as_mut() else { return };
+        let s = &mut self.slots[id as usize];
+        let Some(r) = s.replica.as_mut() else { return };
+        let mut out = Vec::new();
         for env in r.take_outgoing() {
-            if self.rng.per_mille(self.net.drop_per_mille) {
-                continue;
-            }
-            let copies = if self.rng.per_mille(self.net.dup_per_mille) { 2 } else { 1 };
-            for _ in 0..copies {
-                let span = (self.net.max_delay - self.net.min_delay).as_micros() as u64;
-                let at = self.now + self.net.min_delay + Duration::from_micros(self.rng.below(span.max(1)));
-                self.seq += 1;
-                self.queue.insert((at, self.seq), env.clone());
-            }
+            let (from, to) = (env.from, env.to);
+            out.extend(s.tx.datagrams(env).into_iter().map(|b| (from, to, b)));
         }
+        for (from, to, b) in out {
+            self.send(from, to, b);
+        }
+    }
+
+    /// One datagram onto the lossy network.
+    fn send(&mut self, from: ReplicaId, to: ReplicaId, b: Vec<u8>) {
+        if self.rng.per_mille(self.net.drop_per_mille) {
+            return;
+        }
+        let copies = if self.rng.per_mille(self.net.dup_per_mille) { 2 } else { 1 };
+        for _ in 0..copies {
+            let span = (self.net.max_delay - self.net.min_delay).as_micros() as u64;
+            let at = self.now + self.net.min_delay + Duration::from_micros(self.rng.below(span.max(1)));
+            self.seq += 1;
+            self.queue.insert((at, self.seq), (from, to, b.clone()));
+        }
+    }
+
+    /// A datagram that arrived at node `slot`'s current replica `to`.
+    fn deliver(&mut self, to: ReplicaId, bytes: &[u8]) {
+        let slot = slot_of(to) as usize;
+        let limits = self.cfg.limits;
+        let now = self.now;
+        let w = match decode(bytes) {
+            Ok(w) => w,
+            Err(e) => {
+                self.violations.push(format!("{now:?}: a datagram to {to} does not decode: {e:?}"));
+                return;
+            }
+        };
+        let s = &mut self.slots[slot];
+        let Some(r) = s.replica.as_mut() else { return };
+        let mut replies: Vec<(ReplicaId, ReplicaId, Vec<u8>)> = Vec::new();
+        match w {
+            Wire::Raft(env) => {
+                r.handle(now, env);
+                self.delivered += 1;
+            }
+            Wire::SnapChunk(c) => {
+                if c.head.to != to {
+                    return;
+                }
+                self.chunks_delivered += 1;
+                let (ack, env) = s.rx.on_chunk(c, r.term(), &limits);
+                if let Some(env) = env {
+                    self.snapshots_assembled += 1;
+                    r.handle(now, env);
+                    self.delivered += 1;
+                }
+                if let Some(a) = ack {
+                    replies.push((a.from, a.to, encode(&Wire::SnapAck(a))));
+                }
+            }
+            Wire::SnapAck(a) => {
+                if a.to == to {
+                    replies.extend(s.tx.on_ack(&a).into_iter().map(|b| (a.to, a.from, b)));
+                }
+            }
+            other => self.violations.push(format!("{now:?}: not a Raft datagram: {other:?}")),
+        }
+        for (from, to, b) in replies {
+            self.send(from, to, b);
+        }
+        self.flush(slot as u64);
     }
 
     /// Run events until `until`.
@@ -395,16 +474,14 @@ impl RaftSim {
                 if at > self.now {
                     break;
                 }
-                let env = self.queue.remove(&(at, seq)).unwrap();
-                let (to, from) = (slot_of(env.to) as usize, slot_of(env.from) as usize);
+                let (from_id, to_id, bytes) = self.queue.remove(&(at, seq)).unwrap();
+                let (to, from) = (slot_of(to_id) as usize, slot_of(from_id) as usize);
                 if to >= self.slots.len() || from >= self.slots.len() || self.slots[to].group != self.slots[from].group {
                     continue;
                 }
                 // A datagram to an older generation of the node finds nobody.
-                if let Some(r) = self.slots[to].replica.as_mut().filter(|r| r.id() == env.to) {
-                    r.handle(self.now, env);
-                    self.delivered += 1;
-                    self.flush(to as u64);
+                if self.slots[to].replica.as_ref().is_some_and(|r| r.id() == to_id) {
+                    self.deliver(to_id, &bytes);
                 }
             }
             // Timers and the leaders' scheduler.
@@ -729,6 +806,9 @@ pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> 
 pub struct ChaosStats {
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Snapshot chunks delivered, and snapshots assembled from them.
+    pub chunks_delivered: u64,
+    pub snapshots_assembled: u64,
     /// Restarts without storage (each came back as a new Raft member; the run converged, so
     /// each also became a voter again).
     pub diskless_restarts: u64,
@@ -747,5 +827,5 @@ pub fn raft_chaos(seed: u64) -> Result<ChaosStats, String> {
             return Err(format!("seed {seed}: node {s} (id {}) is not a voter at the end: {voters:?}", sim.raft_id(s)));
         }
     }
-    Ok(ChaosStats { snapshots_taken, snapshots_installed, diskless_restarts: sim.diskless_restarts() })
+    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, diskless_restarts: sim.diskless_restarts() })
 }

@@ -42,15 +42,15 @@ pub struct ReplicaConfig {
     /// (only when commits stall: applied entries are compacted, see `snapshot_every`).
     pub max_log_entries: u64,
     /// `propose` refuses (`LogFull`) once the commands kept for the log would take more than
-    /// this many heap bytes ([`Command::heap_bytes`]): a node's heap is small (`orchd`: 4 MiB)
-    /// and, without compaction on nodes, the log only grows. Unbounded by default; `orchd`
-    /// sets it (crate::orch).
+    /// this many heap bytes ([`Command::heap_bytes`]): a node's heap is small (`orchd`: 4 MiB),
+    /// and a log whose commits stall is not compacted. Unbounded by default; `orchd` sets it
+    /// (crate::orch).
     pub max_log_bytes: u64,
     /// Log compaction: once this many entries were applied after the last snapshot, the state
     /// is snapshotted and the log and commands up to it dropped; a follower too far behind
-    /// gets the snapshot ([`Envelope::snapshot`]). Off by default (`u64::MAX`) until the wire
-    /// (`raft_codec`) carries snapshots: a follower behind a compacted log could not catch up
-    /// over the fabric. The simulator compacts every 4–32 entries.
+    /// gets the snapshot ([`Envelope::snapshot`], sent over the fabric in chunks:
+    /// crate::snapshot). Off by default (`u64::MAX`); `orchd` compacts every 256 entries
+    /// (crate::orch::NODE_SNAPSHOT_EVERY), the simulator every 4–32.
     pub snapshot_every: u64,
     /// A leader grants leases only while a majority acknowledged it within this window
     /// (check-quorum; at most the election timeout, so a deposed leader stops first).

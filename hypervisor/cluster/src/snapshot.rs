@@ -1,0 +1,893 @@
+//! Raft snapshots over the fabric: the snapshot's bytes, and the chunked InstallSnapshot
+//! transfer (Raft §7) that carries them in datagrams of at most
+//! [`crate::raft_codec::DATAGRAM_MAX`] bytes (docs/orchestration.md, "Snapshots over the
+//! fabric").
+//!
+//! **The snapshot's bytes** ([`encode_snapshot`], [`decode_snapshot`]): one deterministic
+//! encoding of a [`Snapshot`] (the same state always gives the same bytes; maps in key order,
+//! little-endian, the layout of `raft_codec` for workload specs):
+//!
+//! ```text
+//! u8  version (1)
+//! u64 position term, u64 position index                 each < 2^62
+//! ids voters, ids new_voters, ids non_voters            u16 count ≤ 64, then strictly increasing u64 ids
+//! u64 applied                                            the state's applied-command count
+//! u32 n, n × spec                                        workloads by name, names strictly increasing
+//! u32 n, n × key[32]                                     nodes, strictly increasing
+//! u32 n, n × key[32]                                     node_order (admission order), no key twice
+//! u32 n, n × key[32]                                     drained, strictly increasing
+//! u32 n, n × (key[32], u8 role 1 admin | 2 viewer)       operators, keys strictly increasing
+//! u32 n, n × (str workload, u32 replica, key[32] node)   assignments, (workload, replica) strictly increasing
+//! u32 n, n × (str workload, u32 replica, key[32] host, u64 at)  releases, likewise
+//! ```
+//!
+//! Decoding refuses a count past its bound or past what the bytes left could hold (before
+//! allocating), keys out of order or repeated, trailing bytes, and a state outside the
+//! receiver's [`Limits`] ([`DesiredState::within`]); so `decode(encode(s)) == s` and a decoded
+//! snapshot re-encodes to the same bytes.
+//!
+//! **The transfer.** The leader's snapshot is sent in chunks of [`CHUNK_LEN`] bytes
+//! ([`SnapChunk`], `raft_codec` kind 8). Every chunk carries the whole header: sender and
+//! receiver ids, the leader's term, commit index and applied count (the empty AppendEntries
+//! call the follower handles once it installed the snapshot, as [`Envelope::snapshot`]), the
+//! last included position (index and term), the snapshot's total length (at most
+//! [`SNAPSHOT_MAX`]), the SHA-256 of the whole snapshot, the chunk's offset (a multiple of
+//! [`CHUNK_LEN`]), a done flag (the last chunk) and the data (exactly `min(CHUNK_LEN, total -
+//! offset)` bytes). The follower answers every chunk with a [`SnapAck`] (kind 9): the number of
+//! bytes it holds without a gap from the start (`next`; `total` once it assembled and installed
+//! the snapshot, or already had). The leader ([`SnapshotSender`]) keeps at most [`WINDOW`]
+//! chunks beyond the acknowledged offset in flight; each acknowledgement moves the window on,
+//! and the replica's own re-send of the snapshot (at most one per peer per `election_min`,
+//! [`crate::replica::Replica`]) is the retransmission timer: it resumes from the acknowledged
+//! offset, not from zero.
+//!
+//! The follower ([`SnapshotReceiver`]) assembles one snapshot at a time into a buffer of the
+//! announced length (at most [`SNAPSHOT_MAX`]), keeps chunks that arrive out of order, ignores
+//! duplicates, chunks of a term older than its own or than the assembly's, and chunks of an
+//! older snapshot than the one it assembles; a chunk of a newer term or a later snapshot
+//! replaces the assembly. Once every chunk is there it checks the digest and decodes the bytes
+//! (length, order, limits), and only then hands the replica the snapshot with its
+//! AppendEntries call (which installs it atomically: state, applied index and log at once). A
+//! snapshot that fails either check is dropped whole and counted ([`SnapshotReceiver::refused`]).
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use raftbare::{ClusterConfig, LogEntries, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, NodeId, Term};
+use sha2::{Digest, Sha256};
+
+use crate::desired::{DesiredState, Limits, Release, Role};
+use crate::raft_codec::{encode, encode_within, Wire, WireError, DATAGRAM_MAX, NUMBER_MAX, R, W};
+use crate::replica::{Envelope, ReplicaId, Snapshot};
+
+/// The largest snapshot (encoded bytes) sent or assembled. `orchd` has a 4 MiB heap; its
+/// write budget keeps the state's heap below this ([`crate::orch::NODE_WRITE_BUDGET`]), and
+/// the encoding is smaller than the heap it describes (tested).
+pub const SNAPSHOT_MAX: usize = 1 << 20;
+/// Data bytes per chunk: with its 101 bytes of header a chunk is 1,301 bytes, within a
+/// datagram ([`DATAGRAM_MAX`], 1,356).
+pub const CHUNK_LEN: usize = 1200;
+/// Chunks in flight beyond the acknowledged offset, per transfer.
+pub const WINDOW: usize = 16;
+/// Transfers a leader tracks at once (one per lagging peer; a configuration holds at most 64).
+const TRANSFERS_MAX: usize = 64;
+const VERSION: u8 = 1;
+
+/// What every chunk of one transfer carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapHead {
+    pub from: ReplicaId,
+    pub to: ReplicaId,
+    /// The leader's term, commit index and applied count (for the AppendEntries call that
+    /// follows the snapshot, see [`Envelope::snapshot`]).
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied: u64,
+    /// The last log position the snapshot includes.
+    pub last: LogPosition,
+    /// The whole snapshot's length and SHA-256.
+    pub total: u32,
+    pub digest: [u8; 32],
+}
+
+/// One chunk of a snapshot (`raft_codec` kind 8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapChunk {
+    pub head: SnapHead,
+    pub offset: u32,
+    /// The last chunk (`offset + data.len() == total`).
+    pub done: bool,
+    pub data: Vec<u8>,
+}
+
+/// The follower's answer to a chunk (`raft_codec` kind 9): it holds the first `next` bytes
+/// without a gap (`next` = the snapshot's length: assembled and installed, or had it already).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapAck {
+    pub from: ReplicaId,
+    pub to: ReplicaId,
+    pub term: u64,
+    pub last: LogPosition,
+    pub digest: [u8; 32],
+    pub next: u32,
+}
+
+// ---------------------------------------------------------------- the snapshot's bytes
+
+/// The snapshot's bytes (deterministic).
+pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    let mut w = W(Vec::new());
+    w.u8(VERSION);
+    w.pos(s.position);
+    w.ids(&s.config.voters);
+    w.ids(&s.config.new_voters);
+    w.ids(&s.config.non_voters);
+    let st = &s.state;
+    w.u64(st.applied);
+    w.u32(st.workloads.len() as u32);
+    for spec in st.workloads.values() {
+        w.spec(spec);
+    }
+    for keys in [&st.nodes.iter().collect::<Vec<_>>(), &st.node_order.iter().collect(), &st.drained.iter().collect()] {
+        w.u32(keys.len() as u32);
+        for k in keys {
+            w.bytes(&k.0);
+        }
+    }
+    w.u32(st.operators.len() as u32);
+    for (k, role) in &st.operators {
+        w.bytes(&k.0);
+        w.u8(match role {
+            Role::Admin => 1,
+            Role::Viewer => 2,
+        });
+    }
+    w.u32(st.assignments.len() as u32);
+    for ((name, replica), node) in &st.assignments {
+        w.str(name);
+        w.u32(*replica);
+        w.bytes(&node.0);
+    }
+    w.u32(st.releases.len() as u32);
+    for ((name, replica), r) in &st.releases {
+        w.str(name);
+        w.u32(*replica);
+        w.bytes(&r.host.0);
+        w.u64(r.at);
+    }
+    w.0
+}
+
+/// A u32 count of items of at least `item` bytes: bounded by `max` and by the bytes left.
+fn count32(r: &mut R<'_>, max: usize, item: usize) -> Result<usize, WireError> {
+    let n = r.u32()? as usize;
+    if n > max {
+        return Err(WireError::OutOfRange);
+    }
+    if n.saturating_mul(item) > r.b.len() {
+        return Err(WireError::Truncated);
+    }
+    Ok(n)
+}
+
+/// A snapshot from its bytes, refused unless canonical and within `limits`. Never panics;
+/// allocates at most a small multiple of `bytes.len()`.
+pub fn decode_snapshot(bytes: &[u8], limits: &Limits) -> Result<Snapshot, WireError> {
+    if bytes.len() > SNAPSHOT_MAX {
+        return Err(WireError::TooLong);
+    }
+    let mut r = R { b: bytes };
+    if r.u8()? != VERSION {
+        return Err(WireError::BadTag(bytes[0]));
+    }
+    let position = r.pos()?;
+    let config = ClusterConfig { voters: r.ids()?, new_voters: r.ids()?, non_voters: r.ids()? };
+    let mut st = DesiredState { applied: r.num()?, ..DesiredState::default() };
+    // A spec is at least 2 + 32 + 16 + 2 + 2 + 1 + 2 bytes.
+    for _ in 0..count32(&mut r, limits.workloads, 57)? {
+        let spec = r.spec()?;
+        if st.workloads.last_key_value().is_some_and(|(k, _)| *k >= spec.name) {
+            return Err(WireError::OutOfRange);
+        }
+        st.workloads.insert(spec.name.clone(), spec);
+    }
+    for _ in 0..count32(&mut r, limits.nodes, 32)? {
+        let k = r.key()?;
+        if st.nodes.last().is_some_and(|l| *l >= k) {
+            return Err(WireError::OutOfRange);
+        }
+        st.nodes.insert(k);
+    }
+    let mut seen = BTreeSet::new();
+    for _ in 0..count32(&mut r, limits.nodes, 32)? {
+        let k = r.key()?;
+        if !seen.insert(k) {
+            return Err(WireError::OutOfRange);
+        }
+        st.node_order.push(k);
+    }
+    for _ in 0..count32(&mut r, limits.nodes, 32)? {
+        let k = r.key()?;
+        if st.drained.last().is_some_and(|l| *l >= k) {
+            return Err(WireError::OutOfRange);
+        }
+        st.drained.insert(k);
+    }
+    for _ in 0..count32(&mut r, limits.operators, 33)? {
+        let k = r.key()?;
+        let role = match r.u8()? {
+            1 => Role::Admin,
+            2 => Role::Viewer,
+            t => return Err(WireError::BadTag(t)),
+        };
+        if st.operators.last_key_value().is_some_and(|(l, _)| *l >= k) {
+            return Err(WireError::OutOfRange);
+        }
+        st.operators.insert(k, role);
+    }
+    let replicas = limits.workloads.saturating_mul(limits.replicas as usize);
+    for _ in 0..count32(&mut r, replicas, 38)? {
+        let key = (r.str()?, r.u32()?);
+        let node = r.key()?;
+        if st.assignments.last_key_value().is_some_and(|(l, _)| *l >= key) {
+            return Err(WireError::OutOfRange);
+        }
+        st.assignments.insert(key, node);
+    }
+    for _ in 0..count32(&mut r, replicas.saturating_mul(2), 46)? {
+        let key = (r.str()?, r.u32()?);
+        let host = r.key()?;
+        let at = r.u64()?;
+        if st.releases.last_key_value().is_some_and(|(l, _)| *l >= key) {
+            return Err(WireError::OutOfRange);
+        }
+        st.releases.insert(key, Release { host, at });
+    }
+    if !r.b.is_empty() {
+        return Err(WireError::Trailing);
+    }
+    // The position a snapshot was taken at was committed, and the state is the limits'.
+    if position.term.get() == 0 && position.index.get() != 0 || !st.within(limits) {
+        return Err(WireError::OutOfRange);
+    }
+    Ok(Snapshot { position, config, state: st })
+}
+
+// ---------------------------------------------------------------- chunks and acks on the wire
+
+impl W {
+    pub(crate) fn snap_chunk(&mut self, c: &SnapChunk) {
+        let h = &c.head;
+        for v in [h.from, h.to, h.term, h.commit_index, h.applied] {
+            self.u64(v);
+        }
+        self.pos(h.last);
+        self.u32(h.total);
+        self.bytes(&h.digest);
+        self.u32(c.offset);
+        self.u8(c.done as u8);
+        let n = c.data.len().min(CHUNK_LEN);
+        self.u16(n as u16);
+        self.bytes(&c.data[..n]);
+    }
+    pub(crate) fn snap_ack(&mut self, a: &SnapAck) {
+        for v in [a.from, a.to, a.term] {
+            self.u64(v);
+        }
+        self.pos(a.last);
+        self.bytes(&a.digest);
+        self.u32(a.next);
+    }
+}
+
+impl R<'_> {
+    fn digest(&mut self) -> Result<[u8; 32], WireError> {
+        let mut d = [0u8; 32];
+        d.copy_from_slice(self.take(32)?);
+        Ok(d)
+    }
+    /// A chunk: every field in range, and offset, length and done flag consistent with the
+    /// announced total (so the assembler never has to check them again).
+    pub(crate) fn snap_chunk(&mut self) -> Result<SnapChunk, WireError> {
+        let (from, to, term, commit_index, applied) = (self.num()?, self.num()?, self.num()?, self.num()?, self.num()?);
+        let last = self.pos()?;
+        let total = self.u32()?;
+        let digest = self.digest()?;
+        let offset = self.u32()?;
+        let done = self.flag()?;
+        let n = self.u16()? as usize;
+        let data = self.take(n)?.to_vec();
+        let (t, o) = (total as usize, offset as usize);
+        if t == 0 || t > SNAPSHOT_MAX || o % CHUNK_LEN != 0 || o >= t || n != CHUNK_LEN.min(t - o) || done != (o + n == t) {
+            return Err(WireError::OutOfRange);
+        }
+        // A leader's snapshot is of a committed position of its term or an older one.
+        if last.term.get() > term || last.index.get() > commit_index {
+            return Err(WireError::Inconsistent);
+        }
+        Ok(SnapChunk { head: SnapHead { from, to, term, commit_index, applied, last, total, digest }, offset, done, data })
+    }
+    pub(crate) fn snap_ack(&mut self) -> Result<SnapAck, WireError> {
+        let (from, to, term) = (self.num()?, self.num()?, self.num()?);
+        let last = self.pos()?;
+        let digest = self.digest()?;
+        let next = self.u32()?;
+        if next as usize > SNAPSHOT_MAX {
+            return Err(WireError::OutOfRange);
+        }
+        Ok(SnapAck { from, to, term, last, digest, next })
+    }
+}
+
+// ---------------------------------------------------------------- the leader's side
+
+struct Cached {
+    position: LogPosition,
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+}
+
+struct Transfer {
+    head: SnapHead,
+    /// Bytes the follower acknowledged holding without a gap, and bytes sent so far.
+    acked: u32,
+    sent: u32,
+}
+
+/// The leader's side of snapshot transfers: turns a replica's outgoing envelopes into
+/// datagrams (a snapshot into a window of chunks), and moves each transfer on as the
+/// follower acknowledges.
+#[derive(Default)]
+pub struct SnapshotSender {
+    cache: Option<Cached>,
+    transfers: BTreeMap<ReplicaId, Transfer>,
+    /// Snapshots not sent because their bytes passed [`SNAPSHOT_MAX`].
+    pub too_large: u64,
+    pub chunks_sent: u64,
+    /// Transfers the follower acknowledged whole.
+    pub completed: u64,
+}
+
+impl SnapshotSender {
+    /// The datagrams for one of the replica's envelopes: a Raft message (an AppendEntries cut
+    /// to fit, [`encode_within`]), or, for one that carries a snapshot, the next window of its
+    /// chunks (from the acknowledged offset: this is also the retransmission).
+    pub fn datagrams(&mut self, env: Envelope) -> Vec<Vec<u8>> {
+        let Some(snap) = &env.snapshot else { return encode_within(&env, DATAGRAM_MAX).into_iter().collect() };
+        let Message::AppendEntriesCall { header, commit_index, .. } = &env.message else { return Vec::new() };
+        if self.cache.as_ref().is_none_or(|c| c.position != snap.position) {
+            let bytes = encode_snapshot(snap);
+            if bytes.len() > SNAPSHOT_MAX {
+                self.too_large += 1;
+                self.cache = None;
+                return Vec::new();
+            }
+            let digest = Sha256::digest(&bytes).into();
+            self.cache = Some(Cached { position: snap.position, bytes, digest });
+        }
+        let Some(c) = &self.cache else { return Vec::new() };
+        let head = SnapHead {
+            from: env.from,
+            to: env.to,
+            term: header.term.get(),
+            commit_index: commit_index.get(),
+            applied: env.applied,
+            last: snap.position,
+            total: c.bytes.len() as u32,
+            digest: c.digest,
+        };
+        match self.transfers.get_mut(&env.to) {
+            Some(t) if t.head.from == head.from && t.head.term == head.term && t.head.last == head.last && t.head.digest == head.digest => {
+                t.head = head;
+                t.sent = t.acked;
+            }
+            _ => {
+                if self.transfers.len() >= TRANSFERS_MAX && !self.transfers.contains_key(&env.to) {
+                    self.transfers.pop_first();
+                }
+                self.transfers.insert(env.to, Transfer { head, acked: 0, sent: 0 });
+            }
+        }
+        self.window(env.to)
+    }
+
+    /// A follower's acknowledgement: the next chunks of its transfer, if any.
+    pub fn on_ack(&mut self, ack: &SnapAck) -> Vec<Vec<u8>> {
+        let Some(t) = self.transfers.get_mut(&ack.from) else { return Vec::new() };
+        let h = t.head;
+        if h.to != ack.from || h.from != ack.to || h.term != ack.term || h.last != ack.last || h.digest != ack.digest {
+            return Vec::new();
+        }
+        if ack.next >= h.total {
+            self.transfers.remove(&ack.from);
+            self.completed += 1;
+            return Vec::new();
+        }
+        // Only chunk boundaries the leader sent can be acknowledged; older acks change nothing.
+        if ack.next as usize % CHUNK_LEN != 0 || ack.next > t.sent || ack.next <= t.acked {
+            return Vec::new();
+        }
+        t.acked = ack.next;
+        self.window(ack.from)
+    }
+
+    /// Transfers in progress.
+    pub fn in_progress(&self) -> usize {
+        self.transfers.len()
+    }
+
+    fn window(&mut self, peer: ReplicaId) -> Vec<Vec<u8>> {
+        let (Some(c), Some(t)) = (&self.cache, self.transfers.get_mut(&peer)) else { return Vec::new() };
+        if c.position != t.head.last {
+            // A newer snapshot replaced this one; the replica sends that one next time.
+            self.transfers.remove(&peer);
+            return Vec::new();
+        }
+        let total = c.bytes.len();
+        let end = (t.acked as usize + WINDOW * CHUNK_LEN).min(total);
+        let mut out = Vec::new();
+        while (t.sent as usize) < end {
+            let off = t.sent as usize;
+            let len = CHUNK_LEN.min(total - off);
+            let chunk = SnapChunk { head: t.head, offset: off as u32, done: off + len == total, data: c.bytes[off..off + len].to_vec() };
+            out.push(encode(&Wire::SnapChunk(chunk)));
+            t.sent += len as u32;
+        }
+        self.chunks_sent += out.len() as u64;
+        out
+    }
+}
+
+// ---------------------------------------------------------------- the follower's side
+
+struct Assembly {
+    head: SnapHead,
+    buf: Vec<u8>,
+    have: Vec<bool>,
+    /// Chunks held without a gap from the start.
+    next_chunk: usize,
+}
+
+/// Identifies one transfer: the same leader, term, snapshot and bytes.
+fn same(a: &SnapHead, b: &SnapHead) -> bool {
+    a.from == b.from && a.term == b.term && a.last == b.last && a.total == b.total && a.digest == b.digest
+}
+
+/// The follower's side: assembles one snapshot at a time (memory: at most [`SNAPSHOT_MAX`]
+/// bytes and one flag per chunk), then checks and decodes it.
+#[derive(Default)]
+pub struct SnapshotReceiver {
+    asm: Option<Assembly>,
+    /// The last transfer assembled (its late duplicates are acknowledged whole, not assembled
+    /// again).
+    done: Option<SnapHead>,
+    /// Snapshots assembled whose digest or contents were refused.
+    pub refused: u64,
+    /// Snapshots assembled, checked and handed to the replica.
+    pub assembled: u64,
+}
+
+impl SnapshotReceiver {
+    /// A chunk addressed to this replica, whose current term is `term`. Returns the
+    /// acknowledgement to send (none for an ignored chunk) and, once the snapshot is whole and
+    /// checked, the envelope to hand to [`crate::replica::Replica::handle`] (the snapshot with
+    /// the leader's empty AppendEntries call right after it).
+    pub fn on_chunk(&mut self, c: SnapChunk, term: u64, limits: &Limits) -> (Option<SnapAck>, Option<Envelope>) {
+        let h = c.head;
+        // Stale: a leader of an older term.
+        if h.term < term {
+            return (None, None);
+        }
+        let ack = |next: u32| Some(SnapAck { from: h.to, to: h.from, term: h.term, last: h.last, digest: h.digest, next });
+        if self.done.as_ref().is_some_and(|d| same(d, &h)) {
+            return (ack(h.total), None);
+        }
+        let fresh = match &self.asm {
+            Some(a) if same(&a.head, &h) => false,
+            // Only a newer term, or a later snapshot of the same term, replaces an assembly.
+            Some(a) if h.term < a.head.term || (h.term == a.head.term && h.last.index <= a.last_index()) => return (None, None),
+            _ => true,
+        };
+        if fresh {
+            // The codec bounds total by SNAPSHOT_MAX (checked again: the buffer is that big).
+            let total = (h.total as usize).min(SNAPSHOT_MAX);
+            self.asm = Some(Assembly { head: h, buf: vec![0; total], have: vec![false; total.div_ceil(CHUNK_LEN)], next_chunk: 0 });
+        }
+        let Some(a) = self.asm.as_mut() else { return (None, None) };
+        let (off, i) = (c.offset as usize, c.offset as usize / CHUNK_LEN);
+        // The codec checked offset and length against the total; checked again, cheaply.
+        if i >= a.have.len() || off + c.data.len() > a.buf.len() {
+            return (None, None);
+        }
+        if !a.have[i] {
+            a.buf[off..off + c.data.len()].copy_from_slice(&c.data);
+            a.have[i] = true;
+        }
+        // A later chunk of the same transfer may carry a newer commit index.
+        a.head.commit_index = a.head.commit_index.max(h.commit_index);
+        a.head.applied = a.head.applied.max(h.applied);
+        while a.next_chunk < a.have.len() && a.have[a.next_chunk] {
+            a.next_chunk += 1;
+        }
+        if a.next_chunk < a.have.len() {
+            return (ack((a.next_chunk * CHUNK_LEN) as u32), None);
+        }
+        // Whole: check, decode, and only then hand it over.
+        let Some(a) = self.asm.take() else { return (None, None) };
+        let digest: [u8; 32] = Sha256::digest(&a.buf).into();
+        let snap = match decode_snapshot(&a.buf, limits) {
+            Ok(s) if digest == a.head.digest && s.position == a.head.last => s,
+            _ => {
+                self.refused += 1;
+                return (None, None);
+            }
+        };
+        self.done = Some(a.head);
+        self.assembled += 1;
+        let hd = a.head;
+        let message = Message::AppendEntriesCall {
+            header: MessageHeader { from: NodeId::new(hd.from), term: Term::new(hd.term), seqno: MessageSeqNo::new(0) },
+            commit_index: LogIndex::new(hd.commit_index),
+            entries: LogEntries::new(hd.last),
+        };
+        let env = Envelope { from: hd.from, to: hd.to, message, commands: Vec::new(), grant: false, applied: hd.applied, snapshot: Some(snap) };
+        (ack(hd.total), Some(env))
+    }
+
+    /// Bytes held by the assembly in progress (its buffer), for the bound tests.
+    pub fn buffered(&self) -> usize {
+        self.asm.as_ref().map_or(0, |a| a.buf.len())
+    }
+}
+
+impl Assembly {
+    fn last_index(&self) -> LogIndex {
+        self.head.last.index
+    }
+}
+
+const _: () = assert!(NUMBER_MAX > SNAPSHOT_MAX as u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{Command, RestartPolicy, WorkloadSpec};
+    use crate::identity::NodeKey;
+    use crate::placement::Constraint;
+    use crate::raft_codec::decode;
+    use alloc::format;
+    use alloc::string::ToString;
+
+    fn rnd(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// What an operator's `catenary run --replicas 2 --env … --constraint …` commits (as in
+    /// tests/heap.rs), with `pad` bytes more in one env value.
+    fn realistic(i: u32, pad: usize) -> WorkloadSpec {
+        WorkloadSpec {
+            name: format!("web-{i}"),
+            image: [0x5a; 32],
+            replicas: 2,
+            vcpus: 1,
+            mem_mib: 128,
+            env: vec![("PORT".into(), "8080".into()), ("LOG_LEVEL".into(), "info".into()), ("GREETING".into(), format!("hello from {i}{}", "x".repeat(pad)))],
+            args: vec!["--serve".into(), "/srv/www".into()],
+            restart: RestartPolicy::OnFailure { max_restarts: 5 },
+            constraints: vec![Constraint::LabelEquals { key: "zone".into(), value: "a".into() }, Constraint::OnNodes(vec![NodeKey([3; 32])])],
+        }
+    }
+
+    /// A state with every field in use: `n` workloads (each padded by `pad` bytes), 3 nodes
+    /// (one drained), an operator, assignments and a release.
+    fn state(n: u32, pad: usize) -> DesiredState {
+        let l = Limits::default();
+        let mut s = DesiredState::default();
+        let keys = [NodeKey([3; 32]), NodeKey([1; 32]), NodeKey([2; 32])];
+        for k in keys {
+            s.apply(&Command::AdmitNode(k), &l).unwrap();
+        }
+        s.apply(&Command::SetOperator { key: NodeKey([9; 32]), role: Some(Role::Viewer) }, &l).unwrap();
+        s.apply(&Command::SetOperator { key: NodeKey([8; 32]), role: Some(Role::Admin) }, &l).unwrap();
+        for i in 0..n {
+            s.apply(&Command::PutWorkload(realistic(i, pad)), &l).unwrap();
+            s.apply(&Command::Assign { workload: format!("web-{i}"), replica: i % 2, node: keys[i as usize % 3] }, &l).unwrap();
+        }
+        if n > 0 {
+            s.apply(&Command::Unassign { workload: "web-0".to_string(), replica: 0 }, &l).unwrap();
+        }
+        s.apply(&Command::Drain(keys[2]), &l).unwrap();
+        s
+    }
+
+    fn snap(n: u32, pad: usize) -> Snapshot {
+        let mut config = ClusterConfig::new();
+        config.voters.extend([NodeId::new(0), NodeId::new(1), NodeId::new(2)]);
+        config.new_voters.extend([NodeId::new(0), NodeId::new(65537), NodeId::new(2)]);
+        Snapshot { position: LogPosition { term: Term::new(3), index: LogIndex::new(40 + u64::from(n)) }, config, state: state(n, pad) }
+    }
+
+    #[test]
+    fn snapshot_bytes_round_trip_canonically_and_every_cut_is_refused() {
+        let l = Limits::default();
+        for s in [snap(0, 0), snap(5, 10), Snapshot { position: LogPosition::ZERO, config: ClusterConfig::new(), state: DesiredState::default() }] {
+            let b = encode_snapshot(&s);
+            assert_eq!(decode_snapshot(&b, &l).as_ref(), Ok(&s));
+            assert_eq!(encode_snapshot(&s), b, "deterministic");
+            for n in 0..b.len() {
+                assert!(decode_snapshot(&b[..n], &l).is_err(), "cut at {n}");
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert_eq!(decode_snapshot(&longer, &l), Err(WireError::Trailing));
+        }
+    }
+
+    #[test]
+    fn snapshot_decode_refuses_disorder_repeats_and_states_past_the_limits() {
+        let l = Limits::default();
+        let s = snap(3, 0);
+        let b = encode_snapshot(&s);
+        // The nodes set is the first place key [1;32] then [2;32] appear: swapped, out of order.
+        let at = |b: &[u8], k: u8| b.windows(32).position(|w| w == [k; 32]).unwrap();
+        let (a1, a2) = (at(&b, 1), at(&b, 2));
+        assert_eq!(a2, a1 + 32);
+        let mut swapped = b.clone();
+        swapped[a1..a1 + 32].fill(2);
+        swapped[a2..a2 + 32].fill(1);
+        assert_eq!(decode_snapshot(&swapped, &l), Err(WireError::OutOfRange));
+        // A key twice in the admission order.
+        let order = a2 + 32 + 32 + 4; // after nodes [1,2,3]: node_order's count, then its keys
+        let mut twice = b.clone();
+        let first: [u8; 32] = twice[order..order + 32].try_into().unwrap();
+        twice[order + 32..order + 64].copy_from_slice(&first);
+        assert_eq!(decode_snapshot(&twice, &l), Err(WireError::OutOfRange));
+        // Past the receiver's limits.
+        assert_eq!(decode_snapshot(&b, &Limits { workloads: 2, ..l }), Err(WireError::OutOfRange));
+        assert_eq!(decode_snapshot(&b, &Limits { nodes: 2, ..l }), Err(WireError::OutOfRange));
+        // A huge count with few bytes behind it: refused before allocating.
+        let mut huge = encode_snapshot(&Snapshot { position: LogPosition::ZERO, config: ClusterConfig::new(), state: DesiredState::default() });
+        let workloads = 1 + 16 + 3 * 2 + 8;
+        huge[workloads..workloads + 4].copy_from_slice(&9_999u32.to_le_bytes());
+        assert_eq!(decode_snapshot(&huge, &l), Err(WireError::Truncated));
+    }
+
+    /// The encoding is smaller than the heap the state takes, so a state within the write
+    /// budget always has a snapshot within SNAPSHOT_MAX.
+    #[test]
+    fn the_encoding_is_smaller_than_the_state_heap() {
+        for (n, pad) in [(0, 0), (1, 0), (100, 0), (2000, 0), (50, 3000)] {
+            let s = snap(n, pad);
+            let (enc, heap) = (encode_snapshot(&s).len() as u64, s.state.heap_bytes());
+            assert!(enc <= heap.max(200), "{n} workloads: {enc} bytes encoded, {heap} heap");
+        }
+        assert!(crate::orch::NODE_WRITE_BUDGET <= SNAPSHOT_MAX as u64);
+    }
+
+    fn env_with(s: Snapshot, to: ReplicaId) -> Envelope {
+        let message = Message::AppendEntriesCall {
+            header: MessageHeader { from: NodeId::new(1), term: Term::new(4), seqno: MessageSeqNo::new(0) },
+            commit_index: LogIndex::new(s.position.index.get() + 2),
+            entries: LogEntries::new(s.position),
+        };
+        Envelope { from: 1, to, message, commands: Vec::new(), grant: false, applied: s.state.applied, snapshot: Some(s) }
+    }
+
+    fn chunks(out: &[Vec<u8>]) -> Vec<SnapChunk> {
+        out.iter()
+            .map(|b| match decode(b) {
+                Ok(Wire::SnapChunk(c)) => c,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_fit_a_datagram_round_trip_and_inconsistent_ones_are_refused() {
+        let mut tx = SnapshotSender::default();
+        let out = tx.datagrams(env_with(snap(200, 0), 2));
+        assert_eq!(out.len(), WINDOW);
+        assert!(out.iter().all(|b| b.len() <= DATAGRAM_MAX), "{}", out[0].len());
+        let c = chunks(&out);
+        assert_eq!(encode(&Wire::SnapChunk(c[0].clone())), out[0]);
+        for n in 0..out[0].len() {
+            assert!(decode(&out[0][..n]).is_err());
+        }
+        let bad = |f: &dyn Fn(&mut SnapChunk)| {
+            let mut x = c[1].clone();
+            f(&mut x);
+            decode(&encode(&Wire::SnapChunk(x)))
+        };
+        assert!(bad(&|_| {}).is_ok());
+        assert_eq!(bad(&|x| x.offset += 1), Err(WireError::OutOfRange));
+        assert_eq!(bad(&|x| x.done = true), Err(WireError::OutOfRange));
+        assert_eq!(bad(&|x| x.data.pop().map_or((), drop)), Err(WireError::OutOfRange));
+        assert_eq!(bad(&|x| x.head.total = SNAPSHOT_MAX as u32 + 1), Err(WireError::OutOfRange));
+        assert_eq!(bad(&|x| x.head.total = 0), Err(WireError::OutOfRange));
+        assert_eq!(bad(&|x| x.offset = x.head.total.next_multiple_of(CHUNK_LEN as u32)), Err(WireError::OutOfRange));
+        assert_eq!(bad(&|x| x.head.last.term = Term::new(5)), Err(WireError::Inconsistent));
+        let ack = SnapAck { from: 2, to: 1, term: 4, last: c[0].head.last, digest: [7; 32], next: 2400 };
+        assert_eq!(decode(&encode(&Wire::SnapAck(ack))), Ok(Wire::SnapAck(ack)));
+        assert_eq!(decode(&encode(&Wire::SnapAck(SnapAck { next: SNAPSHOT_MAX as u32 + 1, ..ack }))), Err(WireError::OutOfRange));
+    }
+
+    /// A snapshot of many chunks crosses a network that drops a fifth, duplicates and
+    /// reorders, with the replica's periodic re-send as the only timer: the follower ends with
+    /// exactly the leader's snapshot, resumed rather than restarted, in bounded memory.
+    #[test]
+    fn a_snapshot_crosses_in_chunks_with_drops_duplicates_and_reorders() {
+        let l = Limits::default();
+        for seed in 0..20u64 {
+            let mut seed_state = seed;
+            let s = snap(300, 0);
+            let total = encode_snapshot(&s).len();
+            let n_chunks = total.div_ceil(CHUNK_LEN);
+            assert!(n_chunks > 3 * WINDOW, "{n_chunks} chunks");
+            let (mut tx, mut rx) = (SnapshotSender::default(), SnapshotReceiver::default());
+            let mut got = None;
+            let mut to_rx: Vec<Vec<u8>> = Vec::new();
+            let mut to_tx: Vec<Vec<u8>> = Vec::new();
+            let mut resends = 0;
+            for _round in 0..10_000 {
+                if to_rx.is_empty() && to_tx.is_empty() {
+                    if got.is_some() {
+                        break;
+                    }
+                    // The replica's re-send (its retransmission timer).
+                    resends += 1;
+                    to_rx.extend(tx.datagrams(env_with(s.clone(), 2)));
+                }
+                // Deliver one datagram picked at random (reorders), maybe dropped or doubled.
+                let toward_rx = !to_rx.is_empty() && (to_tx.is_empty() || rnd(&mut seed_state) % 2 == 0);
+                let q = if toward_rx { &mut to_rx } else { &mut to_tx };
+                let i = (rnd(&mut seed_state) as usize) % q.len();
+                let b = if rnd(&mut seed_state) % 10 == 0 { q[i].clone() } else { q.swap_remove(i) };
+                if rnd(&mut seed_state) % 5 == 0 {
+                    continue;
+                }
+                match decode(&b) {
+                    Ok(Wire::SnapChunk(c)) => {
+                        let (ack, env) = rx.on_chunk(c, 3, &l);
+                        assert!(rx.buffered() <= SNAPSHOT_MAX);
+                        if let Some(e) = env {
+                            assert!(got.is_none(), "seed {seed}: handed over twice");
+                            got = Some(e);
+                        }
+                        to_tx.extend(ack.map(|a| encode(&Wire::SnapAck(a))));
+                    }
+                    Ok(Wire::SnapAck(a)) => to_rx.extend(tx.on_ack(&a)),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let e = got.unwrap_or_else(|| panic!("seed {seed}: not assembled after {resends} re-sends"));
+            assert_eq!(e.snapshot.as_ref(), Some(&s), "seed {seed}");
+            assert_eq!(e.message.from().get(), 1);
+            // Resumed, not restarted: far fewer chunks than a full send per re-send.
+            assert!(tx.chunks_sent < (resends as u64 + 2) * n_chunks as u64 / 2 + 4 * WINDOW as u64, "seed {seed}: {} chunks for {n_chunks} over {resends} re-sends", tx.chunks_sent);
+            assert_eq!((rx.refused, rx.assembled, rx.buffered()), (0, 1, 0));
+        }
+    }
+
+    /// Feed a whole byte string as one transfer's chunks, `digest` as announced.
+    fn feed(rx: &mut SnapshotReceiver, bytes: &[u8], digest: [u8; 32], last: LogPosition, l: &Limits) -> Option<Envelope> {
+        let head = SnapHead { from: 1, to: 2, term: 4, commit_index: last.index.get(), applied: 0, last, total: bytes.len() as u32, digest };
+        let mut out = None;
+        for (i, d) in bytes.chunks(CHUNK_LEN).enumerate() {
+            let off = i * CHUNK_LEN;
+            let c = SnapChunk { head, offset: off as u32, done: off + d.len() == bytes.len(), data: d.to_vec() };
+            let c = match decode(&encode(&Wire::SnapChunk(c))) {
+                Ok(Wire::SnapChunk(c)) => c,
+                other => panic!("{other:?}"),
+            };
+            out = rx.on_chunk(c, 4, l).1.or(out);
+        }
+        out
+    }
+
+    #[test]
+    fn corrupted_truncated_and_oversized_snapshots_are_refused() {
+        let l = Limits::default();
+        let s = snap(40, 0);
+        let good = encode_snapshot(&s);
+        let digest: [u8; 32] = Sha256::digest(&good).into();
+        // Sanity: the good one goes through.
+        assert!(feed(&mut SnapshotReceiver::default(), &good, digest, s.position, &l).is_some());
+        // A flipped byte under the good digest.
+        let mut rx = SnapshotReceiver::default();
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 0x10;
+        assert!(feed(&mut rx, &bad, digest, s.position, &l).is_none());
+        assert_eq!(rx.refused, 1);
+        // Truncated: a prefix announced as the whole, with its own digest (decode refuses).
+        let cut = &good[..good.len() - 7];
+        let mut rx = SnapshotReceiver::default();
+        assert!(feed(&mut rx, cut, Sha256::digest(cut).into(), s.position, &l).is_none());
+        assert_eq!(rx.refused, 1);
+        // Bytes that decode but name another position than the header's.
+        let mut rx = SnapshotReceiver::default();
+        let other = LogPosition { term: Term::new(3), index: LogIndex::new(7) };
+        assert!(feed(&mut rx, &good, digest, other, &l).is_none());
+        assert_eq!(rx.refused, 1);
+        // A state past the follower's limits.
+        let mut rx = SnapshotReceiver::default();
+        assert!(feed(&mut rx, &good, digest, s.position, &Limits { workloads: 10, ..l }).is_none());
+        assert_eq!(rx.refused, 1);
+        // Oversized: the leader does not send it, and a chunk announcing it does not decode.
+        let mut tx = SnapshotSender::default();
+        let huge = snap(400, 3000);
+        assert!(encode_snapshot(&huge).len() > SNAPSHOT_MAX);
+        assert!(tx.datagrams(env_with(huge, 2)).is_empty());
+        assert_eq!((tx.too_large, tx.in_progress()), (1, 0));
+    }
+
+    #[test]
+    fn stale_older_and_duplicate_chunks_are_ignored_and_newer_ones_replace() {
+        let l = Limits::default();
+        let s = snap(40, 0);
+        let bytes = encode_snapshot(&s);
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let chunk = |term: u64, index: u64, i: usize| {
+            let last = LogPosition { term: Term::new(3), index: LogIndex::new(index) };
+            let total = bytes.len();
+            let off = i * CHUNK_LEN;
+            let d = &bytes[off..(off + CHUNK_LEN).min(total)];
+            SnapChunk { head: SnapHead { from: 1, to: 2, term, commit_index: index, applied: 0, last, total: total as u32, digest }, offset: off as u32, done: off + d.len() == total, data: d.to_vec() }
+        };
+        let p = s.position.index.get();
+        let mut rx = SnapshotReceiver::default();
+        // A chunk of a term older than the follower's own: no answer, nothing kept.
+        assert_eq!(rx.on_chunk(chunk(4, p, 0), 5, &l), (None, None));
+        assert_eq!(rx.buffered(), 0);
+        // Chunk 1 before chunk 0 (out of order): kept, the ack still says 0.
+        assert_eq!(rx.on_chunk(chunk(4, p, 1), 4, &l).0.map(|a| a.next), Some(0));
+        assert_eq!(rx.on_chunk(chunk(4, p, 1), 4, &l).0.map(|a| a.next), Some(0));
+        assert_eq!(rx.on_chunk(chunk(4, p, 0), 4, &l).0.map(|a| a.next), Some(2 * CHUNK_LEN as u32));
+        // An older term, or an earlier snapshot of the same term: ignored, the assembly stays.
+        assert_eq!(rx.on_chunk(chunk(3, p, 2), 3, &l), (None, None));
+        assert_eq!(rx.on_chunk(chunk(4, p - 1, 2), 4, &l), (None, None));
+        assert_eq!(rx.on_chunk(chunk(4, p, 2), 4, &l).0.map(|a| a.next), Some(3 * CHUNK_LEN as u32));
+        // A newer term replaces it: back to zero.
+        assert_eq!(rx.on_chunk(chunk(6, p, 1), 4, &l).0.map(|a| a.next), Some(0));
+        let n = bytes.len().div_ceil(CHUNK_LEN);
+        let mut handed = 0;
+        for i in 0..n {
+            handed += rx.on_chunk(chunk(6, p, i), 4, &l).1.is_some() as u32;
+        }
+        assert_eq!((handed, rx.assembled, rx.buffered()), (1, 1, 0));
+        // Late duplicates of the finished transfer: acknowledged whole, not assembled again.
+        let (ack, env) = rx.on_chunk(chunk(6, p, 0), 4, &l);
+        assert_eq!((ack.map(|a| a.next), env.is_none()), (Some(bytes.len() as u32), true));
+        assert_eq!(rx.buffered(), 0);
+    }
+
+    /// Hostile chunk datagrams: no panic, and the assembler's memory stays bounded.
+    #[test]
+    fn hostile_chunks_never_panic_and_memory_stays_bounded() {
+        let l = Limits::default();
+        let mut seed = 0x51a9_u64;
+        let mut tx = SnapshotSender::default();
+        let base = tx.datagrams(env_with(snap(30, 0), 2));
+        let mut rx = SnapshotReceiver::default();
+        let mut ok = 0;
+        for i in 0..20_000 {
+            let mut b = base[i % base.len()].clone();
+            for _ in 0..1 + rnd(&mut seed) % 3 {
+                let at = (rnd(&mut seed) as usize) % b.len();
+                b[at] ^= 1 << (rnd(&mut seed) % 8);
+            }
+            if rnd(&mut seed) % 4 == 0 {
+                b.truncate((rnd(&mut seed) as usize) % b.len());
+            }
+            if let Ok(Wire::SnapChunk(c)) = decode(&b) {
+                ok += 1;
+                let _ = rx.on_chunk(c, 0, &l);
+                assert!(rx.buffered() <= SNAPSHOT_MAX);
+            }
+        }
+        assert!(ok > 100, "{ok} decoded");
+    }
+}
