@@ -10,13 +10,16 @@ fn main() {
     let first = args.get(1).copied().unwrap_or(0);
     let start = Instant::now();
     let mut failed = Vec::new();
-    let (mut taken, mut installed, mut diskless) = (0, 0, 0);
+    let (mut taken, mut installed, mut diskless, mut chunks, mut assembled, mut largest) = (0, 0, 0, 0, 0, 0);
     for seed in first..first + seeds {
         match raft_chaos(seed) {
             Ok(st) => {
                 taken += st.snapshots_taken;
                 installed += st.snapshots_installed;
                 diskless += st.diskless_restarts;
+                chunks += st.chunks_delivered;
+                assembled += st.snapshots_assembled;
+                largest = largest.max(st.largest_snapshot);
             }
             Err(e) => {
                 println!("FAILED {e}");
@@ -25,7 +28,7 @@ fn main() {
         }
     }
     println!(
-        "desired state: {} of {seeds} seeds held every invariant ({} failed: {failed:?}); {taken} snapshots taken, {installed} installed by lagging followers, {diskless} restarts without storage rejoined as new members; {:.1} s",
+        "desired state: {} of {seeds} seeds held every invariant ({} failed: {failed:?}); {taken} snapshots taken, {installed} installed by lagging followers, {diskless} restarts without storage rejoined as new members; {assembled} snapshots assembled from {chunks} chunks over the codec (largest {largest} bytes); {:.1} s",
         seeds - failed.len() as u64,
         failed.len(),
         start.elapsed().as_secs_f64()

@@ -103,6 +103,8 @@ pub struct RaftSim {
     /// (over the whole run).
     pub chunks_delivered: u64,
     pub snapshots_assembled: u64,
+    /// The longest snapshot assembled (bytes).
+    pub largest_snapshot: usize,
 }
 
 /// The node (slot) a Raft id belongs to.
@@ -161,6 +163,7 @@ impl RaftSim {
             snapshots_gone: (0, 0),
             chunks_delivered: 0,
             snapshots_assembled: 0,
+            largest_snapshot: 0,
         };
         sim.flush_all();
         sim
@@ -326,8 +329,12 @@ impl RaftSim {
     /// The chaos runs' `w{k}`: every fourth not in zone `z{k % 3}`, every fourth (another)
     /// only in it (with two replicas and three nodes, unplaceable). Fixed by the name, so that
     /// a workload put again has the constraints it had.
+    /// Each carries 1,000 bytes of environment, so that the snapshots of a run span more chunks
+    /// than one window ([`crate::snapshot::WINDOW`]) and their transfers resume on
+    /// acknowledgements.
     pub fn chaos_workload(k: u32, replicas: u32) -> WorkloadSpec {
         let mut w = Self::workload(&format!("w{k}"), replicas, 64);
+        w.env.push((String::from("PAD"), "p".repeat(1000)));
         let zone = (String::from("zone"), format!("z{}", k % 3));
         match k % 4 {
             1 => w.constraints.push(Constraint::LabelNotEquals { key: zone.0, value: zone.1 }),
@@ -435,6 +442,8 @@ impl RaftSim {
                 let (ack, env) = s.rx.on_chunk(c, r.term(), &limits);
                 if let Some(env) = env {
                     self.snapshots_assembled += 1;
+                    let len = env.snapshot.as_ref().map_or(0, |s| crate::snapshot::encode_snapshot(s).len());
+                    self.largest_snapshot = self.largest_snapshot.max(len);
                     r.handle(now, env);
                     self.delivered += 1;
                 }
@@ -809,6 +818,7 @@ pub struct ChaosStats {
     /// Snapshot chunks delivered, and snapshots assembled from them.
     pub chunks_delivered: u64,
     pub snapshots_assembled: u64,
+    pub largest_snapshot: usize,
     /// Restarts without storage (each came back as a new Raft member; the run converged, so
     /// each also became a voter again).
     pub diskless_restarts: u64,
@@ -827,5 +837,5 @@ pub fn raft_chaos(seed: u64) -> Result<ChaosStats, String> {
             return Err(format!("seed {seed}: node {s} (id {}) is not a voter at the end: {voters:?}", sim.raft_id(s)));
         }
     }
-    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, diskless_restarts: sim.diskless_restarts() })
+    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts() })
 }

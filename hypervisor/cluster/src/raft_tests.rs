@@ -269,13 +269,16 @@ fn a_drained_live_hosts_singleton_moves_without_waiting_for_its_lease() {
 
 /// Log compaction: with a snapshot every 8 entries the log stays short and the commands of
 /// compacted entries are dropped; a node that was down while the log moved past it catches up
-/// by installing the leader's snapshot, and everyone converges.
+/// by installing the leader's snapshot, which crosses the lossy network in chunks (the
+/// simulator sends every message over the codec), and everyone converges.
 #[test]
 fn compaction_keeps_the_log_short_and_a_lagging_node_installs_the_snapshot() {
     use crate::replica::ReplicaConfig;
     for seed in 0..5 {
         let cfg = ReplicaConfig { snapshot_every: 8, ..ReplicaConfig::default() };
-        let mut sim = RaftSim::with_config(3, 500 + seed, NetConfig::default(), 64, 65536, cfg);
+        // Lossier than the default: 5% of datagrams dropped, 2% duplicated.
+        let net = NetConfig { drop_per_mille: 50, dup_per_mille: 20, ..NetConfig::default() };
+        let mut sim = RaftSim::with_config(3, 500 + seed, net, 64, 65536, cfg);
         sim.run_until(secs(3));
         assert!(sim.admit_all());
         sim.run_until(secs(5));
@@ -283,7 +286,10 @@ fn compaction_keeps_the_log_short_and_a_lagging_node_installs_the_snapshot() {
         let behind = (leader + 1) % 3;
         sim.crash(behind);
         for i in 0..40 {
-            assert!(sim.propose(Command::PutWorkload(RaftSim::workload(&format!("w{i}"), 1, 64))), "seed {}", 500 + seed);
+            // 1 kB of environment each: the snapshot is some 40 chunks, more than a window.
+            let mut w = RaftSim::workload(&format!("w{i}"), 1, 64);
+            w.env.push(("PAD".into(), "p".repeat(1000)));
+            assert!(sim.propose(Command::PutWorkload(w)), "seed {}", 500 + seed);
             sim.run_until(sim.now + Duration::from_millis(50));
         }
         sim.run_until(sim.now + secs(5));
@@ -297,6 +303,8 @@ fn compaction_keeps_the_log_short_and_a_lagging_node_installs_the_snapshot() {
         sim.run_until(sim.now + secs(5));
         let b = sim.replica(behind).unwrap();
         assert!(b.snapshots_installed() >= 1, "seed {}: the lagging node installed no snapshot", 500 + seed);
+        // Over the wire: in chunks, and the transfer moved past its first window.
+        assert!(sim.snapshots_assembled >= 1 && sim.chunks_delivered > 2 * crate::snapshot::WINDOW as u64, "seed {}: {} chunks, {} assembled", 500 + seed, sim.chunks_delivered, sim.snapshots_assembled);
         assert_eq!(b.state().workloads.len(), 40, "seed {}", 500 + seed);
         assert!(sim.violations.is_empty(), "seed {}: {:?}", 500 + seed, sim.violations);
         sim.converged().unwrap_or_else(|e| panic!("seed {}: {e}", 500 + seed));
@@ -306,13 +314,20 @@ fn compaction_keeps_the_log_short_and_a_lagging_node_installs_the_snapshot() {
 /// The chaos schedules compact (every 4–32 entries) and lagging followers install snapshots.
 #[test]
 fn chaos_schedules_take_and_install_snapshots() {
-    let (mut taken, mut installed) = (0, 0);
+    let (mut taken, mut installed, mut chunks, mut assembled, mut largest) = (0, 0, 0, 0, 0);
     for seed in 0..20 {
         let st = crate::raft_sim::raft_chaos(seed).unwrap();
         taken += st.snapshots_taken;
         installed += st.snapshots_installed;
+        chunks += st.chunks_delivered;
+        assembled += st.snapshots_assembled;
+        largest = largest.max(st.largest_snapshot);
     }
     assert!(taken > 100 && installed > 10, "{taken} snapshots taken, {installed} installed");
+    // Installed only from chunks that crossed the codec.
+    // (Installed from chunks only, several per snapshot, some past one window.)
+    let window = crate::snapshot::WINDOW * crate::snapshot::CHUNK_LEN;
+    assert!(assembled >= installed && chunks > 3 * assembled && largest > window, "{chunks} chunks, {assembled} assembled, {installed} installed, largest {largest} bytes");
 }
 
 /// A node restarted without its storage (diskless) comes back as a new Raft member: the leader
