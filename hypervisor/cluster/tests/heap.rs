@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use catenary_cluster::desired::{Command, RestartPolicy, WorkloadSpec};
 use catenary_cluster::identity::NodeKey;
-use catenary_cluster::orch::{NODE_LOG_BYTES, NODE_WRITE_BUDGET};
+use catenary_cluster::orch::{NODE_LOG_BYTES, NODE_SNAPSHOT_EVERY, NODE_WRITE_BUDGET};
+use catenary_cluster::snapshot::{encode_snapshot, SNAPSHOT_MAX};
 use catenary_cluster::placement::Constraint;
 use catenary_cluster::replica::{ProposeError, Replica, ReplicaConfig};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -87,4 +88,42 @@ fn log_entries_heap_is_measured_and_bounded_by_bytes() {
     assert!(small.log_bytes() <= NODE_LOG_BYTES);
     assert!(held < 3 << 20, "the full log holds {held} bytes of a 4 MiB heap");
     assert!(taken > 1_000, "only {taken} entries fit");
+
+    // With compaction as on nodes the log no longer only grows: 20,000 puts replacing 100
+    // workloads are all taken, and the log keeps at most one snapshot interval.
+    let node_cfg = || ReplicaConfig { max_log_bytes: NODE_LOG_BYTES, snapshot_every: NODE_SNAPSHOT_EVERY, ..ReplicaConfig::default() };
+    let mut compacting = leader(node_cfg());
+    for i in 0..20_000 {
+        compacting.propose(Duration::from_secs(10), realistic(i)).expect("compaction keeps room");
+    }
+    let log = compacting.log();
+    let kept = log.last_position().index.get() - log.snapshot_position().index.get();
+    println!("compaction every {NODE_SNAPSHOT_EVERY}: 20000 puts taken, {kept} entries after the snapshot, log estimate {} bytes", compacting.log_bytes());
+    assert!(kept <= NODE_SNAPSHOT_EVERY, "{kept} entries kept");
+    // What the write budget now bounds is the live state: distinct workloads until an
+    // operator's write is refused (orch::Orch::has_room), and that state's snapshot.
+    let mut full = leader(node_cfg());
+    let distinct = |i: u32| match realistic(i) {
+        Command::PutWorkload(mut w) => {
+            w.name = format!("web-{i}");
+            Command::PutWorkload(w)
+        }
+        c => c,
+    };
+    let region = Region::new(GLOBAL);
+    let mut n = 0u32;
+    while full.log_bytes() + full.state().heap_bytes() + distinct(n).heap_bytes() <= NODE_WRITE_BUDGET {
+        full.propose(Duration::from_secs(10), distinct(n)).expect("room");
+        n += 1;
+    }
+    let held = region.change();
+    let snap = full.storage().snapshot.clone().expect("compacted");
+    let snap_len = encode_snapshot(&snap).len();
+    println!(
+        "write budget {NODE_WRITE_BUDGET}: {n} distinct realistic workloads, then desired_state_full; heap held {} bytes; last snapshot ({} workloads) {snap_len} bytes encoded",
+        held.bytes_allocated as i64 - held.bytes_deallocated as i64,
+        snap.state.workloads.len()
+    );
+    assert!(n > 500, "only {n} workloads fit");
+    assert!(snap_len < SNAPSHOT_MAX / 2, "a snapshot of {snap_len} bytes");
 }

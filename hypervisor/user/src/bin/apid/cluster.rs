@@ -24,7 +24,7 @@ pub fn propose(buf: &Pages, orchd: u64, c: catenary_cluster::desired::Command) -
         return Err(ApiError::bad_request("the workload is too large for the cluster's log"));
     }
     buf.write(0, &bytes);
-    let full = || ApiError::new(503, "desired_state_full", "the cluster's desired state has no room for this write (its log is bounded by the nodes' memory until compaction over the fabric exists; docs/orchestration.md, Bounds)");
+    let full = || ApiError::new(503, "desired_state_full", "the cluster's desired state has no room for this write (it is bounded by the nodes' memory; remove workloads to make room; docs/orchestration.md, Bounds)");
     let ticket = match call_grant(orchd, LABEL_WRITE, bytes.len() as u64, 0, buf, bytes.len() as u64, false) {
         Ok(m) if m.label == IPC_OK => m.words[0],
         Ok(m) if m.label == IPC_FULL => return Err(full()),
