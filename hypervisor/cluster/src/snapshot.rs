@@ -482,6 +482,10 @@ impl SnapshotReceiver {
         if self.done.as_ref().is_some_and(|d| same(d, &h)) {
             return (ack(h.total), None);
         }
+        // A late chunk of a snapshot older than the one installed last: not assembled again.
+        if self.done.as_ref().is_some_and(|d| h.term < d.term || (h.term == d.term && h.last.index <= d.last.index)) {
+            return (None, None);
+        }
         let fresh = match &self.asm {
             Some(a) if same(&a.head, &h) => false,
             // Only a newer term, or a later snapshot of the same term, replaces an assembly.
@@ -861,6 +865,10 @@ mod tests {
         // Late duplicates of the finished transfer: acknowledged whole, not assembled again.
         let (ack, env) = rx.on_chunk(chunk(6, p, 0), 4, &l);
         assert_eq!((ack.map(|a| a.next), env.is_none()), (Some(bytes.len() as u32), true));
+        assert_eq!(rx.buffered(), 0);
+        // A late chunk of an earlier snapshot (or term) than the one finished: ignored.
+        assert_eq!(rx.on_chunk(chunk(6, p - 1, 0), 4, &l), (None, None));
+        assert_eq!(rx.on_chunk(chunk(5, p + 1, 0), 4, &l), (None, None));
         assert_eq!(rx.buffered(), 0);
     }
 

@@ -526,6 +526,8 @@ struct Shown {
     undecodable: u64,
     nodes: usize,
     joins: u64,
+    /// Snapshots over the fabric: assembled and refused here, transfers completed from here.
+    snapshots: (u64, u64, u64),
     running: Vec<String>,
     /// Replicas assigned here whose image the store lacks (workd name → image, since when).
     waiting: BTreeMap<String, (Digest, u64)>,
@@ -567,6 +569,22 @@ impl Shown {
         if c.joins_proposed != self.joins {
             self.joins = c.joins_proposed;
             log("orchd: a restarted member asked to rejoin: proposed replacing its old raft id");
+        }
+        let snaps = (orch.snap_in.assembled, orch.snap_in.refused, orch.snap_out.completed);
+        if snaps != self.snapshots {
+            if snaps.0 != self.snapshots.0 {
+                // Installed by the replica only if it is ahead of what this node committed.
+                let r = orch.replica();
+                let at = r.and_then(|r| r.storage().snapshot.as_ref()).map_or(0, |s| s.position.index.get());
+                logf!("orchd: snapshot received in chunks; installed here: {} (latest at log index {}, {} workloads)", r.map_or(0, |r| r.snapshots_installed()), at, orch.state().map_or(0, |s| s.workloads.len()));
+            }
+            if snaps.1 != self.snapshots.1 {
+                logf!("orchd: a snapshot received was refused ({} so far)", snaps.1);
+            }
+            if snaps.2 != self.snapshots.2 {
+                logf!("orchd: a follower acknowledged this node's snapshot whole ({} so far)", snaps.2);
+            }
+            self.snapshots = snaps;
         }
         if c.misaddressed != self.misaddressed || c.undecodable != self.undecodable {
             self.misaddressed = c.misaddressed;
