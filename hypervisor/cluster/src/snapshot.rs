@@ -19,7 +19,13 @@
 //! u32 n, n × (key[32], u8 role 1 admin | 2 viewer)       operators, keys strictly increasing
 //! u32 n, n × (str workload, u32 replica, key[32] node)   assignments, (workload, replica) strictly increasing
 //! u32 n, n × (str workload, u32 replica, key[32] host, u64 at)  releases, likewise
+//! u32 n, n × (key[32], u16 m, m × (str label, u8 0 removed | 1 set, [str value]))
+//!                                                        label changes per node, node keys and
+//!                                                        label keys strictly increasing
 //! ```
+//!
+//! The encoder names every field of [`DesiredState`] (a destructuring), so a field added to
+//! the state does not compile until the snapshot carries it.
 //!
 //! Decoding refuses a count past its bound or past what the bytes left could hold (before
 //! allocating), keys out of order or repeated, trailing bytes, and a state outside the
@@ -50,13 +56,14 @@
 //! AppendEntries call (which installs it atomically: state, applied index and log at once). A
 //! snapshot that fails either check is dropped whole and counted ([`SnapshotReceiver::refused`]).
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
 use raftbare::{ClusterConfig, LogEntries, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, NodeId, Term};
 use sha2::{Digest, Sha256};
 
-use crate::desired::{DesiredState, Limits, Release, Role};
+use crate::desired::{DesiredState, Limits, Release, Role, NODE_LABELS_MAX};
 use crate::raft_codec::{encode, encode_within, Wire, WireError, DATAGRAM_MAX, NUMBER_MAX, R, W};
 use crate::replica::{Envelope, ReplicaId, Snapshot};
 
@@ -122,38 +129,54 @@ pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
     w.ids(&s.config.voters);
     w.ids(&s.config.new_voters);
     w.ids(&s.config.non_voters);
-    let st = &s.state;
-    w.u64(st.applied);
-    w.u32(st.workloads.len() as u32);
-    for spec in st.workloads.values() {
+    // Every field, by name: a new one must be added here (and to the decoder).
+    let DesiredState { workloads, nodes, node_order, drained, operators, assignments, releases, labels, applied } = &s.state;
+    w.u64(*applied);
+    w.u32(workloads.len() as u32);
+    for spec in workloads.values() {
         w.spec(spec);
     }
-    for keys in [&st.nodes.iter().collect::<Vec<_>>(), &st.node_order.iter().collect(), &st.drained.iter().collect()] {
+    for keys in [&nodes.iter().collect::<Vec<_>>(), &node_order.iter().collect(), &drained.iter().collect()] {
         w.u32(keys.len() as u32);
         for k in keys {
             w.bytes(&k.0);
         }
     }
-    w.u32(st.operators.len() as u32);
-    for (k, role) in &st.operators {
+    w.u32(operators.len() as u32);
+    for (k, role) in operators {
         w.bytes(&k.0);
         w.u8(match role {
             Role::Admin => 1,
             Role::Viewer => 2,
         });
     }
-    w.u32(st.assignments.len() as u32);
-    for ((name, replica), node) in &st.assignments {
+    w.u32(assignments.len() as u32);
+    for ((name, replica), node) in assignments {
         w.str(name);
         w.u32(*replica);
         w.bytes(&node.0);
     }
-    w.u32(st.releases.len() as u32);
-    for ((name, replica), r) in &st.releases {
+    w.u32(releases.len() as u32);
+    for ((name, replica), r) in releases {
         w.str(name);
         w.u32(*replica);
         w.bytes(&r.host.0);
         w.u64(r.at);
+    }
+    w.u32(labels.len() as u32);
+    for (node, changes) in labels {
+        w.bytes(&node.0);
+        w.u16(changes.len() as u16);
+        for (k, v) in changes {
+            w.str(k);
+            match v {
+                None => w.u8(0),
+                Some(v) => {
+                    w.u8(1);
+                    w.str(v);
+                }
+            }
+        }
     }
     w.0
 }
@@ -242,6 +265,26 @@ pub fn decode_snapshot(bytes: &[u8], limits: &Limits) -> Result<Snapshot, WireEr
             return Err(WireError::OutOfRange);
         }
         st.releases.insert(key, Release { host, at });
+    }
+    for _ in 0..count32(&mut r, limits.nodes, 34)? {
+        let node = r.key()?;
+        if st.labels.last_key_value().is_some_and(|(l, _)| *l >= node) {
+            return Err(WireError::OutOfRange);
+        }
+        let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for _ in 0..r.count(NODE_LABELS_MAX, 3)? {
+            let k = r.str()?;
+            let v = match r.u8()? {
+                0 => None,
+                1 => Some(r.str()?),
+                t => return Err(WireError::BadTag(t)),
+            };
+            if changes.last_key_value().is_some_and(|(l, _)| *l >= k) {
+                return Err(WireError::OutOfRange);
+            }
+            changes.insert(k, v);
+        }
+        st.labels.insert(node, changes);
     }
     if !r.b.is_empty() {
         return Err(WireError::Trailing);
@@ -605,6 +648,8 @@ mod tests {
             s.apply(&Command::Unassign { workload: "web-0".to_string(), replica: 0 }, &l).unwrap();
         }
         s.apply(&Command::Drain(keys[2]), &l).unwrap();
+        s.apply(&Command::SetLabels { node: keys[1], changes: vec![("zone".to_string(), Some("b".to_string())), ("disk".to_string(), None)] }, &l).unwrap();
+        s.apply(&Command::SetLabels { node: keys[0], changes: vec![("gpu".to_string(), Some(String::new()))] }, &l).unwrap();
         s
     }
 
