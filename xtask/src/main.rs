@@ -22,6 +22,7 @@ mod nat64bench;
 mod nat64test;
 mod netboot;
 mod leavetest;
+mod snapshottest;
 mod nixcheck;
 mod pushtest;
 mod preflight;

@@ -1,0 +1,99 @@
+//! `cluster_snapshot_catchup` (issue 13, docs/orchestration.md "Snapshots over the fabric"):
+//! three QEMU nodes; a follower is killed while the operator commits more writes than
+//! `orchd`'s compaction interval (256 entries), so the leader's log no longer reaches back to
+//! what the follower had. The follower restarts without storage (a new Raft member with an
+//! empty log) and must catch up through the leader's snapshot, sent in chunks over the fabric:
+//! its console says it received and installed one holding every workload, the leader's says
+//! the follower acknowledged it whole, and no snapshot was refused.
+//!
+//! The writes are workloads no node can take (`--constraint gpu=yes`): each is one log entry,
+//! and nothing starts, so the run stays light on TCG nodes.
+
+use crate::apitest::Checks;
+use crate::test::Tally;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// More than `catenary_cluster::orch::NODE_SNAPSHOT_EVERY` (256) entries.
+const WRITES: usize = 300;
+/// CLI processes writing at once.
+const WRITERS: usize = 6;
+
+pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "cluster_snapshot_catchup";
+    if let Some(why) = crate::orchtest::missing() {
+        t.skip(name, &why);
+        return Ok(());
+    }
+    let tag = "cluster-snapshot-catchup";
+    let (mut r, nodes, admin_cfg, image) = match crate::orchtest::boot(kernel, tag) {
+        Ok(b) => b,
+        Err(e) => {
+            t.record(name, false, &format!("({e})"));
+            return Ok(());
+        }
+    };
+    let mut c = Checks(Vec::new());
+    let res = (|| -> Result<(), String> {
+        let formed = crate::orchtest::formed(&mut r);
+        c.check("three nodes: a leader, the three members admitted", formed, "");
+        if !formed {
+            return Err("no cluster".into());
+        }
+        let a = crate::orchtest::workstation(&r, &nodes, &admin_cfg)?;
+        let leads = |l: &[String]| l.iter().rev().find(|x| x.contains("orchd: leader is") || x.contains("orchd: no leader known")).is_some_and(|x| x.contains("(this node)"));
+        let leader = (0..3).find(|i| leads(&r.lines[*i])).ok_or("no node says it leads")?;
+        let victim = (leader + 1) % 3;
+        r.kill(victim);
+        println!("  killed {} (the leader is {})", nodes[victim].name, nodes[leader].name);
+        let img = image.to_str().unwrap();
+        let done = AtomicUsize::new(0);
+        let failed = std::sync::Mutex::new(Vec::new());
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for w in 0..WRITERS {
+                let (a, done, failed, node) = (&a, &done, &failed, &nodes[leader]);
+                s.spawn(move || {
+                    for i in (w..WRITES).step_by(WRITERS) {
+                        let wname = format!("pad{i}");
+                        let (st, out, err) = a.cli(node, &["run", "--replicas", "1", "--constraint", "gpu=yes", "--name", &wname, "--mem", "64", img, "hello"]);
+                        if st == 0 && out.contains("(cluster)") {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.lock().unwrap().push(format!("{wname}: exit {st}: {} {}", out.trim(), err.trim()));
+                        }
+                    }
+                });
+            }
+        });
+        let done = done.into_inner();
+        let failed = failed.into_inner().unwrap();
+        c.check(&format!("{WRITES} writes committed while {} is down", nodes[victim].name), done == WRITES, &format!("{done} in {:.0} s; {:?}", t0.elapsed().as_secs_f64(), failed.first()));
+        // restart it without storage: a new member with an empty log, behind the snapshot
+        let at = r.restart(victim)?;
+        let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        let restarted = Instant::now();
+        let got = r.wait(Duration::from_secs(400), false, |l| l[victim][at..].iter().any(|x| x.contains("orchd: snapshot received in chunks; installed here: 1")));
+        let line = r.lines[victim][at..].iter().find(|x| x.contains("orchd: snapshot received in chunks")).cloned().unwrap_or_default();
+        c.check("the restarted node received the leader's snapshot in chunks over the fabric and installed it", got, &format!("after {:.0} s: {line}", restarted.elapsed().as_secs_f64()));
+        // "… (latest at log index N, W workloads)"
+        let workloads: usize = line.rsplit(", ").next().and_then(|x| x.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        c.check(&format!("the installed snapshot holds all {WRITES} workloads"), workloads >= WRITES, &line);
+        let acked = r.wait(Duration::from_secs(60), false, |l| (0..3).any(|i| i != victim && l[i][mark[i]..].iter().any(|x| x.contains("orchd: a follower acknowledged this node's snapshot whole"))));
+        c.check("the leader saw the snapshot acknowledged whole", acked, "");
+        let refused = r.lines.iter().flatten().any(|x| x.contains("orchd: a snapshot received was refused"));
+        c.check("no snapshot was refused", !refused, "");
+        Ok(())
+    })();
+    let log = r.save_logs(tag);
+    if let Err(e) = &res {
+        println!("  ({e}; log {})", log.display());
+    }
+    c.check("the run went to its end", res.is_ok(), res.as_ref().err().map(String::as_str).unwrap_or(""));
+    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
+    c.check("no panic on any node", !panics, "");
+    drop(r);
+    t.record(name, c.all(), &format!("(log {})", log.display()));
+    Ok(())
+}
