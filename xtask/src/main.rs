@@ -23,6 +23,7 @@ mod nat64test;
 mod netboot;
 mod leavetest;
 mod snapshottest;
+mod removetest;
 mod nixcheck;
 mod pushtest;
 mod preflight;

@@ -1,0 +1,147 @@
+//! `cluster_node_remove` (issue 13, docs/orchestration.md "Removal" and "Labels at run time"):
+//! three QEMU nodes. First the labels: `catenary node label node3 tier=gold` shows in `catenary
+//! --json nodes`, a `--constraint tier=gold` workload runs on node3 only, and after relabelling
+//! (node3 `tier-`, node2 `tier=gold`) it runs on node2 only. Then the removal: `web` ×2 and `db`
+//! ×1 run; the operator asks node1 `catenary node remove NODE` for another node that runs a
+//! replica. Every other node must act on the committed removal from its own state: its `orchd`
+//! hands the key to `netd` (which drops the fabric peer) and its `memberd` revokes it; the
+//! replicas run on the two others, never on two nodes at once; `nodes` shows it `removed`; for
+//! 20 s more no survivor shows it alive again (it keeps running and announcing itself).
+
+use crate::apitest::Checks;
+use crate::orchtest::{lists, placed, runners};
+use crate::test::Tally;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "cluster_node_remove";
+    if let Some(why) = crate::orchtest::missing() {
+        t.skip(name, &why);
+        return Ok(());
+    }
+    let tag = "cluster-node-remove";
+    let (mut r, nodes, admin_cfg, image) = match crate::orchtest::boot(kernel, tag) {
+        Ok(b) => b,
+        Err(e) => {
+            t.record(name, false, &format!("({e})"));
+            return Ok(());
+        }
+    };
+    let mut c = Checks(Vec::new());
+    let from = vec![0usize; 3];
+    let none = vec![false; 3];
+    let res = (|| -> Result<(), String> {
+        let formed = crate::orchtest::formed(&mut r);
+        c.check("three nodes: a leader, the three members admitted", formed, "");
+        if !formed {
+            return Err("no cluster".into());
+        }
+        let a = crate::orchtest::workstation(&r, &nodes, &admin_cfg)?;
+        let img = image.to_str().unwrap();
+
+        // Labels at run time.
+        let (st, out, err) = a.cli(&nodes[0], &["node", "label", "node3", "tier=gold"]);
+        c.check("`catenary node label node3 tier=gold` through node1 is committed", st == 0 && out.contains("node3 labelled: tier=gold"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let labels_of = |n: &str| {
+            let (_, out, _) = a.cli(&nodes[1], &["--json", "nodes"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+            v["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).map(|x| x["labels"].clone()).unwrap_or(serde_json::Value::Null)
+        };
+        let l3 = labels_of("node3");
+        c.check("`catenary --json nodes` via node2 shows node3's label tier=gold", l3["tier"] == "gold", &format!("{l3}"));
+        let (st, out, err) = a.cli(&nodes[0], &["run", "--constraint", "tier=gold", "--name", "gold", "--mem", "64", "--restart", "always", img, "hello", "gold"]);
+        c.check("`catenary run --constraint tier=gold --name gold` is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let only = |l: &[Vec<String>], i: usize| runners(&lists(l, &from, &none)).get("cl-gold-0").is_some_and(|v| v == &[i]) && lists(l, &from, &none)[i].get("cl-gold-0").is_some_and(|s| s == "running");
+        let on3 = r.wait(Duration::from_secs(300), false, |l| only(l, 2));
+        c.check("gold runs on node3 only", on3, &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
+        let (st1, _, e1) = a.cli(&nodes[0], &["node", "label", "node3", "tier-"]);
+        let (st2, _, e2) = a.cli(&nodes[0], &["node", "label", "node2", "tier=gold"]);
+        c.check("relabel: node3 tier- and node2 tier=gold committed", st1 == 0 && st2 == 0, &format!("{} {}", e1.trim(), e2.trim()));
+        let mut twice = Vec::new();
+        let on2 = r.wait(Duration::from_secs(300), false, |l| {
+            if let Some(v) = runners(&lists(l, &from, &none)).get("cl-gold-0").filter(|v| v.len() > 1) {
+                twice.push(format!("{v:?}"));
+            }
+            only(l, 1)
+        });
+        c.check("after the relabel gold moved to node2 (never on two nodes)", on2 && twice.is_empty(), &format!("{:?} {twice:?}", runners(&lists(&r.lines, &from, &none))));
+        let (l2, l3) = (labels_of("node2"), labels_of("node3"));
+        c.check("`nodes` shows node2 tier=gold and node3 without tier", l2["tier"] == "gold" && l3.get("tier").is_none(), &format!("{l2} {l3}"));
+        let (st, _, err) = a.cli(&nodes[0], &["rm", "gold"]);
+        c.check("`catenary rm gold`", st == 0, err.trim());
+
+        // Removal.
+        for (w, n) in [("web", "2"), ("db", "1")] {
+            let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", n, "--name", w, "--mem", "64", "--restart", "always", img, "hello", w]);
+            c.check(&format!("`catenary run --replicas {n} --name {w}` is committed"), st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        }
+        let ok = r.wait(Duration::from_secs(600), false, |l| placed(&lists(l, &from, &none)));
+        c.check("every replica runs once", ok, &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
+        if !ok {
+            return Err("not placed".into());
+        }
+        let l = lists(&r.lines, &from, &none);
+        let victim = (1..3).find(|i| !l[*i].is_empty()).ok_or("node2 and node3 run nothing")?;
+        let vname = nodes[victim].name.clone();
+        let lost: Vec<String> = l[victim].keys().cloned().collect();
+        let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+        let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        println!("  {vname} is removed (it runs {lost:?}); asked of node1");
+        let asked = Instant::now();
+        let (st, out, err) = a.cli(&nodes[0], &["node", "remove", &vname]);
+        c.check(&format!("`catenary node remove {vname}` through node1 is committed"), st == 0 && out.contains("removed"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let mut twice = Vec::new();
+        let mut acted: Vec<Option<Duration>> = vec![None; 3];
+        let mut moved = None;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline && (moved.is_none() || survivors.iter().any(|i| acted[*i].is_none())) {
+            r.wait(Duration::from_millis(100), false, |_| false);
+            for &i in &survivors {
+                let s = &r.lines[i][mark[i]..];
+                let fabric = s.iter().any(|x| x.contains("is removed in the desired state: the fabric dropped it")) && s.iter().any(|x| x.contains("removed by the cluster: no longer a fabric peer"));
+                if acted[i].is_none() && fabric && s.iter().any(|x| x.contains(&format!("memberd: removed {vname}"))) {
+                    acted[i] = Some(asked.elapsed());
+                }
+            }
+            let l = lists(&r.lines, &from, &none);
+            for (n, v) in runners(&l) {
+                if v.len() > 1 && !v.contains(&victim) {
+                    twice.push(format!("{n} on {v:?}"));
+                }
+            }
+            let l2: Vec<_> = l.iter().enumerate().map(|(i, m)| if i == victim { Default::default() } else { m.clone() }).collect();
+            if moved.is_none() && placed(&l2) {
+                moved = Some(asked.elapsed());
+            }
+        }
+        let fmt = |d: Option<Duration>| d.map(|d| format!("{} ms", d.as_millis())).unwrap_or("never".into());
+        println!("  timings from the CLI's start: {} acted (orchd, netd, memberd) {}, {} {}; every replica running on the two others {}", nodes[survivors[0]].name, fmt(acted[survivors[0]]), nodes[survivors[1]].name, fmt(acted[survivors[1]]), fmt(moved));
+        for &i in &survivors {
+            c.check(&format!("{}: orchd handed the removal to netd, netd dropped the peer, memberd revoked {vname}", nodes[i].name), acted[i].is_some(), "");
+        }
+        c.check(&format!("{vname}'s replicas run on the two others, every replica once"), moved.is_some(), &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
+        c.check("no replica ran on two of the survivors", twice.is_empty(), &format!("{twice:?}"));
+        let (_, out, _) = a.cli(&nodes[0], &["--json", "nodes"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+        let row = v["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == vname.as_str())).cloned().unwrap_or(serde_json::Value::Null);
+        c.check(&format!("`catenary --json nodes` via node1 shows {vname} removed"), row["state"] == "removed", &format!("{row}"));
+        r.wait(Duration::from_secs(20), false, |_| false);
+        let back: Vec<String> = survivors
+            .iter()
+            .flat_map(|&i| r.lines[i][mark[i]..].iter().filter(|x| x.contains(&format!("memberd: member {vname} alive")) || x.contains(&format!("memberd: admitted {vname}"))).map(move |x| format!("{}: {x}", i + 1)))
+            .collect();
+        c.check(&format!("no survivor shows {vname} alive or admitted again (20 s more)"), back.is_empty(), &format!("{back:?}"));
+        Ok(())
+    })();
+    let log = r.save_logs(tag);
+    if let Err(e) = &res {
+        println!("  ({e}; log {})", log.display());
+    }
+    c.check("the run went to its end", res.is_ok(), res.as_ref().err().map(String::as_str).unwrap_or(""));
+    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
+    c.check("no panic on any node", !panics, "");
+    drop(r);
+    t.record(name, c.all(), &format!("(log {})", log.display()));
+    Ok(())
+}
