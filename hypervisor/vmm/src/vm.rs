@@ -763,6 +763,13 @@ impl MicroVm {
                     return o;
                 }
                 if !cpu.interrupts_enabled() {
+                    // HLT with interrupts off ends the VM when vCPU 0 does it (Linux powers off
+                    // that way, on CPU 0, after stopping the others). An application processor
+                    // doing it has only stopped itself (Linux's `stop_this_cpu`): it waits for
+                    // an NMI or INIT, and the VM goes on.
+                    if self.cur != 0 {
+                        return Ok(Action::Halt);
+                    }
                     return Ok(Action::Stop(StopReason::PowerOff { code: None }));
                 }
                 self.poll(now_ns);

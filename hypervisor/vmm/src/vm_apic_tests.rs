@@ -234,3 +234,22 @@ fn an_nmi_waits_for_the_shadow_and_for_the_one_in_service() {
     vm.poll(1_000 + 3 * NMI_HOLD_NS);
     assert!(!is_nmi(vm.next_event(&cpu32())));
 }
+
+/// `cli; hlt` powers the VM off on vCPU 0 (Linux powers off that way) but only halts an
+/// application processor (Linux's `stop_this_cpu` while another CPU panics or powers off).
+#[test]
+fn cli_hlt_powers_off_on_vcpu0_only() {
+    let mut vm = apic_vm(2);
+    let mut mem = VecMemory::new(0x10_0000);
+    mem.write(CODE, &[0xf4]).unwrap();
+    let mut c = cpu32();
+    c.rflags = RFLAGS_FIXED;
+    vm.set_vcpu(1);
+    assert_eq!(vm.handle_exit(Exit::Hlt, &mut c, &mut mem, 0), Ok(Action::Halt));
+    assert_eq!(c.rip, CODE + 1);
+    assert_eq!(vm.stop_reason(), None);
+    let mut c = cpu32();
+    c.rflags = RFLAGS_FIXED;
+    vm.set_vcpu(0);
+    assert_eq!(vm.handle_exit(Exit::Hlt, &mut c, &mut mem, 0), Ok(Action::Stop(StopReason::PowerOff { code: None })));
+}
