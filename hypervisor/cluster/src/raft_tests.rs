@@ -135,7 +135,7 @@ fn chaos_schedules_hold_the_invariants() {
 /// third_party/raftbare/CATENARY.md).
 #[test]
 fn regression_seeds() {
-    for seed in [35u64, 254, 489, 510, 584, 585, 586, 607, 652, 671, 740, 897, 945, 961, 2883, 3287, 3765, 4566, 4596, 6850, 7520, 9745] {
+    for seed in [35u64, 254, 489, 510, 584, 585, 586, 607, 652, 671, 740, 897, 945, 961, 1207, 2883, 3287, 3765, 4566, 4596, 6850, 7520, 9745] {
         crate::raft_sim::raft_chaos(seed).unwrap();
     }
 }

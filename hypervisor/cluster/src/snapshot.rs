@@ -34,7 +34,7 @@
 //!
 //! **The transfer.** The leader's snapshot is sent in chunks of [`CHUNK_LEN`] bytes
 //! ([`SnapChunk`], `raft_codec` kind 8). Every chunk carries the whole header: sender and
-//! receiver ids, the leader's term, commit index and applied count (the empty AppendEntries
+//! receiver ids, the leader's number for the transfer, the leader's term, commit index and applied count (the empty AppendEntries
 //! call the follower handles once it installed the snapshot, as [`Envelope::snapshot`]), the
 //! last included position (index and term), the snapshot's total length (at most
 //! [`SNAPSHOT_MAX`]), the SHA-256 of the whole snapshot, the chunk's offset (a multiple of
@@ -44,8 +44,9 @@
 //! the snapshot, or already had). The leader ([`SnapshotSender`]) keeps at most [`WINDOW`]
 //! chunks beyond the acknowledged offset in flight; each acknowledgement moves the window on,
 //! and the replica's own re-send of the snapshot (at most one per peer per `election_min`,
-//! [`crate::replica::Replica`]) is the retransmission timer: it resumes from the acknowledged
-//! offset, not from zero.
+//! [`crate::replica::Replica`]) is the retransmission timer: it resumes from where the latest
+//! acknowledgement said the follower is (not from zero; and below the acknowledged offset if
+//! the follower restarted and lost what it held).
 //!
 //! The follower ([`SnapshotReceiver`]) assembles one snapshot at a time into a buffer of the
 //! announced length (at most [`SNAPSHOT_MAX`]), keeps chunks that arrive out of order, ignores
@@ -71,7 +72,7 @@ use crate::replica::{Envelope, ReplicaId, Snapshot};
 /// write budget keeps the state's heap below this ([`crate::orch::NODE_WRITE_BUDGET`]), and
 /// the encoding is smaller than the heap it describes (tested).
 pub const SNAPSHOT_MAX: usize = 1 << 20;
-/// Data bytes per chunk: with its 101 bytes of header a chunk is 1,301 bytes, within a
+/// Data bytes per chunk: with its 109 bytes of header a chunk is 1,309 bytes, within a
 /// datagram ([`DATAGRAM_MAX`], 1,356).
 pub const CHUNK_LEN: usize = 1200;
 /// Chunks in flight beyond the acknowledged offset, per transfer.
@@ -85,6 +86,10 @@ const VERSION: u8 = 1;
 pub struct SnapHead {
     pub from: ReplicaId,
     pub to: ReplicaId,
+    /// The leader's number for this transfer (a new one each time it starts sending a
+    /// snapshot to a peer from scratch): late duplicates of a finished transfer are told apart
+    /// from a new transfer of the same snapshot.
+    pub transfer: u64,
     /// The leader's term, commit index and applied count (for the AppendEntries call that
     /// follows the snapshot, see [`Envelope::snapshot`]).
     pub term: u64,
@@ -113,6 +118,7 @@ pub struct SnapChunk {
 pub struct SnapAck {
     pub from: ReplicaId,
     pub to: ReplicaId,
+    pub transfer: u64,
     pub term: u64,
     pub last: LogPosition,
     pub digest: [u8; 32],
@@ -301,7 +307,7 @@ pub fn decode_snapshot(bytes: &[u8], limits: &Limits) -> Result<Snapshot, WireEr
 impl W {
     pub(crate) fn snap_chunk(&mut self, c: &SnapChunk) {
         let h = &c.head;
-        for v in [h.from, h.to, h.term, h.commit_index, h.applied] {
+        for v in [h.from, h.to, h.transfer, h.term, h.commit_index, h.applied] {
             self.u64(v);
         }
         self.pos(h.last);
@@ -314,7 +320,7 @@ impl W {
         self.bytes(&c.data[..n]);
     }
     pub(crate) fn snap_ack(&mut self, a: &SnapAck) {
-        for v in [a.from, a.to, a.term] {
+        for v in [a.from, a.to, a.transfer, a.term] {
             self.u64(v);
         }
         self.pos(a.last);
@@ -332,7 +338,7 @@ impl R<'_> {
     /// A chunk: every field in range, and offset, length and done flag consistent with the
     /// announced total (so the assembler never has to check them again).
     pub(crate) fn snap_chunk(&mut self) -> Result<SnapChunk, WireError> {
-        let (from, to, term, commit_index, applied) = (self.num()?, self.num()?, self.num()?, self.num()?, self.num()?);
+        let (from, to, transfer, term, commit_index, applied) = (self.num()?, self.num()?, self.num()?, self.num()?, self.num()?, self.num()?);
         let last = self.pos()?;
         let total = self.u32()?;
         let digest = self.digest()?;
@@ -348,17 +354,17 @@ impl R<'_> {
         if last.term.get() > term || last.index.get() > commit_index {
             return Err(WireError::Inconsistent);
         }
-        Ok(SnapChunk { head: SnapHead { from, to, term, commit_index, applied, last, total, digest }, offset, done, data })
+        Ok(SnapChunk { head: SnapHead { from, to, transfer, term, commit_index, applied, last, total, digest }, offset, done, data })
     }
     pub(crate) fn snap_ack(&mut self) -> Result<SnapAck, WireError> {
-        let (from, to, term) = (self.num()?, self.num()?, self.num()?);
+        let (from, to, transfer, term) = (self.num()?, self.num()?, self.num()?, self.num()?);
         let last = self.pos()?;
         let digest = self.digest()?;
         let next = self.u32()?;
         if next as usize > SNAPSHOT_MAX {
             return Err(WireError::OutOfRange);
         }
-        Ok(SnapAck { from, to, term, last, digest, next })
+        Ok(SnapAck { from, to, transfer, term, last, digest, next })
     }
 }
 
@@ -375,6 +381,9 @@ struct Transfer {
     /// Bytes the follower acknowledged holding without a gap, and bytes sent so far.
     acked: u32,
     sent: u32,
+    /// What the latest acknowledgement to arrive said: the next re-send starts there, even
+    /// below `acked` (a follower that restarted lost what it held).
+    last_ack: Option<u32>,
 }
 
 /// The leader's side of snapshot transfers: turns a replica's outgoing envelopes into
@@ -384,6 +393,7 @@ struct Transfer {
 pub struct SnapshotSender {
     cache: Option<Cached>,
     transfers: BTreeMap<ReplicaId, Transfer>,
+    next_transfer: u64,
     /// Snapshots not sent because their bytes passed [`SNAPSHOT_MAX`].
     pub too_large: u64,
     pub chunks_sent: u64,
@@ -409,9 +419,10 @@ impl SnapshotSender {
             self.cache = Some(Cached { position: snap.position, bytes, digest });
         }
         let Some(c) = &self.cache else { return Vec::new() };
-        let head = SnapHead {
+        let mut head = SnapHead {
             from: env.from,
             to: env.to,
+            transfer: 0,
             term: header.term.get(),
             commit_index: commit_index.get(),
             applied: env.applied,
@@ -421,14 +432,23 @@ impl SnapshotSender {
         };
         match self.transfers.get_mut(&env.to) {
             Some(t) if t.head.from == head.from && t.head.term == head.term && t.head.last == head.last && t.head.digest == head.digest => {
+                // The re-send: from where the follower last said it is (found by the
+                // simulator, seed 1207: a follower that restarted mid-transfer acknowledged 0
+                // for ever while the leader resumed past what it had lost).
+                head.transfer = t.head.transfer;
                 t.head = head;
+                if let Some(n) = t.last_ack.take() {
+                    t.acked = n;
+                }
                 t.sent = t.acked;
             }
             _ => {
                 if self.transfers.len() >= TRANSFERS_MAX && !self.transfers.contains_key(&env.to) {
                     self.transfers.pop_first();
                 }
-                self.transfers.insert(env.to, Transfer { head, acked: 0, sent: 0 });
+                self.next_transfer = (self.next_transfer + 1) % NUMBER_MAX;
+                head.transfer = self.next_transfer;
+                self.transfers.insert(env.to, Transfer { head, acked: 0, sent: 0, last_ack: None });
             }
         }
         self.window(env.to)
@@ -438,7 +458,7 @@ impl SnapshotSender {
     pub fn on_ack(&mut self, ack: &SnapAck) -> Vec<Vec<u8>> {
         let Some(t) = self.transfers.get_mut(&ack.from) else { return Vec::new() };
         let h = t.head;
-        if h.to != ack.from || h.from != ack.to || h.term != ack.term || h.last != ack.last || h.digest != ack.digest {
+        if h.to != ack.from || h.from != ack.to || h.transfer != ack.transfer || h.term != ack.term || h.last != ack.last || h.digest != ack.digest {
             return Vec::new();
         }
         if ack.next >= h.total {
@@ -446,8 +466,13 @@ impl SnapshotSender {
             self.completed += 1;
             return Vec::new();
         }
-        // Only chunk boundaries the leader sent can be acknowledged; older acks change nothing.
-        if ack.next as usize % CHUNK_LEN != 0 || ack.next > t.sent || ack.next <= t.acked {
+        // Only chunk boundaries the leader sent can be acknowledged.
+        if ack.next as usize % CHUNK_LEN != 0 || ack.next > t.sent {
+            return Vec::new();
+        }
+        t.last_ack = Some(ack.next);
+        // An older (reordered) or lower ack moves nothing now; the next re-send starts at the latest.
+        if ack.next <= t.acked {
             return Vec::new();
         }
         t.acked = ack.next;
@@ -493,7 +518,7 @@ struct Assembly {
 
 /// Identifies one transfer: the same leader, term, snapshot and bytes.
 fn same(a: &SnapHead, b: &SnapHead) -> bool {
-    a.from == b.from && a.term == b.term && a.last == b.last && a.total == b.total && a.digest == b.digest
+    a.from == b.from && a.to == b.to && a.transfer == b.transfer && a.term == b.term && a.last == b.last && a.total == b.total && a.digest == b.digest
 }
 
 /// The follower's side: assembles one snapshot at a time (memory: at most [`SNAPSHOT_MAX`]
@@ -521,12 +546,12 @@ impl SnapshotReceiver {
         if h.term < term {
             return (None, None);
         }
-        let ack = |next: u32| Some(SnapAck { from: h.to, to: h.from, term: h.term, last: h.last, digest: h.digest, next });
+        let ack = |next: u32| Some(SnapAck { from: h.to, to: h.from, transfer: h.transfer, term: h.term, last: h.last, digest: h.digest, next });
         if self.done.as_ref().is_some_and(|d| same(d, &h)) {
             return (ack(h.total), None);
         }
         // A late chunk of a snapshot older than the one installed last: not assembled again.
-        if self.done.as_ref().is_some_and(|d| h.term < d.term || (h.term == d.term && h.last.index <= d.last.index)) {
+        if self.done.as_ref().is_some_and(|d| h.term < d.term || (h.term == d.term && h.last.index < d.last.index)) {
             return (None, None);
         }
         let fresh = match &self.asm {
@@ -759,7 +784,7 @@ mod tests {
         assert_eq!(bad(&|x| x.head.total = 0), Err(WireError::OutOfRange));
         assert_eq!(bad(&|x| x.offset = x.head.total.next_multiple_of(CHUNK_LEN as u32)), Err(WireError::OutOfRange));
         assert_eq!(bad(&|x| x.head.last.term = Term::new(5)), Err(WireError::Inconsistent));
-        let ack = SnapAck { from: 2, to: 1, term: 4, last: c[0].head.last, digest: [7; 32], next: 2400 };
+        let ack = SnapAck { from: 2, to: 1, transfer: 9, term: 4, last: c[0].head.last, digest: [7; 32], next: 2400 };
         assert_eq!(decode(&encode(&Wire::SnapAck(ack))), Ok(Wire::SnapAck(ack)));
         assert_eq!(decode(&encode(&Wire::SnapAck(SnapAck { next: SNAPSHOT_MAX as u32 + 1, ..ack }))), Err(WireError::OutOfRange));
     }
@@ -823,7 +848,7 @@ mod tests {
 
     /// Feed a whole byte string as one transfer's chunks, `digest` as announced.
     fn feed(rx: &mut SnapshotReceiver, bytes: &[u8], digest: [u8; 32], last: LogPosition, l: &Limits) -> Option<Envelope> {
-        let head = SnapHead { from: 1, to: 2, term: 4, commit_index: last.index.get(), applied: 0, last, total: bytes.len() as u32, digest };
+        let head = SnapHead { from: 1, to: 2, transfer: 1, term: 4, commit_index: last.index.get(), applied: 0, last, total: bytes.len() as u32, digest };
         let mut out = None;
         for (i, d) in bytes.chunks(CHUNK_LEN).enumerate() {
             let off = i * CHUNK_LEN;
@@ -884,7 +909,7 @@ mod tests {
             let total = bytes.len();
             let off = i * CHUNK_LEN;
             let d = &bytes[off..(off + CHUNK_LEN).min(total)];
-            SnapChunk { head: SnapHead { from: 1, to: 2, term, commit_index: index, applied: 0, last, total: total as u32, digest }, offset: off as u32, done: off + d.len() == total, data: d.to_vec() }
+            SnapChunk { head: SnapHead { from: 1, to: 2, transfer: 1, term, commit_index: index, applied: 0, last, total: total as u32, digest }, offset: off as u32, done: off + d.len() == total, data: d.to_vec() }
         };
         let p = s.position.index.get();
         let mut rx = SnapshotReceiver::default();
@@ -915,6 +940,70 @@ mod tests {
         assert_eq!(rx.on_chunk(chunk(6, p - 1, 0), 4, &l), (None, None));
         assert_eq!(rx.on_chunk(chunk(5, p + 1, 0), 4, &l), (None, None));
         assert_eq!(rx.buffered(), 0);
+    }
+
+    fn deliver_all(tx: &mut SnapshotSender, rx: &mut SnapshotReceiver, mut to_rx: Vec<Vec<u8>>, l: &Limits) -> Option<Envelope> {
+        let mut got = None;
+        while let Some(b) = to_rx.pop() {
+            let Ok(Wire::SnapChunk(c)) = decode(&b) else { panic!("a chunk") };
+            let (ack, env) = rx.on_chunk(c, 3, l);
+            got = got.or(env);
+            if let Some(a) = ack {
+                to_rx.extend(tx.on_ack(&a));
+            }
+        }
+        got
+    }
+
+    /// Seed 1207 of the simulator, as a unit: the follower restarted mid-transfer (its
+    /// assembly gone) while the leader's transfer had moved past the first chunks; the
+    /// follower acknowledges 0, and the next re-send starts there again.
+    #[test]
+    fn a_follower_that_lost_its_assembly_gets_the_snapshot_from_the_start() {
+        let l = Limits::default();
+        let s = snap(60, 0);
+        let mut tx = SnapshotSender::default();
+        let mut rx = SnapshotReceiver::default();
+        let mut window = tx.datagrams(env_with(s.clone(), 2));
+        // The first three chunks arrive and are acknowledged.
+        let first: Vec<Vec<u8>> = window.drain(..3).collect();
+        for b in first {
+            let Ok(Wire::SnapChunk(c)) = decode(&b) else { panic!() };
+            let (ack, _) = rx.on_chunk(c, 3, &l);
+            window.extend(tx.on_ack(&ack.unwrap()));
+        }
+        // The follower restarts: what it held is gone; the rest of the window reaches the new one.
+        let mut rx = SnapshotReceiver::default();
+        let mut got = deliver_all(&mut tx, &mut rx, window, &l);
+        for _ in 0..3 {
+            if got.is_some() {
+                break;
+            }
+            let again = tx.datagrams(env_with(s.clone(), 2));
+            got = deliver_all(&mut tx, &mut rx, again, &l);
+        }
+        assert_eq!(got.and_then(|e| e.snapshot), Some(s));
+    }
+
+    /// A new transfer of a snapshot the follower finished before (the replica did not take it,
+    /// or needs it again) is assembled and handed over again; a late chunk of the finished
+    /// transfer is only acknowledged.
+    #[test]
+    fn a_new_transfer_of_the_same_snapshot_is_handed_over_again() {
+        let l = Limits::default();
+        let s = snap(20, 0);
+        let mut tx = SnapshotSender::default();
+        let mut rx = SnapshotReceiver::default();
+        let first = tx.datagrams(env_with(s.clone(), 2));
+        let late = first[0].clone();
+        assert!(deliver_all(&mut tx, &mut rx, first, &l).is_some());
+        assert_eq!(tx.in_progress(), 0, "acknowledged whole");
+        let Ok(Wire::SnapChunk(c)) = decode(&late) else { panic!() };
+        let (ack, env) = rx.on_chunk(c, 3, &l);
+        assert!(env.is_none() && ack.is_some_and(|a| a.next == a.next.max(1) && tx.on_ack(&a).is_empty()));
+        let second = tx.datagrams(env_with(s.clone(), 2));
+        assert_eq!(deliver_all(&mut tx, &mut rx, second, &l).and_then(|e| e.snapshot), Some(s));
+        assert_eq!(rx.assembled, 2);
     }
 
     /// Hostile chunk datagrams: no panic, and the assembler's memory stays bounded.
