@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 /// More than `catenary_cluster::orch::NODE_SNAPSHOT_EVERY` (256) entries.
 const WRITES: usize = 300;
-/// CLI processes writing at once.
-const WRITERS: usize = 6;
+/// CLI processes writing at once (the first run used 6: apid refused a quarter of the
+/// connections), each write tried up to 5 times.
+const WRITERS: usize = 2;
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "cluster_snapshot_catchup";
@@ -57,11 +58,19 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
                 s.spawn(move || {
                     for i in (w..WRITES).step_by(WRITERS) {
                         let wname = format!("pad{i}");
-                        let (st, out, err) = a.cli(node, &["run", "--replicas", "1", "--constraint", "gpu=yes", "--name", &wname, "--mem", "64", img, "hello"]);
-                        if st == 0 && out.contains("(cluster)") {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failed.lock().unwrap().push(format!("{wname}: exit {st}: {} {}", out.trim(), err.trim()));
+                        let mut last = String::new();
+                        for _ in 0..5 {
+                            let (st, out, err) = a.cli(node, &["run", "--replicas", "1", "--constraint", "gpu=yes", "--name", &wname, "--mem", "64", img, "hello"]);
+                            if st == 0 && out.contains("(cluster)") {
+                                done.fetch_add(1, Ordering::Relaxed);
+                                last.clear();
+                                break;
+                            }
+                            last = format!("{wname}: exit {st}: {} {}", out.trim(), err.trim());
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        if !last.is_empty() {
+                            failed.lock().unwrap().push(last);
                         }
                     }
                 });
@@ -70,6 +79,10 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let done = done.into_inner();
         let failed = failed.into_inner().unwrap();
         c.check(&format!("{WRITES} writes committed while {} is down", nodes[victim].name), done == WRITES, &format!("{done} in {:.0} s; {:?}", t0.elapsed().as_secs_f64(), failed.first()));
+        if done < 260 {
+            // Fewer entries than the compaction interval: the check below would test nothing.
+            return Err(format!("only {done} writes: the leader's log may not be compacted"));
+        }
         // restart it without storage: a new member with an empty log, behind the snapshot
         let at = r.restart(victim)?;
         let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
