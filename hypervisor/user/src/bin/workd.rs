@@ -38,6 +38,8 @@ const VMCTL: u64 = 1;
 const HEAP_PAGES: u64 = 768;
 /// While uploads are in progress, how often the loop runs (each `SYS_VM` expires idle ones).
 const UPLOAD_POLL_MS: u64 = 5_000;
+/// A request served more slowly than this is logged (rate-limited).
+const SLOW_MS: u64 = 300;
 
 entry!(run);
 
@@ -190,18 +192,33 @@ fn run(_arg: u64) -> u64 {
         autostart(&mut svc, &mut k, a, image);
     }
     let mut next: Option<u64> = None;
+    let mut slow_said = 0u64;
     loop {
         let timeout = match next {
             Some(at) => at.saturating_sub(now_ms()).max(1) * 1_000_000,
             None => 0,
         };
+        let mut what = None;
+        let mut served = 0;
         if let Ok(m) = recv(OWN, timeout) {
             if m.reply != 0 {
-                serve(&mut svc, &mut k, &m);
+                let t0 = now_ms();
+                let mut kind = "malformed";
+                serve(&mut svc, &mut k, &m, &mut kind);
+                what = Some(kind);
+                served = now_ms() - t0;
             }
         }
+        let t1 = now_ms();
         drain_events(&mut svc, &mut k);
         next = svc.tick(now_ms(), &mut k);
+        // A request or event batch this slow holds up every caller (orchd's loop among them,
+        // docs/orchestration.md "Leader stability"): say which, at most once per 10 s.
+        let t2 = now_ms();
+        if (served > SLOW_MS || t2 - t1 > SLOW_MS) && t2.saturating_sub(slow_said) >= 10_000 {
+            logf!("workd: slow turn: request {} {} ms, events and timers {} ms", what.unwrap_or("none"), served, t2 - t1);
+            slow_said = t2;
+        }
         // uploads in progress: wake now and then, so the kernel drops abandoned ones
         if k.store().is_some_and(|s| s.uploads > 0) {
             let at = now_ms() + UPLOAD_POLL_MS;
@@ -249,7 +266,8 @@ fn svc_id_of(svc: &Service, vm: VmHandle) -> Option<u32> {
     svc.workload_of(vm)
 }
 
-fn serve(svc: &mut Service, k: &mut Kernel, m: &Msg) {
+/// Serve one request; `kind` is set to what it asked (the slow-turn log).
+fn serve(svc: &mut Service, k: &mut Kernel, m: &Msg, kind: &mut &'static str) {
     let answer = |label: u64, w: [u64; 4]| {
         let _ = reply(m.reply, label, w);
     };
@@ -268,6 +286,7 @@ fn serve(svc: &mut Service, k: &mut Kernel, m: &Msg) {
     let resp = match decode_request(&req) {
         Ok(r) => {
             let what = describe(&r);
+            *kind = request_kind(&r);
             k.grant = Some(g);
             let resp = svc.handle(r, now_ms(), k);
             g = match k.grant.take() {
@@ -293,6 +312,24 @@ fn serve(svc: &mut Service, k: &mut Kernel, m: &Msg) {
     }
     g.write(0, &out);
     answer(TRANSPORT_OK, [out.len() as u64, 0, 0, 0]);
+}
+
+fn request_kind(r: &Request) -> &'static str {
+    match r {
+        Request::Create(_) => "Create",
+        Request::Start(_) => "Start",
+        Request::Stop { .. } => "Stop",
+        Request::Destroy(_) => "Destroy",
+        Request::List => "List",
+        Request::Images => "Images",
+        Request::Node => "Node",
+        Request::ImageChunk { .. } => "ImageChunk",
+        Request::ImageRead { .. } => "ImageRead",
+        Request::ImageCommit { .. } => "ImageCommit",
+        Request::Logs { .. } => "Logs",
+        Request::Status(_) => "Status",
+        _ => "other",
+    }
 }
 
 /// The log line of a request that changes something.
