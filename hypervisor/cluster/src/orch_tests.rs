@@ -266,6 +266,7 @@ fn datagrams_from_the_wrong_member_are_dropped() {
         grant: false,
         applied: 0,
         snapshot: None,
+        pre_vote: false,
     };
     let term = net.nodes[f].as_ref().unwrap().replica().unwrap().term();
     let now = net.now;

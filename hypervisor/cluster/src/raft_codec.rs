@@ -286,13 +286,14 @@ impl W {
         self.u8(e.grant as u8);
         self.u64(e.applied);
         match &e.message {
+            // a pre-vote is the same message under its own tag (5, 6)
             Message::RequestVoteCall { header, last_position } => {
-                self.u8(1);
+                self.u8(if e.pre_vote { 5 } else { 1 });
                 self.header(header);
                 self.pos(*last_position);
             }
             Message::RequestVoteReply { header, vote_granted } => {
-                self.u8(2);
+                self.u8(if e.pre_vote { 6 } else { 2 });
                 self.header(header);
                 self.u8(*vote_granted as u8);
             }
@@ -641,9 +642,11 @@ impl<'a> R<'a> {
         let to = self.num()?;
         let grant = self.flag()?;
         let applied = self.num()?;
-        let message = match self.u8()? {
-            1 => Message::RequestVoteCall { header: self.header()?, last_position: self.pos()? },
-            2 => Message::RequestVoteReply { header: self.header()?, vote_granted: self.flag()? },
+        let tag = self.u8()?;
+        let pre_vote = matches!(tag, 5 | 6);
+        let message = match tag {
+            1 | 5 => Message::RequestVoteCall { header: self.header()?, last_position: self.pos()? },
+            2 | 6 => Message::RequestVoteReply { header: self.header()?, vote_granted: self.flag()? },
             3 => {
                 let header = self.header()?;
                 let commit_index = LogIndex::new(self.num()?);
@@ -692,7 +695,7 @@ impl<'a> R<'a> {
         if wanted.len() != commands.len() || wanted.iter().zip(&commands).any(|(w, (p, _))| w != p) {
             return Err(WireError::CommandMismatch);
         }
-        Ok(Envelope { from, to, message, commands, grant, applied, snapshot: None })
+        Ok(Envelope { from, to, message, commands, grant, applied, snapshot: None, pre_vote })
     }
 }
 
@@ -806,16 +809,18 @@ mod tests {
             commands.push((pos(2, 7 + i as u64), all[i % all.len()].clone()));
         }
         let header = MessageHeader { from: NodeId::new(2), term: Term::new(2), seqno: MessageSeqNo::new(77) };
-        Envelope { from: 2, to: 3, message: Message::AppendEntriesCall { header, commit_index: LogIndex::new(5), entries }, commands, grant: true, applied: 3, snapshot: None }
+        Envelope { from: 2, to: 3, message: Message::AppendEntriesCall { header, commit_index: LogIndex::new(5), entries }, commands, grant: true, applied: 3, snapshot: None, pre_vote: false }
     }
 
     #[test]
     fn every_message_and_command_round_trips() {
         let h = MessageHeader { from: NodeId::new(1), term: Term::new(9), seqno: MessageSeqNo::new(3) };
         let mut wires = vec![
-            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteCall { header: h, last_position: pos(8, 40) }, commands: vec![], grant: false, applied: 0, snapshot: None }),
-            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: h, vote_granted: true }, commands: vec![], grant: false, applied: 0, snapshot: None }),
-            Wire::Raft(Envelope { from: 1, to: 2, message: Message::AppendEntriesReply { header: h, last_position: pos(9, 41) }, commands: vec![], grant: false, applied: 0, snapshot: None }),
+            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteCall { header: h, last_position: pos(8, 40) }, commands: vec![], grant: false, applied: 0, snapshot: None, pre_vote: false }),
+            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: h, vote_granted: true }, commands: vec![], grant: false, applied: 0, snapshot: None, pre_vote: false }),
+            Wire::Raft(Envelope { from: 1, to: 2, message: Message::AppendEntriesReply { header: h, last_position: pos(9, 41) }, commands: vec![], grant: false, applied: 0, snapshot: None, pre_vote: false }),
+            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteCall { header: h, last_position: pos(8, 40) }, commands: vec![], grant: false, applied: 0, snapshot: None, pre_vote: true }),
+            Wire::Raft(Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: h, vote_granted: false }, commands: vec![], grant: false, applied: 0, snapshot: None, pre_vote: true }),
             Wire::Raft(append(10)),
             Wire::Proposed { request: u64::MAX, term: 4, index: 99 },
             Wire::Join { id: 1 << 16 | 2 },
@@ -860,7 +865,7 @@ mod tests {
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::Inconsistent));
         // A grant on a reply.
         let h = MessageHeader { from: NodeId::new(1), term: Term::new(9), seqno: MessageSeqNo::new(3) };
-        let e = Envelope { from: 1, to: 2, message: Message::AppendEntriesReply { header: h, last_position: pos(9, 41) }, commands: vec![], grant: true, applied: 12, snapshot: None };
+        let e = Envelope { from: 1, to: 2, message: Message::AppendEntriesReply { header: h, last_position: pos(9, 41) }, commands: vec![], grant: true, applied: 12, snapshot: None, pre_vote: false };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::Inconsistent));
         // A command missing, or at the wrong position.
         let mut e = append(3);
@@ -870,21 +875,21 @@ mod tests {
         e.commands[1].0 = pos(2, 100);
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::CommandMismatch));
         // Commands on a vote.
-        let e = Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: h, vote_granted: true }, commands: vec![(pos(1, 1), Command::RemoveWorkload("x".to_string()))], grant: false, applied: 0, snapshot: None };
+        let e = Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: h, vote_granted: true }, commands: vec![(pos(1, 1), Command::RemoveWorkload("x".to_string()))], grant: false, applied: 0, snapshot: None, pre_vote: false };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::CommandMismatch));
         // A term entry newer than the message's term, or going back.
         let mut entries = LogEntries::new(pos(3, 4));
         entries.push(LogEntry::Term(Term::new(2)));
         let hh = MessageHeader { from: NodeId::new(2), term: Term::new(5), seqno: MessageSeqNo::new(1) };
-        let e = Envelope { from: 2, to: 1, message: Message::AppendEntriesCall { header: hh, commit_index: LogIndex::new(0), entries }, commands: vec![], grant: false, applied: 0, snapshot: None };
+        let e = Envelope { from: 2, to: 1, message: Message::AppendEntriesCall { header: hh, commit_index: LogIndex::new(0), entries }, commands: vec![], grant: false, applied: 0, snapshot: None, pre_vote: false };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::BadEntries));
         let mut entries = LogEntries::new(pos(3, 4));
         entries.push(LogEntry::Term(Term::new(6)));
-        let e = Envelope { from: 2, to: 1, message: Message::AppendEntriesCall { header: hh, commit_index: LogIndex::new(0), entries }, commands: vec![], grant: false, applied: 0, snapshot: None };
+        let e = Envelope { from: 2, to: 1, message: Message::AppendEntriesCall { header: hh, commit_index: LogIndex::new(0), entries }, commands: vec![], grant: false, applied: 0, snapshot: None, pre_vote: false };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::BadEntries));
         // Numbers near overflow.
         let big = MessageHeader { from: NodeId::new(1), term: Term::new(NUMBER_MAX), seqno: MessageSeqNo::new(3) };
-        let e = Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: big, vote_granted: false }, commands: vec![], grant: false, applied: 0, snapshot: None };
+        let e = Envelope { from: 1, to: 2, message: Message::RequestVoteReply { header: big, vote_granted: false }, commands: vec![], grant: false, applied: 0, snapshot: None, pre_vote: false };
         assert_eq!(decode(&encode(&Wire::Raft(e))), Err(WireError::OutOfRange));
     }
 

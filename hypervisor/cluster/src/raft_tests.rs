@@ -95,6 +95,69 @@ fn a_node_cut_off_from_the_majority_stops_its_singleton_when_its_lease_runs_out(
     }
 }
 
+/// Pre-vote: a follower that hears nothing for a while (cut off here; a stalled node looks the
+/// same to the others) does not raise its term, so when it is back the working leader stays.
+/// (Without pre-vote its higher term deposed the leader on every such return.)
+#[test]
+fn a_follower_cut_off_for_a_while_does_not_depose_the_leader() {
+    for seed in 0..10 {
+        let mut sim = cluster(3, seed);
+        let l = sim.leader().unwrap();
+        let term = sim.replica(l).unwrap().term();
+        let f = (l + 1) % 3;
+        let rest: Vec<u64> = (0..3).filter(|i| *i != f).collect();
+        sim.partition(&[&[f], &rest]);
+        sim.run_until(sim.now + secs(5));
+        assert_eq!(sim.replica(f).unwrap().term(), term, "seed {seed}: the cut-off follower raised its term");
+        sim.heal();
+        sim.run_until(sim.now + secs(3));
+        assert_eq!(sim.leader(), Some(l), "seed {seed}: the leader changed");
+        assert_eq!(sim.replica(l).unwrap().term(), term, "seed {seed}: the term changed");
+        assert_eq!(sim.replica(f).unwrap().leader(), Some(l), "seed {seed}: the follower does not follow the leader again");
+        assert!(sim.violations.is_empty(), "seed {seed}: {:?}", sim.violations);
+    }
+}
+
+/// Leases across a leader change and a configuration change: the node elected when the leader
+/// dies keeps running its replicas (its grant from the old leader holds until its own lease
+/// does), and the leader's lease holds while a restarted node's new id joins the configuration
+/// (a majority of each of the joint configurations). A lapse stops the node's replicas: on
+/// nodes a microVM takes seconds to start again.
+#[test]
+fn leases_hold_through_a_leader_change_and_a_rejoin() {
+    for seed in 0..10 {
+        let mut sim = cluster(3, seed);
+        assert!(sim.propose(Command::PutWorkload(RaftSim::workload("web", 3, 128))));
+        sim.run_until(sim.now + secs(4));
+        let old = sim.leader().unwrap();
+        assert!((0..3).all(|i| !sim.running_on(i).is_empty()), "seed {seed}: web not on every node");
+        sim.crash(old);
+        let killed = sim.now;
+        let mut lapsed: Vec<(u64, Duration)> = Vec::new();
+        while sim.now < killed + secs(5) {
+            let t = sim.now + Duration::from_millis(1);
+            sim.run_until(t);
+            for i in (0..3).filter(|i| *i != old) {
+                if sim.running_on(i).is_empty() && !lapsed.iter().any(|l| l.0 == i) {
+                    lapsed.push((i, sim.now - killed));
+                }
+            }
+        }
+        let new = sim.leader().unwrap_or_else(|| panic!("seed {seed}: no new leader"));
+        assert!(!lapsed.iter().any(|l| l.0 == new), "seed {seed}: the new leader {new} stopped its replicas (lease lapses {lapsed:?})");
+        sim.restart_diskless(old);
+        let back = sim.now;
+        while sim.now < back + secs(8) {
+            let t = sim.now + Duration::from_millis(1);
+            sim.run_until(t);
+            let l = sim.leader().unwrap();
+            assert!(!sim.running_on(l).is_empty(), "seed {seed}: the leader's lease lapsed {:?} after the rejoin began", sim.now - back);
+        }
+        assert!(sim.replica(old).is_some_and(|r| sim.replica(new).unwrap().voters().contains(&r.id())), "seed {seed}: the restarted node did not rejoin");
+        assert!(sim.violations.is_empty(), "seed {seed}: {:?}", sim.violations);
+    }
+}
+
 #[test]
 fn a_drained_node_is_emptied() {
     let mut sim = cluster(3, 11);

@@ -58,6 +58,11 @@ pub struct ReplicaConfig {
     /// A peer that has not acknowledged the leader for this long gets no lease grants and is
     /// treated as down by the scheduler ([`crate::reconcile`]).
     pub peer_down_after: Duration,
+    /// Pre-vote (Raft thesis §9.6): on its election timeout a follower first asks whether a
+    /// majority would vote for it, without raising its term; only then does it stand. A node
+    /// that was stalled or cut off (its peers still hear the leader) cannot depose a working
+    /// leader by raising the term.
+    pub pre_vote: bool,
     pub limits: Limits,
 }
 
@@ -73,6 +78,7 @@ impl Default for ReplicaConfig {
             snapshot_every: u64::MAX,
             grant_window: Duration::from_millis(500),
             peer_down_after: Duration::from_millis(1000),
+            pre_vote: true,
             limits: Limits::default(),
         }
     }
@@ -96,6 +102,11 @@ pub struct Envelope {
     /// follower whose log ends before the leader's log begins. Installed before the call is
     /// handled, so the call then matches.
     pub snapshot: Option<Snapshot>,
+    /// A pre-vote ([`ReplicaConfig::pre_vote`]): a `RequestVoteCall` for the term the sender
+    /// would stand in (the seqno numbers the round), or a `RequestVoteReply` echoing that term
+    /// and round. Handled by [`Replica`] alone, never by the Raft core: nobody's term or vote
+    /// changes.
+    pub pre_vote: bool,
 }
 
 /// The desired state as of a committed log position: what replaces the log up to there.
@@ -165,6 +176,11 @@ pub struct Replica {
     snapshots_installed: u64,
     /// Heap bytes of `storage.commands` ([`Command::heap_bytes`]).
     log_bytes: u64,
+    /// The pre-vote round in progress: its number, the term it asks for, who granted.
+    pre_vote: Option<(u64, u64, alloc::collections::BTreeSet<ReplicaId>)>,
+    pre_vote_rounds: u64,
+    /// Elections this replica stood in (real ones, after a pre-vote when that is on).
+    pub elections_started: u64,
     storage: Storage,
 }
 
@@ -234,6 +250,9 @@ impl Replica {
             snapshots_taken: 0,
             snapshots_installed: 0,
             log_bytes: 0,
+            pre_vote: None,
+            pre_vote_rounds: 0,
+            elections_started: 0,
             storage,
         }
     }
@@ -311,24 +330,30 @@ impl Replica {
     }
 
     /// Leader only: the latest instant `M` such that a majority of the voters (the leader
-    /// included) acknowledged an AppendEntries the leader sent at or after `M`. No other leader
-    /// can have been elected before a majority stopped hearing from this one, so this leader
-    /// held its majority at least until `M`.
+    /// included) acknowledged an AppendEntries the leader sent at or after `M` — during a
+    /// configuration change, a majority of the old voters and one of the new (as an election
+    /// needs). No other leader can have been elected before a majority stopped hearing from
+    /// this one, so this leader held its majority at least until `M`.
     pub fn majority_contact(&self, now: Duration) -> Option<Duration> {
         if !self.is_leader() {
             return None;
         }
-        let others: Vec<ReplicaId> = self.node.config().unique_nodes().map(|n| n.get()).filter(|n| *n != self.id).collect();
-        let need = (others.len() + 1) / 2; // a majority of others + self, less self
-        if need == 0 {
-            return Some(now);
-        }
-        let mut acks: Vec<Duration> = others.iter().filter_map(|v| self.follower_acks.get(v).copied()).collect();
-        if acks.len() < need {
-            return None;
-        }
-        acks.sort_unstable_by(|a, b| b.cmp(a));
-        Some(acks[need - 1])
+        let c = self.node.config();
+        let contact = |set: &alloc::collections::BTreeSet<NodeId>| -> Option<Duration> {
+            if set.is_empty() {
+                return Some(now);
+            }
+            let need = set.len() / 2 + 1;
+            let mut acks: Vec<Duration> = set.iter().filter_map(|v| if v.get() == self.id { Some(now) } else { self.follower_acks.get(&v.get()).copied() }).collect();
+            if acks.len() < need {
+                return None;
+            }
+            acks.sort_unstable_by(|a, b| b.cmp(a));
+            Some(acks[need - 1])
+        };
+        // (Counting a majority of the union of both configurations, as before, lost the
+        // lease for a moment whenever a rejoining node's new id entered the configuration.)
+        Some(contact(&c.voters)?.min(contact(&c.new_voters)?))
     }
 
     /// Until when this node may run what the desired state assigns it (its *lease*), given a
@@ -338,13 +363,15 @@ impl Replica {
     /// A node cut off from the majority stops renewing and its lease runs out; whoever then
     /// places its workloads elsewhere waits the lease out first ([`crate::reconcile`]).
     pub fn lease_until(&self, now: Duration, lease: Duration) -> Option<Duration> {
-        if self.is_leader() {
-            if !self.committed_own_term() {
-                return None;
-            }
-            return self.majority_contact(now).map(|m| m + lease);
+        // A grant received as a follower holds to its end whatever this node became since: it
+        // knows no less as a candidate or a new leader than when it was granted, and whoever
+        // moves its replicas waits that grant out. (A new leader dropped it until an entry of
+        // its term committed, and every leader change stopped the new leader's replicas.)
+        let granted = self.last_grant.map(|(_, t)| t + lease);
+        if self.is_leader() && self.committed_own_term() {
+            return self.majority_contact(now).map(|m| m + lease).max(granted);
         }
-        self.last_grant.map(|(_, t)| t + lease)
+        granted
     }
 
     /// Leader: an entry of its own term is committed, so its commit index (and what it has
@@ -460,8 +487,85 @@ impl Replica {
         if now >= self.deadline {
             // Pushed out first: raftbare asks for a new timeout when it needs one.
             self.deadline = now + self.cfg.election_max;
-            self.node.handle_election_timeout();
-            self.step(now);
+            if self.cfg.pre_vote && !self.is_leader() && self.is_voter() {
+                self.start_pre_vote(now);
+            } else {
+                self.stand(now);
+            }
+        }
+    }
+
+    fn is_voter(&self) -> bool {
+        let c = self.node.config();
+        let me = NodeId::new(self.id);
+        c.voters.contains(&me) || c.new_voters.contains(&me)
+    }
+
+    /// The election timeout as raftbare handles it: a leader's heartbeat, or a real election.
+    fn stand(&mut self, now: Duration) {
+        if !self.is_leader() && self.is_voter() {
+            self.elections_started += 1;
+        }
+        self.pre_vote = None;
+        self.node.handle_election_timeout();
+        self.step(now);
+    }
+
+    /// Ask every peer whether it would vote for this node in the next term.
+    fn start_pre_vote(&mut self, now: Duration) {
+        self.pre_vote_rounds += 1;
+        let (round, term) = (self.pre_vote_rounds, self.term() + 1);
+        self.pre_vote = Some((round, term, core::iter::once(self.id).collect()));
+        self.deadline = now + self.jitter();
+        if self.pre_vote_won() {
+            return self.stand(now);
+        }
+        let header = MessageHeader { from: NodeId::new(self.id), term: Term::new(term), seqno: MessageSeqNo::new(round) };
+        let last_position = self.node.log().last_position();
+        let peers: Vec<NodeId> = self.node.peers().collect();
+        for p in peers {
+            let message = Message::RequestVoteCall { header, last_position };
+            self.outgoing.push(Envelope { from: self.id, to: p.get(), message, commands: Vec::new(), grant: false, applied: self.state.applied, snapshot: None, pre_vote: true });
+        }
+    }
+
+    /// A majority of the voters (of both configurations during a change) granted the pre-vote.
+    fn pre_vote_won(&self) -> bool {
+        let Some((_, _, granted)) = &self.pre_vote else { return false };
+        let c = self.node.config();
+        let count = |set: &alloc::collections::BTreeSet<NodeId>| set.iter().filter(|v| granted.contains(&v.get())).count();
+        count(&c.voters) > c.voters.len() / 2 && (c.new_voters.is_empty() || count(&c.new_voters) > c.new_voters.len() / 2)
+    }
+
+    /// A pre-vote request or reply ([`Envelope::pre_vote`]).
+    fn handle_pre_vote(&mut self, now: Duration, env: Envelope) {
+        match env.message {
+            Message::RequestVoteCall { header, last_position } => {
+                // Granted only by a node that has not heard from a leader within the minimum
+                // election timeout (so a working leader's followers refuse, and the leader
+                // itself) and whose log the candidate's is at least as up to date as (§5.4.1).
+                // The term is not compared: a candidate behind in term learns the term from the
+                // real election's refusals, and nobody's term moves here.
+                let granted = !self.is_leader()
+                    && !self.leader_heard.is_some_and(|t| now.saturating_sub(t) < self.cfg.election_min)
+                    && self.node.log().last_position() <= last_position;
+                let header = MessageHeader { from: NodeId::new(self.id), term: header.term, seqno: header.seqno };
+                let message = Message::RequestVoteReply { header, vote_granted: granted };
+                self.outgoing.push(Envelope { from: self.id, to: env.from, message, commands: Vec::new(), grant: false, applied: self.state.applied, snapshot: None, pre_vote: true });
+            }
+            Message::RequestVoteReply { header, vote_granted: true } => {
+                let current = self.term() + 1;
+                let leader = self.is_leader();
+                let Some((round, term, granted)) = &mut self.pre_vote else { return };
+                if header.seqno.get() != *round || header.term.get() != *term || *term != current || leader {
+                    return;
+                }
+                granted.insert(env.from);
+                if self.pre_vote_won() {
+                    self.stand(now);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -469,6 +573,12 @@ impl Replica {
     /// carried, a sender that is not the message's sender) are dropped.
     pub fn handle(&mut self, now: Duration, env: Envelope) {
         if env.to != self.id || env.message.from().get() != env.from {
+            return;
+        }
+        if env.pre_vote {
+            if self.cfg.pre_vote && env.snapshot.is_none() && env.commands.is_empty() && !env.grant {
+                self.handle_pre_vote(now, env);
+            }
             return;
         }
         match &env.message {
@@ -491,6 +601,8 @@ impl Replica {
                 if header.term >= self.node.current_term() {
                     self.leader_hint = Some((header.term.get(), env.from));
                     self.leader_heard = Some(now);
+                    // a leader is heard: no election to prepare
+                    self.pre_vote = None;
                 }
             }
             // Raft thesis §4.2.3: within the minimum election timeout of hearing from a current
@@ -650,7 +762,7 @@ impl Replica {
             commit_index: self.node.commit_index(),
             entries: LogEntries::new(snap.position),
         };
-        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands: Vec::new(), grant: false, applied: self.state.applied, snapshot: Some(snap) });
+        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands: Vec::new(), grant: false, applied: self.state.applied, snapshot: Some(snap), pre_vote: false });
     }
 
     /// Follower: install a leader's snapshot that is ahead of what this node committed.
@@ -698,7 +810,7 @@ impl Replica {
                 }
             }
         }
-        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant, applied: self.state.applied, snapshot: None });
+        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant, applied: self.state.applied, snapshot: None, pre_vote: false });
     }
 
     fn apply_committed(&mut self, now: Duration) {

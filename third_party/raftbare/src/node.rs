@@ -911,16 +911,24 @@ impl Node {
             return;
         }
 
-        if !self.role().is_follower() {
+        if matches!(self.role, RoleState::Leader { .. }) {
             return;
         }
 
-        if self.voted_for.is_none() {
-            self.set_voted_for(Some(header.from));
+        // Catenary fix: whoever sends an AppendEntries call of this node's term is that term's
+        // one leader, and is followed (Raft §5.2), by a candidate of the term too (it steps
+        // down). 0.2.2 took calls only from the node it had voted for (or any, when it had not
+        // voted), so a node that had voted for a losing candidate, or stood itself, ignored the
+        // term's leader until its own timeout raised the term and deposed that leader. With
+        // pre-vote (catenary-cluster's `Replica`) the term is not raised while the others hear
+        // the leader, so such a node stayed out for ever (the simulator's cut-off test, seed 4;
+        // chaos seed 39). The vote this node cast in the term stays cast: `voted_for` now names
+        // the leader, so it grants no other vote in this term.
+        if matches!(self.role, RoleState::Candidate { .. }) {
+            self.role = RoleState::Follower;
         }
-
         if self.voted_for != Some(header.from) {
-            return;
+            self.set_voted_for(Some(header.from));
         }
 
         let no_divergence = self.append_log_entries_from_leader(&entries);
