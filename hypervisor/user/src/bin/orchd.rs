@@ -39,6 +39,7 @@ use catenary_workload::proto::{self as wk, decode_response, encode_request, Targ
 use catenary_workload::spec::{RestartPolicy, WorkloadSpec};
 use catenary_workload::status::State;
 use catenary_workload::Digest;
+use core::cell::Cell;
 use core::net::Ipv6Addr;
 use core::time::Duration;
 use netfabric::identity::Prefix64;
@@ -70,10 +71,23 @@ fn now() -> Duration {
 
 struct Workd {
     buf: Pages,
+    /// The slowest request of the loop's current turn and how long it took (ms), for the
+    /// stall log ([`Watch`]).
+    slowest: Cell<(&'static str, u64)>,
 }
 
 impl Workd {
     fn call(&self, req: &wk::Request) -> Option<wk::Response> {
+        let t0 = now_ns();
+        let r = self.call_inner(req);
+        let ms = (now_ns() - t0) / 1_000_000;
+        if ms >= self.slowest.get().1 {
+            self.slowest.set((request_name(req), ms));
+        }
+        r
+    }
+
+    fn call_inner(&self, req: &wk::Request) -> Option<wk::Response> {
         let b = encode_request(req)?;
         if b.len() > BUFFER_MIN {
             return None;
@@ -87,6 +101,92 @@ impl Workd {
             }
             _ => None,
         }
+    }
+}
+
+fn request_name(r: &wk::Request) -> &'static str {
+    match r {
+        wk::Request::Create(_) => "Create",
+        wk::Request::Start(_) => "Start",
+        wk::Request::Stop { .. } => "Stop",
+        wk::Request::Destroy(_) => "Destroy",
+        wk::Request::List => "List",
+        wk::Request::Images => "Images",
+        wk::Request::Node => "Node",
+        _ => "other",
+    }
+}
+
+/// A loop turn longer than this is logged (rate-limited): Raft's heartbeat is 100 ms and the
+/// shortest election timeout 500 ms, so a turn this long already delays heartbeats and votes.
+const SLOW_TURN_MS: u64 = 300;
+/// At most one slow-turn line per this many ms; the stats line every this many ms.
+const SLOW_LOG_MS: u64 = 10_000;
+const STATS_MS: u64 = 60_000;
+
+/// Where the loop's turns spend their time (docs/orchestration.md, "Leader stability"): each
+/// turn is split into named parts; a turn over [`SLOW_TURN_MS`] is logged with its slowest
+/// part and the slowest workd request in it, and every [`STATS_MS`] a summary line.
+struct Watch {
+    turn: u64,
+    mark: u64,
+    parts: Vec<(&'static str, u64)>,
+    last_line: u64,
+    /// Slow turns not logged since the last line, and the longest of them.
+    quiet: (u64, u64),
+    stats_at: u64,
+    /// This period: turns, slow turns, the longest and its slowest part.
+    turns: u64,
+    slow: u64,
+    longest: (u64, &'static str),
+    longest_ever: u64,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        let t = now_ns();
+        Watch { turn: t, mark: t, parts: Vec::new(), last_line: 0, quiet: (0, 0), stats_at: t / 1_000_000 + STATS_MS, turns: 0, slow: 0, longest: (0, ""), longest_ever: 0 }
+    }
+
+    /// The part of the turn since the last mark was `name`.
+    fn part(&mut self, name: &'static str) {
+        let t = now_ns();
+        self.parts.push((name, (t - self.mark) / 1_000_000));
+        self.mark = t;
+    }
+
+    /// The turn ended: log it if it was slow, and the stats when due.
+    fn end_turn(&mut self, workd: &Workd) {
+        let t = now_ns();
+        let ms = (t - self.turn) / 1_000_000;
+        let now_ms = t / 1_000_000;
+        let (call, call_ms) = workd.slowest.replace(("", 0));
+        let worst = self.parts.iter().max_by_key(|p| p.1).copied().unwrap_or(("", 0));
+        self.turns += 1;
+        if ms > self.longest.0 {
+            self.longest = (ms, worst.0);
+        }
+        self.longest_ever = self.longest_ever.max(ms);
+        if ms > SLOW_TURN_MS {
+            self.slow += 1;
+            if now_ms.saturating_sub(self.last_line) >= SLOW_LOG_MS {
+                let parts: Vec<String> = self.parts.iter().filter(|p| p.1 > 0).map(|p| format!("{} {}", p.0, p.1)).collect();
+                let more = if self.quiet.0 > 0 { format!("; {} more over {} ms since the last line, longest {} ms", self.quiet.0, SLOW_TURN_MS, self.quiet.1) } else { String::new() };
+                logf!("orchd: slow turn: {} ms ({} ms; slowest workd request {} {} ms){}", ms, parts.join(" ms, "), if call.is_empty() { "none" } else { call }, call_ms, more);
+                self.last_line = now_ms;
+                self.quiet = (0, 0);
+            } else {
+                self.quiet = (self.quiet.0 + 1, self.quiet.1.max(ms));
+            }
+        }
+        if now_ms >= self.stats_at {
+            logf!("orchd: turns in the last {} s: {}, longest {} ms ({}), {} over {} ms; longest since start {} ms", STATS_MS / 1000, self.turns, self.longest.0, self.longest.1, self.slow, SLOW_TURN_MS, self.longest_ever);
+            self.stats_at = now_ms + STATS_MS;
+            (self.turns, self.slow, self.longest) = (0, 0, (0, ""));
+        }
+        self.parts.clear();
+        self.turn = t;
+        self.mark = t;
     }
 }
 
@@ -165,7 +265,7 @@ fn run(_arg: u64) -> u64 {
         log("orchd: no memory for its buffers");
         return 98;
     };
-    let workd = Workd { buf: wbuf };
+    let workd = Workd { buf: wbuf, slowest: Cell::new(("", 0)) };
     let (members, labels) = members(&cbuf);
     if members.is_empty() || members.len() > catenary_cluster::orch::MEMBERS_MAX {
         logf!("orchd: {} cluster members: nothing to orchestrate", members.len());
@@ -215,7 +315,9 @@ fn run(_arg: u64) -> u64 {
     let mut next_capacity = 0u64;
     let mut shown = Shown::default();
     let mut data = alloc::vec![0u8; IO];
+    let mut watch = Watch::new();
     loop {
+        watch.end_turn(&workd);
         let t = now();
         orch.tick(t);
         if orch.members().len() != members.len() {
@@ -234,6 +336,7 @@ fn run(_arg: u64) -> u64 {
         hand_admitted(&orch, file_len, own, &mut handed, &mut removed);
         hand_removed(&orch, own, &mut handed, &mut removed);
         send_all(&s, sock, &io, &members, &mut orch);
+        watch.part("tick and send");
         let ms = now_ns() / 1_000_000;
         if ms >= next_capacity {
             next_capacity = ms + CAPACITY_MS;
@@ -249,10 +352,12 @@ fn run(_arg: u64) -> u64 {
             if let Some(Ok(wk::Reply::Images(l))) = workd.call(&wk::Request::Images) {
                 orch.set_images(l.iter().map(|i| i.digest.0).collect());
             }
+            watch.part("capacity");
         }
         if ms >= next_converge {
             next_converge = ms + CONVERGE_MS;
             converge(&workd, &orch, t, &mut shown);
+            watch.part("converge");
         }
         shown.report(&orch, t, &members);
         for c in orch.take_scheduled() {
@@ -270,6 +375,7 @@ fn run(_arg: u64) -> u64 {
                 serve(&mut orch, &m, &shown.waiting);
             }
         }
+        watch.part("log and ipc");
         let wait = (orch.next_deadline().saturating_sub(now()).as_millis() as u64).clamp(1, 50);
         let ready = match s.poll(wait) {
             Ok(r) => r,
@@ -278,6 +384,7 @@ fn run(_arg: u64) -> u64 {
                 return 3;
             }
         };
+        watch.part("poll");
         if ready.readable & Ready::bit(sock) != 0 {
             for _ in 0..32 {
                 let n = match s.recv(sock, &io, IO as u64) {
@@ -292,6 +399,7 @@ fn run(_arg: u64) -> u64 {
                 }
             }
             send_all(&s, sock, &io, &members, &mut orch);
+            watch.part("receive");
         }
     }
 }
@@ -474,6 +582,7 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) {
             if w.state != State::Stopping {
                 logf!("orchd: stopping {} (not assigned here{})", w.name, if orch.lease_holds(t) { "" } else { ": no lease" });
                 let _ = workd.call(&wk::Request::Stop { target, grace_ms: Some(0) });
+                shown.stopped.insert(w.name.clone());
             }
         } else if workd.call(&wk::Request::Destroy(target)).is_some_and(|r| r.is_ok()) {
             logf!("orchd: destroyed {}", w.name);
@@ -487,6 +596,7 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) {
     };
     let now_ms = now_ns() / 1_000_000;
     shown.waiting.retain(|n, _| want.contains_key(n) && !list.iter().any(|w| w.name == *n));
+    shown.stopped.retain(|n| list.iter().any(|w| w.name == *n));
     for (name, (spec, r)) in want {
         let exists = list.iter().any(|w| w.name == name);
         if !exists && !images.contains(&Digest(spec.image)) {
@@ -502,6 +612,14 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) {
         match list.iter().find(|w| w.name == name) {
             Some(w) if w.state == State::Created => {
                 let _ = workd.call(&wk::Request::Start(Target::Name(name)));
+            }
+            // Stopped here (its lease ran out, or it was unassigned) and assigned here again
+            // before it was destroyed: run it again. (One that ended by itself is left to its
+            // restart policy.)
+            Some(w) if matches!(w.state, State::Exited | State::Failed) && shown.stopped.contains(&name) => {
+                let started = workd.call(&wk::Request::Start(Target::Name(name.clone())));
+                logf!("orchd: started {} again (stopped here before; {} replica {}): {:?}", name, spec.name, r, started.map(|r| r.is_ok()));
+                shown.stopped.remove(&name);
             }
             Some(_) => {}
             None => match workd.call(&wk::Request::Create(local_spec(&spec, name.clone()))) {
@@ -531,6 +649,8 @@ struct Shown {
     running: Vec<String>,
     /// Replicas assigned here whose image the store lacks (workd name → image, since when).
     waiting: BTreeMap<String, (Digest, u64)>,
+    /// Replicas this service stopped that workd still lists (run again if assigned again).
+    stopped: alloc::collections::BTreeSet<String>,
 }
 
 impl Shown {
@@ -544,9 +664,10 @@ impl Shown {
         }
         if orch.leader() != self.leader {
             self.leader = orch.leader();
+            let term = orch.replica().map_or(0, |r| r.term());
             match self.leader {
-                Some(l) => logf!("orchd: leader is {}{}", name(l), if l == orch.me() { " (this node)" } else { "" }),
-                None => log("orchd: no leader known"),
+                Some(l) => logf!("orchd: leader is {}{} (term {})", name(l), if l == orch.me() { " (this node)" } else { "" }, term),
+                None => logf!("orchd: no leader known (term {})", term),
             }
         }
         let lease = orch.lease_holds(t);
