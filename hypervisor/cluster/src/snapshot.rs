@@ -602,7 +602,7 @@ impl SnapshotReceiver {
             commit_index: LogIndex::new(hd.commit_index),
             entries: LogEntries::new(hd.last),
         };
-        let env = Envelope { from: hd.from, to: hd.to, message, commands: Vec::new(), grant: false, applied: hd.applied, snapshot: Some(snap) };
+        let env = Envelope { from: hd.from, to: hd.to, message, commands: Vec::new(), grant: false, applied: hd.applied, snapshot: Some(snap), pre_vote: false };
         (ack(hd.total), Some(env))
     }
 
@@ -748,7 +748,7 @@ mod tests {
             commit_index: LogIndex::new(s.position.index.get() + 2),
             entries: LogEntries::new(s.position),
         };
-        Envelope { from: 1, to, message, commands: Vec::new(), grant: false, applied: s.state.applied, snapshot: Some(s) }
+        Envelope { from: 1, to, message, commands: Vec::new(), grant: false, applied: s.state.applied, snapshot: Some(s), pre_vote: false }
     }
 
     fn chunks(out: &[Vec<u8>]) -> Vec<SnapChunk> {
