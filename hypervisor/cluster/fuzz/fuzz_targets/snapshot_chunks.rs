@@ -26,7 +26,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         commit_index: LogIndex::new(3),
         entries: LogEntries::new(snap.position),
     };
-    let _ = tx.datagrams(Envelope { from: 1, to: 2, message, commands: Vec::new(), grant: false, applied: 0, snapshot: Some(snap) });
+    let _ = tx.datagrams(Envelope { from: 1, to: 2, message, commands: Vec::new(), grant: false, applied: 0, snapshot: Some(snap), pre_vote: false });
     let mut rx = SnapshotReceiver::default();
     let mut replica = Replica::join(2, ReplicaConfig::default(), 1, Duration::ZERO);
     let mut rest = data;
