@@ -110,6 +110,8 @@ pub enum Refused {
     KeyInUse,
     /// `Assign` of a replica that is already assigned, or to a drained node.
     Conflict,
+    /// `RemoveNode` that would leave fewer admitted nodes than a majority of the voters.
+    WouldLoseQuorum,
 }
 
 /// Bounds on what the state can hold.
@@ -183,9 +185,17 @@ impl DesiredState {
                 self.nodes.insert(*key);
             }
             Command::RemoveNode(key) => {
-                if !self.nodes.remove(key) {
+                if !self.nodes.contains(key) {
                     return Err(Refused::NoSuchNode);
                 }
+                // A removed node stays a Raft voter (every node ever admitted, `node_order`)
+                // but every other node's fabric drops it: a removal that left fewer admitted
+                // nodes than a majority of the voters would lose quorum for good (`node add`
+                // could not commit to undo it).
+                if (self.nodes.len() - 1) * 2 <= self.node_order.len() {
+                    return Err(Refused::WouldLoseQuorum);
+                }
+                self.nodes.remove(key);
                 self.drained.remove(key);
                 self.labels.remove(key);
                 // Assignments on it are moved by the scheduler, after its lease if it is down.
@@ -467,6 +477,31 @@ mod tests {
         assert!(s.demands().iter().all(|d| d.constraints.contains(&Constraint::NotOnNode(k))));
     }
 
+    /// `RemoveNode` keeps a majority of the voters (every node ever admitted) admitted: in a
+    /// three-node cluster one removal is taken, a second refused (the two removed would still
+    /// be voters, unreachable over the fabric: no quorum again), and so is the last node.
+    #[test]
+    fn remove_node_keeps_a_majority_of_the_voters() {
+        let l = Limits::default();
+        let mut s = DesiredState::default();
+        let keys = [NodeKey([1; 32]), NodeKey([2; 32]), NodeKey([3; 32])];
+        for k in &keys {
+            s.apply(&Command::AdmitNode(*k), &l).unwrap();
+        }
+        assert_eq!(s.apply(&Command::RemoveNode(keys[0]), &l), Ok(()));
+        assert_eq!(s.apply(&Command::RemoveNode(keys[0]), &l), Err(Refused::NoSuchNode));
+        assert_eq!(s.apply(&Command::RemoveNode(keys[1]), &l), Err(Refused::WouldLoseQuorum));
+        assert!(s.nodes.contains(&keys[1]) && s.nodes.contains(&keys[2]));
+        // A fourth node admitted: four voters, three admitted; one more removal leaves two of
+        // four, not a majority.
+        s.apply(&Command::AdmitNode(NodeKey([4; 32])), &l).unwrap();
+        assert_eq!(s.apply(&Command::RemoveNode(keys[1]), &l), Err(Refused::WouldLoseQuorum));
+        // A one-node cluster cannot remove its only node.
+        let mut one = DesiredState::default();
+        one.apply(&Command::AdmitNode(keys[0]), &l).unwrap();
+        assert_eq!(one.apply(&Command::RemoveNode(keys[0]), &l), Err(Refused::WouldLoseQuorum));
+    }
+
     /// `SetLabels`: only for an admitted node, refused whole when a key or value is malformed,
     /// a key is given twice, there are no or too many changes, or the node would keep more
     /// than `NODE_LABELS_MAX`; the effective labels are the file's with the changes over them;
@@ -503,6 +538,10 @@ mod tests {
         }
         assert!(s.labels[&k].len() <= NODE_LABELS_MAX);
         assert!(s.heap_bytes() > 0);
+        // Two more nodes, so removing one keeps a majority of the voters admitted.
+        for n in [3u8, 4] {
+            s.apply(&Command::AdmitNode(NodeKey([n; 32])), &l).unwrap();
+        }
         s.apply(&Command::RemoveNode(k), &l).unwrap();
         assert!(s.labels.is_empty());
     }
