@@ -90,9 +90,17 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let got = r.wait(Duration::from_secs(400), false, |l| l[victim][at..].iter().any(|x| x.contains("orchd: snapshot received in chunks; installed here: 1")));
         let line = r.lines[victim][at..].iter().find(|x| x.contains("orchd: snapshot received in chunks")).cloned().unwrap_or_default();
         c.check("the restarted node received the leader's snapshot in chunks over the fabric and installed it", got, &format!("after {:.0} s: {line}", restarted.elapsed().as_secs_f64()));
-        // "… (latest at log index N, W workloads)"
-        let workloads: usize = line.rsplit(", ").next().and_then(|x| x.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
-        c.check(&format!("the installed snapshot holds all {WRITES} workloads"), workloads >= WRITES, &line);
+        // "… (latest at log index N, W workloads in it)": the snapshot itself, taken by the
+        // leader at a compaction point (every 256 applied entries), so it holds the writes up
+        // to that point; the rest reach the node as log entries after it.
+        let index: u64 = line.split("latest at log index ").nth(1).and_then(|x| x.split(',').next()).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+        let held: usize = line.rsplit(", ").next().and_then(|x| x.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        c.check("the installed snapshot is a compacted log's (index >= 256) and holds workloads", index >= 256 && held > 0 && held <= WRITES, &line);
+        // Then the entries after the snapshot: the node's state must come to all of them.
+        let all = format!("orchd: {WRITES} workloads in the desired state");
+        let caught = r.wait(Duration::from_secs(120), false, |l| l[victim][at..].iter().any(|x| x.contains(&all)));
+        let last = r.lines[victim][at..].iter().rev().find(|x| x.contains("workloads in the desired state")).cloned().unwrap_or_default();
+        c.check(&format!("after the snapshot, the restarted node's state holds all {WRITES} workloads"), caught, &last);
         let acked = r.wait(Duration::from_secs(60), false, |l| (0..3).any(|i| i != victim && l[i][mark[i]..].iter().any(|x| x.contains("orchd: a follower acknowledged this node's snapshot whole"))));
         c.check("the leader saw the snapshot acknowledged whole", acked, "");
         let refused = r.lines.iter().flatten().any(|x| x.contains("orchd: a snapshot received was refused"));

@@ -55,6 +55,8 @@ const CONVERGE_MS: u64 = 250;
 const CAPACITY_MS: u64 = 1000;
 /// vCPUs of cluster replicas placed per CPU of the node.
 const VCPUS_PER_CPU: u32 = 8;
+/// At most one `N workloads in the desired state` line per this many ms.
+const WORKLOADS_LOG_MS: u64 = 5_000;
 /// The prefix of the workd names of cluster replicas.
 const PREFIX: &str = "cl-";
 
@@ -646,6 +648,8 @@ struct Shown {
     joins: u64,
     /// Snapshots over the fabric: assembled and refused here, transfers completed from here.
     snapshots: (u64, u64, u64),
+    /// The workload count last logged, and when (ms).
+    workloads: (usize, u64),
     running: Vec<String>,
     /// Replicas assigned here whose image the store lacks (workd name → image, since when).
     waiting: BTreeMap<String, (Digest, u64)>,
@@ -681,6 +685,14 @@ impl Shown {
             let st = orch.state();
             logf!("orchd: {} replicas assigned here; {} workloads, {} assignments in the cluster", n, st.map_or(0, |s| s.workloads.len()), st.map_or(0, |s| s.assignments.len()));
         }
+        // The desired state's size, at most one line per WORKLOADS_LOG_MS (a burst of writes
+        // is one line; the last count is logged once the period has passed).
+        let workloads = orch.state().map_or(0, |s| s.workloads.len());
+        let ms = t.as_millis() as u64;
+        if workloads != self.workloads.0 && ms.saturating_sub(self.workloads.1) >= WORKLOADS_LOG_MS {
+            self.workloads = (workloads, ms);
+            logf!("orchd: {} workloads in the desired state", workloads);
+        }
         let nodes = orch.state().map_or(0, |s| s.nodes.len());
         if nodes != self.nodes {
             self.nodes = nodes;
@@ -696,8 +708,9 @@ impl Shown {
             if snaps.0 != self.snapshots.0 {
                 // Installed by the replica only if it is ahead of what this node committed.
                 let r = orch.replica();
-                let at = r.and_then(|r| r.storage().snapshot.as_ref()).map_or(0, |s| s.position.index.get());
-                logf!("orchd: snapshot received in chunks; installed here: {} (latest at log index {}, {} workloads)", r.map_or(0, |r| r.snapshots_installed()), at, orch.state().map_or(0, |s| s.workloads.len()));
+                let snap = r.and_then(|r| r.storage().snapshot.as_ref());
+                let (at, held) = snap.map_or((0, 0), |s| (s.position.index.get(), s.state.workloads.len()));
+                logf!("orchd: snapshot received in chunks; installed here: {} (latest at log index {}, {} workloads in it)", r.map_or(0, |r| r.snapshots_installed()), at, held);
             }
             if snaps.1 != self.snapshots.1 {
                 logf!("orchd: a snapshot received was refused ({} so far)", snaps.1);
