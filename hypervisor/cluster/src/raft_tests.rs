@@ -101,8 +101,7 @@ fn a_node_cut_off_from_the_majority_stops_its_singleton_when_its_lease_runs_out(
 #[test]
 fn a_follower_cut_off_for_a_while_does_not_depose_the_leader() {
     for seed in 0..10 {
-        // Pre-vote is off by default for now (it fails two chaos seeds with compaction over the
-        // codec, docs/orchestration.md "Not done yet"); this test turns it on.
+        // on whatever the default
         let cfg = crate::replica::ReplicaConfig { snapshot_every: crate::raft_sim::SIM_SNAPSHOT_EVERY, pre_vote: true, ..Default::default() };
         let mut sim = RaftSim::with_config(3, seed, NetConfig::default(), 64, 65536, cfg);
         sim.run_until(secs(3));

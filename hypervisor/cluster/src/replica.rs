@@ -78,7 +78,7 @@ impl Default for ReplicaConfig {
             snapshot_every: u64::MAX,
             grant_window: Duration::from_millis(500),
             peer_down_after: Duration::from_millis(1000),
-            pre_vote: false,
+            pre_vote: true,
             limits: Limits::default(),
         }
     }
