@@ -1,77 +1,18 @@
-//! Raft snapshots over the fabric: the snapshot's bytes, and the chunked InstallSnapshot
-//! transfer (Raft §7) that carries them in datagrams of at most
-//! [`crate::raft_codec::DATAGRAM_MAX`] bytes (docs/orchestration.md, "Snapshots over the
-//! fabric").
-//!
-//! **The snapshot's bytes** ([`encode_snapshot`], [`decode_snapshot`]): one deterministic
-//! encoding of a [`Snapshot`] (the same state always gives the same bytes; maps in key order,
-//! little-endian, the layout of `raft_codec` for workload specs):
-//!
-//! ```text
-//! u8  version (1)
-//! u64 position term, u64 position index                 each < 2^62
-//! ids voters, ids new_voters, ids non_voters            u16 count ≤ 64, then strictly increasing u64 ids
-//! u64 applied                                            the state's applied-command count
-//! u32 n, n × spec                                        workloads by name, names strictly increasing
-//! u32 n, n × key[32]                                     nodes, strictly increasing
-//! u32 n, n × key[32]                                     node_order (admission order), no key twice
-//! u32 n, n × key[32]                                     drained, strictly increasing
-//! u32 n, n × (key[32], u8 role 1 admin | 2 viewer)       operators, keys strictly increasing
-//! u32 n, n × (str workload, u32 replica, key[32] node)   assignments, (workload, replica) strictly increasing
-//! u32 n, n × (str workload, u32 replica, key[32] host, u64 at)  releases, likewise
-//! u32 n, n × (key[32], u16 m, m × (str label, u8 0 removed | 1 set, [str value]))
-//!                                                        label changes per node, node keys and
-//!                                                        label keys strictly increasing
-//! ```
-//!
-//! The encoder names every field of [`DesiredState`] (a destructuring), so a field added to
-//! the state does not compile until the snapshot carries it.
-//!
-//! Decoding refuses a count past its bound or past what the bytes left could hold (before
-//! allocating), keys out of order or repeated, trailing bytes, and a state outside the
-//! receiver's [`Limits`] ([`DesiredState::within`]); so `decode(encode(s)) == s` and a decoded
-//! snapshot re-encodes to the same bytes.
-//!
-//! **The transfer.** The leader's snapshot is sent in chunks of [`CHUNK_LEN`] bytes
-//! ([`SnapChunk`], `raft_codec` kind 8). Every chunk carries the whole header: sender and
-//! receiver ids, the leader's number for the transfer, the leader's term, commit index and applied count (the empty AppendEntries
-//! call the follower handles once it installed the snapshot, as [`Envelope::snapshot`]), the
-//! last included position (index and term), the snapshot's total length (at most
-//! [`SNAPSHOT_MAX`]), the SHA-256 of the whole snapshot, the chunk's offset (a multiple of
-//! [`CHUNK_LEN`]), a done flag (the last chunk) and the data (exactly `min(CHUNK_LEN, total -
-//! offset)` bytes). The follower answers every chunk with a [`SnapAck`] (kind 9): the number of
-//! bytes it holds without a gap from the start (`next`; `total` once it assembled and installed
-//! the snapshot, or already had). The leader ([`SnapshotSender`]) keeps at most [`WINDOW`]
-//! chunks beyond the acknowledged offset in flight; each acknowledgement moves the window on,
-//! and the replica's own re-send of the snapshot (at most one per peer per `election_min`,
-//! [`crate::replica::Replica`]) is the retransmission timer: it resumes from where the latest
-//! acknowledgement said the follower is (not from zero; and below the acknowledged offset if
-//! the follower restarted and lost what it held).
-//!
-//! The follower ([`SnapshotReceiver`]) assembles one snapshot at a time into a buffer of the
-//! announced length (at most [`SNAPSHOT_MAX`]), keeps chunks that arrive out of order, ignores
-//! duplicates, chunks of a term older than its own or than the assembly's, and chunks of an
-//! older snapshot than the one it assembles; a chunk of a newer term or a later snapshot
-//! replaces the assembly. Once every chunk is there it checks the digest and decodes the bytes
-//! (length, order, limits), and only then hands the replica the snapshot with its
-//! AppendEntries call (which installs it atomically: state, applied index and log at once). A
-//! snapshot that fails either check is dropped whole and counted ([`SnapshotReceiver::refused`]).
-use alloc::collections::{BTreeMap, BTreeSet};
-use alloc::string::String;
+//! The chunked transfer of a snapshot (Raft §7 InstallSnapshot over datagrams): the chunks
+//! and acknowledgements, their wire form (`raft_codec` kinds 8 and 9), the leader's
+//! [`SnapshotSender`] and the follower's [`SnapshotReceiver`] (the module docs, [`super`]).
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use raftbare::{ClusterConfig, LogEntries, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, NodeId, Term};
+use raftbare::{LogEntries, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, NodeId, Term};
 use sha2::{Digest, Sha256};
 
-use crate::desired::{DesiredState, Limits, Release, Role, NODE_LABELS_MAX};
+use super::{decode_snapshot, encode_snapshot, SNAPSHOT_MAX};
+use crate::desired::Limits;
 use crate::raft_codec::{encode, encode_within, Wire, WireError, DATAGRAM_MAX, NUMBER_MAX, R, W};
-use crate::replica::{Envelope, ReplicaId, Snapshot};
+use crate::replica::{Envelope, ReplicaId};
 
-/// The largest snapshot (encoded bytes) sent or assembled. `orchd` has a 4 MiB heap; its
-/// write budget keeps the state's heap below this ([`crate::orch::NODE_WRITE_BUDGET`]), and
-/// the encoding is smaller than the heap it describes (tested).
-pub const SNAPSHOT_MAX: usize = 1 << 20;
 /// Data bytes per chunk: with its 109 bytes of header a chunk is 1,309 bytes, within a
 /// datagram ([`DATAGRAM_MAX`], 1,356).
 pub const CHUNK_LEN: usize = 1200;
@@ -79,7 +20,6 @@ pub const CHUNK_LEN: usize = 1200;
 pub const WINDOW: usize = 16;
 /// Transfers a leader tracks at once (one per lagging peer; a configuration holds at most 64).
 const TRANSFERS_MAX: usize = 64;
-const VERSION: u8 = 1;
 
 /// What every chunk of one transfer carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,183 +63,6 @@ pub struct SnapAck {
     pub last: LogPosition,
     pub digest: [u8; 32],
     pub next: u32,
-}
-
-// ---------------------------------------------------------------- the snapshot's bytes
-
-/// The snapshot's bytes (deterministic).
-pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
-    let mut w = W(Vec::new());
-    w.u8(VERSION);
-    w.pos(s.position);
-    w.ids(&s.config.voters);
-    w.ids(&s.config.new_voters);
-    w.ids(&s.config.non_voters);
-    // Every field, by name: a new one must be added here (and to the decoder).
-    let DesiredState { workloads, nodes, node_order, drained, operators, assignments, releases, labels, applied } = &s.state;
-    w.u64(*applied);
-    w.u32(workloads.len() as u32);
-    for spec in workloads.values() {
-        w.spec(spec);
-    }
-    for keys in [&nodes.iter().collect::<Vec<_>>(), &node_order.iter().collect(), &drained.iter().collect()] {
-        w.u32(keys.len() as u32);
-        for k in keys {
-            w.bytes(&k.0);
-        }
-    }
-    w.u32(operators.len() as u32);
-    for (k, role) in operators {
-        w.bytes(&k.0);
-        w.u8(match role {
-            Role::Admin => 1,
-            Role::Viewer => 2,
-        });
-    }
-    w.u32(assignments.len() as u32);
-    for ((name, replica), node) in assignments {
-        w.str(name);
-        w.u32(*replica);
-        w.bytes(&node.0);
-    }
-    w.u32(releases.len() as u32);
-    for ((name, replica), r) in releases {
-        w.str(name);
-        w.u32(*replica);
-        w.bytes(&r.host.0);
-        w.u64(r.at);
-    }
-    w.u32(labels.len() as u32);
-    for (node, changes) in labels {
-        w.bytes(&node.0);
-        w.u16(changes.len() as u16);
-        for (k, v) in changes {
-            w.str(k);
-            match v {
-                None => w.u8(0),
-                Some(v) => {
-                    w.u8(1);
-                    w.str(v);
-                }
-            }
-        }
-    }
-    w.0
-}
-
-/// A u32 count of items of at least `item` bytes: bounded by `max` and by the bytes left.
-fn count32(r: &mut R<'_>, max: usize, item: usize) -> Result<usize, WireError> {
-    let n = r.u32()? as usize;
-    if n > max {
-        return Err(WireError::OutOfRange);
-    }
-    if n.saturating_mul(item) > r.b.len() {
-        return Err(WireError::Truncated);
-    }
-    Ok(n)
-}
-
-/// A snapshot from its bytes, refused unless canonical and within `limits`. Never panics;
-/// allocates at most a small multiple of `bytes.len()`.
-pub fn decode_snapshot(bytes: &[u8], limits: &Limits) -> Result<Snapshot, WireError> {
-    if bytes.len() > SNAPSHOT_MAX {
-        return Err(WireError::TooLong);
-    }
-    let mut r = R { b: bytes };
-    if r.u8()? != VERSION {
-        return Err(WireError::BadTag(bytes[0]));
-    }
-    let position = r.pos()?;
-    let config = ClusterConfig { voters: r.ids()?, new_voters: r.ids()?, non_voters: r.ids()? };
-    let mut st = DesiredState { applied: r.num()?, ..DesiredState::default() };
-    // A spec is at least 2 + 32 + 16 + 2 + 2 + 1 + 2 bytes.
-    for _ in 0..count32(&mut r, limits.workloads, 57)? {
-        let spec = r.spec()?;
-        if st.workloads.last_key_value().is_some_and(|(k, _)| *k >= spec.name) {
-            return Err(WireError::OutOfRange);
-        }
-        st.workloads.insert(spec.name.clone(), spec);
-    }
-    for _ in 0..count32(&mut r, limits.nodes, 32)? {
-        let k = r.key()?;
-        if st.nodes.last().is_some_and(|l| *l >= k) {
-            return Err(WireError::OutOfRange);
-        }
-        st.nodes.insert(k);
-    }
-    let mut seen = BTreeSet::new();
-    for _ in 0..count32(&mut r, limits.nodes, 32)? {
-        let k = r.key()?;
-        if !seen.insert(k) {
-            return Err(WireError::OutOfRange);
-        }
-        st.node_order.push(k);
-    }
-    for _ in 0..count32(&mut r, limits.nodes, 32)? {
-        let k = r.key()?;
-        if st.drained.last().is_some_and(|l| *l >= k) {
-            return Err(WireError::OutOfRange);
-        }
-        st.drained.insert(k);
-    }
-    for _ in 0..count32(&mut r, limits.operators, 33)? {
-        let k = r.key()?;
-        let role = match r.u8()? {
-            1 => Role::Admin,
-            2 => Role::Viewer,
-            t => return Err(WireError::BadTag(t)),
-        };
-        if st.operators.last_key_value().is_some_and(|(l, _)| *l >= k) {
-            return Err(WireError::OutOfRange);
-        }
-        st.operators.insert(k, role);
-    }
-    let replicas = limits.workloads.saturating_mul(limits.replicas as usize);
-    for _ in 0..count32(&mut r, replicas, 38)? {
-        let key = (r.str()?, r.u32()?);
-        let node = r.key()?;
-        if st.assignments.last_key_value().is_some_and(|(l, _)| *l >= key) {
-            return Err(WireError::OutOfRange);
-        }
-        st.assignments.insert(key, node);
-    }
-    for _ in 0..count32(&mut r, replicas.saturating_mul(2), 46)? {
-        let key = (r.str()?, r.u32()?);
-        let host = r.key()?;
-        let at = r.u64()?;
-        if st.releases.last_key_value().is_some_and(|(l, _)| *l >= key) {
-            return Err(WireError::OutOfRange);
-        }
-        st.releases.insert(key, Release { host, at });
-    }
-    for _ in 0..count32(&mut r, limits.nodes, 34)? {
-        let node = r.key()?;
-        if st.labels.last_key_value().is_some_and(|(l, _)| *l >= node) {
-            return Err(WireError::OutOfRange);
-        }
-        let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for _ in 0..r.count(NODE_LABELS_MAX, 3)? {
-            let k = r.str()?;
-            let v = match r.u8()? {
-                0 => None,
-                1 => Some(r.str()?),
-                t => return Err(WireError::BadTag(t)),
-            };
-            if changes.last_key_value().is_some_and(|(l, _)| *l >= k) {
-                return Err(WireError::OutOfRange);
-            }
-            changes.insert(k, v);
-        }
-        st.labels.insert(node, changes);
-    }
-    if !r.b.is_empty() {
-        return Err(WireError::Trailing);
-    }
-    // The position a snapshot was taken at was committed, and the state is the limits'.
-    if position.term.get() == 0 && position.index.get() != 0 || !st.within(limits) {
-        return Err(WireError::OutOfRange);
-    }
-    Ok(Snapshot { position, config, state: st })
 }
 
 // ---------------------------------------------------------------- chunks and acks on the wire
@@ -623,124 +386,10 @@ const _: () = assert!(NUMBER_MAX > SNAPSHOT_MAX as u64);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{Command, RestartPolicy, WorkloadSpec};
-    use crate::identity::NodeKey;
-    use crate::placement::Constraint;
     use crate::raft_codec::decode;
-    use alloc::format;
-    use alloc::string::ToString;
+    use crate::replica::Snapshot;
+    use crate::snapshot::fixtures::{rnd, snap};
 
-    fn rnd(seed: &mut u64) -> u64 {
-        *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// What an operator's `catenary run --replicas 2 --env … --constraint …` commits (as in
-    /// tests/heap.rs), with `pad` bytes more in one env value.
-    fn realistic(i: u32, pad: usize) -> WorkloadSpec {
-        WorkloadSpec {
-            name: format!("web-{i}"),
-            image: [0x5a; 32],
-            replicas: 2,
-            vcpus: 1,
-            mem_mib: 128,
-            env: vec![("PORT".into(), "8080".into()), ("LOG_LEVEL".into(), "info".into()), ("GREETING".into(), format!("hello from {i}{}", "x".repeat(pad)))],
-            args: vec!["--serve".into(), "/srv/www".into()],
-            restart: RestartPolicy::OnFailure { max_restarts: 5 },
-            constraints: vec![Constraint::LabelEquals { key: "zone".into(), value: "a".into() }, Constraint::OnNodes(vec![NodeKey([3; 32])])],
-        }
-    }
-
-    /// A state with every field in use: `n` workloads (each padded by `pad` bytes), 3 nodes
-    /// (one drained), an operator, assignments and a release.
-    fn state(n: u32, pad: usize) -> DesiredState {
-        let l = Limits::default();
-        let mut s = DesiredState::default();
-        let keys = [NodeKey([3; 32]), NodeKey([1; 32]), NodeKey([2; 32])];
-        for k in keys {
-            s.apply(&Command::AdmitNode(k), &l).unwrap();
-        }
-        s.apply(&Command::SetOperator { key: NodeKey([9; 32]), role: Some(Role::Viewer) }, &l).unwrap();
-        s.apply(&Command::SetOperator { key: NodeKey([8; 32]), role: Some(Role::Admin) }, &l).unwrap();
-        for i in 0..n {
-            s.apply(&Command::PutWorkload(realistic(i, pad)), &l).unwrap();
-            s.apply(&Command::Assign { workload: format!("web-{i}"), replica: i % 2, node: keys[i as usize % 3] }, &l).unwrap();
-        }
-        if n > 0 {
-            s.apply(&Command::Unassign { workload: "web-0".to_string(), replica: 0 }, &l).unwrap();
-        }
-        s.apply(&Command::Drain(keys[2]), &l).unwrap();
-        s.apply(&Command::SetLabels { node: keys[1], changes: vec![("zone".to_string(), Some("b".to_string())), ("disk".to_string(), None)] }, &l).unwrap();
-        s.apply(&Command::SetLabels { node: keys[0], changes: vec![("gpu".to_string(), Some(String::new()))] }, &l).unwrap();
-        s
-    }
-
-    fn snap(n: u32, pad: usize) -> Snapshot {
-        let mut config = ClusterConfig::new();
-        config.voters.extend([NodeId::new(0), NodeId::new(1), NodeId::new(2)]);
-        config.new_voters.extend([NodeId::new(0), NodeId::new(65537), NodeId::new(2)]);
-        Snapshot { position: LogPosition { term: Term::new(3), index: LogIndex::new(40 + u64::from(n)) }, config, state: state(n, pad) }
-    }
-
-    #[test]
-    fn snapshot_bytes_round_trip_canonically_and_every_cut_is_refused() {
-        let l = Limits::default();
-        for s in [snap(0, 0), snap(5, 10), Snapshot { position: LogPosition::ZERO, config: ClusterConfig::new(), state: DesiredState::default() }] {
-            let b = encode_snapshot(&s);
-            assert_eq!(decode_snapshot(&b, &l).as_ref(), Ok(&s));
-            assert_eq!(encode_snapshot(&s), b, "deterministic");
-            for n in 0..b.len() {
-                assert!(decode_snapshot(&b[..n], &l).is_err(), "cut at {n}");
-            }
-            let mut longer = b.clone();
-            longer.push(0);
-            assert_eq!(decode_snapshot(&longer, &l), Err(WireError::Trailing));
-        }
-    }
-
-    #[test]
-    fn snapshot_decode_refuses_disorder_repeats_and_states_past_the_limits() {
-        let l = Limits::default();
-        let s = snap(3, 0);
-        let b = encode_snapshot(&s);
-        // The nodes set is the first place key [1;32] then [2;32] appear: swapped, out of order.
-        let at = |b: &[u8], k: u8| b.windows(32).position(|w| w == [k; 32]).unwrap();
-        let (a1, a2) = (at(&b, 1), at(&b, 2));
-        assert_eq!(a2, a1 + 32);
-        let mut swapped = b.clone();
-        swapped[a1..a1 + 32].fill(2);
-        swapped[a2..a2 + 32].fill(1);
-        assert_eq!(decode_snapshot(&swapped, &l), Err(WireError::OutOfRange));
-        // A key twice in the admission order.
-        let order = a2 + 32 + 32 + 4; // after nodes [1,2,3]: node_order's count, then its keys
-        let mut twice = b.clone();
-        let first: [u8; 32] = twice[order..order + 32].try_into().unwrap();
-        twice[order + 32..order + 64].copy_from_slice(&first);
-        assert_eq!(decode_snapshot(&twice, &l), Err(WireError::OutOfRange));
-        // Past the receiver's limits.
-        assert_eq!(decode_snapshot(&b, &Limits { workloads: 2, ..l }), Err(WireError::OutOfRange));
-        assert_eq!(decode_snapshot(&b, &Limits { nodes: 2, ..l }), Err(WireError::OutOfRange));
-        // A huge count with few bytes behind it: refused before allocating.
-        let mut huge = encode_snapshot(&Snapshot { position: LogPosition::ZERO, config: ClusterConfig::new(), state: DesiredState::default() });
-        let workloads = 1 + 16 + 3 * 2 + 8;
-        huge[workloads..workloads + 4].copy_from_slice(&9_999u32.to_le_bytes());
-        assert_eq!(decode_snapshot(&huge, &l), Err(WireError::Truncated));
-    }
-
-    /// The encoding is smaller than the heap the state takes, so a state within the write
-    /// budget always has a snapshot within SNAPSHOT_MAX.
-    #[test]
-    fn the_encoding_is_smaller_than_the_state_heap() {
-        for (n, pad) in [(0, 0), (1, 0), (100, 0), (2000, 0), (50, 3000)] {
-            let s = snap(n, pad);
-            let (enc, heap) = (encode_snapshot(&s).len() as u64, s.state.heap_bytes());
-            assert!(enc <= heap.max(200), "{n} workloads: {enc} bytes encoded, {heap} heap");
-        }
-        assert!(crate::orch::NODE_WRITE_BUDGET <= SNAPSHOT_MAX as u64);
-    }
 
     fn env_with(s: Snapshot, to: ReplicaId) -> Envelope {
         let message = Message::AppendEntriesCall {
