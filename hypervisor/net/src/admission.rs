@@ -161,13 +161,40 @@ impl Node {
     }
 }
 
-/// One row of `netd`'s admission table (`LABEL_ADMISSION`): a peer admitted at run time, or a
-/// pending node.
+/// What a row of the admission table is: its first byte on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowKind {
+    /// A peer admitted at run time.
+    Admitted,
+    /// A node that said hello and waits for an admin (`catenary node add`).
+    Pending,
+    /// Removed by the cluster (never established).
+    Removed,
+}
+
+impl RowKind {
+    pub fn wire(self) -> u8 {
+        match self {
+            RowKind::Admitted => 0,
+            RowKind::Pending => 1,
+            RowKind::Removed => 2,
+        }
+    }
+    pub fn from_wire(b: u8) -> Option<RowKind> {
+        match b {
+            0 => Some(RowKind::Admitted),
+            1 => Some(RowKind::Pending),
+            2 => Some(RowKind::Removed),
+            _ => None,
+        }
+    }
+}
+
+/// One row of `netd`'s admission table (`LABEL_ADMISSION`): a peer admitted at run time, a
+/// pending node, or a removed key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Row {
-    pub pending: bool,
-    /// Removed by the cluster (not pending, not established).
-    pub removed: bool,
+    pub kind: RowKind,
     /// Admitted: a session is up. Pending: never.
     pub established: bool,
     pub key: [u8; 32],
@@ -178,6 +205,13 @@ pub struct Row {
     pub underlay: Ipv6Addr,
     /// Since its first hello (pending), in ms.
     pub age_ms: u64,
+}
+
+impl Row {
+    /// A row of only a kind and a key: no session, no hello facts (an admitted or a removed key).
+    pub fn bare(kind: RowKind, key: [u8; 32]) -> Row {
+        Row { kind, established: false, key, cpus: 0, mem_mib: 0, mac: [0; 6], underlay: Ipv6Addr::UNSPECIFIED, age_ms: 0 }
+    }
 }
 
 const TABLE_MAGIC: [u8; 4] = *b"ADM1";
@@ -196,8 +230,7 @@ pub fn encode_table(rows: &[Row]) -> Vec<u8> {
     b.extend_from_slice(&(rows.len() as u16).to_le_bytes());
     b.extend_from_slice(&[0, 0]);
     for r in rows {
-        // 0 admitted, 1 pending, 2 removed
-        b.push(if r.removed { 2 } else { r.pending as u8 });
+        b.push(r.kind.wire());
         b.push(r.established as u8);
         b.extend_from_slice(&r.cpus.to_le_bytes());
         b.extend_from_slice(&r.mem_mib.to_le_bytes());
@@ -221,7 +254,8 @@ pub fn decode_table(b: &[u8]) -> Result<Vec<Row>, ()> {
     }
     let mut rows = Vec::with_capacity(n);
     for c in b[TABLE_HEADER..].chunks_exact(TABLE_ROW) {
-        if c[0] > 2 || c[1] > 1 || c[14..16] != [0, 0] || (c[0] == 2 && c[1] == 1) {
+        let Some(kind) = RowKind::from_wire(c[0]) else { return Err(()) };
+        if c[1] > 1 || c[14..16] != [0, 0] || (kind == RowKind::Removed && c[1] == 1) {
             return Err(());
         }
         let arr = |r: core::ops::Range<usize>| -> Vec<u8> { c[r].to_vec() };
@@ -232,8 +266,7 @@ pub fn decode_table(b: &[u8]) -> Result<Vec<Row>, ()> {
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&c[8..14]);
         rows.push(Row {
-            pending: c[0] == 1,
-            removed: c[0] == 2,
+            kind,
             established: c[1] == 1,
             cpus: u16::from_le_bytes([c[2], c[3]]),
             mem_mib: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
@@ -253,21 +286,10 @@ impl Node {
             .admission
             .extra
             .iter()
-            .map(|k| Row {
-                pending: false,
-                removed: false,
-                established: self.peers.iter().any(|p| p.public_key == *k && p.established),
-                key: *k,
-                cpus: 0,
-                mem_mib: 0,
-                mac: [0; 6],
-                underlay: Ipv6Addr::UNSPECIFIED,
-                age_ms: 0,
-            })
+            .map(|k| Row { established: self.peers.iter().any(|p| p.public_key == *k && p.established), ..Row::bare(RowKind::Admitted, *k) })
             .collect();
         v.extend(self.admission.pending.entries().iter().filter(|e| now_ns.saturating_sub(e.last_ns) <= hello::TTL_NS).map(|e| Row {
-            pending: true,
-            removed: false,
+            kind: RowKind::Pending,
             established: false,
             key: e.facts.key,
             cpus: e.facts.cpus,
@@ -276,17 +298,7 @@ impl Node {
             underlay: *e.from.ip(),
             age_ms: now_ns.saturating_sub(e.first_ns) / 1_000_000,
         }));
-        v.extend(self.admission.removed.iter().map(|k| Row {
-            pending: false,
-            removed: true,
-            established: false,
-            key: *k,
-            cpus: 0,
-            mem_mib: 0,
-            mac: [0; 6],
-            underlay: Ipv6Addr::UNSPECIFIED,
-            age_ms: 0,
-        }));
+        v.extend(self.admission.removed.iter().map(|k| Row::bare(RowKind::Removed, *k)));
         v
     }
 }
@@ -298,11 +310,13 @@ mod tests {
     #[test]
     fn the_table_round_trips_and_refuses_malformed_bytes() {
         let rows = alloc::vec![
-            Row { pending: false, removed: false, established: true, key: [1; 32], cpus: 0, mem_mib: 0, mac: [0; 6], underlay: Ipv6Addr::UNSPECIFIED, age_ms: 0 },
-            Row { pending: false, removed: true, established: false, key: [3; 32], cpus: 0, mem_mib: 0, mac: [0; 6], underlay: Ipv6Addr::UNSPECIFIED, age_ms: 0 },
-            Row { pending: true, removed: false, established: false, key: [2; 32], cpus: 4, mem_mib: 4096, mac: [0x52, 0x54, 0, 0xca, 0, 3], underlay: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 3), age_ms: 1234 },
+            Row { established: true, ..Row::bare(RowKind::Admitted, [1; 32]) },
+            Row::bare(RowKind::Removed, [3; 32]),
+            Row { kind: RowKind::Pending, established: false, key: [2; 32], cpus: 4, mem_mib: 4096, mac: [0x52, 0x54, 0, 0xca, 0, 3], underlay: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 3), age_ms: 1234 },
         ];
         let b = encode_table(&rows);
+        // The kind byte on the wire (apid and memberd read it): 0 admitted, 2 removed, 1 pending.
+        assert_eq!([b[TABLE_HEADER], b[TABLE_HEADER + TABLE_ROW], b[TABLE_HEADER + 2 * TABLE_ROW]], [0, 2, 1]);
         assert_eq!(decode_table(&b), Ok(rows));
         for n in 0..b.len() {
             assert!(decode_table(&b[..n]).is_err());

@@ -308,6 +308,7 @@ impl Backend for Node {
 /// admission table; membership from `memberd`'s table.
 fn admission_nodes(buf: &Pages, table: &[catenary_cluster::service::Row]) -> Vec<ApiNode> {
     use catenary_ipc::netd::LABEL_ADMISSION;
+    use catenary_net::admission::RowKind;
     let Ok(m) = call_grant(NETD, LABEL_ADMISSION, 0, 0, buf, CLUSTER_MAX as u64, true) else { return Vec::new() };
     if m.label != 0 || m.words[0] as usize > CLUSTER_MAX {
         return Vec::new();
@@ -319,19 +320,26 @@ fn admission_nodes(buf: &Pages, table: &[catenary_cluster::service::Row]) -> Vec
         .map(|r| {
             let member = table.iter().find(|t| t.id.key.0 == r.key);
             let m = r.mac;
+            let pending = r.kind == RowKind::Pending;
             ApiNode {
                 name: catenary_net::admission::short(&r.key),
                 public_key: hex(&r.key),
                 address: alloc::format!("{}", Prefix64::from_public_key(&r.key).node_address()),
-                state: if r.removed { "removed" } else if r.pending { "pending" } else if r.established { "up" } else { "unreachable" }.into(),
-                cpus: r.pending.then_some(r.cpus as u32),
-                memory_total_mib: r.pending.then_some(r.mem_mib as u64),
+                state: match r.kind {
+                    RowKind::Removed => "removed",
+                    RowKind::Pending => "pending",
+                    RowKind::Admitted if r.established => "up",
+                    RowKind::Admitted => "unreachable",
+                }
+                .into(),
+                cpus: pending.then_some(r.cpus as u32),
+                memory_total_mib: pending.then_some(r.mem_mib as u64),
                 memory_free_mib: None,
                 memory_committed_mib: None,
                 workloads: None,
                 membership: member.map(|t| catenary_cluster::service::state_name(t.state).into()),
                 incarnation: member.map(|t| t.incarnation),
-                mac: r.pending.then(|| alloc::format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])),
+                mac: pending.then(|| alloc::format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])),
                 labels: None,
             }
         })

@@ -45,6 +45,7 @@ use alloc::vec::Vec;
 use catenary_cluster::service::{self as svc, Row};
 use catenary_cluster::{MemberState, Membership, MembershipConfig, NodeId, NodeKey};
 use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_ADMISSION, LABEL_CLUSTER, LABEL_SEED, LABEL_SELF};
+use catenary_net::admission::RowKind;
 use catenary_netsock::{DgramHeader, Handle, Local, DGRAM_HEADER};
 use catenary_user::netsock_client::Sockets;
 use catenary_user::*;
@@ -234,7 +235,7 @@ impl Service {
         let Ok(rows) = catenary_net::admission::decode_table(&b) else { return };
         // Removed by the committed state (`catenary node remove`): revoked (out of the table,
         // its datagrams refused), and its /64 no longer names a member.
-        for r in rows.iter().filter(|r| r.removed && r.key != self.me.key.0) {
+        for r in rows.iter().filter(|r| r.kind == RowKind::Removed && r.key != self.me.key.0) {
             if !self.m.is_admitted(&NodeKey(r.key)) && !self.members.iter().any(|(_, k)| *k == r.key) {
                 continue;
             }
@@ -243,7 +244,7 @@ impl Service {
             let name = self.names.iter().find(|n| n.0 == r.key).map_or_else(|| catenary_net::admission::short(&r.key), |n| n.1.clone());
             logf!("memberd: removed {} ({}): the replicated desired state removed it", name, catenary_net::cluster::hex_encode(&r.key));
         }
-        for r in rows.iter().filter(|r| !r.pending && !r.removed) {
+        for r in rows.iter().filter(|r| r.kind == RowKind::Admitted) {
             if self.m.is_admitted(&NodeKey(r.key)) && self.members.iter().any(|(_, k)| *k == r.key) {
                 continue;
             }
