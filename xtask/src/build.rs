@@ -243,7 +243,7 @@ fn build_static_guest(what: &[&str]) -> Result<PathBuf, String> {
 /// A cpio "newc" archive (deterministic: fixed inode numbers, mtime 0, mode 0644).
 pub fn cpio_newc(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     fn pad(v: &mut Vec<u8>) {
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0);
         }
     }

@@ -94,26 +94,26 @@ pub fn bench_cluster(args: &[String]) -> Result<(), String> {
 /// (issue 13); recovering faster than its lower end is the goal.
 const RECOVERY_GOAL_MS: f64 = 20_000.0;
 
-/// Three QEMU TCG nodes (`orchtest::boot`), `web` (2 replicas) and `db` (1) put through
+/// Three QEMU TCG nodes (`threenode::boot`), `web` (2 replicas) and `db` (1) put through
 /// node1's API; the node running `db` is killed (SIGKILL of its QEMU). Host wall-clock from
 /// the kill to each survivor's `memberd: member NODE dead` console line, and to the first
 /// `[vm:cl-NAME-R stdout]` line of every lost replica on a survivor.
 fn qemu_rows() -> Result<(), String> {
-    if let Some(why) = crate::orchtest::missing() {
+    if let Some(why) = crate::threenode::missing() {
         println!("bench cluster: QEMU rows SKIPPED ({why})");
         return Ok(());
     }
     println!("bench cluster: three QEMU TCG nodes (-smp 2, 1 GiB each, the shared machine), one killed; host wall-clock from the SIGKILL");
     let kernel = crate::build::build_kernel(false)?;
     let tag = "bench-cluster-qemu";
-    let (mut r, nodes, admin_cfg, image) = crate::orchtest::boot(&kernel, tag)?;
+    let (mut r, nodes, admin_cfg, image) = crate::threenode::boot(&kernel, tag, &crate::threenode::Setup::PLAIN)?;
     let from = vec![0usize; 3];
     let mut dead = vec![false; 3];
     let res = (|| -> Result<(f64, f64, f64), String> {
-        if !crate::orchtest::formed(&mut r) {
+        if !crate::threenode::formed(&mut r) {
             return Err("the three nodes formed no cluster".into());
         }
-        let a = crate::orchtest::workstation(&r, &nodes, &admin_cfg)?;
+        let a = crate::threenode::workstation(&r, &nodes, &admin_cfg)?;
         for (w, n) in [("web", "2"), ("db", "1")] {
             let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", n, "--name", w, "--mem", "64", "--restart", "always", image.to_str().unwrap(), "hello", w]);
             if st != 0 {

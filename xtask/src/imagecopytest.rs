@@ -7,24 +7,12 @@
 //! nodes with one digest, and the copies' time and throughput (from each fetching node's log)
 //! are printed. An operator's own key gets 403 from the node-to-node routes.
 
-use crate::apitest::{init_key, Checks, Workstation};
-use crate::cluster::NodeSpec;
+use crate::apitest::Workstation;
 use crate::orchtest::{lists, runners};
 use crate::test::Tally;
-use catenary_net::cluster::{Cluster, Operator};
+use crate::threenode::{Setup, ThreeNodes};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// What the tests need, or why they are skipped.
-fn missing() -> Option<String> {
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-    let tools = ["ip", "vde_plug2tap", "wireguard-go", "wg", "curl"].iter().all(|b| crate::tools::which(b).is_some());
-    if !root || !tools || !Path::new("/dev/net/tun").exists() {
-        return Some("needs root, /dev/net/tun, ip, vde_plug2tap, wireguard-go, wg, curl".into());
-    }
-    crate::ociimage::missing_tools().map(String::from)
-}
 
 /// A value after `key` in a log line, up to the next space.
 fn after<'a>(l: &'a str, key: &str) -> Option<&'a str> {
@@ -32,52 +20,10 @@ fn after<'a>(l: &'a str, key: &str) -> Option<&'a str> {
 }
 
 pub fn test_image_copy(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    let name = "cluster_image_copy";
-    if let Some(why) = missing() {
-        t.skip(name, &why);
-        return Ok(());
-    }
-    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
-        t.record(name, false, "(no guest bundle in build/guest: `cargo xtask guest` failed?)");
-        return Ok(());
-    }
-    let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
-    if !st.success() {
-        t.record(name, false, "(cargo build -p catenary failed)");
-        return Ok(());
-    }
-    let tag = "cluster-image-copy";
-    let dir = crate::tools::out_dir().join(tag);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let img_dir = crate::tools::out_dir().join("operator-api-image");
-    crate::workloadtest::build(&img_dir)?;
-    let image = img_dir.join("out");
-    let digest = format!("sha256:{}", hex(&sha256(&std::fs::read(image.join("image.json")).map_err(|e| e.to_string())?)));
-    let admin_cfg = dir.join("admin");
-    let admin = init_key(&admin_cfg, "alice")?;
-    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
-    // the guest kernel, and no image in any store
-    let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2), NodeSpec::new(3)];
-    for n in &mut nodes {
-        n.guest = true;
-        n.cmdline = "vm=none".into();
-    }
-    let mut r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
-    let mut c = Checks(Vec::new());
-    let res = (|| -> Result<(), String> {
-        let formed = r.wait(Duration::from_secs(600), false, |l| {
-            l.iter().all(|n| n.iter().any(|x| x.contains("apid: serving")) && n.iter().any(|x| x.contains("orchd: leader is")))
-                && l.iter().any(|n| n.iter().any(|x| x.contains("orchd: 3 nodes admitted")))
-        });
-        c.check("three nodes: orchd elected a leader and admitted the three members", formed, "");
-        if !formed {
-            return Err("no cluster".into());
-        }
-        let cluster_txt = dir.join("cluster-workstation.txt");
-        std::fs::write(&cluster_txt, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
-        let refs: Vec<&NodeSpec> = nodes.iter().collect();
-        let a = Workstation::up(r.switch_sock(), &dir, "alice", &admin_cfg, 1, &cluster_txt, &refs)?;
-        let img = image.to_str().unwrap();
+    // no image in any store: node1 gets it pushed, the others fetch it
+    let setup = Setup { image_in_stores: false, tools: &["curl"], ..Setup::PLAIN };
+    crate::threenode::three_nodes(t, kernel, "cluster_image_copy", "cluster-image-copy", &setup, |ThreeNodes { c, r, a, nodes, image, img }| {
+        let digest = format!("sha256:{}", hex(&sha256(&std::fs::read(image.join("image.json")).map_err(|e| e.to_string())?)));
         let (st, out, err) = a.cli(&nodes[0], &["image", "push", img]);
         c.check("`catenary image push` to node1 only", st == 0 && out.trim() == digest, &format!("exit {st}: {} {}", out.trim(), err.trim()));
         let holders = |a: &Workstation| -> Vec<String> {
@@ -87,7 +33,7 @@ pub fn test_image_copy(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             n.sort();
             n
         };
-        let before = holders(&a);
+        let before = holders(a);
         c.check("before the run only node1's store has it (`image ls --json` through node1)", before == ["node1"], &format!("{before:?}"));
         // the node-to-node routes answer nodes only: an admin operator is refused
         let (_, body) = a.curl(&nodes[0], &format!("/v1/peer/images/{digest}/manifest"));
@@ -139,19 +85,10 @@ pub fn test_image_copy(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             }
             c.check(&format!("{rep} on {} logged its greeting", n.name), got.contains("hello from copy"), got.lines().next().unwrap_or(""));
         }
-        let after_run = holders(&a);
+        let after_run = holders(a);
         c.check("`image ls --json` shows the image, one digest, on all three nodes", after_run == ["node1", "node2", "node3"], &format!("{after_run:?}"));
         Ok(())
-    })();
-    let log = r.save_logs(tag);
-    if let Err(e) = res {
-        println!("  ({e}; log {})", log.display());
-    }
-    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
-    c.check("no panic on any node", !panics, "");
-    drop(r);
-    t.record(name, c.all(), &format!("(log {})", log.display()));
-    Ok(())
+    })
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -169,53 +106,7 @@ fn hex(b: &[u8]) -> String {
 /// not placed (it needs all three nodes, and is placed whole or not at all). `catenary node
 /// undrain NODE` makes the node eligible again: the 3-replica workload then runs on all three.
 pub fn test_drain(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    let name = "cluster_drain";
-    if let Some(why) = missing() {
-        t.skip(name, &why);
-        return Ok(());
-    }
-    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
-        t.record(name, false, "(no guest bundle in build/guest: `cargo xtask guest` failed?)");
-        return Ok(());
-    }
-    let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
-    if !st.success() {
-        t.record(name, false, "(cargo build -p catenary failed)");
-        return Ok(());
-    }
-    let tag = "cluster-drain";
-    let dir = crate::tools::out_dir().join(tag);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let img_dir = crate::tools::out_dir().join("operator-api-image");
-    crate::workloadtest::build(&img_dir)?;
-    let image = img_dir.join("out");
-    let admin_cfg = dir.join("admin");
-    let admin = init_key(&admin_cfg, "alice")?;
-    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
-    let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2), NodeSpec::new(3)];
-    for n in &mut nodes {
-        n.guest = true;
-        n.cmdline = "vm=none".into();
-        for f in ["rootfs.squashfs", "config.json", "image.json"] {
-            n.files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));
-        }
-    }
-    let mut r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
-    let mut c = Checks(Vec::new());
-    let res = (|| -> Result<(), String> {
-        let formed = r.wait(Duration::from_secs(600), false, |l| {
-            l.iter().all(|n| n.iter().any(|x| x.contains("apid: serving")) && n.iter().any(|x| x.contains("orchd: leader is")))
-                && l.iter().any(|n| n.iter().any(|x| x.contains("orchd: 3 nodes admitted")))
-        });
-        c.check("three nodes: orchd elected a leader and admitted the three members", formed, "");
-        if !formed {
-            return Err("no cluster".into());
-        }
-        let cluster_txt = dir.join("cluster-workstation.txt");
-        std::fs::write(&cluster_txt, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
-        let refs: Vec<&NodeSpec> = nodes.iter().collect();
-        let a = Workstation::up(r.switch_sock(), &dir, "alice", &admin_cfg, 1, &cluster_txt, &refs)?;
-        let img = image.to_str().unwrap();
+    crate::threenode::three_nodes(t, kernel, "cluster_drain", "cluster-drain", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, .. }| {
         let from = vec![0usize; 3];
         let dead = vec![false; 3];
         let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", img, "hello", "web"]);
@@ -269,14 +160,5 @@ pub fn test_drain(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         c.check(&format!("after the undrain `all` runs on all three nodes, {} included", nodes[x].name), ok, &format!("{:?}", lists(&r.lines, &from, &dead)));
         c.check("web still runs twice, on two nodes", web_on(&r.lines).len() == 2, &format!("{:?}", web_on(&r.lines)));
         Ok(())
-    })();
-    let log = r.save_logs(tag);
-    if let Err(e) = res {
-        println!("  ({e}; log {})", log.display());
-    }
-    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
-    c.check("no panic on any node", !panics, "");
-    drop(r);
-    t.record(name, c.all(), &format!("(log {})", log.display()));
-    Ok(())
+    })
 }

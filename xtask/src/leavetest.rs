@@ -10,9 +10,9 @@
 //! fabric round trips and the forward included) to each survivor's `member NODE left` line;
 //! and from the CLI's start to every lost replica `running` on a survivor.
 
-use crate::apitest::Checks;
 use crate::orchtest::{lists, placed, runners};
 use crate::test::Tally;
+use crate::threenode::{Setup, ThreeNodes};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,30 +21,9 @@ use std::time::{Duration, Instant};
 const LEFT_WITHIN: Duration = Duration::from_secs(2);
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    let name = "cluster_graceful_leave";
-    if let Some(why) = crate::orchtest::missing() {
-        t.skip(name, &why);
-        return Ok(());
-    }
-    let tag = "cluster-graceful-leave";
-    let (mut r, nodes, admin_cfg, image) = match crate::orchtest::boot(kernel, tag) {
-        Ok(b) => b,
-        Err(e) => {
-            t.record(name, false, &format!("({e})"));
-            return Ok(());
-        }
-    };
-    let mut c = Checks(Vec::new());
-    let from = vec![0usize; 3];
-    let none = vec![false; 3];
-    let res = (|| -> Result<(), String> {
-        let formed = crate::orchtest::formed(&mut r);
-        c.check("three nodes: a leader, the three members admitted", formed, "");
-        if !formed {
-            return Err("no cluster".into());
-        }
-        let a = crate::orchtest::workstation(&r, &nodes, &admin_cfg)?;
-        let img = image.to_str().unwrap();
+    crate::threenode::three_nodes(t, kernel, "cluster_graceful_leave", "cluster-graceful-leave", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, .. }| {
+        let from = vec![0usize; 3];
+        let none = vec![false; 3];
         for (w, n) in [("web", "2"), ("db", "1")] {
             let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", n, "--name", w, "--mem", "64", "--restart", "always", img, "hello", w]);
             c.check(&format!("`catenary run --replicas {n} --name {w}` is committed"), st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
@@ -123,16 +102,5 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             .collect();
         c.check(&format!("{vname} is never shown suspect, dead or alive again after its leave (20 s more)"), bad.is_empty(), &format!("{bad:?}"));
         Ok(())
-    })();
-    let log = r.save_logs(tag);
-    if let Err(e) = &res {
-        println!("  ({e}; log {})", log.display());
-    }
-    // a run that stopped early (no workstation, no cluster) never passes
-    c.check("the run went to its end", res.is_ok(), res.as_ref().err().map(String::as_str).unwrap_or(""));
-    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
-    c.check("no panic on any node", !panics, "");
-    drop(r);
-    t.record(name, c.all(), &format!("(log {})", log.display()));
-    Ok(())
+    })
 }

@@ -37,6 +37,7 @@ mod soak_inspect;
 mod smpvm;
 mod sysfuzz;
 mod test;
+mod threenode;
 mod bench;
 mod benchtable;
 mod clusterbench;

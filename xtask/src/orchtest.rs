@@ -11,11 +11,10 @@
 //! reporting the replacement `running` (its guest init started the entrypoint). Bounds are
 //! generous sanity bounds only (TCG on a shared 2-core machine).
 
-use crate::apitest::{init_key, Checks, Workstation};
+use crate::apitest::{Checks, Workstation};
 use crate::cluster::NodeSpec;
-use crate::preflight::{ready, Needs};
 use crate::test::Tally;
-use catenary_net::cluster::{Cluster, Operator};
+use crate::threenode::{Setup, ThreeNodes};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -110,49 +109,11 @@ pub(crate) fn placed(l: &[BTreeMap<String, String>]) -> bool {
 }
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    let name = "cluster_kill_rejoin";
-    let needs = Needs { root: true, tools: &["ip", "vde_plug2tap", "wireguard-go", "wg"], images: true, guest: true, cli: true };
-    if !ready(t, &[name], &needs) {
-        return Ok(());
-    }
-    let tag = "cluster-kill-rejoin";
-    let dir = crate::tools::out_dir().join(tag);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let img_dir = crate::tools::out_dir().join("operator-api-image");
-    crate::workloadtest::build(&img_dir)?;
-    let image = img_dir.join("out");
-    let admin_cfg = dir.join("admin");
-    let admin = init_key(&admin_cfg, "alice")?;
-    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
-    let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2), NodeSpec::new(3)];
-    for n in &mut nodes {
-        n.guest = true;
-        n.cmdline = "vm=none".into();
-        for f in ["rootfs.squashfs", "config.json", "image.json"] {
-            n.files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));
-        }
-    }
     // node2 alone in zone a: a workload constrained to it lands there and nowhere else
-    nodes[1].labels = vec!["zone=a".into()];
-    let mut r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
-    let mut c = Checks(Vec::new());
-    let mut from = vec![0usize; 3];
-    let mut dead = vec![false; 3];
-    let res = (|| -> Result<(), String> {
-        // all three: apid serving, a leader known, the three members admitted
-        let formed = r.wait(Duration::from_secs(600), false, |l| {
-            l.iter().all(|n| n.iter().any(|x| x.contains("apid: serving")) && n.iter().any(|x| x.contains("orchd: leader is")))
-                && l.iter().any(|n| n.iter().any(|x| x.contains("orchd: 3 nodes admitted")))
-        });
-        c.check("three nodes: orchd elected a leader over the fabric and admitted the three members", formed, "`orchd: leader is` on every node");
-        if !formed {
-            return Err("no cluster".into());
-        }
-        let cluster_txt = dir.join("cluster-workstation.txt");
-        std::fs::write(&cluster_txt, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
-        let refs: Vec<&NodeSpec> = nodes.iter().collect();
-        let a = Workstation::up(r.switch_sock(), &dir, "alice", &admin_cfg, 1, &cluster_txt, &refs)?;
-        let img = image.to_str().unwrap();
+    let setup = Setup { labels: [&[], &["zone=a"], &[]], ..Setup::PLAIN };
+    crate::threenode::three_nodes(t, kernel, "cluster_kill_rejoin", "cluster-kill-rejoin", &setup, |ThreeNodes { c, r, a, nodes, img, .. }| {
+        let mut from = vec![0usize; 3];
+        let mut dead = vec![false; 3];
         for (w, n) in [("web", "2"), ("db", "1")] {
             let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", n, "--name", w, "--mem", "64", "--restart", "always", img, "hello", w]);
             c.check(&format!("`catenary run --replicas {n} --name {w}` through node1 is committed"), st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
@@ -166,7 +127,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         if !ok {
             return Err("not placed".into());
         }
-        constraints_and_listing(&mut c, &mut r, &a, &nodes, img, &from, &dead);
+        constraints_and_listing(c, r, a, nodes, img, &from, &dead);
         // kill the node that runs db
         let victim = runners(&l)["cl-db-0"][0];
         let lost: Vec<String> = l[victim].keys().cloned().collect();
@@ -230,74 +191,5 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let gone = r.wait(Duration::from_secs(120), false, |l| !runners(&lists(l, &from, &dead)).contains_key("cl-db-0"));
         c.check("db's replica stopped on its node", gone, "");
         Ok(())
-    })();
-    let log = r.save_logs(tag);
-    if let Err(e) = &res {
-        println!("  ({e}; log {})", log.display());
-    }
-    // a run that stopped early (no workstation, no cluster) never passes
-    c.check("the run went to its end", res.is_ok(), res.as_ref().err().map(String::as_str).unwrap_or(""));
-    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
-    c.check("no panic on any node", !panics, "");
-    drop(r);
-    t.record(name, c.all(), &format!("(log {})", log.display()));
-    Ok(())
-}
-
-/// Why a three-node orchestration run cannot happen here (a skip), if it cannot.
-pub(crate) fn missing() -> Option<String> {
-    let root = std::process::Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
-    let tools = ["ip", "vde_plug2tap", "wireguard-go", "wg"].iter().all(|b| crate::tools::which(b).is_some());
-    if !root || !tools || !Path::new("/dev/net/tun").exists() {
-        return Some("needs root, /dev/net/tun, ip, vde_plug2tap, wireguard-go, wg".into());
-    }
-    crate::ociimage::missing_tools().map(String::from)
-}
-
-/// Three nodes with the guest bundle and the test image in their stores, an admin operator
-/// `alice` (config in `DIR/admin`): the running cluster, the nodes, the admin config and the
-/// packed image (the graceful-leave test and `bench cluster`'s QEMU rows).
-pub(crate) fn boot(kernel: &Path, tag: &str) -> Result<(crate::cluster::Running, Vec<NodeSpec>, std::path::PathBuf, std::path::PathBuf), String> {
-    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
-        return Err("no guest bundle in build/guest: `cargo xtask guest` failed?".into());
-    }
-    let st = std::process::Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
-    if !st.success() {
-        return Err("cargo build -p catenary failed".into());
-    }
-    let dir = crate::tools::out_dir().join(tag);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let img_dir = crate::tools::out_dir().join("operator-api-image");
-    crate::workloadtest::build(&img_dir)?;
-    let image = img_dir.join("out");
-    let admin_cfg = dir.join("admin");
-    let admin = init_key(&admin_cfg, "alice")?;
-    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
-    let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2), NodeSpec::new(3)];
-    for n in &mut nodes {
-        n.guest = true;
-        n.cmdline = "vm=none".into();
-        for f in ["rootfs.squashfs", "config.json", "image.json"] {
-            n.files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));
-        }
-    }
-    let r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
-    Ok((r, nodes, admin_cfg, image))
-}
-
-/// Wait until all three serve the API, know a leader and admitted the three members.
-pub(crate) fn formed(r: &mut crate::cluster::Running) -> bool {
-    r.wait(Duration::from_secs(600), false, |l| {
-        l.iter().all(|n| n.iter().any(|x| x.contains("apid: serving")) && n.iter().any(|x| x.contains("orchd: leader is")))
-            && l.iter().any(|n| n.iter().any(|x| x.contains("orchd: 3 nodes admitted")))
     })
-}
-
-/// The admin's workstation (a WireGuard namespace on the switch) for the three nodes.
-pub(crate) fn workstation(r: &crate::cluster::Running, nodes: &[NodeSpec], admin_cfg: &Path) -> Result<Workstation, String> {
-    let dir = admin_cfg.parent().ok_or("no run dir")?;
-    let cluster_txt = dir.join("cluster-workstation.txt");
-    std::fs::write(&cluster_txt, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
-    let refs: Vec<&NodeSpec> = nodes.iter().collect();
-    Workstation::up(r.switch_sock(), dir, "alice", admin_cfg, 1, &cluster_txt, &refs)
 }

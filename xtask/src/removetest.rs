@@ -9,37 +9,16 @@
 //! its own replicas are not watched here); `nodes` shows it `removed`; for
 //! 20 s more no survivor shows it alive again (it keeps running and announcing itself).
 
-use crate::apitest::Checks;
 use crate::orchtest::{lists, placed, runners};
 use crate::test::Tally;
+use crate::threenode::{Setup, ThreeNodes};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    let name = "cluster_node_remove";
-    if let Some(why) = crate::orchtest::missing() {
-        t.skip(name, &why);
-        return Ok(());
-    }
-    let tag = "cluster-node-remove";
-    let (mut r, nodes, admin_cfg, image) = match crate::orchtest::boot(kernel, tag) {
-        Ok(b) => b,
-        Err(e) => {
-            t.record(name, false, &format!("({e})"));
-            return Ok(());
-        }
-    };
-    let mut c = Checks(Vec::new());
-    let from = vec![0usize; 3];
-    let none = vec![false; 3];
-    let res = (|| -> Result<(), String> {
-        let formed = crate::orchtest::formed(&mut r);
-        c.check("three nodes: a leader, the three members admitted", formed, "");
-        if !formed {
-            return Err("no cluster".into());
-        }
-        let a = crate::orchtest::workstation(&r, &nodes, &admin_cfg)?;
-        let img = image.to_str().unwrap();
+    crate::threenode::three_nodes(t, kernel, "cluster_node_remove", "cluster-node-remove", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, .. }| {
+        let from = vec![0usize; 3];
+        let none = vec![false; 3];
 
         // Labels at run time.
         let (st, out, err) = a.cli(&nodes[0], &["node", "label", "node3", "tier=gold"]);
@@ -134,15 +113,5 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             .collect();
         c.check(&format!("no survivor shows {vname} alive or admitted again (20 s more)"), back.is_empty(), &format!("{back:?}"));
         Ok(())
-    })();
-    let log = r.save_logs(tag);
-    if let Err(e) = &res {
-        println!("  ({e}; log {})", log.display());
-    }
-    c.check("the run went to its end", res.is_ok(), res.as_ref().err().map(String::as_str).unwrap_or(""));
-    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
-    c.check("no panic on any node", !panics, "");
-    drop(r);
-    t.record(name, c.all(), &format!("(log {})", log.display()));
-    Ok(())
+    })
 }

@@ -9,8 +9,8 @@
 //! The writes are workloads no node can take (`--constraint gpu=yes`): each is one log entry,
 //! and nothing starts, so the run stays light on TCG nodes.
 
-use crate::apitest::Checks;
 use crate::test::Tally;
+use crate::threenode::{Setup, ThreeNodes};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,33 +22,12 @@ const WRITES: usize = 300;
 const WRITERS: usize = 2;
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    let name = "cluster_snapshot_catchup";
-    if let Some(why) = crate::orchtest::missing() {
-        t.skip(name, &why);
-        return Ok(());
-    }
-    let tag = "cluster-snapshot-catchup";
-    let (mut r, nodes, admin_cfg, image) = match crate::orchtest::boot(kernel, tag) {
-        Ok(b) => b,
-        Err(e) => {
-            t.record(name, false, &format!("({e})"));
-            return Ok(());
-        }
-    };
-    let mut c = Checks(Vec::new());
-    let res = (|| -> Result<(), String> {
-        let formed = crate::orchtest::formed(&mut r);
-        c.check("three nodes: a leader, the three members admitted", formed, "");
-        if !formed {
-            return Err("no cluster".into());
-        }
-        let a = crate::orchtest::workstation(&r, &nodes, &admin_cfg)?;
+    crate::threenode::three_nodes(t, kernel, "cluster_snapshot_catchup", "cluster-snapshot-catchup", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, .. }| {
         let leads = |l: &[String]| l.iter().rev().find(|x| x.contains("orchd: leader is") || x.contains("orchd: no leader known")).is_some_and(|x| x.contains("(this node)"));
         let leader = (0..3).find(|i| leads(&r.lines[*i])).ok_or("no node says it leads")?;
         let victim = (leader + 1) % 3;
         r.kill(victim);
         println!("  killed {} (the leader is {})", nodes[victim].name, nodes[leader].name);
-        let img = image.to_str().unwrap();
         let done = AtomicUsize::new(0);
         let failed = std::sync::Mutex::new(Vec::new());
         let t0 = Instant::now();
@@ -106,15 +85,5 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let refused = r.lines.iter().flatten().any(|x| x.contains("orchd: a snapshot received was refused"));
         c.check("no snapshot was refused", !refused, "");
         Ok(())
-    })();
-    let log = r.save_logs(tag);
-    if let Err(e) = &res {
-        println!("  ({e}; log {})", log.display());
-    }
-    c.check("the run went to its end", res.is_ok(), res.as_ref().err().map(String::as_str).unwrap_or(""));
-    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
-    c.check("no panic on any node", !panics, "");
-    drop(r);
-    t.record(name, c.all(), &format!("(log {})", log.display()));
-    Ok(())
+    })
 }

@@ -196,7 +196,7 @@ impl Kicker {
             while !st.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(every_ms));
                 n += 1;
-                if n % 16 == 0 {
+                if n.is_multiple_of(16) {
                     if let Some(d) = &dlog {
                         if std::fs::read_to_string(d).map(|l| l.contains("Triple fault")).unwrap_or(false) {
                             return;

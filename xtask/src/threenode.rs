@@ -1,0 +1,144 @@
+//! The scaffold the three-node QEMU cluster tests share (`cluster_kill_rejoin`,
+//! `cluster_graceful_leave`, `cluster_node_remove`, `cluster_snapshot_catchup`,
+//! `cluster_image_copy`, `cluster_drain`; `bench cluster`'s QEMU rows use its parts): the
+//! prerequisites (skipped or failed in [`crate::preflight`]), three nodes with the guest bundle
+//! (and the test image in every store unless asked otherwise) and an admin operator `alice`;
+//! the wait for a formed cluster; the admin's workstation (the CLI runner); and at the end the
+//! saved logs, "the run went to its end" and "no panic on any node".
+
+use crate::apitest::{init_key, Checks, Workstation};
+use crate::cluster::{NodeSpec, Running};
+use crate::preflight::{ready, Needs};
+use crate::test::Tally;
+use catenary_net::cluster::{Cluster, Operator};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Programs every three-node run needs (the switch's tap, the workstation's WireGuard).
+const TOOLS: [&str; 4] = ["ip", "vde_plug2tap", "wireguard-go", "wg"];
+
+/// How the three nodes differ between tests.
+pub(crate) struct Setup {
+    /// The test image in every node's store (else every store starts empty).
+    pub image_in_stores: bool,
+    /// Labels per node (node1 first).
+    pub labels: [&'static [&'static str]; 3],
+    /// Programs the test needs beyond [`TOOLS`].
+    pub tools: &'static [&'static str],
+}
+
+impl Setup {
+    pub const PLAIN: Setup = Setup { image_in_stores: true, labels: [&[], &[], &[]], tools: &[] };
+}
+
+/// What a test's body gets: its checks, the running nodes (their console lines in `r.lines`,
+/// `r.kill`, `r.restart`, `r.wait`), the admin's workstation (`a.cli(&nodes[i], args)`), the
+/// nodes and the test image (its directory and as a CLI argument).
+pub(crate) struct ThreeNodes<'a> {
+    pub c: &'a mut Checks,
+    pub r: &'a mut Running,
+    pub a: &'a Workstation,
+    pub nodes: &'a [NodeSpec],
+    pub image: &'a Path,
+    pub img: &'a str,
+}
+
+/// Runs the test `name`: prerequisites, boot, the formed cluster, the workstation, then `body`;
+/// records the result (a body that returned early, `Err`, fails the test) with the logs saved
+/// under `tag`.
+pub(crate) fn three_nodes(t: &mut Tally, kernel: &Path, name: &str, tag: &str, setup: &Setup, body: impl FnOnce(ThreeNodes<'_>) -> Result<(), String>) -> Result<(), String> {
+    let tools: Vec<&str> = TOOLS.iter().chain(setup.tools).copied().collect();
+    if !ready(t, &[name], &Needs { root: true, tools: &tools, images: true, guest: true, cli: true }) {
+        return Ok(());
+    }
+    let (mut r, nodes, admin_cfg, image) = match boot(kernel, tag, setup) {
+        Ok(b) => b,
+        Err(e) => {
+            t.record(name, false, &format!("({e})"));
+            return Ok(());
+        }
+    };
+    let mut c = Checks(Vec::new());
+    let res = (|| -> Result<(), String> {
+        let ok = formed(&mut r);
+        c.check("three nodes: orchd elected a leader over the fabric and admitted the three members", ok, "`apid: serving` and `orchd: leader is` on every node");
+        if !ok {
+            return Err("no cluster".into());
+        }
+        let a = workstation(&r, &nodes, &admin_cfg)?;
+        let img = image.to_str().ok_or("the image path is not UTF-8")?;
+        body(ThreeNodes { c: &mut c, r: &mut r, a: &a, nodes: &nodes, image: &image, img })
+    })();
+    let log = r.save_logs(tag);
+    if let Err(e) = &res {
+        println!("  ({e}; log {})", log.display());
+    }
+    // a run that stopped early (no workstation, no cluster) never passes
+    c.check("the run went to its end", res.is_ok(), res.as_ref().err().map(String::as_str).unwrap_or(""));
+    let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
+    c.check("no panic on any node", !panics, "");
+    drop(r);
+    t.record(name, c.all(), &format!("(log {})", log.display()));
+    Ok(())
+}
+
+/// Why a three-node run cannot happen here, if it cannot (`bench cluster`: a Tally test uses
+/// [`three_nodes`], which skips through [`crate::preflight`]).
+pub(crate) fn missing() -> Option<String> {
+    let root = crate::preflight::is_root();
+    let tools = TOOLS.iter().all(|b| crate::tools::which(b).is_some());
+    if !root || !tools || !Path::new("/dev/net/tun").exists() {
+        return Some(format!("needs root, /dev/net/tun, {}", TOOLS.join(", ")));
+    }
+    crate::ociimage::missing_tools().map(String::from)
+}
+
+/// Three nodes as `setup` says, an admin operator `alice` (config in `DIR/admin`): the running
+/// cluster, the nodes, the admin config and the packed test image.
+pub(crate) fn boot(kernel: &Path, tag: &str, setup: &Setup) -> Result<(Running, Vec<NodeSpec>, PathBuf, PathBuf), String> {
+    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
+        return Err("no guest bundle in build/guest: `cargo xtask guest` failed?".into());
+    }
+    let st = std::process::Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err("cargo build -p catenary failed".into());
+    }
+    let dir = crate::tools::out_dir().join(tag);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let img_dir = crate::tools::out_dir().join("operator-api-image");
+    crate::workloadtest::build(&img_dir)?;
+    let image = img_dir.join("out");
+    let admin_cfg = dir.join("admin");
+    let admin = init_key(&admin_cfg, "alice")?;
+    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
+    let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2), NodeSpec::new(3)];
+    for (n, labels) in nodes.iter_mut().zip(setup.labels) {
+        n.guest = true;
+        n.cmdline = "vm=none".into();
+        n.labels = labels.iter().map(|l| l.to_string()).collect();
+        if setup.image_in_stores {
+            for f in ["rootfs.squashfs", "config.json", "image.json"] {
+                n.files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));
+            }
+        }
+    }
+    let r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
+    Ok((r, nodes, admin_cfg, image))
+}
+
+/// Wait until all three serve the API, know a leader and admitted the three members.
+pub(crate) fn formed(r: &mut Running) -> bool {
+    r.wait(Duration::from_secs(600), false, |l| {
+        l.iter().all(|n| n.iter().any(|x| x.contains("apid: serving")) && n.iter().any(|x| x.contains("orchd: leader is")))
+            && l.iter().any(|n| n.iter().any(|x| x.contains("orchd: 3 nodes admitted")))
+    })
+}
+
+/// The admin's workstation (a WireGuard namespace on the switch) for the three nodes.
+pub(crate) fn workstation(r: &Running, nodes: &[NodeSpec], admin_cfg: &Path) -> Result<Workstation, String> {
+    let dir = admin_cfg.parent().ok_or("no run dir")?;
+    let cluster_txt = dir.join("cluster-workstation.txt");
+    std::fs::write(&cluster_txt, Cluster { members: nodes.iter().map(NodeSpec::member).collect(), operators: vec![] }.render()).map_err(|e| e.to_string())?;
+    let refs: Vec<&NodeSpec> = nodes.iter().collect();
+    Workstation::up(r.switch_sock(), dir, "alice", admin_cfg, 1, &cluster_txt, &refs)
+}
