@@ -8,7 +8,8 @@
 //! operator's endpoint from its authenticated handshake) and the node must log the session
 //! with `operator:NAME`.
 
-use crate::cluster::{sh, wireguard_go_namespace, NodeSpec, NsGuard};
+use crate::cluster::NodeSpec;
+use crate::netns::{sh, wireguard_go_namespace, NsGuard};
 use crate::preflight::{ready, Needs};
 use crate::test::Tally;
 use catenary_net::cluster::{Cluster, Operator};

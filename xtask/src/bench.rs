@@ -17,7 +17,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
         ("exit", |_| crate::vmbench::bench_exit()),
         ("vmmem", |_| crate::vmbench::bench_vmmem()),
         ("ipc", |a| bench_ipc(a)),
-        ("net", |a| crate::cluster::bench(a)),
+        ("net", |a| crate::netbench::bench(a)),
         ("workload", |_| crate::workbench::bench_workload()),
         ("aead", |_| bench_aead()),
         ("cluster", |a| crate::clusterbench::bench_cluster(a)),

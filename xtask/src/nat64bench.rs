@@ -8,7 +8,9 @@
 //! Figures: throughput from the guest's `/proc/uptime` (10 ms resolution) around each
 //! `wget`, round trips from busybox ping's average.
 
-use crate::cluster::{b64, start, NodeSpec, NsGuard, GUEST_NET_SETUP};
+use crate::cluster::{b64, start, NodeSpec};
+use crate::netns::NsGuard;
+use crate::nettests::GUEST_NET_SETUP;
 use crate::nat64test::{blob, internet, root_and_tools, Servers, GATEWAY, SERVER6};
 use crate::tools::out_dir;
 use std::time::Duration;

@@ -11,7 +11,9 @@
 //! gateway's state table drains after the short timeouts the test configures. Needs root, /dev/net/tun, ip, vde_plug2tap and
 //! python3 (the servers); namespace and tap are made under `/tmp/catenary-netns.lock`.
 
-use crate::cluster::{b64, start, NodeSpec, NsGuard, GUEST_NET_SETUP, NODE_STOPPED};
+use crate::cluster::{b64, start, NodeSpec, NODE_STOPPED};
+use crate::netns::NsGuard;
+use crate::nettests::GUEST_NET_SETUP;
 use crate::test::Tally;
 use crate::tools::out_dir;
 use sha2::{Digest, Sha256};
@@ -100,7 +102,7 @@ impl Drop for Servers {
 }
 
 fn sh(args: &[&str]) -> Result<String, String> {
-    crate::cluster::sh(args)
+    crate::netns::sh(args)
 }
 
 /// The IPv4 internet in namespace `g.ns` on the switch: the router on a tap, the HTTP host

@@ -14,7 +14,8 @@
 //! on the switch through `vde_plug2tap`, `wireguard-go catwg0`, `wg setconf`, the operator
 //! address and a route per node /64) for `curl`. Without root it prints the commands.
 
-use crate::cluster::{sh, NodeSpec};
+use crate::cluster::NodeSpec;
+use crate::netns::sh;
 use catenary_net::cluster::{Cluster, Operator};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -387,9 +387,12 @@ struct Inspect {
     out: PathBuf,
 }
 
+/// Serial lines, QEMU's exit status if it exited, whether the deadline passed.
+type Captured = (Vec<String>, Option<Option<i32>>, bool);
+
 /// Run QEMU until the node reports what happened after the microVM (then stop it), QEMU exits,
 /// or the deadline passes. Returns (serial lines, QEMU's exit status if it exited, timed out).
-fn capture(mut c: Command, inspect: Option<&Inspect>) -> Result<(Vec<String>, Option<Option<i32>>, bool), String> {
+fn capture(mut c: Command, inspect: Option<&Inspect>) -> Result<Captured, String> {
     c.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
     let start = Instant::now();
     let mut child = c.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;

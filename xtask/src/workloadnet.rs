@@ -18,7 +18,8 @@
 //! prints its line and exits 0, and `workd`'s status says `exited`, exit code 0, with the same
 //! /128. Destroyed, the /128 goes to the next workload created with network (`web2`).
 
-use crate::cluster::{b64, start, NodeSpec, GUEST_NET_SETUP, NODE_STOPPED};
+use crate::cluster::{b64, start, NodeSpec, NODE_STOPPED};
+use crate::nettests::GUEST_NET_SETUP;
 use crate::ociimage as oci;
 use crate::test::Tally;
 use crate::tools::out_dir;
