@@ -168,39 +168,8 @@ pub mod vm_ring {
     pub const TX_LEN: u64 = 0x400;
     pub const RX_SLOTS: u64 = 0x1000;
     pub const TX_SLOTS: u64 = 0x1000 + SLOTS * SLOT_LEN;
-    /// Transmit stamps at 0x300 + 8·slot: the producer's TSC when it queued the frame (0: not
-    /// stamped), so the driver can count how long frames wait for it. Figures only.
-    pub const TX_STAMP: u64 = 0x300;
-    /// Receive stamps at 0x380 + 8·slot: the driver's TSC when it wrote the frame.
-    pub const RX_STAMP: u64 = 0x380;
-    /// The driver writes 1 here before it sleeps on its endpoint (and re-checks the transmit
-    /// ring after), 0 when it runs: a producer that finds 0 after publishing frames need not
-    /// wake it (`LABEL_TX`), so a burst costs one wakeup. Producers may always wake it.
-    pub const TX_WAITING: u64 = 0x400;
-    /// The driver's counters ([`stat`]), cumulative, for the bench's per-stage breakdown.
-    pub const STATS: u64 = 0x800;
-    /// Indices of the driver's counters at [`STATS`] + 8·index (TSC cycles and counts).
-    pub mod stat {
-        /// Times the driver's loop ran (woken or polled).
-        pub const LOOPS: u64 = 0;
-        /// Frames from the device into the receive ring, and the cycles it took (device
-        /// receive, copy, recycle).
-        pub const RX_FRAMES: u64 = 1;
-        pub const RX_CYCLES: u64 = 2;
-        /// `LABEL_RX` wakeups sent to the stack, and their cycles (the IPC send).
-        pub const RX_WAKES: u64 = 3;
-        pub const RX_WAKE_CYCLES: u64 = 4;
-        /// Frames from the transmit ring to the device, and the cycles (buffer, copy, the
-        /// device send until the device used the buffer).
-        pub const TX_FRAMES: u64 = 5;
-        pub const TX_CYCLES: u64 = 6;
-        /// Of `TX_CYCLES`: the device send alone (notify and wait for the used buffer).
-        pub const TX_DEVICE_CYCLES: u64 = 7;
-        /// Stamped transmit frames and the cycles from their stamp until the driver took them.
-        pub const TX_STAMPED: u64 = 8;
-        pub const TX_WAIT_CYCLES: u64 = 9;
-        pub const COUNT: u64 = 10;
-    }
+    // No stamps, waiting flag or driver counters as in `nic_ring`: with 64 slots the length
+    // words fill 0x100..0x300 and 0x400..0x600, so `nic_ring`'s offsets for them would overlap.
 
     pub use super::nic_ring::BadIndices;
 

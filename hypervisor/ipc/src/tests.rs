@@ -270,6 +270,31 @@ fn nic_ring_indices_from_a_hostile_driver_are_refused() {
     assert_eq!(frame_len(u64::MAX), None);
 }
 
+/// The areas of `nic_ring`'s header page (index words, length words, stamps, the waiting
+/// flag, the driver's counters) are disjoint and inside the page.
+#[test]
+fn nic_ring_header_areas_do_not_overlap() {
+    use crate::nic_ring::*;
+    let mut areas = [
+        (RX_HEAD, 8),
+        (RX_TAIL, 8),
+        (TX_HEAD, 8),
+        (TX_TAIL, 8),
+        (RX_LEN, SLOTS * 8),
+        (TX_LEN, SLOTS * 8),
+        (TX_STAMP, SLOTS * 8),
+        (RX_STAMP, SLOTS * 8),
+        (TX_WAITING, 8),
+        (STATS, stat::COUNT * 8),
+    ];
+    areas.sort();
+    for w in areas.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "{:#x}+{:#x} overlaps {:#x}", w[0].0, w[0].1, w[1].0);
+    }
+    let last = areas[areas.len() - 1];
+    assert!(last.0 + last.1 <= 4096 && RX_SLOTS >= 4096);
+}
+
 #[test]
 fn vm_ring_layout_and_hostile_indices() {
     use crate::vm_ring::*;
