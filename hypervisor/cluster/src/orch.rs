@@ -335,6 +335,13 @@ impl Orch {
         self.own_images = images;
     }
 
+    /// What the local service runs or is stopping now ([`Replica::set_local_runs`]).
+    pub fn set_local_runs(&mut self, active: alloc::collections::BTreeSet<(String, u32)>) {
+        if let Phase::Running(r) = &mut self.phase {
+            r.set_local_runs(active);
+        }
+    }
+
     /// The scheduler's proposals since the last call (at most [`TICKETS_MAX`] kept).
     pub fn take_scheduled(&mut self) -> Vec<Command> {
         core::mem::take(&mut self.scheduled)

@@ -56,6 +56,10 @@ struct Slot {
     /// The node's snapshot transfers (in memory: a crash loses them).
     tx: SnapshotSender,
     rx: SnapshotReceiver,
+    /// With a stop delay ([`RaftSim::set_stop_delay`]): what the node ran at the last event,
+    /// and the replicas it is still stopping (until when).
+    ran: BTreeSet<(String, u32)>,
+    stopping: BTreeMap<(String, u32), Duration>,
 }
 
 pub struct RaftSim {
@@ -96,6 +100,9 @@ pub struct RaftSim {
     /// restores its term, vote and log.
     pub check_storage: bool,
     pub restarts_checked: u32,
+    /// How long a node takes to stop a replica unassigned from it while its lease holds (as
+    /// `orchd` through `workd`: not at once); zero: at once. See [`RaftSim::set_stop_delay`].
+    stop_delay: Duration,
     /// Snapshots taken and installed by nodes that crashed since (the live ones are added by
     /// [`RaftSim::snapshots`]).
     snapshots_gone: (u64, u64),
@@ -130,7 +137,7 @@ impl RaftSim {
         let mut slots = Vec::new();
         for id in 0..n as u64 {
             let r = if id == 0 { Replica::bootstrap(id, &ids, cfg.clone(), seed, Duration::ZERO) } else { Replica::join(id, cfg.clone(), seed, Duration::ZERO) };
-            slots.push(Slot { replica: Some(r), disk: None, group: 0, generation: 0, checked: 0, next_reconcile: Duration::ZERO, tx: SnapshotSender::default(), rx: SnapshotReceiver::default() });
+            slots.push(Slot { replica: Some(r), disk: None, group: 0, generation: 0, checked: 0, next_reconcile: Duration::ZERO, tx: SnapshotSender::default(), rx: SnapshotReceiver::default(), ran: BTreeSet::new(), stopping: BTreeMap::new() });
         }
         // The delay bound the leases assume: the network's own.
         let lease = LeaseConfig { max_delay: net.max_delay, ..LeaseConfig::default() };
@@ -164,6 +171,7 @@ impl RaftSim {
             chunks_delivered: 0,
             snapshots_assembled: 0,
             largest_snapshot: 0,
+            stop_delay: Duration::ZERO,
         };
         sim.flush_all();
         sim
@@ -222,8 +230,26 @@ impl RaftSim {
         self.restart(slot);
     }
 
+    /// Model a local service that stops an unassigned replica `d` after its `Unassign` applied
+    /// (`orchd` asks `workd`, which stops the microVM): the node keeps running it that long
+    /// (a lease that runs out still stops everything at once), and tells its replica what
+    /// runs ([`Replica::set_local_runs`], with [`ReplicaConfig::local_host`] set), which then
+    /// reports the `Unassign` applied only once it stopped. The one-runner check counts the
+    /// replicas being stopped.
+    pub fn set_stop_delay(&mut self, d: Duration) {
+        self.stop_delay = d;
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some(r) = s.replica.as_mut() {
+                r.set_local_host(Some(key_of(i as u64)));
+            }
+        }
+    }
+
     pub fn crash(&mut self, slot: ReplicaId) {
         let s = &mut self.slots[slot as usize];
+        // A crash stops everything the node ran.
+        s.ran.clear();
+        s.stopping.clear();
         if let Some(r) = s.replica.take() {
             let id = r.id();
             if self.check_storage {
@@ -255,10 +281,13 @@ impl RaftSim {
         if s.replica.is_some() {
             return;
         }
-        let r = match s.disk.take() {
+        let mut r = match s.disk.take() {
             Some(d) => Replica::restart(id, d, cfg, seed, now),
             None => Replica::join(id, cfg, seed, now),
         };
+        if !self.stop_delay.is_zero() {
+            r.set_local_host(Some(key_of(slot)));
+        }
         s.replica = Some(r);
         s.checked = 0;
         self.flush(slot);
@@ -620,6 +649,7 @@ impl RaftSim {
             }
             self.slots[id].checked = n;
         }
+        self.update_runs();
         // One runner: who runs what right now.
         let mut runners: BTreeMap<(String, u32), Vec<u64>> = BTreeMap::new();
         for id in 0..self.slots.len() as u64 {
@@ -640,8 +670,43 @@ impl RaftSim {
         }
     }
 
-    /// What node `id` runs now: its assignments in its own applied state, while its lease holds.
+    /// What node `id` runs now: its assignments in its own applied state, while its lease
+    /// holds, and with a stop delay those it is still stopping.
     pub fn running_on(&self, id: ReplicaId) -> Vec<(String, u32)> {
+        let mut v = self.assigned_on(id);
+        if !self.stop_delay.is_zero() {
+            let s = &self.slots[id as usize];
+            let more: Vec<(String, u32)> = s.stopping.keys().filter(|k| !v.contains(k)).cloned().collect();
+            v.extend(more);
+        }
+        v
+    }
+
+    /// The stop delay's model: what each node runs now, told to its replica.
+    fn update_runs(&mut self) {
+        if self.stop_delay.is_zero() {
+            return;
+        }
+        let now = self.now;
+        for id in 0..self.slots.len() {
+            let assigned: BTreeSet<(String, u32)> = self.assigned_on(id as u64).into_iter().collect();
+            let holds = self.slots[id].replica.as_ref().is_some_and(|r| r.lease_until(now, self.lease.lease).is_some_and(|t| t > now));
+            let delay = self.stop_delay;
+            let s = &mut self.slots[id];
+            let Some(r) = s.replica.as_mut() else { continue };
+            for k in s.ran.difference(&assigned) {
+                if holds {
+                    s.stopping.entry(k.clone()).or_insert(now + delay);
+                }
+            }
+            s.stopping.retain(|k, until| holds && *until > now && !assigned.contains(k));
+            s.ran = assigned;
+            r.set_local_runs(s.ran.iter().chain(s.stopping.keys()).cloned().collect());
+        }
+    }
+
+    /// Node `id`'s assignments in its own applied state, while its lease holds.
+    fn assigned_on(&self, id: ReplicaId) -> Vec<(String, u32)> {
         let Some(r) = self.slots[id as usize].replica.as_ref() else { return Vec::new() };
         if !r.lease_until(self.now, self.lease.lease).is_some_and(|t| t > self.now) {
             return Vec::new();
@@ -785,7 +850,7 @@ impl RaftSim {
 }
 
 /// One chaos run of the desired state: 3–7 nodes (from the seed), log compaction every 4–32
-/// entries (from the seed), 30 s of faults (drains on every third seed), everything healed,
+/// entries and a replica stop delay of 0–300 ms (from the seed), 30 s of faults (drains on every third seed), everything healed,
 /// 20 s of quiet. Returns the simulator (for its counters and notes) and what broke, naming the
 /// seed. `debug_window`: see [`RaftSim::debug_window`].
 pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> (RaftSim, Result<(), String>) {
@@ -794,6 +859,8 @@ pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> 
     let mut sim = RaftSim::with_config(n, seed, NetConfig::default(), 64, 65536, cfg);
     sim.debug_window = debug_window;
     sim.relabels = true;
+    // Replicas stop 0–300 ms after their `Unassign` applied (from the seed), as on nodes.
+    sim.set_stop_delay(Duration::from_millis((seed / 3) % 4 * 100));
     sim.run_until(Duration::from_secs(3));
     if !sim.admit_all() {
         sim.run_until(Duration::from_secs(6));

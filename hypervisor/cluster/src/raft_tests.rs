@@ -335,6 +335,50 @@ fn a_drained_live_hosts_singleton_moves_without_waiting_for_its_lease() {
     }
 }
 
+/// A replica taken off a live host moves only once the host stopped it: with a local service
+/// that takes 300 ms to stop a replica (as `orchd` through `workd`), the host's reported
+/// applied count stays below the `Unassign` while it still runs the replica, the new host
+/// starts it only after that, and it never runs on two nodes at once (the one-runner check
+/// counts the replica being stopped).
+#[test]
+fn a_live_host_reports_the_unassign_applied_only_once_its_replica_stopped() {
+    let mut held = 0;
+    for seed in 0..10 {
+        let mut sim = cluster(3, 960 + seed);
+        sim.set_stop_delay(Duration::from_millis(300));
+        assert!(sim.propose(Command::PutWorkload(RaftSim::workload("s1", 1, 256))));
+        sim.run_until(secs(8));
+        let host = runner_of(&sim, "s1")[0];
+        let at = sim.now;
+        assert!(sim.propose(Command::Drain(key_of(host))));
+        let key = (alloc::string::String::from("s1"), 0u32);
+        let (mut moved, mut stopped) = (None, None);
+        while sim.now < at + secs(10) {
+            sim.run_until(sim.now + Duration::from_millis(5));
+            let runs = sim.running_on(host).contains(&key);
+            let r = sim.replica(host).unwrap();
+            if let Some(rel) = r.state().releases.get(&key) {
+                if runs {
+                    assert!(r.reported_applied() < rel.at, "seed {}: reports {} (the Unassign is {}) while it still runs s1", 960 + seed, r.reported_applied(), rel.at);
+                    held += 1;
+                }
+            }
+            if !runs && stopped.is_none() {
+                stopped = Some(sim.now);
+            }
+            if runner_of(&sim, "s1").iter().any(|n| *n != host) {
+                moved = Some(sim.now);
+                break;
+            }
+        }
+        let moved = moved.unwrap_or_else(|| panic!("seed {}: s1 never moved", 960 + seed));
+        assert!(stopped.is_some_and(|s| s <= moved), "seed {}: moved at {moved:?} before the old host stopped ({stopped:?})", 960 + seed);
+        assert!(moved - at < sim.lease.lease, "seed {}: the move waited {:?}", 960 + seed, moved - at);
+        assert!(sim.violations.is_empty(), "seed {}: {:?}", 960 + seed, sim.violations);
+    }
+    assert!(held > 10, "the reported count was seen held back only {held} times");
+}
+
 /// Log compaction: with a snapshot every 8 entries the log stays short and the commands of
 /// compacted entries are dropped; a node that was down while the log moved past it catches up
 /// by installing the leader's snapshot, which crosses the lossy network in chunks (the

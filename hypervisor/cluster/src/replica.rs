@@ -64,6 +64,12 @@ pub struct ReplicaConfig {
     /// leader by raising the term.
     pub pre_vote: bool,
     pub limits: Limits,
+    /// The node this replica runs replicas for, when its local service stops them
+    /// asynchronously (`orchd` through `workd`): then the applied count it reports
+    /// ([`Replica::reported_applied`]) stays below an `Unassign` of a replica of this node
+    /// until [`Replica::set_local_runs`] says it no longer runs there. None (the default, the
+    /// simulator without a stop delay): a replica stops the moment its `Unassign` applies.
+    pub local_host: Option<crate::identity::NodeKey>,
 }
 
 impl Default for ReplicaConfig {
@@ -80,6 +86,7 @@ impl Default for ReplicaConfig {
             peer_down_after: Duration::from_millis(1000),
             pre_vote: true,
             limits: Limits::default(),
+            local_host: None,
         }
     }
 }
@@ -182,6 +189,9 @@ pub struct Replica {
     /// Elections this replica stood in (real ones, after a pre-vote when that is on).
     pub elections_started: u64,
     storage: Storage,
+    /// What the local service last said runs here ([`Replica::set_local_runs`]): the applied
+    /// count when it looked, and the replicas still active then (running or stopping).
+    local_runs: Option<(u64, alloc::collections::BTreeSet<(alloc::string::String, u32)>)>,
 }
 
 impl Replica {
@@ -254,6 +264,7 @@ impl Replica {
             pre_vote_rounds: 0,
             elections_started: 0,
             storage,
+            local_runs: None,
         }
     }
 
@@ -410,9 +421,34 @@ impl Replica {
     /// [`Envelope::applied`]).
     pub fn peer_applied(&self, peer: ReplicaId) -> Option<u64> {
         if peer == self.id {
-            return Some(self.state.applied);
+            return Some(self.reported_applied());
         }
         self.peer_applied.get(&peer).copied()
+    }
+
+    /// See [`ReplicaConfig::local_host`].
+    pub fn set_local_host(&mut self, host: Option<crate::identity::NodeKey>) {
+        self.cfg.local_host = host;
+    }
+
+    /// The local service looked at what runs on this node: `active` are the replicas it still
+    /// runs or is stopping, as it saw them after this replica had applied everything it has
+    /// applied now (it must not start a replica its state no longer assigns here after that).
+    pub fn set_local_runs(&mut self, active: alloc::collections::BTreeSet<(alloc::string::String, u32)>) {
+        self.local_runs = Some((self.state.applied, active));
+    }
+
+    /// The applied count this node reports ([`Envelope::applied`]): the state's, but with a
+    /// [`ReplicaConfig::local_host`], below the `Unassign` of every replica of this node the
+    /// local service has not yet confirmed stopped ([`Replica::set_local_runs`] after it
+    /// applied it), so the leader does not release the replica while it still runs here
+    /// (docs/orchestration.md, "Releases"). Bounded: a release stays in the state only until
+    /// `Released` commits, which the leader proposes after the lease rule at the latest.
+    pub fn reported_applied(&self) -> u64 {
+        let applied = self.state.applied;
+        let Some(me) = self.cfg.local_host else { return applied };
+        let stopped = |k: &(alloc::string::String, u32), at: u64| self.local_runs.as_ref().is_some_and(|(seen, active)| *seen >= at && !active.contains(k));
+        self.state.releases.iter().filter(|(k, r)| r.host == me && !stopped(k, r.at)).map(|(_, r)| r.at.saturating_sub(1)).fold(applied, u64::min)
     }
 
     /// Leader only: when this leader, in its current term, applied the `Unassign` whose
@@ -525,7 +561,7 @@ impl Replica {
         let peers: Vec<NodeId> = self.node.peers().collect();
         for p in peers {
             let message = Message::RequestVoteCall { header, last_position };
-            self.outgoing.push(Envelope { from: self.id, to: p.get(), message, commands: Vec::new(), grant: false, applied: self.state.applied, snapshot: None, pre_vote: true });
+            self.outgoing.push(Envelope { from: self.id, to: p.get(), message, commands: Vec::new(), grant: false, applied: self.reported_applied(), snapshot: None, pre_vote: true });
         }
     }
 
@@ -551,7 +587,7 @@ impl Replica {
                     && self.node.log().last_position() <= last_position;
                 let header = MessageHeader { from: NodeId::new(self.id), term: header.term, seqno: header.seqno };
                 let message = Message::RequestVoteReply { header, vote_granted: granted };
-                self.outgoing.push(Envelope { from: self.id, to: env.from, message, commands: Vec::new(), grant: false, applied: self.state.applied, snapshot: None, pre_vote: true });
+                self.outgoing.push(Envelope { from: self.id, to: env.from, message, commands: Vec::new(), grant: false, applied: self.reported_applied(), snapshot: None, pre_vote: true });
             }
             Message::RequestVoteReply { header, vote_granted: true } => {
                 let current = self.term() + 1;
@@ -762,7 +798,7 @@ impl Replica {
             commit_index: self.node.commit_index(),
             entries: LogEntries::new(snap.position),
         };
-        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands: Vec::new(), grant: false, applied: self.state.applied, snapshot: Some(snap), pre_vote: false });
+        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands: Vec::new(), grant: false, applied: self.reported_applied(), snapshot: Some(snap), pre_vote: false });
     }
 
     /// Follower: install a leader's snapshot that is ahead of what this node committed.
@@ -810,7 +846,7 @@ impl Replica {
                 }
             }
         }
-        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant, applied: self.state.applied, snapshot: None, pre_vote: false });
+        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant, applied: self.reported_applied(), snapshot: None, pre_vote: false });
     }
 
     fn apply_committed(&mut self, now: Duration) {
