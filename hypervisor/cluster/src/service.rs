@@ -12,6 +12,7 @@
 
 use alloc::vec::Vec;
 
+use crate::desired::DesiredState;
 use crate::identity::{NodeId, NodeKey};
 use crate::membership::MemberState;
 
@@ -130,6 +131,68 @@ pub fn words_key(w: [u64; 4]) -> [u8; 32] {
         k[i * 8..i * 8 + 8].copy_from_slice(&x.to_le_bytes());
     }
     k
+}
+
+/// A change to this node's fabric peers that `orchd` hands its `netd` (`LABEL_ADMIT_PEER`,
+/// `LABEL_REMOVE_PEER`; docs/orchestration.md, "Removal"), from its own committed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerChange {
+    Admit([u8; 32]),
+    Remove([u8; 32]),
+}
+
+/// What this node's `orchd` has handed its `netd` of the committed admissions and removals.
+/// `netd` keeps them only in memory: a restarted `netd` starts from the cluster file again (a
+/// removed file member is a peer again), so when `orchd` sees `netd` restart (its socket
+/// handles answer `Restarted`) it forgets what it handed ([`FabricHand::netd_restarted`]) and
+/// hands it all again.
+#[derive(Clone, Debug, Default)]
+pub struct FabricHand {
+    /// Keys admitted at run time (or a file member admitted again) that `netd` took as peers.
+    handed: Vec<[u8; 32]>,
+    /// Keys the committed state removed that `netd` dropped.
+    removed: Vec<[u8; 32]>,
+}
+
+impl FabricHand {
+    /// What `netd` has not been given yet, removals first, at most `max` of each: every key
+    /// ever admitted (`node_order`) that is no longer (`RemoveNode`), and every admitted key
+    /// the cluster file (`file`) does not list or that was removed and admitted again. Never
+    /// this node's own key.
+    pub fn todo(&self, st: &DesiredState, file: &[NodeKey], own: [u8; 32], max: usize) -> Vec<PeerChange> {
+        let removals = st.node_order.iter().filter(|k| !st.nodes.contains(k) && k.0 != own && !self.removed.contains(&k.0)).take(max).map(|k| PeerChange::Remove(k.0));
+        let admissions = st
+            .nodes
+            .iter()
+            .filter(|k| (!file.contains(k) || self.removed.contains(&k.0)) && k.0 != own && !self.handed.contains(&k.0))
+            .take(max)
+            .map(|k| PeerChange::Admit(k.0));
+        removals.chain(admissions).collect()
+    }
+
+    /// `netd` took the change (or refused it for good: it is not asked again).
+    pub fn done(&mut self, c: PeerChange) {
+        match c {
+            PeerChange::Admit(k) => {
+                self.removed.retain(|r| *r != k);
+                if !self.handed.contains(&k) {
+                    self.handed.push(k);
+                }
+            }
+            PeerChange::Remove(k) => {
+                self.handed.retain(|h| *h != k);
+                if !self.removed.contains(&k) {
+                    self.removed.push(k);
+                }
+            }
+        }
+    }
+
+    /// `netd` restarted from its boot configuration: everything is handed again.
+    pub fn netd_restarted(&mut self) {
+        self.handed.clear();
+        self.removed.clear();
+    }
 }
 
 #[cfg(test)]

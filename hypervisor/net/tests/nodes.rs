@@ -656,3 +656,64 @@ fn a_removed_peer_is_refused_and_listed_removed() {
     assert_eq!(n2.admit_peer(k1, t), Ok(true));
     assert!(n2.admission_rows(t).iter().all(|r| !(r.key == k1 && r.kind == RowKind::Removed)));
 }
+
+/// A `netd` that restarts builds its peers from the cluster file again, so a removed file
+/// member is its peer again; `orchd` sees the restart and hands every committed removal again
+/// (`FabricHand::netd_restarted`): the removed node gets no session with the new `netd` and
+/// nothing it sends is delivered. (Without the hand-over again, it is a peer of the restarted
+/// `netd` and its datagrams arrive: the hole this closes.)
+#[test]
+fn a_removal_survives_a_netd_restart_because_orchd_hands_it_again() {
+    use catenary_cluster::desired::{Command, DesiredState, Limits};
+    use catenary_cluster::service::{FabricHand, PeerChange};
+    use catenary_cluster::NodeKey;
+    let (mut n1, mut l1, mut n2, mut l2, _, mut t) = two_nodes();
+    let k1 = Identity::from_secret_bytes([1; 32]).public_key();
+    let id2 = Identity::from_secret_bytes([2; 32]);
+    let file: Vec<NodeKey> = [[1u8; 32], [2; 32], [3; 32]].iter().map(|s| NodeKey(Identity::from_secret_bytes(*s).public_key())).collect();
+    // node2's committed state: the three file members admitted, then node1 removed.
+    let mut st = DesiredState::default();
+    for k in &file {
+        st.apply(&Command::AdmitNode(*k), &Limits::default()).unwrap();
+    }
+    st.apply(&Command::RemoveNode(NodeKey(k1)), &Limits::default()).unwrap();
+    // node2's orchd hands it to node2's netd.
+    let own = id2.public_key();
+    let mut hand = FabricHand::default();
+    let give = |hand: &mut FabricHand, n: &mut Node, st: &DesiredState, t: u64| {
+        for c in hand.todo(st, &file, own, 8) {
+            match c {
+                PeerChange::Remove(k) => assert!(n.remove_peer(k).is_ok()),
+                PeerChange::Admit(k) => assert!(n.admit_peer(k, t).is_ok()),
+            }
+            hand.done(c);
+        }
+    };
+    give(&mut hand, &mut n2, &st, t);
+    assert!(n2.peer_by_name("node1").is_none(), "removed");
+    assert!(hand.todo(&st, &file, own, 8).is_empty(), "handed once");
+    // node2's netd restarts: a new Node from the same boot configuration, node1 a peer again.
+    let a = n1.udp_open(n1.fabric_addr, 40000, 8, 1356).unwrap();
+    let cluster = Cluster { members: file.iter().zip(1u8..).map(|(k, i)| Member { name: format!("node{i}"), public_key: k.0, underlay: link_local_from_mac([0x52, 0x54, 0, 0, 0, i]), port: 51820 }).collect(), operators: vec![] };
+    let mut n2 = Node::new(&mut l2, NodeConfig { identity: id2.clone(), cluster, unix_time_at_origin: 1_700_000_000, rng_seed: [22; 32] }, t);
+    assert!(n2.peer_by_name("node1").is_some(), "the restarted netd has the file's peers again");
+    n2.connect_all(t); // as netd does at its start
+    // orchd's socket answers `Restarted`: it hands everything again (here before the new
+    // netd's first poll; on a node a few of them may come first: docs/orchestration.md).
+    hand.netd_restarted();
+    give(&mut hand, &mut n2, &st, t);
+    assert!(n2.peer_by_name("node1").is_none(), "the restarted netd dropped the removed node again");
+    let b = n2.udp_open(n2.fabric_addr, 7, 8, 1356).unwrap();
+    let before = n2.fabric().counters().clone();
+    let mut buf = [0u8; 64];
+    for _ in 0..300 {
+        t += 100_000_000;
+        n1.poll(&mut l1, t);
+        n2.poll(&mut l2, t);
+        let _ = n1.udp_send(a, n2.fabric_addr, 7, b"removed");
+        assert!(n2.udp_recv(b, &mut buf).is_none(), "a removed node's datagram reached the restarted netd");
+    }
+    assert!(n2.peers.iter().all(|p| p.public_key != k1 || !p.established), "the removed node has a session with the restarted netd");
+    let after = n2.fabric().counters().clone();
+    assert!(after.dropped_unknown_peer > before.dropped_unknown_peer || after.dropped_unknown_index > before.dropped_unknown_index, "nothing from the removed node reached the fabric: {after:?}");
+}
