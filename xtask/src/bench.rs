@@ -4,14 +4,14 @@
 use crate::qemu::{run_captured, Boot};
 use std::time::Duration;
 
-const USAGE: &str = "usage: cargo xtask bench [boot|vm|exit|vmmem|ipc [local]|net|workload|aead|cluster|nat64|api]";
+const USAGE: &str = "usage: cargo xtask bench [boot|vm|exit|vmmem|ipc [local]|net|workload|aead|cluster|nat64|api|vcpus]";
 
 /// `cargo xtask bench` runs every benchmark and ends with one table (`benchtable`); `bench
 /// NAME` runs one and ends with its rows. A benchmark that fails is reported and the others
 /// still run; the command then fails.
 pub fn cmd_bench(args: &[String]) -> Result<(), String> {
     type Bench = fn(&[String]) -> Result<(), String>;
-    let all: [(&str, Bench); 11] = [
+    let all: [(&str, Bench); 12] = [
         ("boot", |_| bench_boot()),
         ("vm", |_| crate::vmbench::bench_vm()),
         ("exit", |_| crate::vmbench::bench_exit()),
@@ -23,6 +23,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
         ("cluster", |a| crate::clusterbench::bench_cluster(a)),
         ("nat64", crate::nat64bench::bench),
         ("api", |_| crate::apibench::bench_api()),
+        ("vcpus", |_| crate::vmbench::bench_vcpus()),
     ];
     let (chosen, file): (Vec<(&str, Bench)>, String) = match args.first().map(String::as_str) {
         None => (all.to_vec(), "bench.json".into()),
@@ -133,7 +134,7 @@ fn bench_ipc(args: &[String]) -> Result<(), String> {
 }
 
 /// The host's load averages (1, 5, 15 min), to print next to figures taken on a shared machine.
-fn loadavg() -> String {
+pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").ok().map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_else(|| "?".into())
 }
 

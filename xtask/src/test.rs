@@ -110,7 +110,7 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
         crate::fuzz::run_targets(&mut t, &targets, crate::fuzz::SMOKE_SECONDS, "fuzz::");
     }
     let net = !quick || args.iter().any(|a| a == "--net");
-    if (!quick && (selected("vm_linux") || selected("bochs") || selected("soak"))) || (net && crate::cluster::any_selected()) {
+    if (!quick && (selected("vm_linux") || selected("vm_two_vcpus") || selected("bochs") || selected("soak"))) || (net && crate::cluster::any_selected()) {
         // The guest images (cached by config hash; ~10 min the first time on a new machine)
         // are needed by the Linux microVM tests under SVM and under VT-x (Bochs), the soak and
         // the microVM networking tests.
@@ -122,6 +122,9 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
     kernel_tests(&mut t, quick)?;
     if !quick && selected("vm_linux") {
         crate::vmbench::linux_guest_tests(&mut t)?;
+    }
+    if !quick && selected("vm_two_vcpus") {
+        crate::vmbench::two_vcpus_test(&mut t)?;
     }
     if !quick && selected("soak_vm") {
         crate::soak::short_test(&mut t);

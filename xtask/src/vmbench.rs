@@ -342,3 +342,97 @@ pub fn bench_vmmem() -> Result<(), String> {
         Err(o.failed_on.map(|l| format!("stopped at `{l}`")).unwrap_or_else(|| "no `bench vmmem:` figures".into()))
     }
 }
+
+/// The guest command of `vm_two_vcpus` and `bench vcpus`: the CPUs Linux brought up, then two
+/// busy processes at once (awk loops of `rounds` iterations), each printing its sum.
+fn parallel_busy_cmd(rounds: u64) -> String {
+    base64(format!(
+        "echo vcpu-online [$(cat /sys/devices/system/cpu/online)]; echo busy-start; for p in 1 2; do awk 'BEGIN {{ s = 0; for (i = 0; i < {rounds}; i++) s += i % 7; print \"busy-sum\", s }}' & done; wait; echo busy-done"
+    ).as_bytes())
+}
+
+/// The sum each busy process prints (`i % 7` over `0..rounds`).
+fn busy_sum(rounds: u64) -> u64 {
+    (rounds / 7) * 21 + (0..rounds % 7).sum::<u64>()
+}
+
+/// One node (q35, `-smp 3`: vCPU tasks keep off CPU 0 under TCG, so two CPUs are theirs)
+/// running the Linux guest with `vcpus` vCPUs and the parallel busy command. Returns the run,
+/// the seconds from `busy-start` to `busy-done` (host clock, as the lines arrived) and the log.
+fn parallel_busy_run(vcpus: u8, rounds: u64, tag: &str) -> Result<(crate::qemu::Outcome, Option<f64>, std::path::PathBuf, Vec<String>), String> {
+    let bundle = crate::tools::out_dir().join("guest-bundle.cpio");
+    if !bundle.exists() {
+        return Err("no guest bundle (cargo xtask guest)".into());
+    }
+    let kernel = crate::build::build_kernel(false)?;
+    // (vm.apic=1 for one vCPU too: the same device model either way. The guest's console is
+    // the 16550: on hvc0 a 2-vCPU guest sometimes hangs in its virtio-console output path,
+    // docs/vmm.md "Multi-vCPU microVMs", open.)
+    let mut b = node_with_guest(&kernel, &bundle, &format!("vm.boot=pvh vm.apic=1 vm.console=ttyS0 vm.vcpus={vcpus} vm.cmd={}", parallel_busy_cmd(rounds)));
+    b.smp = 3;
+    let online = if vcpus == 1 { "vcpu-online [0]".to_string() } else { format!("vcpu-online [0-{}]", vcpus - 1) };
+    // Any other list of CPUs ends the run at once.
+    let wrong = if vcpus == 1 { "vcpu-online [0-".to_string() } else { "vcpu-online [0]".to_string() };
+    let sum = format!("[vm:demo] busy-sum {}", busy_sum(rounds));
+    let want: Vec<String> = vec!["[vm:demo] catenary-init: ready".into(), format!("[vm:demo] {online}"), "[vm:demo] busy-start".into(), sum, "[vm:demo] busy-done".into(), "microVM demo ended: power off".into()];
+    let want_ref: Vec<&str> = want.iter().map(String::as_str).collect();
+    let fail = ["KERNEL PANIC", "- stopping this CPU", "microVM demo failed", "microVM demo ended: triple", "microVM demo ended: guest fault", wrong.as_str()];
+    let o = run_captured(b.command(false)?, &want_ref, &fail, Duration::from_secs(600), false)?;
+    let log = crate::tools::out_dir().join(format!("{tag}.log"));
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    let secs = match (o.times[2], o.times[4]) {
+        (Some(a), Some(b)) if b >= a => Some((b - a).as_secs_f64()),
+        _ => None,
+    };
+    let missing: Vec<String> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| w.clone()).collect();
+    Ok((o, secs, log, missing))
+}
+
+/// `vm_two_vcpus`: Linux in a 2-vCPU microVM brings its second CPU up through INIT/SIPI
+/// (`/sys/devices/system/cpu/online` = `0-1`), reaches `catenary-init: ready`, runs two busy
+/// processes at once to completion and powers off.
+pub fn two_vcpus_test(t: &mut Tally) -> Result<(), String> {
+    let name = "vm_two_vcpus";
+    println!("== Linux microVM with two vCPUs (QEMU TCG, -smp 3)");
+    let (o, secs, log, missing) = match parallel_busy_run(2, VCPU_TEST_ROUNDS, name) {
+        Ok(r) => r,
+        Err(e) => {
+            t.record(name, false, &format!("({e})"));
+            return Ok(());
+        }
+    };
+    let online = o.lines.iter().find_map(|l| l.split("[vm:demo] vcpu-online ").nth(1)).unwrap_or("(not printed)").trim().to_string();
+    let ok = o.matched && o.failed_on.is_none();
+    println!("    CPUs online in the guest: {online}; parallel work {}", secs.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "did not finish".into()));
+    let why = if ok { String::new() } else {
+        format!("(missing {missing:?}, CPUs online {online}{}; serial log {})", o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(), log.display())
+    };
+    t.record(name, ok, &why);
+    Ok(())
+}
+
+/// awk iterations per busy process in `vm_two_vcpus`.
+const VCPU_TEST_ROUNDS: u64 = 300_000;
+/// awk iterations per busy process in `bench vcpus` (long enough that the guest's own
+/// start-up noise is small against it).
+const VCPU_BENCH_ROUNDS: u64 = 1_500_000;
+
+/// `bench vcpus`: the same two busy processes on 1 and on 2 vCPUs (one node boot each, run back
+/// to back); the row is the 2-vCPU time over the 1-vCPU time (goal ≈ 0.5, i.e. the two
+/// processes really ran in parallel). The host's load average is printed with it.
+pub fn bench_vcpus() -> Result<(), String> {
+    println!("== bench vcpus: two busy processes in a Linux microVM, 1 vs 2 vCPUs (QEMU TCG, -smp 3)");
+    let mut secs = [0.0f64; 2];
+    for (i, vcpus) in [1u8, 2].into_iter().enumerate() {
+        let load = crate::bench::loadavg();
+        let (o, s, log, missing) = parallel_busy_run(vcpus, VCPU_BENCH_ROUNDS, &format!("bench-vcpus-{vcpus}"))?;
+        let Some(s) = s.filter(|_| o.matched) else {
+            return Err(format!("{vcpus} vCPU run did not finish (missing {missing:?}; serial log {})", log.display()));
+        };
+        println!("    {vcpus} vCPU: {s:.2}s for the parallel work (load average before {load})");
+        secs[i] = s;
+    }
+    println!("    ratio 2 vCPUs / 1 vCPU: {:.2} (load average after {})", secs[1] / secs[0], crate::bench::loadavg());
+    crate::benchtable::ratio("two busy processes, 2 vCPUs (vs 1 vCPU)", "s", secs[1], "1 vCPU", secs[0], crate::benchtable::Goal::AtMost(0.6));
+    Ok(())
+}

@@ -96,6 +96,13 @@ pub fn set_tick_hook(f: crate::trap::IrqHandler) {
 }
 
 fn write_icr(dest: u32, low: u32) {
+    // Interrupts off: in xAPIC mode an IPI is two register writes, and a task preempted between
+    // them could resume on another CPU and send with that CPU's stale destination (vCPU tasks
+    // send kicks with interrupts on).
+    crate::cpu::without_interrupts(|| write_icr_now(dest, low))
+}
+
+fn write_icr_now(dest: u32, low: u32) {
     if X2APIC.load(Ordering::Relaxed) {
         // SAFETY: x2APIC ICR (MSR 0x830): one 64-bit write sends the IPI.
         unsafe { crate::cpu::wrmsr(0x830, ((dest as u64) << 32) | low as u64) }

@@ -283,7 +283,11 @@ impl GuestMemory for GuestRam {
         }
         self.pieces(gpa, buf.len(), |hva, n, at| {
             // SAFETY: [gpa, gpa+len) is inside guest RAM (checked), which this struct owns and
-            // the direct map covers; guest RAM is plain bytes, any value is valid.
+            // the direct map covers; guest RAM is plain bytes, any value is valid. With several
+            // vCPUs another CPU's guest may write these bytes meanwhile (as a device's DMA
+            // would): no Rust reference to guest RAM ever exists, only raw copies in and out,
+            // so a torn read gives the device model odd bytes (which it treats as hostile
+            // anyway), never undefined behaviour of a Rust object.
             unsafe { core::ptr::copy_nonoverlapping(hva as *const u8, buf[at..].as_mut_ptr(), n) }
         });
         Ok(())
@@ -314,6 +318,20 @@ pub fn enable_this_cpu() -> Result<&'static str, VirtError> {
         crate::vmx::enable_on_this_cpu().map(|_| "vmx")
     } else {
         Err(VirtError::Unsupported("this CPU has neither SVM+NPT nor VMX+EPT"))
+    }
+}
+
+/// Most vCPUs one microVM may have on this node's backend. SVM: 8 (the MP table's limit):
+/// each vCPU is its own `SvmVcpu` (VMCB, nested tables over the shared `RamChunks`), so vCPUs
+/// of one VM on different CPUs share nothing but guest RAM, and an application processor
+/// starts in real mode, which SVM runs under NPT. VMX: 1, because an AP's real-mode start needs
+/// the unrestricted-guest control, which this backend does not set up yet (docs/vmm.md).
+pub fn max_vcpus_per_vm() -> u8 {
+    let f = crate::cpu::features();
+    if f.svm && f.npt {
+        8
+    } else {
+        1
     }
 }
 

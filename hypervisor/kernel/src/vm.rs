@@ -7,7 +7,8 @@
 //!
 //! Kernel command line: `vm=none` skips the demo microVM; `vm.boot=pvh|bzimage`,
 //! `vm.mem=<MiB>`, `vm.cmd=<base64 shell command>`, `vm.exit=poweroff|reboot|halt`,
-//! `vm.disk=<MiB>` (a read-only virtio-blk disk with a marker line) and `vm.debug` shape it;
+//! `vm.disk=<MiB>` (a read-only virtio-blk disk with a marker line), `vm.vcpus=<N>` (N vCPUs,
+//! each its own task, with local APICs, an I/O APIC and an MP table) and `vm.debug` shape it;
 //! `vm.count=N` starts N copies of it (`demo`, `demo-2`, …), each its own vCPU task on any CPU.
 //! `vm.net=1` gives the demo microVM a virtio-net device and a /128 of the node's /64
 //! (`net::attach_vm`); `netd` routes it (the guest gets `catenary.addr=<addr>` on its command
@@ -23,6 +24,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use catenary_arch::virt::{self, GuestRam, Vcpu, VirtError};
 use catenary_arch::{cpu, time};
 use catenary_vmm::cpu::{Exit, StopReason, VcpuState};
@@ -31,7 +33,7 @@ use crate::vmconsole::VmConsole;
 pub use crate::vmcontrol::VmControl;
 use catenary_vmm::stop::{StopAction, StopPolicy};
 use catenary_vmm::guest_proto::wire::WorkloadExit;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use log::{info, warn};
 
 /// How a microVM run ended.
@@ -111,6 +113,9 @@ static HIDE_XSAVE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBo
 /// the bare 8259 (still one vCPU; docs/vmm.md "Multi-vCPU microVMs").
 static APIC_MODE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// `vm.debug`: multi-vCPU demo microVMs log each vCPU's exits and last exit RIP every 2 s.
+static DEBUG_VCPUS: AtomicBool = AtomicBool::new(false);
+
 /// MicroVMs whose vCPU loop is running, and microVMs that have ended since boot (the node's
 /// heartbeat reports both).
 static VMS_RUNNING: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
@@ -142,16 +147,12 @@ pub struct NetAttach {
 
 /// Like `run_with`, with an optional virtio-net device linked to `netd`.
 pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, false, None, None)
+    run_inner(name, image, ram_mib, disk, net, None, false, None, None, 1)
 }
 
-/// Like `run_full`, for a guest whose init is `catenary-init`: the VM gets the workload
-/// channel (docs/guest-init.md), whose log and exit status land in the report.
-pub fn run_workload(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, true, None, None)
-}
-
-/// Like `run_workload`, controlled through `ctl` while it runs: `ctl.request_signal`,
+/// Like `run_full`, for a guest whose init is `catenary-init` (the VM gets the workload
+/// channel, docs/guest-init.md, whose log and exit status land in the report), controlled
+/// through `ctl` while it runs: `ctl.request_signal`,
 /// `ctl.request_stop` (StopSignal, SIGKILL after the grace period, then power-off) and
 /// `ctl.request_kill` from any task (`vmcontrol`, docs/guest-init.md "Stopping a workload").
 /// `ctl` reports the VM running once it is about to enter the guest and ended when this
@@ -159,18 +160,18 @@ pub fn run_workload(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc:
 /// status (`workload_exit`) when the init reported one, `Ended::Killed` when the node powered it
 /// off.
 pub fn run_workload_ctl(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, ctl: &VmControl) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, true, Some(ctl), None)
+    run_inner(name, image, ram_mib, disk, net, None, true, Some(ctl), None, 1)
 }
 
 /// Like `run`; the VM ends (`Ended::Killed`) soon after `stop` becomes true.
 pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
-    run_inner(name, image, ram_mib, None, None, Some(stop), false, None, None)
+    run_inner(name, image, ram_mib, None, None, Some(stop), false, None, None, 1)
 }
 
 /// Like `run_stoppable`, with a workload VM's devices (the workload channel too): the
 /// memory-per-microVM bench (`bench=vmmem`, `crate::vmmembench`).
 pub fn run_stoppable_workload(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
-    run_inner(name, image, ram_mib, None, None, Some(stop), true, None, None)
+    run_inner(name, image, ram_mib, None, None, Some(stop), true, None, None, 1)
 }
 
 /// Marks the control block ended however `run_inner` returns.
@@ -191,7 +192,7 @@ impl Drop for EndOnDrop<'_> {
 /// its log lines, READY and touched memory go to the owner's event queue as VM `handle`
 /// (`task::vmctl`). Stopped, signalled and killed through `ctl` (`vmcontrol`).
 #[allow(clippy::too_many_arguments)]
-pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: catenary_vmm::virtio::blk::SharedBytes, config: &[u8], node_json: &str, net: Option<NetAttach>, ctl: &VmControl, touched: &core::sync::atomic::AtomicU64) -> RunReport {
+pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, vcpus: u8, rootfs: catenary_vmm::virtio::blk::SharedBytes, config: &[u8], node_json: &str, net: Option<NetAttach>, ctl: &VmControl, touched: &core::sync::atomic::AtomicU64) -> RunReport {
     let failed = |why: &str| {
         let mut r = empty_report();
         r.ended = Ended::Failed(String::from(why));
@@ -211,7 +212,7 @@ pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, rootfs: catenary_vmm:
         (None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: &initrd, cmdline },
         _ => return failed("the guest bundle has no kernel"),
     };
-    run_inner(name, boot, mem_mib, None, net, None, true, Some(ctl), Some(&Sink { handle, touched, rootfs }))
+    run_inner(name, boot, mem_mib, None, net, None, true, Some(ctl), Some(&Sink { handle, touched, rootfs }), vcpus)
 }
 
 /// A workload VM's shared root disk, and where its events go (`task::vmctl`).
@@ -227,10 +228,15 @@ fn empty_report() -> RunReport {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool, ctl: Option<&VmControl>, sink: Option<&Sink>) -> RunReport {
+fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool, ctl: Option<&VmControl>, sink: Option<&Sink>, vcpus: u8) -> RunReport {
     let _end = EndOnDrop(ctl);
     let t0 = time::now_ns();
     let mut report = empty_report();
+    if vcpus == 0 || vcpus > virt::max_vcpus_per_vm() || (vcpus > 1 && matches!(image, Image::Raw { .. })) {
+        report.ended = Ended::Failed(format!("{name}: {vcpus} vCPUs: this node runs 1 to {} per microVM{}", virt::max_vcpus_per_vm(),
+            if virt::max_vcpus_per_vm() == 1 { " (the VMX backend starts no application processors yet: docs/vmm.md)" } else { "" }));
+        return report;
+    }
     // Never a world switch on a CPU where it is unsafe (vcpu_affinity): move this task first.
     if crate::task::restrict_current_affinity(vcpu_affinity(catenary_arch::smp::online_cpus())).is_err() {
         report.ended = Ended::Failed(alloc::format!("{name}: its vCPU task is pinned to CPU 0, where QEMU TCG cannot run world switches safely (docs/vmm.md)"));
@@ -252,11 +258,13 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     cfg.virtio_blk_shared = sink.map(|s| s.rootfs.clone());
     cfg.virtio_net = net.map(|n| n.mac);
     cfg.workload_channel = channel;
-    cfg.apic = APIC_MODE.load(core::sync::atomic::Ordering::Relaxed) && !matches!(image, Image::Raw { .. });
+    // More than one vCPU needs the APICs (IPIs, the MP table); `vm.apic=1` gives them to one.
+    cfg.apic = (vcpus > 1 || APIC_MODE.load(core::sync::atomic::Ordering::Relaxed)) && !matches!(image, Image::Raw { .. });
+    cfg.vcpus = vcpus;
     // Both backends switch XCR0 and the full XSAVE state (arch guest_switch.rs): the guest
     // may see XSAVE/AVX when the node enabled it.
     cfg.cpuid.xsave = catenary_arch::uspace::xcr0() & 0b111 == 0b111 && !HIDE_XSAVE.load(core::sync::atomic::Ordering::Relaxed);
-    let (mut vm, mut console) = match (MicroVm::try_new(cfg, &host_cpuid), VmConsole::try_new(name, t0)) {
+    let (vm, mut console) = match (MicroVm::try_new(cfg, &host_cpuid), VmConsole::try_new(name, t0)) {
         (Ok(vm), Some(mut c)) => {
             c.sink = sink.map(|s| s.handle);
             (vm, c)
@@ -310,17 +318,54 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     if !vcpu.lazy_ram() {
         ram.populate_all();
     }
-    info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, backend {}, created in {} us (RAM {} us, image load {} us)",
+    info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, {vcpus} vCPU, backend {}, created in {} us (RAM {} us, image load {} us)",
         ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000, (t_ram - t0) / 1000, (t_loaded - t_ram) / 1000);
     vcpu.set_state(&state);
+    let chunks = ram.chunks().len();
+    let ram_bytes = ram.size();
+    let sh = Arc::new(Shared::new(vm, ram, usize::from(vcpus), ram_bytes));
+    sh.task[0].store(crate::task::current_task(), Ordering::SeqCst);
+    // The application processors: one task each, started now, waiting for the guest's
+    // INIT/SIPI (`ap_task`). They find the shared state through the registry.
+    let key = NEXT_SMP_KEY.fetch_add(1, Ordering::Relaxed);
+    let mut aps: alloc::vec::Vec<catenary_sched::TaskId> = alloc::vec::Vec::new();
+    if vcpus > 1 {
+        cpu::without_interrupts(|| SMP_VMS.lock().insert(key, (sh.clone(), id)));
+        for i in 1..usize::from(vcpus) {
+            match crate::task::try_spawn_kernel(&format!("vcpu{i}-{name}"), catenary_sched::Priority::NORMAL, vcpu_affinity(catenary_arch::smp::online_cpus()), ap_task, key << 8 | i as u64) {
+                Ok(t) => {
+                    sh.task[i].store(t, Ordering::SeqCst);
+                    aps.push(t);
+                }
+                Err(_) => sh.end(Ended::Failed(format!("vCPU {i}: no memory for its task"))),
+            }
+        }
+    }
     if let Some(c) = ctl {
-        c.started(vm.has_channel());
+        c.started(sh.core().vm.has_channel());
     }
     VMS_RUNNING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let ended = vcpu_loop(&mut vm, &mut *vcpu, &mut ram, &mut console, name, net, stop, ctl, sink.map(|s| s.touched), &mut report.cycles);
+    let mut bsp = Bsp { console: &mut console, name, net, stop, ctl, touched: sink.map(|s| s.touched), cycles: &mut report.cycles, policy: StopPolicy::new(), next_debug: 0 };
+    let mapped0: alloc::vec::Vec<bool> = {
+        let g = sh.core();
+        (0..chunks).map(|i| !vcpu.lazy_ram() || g.ram.is_populated(i)).collect()
+    };
+    let ended = vcpu_loop(&sh, 0, &mut *vcpu, mapped0, Some(&mut bsp));
+    // The VM dies as a whole: every other vCPU leaves its loop, and teardown waits for all.
+    sh.end(ended.unwrap_or(Ended::Killed));
+    for t in aps {
+        while crate::task::join(t, 1_000_000_000).is_none() {
+            warn!(target: "vmm", "microVM {name}: still waiting for vCPU task {t} to end");
+            sh.kick_all();
+        }
+    }
+    cpu::without_interrupts(|| SMP_VMS.lock().remove(&key));
+    let ended = sh.ended.lock().clone().unwrap_or(Ended::Killed);
     VMS_RUNNING.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
     VMS_ENDED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    console.drain_vm(&mut vm, time::now_ns(), true);
+    let mut g = sh.core();
+    let Core { vm, ram } = &mut *g;
+    console.drain_vm(vm, time::now_ns(), true);
     report.ready_ns = console.ready;
     report.workload_exit = console.workload.exit();
     report.workload_ready = console.workload.ready();
@@ -330,20 +375,171 @@ fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::V
     report.console_overwritten = vm.console().dropped;
     report.exits = vm.stats().total_exits();
     report.exits_by_reason = vm.stats().exits_by_reason().collect();
-    report.overhead_bytes = vcpu.overhead_bytes() + core::mem::size_of::<MicroVm>() as u64;
+    report.overhead_bytes = vcpu.overhead_bytes() + sh.ap_overhead.load(Ordering::Relaxed) + core::mem::size_of::<MicroVm>() as u64;
     report.touched_bytes = ram.populated_bytes();
     report.placement = vcpu.placement();
+    report.placement.cpus |= sh.ap_cpus.load(Ordering::Relaxed);
+    report.placement.migrations += sh.ap_moves.load(Ordering::Relaxed);
     report.io_by_port = vm.stats().io_by_port.iter().map(|(p, n)| (*p, *n)).collect();
     report.wall_ns = time::now_ns() - t0;
     if channel {
         // Everything this VM holds is still allocated here (its RAM, vCPU, device model, disk).
         info!(target: "vmm", "microVM {name}: memory at its end: {}; guest RAM {} KiB ({} KiB touched)", node_memory(), ram.size() / 1024, report.touched_bytes / 1024);
     }
+    if vcpus > 1 {
+        info!(target: "vmm", "microVM {name}: {vcpus} vCPUs ran on CPUs {}", cpu_list(report.placement.cpus));
+    }
     report.ended = ended;
-    // Dropping the vCPU and the RAM returns every frame to the allocator.
+    drop(g);
+    // Dropping the vCPU and the last reference to the shared state (the AP tasks have ended
+    // and dropped theirs) returns every frame to the allocator.
     drop(vcpu);
-    drop(ram);
+    drop(sh);
     report
+}
+
+/// What the vCPUs of one microVM share: the device model and guest RAM, behind one lock that a
+/// vCPU takes only around device-model calls (`poll`, `next_event`, `handle_exit`, the console
+/// and network), never across `Vcpu::run` (docs/vmm.md "Multi-vCPU microVMs").
+pub(crate) struct Core {
+    vm: MicroVm,
+    ram: GuestRam,
+}
+
+/// A microVM's shared state: `Core` plus how its vCPU tasks find, wake and stop each other.
+pub(crate) struct Shared {
+    core: spin::Mutex<Core>,
+    n: usize,
+    ram_size: u64,
+    /// Set once when the VM ends (any vCPU's stop or fatal fault, the node's stop): every vCPU
+    /// loop leaves at its next pass.
+    dead: AtomicBool,
+    /// Why it ended, as the first vCPU to end it saw it.
+    ended: spin::Mutex<Option<Ended>>,
+    /// Per vCPU: its task (to wake it from a halt), and the CPU it is about to enter or is in
+    /// its guest on (`NOT_IN_GUEST` otherwise), to interrupt it there.
+    task: [AtomicU64; MAX_VCPUS],
+    in_guest: [AtomicUsize; MAX_VCPUS],
+    /// Per vCPU: exits and the RIP of the last one (what `vm.debug` logs every 2 s).
+    exits: [AtomicU64; MAX_VCPUS],
+    last_rip: [AtomicU64; MAX_VCPUS],
+    /// The application processors' figures for the run report.
+    ap_cpus: AtomicU64,
+    ap_moves: AtomicU64,
+    ap_overhead: AtomicU64,
+}
+
+const MAX_VCPUS: usize = catenary_vmm::mptable::MAX_VCPUS as usize;
+const NOT_IN_GUEST: usize = usize::MAX;
+
+impl Shared {
+    fn new(vm: MicroVm, ram: GuestRam, n: usize, ram_size: u64) -> Shared {
+        Shared {
+            core: spin::Mutex::new(Core { vm, ram }),
+            n: n.clamp(1, MAX_VCPUS),
+            ram_size,
+            dead: AtomicBool::new(false),
+            ended: spin::Mutex::new(None),
+            task: [const { AtomicU64::new(0) }; MAX_VCPUS],
+            in_guest: [const { AtomicUsize::new(NOT_IN_GUEST) }; MAX_VCPUS],
+            exits: [const { AtomicU64::new(0) }; MAX_VCPUS],
+            last_rip: [const { AtomicU64::new(0) }; MAX_VCPUS],
+            ap_cpus: AtomicU64::new(0),
+            ap_moves: AtomicU64::new(0),
+            ap_overhead: AtomicU64::new(0),
+        }
+    }
+
+    /// The device model and RAM. The lock is held for a device-model call, never across a world
+    /// switch or a sleep; a waiter yields its CPU now and then (the holder may have been
+    /// preempted on this very CPU).
+    fn core(&self) -> spin::MutexGuard<'_, Core> {
+        loop {
+            for _ in 0..64 {
+                if let Some(g) = self.core.try_lock() {
+                    return g;
+                }
+                core::hint::spin_loop();
+            }
+            crate::task::yield_now();
+        }
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    /// End the VM (the first reason wins) and get every vCPU out of its guest or its halt.
+    fn end(&self, why: Ended) {
+        {
+            let mut e = self.ended.lock();
+            if e.is_none() {
+                *e = Some(why);
+            }
+        }
+        self.dead.store(true, Ordering::SeqCst);
+        self.kick_all();
+    }
+
+    fn kick_all(&self) {
+        self.kick(u64::MAX, usize::MAX);
+    }
+
+    /// Wake the vCPUs in `mask` (from `ApicBus::take_wakeups`) other than `me`: a halted one's
+    /// task is woken, one in its guest is interrupted (a host IPI forces the exit, so it looks
+    /// at its interrupts again). One that is between the two looks anyway before its next entry:
+    /// it marks itself in the guest *before* taking the lock for `next_event`.
+    fn kick(&self, mask: u64, me: usize) {
+        for j in (0..self.n).filter(|&j| j != me && mask & (1u64 << j) != 0) {
+            let c = self.in_guest[j].load(Ordering::SeqCst);
+            if c != NOT_IN_GUEST {
+                crate::task::kick_cpu(c);
+            }
+            let t = self.task[j].load(Ordering::SeqCst);
+            if t != 0 {
+                crate::task::wake_sleeping(t);
+            }
+        }
+    }
+}
+
+/// Multi-vCPU microVMs whose application processors are starting: key → (shared state, VM id).
+static SMP_VMS: spin::Mutex<alloc::collections::BTreeMap<u64, (Arc<Shared>, u32)>> = spin::Mutex::new(alloc::collections::BTreeMap::new());
+static NEXT_SMP_KEY: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+
+/// Application processor `arg & 0xff` of the microVM registered as `arg >> 8`: create its vCPU,
+/// run its loop from wait-for-SIPI, and end the whole VM if it fails.
+fn ap_task(arg: u64) {
+    let (key, idx) = (arg >> 8, (arg & 0xff) as usize);
+    let Some((sh, vm_id)) = cpu::without_interrupts(|| SMP_VMS.lock().get(&key).cloned()) else { return };
+    if crate::task::restrict_current_affinity(vcpu_affinity(catenary_arch::smp::online_cpus())).is_err() {
+        sh.end(Ended::Failed(format!("vCPU {idx}: its task may only run on CPU 0")));
+        return;
+    }
+    let made = {
+        let g = sh.core();
+        virt::create_vcpu(&g.ram, vm_id).map(|v| {
+            let mapped: alloc::vec::Vec<bool> = (0..g.ram.chunks().len()).map(|i| !v.lazy_ram() || g.ram.is_populated(i)).collect();
+            (v, mapped)
+        })
+    };
+    let (mut vcpu, mapped) = match made {
+        Ok(v) => v,
+        Err(e) => {
+            sh.end(Ended::Failed(format!("vCPU {idx}: {e:?}")));
+            return;
+        }
+    };
+    if let Some(e) = vcpu_loop(&sh, idx, &mut *vcpu, mapped, None) {
+        sh.end(e);
+    }
+    let p = vcpu.placement();
+    sh.ap_cpus.fetch_or(p.cpus, Ordering::Relaxed);
+    sh.ap_moves.fetch_add(p.migrations, Ordering::Relaxed);
+    sh.ap_overhead.fetch_add(vcpu.overhead_bytes(), Ordering::Relaxed);
+    // (The vCPU, and with it its reference to guest RAM, is dropped before the task ends: the
+    // BSP's join then knows no nested table maps the RAM any more.)
+    drop(vcpu);
 }
 
 /// The node's time and memory now: free frames and the kernel heap (bytes allocated, bytes it
@@ -367,6 +563,9 @@ fn net_sync(vm: &mut MicroVm, ram: &mut GuestRam, net: Option<NetAttach>) {
 
 /// Longest a halted vCPU's task sleeps before polling the device model again.
 const HALT_POLL_NS: u64 = 1_000_000;
+/// Longest an application processor waiting for its Startup IPI sleeps between looks (a SIPI
+/// wakes it at once through `Shared::kick`).
+const SIPI_POLL_NS: u64 = 10_000_000;
 
 /// Apply the node's requests (`ctl`) and the stop policy's deadlines; `Some` when the node
 /// powers the VM off now.
@@ -409,48 +608,104 @@ fn apply_control(ctl: Option<&VmControl>, policy: &mut StopPolicy, vm: &mut Micr
     None
 }
 
-#[allow(clippy::too_many_arguments)]
-fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console: &mut VmConsole, name: &str, net: Option<NetAttach>, stop: Option<&AtomicBool>, ctl: Option<&VmControl>, touched: Option<&core::sync::atomic::AtomicU64>, cycles: &mut LoopCycles) -> Ended {
+/// What only vCPU 0's loop does: the console, the network, the node's stop/control requests,
+/// the touched-memory figure and the cycle accounting.
+struct Bsp<'a, 'c> {
+    console: &'a mut VmConsole<'c>,
+    name: &'a str,
+    net: Option<NetAttach>,
+    stop: Option<&'a AtomicBool>,
+    ctl: Option<&'a VmControl>,
+    touched: Option<&'a core::sync::atomic::AtomicU64>,
+    cycles: &'a mut LoopCycles,
+    policy: StopPolicy,
+    next_debug: u64,
+}
+
+impl Bsp<'_, '_> {
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+}
+
+/// Whether vCPU `idx` waits for a Startup IPI (an AP before the guest starts it, or after an
+/// INIT); takes a pending INIT/SIPI first: a SIPI loads the real-mode start state.
+fn sipi_wait(vm: &mut MicroVm, idx: usize, vcpu: &mut dyn Vcpu, st: &mut VcpuState) -> bool {
+    let Some(l) = vm.apic_bus().and_then(|a| a.lapic_mut(idx)) else { return false };
+    l.take_init();
+    if let Some(v) = l.take_sipi() {
+        *st = catenary_vmm::apic_bus::sipi_state(v);
+        vcpu.set_state(st);
+    }
+    l.run_state() != catenary_vmm::devices::lapic::RunState::Running
+}
+
+/// One vCPU's loop (vCPU 0 with `bsp`). Returns why the VM ended when this vCPU ended it, None
+/// when another vCPU (or the node) did.
+fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped: alloc::vec::Vec<bool>, mut bsp: Option<&mut Bsp>) -> Option<Ended> {
     let mut st = vcpu.state();
-    let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
-    let mut policy = StopPolicy::new();
-    // Which RAM chunks the vCPU maps: those populated when it was created (lazy backends map
-    // the rest on first touch). The device model can populate a chunk on its own (virtio
-    // writes into guest buffers), so "populated" does not imply "mapped".
-    let mut mapped: alloc::vec::Vec<bool> = (0..ram.chunks().len()).map(|i| !vcpu.lazy_ram() || ram.is_populated(i)).collect();
+    let name = bsp.as_ref().map(|b| b.name).unwrap_or("");
     loop {
         let t_pass = cpu::rdtsc();
-        if stopped() {
-            return Ended::Killed;
+        if sh.is_dead() {
+            return None;
         }
-        if let Some(e) = apply_control(ctl, &mut policy, vm, ram, name) {
-            return e;
+        if bsp.as_ref().is_some_and(|b| b.stopped()) {
+            return Some(Ended::Killed);
         }
-        let now = time::now_ns();
-        vm.poll(now);
-        let ev = if vcpu.reinjection_pending() { EventDecision::None } else { vm.next_event(&st) };
+        // Marked "in the guest" before the event decision: a vCPU that sends this one an
+        // interrupt after that decision sees the mark and interrupts the entry.
+        sh.in_guest[idx].store(catenary_arch::percpu::cpu_index(), Ordering::SeqCst);
+        let (ev, now, waiting, wakeups) = {
+            let mut g = sh.core();
+            let Core { vm, ram } = &mut *g;
+            vm.set_vcpu(idx);
+            if let Some(b) = bsp.as_deref_mut() {
+                if let Some(e) = apply_control(b.ctl, &mut b.policy, vm, ram, b.name) {
+                    return Some(e);
+                }
+            }
+            let now = time::now_ns();
+            vm.poll(now);
+            let waiting = sipi_wait(vm, idx, vcpu, &mut st);
+            let ev = if waiting || vcpu.reinjection_pending() { EventDecision::None } else { vm.next_event(&st) };
+            (ev, now, waiting, vm.apic_bus().map(|a| a.take_wakeups()).unwrap_or(0))
+        };
+        sh.kick(wakeups, idx);
+        if waiting {
+            sh.in_guest[idx].store(NOT_IN_GUEST, Ordering::SeqCst);
+            crate::task::sleep_ns(SIPI_POLL_NS);
+            continue;
+        }
         let t_run = cpu::rdtsc();
         let run = vcpu.run(ev);
         let t_ran = cpu::rdtsc();
+        sh.in_guest[idx].store(NOT_IN_GUEST, Ordering::SeqCst);
         let exit = match run {
             Ok(e) => e,
-            Err(VirtError::EntryFailed(code)) => return Ended::Failed(format!("VM entry failed ({code:#x})")),
-            Err(e) => return Ended::Failed(format!("{e:?}")),
+            Err(VirtError::EntryFailed(code)) => return Some(Ended::Failed(format!("VM entry failed ({code:#x}) on vCPU {idx}"))),
+            Err(e) => return Some(Ended::Failed(format!("{e:?} on vCPU {idx}"))),
         };
         // Always read the state back first: the next event decision depends on the guest's
         // *current* RFLAGS.IF and interrupt shadow (injecting an interrupt into a guest that
         // just executed CLI deadlocks it inside its own critical section).
         st = vcpu.state();
+        sh.exits[idx].fetch_add(1, Ordering::Relaxed);
+        sh.last_rip[idx].store(st.rip, Ordering::Relaxed);
+        if let Some(b) = bsp.as_deref_mut() {
+            debug_vcpus(sh, &mut sh.core().vm, b);
+        }
         if let Exit::Mmio { gpa, .. } | Exit::PageWalkFault { gpa } = exit {
             // First touch of a RAM chunk the loader did not populate (by an instruction or by
-            // the guest's page walk): zero it, map it, retry.
-            if gpa < ram.size() {
-                let idx = (gpa / virt::CHUNK) as usize;
-                if !mapped[idx] {
-                    vcpu.map_ram_chunk(idx);
-                    mapped[idx] = true;
-                    if let Some(t) = touched {
-                        t.store(ram.populated_bytes(), Ordering::Relaxed);
+            // the guest's page walk): zero it, map it, retry. (No lock: populating a chunk is
+            // atomic, and each vCPU maps RAM into its own nested tables.)
+            if gpa < sh.ram_size {
+                let c = (gpa / virt::CHUNK) as usize;
+                if !mapped[c] {
+                    vcpu.map_ram_chunk(c);
+                    mapped[c] = true;
+                    if let Some(t) = bsp.as_ref().and_then(|b| b.touched) {
+                        t.store(sh.core().ram.populated_bytes(), Ordering::Relaxed);
                     }
                     continue;
                 }
@@ -458,73 +713,139 @@ fn vcpu_loop(vm: &mut MicroVm, vcpu: &mut dyn Vcpu, ram: &mut GuestRam, console:
         }
         if matches!(exit, Exit::ExternalInterrupt) {
             // The host took its interrupt when the backend re-enabled interrupts; count it.
+            let mut g = sh.core();
+            let Core { vm, ram } = &mut *g;
+            vm.set_vcpu(idx);
             let _ = vm.handle_exit(exit, &mut st, ram, now);
             continue;
         }
         let now = time::now_ns();
-        let t_handle = cpu::rdtsc();
-        let action = vm.handle_exit(exit, &mut st, ram, now);
-        let t_handled = cpu::rdtsc();
+        let (action, t_handle, t_handled, oom, wakeups) = {
+            let mut g = sh.core();
+            let Core { vm, ram } = &mut *g;
+            vm.set_vcpu(idx);
+            let t_handle = cpu::rdtsc();
+            let action = vm.handle_exit(exit, &mut st, ram, now);
+            let t_handled = cpu::rdtsc();
+            if let Some(b) = bsp.as_deref_mut() {
+                b.console.drain_vm(vm, now, false);
+                net_sync(vm, ram, b.net);
+            }
+            (action, t_handle, t_handled, vm.out_of_memory(), vm.apic_bus().map(|a| a.take_wakeups()).unwrap_or(0))
+        };
+        sh.kick(wakeups, idx);
         vcpu.set_state(&st);
-        console.drain_vm(vm, now, false);
-        net_sync(vm, ram, net);
-        let t_end = cpu::rdtsc();
-        cycles.passes += 1;
-        cycles.run += t_ran.wrapping_sub(t_run);
-        cycles.handle += t_handled.wrapping_sub(t_handle);
-        cycles.rest += t_end.wrapping_sub(t_pass).wrapping_sub(t_ran.wrapping_sub(t_run)).wrapping_sub(t_handled.wrapping_sub(t_handle));
-        if vm.out_of_memory() {
-            return Ended::OutOfMemory;
+        if let Some(b) = bsp.as_deref_mut() {
+            let t_end = cpu::rdtsc();
+            let c = &mut *b.cycles;
+            c.passes += 1;
+            c.run += t_ran.wrapping_sub(t_run);
+            c.handle += t_handled.wrapping_sub(t_handle);
+            c.rest += t_end.wrapping_sub(t_pass).wrapping_sub(t_ran.wrapping_sub(t_run)).wrapping_sub(t_handled.wrapping_sub(t_handle));
+        }
+        if oom {
+            return Some(Ended::OutOfMemory);
         }
         match action {
             Ok(Action::Resume) => {}
             Ok(Action::Halt) => {
-                // Wait (host halts between timer ticks) until the guest has an interrupt.
-                loop {
-                    net_sync(vm, ram, net);
-                    if vm.out_of_memory() {
-                        return Ended::OutOfMemory;
-                    }
-                    vm.poll(time::now_ns());
-                    console.drain_vm(vm, time::now_ns(), false);
-                    // (An interrupt the backend still holds armed for the guest counts too:
-                    // `sti; hlt` exits before the guest takes it.)
-                    if vm.pending_irq().is_some() || vm.pending_exception().is_some() || vcpu.reinjection_pending() {
-                        break;
-                    }
-                    if let Some(r) = vm.stop_reason().cloned() {
-                        return Ended::Stopped(r);
-                    }
-                    if stopped() {
-                        return Ended::Killed;
-                    }
-                    if let Some(e) = apply_control(ctl, &mut policy, vm, ram, name) {
-                        return e;
-                    }
-                    // Block this task (other tasks run on this CPU meanwhile) until the
-                    // device model's next deadline, at most 1 ms; the sleep ends on a host tick.
-                    let now = time::now_ns();
-                    let wait = vm.next_deadline_ns().map(|d| d.saturating_sub(now)).unwrap_or(HALT_POLL_NS).min(HALT_POLL_NS);
-                    if wait > 0 {
-                        crate::task::sleep_ns(wait);
-                    }
+                if let Some(e) = halt(sh, idx, vcpu, st.interrupts_enabled(), bsp.as_deref_mut()) {
+                    return e;
                 }
             }
             Ok(Action::Stop(r)) => {
+                if sh.n > 1 {
+                    info!(target: "vmm", "{name}: vCPU {idx} ended the VM ({r}) at rip {:#x}, rflags {:#x}", st.rip, st.rflags);
+                }
                 if r == StopReason::TripleFault {
                     // What the guest was doing when it shut down (soak failures keep this line).
-                    warn!(target: "vmm", "{name}: triple fault at rip {:#x} (cs {:#x}, cpl {}) rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} xcr0 {:#x} idtr {:#x}+{:#x} gdtr {:#x}+{:#x} tr {:#x}",
+                    warn!(target: "vmm", "{name}: vCPU {idx}: triple fault at rip {:#x} (cs {:#x}, cpl {}) rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} xcr0 {:#x} idtr {:#x}+{:#x} gdtr {:#x}+{:#x} tr {:#x}",
                         st.rip, st.cs.selector, st.cpl, st.rsp, st.rflags, st.cr0, st.cr2, st.cr3, st.cr4, st.efer, st.xcr0,
                         st.idtr.base, st.idtr.limit, st.gdtr.base, st.gdtr.limit, st.tr.base);
-                    log_guest_walks(&st, ram, &mapped, name);
+                    log_guest_walks(&st, &sh.core().ram, &mapped, name);
                 }
-                return Ended::Stopped(r);
+                return Some(Ended::Stopped(r));
             }
-            Err(VmError::OutOfMemory) => return Ended::OutOfMemory,
+            Err(VmError::OutOfMemory) => return Some(Ended::OutOfMemory),
             Err(e) => {
-                warn!(target: "vmm", "{name}: device model rejected an exit: {e:?}");
-                return Ended::Failed(format!("{e:?}"));
+                warn!(target: "vmm", "{name}: vCPU {idx}: device model rejected an exit: {e:?}");
+                return Some(Ended::Failed(format!("{e:?}")));
             }
+        }
+    }
+}
+
+/// `vm.debug` on a multi-vCPU VM: every 2 s (vCPU 0's loop, halted or not), each vCPU's exits,
+/// the RIP of its last exit, whether it is in its guest, and what its APIC has pending.
+fn debug_vcpus(sh: &Shared, vm: &mut MicroVm, b: &mut Bsp) {
+    if !DEBUG_VCPUS.load(Ordering::Relaxed) || sh.n < 2 || time::now_ns() < b.next_debug {
+        return;
+    }
+    b.next_debug = time::now_ns() + 2_000_000_000;
+    let cur = vm.vcpu();
+    for j in 0..sh.n {
+        vm.set_vcpu(j);
+        let (nmi, run) = vm.apic_bus().and_then(|a| a.lapic(j)).map(|l| (l.nmi_pending(), l.run_state())).unwrap_or((false, catenary_vmm::devices::lapic::RunState::Running));
+        info!(target: "vmm", "{}: vCPU {j}: {} exits, last at rip {:#x}, {}, pending irq {:?} nmi {nmi} {run:?}, deadline in {:?} ns", b.name, sh.exits[j].load(Ordering::Relaxed), sh.last_rip[j].load(Ordering::Relaxed),
+            if sh.in_guest[j].load(Ordering::Relaxed) != NOT_IN_GUEST { "in its guest" } else { "out" }, vm.pending_irq(), vm.next_deadline_ns().map(|d| d as i64 - time::now_ns() as i64));
+    }
+    for (i, d) in vm.virtio.iter().enumerate() {
+        if let Some(e) = d.error {
+            info!(target: "vmm", "{}: virtio device {i} failed: {e:?}", b.name);
+        }
+    }
+    vm.set_vcpu(cur);
+}
+
+/// A halted vCPU waits (its task sleeps; other tasks run on its CPU) until its guest has
+/// something to take: an interrupt (when its IF is set), an exception, an NMI, an event the
+/// backend still holds, or an INIT. `Some(end)` when the wait ends the loop (`None` inside: another vCPU ended the VM).
+fn halt(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, interrupts_on: bool, mut bsp: Option<&mut Bsp>) -> Option<Option<Ended>> {
+    loop {
+        if sh.is_dead() {
+            return Some(None);
+        }
+        let (wake, wait, stopped, wakeups) = {
+            let mut g = sh.core();
+            let Core { vm, ram } = &mut *g;
+            vm.set_vcpu(idx);
+            let now = time::now_ns();
+            if let Some(b) = bsp.as_deref_mut() {
+                net_sync(vm, ram, b.net);
+                if vm.out_of_memory() {
+                    return Some(Some(Ended::OutOfMemory));
+                }
+                vm.poll(now);
+                b.console.drain_vm(vm, now, false);
+                if let Some(e) = apply_control(b.ctl, &mut b.policy, vm, ram, b.name) {
+                    return Some(Some(e));
+                }
+                debug_vcpus(sh, vm, b);
+            } else {
+                vm.poll(now);
+            }
+            // (An interrupt the backend still holds armed for the guest counts too: `sti; hlt`
+            // exits before the guest takes it.)
+            let apic = vm.apic_bus().and_then(|a| a.lapic(idx)).map(|l| (l.nmi_pending(), l.run_state() != catenary_vmm::devices::lapic::RunState::Running));
+            // (An AP halted with interrupts off, `cli; hlt`, waits for an NMI or INIT only.)
+            let wake = (interrupts_on && vm.pending_irq().is_some()) || vm.pending_exception().is_some() || vcpu.reinjection_pending() || apic.is_some_and(|(nmi, init)| nmi || init);
+            // Block until the device model's next deadline for this vCPU, at most 1 ms (another
+            // vCPU's interrupt wakes the task sooner: `Shared::kick`).
+            let wait = vm.next_deadline_ns().map(|d| d.saturating_sub(now)).unwrap_or(HALT_POLL_NS).min(HALT_POLL_NS);
+            (wake, wait, vm.stop_reason().cloned(), vm.apic_bus().map(|a| a.take_wakeups()).unwrap_or(0))
+        };
+        sh.kick(wakeups, idx);
+        if wake {
+            return None;
+        }
+        if let Some(r) = stopped {
+            return Some(Some(Ended::Stopped(r)));
+        }
+        if bsp.as_ref().is_some_and(|b| b.stopped()) {
+            return Some(Some(Ended::Killed));
+        }
+        if wait > 0 {
+            crate::task::sleep_ns(wait);
         }
     }
 }
@@ -718,7 +1039,8 @@ pub fn run_demo2(cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option
 }
 
 /// A demo microVM configured by the command-line words `<key>`, `<key>.mem`, `<key>.cmd`,
-/// `<key>.exit`, `<key>.console`, `<key>.disk`, `<key>.net`, `<key>.ipc`, `<key>.debug`, `<key>.boot`.
+/// `<key>.exit`, `<key>.console`, `<key>.disk`, `<key>.net`, `<key>.ipc`, `<key>.debug`, `<key>.boot`,
+/// `<key>.vcpus`.
 fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modules: &[catenary_bootinfo::Module]) -> Option<RunReport> {
     let opt = |name: &str| -> Option<&str> {
         if name.is_empty() {
@@ -811,7 +1133,10 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
         _ => None,
     };
     if opt("debug").is_some() {
-        gcmd.push_str(" loglevel=7");
+        DEBUG_VCPUS.store(true, Ordering::Relaxed);
+        // (earlyprintk: the guest's early messages on the 16550 too, which a VM that dies before
+        // its virtio console is up would otherwise take with it.)
+        gcmd.push_str(" loglevel=7 earlyprintk=serial,ttyS0");
     }
     // A Catenary image's run config rides in a cpio appended to the initramfs.
     let initrd_buf = match image {
@@ -836,7 +1161,9 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
             return None;
         }
     };
-    let r = if image.is_some() { run_workload(want, boot, mem, disk, net) } else { run_full(want, boot, mem, disk, net) };
+    // `vm.vcpus=N`: N vCPUs (with the APICs and an MP table), each its own task.
+    let vcpus: u8 = opt("vcpus").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let r = run_inner(want, boot, mem, disk, net, None, image.is_some(), None, None, vcpus);
     if let Some(n) = net {
         crate::net::detach_vm(n.addr);
     }

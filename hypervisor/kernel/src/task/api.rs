@@ -91,3 +91,22 @@ pub fn set_current_affinity(aff: catenary_sched::Affinity) -> Result<(), ()> {
     }
     Ok(())
 }
+
+/// Wake task `id` if it is in `sleep_ns` (a halted vCPU whose guest got an interrupt from
+/// another vCPU); anything else about it is left alone.
+pub fn wake_sleeping(id: TaskId) {
+    with(|k| {
+        if let Some(TaskState::Blocked(BlockReason::Sleep)) = k.sched.task(id).map(|t| t.state) {
+            let _ = wake(k, id);
+        }
+    })
+}
+
+/// Interrupt CPU `cpu` (a reschedule IPI): a vCPU task in its guest there exits to the host.
+pub fn kick_cpu(cpu: usize) {
+    if cpu != catenary_arch::percpu::cpu_index() {
+        if let Some(a) = smp::apic_id_of(cpu) {
+            catenary_arch::apic::send_ipi(a, catenary_arch::apic::RESCHED_VECTOR);
+        }
+    }
+}

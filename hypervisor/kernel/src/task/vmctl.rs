@@ -60,6 +60,7 @@ pub struct VmCtl {
 struct Launch {
     name: String,
     mem_mib: u64,
+    vcpus: u8,
     image: Arc<crate::vmstore::ImageBytes>,
     args: Option<Vec<String>>,
     env: Vec<String>,
@@ -102,6 +103,16 @@ fn copy_out(k: &Kernel, me: TaskId, ptr: u64, len: u64, data: &[u8]) -> Result<u
     Ok(data.len() as u64)
 }
 
+/// Most vCPUs one workload microVM may have here: the backend's limit (8 on SVM, 1 on VMX:
+/// `virt::max_vcpus_per_vm`), and no more than the CPUs vCPU tasks may run on (all but CPU 0
+/// under QEMU TCG, `vm::vcpu_affinity`): more vCPUs than CPUs only time-share one guest's CPUs
+/// and make its spinlocks wait for preempted holders.
+pub fn max_vcpus() -> u8 {
+    let cpus = smp::online_cpus();
+    let usable = (crate::vm::vcpu_affinity(cpus).0 & (1u64.checked_shl(cpus as u32).unwrap_or(0).wrapping_sub(1))).count_ones();
+    catenary_arch::virt::max_vcpus_per_vm().min(usable.clamp(1, 255) as u8)
+}
+
 /// `SYS_VM(slot, op, buf, len, arg)`.
 pub(super) fn sys_vm(f: &mut TrapFrame) {
     let (slot, op, ptr, len, arg) = (f.rdi as usize, f.rsi, f.rdx, f.r10, f.r8);
@@ -115,7 +126,7 @@ pub(super) fn sys_vm(f: &mut TrapFrame) {
                 free_bytes: st.free_bytes(),
                 total_bytes: st.total_bytes(),
                 cpus: smp::online_cpus() as u32,
-                max_vcpus: 1,
+                max_vcpus: max_vcpus(),
                 images: crate::vmstore::list().len() as u32,
                 vms,
                 autostart: crate::vmstore::autostart(),
@@ -387,7 +398,7 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
     let req: CreateVm = decode(&buf).ok_or_else(bad)?;
     // the record is hostile: every field checked again
     let entry_ok = |v: &[String], max: usize| v.len() <= max && v.iter().all(|s| s.len() <= ENTRY_MAX && !s.contains('\0'));
-    if req.vcpus != 1
+    if req.vcpus == 0 || req.vcpus > max_vcpus()
         || !(MEMORY_MIN_MIB..=MEMORY_MAX_MIB).contains(&req.memory_mib)
         || !valid_name(&req.name)
         || !entry_ok(&req.env, ENV_MAX + 2)
@@ -412,7 +423,7 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
     })?;
     let name = alloc::format!("vm-{}", req.name);
     cpu::without_interrupts(|| {
-        LAUNCH.lock().insert(handle, Launch { name: req.name, mem_mib: req.memory_mib as u64, image, args: req.args, env: req.env, net: req.net, ctl, touched });
+        LAUNCH.lock().insert(handle, Launch { name: req.name, mem_mib: req.memory_mib as u64, vcpus: req.vcpus, image, args: req.args, env: req.env, net: req.net, ctl, touched });
     });
     if !REAPER.swap(true, Ordering::AcqRel) && try_spawn_kernel("vm-orphans", Priority::NORMAL, Affinity::ANY, reaper, 0).is_err() {
         REAPER.store(false, Ordering::Release);
@@ -449,7 +460,7 @@ fn vm_task(handle: u64) {
     // with a NAT64 gateway in the cluster, a networked workload resolves names through DNS64
     let dns: &[core::net::Ipv6Addr] = if net.is_some() && crate::net::nat64_named() { &[catenary_net::nat64route::DNS64_ADDR] } else { &[] };
     let node_json = catenary_workload::node::node_json_with_dns(&l.name, net.map(|n| n.addr), l.args.as_deref(), &l.env, dns);
-    let r = crate::vm::run_image_vm(handle, &l.name, l.mem_mib, crate::vmstore::disk(&l.image), l.image.config(), &node_json, net, &l.ctl, &l.touched);
+    let r = crate::vm::run_image_vm(handle, &l.name, l.mem_mib, l.vcpus, crate::vmstore::disk(&l.image), l.image.config(), &node_json, net, &l.ctl, &l.touched);
     drop(l.image); // the image may be removed now
     if let Some(n) = net {
         crate::net::detach_vm(n.addr);
