@@ -692,8 +692,10 @@ fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped: alloc::ve
         st = vcpu.state();
         sh.exits[idx].fetch_add(1, Ordering::Relaxed);
         sh.last_rip[idx].store(st.rip, Ordering::Relaxed);
-        if let Some(b) = bsp.as_deref_mut() {
-            debug_vcpus(sh, &mut sh.core().vm, b);
+        if let Some(b) = bsp.as_deref_mut().filter(|_| DEBUG_VCPUS.load(Ordering::Relaxed)) {
+            let mut g = sh.core();
+            let Core { vm, ram } = &mut *g;
+            debug_vcpus(sh, vm, ram, b);
         }
         if let Exit::Mmio { gpa, .. } | Exit::PageWalkFault { gpa } = exit {
             // First touch of a RAM chunk the loader did not populate (by an instruction or by
@@ -777,7 +779,7 @@ fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped: alloc::ve
 
 /// `vm.debug` on a multi-vCPU VM: every 2 s (vCPU 0's loop, halted or not), each vCPU's exits,
 /// the RIP of its last exit, whether it is in its guest, and what its APIC has pending.
-fn debug_vcpus(sh: &Shared, vm: &mut MicroVm, b: &mut Bsp) {
+fn debug_vcpus(sh: &Shared, vm: &mut MicroVm, ram: &GuestRam, b: &mut Bsp) {
     if !DEBUG_VCPUS.load(Ordering::Relaxed) || sh.n < 2 || time::now_ns() < b.next_debug {
         return;
     }
@@ -792,6 +794,12 @@ fn debug_vcpus(sh: &Shared, vm: &mut MicroVm, b: &mut Bsp) {
     for (i, d) in vm.virtio.iter().enumerate() {
         if let Some(e) = d.error {
             info!(target: "vmm", "{}: virtio device {i} failed: {e:?}", b.name);
+        }
+        use catenary_vmm::mem::GuestMemoryExt;
+        for (qi, q) in d.queues.iter().enumerate().filter(|(_, q)| q.ready) {
+            let avail = q.avail.checked_add(2).and_then(|a| ram.read_u16(a).ok());
+            let used = q.used.checked_add(2).and_then(|a| ram.read_u16(a).ok());
+            info!(target: "vmm", "{}: virtio {i} q{qi}: notifies {} int {:#x}, device last_avail {} used_idx {}, guest avail.idx {avail:?} used.idx {used:?}, avail at {:#x} used at {:#x}", b.name, d.notifies, d.interrupt_status, q.last_avail, q.used_idx, q.avail, q.used);
         }
     }
     vm.set_vcpu(cur);
@@ -820,7 +828,7 @@ fn halt(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, interrupts_on: bool, mut b
                 if let Some(e) = apply_control(b.ctl, &mut b.policy, vm, ram, b.name) {
                     return Some(Some(e));
                 }
-                debug_vcpus(sh, vm, b);
+                debug_vcpus(sh, vm, ram, b);
             } else {
                 vm.poll(now);
             }
@@ -1132,11 +1140,14 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
         }
         _ => None,
     };
-    if opt("debug").is_some() {
+    if let Some(d) = opt("debug") {
         DEBUG_VCPUS.store(true, Ordering::Relaxed);
         // (earlyprintk: the guest's early messages on the 16550 too, which a VM that dies before
-        // its virtio console is up would otherwise take with it.)
-        gcmd.push_str(" loglevel=7 earlyprintk=serial,ttyS0");
+        // its virtio console is up would otherwise take with it. `vm.debug=quiet` leaves the
+        // guest's command line alone: the 16550 copy slows its console down.)
+        if d != "quiet" {
+            gcmd.push_str(" loglevel=7 earlyprintk=serial,ttyS0");
+        }
     }
     // A Catenary image's run config rides in a cpio appended to the initramfs.
     let initrd_buf = match image {

@@ -354,7 +354,9 @@ fn virtio_console_via_mmio_exits() {
     w(&mut v, &mut c, &mut m, 0x50, 1);
     assert_eq!(v.take_console_lines(), ["catenary-init: ready"]);
     assert_eq!(m.read_u16(0x8202).unwrap(), 1);
-    assert_eq!(v.pending_irq(), Some(0x35));
+    // The chain is used inside the notify exit, with no interrupt: Linux's hvc writer polls,
+    // and an interrupt taken on another vCPU races it (virtio::mmio::process_console_tx).
+    assert_eq!(v.pending_irq(), None);
 }
 
 #[test]
