@@ -64,35 +64,6 @@ struct Current {
     misses: u32,
 }
 
-/// When a node-to-node exchange gives up: after `idle_ms` with no byte moved either way, or
-/// after `total_ms` in all, whichever comes first. A chunk is 256 KiB: under load a fabric that
-/// moves 20 KiB/s needs 13 s for one, and a fixed 10 s budget failed every try of the same chunk
-/// (a 1 MiB image took 203 s to arrive in a three-node run at load 10), while a peer that does
-/// not answer at all must still be given up on quickly. So the deadline moves with progress
-/// (as curl's `--speed-time`), and the total bounds how long one request holds `apid`'s loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Deadline {
-    idle_ms: u64,
-    start_ms: u64,
-    total_ms: u64,
-    last_ms: u64,
-}
-
-impl Deadline {
-    /// Started at `now_ms`.
-    pub fn new(now_ms: u64, idle_ms: u64, total_ms: u64) -> Self {
-        Deadline { idle_ms, start_ms: now_ms, total_ms: total_ms.max(idle_ms), last_ms: now_ms }
-    }
-    /// Bytes moved at `now_ms`.
-    pub fn progress(&mut self, now_ms: u64) {
-        self.last_ms = self.last_ms.max(now_ms);
-    }
-    /// Whether to give up at `now_ms`.
-    pub fn expired(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.last_ms) > self.idle_ms || now_ms.saturating_sub(self.start_ms) > self.total_ms
-    }
-}
-
 /// A chunk whose request got no answer is asked again this many times from the same holder
 /// (a loaded node or fabric), before the next holder is asked from the start.
 pub const CHUNK_TRIES: u32 = 3;

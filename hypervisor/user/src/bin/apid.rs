@@ -568,8 +568,7 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -
                     let own = node.members.iter().find(|m| Some(m.1) == node.me).map(|m| m.0.clone());
                     let mut ask = |i: usize| {
                         let (_, addr, up) = others[i];
-                        let ms = if up { forward::FORWARD_MS } else { forward::IDLE_FORWARD_MS };
-                        forward::exchange(s, io, addr, &forward::request_bytes(&req, addr, &caller), ms, ms)
+                        forward::exchange(s, io, addr, &forward::request_bytes(&req, addr, &caller), if up { forward::FORWARD_MS } else { forward::IDLE_FORWARD_MS })
                     };
                     resp = catenary_api::cluster::elsewhere(&req, resp, own.as_deref(), &names, &mut ask);
                 }

@@ -73,7 +73,7 @@ impl Fetcher {
         let holders = &r.holders;
         let mut get = |h: usize, path: &str| {
             let (_, addr) = holders.get(h)?;
-            forward::exchange(s, io, *addr, &forward::get_bytes(path, *addr), forward::CHUNK_IDLE_MS, forward::CHUNK_TOTAL_MS)
+            forward::exchange(s, io, *addr, &forward::get_bytes(path, *addr), forward::FORWARD_MS)
         };
         let ev = r.fetch.step(node, &mut get);
         let name = |h: usize| r.holders.get(h).map_or("?", |x| x.0.as_str());

@@ -11,7 +11,6 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_api::auth::hex;
 use catenary_api::client::parse_response;
-use catenary_api::fetch::Deadline;
 use catenary_api::http::{Request, ON_BEHALF_OF};
 use catenary_netsock::{Kind, NetError};
 use catenary_user::netsock_client::Sockets;
@@ -24,11 +23,6 @@ pub const FORWARD_MS: u64 = 10_000;
 /// connection makes a new one, a handshake of milliseconds), but a node that is down would hold
 /// every request up for this long.
 pub const IDLE_FORWARD_MS: u64 = 4_000;
-/// A node-to-node GET of an image's chunk (256 KiB) gives up after this long with no byte moved
-/// ([`catenary_api::fetch::Deadline`])…
-pub const CHUNK_IDLE_MS: u64 = 10_000;
-/// …or after this long in all (it holds `apid`'s loop meanwhile).
-pub const CHUNK_TOTAL_MS: u64 = 60_000;
 /// The largest answer taken from another node (a log read is at most 8 KiB of data).
 pub const ANSWER_MAX: usize = 320 * 1024;
 
@@ -59,16 +53,15 @@ pub fn get_bytes(path: &str, to: Ipv6Addr) -> Vec<u8> {
 
 /// Send `bytes` to `[to]:8080` and read the answer until the peer closes: (status, body), or
 /// `None` (no connection, too slow, too large, not HTTP). `io`: pages lent for each call.
-/// `idle_ms`/`total_ms`: see [`Deadline`].
-pub fn exchange(s: &Sockets, io: &Pages, to: Ipv6Addr, bytes: &[u8], idle_ms: u64, total_ms: u64) -> Option<(u16, Vec<u8>)> {
+pub fn exchange(s: &Sockets, io: &Pages, to: Ipv6Addr, bytes: &[u8], budget_ms: u64) -> Option<(u16, Vec<u8>)> {
     let h = s.socket(Kind::Tcp).ok()?;
     let r = (|| {
         s.connect(h, to, catenary_api::PORT).ok()?;
-        let mut deadline = Deadline::new(now_ns() / 1_000_000, idle_ms, total_ms);
+        let end = now_ns() / 1_000_000 + budget_ms;
         let (mut sent, mut got) = (0, Vec::new());
         let pending = |e: NetError| e == NetError::WouldBlock;
         loop {
-            if deadline.expired(now_ns() / 1_000_000) {
+            if now_ns() / 1_000_000 > end {
                 return None;
             }
             let mut moved = false;
@@ -98,9 +91,7 @@ pub fn exchange(s: &Sockets, io: &Pages, to: Ipv6Addr, bytes: &[u8], idle_ms: u6
                 Err(catenary_user::netsock_client::SockError::Net(e)) if pending(e) => {}
                 Err(_) => return None,
             }
-            if moved {
-                deadline.progress(now_ns() / 1_000_000);
-            } else {
+            if !moved {
                 sleep_ns(2_000_000);
             }
         }
