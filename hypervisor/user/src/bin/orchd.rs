@@ -23,13 +23,14 @@
 
 extern crate alloc;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_cluster::desired::{Command, RestartPolicy as ClusterRestart, WorkloadSpec as ClusterSpec};
 use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LABELS, LABEL_LIST, LABEL_TICKET, LABEL_WANTED, LABEL_WRITE};
 use catenary_cluster::raft_codec::{decode, Wire};
+use catenary_cluster::service::{FabricHand, PeerChange};
 use catenary_cluster::NodeKey;
 use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_ADMIT_PEER, LABEL_CLUSTER, LABEL_SELF};
 use catenary_netsock::{DgramHeader, Local, Ready, DGRAM_HEADER, UDP_PAYLOAD_MAX};
@@ -52,6 +53,8 @@ const HEAP_PAGES: u64 = 1024;
 pub const PORT: u16 = catenary_cluster::raft_codec::PORT;
 const CLUSTER_MAX: usize = 64 * 1024;
 const CONVERGE_MS: u64 = 250;
+/// How soon workd is asked again while it stops a replica unassigned here.
+const STOPPING_MS: u64 = 50;
 const CAPACITY_MS: u64 = 1000;
 /// vCPUs of cluster replicas placed per CPU of the node.
 const VCPUS_PER_CPU: u32 = 8;
@@ -282,6 +285,11 @@ fn run(_arg: u64) -> u64 {
         }
     };
     let own = own_key();
+    // Replicas stop asynchronously (workd stops the microVM): the applied count this node
+    // reports stays below an `Unassign` of a replica here until workd lists it stopped
+    // (docs/orchestration.md, "Releases").
+    let mut cfg = OrchConfig::default();
+    cfg.replica.local_host = Some(NodeKey(own));
     let keys: Vec<NodeKey> = members.iter().map(|m| NodeKey(m.1)).collect();
     let file_len = members.len();
     let mut members = members;
@@ -290,13 +298,13 @@ fn run(_arg: u64) -> u64 {
         Some(me) => {
             let seed = rdtsc() ^ (me as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             logf!("orchd: member {} of {} ({}), UDP [{}]:{}; listening for a cluster", me, members.len(), members[me].0, me_addr, PORT);
-            Orch::new(me, keys, OrchConfig::default(), seed, now())
+            Orch::new(me, keys, cfg, seed, now())
         }
         None => {
             // A node in no cluster file (netbooted, its key made at boot): it takes part once
             // an admin admitted its key (`catenary node add`), under the index a member tells it.
             logf!("orchd: this node ([{}]) is in no cluster file: waiting to be admitted (asking the {} listed members every second)", me_addr, members.len());
-            Orch::new_unlisted(keys, NodeKey(own), OrchConfig::default(), rdtsc(), now())
+            Orch::new_unlisted(keys, NodeKey(own), cfg, rdtsc(), now())
         }
     };
     for (k, l) in &labels {
@@ -308,10 +316,9 @@ fn run(_arg: u64) -> u64 {
     }
     orch.set_labels(labels);
     let mut placed = orch.member_index();
-    // Keys admitted at run time that netd took as fabric peers.
-    let mut handed: Vec<[u8; 32]> = Vec::new();
-    // Keys the committed state removed that netd dropped (`catenary node remove`).
-    let mut removed: Vec<[u8; 32]> = Vec::new();
+    // The committed admissions and removals netd took (`catenary node add`/`remove`).
+    let mut hand = FabricHand::default();
+    let mut sock = sock;
 
     let mut next_converge = 0u64;
     let mut next_capacity = 0u64;
@@ -335,8 +342,7 @@ fn run(_arg: u64) -> u64 {
                 logf!("orchd: admitted by the cluster: member {} of {}; listening for the leader", i, members.len());
             }
         }
-        hand_admitted(&orch, file_len, own, &mut handed, &mut removed);
-        hand_removed(&orch, own, &mut handed, &mut removed);
+        hand_peers(&orch, file_len, own, &mut hand);
         send_all(&s, sock, &io, &members, &mut orch);
         watch.part("tick and send");
         let ms = now_ns() / 1_000_000;
@@ -358,7 +364,22 @@ fn run(_arg: u64) -> u64 {
         }
         if ms >= next_converge {
             next_converge = ms + CONVERGE_MS;
-            converge(&workd, &orch, t, &mut shown);
+            if let Some(active) = converge(&workd, &orch, t, &mut shown) {
+                orch.set_local_runs(active);
+            }
+            // A replica unassigned here that workd still runs holds back the applied count
+            // this node reports: look again soon, so that the move is not delayed for long.
+            let held = orch.replica().map_or(0, |r| r.state().applied.saturating_sub(r.reported_applied()));
+            if held > 0 {
+                next_converge = ms + STOPPING_MS;
+            }
+            if (held > 0) != shown.held {
+                shown.held = held > 0;
+                match orch.replica() {
+                    Some(r) if held > 0 => logf!("orchd: reporting {} commands applied, not {}: a replica unassigned here is not stopped yet", r.reported_applied(), r.state().applied),
+                    _ => log("orchd: every replica unassigned here is stopped: reporting the state's applied count"),
+                }
+            }
             watch.part("converge");
         }
         shown.report(&orch, t, &members);
@@ -381,6 +402,24 @@ fn run(_arg: u64) -> u64 {
         let wait = (orch.next_deadline().saturating_sub(now()).as_millis() as u64).clamp(1, 50);
         let ready = match s.poll(wait) {
             Ok(r) => r,
+            Err(e) if e.is(catenary_netsock::NetError::Restarted) => {
+                // netd restarted from its boot configuration: it forgot the committed
+                // removals (a removed file member is its peer again) and admissions. Bind
+                // again and hand them all at once, before anything else (the Raft state here
+                // is intact: this service goes on).
+                match s.udp_bound(Local::Node, PORT) {
+                    Ok((h, a, _)) if a == me_addr => sock = h,
+                    other => {
+                        logf!("orchd: netd restarted and the UDP port cannot be bound again ({:?}): starting again", other.map(|x| x.1));
+                        return 3;
+                    }
+                }
+                hand.netd_restarted();
+                let n = orch.state().map_or(0, |st| hand.todo(st, &orch.members()[..file_len.min(orch.members().len())], own, usize::MAX).len());
+                logf!("orchd: netd restarted: UDP port {} bound again; handing it {} admissions and removals of the committed state again", PORT, n);
+                hand_peers(&orch, file_len, own, &mut hand);
+                continue;
+            }
             Err(e) => {
                 logf!("orchd: netd's poll failed ({:?}): starting again", e);
                 return 3;
@@ -418,44 +457,26 @@ fn own_key() -> [u8; 32] {
     }
 }
 
-/// Give `netd` every key the committed state admitted that the file does not list, once:
-/// the fabric takes it as a peer (every node does this from its own committed state).
-/// A file member removed and admitted again (`removed`) is handed over like a run-time key.
-fn hand_admitted(orch: &Orch, file_len: usize, own: [u8; 32], handed: &mut Vec<[u8; 32]>, removed: &mut Vec<[u8; 32]>) {
+/// Give `netd` what it lacks of the committed admissions and removals ([`FabricHand`]): every
+/// node does this from its own committed state. A removed key is dropped from the fabric
+/// (`netd` removes the peer, `memberd` then revokes it); a key admitted at run time, or a file
+/// member removed and admitted again, is taken as a peer. Removals first.
+fn hand_peers(orch: &Orch, file_len: usize, own: [u8; 32], hand: &mut FabricHand) {
     let Some(st) = orch.state() else { return };
     let file = &orch.members()[..file_len.min(orch.members().len())];
-    let todo: Vec<NodeKey> = st.nodes.iter().filter(|k| (!file.contains(k) || removed.contains(&k.0)) && k.0 != own && !handed.contains(&k.0)).take(8).copied().collect();
-    for k in todo {
-        match call_timeout(NETD, LABEL_ADMIT_PEER, catenary_cluster::service::key_words(&k.0), 1000) {
-            Ok(m) if m.label == 0 => {
-                logf!("orchd: {} ({}) is admitted in the desired state: the fabric takes it as a peer", catenary_net::admission::short(&k.0), catenary_net::cluster::hex_encode(&k.0));
-                handed.push(k.0);
-                removed.retain(|r| *r != k.0);
-            }
-            Ok(m) if m.label == catenary_ipc::netd::ADMIT_REFUSED => {
-                logf!("orchd: netd refused admitted key {} as a peer", catenary_net::cluster::hex_encode(&k.0));
-                handed.push(k.0);
-                removed.retain(|r| *r != k.0);
-            }
-            _ => return, // asked again next round
-        }
-    }
-}
-
-/// Give `netd` every key the committed state removed (`RemoveNode` of a key it once admitted:
-/// `node_order` keeps every key ever admitted), once: the fabric drops the peer and `memberd`
-/// revokes it from netd's admission table. Every node does this from its own committed state.
-/// A key admitted again is handed to netd again by [`hand_admitted`], which takes it out of
-/// `removed`.
-fn hand_removed(orch: &Orch, own: [u8; 32], handed: &mut Vec<[u8; 32]>, removed: &mut Vec<[u8; 32]>) {
-    let Some(st) = orch.state() else { return };
-    let todo: Vec<NodeKey> = st.node_order.iter().filter(|k| !st.nodes.contains(k) && k.0 != own && !removed.contains(&k.0)).take(8).copied().collect();
-    for k in todo {
-        match call_timeout(NETD, catenary_ipc::netd::LABEL_REMOVE_PEER, catenary_cluster::service::key_words(&k.0), 1000) {
+    for c in hand.todo(st, file, own, 8) {
+        let (label, k) = match c {
+            PeerChange::Admit(k) => (LABEL_ADMIT_PEER, k),
+            PeerChange::Remove(k) => (catenary_ipc::netd::LABEL_REMOVE_PEER, k),
+        };
+        match call_timeout(NETD, label, catenary_cluster::service::key_words(&k), 1000) {
             Ok(m) if m.label == 0 || m.label == catenary_ipc::netd::ADMIT_REFUSED => {
-                logf!("orchd: {} ({}) is removed in the desired state: the fabric dropped it{}", catenary_net::admission::short(&k.0), catenary_net::cluster::hex_encode(&k.0), if m.label == 0 { "" } else { " (netd refused: see its log)" });
-                removed.push(k.0);
-                handed.retain(|h| *h != k.0);
+                let refused = if m.label == 0 { "" } else { " (netd refused: see its log)" };
+                match c {
+                    PeerChange::Admit(_) => logf!("orchd: {} ({}) is admitted in the desired state: the fabric takes it as a peer{}", catenary_net::admission::short(&k), catenary_net::cluster::hex_encode(&k), refused),
+                    PeerChange::Remove(_) => logf!("orchd: {} ({}) is removed in the desired state: the fabric dropped it{}", catenary_net::admission::short(&k), catenary_net::cluster::hex_encode(&k), refused),
+                }
+                hand.done(c);
             }
             _ => return, // asked again next round
         }
@@ -558,8 +579,15 @@ fn send_all(s: &Sockets, sock: u64, io: &Pages, members: &[(String, [u8; 32], Ip
 }
 
 /// Make workd run exactly the assigned replicas (all of them only while the lease holds).
-fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) {
-    let Some(Ok(wk::Reply::List(list))) = workd.call(&wk::Request::List) else { return };
+/// Returns the cluster replicas workd's list showed active (running or stopping; None without
+/// a list), seen with the state `orch` has now: it starts none its state does not assign here.
+fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Option<BTreeSet<(String, u32)>> {
+    let Some(Ok(wk::Reply::List(list))) = workd.call(&wk::Request::List) else { return None };
+    let active: BTreeSet<(String, u32)> = list
+        .iter()
+        .filter(|w| w.state.active())
+        .filter_map(|w| w.name.strip_prefix(PREFIX)?.rsplit_once('-').and_then(|(n, r)| Some((String::from(n), r.parse().ok()?))))
+        .collect();
     // What workd runs of the cluster's replicas, as its list says (the QEMU test reads this).
     let running: Vec<String> = list.iter().filter(|w| w.name.starts_with(PREFIX) && w.state.active()).map(|w| format!("{}:{}", w.name, w.state.name())).collect();
     if running != shown.running {
@@ -594,7 +622,7 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) {
     // fetches the image from a node that has it (LABEL_WANTED).
     let images: Vec<Digest> = match workd.call(&wk::Request::Images) {
         Some(Ok(wk::Reply::Images(l))) => l.iter().map(|i| i.digest).collect(),
-        _ => return,
+        _ => return Some(active),
     };
     let now_ms = now_ns() / 1_000_000;
     shown.waiting.retain(|n, _| want.contains_key(n) && !list.iter().any(|w| w.name == *n));
@@ -633,6 +661,7 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) {
             },
         }
     }
+    Some(active)
 }
 
 /// What was last logged, so that only changes are.
@@ -655,6 +684,8 @@ struct Shown {
     waiting: BTreeMap<String, (Digest, u64)>,
     /// Replicas this service stopped that workd still lists (run again if assigned again).
     stopped: alloc::collections::BTreeSet<String>,
+    /// The applied count reported is held back (a replica unassigned here still runs).
+    held: bool,
 }
 
 impl Shown {
