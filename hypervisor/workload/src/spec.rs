@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 
 /// Longest workload name (a valid hostname: the guest gets it as its hostname).
 pub const NAME_MAX: usize = 63;
-/// vCPUs a spec may ask for (the node runs one vCPU per microVM today: `workd` refuses more
-/// with [`Error::Unsupported`]).
-pub const VCPUS_MAX: u8 = 64;
+/// vCPUs a spec may ask for (issue 14: 1–8). `workd` also refuses more than its node's
+/// `max_vcpus` (8 on SVM, 1 on VMX, at most the CPUs vCPU tasks may use) with
+/// [`Error::Unsupported`].
+pub const VCPUS_MAX: u8 = 8;
 /// Guest memory bounds in MiB (a Linux guest with catenary-init needs about 32).
 pub const MEMORY_MIN_MIB: u32 = 32;
 pub const MEMORY_MAX_MIB: u32 = 16384;
@@ -117,7 +118,7 @@ impl SpecError {
     pub fn message(self) -> &'static str {
         match self {
             SpecError::Name => "name: 1-63 of [a-z0-9-], not starting with '-'",
-            SpecError::Vcpus => "vcpus: 1-64",
+            SpecError::Vcpus => "vcpus: 1-8",
             SpecError::Memory => "memory: 32-16384 MiB",
             SpecError::Env => "env: at most 64 NAME=value entries of at most 1024 bytes, NAME of [A-Za-z0-9_] (CATENARY_* reserved)",
             SpecError::Args => "args: at most 64 arguments of at most 1024 bytes, no NUL",

@@ -400,6 +400,7 @@ fn hostile_requests_are_errors() {
     bad(&|s| s.name = "-x".into(), SpecError::Name);
     bad(&|s| s.name = "a".repeat(64), SpecError::Name);
     bad(&|s| s.vcpus = 0, SpecError::Vcpus);
+    bad(&|s| s.vcpus = 9, SpecError::Vcpus);
     bad(&|s| s.memory_mib = 1, SpecError::Memory);
     bad(&|s| s.memory_mib = u32::MAX, SpecError::Memory);
     bad(&|s| s.env = vec!["NOEQUALS".into()], SpecError::Env);
