@@ -110,8 +110,20 @@ pub enum Refused {
     KeyInUse,
     /// `Assign` of a replica that is already assigned, or to a drained node.
     Conflict,
-    /// `RemoveNode` that would leave fewer admitted nodes than a majority of the voters.
+    /// `RemoveNode` that would leave the admitted voters less than a majority of the Raft
+    /// configuration in force at its log index ([`Voters`]).
     WouldLoseQuorum,
+}
+
+/// The Raft configuration in force at a command's log index, each voter as its member's key
+/// (`None`: an id no member has, which counts as unreachable): what [`Command::RemoveNode`]'s
+/// quorum guard checks. `new` is empty unless a joint change is in progress (then both halves
+/// must keep a majority). The replica derives it from its log ([`crate::replica`]), so every
+/// node passes the same for the same entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Voters {
+    pub old: Vec<Option<NodeKey>>,
+    pub new: Vec<Option<NodeKey>>,
 }
 
 /// Bounds on what the state can hold.
@@ -156,7 +168,15 @@ pub struct DesiredState {
 impl DesiredState {
     /// Apply one committed command. Deterministic: the result depends only on the state and
     /// the command.
+    /// Without a configuration (a state used outside a replica) every key ever admitted
+    /// counts as a voter ([`DesiredState::apply_at`]).
     pub fn apply(&mut self, cmd: &Command, limits: &Limits) -> Result<(), Refused> {
+        self.apply_at(cmd, limits, None)
+    }
+
+    /// [`DesiredState::apply`] with the Raft voters in force at the command's log index (the
+    /// quorum guard of `RemoveNode`).
+    pub fn apply_at(&mut self, cmd: &Command, limits: &Limits, voters: Option<&Voters>) -> Result<(), Refused> {
         self.applied += 1;
         match cmd {
             Command::PutWorkload(spec) => {
@@ -188,11 +208,14 @@ impl DesiredState {
                 if !self.nodes.contains(key) {
                     return Err(Refused::NoSuchNode);
                 }
-                // A removed node stays a Raft voter (every node ever admitted, `node_order`)
-                // but every other node's fabric drops it: a removal that left fewer admitted
-                // nodes than a majority of the voters would lose quorum for good (`node add`
-                // could not commit to undo it).
-                if (self.nodes.len() - 1) * 2 <= self.node_order.len() {
+                // Every node's fabric drops a removed node as soon as it applies this, while
+                // its Raft voter leaves the configuration only later (the leader's joint
+                // change, crate::orch): until then it counts in every majority and cannot
+                // vote. So the admitted voters left must be a majority of each half of the
+                // configuration in force here (the joint change that takes the voter out then
+                // needs only them; removed voters not yet taken out count as lost). Otherwise
+                // quorum would be lost for good (`node add` could not commit to undo it).
+                if !self.keeps_quorum_without(key, voters) {
                     return Err(Refused::WouldLoseQuorum);
                 }
                 self.nodes.remove(key);
@@ -266,6 +289,17 @@ impl DesiredState {
             }
         }
         Ok(())
+    }
+
+    /// Whether the admitted voters other than `gone` are a majority of every half of `voters`
+    /// (without a configuration: of every key ever admitted, `node_order`).
+    fn keeps_quorum_without(&self, gone: &NodeKey, voters: Option<&Voters>) -> bool {
+        let left = |k: &NodeKey| k != gone && self.nodes.contains(k);
+        match voters {
+            None => self.node_order.iter().filter(|k| left(k)).count() * 2 > self.node_order.len(),
+            Some(v) if v.old.is_empty() && v.new.is_empty() => self.keeps_quorum_without(gone, None),
+            Some(v) => [&v.old, &v.new].into_iter().filter(|h| !h.is_empty()).all(|h| h.iter().filter(|k| k.as_ref().is_some_and(left)).count() * 2 > h.len()),
+        }
     }
 
     /// Whether the state is within `limits` (a snapshot received from a peer is checked).
@@ -500,6 +534,41 @@ mod tests {
         let mut one = DesiredState::default();
         one.apply(&Command::AdmitNode(keys[0]), &l).unwrap();
         assert_eq!(one.apply(&Command::RemoveNode(keys[0]), &l), Err(Refused::WouldLoseQuorum));
+    }
+
+    /// With the Raft configuration at the removal's index ([`Voters`]), the guard counts the
+    /// voters that remain: five voters, two removed (the first one's voter not yet taken out,
+    /// then taken out), a third removal is refused while the two removed still count as voters
+    /// and taken once they are out (two of three); from two voters none can go. During a joint
+    /// change both halves keep a majority; an id no member has counts as lost.
+    #[test]
+    fn remove_node_keeps_a_majority_of_the_current_voters() {
+        let l = Limits::default();
+        let k: Vec<NodeKey> = (1..=5u8).map(|i| NodeKey([i; 32])).collect();
+        let mut s = DesiredState::default();
+        for key in &k {
+            s.apply(&Command::AdmitNode(*key), &l).unwrap();
+        }
+        let v = |old: &[usize], new: &[usize]| Voters { old: old.iter().map(|i| Some(k[*i])).collect(), new: new.iter().map(|i| Some(k[*i])).collect() };
+        let all = v(&[0, 1, 2, 3, 4], &[]);
+        assert_eq!(s.apply_at(&Command::RemoveNode(k[0]), &l, Some(&all)), Ok(()));
+        // k0's voter still in: 3 of 5 admitted after this one.
+        assert_eq!(s.apply_at(&Command::RemoveNode(k[1]), &l, Some(&all)), Ok(()));
+        assert_eq!(s.apply_at(&Command::RemoveNode(k[2]), &l, Some(&all)), Err(Refused::WouldLoseQuorum));
+        // A joint change taking k0 out: the old half is still 5 voters.
+        assert_eq!(s.apply_at(&Command::RemoveNode(k[2]), &l, Some(&v(&[0, 1, 2, 3, 4], &[1, 2, 3, 4]))), Err(Refused::WouldLoseQuorum));
+        let three = v(&[2, 3, 4], &[]);
+        assert_eq!(s.apply_at(&Command::RemoveNode(k[2]), &l, Some(&three)), Ok(()));
+        assert_eq!(s.apply_at(&Command::RemoveNode(k[3]), &l, Some(&v(&[3, 4], &[]))), Err(Refused::WouldLoseQuorum));
+        assert_eq!(s.apply_at(&Command::RemoveNode(k[3]), &l, Some(&three)), Err(Refused::WouldLoseQuorum));
+        assert_eq!(s.nodes.len(), 2);
+        // An unknown voter id counts as lost: {k3, k4, ?}: removing k3 leaves 1 of 3.
+        let unknown = Voters { old: vec![Some(k[3]), Some(k[4]), None], new: vec![] };
+        assert_eq!(s.apply_at(&Command::RemoveNode(k[3]), &l, Some(&unknown)), Err(Refused::WouldLoseQuorum));
+        // Without a configuration, every key ever admitted counts (5 here).
+        let mut t = s.clone();
+        t.apply(&Command::AdmitNode(k[0]), &l).unwrap();
+        assert_eq!(t.apply(&Command::RemoveNode(k[3]), &l), Err(Refused::WouldLoseQuorum));
     }
 
     /// `SetLabels`: only for an admitted node, refused whole when a key or value is malformed,

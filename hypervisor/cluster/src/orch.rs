@@ -175,6 +175,18 @@ pub struct Counters {
     /// The envelope's sender id is not the authenticated member's, or it names another member.
     pub misaddressed: u64,
     pub joins_proposed: u64,
+    /// Joint changes proposed to take a removed member's voter out.
+    pub voters_removed: u64,
+}
+
+/// The voter ids of the first member (by index) whose key the committed state removed (in
+/// `node_order`, not in `nodes`), other than `me` (a removed leader is cut off by the others'
+/// fabric; the next leader takes it out). Deterministic for the same configuration and state.
+pub fn removed_voters(r: &Replica, members: &[NodeKey], me: usize) -> Option<Vec<ReplicaId>> {
+    let st = r.state();
+    let voters = r.voters();
+    let m = voters.iter().map(|v| member_of(*v)).filter(|m| *m != me).find(|m| members.get(*m).is_some_and(|k| st.node_order.contains(k) && !st.nodes.contains(k)))?;
+    Some(voters.into_iter().filter(|v| member_of(*v) == m).collect())
 }
 
 pub struct Orch {
@@ -228,8 +240,10 @@ impl Orch {
         Orch::with_phase(usize::MAX, members, own, cfg, seed, now, Phase::Unplaced)
     }
 
-    fn with_phase(me: usize, members: Vec<NodeKey>, own: NodeKey, cfg: OrchConfig, seed: u64, now: Duration, phase: Phase) -> Orch {
+    fn with_phase(me: usize, members: Vec<NodeKey>, own: NodeKey, mut cfg: OrchConfig, seed: u64, now: Duration, phase: Phase) -> Orch {
         let file_len = members.len();
+        // The replica maps Raft ids to keys as `sync_members` numbers them (RemoveNode's guard).
+        cfg.replica.members = members.clone();
         Orch {
             me,
             members,
@@ -411,9 +425,16 @@ impl Orch {
                         _ => *existed = true,
                     },
                     Phase::Running(r) => {
+                        // A member with no voter that still talks Raft (its key was removed,
+                        // then admitted again, and it never learnt it was out): as its `Join`.
+                        let outsider = r.is_leader() && !r.voters().contains(&env.from);
+                        let from_id = env.from;
                         if env.to == r.id() {
                             self.joined = true;
                             r.handle(now, env);
+                        }
+                        if outsider {
+                            self.handle_join(now, from_id);
                         }
                     }
                     Phase::Unplaced => {}
@@ -534,9 +555,13 @@ impl Orch {
         if !r.is_leader() || r.config_changing() {
             return;
         }
-        // A member admitted at run time is a voter only while the committed state admits it.
+        // A member is a voter only while the committed state admits it (a file member also
+        // before the leader first admitted it: the cluster is being created). A removed one
+        // stays out until `catenary node add` admits it again.
         let m = member_of(id);
-        if m >= self.file_len && !self.members.get(m).is_some_and(|k| r.state().nodes.contains(k)) {
+        let st = r.state();
+        let admitted = self.members.get(m).is_some_and(|k| st.nodes.contains(k) || (m < self.file_len && !st.node_order.contains(k)));
+        if !admitted {
             return;
         }
         let voters = r.voters();
@@ -648,7 +673,10 @@ impl Orch {
         if let Phase::Discover { since, existed } = self.phase {
             if now >= since + self.cfg.boot_wait && !existed {
                 // The cluster is created over the file's members; one admitted at run time
-                // is in no configuration yet and asks the leader to add it (`Join`).
+                // is in no configuration yet and asks the leader to add it (`Join`). So does
+                // every member but the creator until it is addressed: a file member removed
+                // from the configuration and restarted hears nobody, and once admitted again
+                // the leader adds it on this `Join` (a member already a voter ignores it).
                 let n = self.file_len.min(MEMBERS_MAX);
                 let r = if self.me == 0 {
                     let ids: Vec<ReplicaId> = (0..n).map(|m| id_for(m, 0)).collect();
@@ -657,7 +685,7 @@ impl Orch {
                     Replica::join(id_for(self.me, 0), self.cfg.replica.clone(), self.seed, now)
                 };
                 self.phase = Phase::Running(Box::new(r));
-                self.joined = self.me < self.file_len;
+                self.joined = self.me == 0;
                 self.next_join = now;
             }
         }
@@ -677,7 +705,10 @@ impl Orch {
         }
         if let Phase::Running(r) = &mut self.phase {
             r.tick(now);
-            if !self.joined && now >= self.next_join {
+            // Also once its own log shows it out of the configuration (its key was removed and
+            // the leader took its voter out): should the key be admitted again, the leader
+            // adds it back on this `Join`.
+            if (!self.joined || r.out_of_config()) && now >= self.next_join {
                 self.next_join = now + self.cfg.join_period;
                 let id = r.id();
                 for m in 0..self.members.len() {
@@ -710,6 +741,17 @@ impl Orch {
                 }
             }
             return;
+        }
+        // A removed member's voter leaves the configuration (one member per joint change).
+        // Every node's fabric dropped it when it applied the removal, and the removal's quorum
+        // guard kept the admitted voters a majority of both halves of this change.
+        if !r.config_changing() {
+            if let Some(ids) = removed_voters(r, &self.members, self.me) {
+                if r.propose_config(now, &[], &ids).is_ok() {
+                    self.counters.voters_removed += 1;
+                }
+                return;
+            }
         }
         // Every voter is a slot (one per member, its newest id), so the lease rule knows it
         // even when its capacity is unknown; a stale capacity is none.

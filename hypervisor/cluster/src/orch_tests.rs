@@ -74,6 +74,9 @@ impl Net {
         let (due, later): (Vec<_>, Vec<_>) = core::mem::take(&mut self.inflight).into_iter().partition(|d| d.0 <= now);
         self.inflight = later;
         for (_, from, to, b) in due {
+            if self.fabric_drops(from, to) {
+                continue;
+            }
             if let Some(o) = self.nodes[to].as_mut() {
                 o.handle(now, from, &b);
             }
@@ -149,6 +152,16 @@ impl Net {
             }
         }
         panic!("write not committed in 5 s");
+    }
+
+    /// As `netd` does once its `orchd` handed it a removal: no datagrams between a node and one
+    /// whose key its committed state removed (until admitted again). A node keeps itself.
+    fn fabric_drops(&self, from: usize, to: usize) -> bool {
+        let removed = |at: usize, other: usize| {
+            let k = self.keys[other];
+            self.nodes[at].as_ref().and_then(|o| o.state()).is_some_and(|s| s.node_order.contains(&k) && !s.nodes.contains(&k))
+        };
+        removed(to, from) || removed(from, to)
     }
 
     fn kill(&mut self, i: usize) {
@@ -425,7 +438,8 @@ fn replicas_go_to_a_node_that_holds_their_image() {
 
 /// `catenary node remove` of a cluster-file member: committed through a follower, the leader
 /// does not admit it again (it admits the file's members only once), its replicas move to the
-/// others (never on two nodes), and a later `AdmitNode` lets it back.
+/// others (never on two nodes), and a later `AdmitNode` lets it back (a voter again, so it
+/// hears the admission too).
 #[test]
 fn a_removed_file_member_stays_out_and_its_replicas_move() {
     for seed in 0..3 {
@@ -440,8 +454,9 @@ fn a_removed_file_member_stays_out_and_its_replicas_move() {
         let moved = net.run_until(15_000, |n| (0..2).all(|r| n.runner_of("web", r).is_some_and(|h| h != gone)));
         assert!(moved, "seed {seed}: web did not move off the removed node");
         net.run_for(3_000);
-        for o in net.nodes.iter().flatten() {
-            let s = o.state().unwrap();
+        // The removed node is not told (the others' fabric dropped it): its state is its own.
+        for (_, o) in net.nodes.iter().enumerate().filter(|(i, _)| *i != gone) {
+            let s = o.as_ref().unwrap().state().unwrap();
             assert!(!s.nodes.contains(&key), "seed {seed}: the removed node was admitted again");
             assert!(s.node_order.contains(&key));
             assert!(s.assignments.values().all(|k| *k != key));
@@ -489,4 +504,53 @@ fn a_node_far_behind_a_compacted_leader_catches_up_through_chunks() {
         assert!(sent > 2 * crate::snapshot::WINDOW as u64, "seed {seed}: {sent} chunks sent");
         assert_eq!(b.snap_in.refused, 0);
     }
+}
+
+/// The voter ids in `i`'s configuration, as members.
+fn voter_members(net: &Net, i: usize) -> BTreeSet<usize> {
+    net.nodes[i].as_ref().and_then(|o| o.replica()).map(|r| r.voters().into_iter().map(member_of).collect()).unwrap_or_default()
+}
+
+/// `catenary node remove` of a running member over a fabric that drops it (as `netd` does):
+/// the leader takes its voter out of the configuration; admitted again, the node (which
+/// never learnt it was out: the fabric cut it before the joint change) is a voter again on its
+/// next Raft datagram to the leader (or, restarted while removed, on its `Join`), catches up
+/// and gets replicas; and it counts: with one of
+/// the two others then killed, it and the last one commit a write (out of the configuration,
+/// one of two voters could not).
+#[test]
+fn a_removed_member_leaves_the_configuration_and_is_a_voter_again_when_admitted() {
+    let mut restarts = 0;
+    for seed in 0..4 {
+        let mut net = formed(20 + seed);
+        let l = net.leader().unwrap();
+        let gone = (l + 1 + seed as usize % 2) % 3;
+        let other = (0..3).find(|i| *i != l && *i != gone).unwrap();
+        net.submit_via(other, Command::RemoveNode(net.keys[gone]));
+        let out = net.run_until(10_000, |n| [l, other].iter().all(|i| !voter_members(n, *i).contains(&gone)) && (0..2).all(|r| n.runner_of("web", r).is_some_and(|h| h != gone)));
+        assert!(out, "seed {seed}: {gone} is still a voter ({:?}) or runs web", voter_members(&net, l));
+        assert!(net.nodes[l].as_ref().unwrap().counters.voters_removed >= 1);
+        // Odd seeds: it restarts (without storage) while removed, hears nobody and takes
+        // generation 0 again (member 0 would create a cluster of its own: not that one).
+        let restarted = seed % 2 == 1 && gone != 0;
+        if restarted {
+            restarts += 1;
+            net.kill(gone);
+            net.restart(gone);
+            net.run_for(4_000);
+        }
+        net.submit_via(other, Command::AdmitNode(net.keys[gone]));
+        let back = net.run_until(15_000, |n| {
+            let key = n.keys[gone];
+            let changing = n.nodes[l].as_ref().and_then(|o| o.replica()).is_none_or(|r| r.config_changing());
+            !changing && voter_members(n, l).contains(&gone) && n.nodes[gone].as_ref().and_then(|o| o.state()).is_some_and(|s| s.nodes.contains(&key)) && n.nodes[gone].as_ref().is_some_and(|o| o.lease_holds(n.now))
+        });
+        assert!(back, "seed {seed}: {gone} is not a voter again: leader's voters {:?}", voter_members(&net, l));
+        // It counts in the majority.
+        let kill = if net.leader() == Some(l) { other } else { l };
+        net.kill(kill);
+        net.submit_via(gone, Command::PutWorkload(spec("late", 1)));
+        assert!(net.run_until(15_000, |n| n.runner_of("late", 0).is_some()), "seed {seed}: late not placed");
+    }
+    assert!(restarts > 0, "no seed restarted the removed node");
 }

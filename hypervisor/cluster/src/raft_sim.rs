@@ -132,8 +132,10 @@ impl RaftSim {
         RaftSim::with_config(n, seed, net, vcpus, mem_mib, ReplicaConfig { snapshot_every: SIM_SNAPSHOT_EVERY, ..ReplicaConfig::default() })
     }
 
-    pub fn with_config(n: usize, seed: u64, net: NetConfig, vcpus: u32, mem_mib: u64, cfg: ReplicaConfig) -> RaftSim {
+    pub fn with_config(n: usize, seed: u64, net: NetConfig, vcpus: u32, mem_mib: u64, mut cfg: ReplicaConfig) -> RaftSim {
         let ids: Vec<ReplicaId> = (0..n as u64).collect();
+        // Slot i is member i, its key `key_of(i)` (the cluster file's order).
+        cfg.members = (0..n as u64).map(key_of).collect();
         let mut slots = Vec::new();
         for id in 0..n as u64 {
             let r = if id == 0 { Replica::bootstrap(id, &ids, cfg.clone(), seed, Duration::ZERO) } else { Replica::join(id, cfg.clone(), seed, Duration::ZERO) };
@@ -514,7 +516,7 @@ impl RaftSim {
                 }
                 let (from_id, to_id, bytes) = self.queue.remove(&(at, seq)).unwrap();
                 let (to, from) = (slot_of(to_id) as usize, slot_of(from_id) as usize);
-                if to >= self.slots.len() || from >= self.slots.len() || self.slots[to].group != self.slots[from].group {
+                if to >= self.slots.len() || from >= self.slots.len() || self.slots[to].group != self.slots[from].group || self.fabric_drops(from, to) {
                     continue;
                 }
                 // A datagram to an older generation of the node finds nobody.
@@ -539,6 +541,17 @@ impl RaftSim {
         }
     }
 
+    /// The fabric between two nodes is gone once either has applied the removal of the other's
+    /// key (`RemoveNode`: every node's `orchd` hands it to its `netd`, which drops the peer;
+    /// admitted again, it is a peer again). A node does not drop itself.
+    fn fabric_drops(&self, from: usize, to: usize) -> bool {
+        let removed = |at: usize, other: usize| {
+            let k = key_of(other as u64);
+            self.slots[at].replica.as_ref().is_some_and(|r| r.state().node_order.contains(&k) && !r.state().nodes.contains(&k))
+        };
+        from != to && (removed(to, from) || removed(from, to))
+    }
+
     fn run_scheduler(&mut self, id: ReplicaId) {
         let slots = self.node_slots(id);
         let now = self.now;
@@ -546,13 +559,22 @@ impl RaftSim {
         if !r.is_leader() || r.has_uncommitted() {
             return;
         }
-        // A node back without storage asks to replace its old id (orch's `Join`): one change
-        // at a time, only a newer generation replacing an older one.
+        // One configuration change at a time (as `crate::orch`'s leader): a removed member's
+        // voter out; then a node back without storage replaces its old id (orch's `Join`,
+        // only a newer generation replacing an older one), and an admitted node with no voter
+        // (removed, then admitted again) is added.
         if !r.config_changing() {
+            if let Some(ids) = crate::orch::removed_voters(r, &self.cfg.members, id as usize) {
+                let _ = r.propose_config(now, &[], &ids);
+                self.flush(id);
+                return;
+            }
             let voters = r.voters();
+            let admitted = |id: ReplicaId| r.state().nodes.contains(&key_of(slot_of(id)));
             if let Some(new) = slots.iter().map(|s| s.id).find(|id| !voters.contains(id)) {
                 let old: Vec<ReplicaId> = voters.iter().copied().filter(|v| slot_of(*v) == slot_of(new) && *v >> 16 < new >> 16).collect();
-                if !old.is_empty() {
+                let none = !voters.iter().any(|v| slot_of(*v) == slot_of(new));
+                if !old.is_empty() || (none && admitted(new)) {
                     let _ = r.propose_config(now, &[new], &old);
                     self.flush(id);
                     return;

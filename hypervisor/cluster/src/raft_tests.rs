@@ -1,5 +1,6 @@
 //! The replicated desired state under the simulator (docs/orchestration.md "Desired state").
 use alloc::format;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
@@ -483,5 +484,125 @@ fn a_node_restarted_without_storage_rejoins_as_a_new_member() {
         assert!(sim.propose(Command::PutWorkload(RaftSim::workload("after", 1, 64))), "seed {s}: no leader with the new member");
         sim.run_until(sim.now + secs(3));
         assert!(sim.replica(node).unwrap().state().workloads.contains_key("after"), "seed {s}: the write did not commit with the new member");
+    }
+}
+
+/// Propose `cmd` until a leader takes it (none while an election runs), then run 3 s.
+fn propose_retrying(sim: &mut RaftSim, cmd: Command, seed: u64) {
+    for _ in 0..40 {
+        if sim.propose(cmd.clone()) {
+            sim.run_until(sim.now + secs(3));
+            return;
+        }
+        sim.run_until(sim.now + Duration::from_millis(250));
+    }
+    panic!("seed {seed}: no leader took {cmd:?}");
+}
+
+/// The leader's voters as node slots (sorted).
+fn voter_slots(sim: &RaftSim) -> Vec<u64> {
+    let mut v: Vec<u64> = sim.leader().and_then(|l| sim.replica(l)).map(|r| r.voters().into_iter().map(crate::raft_sim::slot_of).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `catenary node remove` of dead nodes takes their voters out of the configuration (the
+/// leader's joint change), so the nodes left are a cluster of their own size: five nodes, two
+/// crash for good and are removed, the voters are the three left; a third then crashes and
+/// the two left still elect a leader, commit a write and run every replica. (With removed
+/// voters kept, two of five voters are no majority.) The removal guard then takes a removal
+/// that leaves two of three voters.
+#[test]
+fn removed_dead_nodes_leave_the_configuration_and_a_third_failure_is_survived() {
+    for seed in 0..6u64 {
+        let mut sim = cluster(5, 1300 + seed);
+        let seed = 1300 + seed;
+        assert!(sim.propose(Command::PutWorkload(RaftSim::workload("web", 2, 256))));
+        assert!(sim.propose(Command::PutWorkload(RaftSim::workload("db", 1, 256))));
+        sim.run_until(sim.now + secs(5));
+        // The leader among the dead for odd seeds.
+        let l = sim.leader().unwrap();
+        let dead: Vec<u64> = if seed % 2 == 1 { vec![l, (l + 1) % 5] } else { vec![(l + 1) % 5, (l + 2) % 5] };
+        for d in &dead {
+            sim.crash(*d);
+        }
+        sim.run_until(sim.now + secs(2));
+        for d in &dead {
+            propose_retrying(&mut sim, Command::RemoveNode(key_of(*d)), seed);
+        }
+        let left: Vec<u64> = (0..5).filter(|i| !dead.contains(i)).collect();
+        let deadline = sim.now + secs(10);
+        while voter_slots(&sim) != left && sim.now < deadline {
+            sim.run_until(sim.now + Duration::from_millis(100));
+        }
+        assert_eq!(voter_slots(&sim), left, "seed {seed}: voters after removing {dead:?}");
+        // A third node crashes: the one running db.
+        let third = runner_of(&sim, "db")[0];
+        sim.crash(third);
+        let two: Vec<u64> = left.iter().copied().filter(|i| *i != third).collect();
+        sim.run_until(sim.now + secs(3));
+        assert!(sim.leader().is_some_and(|l| two.contains(&l)), "seed {seed}: no leader among {two:?} after {third} crashed");
+        assert!(sim.propose(Command::PutWorkload(RaftSim::workload("after", 1, 64))), "seed {seed}");
+        sim.run_until(sim.now + secs(12));
+        assert!(sim.accepted.iter().any(|(_, n)| n == "after"), "seed {seed}: the write after the third failure did not commit");
+        for (w, n) in [("web", 2), ("db", 1), ("after", 1)] {
+            let on = runner_of(&sim, w);
+            assert!(on.len() == n && on.iter().all(|i| two.contains(i)), "seed {seed}: {w} runs on {on:?}, the nodes left are {two:?}");
+        }
+        // Two voters of three left: removing the third's key is taken (the old guard, every
+        // node ever admitted as a voter, refused it: 2 of 5).
+        propose_retrying(&mut sim, Command::RemoveNode(key_of(third)), seed);
+        let st = sim.replica(two[0]).unwrap().state();
+        assert!(!st.nodes.contains(&key_of(third)), "seed {seed}: the third removal was refused");
+        assert!(sim.violations.is_empty(), "seed {seed}: {:?}", sim.violations);
+    }
+}
+
+/// A removed node admitted again becomes a voter again: removed while it runs (every other
+/// node's fabric drops it, the leader takes its voter out), or crashed and back without its
+/// storage while removed (a new generation), then `AdmitNode`: the leader adds its id, it
+/// catches up and gets replicas, and it counts in the majority (with two others crashed the
+/// three left, itself among them, commit a write; with it out of the configuration, two of
+/// four could not).
+#[test]
+fn a_removed_node_admitted_again_is_a_voter_again() {
+    for seed in 0..6u64 {
+        let mut sim = cluster(5, 1400 + seed);
+        let seed = 1400 + seed;
+        let l = sim.leader().unwrap();
+        let node = (l + 1 + seed % 4) % 5;
+        propose_retrying(&mut sim, Command::RemoveNode(key_of(node)), seed);
+        let others: Vec<u64> = (0..5).filter(|i| *i != node).collect();
+        let deadline = sim.now + secs(10);
+        while voter_slots(&sim) != others && sim.now < deadline {
+            sim.run_until(sim.now + Duration::from_millis(100));
+        }
+        assert_eq!(voter_slots(&sim), others, "seed {seed}: {node} is still a voter");
+        if seed % 2 == 1 {
+            sim.restart_diskless(node);
+        }
+        for i in 0..4 {
+            assert!(sim.propose(Command::PutWorkload(RaftSim::workload(&format!("w{i}"), 1, 64))) || i > 0, "seed {seed}");
+        }
+        sim.run_until(sim.now + secs(3));
+        propose_retrying(&mut sim, Command::AdmitNode(key_of(node)), seed);
+        let deadline = sim.now + secs(15);
+        while !(voter_slots(&sim).contains(&node) && sim.replica(node).is_some_and(|r| r.state().nodes.contains(&key_of(node)))) && sim.now < deadline {
+            sim.run_until(sim.now + Duration::from_millis(100));
+        }
+        assert!(voter_slots(&sim).contains(&node), "seed {seed}: {node} is not a voter again ({:?})", voter_slots(&sim));
+        let id = sim.raft_id(node);
+        assert!(sim.leader().and_then(|l| sim.replica(l)).is_some_and(|r| r.voters().contains(&id)), "seed {seed}: not under its current id {id}");
+        // It counts: two others crash, the three left (it among them) commit.
+        let crash: Vec<u64> = others.iter().copied().filter(|i| Some(*i) != sim.leader()).take(2).collect();
+        for c in &crash {
+            sim.crash(*c);
+        }
+        sim.run_until(sim.now + secs(3));
+        assert!(sim.propose(Command::PutWorkload(RaftSim::workload("late", 1, 64))), "seed {seed}: no leader");
+        sim.run_until(sim.now + secs(5));
+        assert!(sim.accepted.iter().any(|(_, n)| n == "late"), "seed {seed}: no majority with {node} back and {crash:?} down");
+        assert!(sim.replica(node).is_some_and(|r| r.state().workloads.contains_key("late")), "seed {seed}: {node} did not apply the write");
+        assert!(sim.violations.is_empty(), "seed {seed}: {:?}", sim.violations);
     }
 }

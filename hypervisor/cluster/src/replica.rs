@@ -18,7 +18,8 @@ use core::time::Duration;
 
 use raftbare::{Action, CommitStatus, LogEntries, LogEntry, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, Node, NodeId, Role, Term};
 
-use crate::desired::{Command, DesiredState, Limits, Refused};
+use crate::desired::{Command, DesiredState, Limits, Refused, Voters};
+use crate::identity::NodeKey;
 
 /// A Raft member's id: the node's index in the cluster's voter list, or a newer id for a node
 /// re-added after losing its storage.
@@ -70,6 +71,11 @@ pub struct ReplicaConfig {
     /// until [`Replica::set_local_runs`] says it no longer runs there. None (the default, the
     /// simulator without a stop delay): a replica stops the moment its `Unassign` applies.
     pub local_host: Option<crate::identity::NodeKey>,
+    /// The cluster file's members in order: a Raft id's member (`id & 0xffff`, crate::orch)
+    /// is the key of this list, past its end the next key of the state's `node_order` that it
+    /// does not list (as `Orch` numbers members). What `RemoveNode`'s quorum guard maps the
+    /// configuration's voters with ([`crate::desired::Voters`]).
+    pub members: Vec<crate::identity::NodeKey>,
 }
 
 impl Default for ReplicaConfig {
@@ -87,6 +93,7 @@ impl Default for ReplicaConfig {
             pre_vote: true,
             limits: Limits::default(),
             local_host: None,
+            members: Vec::new(),
         }
     }
 }
@@ -499,6 +506,13 @@ impl Replica {
         Ok(pos)
     }
 
+    /// This replica's log has a configuration and it is not a voter of it (taken out, or not
+    /// yet added: a joiner catching up on older entries).
+    pub fn out_of_config(&self) -> bool {
+        let c = self.node.config();
+        !c.voters.is_empty() && !self.is_voter()
+    }
+
     /// A configuration change is in progress (joint consensus).
     pub fn config_changing(&self) -> bool {
         self.node.config().is_joint_consensus()
@@ -849,6 +863,15 @@ impl Replica {
         self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands, grant, applied: self.reported_applied(), snapshot: None, pre_vote: false });
     }
 
+    /// The configuration in force at log index `i` (the latest configuration entry at or
+    /// before it, or the snapshot's), its voters as member keys: the same on every node for a
+    /// committed entry.
+    fn voters_at(&self, i: LogIndex) -> Voters {
+        let Some((_, c)) = self.node.log().get_position_and_config(i) else { return Voters::default() };
+        let keys = |ids: &alloc::collections::BTreeSet<NodeId>| ids.iter().map(|id| member_key(&self.cfg.members, &self.state, (id.get() & 0xffff) as usize)).collect();
+        Voters { old: keys(&c.voters), new: keys(&c.new_voters) }
+    }
+
     fn apply_committed(&mut self, now: Duration) {
         let commit = self.node.commit_index().get();
         while self.applied_index < commit {
@@ -862,7 +885,8 @@ impl Replica {
                     Command::Released { workload, replica } => self.state.releases.get(&(workload.clone(), *replica)).map(|r| r.at),
                     _ => None,
                 };
-                match self.state.apply(&cmd, &self.cfg.limits) {
+                let voters = matches!(cmd, Command::RemoveNode(_)).then(|| self.voters_at(LogIndex::new(i)));
+                match self.state.apply_at(&cmd, &self.cfg.limits, voters.as_ref()) {
                     Err(e) => {
                         if self.refusals.len() >= APPLIED_KEPT {
                             self.refusals.remove(0);
@@ -888,5 +912,14 @@ impl Replica {
             }
             self.applied_index = i;
         }
+    }
+}
+
+/// Member `m`'s key: the cluster file's (`file`), then the keys of `state.node_order` that the
+/// file does not list, in that order (how crate::orch numbers the members admitted at run time).
+pub fn member_key(file: &[NodeKey], state: &DesiredState, m: usize) -> Option<NodeKey> {
+    match m.checked_sub(file.len()) {
+        None => Some(file[m]),
+        Some(extra) => state.node_order.iter().filter(|k| !file.contains(k)).nth(extra).copied(),
     }
 }
