@@ -7,7 +7,9 @@
 //! hands the key to `netd` (which drops the fabric peer) and its `memberd` revokes it; the
 //! replicas run on the two others, never on two survivors at once (the removed node is cut off,
 //! its own replicas are not watched here); `nodes` shows it `removed`; for
-//! 20 s more no survivor shows it alive again (it keeps running and announcing itself).
+//! 20 s more no survivor shows it alive again (it keeps running and announcing itself); both
+//! survivors' `orchd` log the Raft voters as the two of them (the leader took the removed
+//! node's voter out), and removing one of them (1 of 2 voters left) is refused.
 
 use crate::orchtest::{lists, placed, runners};
 use crate::test::Tally;
@@ -112,6 +114,18 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             .flat_map(|&i| r.lines[i][mark[i]..].iter().filter(|x| x.contains(&format!("memberd: member {vname} alive")) || x.contains(&format!("memberd: admitted {vname}"))).map(move |x| format!("{}: {x}", i + 1)))
             .collect();
         c.check(&format!("no survivor shows {vname} alive or admitted again (20 s more)"), back.is_empty(), &format!("{back:?}"));
+        // The leader took the removed node's Raft voter out (a joint change): each survivor's
+        // last configuration line names the two survivors only, with no change in progress.
+        let want = format!("orchd: raft voters: {} {}", nodes[survivors[0]].name, nodes[survivors[1]].name);
+        let last: Vec<String> = survivors.iter().map(|&i| r.lines[i].iter().rev().find(|x| x.contains("orchd: raft voters: ")).cloned().unwrap_or_default()).collect();
+        c.check(&format!("both survivors' raft voters are the two of them ({vname}'s voter taken out)"), last.iter().all(|x| x.trim_end().ends_with(&want)), &format!("{last:?}"));
+        // Two voters left: removing either would leave 1 of 2, refused (the quorum guard).
+        let other = nodes[survivors[1]].name.clone();
+        let (st, out, err) = a.cli(&nodes[0], &["node", "remove", &other]);
+        let (_, nj, _) = a.cli(&nodes[0], &["--json", "nodes"]);
+        let v: serde_json::Value = serde_json::from_str(&nj).unwrap_or(serde_json::Value::Null);
+        let row = v["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == other.as_str())).cloned().unwrap_or(serde_json::Value::Null);
+        c.check(&format!("`catenary node remove {other}` (1 of 2 voters left) is refused and {other} stays"), st != 0 && row["state"] != "removed" && !row.is_null(), &format!("exit {st}: {} {} / {row}", out.trim(), err.trim()));
         Ok(())
     })
 }

@@ -86,6 +86,15 @@ pub struct RaftSim {
     pub drains: u32,
     /// The chaos schedule relabels nodes (`SetLabels`) as it puts workloads.
     pub relabels: bool,
+    /// The chaos schedule removes down nodes (`RemoveNode`) as it puts workloads (from their
+    /// count, not the generator), and admits them again once healed.
+    pub removals: bool,
+    /// `RemoveNode` proposals the chaos schedule made (a leader took them; the guard may refuse).
+    pub removals_proposed: u64,
+    /// Joint changes a leader proposed to take a removed node's voter out, and to add an
+    /// admitted node with no voter back.
+    pub voters_taken_out: u64,
+    pub voters_added_back: u64,
     /// Workloads a `RemoveWorkload` was proposed for (whether it committed is not tracked):
     /// the end check does not require them.
     removed: BTreeSet<String>,
@@ -161,6 +170,10 @@ impl RaftSim {
             pending: Vec::new(),
             drains: 0,
             relabels: false,
+            removals: false,
+            removals_proposed: 0,
+            voters_taken_out: 0,
+            voters_added_back: 0,
             removed: BTreeSet::new(),
             violations: Vec::new(),
             trace: Vec::new(),
@@ -210,12 +223,16 @@ impl RaftSim {
     /// the only voter of theirs under their new id (in the leader's configuration; during the
     /// joint configuration the old id still counts in the old majority and is dead; with no
     /// leader, every node that came back without storage counts).
+    /// A node whose key the leader's state removed (its fabric is cut), or that has no voter in
+    /// the leader's configuration (taken out, not yet added back) counts too.
     pub fn unavailable(&self) -> usize {
-        let voters = self.leader().and_then(|l| self.replica(l)).map(|r| r.voters()).unwrap_or_default();
+        let leader = self.leader().and_then(|l| self.replica(l));
+        let voters = leader.map(|r| r.voters()).unwrap_or_default();
+        let removed = |s: u64| leader.is_some_and(|r| !r.state().nodes.contains(&key_of(s)) && r.state().node_order.contains(&key_of(s)));
         (0..self.slots.len() as u64)
             .filter(|s| {
                 let mine: Vec<&ReplicaId> = voters.iter().filter(|v| slot_of(**v) == *s).collect();
-                !self.is_up(*s) || (self.slots[*s as usize].generation > 0 && mine != [&self.raft_id(*s)])
+                !self.is_up(*s) || removed(*s) || (leader.is_some() && mine.is_empty()) || (self.slots[*s as usize].generation > 0 && mine != [&self.raft_id(*s)])
             })
             .count()
     }
@@ -565,17 +582,23 @@ impl RaftSim {
         // (removed, then admitted again) is added.
         if !r.config_changing() {
             if let Some(ids) = crate::orch::removed_voters(r, &self.cfg.members, id as usize) {
-                let _ = r.propose_config(now, &[], &ids);
+                if r.propose_config(now, &[], &ids).is_ok() {
+                    self.voters_taken_out += 1;
+                }
                 self.flush(id);
                 return;
             }
             let voters = r.voters();
             let admitted = |id: ReplicaId| r.state().nodes.contains(&key_of(slot_of(id)));
-            if let Some(new) = slots.iter().map(|s| s.id).find(|id| !voters.contains(id)) {
+            // (The first node that qualifies: a removed one waiting is no reason to skip it.)
+            for new in slots.iter().map(|s| s.id).filter(|id| !voters.contains(id)) {
                 let old: Vec<ReplicaId> = voters.iter().copied().filter(|v| slot_of(*v) == slot_of(new) && *v >> 16 < new >> 16).collect();
                 let none = !voters.iter().any(|v| slot_of(*v) == slot_of(new));
-                if !old.is_empty() || (none && admitted(new)) {
-                    let _ = r.propose_config(now, &[new], &old);
+                // Only while admitted (orch's `handle_join`): a removed node stays out.
+                if (!old.is_empty() || none) && admitted(new) {
+                    if r.propose_config(now, &[new], &old).is_ok() && none {
+                        self.voters_added_back += 1;
+                    }
                     self.flush(id);
                     return;
                 }
@@ -786,6 +809,14 @@ impl RaftSim {
         Ok(())
     }
 
+    /// `AdmitNode` of every key the leader's state removed.
+    fn readmit(&mut self) {
+        let Some(st) = self.leader().and_then(|l| self.replica(l)).map(|r| r.state().clone()) else { return };
+        for k in st.node_order.iter().filter(|k| !st.nodes.contains(k)) {
+            let _ = self.propose(Command::AdmitNode(*k));
+        }
+    }
+
     /// A random fault schedule over `secs` seconds (crashes of a minority, restarts,
     /// partitions, heals, new workloads, drains), then everything healed and restarted and
     /// `settle` seconds of quiet.
@@ -848,6 +879,15 @@ impl RaftSim {
                         let v = if (named / 3) % 2 == 1 { Some("t1".to_string()) } else { None };
                         let _ = self.propose(Command::SetLabels { node: key_of(id), changes: vec![("tier".to_string(), v)] });
                     }
+                    if self.removals && named % 4 == 1 {
+                        // `catenary node remove` of a node that is down (the guard may refuse
+                        // it); its voter is taken out, and it is cut off if it comes back.
+                        if let Some(id) = (0..n).find(|i| !self.is_up(*i)) {
+                            if self.propose(Command::RemoveNode(key_of(id))) {
+                                self.removals_proposed += 1;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -856,6 +896,24 @@ impl RaftSim {
             self.restart(id);
         }
         let settle_until = self.now + Duration::from_secs(settle);
+        if self.removals {
+            // Every removed node admitted again (the end checks want every node a voter), once
+            // every node has applied the removals: a node that applied a removal and missed
+            // the admission keeps dropping that node, which may lead by then, and stays
+            // behind until the leadership moves (docs/orchestration.md, "Removal").
+            while self.now < settle_until {
+                self.run_until(self.now + Duration::from_millis(500));
+                let Some(l) = self.leader() else { continue };
+                let Some(nodes) = self.replica(l).map(|r| r.state().nodes.clone()) else { continue };
+                if nodes.len() == n as usize {
+                    break;
+                }
+                let admitted = (0..n).filter(|i| nodes.contains(&key_of(*i)));
+                if admitted.into_iter().all(|i| self.replica(i).is_some_and(|r| r.state().nodes == nodes)) {
+                    self.readmit();
+                }
+            }
+        }
         if with_drains {
             // Maintenance over: undrain every node, through whoever leads, until the leader's
             // committed state has no drained node (a proposal can be lost with its leader).
@@ -883,6 +941,7 @@ pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> 
     sim.relabels = true;
     // Replicas stop 0–300 ms after their `Unassign` applied (from the seed), as on nodes.
     sim.set_stop_delay(Duration::from_millis((seed / 3) % 4 * 100));
+    sim.removals = true;
     sim.run_until(Duration::from_secs(3));
     if !sim.admit_all() {
         sim.run_until(Duration::from_secs(6));
@@ -911,6 +970,11 @@ pub struct ChaosStats {
     /// Restarts without storage (each came back as a new Raft member; the run converged, so
     /// each also became a voter again).
     pub diskless_restarts: u64,
+    /// Removals of down nodes proposed, removed nodes' voters taken out, and nodes admitted
+    /// again added back as voters.
+    pub removals: u64,
+    pub voters_taken_out: u64,
+    pub voters_added_back: u64,
 }
 
 /// [`raft_chaos_run`] without the simulator.
@@ -926,5 +990,5 @@ pub fn raft_chaos(seed: u64) -> Result<ChaosStats, String> {
             return Err(format!("seed {seed}: node {s} (id {}) is not a voter at the end: {voters:?}", sim.raft_id(s)));
         }
     }
-    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts() })
+    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts(), removals: sim.removals_proposed, voters_taken_out: sim.voters_taken_out, voters_added_back: sim.voters_added_back })
 }

@@ -675,6 +675,8 @@ struct Shown {
     undecodable: u64,
     nodes: usize,
     joins: u64,
+    /// The voter members of this node's configuration last logged, and whether it was joint.
+    voters: (Vec<usize>, bool),
     /// Snapshots over the fabric: assembled and refused here, transfers completed from here.
     snapshots: (u64, u64, u64),
     /// The workload count last logged, and when (ms).
@@ -733,6 +735,19 @@ impl Shown {
         if c.joins_proposed != self.joins {
             self.joins = c.joins_proposed;
             log("orchd: a restarted member asked to rejoin: proposed replacing its old raft id");
+        }
+        // The Raft configuration as this node's log has it (a removed member's voter leaving,
+        // a restarted or re-admitted one joining).
+        if let Some(r) = orch.replica() {
+            let mut v: Vec<usize> = r.voters().into_iter().map(catenary_cluster::orch::member_of).collect();
+            v.sort_unstable();
+            v.dedup();
+            let cur = (v, r.config_changing());
+            if cur != self.voters && !cur.0.is_empty() {
+                let names: Vec<&str> = cur.0.iter().map(|m| name(*m)).collect();
+                logf!("orchd: raft voters: {}{}", names.join(" "), if cur.1 { " (joint change in progress)" } else { "" });
+                self.voters = cur;
+            }
         }
         let snaps = (orch.snap_in.assembled, orch.snap_in.refused, orch.snap_out.completed);
         if snaps != self.snapshots {
