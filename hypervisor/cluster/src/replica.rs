@@ -75,7 +75,7 @@ pub struct ReplicaConfig {
     /// is the key of this list, past its end the next key of the state's `node_order` that it
     /// does not list (as `Orch` numbers members). What `RemoveNode`'s quorum guard maps the
     /// configuration's voters with ([`crate::desired::Voters`]).
-    pub members: Vec<crate::identity::NodeKey>,
+    pub members: Vec<NodeKey>,
 }
 
 impl Default for ReplicaConfig {
