@@ -91,6 +91,10 @@ pub struct RaftSim {
     pub removals: bool,
     /// `RemoveNode` proposals the chaos schedule made (a leader took them; the guard may refuse).
     pub removals_proposed: u64,
+    /// Nodes a removal was proposed for (committed or not yet): the crash budget counts them as
+    /// down from the proposal on (a removal that commits after another crash would otherwise
+    /// be a second failure the budget did not allow: seed 401).
+    removing: BTreeSet<u64>,
     /// Joint changes a leader proposed to take a removed node's voter out, and to add an
     /// admitted node with no voter back.
     pub voters_taken_out: u64,
@@ -172,6 +176,7 @@ impl RaftSim {
             relabels: false,
             removals: false,
             removals_proposed: 0,
+            removing: BTreeSet::new(),
             voters_taken_out: 0,
             voters_added_back: 0,
             removed: BTreeSet::new(),
@@ -225,14 +230,18 @@ impl RaftSim {
     /// leader, every node that came back without storage counts).
     /// A node whose key the leader's state removed (its fabric is cut), or that has no voter in
     /// the leader's configuration (taken out, not yet added back) counts too.
+    /// With no leader, the running node furthest ahead stands in for it (a removed node is
+    /// as good as down whether or not someone leads just now), and a node whose removal the
+    /// chaos schedule proposed counts from the proposal on.
     pub fn unavailable(&self) -> usize {
-        let leader = self.leader().and_then(|l| self.replica(l));
+        let ahead = self.slots.iter().filter_map(|s| s.replica.as_ref()).max_by_key(|r| (r.commit_index(), r.id()));
+        let leader = self.leader().and_then(|l| self.replica(l)).or(ahead);
         let voters = leader.map(|r| r.voters()).unwrap_or_default();
         let removed = |s: u64| leader.is_some_and(|r| !r.state().nodes.contains(&key_of(s)) && r.state().node_order.contains(&key_of(s)));
         (0..self.slots.len() as u64)
             .filter(|s| {
                 let mine: Vec<&ReplicaId> = voters.iter().filter(|v| slot_of(**v) == *s).collect();
-                !self.is_up(*s) || removed(*s) || (leader.is_some() && mine.is_empty()) || (self.slots[*s as usize].generation > 0 && mine != [&self.raft_id(*s)])
+                !self.is_up(*s) || removed(*s) || self.removing.contains(s) || (leader.is_some() && mine.is_empty()) || (self.slots[*s as usize].generation > 0 && mine != [&self.raft_id(*s)])
             })
             .count()
     }
@@ -885,6 +894,7 @@ impl RaftSim {
                         if let Some(id) = (0..n).find(|i| !self.is_up(*i)) {
                             if self.propose(Command::RemoveNode(key_of(id))) {
                                 self.removals_proposed += 1;
+                                self.removing.insert(id);
                             }
                         }
                     }
