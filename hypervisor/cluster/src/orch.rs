@@ -624,6 +624,9 @@ impl Orch {
             (true, _) => TicketStatus::Failed,
             (false, None) => TicketStatus::Pending,
             (false, Some(p)) => match r.commit_status(p) {
+                // Committed but refused by the state machine (e.g. `WouldLoseQuorum`): the
+                // write did not happen, and the operator must hear so (apid: 409).
+                CommitStatus::Committed if r.refusals().iter().any(|(q, _)| *q == p) => TicketStatus::Failed,
                 CommitStatus::Committed if r.applied().contains(&p) => TicketStatus::Committed,
                 CommitStatus::Rejected => TicketStatus::Failed,
                 _ => TicketStatus::Pending,

@@ -133,6 +133,14 @@ impl Net {
     }
 
     fn submit_via(&mut self, via: usize, cmd: Command) {
+        match self.write_via(via, cmd) {
+            TicketStatus::Committed => {}
+            s => panic!("write {s:?}"),
+        }
+    }
+
+    /// A write through `via`, as `orchd` serves the API's: its ticket's final status.
+    fn write_via(&mut self, via: usize, cmd: Command) -> TicketStatus {
         // Until the node knows a leader (a caller retries the same way).
         let t = loop {
             let now = self.now;
@@ -147,8 +155,7 @@ impl Net {
             let now = self.now;
             match self.nodes[via].as_mut().unwrap().ticket(now, t) {
                 TicketStatus::Pending => continue,
-                TicketStatus::Committed => return,
-                s => panic!("write {s:?}"),
+                s => return s,
             }
         }
         panic!("write not committed in 5 s");
@@ -553,4 +560,23 @@ fn a_removed_member_leaves_the_configuration_and_is_a_voter_again_when_admitted(
         assert!(net.run_until(15_000, |n| n.runner_of("late", 0).is_some()), "seed {seed}: late not placed");
     }
     assert!(restarts > 0, "no seed restarted the removed node");
+}
+
+/// A removal the state machine refuses (`WouldLoseQuorum`: in three nodes, the second one) is
+/// committed to the log but not applied: its ticket says `Failed` (what `apid` answers 409
+/// `write_not_applied`), never `Committed`, and the node stays admitted.
+#[test]
+fn a_refused_removal_is_reported_failed_not_done() {
+    for seed in 0..3 {
+        let mut net = formed(40 + seed);
+        let l = net.leader().unwrap();
+        let first = (l + 1) % 3;
+        let second = (l + 2) % 3;
+        assert_eq!(net.write_via(l, Command::RemoveNode(net.keys[first])), TicketStatus::Committed, "seed {seed}: the first removal");
+        let key = net.keys[second];
+        let leader = net.leader().unwrap();
+        assert_eq!(net.write_via(leader, Command::RemoveNode(key)), TicketStatus::Failed, "seed {seed}: the second removal was reported done");
+        let s = net.nodes[leader].as_ref().unwrap().state().unwrap();
+        assert!(s.nodes.contains(&key), "seed {seed}: the refused removal removed the node");
+    }
 }
