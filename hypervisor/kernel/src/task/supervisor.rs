@@ -301,7 +301,6 @@ fn spawner(_: u64) {
             sleep_ns(catenary_manifest::backoff_ms(n) * 1_000_000);
             match start_supd(ep, Some(sep)) {
                 Some((t, _)) => {
-                    with(|k| k.svc.supd_restarts = n);
                     info!(target: "supervisor", "supervisor supd restarted (restart {}): task {}, endpoint {}", n, t, sep)
                 }
                 None => log::error!(target: "supervisor", "cannot restart the supervisor: services are no longer restarted"),
@@ -338,7 +337,10 @@ fn start_supd(spawner: EndpointId, adopt: Option<EndpointId>) -> Option<(TaskId,
     // registered under the kernel lock before it can run (and die)
     match spawn_user_with(&spec, adopt, &mut |k, tid| {
         if let Some(e) = adopt {
+            // the new task and its restart count change together: a reader under the lock
+            // (`supervisor_task`) never sees the new task with the old count
             k.svc.supd = Some((tid, e));
+            k.svc.supd_restarts += 1;
         }
     }) {
         Ok((t, Some(e))) => {
