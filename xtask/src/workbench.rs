@@ -14,7 +14,7 @@
 //!   `wkctl: bench create NAME at node time …` just before each Create request and then Starts
 //!   it: five workloads one after another (256 MiB), then eight at once (64 MiB);
 //! - **the node's `vm.image=1` path** (no service: the demo VM started from the bundle's image,
-//!   `kernel/src/vm.rs` `run_demo_as`, whose first step logs `microVM NAME: create: …`), one
+//!   `kernel/src/vm/demo.rs` `run_demo_as`, whose first step logs `microVM NAME: create: …`), one
 //!   VM per boot, and `vm.count=8` for eight at once.
 //!
 //! The figures come from the node's own log lines (its clock; `vmconsole.rs` logs when it decodes

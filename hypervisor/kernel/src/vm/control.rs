@@ -1,0 +1,50 @@
+//! The node's stop, signal and kill requests applied to a running microVM (`vmcontrol`).
+
+use catenary_arch::virt::GuestRam;
+use catenary_arch::time;
+use catenary_vmm::stop::{StopAction, StopPolicy};
+use catenary_vmm::MicroVm;
+use log::info;
+use super::report::Ended;
+use super::VmControl;
+
+/// Apply the node's requests (`ctl`) and the stop policy's deadlines; `Some` when the node
+/// powers the VM off now.
+pub(super) fn apply_control(ctl: Option<&VmControl>, policy: &mut StopPolicy, vm: &mut MicroVm, ram: &mut GuestRam, name: &str) -> Option<Ended> {
+    use catenary_vmm::guest_proto::wire;
+    let ctl = ctl?;
+    let now = time::now_ns();
+    let mut actions = [None, None];
+    if let Some(p) = ctl.take() {
+        for signo in (1..=wire::MAX_SIGNAL).filter(|s| p.signals & (1u64 << (s - 1)) != 0) {
+            let sent = wire::encode_signal(signo).is_some_and(|f| vm.send_to_init(&f, ram));
+            info!(target: "vmm", "microVM {name}: signal {signo} {}", if sent { "sent to its init" } else { "not sent: its init has not read the earlier requests" });
+        }
+        if p.kill {
+            actions[0] = policy.kill();
+        } else if let Some(grace) = p.stop_grace {
+            actions[0] = policy.request(now, grace, vm.has_channel());
+            if actions[0].is_some() {
+                info!(target: "vmm", "microVM {name}: stop requested (grace {} ms)", grace / 1_000_000);
+            }
+        }
+    }
+    actions[1] = policy.poll(now);
+    for a in actions.into_iter().flatten() {
+        match a {
+            StopAction::SendStop => {
+                let sent = vm.send_to_init(&wire::encode_stop(), ram);
+                info!(target: "vmm", "microVM {name}: {}", if sent { "the image's StopSignal sent to its init" } else { "STOP not sent: its init has not read the earlier requests" });
+            }
+            StopAction::SendSignal(s) => {
+                let sent = wire::encode_signal(s).is_some_and(|f| vm.send_to_init(&f, ram));
+                info!(target: "vmm", "microVM {name}: still running after its grace period: signal {s} {}", if sent { "sent to its init" } else { "not sent" });
+            }
+            StopAction::PowerOff => {
+                info!(target: "vmm", "microVM {name}: powered off by the node");
+                return Some(Ended::Killed);
+            }
+        }
+    }
+    None
+}
