@@ -371,7 +371,12 @@ pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             let _ = follow.kill();
         }
         let _ = follow.wait();
-        c.check("`logs -f` returns once the workload has ended", ended.is_some_and(|s| s.success()), &format!("{ended:?} after {:.0} s", t0.elapsed().as_secs_f64()));
+        let mut follow_err = String::new();
+        if let Some(mut e) = follow.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut follow_err);
+        }
+        c.check("`logs -f` returns once the workload has ended", ended.is_some_and(|s| s.success()), &format!("{ended:?} after {:.0} s; its stderr: {:?}", t0.elapsed().as_secs_f64(), follow_err.trim()));
         let (st, out, _) = a.cli(n1, &["--json", "inspect", "greeter"]);
         let exit = json(&out).map(|j| j["exit"].to_string()).unwrap_or_default();
         c.check("`inspect --json`: exited by signal 15 (the image's StopSignal)", st == 0 && out.contains("\"exited\"") && exit.contains("15"), &format!("exit {st}: exit {exit}"));

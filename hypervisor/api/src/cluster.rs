@@ -181,12 +181,20 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
             let image = get && is_image_path(&req.path) && c.as_deref() == Some("no_such_image");
             let run = req.method == Method::Post && req.path == "/v1/workloads" && c.as_deref() == Some("no_such_image");
             if workload || image || run {
+                let mut silent: Vec<&str> = Vec::new();
                 for (i, name) in others.iter().enumerate() {
-                    if let Some((status, body)) = ask(i) {
-                        if status != 404 {
-                            return named(status, body, name);
-                        }
+                    match ask(i) {
+                        Some((404, _)) => {}
+                        Some((status, body)) => return named(status, body, name),
+                        None => silent.push(name),
                     }
+                }
+                // "no such workload" is only true if every node said so: one that did not
+                // answer may hold it (a follower such as `logs -f` must not take it as gone)
+                if !silent.is_empty() {
+                    let what = if workload { "workload" } else { "image" };
+                    let msg = alloc::format!("not on this node, and {} did not answer: the {what} may be there", silent.join(", "));
+                    return crate::error::ApiError::new(503, "node_unavailable", &msg).to_response();
                 }
             }
             resp

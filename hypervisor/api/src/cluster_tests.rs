@@ -45,6 +45,11 @@ fn only2() -> Digest {
 
 /// `req` from `caller` to node `at`, as `apid` serves it.
 fn call(c: &mut [Sim], at: usize, caller: [u8; 32], req: &ClientRequest) -> (u16, Vec<u8>) {
+    call_with_mute(c, at, caller, req, &[])
+}
+
+/// As [`call`], but the nodes named in `mute` do not answer a forward (down, or too slow).
+fn call_with_mute(c: &mut [Sim], at: usize, caller: [u8; 32], req: &ClientRequest, mute: &[&str]) -> (u16, Vec<u8>) {
     let mut reader = RequestReader::new(Limits::default(), 0);
     let http = reader.feed(&req.to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
     let (before, rest) = c.split_at_mut(at);
@@ -55,6 +60,9 @@ fn call(c: &mut [Sim], at: usize, caller: [u8; 32], req: &ClientRequest) -> (u16
     let own = me.node.name.clone();
     let mut ask = |i: usize| {
         let o = &mut others[i];
+        if mute.contains(&o.node.name.as_str()) {
+            return None;
+        }
         let r = o.api.handle(&caller, &http, &mut o.node, 0);
         Some((r.status, r.body))
     };
@@ -156,4 +164,31 @@ fn a_leave_reaches_the_named_node_alone() {
     assert!(c[1].node.left && !c[0].node.left, "node2 must leave, node1 not");
     let _: ClusterNode = ok(&mut c, 0, &client::leave_node("node1"));
     assert!(c[0].node.left);
+}
+
+#[test]
+fn a_workload_not_found_here_while_a_node_is_silent_is_unavailable_not_gone() {
+    let mut c = cluster();
+    let w: Workload = ok(&mut c, 0, &client::run(&run_req("web", only2())));
+    assert_eq!(w.node.as_deref(), Some("node2"));
+    // node2 answers: found there
+    let (status, _) = call_with_mute(&mut c, 0, ADMIN, &client::inspect("web"), &[]);
+    assert_eq!(status, 200);
+    // node2 does not answer: not "no such workload" (a `logs -f` would stop following) but
+    // 503 naming the silent node
+    let (status, body) = call_with_mute(&mut c, 0, ADMIN, &client::logs("web", 0), &["node2"]);
+    let e = decode::<serde_json::Value>(status, &body).unwrap_err();
+    match e {
+        ClientError::Api { status, code, message } => {
+            assert_eq!((status, code.as_str()), (503, "node_unavailable"));
+            assert!(message.contains("node2"), "{message}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // a workload no node has, every node answering: still 404
+    assert_eq!(refused(&mut c, 0, ADMIN, &client::inspect("nope")).1, "no_such_workload");
+    // the same image run through node1 with node2 silent: unavailable, nothing created here
+    let (status, _) = call_with_mute(&mut c, 0, ADMIN, &client::run(&run_req("web2", only2())), &["node2"]);
+    assert_eq!(status, 503);
+    assert_eq!(c[0].node.service.len(), 0);
 }

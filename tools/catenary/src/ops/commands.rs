@@ -458,12 +458,62 @@ fn emit(text: &str) -> Result<bool, CliError> {
     }
 }
 
+/// How long a follower (`logs -f`, `events -f`) keeps asking through failures that may pass.
+pub const OUTAGE_MAX: Duration = Duration::from_secs(60);
+
+/// A failure a follower waits out: the node (or the node it forwards to) did not answer, or
+/// said it is busy or that another node did not answer. A refusal (403, 404, 400…) is final.
+pub fn passing(e: &CallError) -> bool {
+    match e {
+        CallError::Unreachable(_) => true,
+        CallError::Api(ClientError::Api { status, .. }) => matches!(status, 502..=504),
+        CallError::Api(_) => false,
+    }
+}
+
+/// A follower's run of failures that may pass: borne for at most [`OUTAGE_MAX`] in a row,
+/// said once on stderr.
+#[derive(Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+}
+
+impl Outage {
+    /// True: wait `poll` and ask again; false: give up with `e`.
+    fn bear(&mut self, e: &CallError, poll: Duration) -> bool {
+        if !passing(e) {
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(|| {
+            eprintln!("catenary: {e}; asking again for up to {} s", OUTAGE_MAX.as_secs());
+            std::time::Instant::now()
+        });
+        if since.elapsed() >= OUTAGE_MAX {
+            return false;
+        }
+        std::thread::sleep(poll.max(Duration::from_millis(500)));
+        true
+    }
+
+    fn over(&mut self) {
+        if self.since.take().is_some() {
+            eprintln!("catenary: answered again; following");
+        }
+    }
+}
+
 /// `logs [-f]`: from the oldest byte kept; following polls from the cursor until the workload
 /// has ended and everything it logged was read.
 pub fn logs(c: &Ctx, id: &str, follow: bool, poll: Duration) -> R {
     let mut cursor = 0;
+    let mut outage = Outage::default();
     loop {
-        let l: Logs = c.t.call(&client::logs(id, cursor))?;
+        let l: Logs = match c.t.call(&client::logs(id, cursor)) {
+            Ok(l) => l,
+            Err(e) if follow && outage.bear(&e, poll) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        outage.over();
         if l.lost > 0 {
             eprintln!("[{} bytes dropped by the node before they were read]", l.lost);
         }
@@ -487,7 +537,12 @@ pub fn logs(c: &Ctx, id: &str, follow: bool, poll: Duration) -> R {
         if !follow {
             return Ok(());
         }
-        let w: Workload = c.t.call(&client::inspect(id))?;
+        let w: Workload = match c.t.call(&client::inspect(id)) {
+            Ok(w) => w,
+            Err(e) if outage.bear(&e, poll) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        outage.over();
         if matches!(w.state.as_str(), "exited" | "failed") && w.log_end <= cursor {
             return Ok(());
         }
@@ -497,8 +552,14 @@ pub fn logs(c: &Ctx, id: &str, follow: bool, poll: Duration) -> R {
 
 pub fn events(c: &Ctx, follow: bool, poll: Duration) -> R {
     let mut since = 0;
+    let mut outage = Outage::default();
     loop {
-        let l: EventList = c.t.call(&client::events(since))?;
+        let l: EventList = match c.t.call(&client::events(since)) {
+            Ok(l) => l,
+            Err(e) if follow && outage.bear(&e, poll) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        outage.over();
         for e in &l.events {
             let line = if c.json {
                 serde_json::to_string(e).map_err(|e| CliError::Other(e.to_string()))?
@@ -516,6 +577,33 @@ pub fn events(c: &Ctx, follow: bool, poll: Duration) -> R {
         if l.events.is_empty() {
             std::thread::sleep(poll);
         }
+    }
+}
+
+#[cfg(test)]
+mod follow_tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> CallError {
+        CallError::Api(ClientError::Api { status, code: code.into(), message: String::new() })
+    }
+
+    #[test]
+    fn a_follower_waits_out_silence_and_busy_nodes_but_not_refusals() {
+        assert!(passing(&CallError::Unreachable("timed out".into())));
+        assert!(passing(&api(503, "node_unavailable")));
+        assert!(passing(&api(502, "bad_gateway")));
+        assert!(!passing(&api(404, "no_such_workload")));
+        assert!(!passing(&api(403, "forbidden")));
+        assert!(!passing(&api(400, "bad_request")));
+        let mut o = Outage::default();
+        assert!(!o.bear(&api(404, "no_such_workload"), Duration::ZERO));
+        assert!(o.since.is_none());
+        // a long outage is given up on
+        o.since = Some(std::time::Instant::now() - OUTAGE_MAX);
+        assert!(!o.bear(&api(503, "node_unavailable"), Duration::ZERO));
+        o.over();
+        assert!(o.since.is_none());
     }
 }
 
