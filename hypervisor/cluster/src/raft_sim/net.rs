@@ -1,0 +1,108 @@
+//! The simulated network: each node's outgoing envelopes as `orchd`'s datagrams, dropped,
+//! duplicated and delayed by the seeded RNG, and delivered (snapshot chunks reassembled);
+//! the fabric cut between a node and one whose removal it applied.
+
+use alloc::format;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use super::{key_of, slot_of, RaftSim};
+use crate::raft_codec::{decode, encode, Wire};
+use crate::replica::ReplicaId;
+
+impl RaftSim {
+    pub(super) fn flush_all(&mut self) {
+        for id in 0..self.slots.len() as u64 {
+            self.flush(id);
+        }
+    }
+
+    /// The node's outgoing envelopes, as the datagrams `orchd` would send.
+    pub(super) fn flush(&mut self, id: ReplicaId) {
+        let s = &mut self.slots[id as usize];
+        let Some(r) = s.replica.as_mut() else { return };
+        let mut out = Vec::new();
+        for env in r.take_outgoing() {
+            let (from, to) = (env.from, env.to);
+            out.extend(s.tx.datagrams(env).into_iter().map(|b| (from, to, b)));
+        }
+        for (from, to, b) in out {
+            self.send(from, to, b);
+        }
+    }
+
+    /// One datagram onto the lossy network.
+    fn send(&mut self, from: ReplicaId, to: ReplicaId, b: Vec<u8>) {
+        if self.rng.per_mille(self.net.drop_per_mille) {
+            return;
+        }
+        let copies = if self.rng.per_mille(self.net.dup_per_mille) { 2 } else { 1 };
+        for _ in 0..copies {
+            let span = (self.net.max_delay - self.net.min_delay).as_micros() as u64;
+            let at = self.now + self.net.min_delay + Duration::from_micros(self.rng.below(span.max(1)));
+            self.seq += 1;
+            self.queue.insert((at, self.seq), (from, to, b.clone()));
+        }
+    }
+
+    /// A datagram that arrived at node `slot`'s current replica `to`.
+    pub(super) fn deliver(&mut self, to: ReplicaId, bytes: &[u8]) {
+        let slot = slot_of(to) as usize;
+        let limits = self.cfg.limits;
+        let now = self.now;
+        let w = match decode(bytes) {
+            Ok(w) => w,
+            Err(e) => {
+                self.violations.push(format!("{now:?}: a datagram to {to} does not decode: {e:?}"));
+                return;
+            }
+        };
+        let s = &mut self.slots[slot];
+        let Some(r) = s.replica.as_mut() else { return };
+        let mut replies: Vec<(ReplicaId, ReplicaId, Vec<u8>)> = Vec::new();
+        match w {
+            Wire::Raft(env) => {
+                r.handle(now, env);
+                self.delivered += 1;
+            }
+            Wire::SnapChunk(c) => {
+                if c.head.to != to {
+                    return;
+                }
+                self.chunks_delivered += 1;
+                let (ack, env) = s.rx.on_chunk(c, r.term(), &limits);
+                if let Some(env) = env {
+                    self.snapshots_assembled += 1;
+                    let len = env.snapshot.as_ref().map_or(0, |s| crate::snapshot::encode_snapshot(s).len());
+                    self.largest_snapshot = self.largest_snapshot.max(len);
+                    r.handle(now, env);
+                    self.delivered += 1;
+                }
+                if let Some(a) = ack {
+                    replies.push((a.from, a.to, encode(&Wire::SnapAck(a))));
+                }
+            }
+            Wire::SnapAck(a) => {
+                if a.to == to {
+                    replies.extend(s.tx.on_ack(&a).into_iter().map(|b| (a.to, a.from, b)));
+                }
+            }
+            other => self.violations.push(format!("{now:?}: not a Raft datagram: {other:?}")),
+        }
+        for (from, to, b) in replies {
+            self.send(from, to, b);
+        }
+        self.flush(slot as u64);
+    }
+
+    /// The fabric between two nodes is gone once either has applied the removal of the other's
+    /// key (`RemoveNode`: every node's `orchd` hands it to its `netd`, which drops the peer;
+    /// admitted again, it is a peer again). A node does not drop itself.
+    pub(super) fn fabric_drops(&self, from: usize, to: usize) -> bool {
+        let removed = |at: usize, other: usize| {
+            let k = key_of(other as u64);
+            self.slots[at].replica.as_ref().is_some_and(|r| r.state().node_order.contains(&k) && !r.state().nodes.contains(&k))
+        };
+        from != to && (removed(to, from) || removed(from, to))
+    }
+}
