@@ -11,10 +11,11 @@
 //! has no e1000 driver and ignores it) and a virtio-net on the vde switch (no option ROM),
 //! which is the node's fabric NIC.
 
-use crate::apitest::{init_key, Checks, Workstation};
+use crate::apitest::{Checks, Workstation};
 use crate::cluster::NodeSpec;
 use crate::test::Tally;
-use catenary_net::cluster::{hex_decode32, Cluster, Operator};
+use crate::threenode::{admin_setup, AdminSetup};
+use catenary_net::cluster::{hex_decode32, Cluster};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -78,14 +79,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         return Ok(());
     }
     let tag = "cluster-pxe-join";
-    let dir = crate::tools::out_dir().join(tag);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let img_dir = crate::tools::out_dir().join("operator-api-image");
-    crate::workloadtest::build(&img_dir)?;
-    let image = img_dir.join("out");
-    let admin_cfg = dir.join("admin");
-    let admin = init_key(&admin_cfg, "alice")?;
-    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
+    let AdminSetup { dir, image, admin_cfg, ops } = admin_setup(tag)?;
     let mut image_files = Vec::new();
     for f in ["rootfs.squashfs", "config.json", "image.json"] {
         image_files.push((format!("image/{f}"), std::fs::read(image.join(f)).map_err(|e| format!("{f}: {e}"))?));

@@ -40,16 +40,24 @@ pub fn ready(t: &mut Tally, names: &[&str], n: &Needs) -> bool {
         names.iter().for_each(|name| t.skip(name, why));
         return false;
     }
-    if n.guest && !crate::tools::out_dir().join("guest/vmlinux").exists() {
-        names.iter().for_each(|name| t.record(name, false, "(no guest bundle in build/guest: `cargo xtask guest` failed?)"));
+    if let Err(e) = built(n) {
+        names.iter().for_each(|name| t.record(name, false, &format!("({e})")));
         return false;
+    }
+    true
+}
+
+/// The prerequisites that are built, not installed: the guest bundle (`n.guest`) and the
+/// `catenary` CLI (`n.cli`, built now). `Err` says which one is missing (a failure, not a skip).
+pub fn built(n: &Needs) -> Result<(), String> {
+    if n.guest && !crate::tools::out_dir().join("guest/vmlinux").exists() {
+        return Err("no guest bundle in build/guest: `cargo xtask guest` failed?".into());
     }
     if n.cli {
         let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status();
         if !st.is_ok_and(|s| s.success()) {
-            names.iter().for_each(|name| t.record(name, false, "(cargo build -p catenary failed)"));
-            return false;
+            return Err("cargo build -p catenary failed".into());
         }
     }
-    true
+    Ok(())
 }

@@ -48,7 +48,8 @@ pub(crate) struct ThreeNodes<'a> {
 /// under `tag`.
 pub(crate) fn three_nodes(t: &mut Tally, kernel: &Path, name: &str, tag: &str, setup: &Setup, body: impl FnOnce(ThreeNodes<'_>) -> Result<(), String>) -> Result<(), String> {
     let tools: Vec<&str> = TOOLS.iter().chain(setup.tools).copied().collect();
-    if !ready(t, &[name], &Needs { root: true, tools: &tools, images: true, guest: true, cli: true }) {
+    // (The guest bundle and the CLI: `boot` checks them, and a failure there fails the test.)
+    if !ready(t, &[name], &Needs { root: true, tools: &tools, images: true, ..Needs::default() }) {
         return Ok(());
     }
     let (mut r, nodes, admin_cfg, image) = match boot(kernel, tag, setup) {
@@ -96,21 +97,8 @@ pub(crate) fn missing() -> Option<String> {
 /// Three nodes as `setup` says, an admin operator `alice` (config in `DIR/admin`): the running
 /// cluster, the nodes, the admin config and the packed test image.
 pub(crate) fn boot(kernel: &Path, tag: &str, setup: &Setup) -> Result<(Running, Vec<NodeSpec>, PathBuf, PathBuf), String> {
-    if !crate::tools::out_dir().join("guest/vmlinux").exists() {
-        return Err("no guest bundle in build/guest: `cargo xtask guest` failed?".into());
-    }
-    let st = std::process::Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
-    if !st.success() {
-        return Err("cargo build -p catenary failed".into());
-    }
-    let dir = crate::tools::out_dir().join(tag);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let img_dir = crate::tools::out_dir().join("operator-api-image");
-    crate::workloadtest::build(&img_dir)?;
-    let image = img_dir.join("out");
-    let admin_cfg = dir.join("admin");
-    let admin = init_key(&admin_cfg, "alice")?;
-    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
+    crate::preflight::built(&Needs { guest: true, cli: true, ..Needs::default() })?;
+    let AdminSetup { image, admin_cfg, ops, .. } = admin_setup(tag)?;
     let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2), NodeSpec::new(3)];
     for (n, labels) in nodes.iter_mut().zip(setup.labels) {
         n.guest = true;
@@ -124,6 +112,29 @@ pub(crate) fn boot(kernel: &Path, tag: &str, setup: &Setup) -> Result<(Running, 
     }
     let r = crate::cluster::start_with(kernel, &nodes, tag, &[], &ops)?;
     Ok((r, nodes, admin_cfg, image))
+}
+
+/// What a cluster test with an operator starts from: its run directory (build/TAG), the packed
+/// test image (the workload test's busybox image), and the admin operator `alice`, whose CLI
+/// config is `DIR/admin`.
+pub(crate) struct AdminSetup {
+    pub dir: PathBuf,
+    pub image: PathBuf,
+    pub admin_cfg: PathBuf,
+    /// The cluster file's operators: alice, admin.
+    pub ops: [Operator; 1],
+}
+
+pub(crate) fn admin_setup(tag: &str) -> Result<AdminSetup, String> {
+    let dir = crate::tools::out_dir().join(tag);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let img_dir = crate::tools::out_dir().join("operator-api-image");
+    crate::workloadtest::build(&img_dir)?;
+    let image = img_dir.join("out");
+    let admin_cfg = dir.join("admin");
+    let admin = init_key(&admin_cfg, "alice")?;
+    let ops = [Operator { name: "alice".into(), public_key: admin, role: "admin".into() }];
+    Ok(AdminSetup { dir, image, admin_cfg, ops })
 }
 
 /// Wait until all three serve the API, know a leader and admitted the three members.
