@@ -6,12 +6,22 @@
 //! replica must run and log its greeting, `image ls --json` must show the image on all three
 //! nodes with one digest, and the copies' time and throughput (from each fetching node's log)
 //! are printed. An operator's own key gets 403 from the node-to-node routes.
+//!
+//! Then the stall of issue 13 (docs/orchestration.md "`apid` never waits for another node"): a
+//! second image (the same root filesystem, another `config.json`, so another digest and the same
+//! size) is pushed to node1 and run with 3 replicas while the operator's CLI polls `ps` through
+//! node1 every second (node1 forwards each to node2 and node3, which are fetching from node1).
+//! Both copies must end within twice the slower copy without polling plus 30 s, and every
+//! poll must be answered (exit 0) in less than 10 s. The copy times with and without polling
+//! are printed.
 
 use crate::apitest::Workstation;
 use crate::orchtest::{lists, runners};
 use crate::test::Tally;
 use crate::threenode::{Setup, ThreeNodes};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A value after `key` in a log line, up to the next space.
@@ -87,8 +97,73 @@ pub fn test_image_copy(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         }
         let after_run = holders(a);
         c.check("`image ls --json` shows the image, one digest, on all three nodes", after_run == ["node1", "node2", "node3"], &format!("{after_run:?}"));
+        // the copy time without polling: the slower of node2's and node3's
+        let copy_ms = |lines: &[String], d: &str| -> Option<u64> {
+            lines.iter().find(|x| x.contains("apid: image") && x.contains(d) && x.contains("fetched from")).and_then(|l| after(l, "bytes in ")?.parse().ok())
+        };
+        let quiet: Vec<Option<u64>> = (1..3).map(|i| copy_ms(&r.lines[i][mark[i]..], &digest)).collect();
+        let base = quiet.iter().flatten().max().copied().ok_or("no copy time without polling")?;
+        // a second image of the same size, pushed to node1 only
+        let image_b = variant(image)?;
+        let digest_b = format!("sha256:{}", hex(&sha256(&std::fs::read(image_b.join("image.json")).map_err(|e| e.to_string())?)));
+        let (st, out, err) = a.cli(&nodes[0], &["image", "push", image_b.to_str().ok_or("path")?]);
+        c.check("a second image (another config.json) pushed to node1", st == 0 && out.trim() == digest_b, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        let stop = AtomicBool::new(false);
+        let polls: Mutex<Vec<(i32, Duration)>> = Mutex::new(Vec::new());
+        let (copied, wall) = std::thread::scope(|sc| {
+            // the operator polls `ps` through node1, the holder, every second meanwhile
+            sc.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let (st, _, _) = a.cli(&nodes[0], &["ps"]);
+                    polls.lock().unwrap().push((st, t.elapsed()));
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+            let t0 = Instant::now();
+            let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", "3", "--name", "copy2", "--mem", "64", "--restart", "always", image_b.to_str().unwrap_or(""), "hello", "copy2"]);
+            let ok = st == 0 && out.contains("(cluster)") && {
+                let fetched = |l: &[Vec<String>]| (1..3).all(|i| copy_ms(&l[i][mark[i]..], &digest_b).is_some());
+                r.wait(Duration::from_secs(600), false, fetched)
+            };
+            stop.store(true, Ordering::Relaxed);
+            if st != 0 {
+                println!("  run copy2: exit {st}: {} {}", out.trim(), err.trim());
+            }
+            (ok, t0.elapsed())
+        });
+        let polled: Vec<Option<u64>> = (1..3).map(|i| copy_ms(&r.lines[i][mark[i]..], &digest_b)).collect();
+        let fmt = |v: &[Option<u64>]| v.iter().map(|m| m.map_or("-".into(), |m| format!("{:.1} s", m as f64 / 1000.0))).collect::<Vec<_>>().join(", ");
+        println!("  copy of a 1 MB image to node2, node3: {} without polling; {} with `ps` through node1 every second (run -> both copied: {:.1} s)", fmt(&quiet), fmt(&polled), wall.as_secs_f64());
+        let bound = Duration::from_millis(2 * base + 30_000);
+        c.check(&format!("with the operator polling `ps` through node1, node2 and node3 copy the second image within {:.0} s (2 x the copy without polling + 30 s)", bound.as_secs_f64()), copied && wall <= bound, &format!("{:.1} s, copied: {copied}", wall.as_secs_f64()));
+        let polls = polls.into_inner().unwrap_or_default();
+        let failed = polls.iter().filter(|p| p.0 != 0).count();
+        let slowest = polls.iter().map(|p| p.1).max().unwrap_or_default();
+        println!("  {} polls meanwhile: {failed} failed, the slowest {:.1} s", polls.len(), slowest.as_secs_f64());
+        c.check("every poll meanwhile was answered (exit 0) in less than 10 s", !polls.is_empty() && failed == 0 && slowest < Duration::from_secs(10), &format!("{} polls, {failed} failed, slowest {:.1} s", polls.len(), slowest.as_secs_f64()));
         Ok(())
     })
+}
+
+/// The test image with another `config.json` (a newline more: the same run configuration):
+/// another digest, the same root filesystem and size. Written next to `image`.
+fn variant(image: &Path) -> Result<PathBuf, String> {
+    let dir = image.with_file_name("out-variant");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let config = std::fs::read(image.join("config.json")).map_err(|e| e.to_string())?;
+    let mut config_b = config.clone();
+    config_b.push(b'\n');
+    let manifest = std::fs::read_to_string(image.join("image.json")).map_err(|e| e.to_string())?;
+    let (old, new) = (format!("\"digest\":\"sha256:{}\",\"size\":{},", hex(&sha256(&config)), config.len()), format!("\"digest\":\"sha256:{}\",\"size\":{},", hex(&sha256(&config_b)), config_b.len()));
+    if !manifest.contains(&old) {
+        return Err("the test image's image.json does not name its config.json as expected".into());
+    }
+    std::fs::write(dir.join("image.json"), manifest.replace(&old, &new)).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("config.json"), config_b).map_err(|e| e.to_string())?;
+    std::fs::copy(image.join("rootfs.squashfs"), dir.join("rootfs.squashfs")).map_err(|e| e.to_string())?;
+    Ok(dir)
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {

@@ -16,11 +16,14 @@
 //!
 //! Pure: `ask(i)` sends the same request to `others[i]` (for the same operator) and returns its
 //! (status, body), or `None` when that node did not answer in time; the service supplies the
-//! fabric connection (`apid/forward.rs`).
+//! fabric connection (`apid/forward.rs`). A service that must not wait for another node (`apid`
+//! serves every connection from one loop) uses [`Gather`]: it says which node's answer is
+//! needed next, takes that answer when it has come, and gives the answer [`elsewhere`] would.
 
 use crate::http::{Method, Request, Response};
 use crate::cluster_state;
 use crate::types::{ClusterWorkloadList, ClusterWorkloadStatus, ErrorBody, Image, ImageList, NodeList, Workload, WorkloadList};
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -241,5 +244,63 @@ fn remove_image(resp: Response, own: Option<&str>, others: &[String], ask: &mut 
             json(200, &i, resp)
         }
         None => resp,
+    }
+}
+
+/// One node's answer to a forwarded request: (status, body), or `None` (no answer in time).
+pub type Answer = Option<(u16, Vec<u8>)>;
+
+/// [`elsewhere`], one other node's answer at a time: [`Gather::next`] names the node to ask
+/// next (the same nodes, in the same order, as `elsewhere`'s `ask` would be called: a search
+/// stops at the first answer that is not 404), [`Gather::answer`] takes its answer. Each node
+/// is asked at most once. Sans I/O: the service owns the connections.
+pub struct Gather {
+    req: Request,
+    resp: Response,
+    own: Option<String>,
+    others: Vec<String>,
+    answers: BTreeMap<usize, Answer>,
+}
+
+impl Gather {
+    /// `resp`: this node's own answer to `req`; `others`: the other nodes that may be asked.
+    pub fn new(req: Request, resp: Response, own: Option<String>, others: Vec<String>) -> Gather {
+        Gather { req, resp, own, others, answers: BTreeMap::new() }
+    }
+
+    /// The request being answered.
+    pub fn request(&self) -> &Request {
+        &self.req
+    }
+
+    /// The answer, or `Err(i)`: `others[i]`'s answer is needed first. `elsewhere` is run again
+    /// on the answers so far (it is pure): at most `others.len() + 1` runs for a request.
+    pub fn next(&self) -> Result<Response, usize> {
+        let mut need = None;
+        let mut ask = |i: usize| match self.answers.get(&i) {
+            Some(a) => a.clone(),
+            None => {
+                need.get_or_insert(i);
+                None
+            }
+        };
+        let r = elsewhere(&self.req, self.resp.clone(), self.own.as_deref(), &self.others, &mut ask);
+        match need {
+            Some(i) => Err(i),
+            None => Ok(r),
+        }
+    }
+
+    /// The answer taken from `others[i]` (tests: `elsewhere` run on them directly).
+    #[cfg(test)]
+    pub(crate) fn answers_for_tests(&self, i: usize) -> Answer {
+        self.answers.get(&i).cloned().flatten()
+    }
+
+    /// `others[i]`'s answer (one for a node not among them is ignored).
+    pub fn answer(&mut self, i: usize, a: Answer) {
+        if i < self.others.len() {
+            self.answers.insert(i, a);
+        }
     }
 }

@@ -66,8 +66,30 @@ fn call_with_mute(c: &mut [Sim], at: usize, caller: [u8; 32], req: &ClientReques
         let r = o.api.handle(&caller, &http, &mut o.node, 0);
         Some((r.status, r.body))
     };
-    let resp = if cluster::concerns_others(&http) { cluster::elsewhere(&http, resp, Some(&own), &names, &mut ask) } else { resp };
-    parse_response(&resp.to_bytes()).unwrap().unwrap()
+    if !cluster::concerns_others(&http) {
+        return parse_response(&resp.to_bytes()).unwrap().unwrap();
+    }
+    // as apid gathers: one node's answer at a time; the same as elsewhere's with a blocking ask
+    let mut g = cluster::Gather::new(http.clone(), resp.clone(), Some(own.clone()), names.clone());
+    let mut asked = Vec::new();
+    let gathered = loop {
+        match g.next() {
+            Ok(r) => break r,
+            Err(i) => {
+                assert!(!asked.contains(&i), "{} asked node {i} twice", http.path);
+                asked.push(i);
+                g.answer(i, ask(i));
+            }
+        }
+    };
+    let mut direct_asked = Vec::new();
+    let mut replay = |i: usize| {
+        direct_asked.push(i);
+        g.answers_for_tests(i)
+    };
+    let direct = cluster::elsewhere(&http, resp, Some(&own), &names, &mut replay);
+    assert_eq!((&gathered, &asked), (&direct, &direct_asked), "{}: Gather and elsewhere differ", http.path);
+    parse_response(&gathered.to_bytes()).unwrap().unwrap()
 }
 
 fn ok<T: DeserializeOwned>(c: &mut [Sim], at: usize, req: &ClientRequest) -> T {
@@ -191,4 +213,45 @@ fn a_workload_not_found_here_while_a_node_is_silent_is_unavailable_not_gone() {
     let (status, _) = call_with_mute(&mut c, 0, ADMIN, &client::run(&run_req("web2", only2())), &["node2"]);
     assert_eq!(status, 503);
     assert_eq!(c[0].node.service.len(), 0);
+}
+
+/// `Gather` asks one node at a time, each at most once: a list asks every other node in
+/// order; a search for a workload this node lacks stops at the first answer that is not 404;
+/// a node that gives no answer (`None`) is passed over.
+#[test]
+fn gather_asks_one_node_at_a_time_and_stops_where_elsewhere_stops() {
+    let parse = |raw: &str| RequestReader::new(Limits::default(), 0).feed(raw.as_bytes(), 0).unwrap().unwrap();
+    let names: Vec<String> = vec!["node2".into(), "node3".into(), "node4".into()];
+    let run = |req: crate::http::Request, own: crate::http::Response, answers: &[Option<(u16, Vec<u8>)>]| {
+        let mut g = cluster::Gather::new(req, own, Some("node1".into()), names.clone());
+        let mut asked = Vec::new();
+        loop {
+            match g.next() {
+                Ok(r) => return (r, asked),
+                Err(i) => {
+                    assert!(!asked.contains(&i) && asked.len() < 10, "asked {asked:?} then {i}");
+                    asked.push(i);
+                    g.answer(i, answers[i].clone());
+                }
+            }
+        }
+    };
+    let missing = crate::ApiError::new(404, "no_such_workload", "no workload has that name").to_response();
+    let found = br#"{"name":"w","state":"running"}"#.to_vec();
+    let (r, asked) = run(parse("GET /v1/workloads/w HTTP/1.1\r\nHost: x\r\n\r\n"), missing.clone(), &[Some((404, missing.body.clone())), None, Some((200, found.clone())), Some((200, found.clone()))]);
+    assert_eq!(asked, vec![0, 1, 2]);
+    assert_eq!(r.status, 200);
+    let (_, asked) = run(parse("GET /v1/workloads/w HTTP/1.1\r\nHost: x\r\n\r\n"), missing.clone(), &[Some((200, found.clone())), None, None]);
+    assert_eq!(asked, vec![0], "the first answer that is not 404 ends the search");
+    let list = |n: &str| serde_json::to_vec(&serde_json::json!({"workloads": [{"id": 1, "name": n, "state": "running", "exit": null, "restarts": 0, "memory_mib": 64, "address": null}]})).unwrap();
+    let own = crate::http::Response::json(200, list("a"));
+    let (r, asked) = run(parse("GET /v1/workloads HTTP/1.1\r\nHost: x\r\n\r\n"), own, &[Some((200, list("b"))), None, Some((200, list("d")))]);
+    assert_eq!(asked, vec![0, 1, 2]);
+    let names_in: Vec<(String, Option<String>)> = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap().to_string(), w["node"].as_str().map(String::from)))
+        .collect();
+    assert_eq!(names_in, vec![("a".into(), Some("node1".into())), ("b".into(), Some("node2".into())), ("d".into(), Some("node4".into()))]);
 }

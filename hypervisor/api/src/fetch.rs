@@ -1,7 +1,11 @@
 //! A node fetching an image from the nodes that hold it (docs/orchestration.md "Images follow
 //! their replicas"), sans I/O: the caller (`apid`) gives a `get` that sends one node-to-node
-//! request (`crate::peer`) to a holder and returns its answer, and the node's workload service
-//! as a [`Backend`]; each [`Fetch::step`] makes one request and says what happened.
+//! request (`crate::peer`) to a holder and says whether its answer is in (`Poll::Ready`) or
+//! still on its way (`Poll::Pending`: `apid` never waits for another node, its loop serves
+//! other connections meanwhile), and the node's workload service as a [`Backend`]; each
+//! [`Fetch::step`] asks for one request's answer and says what happened. Until an answer is
+//! in, every step asks `get` for the same (holder, path) again and changes nothing
+//! ([`Event::Waiting`]).
 //!
 //! The image is named by its digest, so nothing a holder says is believed:
 //!
@@ -24,16 +28,20 @@ use crate::peer::{chunk_path, manifest_path};
 use crate::router::Backend;
 use crate::upload::CHUNK_SIZE;
 use alloc::vec::Vec;
+use core::task::Poll;
 use catenary_workload::proto::{self as wk, Reply};
 use catenary_workload::store::{manifest_info, ImageInfo};
 use catenary_workload::{Digest, Hasher};
 
-/// One node-to-node request: (holder, path) → (status, body), or `None` (no answer in time).
-pub type Get<'a> = dyn FnMut(usize, &str) -> Option<(u16, Vec<u8>)> + 'a;
+/// One node-to-node request: (holder, path) → `Ready(Some((status, body)))`, `Ready(None)` (no
+/// answer in time), or `Pending` (asked, no answer yet: the same request is asked for again).
+pub type Get<'a> = dyn FnMut(usize, &str) -> Poll<Option<(u16, Vec<u8>)>> + 'a;
 
 /// What one step did (the caller logs it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// The answer `holder` owes is not in yet: nothing changed.
+    Waiting { holder: usize },
     /// `holder` has the image: `size` bytes in `chunks` chunks to fetch.
     Started { holder: usize, size: u64, chunks: u32 },
     /// Chunk `n` (0-based) of `chunks` from `holder` is in the store's upload.
@@ -107,8 +115,9 @@ impl Fetch {
 
     fn begin(&mut self, backend: &mut dyn Backend, get: &mut Get) -> Event {
         let Some(&holder) = self.holders.get(self.tried) else { return Event::Failed { why: "no node gave the image" } };
+        let Poll::Ready(answer) = get(holder, &manifest_path(&self.image)) else { return Event::Waiting { holder } };
         self.tried += 1;
-        let Some((200, manifest)) = get(holder, &manifest_path(&self.image)) else { return Event::NotHeld { holder } };
+        let Some((200, manifest)) = answer else { return Event::NotHeld { holder } };
         if Digest::of(&manifest) != self.image {
             return self.refuse(holder, backend, "its image.json does not have the image's digest");
         }
@@ -133,7 +142,8 @@ impl Fetch {
             let n = c.next;
             let off = u64::from(n) * CHUNK_SIZE as u64;
             let len = (c.size - off).min(CHUNK_SIZE as u64) as usize;
-            let bytes = match get(holder, &chunk_path(&self.image, n)) {
+            let Poll::Ready(answer) = get(holder, &chunk_path(&self.image, n)) else { return Event::Waiting { holder } };
+            let bytes = match answer {
                 Some((200, b)) => b,
                 // no answer in time: the same chunk again, a few times
                 None if c.misses + 1 < CHUNK_TRIES => {

@@ -11,6 +11,7 @@ use crate::router::Backend;
 use crate::upload::CHUNK_SIZE;
 use crate::Api;
 use alloc::vec::Vec;
+use core::task::Poll;
 use catenary_workload::proto::{self as wk, Reply};
 use catenary_workload::store::manifest_for;
 use catenary_workload::Digest;
@@ -70,10 +71,10 @@ fn fetch(c: &mut [Sim], d: Digest, holders: Vec<usize>, corrupt: &dyn Fn(usize, 
     let mut f = Fetch::new(d, holders);
     let mut events = Vec::new();
     let mut get_from = |h: usize, path: &str| {
-        let s = others.get_mut(h)?;
+        let Some(s) = others.get_mut(h) else { return Poll::Ready(None) };
         let (status, mut body) = get(s, NODE, path);
         corrupt(h, path, &mut body);
-        Some((status, body))
+        Poll::Ready(Some((status, body)))
     };
     for _ in 0..100 {
         let e = f.step(&mut me.node, &mut get_from);
@@ -170,9 +171,9 @@ fn a_chunk_without_an_answer_is_asked_again_before_the_next_holder() {
         // chunk 1 gets no answer twice (a loaded holder), then its bytes
         if path.ends_with("/chunks/1") && misses < crate::fetch::CHUNK_TRIES - 1 {
             misses += 1;
-            return None;
+            return Poll::Ready(None);
         }
-        Some(get(others.get_mut(h)?, NODE, path))
+        Poll::Ready(others.get_mut(h).map(|s| get(s, NODE, path)))
     };
     let mut events = Vec::new();
     while !f.finished() && events.len() < 100 {
@@ -201,4 +202,50 @@ fn fetch_inputs_never_panic() {
     // every holder truthful: the image arrives; some random inputs got it too
     assert!(fuzzing::fetch(&[2, 0, 2, 0, 2, 0, 2, 0]));
     assert!(done > 0, "no random input reached a whole fetch");
+}
+
+/// `apid` never waits for a holder: a request's answer comes some turns later (`Pending` until
+/// then). Each step meanwhile asks for the same (holder, path), says `Waiting` and changes
+/// nothing; the image arrives as it does when every answer is immediate, and a holder that
+/// never answers is given up on only when `get` says so (its deadline), not for being slow.
+#[test]
+fn answers_that_come_turns_later_are_waited_for_without_moving_on() {
+    let (d, manifest, stream) = image();
+    let mut c = sims(3);
+    store(&mut c[2].node, d, &manifest, &stream);
+    let (me, others) = c.split_first_mut().unwrap();
+    // holder 0 does not have it (404, after 3 pending turns); holder 1 answers each request
+    // after 5 pending turns
+    let mut f = Fetch::new(d, alloc::vec![0, 1]);
+    let mut asked: Vec<(usize, alloc::string::String)> = Vec::new();
+    let mut get_from = |h: usize, path: &str| {
+        asked.push((h, path.into()));
+        let same = asked.iter().rev().take_while(|a| a.0 == h && a.1 == path).count();
+        if same <= if h == 0 { 3 } else { 5 } {
+            return Poll::Pending;
+        }
+        Poll::Ready(others.get_mut(h).map(|s| get(s, NODE, path)))
+    };
+    let mut events = Vec::new();
+    while !f.finished() && events.len() < 200 {
+        events.push(f.step(&mut me.node, &mut get_from));
+    }
+    assert!(matches!(events.last(), Some(Event::Done { from: Some(1), .. })), "{events:?}");
+    assert!(has(&mut me.node, d));
+    assert_eq!(c[0].node.kernel.stored.iter().find(|s| s.0.digest == d).map(|s| s.1.clone()), Some(stream.clone()));
+    let waits = |h: usize| events.iter().filter(|e| **e == Event::Waiting { holder: h }).count();
+    // 3 for holder 0's manifest; 5 for each of holder 1's manifest and 4 chunks
+    assert_eq!((waits(0), waits(1)), (3, 5 * 5), "{events:?}");
+    assert!(events.contains(&Event::NotHeld { holder: 0 }), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, Event::Retry { .. } | Event::Refused { .. })), "{events:?}");
+    // each request asked for until answered, in order: the manifest, then chunks 0..4
+    let mut distinct: Vec<(usize, alloc::string::String)> = Vec::new();
+    for a in asked {
+        if distinct.last() != Some(&a) {
+            distinct.push(a);
+        }
+    }
+    let mut want = alloc::vec![(0, manifest_path(&d)), (1, manifest_path(&d))];
+    want.extend((0..4).map(|n| (1, chunk_path(&d, n))));
+    assert_eq!(distinct, want);
 }

@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod cluster_state;
 pub mod error;
 pub mod events;
+pub mod exchange;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod fetch;

@@ -14,6 +14,11 @@
 //! - **Bounded.** At most [`CONNS_MAX`] connections at once (a connection beyond them gets 503
 //!   and is closed); each has its `RequestReader` (head, body and the 10 s deadline of
 //!   `catenary_api::http::Limits`) and at most [`CONN_LIFE_MS`] in all, answer included.
+//! - **Never waits for another node.** A request forwarded to other nodes (`forward.rs`) and
+//!   an image fetch (`fetch.rs`) are exchanges (`outbound.rs`) the loop moves when `netd`
+//!   reports their sockets ready: a connection whose request is forwarded waits, parked, for
+//!   the other nodes' answers while every other connection, the fetch and the ticks are served.
+//!   At most [`FORWARDS_MAX`] connections are parked at once (one more gets 503 `busy`).
 //! - `Api::tick` runs every second (events, idle uploads).
 #![no_std]
 #![no_main]
@@ -27,6 +32,8 @@ mod cluster;
 mod fetch;
 #[path = "apid/forward.rs"]
 mod forward;
+#[path = "apid/outbound.rs"]
+mod outbound;
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -52,8 +59,13 @@ const ORCHD: u64 = 3;
 const MEMBERD: u64 = 4;
 /// 8 MiB of heap (quota 2560 pages): connections' requests and answers, pushes, events.
 const HEAP_PAGES: u64 = 2048;
-/// Connections served at once: `netd` gives a client 8 sockets, one is the listener.
-const CONNS_MAX: usize = 6;
+/// Connections served at once. `netd` gives a client 8 sockets (`SOCKETS_PER_CLIENT`): one is
+/// the listener, one the image fetch's exchange, [`FORWARDS_MAX`] the forwarded requests'.
+const CONNS_MAX: usize = catenary_netsock::SOCKETS_PER_CLIENT - 2 - FORWARDS_MAX;
+/// Connections whose request waits for other nodes' answers at once, each with one exchange
+/// (one other node at a time): two operators' polls (`ps`, `logs -f`) go on together; a third
+/// gets 503 `busy` (before this node acts on it) rather than waiting behind them.
+const FORWARDS_MAX: usize = 2;
 /// A connection's whole life (request and answer): a client that does not read its answer
 /// loses the connection.
 const CONN_LIFE_MS: u64 = 30_000;
@@ -367,6 +379,8 @@ struct Conn {
     reader: RequestReader,
     /// The answer once there is one, and how much of it `netd` took.
     out: Option<Vec<u8>>,
+    /// Parked: the request waits for other nodes' answers (`out` comes when they are in).
+    fwd: Option<forward::Forward>,
     sent: usize,
     born_ms: u64,
 }
@@ -446,9 +460,10 @@ fn run(_arg: u64) -> u64 {
             next_tick = now + 1000;
             fetcher.ask(ORCHD, now, || other_nodes(&mut node));
         }
-        // one request of an image fetch per turn, so that the API is still served meanwhile
-        fetcher.step(&s, &io, &mut node);
-        let wait = if fetcher.active() { 1 } else { next_tick.saturating_sub(now).clamp(1, 1000) };
+        // the loop waits in POLL until a socket is ready (an exchange's included), the next
+        // tick, or the earliest exchange's deadline
+        let deadline = conns.iter().filter_map(|c| c.fwd.as_ref().and_then(|f| f.deadline_ms())).chain(fetcher.deadline_ms()).min().unwrap_or(u64::MAX);
+        let wait = next_tick.min(deadline).saturating_sub(now).clamp(1, 1000);
         let ready = match s.poll(wait) {
             Ok(r) => r,
             Err(e) => {
@@ -457,22 +472,32 @@ fn run(_arg: u64) -> u64 {
                 return 3;
             }
         };
-        let mut busy = false;
+        // the image fetch: what its exchange's socket allows, the next request once it is in
+        let mut busy = fetcher.step(&s, &io, &ready, &mut node);
         if ready.acceptable & Ready::bit(listener) != 0 {
             busy = true;
             accept(&s, listener, &api.operators, &mut conns, &io, &mut strangers);
         }
         let mut i = 0;
         while i < conns.len() {
+            let conns_parked = conns.iter().filter(|c| c.fwd.is_some()).count();
             let c = &mut conns[i];
             let bit = Ready::bit(c.h);
             let now = now_ms();
             let done = if now > c.born_ms + CONN_LIFE_MS {
                 true
+            } else if let Some(f) = &mut c.fwd {
+                // parked: the other nodes' answers, as their sockets allow
+                if let Some(answer) = f.step(&s, &io, &ready, now, &mut busy) {
+                    c.fwd = None;
+                    c.out = Some(answer);
+                }
+                false
             } else if c.out.is_none() {
                 if ready.readable & bit != 0 || ready.hangup & bit != 0 {
                     busy = true;
-                    read(&s, c, &mut api, &mut node, &io)
+                    let parked = conns_parked;
+                    read(&s, c, &mut api, &mut node, &io, parked)
                 } else if let Err(e) = c.reader.check_deadline(now) {
                     c.out = Some(e.to_response().to_bytes());
                     false
@@ -487,6 +512,9 @@ fn run(_arg: u64) -> u64 {
                 write(&s, c, &io)
             });
             if done {
+                if let Some(f) = &mut c.fwd {
+                    f.close(&s);
+                }
                 let _ = s.close(c.h);
                 conns.swap_remove(i);
             } else {
@@ -525,12 +553,13 @@ fn accept(s: &Sockets, listener: Handle, ops: &Operators, conns: &mut Vec<Conn>,
         // caller_of names a node only at its own ::1, never a microVM or task of its /64
         let from_node = ops.node_keys.contains(&caller);
         let now = now_ms();
-        conns.push(Conn { h, caller, from_node, reader: RequestReader::new(Limits::default(), now), out: None, sent: 0, born_ms: now });
+        conns.push(Conn { h, caller, from_node, reader: RequestReader::new(Limits::default(), now), out: None, fwd: None, sent: 0, born_ms: now });
     }
 }
 
-/// Read what came; once the request is whole (or refused), the answer. True: close it now.
-fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -> bool {
+/// Read what came; once the request is whole (or refused), the answer, or the exchanges that
+/// ask the other nodes for theirs (`parked`: connections that wait so already). True: close it now.
+fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages, parked: usize) -> bool {
     let mut data = alloc::vec![0u8; IO];
     for _ in 0..32 {
         let n = match s.recv(c.h, io, IO as u64) {
@@ -557,20 +586,27 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages) -
                     },
                     _ => c.caller,
                 };
+                // a forwarded request is never forwarded again (from_node)
+                let forwards = !from_node && api.operators.by_key(&caller).is_some() && catenary_api::cluster::concerns_others(&req);
+                if forwards && parked >= FORWARDS_MAX {
+                    // refused before this node acts on it: a retry does not do it twice
+                    c.out = Some(ApiError::new(503, "busy", "the node is waiting for other nodes' answers to its most requests at once; try again").to_response().to_bytes());
+                    return false;
+                }
                 node.workd_down = false;
                 let mut resp = api.handle(&caller, &req, node, now);
                 if node.workd_down {
                     resp = ApiError::new(503, "workd_unavailable", "the node's workload service did not answer").to_response();
                 }
-                if !from_node && api.operators.by_key(&caller).is_some() && catenary_api::cluster::concerns_others(&req) {
+                if forwards {
                     let others = other_nodes(node);
-                    let names: Vec<String> = others.iter().map(|o| o.0.clone()).collect();
                     let own = node.members.iter().find(|m| Some(m.1) == node.me).map(|m| m.0.clone());
-                    let mut ask = |i: usize| {
-                        let (_, addr, up) = others[i];
-                        forward::exchange(s, io, addr, &forward::request_bytes(&req, addr, &caller), if up { forward::FORWARD_MS } else { forward::IDLE_FORWARD_MS })
-                    };
-                    resp = catenary_api::cluster::elsewhere(&req, resp, own.as_deref(), &names, &mut ask);
+                    let mut f = forward::Forward::new(req, resp, own, others, caller);
+                    match f.advance(s, now) {
+                        Some(answer) => c.out = Some(answer),
+                        None => c.fwd = Some(f),
+                    }
+                    return false;
                 }
                 c.out = Some(resp.to_bytes());
                 return false;

@@ -2,18 +2,23 @@
 //! the cluster assigned this node wait for (`LABEL_WANTED`), and this node fetches it from the
 //! other nodes' `apid` over the fabric (`catenary_api::peer` routes, as this node's own key),
 //! checking every byte against the image's digests (`catenary_api::fetch`) before its store
-//! keeps it. One fetch at a time; one request of it per turn of the service's loop (a chunk is
-//! 256 KiB), so operators' requests are still served meanwhile; an image whose fetch failed is
-//! asked for again only after [`RETRY_MS`].
+//! keeps it. One fetch at a time, one request of it at a time (a chunk is 256 KiB), as an
+//! [`Outbound`] exchange the service's loop moves when `netd` reports its socket ready: the loop
+//! never waits for the holder, so operators' requests (and the holder's own requests to this
+//! node) are served meanwhile; an image whose fetch failed is asked for again only after
+//! [`RETRY_MS`].
 
 use crate::forward;
+use crate::outbound::{Outbound, Step};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_api::fetch::{Event, Fetch};
 use catenary_api::Backend;
 use catenary_cluster::orch::{IPC_OK, LABEL_WANTED};
+use catenary_netsock::Ready;
 use catenary_user::netsock_client::Sockets;
+use core::task::Poll;
 use catenary_user::{call_timeout, logf, now_ns, Pages};
 use catenary_workload::Digest;
 use core::net::Ipv6Addr;
@@ -26,6 +31,8 @@ struct Running {
     /// The nodes asked, in order (name, /128).
     holders: Vec<(String, Ipv6Addr)>,
     started_ms: u64,
+    /// The request under way: holder, path, its exchange.
+    asking: Option<(usize, String, Outbound)>,
 }
 
 #[derive(Default)]
@@ -39,10 +46,6 @@ fn now_ms() -> u64 {
 }
 
 impl Fetcher {
-    pub fn active(&self) -> bool {
-        self.cur.is_some()
-    }
-
     /// Unless a fetch is under way: ask `orchd` which image is wanted, and start fetching it
     /// from `others()` (the other nodes: name, /128, session up), those with a session first.
     pub fn ask(&mut self, orchd: u64, now: u64, others: impl FnOnce() -> Vec<(String, Ipv6Addr, bool)>) {
@@ -64,21 +67,67 @@ impl Fetcher {
         let holders: Vec<(String, Ipv6Addr)> = others().into_iter().map(|(n, a, _)| (n, a)).collect();
         let names: Vec<&str> = holders.iter().map(|h| h.0.as_str()).collect();
         logf!("apid: fetching image {} for this node's cluster replicas; asking {}", Digest(d), names.join(", "));
-        self.cur = Some(Running { fetch: Fetch::new(Digest(d), (0..holders.len()).collect()), holders, started_ms: now });
+        self.cur = Some(Running { fetch: Fetch::new(Digest(d), (0..holders.len()).collect()), holders, started_ms: now, asking: None });
     }
 
-    /// One request of the fetch under way, if any.
-    pub fn step(&mut self, s: &Sockets, io: &Pages, node: &mut dyn Backend) {
-        let Some(r) = &mut self.cur else { return };
+    /// The deadline of the request under way, if any.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.cur.as_ref().and_then(|r| r.asking.as_ref()).map(|a| a.2.deadline_ms())
+    }
+
+    /// What `ready` allows of the fetch under way: its exchange moved; once an answer is in,
+    /// the fetch's steps until the next request is under way (bounded). True: it did something.
+    pub fn step(&mut self, s: &Sockets, io: &Pages, ready: &Ready, node: &mut dyn Backend) -> bool {
+        let mut busy = false;
+        // an answer handled, then the next request started: two steps; a few more for
+        // events that need no answer (a holder without a session: no socket)
+        for _ in 0..4 {
+            match self.step1(s, io, ready, node) {
+                Some(true) => busy = true,
+                Some(false) | None => break,
+            }
+        }
+        busy
+    }
+
+    /// One step of the fetch. `None`: no fetch; `Some(false)`: waiting for an answer.
+    fn step1(&mut self, s: &Sockets, io: &Pages, ready: &Ready, node: &mut dyn Backend) -> Option<bool> {
+        let r = self.cur.as_mut()?;
         let holders = &r.holders;
-        let mut get = |h: usize, path: &str| {
-            let (_, addr) = holders.get(h)?;
-            forward::exchange(s, io, *addr, &forward::get_bytes(path, *addr), forward::FORWARD_MS)
+        let asking = &mut r.asking;
+        let now = now_ms();
+        // the same (holder, path) until its answer is in (catenary_api::fetch)
+        let mut get = |h: usize, path: &str| -> Poll<Option<(u16, Vec<u8>)>> {
+            let Some((_, addr)) = holders.get(h) else { return Poll::Ready(None) };
+            if let Some((ah, ap, o)) = asking.as_mut() {
+                if *ah == h && ap == path {
+                    let answer = match o.step(s, io, ready, now) {
+                        Step::Pending => return Poll::Pending,
+                        Step::Done(status, body) => Some((status, body)),
+                        Step::Failed => None,
+                    };
+                    *asking = None;
+                    return Poll::Ready(answer);
+                }
+                o.close(s);
+            }
+            match Outbound::start(s, *addr, forward::get_bytes(path, *addr), now, forward::FORWARD_MS, forward::ANSWER_MAX) {
+                Ok(o) => {
+                    *asking = Some((h, path.into(), o));
+                    Poll::Pending
+                }
+                Err(_) => Poll::Ready(None),
+            }
         };
         let ev = r.fetch.step(node, &mut get);
+        if matches!(ev, Event::Waiting { .. }) {
+            // started or still under way: the next turn, when its socket is ready
+            return Some(false);
+        }
         let name = |h: usize| r.holders.get(h).map_or("?", |x| x.0.as_str());
         let image = r.fetch.image;
         match &ev {
+            Event::Waiting { .. } => {}
             Event::Started { holder, size, chunks } => logf!("apid: {} has image {}: {} bytes in {} chunks", name(*holder), image, size, chunks),
             Event::Chunk { holder, n, chunks } => {
                 if (n + 1) % 8 == 0 {
@@ -100,7 +149,11 @@ impl Fetcher {
             if matches!(ev, Event::Failed { .. }) {
                 self.retry.insert(image.0, now_ms() + RETRY_MS);
             }
+            if let Some((_, _, o)) = &mut r.asking {
+                o.close(s);
+            }
             self.cur = None;
         }
+        Some(true)
     }
 }
