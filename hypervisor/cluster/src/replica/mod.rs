@@ -12,14 +12,19 @@
 //! updated before any message leaves ([`Replica::take_outgoing`] is only called after the step
 //! that produced the messages has updated it), so a caller that writes it to stable storage
 //! before sending keeps Raft's guarantees. The simulator keeps it across a crash.
+
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use raftbare::{Action, CommitStatus, LogEntries, LogEntry, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, Node, NodeId, Role, Term};
+use raftbare::{Action, CommitStatus, LogEntries, LogEntry, LogIndex, LogPosition, Message, Node, NodeId, Role, Term};
 
 use crate::desired::{Command, DesiredState, Limits, Refused, Voters};
 use crate::identity::NodeKey;
+
+mod compaction;
+mod election;
+mod lease;
 
 /// A Raft member's id: the node's index in the cluster's voter list, or a newer id for a node
 /// re-added after losing its storage.
@@ -347,70 +352,6 @@ impl Replica {
         self.leader_hint.filter(|(t, _)| *t == self.term()).map(|(_, l)| l)
     }
 
-    /// Leader only: the latest instant `M` such that a majority of the voters (the leader
-    /// included) acknowledged an AppendEntries the leader sent at or after `M` — during a
-    /// configuration change, a majority of the old voters and one of the new (as an election
-    /// needs). No other leader can have been elected before a majority stopped hearing from
-    /// this one, so this leader held its majority at least until `M`.
-    pub fn majority_contact(&self, now: Duration) -> Option<Duration> {
-        if !self.is_leader() {
-            return None;
-        }
-        let c = self.node.config();
-        let contact = |set: &alloc::collections::BTreeSet<NodeId>| -> Option<Duration> {
-            if set.is_empty() {
-                return Some(now);
-            }
-            let need = set.len() / 2 + 1;
-            let mut acks: Vec<Duration> = set.iter().filter_map(|v| if v.get() == self.id { Some(now) } else { self.follower_acks.get(&v.get()).copied() }).collect();
-            if acks.len() < need {
-                return None;
-            }
-            acks.sort_unstable_by(|a, b| b.cmp(a));
-            Some(acks[need - 1])
-        };
-        // (Counting a majority of the union of both configurations, as before, lost the
-        // lease for a moment whenever a rejoining node's new id entered the configuration.)
-        Some(contact(&c.voters)?.min(contact(&c.new_voters)?))
-    }
-
-    /// Until when this node may run what the desired state assigns it (its *lease*), given a
-    /// lease length. A follower's lease starts when it received an AppendEntries from a leader
-    /// that had heard from a majority within the last `grant_window` (the leader stops granting
-    /// once it has not: check-quorum); the leader's starts at its [`Replica::majority_contact`].
-    /// A node cut off from the majority stops renewing and its lease runs out; whoever then
-    /// places its workloads elsewhere waits the lease out first ([`crate::reconcile`]).
-    pub fn lease_until(&self, now: Duration, lease: Duration) -> Option<Duration> {
-        // A grant received as a follower holds to its end whatever this node became since: it
-        // knows no less as a candidate or a new leader than when it was granted, and whoever
-        // moves its replicas waits that grant out. (A new leader dropped it until an entry of
-        // its term committed, and every leader change stopped the new leader's replicas.)
-        let granted = self.last_grant.map(|(_, t)| t + lease);
-        if self.is_leader() && self.committed_own_term() {
-            return self.majority_contact(now).map(|m| m + lease).max(granted);
-        }
-        granted
-    }
-
-    /// Leader: an entry of its own term is committed, so its commit index (and what it has
-    /// applied) covers everything the cluster ever committed. Until then a new leader's commit
-    /// index can be behind the cluster's (after a restart it starts at 0): it neither runs
-    /// its assignments nor grants leases (the simulator found the overlap, seed 9745).
-    fn committed_own_term(&self) -> bool {
-        let c = self.node.commit_index();
-        self.node.log().entries().get_term(c).is_some_and(|t| t == self.node.current_term())
-    }
-
-    /// When this replica became the leader of its current term.
-    pub fn leader_since(&self) -> Option<Duration> {
-        self.became_leader.filter(|(t, _)| *t == self.term() && self.is_leader()).map(|(_, at)| at)
-    }
-
-    /// Leader only: when this leader last sent `peer` a lease grant.
-    pub fn last_grant_sent(&self, peer: ReplicaId) -> Option<Duration> {
-        self.grants_sent.get(&peer).copied()
-    }
-
     /// The voters of the current configuration.
     pub fn voters(&self) -> Vec<ReplicaId> {
         self.node.config().unique_nodes().map(|n| n.get()).collect()
@@ -422,51 +363,6 @@ impl Replica {
 
     pub fn peer_down_after(&self) -> Duration {
         self.cfg.peer_down_after
-    }
-
-    /// Leader only: the highest applied count `peer` reported in this term (see
-    /// [`Envelope::applied`]).
-    pub fn peer_applied(&self, peer: ReplicaId) -> Option<u64> {
-        if peer == self.id {
-            return Some(self.reported_applied());
-        }
-        self.peer_applied.get(&peer).copied()
-    }
-
-    /// See [`ReplicaConfig::local_host`].
-    pub fn set_local_host(&mut self, host: Option<crate::identity::NodeKey>) {
-        self.cfg.local_host = host;
-    }
-
-    /// The local service looked at what runs on this node: `active` are the replicas it still
-    /// runs or is stopping, as it saw them after this replica had applied everything it has
-    /// applied now (it must not start a replica its state no longer assigns here after that).
-    pub fn set_local_runs(&mut self, active: alloc::collections::BTreeSet<(alloc::string::String, u32)>) {
-        self.local_runs = Some((self.state.applied, active));
-    }
-
-    /// The applied count this node reports ([`Envelope::applied`]): the state's, but with a
-    /// [`ReplicaConfig::local_host`], below the `Unassign` of every replica of this node the
-    /// local service has not yet confirmed stopped ([`Replica::set_local_runs`] after it
-    /// applied it), so the leader does not release the replica while it still runs here
-    /// (docs/orchestration.md, "Releases"). Bounded: a release stays in the state only until
-    /// `Released` commits, which the leader proposes after the lease rule at the latest.
-    pub fn reported_applied(&self) -> u64 {
-        let applied = self.state.applied;
-        let Some(me) = self.cfg.local_host else { return applied };
-        let stopped = |k: &(alloc::string::String, u32), at: u64| self.local_runs.as_ref().is_some_and(|(seen, active)| *seen >= at && !active.contains(k));
-        self.state.releases.iter().filter(|(k, r)| r.host == me && !stopped(k, r.at)).map(|(_, r)| r.at.saturating_sub(1)).fold(applied, u64::min)
-    }
-
-    /// Leader only: when this leader, in its current term, applied the `Unassign` whose
-    /// [`crate::desired::Release::at`] is `at` (None if it was applied before this term).
-    pub fn release_committed_at(&self, at: u64) -> Option<Duration> {
-        self.release_times.get(&at).copied()
-    }
-
-    /// Leader only: when `peer` last acknowledged (the send time of the acknowledged call).
-    pub fn last_ack(&self, peer: ReplicaId) -> Option<Duration> {
-        self.follower_acks.get(&peer).copied()
     }
 
     pub fn propose(&mut self, now: Duration, cmd: Command) -> Result<LogPosition, ProposeError> {
@@ -542,80 +438,6 @@ impl Replica {
             } else {
                 self.stand(now);
             }
-        }
-    }
-
-    fn is_voter(&self) -> bool {
-        let c = self.node.config();
-        let me = NodeId::new(self.id);
-        c.voters.contains(&me) || c.new_voters.contains(&me)
-    }
-
-    /// The election timeout as raftbare handles it: a leader's heartbeat, or a real election.
-    fn stand(&mut self, now: Duration) {
-        if !self.is_leader() && self.is_voter() {
-            self.elections_started += 1;
-        }
-        self.pre_vote = None;
-        self.node.handle_election_timeout();
-        self.step(now);
-    }
-
-    /// Ask every peer whether it would vote for this node in the next term.
-    fn start_pre_vote(&mut self, now: Duration) {
-        self.pre_vote_rounds += 1;
-        let (round, term) = (self.pre_vote_rounds, self.term() + 1);
-        self.pre_vote = Some((round, term, core::iter::once(self.id).collect()));
-        self.deadline = now + self.jitter();
-        if self.pre_vote_won() {
-            return self.stand(now);
-        }
-        let header = MessageHeader { from: NodeId::new(self.id), term: Term::new(term), seqno: MessageSeqNo::new(round) };
-        let last_position = self.node.log().last_position();
-        let peers: Vec<NodeId> = self.node.peers().collect();
-        for p in peers {
-            let message = Message::RequestVoteCall { header, last_position };
-            self.outgoing.push(Envelope { from: self.id, to: p.get(), message, commands: Vec::new(), grant: false, applied: self.reported_applied(), snapshot: None, pre_vote: true });
-        }
-    }
-
-    /// A majority of the voters (of both configurations during a change) granted the pre-vote.
-    fn pre_vote_won(&self) -> bool {
-        let Some((_, _, granted)) = &self.pre_vote else { return false };
-        let c = self.node.config();
-        let count = |set: &alloc::collections::BTreeSet<NodeId>| set.iter().filter(|v| granted.contains(&v.get())).count();
-        count(&c.voters) > c.voters.len() / 2 && (c.new_voters.is_empty() || count(&c.new_voters) > c.new_voters.len() / 2)
-    }
-
-    /// A pre-vote request or reply ([`Envelope::pre_vote`]).
-    fn handle_pre_vote(&mut self, now: Duration, env: Envelope) {
-        match env.message {
-            Message::RequestVoteCall { header, last_position } => {
-                // Granted only by a node that has not heard from a leader within the minimum
-                // election timeout (so a working leader's followers refuse, and the leader
-                // itself) and whose log the candidate's is at least as up to date as (§5.4.1).
-                // The term is not compared: a candidate behind in term learns the term from the
-                // real election's refusals, and nobody's term moves here.
-                let granted = !self.is_leader()
-                    && !self.leader_heard.is_some_and(|t| now.saturating_sub(t) < self.cfg.election_min)
-                    && self.node.log().last_position() <= last_position;
-                let header = MessageHeader { from: NodeId::new(self.id), term: header.term, seqno: header.seqno };
-                let message = Message::RequestVoteReply { header, vote_granted: granted };
-                self.outgoing.push(Envelope { from: self.id, to: env.from, message, commands: Vec::new(), grant: false, applied: self.reported_applied(), snapshot: None, pre_vote: true });
-            }
-            Message::RequestVoteReply { header, vote_granted: true } => {
-                let current = self.term() + 1;
-                let leader = self.is_leader();
-                let Some((round, term, granted)) = &mut self.pre_vote else { return };
-                if header.seqno.get() != *round || header.term.get() != *term || *term != current || leader {
-                    return;
-                }
-                granted.insert(env.from);
-                if self.pre_vote_won() {
-                    self.stand(now);
-                }
-            }
-            _ => {}
         }
     }
 
@@ -756,78 +578,6 @@ impl Replica {
         }
         self.apply_committed(now);
         self.compact();
-    }
-
-    /// Log compaction: once `snapshot_every` entries were applied after the last snapshot,
-    /// snapshot the state at the applied index and drop the log and commands up to it.
-    fn compact(&mut self) {
-        let base = self.node.log().snapshot_position().index.get();
-        if self.applied_index < base.saturating_add(self.cfg.snapshot_every.max(1)) {
-            return;
-        }
-        let Some((position, config)) = self.node.log().get_position_and_config(LogIndex::new(self.applied_index)) else { return };
-        let config = config.clone();
-        if !self.node.handle_snapshot_installed(position, config.clone()) {
-            return;
-        }
-        self.storage.snapshot = Some(Snapshot { position, config, state: self.state.clone() });
-        self.storage.log = self.node.log().clone();
-        self.prune_commands(position.index.get());
-        self.snapshots_taken += 1;
-    }
-
-    fn prune_commands(&mut self, upto: u64) {
-        // Keyed by (term, index): keep the entries past `upto` of any term.
-        self.storage.commands.retain(|(_, i), _| *i > upto);
-        self.recount_log_bytes();
-    }
-
-    fn keep_command(&mut self, key: (u64, u64), cmd: Command) {
-        let add = cmd.heap_bytes();
-        if let Some(old) = self.storage.commands.insert(key, cmd) {
-            self.log_bytes = self.log_bytes.saturating_sub(old.heap_bytes());
-        }
-        self.log_bytes = self.log_bytes.saturating_add(add);
-    }
-
-    fn recount_log_bytes(&mut self) {
-        self.log_bytes = self.storage.commands.values().map(Command::heap_bytes).sum();
-    }
-
-    /// Heap bytes the log's commands take ([`ReplicaConfig::max_log_bytes`] bounds them).
-    pub fn log_bytes(&self) -> u64 {
-        self.log_bytes
-    }
-
-    /// Leader: send `to` the snapshot with an empty AppendEntries call that starts right after
-    /// it (seqno 0: raftbare ignores the reply; the next heartbeat's reply moves it on).
-    fn send_snapshot(&mut self, now: Duration, to: NodeId) {
-        let Some(snap) = self.storage.snapshot.clone() else { return };
-        if !self.is_leader() || self.snapshot_sent.get(&to.get()).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min) {
-            return;
-        }
-        self.snapshot_sent.insert(to.get(), now);
-        let message = Message::AppendEntriesCall {
-            header: MessageHeader { from: NodeId::new(self.id), term: self.node.current_term(), seqno: MessageSeqNo::new(0) },
-            commit_index: self.node.commit_index(),
-            entries: LogEntries::new(snap.position),
-        };
-        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands: Vec::new(), grant: false, applied: self.reported_applied(), snapshot: Some(snap), pre_vote: false });
-    }
-
-    /// Follower: install a leader's snapshot that is ahead of what this node committed.
-    fn install(&mut self, snap: Snapshot) {
-        if snap.position.index <= self.node.commit_index() || self.is_leader() {
-            return;
-        }
-        if !self.node.handle_snapshot_installed(snap.position, snap.config.clone()) {
-            return;
-        }
-        self.state = snap.state.clone();
-        self.applied_index = snap.position.index.get();
-        self.prune_commands(snap.position.index.get());
-        self.storage.snapshot = Some(snap);
-        self.snapshots_installed += 1;
     }
 
     fn send(&mut self, now: Duration, to: NodeId, mut message: Message) {

@@ -1,0 +1,85 @@
+//! Log compaction and snapshots: snapshot the applied state and drop the log up to it; send a
+//! lagging follower the snapshot, install one from the leader; the commands' byte count.
+
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use raftbare::{LogEntries, LogIndex, Message, MessageHeader, MessageSeqNo, NodeId};
+
+use crate::desired::Command;
+
+use super::{Envelope, Replica, Snapshot};
+
+impl Replica {
+    /// Log compaction: once `snapshot_every` entries were applied after the last snapshot,
+    /// snapshot the state at the applied index and drop the log and commands up to it.
+    pub(super) fn compact(&mut self) {
+        let base = self.node.log().snapshot_position().index.get();
+        if self.applied_index < base.saturating_add(self.cfg.snapshot_every.max(1)) {
+            return;
+        }
+        let Some((position, config)) = self.node.log().get_position_and_config(LogIndex::new(self.applied_index)) else { return };
+        let config = config.clone();
+        if !self.node.handle_snapshot_installed(position, config.clone()) {
+            return;
+        }
+        self.storage.snapshot = Some(Snapshot { position, config, state: self.state.clone() });
+        self.storage.log = self.node.log().clone();
+        self.prune_commands(position.index.get());
+        self.snapshots_taken += 1;
+    }
+
+    fn prune_commands(&mut self, upto: u64) {
+        // Keyed by (term, index): keep the entries past `upto` of any term.
+        self.storage.commands.retain(|(_, i), _| *i > upto);
+        self.recount_log_bytes();
+    }
+
+    pub(super) fn keep_command(&mut self, key: (u64, u64), cmd: Command) {
+        let add = cmd.heap_bytes();
+        if let Some(old) = self.storage.commands.insert(key, cmd) {
+            self.log_bytes = self.log_bytes.saturating_sub(old.heap_bytes());
+        }
+        self.log_bytes = self.log_bytes.saturating_add(add);
+    }
+
+    pub(super) fn recount_log_bytes(&mut self) {
+        self.log_bytes = self.storage.commands.values().map(Command::heap_bytes).sum();
+    }
+
+    /// Heap bytes the log's commands take ([`ReplicaConfig::max_log_bytes`] bounds them).
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
+    /// Leader: send `to` the snapshot with an empty AppendEntries call that starts right after
+    /// it (seqno 0: raftbare ignores the reply; the next heartbeat's reply moves it on).
+    pub(super) fn send_snapshot(&mut self, now: Duration, to: NodeId) {
+        let Some(snap) = self.storage.snapshot.clone() else { return };
+        if !self.is_leader() || self.snapshot_sent.get(&to.get()).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min) {
+            return;
+        }
+        self.snapshot_sent.insert(to.get(), now);
+        let message = Message::AppendEntriesCall {
+            header: MessageHeader { from: NodeId::new(self.id), term: self.node.current_term(), seqno: MessageSeqNo::new(0) },
+            commit_index: self.node.commit_index(),
+            entries: LogEntries::new(snap.position),
+        };
+        self.outgoing.push(Envelope { from: self.id, to: to.get(), message, commands: Vec::new(), grant: false, applied: self.reported_applied(), snapshot: Some(snap), pre_vote: false });
+    }
+
+    /// Follower: install a leader's snapshot that is ahead of what this node committed.
+    pub(super) fn install(&mut self, snap: Snapshot) {
+        if snap.position.index <= self.node.commit_index() || self.is_leader() {
+            return;
+        }
+        if !self.node.handle_snapshot_installed(snap.position, snap.config.clone()) {
+            return;
+        }
+        self.state = snap.state.clone();
+        self.applied_index = snap.position.index.get();
+        self.prune_commands(snap.position.index.get());
+        self.storage.snapshot = Some(snap);
+        self.snapshots_installed += 1;
+    }
+}
