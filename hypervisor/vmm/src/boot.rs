@@ -159,14 +159,51 @@ fn write_cmdline(mem: &mut dyn GuestMemory, cmdline: &[u8], max: u64) -> Result<
     Ok(layout::CMDLINE)
 }
 
+/// An initrd as the guest sees it, contiguous in guest memory: `head` (e.g. the node's one
+/// copy of the initramfs, shared by every microVM), then, when `tail` is not empty, zero
+/// padding to a 4-byte boundary and `tail` (a second cpio archive: Linux unpacks concatenated
+/// archives, each starting 4-byte aligned). The loader writes both pieces straight into guest
+/// RAM, so no joined copy is made on the node's heap (docs/images.md "beyond guest RAM").
+#[derive(Debug, Clone, Copy)]
+pub struct Initrd<'a> {
+    pub head: &'a [u8],
+    pub tail: &'a [u8],
+}
+
+impl<'a> Initrd<'a> {
+    /// One piece.
+    pub fn whole(bytes: &'a [u8]) -> Self {
+        Initrd { head: bytes, tail: &[] }
+    }
+
+    /// Where `tail` starts, from the initrd's start.
+    pub fn tail_offset(&self) -> u64 {
+        let h = self.head.len() as u64;
+        if self.tail.is_empty() { h } else { h.next_multiple_of(4) }
+    }
+
+    /// The initrd's size in guest memory.
+    pub fn len(&self) -> u64 {
+        self.tail_offset() + self.tail.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Place the initrd page-aligned as high as possible below `limit`, above `floor`.
-fn place_initrd(mem: &mut dyn GuestMemory, initrd: &[u8], floor: u64, limit: u64) -> Result<(u64, u64), BootError> {
-    let size = initrd.len() as u64;
+fn place_initrd(mem: &mut dyn GuestMemory, initrd: Initrd, floor: u64, limit: u64) -> Result<(u64, u64), BootError> {
+    let size = initrd.len();
     let start = limit.checked_sub(size).ok_or(BootError::InitrdTooBig)? & !0xfff;
     if start < floor {
         return Err(BootError::InitrdTooBig);
     }
-    mem.write(start, initrd)?;
+    mem.write(start, initrd.head)?;
+    let head_end = start + initrd.head.len() as u64;
+    let tail_at = start + initrd.tail_offset();
+    mem.fill(head_end, tail_at - head_end, 0)?;
+    mem.write(tail_at, initrd.tail)?;
     Ok((start, size))
 }
 
@@ -238,7 +275,7 @@ fn pvh_entry(elf: &[u8], phoff: usize, phnum: usize) -> Result<u64, BootError> {
 pub fn load_pvh(
     mem: &mut dyn GuestMemory,
     elf: &[u8],
-    initrd: Option<&[u8]>,
+    initrd: Option<Initrd>,
     cmdline: &[u8],
     ram_size: u64,
 ) -> Result<BootSetup, BootError> {
@@ -262,7 +299,7 @@ pub fn load_pvh(
     let phoff = phoff as usize;
     let entry = pvh_entry(elf, phoff, phnum)?;
     // Reserve room at the top for the initrd.
-    let initrd_len = initrd.map(|i| i.len() as u64).unwrap_or(0);
+    let initrd_len = initrd.map(|i| i.len()).unwrap_or(0);
     let mut kstart = u64::MAX;
     let mut kend = 0u64;
     for i in 0..phnum {
@@ -365,7 +402,7 @@ pub const XLF_KERNEL_64: u16 = 1;
 pub fn load_bzimage(
     mem: &mut dyn GuestMemory,
     image: &[u8],
-    initrd: Option<&[u8]>,
+    initrd: Option<Initrd>,
     cmdline: &[u8],
     ram_size: u64,
 ) -> Result<BootSetup, BootError> {
@@ -396,7 +433,7 @@ pub fn load_bzimage(
     let relocatable = image.get(HDR_RELOCATABLE).copied().unwrap_or(0) != 0;
     let pref = rd64(image, HDR_PREF_ADDRESS).unwrap_or(0);
     let align = rd32(image, HDR_KERNEL_ALIGNMENT).unwrap_or(0) as u64;
-    let initrd_len = initrd.map(|i| i.len() as u64).unwrap_or(0);
+    let initrd_len = initrd.map(|i| i.len()).unwrap_or(0);
     let fits = |at: u64| at.checked_add(kspan).and_then(|e| e.checked_add(initrd_len)).is_some_and(|e| e <= ram_size);
     let load = if relocatable
         && pref >= layout::HIGH_MEM
@@ -489,7 +526,7 @@ pub(crate) mod tests {
         let mut m = VecMemory::new(64 << 20);
         let elf = synthetic_pvh_elf(0x100010, &[0x90; 64]);
         let initrd = vec![0x5au8; 10000];
-        let b = load_pvh(&mut m, &elf, Some(&initrd), b"console=ttyS0", 64 << 20).unwrap();
+        let b = load_pvh(&mut m, &elf, Some(Initrd::whole(&initrd)), b"console=ttyS0", 64 << 20).unwrap();
         assert_eq!(b.cpu.rip, 0x100010);
         assert_eq!(b.cpu.rbx, layout::START_INFO);
         assert_eq!(b.cpu.mode(), CpuMode::Protected32);
@@ -512,6 +549,34 @@ pub(crate) mod tests {
         assert_eq!(m.read_u64(0x500 + 0x18).unwrap(), 0x00cf_9300_0000_ffff);
     }
 
+    /// The shared initramfs and the per-VM config cpio, written as two pieces, are in guest
+    /// memory byte for byte the joined initrd (`workload_initrd`): the tail 4-byte aligned, the
+    /// padding zeroed over whatever the RAM held, and the tail counted against the RAM.
+    #[test]
+    fn initrd_pieces_land_as_one_archive() {
+        let base = [0x1fu8, 0x8b, 8, 0, 0, 0, 0]; // 7 bytes: the tail starts at 8
+        let tail = crate::workload::workload_initrd_tail(b"{\"x\":1}", b"{\"version\":1}").unwrap();
+        let joined = crate::workload::workload_initrd(&base, b"{\"x\":1}", b"{\"version\":1}").unwrap();
+        let rd = Initrd { head: &base, tail: &tail };
+        assert_eq!(rd.len(), joined.len() as u64);
+        let elf = synthetic_pvh_elf(0x100010, &[0x90; 64]);
+        let img = synthetic_bzimage(0x020f, 3, 4096);
+        for pvh in [true, false] {
+            let mut m = VecMemory::new(64 << 20);
+            m.fill(0, 64 << 20, 0xee).unwrap();
+            let b = if pvh { load_pvh(&mut m, &elf, Some(rd), b"", 64 << 20) } else { load_bzimage(&mut m, &img, Some(rd), b"", 64 << 20) };
+            let (ia, is) = b.unwrap().initrd.unwrap();
+            assert_eq!(is, joined.len() as u64);
+            assert_eq!(&m.as_slice()[ia as usize..(ia + is) as usize], &joined[..]);
+        }
+        // the tail is bounded with the rest: a head that fits alone, plus a tail that does not
+        let mut m = VecMemory::new(8 << 20);
+        let head = vec![0u8; (7 << 20) - 0x2000];
+        load_pvh(&mut m, &elf, Some(Initrd::whole(&head)), b"", 8 << 20).unwrap();
+        let over = vec![0u8; 0x2000];
+        assert!(load_pvh(&mut m, &elf, Some(Initrd { head: &head, tail: &over }), b"", 8 << 20).is_err());
+    }
+
     #[test]
     fn pvh_rejects() {
         let mut m = VecMemory::new(8 << 20);
@@ -524,7 +589,7 @@ pub(crate) mod tests {
         bad[64 + 24 + 3] = 0x7f; // paddr huge
         assert_eq!(load_pvh(&mut m, &bad, None, b"", 8 << 20), Err(BootError::SegmentOutOfRange));
         let big = vec![0u8; 16 << 20];
-        assert!(load_pvh(&mut m, &elf, Some(&big), b"", 8 << 20).is_err());
+        assert!(load_pvh(&mut m, &elf, Some(Initrd::whole(&big)), b"", 8 << 20).is_err());
         assert_eq!(load_pvh(&mut m, &elf, None, b"", 1 << 20), Err(BootError::BadRamSize));
     }
 
@@ -533,7 +598,7 @@ pub(crate) mod tests {
         let mut m = VecMemory::new(64 << 20);
         let img = synthetic_bzimage(0x020f, 3, 4096);
         let initrd = vec![1u8; 5000];
-        let b = load_bzimage(&mut m, &img, Some(&initrd), b"console=ttyS0 root=/dev/vda", 64 << 20).unwrap();
+        let b = load_bzimage(&mut m, &img, Some(Initrd::whole(&initrd)), b"console=ttyS0 root=/dev/vda", 64 << 20).unwrap();
         // relocatable, pref_address 16 MiB fits
         assert_eq!(b.kernel_start, 0x100_0000);
         assert_eq!(b.cpu.rip, 0x100_0200);
@@ -572,8 +637,8 @@ pub(crate) mod tests {
         // loaded low, the initrd must still stay above pref_address + init_size (where the
         // kernel decompresses itself): with 20 MiB there is no room left for it
         let mut m = VecMemory::new(32 << 20);
-        assert_eq!(load_bzimage(&mut m, &img, Some(&vec![1u8; 4096]), b"", 20 << 20), Err(BootError::InitrdTooBig));
-        let b = load_bzimage(&mut m, &img, Some(&vec![1u8; 4096]), b"", 21 << 20).unwrap();
+        assert_eq!(load_bzimage(&mut m, &img, Some(Initrd::whole(&[1u8; 4096])), b"", 20 << 20), Err(BootError::InitrdTooBig));
+        let b = load_bzimage(&mut m, &img, Some(Initrd::whole(&[1u8; 4096])), b"", 21 << 20).unwrap();
         assert!(b.initrd.unwrap().0 >= 0x100_0000 + 0x40_0000);
     }
 }

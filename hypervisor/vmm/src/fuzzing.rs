@@ -385,8 +385,8 @@ pub fn loaders(data: &[u8]) {
         &owned
     };
     let mut mem = VecMemory::new(ram as usize);
-    let _ = load_pvh(&mut mem, image, Some(&initrd), &cmd, ram);
-    let _ = load_bzimage(&mut mem, image, Some(&initrd), &cmd, ram);
+    let _ = load_pvh(&mut mem, image, Some(crate::boot::Initrd::whole(&initrd)), &cmd, ram);
+    let _ = load_bzimage(&mut mem, image, Some(crate::boot::Initrd::whole(&initrd)), &cmd, ram);
     let _ = load_pvh(&mut mem, image, None, &cmd, ram);
 }
 

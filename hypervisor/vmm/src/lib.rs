@@ -23,7 +23,7 @@
 //!
 //! ## Backend contract (per vCPU loop iteration)
 //! ```text
-//! let boot = load_pvh(&mut mem, elf, Some(initrd), cmdline, ram)?;   // or load_bzimage
+//! let boot = load_pvh(&mut mem, elf, Some(Initrd::whole(initrd)), cmdline, ram)?;   // or load_bzimage
 //! let mut vm = MicroVm::new(cfg, &host_cpuid);   let mut cpu = boot.cpu;
 //! loop {
 //!     vm.poll(now_ns());
@@ -112,7 +112,7 @@ mod vm_apic_tests;
 #[cfg(test)]
 mod vm_tests;
 
-pub use boot::{load_bzimage, load_pvh, BootError, BootSetup, LINUX_CMDLINE, LINUX_CMDLINE_SERIAL};
+pub use boot::{load_bzimage, load_pvh, BootError, Initrd, BootSetup, LINUX_CMDLINE, LINUX_CMDLINE_SERIAL};
 pub use cpu::{
     Action, CpuMode, DescTable, Exit, GuestFault, Injection, InjectionKind, Segment, StopReason, VcpuState, VmError,
 };

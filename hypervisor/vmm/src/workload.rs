@@ -66,19 +66,31 @@ impl WorkloadLog {
     }
 }
 
-/// The guest's initrd for a Catenary image: `base` (the bundle's gzip'd initramfs), zero
-/// padding to a 4-byte boundary, then an uncompressed newc cpio holding the directory
-/// `catenary` and `catenary/config.json`, `catenary/node.json` (Linux unpacks concatenated
-/// archives in order; docs/guest-init.md). Fails only when memory runs out.
-pub fn workload_initrd(base: &[u8], config: &[u8], node: &[u8]) -> Result<Vec<u8>, TryReserveError> {
+/// The per-VM piece of a Catenary image's initrd: an uncompressed newc cpio holding the
+/// directory `catenary` and `catenary/config.json`, `catenary/node.json`. It follows the
+/// bundle's gzip'd initramfs in guest memory as [`crate::boot::Initrd`]'s `tail` (Linux unpacks
+/// concatenated archives in order; docs/guest-init.md), so the node never copies the
+/// initramfs per VM. Fails only when memory runs out.
+pub fn workload_initrd_tail(config: &[u8], node: &[u8]) -> Result<Vec<u8>, TryReserveError> {
     let mut out = Vec::new();
-    out.try_reserve(base.len() + config.len() + node.len() + 4 * 128)?;
-    out.extend_from_slice(base);
-    pad4(&mut out);
+    out.try_reserve(config.len() + node.len() + 4 * 128)?;
     cpio_entry(&mut out, 1, "catenary", 0o040755, &[]);
     cpio_entry(&mut out, 2, "catenary/config.json", 0o100644, config);
     cpio_entry(&mut out, 3, "catenary/node.json", 0o100644, node);
     cpio_entry(&mut out, 0, "TRAILER!!!", 0, &[]);
+    Ok(out)
+}
+
+/// The whole initrd as one file (direct QEMU, `cargo xtask bench workload`): `base`, zero
+/// padding to a 4-byte boundary, then [`workload_initrd_tail`] — the same bytes the node's
+/// loader lays out in guest memory from the two pieces.
+pub fn workload_initrd(base: &[u8], config: &[u8], node: &[u8]) -> Result<Vec<u8>, TryReserveError> {
+    let tail = workload_initrd_tail(config, node)?;
+    let mut out = Vec::new();
+    out.try_reserve(base.len() + 3 + tail.len())?;
+    out.extend_from_slice(base);
+    pad4(&mut out);
+    out.extend_from_slice(&tail);
     Ok(out)
 }
 

@@ -103,15 +103,11 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
         gcmd.push_str(mode);
     }
     // `vm.disk=<MiB>`: attach a virtio-blk disk whose first sector starts with a marker line.
-    let disk = if let Some((rootfs, _)) = image {
-        // The image's root, read-only (catenary-init mounts /dev/vda as squashfs).
-        let mut d = alloc::vec::Vec::new();
-        if d.try_reserve_exact(rootfs.len()).is_err() {
-            warn!(target: "vmm", "microVM {want}: no memory for its {} byte root filesystem", rootfs.len());
-            return None;
-        }
-        d.extend_from_slice(rootfs);
-        Some((d, true))
+    // The image's root, read-only (catenary-init mounts /dev/vda as squashfs), read from the
+    // boot module itself like the service path reads the store's frames: no per-VM copy.
+    let shared_disk = image.map(|(rootfs, _)| catenary_vmm::virtio::blk::SharedBytes(alloc::sync::Arc::new(rootfs)));
+    let disk = if image.is_some() {
+        None
     } else { opt("disk").and_then(|m| m.parse::<usize>().ok()).map(|mib| {
         let mut d = alloc::vec![0u8; mib.clamp(1, 64) << 20];
         let marker = b"catenary-virtio-blk-marker\n";
@@ -148,24 +144,24 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
             gcmd.push_str(" loglevel=7 earlyprintk=serial,ttyS0");
         }
     }
-    // A Catenary image's run config rides in a cpio appended to the initramfs.
-    let initrd_buf = match image {
+    // A Catenary image's run config rides in a cpio after the initramfs in guest memory.
+    let tail = match image {
         Some((_, config)) => {
             let node = catenary_vmm::workload::node_json(want, net.map(|n| n.addr));
-            match catenary_vmm::workload::workload_initrd(bundle.initramfs, config, node.as_bytes()) {
-                Ok(v) => Some(v),
+            match catenary_vmm::workload::workload_initrd_tail(config, node.as_bytes()) {
+                Ok(v) => v,
                 Err(_) => {
                     warn!(target: "vmm", "microVM {want}: no memory for its initrd");
                     return None;
                 }
             }
         }
-        None => None,
+        None => alloc::vec::Vec::new(),
     };
-    let initrd: &[u8] = initrd_buf.as_deref().unwrap_or(bundle.initramfs);
+    let initrd = bundle.initramfs;
     let boot = match (opt("boot"), bundle.vmlinux, bundle.bzimage) {
-        (Some("bzimage"), _, Some(bz)) | (_, None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd, cmdline: &gcmd },
-        (_, Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd, cmdline: &gcmd },
+        (Some("bzimage"), _, Some(bz)) | (_, None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd, tail, cmdline: &gcmd },
+        (_, Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd, tail, cmdline: &gcmd },
         _ => {
             warn!(target: "vmm", "guest bundle has no kernel");
             return None;
@@ -173,7 +169,7 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
     };
     // `vm.vcpus=N`: N vCPUs (with the APICs and an MP table), each its own task.
     let vcpus: u8 = opt("vcpus").and_then(|v| v.parse().ok()).unwrap_or(1);
-    let r = run_inner(want, boot, mem, disk, net, None, image.is_some(), None, None, vcpus);
+    let r = run_inner(want, boot, mem, disk, net, None, image.is_some(), None, None, shared_disk, vcpus);
     if let Some(n) = net {
         crate::net::detach_vm(n.addr);
     }

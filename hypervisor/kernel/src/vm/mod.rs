@@ -52,9 +52,12 @@ pub use run::{run_stoppable, run_workload_ctl};
 
 /// What to load into the microVM.
 pub enum Image<'a> {
-    /// Linux via PVH (uncompressed vmlinux) or the 64-bit boot protocol (bzImage).
-    LinuxPvh { vmlinux: &'a [u8], initrd: &'a [u8], cmdline: &'a str },
-    LinuxBzImage { bzimage: &'a [u8], initrd: &'a [u8], cmdline: &'a str },
+    /// Linux via PVH (uncompressed vmlinux) or the 64-bit boot protocol (bzImage). The initrd
+    /// is `initrd` (the node's one copy, shared by every VM) followed by the per-VM `tail`
+    /// (a Catenary image's run config cpio; empty for none), both written straight into guest
+    /// RAM; `tail` is freed once the guest is loaded (docs/images.md "beyond guest RAM").
+    LinuxPvh { vmlinux: &'a [u8], initrd: &'a [u8], tail: alloc::vec::Vec<u8>, cmdline: &'a str },
+    LinuxBzImage { bzimage: &'a [u8], initrd: &'a [u8], tail: alloc::vec::Vec<u8>, cmdline: &'a str },
     /// Raw code loaded at `load` and entered in 32-bit flat protected mode at `load`,
     /// with EBX = `arg` (small test guests).
     Raw { code: &'a [u8], load: u64, arg: u32 },
@@ -72,5 +75,4 @@ pub struct Sink<'a> {
     pub handle: u64,
     /// Guest RAM touched so far (`OP_TOUCHED`), updated as chunks are populated.
     pub touched: &'a core::sync::atomic::AtomicU64,
-    pub rootfs: catenary_vmm::virtio::blk::SharedBytes,
 }

@@ -48,7 +48,7 @@ pub fn run_with(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
 
 /// Like `run_with`, with an optional virtio-net device linked to `netd`.
 pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, false, None, None, 1)
+    run_inner(name, image, ram_mib, disk, net, None, false, None, None, None, 1)
 }
 
 /// Like `run_full`, for a guest whose init is `catenary-init` (the VM gets the workload
@@ -61,18 +61,18 @@ pub fn run_full(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec
 /// status (`workload_exit`) when the init reported one, `Ended::Killed` when the node powered it
 /// off.
 pub fn run_workload_ctl(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, ctl: &VmControl) -> RunReport {
-    run_inner(name, image, ram_mib, disk, net, None, true, Some(ctl), None, 1)
+    run_inner(name, image, ram_mib, disk, net, None, true, Some(ctl), None, None, 1)
 }
 
 /// Like `run`; the VM ends (`Ended::Killed`) soon after `stop` becomes true.
 pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
-    run_inner(name, image, ram_mib, None, None, Some(stop), false, None, None, 1)
+    run_inner(name, image, ram_mib, None, None, Some(stop), false, None, None, None, 1)
 }
 
 /// Like `run_stoppable`, with a workload VM's devices (the workload channel too): the
 /// memory-per-microVM bench (`bench=vmmem`, `crate::vmmembench`).
 pub fn run_stoppable_workload(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
-    run_inner(name, image, ram_mib, None, None, Some(stop), true, None, None, 1)
+    run_inner(name, image, ram_mib, None, None, Some(stop), true, None, None, None, 1)
 }
 
 /// Marks the control block ended however `run_inner` returns.
@@ -102,18 +102,18 @@ pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, vcpus: u8, rootfs: ca
     // `cargo xtask bench workload` reads this and the "memory at its end" line.
     info!(target: "vmm", "microVM {name}: create: {}", node_memory());
     let Some(g) = crate::vmstore::guest_kernel() else { return failed("no guest kernel among the boot modules") };
-    let initrd = match catenary_vmm::workload::workload_initrd(g.initramfs, config, node_json.as_bytes()) {
+    let tail = match catenary_vmm::workload::workload_initrd_tail(config, node_json.as_bytes()) {
         Ok(v) => v,
         Err(_) => return failed("no memory for its initrd"),
     };
     let cmdline = format!("{} rdinit=/sbin/catenary-init", catenary_vmm::LINUX_CMDLINE);
     let cmdline = cmdline.as_str();
     let boot = match (g.vmlinux, g.bzimage) {
-        (Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd: &initrd, cmdline },
-        (None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: &initrd, cmdline },
+        (Some(vml), _) => Image::LinuxPvh { vmlinux: vml, initrd: g.initramfs, tail, cmdline },
+        (None, Some(bz)) => Image::LinuxBzImage { bzimage: bz, initrd: g.initramfs, tail, cmdline },
         _ => return failed("the guest bundle has no kernel"),
     };
-    run_inner(name, boot, mem_mib, None, net, None, true, Some(ctl), Some(&Sink { handle, touched, rootfs }), vcpus)
+    run_inner(name, boot, mem_mib, None, net, None, true, Some(ctl), Some(&Sink { handle, touched }), Some(rootfs), vcpus)
 }
 
 fn empty_report() -> RunReport {
@@ -121,7 +121,7 @@ fn empty_report() -> RunReport {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool, ctl: Option<&VmControl>, sink: Option<&Sink>, vcpus: u8) -> RunReport {
+pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(alloc::vec::Vec<u8>, bool)>, net: Option<NetAttach>, stop: Option<&AtomicBool>, channel: bool, ctl: Option<&VmControl>, sink: Option<&Sink>, shared_disk: Option<catenary_vmm::virtio::blk::SharedBytes>, vcpus: u8) -> RunReport {
     let _end = EndOnDrop(ctl);
     let t0 = time::now_ns();
     let mut report = empty_report();
@@ -148,7 +148,8 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
     let tsc_khz = (time::tsc_hz() / 1000) as u32;
     let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
     cfg.virtio_blk = disk;
-    cfg.virtio_blk_shared = sink.map(|s| s.rootfs.clone());
+    // (A read-only root filesystem shared with every VM of its image: no per-VM copy.)
+    cfg.virtio_blk_shared = shared_disk;
     cfg.virtio_net = net.map(|n| n.mac);
     cfg.workload_channel = channel;
     // More than one vCPU needs the APICs (IPIs, the MP table); `vm.apic=1` gives them to one.
@@ -168,13 +169,15 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
         }
     };
     let setup = match image {
-        Image::LinuxPvh { vmlinux, initrd, cmdline } => {
+        // The guest gets its own copy of the initrd in its RAM (it may overwrite that, never
+        // the node's); `tail` is dropped at the end of the arm.
+        Image::LinuxPvh { vmlinux, initrd, tail, cmdline } => {
             let cmd = format!("{} {}", cmdline, vm.kernel_cmdline_extras());
-            catenary_vmm::load_pvh(&mut ram, vmlinux, Some(initrd), cmd.as_bytes(), ram_size).map(|b| b.cpu)
+            catenary_vmm::load_pvh(&mut ram, vmlinux, Some(catenary_vmm::Initrd { head: initrd, tail: &tail }), cmd.as_bytes(), ram_size).map(|b| b.cpu)
         }
-        Image::LinuxBzImage { bzimage, initrd, cmdline } => {
+        Image::LinuxBzImage { bzimage, initrd, tail, cmdline } => {
             let cmd = format!("{} {}", cmdline, vm.kernel_cmdline_extras());
-            catenary_vmm::load_bzimage(&mut ram, bzimage, Some(initrd), cmd.as_bytes(), ram_size).map(|b| b.cpu)
+            catenary_vmm::load_bzimage(&mut ram, bzimage, Some(catenary_vmm::Initrd { head: initrd, tail: &tail }), cmd.as_bytes(), ram_size).map(|b| b.cpu)
         }
         Image::Raw { code, load, arg } => {
             use catenary_vmm::mem::GuestMemory;
