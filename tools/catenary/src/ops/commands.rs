@@ -383,12 +383,32 @@ pub fn ps(c: &Ctx) -> R {
     Ok(())
 }
 
+/// Whether a node-workload request's failure leaves the cluster route to try: no node has it
+/// (404), or a member did not answer (503 `node_unavailable`: a dead or removed member is
+/// still in the cluster file, and a cluster workload's name is no node's workload name).
+pub fn try_cluster_route(e: &CallError) -> bool {
+    match e {
+        CallError::Api(ClientError::Api { status: 404, .. }) => true,
+        CallError::Api(ClientError::Api { status: 503, code, .. }) => code == "node_unavailable",
+        _ => false,
+    }
+}
+
+/// The cluster route's answer to a name, or — when that is 404 too and the node route had
+/// failed otherwise (a silent member) — the node route's error, which says more.
+fn cluster_or<T>(first: CallError, second: Result<T, CallError>) -> Result<T, CliError> {
+    match second {
+        Err(CallError::Api(ClientError::Api { status: 404, .. })) if !matches!(first, CallError::Api(ClientError::Api { status: 404, .. })) => Err(first.into()),
+        r => r.map_err(CliError::from),
+    }
+}
+
 /// A node's workload (id or name), else the cluster workload of that name.
 pub fn inspect(c: &Ctx, id: &str) -> R {
     match c.t.call::<Workload>(&client::inspect(id)) {
         Ok(w) => print_json(&w),
-        Err(CallError::Api(ClientError::Api { status: 404, .. })) => {
-            let w: ClusterWorkloadStatus = c.t.call(&client::inspect_cluster(id))?;
+        Err(e) if try_cluster_route(&e) => {
+            let w: ClusterWorkloadStatus = cluster_or(e, c.t.call(&client::inspect_cluster(id)))?;
             print_json(&w)
         }
         Err(e) => Err(e.into()),
@@ -437,8 +457,8 @@ pub fn leave(c: &Ctx, node: &str) -> R {
 pub fn rm(c: &Ctx, id: &str) -> R {
     match c.t.call::<Removed>(&client::remove(id)) {
         Ok(r) => println!("{} {}", r.id, r.name),
-        Err(CallError::Api(ClientError::Api { status: 404, .. })) => {
-            let w: ClusterWorkload = c.t.call(&client::remove_cluster(id))?;
+        Err(e) if try_cluster_route(&e) => {
+            let w: ClusterWorkload = cluster_or(e, c.t.call(&client::remove_cluster(id)))?;
             println!("{} removed from the cluster", w.name);
         }
         Err(e) => return Err(e.into()),
@@ -599,11 +619,41 @@ mod follow_tests {
         let mut o = Outage::default();
         assert!(!o.bear(&api(404, "no_such_workload"), Duration::ZERO));
         assert!(o.since.is_none());
+        // a fresh outage is waited out, and so is the next failure of the same run
+        assert!(o.bear(&api(503, "node_unavailable"), Duration::ZERO));
+        assert!(o.bear(&CallError::Unreachable("timed out".into()), Duration::ZERO));
+        assert!(o.since.is_some());
         // a long outage is given up on
         o.since = Some(std::time::Instant::now() - OUTAGE_MAX);
         assert!(!o.bear(&api(503, "node_unavailable"), Duration::ZERO));
         o.over();
         assert!(o.since.is_none());
+    }
+}
+
+#[cfg(test)]
+mod cluster_route_tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> CallError {
+        CallError::Api(ClientError::Api { status, code: code.into(), message: code.into() })
+    }
+
+    #[test]
+    fn a_name_no_node_answered_for_goes_to_the_cluster_route() {
+        // `rm web` / `inspect web` of a cluster workload while a member is down
+        assert!(try_cluster_route(&api(404, "no_such_workload")));
+        assert!(try_cluster_route(&api(503, "node_unavailable")));
+        assert!(!try_cluster_route(&api(503, "workd_unavailable")));
+        assert!(!try_cluster_route(&api(403, "forbidden")));
+        assert!(!try_cluster_route(&CallError::Unreachable("x".into())));
+        // the cluster route has it: its answer
+        assert_eq!(cluster_or(api(503, "node_unavailable"), Ok::<u8, CallError>(7)).unwrap(), 7);
+        // neither has it: the silent member is the better error; after a plain 404, the 404
+        let e = cluster_or::<u8>(api(503, "node_unavailable"), Err(api(404, "no_such_cluster_workload"))).unwrap_err();
+        assert!(e.to_string().contains("node_unavailable"), "{e}");
+        let e = cluster_or::<u8>(api(404, "no_such_workload"), Err(api(404, "no_such_cluster_workload"))).unwrap_err();
+        assert!(e.to_string().contains("no_such_cluster_workload"), "{e}");
     }
 }
 
