@@ -112,12 +112,16 @@ pub fn test_image_copy(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let stop = AtomicBool::new(false);
         let polls: Mutex<Vec<(i32, Duration)>> = Mutex::new(Vec::new());
         let (copied, wall) = std::thread::scope(|sc| {
-            // the operator polls `ps` through node1, the holder, every second meanwhile
+            // the operator polls `nodes` through node1, the holder, every second meanwhile: an
+            // answer counts only if node2 and node3 filled in their own figures (a node that
+            // does not answer the forward keeps nulls, and the CLI still exits 0)
             sc.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let (st, _, _) = a.cli(&nodes[0], &["ps"]);
-                    polls.lock().unwrap().push((st, t.elapsed()));
+                    let (st, out, _) = a.cli(&nodes[0], &["--json", "nodes"]);
+                    let rows = serde_json::from_str::<serde_json::Value>(&out).ok().and_then(|j| j["nodes"].as_array().cloned()).unwrap_or_default();
+                    let filled = ["node2", "node3"].iter().all(|n| rows.iter().any(|r| r["name"] == *n && r["cpus"].is_u64()));
+                    polls.lock().unwrap().push((if st == 0 && !filled { -1 } else { st }, t.elapsed()));
                     std::thread::sleep(Duration::from_secs(1));
                 }
             });
@@ -135,14 +139,16 @@ pub fn test_image_copy(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         });
         let polled: Vec<Option<u64>> = (1..3).map(|i| copy_ms(&r.lines[i][mark[i]..], &digest_b)).collect();
         let fmt = |v: &[Option<u64>]| v.iter().map(|m| m.map_or("-".into(), |m| format!("{:.1} s", m as f64 / 1000.0))).collect::<Vec<_>>().join(", ");
-        println!("  copy of a 1 MB image to node2, node3: {} without polling; {} with `ps` through node1 every second (run -> both copied: {:.1} s)", fmt(&quiet), fmt(&polled), wall.as_secs_f64());
-        let bound = Duration::from_millis(2 * base + 30_000);
-        c.check(&format!("with the operator polling `ps` through node1, node2 and node3 copy the second image within {:.0} s (2 x the copy without polling + 30 s)", bound.as_secs_f64()), copied && wall <= bound, &format!("{:.1} s, copied: {copied}", wall.as_secs_f64()));
+        println!("  copy of a 1 MB image to node2, node3: {} without polling; {} with `nodes` through node1 every second (run -> both copied: {:.1} s)", fmt(&quiet), fmt(&polled), wall.as_secs_f64());
+        // generous (polling measured 3-3.6x slower than not): the stall this guards against
+        // took 85-195 s for this size; the polls' own check below is the sharper one
+        let bound = Duration::from_millis(4 * base + 60_000);
+        c.check(&format!("with the operator polling `nodes` through node1, node2 and node3 copy the second image within {:.0} s (4 x the copy without polling + 60 s)", bound.as_secs_f64()), copied && wall <= bound, &format!("{:.1} s, copied: {copied}", wall.as_secs_f64()));
         let polls = polls.into_inner().unwrap_or_default();
         let failed = polls.iter().filter(|p| p.0 != 0).count();
         let slowest = polls.iter().map(|p| p.1).max().unwrap_or_default();
         println!("  {} polls meanwhile: {failed} failed, the slowest {:.1} s", polls.len(), slowest.as_secs_f64());
-        c.check("every poll meanwhile was answered (exit 0) in less than 10 s", !polls.is_empty() && failed == 0 && slowest < Duration::from_secs(10), &format!("{} polls, {failed} failed, slowest {:.1} s", polls.len(), slowest.as_secs_f64()));
+        c.check("every poll meanwhile was answered (exit 0, node2's and node3's figures filled in) in less than 10 s", !polls.is_empty() && failed == 0 && slowest < Duration::from_secs(10), &format!("{} polls, {failed} failed, slowest {:.1} s", polls.len(), slowest.as_secs_f64()));
         Ok(())
     })
 }
