@@ -106,9 +106,16 @@ impl RaftSim {
             // every node has applied the removals: a node that applied a removal and missed
             // the admission keeps dropping that node, which may lead by then, and stays
             // behind until the leadership moves (docs/orchestration.md, "Removal").
+            // Decided on a leader with nothing uncommitted: a `RemoveNode` taken by a leader
+            // that was cut off is still in its log, uncommitted, when it leads again after the
+            // heal, and commits after an "every node admitted" read of its applied state
+            // (seed 9455: the node stayed removed, never admitted again).
             while self.now < settle_until {
                 self.run_until(self.now + Duration::from_millis(500));
                 let Some(l) = self.leader() else { continue };
+                if self.replica(l).is_none_or(|r| r.has_uncommitted()) {
+                    continue;
+                }
                 let Some(nodes) = self.replica(l).map(|r| r.state().nodes.clone()) else { continue };
                 if nodes.len() == n as usize {
                     break;
@@ -126,6 +133,10 @@ impl RaftSim {
                 let t = self.now + Duration::from_millis(500);
                 self.run_until(t);
                 let Some(l) = self.leader() else { continue };
+                // (Likewise: a `Drain` still uncommitted in its log would commit after the break.)
+                if self.replica(l).is_none_or(|r| r.has_uncommitted()) {
+                    continue;
+                }
                 let Some(key) = self.replica(l).and_then(|r| r.state().drained.iter().next().copied()) else { break };
                 let _ = self.propose(Command::Undrain(key));
             }
