@@ -196,6 +196,16 @@ impl Checks {
     pub fn all(&self) -> bool {
         !self.0.is_empty() && self.0.iter().all(|c| c.1)
     }
+    /// The failed checks' names, for the `test NAME ... FAILED` line: CI shows only the tail of
+    /// the output, and a FAIL line printed minutes earlier may not be in it.
+    pub fn failed(&self) -> String {
+        let bad: Vec<&str> = self.0.iter().filter(|c| !c.1).map(|c| c.0.as_str()).collect();
+        if bad.is_empty() {
+            String::new()
+        } else {
+            format!("; failed: {}", bad.join(" | "))
+        }
+    }
 }
 
 pub fn json(s: &str) -> Option<serde_json::Value> {
@@ -402,7 +412,7 @@ pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     if let Err(e) = &res {
         c.check("the test ran to its end", false, e);
     }
-    t.record(name, c.all(), &format!("({} checks; log {})", c.0.len(), log.display()));
+    t.record(name, c.all(), &format!("({} checks; log {}{})", c.0.len(), log.display(), c.failed()));
     Ok(())
 }
 

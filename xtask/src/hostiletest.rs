@@ -216,6 +216,6 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         c.check("the test ran to its end", false, e);
     }
     c.check("no node panicked or stopped", !panic && exits.is_empty(), &format!("{exits:?}"));
-    t.record(NAME, c.all(), &format!("({} checks; log {})", c.0.len(), log.display()));
+    t.record(NAME, c.all(), &format!("({} checks; log {}{})", c.0.len(), log.display(), c.failed()));
     Ok(())
 }

@@ -268,7 +268,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let c = if resume_c.0.is_empty() { &mut run_c } else { &mut resume_c };
         c.check("the test ran to its end", false, e);
     }
-    t.record("net_cli_push_run", up && run_c.all(), &format!("({} checks; log {})", run_c.0.len(), log.display()));
-    t.record("net_cli_push_resume", up && resume_c.all(), &format!("({} checks; log {})", resume_c.0.len(), log.display()));
+    t.record("net_cli_push_run", up && run_c.all(), &format!("({} checks; log {}{})", run_c.0.len(), log.display(), run_c.failed()));
+    t.record("net_cli_push_resume", up && resume_c.all(), &format!("({} checks; log {}{})", resume_c.0.len(), log.display(), resume_c.failed()));
     Ok(())
 }

@@ -30,6 +30,17 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
             v["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).map(|x| x["labels"].clone()).unwrap_or(serde_json::Value::Null)
         };
+        // node2 answers from its own committed state: it has the label once the leader's next
+        // append reached it (a heartbeat is 100 ms; a lost datagram waits for the next), which
+        // can be after node1 acknowledged the commit. So ask again for up to 30 s.
+        // (`r.wait` between the asks keeps reading the nodes' serial output.)
+        let until = |r: &mut crate::cluster::Running, f: &dyn Fn() -> bool| {
+            let end = Instant::now() + Duration::from_secs(30);
+            while !f() && Instant::now() < end {
+                r.wait(Duration::from_millis(500), false, |_| false);
+            }
+        };
+        until(r, &|| labels_of("node3")["tier"] == "gold");
         let l3 = labels_of("node3");
         c.check("`catenary --json nodes` via node2 shows node3's label tier=gold", l3["tier"] == "gold", &format!("{l3}"));
         let (st, out, err) = a.cli(&nodes[0], &["run", "--constraint", "tier=gold", "--name", "gold", "--mem", "64", "--restart", "always", img, "hello", "gold"]);
@@ -48,6 +59,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             only(l, 1)
         });
         c.check("after the relabel gold moved to node2 (never on two nodes)", on2 && twice.is_empty(), &format!("{:?} {twice:?}", runners(&lists(&r.lines, &from, &none))));
+        until(r, &|| labels_of("node2")["tier"] == "gold" && labels_of("node3").get("tier").is_none());
         let (l2, l3) = (labels_of("node2"), labels_of("node3"));
         c.check("`nodes` shows node2 tier=gold and node3 without tier", l2["tier"] == "gold" && l3.is_object() && l3.get("tier").is_none(), &format!("{l2} {l3}"));
         let (st, _, err) = a.cli(&nodes[0], &["rm", "gold"]);

@@ -79,7 +79,7 @@ pub(crate) fn three_nodes(t: &mut Tally, kernel: &Path, name: &str, tag: &str, s
     let panics = r.lines.iter().flatten().any(|l| l.contains("user panic") || l.contains("KERNEL PANIC"));
     c.check("no panic on any node", !panics, "");
     drop(r);
-    t.record(name, c.all(), &format!("(log {})", log.display()));
+    t.record(name, c.all(), &format!("(log {}{})", log.display(), c.failed()));
     Ok(())
 }
 

@@ -18,7 +18,10 @@ pub fn write(buf: &Pages, orchd: u64, w: ClusterWrite, node: Option<[u8; 32]>) -
 
 /// Commit one command through `orchd`, waiting for it.
 pub fn propose(buf: &Pages, orchd: u64, c: catenary_cluster::desired::Command) -> Result<(), ApiError> {
-    let unavailable = || ApiError::new(503, "cluster_unavailable", "the cluster has no leader now (or it did not commit in time); try again");
+    let unavailable = || ApiError::new(503, "cluster_unavailable", "the cluster has no leader now, or orchd did not take the write: try again");
+    // Once a leader holds the write, no answer in time does not mean "not applied": a leader
+    // cut off from the majority may commit it after it is elected again (Raft keeps its log).
+    let unconfirmed = || ApiError::new(503, "cluster_unavailable", "the write was proposed but its commit was not confirmed in time: it may still take effect (check `catenary ps` / `catenary nodes` before retrying)");
     let bytes = encode(&Wire::Propose { request: 0, command: c });
     if bytes.len() as u64 > buf.len() {
         return Err(ApiError::bad_request("the workload is too large for the cluster's log"));
@@ -40,10 +43,10 @@ pub fn propose(buf: &Pages, orchd: u64, c: catenary_cluster::desired::Command) -
             // Not applied: either committed and refused by the state machine (the same on
             // every node), or overwritten by a new leader before it committed.
             Ok(m) if m.label == IPC_FAILED => return Err(ApiError::new(409, "write_not_applied", "the cluster did not apply this write: its state refused it (for `node remove`: it would leave fewer admitted nodes than a majority of the Raft voters, so the cluster could lose quorum for good; docs/orchestration.md) or a leader change dropped it (check, then retry)")),
-            _ => return Err(unavailable()),
+            _ => return Err(unconfirmed()),
         }
     }
-    Err(unavailable())
+    Err(unconfirmed())
 }
 
 /// Workloads listed at most (an answer of about 1 KiB of JSON each, within apid's heap).
