@@ -71,6 +71,15 @@ fn named(status: u16, body: Vec<u8>, node: &str) -> Response {
     raw
 }
 
+/// A node the membership declared `dead` is not `up`, whatever else says so (its fabric
+/// session outlives it; an answer from it is from a member the cluster has written off:
+/// its replicas moved, and it comes back only as a new generation).
+pub fn not_up_when_dead(row: &mut crate::types::Node) {
+    if row.state == "up" && row.membership.as_deref() == Some("dead") {
+        row.state = "unreachable".into();
+    }
+}
+
 /// Whether the other nodes may have a say in `req`'s answer (else [`elsewhere`] returns the
 /// node's own answer as it is, and the service need not look for the nodes that are up).
 pub fn concerns_others(req: &Request) -> bool {
@@ -129,16 +138,29 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
         (Method::Get, "/v1/nodes", 200) => {
             let Ok(mut list) = serde_json::from_slice::<NodeList>(&resp.body) else { return resp };
             for (i, name) in others.iter().enumerate() {
-                let Some((200, body)) = ask(i) else { continue };
-                let Ok(theirs) = serde_json::from_slice::<NodeList>(&body) else { continue };
-                // only the node's figures about itself; it answered, so it is up
-                if let (Some(row), Some(t)) = (list.nodes.iter_mut().find(|n| &n.name == name), theirs.nodes.iter().find(|n| &n.name == name)) {
-                    row.state = "up".into();
+                let Some(row) = list.nodes.iter_mut().find(|n| &n.name == name) else { continue };
+                // STATE is what this request saw (docs/api.md): `up` only if the node answered
+                // it now, whatever its fabric session says (a killed node's session outlives it)
+                let theirs = match ask(i) {
+                    Some((200, body)) => serde_json::from_slice::<NodeList>(&body).ok(),
+                    _ => None,
+                };
+                // only the node's figures about itself
+                let t = theirs.as_ref().and_then(|l| l.nodes.iter().find(|n| &n.name == name));
+                if matches!(row.state.as_str(), "up" | "unreachable") {
+                    row.state = if t.is_some() { "up" } else { "unreachable" }.into();
+                }
+                if let Some(t) = t {
                     row.cpus = t.cpus;
                     row.memory_total_mib = t.memory_total_mib;
                     row.memory_free_mib = t.memory_free_mib;
                     row.memory_committed_mib = t.memory_committed_mib;
                     row.workloads = t.workloads;
+                }
+            }
+            for row in &mut list.nodes {
+                if Some(row.name.as_str()) != own {
+                    not_up_when_dead(row);
                 }
             }
             json(200, &list, resp)

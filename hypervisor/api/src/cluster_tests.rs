@@ -255,3 +255,36 @@ fn gather_asks_one_node_at_a_time_and_stops_where_elsewhere_stops() {
         .collect();
     assert_eq!(names_in, vec![("a".into(), Some("node1".into())), ("b".into(), Some("node2".into())), ("d".into(), Some("node4".into()))]);
 }
+
+/// STATE is what the request saw (docs/api.md): a killed node whose fabric session node1 still
+/// holds, and that the membership declared dead, is not `up`; nor is one that is alive in the
+/// membership but did not answer the gather; one that answered is `up` unless the membership
+/// declared it dead. The node asked is always `up`.
+#[test]
+fn a_node_is_up_only_if_it_answered_and_is_not_dead() {
+    let mut c = cluster();
+    let row = |c: &mut [Sim], mute: &[&str], name: &str| -> Node {
+        let (status, body) = call_with_mute(c, 0, ADMIN, &client::list_nodes(), mute);
+        let l: NodeList = decode(status, &body).unwrap();
+        l.nodes.iter().find(|n| n.name == name).unwrap().clone()
+    };
+    // answered, alive: up, with its figures
+    let n2 = row(&mut c, &[], "node2");
+    assert_eq!((n2.state.as_str(), n2.cpus), ("up", Some(2)));
+    // killed: node1's session with it is still established, the membership says dead, and it
+    // does not answer
+    c[0].node.dead = vec!["node2".into()];
+    let n2 = row(&mut c, &["node2"], "node2");
+    assert_eq!((n2.state.as_str(), n2.membership.as_deref(), n2.cpus), ("unreachable", Some("dead"), None));
+    // alive in the membership, session up, but silent (hung, or too slow): not up either
+    c[0].node.dead.clear();
+    let n2 = row(&mut c, &["node2"], "node2");
+    assert_eq!((n2.state.as_str(), n2.membership.as_deref()), ("unreachable", Some("alive")));
+    // it answers while the membership has written it off: not up
+    c[0].node.dead = vec!["node2".into()];
+    let n2 = row(&mut c, &[], "node2");
+    assert_eq!((n2.state.as_str(), n2.membership.as_deref()), ("unreachable", Some("dead")));
+    // the node asked is up whatever the others do
+    let n1 = row(&mut c, &["node2"], "node1");
+    assert_eq!(n1.state, "up");
+}

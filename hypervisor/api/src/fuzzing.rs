@@ -33,6 +33,8 @@ pub struct SimNode {
     pub members: Vec<String>,
     /// Members it has no session with now (`unreachable` in its own rows).
     pub unreachable: Vec<String>,
+    /// Members its membership service declared dead (`membership: dead` in its own rows).
+    pub dead: Vec<String>,
     /// Keys `POST /v1/nodes` admitted.
     pub admitted: Vec<[u8; 32]>,
     /// Whether `POST /v1/cluster/nodes/{its name}/leave` made it leave (as `apid` asks
@@ -42,7 +44,7 @@ pub struct SimNode {
 
 impl SimNode {
     pub fn new(free_mib: u64) -> SimNode {
-        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, name: "node1".into(), members: alloc::vec!["node1".into()], unreachable: Vec::new(), admitted: Vec::new(), left: false }
+        SimNode { service: service(free_mib), kernel: SimKernel::default(), now_ms: 0, name: "node1".into(), members: alloc::vec!["node1".into()], unreachable: Vec::new(), dead: Vec::new(), admitted: Vec::new(), left: false }
     }
 }
 
@@ -67,7 +69,7 @@ impl Backend for SimNode {
             .map(|(i, m)| {
                 let this = *m == me;
                 let res = res.filter(|_| this);
-                Node {
+                let mut row = Node {
                     name: m.clone(),
                     public_key: crate::auth::hex(&NODE),
                     address: alloc::format!("fd00::{}", i + 1),
@@ -77,11 +79,15 @@ impl Backend for SimNode {
                     memory_free_mib: res.map(|r| r.memory_free_mib),
                     memory_committed_mib: res.map(|r| r.memory_committed_mib),
                     workloads: this.then_some(count),
-                    membership: Some("alive".to_string()),
+                    membership: Some(if self.dead.contains(m) { "dead" } else { "alive" }.to_string()),
                     incarnation: Some(0),
                     mac: None,
                     labels: None,
+                };
+                if !this {
+                    crate::cluster::not_up_when_dead(&mut row);
                 }
+                row
             })
             .collect()
     }

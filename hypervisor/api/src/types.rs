@@ -30,9 +30,10 @@ pub struct Node {
     pub public_key: String,
     /// Its fabric /128.
     pub address: String,
-    /// `up` (this node, a peer with a live session, or one that answered this request),
-    /// `unreachable`, `unknown`, `pending` (a hello, not admitted), `removed` (the cluster
-    /// removed it).
+    /// What this request saw (docs/api.md "STATE"): `up` (the node asked, or one that
+    /// answered this request's gather, and not `dead` in the membership), `unreachable` (did
+    /// not answer in time, or the membership declared it dead), `pending` (a hello, not
+    /// admitted), `removed` (the cluster removed it).
     pub state: String,
     /// Resources, when known (this node's own; `null` for a peer not asked).
     pub cpus: Option<u32>,

@@ -189,7 +189,8 @@ impl Backend for Node {
         };
         let me = self.me;
         let table = member_table(&self.table);
-        let member = |k: &[u8; 32]| table.iter().find(|r| r.id.key.0 == *k);
+        // a key's newest generation (a killed node that rejoined has its old, dead row too)
+        let member = |k: &[u8; 32]| table.iter().filter(|r| r.id.key.0 == *k).max_by_key(|r| (r.id.generation, r.incarnation));
         let labels = self.labels();
         let admission = admission_nodes(&self.cluster, &table);
         // a file node the cluster removed (`catenary node remove`) is shown once, as removed
@@ -200,8 +201,10 @@ impl Backend for Node {
             .map(|(i, m)| {
                 let addr = Prefix64::from_public_key(&m.public_key).node_address();
                 let this = Some(addr) == me;
+                // `up` for another node until its gather says otherwise (cluster::elsewhere):
+                // a session is established and the membership has not declared it dead
                 let state = if removed(&m.public_key) { "removed" } else if this || (i < 64 && up & (1 << i) != 0) { "up" } else { "unreachable" };
-                ApiNode {
+                let mut row = ApiNode {
                     name: m.name.clone(),
                     public_key: hex(&m.public_key),
                     address: alloc::format!("{addr}"),
@@ -215,10 +218,15 @@ impl Backend for Node {
                     incarnation: member(&m.public_key).map(|r| r.incarnation),
                     mac: None,
                     labels: labels.get(&m.public_key).cloned(),
+                };
+                if !this {
+                    catenary_api::cluster::not_up_when_dead(&mut row);
                 }
+                row
             })
             .chain(admission.iter().filter(|n| !c.members.iter().any(|m| hex(&m.public_key) == n.public_key)).cloned().map(|mut n| {
                 n.labels = catenary_api::auth::hex32(&n.public_key).and_then(|k| labels.get(&k).cloned());
+                catenary_api::cluster::not_up_when_dead(&mut n);
                 n
             }))
             .collect()
@@ -330,7 +338,7 @@ fn admission_nodes(buf: &Pages, table: &[catenary_cluster::service::Row]) -> Vec
     let rows = catenary_net::admission::decode_table(&b).unwrap_or_default();
     rows.iter()
         .map(|r| {
-            let member = table.iter().find(|t| t.id.key.0 == r.key);
+            let member = table.iter().filter(|t| t.id.key.0 == r.key).max_by_key(|t| (t.id.generation, t.incarnation));
             let m = r.mac;
             let pending = r.kind == RowKind::Pending;
             ApiNode {
