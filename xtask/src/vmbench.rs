@@ -345,16 +345,16 @@ pub fn bench_vmmem() -> Result<(), String> {
     }
 }
 
-/// The guest command of `vm_two_vcpus` and `bench vcpus`: the CPUs Linux brought up, then two
+/// The guest command of `vm_two_vcpus`, `bochs_two_vcpus` and `bench vcpus`: the CPUs Linux brought up, then two
 /// busy processes at once (awk loops of `rounds` iterations), each printing its sum.
-fn parallel_busy_cmd(rounds: u64) -> String {
+pub fn parallel_busy_cmd(rounds: u64) -> String {
     base64(format!(
         "echo vcpu-online [$(cat /sys/devices/system/cpu/online)]; echo busy-start; for p in 1 2; do awk 'BEGIN {{ s = 0; for (i = 0; i < {rounds}; i++) s += i % 7; print \"busy-sum\", s }}' & done; wait; echo busy-done"
     ).as_bytes())
 }
 
 /// The sum each busy process prints (`i % 7` over `0..rounds`).
-fn busy_sum(rounds: u64) -> u64 {
+pub fn busy_sum(rounds: u64) -> u64 {
     (rounds / 7) * 21 + (0..rounds % 7).sum::<u64>()
 }
 

@@ -321,14 +321,16 @@ pub fn enable_this_cpu() -> Result<&'static str, VirtError> {
     }
 }
 
-/// Most vCPUs one microVM may have on this node's backend. SVM: 8 (the MP table's limit):
-/// each vCPU is its own `SvmVcpu` (VMCB, nested tables over the shared `RamChunks`), so vCPUs
-/// of one VM on different CPUs share nothing but guest RAM, and an application processor
-/// starts in real mode, which SVM runs under NPT. VMX: 1, because an AP's real-mode start needs
-/// the unrestricted-guest control, which this backend does not set up yet (docs/vmm.md).
+/// Most vCPUs one microVM may have on this node's backend: 8 (the MP table's limit) when an
+/// application processor can start. Each vCPU is its own backend object (SVM: VMCB and nested
+/// tables; VMX: VMCS and EPT, over the shared `RamChunks`), so vCPUs of one VM on different
+/// CPUs share nothing but guest RAM. An AP starts in real mode at its Startup IPI vector, which
+/// SVM runs under NPT and VMX only with the unrestricted-guest control: without it, 1.
 pub fn max_vcpus_per_vm() -> u8 {
     let f = crate::cpu::features();
     if f.svm && f.npt {
+        8
+    } else if f.vmx && f.ept && crate::vmx::unrestricted_guest_available() {
         8
     } else {
         1

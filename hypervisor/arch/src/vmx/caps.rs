@@ -98,6 +98,17 @@ impl Caps {
     }
 }
 
+/// Whether this CPU's VMX offers the unrestricted-guest control (with EPT, which it needs):
+/// a guest may then run in real mode and unpaged protected mode, as an application processor
+/// does from its Startup IPI. False without VMX (its capability MSRs would #GP).
+pub fn unrestricted_guest_available() -> bool {
+    if !crate::cpu::features().vmx {
+        return false;
+    }
+    let c = Caps::read();
+    c.proc2_allowed(PROC2_EPT) && c.proc2_allowed(PROC2_UNRESTRICTED)
+}
+
 /// Per CPU (APIC id): the VMXON region.
 pub(super) static VMXON: Mutex<BTreeMap<u32, u64>> = Mutex::new(BTreeMap::new());
 /// Per CPU (by `smp::cpu_index`): in VMX root operation. Read with interrupts off before any

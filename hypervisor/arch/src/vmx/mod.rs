@@ -44,7 +44,7 @@ mod state;
 mod vmcs;
 
 use caps::*;
-pub use caps::enable_on_this_cpu;
+pub use caps::{enable_on_this_cpu, unrestricted_guest_available};
 use entry::*;
 use ept::*;
 use host::*;

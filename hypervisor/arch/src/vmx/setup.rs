@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The next VPID to hand out (1..=0xffff, wrapping: a reused one is
+/// flushed at creation and at the vCPU's first entry on each CPU).
+static NEXT_VPID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
 impl VmxVcpu {
     pub fn new(ram: &GuestRam, vm_id: u32) -> Result<VmxVcpu, VirtError> {
         // (VMX was turned on on every CPU as it came up; the VMCS setup below checks this one.)
@@ -36,8 +40,11 @@ impl VmxVcpu {
             }
         };
         let vpid_ok = caps.proc2_allowed(PROC2_VPID) && caps.ept_vpid & (1 << 32) != 0;
-        let vpid = if vpid_ok { 1 + (vm_id % 0xfffe) as u16 } else { 0 };
+        // One VPID per vCPU, not per VM: the vCPUs of a multi-vCPU VM time-share CPUs, and
+        // each must see only its own guest-linear translations.
+        let vpid = if vpid_ok { 1 + (NEXT_VPID.fetch_add(1, Ordering::Relaxed) % 0xffff) as u16 } else { 0 };
         let unrestricted = caps.proc2_allowed(PROC2_UNRESTRICTED);
+        log::debug!(target: "vmx", "VM {vm_id}: new vCPU, VPID {vpid}, unrestricted guest {unrestricted}");
         let mut v = VmxVcpu {
             ram: ram.share(),
             vmcs,

@@ -157,7 +157,16 @@ impl VmxVcpu {
         self.write_cr4(s.cr4);
         self.set_efer(s.efer);
         self.xcr0 = s.xcr0;
-        for (i, seg) in [&s.es, &s.cs, &s.ss, &s.ds, &s.fs, &s.gs, &s.ldtr, &s.tr].into_iter().enumerate() {
+        // A real-mode TR (an AP's start state, `apic_bus::sipi_state`) as a 32-bit busy TSS, as
+        // KVM's VMX vCPU reset has it (AR 0x8b): nothing in real mode can use or see TR (LTR
+        // and task switches need protected mode), but once the guest turns long mode on
+        // before its LTR, VM entry wants type 11 in TR, and Bochs refuses the CR0.PG write
+        // itself ("attempt to enter x86-64 long mode with TSS286 in TR").
+        let mut tr = s.tr;
+        if s.cr0 & CR0_PE == 0 && tr.attr & 0x1f == 0x3 {
+            tr.attr = (tr.attr & !0xf) | 0xb;
+        }
+        for (i, seg) in [&s.es, &s.cs, &s.ss, &s.ds, &s.fs, &s.gs, &s.ldtr, &tr].into_iter().enumerate() {
             self.write_seg(i as u32, seg);
         }
         vmwrite(f::GUEST_GDTR_BASE, s.gdtr.base);

@@ -103,7 +103,7 @@ fn copy_out(k: &Kernel, me: TaskId, ptr: u64, len: u64, data: &[u8]) -> Result<u
     Ok(data.len() as u64)
 }
 
-/// Most vCPUs one workload microVM may have here: the backend's limit (8 on SVM, 1 on VMX:
+/// Most vCPUs one workload microVM may have here: the backend's limit (8; 1 on VMX without unrestricted guest:
 /// `virt::max_vcpus_per_vm`), and no more than the CPUs vCPU tasks may run on (all but CPU 0
 /// under QEMU TCG, `vm::vcpu_affinity`): more vCPUs than CPUs only time-share one guest's CPUs
 /// and make its spinlocks wait for preempted holders.

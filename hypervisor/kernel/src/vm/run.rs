@@ -127,7 +127,7 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
     let mut report = empty_report();
     if vcpus == 0 || vcpus > virt::max_vcpus_per_vm() || (vcpus > 1 && matches!(image, Image::Raw { .. })) {
         report.ended = Ended::Failed(format!("{name}: {vcpus} vCPUs: this node runs 1 to {} per microVM{}", virt::max_vcpus_per_vm(),
-            if virt::max_vcpus_per_vm() == 1 { " (the VMX backend starts no application processors yet: docs/vmm.md)" } else { "" }));
+            if virt::max_vcpus_per_vm() == 1 { " (VMX without the unrestricted-guest control cannot start application processors: docs/vmm.md)" } else { "" }));
         return report;
     }
     // Never a world switch on a CPU where it is unsafe (vcpu_affinity): move this task first.
