@@ -116,7 +116,10 @@ pub fn decode_vmx_exit(info: &VmxExitInfo) -> Exit {
                 _ => Exit::Other { code: raw(info) },
             }
         }
-        reason::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
+        // The VMX-preemption timer (the backend's backstop for a host interrupt that did not
+        // exit: docs/vmm.md "Multi-vCPU microVMs") means the same as an external interrupt: the
+        // host takes its CPU back, the guest is entered again unchanged.
+        reason::EXTERNAL_INTERRUPT | reason::PREEMPTION_TIMER => Exit::ExternalInterrupt,
         reason::TRIPLE_FAULT => Exit::Shutdown,
         reason::INTERRUPT_WINDOW => Exit::InterruptWindow,
         reason::CPUID => Exit::Cpuid,
@@ -344,6 +347,7 @@ mod tests {
         assert_eq!(decode_vmx_exit(&info(13, 0)), Exit::Invd);
         assert_eq!(decode_vmx_exit(&info(7, 0)), Exit::InterruptWindow);
         assert_eq!(decode_vmx_exit(&info(1, 0)), Exit::ExternalInterrupt);
+        assert_eq!(decode_vmx_exit(&info(52, 0)), Exit::ExternalInterrupt);
         assert_eq!(decode_vmx_exit(&info(24, 0)), Exit::Exception { vector: 6, error_code: None });
         assert_eq!(decode_vmx_exit(&info(54, 0)), Exit::Wbinvd);
         // #AC (hardware exception with error code) is reflected.

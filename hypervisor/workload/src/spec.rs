@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Longest workload name (a valid hostname: the guest gets it as its hostname).
 pub const NAME_MAX: usize = 63;
 /// vCPUs a spec may ask for (issue 14: 1–8). `workd` also refuses more than its node's
-/// `max_vcpus` (8 on SVM, 1 on VMX, at most the CPUs vCPU tasks may use) with
+/// `max_vcpus` (8 on SVM and on VMX with unrestricted guest, at most the CPUs vCPU tasks may use) with
 /// [`Error::Unsupported`].
 pub const VCPUS_MAX: u8 = 8;
 /// Guest memory bounds in MiB (a Linux guest with catenary-init needs about 32).

@@ -10,6 +10,7 @@ pub(super) const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
 pub(super) const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
 pub(super) const IA32_VMX_EXIT_CTLS: u32 = 0x483;
 pub(super) const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
+pub(super) const IA32_VMX_MISC: u32 = 0x485;
 pub(super) const IA32_VMX_CR0_FIXED0: u32 = 0x486;
 pub(super) const IA32_VMX_CR0_FIXED1: u32 = 0x487;
 pub(super) const IA32_VMX_CR4_FIXED0: u32 = 0x488;
@@ -36,6 +37,7 @@ pub(super) const IA32_SYSENTER_EIP: u32 = 0x176;
 // ---- control bits ----
 // The intercepts (exception bitmap, pin/proc/proc2 exiting bits) come from
 // `catenary_vmm::intercepts::vmx_intercepts()` (host-tested); these are the other controls.
+pub(super) const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
 pub(super) const PROC_INTR_WINDOW: u32 = 1 << 2;
 pub(super) const PROC_UNCOND_IO: u32 = 1 << 24;
 pub(super) const PROC2_EPT: u32 = 1 << 1;
@@ -71,6 +73,7 @@ pub(super) struct Caps {
     pub(super) cr4_fixed0: u64,
     pub(super) cr4_fixed1: u64,
     pub(super) ept_vpid: u64,
+    pub(super) misc: u64,
 }
 
 impl Caps {
@@ -91,7 +94,11 @@ impl Caps {
             cr4_fixed0: rd(IA32_VMX_CR4_FIXED0),
             cr4_fixed1: rd(IA32_VMX_CR4_FIXED1),
             ept_vpid: rd(IA32_VMX_EPT_VPID_CAP),
+            misc: rd(IA32_VMX_MISC),
         }
+    }
+    pub(super) fn pin_allowed(&self, bit: u32) -> bool {
+        (self.pin >> 32) as u32 & bit != 0
     }
     pub(super) fn proc2_allowed(&self, bit: u32) -> bool {
         (self.proc2 >> 32) as u32 & bit != 0
@@ -180,7 +187,7 @@ pub(super) fn enable_on_this_cpu_now() -> Result<(), VirtError> {
     }
     on.insert(id, region);
     slot.store(true, Ordering::Release);
-    log::info!(target: "vmx", "VMX on (cpu {id}): revision {:#x}, EPT/VPID caps {:#x}, unrestricted guest {}",
-        caps.revision, caps.ept_vpid, caps.proc2_allowed(PROC2_UNRESTRICTED));
+    log::info!(target: "vmx", "VMX on (cpu {id}): revision {:#x}, EPT/VPID caps {:#x}, unrestricted guest {}, preemption timer {:?}",
+        caps.revision, caps.ept_vpid, caps.proc2_allowed(PROC2_UNRESTRICTED), super::setup::preemption_timer_value(&caps));
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! VMPTRLD, use, VMCLEAR, so the vCPU's task can move to another CPU in between), I/O
 //! bitmaps intercepting every port, an MSR bitmap intercepting every MSR except those the guest
 //! owns (FS/GS/KERNEL_GS base, STAR/LSTAR/CSTAR/SFMASK, SYSENTER, PAT), 4-level EPT with 2 MiB
-//! write-back pages over the guest RAM chunks, a VPID, the guest's GPRs, and its XSAVE area, XCR0, DR0–DR3 and DR6 (`guest_switch.rs`).
+//! write-back pages over the guest RAM chunks, a VPID (one per vCPU), the VMX-preemption timer
+//! (10 ms: the host gets its CPU back even where a host interrupt does not exit), the guest's GPRs, and its XSAVE area, XCR0, DR0–DR3 and DR6 (`guest_switch.rs`).
 //!
 //! Controls come from the capability MSRs (the TRUE_* ones when IA32_VMX_BASIC bit 55 says so):
 //! wanted bits are adjusted to the allowed-0/allowed-1 settings. CR0/CR4 bits VMX forces

@@ -3,6 +3,20 @@
 
 use super::*;
 
+/// Longest a guest runs without an exit (the VMX-preemption timer): one host timer tick.
+pub(super) const PREEMPTION_TIMER_NS: u64 = 10_000_000;
+
+/// The VMX-preemption timer value for `PREEMPTION_TIMER_NS` (it counts down once every
+/// 2^IA32_VMX_MISC[4:0] TSC cycles), or None when the CPU lacks the timer or the TSC is not
+/// calibrated yet (a value of 0 would exit before every guest instruction).
+pub(super) fn preemption_timer_value(c: &Caps) -> Option<u32> {
+    if !c.pin_allowed(PIN_PREEMPTION_TIMER) {
+        return None;
+    }
+    let cycles = (crate::time::tsc_hz() as u128 * PREEMPTION_TIMER_NS as u128 / 1_000_000_000) >> (c.misc & 0x1f);
+    (cycles > 0).then(|| cycles.min(u32::MAX as u128) as u32)
+}
+
 /// The next VPID to hand out (1..=0xffff, wrapping: a reused one is
 /// flushed at creation and at the vCPU's first entry on each CPU).
 static NEXT_VPID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
@@ -122,7 +136,16 @@ impl VmxVcpu {
         vmx_pa_insn(1, self.vmcs).map_err(VirtError::EntryFailed)?;
         self.load()?;
         let icpt = catenary_vmm::intercepts::vmx_intercepts();
-        let pin = adjust_controls(icpt.pin, c.pin);
+        // The VMX-preemption timer as a backstop: the guest exits after at most
+        // `PREEMPTION_TIMER_NS` of guest time even if a host interrupt does not make it exit.
+        // Bochs 2.7 is such a CPU: entered from the host's interrupts-off window with guest
+        // RFLAGS.IF = 0 too, it leaves host interrupts masked (it re-evaluates interrupt
+        // masking only when IF changes), so a guest spinning with interrupts off (a Linux AP
+        // waiting for its BSP in `wait_for_master_cpu`) kept the only CPU for good and the
+        // whole node stopped (docs/vmm.md "Multi-vCPU microVMs").
+        let timer = preemption_timer_value(&c);
+        let want_pin = if timer.is_some() { icpt.pin | PIN_PREEMPTION_TIMER } else { icpt.pin };
+        let pin = adjust_controls(want_pin, c.pin);
         let proc = adjust_controls(icpt.proc, c.proc) & !PROC_UNCOND_IO;
         let mut want2 = icpt.proc2 | PROC2_EPT | PROC2_RDTSCP | PROC2_INVPCID | PROC2_XSAVES;
         if self.vpid != 0 {
@@ -157,6 +180,10 @@ impl VmxVcpu {
         vmwrite(f::MSR_BITMAP, self.msr_bitmap);
         vmwrite(f::TSC_OFFSET, 0);
         vmwrite(f::EPT_POINTER, self.ept.eptp());
+        if let Some(t) = timer.filter(|_| pin & PIN_PREEMPTION_TIMER != 0) {
+            // (Without "save VMX-preemption timer value" every entry starts from this value.)
+            vmwrite(f::PREEMPTION_TIMER_VALUE, t as u64);
+        }
         if self.vpid != 0 {
             vmwrite(f::VPID, self.vpid as u64);
         }
@@ -179,7 +206,7 @@ impl VmxVcpu {
         write_host_state();
         // A previous VM may have used this VPID / this EPT root address.
         self.flush_tlb();
-        log::debug!(target: "vmx", "VMCS {:#x}: pin {pin:#x} proc {proc:#x} proc2 {proc2:#x} exit {exit:#x} entry {entry:#x} vpid {}", self.vmcs, self.vpid);
+        log::debug!(target: "vmx", "VMCS {:#x}: pin {pin:#x} proc {proc:#x} proc2 {proc2:#x} exit {exit:#x} entry {entry:#x} vpid {} preemption timer {timer:?}", self.vmcs, self.vpid);
         Ok(())
     }
 

@@ -52,6 +52,7 @@ pub(super) mod f {
     pub const ENTRY_EXCEPTION_ERROR_CODE: u32 = 0x4018;
     pub const ENTRY_INSTRUCTION_LEN: u32 = 0x401a;
     pub const PROC_CONTROLS2: u32 = 0x401e;
+    pub const PREEMPTION_TIMER_VALUE: u32 = 0x482e;
     pub const VM_INSTRUCTION_ERROR: u32 = 0x4400;
     pub const EXIT_REASON: u32 = 0x4402;
     pub const EXIT_INTR_INFO: u32 = 0x4404;
