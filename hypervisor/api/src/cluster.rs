@@ -7,8 +7,9 @@
 //!   takes that node's own CPU and memory figures);
 //! - a workload this node does not have (404 `no_such_workload`), an image it does not have
 //!   (`GET /v1/images/{digest}`: 404 `no_such_image`) and a run of an image it does not have
-//!   (`POST /v1/workloads`: 404 `no_such_image`) go to the other nodes one after another: the
-//!   first answer that is not 404 is the answer (a `Workload` or `Image` in it names its
+//!   (`POST /v1/workloads`: 404 `no_such_image`) go to the other nodes (a read to all at
+//!   once, a run or another change one after another): the first answer in order that is not
+//!   404 is the answer (a `Workload` or `Image` in it names its
 //!   `node`), so a run lands on the node that holds the image;
 //! - `DELETE /v1/images/{digest}` removes the image from every node that holds it.
 //! - `POST /v1/cluster/nodes/{node}/leave` for another node (404 [`NOT_THIS_NODE`]) goes to
@@ -17,8 +18,9 @@
 //! Pure: `ask(i)` sends the same request to `others[i]` (for the same operator) and returns its
 //! (status, body), or `None` when that node did not answer in time; the service supplies the
 //! fabric connection (`apid/forward.rs`). A service that must not wait for another node (`apid`
-//! serves every connection from one loop) uses [`Gather`]: it says which node's answer is
-//! needed next, takes that answer when it has come, and gives the answer [`elsewhere`] would.
+//! serves every connection from one loop) uses [`Gather`]: it says which nodes' answers are
+//! needed (all at once for a read), takes each answer as it comes, and gives the answer
+//! [`elsewhere`] would; [`Forwards`] keeps the parked requests and shares the sockets.
 
 use crate::http::{Method, Request, Response};
 use crate::cluster_state;
@@ -272,22 +274,29 @@ fn remove_image(resp: Response, own: Option<&str>, others: &[String], ask: &mut 
 /// One node's answer to a forwarded request: (status, body), or `None` (no answer in time).
 pub type Answer = Option<(u16, Vec<u8>)>;
 
-/// [`elsewhere`], one other node's answer at a time: [`Gather::next`] names the node to ask
-/// next (the same nodes, in the same order, as `elsewhere`'s `ask` would be called: a search
-/// stops at the first answer that is not 404), [`Gather::answer`] takes its answer. Each node
-/// is asked at most once. Sans I/O: the service owns the connections.
+/// [`elsewhere`], sans I/O, with the other nodes asked **together**: [`Gather::to_ask`] names
+/// the nodes to ask now, [`Gather::answer`] takes an answer as it comes, [`Gather::done`] is the
+/// answer once `elsewhere` needs no answer still missing (a node that did not answer in time
+/// is an answer: `None`). A read (`GET`) and an image's removal from every node ask every
+/// node they need at once, so a gather costs the slowest node's time (a silent node: one
+/// timeout), not the sum of them all; a request that acts on the first node that has its
+/// workload or image (run, start, stop, remove a workload) asks one node at a time in
+/// `elsewhere`'s order, so it never acts on two. Each node is asked at most once; the answer
+/// is `elsewhere`'s on the same answers.
 pub struct Gather {
     req: Request,
     resp: Response,
     own: Option<String>,
     others: Vec<String>,
     answers: BTreeMap<usize, Answer>,
+    /// Asked (in flight or answered).
+    asked: Vec<usize>,
 }
 
 impl Gather {
     /// `resp`: this node's own answer to `req`; `others`: the other nodes that may be asked.
     pub fn new(req: Request, resp: Response, own: Option<String>, others: Vec<String>) -> Gather {
-        Gather { req, resp, own, others, answers: BTreeMap::new() }
+        Gather { req, resp, own, others, answers: BTreeMap::new(), asked: Vec::new() }
     }
 
     /// The request being answered.
@@ -295,22 +304,71 @@ impl Gather {
         &self.req
     }
 
-    /// The answer, or `Err(i)`: `others[i]`'s answer is needed first. `elsewhere` is run again
-    /// on the answers so far (it is pure): at most `others.len() + 1` runs for a request.
-    pub fn next(&self) -> Result<Response, usize> {
-        let mut need = None;
+    /// Whether its asks may go out together: reads, and an image's removal (every node that
+    /// has it removes it); not a request that must act on one node only.
+    pub fn parallel(&self) -> bool {
+        self.req.method == Method::Get || (self.req.method == Method::Delete && is_image_path(&self.req.path))
+    }
+
+    /// The answer, or `Err`: the nodes whose answers it still needs, in `elsewhere`'s order.
+    /// `elsewhere` is run again on the answers so far (it is pure).
+    pub fn next(&self) -> Result<Response, Vec<usize>> {
+        let mut need = Vec::new();
         let mut ask = |i: usize| match self.answers.get(&i) {
             Some(a) => a.clone(),
             None => {
-                need.get_or_insert(i);
+                if !need.contains(&i) {
+                    need.push(i);
+                }
                 None
             }
         };
         let r = elsewhere(&self.req, self.resp.clone(), self.own.as_deref(), &self.others, &mut ask);
-        match need {
-            Some(i) => Err(i),
-            None => Ok(r),
+        if need.is_empty() {
+            Ok(r)
+        } else {
+            Err(need)
         }
+    }
+
+    /// The answer once no missing answer is needed.
+    pub fn done(&self) -> Option<Response> {
+        self.next().ok()
+    }
+
+    /// The nodes to ask now, at most `free` (sockets the caller has for it): every needed node
+    /// not asked yet for a [`parallel`](Gather::parallel) request, else the next one once
+    /// nothing is in flight. They count as asked from here on.
+    pub fn to_ask(&mut self, free: usize) -> Vec<usize> {
+        let Err(need) = self.next() else { return Vec::new() };
+        let n = if self.parallel() {
+            free
+        } else if self.in_flight().is_empty() {
+            free.min(1)
+        } else {
+            0
+        };
+        let v: Vec<usize> = need.into_iter().filter(|i| !self.asked.contains(i)).take(n).collect();
+        self.asked.extend_from_slice(&v);
+        v
+    }
+
+    /// How many nodes [`to_ask`](Gather::to_ask) would name now, given sockets enough.
+    pub fn askable(&self) -> usize {
+        let Err(need) = self.next() else { return 0 };
+        let n = need.iter().filter(|i| !self.asked.contains(i)).count();
+        if self.parallel() {
+            n
+        } else if self.in_flight().is_empty() {
+            n.min(1)
+        } else {
+            0
+        }
+    }
+
+    /// Asked and not answered yet.
+    pub fn in_flight(&self) -> Vec<usize> {
+        self.asked.iter().copied().filter(|i| !self.answers.contains_key(i)).collect()
     }
 
     /// The answer taken from `others[i]` (tests: `elsewhere` run on them directly).
@@ -319,10 +377,112 @@ impl Gather {
         self.answers.get(&i).cloned().flatten()
     }
 
-    /// `others[i]`'s answer (one for a node not among them is ignored).
+    /// `others[i]`'s answer (one for a node not among them is ignored; so is a second one).
     pub fn answer(&mut self, i: usize, a: Answer) {
         if i < self.others.len() {
-            self.answers.insert(i, a);
+            if !self.asked.contains(&i) {
+                self.asked.push(i);
+            }
+            self.answers.entry(i).or_insert(a);
+        }
+    }
+}
+
+/// What a node's service does with the requests parked waiting for other nodes (sans I/O;
+/// `apid` owns the sockets): at most `parked_max` requests parked at once, each a [`Gather`]
+/// keyed by its connection; at most `asks_max` asks (outbound exchanges, one socket each) in
+/// flight across them all ([`Forwards::to_ask`] shares them out). An
+/// operator who hangs up frees the request's place and its asks at once ([`Forwards::gone`]).
+pub struct Forwards<K> {
+    parked: Vec<(K, Gather)>,
+    parked_max: usize,
+    asks_max: usize,
+}
+
+impl<K: Copy + PartialEq> Forwards<K> {
+    pub fn new(parked_max: usize, asks_max: usize) -> Forwards<K> {
+        Forwards { parked: Vec::new(), parked_max, asks_max }
+    }
+
+    /// Requests parked now.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Whether another request may be parked (else the caller answers 503 `busy`).
+    pub fn has_room(&self) -> bool {
+        self.parked.len() < self.parked_max
+    }
+
+    /// Asks in flight across every parked request.
+    pub fn in_flight(&self) -> usize {
+        self.parked.iter().map(|(_, g)| g.in_flight().len()).sum()
+    }
+
+    /// Park `g` for connection `k`; `Err(g)` when `parked_max` are parked already.
+    pub fn park(&mut self, k: K, g: Gather) -> Result<(), Gather> {
+        if !self.has_room() || self.parked.iter().any(|(p, _)| *p == k) {
+            return Err(g);
+        }
+        self.parked.push((k, g));
+        Ok(())
+    }
+
+    /// The asks to start now, `(connection, node)`, until `asks_max` are in flight or no
+    /// request needs another: each free socket goes to the request with the fewest asks in
+    /// flight (the oldest of those), so a request parked beside one that waits for silent
+    /// nodes gets the next socket that frees.
+    pub fn to_ask(&mut self) -> Vec<(K, usize)> {
+        let mut free = self.asks_max.saturating_sub(self.in_flight());
+        let mut out = Vec::new();
+        while free > 0 {
+            let pick = self.parked.iter().enumerate().filter(|(_, (_, g))| g.askable() > 0).min_by_key(|(j, (_, g))| (g.in_flight().len(), *j)).map(|(j, _)| j);
+            let Some(j) = pick else { break };
+            let (k, g) = &mut self.parked[j];
+            match g.to_ask(1).first() {
+                Some(&i) => out.push((*k, i)),
+                None => break,
+            }
+            free -= 1;
+        }
+        out
+    }
+
+    /// The request of connection `k`.
+    pub fn request(&self, k: K) -> Option<&Request> {
+        self.parked.iter().find(|(p, _)| *p == k).map(|(_, g)| g.request())
+    }
+
+    /// Node `i`'s answer to connection `k`'s request (ignored if that request is gone).
+    pub fn answer(&mut self, k: K, i: usize, a: Answer) {
+        if let Some((_, g)) = self.parked.iter_mut().find(|(p, _)| *p == k) {
+            g.answer(i, a);
+        }
+    }
+
+    /// The requests whose answer is ready, taken out: (connection, answer, the asks still in
+    /// flight for it, which the caller closes).
+    pub fn finished(&mut self) -> Vec<(K, Response, Vec<usize>)> {
+        let mut out = Vec::new();
+        let mut j = 0;
+        while j < self.parked.len() {
+            if let Some(r) = self.parked[j].1.done() {
+                let (k, g) = self.parked.remove(j);
+                out.push((k, r, g.in_flight()));
+            } else {
+                j += 1;
+            }
+        }
+        out
+    }
+
+    /// Connection `k` is gone (the operator hung up, or its life ran out): its request is
+    /// forgotten, its place freed; the asks it had in flight are returned for the caller to
+    /// close (their sockets go back to the pool).
+    pub fn gone(&mut self, k: K) -> Vec<usize> {
+        match self.parked.iter().position(|(p, _)| *p == k) {
+            Some(j) => self.parked.remove(j).1.in_flight(),
+            None => Vec::new(),
         }
     }
 }

@@ -69,17 +69,24 @@ fn call_with_mute(c: &mut [Sim], at: usize, caller: [u8; 32], req: &ClientReques
     if !cluster::concerns_others(&http) {
         return parse_response(&resp.to_bytes()).unwrap().unwrap();
     }
-    // as apid gathers: one node's answer at a time; the same as elsewhere's with a blocking ask
+    // as apid gathers: every node a read needs asked at once, a mutation's one at a time;
+    // the answer is elsewhere's with a blocking ask on the same answers
     let mut g = cluster::Gather::new(http.clone(), resp.clone(), Some(own.clone()), names.clone());
+    let parallel = g.parallel();
     let mut asked = Vec::new();
     let gathered = loop {
-        match g.next() {
-            Ok(r) => break r,
-            Err(i) => {
-                assert!(!asked.contains(&i), "{} asked node {i} twice", http.path);
-                asked.push(i);
-                g.answer(i, ask(i));
-            }
+        if let Some(r) = g.done() {
+            break r;
+        }
+        let v = g.to_ask(usize::MAX);
+        assert!(!v.is_empty() || !g.in_flight().is_empty(), "{}: no answer and nothing to ask", http.path);
+        assert!(parallel || v.len() <= 1, "{}: a mutation asked {v:?} at once", http.path);
+        for i in v {
+            assert!(!asked.contains(&i), "{} asked node {i} twice", http.path);
+            asked.push(i);
+        }
+        for i in g.in_flight() {
+            g.answer(i, ask(i));
         }
     };
     let mut direct_asked = Vec::new();
@@ -88,7 +95,12 @@ fn call_with_mute(c: &mut [Sim], at: usize, caller: [u8; 32], req: &ClientReques
         g.answers_for_tests(i)
     };
     let direct = cluster::elsewhere(&http, resp, Some(&own), &names, &mut replay);
-    assert_eq!((&gathered, &asked), (&direct, &direct_asked), "{}: Gather and elsewhere differ", http.path);
+    assert_eq!(gathered, direct, "{}: Gather and elsewhere differ", http.path);
+    // a read may have asked more nodes than it needed in the end; a mutation never did
+    assert!(direct_asked.iter().all(|i| asked.contains(i)), "{}: {asked:?} / {direct_asked:?}", http.path);
+    if !parallel {
+        assert_eq!(asked, direct_asked, "{}: a mutation must reach the nodes elsewhere asks, no more", http.path);
+    }
     parse_response(&gathered.to_bytes()).unwrap().unwrap()
 }
 
@@ -215,38 +227,61 @@ fn a_workload_not_found_here_while_a_node_is_silent_is_unavailable_not_gone() {
     assert_eq!(c[0].node.service.len(), 0);
 }
 
-/// `Gather` asks one node at a time, each at most once: a list asks every other node in
-/// order; a search for a workload this node lacks stops at the first answer that is not 404;
-/// a node that gives no answer (`None`) is passed over.
+/// `Gather` asks a read's nodes together and a mutation's one at a time, each at most once:
+/// a list asks every other node at once; a search for a workload this node lacks asks every
+/// node at once but answers with the first in order that is not 404 (waiting for the nodes
+/// before it, not after); a stop, which must act on one node only, asks the next node only
+/// once the one before said 404, and stops at the first answer that is not 404; a node that
+/// gives no answer (`None`) is passed over.
 #[test]
-fn gather_asks_one_node_at_a_time_and_stops_where_elsewhere_stops() {
+fn gather_asks_reads_together_and_mutations_one_at_a_time() {
     let parse = |raw: &str| RequestReader::new(Limits::default(), 0).feed(raw.as_bytes(), 0).unwrap().unwrap();
     let names: Vec<String> = vec!["node2".into(), "node3".into(), "node4".into()];
+    // rounds: what to_ask gave each time; every node in flight answers between rounds
     let run = |req: crate::http::Request, own: crate::http::Response, answers: &[Option<(u16, Vec<u8>)>]| {
         let mut g = cluster::Gather::new(req, own, Some("node1".into()), names.clone());
-        let mut asked = Vec::new();
+        let mut rounds: Vec<Vec<usize>> = Vec::new();
         loop {
-            match g.next() {
-                Ok(r) => return (r, asked),
-                Err(i) => {
-                    assert!(!asked.contains(&i) && asked.len() < 10, "asked {asked:?} then {i}");
-                    asked.push(i);
-                    g.answer(i, answers[i].clone());
-                }
+            if let Some(r) = g.done() {
+                return (r, rounds);
+            }
+            let v = g.to_ask(usize::MAX);
+            assert!(!v.is_empty() && rounds.len() < 10, "asked {rounds:?} then {v:?}");
+            rounds.push(v);
+            for i in g.in_flight() {
+                g.answer(i, answers[i].clone());
             }
         }
     };
     let missing = crate::ApiError::new(404, "no_such_workload", "no workload has that name").to_response();
     let found = br#"{"name":"w","state":"running"}"#.to_vec();
-    let (r, asked) = run(parse("GET /v1/workloads/w HTTP/1.1\r\nHost: x\r\n\r\n"), missing.clone(), &[Some((404, missing.body.clone())), None, Some((200, found.clone())), Some((200, found.clone()))]);
-    assert_eq!(asked, vec![0, 1, 2]);
+    let get = || parse("GET /v1/workloads/w HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (r, rounds) = run(get(), missing.clone(), &[Some((404, missing.body.clone())), None, Some((200, found.clone())), Some((200, found.clone()))]);
+    assert_eq!(rounds, vec![vec![0, 1, 2]], "a read asks every node at once");
     assert_eq!(r.status, 200);
-    let (_, asked) = run(parse("GET /v1/workloads/w HTTP/1.1\r\nHost: x\r\n\r\n"), missing.clone(), &[Some((200, found.clone())), None, None]);
-    assert_eq!(asked, vec![0], "the first answer that is not 404 ends the search");
+    // the first node that is not 404 in order is the answer, even if a later one came first
+    let mut g = cluster::Gather::new(get(), missing.clone(), Some("node1".into()), names.clone());
+    assert_eq!(g.to_ask(usize::MAX), vec![0, 1, 2]);
+    g.answer(2, Some((200, br#"{"name":"w","state":"exited"}"#.to_vec())));
+    assert!(g.done().is_none(), "node2 and node3 may have it first");
+    g.answer(0, Some((200, found.clone())));
+    let r = g.done().expect("node2 has it: node3's answer is not needed");
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["state"], "running");
+    assert_eq!(g.in_flight(), vec![1], "node3 is still in flight: the caller closes it");
+    // at most `free` at once
+    let mut g = cluster::Gather::new(get(), missing.clone(), Some("node1".into()), names.clone());
+    assert_eq!((g.to_ask(2), g.to_ask(2), g.to_ask(2)), (vec![0, 1], vec![2], vec![]));
+    // a stop acts on one node only: asked in order, one at a time
+    let stop = || parse("POST /v1/workloads/w/stop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let (r, rounds) = run(stop(), missing.clone(), &[Some((404, missing.body.clone())), None, Some((200, found.clone()))]);
+    assert_eq!(rounds, vec![vec![0], vec![1], vec![2]]);
+    assert_eq!(r.status, 200);
+    let (_, rounds) = run(stop(), missing.clone(), &[Some((200, found.clone())), None, None]);
+    assert_eq!(rounds, vec![vec![0]], "the first answer that is not 404 ends the search");
     let list = |n: &str| serde_json::to_vec(&serde_json::json!({"workloads": [{"id": 1, "name": n, "state": "running", "exit": null, "restarts": 0, "memory_mib": 64, "address": null}]})).unwrap();
     let own = crate::http::Response::json(200, list("a"));
-    let (r, asked) = run(parse("GET /v1/workloads HTTP/1.1\r\nHost: x\r\n\r\n"), own, &[Some((200, list("b"))), None, Some((200, list("d")))]);
-    assert_eq!(asked, vec![0, 1, 2]);
+    let (r, rounds) = run(parse("GET /v1/workloads HTTP/1.1\r\nHost: x\r\n\r\n"), own, &[Some((200, list("b"))), None, Some((200, list("d")))]);
+    assert_eq!(rounds, vec![vec![0, 1, 2]]);
     let names_in: Vec<(String, Option<String>)> = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["workloads"]
         .as_array()
         .unwrap()
@@ -287,4 +322,193 @@ fn a_node_is_up_only_if_it_answered_and_is_not_dead() {
     // the node asked is up whatever the others do
     let n1 = row(&mut c, &["node2"], "node1");
     assert_eq!(n1.state, "up");
+}
+
+/// How another node answers an ask in [`Loop`]: after `ms`, or never (killed, hung).
+#[derive(Clone, Copy)]
+enum Net {
+    After(u64),
+    Silent,
+}
+
+/// `apid`'s loop over [`cluster::Forwards`], with a clock: the node asked is `c[0]`; each
+/// ask is a real `Exchange` (its deadline `budget` ms, as apid's `Outbound`) that gets the
+/// other node's real answer (its `Api` on the same request) `Net::After` ms after it went
+/// out, or nothing; events are taken in time order.
+struct Loop {
+    c: Vec<Sim>,
+    f: cluster::Forwards<u64>,
+    net: Vec<Net>,
+    budget: u64,
+    now: u64,
+    /// (connection, node, exchange, when its answer arrives and its bytes)
+    flight: Vec<(u64, usize, crate::exchange::Exchange, Option<(u64, Vec<u8>)>)>,
+    /// (time, connection, node) of every ask that went out
+    started: Vec<(u64, u64, usize)>,
+    /// connection → (time, answer)
+    answered: alloc::collections::BTreeMap<u64, (u64, crate::http::Response)>,
+}
+
+impl Loop {
+    fn new(nodes: usize, net: Vec<Net>, parked_max: usize, asks_max: usize, budget: u64) -> Loop {
+        let names: Vec<String> = (1..=nodes).map(|i| alloc::format!("node{i}")).collect();
+        let c = names
+            .iter()
+            .map(|n| {
+                let mut node = SimNode::new(1024);
+                node.name = n.clone();
+                node.members = names.clone();
+                Sim { api: fuzzing::api(), node }
+            })
+            .collect();
+        Loop { c, f: cluster::Forwards::new(parked_max, asks_max), net, budget, now: 0, flight: Vec::new(), started: Vec::new(), answered: Default::default() }
+    }
+
+    /// An operator's request to node1 on connection `conn`: parked (or `Err`: busy).
+    fn park(&mut self, conn: u64, req: &ClientRequest) -> Result<(), ()> {
+        let http = RequestReader::new(Limits::default(), 0).feed(&req.to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
+        let me = &mut self.c[0];
+        let resp = me.api.handle(&ADMIN, &http, &mut me.node, self.now);
+        let names = self.c[1..].iter().map(|s| s.node.name.clone()).collect();
+        self.f.park(conn, cluster::Gather::new(http, resp, Some("node1".into()), names)).map_err(|_| ())?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Answers that are ready go out, their leftover asks are closed; free sockets get asks.
+    fn pump(&mut self) {
+        for (k, r, left) in self.f.finished() {
+            self.answered.insert(k, (self.now, r));
+            self.flight.retain(|(fk, i, ..)| !(*fk == k && left.contains(i)));
+        }
+        for (k, i) in self.f.to_ask() {
+            let req = self.f.request(k).unwrap().clone();
+            let o = &mut self.c[i + 1];
+            let r = o.api.handle(&ADMIN, &req, &mut o.node, self.now);
+            let due = match self.net[i] {
+                Net::After(ms) => Some((self.now + ms, r.to_bytes())),
+                Net::Silent => None,
+            };
+            self.started.push((self.now, k, i));
+            self.flight.push((k, i, crate::exchange::Exchange::new(alloc::vec![0u8; 1], self.now, self.budget, 320 * 1024), due));
+        }
+    }
+
+    /// The operator of `conn` hung up.
+    fn hang_up(&mut self, conn: u64) {
+        let left = self.f.gone(conn);
+        self.flight.retain(|(k, i, ..)| !(*k == conn && left.contains(i)));
+        self.pump();
+    }
+
+    /// Until `until` or nothing is in flight.
+    fn run(&mut self, until: u64) {
+        while !self.flight.is_empty() {
+            let next = self.flight.iter().map(|(_, _, x, due)| due.as_ref().map_or(x.deadline_ms() + 1, |d| d.0)).min().unwrap();
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = next;
+            let now = self.now;
+            let mut j = 0;
+            while j < self.flight.len() {
+                let (k, i, x, due) = &mut self.flight[j];
+                let a = match due {
+                    Some((t, b)) if *t <= now => match x.received(b) {
+                        crate::exchange::Outcome::Done(st, body) => Some(Some((st, body))),
+                        o => panic!("{o:?}"),
+                    },
+                    _ if x.expired(now) => Some(None),
+                    _ => None,
+                };
+                match a {
+                    Some(a) => {
+                        let (k, i) = (*k, *i);
+                        self.flight.swap_remove(j);
+                        self.f.answer(k, i, a);
+                    }
+                    None => j += 1,
+                }
+            }
+            self.pump();
+        }
+    }
+}
+
+/// A gather asks the other nodes together and ends when all answered or timed out: through
+/// node1 of five, with node2 and node3 silent (killed with their sessions up) and node4 and
+/// node5 answering in 100 and 300 ms, `nodes` takes one timeout (10 s), not one per silent
+/// node; every ask went out at once; the rows of the nodes that answered have their figures.
+/// With fewer sockets than nodes (2), the two that answer go through the other socket while
+/// the silent ones hold theirs: still one timeout.
+#[test]
+fn a_gather_asks_together_and_a_silent_node_costs_one_timeout() {
+    const T: u64 = 10_000;
+    let net = vec![Net::Silent, Net::Silent, Net::After(100), Net::After(300)];
+    let mut l = Loop::new(5, net.clone(), 2, 6, T);
+    l.park(1, &client::list_nodes()).unwrap();
+    let at0: Vec<usize> = l.started.iter().filter(|s| s.0 == 0).map(|s| s.2).collect();
+    assert_eq!(at0, vec![0, 1, 2, 3], "every node is asked at once");
+    l.run(u64::MAX);
+    let (t, r) = l.answered.get(&1).cloned().expect("answered");
+    assert!(t <= T + 1, "one timeout: answered at {t} ms");
+    let nodes: NodeList = decode(r.status, &r.body).unwrap();
+    let st: Vec<(String, String, Option<u32>)> = nodes.nodes.iter().map(|n| (n.name.clone(), n.state.clone(), n.cpus)).collect();
+    assert_eq!(st[1..], [("node2".into(), "unreachable".into(), None), ("node3".into(), "unreachable".into(), None), ("node4".into(), "up".into(), Some(2)), ("node5".into(), "up".into(), Some(2))]);
+    // two sockets for four nodes: the silent two hold both for a timeout, then the others
+    // answer: still about one timeout (asked one after another: two timeouts and more)
+    let mut l = Loop::new(5, net, 2, 2, T);
+    l.park(1, &client::list_nodes()).unwrap();
+    assert_eq!(l.started.iter().filter(|s| s.0 == 0).count(), 2);
+    l.run(u64::MAX);
+    let t = l.answered[&1].0;
+    assert!(t <= T + 1 + 300, "two sockets: answered at {t} ms");
+}
+
+/// The sockets are shared: a request parked while another holds every socket for silent
+/// nodes gets the next one that frees; a mutation (stop) through the same loop still asks one
+/// node at a time.
+#[test]
+fn parked_requests_share_the_sockets() {
+    const T: u64 = 10_000;
+    let mut l = Loop::new(4, vec![Net::Silent, Net::After(100), Net::After(100)], 2, 3, T);
+    l.park(1, &client::list_workloads()).unwrap();
+    assert_eq!(l.started.len(), 3, "{:?}", l.started);
+    l.park(2, &client::list_images()).unwrap();
+    l.run(150);
+    // node3's and node4's sockets freed at 100 ms: request 2 took them
+    let two: Vec<(u64, usize)> = l.started.iter().filter(|s| s.1 == 2).map(|s| (s.0, s.2)).collect();
+    assert_eq!(two, vec![(100, 0), (100, 1)]);
+    l.run(u64::MAX);
+    assert_eq!((l.answered[&1].0, l.answered[&2].0), (T + 1, T + 101), "{:?}", l.started);
+    let started = l.started.len();
+    l.park(3, &client::stop("w", None)).unwrap();
+    assert_eq!(l.started.len(), started + 1, "a stop asks one node at a time");
+}
+
+/// An operator who hangs up while its request is parked frees its place and its sockets at
+/// once, not when the gather ends: with both places taken (one by a request waiting for a
+/// silent node), a third request is busy; once the first operator hangs up, the third is
+/// parked and asks at once, and the first's asks are gone.
+#[test]
+fn a_parked_request_whose_operator_hangs_up_frees_its_place_and_sockets() {
+    const T: u64 = 10_000;
+    let mut l = Loop::new(3, vec![Net::Silent, Net::Silent], 2, 2, T);
+    l.park(1, &client::list_nodes()).unwrap();
+    l.park(2, &client::list_workloads()).unwrap();
+    assert_eq!((l.f.parked(), l.f.in_flight()), (2, 2));
+    assert!(l.park(3, &client::list_nodes()).is_err(), "both places taken: busy");
+    l.run(1000);
+    l.hang_up(1);
+    assert_eq!(l.f.parked(), 1);
+    assert!(l.flight.iter().all(|(k, ..)| *k != 1), "request 1's asks are closed");
+    // request 2 took the socket request 1 held
+    assert!(l.started.iter().any(|s| *s == (1000, 2, 1) || *s == (1000, 2, 0)), "{:?}", l.started);
+    l.park(3, &client::list_nodes()).unwrap();
+    l.run(u64::MAX);
+    assert!(!l.answered.contains_key(&1));
+    assert_eq!(l.answered.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+    // request 2 took both sockets at the hang-up (1000 ms); request 3 asks as they free
+    assert_eq!(l.started.iter().find(|s| s.1 == 3).map(|s| s.0), Some(1000 + T + 1), "{:?}", l.started);
 }

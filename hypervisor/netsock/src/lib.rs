@@ -101,7 +101,7 @@ pub const fn is_request(label: u64) -> bool {
 pub const OK: u64 = 0;
 
 /// Sockets one client may have open.
-pub const SOCKETS_PER_CLIENT: usize = 8;
+pub const SOCKETS_PER_CLIENT: usize = 12;
 /// Sockets open in all (every client together).
 pub const SOCKETS_MAX: usize = 64;
 /// Stack TCP sockets in all: connections, the listening sockets behind each listener's

@@ -60,7 +60,7 @@ fn hostile_requests_get_errors() {
         (OP_SOCKET, [3, 0, 0, 0], BadRequest),
         (OP_SOCKET, [1, 1, 0, 0], BadRequest),
         (OP_BIND, [0, 0, 0, 0], BadHandle),
-        (OP_BIND, [9, 0, 0, 0], BadHandle),
+        (OP_BIND, [crate::SOCKETS_PER_CLIENT as u64 + 1, 0, 0, 0], BadHandle),
         (OP_BIND, [u64::MAX, 0, 0, 0], BadHandle),
         (OP_BIND, [1, 2, 0, 0], BadRequest),
         (OP_BIND, [1, 0, 65536, 0], BadPort),
@@ -76,7 +76,7 @@ fn hostile_requests_get_errors() {
         (OP_SEND, [1, u64::MAX, 0x6000_0000_0000, 10], BadRequest),
         (OP_SEND, [1, 10, 0x6000_0000_0000, 10], BadBuffer), // the offset leaves no data
         (OP_RECV, [1, 4000, 0x6000_0000_0001, 100], BadBuffer),
-        (OP_SEND, [make_handle(5, 9), 0, 0x6000_0000_0000, 10], BadHandle),
+        (OP_SEND, [make_handle(5, crate::SOCKETS_PER_CLIENT as u64 + 1), 0, 0x6000_0000_0000, 10], BadHandle),
         (OP_CLOSE, [make_handle(5, 0), 0, 0, 0], BadHandle),
         (OP_SEND, [1, 0, 0x6000_0000_0000, GRANT_MAX + 1], TooLarge),
         (OP_RECV, [1, 0, 0x6000_0000_0000, 10], BadBuffer), // not writable

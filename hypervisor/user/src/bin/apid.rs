@@ -18,7 +18,9 @@
 //!   an image fetch (`fetch.rs`) are exchanges (`outbound.rs`) the loop moves when `netd`
 //!   reports their sockets ready: a connection whose request is forwarded waits, parked, for
 //!   the other nodes' answers while every other connection, the fetch and the ticks are served.
-//!   At most [`FORWARDS_MAX`] connections are parked at once (one more gets 503 `busy`).
+//!   At most [`FORWARDS_MAX`] connections are parked at once (one more gets 503 `busy`), with
+//!   at most [`ASKS_MAX`] asks in flight; a read asks the other nodes together. A parked
+//!   connection whose operator hangs up (FIN or reset) is freed at once, with its asks.
 //! - `Api::tick` runs every second (events, idle uploads).
 #![no_std]
 #![no_main]
@@ -59,13 +61,19 @@ const ORCHD: u64 = 3;
 const MEMBERD: u64 = 4;
 /// 8 MiB of heap (quota 2560 pages): connections' requests and answers, pushes, events.
 const HEAP_PAGES: u64 = 2048;
-/// Connections served at once. `netd` gives a client 8 sockets (`SOCKETS_PER_CLIENT`): one is
-/// the listener, one the image fetch's exchange, [`FORWARDS_MAX`] the forwarded requests'.
-const CONNS_MAX: usize = catenary_netsock::SOCKETS_PER_CLIENT - 2 - FORWARDS_MAX;
-/// Connections whose request waits for other nodes' answers at once, each with one exchange
-/// (one other node at a time): two operators' polls (`ps`, `logs -f`) go on together; a third
-/// gets 503 `busy` (before this node acts on it) rather than waiting behind them.
+/// Connections served at once (parked ones included).
+const CONNS_MAX: usize = 4;
+/// Connections whose request waits for other nodes' answers at once: two operators' polls
+/// (`ps`, `logs -f`) go on together; a third gets 503 `busy` (before this node acts on it)
+/// rather than waiting behind them.
 const FORWARDS_MAX: usize = 2;
+/// Asks (exchanges with other nodes) in flight across the parked requests: `netd` gives a
+/// client `SOCKETS_PER_CLIENT` (12) sockets: one is the listener, one the image fetch's
+/// exchange, [`CONNS_MAX`] the connections', the rest (6) these. A read through this node asks
+/// every other node at once while it has sockets (`catenary_api::cluster::Forwards` shares
+/// them between the parked requests).
+const ASKS_MAX: usize = catenary_netsock::SOCKETS_PER_CLIENT - 2 - CONNS_MAX;
+const _: () = assert!(ASKS_MAX >= FORWARDS_MAX);
 /// A connection's whole life (request and answer): a client that does not read its answer
 /// loses the connection.
 const CONN_LIFE_MS: u64 = 30_000;
@@ -387,8 +395,10 @@ struct Conn {
     reader: RequestReader,
     /// The answer once there is one, and how much of it `netd` took.
     out: Option<Vec<u8>>,
+    /// This connection's number (its parked request's key in the `Forwarder`).
+    id: u64,
     /// Parked: the request waits for other nodes' answers (`out` comes when they are in).
-    fwd: Option<forward::Forward>,
+    parked: bool,
     sent: usize,
     born_ms: u64,
 }
@@ -461,6 +471,8 @@ fn run(_arg: u64) -> u64 {
     let mut strangers = 0u64;
     let mut next_tick = now_ms();
     let mut fetcher = fetch::Fetcher::default();
+    let mut forwarder = forward::Forwarder::new(FORWARDS_MAX, ASKS_MAX);
+    let mut next_id = 0u64;
     loop {
         let now = now_ms();
         if now >= next_tick {
@@ -470,7 +482,7 @@ fn run(_arg: u64) -> u64 {
         }
         // the loop waits in POLL until a socket is ready (an exchange's included), the next
         // tick, or the earliest exchange's deadline
-        let deadline = conns.iter().filter_map(|c| c.fwd.as_ref().and_then(|f| f.deadline_ms())).chain(fetcher.deadline_ms()).min().unwrap_or(u64::MAX);
+        let deadline = forwarder.deadline_ms().into_iter().chain(fetcher.deadline_ms()).min().unwrap_or(u64::MAX);
         let wait = next_tick.min(deadline).saturating_sub(now).clamp(1, 1000);
         let ready = match s.poll(wait) {
             Ok(r) => r,
@@ -484,28 +496,30 @@ fn run(_arg: u64) -> u64 {
         let mut busy = fetcher.step(&s, &io, &ready, &mut node);
         if ready.acceptable & Ready::bit(listener) != 0 {
             busy = true;
-            accept(&s, listener, &api.operators, &mut conns, &io, &mut strangers);
+            accept(&s, listener, &api.operators, &mut conns, &io, &mut strangers, &mut next_id);
+        }
+        // the parked requests: the other nodes' answers, as their sockets allow
+        for (id, answer) in forwarder.step(&s, &io, &ready, now_ms(), &mut busy) {
+            if let Some(c) = conns.iter_mut().find(|c| c.id == id) {
+                c.parked = false;
+                c.out = Some(answer);
+            }
         }
         let mut i = 0;
         while i < conns.len() {
-            let conns_parked = conns.iter().filter(|c| c.fwd.is_some()).count();
             let c = &mut conns[i];
             let bit = Ready::bit(c.h);
             let now = now_ms();
             let done = if now > c.born_ms + CONN_LIFE_MS {
                 true
-            } else if let Some(f) = &mut c.fwd {
-                // parked: the other nodes' answers, as their sockets allow
-                if let Some(answer) = f.step(&s, &io, &ready, now, &mut busy) {
-                    c.fwd = None;
-                    c.out = Some(answer);
-                }
-                false
+            } else if c.parked {
+                // the operator hung up (FIN or reset): nobody waits for the answer; its place
+                // and sockets go now, not when the other nodes have answered
+                ready.hangup & bit != 0
             } else if c.out.is_none() {
                 if ready.readable & bit != 0 || ready.hangup & bit != 0 {
                     busy = true;
-                    let parked = conns_parked;
-                    read(&s, c, &mut api, &mut node, &io, parked)
+                    read(&s, c, &mut api, &mut node, &io, &mut forwarder)
                 } else if let Err(e) = c.reader.check_deadline(now) {
                     c.out = Some(e.to_response().to_bytes());
                     false
@@ -520,8 +534,9 @@ fn run(_arg: u64) -> u64 {
                 write(&s, c, &io)
             });
             if done {
-                if let Some(f) = &mut c.fwd {
-                    f.close(&s);
+                if c.parked {
+                    busy = true;
+                    forwarder.gone(&s, c.id, now);
                 }
                 let _ = s.close(c.h);
                 conns.swap_remove(i);
@@ -538,7 +553,7 @@ fn run(_arg: u64) -> u64 {
 
 /// Take the waiting connections: known callers get a reader, a connection from no known key
 /// is closed unanswered, and one beyond [`CONNS_MAX`] gets 503.
-fn accept(s: &Sockets, listener: Handle, ops: &Operators, conns: &mut Vec<Conn>, io: &Pages, strangers: &mut u64) {
+fn accept(s: &Sockets, listener: Handle, ops: &Operators, conns: &mut Vec<Conn>, io: &Pages, strangers: &mut u64, next_id: &mut u64) {
     while let Ok((h, peer, _port)) = s.accept(listener) {
         let prefix_of = |k: &[u8; 32]| Prefix64::from_public_key(k).0;
         let Some(caller) = ops.caller_of(&peer.octets(), prefix_of) else {
@@ -561,13 +576,14 @@ fn accept(s: &Sockets, listener: Handle, ops: &Operators, conns: &mut Vec<Conn>,
         // caller_of names a node only at its own ::1, never a microVM or task of its /64
         let from_node = ops.node_keys.contains(&caller);
         let now = now_ms();
-        conns.push(Conn { h, caller, from_node, reader: RequestReader::new(Limits::default(), now), out: None, fwd: None, sent: 0, born_ms: now });
+        *next_id += 1;
+        conns.push(Conn { h, caller, from_node, reader: RequestReader::new(Limits::default(), now), out: None, id: *next_id, parked: false, sent: 0, born_ms: now });
     }
 }
 
 /// Read what came; once the request is whole (or refused), the answer, or the exchanges that
-/// ask the other nodes for theirs (`parked`: connections that wait so already). True: close it now.
-fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages, parked: usize) -> bool {
+/// ask the other nodes for theirs (parked in `forwarder`). True: close it now.
+fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages, forwarder: &mut forward::Forwarder) -> bool {
     let mut data = alloc::vec![0u8; IO];
     for _ in 0..32 {
         let n = match s.recv(c.h, io, IO as u64) {
@@ -596,7 +612,7 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages, p
                 };
                 // a forwarded request is never forwarded again (from_node)
                 let forwards = !from_node && api.operators.by_key(&caller).is_some() && catenary_api::cluster::concerns_others(&req);
-                if forwards && parked >= FORWARDS_MAX {
+                if forwards && !forwarder.has_room() {
                     // refused before this node acts on it: a retry does not do it twice
                     c.out = Some(ApiError::new(503, "busy", "the node is waiting for other nodes' answers to its most requests at once; try again").to_response().to_bytes());
                     return false;
@@ -609,10 +625,9 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages, p
                 if forwards {
                     let others = other_nodes(node);
                     let own = node.members.iter().find(|m| Some(m.1) == node.me).map(|m| m.0.clone());
-                    let mut f = forward::Forward::new(req, resp, own, others, caller);
-                    match f.advance(s, now) {
+                    match forwarder.park(s, c.id, req, resp, own, others, caller, now) {
                         Some(answer) => c.out = Some(answer),
-                        None => c.fwd = Some(f),
+                        None => c.parked = true,
                     }
                     return false;
                 }

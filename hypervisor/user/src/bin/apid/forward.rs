@@ -4,16 +4,18 @@
 //! The other node knows this node by the /128 the connection comes from (a node's key, which
 //! is never an operator) and takes `Catenary-On-Behalf-Of: <operator key>` from a node only:
 //! the request is then authorized as that operator's. A forwarded request is never forwarded
-//! again. Each forward is bounded: one other node asked at a time, [`FORWARD_MS`] for each (its
-//! connect, request and answer), an answer of at most [`ANSWER_MAX`] bytes; a node that does
-//! not answer in time is skipped. `apid` never waits for it: the operator's connection is parked
-//! with its [`Forward`] and the loop moves the exchange as `netd` reports its socket ready.
+//! again. Each forward is bounded: a read's nodes asked together (a mutation's one at a time),
+//! at most `ASKS_MAX` exchanges in flight across every parked request, [`FORWARD_MS`] for each
+//! (its connect, request and answer), an answer of at most [`ANSWER_MAX`] bytes; a node that
+//! does not answer in time is skipped. `apid` never waits for it: the operator's connection is
+//! parked in the [`Forwarder`] and the loop moves the exchanges as `netd` reports their sockets
+//! ready.
 
 use crate::outbound::{Outbound, Step};
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_api::auth::hex;
-use catenary_api::cluster::Gather;
+use catenary_api::cluster::{Forwards, Gather};
 use catenary_api::http::{Request, Response, ON_BEHALF_OF};
 use catenary_netsock::Ready;
 use catenary_user::netsock_client::Sockets;
@@ -54,74 +56,124 @@ pub fn get_bytes(path: &str, to: Ipv6Addr) -> Vec<u8> {
     alloc::format!("GET {path} HTTP/1.1\r\nHost: [{to}]:{}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", catenary_api::PORT).into_bytes()
 }
 
-/// An operator's request that waits for the other nodes' answers (its connection is parked):
-/// `catenary_api::cluster::Gather` says which node to ask next, one [`Outbound`] exchange at a
-/// time asks it; the loop steps it as the exchange's socket is ready.
-pub struct Forward {
-    gather: Gather,
-    /// The other nodes (name, /128, session up), in `Gather`'s order.
-    others: Vec<(String, Ipv6Addr, bool)>,
-    operator: [u8; 32],
-    /// The node being asked (its index) and the exchange.
-    asking: Option<(usize, Outbound)>,
+/// The operators' requests parked waiting for other nodes' answers and their asks in flight:
+/// `catenary_api::cluster::Forwards` (sans I/O, host-tested) decides which node to ask when
+/// and shares the sockets; this owns the [`Outbound`] exchanges. A read asks every node it
+/// needs at once (as sockets allow), so it costs the slowest answer or one timeout.
+pub struct Forwarder {
+    f: Forwards<u64>,
+    /// Per parked connection: the other nodes (name, /128, session up), in `Gather`'s order,
+    /// and the operator it asks for.
+    meta: Vec<(u64, Vec<(String, Ipv6Addr, bool)>, [u8; 32])>,
+    /// (connection, node, its exchange)
+    asks: Vec<(u64, usize, Outbound)>,
+    /// Answers ready and not yet handed out.
+    ready: Vec<(u64, Vec<u8>)>,
 }
 
-impl Forward {
-    /// `resp`: this node's own answer to `req`, made for `operator`.
-    pub fn new(req: Request, resp: Response, own: Option<String>, others: Vec<(String, Ipv6Addr, bool)>, operator: [u8; 32]) -> Forward {
-        let names = others.iter().map(|o| o.0.clone()).collect();
-        Forward { gather: Gather::new(req, resp, own, names), others, operator, asking: None }
+impl Forwarder {
+    pub fn new(parked_max: usize, asks_max: usize) -> Forwarder {
+        Forwarder { f: Forwards::new(parked_max, asks_max), meta: Vec::new(), asks: Vec::new(), ready: Vec::new() }
     }
 
-    /// The exchange's deadline, if one is under way.
+    /// Whether another request may be parked.
+    pub fn has_room(&self) -> bool {
+        self.f.has_room()
+    }
+
+    /// The earliest deadline of an ask in flight.
     pub fn deadline_ms(&self) -> Option<u64> {
-        self.asking.as_ref().map(|a| a.1.deadline_ms())
+        self.asks.iter().map(|a| a.2.deadline_ms()).min()
     }
 
-    /// Start the next node's exchange, or the answer (bytes to send) once none is needed. A
-    /// node no exchange can be started for (no socket) is a node without an answer.
-    pub fn advance(&mut self, s: &Sockets, now_ms: u64) -> Option<Vec<u8>> {
-        loop {
-            let i = match self.gather.next() {
-                Ok(r) => return Some(r.to_bytes()),
-                Err(i) => i,
-            };
-            let Some(&(_, addr, up)) = self.others.get(i) else {
-                self.gather.answer(i, None);
-                continue;
-            };
-            let bytes = request_bytes(self.gather.request(), addr, &self.operator);
-            match Outbound::start(s, addr, bytes, now_ms, if up { FORWARD_MS } else { IDLE_FORWARD_MS }, ANSWER_MAX) {
-                Ok(o) => {
-                    self.asking = Some((i, o));
-                    return None;
+    /// Park connection `conn`'s request (`resp`: this node's own answer, made for
+    /// `operator`) and send its asks; `Some(answer)` when it needs none (or none could be
+    /// sent), `None` while parked. The caller checked [`has_room`](Forwarder::has_room).
+    pub fn park(&mut self, s: &Sockets, conn: u64, req: Request, resp: Response, own: Option<String>, others: Vec<(String, Ipv6Addr, bool)>, operator: [u8; 32], now_ms: u64) -> Option<Vec<u8>> {
+        let names = others.iter().map(|o| o.0.clone()).collect();
+        let g = Gather::new(req, resp, own, names);
+        if let Some(r) = g.done() {
+            return Some(r.to_bytes());
+        }
+        if let Err(g) = self.f.park(conn, g) {
+            // not reached (has_room was checked): answer with this node's word alone
+            return g.done().map(|r| r.to_bytes()).or_else(|| Some(catenary_api::ApiError::new(503, "busy", "the node is waiting for other nodes' answers to its most requests at once; try again").to_response().to_bytes()));
+        }
+        self.meta.push((conn, others, operator));
+        self.pump(s, now_ms);
+        let j = self.ready.iter().position(|r| r.0 == conn)?;
+        Some(self.ready.remove(j).1)
+    }
+
+    /// What `ready` allows of every ask; the answers that are complete, by connection.
+    pub fn step(&mut self, s: &Sockets, io: &Pages, ready: &Ready, now_ms: u64, busy: &mut bool) -> Vec<(u64, Vec<u8>)> {
+        let mut j = 0;
+        while j < self.asks.len() {
+            let (conn, i, o) = &mut self.asks[j];
+            let answer = match o.step(s, io, ready, now_ms) {
+                Step::Pending => {
+                    j += 1;
+                    continue;
                 }
-                Err(_) => self.gather.answer(i, None),
+                Step::Done(status, body) => Some((status, body)),
+                Step::Failed => None,
+            };
+            *busy = true;
+            let (conn, i) = (*conn, *i);
+            self.asks.swap_remove(j);
+            self.f.answer(conn, i, answer);
+        }
+        self.pump(s, now_ms);
+        core::mem::take(&mut self.ready)
+    }
+
+    /// Connection `conn` is gone (the operator hung up, or its life ran out): its place and
+    /// its asks' sockets are freed now, and the sockets go to the other parked requests.
+    pub fn gone(&mut self, s: &Sockets, conn: u64, now_ms: u64) {
+        let left = self.f.gone(conn);
+        self.close_asks(s, conn, &left);
+        self.meta.retain(|m| m.0 != conn);
+        self.ready.retain(|r| r.0 != conn);
+        self.pump(s, now_ms);
+    }
+
+    fn close_asks(&mut self, s: &Sockets, conn: u64, nodes: &[usize]) {
+        self.asks.retain_mut(|(c, i, o)| {
+            let keep = !(*c == conn && nodes.contains(i));
+            if !keep {
+                o.close(s);
+            }
+            keep
+        });
+    }
+
+    /// Answers that are complete go to `ready` (their leftover asks closed); free sockets
+    /// get asks. A node no exchange can be started for (no socket, connect refused) is a
+    /// node without an answer.
+    fn pump(&mut self, s: &Sockets, now_ms: u64) {
+        loop {
+            for (conn, r, left) in self.f.finished() {
+                self.close_asks(s, conn, &left);
+                self.meta.retain(|m| m.0 != conn);
+                self.ready.push((conn, r.to_bytes()));
+            }
+            let asks = self.f.to_ask();
+            if asks.is_empty() {
+                return;
+            }
+            for (conn, i) in asks {
+                let started = match (self.meta.iter().find(|m| m.0 == conn), self.f.request(conn)) {
+                    (Some((_, others, operator)), Some(req)) => match others.get(i) {
+                        Some(&(_, addr, up)) => Outbound::start(s, addr, request_bytes(req, addr, operator), now_ms, if up { FORWARD_MS } else { IDLE_FORWARD_MS }, ANSWER_MAX).ok(),
+                        None => None,
+                    },
+                    _ => None,
+                };
+                match started {
+                    Some(o) => self.asks.push((conn, i, o)),
+                    None => self.f.answer(conn, i, None),
+                }
             }
         }
-    }
-
-    /// What `ready` allows of the exchange under way; the answer once the last is in.
-    /// `busy`: set when it did something.
-    pub fn step(&mut self, s: &Sockets, io: &Pages, ready: &Ready, now_ms: u64, busy: &mut bool) -> Option<Vec<u8>> {
-        let Some((i, o)) = &mut self.asking else { return self.advance(s, now_ms) };
-        let i = *i;
-        let answer = match o.step(s, io, ready, now_ms) {
-            Step::Pending => return None,
-            Step::Done(status, body) => Some((status, body)),
-            Step::Failed => None,
-        };
-        *busy = true;
-        self.asking = None;
-        self.gather.answer(i, answer);
-        self.advance(s, now_ms)
-    }
-
-    /// Give up the exchange under way (the operator's connection is gone).
-    pub fn close(&mut self, s: &Sockets) {
-        if let Some((_, o)) = &mut self.asking {
-            o.close(s);
-        }
-        self.asking = None;
     }
 }
