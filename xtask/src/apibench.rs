@@ -2,7 +2,7 @@
 //! the CLI sees it. One QEMU node (TCG, `apid` on its /128 port 8080, the ring-3 TCP echo
 //! server on its task /128 port 8080: `net.tcpecho=8080`); the CLI (`catenary bench-api`, the
 //! debug build `cargo build -p catenary` makes) on the host through its embedded fabric and
-//! the unprivileged relay onto the node's switch (`fabriccli::relay`), one session for everything:
+//! the unprivileged relay onto the node's switch (`catenary::ops::relay`, what `catenary cluster relay` runs), one session for everything:
 //!
 //! - latency of 200 `GET /v1/workloads` (each its own TCP connection through the session):
 //!   median and p99;
@@ -94,7 +94,7 @@ pub fn bench_api() -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let res = (|| -> Result<String, String> {
         let echo = echo.filter(|_| up).ok_or("the node's apid or TCP echo server did not start")?;
-        let (relay_addr, mut child) = crate::fabriccli::relay(r.switch_sock(), (member.underlay, member.port), [0x52, 0x54, 0x00, 0xca, 0x00, 0xe0], stop.clone())?;
+        let (relay_addr, mut child) = catenary::ops::relay::start(r.switch_sock(), (member.underlay, member.port), [0x52, 0x54, 0x00, 0xca, 0x00, 0xe0], stop.clone())?;
         let out = (|| {
             let spec = format!("{}@{relay_addr}", catenary_net::cluster::hex_encode(&node_key));
             let o = cli(&["init", "--set-fabric", &spec])?;

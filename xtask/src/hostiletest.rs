@@ -23,7 +23,8 @@
 
 use crate::apitest::{json, sha256, Checks};
 use crate::cluster::NodeSpec;
-use crate::fabriccli::{relay, Cli, KillOnDrop};
+use crate::fabriccli::{Cli, KillOnDrop};
+use catenary::ops::relay::start as relay;
 use crate::ociimage as oci;
 use crate::preflight::{ready, Needs};
 use crate::test::Tally;

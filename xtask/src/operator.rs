@@ -3,7 +3,7 @@
 //! keys, the cluster file and the operator config in `build/cluster` (the operator's key an
 //! `admin` line of the file, its API endpoint node1's fabric /128), and xtask adds the CLI's
 //! way in, which needs no root: a relay from a localhost UDP port onto the cluster's switch
-//! (`fabriccli::relay`) as the config's fabric endpoint (`catenary init --set-fabric
+//! (`catenary::ops::relay`, the library function of `catenary cluster relay`) as the config's fabric endpoint (`catenary init --set-fabric
 //! NODE1KEY@[::1]:PORT`), so that in a second terminal
 //! `CATENARY_CONFIG_DIR=build/cluster/operator catenary nodes` answers through the CLI's
 //! embedded fabric.
@@ -89,7 +89,7 @@ impl Drop for CliRelay {
 pub fn cli_relay(switch: &Path, node1: &NodeSpec) -> Result<CliRelay, String> {
     let m = node1.member();
     let stop = Arc::new(AtomicBool::new(false));
-    let (addr, child) = crate::fabriccli::relay(switch, (m.underlay, m.port), [0x52, 0x54, 0x00, 0xca, 0x00, 0xe1], stop.clone())?;
+    let (addr, child) = catenary::ops::relay::start(switch, (m.underlay, m.port), [0x52, 0x54, 0x00, 0xca, 0x00, 0xe1], stop.clone())?;
     let r = CliRelay { stop, child };
     let spec = format!("{}@{addr}", catenary_net::cluster::hex_encode(&node1.identity.public_key()));
     catenary(&["init", "--set-fabric", &spec], &dir())?;

@@ -74,8 +74,9 @@ enum Cmd {
     /// The cluster's nodes: state, membership (alive, suspect, dead, left) and incarnation,
     /// CPUs, memory, workloads, labels.
     Nodes,
-    /// A new cluster: `cluster new --nodes N [--dir D]` makes the node keys, the cluster file
-    /// and the operator config (no node is contacted).
+    /// A local cluster: `cluster new --nodes N [--dir D]` makes the node keys, the cluster
+    /// file and the operator config (no node is contacted); `cluster relay --switch SOCK`
+    /// reaches its nodes' vde_switch from this workstation.
     #[command(subcommand)]
     Cluster(ClusterCmd),
     /// Catenary images: pack an OCI image, verify a packed one; push, list, remove on a node.
@@ -209,6 +210,20 @@ enum ClusterCmd {
         #[arg(long)]
         force: bool,
     },
+    /// The workstation's way onto a local cluster's vde_switch (no root): `vde_plug SWITCH`
+    /// and a relay from a localhost UDP port to NODE's underlay address and port (from
+    /// DIR/cluster.txt), written as the operator config's fabric endpoint (DIR/operator, or
+    /// $CATENARY_CONFIG_DIR). Runs until Ctrl-C (SIGINT) or SIGTERM.
+    Relay {
+        /// The switch's socket directory (`vde_switch -s`).
+        #[arg(long)]
+        switch: PathBuf,
+        #[arg(long, default_value = "cluster")]
+        dir: PathBuf,
+        /// The node (its name in the cluster file; default: the first, node1).
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -261,6 +276,10 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
             nodes, dir.join("cluster.txt").display(), dir.join("operator").display(), "node1");
         eprintln!("use it: export CATENARY_CONFIG_DIR={}", dir.join("operator").display());
         return Ok(());
+    }
+    if let Cmd::Cluster(ClusterCmd::Relay { switch, dir, node }) = cmd {
+        let op_dir = catenary::ops::relay::operator_dir(&dir, std::env::var_os("CATENARY_CONFIG_DIR").map(PathBuf::from));
+        return catenary::ops::relay::run(&switch, &dir, node.as_deref(), &op_dir).map_err(CliError::Other);
     }
     if let Cmd::WgConfig { cluster, iface, output } = cmd {
         let dir = config::config_dir().map_err(CliError::Other)?;

@@ -6,5 +6,6 @@ pub mod commands;
 pub mod config;
 pub mod fabric;
 pub mod fabric_call;
+pub mod relay;
 pub mod transport;
 pub mod wgconfig;
