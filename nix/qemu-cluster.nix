@@ -7,6 +7,10 @@
 # module (a newc cpio, mode 0600 in a private temporary directory removed at exit): the guest
 # bundle's vmlinux and initramfs, the cluster file and its key as `node.key`. The key is never
 # on a command line (the kernel logs its command line) and never printed.
+# Once the switch is up, `catenary cluster relay` (in the background, stopped at exit) joins
+# it through vde_plug and relays a localhost UDP port to node1's underlay address, written as
+# DIR/operator's fabric endpoint: `CATENARY_CONFIG_DIR=DIR/operator catenary nodes` reaches
+# node1 through the CLI's own fabric session (docs/api.md "A local cluster"; no root).
 { pkgs, kernel, guestKernel, guestInitramfs, catenary }:
 let
   qemu = "${pkgs.qemu}/bin/qemu-system-x86_64";
@@ -35,14 +39,21 @@ pkgs.writeShellScript "catenary-qemu-cluster" ''
   run=$(mktemp -d)
   cleanup() {
     trap - EXIT INT TERM
+    # the relay before the switch (it reports a vanished switch as an error)
+    [ -n "$relay" ] && kill "$relay" 2>/dev/null || true
     [ -f "$run/switch.pid" ] && kill "$(cat "$run/switch.pid")" 2>/dev/null || true
     for p in $pids; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$run"
   }
   pids=""
+  relay=""
   trap cleanup EXIT INT TERM
   ${pkgs.vde2}/bin/vde_switch -s "$run/switch" -d -p "$run/switch.pid"
+  # the operator's way in: its own config, whatever CATENARY_CONFIG_DIR the caller has
+  PATH=${pkgs.vde2}/bin:$PATH CATENARY_CONFIG_DIR="$dir/operator" \
+    ${catenary}/bin/catenary cluster relay --switch "$run/switch" --dir "$dir" &
+  relay=$!
   for i in $(seq 1 "$n"); do
     stage="$run/node$i"
     mkdir "$stage"
@@ -59,7 +70,8 @@ pkgs.writeShellScript "catenary-qemu-cluster" ''
       > >(sed -u "s/^/[node$i] /") 2>&1 &
     pids="$pids $!"
   done
-  echo "qemu-cluster: $n node(s); operator config $dir/operator (admin; API at node1's fabric address):"
-  echo "qemu-cluster:   CATENARY_CONFIG_DIR=$dir/operator catenary nodes   (needs a fabric endpoint: docs/api.md)"
+  echo "qemu-cluster: $n node(s); operator config $dir/operator (admin; API at node1's fabric address,"
+  echo "qemu-cluster: reached through the relay above); in a second terminal:"
+  echo "qemu-cluster:   CATENARY_CONFIG_DIR=$dir/operator catenary nodes"
   wait
 ''

@@ -101,7 +101,8 @@ mod tests {
     /// QEMU must get a boot module holding the cluster file and that node's own key as
     /// `node.key`, the MAC the cluster file's underlay address comes from, and no key on its
     /// command line; a new DIR is made by `catenary cluster new`, an existing one of N nodes is
-    /// used again, one of another size refused.
+    /// used again, one of another size refused; `catenary cluster relay` is started on the
+    /// switch's socket for DIR, with DIR/operator as its config.
     #[test]
     fn qemu_cluster_app_boots_each_node_with_its_key_and_the_cluster_file() {
         if Command::new("nix-instantiate").arg("--version").output().is_err() || Command::new("cpio").arg("--version").output().is_err() {
@@ -124,9 +125,10 @@ mod tests {
             "echo \"qemu $*\" >> {log}\nwhile [ $# -gt 0 ]; do if [ \"$1\" = -initrd ]; then stat -c %a \"$2\" >> {log}; cp \"$2\" {t}/module-$(echo \"$*\" | grep -o 'mac=[0-9a-f:]*' | tr : _).cpio; fi; shift; done",
             log = log.display(), t = t.display()));
         write_exec("vde_switch", &format!("echo \"vde_switch $*\" >> {}", log.display()));
+        write_exec("vde_plug", "exit 0");
         // `catenary cluster new`: a cluster file and keys as the real one lays them out
         write_exec("catenary", &format!(
-            "echo \"catenary $*\" >> {log}\n[ \"$1 $2 $3\" = \"cluster new --nodes\" ] || exit 9\nn=$4; d=$6; mkdir -p \"$d\"\n{{ echo 'catenary-cluster v1'; for i in $(seq 1 $n); do echo \"node node$i $(printf %064x $i) fe80::5054:ff:feca:$i 51820\"; done; }} > \"$d/cluster.txt\"\nfor i in $(seq 1 $n); do printf '%064x\\n' $((1000+i)) > \"$d/node$i.key\"; done",
+            "if [ \"$1 $2\" = \"cluster relay\" ]; then echo \"catenary $* config $CATENARY_CONFIG_DIR vde_plug $(command -v vde_plug)\" >> {log}; exit 0; fi\necho \"catenary $*\" >> {log}\n[ \"$1 $2 $3\" = \"cluster new --nodes\" ] || exit 9\nn=$4; d=$6; mkdir -p \"$d\"\n{{ echo 'catenary-cluster v1'; for i in $(seq 1 $n); do echo \"node node$i $(printf %064x $i) fe80::5054:ff:feca:$i 51820\"; done; }} > \"$d/cluster.txt\"\nfor i in $(seq 1 $n); do printf '%064x\\n' $((1000+i)) > \"$d/node$i.key\"; done",
             log = log.display()));
         for (f, d) in [("K/catenary.elf", "kernel"), ("G/vmlinux", "vmlinux"), ("I/initramfs.cpio.gz", "initramfs")] {
             std::fs::create_dir_all(t.join(f).parent().unwrap()).unwrap();
@@ -161,11 +163,25 @@ mod tests {
             assert!(!text.contains(key.trim()), "node{k}'s key is on a command line: {text}");
         }
         assert_eq!(text.lines().filter(|l| l.starts_with("qemu ")).count(), 3);
+        // the operator's way in: `catenary cluster relay` on the switch just started, for the
+        // cluster in DIR (absolute), writing DIR/operator, with vde_plug on its PATH
+        let lines: Vec<&str> = text.lines().collect();
+        let switch = lines.iter().find_map(|l| l.strip_prefix("vde_switch -s ")).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("no vde_switch: {text}"));
+        let at = lines.iter().position(|l| l.starts_with("catenary cluster relay")).unwrap_or_else(|| panic!("`catenary cluster relay` was not started: {text}"));
+        let dir = t.join("c").canonicalize().unwrap();
+        assert_eq!(
+            lines[at],
+            format!("catenary cluster relay --switch {switch} --dir {} config {} vde_plug {}/vde_plug", dir.display(), dir.join("operator").display(), stub.display()),
+            "the relay must get the switch socket, the cluster dir, DIR/operator as its config and vde_plug"
+        );
+        assert!(lines.iter().position(|l| l.starts_with("vde_switch ")).unwrap() < at, "the relay started before the switch: {text}");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(stdout.contains(&format!("CATENARY_CONFIG_DIR={}/operator catenary nodes", dir.display())), "{stdout}");
         assert_eq!(text.lines().filter(|l| *l == "600").count(), 3, "boot modules must be private: {text}");
         // again with the same DIR: no new keys; with another size: refused
         std::fs::remove_file(&log).unwrap();
         assert!(run(&["3", "c"]).status.success());
-        assert!(!std::fs::read_to_string(&log).unwrap().contains("catenary "), "an existing cluster was made again");
+        assert!(!std::fs::read_to_string(&log).unwrap().contains("catenary cluster new"), "an existing cluster was made again");
         let o = run(&["2", "c"]);
         assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("holds a cluster of 3 nodes"));
         let _ = std::fs::remove_dir_all(&t);
