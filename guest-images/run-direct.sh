@@ -9,7 +9,7 @@
 #   --cmd CMD     shell command for the guest (passed as catenary.cmd=<base64>); default: demo
 #   --append S    extra kernel command line words
 #   --base S      the command line's base words (default: Catenary's, catenary_vmm::LINUX_CMDLINE:
-#                 "console=hvc0 panic=-1 reboot=k tsc=reliable"); `cargo xtask bench vm` passes it
+#                 "console=hvc0 panic=-1 reboot=k tsc=reliable io_delay=none"); `cargo xtask bench vm` passes it
 #   --legacy      only 8259 PIC + 8254 PIT + RTC, no local APIC / IO-APIC
 #                 (QEMU -cpu max,-apic; guest cmdline adds nolapic noapic)
 #   --mem M       guest RAM (default 256M)
@@ -26,13 +26,14 @@
 # QEMU terminated by itself (the guest powered off / reset).
 #
 # Environment: QEMU (default qemu-system-x86_64), CATENARY_TSC_KHZ (guest TSC kHz; default:
-# the host's TSC frequency, which is what QEMU TCG's RDTSC counts at).
+# the host's TSC frequency, which is what QEMU TCG's RDTSC counts at), RUN_DIRECT_LOG (keep the
+# guest console there; `cargo xtask bench vm` sets it).
 set -euo pipefail
 
 die() { echo "run-direct.sh: error: $*" >&2; exit 2; }
 
 CMD=
-BASE="console=hvc0 panic=-1 reboot=k tsc=reliable"
+BASE="console=hvc0 panic=-1 reboot=k tsc=reliable io_delay=none"
 APPEND=
 LEGACY=0
 MEM=256M
@@ -148,6 +149,7 @@ ready_us=$(sed -n 's/^READY_US //p' "$LOG" | head -n1)
 [ -n "$ready_us" ] && ready_ms=$(( ready_us / 1000 ))
 status=$(sed -n 's/.*catenary-init: exit status \([0-9]*\).*/\1/p' "$LOG" | tail -n1)
 # The guest's own view of its command line (bench vm compares it with the Catenary guest's).
+[ -z "${RUN_DIRECT_LOG:-}" ] || cp "$LOG" "$RUN_DIRECT_LOG"
 guest_cmdline=$(sed -n 's/.*catenary-demo: cmdline: //p' "$LOG" | head -n1)
 echo "run-direct: cmdline=$guest_cmdline"
 echo "run-direct: ready_ms=${ready_ms:-none} exit_status=${status:-none} qemu_rc=$qemu_rc"

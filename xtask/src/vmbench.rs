@@ -207,8 +207,10 @@ fn catenary_ready_ms(kernel: &std::path::Path, bundle: &std::path::Path) -> Resu
     let o = run_captured(b.command(false)?, &["after the microVM:", "exit profile: total"], &["KERNEL PANIC", "microVM demo failed"], Duration::from_secs(300), false)?;
     let line = o.lines.iter().find(|l| l.contains("after the microVM:")).ok_or("the microVM did not finish")?;
     let ms = line.rsplit("ready after ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse::<f64>().ok()).ok_or("no ready time")?;
-    let details = o.lines.iter().filter(|l| l.contains("after the microVM") || l.contains("created in") || l.contains("ended:") || l.contains("exit profile:")).cloned().collect();
+    let details = o.lines.iter().filter(|l| l.contains("after the microVM") || l.contains("created in") || l.contains("ended:") || l.contains("exit profile:") || l.contains("cpuid exits by leaf:")).cloned().collect();
     let cmdline = guest_cmdline(&o.lines).ok_or("the guest printed no `catenary-demo: cmdline:` line")?;
+    // The run's whole log (the guest's printk times show where its boot went).
+    let _ = std::fs::write(crate::tools::out_dir().join("bench-vm-catenary.log"), o.lines.join("\n"));
     Ok((ms, details, cmdline))
 }
 
@@ -216,7 +218,7 @@ fn catenary_ready_ms(kernel: &std::path::Path, bundle: &std::path::Path) -> Resu
 /// command line (`--base`, catenary_vmm::LINUX_CMDLINE). Returns ms to ready and the guest's cmdline.
 fn direct_ready_ms(vmlinux: &std::path::Path, initrd: &std::path::Path) -> Result<(f64, String), String> {
     let script = crate::tools::root().join("guest-images/run-direct.sh");
-    let out = Command::new("bash").arg(script).arg("--quiet").args(["--base", catenary_vmm::LINUX_CMDLINE]).arg(vmlinux).arg(initrd).output().map_err(|e| e.to_string())?;
+    let out = Command::new("bash").env("RUN_DIRECT_LOG", crate::tools::out_dir().join("bench-vm-direct.log")).arg(script).arg("--quiet").args(["--base", catenary_vmm::LINUX_CMDLINE]).arg(vmlinux).arg(initrd).output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     let ms = text.lines()
         .find_map(|l| l.strip_prefix("run-direct: ready_ms=").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))

@@ -231,6 +231,13 @@ fn start_demo_vm(node: &Node) {
             for (row, n) in catenary_vmm::exitprofile::profile(&r.exits_by_reason, &r.io_by_port) {
                 info!(target: "vmm", "exit profile: {n} {row}");
             }
+            // (Before the total: `bench vm` stops reading at it.) The CPUID row by leaf, kernel (k) or user mode (u): `leaf:k=count`
+            // (docs/vmm.md "Where exits go").
+            let leaves: alloc::vec::Vec<alloc::string::String> = r.cpuid_by_leaf.iter().map(|((l, u), n)| {
+                let leaf = if *l == catenary_vmm::vm::CPUID_HV_SCAN_KEY { alloc::string::String::from("0x40000100-0x4000ffff") } else { alloc::format!("{l:#x}") };
+                alloc::format!("{leaf}:{}={n}", if *u { 'u' } else { 'k' })
+            }).collect();
+            info!(target: "vmm", "cpuid exits by leaf: {}", leaves.join(" "));
             info!(target: "vmm", "exit profile: total {}", r.exits);
         }
     }

@@ -129,6 +129,13 @@ fn exit_index(e: &Exit) -> usize {
 /// Distinct ports counted in [`Stats::io_by_port`].
 pub const MAX_PORTS_TRACKED: usize = 256;
 
+/// Distinct CPUID leaves counted in [`Stats::cpuid_by_leaf`].
+pub const MAX_CPUID_LEAVES_TRACKED: usize = 64;
+/// The key under which [`Stats::cpuid_by_leaf`] counts every leaf in 0x4000_0100..=0x4000_ffff:
+/// Linux's `hypervisor_cpuid_base()` walks them in steps of 0x100 looking for a signature
+/// (256 exits a walk), and one key per step would fill the table.
+pub const CPUID_HV_SCAN_KEY: u32 = 0x4000_0100;
+
 /// Counters for the benchmark and for hostile-guest reports.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -137,6 +144,9 @@ pub struct Stats {
     /// Port I/O exits by port (the first [`MAX_PORTS_TRACKED`] distinct ports; the rest are
     /// only in `exits`: a guest must not grow host memory by touching every port).
     pub io_by_port: BTreeMap<u16, u64>,
+    /// CPUID exits by `(leaf, executed in user mode)` (the first [`MAX_CPUID_LEAVES_TRACKED`]
+    /// distinct keys, bounded like `io_by_port`): where a boot's CPUIDs come from.
+    pub cpuid_by_leaf: BTreeMap<(u32, bool), u64>,
     pub unknown_port_reads: u64,
     pub unknown_port_writes: u64,
     /// Distinct unknown MSRs (capped at 256 entries) and their access counts.
@@ -702,6 +712,11 @@ impl MicroVm {
             Exit::Cpuid => {
                 if let Err(o) = self.skip(cpu, mem, &[Mnemonic::Cpuid], "cpuid") {
                     return o;
+                }
+                let leaf = cpu.rax as u32;
+                let key = (if (0x4000_0100..=0x4000_ffff).contains(&leaf) { CPUID_HV_SCAN_KEY } else { leaf }, cpu.cpl == 3);
+                if self.stats.cpuid_by_leaf.len() < MAX_CPUID_LEAVES_TRACKED || self.stats.cpuid_by_leaf.contains_key(&key) {
+                    *self.stats.cpuid_by_leaf.entry(key).or_insert(0) += 1;
                 }
                 let host = |l: u32, s: u32| self.host_cpuid.get(l, s);
                 let mut r = guest_cpuid(&self.cfg.cpuid, cpu.rax as u32, cpu.rcx as u32, cpu.cr4, cpu.xcr0, &host);

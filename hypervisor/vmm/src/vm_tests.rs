@@ -137,6 +137,43 @@ fn cpuid_exit() {
     assert_ne!(c.rcx & (1 << 31), 0);
 }
 
+/// `Stats::cpuid_by_leaf`: per leaf, kernel and user apart, the hypervisor-range walk under one
+/// key, and no more than `MAX_CPUID_LEAVES_TRACKED` keys whatever the guest asks.
+#[test]
+fn cpuid_exits_counted_by_leaf_and_bounded() {
+    let mut v = vm();
+    let (mut c, mut m) = long_guest(&[0x0f, 0xa2]);
+    // User-accessible mappings, for the CPUIDs at CPL 3.
+    m.write_u64(0x1000, 0x2000 | 7).unwrap();
+    m.write_u64(0x2000, 0x87).unwrap();
+    let mut cpuid = |v: &mut MicroVm, c: &mut VcpuState, leaf: u32, cpl: u8| {
+        c.rip = CODE;
+        c.rax = leaf as u64;
+        c.cpl = cpl;
+        v.handle_exit(Exit::Cpuid, c, &mut m, 0).unwrap();
+    };
+    cpuid(&mut v, &mut c, 1, 0);
+    cpuid(&mut v, &mut c, 1, 0);
+    cpuid(&mut v, &mut c, 1, 3);
+    // Linux's signature walk: 0x40000000, 0x40000100, ..., 0x4000ff00.
+    for base in (0x4000_0000u32..0x4001_0000).step_by(0x100) {
+        cpuid(&mut v, &mut c, base, 0);
+    }
+    let get = |v: &MicroVm, k: (u32, bool)| v.stats().cpuid_by_leaf.get(&k).copied();
+    assert_eq!(get(&v, (1, false)), Some(2));
+    assert_eq!(get(&v, (1, true)), Some(1));
+    assert_eq!(get(&v, (0x4000_0000, false)), Some(1));
+    assert_eq!(get(&v, (CPUID_HV_SCAN_KEY, false)), Some(255));
+    assert_eq!(v.stats().cpuid_by_leaf.len(), 4);
+    for leaf in 0x100..0x300u32 {
+        cpuid(&mut v, &mut c, leaf, 3);
+    }
+    assert_eq!(v.stats().cpuid_by_leaf.len(), MAX_CPUID_LEAVES_TRACKED);
+    cpuid(&mut v, &mut c, 1, 3);
+    assert_eq!(get(&v, (1, true)), Some(2), "a tracked key still counts when the table is full");
+    assert_eq!(v.stats().exits[2], 3 + 256 + 0x200 + 1);
+}
+
 #[test]
 fn unknown_msr_injects_gp() {
     let mut v = vm();

@@ -41,6 +41,8 @@ pub struct RunReport {
     pub placement: virt::Placement,
     /// Port exits by port (the first 256 distinct ports): test guests count progress this way.
     pub io_by_port: alloc::vec::Vec<(u16, u64)>,
+    /// CPUID exits by `(leaf, user mode)` (`Stats::cpuid_by_leaf`).
+    pub cpuid_by_leaf: alloc::vec::Vec<((u32, bool), u64)>,
     /// What the guest init reported on the workload channel (VMs from a Catenary image).
     pub workload_exit: Option<WorkloadExit>,
     pub workload_ready: bool,

@@ -117,7 +117,7 @@ pub fn run_image_vm(handle: u64, name: &str, mem_mib: u64, vcpus: u8, rootfs: ca
 }
 
 fn empty_report() -> RunReport {
-    RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new(), workload_exit: None, workload_ready: false, cycles: LoopCycles::default() }
+    RunReport { ended: Ended::Failed(String::new()), exits: 0, wall_ns: 0, overhead_bytes: 0, exits_by_reason: alloc::vec::Vec::new(), ready_ns: None, touched_bytes: 0, console: alloc::vec::Vec::new(), console_written: 0, console_dropped: 0, console_overwritten: 0, placement: virt::Placement::default(), io_by_port: alloc::vec::Vec::new(), cpuid_by_leaf: alloc::vec::Vec::new(), workload_exit: None, workload_ready: false, cycles: LoopCycles::default() }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -277,6 +277,7 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
     report.placement.cpus |= sh.ap_cpus.load(Ordering::Relaxed);
     report.placement.migrations += sh.ap_moves.load(Ordering::Relaxed);
     report.io_by_port = vm.stats().io_by_port.iter().map(|(p, n)| (*p, *n)).collect();
+    report.cpuid_by_leaf = vm.stats().cpuid_by_leaf.iter().map(|(k, n)| (*k, *n)).collect();
     report.wall_ns = time::now_ns() - t0;
     if channel {
         // Everything this VM holds is still allocated here (its RAM, vCPU, device model, disk).
