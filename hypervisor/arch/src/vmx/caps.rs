@@ -82,18 +82,22 @@ impl Caps {
         let basic = rd(IA32_VMX_BASIC);
         let true_ctls = basic & (1 << 55) != 0;
         let proc = if true_ctls { rd(IA32_VMX_TRUE_PROCBASED_CTLS) } else { rd(IA32_VMX_PROCBASED_CTLS) };
+        let proc2 = if proc >> 63 != 0 { rd(IA32_VMX_PROCBASED_CTLS2) } else { 0 };
+        // IA32_VMX_EPT_VPID_CAP exists only when EPT (secondary bit 1) or VPID (bit 5) may be
+        // set (SDM A.10); reading it otherwise raises #GP, a dead CPU.
+        let ept_or_vpid = (proc2 >> 32) & ((1 << 1) | (1 << 5)) != 0;
         Caps {
             revision: basic as u32 & 0x7fff_ffff,
             pin: if true_ctls { rd(IA32_VMX_TRUE_PINBASED_CTLS) } else { rd(IA32_VMX_PINBASED_CTLS) },
             proc,
-            proc2: if proc >> 63 != 0 { rd(IA32_VMX_PROCBASED_CTLS2) } else { 0 },
+            proc2,
             exit: if true_ctls { rd(IA32_VMX_TRUE_EXIT_CTLS) } else { rd(IA32_VMX_EXIT_CTLS) },
             entry: if true_ctls { rd(IA32_VMX_TRUE_ENTRY_CTLS) } else { rd(IA32_VMX_ENTRY_CTLS) },
             cr0_fixed0: rd(IA32_VMX_CR0_FIXED0),
             cr0_fixed1: rd(IA32_VMX_CR0_FIXED1),
             cr4_fixed0: rd(IA32_VMX_CR4_FIXED0),
             cr4_fixed1: rd(IA32_VMX_CR4_FIXED1),
-            ept_vpid: rd(IA32_VMX_EPT_VPID_CAP),
+            ept_vpid: if ept_or_vpid { rd(IA32_VMX_EPT_VPID_CAP) } else { 0 },
             misc: rd(IA32_VMX_MISC),
         }
     }

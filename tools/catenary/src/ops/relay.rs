@@ -203,8 +203,9 @@ pub fn run(switch: &Path, dir: &Path, node: Option<&str>, op_dir: &Path) -> Resu
         return Err(format!("{}: no such switch (the cluster's vde_switch socket)", switch.display()));
     }
     // SIGINT/SIGTERM are read from a signalfd (no handler, no unsafe): blocked in this thread
-    // before the relay's threads and vde_plug start, which inherit the mask (vde_plug is
-    // killed here, and sees its stdin close if this process is killed outright)
+    // before the relay's threads start, which inherit the mask. vde_plug does not (Command
+    // resets a child's signal mask), so a terminal's Ctrl-C reaches it too; it is also killed
+    // here, and sees its stdin close if this process is killed outright.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
@@ -247,6 +248,10 @@ pub fn run(switch: &Path, dir: &Path, node: Option<&str>, op_dir: &Path) -> Resu
         }
         if let Ok(Some(st)) = child.try_wait() {
             stop.store(true, Ordering::SeqCst);
+            // a Ctrl-C that ended vde_plug between the read above and here is a stop, not an error
+            if let Ok(Some(_)) = sfd.read_signal() {
+                return Ok(());
+            }
             return Err(format!("vde_plug ended ({st}): is the switch {} still up?", switch.display()));
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -81,8 +81,12 @@ impl Forwarder {
         self.f.has_room()
     }
 
-    /// The earliest deadline of an ask in flight.
+    /// The earliest deadline of an ask in flight; 0 (now) while an answer waits in `ready`
+    /// (one completed inside `park` or `gone`), so the loop's poll does not sleep on it.
     pub fn deadline_ms(&self) -> Option<u64> {
+        if !self.ready.is_empty() {
+            return Some(0);
+        }
         self.asks.iter().map(|a| a.2.deadline_ms()).min()
     }
 
