@@ -273,7 +273,7 @@ pub(crate) fn test_netd_ring3(t: &mut Tally, kernel: &Path) -> Result<(), String
 /// echo (a uapp client of its `netd`, port 7) and node1's ring-3 client, which sends 3
 /// datagrams from an ephemeral port of node1's /128 to node2's /128 and gets each back, then
 /// makes hostile requests (a handle never opened, an unknown operation, a reserved port, a
-/// SEND whose words name a grant it did not lend, a ninth socket, a double close): each gets
+/// SEND whose words name a grant it did not lend, a socket past `SOCKETS_PER_CLIENT`, a double close): each gets
 /// its error and `netd` lives on.
 pub(crate) fn test_netd_sockets(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let mut a = NodeSpec::new(1);
