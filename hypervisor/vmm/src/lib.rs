@@ -100,6 +100,7 @@ pub mod mptable;
 pub mod msr;
 pub mod paging;
 pub mod virtio;
+pub mod stats;
 pub mod stop;
 pub mod svm_exit;
 pub mod vm;

@@ -1,4 +1,5 @@
-//! The microVM device model: exit dispatch, port/MMIO buses, interrupt plumbing, stats.
+//! The microVM device model: exit dispatch, port/MMIO buses, interrupt plumbing (the run
+//! statistics are in `stats.rs`).
 
 use crate::apic_bus::ApicBus;
 use crate::boot::layout;
@@ -14,6 +15,7 @@ use crate::insn::{classify_mmio, complete_load, decode_at_rip, length_of, skip_l
 use crate::mem::GuestMemory;
 use crate::msr::{MsrResult, MsrState};
 use crate::paging::{linear, read_linear, write_linear, Access, WalkError};
+pub use crate::stats::{Stats, CPUID_HV_SCAN_KEY, EXIT_NAMES, MAX_CPUID_LEAVES_TRACKED, MAX_PORTS_TRACKED};
 use crate::virtio::blk::VirtioBlk;
 use crate::virtio::console::VirtioConsole;
 use crate::virtio::net::VirtioNet;
@@ -92,80 +94,6 @@ impl VmConfig {
             apic: false,
             vcpus: 1,
         }
-    }
-}
-
-/// Exit reasons counted in [`Stats::exits`].
-pub const EXIT_NAMES: [&str; 19] = [
-    "io", "mmio", "cpuid", "rdmsr", "wrmsr", "hlt", "interrupt_window", "external_interrupt", "nmi",
-    "exception", "shutdown", "vmcall", "xsetbv", "invd", "wbinvd", "pause", "invalid_guest_state", "other",
-    "page_walk",
-];
-
-fn exit_index(e: &Exit) -> usize {
-    match e {
-        Exit::Io { .. } => 0,
-        Exit::Mmio { .. } => 1,
-        Exit::Cpuid => 2,
-        Exit::Rdmsr => 3,
-        Exit::Wrmsr => 4,
-        Exit::Hlt => 5,
-        Exit::InterruptWindow => 6,
-        Exit::ExternalInterrupt => 7,
-        Exit::Nmi => 8,
-        Exit::Exception { .. } => 9,
-        Exit::Shutdown => 10,
-        Exit::Vmcall => 11,
-        Exit::Xsetbv => 12,
-        Exit::Invd => 13,
-        Exit::Wbinvd => 14,
-        Exit::Pause => 15,
-        Exit::InvalidGuestState { .. } => 16,
-        Exit::Other { .. } => 17,
-        Exit::PageWalkFault { .. } => 18,
-    }
-}
-
-/// Distinct ports counted in [`Stats::io_by_port`].
-pub const MAX_PORTS_TRACKED: usize = 256;
-
-/// Distinct CPUID leaves counted in [`Stats::cpuid_by_leaf`].
-pub const MAX_CPUID_LEAVES_TRACKED: usize = 64;
-/// The key under which [`Stats::cpuid_by_leaf`] counts every leaf in 0x4000_0100..=0x4000_ffff:
-/// Linux's `hypervisor_cpuid_base()` walks them in steps of 0x100 looking for a signature
-/// (256 exits a walk), and one key per step would fill the table.
-pub const CPUID_HV_SCAN_KEY: u32 = 0x4000_0100;
-
-/// Counters for the benchmark and for hostile-guest reports.
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    /// Exits by reason, indexed like [`EXIT_NAMES`].
-    pub exits: [u64; 19],
-    /// Port I/O exits by port (the first [`MAX_PORTS_TRACKED`] distinct ports; the rest are
-    /// only in `exits`: a guest must not grow host memory by touching every port).
-    pub io_by_port: BTreeMap<u16, u64>,
-    /// CPUID exits by `(leaf, executed in user mode)` (the first [`MAX_CPUID_LEAVES_TRACKED`]
-    /// distinct keys, bounded like `io_by_port`): where a boot's CPUIDs come from.
-    pub cpuid_by_leaf: BTreeMap<(u32, bool), u64>,
-    pub unknown_port_reads: u64,
-    pub unknown_port_writes: u64,
-    /// Distinct unknown MSRs (capped at 256 entries) and their access counts.
-    pub unknown_msrs: BTreeMap<u32, u64>,
-    pub unknown_msr_total: u64,
-    pub wild_mmio: u64,
-    pub exceptions_injected: u64,
-    pub irqs_injected: u64,
-    pub string_io_iterations: u64,
-    pub post_code: u8,
-}
-
-impl Stats {
-    /// `(reason, count)` for every reason with a non-zero count.
-    pub fn exits_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        EXIT_NAMES.iter().zip(self.exits.iter()).filter(|(_, c)| **c > 0).map(|(n, c)| (*n, *c))
-    }
-    pub fn total_exits(&self) -> u64 {
-        self.exits.iter().sum()
     }
 }
 
@@ -638,7 +566,7 @@ impl MicroVm {
         if let Some(r) = &self.stopped {
             return Ok(Action::Stop(r.clone()));
         }
-        self.stats.exits[exit_index(&exit)] += 1;
+        self.stats.count_exit(&exit);
         let r = self.dispatch(exit, cpu, mem, now_ns);
         self.poll(now_ns);
         if let Ok(Action::Stop(reason)) = &r {
@@ -684,9 +612,7 @@ impl MicroVm {
                 if !matches!(size, 1 | 2 | 4) {
                     return Err(VmError::BadExit("I/O size must be 1, 2 or 4"));
                 }
-                if self.stats.io_by_port.len() < MAX_PORTS_TRACKED || self.stats.io_by_port.contains_key(&port) {
-                    *self.stats.io_by_port.entry(port).or_insert(0) += 1;
-                }
+                self.stats.count_port(port);
                 if string {
                     return self.string_io(port, size, write, rep, cpu, mem, now_ns);
                 }
@@ -713,11 +639,7 @@ impl MicroVm {
                 if let Err(o) = self.skip(cpu, mem, &[Mnemonic::Cpuid], "cpuid") {
                     return o;
                 }
-                let leaf = cpu.rax as u32;
-                let key = (if (0x4000_0100..=0x4000_ffff).contains(&leaf) { CPUID_HV_SCAN_KEY } else { leaf }, cpu.cpl == 3);
-                if self.stats.cpuid_by_leaf.len() < MAX_CPUID_LEAVES_TRACKED || self.stats.cpuid_by_leaf.contains_key(&key) {
-                    *self.stats.cpuid_by_leaf.entry(key).or_insert(0) += 1;
-                }
+                self.stats.count_cpuid(cpu.rax as u32, cpu.cpl == 3);
                 let host = |l: u32, s: u32| self.host_cpuid.get(l, s);
                 let mut r = guest_cpuid(&self.cfg.cpuid, cpu.rax as u32, cpu.rcx as u32, cpu.cr4, cpu.xcr0, &host);
                 if cpu.rax as u32 == 1 && self.apic.is_some() {
@@ -850,10 +772,7 @@ impl MicroVm {
     }
 
     fn unknown_msr(&mut self, idx: u32) -> Action {
-        self.stats.unknown_msr_total += 1;
-        if self.stats.unknown_msrs.len() < 256 || self.stats.unknown_msrs.contains_key(&idx) {
-            *self.stats.unknown_msrs.entry(idx).or_insert(0) += 1;
-        }
+        self.stats.count_unknown_msr(idx);
         self.inject(Injection::gp0())
     }
 
