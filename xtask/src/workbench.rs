@@ -203,8 +203,9 @@ fn runs(v: &[f64]) -> String {
     v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ")
 }
 
-/// Eight at once: the rate (8 / first create → last first line) and the memory per VM.
-fn print_eight(lines: &[String], names: &[String], what: &str) {
+/// Eight at once: the rate (8 / first create → last first line) and the memory per VM (KiB,
+/// when the log holds the counters).
+fn print_eight(lines: &[String], names: &[String], what: &str) -> Option<i64> {
     let fs: Vec<VmFigures> = names.iter().map(|n| figures(lines, n)).collect();
     let first_create = fs.iter().filter_map(|f| f.request_us.or(f.create_us)).min();
     let last_line = fs.iter().filter_map(|f| f.first_us).max();
@@ -216,7 +217,7 @@ fn print_eight(lines: &[String], names: &[String], what: &str) {
         }
         _ => println!("  {what}: only {lines_seen} of {} workloads printed their first line", names.len()),
     }
-    concurrent_memory(lines, &fs, names, what);
+    concurrent_memory(lines, &fs, names, what)
 }
 
 /// The service path: one boot of the test kernel with `ktest.only=workbench`.
@@ -241,7 +242,9 @@ fn service_figures(bundle: &Path) -> Result<f64, String> {
         println!("  last: {d}");
     }
     let names: Vec<String> = (1..=8).map(|i| format!("w{i}")).collect();
-    print_eight(&o.lines, &names, "through the workload service, 8 at once (64 MiB each)");
+    if let Some(per) = print_eight(&o.lines, &names, "through the workload service, 8 at once (64 MiB each)") {
+        crate::benchtable::value("host memory per microVM beyond guest RAM (workd, 8 alive, per VM)", "KiB", per as f64, crate::benchtable::Goal::AtMost(256.0));
+    }
     println!("  (node log {})", log.display());
     Ok(median(ms))
 }
@@ -280,35 +283,41 @@ pub fn bench_workload() -> Result<(), String> {
     println!("  median {md:.0} ms   runs {} ms", runs(&direct));
     println!("  ratio workload service / direct: {:.2}; vm.image path / direct: {:.2}", ms / md, mc / md);
     crate::benchtable::ratio("workload create to first log line (workd)", "ms", ms, "direct QEMU -M microvm", md, crate::benchtable::Goal::None);
-    crate::benchtable::value("host memory per microVM beyond guest RAM (vm.image path, median)", "KiB", median(beyond.clone()), crate::benchtable::Goal::AtMost(256.0));
+    // Every run here is a fresh node's first VM, which also pays the node's once-per-node state
+    // (~330 KiB, docs/images.md): a per-node cost, so this row has no per-VM goal; the goal is
+    // checked on the eight-at-once figure below.
+    crate::benchtable::value("host memory beyond guest RAM, vm.image path, a fresh node's first VM (incl. once-per-node state; median)", "KiB", median(beyond.clone()), crate::benchtable::Goal::None);
 
     let names: Vec<String> = (0..COUNT).map(|i| if i == 0 { "demo".to_string() } else { format!("demo-{}", i + 1) }).collect();
     let lines = node_run(&kernel, &bundle, &format!("vm.image=1 vm.count={COUNT} vm.mem={COUNT_MEM}"), &names)?;
-    print_eight(&lines, &names, &format!("the vm.image=1 path, vm.count={COUNT} ({COUNT_MEM} MiB each)"));
+    if let Some(per) = print_eight(&lines, &names, &format!("the vm.image=1 path, vm.count={COUNT} ({COUNT_MEM} MiB each)")) {
+        crate::benchtable::value(&format!("host memory per microVM beyond guest RAM (vm.image path, {COUNT} alive, per VM)"), "KiB", per as f64, crate::benchtable::Goal::AtMost(256.0));
+    }
     Ok(())
 }
 
 /// Memory per microVM with all of `names` alive: the node's counters at the first VM's create
 /// line (before any of them existed) and at the first VM's end (checked: every one had been
 /// created by then), divided by their number.
-fn concurrent_memory(lines: &[String], fs: &[VmFigures], names: &[String], what: &str) {
+fn concurrent_memory(lines: &[String], fs: &[VmFigures], names: &[String], what: &str) -> Option<i64> {
     let n = names.len();
-    let Some(first) = fs.iter().filter(|f| f.create_us.is_some()).min_by_key(|f| f.create_us) else { return };
+    let Some(first) = fs.iter().filter(|f| f.create_us.is_some()).min_by_key(|f| f.create_us) else { return None };
     let is_ours = |l: &str, tail: &str| names.iter().any(|m| l.contains(&format!("microVM {m}{tail}")));
-    let Some(end_at) = lines.iter().position(|l| is_ours(l, ": memory at its end: ")) else { return };
+    let Some(end_at) = lines.iter().position(|l| is_ours(l, ": memory at its end: ")) else { return None };
     let end = &lines[end_at];
     // `microVM NAME (id N): … created in …`: the VM's RAM, vCPU and device model exist.
     let created_before = lines[..end_at].iter().filter(|l| is_ours(l, " (id ") && l.contains(" created in ")).count();
     if created_before < n {
         println!("  {what}: only {created_before} had been created when the first ended: no memory figure");
-        return;
+        return None;
     }
-    let (Some(fr0), Some(u0), Some(s0)) = (first.free0, first.heap_used0, first.heap_size0) else { return };
-    let (Some(fr1), Some(u1), Some(s1), Some(ram1)) = (num_after(end, "free frames"), num_after(end, "heap"), num_after(end, " of"), num_after(end, "guest RAM")) else { return };
+    let (Some(fr0), Some(u0), Some(s0)) = (first.free0, first.heap_used0, first.heap_size0) else { return None };
+    let (Some(fr1), Some(u1), Some(s1), Some(ram1)) = (num_after(end, "free frames"), num_after(end, "heap"), num_after(end, " of"), num_after(end, "guest RAM")) else { return None };
     let ram = ram1 as i64 * 1024 * n as i64;
     let frames = (fr0 as i64 - fr1 as i64) * 4096;
     let (heap_grow, heap_used) = (s1 as i64 - s0 as i64, u1 as i64 - u0 as i64);
     let per = (frames - heap_grow - ram + heap_used) / n as i64;
     println!("  {what}: host memory beyond guest RAM with all {n} alive (node counters at the first create and at the first end): {} KiB per microVM (frames taken {} KiB for {} KiB of guest RAM, heap grown {} KiB, heap used {:+} KiB)",
         per / 1024, frames / 1024, ram / 1024, heap_grow / 1024, heap_used / 1024);
+    Some(per / 1024)
 }
