@@ -181,6 +181,21 @@ pub fn vm_hostile_svm_instructions(_: &Node) -> Result<(), String> {
     Ok(())
 }
 
+/// MONITOR and MWAIT exit (SVM intercepts, VMX MONITOR/MWAIT exiting) and become #UD in the
+/// guest: natively MWAIT would park the host CPU until the next host interrupt, outside the
+/// host's control. Exactly two exception exits: a #UD the CPU raised itself would reach the
+/// guest without one (#UD is not intercepted).
+pub fn vm_hostile_monitor_mwait(_: &Node) -> Result<(), String> {
+    if catenary_arch::cpu::cpuid(1, 0).2 & (1 << 3) == 0 {
+        // Without MONITOR on the host CPU the guest's would be #UD natively: nothing to show.
+        return Err("SKIP: this CPU has no MONITOR/MWAIT (CPUID.1:ECX[3] clear): the intercept cannot be exercised".into());
+    }
+    let r = beside_healthy(14, "hostile-mwait")?;
+    powered_off(&r, 2)?;
+    check(r.console.iter().any(|l| l.contains("MONITOR/MWAIT done")), || format!("{:?}", r.console))?;
+    check(exits(&r, "exception") == 2, || format!("MONITOR/MWAIT did not exit exactly twice: {:?}", r.exits_by_reason))
+}
+
 /// An alignment check at CPL 3 reaches the guest's own #AC handler through the intercept.
 pub fn vm_hostile_alignment_check(_: &Node) -> Result<(), String> {
     let r = beside_healthy(10, "hostile-ac")?;

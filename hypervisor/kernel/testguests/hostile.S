@@ -27,6 +27,8 @@
  *  12 paging on with CR3 in the virtio-mmio window: the page walk leaves RAM → stopped
  *  13 paging on with a page table in a RAM chunk nothing has touched: the walk fault maps
  *     it (zeroed), the guest takes its own #PF for 0x400000 → status 14
+ *  14 MONITOR, MWAIT (intercepted: the VMM injects #UD, CPUID hides MONITOR) → 2 × #UD in the
+ *     guest's handler, each skipped → status 2 (natively MWAIT would idle the host CPU)
  * Position independent: EBP holds the load address. */
     .code32
     .text
@@ -71,6 +73,8 @@ _start:
     je walk_outside_ram
     cmp ebx, 13
     je walk_lazy_ram
+    cmp ebx, 14
+    je monitor_mwait
     jmp poweroff
 
 garbage_io:
@@ -257,6 +261,23 @@ svm_insns:
     .byte 0x0f, 0x01, 0xde       /* skinit */
     .byte 0x0f, 0x01, 0xdf       /* invlpga */
     lea esi, [ebp + msg_svm - _start]
+    call puts
+    mov ebx, [ebp + ud_count - _start]
+    jmp exit_status
+
+/* ---- 14: MONITOR, MWAIT ---- */
+monitor_mwait:
+    mov ecx, 6
+    lea eax, [ebp + ud_skip3 - _start]
+    call set_gate
+    lea eax, [ebp + scratch - _start] /* the monitored address: guest RAM */
+    xor ecx, ecx                 /* no extensions (non-zero would be #GP) */
+    xor edx, edx                 /* no hints */
+    .byte 0x0f, 0x01, 0xc8       /* monitor */
+    xor eax, eax                 /* C1 */
+    xor ecx, ecx
+    .byte 0x0f, 0x01, 0xc9       /* mwait */
+    lea esi, [ebp + msg_mwait - _start]
     call puts
     mov ebx, [ebp + ud_count - _start]
     jmp exit_status
@@ -599,6 +620,7 @@ msg_avx:         .asciz "healthy guest: AVX on, ymm4 loaded\n"
 msg_healthy_bad: .asciz "healthy guest: state corrupted across exits\n"
 msg_cache:       .asciz "hostile guest: WBINVD/INVD done, still running\n"
 msg_svm:         .asciz "hostile guest: SVM instructions done\n"
+msg_mwait:       .asciz "hostile guest: MONITOR/MWAIT done\n"
 msg_ac:          .asciz "hostile guest: #AC delivered to the guest's own handler\n"
 msg_no_ac:       .asciz "hostile guest: this CPU raised no #AC for a misaligned access at CPL 3\n"
 msg_db:          .asciz "hostile guest: debug-register scenario done\n"

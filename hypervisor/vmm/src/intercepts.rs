@@ -4,7 +4,8 @@
 //! exception bitmap / controls from these functions, so the configuration is host-tested here:
 //! a missing bit would let a guest hang a real CPU (the CVE-2015-5307 / CVE-2015-8104
 //! benign-exception microcode loops on #AC and #DB, which QEMU's emulated CPU cannot show),
-//! flush the host's caches (WBINVD/INVD) or reach the SVM instructions.
+//! flush the host's caches (WBINVD/INVD), reach the SVM instructions, or idle a host CPU outside
+//! the host's control (MONITOR/MWAIT).
 //!
 //! What happens after each intercept (the device model's part) is in `vm.rs` and
 //! docs/vmm.md ("The guest boundary").
@@ -36,6 +37,10 @@ pub mod svm {
     pub const I4_CLGI: u32 = 1 << 5;
     pub const I4_SKINIT: u32 = 1 << 6;
     pub const I4_WBINVD: u32 = 1 << 9;
+    /// MONITOR and MONITORX.
+    pub const I4_MONITOR: u32 = 1 << 10;
+    /// MWAIT and MWAITX, unconditionally (bit 12, "only if armed", is then redundant).
+    pub const I4_MWAIT: u32 = 1 << 11;
     pub const I4_XSETBV: u32 = 1 << 13;
 
     // Exit codes of the intercepts above that the decoder maps specially.
@@ -46,6 +51,9 @@ pub mod svm {
     pub const EXIT_STGI: u64 = 0x84;
     pub const EXIT_CLGI: u64 = 0x85;
     pub const EXIT_SKINIT: u64 = 0x86;
+    pub const EXIT_MONITOR: u64 = 0x8a;
+    pub const EXIT_MWAIT: u64 = 0x8b;
+    pub const EXIT_MWAIT_CONDITIONAL: u64 = 0x8c;
 }
 
 /// The VMCB intercept words an SVM vCPU is created with.
@@ -68,6 +76,9 @@ pub struct SvmIntercepts {
 /// - VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA: the guest sees EFER.SVME set (VMRUN
 ///   requires it in hardware), so without intercepts it could run these; they end up as #UD
 ///   in the guest. VMRUN's intercept is also architecturally required.
+/// - MONITOR/MONITORX, MWAIT/MWAITX: #UD in the guest (CPUID hides MONITOR; MONITORX/MWAITX
+///   are not shown either). Natively MWAIT would park the host CPU in a C-state until the next
+///   host interrupt or a write to the monitored line, outside the host's accounting.
 /// - Physical interrupts and NMIs exit (the host keeps its CPU), as do CPUID, HLT, port I/O,
 ///   MSRs (through the permission maps), XSETBV, VMMCALL and shutdown.
 pub fn svm_intercepts() -> SvmIntercepts {
@@ -75,7 +86,7 @@ pub fn svm_intercepts() -> SvmIntercepts {
     SvmIntercepts {
         exceptions: (1 << AC) | (1 << DB),
         vec3: I3_INTR | I3_NMI | I3_CPUID | I3_INVD | I3_HLT | I3_INVLPGA | I3_IOIO | I3_MSR | I3_SHUTDOWN,
-        vec4: I4_VMRUN | I4_VMMCALL | I4_VMLOAD | I4_VMSAVE | I4_STGI | I4_CLGI | I4_SKINIT | I4_WBINVD | I4_XSETBV,
+        vec4: I4_VMRUN | I4_VMMCALL | I4_VMLOAD | I4_VMSAVE | I4_STGI | I4_CLGI | I4_SKINIT | I4_WBINVD | I4_XSETBV | I4_MONITOR | I4_MWAIT,
     }
 }
 
@@ -84,8 +95,10 @@ pub mod vmx {
     pub const PIN_EXT_INTR_EXITING: u32 = 1 << 0;
     pub const PIN_NMI_EXITING: u32 = 1 << 3;
     pub const PROC_HLT_EXITING: u32 = 1 << 7;
+    pub const PROC_MWAIT_EXITING: u32 = 1 << 10;
     pub const PROC_IO_BITMAPS: u32 = 1 << 25;
     pub const PROC_MSR_BITMAPS: u32 = 1 << 28;
+    pub const PROC_MONITOR_EXITING: u32 = 1 << 29;
     pub const PROC_SECONDARY: u32 = 1 << 31;
     pub const PROC2_WBINVD_EXITING: u32 = 1 << 6;
 }
@@ -104,13 +117,15 @@ pub struct VmxIntercepts {
 /// intercepted (KVM intercepts it only on SVM). INVD, the VMX instructions, GETSEC and XSETBV
 /// exit unconditionally; WBINVD exits through the secondary control. External interrupts and
 /// NMIs exit (NMIs are then re-raised on the host), HLT exits, all ports and MSRs through the
-/// bitmaps.
+/// bitmaps. MWAIT and MONITOR exit and become #UD in the guest (as on SVM; CPUID hides MONITOR).
+/// UMONITOR/UMWAIT/TPAUSE stay #UD natively: the secondary control "enable user wait and pause"
+/// is never set.
 pub fn vmx_intercepts() -> VmxIntercepts {
     use vmx::*;
     VmxIntercepts {
         exception_bitmap: 1 << AC,
         pin: PIN_EXT_INTR_EXITING | PIN_NMI_EXITING,
-        proc: PROC_HLT_EXITING | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_SECONDARY,
+        proc: PROC_HLT_EXITING | PROC_MWAIT_EXITING | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_MONITOR_EXITING | PROC_SECONDARY,
         proc2: PROC2_WBINVD_EXITING,
     }
 }
@@ -139,6 +154,9 @@ mod tests {
         }
         assert_ne!(i.vec4 & (1 << 13), 0, "XSETBV not intercepted");
         assert_ne!(i.vec4 & (1 << 1), 0, "VMMCALL not intercepted");
+        // A guest must not idle the host CPU outside the host's control.
+        assert_ne!(i.vec4 & (1 << 10), 0, "MONITOR not intercepted");
+        assert_ne!(i.vec4 & (1 << 11), 0, "MWAIT not intercepted");
         // VINTR is switched on per entry only when an interrupt window is wanted.
         assert_eq!(i.vec3 & svm::I3_VINTR, 0);
     }
@@ -151,6 +169,8 @@ mod tests {
         assert_ne!(i.pin & (1 << 3), 0, "NMI exiting not requested");
         assert_ne!(i.pin & 1, 0, "external-interrupt exiting not requested");
         assert_ne!(i.proc & (1 << 7), 0, "HLT exiting not requested");
+        assert_ne!(i.proc & (1 << 10), 0, "MWAIT exiting not requested");
+        assert_ne!(i.proc & (1 << 29), 0, "MONITOR exiting not requested");
         assert_ne!(i.proc & (1 << 25), 0, "I/O bitmaps not requested");
         assert_ne!(i.proc & (1 << 28), 0, "MSR bitmaps not requested");
         assert_ne!(i.proc & (1 << 31), 0, "secondary controls not requested");

@@ -43,6 +43,9 @@ pub fn decode_svm_exit(code: u64, info1: u64, info2: u64) -> Exit {
         // without SVM. VMMCALL (0x81) is the hypercall.
         0x7a | 0x80 | 0x82..=0x86 => Exit::Exception { vector: crate::intercepts::UD, error_code: None },
         0x81 => Exit::Vmcall,
+        // MONITOR(X), MWAIT(X) and MWAIT-if-armed: #UD, as on a CPU without MONITOR (CPUID
+        // hides it); never executed natively (the guest would idle the host CPU).
+        0x8a..=0x8c => Exit::Exception { vector: crate::intercepts::UD, error_code: None },
         0x89 => Exit::Wbinvd,
         0x8d => Exit::Xsetbv,
         // A nested fault during the guest's own page-table walk (EXITINFO1 bit 33): the GPA is
@@ -156,6 +159,10 @@ mod tests {
             assert_eq!(decode_svm_exit(code, 0, 0), Exit::Exception { vector: 6, error_code: None }, "exit {code:#x}");
         }
         assert_eq!(decode_svm_exit(0x81, 0, 0), Exit::Vmcall);
+        // MONITOR, MWAIT, MWAIT-if-armed
+        for code in [0x8a, 0x8b, 0x8c] {
+            assert_eq!(decode_svm_exit(code, 0, 0), Exit::Exception { vector: 6, error_code: None }, "exit {code:#x}");
+        }
         assert_eq!(decode_svm_exit(0x89, 0, 0), Exit::Wbinvd);
         assert_eq!(decode_svm_exit(0x76, 0, 0), Exit::Invd);
         // #AC (error code) and #DB (none) are reflected.
@@ -178,7 +185,7 @@ mod tests {
         // VMEXIT_INVALID as QEMU reports it (32-bit) and as the APM defines it (-1)
         assert_eq!(decode_svm_exit(0xffff_ffff, 0, 0), Exit::InvalidGuestState { code: 0xffff_ffff });
         assert!(matches!(decode_svm_exit(u64::MAX, 0, 0), Exit::InvalidGuestState { .. }));
-        assert_eq!(decode_svm_exit(0x8a, 0, 0), Exit::Other { code: 0x8a });
+        assert_eq!(decode_svm_exit(0x8e, 0, 0), Exit::Other { code: 0x8e });
     }
 
     #[test]

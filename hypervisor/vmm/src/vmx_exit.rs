@@ -90,7 +90,7 @@ fn raw(info: &VmxExitInfo) -> u64 {
 
 /// Decode one VMX exit into the backend-neutral [`Exit`]. Never panics, for any input.
 ///
-/// VMX instructions, GETSEC, INVEPT/INVVPID and VMFUNC executed by the guest are reported as
+/// VMX instructions, GETSEC, INVEPT/INVVPID, VMFUNC, MONITOR and MWAIT executed by the guest are reported as
 /// `#UD` exceptions (the device model reflects them: the guest sees them as unsupported).
 /// Control-register accesses are handled inside the backend and do not normally reach here;
 /// if they do they are `Other`.
@@ -156,7 +156,11 @@ pub fn decode_vmx_exit(info: &VmxExitInfo) -> Exit {
         | reason::VMCLEAR..=reason::VMXON
         | reason::INVEPT
         | reason::INVVPID
-        | reason::VMFUNC => Exit::Exception { vector: 6, error_code: None },
+        | reason::VMFUNC
+        // MONITOR/MWAIT (MONITOR and MWAIT exiting): #UD, as on SVM and on a CPU without
+        // MONITOR (CPUID hides it); natively MWAIT would idle the host CPU.
+        | reason::MWAIT
+        | reason::MONITOR => Exit::Exception { vector: 6, error_code: None },
         reason::INVALID_GUEST_STATE | reason::MSR_LOADING | reason::MACHINE_CHECK => {
             Exit::InvalidGuestState { code: raw(info) }
         }
@@ -349,6 +353,9 @@ mod tests {
         assert_eq!(decode_vmx_exit(&info(1, 0)), Exit::ExternalInterrupt);
         assert_eq!(decode_vmx_exit(&info(52, 0)), Exit::ExternalInterrupt);
         assert_eq!(decode_vmx_exit(&info(24, 0)), Exit::Exception { vector: 6, error_code: None });
+        // MWAIT (36) and MONITOR (39) exits: #UD in the guest.
+        assert_eq!(decode_vmx_exit(&info(36, 0)), Exit::Exception { vector: 6, error_code: None });
+        assert_eq!(decode_vmx_exit(&info(39, 0)), Exit::Exception { vector: 6, error_code: None });
         assert_eq!(decode_vmx_exit(&info(54, 0)), Exit::Wbinvd);
         // #AC (hardware exception with error code) is reflected.
         let i = VmxExitInfo { reason: 0, intr_info: 17 | (3 << 8) | (1 << 11) | (1 << 31), intr_error: 0, ..Default::default() };
