@@ -100,6 +100,10 @@ fn cluster_run(name: &str, replicas: u32, constraints: &[&str]) -> RunRequest {
 /// A replica running on `n`'s workload service, as `orchd` starts it.
 fn run_replica(n: &mut Node, name: &str) {
     let spec = WorkloadSpec { name: name.into(), image: image(), vcpus: 1, memory_mib: 64, env: vec![], args: None, restart: catenary_workload::RestartPolicy::No, net: false };
+    // as orchd does: a cluster replica runs in workd only under the lease it sets
+    let now = n.node.now_ms;
+    let lease = wk::Request::ClusterLease { until_ns: (now + 10_000) * 1_000_000 };
+    assert_eq!(n.node.service.handle_from(catenary_workload::service::Client::Orchestrator, lease, now, &mut n.node.kernel), Ok(wk::Reply::Done));
     assert!(matches!(n.node.workd(wk::Request::Create(spec)), Ok(wk::Reply::Created(_))));
     assert!(n.node.workd(wk::Request::Start(wk::Target::Name(name.into()))).is_ok());
     // its microVM says it is ready: the replica runs

@@ -52,6 +52,9 @@ impl From<WkError> for ApiError {
             WkError::ChunkDigest => (422, "chunk_digest_mismatch"),
             WkError::NoSuchUpload => (404, "no_such_upload"),
             WkError::StoreFull => (507, "store_full"),
+            // apid never sends the lease, nor a cluster replica's name (400 before workd)
+            WkError::NotOrchestrator => (403, "forbidden"),
+            WkError::NoLease => (409, "no_cluster_lease"),
         };
         let message = match e {
             WkError::NoMemory { need_mib, free_mib } => alloc::format!("{}: needs {need_mib} MiB, {free_mib} MiB free", e.message()),

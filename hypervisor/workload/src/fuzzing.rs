@@ -6,8 +6,9 @@
 
 use crate::admission::Admission;
 use crate::logring::Stream;
-use crate::proto::{decode_request, encode_response, Request, Target, WORKLOADS_MAX};
-use crate::service::{Service, Vmm};
+use crate::proto::{decode_request, encode_response, is_cluster_replica, Reply, Request, Target, WORKLOADS_MAX};
+use crate::service::{Client, Service, Vmm};
+use crate::status::State;
 use crate::spec::{RestartPolicy, WorkloadSpec};
 use crate::store::{ImageIndex, ImageInfo};
 use crate::vmctl::{self, CreateVm, Event, VmEvent, VmHandle, VMS_MAX};
@@ -173,11 +174,12 @@ pub fn run(data: &[u8]) {
             1 => {
                 // a well-formed request with fuzzed fields
                 let w = word(body);
-                let t = if w & 1 == 0 { Target::Id((w >> 1) as u32 % 8) } else { Target::Name(String::from(["a", "b", "c"][(w >> 1) as usize % 3])) };
+                let t = if w & 1 == 0 { Target::Id((w >> 1) as u32 % 8) } else { Target::Name(String::from(["a", "b", "c", "cl-a-0"][(w >> 1) as usize % 4])) };
+                let mut client = Client::Other;
                 let req = match (w >> 8) % 8 {
                     7 => Request::Signal { target: t, signal: (w >> 16) as u8 },
                     0 => Request::Create(WorkloadSpec {
-                        name: String::from(["a", "b", "c", "-x", ""][(w >> 12) as usize % 5]),
+                        name: String::from(["a", "b", "c", "-x", "", "cl-a-0"][(w >> 12) as usize % 6]),
                         image: if w & 0x10000 == 0 { image() } else { Digest([0; 32]) },
                         vcpus: (w >> 17) as u8 % 3,
                         memory_mib: [16, 32, 64, 512, 2000][(w >> 20) as usize % 5],
@@ -191,9 +193,14 @@ pub fn run(data: &[u8]) {
                     3 => Request::Destroy(t),
                     4 => Request::Status(t),
                     5 => Request::Logs { target: t, cursor: w >> 20, max: (w >> 40) as u32 },
+                    6 if w & 0x1000 != 0 => {
+                        // the cluster lease, from orchd or from anyone else
+                        client = if w & 0x2000 != 0 { Client::Orchestrator } else { Client::Other };
+                        Request::ClusterLease { until_ns: (now + (w >> 16) % 20_000) * 1_000_000 }
+                    }
                     _ => Request::List,
                 };
-                let resp = s.handle(req, now, &mut k);
+                let resp = s.handle_from(client, req, now, &mut k);
                 assert!(encode_response(&resp).is_some());
             }
             2 => {
@@ -215,6 +222,12 @@ pub fn run(data: &[u8]) {
             3 => {
                 now = now.saturating_add(word(body) % 100_000);
                 s.tick(now, &mut k);
+                // past the lease no cluster replica runs (stopping is allowed)
+                if !s.lease_holds(now) {
+                    if let Ok(Reply::List(l)) = s.handle(Request::List, now, &mut k) {
+                        assert!(l.iter().all(|w| !is_cluster_replica(&w.name) || w.state == State::Stopping), "{l:?}");
+                    }
+                }
             }
             _ => {
                 // raw bytes as kernel event records (the service's decoder of OP_EVENTS)

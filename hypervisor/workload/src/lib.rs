@@ -48,3 +48,5 @@ pub use status::{ExitStatus, State, Status, WorkloadId};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod lease_tests;

@@ -19,6 +19,27 @@
 //! [`LOG_READ_MAX`] bytes. A request that is not a valid encoding (bad length prefix, bad UTF-8,
 //! unknown variant, trailing bytes) answers [`Error::Malformed`]; nothing a client sends makes
 //! `workd` panic (decoded with [`decode_request`], host-tested and fuzzed).
+//!
+//! # Who may ask what
+//!
+//! Every client with a capability to `workd`'s endpoint may send any request but one:
+//! [`Request::ClusterLease`] is taken only from the node's orchestration service `orchd`.
+//! `workd` tells it by the call's badge, which the kernel sets from the sender's capability
+//! (`catenary_manifest::is_from(SERVICES, "orchd", badge)`: orchd's manifest index + 1; a
+//! remote caller carries `REMOTE_BADGE`), so no other task can claim it; anyone else gets
+//! [`Error::NotOrchestrator`] and the lease is unchanged.
+//!
+//! # The cluster lease
+//!
+//! The cluster's replicas run here as workloads named [`CLUSTER_PREFIX`]`NAME-R`
+//! (docs/orchestration.md). `workd` runs them only while the lease `orchd` last set holds:
+//! a deadline on the kernel's monotonic clock, which `orchd` and `workd` share (a deadline,
+//! not a duration, so that the call's own delay cannot push it later than `orchd`'s lease).
+//! Once it passes without renewal `workd` stops every cluster replica (grace 0) and destroys
+//! it once its microVM ended, as `orchd` does when its lease runs out; a `Create` or `Start`
+//! of a cluster replica without the lease is refused ([`Error::NoLease`]). Node-level
+//! workloads are not touched. A restarted `workd` knows no lease: the cluster replicas it
+//! adopts are stopped at once, and `orchd` starts them again under its lease.
 
 use crate::logring::LogChunk;
 use crate::spec::{SpecError, WorkloadSpec};
@@ -48,6 +69,17 @@ pub const GRACE_MAX_MS: u32 = 300_000;
 pub const GRACE_DEFAULT_MS: u32 = 10_000;
 /// Highest signal number a `Signal` request may name.
 pub const SIGNAL_MAX: u8 = 64;
+/// The workd name prefix of the cluster's replicas (`orchd` runs replica R of cluster workload
+/// NAME as `cl-NAME-R`; node-level workloads may not use it).
+pub const CLUSTER_PREFIX: &str = "cl-";
+/// The furthest past now a [`Request::ClusterLease`] deadline is kept (a later one is cut to
+/// this; the cluster's lease is 2 s).
+pub const LEASE_MAX_MS: u64 = 10_000;
+
+/// Whether workload `name` is one of the cluster's replicas.
+pub fn is_cluster_replica(name: &str) -> bool {
+    name.starts_with(CLUSTER_PREFIX)
+}
 
 /// Why no answer was written (the reply's label when it is not [`TRANSPORT_OK`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +160,12 @@ pub enum Request {
     /// The node's resources: CPUs online, memory total and free now (the kernel's figures),
     /// and what admission has committed to workloads out of its capacity ([`Reply::Node`]).
     Node,
+    /// (`orchd` only; see "The cluster lease" above.) The cluster's replicas may run here
+    /// until `until_ns` on the kernel's monotonic clock (`now_ns`): the instant `orchd`'s own
+    /// lease runs out. 0, or any instant already past: no lease (they stop now). Replaces the
+    /// deadline set before, earlier or later; at most [`LEASE_MAX_MS`] from now is kept.
+    /// Answers [`Reply::Done`]; [`Error::NotOrchestrator`] from any other client.
+    ClusterLease { until_ns: u64 },
 }
 
 /// [`Request::Node`]'s answer, in MiB.
@@ -201,6 +239,11 @@ pub enum Error {
     NoSuchUpload,
     /// The store's quota cannot hold the image, or too many uploads are in progress.
     StoreFull,
+    /// [`Request::ClusterLease`] from a client that is not the node's `orchd`.
+    NotOrchestrator,
+    /// A cluster replica ([`CLUSTER_PREFIX`]) is created or started only while the cluster
+    /// lease holds.
+    NoLease,
 }
 
 impl Error {
@@ -223,6 +266,8 @@ impl Error {
             Error::ChunkDigest => "the chunk's bytes do not have its digest: send it again",
             Error::NoSuchUpload => "no such upload (committed, aborted or expired), or a chunk outside it",
             Error::StoreFull => "the image store has no room (quota, or too many uploads at once)",
+            Error::NotOrchestrator => "only the node's orchestration service (orchd) may set the cluster lease",
+            Error::NoLease => "a cluster replica (cl-…) runs only while the cluster lease holds, and it does not",
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::admission::Admission;
 use crate::logring::{LogRing, Stream};
-use crate::proto::{Error, NodeResources, Reply, Request, Target, GRACE_DEFAULT_MS, GRACE_MAX_MS, LOG_READ_MAX, SIGNAL_MAX, WORKLOADS_MAX};
+use crate::proto::{is_cluster_replica, Error, NodeResources, Reply, Request, Target, GRACE_DEFAULT_MS, GRACE_MAX_MS, LEASE_MAX_MS, LOG_READ_MAX, SIGNAL_MAX, WORKLOADS_MAX};
 use crate::restart::{Decision, Restarts};
 use crate::spec::{WorkloadSpec, ENV_ATTEMPT, ENV_WORKLOAD};
 use crate::status::{ExitStatus, State, Status, Summary, WorkloadId};
@@ -24,6 +24,53 @@ pub const KILL_GRACE_MS: u64 = 5_000;
 /// If a stopped VM has not ended this long after the kernel should have powered it off,
 /// `workd` powers it off itself.
 pub const BACKSTOP_MS: u64 = 5_000;
+/// Lease notices kept for the loop's log between two [`Service::take_lease_notices`].
+pub const NOTICES_MAX: usize = 2 * WORKLOADS_MAX + 2;
+
+/// Who sent a request: `workd` tells by the call's kernel-set badge (`proto`, "Who may ask
+/// what"). Only [`Client::Orchestrator`] may set the cluster lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Client {
+    /// The node's `orchd`.
+    Orchestrator,
+    Other,
+}
+
+/// Why the cluster's replicas were stopped ([`LeaseNotice::Stopping`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// The deadline `orchd` set passed without renewal.
+    RanOut,
+    /// `orchd` said it holds no lease (a deadline of 0 or already past).
+    Withdrawn,
+    /// No lease since this service started (a restarted `workd` adopted them).
+    NeverSet,
+}
+
+/// What the cluster lease made the service do, for the loop's log (each said once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseNotice {
+    /// The lease holds again (or for the first time): `ms_left` until its deadline.
+    Held { ms_left: u64 },
+    /// The lease does not hold: these cluster replicas were running and are being stopped.
+    Stopping { why: LeaseEnd, names: Vec<String> },
+    /// A cluster replica that ended without a lease was destroyed (its memory is free).
+    Destroyed(String),
+}
+
+/// The cluster lease ([`Request::ClusterLease`]): cluster replicas run only while `now_ms <
+/// until_ms`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lease {
+    /// 0: none.
+    until_ms: u64,
+    /// `orchd` set it at least once since this service started.
+    set: bool,
+    /// The last deadline `orchd` set was already past when it came.
+    withdrawn: bool,
+    /// Whether it held at the last check (a change is a notice).
+    held: bool,
+}
 
 /// What the service needs from the kernel (`SYS_VM` in `workd`; a simulation in tests).
 pub trait Vmm {
@@ -126,11 +173,94 @@ pub struct Service {
     log_capacity: usize,
     /// The node's fabric /128, once the kernel knew it.
     node: Option<core::net::Ipv6Addr>,
+    lease: Lease,
+    notices: Vec<LeaseNotice>,
 }
 
 impl Service {
     pub fn new(images: ImageIndex, admission: Admission, max_vcpus: u8, log_capacity: usize) -> Service {
-        Service { workloads: Vec::new(), next_id: 1, images, admission, max_vcpus, log_capacity, node: None }
+        Service { workloads: Vec::new(), next_id: 1, images, admission, max_vcpus, log_capacity, node: None, lease: Lease::default(), notices: Vec::new() }
+    }
+
+    /// Whether the cluster lease holds at `now_ms` (docs: `proto`, "The cluster lease").
+    pub fn lease_holds(&self, now_ms: u64) -> bool {
+        now_ms < self.lease.until_ms
+    }
+
+    /// What the cluster lease made the service do since the last call (the loop logs it).
+    pub fn take_lease_notices(&mut self) -> Vec<LeaseNotice> {
+        core::mem::take(&mut self.notices)
+    }
+
+    fn notice(&mut self, n: LeaseNotice) {
+        if self.notices.len() < NOTICES_MAX {
+            self.notices.push(n);
+        }
+    }
+
+    /// Enforce the cluster lease at `now_ms`: while it does not hold, every cluster replica
+    /// that runs (or waits to restart) is stopped as `orchd` stops one (grace 0), and every
+    /// one that no longer runs is destroyed. Node-level workloads are not touched.
+    fn enforce_lease(&mut self, now_ms: u64, vmm: &mut dyn Vmm) {
+        let holds = self.lease_holds(now_ms);
+        if holds != self.lease.held {
+            self.lease.held = holds;
+            if holds {
+                self.notice(LeaseNotice::Held { ms_left: self.lease.until_ms - now_ms });
+            }
+        }
+        if holds {
+            return;
+        }
+        let mut names = Vec::new();
+        for i in 0..self.workloads.len() {
+            let w = &self.workloads[i];
+            if is_cluster_replica(&w.spec.name) && matches!(w.state, State::Starting | State::Running) {
+                names.push(w.spec.name.clone());
+                self.stop(i, 0, now_ms, vmm);
+            }
+        }
+        if !names.is_empty() {
+            let why = if !self.lease.set { LeaseEnd::NeverSet } else if self.lease.withdrawn { LeaseEnd::Withdrawn } else { LeaseEnd::RanOut };
+            self.notice(LeaseNotice::Stopping { why, names });
+        }
+        let mut i = 0;
+        while i < self.workloads.len() {
+            let w = &self.workloads[i];
+            if is_cluster_replica(&w.spec.name) && w.vm.is_none() && w.state != State::Stopping {
+                let w = self.workloads.remove(i);
+                self.admission.release(w.spec.memory_mib);
+                self.notice(LeaseNotice::Destroyed(w.spec.name));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Stop workload `i` (`Request::Stop`).
+    fn stop(&mut self, i: usize, grace: u64, now_ms: u64, vmm: &mut dyn Vmm) {
+        let w = &mut self.workloads[i];
+        w.stopped = true;
+        match (w.state, w.vm) {
+            (State::Starting | State::Running, Some(vm)) => {
+                w.state = State::Stopping;
+                if vmm.stop(vm, grace) {
+                    note(w, &format!("stopping: the image's StopSignal, SIGKILL after {grace} ms, power-off {KILL_GRACE_MS} ms later\n"));
+                    w.stop = Some((StopStage::Asked, now_ms.saturating_add(grace + KILL_GRACE_MS + BACKSTOP_MS)));
+                } else {
+                    vmm.kill(vm);
+                    note(w, "stopping: no stop signal on this node: powered off\n");
+                    w.stop = Some((StopStage::PoweredOff, u64::MAX));
+                }
+            }
+            (State::Starting, None) => {
+                // a restart waiting for its delay: it does not happen
+                w.restart_at = None;
+                w.state = State::Exited;
+                note(w, "stopped while waiting to restart\n");
+            }
+            _ => {} // nothing runs: stopping is done
+        }
     }
 
     fn find(&self, t: &Target) -> Result<usize, Error> {
@@ -162,11 +292,28 @@ impl Service {
         self.workloads.iter().find(|w| w.id == id).map(|w| (w.spec.name.as_str(), w.state))
     }
 
-    /// Serve one request at `now_ms`.
+    /// Serve one request at `now_ms` from a client that is not `orchd`.
     pub fn handle(&mut self, req: Request, now_ms: u64, vmm: &mut dyn Vmm) -> Result<Reply, Error> {
+        self.handle_from(Client::Other, req, now_ms, vmm)
+    }
+
+    /// Serve one request at `now_ms` from `client`.
+    pub fn handle_from(&mut self, client: Client, req: Request, now_ms: u64, vmm: &mut dyn Vmm) -> Result<Reply, Error> {
         match req {
+            Request::ClusterLease { until_ns } => {
+                if client != Client::Orchestrator {
+                    return Err(Error::NotOrchestrator);
+                }
+                // ms rounded down: while now_ms < until_ms, the clock is before until_ns
+                let until_ms = (until_ns / 1_000_000).min(now_ms.saturating_add(LEASE_MAX_MS));
+                self.lease = Lease { until_ms, set: true, withdrawn: until_ms <= now_ms, held: self.lease.held };
+                Ok(Reply::Done)
+            }
             Request::Create(spec) => {
                 spec.check()?;
+                if is_cluster_replica(&spec.name) && !self.lease_holds(now_ms) {
+                    return Err(Error::NoLease);
+                }
                 if spec.vcpus > self.max_vcpus {
                     return Err(Error::Unsupported);
                 }
@@ -197,6 +344,9 @@ impl Service {
             }
             Request::Start(t) => {
                 let i = self.find(&t)?;
+                if is_cluster_replica(&self.workloads[i].spec.name) && !self.lease_holds(now_ms) {
+                    return Err(Error::NoLease);
+                }
                 let w = &mut self.workloads[i];
                 if !matches!(w.state, State::Created | State::Exited | State::Failed) {
                     return Err(Error::BadState(w.state));
@@ -209,28 +359,7 @@ impl Service {
             Request::Stop { target, grace_ms } => {
                 let i = self.find(&target)?;
                 let grace = grace_ms.unwrap_or(GRACE_DEFAULT_MS).min(GRACE_MAX_MS) as u64;
-                let w = &mut self.workloads[i];
-                w.stopped = true;
-                match (w.state, w.vm) {
-                    (State::Starting | State::Running, Some(vm)) => {
-                        w.state = State::Stopping;
-                        if vmm.stop(vm, grace) {
-                            note(w, &format!("stopping: the image's StopSignal, SIGKILL after {grace} ms, power-off {KILL_GRACE_MS} ms later\n"));
-                            w.stop = Some((StopStage::Asked, now_ms.saturating_add(grace + KILL_GRACE_MS + BACKSTOP_MS)));
-                        } else {
-                            vmm.kill(vm);
-                            note(w, "stopping: no stop signal on this node: powered off\n");
-                            w.stop = Some((StopStage::PoweredOff, u64::MAX));
-                        }
-                    }
-                    (State::Starting, None) => {
-                        // a restart waiting for its delay: it does not happen
-                        w.restart_at = None;
-                        w.state = State::Exited;
-                        note(w, "stopped while waiting to restart\n");
-                    }
-                    _ => {} // nothing runs: stopping is done
-                }
+                self.stop(i, grace, now_ms, vmm);
                 Ok(Reply::Done)
             }
             Request::Destroy(t) => {
@@ -390,9 +519,12 @@ impl Service {
         }
     }
 
-    /// Timers: restarts that are due, stops whose grace ran out. Returns the next deadline.
+    /// Timers: the cluster lease (first: a replica is never restarted past it), restarts that
+    /// are due, stops whose grace ran out. Returns the next deadline.
     pub fn tick(&mut self, now_ms: u64, vmm: &mut dyn Vmm) -> Option<u64> {
-        let mut next: Option<u64> = None;
+        self.enforce_lease(now_ms, vmm);
+        // while cluster replicas are here, wake at the lease's deadline
+        let mut next: Option<u64> = (self.lease_holds(now_ms) && self.workloads.iter().any(|w| is_cluster_replica(&w.spec.name))).then_some(self.lease.until_ms);
         for w in &mut self.workloads {
             if let Some(at) = w.restart_at {
                 if at <= now_ms {

@@ -361,6 +361,7 @@ fn every_request_round_trips() {
         Request::RemoveImage(Digest([5; 32])),
         Request::Store,
         Request::Node,
+        Request::ClusterLease { until_ns: u64::MAX },
     ];
     for r in reqs {
         let b = encode_request(&r).unwrap();
