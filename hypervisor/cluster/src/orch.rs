@@ -378,7 +378,16 @@ impl Orch {
     }
 
     pub fn lease_holds(&self, now: Duration) -> bool {
-        self.replica().is_some_and(|r| self.joined && r.lease_until(now, self.cfg.lease.lease).is_some_and(|u| u > now))
+        self.lease_deadline(now).is_some()
+    }
+
+    /// While this node's lease holds, the instant (on the clock `now` is on) it runs out:
+    /// what `orchd` tells `workd`, which stops the cluster replicas itself once it passes
+    /// (docs/orchestration.md, "workd enforces the lease"). Never later than this node's own
+    /// lease, so the leader's arithmetic that bounds the overlap still holds.
+    pub fn lease_deadline(&self, now: Duration) -> Option<Duration> {
+        let r = self.replica()?;
+        r.lease_until(now, self.cfg.lease.lease).filter(|u| self.joined && *u > now)
     }
 
     /// A datagram from member `from` (whose key the fabric authenticated).

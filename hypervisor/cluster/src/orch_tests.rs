@@ -23,6 +23,9 @@ struct Net {
     cfg: OrchConfig,
     /// Datagrams dropped, per mille.
     drop_per_mille: u64,
+    /// Nodes whose `orchd` alone died ([`Net::kill_orchd`]): the replicas their workd still
+    /// runs and the lease deadline the dead `orchd` last told it (workd stops them there).
+    orphaned: Vec<Option<(Duration, BTreeSet<(String, u32)>)>>,
 }
 
 fn spec(name: &str, replicas: u32) -> WorkloadSpec {
@@ -46,7 +49,7 @@ impl Net {
 
     fn with_config(n: usize, seed: u64, cfg: OrchConfig) -> Net {
         let keys: Vec<NodeKey> = (0..n).map(|i| NodeKey([i as u8 + 1; 32])).collect();
-        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0 };
+        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0, orphaned: vec![None; n] };
         for i in 0..n {
             let o = net.fresh(i);
             net.nodes.push(Some(o));
@@ -94,9 +97,11 @@ impl Net {
             }
         }
         for i in 0..self.nodes.len() {
-            let run: BTreeSet<(String, u32)> = match &self.nodes[i] {
-                Some(o) => o.assigned_now(now).into_iter().map(|(s, r)| (s.name, r)).collect(),
-                None => BTreeSet::new(),
+            let run: BTreeSet<(String, u32)> = match (&self.nodes[i], &self.orphaned[i]) {
+                (Some(o), _) => o.assigned_now(now).into_iter().map(|(s, r)| (s.name, r)).collect(),
+                // workd runs what the dead orchd left until the deadline it was told
+                (None, Some((until, set))) if now < *until => set.clone(),
+                (None, _) => BTreeSet::new(),
             };
             for (w, r) in run.difference(&self.running[i]) {
                 self.started.push((w.clone(), *r, i, now));
@@ -180,6 +185,19 @@ impl Net {
     fn restart(&mut self, i: usize) {
         let o = self.fresh(i);
         self.nodes[i] = Some(o);
+        // a new orchd has no lease yet and tells workd so at once
+        self.orphaned[i] = None;
+    }
+
+    /// Node `i`'s `orchd` dies alone: its workd keeps running the node's replicas until the
+    /// lease deadline `orchd` told it last (`Orch::lease_deadline`, told as it changes).
+    fn kill_orchd(&mut self, i: usize) -> Duration {
+        let now = self.now;
+        let until = self.nodes[i].as_ref().and_then(|o| o.lease_deadline(now)).unwrap_or(Duration::ZERO);
+        self.orphaned[i] = Some((until, self.running[i].clone()));
+        self.nodes[i] = None;
+        self.inflight.retain(|d| d.2 != i);
+        until
     }
 
     /// Every replica of every workload runs exactly once, and every live node has the same
@@ -249,6 +267,37 @@ fn a_killed_node_rejoins_as_a_new_generation_and_nothing_runs_twice() {
         assert!(net.run_until(5_000, |n| n.nodes[l].as_ref().unwrap().replica().is_some_and(|r| !r.config_changing())));
         let voters = net.nodes[l].as_ref().unwrap().replica().unwrap().voters();
         assert!(voters.contains(&id_for(victim, 1)) && !voters.contains(&id_for(victim, 0)), "seed {seed}: {voters:?}");
+        net.run_for(3_000);
+        assert!(net.settled(), "seed {seed}: not settled after the rejoin");
+    }
+}
+
+/// `orchd` dies alone on the singleton's host, its node up: workd runs the replicas on until
+/// the lease deadline `orchd` last told it (never past its own lease), then stops them; the
+/// leader moves them only after that, so nothing runs twice at any millisecond (`step`), and
+/// the restarted `orchd` rejoins.
+#[test]
+fn orchd_dying_alone_leaves_its_replicas_to_workd_until_the_lease_and_nothing_runs_twice() {
+    for seed in 0..5 {
+        let mut net = formed(seed);
+        let victim = net.runner_of("db", 0).unwrap();
+        let killed_at = net.now;
+        let lost = net.running[victim].clone();
+        let until = net.kill_orchd(victim);
+        let lease = LeaseConfig::default();
+        assert!(until > killed_at && until <= killed_at + lease.lease, "seed {seed}: deadline {until:?} at {killed_at:?}");
+        net.run_for(1);
+        assert_eq!(net.running[victim], lost, "seed {seed}: workd runs them on under the lease");
+        // held down past the lease (a supervisor backoff, a slow start): the others take over
+        assert!(net.run_until(20_000, |n| n.running[victim].is_empty() && n.settled()), "seed {seed}: lost replicas not replaced");
+        assert!(net.now >= until);
+        let moved = net.started.iter().filter(|(w, r, i, at)| *at > killed_at && *i != victim && lost.contains(&(w.clone(), *r))).map(|s| s.3).min().unwrap();
+        assert!(moved >= until, "seed {seed}: moved at {moved:?}, workd's deadline {until:?}");
+        net.restart(victim);
+        assert!(
+            net.run_until(20_000, |n| n.nodes[victim].as_ref().unwrap().id().is_some_and(|(id, joined)| joined && generation_of(id) == 1)),
+            "seed {seed}: did not rejoin"
+        );
         net.run_for(3_000);
         assert!(net.settled(), "seed {seed}: not settled after the rejoin");
     }

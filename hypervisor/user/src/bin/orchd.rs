@@ -17,6 +17,11 @@
 //!   [`CONVERGE_MS`] the service lists them, creates and starts what is assigned and missing,
 //!   stops and destroys what is not assigned (or everything once the lease ran out). Every
 //!   [`CAPACITY_MS`] it asks workd (`Request::Node`) for its CPUs and admission's memory.
+//! - **The lease, at workd.** Whenever this node's lease deadline changes (at most every
+//!   [`LEASE_TELL_MS`] for a renewal, at once when it starts or ends, and on the first turn)
+//!   the service tells workd (`Request::ClusterLease`): the instant on the kernel's monotonic
+//!   clock its own lease runs out, 0 without one. workd stops the cluster replicas there
+//!   itself, so a dead, restarting or hung `orchd` cannot leave them running past its lease.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -56,6 +61,8 @@ const CONVERGE_MS: u64 = 250;
 /// How soon workd is asked again while it stops a replica unassigned here.
 const STOPPING_MS: u64 = 50;
 const CAPACITY_MS: u64 = 1000;
+/// A renewed lease deadline is told to workd at most this often (the lease is 2 s).
+const LEASE_TELL_MS: u64 = 100;
 /// vCPUs of cluster replicas placed per CPU of the node.
 const VCPUS_PER_CPU: u32 = 8;
 /// At most one `N workloads in the desired state` line per this many ms.
@@ -118,6 +125,7 @@ fn request_name(r: &wk::Request) -> &'static str {
         wk::Request::List => "List",
         wk::Request::Images => "Images",
         wk::Request::Node => "Node",
+        wk::Request::ClusterLease { .. } => "ClusterLease",
         _ => "other",
     }
 }
@@ -323,6 +331,8 @@ fn run(_arg: u64) -> u64 {
     let mut next_converge = 0u64;
     let mut next_capacity = 0u64;
     let mut shown = Shown::default();
+    // unknown: the first turn tells workd (a lease a dead predecessor set is ended at once)
+    let mut told = Told { until_ns: u64::MAX, at_ms: 0, refused: false };
     let mut data = alloc::vec![0u8; IO];
     let mut watch = Watch::new();
     loop {
@@ -362,6 +372,7 @@ fn run(_arg: u64) -> u64 {
             }
             watch.part("capacity");
         }
+        tell_lease(&workd, &orch, t, ms, &mut told);
         if ms >= next_converge {
             next_converge = ms + CONVERGE_MS;
             if let Some(active) = converge(&workd, &orch, t, &mut shown) {
@@ -575,6 +586,38 @@ fn send_all(s: &Sockets, sock: u64, io: &Pages, members: &[(String, [u8; 32], Ip
         io.write(DGRAM_HEADER as u64, &bytes);
         // A full queue or a peer without a session drops it: Raft retries.
         let _ = s.send(sock, io, (DGRAM_HEADER + bytes.len()) as u64);
+    }
+}
+
+/// What workd was last told of the lease: the deadline (ns, 0: none; `u64::MAX`: nothing
+/// told yet) and when (ms).
+struct Told {
+    until_ns: u64,
+    at_ms: u64,
+    /// workd refused it (logged once).
+    refused: bool,
+}
+
+/// Tell workd this node's lease deadline when it changed ([`LEASE_TELL_MS`] for a renewal).
+/// It is `Orch::lease_deadline`, never later than this node's lease: workd stops the
+/// cluster's replicas there even if this service dies right after.
+fn tell_lease(workd: &Workd, orch: &Orch, t: Duration, ms: u64, told: &mut Told) {
+    let until_ns = orch.lease_deadline(t).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1));
+    if until_ns == told.until_ns || (until_ns != 0 && told.until_ns != 0 && told.until_ns != u64::MAX && ms < told.at_ms + LEASE_TELL_MS) {
+        return;
+    }
+    match workd.call(&wk::Request::ClusterLease { until_ns }) {
+        Some(Ok(_)) => {
+            if until_ns == 0 || told.until_ns == 0 || told.until_ns == u64::MAX {
+                logf!("orchd: told workd: {}", if until_ns == 0 { String::from("no lease") } else { format!("lease until {} ms", until_ns / 1_000_000) });
+            }
+            *told = Told { until_ns, at_ms: ms, refused: false };
+        }
+        Some(Err(e)) if !told.refused => {
+            logf!("orchd: workd refused the lease: {:?} ({})", e, e.message());
+            told.refused = true;
+        }
+        _ => {} // told again next turn
     }
 }
 

@@ -10,6 +10,11 @@
 //! `ImageChunk`, `ImageCommit`) go to the kernel's store: a chunk's bytes are hashed here,
 //! straight from the client's grant, and copied by the kernel from the grant into the store's
 //! frames.
+//!
+//! The cluster lease (`catenary_workload::proto`, "The cluster lease"): the cluster's
+//! replicas (`cl-…`) run only until the deadline `orchd` last set, taken only from the caller
+//! whose kernel-set badge is orchd's (`catenary_manifest::is_from`); the loop wakes at that
+//! deadline and the service stops them there, whatever `orchd` does (dead, restarting, hung).
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -22,7 +27,7 @@ use catenary_user::*;
 use catenary_workload::admission::Admission;
 use catenary_workload::logring::DEFAULT_CAPACITY;
 use catenary_workload::proto::{decode_request, encode_response, Transport, LABEL_REQUEST, REQUEST_MAX, TRANSPORT_OK};
-use catenary_workload::service::{Service, Vmm};
+use catenary_workload::service::{Client, LeaseEnd, LeaseNotice, Service, Vmm};
 use catenary_workload::store::ImageIndex;
 use catenary_workload::proto::CHUNK_OFFSET;
 use catenary_workload::store::ImageInfo;
@@ -191,7 +196,9 @@ fn run(_arg: u64) -> u64 {
     } else if let (Some(a), Some(image)) = (&info.autostart, first_image) {
         autostart(&mut svc, &mut k, a, image);
     }
-    let mut next: Option<u64> = None;
+    // No lease is known yet: adopted cluster replicas stop now, not at the first request.
+    let mut next: Option<u64> = svc.tick(now_ms(), &mut k);
+    lease_log(&mut svc);
     let mut slow_said = 0u64;
     loop {
         let timeout = match next {
@@ -212,6 +219,7 @@ fn run(_arg: u64) -> u64 {
         let t1 = now_ms();
         drain_events(&mut svc, &mut k);
         next = svc.tick(now_ms(), &mut k);
+        lease_log(&mut svc);
         // A request or event batch this slow holds up every caller (orchd's loop among them,
         // docs/orchestration.md "Leader stability"): say which, at most once per 10 s.
         let t2 = now_ms();
@@ -223,6 +231,24 @@ fn run(_arg: u64) -> u64 {
         if k.store().is_some_and(|s| s.uploads > 0) {
             let at = now_ms() + UPLOAD_POLL_MS;
             next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+}
+
+/// What the cluster lease made the service do (each once).
+fn lease_log(svc: &mut Service) {
+    for n in svc.take_lease_notices() {
+        match n {
+            LeaseNotice::Held { ms_left } => logf!("workd: cluster lease held ({} ms left): cluster replicas may run", ms_left),
+            LeaseNotice::Stopping { why, names } => {
+                let why = match why {
+                    LeaseEnd::RanOut => "cluster lease ran out",
+                    LeaseEnd::Withdrawn => "orchd holds no cluster lease",
+                    LeaseEnd::NeverSet => "no cluster lease since workd started",
+                };
+                logf!("workd: {}: stopping {} cluster replicas ({:.200})", why, names.len(), names.join(" "));
+            }
+            LeaseNotice::Destroyed(name) => logf!("workd: destroyed {:.64} (a cluster replica without a lease)", name),
         }
     }
 }
@@ -288,7 +314,12 @@ fn serve(svc: &mut Service, k: &mut Kernel, m: &Msg, kind: &mut &'static str) {
             let what = describe(&r);
             *kind = request_kind(&r);
             k.grant = Some(g);
-            let resp = svc.handle(r, now_ms(), k);
+            // the kernel sets the badge from the sender's capability: orchd's cannot be claimed
+            let client = if catenary_manifest::is_from(catenary_manifest::SERVICES, "orchd", m.badge) { Client::Orchestrator } else { Client::Other };
+            let resp = svc.handle_from(client, r, now_ms(), k);
+            if resp == Err(Error::NotOrchestrator) {
+                logf!("workd: a cluster lease from client {:#x}, not orchd: refused", m.badge);
+            }
             g = match k.grant.take() {
                 Some(g) => g,
                 None => return answer(Transport::NoBuffer as u64, [0; 4]),
@@ -328,6 +359,7 @@ fn request_kind(r: &Request) -> &'static str {
         Request::ImageCommit { .. } => "ImageCommit",
         Request::Logs { .. } => "Logs",
         Request::Status(_) => "Status",
+        Request::ClusterLease { .. } => "ClusterLease",
         _ => "other",
     }
 }
