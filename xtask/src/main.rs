@@ -6,6 +6,7 @@ mod apibench;
 mod apitest;
 mod imagecopytest;
 mod orchtest;
+mod orchkilltest;
 mod admissiontest;
 mod fabriccli;
 mod forge;

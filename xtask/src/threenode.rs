@@ -1,4 +1,4 @@
-//! The scaffold the three-node QEMU cluster tests share (`cluster_kill_rejoin`,
+//! The scaffold the three-node QEMU cluster tests share (`cluster_kill_rejoin`, `cluster_orchd_killed`,
 //! `cluster_graceful_leave`, `cluster_node_remove`, `cluster_snapshot_catchup`,
 //! `cluster_image_copy`, `cluster_drain`; `bench cluster`'s QEMU rows use its parts): the
 //! prerequisites (skipped or failed in [`crate::preflight`]), three nodes with the guest bundle
@@ -25,10 +25,12 @@ pub(crate) struct Setup {
     pub labels: [&'static [&'static str]; 3],
     /// Programs the test needs beyond [`TOOLS`].
     pub tools: &'static [&'static str],
+    /// More kernel command line words for every node (after `vm=none`).
+    pub cmdline: &'static str,
 }
 
 impl Setup {
-    pub const PLAIN: Setup = Setup { image_in_stores: true, labels: [&[], &[], &[]], tools: &[] };
+    pub const PLAIN: Setup = Setup { image_in_stores: true, labels: [&[], &[], &[]], tools: &[], cmdline: "" };
 }
 
 /// What a test's body gets: its checks, the running nodes (their console lines in `r.lines`,
@@ -102,7 +104,7 @@ pub(crate) fn boot(kernel: &Path, tag: &str, setup: &Setup) -> Result<(Running, 
     let mut nodes = vec![NodeSpec::new(1), NodeSpec::new(2), NodeSpec::new(3)];
     for (n, labels) in nodes.iter_mut().zip(setup.labels) {
         n.guest = true;
-        n.cmdline = "vm=none".into();
+        n.cmdline = format!("vm=none {}", setup.cmdline).trim().to_string();
         n.labels = labels.iter().map(|l| l.to_string()).collect();
         if setup.image_in_stores {
             for f in ["rootfs.squashfs", "config.json", "image.json"] {

@@ -208,6 +208,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     #[cfg(not(feature = "ktest"))]
     crate::wkclient::start(&node.boot.cmdline);
     #[cfg(not(feature = "ktest"))]
+    crate::orchprobe::start(&node.boot.cmdline);
+    #[cfg(not(feature = "ktest"))]
     idle(&node)
 }
 

@@ -21,6 +21,7 @@ mod klog;
 #[cfg_attr(feature = "ktest", allow(dead_code))]
 mod net;
 mod netdprobe;
+mod orchprobe;
 mod tcpprobe;
 mod rpcprobe;
 mod task;

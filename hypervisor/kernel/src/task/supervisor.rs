@@ -70,7 +70,9 @@ pub struct Supervision {
     netd_test_panic: bool,
     /// Services that start only when the kernel's network bring-up says so (those with a
     /// device or the router right): Some(true) go, Some(false) never.
-    enabled: alloc::collections::BTreeMap<&'static str, bool>,
+    enabled: alloc::collections::BTreeMap<&'static str, bool>,    /// (Test, `orchd.kill_test`) Manifest services (bit i) whose start requests wait until
+    /// released ([`hold_restart_for_test`]).
+    held: u64,
 }
 
 /// Whether service `s` waits for [`enable`] (its device or its role depends on how the
@@ -102,6 +104,24 @@ pub fn adopt_service_endpoint(name: &str) -> Option<(usize, EndpointId)> {
     })?;
     let slot = give_current(Capability { target: Address::local(ep), rights: Rights::SEND.union(Rights::RECV), badge: 0 });
     Some((slot, ep))
+}
+
+/// (Test: `orchd.kill_test`, `crate::orchprobe`) Hold back (`hold`) or allow again the
+/// starts of service `name`: while held, the supervisor's request to restart it waits in the
+/// spawner (as one waiting for a kernel endpoint does). False for a name not in the manifest.
+pub fn hold_restart_for_test(name: &str, hold: bool) -> bool {
+    let Some(i) = catenary_manifest::index_of(SERVICES, name) else { return false };
+    with(|k| {
+        if hold {
+            k.svc.held |= 1 << i;
+        } else {
+            k.svc.held &= !(1 << i);
+            if let Some(s) = k.svc.spawner {
+                let _ = k.ipc.notify(s, 1).map(|r| r.map(|(who, m)| complete(k, who, Ok(m))));
+            }
+        }
+    });
+    true
 }
 
 /// Frames freed while a dead service's device could still master the bus (must stay 0).
@@ -399,6 +419,9 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
     if running {
         // asked again (a restarted supervisor adopting what runs): the task that runs it
         return with(|k| k.svc.svcs[idx].task).ok_or(Refusal::No(NOT_STARTED_RUNNING));
+    }
+    if with(|k| k.svc.held & (1 << idx) != 0) {
+        return Err(Refusal::Wait);
     }
     if gated(s) {
         match enabled {

@@ -409,6 +409,7 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
         return Err(bad());
     }
     let image = crate::vmstore::get(&req.image).ok_or_else(bad)?;
+    crate::orchprobe::vm_created(&req.name);
     let ctl = Arc::new(VmControl::new());
     let touched = Arc::new(AtomicU64::new(0));
     let handle = with(|k| {
@@ -466,6 +467,7 @@ fn vm_task(handle: u64) {
         crate::net::detach_vm(n.addr);
     }
     crate::vm::report(&l.name, &r);
+    crate::orchprobe::vm_ended(&l.name);
     let how = match &r.ended {
         crate::vm::Ended::Stopped(catenary_vmm::cpu::StopReason::PowerOff { .. }) => Ended::PowerOff,
         crate::vm::Ended::Stopped(_) => Ended::Crashed,

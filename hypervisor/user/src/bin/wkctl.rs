@@ -5,8 +5,9 @@
 //!
 //! 1 hostile: malformed and hostile requests (no grant, read-only grant, bad lengths, an unknown
 //!   label, garbage, truncated and oversized encodings, invalid specs) each get their error, and
-//!   `SYS_VM` without the VM-control capability is refused; `workd` answers a valid request
-//!   after all of them.
+//!   `SYS_VM` without the VM-control capability is refused; the cluster lease is refused
+//!   (`NotOrchestrator`: only orchd's badge may set it) and a cluster replica is not created
+//!   without it (`NoLease`); `workd` answers a valid request after all of them.
 //! 2 restart: a workload with `restart=on-failure` whose script fails on attempts 1 and 2
 //!   (it reads `CATENARY_ATTEMPT`, which `workd` sets per run) and succeeds on 3: status
 //!   `exited`, exit code 0, 2 restarts, 3 attempts, the three attempts' lines in its log.
@@ -233,6 +234,14 @@ fn hostile(c: &mut Client) {
     let r1 = vm(WORKD, catenary_workload::vmctl::OP_CREATE, &mut b, 0);
     let r2 = vm_value(WORKD, catenary_workload::vmctl::OP_KILL, 0, 1);
     c.result("hostile_sys_vm_without_capability", r0.is_err() && r1.is_err() && r2.is_err(), &format!("{r0:?} {r1:?} {r2:?}"));
+    // the cluster lease is orchd's alone (workd checks the kernel-set badge): this client can
+    // neither set nor end it, and without it no cluster replica (`cl-…`) is created
+    for until_ns in [u64::MAX, 0] {
+        let r = c.req(&Request::ClusterLease { until_ns });
+        c.result(&format!("hostile_cluster_lease_{}", if until_ns == 0 { "end" } else { "set" }), r == Err(Error::NotOrchestrator), &format!("{r:?}"));
+    }
+    let r = c.req(&Request::Create(spec("cl-x-0", img, &[], RestartPolicy::No, 64)));
+    c.result("hostile_cluster_replica_without_lease", r == Err(Error::NoLease), &format!("{r:?}"));
     // and workd still answers
     let r = c.req(&Request::List);
     c.result("hostile_workd_answers", matches!(r, Ok(Reply::List(ref v)) if v.is_empty()), &format!("{r:?}"));

@@ -1,0 +1,143 @@
+//! `cluster_orchd_killed` (docs/orchestration.md, "workd enforces the lease"): `orchd` dies
+//! alone on the node that runs a singleton, its node up. Three QEMU nodes, each armed with the
+//! kernel's test hook `orchd.kill_test=HOLD_MS` (`hypervisor/kernel/src/orchprobe.rs`); an
+//! operator runs `db` (1 replica); once it runs on node V, the test creates the node-level
+//! workload `killorchd` through V's API, whose microVM's creation makes V's kernel kill V's
+//! `orchd` and hold its restart for HOLD_MS (longer than the 2 s lease, so that a new `orchd`
+//! cannot be what stops the replica). Checked:
+//!
+//! - V's workd stops `cl-db-0` by itself (`workd: cluster lease ran out: stopping 1 cluster
+//!   replicas`) while `orchd` is still dead, within the lease of the kill (node clock: the
+//!   kill line to the workd line, and to the microVM's end), and the node-level `killorchd`
+//!   keeps running;
+//! - after the restart `db` runs again, on V or elsewhere, and at no moment on two nodes (V
+//!   counts as running it from the kill until its microVM's end is logged; the others by
+//!   their `orchd: workd runs [...]` lists, host order of the console lines).
+
+use crate::orchtest::{lists, runners};
+use crate::test::Tally;
+use crate::threenode::{Setup, ThreeNodes};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long V's `orchd` stays dead: past the lease (2 s) with room for a slow TCG node.
+const HOLD_MS: u64 = 8_000;
+const LEASE_MS: u64 = 2_000;
+/// Scheduling slack on a loaded TCG node (workd wakes at the deadline, then logs).
+const SLACK_MS: u64 = 500;
+
+/// The node clock (s) at the start of a console line `[   12.345678] …`.
+fn node_secs(l: &str) -> Option<f64> {
+    l.strip_prefix('[')?.split(']').next()?.trim().parse().ok()
+}
+
+pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    const CMDLINE: &str = "orchd.kill_test=8000";
+    debug_assert!(CMDLINE.ends_with(&HOLD_MS.to_string()));
+    let setup = Setup { cmdline: CMDLINE, ..Setup::PLAIN };
+    crate::threenode::three_nodes(t, kernel, "cluster_orchd_killed", "cluster-orchd-killed", &setup, |ThreeNodes { c, r, a, nodes, img, .. }| {
+        let mut from = vec![0usize; 3];
+        let none = vec![false; 3];
+        let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", "1", "--name", "db", "--mem", "64", "--restart", "always", img, "hello", "db"]);
+        c.check("`catenary run --replicas 1 --name db` is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let once = |l: &[Vec<String>], from: &[usize]| {
+            let ls = lists(l, from, &none);
+            runners(&ls).get("cl-db-0").filter(|v| v.len() == 1).filter(|v| ls[v[0]]["cl-db-0"] == "running").map(|v| v[0])
+        };
+        let ok = r.wait(Duration::from_secs(600), false, |l| once(l, &from).is_some());
+        let Some(v) = once(&r.lines, &from) else {
+            c.check("db's replica runs on exactly one node", ok, &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
+            return Err("db not placed".into());
+        };
+        c.check("db's replica runs on exactly one node", true, &nodes[v].name);
+        // a little while under the lease, then orchd dies alone on V
+        r.wait(Duration::from_secs(5), false, |_| false);
+        let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        let (st, out, err) = a.cli(&nodes[v], &["run", "--name", "killorchd", "--mem", "64", img, "hello", "killorchd"]);
+        c.check(&format!("the node-level workload killorchd is created on {}", nodes[v].name), st == 0, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let line = |l: &[Vec<String>], p: &str| l[v][mark[v]..].iter().find(|x| x.contains(p)).cloned();
+        let killed = r.wait(Duration::from_secs(120), false, |l| line(l, "orchd kill test: killed orchd").is_some());
+        c.check(&format!("{}'s kernel killed its orchd (restart held {HOLD_MS} ms)", nodes[v].name), killed, &line(&r.lines, "orchd kill test").unwrap_or_default());
+        if !killed {
+            return Err("orchd not killed".into());
+        }
+        // From the kill: V runs db until its microVM's end is logged; nobody else may before.
+        let mut twice = Vec::new();
+        let mut v_runs = true;
+        let mut elsewhere_at: Option<Instant> = None;
+        let t_kill = Instant::now();
+        let deadline = t_kill + Duration::from_secs(400);
+        let ended = |l: &[Vec<String>]| line(l, "orchd kill test: microVM cl-db-0 ended");
+        let restarted = |l: &[Vec<String>]| line(l, "orchd kill test: orchd restarted as task");
+        let mut back: Option<usize> = None;
+        while Instant::now() < deadline {
+            r.wait(Duration::from_millis(200), false, |_| false);
+            if v_runs && ended(&r.lines).is_some() {
+                v_runs = false;
+            }
+            if restarted(&r.lines).is_some() && from[v] < mark[v] {
+                // V's new orchd: its lists count from its restart on
+                from[v] = r.lines[v].len();
+            }
+            let ls = lists(&r.lines, &from, &none);
+            let mut on: Vec<usize> = runners(&ls).get("cl-db-0").cloned().unwrap_or_default();
+            if from[v] < mark[v] {
+                // V's orchd is dead: its last list is stale; workd's own lines say
+                on.retain(|n| *n != v);
+                if v_runs {
+                    on.push(v);
+                }
+            }
+            on.sort();
+            on.dedup();
+            if on.len() > 1 {
+                twice.push(format!("{on:?} at +{:.1} s", t_kill.elapsed().as_secs_f64()));
+            }
+            if elsewhere_at.is_none() && on.iter().any(|n| *n != v) {
+                elsewhere_at = Some(Instant::now());
+            }
+            if back.is_none() && restarted(&r.lines).is_some() && from[v] >= mark[v] {
+                if let Some(n) = once(&r.lines, &from) {
+                    back = Some(n);
+                    break;
+                }
+            }
+        }
+        // the stop, by workd, while orchd was dead, within the lease
+        let kill_line = line(&r.lines, "orchd kill test: killed orchd").unwrap_or_default();
+        let stop_line = line(&r.lines, "workd: cluster lease ran out: stopping 1 cluster replicas (cl-db-0)");
+        let end_line = ended(&r.lines);
+        let release_line = line(&r.lines, "orchd kill test: orchd may be restarted now");
+        let pos = |l: &Option<String>| l.as_ref().and_then(|x| r.lines[v].iter().rposition(|y| y == x));
+        let secs = |l: &Option<String>| l.as_deref().and_then(node_secs);
+        let to_stop = secs(&stop_line).zip(node_secs(&kill_line)).map(|(s, k)| ((s - k) * 1000.0) as i64);
+        let to_end: Option<u64> = end_line.as_deref().and_then(|l| l.split(" ended ").nth(1)?.split(' ').next()?.parse().ok());
+        println!("  measured on {} (node clock): kill -> `workd: cluster lease ran out` {} ms; kill -> cl-db-0's microVM ended {} ms (the lease is {LEASE_MS} ms)",
+            nodes[v].name, to_stop.map_or("-".into(), |x| x.to_string()), to_end.map_or("-".into(), |x| x.to_string()));
+        c.check("workd stopped cl-db-0 itself (`cluster lease ran out`), not a new orchd", stop_line.is_some(), stop_line.as_deref().unwrap_or("no such line"));
+        c.check("while orchd was still dead (before its restart was released)", pos(&stop_line).zip(pos(&release_line)).is_some_and(|(s, rel)| s < rel), "");
+        c.check(&format!("within the lease of the kill (<= {LEASE_MS} + {SLACK_MS} ms scheduling slack)"), to_stop.is_some_and(|x| (0..=(LEASE_MS + SLACK_MS) as i64).contains(&x)), &format!("{to_stop:?} ms"));
+        c.check("its microVM ended (stop with grace 0)", to_end.is_some(), end_line.as_deref().unwrap_or(""));
+        let destroyed = r.lines[v][mark[v]..].iter().any(|x| x.contains("workd: destroyed cl-db-0 (a cluster replica without a lease)"));
+        c.check("and workd destroyed it", destroyed, "");
+        let node_level_ok = !r.lines[v][mark[v]..].iter().any(|x| x.contains("workd: killorchd ended"));
+        let (st, out, _) = a.cli(&nodes[v], &["--json", "ps"]);
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+        let kill_wl = j["workloads"].as_array().and_then(|l| l.iter().find(|w| w["name"] == "killorchd").cloned()).unwrap_or_default();
+        c.check("the node-level workload killorchd was not touched (still running)", node_level_ok && st == 0 && kill_wl["state"] == "running", &format!("exit {st}: {kill_wl}"));
+        c.check(&format!("{}'s orchd was restarted after the hold", nodes[v].name), restarted(&r.lines).is_some(), restarted(&r.lines).as_deref().unwrap_or(""));
+        c.check("db runs again after the restart", back.is_some(), &format!("on {:?}; moved elsewhere while V's orchd was dead: {}", back.map(|n| &nodes[n].name), elsewhere_at.is_some()));
+        // a while of quiet: still once
+        let quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_secs(30) {
+            r.wait(Duration::from_millis(200), false, |_| false);
+            let ls = lists(&r.lines, &from, &none);
+            if let Some(on) = runners(&ls).get("cl-db-0").filter(|on| on.len() > 1) {
+                twice.push(format!("{on:?} in the quiet"));
+            }
+        }
+        c.check("db never ran on two nodes (from the kill, through the restart, 30 s after)", twice.is_empty(), &format!("{twice:?}"));
+        c.check("and runs once at the end", once(&r.lines, &from).is_some(), &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
+        Ok(())
+    })
+}
