@@ -18,6 +18,7 @@ use crate::task::{self, supervisor};
 /// The node-level workload whose microVM's creation kills `orchd`.
 pub const TRIGGER: &str = "killorchd";
 /// The longest hold accepted.
+#[cfg_attr(feature = "ktest", allow(dead_code))]
 const HOLD_MAX_MS: u64 = 120_000;
 const MS: u64 = 1_000_000;
 
@@ -27,6 +28,8 @@ static FIRED: AtomicBool = AtomicBool::new(false);
 /// When `orchd` was killed (ns; 0: not yet).
 static KILLED_AT: AtomicU64 = AtomicU64::new(0);
 
+/// (The node kernel; the in-kernel test build has no cluster.)
+#[cfg_attr(feature = "ktest", allow(dead_code))]
 pub fn start(cmdline: &str) {
     let Some(ms) = crate::cmdline::get(cmdline, "orchd.kill_test").and_then(|v| v.parse::<u64>().ok()) else { return };
     HOLD_MS.store(ms.clamp(1, HOLD_MAX_MS), Ordering::Relaxed);
