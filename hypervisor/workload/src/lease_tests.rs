@@ -62,6 +62,7 @@ fn past_the_deadline_cluster_replicas_stop_and_node_level_ones_stay() {
     // the deadline passes without renewal (orchd says nothing more)
     s.tick(2_000, &mut k);
     assert_eq!(states(&mut s, &mut k, 2_000), vec![st("cl-db-0", State::Stopping), st("web", State::Running)]);
+    assert_eq!(k.killed, vec![db], "powered off at once, not asked to stop through the guest");
     assert_eq!(s.take_lease_notices(), vec![LeaseNotice::Stopping { why: LeaseEnd::RanOut, names: vec!["cl-db-0".into()] }, LeaseNotice::Destroyed("cl-idle-0".into())]);
     // once its microVM ended it is destroyed too (its memory goes back), and never restarted
     ended(&mut s, &mut k, db, 2_100);
