@@ -35,8 +35,8 @@
 //! (docs/orchestration.md). `workd` runs them only while the lease `orchd` last set holds:
 //! a deadline on the kernel's monotonic clock, which `orchd` and `workd` share (a deadline,
 //! not a duration, so that the call's own delay cannot push it later than `orchd`'s lease).
-//! Once it passes without renewal `workd` stops every cluster replica (grace 0) and destroys
-//! it once its microVM ended, as `orchd` does when its lease runs out; a `Create` or `Start`
+//! Once it passes without renewal `workd` powers every cluster replica off and destroys
+//! it once its microVM ended (as `orchd`, more gently, does when its lease runs out); a `Create` or `Start`
 //! of a cluster replica without the lease is refused ([`Error::NoLease`]). Node-level
 //! workloads are not touched. A restarted `workd` knows no lease: the cluster replicas it
 //! adopts are stopped at once, and `orchd` starts them again under its lease.
