@@ -117,7 +117,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         c.check("workd stopped cl-db-0 itself (`cluster lease ran out`), not a new orchd", stop_line.is_some(), stop_line.as_deref().unwrap_or("no such line"));
         c.check("while orchd was still dead (before its restart was released)", pos(&stop_line).zip(pos(&release_line)).is_some_and(|(s, rel)| s < rel), "");
         c.check(&format!("within the lease of the kill (<= {LEASE_MS} + {SLACK_MS} ms scheduling slack)"), to_stop.is_some_and(|x| (0..=(LEASE_MS + SLACK_MS) as i64).contains(&x)), &format!("{to_stop:?} ms"));
-        c.check("its microVM ended (stop with grace 0)", to_end.is_some(), end_line.as_deref().unwrap_or(""));
+        c.check("its microVM ended (powered off by workd)", to_end.is_some(), end_line.as_deref().unwrap_or(""));
         let destroyed = r.lines[v][mark[v]..].iter().any(|x| x.contains("workd: destroyed cl-db-0 (a cluster replica without a lease)"));
         c.check("and workd destroyed it", destroyed, "");
         let node_level_ok = !r.lines[v][mark[v]..].iter().any(|x| x.contains("workd: killorchd ended"));
