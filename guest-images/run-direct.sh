@@ -12,6 +12,11 @@
 #                 "console=hvc0 panic=-1 reboot=k tsc=reliable io_delay=none"); `cargo xtask bench vm` passes it
 #   --legacy      only 8259 PIC + 8254 PIT + RTC, no local APIC / IO-APIC
 #                 (QEMU -cpu max,-apic; guest cmdline adds nolapic noapic)
+#   --like-catenary  the machine a one-vCPU Catenary microVM gives the guest, as far as QEMU
+#                 allows, with the command line unchanged (`cargo xtask bench vm` passes it):
+#                 8259 + 8254 + RTC, and -cpu max minus what catenary_vmm::cpuid hides (local
+#                 APIC, MONITOR, SVM, MCE/MCA, RDTSCP, leaf 6, leaf 0xb, 7.0 ECX/EDX, XSAVE
+#                 components past AVX, XGETBV1, 3DNow!, CR8 legacy, ext. leaves past 0x8000_0008)
 #   --mem M       guest RAM (default 256M)
 #   --timeout S   kill QEMU after S seconds (default 120) and fail
 #   --quiet       don't echo the guest console
@@ -36,6 +41,7 @@ CMD=
 BASE="console=hvc0 panic=-1 reboot=k tsc=reliable io_delay=none"
 APPEND=
 LEGACY=0
+LIKE_CATENARY=0
 MEM=256M
 TIMEOUT=120
 QUIET=0
@@ -47,6 +53,7 @@ while [ $# -gt 0 ]; do
         --append) APPEND="$APPEND $2"; shift 2 ;;
         --base) BASE=$2; shift 2 ;;
         --legacy) LEGACY=1; shift ;;
+        --like-catenary) LIKE_CATENARY=1; shift ;;
         --mem) MEM=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --quiet) QUIET=1; shift ;;
@@ -115,6 +122,18 @@ if [ $LEGACY = 1 ]; then
     MACHINE="$MACHINE,pic=on,pit=on,rtc=on"
     CPU="max,-apic,-x2apic"
     CMDLINE="$CMDLINE nolapic noapic"
+fi
+if [ $LIKE_CATENARY = 1 ]; then
+    # What the guest sees under Catenary (catenary_vmm::cpuid's allowlist applied to QEMU TCG's
+    # -cpu max, checked by diffing both guests' /proc/cpuinfo flags: docs/vmm.md "Like for
+    # like"): no local APIC (so no APIC timer calibration, the 8259 + PIT as under Catenary),
+    # no MONITOR/SVM/MCE/MCA/ACPI/SS/RDTSCP/3DNow!/CR8 legacy, leaf 6 without ARAT, leaf 7 EBX
+    # without MPX/PCOMMIT and ECX without PKU/PKS/UMIP/VAES/LA57, XSAVE x87|SSE|AVX with XSAVEOPT
+    # only, no PMU leaf, no topology leaf 0xb, extended leaves up to 0x8000_0008. The microvm
+    # machine keeps its I/O APIC (Linux ignores it without a local APIC) and its firmware's MP
+    # table; Catenary's guest has neither.
+    MACHINE="$MACHINE,pic=on,pit=on,rtc=on"
+    CPU="max,-apic,-x2apic,-tsc-deadline,-monitor,-svm,-mce,-mca,-acpi,-ss,-rdtscp,-3dnow,-3dnowext,-cr8legacy,-arat,-mpx,-pcommit,-pku,-pks,-umip,-vaes,-la57,-xgetbv1,pmu=off,cpuid-0xb=off,xlevel=0x80000008"
 fi
 if [ -n "$CMD" ]; then
     CMDLINE="$CMDLINE catenary.cmd=$(printf '%s' "$CMD" | base64 -w0)"
