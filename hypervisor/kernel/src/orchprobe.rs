@@ -31,7 +31,7 @@ static KILLED_AT: AtomicU64 = AtomicU64::new(0);
 /// (The node kernel; the in-kernel test build has no cluster.)
 #[cfg_attr(feature = "ktest", allow(dead_code))]
 pub fn start(cmdline: &str) {
-    let Some(ms) = crate::cmdline::get(cmdline, "orchd.kill_test").and_then(|v| v.parse::<u64>().ok()) else { return };
+    let Some(ms) = crate::cmdline::get(cmdline, "orchd.kill_test").and_then(|v| v.parse::<u64>().ok()).filter(|&ms| ms > 0) else { return };
     HOLD_MS.store(ms.clamp(1, HOLD_MAX_MS), Ordering::Relaxed);
     info!(target: "orchprobe", "orchd kill test: armed; orchd is killed when a microVM named {} is created, its restart held {} ms", TRIGGER, ms.clamp(1, HOLD_MAX_MS));
 }

@@ -79,6 +79,25 @@ fn past_the_deadline_cluster_replicas_stop_and_node_level_ones_stay() {
     assert_eq!(k.alive.len(), 1, "only web's microVM runs");
 }
 
+/// A replica that orchd asked to stop (grace period through the guest) before the lease ran
+/// out is powered off at the deadline, not when its grace period ends (review: a guest that
+/// ignores the stop ran up to `KILL_GRACE_MS` past the lease).
+#[test]
+fn a_replica_already_stopping_is_powered_off_at_the_deadline() {
+    let (mut s, mut k) = (service(1024), SimKernel { signals: true, ..SimKernel::default() });
+    lease(&mut s, &mut k, Client::Orchestrator, 2_000, 0).unwrap();
+    let db = run(&mut s, &mut k, "cl-db-0", 0);
+    s.handle_from(Client::Orchestrator, Request::Stop { target: Target::Name("cl-db-0".into()), grace_ms: Some(10_000) }, 1_500, &mut k).unwrap();
+    s.tick(1_999, &mut k);
+    assert_eq!(states(&mut s, &mut k, 1_999), vec![st("cl-db-0", State::Stopping)]);
+    assert!(k.killed.is_empty(), "before the deadline the guest's stop runs");
+    s.tick(2_000, &mut k);
+    assert_eq!(k.killed, vec![db], "powered off at the deadline, its grace period cut short");
+    ended(&mut s, &mut k, db, 2_050);
+    s.tick(2_050, &mut k);
+    assert!(states(&mut s, &mut k, 2_050).is_empty());
+}
+
 #[test]
 fn a_renewal_keeps_them_running() {
     let (mut s, mut k) = (service(1024), SimKernel { signals: true, ..SimKernel::default() });

@@ -199,7 +199,7 @@ impl Service {
     }
 
     /// Enforce the cluster lease at `now_ms`: while it does not hold, every cluster replica
-    /// that runs is powered off at once (a stop with grace 0 goes through the guest's init
+    /// that runs (or is being stopped through its guest) is powered off at once (a stop with grace 0 goes through the guest's init
     /// and took some 370 ms on a TCG node: past the lease; power-off does not wait for the
     /// guest), one waiting to restart does not, and every one that no longer runs is
     /// destroyed. Node-level workloads are not touched.
@@ -217,7 +217,11 @@ impl Service {
         let mut names = Vec::new();
         for i in 0..self.workloads.len() {
             let w = &self.workloads[i];
-            if is_cluster_replica(&w.spec.name) && matches!(w.state, State::Starting | State::Running) {
+            // A replica already stopping through its guest (`Asked`: orchd's own stop, or one
+            // asked before orchd died) is powered off too: a guest that ignores the stop would
+            // otherwise run up to `KILL_GRACE_MS` past the deadline.
+            let asked = w.state == State::Stopping && w.vm.is_some() && matches!(w.stop, Some((StopStage::Asked, _)));
+            if is_cluster_replica(&w.spec.name) && (matches!(w.state, State::Starting | State::Running) || asked) {
                 names.push(w.spec.name.clone());
                 let w = &mut self.workloads[i];
                 match w.vm {
