@@ -34,7 +34,7 @@ use crate::identity::NodeKey;
 use crate::placement::NodeCapacity;
 use crate::raft_codec::{command_fits, decode, encode, Wire, EXTRA_MAX};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
-use crate::replica::{ProposeError, Replica, ReplicaConfig, ReplicaId};
+use crate::replica::{Catchup, Envelope, ProposeError, Replica, ReplicaConfig, ReplicaId};
 use crate::snapshot::{SnapshotReceiver, SnapshotSender};
 
 /// The IPC protocol of `orchd`'s endpoint (what `apid` calls). `WRITE`: words[0] is the length
@@ -177,6 +177,8 @@ pub struct Counters {
     pub joins_proposed: u64,
     /// Joint changes proposed to take a removed member's voter out.
     pub voters_removed: u64,
+    /// Members' committed states this node pulled and installed (crate::replica::Catchup).
+    pub pulls_installed: u64,
 }
 
 /// The voter ids of the first member (by index) whose key the committed state removed (in
@@ -490,10 +492,18 @@ impl Orch {
                 if c.head.to != r.id() {
                     return;
                 }
-                self.joined = true;
+                // A leader's snapshot counts this id in; a member's pulled answer does not.
+                let pulled = c.head.pulled;
+                self.joined |= !pulled;
                 let (ack, env) = self.snap_in.on_chunk(c, r.term(), &self.cfg.replica.limits);
-                if let Some(env) = env {
-                    r.handle(now, env);
+                match env {
+                    Some(Envelope { snapshot: Some(snap), .. }) if pulled => {
+                        if r.install_pulled(now, snap) {
+                            self.counters.pulls_installed += 1;
+                        }
+                    }
+                    Some(env) => r.handle(now, env),
+                    None => {}
                 }
                 if let Some(a) = ack {
                     self.push(from, &Wire::SnapAck(a));
@@ -505,10 +515,21 @@ impl Orch {
                     return;
                 }
                 if let Phase::Running(r) = &self.phase {
-                    if a.to == r.id() && r.is_leader() {
-                        for b in self.snap_out.on_ack(&a) {
+                    if a.to == r.id() {
+                        for b in self.snap_out.on_ack_if(&a, r.is_leader()) {
                             self.outgoing.push((from, b));
                         }
+                    }
+                }
+            }
+            Wire::Pull { from: id, to, applied } => {
+                if member_of(id) != from || member_of(to) != self.me {
+                    self.counters.misaddressed += 1;
+                    return;
+                }
+                if let Phase::Running(r) = &mut self.phase {
+                    if to == r.id() {
+                        r.handle_pull(now, id, applied);
                     }
                 }
             }
@@ -806,6 +827,16 @@ impl Orch {
             // A snapshot goes in chunks; anything else in one datagram.
             for b in self.snap_out.datagrams(env) {
                 self.outgoing.push((to, b));
+            }
+        }
+        // The catch-up pull (crate::replica::Catchup): requests, and answers in chunks.
+        for c in r.take_catchup() {
+            let (to, bytes) = match c {
+                Catchup::Ask { from, to, applied } => (member_of(to), alloc::vec![encode(&Wire::Pull { from, to, applied })]),
+                Catchup::Answer(env) => (member_of(env.to), self.snap_out.pulled_datagrams(env)),
+            };
+            if to < self.members.len() && to != self.me {
+                self.outgoing.extend(bytes.into_iter().map(|b| (to, b)));
             }
         }
     }

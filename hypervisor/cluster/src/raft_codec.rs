@@ -59,6 +59,9 @@ const KIND_WHO_AM_I: u8 = 6;
 const KIND_MEMBERS: u8 = 7;
 const KIND_SNAP_CHUNK: u8 = 8;
 const KIND_SNAP_ACK: u8 = 9;
+const KIND_PULL: u8 = 10;
+/// A chunk of a pulled answer ([`crate::snapshot::SnapHead::pulled`]): kind 8's layout.
+const KIND_PULLED_CHUNK: u8 = 11;
 /// Keys in one [`Wire::Members`] (40 × 32 bytes fit a datagram).
 pub const EXTRA_MAX: usize = 40;
 
@@ -88,6 +91,11 @@ pub enum Wire {
     SnapChunk(SnapChunk),
     /// The follower's acknowledgement of a chunk (how much it holds without a gap).
     SnapAck(SnapAck),
+    /// A node that has heard no leader for a while asks member `to` for its committed state
+    /// (it has applied `applied` entries of the log): the catch-up pull
+    /// ([`crate::replica::Catchup`]). A member further ahead answers with its state as a
+    /// snapshot, in chunks marked pulled.
+    Pull { from: u64, to: u64, applied: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,12 +393,18 @@ pub fn encode(w: &Wire) -> Vec<u8> {
             }
         }
         Wire::SnapChunk(c) => {
-            o.u8(KIND_SNAP_CHUNK);
+            o.u8(if c.head.pulled { KIND_PULLED_CHUNK } else { KIND_SNAP_CHUNK });
             o.snap_chunk(c);
         }
         Wire::SnapAck(a) => {
             o.u8(KIND_SNAP_ACK);
             o.snap_ack(a);
+        }
+        Wire::Pull { from, to, applied } => {
+            o.u8(KIND_PULL);
+            o.u64(*from);
+            o.u64(*to);
+            o.u64(*applied);
         }
     }
     o.0
@@ -739,6 +753,12 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
         }
         KIND_SNAP_CHUNK => Wire::SnapChunk(r.snap_chunk()?),
         KIND_SNAP_ACK => Wire::SnapAck(r.snap_ack()?),
+        KIND_PULLED_CHUNK => {
+            let mut c = r.snap_chunk()?;
+            c.head.pulled = true;
+            Wire::SnapChunk(c)
+        }
+        KIND_PULL => Wire::Pull { from: r.num()?, to: r.num()?, applied: r.num()? },
         t => return Err(WireError::BadTag(t)),
     };
     if !r.b.is_empty() {
@@ -828,6 +848,7 @@ mod tests {
             Wire::Capacity { vcpus: 4, mem_mib: 1 << 40, images: (0..IMAGES_MAX as u8).map(|i| [i; 32]).collect() },
             Wire::WhoAmI,
             Wire::Members { extra: vec![] },
+            Wire::Pull { from: 1 << 16 | 2, to: 3, applied: 41 },
             Wire::Members { extra: (0..EXTRA_MAX as u8).map(|i| NodeKey([i; 32])).collect() },
         ];
         assert!(encode(&wires[wires.len() - 1]).len() <= DATAGRAM_MAX);

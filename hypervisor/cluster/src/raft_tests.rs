@@ -608,3 +608,73 @@ fn a_removed_node_admitted_again_is_a_voter_again() {
         assert!(sim.violations.is_empty(), "seed {seed}: {:?}", sim.violations);
     }
 }
+
+/// Issue 13's "when quiet, every node agrees": a node N that applied `RemoveNode(K)` and then
+/// missed `AdmitNode(K)` (cut off meanwhile) still drops K on its fabric (netd dropped the peer;
+/// the simulator's fabric does the same from N's applied state). Once K, admitted again and a
+/// voter, leads, N never hears its AppendEntries; the others hear K, so they refuse N's
+/// pre-votes. N must still catch up: it pulls the committed state from a member it can hear
+/// (`Replica`'s catch-up pull, docs/orchestration.md "Admitted again"). 5 nodes; K is made the
+/// leader by crashing whoever else leads; then the heal and 10 s of quiet with K leading.
+#[test]
+fn a_node_that_missed_the_readmission_catches_up_while_the_readmitted_node_leads() {
+    let mut exercised = 0;
+    for seed in 0..6u64 {
+        let seed = 1500 + seed;
+        let mut sim = cluster(5, seed);
+        let l = sim.leader().unwrap();
+        let (k, n) = ((l + 1) % 5, (l + 2) % 5);
+        assert!(sim.propose(Command::PutWorkload(RaftSim::workload("web", 2, 64))));
+        propose_retrying(&mut sim, Command::RemoveNode(key_of(k)), seed);
+        let others: Vec<u64> = (0..5).filter(|i| *i != k).collect();
+        let deadline = sim.now + secs(10);
+        while voter_slots(&sim) != others && sim.now < deadline {
+            sim.run_until(sim.now + Duration::from_millis(100));
+        }
+        assert_eq!(voter_slots(&sim), others, "seed {seed}: {k} is still a voter");
+        assert!(!sim.replica(n).unwrap().state().nodes.contains(&key_of(k)), "seed {seed}: {n} did not apply the removal");
+        // N is cut off and misses the admission; K is a voter again.
+        let rest: Vec<u64> = (0..5).filter(|i| *i != n).collect();
+        sim.partition(&[&[n], &rest]);
+        propose_retrying(&mut sim, Command::AdmitNode(key_of(k)), seed);
+        let deadline = sim.now + secs(15);
+        while !voter_slots(&sim).contains(&k) && sim.now < deadline {
+            sim.run_until(sim.now + Duration::from_millis(100));
+        }
+        assert!(voter_slots(&sim).contains(&k), "seed {seed}: {k} is not a voter again");
+        for i in 0..3 {
+            propose_retrying(&mut sim, Command::PutWorkload(RaftSim::workload(&format!("w{i}"), 1, 64)), seed);
+        }
+        // K leads: crash whoever else leads (restarted with its storage) until K does.
+        for _ in 0..30 {
+            match sim.leader() {
+                Some(x) if x == k => break,
+                Some(x) => {
+                    sim.crash(x);
+                    sim.run_until(sim.now + secs(2));
+                    sim.restart(x);
+                    sim.run_until(sim.now + secs(1));
+                }
+                None => sim.run_until(sim.now + secs(1)),
+            }
+        }
+        if sim.leader() != Some(k) {
+            continue;
+        }
+        assert!(!sim.replica(n).unwrap().state().nodes.contains(&key_of(k)), "seed {seed}: {n} learnt the admission while cut off");
+        // The heal, and quiet.
+        sim.heal();
+        sim.run_until(sim.now + secs(10));
+        if sim.leader() != Some(k) {
+            continue;
+        }
+        exercised += 1;
+        let (lr, nr) = (sim.replica(k).unwrap(), sim.replica(n).unwrap());
+        assert!(nr.state().nodes.contains(&key_of(k)), "seed {seed}: node {n} still has {k} removed while {k} leads (applied {} vs {})", nr.state().applied, lr.state().applied);
+        assert_eq!(nr.leader(), Some(sim.raft_id(k)), "seed {seed}: node {n} does not follow {k}");
+        assert!(nr.pulls_installed() >= 1, "seed {seed}: node {n} caught up without a pull");
+        sim.converged().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(sim.violations.is_empty(), "seed {seed}: {:?}", sim.violations);
+    }
+    assert!(exercised >= 4, "only {exercised} of 6 seeds had the readmitted node lead through the quiet period");
+}

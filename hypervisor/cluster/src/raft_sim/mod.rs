@@ -132,6 +132,8 @@ pub struct RaftSim {
     pub snapshots_assembled: u64,
     /// The longest snapshot assembled (bytes).
     pub largest_snapshot: usize,
+    /// Pulled states installed by nodes that crashed since (crate::replica::Catchup).
+    pulls_gone: u64,
 }
 
 /// The node (slot) a Raft id belongs to.
@@ -199,6 +201,7 @@ impl RaftSim {
             snapshots_assembled: 0,
             largest_snapshot: 0,
             stop_delay: Duration::ZERO,
+            pulls_gone: 0,
         };
         sim.flush_all();
         sim
@@ -299,7 +302,14 @@ impl RaftSim {
             s.rx = SnapshotReceiver::default();
             self.snapshots_gone.0 += r.snapshots_taken();
             self.snapshots_gone.1 += r.snapshots_installed();
+            self.pulls_gone += r.pulls_installed();
         }
+    }
+
+    /// Committed states pulled from a member and installed (crate::replica::Catchup), over
+    /// the whole run.
+    pub fn pulls_installed(&self) -> u64 {
+        self.pulls_gone + self.slots.iter().filter_map(|s| s.replica.as_ref()).map(|r| r.pulls_installed()).sum::<u64>()
     }
 
     /// Snapshots taken (log compaction) and installed from a leader, over the whole run.

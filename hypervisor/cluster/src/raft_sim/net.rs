@@ -8,7 +8,7 @@ use core::time::Duration;
 
 use super::{key_of, slot_of, RaftSim};
 use crate::raft_codec::{decode, encode, Wire};
-use crate::replica::ReplicaId;
+use crate::replica::{Catchup, ReplicaId};
 
 impl RaftSim {
     pub(super) fn flush_all(&mut self) {
@@ -25,6 +25,16 @@ impl RaftSim {
         for env in r.take_outgoing() {
             let (from, to) = (env.from, env.to);
             out.extend(s.tx.datagrams(env).into_iter().map(|b| (from, to, b)));
+        }
+        // The catch-up pull (crate::replica::Catchup), as `orchd` sends it.
+        for c in r.take_catchup() {
+            match c {
+                Catchup::Ask { from, to, applied } => out.push((from, to, encode(&Wire::Pull { from, to, applied }))),
+                Catchup::Answer(env) => {
+                    let (from, to) = (env.from, env.to);
+                    out.extend(s.tx.pulled_datagrams(env).into_iter().map(|b| (from, to, b)));
+                }
+            }
         }
         for (from, to, b) in out {
             self.send(from, to, b);
@@ -70,12 +80,18 @@ impl RaftSim {
                     return;
                 }
                 self.chunks_delivered += 1;
+                let pulled = c.head.pulled;
                 let (ack, env) = s.rx.on_chunk(c, r.term(), &limits);
                 if let Some(env) = env {
                     self.snapshots_assembled += 1;
                     let len = env.snapshot.as_ref().map_or(0, |s| crate::snapshot::encode_snapshot(s).len());
                     self.largest_snapshot = self.largest_snapshot.max(len);
-                    r.handle(now, env);
+                    match env.snapshot {
+                        Some(snap) if pulled => {
+                            r.install_pulled(now, snap);
+                        }
+                        _ => r.handle(now, env),
+                    }
                     self.delivered += 1;
                 }
                 if let Some(a) = ack {
@@ -84,7 +100,12 @@ impl RaftSim {
             }
             Wire::SnapAck(a) => {
                 if a.to == to {
-                    replies.extend(s.tx.on_ack(&a).into_iter().map(|b| (a.to, a.from, b)));
+                    replies.extend(s.tx.on_ack_if(&a, r.is_leader()).into_iter().map(|b| (a.to, a.from, b)));
+                }
+            }
+            Wire::Pull { from, to: asked, applied } => {
+                if asked == to {
+                    r.handle_pull(now, from, applied);
                 }
             }
             other => self.violations.push(format!("{now:?}: not a Raft datagram: {other:?}")),

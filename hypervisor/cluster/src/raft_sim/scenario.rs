@@ -83,6 +83,13 @@ impl RaftSim {
                         let v = if (named / 3) % 2 == 1 { Some("t1".to_string()) } else { None };
                         let _ = self.propose(Command::SetLabels { node: key_of(id), changes: vec![("tier".to_string(), v)] });
                     }
+                    if self.removals && named % 4 == 3 {
+                        // `catenary node add` of the removed nodes, in the middle of the
+                        // faults: a node down or cut off now misses the admission and keeps
+                        // dropping the admitted node on its fabric; should that node lead, the
+                        // lagging one catches up by pulling (crate::replica::Catchup).
+                        self.readmit();
+                    }
                     if self.removals && named % 4 == 1 {
                         // `catenary node remove` of a node that is down (the guard may refuse
                         // it); its voter is taken out, and it is cut off if it comes back.
@@ -102,10 +109,10 @@ impl RaftSim {
         }
         let settle_until = self.now + Duration::from_secs(settle);
         if self.removals {
-            // Every removed node admitted again (the end checks want every node a voter), once
-            // every node has applied the removals: a node that applied a removal and missed
-            // the admission keeps dropping that node, which may lead by then, and stays
-            // behind until the leadership moves (docs/orchestration.md, "Removal").
+            // Every removed node admitted again (the end checks want every node a voter).
+            // (This used to wait until every admitted node had applied the removals: a node
+            // that applied a removal and missed the admission dropped the admitted node,
+            // which might lead, and stayed behind; the catch-up pull closed that gap.)
             // Decided on a leader with nothing uncommitted: a `RemoveNode` taken by a leader
             // that was cut off is still in its log, uncommitted, when it leads again after the
             // heal, and commits after an "every node admitted" read of its applied state
@@ -120,10 +127,7 @@ impl RaftSim {
                 if nodes.len() == n as usize {
                     break;
                 }
-                let admitted = (0..n).filter(|i| nodes.contains(&key_of(*i)));
-                if admitted.into_iter().all(|i| self.replica(i).is_some_and(|r| r.state().nodes == nodes)) {
-                    self.readmit();
-                }
+                self.readmit();
             }
         }
         if with_drains {
@@ -191,6 +195,8 @@ pub struct ChaosStats {
     pub removals: u64,
     pub voters_taken_out: u64,
     pub voters_added_back: u64,
+    /// Members' committed states pulled and installed by nodes that heard no leader.
+    pub pulls_installed: u64,
 }
 
 /// [`raft_chaos_run`] without the simulator.
@@ -206,5 +212,5 @@ pub fn raft_chaos(seed: u64) -> Result<ChaosStats, String> {
             return Err(format!("seed {seed}: node {s} (id {}) is not a voter at the end: {voters:?}", sim.raft_id(s)));
         }
     }
-    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts(), removals: sim.removals_proposed, voters_taken_out: sim.voters_taken_out, voters_added_back: sim.voters_added_back })
+    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts(), removals: sim.removals_proposed, voters_taken_out: sim.voters_taken_out, voters_added_back: sim.voters_added_back, pulls_installed: sim.pulls_installed() })
 }

@@ -29,7 +29,7 @@ impl Replica {
         self.snapshots_taken += 1;
     }
 
-    fn prune_commands(&mut self, upto: u64) {
+    pub(super) fn prune_commands(&mut self, upto: u64) {
         // Keyed by (term, index): keep the entries past `upto` of any term.
         self.storage.commands.retain(|(_, i), _| *i > upto);
         self.recount_log_bytes();

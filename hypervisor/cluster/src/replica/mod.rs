@@ -22,9 +22,12 @@ use raftbare::{Action, CommitStatus, LogEntries, LogEntry, LogIndex, LogPosition
 use crate::desired::{Command, DesiredState, Limits, Refused, Voters};
 use crate::identity::NodeKey;
 
+mod catchup;
 mod compaction;
 mod election;
 mod lease;
+
+pub use catchup::Catchup;
 
 /// A Raft member's id: the node's index in the cluster's voter list, or a newer id for a node
 /// re-added after losing its storage.
@@ -81,6 +84,10 @@ pub struct ReplicaConfig {
     /// does not list (as `Orch` numbers members). What `RemoveNode`'s quorum guard maps the
     /// configuration's voters with ([`crate::desired::Voters`]).
     pub members: Vec<NodeKey>,
+    /// The catch-up pull ([`Catchup`]): a node that is not the leader and has heard no leader
+    /// for this long asks a peer for its committed state on each election timeout.
+    /// `Duration::MAX`: never.
+    pub catch_up_after: Duration,
 }
 
 impl Default for ReplicaConfig {
@@ -99,6 +106,7 @@ impl Default for ReplicaConfig {
             limits: Limits::default(),
             local_host: None,
             members: Vec::new(),
+            catch_up_after: Duration::from_secs(2),
         }
     }
 }
@@ -204,6 +212,14 @@ pub struct Replica {
     /// What the local service last said runs here ([`Replica::set_local_runs`]): the applied
     /// count when it looked, and the replicas still active then (running or stopping).
     local_runs: Option<(u64, alloc::collections::BTreeSet<(alloc::string::String, u32)>)>,
+    /// The catch-up pull ([`Catchup`]): when this replica started (it has heard no leader
+    /// since at least then), the next peer to ask, what to send, whom it answered when, and
+    /// how many pulled states it installed.
+    started: Duration,
+    pull_turn: usize,
+    catchup: Vec<Catchup>,
+    pull_answered: BTreeMap<ReplicaId, Duration>,
+    pulls_installed: u64,
 }
 
 impl Replica {
@@ -277,6 +293,11 @@ impl Replica {
             elections_started: 0,
             storage,
             local_runs: None,
+            started: now,
+            pull_turn: 0,
+            catchup: Vec::new(),
+            pull_answered: BTreeMap::new(),
+            pulls_installed: 0,
         }
     }
 
@@ -438,6 +459,7 @@ impl Replica {
             } else {
                 self.stand(now);
             }
+            self.maybe_pull(now);
         }
     }
 

@@ -40,6 +40,10 @@ pub struct SnapHead {
     /// The whole snapshot's length and SHA-256.
     pub total: u32,
     pub digest: [u8; 32],
+    /// A member's answer to a lagging node's catch-up pull (`raft_codec` kind 11, not 8): the
+    /// sender's committed state, not a leader's; `term` and `commit_index` are the sender's and
+    /// say nothing to the receiver's Raft core ([`crate::replica::Replica::install_pulled`]).
+    pub pulled: bool,
 }
 
 /// One chunk of a snapshot (`raft_codec` kind 8).
@@ -117,7 +121,7 @@ impl R<'_> {
         if last.term.get() > term || last.index.get() > commit_index {
             return Err(WireError::Inconsistent);
         }
-        Ok(SnapChunk { head: SnapHead { from, to, transfer, term, commit_index, applied, last, total, digest }, offset, done, data })
+        Ok(SnapChunk { head: SnapHead { from, to, transfer, term, commit_index, applied, last, total, digest, pulled: false }, offset, done, data })
     }
     pub(crate) fn snap_ack(&mut self) -> Result<SnapAck, WireError> {
         let (from, to, transfer, term) = (self.num()?, self.num()?, self.num()?, self.num()?);
@@ -169,6 +173,16 @@ impl SnapshotSender {
     /// to fit, [`encode_within`]), or, for one that carries a snapshot, the next window of its
     /// chunks (from the acknowledged offset: this is also the retransmission).
     pub fn datagrams(&mut self, env: Envelope) -> Vec<Vec<u8>> {
+        self.datagrams_as(env, false)
+    }
+
+    /// [`SnapshotSender::datagrams`] for the answer to a catch-up pull
+    /// ([`crate::replica::Catchup::Answer`]): the same transfer, its chunks marked pulled.
+    pub fn pulled_datagrams(&mut self, env: Envelope) -> Vec<Vec<u8>> {
+        self.datagrams_as(env, true)
+    }
+
+    fn datagrams_as(&mut self, env: Envelope, pulled: bool) -> Vec<Vec<u8>> {
         let Some(snap) = &env.snapshot else { return encode_within(&env, DATAGRAM_MAX).into_iter().collect() };
         let Message::AppendEntriesCall { header, commit_index, .. } = &env.message else { return Vec::new() };
         if self.cache.as_ref().is_none_or(|c| c.position != snap.position) {
@@ -192,9 +206,10 @@ impl SnapshotSender {
             last: snap.position,
             total: c.bytes.len() as u32,
             digest: c.digest,
+            pulled,
         };
         match self.transfers.get_mut(&env.to) {
-            Some(t) if t.head.from == head.from && t.head.term == head.term && t.head.last == head.last && t.head.digest == head.digest => {
+            Some(t) if t.head.from == head.from && t.head.term == head.term && t.head.last == head.last && t.head.digest == head.digest && t.head.pulled == pulled => {
                 // The re-send: from where the follower last said it is (found by the
                 // simulator, seed 1207: a follower that restarted mid-transfer acknowledged 0
                 // for ever while the leader resumed past what it had lost).
@@ -219,8 +234,17 @@ impl SnapshotSender {
 
     /// A follower's acknowledgement: the next chunks of its transfer, if any.
     pub fn on_ack(&mut self, ack: &SnapAck) -> Vec<Vec<u8>> {
+        self.on_ack_if(ack, true)
+    }
+
+    /// [`SnapshotSender::on_ack`], moving a leader's transfer on only while `leader` (a pulled
+    /// answer's, always).
+    pub fn on_ack_if(&mut self, ack: &SnapAck, leader: bool) -> Vec<Vec<u8>> {
         let Some(t) = self.transfers.get_mut(&ack.from) else { return Vec::new() };
         let h = t.head;
+        if !h.pulled && !leader {
+            return Vec::new();
+        }
         if h.to != ack.from || h.from != ack.to || h.transfer != ack.transfer || h.term != ack.term || h.last != ack.last || h.digest != ack.digest {
             return Vec::new();
         }
@@ -279,9 +303,9 @@ struct Assembly {
     next_chunk: usize,
 }
 
-/// Identifies one transfer: the same leader, term, snapshot and bytes.
+/// Identifies one transfer: the same leader (or pulled answerer), term, snapshot and bytes.
 fn same(a: &SnapHead, b: &SnapHead) -> bool {
-    a.from == b.from && a.to == b.to && a.transfer == b.transfer && a.term == b.term && a.last == b.last && a.total == b.total && a.digest == b.digest
+    a.from == b.from && a.to == b.to && a.transfer == b.transfer && a.term == b.term && a.last == b.last && a.total == b.total && a.digest == b.digest && a.pulled == b.pulled
 }
 
 /// The follower's side: assembles one snapshot at a time (memory: at most [`SNAPSHOT_MAX`]
@@ -305,8 +329,9 @@ impl SnapshotReceiver {
     /// the leader's empty AppendEntries call right after it).
     pub fn on_chunk(&mut self, c: SnapChunk, term: u64, limits: &Limits) -> (Option<SnapAck>, Option<Envelope>) {
         let h = c.head;
-        // Stale: a leader of an older term.
-        if h.term < term {
+        // Stale: a leader of an older term. (A pulled answer's term is its sender's, not a
+        // leader's: only its position counts.)
+        if !h.pulled && h.term < term {
             return (None, None);
         }
         let ack = |next: u32| Some(SnapAck { from: h.to, to: h.from, transfer: h.transfer, term: h.term, last: h.last, digest: h.digest, next });
@@ -314,11 +339,25 @@ impl SnapshotReceiver {
             return (ack(h.total), None);
         }
         // A late chunk of a snapshot older than the one installed last: not assembled again.
-        if self.done.as_ref().is_some_and(|d| h.term < d.term || (h.term == d.term && h.last.index < d.last.index)) {
+        // (A pulled one: not at or below the last installed; a leader's is compared with the
+        // last leader's only, so that a pulled install never holds a leader's transfer back.)
+        if self.done.as_ref().is_some_and(|d| {
+            if h.pulled {
+                h.last.index <= d.last.index
+            } else {
+                !d.pulled && (h.term < d.term || (h.term == d.term && h.last.index < d.last.index))
+            }
+        }) {
             return (None, None);
         }
         let fresh = match &self.asm {
             Some(a) if same(&a.head, &h) => false,
+            // A leader's replaces a pulled assembly (which may have lost its sender); a pulled
+            // one replaces any assembly only with a later snapshot (a leader's assembly may be
+            // stale: its leader cut off mid-transfer).
+            Some(a) if !h.pulled && a.head.pulled => true,
+            Some(a) if h.pulled && h.last.index <= a.last_index() => return (None, None),
+            Some(_) if h.pulled => true,
             // Only a newer term, or a later snapshot of the same term, replaces an assembly.
             Some(a) if h.term < a.head.term || (h.term == a.head.term && h.last.index <= a.last_index()) => return (None, None),
             _ => true,
@@ -433,6 +472,11 @@ mod tests {
         assert_eq!(bad(&|x| x.head.total = 0), Err(WireError::OutOfRange));
         assert_eq!(bad(&|x| x.offset = x.head.total.next_multiple_of(CHUNK_LEN as u32)), Err(WireError::OutOfRange));
         assert_eq!(bad(&|x| x.head.last.term = Term::new(5)), Err(WireError::Inconsistent));
+        // A pulled answer's chunks: their own kind, the same layout.
+        let pulled = tx.pulled_datagrams(env_with(snap(200, 1), 3));
+        let p = chunks(&pulled);
+        assert!(p.iter().all(|c| c.head.pulled) && pulled[0][1] == 11 && out[0][1] == 8);
+        assert_eq!(decode(&encode(&Wire::SnapChunk(p[0].clone()))), Ok(Wire::SnapChunk(p[0].clone())));
         let ack = SnapAck { from: 2, to: 1, transfer: 9, term: 4, last: c[0].head.last, digest: [7; 32], next: 2400 };
         assert_eq!(decode(&encode(&Wire::SnapAck(ack))), Ok(Wire::SnapAck(ack)));
         assert_eq!(decode(&encode(&Wire::SnapAck(SnapAck { next: SNAPSHOT_MAX as u32 + 1, ..ack }))), Err(WireError::OutOfRange));
@@ -497,7 +541,7 @@ mod tests {
 
     /// Feed a whole byte string as one transfer's chunks, `digest` as announced.
     fn feed(rx: &mut SnapshotReceiver, bytes: &[u8], digest: [u8; 32], last: LogPosition, l: &Limits) -> Option<Envelope> {
-        let head = SnapHead { from: 1, to: 2, transfer: 1, term: 4, commit_index: last.index.get(), applied: 0, last, total: bytes.len() as u32, digest };
+        let head = SnapHead { from: 1, to: 2, transfer: 1, term: 4, commit_index: last.index.get(), applied: 0, last, total: bytes.len() as u32, digest, pulled: false };
         let mut out = None;
         for (i, d) in bytes.chunks(CHUNK_LEN).enumerate() {
             let off = i * CHUNK_LEN;
@@ -558,7 +602,7 @@ mod tests {
             let total = bytes.len();
             let off = i * CHUNK_LEN;
             let d = &bytes[off..(off + CHUNK_LEN).min(total)];
-            SnapChunk { head: SnapHead { from: 1, to: 2, transfer: 1, term, commit_index: index, applied: 0, last, total: total as u32, digest }, offset: off as u32, done: off + d.len() == total, data: d.to_vec() }
+            SnapChunk { head: SnapHead { from: 1, to: 2, transfer: 1, term, commit_index: index, applied: 0, last, total: total as u32, digest, pulled: false }, offset: off as u32, done: off + d.len() == total, data: d.to_vec() }
         };
         let p = s.position.index.get();
         let mut rx = SnapshotReceiver::default();
