@@ -26,6 +26,8 @@ struct Net {
     /// Nodes whose `orchd` alone died ([`Net::kill_orchd`]): the replicas their workd still
     /// runs and the lease deadline the dead `orchd` last told it (workd stops them there).
     orphaned: Vec<Option<(Duration, BTreeSet<(String, u32)>)>>,
+    /// Partitions: nodes of different groups cannot talk (all 0: none).
+    groups: Vec<u32>,
 }
 
 fn spec(name: &str, replicas: u32) -> WorkloadSpec {
@@ -49,7 +51,7 @@ impl Net {
 
     fn with_config(n: usize, seed: u64, cfg: OrchConfig) -> Net {
         let keys: Vec<NodeKey> = (0..n).map(|i| NodeKey([i as u8 + 1; 32])).collect();
-        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0, orphaned: vec![None; n] };
+        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0, orphaned: vec![None; n], groups: vec![0; n] };
         for i in 0..n {
             let o = net.fresh(i);
             net.nodes.push(Some(o));
@@ -77,7 +79,7 @@ impl Net {
         let (due, later): (Vec<_>, Vec<_>) = core::mem::take(&mut self.inflight).into_iter().partition(|d| d.0 <= now);
         self.inflight = later;
         for (_, from, to, b) in due {
-            if self.fabric_drops(from, to) {
+            if self.fabric_drops(from, to) || self.groups[from] != self.groups[to] {
                 continue;
             }
             if let Some(o) = self.nodes[to].as_mut() {
@@ -628,4 +630,76 @@ fn a_refused_removal_is_reported_failed_not_done() {
         let s = net.nodes[leader].as_ref().unwrap().state().unwrap();
         assert!(s.nodes.contains(&key), "seed {seed}: the refused removal removed the node");
     }
+}
+
+/// The catch-up pull on `Orch` nodes (what `orchd` runs; docs/orchestration.md "Admitted
+/// again"): five nodes; K removed (every fabric drops it) and, while node N is cut off,
+/// admitted again and a voter again; K is made the leader (whoever else leads is cut off until
+/// K wins); N comes back. N's fabric still drops K (its state removed K), and the others hear
+/// K, so without the pull N stays behind for as long as K leads. With it N asks a member it
+/// hears, installs that member's committed state, applies the admission, hears K and follows
+/// it, and every node holds the same state.
+#[test]
+fn a_member_that_missed_the_readmission_pulls_the_state_and_follows_the_readmitted_leader() {
+    let top = |n: &Net| {
+        let lead = n.nodes.iter().enumerate().filter_map(|(i, o)| o.as_ref().and_then(|o| o.replica()).filter(|r| r.is_leader()).map(|r| (r.term(), i)));
+        lead.max().map(|(_, i)| i)
+    };
+    let mut exercised = 0;
+    for seed in 0..3u64 {
+        let mut net = Net::new(5, 70 + seed);
+        assert!(net.run_until(15_000, |n| top(n).is_some() && n.nodes.iter().flatten().all(|o| o.state().is_some_and(|s| s.nodes.len() == 5))), "seed {seed}: not formed");
+        let l = top(&net).unwrap();
+        let (k, n) = ((l + 1) % 5, (l + 2) % 5);
+        net.submit_via(l, Command::PutWorkload(spec("web", 2)));
+        net.submit_via(l, Command::RemoveNode(net.keys[k]));
+        let out = net.run_until(10_000, |x| top(x).is_some_and(|t| !voter_members(x, t).contains(&k)) && x.nodes[n].as_ref().and_then(|o| o.state()).is_some_and(|s| !s.nodes.contains(&x.keys[k])));
+        assert!(out, "seed {seed}: {k} is still a voter, or {n} did not apply its removal");
+        // N cut off; K admitted again and a voter again.
+        net.groups[n] = 1;
+        let via = top(&net).unwrap();
+        net.submit_via(via, Command::AdmitNode(net.keys[k]));
+        let back = net.run_until(15_000, |x| {
+            (0..5).filter(|i| *i != n).all(|i| voter_members(x, i).contains(&k) && x.nodes[i].as_ref().and_then(|o| o.replica()).is_some_and(|r| !r.config_changing() && !r.has_uncommitted()))
+        });
+        assert!(back, "seed {seed}: {k} is not a voter again");
+        // K leads: cut off whoever else leads until K does (each time healing the one before).
+        let mut cut: Option<usize> = None;
+        for _ in 0..20 {
+            match top(&net) {
+                Some(t) if t == k => break,
+                Some(t) => {
+                    if let Some(c) = cut {
+                        net.groups[c] = 0;
+                    }
+                    net.groups[t] = 2;
+                    cut = Some(t);
+                    net.run_for(3_000);
+                }
+                None => net.run_for(1_000),
+            }
+        }
+        if let Some(c) = cut {
+            net.groups[c] = 0;
+        }
+        net.run_for(2_000);
+        if top(&net) != Some(k) {
+            continue;
+        }
+        assert!(net.nodes[n].as_ref().unwrap().state().is_some_and(|s| !s.nodes.contains(&net.keys[k])), "seed {seed}: {n} learnt the admission while cut off");
+        // N back; quiet.
+        net.groups[n] = 0;
+        net.run_for(10_000);
+        if top(&net) != Some(k) {
+            continue;
+        }
+        exercised += 1;
+        let o = net.nodes[n].as_ref().unwrap();
+        assert!(o.state().is_some_and(|s| s.nodes.contains(&net.keys[k])), "seed {seed}: {n} still has {k} removed while {k} leads");
+        assert!(o.counters.pulls_installed >= 1, "seed {seed}: {n} caught up without a pull");
+        assert_eq!(o.leader(), Some(k), "seed {seed}: {n} does not follow {k}");
+        let s = net.nodes[k].as_ref().unwrap().state().unwrap();
+        assert!(net.nodes.iter().flatten().all(|o| o.state() == Some(s)), "seed {seed}: the nodes disagree");
+    }
+    assert!(exercised >= 2, "only {exercised} of 3 seeds had the readmitted node lead through the quiet period");
 }

@@ -10,7 +10,8 @@
 //! peers (it is not Byzantine-tolerant), and only admitted cluster members' datagrams reach it,
 //! but a malformed datagram must still be an error, not a crash.
 //!
-//! A snapshot is larger than a datagram: it travels in chunks (kinds 8 and 9), whose layout
+//! A snapshot is larger than a datagram: it travels in chunks (kinds 8 and 9; kind 11 for a
+//! member's answer to a catch-up pull, kind 10), whose layout
 //! and transfer protocol are in [`crate::snapshot`].
 //!
 //! An AppendEntries that would not fit a datagram is cut to a prefix of its entries that does

@@ -722,6 +722,8 @@ struct Shown {
     voters: (Vec<usize>, bool),
     /// Snapshots over the fabric: assembled and refused here, transfers completed from here.
     snapshots: (u64, u64, u64),
+    /// Members' committed states pulled and installed here (no leader heard for a while).
+    pulls: u64,
     /// The workload count last logged, and when (ms).
     workloads: (usize, u64),
     running: Vec<String>,
@@ -808,6 +810,11 @@ impl Shown {
                 logf!("orchd: a follower acknowledged this node's snapshot whole ({} so far)", snaps.2);
             }
             self.snapshots = snaps;
+        }
+        if c.pulls_installed != self.pulls {
+            self.pulls = c.pulls_installed;
+            let at = orch.replica().map_or(0, |r| r.commit_index());
+            logf!("orchd: no leader heard: pulled a member's committed state up to log index {} ({} so far)", at, self.pulls);
         }
         if c.misaddressed != self.misaddressed || c.undecodable != self.undecodable {
             self.misaddressed = c.misaddressed;
