@@ -635,6 +635,50 @@ mod tests {
         assert_eq!(rx.buffered(), 0);
     }
 
+    /// A member's pulled answer (the catch-up pull) and a leader's snapshot share the one
+    /// assembly: a pulled chunk ignores the receiver's term (it is the answering member's); a
+    /// second member's answer at the same position does not restart the first; a leader's chunk
+    /// replaces a pulled assembly whatever their terms and positions (the answering member may
+    /// be gone); a pulled chunk replaces a leader's assembly only with a later position; once a
+    /// pulled answer was installed, pulled ones at or below it are not assembled again, a
+    /// leader's still are.
+    #[test]
+    fn pulled_answers_and_leader_snapshots_share_the_assembly_by_position() {
+        let l = Limits::default();
+        let s = snap(40, 0);
+        let bytes = encode_snapshot(&s);
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let chunk = |term: u64, index: u64, i: usize, pulled: bool, from: u64| {
+            let last = LogPosition { term: Term::new(3), index: LogIndex::new(index) };
+            let total = bytes.len();
+            let off = i * CHUNK_LEN;
+            let d = &bytes[off..(off + CHUNK_LEN).min(total)];
+            SnapChunk { head: SnapHead { from, to: 2, transfer: 1, term, commit_index: index, applied: 0, last, total: total as u32, digest, pulled }, offset: off as u32, done: off + d.len() == total, data: d.to_vec() }
+        };
+        let p = s.position.index.get();
+        let n = bytes.len().div_ceil(CHUNK_LEN);
+        assert!(n >= 3);
+        let next = |r: (Option<SnapAck>, Option<Envelope>)| r.0.map(|a| a.next);
+        let mut rx = SnapshotReceiver::default();
+        // Pulled, of a term below the receiver's: taken.
+        assert_eq!(next(rx.on_chunk(chunk(4, p, 0, true, 7), 9, &l)), Some(CHUNK_LEN as u32));
+        // Another member's answer at the same position: ignored.
+        assert_eq!(rx.on_chunk(chunk(4, p, 1, true, 8), 9, &l), (None, None));
+        // A leader's chunk, same term, earlier position: replaces the pulled assembly.
+        assert_eq!(next(rx.on_chunk(chunk(4, p - 1, 0, false, 1), 4, &l)), Some(CHUNK_LEN as u32));
+        // Pulled at or below it: ignored; past it: replaces it, and completes.
+        assert_eq!(rx.on_chunk(chunk(4, p - 1, 1, true, 7), 4, &l), (None, None));
+        assert_eq!(next(rx.on_chunk(chunk(4, p, 1, true, 7), 4, &l)), Some(0));
+        let mut got = None;
+        for i in 0..n {
+            got = rx.on_chunk(chunk(4, p, i, true, 7), 4, &l).1.or(got);
+        }
+        assert_eq!(got.and_then(|e| e.snapshot), Some(s.clone()));
+        // Installed: a pulled one at that position is not assembled again, a leader's is.
+        assert_eq!(rx.on_chunk(chunk(5, p, 0, true, 8), 4, &l), (None, None));
+        assert_eq!(next(rx.on_chunk(chunk(5, p, 0, false, 1), 4, &l)), Some(CHUNK_LEN as u32));
+    }
+
     fn deliver_all(tx: &mut SnapshotSender, rx: &mut SnapshotReceiver, mut to_rx: Vec<Vec<u8>>, l: &Limits) -> Option<Envelope> {
         let mut got = None;
         while let Some(b) = to_rx.pop() {
