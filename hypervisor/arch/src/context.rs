@@ -15,6 +15,14 @@
 //!   it ran on. Frames that return to ring 3 come from [`TaskContext::user`] (user selectors,
 //!   a RIP and RSP below [`USER_END`], RFLAGS 0x202) or from saving a ring-3 entry; loading
 //!   one forces the user selectors, IF on and IOPL 0 again.
+//! - A ring-3 task's FPU image has one owner at a time too: its context while saved, the CPU
+//!   while the task runs. [`switch`] moves the 64-byte-aligned area (a pointer, not the 1 KiB
+//!   image) into this CPU's slot and names it to the entry/exit assembly (`gs:[56]`): a ring-3
+//!   entry XSAVEs straight into it, the exit XRSTORs from it. Dropping a context whose image
+//!   the CPU holds drops only what the context holds (nothing), so the area the assembly writes
+//!   stays allocated until [`switch`] takes it off the CPU; migration moves the area with the
+//!   context. Ring-0 frames (kernel and vCPU tasks, idle, nested entries) keep the image below
+//!   the frame, copied in and out as before.
 //!
 //! ```compile_fail,E0308
 //! #![forbid(unsafe_code)]
@@ -52,6 +60,7 @@
 //! ```
 
 use alloc::boxed::Box;
+use core::mem;
 
 use crate::cpu::FPU_AREA;
 use crate::paging::{KernelStack, StaticStack};
@@ -90,6 +99,40 @@ enum Stack {
 static ON_CPU: [spin::Mutex<Option<Stack>>; crate::percpu::MAX_CPUS] =
     [const { spin::Mutex::new(Some(Stack::Static)) }; crate::percpu::MAX_CPUS];
 
+/// An FPU/SSE/AVX save image, aligned as XSAVE/FXSAVE need.
+#[repr(C, align(64))]
+struct FxArea([u8; FPU_AREA]);
+
+impl core::fmt::Debug for FxArea {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("FxArea")
+    }
+}
+
+fn fresh_fx() -> Box<FxArea> {
+    Box::new(FxArea(default_fx()))
+}
+
+/// Per CPU: the FPU area of the ring-3 task it runs (`cur`, the one `gs:[56]` names; `None`
+/// when it runs ring 0 or no area is set) and one spare (an area a context gave up, kept so
+/// a later save need not allocate). Only [`switch`] on that CPU touches it, with interrupts off.
+struct CpuFx {
+    cur: Option<Box<FxArea>>,
+    spare: Option<Box<FxArea>>,
+}
+
+static CPU_FX: [spin::Mutex<CpuFx>; crate::percpu::MAX_CPUS] =
+    [const { spin::Mutex::new(CpuFx { cur: None, spare: None }) }; crate::percpu::MAX_CPUS];
+
+impl CpuFx {
+    /// Keep `b` as the spare, or free it.
+    fn recycle(&mut self, b: Option<Box<FxArea>>) {
+        if self.spare.is_none() {
+            self.spare = b;
+        }
+    }
+}
+
 /// A ring-3 frame refused by [`TaskContext::user`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadUserFrame {
@@ -113,7 +156,9 @@ pub enum SwitchError {
 #[derive(Debug)]
 pub struct TaskContext {
     frame: TrapFrame,
-    fx: Box<[u8; FPU_AREA]>,
+    /// The FPU image; `None` while a ring-3 frame of this context runs (the CPU holds the area,
+    /// see [`CpuFx`]). Always `Some` while `loadable`.
+    fx: Option<Box<FxArea>>,
     /// For a ring-0 frame: what it runs on (`None` for ring 3).
     stack: Option<Stack>,
     /// Whether `frame` may be loaded: false once loaded (the CPU has it) until saved again.
@@ -138,7 +183,7 @@ impl TaskContext {
         frame.cs = USER_CS;
         frame.ss = USER_SS;
         frame.rflags = RFLAGS_FRESH;
-        Ok(TaskContext { frame, fx: Box::new(default_fx()), stack: None, loadable: true })
+        Ok(TaskContext { frame, fx: Some(fresh_fx()), stack: None, loadable: true })
     }
 
     /// A context that runs kernel function `entry(arg)` on `stack`, interrupts on. It takes a
@@ -148,13 +193,13 @@ impl TaskContext {
     pub fn kernel(entry: extern "C" fn(u64) -> !, stack: KernelStack, arg: u64) -> TaskContext {
         // The stack top is 16-aligned; entering a function needs rsp ≡ 8 (mod 16).
         let frame = ring0_frame(entry as *const () as u64, stack.top() - 8, arg);
-        TaskContext { frame, fx: Box::new(default_fx()), stack: Some(Stack::Kernel(stack)), loadable: true }
+        TaskContext { frame, fx: Some(fresh_fx()), stack: Some(Stack::Kernel(stack)), loadable: true }
     }
 
     /// The context of the code running now (the boot CPU's boot code, adopted as a task): no
     /// frame until [`switch`] saves one into it.
     pub fn running() -> TaskContext {
-        TaskContext { frame: TrapFrame::zeroed(), fx: Box::new(default_fx()), stack: None, loadable: false }
+        TaskContext { frame: TrapFrame::zeroed(), fx: Some(fresh_fx()), stack: None, loadable: false }
     }
 
     /// The saved frame (read-only: see [`TrapFrame`]). Stale while the context is running.
@@ -218,10 +263,11 @@ pub fn default_fx() -> [u8; FPU_AREA] {
     fx
 }
 
-/// The FPU/SSE/AVX save area that the entry stub filled right below `f` (restored on exit).
-/// `f` must be the frame of the kernel entry this CPU is handling (the one its handler was
-/// given): any other `TrapFrame` has no save area below it, and this panics instead of
-/// handing out memory that is not one.
+/// The FPU/SSE/AVX save area right below `f` (the entry stub fills it for entries that do not
+/// save into the task's own area, and restores from it for frames that are not ring 3 with an
+/// area set). `f` must be the frame of the kernel entry this CPU is handling (the one its
+/// handler was given): any other `TrapFrame` has no save area below it, and this panics
+/// instead of handing out memory that is not one.
 pub(crate) fn fx_area(f: &mut TrapFrame) -> &mut [u8; FPU_AREA] {
     assert!(crate::trap::is_live_frame(f), "fx_area: not the live trap frame of this CPU");
     let p = (f as *mut TrapFrame as u64 & !0x3f) - FPU_AREA as u64;
@@ -256,10 +302,22 @@ pub fn switch(live: &mut TrapFrame, prev: Option<&mut TaskContext>, next: Next<'
     let c = crate::percpu::cpu_index();
     // What the interrupted code runs on (ring 0), taken from the CPU: it goes to `prev`.
     let was = ON_CPU[c].lock().take();
+    let mut fx = CPU_FX[c].lock();
+    // Where the live frame's FPU image is: the rule the entry/exit assembly follows (a ring-3
+    // frame with an area set: that area; otherwise below the frame).
+    let in_cpu = live.is_user() && fx.cur.is_some();
     let abandoned = match prev {
         Some(p) => {
             p.frame = live.snapshot();
-            p.fx.copy_from_slice(fx_area(live));
+            if in_cpu {
+                // The image is in the CPU's area: the area itself goes to `prev`.
+                let old = mem::replace(&mut p.fx, fx.cur.take());
+                fx.recycle(old);
+            } else {
+                let spare = &mut fx.spare;
+                let dst = p.fx.get_or_insert_with(|| spare.take().unwrap_or_else(fresh_fx));
+                dst.0.copy_from_slice(fx_area(live));
+            }
             if live.is_user() {
                 p.stack = None;
                 p.loadable = true;
@@ -273,6 +331,9 @@ pub fn switch(live: &mut TrapFrame, prev: Option<&mut TaskContext>, next: Next<'
         }
         None => was,
     };
+    // The area the CPU held and no context took (`prev` was `None`, or the next frame keeps
+    // its image below itself): freed or kept as the spare only after `gs:[56]` moved off it.
+    let off_cpu;
     let now = match next {
         Next::Task(n) => {
             let f = &n.frame;
@@ -288,12 +349,19 @@ pub fn switch(live: &mut TrapFrame, prev: Option<&mut TaskContext>, next: Next<'
                 live.cs = USER_CS;
                 live.ss = USER_SS;
                 live.rflags = (f.rflags & !RFLAGS_USER_DENY) | RFLAGS_IF | 2;
+                // Its area goes to the CPU (always `Some` in a loadable context).
+                let area = n.fx.take().unwrap_or_else(fresh_fx);
+                off_cpu = fx.cur.replace(area);
             } else {
                 live.cs = f.cs;
                 live.ss = f.ss;
                 live.rflags = f.rflags;
+                match &n.fx {
+                    Some(b) => fx_area(live).copy_from_slice(&b.0),
+                    None => *fx_area(live) = default_fx(),
+                }
+                off_cpu = fx.cur.take();
             }
-            fx_area(live).copy_from_slice(&n.fx[..]);
             n.loadable = false;
             n.stack.take()
         }
@@ -307,9 +375,27 @@ pub fn switch(live: &mut TrapFrame, prev: Option<&mut TaskContext>, next: Next<'
             live.cs = f.cs;
             live.ss = f.ss;
             live.rflags = f.rflags;
+            if in_cpu {
+                // The entry saved nothing below the frame, and the exit restores from there.
+                *fx_area(live) = default_fx();
+            }
+            off_cpu = fx.cur.take();
             Some(Stack::Idle)
         }
     };
+    let area = fx.cur.as_ref().map_or(0, |b| &b.0 as *const [u8; FPU_AREA] as u64);
+    assert!(area % 64 == 0, "FPU area {area:#x} not 64-byte aligned");
+    // SAFETY: per-CPU data exists (this runs in a task entry's handler on this CPU, which
+    // `is_task_entry_frame` checked), and interrupts are off there (every gate is an interrupt
+    // gate; `syscall` clears IF). `area` is 0 or the heap allocation of the `Box<FxArea>` now
+    // in this CPU's `cur` slot: 64-byte aligned (type alignment, checked above), FPU_AREA
+    // bytes, a valid image (from `default_fx`, or saved by XSAVE/FXSAVE); it stays allocated
+    // in that slot, which only this function changes, and calls this again whenever it does
+    // (always, before the area it named is recycled or freed: `off_cpu` below). No context
+    // holds that box meanwhile, so no Rust code reads or writes the area while it is named.
+    unsafe { crate::percpu::set_fpu_area(area) };
+    fx.recycle(off_cpu);
+    drop(fx);
     *ON_CPU[c].lock() = now;
     // Freed only now: this handler runs on its IST stack, and the CPU returns to `live`.
     drop(abandoned);

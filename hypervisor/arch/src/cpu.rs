@@ -241,6 +241,12 @@ pub const FPU_AREA: usize = 1024;
 #[no_mangle]
 pub static ARCH_XSAVE_ON: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 static XCR0: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Non-zero when a ring-3 entry saves into the task's own area with XSAVEOPT instead of XSAVE
+/// (CPUID.(0xd,1):EAX[0]). Sound there because nothing writes a task's area between the exit's
+/// XRSTOR from it and the next entry's XSAVEOPT into it (the CPU owns it meanwhile; see
+/// `context`): the modified optimization may skip components unchanged since that XRSTOR.
+#[no_mangle]
+pub(crate) static ARCH_XSAVEOPT_ON: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 
 /// Turn on XSAVE on this CPU where CPUID has it: CR4.OSXSAVE, XCR0 = x87|SSE(|AVX). Returns
 /// XCR0 (0 = FXSAVE only). Every CPU calls it before it takes interrupts.
@@ -262,6 +268,8 @@ pub fn enable_xsave() -> u64 {
         return 0; // cannot happen with x87|SSE|AVX (832 bytes); stay on FXSAVE
     }
     XCR0.store(xcr0, core::sync::atomic::Ordering::Relaxed);
+    let (sub1, _, _, _) = cpuid(0xd, 1);
+    ARCH_XSAVEOPT_ON.store((sub1 & 1) as u8, core::sync::atomic::Ordering::Release);
     ARCH_XSAVE_ON.store(1, core::sync::atomic::Ordering::Release);
     xcr0
 }

@@ -2,7 +2,8 @@
 //!
 //! Block layout (offsets are used by `asm/trap.s`): +0 self pointer, +8 syscall stack top, +16
 //! user RSP scratch, +24 CPU index, +32 APIC id, +40 TSS (with I/O bitmap), +48 owner of the
-//! loaded I/O bitmap (0 = deny all).
+//! loaded I/O bitmap (0 = deny all), +56 the FPU area of the ring-3 task this CPU runs (0 =
+//! none: entries save below the frame; see `context`).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -19,11 +20,13 @@ pub struct PerCpu {
     pub apic_id: u64,
     pub(crate) tss: u64,
     pub(crate) io_owner: u64,
+    /// Written only by `set_fpu_area` (through GS), read by the entry/exit assembly.
+    fpu_area: u64,
 }
 
 impl PerCpu {
     pub(crate) fn new(index: usize, apic_id: u32, syscall_stack_top: u64, tss: u64) -> PerCpu {
-        PerCpu { self_ptr: 0, syscall_stack_top, user_rsp: 0, index: index as u64, apic_id: apic_id as u64, tss, io_owner: 0 }
+        PerCpu { self_ptr: 0, syscall_stack_top, user_rsp: 0, index: index as u64, apic_id: apic_id as u64, tss, io_owner: 0, fpu_area: 0 }
     }
 }
 
@@ -68,3 +71,20 @@ pub(crate) unsafe fn percpu() -> &'static mut PerCpu {
         &mut *(v as *mut PerCpu)
     }
 }
+
+/// Make `area` this CPU's FPU area (+56): ring-3 entries XSAVE into it and ring-3 frames are
+/// XRSTORed from it (`asm/trap.s`); 0 turns that off (the area below the frame is used).
+///
+/// # Safety
+/// Per-CPU data exists on this CPU and interrupts are off; `area` is 0 or the address of a
+/// 64-byte-aligned, `FPU_AREA`-byte save image that stays allocated, holds a valid image, and
+/// is touched by nothing but the entry/exit assembly of this CPU until this is called again
+/// (`context::switch` keeps it in this CPU's slot for exactly that long).
+pub(crate) unsafe fn set_fpu_area(area: u64) {
+    // SAFETY: GS base is this CPU's PerCpu block (caller), and +56 is its `fpu_area` field,
+    // which only this function writes; nothing else on this CPU runs meanwhile (interrupts
+    // off; an NMI handler does not read it from ring 0).
+    unsafe { core::arch::asm!("mov gs:[56], {}", in(reg) area, options(nostack, preserves_flags)) };
+}
+
+const _: () = assert!(core::mem::offset_of!(PerCpu, fpu_area) == 56);

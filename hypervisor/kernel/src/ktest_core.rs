@@ -257,6 +257,45 @@ pub fn sched_user_regs_survive_preemption(node: &Node) -> Result<(), String> {
     check(ca == Some(0x600d) && cb == Some(0x600d), || format!("rcx/r11 of a preempted ring-3 task changed: exit codes {ca:x?} {cb:x?} (0x600d = intact, 0xbad0000 | turns)"))
 }
 
+/// Two ring-3 clients and a ring-3 echo server on one CPU, each holding its own pattern in
+/// ymm0..15 (xmm0..15 without AVX) and MXCSR from 1M TSC cycles before each call to 1M after
+/// (server: around each `reply_recv`): the kernel switches between them directly (the IPC
+/// fastpath) and by timer preemption, and every task gets its own values back. The FPU image
+/// of a ring-3 task lives in its own area, which the CPU holds while it runs (`context`).
+pub fn sched_user_fpu_survives_ipc_and_preemption(node: &Node) -> Result<(), String> {
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
+    let cpu = last_cpu(node);
+    let before = task::fastpath_handoffs();
+    let (srv, sep) = spawn_uapp("fpu-echo", task::ROLE_FPU_ECHO, Affinity::only(cpu), true, &[])?;
+    let sep = sep.unwrap();
+    let mut clients = alloc::vec::Vec::new();
+    for i in 0..2u64 {
+        let (cli, _) = spawn_uapp("fpu-client", task::ROLE_FPU_CLIENT, Affinity::only(cpu), false, &[task::send_cap(sep, 7 + i), task::send_cap(ep, 0)])?;
+        clients.push(cli);
+    }
+    let mut reports = alloc::vec::Vec::new();
+    for _ in 0..2 {
+        match task::recv(slot, 60 * SEC) {
+            Ok(m) => reports.push(m),
+            Err(e) => {
+                task::kill_for_test(srv);
+                return Err(format!("no report from a ring-3 client: {e:?} (reports so far {reports:?})"));
+            }
+        }
+    }
+    for c in clients {
+        let _ = task::join(c, 5 * SEC);
+    }
+    task::kill_for_test(srv);
+    let n = task::fastpath_handoffs() - before;
+    for m in &reports {
+        check(m.label == 0x600d && m.words[0] == 150, || format!("client report {m:?}: wrong answers"))?;
+        check(m.words[1] == 0 && m.words[2] == 0, || format!("vector registers of a ring-3 task changed across switches: client holds broken {}, server holds broken {} (avx {})", m.words[1], m.words[2], m.words[3]))?;
+    }
+    log::info!(target: "ktest", "ring-3 FPU holds: 300 calls, {n} direct switches, avx {}", reports[0].words[3]);
+    check(n >= 100, || format!("{n} direct switches for 300 calls on one CPU: the fastpath was not taken"))
+}
+
 pub fn user_kernel_memory_access_killed(_: &Node) -> Result<(), String> {
     let (id, _) = spawn_uapp("touch-kernel", task::ROLE_TOUCH_KERNEL, Affinity::ANY, false, &[])?;
     let code = task::join(id, 5 * SEC).ok_or("task not killed")?;

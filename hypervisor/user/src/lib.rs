@@ -26,7 +26,7 @@ pub use catenary_arch_user::sys::{
     bind_address, call, call_grant, call_grant_at, call_timeout, exit, grant_of, join, log, log_bytes, net, net_vm_ring, now_ns, null, recv, reply_recv, reply, send, sender,
     share, sleep_ns, vm, vm_value, yield_now, Msg, REMOTE_BADGE,
 };
-pub use catenary_arch_user::{dma, entry, hostile, inb, outb, rdtsc, regs_hold, set_ac, virtio_net};
+pub use catenary_arch_user::{dma, entry, fpu, hostile, inb, outb, rdtsc, regs_hold, set_ac, virtio_net};
 
 /// Small fixed-buffer formatter for log lines (as long as the kernel's `SYS_LOG` takes).
 pub struct Line {

@@ -1,8 +1,9 @@
 // Interrupt/exception entry stubs for all 256 vectors. Every IDT gate runs on an IST stack
 // (the precompiled core uses the red zone), so a stub never lands on the interrupted stack.
 // The stub pushes a dummy error code where the CPU pushes none, then the vector, then all
-// GPRs, and saves the FPU/SSE state (Rust handlers may use SSE) before calling Rust with a
-// pointer to the TrapFrame, which the handler may modify (fault recovery, context switch).
+// GPRs, and saves the FPU/SSE state (Rust handlers may use SSE: into the task's own area for a
+// ring-3 entry, else below the frame) before calling Rust with a pointer to the TrapFrame,
+// which the handler may modify (fault recovery, context switch).
 .section .text.trap, "ax"
 
 .macro TRAP_NOERR vec
@@ -67,7 +68,32 @@ trap_gs_ok:
     mov rbx, rsp                 // rbx = &mut TrapFrame (callee-saved)
     and rsp, ~0x3f
     sub rsp, 1024
-    // FPU/SSE/AVX state below the frame: XSAVE (x87|SSE|AVX per XCR0) when enabled, else FXSAVE.
+    // FPU/SSE/AVX state. A ring-3 entry saves it into the running task's own area, which
+    // gs:[56] names (`context::switch` sets it when it loads a ring-3 task: a switch then
+    // moves a pointer, not the image); every other entry (ring 0: a kernel or vCPU task, the
+    // idle loop, a nested entry, or ring 3 with no area set) below the frame, as before.
+    // gs:[56] is read only for ring-3 entries (GS already swapped; an NMI in ring 0 may run
+    // with the user's GS). XSAVE (x87|SSE|AVX per XCR0) when enabled, else FXSAVE.
+    test qword ptr [rbx + 144], 3   // saved CS
+    jz 95f
+    mov rcx, gs:[56]
+    test rcx, rcx
+    jz 95f
+    cmp byte ptr [rip + ARCH_XSAVE_ON], 0
+    je 96f
+    mov eax, -1
+    mov edx, -1
+    // The area's header is valid (bytes 8..63 zero: `default_fx`, or an image this stub
+    // saved below a frame); XSAVE/XSAVEOPT write only XSTATE_BV of it.
+    cmp byte ptr [rip + ARCH_XSAVEOPT_ON], 0
+    je 97f
+    xsaveopt64 [rcx]
+    jmp 92f
+97: xsave64 [rcx]
+    jmp 92f
+96: fxsave64 [rcx]
+    jmp 92f
+95:
     cmp byte ptr [rip + ARCH_XSAVE_ON], 0
     je 91f
     xor eax, eax
@@ -90,6 +116,22 @@ trap_gs_ok:
 92:
     mov rdi, rbx
     call arch_trap_dispatch
+    // Restore from where the frame we return to keeps it (the same rule as on entry, for the
+    // frame now there, which may be another task's after a switch).
+    test qword ptr [rbx + 144], 3
+    jz 95f
+    mov rcx, gs:[56]
+    test rcx, rcx
+    jz 95f
+    cmp byte ptr [rip + ARCH_XSAVE_ON], 0
+    je 96f
+    mov eax, -1
+    mov edx, -1
+    xrstor64 [rcx]
+    jmp 94f
+96: fxrstor64 [rcx]
+    jmp 94f
+95:
     cmp byte ptr [rip + ARCH_XSAVE_ON], 0
     je 93f
     mov eax, -1

@@ -156,6 +156,7 @@ macro_rules! entry {
 }
 
 pub mod dma;
+pub mod fpu;
 pub mod hostile;
 pub mod layout;
 pub mod region;

@@ -45,6 +45,10 @@ pub const ROLE_BENCH_CALLS: u64 = 40;
 pub const ROLE_BENCH_NULLS: u64 = 41;
 /// Holds patterns in rcx/r11 while preempted (`sched_user_regs_survive_preemption`).
 pub const ROLE_REGS_HOLD: u64 = 42;
+/// Echo server / client holding vector-register patterns across IPC and preemption
+/// (`sched_user_fpu_survives_ipc_and_preemption`).
+pub const ROLE_FPU_ECHO: u64 = 43;
+pub const ROLE_FPU_CLIENT: u64 = 44;
 
 static IOAPIC_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Physical address of the first IOAPIC (from ACPI), if any.

@@ -31,6 +31,8 @@ const ROLE_RESTART_PEER: u64 = 36;
 const ROLE_BENCH_CALLS: u64 = 40;
 const ROLE_BENCH_NULLS: u64 = 41;
 const ROLE_REGS_HOLD: u64 = 42;
+const ROLE_FPU_ECHO: u64 = 43;
+const ROLE_FPU_CLIENT: u64 = 44;
 
 #[path = "uapp/restart.rs"]
 mod restart;
@@ -341,6 +343,58 @@ fn run(role: u64) -> u64 {
                 }
             }
             if bad == 0 { 0x600d } else { 0xbad_0000 | bad.min(0xffff) }
+        }
+        // Echo server holding its own vector-register pattern (and MXCSR) through every
+        // reply_recv: the kernel switches straight to the caller and back meanwhile. Slot 0:
+        // its endpoint. Each answer carries in word 1 the holds that came back wrong so far.
+        ROLE_FPU_ECHO => {
+            let seed = rdtsc() ^ 0x5e5e_0000_0000;
+            let (mut bad, mut round) = (0u64, 0u64);
+            let mut got = recv(0, 0);
+            loop {
+                let m = match got {
+                    Ok(m) if m.reply != 0 => m,
+                    _ => {
+                        got = recv(0, 0);
+                        continue;
+                    }
+                };
+                round += 1;
+                let p = fpu::pattern(seed ^ round);
+                let (next, h) = fpu::hold_reply_recv(m.reply, m.label + 1, [m.words[0] + 1, bad, 0, 0], 0, &p, seed ^ round, 20_000);
+                if !fpu::intact(&h, &p, seed ^ round) {
+                    bad += 1;
+                }
+                got = next;
+            }
+        }
+        // Slot 0: the FPU echo server, slot 1: report endpoint. 150 calls, each made holding a
+        // pattern of this task's own (a new one per call) from 1M TSC cycles before the call
+        // to 1M after it (timer ticks preempt it; the other client and the server run); the
+        // report: label 0x600d, words [calls answered right, own holds broken, the server's
+        // holds broken (its last answer), avx].
+        ROLE_FPU_CLIENT => {
+            let seed = rdtsc() ^ 0xc1c1_0000_0000;
+            let (mut ok, mut bad, mut server_bad) = (0u64, 0u64, 0u64);
+            for i in 0..150u64 {
+                let p = fpu::pattern(seed ^ i);
+                let (r, h) = fpu::hold_call(0, 7, [i, 0, 0, 0], &p, seed ^ i, 1_000_000);
+                if !fpu::intact(&h, &p, seed ^ i) {
+                    bad += 1;
+                }
+                if let Ok(m) = r {
+                    if m.label == 8 && m.words[0] == i + 1 {
+                        ok += 1;
+                    }
+                    server_bad = m.words[1];
+                }
+            }
+            // One more call, plain: the server's count after its hold for the last one.
+            if let Ok(m) = call(0, 7, [150, 0, 0, 0]) {
+                server_bad = m.words[1];
+            }
+            let _ = send(1, 0x600d, [ok, bad, server_bad, fpu::avx_usable() as u64]);
+            0
         }
         ROLE_TOUCH_KERNEL => {
             log("uapp: reading kernel memory (this task should be killed)");

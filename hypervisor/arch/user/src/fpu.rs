@@ -1,0 +1,240 @@
+//! Vector registers held across a system call: the ring-3 side of the kernel's FPU-switch
+//! tests (`sched_user_fpu_survives_ipc_and_preemption`). A task loads its own pattern into
+//! ymm0..ymm15 (xmm0..xmm15 without AVX) and MXCSR, spins (the timer preempts it, other tasks
+//! run), makes a `call` or `reply_recv` (the kernel switches straight to the partner and back),
+//! spins again, and stores what the registers then hold; the caller compares.
+
+use crate::sys::Msg;
+use catenary_ipc::syscall::{SYS_CALL, SYS_REPLY_RECV};
+
+/// Bytes of register state held: 16 ymm registers (the first 256 bytes: 16 xmm registers).
+pub const HOLD_BYTES: usize = 512;
+
+/// Whether ring 3 may use AVX: CPUID has AVX and OSXSAVE, and XCR0 enables SSE and AVX state.
+pub fn avx_usable() -> bool {
+    let ecx = core::arch::x86_64::__cpuid(1).ecx;
+    if ecx & (1 << 27) == 0 || ecx & (1 << 28) == 0 {
+        return false;
+    }
+    let (lo, _hi): (u32, u32);
+    // SAFETY: XGETBV(0) is allowed in any ring once CR4.OSXSAVE is set (CPUID.1:ECX[27],
+    // checked above); it reads XCR0 only.
+    unsafe { core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") _hi, options(nostack, nomem, preserves_flags)) };
+    lo & 0b110 == 0b110
+}
+
+/// The values a hold leaves: the vector registers (the first 256 bytes without AVX) and MXCSR.
+pub struct Held {
+    pub regs: [u8; HOLD_BYTES],
+    pub mxcsr: u32,
+}
+
+#[repr(C)]
+struct Block {
+    /// rax, rdi, rsi, rdx, r10, r8, r9, r12, r13: in before `syscall`, out after.
+    regs: [u64; 9],
+    spin: u64,
+    mxcsr: u32,
+    mxcsr_out: u32,
+    mxcsr_orig: u32,
+    _pad: [u32; 9],
+    pattern: [u8; HOLD_BYTES],
+    out: [u8; HOLD_BYTES],
+}
+
+const _: () = assert!(core::mem::offset_of!(Block, spin) == 72 && core::mem::offset_of!(Block, mxcsr) == 80
+    && core::mem::offset_of!(Block, pattern) == 128 && core::mem::offset_of!(Block, out) == 640);
+
+/// A valid MXCSR (every exception masked, as the default) with rounding and flush-to-zero from `v`.
+pub fn mxcsr_for(v: u64) -> u32 {
+    0x1f80 | ((v as u32 & 3) << 13) | (((v as u32 >> 2) & 1) << 15)
+}
+
+fn hold(nr: u64, regs: [u64; 9], pattern: &[u8; HOLD_BYTES], mxcsr: u64, spin: u64) -> (Msg, u64, Held) {
+    let avx = avx_usable();
+    let mut b = Block { regs, spin, mxcsr: mxcsr_for(mxcsr), mxcsr_out: 0, mxcsr_orig: 0, _pad: [0; 9], pattern: *pattern, out: [0; HOLD_BYTES] };
+    b.regs[0] = nr;
+    // SAFETY: `nr` is SYS_CALL or SYS_REPLY_RECV (the only callers below): registers in,
+    // registers out, as `sys::call` / `sys::reply_recv` (a grant a received message brings is
+    // mapped into the grant window, never over Rust memory). The asm reads and writes only
+    // `b` (through r14, valid for the whole block) and registers it declares: every general
+    // register it uses is an input or clobbered, xmm0..15 are clobbered (the upper ymm halves
+    // are caller-saved in the SysV ABI and compiled code here does not use AVX; `vzeroupper`
+    // clears them), MXCSR is put back as it was. AVX instructions run only if `avx_usable`.
+    // No stack use.
+    unsafe {
+        core::arch::asm!(
+            "stmxcsr [r14 + 88]",
+            "ldmxcsr [r14 + 80]",
+            "test r15, r15",
+            "jz 2f",
+            "vmovdqu ymm0, [r14 + 128]",
+            "vmovdqu ymm1, [r14 + 160]",
+            "vmovdqu ymm2, [r14 + 192]",
+            "vmovdqu ymm3, [r14 + 224]",
+            "vmovdqu ymm4, [r14 + 256]",
+            "vmovdqu ymm5, [r14 + 288]",
+            "vmovdqu ymm6, [r14 + 320]",
+            "vmovdqu ymm7, [r14 + 352]",
+            "vmovdqu ymm8, [r14 + 384]",
+            "vmovdqu ymm9, [r14 + 416]",
+            "vmovdqu ymm10, [r14 + 448]",
+            "vmovdqu ymm11, [r14 + 480]",
+            "vmovdqu ymm12, [r14 + 512]",
+            "vmovdqu ymm13, [r14 + 544]",
+            "vmovdqu ymm14, [r14 + 576]",
+            "vmovdqu ymm15, [r14 + 608]",
+            "jmp 3f",
+            "2:",
+            "movdqu xmm0, [r14 + 128]",
+            "movdqu xmm1, [r14 + 144]",
+            "movdqu xmm2, [r14 + 160]",
+            "movdqu xmm3, [r14 + 176]",
+            "movdqu xmm4, [r14 + 192]",
+            "movdqu xmm5, [r14 + 208]",
+            "movdqu xmm6, [r14 + 224]",
+            "movdqu xmm7, [r14 + 240]",
+            "movdqu xmm8, [r14 + 256]",
+            "movdqu xmm9, [r14 + 272]",
+            "movdqu xmm10, [r14 + 288]",
+            "movdqu xmm11, [r14 + 304]",
+            "movdqu xmm12, [r14 + 320]",
+            "movdqu xmm13, [r14 + 336]",
+            "movdqu xmm14, [r14 + 352]",
+            "movdqu xmm15, [r14 + 368]",
+            "3:",
+            "rdtsc",
+            "shl rdx, 32",
+            "or rax, rdx",
+            "mov rcx, rax",
+            "4:",
+            "pause",
+            "rdtsc",
+            "shl rdx, 32",
+            "or rax, rdx",
+            "sub rax, rcx",
+            "cmp rax, [r14 + 72]",
+            "jb 4b",
+            "mov rax, [r14 + 0]",
+            "mov rdi, [r14 + 8]",
+            "mov rsi, [r14 + 16]",
+            "mov rdx, [r14 + 24]",
+            "mov r10, [r14 + 32]",
+            "mov r8, [r14 + 40]",
+            "mov r9, [r14 + 48]",
+            "mov r12, [r14 + 56]",
+            "mov r13, [r14 + 64]",
+            "syscall",
+            "mov [r14 + 0], rax",
+            "mov [r14 + 8], rdi",
+            "mov [r14 + 16], rsi",
+            "mov [r14 + 24], rdx",
+            "mov [r14 + 32], r10",
+            "mov [r14 + 40], r8",
+            "mov [r14 + 48], r9",
+            "mov [r14 + 56], r12",
+            "mov [r14 + 64], r13",
+            "rdtsc",
+            "shl rdx, 32",
+            "or rax, rdx",
+            "mov rcx, rax",
+            "5:",
+            "pause",
+            "rdtsc",
+            "shl rdx, 32",
+            "or rax, rdx",
+            "sub rax, rcx",
+            "cmp rax, [r14 + 72]",
+            "jb 5b",
+            "stmxcsr [r14 + 84]",
+            "test r15, r15",
+            "jz 6f",
+            "vmovdqu [r14 + 640], ymm0",
+            "vmovdqu [r14 + 672], ymm1",
+            "vmovdqu [r14 + 704], ymm2",
+            "vmovdqu [r14 + 736], ymm3",
+            "vmovdqu [r14 + 768], ymm4",
+            "vmovdqu [r14 + 800], ymm5",
+            "vmovdqu [r14 + 832], ymm6",
+            "vmovdqu [r14 + 864], ymm7",
+            "vmovdqu [r14 + 896], ymm8",
+            "vmovdqu [r14 + 928], ymm9",
+            "vmovdqu [r14 + 960], ymm10",
+            "vmovdqu [r14 + 992], ymm11",
+            "vmovdqu [r14 + 1024], ymm12",
+            "vmovdqu [r14 + 1056], ymm13",
+            "vmovdqu [r14 + 1088], ymm14",
+            "vmovdqu [r14 + 1120], ymm15",
+            "vzeroupper",
+            "jmp 7f",
+            "6:",
+            "movdqu [r14 + 640], xmm0",
+            "movdqu [r14 + 656], xmm1",
+            "movdqu [r14 + 672], xmm2",
+            "movdqu [r14 + 688], xmm3",
+            "movdqu [r14 + 704], xmm4",
+            "movdqu [r14 + 720], xmm5",
+            "movdqu [r14 + 736], xmm6",
+            "movdqu [r14 + 752], xmm7",
+            "movdqu [r14 + 768], xmm8",
+            "movdqu [r14 + 784], xmm9",
+            "movdqu [r14 + 800], xmm10",
+            "movdqu [r14 + 816], xmm11",
+            "movdqu [r14 + 832], xmm12",
+            "movdqu [r14 + 848], xmm13",
+            "movdqu [r14 + 864], xmm14",
+            "movdqu [r14 + 880], xmm15",
+            "7:",
+            "ldmxcsr [r14 + 88]",
+            in("r14") &mut b as *mut Block, in("r15") avx as u64,
+            out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _, out("r8") _, out("r9") _,
+            out("r10") _, out("r11") _, out("r12") _, out("r13") _,
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _, out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+            options(nostack),
+        );
+    }
+    let r = b.regs;
+    let msg = Msg { label: r[2], words: [r[3], r[4], r[5], r[6]], badge: r[1], reply: r[7], flags: r[8] };
+    let mut regs = b.out;
+    if !avx {
+        regs[256..].fill(0);
+    }
+    (msg, r[0], Held { regs, mxcsr: b.mxcsr_out })
+}
+
+fn result(m: Msg, rax: u64) -> Result<Msg, u64> {
+    if rax == 0 { Ok(m) } else { Err(rax.wrapping_neg()) }
+}
+
+/// [`crate::sys::call`] with `pattern` held in the vector registers and MXCSR (from `mxcsr`,
+/// see [`mxcsr_for`]) from `spin` TSC cycles before the call until `spin` cycles after it.
+pub fn hold_call(slot: u64, label: u64, w: [u64; 4], pattern: &[u8; HOLD_BYTES], mxcsr: u64, spin: u64) -> (Result<Msg, u64>, Held) {
+    let (m, rax, h) = hold(SYS_CALL, [0, slot & 0xffff_ffff, label, w[0], w[1], w[2], w[3], 0, 0], pattern, mxcsr, spin);
+    (result(m, rax), h)
+}
+
+/// [`crate::sys::reply_recv`] with `pattern` held as in [`hold_call`].
+pub fn hold_reply_recv(token: u64, label: u64, w: [u64; 4], slot: u64, pattern: &[u8; HOLD_BYTES], mxcsr: u64, spin: u64) -> (Result<Msg, u64>, Held) {
+    let (m, rax, h) = hold(SYS_REPLY_RECV, [0, token, label, w[0], w[1], w[2], w[3], 0, slot], pattern, mxcsr, spin);
+    (result(m, rax), h)
+}
+
+/// A pattern for `seed` (splitmix64): different tasks and rounds hold different values.
+pub fn pattern(seed: u64) -> [u8; HOLD_BYTES] {
+    let mut p = [0u8; HOLD_BYTES];
+    let mut x = seed;
+    for c in p.chunks_mut(8) {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        c.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    p
+}
+
+/// Whether `h` holds `pattern` (all 512 bytes with AVX, the xmm halves without) and `mxcsr`.
+pub fn intact(h: &Held, pattern: &[u8; HOLD_BYTES], mxcsr: u64) -> bool {
+    let n = if avx_usable() { HOLD_BYTES } else { 256 };
+    h.regs[..n] == pattern[..n] && h.mxcsr == mxcsr_for(mxcsr)
+}
