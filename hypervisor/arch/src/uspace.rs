@@ -3,11 +3,13 @@
 //! bitmap, and kernel system calls (`int 0x80`).
 //!
 //! Context switching works on trap frames: every kernel entry (interrupt, exception, `int`,
-//! `syscall`) saves the full register state as a `TrapFrame` with the FPU save area directly
-//! below it, and restores whatever frame is there on exit. Switching tasks is
-//! [`crate::context::switch`] (the frame + FPU area out to the old task's `TaskContext`, the
-//! new one's in, with the ownership of the kernel stack a ring-0 frame runs on), then loading
-//! the new task's CR3 and I/O bitmap here.
+//! `syscall`) saves the full register state as a `TrapFrame`, and restores whatever frame is
+//! there on exit. The FPU state of a ring-3 entry goes straight into the running task's own
+//! area (the per-CPU pointer `context::switch` keeps); a ring-0 entry's goes directly below
+//! its frame. Switching tasks is [`crate::context::switch`] (the frame out to the old task's
+//! `TaskContext` and the new one's in; a ring-3 task's FPU area moves as a pointer, a ring-0
+//! frame's image is copied, with the ownership of the kernel stack a ring-0 frame runs on),
+//! then loading the new task's CR3 and I/O bitmap here.
 
 use x86_64::structures::paging::FrameAllocator;
 
