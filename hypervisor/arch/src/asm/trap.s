@@ -37,17 +37,20 @@ arch_trap_stubs:
 // or, for a ring-3 frame saved by `syscall` (which may be another task's after a switch),
 // `sysretq`.
 trap_common:
+    // EFLAGS.AC is not cleared by interrupt or exception delivery: with the user's AC set,
+    // SMAP would be off in the kernel. Clear it on every entry, not only on entries from
+    // ring 3: an NMI that lands between a ring-3 interrupt's delivery and this clear is a
+    // ring-0 entry that still carries the user's AC (the syscall fuzzer saw one). The kernel
+    // never sets AC, so clearing it is always right; `syscall` clears it through SFMASK.
+    // pushfq/popfq works with or without SMAP and keeps IF as the gate left it; the stack is
+    // as it was after, so the saved CS below is still at +24.
+    pushfq
+    and qword ptr [rsp], ~(1 << 18)
+    popfq
     // From ring 3 (saved CS at +24): switch GS to the kernel's per-CPU block.
     test qword ptr [rsp + 24], 3
     jz trap_gs_ok
     swapgs
-    // EFLAGS.AC is not cleared by interrupt or exception delivery: with the user's AC set,
-    // SMAP would be off in the kernel. Clear it on entries from ring 3 (the kernel never sets
-    // AC; `syscall` clears it through SFMASK). pushfq/popfq works with or without SMAP and
-    // keeps IF as the gate left it.
-    pushfq
-    and qword ptr [rsp], ~(1 << 18)
-    popfq
 trap_gs_ok:
     push rax
     push rbx
