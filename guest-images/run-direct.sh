@@ -32,7 +32,9 @@
 #
 # Environment: QEMU (default qemu-system-x86_64), CATENARY_TSC_KHZ (guest TSC kHz; default:
 # the host's TSC frequency, which is what QEMU TCG's RDTSC counts at), RUN_DIRECT_LOG (keep the
-# guest console there; `cargo xtask bench vm` sets it).
+# guest console there; `cargo xtask bench vm` sets it), RUN_DIRECT_TIMES (write every console
+# line there as `<us since QEMU start> <line>`, the arrival time the bash reader saw; `bench vm`
+# sets it for its boot-phase breakdown).
 set -euo pipefail
 
 die() { echo "run-direct.sh: error: $*" >&2; exit 2; }
@@ -142,6 +144,7 @@ CMDLINE="$CMDLINE tsc_early_khz=$TSC_KHZ${APPEND}"
 
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
+[ -z "${RUN_DIRECT_TIMES:-}" ] || : >"$RUN_DIRECT_TIMES"
 
 start=$EPOCHREALTIME
 ready_ms=
@@ -152,6 +155,10 @@ timeout --foreground "$TIMEOUT" "$QEMU" -M "$MACHINE" -cpu "$CPU" -m "$MEM" -smp
     -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE" </dev/null 2>&1 |
 while IFS= read -r line; do
     line=${line%$'\r'}
+    if [ -n "${RUN_DIRECT_TIMES:-}" ]; then
+        now=$EPOCHREALTIME
+        echo "$(( ${now/./} - ${start/./} )) $line" >>"$RUN_DIRECT_TIMES"
+    fi
     case "$line" in
         *"catenary-init: ready"*)
             now=$EPOCHREALTIME

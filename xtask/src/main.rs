@@ -13,6 +13,7 @@ mod forge;
 mod hostiletest;
 mod operator;
 mod bochs;
+mod bootphases;
 mod build;
 mod cluster;
 mod fuzz;

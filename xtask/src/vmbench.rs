@@ -202,31 +202,34 @@ fn guest_cmdline(lines: &[String]) -> Option<String> {
 /// Catenary's side of `bench vm`: one node boot; the demo guest ends by rebooting, as the
 /// direct reference must (QEMU exits on a reset, not on a halt), so both guests get the same
 /// command line. Returns ms to ready, the node log lines of interest and the guest's cmdline.
-fn catenary_ready_ms(kernel: &std::path::Path, bundle: &std::path::Path) -> Result<(f64, Vec<String>, String), String> {
-    let b = node_with_guest(kernel, bundle, "vm.exit=reboot");
+fn catenary_ready_ms(kernel: &std::path::Path, bundle: &std::path::Path) -> Result<(f64, Vec<String>, String, crate::bootphases::Side), String> {
+    // (`vm.timeline=1`: the node logs the boot-phase data, crate::bootphases.)
+    let b = node_with_guest(kernel, bundle, "vm.exit=reboot vm.timeline=1");
     let o = run_captured(b.command(false)?, &["after the microVM:", "exit profile: total"], &["KERNEL PANIC", "microVM demo failed"], Duration::from_secs(300), false)?;
     let line = o.lines.iter().find(|l| l.contains("after the microVM:")).ok_or("the microVM did not finish")?;
     let ms = line.rsplit("ready after ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse::<f64>().ok()).ok_or("no ready time")?;
-    let details = o.lines.iter().filter(|l| l.contains("after the microVM") || l.contains("created in") || l.contains("ended:") || l.contains("exit profile:") || l.contains("cpuid exits by leaf:") || l.contains("vCPU loop time")).cloned().collect();
+    let details = o.lines.iter().filter(|l| l.contains("after the microVM") || l.contains("created in") || l.contains("ended:") || l.contains("exit profile:") || l.contains("cpuid exits by leaf:") || l.contains("vCPU loop time") || l.contains("vm timeline: demo:")).cloned().collect();
     let cmdline = guest_cmdline(&o.lines).ok_or("the guest printed no `catenary-demo: cmdline:` line")?;
     // The run's whole log (the guest's printk times show where its boot went).
     let _ = std::fs::write(crate::tools::out_dir().join("bench-vm-catenary.log"), o.lines.join("\n"));
-    Ok((ms, details, cmdline))
+    Ok((ms, details, cmdline, crate::bootphases::Side::catenary(&o.lines)))
 }
 
 /// The reference: the same vmlinux + initramfs under QEMU `-M microvm`, with Catenary's guest
 /// command line (`--base`, catenary_vmm::LINUX_CMDLINE) on the machine a one-vCPU Catenary
 /// microVM gives it (`--like-catenary`: 8259 + PIT, no local APIC, the CPUID Catenary's filter
 /// leaves; docs/vmm.md "Like for like"). Returns ms to ready and the guest's cmdline.
-fn direct_ready_ms(vmlinux: &std::path::Path, initrd: &std::path::Path) -> Result<(f64, String), String> {
+fn direct_ready_ms(vmlinux: &std::path::Path, initrd: &std::path::Path) -> Result<(f64, String, crate::bootphases::Side), String> {
     let script = crate::tools::root().join("guest-images/run-direct.sh");
-    let out = Command::new("bash").env("RUN_DIRECT_LOG", crate::tools::out_dir().join("bench-vm-direct.log")).arg(script).arg("--quiet").arg("--like-catenary").args(["--base", catenary_vmm::LINUX_CMDLINE]).arg(vmlinux).arg(initrd).output().map_err(|e| e.to_string())?;
+    let times = crate::tools::out_dir().join("bench-vm-direct.times");
+    let out = Command::new("bash").env("RUN_DIRECT_LOG", crate::tools::out_dir().join("bench-vm-direct.log")).env("RUN_DIRECT_TIMES", &times).arg(script).arg("--quiet").arg("--like-catenary").args(["--base", catenary_vmm::LINUX_CMDLINE]).arg(vmlinux).arg(initrd).output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     let ms = text.lines()
         .find_map(|l| l.strip_prefix("run-direct: ready_ms=").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
         .ok_or_else(|| format!("direct boot failed: {}", String::from_utf8_lossy(&out.stderr)))?;
     let cmdline = text.lines().find_map(|l| l.strip_prefix("run-direct: cmdline=")).unwrap_or("").trim().to_string();
-    Ok((ms, cmdline))
+    let side = crate::bootphases::Side::direct(&std::fs::read_to_string(&times).unwrap_or_default());
+    Ok((ms, cmdline, side))
 }
 
 pub fn bench_vm() -> Result<(), String> {
@@ -238,12 +241,15 @@ pub fn bench_vm() -> Result<(), String> {
     let mut direct = Vec::new();
     let mut details = Vec::new();
     let mut cmdlines = (String::new(), String::new());
+    let (mut cat_sides, mut direct_sides) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        let (ms, d, c) = catenary_ready_ms(&kernel, &bundle)?;
+        let (ms, d, c, cs) = catenary_ready_ms(&kernel, &bundle)?;
         cat.push(ms);
         details = d;
-        let (dms, dc) = direct_ready_ms(&gdir.join("vmlinux"), &gdir.join("initramfs.cpio.gz"))?;
+        cat_sides.push(cs);
+        let (dms, dc, ds) = direct_ready_ms(&gdir.join("vmlinux"), &gdir.join("initramfs.cpio.gz"))?;
         direct.push(dms);
+        direct_sides.push(ds);
         cmdlines = (c, dc);
     }
     // Same kernel, same initramfs, same command line (issue 14 item 2): only the words that
@@ -258,6 +264,16 @@ pub fn bench_vm() -> Result<(), String> {
     println!("  direct QEMU TCG -M microvm (PVH, --like-catenary: no LAPIC, same CPUID): median {md:.0} ms   runs {direct:?}");
     println!("  ratio Catenary / direct: {:.2} (load average after {})", mc / md, crate::bench::loadavg());
     crate::benchtable::ratio("Linux guest to `catenary-init: ready`", "ms", mc, "direct QEMU -M microvm", md, crate::benchtable::Goal::AtMost(1.15));
+    // Where the time goes, phase by phase (figures only; docs/vmm.md "Where the boot's time goes").
+    println!("  boot phases, last run (ms on each side's clock; exits: Catenary's, by group):");
+    if let (Some(c), Some(d)) = (cat_sides.last(), direct_sides.last()) {
+        for l in crate::bootphases::table(c, d) {
+            println!("    {l}");
+        }
+    }
+    for l in crate::bootphases::median_table(&cat_sides, &direct_sides) {
+        println!("    {l}");
+    }
     println!("  last run, node log:");
     for d in &details {
         println!("    {d}");

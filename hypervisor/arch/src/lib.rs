@@ -38,6 +38,7 @@ pub mod smp;
 pub mod uspace;
 pub mod context;
 pub mod user_mem;
+pub mod fastmem;
 pub mod virt;
 pub mod guest_switch;
 pub mod svm;

@@ -32,6 +32,8 @@ const TESTS: &[(&str, TestFn)] = &[
     ("stack_guard_page_unmapped", stack_guard_page_unmapped),
     ("heap_alloc", heap_alloc),
     ("heap_large_alloc", heap_large_alloc),
+    // Guest RAM zeroing and the loader's copies (arch fastmem, docs/vmm.md "Where the boot's time goes").
+    ("fastmem_matches_the_plain_loops", |_| catenary_arch::fastmem::self_test()),
     ("tsc_monotonic", tsc_monotonic),
     ("timer_interrupts_arrive", timer_interrupts_arrive),
     ("smp_all_cpus_online", crate::ktest_core::smp_all_cpus_online),

@@ -46,7 +46,17 @@ pub struct VmConsole<'a> {
     /// service's event queue under this VM handle (`task::vmctl`).
     pub sink: Option<u64>,
     ready_sent: bool,
+    /// `vm.timeline=1` (`cargo xtask bench vm`): when the node saw the guest lines that mark its
+    /// boot phases ([`MARKS`]): node time since creation and the line itself.
+    pub marks: Option<Vec<(&'static str, Option<(u64, String)>)>>,
+    /// TSC cycles spent printing guest lines on the node console (the boot timeline's figure).
+    pub print_cycles: u64,
 }
+
+/// The guest lines whose arrival `marks` records (the first line of any kind first). The
+/// bench maps the guest's printk times onto the node's clock with a line printed live (after
+/// hvc0 is up: the earlier ones arrive together when hvc0 replays the log backlog).
+pub const MARKS: [&str; 5] = ["", "console [hvc0] enabled", "Freeing unused kernel", "Run /init", "catenary-init: ready"];
 
 impl<'a> VmConsole<'a> {
     /// `None` if the capture buffers cannot be allocated.
@@ -66,6 +76,8 @@ impl<'a> VmConsole<'a> {
             first_log: None,
             sink: None,
             ready_sent: false,
+            marks: None,
+            print_cycles: 0,
         })
     }
 
@@ -84,13 +96,20 @@ impl<'a> VmConsole<'a> {
         let mut left = grant as usize;
         let mut buf = [0u8; 256];
         let (name, t0) = (self.name, self.t0);
-        let (ready, capture) = (&mut self.ready, &mut self.capture);
+        let (ready, capture, marks, print_cycles) = (&mut self.ready, &mut self.capture, &mut self.marks, &mut self.print_cycles);
         let mut emit = |l: &[u8]| {
             if ready.is_none() && contains(l, b"catenary-init: ready") {
                 *ready = Some(catenary_arch::time::now_ns() - t0);
             }
+            for (pat, seen) in marks.iter_mut().flatten() {
+                if seen.is_none() && contains(l, pat.as_bytes()) {
+                    *seen = Some((catenary_arch::time::now_ns() - t0, String::from_utf8_lossy(l).into_owned()));
+                }
+            }
             capture.line(l);
+            let t = catenary_arch::cpu::rdtsc();
             catenary_arch::println!("[vm:{}] {}", name, String::from_utf8_lossy(l));
+            *print_cycles += catenary_arch::cpu::rdtsc().wrapping_sub(t);
         };
         while left > 0 {
             let n = ring.pop(&mut buf[..left.min(256)]);
@@ -171,5 +190,5 @@ impl<'a> VmConsole<'a> {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }

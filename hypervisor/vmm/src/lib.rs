@@ -103,6 +103,7 @@ pub mod virtio;
 pub mod stats;
 pub mod stop;
 pub mod svm_exit;
+pub mod timeline;
 pub mod vm;
 pub mod vmx_exit;
 pub mod workload;

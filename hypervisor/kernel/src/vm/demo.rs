@@ -18,6 +18,10 @@ pub(super) static HIDE_XSAVE: core::sync::atomic::AtomicBool = core::sync::atomi
 /// the bare 8259 (still one vCPU; docs/vmm.md "Multi-vCPU microVMs").
 pub(super) static APIC_MODE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// `vm.timeline=1` (`cargo xtask bench vm`): the demo microVMs record their boot timeline
+/// (exits by group per 10 ms, the node times of the guest's phase lines) and log it at the end.
+pub(super) static TIMELINE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// Most copies of the demo microVM `vm.count` starts.
 pub const MAX_DEMO_VMS: usize = 64;
 
@@ -67,6 +71,9 @@ fn run_demo_as(key: &str, default_name: &str, index: usize, cmdline: &str, modul
     }
     if opt("apic") == Some("1") {
         APIC_MODE.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
+    if opt("timeline") == Some("1") {
+        TIMELINE.store(true, core::sync::atomic::Ordering::Relaxed);
     }
     let Some(bundle) = find_bundle(modules) else {
         info!(target: "vmm", "no guest bundle boot module: no microVM started (build one with `cargo xtask guest`)");

@@ -10,7 +10,7 @@ use catenary_vmm::{MicroVm, VmConfig};
 use core::sync::atomic::{AtomicBool, Ordering};
 use log::{info, warn};
 use super::affinity::vcpu_affinity;
-use super::demo::{APIC_MODE, HIDE_XSAVE};
+use super::demo::{APIC_MODE, HIDE_XSAVE, TIMELINE};
 use super::guests::flat32;
 use super::report::{cpu_list, Ended, LoopCycles, RunReport};
 use super::shared::{Core, Shared, NEXT_SMP_KEY, SMP_VMS};
@@ -137,6 +137,7 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
         return report;
     }
     let ram_size = ram_mib << 20;
+    let zeroed0 = virt::zeroed_chunks();
     let mut ram = match GuestRam::new(ram_size) {
         Ok(r) => r,
         Err(e) => {
@@ -214,6 +215,7 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
     if !vcpu.lazy_ram() {
         ram.populate_all();
     }
+    let t_vcpu = time::now_ns();
     info!(target: "vmm", "microVM {name} (id {id}): {} MiB RAM, {vcpus} vCPU, backend {}, created in {} us (RAM {} us, image load {} us)",
         ram_mib, vcpu.backend(), (time::now_ns() - t0) / 1000, (t_ram - t0) / 1000, (t_loaded - t_ram) / 1000);
     vcpu.set_state(&state);
@@ -241,7 +243,12 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
         c.started(sh.core().vm.has_channel());
     }
     VMS_RUNNING.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let mut bsp = Bsp { console: &mut console, name, net, stop, ctl, touched: sink.map(|s| s.touched), cycles: &mut report.cycles, policy: StopPolicy::new(), next_debug: 0 };
+    let mut timeline = if TIMELINE.load(Ordering::Relaxed) { catenary_vmm::timeline::Timeline::try_new() } else { None };
+    if timeline.is_some() {
+        console.marks = Some(crate::vmconsole::MARKS.iter().map(|m| (*m, None)).collect());
+    }
+    let t_entry = time::now_ns();
+    let mut bsp = Bsp { console: &mut console, name, net, stop, ctl, touched: sink.map(|s| s.touched), cycles: &mut report.cycles, policy: StopPolicy::new(), next_debug: 0, timeline: timeline.as_mut(), t0 };
     let mapped0: alloc::vec::Vec<bool> = {
         let g = sh.core();
         (0..chunks).map(|i| !vcpu.lazy_ram() || g.ram.is_populated(i)).collect()
@@ -279,6 +286,9 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
     report.io_by_port = vm.stats().io_by_port.iter().map(|(p, n)| (*p, *n)).collect();
     report.cpuid_by_leaf = vm.stats().cpuid_by_leaf.iter().map(|(k, n)| (*k, *n)).collect();
     report.wall_ns = time::now_ns() - t0;
+    if let Some(t) = &timeline {
+        log_timeline(name, t, &console, [t_ram - t0, t_loaded - t_ram, t_vcpu - t_loaded, t_entry - t0], zeroed0);
+    }
     if channel {
         // Everything this VM holds is still allocated here (its RAM, vCPU, device model, disk).
         info!(target: "vmm", "microVM {name}: memory at its end: {}; guest RAM {} KiB ({} KiB touched)", node_memory(), ram.size() / 1024, report.touched_bytes / 1024);
@@ -293,6 +303,27 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
     drop(vcpu);
     drop(sh);
     report
+}
+
+/// The boot timeline (`vm.timeline=1`, read by `cargo xtask bench vm`, docs/vmm.md "Where the
+/// boot's time goes"): the node's own steps before the first guest instruction, the node times
+/// of the guest's phase lines, then the exits by group per bucket.
+fn log_timeline(name: &str, t: &catenary_vmm::timeline::Timeline, console: &VmConsole, [ram, load, vcpu, entry]: [u64; 4], zeroed0: (u64, u64)) {
+    use catenary_vmm::timeline::{BUCKET_NS, GROUPS};
+    info!(target: "vmm", "vm timeline: {name}: guest RAM {} us, image load {} us, vCPU {} us, first entry at {} us", ram / 1000, load / 1000, vcpu / 1000, entry / 1000);
+    let us = |cy: u64| cy / (time::tsc_hz() / 1_000_000).max(1);
+    let z = virt::zeroed_chunks();
+    info!(target: "vmm", "vm timeline: {name}: {} RAM chunks zeroed in {} us (this VM's whole run, loader included); guest console printed on the node console in {} us",
+        z.0 - zeroed0.0, us(z.1 - zeroed0.1), us(console.print_cycles));
+    for (pat, seen) in console.marks.iter().flatten() {
+        if let Some((ns, line)) = seen {
+            info!(target: "vmm", "vm timeline: mark \"{pat}\" at {} us: {line}", ns / 1000);
+        }
+    }
+    info!(target: "vmm", "vm timeline: bucket_us {} groups {}", BUCKET_NS / 1000, GROUPS.join(","));
+    for l in t.lines() {
+        info!(target: "vmm", "vm timeline: bucket {l}");
+    }
 }
 
 /// The node's time and memory now: free frames and the kernel heap (bytes allocated, bytes it

@@ -80,11 +80,20 @@ pub(super) struct Bsp<'a, 'c> {
     pub(super) cycles: &'a mut LoopCycles,
     pub(super) policy: StopPolicy,
     pub(super) next_debug: u64,
+    /// `vm.timeline=1`: exits by group over time since `t0` (the VM's creation).
+    pub(super) timeline: Option<&'a mut catenary_vmm::timeline::Timeline>,
+    pub(super) t0: u64,
 }
 
 impl Bsp<'_, '_> {
     fn stopped(&self) -> bool {
         self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    fn record(&mut self, now: u64, group: usize) {
+        if let Some(t) = self.timeline.as_deref_mut() {
+            t.record(now.saturating_sub(self.t0), group);
+        }
     }
 }
 
@@ -166,6 +175,9 @@ pub(super) fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped
                 if !mapped[c] {
                     vcpu.map_ram_chunk(c);
                     mapped[c] = true;
+                    if let Some(b) = bsp.as_deref_mut() {
+                        b.record(time::now_ns(), catenary_vmm::timeline::NPT);
+                    }
                     if let Some(t) = bsp.as_ref().and_then(|b| b.touched) {
                         t.store(sh.core().ram.populated_bytes(), Ordering::Relaxed);
                     }
@@ -174,6 +186,9 @@ pub(super) fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped
             }
         }
         if matches!(exit, Exit::ExternalInterrupt) {
+            if let Some(b) = bsp.as_deref_mut() {
+                b.record(time::now_ns(), catenary_vmm::timeline::group_of(&exit, st.cpl));
+            }
             // The host took its interrupt when the backend re-enabled interrupts; count it.
             let mut g = sh.core();
             let Core { vm, ram } = &mut *g;
@@ -182,6 +197,9 @@ pub(super) fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped
             continue;
         }
         let now = time::now_ns();
+        if let Some(b) = bsp.as_deref_mut() {
+            b.record(now, catenary_vmm::timeline::group_of(&exit, st.cpl));
+        }
         let (action, t_handle, t_handled, oom, wakeups) = {
             let mut g = sh.core();
             let Core { vm, ram } = &mut *g;
