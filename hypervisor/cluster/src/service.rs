@@ -152,6 +152,13 @@ pub struct FabricHand {
     handed: Vec<[u8; 32]>,
     /// Keys the committed state removed that `netd` dropped.
     removed: Vec<[u8; 32]>,
+    /// Cluster-file members whose standing in `netd` this `orchd` does not know: `netd` keeps
+    /// the removals a predecessor `orchd` handed it, so after an `orchd` restart a file member
+    /// that was removed and admitted again meanwhile would stay dropped (and if it leads, this
+    /// node would never hear the state that admits it). Each is handed as an admission once
+    /// (`netd` takes an admission of a peer it has as a no-op), unless the committed state
+    /// known by then removed it.
+    unsure: Vec<[u8; 32]>,
 }
 
 impl FabricHand {
@@ -170,8 +177,25 @@ impl FabricHand {
         removals.chain(admissions).collect()
     }
 
+    /// The hand of an `orchd` that starts beside a `netd` of unknown history: every file member
+    /// but this node is unsure until handed once.
+    pub fn at_orchd_start(file: &[NodeKey], own: [u8; 32]) -> Self {
+        FabricHand { unsure: file.iter().map(|k| k.0).filter(|k| *k != own).collect(), ..Self::default() }
+    }
+
+    /// The admissions of the file members still unsure, at most `max`: all of them while no
+    /// committed state is known (a member restarted without storage learns it only from a
+    /// leader it may be dropping), else those the state does not remove.
+    pub fn unsure_todo(&self, st: Option<&DesiredState>, max: usize) -> Vec<PeerChange> {
+        let removed = |k: &[u8; 32]| st.is_some_and(|st| st.node_order.iter().any(|n| n.0 == *k) && !st.nodes.iter().any(|n| n.0 == *k));
+        self.unsure.iter().filter(|k| !removed(k) && !self.handed.contains(k)).take(max).map(|k| PeerChange::Admit(*k)).collect()
+    }
+
     /// `netd` took the change (or refused it for good: it is not asked again).
     pub fn done(&mut self, c: PeerChange) {
+        match c {
+            PeerChange::Admit(k) | PeerChange::Remove(k) => self.unsure.retain(|u| *u != k),
+        }
         match c {
             PeerChange::Admit(k) => {
                 self.removed.retain(|r| *r != k);
@@ -192,12 +216,44 @@ impl FabricHand {
     pub fn netd_restarted(&mut self) {
         self.handed.clear();
         self.removed.clear();
+        // a new netd has every file member as a peer again
+        self.unsure.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review 2026-12-04: netd keeps the removals a predecessor orchd handed it, so a new orchd
+    /// hands every file member (but itself) as an admission once, before it knows any state
+    /// (a member restarted without storage may be dropping the leader), and skips one the
+    /// state it knows by then removed (that one is handed as a removal instead).
+    #[test]
+    fn a_restarted_orchd_hands_the_file_members_again_once() {
+        use alloc::vec;
+        let k = |i: u8| NodeKey([i; 32]);
+        let file = [k(1), k(2), k(3), k(4)];
+        let mut hand = FabricHand::at_orchd_start(&file, [1; 32]);
+        let none = hand.unsure_todo(None, 8);
+        assert_eq!(none, vec![PeerChange::Admit([2; 32]), PeerChange::Admit([3; 32]), PeerChange::Admit([4; 32])]);
+        assert_eq!(hand.unsure_todo(None, 2).len(), 2, "bounded per turn");
+        hand.done(PeerChange::Admit([2; 32]));
+        // the state arrives: 4 is removed (and 3 was removed and admitted again)
+        let mut st = DesiredState::default();
+        st.node_order = file.to_vec();
+        st.nodes = [k(1), k(2), k(3)].into_iter().collect();
+        assert_eq!(hand.unsure_todo(Some(&st), 8), vec![PeerChange::Admit([3; 32])]);
+        assert_eq!(hand.todo(&st, &file, [1; 32], 8), vec![PeerChange::Remove([4; 32])]);
+        hand.done(PeerChange::Admit([3; 32]));
+        hand.done(PeerChange::Remove([4; 32]));
+        assert!(hand.unsure_todo(Some(&st), 8).is_empty());
+        assert!(hand.todo(&st, &file, [1; 32], 8).is_empty());
+        // a restarted netd has every file member as a peer: nothing unsure any more
+        let mut hand = FabricHand::at_orchd_start(&file, [1; 32]);
+        hand.netd_restarted();
+        assert!(hand.unsure_todo(None, 8).is_empty());
+    }
 
     fn row(i: u8, state: MemberState) -> Row {
         Row { id: NodeId::new(NodeKey([i; 32]), [i; 16], 1_700_000_000 + i as u32), state, incarnation: (i as u64) << 16 | 3, own: i == 0 }

@@ -325,7 +325,8 @@ fn run(_arg: u64) -> u64 {
     orch.set_labels(labels);
     let mut placed = orch.member_index();
     // The committed admissions and removals netd took (`catenary node add`/`remove`).
-    let mut hand = FabricHand::default();
+    // netd may still drop file members a predecessor orchd removed: each is handed once
+    let mut hand = FabricHand::at_orchd_start(&orch.members()[..file_len.min(orch.members().len())], own);
     let mut sock = sock;
 
     let mut next_converge = 0u64;
@@ -473,9 +474,12 @@ fn own_key() -> [u8; 32] {
 /// (`netd` removes the peer, `memberd` then revokes it); a key admitted at run time, or a file
 /// member removed and admitted again, is taken as a peer. Removals first.
 fn hand_peers(orch: &Orch, file_len: usize, own: [u8; 32], hand: &mut FabricHand) {
-    let Some(st) = orch.state() else { return };
     let file = &orch.members()[..file_len.min(orch.members().len())];
-    for c in hand.todo(st, file, own, 8) {
+    let mut changes = hand.unsure_todo(orch.state(), 8);
+    if let Some(st) = orch.state() {
+        changes.extend(hand.todo(st, file, own, 8));
+    }
+    for c in changes {
         let (label, k) = match c {
             PeerChange::Admit(k) => (LABEL_ADMIT_PEER, k),
             PeerChange::Remove(k) => (catenary_ipc::netd::LABEL_REMOVE_PEER, k),
