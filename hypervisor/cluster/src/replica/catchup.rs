@@ -60,7 +60,10 @@ impl Replica {
         }
         let to = peers[self.pull_turn % peers.len()].get();
         self.pull_turn = self.pull_turn.wrapping_add(1);
-        self.catchup.push(Catchup::Ask { from: self.id, to, applied: self.applied_index });
+        // what an answer must pass to be installed ([`Replica::install_pulled`]): a member only
+        // as far along as this node's commit index would send its state for nothing
+        let applied = self.applied_index.max(self.commit_index());
+        self.catchup.push(Catchup::Ask { from: self.id, to, applied });
     }
 
     /// Member `from` has applied `applied` entries and asks for this node's state.
