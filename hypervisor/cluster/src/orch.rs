@@ -495,7 +495,11 @@ impl Orch {
                 // A leader's snapshot counts this id in; a member's pulled answer does not.
                 let pulled = c.head.pulled;
                 self.joined |= !pulled;
+                let source = c.head.from;
                 let (ack, env) = self.snap_in.on_chunk(c, r.term(), &self.cfg.replica.limits);
+                if pulled && ack.is_some() {
+                    r.pull_progress(now, source);
+                }
                 match env {
                     Some(Envelope { snapshot: Some(snap), .. }) if pulled => {
                         if r.install_pulled(now, snap) {
@@ -516,7 +520,7 @@ impl Orch {
                 }
                 if let Phase::Running(r) = &self.phase {
                     if a.to == r.id() {
-                        for b in self.snap_out.on_ack_if(&a, r.is_leader()) {
+                        for b in self.snap_out.on_ack_if(&a, r.is_leader(), now) {
                             self.outgoing.push((from, b));
                         }
                     }
@@ -527,10 +531,10 @@ impl Orch {
                     self.counters.misaddressed += 1;
                     return;
                 }
+                // Any generation of this member: a member with no configuration yet asks by
+                // index (crate::replica::Catchup).
                 if let Phase::Running(r) = &mut self.phase {
-                    if to == r.id() {
-                        r.handle_pull(now, id, applied);
-                    }
+                    r.handle_pull(now, id, applied);
                 }
             }
             Wire::WhoAmI => {
@@ -539,7 +543,7 @@ impl Orch {
             }
             Wire::Members { .. } => {}
         }
-        self.flush();
+        self.flush(now);
     }
 
     /// An unlisted node learns the run-time members from a listed one: if its key is among
@@ -640,7 +644,7 @@ impl Orch {
             Err(_) => return Err(SubmitError::Unavailable),
         }
         self.tickets.insert(t, ticket);
-        self.flush();
+        self.flush(now);
         Ok(t)
     }
 
@@ -755,7 +759,7 @@ impl Orch {
             self.next_reconcile = now + self.cfg.reconcile_period;
             self.schedule(now);
         }
-        self.flush();
+        self.flush(now);
     }
 
     /// Leader: admit the cluster file's members (once), then the scheduler's moves.
@@ -817,7 +821,7 @@ impl Orch {
         self.outgoing.push((to, encode(w)));
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, now: Duration) {
         let Phase::Running(r) = &mut self.phase else { return };
         for env in r.take_outgoing() {
             let to = member_of(env.to);
@@ -833,7 +837,7 @@ impl Orch {
         for c in r.take_catchup() {
             let (to, bytes) = match c {
                 Catchup::Ask { from, to, applied } => (member_of(to), alloc::vec![encode(&Wire::Pull { from, to, applied })]),
-                Catchup::Answer(env) => (member_of(env.to), self.snap_out.pulled_datagrams(env)),
+                Catchup::Answer { env, asker_has } => (member_of(env.to), self.snap_out.pulled_datagrams(env, asker_has, now)),
             };
             if to < self.members.len() && to != self.me {
                 self.outgoing.extend(bytes.into_iter().map(|b| (to, b)));

@@ -678,3 +678,73 @@ fn a_node_that_missed_the_readmission_catches_up_while_the_readmitted_node_leads
     }
     assert!(exercised >= 4, "only {exercised} of 6 seeds had the readmitted node lead through the quiet period");
 }
+
+/// Review of 2026-12-04, finding (a): a member restarted without storage has no configuration,
+/// hence no peers to pull from, and its `netd` still drops a key admitted at run time that its
+/// previous `orchd` had it remove (`netd` keeps it across an `orchd` restart; the restarted
+/// `orchd` hands only the file's members again). Should that key, admitted again meanwhile,
+/// lead, the fresh member never hears the state that admits it. Now a member with no peers asks
+/// the members it boots with (any generation answers). 5 nodes, slots 3 and 4 admitted at run
+/// time (`RaftSim::file_len`); K one of them, N a file member: K removed, N applied it, N cut
+/// off and restarted without storage, K admitted again and made the leader, then the heal and
+/// 10 s of quiet with K leading.
+#[test]
+fn a_fresh_member_that_drops_the_readmitted_leader_pulls_from_the_file_members() {
+    let mut exercised = 0;
+    for seed in 0..6u64 {
+        let seed = 1600 + seed;
+        let mut sim = cluster(5, seed);
+        sim.file_len = 3;
+        let l = sim.leader().unwrap();
+        let k = [3u64, 4].into_iter().find(|s| *s != l).unwrap();
+        let n = (0..3u64).find(|s| *s != l).unwrap();
+        assert!(sim.propose(Command::PutWorkload(RaftSim::workload("web", 2, 64))));
+        propose_retrying(&mut sim, Command::RemoveNode(key_of(k)), seed);
+        let others: Vec<u64> = (0..5).filter(|i| *i != k).collect();
+        let deadline = sim.now + secs(10);
+        while voter_slots(&sim) != others && sim.now < deadline {
+            sim.run_until(sim.now + Duration::from_millis(100));
+        }
+        assert_eq!(voter_slots(&sim), others, "seed {seed}: {k} is still a voter");
+        assert!(!sim.replica(n).unwrap().state().nodes.contains(&key_of(k)), "seed {seed}: {n} did not apply the removal");
+        // N is cut off, restarted without storage (its netd keeps dropping K); K admitted again.
+        let rest: Vec<u64> = (0..5).filter(|i| *i != n).collect();
+        sim.partition(&[&[n], &rest]);
+        sim.restart_diskless(n);
+        propose_retrying(&mut sim, Command::AdmitNode(key_of(k)), seed);
+        let deadline = sim.now + secs(15);
+        while !voter_slots(&sim).contains(&k) && sim.now < deadline {
+            sim.run_until(sim.now + Duration::from_millis(100));
+        }
+        assert!(voter_slots(&sim).contains(&k), "seed {seed}: {k} is not a voter again");
+        for _ in 0..30 {
+            match sim.leader() {
+                Some(x) if x == k => break,
+                Some(x) => {
+                    sim.crash(x);
+                    sim.run_until(sim.now + secs(2));
+                    sim.restart(x);
+                    sim.run_until(sim.now + secs(1));
+                }
+                None => sim.run_until(sim.now + secs(1)),
+            }
+        }
+        if sim.leader() != Some(k) {
+            continue;
+        }
+        assert!(sim.replica(n).unwrap().voters().is_empty(), "seed {seed}: {n} has a configuration while cut off");
+        sim.heal();
+        sim.run_until(sim.now + secs(10));
+        if sim.leader() != Some(k) {
+            continue;
+        }
+        exercised += 1;
+        let (lr, nr) = (sim.replica(k).unwrap(), sim.replica(n).unwrap());
+        assert!(nr.state().nodes.contains(&key_of(k)), "seed {seed}: fresh node {n} still drops {k} while {k} leads (applied {} vs {})", nr.state().applied, lr.state().applied);
+        assert_eq!(nr.leader(), Some(sim.raft_id(k)), "seed {seed}: node {n} does not follow {k}");
+        assert!(nr.pulls_installed() >= 1, "seed {seed}: node {n} caught up without a pull");
+        sim.converged().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(sim.violations.is_empty(), "seed {seed}: {:?}", sim.violations);
+    }
+    assert!(exercised >= 4, "only {exercised} of 6 seeds had the readmitted node lead through the quiet period");
+}

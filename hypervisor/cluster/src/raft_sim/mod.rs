@@ -67,6 +67,9 @@ struct Slot {
     /// and the replicas it is still stopping (until when).
     ran: BTreeSet<(String, u32)>,
     stopping: BTreeMap<(String, u32), Duration>,
+    /// The nodes this node's `netd` drops ([`RaftSim::sync_netd`]): kept across a replica's
+    /// restart, as `netd` keeps what a predecessor `orchd` handed it.
+    netd_drops: BTreeSet<u64>,
 }
 
 pub struct RaftSim {
@@ -134,6 +137,12 @@ pub struct RaftSim {
     pub largest_snapshot: usize,
     /// Pulled states installed by nodes that crashed since (crate::replica::Catchup).
     pulls_gone: u64,
+    /// Slots below this are the cluster file's members as `netd` knows them: a restarted
+    /// `orchd` hands them to its `netd` as admissions again (crate::service::FabricHand::at_orchd_start),
+    /// unless its state removes them. Slots from here stand for keys admitted at run time,
+    /// which a `netd` that dropped them keeps dropping until the node's state admits them again
+    /// (their numbering and first admission stay the file's: a simplification). Default: all.
+    pub file_len: usize,
 }
 
 /// The node (slot) a Raft id belongs to.
@@ -161,7 +170,7 @@ impl RaftSim {
         let mut slots = Vec::new();
         for id in 0..n as u64 {
             let r = if id == 0 { Replica::bootstrap(id, &ids, cfg.clone(), seed, Duration::ZERO) } else { Replica::join(id, cfg.clone(), seed, Duration::ZERO) };
-            slots.push(Slot { replica: Some(r), disk: None, group: 0, generation: 0, checked: 0, next_reconcile: Duration::ZERO, tx: SnapshotSender::default(), rx: SnapshotReceiver::default(), ran: BTreeSet::new(), stopping: BTreeMap::new() });
+            slots.push(Slot { replica: Some(r), disk: None, group: 0, generation: 0, checked: 0, next_reconcile: Duration::ZERO, tx: SnapshotSender::default(), rx: SnapshotReceiver::default(), ran: BTreeSet::new(), stopping: BTreeMap::new(), netd_drops: BTreeSet::new() });
         }
         // The delay bound the leases assume: the network's own.
         let lease = LeaseConfig { max_delay: net.max_delay, ..LeaseConfig::default() };
@@ -202,6 +211,7 @@ impl RaftSim {
             largest_snapshot: 0,
             stop_delay: Duration::ZERO,
             pulls_gone: 0,
+            file_len: n,
         };
         sim.flush_all();
         sim
@@ -333,6 +343,10 @@ impl RaftSim {
         if !self.stop_delay.is_zero() {
             r.set_local_host(Some(key_of(slot)));
         }
+        // The new `orchd` hands netd the file's members again (those its state removes are
+        // dropped again at the next sync); keys admitted at run time stay as netd had them.
+        let file_len = self.file_len as u64;
+        s.netd_drops.retain(|o| *o >= file_len);
         s.replica = Some(r);
         s.checked = 0;
         self.flush(slot);

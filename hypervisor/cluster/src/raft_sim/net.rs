@@ -19,6 +19,7 @@ impl RaftSim {
 
     /// The node's outgoing envelopes, as the datagrams `orchd` would send.
     pub(super) fn flush(&mut self, id: ReplicaId) {
+        let now = self.now;
         let s = &mut self.slots[id as usize];
         let Some(r) = s.replica.as_mut() else { return };
         let mut out = Vec::new();
@@ -30,9 +31,9 @@ impl RaftSim {
         for c in r.take_catchup() {
             match c {
                 Catchup::Ask { from, to, applied } => out.push((from, to, encode(&Wire::Pull { from, to, applied }))),
-                Catchup::Answer(env) => {
+                Catchup::Answer { env, asker_has } => {
                     let (from, to) = (env.from, env.to);
-                    out.extend(s.tx.pulled_datagrams(env).into_iter().map(|b| (from, to, b)));
+                    out.extend(s.tx.pulled_datagrams(env, asker_has, now).into_iter().map(|b| (from, to, b)));
                 }
             }
         }
@@ -80,8 +81,11 @@ impl RaftSim {
                     return;
                 }
                 self.chunks_delivered += 1;
-                let pulled = c.head.pulled;
+                let (pulled, source) = (c.head.pulled, c.head.from);
                 let (ack, env) = s.rx.on_chunk(c, r.term(), &limits);
+                if pulled && ack.is_some() {
+                    r.pull_progress(now, source);
+                }
                 if let Some(env) = env {
                     self.snapshots_assembled += 1;
                     let len = env.snapshot.as_ref().map_or(0, |s| crate::snapshot::encode_snapshot(s).len());
@@ -100,14 +104,11 @@ impl RaftSim {
             }
             Wire::SnapAck(a) => {
                 if a.to == to {
-                    replies.extend(s.tx.on_ack_if(&a, r.is_leader()).into_iter().map(|b| (a.to, a.from, b)));
+                    replies.extend(s.tx.on_ack_if(&a, r.is_leader(), now).into_iter().map(|b| (a.to, a.from, b)));
                 }
             }
-            Wire::Pull { from, to: asked, applied } => {
-                if asked == to {
-                    r.handle_pull(now, from, applied);
-                }
-            }
+            // Any generation of the member asked (as `Orch` takes it).
+            Wire::Pull { from, applied, .. } => r.handle_pull(now, from, applied),
             other => self.violations.push(format!("{now:?}: not a Raft datagram: {other:?}")),
         }
         for (from, to, b) in replies {
@@ -116,14 +117,30 @@ impl RaftSim {
         self.flush(slot as u64);
     }
 
-    /// The fabric between two nodes is gone once either has applied the removal of the other's
-    /// key (`RemoveNode`: every node's `orchd` hands it to its `netd`, which drops the peer;
-    /// admitted again, it is a peer again). A node does not drop itself.
-    pub(super) fn fabric_drops(&self, from: usize, to: usize) -> bool {
-        let removed = |at: usize, other: usize| {
-            let k = key_of(other as u64);
-            self.slots[at].replica.as_ref().is_some_and(|r| r.state().node_order.contains(&k) && !r.state().nodes.contains(&k))
-        };
-        from != to && (removed(to, from) || removed(from, to))
+    /// The fabric between two nodes is gone while either node's `netd` drops the other
+    /// ([`RaftSim::sync_netd`]). A node does not drop itself.
+    pub(super) fn fabric_drops(&mut self, from: usize, to: usize) -> bool {
+        self.sync_netd(from);
+        self.sync_netd(to);
+        from != to && (self.slots[to].netd_drops.contains(&(from as u64)) || self.slots[from].netd_drops.contains(&(to as u64)))
+    }
+
+    /// Node `slot`'s `netd` as its `orchd` keeps it (crate::service::FabricHand): a key its
+    /// replica's committed state removed is dropped (`RemoveNode`), one it admits is a peer
+    /// again; a key the state never admitted keeps what `netd` had. This lives beside the
+    /// replica, not in it: `netd` keeps it when `orchd` restarts (with or without storage).
+    pub(super) fn sync_netd(&mut self, slot: usize) {
+        let n = self.slots.len() as u64;
+        let s = &mut self.slots[slot];
+        let Some(r) = s.replica.as_ref() else { return };
+        let st = r.state();
+        for other in (0..n).filter(|o| *o != slot as u64) {
+            let k = key_of(other);
+            if st.nodes.contains(&k) {
+                s.netd_drops.remove(&other);
+            } else if st.node_order.contains(&k) {
+                s.netd_drops.insert(other);
+            }
+        }
     }
 }

@@ -162,6 +162,9 @@ pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> 
     // Replicas stop 0–300 ms after their `Unassign` applied (from the seed), as on nodes.
     sim.set_stop_delay(Duration::from_millis((seed / 3) % 4 * 100));
     sim.removals = true;
+    // The upper slots stand for nodes admitted at run time (their netd drop outlives an
+    // orchd restart: docs/orchestration.md "Admitted again").
+    sim.file_len = n / 2 + 1;
     sim.run_until(Duration::from_secs(3));
     if !sim.admit_all() {
         sim.run_until(Duration::from_secs(6));

@@ -39,8 +39,10 @@ pub enum Catchup {
     Ask { from: ReplicaId, to: ReplicaId, applied: u64 },
     /// The answer: this node's state as a snapshot at its applied index, with an empty
     /// AppendEntries call after it that only carries the position (the receiver's core never
-    /// sees it). Sent as chunks marked pulled ([`crate::snapshot::SnapshotSender::pulled_datagrams`]).
-    Answer(Envelope),
+    /// sees it). Sent as chunks marked pulled ([`crate::snapshot::SnapshotSender::pulled_datagrams`]),
+    /// which may send an older snapshot it is still sending (pinned) if that is past
+    /// `asker_has`, what the asker said it applied or committed.
+    Answer { env: Envelope, asker_has: u64 },
 }
 
 impl Replica {
@@ -54,12 +56,26 @@ impl Replica {
         if now.saturating_sub(quiet_since) < self.cfg.catch_up_after {
             return;
         }
-        let peers: Vec<NodeId> = self.node.peers().collect();
+        // A member with no configuration yet (restarted without storage: an empty log) asks
+        // the members it boots with, by index: any generation of a member answers (`orchd`
+        // takes a pull addressed to its index; generation 0 here). Otherwise its peers.
+        let me = self.id & 0xffff;
+        let mut peers: Vec<ReplicaId> = self.node.peers().map(|p| p.get()).collect();
+        if peers.is_empty() {
+            peers = (0..self.cfg.members.len() as u64).filter(|m| *m != me).collect();
+        }
         if peers.is_empty() {
             return;
         }
-        let to = peers[self.pull_turn % peers.len()].get();
-        self.pull_turn = self.pull_turn.wrapping_add(1);
+        // While a member's answer is arriving, ask it again (it re-sends what is missing, from
+        // the same snapshot), not the next one, whose answer would start another transfer.
+        let to = match self.pull_source {
+            Some((p, t)) if now.saturating_sub(t) < self.cfg.catch_up_after => p,
+            _ => {
+                self.pull_turn = self.pull_turn.wrapping_add(1);
+                peers[(self.pull_turn - 1) % peers.len()]
+            }
+        };
         // what an answer must pass to be installed ([`Replica::install_pulled`]): a member only
         // as far along as this node's commit index would send its state for nothing
         let applied = self.applied_index.max(self.commit_index());
@@ -72,6 +88,17 @@ impl Replica {
         // snapshots); nothing to give a node as far along.
         if self.is_leader() || from == self.id || self.applied_index <= applied {
             return;
+        }
+        // Only to a member this node's state admits (a file member also before the cluster
+        // first admitted it): a removed key gets nothing, even in the one `orchd` turn before
+        // its `netd` drops it.
+        if !self.cfg.members.is_empty() {
+            let m = (from & 0xffff) as usize;
+            let admitted = super::member_key(&self.cfg.members, &self.state, m).is_some_and(|k| self.state.nodes.contains(&k) || (m < self.cfg.members.len() && !self.state.node_order.contains(&k)));
+            if !admitted {
+                self.pulls_refused += 1;
+                return;
+            }
         }
         if self.pull_answered.get(&from).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min) {
             return;
@@ -91,7 +118,7 @@ impl Replica {
             entries: LogEntries::new(position),
         };
         let env = Envelope { from: self.id, to: from, message, commands: Vec::new(), grant: false, applied: self.reported_applied(), snapshot: Some(snap), pre_vote: false };
-        self.catchup.push(Catchup::Answer(env));
+        self.catchup.push(Catchup::Answer { env, asker_has: applied });
     }
 
     /// A member's state pulled by this node (assembled from chunks marked pulled): installed
@@ -116,8 +143,15 @@ impl Replica {
         self.prune_commands(snap.position.index.get());
         self.storage.snapshot = Some(snap);
         self.pulls_installed += 1;
+        self.pull_source = None;
         self.step(now);
         true
+    }
+
+    /// A chunk of member `from`'s pulled answer was taken (the caller's assembler
+    /// acknowledged it): the next pull goes to `from` again while chunks keep coming.
+    pub fn pull_progress(&mut self, now: Duration, from: ReplicaId) {
+        self.pull_source = Some((from, now));
     }
 
     /// The catch-up requests and answers to send.

@@ -220,6 +220,11 @@ pub struct Replica {
     catchup: Vec<Catchup>,
     pull_answered: BTreeMap<ReplicaId, Duration>,
     pulls_installed: u64,
+    /// The member whose pulled answer this node is assembling, and when a chunk of it last
+    /// arrived ([`Replica::pull_progress`]): re-asked until done, not the next peer in turn.
+    pull_source: Option<(ReplicaId, Duration)>,
+    /// Pulls refused because the asker's key is not admitted in this node's state.
+    pub pulls_refused: u64,
 }
 
 impl Replica {
@@ -298,6 +303,8 @@ impl Replica {
             catchup: Vec::new(),
             pull_answered: BTreeMap::new(),
             pulls_installed: 0,
+            pull_source: None,
+            pulls_refused: 0,
         }
     }
 

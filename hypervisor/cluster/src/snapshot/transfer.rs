@@ -4,6 +4,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::time::Duration;
 
 use raftbare::{LogEntries, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, NodeId, Term};
 use sha2::{Digest, Sha256};
@@ -141,7 +142,15 @@ struct Cached {
     position: LogPosition,
     bytes: Vec<u8>,
     digest: [u8; 32],
+    /// A pulled answer of this snapshot last moved on (sent or acknowledged) then: while that
+    /// is within [`PULL_PIN`], later pulled answers send this snapshot, not a newer one, so a
+    /// transfer completes while the answerer keeps applying entries.
+    pulled_at: Option<Duration>,
 }
+
+/// How long a pulled answer's snapshot stays pinned without a window sent or an
+/// acknowledgement (the asker re-asks every election timeout, at most 1 s, while it assembles).
+pub const PULL_PIN: Duration = Duration::from_secs(3);
 
 struct Transfer {
     head: SnapHead,
@@ -173,47 +182,74 @@ impl SnapshotSender {
     /// to fit, [`encode_within`]), or, for one that carries a snapshot, the next window of its
     /// chunks (from the acknowledged offset: this is also the retransmission).
     pub fn datagrams(&mut self, env: Envelope) -> Vec<Vec<u8>> {
-        self.datagrams_as(env, false)
+        self.datagrams_as(env, None)
     }
 
     /// [`SnapshotSender::datagrams`] for the answer to a catch-up pull
-    /// ([`crate::replica::Catchup::Answer`]): the same transfer, its chunks marked pulled.
-    pub fn pulled_datagrams(&mut self, env: Envelope) -> Vec<Vec<u8>> {
-        self.datagrams_as(env, true)
+    /// ([`crate::replica::Catchup::Answer`]) at `now`: the same transfer, its chunks marked
+    /// pulled. While a pulled answer is pinned ([`PULL_PIN`]) its snapshot is sent instead of
+    /// the envelope's newer one (nothing, if the asker has it already): a re-ask resumes where
+    /// the asker's acknowledgement says, of the same bytes, whatever was committed meanwhile.
+    pub fn pulled_datagrams(&mut self, env: Envelope, asker_has: u64, now: Duration) -> Vec<Vec<u8>> {
+        self.datagrams_as(env, Some((asker_has, now)))
     }
 
-    fn datagrams_as(&mut self, env: Envelope, pulled: bool) -> Vec<Vec<u8>> {
+    fn datagrams_as(&mut self, env: Envelope, pulled_for: Option<(u64, Duration)>) -> Vec<Vec<u8>> {
+        let pulled = pulled_for.is_some();
         let Some(snap) = &env.snapshot else { return encode_within(&env, DATAGRAM_MAX).into_iter().collect() };
         let Message::AppendEntriesCall { header, commit_index, .. } = &env.message else { return Vec::new() };
-        if self.cache.as_ref().is_none_or(|c| c.position != snap.position) {
-            let bytes = encode_snapshot(snap);
-            if bytes.len() > SNAPSHOT_MAX {
-                self.too_large += 1;
-                self.cache = None;
-                return Vec::new();
+        let pinned = pulled_for.and_then(|(has, now)| self.cache.as_ref().filter(|c| c.pulled_at.is_some_and(|t| now.saturating_sub(t) < PULL_PIN)).map(|c| (c.position, has)));
+        match pinned {
+            // A pulled answer is being sent from an older snapshot: this one gets it too, or
+            // nothing if it has it (replacing it would restart the transfer in progress).
+            Some((pos, has)) if pos != snap.position => {
+                if pos.index.get() <= has {
+                    return Vec::new();
+                }
             }
-            let digest = Sha256::digest(&bytes).into();
-            self.cache = Some(Cached { position: snap.position, bytes, digest });
+            // (A leader's snapshot replaces a pinned one: its followers come first.)
+            _ if self.cache.as_ref().is_none_or(|c| c.position != snap.position) => {
+                let bytes = encode_snapshot(snap);
+                if bytes.len() > SNAPSHOT_MAX {
+                    self.too_large += 1;
+                    self.cache = None;
+                    return Vec::new();
+                }
+                let digest = Sha256::digest(&bytes).into();
+                self.cache = Some(Cached { position: snap.position, bytes, digest, pulled_at: None });
+            }
+            _ => {}
         }
-        let Some(c) = &self.cache else { return Vec::new() };
+        let Some(c) = self.cache.as_mut() else { return Vec::new() };
+        if let Some((_, now)) = pulled_for {
+            c.pulled_at = Some(now);
+        }
         let mut head = SnapHead {
             from: env.from,
             to: env.to,
             transfer: 0,
-            term: header.term.get(),
-            commit_index: commit_index.get(),
+            // (A pulled answer's term says nothing to the asker; a member that installed a
+            // pulled state can hold a position of a term newer than its own: the codec wants
+            // the head's term at least the position's.)
+            term: if pulled { header.term.get().max(c.position.term.get()) } else { header.term.get() },
+            commit_index: commit_index.get().max(c.position.index.get()),
             applied: env.applied,
-            last: snap.position,
+            last: c.position,
             total: c.bytes.len() as u32,
             digest: c.digest,
             pulled,
         };
         match self.transfers.get_mut(&env.to) {
-            Some(t) if t.head.from == head.from && t.head.term == head.term && t.head.last == head.last && t.head.digest == head.digest && t.head.pulled == pulled => {
+            Some(t) if t.head.from == head.from && (pulled || t.head.term == head.term) && t.head.last == head.last && t.head.digest == head.digest && t.head.pulled == pulled => {
                 // The re-send: from where the follower last said it is (found by the
                 // simulator, seed 1207: a follower that restarted mid-transfer acknowledged 0
-                // for ever while the leader resumed past what it had lost).
+                // for ever while the leader resumed past what it had lost). A pulled one keeps
+                // its head whole (the answerer's term may have moved; the asker's assembler
+                // tells transfers apart by it).
                 head.transfer = t.head.transfer;
+                if pulled {
+                    head = t.head;
+                }
                 t.head = head;
                 if let Some(n) = t.last_ack.take() {
                     t.acked = n;
@@ -234,12 +270,12 @@ impl SnapshotSender {
 
     /// A follower's acknowledgement: the next chunks of its transfer, if any.
     pub fn on_ack(&mut self, ack: &SnapAck) -> Vec<Vec<u8>> {
-        self.on_ack_if(ack, true)
+        self.on_ack_if(ack, true, Duration::ZERO)
     }
 
-    /// [`SnapshotSender::on_ack`], moving a leader's transfer on only while `leader` (a pulled
-    /// answer's, always).
-    pub fn on_ack_if(&mut self, ack: &SnapAck, leader: bool) -> Vec<Vec<u8>> {
+    /// [`SnapshotSender::on_ack`] at `now`, moving a leader's transfer on only while `leader`
+    /// (a pulled answer's, always; its snapshot stays pinned, [`PULL_PIN`]).
+    pub fn on_ack_if(&mut self, ack: &SnapAck, leader: bool, now: Duration) -> Vec<Vec<u8>> {
         let Some(t) = self.transfers.get_mut(&ack.from) else { return Vec::new() };
         let h = t.head;
         if !h.pulled && !leader {
@@ -248,9 +284,20 @@ impl SnapshotSender {
         if h.to != ack.from || h.from != ack.to || h.transfer != ack.transfer || h.term != ack.term || h.last != ack.last || h.digest != ack.digest {
             return Vec::new();
         }
+        if h.pulled {
+            if let Some(c) = self.cache.as_mut().filter(|c| c.position == h.last) {
+                c.pulled_at = Some(now);
+            }
+        }
         if ack.next >= h.total {
             self.transfers.remove(&ack.from);
             self.completed += 1;
+            // No other pulled answer of it in progress: the next answer may be newer.
+            if h.pulled && !self.transfers.values().any(|t| t.head.pulled && t.head.last == h.last) {
+                if let Some(c) = self.cache.as_mut() {
+                    c.pulled_at = None;
+                }
+            }
             return Vec::new();
         }
         // Only chunk boundaries the leader sent can be acknowledged.
@@ -473,7 +520,7 @@ mod tests {
         assert_eq!(bad(&|x| x.offset = x.head.total.next_multiple_of(CHUNK_LEN as u32)), Err(WireError::OutOfRange));
         assert_eq!(bad(&|x| x.head.last.term = Term::new(5)), Err(WireError::Inconsistent));
         // A pulled answer's chunks: their own kind, the same layout.
-        let pulled = tx.pulled_datagrams(env_with(snap(200, 1), 3));
+        let pulled = tx.pulled_datagrams(env_with(snap(200, 1), 3), 0, Duration::ZERO);
         let p = chunks(&pulled);
         assert!(p.iter().all(|c| c.head.pulled) && pulled[0][1] == 11 && out[0][1] == 8);
         assert_eq!(decode(&encode(&Wire::SnapChunk(p[0].clone()))), Ok(Wire::SnapChunk(p[0].clone())));
