@@ -61,6 +61,11 @@ const KIND_MEMBERS: u8 = 7;
 const KIND_SNAP_CHUNK: u8 = 8;
 const KIND_SNAP_ACK: u8 = 9;
 const KIND_PULL: u8 = 10;
+/// Whether a datagram is a catch-up pull (kind 10), without decoding it: a pull is taken by
+/// any generation of the member it names (crate::replica::Catchup).
+pub fn is_pull(b: &[u8]) -> bool {
+    b.len() > 1 && b[0] == MAGIC && b[1] == KIND_PULL
+}
 /// A chunk of a pulled answer ([`crate::snapshot::SnapHead::pulled`]): kind 8's layout.
 const KIND_PULLED_CHUNK: u8 = 11;
 /// Keys in one [`Wire::Members`] (40 × 32 bytes fit a datagram).

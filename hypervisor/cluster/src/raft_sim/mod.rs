@@ -492,8 +492,9 @@ impl RaftSim {
                 if to >= self.slots.len() || from >= self.slots.len() || self.slots[to].group != self.slots[from].group || self.fabric_drops(from, to) {
                     continue;
                 }
-                // A datagram to an older generation of the node finds nobody.
-                if self.slots[to].replica.as_ref().is_some_and(|r| r.id() == to_id) {
+                // A datagram to an older generation of the node finds nobody (a pull: any
+                // generation of the member takes it, as `Orch` does).
+                if self.slots[to].replica.as_ref().is_some_and(|r| r.id() == to_id || crate::raft_codec::is_pull(&bytes)) {
                     self.deliver(to_id, &bytes);
                 }
             }

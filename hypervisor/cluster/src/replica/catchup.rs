@@ -72,8 +72,9 @@ impl Replica {
         let to = match self.pull_source {
             Some((p, t)) if now.saturating_sub(t) < self.cfg.catch_up_after => p,
             _ => {
+                let p = peers[self.pull_turn % peers.len()];
                 self.pull_turn = self.pull_turn.wrapping_add(1);
-                peers[(self.pull_turn - 1) % peers.len()]
+                p
             }
         };
         // what an answer must pass to be installed ([`Replica::install_pulled`]): a member only
