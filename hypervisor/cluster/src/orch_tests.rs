@@ -791,3 +791,27 @@ fn a_pull_from_a_removed_member_is_refused() {
         assert!(ask(&mut net, l) > 0, "seed {seed}: an admitted member's pull was not answered");
     }
 }
+
+/// Finding (a) on `Orch` nodes: a member restarted without storage that cannot hear the leader
+/// (here cut from it; on nodes, its `netd` dropping a key admitted at run time) has no
+/// configuration and so no peers; it asks the file's members by index, and a member that is
+/// itself a later generation (restarted before) takes the pull addressed to its index and
+/// answers: the fresh member installs the committed state.
+#[test]
+fn a_fresh_member_that_cannot_hear_the_leader_pulls_from_a_file_member_of_any_generation() {
+    for seed in 0..3u64 {
+        let mut net = formed(110 + seed);
+        let l = net.leader().unwrap();
+        let (b, n) = ((l + 1) % 3, (l + 2) % 3);
+        net.kill(b);
+        net.restart(b);
+        let again = net.run_until(15_000, |x| x.nodes[b].as_ref().and_then(|o| o.id()).is_some_and(|(id, joined)| joined && generation_of(id) >= 1) && x.nodes[b].as_ref().and_then(|o| o.state()).is_some_and(|s| s.workloads.len() == 2));
+        assert!(again, "seed {seed}: {b} did not rejoin as a later generation");
+        net.kill(n);
+        net.cut.push((l, n));
+        net.restart(n);
+        let pulled = net.run_until(15_000, |x| x.nodes[n].as_ref().is_some_and(|o| o.counters.pulls_installed >= 1 && o.state().is_some_and(|s| s.workloads.len() == 2)));
+        let o = net.nodes[n].as_ref().unwrap();
+        assert!(pulled, "seed {seed}: the fresh {n} has {:?} workloads, pulled {}", o.state().map(|s| s.workloads.len()), o.counters.pulls_installed);
+    }
+}
