@@ -238,8 +238,11 @@ pub fn features() -> CpuFeatures {
 pub const FPU_AREA: usize = 1024;
 
 /// Non-zero when the entry stubs use XSAVE/XRSTOR (CR4.OSXSAVE on every CPU, XCR0 set).
+/// Crate-private: only `enable_xsave` sets it. Were it public, safe code could turn it off
+/// while frames hold XSAVE images (or on, before CR4.OSXSAVE), and the next entry or exit
+/// would fault in the stubs.
 #[no_mangle]
-pub static ARCH_XSAVE_ON: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+pub(crate) static ARCH_XSAVE_ON: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 static XCR0: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Non-zero when a ring-3 entry saves into the task's own area with XSAVEOPT instead of XSAVE
 /// (CPUID.(0xd,1):EAX[0]). Sound there because nothing writes a task's area between the exit's

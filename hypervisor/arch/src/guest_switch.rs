@@ -61,7 +61,7 @@ impl FpuSwitch {
     /// host never faults.
     pub(crate) fn new(host: &mut XsaveArea, guest: &mut XsaveArea, guest_xcr0: u64) -> FpuSwitch {
         let host_xcr0 = crate::uspace::xcr0() & XCR0_HANDLED;
-        let xsave = crate::uspace::ARCH_XSAVE_ON.load(Ordering::Acquire) != 0 && host_xcr0 & 3 == 3;
+        let xsave = crate::cpu::ARCH_XSAVE_ON.load(Ordering::Acquire) != 0 && host_xcr0 & 3 == 3;
         let mut g = (guest_xcr0 & host_xcr0) | 1;
         if g & 4 != 0 {
             g |= 2; // AVX requires SSE

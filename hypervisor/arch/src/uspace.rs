@@ -57,7 +57,7 @@ pub fn enable_protections() -> (bool, bool) {
     (smep, smap)
 }
 
-pub use crate::cpu::{enable_xsave, xcr0, ARCH_XSAVE_ON, FPU_AREA};
+pub use crate::cpu::{enable_xsave, xcr0, FPU_AREA};
 
 pub fn current_cr3() -> u64 {
     crate::cpu::read_cr3() & !0xfff
