@@ -50,6 +50,18 @@ pub fn build_user() -> Result<PathBuf, String> {
 }
 
 pub fn build_kernel(test: bool) -> Result<PathBuf, String> {
+    build_kernel_as(test, false)
+}
+
+/// The node kernel with the test probes (`--features probes`, `hypervisor/kernel/src/orchprobe.rs`):
+/// only for the QEMU tests that arm one from the command line. It shares the node kernel's
+/// target directory, so only the kernel crate itself is compiled again; the shipped kernel
+/// (`build_kernel(false)`: `cargo xtask run`, the ISO) has no probes.
+pub fn build_kernel_probes() -> Result<PathBuf, String> {
+    build_kernel_as(false, true)
+}
+
+fn build_kernel_as(test: bool, probes: bool) -> Result<PathBuf, String> {
     let user = build_user()?;
     let target_dir = root().join("target").join(if test { "kernel-test" } else { "kernel" });
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -70,16 +82,20 @@ pub fn build_kernel(test: bool) -> Result<PathBuf, String> {
         // wrapping_* explicitly either way (docs/boot.md, "Build profiles").
         c.args(["--features", "ktest", "--config", "profile.release.overflow-checks=true"]);
     }
+    if probes {
+        c.args(["--features", "probes"]);
+    }
     run(&mut c)?;
     let built = target_dir.join("x86_64-unknown-linux-gnu/release/catenary");
-    let dst = kernel_elf(test);
+    let dst = if probes { out_dir().join("catenary-probes.elf") } else { kernel_elf(test) };
     std::fs::copy(&built, &dst).map_err(|e| format!("copy {built:?}: {e}"))?;
     Ok(dst)
 }
 
 pub fn cmd_build(args: &[String]) -> Result<(), String> {
     let test = args.iter().any(|a| a == "--test");
-    let p = build_kernel(test)?;
+    // `--probes`: the node kernel with the command-line test probes (`build_kernel_probes`)
+    let p = if args.iter().any(|a| a == "--probes") { build_kernel_probes()? } else { build_kernel(test)? };
     println!("{}", p.display());
     Ok(())
 }
