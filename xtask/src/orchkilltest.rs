@@ -45,6 +45,11 @@ fn probes_kernel(t: &mut Tally, name: &str, kernel: &Path) -> Result<std::path::
     Ok(probes)
 }
 
+/// `node_kernel_without_probes`: only the check of [`probes_kernel`] (no QEMU).
+pub fn test_probes_absent(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    probes_kernel(t, "node_kernel_without_probes", kernel).map(|_| ())
+}
+
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     const CMDLINE: &str = "orchd.kill_test=8000";
     debug_assert!(CMDLINE.ends_with(&HOLD_MS.to_string()));
