@@ -31,12 +31,6 @@ pub fn build_user() -> Result<PathBuf, String> {
     let target_dir = root().join("target").join("user");
     let mut flags: Vec<&str> = KERNEL_RUSTFLAGS.iter().copied().filter(|f| !f.starts_with("-Ccode-model")).collect();
     flags.push("-Ccode-model=small");
-    // Opt-in: the portable ChaCha20/Poly1305 code instead of the AVX2 one the crates pick by
-    // CPUID; under TCG AVX2 is emulated and 3-4x slower (docs/networking.md §6). Real
-    // hardware runs AVX2 natively, so it is not the default.
-    if std::env::var("CATENARY_PORTABLE_CIPHER").is_ok_and(|v| v == "1") {
-        flags.extend(["--cfg", "chacha20_force_soft", "--cfg", "poly1305_force_soft"]);
-    }
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root())
         .args(["build", "--release", "--manifest-path", "hypervisor/user/Cargo.toml"])
