@@ -7,6 +7,7 @@
 //! * `AEAD` = ChaCha20-Poly1305 with the nonce `0u32 ‖ le64(counter)`; `XAEAD` =
 //!   XChaCha20-Poly1305 with a 24-byte random nonce (cookie replies).
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use blake2::digest::consts::U16;
 use blake2::digest::{Digest, Mac};
@@ -83,9 +84,13 @@ pub fn kdf3(key: &[u8; 32], input: &[u8]) -> ([u8; 32], [u8; 32], [u8; 32]) {
 /// The 12-byte ChaCha20-Poly1305 nonce WireGuard uses: four zero bytes, then the
 /// little-endian 64-bit counter.
 pub fn nonce(counter: u64) -> chacha20poly1305::Nonce {
+    nonce_bytes(counter).into()
+}
+
+fn nonce_bytes(counter: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());
-    n.into()
+    n
 }
 
 /// `AEAD(key, counter, plaintext, ad)` → ciphertext ‖ tag.
@@ -115,28 +120,165 @@ pub fn xaead_open(key: &[u8; 32], nonce: &[u8; 24], ciphertext: &[u8], ad: &[u8]
     c.decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: ad }).ok()
 }
 
+/// Which ChaCha20-Poly1305 code seals and opens transport data. Both are RFC 8439 and
+/// interoperate bit for bit; they differ only in speed, which depends on the CPU — and, under
+/// an emulator, on how well it emulates vector instructions (QEMU TCG runs AVX2 code about
+/// 3× slower than scalar code; real hardware runs it faster). `measure_cipher_impls` times
+/// both and picks the faster (docs/netfabric.md §2, "Cipher code chosen at run time").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CipherImpl {
+    /// RustCrypto's `chacha20poly1305`: AVX2 or SSE2 code, chosen by CPUID at first use.
+    #[default]
+    Vector,
+    /// orion's `chacha20poly1305`: an independently written, pure-Rust scalar implementation
+    /// (no SIMD intrinsics, no unsafe code).
+    Portable,
+}
+
+impl CipherImpl {
+    /// A short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            CipherImpl::Vector => "vector (RustCrypto, AVX2/SSE2 by CPUID)",
+            CipherImpl::Portable => "portable (orion, scalar)",
+        }
+    }
+}
+
 /// A transport cipher with its key schedule precomputed (one per direction of a keypair).
 #[derive(Clone)]
-pub struct TransportCipher(ChaCha20Poly1305);
+pub enum TransportCipher {
+    /// RustCrypto.
+    Vector(ChaCha20Poly1305),
+    /// orion. Its key type is not `Clone`; shared, it zeroizes once on the last drop.
+    Portable(Arc<orion::hazardous::aead::chacha20poly1305::SecretKey>),
+}
 
 impl TransportCipher {
-    /// From a 32-byte key.
+    /// From a 32-byte key, with the default code (`CipherImpl::Vector`).
     pub fn new(key: &[u8; 32]) -> Self {
-        TransportCipher(ChaCha20Poly1305::new(key.into()))
+        Self::with_impl(key, CipherImpl::Vector)
+    }
+    /// From a 32-byte key, with the given code.
+    pub fn with_impl(key: &[u8; 32], imp: CipherImpl) -> Self {
+        match imp {
+            CipherImpl::Vector => TransportCipher::Vector(ChaCha20Poly1305::new(key.into())),
+            CipherImpl::Portable => TransportCipher::Portable(Arc::new(orion::hazardous::aead::chacha20poly1305::SecretKey::from(*key))),
+        }
+    }
+    /// Which code this cipher runs.
+    pub fn implementation(&self) -> CipherImpl {
+        match self {
+            TransportCipher::Vector(_) => CipherImpl::Vector,
+            TransportCipher::Portable(_) => CipherImpl::Portable,
+        }
     }
     /// Encrypt `buf` in place with `counter` as nonce and an empty AD; returns the tag.
     pub fn seal_in_place(&self, counter: u64, buf: &mut [u8]) -> [u8; 16] {
-        match self.0.encrypt_in_place_detached(&nonce(counter), &[], buf) {
-            Ok(t) => t.into(),
-            Err(_) => [0u8; 16],
-        }
+        self.seal_in_place_ad(counter, &[], buf)
     }
     /// Decrypt `buf` in place; `false` (and `buf` unspecified) if the tag does not verify.
     pub fn open_in_place(&self, counter: u64, buf: &mut [u8], tag: &[u8; 16]) -> bool {
-        self.0
-            .decrypt_in_place_detached(&nonce(counter), &[], buf, Tag::from_slice(tag))
-            .is_ok()
+        self.open_in_place_ad(counter, &[], buf, tag)
     }
+    /// `seal_in_place` with associated data (for known-answer tests: WireGuard's transport
+    /// uses none).
+    pub fn seal_in_place_ad(&self, counter: u64, ad: &[u8], buf: &mut [u8]) -> [u8; 16] {
+        self.seal_nonce(&nonce_bytes(counter), ad, buf)
+    }
+    /// `open_in_place` with associated data.
+    pub fn open_in_place_ad(&self, counter: u64, ad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool {
+        self.open_nonce(&nonce_bytes(counter), ad, buf, tag)
+    }
+    /// Seal under any 96-bit nonce (RFC 8439's test vectors use nonces that are not
+    /// WireGuard's `0 ‖ le64(counter)`). Only for tests and the measurement: the transport
+    /// always goes through `seal_in_place`.
+    pub fn seal_nonce(&self, n: &[u8; 12], ad: &[u8], buf: &mut [u8]) -> [u8; 16] {
+        match self {
+            // Encryption only fails for messages beyond 256 GiB (both crates).
+            TransportCipher::Vector(c) => match c.encrypt_in_place_detached(chacha20poly1305::Nonce::from_slice(n), ad, buf) {
+                Ok(t) => t.into(),
+                Err(_) => [0u8; 16],
+            },
+            TransportCipher::Portable(k) => {
+                use orion::hazardous::aead::chacha20poly1305 as o;
+                match o::ChaCha20Poly1305::seal_inplace(k, &o::Nonce::from(*n), Some(ad), buf) {
+                    Ok(t) => {
+                        let mut out = [0u8; 16];
+                        out.copy_from_slice(t.unprotected_as_ref());
+                        out
+                    }
+                    Err(_) => [0u8; 16],
+                }
+            }
+        }
+    }
+    /// Open under any 96-bit nonce (see `seal_nonce`).
+    pub fn open_nonce(&self, n: &[u8; 12], ad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool {
+        match self {
+            TransportCipher::Vector(c) => c.decrypt_in_place_detached(chacha20poly1305::Nonce::from_slice(n), ad, buf, Tag::from_slice(tag)).is_ok(),
+            TransportCipher::Portable(k) => {
+                use orion::hazardous::aead::chacha20poly1305 as o;
+                // orion compares tags in constant time (`Tag`'s `PartialEq`) and decrypts
+                // only after the tag verifies.
+                o::ChaCha20Poly1305::open_inplace(k, &o::Nonce::from(*n), &o::Tag::from(*tag), Some(ad), buf).is_ok()
+            }
+        }
+    }
+}
+
+/// What `measure_cipher_impls` found: the best time of each code over the same work, in the
+/// caller's clock units, and the faster one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CipherMeasurement {
+    /// Best (lowest) time of one round with `CipherImpl::Vector`.
+    pub vector: u64,
+    /// Best time of one round with `CipherImpl::Portable`.
+    pub portable: u64,
+    /// The faster of the two (`Vector` on a tie).
+    pub chosen: CipherImpl,
+}
+
+/// Rounds per code in `measure_cipher_impls`, alternating between the two so a burst of
+/// load hits both; the best round of each counts (noise only ever adds time).
+pub const MEASURE_ROUNDS: usize = 4;
+/// Packet sizes of one round: an echo-sized packet and a full datagram (sealed, then opened).
+pub const MEASURE_SIZES: [usize; 2] = [96, 1280];
+
+/// Time both ChaCha20-Poly1305 codes on packet-sized buffers and return the faster, as Linux
+/// picks its RAID6/xor and crypto code by timing at boot. Bounded: `MEASURE_ROUNDS` rounds of
+/// each code, one seal and one open of each of `MEASURE_SIZES` per round (under QEMU TCG about
+/// 0.6 ms per vector round, a few ms in all). `clock` is any monotonic counter (the TSC);
+/// the key is a fixed public constant, so nothing secret is involved or logged.
+pub fn measure_cipher_impls(clock: &mut dyn FnMut() -> u64) -> CipherMeasurement {
+    let key = [0x5au8; 32];
+    let ciphers = [TransportCipher::with_impl(&key, CipherImpl::Vector), TransportCipher::with_impl(&key, CipherImpl::Portable)];
+    let mut buf = [0u8; 1280];
+    let mut round = |c: &TransportCipher, clock: &mut dyn FnMut() -> u64| -> u64 {
+        let t0 = clock();
+        for (i, &n) in MEASURE_SIZES.iter().enumerate() {
+            let b = &mut buf[..n];
+            let tag = c.seal_in_place(i as u64, b);
+            // Open what was sealed: the result also keeps the work from being optimised away.
+            if !c.open_in_place(i as u64, b, &tag) {
+                return u64::MAX;
+            }
+        }
+        clock().saturating_sub(t0)
+    };
+    // Warm-up (untimed): the vector code's first call runs its CPUID detection.
+    for c in &ciphers {
+        round(c, clock);
+    }
+    let mut best = [u64::MAX; 2];
+    for r in 0..MEASURE_ROUNDS {
+        for k in 0..2 {
+            let k = if r % 2 == 0 { k } else { 1 - k };
+            best[k] = best[k].min(round(&ciphers[k], clock));
+        }
+    }
+    let chosen = if best[1] < best[0] { CipherImpl::Portable } else { CipherImpl::Vector };
+    CipherMeasurement { vector: best[0], portable: best[1], chosen }
 }
 
 /// Constant-time equality of two byte strings of equal length.

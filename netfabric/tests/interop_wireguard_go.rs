@@ -20,6 +20,7 @@ use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
+use netfabric::crypto::CipherImpl;
 use netfabric::ipc::FABRIC_IPC_PORT;
 use netfabric::ipv6::{build_icmpv6_echo, frame_to_packet, parse_icmpv6_echo, parse_udp};
 use netfabric::{Device, FabricFrame, FrameKind, Identity, Instant, PeerConfig, PeerId};
@@ -156,7 +157,7 @@ fn interop_with_wireguard_go() {
 
     // Phase 1 (needs `ping`): wireguard-go initiates; netfabric is the responder.
     if have_ping {
-        let (mut dev, peer) = new_device(&h, &l, wg_ep);
+        let (mut dev, peer) = new_device(&h, &l, wg_ep, CipherImpl::Vector);
         let pinger = Command::new("ip")
             .args(["netns", "exec", &ns, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "5", &h_node.to_string()])
             .stdin(Stdio::null())
@@ -175,14 +176,21 @@ fn interop_with_wireguard_go() {
         println!("NOTE: `ping` not installed (Debian iputils-ping): skipping the wireguard-go-initiated phase");
     }
 
-    // Phase 2: a fresh netfabric device initiates (new handshake, newer TAI64N timestamp).
-    let (mut dev, peer) = new_device(&h, &l, wg_ep);
-    let (replies, _) = pump(&ctx, &mut dev, peer, 5, None);
-    assert!(replies >= 5);
-    let c = dev.counters();
-    println!("phase 2 (netfabric initiated): {replies} echo replies; counters {c:?}");
-    assert!(c.initiations_sent >= 1 && c.responses_received >= 1 && c.handshakes_completed >= 1);
-    assert_eq!(c.dropped_decrypt + c.dropped_source_not_allowed + c.dropped_handshake_failed, 0);
+    // Phase 2: a fresh netfabric device initiates (new handshake, newer TAI64N timestamp),
+    // once with each ChaCha20-Poly1305 code (crypto::CipherImpl); phase 3 uses the last.
+    let mut last = None;
+    for imp in [CipherImpl::Vector, CipherImpl::Portable] {
+        let (mut dev, peer) = new_device(&h, &l, wg_ep, imp);
+        let (replies, _) = pump(&ctx, &mut dev, peer, 5, None);
+        assert!(replies >= 5);
+        assert_eq!(dev.session_cipher_impl(peer), Some(imp));
+        let c = dev.counters();
+        println!("phase 2 (netfabric initiated, {imp:?} cipher code): {replies} echo replies; counters {c:?}");
+        assert!(c.initiations_sent >= 1 && c.responses_received >= 1 && c.handshakes_completed >= 1);
+        assert_eq!(c.dropped_decrypt + c.dropped_source_not_allowed + c.dropped_handshake_failed, 0);
+        last = Some(dev);
+    }
+    let mut dev = last.unwrap();
     // Phase 3 (needs python3 for a UDP socket in the namespace): a FabricFrame in IPv6/UDP to
     // port 51900 of the Linux node. Linux only delivers it if our UDP checksum is right; the
     // echo comes back with a checksum computed by Linux, which we verify.
@@ -257,8 +265,9 @@ impl Ctx<'_> {
     }
 }
 
-fn new_device(h: &Identity, l: &Identity, wg_ep: SocketAddr) -> (Device, PeerId) {
+fn new_device(h: &Identity, l: &Identity, wg_ep: SocketAddr, imp: CipherImpl) -> (Device, PeerId) {
     let mut dev = Device::new(h.clone(), Box::new(OsRng));
+    dev.set_cipher_impl(imp);
     dev.set_unix_time_at_origin(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
     let peer = dev.add_peer(PeerConfig::new(l.public_key()).with_endpoint(wg_ep)).unwrap();
     (dev, peer)

@@ -24,7 +24,7 @@ mod ka_inputs;
 use ka_inputs::*;
 
 use netfabric::cookie;
-use netfabric::crypto::aead_open;
+use netfabric::crypto::{aead_open, CipherImpl, TransportCipher};
 use netfabric::ipv6::parse_icmpv6_echo;
 use netfabric::messages::{Initiation, Response, Transport, INITIATION_MAC1_OFFSET, RESPONSE_MAC1_OFFSET};
 use netfabric::noise::{self, TransportKeys};
@@ -103,3 +103,29 @@ fn wireguard_go_recorded_session() {
     assert!(noise::consume_response(&state, &h, &[0; 32], &resp).is_err());
 }
 
+
+/// The transport with each ChaCha20-Poly1305 code (crypto::CipherImpl): both seal our first
+/// data packet to the pinned bytes and open the packet the real wireguard-go sent.
+#[test]
+fn recorded_transport_with_each_cipher_impl() {
+    let first = unhex(FIRST_DATA);
+    let recorded = unhex(RECORDED_DATA);
+    let mut padded = echo_request();
+    padded.resize(padded.len().div_ceil(16) * 16, 0);
+    for imp in [CipherImpl::Vector, CipherImpl::Portable] {
+        let send = TransportCipher::with_impl(&unhex(KEY_I_SEND).try_into().unwrap(), imp);
+        let mut b = padded.clone();
+        let tag = send.seal_in_place(0, &mut b);
+        b.extend_from_slice(&tag);
+        assert_eq!(hex(&b), hex(&first[16..]), "{imp:?}: our first data packet");
+        let recv = TransportCipher::with_impl(&unhex(RECORDED_KEY_RECV).try_into().unwrap(), imp);
+        let t = Transport::parse(&recorded).unwrap();
+        let (ct, tag) = t.ciphertext.split_at(t.ciphertext.len() - 16);
+        let mut b = ct.to_vec();
+        assert!(recv.open_in_place(t.counter, &mut b, &tag.try_into().unwrap()), "{imp:?}: wireguard-go's packet opens");
+        assert_eq!(hex(&b), RECORDED_PLAINTEXT, "{imp:?}");
+        // The wrong counter (nonce) does not open it.
+        let mut b = ct.to_vec();
+        assert!(!recv.open_in_place(t.counter + 1, &mut b, &tag.try_into().unwrap()), "{imp:?}");
+    }
+}

@@ -31,12 +31,6 @@ pub fn build_user() -> Result<PathBuf, String> {
     let target_dir = root().join("target").join("user");
     let mut flags: Vec<&str> = KERNEL_RUSTFLAGS.iter().copied().filter(|f| !f.starts_with("-Ccode-model")).collect();
     flags.push("-Ccode-model=small");
-    // Opt-in: the portable ChaCha20/Poly1305 code instead of the AVX2 one the crates pick by
-    // CPUID; under TCG AVX2 is emulated and 3-4x slower (docs/networking.md §6). Real
-    // hardware runs AVX2 natively, so it is not the default.
-    if std::env::var("CATENARY_PORTABLE_CIPHER").is_ok_and(|v| v == "1") {
-        flags.extend(["--cfg", "chacha20_force_soft", "--cfg", "poly1305_force_soft"]);
-    }
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root())
         .args(["build", "--release", "--manifest-path", "hypervisor/user/Cargo.toml"])
@@ -50,6 +44,18 @@ pub fn build_user() -> Result<PathBuf, String> {
 }
 
 pub fn build_kernel(test: bool) -> Result<PathBuf, String> {
+    build_kernel_as(test, false)
+}
+
+/// The node kernel with the test probes (`--features probes`, `hypervisor/kernel/src/orchprobe.rs`):
+/// only for the QEMU tests that arm one from the command line. It shares the node kernel's
+/// target directory, so only the kernel crate itself is compiled again; the shipped kernel
+/// (`build_kernel(false)`: `cargo xtask run`, the ISO) has no probes.
+pub fn build_kernel_probes() -> Result<PathBuf, String> {
+    build_kernel_as(false, true)
+}
+
+fn build_kernel_as(test: bool, probes: bool) -> Result<PathBuf, String> {
     let user = build_user()?;
     let target_dir = root().join("target").join(if test { "kernel-test" } else { "kernel" });
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -70,16 +76,20 @@ pub fn build_kernel(test: bool) -> Result<PathBuf, String> {
         // wrapping_* explicitly either way (docs/boot.md, "Build profiles").
         c.args(["--features", "ktest", "--config", "profile.release.overflow-checks=true"]);
     }
+    if probes {
+        c.args(["--features", "probes"]);
+    }
     run(&mut c)?;
     let built = target_dir.join("x86_64-unknown-linux-gnu/release/catenary");
-    let dst = kernel_elf(test);
+    let dst = if probes { out_dir().join("catenary-probes.elf") } else { kernel_elf(test) };
     std::fs::copy(&built, &dst).map_err(|e| format!("copy {built:?}: {e}"))?;
     Ok(dst)
 }
 
 pub fn cmd_build(args: &[String]) -> Result<(), String> {
     let test = args.iter().any(|a| a == "--test");
-    let p = build_kernel(test)?;
+    // `--probes`: the node kernel with the command-line test probes (`build_kernel_probes`)
+    let p = if args.iter().any(|a| a == "--probes") { build_kernel_probes()? } else { build_kernel(test)? };
     println!("{}", p.display());
     Ok(())
 }

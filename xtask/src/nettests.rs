@@ -81,6 +81,16 @@ pub(crate) fn test_fabric_echo(t: &mut Tally, kernel: &Path) -> Result<(), Strin
             && r.has(n, "nicd lent its frame ring at")
     });
     let ring3_alive = !(0..2).any(|n| r.has(n, "user panic") || r.has(n, "nicd failed") || r.has(n, "\"nicd\" - killing the task"));
+    // Each node's netd timed both ChaCha20-Poly1305 codes and took the faster (netfabric
+    // `measure_cipher_impls`): its log line names the choice and both timings.
+    let cipher: Vec<Option<(bool, u64, u64)>> = (0..2)
+        .map(|n| {
+            let l = r.lines[n].iter().find(|l| l.contains("fabric cipher: ") && l.contains("(measured faster)"))?;
+            let (v, p) = (after(l, "one round vector ")?, after(l, " / portable ")?);
+            Some((l.contains("fabric cipher: portable"), v, p))
+        })
+        .collect();
+    let cipher_ok = cipher.iter().all(|c| c.is_some_and(|(portable, v, p)| v > 0 && p > 0 && portable == (p < v)));
     let idle = r.lines[0].iter().find(|l| l.contains("fabric idle ping node2"));
     let idle_rtt = idle.and_then(|l| after(l, "median rtt "));
     let idle_all = idle.is_some_and(|l| l.contains(" 9/9 replies"));
@@ -104,6 +114,8 @@ pub(crate) fn test_fabric_echo(t: &mut Tally, kernel: &Path) -> Result<(), Strin
         &format!("(nicd on both nodes {ring3}, no panic/kill {ring3_alive}, echoes {}; log {})", fabric_ok && underlay_ok, log.display()));
     t.record("net_nic_interrupts_taken", msix && irqs > 0 && woke,
         &format!("(MSI-X on both {msix}, node1 interrupts {irqs}, node2 woken {woke}; log {})", log.display()));
+    t.record("net_fabric_cipher_chosen_by_measurement", cipher_ok,
+        &format!("((portable chosen, vector cycles, portable cycles) per node: {:?}; log {})", cipher, log.display()));
     // The polling fallback sleeps a 10 ms tick when idle, so every idle echo waits for the
     // peer's next tick.
     t.record("net_idle_rtt_not_tick_quantized", idle_all && idle_rtt.is_some_and(|us| us < IDLE_RTT_LIMIT_US),

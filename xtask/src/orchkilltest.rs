@@ -31,10 +31,30 @@ fn node_secs(l: &str) -> Option<f64> {
     l.strip_prefix('[')?.split(']').next()?.trim().parse().ok()
 }
 
+/// The probes are in the kernel built with them only (`build::build_kernel_probes`): the node
+/// kernel `cargo xtask run` and the ISO ship (`kernel`, `build_kernel(false)`) must not even
+/// hold the options' names (review finding (e)). Returns the probes kernel.
+fn probes_kernel(t: &mut Tally, name: &str, kernel: &Path) -> Result<std::path::PathBuf, String> {
+    let probes = crate::build::build_kernel_probes()?;
+    let has = |p: &Path, what: &str| std::fs::read(p).map(|b| b.windows(what.len()).any(|w| w == what.as_bytes()));
+    for opt in ["orchd.kill_test", "workd.kill_test"] {
+        let (node, with) = (has(kernel, opt), has(&probes, opt));
+        t.record(&format!("{name}::{}_not_in_the_node_kernel", opt.replace('.', "_")), matches!((&node, &with), (Ok(false), Ok(true))),
+            &format!("{opt} in {}: {node:?}; in {}: {with:?}", kernel.display(), probes.display()));
+    }
+    Ok(probes)
+}
+
+/// `node_kernel_without_probes`: only the check of [`probes_kernel`] (no QEMU).
+pub fn test_probes_absent(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    probes_kernel(t, "node_kernel_without_probes", kernel).map(|_| ())
+}
+
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     const CMDLINE: &str = "orchd.kill_test=8000";
     debug_assert!(CMDLINE.ends_with(&HOLD_MS.to_string()));
     let setup = Setup { cmdline: CMDLINE, ..Setup::PLAIN };
+    let kernel = &probes_kernel(t, "cluster_orchd_killed", kernel)?;
     crate::threenode::three_nodes(t, kernel, "cluster_orchd_killed", "cluster-orchd-killed", &setup, |ThreeNodes { c, r, a, nodes, img, .. }| {
         let mut from = vec![0usize; 3];
         let none = vec![false; 3];
@@ -138,6 +158,79 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         }
         c.check("db never ran on two nodes (from the kill, through the restart, 30 s after)", twice.is_empty(), &format!("{twice:?}"));
         c.check("and runs once at the end", once(&r.lines, &from).is_some(), &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
+        Ok(())
+    })
+}
+
+/// `cluster_workd_killed` (docs/workloads.md, "The cluster lease"): `workd` itself dies on the
+/// node that runs the singleton, its restart held 8 s (`workd.kill_test`): nothing in ring 3
+/// stops the replica now (orchd cannot reach workd), so the kernel's power-off deadline
+/// (`OP_DEADLINE`, the lease deadline workd last gave the VM) must: its microVM ends within
+/// the lease of the kill, with the kernel's `power-off deadline passed` line, while workd is
+/// still dead; the node-level `killworkd` keeps running; afterwards db runs again, once.
+pub fn test_workd(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    const CMDLINE: &str = "workd.kill_test=8000";
+    let setup = Setup { cmdline: CMDLINE, ..Setup::PLAIN };
+    let kernel = &probes_kernel(t, "cluster_workd_killed", kernel)?;
+    crate::threenode::three_nodes(t, kernel, "cluster_workd_killed", "cluster-workd-killed", &setup, |ThreeNodes { c, r, a, nodes, img, .. }| {
+        let from = vec![0usize; 3];
+        let none = vec![false; 3];
+        let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", "1", "--name", "db", "--mem", "64", "--restart", "always", img, "hello", "db"]);
+        c.check("`catenary run --replicas 1 --name db` is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let once = |l: &[Vec<String>], from: &[usize]| {
+            let ls = lists(l, from, &none);
+            runners(&ls).get("cl-db-0").filter(|v| v.len() == 1).filter(|v| ls[v[0]]["cl-db-0"] == "running").map(|v| v[0])
+        };
+        let ok = r.wait(Duration::from_secs(600), false, |l| once(l, &from).is_some());
+        let Some(v) = once(&r.lines, &from) else {
+            c.check("db's replica runs on exactly one node", ok, &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
+            return Err("db not placed".into());
+        };
+        c.check("db's replica runs on exactly one node", true, &nodes[v].name);
+        r.wait(Duration::from_secs(5), false, |_| false);
+        let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        let (st, out, err) = a.cli(&nodes[v], &["run", "--name", "killworkd", "--mem", "64", img, "hello", "killworkd"]);
+        // (workd may die before it answers: the call's result does not matter)
+        let line = |l: &[Vec<String>], p: &str| l[v][mark[v]..].iter().find(|x| x.contains(p)).cloned();
+        let killed = r.wait(Duration::from_secs(120), false, |l| line(l, "workd kill test: killed workd").is_some());
+        c.check(&format!("{}'s kernel killed its workd (restart held {HOLD_MS} ms)", nodes[v].name), killed, &format!("{} (run: exit {st}: {} {})", line(&r.lines, "workd kill test").unwrap_or_default(), out.trim(), err.trim()));
+        if !killed {
+            return Err("workd not killed".into());
+        }
+        let ended = |l: &[Vec<String>]| line(l, "workd kill test: microVM cl-db-0 ended");
+        let restarted = |l: &[Vec<String>]| line(l, "workd kill test: workd restarted as task");
+        r.wait(Duration::from_secs(60), false, |l| ended(l).is_some());
+        let kill_line = line(&r.lines, "workd kill test: killed workd").unwrap_or_default();
+        let fence_line = line(&r.lines, "microVM cl-db-0: its power-off deadline passed");
+        let end_line = ended(&r.lines);
+        let release_line = line(&r.lines, "workd kill test: workd may be restarted now");
+        let pos = |l: &Option<String>| l.as_ref().and_then(|x| r.lines[v].iter().rposition(|y| y == x));
+        let to_fence = fence_line.as_deref().and_then(node_secs).zip(node_secs(&kill_line)).map(|(s, k)| ((s - k) * 1000.0) as i64);
+        let to_end: Option<u64> = end_line.as_deref().and_then(|l| l.split(" ended ").nth(1)?.split(' ').next()?.parse().ok());
+        println!("  measured on {} (node clock): kill -> the kernel's `power-off deadline passed` {} ms; kill -> cl-db-0's microVM ended {} ms (the lease is {LEASE_MS} ms)",
+            nodes[v].name, to_fence.map_or("-".into(), |x| x.to_string()), to_end.map_or("-".into(), |x| x.to_string()));
+        c.check("the kernel powered cl-db-0 off at its deadline (`power-off deadline passed`)", fence_line.is_some(), fence_line.as_deref().unwrap_or("no such line"));
+        c.check("while workd was still dead (before its restart was released)", pos(&fence_line).zip(pos(&release_line)).map_or(false, |(s, rel)| s < rel) || (fence_line.is_some() && release_line.is_none()), "");
+        c.check(&format!("its microVM ended within the lease of the kill (<= {LEASE_MS} + {SLACK_MS} ms)"), to_end.is_some_and(|x| x <= LEASE_MS + SLACK_MS), end_line.as_deref().unwrap_or("no end line"));
+        let restart = r.wait(Duration::from_secs(60), false, |l| restarted(l).is_some());
+        c.check(&format!("{}'s workd was restarted after the hold", nodes[v].name), restart, restarted(&r.lines).as_deref().unwrap_or(""));
+        // the node-level workload killworkd outlived workd (adopted: not a cluster replica)
+        let adopted = r.wait(Duration::from_secs(60), false, |l| l[v][mark[v]..].iter().any(|x| x.contains("workd: adopted")));
+        c.check("the restarted workd adopted the node-level killworkd", adopted, "");
+        // db runs again (orchd gives the new workd its lease), and never on two nodes
+        let mut from2 = from.clone();
+        from2[v] = r.lines[v].len();
+        let back = r.wait(Duration::from_secs(300), false, |l| once(l, &from2).is_some());
+        c.check("db runs again after the restart", back, &format!("{:?}", runners(&lists(&r.lines, &from2, &none))));
+        let mut twice = Vec::new();
+        let quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_secs(20) {
+            r.wait(Duration::from_millis(200), false, |_| false);
+            if let Some(on) = runners(&lists(&r.lines, &from2, &none)).get("cl-db-0").filter(|on| on.len() > 1) {
+                twice.push(format!("{on:?}"));
+            }
+        }
+        c.check("db never ran on two nodes after the restart (20 s)", twice.is_empty(), &format!("{twice:?}"));
         Ok(())
     })
 }

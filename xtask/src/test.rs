@@ -278,11 +278,12 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
         }
         let summary = o.lines.iter().find(|l| l.starts_with("ktest: ") && l.contains("passed"));
         let ok = o.matched && kf == 0 && kp > 0 && summary.is_some() && o.exit_code.map(|c| c == 1).unwrap_or(true);
+        // (kept either way: some tests print figures)
+        let log = out_dir().join(format!("{name}.log"));
+        let _ = std::fs::write(&log, o.lines.join("\n"));
         let why = if ok {
             String::new()
         } else {
-            let log = out_dir().join(format!("{name}.log"));
-            let _ = std::fs::write(&log, o.lines.join("\n"));
             format!(
                 "(no clean summary after {:.1}s, exit {:?}{}; serial log {})",
                 o.elapsed.as_secs_f64(),

@@ -206,12 +206,14 @@ fn catenary_ready_ms(kernel: &std::path::Path, bundle: &std::path::Path) -> Resu
     // (`vm.timeline=1`: the node logs the boot-phase data, crate::bootphases.)
     let b = node_with_guest(kernel, bundle, "vm.exit=reboot vm.timeline=1");
     let o = run_captured(b.command(false)?, &["after the microVM:", "exit profile: total"], &["KERNEL PANIC", "microVM demo failed"], Duration::from_secs(300), false)?;
-    let line = o.lines.iter().find(|l| l.contains("after the microVM:")).ok_or("the microVM did not finish")?;
-    let ms = line.rsplit("ready after ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse::<f64>().ok()).ok_or("no ready time")?;
+    // The run's whole log (the guest's printk times show where its boot went), kept before
+    // anything is parsed so that a failed run leaves its log.
+    let log = crate::tools::out_dir().join("bench-vm-catenary.log");
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    let line = o.lines.iter().find(|l| l.contains("after the microVM:")).ok_or_else(|| format!("the microVM did not finish ({})", log.display()))?;
+    let ms = line.rsplit("ready after ").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse::<f64>().ok()).ok_or_else(|| format!("no ready time in `{line}` ({})", log.display()))?;
     let details = o.lines.iter().filter(|l| l.contains("after the microVM") || l.contains("created in") || l.contains("ended:") || l.contains("exit profile:") || l.contains("cpuid exits by leaf:") || l.contains("vCPU loop time") || l.contains("vm timeline: demo:")).cloned().collect();
     let cmdline = guest_cmdline(&o.lines).ok_or("the guest printed no `catenary-demo: cmdline:` line")?;
-    // The run's whole log (the guest's printk times show where its boot went).
-    let _ = std::fs::write(crate::tools::out_dir().join("bench-vm-catenary.log"), o.lines.join("\n"));
     Ok((ms, details, cmdline, crate::bootphases::Side::catenary(&o.lines)))
 }
 

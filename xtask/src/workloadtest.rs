@@ -16,7 +16,7 @@ use crate::tools::out_dir;
 use std::path::Path;
 use std::time::Duration;
 
-pub const TESTS: [&str; 10] = [
+pub const TESTS: [&str; 11] = [
     "workload_run_image",
     "workload_started_by_supervisor",
     "workload_image_verified",
@@ -27,6 +27,7 @@ pub const TESTS: [&str; 10] = [
     "workload_image_push",
     "workload_image_remove",
     "workload_adopted_after_restart",
+    "workload_deadline_power_off",
 ];
 
 /// The image's entrypoint: `sh -c SCRIPT entry ARGS…`. `flaky` fails until the run's
@@ -93,7 +94,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     t.record("workload_started_by_supervisor", ok, &stopped(format!("start line: {:?}", started.map(|l| l.trim()))));
     let ok = has("verified on arrival") && has("workd: image sha256:");
     t.record("workload_image_verified", ok, &stopped("no `verified on arrival` / `workd: image` line".into()));
-    for name in ["workload_hostile_requests", "workload_restart_on_failure", "workload_eight_at_once", "workload_image_push", "workload_adopted_after_restart"] {
+    for name in ["workload_hostile_requests", "workload_restart_on_failure", "workload_eight_at_once", "workload_image_push", "workload_adopted_after_restart", "workload_deadline_power_off"] {
         let line = o.lines.iter().find_map(|l| l.strip_prefix(&format!("ktest {name} ... ")));
         t.record(name, line == Some("ok"), &stopped(format!("{line:?}")));
     }

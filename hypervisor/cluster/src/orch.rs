@@ -392,8 +392,18 @@ impl Orch {
         r.lease_until(now, self.cfg.lease.lease).filter(|u| self.joined && *u > now)
     }
 
-    /// A datagram from member `from` (whose key the fabric authenticated).
+    /// A datagram from member `from` (whose key the fabric authenticated), handled at `now`
+    /// and taken to have arrived then (see [`Orch::handle_received`]).
     pub fn handle(&mut self, now: Duration, from: usize, bytes: &[u8]) {
+        self.handle_received(now, now, from, bytes)
+    }
+
+    /// A datagram handled at `now` that arrived no earlier than `since` (`orchd`: when it last
+    /// found its socket empty). A lease grant it carries is timed from `since`, not from
+    /// `now`: a grant that waited in the socket behind a slow turn must not start its lease
+    /// late (the leader's bound counts from when it sent it).
+    pub fn handle_received(&mut self, now: Duration, since: Duration, from: usize, bytes: &[u8]) {
+        let since = since.min(now);
         if from >= self.members.len() || from == self.me {
             self.counters.misaddressed += 1;
             return;
@@ -442,7 +452,7 @@ impl Orch {
                         let from_id = env.from;
                         if env.to == r.id() {
                             self.joined = true;
-                            r.handle(now, env);
+                            r.handle_received(now, since, env);
                         }
                         if outsider {
                             self.handle_join(now, from_id);

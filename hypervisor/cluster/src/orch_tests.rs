@@ -30,6 +30,9 @@ struct Net {
     groups: Vec<u32>,
     /// Pairs of nodes that cannot talk (either way), whatever their groups.
     cut: Vec<(usize, usize)>,
+    /// How long before its handling each node's datagrams are said to have arrived
+    /// ([`Orch::handle_received`]; `orchd`'s last empty socket).
+    lag: Vec<Duration>,
 }
 
 fn spec(name: &str, replicas: u32) -> WorkloadSpec {
@@ -53,7 +56,7 @@ impl Net {
 
     fn with_config(n: usize, seed: u64, cfg: OrchConfig) -> Net {
         let keys: Vec<NodeKey> = (0..n).map(|i| NodeKey([i as u8 + 1; 32])).collect();
-        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0, orphaned: vec![None; n], groups: vec![0; n], cut: Vec::new() };
+        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0, orphaned: vec![None; n], groups: vec![0; n], cut: Vec::new(), lag: vec![Duration::ZERO; n] };
         for i in 0..n {
             let o = net.fresh(i);
             net.nodes.push(Some(o));
@@ -85,7 +88,7 @@ impl Net {
                 continue;
             }
             if let Some(o) = self.nodes[to].as_mut() {
-                o.handle(now, from, &b);
+                o.handle_received(now, now.saturating_sub(self.lag[to]), from, &b);
             }
         }
         for i in 0..self.nodes.len() {
@@ -304,6 +307,36 @@ fn orchd_dying_alone_leaves_its_replicas_to_workd_until_the_lease_and_nothing_ru
         );
         net.run_for(3_000);
         assert!(net.settled(), "seed {seed}: not settled after the rejoin");
+    }
+}
+
+/// Review finding (d): a lease grant that waited before `orchd` handled it (in its socket,
+/// behind a slow turn) counts from when it arrived, not from when it was handled: a
+/// follower whose datagrams are all handled 1.5 s after they arrived holds a lease that ends
+/// 0.5 s after the handling of the latest grant, not 2 s, and so does the deadline `workd` is told.
+#[test]
+fn a_grant_that_waited_is_timed_from_its_arrival() {
+    let lease = LeaseConfig::default().lease;
+    for seed in 0..3 {
+        let mut net = formed(seed);
+        let f = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
+        let now = net.now;
+        let fresh = net.nodes[f].as_ref().unwrap().lease_deadline(now).unwrap();
+        assert!(fresh > now + lease - Duration::from_millis(300), "seed {seed}: {fresh:?} at {now:?}");
+        let lag = Duration::from_millis(1_500);
+        net.lag[f] = lag;
+        // (lag < lease: the grants still renew it, from their arrival; checked once the
+        // lease of the last grant before the lag ran out)
+        for _ in 0..4_000 {
+            net.step();
+            let now = net.now;
+            if now < fresh {
+                continue;
+            }
+            let d = net.nodes[f].as_ref().unwrap().lease_deadline(now).unwrap_or(now);
+            assert!(d <= now + lease - lag, "seed {seed}: lease to {d:?} at {now:?}: timed from the handling, not the arrival");
+        }
+        assert!(net.nodes[f].as_ref().unwrap().lease_holds(net.now), "seed {seed}: the renewals stopped counting");
     }
 }
 

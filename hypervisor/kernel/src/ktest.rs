@@ -113,6 +113,7 @@ const ON_REQUEST: &[(&str, TestFn)] = &[
     ("workbench_service", crate::ktest_workd::workbench_service),
     ("workload_image_push", crate::ktest_workd::workload_image_push),
     ("workload_adopted_after_restart", crate::ktest_workd::workload_adopted_after_restart),
+    ("workload_deadline_power_off", crate::ktest_workload::workload_deadline_power_off),
 ];
 
 pub fn run(node: &Node) -> ! {

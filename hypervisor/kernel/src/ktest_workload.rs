@@ -63,3 +63,51 @@ pub fn workload_stop_grace_policy(_: &Node) -> Result<(), String> {
         || "requests to an ended VM were accepted".into())?;
     Ok(())
 }
+
+static FENCED: VmControl = VmControl::new();
+static RENEWED: VmControl = VmControl::new();
+
+fn fenced_vm(which: u64) {
+    let (name, ctl) = if which == 0 { ("fence-idle", &FENCED) } else { ("fence-renewed", &RENEWED) };
+    let r = vm::run_workload_ctl(name, Image::Raw { code: FLOOD_GUEST, load: HOSTILE_LOAD, arg: 0 }, 16, None, None, ctl);
+    vm::report(name, &r);
+}
+
+/// The kernel's fence for the cluster lease (`VmControl::set_deadline`, `OP_DEADLINE`): two
+/// guests that ignore everything get a power-off deadline 1 s ahead; nobody touches the first
+/// again (its owner dead or hung), the second's deadline is renewed every 100 ms for 3 s. The
+/// first must be powered off at its deadline (not before, within `LATE_MAX_NS` after), the
+/// second must run until its renewals stop and then end by its last deadline.
+pub fn workload_deadline_power_off(_: &Node) -> Result<(), String> {
+    const LATE_MAX_NS: u64 = SEC;
+    let now = catenary_arch::time::now_ns;
+    task::spawn_kernel("fence-idle", Priority::NORMAL, Affinity::ANY, fenced_vm, 0);
+    task::spawn_kernel("fence-renewed", Priority::NORMAL, Affinity::ANY, fenced_vm, 1);
+    check(wait_for(|| FENCED.running() && RENEWED.running(), 30 * SEC), || "the VMs did not start within 30 s".into())?;
+    let t0 = now();
+    let first = t0 + SEC;
+    FENCED.set_deadline(first).map_err(|e| format!("set_deadline: {e:?}"))?;
+    RENEWED.set_deadline(first).map_err(|e| format!("set_deadline: {e:?}"))?;
+    let (mut idle_end, mut last) = (None, first);
+    while now() < t0 + 3 * SEC {
+        task::sleep_ns(SEC / 100);
+        if idle_end.is_none() && FENCED.ended() {
+            idle_end = Some(now());
+        }
+        if now() + 900_000_000 > last {
+            last = now() + SEC;
+            RENEWED.set_deadline(last).map_err(|e| format!("renewing: {e:?}"))?;
+        }
+        check(!RENEWED.ended(), || format!("the renewed VM ended {} ms after the first deadline", (now() - t0) / 1_000_000))?;
+    }
+    let idle_end = idle_end.ok_or("the VM whose owner did nothing still ran 2 s past its deadline")?;
+    check(idle_end >= first, || format!("powered off {} ms before its deadline", (first - idle_end) / 1_000_000))?;
+    check(idle_end <= first + LATE_MAX_NS, || format!("powered off {} ms after its deadline", (idle_end - first) / 1_000_000))?;
+    check(FENCED.set_deadline(1) == Err(ControlError::Ended), || "a deadline for an ended VM accepted".into())?;
+    // the renewals stop: it ends by its last deadline
+    check(wait_for(|| RENEWED.ended(), 2 * SEC), || "the renewed VM ran on 2 s after its renewals stopped".into())?;
+    let renewed_end = now();
+    check(renewed_end >= last, || format!("the renewed VM ended {} ms before its last deadline", (last - renewed_end) / 1_000_000))?;
+    catenary_arch::println!("ktest workload_deadline_power_off: unrenewed VM powered off {} ms after its deadline, the renewed one {} ms after its last (10 ms polls)", (idle_end - first) / 1_000_000, (renewed_end - last) / 1_000_000);
+    Ok(())
+}

@@ -12,7 +12,11 @@
 //!   frame (the init delivers the image's StopSignal, SIGTERM by default), SIGKILL after
 //!   `grace_ns`, then power-off `catenary_vmm::stop::KILL_GRACE_NS` later if the VM is still
 //!   running. A VM without catenary-init (no workload channel) is powered off at once;
-//! - [`VmControl::request_kill`]: power-off now.
+//! - [`VmControl::request_kill`]: power-off now;
+//! - [`VmControl::set_deadline`]: power-off once the monotonic clock passes a deadline (the
+//!   workload service's fence for the cluster lease: it holds while the service is dead or
+//!   hung). One atomic; the vCPU task compares it with the clock it already reads between
+//!   exits, so a VM whose owner does nothing is still powered off on time.
 //!
 //! Requests made before the VM starts wait for it; requests after it ended fail with
 //! [`ControlError::Ended`]. Pending signals are a bit set (one per number): repeating a signal
@@ -53,6 +57,8 @@ pub struct VmControl {
     /// The grace period of a pending stop request, `NO_STOP` without one.
     stop_grace: AtomicU64,
     kill: AtomicBool,
+    /// Power-off deadline on the monotonic clock (ns; 0: none).
+    deadline: AtomicU64,
 }
 
 impl Default for VmControl {
@@ -78,6 +84,7 @@ impl VmControl {
             signals: AtomicU64::new(0),
             stop_grace: AtomicU64::new(NO_STOP),
             kill: AtomicBool::new(false),
+            deadline: AtomicU64::new(0),
         }
     }
 
@@ -122,6 +129,21 @@ impl VmControl {
         self.kill.store(true, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Power the VM off once the monotonic clock passes `until_ns` (0: no deadline; one in the
+    /// past: at its next look, within a timer tick). Replaces the last one, earlier or later: a
+    /// deadline far ahead is as harmless as none, since whoever may set it may kill the VM.
+    pub fn set_deadline(&self, until_ns: u64) -> Result<(), ControlError> {
+        self.check()?;
+        self.deadline.store(until_ns, Ordering::Release);
+        Ok(())
+    }
+
+    /// The deadline, if one is set and `now_ns` passed it (one atomic load: it runs after every exit).
+    pub(crate) fn deadline_passed(&self, now_ns: u64) -> Option<u64> {
+        let d = self.deadline.load(Ordering::Relaxed);
+        (d != 0 && now_ns >= d).then_some(d)
     }
 
     /// Whether the VM's vCPU task has returned.

@@ -477,6 +477,30 @@ impl Node {
         self.stages.set_clock(clock);
     }
 
+    /// Pick the fabric's ChaCha20-Poly1305 code for the sessions to come: `force` if given
+    /// (`net.cipher=vector|portable`), else the faster of the two as timed now on packet-sized
+    /// buffers with `clock` (the TSC; a few ms under QEMU TCG, where the AVX2 code the vector
+    /// crate picks by CPUID is emulated and slower than scalar code). Logs the choice and both
+    /// timings (a fixed public test key is timed, never a session key). Call before the first
+    /// handshake: existing keypairs keep their code.
+    pub fn choose_cipher(&mut self, clock: fn() -> u64, force: Option<netfabric::crypto::CipherImpl>) -> netfabric::crypto::CipherMeasurement {
+        let m = netfabric::crypto::measure_cipher_impls(&mut || clock());
+        let chosen = force.unwrap_or(m.chosen);
+        self.fabric.set_cipher_impl(chosen);
+        info!(target: "net", "fabric cipher: {} {}; one round vector {} / portable {} cycles", chosen.name(),
+            if force.is_some() { "(forced by net.cipher)" } else { "(measured faster)" }, m.vector, m.portable);
+        netfabric::crypto::CipherMeasurement { chosen, ..m }
+    }
+
+    /// Parse `net.cipher=`'s value (`vector` or `portable`).
+    pub fn parse_cipher_word(v: &str) -> Result<netfabric::crypto::CipherImpl, ()> {
+        match v {
+            "vector" => Ok(netfabric::crypto::CipherImpl::Vector),
+            "portable" => Ok(netfabric::crypto::CipherImpl::Portable),
+            _ => Err(()),
+        }
+    }
+
     /// The per-stage counters so far ([`stages::StageCounts::since`] for an interval).
     pub fn stage_counts(&self) -> stages::StageCounts {
         self.stages.counts

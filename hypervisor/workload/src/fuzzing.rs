@@ -28,6 +28,8 @@ pub struct SimKernel {
     pub node: Option<core::net::Ipv6Addr>,
     /// What the service tagged each VM with (`OP_TAG`).
     pub tags: Vec<(VmHandle, Vec<u8>)>,
+    /// Every `OP_DEADLINE` the service made, in order: (VM, deadline ns).
+    pub deadlines: Vec<(VmHandle, u64)>,
     pub removed: Vec<Digest>,
     /// The store's uploads in progress: (id, image, manifest, stream).
     pub uploads: Vec<(u32, Digest, Vec<u8>, Vec<u8>)>,
@@ -68,6 +70,13 @@ impl Vmm for SimKernel {
     }
     fn node_address(&mut self) -> Option<core::net::Ipv6Addr> {
         self.node
+    }
+    fn deadline(&mut self, vm: VmHandle, until_ns: u64) {
+        // (bounded: the fuzz target renews for ever; the tests look at the latest ones)
+        if self.deadlines.len() >= 4096 {
+            self.deadlines.drain(..2048);
+        }
+        self.deadlines.push((vm, until_ns));
     }
     fn tag(&mut self, vm: VmHandle, tag: &[u8]) {
         self.tags.retain(|(v, _)| *v != vm);

@@ -194,3 +194,50 @@ fn a_restarted_workd_stops_the_cluster_replicas_it_adopts() {
     assert_eq!(states(&mut s2, &mut k, 500), vec![st("cl-db-0", State::Stopping), st("web", State::Running)]);
     assert_eq!(s2.take_lease_notices(), vec![LeaseNotice::Stopping { why: LeaseEnd::NeverSet, names: vec!["cl-db-0".into()] }]);
 }
+
+/// The kernel's fence (`OP_DEADLINE`): every cluster replica's microVM carries the lease's
+/// deadline from its creation and is moved with every renewal, so the kernel powers it off
+/// on time even if `workd` is dead or hung then; node-level workloads get none.
+#[test]
+fn the_kernel_keeps_each_cluster_replicas_deadline() {
+    let (mut s, mut k) = (service(1024), SimKernel { signals: true, ..SimKernel::default() });
+    lease(&mut s, &mut k, Client::Orchestrator, 2_000, 0).unwrap();
+    let db = run(&mut s, &mut k, "cl-db-0", 0);
+    let web = run(&mut s, &mut k, "web", 0);
+    // set at creation (no instant without it), to the lease's end; none for node-level ones
+    let created = |k: &SimKernel, name: &str| k.created.iter().rev().find(|c| c.name == name).map(|c| c.deadline_ns);
+    assert_eq!(created(&k, "cl-db-0"), Some(2_000 * MS));
+    assert_eq!(created(&k, "web"), Some(0));
+    assert!(k.deadlines.is_empty());
+    // each renewal moves it: one call per cluster replica's VM, none for web
+    let mut t = 0;
+    while t < 10_000 {
+        t += 100;
+        lease(&mut s, &mut k, Client::Orchestrator, t + 2_000, t).unwrap();
+        assert_eq!(k.deadlines.last(), Some(&(db, (t + 2_000) * MS)));
+        s.tick(t, &mut k);
+    }
+    assert_eq!(k.deadlines.len(), 100, "one OP_DEADLINE per renewal");
+    assert!(k.deadlines.iter().all(|(vm, _)| *vm == db && *vm != web));
+    // the same deadline again changes nothing in the kernel
+    lease(&mut s, &mut k, Client::Orchestrator, t + 2_000, t).unwrap();
+    assert_eq!(k.deadlines.len(), 100);
+    // a deadline far ahead is cut as the service's own (never later than LEASE_MAX_MS)
+    lease(&mut s, &mut k, Client::Orchestrator, u64::MAX / MS, t).unwrap();
+    assert_eq!(k.deadlines.last(), Some(&(db, (t + LEASE_MAX_MS) * MS)));
+    // a client that is not orchd moves nothing
+    let n = k.deadlines.len();
+    assert_eq!(lease(&mut s, &mut k, Client::Other, u64::MAX / MS, t), Err(Error::NotOrchestrator));
+    assert_eq!(k.deadlines.len(), n);
+    // a restart under the lease carries the current deadline
+    ended(&mut s, &mut k, db, t + 1);
+    let at = s.tick(t + 1, &mut k).unwrap();
+    lease(&mut s, &mut k, Client::Orchestrator, at + 2_000, at).unwrap();
+    s.tick(at, &mut k);
+    assert_eq!(created(&k, "cl-db-0"), Some((at + 2_000) * MS));
+    let db2 = k.next;
+    assert!(db2 != db);
+    // withdrawn (orchd's deadline 0): a deadline in the past, never 0 ("none" to the kernel)
+    lease(&mut s, &mut k, Client::Orchestrator, 0, at + 10).unwrap();
+    assert_eq!(k.deadlines.last(), Some(&(db2, MS)));
+}

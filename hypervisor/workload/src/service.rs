@@ -89,6 +89,9 @@ pub trait Vmm {
     fn node_address(&mut self) -> Option<core::net::Ipv6Addr>;
     /// Keep `tag` with the VM (what a restarted service adopts it by).
     fn tag(&mut self, _vm: VmHandle, _tag: &[u8]) {}
+    /// Replace the VM's power-off deadline in the kernel (`OP_DEADLINE`; ns, 0 = none): the
+    /// kernel powers it off once its clock passes it, even if this service is dead or hung.
+    fn deadline(&mut self, vm: VmHandle, until_ns: u64);
     /// Start (or resume) pushing an image: `(0, 0)` when the store has it, else the upload and
     /// its stream's size.
     fn image_begin(&mut self, _image: Digest, _manifest: &[u8]) -> Result<(u32, u64), Error> {
@@ -185,6 +188,13 @@ impl Service {
     /// Whether the cluster lease holds at `now_ms` (docs: `proto`, "The cluster lease").
     pub fn lease_holds(&self, now_ms: u64) -> bool {
         now_ms < self.lease.until_ms
+    }
+
+    /// The power-off deadline the kernel keeps with a cluster replica's microVM: the lease's
+    /// end in ns (`until_ms` is rounded down, so never later than `orchd`'s deadline); with no
+    /// lease 1 ms after boot, already past (0 would mean "none" to the kernel).
+    pub fn kernel_deadline_ns(&self) -> u64 {
+        self.lease.until_ms.max(1).saturating_mul(1_000_000)
     }
 
     /// What the cluster lease made the service do since the last call (the loop logs it).
@@ -322,7 +332,16 @@ impl Service {
                 }
                 // ms rounded down: while now_ms < until_ms, the clock is before until_ns
                 let until_ms = (until_ns / 1_000_000).min(now_ms.saturating_add(LEASE_MAX_MS));
+                let changed = until_ms != self.lease.until_ms;
                 self.lease = Lease { until_ms, set: true, withdrawn: until_ms <= now_ms, held: self.lease.held };
+                if changed {
+                    // the kernel's fence moves with the lease: one OP_DEADLINE per cluster
+                    // replica's microVM (at most WORKLOADS_MAX per renewal)
+                    let d = self.kernel_deadline_ns();
+                    for vm in self.workloads.iter().filter(|w| is_cluster_replica(&w.spec.name)).filter_map(|w| w.vm) {
+                        vmm.deadline(vm, d);
+                    }
+                }
                 Ok(Reply::Done)
             }
             Request::Create(spec) => {
@@ -369,7 +388,9 @@ impl Service {
                 }
                 w.restarts = Restarts::default();
                 w.stopped = false;
-                launch(w, now_ms, vmm);
+                let d = if is_cluster_replica(&w.spec.name) { self.kernel_deadline_ns() } else { 0 };
+                let w = &mut self.workloads[i];
+                launch(w, now_ms, d, vmm);
                 Ok(Reply::Done)
             }
             Request::Stop { target, grace_ms } => {
@@ -541,11 +562,13 @@ impl Service {
         self.enforce_lease(now_ms, vmm);
         // while cluster replicas are here, wake at the lease's deadline
         let mut next: Option<u64> = (self.lease_holds(now_ms) && self.workloads.iter().any(|w| is_cluster_replica(&w.spec.name))).then_some(self.lease.until_ms);
+        let lease_ns = self.kernel_deadline_ns();
         for w in &mut self.workloads {
             if let Some(at) = w.restart_at {
                 if at <= now_ms {
                     w.restart_at = None;
-                    launch(w, now_ms, vmm);
+                    let d = if is_cluster_replica(&w.spec.name) { lease_ns } else { 0 };
+                    launch(w, now_ms, d, vmm);
                 } else {
                     next = Some(next.map_or(at, |n| n.min(at)));
                 }
@@ -643,8 +666,9 @@ fn status(w: &Workload, now_ms: u64, address: Option<core::net::Ipv6Addr>) -> St
     }
 }
 
-/// Create the next run's microVM (the attempt number and the workload's name in its env).
-fn launch(w: &mut Workload, now_ms: u64, vmm: &mut dyn Vmm) {
+/// Create the next run's microVM (the attempt number and the workload's name in its env), with
+/// the kernel's power-off deadline `deadline_ns` (0: none; a cluster replica's is its lease).
+fn launch(w: &mut Workload, now_ms: u64, deadline_ns: u64, vmm: &mut dyn Vmm) {
     w.attempts = w.attempts.saturating_add(1);
     w.reported = None;
     w.stop = None;
@@ -653,7 +677,7 @@ fn launch(w: &mut Workload, now_ms: u64, vmm: &mut dyn Vmm) {
     let mut env = w.spec.env.clone();
     env.push(format!("{ENV_ATTEMPT}={}", w.attempts));
     env.push(format!("{ENV_WORKLOAD}={}", w.spec.name));
-    let req = CreateVm { image: w.spec.image, name: String::from(w.spec.name.as_str()), vcpus: w.spec.vcpus, memory_mib: w.spec.memory_mib, args: w.spec.args.clone(), env, net: w.net };
+    let req = CreateVm { image: w.spec.image, name: String::from(w.spec.name.as_str()), vcpus: w.spec.vcpus, memory_mib: w.spec.memory_mib, args: w.spec.args.clone(), env, net: w.net, deadline_ns };
     match vmm.create(&req) {
         Some(vm) => {
             w.vm = Some(vm);

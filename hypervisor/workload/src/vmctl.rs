@@ -27,6 +27,7 @@
 //! | [`OP_TAG`] | arg = handle, buf = at most [`TAG_MAX`] bytes | 0: the kernel keeps them with the VM |
 //! | [`OP_IMAGE_READ`] | buf/len = where the bytes go, holding the image's 32 digest bytes at its start; arg = offset in the stream `config.json ‖ rootfs.squashfs`, or [`READ_MANIFEST`] for `image.json` | bytes written (at most `len`, at most [`WRITE_MAX`]; 0 past the end) |
 //! | [`OP_LIVE`] | — | `Vec<LiveVm>` in buf: the owner's VMs that run (a restarted service adopts them); bytes written |
+//! | [`OP_DEADLINE`] | arg = handle, len = a deadline on the kernel's monotonic clock in ns (0 = none) | 0: the kernel powers the VM off once its clock passes it, whether or not the owner still runs |
 //!
 //! Events wait in one bounded queue per owner; when it goes from empty to non-empty the kernel
 //! notifies the owner's endpoint ([`EVENT_BIT`]). Log lines beyond [`QUEUE_LOG_BYTES`] are
@@ -59,6 +60,9 @@ pub const OP_TAG: u64 = 16;
 pub const OP_LIVE: u64 = 17;
 /// Read a stored image's bytes (another node fetches the image through the API service).
 pub const OP_IMAGE_READ: u64 = 18;
+/// The VM's power-off deadline (`CreateVm::deadline_ns`, replaced): the kernel's fence for
+/// the cluster lease, kept when the owner dies or hangs (docs/workloads.md, "The cluster lease").
+pub const OP_DEADLINE: u64 = 19;
 /// [`OP_IMAGE_READ`]'s arg for the image's `image.json` instead of its stream.
 pub const READ_MANIFEST: u64 = u64::MAX;
 
@@ -173,6 +177,9 @@ pub struct CreateVm {
     /// linked to `netd`. The kernel refuses the VM (it ends `CreateFailed`) rather than run it
     /// without the network it asked for.
     pub net: Option<u8>,
+    /// Power it off once the kernel's monotonic clock passes this (ns; 0 = never), as
+    /// [`OP_DEADLINE`] sets it later: set at creation, so no instant runs without it.
+    pub deadline_ns: u64,
 }
 
 /// How a microVM ended, as the kernel saw it.
@@ -258,7 +265,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_refuse_junk() {
-        let c = CreateVm { image: Digest([7; 32]), name: "w1".into(), vcpus: 1, memory_mib: 64, args: Some(vec!["a".into()]), env: vec!["X=1".into()], net: Some(3) };
+        let c = CreateVm { image: Digest([7; 32]), name: "w1".into(), vcpus: 1, memory_mib: 64, args: Some(vec!["a".into()]), env: vec!["X=1".into()], net: Some(3), deadline_ns: 5 };
         let b = encode(&c).unwrap();
         assert_eq!(decode::<CreateVm>(&b), Some(c));
         let mut t = b.clone();

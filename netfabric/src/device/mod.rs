@@ -31,7 +31,7 @@ use core::time::Duration;
 use rand_core::CryptoRngCore;
 
 use crate::cookie::{self, COOKIE_REFRESH_TIME};
-use crate::crypto::TransportCipher;
+use crate::crypto::{CipherImpl, TransportCipher};
 use crate::identity::{Identity, Prefix64};
 use crate::messages::{
     self, CookieReply, Initiation, Message, Response, Transport, INITIATION_MAC1_OFFSET,
@@ -90,6 +90,8 @@ pub struct Device {
     ratelimiter: RateLimiter,
     unix_at_origin: Duration,
     counters: Counters,
+    /// The ChaCha20-Poly1305 code of keypairs made from now on.
+    cipher_impl: CipherImpl,
 }
 
 impl Device {
@@ -117,6 +119,7 @@ impl Device {
             ratelimiter: RateLimiter::default(),
             unix_at_origin: Duration::ZERO,
             counters: Counters::default(),
+            cipher_impl: CipherImpl::default(),
         }
     }
 
@@ -139,6 +142,16 @@ impl Device {
     /// Wall-clock time (since the UNIX epoch) at `Instant::ZERO`; used for TAI64N timestamps.
     pub fn set_unix_time_at_origin(&mut self, t: Duration) {
         self.unix_at_origin = t;
+    }
+    /// Which ChaCha20-Poly1305 code seals and opens transport data of keypairs made from now
+    /// on (existing keypairs keep theirs; both codes are wire-identical). Pick it with
+    /// `crypto::measure_cipher_impls`.
+    pub fn set_cipher_impl(&mut self, imp: CipherImpl) {
+        self.cipher_impl = imp;
+    }
+    /// The code new keypairs get.
+    pub fn cipher_impl(&self) -> CipherImpl {
+        self.cipher_impl
     }
     /// Force (or stop forcing) the under-load state that makes handshakes require mac2.
     pub fn set_under_load(&mut self, on: bool) {
@@ -268,6 +281,10 @@ impl Device {
             .get(&id)
             .and_then(|p| p.current.as_ref())
             .is_some_and(|k| k.usable_for_send(now))
+    }
+    /// The ChaCha20-Poly1305 code of the peer's current keypair (`None` without one).
+    pub fn session_cipher_impl(&self, id: PeerId) -> Option<CipherImpl> {
+        self.peers.get(&id).and_then(|p| p.current.as_ref()).map(|k| k.send.implementation())
     }
     /// When the peer's last handshake completed.
     pub fn last_handshake(&self, id: PeerId) -> Option<Instant> {

@@ -117,8 +117,8 @@ impl Device {
         p.endpoint = Some(src);
         p.last_received = Some(now);
         let kp = Keypair {
-            send: TransportCipher::new(&keys.send),
-            recv: TransportCipher::new(&keys.recv),
+            send: TransportCipher::with_impl(&keys.send, self.cipher_impl),
+            recv: TransportCipher::with_impl(&keys.recv, self.cipher_impl),
             send_counter: 0,
             replay: ReplayWindow::new(),
             local_index: index,
@@ -160,8 +160,8 @@ impl Device {
         };
         p.pending = None;
         let kp = Keypair {
-            send: TransportCipher::new(&keys.send),
-            recv: TransportCipher::new(&keys.recv),
+            send: TransportCipher::with_impl(&keys.send, self.cipher_impl),
+            recv: TransportCipher::with_impl(&keys.recv, self.cipher_impl),
             send_counter: 0,
             replay: ReplayWindow::new(),
             local_index: m.receiver,

@@ -473,6 +473,14 @@ impl Replica {
     /// A message from a peer. Malformed envelopes (commands that do not match the entries
     /// carried, a sender that is not the message's sender) are dropped.
     pub fn handle(&mut self, now: Duration, env: Envelope) {
+        self.handle_received(now, now, env)
+    }
+
+    /// [`Replica::handle`] of a message that arrived no earlier than `since`: a lease grant it
+    /// carries counts from `since` (a grant that waited before it was handled must not
+    /// extend the lease past what the leader's bound assumes).
+    pub fn handle_received(&mut self, now: Duration, since: Duration, env: Envelope) {
+        let since = since.min(now);
         if env.to != self.id || env.message.from().get() != env.from {
             return;
         }
@@ -539,7 +547,9 @@ impl Replica {
         // must not run yesterday's assignments under today's lease.
         if let Some((term, commit)) = grant {
             if term == self.node.current_term() && !self.is_leader() && self.applied_index >= commit {
-                self.last_grant = Some((term.get(), now));
+                // (a grant handled later but stamped earlier never shortens the lease)
+                let at = self.last_grant.filter(|(t, _)| *t == term.get()).map_or(since, |(_, at)| at.max(since));
+                self.last_grant = Some((term.get(), at));
             }
         }
     }

@@ -113,6 +113,9 @@ pub(super) fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed
     if let Some((pct, seed)) = test_loss {
         node.set_test_loss(pct, seed);
     }
+    // as the ring-3 netd does: the fabric's cipher code by measurement unless net.cipher= names it
+    let force = crate::cmdline::get(cmdline, "net.cipher").and_then(|v| Node::parse_cipher_word(v).ok());
+    node.choose_cipher(catenary_arch::cpu::rdtsc, force);
     let rpc = Rpc::new(node.fabric_addr, incarnation);
     node.connect_all(now);
     let st = State {

@@ -109,6 +109,8 @@ pub fn adopt_service_endpoint(name: &str) -> Option<(usize, EndpointId)> {
 /// (Test: `orchd.kill_test`, `crate::orchprobe`) Hold back (`hold`) or allow again the
 /// starts of service `name`: while held, the supervisor's request to restart it waits in the
 /// spawner (as one waiting for a kernel endpoint does). False for a name not in the manifest.
+/// Only in kernels with the test probes (the `probes` feature).
+#[cfg(feature = "probes")]
 pub fn hold_restart_for_test(name: &str, hold: bool) -> bool {
     let Some(i) = catenary_manifest::index_of(SERVICES, name) else { return false };
     with(|k| {

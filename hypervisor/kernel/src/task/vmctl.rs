@@ -12,8 +12,9 @@
 //! tag it gave each one, `OP_TAG`) and adopts them; VMs nobody adopted by then are powered off
 //! (the `vm-orphans` kernel task). The image store's uploads (`OP_IMAGE_*`, `vmstore`) also
 //! belong to the endpoint.
-//! Stop, signal and kill go through each VM's `VmControl` (`vmcontrol`), which its vCPU task
-//! applies between exits.
+//! Stop, signal, kill and the power-off deadline (`OP_DEADLINE`, the cluster lease's fence,
+//! which holds while the owner is dead or hung) go through each VM's `VmControl`
+//! (`vmcontrol`), which its vCPU task applies between exits.
 
 use super::*;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -177,6 +178,12 @@ pub(super) fn sys_vm(f: &mut TrapFrame) {
         OP_IMAGE_BEGIN | OP_IMAGE_WRITE | OP_IMAGE_COMMIT | OP_IMAGE_ABORT | OP_IMAGE_REMOVE | OP_STORE => image_op(slot, op, ptr, len, arg),
         OP_IMAGE_READ => image_read(slot, ptr, len, arg),
         OP_TAG => tag(slot, ptr, len, arg),
+        // only the VM's owner (its endpoint's VMCTL holder) moves its deadline
+        OP_DEADLINE => with(|k| {
+            let (_, ep) = owner_of(k, slot)?;
+            let v = k.vmctl.vms.get(&arg).filter(|v| v.owner == ep).ok_or_else(bad)?;
+            v.ctl.set_deadline(len).map(|()| 0).map_err(|_| bad())
+        }),
         OP_LIVE => live(slot, ptr, len),
         _ => Err(bad()),
     };
@@ -411,6 +418,8 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
     let image = crate::vmstore::get(&req.image).ok_or_else(bad)?;
     crate::orchprobe::vm_created(&req.name);
     let ctl = Arc::new(VmControl::new());
+    // before the VM's task exists: no instant of it runs without the owner's deadline
+    let _ = ctl.set_deadline(req.deadline_ns);
     let touched = Arc::new(AtomicU64::new(0));
     let handle = with(|k| {
         let (_, ep) = owner_of(k, slot)?;

@@ -29,6 +29,12 @@ pub(super) fn apply_control(ctl: Option<&VmControl>, policy: &mut StopPolicy, vm
             }
         }
     }
+    // The owner's fence (`VmControl::set_deadline`): checked here, where the clock is read
+    // after every exit and every halt poll, so it needs no owner, no timer and no task.
+    if let Some(d) = ctl.deadline_passed(now) {
+        info!(target: "vmm", "microVM {name}: its power-off deadline passed {} us ago: powered off by the node", (now - d) / 1_000);
+        actions[0] = policy.kill();
+    }
     actions[1] = policy.poll(now);
     for a in actions.into_iter().flatten() {
         match a {

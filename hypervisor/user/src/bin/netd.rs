@@ -686,6 +686,16 @@ fn run(arg: u64) -> u64 {
         node.enable_hello(b.cpus.min(u16::MAX as u64) as u16, b.mem_mib.min(u32::MAX as u64) as u32);
         logf!("net: admission: this node's key is in no cluster file: saying hello to {} seed(s) every {} s until an admin admits it", member_keys.len(), catenary_net::admission::HELLO_PERIOD_NS / 1_000_000_000);
     }
+    // The fabric's ChaCha20-Poly1305 code, by measurement unless `net.cipher=` names one
+    // (docs/networking.md §6): before connect_all, so every session gets it.
+    let force = probes::arg(&b.cmdline, "net.cipher").and_then(|v| {
+        let r = Node::parse_cipher_word(v).ok();
+        if r.is_none() {
+            logf!("net: net.cipher={:?} refused (vector or portable): measuring instead", v);
+        }
+        r
+    });
+    node.choose_cipher(rdtsc, force);
     if let Some(pct) = probes::arg(&b.cmdline, "net.test-loss") {
         match pct.parse::<u64>() {
             Ok(p) if (1..=90).contains(&p) => {

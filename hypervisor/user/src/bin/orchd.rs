@@ -336,6 +336,8 @@ fn run(_arg: u64) -> u64 {
     let mut told = Told { until_ns: u64::MAX, at_ms: 0, refused: false };
     let mut data = alloc::vec![0u8; IO];
     let mut watch = Watch::new();
+    // When the socket was last found empty: every datagram received later arrived after it.
+    let mut empty_at = now();
     loop {
         watch.end_turn(&workd);
         let t = now();
@@ -412,6 +414,7 @@ fn run(_arg: u64) -> u64 {
         }
         watch.part("log and ipc");
         let wait = (orch.next_deadline().saturating_sub(now()).as_millis() as u64).clamp(1, 50);
+        let before_poll = now();
         let ready = match s.poll(wait) {
             Ok(r) => r,
             Err(e) if e.is(catenary_netsock::NetError::Restarted) => {
@@ -438,17 +441,28 @@ fn run(_arg: u64) -> u64 {
             }
         };
         watch.part("poll");
-        if ready.readable & Ready::bit(sock) != 0 {
+        if ready.readable & Ready::bit(sock) == 0 {
+            // the socket was empty when the poll looked, after `before_poll`
+            empty_at = before_poll;
+        } else {
             for _ in 0..32 {
+                let looked = now();
                 let n = match s.recv(sock, &io, IO as u64) {
                     Ok(n) => n.min(IO),
-                    Err(_) => break,
+                    Err(e) => {
+                        if e.is(catenary_netsock::NetError::WouldBlock) {
+                            empty_at = looked;
+                        }
+                        break;
+                    }
                 };
                 io.read(0, &mut data[..n]);
                 let Ok((h, payload)) = DgramHeader::decode(&data[..n]) else { continue };
-                // Only a member's node /128 speaks for that member.
+                // Only a member's node /128 speaks for that member. A datagram here arrived
+                // after the socket was last found empty: a lease grant counts from then, not
+                // from now (it may have waited behind a slow turn; review finding (d)).
                 if let Some(&from) = by_addr.get(&h.addr) {
-                    orch.handle(now(), from, payload);
+                    orch.handle_received(now(), empty_at, from, payload);
                 }
             }
             send_all(&s, sock, &io, &members, &mut orch);

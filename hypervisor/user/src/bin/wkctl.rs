@@ -233,7 +233,9 @@ fn hostile(c: &mut Client) {
     let r0 = vm(0, catenary_workload::vmctl::OP_INFO, &mut b, 0);
     let r1 = vm(WORKD, catenary_workload::vmctl::OP_CREATE, &mut b, 0);
     let r2 = vm_value(WORKD, catenary_workload::vmctl::OP_KILL, 0, 1);
-    c.result("hostile_sys_vm_without_capability", r0.is_err() && r1.is_err() && r2.is_err(), &format!("{r0:?} {r1:?} {r2:?}"));
+    // (nor move a VM's power-off deadline: far ahead would undo the cluster lease's fence)
+    let r3 = vm_value(WORKD, catenary_workload::vmctl::OP_DEADLINE, u64::MAX, 1);
+    c.result("hostile_sys_vm_without_capability", r0.is_err() && r1.is_err() && r2.is_err() && r3.is_err(), &format!("{r0:?} {r1:?} {r2:?} {r3:?}"));
     // the cluster lease is orchd's alone (workd checks the kernel-set badge): this client can
     // neither set nor end it, and without it no cluster replica (`cl-…`) is created
     for until_ns in [u64::MAX, 0] {

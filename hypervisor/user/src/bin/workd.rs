@@ -33,7 +33,7 @@ use catenary_workload::proto::CHUNK_OFFSET;
 use catenary_workload::store::ImageInfo;
 use catenary_workload::vmctl::{
     self, CreateVm, Event, ImageBegin, LiveVm, NodeInfo, StoreInfo, VmEvent, VmHandle, OP_CREATE, OP_EVENTS, OP_IMAGES, OP_IMAGE_ABORT, OP_IMAGE_BEGIN, OP_IMAGE_COMMIT,
-    OP_IMAGE_READ, OP_IMAGE_REMOVE, OP_IMAGE_WRITE, OP_INFO, OP_KILL, OP_LIVE, OP_NET, OP_SIGNAL, OP_STOP, OP_STORE, OP_TAG, OP_TOUCHED, RECORD_MAX,
+    OP_IMAGE_READ, OP_IMAGE_REMOVE, OP_IMAGE_WRITE, OP_INFO, OP_KILL, OP_DEADLINE, OP_LIVE, OP_NET, OP_SIGNAL, OP_STOP, OP_STORE, OP_TAG, OP_TOUCHED, RECORD_MAX,
 };
 use catenary_workload::{Digest, Error, Request, Target};
 
@@ -91,6 +91,11 @@ impl Vmm for Kernel {
     fn node_address(&mut self) -> Option<core::net::Ipv6Addr> {
         let mut a = [0u8; 16];
         (vm(VMCTL, OP_NET, &mut a, 0).ok()? == 16).then(|| core::net::Ipv6Addr::from(a))
+    }
+    fn deadline(&mut self, h: VmHandle, until_ns: u64) {
+        if let Err(e) = vm_value(VMCTL, OP_DEADLINE, until_ns, h) {
+            logf!("workd: the kernel refused microVM {}'s power-off deadline (error {})", h, e);
+        }
     }
     fn tag(&mut self, h: VmHandle, tag: &[u8]) {
         let mut t = tag.to_vec();
