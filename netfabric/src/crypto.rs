@@ -227,16 +227,73 @@ impl TransportCipher {
     }
 }
 
-/// What `measure_cipher_impls` found: the best time of each code over the same work, in the
-/// caller's clock units, and the faster one.
+/// What `measure_cipher_impls` found: whether each code gave RFC 8439's known answer on this
+/// CPU, the best time of each over the same work in the caller's clock units, and the faster
+/// of those that are correct.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CipherMeasurement {
-    /// Best (lowest) time of one round with `CipherImpl::Vector`.
+    /// Best (lowest) time of one round with `CipherImpl::Vector` (`u64::MAX`: not timed).
     pub vector: u64,
     /// Best time of one round with `CipherImpl::Portable`.
     pub portable: u64,
-    /// The faster of the two (`Vector` on a tie).
-    pub chosen: CipherImpl,
+    /// Whether each code (vector, portable) gave RFC 8439's answer here (`known_answer_ok`).
+    pub correct: [bool; 2],
+    /// The faster of the correct codes (`Vector` on a tie); `None` if neither is correct.
+    pub chosen: Option<CipherImpl>,
+}
+
+/// RFC 8439 §2.8.2 ("Example and Test Vector for AEAD_CHACHA20_POLY1305"), copied from the RFC.
+mod rfc8439 {
+    pub const KEY: [u8; 32] = [
+        0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b, 0x8c, 0x8d, 0x8e, 0x8f, 0x90, 0x91, 0x92, 0x93,
+        0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a, 0x9b, 0x9c, 0x9d, 0x9e, 0x9f,
+    ];
+    pub const NONCE: [u8; 12] = [0x07, 0x00, 0x00, 0x00, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
+    pub const AAD: [u8; 12] = [0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7];
+    pub const PLAINTEXT: &[u8; 114] =
+        b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+    pub const CIPHERTEXT: [u8; 114] = [
+        0xd3, 0x1a, 0x8d, 0x34, 0x64, 0x8e, 0x60, 0xdb, 0x7b, 0x86, 0xaf, 0xbc, 0x53, 0xef, 0x7e, 0xc2, 0xa4, 0xad, 0xed, 0x51,
+        0x29, 0x6e, 0x08, 0xfe, 0xa9, 0xe2, 0xb5, 0xa7, 0x36, 0xee, 0x62, 0xd6, 0x3d, 0xbe, 0xa4, 0x5e, 0x8c, 0xa9, 0x67, 0x12,
+        0x82, 0xfa, 0xfb, 0x69, 0xda, 0x92, 0x72, 0x8b, 0x1a, 0x71, 0xde, 0x0a, 0x9e, 0x06, 0x0b, 0x29, 0x05, 0xd6, 0xa5, 0xb6,
+        0x7e, 0xcd, 0x3b, 0x36, 0x92, 0xdd, 0xbd, 0x7f, 0x2d, 0x77, 0x8b, 0x8c, 0x98, 0x03, 0xae, 0xe3, 0x28, 0x09, 0x1b, 0x58,
+        0xfa, 0xb3, 0x24, 0xe4, 0xfa, 0xd6, 0x75, 0x94, 0x55, 0x85, 0x80, 0x8b, 0x48, 0x31, 0xd7, 0xbc, 0x3f, 0xf4, 0xde, 0xf0,
+        0x8e, 0x4b, 0x7a, 0x9d, 0xe5, 0x76, 0xd2, 0x65, 0x86, 0xce, 0xc6, 0x4b, 0x61, 0x16,
+    ];
+    pub const TAG: [u8; 16] = [0x1a, 0xe1, 0x0b, 0x59, 0x4f, 0x09, 0xe2, 0x6a, 0x7e, 0x90, 0x2e, 0xcb, 0xd0, 0x60, 0x06, 0x91];
+}
+
+/// Whether `imp` gives RFC 8439's AEAD known answer on this CPU: seals the RFC's plaintext to
+/// its ciphertext and tag, opens it back, and refuses it with one bit of the tag flipped. The
+/// two codes agreeing with each other is not enough: a fault in one CPU path (a miscompile,
+/// an emulator's vector instructions) would still let a node seal with it and talk to a node
+/// of the same build without either noticing. Run for each code before it may carry traffic.
+pub fn known_answer_ok(imp: CipherImpl) -> bool {
+    use rfc8439::*;
+    let c = TransportCipher::with_impl(&KEY, imp);
+    let mut buf = *PLAINTEXT;
+    let tag = c.seal_nonce(&NONCE, &AAD, &mut buf);
+    if buf != CIPHERTEXT || tag != TAG {
+        return false;
+    }
+    let mut bad_tag = TAG;
+    bad_tag[15] ^= 1;
+    let mut refused = CIPHERTEXT;
+    if c.open_nonce(&NONCE, &AAD, &mut refused, &bad_tag) {
+        return false;
+    }
+    c.open_nonce(&NONCE, &AAD, &mut buf, &TAG) && buf == *PLAINTEXT
+}
+
+/// The code to use from each code's correctness and best time: the faster of the correct ones
+/// (`Vector` on a tie), `None` when neither is correct.
+pub fn pick_cipher_impl(best: [u64; 2], correct: [bool; 2]) -> Option<CipherImpl> {
+    match correct {
+        [true, true] => Some(if best[1] < best[0] { CipherImpl::Portable } else { CipherImpl::Vector }),
+        [true, false] => Some(CipherImpl::Vector),
+        [false, true] => Some(CipherImpl::Portable),
+        [false, false] => None,
+    }
 }
 
 /// Rounds per code in `measure_cipher_impls`, alternating between the two so a burst of
@@ -245,7 +302,8 @@ pub const MEASURE_ROUNDS: usize = 4;
 /// Packet sizes of one round: an echo-sized packet and a full datagram (sealed, then opened).
 pub const MEASURE_SIZES: [usize; 2] = [96, 1280];
 
-/// Time both ChaCha20-Poly1305 codes on packet-sized buffers and return the faster, as Linux
+/// Check both ChaCha20-Poly1305 codes against RFC 8439's known answer (`known_answer_ok`),
+/// time both on packet-sized buffers and return the faster correct one, as Linux tests and
 /// picks its RAID6/xor and crypto code by timing at boot. Bounded: `MEASURE_ROUNDS` rounds of
 /// each code, one seal and one open of each of `MEASURE_SIZES` per round (under QEMU TCG about
 /// 0.6 ms per vector round, a few ms in all). `clock` is any monotonic counter (the TSC);
@@ -277,8 +335,8 @@ pub fn measure_cipher_impls(clock: &mut dyn FnMut() -> u64) -> CipherMeasurement
             best[k] = best[k].min(round(&ciphers[k], clock));
         }
     }
-    let chosen = if best[1] < best[0] { CipherImpl::Portable } else { CipherImpl::Vector };
-    CipherMeasurement { vector: best[0], portable: best[1], chosen }
+    let correct = [known_answer_ok(CipherImpl::Vector), known_answer_ok(CipherImpl::Portable)];
+    CipherMeasurement { vector: best[0], portable: best[1], correct, chosen: pick_cipher_impl(best, correct) }
 }
 
 /// Constant-time equality of two byte strings of equal length.

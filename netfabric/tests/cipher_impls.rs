@@ -5,7 +5,7 @@
 //! code: `known_answer.rs` (`recorded_transport_with_each_cipher_impl`); devices on
 //! different codes talking: `sessions.rs` (`every_pair_of_cipher_impls_interoperates`).
 
-use netfabric::crypto::{measure_cipher_impls, CipherImpl, TransportCipher};
+use netfabric::crypto::{known_answer_ok, measure_cipher_impls, pick_cipher_impl, CipherImpl, TransportCipher};
 
 const IMPLS: [CipherImpl; 2] = [CipherImpl::Vector, CipherImpl::Portable];
 
@@ -61,9 +61,24 @@ fn measurement_times_both_and_picks_the_faster() {
     println!("vector {} ns, portable {} ns per round: {:?}", m.vector, m.portable, m.chosen);
     // Both codes ran (a failed open would report u64::MAX) and took measurable time.
     assert!(m.vector > 0 && m.vector < u64::MAX && m.portable > 0 && m.portable < u64::MAX, "{m:?}");
+    assert_eq!(m.correct, [true, true], "both codes give RFC 8439's answer here");
     let faster = if m.portable < m.vector { CipherImpl::Portable } else { CipherImpl::Vector };
-    assert_eq!(m.chosen, faster, "{m:?}");
+    assert_eq!(m.chosen, Some(faster), "{m:?}");
     // Bounded: the whole measurement (warm-up and all rounds) takes well under a second even
     // in an unoptimised test build on a loaded machine.
     assert!(origin.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn a_code_that_fails_the_known_answer_is_never_picked() {
+    for imp in IMPLS {
+        assert!(known_answer_ok(imp), "{imp:?} gives RFC 8439's answer on this CPU");
+    }
+    // a wrong code is not picked however fast it is; with none correct, none is
+    assert_eq!(pick_cipher_impl([1, 1000], [false, true]), Some(CipherImpl::Portable));
+    assert_eq!(pick_cipher_impl([1000, 1], [true, false]), Some(CipherImpl::Vector));
+    assert_eq!(pick_cipher_impl([1000, 1], [true, true]), Some(CipherImpl::Portable));
+    assert_eq!(pick_cipher_impl([1, 1000], [true, true]), Some(CipherImpl::Vector));
+    assert_eq!(pick_cipher_impl([5, 5], [true, true]), Some(CipherImpl::Vector), "a tie keeps the default");
+    assert_eq!(pick_cipher_impl([1, 1], [false, false]), None);
 }

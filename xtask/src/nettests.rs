@@ -81,11 +81,12 @@ pub(crate) fn test_fabric_echo(t: &mut Tally, kernel: &Path) -> Result<(), Strin
             && r.has(n, "nicd lent its frame ring at")
     });
     let ring3_alive = !(0..2).any(|n| r.has(n, "user panic") || r.has(n, "nicd failed") || r.has(n, "\"nicd\" - killing the task"));
-    // Each node's netd timed both ChaCha20-Poly1305 codes and took the faster (netfabric
-    // `measure_cipher_impls`): its log line names the choice and both timings.
+    // Each node's netd checked both ChaCha20-Poly1305 codes against RFC 8439's known answer,
+    // timed both and took the faster (netfabric `measure_cipher_impls`): its log line names
+    // the choice, both timings and both checks.
     let cipher: Vec<Option<(bool, u64, u64)>> = (0..2)
         .map(|n| {
-            let l = r.lines[n].iter().find(|l| l.contains("fabric cipher: ") && l.contains("(measured faster)"))?;
+            let l = r.lines[n].iter().find(|l| l.contains("fabric cipher: ") && l.contains("(measured faster)") && l.contains("RFC 8439 known answer: vector ok, portable ok"))?;
             let (v, p) = (after(l, "one round vector ")?, after(l, " / portable ")?);
             Some((l.contains("fabric cipher: portable"), v, p))
         })

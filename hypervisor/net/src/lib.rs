@@ -46,7 +46,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use netfabric::{Device as Fabric, Event, Identity, Instant as FInstant, PeerConfig, PeerId};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
@@ -480,16 +480,37 @@ impl Node {
     /// Pick the fabric's ChaCha20-Poly1305 code for the sessions to come: `force` if given
     /// (`net.cipher=vector|portable`), else the faster of the two as timed now on packet-sized
     /// buffers with `clock` (the TSC; a few ms under QEMU TCG, where the AVX2 code the vector
-    /// crate picks by CPUID is emulated and slower than scalar code). Logs the choice and both
-    /// timings (a fixed public test key is timed, never a session key). Call before the first
-    /// handshake: existing keypairs keep their code.
-    pub fn choose_cipher(&mut self, clock: fn() -> u64, force: Option<netfabric::crypto::CipherImpl>) -> netfabric::crypto::CipherMeasurement {
+    /// crate picks by CPUID is emulated and slower than scalar code). Only a code that gives
+    /// RFC 8439's known answer on this CPU may be used, forced or not
+    /// (`netfabric::crypto::known_answer_ok`). Logs the choice, both timings and both checks
+    /// (a fixed public test key is timed, never a session key). Call before the first
+    /// handshake: existing keypairs keep their code. `Err` (logged) when neither code is
+    /// correct: the caller must not run the fabric.
+    pub fn choose_cipher(&mut self, clock: fn() -> u64, force: Option<netfabric::crypto::CipherImpl>) -> Result<netfabric::crypto::CipherImpl, netfabric::crypto::CipherMeasurement> {
+        use netfabric::crypto::CipherImpl;
         let m = netfabric::crypto::measure_cipher_impls(&mut || clock());
-        let chosen = force.unwrap_or(m.chosen);
-        self.fabric.set_cipher_impl(chosen);
-        info!(target: "net", "fabric cipher: {} {}; one round vector {} / portable {} cycles", chosen.name(),
-            if force.is_some() { "(forced by net.cipher)" } else { "(measured faster)" }, m.vector, m.portable);
-        netfabric::crypto::CipherMeasurement { chosen, ..m }
+        let correct = |c: CipherImpl| m.correct[match c { CipherImpl::Vector => 0, CipherImpl::Portable => 1 }];
+        let ok = |b: bool| if b { "ok" } else { "WRONG" };
+        let checks = alloc::format!("RFC 8439 known answer: vector {}, portable {}", ok(m.correct[0]), ok(m.correct[1]));
+        let chosen = match force {
+            Some(f) if correct(f) => Some((f, "(forced by net.cipher)")),
+            Some(f) => {
+                error!(target: "net", "net.cipher={} refused: that code fails RFC 8439's known answer on this CPU", match f { CipherImpl::Vector => "vector", CipherImpl::Portable => "portable" });
+                m.chosen.map(|c| (c, "(the forced code is wrong here)"))
+            }
+            None => m.chosen.map(|c| (c, "(measured faster)")),
+        };
+        match chosen {
+            Some((c, why)) => {
+                self.fabric.set_cipher_impl(c);
+                info!(target: "net", "fabric cipher: {} {why}; one round vector {} / portable {} cycles; {checks}", c.name(), m.vector, m.portable);
+                Ok(c)
+            }
+            None => {
+                error!(target: "net", "fabric cipher: no ChaCha20-Poly1305 code is correct on this CPU ({checks}): the fabric must not run");
+                Err(m)
+            }
+        }
     }
 
     /// Parse `net.cipher=`'s value (`vector` or `portable`).

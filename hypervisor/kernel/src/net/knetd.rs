@@ -114,8 +114,16 @@ pub(super) fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed
         node.set_test_loss(pct, seed);
     }
     // as the ring-3 netd does: the fabric's cipher code by measurement unless net.cipher= names it
-    let force = crate::cmdline::get(cmdline, "net.cipher").and_then(|v| Node::parse_cipher_word(v).ok());
-    node.choose_cipher(catenary_arch::cpu::rdtsc, force);
+    let force = crate::cmdline::get(cmdline, "net.cipher").and_then(|v| {
+        let r = Node::parse_cipher_word(v).ok();
+        if r.is_none() {
+            log::warn!(target: "net", "net.cipher={:?} refused (vector or portable): measuring instead", v);
+        }
+        r
+    });
+    if node.choose_cipher(catenary_arch::cpu::rdtsc, force).is_err() {
+        panic!("knetd: no ChaCha20-Poly1305 code gives RFC 8439's known answer on this CPU");
+    }
     let rpc = Rpc::new(node.fabric_addr, incarnation);
     node.connect_all(now);
     let st = State {

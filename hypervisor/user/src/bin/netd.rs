@@ -695,7 +695,11 @@ fn run(arg: u64) -> u64 {
         }
         r
     });
-    node.choose_cipher(rdtsc, force);
+    if node.choose_cipher(rdtsc, force).is_err() {
+        // a node whose every cipher code is wrong must not seal a packet: stop loudly (the
+        // supervisor logs it and restarts netd, which checks again)
+        panic!("netd: no ChaCha20-Poly1305 code gives RFC 8439's known answer on this CPU");
+    }
     if let Some(pct) = probes::arg(&b.cmdline, "net.test-loss") {
         match pct.parse::<u64>() {
             Ok(p) if (1..=90).contains(&p) => {
