@@ -253,7 +253,7 @@ pub(crate) static ARCH_XSAVEOPT_ON: core::sync::atomic::AtomicU8 = core::sync::a
 
 /// Turn on XSAVE on this CPU where CPUID has it: CR4.OSXSAVE, XCR0 = x87|SSE(|AVX). Returns
 /// XCR0 (0 = FXSAVE only). Every CPU calls it before it takes interrupts.
-pub fn enable_xsave() -> u64 {
+pub(crate) fn enable_xsave() -> u64 {
     let (_, _, ecx, _) = cpuid(1, 0);
     if ecx & (1 << 26) == 0 {
         return 0;

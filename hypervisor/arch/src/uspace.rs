@@ -53,11 +53,11 @@ pub fn enable_protections() -> (bool, bool) {
         bits |= 1 << 21;
     }
     crate::cpu::cr4_set(bits);
-    enable_xsave();
+    crate::cpu::enable_xsave();
     (smep, smap)
 }
 
-pub use crate::cpu::{enable_xsave, xcr0, FPU_AREA};
+pub use crate::cpu::{xcr0, FPU_AREA};
 
 pub fn current_cr3() -> u64 {
     crate::cpu::read_cr3() & !0xfff

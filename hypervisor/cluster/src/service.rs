@@ -154,10 +154,10 @@ pub struct FabricHand {
     removed: Vec<[u8; 32]>,
     /// Cluster-file members whose standing in `netd` this `orchd` does not know: `netd` keeps
     /// the removals a predecessor `orchd` handed it, so after an `orchd` restart a file member
-    /// that was removed and admitted again meanwhile would stay dropped (and if it leads, this
-    /// node would never hear the state that admits it). Each is handed as an admission once
-    /// (`netd` takes an admission of a peer it has as a no-op), unless the committed state
-    /// known by then removed it.
+    /// that was removed and admitted again meanwhile would stay dropped. Each is handed as an
+    /// admission once a state is known (`netd` takes an admission of a peer it has as a
+    /// no-op), unless that state removed it; the state comes from a leader or a pull from the
+    /// members `netd` lets through.
     unsure: Vec<[u8; 32]>,
 }
 
@@ -183,11 +183,15 @@ impl FabricHand {
         FabricHand { unsure: file.iter().map(|k| k.0).filter(|k| *k != own).collect(), ..Self::default() }
     }
 
-    /// The admissions of the file members still unsure, at most `max`: all of them while no
-    /// committed state is known (a member restarted without storage learns it only from a
-    /// leader it may be dropping), else those the state does not remove.
+    /// The admissions of the file members still unsure, at most `max`: none while no state is
+    /// known, then those the state does not remove. Not before: a member the cluster removed
+    /// (a stolen or retired key) that a predecessor `orchd` had dropped would be let back in
+    /// and could answer this node's catch-up pull with a state of its own making. A member
+    /// restarted without storage learns the state by pulling from the file members `netd`
+    /// still lets through (`replica::Catchup`), then re-admits the rest.
     pub fn unsure_todo(&self, st: Option<&DesiredState>, max: usize) -> Vec<PeerChange> {
-        let removed = |k: &[u8; 32]| st.is_some_and(|st| st.node_order.iter().any(|n| n.0 == *k) && !st.nodes.iter().any(|n| n.0 == *k));
+        let Some(st) = st else { return Vec::new() };
+        let removed = |k: &[u8; 32]| st.node_order.iter().any(|n| n.0 == *k) && !st.nodes.iter().any(|n| n.0 == *k);
         self.unsure.iter().filter(|k| !removed(k) && !self.handed.contains(k)).take(max).map(|k| PeerChange::Admit(*k)).collect()
     }
 
@@ -226,23 +230,25 @@ mod tests {
     use super::*;
 
     /// Review 2026-12-04: netd keeps the removals a predecessor orchd handed it, so a new orchd
-    /// hands every file member (but itself) as an admission once, before it knows any state
-    /// (a member restarted without storage may be dropping the leader), and skips one the
-    /// state it knows by then removed (that one is handed as a removal instead).
+    /// hands every file member (but itself) as an admission once it knows a state, and skips
+    /// one that state removed (that one is handed as a removal instead); before a state,
+    /// nothing (a removed member let back in could answer the pull).
     #[test]
     fn a_restarted_orchd_hands_the_file_members_again_once() {
         use alloc::vec;
         let k = |i: u8| NodeKey([i; 32]);
         let file = [k(1), k(2), k(3), k(4)];
         let mut hand = FabricHand::at_orchd_start(&file, [1; 32]);
-        let none = hand.unsure_todo(None, 8);
-        assert_eq!(none, vec![PeerChange::Admit([2; 32]), PeerChange::Admit([3; 32]), PeerChange::Admit([4; 32])]);
-        assert_eq!(hand.unsure_todo(None, 2).len(), 2, "bounded per turn");
-        hand.done(PeerChange::Admit([2; 32]));
+        // before a state is known nothing is handed (4 may be a removed member: review of
+        // 2026-12-04, it could answer this node's pull)
+        assert!(hand.unsure_todo(None, 8).is_empty(), "no re-admission before a state");
         // the state arrives: 4 is removed (and 3 was removed and admitted again)
         let mut st = DesiredState::default();
         st.node_order = file.to_vec();
         st.nodes = [k(1), k(2), k(3)].into_iter().collect();
+        assert_eq!(hand.unsure_todo(Some(&st), 1).len(), 1, "bounded per turn");
+        assert_eq!(hand.unsure_todo(Some(&st), 8), vec![PeerChange::Admit([2; 32]), PeerChange::Admit([3; 32])]);
+        hand.done(PeerChange::Admit([2; 32]));
         assert_eq!(hand.unsure_todo(Some(&st), 8), vec![PeerChange::Admit([3; 32])]);
         assert_eq!(hand.todo(&st, &file, [1; 32], 8), vec![PeerChange::Remove([4; 32])]);
         hand.done(PeerChange::Admit([3; 32]));

@@ -138,8 +138,8 @@ pub struct RaftSim {
     /// Pulled states installed by nodes that crashed since (crate::replica::Catchup).
     pulls_gone: u64,
     /// Slots below this are the cluster file's members as `netd` knows them: a restarted
-    /// `orchd` hands them to its `netd` as admissions again (crate::service::FabricHand::at_orchd_start),
-    /// unless its state removes them. Slots from here stand for keys admitted at run time,
+    /// `orchd` with a state hands them to its `netd` as admissions again
+    /// (crate::service::FabricHand::at_orchd_start), unless its state removes them. Slots from here stand for keys admitted at run time,
     /// which a `netd` that dropped them keeps dropping until the node's state admits them again
     /// (their numbering and first admission stay the file's: a simplification). Default: all.
     pub file_len: usize,
@@ -336,6 +336,7 @@ impl RaftSim {
         if s.replica.is_some() {
             return;
         }
+        let with_storage = s.disk.is_some();
         let mut r = match s.disk.take() {
             Some(d) => Replica::restart(id, d, cfg, seed, now),
             None => Replica::join(id, cfg, seed, now),
@@ -343,10 +344,14 @@ impl RaftSim {
         if !self.stop_delay.is_zero() {
             r.set_local_host(Some(key_of(slot)));
         }
-        // The new `orchd` hands netd the file's members again (those its state removes are
-        // dropped again at the next sync); keys admitted at run time stay as netd had them.
-        let file_len = self.file_len as u64;
-        s.netd_drops.retain(|o| *o >= file_len);
+        // A new `orchd` that has a state hands netd the file's members again (those its state
+        // removes are dropped again at the next sync); one without a state hands nothing until
+        // it learns one (`FabricHand::unsure_todo`: a removed member must not be let back in
+        // to answer its pull). Keys admitted at run time stay as netd had them.
+        if with_storage {
+            let file_len = self.file_len as u64;
+            s.netd_drops.retain(|o| *o >= file_len);
+        }
         s.replica = Some(r);
         s.checked = 0;
         self.flush(slot);

@@ -285,6 +285,8 @@ fn run(_arg: u64) -> u64 {
         idle();
     }
     let s = Sockets { slot: NETD };
+    // Before the bind: nothing can have arrived on the socket earlier (`empty_at` below).
+    let bound_at = now();
     let (sock, me_addr) = match s.udp_bound(Local::Node, PORT) {
         Ok((h, a, _)) => (h, a),
         Err(e) => {
@@ -336,8 +338,9 @@ fn run(_arg: u64) -> u64 {
     let mut told = Told { until_ns: u64::MAX, at_ms: 0, refused: false };
     let mut data = alloc::vec![0u8; IO];
     let mut watch = Watch::new();
-    // When the socket was last found empty: every datagram received later arrived after it.
-    let mut empty_at = now();
+    // When the socket was last found empty: every datagram received later arrived after it
+    // (at first the bind: nothing arrived before it).
+    let mut empty_at = bound_at;
     loop {
         watch.end_turn(&workd);
         let t = now();
