@@ -3,7 +3,7 @@
 //! facade and its backends. Checked by the test below over the sources' `crate::` paths.
 //!
 //! 0. CPU registers and ports: `cpu`, `percpu`, `gdt`, `serial`, `stages` (cycle accounting),
-//!    `qemu`, `rtc`, `entropy`, `pci`
+//!    `qemu`, `rtc`, `entropy`, `pci`, `fastmem` (bulk zeroing and copying)
 //! 1. physical memory and paging: `memory`, `paging`, `heap`
 //! 2. interrupts, APIC and time: `trap`, `apic`, `time`, `acpi`, `virtio`
 //! 3. SMP, user address spaces, task contexts and boot: `smp`, `uspace`, `user_mem`, `context`,
@@ -26,6 +26,7 @@ mod tests {
         ("rtc", 0, include_str!("rtc.rs")),
         ("entropy", 0, include_str!("entropy.rs")),
         ("pci", 0, include_str!("pci.rs")),
+        ("fastmem", 0, include_str!("fastmem.rs")),
         ("memory", 1, include_str!("memory.rs")),
         ("paging", 1, include_str!("paging.rs")),
         ("heap", 1, include_str!("heap.rs")),
