@@ -123,22 +123,25 @@ pub fn start(switch: &Path, node: (Ipv6Addr, u16), mac: [u8; 6], stop: Arc<Atomi
         let h = sockets.add(s);
         let dst = IpEndpoint::new(IpAddress::Ipv6(node.0), node.1);
         // several CLIs (each its own port) may share the relay: the node's answers go to the
-        // one whose session index they name (relay_route.rs)
+        // one whose session index they name, and a CLI whose session the node replaced is told
+        // (relay_route.rs)
         let mut routes = Routes::new(MAX_ROUTES);
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::SeqCst) {
             let mut busy = false;
             while let Ok((n, from)) = host.recv_from(&mut buf) {
-                routes.from_client(&buf[..n], from);
+                routes.from_client(&buf[..n], from, Instant::now());
                 let _ = sockets.get_mut::<udp::Socket>(h).send_slice(&buf[..n], dst);
                 busy = true;
             }
             iface.poll(now(), &mut dev, &mut sockets);
             let s = sockets.get_mut::<udp::Socket>(h);
             while let Ok((n, _)) = s.recv_slice(&mut buf) {
-                match routes.to_client(&buf[..n]) {
-                    Ok(c) => {
-                        let _ = host.send_to(&buf[..n], c);
+                match routes.to_client(&buf[..n], Instant::now()) {
+                    Ok(r) => {
+                        for c in std::iter::once(r.to).chain(r.also) {
+                            let _ = host.send_to(&buf[..n], c);
+                        }
                     }
                     Err(why) => {
                         // the 1st, 2nd, 4th, 8th… drop: seen, without a line per datagram
