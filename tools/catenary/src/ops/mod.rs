@@ -7,5 +7,6 @@ pub mod config;
 pub mod fabric;
 pub mod fabric_call;
 pub mod relay;
+pub mod relay_route;
 pub mod transport;
 pub mod wgconfig;

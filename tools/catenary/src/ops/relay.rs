@@ -7,11 +7,13 @@
 //! random locally administered MAC, has one UDP socket that forwards datagrams to and from a
 //! localhost UDP port. The relay only moves opaque fabric datagrams between that port and the
 //! node's underlay address and port (from the cluster file): the handshake, encryption and TCP
-//! are the CLI's embedded fabric's. The operator config's fabric endpoint is set to
+//! are the CLI's embedded fabric's. It reads only their WireGuard session indices, to send each
+//! of the node's datagrams to the local CLI whose session it belongs to (`relay_route.rs`). The operator config's fabric endpoint is set to
 //! `NODEKEY@[::1]:PORT` (what `catenary init --set-fabric` sets), so `catenary nodes` with that
 //! config goes through the relay. It runs until SIGINT or SIGTERM, or until `vde_plug` ends.
 
 use super::config;
+use super::relay_route::{Routes, MAX_ROUTES};
 use catenary_net::cluster::{hex_encode, link_local_from_mac, Cluster, Member};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -120,21 +122,40 @@ pub fn start(switch: &Path, node: (Ipv6Addr, u16), mac: [u8; 6], stop: Arc<Atomi
         let _ = s.bind(RELAY_PORT);
         let h = sockets.add(s);
         let dst = IpEndpoint::new(IpAddress::Ipv6(node.0), node.1);
-        // the CLI's socket: answers go to whoever sent last (a new CLI process, a new port)
-        let mut client: Option<SocketAddr> = None;
+        // several CLIs (each its own port) may share the relay: the node's answers go to the
+        // one whose session index they name, and a CLI whose session the node replaced is told
+        // (relay_route.rs)
+        let mut routes = Routes::new(MAX_ROUTES);
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::SeqCst) {
             let mut busy = false;
             while let Ok((n, from)) = host.recv_from(&mut buf) {
-                client = Some(from);
+                routes.from_client(&buf[..n], from, Instant::now());
                 let _ = sockets.get_mut::<udp::Socket>(h).send_slice(&buf[..n], dst);
                 busy = true;
             }
             iface.poll(now(), &mut dev, &mut sockets);
             let s = sockets.get_mut::<udp::Socket>(h);
             while let Ok((n, _)) = s.recv_slice(&mut buf) {
-                if let Some(c) = client {
-                    let _ = host.send_to(&buf[..n], c);
+                match routes.to_client(&buf[..n], Instant::now()) {
+                    Ok(r) => {
+                        for c in std::iter::once(r.to).chain(r.also) {
+                            let _ = host.send_to(&buf[..n], c);
+                        }
+                    }
+                    Err(why) => {
+                        // the 1st, 2nd, 4th, 8th… drop: seen, without a line per datagram
+                        let d = routes.dropped();
+                        if d.total().is_power_of_two() {
+                            eprintln!(
+                                "catenary: relay: dropped a datagram from the node ({why:?}); {} so far: {} for no local session, {} initiations, {} malformed",
+                                d.total(),
+                                d.unknown_index,
+                                d.initiation,
+                                d.malformed
+                            );
+                        }
+                    }
                 }
                 busy = true;
             }
