@@ -75,6 +75,31 @@ impl StopPolicy {
         Some(StopAction::PowerOff)
     }
 
+    /// The node's requests of one pass of the vCPU loop, in one decision: a kill, else a stop
+    /// with its grace period (`stop_grace`), then the owner's power-off deadline if it passed.
+    /// An action once decided is never dropped: a kill and a passed deadline in the same pass
+    /// power the VM off once (the cluster lease's fence and `workd`'s own enforcement fall on
+    /// the same instant by design; overwriting the kill's power-off with the deadline's
+    /// "already off" left a VM running past its lease, seen in `cluster_orchd_killed`).
+    /// Returns the action and whether the deadline caused it (for the log).
+    pub fn apply_requests(&mut self, now: u64, kill: bool, stop_grace: Option<u64>, has_init: bool, deadline_passed: bool) -> (Option<StopAction>, bool) {
+        let mut action = if kill {
+            self.kill()
+        } else if let Some(grace) = stop_grace {
+            self.request(now, grace, has_init)
+        } else {
+            None
+        };
+        let mut by_deadline = false;
+        if deadline_passed {
+            if let Some(off) = self.kill() {
+                action = Some(off);
+                by_deadline = true;
+            }
+        }
+        (action, by_deadline)
+    }
+
     /// What the deadline reached at `now` calls for.
     pub fn poll(&mut self, now: u64) -> Option<StopAction> {
         match self.phase {
@@ -136,6 +161,24 @@ mod tests {
         let mut p = StopPolicy::new();
         assert_eq!(p.request(5, DEFAULT_GRACE_NS, true), Some(StopAction::SendStop));
         assert_eq!(p.kill(), Some(StopAction::PowerOff));
+        assert_eq!(p.poll(u64::MAX), None);
+    }
+
+    #[test]
+    fn a_kill_and_a_passed_deadline_in_one_pass_power_off_once() {
+        // workd's kill for the lease and the kernel's deadline in the same pass
+        let mut p = StopPolicy::new();
+        assert_eq!(p.apply_requests(S, true, None, true, true), (Some(StopAction::PowerOff), false));
+        assert_eq!(p.apply_requests(S, false, None, true, true), (None, false), "once");
+        // the deadline alone, also during a stop under way
+        let mut p = StopPolicy::new();
+        assert_eq!(p.apply_requests(S, false, None, true, true), (Some(StopAction::PowerOff), true));
+        let mut p = StopPolicy::new();
+        assert_eq!(p.apply_requests(S, false, Some(10 * S), true, false), (Some(StopAction::SendStop), false));
+        assert_eq!(p.apply_requests(2 * S, false, Some(10 * S), true, true), (Some(StopAction::PowerOff), true));
+        // a stop and a passed deadline together: off now, not after the grace period
+        let mut p = StopPolicy::new();
+        assert_eq!(p.apply_requests(S, false, Some(10 * S), true, true), (Some(StopAction::PowerOff), true));
         assert_eq!(p.poll(u64::MAX), None);
     }
 
