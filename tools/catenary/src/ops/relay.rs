@@ -122,6 +122,7 @@ pub fn start(switch: &Path, node: (Ipv6Addr, u16), mac: [u8; 6], stop: Arc<Atomi
         let _ = s.bind(RELAY_PORT);
         let h = sockets.add(s);
         let dst = IpEndpoint::new(IpAddress::Ipv6(node.0), node.1);
+        let node_addr = SocketAddr::from((node.0, node.1));
         // several CLIs (each its own port) may share the relay: the node's answers go to the
         // one whose session index they name, and a CLI whose session the node replaced is told
         // (relay_route.rs)
@@ -136,8 +137,11 @@ pub fn start(switch: &Path, node: (Ipv6Addr, u16), mac: [u8; 6], stop: Arc<Atomi
             }
             iface.poll(now(), &mut dev, &mut sockets);
             let s = sockets.get_mut::<udp::Socket>(h);
-            while let Ok((n, _)) = s.recv_slice(&mut buf) {
-                match routes.to_client(&buf[..n], Instant::now()) {
+            while let Ok((n, meta)) = s.recv_slice(&mut buf) {
+                let src = match meta.endpoint.addr {
+                    IpAddress::Ipv6(a) => SocketAddr::from((a, meta.endpoint.port)),
+                };
+                match routes.from_switch(src, node_addr, &buf[..n], Instant::now()) {
                     Ok(r) => {
                         for c in std::iter::once(r.to).chain(r.also) {
                             let _ = host.send_to(&buf[..n], c);
@@ -148,11 +152,12 @@ pub fn start(switch: &Path, node: (Ipv6Addr, u16), mac: [u8; 6], stop: Arc<Atomi
                         let d = routes.dropped();
                         if d.total().is_power_of_two() {
                             eprintln!(
-                                "catenary: relay: dropped a datagram from the node ({why:?}); {} so far: {} for no local session, {} initiations, {} malformed",
+                                "catenary: relay: dropped a datagram from the switch ({why:?}); {} so far: {} for no local session, {} initiations, {} malformed, {} not from the node",
                                 d.total(),
                                 d.unknown_index,
                                 d.initiation,
-                                d.malformed
+                                d.malformed,
+                                d.not_from_node
                             );
                         }
                     }

@@ -10,6 +10,9 @@
 //! the node's datagrams by `receiver`. A datagram from the node that names no known index, that
 //! does not parse as a WireGuard message, or that is an initiation (it names no receiver) is
 //! dropped and counted: sending it to some client would hand one CLI another's session.
+//! So is anything on the switch's relay port that does not come from the node's own underlay
+//! address and port ([`Routes::from_switch`]): any guest or host on the switch can send to the
+//! relay, and the CLI should see only what its node sent.
 //!
 //! The table is bounded ([`MAX_ROUTES`]): a new index past the bound evicts the one least
 //! recently used (learned, or routed to), so a long-running relay over many short CLIs, or a
@@ -70,6 +73,8 @@ pub enum Unrouted {
     /// Not a WireGuard message: empty, short, the wrong length, an unknown type, or reserved
     /// bytes not zero.
     Malformed,
+    /// Sent to the relay's switch port from another address or port than the node's.
+    NotFromNode,
 }
 
 /// Datagrams from the node dropped so far, by reason.
@@ -78,11 +83,12 @@ pub struct Dropped {
     pub unknown_index: u64,
     pub initiation: u64,
     pub malformed: u64,
+    pub not_from_node: u64,
 }
 
 impl Dropped {
     pub fn total(&self) -> u64 {
-        self.unknown_index + self.initiation + self.malformed
+        self.unknown_index + self.initiation + self.malformed + self.not_from_node
     }
 }
 
@@ -135,6 +141,17 @@ impl Routes {
         self.by_use.insert(now, sender);
     }
 
+    /// Where a datagram `d` that reached the relay's switch port from `src` goes, when the
+    /// relay serves the node at `node`: nowhere (counted) unless it comes from the node's
+    /// address and port, else as [`Routes::to_client`].
+    pub fn from_switch(&mut self, src: SocketAddr, node: SocketAddr, d: &[u8], now: Instant) -> Result<Route, Unrouted> {
+        if src != node {
+            self.dropped.not_from_node += 1;
+            return Err(Unrouted::NotFromNode);
+        }
+        self.to_client(d, now)
+    }
+
     /// Where a datagram `d` from the node at `now` goes, or why it goes nowhere (counted).
     /// Handshake answers go to their handshake's client only (as the node sends them to the
     /// initiation's source); transport data may also be copied to a waiting client.
@@ -150,6 +167,7 @@ impl Routes {
             Err(Unrouted::UnknownIndex(_)) => self.dropped.unknown_index += 1,
             Err(Unrouted::Initiation) => self.dropped.initiation += 1,
             Err(Unrouted::Malformed) => self.dropped.malformed += 1,
+            Err(Unrouted::NotFromNode) => self.dropped.not_from_node += 1,
             Ok(_) => {}
         }
         r
@@ -362,8 +380,26 @@ mod tests {
         // the node's index in a client's transport data is not the client's own
         from(&mut r, &data(5, 0, TRANSPORT_MIN_LEN), a);
         assert_eq!(to(&mut r, &data(5, 0, TRANSPORT_MIN_LEN)), Err(Unrouted::UnknownIndex(5)));
-        assert_eq!(r.dropped(), Dropped { unknown_index: 5, initiation: 1, malformed: 0 });
+        assert_eq!(r.dropped(), Dropped { unknown_index: 5, initiation: 1, malformed: 0, not_from_node: 0 });
         assert_eq!(to(&mut r, &data(1, 0, TRANSPORT_MIN_LEN)), Ok(a));
+    }
+
+    /// Anyone on the switch can send to the relay's port: only the node's own address and port
+    /// reach a client, even with a datagram that names a live session.
+    #[test]
+    fn only_the_node_reaches_a_client_through_the_switch() {
+        let a = addr(40001);
+        let node: SocketAddr = "[fd00::1:1]:51820".parse().unwrap();
+        let mut r = Routes::new(MAX_ROUTES);
+        from(&mut r, &init(1), a);
+        for src in ["[fd00::1:2]:51820", "[fd00::1:1]:51821", "[fe80::1]:51820"] {
+            let src: SocketAddr = src.parse().unwrap();
+            assert_eq!(r.from_switch(src, node, &data(1, 0, TRANSPORT_MIN_LEN), t0()), Err(Unrouted::NotFromNode), "{src}");
+            assert_eq!(r.from_switch(src, node, &resp(9, 1), t0()), Err(Unrouted::NotFromNode), "{src}");
+        }
+        assert_eq!(r.dropped(), Dropped { not_from_node: 6, ..Dropped::default() });
+        assert_eq!(r.from_switch(node, node, &data(1, 0, TRANSPORT_MIN_LEN), t0()), Ok(Route { to: a, also: None }));
+        assert_eq!(r.dropped().total(), 6);
     }
 
     #[test]
