@@ -235,7 +235,15 @@ fn hostile(c: &mut Client) {
     let r2 = vm_value(WORKD, catenary_workload::vmctl::OP_KILL, 0, 1);
     // (nor move a VM's power-off deadline: far ahead would undo the cluster lease's fence)
     let r3 = vm_value(WORKD, catenary_workload::vmctl::OP_DEADLINE, u64::MAX, 1);
-    c.result("hostile_sys_vm_without_capability", r0.is_err() && r1.is_err() && r2.is_err() && r3.is_err(), &format!("{r0:?} {r1:?} {r2:?} {r3:?}"));
+    // the capability check refused it (workd's slot is a send capability, not VMCTL: NoRight),
+    // not the op table: an op the kernel does not know is a bad argument before any check
+    let no_right = Err(catenary_ipc::IpcError::NoRight.code());
+    let unknown = vm_value(WORKD, 0xdead, 0, 1);
+    c.result(
+        "hostile_sys_vm_without_capability",
+        r0.is_err() && r1 == no_right && r2 == no_right && r3 == no_right && unknown == Err(catenary_ipc::syscall::ERR_BAD_ARG),
+        &format!("{r0:?} {r1:?} {r2:?} {r3:?}; an unknown op: {unknown:?}"),
+    );
     // the cluster lease is orchd's alone (workd checks the kernel-set badge): this client can
     // neither set nor end it, and without it no cluster replica (`cl-…`) is created
     for until_ns in [u64::MAX, 0] {
