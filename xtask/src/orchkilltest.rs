@@ -76,7 +76,9 @@ fn probes_kernel(t: &mut Tally, name: &str, kernel: &Path) -> Result<std::path::
 }
 
 /// `node_kernel_without_probes`: every option of [`PROBE_OPTIONS`] is absent from the node
-/// kernel and present in the probes kernel (no QEMU).
+/// kernel and present in the probes kernel (no QEMU). Broken once (7be617b): with
+/// `build_kernel(false)` building the kernel and its ring-3 programs with the feature
+/// `probes`, 0 passed, 27 failed (each option `Ok(true)` in both kernels).
 pub fn test_probes_absent(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     probes_kernel_checked(t, "node_kernel_without_probes", kernel, PROBE_OPTIONS).map(|_| ())
 }
