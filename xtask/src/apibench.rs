@@ -65,7 +65,8 @@ pub fn bench_api() -> Result<(), String> {
         println!("bench api: skipped (vde_switch and vde_plug not installed: apt-get install vde2)");
         return Ok(());
     }
-    let kernel = crate::build::build_kernel(false)?;
+    // `net.tcpecho`: a probe, only in the probes kernel
+    let kernel = crate::build::build_kernel_probes()?;
     let st = Command::new("cargo").args(["build", "--quiet", "-p", "catenary"]).status().map_err(|e| e.to_string())?;
     if !st.success() {
         return Err("cargo build -p catenary failed".into());

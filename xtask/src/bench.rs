@@ -109,7 +109,8 @@ fn bench_boot() -> Result<(), String> {
 /// Ring-3 IPC round trips and the null syscall, measured in the guest (TSC cycles, medians),
 /// with the kernel's per-stage breakdown; then the remote round trip (`bench ipc local`: not).
 fn bench_ipc(args: &[String]) -> Result<(), String> {
-    let kernel = crate::build::build_kernel(false)?;
+    // `bench=ipc` and `net.ipcbench`: probes, only in the probes kernel (the same code plus them)
+    let kernel = crate::build::build_kernel_probes()?;
     let kernel_path = kernel.clone();
     let mut b = Boot::pvh("q35", kernel);
     b.smp = 4;

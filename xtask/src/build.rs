@@ -27,8 +27,11 @@ pub fn kernel_elf(test: bool) -> PathBuf {
 
 /// Ring-3 programs (hypervisor/user): static executables at 4 MiB, built with the kernel's
 /// flags except the code model (user code lives in the low half). Returns their directory.
-pub fn build_user() -> Result<PathBuf, String> {
-    let target_dir = root().join("target").join("user");
+/// The ring-3 programs; `probes`: with the feature `probes` (netd's and nicd's command-line
+/// test probes), in their own target directory (target/user-probes) so that neither build
+/// undoes the other; only the probes kernel embeds those.
+pub fn build_user(probes: bool) -> Result<PathBuf, String> {
+    let target_dir = root().join("target").join(if probes { "user-probes" } else { "user" });
     let mut flags: Vec<&str> = KERNEL_RUSTFLAGS.iter().copied().filter(|f| !f.starts_with("-Ccode-model")).collect();
     flags.push("-Ccode-model=small");
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -39,6 +42,9 @@ pub fn build_user() -> Result<PathBuf, String> {
         .arg(&target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
         .env_remove("RUSTFLAGS");
+    if probes {
+        c.args(["--features", "probes"]);
+    }
     run(&mut c)?;
     Ok(target_dir.join("x86_64-unknown-linux-gnu/release"))
 }
@@ -47,16 +53,19 @@ pub fn build_kernel(test: bool) -> Result<PathBuf, String> {
     build_kernel_as(test, false)
 }
 
-/// The node kernel with the test probes (`--features probes`, `hypervisor/kernel/src/orchprobe.rs`):
-/// only for the QEMU tests that arm one from the command line. It shares the node kernel's
-/// target directory, so only the kernel crate itself is compiled again; the shipped kernel
-/// (`build_kernel(false)`: `cargo xtask run`, the ISO) has no probes.
+/// The node kernel with the test probes (`--features probes`: `hypervisor/kernel/src/orchprobe.rs`,
+/// `netdprobe.rs`, `tcpprobe.rs`, `rpcprobe.rs`, the in-kernel netd's `net/probes.rs`, the
+/// boot-time benchmarks `bench=`, `crash=`, `workload.client=`, and the ring-3 netd and nicd
+/// built with their feature `probes`): only for the QEMU tests and benchmarks that arm one
+/// from the command line. It shares the node kernel's target directory, so only the kernel
+/// crate itself is compiled again; the shipped kernel (`build_kernel(false)`: `cargo xtask
+/// run`, the ISO, the Nix apps) has no probes (`node_kernel_without_probes` checks its bytes).
 pub fn build_kernel_probes() -> Result<PathBuf, String> {
     build_kernel_as(false, true)
 }
 
 fn build_kernel_as(test: bool, probes: bool) -> Result<PathBuf, String> {
-    let user = build_user()?;
+    let user = build_user(probes)?;
     let target_dir = root().join("target").join(if test { "kernel-test" } else { "kernel" });
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root())

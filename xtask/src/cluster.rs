@@ -527,11 +527,11 @@ pub(crate) fn leaked_keys(r: &Running, nodes: &[(String, [u8; 32])]) -> Vec<Stri
 }
 
 /// `cargo xtask run --nodes N`: every console with a `[nodeK]` prefix until Ctrl-C.
-pub fn run_nodes(n: usize, cmdline: &str, guest: bool) -> Result<(), String> {
+pub fn run_nodes(n: usize, cmdline: &str, guest: bool, probes: bool) -> Result<(), String> {
     if n == 0 || n > 200 {
         return Err("--nodes must be 1..200".into());
     }
-    let kernel = crate::build::build_kernel(false)?;
+    let kernel = if probes { crate::build::build_kernel_probes()? } else { crate::build::build_kernel(false)? };
     // keys, cluster file and operator config from `catenary cluster new`, as an operator
     // makes a cluster (docs/api.md, "A local cluster")
     let (mut nodes, ops) = crate::operator::new_cluster(n)?;
@@ -586,6 +586,16 @@ pub fn any_selected() -> bool {
     ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_guest_cannot_act_as_node", "net_nat64", "cluster_kill_rejoin", "node_kernel_without_probes", "cluster_orchd_killed", "cluster_workd_killed", "cluster_membership", "cluster_pxe_join", "cluster_image_copy", "cluster_drain", "cluster_graceful_leave", "cluster_snapshot_catchup", "cluster_node_remove"].iter().any(|g| crate::test::selected(g))
 }
 
+/// The cluster test groups whose nodes' command lines arm a test probe (only in the probes
+/// kernel): `net.ping`/`net.wait`, `net.ipccall`, `net.nicd_restart`, `netd.test_panic` with
+/// `net.netdtest`/`net.panicsvc`, `net.udptest`/`net.udpecho`, `net.tcptest`/`net.tcpecho`,
+/// `net.sockrestart`/`net.restartpeer`, `net.rpctest`/`net.rpcsvc`/`net.test-loss`,
+/// `net.rpcquota`, `workload.client` (the wkctl scenarios).
+pub const ARMS_PROBES: &[&str] = &[
+    "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp",
+    "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_workload_server", "net_cli_embedded_fabric", "net_nat64",
+];
+
 /// The networking tests (named `net_*`).
 pub fn tests(t: &mut Tally) -> Result<(), String> {
     println!("== cluster networking tests (QEMU nodes on a vde switch)");
@@ -632,9 +642,21 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("cluster_drain", crate::imagecopytest::test_drain),
         ("cluster_snapshot_catchup", crate::snapshottest::test),
     ];
+    // The groups that arm a command-line probe boot the probes kernel (built once, when one
+    // of them runs; `build::build_kernel_probes`): the node kernel has none
+    // (`node_kernel_without_probes`). The others boot the node kernel as shipped. (The
+    // orchd/workd kill tests build it themselves, with their own check of the options.)
+    let mut probes: Option<std::path::PathBuf> = None;
     for &(name, f) in groups {
         if crate::test::selected(name) {
-            f(t, &kernel)?;
+            if ARMS_PROBES.contains(&name) {
+                if probes.is_none() {
+                    probes = Some(crate::build::build_kernel_probes()?);
+                }
+                f(t, probes.as_deref().unwrap_or(&kernel))?;
+            } else {
+                f(t, &kernel)?;
+            }
         }
     }
     Ok(())

@@ -58,7 +58,7 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  build [--test]            build the kernel ELF (prints its path)
+  build [--test|--probes]   build the kernel ELF (prints its path; --probes: with the test probes)
   run [options] [-- CMDLINE] build and boot Catenary in QEMU, serial console on stdout
       --machine microvm|q35|pc   (default q35)    --smp N (default 2)   --mem SIZE (default 1G)
       --iso                  boot the GRUB ISO instead of -kernel (PVH)   --uefi  (with --iso: OVMF)
@@ -66,6 +66,8 @@ commands:
       --image DIR            run a packed Catenary image (`catenary image pack -o DIR`) as the workload
                              `demo`, started by the workload service (workload.demo=demo)
       --nodes N              N nodes on one vde switch (keys + cluster file generated), consoles prefixed [nodeK]
+      --probes               boot the probes kernel (the command-line test probes, e.g. -- net.ping=node3;
+                             docs/testing.md, The probes kernel); by default the node kernel, which has none
   iso [--test]              build the hybrid BIOS+UEFI ISO (GRUB; Limine too if `limine` is on PATH)
   netboot [--test] [DIR]    PXE/TFTP directory (GRUB BIOS+UEFI network images, grub.cfg, kernel,
                             modules; default build/netboot; same layout as `nix build .#netboot`)

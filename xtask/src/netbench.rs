@@ -8,7 +8,8 @@ use std::time::Duration;
 /// `cargo xtask bench net`: round-trip latency and UDP throughput between two nodes over the
 /// fabric and over the plain link, measured by node1.
 pub fn bench(args: &[String]) -> Result<(), String> {
-    let kernel = crate::build::build_kernel(false)?;
+    // `net.bench`: a probe, only in the probes kernel
+    let kernel = crate::build::build_kernel_probes()?;
     // `net.*` words go to both nodes' command lines (e.g. `net.driver=kernel`)
     let extra: Vec<&str> = args.iter().map(|s| s.as_str()).filter(|s| s.starts_with("net.")).collect();
     let mut a = NodeSpec::new(1);

@@ -296,6 +296,9 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
     let mut cmdline = Vec::new();
     let mut nodes = 0usize;
     let mut image: Option<PathBuf> = None;
+    // `--probes`: boot the probes kernel instead (the command-line test probes, e.g.
+    // `-- net.ping=node3`; `build::build_kernel_probes`); by default the node kernel as shipped
+    let mut probes = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -305,6 +308,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
             "--iso" => iso = true,
             "--uefi" => uefi = true,
             "--no-guest" => guest = false,
+            "--probes" => probes = true,
             "--image" => image = Some(PathBuf::from(it.next().ok_or("--image needs a packed image directory (catenary image pack -o DIR)")?)),
             "--nodes" => nodes = it.next().ok_or("--nodes needs a value")?.parse().map_err(|_| "--nodes needs a number")?,
             "--" => {
@@ -321,9 +325,9 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
             // builds or unpacks the cached bundle into build/guest
             guest_modules_for_run();
         }
-        return crate::cluster::run_nodes(nodes, &cmdline.join(" "), guest);
+        return crate::cluster::run_nodes(nodes, &cmdline.join(" "), guest, probes);
     }
-    let kernel = crate::build::build_kernel(false)?;
+    let kernel = if probes { crate::build::build_kernel_probes()? } else { crate::build::build_kernel(false)? };
     let mut mods = if guest { guest_modules_for_run() } else { vec![] };
     if let Some(dir) = &image {
         // The packed image rides in the guest bundle; the node's image store verifies it and

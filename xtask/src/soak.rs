@@ -260,7 +260,9 @@ pub fn soak_vm(o: &Options) -> Result<(usize, usize, usize), String> {
     let dir = soak_dir();
     // A copy of the kernel, so that a rebuild during a long soak does not change what it boots.
     let kernel = dir.join("catenary.elf");
-    std::fs::copy(crate::build::build_kernel(false)?, &kernel).map_err(|e| format!("copying the kernel: {e}"))?;
+    // `--node-args crash=…` is a probe: only the probes kernel has it
+    let built = if o.node_args.contains("crash=") { crate::build::build_kernel_probes()? } else { crate::build::build_kernel(false)? };
+    std::fs::copy(built, &kernel).map_err(|e| format!("copying the kernel: {e}"))?;
     let (minimal, debian) = bundles()?;
     println!(
         "soak vm: {} boots, {} at a time, {} busy-loop load process(es), QEMU -d {} (logs of failures in {})",

@@ -298,11 +298,16 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
     // An unhandled exception prints the full register dump and stops the CPU. `df`: a double
     // fault (the exception stack exhausted) while the console lock is held: the dump comes
     // from #DF's own IST stack without taking any lock.
+    // `crash=` is a probe: only the probes kernel has it (built once, if a fault_dump test runs)
+    let mut probes: Option<std::path::PathBuf> = None;
     for (kind, vector) in [("ud", "CPU EXCEPTION 6 (#UD"), ("pf", "CPU EXCEPTION 14 (#PF"), ("df", "CPU EXCEPTION 8 (#DF")] {
         if !selected(&format!("fault_dump_{kind}")) {
             continue;
         }
-        let mut b = Boot::pvh("microvm", plain.clone());
+        if probes.is_none() {
+            probes = Some(crate::build::build_kernel_probes()?);
+        }
+        let mut b = Boot::pvh("microvm", probes.clone().unwrap_or_default());
         b.smp = 1;
         b.mem = "256M".into();
         b.cmdline = format!("crash={kind}");

@@ -307,7 +307,8 @@ pub fn bench_vm() -> Result<(), String> {
 /// TSC cycles per CPUID that exits to the VMM, against the same guest loop without the exit and
 /// CPUID on the host (no exit), all measured in one node run.
 pub fn bench_exit() -> Result<(), String> {
-    let kernel = crate::build::build_kernel(false)?;
+    // `bench=exit`: only in the probes kernel
+    let kernel = crate::build::build_kernel_probes()?;
     let mut b = Boot::pvh("q35", kernel);
     b.smp = 2;
     b.mem = "512M".into();
@@ -344,7 +345,8 @@ pub fn bench_exit() -> Result<(), String> {
 /// `hypervisor/kernel/src/vmmembench.rs`): frame and heap counters before and while 4 microVMs
 /// with a workload VM's devices run. Goal (issue 14 item 6): at most 256 KiB.
 pub fn bench_vmmem() -> Result<(), String> {
-    let kernel = crate::build::build_kernel(false)?;
+    // `bench=vmmem`: only in the probes kernel
+    let kernel = crate::build::build_kernel_probes()?;
     let mut b = Boot::pvh("q35", kernel);
     b.smp = 2;
     b.mem = "512M".into();

@@ -2,6 +2,10 @@
 //! loops on CPUID (every one an intercepted exit the VMM emulates), then runs the same loop with
 //! a NOP in CPUID's place; both are timed with RDTSC in the guest. For reference the node also
 //! times the same CPUID loop on the host, where CPUID does not exit. Figures only.
+//!
+//! The benchmark runs only in the probes kernel (`bench=` is a probe, main.rs); the in-kernel
+//! test build uses [`vm_exit_profile_counts`] alone.
+#![cfg_attr(not(feature = "probes"), allow(dead_code))]
 
 use crate::vm::{Image, RunReport, CPUIDLOOP_GUEST, HOSTILE_LOAD};
 use log::{info, warn};

@@ -174,14 +174,14 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     // Images among the boot modules, verified before the workload service can ask for them.
     crate::vmstore::init(&bi.modules, &bi.cmdline);
     crate::task::start_node(&cpu_list, ioapic_addr, &bi.cmdline);
-    if crate::cmdline::get(&bi.cmdline, "bench") == Some("ipc") {
-        crate::task::run_ipc_bench(ncpus);
-    }
-    if crate::cmdline::get(&bi.cmdline, "bench") == Some("exit") {
-        crate::exitbench::run(ncpus);
-    }
-    if crate::cmdline::get(&bi.cmdline, "bench") == Some("vmmem") {
-        crate::vmmembench::run(ncpus);
+    // The boot-time benchmarks (`cargo xtask bench ipc|exit|vmmem`) and `crash=` (the
+    // `fault_dump_*` tests): only in the probes kernel, as the other command-line probes.
+    #[cfg(feature = "probes")]
+    match crate::cmdline::get(&bi.cmdline, "bench") {
+        Some("ipc") => crate::task::run_ipc_bench(ncpus),
+        Some("exit") => crate::exitbench::run(ncpus),
+        Some("vmmem") => crate::vmmembench::run(ncpus),
+        _ => {}
     }
 
     for m in &bi.modules {
@@ -189,6 +189,7 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
         info!(target: "boot", "module \"{}\" at {:#x}, {} bytes, fnv1a {:016x}", m.name, m.start, m.len, fnv1a(data));
     }
 
+    #[cfg(feature = "probes")]
     if let Some(kind) = crate::cmdline::get(&bi.cmdline, "crash") {
         warn!(target: "boot", "crashing on purpose (crash={kind})");
         trap::crash_for_test(kind);
@@ -205,7 +206,7 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     start_heartbeat(&node);
     #[cfg(not(feature = "ktest"))]
     start_demo_vm(&node);
-    #[cfg(not(feature = "ktest"))]
+    #[cfg(all(feature = "probes", not(feature = "ktest")))]
     crate::wkclient::start(&node.boot.cmdline);
     #[cfg(not(feature = "ktest"))]
     crate::orchprobe::start(&node.boot.cmdline);

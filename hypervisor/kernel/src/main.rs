@@ -20,9 +20,16 @@ mod klog;
 // Node networking runs in the normal build; the ktest build does not start it.
 #[cfg_attr(feature = "ktest", allow(dead_code))]
 mod net;
+// The command-line test probes: only in the kernel built with the feature `probes` (the
+// QEMU tests and benchmarks that arm one boot it, `xtask build::build_kernel_probes`); the
+// node kernel `cargo xtask run`, the ISO and the Nix apps ship has neither their code nor the
+// option names (`node_kernel_without_probes` checks its bytes).
+#[cfg(feature = "probes")]
 mod netdprobe;
 mod orchprobe;
+#[cfg(feature = "probes")]
 mod tcpprobe;
+#[cfg(feature = "probes")]
 mod rpcprobe;
 mod task;
 #[cfg(feature = "ktest")]
@@ -59,11 +66,14 @@ mod ktest_vm;
 mod ktest_workd;
 #[cfg(feature = "ktest")]
 mod ktest_workload;
+// (the benchmarks `bench=exit|vmmem|ipc`: probes kernel; the in-kernel suite uses exitbench)
+#[cfg(any(feature = "probes", feature = "ktest"))]
 mod exitbench;
+#[cfg(feature = "probes")]
 mod vmmembench;
 mod vm;
 mod vmconsole;
 mod vmcontrol;
 mod vmstore;
-#[cfg(not(feature = "ktest"))]
+#[cfg(all(feature = "probes", not(feature = "ktest")))]
 mod wkclient;

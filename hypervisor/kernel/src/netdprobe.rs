@@ -12,6 +12,9 @@
 //! - `net.panicsvc=1` (on the peer, any `netd`): `panicsvc` at the node's second task /128
 //!   (`prefix:200::2`): a call to it is answered, then a send with
 //!   `catenary_ipc::netd::TEST_PANIC_LABEL` goes to the caller's node's `echo` /128.
+//!
+//! Only in the probes kernel (the cargo feature `probes`, main.rs; docs/testing.md "The probes
+//! kernel"): the node kernel has neither this code nor the options' names.
 
 use alloc::string::String;
 use catenary_arch::time;

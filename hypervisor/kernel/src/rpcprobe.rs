@@ -17,6 +17,9 @@
 //!   `rpcsvc` until it is answered while `rpcsvc` holds a full quota of calls;
 //! - `net.ipcbench=NAME` — `ipcbench` calls NAME's `echo` [`BENCH_CALLS`] times and prints
 //!   the median round trip (`cargo xtask bench ipc`).
+//!
+//! Only in the probes kernel (the cargo feature `probes`, main.rs; docs/testing.md "The probes
+//! kernel"): the node kernel has neither this code nor the options' names.
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;

@@ -13,6 +13,9 @@
 //!   transfer; the client checks the errors and opens its sockets again.
 //! - `net.restartpeer=NAME`: (role 36) connects to NAME's restart client (NAME's
 //!   `prefix:200::2`, TCP 8, UDP 9) until each echoes once.
+//!
+//! Only in the probes kernel (the cargo feature `probes`, main.rs; docs/testing.md "The probes
+//! kernel"): the node kernel has neither this code nor the options' names.
 
 use alloc::string::String;
 use catenary_ipc::{Address, Capability, Message, Rights};

@@ -2,7 +2,8 @@
 //! `wkctl` with scenario N, holding only a send + grant capability to `workd` (as any client
 //! of the workload protocol would). The cluster test `net_workload_server_stop` uses it
 //! (scenario 5: a web server workload with network, stopped by a `Stop` request); the
-//! `workload_*` QEMU tests use the test kernel's `ktest_workd` instead.
+//! `workload_*` QEMU tests use the test kernel's `ktest_workd` instead. Only in the probes
+//! kernel (the cargo feature `probes`; docs/testing.md "The probes kernel").
 
 use catenary_ipc::{Address, Capability, Rights};
 use catenary_sched::{Affinity, Priority};

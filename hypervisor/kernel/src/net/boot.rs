@@ -42,7 +42,8 @@ pub(crate) fn cluster(modules: &[Module]) -> Option<Cluster> {
 
 /// `net.test-loss=PCT` (1..=90): TESTS ONLY — drop PCT% of the fabric IPC datagrams this
 /// node sends and receives, to show that remote calls and sends survive loss. Logged loudly;
-/// anything else than a number in range is refused (no loss).
+/// anything else than a number in range is refused (no loss). Probes kernel only.
+#[cfg(feature = "probes")]
 pub(super) fn test_loss(cmdline: &str, seed: u64) -> Option<(u64, u64)> {
     let v = crate::cmdline::get(cmdline, "net.test-loss")?;
     match v.parse::<u64>() {

@@ -6,11 +6,23 @@ use super::*;
 pub(super) struct State {
     pub(super) nic: Nic,
     pub(super) node: Node,
+    /// The command line's probes (`probes.rs`): only in the probes kernel.
+    #[cfg(feature = "probes")]
+    pub(super) probe: ProbeArgs,
+    /// The capability slot of the endpoint the NIC's interrupt notifies (None: polling).
+    pub(super) irq: Option<usize>,
+    /// Fabric IPC events logged so far (the first few of each kind are).
+    pub(super) ipc_logged: [u32; 4],
+    /// Fabric IPC's retransmissions, duplicate suppression and send streams.
+    pub(super) rpc: Rpc,
+}
+
+/// The in-kernel `netd`'s probes as the command line arms them (probes kernel only).
+#[cfg(feature = "probes")]
+pub(super) struct ProbeArgs {
     pub(super) ping: Option<String>,
     pub(super) bench: Option<String>,
     pub(super) wait_s: u64,
-    /// The capability slot of the endpoint the NIC's interrupt notifies (None: polling).
-    pub(super) irq: Option<usize>,
     pub(super) ipccall: Option<String>,
     /// `net.nicd_restart=NAME` (test): fabric traffic to NAME until `nicd` has died and been
     /// restarted (with `nicd.crash_after=N`), then the session and a remote call again.
@@ -23,10 +35,24 @@ pub(super) struct State {
     /// `net.rpcquota=fill|other:NAME` (see `rpcprobe::rpcquota`).
     pub(super) rpcquota: Option<String>,
     pub(super) ipcbench: Option<String>,
-    /// Fabric IPC events logged so far (the first few of each kind are).
-    pub(super) ipc_logged: [u32; 4],
-    /// Fabric IPC's retransmissions, duplicate suppression and send streams.
-    pub(super) rpc: Rpc,
+}
+
+#[cfg(feature = "probes")]
+impl ProbeArgs {
+    fn parse(cmdline: &str) -> ProbeArgs {
+        ProbeArgs {
+            ping: crate::cmdline::get(cmdline, "net.ping").map(String::from),
+            bench: crate::cmdline::get(cmdline, "net.bench").map(String::from),
+            wait_s: crate::cmdline::get(cmdline, "net.wait").and_then(|w| w.parse().ok()).unwrap_or(60),
+            ipccall: crate::cmdline::get(cmdline, "net.ipccall").map(String::from),
+            restart_probe: crate::cmdline::get(cmdline, "net.nicd_restart").map(String::from),
+            rpcsvc: crate::cmdline::get(cmdline, "net.rpcsvc").is_some(),
+            panicsvc: crate::cmdline::get(cmdline, "net.panicsvc").is_some(),
+            rpctest: crate::cmdline::get(cmdline, "net.rpctest").map(String::from),
+            rpcquota: crate::cmdline::get(cmdline, "net.rpcquota").map(String::from),
+            ipcbench: crate::cmdline::get(cmdline, "net.ipcbench").map(String::from),
+        }
+    }
 }
 
 pub(super) struct Boot {
@@ -108,8 +134,10 @@ pub(super) fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed
     // fabric seed, which itself never leaves the node
     let h = netfabric::crypto::hash(&[b"catenary fabric ipc incarnation", &rng_seed]);
     let incarnation = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+    #[cfg(feature = "probes")]
     let test_loss = test_loss(cmdline, u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]));
     let mut node = Node::new(&mut nic, NodeConfig { identity, cluster, unix_time_at_origin: unix_at_origin, rng_seed }, now);
+    #[cfg(feature = "probes")]
     if let Some((pct, seed)) = test_loss {
         node.set_test_loss(pct, seed);
     }
@@ -129,17 +157,9 @@ pub(super) fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed
     let st = State {
         nic,
         node,
-        ping: crate::cmdline::get(cmdline, "net.ping").map(String::from),
-        bench: crate::cmdline::get(cmdline, "net.bench").map(String::from),
-        wait_s: crate::cmdline::get(cmdline, "net.wait").and_then(|w| w.parse().ok()).unwrap_or(60),
+        #[cfg(feature = "probes")]
+        probe: ProbeArgs::parse(cmdline),
         irq: None,
-        ipccall: crate::cmdline::get(cmdline, "net.ipccall").map(String::from),
-        restart_probe: crate::cmdline::get(cmdline, "net.nicd_restart").map(String::from),
-        rpcsvc: crate::cmdline::get(cmdline, "net.rpcsvc").is_some(),
-        panicsvc: crate::cmdline::get(cmdline, "net.panicsvc").is_some(),
-        rpctest: crate::cmdline::get(cmdline, "net.rpctest").map(String::from),
-        rpcquota: crate::cmdline::get(cmdline, "net.rpcquota").map(String::from),
-        ipcbench: crate::cmdline::get(cmdline, "net.ipcbench").map(String::from),
         ipc_logged: [0; 4],
         rpc,
     };
@@ -173,11 +193,14 @@ pub(super) fn router_up(st: &mut State) {
             netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network(), echo, a),
         Err(_) => info!(target: "net", "ipc: routing fabric IPC (UDP {}) for {}/64 (no echo service to bind)",
             netfabric::ipc::FABRIC_IPC_PORT, netfabric::identity::Prefix64::of(&node).network()),
-    }    if st.rpcsvc {
+    }
+    #[cfg(feature = "probes")]
+    if st.probe.rpcsvc {
         // binds the next task /128 (prefix:200::2)
         crate::task::spawn_kernel("rpcsvc", Priority::NORMAL, Affinity::ANY, crate::rpcprobe::rpcsvc, 0);
     }
-    if st.panicsvc {
+    #[cfg(feature = "probes")]
+    if st.probe.panicsvc {
         // binds the next task /128 (prefix:200::2)
         crate::task::spawn_kernel("panicsvc", Priority::NORMAL, Affinity::ANY, crate::netdprobe::panicsvc, 0);
     }
@@ -331,6 +354,7 @@ pub(super) fn netd(_: u64) {
     let Some(b) = BOOT.lock().take() else { return };
     let Some(mut st) = bring_up(&b.cmdline, &b.modules) else { return };
     drop(b);
+    #[cfg(feature = "probes")]
     probes(&mut st);
     let mut last_active = time::now_ns();
     let mut last_report = 0;
@@ -346,6 +370,7 @@ pub(super) fn netd(_: u64) {
         if active {
             last_active = now;
         }
+        #[cfg(feature = "probes")]
         if crate::rpcprobe::REPORT.swap(false, core::sync::atomic::Ordering::Relaxed) {
             info!(target: "net", "ipc: reliability counters {:?}, datagrams dropped by net.test-loss {}", st.rpc.counters, st.node.counters.test_dropped);
         }

@@ -29,13 +29,14 @@
 //! - `net.time=SECS` — Unix time now, for handshake timestamps when the CMOS RTC cannot be read;
 //! - `net.insecure-entropy` — create keys even without RDSEED/RDRAND (timing jitter only: the
 //!   keys may be guessable; logged loudly). Without it such a node keeps networking off;
-//! - `net.ping=NAME`, `net.bench=NAME`, `net.wait=SECS` — probes `netd` runs on its stack
+//! - (the probes kernel only, the cargo feature `probes`; docs/testing.md "The probes
+//!   kernel":) `net.ping=NAME`, `net.bench=NAME`, `net.wait=SECS` — probes `netd` runs on its stack
 //!   (user/src/bin/netd/probes.rs, or `probes.rs` here);
 //! - `net.ipccall=NAME`, `net.rpcsvc=1`, `net.rpctest=NAME[,GHOST]`,
 //!   `net.rpcquota=fill|other:NAME`, `net.ipcbench=NAME`, `net.nicd_restart=NAME`,
 //!   `net.netdtest=NAME`, `net.panicsvc=1`, `net.udpecho=PORT`, `net.udptest=NAME` — fabric
 //!   IPC and socket probes, kernel tasks (`netdprobe.rs`, `rpcprobe.rs`);
-//! - `net.test-loss=PCT` — TESTS ONLY: drop PCT% (1..=90) of fabric IPC datagrams in each
+//! - `net.test-loss=PCT` — TESTS ONLY (probes kernel only): drop PCT% (1..=90) of fabric IPC datagrams in each
 //!   direction (logged loudly; anything else is refused).
 //!
 //! The cluster file (see `catenary_net::cluster`) is the boot module that starts with
@@ -48,7 +49,7 @@ use catenary_arch::{entropy, memory, time};
 use catenary_bootinfo::Module;
 use catenary_net::ipcroute::{Body, Frame, IpcRouter, RouteError};
 use catenary_net::rpc::{Delivery, Outcome, Rpc};
-use catenary_net::{Cluster, Link, Node, NodeConfig, Path};
+use catenary_net::{Cluster, Link, Node, NodeConfig};
 use catenary_sched::{Affinity, Priority};
 use log::{info, warn};
 use netfabric::Identity;
@@ -62,6 +63,8 @@ mod router;
 mod vmlink;
 mod boot;
 mod ring3;
+// the in-kernel netd's probes (`net.ping`, `net.bench`, …): probes kernel only
+#[cfg(feature = "probes")]
 mod probes;
 use nic::*;
 use knetd::*;
@@ -69,6 +72,7 @@ pub(crate) use router::*;
 pub(crate) use vmlink::*;
 pub(crate) use boot::*;
 pub(crate) use ring3::*;
+#[cfg(feature = "probes")]
 pub(crate) use probes::*;
 
 /// The in-kernel `netd` runs (`net.netd=kernel`): no microVM links, no socket protocol.

@@ -2,6 +2,7 @@
 //! `net.rpctest`, `net.rpcquota`, `net.ipcbench`).
 
 use super::*;
+use catenary_net::Path;
 
 /// The target of the `net.ipccall` probe: the peer's echo /128 and an unbound /128.
 pub(super) static IPC_PROBE: Mutex<Option<(String, core::net::Ipv6Addr, core::net::Ipv6Addr, core::net::Ipv6Addr)>> = Mutex::new(None);
@@ -100,9 +101,9 @@ pub(super) fn wait_session(st: &mut State, peer: &str) -> Option<catenary_net::P
     if !pump(st, 3_000_000_000, |n| n.peer_by_name(peer).is_some_and(|p| p.established)) {
         st.node.connect(peer, time::now_ns());
     }
-    let ok = pump(st, st.wait_s * 1_000_000_000, |n| n.peer_by_name(peer).is_some_and(|p| p.established));
+    let ok = pump(st, st.probe.wait_s * 1_000_000_000, |n| n.peer_by_name(peer).is_some_and(|p| p.established));
     if !ok {
-        warn!(target: "net", "fabric: no session with {} after {} s", peer, st.wait_s);
+        warn!(target: "net", "fabric: no session with {} after {} s", peer, st.probe.wait_s);
         return None;
     }
     Some(p)
@@ -163,17 +164,17 @@ pub(super) fn restart_probe(st: &mut State, peer: &str) {
 }
 
 pub(super) fn probes(st: &mut State) {
-    if let Some(peer) = st.ipccall.take() {
+    if let Some(peer) = st.probe.ipccall.take() {
         if let Some(p) = wait_session(st, &peer) {
             start_ipc_probe(&peer, &p);
         } else {
             info!(target: "net", "ipc probe done");
         }
     }
-    if let Some(peer) = st.restart_probe.take() {
+    if let Some(peer) = st.probe.restart_probe.take() {
         restart_probe(st, &peer);
     }
-    if let Some(arg) = st.rpctest.take() {
+    if let Some(arg) = st.probe.rpctest.take() {
         let mut it = arg.split(',');
         let peer = String::from(it.next().unwrap_or(""));
         let ghost = it.next().and_then(|g| {
@@ -190,7 +191,7 @@ pub(super) fn probes(st: &mut State) {
             info!(target: "net", "rpctest done");
         }
     }
-    if let Some(arg) = st.rpcquota.take() {
+    if let Some(arg) = st.probe.rpcquota.take() {
         let (mode, peer) = arg.split_once(':').unwrap_or(("fill", arg.as_str()));
         let svc = wait_session(st, peer).and_then(|p| netfabric::identity::Prefix64::of(&p.fabric_addr).workload_address(netfabric::identity::AddressKind::Task, 2));
         match svc {
@@ -198,7 +199,7 @@ pub(super) fn probes(st: &mut State) {
             None => info!(target: "net", "rpcquota done"),
         }
     }
-    if let Some(peer) = st.ipcbench.take() {
+    if let Some(peer) = st.probe.ipcbench.take() {
         if let Some(p) = wait_session(st, &peer) {
             let echo = netfabric::identity::Prefix64::of(&p.fabric_addr).workload_address(netfabric::identity::AddressKind::Task, 1);
             if let Some(echo) = echo {
@@ -209,7 +210,7 @@ pub(super) fn probes(st: &mut State) {
             info!(target: "net", "bench ipc: remote done");
         }
     }
-    if let Some(peer) = st.ping.take() {
+    if let Some(peer) = st.probe.ping.take() {
         if let Some(p) = wait_session(st, &peer) {
             if let Some(r) = ping(st, Path::Fabric, p.fabric_addr, 5, 100) {
                 info!(target: "net", "fabric ping {} {}: {}/{} replies, median rtt {} us", peer, p.fabric_addr, r.received, r.sent, r.median_ns() / 1000);
@@ -228,7 +229,7 @@ pub(super) fn probes(st: &mut State) {
         }
         info!(target: "net", "ping done");
     }
-    if let Some(peer) = st.bench.take() {
+    if let Some(peer) = st.probe.bench.take() {
         if let Some(p) = wait_session(st, &peer) {
             // warm up both paths (neighbour cache, session)
             let _ = ping(st, Path::Underlay, p.underlay, 3, 56);

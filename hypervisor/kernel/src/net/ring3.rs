@@ -49,11 +49,13 @@ pub(super) fn start_user(cmdline: &str, modules: &[Module]) {
     });
     info!(target: "net", "virtio-net at PCI {:02x}:{:02x}.{}: the network stack runs in ring 3: the supervisor starts netd and nicd (driver in ring 3) with their manifest grants",
         df.bus, df.device, df.function);
+    #[cfg(feature = "probes")]
     crate::rpcprobe::USER_NETD.store(true, core::sync::atomic::Ordering::Relaxed);
     supervisor::enable("nicd", true);
     supervisor::enable("netd", true);
     enable_natd(cmdline);
     NAT64_NAMED.store(crate::cmdline::get(cmdline, "net.nat64gw").is_some(), core::sync::atomic::Ordering::Relaxed);
+    #[cfg(feature = "probes")]
     crate::netdprobe::start(cmdline, modules);
 }
 

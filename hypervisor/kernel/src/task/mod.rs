@@ -44,6 +44,8 @@
 //! syscall wrappers), `services` (boot services), `bench` (IPC benchmark).
 
 mod api;
+// `bench=ipc`: only in the probes kernel (see main.rs)
+#[cfg(feature = "probes")]
 mod bench;
 mod elf;
 mod fastpath;
@@ -76,8 +78,10 @@ use spin::Mutex;
 pub use catenary_ipc::syscall::*;
 
 pub use api::*;
+#[cfg(feature = "probes")]
 pub use bench::*;
 use elf::*;
+#[cfg_attr(not(any(feature = "probes", feature = "ktest")), allow(unused_imports))] // (the benchmarks and the in-kernel tests)
 pub use fastpath::fastpath_handoffs;
 pub use grant::*;
 pub use irq::*;

@@ -146,8 +146,12 @@ pub(super) fn sys_net(f: &mut TrapFrame) {
         OP_WAITING => with(|k| router_of(k, slot)).map(|_| remote_call_waiting(arg) as u64),
         OP_REAP => with(|k| router_of(k, slot)).map(|_| {
             reap_remote_calls();
-            // a probe asked for the reliability counters (logged by netd)
-            if crate::rpcprobe::REPORT.swap(false, core::sync::atomic::Ordering::Relaxed) { REAP_REPORT } else { 0 }
+            // a probe asked for the reliability counters (logged by netd; probes kernel only)
+            #[cfg(feature = "probes")]
+            let report = crate::rpcprobe::REPORT.swap(false, core::sync::atomic::Ordering::Relaxed);
+            #[cfg(not(feature = "probes"))]
+            let report = false;
+            if report { REAP_REPORT } else { 0 }
         }),
         OP_LOOKUP => (|| {
             let rec = record_in(slot, ptr, len, 16)?;

@@ -27,6 +27,7 @@ pub fn start_node(cpus: &[(u32, bool)], ioapic: Option<u64>, cmdline: &str) {
 
 pub const ROLE_ECHO: u64 = 1;
 pub const ROLE_CLIENT: u64 = 2;
+#[cfg_attr(not(feature = "probes"), allow(dead_code))] // (the probes kernel's `bench=ipc`)
 pub const ROLE_BENCH: u64 = 3;
 pub const ROLE_TOUCH_KERNEL: u64 = 4;
 pub const ROLE_BAD_PORT: u64 = 5;
@@ -41,7 +42,9 @@ pub const ROLE_HOSTILE_ARGS: u64 = 20;
 pub const ROLE_SET_AC: u64 = 21;
 pub const ROLE_SPIN_FOR: u64 = 22;
 /// The IPC benchmark's passes with stage accounting: calls only, null syscalls only.
+#[cfg_attr(not(feature = "probes"), allow(dead_code))] // (the probes kernel's `bench=ipc`)
 pub const ROLE_BENCH_CALLS: u64 = 40;
+#[cfg_attr(not(feature = "probes"), allow(dead_code))] // (the probes kernel's `bench=ipc`)
 pub const ROLE_BENCH_NULLS: u64 = 41;
 /// Holds patterns in rcx/r11 while preempted (`sched_user_regs_survive_preemption`).
 pub const ROLE_REGS_HOLD: u64 = 42;

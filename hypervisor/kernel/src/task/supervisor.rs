@@ -132,8 +132,17 @@ static DMA_FREED_WHILE_MASTERING: core::sync::atomic::AtomicU64 = core::sync::at
 /// Create every service's endpoint (held until its first incarnation adopts it) and start the
 /// spawner, which starts the supervisor.
 pub(super) fn start(cmdline: &str) {
+    // `nicd.crash_after=N`, `netd.test_panic=1`: test probes, read only by the probes kernel
+    // (the node kernel starts every nicd and netd with `arg` 0)
+    #[cfg(feature = "probes")]
     let crash = crate::cmdline::get(cmdline, "nicd.crash_after").and_then(|v| v.parse().ok()).unwrap_or(0);
+    #[cfg(feature = "probes")]
     let netd_panic = crate::cmdline::get(cmdline, "netd.test_panic") == Some("1");
+    #[cfg(not(feature = "probes"))]
+    let (crash, netd_panic) = {
+        let _ = cmdline;
+        (0, false)
+    };
     with(|k| {
         k.svc.nicd_crash_after = crash;
         k.svc.netd_test_panic = netd_panic;

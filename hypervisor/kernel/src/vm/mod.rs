@@ -36,11 +36,15 @@ mod run;
 mod shared;
 mod vcpu_loop;
 
+#[cfg_attr(not(any(feature = "probes", feature = "ktest")), allow(unused_imports))] // (the benchmarks and the in-kernel tests)
 pub use affinity::{vcpu_affinity, vm_test_cpu};
 pub use bundle::find_bundle;
 pub use demo::{demo_count, run_demo2, run_demo_nth, second_demo_wanted};
+#[cfg_attr(not(any(feature = "probes", feature = "ktest")), allow(unused_imports))] // (the benchmarks and the in-kernel tests)
 pub use guests::{CPUIDLOOP_GUEST, HOSTILE_LOAD, PROGRESS_GUEST};
+#[cfg_attr(not(any(feature = "probes", feature = "ktest")), allow(unused_imports))] // (the benchmarks and the in-kernel tests)
 pub use report::{report, Ended, RunReport};
+#[cfg_attr(not(feature = "probes"), allow(unused_imports))] // (the benchmarks and the in-kernel tests)
 pub use run::{run, run_image_vm, run_stoppable_workload, vm_counts};
 // Used by the in-kernel tests only (the node build allows dead code the same way: main.rs).
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]

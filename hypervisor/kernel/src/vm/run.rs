@@ -70,7 +70,8 @@ pub fn run_stoppable(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) 
 }
 
 /// Like `run_stoppable`, with a workload VM's devices (the workload channel too): the
-/// memory-per-microVM bench (`bench=vmmem`, `crate::vmmembench`).
+/// memory-per-microVM bench (`bench=vmmem`, `crate::vmmembench`; the probes kernel).
+#[cfg_attr(not(feature = "probes"), allow(dead_code))]
 pub fn run_stoppable_workload(name: &str, image: Image, ram_mib: u64, stop: &AtomicBool) -> RunReport {
     run_inner(name, image, ram_mib, None, None, Some(stop), true, None, None, None, 1)
 }

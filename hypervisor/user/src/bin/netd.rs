@@ -25,12 +25,19 @@
 
 extern crate alloc;
 
+// the command line's probes: only in the probes kernel's netd (the feature `probes`)
+#[cfg(feature = "probes")]
 #[path = "netd/probes.rs"]
 mod probes;
 #[path = "netd/vms.rs"]
 mod vms;
 #[path = "netd/natgw.rs"]
 mod natgw;
+
+/// The value of `key=` on the command line.
+pub fn cmdline_arg<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
 
 use alloc::vec::Vec;
 use catenary_ipc::netd::*;
@@ -268,6 +275,8 @@ struct State {
     /// Waiting for the first wakeup (logged once).
     woken: bool,
     /// The NIC interrupts through MSI-X (else `nicd` polls).
+    /// (read by the `net.ping` probe only)
+    #[cfg_attr(not(feature = "probes"), allow(dead_code))]
     msix: bool,
     /// The cluster file as booted with (`LABEL_CLUSTER`), and its nodes' keys in file order.
     cluster_text: Vec<u8>,
@@ -411,7 +420,7 @@ fn deliver(d: Delivery, test_panic: bool, logged: &mut u32) -> Outcome {
         Delivery::Call { ticket, body, .. } => (ticket.to, ticket.from, ticket.inc, ticket.call_id, body),
         Delivery::Send { from, to, body, .. } => (to, from, 0, 0, body),
     };
-    if test_panic && body.label == TEST_PANIC_LABEL {
+    if cfg!(feature = "probes") && test_panic && body.label == TEST_PANIC_LABEL {
         logf!("net: TEST ONLY: a fabric IPC message from {} carries the test panic label: netd panics", from);
         panic!("netd: test panic message");
     }
@@ -474,7 +483,12 @@ fn decode(router: &mut IpcRouter, p: &[u8]) -> Result<Frame, RouteError> {
 /// delivered, retransmissions. Returns whether anything happened.
 fn ipc_pump(st: &mut State) -> bool {
     let now = now_ns();
-    if net(OP_REAP, &mut [], 0) == Ok(REAP_REPORT) {
+    let reaped = net(OP_REAP, &mut [], 0);
+    // a probe asked for the reliability counters (only the probes kernel ever does)
+    #[cfg(not(feature = "probes"))]
+    let _ = reaped;
+    #[cfg(feature = "probes")]
+    if reaped == Ok(REAP_REPORT) {
         // (two lines: a log line is at most 200 bytes)
         let c = &st.rpc.counters;
         logf!("net: ipc: reliability counters retransmits: {}, dup_running: {}, dup_replayed: {}, datagrams dropped by net.test-loss {}",
@@ -597,7 +611,7 @@ fn run(arg: u64) -> u64 {
     };
     // `net.nic=reference`: the ring and driver as they were before batching (the bench's
     // reference): nicd woken after every frame, and it waits for the device after each
-    let wake_each = probes::arg(&b.cmdline, "net.nic") == Some("reference");
+    let wake_each = cmdline_arg(&b.cmdline, "net.nic") == Some("reference");
     if wake_each {
         log("net: net.nic=reference: nicd is woken after every frame and waits for the device after each (the bench's reference)");
     }
@@ -688,7 +702,7 @@ fn run(arg: u64) -> u64 {
     }
     // The fabric's ChaCha20-Poly1305 code, by measurement unless `net.cipher=` names one
     // (docs/networking.md §6): before connect_all, so every session gets it.
-    let force = probes::arg(&b.cmdline, "net.cipher").and_then(|v| {
+    let force = cmdline_arg(&b.cmdline, "net.cipher").and_then(|v| {
         let r = Node::parse_cipher_word(v).ok();
         if r.is_none() {
             logf!("net: net.cipher={:?} refused (vector or portable): measuring instead", v);
@@ -700,7 +714,8 @@ fn run(arg: u64) -> u64 {
         // supervisor logs it and restarts netd, which checks again)
         panic!("netd: no ChaCha20-Poly1305 code gives RFC 8439's known answer on this CPU");
     }
-    if let Some(pct) = probes::arg(&b.cmdline, "net.test-loss") {
+    #[cfg(feature = "probes")]
+    if let Some(pct) = cmdline_arg(&b.cmdline, "net.test-loss") {
         match pct.parse::<u64>() {
             Ok(p) if (1..=90).contains(&p) => {
                 logf!("net: TEST ONLY: net.test-loss={}: dropping {}% of fabric IPC datagrams in each direction", p, p);
@@ -719,7 +734,10 @@ fn run(arg: u64) -> u64 {
         return 5;
     }
     logf!("net: netd (ring 3) routes fabric IPC for {}; the kernel forwards remote sends and calls to it", node.fabric_addr);
-    if arg & 1 != 0 {
+    // (the node kernel never sets bit 0; without the feature `probes` it means nothing)
+    let test_panic = cfg!(feature = "probes") && arg & 1 != 0;
+    #[cfg(feature = "probes")]
+    if test_panic {
         logf!("net: TEST ONLY: netd.test_panic=1: a fabric IPC message with label {:#x} makes this netd panic", TEST_PANIC_LABEL);
     }
     let natgw = natgw::NatGw::new(&mut node, &b.cmdline);
@@ -727,7 +745,7 @@ fn run(arg: u64) -> u64 {
     let msix = b.flags & BOOT_MSIX != 0;
     let epoch = (arg >> 8).max(1);
     logf!("net: sockets: this netd is start {}: its socket handles carry epoch {}", arg >> 8, epoch);
-    let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic: arg & 1 != 0, logged: [0; 4],
+    let mut st = State { nic, node, rpc, router, cfg: b.cfg, shared, test_panic, logged: [0; 4],
         sockets: catenary_user::netsock_server::SocketServer::new(ROUTER, epoch), vms: vms::VmLinks::new(), woken: false, msix, cluster_text, member_keys, natgw,
         seed_key: netfabric::crypto::hash(&[b"catenary netd seed key", &b.fabric_seed]), seeds_given: 0, admit_refused: 0, unix_at_origin: b.unix_at_origin,
         pass: [0; passstat::COUNT] };
@@ -737,8 +755,9 @@ fn run(arg: u64) -> u64 {
     for m in early {
         on_message(&mut st, m);
     }
+    // the command line's probes (tests, benchmarks): once per boot, not per restart
+    #[cfg(feature = "probes")]
     if b.flags & BOOT_FIRST != 0 {
-        // the command line's probes (tests, benchmarks): once per boot, not per restart
         probes::run(&mut st, &b.cmdline);
     }
     loop {

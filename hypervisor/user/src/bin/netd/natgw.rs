@@ -27,7 +27,7 @@ impl NatGw {
     /// Name the gateway from the command line (`net.nat64gw=NAME`), once per `netd` run.
     pub fn new(node: &mut Node, cmdline: &str) -> NatGw {
         let badge = catenary_manifest::index_of(catenary_manifest::SERVICES, "natd").map_or(0, |i| i as u64 + 1);
-        if let Some(name) = crate::probes::arg(cmdline, "net.nat64gw") {
+        if let Some(name) = crate::cmdline_arg(cmdline, "net.nat64gw") {
             match node.set_nat64_gateway(name) {
                 Ok(Nat64Role::Gateway) => logf!("net: nat64: this node is the cluster's NAT64 gateway: 64:ff9b::/96 goes to natd"),
                 Ok(_) => logf!("net: nat64: 64:ff9b::/96 is routed over the fabric to the gateway {}", name),

@@ -10,6 +10,8 @@
 //!   round) so both see the same host load; bytes counted by the peer's responder; a
 //!   per-stage breakdown (TSC) of each;
 //! - `net.wait=SECS`: how long they wait for the session (default 60).
+//!
+//! Only in the probes kernel's netd (the feature `probes`).
 
 use super::*;
 use catenary_net::{Path, PingReport};
@@ -24,10 +26,6 @@ const RTT_ROUNDS: usize = 10;
 const RTT_PER_ROUND: u32 = 20;
 const TPUT_ROUNDS: usize = 2;
 
-/// The value of `key=` on the command line.
-pub fn arg<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
 
 /// Run netd's passes until `done` or `timeout_ns`.
 fn pump(st: &mut State, timeout_ns: u64, mut done: impl FnMut(&mut Node) -> bool) -> bool {
@@ -85,8 +83,8 @@ fn wait_session(st: &mut State, peer: &str, wait_s: u64) -> Option<catenary_net:
 }
 
 pub fn run(st: &mut State, cmdline: &str) {
-    let wait_s = arg(cmdline, "net.wait").and_then(|w| w.parse().ok()).unwrap_or(60);
-    if let Some(peer) = arg(cmdline, "net.ping") {
+    let wait_s = cmdline_arg(cmdline, "net.wait").and_then(|w| w.parse().ok()).unwrap_or(60);
+    if let Some(peer) = cmdline_arg(cmdline, "net.ping") {
         if let Some(p) = wait_session(st, peer, wait_s) {
             if let Some(r) = ping(st, Path::Fabric, p.fabric_addr, 5, 100) {
                 logf!("net: fabric ping {} {}: {}/{} replies, median rtt {} us", peer, p.fabric_addr, r.received, r.sent, r.median_ns() / 1000);
@@ -102,7 +100,7 @@ pub fn run(st: &mut State, cmdline: &str) {
         }
         logf!("net: ping done");
     }
-    if let Some(peer) = arg(cmdline, "net.bench") {
+    if let Some(peer) = cmdline_arg(cmdline, "net.bench") {
         if let Some(p) = wait_session(st, peer, wait_s) {
             // warm up both paths (neighbour cache, session)
             let _ = ping(st, Path::Underlay, p.underlay, 3, 56);
