@@ -194,9 +194,11 @@ impl MicroVm {
         let mut irqs = VIRTIO_IRQS.iter();
         let mut base = layout::MMIO_BASE;
         let qs = if cfg.queue_size.is_power_of_two() { cfg.queue_size.min(1024) } else { 256 };
+        // (Both powers of two, so the smaller one is too.)
+        let console_qs = qs.min(crate::virtio::console::QUEUE_SIZE);
         if cfg.virtio_console {
             if let Some(&irq) = irqs.next() {
-                virtio.push(VirtioMmio::new(base, irq, Device::Console(VirtioConsole::new()), qs));
+                virtio.push(VirtioMmio::new(base, irq, Device::Console(VirtioConsole::new()), console_qs));
                 base += layout::MMIO_STRIDE;
             }
         }
@@ -204,7 +206,7 @@ impl MicroVm {
         if cfg.workload_channel {
             if let Some(&irq) = irqs.next() {
                 channel = Some(ConsoleRing::try_new(RING_BYTES).map_err(|_| VmError::OutOfMemory)?);
-                virtio.push(VirtioMmio::new(base, irq, Device::Console(VirtioConsole::new_channel()), qs));
+                virtio.push(VirtioMmio::new(base, irq, Device::Console(VirtioConsole::new_channel()), console_qs));
                 base += layout::MMIO_STRIDE;
             }
         }

@@ -397,6 +397,31 @@ fn virtio_console_via_mmio_exits() {
 }
 
 #[test]
+fn console_queues_are_32_entries_the_others_the_vms_size() {
+    // Linux posts a page and notifies once per receive-queue entry when it probes a console
+    // (virtio::console::QUEUE_SIZE): the consoles offer 32, the disk the VM's queue_size.
+    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000);
+    cfg.virtio_blk = Some((vec![0u8; 4096], false));
+    cfg.workload_channel = true;
+    let mut v = MicroVm::new(cfg.clone(), &host_cpuid);
+    let mut m = VecMemory::new(0x1000);
+    let mut max = |v: &mut MicroVm, dev: usize, q: u64| {
+        v.virtio[dev].write(0x30, 4, q, &mut m);
+        v.virtio[dev].read(0x34, 4)
+    };
+    // console and workload channel (receive and transmit queue), disk (one queue)
+    for (dev, want, queues) in [(0, 32, 2), (1, 32, 2), (2, 256, 1)] {
+        for q in 0..queues {
+            assert_eq!(max(&mut v, dev, q), want, "device {dev} queue {q}");
+        }
+    }
+    // A VM with smaller queues keeps them for its consoles too.
+    cfg.queue_size = 8;
+    let mut v = MicroVm::new(cfg, &host_cpuid);
+    assert_eq!([max(&mut v, 0, 0), max(&mut v, 1, 1), max(&mut v, 2, 0)], [8, 8, 8]);
+}
+
+#[test]
 fn workload_channel_kept_apart() {
     // The channel is the second console (guest /dev/hvc1); what the guest writes there lands in
     // the channel ring, never among the console lines, and host console input never reaches it.

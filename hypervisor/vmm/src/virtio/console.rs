@@ -9,6 +9,13 @@ use alloc::collections::VecDeque;
 /// Per-chain cap on bytes taken from one transmit buffer (the rest is dropped and counted):
 /// Linux's hvc driver writes at most a page at a time.
 pub const MAX_TX_CHAIN: u64 = 4096;
+/// QueueNumMax of a console's queues (the VM's `queue_size` if smaller). Linux's
+/// virtio_console fills the receive queue to the brim when it probes the port, one page and
+/// one notify (`add_inbuf`'s `virtqueue_kick`) per entry: 256 entries were 256 MMIO exits
+/// and 1 MiB of guest RAM per console before `catenary-init: ready` (docs/vmm.md "Where the
+/// boot's time goes"). 32 posted pages (128 KiB) still hold twice [`MAX_INPUT`]; the
+/// transmit side has one hvc chain in flight at a time.
+pub const QUEUE_SIZE: u16 = 32;
 /// Host input bytes queued for the guest.
 pub const MAX_INPUT: usize = 64 * 1024;
 /// Node → init frames queued on the workload channel (a few STOP/SIGNAL requests: the node
