@@ -60,6 +60,9 @@ pub fn build_kernel(test: bool) -> Result<PathBuf, String> {
 /// from the command line. It shares the node kernel's target directory, so only the kernel
 /// crate itself is compiled again; the shipped kernel (`build_kernel(false)`: `cargo xtask
 /// run`, the ISO, the Nix apps) has no probes (`node_kernel_without_probes` checks its bytes).
+/// The file name of the probes kernel under `build/` ([`build_kernel_probes`]).
+pub const PROBES_KERNEL_NAME: &str = "catenary-probes.elf";
+
 pub fn build_kernel_probes() -> Result<PathBuf, String> {
     build_kernel_as(false, true)
 }
@@ -90,7 +93,7 @@ fn build_kernel_as(test: bool, probes: bool) -> Result<PathBuf, String> {
     }
     run(&mut c)?;
     let built = target_dir.join("x86_64-unknown-linux-gnu/release/catenary");
-    let dst = if probes { out_dir().join("catenary-probes.elf") } else { kernel_elf(test) };
+    let dst = if probes { out_dir().join(PROBES_KERNEL_NAME) } else { kernel_elf(test) };
     std::fs::copy(&built, &dst).map_err(|e| format!("copy {built:?}: {e}"))?;
     Ok(dst)
 }

@@ -338,6 +338,7 @@ pub fn start_with(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Mem
         b.mem = "256M".into();
         // `net.time=0` is replaced by the wall clock when QEMU starts (`spawn_node`)
         b.cmdline = format!("{}net.time=0 {}", if n.guest { "" } else { "vm=none " }, n.cmdline);
+        crate::orchkilltest::check_probe_words(kernel, &b.cmdline)?;
         // one cpio module (PVH passes one): the cluster file, this node's key, and the guest
         // image for a node that runs the demo microVM
         let mut files = Vec::new();

@@ -54,6 +54,45 @@ pub const PROBE_OPTIONS: &[&str] = &[
     "crashing on purpose (crash=", "bench ipc: ", "bench exit: ", "bench vmmem: ",
 ];
 
+/// The words of `cmdline` that arm a probe ([`PROBE_OPTIONS`]' `key=` options, `crash=…` and
+/// `bench=ipc|exit|vmmem`): on the node kernel they are unknown words, ignored, so a test or
+/// `cargo xtask run` that passes one must boot the probes kernel (checked where QEMU starts).
+pub fn probe_words(cmdline: &str) -> Vec<&str> {
+    cmdline
+        .split_whitespace()
+        .filter(|w| {
+            let (key, value) = w.split_once('=').unwrap_or((w, ""));
+            PROBE_OPTIONS.contains(&key) || key == "crash" || (key == "bench" && ["ipc", "exit", "vmmem"].contains(&value))
+        })
+        .collect()
+}
+
+/// Refuse to boot `kernel` with `cmdline` if a probe word would be ignored by it.
+pub fn check_probe_words(kernel: &Path, cmdline: &str) -> Result<(), String> {
+    let words = probe_words(cmdline);
+    let is_probes = kernel.file_name().is_some_and(|n| n == crate::build::PROBES_KERNEL_NAME);
+    if words.is_empty() || is_probes {
+        return Ok(());
+    }
+    Err(format!("{words:?} arm test probes, which only the probes kernel has (build::build_kernel_probes; `cargo xtask run --probes`), not {}", kernel.display()))
+}
+
+#[cfg(test)]
+mod probe_word_tests {
+    use super::*;
+
+    #[test]
+    fn probe_words_are_found_and_settings_are_not() {
+        let line = "vm=none net.time=0 net.cipher=vector net.ping=node2 bench=net bench=ipc crash=ud net.netd=kernel workload.client=1 orchd.kill_test=8000";
+        assert_eq!(probe_words(line), ["net.ping=node2", "bench=ipc", "crash=ud", "workload.client=1", "orchd.kill_test=8000"]);
+        let node = Path::new("/x/build/catenary.elf");
+        let probes = Path::new("/x/build").join(crate::build::PROBES_KERNEL_NAME);
+        assert!(check_probe_words(node, "vm=none net.cipher=vector").is_ok());
+        assert!(check_probe_words(node, line).unwrap_err().contains("net.ping=node2"));
+        assert!(check_probe_words(&probes, line).is_ok());
+    }
+}
+
 /// The probes are in the kernel built with them only (`build::build_kernel_probes`): the node
 /// kernel `cargo xtask run` and the ISO ship (`kernel`, `build_kernel(false)`) must not even
 /// hold the options' names (review finding (e)). Checks `opts`; returns the probes kernel.

@@ -342,8 +342,10 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
         cmdline.insert(0, RUN_IMAGE_CMDLINE.into());
     }
     let cmd = cmdline.join(" ");
+    crate::orchkilltest::check_probe_words(&kernel, &cmd)?;
     let mut b = if iso {
-        let iso = crate::build::build_iso(&kernel, &mods, &cmd, "catenary")?;
+        // the probes kernel's ISO under its own name: `catenary.iso` is what `cargo xtask iso` ships
+        let iso = crate::build::build_iso(&kernel, &mods, &cmd, if probes { "catenary-probes" } else { "catenary" })?;
         Boot::iso(iso, uefi)
     } else {
         let mut b = Boot::pvh(&machine, kernel);

@@ -145,7 +145,8 @@ enum Cmd {
         follow: bool,
     },
     /// Check the embedded fabric against a TCP echo service at --api: send BYTES bytes, expect
-    /// them back (a diagnostic: the node's `net.tcpecho` probe answers so).
+    /// them back (a diagnostic: the `net.tcpecho` probe of a node booted with the probes kernel
+    /// answers so; the node kernel as shipped has no such probe).
     #[command(hide = true)]
     FabricProbe {
         #[arg(long, default_value_t = 4096)]

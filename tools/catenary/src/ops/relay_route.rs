@@ -10,9 +10,10 @@
 //! the node's datagrams by `receiver`. A datagram from the node that names no known index, that
 //! does not parse as a WireGuard message, or that is an initiation (it names no receiver) is
 //! dropped and counted: sending it to some client would hand one CLI another's session.
-//! So is anything on the switch's relay port that does not come from the node's own underlay
-//! address and port ([`Routes::from_switch`]): any guest or host on the switch can send to the
-//! relay, and the CLI should see only what its node sent.
+//! So is anything on the switch's relay port whose source is not the node's underlay address
+//! and port ([`Routes::from_switch`]): stray traffic from other hosts or guests on the switch
+//! never reaches a CLI. A source filter, not authentication: a host on the switch can forge
+//! the node's address; WireGuard (the CLI's session) is what refuses forged datagrams.
 //!
 //! The table is bounded ([`MAX_ROUTES`]): a new index past the bound evicts the one least
 //! recently used (learned, or routed to), so a long-running relay over many short CLIs, or a
@@ -384,15 +385,17 @@ mod tests {
         assert_eq!(to(&mut r, &data(1, 0, TRANSPORT_MIN_LEN)), Ok(a));
     }
 
-    /// Anyone on the switch can send to the relay's port: only the node's own address and port
-    /// reach a client, even with a datagram that names a live session.
+    /// Anyone on the switch can send to the relay's port: only datagrams from the node's
+    /// underlay address and port (link-local, as the cluster file lists it) reach a client,
+    /// even one that names a live session.
     #[test]
     fn only_the_node_reaches_a_client_through_the_switch() {
         let a = addr(40001);
-        let node: SocketAddr = "[fd00::1:1]:51820".parse().unwrap();
+        let node: SocketAddr = "[fe80::5054:ff:fe00:101]:51820".parse().unwrap();
         let mut r = Routes::new(MAX_ROUTES);
         from(&mut r, &init(1), a);
-        for src in ["[fd00::1:2]:51820", "[fd00::1:1]:51821", "[fe80::1]:51820"] {
+        // another node or guest on the link, the node's address from another port, a routable address
+        for src in ["[fe80::5054:ff:fe00:102]:51820", "[fe80::5054:ff:fe00:101]:51821", "[fd00::1:1]:51820"] {
             let src: SocketAddr = src.parse().unwrap();
             assert_eq!(r.from_switch(src, node, &data(1, 0, TRANSPORT_MIN_LEN), t0()), Err(Unrouted::NotFromNode), "{src}");
             assert_eq!(r.from_switch(src, node, &resp(9, 1), t0()), Err(Unrouted::NotFromNode), "{src}");
