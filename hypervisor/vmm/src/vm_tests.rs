@@ -415,6 +415,17 @@ fn console_queues_are_32_entries_the_others_the_vms_size() {
             assert_eq!(max(&mut v, dev, q), want, "device {dev} queue {q}");
         }
     }
+    // A driver may pick a size up to the maximum, never past it: 64 is refused (the queue stays
+    // not ready), 16 and 32 are taken.
+    for (num, ready) in [(64u64, 0u64), (16, 1), (32, 1)] {
+        let mut v = MicroVm::new(cfg.clone(), &host_cpuid);
+        let mut m = VecMemory::new(0x1000);
+        let t = &mut v.virtio[0];
+        for (off, val) in [(0x70, 3), (0x24, 1), (0x20, 1), (0x70, 0xb), (0x30, 0), (0x38, num), (0x80, 0), (0x90, 0x400), (0xa0, 0x800), (0x44, 1)] {
+            t.write(off, 4, val, &mut m);
+        }
+        assert_eq!(t.read(0x44, 4), ready, "QueueNum {num}");
+    }
     // A VM with smaller queues keeps them for its consoles too.
     cfg.queue_size = 8;
     let mut v = MicroVm::new(cfg, &host_cpuid);
