@@ -75,6 +75,9 @@ fn resolve(ep: &str) -> Result<SocketAddr, String> {
 /// How long a request whose session another process took over waits before it takes it back.
 const REPLACED_BACKOFF: Duration = Duration::from_millis(1500);
 
+/// Times a request the API answered with 408 (not received whole in time) is sent again.
+pub const TIMEOUT_RETRIES: u32 = 2;
+
 /// The embedded fabric's session, made on first use and kept for the process.
 type SharedLink = Mutex<Option<Box<Link>>>;
 
@@ -106,8 +109,21 @@ impl Transport {
         matches!(self.via, Via::Fabric { .. })
     }
 
-    /// Send one request; the answer's status and body.
+    /// Send one request; the answer's status and body. A 408 answer means the API had not
+    /// received the whole request by its deadline (`catenary_api::http::RequestReader`: a slow
+    /// or lossy path), so it did nothing with it; as RFC 9110 §15.5.9 allows, the request is
+    /// sent again on a new connection, at most [`TIMEOUT_RETRIES`] more times.
     pub fn send(&self, req: &ClientRequest) -> Result<(u16, Vec<u8>), CallError> {
+        let mut tries = 0;
+        loop {
+            match self.send_once(req) {
+                Ok((408, _)) if tries < TIMEOUT_RETRIES => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn send_once(&self, req: &ClientRequest) -> Result<(u16, Vec<u8>), CallError> {
         match &self.via {
             Via::Host => self.send_host(req),
             Via::Fabric { node, .. } => {
@@ -259,4 +275,64 @@ pub fn choose(c: Choice, dir: &std::path::Path) -> Result<Transport, String> {
     };
     t.timeout = c.timeout;
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A server on the host's TCP stack that answers its connections with `statuses` in turn;
+    /// how many connections it took before it had answered them all or no new one came for 5 s.
+    fn server(statuses: Vec<u16>) -> (String, std::thread::JoinHandle<usize>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let h = std::thread::spawn(move || {
+            let mut n = 0;
+            for status in statuses {
+                let idle = Instant::now();
+                let mut c = loop {
+                    match l.accept() {
+                        Ok((c, _)) => break c,
+                        Err(_) if idle.elapsed() < Duration::from_secs(5) => std::thread::sleep(Duration::from_millis(5)),
+                        Err(_) => return n,
+                    }
+                };
+                n += 1;
+                c.set_nonblocking(false).unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let body = if status == 200 { "{}".to_string() } else { r#"{"error":"timeout","message":"the request was not complete in time"}"#.to_string() };
+                let _ = write!(c, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            }
+            n
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn a_request_answered_408_is_sent_again_on_a_new_connection() {
+        let (addr, h) = server(vec![408, 408, 200]);
+        let t = Transport::new(&addr);
+        let r = t.send(&client::get_upload(1)).unwrap();
+        assert_eq!(r.0, 200);
+        assert_eq!(h.join().unwrap(), 3);
+    }
+
+    #[test]
+    fn the_408_retries_are_bounded() {
+        let (addr, h) = server(vec![408; TIMEOUT_RETRIES as usize + 1]);
+        let t = Transport::new(&addr);
+        assert_eq!(t.send(&client::get_upload(1)).unwrap().0, 408);
+        assert_eq!(h.join().unwrap(), TIMEOUT_RETRIES as usize + 1);
+    }
+
+    #[test]
+    fn other_errors_are_not_sent_again() {
+        let (addr, h) = server(vec![404, 200]);
+        let t = Transport::new(&addr);
+        assert_eq!(t.send(&client::get_upload(1)).unwrap().0, 404);
+        assert_eq!(h.join().unwrap(), 1);
+    }
 }
