@@ -13,11 +13,15 @@ fn main() {
     let out_dir = std::env::var("OUT_DIR").unwrap();
     // Exactly the programs the service manifest knows (catenary_manifest::PROGRAMS), listed
     // for the kernel in programs.rs.
+    // The test programs (catenary_manifest::TEST_PROGRAMS) only in the in-kernel test build and
+    // the probes kernel: the node kernel gets empty placeholders, so not even their strings ship.
+    let tests_too = std::env::var_os("CARGO_FEATURE_KTEST").is_some() || std::env::var_os("CARGO_FEATURE_PROBES").is_some();
     let mut table = String::from("pub static PROGRAM_ELFS: &[(&str, &[u8])] = &[\n");
     for prog in catenary_manifest::PROGRAMS {
-        let path = match std::env::var("CATENARY_USER_DIR") {
-            Ok(d) => format!("{d}/{prog}"),
-            Err(_) => {
+        let user_dir = std::env::var("CATENARY_USER_DIR").ok().filter(|_| tests_too || !catenary_manifest::TEST_PROGRAMS.contains(prog));
+        let path = match user_dir {
+            Some(d) => format!("{d}/{prog}"),
+            None => {
                 let p = format!("{out_dir}/{prog}.empty");
                 std::fs::write(&p, b"").unwrap();
                 p

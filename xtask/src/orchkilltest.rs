@@ -122,6 +122,35 @@ pub fn test_probes_absent(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     probes_kernel_checked(t, "node_kernel_without_probes", kernel, PROBE_OPTIONS).map(|_| ())
 }
 
+/// A string only each test program's code holds (`catenary_manifest::TEST_PROGRAMS`: the kernel's
+/// build script embeds them in the ktest and probes kernels only), and one of `echod`, the
+/// echo service the node kernel keeps.
+pub const TEST_PROGRAM_STRINGS: &[(&str, &str)] = &[
+    ("uapp", "hostile requests refused as expected"),
+    ("sysfuzz", "sysfuzz: VIOLATION "),
+    ("wkctl", "wkctl: RESULT "),
+];
+
+/// `node_kernel_without_test_programs`: none of the test programs is in the node kernel, all
+/// are in the probes kernel, and the node kernel has the echo service's program (no QEMU).
+pub fn test_programs_absent(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "node_kernel_without_test_programs";
+    let programs: Vec<&str> = TEST_PROGRAM_STRINGS.iter().map(|(p, _)| *p).collect();
+    t.record(&format!("{name}::the_list_is_the_manifests"), programs == catenary_manifest::TEST_PROGRAMS,
+        &format!("checked {programs:?}, catenary_manifest::TEST_PROGRAMS is {:?}", catenary_manifest::TEST_PROGRAMS));
+    let probes = crate::build::build_kernel_probes()?;
+    let (node_bytes, probes_bytes) = (std::fs::read(kernel), std::fs::read(&probes));
+    let has = |b: &Result<Vec<u8>, std::io::Error>, what: &str| b.as_ref().map(|b| b.windows(what.len()).any(|w| w == what.as_bytes())).map_err(|e| e.to_string());
+    for (program, marker) in TEST_PROGRAM_STRINGS {
+        let (node, with) = (has(&node_bytes, marker), has(&probes_bytes, marker));
+        t.record(&format!("{name}::{program}_not_in_the_node_kernel"), matches!((&node, &with), (Ok(false), Ok(true))),
+            &format!("{program} ({marker:?}) in {}: {node:?}; in {}: {with:?}", kernel.display(), probes.display()));
+    }
+    let echod = has(&node_bytes, "echo: ");
+    t.record(&format!("{name}::echod_in_the_node_kernel"), matches!(echod, Ok(true)), &format!("\"echo: \" in {}: {echod:?}", kernel.display()));
+    Ok(())
+}
+
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     const CMDLINE: &str = "orchd.kill_test=8000";
     debug_assert!(CMDLINE.ends_with(&HOLD_MS.to_string()));

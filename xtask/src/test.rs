@@ -232,6 +232,10 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
     let (module, fnv) = test_module()?;
     // `--ktest-only PREFIX`: only the in-kernel tests whose names start with PREFIX (debugging).
     let only = crate::sysfuzz::opt("--ktest-only").map(|p| format!(" ktest.only={p}")).unwrap_or_default();
+    // `--ktest-repeat N`: the selected in-kernel tests N times over in one boot (an intermittent
+    // failure); each boot path's time limit grows N-fold.
+    let repeat: u64 = crate::sysfuzz::opt("--ktest-repeat").and_then(|n| n.parse().ok()).unwrap_or(1).clamp(1, 10_000);
+    let only = if repeat > 1 { format!("{only} ktest.repeat={repeat}") } else { only };
     let args = |proto: &str| format!("ktest.protocol={proto} ktest.module_fnv={fnv:016x} ktest.marker=cmdline-ok ktest.cpus=4{only}");
 
     let mut boots: Vec<(String, Boot, u64)> = Vec::new();
@@ -261,7 +265,7 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
     }
     for (name, b, secs) in boots.into_iter().filter(|(n, _, _)| selected(n)) {
         let c = b.command(false)?;
-        let o = run_captured(c, &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(secs), false)?;
+        let o = run_captured(c, &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(secs * repeat), false)?;
         let (mut kp, mut kf) = (0, 0);
         for l in &o.lines {
             if let Some(r) = l.strip_prefix("ktest ") {

@@ -129,9 +129,13 @@ pub fn run(node: &Node) -> ! {
     // `ktest.only=<prefix>` runs a subset (the Bochs run takes only the microVM tests).
     let only = arg(node, "ktest.only");
     let requested = ON_REQUEST.iter().filter(|_| only.is_some());
-    for (name, f) in TESTS.iter().chain(requested) {
-        if only.is_some_and(|p| !name.starts_with(p)) {
-            continue;
+    // `ktest.repeat=N` (xtask `--ktest-repeat N`): the selection N times over, to catch an
+    // intermittent failure (each pass is reported; at most 10,000).
+    let repeat = arg(node, "ktest.repeat").and_then(|n| n.parse::<u32>().ok()).unwrap_or(1).clamp(1, 10_000);
+    let selection: alloc::vec::Vec<&(&str, TestFn)> = TESTS.iter().chain(requested).filter(|(name, _)| !only.is_some_and(|p| !name.starts_with(p))).collect();
+    for (pass, (name, f)) in (0..repeat).flat_map(|pass| selection.iter().map(move |t| (pass, *t))) {
+        if repeat > 1 && selection.first().is_some_and(|(first, _)| first == name) {
+            println!("ktest: pass {} of {}", pass + 1, repeat);
         }
         match f(node) {
             Ok(()) => {

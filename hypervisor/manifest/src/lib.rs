@@ -10,10 +10,16 @@
 mod services;
 pub use services::SERVICES;
 
-/// Programs embedded in the kernel image (bins of hypervisor/user; the kernel's build script
-/// embeds exactly these). `uapp`, `sysfuzz` and `wkctl` (a workload-protocol client) also serve
-/// the kernel's tests.
-pub const PROGRAMS: &[&str] = &["supd", "rtcd", "uapp", "nicd", "netd", "sysfuzz", "workd", "wkctl", "apid", "natd", "orchd", "memberd"];
+/// Programs of the kernel image (bins of hypervisor/user; the kernel's build script embeds
+/// exactly these, less [`TEST_PROGRAMS`] in the node kernel).
+pub const PROGRAMS: &[&str] = &["supd", "rtcd", "echod", "uapp", "nicd", "netd", "sysfuzz", "workd", "wkctl", "apid", "natd", "orchd", "memberd"];
+
+/// Test programs: `uapp` (the test and benchmark roles), `sysfuzz` (the syscall fuzzer) and
+/// `wkctl` (a hostile workload-protocol client). Only the in-kernel test build and the probes
+/// kernel embed them; the node kernel that ships has none (the kernel's build script leaves
+/// them out, xtask's `node_kernel_without_probes` checks the image), so no service may name
+/// one ([`Error::TestProgram`]).
+pub const TEST_PROGRAMS: &[&str] = &["uapp", "sysfuzz", "wkctl"];
 
 /// The supervisor's own program: started by the kernel, not an entry of [`SERVICES`].
 pub const SUPERVISOR: &str = "supd";
@@ -117,6 +123,8 @@ pub enum Error {
     TooManyServices,
     DuplicateName(usize),
     UnknownProgram(usize),
+    /// The service runs a test program ([`TEST_PROGRAMS`]), which the node kernel lacks.
+    TestProgram(usize),
     BadPriority(usize),
     UnknownSendTarget(usize),
     TooManySends(usize),
@@ -140,6 +148,7 @@ impl Error {
             Error::TooManyServices => "manifest: more services than the spawn capability can name",
             Error::DuplicateName(_) => "manifest: two services with the same name",
             Error::UnknownProgram(_) => "manifest: a service names a program that is not embedded (see PROGRAMS)",
+            Error::TestProgram(_) => "manifest: a service names a test program, which the node kernel does not embed (see TEST_PROGRAMS)",
             Error::BadPriority(_) => "manifest: a priority above 7",
             Error::UnknownSendTarget(_) => "manifest: a send capability to a name that is neither a service with an endpoint nor a kernel endpoint",
             Error::TooManySends(_) => "manifest: more send capabilities than MAX_SENDS",
@@ -235,6 +244,9 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
         let s = &services[i];
         if !contains(PROGRAMS, s.program) || str_eq(s.program, SUPERVISOR) {
             return Err(Error::UnknownProgram(i));
+        }
+        if contains(TEST_PROGRAMS, s.program) {
+            return Err(Error::TestProgram(i));
         }
         if s.priority > 7 {
             return Err(Error::BadPriority(i));
@@ -367,7 +379,7 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 ///
 /// ```
 /// use catenary_manifest::*;
-/// const GOOD: &[Service] = &[Service { name: "x", program: "uapp", arg: 0, priority: 4, endpoint: true, sends: &["x"],
+/// const GOOD: &[Service] = &[Service { name: "x", program: "echod", arg: 0, priority: 4, endpoint: true, sends: &["x"],
 ///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], grants: &[], vm_control: false }];
 /// assert_valid!(GOOD);
 /// ```
@@ -385,7 +397,7 @@ pub const fn check(services: &[Service]) -> Result<(), Error> {
 ///
 /// ```compile_fail
 /// use catenary_manifest::*;
-/// const A: Service = Service { name: "a", program: "uapp", arg: 0, priority: 4, endpoint: true, sends: &[],
+/// const A: Service = Service { name: "a", program: "echod", arg: 0, priority: 4, endpoint: true, sends: &[],
 ///     ports: &[0x80], irq: None, mmio: &[], dma_pages: 0, memory_pages: 16, restart: true, router: false, shares: &[], grants: &[], vm_control: false };
 /// const BAD: &[Service] = &[A, Service { name: "b", ..A }];
 /// assert_valid!(BAD);

@@ -22,11 +22,12 @@ pub const SERVICES: &[Service] = &[
         grants: &[],
         vm_control: false,
     },
-    // The echo service (uapp role 1): the target of the local and fabric IPC tests.
+    // The echo service (`echod`): answers calls with label + 1, words + 1. Task index 1 of the
+    // node's fabric /64, the target of fabric liveness checks and of the IPC tests.
     Service {
         name: "echo",
-        program: "uapp",
-        arg: 1,
+        program: "echod",
+        arg: 0,
         priority: 4,
         endpoint: true,
         sends: &[],

@@ -15,17 +15,20 @@ fn unknown_program_refused() {
     assert_eq!(check(&[svc("a", "rtcd"), svc("b", "nosuch")]), Err(Error::UnknownProgram(1)));
     // the supervisor is started by the kernel, not by itself
     assert_eq!(check(&[svc("a", "supd")]), Err(Error::UnknownProgram(0)));
+    for t in TEST_PROGRAMS {
+        assert_eq!(check(&[svc("a", "rtcd"), svc("b", t)]), Err(Error::TestProgram(1)), "{t}");
+    }
 }
 
 #[test]
 fn duplicate_names_refused() {
-    assert_eq!(check(&[svc("a", "rtcd"), svc("a", "uapp")]), Err(Error::DuplicateName(1)));
+    assert_eq!(check(&[svc("a", "rtcd"), svc("a", "echod")]), Err(Error::DuplicateName(1)));
 }
 
 #[test]
 fn overlapping_grants_refused() {
     let mut a = svc("a", "rtcd");
-    let mut b = svc("b", "uapp");
+    let mut b = svc("b", "echod");
     a.ports = &[0x70, 0x71];
     b.ports = &[0x71];
     assert_eq!(check(&[a, b]), Err(Error::PortTwice(1)));
@@ -66,7 +69,7 @@ fn bad_mmio_refused() {
 #[test]
 fn quotas_over_budget_refused() {
     let mut a = svc("a", "rtcd");
-    let mut b = svc("b", "uapp");
+    let mut b = svc("b", "echod");
     a.memory_pages = MEMORY_BUDGET_PAGES;
     b.memory_pages = 1;
     assert_eq!(check(&[a, b]), Err(Error::MemoryOverBudget));
@@ -83,7 +86,7 @@ fn quotas_over_budget_refused() {
 fn send_targets_must_exist() {
     let mut a = svc("a", "rtcd");
     a.sends = &["b"];
-    let mut b = svc("b", "uapp");
+    let mut b = svc("b", "echod");
     assert_eq!(check(&[a, b]), Ok(()));
     b.endpoint = false;
     assert_eq!(check(&[a, b]), Err(Error::UnknownSendTarget(0)));
@@ -125,7 +128,7 @@ fn one_router_and_shares_only_to_send_targets() {
 #[test]
 fn vm_control_granted_once_to_a_service_with_an_endpoint() {
     let mut a = svc("a", "workd");
-    let mut b = svc("b", "uapp");
+    let mut b = svc("b", "echod");
     a.vm_control = true;
     assert_eq!(check(&[a, b]), Ok(()));
     b.vm_control = true;

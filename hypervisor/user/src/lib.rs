@@ -14,6 +14,7 @@ pub use catenary_ipc::syscall::*;
 
 pub use catenary_ipc::LABEL_NOTIFY;
 
+pub mod echo;
 pub mod netsock_client;
 pub mod netsock_server;
 pub mod nic;

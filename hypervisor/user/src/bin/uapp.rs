@@ -254,29 +254,9 @@ entry!(run);
 
 fn run(role: u64) -> u64 {
     match role {
-        // slot 0: own endpoint. Replies to every call with label+1, words+1.
-        // The answer and the wait for the next message are one system call (`reply_recv`);
-        // when the caller is gone (or timed out) the answer is refused and it just receives.
-        ROLE_ECHO => {
-            let mut remote_seen = 0;
-            let mut answer: Option<(u64, u64, [u64; 4])> = None;
-            loop {
-                let got = match answer.take() {
-                    Some((tok, label, w)) => reply_recv(tok, label, w, 0).or_else(|_| recv(0, 0)),
-                    None => recv(0, 0),
-                };
-                if let Ok(m) = got {
-                    if m.badge == REMOTE_BADGE && remote_seen < 3 {
-                        // a message through the fabric: the kernel names its authenticated sender
-                        remote_seen += 1;
-                        logf!("echo: {} from fabric address {}", if m.reply != 0 { "call" } else { "send" }, sender());
-                    }
-                    if m.reply != 0 {
-                        answer = Some((m.reply, m.label + 1, m.words.map(|x| x.wrapping_add(1))));
-                    }
-                }
-            }
-        }
+        // slot 0: own endpoint. Replies to every call with label+1, words+1 (the loop of the
+        // node's `echo` service, `echod`; here for the tests that start their own echo task).
+        ROLE_ECHO => catenary_user::echo::serve(),
         // slot 0: echo server, slot 1: report endpoint. 200 calls, each checked.
         ROLE_CLIENT => {
             let (mut ok, mut bad) = (0u64, 0u64);
