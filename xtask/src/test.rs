@@ -265,7 +265,7 @@ fn kernel_tests(t: &mut Tally, quick: bool) -> Result<(), String> {
     }
     for (name, b, secs) in boots.into_iter().filter(|(n, _, _)| selected(n)) {
         let c = b.command(false)?;
-        let o = run_captured(c, &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(secs * repeat), false)?;
+        let o = run_captured(c, &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(secs * repeat), repeat > 1)?;
         let (mut kp, mut kf) = (0, 0);
         for l in &o.lines {
             if let Some(r) = l.strip_prefix("ktest ") {

@@ -86,6 +86,9 @@ pub fn vm_interrupt_delivered_once(node: &crate::init::Node) -> Result<(), Strin
         let _ = task::join(k, 10_000_000_000);
     }
     if joined.is_none() {
+        // the VM's state, for the log (its loop answers within 1 ms when halted)
+        crate::vm::request_state_dump();
+        task::sleep_ns(100_000_000);
         let kicks = KICKS.load(Ordering::SeqCst);
         let after = task::join(v, 10_000_000_000).is_some();
         return Err(format!("the irqonce VM did not end in 90 s ({kicks} kicks from CPU {kick_cpu}); with the kicks stopped it {}", if after { "ended within 10 s" } else { "still did not end in 10 s" }));

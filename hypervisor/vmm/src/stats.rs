@@ -13,6 +13,11 @@ pub const EXIT_NAMES: [&str; 19] = [
     "page_walk",
 ];
 
+/// The name of an exit's reason (one of [`EXIT_NAMES`]).
+pub fn exit_name(e: &Exit) -> &'static str {
+    EXIT_NAMES[exit_index(e)]
+}
+
 fn exit_index(e: &Exit) -> usize {
     match e {
         Exit::Io { .. } => 0,

@@ -5,10 +5,79 @@ use catenary_arch::time;
 use catenary_arch::virt::{self, GuestRam};
 use catenary_vmm::cpu::VcpuState;
 use catenary_vmm::MicroVm;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use log::{info, warn};
 use super::shared::{Shared, NOT_IN_GUEST};
 use super::vcpu_loop::Bsp;
+
+/// Requests for a state line from every running microVM ([`request_state_dump`]).
+static STATE_DUMPS: AtomicU64 = AtomicU64::new(0);
+
+/// A test that gave up waiting for a microVM: each running VM's vCPU-0 loop logs its
+/// interrupt state once (within 1 ms if it is halted, at its next exit if it runs), so a hang
+/// says whether an interrupt was lost, held or never raised.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+pub fn request_state_dump() {
+    STATE_DUMPS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Exits remembered for the state line.
+pub(super) const RECENT: usize = 16;
+
+/// vCPU 0's last [`RECENT`] exits: RIP, reason, interrupt shadow and IF at the exit, what the
+/// entry before it armed (`-` nothing, `i` an interrupt, `w` a window) and whether the backend
+/// held an event then.
+#[derive(Default)]
+pub(super) struct Recent {
+    ring: [(u64, &'static str, bool, bool, u8, bool); RECENT],
+    next: usize,
+}
+
+impl Recent {
+    pub(super) fn record(&mut self, rip: u64, exit: &'static str, shadow: bool, interrupts_on: bool, ev: &catenary_vmm::EventDecision, held: bool) {
+        let armed = match ev {
+            catenary_vmm::EventDecision::None => b'-',
+            catenary_vmm::EventDecision::Inject(_) => b'i',
+            catenary_vmm::EventDecision::RequestWindow => b'w',
+        };
+        self.ring[self.next % RECENT] = (rip, exit, shadow, interrupts_on, armed, held);
+        self.next = self.next.wrapping_add(1);
+    }
+
+    fn lines(&self) -> alloc::string::String {
+        let mut s = alloc::string::String::new();
+        for i in 0..RECENT {
+            let (rip, exit, shadow, on, armed, held) = self.ring[self.next.wrapping_add(i) % RECENT];
+            if !exit.is_empty() {
+                s.push_str(&format!(" [{exit} at {rip:#x} shadow {} IF {} armed {} held {}]", shadow as u8, on as u8, armed as char, held as u8));
+            }
+        }
+        s
+    }
+}
+
+/// The request count now (a new VM starts from it: earlier requests are not for it).
+pub(super) fn state_dumps() -> u64 {
+    STATE_DUMPS.load(Ordering::SeqCst)
+}
+
+/// Whether a request came since this VM's last state line.
+pub(super) fn state_dump_asked(b: &Bsp) -> bool {
+    STATE_DUMPS.load(Ordering::Relaxed) != b.dumped
+}
+
+/// The state line ([`request_state_dump`]): where vCPU 0 is, what the interrupt controllers and
+/// the PIT hold, whether the backend still holds an event for the guest, and (paging off: RSP
+/// is a guest-physical address) the four dwords just below the guest's stack pointer, where
+/// the last interrupt frame it returned from still lies.
+pub(super) fn log_state(b: &mut Bsp, vm: &MicroVm, ram: &GuestRam, held: bool, place: &str, st: &VcpuState) {
+    use catenary_vmm::mem::GuestMemoryExt;
+    b.dumped = STATE_DUMPS.load(Ordering::Relaxed);
+    let below: Option<[u32; 4]> = (st.cr0 & (1 << 31) == 0).then(|| core::array::from_fn(|i| ram.read_u32(st.rsp.wrapping_sub(16).wrapping_add(4 * i as u64) & 0xffff_ffff).unwrap_or(0)));
+    warn!(target: "vmm", "{}: state on request ({place}): rip {:#x}, rsp {:#x} (dwords below it {below:x?}), IF {}, shadow {}, pending irq {:?}, pending exception {:?}, backend holds an event {held}, next deadline in {:?} ns; {:?}; {:?}",
+        b.name, st.rip, st.rsp, st.interrupts_enabled(), st.interrupt_shadow, vm.pending_irq(), vm.pending_exception(), vm.next_deadline_ns().map(|d| d as i64 - time::now_ns() as i64), vm.pic, vm.pit);
+    warn!(target: "vmm", "{}: its last exits, oldest first:{}", b.name, b.recent.lines());
+}
 
 /// `vm.debug`: multi-vCPU demo microVMs log each vCPU's exits and last exit RIP every 2 s.
 pub(super) static DEBUG_VCPUS: AtomicBool = AtomicBool::new(false);

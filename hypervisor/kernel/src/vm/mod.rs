@@ -38,6 +38,8 @@ mod vcpu_loop;
 
 #[cfg_attr(not(any(feature = "probes", feature = "ktest")), allow(unused_imports))] // (the benchmarks and the in-kernel tests)
 pub use affinity::{vcpu_affinity, vm_test_cpu};
+#[cfg(feature = "ktest")]
+pub use debug::request_state_dump;
 pub use bundle::find_bundle;
 pub use demo::{demo_count, run_demo2, run_demo_nth, second_demo_wanted};
 #[cfg_attr(not(any(feature = "probes", feature = "ktest")), allow(unused_imports))] // (the benchmarks and the in-kernel tests)

@@ -249,7 +249,7 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
         console.marks = Some(crate::vmconsole::MARKS.iter().map(|m| (*m, None)).collect());
     }
     let t_entry = time::now_ns();
-    let mut bsp = Bsp { console: &mut console, name, net, stop, ctl, touched: sink.map(|s| s.touched), cycles: &mut report.cycles, policy: StopPolicy::new(), next_debug: 0, timeline: timeline.as_mut(), t0 };
+    let mut bsp = Bsp { console: &mut console, name, net, stop, ctl, touched: sink.map(|s| s.touched), cycles: &mut report.cycles, policy: StopPolicy::new(), next_debug: 0, dumped: super::debug::state_dumps(), recent: Default::default(), timeline: timeline.as_mut(), t0 };
     let mapped0: alloc::vec::Vec<bool> = {
         let g = sh.core();
         (0..chunks).map(|i| !vcpu.lazy_ram() || g.ram.is_populated(i)).collect()

@@ -80,6 +80,10 @@ pub(super) struct Bsp<'a, 'c> {
     pub(super) cycles: &'a mut LoopCycles,
     pub(super) policy: StopPolicy,
     pub(super) next_debug: u64,
+    /// The state-line requests it has answered (`debug::request_state_dump`).
+    pub(super) dumped: u64,
+    /// vCPU 0's last exits, for the state line: a ring of [`super::debug::RECENT`].
+    pub(super) recent: super::debug::Recent,
     /// `vm.timeline=1`: exits by group over time since `t0` (the VM's creation).
     pub(super) timeline: Option<&'a mut catenary_vmm::timeline::Timeline>,
     pub(super) t0: u64,
@@ -146,6 +150,7 @@ pub(super) fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped
             crate::task::sleep_ns(SIPI_POLL_NS);
             continue;
         }
+        let held_before = vcpu.reinjection_pending();
         let t_run = cpu::rdtsc();
         let run = vcpu.run(ev);
         let t_ran = cpu::rdtsc();
@@ -165,6 +170,14 @@ pub(super) fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped
             let mut g = sh.core();
             let Core { vm, ram } = &mut *g;
             debug_vcpus(sh, vm, ram, b);
+        }
+        if let Some(b) = bsp.as_deref_mut() {
+            b.recent.record(st.rip, catenary_vmm::stats::exit_name(&exit), st.interrupt_shadow, st.interrupts_enabled(), &ev, held_before);
+        }
+        if let Some(b) = bsp.as_deref_mut().filter(|b| super::debug::state_dump_asked(b)) {
+            let held = vcpu.reinjection_pending();
+            let g = sh.core();
+            super::debug::log_state(b, &g.vm, &g.ram, held, &format!("after exit {exit:?}"), &st);
         }
         if let Exit::Mmio { gpa, .. } | Exit::PageWalkFault { gpa } = exit {
             // First touch of a RAM chunk the loader did not populate (by an instruction or by
@@ -229,7 +242,7 @@ pub(super) fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped
         match action {
             Ok(Action::Resume) => {}
             Ok(Action::Halt) => {
-                if let Some(e) = halt(sh, idx, vcpu, st.interrupts_enabled(), bsp.as_deref_mut()) {
+                if let Some(e) = halt(sh, idx, vcpu, &st, bsp.as_deref_mut()) {
                     return e;
                 }
             }
@@ -259,7 +272,8 @@ pub(super) fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped
 /// A halted vCPU waits (its task sleeps; other tasks run on its CPU) until its guest has
 /// something to take: an interrupt (when its IF is set), an exception, an NMI, an event the
 /// backend still holds, or an INIT. `Some(end)` when the wait ends the loop (`None` inside: another vCPU ended the VM).
-fn halt(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, interrupts_on: bool, mut bsp: Option<&mut Bsp>) -> Option<Option<Ended>> {
+fn halt(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, st: &VcpuState, mut bsp: Option<&mut Bsp>) -> Option<Option<Ended>> {
+    let interrupts_on = st.interrupts_enabled();
     loop {
         if sh.is_dead() {
             return Some(None);
@@ -280,6 +294,9 @@ fn halt(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, interrupts_on: bool, mut b
                     return Some(Some(e));
                 }
                 debug_vcpus(sh, vm, ram, b);
+                if super::debug::state_dump_asked(b) {
+                    super::debug::log_state(b, vm, ram, vcpu.reinjection_pending(), "halted", st);
+                }
             } else {
                 vm.poll(now);
             }
