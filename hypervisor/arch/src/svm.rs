@@ -235,6 +235,9 @@ pub struct SvmVcpu {
     /// An external interrupt armed as a virtual interrupt (V_IRQ) that the guest has not taken
     /// yet: re-armed on every entry, and the device model is asked for nothing else meanwhile.
     virq: Option<u8>,
+    /// The RIP of the last exit that found the guest in an interrupt shadow, until an exit
+    /// elsewhere: the shadowed instruction has not run while the guest is still there.
+    shadow_at: Option<u64>,
 }
 
 impl SvmVcpu {
@@ -268,6 +271,7 @@ impl SvmVcpu {
             placement: Placement::default(),
             reinject: None,
             virq: None,
+            shadow_at: None,
         };
         // MSRs that VMLOAD/VMSAVE switch, and the guest PAT (G_PAT with NPT): the guest owns them.
         for msr in [0xc000_0100, 0xc000_0101, 0xc000_0102, 0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0x174, 0x175, 0x176, 0x277] {
@@ -472,12 +476,21 @@ impl Vcpu for SvmVcpu {
         }
         let vintr = self.r64(C_VINTR);
         let i3 = self.r32(C_INTERCEPT_V3);
-        if let Some(vector) = self.virq {
+        // Never arm an interrupt (nor open a window) into an STI / MOV SS shadow. The guest is
+        // in one when it exited on the shadowed instruction (a host interrupt between `sti`
+        // and `hlt`). Hardware honours the VMCB's shadow at VMRUN; QEMU's TCG before 9.1 drops
+        // it (fixed by "target/i386: fix INHIBIT_IRQ/TF/RF handling for VMRUN"), so the
+        // interrupt came in before the HLT, its handler returned to the HLT, and the guest
+        // slept through the wakeup it was waiting for (the irqonce test's intermittent hang,
+        // docs/vmm.md "Soak"). Now the guest runs the shadowed instruction first; the next exit
+        // (at the latest the host's next timer interrupt) arms it, `virq` staying pending.
+        let in_shadow = self.r64(C_INT_SHADOW) & 1 != 0;
+        if let Some(vector) = self.virq.filter(|_| !in_shadow) {
             // Taken at the first instruction boundary where the guest can take an interrupt;
             // the exit path looks at V_IRQ to learn whether it was.
             self.w64(C_VINTR, svm_exit::vintr::armed(vintr, vector));
             self.w32(C_INTERCEPT_V3, i3 & !I3_VINTR);
-        } else if window {
+        } else if window && !in_shadow {
             // A dummy virtual interrupt with the VINTR intercept: #VMEXIT(VINTR) fires as soon
             // as the guest can take an interrupt; then the real one is armed.
             self.w64(C_VINTR, svm_exit::vintr::armed(vintr, 0));
@@ -543,6 +556,21 @@ impl Vcpu for SvmVcpu {
         // delivery was cut short EXITINTINFO holds it, below).
         if self.virq.is_some() && self.r64(C_VINTR) & svm_exit::vintr::V_IRQ == 0 {
             self.virq = None;
+        }
+        // QEMU's TCG before 9.1 does not load the VMCB's interrupt shadow at VMRUN (see above),
+        // so an exit that comes before the guest ran its shadowed instruction (a second host
+        // interrupt) reports no shadow at the same RIP: the recorded exits of the irqonce hang
+        // were `external_interrupt at 0x10099 shadow 1`, then `… at 0x10099 shadow 0`, then the
+        // interrupt went in before the HLT. Still at the RIP where the shadow was seen, the
+        // shadow is still there. (An exit at the same RIP after the guest did run the
+        // instruction and came back to it would delay an interrupt by one instruction.)
+        let rip = self.r64(S_RIP);
+        if self.r64(C_INT_SHADOW) & 1 != 0 {
+            self.shadow_at = Some(rip);
+        } else if self.shadow_at == Some(rip) {
+            self.w64(C_INT_SHADOW, 1);
+        } else {
+            self.shadow_at = None;
         }
         let intinfo = self.r64(C_EXITINTINFO);
         // An event was being delivered when the exit hit: deliver it again on the next entry

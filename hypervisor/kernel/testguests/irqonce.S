@@ -65,8 +65,10 @@ wait_irq:
     out 0x40, al
     sti
     hlt
-    /* The HLT exit comes back with the STI shadow still set (the VMM skips the HLT but keeps
-     * the shadow), so one more instruction with IF=1 before CLI lets the interrupt in. */
+    /* The VMM ends the STI shadow when it skips the HLT (as hardware does after the HLT), so
+     * the interrupt comes in here, before the NOP; the NOP keeps one more instruction with IF=1
+     * before CLI either way. An interrupt let in before the HLT (inside the shadow) would
+     * return to the HLT with no timer armed: the guest would hang, and the test says so. */
     nop
     cli
 wait_end:

@@ -276,7 +276,14 @@ impl VcpuState {
     }
 
     /// Advance RIP by `len` bytes, wrapping as the current mode does.
+    ///
+    /// The instruction is done, so an STI / MOV SS interrupt shadow that covered it is over (as
+    /// on hardware, and as KVM clears it when it skips an emulated instruction): an interrupt
+    /// may come in before the next one. (A kept shadow delayed interrupts by one instruction,
+    /// and never let one into a guest that halts again right after, once the backend stopped
+    /// arming interrupts into a shadow.)
     pub fn advance_rip(&mut self, len: u64) {
+        self.interrupt_shadow = false;
         let next = self.rip.wrapping_add(len);
         self.rip = match self.mode().bitness() {
             64 => next,

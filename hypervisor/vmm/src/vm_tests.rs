@@ -235,9 +235,14 @@ fn timer_interrupt_flow() {
     let d2 = v.next_deadline_ns().unwrap();
     v.poll(d2);
     assert_eq!(v.pending_irq(), Some(0x30));
-    // HLT with an interrupt already pending resumes at once
+    // HLT with an interrupt already pending resumes at once; the HLT was the instruction the
+    // `sti` shadow covered, so the shadow ends with it and the interrupt goes in at once
     c.rip = CODE;
+    c.interrupt_shadow = true;
     assert_eq!(v.handle_exit(Exit::Hlt, &mut c, &mut m, d2), Ok(Action::Resume));
+    assert!(!c.interrupt_shadow, "the shadow outlived the skipped HLT");
+    assert_eq!(c.rip, CODE + 1);
+    assert!(matches!(v.next_event(&c), EventDecision::Inject(Injection { vector: 0x30, .. })));
     assert_eq!(v.stats().exits_by_reason().collect::<Vec<_>>(), [("hlt", 2)]);
 }
 
