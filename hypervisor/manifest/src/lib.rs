@@ -17,7 +17,7 @@ pub const PROGRAMS: &[&str] = &["supd", "rtcd", "echod", "uapp", "nicd", "netd",
 /// Test programs: `uapp` (the test and benchmark roles), `sysfuzz` (the syscall fuzzer) and
 /// `wkctl` (a hostile workload-protocol client). Only the in-kernel test build and the probes
 /// kernel embed them; the node kernel that ships has none (the kernel's build script leaves
-/// them out, xtask's `node_kernel_without_probes` checks the image), so no service may name
+/// them out, xtask's `node_kernel_without_test_programs` checks the image), so no service may name
 /// one ([`Error::TestProgram`]).
 pub const TEST_PROGRAMS: &[&str] = &["uapp", "sysfuzz", "wkctl"];
 
