@@ -512,9 +512,7 @@ impl Orch {
                 }
                 match env {
                     Some(Envelope { snapshot: Some(snap), .. }) if pulled => {
-                        if r.install_pulled(now, snap) {
-                            self.counters.pulls_installed += 1;
-                        }
+                        r.pulled(now, source, snap);
                     }
                     Some(env) => r.handle(now, env),
                     None => {}
@@ -545,6 +543,28 @@ impl Orch {
                 // index (crate::replica::Catchup).
                 if let Phase::Running(r) = &mut self.phase {
                     r.handle_pull(now, id, applied);
+                }
+            }
+            // Vouching for a pulled state (crate::replica's `vouch`): a request is taken by any
+            // generation of this member, as a pull is; an answer only by the id that asked.
+            Wire::Vouch { from: id, to, position, digest } => {
+                if member_of(id) != from || member_of(to) != self.me {
+                    self.counters.misaddressed += 1;
+                    return;
+                }
+                if let Phase::Running(r) = &mut self.phase {
+                    r.handle_vouch(now, id, position, digest);
+                }
+            }
+            Wire::Vouched { from: id, to, position, digest, verdict } => {
+                if member_of(id) != from || member_of(to) != self.me {
+                    self.counters.misaddressed += 1;
+                    return;
+                }
+                if let Phase::Running(r) = &mut self.phase {
+                    if r.id() == to {
+                        r.handle_vouched(now, id, position, digest, verdict);
+                    }
                 }
             }
             Wire::WhoAmI => {
@@ -833,6 +853,8 @@ impl Orch {
 
     fn flush(&mut self, now: Duration) {
         let Phase::Running(r) = &mut self.phase else { return };
+        // installed on a chunk, a vouch or a timeout (crate::replica's `vouch`)
+        self.counters.pulls_installed = r.pulls_installed();
         for env in r.take_outgoing() {
             let to = member_of(env.to);
             if to >= self.members.len() || to == self.me {
@@ -848,6 +870,8 @@ impl Orch {
             let (to, bytes) = match c {
                 Catchup::Ask { from, to, applied } => (member_of(to), alloc::vec![encode(&Wire::Pull { from, to, applied })]),
                 Catchup::Answer { env, asker_has } => (member_of(env.to), self.snap_out.pulled_datagrams(env, asker_has, now)),
+                Catchup::Vouch { from, to, position, digest } => (member_of(to), alloc::vec![encode(&Wire::Vouch { from, to, position, digest })]),
+                Catchup::Vouched { from, to, position, digest, verdict } => (member_of(to), alloc::vec![encode(&Wire::Vouched { from, to, position, digest, verdict })]),
             };
             if to < self.members.len() && to != self.me {
                 self.outgoing.extend(bytes.into_iter().map(|b| (to, b)));

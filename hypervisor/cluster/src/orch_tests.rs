@@ -848,3 +848,6 @@ fn a_fresh_member_that_cannot_hear_the_leader_pulls_from_a_file_member_of_any_ge
         assert!(pulled, "seed {seed}: the fresh {n} has {:?} workloads, pulled {}", o.state().map(|s| s.workloads.len()), o.counters.pulls_installed);
     }
 }
+
+#[path = "orch_vouch_tests.rs"]
+mod vouch;

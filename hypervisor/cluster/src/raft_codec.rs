@@ -27,7 +27,7 @@ use raftbare::{ClusterConfig, LogEntries, LogEntry, LogIndex, LogPosition, Messa
 use crate::desired::{Command, RestartPolicy, Role, WorkloadSpec, LABEL_CHANGES_MAX};
 use crate::identity::NodeKey;
 use crate::placement::{Constraint, IMAGES_MAX};
-use crate::replica::Envelope;
+use crate::replica::{Envelope, Verdict};
 use crate::snapshot::{SnapAck, SnapChunk};
 
 /// The UDP port `orchd` uses on every node's fabric /128.
@@ -61,10 +61,13 @@ const KIND_MEMBERS: u8 = 7;
 const KIND_SNAP_CHUNK: u8 = 8;
 const KIND_SNAP_ACK: u8 = 9;
 const KIND_PULL: u8 = 10;
-/// Whether a datagram is a catch-up pull (kind 10), without decoding it: a pull is taken by
-/// any generation of the member it names (crate::replica::Catchup).
+const KIND_VOUCH: u8 = 12;
+const KIND_VOUCHED: u8 = 13;
+/// Whether a datagram is a catch-up pull (kind 10) or a vouch request (kind 12), without
+/// decoding it: either is taken by any generation of the member it names
+/// (crate::replica::Catchup).
 pub fn is_pull(b: &[u8]) -> bool {
-    b.len() > 1 && b[0] == MAGIC && b[1] == KIND_PULL
+    b.len() > 1 && b[0] == MAGIC && (b[1] == KIND_PULL || b[1] == KIND_VOUCH)
 }
 /// A chunk of a pulled answer ([`crate::snapshot::SnapHead::pulled`]): kind 8's layout.
 const KIND_PULLED_CHUNK: u8 = 11;
@@ -102,6 +105,11 @@ pub enum Wire {
     /// ([`crate::replica::Catchup`]). A member further ahead answers with its state as a
     /// snapshot, in chunks marked pulled.
     Pull { from: u64, to: u64, applied: u64 },
+    /// A node that pulled a state asks member `to` whether its committed state at `position`
+    /// has `digest` (SHA-256 of the snapshot's encoding): crate::replica's `vouch` module.
+    Vouch { from: u64, to: u64, position: LogPosition, digest: [u8; 32] },
+    /// The answer, echoing the question.
+    Vouched { from: u64, to: u64, position: LogPosition, digest: [u8; 32], verdict: Verdict },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,6 +419,26 @@ pub fn encode(w: &Wire) -> Vec<u8> {
             o.u64(*from);
             o.u64(*to);
             o.u64(*applied);
+        }
+        Wire::Vouch { from, to, position, digest } => {
+            o.u8(KIND_VOUCH);
+            o.u64(*from);
+            o.u64(*to);
+            o.pos(*position);
+            o.bytes(digest);
+        }
+        Wire::Vouched { from, to, position, digest, verdict } => {
+            o.u8(KIND_VOUCHED);
+            o.u64(*from);
+            o.u64(*to);
+            o.pos(*position);
+            o.bytes(digest);
+            o.u8(match verdict {
+                Verdict::Same => 0,
+                Verdict::Differs => 1,
+                Verdict::Behind => 2,
+                Verdict::Stale => 3,
+            });
         }
     }
     o.0
@@ -765,6 +793,18 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
             Wire::SnapChunk(c)
         }
         KIND_PULL => Wire::Pull { from: r.num()?, to: r.num()?, applied: r.num()? },
+        KIND_VOUCH => Wire::Vouch { from: r.num()?, to: r.num()?, position: r.pos()?, digest: r.key()?.0 },
+        KIND_VOUCHED => {
+            let (from, to, position, digest) = (r.num()?, r.num()?, r.pos()?, r.key()?.0);
+            let verdict = match r.u8()? {
+                0 => Verdict::Same,
+                1 => Verdict::Differs,
+                2 => Verdict::Behind,
+                3 => Verdict::Stale,
+                _ => return Err(WireError::OutOfRange),
+            };
+            Wire::Vouched { from, to, position, digest, verdict }
+        }
         t => return Err(WireError::BadTag(t)),
     };
     if !r.b.is_empty() {
@@ -855,6 +895,11 @@ mod tests {
             Wire::WhoAmI,
             Wire::Members { extra: vec![] },
             Wire::Pull { from: 1 << 16 | 2, to: 3, applied: 41 },
+            Wire::Vouch { from: 1 << 16 | 2, to: 3, position: pos(7, 300), digest: [0xab; 32] },
+            Wire::Vouched { from: 3, to: 1 << 16 | 2, position: pos(7, 300), digest: [0xab; 32], verdict: Verdict::Same },
+            Wire::Vouched { from: 3, to: 2, position: pos(7, 300), digest: [1; 32], verdict: Verdict::Differs },
+            Wire::Vouched { from: 3, to: 2, position: pos(7, 300), digest: [1; 32], verdict: Verdict::Behind },
+            Wire::Vouched { from: 3, to: 2, position: pos(7, 300), digest: [1; 32], verdict: Verdict::Stale },
             Wire::Members { extra: (0..EXTRA_MAX as u8).map(|i| NodeKey([i; 32])).collect() },
         ];
         assert!(encode(&wires[wires.len() - 1]).len() <= DATAGRAM_MAX);

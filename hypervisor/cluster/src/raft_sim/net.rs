@@ -35,6 +35,8 @@ impl RaftSim {
                     let (from, to) = (env.from, env.to);
                     out.extend(s.tx.pulled_datagrams(env, asker_has, now).into_iter().map(|b| (from, to, b)));
                 }
+                Catchup::Vouch { from, to, position, digest } => out.push((from, to, encode(&Wire::Vouch { from, to, position, digest }))),
+                Catchup::Vouched { from, to, position, digest, verdict } => out.push((from, to, encode(&Wire::Vouched { from, to, position, digest, verdict }))),
             }
         }
         for (from, to, b) in out {
@@ -92,7 +94,7 @@ impl RaftSim {
                     self.largest_snapshot = self.largest_snapshot.max(len);
                     match env.snapshot {
                         Some(snap) if pulled => {
-                            r.install_pulled(now, snap);
+                            r.pulled(now, source, snap);
                         }
                         _ => r.handle(now, env),
                     }
@@ -109,6 +111,12 @@ impl RaftSim {
             }
             // Any generation of the member asked (as `Orch` takes it).
             Wire::Pull { from, applied, .. } => r.handle_pull(now, from, applied),
+            Wire::Vouch { from, position, digest, .. } => r.handle_vouch(now, from, position, digest),
+            Wire::Vouched { from, to: asker, position, digest, verdict } => {
+                if asker == to {
+                    r.handle_vouched(now, from, position, digest, verdict);
+                }
+            }
             other => self.violations.push(format!("{now:?}: not a Raft datagram: {other:?}")),
         }
         for (from, to, b) in replies {

@@ -25,7 +25,7 @@
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use raftbare::{LogEntries, LogIndex, Message, MessageHeader, MessageSeqNo, Node, NodeId};
+use raftbare::{LogEntries, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, Node, NodeId};
 
 use super::{Envelope, Replica, ReplicaId, Snapshot};
 
@@ -43,6 +43,11 @@ pub enum Catchup {
     /// which may send an older snapshot it is still sending (pinned) if that is past
     /// `asker_has`, what the asker said it applied or committed.
     Answer { env: Envelope, asker_has: u64 },
+    /// Ask member `to` whether its committed state at `position` has `digest`
+    /// (`crate::raft_codec::Wire::Vouch`; [`super::vouch`]).
+    Vouch { from: ReplicaId, to: ReplicaId, position: LogPosition, digest: [u8; 32] },
+    /// The answer (`crate::raft_codec::Wire::Vouched`).
+    Vouched { from: ReplicaId, to: ReplicaId, position: LogPosition, digest: [u8; 32], verdict: super::Verdict },
 }
 
 impl Replica {
@@ -50,6 +55,10 @@ impl Replica {
     /// for [`super::ReplicaConfig::catch_up_after`], ask the next peer of its configuration.
     pub(super) fn maybe_pull(&mut self, now: Duration) {
         if self.is_leader() {
+            return;
+        }
+        // A pulled state waiting for its vouchers ([`super::vouch`]): no new pull meanwhile.
+        if self.pending_pull_turn(now) {
             return;
         }
         let quiet_since = self.leader_heard.map_or(self.started, |t| t.max(self.started));
@@ -69,8 +78,10 @@ impl Replica {
         }
         // While a member's answer is arriving, ask it again (it re-sends what is missing, from
         // the same snapshot), not the next one, whose answer would start another transfer.
-        let to = match self.pull_source {
-            Some((p, t)) if now.saturating_sub(t) < self.cfg.catch_up_after => p,
+        let to = match (self.pull_source, self.pull_next.take()) {
+            (Some((p, t)), _) if now.saturating_sub(t) < self.cfg.catch_up_after => p,
+            // a member that said the last pulled state is older than its snapshot
+            (_, Some(p)) => p,
             _ => {
                 let p = peers[self.pull_turn % peers.len()];
                 self.pull_turn = self.pull_turn.wrapping_add(1);
@@ -93,13 +104,9 @@ impl Replica {
         // Only to a member this node's state admits (a file member also before the cluster
         // first admitted it): a removed key gets nothing, even in the one `orchd` turn before
         // its `netd` drops it.
-        if !self.cfg.members.is_empty() {
-            let m = (from & 0xffff) as usize;
-            let admitted = super::member_key(&self.cfg.members, &self.state, m).is_some_and(|k| self.state.nodes.contains(&k) || (m < self.cfg.members.len() && !self.state.node_order.contains(&k)));
-            if !admitted {
-                self.pulls_refused += 1;
-                return;
-            }
+        if !self.admits(from) {
+            self.pulls_refused += 1;
+            return;
         }
         if self.pull_answered.get(&from).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min) {
             return;
@@ -122,10 +129,16 @@ impl Replica {
         self.catchup.push(Catchup::Answer { env, asker_has: applied });
     }
 
-    /// A member's state pulled by this node (assembled from chunks marked pulled): installed
-    /// if it is ahead of what this node applied and committed, within the limits, and this node
-    /// does not lead. True if installed.
-    pub fn install_pulled(&mut self, now: Duration, snap: Snapshot) -> bool {
+    /// Member `from`'s state pulled by this node (assembled from chunks marked pulled): if it
+    /// is ahead of what this node applied and committed, within the limits, and this node does
+    /// not lead, it waits for other members to vouch for it ([`super::vouch`]). True if
+    /// installed now.
+    pub fn pulled(&mut self, now: Duration, from: ReplicaId, snap: Snapshot) -> bool {
+        self.take_pulled(now, from, snap)
+    }
+
+    /// Install a pulled state the vouch rule accepted. True if installed.
+    pub(super) fn install_pulled(&mut self, now: Duration, snap: Snapshot) -> bool {
         let mine = self.applied_index.max(self.commit_index());
         if self.is_leader() || snap.position.index.get() <= mine || !snap.state.within(&self.cfg.limits) {
             return false;

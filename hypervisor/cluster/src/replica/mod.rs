@@ -26,8 +26,10 @@ mod catchup;
 mod compaction;
 mod election;
 mod lease;
+mod vouch;
 
 pub use catchup::Catchup;
+pub use vouch::{Verdict, PENDING_FOR};
 
 /// A Raft member's id: the node's index in the cluster's voter list, or a newer id for a node
 /// re-added after losing its storage.
@@ -225,6 +227,18 @@ pub struct Replica {
     pull_source: Option<(ReplicaId, Duration)>,
     /// Pulls refused because the asker's key is not admitted in this node's state.
     pub pulls_refused: u64,
+    /// The member to pull from next (it said the pending state is older than its snapshot).
+    pull_next: Option<ReplicaId>,
+    /// A pulled state waiting for other members to vouch for it ([`vouch`]).
+    pending_pull: Option<vouch::PendingPull>,
+    /// Whom this node answered a vouch request when.
+    vouch_answered: BTreeMap<ReplicaId, Duration>,
+    /// Pending pulled states dropped because a member's state differs at their position.
+    pub pulls_contradicted: u64,
+    /// Pending pulled states dropped because they were not vouched for in time.
+    pub pulls_expired: u64,
+    /// Vouch requests this node answered.
+    pub vouches_answered: u64,
 }
 
 impl Replica {
@@ -305,6 +319,12 @@ impl Replica {
             pulls_installed: 0,
             pull_source: None,
             pulls_refused: 0,
+            pull_next: None,
+            pending_pull: None,
+            vouch_answered: BTreeMap::new(),
+            pulls_contradicted: 0,
+            pulls_expired: 0,
+            vouches_answered: 0,
         }
     }
 
@@ -370,7 +390,8 @@ impl Replica {
         self.node.voted_for().map(|n| n.get())
     }
     pub fn next_deadline(&self) -> Duration {
-        self.deadline
+        // the end of a pending pulled state's reply window ([`vouch`]) too
+        self.pending_pull_window().map_or(self.deadline, |t| self.deadline.min(t))
     }
     /// Who this replica believes leads its current term.
     pub fn leader(&self) -> Option<ReplicaId> {
@@ -458,6 +479,9 @@ impl Replica {
 
     /// Run the timer if it is due.
     pub fn tick(&mut self, now: Duration) {
+        if self.pending_pull_window().is_some_and(|t| now >= t) {
+            self.decide_pulled(now);
+        }
         if now >= self.deadline {
             // Pushed out first: raftbare asks for a new timeout when it needs one.
             self.deadline = now + self.cfg.election_max;
@@ -656,8 +680,13 @@ impl Replica {
     /// before it, or the snapshot's), its voters as member keys: the same on every node for a
     /// committed entry.
     fn voters_at(&self, i: LogIndex) -> Voters {
+        self.voters_with(i, &self.state)
+    }
+
+    /// [`Replica::voters_at`] with run-time members numbered by `state` (a replay's).
+    fn voters_with(&self, i: LogIndex, state: &DesiredState) -> Voters {
         let Some((_, c)) = self.node.log().get_position_and_config(i) else { return Voters::default() };
-        let keys = |ids: &alloc::collections::BTreeSet<NodeId>| ids.iter().map(|id| member_key(&self.cfg.members, &self.state, (id.get() & 0xffff) as usize)).collect();
+        let keys = |ids: &alloc::collections::BTreeSet<NodeId>| ids.iter().map(|id| member_key(&self.cfg.members, state, (id.get() & 0xffff) as usize)).collect();
         Voters { old: keys(&c.voters), new: keys(&c.new_voters) }
     }
 

@@ -85,6 +85,14 @@ fn count32(r: &mut R<'_>, max: usize, item: usize) -> Result<usize, WireError> {
     Ok(n)
 }
 
+/// The SHA-256 of [`encode_snapshot`]: what a member vouches for when a node checks a state it
+/// pulled (crate::replica::Catchup::Vouch). Equal for equal snapshots on every node, since the
+/// encoding is deterministic.
+pub fn snapshot_digest(s: &Snapshot) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(encode_snapshot(s)).into()
+}
+
 /// A snapshot from its bytes, refused unless canonical and within `limits`. Never panics;
 /// allocates at most a small multiple of `bytes.len()`.
 pub fn decode_snapshot(bytes: &[u8], limits: &Limits) -> Result<Snapshot, WireError> {

@@ -385,12 +385,15 @@ impl SnapshotReceiver {
         if self.done.as_ref().is_some_and(|d| same(d, &h)) {
             return (ack(h.total), None);
         }
-        // A late chunk of a snapshot older than the one installed last: not assembled again.
-        // (A pulled one: not at or below the last installed; a leader's is compared with the
-        // last leader's only, so that a pulled install never holds a leader's transfer back.)
+        // A late chunk of a snapshot older than the one assembled last: not assembled again.
+        // (A pulled one: not at or below the last one from a leader or from the same member,
+        // but another member's may be older: an assembled pulled state is not installed until
+        // other members vouch for it, crate::replica's `vouch`, so one forged far ahead must
+        // not hold back the real one. A leader's is compared with the last leader's only, so
+        // that a pulled install never holds a leader's transfer back.)
         if self.done.as_ref().is_some_and(|d| {
             if h.pulled {
-                h.last.index <= d.last.index
+                (!d.pulled || d.from == h.from || (d.last == h.last && d.digest == h.digest)) && h.last.index <= d.last.index
             } else {
                 !d.pulled && (h.term < d.term || (h.term == d.term && h.last.index < d.last.index))
             }
@@ -403,7 +406,8 @@ impl SnapshotReceiver {
             // one replaces any assembly only with a later snapshot (a leader's assembly may be
             // stale: its leader cut off mid-transfer).
             Some(a) if !h.pulled && a.head.pulled => true,
-            Some(a) if h.pulled && h.last.index <= a.last_index() => return (None, None),
+            // (an older pulled answer from another member replaces a pulled assembly: see above)
+            Some(a) if h.pulled && h.last.index <= a.last_index() && (!a.head.pulled || a.head.from == h.from || (a.head.last == h.last && a.head.digest == h.digest)) => return (None, None),
             Some(_) if h.pulled => true,
             // Only a newer term, or a later snapshot of the same term, replaces an assembly.
             Some(a) if h.term < a.head.term || (h.term == a.head.term && h.last.index <= a.last_index()) => return (None, None),
@@ -687,8 +691,10 @@ mod tests {
     /// second member's answer at the same position does not restart the first; a leader's chunk
     /// replaces a pulled assembly whatever their terms and positions (the answering member may
     /// be gone); a pulled chunk replaces a leader's assembly only with a later position; once a
-    /// pulled answer was installed, pulled ones at or below it are not assembled again, a
-    /// leader's still are.
+    /// pulled answer was assembled, pulled ones at or below it are not assembled again (from the
+    /// same member, or the same snapshot from another), a leader's still are, and so is another
+    /// member's older one (an assembled pulled state waits for vouchers and may be a forgery,
+    /// crate::replica's `vouch`), which also replaces another member's pulled assembly.
     #[test]
     fn pulled_answers_and_leader_snapshots_share_the_assembly_by_position() {
         let l = Limits::default();
@@ -723,7 +729,17 @@ mod tests {
         assert_eq!(got.and_then(|e| e.snapshot), Some(s.clone()));
         // Installed: a pulled one at that position is not assembled again, a leader's is.
         assert_eq!(rx.on_chunk(chunk(5, p, 0, true, 8), 4, &l), (None, None));
+        assert_eq!(rx.on_chunk(chunk(5, p - 1, 0, true, 7), 4, &l), (None, None));
         assert_eq!(next(rx.on_chunk(chunk(5, p, 0, false, 1), 4, &l)), Some(CHUNK_LEN as u32));
+        // Another member's older pulled answer is assembled after the pulled one assembled, and
+        // replaces another member's pulled assembly; the same member's older one does not.
+        let mut rx = SnapshotReceiver::default();
+        for i in 0..n {
+            rx.on_chunk(chunk(4, p, i, true, 7), 4, &l);
+        }
+        assert_eq!(next(rx.on_chunk(chunk(4, p - 1, 0, true, 8), 4, &l)), Some(CHUNK_LEN as u32));
+        assert_eq!(next(rx.on_chunk(chunk(4, p - 2, 0, true, 9), 4, &l)), Some(CHUNK_LEN as u32));
+        assert_eq!(rx.on_chunk(chunk(4, p - 3, 0, true, 9), 4, &l), (None, None));
     }
 
     fn deliver_all(tx: &mut SnapshotSender, rx: &mut SnapshotReceiver, mut to_rx: Vec<Vec<u8>>, l: &Limits) -> Option<Envelope> {

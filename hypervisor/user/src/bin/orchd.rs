@@ -745,6 +745,8 @@ struct Shown {
     snapshots: (u64, u64, u64),
     /// Members' committed states pulled and installed here (no leader heard for a while).
     pulls: u64,
+    /// Pulled states not installed: contradicted by a member, not vouched for in time.
+    pulls_dropped: (u64, u64),
     /// The workload count last logged, and when (ms).
     workloads: (usize, u64),
     running: Vec<String>,
@@ -836,6 +838,11 @@ impl Shown {
             self.pulls = c.pulls_installed;
             let at = orch.replica().map_or(0, |r| r.commit_index());
             logf!("orchd: no leader heard: pulled a member's committed state up to log index {} ({} so far)", at, self.pulls);
+        }
+        let dropped = orch.replica().map_or((0, 0), |r| (r.pulls_contradicted, r.pulls_expired));
+        if dropped != self.pulls_dropped {
+            self.pulls_dropped = dropped;
+            logf!("orchd: a pulled state was not installed: {} contradicted by a member, {} not vouched for in time", dropped.0, dropped.1);
         }
         if c.misaddressed != self.misaddressed || c.undecodable != self.undecodable {
             self.misaddressed = c.misaddressed;

@@ -1,0 +1,294 @@
+//! Vouching for a pulled state: a node installs a member's answer to its catch-up pull only
+//! once other members say it is their committed state too (docs/orchestration.md, "A pulled
+//! state is vouched for").
+//!
+//! Why: a node restarted without storage knows only the cluster file, and its `netd` lets
+//! every file member in. A member the cluster removed whose key the file still lists (a
+//! retired or stolen key) could answer the pull with a state of its own making, at any
+//! position; before this, one answer ahead of the node was installed as it came.
+//!
+//! The rule. An answer from member A at position p with digest d (SHA-256 of the snapshot's
+//! encoding) waits as the node's *pending* pull. The node asks every other member of its
+//! voter set V (its configuration's voters, or the file's members while it has none; itself
+//! included) whether its state at p is d. A member answers:
+//! - `Same`: p is committed and applied there, the entry at p has p's term, and the state it
+//!   replays to p (from its snapshot through its log) has the digest d;
+//! - `Differs`: it has applied p and its state there is not d (or p's term is not its entry's);
+//! - `Behind`: it has not applied p yet;
+//! - `Stale`: p is older than its snapshot (it cannot replay to p; it is further along).
+//!
+//! The pending state is installed once, after a reply window of `election_min` from its
+//! arrival: (1) this node, A and the members that answered `Same` are a majority of V (Raft's
+//! own quorum arithmetic: a committed state is on a majority), and (2) no member's latest
+//! answer is `Behind`. Any `Differs` drops it (counted in `pulls_contradicted`); `Stale` drops
+//! it and makes that member the next one asked. A pending state not installed within
+//! [`PENDING_FOR`] is dropped and the pull starts again.
+//!
+//! What this buys: in a cluster of five or more, a forged state needs a second member to
+//! vouch for it, so one removed key cannot forge alone. In a cluster of three, quorum (1) is
+//! this node and A, so the protection is (2) and `Differs`: the third member, if it answers,
+//! holds a forged state back (it is `Behind` a state forged far ahead, `Differs` at a position
+//! it applied). A forger wins only while no honest member answers this node at all; in the
+//! three-node readmission case the pull exists for (this node hears only one member), that one
+//! member's word is all there is, as before. What it costs: a reachable member that lies can
+//! hold a pull back (`Differs`, `Behind`); the node then waits for a leader as it would without
+//! the pull. Bounded: one vouch request per member of V per election timeout; a member answers
+//! a requester at most once per `election_min / 2`, replaying at most the entries after its
+//! snapshot (`snapshot_every`).
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use raftbare::{LogEntry, LogIndex, LogPosition};
+
+use super::{member_key, Catchup, Replica, ReplicaId, Snapshot};
+use crate::desired::{Command, DesiredState};
+use crate::snapshot::snapshot_digest;
+
+/// A pending pulled state not installed within this many election timeouts (`election_max`)
+/// is dropped, and the pull starts again.
+pub const PENDING_FOR: u32 = 6;
+
+/// Requesters a member remembers answering (the oldest is forgotten first).
+const VOUCHES_KEPT: usize = 64;
+
+/// A member's answer to [`Catchup::Vouch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Same,
+    Differs,
+    Behind,
+    Stale,
+}
+
+/// A pulled state waiting for its vouchers.
+#[derive(Clone, Debug)]
+pub(super) struct PendingPull {
+    snap: Snapshot,
+    digest: [u8; 32],
+    /// When it arrived.
+    since: Duration,
+    /// Members (by index) whose word counts for it: the answerer, and those that said `Same`.
+    vouched: BTreeSet<usize>,
+    /// Members whose latest answer was `Behind`.
+    behind: BTreeSet<usize>,
+    /// A decision ran after the reply window ended (the window's end is no longer a deadline).
+    window_over: bool,
+}
+
+fn member_of(id: ReplicaId) -> usize {
+    (id & 0xffff) as usize
+}
+
+impl Replica {
+    /// The voter set a pulled state is checked against, as (member index, the id to ask):
+    /// this configuration's voters, or the file's members (generation 0: any generation
+    /// takes a request addressed to its index) while it has none. This node excluded.
+    fn vouch_set(&self) -> Vec<(usize, ReplicaId)> {
+        let me = member_of(self.id);
+        let mut set: Vec<(usize, ReplicaId)> = self.node.peers().map(|p| (member_of(p.get()), p.get())).filter(|(m, _)| *m != me).collect();
+        if set.is_empty() {
+            set = (0..self.cfg.members.len()).filter(|m| *m != me).map(|m| (m, m as u64)).collect();
+        }
+        set.sort_unstable();
+        set.dedup_by_key(|(m, _)| *m);
+        set
+    }
+
+    /// A member's answer to this node's pull arrived whole: it becomes the pending pulled
+    /// state (replacing an older one) and the other members are asked to vouch for it. True if
+    /// it is installed at once (never before the reply window, so in practice false).
+    pub(super) fn take_pulled(&mut self, now: Duration, from: ReplicaId, snap: Snapshot) -> bool {
+        let mine = self.applied_index.max(self.commit_index());
+        if self.is_leader() || snap.position.index.get() <= mine || !snap.state.within(&self.cfg.limits) {
+            return false;
+        }
+        let digest = snapshot_digest(&snap);
+        let answerer = member_of(from);
+        if let Some(p) = &mut self.pending_pull {
+            if p.snap.position == snap.position && p.digest == digest {
+                p.vouched.insert(answerer);
+                return self.decide_pulled(now);
+            }
+            if p.snap.position.index > snap.position.index {
+                return false;
+            }
+        }
+        let mut vouched = BTreeSet::new();
+        vouched.insert(answerer);
+        self.pending_pull = Some(PendingPull { snap, digest, since: now, vouched, behind: BTreeSet::new(), window_over: false });
+        self.ask_vouchers();
+        self.decide_pulled(now)
+    }
+
+    /// Ask every member of the vouch set that has not vouched for the pending state yet.
+    fn ask_vouchers(&mut self) {
+        let Some(p) = &self.pending_pull else { return };
+        let (position, digest) = (p.snap.position, p.digest);
+        let asks: Vec<ReplicaId> = self.vouch_set().into_iter().filter(|(m, _)| !p.vouched.contains(m)).map(|(_, id)| id).collect();
+        for to in asks {
+            self.catchup.push(Catchup::Vouch { from: self.id, to, position, digest });
+        }
+    }
+
+    /// Install the pending pulled state if the rule holds (module docs), drop it if it
+    /// expired or this node got as far by itself. True if installed.
+    pub(super) fn decide_pulled(&mut self, now: Duration) -> bool {
+        let Some(p) = &self.pending_pull else { return false };
+        let mine = self.applied_index.max(self.commit_index());
+        let age = now.saturating_sub(p.since);
+        if self.is_leader() || p.snap.position.index.get() <= mine || age > self.cfg.election_max * PENDING_FOR {
+            if age > self.cfg.election_max * PENDING_FOR {
+                self.pulls_expired += 1;
+            }
+            self.pending_pull = None;
+            return false;
+        }
+        if age < self.cfg.election_min {
+            return false;
+        }
+        if let Some(p) = &mut self.pending_pull {
+            p.window_over = true;
+        }
+        let Some(p) = &self.pending_pull else { return false };
+        if !p.behind.is_empty() {
+            return false;
+        }
+        let set: BTreeSet<usize> = self.vouch_set().into_iter().map(|(m, _)| m).collect();
+        let voters = set.len() + 1;
+        let counted = 1 + p.vouched.iter().filter(|m| set.contains(m)).count();
+        if counted < voters / 2 + 1 {
+            return false;
+        }
+        match self.pending_pull.take() {
+            Some(p) => self.install_pulled(now, p.snap),
+            None => false,
+        }
+    }
+
+    /// Called on this node's election timeout while a pulled state is pending: decide, and
+    /// ask again those that have not vouched. True while one is still pending (no new pull).
+    pub(super) fn pending_pull_turn(&mut self, now: Duration) -> bool {
+        self.decide_pulled(now);
+        if self.pending_pull.is_some() {
+            self.ask_vouchers();
+            return true;
+        }
+        false
+    }
+
+    /// Member `from` asks whether this node's committed state at `position` has `digest`.
+    pub fn handle_vouch(&mut self, now: Duration, from: ReplicaId, position: LogPosition, digest: [u8; 32]) {
+        if from == self.id || !self.admits(from) {
+            return;
+        }
+        if self.vouch_answered.get(&from).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min / 2) {
+            return;
+        }
+        if self.vouch_answered.len() >= VOUCHES_KEPT && !self.vouch_answered.contains_key(&from) {
+            let oldest = self.vouch_answered.iter().min_by_key(|(_, t)| **t).map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.vouch_answered.remove(&id);
+            }
+        }
+        self.vouch_answered.insert(from, now);
+        let verdict = self.verdict(position, &digest);
+        self.vouches_answered += 1;
+        self.catchup.push(Catchup::Vouched { from: self.id, to: from, position, digest, verdict });
+    }
+
+    /// Whether this node's committed state at `position` has `digest`: replayed from its
+    /// snapshot through its log (module docs).
+    fn verdict(&self, position: LogPosition, digest: &[u8; 32]) -> Verdict {
+        let i = position.index.get();
+        if i > self.applied_index {
+            return Verdict::Behind;
+        }
+        let base = self.node.log().snapshot_position().index.get();
+        if i < base {
+            return Verdict::Stale;
+        }
+        let Some((at, config)) = self.node.log().get_position_and_config(position.index) else { return Verdict::Stale };
+        if at != position {
+            return Verdict::Differs;
+        }
+        let state = if i == self.applied_index {
+            self.state.clone()
+        } else {
+            let mut state = match &self.storage.snapshot {
+                Some(s) if s.position.index.get() == base => s.state.clone(),
+                None if base == 0 => DesiredState::default(),
+                _ => return Verdict::Stale,
+            };
+            let entries = self.node.log().entries();
+            for j in base + 1..=i {
+                let (Some(term), Some(entry)) = (entries.get_term(LogIndex::new(j)), entries.get_entry(LogIndex::new(j))) else { return Verdict::Stale };
+                if !matches!(entry, LogEntry::Command) {
+                    continue;
+                }
+                let Some(cmd) = self.storage.commands.get(&(term.get(), j)) else { return Verdict::Stale };
+                // As `apply_committed` applies it (a refusal changes only the applied count).
+                let voters = matches!(cmd, Command::RemoveNode(_)).then(|| self.voters_with(LogIndex::new(j), &state));
+                let _ = state.apply_at(cmd, &self.cfg.limits, voters.as_ref());
+            }
+            state
+        };
+        let snap = Snapshot { position, config: config.clone(), state };
+        if snapshot_digest(&snap) == *digest {
+            Verdict::Same
+        } else {
+            Verdict::Differs
+        }
+    }
+
+    /// Member `from`'s answer to this node's vouch request.
+    pub fn handle_vouched(&mut self, now: Duration, from: ReplicaId, position: LogPosition, digest: [u8; 32], verdict: Verdict) {
+        let m = member_of(from);
+        if !self.vouch_set().iter().any(|(x, _)| *x == m) {
+            return;
+        }
+        let Some(p) = &mut self.pending_pull else { return };
+        if p.snap.position != position || p.digest != digest {
+            return;
+        }
+        match verdict {
+            Verdict::Same => {
+                p.vouched.insert(m);
+                p.behind.remove(&m);
+            }
+            Verdict::Behind => {
+                p.behind.insert(m);
+            }
+            Verdict::Differs => {
+                self.pulls_contradicted += 1;
+                self.pending_pull = None;
+            }
+            Verdict::Stale => {
+                self.pending_pull = None;
+                self.pull_next = Some(from);
+            }
+        }
+        self.decide_pulled(now);
+    }
+
+    /// Whether this node's state admits member `from` (a file member also before the cluster
+    /// first admitted it): a removed key gets no answer to a pull or a vouch request.
+    pub(super) fn admits(&self, from: ReplicaId) -> bool {
+        if self.cfg.members.is_empty() {
+            return true;
+        }
+        let m = member_of(from);
+        member_key(&self.cfg.members, &self.state, m).is_some_and(|k| self.state.nodes.contains(&k) || (m < self.cfg.members.len() && !self.state.node_order.contains(&k)))
+    }
+
+    /// When the pending pulled state's reply window ends (it may be installed from then on).
+    pub(super) fn pending_pull_window(&self) -> Option<Duration> {
+        self.pending_pull.as_ref().filter(|p| !p.window_over).map(|p| p.since + self.cfg.election_min)
+    }
+
+    /// The pulled state waiting for vouchers, if any: (position, members whose word counts).
+    pub fn pending_pull(&self) -> Option<(LogPosition, usize)> {
+        self.pending_pull.as_ref().map(|p| (p.snap.position, p.vouched.len()))
+    }
+}
