@@ -97,16 +97,29 @@ mod probe_word_tests {
 /// kernel `cargo xtask run` and the ISO ship (`kernel`, `build_kernel(false)`) must not even
 /// hold the options' names (review finding (e)). Checks `opts`; returns the probes kernel.
 fn probes_kernel_checked(t: &mut Tally, name: &str, kernel: &Path, opts: &[&str]) -> Result<std::path::PathBuf, String> {
-    let probes = crate::build::build_kernel_probes()?;
-    let (node_bytes, probes_bytes) = (std::fs::read(kernel), std::fs::read(&probes));
-    let has = |b: &Result<Vec<u8>, std::io::Error>, what: &str| b.as_ref().map(|b| b.windows(what.len()).any(|w| w == what.as_bytes())).map_err(|e| e.to_string());
-    for opt in opts {
-        let (node, with) = (has(&node_bytes, opt), has(&probes_bytes, opt));
-        let label: String = opt.trim().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-        t.record(&format!("{name}::{}_not_in_the_node_kernel", label.trim_matches('_')), matches!((&node, &with), (Ok(false), Ok(true))),
-            &format!("{opt:?} in {}: {node:?}; in {}: {with:?}", kernel.display(), probes.display()));
-    }
+    let labelled: Vec<(String, &str)> = opts.iter().map(|opt| (opt.trim().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>().trim_matches('_').to_string(), *opt)).collect();
+    let (probes, _) = only_in_the_probes_kernel(t, name, kernel, &labelled)?;
     Ok(probes)
+}
+
+/// For each (label, marker): the marker's bytes are absent from the node kernel `kernel` and
+/// present in the probes kernel (built here), recorded as `{name}::{label}_not_in_the_node_kernel`.
+/// Returns the probes kernel's path and the node kernel's bytes.
+fn only_in_the_probes_kernel<L: AsRef<str>>(t: &mut Tally, name: &str, kernel: &Path, markers: &[(L, &str)]) -> Result<(std::path::PathBuf, Result<Vec<u8>, String>), String> {
+    let probes = crate::build::build_kernel_probes()?;
+    let (node_bytes, probes_bytes) = (std::fs::read(kernel).map_err(|e| e.to_string()), std::fs::read(&probes).map_err(|e| e.to_string()));
+    for (label, marker) in markers {
+        let (node, with) = (holds(&node_bytes, marker), holds(&probes_bytes, marker));
+        let what = if label.as_ref() == *marker { format!("{marker:?}") } else { format!("{} ({marker:?})", label.as_ref()) };
+        t.record(&format!("{name}::{}_not_in_the_node_kernel", label.as_ref()), matches!((&node, &with), (Ok(false), Ok(true))),
+            &format!("{what} in {}: {node:?}; in {}: {with:?}", kernel.display(), probes.display()));
+    }
+    Ok((probes, node_bytes))
+}
+
+/// Whether a kernel image's bytes (or the error reading them) hold `what`.
+fn holds(bytes: &Result<Vec<u8>, String>, what: &str) -> Result<bool, String> {
+    bytes.as_ref().map(|b| b.windows(what.len()).any(|w| w == what.as_bytes())).map_err(|e| e.clone())
 }
 
 /// The kill tests: their own two options checked, then they boot the probes kernel.
@@ -138,15 +151,8 @@ pub fn test_programs_absent(t: &mut Tally, kernel: &Path) -> Result<(), String> 
     let programs: Vec<&str> = TEST_PROGRAM_STRINGS.iter().map(|(p, _)| *p).collect();
     t.record(&format!("{name}::the_list_is_the_manifests"), programs == catenary_manifest::TEST_PROGRAMS,
         &format!("checked {programs:?}, catenary_manifest::TEST_PROGRAMS is {:?}", catenary_manifest::TEST_PROGRAMS));
-    let probes = crate::build::build_kernel_probes()?;
-    let (node_bytes, probes_bytes) = (std::fs::read(kernel), std::fs::read(&probes));
-    let has = |b: &Result<Vec<u8>, std::io::Error>, what: &str| b.as_ref().map(|b| b.windows(what.len()).any(|w| w == what.as_bytes())).map_err(|e| e.to_string());
-    for (program, marker) in TEST_PROGRAM_STRINGS {
-        let (node, with) = (has(&node_bytes, marker), has(&probes_bytes, marker));
-        t.record(&format!("{name}::{program}_not_in_the_node_kernel"), matches!((&node, &with), (Ok(false), Ok(true))),
-            &format!("{program} ({marker:?}) in {}: {node:?}; in {}: {with:?}", kernel.display(), probes.display()));
-    }
-    let echod = has(&node_bytes, "echo: ");
+    let (_, node_bytes) = only_in_the_probes_kernel(t, name, kernel, TEST_PROGRAM_STRINGS)?;
+    let echod = holds(&node_bytes, "echo: ");
     t.record(&format!("{name}::echod_in_the_node_kernel"), matches!(echod, Ok(true)), &format!("\"echo: \" in {}: {echod:?}", kernel.display()));
     Ok(())
 }

@@ -556,14 +556,14 @@ impl Orch {
                     r.handle_vouch(now, id, position, digest);
                 }
             }
-            Wire::Vouched { from: id, to, position, digest, verdict } => {
+            Wire::Vouched { from: id, to, position, digest, verdict, applied } => {
                 if member_of(id) != from || member_of(to) != self.me {
                     self.counters.misaddressed += 1;
                     return;
                 }
                 if let Phase::Running(r) = &mut self.phase {
                     if r.id() == to {
-                        r.handle_vouched(now, id, position, digest, verdict);
+                        r.handle_vouched(now, id, position, digest, verdict, applied);
                     }
                 }
             }
@@ -871,7 +871,7 @@ impl Orch {
                 Catchup::Ask { from, to, applied } => (member_of(to), alloc::vec![encode(&Wire::Pull { from, to, applied })]),
                 Catchup::Answer { env, asker_has } => (member_of(env.to), self.snap_out.pulled_datagrams(env, asker_has, now)),
                 Catchup::Vouch { from, to, position, digest } => (member_of(to), alloc::vec![encode(&Wire::Vouch { from, to, position, digest })]),
-                Catchup::Vouched { from, to, position, digest, verdict } => (member_of(to), alloc::vec![encode(&Wire::Vouched { from, to, position, digest, verdict })]),
+                Catchup::Vouched { from, to, position, digest, verdict, applied } => (member_of(to), alloc::vec![encode(&Wire::Vouched { from, to, position, digest, verdict, applied })]),
             };
             if to < self.members.len() && to != self.me {
                 self.outgoing.extend(bytes.into_iter().map(|b| (to, b)));

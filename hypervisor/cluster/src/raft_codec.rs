@@ -108,8 +108,8 @@ pub enum Wire {
     /// A node that pulled a state asks member `to` whether its committed state at `position`
     /// has `digest` (SHA-256 of the snapshot's encoding): crate::replica's `vouch` module.
     Vouch { from: u64, to: u64, position: LogPosition, digest: [u8; 32] },
-    /// The answer, echoing the question.
-    Vouched { from: u64, to: u64, position: LogPosition, digest: [u8; 32], verdict: Verdict },
+    /// The answer, echoing the question, and the index the member applied.
+    Vouched { from: u64, to: u64, position: LogPosition, digest: [u8; 32], verdict: Verdict, applied: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,7 +427,7 @@ pub fn encode(w: &Wire) -> Vec<u8> {
             o.pos(*position);
             o.bytes(digest);
         }
-        Wire::Vouched { from, to, position, digest, verdict } => {
+        Wire::Vouched { from, to, position, digest, verdict, applied } => {
             o.u8(KIND_VOUCHED);
             o.u64(*from);
             o.u64(*to);
@@ -439,6 +439,7 @@ pub fn encode(w: &Wire) -> Vec<u8> {
                 Verdict::Behind => 2,
                 Verdict::Stale => 3,
             });
+            o.u64(*applied);
         }
     }
     o.0
@@ -803,7 +804,7 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
                 3 => Verdict::Stale,
                 _ => return Err(WireError::OutOfRange),
             };
-            Wire::Vouched { from, to, position, digest, verdict }
+            Wire::Vouched { from, to, position, digest, verdict, applied: r.num()? }
         }
         t => return Err(WireError::BadTag(t)),
     };
@@ -896,10 +897,10 @@ mod tests {
             Wire::Members { extra: vec![] },
             Wire::Pull { from: 1 << 16 | 2, to: 3, applied: 41 },
             Wire::Vouch { from: 1 << 16 | 2, to: 3, position: pos(7, 300), digest: [0xab; 32] },
-            Wire::Vouched { from: 3, to: 1 << 16 | 2, position: pos(7, 300), digest: [0xab; 32], verdict: Verdict::Same },
-            Wire::Vouched { from: 3, to: 2, position: pos(7, 300), digest: [1; 32], verdict: Verdict::Differs },
-            Wire::Vouched { from: 3, to: 2, position: pos(7, 300), digest: [1; 32], verdict: Verdict::Behind },
-            Wire::Vouched { from: 3, to: 2, position: pos(7, 300), digest: [1; 32], verdict: Verdict::Stale },
+            Wire::Vouched { from: 3, to: 1 << 16 | 2, position: pos(7, 300), digest: [0xab; 32], verdict: Verdict::Same, applied: 299 },
+            Wire::Vouched { from: 3, to: 2, position: pos(7, 300), digest: [1; 32], verdict: Verdict::Differs, applied: 300 },
+            Wire::Vouched { from: 3, to: 2, position: pos(7, 300), digest: [1; 32], verdict: Verdict::Behind, applied: 3 },
+            Wire::Vouched { from: 3, to: 2, position: pos(7, 300), digest: [1; 32], verdict: Verdict::Stale, applied: 1 << 40 },
             Wire::Members { extra: (0..EXTRA_MAX as u8).map(|i| NodeKey([i; 32])).collect() },
         ];
         assert!(encode(&wires[wires.len() - 1]).len() <= DATAGRAM_MAX);

@@ -133,23 +133,25 @@ pub fn run(node: &Node) -> ! {
     // intermittent failure (each pass is reported; at most 10,000).
     let repeat = arg(node, "ktest.repeat").and_then(|n| n.parse::<u32>().ok()).unwrap_or(1).clamp(1, 10_000);
     let selection: alloc::vec::Vec<&(&str, TestFn)> = TESTS.iter().chain(requested).filter(|(name, _)| !only.is_some_and(|p| !name.starts_with(p))).collect();
-    for (pass, (name, f)) in (0..repeat).flat_map(|pass| selection.iter().map(move |t| (pass, *t))) {
-        if repeat > 1 && selection.first().is_some_and(|(first, _)| first == name) {
+    for pass in 0..repeat {
+        if repeat > 1 {
             println!("ktest: pass {} of {}", pass + 1, repeat);
         }
-        match f(node) {
-            Ok(()) => {
-                passed += 1;
-                println!("ktest {} ... ok", name);
-            }
-            // A test that cannot run on this CPU says so: counted apart, never a pass.
-            Err(e) if e.starts_with("SKIP: ") => {
-                skipped += 1;
-                println!("ktest {} ... SKIPPED: {}", name, &e["SKIP: ".len()..]);
-            }
-            Err(e) => {
-                failed += 1;
-                println!("ktest {} ... FAILED: {}", name, e);
+        for (name, f) in &selection {
+            match f(node) {
+                Ok(()) => {
+                    passed += 1;
+                    println!("ktest {} ... ok", name);
+                }
+                // A test that cannot run on this CPU says so: counted apart, never a pass.
+                Err(e) if e.starts_with("SKIP: ") => {
+                    skipped += 1;
+                    println!("ktest {} ... SKIPPED: {}", name, &e["SKIP: ".len()..]);
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("ktest {} ... FAILED: {}", name, e);
+                }
             }
         }
     }

@@ -22,7 +22,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             }
             // a vouch request (replayed against this replica's log) and an answer to one
             Wire::Vouch { from, position, digest, .. } => r.handle_vouch(Duration::from_millis(1), from, position, digest),
-            Wire::Vouched { from, position, digest, verdict, .. } => r.handle_vouched(Duration::from_millis(1), from, position, digest, verdict),
+            Wire::Vouched { from, position, digest, verdict, applied, .. } => r.handle_vouched(Duration::from_millis(1), from, position, digest, verdict, applied),
             _ => {}
         }
     }

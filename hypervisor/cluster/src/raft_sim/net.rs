@@ -36,7 +36,7 @@ impl RaftSim {
                     out.extend(s.tx.pulled_datagrams(env, asker_has, now).into_iter().map(|b| (from, to, b)));
                 }
                 Catchup::Vouch { from, to, position, digest } => out.push((from, to, encode(&Wire::Vouch { from, to, position, digest }))),
-                Catchup::Vouched { from, to, position, digest, verdict } => out.push((from, to, encode(&Wire::Vouched { from, to, position, digest, verdict }))),
+                Catchup::Vouched { from, to, position, digest, verdict, applied } => out.push((from, to, encode(&Wire::Vouched { from, to, position, digest, verdict, applied }))),
             }
         }
         for (from, to, b) in out {
@@ -112,9 +112,9 @@ impl RaftSim {
             // Any generation of the member asked (as `Orch` takes it).
             Wire::Pull { from, applied, .. } => r.handle_pull(now, from, applied),
             Wire::Vouch { from, position, digest, .. } => r.handle_vouch(now, from, position, digest),
-            Wire::Vouched { from, to: asker, position, digest, verdict } => {
+            Wire::Vouched { from, to: asker, position, digest, verdict, applied } => {
                 if asker == to {
-                    r.handle_vouched(now, from, position, digest, verdict);
+                    r.handle_vouched(now, from, position, digest, verdict, applied);
                 }
             }
             other => self.violations.push(format!("{now:?}: not a Raft datagram: {other:?}")),

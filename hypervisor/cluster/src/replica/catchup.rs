@@ -46,8 +46,8 @@ pub enum Catchup {
     /// Ask member `to` whether its committed state at `position` has `digest`
     /// (`crate::raft_codec::Wire::Vouch`; [`super::vouch`]).
     Vouch { from: ReplicaId, to: ReplicaId, position: LogPosition, digest: [u8; 32] },
-    /// The answer (`crate::raft_codec::Wire::Vouched`).
-    Vouched { from: ReplicaId, to: ReplicaId, position: LogPosition, digest: [u8; 32], verdict: super::Verdict },
+    /// The answer (`crate::raft_codec::Wire::Vouched`), with the index the member applied.
+    Vouched { from: ReplicaId, to: ReplicaId, position: LogPosition, digest: [u8; 32], verdict: super::Verdict, applied: u64 },
 }
 
 impl Replica {

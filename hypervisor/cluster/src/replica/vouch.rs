@@ -14,13 +14,14 @@
 //! - `Same`: p is committed and applied there, the entry at p has p's term, and the state it
 //!   replays to p (from its snapshot through its log) has the digest d;
 //! - `Differs`: it has applied p and its state there is not d (or p's term is not its entry's);
-//! - `Behind`: it has not applied p yet;
+//! - `Behind`: it has not applied p yet (with its applied index: a member no further along
+//!   than this node is not waited for);
 //! - `Stale`: p is older than its snapshot (it cannot replay to p; it is further along).
 //!
 //! The pending state is installed once, after a reply window of `election_min` from its
 //! arrival: (1) this node, A and the members that answered `Same` are a majority of V (Raft's
 //! own quorum arithmetic: a committed state is on a majority), and (2) no member's latest
-//! answer is `Behind`. Any `Differs` drops it (counted in `pulls_contradicted`); `Stale` drops
+//! answer is `Behind` from further along than this node. Any `Differs` drops it (counted in `pulls_contradicted`); `Stale` drops
 //! it and makes that member the next one asked. A pending state not installed within
 //! [`PENDING_FOR`] is dropped and the pull starts again.
 //!
@@ -195,7 +196,7 @@ impl Replica {
         self.vouch_answered.insert(from, now);
         let verdict = self.verdict(position, &digest);
         self.vouches_answered += 1;
-        self.catchup.push(Catchup::Vouched { from: self.id, to: from, position, digest, verdict });
+        self.catchup.push(Catchup::Vouched { from: self.id, to: from, position, digest, verdict, applied: self.applied_index });
     }
 
     /// Whether this node's committed state at `position` has `digest`: replayed from its
@@ -242,8 +243,9 @@ impl Replica {
         }
     }
 
-    /// Member `from`'s answer to this node's vouch request.
-    pub fn handle_vouched(&mut self, now: Duration, from: ReplicaId, position: LogPosition, digest: [u8; 32], verdict: Verdict) {
+    /// Member `from`'s answer to this node's vouch request (it applied `applied` entries).
+    pub fn handle_vouched(&mut self, now: Duration, from: ReplicaId, position: LogPosition, digest: [u8; 32], verdict: Verdict, applied: u64) {
+        let mine = self.applied_index.max(self.commit_index());
         let m = member_of(from);
         if !self.vouch_set().iter().any(|(x, _)| *x == m) {
             return;
@@ -257,8 +259,13 @@ impl Replica {
                 p.vouched.insert(m);
                 p.behind.remove(&m);
             }
-            Verdict::Behind => {
+            // A member no further along than this node knows nothing this node does not: its
+            // `Behind` holds nothing back (two stuck nodes would otherwise wait for each other).
+            Verdict::Behind if applied > mine => {
                 p.behind.insert(m);
+            }
+            Verdict::Behind => {
+                p.behind.remove(&m);
             }
             Verdict::Differs => {
                 self.pulls_contradicted += 1;
