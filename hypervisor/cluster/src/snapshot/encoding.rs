@@ -4,7 +4,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use raftbare::ClusterConfig;
+use raftbare::{ClusterConfig, LogPosition};
 
 use super::SNAPSHOT_MAX;
 use crate::desired::{DesiredState, Limits, Release, Role, NODE_LABELS_MAX};
@@ -15,14 +15,19 @@ const VERSION: u8 = 1;
 
 /// The snapshot's bytes (deterministic).
 pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    encode_parts(s.position, &s.config, &s.state)
+}
+
+/// [`encode_snapshot`] of the snapshot these parts make, without one.
+fn encode_parts(position: LogPosition, config: &ClusterConfig, state: &DesiredState) -> Vec<u8> {
     let mut w = W(Vec::new());
     w.u8(VERSION);
-    w.pos(s.position);
-    w.ids(&s.config.voters);
-    w.ids(&s.config.new_voters);
-    w.ids(&s.config.non_voters);
+    w.pos(position);
+    w.ids(&config.voters);
+    w.ids(&config.new_voters);
+    w.ids(&config.non_voters);
     // Every field, by name: a new one must be added here (and to the decoder).
-    let DesiredState { workloads, nodes, node_order, drained, operators, assignments, releases, labels, applied } = &s.state;
+    let DesiredState { workloads, nodes, node_order, drained, operators, assignments, releases, labels, applied } = state;
     w.u64(*applied);
     w.u32(workloads.len() as u32);
     for spec in workloads.values() {
@@ -89,8 +94,13 @@ fn count32(r: &mut R<'_>, max: usize, item: usize) -> Result<usize, WireError> {
 /// pulled (crate::replica::Catchup::Vouch). Equal for equal snapshots on every node, since the
 /// encoding is deterministic.
 pub fn snapshot_digest(s: &Snapshot) -> [u8; 32] {
+    digest_parts(s.position, &s.config, &s.state)
+}
+
+/// [`snapshot_digest`] of the snapshot these parts make, without one (no copy of the state).
+pub fn digest_parts(position: LogPosition, config: &ClusterConfig, state: &DesiredState) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    Sha256::digest(encode_snapshot(s)).into()
+    Sha256::digest(encode_parts(position, config, state)).into()
 }
 
 /// A snapshot from its bytes, refused unless canonical and within `limits`. Never panics;

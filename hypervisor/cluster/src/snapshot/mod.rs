@@ -65,7 +65,7 @@ mod encoding;
 mod fixtures;
 mod transfer;
 
-pub use encoding::{decode_snapshot, encode_snapshot, snapshot_digest};
+pub use encoding::{decode_snapshot, digest_parts, encode_snapshot, snapshot_digest};
 pub use transfer::{SnapAck, SnapChunk, SnapHead, SnapshotReceiver, SnapshotSender, CHUNK_LEN, WINDOW};
 
 /// The largest snapshot (encoded bytes) sent or assembled. `orchd` has a 4 MiB heap; its
