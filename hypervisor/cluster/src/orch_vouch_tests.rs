@@ -121,3 +121,41 @@ fn a_member_vouches_only_for_its_own_committed_state() {
         }
     }
 }
+
+/// With five members one member's word is not enough (quorum (1) of the rule): node N,
+/// restarted without storage, hears only member K; a state in K's name with `evil` added (far
+/// ahead, so no member could contradict it anyway) arrives, and K's own honest answers to N's
+/// pulls too. N and K are two of five: nothing is installed while N hears only K. Healed, N
+/// catches up (from the leader or by a pull vouched for by the others) and never held `evil`.
+#[test]
+fn with_five_members_one_members_word_is_not_enough() {
+    for seed in 0..3u64 {
+        let mut net = Net::new(5, 160 + seed);
+        assert!(net.run_until(15_000, |x| x.leader().is_some() && x.nodes.iter().flatten().all(|o| o.state().is_some_and(|s| s.nodes.len() == 5))), "seed {seed}: not formed");
+        let l = net.leader().unwrap();
+        net.submit_via(l, Command::PutWorkload(spec("web", 2)));
+        assert!(net.run_until(10_000, |x| x.nodes.iter().flatten().all(|o| o.state().is_some_and(|s| s.workloads.len() == 1))), "seed {seed}: web not committed everywhere");
+        let (k, n) = ((l + 1) % 5, (l + 2) % 5);
+        net.kill(n);
+        for other in (0..5).filter(|o| *o != n && *o != k) {
+            net.cut.push((other, n));
+        }
+        net.restart(n);
+        assert!(net.run_until(5_000, |x| x.nodes[n].as_ref().and_then(|o| o.replica()).is_some()), "seed {seed}: {n} did not start");
+        let mut forged = applied_snapshot(&net, k);
+        forged.state.workloads.insert("evil".to_string(), spec("evil", 1));
+        forged.position = LogPosition { term: forged.position.term, index: LogIndex::new(forged.position.index.get() + 500) };
+        inject_pulled(&mut net, k, n, forged);
+        for _ in 0..100 {
+            net.run_for(100);
+            let o = net.nodes[n].as_ref().unwrap();
+            assert!(!o.state().is_some_and(|s| s.workloads.contains_key("evil")), "seed {seed}: the forged state was installed at {:?}", net.now);
+            assert_eq!(o.counters.pulls_installed, 0, "seed {seed}: a state only K vouched for was installed at {:?}", net.now);
+        }
+        net.cut.clear();
+        let caught_up = net.run_until(15_000, |x| x.nodes[n].as_ref().and_then(|o| o.state()).is_some_and(|s| s.workloads.len() == 1 && s.workloads.contains_key("web")));
+        assert!(caught_up, "seed {seed}: {n} did not catch up once healed");
+        let o = net.nodes[n].as_ref().unwrap();
+        assert!(!o.state().is_some_and(|s| s.workloads.contains_key("evil")), "seed {seed}: the forged state was installed");
+    }
+}
