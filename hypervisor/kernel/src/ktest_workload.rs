@@ -101,6 +101,10 @@ pub fn workload_deadline_power_off(_: &Node) -> Result<(), String> {
         check(!RENEWED.ended(), || format!("the renewed VM ended {} ms after the first deadline", (now() - t0) / 1_000_000))?;
     }
     let idle_end = idle_end.ok_or("the VM whose owner did nothing still ran 2 s past its deadline")?;
+    // "Not before" on the vCPU task's own clock reading when it decided (the 10 ms polls above
+    // see the end late, so they could not tell an early power-off from a punctual one).
+    let fenced = FENCED.fenced_at().ok_or("the VM ended, but not by its deadline")?;
+    check(fenced >= first, || format!("powered off {} us before its deadline", (first - fenced) / 1_000))?;
     check(idle_end >= first, || format!("powered off {} ms before its deadline", (first - idle_end) / 1_000_000))?;
     check(idle_end <= first + LATE_MAX_NS, || format!("powered off {} ms after its deadline", (idle_end - first) / 1_000_000))?;
     check(FENCED.set_deadline(1) == Err(ControlError::Ended), || "a deadline for an ended VM accepted".into())?;
@@ -108,6 +112,8 @@ pub fn workload_deadline_power_off(_: &Node) -> Result<(), String> {
     check(wait_for(|| RENEWED.ended(), 2 * SEC), || "the renewed VM ran on 2 s after its renewals stopped".into())?;
     let renewed_end = now();
     check(renewed_end >= last, || format!("the renewed VM ended {} ms before its last deadline", (last - renewed_end) / 1_000_000))?;
-    catenary_arch::println!("ktest workload_deadline_power_off: unrenewed VM powered off {} ms after its deadline, the renewed one {} ms after its last (10 ms polls)", (idle_end - first) / 1_000_000, (renewed_end - last) / 1_000_000);
+    let renewed_fenced = RENEWED.fenced_at().ok_or("the renewed VM ended, but not by its deadline")?;
+    check(renewed_fenced >= last, || format!("the renewed VM was powered off {} us before its last deadline", (last - renewed_fenced) / 1_000))?;
+    catenary_arch::println!("ktest workload_deadline_power_off: unrenewed VM powered off {} us after its deadline (its end seen {} ms after, 10 ms polls), the renewed one {} us after its last", (fenced - first) / 1_000, (idle_end - first) / 1_000_000, (renewed_fenced - last) / 1_000);
     Ok(())
 }

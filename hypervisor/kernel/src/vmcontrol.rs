@@ -59,6 +59,8 @@ pub struct VmControl {
     kill: AtomicBool,
     /// Power-off deadline on the monotonic clock (ns; 0: none).
     deadline: AtomicU64,
+    /// When the vCPU task found the deadline passed and powered the VM off (ns; 0: never).
+    fenced_at: AtomicU64,
 }
 
 impl Default for VmControl {
@@ -85,6 +87,7 @@ impl VmControl {
             stop_grace: AtomicU64::new(NO_STOP),
             kill: AtomicBool::new(false),
             deadline: AtomicU64::new(0),
+            fenced_at: AtomicU64::new(0),
         }
     }
 
@@ -144,6 +147,17 @@ impl VmControl {
     pub(crate) fn deadline_passed(&self, now_ns: u64) -> Option<u64> {
         let d = self.deadline.load(Ordering::Relaxed);
         (d != 0 && now_ns >= d).then_some(d)
+    }
+
+    /// When the deadline powered the VM off, on the monotonic clock as the vCPU task read it
+    /// when it decided (not when a poller noticed the end).
+    pub fn fenced_at(&self) -> Option<u64> {
+        let t = self.fenced_at.load(Ordering::Acquire);
+        (t != 0).then_some(t)
+    }
+
+    pub(crate) fn fenced(&self, now_ns: u64) {
+        self.fenced_at.store(now_ns.max(1), Ordering::Release);
     }
 
     /// Whether the VM's vCPU task has returned.

@@ -35,6 +35,7 @@ pub(super) fn apply_control(ctl: Option<&VmControl>, policy: &mut StopPolicy, vm
         info!(target: "vmm", "microVM {name}: stop requested (grace {} ms)", stop_grace.unwrap_or(0) / 1_000_000);
     }
     if let (true, Some(d)) = (by_deadline, deadline) {
+        ctl.fenced(now);
         info!(target: "vmm", "microVM {name}: its power-off deadline passed {} us ago: powered off by the node", (now - d) / 1_000);
     }
     actions[1] = policy.poll(now);
