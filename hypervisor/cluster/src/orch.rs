@@ -226,6 +226,9 @@ pub struct Orch {
     /// assembly as a follower.
     pub snap_out: SnapshotSender,
     pub snap_in: SnapshotReceiver,
+    /// The current replica's pulled-state count last seen, and the earlier replicas' total.
+    pulls_seen: u64,
+    pulls_base: u64,
     pub counters: Counters,
 }
 
@@ -269,6 +272,8 @@ impl Orch {
             scheduled: Vec::new(),
             snap_out: SnapshotSender::default(),
             snap_in: SnapshotReceiver::default(),
+            pulls_seen: 0,
+            pulls_base: 0,
             counters: Counters::default(),
         }
     }
@@ -853,8 +858,18 @@ impl Orch {
 
     fn flush(&mut self, now: Duration) {
         let Phase::Running(r) = &mut self.phase else { return };
-        // installed on a chunk, a vouch or a timeout (crate::replica's `vouch`)
-        self.counters.pulls_installed = r.pulls_installed();
+        // installed on a chunk, a vouch or a timeout (crate::replica's `vouch`); a pulled state
+        // dropped unvouched may be assembled again
+        // (a replica replaced by a new one starts counting again: its count adds to the last's)
+        let n = r.pulls_installed();
+        if n < self.pulls_seen {
+            self.pulls_base += self.pulls_seen;
+        }
+        self.pulls_seen = n;
+        self.counters.pulls_installed = self.pulls_base + n;
+        if r.pending_pull().is_none() {
+            self.snap_in.forget_pulled_above(r.applied_index().max(r.commit_index()));
+        }
         for env in r.take_outgoing() {
             let to = member_of(env.to);
             if to >= self.members.len() || to == self.me {

@@ -12,7 +12,7 @@ use crate::snapshot::{snapshot_digest, SnapshotSender};
 /// Node `at`'s committed state as a snapshot at its applied position.
 fn applied_snapshot(net: &Net, at: usize) -> Snapshot {
     let r = net.nodes[at].as_ref().unwrap().replica().unwrap();
-    let (position, config) = r.log().get_position_and_config(LogIndex::new(r.commit_index())).unwrap();
+    let (position, config) = r.log().get_position_and_config(LogIndex::new(r.applied_index())).unwrap();
     Snapshot { position, config: config.clone(), state: r.state().clone() }
 }
 
@@ -157,5 +157,47 @@ fn with_five_members_one_members_word_is_not_enough() {
         assert!(caught_up, "seed {seed}: {n} did not catch up once healed");
         let o = net.nodes[n].as_ref().unwrap();
         assert!(!o.state().is_some_and(|s| s.workloads.contains_key("evil")), "seed {seed}: the forged state was installed");
+    }
+}
+
+/// A pulled state that was dropped (here a member said its state differs) can come again: the
+/// node's snapshot receiver forgets the pulled transfer it assembled when the replica did not
+/// install it, so the same member's same answer (a quiet cluster: nothing moved) is assembled
+/// again and installed (review of session 17, finding 2).
+#[test]
+fn a_dropped_pulled_state_is_pulled_again() {
+    for seed in 0..3u64 {
+        let mut net = formed(170 + seed);
+        let l = net.leader().unwrap();
+        let n = (l + 2) % 3;
+        net.kill(n);
+        net.cut.push((l, n));
+        // quiet: N's replicas placed elsewhere and nothing more to commit, so a member's
+        // answer after the drop is the same state as before it
+        let b = (l + 1) % 3;
+        let mut last = (0, net.now);
+        let quiet = net.run_until(30_000, |x| {
+            let c = x.nodes[b].as_ref().unwrap().replica().unwrap().applied_index();
+            if c != last.0 {
+                last = (c, x.now);
+            }
+            x.now.saturating_sub(last.1) > Duration::from_secs(5)
+        });
+        assert!(quiet, "seed {seed}: the cluster did not go quiet");
+        net.restart(n);
+        let pending = net.run_until(15_000, |x| x.nodes[n].as_ref().and_then(|o| o.replica()).is_some_and(|r| r.pending_pull().is_some()));
+        assert!(pending, "seed {seed}: {n} never had a pulled state pending");
+        let (position, digest, _) = net.nodes[n].as_ref().unwrap().replica().unwrap().pending_pull().unwrap();
+        let (lid, nid) = (net.nodes[l].as_ref().unwrap().replica().unwrap().id(), net.nodes[n].as_ref().unwrap().replica().unwrap().id());
+        let now = net.now;
+        net.nodes[n].as_mut().unwrap().handle(now, l, &encode(&Wire::Vouched { from: lid, to: nid, position, digest, verdict: Verdict::Differs, applied: position.index.get() }));
+        let r = net.nodes[n].as_ref().unwrap().replica().unwrap();
+        assert!(r.pending_pull().is_none() && r.pulls_contradicted == 1, "seed {seed}: the contradicted state is still pending");
+        assert_eq!(r.pulls_installed(), 0);
+        let again = net.run_until(15_000, |x| x.nodes[n].as_ref().is_some_and(|o| o.counters.pulls_installed >= 1 && o.state().is_some_and(|s| s.workloads.len() == 2)));
+        assert!(again, "seed {seed}: the dropped state was not pulled and installed again");
+        // the same state as the one dropped (nothing moved meanwhile)
+        let r = net.nodes[n].as_ref().unwrap().replica().unwrap();
+        assert_eq!(r.applied_index(), position.index.get(), "seed {seed}: the cluster moved on: not the same state");
     }
 }

@@ -22,6 +22,10 @@ impl RaftSim {
         let now = self.now;
         let s = &mut self.slots[id as usize];
         let Some(r) = s.replica.as_mut() else { return };
+        // as `Orch` does: a pulled state dropped unvouched may be assembled again
+        if r.pending_pull().is_none() {
+            s.rx.forget_pulled_above(r.applied_index().max(r.commit_index()));
+        }
         let mut out = Vec::new();
         for env in r.take_outgoing() {
             let (from, to) = (env.from, env.to);

@@ -78,10 +78,10 @@ impl Replica {
         }
         // While a member's answer is arriving, ask it again (it re-sends what is missing, from
         // the same snapshot), not the next one, whose answer would start another transfer.
-        let to = match (self.pull_source, self.pull_next.take()) {
-            (Some((p, t)), _) if now.saturating_sub(t) < self.cfg.catch_up_after => p,
+        let to = match (self.pull_next.take(), self.pull_source) {
             // a member that said the last pulled state is older than its snapshot
-            (_, Some(p)) => p,
+            (Some(p), _) => p,
+            (None, Some((p, t))) if now.saturating_sub(t) < self.cfg.catch_up_after => p,
             _ => {
                 let p = peers[self.pull_turn % peers.len()];
                 self.pull_turn = self.pull_turn.wrapping_add(1);
@@ -108,16 +108,18 @@ impl Replica {
             self.pulls_refused += 1;
             return;
         }
-        if self.pull_answered.get(&from).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min) {
+        // Keyed by member, not id: another generation's bits must not buy another answer.
+        let m = from & 0xffff;
+        if self.pull_answered.get(&m).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min) {
             return;
         }
-        if self.pull_answered.len() >= ANSWERED_KEPT && !self.pull_answered.contains_key(&from) {
+        if self.pull_answered.len() >= ANSWERED_KEPT && !self.pull_answered.contains_key(&m) {
             let oldest = self.pull_answered.iter().min_by_key(|(_, t)| **t).map(|(id, _)| *id);
             if let Some(id) = oldest {
                 self.pull_answered.remove(&id);
             }
         }
-        self.pull_answered.insert(from, now);
+        self.pull_answered.insert(m, now);
         let Some((position, config)) = self.node.log().get_position_and_config(LogIndex::new(self.applied_index)) else { return };
         let snap = Snapshot { position, config: config.clone(), state: self.state.clone() };
         let message = Message::AppendEntriesCall {

@@ -351,6 +351,11 @@ impl Replica {
     }
     /// Positions of the commands applied so far, in order.
     /// (The latest `APPLIED_KEPT`; [`Replica::applied_dropped`] says how many came before.)
+    /// The last log index applied to the state (committed).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
     pub fn applied(&self) -> &[LogPosition] {
         &self.applied
     }
@@ -534,8 +539,10 @@ impl Replica {
                 if header.term >= self.node.current_term() {
                     self.leader_hint = Some((header.term.get(), env.from));
                     self.leader_heard = Some(now);
-                    // a leader is heard: no election to prepare
+                    // a leader is heard: no election to prepare, and no pulled state to wait for
+                    // (the leader brings this node up to date itself)
                     self.pre_vote = None;
+                    self.pending_pull = None;
                 }
             }
             // Raft thesis §4.2.3: within the minimum election timeout of hearing from a current

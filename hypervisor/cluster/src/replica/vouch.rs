@@ -41,7 +41,7 @@ use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use raftbare::{LogEntry, LogIndex, LogPosition};
+use raftbare::{LogEntry, LogIndex, LogPosition, NodeId};
 
 use super::{member_key, Catchup, Replica, ReplicaId, Snapshot};
 use crate::desired::{Command, DesiredState};
@@ -83,13 +83,26 @@ fn member_of(id: ReplicaId) -> usize {
 }
 
 impl Replica {
-    /// The voter set a pulled state is checked against, as (member index, the id to ask):
-    /// this configuration's voters, or the file's members (generation 0: any generation
-    /// takes a request addressed to its index) while it has none. This node excluded.
-    fn vouch_set(&self) -> Vec<(usize, ReplicaId)> {
+    /// The voter sets a pulled state is checked against, as member indexes: this
+    /// configuration's voters and, in a joint configuration, its new voters (a majority of
+    /// each, as Raft commits), or the file's members while it has no configuration.
+    fn vouch_sets(&self) -> Vec<BTreeSet<usize>> {
+        let c = self.node.config();
+        let members = |ids: &BTreeSet<NodeId>| ids.iter().map(|id| member_of(id.get())).collect::<BTreeSet<usize>>();
+        let mut sets: Vec<BTreeSet<usize>> = [&c.voters, &c.new_voters].into_iter().filter(|s| !s.is_empty()).map(members).collect();
+        if sets.is_empty() {
+            sets.push((0..self.cfg.members.len()).collect());
+        }
+        sets
+    }
+
+    /// Whom to ask: every member of the vouch sets but this node, as (member index, the id to
+    /// ask; a file member by its index: any generation takes a request addressed to it).
+    fn vouch_targets(&self) -> Vec<(usize, ReplicaId)> {
         let me = member_of(self.id);
-        let mut set: Vec<(usize, ReplicaId)> = self.node.peers().map(|p| (member_of(p.get()), p.get())).filter(|(m, _)| *m != me).collect();
-        if set.is_empty() {
+        let c = self.node.config();
+        let mut set: Vec<(usize, ReplicaId)> = c.voters.iter().chain(c.new_voters.iter()).map(|id| (member_of(id.get()), id.get())).filter(|(m, _)| *m != me).collect();
+        if c.voters.is_empty() && c.new_voters.is_empty() {
             set = (0..self.cfg.members.len()).filter(|m| *m != me).map(|m| (m, m as u64)).collect();
         }
         set.sort_unstable();
@@ -112,7 +125,10 @@ impl Replica {
                 p.vouched.insert(answerer);
                 return self.decide_pulled(now);
             }
-            if p.snap.position.index > snap.position.index {
+            // A later pending state keeps its place, unless only its answerer backs it and this
+            // answer is another member's (a forgery far ahead must not hold the real state back
+            // until it expires).
+            if p.snap.position.index > snap.position.index && (p.vouched.len() > 1 || p.vouched.contains(&answerer)) {
                 return false;
             }
         }
@@ -127,7 +143,7 @@ impl Replica {
     fn ask_vouchers(&mut self) {
         let Some(p) = &self.pending_pull else { return };
         let (position, digest) = (p.snap.position, p.digest);
-        let asks: Vec<ReplicaId> = self.vouch_set().into_iter().filter(|(m, _)| !p.vouched.contains(m)).map(|(_, id)| id).collect();
+        let asks: Vec<ReplicaId> = self.vouch_targets().into_iter().filter(|(m, _)| !p.vouched.contains(m)).map(|(_, id)| id).collect();
         for to in asks {
             self.catchup.push(Catchup::Vouch { from: self.id, to, position, digest });
         }
@@ -156,10 +172,13 @@ impl Replica {
         if !p.behind.is_empty() {
             return false;
         }
-        let set: BTreeSet<usize> = self.vouch_set().into_iter().map(|(m, _)| m).collect();
-        let voters = set.len() + 1;
-        let counted = 1 + p.vouched.iter().filter(|m| set.contains(m)).count();
-        if counted < voters / 2 + 1 {
+        // A majority of each set: this node (if in it), the answerer, those that said `Same`.
+        let me = member_of(self.id);
+        let quorum = self.vouch_sets().iter().all(|set| {
+            let counted = set.iter().filter(|m| **m == me || p.vouched.contains(m)).count();
+            counted > set.len() / 2
+        });
+        if !quorum {
             return false;
         }
         match self.pending_pull.take() {
@@ -184,16 +203,18 @@ impl Replica {
         if from == self.id || !self.admits(from) {
             return;
         }
-        if self.vouch_answered.get(&from).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min / 2) {
+        // Keyed by member, not id: another generation's bits must not buy another replay.
+        let m = from & 0xffff;
+        if self.vouch_answered.get(&m).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min / 2) {
             return;
         }
-        if self.vouch_answered.len() >= VOUCHES_KEPT && !self.vouch_answered.contains_key(&from) {
+        if self.vouch_answered.len() >= VOUCHES_KEPT && !self.vouch_answered.contains_key(&m) {
             let oldest = self.vouch_answered.iter().min_by_key(|(_, t)| **t).map(|(id, _)| *id);
             if let Some(id) = oldest {
                 self.vouch_answered.remove(&id);
             }
         }
-        self.vouch_answered.insert(from, now);
+        self.vouch_answered.insert(m, now);
         let verdict = self.verdict(position, &digest);
         self.vouches_answered += 1;
         self.catchup.push(Catchup::Vouched { from: self.id, to: from, position, digest, verdict, applied: self.applied_index });
@@ -248,7 +269,7 @@ impl Replica {
     pub fn handle_vouched(&mut self, now: Duration, from: ReplicaId, position: LogPosition, digest: [u8; 32], verdict: Verdict, applied: u64) {
         let mine = self.applied_index.max(self.commit_index());
         let m = member_of(from);
-        if !self.vouch_set().iter().any(|(x, _)| *x == m) {
+        if !self.vouch_targets().iter().any(|(x, _)| *x == m) {
             return;
         }
         let Some(p) = &mut self.pending_pull else { return };
@@ -295,8 +316,9 @@ impl Replica {
         self.pending_pull.as_ref().filter(|p| !p.window_over).map(|p| p.since + self.cfg.election_min)
     }
 
-    /// The pulled state waiting for vouchers, if any: (position, members whose word counts).
-    pub fn pending_pull(&self) -> Option<(LogPosition, usize)> {
-        self.pending_pull.as_ref().map(|p| (p.snap.position, p.vouched.len()))
+    /// The pulled state waiting for vouchers, if any: (position, digest, members whose word
+    /// counts).
+    pub fn pending_pull(&self) -> Option<(LogPosition, [u8; 32], usize)> {
+        self.pending_pull.as_ref().map(|p| (p.snap.position, p.digest, p.vouched.len()))
     }
 }

@@ -459,6 +459,15 @@ impl SnapshotReceiver {
         (ack(hd.total), Some(env))
     }
 
+    /// The replica dropped or refused the last pulled state assembled (it was not installed:
+    /// not vouched for, crate::replica's `vouch`) if that is past `applied`, what it applied:
+    /// forget it, so the same state can be assembled again when a member sends it again.
+    pub fn forget_pulled_above(&mut self, applied: u64) {
+        if self.done.as_ref().is_some_and(|d| d.pulled && d.last.index.get() > applied) {
+            self.done = None;
+        }
+    }
+
     /// Bytes held by the assembly in progress (its buffer), for the bound tests.
     pub fn buffered(&self) -> usize {
         self.asm.as_ref().map_or(0, |a| a.buf.len())
