@@ -201,3 +201,30 @@ fn a_dropped_pulled_state_is_pulled_again() {
         assert_eq!(r.applied_index(), position.index.get(), "seed {seed}: the cluster moved on: not the same state");
     }
 }
+
+/// A member answers vouch requests at most once per asking member per `election_min / 2`,
+/// whatever generation bits the asker's id carries (each answer may replay the log and hash the
+/// state): two requests at once, the second in another generation's name, get one answer; one
+/// 300 ms later gets another.
+#[test]
+fn vouch_requests_are_answered_once_per_member_per_window() {
+    let mut net = formed(180);
+    let l = net.leader().unwrap();
+    let (b, n) = ((l + 1) % 3, (l + 2) % 3);
+    let snap = applied_snapshot(&net, b);
+    let (position, digest) = (snap.position, snapshot_digest(&snap));
+    let bid = net.nodes[b].as_ref().unwrap().replica().unwrap().id();
+    let asker = net.nodes[n].as_ref().unwrap().replica().unwrap().id();
+    let mut answers = |net: &mut Net, ids: &[u64]| {
+        let now = net.now;
+        let o = net.nodes[b].as_mut().unwrap();
+        o.take_outgoing();
+        for id in ids {
+            o.handle(now, n, &encode(&Wire::Vouch { from: *id, to: bid, position, digest }));
+        }
+        o.take_outgoing().into_iter().filter(|(to, bytes)| *to == n && matches!(decode(bytes), Ok(Wire::Vouched { .. }))).count()
+    };
+    assert_eq!(answers(&mut net, &[asker, asker | 7 << 16]), 1);
+    net.run_for(300);
+    assert_eq!(answers(&mut net, &[asker | 3 << 16]), 1);
+}
