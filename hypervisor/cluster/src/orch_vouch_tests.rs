@@ -215,7 +215,7 @@ fn vouch_requests_are_answered_once_per_member_per_window() {
     let (position, digest) = (snap.position, snapshot_digest(&snap));
     let bid = net.nodes[b].as_ref().unwrap().replica().unwrap().id();
     let asker = net.nodes[n].as_ref().unwrap().replica().unwrap().id();
-    let mut answers = |net: &mut Net, ids: &[u64]| {
+    let answers = |net: &mut Net, ids: &[u64]| {
         let now = net.now;
         let o = net.nodes[b].as_mut().unwrap();
         o.take_outgoing();

@@ -30,7 +30,7 @@ use raftbare::{LogEntries, LogIndex, LogPosition, Message, MessageHeader, Messag
 use super::{Envelope, Replica, ReplicaId, Snapshot};
 
 /// Requesters a member remembers answering (the oldest is forgotten first).
-const ANSWERED_KEPT: usize = 64;
+pub(super) const ANSWERED_KEPT: usize = 64;
 
 /// What the catch-up pull sends ([`Replica::take_catchup`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,18 +108,9 @@ impl Replica {
             self.pulls_refused += 1;
             return;
         }
-        // Keyed by member, not id: another generation's bits must not buy another answer.
-        let m = from & 0xffff;
-        if self.pull_answered.get(&m).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min) {
+        if !self.pull_answered.allow(now, from, self.cfg.election_min) {
             return;
         }
-        if self.pull_answered.len() >= ANSWERED_KEPT && !self.pull_answered.contains_key(&m) {
-            let oldest = self.pull_answered.iter().min_by_key(|(_, t)| **t).map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.pull_answered.remove(&id);
-            }
-        }
-        self.pull_answered.insert(m, now);
         let Some((position, config)) = self.node.log().get_position_and_config(LogIndex::new(self.applied_index)) else { return };
         let snap = Snapshot { position, config: config.clone(), state: self.state.clone() };
         let message = Message::AppendEntriesCall {
@@ -129,14 +120,6 @@ impl Replica {
         };
         let env = Envelope { from: self.id, to: from, message, commands: Vec::new(), grant: false, applied: self.reported_applied(), snapshot: Some(snap), pre_vote: false };
         self.catchup.push(Catchup::Answer { env, asker_has: applied });
-    }
-
-    /// Member `from`'s state pulled by this node (assembled from chunks marked pulled): if it
-    /// is ahead of what this node applied and committed, within the limits, and this node does
-    /// not lead, it waits for other members to vouch for it ([`super::vouch`]). True if
-    /// installed now.
-    pub fn pulled(&mut self, now: Duration, from: ReplicaId, snap: Snapshot) -> bool {
-        self.take_pulled(now, from, snap)
     }
 
     /// Install a pulled state the vouch rule accepted. True if installed.

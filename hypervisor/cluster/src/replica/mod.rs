@@ -26,6 +26,7 @@ mod catchup;
 mod compaction;
 mod election;
 mod lease;
+mod per_member;
 mod vouch;
 
 pub use catchup::Catchup;
@@ -220,7 +221,7 @@ pub struct Replica {
     started: Duration,
     pull_turn: usize,
     catchup: Vec<Catchup>,
-    pull_answered: BTreeMap<ReplicaId, Duration>,
+    pull_answered: per_member::PerMember,
     pulls_installed: u64,
     /// The member whose pulled answer this node is assembling, and when a chunk of it last
     /// arrived ([`Replica::pull_progress`]): re-asked until done, not the next peer in turn.
@@ -232,7 +233,7 @@ pub struct Replica {
     /// A pulled state waiting for other members to vouch for it ([`vouch`]).
     pending_pull: Option<vouch::PendingPull>,
     /// Whom this node answered a vouch request when.
-    vouch_answered: BTreeMap<ReplicaId, Duration>,
+    vouch_answered: per_member::PerMember,
     /// Pending pulled states dropped because a member's state differs at their position.
     pub pulls_contradicted: u64,
     /// Pending pulled states dropped because they were not vouched for in time.
@@ -315,13 +316,13 @@ impl Replica {
             started: now,
             pull_turn: 0,
             catchup: Vec::new(),
-            pull_answered: BTreeMap::new(),
+            pull_answered: per_member::PerMember::new(catchup::ANSWERED_KEPT),
             pulls_installed: 0,
             pull_source: None,
             pulls_refused: 0,
             pull_next: None,
             pending_pull: None,
-            vouch_answered: BTreeMap::new(),
+            vouch_answered: per_member::PerMember::new(vouch::VOUCHES_KEPT),
             pulls_contradicted: 0,
             pulls_expired: 0,
             vouches_answered: 0,

@@ -52,7 +52,7 @@ use crate::snapshot::{digest_parts, snapshot_digest};
 pub const PENDING_FOR: u32 = 6;
 
 /// Requesters a member remembers answering (the oldest is forgotten first).
-const VOUCHES_KEPT: usize = 64;
+pub(super) const VOUCHES_KEPT: usize = 64;
 
 /// A member's answer to [`Catchup::Vouch`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,10 +110,12 @@ impl Replica {
         set
     }
 
-    /// A member's answer to this node's pull arrived whole: it becomes the pending pulled
-    /// state (replacing an older one) and the other members are asked to vouch for it. True if
-    /// it is installed at once (never before the reply window, so in practice false).
-    pub(super) fn take_pulled(&mut self, now: Duration, from: ReplicaId, snap: Snapshot) -> bool {
+    /// Member `from`'s state pulled by this node (assembled from chunks marked pulled) arrived
+    /// whole. If it is ahead of what this node applied and committed, within the limits, and
+    /// this node does not lead, it becomes the pending pulled state (replacing an older one)
+    /// and the other members are asked to vouch for it (module docs). True if it is installed
+    /// at once (never before the reply window, so in practice false).
+    pub fn pulled(&mut self, now: Duration, from: ReplicaId, snap: Snapshot) -> bool {
         let mine = self.applied_index.max(self.commit_index());
         if self.is_leader() || snap.position.index.get() <= mine || !snap.state.within(&self.cfg.limits) {
             return false;
@@ -203,18 +205,9 @@ impl Replica {
         if from == self.id || !self.admits(from) {
             return;
         }
-        // Keyed by member, not id: another generation's bits must not buy another replay.
-        let m = from & 0xffff;
-        if self.vouch_answered.get(&m).is_some_and(|t| now.saturating_sub(*t) < self.cfg.election_min / 2) {
+        if !self.vouch_answered.allow(now, from, self.cfg.election_min / 2) {
             return;
         }
-        if self.vouch_answered.len() >= VOUCHES_KEPT && !self.vouch_answered.contains_key(&m) {
-            let oldest = self.vouch_answered.iter().min_by_key(|(_, t)| **t).map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.vouch_answered.remove(&id);
-            }
-        }
-        self.vouch_answered.insert(m, now);
         let verdict = self.verdict(position, &digest);
         self.vouches_answered += 1;
         self.catchup.push(Catchup::Vouched { from: self.id, to: from, position, digest, verdict, applied: self.applied_index });
