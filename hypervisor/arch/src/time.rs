@@ -1,5 +1,5 @@
 //! Time: a TSC-based monotonic clock, calibrated once at boot from CPUID (0x15/0x16, or the
-//! hypervisor timing leaf 0x4000_0010) or, failing that, against PIT channel 2.
+//! hypervisor timing leaf 0x4000_0010) or, failing that, against PIT channel 0.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
@@ -90,12 +90,14 @@ const PIT_HZ: u64 = 1_193_182;
 /// so this also works on QEMU microvm, which has no port 0x61. The PIT's interrupt is not used
 /// (interrupts are still off).
 ///
-/// Why three windows and TSC readings on both sides of each PIT reading: a vCPU descheduled
+/// Why three windows, and TSC readings on both sides of each PIT reading: a vCPU descheduled
 /// by its host (QEMU TCG on a loaded machine) between the last PIT reading and the TSC reading
 /// after it made one CI node's clock run at 0.62 of real time (it took 4158 MHz for a 2599 MHz
-/// TSC), so its 60 s RPC timeout took 96 s. Each window's ends are the midpoints of the TSC
-/// readings around the first and the last PIT reading, and a window spoiled anyway (a pause at
-/// an end, a PIT wrap missed while the vCPU was away) is outvoted by the other two.
+/// TSC), so its 60 s RPC timeout took 96 s. Each PIT reading is timed by the midpoint of the
+/// TSC readings around it, and only a reading whose bracket is tight ([`TIGHT`] times the
+/// narrowest of a warm-up) may end a window: a pause inside it would move the midpoint by half
+/// its length. A window spoiled anyway (a PIT wrap missed while the vCPU was away between two
+/// readings) is outvoted by the other two.
 fn pit_calibrate() -> u64 {
     const WANT: u64 = 17_898; // 15 ms of PIT ticks
     // SAFETY: PIT programming on ports 0x43/0x40; no memory effects.
@@ -104,9 +106,22 @@ fn pit_calibrate() -> u64 {
         Port::<u8>::new(0x40).write(0);
         Port::<u8>::new(0x40).write(0); // reload 65536
     }
+    let read = || {
+        let before = crate::cpu::rdtsc();
+        // SAFETY: latching and reading PIT channel 0 (ports 0x43/0x40); no memory effects.
+        let pit = unsafe {
+            Port::<u8>::new(0x43).write(0x00); // latch channel 0
+            let mut ch0 = Port::<u8>::new(0x40);
+            let lo = ch0.read() as u64;
+            let hi = ch0.read() as u64;
+            lo | (hi << 8)
+        };
+        let after = crate::cpu::rdtsc();
+        Reading { before, pit, after }
+    };
     let mut rates = [0u64; 3];
     for r in rates.iter_mut() {
-        let Some((tsc, pit)) = pit_window(WANT) else {
+        let Some((tsc, pit)) = pit_window(read, WANT) else {
             return 1_000_000_000; // no PIT: assume 1 GHz rather than hang
         };
         *r = rate(tsc, pit);
@@ -125,36 +140,80 @@ fn median3(mut r: [u64; 3]) -> u64 {
     r[1]
 }
 
-/// One calibration window: (TSC ticks, PIT ticks) between the first PIT reading and the first
-/// one at least `want` PIT ticks later, each PIT reading timed by the midpoint of the TSC
-/// readings around it. None if the PIT does not count.
-fn pit_window(want: u64) -> Option<(u64, u64)> {
-    let sample = || {
-        let before = crate::cpu::rdtsc();
-        // SAFETY: latching and reading PIT channel 0 (ports 0x43/0x40); no memory effects.
-        let pit = unsafe {
-            Port::<u8>::new(0x43).write(0x00); // latch channel 0
-            let mut ch0 = Port::<u8>::new(0x40);
-            let lo = ch0.read() as u64;
-            let hi = ch0.read() as u64;
-            lo | (hi << 8)
-        };
-        let after = crate::cpu::rdtsc();
-        (before / 2 + after / 2, pit)
-    };
-    let (t0, mut prev) = sample();
-    let mut elapsed = 0u64;
-    let mut polls = 0u64;
-    loop {
-        let (t, now) = sample();
-        // counting down; a wrap reloads at 65536
-        elapsed += if now <= prev { prev - now } else { prev + 65536 - now };
-        prev = now;
-        if elapsed >= want {
-            return Some((t.wrapping_sub(t0), elapsed));
+/// One PIT reading and the TSC read just before and just after it.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    before: u64,
+    pit: u64,
+    after: u64,
+}
+
+impl Reading {
+    /// When the PIT was read, as well as the TSC can tell.
+    fn mid(&self) -> u64 {
+        self.before / 2 + self.after / 2
+    }
+    fn width(&self) -> u64 {
+        self.after.wrapping_sub(self.before)
+    }
+}
+
+/// A reading whose bracket is at most this many times the narrowest of the warm-up may start
+/// or end a window.
+const TIGHT: u64 = 4;
+/// Readings taken to find the narrowest bracket.
+const WARMUP: usize = 16;
+/// After this many wide readings in a row the limit doubles (a warm-up that was lucky must not
+/// stall the boot).
+const WIDE_IN_A_ROW: u32 = 1_000;
+/// Readings before a PIT that does not count is given up on.
+const MAX_READINGS: u64 = 50_000_000;
+
+/// One calibration window: (TSC ticks, PIT ticks) between a tightly bracketed PIT reading and
+/// the first tightly bracketed one at least `want` PIT ticks later, each timed by the midpoint
+/// of its bracket. None if the PIT does not count.
+fn pit_window(mut read: impl FnMut() -> Reading, want: u64) -> Option<(u64, u64)> {
+    let mut narrowest = u64::MAX;
+    let mut prev = read();
+    for _ in 0..WARMUP {
+        prev = read();
+        narrowest = narrowest.min(prev.width());
+    }
+    let mut limit = narrowest.saturating_mul(TIGHT).max(1);
+    let mut readings = 0u64;
+    let mut wide = 0u32;
+    // Whether `r` may be a window's end; widens the limit after too many misses.
+    let mut tight = |r: &Reading| {
+        if r.width() <= limit {
+            wide = 0;
+            return true;
         }
-        polls += 1;
-        if polls > 50_000_000 {
+        wide += 1;
+        if wide >= WIDE_IN_A_ROW {
+            limit = limit.saturating_mul(2);
+            wide = 0;
+        }
+        false
+    };
+    while !tight(&prev) {
+        prev = read();
+        readings += 1;
+        if readings > MAX_READINGS {
+            return None;
+        }
+    }
+    let start = prev;
+    let mut elapsed = 0u64;
+    loop {
+        let r = read();
+        // counting down; a wrap reloads at 65536
+        elapsed += if r.pit <= prev.pit { prev.pit - r.pit } else { prev.pit + 65536 - r.pit };
+        prev = r;
+        if elapsed >= want && tight(&r) {
+            return Some((r.mid().wrapping_sub(start.mid()), elapsed));
+        }
+        readings += 1;
+        if readings > MAX_READINGS {
             return None;
         }
     }
@@ -175,5 +234,71 @@ mod tests {
         assert_eq!(median3([high, good, low]), good);
         assert_eq!(median3([good, high, good + 10]), good + 10);
         assert_eq!(median3([high, high / 2, good]), good);
+    }
+
+    const HZ: u64 = 2_599_000_000;
+
+    /// PIT readings from a simulated machine: a 2599 MHz TSC and a PIT (mode 2, reload 65536)
+    /// on one clock in ns. Each reading takes 1 µs to the latch, `inside(n, t)` more (a host
+    /// pause between the PIT reading and the TSC reading after it) and 1 µs to the second TSC
+    /// reading, and the next one starts 1 µs later.
+    fn machine(mut inside: impl FnMut(u64, u64) -> u64) -> impl FnMut() -> Reading {
+        let mut t = 0u64;
+        let mut n = 0u64;
+        move || {
+            let tsc = |t: u64| (t as u128 * HZ as u128 / 1_000_000_000) as u64;
+            let before = tsc(t);
+            t += 1_000;
+            let ticks = (t as u128 * PIT_HZ as u128 / 1_000_000_000) as u64;
+            let pit = (65_536 - ticks % 65_536) & 0xffff;
+            t += inside(n, t);
+            t += 1_000;
+            let after = tsc(t);
+            t += 1_000;
+            n += 1;
+            Reading { before, pit, after }
+        }
+    }
+
+    fn error_ppm(hz: u64) -> u64 {
+        hz.abs_diff(HZ) * 1_000_000 / HZ
+    }
+
+    #[test]
+    fn an_undisturbed_window_measures_the_rate() {
+        let (tsc, pit) = pit_window(machine(|_, _| 0), 17_898).unwrap();
+        assert!(error_ppm(rate(tsc, pit)) < 500, "{}", rate(tsc, pit));
+    }
+
+    /// A host pause of 300 µs inside every reading around the 15 ms mark (where the window
+    /// ends) would put the end's midpoint ~150 µs late: 1% fast. Wide readings do not end it.
+    #[test]
+    fn a_pause_inside_the_closing_reading_does_not_move_the_rate() {
+        let paused = |_, t: u64| if (15_000_000..16_000_000).contains(&t) { 300_000 } else { 0 };
+        let (tsc, pit) = pit_window(machine(paused), 17_898).unwrap();
+        assert!(error_ppm(rate(tsc, pit)) < 500, "{} Hz", rate(tsc, pit));
+        // ... and nor at the start.
+        let paused = |n, _| if (WARMUP as u64 + 1..WARMUP as u64 + 50).contains(&n) { 300_000 } else { 0 };
+        let (tsc, pit) = pit_window(machine(paused), 17_898).unwrap();
+        assert!(error_ppm(rate(tsc, pit)) < 500, "{} Hz", rate(tsc, pit));
+    }
+
+    /// A warm-up that saw one freak narrow bracket does not stall the window: the limit grows.
+    #[test]
+    fn a_lucky_warm_up_does_not_stall_the_window() {
+        // Every reading after the warm-up is 20x as wide as the narrowest.
+        let wide = |n, _| if n > WARMUP as u64 / 2 { 40_000 } else { 0 };
+        let (tsc, pit) = pit_window(machine(wide), 17_898).unwrap();
+        assert!(error_ppm(rate(tsc, pit)) < 5_000, "{} Hz", rate(tsc, pit));
+    }
+
+    #[test]
+    fn a_pit_that_does_not_count_is_given_up_on() {
+        let mut t = 0u64;
+        let stuck = move || {
+            t += 1;
+            Reading { before: t, pit: 0xffff, after: t + 1 }
+        };
+        assert_eq!(pit_window(stuck, 17_898), None);
     }
 }
