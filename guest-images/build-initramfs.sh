@@ -63,6 +63,7 @@ printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$WORK/group"
     echo "file /bin/busybox $BUSYBOX 0755 0 0"
     echo "file /etc/passwd $WORK/passwd 0644 0 0"
     echo "file /etc/group $WORK/group 0644 0 0"
+    echo "file /etc/fstab $HERE/initramfs/fstab 0644 0 0"
     echo "dir /usr/libexec 0755 0 0"
     echo "file /usr/libexec/catenary-hostile $WORK/hostile 0755 0 0"
     if [ -f "$WORK/catenary-init" ]; then

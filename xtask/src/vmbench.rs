@@ -43,8 +43,12 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
     }
     let kernel = crate::build::build_kernel(false)?;
     // The command also exercises virtio end to end: a line written to the virtio console
-    // (/dev/hvc0) and the first line of a read-only virtio-blk disk (/dev/vda).
-    let cmd = base64(b"echo catenary-test-marker $((6*7)); echo catenary-virtio-console-ok > /dev/hvc0; head -n1 /dev/vda; uname -r");
+    // (/dev/hvc0) and the first line of a read-only virtio-blk disk (/dev/vda); and it shows
+    // what /init set up before `ready` (guest-images/README.md): its mounts (from /etc/fstab),
+    // the hostname and the console log level.
+    let cmd = base64(b"echo catenary-test-marker $((6*7)); echo catenary-virtio-console-ok > /dev/hvc0; head -n1 /dev/vda; uname -r; \
+        echo catenary-mounts: $(awk '{print $2 \"=\" $3}' /proc/mounts | sort | tr '\\n' ' '); \
+        echo catenary-setup: $(hostname) loglevel $(cut -f1 /proc/sys/kernel/printk)");
     let cases: [(&str, &str, &[&str]); 3] = [
         ("vm_linux_svm_pvh", "vm.boot=pvh", &["microVM demo ended: power off"]),
         ("vm_linux_svm_bzimage", "vm.boot=bzimage", &["microVM demo ended: power off"]),
@@ -62,6 +66,8 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
             "[vm:demo] catenary-test-marker 42",
             "[vm:demo] catenary-virtio-console-ok",
             "[vm:demo] catenary-virtio-blk-marker",
+            "[vm:demo] catenary-mounts: /=rootfs /dev/pts=devpts /dev/shm=tmpfs /dev=devtmpfs /proc=proc /run=tmpfs /sys=sysfs /tmp=tmpfs",
+            "[vm:demo] catenary-setup: catenary-guest loglevel 1",
             "[vm:demo] catenary-init: exit status 0",
         ];
         want.extend_from_slice(end);
