@@ -52,6 +52,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("ipc_fastpath_same_cpu", crate::ktest_core::ipc_fastpath_same_cpu),
     ("sched_user_regs_survive_preemption", crate::ktest_core::sched_user_regs_survive_preemption),
     ("sched_user_fpu_survives_ipc_and_preemption", crate::ktest_core::sched_user_fpu_survives_ipc_and_preemption),
+    ("sched_user_fpu_of_a_killed_task_does_not_leak", crate::ktest_core::sched_user_fpu_of_a_killed_task_does_not_leak),
     ("user_kernel_memory_access_killed", crate::ktest_core::user_kernel_memory_access_killed),
     ("user_ungranted_port_killed", crate::ktest_core::user_ungranted_port_killed),
     ("user_memory_map_unmap", crate::ktest_core::user_memory_map_unmap),

@@ -296,6 +296,24 @@ pub fn sched_user_fpu_survives_ipc_and_preemption(node: &Node) -> Result<(), Str
     check(n >= 100, || format!("{n} direct switches for 300 calls on one CPU: the fastpath was not taken"))
 }
 
+/// A ring-3 task killed (UD2) while it runs, holding a pattern in ymm0..15 and a non-default
+/// MXCSR: its FPU area is the CPU's at that moment. The next ring-3 task on that CPU must start
+/// with the default state, not the dead task's: no 16-byte lane of its registers equals the
+/// pattern, MXCSR is 0x1f80, and (with AVX) every upper ymm half is zero.
+pub fn sched_user_fpu_of_a_killed_task_does_not_leak(node: &Node) -> Result<(), String> {
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
+    let cpu = last_cpu(node);
+    let (dier, _) = spawn_uapp("fpu-die", task::ROLE_FPU_DIE, Affinity::only(cpu), false, &[])?;
+    let code = task::join(dier, 10 * SEC).ok_or("the fpu-die task was not killed")?;
+    check(code == task::killed_by(6), || format!("fpu-die: exit code {code:#x}, expected the #UD kill"))?;
+    let (fresh, _) = spawn_uapp("fpu-fresh", task::ROLE_FPU_FRESH, Affinity::only(cpu), false, &[task::send_cap(ep, 0)])?;
+    let m = task::recv(slot, 10 * SEC).map_err(|e| format!("no report from fpu-fresh: {e:?}"))?;
+    let _ = task::join(fresh, 5 * SEC);
+    log::info!(target: "ktest", "a new ring-3 task after a killed one: {} lanes like the dead task's, MXCSR {:#x}, {} upper ymm lanes not zero (avx {})", m.words[0], m.words[1], m.words[2], m.words[3]);
+    check(m.label == 0x600d && m.words[0] == 0 && m.words[1] == 0x1f80 && m.words[2] == 0,
+        || format!("a new ring-3 task saw the killed task's FPU state: {} lanes equal to its pattern, MXCSR {:#x} (default 0x1f80), {} upper ymm lanes not zero", m.words[0], m.words[1], m.words[2]))
+}
+
 pub fn user_kernel_memory_access_killed(_: &Node) -> Result<(), String> {
     let (id, _) = spawn_uapp("touch-kernel", task::ROLE_TOUCH_KERNEL, Affinity::ANY, false, &[])?;
     let code = task::join(id, 5 * SEC).ok_or("task not killed")?;

@@ -10,6 +10,10 @@ use catenary_ipc::syscall::{SYS_CALL, SYS_REPLY_RECV};
 /// Bytes of register state held: 16 ymm registers (the first 256 bytes: 16 xmm registers).
 pub const HOLD_BYTES: usize = 512;
 
+/// The seed of the pattern (and MXCSR: round toward zero, flush to zero) that
+/// [`load_and_fault`]'s task dies holding, which no later task may see.
+pub const DEAD_SEED: u64 = 0x0dea_d5ee_d000_0007;
+
 /// Whether ring 3 may use AVX: CPUID has AVX and OSXSAVE, and XCR0 enables SSE and AVX state.
 pub fn avx_usable() -> bool {
     let ecx = core::arch::x86_64::__cpuid(1).ecx;
@@ -217,6 +221,128 @@ pub fn hold_call(slot: u64, label: u64, w: [u64; 4], pattern: &[u8; HOLD_BYTES],
 pub fn hold_reply_recv(token: u64, label: u64, w: [u64; 4], slot: u64, pattern: &[u8; HOLD_BYTES], mxcsr: u64, spin: u64) -> (Result<Msg, u64>, Held) {
     let (m, rax, h) = hold(SYS_REPLY_RECV, [0, token, label, w[0], w[1], w[2], w[3], 0, slot], pattern, mxcsr, spin);
     (result(m, rax), h)
+}
+
+/// Load `pattern` into ymm0..15 (xmm0..15 without AVX) and MXCSR (from `mxcsr`, see
+/// [`mxcsr_for`]), then execute UD2: the kernel kills the task with these values live, while
+/// its FPU area is the CPU's (`sched_user_fpu_of_a_killed_task_does_not_leak`). Never returns.
+pub fn load_and_fault(pattern: &[u8; HOLD_BYTES], mxcsr: u64) -> ! {
+    let avx = avx_usable();
+    let m = mxcsr_for(mxcsr);
+    // SAFETY: reads `pattern` (512 bytes, valid) and `m` into the vector registers and MXCSR
+    // (`m` is a valid MXCSR: every exception masked, reserved bits clear), AVX instructions only
+    // if `avx_usable`, then UD2: the kernel kills the task there, so nothing after it runs and
+    // no register it changed is ever seen by compiled code. No stack use.
+    unsafe {
+        core::arch::asm!(
+            "ldmxcsr [rdx]",
+            "test r15, r15",
+            "jz 2f",
+            "vmovdqu ymm0, [r14]",
+            "vmovdqu ymm1, [r14 + 32]",
+            "vmovdqu ymm2, [r14 + 64]",
+            "vmovdqu ymm3, [r14 + 96]",
+            "vmovdqu ymm4, [r14 + 128]",
+            "vmovdqu ymm5, [r14 + 160]",
+            "vmovdqu ymm6, [r14 + 192]",
+            "vmovdqu ymm7, [r14 + 224]",
+            "vmovdqu ymm8, [r14 + 256]",
+            "vmovdqu ymm9, [r14 + 288]",
+            "vmovdqu ymm10, [r14 + 320]",
+            "vmovdqu ymm11, [r14 + 352]",
+            "vmovdqu ymm12, [r14 + 384]",
+            "vmovdqu ymm13, [r14 + 416]",
+            "vmovdqu ymm14, [r14 + 448]",
+            "vmovdqu ymm15, [r14 + 480]",
+            "ud2",
+            "2:",
+            "movdqu xmm0, [r14]",
+            "movdqu xmm1, [r14 + 16]",
+            "movdqu xmm2, [r14 + 32]",
+            "movdqu xmm3, [r14 + 48]",
+            "movdqu xmm4, [r14 + 64]",
+            "movdqu xmm5, [r14 + 80]",
+            "movdqu xmm6, [r14 + 96]",
+            "movdqu xmm7, [r14 + 112]",
+            "movdqu xmm8, [r14 + 128]",
+            "movdqu xmm9, [r14 + 144]",
+            "movdqu xmm10, [r14 + 160]",
+            "movdqu xmm11, [r14 + 176]",
+            "movdqu xmm12, [r14 + 192]",
+            "movdqu xmm13, [r14 + 208]",
+            "movdqu xmm14, [r14 + 224]",
+            "movdqu xmm15, [r14 + 240]",
+            "ud2",
+            in("r14") pattern.as_ptr(), in("r15") avx as u64, in("rdx") &m as *const u32,
+            options(noreturn, nostack),
+        );
+    }
+}
+
+/// What this task's vector registers (ymm0..15, xmm0..15 without AVX) and MXCSR hold now,
+/// nothing loaded first. Compiled code before the call may have written low xmm halves with
+/// SSE (which leaves the upper ymm halves as they were); the upper halves are the task's own.
+pub fn snapshot() -> Held {
+    let avx = avx_usable();
+    let mut regs = [0u8; HOLD_BYTES];
+    let mut mxcsr = 0u32;
+    // SAFETY: stores MXCSR into `mxcsr` and the vector registers into `regs` (512 bytes,
+    // valid for writes; 256 without AVX); AVX instructions only if `avx_usable`. It changes no
+    // register. No stack use.
+    unsafe {
+        core::arch::asm!(
+            "stmxcsr [rdx]",
+            "test r15, r15",
+            "jz 2f",
+            "vmovdqu [r14], ymm0",
+            "vmovdqu [r14 + 32], ymm1",
+            "vmovdqu [r14 + 64], ymm2",
+            "vmovdqu [r14 + 96], ymm3",
+            "vmovdqu [r14 + 128], ymm4",
+            "vmovdqu [r14 + 160], ymm5",
+            "vmovdqu [r14 + 192], ymm6",
+            "vmovdqu [r14 + 224], ymm7",
+            "vmovdqu [r14 + 256], ymm8",
+            "vmovdqu [r14 + 288], ymm9",
+            "vmovdqu [r14 + 320], ymm10",
+            "vmovdqu [r14 + 352], ymm11",
+            "vmovdqu [r14 + 384], ymm12",
+            "vmovdqu [r14 + 416], ymm13",
+            "vmovdqu [r14 + 448], ymm14",
+            "vmovdqu [r14 + 480], ymm15",
+            "jmp 3f",
+            "2:",
+            "movdqu [r14], xmm0",
+            "movdqu [r14 + 16], xmm1",
+            "movdqu [r14 + 32], xmm2",
+            "movdqu [r14 + 48], xmm3",
+            "movdqu [r14 + 64], xmm4",
+            "movdqu [r14 + 80], xmm5",
+            "movdqu [r14 + 96], xmm6",
+            "movdqu [r14 + 112], xmm7",
+            "movdqu [r14 + 128], xmm8",
+            "movdqu [r14 + 144], xmm9",
+            "movdqu [r14 + 160], xmm10",
+            "movdqu [r14 + 176], xmm11",
+            "movdqu [r14 + 192], xmm12",
+            "movdqu [r14 + 208], xmm13",
+            "movdqu [r14 + 224], xmm14",
+            "movdqu [r14 + 240], xmm15",
+            "3:",
+            in("r14") regs.as_mut_ptr(), in("r15") avx as u64, in("rdx") &mut mxcsr as *mut u32,
+            options(nostack),
+        );
+    }
+    Held { regs, mxcsr }
+}
+
+/// 16-byte lanes of `h` equal to the same lane of `pattern` (32 lanes with AVX, 16 without),
+/// and lanes of the upper ymm halves that are not zero (0 without AVX).
+pub fn lanes_like(h: &Held, pattern: &[u8; HOLD_BYTES]) -> (u64, u64) {
+    let n = if avx_usable() { HOLD_BYTES } else { 256 };
+    let same = h.regs[..n].chunks(16).zip(pattern[..n].chunks(16)).filter(|(a, b)| a == b).count() as u64;
+    let upper = if avx_usable() { h.regs.chunks(16).skip(1).step_by(2).filter(|l| l.iter().any(|b| *b != 0)).count() as u64 } else { 0 };
+    (same, upper)
 }
 
 /// A pattern for `seed` (splitmix64): different tasks and rounds hold different values.

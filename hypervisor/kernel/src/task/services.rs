@@ -52,6 +52,10 @@ pub const ROLE_REGS_HOLD: u64 = 42;
 /// (`sched_user_fpu_survives_ipc_and_preemption`).
 pub const ROLE_FPU_ECHO: u64 = 43;
 pub const ROLE_FPU_CLIENT: u64 = 44;
+/// Dies by UD2 holding a vector-register pattern; then a task started on its CPU reports what
+/// its own registers hold (`sched_user_fpu_of_a_killed_task_does_not_leak`).
+pub const ROLE_FPU_DIE: u64 = 45;
+pub const ROLE_FPU_FRESH: u64 = 46;
 
 static IOAPIC_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Physical address of the first IOAPIC (from ACPI), if any.

@@ -33,6 +33,8 @@ const ROLE_BENCH_NULLS: u64 = 41;
 const ROLE_REGS_HOLD: u64 = 42;
 const ROLE_FPU_ECHO: u64 = 43;
 const ROLE_FPU_CLIENT: u64 = 44;
+const ROLE_FPU_DIE: u64 = 45;
+const ROLE_FPU_FRESH: u64 = 46;
 
 #[path = "uapp/restart.rs"]
 mod restart;
@@ -374,6 +376,18 @@ fn run(role: u64) -> u64 {
                 server_bad = m.words[1];
             }
             let _ = send(1, 0x600d, [ok, bad, server_bad, fpu::avx_usable() as u64]);
+            0
+        }
+        // Dies by UD2 holding fpu::DEAD_SEED's pattern and MXCSR, its FPU area the CPU's
+        // (`sched_user_fpu_of_a_killed_task_does_not_leak`).
+        ROLE_FPU_DIE => fpu::load_and_fault(&fpu::pattern(fpu::DEAD_SEED), fpu::DEAD_SEED),
+        // Started after that death on the same CPU: first, what its vector registers hold.
+        // Slot 0: report endpoint; label 0x600d, words [lanes equal to the dead task's
+        // pattern, MXCSR, upper ymm lanes not zero, avx].
+        ROLE_FPU_FRESH => {
+            let h = fpu::snapshot();
+            let (same, upper) = fpu::lanes_like(&h, &fpu::pattern(fpu::DEAD_SEED));
+            let _ = send(0, 0x600d, [same, h.mxcsr as u64, upper, fpu::avx_usable() as u64]);
             0
         }
         ROLE_TOUCH_KERNEL => {
