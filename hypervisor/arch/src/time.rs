@@ -164,8 +164,12 @@ const TIGHT: u64 = 4;
 /// Readings taken to find the narrowest bracket.
 const WARMUP: usize = 16;
 /// After this many wide readings in a row the limit doubles (a warm-up that was lucky must not
-/// stall the boot).
+/// stall the boot), up to [`MAX_WIDENING`] times the narrowest; at that cap the next reading
+/// after as many wide ones is taken whatever its width (the median of the three windows is
+/// left to outvote a window ended that way).
 const WIDE_IN_A_ROW: u32 = 1_000;
+/// The most the limit grows to, in multiples of the narrowest warm-up bracket.
+const MAX_WIDENING: u64 = 64;
 /// Readings before a PIT that does not count is given up on.
 const MAX_READINGS: u64 = 50_000_000;
 
@@ -180,6 +184,7 @@ fn pit_window(mut read: impl FnMut() -> Reading, want: u64) -> Option<(u64, u64)
         narrowest = narrowest.min(prev.width());
     }
     let mut limit = narrowest.saturating_mul(TIGHT).max(1);
+    let cap = narrowest.saturating_mul(MAX_WIDENING).max(limit);
     let mut readings = 0u64;
     let mut wide = 0u32;
     // Whether `r` may be a window's end; widens the limit after too many misses.
@@ -190,8 +195,11 @@ fn pit_window(mut read: impl FnMut() -> Reading, want: u64) -> Option<(u64, u64)
         }
         wide += 1;
         if wide >= WIDE_IN_A_ROW {
-            limit = limit.saturating_mul(2);
             wide = 0;
+            if limit >= cap {
+                return true;
+            }
+            limit = limit.saturating_mul(2).min(cap);
         }
         false
     };
@@ -278,18 +286,29 @@ mod tests {
         let (tsc, pit) = pit_window(machine(paused), 17_898).unwrap();
         assert!(error_ppm(rate(tsc, pit)) < 500, "{} Hz", rate(tsc, pit));
         // ... and nor at the start.
-        let paused = |n, _| if (WARMUP as u64 + 1..WARMUP as u64 + 50).contains(&n) { 300_000 } else { 0 };
+        // (Reading WARMUP is the first candidate start: the warm-up's minimum comes from 1..WARMUP.)
+        let paused = |n, _| if (WARMUP as u64..WARMUP as u64 + 50).contains(&n) { 300_000 } else { 0 };
         let (tsc, pit) = pit_window(machine(paused), 17_898).unwrap();
         assert!(error_ppm(rate(tsc, pit)) < 500, "{} Hz", rate(tsc, pit));
     }
 
-    /// A warm-up that saw one freak narrow bracket does not stall the window: the limit grows.
+    /// A warm-up that saw narrow brackets, then only wide ones, does not stall the window: the
+    /// limit grows (here to 32x, past the readings' 21x).
     #[test]
     fn a_lucky_warm_up_does_not_stall_the_window() {
-        // Every reading after the warm-up is 20x as wide as the narrowest.
-        let wide = |n, _| if n > WARMUP as u64 / 2 { 40_000 } else { 0 };
+        // Every reading after the warm-up is 21x as wide as the narrowest (2 us, then 42 us).
+        let wide = |n, _| if n > WARMUP as u64 { 40_000 } else { 0 };
         let (tsc, pit) = pit_window(machine(wide), 17_898).unwrap();
         assert!(error_ppm(rate(tsc, pit)) < 5_000, "{} Hz", rate(tsc, pit));
+    }
+
+    /// Readings wider than the cap allows still end a window, after the limit reached its cap
+    /// and as many wide readings again: the boot goes on (the median outvotes such a window).
+    #[test]
+    fn readings_past_the_cap_still_end_the_window() {
+        // 201x the narrowest, every reading after the warm-up.
+        let wide = |n, _| if n > WARMUP as u64 { 400_000 } else { 0 };
+        assert!(pit_window(machine(wide), 17_898).is_some());
     }
 
     #[test]
