@@ -76,10 +76,7 @@ pub const NODE_WRITE_BUDGET: u64 = 1024 * 1024;
 /// realistic commands), sent in chunks to a follower behind it (crate::snapshot).
 pub const NODE_SNAPSHOT_EVERY: u64 = 256;
 
-/// A member's index in the cluster file, from one of its Raft ids.
-pub fn member_of(id: ReplicaId) -> usize {
-    (id & 0xffff) as usize
-}
+pub use crate::replica::member_of;
 pub fn generation_of(id: ReplicaId) -> u64 {
     id >> 16
 }

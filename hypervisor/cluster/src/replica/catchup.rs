@@ -68,10 +68,10 @@ impl Replica {
         // A member with no configuration yet (restarted without storage: an empty log) asks
         // the members it boots with, by index: any generation of a member answers (`orchd`
         // takes a pull addressed to its index; generation 0 here). Otherwise its peers.
-        let me = self.id & 0xffff;
+        let me = super::member_of(self.id);
         let mut peers: Vec<ReplicaId> = self.node.peers().map(|p| p.get()).collect();
         if peers.is_empty() {
-            peers = (0..self.cfg.members.len() as u64).filter(|m| *m != me).collect();
+            peers = (0..self.cfg.members.len()).filter(|m| *m != me).map(|m| m as ReplicaId).collect();
         }
         if peers.is_empty() {
             return;

@@ -36,6 +36,12 @@ pub use vouch::{Verdict, PENDING_FOR};
 /// re-added after losing its storage.
 pub type ReplicaId = u64;
 
+/// A member's index in the cluster file, from one of its Raft ids (`generation << 16 | member`,
+/// crate::orch).
+pub fn member_of(id: ReplicaId) -> usize {
+    (id & 0xffff) as usize
+}
+
 /// How many AppendEntries send times a leader remembers (a reply to an older one renews nothing).
 const SENT_AT_KEPT: usize = 1024;
 /// How many applied positions and refusals are kept (the latest ones).
@@ -350,13 +356,13 @@ impl Replica {
     pub fn state(&self) -> &DesiredState {
         &self.state
     }
-    /// Positions of the commands applied so far, in order.
-    /// (The latest `APPLIED_KEPT`; [`Replica::applied_dropped`] says how many came before.)
     /// The last log index applied to the state (committed).
     pub fn applied_index(&self) -> u64 {
         self.applied_index
     }
 
+    /// Positions of the commands applied so far, in order.
+    /// (The latest `APPLIED_KEPT`; [`Replica::applied_dropped`] says how many came before.)
     pub fn applied(&self) -> &[LogPosition] {
         &self.applied
     }
@@ -694,7 +700,7 @@ impl Replica {
     /// [`Replica::voters_at`] with run-time members numbered by `state` (a replay's).
     fn voters_with(&self, i: LogIndex, state: &DesiredState) -> Voters {
         let Some((_, c)) = self.node.log().get_position_and_config(i) else { return Voters::default() };
-        let keys = |ids: &alloc::collections::BTreeSet<NodeId>| ids.iter().map(|id| member_key(&self.cfg.members, state, (id.get() & 0xffff) as usize)).collect();
+        let keys = |ids: &alloc::collections::BTreeSet<NodeId>| ids.iter().map(|id| member_key(&self.cfg.members, state, member_of(id.get()))).collect();
         Voters { old: keys(&c.voters), new: keys(&c.new_voters) }
     }
 

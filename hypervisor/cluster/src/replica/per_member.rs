@@ -6,12 +6,12 @@
 use alloc::collections::BTreeMap;
 use core::time::Duration;
 
-use super::ReplicaId;
+use super::{member_of, ReplicaId};
 
-/// When each member was last answered.
+/// When each member (its index in the cluster file) was last answered.
 #[derive(Debug)]
 pub(super) struct PerMember {
-    last: BTreeMap<ReplicaId, Duration>,
+    last: BTreeMap<usize, Duration>,
     kept: usize,
 }
 
@@ -22,7 +22,7 @@ impl PerMember {
 
     /// True, and `now` recorded, if `from`'s member has had no answer in the last `window`.
     pub(super) fn allow(&mut self, now: Duration, from: ReplicaId, window: Duration) -> bool {
-        let member = from & 0xffff;
+        let member = member_of(from);
         if self.last.get(&member).is_some_and(|t| now.saturating_sub(*t) < window) {
             return false;
         }

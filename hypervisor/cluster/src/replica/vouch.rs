@@ -43,7 +43,7 @@ use core::time::Duration;
 
 use raftbare::{LogEntry, LogIndex, LogPosition, NodeId};
 
-use super::{member_key, Catchup, Replica, ReplicaId, Snapshot};
+use super::{member_key, member_of, Catchup, Replica, ReplicaId, Snapshot};
 use crate::desired::{Command, DesiredState};
 use crate::snapshot::{digest_parts, snapshot_digest};
 
@@ -76,10 +76,6 @@ pub(super) struct PendingPull {
     behind: BTreeSet<usize>,
     /// A decision ran after the reply window ended (the window's end is no longer a deadline).
     window_over: bool,
-}
-
-fn member_of(id: ReplicaId) -> usize {
-    (id & 0xffff) as usize
 }
 
 impl Replica {
