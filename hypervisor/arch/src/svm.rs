@@ -283,7 +283,7 @@ impl SvmVcpu {
         v.w32(C_INTERCEPT_V4, icpt.vec4);
         v.w64(C_IOPM, iopm);
         v.w64(C_MSRPM, msrpm);
-        v.w64(C_TSC_OFFSET, 0);
+        v.w64(C_TSC_OFFSET, crate::time::guest_tsc_offset());
         v.w32(C_ASID, asid);
         v.w64(C_VINTR, 1 << 24); // V_INTR_MASKING: host IF controls physical interrupts
         v.w64(C_NP_ENABLE, 1);

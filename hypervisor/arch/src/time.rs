@@ -20,6 +20,13 @@ pub fn mark_boot() {
     BOOT_TSC.store(crate::cpu::rdtsc(), Ordering::Relaxed);
 }
 
+/// The TSC offset every guest runs with: guest TSC = host TSC − the TSC at the node's boot, so
+/// a guest's TSC and [`now_ns`] count from the same instant and the device models (the local
+/// APIC's TSC-deadline timer, MSR 0x10) can turn one into the other.
+pub fn guest_tsc_offset() -> u64 {
+    0u64.wrapping_sub(BOOT_TSC.load(Ordering::Relaxed))
+}
+
 pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
 }

@@ -30,10 +30,10 @@ pub enum ApicWindow {
 
 impl ApicBus {
     /// `vcpus` local APICs (IDs 0..n, the first the BSP; clamped to 1..=[`MAX_VCPUS`]).
-    pub fn new(vcpus: u8, tsc_khz: u32) -> Self {
+    pub fn new(vcpus: u8, tsc: crate::tsc::GuestTsc) -> Self {
         let n = vcpus.clamp(1, MAX_VCPUS);
         ApicBus {
-            lapics: (0..n).map(|i| LocalApic::new(u32::from(i), i == 0, tsc_khz)).collect(),
+            lapics: (0..n).map(|i| LocalApic::new(u32::from(i), i == 0, tsc)).collect(),
             ioapic: IoApic::new(ioapic_id(n)),
             lines: 0,
             wake: 0,

@@ -4,6 +4,7 @@ use crate::devices::ioapic::*;
 use crate::devices::lapic::*;
 use crate::mem::{GuestMemory, VecMemory};
 use crate::mptable::*;
+use crate::tsc::GuestTsc;
 use std::vec::Vec;
 
 const SVR: u64 = 0xf0;
@@ -23,7 +24,7 @@ const TIMER_DIV: u64 = 0x3e0;
 fn two_flat() -> Vec<LocalApic> {
     let mut v = Vec::new();
     for i in 0..2u32 {
-        let mut a = LocalApic::new(i, i == 0, 1_000_000);
+        let mut a = LocalApic::new(i, i == 0, GuestTsc::new(1_000_000_000));
         assert_eq!(a.mmio_read(0x30, 4, 0) as u32 & 0xff, 0x14);
         assert_eq!(a.mmio_read(0x20, 4, 0) as u32, i << 24);
         a.mmio_write(DFR, 4, 0xffff_ffff, 0);
@@ -121,7 +122,7 @@ fn lowest_priority_picks_the_lowest_processor_priority() {
 
 #[test]
 fn timer_one_shot_periodic_and_tsc_deadline() {
-    let mut a = LocalApic::new(0, true, 1_000_000); // TSC 1 GHz: 1 tick per ns
+    let mut a = LocalApic::new(0, true, GuestTsc::new(1_000_000_000)); // TSC 1 GHz: 1 tick per ns
     a.mmio_write(SVR, 4, 0x1ff, 0);
     a.mmio_write(TIMER_DIV, 4, 3, 0); // divide by 16
     a.mmio_write(LVT_TIMER, 4, 0xec, 0); // one-shot, vector 0xec
@@ -178,7 +179,7 @@ fn timer_largest_count_and_divider_do_not_overflow() {
     // TMICT 0xffff_ffff with divide-by-128 (TDCR 0xa) and by 8 (TDCR 2): the guest's largest
     // values; the period in ns no longer fits u64 when multiplied by 10^9 first.
     for (tdcr, div) in [(0xa_u64, 128u64), (2, 8)] {
-        let mut a = LocalApic::new(0, true, 1_000_000);
+        let mut a = LocalApic::new(0, true, GuestTsc::new(1_000_000_000));
         a.mmio_write(SVR, 4, 0x1ff, 0);
         a.mmio_write(TIMER_DIV, 4, tdcr, 0);
         for lvt in [0xec_u64, 0x2_00ec] {
@@ -198,8 +199,8 @@ fn timer_largest_count_and_divider_do_not_overflow() {
 
 #[test]
 fn x2apic_msr_interface_and_mode_transitions() {
-    let mut a = LocalApic::new(3, false, 1_000_000);
-    let mut b = LocalApic::new(0, true, 1_000_000);
+    let mut a = LocalApic::new(3, false, GuestTsc::new(1_000_000_000));
+    let mut b = LocalApic::new(0, true, GuestTsc::new(1_000_000_000));
     // x2APIC registers #GP in xAPIC mode.
     assert_eq!(a.rdmsr(0x802, 0), Some(Err(ApicFault)));
     assert_eq!(a.rdmsr(0x10, 0), None, "not an APIC MSR");

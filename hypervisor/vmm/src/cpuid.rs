@@ -1,10 +1,11 @@
 //! CPUID policy: the guest sees a filtered view of the host CPUID.
 //!
 //! Allowlist-based: only feature bits the VMM knows are safe to expose pass through. Always
-//! hidden: VMX/SVM, MONITOR/MWAIT, x2APIC, TSC-deadline, perf/debug-store, MCE/MCA, speculation
+//! hidden: VMX/SVM, MONITOR/MWAIT, x2APIC, perf/debug-store, MCE/MCA, speculation
 //! control MSRs, RDTSCP (TSC_AUX is not context-switched), topology leaves (one vCPU). The local
 //! APIC is hidden by default: the guest uses the 8259 PIC + 8254 PIT (Linux then runs with
-//! "no local APIC", timer on IRQ 0 — see docs/vmm.md). XSAVE/AVX are exposed only when the
+//! "no local APIC", timer on IRQ 0 — see docs/vmm.md); with it ([`CpuidConfig::apic`]) the
+//! guest also gets the TSC-deadline timer, which the local APIC model emulates. XSAVE/AVX are exposed only when the
 //! backend context-switches XCR0/XSAVE state ([`CpuidConfig::xsave`]).
 //!
 //! Hypervisor leaves: 0x4000_0000 = max leaf 0x4000_0010 + signature "CatenaryVMM\0";
@@ -24,7 +25,8 @@ pub struct CpuidConfig {
     pub tsc_khz: u32,
     /// Expose XSAVE/XSAVEOPT/AVX/AVX2/FMA/F16C (the backend must switch XCR0 and XSAVE state).
     pub xsave: bool,
-    /// Expose the local APIC (CPUID.1:EDX.APIC). Off by default: PIC + PIT guest.
+    /// Expose the local APIC (CPUID.1:EDX.APIC) and its TSC-deadline timer (CPUID.1:ECX bit
+    /// 24). Off by default: PIC + PIT guest.
     pub apic: bool,
 }
 
@@ -84,6 +86,9 @@ pub fn guest_cpuid(
             let mut edx_allow = L1_EDX;
             if cfg.apic {
                 edx_allow |= 1 << 9;
+                // TSC-deadline timer: the local APIC model has it, and with it Linux skips its
+                // 100 ms calibration of the APIC timer against the PIT.
+                ecx |= 1 << 24;
             }
             // EBX: keep brand index + CLFLUSH size; 1 logical CPU; APIC id 0.
             let ebx = (r[1] & 0xffff) | (1 << 16);

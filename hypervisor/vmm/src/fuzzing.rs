@@ -453,8 +453,9 @@ pub fn apic_sequence(data: &[u8]) {
     use crate::devices::lapic::{route, ApicEffect, IpiRequest, LocalApic};
     let mut b = Bytes::new(data);
     let n = 1 + (b.u8() % 8) as usize;
-    let tsc_khz = b.u32() % 4_000_000;
-    let mut apics: Vec<LocalApic> = (0..n).map(|i| LocalApic::new(i as u32, i == 0, tsc_khz)).collect();
+    // (A rate that need not be whole kHz, as calibration gives.)
+    let tsc = crate::tsc::GuestTsc::new(u64::from(b.u32() % 4_000_000_000));
+    let mut apics: Vec<LocalApic> = (0..n).map(|i| LocalApic::new(i as u32, i == 0, tsc)).collect();
     let mut io = IoApic::new(n as u8);
     let mut now = 0u64;
     let irqs: Vec<crate::mptable::IsaIrq> =

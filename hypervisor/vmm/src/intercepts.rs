@@ -94,6 +94,7 @@ pub fn svm_intercepts() -> SvmIntercepts {
 pub mod vmx {
     pub const PIN_EXT_INTR_EXITING: u32 = 1 << 0;
     pub const PIN_NMI_EXITING: u32 = 1 << 3;
+    pub const PROC_TSC_OFFSETTING: u32 = 1 << 3;
     pub const PROC_HLT_EXITING: u32 = 1 << 7;
     pub const PROC_MWAIT_EXITING: u32 = 1 << 10;
     pub const PROC_IO_BITMAPS: u32 = 1 << 25;
@@ -119,13 +120,14 @@ pub struct VmxIntercepts {
 /// NMIs exit (NMIs are then re-raised on the host), HLT exits, all ports and MSRs through the
 /// bitmaps. MWAIT and MONITOR exit and become #UD in the guest (as on SVM; CPUID hides MONITOR).
 /// UMONITOR/UMWAIT/TPAUSE stay #UD natively: the secondary control "enable user wait and pause"
-/// is never set.
+/// is never set. TSC offsetting is on: the guest's TSC counts from the node's boot (see
+/// `catenary_arch::time::guest_tsc_offset`), the clock the device models' `now_ns` is on.
 pub fn vmx_intercepts() -> VmxIntercepts {
     use vmx::*;
     VmxIntercepts {
         exception_bitmap: 1 << AC,
         pin: PIN_EXT_INTR_EXITING | PIN_NMI_EXITING,
-        proc: PROC_HLT_EXITING | PROC_MWAIT_EXITING | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_MONITOR_EXITING | PROC_SECONDARY,
+        proc: PROC_TSC_OFFSETTING | PROC_HLT_EXITING | PROC_MWAIT_EXITING | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_MONITOR_EXITING | PROC_SECONDARY,
         proc2: PROC2_WBINVD_EXITING,
     }
 }

@@ -104,6 +104,7 @@ pub mod stats;
 pub mod stop;
 pub mod svm_exit;
 pub mod timeline;
+pub mod tsc;
 pub mod vm;
 pub mod vmx_exit;
 pub mod workload;

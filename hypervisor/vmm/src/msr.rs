@@ -6,7 +6,7 @@
 //! **EFER**: if the backend intercepts writes, the device model validates the value
 //! (reserved bits, SVME → #GP) and updates `VcpuState::efer` (LMA = LME && CR0.PG); the backend
 //! writes `efer` back (keeping SVME set in the real VMCB on SVM).
-//! **Emulated here:** TSC (0x10, scaled from `now_ns` if it is intercepted anyway; writes
+//! **Emulated here:** TSC (0x10, the guest's TSC at `now_ns` (crate::tsc) if it is intercepted anyway; writes
 //! ignored), FEATURE_CONTROL (locked, VMX off), BIOS_SIGN_ID, MTRRcap (no variable ranges, no
 //! fixed ranges), MTRRdefType (enabled, WB, writes kept), variable/fixed MTRRs (read 0, writes
 //! ignored), MISC_ENABLE (fast strings), MCG_CAP/MCG_STATUS (0), AMD HWCR and DE_CFG.
@@ -40,12 +40,12 @@ pub enum MsrResult {
 #[derive(Debug, Clone)]
 pub struct MsrState {
     pub mtrr_def_type: u64,
-    pub tsc_khz: u32,
+    pub tsc: crate::tsc::GuestTsc,
 }
 
 impl MsrState {
-    pub fn new(tsc_khz: u32) -> Self {
-        MsrState { mtrr_def_type: 0x806, tsc_khz }
+    pub fn new(tsc: crate::tsc::GuestTsc) -> Self {
+        MsrState { mtrr_def_type: 0x806, tsc }
     }
 
     fn is_mtrr_range(idx: u32) -> bool {
@@ -55,8 +55,7 @@ impl MsrState {
     pub fn read(&self, idx: u32, cpu: &VcpuState, now_ns: u64) -> MsrResult {
         match idx {
             MSR_TSC => {
-                let t = (now_ns as u128) * (self.tsc_khz as u128) / 1_000_000;
-                MsrResult::Ok(t as u64)
+                MsrResult::Ok(self.tsc.at(now_ns))
             }
             MSR_FEATURE_CONTROL => MsrResult::Ok(1),
             MSR_BIOS_SIGN_ID => MsrResult::Ok(0),
@@ -114,7 +113,7 @@ mod tests {
     use super::*;
     #[test]
     fn policy() {
-        let mut m = MsrState::new(1_000_000);
+        let mut m = MsrState::new(crate::tsc::GuestTsc::new(1_000_000_000));
         let mut c = VcpuState::new();
         assert_eq!(m.read(0x1234_5678, &c, 0), MsrResult::Gp);
         assert_eq!(m.read(MSR_APIC_BASE, &c, 0), MsrResult::Gp);

@@ -48,8 +48,12 @@ pub const VIRTIO_IRQS: [u8; 8] = [5, 6, 9, 10, 11, 12, 14, 15];
 pub struct VmConfig {
     pub name: String,
     pub ram_size: u64,
-    /// Guest TSC frequency (kHz) for CPUID 0x4000_0010 and the MSR TSC fallback.
+    /// Guest TSC frequency (kHz) as the guest is told it: CPUID 0x4000_0010, `tsc_early_khz=`.
     pub tsc_khz: u32,
+    /// The guest TSC's exact rate (Hz), for the device models' TSC arithmetic (the local APIC's
+    /// TSC-deadline timer, RDMSR 0x10): crate::tsc. [`VmConfig::new`] sets `tsc_khz` × 1000;
+    /// the node sets the rate it calibrated.
+    pub tsc_hz: u64,
     /// Wall clock (Unix seconds) at `now_ns == 0`, for the RTC.
     pub wallclock_unix: u64,
     pub cpuid: CpuidConfig,
@@ -81,6 +85,7 @@ impl VmConfig {
             name: name.into(),
             ram_size,
             tsc_khz,
+            tsc_hz: u64::from(tsc_khz) * 1000,
             wallclock_unix: 0,
             cpuid: CpuidConfig { tsc_khz, ..Default::default() },
             wild_mmio: WildMmioPolicy::Stop,
@@ -226,7 +231,7 @@ impl MicroVm {
         }
         cfg.vcpus = cfg.vcpus.clamp(1, crate::mptable::MAX_VCPUS);
         cfg.cpuid.apic |= cfg.apic;
-        let apic = cfg.apic.then(|| ApicBus::new(cfg.vcpus, cfg.tsc_khz));
+        let apic = cfg.apic.then(|| ApicBus::new(cfg.vcpus, crate::tsc::GuestTsc::new(cfg.tsc_hz)));
         if let Some(mac) = cfg.virtio_net {
             if let Some(&irq) = irqs.next() {
                 virtio.push(VirtioMmio::new(base, irq, Device::Net(VirtioNet::new(mac)), qs));
@@ -241,7 +246,7 @@ impl MicroVm {
             post: PostPort::default(),
             reset_ports: ResetPorts::default(),
             virtio,
-            msrs: MsrState::new(cfg.tsc_khz),
+            msrs: MsrState::new(crate::tsc::GuestTsc::new(cfg.tsc_hz)),
             host_cpuid: HostCpuidTable::capture(host_cpuid),
             console,
             channel,

@@ -170,6 +170,12 @@ fn without_apic_nothing_changes() {
     assert_eq!(mem.read_u32(crate::mptable::MPTABLE_GPA).unwrap(), 0, "no MP table");
     assert_eq!(vm.cfg.vcpus, 1);
     assert!(vm.apic_bus().is_none());
+    // CPUID offers neither the APIC nor its TSC-deadline timer.
+    mem.write(CODE, &[0x0f, 0xa2]).unwrap();
+    let mut c = cpu32();
+    c.rax = 1;
+    assert_eq!(vm.handle_exit(Exit::Cpuid, &mut c, &mut mem, 0), Ok(Action::Resume));
+    assert_eq!((c.rdx & (1 << 9), c.rcx & (1 << 24)), (0, 0), "APIC / TSC-deadline offered");
     // The APIC window is wild MMIO, IA32_APIC_BASE #GPs.
     mem.write(CODE, &[0x8b, 0x05, 0x20, 0, 0xe0, 0xfe]).unwrap();
     let mut c = cpu32();
@@ -252,4 +258,41 @@ fn cli_hlt_powers_off_on_vcpu0_only() {
     c.rflags = RFLAGS_FIXED;
     vm.set_vcpu(0);
     assert_eq!(vm.handle_exit(Exit::Hlt, &mut c, &mut mem, 0), Ok(Action::Stop(StopReason::PowerOff { code: None })));
+}
+
+/// The TSC-deadline timer as Linux drives it: CPUID offers it with the APIC (not without), the
+/// LVT timer in TSC-deadline mode, then WRMSR 0x6e0 = the guest's TSC now + 1 ms of ticks. An
+/// hour into the node's uptime, at a calibrated rate that is not whole kHz, the interrupt must
+/// come 1 ms later, not early and not late (the guest TSC counts from the node's boot: crate::tsc).
+#[test]
+fn the_tsc_deadline_timer_fires_when_the_guest_tsc_reaches_the_deadline() {
+    let hz = 2_596_136_789u64;
+    let mut cfg = VmConfig::new("tsc", 0x10_0000, (hz / 1000) as u32);
+    cfg.tsc_hz = hz;
+    cfg.apic = true;
+    let mut vm = MicroVm::new(cfg, &host_cpuid);
+    let mut mem = VecMemory::new(0x10_0000);
+    let now = 3_600_000_000_000u64;
+    mem.write(CODE, &[0x0f, 0xa2]).unwrap();
+    let mut c = cpu32();
+    c.rax = 1;
+    assert_eq!(vm.handle_exit(Exit::Cpuid, &mut c, &mut mem, now), Ok(Action::Resume));
+    assert_ne!(c.rcx & (1 << 24), 0, "TSC-deadline in CPUID with the APIC");
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0xf0, Some(0x1ff));
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x320, Some((2 << 17) | 0xec));
+    let tsc_now = crate::tsc::GuestTsc::new(hz).at(now);
+    let deadline = tsc_now + hz / 1000;
+    mem.write(CODE, &[0x0f, 0x30]).unwrap();
+    let mut c = cpu32();
+    c.rcx = 0x6e0;
+    c.rax = deadline & 0xffff_ffff;
+    c.rdx = deadline >> 32;
+    assert_eq!(vm.handle_exit(Exit::Wrmsr, &mut c, &mut mem, now), Ok(Action::Resume));
+    assert_eq!(c.rip, CODE + 2);
+    let due = vm.next_deadline_ns().expect("the deadline armed the timer");
+    assert!(due.abs_diff(now + 1_000_000) <= 1, "due {} ns after the write, want 1 ms", due - now);
+    vm.poll(due - 1);
+    assert_eq!(next_irq(&mut vm, 0), None, "fired before the deadline");
+    vm.poll(due);
+    assert_eq!(next_irq(&mut vm, 0), Some(0xec));
 }

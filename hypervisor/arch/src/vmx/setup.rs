@@ -178,7 +178,7 @@ impl VmxVcpu {
         vmwrite(f::IO_BITMAP_A, self.io_bitmaps);
         vmwrite(f::IO_BITMAP_B, self.io_bitmaps + 4096);
         vmwrite(f::MSR_BITMAP, self.msr_bitmap);
-        vmwrite(f::TSC_OFFSET, 0);
+        vmwrite(f::TSC_OFFSET, crate::time::guest_tsc_offset());
         vmwrite(f::EPT_POINTER, self.ept.eptp());
         if let Some(t) = timer.filter(|_| pin & PIN_PREEMPTION_TIMER != 0) {
             // (Without "save VMX-preemption timer value" every entry starts from this value.)

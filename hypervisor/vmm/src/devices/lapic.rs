@@ -16,8 +16,10 @@
 //!
 //! Time is a pure function of `now_ns`: the timer counts at [`APIC_BUS_HZ`] (1 GHz, one tick
 //! per ns before the divider, as CPUID 0x4000_0010 EBX reports); the TSC-deadline MSR is in
-//! guest TSC ticks at `tsc_khz` with the guest TSC = `now_ns` × `tsc_khz` / 10⁶ (the same
-//! clock as the MSR model's TSC).
+//! guest TSC ticks, turned into node time by [`GuestTsc`] (the guest's TSC counts from the
+//! node's boot at the node's TSC rate: crate::tsc).
+
+use crate::tsc::GuestTsc;
 
 pub const APIC_BUS_HZ: u64 = 1_000_000_000;
 pub const APIC_DEFAULT_BASE: u64 = 0xfee0_0000;
@@ -174,7 +176,7 @@ pub struct LocalApic {
     /// Next expiry (one-shot/periodic/TSC-deadline), None when disarmed.
     timer_due_ns: Option<u64>,
     tsc_deadline: u64,
-    tsc_khz: u32,
+    tsc: GuestTsc,
     nmi_pending: bool,
     init_pending: bool,
     sipi_vector: Option<u8>,
@@ -197,7 +199,7 @@ fn highest(v: &[u32; 8]) -> Option<u8> {
 impl LocalApic {
     /// APIC of vCPU `id` (its APIC ID); `bsp` marks the boot processor. Starts in xAPIC mode,
     /// enabled, at the default base, as after power-on.
-    pub fn new(id: u32, bsp: bool, tsc_khz: u32) -> Self {
+    pub fn new(id: u32, bsp: bool, tsc: GuestTsc) -> Self {
         let mut a = LocalApic {
             id,
             base: APIC_DEFAULT_BASE | BASE_EN | if bsp { BASE_BSP } else { 0 },
@@ -217,7 +219,7 @@ impl LocalApic {
             timer_start_ns: 0,
             timer_due_ns: None,
             tsc_deadline: 0,
-            tsc_khz,
+            tsc,
             nmi_pending: false,
             init_pending: false,
             sipi_vector: None,
@@ -433,13 +435,6 @@ impl LocalApic {
                 u32::try_from(u64::from(self.timer_init).saturating_sub(ticks)).unwrap_or(0)
             }
         }
-    }
-
-    fn tsc_to_ns(&self, tsc: u64) -> Option<u64> {
-        if self.tsc_khz == 0 {
-            return None;
-        }
-        u64::try_from(u128::from(tsc) * 1_000_000 / u128::from(self.tsc_khz)).ok()
     }
 
     /// Advance the timer to `now_ns`; an expiry raises the LVT timer vector (missed periods
@@ -708,7 +703,7 @@ impl LocalApic {
             MSR_TSC_DEADLINE => {
                 if self.timer_mode() == 2 && self.hw_enabled() {
                     self.tsc_deadline = val;
-                    self.timer_due_ns = if val == 0 { None } else { self.tsc_to_ns(val).map(|t| t.max(now)) };
+                    self.timer_due_ns = if val == 0 { None } else { self.tsc.ns_at(val).map(|t| t.max(now)) };
                 }
                 Ok(ApicEffect::None)
             }
