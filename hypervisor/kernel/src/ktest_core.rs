@@ -258,7 +258,8 @@ pub fn sched_user_regs_survive_preemption(node: &Node) -> Result<(), String> {
 }
 
 /// Two ring-3 clients and a ring-3 echo server on one CPU, each holding its own pattern in
-/// ymm0..15 (xmm0..15 without AVX) and MXCSR from 1M TSC cycles before each call to 1M after
+/// ymm0..15 (xmm0..15 without AVX), the x87 registers, MXCSR and the x87 control word from 1M
+/// TSC cycles before each call to 1M after
 /// (server: around each `reply_recv`): the kernel switches between them directly (the IPC
 /// fastpath) and by timer preemption, and every task gets its own values back. The FPU image
 /// of a ring-3 task lives in its own area, which the CPU holds while it runs (`context`).
@@ -290,16 +291,18 @@ pub fn sched_user_fpu_survives_ipc_and_preemption(node: &Node) -> Result<(), Str
     let n = task::fastpath_handoffs() - before;
     for m in &reports {
         check(m.label == 0x600d && m.words[0] == 150, || format!("client report {m:?}: wrong answers"))?;
-        check(m.words[1] == 0 && m.words[2] == 0, || format!("vector registers of a ring-3 task changed across switches: client holds broken {}, server holds broken {} (avx {})", m.words[1], m.words[2], m.words[3]))?;
+        check(m.words[1] == 0 && m.words[2] == 0, || format!("FPU registers (vector, x87, MXCSR, x87 control word) of a ring-3 task changed across switches: client holds broken {}, server holds broken {} (avx {})", m.words[1], m.words[2], m.words[3]))?;
     }
     log::info!(target: "ktest", "ring-3 FPU holds: 300 calls, {n} direct switches, avx {}", reports[0].words[3]);
     check(n >= 100, || format!("{n} direct switches for 300 calls on one CPU: the fastpath was not taken"))
 }
 
-/// A ring-3 task killed (UD2) while it runs, holding a pattern in ymm0..15 and a non-default
-/// MXCSR: its FPU area is the CPU's at that moment. The next ring-3 task on that CPU must start
-/// with the default state, not the dead task's: no 16-byte lane of its registers equals the
-/// pattern, MXCSR is 0x1f80, and (with AVX) every upper ymm half is zero.
+/// A ring-3 task killed (UD2) while it runs, holding a pattern in ymm0..15 and the x87
+/// registers and a non-default MXCSR and x87 control word: its FPU area is the CPU's at that
+/// moment. The next ring-3 task on that CPU must start with the default state, not the dead
+/// task's: no 16-byte lane of its registers equals the pattern, no x87 register holds one of
+/// the dead task's values, MXCSR is 0x1f80, the x87 control word 0x037f, and (with AVX) every
+/// upper ymm half is zero.
 pub fn sched_user_fpu_of_a_killed_task_does_not_leak(node: &Node) -> Result<(), String> {
     let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let cpu = last_cpu(node);
@@ -309,9 +312,11 @@ pub fn sched_user_fpu_of_a_killed_task_does_not_leak(node: &Node) -> Result<(), 
     let (fresh, _) = spawn_uapp("fpu-fresh", task::ROLE_FPU_FRESH, Affinity::only(cpu), false, &[task::send_cap(ep, 0)])?;
     let m = task::recv(slot, 10 * SEC).map_err(|e| format!("no report from fpu-fresh: {e:?}"))?;
     let _ = task::join(fresh, 5 * SEC);
-    log::info!(target: "ktest", "a new ring-3 task after a killed one: {} lanes like the dead task's, MXCSR {:#x}, {} upper ymm lanes not zero (avx {})", m.words[0], m.words[1], m.words[2], m.words[3]);
-    check(m.label == 0x600d && m.words[0] == 0 && m.words[1] == 0x1f80 && m.words[2] == 0,
-        || format!("a new ring-3 task saw the killed task's FPU state: {} lanes equal to its pattern, MXCSR {:#x} (default 0x1f80), {} upper ymm lanes not zero", m.words[0], m.words[1], m.words[2]))
+    let (lanes, x87) = (m.words[0] & 0xffff_ffff, m.words[0] >> 32);
+    let (mxcsr, fcw) = (m.words[1] & 0xffff_ffff, m.words[1] >> 32);
+    log::info!(target: "ktest", "a new ring-3 task after a killed one: {lanes} lanes and {x87} x87 registers like the dead task's, MXCSR {mxcsr:#x}, x87 control word {fcw:#x}, {} upper ymm lanes not zero (avx {})", m.words[2], m.words[3]);
+    check(m.label == 0x600d && lanes == 0 && x87 == 0 && mxcsr == 0x1f80 && fcw == 0x037f && m.words[2] == 0,
+        || format!("a new ring-3 task saw the killed task's FPU state: {lanes} lanes equal to its pattern, {x87} x87 registers holding its values, MXCSR {mxcsr:#x} (default 0x1f80), x87 control word {fcw:#x} (default 0x037f), {} upper ymm lanes not zero", m.words[2]))
 }
 
 pub fn user_kernel_memory_access_killed(_: &Node) -> Result<(), String> {

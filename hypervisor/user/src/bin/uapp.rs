@@ -378,16 +378,19 @@ fn run(role: u64) -> u64 {
             let _ = send(1, 0x600d, [ok, bad, server_bad, fpu::avx_usable() as u64]);
             0
         }
-        // Dies by UD2 holding fpu::DEAD_SEED's pattern and MXCSR, its FPU area the CPU's
-        // (`sched_user_fpu_of_a_killed_task_does_not_leak`).
+        // Dies by UD2 holding fpu::DEAD_SEED's pattern, MXCSR, x87 registers and x87 control
+        // word, its FPU area the CPU's (`sched_user_fpu_of_a_killed_task_does_not_leak`).
         ROLE_FPU_DIE => fpu::load_and_fault(&fpu::pattern(fpu::DEAD_SEED), fpu::DEAD_SEED),
-        // Started after that death on the same CPU: first, what its vector registers hold.
-        // Slot 0: report endpoint; label 0x600d, words [lanes equal to the dead task's
-        // pattern, MXCSR, upper ymm lanes not zero, avx].
+        // Started after that death on the same CPU: first, what its FPU registers hold.
+        // Slot 0: report endpoint; label 0x600d, words [vector lanes equal to the dead task's
+        // pattern | x87 registers like the dead task's << 32, MXCSR | x87 control word << 32,
+        // upper ymm lanes not zero, avx].
         ROLE_FPU_FRESH => {
             let h = fpu::snapshot();
-            let (same, upper) = fpu::lanes_like(&h, &fpu::pattern(fpu::DEAD_SEED));
-            let _ = send(0, 0x600d, [same, h.mxcsr as u64, upper, fpu::avx_usable() as u64]);
+            let dead = fpu::pattern(fpu::DEAD_SEED);
+            let (same, upper) = fpu::lanes_like(&h, &dead);
+            let x87 = fpu::x87_like(&h, &dead);
+            let _ = send(0, 0x600d, [same | x87 << 32, h.mxcsr as u64 | u64::from(h.fcw) << 32, upper, fpu::avx_usable() as u64]);
             0
         }
         ROLE_TOUCH_KERNEL => {
