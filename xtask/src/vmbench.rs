@@ -109,11 +109,13 @@ fn apic_test(t: &mut Tally, kernel: &std::path::Path, bundle: &std::path::Path) 
     // (The disk's reads give the virtio interrupts: the console's transmit raises none,
     // docs/vmm.md "Multi-vCPU microVMs".)
     // The clock event device: `lapic-deadline` when the guest took the TSC-deadline timer (so
-    // no APIC timer calibration). The guest's uptime around ten 0.05 s sleeps: a deadline must
-    // not fire early, nor late (a guest TSC that does not count from the node's boot, as the
-    // device model assumes, puts every deadline out by the TSC at the node's boot:
-    // catenary_vmm::tsc; ~0.13 s each under QEMU, minutes on hardware).
-    let cmd = base64(b"head -n1 /dev/vda; grep -E 'IO-APIC|Local timer' /proc/interrupts | sed 's/^/apic-irq /'; echo apic-cpus $(cat /sys/devices/system/cpu/online); echo apic-clockevent $(cat /sys/devices/system/clockevents/clockevent0/current_device); read a x </proc/uptime; for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.05; done; read b x </proc/uptime; echo apic-sleep $a $b");
+    // no APIC timer calibration). The guest's uptime around thirty 0.01 s sleeps: no deadline
+    // may fire late (a guest TSC that does not count from the node's boot, as the device model
+    // assumes, puts every deadline out by the TSC at the node's boot: catenary_vmm::tsc; 0.08-0.12 s
+    // each under QEMU, minutes on hardware). Many short sleeps, because the lateness is per
+    // deadline while a loaded host slows each round's process start. (An early deadline is not
+    // visible here: Linux re-arms it; the host tests cover that.)
+    let cmd = base64(b"head -n1 /dev/vda; grep -E 'IO-APIC|Local timer' /proc/interrupts | sed 's/^/apic-irq /'; echo apic-cpus $(cat /sys/devices/system/cpu/online); echo apic-clockevent $(cat /sys/devices/system/clockevents/clockevent0/current_device); read a x </proc/uptime; for i in 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0; do sleep 0.01; done; read b x </proc/uptime; echo apic-sleep $a $b");
     let b = node_with_guest(kernel, bundle, &format!("vm.boot=pvh vm.apic=1 vm.disk=1 vm.cmd={cmd}"));
     let want = ["[vm:demo] catenary-init: ready", "apic-irq LOC:", "apic-cpus 0", "microVM demo ended: power off"];
     let o = run_captured(b.command(false)?, &want, &["KERNEL PANIC", "- stopping this CPU", "microVM demo failed", "microVM demo ended: triple", "microVM demo ended: guest fault"], Duration::from_secs(300), false)?;
@@ -128,17 +130,16 @@ fn apic_test(t: &mut Tally, kernel: &std::path::Path, bundle: &std::path::Path) 
         let v: Vec<f64> = r.split_whitespace().filter_map(|x| x.parse().ok()).collect();
         (v.len() == 2).then(|| v[1] - v[0])
     });
-    // (/proc/uptime has 10 ms steps; 0.5 s of sleeps plus ten process starts took 0.68 s at
-    // load 1; with every deadline late by the node's boot TSC, 1.48 s. The upper bound leaves
-    // room for a loaded host.)
-    let slept_ok = slept.is_some_and(|d| (0.49..1.2).contains(&d));
+    // (/proc/uptime has 10 ms steps. Thirty 0.01 s sleeps took 0.60 s at load 1, and 4.14 s
+    // with every deadline late by the node's boot TSC.)
+    let slept_ok = slept.is_some_and(|d| (0.3..2.0).contains(&d));
     let ok = o.matched && loc > 0 && virtio > 0 && clockevent == "lapic-deadline" && slept_ok;
     let why = if ok {
-        println!("  {name}: clock event device {clockevent}, ten 0.05 s sleeps took {:.2} s of guest uptime", slept.unwrap_or(0.0));
+        println!("  {name}: clock event device {clockevent}, thirty 0.01 s sleeps took {:.2} s of guest uptime", slept.unwrap_or(0.0));
         String::new()
     } else {
         let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
-        format!("(missing {missing:?}, local timer interrupts {loc}, level-triggered virtio interrupts {virtio}, clock event device `{clockevent}` (want lapic-deadline), ten 0.05 s sleeps took {slept:?} s (want 0.49-1.2); serial log {})", log.display())
+        format!("(missing {missing:?}, local timer interrupts {loc}, level-triggered virtio interrupts {virtio}, clock event device `{clockevent}` (want lapic-deadline), thirty 0.01 s sleeps took {slept:?} s (want 0.3-2.0); serial log {})", log.display())
     };
     t.record(name, ok, &why);
     Ok(())

@@ -176,5 +176,7 @@ mod tests {
         assert_ne!(i.proc & (1 << 25), 0, "I/O bitmaps not requested");
         assert_ne!(i.proc & (1 << 28), 0, "MSR bitmaps not requested");
         assert_ne!(i.proc & (1 << 31), 0, "secondary controls not requested");
+        // (The guest's TSC must count from the node's boot: crate::tsc.)
+        assert_ne!(i.proc & (1 << 3), 0, "TSC offsetting not requested");
     }
 }
