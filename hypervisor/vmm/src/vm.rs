@@ -230,7 +230,9 @@ impl MicroVm {
             cfg.vcpus = 1;
         }
         cfg.vcpus = cfg.vcpus.clamp(1, crate::mptable::MAX_VCPUS);
-        cfg.cpuid.apic |= cfg.apic;
+        // CPUID offers the APIC (and its TSC-deadline timer) exactly when there is a model
+        // behind it, whatever the caller put in `cfg.cpuid`.
+        cfg.cpuid.apic = cfg.apic;
         let apic = cfg.apic.then(|| ApicBus::new(cfg.vcpus, crate::tsc::GuestTsc::new(cfg.tsc_hz)));
         if let Some(mac) = cfg.virtio_net {
             if let Some(&irq) = irqs.next() {
