@@ -47,7 +47,7 @@ pub fn profile(by_reason: &[(&'static str, u64)], io_by_port: &[(u16, u64)]) -> 
     }
     let mut rows: Vec<(String, u64)> = io;
     rows.extend(by_reason.iter().filter(|(r, n)| *r != "io" && *n > 0).map(|(r, n)| (String::from(*r), *n)));
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| core::cmp::Reverse(r.1));
     rows
 }
 

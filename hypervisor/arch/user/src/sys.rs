@@ -169,7 +169,7 @@ pub fn call_grant(slot: u64, label: u64, w0: u64, w1: u64, mem: &Mem, len: u64, 
 /// turn a read-only lend into a writable one).
 #[allow(clippy::too_many_arguments)]
 pub fn call_grant_at(slot: u64, label: u64, w0: u64, w1: u64, mem: &Mem, off: u64, len: u64, writable: bool) -> Result<Msg, u64> {
-    if off.checked_add(len).is_none_or(|end| end > mem.len()) || (mem.addr() + off) % 4096 != 0 {
+    if off.checked_add(len).is_none_or(|end| end > mem.len()) || !(mem.addr() + off).is_multiple_of(4096) {
         return Err(ERR_BAD_ARG);
     }
     // SAFETY: the lent range lies in a region (checked above), which holds no Rust object
