@@ -5,8 +5,8 @@
 //! control MSRs, RDTSCP (TSC_AUX is not context-switched), topology leaves (one vCPU). The local
 //! APIC is hidden by default: the guest uses the 8259 PIC + 8254 PIT (Linux then runs with
 //! "no local APIC", timer on IRQ 0 — see docs/vmm.md); with it ([`CpuidConfig::apic`]) the
-//! guest also gets the TSC-deadline timer, which the local APIC model emulates. XSAVE/AVX are exposed only when the
-//! backend context-switches XCR0/XSAVE state ([`CpuidConfig::xsave`]).
+//! guest also gets the TSC-deadline timer, which the local APIC model emulates. XSAVE/AVX are
+//! exposed only when the backend context-switches XCR0/XSAVE state ([`CpuidConfig::xsave`]).
 //!
 //! Hypervisor leaves: 0x4000_0000 = max leaf 0x4000_0010 + signature "CatenaryVMM\0";
 //! 0x4000_0010 EAX = TSC frequency in kHz, EBX = APIC bus kHz (0 without APIC) — the

@@ -2,14 +2,16 @@
 //!
 //! **Backend passes through (must not intercept; hardware switches them):** FS_BASE, GS_BASE,
 //! KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK, SYSENTER_CS/ESP/EIP, PAT (VMCB G_PAT / VMCS
-//! load+save IA32_PAT), and TSC reads (RDTSC/RDMSR 0x10 not intercepted).
+//! load+save IA32_PAT). RDTSC is not intercepted (the guest reads the TSC plus the node's
+//! offset: crate::tsc); RDMSR 0x10 is, below.
 //! **EFER**: if the backend intercepts writes, the device model validates the value
 //! (reserved bits, SVME → #GP) and updates `VcpuState::efer` (LMA = LME && CR0.PG); the backend
 //! writes `efer` back (keeping SVME set in the real VMCB on SVM).
-//! **Emulated here:** TSC (0x10, the guest's TSC at `now_ns` (crate::tsc) if it is intercepted anyway; writes
-//! ignored), FEATURE_CONTROL (locked, VMX off), BIOS_SIGN_ID, MTRRcap (no variable ranges, no
-//! fixed ranges), MTRRdefType (enabled, WB, writes kept), variable/fixed MTRRs (read 0, writes
-//! ignored), MISC_ENABLE (fast strings), MCG_CAP/MCG_STATUS (0), AMD HWCR and DE_CFG.
+//! **Emulated here:** TSC (0x10: RDMSR of it exits, and reads the guest's TSC at `now_ns`,
+//! crate::tsc, the value RDTSC gives; writes ignored), FEATURE_CONTROL (locked, VMX off),
+//! BIOS_SIGN_ID, MTRRcap (no variable ranges, no fixed ranges), MTRRdefType (enabled, WB,
+//! writes kept), variable/fixed MTRRs (read 0, writes ignored), MISC_ENABLE (fast strings),
+//! MCG_CAP/MCG_STATUS (0), AMD HWCR and DE_CFG.
 //! **Everything else:** `#GP(0)` injected and counted (see [`crate::Stats`]).
 
 use crate::cpu::{VcpuState, CR0_PG, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE};
