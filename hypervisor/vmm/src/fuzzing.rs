@@ -129,7 +129,7 @@ fn host_cpuid(l: u32, _s: u32) -> [u32; 4] {
 }
 
 fn new_vm(b: &mut Bytes) -> MicroVm {
-    let mut cfg = VmConfig::new("fuzz", MEM as u64, 1_000_000);
+    let mut cfg = VmConfig::new("fuzz", MEM as u64, 1_000_000_000);
     cfg.wild_mmio = if b.bool() { WildMmioPolicy::Stop } else { WildMmioPolicy::AllOnes };
     cfg.cpuid.xsave = b.bool();
     cfg.virtio_blk = Some((vec![0u8; 4096], b.bool()));

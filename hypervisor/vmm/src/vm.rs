@@ -48,11 +48,9 @@ pub const VIRTIO_IRQS: [u8; 8] = [5, 6, 9, 10, 11, 12, 14, 15];
 pub struct VmConfig {
     pub name: String,
     pub ram_size: u64,
-    /// Guest TSC frequency (kHz) as the guest is told it: CPUID 0x4000_0010, `tsc_early_khz=`.
-    pub tsc_khz: u32,
-    /// The guest TSC's exact rate (Hz), for the device models' TSC arithmetic (the local APIC's
-    /// TSC-deadline timer, RDMSR 0x10): crate::tsc. [`VmConfig::new`] sets `tsc_khz` × 1000;
-    /// the node sets the rate it calibrated.
+    /// The guest TSC's rate (Hz): the node's calibrated TSC rate (crate::tsc), for the device
+    /// models' TSC arithmetic (the local APIC's TSC-deadline timer, RDMSR 0x10). The guest is
+    /// told it in whole kHz (CPUID 0x4000_0010, `tsc_early_khz=`), derived by `MicroVm::new`.
     pub tsc_hz: u64,
     /// Wall clock (Unix seconds) at `now_ns == 0`, for the RTC.
     pub wallclock_unix: u64,
@@ -80,14 +78,13 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    pub fn new(name: &str, ram_size: u64, tsc_khz: u32) -> Self {
+    pub fn new(name: &str, ram_size: u64, tsc_hz: u64) -> Self {
         VmConfig {
             name: name.into(),
             ram_size,
-            tsc_khz,
-            tsc_hz: u64::from(tsc_khz) * 1000,
+            tsc_hz,
             wallclock_unix: 0,
-            cpuid: CpuidConfig { tsc_khz, ..Default::default() },
+            cpuid: CpuidConfig::default(),
             wild_mmio: WildMmioPolicy::Stop,
             virtio_console: true,
             workload_channel: false,
@@ -233,7 +230,9 @@ impl MicroVm {
         // CPUID offers the APIC (and its TSC-deadline timer) exactly when there is a model
         // behind it, whatever the caller put in `cfg.cpuid`.
         cfg.cpuid.apic = cfg.apic;
-        let apic = cfg.apic.then(|| ApicBus::new(cfg.vcpus, crate::tsc::GuestTsc::new(cfg.tsc_hz)));
+        cfg.cpuid.tsc_khz = u32::try_from(cfg.tsc_hz / 1000).unwrap_or(u32::MAX);
+        let tsc = crate::tsc::GuestTsc::new(cfg.tsc_hz);
+        let apic = cfg.apic.then(|| ApicBus::new(cfg.vcpus, tsc));
         if let Some(mac) = cfg.virtio_net {
             if let Some(&irq) = irqs.next() {
                 virtio.push(VirtioMmio::new(base, irq, Device::Net(VirtioNet::new(mac)), qs));
@@ -248,7 +247,7 @@ impl MicroVm {
             post: PostPort::default(),
             reset_ports: ResetPorts::default(),
             virtio,
-            msrs: MsrState::new(crate::tsc::GuestTsc::new(cfg.tsc_hz)),
+            msrs: MsrState::new(tsc),
             host_cpuid: HostCpuidTable::capture(host_cpuid),
             console,
             channel,
@@ -273,8 +272,8 @@ impl MicroVm {
         for d in &self.virtio {
             s.push_str(&format!("virtio_mmio.device={:#x}@{:#x}:{} ", MMIO_WINDOW, d.base, d.irq));
         }
-        if self.cfg.tsc_khz != 0 {
-            s.push_str(&format!("tsc_early_khz={}", self.cfg.tsc_khz));
+        if self.cfg.cpuid.tsc_khz != 0 {
+            s.push_str(&format!("tsc_early_khz={}", self.cfg.cpuid.tsc_khz));
         }
         String::from(s.trim_end())
     }

@@ -18,7 +18,7 @@ fn host_cpuid(l: u32, s: u32) -> [u32; 4] {
 }
 
 fn apic_vm(vcpus: u8) -> MicroVm {
-    let mut cfg = VmConfig::new("smp", 0x10_0000, 1_000_000);
+    let mut cfg = VmConfig::new("smp", 0x10_0000, 1_000_000_000);
     cfg.apic = true;
     cfg.vcpus = vcpus;
     MicroVm::new(cfg, &host_cpuid)
@@ -162,7 +162,7 @@ fn the_8259_reaches_vcpu0_through_lint0_until_it_is_masked() {
 
 #[test]
 fn without_apic_nothing_changes() {
-    let mut cfg = VmConfig::new("up", 0x10_0000, 1_000_000);
+    let mut cfg = VmConfig::new("up", 0x10_0000, 1_000_000_000);
     cfg.vcpus = 4;
     // (Asking CPUID for the APIC without `apic` offers nothing: there is no model behind it.)
     cfg.cpuid.apic = true;
@@ -269,8 +269,7 @@ fn cli_hlt_powers_off_on_vcpu0_only() {
 #[test]
 fn the_tsc_deadline_timer_fires_when_the_guest_tsc_reaches_the_deadline() {
     let hz = 2_596_136_789u64;
-    let mut cfg = VmConfig::new("tsc", 0x10_0000, (hz / 1000) as u32);
-    cfg.tsc_hz = hz;
+    let mut cfg = VmConfig::new("tsc", 0x10_0000, hz);
     cfg.apic = true;
     let mut vm = MicroVm::new(cfg, &host_cpuid);
     let mut mem = VecMemory::new(0x10_0000);

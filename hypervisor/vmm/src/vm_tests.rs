@@ -20,7 +20,7 @@ fn host_cpuid(l: u32, s: u32) -> [u32; 4] {
 }
 
 fn vm() -> MicroVm {
-    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000);
+    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000_000);
     cfg.virtio_blk = Some((vec![0u8; 4096], false));
     MicroVm::new(cfg, &host_cpuid)
 }
@@ -405,7 +405,7 @@ fn virtio_console_via_mmio_exits() {
 fn console_queues_are_32_entries_the_others_the_vms_size() {
     // Linux posts a page and notifies once per receive-queue entry when it probes a console
     // (virtio::console::QUEUE_SIZE): the consoles offer 32, the disk the VM's queue_size.
-    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000);
+    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000_000);
     cfg.virtio_blk = Some((vec![0u8; 4096], false));
     cfg.workload_channel = true;
     let mut v = MicroVm::new(cfg.clone(), &host_cpuid);
@@ -441,7 +441,7 @@ fn console_queues_are_32_entries_the_others_the_vms_size() {
 fn workload_channel_kept_apart() {
     // The channel is the second console (guest /dev/hvc1); what the guest writes there lands in
     // the channel ring, never among the console lines, and host console input never reaches it.
-    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000);
+    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000_000);
     cfg.workload_channel = true;
     cfg.virtio_blk = Some((vec![0u8; 4096], true));
     let mut v = MicroVm::new(cfg, &host_cpuid);
@@ -720,7 +720,7 @@ fn out_of_memory_in_a_device_ends_the_vm() {
 
 #[test]
 fn console_ring_allocation_failure_is_an_error() {
-    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000);
+    let mut cfg = VmConfig::new("t", 0x40000, 2_000_000_000);
     cfg.console_ring_bytes = usize::MAX / 2;
     assert!(matches!(MicroVm::try_new(cfg, &host_cpuid), Err(VmError::OutOfMemory)));
 }

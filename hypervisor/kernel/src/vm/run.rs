@@ -147,10 +147,8 @@ pub(super) fn run_inner(name: &str, image: Image, ram_mib: u64, disk: Option<(al
         }
     };
     let t_ram = time::now_ns();
-    let tsc_khz = (time::tsc_hz() / 1000) as u32;
-    let mut cfg = VmConfig::new(name, ram_size, tsc_khz);
     // (The guest's TSC counts from the node's boot at this rate: catenary_vmm::tsc.)
-    cfg.tsc_hz = time::tsc_hz();
+    let mut cfg = VmConfig::new(name, ram_size, time::tsc_hz());
     cfg.virtio_blk = disk;
     // (A read-only root filesystem shared with every VM of its image: no per-VM copy.)
     cfg.virtio_blk_shared = shared_disk;
