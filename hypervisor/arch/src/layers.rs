@@ -4,7 +4,7 @@
 //!
 //! 0. CPU registers and ports: `cpu`, `percpu`, `gdt`, `serial`, `stages` (cycle accounting),
 //!    `qemu`, `rtc`, `entropy`, `pci`, `fastmem` (bulk zeroing and copying)
-//! 1. physical memory and paging: `memory`, `paging`, `heap`
+//! 1. physical memory and paging: `memory`, `paging`, `heap`, `pcid` (TLB tags of user spaces)
 //! 2. interrupts, APIC and time: `trap`, `apic`, `time`, `acpi`, `virtio`
 //! 3. SMP, user address spaces, task contexts and boot: `smp`, `uspace`, `user_mem`, `context`,
 //!    `boot`, `limine`
@@ -30,6 +30,7 @@ mod tests {
         ("memory", 1, include_str!("memory.rs")),
         ("paging", 1, include_str!("paging.rs")),
         ("heap", 1, include_str!("heap.rs")),
+        ("pcid", 1, include_str!("pcid.rs")),
         ("trap", 2, include_str!("trap.rs")),
         ("apic", 2, include_str!("apic.rs")),
         ("time", 2, include_str!("time.rs")),

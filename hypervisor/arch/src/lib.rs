@@ -27,6 +27,7 @@ pub mod stages;
 pub mod trap;
 pub mod gdt;
 pub mod paging;
+pub mod pcid;
 pub mod memory;
 pub mod heap;
 pub mod apic;

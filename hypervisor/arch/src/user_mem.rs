@@ -201,6 +201,11 @@ pub struct AddressSpace {
     pml4: u64,
     /// Page-table frames of the user half (charged to the task's memory quota).
     tables: u64,
+    /// Never reused (a PML4 frame is): what a CPU's PCID slot names (`crate::pcid`).
+    id: u64,
+    /// Raised by every unmap: a CPU whose PCID slot for this space was flushed at an older
+    /// generation flushes it when it loads the space (`crate::pcid`).
+    tlb_gen: AtomicU64,
     /// Not `Sync`: `&self` methods walk the tables through a `&mut PageTable` (the x86_64
     /// crate's mapper), so two CPUs must not share a `&AddressSpace` (sending it is fine).
     _not_sync: core::marker::PhantomData<core::cell::Cell<()>>,
@@ -229,7 +234,8 @@ impl AddressSpace {
                 n.add(i).write(k.add(i).read());
             }
         }
-        Ok(AddressSpace { pml4: f, tables: 1, _not_sync: core::marker::PhantomData })
+        let id = NEXT_SPACE_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(AddressSpace { pml4: f, tables: 1, id, tlb_gen: AtomicU64::new(0), _not_sync: core::marker::PhantomData })
     }
 
     pub fn pml4(&self) -> u64 {
@@ -417,6 +423,10 @@ impl AddressSpace {
         match m.unmap(Page::<Size4KiB>::containing_address(VirtAddr::new(r.start()))) {
             Ok((_, flush)) => {
                 flush.flush();
+                // Other PCIDs (this CPU's or others') may keep the translation: the next load
+                // of this space flushes them. Raised before `loaded_elsewhere` reads which CPUs
+                // have it loaded (`crate::pcid`, the ordering rule).
+                self.tlb_gen.fetch_add(1, Ordering::SeqCst);
                 if page.kind != PageKind::Mmio {
                     crate::memory::user_unref(page.phys, loaded_elsewhere(self.pml4));
                 }
@@ -439,6 +449,59 @@ impl AddressSpace {
             }),
             _ => None,
         }
+    }
+
+    /// The u64 at user address `virt` (8-aligned, a RAM page mapped now) read from ring 0 the
+    /// way ring 3 reads it: through this CPU's translation, which the TLB may keep after the
+    /// page tables changed. A probe for the TLB tests (`crate::pcid`); `None` unless this space
+    /// is the one loaded on this CPU.
+    pub fn read_as_loaded(&self, virt: u64) -> Option<u64> {
+        if !virt.is_multiple_of(8) || self.page(virt).is_none_or(|p| p.kind == PageKind::Mmio) {
+            return None;
+        }
+        crate::cpu::without_interrupts(|| {
+            if crate::cpu::read_cr3() & !0xfff != self.pml4 {
+                return None;
+            }
+            let v: u64;
+            if crate::cpu::read_cr4() & (1 << 21) != 0 {
+                // SAFETY: `virt` is mapped as user RAM in the space loaded on this CPU (checked,
+                // interrupts off so nothing switches in between), so the load cannot fault; AC
+                // is set (SMAP on) for this one load only. It reads whatever frame the CPU's
+                // translation names (a kept TLB entry may name the frame mapped there before,
+                // which is what the probe looks for): a read into an integer, no write.
+                unsafe { core::arch::asm!("stac", "mov {}, [{}]", "clac", out(reg) v, in(reg) virt, options(nostack, readonly, preserves_flags)) };
+            } else {
+                // SAFETY: as above, without SMAP (ring 0 may read user pages).
+                unsafe { core::arch::asm!("mov {}, [{}]", out(reg) v, in(reg) virt, options(nostack, readonly, preserves_flags)) };
+            }
+            Some(v)
+        })
+    }
+
+    /// Whether the CPU set the accessed bit of the page at `virt` since the last call, and
+    /// clear it (without a TLB flush, as page aging does: a translation the TLB keeps sets
+    /// nothing, a walk sets it again). `None` if nothing is mapped there.
+    pub fn take_accessed(&mut self, virt: u64) -> Option<bool> {
+        self.page(virt)?;
+        let mut table = self.pml4;
+        for level in (1..=4).rev() {
+            let idx = (virt >> (12 + 9 * (level - 1))) & 0x1ff;
+            let e = (p2v(table) as *mut u64).wrapping_add(idx as usize);
+            if level == 1 {
+                // SAFETY: the level-1 entry of a page mapped in this space (checked by `page`),
+                // in a table this space owns, reached through the direct map; `&mut self`
+                // keeps this space's mapping calls away. The CPU may set A/D bits in it
+                // concurrently: the atomic AND keeps them, and clears only A (bit 5), which
+                // changes no translation.
+                let old = unsafe { core::sync::atomic::AtomicU64::from_ptr(e) }.fetch_and(!(1 << 5), Ordering::SeqCst);
+                return Some(old & (1 << 5) != 0);
+            }
+            // SAFETY: as above, an upper-level entry on the path of a mapped 4 KiB page (user
+            // pages are never huge), read only.
+            table = unsafe { e.read_volatile() } & 0x000f_ffff_ffff_f000;
+        }
+        None
     }
 
     /// (physical address, writable) of user address `virt`.
@@ -549,6 +612,9 @@ fn free_tables(pml4: u64) {
     let _ = unsafe { crate::memory::free_frame(pml4) };
 }
 
+/// Ids of address spaces (0 is never one: a free PCID slot).
+static NEXT_SPACE_ID: AtomicU64 = AtomicU64::new(1);
+
 /// The user PML4 each CPU has loaded (0: the kernel's), written only by [`activate`].
 static LOADED: [AtomicU64; crate::percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS];
 /// Destroyed spaces still loaded on some CPU when they were destroyed.
@@ -574,11 +640,21 @@ pub fn activate(space: Option<&AddressSpace>) {
             l.store(if space.is_some() { pml4 } else { 0 }, Ordering::SeqCst);
         }
         if crate::cpu::read_cr3() & !0xfff != pml4 {
+            // With PCIDs: the kernel's tables are PCID 0 and keep their entries (their user
+            // half is empty); a user space gets its slot's PCID, flushed if the space is new
+            // here or unmapped something since (the generation is read after the record above).
+            let cr3 = match space {
+                _ if !crate::pcid::on() => pml4,
+                Some(s) => crate::pcid::user_cr3(pml4, s.id, s.tlb_gen.load(Ordering::SeqCst)),
+                None => pml4 | crate::pcid::NO_FLUSH,
+            };
             // SAFETY: a user space shares the kernel half with the kernel page tables
             // (`AddressSpace::new`), and `space` is alive for this call (borrowed), so the
             // running kernel code, stacks and data stay mapped; the record above keeps
-            // `destroy` from freeing the tables while this CPU has them loaded.
-            unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
+            // `destroy` from freeing the tables while this CPU has them loaded. The PCID bits
+            // are set only with CR4.PCIDE on; entries kept under them are never stale
+            // (`crate::pcid`).
+            unsafe { core::arch::asm!("mov cr3, {}", in(reg) cr3, options(nostack, preserves_flags)) };
         }
     });
     let zombies = crate::cpu::without_interrupts(|| {

@@ -39,8 +39,8 @@ pub(crate) fn init_syscall_msrs(sel: &crate::gdt::Selectors) {
     }
 }
 
-/// Turn on SMEP and SMAP (and XSAVE, see `enable_xsave`) on this CPU where CPUID has them.
-/// Returns (smep, smap).
+/// Turn on SMEP and SMAP (and XSAVE, see `enable_xsave`, and PCIDs, see `crate::pcid`) on
+/// this CPU where CPUID has them. Returns (smep, smap).
 pub fn enable_protections() -> (bool, bool) {
     let (_, ebx, _, _) = crate::cpu::cpuid(7, 0);
     let smep = ebx & (1 << 7) != 0;
@@ -54,6 +54,7 @@ pub fn enable_protections() -> (bool, bool) {
     }
     crate::cpu::cr4_set(bits);
     crate::cpu::enable_xsave();
+    crate::pcid::enable_this_cpu();
     (smep, smap)
 }
 

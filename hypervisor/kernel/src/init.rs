@@ -154,9 +154,14 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     if let Err(e) = smp::init_this_cpu(0, bsp_apic, selectors) {
         panic!("per-CPU data: {:?}", e);
     }
+    // `pcid=off`: every CR3 write flushes, as on a CPU without PCIDs (A/B measurements).
+    if crate::cmdline::get(&bi.cmdline, "pcid") == Some("off") {
+        catenary_arch::pcid::disallow();
+    }
     let (smep, smap) = uspace::enable_protections();
-    info!(target: "cpu", "syscall/sysret entry on, SMEP {}, SMAP {}, FPU state via {} (XCR0 {:#x}), PCID {}", smep, smap,
-        if uspace::xcr0() != 0 { "XSAVE" } else { "FXSAVE" }, uspace::xcr0(), catenary_arch::cpu::cpuid(1, 0).2 & (1 << 17) != 0);
+    info!(target: "cpu", "syscall/sysret entry on, SMEP {}, SMAP {}, FPU state via {} (XCR0 {:#x}), PCID {} (CPUID {})", smep, smap,
+        if uspace::xcr0() != 0 { "XSAVE" } else { "FXSAVE" }, uspace::xcr0(), if catenary_arch::pcid::on() { "on" } else { "off" },
+        catenary_arch::cpu::cpuid(1, 0).2 & (1 << 17) != 0);
     smp::set_x2apic(f.x2apic);
     crate::task::init(ncpus);
     match catenary_arch::virt::enable_this_cpu() {

@@ -53,6 +53,8 @@ const TESTS: &[(&str, TestFn)] = &[
     ("sched_user_regs_survive_preemption", crate::ktest_core::sched_user_regs_survive_preemption),
     ("sched_user_fpu_survives_ipc_and_preemption", crate::ktest_core::sched_user_fpu_survives_ipc_and_preemption),
     ("sched_user_fpu_of_a_killed_task_does_not_leak", crate::ktest_core::sched_user_fpu_of_a_killed_task_does_not_leak),
+    ("pcid_a_page_moved_while_its_space_was_away_is_read_anew", crate::ktest_pcid::pcid_a_page_moved_while_its_space_was_away_is_read_anew),
+    ("pcid_a_reused_pcid_reads_its_new_space", crate::ktest_pcid::pcid_a_reused_pcid_reads_its_new_space),
     ("user_kernel_memory_access_killed", crate::ktest_core::user_kernel_memory_access_killed),
     ("user_ungranted_port_killed", crate::ktest_core::user_ungranted_port_killed),
     ("user_memory_map_unmap", crate::ktest_core::user_memory_map_unmap),
@@ -115,6 +117,7 @@ const ON_REQUEST: &[(&str, TestFn)] = &[
     ("workload_image_push", crate::ktest_workd::workload_image_push),
     ("workload_adopted_after_restart", crate::ktest_workd::workload_adopted_after_restart),
     ("workload_deadline_power_off", crate::ktest_workload::workload_deadline_power_off),
+    ("pcid_flushes_a_space_exactly_when_it_changed", crate::ktest_pcid::pcid_flushes_a_space_exactly_when_it_changed),
 ];
 
 pub fn run(node: &Node) -> ! {
@@ -127,13 +130,15 @@ pub fn run(node: &Node) -> ! {
     let quiet = wait_for_quiet_memory();
     println!("ktest: node memory quiet after {} ms", quiet / 1_000_000);
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    // `ktest.only=<prefix>` runs a subset (the Bochs run takes only the microVM tests).
+    // `ktest.only=<prefix>[,<prefix>…]` runs a subset (the Bochs runs take only some tests).
     let only = arg(node, "ktest.only");
     let requested = ON_REQUEST.iter().filter(|_| only.is_some());
     // `ktest.repeat=N` (xtask `--ktest-repeat N`): the selection N times over, to catch an
     // intermittent failure (each pass is reported; at most 10,000).
     let repeat = arg(node, "ktest.repeat").and_then(|n| n.parse::<u32>().ok()).unwrap_or(1).clamp(1, 10_000);
-    let selection: alloc::vec::Vec<&(&str, TestFn)> = TESTS.iter().chain(requested).filter(|(name, _)| !only.is_some_and(|p| !name.starts_with(p))).collect();
+    // Several prefixes separated by commas select the union (the Bochs PCID run).
+    let wanted = |name: &str| only.is_none_or(|o| o.split(',').any(|p| name.starts_with(p)));
+    let selection: alloc::vec::Vec<&(&str, TestFn)> = TESTS.iter().chain(requested).filter(|(name, _)| wanted(name)).collect();
     for pass in 0..repeat {
         if repeat > 1 {
             println!("ktest: pass {} of {}", pass + 1, repeat);

@@ -57,6 +57,8 @@ mod ktest_syscall;
 #[cfg(feature = "ktest")]
 mod ktest_sound;
 #[cfg(feature = "ktest")]
+mod ktest_pcid;
+#[cfg(feature = "ktest")]
 mod ktest_store;
 #[cfg(feature = "ktest")]
 mod ktest_sysfuzz;
