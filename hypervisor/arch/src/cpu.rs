@@ -24,20 +24,16 @@ pub fn stack_pointer() -> u64 {
     sp
 }
 
-/// Flush this CPU's whole TLB, global entries included (toggling CR4.PGE when it is on,
-/// reloading CR3 otherwise).
+/// Flush this CPU's whole TLB: global entries and every PCID's entries included (changing
+/// CR4.PGE does that, whichever way; a CR3 reload would drop only the current PCID's).
 pub fn flush_tlb_all() {
     without_interrupts(|| {
         let cr4 = Cr4::read_raw();
-        if cr4 & (1 << 7) != 0 {
-            // SAFETY: clearing and restoring PGE only invalidates TLB entries (all of them,
-            // global ones included); no translation changes. Interrupts are off in between.
-            unsafe {
-                Cr4::write_raw(cr4 & !(1 << 7));
-                Cr4::write_raw(cr4);
-            }
-        } else {
-            x86_64::instructions::tlb::flush_all();
+        // SAFETY: toggling PGE and restoring it only invalidates TLB entries (all of them,
+        // global ones and every PCID's); no translation changes. Interrupts are off in between.
+        unsafe {
+            Cr4::write_raw(cr4 ^ (1 << 7));
+            Cr4::write_raw(cr4);
         }
     })
 }

@@ -368,9 +368,11 @@ fn release(u: &mut alloc::collections::BTreeMap<u64, UserFrame>, paddr: u64) {
         return;
     }
     // SAFETY: a user frame (holds no kernel object) that no page table maps and no loan
-    // names (refs 0), whose owner gave it up, and no CPU can still translate to it (removed
-    // from a space loaded nowhere else, or every CPU flushed since); `user_write` cannot
-    // reach it any more (removed from the set under its lock).
+    // names (refs 0), whose owner gave it up, and no CPU can still use a translation to it:
+    // removed from a space loaded nowhere else (a CPU that ran the space may cache the entry
+    // under its PCID, but flushes that PCID before it loads the space again, `crate::pcid`),
+    // or every CPU flushed since; `user_write` cannot reach it any more (removed from the set
+    // under its lock).
     let _ = unsafe { free_frame(paddr) };
 }
 

@@ -409,8 +409,9 @@ impl Drop for KernelStack {
             // it owns; nothing runs on the stack any more (the owner's contract above).
             if let Ok(f) = unsafe { unmap_page(self.bottom + i * PAGE) } {
                 // SAFETY: the frame was this stack's alone; its mapping is gone (this CPU's
-                // entry flushed). Other CPUs may hold stale entries for the slot, which nobody
-                // uses: the slot is not handed out again before they flush (`reusable`).
+                // entry, under the current PCID, flushed). Other CPUs, and this CPU's other
+                // PCIDs, may hold stale entries for the slot, which nobody uses: the slot is not
+                // handed out again before every CPU's full flush (`reusable`).
                 let _ = unsafe { crate::memory::free_frame(f) };
             }
         }

@@ -19,9 +19,11 @@
 //!   loaded there (a remote unmap: the frame waits for that CPU's full flush, as without
 //!   PCIDs), or the loading CPU sees the new generation and flushes.
 //! - A full flush (`cpu::flush_tlb_all`, the TLB epoch's catch-up) toggles CR4.PGE, which drops
-//!   the entries of every PCID: PCIDs are turned on only where CR4.PGE is on.
-//! - Kernel-half mappings are shared by every PCID; their removals already wait for every
-//!   CPU's full flush (`memory::TLB_EPOCH`).
+//!   the entries of every PCID.
+//! - Kernel-half mappings are not global pages, so each PCID may cache its own copy, and
+//!   INVLPG drops only the current PCID's. That is why a kernel-half removal waits for every
+//!   CPU's full flush (`memory::TLB_EPOCH`: a freed stack's address, a test page's frame) before
+//!   the address or frame is used again, as it did for other CPUs before PCIDs.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -86,7 +88,7 @@ pub fn enable_this_cpu() -> bool {
     let (_, _, ecx, _) = crate::cpu::cpuid(1, 0);
     let cr4 = crate::cpu::read_cr4();
     if cr4 & CR4_PCIDE != 0 {
-        return true;
+        return true; // (on this CPU already: a second call)
     }
     if !WANTED.load(Ordering::SeqCst) || ecx & (1 << 17) == 0 || cr4 & CR4_PGE == 0 || crate::cpu::read_cr3() & 0xfff != 0 {
         return false;

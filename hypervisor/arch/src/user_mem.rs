@@ -454,7 +454,10 @@ impl AddressSpace {
     /// The u64 at user address `virt` (8-aligned, a RAM page mapped now) read from ring 0 the
     /// way ring 3 reads it: through this CPU's translation, which the TLB may keep after the
     /// page tables changed. A probe for the TLB tests (`crate::pcid`); `None` unless this space
-    /// is the one loaded on this CPU.
+    /// is the one loaded on this CPU. Only in the in-kernel test build (feature `test-probes`):
+    /// a translation a remote unmap left on this CPU could still name a device page unmapped
+    /// there, and reading a device register can have side effects.
+    #[cfg(feature = "test-probes")]
     pub fn read_as_loaded(&self, virt: u64) -> Option<u64> {
         if !virt.is_multiple_of(8) || self.page(virt).is_none_or(|p| p.kind == PageKind::Mmio) {
             return None;
@@ -481,7 +484,9 @@ impl AddressSpace {
 
     /// Whether the CPU set the accessed bit of the page at `virt` since the last call, and
     /// clear it (without a TLB flush, as page aging does: a translation the TLB keeps sets
-    /// nothing, a walk sets it again). `None` if nothing is mapped there.
+    /// nothing, a walk sets it again). `None` if nothing is mapped there. In-kernel test build
+    /// only, like [`Self::read_as_loaded`].
+    #[cfg(feature = "test-probes")]
     pub fn take_accessed(&mut self, virt: u64) -> Option<bool> {
         self.page(virt)?;
         let mut table = self.pml4;
@@ -497,9 +502,12 @@ impl AddressSpace {
                 let old = unsafe { core::sync::atomic::AtomicU64::from_ptr(e) }.fetch_and(!(1 << 5), Ordering::SeqCst);
                 return Some(old & (1 << 5) != 0);
             }
-            // SAFETY: as above, an upper-level entry on the path of a mapped 4 KiB page (user
-            // pages are never huge), read only.
-            table = unsafe { e.read_volatile() } & 0x000f_ffff_ffff_f000;
+            // SAFETY: as above, an upper-level entry on the path of a mapped page, read only.
+            let entry = unsafe { e.read_volatile() };
+            if entry & (1 << 7) != 0 {
+                return None; // a huge page: its next "table" would be the page itself
+            }
+            table = entry & 0x000f_ffff_ffff_f000;
         }
         None
     }
@@ -580,8 +588,9 @@ impl AddressSpace {
     }
 }
 
-/// Free a space's tables (loaded on no CPU: each CPU that had it loaded has switched CR3 since,
-/// which flushed its non-global translations).
+/// Free a space's tables (loaded on no CPU). A CPU that had it loaded may still cache its
+/// entries under the space's PCID (`crate::pcid`); they are never used: the space's id is
+/// never loaded again, and a slot that goes to another space is flushed first.
 fn free_tables(pml4: u64) {
     fn free_level(table: u64, level: u8) {
         let t = p2v(table) as *const u64;

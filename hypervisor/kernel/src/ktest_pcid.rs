@@ -220,11 +220,19 @@ pub fn pcid_flushes_a_space_exactly_when_it_changed(_: &Node) -> Result<(), Stri
     if steps.len() != want.len() {
         return Err(format!("{} loads recorded, not {}", steps.len(), want.len()));
     }
-    for ((what, load, v), (flush, value)) in steps.iter().zip(want) {
+    // The space keeps its first PCID until other spaces take every slot (the last step).
+    let first = steps[0].1.map(|l| l.0);
+    for (i, ((what, load, v), (flush, value))) in steps.iter().zip(want).enumerate() {
         let Some((p, flushed)) = load else { return Err(format!("{what}: no load recorded")) };
         if flushed != &flush || *v != Some(value) || !(1..=pcid::SLOTS as u16).contains(p) {
             return Err(format!("{what}: PCID {p}, flushed {flushed}, read {v:x?}; wanted flushed {flush}, read {value:#x}"));
         }
+        if i != 1 && i != 7 && Some(*p) != first {
+            return Err(format!("{what}: PCID {p}, not the space's own {first:?}"));
+        }
+    }
+    if steps[1].1.map(|l| l.0) == first {
+        return Err(format!("two spaces got the same PCID {first:?}"));
     }
     Ok(())
 }
