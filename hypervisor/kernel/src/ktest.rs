@@ -53,6 +53,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("sched_user_regs_survive_preemption", crate::ktest_core::sched_user_regs_survive_preemption),
     ("sched_user_fpu_survives_ipc_and_preemption", crate::ktest_core::sched_user_fpu_survives_ipc_and_preemption),
     ("sched_user_fpu_of_a_killed_task_does_not_leak", crate::ktest_core::sched_user_fpu_of_a_killed_task_does_not_leak),
+    ("sched_fpu_follows_a_migrating_task", crate::ktest_core::sched_fpu_follows_a_migrating_task),
     ("pcid_a_page_moved_while_its_space_was_away_is_read_anew", crate::ktest_pcid::pcid_a_page_moved_while_its_space_was_away_is_read_anew),
     ("pcid_a_reused_pcid_reads_its_new_space", crate::ktest_pcid::pcid_a_reused_pcid_reads_its_new_space),
     ("user_kernel_memory_access_killed", crate::ktest_core::user_kernel_memory_access_killed),

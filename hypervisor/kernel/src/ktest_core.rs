@@ -297,6 +297,74 @@ pub fn sched_user_fpu_survives_ipc_and_preemption(node: &Node) -> Result<(), Str
     check(n >= 100, || format!("{n} direct switches for 300 calls on one CPU: the fastpath was not taken"))
 }
 
+/// The FPU state of ring-3 tasks that move between CPUs while they hold it: the two clients
+/// and the echo server of `sched_user_fpu_survives_ipc_and_preemption`, with their affinity
+/// flipped between two CPUs at every timer tick (the server's every other tick), so a client
+/// saved on one CPU is restored on the other, after other ring-3 tasks ran on both. Every
+/// hold must come back intact, and each client must have been seen moving at least 5 times
+/// (150 calls of 2M TSC cycles of holds take at least ~0.1 s: ten ticks).
+pub fn sched_fpu_follows_a_migrating_task(node: &Node) -> Result<(), String> {
+    if node.cpus < 2 {
+        return Err("SKIP: one CPU".into());
+    }
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
+    let (a, b) = (last_cpu(node), last_cpu(node) - 1);
+    let (srv, sep) = spawn_uapp("fpu-echo", task::ROLE_FPU_ECHO, Affinity::only(a), true, &[])?;
+    let sep = sep.unwrap();
+    let mut clients = alloc::vec::Vec::new();
+    for i in 0..2u64 {
+        let (cli, _) = spawn_uapp("fpu-client", task::ROLE_FPU_CLIENT, Affinity::only(a), false, &[task::send_cap(sep, 7 + i), task::send_cap(ep, 0)])?;
+        clients.push(cli);
+    }
+    let mut reports = alloc::vec::Vec::new();
+    let mut last: alloc::vec::Vec<Option<usize>> = clients.iter().map(|&c| task::cpu_of(c)).collect();
+    let mut moves = [0u32; 2];
+    let (mut server_moves, mut server_last) = (0u32, task::cpu_of(srv));
+    let start = catenary_arch::time::now_ns();
+    let mut turn = 0u64;
+    while reports.len() < 2 {
+        if catenary_arch::time::now_ns() - start > 120 * SEC {
+            for &c in &clients {
+                task::kill_for_test(c);
+            }
+            task::kill_for_test(srv);
+            return Err(format!("the clients did not report in 120 s ({} reports, moves {moves:?})", reports.len()));
+        }
+        // One turn per wait below (a timer tick, 10 ms): the clients flip every turn, the
+        // server every other one.
+        turn += 1;
+        for &c in &clients {
+            task::set_affinity_for_test(c, Affinity::only(if turn % 2 == 0 { a } else { b }));
+        }
+        task::set_affinity_for_test(srv, Affinity::only(if (turn / 2) % 2 == 0 { a } else { b }));
+        for (i, &c) in clients.iter().enumerate() {
+            let now = task::cpu_of(c);
+            if now.is_some() && now != last[i] {
+                moves[i] += 1;
+                last[i] = now;
+            }
+        }
+        let now = task::cpu_of(srv);
+        if now != server_last {
+            server_moves += 1;
+            server_last = now;
+        }
+        if let Ok(m) = task::recv(slot, 1_000_000) {
+            reports.push(m);
+        }
+    }
+    for c in clients {
+        let _ = task::join(c, 5 * SEC);
+    }
+    task::kill_for_test(srv);
+    log::info!(target: "ktest", "ring-3 FPU holds across CPUs {a} and {b}: clients seen moving {moves:?} times, the server {server_moves} times, avx {}", reports[0].words[3]);
+    for m in &reports {
+        check(m.label == 0x600d && m.words[0] == 150, || format!("client report {m:?}: wrong answers"))?;
+        check(m.words[1] == 0 && m.words[2] == 0, || format!("FPU registers of a ring-3 task that moved between CPUs changed: client holds broken {}, server holds broken {} (moves {moves:?}, server {server_moves})", m.words[1], m.words[2]))?;
+    }
+    check(moves.iter().all(|&n| n >= 5), || format!("the clients were seen moving {moves:?} times (wanted 5 each): they did not migrate"))
+}
+
 /// A ring-3 task killed (UD2) while it runs, holding a pattern in ymm0..15 and the x87
 /// registers and a non-default MXCSR and x87 control word: its FPU area is the CPU's at that
 /// moment. The next ring-3 task on that CPU must start with the default state, not the dead

@@ -262,6 +262,17 @@ pub fn scribble_saved_regs_for_test(id: TaskId, v: u64) -> bool {
 }
 
 /// Kill a task that is not running right now (tests). Returns whether it was killed.
+/// Set task `id`'s affinity (tests: a task moved between CPUs while it runs). It moves when
+/// it is next placed: woken from a block, or stolen. False if there is no such task.
+pub fn set_affinity_for_test(id: TaskId, aff: catenary_sched::Affinity) -> bool {
+    aff.0 != 0 && with(|k| k.sched.set_affinity(id, aff).is_ok())
+}
+
+/// The CPU task `id` runs on, or last ran or was queued on (tests).
+pub fn cpu_of(id: TaskId) -> Option<usize> {
+    with(|k| k.sched.task(id).map(|t| t.cpu))
+}
+
 pub fn kill_for_test(id: TaskId) -> bool {
     with(|k| match k.sched.task(id).map(|t| t.state) {
         Some(TaskState::Ready) | Some(TaskState::Blocked(_)) => {
