@@ -261,7 +261,6 @@ pub fn scribble_saved_regs_for_test(id: TaskId, v: u64) -> bool {
     })
 }
 
-/// Kill a task that is not running right now (tests). Returns whether it was killed.
 /// Set task `id`'s affinity (tests: a task moved between CPUs while it runs). It moves when
 /// it is next placed: woken from a block, or stolen. False if there is no such task.
 pub fn set_affinity_for_test(id: TaskId, aff: catenary_sched::Affinity) -> bool {
@@ -273,6 +272,7 @@ pub fn cpu_of(id: TaskId) -> Option<usize> {
     with(|k| k.sched.task(id).map(|t| t.cpu))
 }
 
+/// Kill a task that is not running right now (tests). Returns whether it was killed.
 pub fn kill_for_test(id: TaskId) -> bool {
     with(|k| match k.sched.task(id).map(|t| t.state) {
         Some(TaskState::Ready) | Some(TaskState::Blocked(_)) => {
