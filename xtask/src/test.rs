@@ -6,7 +6,7 @@ use crate::qemu::{run_captured, Boot};
 use crate::tools::{out_dir, root};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The run's results. A test that could not run (no root, a missing tool) is `skip`ped: counted
 /// apart, never as a pass. Under `CI=true` a skip is also a failure of the run (CI installs
@@ -18,10 +18,50 @@ pub struct Tally {
     pub skipped: usize,
     pub failures: Vec<String>,
     pub skips: Vec<String>,
+    /// Wall time from the previous result (or the run's start) to each result, in order: the
+    /// time a group's build or boot took goes to its first result. `time_report` sums it.
+    steps: Vec<(String, Duration)>,
+    last: Option<Instant>,
 }
 
 impl Tally {
+    /// Start the clock now (otherwise the first result starts it, and its own time is lost).
+    pub fn start_clock(&mut self) {
+        self.last = Some(Instant::now());
+    }
+
+    fn clock(&mut self, name: &str) {
+        let now = Instant::now();
+        let took = self.last.map(|l| now - l).unwrap_or_default();
+        self.last = Some(now);
+        self.steps.push((name.to_string(), took));
+    }
+
+    /// Where the run's time went: per group (a test name's part before `::`, e.g. a boot path
+    /// or `fuzz`), the groups over 30 s, longest first. Figures only, never pass/fail.
+    pub fn time_report(&self) -> String {
+        let mut groups: Vec<(String, Duration, usize)> = Vec::new();
+        for (name, took) in &self.steps {
+            let group = name.split("::").next().unwrap_or(name);
+            match groups.iter_mut().find(|g| g.0 == group) {
+                Some(g) => {
+                    g.1 += *took;
+                    g.2 += 1;
+                }
+                None => groups.push((group.to_string(), *took, 1)),
+            }
+        }
+        groups.sort_by(|a, b| b.1.cmp(&a.1));
+        let all: Duration = self.steps.iter().map(|s| s.1).sum();
+        let mut out = format!("time: {:.0} s from the first step to the last result; groups over 30 s:", all.as_secs_f64());
+        for (g, d, n) in groups.iter().filter(|g| g.1 >= Duration::from_secs(30)) {
+            out.push_str(&format!("\n  {:>6.0} s  {g} ({n} result{})", d.as_secs_f64(), if *n == 1 { "" } else { "s" }));
+        }
+        out
+    }
+
     pub fn record(&mut self, name: &str, ok: bool, why: &str) {
+        self.clock(name);
         if ok {
             self.passed += 1;
             println!("test {name} ... ok");
@@ -34,6 +74,7 @@ impl Tally {
 
     /// The test could not run here; `why` says what is missing.
     pub fn skip(&mut self, name: &str, why: &str) {
+        self.clock(name);
         self.skipped += 1;
         println!("test {name} ... SKIPPED ({why})");
         self.skips.push(name.to_string());
@@ -99,6 +140,7 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let only_kernel = args.iter().any(|a| a == "--kernel-only");
     let mut t = Tally::default();
+    t.start_clock();
     if !only_kernel && selected("host::") {
         host_tests(&mut t);
     }
@@ -140,6 +182,7 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
         println!("skipped: {}", t.skips.join(", "));
     }
     let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+    println!("{}", t.time_report());
     println!("{}", t.summary());
     if t.failed > 0 {
         Err(format!("{} test(s) failed", t.failed))
