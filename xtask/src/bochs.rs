@@ -187,6 +187,45 @@ fn boot_vmx_cpu(t: &mut Tally, kernel: &PathBuf) -> Result<(), String> {
     Ok(())
 }
 
+/// What the in-kernel suite printed in one Bochs run.
+struct KtestLines {
+    /// Names of the tests that printed `ok`, and of those that printed anything else (not skipped).
+    passed: Vec<String>,
+    failed: Vec<String>,
+    skipped: usize,
+    /// The suite's closing `ktest: N passed, ...` line, if it got that far.
+    summary: Option<String>,
+}
+
+impl KtestLines {
+    fn passed_with(&self, prefix: &str) -> usize {
+        self.passed.iter().filter(|n| n.starts_with(prefix)).count()
+    }
+    fn failed_with(&self, prefix: &str) -> usize {
+        self.failed.iter().filter(|n| n.starts_with(prefix)).count()
+    }
+}
+
+/// Records each in-kernel result line (`ktest NAME ... ok`, `... SKIPPED: why`, or a failure)
+/// as the test `{group}::NAME`, and finds the suite's summary.
+fn record_ktests(t: &mut Tally, group: &str, lines: &[String]) -> KtestLines {
+    let mut k = KtestLines { passed: Vec::new(), failed: Vec::new(), skipped: 0, summary: None };
+    for l in lines {
+        if let Some((tn, res)) = l.strip_prefix("ktest ").and_then(|r| r.split_once(" ... ")) {
+            if let Some(why) = res.strip_prefix("SKIPPED: ") {
+                k.skipped += 1;
+                t.skip(&format!("{group}::{tn}"), why);
+                continue;
+            }
+            let ok = res == "ok";
+            t.record(&format!("{group}::{tn}"), ok, res);
+            if ok { k.passed.push(tn.to_string()) } else { k.failed.push(tn.to_string()) }
+        }
+    }
+    k.summary = lines.iter().find(|l| l.starts_with("ktest: ") && l.contains(" passed, ")).cloned();
+    k
+}
+
 /// The in-kernel suite's `vm_*` tests on the VMX backend.
 fn vmx_guest_runs(t: &mut Tally, test_kernel: &PathBuf, modules: &[(PathBuf, String)], ktest_args: &str) -> Result<(), String> {
     // The in-kernel suite on the VT-x backend: the microVM tests run their guests through VMX.
@@ -194,27 +233,15 @@ fn vmx_guest_runs(t: &mut Tally, test_kernel: &PathBuf, modules: &[(PathBuf, Str
     let ktest_args = format!("{} ktest.only=vm_", ktest_args.replace("ktest.cpus=2", "ktest.cpus=1"));
     let iso = build_iso(test_kernel, modules, &ktest_args, "catenary-bochs-test")?;
     let o = run(&iso, "ktest", &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(300))?;
-    let (mut vm_ok, mut vm_failed) = (0, 0);
-    for l in &o.lines {
-        if let Some((tn, res)) = l.strip_prefix("ktest ").and_then(|r| r.split_once(" ... ")) {
-            if let Some(why) = res.strip_prefix("SKIPPED: ") {
-                t.skip(&format!("bochs::{tn}"), why);
-                continue;
-            }
-            let ok = res == "ok";
-            t.record(&format!("bochs::{tn}"), ok, res);
-            if tn.starts_with("vm_") {
-                if ok { vm_ok += 1 } else { vm_failed += 1 }
-            }
-        }
-    }
+    let k = record_ktests(t, "bochs", &o.lines);
+    let (vm_ok, vm_failed) = (k.passed_with("vm_"), k.failed_with("vm_"));
     for l in o.lines.iter().filter(|l| l.contains("vmx") || l.contains("[vm:") || l.contains("vmm")).take(60) {
         println!("    {l}");
     }
     let backend_vmx = o.lines.iter().any(|l| l.contains("backend vmx"));
     // The suite must have run to its end: the `ktest: N passed, 0 failed` summary, no panic or
     // stopped CPU on the way.
-    let summary = o.lines.iter().find(|l| l.starts_with("ktest: ") && l.contains(" passed, ")).cloned();
+    let summary = k.summary;
     let clean_summary = summary.as_deref().map(|l| l.contains(" 0 failed")).unwrap_or(false);
     let why = format!(
         "({vm_ok} vm_* tests ok, {vm_failed} failed, VMX backend used: {backend_vmx}, summary {:?}{}; {:.1}s; serial log {})",
@@ -237,27 +264,13 @@ fn pcid(t: &mut Tally, test_kernel: &PathBuf, modules: &[(PathBuf, String)], kte
     let ktest_args = format!("{} ktest.only={SELECTED}", ktest_args.replace("ktest.cpus=2", "ktest.cpus=1"));
     let iso = build_iso(test_kernel, modules, &ktest_args, "catenary-bochs-pcid")?;
     let o = run(&iso, "pcid", &[" passed, "], &["KERNEL PANIC", "- stopping this CPU"], Duration::from_secs(900))?;
-    let (mut ok, mut failed, mut pcid_ok, mut skipped) = (0, 0, 0, 0);
-    for l in &o.lines {
-        if let Some((tn, res)) = l.strip_prefix("ktest ").and_then(|r| r.split_once(" ... ")) {
-            if let Some(why) = res.strip_prefix("SKIPPED: ") {
-                skipped += 1;
-                t.skip(&format!("bochs_pcid::{tn}"), why);
-                continue;
-            }
-            let pass = res == "ok";
-            t.record(&format!("bochs_pcid::{tn}"), pass, res);
-            if pass { ok += 1 } else { failed += 1 }
-            if pass && tn.starts_with("pcid_") {
-                pcid_ok += 1;
-            }
-        }
-    }
+    let k = record_ktests(t, "bochs_pcid", &o.lines);
+    let (ok, failed, skipped, pcid_ok) = (k.passed.len(), k.failed.len(), k.skipped, k.passed_with("pcid_"));
     for l in o.lines.iter().filter(|l| l.contains("PCID") || l.contains("ktest pcid")).take(12) {
         println!("    {l}");
     }
     let on = o.lines.iter().any(|l| l.contains("PCID on"));
-    let summary = o.lines.iter().find(|l| l.starts_with("ktest: ") && l.contains(" passed, ")).cloned();
+    let summary = k.summary;
     let why = format!(
         "(PCID on: {on}; {ok} ok, {failed} failed, {skipped} skipped, {pcid_ok} of 3 PCID tests ok; summary {:?}{}; {:.1}s; serial log {})",
         summary.as_deref().unwrap_or("missing"),

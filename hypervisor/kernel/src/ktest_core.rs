@@ -257,6 +257,38 @@ pub fn sched_user_regs_survive_preemption(node: &Node) -> Result<(), String> {
     check(ca == Some(0x600d) && cb == Some(0x600d), || format!("rcx/r11 of a preempted ring-3 task changed: exit codes {ca:x?} {cb:x?} (0x600d = intact, 0xbad0000 | turns)"))
 }
 
+/// The FPU tests' three ring-3 tasks, all pinned to `cpu`: an echo server (`ROLE_FPU_ECHO`)
+/// and two clients (`ROLE_FPU_CLIENT`, badges 7 and 8) that call it 150 times each while
+/// holding their patterns and then report to `ep`. Returns the server and the clients.
+fn spawn_fpu_trio(cpu: usize, ep: u64) -> Result<(u64, alloc::vec::Vec<u64>), String> {
+    let (srv, sep) = spawn_uapp("fpu-echo", task::ROLE_FPU_ECHO, Affinity::only(cpu), true, &[])?;
+    let sep = sep.ok_or("the FPU echo server got no endpoint")?;
+    let mut clients = alloc::vec::Vec::new();
+    for i in 0..2u64 {
+        match spawn_uapp("fpu-client", task::ROLE_FPU_CLIENT, Affinity::only(cpu), false, &[task::send_cap(sep, 7 + i), task::send_cap(ep, 0)]) {
+            Ok((cli, _)) => clients.push(cli),
+            Err(e) => {
+                for c in clients.into_iter().chain([srv]) {
+                    task::kill_for_test(c);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok((srv, clients))
+}
+
+/// The FPU clients' reports (label 0x600d, words: answers right, the client's broken holds,
+/// the server's broken holds as the client saw them, AVX used): 150 right answers and no
+/// broken hold on either side. `what` says how the tasks were switched, for the message.
+fn fpu_reports_intact(reports: &[Message], what: &str) -> Result<(), String> {
+    for m in reports {
+        check(m.label == 0x600d && m.words[0] == 150, || format!("client report {m:?}: wrong answers"))?;
+        check(m.words[1] == 0 && m.words[2] == 0, || format!("FPU registers (vector, x87, MXCSR, x87 control word) of a ring-3 task changed {what}: client holds broken {}, server holds broken {} (avx {})", m.words[1], m.words[2], m.words[3]))?;
+    }
+    Ok(())
+}
+
 /// Two ring-3 clients and a ring-3 echo server on one CPU, each holding its own pattern in
 /// ymm0..15 (xmm0..15 without AVX), the x87 registers, MXCSR and the x87 control word from 1M
 /// TSC cycles before each call to 1M after
@@ -267,13 +299,7 @@ pub fn sched_user_fpu_survives_ipc_and_preemption(node: &Node) -> Result<(), Str
     let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let cpu = last_cpu(node);
     let before = task::fastpath_handoffs();
-    let (srv, sep) = spawn_uapp("fpu-echo", task::ROLE_FPU_ECHO, Affinity::only(cpu), true, &[])?;
-    let sep = sep.unwrap();
-    let mut clients = alloc::vec::Vec::new();
-    for i in 0..2u64 {
-        let (cli, _) = spawn_uapp("fpu-client", task::ROLE_FPU_CLIENT, Affinity::only(cpu), false, &[task::send_cap(sep, 7 + i), task::send_cap(ep, 0)])?;
-        clients.push(cli);
-    }
+    let (srv, clients) = spawn_fpu_trio(cpu, ep)?;
     let mut reports = alloc::vec::Vec::new();
     for _ in 0..2 {
         match task::recv(slot, 60 * SEC) {
@@ -289,10 +315,7 @@ pub fn sched_user_fpu_survives_ipc_and_preemption(node: &Node) -> Result<(), Str
     }
     task::kill_for_test(srv);
     let n = task::fastpath_handoffs() - before;
-    for m in &reports {
-        check(m.label == 0x600d && m.words[0] == 150, || format!("client report {m:?}: wrong answers"))?;
-        check(m.words[1] == 0 && m.words[2] == 0, || format!("FPU registers (vector, x87, MXCSR, x87 control word) of a ring-3 task changed across switches: client holds broken {}, server holds broken {} (avx {})", m.words[1], m.words[2], m.words[3]))?;
-    }
+    fpu_reports_intact(&reports, "across switches")?;
     log::info!(target: "ktest", "ring-3 FPU holds: 300 calls, {n} direct switches, avx {}", reports[0].words[3]);
     check(n >= 100, || format!("{n} direct switches for 300 calls on one CPU: the fastpath was not taken"))
 }
@@ -309,13 +332,7 @@ pub fn sched_fpu_follows_a_migrating_task(node: &Node) -> Result<(), String> {
     }
     let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
     let (a, b) = (last_cpu(node), last_cpu(node) - 1);
-    let (srv, sep) = spawn_uapp("fpu-echo", task::ROLE_FPU_ECHO, Affinity::only(a), true, &[])?;
-    let sep = sep.unwrap();
-    let mut clients = alloc::vec::Vec::new();
-    for i in 0..2u64 {
-        let (cli, _) = spawn_uapp("fpu-client", task::ROLE_FPU_CLIENT, Affinity::only(a), false, &[task::send_cap(sep, 7 + i), task::send_cap(ep, 0)])?;
-        clients.push(cli);
-    }
+    let (srv, clients) = spawn_fpu_trio(a, ep)?;
     let mut reports = alloc::vec::Vec::new();
     let mut last: alloc::vec::Vec<Option<usize>> = clients.iter().map(|&c| task::cpu_of(c)).collect();
     let mut moves = [0u32; 2];
@@ -358,10 +375,7 @@ pub fn sched_fpu_follows_a_migrating_task(node: &Node) -> Result<(), String> {
     }
     task::kill_for_test(srv);
     log::info!(target: "ktest", "ring-3 FPU holds across CPUs {a} and {b}: clients seen moving {moves:?} times, the server {server_moves} times, avx {}", reports[0].words[3]);
-    for m in &reports {
-        check(m.label == 0x600d && m.words[0] == 150, || format!("client report {m:?}: wrong answers"))?;
-        check(m.words[1] == 0 && m.words[2] == 0, || format!("FPU registers of a ring-3 task that moved between CPUs changed: client holds broken {}, server holds broken {} (moves {moves:?}, server {server_moves})", m.words[1], m.words[2]))?;
-    }
+    fpu_reports_intact(&reports, &format!("that moved between CPUs (moves {moves:?}, server {server_moves})"))?;
     check(moves.iter().all(|&n| n >= 5), || format!("the clients were seen moving {moves:?} times (wanted 5 each): they did not migrate"))
 }
 
