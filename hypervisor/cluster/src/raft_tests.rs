@@ -429,6 +429,79 @@ fn compaction_keeps_the_log_short_and_a_lagging_node_installs_the_snapshot() {
     }
 }
 
+/// A leader does not compact away the entries a follower still needs: a follower cut off for
+/// a few entries around the point where the leader's compaction is due catches up by those
+/// entries, not by the leader's snapshot; the leader compacts once it has them. Cut off for
+/// longer, the leader compacts anyway at twice `snapshot_every` (its log stays bounded) and
+/// the follower gets the snapshot. (Each workload written also brings the scheduler's
+/// assignments, so entries are counted from the leader's log, not from the writes.)
+#[test]
+fn compaction_waits_for_a_follower_a_few_entries_behind_but_not_for_ever() {
+    use crate::replica::ReplicaConfig;
+    const EVERY: u64 = 32;
+    for seed in 0..5 {
+        let s = 540 + seed;
+        let cfg = ReplicaConfig { snapshot_every: EVERY, ..ReplicaConfig::default() };
+        let mut sim = RaftSim::with_config(3, s, NetConfig::default(), 64, 65536, cfg);
+        sim.run_until(secs(3));
+        assert!(sim.admit_all());
+        sim.run_until(secs(5));
+        let leader = sim.leader().unwrap();
+        let (f, other) = ((leader + 1) % 3, (leader + 2) % 3);
+        let mut n = 0;
+        let mut put = |sim: &mut RaftSim| {
+            assert!(sim.propose(Command::PutWorkload(RaftSim::workload(&format!("w{n}"), 1, 1))), "seed {s}");
+            n += 1;
+            sim.run_until(sim.now + Duration::from_millis(200));
+        };
+        // Entries applied past the leader's snapshot.
+        let past = |sim: &RaftSim| {
+            let l = sim.replica(leader).unwrap();
+            l.applied_index() - l.log().snapshot_position().index.get()
+        };
+        // Everyone in step until a few entries before the leader's compaction is due.
+        while past(&sim) < EVERY - 8 {
+            put(&mut sim);
+        }
+        let base = sim.replica(leader).unwrap().log().snapshot_position().index.get();
+        let installed = sim.replica(f).unwrap().snapshots_installed();
+        // F misses the entries that make the compaction due (and a few more): F's log ends
+        // inside what the leader would drop.
+        sim.partition(&[&[leader, other], &[f]]);
+        while sim.replica(leader).unwrap().applied_index() < base + EVERY + 4 {
+            put(&mut sim);
+        }
+        let l = sim.replica(leader).unwrap();
+        assert_eq!(l.log().snapshot_position().index.get(), base, "seed {s}: the leader compacted while F still needed the entries");
+        assert!(l.compactions_held >= 1, "seed {s}: no compaction was held");
+        sim.heal();
+        sim.run_until(sim.now + secs(3));
+        let (l, fr) = (sim.replica(leader).unwrap(), sim.replica(f).unwrap());
+        assert_eq!(sim.leader(), Some(leader), "seed {s}: the leader changed");
+        assert_eq!(fr.snapshots_installed(), installed, "seed {s}: F got the snapshot instead of the entries");
+        assert_eq!(fr.applied_index(), l.applied_index(), "seed {s}: F did not catch up");
+        assert!(l.log().snapshot_position().index.get() > base, "seed {s}: the leader did not compact once F had the entries");
+        // Cut off for longer: the leader compacts at twice EVERY past its snapshot at the
+        // latest, and F, back, installs the snapshot.
+        let installed = fr.snapshots_installed();
+        let base = l.log().snapshot_position().index.get();
+        sim.partition(&[&[leader, other], &[f]]);
+        while sim.replica(leader).unwrap().applied_index() < base + 3 * EVERY {
+            put(&mut sim);
+            let l = sim.replica(leader).unwrap();
+            let kept = l.log().last_position().index.get() - l.log().snapshot_position().index.get();
+            assert!(kept <= 2 * EVERY + 4, "seed {s}: {kept} entries after the snapshot while F was away");
+        }
+        sim.heal();
+        sim.run_until(sim.now + secs(5));
+        let (l, fr) = (sim.replica(leader).unwrap(), sim.replica(f).unwrap());
+        assert!(fr.snapshots_installed() > installed, "seed {s}: F, far behind, installed no snapshot");
+        assert_eq!(fr.applied_index(), l.applied_index(), "seed {s}: F did not catch up");
+        assert!(sim.violations.is_empty(), "seed {s}: {:?}", sim.violations);
+        sim.converged().unwrap_or_else(|e| panic!("seed {s}: {e}"));
+    }
+}
+
 /// The chaos schedules compact (every 4–32 entries) and lagging followers install snapshots.
 #[test]
 fn chaos_schedules_take_and_install_snapshots() {

@@ -129,6 +129,9 @@ pub struct RaftSim {
     /// Snapshots taken and installed by nodes that crashed since (the live ones are added by
     /// [`RaftSim::snapshots`]).
     snapshots_gone: (u64, u64),
+    /// Compactions a leader put off for a follower ([`Replica::compactions_held`]), of
+    /// replicas that crashed.
+    held_gone: u64,
     /// Snapshot chunks delivered, and snapshots assembled from chunks and handed to a replica
     /// (over the whole run).
     pub chunks_delivered: u64,
@@ -206,6 +209,7 @@ impl RaftSim {
             check_storage: false,
             restarts_checked: 0,
             snapshots_gone: (0, 0),
+            held_gone: 0,
             chunks_delivered: 0,
             snapshots_assembled: 0,
             largest_snapshot: 0,
@@ -312,6 +316,7 @@ impl RaftSim {
             s.rx = SnapshotReceiver::default();
             self.snapshots_gone.0 += r.snapshots_taken();
             self.snapshots_gone.1 += r.snapshots_installed();
+            self.held_gone += r.compactions_held;
             self.pulls_gone += r.pulls_installed();
         }
     }
@@ -326,6 +331,11 @@ impl RaftSim {
     pub fn snapshots(&self) -> (u64, u64) {
         let live = self.slots.iter().filter_map(|s| s.replica.as_ref());
         live.fold(self.snapshots_gone, |(t, i), r| (t + r.snapshots_taken(), i + r.snapshots_installed()))
+    }
+
+    /// Compactions leaders put off because a follower still needed the entries.
+    pub fn compactions_held(&self) -> u64 {
+        self.slots.iter().filter_map(|s| s.replica.as_ref()).fold(self.held_gone, |h, r| h + r.compactions_held)
     }
 
     pub fn restart(&mut self, slot: ReplicaId) {

@@ -200,6 +200,8 @@ pub struct ChaosStats {
     pub voters_added_back: u64,
     /// Members' committed states pulled and installed by nodes that heard no leader.
     pub pulls_installed: u64,
+    /// Compactions leaders put off for a follower a few entries behind.
+    pub compactions_held: u64,
 }
 
 /// [`raft_chaos_run`] without the simulator.
@@ -215,5 +217,5 @@ pub fn raft_chaos(seed: u64) -> Result<ChaosStats, String> {
             return Err(format!("seed {seed}: node {s} (id {}) is not a voter at the end: {voters:?}", sim.raft_id(s)));
         }
     }
-    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts(), removals: sim.removals_proposed, voters_taken_out: sim.voters_taken_out, voters_added_back: sim.voters_added_back, pulls_installed: sim.pulls_installed() })
+    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts(), removals: sim.removals_proposed, voters_taken_out: sim.voters_taken_out, voters_added_back: sim.voters_added_back, pulls_installed: sim.pulls_installed(), compactions_held: sim.compactions_held() })
 }

@@ -13,10 +13,32 @@ use super::{Envelope, Replica, Snapshot};
 impl Replica {
     /// Log compaction: once `snapshot_every` entries were applied after the last snapshot,
     /// snapshot the state at the applied index and drop the log and commands up to it.
+    ///
+    /// A leader first keeps the entries a follower still needs: while a follower's log (its
+    /// latest reply) ends at or past the snapshot but before the applied index, compacting
+    /// now would leave that follower only the whole snapshot (up to `SNAPSHOT_MAX` in chunks)
+    /// for what a few entries bring; a slow follower is often just a reply behind. It waits
+    /// for that follower up to twice `snapshot_every` entries, or half `max_log_bytes` of
+    /// commands, then compacts anyway. (Only the leader sends entries and snapshots, so only
+    /// it waits; a follower that dies waits no one past that bound, and one whose log ends
+    /// before the snapshot needs the snapshot whatever is kept.)
     pub(super) fn compact(&mut self) {
         let base = self.node.log().snapshot_position().index.get();
-        if self.applied_index < base.saturating_add(self.cfg.snapshot_every.max(1)) {
+        let every = self.cfg.snapshot_every.max(1);
+        if self.applied_index < base.saturating_add(every) {
             return;
+        }
+        let bound = self.applied_index >= base.saturating_add(every.saturating_mul(2)) || self.log_bytes >= self.cfg.max_log_bytes / 2;
+        if self.is_leader() && !bound {
+            let applied = self.applied_index;
+            let needs_entries = self.node.peers().any(|p| self.peer_log_end.get(&p.get()).is_some_and(|&end| end >= base && end < applied));
+            if needs_entries {
+                if self.held_at != Some(base) {
+                    self.held_at = Some(base);
+                    self.compactions_held += 1;
+                }
+                return;
+            }
         }
         let Some((position, config)) = self.node.log().get_position_and_config(LogIndex::new(self.applied_index)) else { return };
         let config = config.clone();

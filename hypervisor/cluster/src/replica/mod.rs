@@ -68,7 +68,9 @@ pub struct ReplicaConfig {
     /// is snapshotted and the log and commands up to it dropped; a follower too far behind
     /// gets the snapshot ([`Envelope::snapshot`], sent over the fabric in chunks:
     /// crate::snapshot). Off by default (`u64::MAX`); `orchd` compacts every 256 entries
-    /// (crate::orch::NODE_SNAPSHOT_EVERY), the simulator every 4–32.
+    /// (crate::orch::NODE_SNAPSHOT_EVERY), the simulator every 4–32. A leader puts it off
+    /// while a follower's log ends inside the entries it would drop (that follower then gets
+    /// entries, not the whole state), up to twice this many entries or half `max_log_bytes`.
     pub snapshot_every: u64,
     /// A leader grants leases only while a majority acknowledged it within this window
     /// (check-quorum; at most the election timeout, so a deposed leader stops first).
@@ -202,6 +204,13 @@ pub struct Replica {
     grants_sent: BTreeMap<ReplicaId, Duration>,
     /// Leader: the highest applied count each follower reported in this term.
     peer_applied: BTreeMap<ReplicaId, u64>,
+    /// Leader: where each follower's log ended in its latest AppendEntries reply of this term
+    /// (what compaction keeps for it: [`Replica::compact`]).
+    peer_log_end: BTreeMap<ReplicaId, u64>,
+    /// Compactions put off because a follower still needed the entries (counted once per
+    /// snapshot position put off).
+    pub compactions_held: u64,
+    held_at: Option<u64>,
     /// Leader: when it applied (committed) each `Unassign` still being released in this term,
     /// by the release's `at`.
     release_times: BTreeMap<u64, Duration>,
@@ -308,6 +317,9 @@ impl Replica {
             follower_acks: BTreeMap::new(),
             grants_sent: BTreeMap::new(),
             peer_applied: BTreeMap::new(),
+            peer_log_end: BTreeMap::new(),
+            compactions_held: 0,
+            held_at: None,
             release_times: BTreeMap::new(),
             became_leader: None,
             snapshot_sent: BTreeMap::new(),
@@ -571,6 +583,10 @@ impl Replica {
                 }
                 let a = self.peer_applied.entry(env.from).or_insert(env.applied);
                 *a = (*a).max(env.applied);
+                if let Message::AppendEntriesReply { last_position, .. } = &env.message {
+                    // (The latest, not the highest: a follower's log can be cut back.)
+                    self.peer_log_end.insert(env.from, last_position.index.get());
+                }
             }
             _ => {}
         }
@@ -628,6 +644,7 @@ impl Replica {
             self.sent_at.clear();
             self.grants_sent.clear();
             self.peer_applied.clear();
+            self.peer_log_end.clear();
             self.release_times.clear();
             self.became_leader = Some((self.term(), now));
         }

@@ -35,7 +35,7 @@
 //! hold a pull back (`Differs`, `Behind`); the node then waits for a leader as it would without
 //! the pull. Bounded: one vouch request per member of V per election timeout; a member answers
 //! a requester at most once per `election_min / 2`, replaying at most the entries after its
-//! snapshot (`snapshot_every`).
+//! snapshot (`snapshot_every`, twice that on a leader that waits for a follower: `compact`).
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
