@@ -431,37 +431,21 @@ fn compaction_keeps_the_log_short_and_a_lagging_node_installs_the_snapshot() {
 
 /// A leader does not compact away the entries a follower still needs: a follower cut off for
 /// a few entries around the point where the leader's compaction is due catches up by those
-/// entries, not by the leader's snapshot; the leader compacts once it has them. Cut off for
+/// entries, not by the leader's snapshot; the leader compacts once it has them. Behind for
 /// longer, the leader compacts anyway at twice `snapshot_every` (its log stays bounded) and
-/// the follower gets the snapshot. (Each workload written also brings the scheduler's
-/// assignments, so entries are counted from the leader's log, not from the writes.)
+/// the follower gets the snapshot. (The follower counts as heard for the whole run here:
+/// `peer_down_after` 60 s. Each workload written also brings the scheduler's assignments, so
+/// entries are counted from the leader's log, not from the writes.)
 #[test]
 fn compaction_waits_for_a_follower_a_few_entries_behind_but_not_for_ever() {
-    use crate::replica::ReplicaConfig;
     const EVERY: u64 = 32;
     for seed in 0..5 {
         let s = 540 + seed;
-        let cfg = ReplicaConfig { snapshot_every: EVERY, ..ReplicaConfig::default() };
-        let mut sim = RaftSim::with_config(3, s, NetConfig::default(), 64, 65536, cfg);
-        sim.run_until(secs(3));
-        assert!(sim.admit_all());
-        sim.run_until(secs(5));
-        let leader = sim.leader().unwrap();
-        let (f, other) = ((leader + 1) % 3, (leader + 2) % 3);
+        let (mut sim, leader, f, other) = compaction_cluster(s, Duration::from_secs(60));
         let mut n = 0;
-        let mut put = |sim: &mut RaftSim| {
-            assert!(sim.propose(Command::PutWorkload(RaftSim::workload(&format!("w{n}"), 1, 1))), "seed {s}");
-            n += 1;
-            sim.run_until(sim.now + Duration::from_millis(200));
-        };
-        // Entries applied past the leader's snapshot.
-        let past = |sim: &RaftSim| {
-            let l = sim.replica(leader).unwrap();
-            l.applied_index() - l.log().snapshot_position().index.get()
-        };
         // Everyone in step until a few entries before the leader's compaction is due.
-        while past(&sim) < EVERY - 8 {
-            put(&mut sim);
+        while past_snapshot(&sim, leader) < EVERY - 8 {
+            put_one(&mut sim, &mut n, s);
         }
         let base = sim.replica(leader).unwrap().log().snapshot_position().index.get();
         let installed = sim.replica(f).unwrap().snapshots_installed();
@@ -469,7 +453,7 @@ fn compaction_waits_for_a_follower_a_few_entries_behind_but_not_for_ever() {
         // inside what the leader would drop.
         sim.partition(&[&[leader, other], &[f]]);
         while sim.replica(leader).unwrap().applied_index() < base + EVERY + 4 {
-            put(&mut sim);
+            put_one(&mut sim, &mut n, s);
         }
         let l = sim.replica(leader).unwrap();
         assert_eq!(l.log().snapshot_position().index.get(), base, "seed {s}: the leader compacted while F still needed the entries");
@@ -481,13 +465,13 @@ fn compaction_waits_for_a_follower_a_few_entries_behind_but_not_for_ever() {
         assert_eq!(fr.snapshots_installed(), installed, "seed {s}: F got the snapshot instead of the entries");
         assert_eq!(fr.applied_index(), l.applied_index(), "seed {s}: F did not catch up");
         assert!(l.log().snapshot_position().index.get() > base, "seed {s}: the leader did not compact once F had the entries");
-        // Cut off for longer: the leader compacts at twice EVERY past its snapshot at the
+        // Behind for longer: the leader compacts at twice EVERY past its snapshot at the
         // latest, and F, back, installs the snapshot.
         let installed = fr.snapshots_installed();
         let base = l.log().snapshot_position().index.get();
         sim.partition(&[&[leader, other], &[f]]);
         while sim.replica(leader).unwrap().applied_index() < base + 3 * EVERY {
-            put(&mut sim);
+            put_one(&mut sim, &mut n, s);
             let l = sim.replica(leader).unwrap();
             let kept = l.log().last_position().index.get() - l.log().snapshot_position().index.get();
             assert!(kept <= 2 * EVERY + 4, "seed {s}: {kept} entries after the snapshot while F was away");
@@ -500,6 +484,59 @@ fn compaction_waits_for_a_follower_a_few_entries_behind_but_not_for_ever() {
         assert!(sim.violations.is_empty(), "seed {s}: {:?}", sim.violations);
         sim.converged().unwrap_or_else(|e| panic!("seed {s}: {e}"));
     }
+}
+
+/// A follower the leader has not heard from for `peer_down_after` (1 s) is not waited for:
+/// cut off a few entries before the compaction is due and silent for 2 s, it does not hold the
+/// leader's compaction back.
+#[test]
+fn compaction_does_not_wait_for_a_silent_follower() {
+    const EVERY: u64 = 32;
+    for seed in 0..5 {
+        let s = 550 + seed;
+        let (mut sim, leader, f, other) = compaction_cluster(s, crate::replica::ReplicaConfig::default().peer_down_after);
+        let mut n = 0;
+        while past_snapshot(&sim, leader) < EVERY - 8 {
+            put_one(&mut sim, &mut n, s);
+        }
+        let base = sim.replica(leader).unwrap().log().snapshot_position().index.get();
+        sim.partition(&[&[leader, other], &[f]]);
+        sim.run_until(sim.now + secs(2));
+        while sim.replica(leader).unwrap().applied_index() < base + EVERY + 4 {
+            put_one(&mut sim, &mut n, s);
+        }
+        let l = sim.replica(leader).unwrap();
+        assert!(l.log().snapshot_position().index.get() > base, "seed {s}: the leader waited for a follower silent for 2 s");
+        sim.heal();
+        sim.run_until(sim.now + secs(5));
+        assert!(sim.violations.is_empty(), "seed {s}: {:?}", sim.violations);
+        sim.converged().unwrap_or_else(|e| panic!("seed {s}: {e}"));
+    }
+}
+
+/// Three nodes compacting every 32 entries, with `peer_down_after` as given, admitted and
+/// settled: the simulator, its leader and the two followers.
+fn compaction_cluster(seed: u64, peer_down_after: Duration) -> (RaftSim, u64, u64, u64) {
+    let cfg = crate::replica::ReplicaConfig { snapshot_every: 32, peer_down_after, ..crate::replica::ReplicaConfig::default() };
+    let mut sim = RaftSim::with_config(3, seed, NetConfig::default(), 64, 65536, cfg);
+    sim.run_until(secs(3));
+    assert!(sim.admit_all());
+    sim.run_until(secs(5));
+    let leader = sim.leader().unwrap();
+    (sim, leader, (leader + 1) % 3, (leader + 2) % 3)
+}
+
+/// Entries the leader applied past its snapshot.
+fn past_snapshot(sim: &RaftSim, leader: u64) -> u64 {
+    let l = sim.replica(leader).unwrap();
+    l.applied_index() - l.log().snapshot_position().index.get()
+}
+
+/// Write one more workload `w{n}` and let it commit.
+fn put_one(sim: &mut RaftSim, n: &mut u32, seed: u64) {
+    assert!(sim.propose(Command::PutWorkload(RaftSim::workload(&format!("w{n}"), 1, 1))), "seed {seed}");
+    *n += 1;
+    sim.run_until(sim.now + Duration::from_millis(200));
 }
 
 /// The chaos schedules compact (every 4–32 entries) and lagging followers install snapshots.

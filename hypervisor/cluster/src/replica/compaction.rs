@@ -14,15 +14,16 @@ impl Replica {
     /// Log compaction: once `snapshot_every` entries were applied after the last snapshot,
     /// snapshot the state at the applied index and drop the log and commands up to it.
     ///
-    /// A leader first keeps the entries a follower still needs: while a follower's log (its
-    /// latest reply) ends at or past the snapshot but before the applied index, compacting
-    /// now would leave that follower only the whole snapshot (up to `SNAPSHOT_MAX` in chunks)
-    /// for what a few entries bring; a slow follower is often just a reply behind. It waits
-    /// for that follower up to twice `snapshot_every` entries, or half `max_log_bytes` of
-    /// commands, then compacts anyway. (Only the leader sends entries and snapshots, so only
-    /// it waits; a follower that dies waits no one past that bound, and one whose log ends
-    /// before the snapshot needs the snapshot whatever is kept.)
-    pub(super) fn compact(&mut self) {
+    /// A leader first keeps the entries a follower still needs: while a follower that
+    /// acknowledged it within `peer_down_after` has a log (its latest reply) that ends at or
+    /// past the snapshot but before the applied index, compacting now would leave that
+    /// follower only the whole snapshot (up to `SNAPSHOT_MAX` in chunks) for what a few
+    /// entries bring; a slow follower is often just a reply behind. It waits for that follower
+    /// up to twice `snapshot_every` entries, or half `max_log_bytes` of commands, then compacts
+    /// anyway. (Only the leader sends entries and snapshots, so only it waits; a silent
+    /// follower, down or cut off, is not waited for, and one whose log ends before the
+    /// snapshot needs the snapshot whatever is kept.)
+    pub(super) fn compact(&mut self, now: Duration) {
         let base = self.node.log().snapshot_position().index.get();
         let every = self.cfg.snapshot_every.max(1);
         if self.applied_index < base.saturating_add(every) {
@@ -31,7 +32,8 @@ impl Replica {
         let bound = self.applied_index >= base.saturating_add(every.saturating_mul(2)) || self.log_bytes >= self.cfg.max_log_bytes / 2;
         if self.is_leader() && !bound {
             let applied = self.applied_index;
-            let needs_entries = self.node.peers().any(|p| self.peer_log_end.get(&p.get()).is_some_and(|&end| end >= base && end < applied));
+            let heard = |p: u64| self.follower_acks.get(&p).is_some_and(|sent| now.saturating_sub(*sent) < self.cfg.peer_down_after);
+            let needs_entries = self.node.peers().any(|p| heard(p.get()) && self.peer_log_end.get(&p.get()).is_some_and(|&end| end >= base && end < applied));
             if needs_entries {
                 if self.held_at != Some(base) {
                     self.held_at = Some(base);

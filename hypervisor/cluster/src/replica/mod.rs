@@ -69,8 +69,9 @@ pub struct ReplicaConfig {
     /// gets the snapshot ([`Envelope::snapshot`], sent over the fabric in chunks:
     /// crate::snapshot). Off by default (`u64::MAX`); `orchd` compacts every 256 entries
     /// (crate::orch::NODE_SNAPSHOT_EVERY), the simulator every 4–32. A leader puts it off
-    /// while a follower's log ends inside the entries it would drop (that follower then gets
-    /// entries, not the whole state), up to twice this many entries or half `max_log_bytes`.
+    /// while a follower it heard lately has a log that ends inside the entries it would drop
+    /// (that follower then gets entries, not the whole state), up to twice this many entries
+    /// or half `max_log_bytes`.
     pub snapshot_every: u64,
     /// A leader grants leases only while a majority acknowledged it within this window
     /// (check-quorum; at most the election timeout, so a deposed leader stops first).
@@ -671,7 +672,7 @@ impl Replica {
             self.send_snapshot(now, to);
         }
         self.apply_committed(now);
-        self.compact();
+        self.compact(now);
     }
 
     fn send(&mut self, now: Duration, to: NodeId, mut message: Message) {
