@@ -137,32 +137,47 @@ pub fn run_targets(t: &mut Tally, targets: &[Target], secs: u64, prefix: &str) {
             }
         }
     }
-    for tg in targets {
-        let name = format!("{prefix}{}", tg.label());
-        let log = log_dir.join(format!("{}.log", tg.label().replace(['/', ':'], "_")));
-        // A fixed seed keeps smoke runs repeatable; an empty corpus dir in target/ keeps the
-        // checked-in tree clean (libFuzzer writes new inputs into the first corpus dir).
-        let corpus = root().join("target").join("fuzz-corpus").join(tg.label().replace(['/', ':'], "_"));
-        let _ = std::fs::create_dir_all(&corpus);
-        let mut c = cargo_fuzz(&tg.dir);
-        c.args(["run", "-O", "-a", &tg.name])
-            .arg(&corpus)
-            .arg("--")
-            .arg(format!("-max_total_time={secs}"))
-            .arg("-seed=1")
-            .arg("-rss_limit_mb=2048")
-            .arg("-timeout=10");
-        let start = Instant::now();
-        let out = c.output();
-        let (ok, text) = match out {
-            Ok(o) => (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))),
-            Err(e) => (false, e.to_string()),
-        };
-        let _ = std::fs::write(&log, &text);
-        let stats = last_stats(&text);
-        println!("    {} {:.0}s: {}", tg.label(), start.elapsed().as_secs_f64(), stats);
-        t.record(&name, ok, &format!("(crashed or failed: log {}, reproducer in {}/artifacts/{})", log.display(), tg.dir.display(), tg.name));
+    // Two targets at a time: each libFuzzer run is one process on one core, and the machines
+    // this runs on have two (the run is timed by the wall clock, so each still gets its
+    // `secs` of a core). Results are recorded in the targets' order.
+    for pair in targets.chunks(FUZZ_AT_ONCE) {
+        let outs: Vec<(bool, String, f64)> = std::thread::scope(|s| {
+            let runs: Vec<_> = pair.iter().map(|tg| s.spawn(|| run_one(tg, secs))).collect();
+            runs.into_iter().map(|h| h.join().unwrap_or_else(|_| (false, "the fuzz run's thread panicked".into(), 0.0))).collect()
+        });
+        for (tg, (ok, text, took)) in pair.iter().zip(outs) {
+            let name = format!("{prefix}{}", tg.label());
+            let log = log_dir.join(format!("{}.log", tg.label().replace(['/', ':'], "_")));
+            let _ = std::fs::write(&log, &text);
+            println!("    {} {took:.0}s: {}", tg.label(), last_stats(&text));
+            t.record(&name, ok, &format!("(crashed or failed: log {}, reproducer in {}/artifacts/{})", log.display(), tg.dir.display(), tg.name));
+        }
     }
+}
+
+/// How many fuzz targets run at once.
+const FUZZ_AT_ONCE: usize = 2;
+
+/// One target for `secs` with a fixed seed: whether it ended cleanly, its output, its seconds.
+fn run_one(tg: &Target, secs: u64) -> (bool, String, f64) {
+    // A fixed seed keeps smoke runs repeatable; an empty corpus dir in target/ keeps the
+    // checked-in tree clean (libFuzzer writes new inputs into the first corpus dir).
+    let corpus = root().join("target").join("fuzz-corpus").join(tg.label().replace(['/', ':'], "_"));
+    let _ = std::fs::create_dir_all(&corpus);
+    let mut c = cargo_fuzz(&tg.dir);
+    c.args(["run", "-O", "-a", &tg.name])
+        .arg(&corpus)
+        .arg("--")
+        .arg(format!("-max_total_time={secs}"))
+        .arg("-seed=1")
+        .arg("-rss_limit_mb=2048")
+        .arg("-timeout=10");
+    let start = Instant::now();
+    let (ok, text) = match c.output() {
+        Ok(o) => (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))),
+        Err(e) => (false, e.to_string()),
+    };
+    (ok, text, start.elapsed().as_secs_f64())
 }
 
 /// libFuzzer's last status line (`#123456 DONE cov: … ft: … corp: … exec/s: …`), for the log.

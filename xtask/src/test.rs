@@ -149,7 +149,7 @@ pub fn cmd_test(args: &[String]) -> Result<(), String> {
         // Every cargo-fuzz target for a few seconds with a fixed seed: the fuzz entry points
         // build and survive a short run (longer runs: `cargo xtask fuzz --seconds N`).
         let targets = crate::fuzz::all_targets();
-        println!("== fuzz smoke ({} targets, {}s each)", targets.len(), crate::fuzz::SMOKE_SECONDS);
+        println!("== fuzz smoke ({} targets, {}s each, two at a time)", targets.len(), crate::fuzz::SMOKE_SECONDS);
         crate::fuzz::run_targets(&mut t, &targets, crate::fuzz::SMOKE_SECONDS, "fuzz::");
     }
     let net = !quick || args.iter().any(|a| a == "--net");
