@@ -384,7 +384,7 @@ pub fn switch(live: &mut TrapFrame, prev: Option<&mut TaskContext>, next: Next<'
         }
     };
     let area = fx.cur.as_ref().map_or(0, |b| &b.0 as *const [u8; FPU_AREA] as u64);
-    assert!(area % 64 == 0, "FPU area {area:#x} not 64-byte aligned");
+    assert!(area.is_multiple_of(64), "FPU area {area:#x} not 64-byte aligned");
     // SAFETY: per-CPU data exists (this runs in a task entry's handler on this CPU, which
     // `is_task_entry_frame` checked), and interrupts are off there (every gate is an interrupt
     // gate; `syscall` clears IF). `area` is 0 or the heap allocation of the `Box<FxArea>` now

@@ -465,7 +465,7 @@ pub fn user_write(paddr: u64, data: &[u8]) -> bool {
 /// An aligned 64-bit volatile store into task memory (see [`user_write`]).
 pub fn user_write_u64(paddr: u64, v: u64) -> bool {
     with_user(|u| {
-        if paddr % 8 != 0 || !all_user(u, paddr, 8) {
+        if !paddr.is_multiple_of(8) || !all_user(u, paddr, 8) {
             return false;
         }
         // SAFETY: as in `user_write`; aligned.
@@ -620,7 +620,7 @@ pub unsafe fn phys_write(paddr: u64, data: &[u8]) {
 /// (misaligned, or not a user frame: see [`phys_read`]).
 pub fn phys_read_u64(paddr: u64) -> u64 {
     with_user(|u| {
-        if paddr % 8 != 0 || !all_user(u, paddr, 8) {
+        if !paddr.is_multiple_of(8) || !all_user(u, paddr, 8) {
             return 0;
         }
         // SAFETY: as in `phys_read`; aligned.
@@ -634,7 +634,7 @@ pub fn phys_read_u64(paddr: u64) -> u64 {
 /// # Safety
 /// As for [`phys_write`].
 pub unsafe fn phys_write_u64(paddr: u64, v: u64) {
-    assert!(paddr % 8 == 0);
+    assert!(paddr.is_multiple_of(8));
     core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
     // SAFETY: forwarded to the caller; aligned.
     unsafe { core::ptr::write_volatile(p2v(paddr) as *mut u64, v) }

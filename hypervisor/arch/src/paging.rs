@@ -281,7 +281,7 @@ impl MapFlags {
 /// Mapping `phys` must not break memory safety: the caller owns that frame (or it is MMIO
 /// the caller drives), and nothing relies on `virt` being unmapped.
 pub unsafe fn map_page(virt: u64, phys: u64, flags: MapFlags) -> Result<(), PagingError> {
-    if virt % PAGE != 0 || phys % PAGE != 0 {
+    if !virt.is_multiple_of(PAGE) || !phys.is_multiple_of(PAGE) {
         return Err(PagingError::Misaligned);
     }
     with_space(|m| {

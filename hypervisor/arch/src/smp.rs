@@ -11,8 +11,7 @@ pub use crate::percpu::{cpu_index, PerCpu, MAX_CPUS};
 static ONLINE: AtomicUsize = AtomicUsize::new(0);
 static AP_ALIVE: AtomicU64 = AtomicU64::new(u64::MAX);
 static AP_HOOK: AtomicUsize = AtomicUsize::new(0);
-const NO_APIC: AtomicU32 = AtomicU32::new(u32::MAX);
-static CPU_APIC: [AtomicU32; MAX_CPUS] = [NO_APIC; MAX_CPUS];
+static CPU_APIC: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
 
 /// Set up this CPU's per-CPU block (GS base), its syscall stack and the syscall MSRs, as CPU
 /// `index`. Refused (`Busy`) for an index out of range or already taken: two CPUs sharing an
@@ -123,6 +122,7 @@ pub fn start_ap(index: usize, apic_id: u32) -> Result<(), &'static str> {
     Err("AP did not come up")
 }
 
+#[cfg_attr(not(feature = "kernel"), allow(dead_code))] // (used by the kernel build only)
 fn wait_alive(index: usize, ns: u64) -> Result<(), &'static str> {
     let t0 = crate::time::now_ns();
     while crate::time::now_ns() - t0 < ns {

@@ -94,14 +94,13 @@ struct GuestGprs {
 }
 
 
-const NO_VCPU: AtomicU64 = AtomicU64::new(0);
 /// Per CPU (by `smp::cpu_index`): the host VMSAVE page once SVM is on there (0 before), and the
 /// serial of the vCPU that last entered a guest there (TLB flush decisions). Plain atomics, no
 /// lock: `run` reads them with interrupts off, after the last point where its task could have
 /// been preempted and moved to another CPU (a spin lock there could be held by a preempted task
 /// on the same CPU).
-static HOST_VMSAVE: [AtomicU64; MAX_CPUS] = [NO_VCPU; MAX_CPUS];
-static LAST_VCPU_ON_CPU: [AtomicU64; MAX_CPUS] = [NO_VCPU; MAX_CPUS];
+static HOST_VMSAVE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static LAST_VCPU_ON_CPU: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 fn zeroed_frame() -> Result<u64, VirtError> {

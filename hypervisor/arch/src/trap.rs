@@ -195,8 +195,7 @@ pub fn vector_name(v: u64) -> &'static str {
 /// A device/timer interrupt handler. Runs with interrupts disabled on the IRQ IST stack.
 pub type IrqHandler = fn(&mut TrapFrame);
 
-const NO_HANDLER: AtomicUsize = AtomicUsize::new(0);
-static HANDLERS: [AtomicUsize; 256] = [NO_HANDLER; 256];
+static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
 /// Called after an IRQ handler for vectors >= 32 (the LAPIC EOI), set by `apic`.
 static EOI_HOOK: AtomicUsize = AtomicUsize::new(0);
 /// Optional kernel hook for exceptions (e.g. to kill a faulting user task). Returns true if
@@ -246,8 +245,11 @@ static mut IDT: InterruptDescriptorTable = InterruptDescriptorTable::new();
 
 extern "C" {
     static arch_trap_stubs: u8;
+    #[cfg_attr(not(feature = "kernel"), allow(dead_code))]
     static arch_probe_read_insn: u8;
+    #[cfg_attr(not(feature = "kernel"), allow(dead_code))]
     static arch_probe_write_insn: u8;
+    #[cfg_attr(not(feature = "kernel"), allow(dead_code))]
     static arch_probe_resume: u8;
     fn arch_probe_read(addr: u64) -> ProbeRet;
     fn arch_probe_write(addr: u64, val: u64) -> ProbeRet;
@@ -390,6 +392,7 @@ pub fn set_probe_dump(on: bool) {
     PRINT_DUMP_ON_PROBE.store(on as u64, Ordering::Relaxed);
 }
 
+#[cfg_attr(not(feature = "kernel"), allow(dead_code))] // (used by the kernel build only)
 fn try_recover_probe(f: &mut TrapFrame) -> bool {
     if f.vector != 14 && f.vector != 13 {
         return false;
@@ -472,6 +475,7 @@ impl core::fmt::Display for PfDecode<'_> {
 
 /// The end of the line for this CPU: switch the console to raw, lock-free output, print the
 /// dump and stop. Used for unhandled exceptions and, always, for NMI, #DF and #MC.
+#[cfg_attr(not(feature = "kernel"), allow(dead_code))] // (used by the kernel build only)
 fn fatal(f: &TrapFrame) -> ! {
     crate::serial::enter_panic_mode();
     print_dump(f, "- stopping this CPU");

@@ -84,7 +84,7 @@ impl UserRange {
 
     /// `pages` whole pages from page-aligned `start` (at least one).
     pub fn pages(start: u64, pages: u64) -> Result<UserRange, UserError> {
-        if start % PAGE != 0 || pages == 0 {
+        if !start.is_multiple_of(PAGE) || pages == 0 {
             return Err(UserError::Misaligned);
         }
         UserRange::new(start, pages.checked_mul(PAGE).ok_or(UserError::OutOfRange)?)
@@ -263,7 +263,7 @@ impl AddressSpace {
     /// Ring 3 gets access to `phys`: it must be memory the task may use (a frame it owns, or
     /// lent to it) that stays allocated while mapped, or device memory granted to it.
     unsafe fn map_raw(&mut self, virt: u64, phys: u64, kind: PageKind, writable: bool, executable: bool) -> Result<(), UserError> {
-        if virt % PAGE != 0 || phys % PAGE != 0 {
+        if !virt.is_multiple_of(PAGE) || !phys.is_multiple_of(PAGE) {
             return Err(UserError::Misaligned);
         }
         if virt >= USER_END {
@@ -330,7 +330,7 @@ impl AddressSpace {
     /// Map a fresh contiguous run over the pages of `r` (writable task RAM: DMA memory).
     /// Returns its first frame; every frame becomes the task's (see [`Self::map_fresh_frame`]).
     pub fn map_dma(&mut self, r: UserRange, run: FreshRun) -> Result<u64, UserError> {
-        if r.start() % PAGE != 0 || r.len() % PAGE != 0 || r.page_count() != run.pages() {
+        if !r.start().is_multiple_of(PAGE) || !r.len().is_multiple_of(PAGE) || r.page_count() != run.pages() {
             return Err(UserError::Misaligned);
         }
         for (i, v) in r.page_starts().enumerate() {
@@ -349,7 +349,7 @@ impl AddressSpace {
     /// RAM (see [`crate::memory::is_ram`]): whether the task was granted the device range is
     /// the caller's policy, but RAM never reaches ring 3 this way.
     pub fn map_device(&mut self, r: UserRange, phys: u64, writable: bool) -> Result<(), UserError> {
-        if r.start() % PAGE != 0 || r.len() % PAGE != 0 || r.is_empty() || phys % PAGE != 0 {
+        if !r.start().is_multiple_of(PAGE) || !r.len().is_multiple_of(PAGE) || r.is_empty() || !phys.is_multiple_of(PAGE) {
             return Err(UserError::Misaligned);
         }
         let pend = phys.checked_add(r.len()).ok_or(UserError::OutOfRange)?;
@@ -575,8 +575,8 @@ impl AddressSpace {
     /// first; one still loaded on another CPU is kept until that CPU switches away (its
     /// tables are freed at a later [`activate`]), so no CPU ever walks freed tables.
     pub fn destroy(self) {
+        // (`AddressSpace` has no `Drop`: its frames are given back here and nowhere else.)
         let pml4 = self.pml4;
-        core::mem::forget(self);
         if current_loaded() == pml4 {
             activate(None);
         }

@@ -340,9 +340,7 @@ pub fn enable_this_cpu() -> Result<&'static str, VirtError> {
 /// SVM runs under NPT and VMX only with the unrestricted-guest control: without it, 1.
 pub fn max_vcpus_per_vm() -> u8 {
     let f = crate::cpu::features();
-    if f.svm && f.npt {
-        8
-    } else if f.vmx && f.ept && crate::vmx::unrestricted_guest_available() {
+    if (f.svm && f.npt) || (f.vmx && f.ept && crate::vmx::unrestricted_guest_available()) {
         8
     } else {
         1

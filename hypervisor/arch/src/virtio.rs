@@ -177,13 +177,11 @@ pub fn has_net_at(index: usize) -> bool {
 /// uplink, after the fabric's NIC).
 pub fn find_net_at(index: usize) -> Option<(DeviceFunction, VirtioPciInfo)> {
     let mut root = crate::pci::root();
-    for f in crate::pci::scan().into_iter().filter(|f| virtio_drivers::transport::pci::virtio_device_type(&f.info) == Some(DeviceType::Network)).skip(index) {
-        let (_, cmd) = root.get_status_command(f.df);
-        use virtio_drivers::transport::pci::bus::Command;
-        root.set_command(f.df, cmd | Command::MEMORY_SPACE | Command::BUS_MASTER);
-        return VirtioPciInfo::read(f.df).ok().map(|i| (f.df, i));
-    }
-    None
+    let f = crate::pci::scan().into_iter().filter(|f| virtio_drivers::transport::pci::virtio_device_type(&f.info) == Some(DeviceType::Network)).nth(index)?;
+    let (_, cmd) = root.get_status_command(f.df);
+    use virtio_drivers::transport::pci::bus::Command;
+    root.set_command(f.df, cmd | Command::MEMORY_SPACE | Command::BUS_MASTER);
+    VirtioPciInfo::read(f.df).ok().map(|i| (f.df, i))
 }
 
 /// PCI command register bit 2: the function may master the bus (DMA, MSI-X writes).
