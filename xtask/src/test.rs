@@ -39,7 +39,7 @@ impl Tally {
     }
 
     /// Where the run's time went: per group (a test name's part before `::`, e.g. a boot path
-    /// or `fuzz`), the groups over 30 s, longest first. Figures only, never pass/fail.
+    /// or `fuzz`), the groups of 30 s or more, longest first. Figures only, never pass/fail.
     pub fn time_report(&self) -> String {
         let mut groups: Vec<(String, Duration, usize)> = Vec::new();
         for (name, took) in &self.steps {
@@ -54,8 +54,9 @@ impl Tally {
         }
         groups.sort_by(|a, b| b.1.cmp(&a.1));
         let all: Duration = self.steps.iter().map(|s| s.1).sum();
-        let mut out = format!("time: {:.0} s from the first step to the last result; groups over 30 s:", all.as_secs_f64());
-        for (g, d, n) in groups.iter().filter(|g| g.1 >= Duration::from_secs(30)) {
+        let long: Vec<_> = groups.iter().filter(|g| g.1 >= Duration::from_secs(30)).collect();
+        let mut out = format!("time: {:.0} s from the first step to the last result; groups of 30 s or more: {}", all.as_secs_f64(), if long.is_empty() { "none" } else { "" });
+        for (g, d, n) in long {
             out.push_str(&format!("\n  {:>6.0} s  {g} ({n} result{})", d.as_secs_f64(), if *n == 1 { "" } else { "s" }));
         }
         out

@@ -51,10 +51,13 @@ pub fn scan_rsdp() -> Option<u64> {
     let mut buf = [0u8; 20];
     let mut a = 0xe0000u64;
     while a < 0x100000 {
-        if mem.read(a, &mut buf[..8]).is_ok() && &buf[..8] == b"RSD PTR "
-            && mem.read(a, &mut buf).is_ok() && buf.iter().fold(0u8, |s, b| s.wrapping_add(*b)) == 0 {
-                return Some(a);
-            }
+        if mem.read(a, &mut buf[..8]).is_ok()
+            && &buf[..8] == b"RSD PTR "
+            && mem.read(a, &mut buf).is_ok()
+            && buf.iter().fold(0u8, |s, b| s.wrapping_add(*b)) == 0
+        {
+            return Some(a);
+        }
         a += 16;
     }
     None

@@ -514,6 +514,50 @@ fn compaction_does_not_wait_for_a_silent_follower() {
     }
 }
 
+/// The hold also ends once the log's commands reach an eighth of `max_log_bytes` (what a hold
+/// may cost `orchd`'s write budget): with 1 kB workloads and a 300 kB limit, a leader waiting
+/// for a follower (counted as heard) compacts before twice `snapshot_every` (at 43 entries
+/// past its snapshot in these seeds, held first).
+#[test]
+fn compaction_hold_ends_at_an_eighth_of_max_log_bytes() {
+    const EVERY: u64 = 32;
+    for seed in 0..5 {
+        let s = 560 + seed;
+        let cfg = crate::replica::ReplicaConfig { snapshot_every: EVERY, peer_down_after: secs(60), max_log_bytes: 300_000, ..crate::replica::ReplicaConfig::default() };
+        let mut sim = RaftSim::with_config(3, s, NetConfig::default(), 64, 65536, cfg);
+        sim.run_until(secs(3));
+        assert!(sim.admit_all());
+        sim.run_until(secs(5));
+        let leader = sim.leader().unwrap();
+        let (f, other) = ((leader + 1) % 3, (leader + 2) % 3);
+        let mut n = 0;
+        let mut put = |sim: &mut RaftSim| {
+            let mut w = RaftSim::workload(&format!("w{n}"), 1, 1);
+            w.env.push(("PAD".into(), "p".repeat(1000)));
+            assert!(sim.propose(Command::PutWorkload(w)), "seed {s}");
+            n += 1;
+            sim.run_until(sim.now + Duration::from_millis(200));
+        };
+        while past_snapshot(&sim, leader) < EVERY - 8 {
+            put(&mut sim);
+        }
+        let base = sim.replica(leader).unwrap().log().snapshot_position().index.get();
+        sim.partition(&[&[leader, other], &[f]]);
+        // (The hold ends at twice EVERY at the latest: the loop ends.)
+        while sim.replica(leader).unwrap().log().snapshot_position().index.get() == base {
+            put(&mut sim);
+        }
+        let l = sim.replica(leader).unwrap();
+        let at = l.log().snapshot_position().index.get() - base;
+        assert!(at < 2 * EVERY, "seed {s}: compacted only {at} entries past the snapshot: the byte bound did not end the hold");
+        assert!(l.compactions_held >= 1, "seed {s}: the compaction was not held first");
+        sim.heal();
+        sim.run_until(sim.now + secs(5));
+        assert!(sim.violations.is_empty(), "seed {s}: {:?}", sim.violations);
+        sim.converged().unwrap_or_else(|e| panic!("seed {s}: {e}"));
+    }
+}
+
 /// Three nodes compacting every 32 entries, with `peer_down_after` as given, admitted and
 /// settled: the simulator, its leader and the two followers.
 fn compaction_cluster(seed: u64, peer_down_after: Duration) -> (RaftSim, u64, u64, u64) {

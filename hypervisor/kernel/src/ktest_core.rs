@@ -262,7 +262,10 @@ pub fn sched_user_regs_survive_preemption(node: &Node) -> Result<(), String> {
 /// holding their patterns and then report to `ep`. Returns the server and the clients.
 fn spawn_fpu_trio(cpu: usize, ep: u64) -> Result<(u64, alloc::vec::Vec<u64>), String> {
     let (srv, sep) = spawn_uapp("fpu-echo", task::ROLE_FPU_ECHO, Affinity::only(cpu), true, &[])?;
-    let sep = sep.ok_or("the FPU echo server got no endpoint")?;
+    let Some(sep) = sep else {
+        task::kill_for_test(srv);
+        return Err("the FPU echo server got no endpoint".into());
+    };
     let mut clients = alloc::vec::Vec::new();
     for i in 0..2u64 {
         match spawn_uapp("fpu-client", task::ROLE_FPU_CLIENT, Affinity::only(cpu), false, &[task::send_cap(sep, 7 + i), task::send_cap(ep, 0)]) {
@@ -280,11 +283,11 @@ fn spawn_fpu_trio(cpu: usize, ep: u64) -> Result<(u64, alloc::vec::Vec<u64>), St
 
 /// The FPU clients' reports (label 0x600d, words: answers right, the client's broken holds,
 /// the server's broken holds as the client saw them, AVX used): 150 right answers and no
-/// broken hold on either side. `what` says how the tasks were switched, for the message.
+/// broken hold on either side. `what` says which tasks, for the message.
 fn fpu_reports_intact(reports: &[Message], what: &str) -> Result<(), String> {
     for m in reports {
         check(m.label == 0x600d && m.words[0] == 150, || format!("client report {m:?}: wrong answers"))?;
-        check(m.words[1] == 0 && m.words[2] == 0, || format!("FPU registers (vector, x87, MXCSR, x87 control word) of a ring-3 task changed {what}: client holds broken {}, server holds broken {} (avx {})", m.words[1], m.words[2], m.words[3]))?;
+        check(m.words[1] == 0 && m.words[2] == 0, || format!("FPU registers (vector, x87, MXCSR, x87 control word) of a ring-3 task {what} changed: client holds broken {}, server holds broken {} (avx {})", m.words[1], m.words[2], m.words[3]))?;
     }
     Ok(())
 }
@@ -315,7 +318,7 @@ pub fn sched_user_fpu_survives_ipc_and_preemption(node: &Node) -> Result<(), Str
     }
     task::kill_for_test(srv);
     let n = task::fastpath_handoffs() - before;
-    fpu_reports_intact(&reports, "across switches")?;
+    fpu_reports_intact(&reports, "switched on one CPU")?;
     log::info!(target: "ktest", "ring-3 FPU holds: 300 calls, {n} direct switches, avx {}", reports[0].words[3]);
     check(n >= 100, || format!("{n} direct switches for 300 calls on one CPU: the fastpath was not taken"))
 }

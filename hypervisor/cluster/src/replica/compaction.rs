@@ -10,6 +10,9 @@ use crate::desired::Command;
 
 use super::{Envelope, Replica, Snapshot};
 
+/// A held compaction ends once the log's commands reach `max_log_bytes` / this.
+const HOLD_BYTES_DIVISOR: u64 = 8;
+
 impl Replica {
     /// Log compaction: once `snapshot_every` entries were applied after the last snapshot,
     /// snapshot the state at the applied index and drop the log and commands up to it.
@@ -19,8 +22,9 @@ impl Replica {
     /// past the snapshot but before the applied index, compacting now would leave that
     /// follower only the whole snapshot (up to `SNAPSHOT_MAX` in chunks) for what a few
     /// entries bring; a slow follower is often just a reply behind. It waits for that follower
-    /// up to twice `snapshot_every` entries, or half `max_log_bytes` of commands, then compacts
-    /// anyway. (Only the leader sends entries and snapshots, so only it waits; a silent
+    /// up to twice `snapshot_every` entries, half `max_log_entries`, or an eighth of
+    /// `max_log_bytes` of commands (256 KiB on nodes: the log's commands count against
+    /// `orchd`'s write budget, so a hold may cost it at most that), then compacts anyway. (Only the leader sends entries and snapshots, so only it waits; a silent
     /// follower, down or cut off, is not waited for, and one whose log ends before the
     /// snapshot needs the snapshot whatever is kept.)
     pub(super) fn compact(&mut self, now: Duration) {
@@ -29,11 +33,14 @@ impl Replica {
         if self.applied_index < base.saturating_add(every) {
             return;
         }
-        let bound = self.applied_index >= base.saturating_add(every.saturating_mul(2)) || self.log_bytes >= self.cfg.max_log_bytes / 2;
+        let kept = self.node.log().last_position().index.get().saturating_sub(base);
+        let bound = self.applied_index >= base.saturating_add(every.saturating_mul(2))
+            || kept >= self.cfg.max_log_entries / 2
+            || self.log_bytes >= self.cfg.max_log_bytes / HOLD_BYTES_DIVISOR;
         if self.is_leader() && !bound {
             let applied = self.applied_index;
             let heard = |p: u64| self.follower_acks.get(&p).is_some_and(|sent| now.saturating_sub(*sent) < self.cfg.peer_down_after);
-            let needs_entries = self.node.peers().any(|p| heard(p.get()) && self.peer_log_end.get(&p.get()).is_some_and(|&end| end >= base && end < applied));
+            let needs_entries = self.node.peers().any(|p| heard(p.get()) && self.peer_log_end.get(&p.get()).is_some_and(|&(_, end)| end >= base && end < applied));
             if needs_entries {
                 if self.held_at != Some(base) {
                     self.held_at = Some(base);

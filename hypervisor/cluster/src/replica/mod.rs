@@ -71,7 +71,7 @@ pub struct ReplicaConfig {
     /// (crate::orch::NODE_SNAPSHOT_EVERY), the simulator every 4–32. A leader puts it off
     /// while a follower it heard lately has a log that ends inside the entries it would drop
     /// (that follower then gets entries, not the whole state), up to twice this many entries
-    /// or half `max_log_bytes`.
+    /// (bounds: `Replica::compact`).
     pub snapshot_every: u64,
     /// A leader grants leases only while a majority acknowledged it within this window
     /// (check-quorum; at most the election timeout, so a deposed leader stops first).
@@ -205,9 +205,9 @@ pub struct Replica {
     grants_sent: BTreeMap<ReplicaId, Duration>,
     /// Leader: the highest applied count each follower reported in this term.
     peer_applied: BTreeMap<ReplicaId, u64>,
-    /// Leader: where each follower's log ended in its latest AppendEntries reply of this term
-    /// (what compaction keeps for it: [`Replica::compact`]).
-    peer_log_end: BTreeMap<ReplicaId, u64>,
+    /// Leader: the seqno of each peer's latest AppendEntries reply of this term and where its
+    /// log ended then (what compaction keeps for it: [`Replica::compact`]).
+    peer_log_end: BTreeMap<ReplicaId, (u64, u64)>,
     /// Compactions put off because a follower still needed the entries (counted once per
     /// snapshot position put off).
     pub compactions_held: u64,
@@ -584,9 +584,14 @@ impl Replica {
                 }
                 let a = self.peer_applied.entry(env.from).or_insert(env.applied);
                 *a = (*a).max(env.applied);
-                if let Message::AppendEntriesReply { last_position, .. } = &env.message {
-                    // (The latest, not the highest: a follower's log can be cut back.)
-                    self.peer_log_end.insert(env.from, last_position.index.get());
+                // Where the follower's log ends, by its latest reply (by seqno: a reply that
+                // arrives late does not move it back; a log can be cut back, so not the
+                // highest end), for the configuration's peers only (bounded by it).
+                let seqno = header.seqno.get();
+                if self.node.peers().any(|p| p.get() == env.from) && self.peer_log_end.get(&env.from).is_none_or(|(s, _)| *s < seqno) {
+                    if let Message::AppendEntriesReply { last_position, .. } = &env.message {
+                        self.peer_log_end.insert(env.from, (seqno, last_position.index.get()));
+                    }
                 }
             }
             _ => {}
