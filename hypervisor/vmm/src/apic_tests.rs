@@ -336,7 +336,9 @@ fn ioapic_to_lapic_level_round_trip() {
 }
 
 /// Parse the MP table the way Linux's mpparse does (signatures, checksums, entry walk).
-fn parse(mem: &VecMemory) -> (Vec<(u8, bool)>, Vec<(u8, u16, u8)>, u8) {
+/// Returns the processors (APIC ID, BSP, feature flags), the I/O interrupt entries (IRQ, flags,
+/// pin) and the I/O APIC (ID, usable).
+fn parse(mem: &VecMemory) -> (Vec<(u8, bool, u32)>, Vec<(u8, u16, u8)>, (u8, bool)) {
     let mut fp = [0u8; 16];
     mem.read(MPTABLE_GPA, &mut fp).unwrap();
     assert_eq!(&fp[0..4], b"_MP_");
@@ -351,12 +353,12 @@ fn parse(mem: &VecMemory) -> (Vec<(u8, bool)>, Vec<(u8, u16, u8)>, u8) {
     assert_eq!(t.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
     assert_eq!(u32::from_le_bytes(t[36..40].try_into().unwrap()), 0xfee0_0000);
     let count = u16::from_le_bytes([t[34], t[35]]);
-    let (mut cpus, mut ints, mut io_id) = (Vec::new(), Vec::new(), 0xff);
+    let (mut cpus, mut ints, mut io_id, mut io_usable) = (Vec::new(), Vec::new(), 0xff, false);
     let mut off = 44;
     for _ in 0..count {
         match t[off] {
             0 => {
-                cpus.push((t[off + 1], t[off + 3] & 2 != 0));
+                cpus.push((t[off + 1], t[off + 3] & 2 != 0, u32::from_le_bytes(t[off + 8..off + 12].try_into().unwrap())));
                 off += 20
             }
             1 => {
@@ -365,6 +367,7 @@ fn parse(mem: &VecMemory) -> (Vec<(u8, bool)>, Vec<(u8, u16, u8)>, u8) {
             }
             2 => {
                 io_id = t[off + 1];
+                io_usable = t[off + 3] & 1 != 0;
                 assert_eq!(u32::from_le_bytes(t[off + 4..off + 8].try_into().unwrap()), 0xfec0_0000);
                 off += 8
             }
@@ -378,7 +381,7 @@ fn parse(mem: &VecMemory) -> (Vec<(u8, bool)>, Vec<(u8, u16, u8)>, u8) {
         }
     }
     assert_eq!(off, len);
-    (cpus, ints, io_id)
+    (cpus, ints, (io_id, io_usable))
 }
 
 #[test]
@@ -386,7 +389,8 @@ fn mptable_lists_every_cpu_the_ioapic_and_the_isa_irqs() {
     for n in 1..=MAX_VCPUS {
         let mut mem = VecMemory::new(0x10_0000);
         write_mptable(&mut mem, n, &[IsaIrq { irq: 5, level_triggered: true }, IsaIrq { irq: 4, level_triggered: false }]).unwrap();
-        let (cpus, ints, io_id) = parse(&mem);
+        let (cpus, ints, (io_id, io_usable)) = parse(&mem);
+        assert!(io_usable && cpus.iter().all(|c| c.2 & (1 << 9) != 0), "the APICs are usable");
         assert_eq!(cpus.len(), n as usize);
         assert!(cpus[0].1 && cpus.iter().skip(1).all(|c| !c.1), "only the first is the BSP");
         assert!(cpus.iter().enumerate().all(|(i, c)| c.0 == i as u8));
@@ -404,6 +408,22 @@ fn mptable_lists_every_cpu_the_ioapic_and_the_isa_irqs() {
     assert_eq!(build_mptable(2, &twice), Err(MpTableError::BadIrq));
     let mut small = VecMemory::new(0x9_0000);
     assert!(matches!(write_mptable(&mut small, 2, &[]), Err(MpTableError::Mem(_))));
+}
+
+/// A one-vCPU guest without APICs: one processor (the BSP, no APIC feature flag), the I/O
+/// APIC listed but unusable (Linux does not register it), still every ISA IRQ's entry (without
+/// them Linux warns and makes up defaults).
+#[test]
+fn pic_only_mptable_lists_one_cpu_and_an_unusable_ioapic() {
+    let mut mem = VecMemory::new(0x10_0000);
+    write_pic_only_mptable(&mut mem, &[IsaIrq { irq: 5, level_triggered: true }]).unwrap();
+    let (cpus, ints, (io_id, io_usable)) = parse(&mem);
+    assert_eq!(cpus, [(0, true, 1)], "one BSP with the FPU flag only");
+    assert_eq!((io_id, io_usable), (1, false));
+    assert_eq!(ints.len(), 15);
+    assert!(ints.contains(&(5, 0b1101, 5)));
+    let mut small = VecMemory::new(0x9_0000);
+    assert!(matches!(write_pic_only_mptable(&mut small, &[]), Err(MpTableError::Mem(_))));
 }
 
 #[test]

@@ -7,6 +7,15 @@
 //! first the BSP), bus 0 "ISA", the I/O APIC, one I/O interrupt entry per ISA IRQ (IRQ 0 → pin
 //! 2, as on PCs; the others to their own pin, edge or level as given), LINT0 = ExtINT, LINT1 =
 //! NMI on every local APIC.
+//!
+//! A guest without the APICs (one vCPU, the 8259 only) gets [`write_pic_only_mptable`]: the
+//! same layout with one processor and the I/O APIC marked unusable (flags 0: Linux does not
+//! register it). Why a table at all: without one, Linux searches the whole BIOS area
+//! 0xF0000–0xFFFFF for a floating pointer in 16-byte steps, each an `early_memremap` and unmap,
+//! which cost ~24 ms of a ~0.8 s boot under nested TCG (docs/vmm.md "Where the boot's time
+//! goes"); QEMU's firmware gives the direct reference a table, so its search stops here too.
+//! With a table Linux reads the local APIC's ID and version registers even when CPUID has no
+//! APIC, so such a guest's APIC page answers those reads (`devices::lapic::absent_apic_read`).
 
 use crate::devices::ioapic::{IOAPIC_BASE, IOAPIC_VERSION};
 use crate::devices::lapic::{APIC_DEFAULT_BASE, APIC_VERSION};
@@ -55,6 +64,15 @@ fn checksum(b: &[u8]) -> u8 {
 /// Build both structures for `cpus` vCPUs and the ISA IRQs in `irqs` (every other ISA IRQ gets
 /// an edge-triggered entry too). Returns the bytes written at [`MPTABLE_GPA`].
 pub fn build_mptable(cpus: u8, irqs: &[IsaIrq]) -> Result<Vec<u8>, MpTableError> {
+    build(cpus, irqs, true)
+}
+
+/// The table of a one-vCPU guest without local or I/O APIC (see the module comment).
+pub fn build_pic_only_mptable(irqs: &[IsaIrq]) -> Result<Vec<u8>, MpTableError> {
+    build(1, irqs, false)
+}
+
+fn build(cpus: u8, irqs: &[IsaIrq], apics: bool) -> Result<Vec<u8>, MpTableError> {
     if cpus == 0 || cpus > MAX_VCPUS {
         return Err(MpTableError::BadCpuCount);
     }
@@ -75,16 +93,21 @@ pub fn build_mptable(cpus: u8, irqs: &[IsaIrq]) -> Result<Vec<u8>, MpTableError>
         e[2] = APIC_VERSION as u8;
         e[3] = 1 | if c == 0 { 2 } else { 0 }; // enabled, BSP
         e[4..8].copy_from_slice(&0x0006_00f0u32.to_le_bytes()); // family 6 signature
-        e[8..12].copy_from_slice(&0x0000_0201u32.to_le_bytes()); // FPU, APIC feature flags
+        // Feature flags as CPUID leaf 1 EDX has them: FPU, and APIC when there is one.
+        let flags: u32 = if apics { 0x0000_0201 } else { 0x0000_0001 };
+        e[8..12].copy_from_slice(&flags.to_le_bytes());
         entries.extend_from_slice(&e);
         count += 1;
     }
     entries.extend_from_slice(&[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']); // bus 0 = ISA
     count += 1;
-    let mut e = [2u8, io_id, IOAPIC_VERSION as u8, 1, 0, 0, 0, 0]; // I/O APIC, usable
+    // The I/O APIC, usable (flags bit 0) only when the guest has one.
+    let mut e = [2u8, io_id, IOAPIC_VERSION as u8, u8::from(apics), 0, 0, 0, 0];
     e[4..8].copy_from_slice(&(IOAPIC_BASE as u32).to_le_bytes());
     entries.extend_from_slice(&e);
     count += 1;
+    // (Listed with an unusable I/O APIC too: a table without I/O interrupt entries makes
+    // Linux warn and make up ISA defaults.)
     for irq in 0..16u8 {
         // IRQ 2 is the 8259 cascade: no I/O APIC entry (pin 2 is the timer's).
         if irq == 2 {
@@ -133,5 +156,11 @@ pub fn build_mptable(cpus: u8, irqs: &[IsaIrq]) -> Result<Vec<u8>, MpTableError>
 /// Build the tables and write them to guest memory at [`MPTABLE_GPA`].
 pub fn write_mptable(mem: &mut dyn GuestMemory, cpus: u8, irqs: &[IsaIrq]) -> Result<(), MpTableError> {
     let t = build_mptable(cpus, irqs)?;
+    mem.write(MPTABLE_GPA, &t).map_err(MpTableError::Mem)
+}
+
+/// [`build_pic_only_mptable`] written to guest memory at [`MPTABLE_GPA`].
+pub fn write_pic_only_mptable(mem: &mut dyn GuestMemory, irqs: &[IsaIrq]) -> Result<(), MpTableError> {
+    let t = build_pic_only_mptable(irqs)?;
     mem.write(MPTABLE_GPA, &t).map_err(MpTableError::Mem)
 }

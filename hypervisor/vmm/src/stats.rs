@@ -73,6 +73,8 @@ pub struct Stats {
     pub unknown_msrs: BTreeMap<u32, u64>,
     pub unknown_msr_total: u64,
     pub wild_mmio: u64,
+    /// MMIO to the local APIC page of a guest without one (`devices::lapic::absent_apic_read`).
+    pub absent_apic_mmio: u64,
     pub exceptions_injected: u64,
     pub irqs_injected: u64,
     pub string_io_iterations: u64,

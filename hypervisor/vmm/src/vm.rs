@@ -278,15 +278,17 @@ impl MicroVm {
         String::from(s.trim_end())
     }
 
-    /// Write the guest's platform tables (the MP table, with `cfg.apic`) into its memory;
-    /// call after the boot loader. virtio IRQs are level-triggered on the I/O APIC.
+    /// Write the guest's platform tables (the MP table) into its memory; call after the boot
+    /// loader. virtio IRQs are level-triggered on the I/O APIC. Without `cfg.apic` the table
+    /// says one processor and an unusable I/O APIC (crate::mptable: it spares Linux the BIOS
+    /// area's search).
     pub fn write_platform_tables(&self, mem: &mut dyn GuestMemory) -> Result<(), crate::mptable::MpTableError> {
-        if self.apic.is_none() {
-            return Ok(());
-        }
         let mut irqs: Vec<crate::mptable::IsaIrq> = Vec::new();
         for d in &self.virtio {
             irqs.push(crate::mptable::IsaIrq { irq: d.irq, level_triggered: true });
+        }
+        if self.apic.is_none() {
+            return crate::mptable::write_pic_only_mptable(mem, &irqs);
         }
         crate::mptable::write_mptable(mem, self.cfg.vcpus, &irqs)
     }
@@ -987,6 +989,16 @@ impl MicroVm {
             }
             cpu.advance_rip(insn.len() as u64);
             self.sync_irqs();
+            return Ok(Action::Resume);
+        }
+        if self.apic.is_none() && crate::devices::lapic::in_absent_apic_page(gpa) {
+            // The page of the local APIC the MP table names but CPUID does not offer: reads
+            // of its ID and version answer, the rest reads 0, writes are dropped.
+            self.stats.absent_apic_mmio += 1;
+            if let MmioOp::Load { .. } = op {
+                complete_load(cpu, &op, crate::devices::lapic::absent_apic_read(gpa - crate::devices::lapic::APIC_DEFAULT_BASE));
+            }
+            cpu.advance_rip(insn.len() as u64);
             return Ok(Action::Resume);
         }
         let dev = self.virtio.iter_mut().find(|d| d.contains(gpa));

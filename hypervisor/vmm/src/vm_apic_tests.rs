@@ -160,8 +160,11 @@ fn the_8259_reaches_vcpu0_through_lint0_until_it_is_masked() {
     assert_eq!(next_irq(&mut vm, 0), None);
 }
 
+/// Without `apic`: one vCPU, no APIC model, CPUID offers no APIC; the MP table lists one
+/// processor and an unusable I/O APIC; the APIC page answers only what Linux's MP-table parser
+/// reads (ID 0, the version), drops writes, and the page after it is wild MMIO.
 #[test]
-fn without_apic_nothing_changes() {
+fn without_apic_one_vcpu_and_a_pic_only_mp_table() {
     let mut cfg = VmConfig::new("up", 0x10_0000, 1_000_000_000);
     cfg.vcpus = 4;
     // (Asking CPUID for the APIC without `apic` offers nothing: there is no model behind it.)
@@ -169,7 +172,11 @@ fn without_apic_nothing_changes() {
     let mut vm = MicroVm::new(cfg, &host_cpuid);
     let mut mem = VecMemory::new(0x10_0000);
     vm.write_platform_tables(&mut mem).unwrap();
-    assert_eq!(mem.read_u32(crate::mptable::MPTABLE_GPA).unwrap(), 0, "no MP table");
+    // (Its entries: apic_tests::pic_only_mptable_lists_one_cpu_and_an_unusable_ioapic.)
+    let want = crate::mptable::build_pic_only_mptable(&[crate::mptable::IsaIrq { irq: crate::vm::VIRTIO_IRQS[0], level_triggered: true }]).unwrap();
+    let mut table = alloc::vec![0u8; want.len()];
+    mem.read(crate::mptable::MPTABLE_GPA, &mut table).unwrap();
+    assert_eq!(table, want, "the PIC-only MP table");
     assert_eq!(vm.cfg.vcpus, 1);
     assert!(vm.apic_bus().is_none());
     // CPUID offers neither the APIC nor its TSC-deadline timer.
@@ -178,10 +185,20 @@ fn without_apic_nothing_changes() {
     c.rax = 1;
     assert_eq!(vm.handle_exit(Exit::Cpuid, &mut c, &mut mem, 0), Ok(Action::Resume));
     assert_eq!((c.rdx & (1 << 9), c.rcx & (1 << 24)), (0, 0), "APIC / TSC-deadline offered");
-    // The APIC window is wild MMIO, IA32_APIC_BASE #GPs.
-    mem.write(CODE, &[0x8b, 0x05, 0x20, 0, 0xe0, 0xfe]).unwrap();
+    // The APIC page: ID 0, the version as in the table, 0 elsewhere; a write changes nothing.
+    assert_eq!(mmio32(&mut vm, &mut mem, 0, LAPIC + 0x20, None), 0);
+    assert_eq!(mmio32(&mut vm, &mut mem, 0, LAPIC + 0x30, None), crate::devices::lapic::APIC_VERSION);
+    assert_eq!(mmio32(&mut vm, &mut mem, 0, LAPIC + 0xf0, None), 0);
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0x20, Some(0x0500_0000));
+    mmio32(&mut vm, &mut mem, 0, LAPIC + 0xf0, Some(0x1ff));
+    assert_eq!(mmio32(&mut vm, &mut mem, 0, LAPIC + 0x20, None), 0);
+    assert_eq!(mmio32(&mut vm, &mut mem, 0, LAPIC + 0xf0, None), 0);
+    assert_eq!(vm.stats().absent_apic_mmio, 7);
+    assert_eq!(vm.stats().wild_mmio, 0);
+    // Past the page: wild MMIO.
+    mem.write(CODE, &[0x8b, 0x05, 0x00, 0x10, 0xe0, 0xfe]).unwrap();
     let mut c = cpu32();
-    let r = vm.handle_exit(Exit::Mmio { gpa: 0xfee0_0020, write_hint: Some(false) }, &mut c, &mut mem, 0);
+    let r = vm.handle_exit(Exit::Mmio { gpa: 0xfee0_1000, write_hint: Some(false) }, &mut c, &mut mem, 0);
     assert!(matches!(r, Ok(Action::Stop(StopReason::GuestFault(GuestFault::WildMmio { .. })))), "{r:?}");
 }
 

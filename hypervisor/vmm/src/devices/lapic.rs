@@ -196,6 +196,25 @@ fn highest(v: &[u32; 8]) -> Option<u8> {
     (0..8).rev().find(|&i| v[i] != 0).map(|i| (i as u32 * 32 + 31 - v[i].leading_zeros()) as u8)
 }
 
+/// Whether `gpa` is in the local APIC's page (for a guest that has none: see
+/// [`absent_apic_read`]).
+pub fn in_absent_apic_page(gpa: u64) -> bool {
+    (APIC_DEFAULT_BASE..APIC_DEFAULT_BASE + APIC_MMIO_SIZE).contains(&gpa)
+}
+
+/// A read at `offset` in the local APIC page of a guest that has no local APIC (no CPUID APIC
+/// bit) but an MP table naming one (`crate::mptable::write_pic_only_mptable`): Linux's MP
+/// table parser reads the boot CPU's APIC ID and version before it sees that CPUID has no
+/// APIC. ID 0 and [`APIC_VERSION`] (as in the table, so that Linux finds no mismatch), every
+/// other byte 0; writes are dropped. Stateless: nothing a guest does here changes anything.
+pub fn absent_apic_read(offset: u64) -> u64 {
+    if offset == u64::from(VERSION) << 4 {
+        u64::from(APIC_VERSION)
+    } else {
+        0
+    }
+}
+
 impl LocalApic {
     /// APIC of vCPU `id` (its APIC ID); `bsp` marks the boot processor. Starts in xAPIC mode,
     /// enabled, at the default base, as after power-on.
