@@ -10,7 +10,10 @@
 //! - larger workloads are placed first (total memory, then vCPUs, then name), which packs better
 //!   than input order; each replica goes to the eligible node with the most memory left after
 //!   it, then most vCPUs left, then one whose store already holds the workload's image (no
-//!   copy over the fabric), then the smallest key, which spreads load.
+//!   copy over the fabric), then the smallest key, which spreads load — except that a node
+//!   holding the image whose free memory is within an eighth of the roomiest eligible node's
+//!   ([`HOLDER_ROOM_SHARE`]) wins over nodes that do not hold it: a copy costs seconds to
+//!   minutes of a replacement's start, a little less room costs little.
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -28,6 +31,11 @@ pub struct NodeCapacity {
     /// [`IMAGES_MAX`]): among nodes otherwise equal, a holder of the workload's image wins.
     pub images: Vec<[u8; 32]>,
 }
+
+/// A node holding a workload's image is preferred over roomier nodes that do not hold it as
+/// long as its free memory is at least `1 - 1/HOLDER_ROOM_SHARE` of the roomiest eligible
+/// node's (7/8: with 8 GiB free on the roomiest, a holder with 7 GiB free wins).
+pub const HOLDER_ROOM_SHARE: u64 = 8;
 
 /// Image digests a node reports ([`crate::raft_codec::Wire::Capacity`]: they fit one
 /// datagram with the rest).
@@ -164,17 +172,20 @@ pub fn place(nodes: &[NodeCapacity], workloads: &[WorkloadDemand]) -> Plan {
         let mut used = alloc::vec![false; free.len()];
         for replica in 0..w.replicas {
             // Enough eligible nodes were counted above and each replica takes a new one.
-            let best = (0..free.len())
-                .filter(|&i| !used[i] && fits(&free[i], w))
-                .max_by(|&a, &b| {
-                    let (na, nb) = (&free[a], &free[b]);
-                    (na.free_mem_mib, na.free_vcpus)
-                        .cmp(&(nb.free_mem_mib, nb.free_vcpus))
-                        // Equal room: a node that holds the image (no copy to wait for), then
-                        // the smaller key (max_by keeps the last maximum).
-                        .then(na.images.contains(&w.image).cmp(&nb.images.contains(&w.image)))
-                        .then(nb.key.cmp(&na.key))
-                });
+            let eligible = || (0..free.len()).filter(|&i| !used[i] && fits(&free[i], w));
+            let roomiest = eligible().map(|i| free[i].free_mem_mib).max().unwrap_or(0);
+            let near_holder = |n: &NodeCapacity| n.images.contains(&w.image) && n.free_mem_mib >= roomiest - roomiest / HOLDER_ROOM_SHARE;
+            let best = eligible().max_by(|&a, &b| {
+                let (na, nb) = (&free[a], &free[b]);
+                // A holder near the most room first (see HOLDER_ROOM_SHARE), then room.
+                near_holder(na)
+                    .cmp(&near_holder(nb))
+                    .then((na.free_mem_mib, na.free_vcpus).cmp(&(nb.free_mem_mib, nb.free_vcpus)))
+                    // Equal room: a node that holds the image (no copy to wait for), then the
+                    // smaller key (max_by keeps the last maximum).
+                    .then(na.images.contains(&w.image).cmp(&nb.images.contains(&w.image)))
+                    .then(nb.key.cmp(&na.key))
+            });
             let Some(i) = best else { break };
             used[i] = true;
             free[i].free_vcpus -= w.vcpus;
@@ -485,9 +496,23 @@ mod tests {
         assert_eq!(on(&place(&equal, &[demand("d", 3, x, vec![])])), sorted(vec![third, sim_key(2), sim_key(3)]));
         // A constraint keeps a holder out.
         assert_eq!(on(&place(&equal, &[demand("e", 1, x, vec![Constraint::NotOnNode(sim_key(2)), Constraint::NotOnNode(sim_key(3))])])), vec![third]);
-        // Room first: a non-holder with more memory left wins.
+        // Room first: a non-holder with much more memory left wins...
         let roomy = [node(0, 8192, &[]), node(1, 4096, &[x])];
         assert_eq!(on(&place(&roomy, &[demand("f", 1, x, vec![])])), vec![sim_key(0)]);
+        // ... but not one with less than an eighth more: 7/8 of 8192 is 7168.
+        let near = [node(0, 8192, &[]), node(1, 7168, &[x]), node(2, 7000, &[x])];
+        assert_eq!(on(&place(&near, &[demand("g", 1, x, vec![])])), vec![sim_key(1)], "the roomier of the near holders");
+        let far = [node(0, 8192, &[]), node(1, 7167, &[x])];
+        assert_eq!(on(&place(&far, &[demand("h", 1, x, vec![])])), vec![sim_key(0)]);
+        // Two replicas: the near holder, then (the holder taken) the most room.
+        assert_eq!(on(&place(&near, &[demand("i", 2, x, vec![])])), sorted(vec![sim_key(0), sim_key(1)]));
+        // A near holder that does not fit (vCPUs) is not chosen; the band is measured among
+        // the nodes that fit.
+        let mut tight = near.clone();
+        tight[1].free_vcpus = 0;
+        assert_eq!(on(&place(&tight, &[demand("j", 1, x, vec![])])), vec![sim_key(0)], "7000 is outside the band of 8192");
+        let only_holders = [node(1, 7168, &[x]), node(2, 7000, &[x]), node(3, 6000, &[])];
+        assert_eq!(on(&place(&only_holders, &[demand("k", 1, x, vec![])])), vec![sim_key(1)]);
         // Same plan whatever the order of the nodes and of each node's images.
         let mut rev: Vec<NodeCapacity> = equal.iter().rev().cloned().collect();
         for n in &mut rev {

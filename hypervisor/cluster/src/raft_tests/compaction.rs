@@ -201,11 +201,13 @@ fn put_one(sim: &mut RaftSim, n: &mut u32, seed: u64, pad: usize) {
     sim.run_until(sim.now + Duration::from_millis(200));
 }
 
-/// The chaos schedules compact (every 4–32 entries) and lagging followers install snapshots.
+/// The chaos schedules compact (every 4–32 entries) and lagging followers install snapshots
+/// (40 seeds: in 20 the largest snapshot may fit one window, as after the holder band of
+/// `placement::HOLDER_ROOM_SHARE` moved some of their replicas).
 #[test]
 fn chaos_schedules_take_and_install_snapshots() {
     let (mut taken, mut installed, mut chunks, mut assembled, mut largest) = (0, 0, 0, 0, 0);
-    for seed in 0..20 {
+    for seed in 0..40 {
         let st = crate::raft_sim::raft_chaos(seed).unwrap();
         taken += st.snapshots_taken;
         installed += st.snapshots_installed;
