@@ -371,7 +371,7 @@ fn vec_heap<T>(v: &[T]) -> u64 {
     if v.is_empty() {
         0
     } else {
-        (v.len() * core::mem::size_of::<T>()) as u64 + 16
+        core::mem::size_of_val(v) as u64 + 16
     }
 }
 

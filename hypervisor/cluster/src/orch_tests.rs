@@ -11,6 +11,9 @@ use core::time::Duration;
 use super::*;
 use crate::desired::RestartPolicy;
 
+/// The replicas an `orchd`-less node's workd still runs, and its last lease deadline.
+type Orphans = (Duration, BTreeSet<(String, u32)>);
+
 struct Net {
     nodes: Vec<Option<Orch>>,
     keys: Vec<NodeKey>,
@@ -25,7 +28,7 @@ struct Net {
     drop_per_mille: u64,
     /// Nodes whose `orchd` alone died ([`Net::kill_orchd`]): the replicas their workd still
     /// runs and the lease deadline the dead `orchd` last told it (workd stops them there).
-    orphaned: Vec<Option<(Duration, BTreeSet<(String, u32)>)>>,
+    orphaned: Vec<Option<Orphans>>,
     /// Partitions: nodes of different groups cannot talk (all 0: none).
     groups: Vec<u32>,
     /// Pairs of nodes that cannot talk (either way), whatever their groups.

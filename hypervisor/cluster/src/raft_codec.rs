@@ -76,6 +76,7 @@ pub const EXTRA_MAX: usize = 40;
 
 /// One datagram between `orchd`s.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // decoded, handled and dropped one at a time
 pub enum Wire {
     Raft(Envelope),
     /// A node that is not the leader forwards a write (the API's) to the leader.

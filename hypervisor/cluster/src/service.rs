@@ -243,9 +243,7 @@ mod tests {
         // 2026-12-04, it could answer this node's pull)
         assert!(hand.unsure_todo(None, 8).is_empty(), "no re-admission before a state");
         // the state arrives: 4 is removed (and 3 was removed and admitted again)
-        let mut st = DesiredState::default();
-        st.node_order = file.to_vec();
-        st.nodes = [k(1), k(2), k(3)].into_iter().collect();
+        let st = DesiredState { node_order: file.to_vec(), nodes: [k(1), k(2), k(3)].into_iter().collect(), ..DesiredState::default() };
         assert_eq!(hand.unsure_todo(Some(&st), 1).len(), 1, "bounded per turn");
         assert_eq!(hand.unsure_todo(Some(&st), 8), vec![PeerChange::Admit([2; 32]), PeerChange::Admit([3; 32])]);
         hand.done(PeerChange::Admit([2; 32]));

@@ -138,6 +138,10 @@ pub struct RaftSim {
     pub snapshots_assembled: u64,
     /// The longest snapshot assembled (bytes).
     pub largest_snapshot: usize,
+    /// Replicas the leaders' schedulers assigned (proposed), and of those the ones assigned to
+    /// a node whose store lacks the workload's image (a copy over the fabric on a node).
+    pub assigns: u64,
+    pub assigns_without_image: u64,
     /// Pulled states installed by nodes that crashed since (crate::replica::Catchup).
     pulls_gone: u64,
     /// Slots below this are the cluster file's members as `netd` knows them: a restarted
@@ -200,6 +204,8 @@ impl RaftSim {
             removing: BTreeSet::new(),
             voters_taken_out: 0,
             voters_added_back: 0,
+            assigns: 0,
+            assigns_without_image: 0,
             removed: BTreeSet::new(),
             violations: Vec::new(),
             trace: Vec::new(),
@@ -223,6 +229,10 @@ impl RaftSim {
 
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
     }
 
     pub fn replica(&self, id: ReplicaId) -> Option<&Replica> {
@@ -567,8 +577,18 @@ impl RaftSim {
         }
         let cmds = reconcile(r.state(), r, now, &self.lease, &slots);
         for c in cmds {
+            let without_image = match &c {
+                Command::Assign { workload, node, .. } => Some(
+                    r.state().workloads.get(workload).is_some_and(|w| !slots.iter().any(|s| s.capacity.key == *node && s.capacity.images.contains(&w.image))),
+                ),
+                _ => None,
+            };
             if r.propose(now, c).is_err() {
                 break;
+            }
+            if let Some(without) = without_image {
+                self.assigns += 1;
+                self.assigns_without_image += u64::from(without);
             }
         }
         self.flush(id);

@@ -47,7 +47,7 @@ impl RaftSim {
     /// Node `id`'s assignments in its own applied state, while its lease holds.
     fn assigned_on(&self, id: ReplicaId) -> Vec<(String, u32)> {
         let Some(r) = self.slots[id as usize].replica.as_ref() else { return Vec::new() };
-        if !r.lease_until(self.now, self.lease.lease).is_some_and(|t| t > self.now) {
+        if r.lease_until(self.now, self.lease.lease).is_none_or(|t| t <= self.now) {
             return Vec::new();
         }
         let st = r.state();

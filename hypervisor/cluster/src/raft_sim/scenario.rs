@@ -172,7 +172,7 @@ pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> 
             return (sim, Err(format!("seed {seed}: no leader to admit the nodes")));
         }
     }
-    sim.chaos(30, 20, seed % 3 == 0);
+    sim.chaos(30, 20, seed.is_multiple_of(3));
     if let Some(v) = sim.violations.first() {
         let e = format!("seed {seed}: {v} ({} violations)", sim.violations.len());
         return (sim, Err(e));
@@ -202,6 +202,9 @@ pub struct ChaosStats {
     pub pulls_installed: u64,
     /// Compactions leaders put off for a follower a few entries behind.
     pub compactions_held: u64,
+    /// Replicas assigned, and of those to a node without the workload's image.
+    pub assigns: u64,
+    pub assigns_without_image: u64,
 }
 
 /// [`raft_chaos_run`] without the simulator.
@@ -217,5 +220,5 @@ pub fn raft_chaos(seed: u64) -> Result<ChaosStats, String> {
             return Err(format!("seed {seed}: node {s} (id {}) is not a voter at the end: {voters:?}", sim.raft_id(s)));
         }
     }
-    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts(), removals: sim.removals_proposed, voters_taken_out: sim.voters_taken_out, voters_added_back: sim.voters_added_back, pulls_installed: sim.pulls_installed(), compactions_held: sim.compactions_held() })
+    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts(), removals: sim.removals_proposed, voters_taken_out: sim.voters_taken_out, voters_added_back: sim.voters_added_back, pulls_installed: sim.pulls_installed(), compactions_held: sim.compactions_held(), assigns: sim.assigns, assigns_without_image: sim.assigns_without_image })
 }

@@ -34,6 +34,7 @@ pub(super) const ANSWERED_KEPT: usize = 64;
 
 /// What the catch-up pull sends ([`Replica::take_catchup`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // a few at a time, each sent at once: boxing buys nothing
 pub enum Catchup {
     /// Ask member `to` for its state: `crate::raft_codec::Wire::Pull`.
     Ask { from: ReplicaId, to: ReplicaId, applied: u64 },

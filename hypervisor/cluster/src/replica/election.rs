@@ -60,7 +60,7 @@ impl Replica {
                 // The term is not compared: a candidate behind in term learns the term from the
                 // real election's refusals, and nobody's term moves here.
                 let granted = !self.is_leader()
-                    && !self.leader_heard.is_some_and(|t| now.saturating_sub(t) < self.cfg.election_min)
+                    && self.leader_heard.is_none_or(|t| now.saturating_sub(t) >= self.cfg.election_min)
                     && self.node.log().last_position() <= last_position;
                 let header = MessageHeader { from: NodeId::new(self.id), term: header.term, seqno: header.seqno };
                 let message = Message::RequestVoteReply { header, vote_granted: granted };

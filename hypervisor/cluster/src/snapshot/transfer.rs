@@ -199,6 +199,9 @@ impl SnapshotSender {
         let Some(snap) = &env.snapshot else { return encode_within(&env, DATAGRAM_MAX).into_iter().collect() };
         let Message::AppendEntriesCall { header, commit_index, .. } = &env.message else { return Vec::new() };
         let pinned = pulled_for.and_then(|(has, now)| self.cache.as_ref().filter(|c| c.pulled_at.is_some_and(|t| now.saturating_sub(t) < PULL_PIN)).map(|c| (c.position, has)));
+        // (Not collapsed into a guard: a pinned older snapshot the asker lacks must not fall
+        // through to the next arm, which would replace it.)
+        #[allow(clippy::collapsible_match)]
         match pinned {
             // A pulled answer is being sent from an older snapshot: this one gets it too, or
             // nothing if it has it (replacing it would restart the transfer in progress).
@@ -301,7 +304,7 @@ impl SnapshotSender {
             return Vec::new();
         }
         // Only chunk boundaries the leader sent can be acknowledged.
-        if ack.next as usize % CHUNK_LEN != 0 || ack.next > t.sent {
+        if !(ack.next as usize).is_multiple_of(CHUNK_LEN) || ack.next > t.sent {
             return Vec::new();
         }
         t.last_ack = Some(ack.next);
@@ -569,11 +572,11 @@ mod tests {
                     to_rx.extend(tx.datagrams(env_with(s.clone(), 2)));
                 }
                 // Deliver one datagram picked at random (reorders), maybe dropped or doubled.
-                let toward_rx = !to_rx.is_empty() && (to_tx.is_empty() || rnd(&mut seed_state) % 2 == 0);
+                let toward_rx = !to_rx.is_empty() && (to_tx.is_empty() || rnd(&mut seed_state).is_multiple_of(2));
                 let q = if toward_rx { &mut to_rx } else { &mut to_tx };
                 let i = (rnd(&mut seed_state) as usize) % q.len();
-                let b = if rnd(&mut seed_state) % 10 == 0 { q[i].clone() } else { q.swap_remove(i) };
-                if rnd(&mut seed_state) % 5 == 0 {
+                let b = if rnd(&mut seed_state).is_multiple_of(10) { q[i].clone() } else { q.swap_remove(i) };
+                if rnd(&mut seed_state).is_multiple_of(5) {
                     continue;
                 }
                 match decode(&b) {
@@ -830,7 +833,7 @@ mod tests {
                 let at = (rnd(&mut seed) as usize) % b.len();
                 b[at] ^= 1 << (rnd(&mut seed) % 8);
             }
-            if rnd(&mut seed) % 4 == 0 {
+            if rnd(&mut seed).is_multiple_of(4) {
                 b.truncate((rnd(&mut seed) as usize) % b.len());
             }
             if let Ok(Wire::SnapChunk(c)) = decode(&b) {
