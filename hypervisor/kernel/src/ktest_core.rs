@@ -33,8 +33,8 @@ pub fn sched_tasks_on_every_cpu(node: &Node) -> Result<(), String> {
     for id in ids {
         task::join(id, 5 * SEC).ok_or("task did not finish")?;
     }
-    for c in 0..node.cpus {
-        let s = SEEN[c].load(Ordering::SeqCst);
+    for (c, seen) in SEEN.iter().enumerate().take(node.cpus) {
+        let s = seen.load(Ordering::SeqCst);
         check(s == c, || format!("task pinned to cpu {c} ran on {s}"))?;
     }
     Ok(())
@@ -354,9 +354,9 @@ pub fn sched_fpu_follows_a_migrating_task(node: &Node) -> Result<(), String> {
         // server every other one.
         turn += 1;
         for &c in &clients {
-            task::set_affinity_for_test(c, Affinity::only(if turn % 2 == 0 { a } else { b }));
+            task::set_affinity_for_test(c, Affinity::only(if turn.is_multiple_of(2) { a } else { b }));
         }
-        task::set_affinity_for_test(srv, Affinity::only(if (turn / 2) % 2 == 0 { a } else { b }));
+        task::set_affinity_for_test(srv, Affinity::only(if (turn / 2).is_multiple_of(2) { a } else { b }));
         for (i, &c) in clients.iter().enumerate() {
             let now = task::cpu_of(c);
             if now.is_some() && now != last[i] {

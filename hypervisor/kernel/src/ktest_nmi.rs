@@ -32,7 +32,7 @@ fn nmi_vm(_: u64) {
         let io = crate::task::ioapic_phys().ok_or("no IOAPIC in ACPI")?;
         let dest = smp::apic_id_of(smp::cpu_index()).ok_or("no APIC id for this CPU")?;
         // 25 ms of TSC ticks per round, in units of 1024 ticks (the guest shifts EBX left 10).
-        let per_round = (time::tsc_hz() / 40 >> 10).clamp(1, u32::MAX as u64) as u32;
+        let per_round = ((time::tsc_hz() / 40) >> 10).clamp(1, u32::MAX as u64) as u32;
         let n0 = trap::nmi_count();
         // Mode 0 first (its output goes low), then unmask: the one rising edge is the deadline.
         time::pit_one_shot(PIT_TICKS);

@@ -51,7 +51,9 @@ fn release(spaces: Vec<AddressSpace>, frames: &[u64]) {
 pub fn pcid_a_page_moved_while_its_space_was_away_is_read_anew(_: &Node) -> Result<(), String> {
     let (mut s, f1) = space_with(0x1111_1111)?;
     let (other, g) = space_with(0x2222_2222)?;
-    let r = cpu::without_interrupts(|| -> Result<(u64, Option<u64>, Option<u64>, Option<u64>), String> {
+    // (the new frame, our first read, the other space's read, ours after the move)
+    type Reads = (u64, Option<u64>, Option<u64>, Option<u64>);
+    let r = cpu::without_interrupts(|| -> Result<Reads, String> {
         uspace::switch_cr3(Some(&s));
         let first = s.read_as_loaded(VA);
         uspace::switch_cr3(Some(&other));
@@ -154,7 +156,8 @@ pub fn pcid_flushes_a_space_exactly_when_it_changed(_: &Node) -> Result<(), Stri
     }
     // (step, flushed, PCID, value read)
     type Step = (&'static str, Option<(u16, bool)>, Option<u64>);
-    let r = cpu::without_interrupts(|| -> Result<(Vec<Step>, Option<bool>, Vec<u64>), String> {
+    type Outcome = (Vec<Step>, Option<bool>, Vec<u64>);
+    let r = cpu::without_interrupts(|| -> Result<Outcome, String> {
         let mut steps: Vec<Step> = Vec::new();
         let mut new_frames = Vec::new();
         let load = |steps: &mut Vec<Step>, what: &'static str, sp: &AddressSpace| {

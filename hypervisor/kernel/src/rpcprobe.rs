@@ -57,8 +57,10 @@ pub static USER_NETD: AtomicBool = AtomicBool::new(false);
 /// Set by a probe when `netd` should log its reliability counters.
 pub static REPORT: AtomicBool = AtomicBool::new(false);
 
+/// A peer's name and fabric address.
+type Peer = (alloc::string::String, Ipv6Addr);
 /// `rpctest`'s targets: (peer name, its rpcsvc /128, ghost name and its echo /128).
-pub static TEST: Mutex<Option<(alloc::string::String, Ipv6Addr, Option<(alloc::string::String, Ipv6Addr)>)>> = Mutex::new(None);
+pub static TEST: Mutex<Option<(alloc::string::String, Ipv6Addr, Option<Peer>)>> = Mutex::new(None);
 /// `rpcquota`'s target: (peer name, its rpcsvc /128).
 pub static QUOTA: Mutex<Option<(alloc::string::String, Ipv6Addr)>> = Mutex::new(None);
 /// The held calls' outcomes: (result label, ms).
@@ -229,7 +231,7 @@ pub fn rpcquota(fill: u64) {
                     break;
                 }
                 Ok(_) => {}
-                Err(e) if tries < 5 || tries % 50 == 0 => warn!(target: "net", "rpcquota: call {} to {}: {:?}", tries, peer, e),
+                Err(e) if tries < 5 || tries.is_multiple_of(50) => warn!(target: "net", "rpcquota: call {} to {}: {:?}", tries, peer, e),
                 Err(_) => {}
             }
             task::sleep_ns(250_000_000);

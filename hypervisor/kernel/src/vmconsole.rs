@@ -24,6 +24,10 @@ pub const END_TAIL: usize = 4096;
 /// Shortest interval between two "console dropped" lines of one VM.
 pub const DROP_REPORT_NS: u64 = 1_000_000_000;
 
+/// A boot-phase mark: the line's pattern, and when the node saw it (node time since creation)
+/// with the line.
+pub type BootMark = (&'static str, Option<(u64, String)>);
+
 pub struct VmConsole<'a> {
     name: &'a str,
     t0: u64,
@@ -48,7 +52,7 @@ pub struct VmConsole<'a> {
     ready_sent: bool,
     /// `vm.timeline=1` (`cargo xtask bench vm`): when the node saw the guest lines that mark its
     /// boot phases ([`MARKS`]): node time since creation and the line itself.
-    pub marks: Option<Vec<(&'static str, Option<(u64, String)>)>>,
+    pub marks: Option<Vec<BootMark>>,
     /// TSC cycles spent printing guest lines on the node console (the boot timeline's figure).
     pub print_cycles: u64,
 }

@@ -243,20 +243,24 @@ pub fn encode_table(rows: &[Row]) -> Vec<u8> {
     b
 }
 
+/// A byte string that is not an admission table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadTable;
+
 /// The table as its reader gets it: any malformed byte string is an error, never a panic.
-pub fn decode_table(b: &[u8]) -> Result<Vec<Row>, ()> {
+pub fn decode_table(b: &[u8]) -> Result<Vec<Row>, BadTable> {
     if b.len() < TABLE_HEADER || b[..4] != TABLE_MAGIC || b[6..8] != [0, 0] {
-        return Err(());
+        return Err(BadTable);
     }
     let n = u16::from_le_bytes([b[4], b[5]]) as usize;
     if n > TABLE_ROWS_MAX || b.len() != table_len(n) {
-        return Err(());
+        return Err(BadTable);
     }
     let mut rows = Vec::with_capacity(n);
     for c in b[TABLE_HEADER..].chunks_exact(TABLE_ROW) {
-        let Some(kind) = RowKind::from_wire(c[0]) else { return Err(()) };
+        let Some(kind) = RowKind::from_wire(c[0]) else { return Err(BadTable) };
         if c[1] > 1 || c[14..16] != [0, 0] || (kind == RowKind::Removed && c[1] == 1) {
-            return Err(());
+            return Err(BadTable);
         }
         let arr = |r: core::ops::Range<usize>| -> Vec<u8> { c[r].to_vec() };
         let mut key = [0u8; 32];
@@ -273,7 +277,7 @@ pub fn decode_table(b: &[u8]) -> Result<Vec<Row>, ()> {
             mac,
             key,
             underlay: Ipv6Addr::from(ul),
-            age_ms: u64::from_le_bytes(c[64..72].try_into().map_err(|_| ())?),
+            age_ms: u64::from_le_bytes(c[64..72].try_into().map_err(|_| BadTable)?),
         });
     }
     Ok(rows)

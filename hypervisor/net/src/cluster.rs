@@ -47,6 +47,9 @@ pub struct Operator {
     pub role: String,
 }
 
+/// A node's key and its labels (`zone=a` → `("zone", "a")`).
+pub type NodeLabels = ([u8; 32], Vec<(String, String)>);
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
     pub members: Vec<Member>,
@@ -219,7 +222,7 @@ impl Cluster {
     /// The labels of each `node` line of `text` (`node NAME KEY ADDR PORT zone=a disk=ssd`),
     /// by node key: what the orchestration's placement constraints match
     /// (docs/orchestration.md). Lines the parser refuses are left out (call `parse` first).
-    pub fn labels(text: &str) -> Vec<([u8; 32], Vec<(String, String)>)> {
+    pub fn labels(text: &str) -> Vec<NodeLabels> {
         text.lines()
             .filter_map(|l| {
                 let w: Vec<&str> = l.split_whitespace().collect();

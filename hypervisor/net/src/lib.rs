@@ -514,11 +514,11 @@ impl Node {
     }
 
     /// Parse `net.cipher=`'s value (`vector` or `portable`).
-    pub fn parse_cipher_word(v: &str) -> Result<netfabric::crypto::CipherImpl, ()> {
+    pub fn parse_cipher_word(v: &str) -> Option<netfabric::crypto::CipherImpl> {
         match v {
-            "vector" => Ok(netfabric::crypto::CipherImpl::Vector),
-            "portable" => Ok(netfabric::crypto::CipherImpl::Portable),
-            _ => Err(()),
+            "vector" => Some(netfabric::crypto::CipherImpl::Vector),
+            "portable" => Some(netfabric::crypto::CipherImpl::Portable),
+            _ => None,
         }
     }
 
@@ -574,7 +574,7 @@ impl Node {
             // IPC router (`take_ipc`), other traffic to its own /128 to the fabric interface;
             // packets for a microVM's /128 to its queue (`take_vm_packet`); the rest is counted.
             match netfabric::device::inner_header(&p.packet) {
-                Some((_, dst, _)) if self.vm_routes.contains(&dst) => self.to_vm(p.packet),
+                Some((_, dst, _)) if self.vm_routes.contains(&dst) => self.queue_to_vm(p.packet),
                 Some((_, dst, _))
                     if ipcroute::is_ipc_packet(&p.packet) && netfabric::identity::Prefix64::of(&dst) == netfabric::identity::Prefix64::of(&self.fabric_addr) =>
                 {
@@ -674,7 +674,7 @@ impl Node {
             while let Some(p) = self.tun_dev.tx.pop_front() {
                 if let Some((_, dst, _)) = netfabric::device::inner_header(&p) {
                     if self.vm_routes.contains(&dst) {
-                        self.to_vm(p);
+                        self.queue_to_vm(p);
                         active = true;
                         continue;
                     }
@@ -784,7 +784,7 @@ impl Node {
         self.vm_routes.retain(|a| a != addr);
     }
 
-    fn to_vm(&mut self, p: Vec<u8>) {
+    fn queue_to_vm(&mut self, p: Vec<u8>) {
         if self.vm_rx.len() < VM_QUEUE {
             self.counters.vm_in += 1;
             self.vm_rx.push_back(p);
@@ -829,7 +829,7 @@ impl Node {
             return true;
         }
         if self.vm_routes.contains(&dst) {
-            self.to_vm(packet);
+            self.queue_to_vm(packet);
             return true;
         }
         let mut p = Some(packet);
@@ -841,7 +841,7 @@ impl Node {
             self.counters.vm_too_big += 1;
             if self.vm_routes.contains(&src) {
                 let ptb = vmlink::packet_too_big(self.fabric_addr, &packet, FABRIC_MTU as u32);
-                self.to_vm(ptb);
+                self.queue_to_vm(ptb);
             }
             return false;
         }

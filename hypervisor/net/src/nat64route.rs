@@ -132,7 +132,7 @@ impl Node {
         }
         self.nat64_counters.from_natd += 1;
         if self.vm_routes.contains(&dst) {
-            self.to_vm(packet);
+            self.queue_to_vm(packet);
             return true;
         }
         if self.is_local_socket_addr(&dst) || dst == self.fabric_addr {

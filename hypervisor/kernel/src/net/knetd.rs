@@ -143,7 +143,7 @@ pub(super) fn bring_up(cmdline: &str, modules: &[Module]) -> Option<alloc::boxed
     }
     // as the ring-3 netd does: the fabric's cipher code by measurement unless net.cipher= names it
     let force = crate::cmdline::get(cmdline, "net.cipher").and_then(|v| {
-        let r = Node::parse_cipher_word(v).ok();
+        let r = Node::parse_cipher_word(v);
         if r.is_none() {
             log::warn!(target: "net", "net.cipher={:?} refused (vector or portable): measuring instead", v);
         }

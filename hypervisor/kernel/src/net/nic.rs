@@ -5,6 +5,7 @@ use super::*;
 
 /// The NIC as the stack sees it: the in-kernel driver, or the ring-3 driver `nicd` behind
 /// the shared frame ring.
+#[allow(clippy::large_enum_variant)] // one per node: boxing the ring state would buy nothing
 pub(super) enum Nic {
     Kernel(alloc::boxed::Box<VirtioNet>),
     User(UserNic),

@@ -63,9 +63,8 @@ pub(super) fn on_rtc_irq(f: &mut TrapFrame) {
     })
 }
 
-pub(super) const NO_IRQS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Interrupts taken per vector bound with [`bind_irq_notification`].
-static IRQ_COUNT: [core::sync::atomic::AtomicU64; 256] = [NO_IRQS; 256];
+static IRQ_COUNT: [core::sync::atomic::AtomicU64; 256] = [const { core::sync::atomic::AtomicU64::new(0) }; 256];
 
 /// Deliver interrupt `vector` as an IPC notification (`bits`) to endpoint `ep`, the mechanism
 /// ring-3 drivers use (rtcd), open to kernel tasks too (`netd` waits for its NIC with `recv`).

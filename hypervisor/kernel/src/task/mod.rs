@@ -209,7 +209,7 @@ fn ap_entry(cpu_idx: usize) -> ! {
     let virt = catenary_arch::virt::enable_this_cpu();
     with(|k| k.sched.set_online(cpu_idx, true));
     info!(target: "smp", "cpu {} online (APIC id {}), scheduler running, virtualization {}", cpu_idx, smp::apic_id_of(cpu_idx).unwrap_or(0),
-        match virt { Ok(b) => b, Err(_) => "off" });
+        virt.unwrap_or("off"));
     loop {
         cpu::wait_for_interrupt();
     }

@@ -389,10 +389,13 @@ fn start_supd(spawner: EndpointId, adopt: Option<EndpointId>) -> Option<(TaskId,
     }
 }
 
+/// A virtio-net function, its four structures' pages (address, length) and where they are.
+type NetGrant = (catenary_arch::pci::DeviceFunction, [(u64, u64); 4], catenary_arch::virtio::VirtioPciInfo);
+
 /// The four virtio structures of the `index`-th virtio-net function (0: the fabric's NIC,
 /// 1: a NAT64 gateway's uplink), page-rounded; turns bus mastering on (after a quiesce, the
 /// device was reset: no old queue is live).
-fn virtio_net_grant(index: usize) -> Option<(catenary_arch::pci::DeviceFunction, [(u64, u64); 4], catenary_arch::virtio::VirtioPciInfo)> {
+fn virtio_net_grant(index: usize) -> Option<NetGrant> {
     let (df, info) = catenary_arch::virtio::find_net_at(index)?;
     let pages = |(a, l): (u64, u64)| (a & !0xfff, ((a + l.max(1) + 0xfff) & !0xfff) - (a & !0xfff));
     Some((df, [pages(info.common), pages(info.notify), pages(info.isr), pages(info.device)], info))

@@ -224,7 +224,7 @@ fn store_err(e: crate::vmstore::StoreErr) -> u64 {
 fn image_op(slot: usize, op: u64, ptr: u64, len: u64, arg: u64) -> Result<u64, u64> {
     use crate::vmstore as st;
     let (_, ep) = with(|k| owner_of(k, slot))?;
-    let owner = ep as u64;
+    let owner = ep;
     let now = catenary_arch::time::now_ns();
     let upload = u32::try_from(arg & 0xffff).map_err(|_| bad())?;
     match op {

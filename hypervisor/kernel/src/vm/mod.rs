@@ -57,6 +57,7 @@ pub use report::cpu_list;
 pub use run::{run_stoppable, run_workload_ctl};
 
 /// What to load into the microVM.
+#[allow(clippy::enum_variant_names)] // bzImage is the format's name
 pub enum Image<'a> {
     /// Linux via PVH (uncompressed vmlinux) or the 64-bit boot protocol (bzImage). The initrd
     /// is `initrd` (the node's one copy, shared by every VM) followed by the per-VM `tail`
