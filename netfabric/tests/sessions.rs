@@ -347,8 +347,8 @@ fn configured_prefixes_and_longest_match_pick_the_peer() {
     let r = a.dev.routes();
     assert_eq!(r.lookup(&"fd50:1::9".parse().unwrap()), Some(pb));
     assert_eq!(r.lookup(&"fd50:2::9".parse().unwrap()), Some(pc));
-    assert_eq!(r.lookup(&b.id.node_address().into()), Some(pb));
-    assert_eq!(r.lookup(&ic.node_address().into()), Some(pc));
+    assert_eq!(r.lookup(&b.id.node_address()), Some(pb));
+    assert_eq!(r.lookup(&ic.node_address()), Some(pc));
 }
 
 #[test]
@@ -519,7 +519,7 @@ fn add_peer_refuses_low_order_own_and_duplicate_keys() {
     assert_eq!(a.dev.add_peer(PeerConfig::new(a.id.public_key())), Err(AddPeerError::OwnKey));
     assert_eq!(a.dev.add_peer(PeerConfig::new(b.id.public_key())), Err(AddPeerError::Duplicate));
     assert_eq!(a.dev.peer_by_key(&[0; 32]), None);
-    assert_eq!(a.dev.routes().lookup(&b.id.node_address().into()), Some(a.peer));
+    assert_eq!(a.dev.routes().lookup(&b.id.node_address()), Some(a.peer));
     let c = Identity::generate(&mut OsRng);
     assert!(a.dev.add_peer(PeerConfig::new(c.public_key())).is_ok());
 }

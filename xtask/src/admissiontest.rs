@@ -102,7 +102,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let bundle = dir.join("netboot-bundle.cpio");
     std::fs::write(&bundle, crate::build::cpio_newc(&files)).map_err(|e| e.to_string())?;
     let netdir = dir.join("netboot");
-    crate::pxe::build_netdir(&netdir, &kernel.to_path_buf(), &[(bundle, "guest-bundle".into())], "vm=none")?;
+    crate::pxe::build_netdir(&netdir, kernel, &[(bundle, "guest-bundle".into())], "vm=none")?;
     let mut c = Checks(Vec::new());
     let mut secret_words = Vec::new();
     let res = (|| -> Result<(), String> {

@@ -139,7 +139,7 @@ pub fn run_watch(iso: &Path, name: &str, expect: &[&str], fail: &[&str], deadlin
 
 /// The Bochs (VT-x) tests: boot the node from the GRUB ISO and check that it sees VMX with EPT;
 /// then run the in-kernel suite, whose microVM tests (hostile guests) go through the VT-x backend.
-pub fn tests(t: &mut Tally, kernel: &PathBuf, test_kernel: &PathBuf, modules: &[(PathBuf, String)], ktest_args: &str) -> Result<(), String> {
+pub fn tests(t: &mut Tally, kernel: &Path, test_kernel: &Path, modules: &[(PathBuf, String)], ktest_args: &str) -> Result<(), String> {
     println!("== Bochs (Intel VT-x) tests");
     if require("bochs", "bochs").is_err() {
         t.record("bochs_boot_vmx_cpu", false, "(bochs not installed: apt-get install bochs bochsbios vgabios)");
@@ -168,7 +168,7 @@ pub fn tests(t: &mut Tally, kernel: &PathBuf, test_kernel: &PathBuf, modules: &[
 
 /// The node boots under Bochs and sees VMX with EPT. Booted with `pcid=off`, it keeps PCIDs
 /// off although the CPU has them (the other Bochs runs have them on).
-fn boot_vmx_cpu(t: &mut Tally, kernel: &PathBuf) -> Result<(), String> {
+fn boot_vmx_cpu(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let iso = build_iso(kernel, &[], "vm=none pcid=off", "catenary-bochs")?;
     let expect = ["VMX true (EPT true)", "PCID off (CPUID true)"];
     let fail = ["KERNEL PANIC", "- stopping this CPU"];
@@ -227,7 +227,7 @@ fn record_ktests(t: &mut Tally, group: &str, lines: &[String]) -> KtestLines {
 }
 
 /// The in-kernel suite's `vm_*` tests on the VMX backend.
-fn vmx_guest_runs(t: &mut Tally, test_kernel: &PathBuf, modules: &[(PathBuf, String)], ktest_args: &str) -> Result<(), String> {
+fn vmx_guest_runs(t: &mut Tally, test_kernel: &Path, modules: &[(PathBuf, String)], ktest_args: &str) -> Result<(), String> {
     // The in-kernel suite on the VT-x backend: the microVM tests run their guests through VMX.
     // Bochs runs one CPU.
     let ktest_args = format!("{} ktest.only=vm_", ktest_args.replace("ktest.cpus=2", "ktest.cpus=1"));
@@ -259,7 +259,7 @@ fn vmx_guest_runs(t: &mut Tally, test_kernel: &PathBuf, modules: &[(PathBuf, Str
 /// brings nothing along; a space's translations are kept across switches, and flushed after
 /// an unmap) and the ring-3 scheduler and IPC tests (direct switches between spaces, FPU
 /// state, preemption) run with PCIDs on. The node must say `PCID on`.
-fn pcid(t: &mut Tally, test_kernel: &PathBuf, modules: &[(PathBuf, String)], ktest_args: &str) -> Result<(), String> {
+fn pcid(t: &mut Tally, test_kernel: &Path, modules: &[(PathBuf, String)], ktest_args: &str) -> Result<(), String> {
     const SELECTED: &str = "pcid_,sched_user_,ipc_fastpath";
     let ktest_args = format!("{} ktest.only={SELECTED}", ktest_args.replace("ktest.cpus=2", "ktest.cpus=1"));
     let iso = build_iso(test_kernel, modules, &ktest_args, "catenary-bochs-pcid")?;
@@ -284,7 +284,7 @@ fn pcid(t: &mut Tally, test_kernel: &PathBuf, modules: &[(PathBuf, String)], kte
 
 /// The Linux guest under VMX must boot to its init (`catenary-init: ready`, read by the node
 /// from the guest's console) and power off cleanly (the node reports the power-off).
-fn linux_guest_boots(t: &mut Tally, kernel: &PathBuf, bundle: &PathBuf) -> Result<(), String> {
+fn linux_guest_boots(t: &mut Tally, kernel: &Path, bundle: &Path) -> Result<(), String> {
     if !bundle.exists() {
         t.record("bochs_linux_guest_boots", false, "(no guest bundle: run `cargo xtask guest`)");
         return Ok(());
@@ -311,7 +311,7 @@ fn linux_guest_boots(t: &mut Tally, kernel: &PathBuf, bundle: &PathBuf) -> Resul
 /// init, finish two busy processes with their known sums and power off. Bochs emulates one host
 /// CPU (`count=1`), so the two vCPU tasks time-share it: this checks the AP start and the
 /// 2-vCPU device model under VMX, not parallel speed-up (`bench vcpus` on SVM does that).
-fn two_vcpus(t: &mut Tally, kernel: &PathBuf, bundle: &PathBuf) -> Result<(), String> {
+fn two_vcpus(t: &mut Tally, kernel: &Path, bundle: &Path) -> Result<(), String> {
     let name = "bochs_two_vcpus";
     if !bundle.exists() {
         t.record(name, false, "(no guest bundle: run `cargo xtask guest`)");

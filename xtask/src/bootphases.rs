@@ -42,6 +42,9 @@ pub fn printk_stamp(line: &str) -> Option<(u64, &str)> {
     None
 }
 
+/// Exits by group per time bucket: (bucket length in µs, group names, (bucket, counts)).
+pub type Buckets = (u64, Vec<String>, Vec<(u64, Vec<u64>)>);
+
 /// One side's boot, on its own clock (µs since its start).
 #[derive(Debug, Default, Clone)]
 pub struct Side {
@@ -53,7 +56,7 @@ pub struct Side {
     /// Catenary: the first guest entry (node time since creation).
     pub entry: Option<u64>,
     /// Catenary: exits by group per bucket (`bucket_us`, group names, (bucket, counts)).
-    pub buckets: Option<(u64, Vec<String>, Vec<(u64, Vec<u64>)>)>,
+    pub buckets: Option<Buckets>,
 }
 
 impl Side {
@@ -184,7 +187,7 @@ pub fn table(cat: &Side, direct: &Side) -> Vec<String> {
         let (n, top) = match cat.exits_in(bc[i], bc[i + 1]) {
             Some(mut g) => {
                 let n: u64 = g.iter().map(|x| x.1).sum();
-                g.sort_by(|a, b| b.1.cmp(&a.1));
+                g.sort_by_key(|x| core::cmp::Reverse(x.1));
                 (n.to_string(), g.iter().filter(|x| x.1 > 0).take(4).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
             }
             None => ("-".into(), String::new()),
@@ -225,7 +228,7 @@ mod tests {
         assert!(t[1].contains("cpuid k 5"), "{}", t[1]);
         assert!(t[8].contains(" 9  mmio 9"), "{}", t[8]);
         assert!(t[10].contains("all (start -> ready)") && t[10].contains("8000.0") && t[10].contains("7500.0") && t[10].contains(" 15"), "{}", t[10]);
-        let m = median_table(&[c.clone(), c.clone(), Side::default()], &[d.clone()]);
+        let m = median_table(&[c.clone(), c.clone(), Side::default()], std::slice::from_ref(&d));
         assert!(m[0].contains("2 Catenary runs, 1 direct runs"), "{}", m[0]);
         assert!(m[1].contains("100.0") && m[1].contains("50.0") && m[1].contains("+50.0"), "{}", m[1]);
     }

@@ -1,7 +1,7 @@
 //! Kernel, ISO and guest-image builds.
 
 use crate::tools::{out_dir, require, require_file, root, run, which};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Flags for the no_std kernel against the precompiled x86_64-unknown-linux-gnu core
@@ -107,7 +107,7 @@ pub fn cmd_build(args: &[String]) -> Result<(), String> {
 }
 
 /// Module files for the ISO: (path on the host, name the kernel sees).
-pub fn build_iso(kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str, iso_name: &str) -> Result<PathBuf, String> {
+pub fn build_iso(kernel: &Path, modules: &[(PathBuf, String)], cmdline: &str, iso_name: &str) -> Result<PathBuf, String> {
     let mkrescue = require("grub-mkrescue", "grub-common grub-pc-bin grub-efi-amd64-bin")?;
     require("xorriso", "xorriso")?;
     require("mformat", "mtools")?;
@@ -133,7 +133,7 @@ pub fn build_iso(kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str,
 /// `DIR/boot/catenary.elf`, `DIR/boot/moduleN` and `DIR/boot/grub/grub.cfg` booting them as
 /// Multiboot2 (`multiboot2` + `module2 ... NAME`). Shared by the ISO and the PXE directory
 /// (`cargo xtask netboot`), so both boot paths see the same kernel command line and modules.
-pub fn write_grub_boot(dir: &std::path::Path, kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str) -> Result<(), String> {
+pub fn write_grub_boot(dir: &std::path::Path, kernel: &Path, modules: &[(PathBuf, String)], cmdline: &str) -> Result<(), String> {
     let boot = dir.join("boot");
     std::fs::create_dir_all(boot.join("grub")).map_err(|e| e.to_string())?;
     std::fs::copy(kernel, boot.join("catenary.elf")).map_err(|e| e.to_string())?;

@@ -77,22 +77,6 @@ pub fn check_probe_words(kernel: &Path, cmdline: &str) -> Result<(), String> {
     Err(format!("{words:?} arm test probes, which only the probes kernel has (build::build_kernel_probes; `cargo xtask run --probes`), not {}", kernel.display()))
 }
 
-#[cfg(test)]
-mod probe_word_tests {
-    use super::*;
-
-    #[test]
-    fn probe_words_are_found_and_settings_are_not() {
-        let line = "vm=none net.time=0 net.cipher=vector net.ping=node2 bench=net bench=ipc crash=ud net.netd=kernel workload.client=1 orchd.kill_test=8000";
-        assert_eq!(probe_words(line), ["net.ping=node2", "bench=ipc", "crash=ud", "workload.client=1", "orchd.kill_test=8000"]);
-        let node = Path::new("/x/build/catenary.elf");
-        let probes = Path::new("/x/build").join(crate::build::PROBES_KERNEL_NAME);
-        assert!(check_probe_words(node, "vm=none net.cipher=vector").is_ok());
-        assert!(check_probe_words(node, line).unwrap_err().contains("net.ping=node2"));
-        assert!(check_probe_words(&probes, line).is_ok());
-    }
-}
-
 /// The probes are in the kernel built with them only (`build::build_kernel_probes`): the node
 /// kernel `cargo xtask run` and the ISO ship (`kernel`, `build_kernel(false)`) must not even
 /// hold the options' names (review finding (e)). Checks `opts`; returns the probes kernel.
@@ -317,7 +301,7 @@ pub fn test_workd(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         println!("  measured on {} (node clock): kill -> the kernel's `power-off deadline passed` {} ms; kill -> cl-db-0's microVM ended {} ms (the lease is {LEASE_MS} ms)",
             nodes[v].name, to_fence.map_or("-".into(), |x| x.to_string()), to_end.map_or("-".into(), |x| x.to_string()));
         c.check("the kernel powered cl-db-0 off at its deadline (`power-off deadline passed`)", fence_line.is_some(), fence_line.as_deref().unwrap_or("no such line"));
-        c.check("while workd was still dead (before its restart was released)", pos(&fence_line).zip(pos(&release_line)).map_or(false, |(s, rel)| s < rel) || (fence_line.is_some() && release_line.is_none()), "");
+        c.check("while workd was still dead (before its restart was released)", pos(&fence_line).zip(pos(&release_line)).is_some_and(|(s, rel)| s < rel) || (fence_line.is_some() && release_line.is_none()), "");
         c.check(&format!("its microVM ended within the lease of the kill (<= {LEASE_MS} + {SLACK_MS} ms)"), to_end.is_some_and(|x| x <= LEASE_MS + SLACK_MS), end_line.as_deref().unwrap_or("no end line"));
         let restart = r.wait(Duration::from_secs(60), false, |l| restarted(l).is_some());
         c.check(&format!("{}'s workd was restarted after the hold", nodes[v].name), restart, restarted(&r.lines).as_deref().unwrap_or(""));
@@ -340,4 +324,20 @@ pub fn test_workd(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         c.check("db never ran on two nodes after the restart (20 s)", twice.is_empty(), &format!("{twice:?}"));
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod probe_word_tests {
+    use super::*;
+
+    #[test]
+    fn probe_words_are_found_and_settings_are_not() {
+        let line = "vm=none net.time=0 net.cipher=vector net.ping=node2 bench=net bench=ipc crash=ud net.netd=kernel workload.client=1 orchd.kill_test=8000";
+        assert_eq!(probe_words(line), ["net.ping=node2", "bench=ipc", "crash=ud", "workload.client=1", "orchd.kill_test=8000"]);
+        let node = Path::new("/x/build/catenary.elf");
+        let probes = Path::new("/x/build").join(crate::build::PROBES_KERNEL_NAME);
+        assert!(check_probe_words(node, "vm=none net.cipher=vector").is_ok());
+        assert!(check_probe_words(node, line).unwrap_err().contains("net.ping=node2"));
+        assert!(check_probe_words(&probes, line).is_ok());
+    }
 }

@@ -26,7 +26,7 @@ pub const BIOS_BOOTFILE: &str = "boot/grub/i386-pc/core.0";
 pub const UEFI_BOOTFILE: &str = "boot/grub/x86_64-efi/core.efi";
 
 /// Write the netboot directory `dir` (replacing it).
-pub fn build_netdir(dir: &Path, kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str) -> Result<(), String> {
+pub fn build_netdir(dir: &Path, kernel: &Path, modules: &[(PathBuf, String)], cmdline: &str) -> Result<(), String> {
     let mknetdir = require("grub-mknetdir", "grub-common")?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -75,7 +75,7 @@ pub fn cmd_netboot(args: &[String]) -> Result<(), String> {
 
 /// The two PXE boots of the test kernel (names from TESTS, with their deadlines in seconds),
 /// or why they cannot run (a missing tool: the caller records SKIPPED).
-pub fn test_boots(kernel: &PathBuf, modules: &[(PathBuf, String)], cmdline: &str) -> Result<Vec<(String, Boot, u64)>, String> {
+pub fn test_boots(kernel: &Path, modules: &[(PathBuf, String)], cmdline: &str) -> Result<Vec<(String, Boot, u64)>, String> {
     // SeaBIOS: Debian's pxe-virtio.rom never offers a boot entry with QEMU 7.2's virtio-net
     // ("No bootable device"), while iPXE's e1000 ROM does; the node boots without a NIC driver
     // for it (the ktest suite needs none).

@@ -52,7 +52,7 @@ impl Tally {
                 None => groups.push((group.to_string(), *took, 1)),
             }
         }
-        groups.sort_by(|a, b| b.1.cmp(&a.1));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.1));
         let all: Duration = self.steps.iter().map(|s| s.1).sum();
         let long: Vec<_> = groups.iter().filter(|g| g.1 >= Duration::from_secs(30)).collect();
         let mut out = format!("time: {:.0} s from the first step to the last result; groups of 30 s or more: {}", all.as_secs_f64(), if long.is_empty() { "none" } else { "" });

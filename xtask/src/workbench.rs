@@ -301,9 +301,9 @@ pub fn bench_workload() -> Result<(), String> {
 /// created by then), divided by their number.
 fn concurrent_memory(lines: &[String], fs: &[VmFigures], names: &[String], what: &str) -> Option<i64> {
     let n = names.len();
-    let Some(first) = fs.iter().filter(|f| f.create_us.is_some()).min_by_key(|f| f.create_us) else { return None };
+    let first = fs.iter().filter(|f| f.create_us.is_some()).min_by_key(|f| f.create_us)?;
     let is_ours = |l: &str, tail: &str| names.iter().any(|m| l.contains(&format!("microVM {m}{tail}")));
-    let Some(end_at) = lines.iter().position(|l| is_ours(l, ": memory at its end: ")) else { return None };
+    let end_at = lines.iter().position(|l| is_ours(l, ": memory at its end: "))?;
     let end = &lines[end_at];
     // `microVM NAME (id N): … created in …`: the VM's RAM, vCPU and device model exist.
     let created_before = lines[..end_at].iter().filter(|l| is_ours(l, " (id ") && l.contains(" created in ")).count();

@@ -196,7 +196,7 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
         }
         (Method::Post, p, 404) if leave_target(p).is_some() && code(&resp).as_deref() == Some(NOT_THIS_NODE) => {
             let node = leave_target(p).unwrap_or_default();
-            match others.iter().position(|n| n == node).map(|i| ask(i)) {
+            match others.iter().position(|n| n == node).map(&mut *ask) {
                 Some(Some((status, body))) => Response::json(status, body),
                 Some(None) => crate::error::ApiError::new(503, "node_unavailable", "that node did not answer").to_response(),
                 None => resp,
@@ -431,6 +431,7 @@ impl<K: Copy + PartialEq> Forwards<K> {
     }
 
     /// Park `g` for connection `k`; `Err(g)` when `parked_max` are parked already.
+    #[allow(clippy::result_large_err)] // hands the caller's own value back
     pub fn park(&mut self, k: K, g: Gather) -> Result<(), Gather> {
         if !self.has_room() || self.parked.iter().any(|(p, _)| *p == k) {
             return Err(g);

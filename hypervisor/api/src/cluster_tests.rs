@@ -335,14 +335,16 @@ enum Net {
 /// ask is a real `Exchange` (its deadline `budget` ms, as apid's `Outbound`) that gets the
 /// other node's real answer (its `Api` on the same request) `Net::After` ms after it went
 /// out, or nothing; events are taken in time order.
+/// (connection, node, exchange, when its answer arrives and its bytes)
+type InFlight = (u64, usize, crate::exchange::Exchange, Option<(u64, Vec<u8>)>);
+
 struct Loop {
     c: Vec<Sim>,
     f: cluster::Forwards<u64>,
     net: Vec<Net>,
     budget: u64,
     now: u64,
-    /// (connection, node, exchange, when its answer arrives and its bytes)
-    flight: Vec<(u64, usize, crate::exchange::Exchange, Option<(u64, Vec<u8>)>)>,
+    flight: Vec<InFlight>,
     /// (time, connection, node) of every ask that went out
     started: Vec<(u64, u64, usize)>,
     /// connection → (time, answer)

@@ -119,7 +119,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                *v = if x % 3 == 0 { 0 } else { x as u8 };
+                *v = if x.is_multiple_of(3) { 0 } else { x as u8 };
             }
             let n = (x as usize) % 41;
             let total: usize = records(&buf[..n]).filter_map(|r| r.ok()).map(|p| p.len() + 2).sum();

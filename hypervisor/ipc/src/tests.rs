@@ -70,8 +70,7 @@ fn rights_are_enforced() {
     let mut s = IpcSpace::new();
     let ep = s.create_endpoint(1, 2);
     assert_eq!(s.send(&cap(ep, Rights::RECV, 0), Message::default()), Err(IpcError::NoRight));
-    let mut m = Message::default();
-    m.grant = Some(Grant { base: 0x1000, len: 4096, writable: false });
+    let m = Message { grant: Some(Grant { base: 0x1000, len: 4096, writable: false }), ..Message::default() };
     assert_eq!(s.send(&cap(ep, Rights::SEND, 0), m), Err(IpcError::NoRight));
     assert_eq!(s.send(&cap(ep, Rights::SEND.union(Rights::GRANT), 0), m), Ok(Delivery::Queued));
     assert_eq!(s.recv(1, ep).unwrap().unwrap().grant, m.grant);
@@ -225,7 +224,7 @@ fn randomized_queue_model() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 3 != 0 {
+        if !x.is_multiple_of(3) {
             let r = s.send(&c, Message::new(i, [0; 4]));
             if model.len() < 5 {
                 assert_eq!(r, Ok(Delivery::Queued));
@@ -299,7 +298,7 @@ fn nic_ring_header_areas_do_not_overlap() {
 fn vm_ring_layout_and_hostile_indices() {
     use crate::vm_ring::*;
     // the length words fit the header page, the slot areas the pages, no slot crosses a page
-    assert!(RX_LEN >= TX_TAIL + 8 && RX_LEN + SLOTS * 8 <= TX_LEN && TX_LEN + SLOTS * 8 <= 4096);
+    const _: () = assert!(RX_LEN >= TX_TAIL + 8 && RX_LEN + SLOTS * 8 <= TX_LEN && TX_LEN + SLOTS * 8 <= 4096);
     assert_eq!(TX_SLOTS + SLOTS * SLOT_LEN, PAGES * 4096);
     assert_eq!(4096 % SLOT_LEN, 0);
     for c in [0, 1, SLOTS - 1, SLOTS, u64::MAX] {

@@ -205,7 +205,7 @@ impl Table {
         let span = u32::from(hi - lo) + 1;
         for i in 0..span {
             let p = lo + ((u32::from(self.next_port) + i) % span) as u16;
-            if !self.by_v4.contains_key(&(proto, p)) && !(proto == Proto::Udp && self.reserved.contains(&p)) {
+            if !self.by_v4.contains_key(&(proto, p)) && (proto != Proto::Udp || !self.reserved.contains(&p)) {
                 self.next_port = (((u32::from(p - lo)) + 1) % span) as u16;
                 return Some(p);
             }

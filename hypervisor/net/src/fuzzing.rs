@@ -319,7 +319,7 @@ impl Harness {
                     1 => Prefix64::of(&self.peer.fabric_addr).workload_address(AddressKind::Task, inp.u8() as u64 + 1).unwrap_or(self.peer.fabric_addr),
                     _ => self.pick_addr(inp),
                 };
-                if inp.u8() % 2 == 0 {
+                if inp.u8().is_multiple_of(2) {
                     // a well-formed fabric IPC frame with hostile fields
                     use netfabric::ipc::{FabricFrame, FrameKind};
                     let dst = match inp.u8() % 4 {
@@ -328,12 +328,12 @@ impl Harness {
                         2 => self.vm,
                         _ => Prefix64::of(&self.target.fabric_addr).workload_address(AddressKind::Task, inp.u8() as u64).unwrap_or(self.bound),
                     };
-                    let payload = if inp.u8() % 2 == 0 {
+                    let payload = if inp.u8().is_multiple_of(2) {
                         let mut v = alloc::vec![crate::ipcroute::WIRE_VERSION, 0, 0, 0, 0, 0, 0, 0];
                         for x in [inp.u8() as u64 % 3, inp.u8() as u64 % 5, inp.u8() as u64 % 4] {
                             v.extend_from_slice(&x.to_be_bytes());
                         }
-                        if inp.u8() % 4 != 0 {
+                        if !inp.u8().is_multiple_of(4) {
                             v.extend_from_slice(&[inp.u8(); 40]);
                         }
                         v

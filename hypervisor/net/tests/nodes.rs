@@ -357,7 +357,7 @@ fn microvm_ipc_blocked_by_default_and_big_packets_get_packet_too_big() {
     assert!(n1.take_ipc().is_some());
     // a packet larger than the fabric MTU: dropped, and the VM gets Packet Too Big from the node
     let mut big = catenary_net::vmlink::ipv6_header(vm, n2.fabric_addr, 17, 63, 1460);
-    big.extend(std::iter::repeat(0xab).take(1460));
+    big.extend(std::iter::repeat_n(0xab, 1460));
     assert!(!n1.route_from_vm(big.clone(), t, false));
     let ptb = n1.take_vm_packet().expect("packet too big for the VM");
     assert_eq!(&ptb[8..24], &n1.fabric_addr.octets());
@@ -631,13 +631,13 @@ fn a_removed_peer_is_refused_and_listed_removed() {
     let rows = n2.admission_rows(t);
     assert!(rows.iter().any(|r| r.key == k1 && r.kind == RowKind::Removed && !r.established), "{rows:?}");
     // node1 still holds its session and keeps sending: nothing arrives.
-    let before = n2.fabric().counters().clone();
+    let before = *n2.fabric().counters();
     for _ in 0..3 {
         n1.udp_send(a, n2.fabric_addr, 7, b"after").unwrap();
         settle(&mut n1, &mut l1, &mut n2, &mut l2, &mut t);
     }
     assert!(n2.udp_recv(b, &mut buf).is_none(), "a removed node's datagram was delivered");
-    let after = n2.fabric().counters().clone();
+    let after = *n2.fabric().counters();
     assert!(after.dropped_unknown_index > before.dropped_unknown_index, "{after:?}");
     // Its session gone stale, node1 handshakes again: refused as an unknown peer.
     for _ in 0..200 {
@@ -704,7 +704,7 @@ fn a_removal_survives_a_netd_restart_because_orchd_hands_it_again() {
     give(&mut hand, &mut n2, &st, t);
     assert!(n2.peer_by_name("node1").is_none(), "the restarted netd dropped the removed node again");
     let b = n2.udp_open(n2.fabric_addr, 7, 8, 1356).unwrap();
-    let before = n2.fabric().counters().clone();
+    let before = *n2.fabric().counters();
     let mut buf = [0u8; 64];
     for _ in 0..300 {
         t += 100_000_000;
@@ -714,6 +714,6 @@ fn a_removal_survives_a_netd_restart_because_orchd_hands_it_again() {
         assert!(n2.udp_recv(b, &mut buf).is_none(), "a removed node's datagram reached the restarted netd");
     }
     assert!(n2.peers.iter().all(|p| p.public_key != k1 || !p.established), "the removed node has a session with the restarted netd");
-    let after = n2.fabric().counters().clone();
+    let after = *n2.fabric().counters();
     assert!(after.dropped_unknown_peer > before.dropped_unknown_peer || after.dropped_unknown_index > before.dropped_unknown_index, "nothing from the removed node reached the fabric: {after:?}");
 }

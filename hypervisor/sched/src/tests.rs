@@ -165,7 +165,7 @@ fn balance_moves_load_to_idle_cpus() {
     }
     for id in ids {
         let t = s.task(id).unwrap();
-        assert_eq!(s.queue_len(t.cpu) > 0, true);
+        assert!(s.queue_len(t.cpu) > 0);
     }
 }
 

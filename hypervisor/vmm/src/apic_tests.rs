@@ -335,10 +335,12 @@ fn ioapic_to_lapic_level_round_trip() {
     assert!(q.is_empty());
 }
 
+/// An MP table as [`parse`] reads it: the processors (APIC ID, BSP, feature flags), the I/O
+/// interrupt entries (IRQ, flags, pin) and the I/O APIC (ID, usable).
+type Parsed = (Vec<(u8, bool, u32)>, Vec<(u8, u16, u8)>, (u8, bool));
+
 /// Parse the MP table the way Linux's mpparse does (signatures, checksums, entry walk).
-/// Returns the processors (APIC ID, BSP, feature flags), the I/O interrupt entries (IRQ, flags,
-/// pin) and the I/O APIC (ID, usable).
-fn parse(mem: &VecMemory) -> (Vec<(u8, bool, u32)>, Vec<(u8, u16, u8)>, (u8, bool)) {
+fn parse(mem: &VecMemory) -> Parsed {
     let mut fp = [0u8; 16];
     mem.read(MPTABLE_GPA, &mut fp).unwrap();
     assert_eq!(&fp[0..4], b"_MP_");

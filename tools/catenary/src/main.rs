@@ -273,8 +273,8 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
         for m in &c.members {
             println!("{} {}", m.name, catenary_net::cluster::hex_encode(&m.public_key));
         }
-        eprintln!("{} node keys (mode 0600), cluster file {}, operator config {} (admin, API: {}'s fabric address)",
-            nodes, dir.join("cluster.txt").display(), dir.join("operator").display(), "node1");
+        eprintln!("{} node keys (mode 0600), cluster file {}, operator config {} (admin, API: node1's fabric address)",
+            nodes, dir.join("cluster.txt").display(), dir.join("operator").display());
         eprintln!("use it: export CATENARY_CONFIG_DIR={}", dir.join("operator").display());
         return Ok(());
     }

@@ -703,7 +703,7 @@ fn run(arg: u64) -> u64 {
     // The fabric's ChaCha20-Poly1305 code, by measurement unless `net.cipher=` names one
     // (docs/networking.md §6): before connect_all, so every session gets it.
     let force = cmdline_arg(&b.cmdline, "net.cipher").and_then(|v| {
-        let r = Node::parse_cipher_word(v).ok();
+        let r = Node::parse_cipher_word(v);
         if r.is_none() {
             logf!("net: net.cipher={:?} refused (vector or portable): measuring instead", v);
         }
