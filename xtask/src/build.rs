@@ -7,7 +7,7 @@ use std::process::Command;
 /// Flags for the no_std kernel against the precompiled x86_64-unknown-linux-gnu core
 /// (no build-std, no nightly): see docs/boot.md. Applied only to the kernel build: with an
 /// explicit `--target`, cargo does not pass RUSTFLAGS to build scripts and proc macros.
-const KERNEL_RUSTFLAGS: &[&str] = &[
+pub const KERNEL_RUSTFLAGS: &[&str] = &[
     "-Crelocation-model=static",
     "-Ccode-model=kernel",
     "-Cno-redzone=yes",
@@ -27,13 +27,19 @@ pub fn kernel_elf(test: bool) -> PathBuf {
 
 /// Ring-3 programs (hypervisor/user): static executables at 4 MiB, built with the kernel's
 /// flags except the code model (user code lives in the low half). Returns their directory.
+/// The ring-3 programs' compiler flags: the kernel's, with the small code model.
+pub fn user_rustflags() -> Vec<&'static str> {
+    let mut flags: Vec<&str> = KERNEL_RUSTFLAGS.iter().copied().filter(|f| !f.starts_with("-Ccode-model")).collect();
+    flags.push("-Ccode-model=small");
+    flags
+}
+
 /// The ring-3 programs; `probes`: with the feature `probes` (netd's and nicd's command-line
 /// test probes), in their own target directory (target/user-probes) so that neither build
 /// undoes the other; only the probes kernel embeds those.
 pub fn build_user(probes: bool) -> Result<PathBuf, String> {
     let target_dir = root().join("target").join(if probes { "user-probes" } else { "user" });
-    let mut flags: Vec<&str> = KERNEL_RUSTFLAGS.iter().copied().filter(|f| !f.starts_with("-Ccode-model")).collect();
-    flags.push("-Ccode-model=small");
+    let flags = user_rustflags();
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root())
         .args(["build", "--release", "--manifest-path", "hypervisor/user/Cargo.toml"])

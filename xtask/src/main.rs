@@ -27,6 +27,7 @@ mod netboot;
 mod netns;
 mod nettests;
 mod leavetest;
+mod lint;
 mod snapshottest;
 mod removetest;
 mod nixcheck;
@@ -82,6 +83,8 @@ commands:
   sim [--seeds N] [--first F]  the cluster core's chaos schedules (membership, then the replicated
                             desired state) over N seeds (default 1000); each ends
                             with how many held every invariant. --detection: failure-detection times
+  lint                      clippy, warnings as errors: host workspace, ring-3 programs, node kernel
+                            (node, ktest, probes builds); not part of `test`
   soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log] [--inspect]
           [--guest minimal|debian] [--node-args WORDS] [--kick-ms N]
                             boot Linux guests back to back under CPU load; ends with
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         "bench" => bench::cmd_bench(rest),
         "soak" => soak::cmd_soak(rest),
         "sim" => sim::cmd_sim(rest),
+        "lint" => lint::cmd_lint(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

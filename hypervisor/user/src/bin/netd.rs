@@ -384,11 +384,7 @@ fn on_message(st: &mut State, m: Msg) {
             let seed = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
             let _ = reply(m.reply, 0, [seed, st.unix_at_origin + now / 1_000_000_000, 0, 0]);
         }
-        l if catenary_netsock::is_request(l) => {
-            if m.reply != 0 {
-                st.sockets.serve(&mut st.node, m.reply, m.label, m.words);
-            }
-        }
+        l if catenary_netsock::is_request(l) && m.reply != 0 => st.sockets.serve(&mut st.node, m.reply, m.label, m.words),
         _ => {} // wakeups (frames, the kernel's notification)
     }
 }

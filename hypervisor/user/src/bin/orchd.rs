@@ -694,9 +694,9 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
     for (name, (spec, r)) in want {
         let exists = list.iter().any(|w| w.name == name);
         if !exists && !images.contains(&Digest(spec.image)) {
-            if !shown.waiting.contains_key(&name) {
-                logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it", name, spec.name, r, Digest(spec.image));
-                shown.waiting.insert(name, (Digest(spec.image), now_ms));
+            if let alloc::collections::btree_map::Entry::Vacant(e) = shown.waiting.entry(name) {
+                logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it", e.key(), spec.name, r, Digest(spec.image));
+                e.insert((Digest(spec.image), now_ms));
             }
             continue;
         }

@@ -119,7 +119,7 @@ fn is_err(r: u64) -> bool {
 fn class_of(addr: u64, len: u64) -> Class {
     match addr.checked_add(len) {
         Some(end) if addr < USER_END && end <= USER_END => {
-            if addr < PAGE || (addr >= GUARD && addr < GUARD + PAGE && end <= GUARD + PAGE) || addr >= GRANT_WINDOW && end <= GRANT_WINDOW + (1 << 40) {
+            if addr < PAGE || ((GUARD..GUARD + PAGE).contains(&addr) && end <= GUARD + PAGE) || addr >= GRANT_WINDOW && end <= GRANT_WINDOW + (1 << 40) {
                 Class::Unmapped
             } else {
                 Class::User
@@ -322,7 +322,7 @@ impl Fz {
                 if label == GRANT_LABEL {
                     // a forged grant descriptor: the peer's grant window (where a real grant
                     // of ours would be), in an ordinary message; the peer must not take it
-                    w[2] = GRANT_WINDOW + self.rng.below(64) * 4096 * PAGE | self.rng.below(2);
+                    w[2] = (GRANT_WINDOW + self.rng.below(64) * 4096 * PAGE) | self.rng.below(2);
                     w[3] = PAGE * (1 + self.rng.below(4));
                 }
                 let r = if nr == SYS_SEND {
@@ -366,7 +366,7 @@ impl Fz {
                 let on_text = virt & !(PAGE - 1) == self.text || virt & !(PAGE - 1) == probe || (STACK_TOP - STACK_PAGES * PAGE..STACK_TOP).contains(&virt);
                 // Bounded memory: fresh pages only in the arena (or refused ones).
                 let in_arena = virt >= ARENA && virt.saturating_add(pages.saturating_mul(PAGE)) <= ARENA + ARENA_PAGES * PAGE;
-                if !in_arena && !outside && !on_text && !(virt % PAGE != 0 || pages == 0 || pages > 1 << 40) {
+                if !in_arena && !outside && !on_text && virt.is_multiple_of(PAGE) && pages != 0 && pages <= 1 << 40 {
                     return;
                 }
                 if reserved(virt, pages) && !outside {
@@ -503,7 +503,7 @@ impl Fz {
                 self.note(nr, r);
             }
             2 => {
-                let bad = self.rng.pick(&[0, 8, GUARD + PAGE - 8, USER_END, 0x8000_0000_0000_0000, 0xffff_ffff_8000_0000, u64::MAX & !15]);
+                let bad = self.rng.pick(&[0, 8, GUARD + PAGE - 8, USER_END, 0x8000_0000_0000_0000, 0xffff_ffff_8000_0000, !15]);
                 let nr = self.rng.pick(&[SYS_NULL, SYS_TIME, SYS_YIELD]);
                 let r = hostile::syscall_with_rsp(bad, nr);
                 self.note(nr, r);

@@ -657,7 +657,7 @@ fn push(c: &mut Client) {
         let held = store(c).map(|s| s.uploads == 1 && s.used_pages > s0.used_pages).unwrap_or(false);
         let end = now_ns() + 120 * 1_000_000_000;
         let mut s4 = store(c);
-        while now_ns() < end && !s4.as_ref().is_some_and(|s| s.uploads == 0) {
+        while now_ns() < end && s4.as_ref().is_none_or(|s| s.uploads != 0) {
             sleep_ns(1_000_000_000);
             s4 = store(c);
         }

@@ -56,6 +56,9 @@ pub fn get_bytes(path: &str, to: Ipv6Addr) -> Vec<u8> {
     alloc::format!("GET {path} HTTP/1.1\r\nHost: [{to}]:{}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", catenary_api::PORT).into_bytes()
 }
 
+/// A parked connection, the other nodes (name, /128, session up) and the operator it asks for.
+type ParkedMeta = (u64, Vec<(String, Ipv6Addr, bool)>, [u8; 32]);
+
 /// The operators' requests parked waiting for other nodes' answers and their asks in flight:
 /// `catenary_api::cluster::Forwards` (sans I/O, host-tested) decides which node to ask when
 /// and shares the sockets; this owns the [`Outbound`] exchanges. A read asks every node it
@@ -64,7 +67,7 @@ pub struct Forwarder {
     f: Forwards<u64>,
     /// Per parked connection: the other nodes (name, /128, session up), in `Gather`'s order,
     /// and the operator it asks for.
-    meta: Vec<(u64, Vec<(String, Ipv6Addr, bool)>, [u8; 32])>,
+    meta: Vec<ParkedMeta>,
     /// (connection, node, its exchange)
     asks: Vec<(u64, usize, Outbound)>,
     /// Answers ready and not yet handed out.
@@ -93,6 +96,7 @@ impl Forwarder {
     /// Park connection `conn`'s request (`resp`: this node's own answer, made for
     /// `operator`) and send its asks; `Some(answer)` when it needs none (or none could be
     /// sent), `None` while parked. The caller checked [`has_room`](Forwarder::has_room).
+    #[allow(clippy::too_many_arguments)] // one request's whole context, handed over once
     pub fn park(&mut self, s: &Sockets, conn: u64, req: Request, resp: Response, own: Option<String>, others: Vec<(String, Ipv6Addr, bool)>, operator: [u8; 32], now_ms: u64) -> Option<Vec<u8>> {
         let names = others.iter().map(|o| o.0.clone()).collect();
         let g = Gather::new(req, resp, own, names);
