@@ -25,8 +25,6 @@ pub fn kernel_elf(test: bool) -> PathBuf {
     out_dir().join(if test { "catenary-test.elf" } else { "catenary.elf" })
 }
 
-/// Ring-3 programs (hypervisor/user): static executables at 4 MiB, built with the kernel's
-/// flags except the code model (user code lives in the low half). Returns their directory.
 /// The ring-3 programs' compiler flags: the kernel's, with the small code model.
 pub fn user_rustflags() -> Vec<&'static str> {
     let mut flags: Vec<&str> = KERNEL_RUSTFLAGS.iter().copied().filter(|f| !f.starts_with("-Ccode-model")).collect();
@@ -34,7 +32,9 @@ pub fn user_rustflags() -> Vec<&'static str> {
     flags
 }
 
-/// The ring-3 programs; `probes`: with the feature `probes` (netd's and nicd's command-line
+/// Ring-3 programs (hypervisor/user): static executables at 4 MiB, built with the kernel's
+/// flags except the code model (user code lives in the low half). Returns their directory.
+/// `probes`: with the feature `probes` (netd's and nicd's command-line
 /// test probes), in their own target directory (target/user-probes) so that neither build
 /// undoes the other; only the probes kernel embeds those.
 pub fn build_user(probes: bool) -> Result<PathBuf, String> {

@@ -84,7 +84,7 @@ commands:
                             desired state) over N seeds (default 1000); each ends
                             with how many held every invariant. --detection: failure-detection times
   lint                      clippy, warnings as errors: host workspace, ring-3 programs, node kernel
-                            (node, ktest, probes builds); not part of `test`
+                            (node, ktest, probes, ktest+probes builds); not part of `test`
   soak vm --runs N [--parallel K] [--load L] [--qemu-log FLAGS] [--reset-log] [--inspect]
           [--guest minimal|debian] [--node-args WORDS] [--kick-ms N]
                             boot Linux guests back to back under CPU load; ends with

@@ -331,13 +331,13 @@ enum Net {
     Silent,
 }
 
+/// (connection, node, exchange, when its answer arrives and its bytes)
+type InFlight = (u64, usize, crate::exchange::Exchange, Option<(u64, Vec<u8>)>);
+
 /// `apid`'s loop over [`cluster::Forwards`], with a clock: the node asked is `c[0]`; each
 /// ask is a real `Exchange` (its deadline `budget` ms, as apid's `Outbound`) that gets the
 /// other node's real answer (its `Api` on the same request) `Net::After` ms after it went
 /// out, or nothing; events are taken in time order.
-/// (connection, node, exchange, when its answer arrives and its bytes)
-type InFlight = (u64, usize, crate::exchange::Exchange, Option<(u64, Vec<u8>)>);
-
 struct Loop {
     c: Vec<Sim>,
     f: cluster::Forwards<u64>,

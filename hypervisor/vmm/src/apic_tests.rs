@@ -428,6 +428,18 @@ fn pic_only_mptable_lists_one_cpu_and_an_unusable_ioapic() {
     assert!(matches!(write_pic_only_mptable(&mut small, &[]), Err(MpTableError::Mem(_))));
 }
 
+/// The absent APIC page (a guest without APICs): the version register's bytes, 0 elsewhere.
+#[test]
+fn absent_apic_page_reads_id_zero_and_the_version() {
+    use crate::devices::lapic::{absent_apic_read, APIC_VERSION};
+    assert_eq!(absent_apic_read(0x30), u64::from(APIC_VERSION));
+    assert_eq!(absent_apic_read(0x32) & 0xff, 6, "max LVT entry byte");
+    assert_eq!(absent_apic_read(0x20), 0, "APIC ID 0");
+    for off in [0x0, 0x2f, 0x34, 0x80, 0xf0, 0xff0, 0xfff] {
+        assert_eq!(absent_apic_read(off), 0, "offset {off:#x}");
+    }
+}
+
 #[test]
 fn fuzz_smoke_apic() {
     let mut seed = 0x1234_5678_9abc_def0u64;

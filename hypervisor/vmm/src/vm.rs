@@ -281,7 +281,8 @@ impl MicroVm {
     /// Write the guest's platform tables (the MP table) into its memory; call after the boot
     /// loader. virtio IRQs are level-triggered on the I/O APIC. Without `cfg.apic` the table
     /// says one processor and an unusable I/O APIC (crate::mptable: it spares Linux the BIOS
-    /// area's search).
+    /// area's search). Every guest gets one, raw test guests too (at 0x9fc00, E820-reserved;
+    /// they do not read it); it fails only with less than 640 KiB of RAM.
     pub fn write_platform_tables(&self, mem: &mut dyn GuestMemory) -> Result<(), crate::mptable::MpTableError> {
         let mut irqs: Vec<crate::mptable::IsaIrq> = Vec::new();
         for d in &self.virtio {

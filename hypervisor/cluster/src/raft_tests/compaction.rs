@@ -202,8 +202,8 @@ fn put_one(sim: &mut RaftSim, n: &mut u32, seed: u64, pad: usize) {
 }
 
 /// The chaos schedules compact (every 4–32 entries) and lagging followers install snapshots
-/// (40 seeds: in 20 the largest snapshot may fit one window, as after the holder band of
-/// `placement::HOLDER_ROOM_SHARE` moved some of their replicas).
+/// (40 seeds: in the first 20 the largest snapshot fits one window since the holder band of
+/// `placement::HOLDER_ROOM_SHARE` moved some of their replicas; the counts' limits doubled).
 #[test]
 fn chaos_schedules_take_and_install_snapshots() {
     let (mut taken, mut installed, mut chunks, mut assembled, mut largest) = (0, 0, 0, 0, 0);
@@ -215,7 +215,8 @@ fn chaos_schedules_take_and_install_snapshots() {
         assembled += st.snapshots_assembled;
         largest = largest.max(st.largest_snapshot);
     }
-    assert!(taken > 100 && installed > 10, "{taken} snapshots taken, {installed} installed");
+    // (The limits are those of 20 seeds, doubled.)
+    assert!(taken > 200 && installed > 20, "{taken} snapshots taken, {installed} installed");
     // Installed only from chunks that crossed the codec.
     // (Installed from chunks only, several per snapshot, some past one window.)
     let window = crate::snapshot::WINDOW * crate::snapshot::CHUNK_LEN;

@@ -205,11 +205,13 @@ pub fn in_absent_apic_page(gpa: u64) -> bool {
 /// A read at `offset` in the local APIC page of a guest that has no local APIC (no CPUID APIC
 /// bit) but an MP table naming one (`crate::mptable::write_pic_only_mptable`): Linux's MP
 /// table parser reads the boot CPU's APIC ID and version before it sees that CPUID has no
-/// APIC. ID 0 and [`APIC_VERSION`] (as in the table, so that Linux finds no mismatch), every
-/// other byte 0; writes are dropped. Stateless: nothing a guest does here changes anything.
+/// APIC. ID 0 and [`APIC_VERSION`] (as in the table, so that Linux finds no mismatch; a read
+/// inside the version register gets its bytes from there on), every other byte 0; writes are
+/// dropped. Stateless: nothing a guest does here changes anything.
 pub fn absent_apic_read(offset: u64) -> u64 {
-    if offset == u64::from(VERSION) << 4 {
-        u64::from(APIC_VERSION)
+    let version = u64::from(VERSION) << 4;
+    if (version..version + 4).contains(&offset) {
+        u64::from(APIC_VERSION) >> (8 * (offset - version))
     } else {
         0
     }
