@@ -154,7 +154,8 @@ pub fn test_image_copy(t: &mut Tally, kernel: &Path) -> Result<(), String> {
 }
 
 /// The test image with another `config.json` (a newline more: the same run configuration):
-/// another digest, the same root filesystem and size. Written next to `image`.
+/// another digest, the same root filesystem and size, and its own chunk list (the stream moved
+/// by a byte). Written next to `image`.
 fn variant(image: &Path) -> Result<PathBuf, String> {
     let dir = image.with_file_name("out-variant");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -166,9 +167,14 @@ fn variant(image: &Path) -> Result<PathBuf, String> {
     if !manifest.contains(&old) {
         return Err("the test image's image.json does not name its config.json as expected".into());
     }
-    std::fs::write(dir.join("image.json"), manifest.replace(&old, &new)).map_err(|e| e.to_string())?;
+    let rootfs = std::fs::read(image.join("rootfs.squashfs")).map_err(|e| e.to_string())?;
+    let (list, list_b) = (catenary_workload::store::chunk_list_json(&config, &rootfs), catenary_workload::store::chunk_list_json(&config_b, &rootfs));
+    if !manifest.contains(&format!("\"chunks\":{list}")) {
+        return Err("the test image's image.json does not list its chunks as expected".into());
+    }
+    std::fs::write(dir.join("image.json"), manifest.replace(&old, &new).replace(&list, &list_b)).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("config.json"), config_b).map_err(|e| e.to_string())?;
-    std::fs::copy(image.join("rootfs.squashfs"), dir.join("rootfs.squashfs")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("rootfs.squashfs"), rootfs).map_err(|e| e.to_string())?;
     Ok(dir)
 }
 

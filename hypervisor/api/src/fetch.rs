@@ -11,11 +11,13 @@
 //!
 //! - its `image.json` must have the image's digest (sha256) and be a manifest; the sizes and
 //!   the digests of `config.json` and `rootfs.squashfs` come from it;
-//! - chunks are asked in order, and each must have exactly the length the sizes give; its
-//!   sha256 goes with it into the store (`ImageChunk`, which `workd` checks again on the bytes
-//!   it copies), and its bytes go into running digests of the two files: `config.json` is
-//!   checked as soon as its last byte came, `rootfs.squashfs` after the last chunk (the format
-//!   names each file by one digest, so a wrong byte of the root filesystem shows at its end);
+//! - chunks are asked in order, and each must have exactly the length the sizes give and, when
+//!   `image.json` lists the chunks' digests (every image `catenary image pack` makes), the
+//!   digest listed for it: a wrong chunk is refused when it arrives. Its sha256 goes with it
+//!   into the store (`ImageChunk`, which `workd` checks again on the bytes it copies), and its
+//!   bytes go into running digests of the two files: `config.json` is checked as soon as its
+//!   last byte came, `rootfs.squashfs` after the last chunk (for an image without the list, a
+//!   wrong byte of the root filesystem shows only there);
 //! - the store verifies the whole image again on commit (`ImageCommit`).
 //!
 //! A holder that fails any check is **refused**: the upload is aborted (its store frames freed)
@@ -30,7 +32,7 @@ use crate::upload::CHUNK_SIZE;
 use alloc::vec::Vec;
 use core::task::Poll;
 use catenary_workload::proto::{self as wk, Reply};
-use catenary_workload::store::{manifest_info, ImageInfo};
+use catenary_workload::store::{manifest_chunks, manifest_info, ImageInfo};
 use catenary_workload::{Digest, Hasher};
 
 /// One node-to-node request: (holder, path) → `Ready(Some((status, body)))`, `Ready(None)` (no
@@ -70,6 +72,8 @@ struct Current {
     config_checked: bool,
     /// Requests of the current chunk that got no answer.
     misses: u32,
+    /// Each chunk's digest, when `image.json` lists them.
+    listed: Option<Vec<Digest>>,
 }
 
 /// A chunk whose request got no answer is asked again this many times from the same holder
@@ -121,13 +125,15 @@ impl Fetch {
         if Digest::of(&manifest) != self.image {
             return self.refuse(holder, backend, "its image.json does not have the image's digest");
         }
-        let Ok(info) = manifest_info(&manifest) else { return self.refuse(holder, backend, "its image.json is not an image manifest") };
+        let (Ok(info), Ok(listed)) = (manifest_info(&manifest), manifest_chunks(&manifest)) else {
+            return self.refuse(holder, backend, "its image.json is not an image manifest");
+        };
         let size = info.config_size.saturating_add(info.rootfs_size);
         match backend.workd(wk::Request::ImageBegin { image: self.image, manifest }) {
             Ok(Reply::Upload { present: true, .. }) => Event::Done { from: None, info },
             Ok(Reply::Upload { upload, size: s, .. }) if s == size => {
                 let chunks = size.div_ceil(CHUNK_SIZE as u64) as u32;
-                self.cur = Some(Current { holder, info, upload, size, next: 0, chunks, config: Hasher::new(), rootfs: Hasher::new(), config_checked: false, misses: 0 });
+                self.cur = Some(Current { holder, info, upload, size, next: 0, chunks, config: Hasher::new(), rootfs: Hasher::new(), config_checked: false, misses: 0, listed });
                 Event::Started { holder, size, chunks }
             }
             Err(wk::Error::StoreFull) => Event::Failed { why: "the node's image store has no room for it" },
@@ -161,6 +167,10 @@ impl Fetch {
             if bytes.len() != len {
                 return self.refuse(holder, backend, "a chunk of the wrong length");
             }
+            let digest = Digest::of(&bytes);
+            if c.listed.as_ref().is_some_and(|l| l.get(n as usize) != Some(&digest)) {
+                return self.refuse(holder, backend, "a chunk does not have the digest image.json lists");
+            }
             // the running digests of the two files the stream holds
             let cl = c.info.config_size;
             let split = cl.saturating_sub(off).min(len as u64) as usize;
@@ -172,7 +182,7 @@ impl Fetch {
                     return self.refuse(holder, backend, "config.json's bytes do not have the digest image.json names");
                 }
             }
-            let req = wk::Request::ImageChunk { upload: c.upload, offset: off, len: len as u32, digest: Digest::of(&bytes) };
+            let req = wk::Request::ImageChunk { upload: c.upload, offset: off, len: len as u32, digest };
             match backend.workd_chunk(req, &bytes) {
                 Ok(Reply::Done) => {}
                 Err(wk::Error::NoSuchUpload) => return Event::Failed { why: "the store dropped the upload" },

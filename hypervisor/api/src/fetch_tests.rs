@@ -13,7 +13,7 @@ use crate::Api;
 use alloc::vec::Vec;
 use core::task::Poll;
 use catenary_workload::proto::{self as wk, Reply};
-use catenary_workload::store::manifest_for;
+use catenary_workload::store::{manifest_for, manifest_without_chunks};
 use catenary_workload::Digest;
 
 struct Sim {
@@ -21,8 +21,18 @@ struct Sim {
     node: SimNode,
 }
 
-/// An image of 3 chunks and a bit (the rootfs is pseudo-random bytes).
+/// An image of 3 chunks and a bit (the rootfs is pseudo-random bytes), its `image.json`
+/// listing the chunks' digests as `catenary image pack` writes it.
 fn image() -> (Digest, Vec<u8>, Vec<u8>) {
+    image_with(manifest_for)
+}
+
+/// The same image as packed before `image.json` listed the chunks.
+fn image_without_list() -> (Digest, Vec<u8>, Vec<u8>) {
+    image_with(manifest_without_chunks)
+}
+
+fn image_with(manifest_for: fn(&[u8], &[u8]) -> Vec<u8>) -> (Digest, Vec<u8>, Vec<u8>) {
     let config = br#"{"version":1,"os":"linux"}"#.to_vec();
     let mut x = 0x1234_5678u32;
     let rootfs: Vec<u8> = (0..3 * CHUNK_SIZE + 1000)
@@ -106,35 +116,66 @@ fn node_routes_answer_only_nodes_and_serve_the_stored_bytes() {
     }
 }
 
-#[test]
-fn a_holder_serving_corrupted_chunks_is_refused_and_another_gives_the_image() {
-    let (d, manifest, stream) = image();
-    // node 0 fetches; node 1 lies about chunk 2 (a byte of the rootfs), node 2 is honest
+/// Node 0 fetches; holder 0 lies about chunk 2 (a byte of the rootfs), holder 1 is honest.
+/// Returns the events, the fetch, and the chunks holder 0 was asked for.
+fn fetch_from_a_liar_then_an_honest_holder(d: Digest, manifest: &[u8], stream: &[u8]) -> (Vec<Event>, Fetch, Vec<u32>, Vec<Sim>) {
     let mut c = sims(3);
     for s in &mut c[1..] {
-        store(&mut s.node, d, &manifest, &stream);
+        store(&mut s.node, d, manifest, stream);
     }
+    let asked = core::cell::RefCell::new(Vec::new());
     let lie = |h: usize, path: &str, body: &mut Vec<u8>| {
-        if h == 0 && path.ends_with("/chunks/2") {
-            body[100] ^= 1;
+        if h == 0 {
+            if let Some(n) = path.rsplit_once("/chunks/").and_then(|(_, n)| n.parse::<u32>().ok()) {
+                asked.borrow_mut().push(n);
+            }
+            if path.ends_with("/chunks/2") {
+                body[100] ^= 1;
+            }
         }
     };
     let (events, f) = fetch(&mut c, d, alloc::vec![0, 1], &lie);
-    assert!(events.contains(&Event::Refused { holder: 0, why: "rootfs.squashfs's bytes do not have the digest image.json names" }), "{events:?}");
     assert!(matches!(events.last(), Some(Event::Done { from: Some(1), .. })), "{events:?}");
     assert_eq!(f.refused, alloc::vec![0]);
     assert!(has(&mut c[0].node, d));
     // the bytes in node 0's store are the image's, and its failed upload was freed
-    assert_eq!(c[0].node.kernel.stored.iter().find(|s| s.0.digest == d).map(|s| s.1.clone()), Some(stream.clone()));
+    assert_eq!(c[0].node.kernel.stored.iter().find(|s| s.0.digest == d).map(|s| s.1.clone()), Some(stream.to_vec()));
     assert!(c[0].node.kernel.uploads.is_empty());
+    (events, f, asked.into_inner(), c)
+}
+
+#[test]
+fn a_holder_serving_a_corrupted_chunk_is_refused_at_that_chunk_and_another_gives_the_image() {
+    let (d, manifest, stream) = image();
+    let (events, f, asked, mut c) = fetch_from_a_liar_then_an_honest_holder(d, &manifest, &stream);
+    // refused at the chunk it lied in: chunk 3 was never asked of it
+    assert!(events.contains(&Event::Refused { holder: 0, why: "a chunk does not have the digest image.json lists" }), "{events:?}");
+    assert_eq!(asked, alloc::vec![0, 1, 2]);
+    assert_eq!(f.received, (3 * CHUNK_SIZE + stream.len()) as u64, "3 chunks from the liar, the whole image from the other");
     // fetched again: present at once
     let (events, _) = fetch(&mut c, d, alloc::vec![1], &|_, _, _| {});
     assert!(matches!(events.as_slice(), [Event::Done { from: None, .. }]), "{events:?}");
 }
 
+/// An image whose `image.json` lists no chunks (packed before the list existed) is still
+/// fetched; a lie in its root filesystem shows when the file's last byte came.
+#[test]
+fn without_a_chunk_list_a_corrupted_chunk_is_refused_at_the_files_end() {
+    let (d, manifest, stream) = image_without_list();
+    let (events, _, asked, _) = fetch_from_a_liar_then_an_honest_holder(d, &manifest, &stream);
+    assert!(events.contains(&Event::Refused { holder: 0, why: "rootfs.squashfs's bytes do not have the digest image.json names" }), "{events:?}");
+    assert_eq!(asked, alloc::vec![0, 1, 2, 3]);
+}
+
 #[test]
 fn wrong_manifests_configs_and_lengths_are_refused_and_nothing_is_kept() {
-    let (d, manifest, stream) = image();
+    // with the chunk list, the wrong config.json byte is a wrong chunk 0; without, the file's
+    // own digest catches it when its last byte came
+    wrong_manifests_configs_and_lengths(image(), "a chunk does not have the digest image.json lists");
+    wrong_manifests_configs_and_lengths(image_without_list(), "config.json's bytes do not have the digest image.json names");
+}
+
+fn wrong_manifests_configs_and_lengths((d, manifest, stream): (Digest, Vec<u8>, Vec<u8>), config_lie: &str) {
     let mut c = sims(5);
     for s in &mut c[1..] {
         store(&mut s.node, d, &manifest, &stream);
@@ -149,7 +190,7 @@ fn wrong_manifests_configs_and_lengths_are_refused_and_nothing_is_kept() {
     };
     let (events, f) = fetch(&mut c, d, alloc::vec![0, 1, 2, 7], &lie);
     assert!(events.contains(&Event::Refused { holder: 0, why: "its image.json does not have the image's digest" }), "{events:?}");
-    assert!(events.contains(&Event::Refused { holder: 1, why: "config.json's bytes do not have the digest image.json names" }), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::Refused { holder: 1, why } if *why == config_lie)), "{events:?}");
     assert!(events.contains(&Event::Refused { holder: 2, why: "a chunk of the wrong length" }), "{events:?}");
     assert!(events.contains(&Event::NotHeld { holder: 7 }), "{events:?}");
     assert_eq!(events.last(), Some(&Event::Failed { why: "no node gave the image" }));

@@ -384,6 +384,32 @@ fn image_push_in_chunks_resumes_refuses_a_corrupt_chunk_and_verifies_the_whole()
     assert_eq!(node.kernel.stored.len(), 1);
 }
 
+/// When `image.json` lists the chunks' digests (as `catenary image pack` writes it), a chunk
+/// that is whole and has its Chunk-Digest but is not the image's is refused as it arrives.
+#[test]
+fn a_pushed_chunk_that_is_not_the_listed_one_is_refused_at_once() {
+    let (mut api, mut node) = (fuzzing::api(), SimNode::new(1024));
+    let rootfs: Vec<u8> = (0..2 * CHUNK_SIZE as u32 + 1000).map(|i| (i * 7 % 251) as u8).collect();
+    let config = b"{\"version\":1}".to_vec();
+    let manifest = String::from_utf8(catenary_workload::store::manifest_for(&rootfs, &config)).unwrap();
+    let digest = Digest::of(manifest.as_bytes()).to_string();
+    let stream: Vec<u8> = config.iter().chain(rootfs.iter()).copied().collect();
+    let u: Upload = ok(&mut api, &mut node, &client::create_upload(&UploadCreate { image: digest.clone(), manifest }));
+    let chunk = |i: usize| &stream[i * CHUNK_SIZE..((i + 1) * CHUNK_SIZE).min(stream.len())];
+    // chunk 1 from another source: its own digest is right, the image's list says otherwise
+    let mut other = chunk(1).to_vec();
+    other[10] ^= 1;
+    let (s, c, m) = refused(&mut api, &mut node, ADMIN, &client::put_chunk(u.id, 1, &other));
+    assert_eq!((s, c.as_str()), (422, "chunk_not_in_image"), "{m}");
+    // the image's own chunks are taken, and the image commits
+    for i in 0..u.chunks {
+        let _: Upload = ok(&mut api, &mut node, &client::put_chunk(u.id, i, chunk(i as usize)));
+    }
+    let img: Image = ok(&mut api, &mut node, &client::commit_upload(u.id));
+    assert_eq!(img.digest, digest);
+    assert_eq!(node.kernel.stored[0].1, stream);
+}
+
 #[test]
 fn uploads_are_bounded() {
     let (mut api, mut node) = (fuzzing::api(), SimNode::new(1024));

@@ -13,7 +13,8 @@
 //! 2. `PUT /v1/images/uploads/{id}/chunks/{n}` with `Chunk-Digest: sha256:…` for each chunk of
 //!    the stream `config.json ‖ rootfs.squashfs` ([`CHUNK_SIZE`] bytes, the last one shorter).
 //!    A chunk whose bytes do not have that digest is refused (422) and not kept: the client
-//!    sends it again. One that has it goes to the store (`ImageChunk`, the bytes through the
+//!    sends it again. When `image.json` lists the chunks' digests, a chunk that is not the
+//!    listed one is refused too (422 `chunk_not_in_image`: the source is not the image). One that has it goes to the store (`ImageChunk`, the bytes through the
 //!    backend's [`crate::Backend::workd_chunk`]); the API keeps only which chunks arrived.
 //! 3. `POST /v1/images/uploads/{id}/commit`: the store verifies the whole image as on any
 //!    arrival (`ImageCommit`: `catenary_workload::store::verify` with the digest it was
@@ -30,12 +31,12 @@ use crate::types::{Upload, UploadCreate};
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use catenary_workload::proto::{self as wk, Reply};
-use catenary_workload::store::{ImageInfo, MANIFEST_MAX};
+use catenary_workload::store::{manifest_chunks, ImageInfo, MANIFEST_MAX};
 use catenary_workload::Digest;
 use serde::Deserialize;
 
 /// Bytes per chunk (the last one of an image is shorter); at most `proto::CHUNK_MAX`.
-pub const CHUNK_SIZE: usize = 256 * 1024;
+pub const CHUNK_SIZE: usize = catenary_workload::store::STREAM_CHUNK;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UploadLimits {
@@ -69,6 +70,9 @@ struct Session {
     image: Digest,
     size: u64,
     have: Vec<bool>,
+    /// Each chunk's digest, when `image.json` lists them: a chunk that is not the image's is
+    /// refused when it arrives, not at the commit.
+    listed: Option<Vec<Digest>>,
     touched_ms: u64,
 }
 
@@ -117,7 +121,7 @@ impl Uploads {
         self.sessions.is_empty()
     }
     pub fn bytes(&self) -> usize {
-        self.sessions.iter().map(|s| s.have.capacity()).sum()
+        self.sessions.iter().map(|s| s.have.capacity() + s.listed.as_ref().map_or(0, |l| l.capacity() * 32)).sum()
     }
 
     /// Start (or resume) pushing an image the node does not have.
@@ -143,6 +147,7 @@ impl Uploads {
         if self.sessions.len() >= self.limits.uploads_max {
             return Err(ApiError::new(507, "too_many_uploads", "the node takes no more uploads at once; finish or abort one"));
         }
+        let listed = manifest_chunks(manifest).map_err(|_| ApiError::new(422, "image_invalid", "manifest: not a Catenary image manifest"))?;
         let (id, store_size) = match backend.workd(wk::Request::ImageBegin { image, manifest: manifest.to_vec() })? {
             Reply::Upload { present: true, .. } => return Ok(Upload { id: 0, image: req.image.clone(), size: 0, chunk_size: 0, chunks: 0, missing: Vec::new(), present: true }),
             Reply::Upload { upload, size, .. } => (upload, size),
@@ -155,7 +160,7 @@ impl Uploads {
         let mut have = Vec::new();
         have.try_reserve_exact(chunks).map_err(|_| ApiError::new(507, "no_memory", "the API service cannot track the upload now"))?;
         have.resize(chunks, false);
-        let s = Session { id, image, size, have, touched_ms: now_ms };
+        let s = Session { id, image, size, have, listed, touched_ms: now_ms };
         let view = s.view();
         self.sessions.push(s);
         Ok(view)
@@ -187,6 +192,10 @@ impl Uploads {
         }
         if Digest::of(body) != want {
             return Err(ApiError::new(422, "chunk_digest_mismatch", &alloc::format!("chunk {index}: the bytes do not have the Chunk-Digest; send it again")));
+        }
+        // whole and as sent, but not the image's (the source is not the image it named)
+        if s.listed.as_ref().is_some_and(|l| l.get(index as usize) != Some(&want)) {
+            return Err(ApiError::new(422, "chunk_not_in_image", &alloc::format!("chunk {index}: not the chunk image.json lists; the source is not this image")));
         }
         if !have {
             let r = backend.workd_chunk(wk::Request::ImageChunk { upload: id, offset: start, len: len as u32, digest: want }, body);

@@ -14,7 +14,11 @@ impl Digest {
 
     /// Parse `sha256:<64 lowercase hex>`; anything else is None.
     pub fn parse(s: &str) -> Option<Digest> {
-        let hex = s.strip_prefix("sha256:")?.as_bytes();
+        Digest::from_hex(s.strip_prefix("sha256:")?.as_bytes())
+    }
+
+    /// Parse exactly 64 lowercase hex digits (no prefix: `image.json`'s chunk list).
+    pub fn from_hex(hex: &[u8]) -> Option<Digest> {
         if hex.len() != 64 {
             return None;
         }

@@ -172,7 +172,7 @@ pub fn run(data: &[u8]) {
         let (kind, len) = (rest[0], rest[1] as usize);
         let body = &rest[2..(2 + len).min(rest.len())];
         rest = &rest[(2 + len).min(rest.len())..];
-        match kind % 5 {
+        match kind % 6 {
             0 => {
                 // raw bytes as a request
                 if let Ok(r) = decode_request(body) {
@@ -238,6 +238,7 @@ pub fn run(data: &[u8]) {
                     }
                 }
             }
+            5 => manifest(body),
             _ => {
                 // raw bytes as kernel event records (the service's decoder of OP_EVENTS)
                 if let Some(evs) = vmctl::decode::<Vec<VmEvent>>(body) {
@@ -253,3 +254,43 @@ pub fn run(data: &[u8]) {
         assert!(s.net_links() <= crate::net::LINKS_MAX as usize);
     }
 }
+
+/// A hostile `image.json` (a pushed one, or a holder's answer to a fetch): `data` as the
+/// manifest itself, and as (position, byte) edits of a well-formed one that lists three chunks.
+/// Every parser returns an error or agrees with the others; none panics. Panics only if they
+/// disagree (that is the finding).
+pub fn manifest(data: &[u8]) {
+    use crate::store::{manifest_chunks, manifest_info, stream_sizes, verify, STREAM_CHUNK};
+    let (rootfs, config) = (b"squashfs".as_slice(), b"{}".as_slice());
+    let template = {
+        let m = crate::store::manifest_without_chunks(rootfs, config);
+        let mut t = String::from_utf8(m).unwrap_or_default();
+        t = t.replace("\"size\":8,", "\"size\":600000,");
+        t.pop();
+        t.push_str(",\"chunks\":{\"size\":262144,\"sha256\":\"");
+        for i in 0..3 * 64 {
+            t.push(char::from(b"0123456789abcdef"[i % 16]));
+        }
+        t.push_str("\"}}");
+        t.into_bytes()
+    };
+    let mut edited = template.clone();
+    for e in data.chunks(3) {
+        if let [hi, lo, b] = *e {
+            let at = (usize::from(hi) << 8 | usize::from(lo)) % edited.len();
+            edited[at] = b;
+        }
+    }
+    for m in [data, template.as_slice(), edited.as_slice()] {
+        let (sizes, info, chunks) = (stream_sizes(m), manifest_info(m), manifest_chunks(m));
+        assert_eq!(sizes.is_ok(), info.is_ok(), "the parsers agree on what is a manifest");
+        assert_eq!(info.is_ok(), chunks.is_ok());
+        if let (Ok((c, r)), Ok(Some(list))) = (sizes, &chunks) {
+            assert_eq!(list.len() as u64, (c + r).div_ceil(STREAM_CHUNK as u64), "one digest per chunk");
+        }
+        // the bytes are not the manifest's: refused, whatever the manifest says
+        let _ = verify(m, rootfs, config, None);
+    }
+    assert!(manifest_chunks(&template).is_ok_and(|l| l.is_some_and(|l| l.len() == 3)), "the template is well formed");
+}
+

@@ -138,6 +138,48 @@ fn run_config_and_digest() {
     assert!(matches!(image::verify(&out, Some(&r.digest)), Err(PackError::DigestMismatch { .. })));
 }
 
+/// `image.json` lists the sha256 of every 256 KiB chunk of `config.json ‖ rootfs.squashfs`, the
+/// same list the node's store computes and checks; `image verify` refuses a list that is not
+/// the files'.
+#[test]
+fn the_chunk_list_is_the_streams_and_verified() {
+    let t = tempfile::tempdir().unwrap();
+    // incompressible bytes, so the root filesystem spans several chunks
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..700_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let layers = [tar(&[Ent::Dir("data/", 0o755, 0, 0), Ent::File("data/noise", Box::leak(noise.into_boxed_slice()), 0o644, 0, 0)])];
+    oci_layout(&t.path().join("in"), &layers, &config(&layers, "amd64"));
+    let r = pack(&t.path().join("in"), &t.path().join("out")).unwrap();
+    let out = t.path().join("out");
+    let (manifest, config, rootfs) = (std::fs::read(out.join("image.json")).unwrap(), std::fs::read(out.join("config.json")).unwrap(), std::fs::read(out.join("rootfs.squashfs")).unwrap());
+    let stream = [config.as_slice(), rootfs.as_slice()].concat();
+    let size = catenary_workload::store::STREAM_CHUNK;
+    let want: Vec<catenary_workload::Digest> = stream.chunks(size).map(catenary_workload::Digest::of).collect();
+    assert!(want.len() >= 3, "{} chunks", want.len());
+    // what the node reads from it, and what its store checks on arrival
+    assert_eq!(catenary_workload::store::manifest_chunks(&manifest), Ok(Some(want)));
+    assert!(catenary_workload::store::verify(&manifest, &rootfs, &config, Some(catenary_workload::Digest::of(&manifest))).is_ok());
+    let listed = r.manifest.chunks.clone().unwrap();
+    assert_eq!(format!("{{\"size\":{},\"sha256\":\"{}\"}}", listed.size, listed.sha256), catenary_workload::store::chunk_list_json(&config, &rootfs));
+    assert_eq!(image::verify(&out, Some(&r.digest)).unwrap().0, r.digest);
+    // a list that is not the files' (one digit of chunk 1's digest) is refused, naming the chunk
+    let text = String::from_utf8(manifest).unwrap();
+    let at = text.find("\"sha256\":\"").unwrap() + 10 + 64 + 3;
+    let digit = if &text[at..at + 1] == "0" { "1" } else { "0" };
+    std::fs::write(out.join("image.json"), [&text[..at], digit, &text[at + 1..]].concat()).unwrap();
+    match image::verify(&out, None) {
+        Err(PackError::DigestMismatch { what, .. }) => assert!(what.starts_with("chunk 1 of the stream"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A real-time StopSignal (systemd images use SIGRTMIN+3) is kept; a name that is no signal is
 /// refused with nothing written.
 #[test]

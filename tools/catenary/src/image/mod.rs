@@ -38,6 +38,20 @@ pub struct ImageManifest {
     pub config: BlobRef,
     /// Digests of the OCI manifest (absent for a legacy `docker save`) and OCI config packed.
     pub source: SourceRef,
+    /// The sha256 of each 256 KiB chunk of `config.json ‖ rootfs.squashfs`: a node fetching the
+    /// image refuses a wrong chunk as it arrives. Images packed before it existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<ChunkList>,
+}
+
+/// `image.json`'s `chunks` (docs/images.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkList {
+    /// Bytes per chunk: always `catenary_workload::store::STREAM_CHUNK` (256 KiB).
+    pub size: u64,
+    /// Each chunk's sha256 as 64 lowercase hex digits, one after another.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +148,7 @@ pub fn pack(input: &Path, out: &Path, opts: &PackOptions) -> Result<PackReport> 
             file: CONFIG_FILE.into(),
         },
         source: SourceRef { manifest: plan.manifest_digest.clone(), config: plan.config_digest.clone() },
+        chunks: Some(chunk_list(&run_bytes, &rootfs_path)?),
     };
     let manifest_bytes = serde_json::to_vec(&manifest).expect("plain structs serialise");
     write_file(&work.join(IMAGE_FILE), &manifest_bytes)?;
@@ -246,6 +261,24 @@ fn progress_bar(enabled: bool, len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// The chunk list of the stream `config ‖ the file at rootfs`, read in chunks.
+fn chunk_list(config: &[u8], rootfs: &Path) -> Result<ChunkList> {
+    use std::fmt::Write as _;
+    let size = catenary_workload::store::STREAM_CHUNK;
+    let f = std::fs::File::open(rootfs).map_err(error::io_err(rootfs))?;
+    let mut stream = io::Cursor::new(config).chain(BufReader::with_capacity(1 << 20, f));
+    let (mut sha256, mut chunk) = (String::new(), Vec::with_capacity(size));
+    loop {
+        chunk.clear();
+        (&mut stream).take(size as u64).read_to_end(&mut chunk).map_err(error::io_err(rootfs))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let _ = write!(sha256, "{:x}", Sha256::digest(&chunk));
+    }
+    Ok(ChunkList { size: size as u64, sha256 })
+}
+
 fn hash_file(p: &Path) -> Result<(String, u64)> {
     let f = std::fs::File::open(p).map_err(error::io_err(p))?;
     let (mut r, tap) = TapReader::new(BufReader::with_capacity(1 << 20, f));
@@ -286,6 +319,18 @@ pub fn verify(dir: &Path, digest: Option<&str>) -> Result<(String, ImageManifest
         let (d, size) = hash_file(&dir.join(&b.file))?;
         if d != b.digest || size != b.size {
             return Err(PackError::DigestMismatch { what: b.file.clone(), expected: b.digest.clone(), actual: d });
+        }
+    }
+    if let Some(listed) = &m.chunks {
+        let p = dir.join(&m.config.file);
+        let config = std::fs::read(&p).map_err(error::io_err(&p))?;
+        let actual = chunk_list(&config, &dir.join(&m.rootfs.file))?;
+        if actual != *listed {
+            // name the first chunk that differs (all of them when the chunk size does)
+            let nth = |l: &ChunkList, i: usize| l.sha256.get(i * 64..(i + 1) * 64).map_or_else(|| "(none)".to_string(), |h| format!("sha256:{h}"));
+            let n = listed.sha256.len().max(actual.sha256.len()) / 64;
+            let i = (0..n).find(|&i| listed.size != actual.size || nth(listed, i) != nth(&actual, i)).unwrap_or(0);
+            return Err(PackError::DigestMismatch { what: format!("chunk {i} of the stream (as {IMAGE_FILE} lists it)"), expected: nth(listed, i), actual: nth(&actual, i) });
         }
     }
     Ok((actual, m))
