@@ -20,10 +20,13 @@
 //!   wrong byte of the root filesystem shows only there);
 //! - the store verifies the whole image again on commit (`ImageCommit`).
 //!
-//! A holder that fails any check is **refused**: the upload is aborted (its store frames freed)
-//! and the next holder is asked from the start. One that does not have the image or does not
-//! answer is skipped. When no holder is left the fetch has failed (the caller tries again
-//! later). Bounded: one upload at a time per fetch, the store's own bounds on its size
+//! A holder that fails any check is **refused**; one that does not have the image or does not
+//! answer is skipped. When `image.json` lists the chunks, every chunk already in the upload
+//! was checked against the list, so the next holder **takes over at the chunk** where the last
+//! one failed (a holder that dies half-way through a large image costs only the chunk in
+//! flight). Without the list the bytes so far are unproven: the upload is aborted (its store
+//! frames freed) and the next holder is asked from the start. When no holder is left the fetch
+//! has failed (the caller tries again later). Bounded: one upload at a time per fetch, the store's own bounds on its size
 //! (`ImageBegin`: the kernel's quota and image limit), a chunk at most [`CHUNK_SIZE`].
 
 use crate::peer::{chunk_path, manifest_path};
@@ -90,16 +93,24 @@ pub struct Fetch {
     pub refused: Vec<usize>,
     /// Image bytes received (refused ones included).
     pub received: u64,
+    /// Times a holder took over an upload at the chunk where the last one failed.
+    pub handovers: u32,
 }
 
 impl Fetch {
     /// Fetch `image`, asking `holders` (the caller's node indexes) in this order.
     pub fn new(image: Digest, holders: Vec<usize>) -> Fetch {
-        Fetch { image, holders, tried: 0, cur: None, finished: false, refused: Vec::new(), received: 0 }
+        Fetch { image, holders, tried: 0, cur: None, finished: false, refused: Vec::new(), received: 0, handovers: 0 }
     }
 
     pub fn finished(&self) -> bool {
         self.finished
+    }
+
+    /// An upload is under way: after a `Refused` or `NotHeld`, the next holder continues it at
+    /// the chunk where that one failed (the manifest lists the chunks).
+    pub fn taking_over(&self) -> bool {
+        self.cur.is_some()
     }
 
     /// One request to a holder (or none, when the fetch is over), and what came of it.
@@ -156,20 +167,17 @@ impl Fetch {
                     c.misses += 1;
                     return Event::Retry { holder, n };
                 }
-                // gone in the middle: the next holder, from the start
-                _ => {
-                    self.abort(backend);
-                    return Event::NotHeld { holder };
-                }
+                // gone in the middle: the next holder (at this chunk, or from the start)
+                _ => return self.hand_over(holder, backend, None),
             };
             c.misses = 0;
             self.received += bytes.len() as u64;
             if bytes.len() != len {
-                return self.refuse(holder, backend, "a chunk of the wrong length");
+                return self.hand_over(holder, backend, Some("a chunk of the wrong length"));
             }
             let digest = Digest::of(&bytes);
             if c.listed.as_ref().is_some_and(|l| l.get(n as usize) != Some(&digest)) {
-                return self.refuse(holder, backend, "a chunk does not have the digest image.json lists");
+                return self.hand_over(holder, backend, Some("a chunk does not have the digest image.json lists"));
             }
             // the running digests of the two files the stream holds
             let cl = c.info.config_size;
@@ -179,7 +187,7 @@ impl Fetch {
             if !c.config_checked && off + len as u64 >= cl {
                 c.config_checked = true;
                 if core::mem::take(&mut c.config).finish() != c.info.config {
-                    return self.refuse(holder, backend, "config.json's bytes do not have the digest image.json names");
+                    return self.hand_over(holder, backend, Some("config.json's bytes do not have the digest image.json names"));
                 }
             }
             let req = wk::Request::ImageChunk { upload: c.upload, offset: off, len: len as u32, digest };
@@ -223,6 +231,36 @@ impl Fetch {
     fn abort(&mut self, backend: &mut dyn Backend) {
         if let Some(c) = self.cur.take() {
             let _ = backend.workd(wk::Request::ImageAbort { upload: c.upload });
+        }
+    }
+
+    /// `holder` failed in the middle of the transfer: `why` it was refused, or `None` when it
+    /// did not give the chunk. With a chunk list the next holder continues the same upload at
+    /// the same chunk (every chunk before it was checked against the list); without one, or
+    /// when no holder is left, the upload is aborted and the next step starts over.
+    fn hand_over(&mut self, holder: usize, backend: &mut dyn Backend, why: Option<&'static str>) -> Event {
+        let next = self.holders.get(self.tried).copied();
+        match (self.cur.as_mut(), next) {
+            (Some(c), Some(h)) if c.listed.is_some() => {
+                self.tried += 1;
+                c.holder = h;
+                c.misses = 0;
+                self.handovers += 1;
+                match why {
+                    Some(why) => {
+                        self.refused.push(holder);
+                        Event::Refused { holder, why }
+                    }
+                    None => Event::NotHeld { holder },
+                }
+            }
+            _ => match why {
+                Some(why) => self.refuse(holder, backend, why),
+                None => {
+                    self.abort(backend);
+                    Event::NotHeld { holder }
+                }
+            },
         }
     }
 

@@ -117,21 +117,19 @@ fn node_routes_answer_only_nodes_and_serve_the_stored_bytes() {
 }
 
 /// Node 0 fetches; holder 0 lies about chunk 2 (a byte of the rootfs), holder 1 is honest.
-/// Returns the events, the fetch, and the chunks holder 0 was asked for.
-fn fetch_from_a_liar_then_an_honest_holder(d: Digest, manifest: &[u8], stream: &[u8]) -> (Vec<Event>, Fetch, Vec<u32>, Vec<Sim>) {
+/// Returns the events, the fetch, what each holder was asked for (`m` the manifest, else the
+/// chunk number), and the nodes.
+fn fetch_from_a_liar_then_an_honest_holder(d: Digest, manifest: &[u8], stream: &[u8]) -> (Vec<Event>, Fetch, [Vec<alloc::string::String>; 2], Vec<Sim>) {
     let mut c = sims(3);
     for s in &mut c[1..] {
         store(&mut s.node, d, manifest, stream);
     }
-    let asked = core::cell::RefCell::new(Vec::new());
+    let asked = core::cell::RefCell::new([Vec::new(), Vec::new()]);
     let lie = |h: usize, path: &str, body: &mut Vec<u8>| {
-        if h == 0 {
-            if let Some(n) = path.rsplit_once("/chunks/").and_then(|(_, n)| n.parse::<u32>().ok()) {
-                asked.borrow_mut().push(n);
-            }
-            if path.ends_with("/chunks/2") {
-                body[100] ^= 1;
-            }
+        let what = path.rsplit_once("/chunks/").map_or("m", |(_, n)| n);
+        asked.borrow_mut()[h].push(what.into());
+        if h == 0 && path.ends_with("/chunks/2") {
+            body[100] ^= 1;
         }
     };
     let (events, f) = fetch(&mut c, d, alloc::vec![0, 1], &lie);
@@ -148,10 +146,12 @@ fn fetch_from_a_liar_then_an_honest_holder(d: Digest, manifest: &[u8], stream: &
 fn a_holder_serving_a_corrupted_chunk_is_refused_at_that_chunk_and_another_gives_the_image() {
     let (d, manifest, stream) = image();
     let (events, f, asked, mut c) = fetch_from_a_liar_then_an_honest_holder(d, &manifest, &stream);
-    // refused at the chunk it lied in: chunk 3 was never asked of it
+    // refused at the chunk it lied in (chunk 3 was never asked of it); the honest holder took
+    // over at that chunk: chunks 0 and 1 were checked against the list already
     assert!(events.contains(&Event::Refused { holder: 0, why: "a chunk does not have the digest image.json lists" }), "{events:?}");
-    assert_eq!(asked, alloc::vec![0, 1, 2]);
-    assert_eq!(f.received, (3 * CHUNK_SIZE + stream.len()) as u64, "3 chunks from the liar, the whole image from the other");
+    assert_eq!(asked, [alloc::vec!["m", "0", "1", "2"], alloc::vec!["2", "3"]]);
+    assert_eq!(f.received, (3 * CHUNK_SIZE + stream.len() - 2 * CHUNK_SIZE) as u64, "3 chunks from the liar, the rest from the other");
+    assert_eq!(f.handovers, 1);
     // fetched again: present at once
     let (events, _) = fetch(&mut c, d, alloc::vec![1], &|_, _, _| {});
     assert!(matches!(events.as_slice(), [Event::Done { from: None, .. }]), "{events:?}");
@@ -164,7 +164,48 @@ fn without_a_chunk_list_a_corrupted_chunk_is_refused_at_the_files_end() {
     let (d, manifest, stream) = image_without_list();
     let (events, _, asked, _) = fetch_from_a_liar_then_an_honest_holder(d, &manifest, &stream);
     assert!(events.contains(&Event::Refused { holder: 0, why: "rootfs.squashfs's bytes do not have the digest image.json names" }), "{events:?}");
-    assert_eq!(asked, alloc::vec![0, 1, 2, 3]);
+    // and the next holder gives it all again, from its manifest on
+    assert_eq!(asked, [alloc::vec!["m", "0", "1", "2", "3"], alloc::vec!["m", "0", "1", "2", "3"]]);
+}
+
+/// A holder that goes away half-way (a node that died while others copied from it): with a
+/// chunk list the next holder continues at the chunk that got no answer, and nothing already
+/// in the upload is fetched again; without one, the next holder starts over.
+#[test]
+fn a_holder_that_dies_half_way_is_taken_over_at_its_chunk() {
+    for (with_list, (d, manifest, stream)) in [(true, image()), (false, image_without_list())] {
+        let mut c = sims(3);
+        for s in &mut c[1..] {
+            store(&mut s.node, d, &manifest, &stream);
+        }
+        let (me, others) = c.split_first_mut().unwrap();
+        let mut f = Fetch::new(d, alloc::vec![0, 1]);
+        let mut asked: [Vec<alloc::string::String>; 2] = [Vec::new(), Vec::new()];
+        let mut get_from = |h: usize, path: &str| {
+            asked[h].push(path.rsplit_once("/chunks/").map_or("m", |(_, n)| n).into());
+            // holder 0 is gone from chunk 2 on: never an answer
+            if h == 0 && (path.ends_with("/chunks/2") || path.ends_with("/chunks/3")) {
+                return Poll::Ready(None);
+            }
+            Poll::Ready(others.get_mut(h).map(|s| get(s, NODE, path)))
+        };
+        let mut events = Vec::new();
+        while !f.finished() && events.len() < 100 {
+            events.push(f.step(&mut me.node, &mut get_from));
+        }
+        assert!(matches!(events.last(), Some(Event::Done { from: Some(1), .. })), "{events:?}");
+        assert!(events.contains(&Event::NotHeld { holder: 0 }), "{events:?}");
+        assert_eq!(c[0].node.kernel.stored.iter().find(|s| s.0.digest == d).map(|s| s.1.clone()), Some(stream.clone()));
+        assert!(c[0].node.kernel.uploads.is_empty());
+        let tries = alloc::vec!["2"; crate::fetch::CHUNK_TRIES as usize];
+        assert_eq!(asked[0], [alloc::vec!["m", "0", "1"], tries].concat());
+        if with_list {
+            assert_eq!((asked[1].clone(), f.handovers), (alloc::vec!["2".into(), "3".into()], 1), "taken over at chunk 2");
+            assert_eq!(f.received, stream.len() as u64, "no byte fetched twice");
+        } else {
+            assert_eq!((asked[1].clone(), f.handovers), (alloc::vec!["m".into(), "0".into(), "1".into(), "2".into(), "3".into()], 0), "from the start");
+        }
+    }
 }
 
 #[test]

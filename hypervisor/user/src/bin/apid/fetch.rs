@@ -135,13 +135,14 @@ impl Fetcher {
                 }
             }
             Event::Retry { holder, n } => logf!("apid: {} did not answer for chunk {} of image {} in time: asking again", name(*holder), n, image.short()),
-            Event::NotHeld { holder } => logf!("apid: {} did not give image {} (not in its store, or no answer): asking the next node", name(*holder), image.short()),
-            Event::Refused { holder, why } => logf!("apid: {} served wrong bytes for image {} ({}): refused; asking the next node", name(*holder), image, why),
+            Event::NotHeld { holder } => logf!("apid: {} did not give image {} (not in its store, or no answer): asking the next node{}", name(*holder), image.short(), if r.fetch.taking_over() { " from that chunk" } else { "" }),
+            Event::Refused { holder, why } => logf!("apid: {} served wrong bytes for image {} ({}): refused; asking the next node{}", name(*holder), image, why, if r.fetch.taking_over() { " from that chunk" } else { "" }),
             Event::Done { from: None, .. } => logf!("apid: image {} is already in this node's store", image),
             Event::Done { from: Some(h), info } => {
                 let ms = now_ms().saturating_sub(r.started_ms).max(1);
                 let bytes = info.config_size + info.rootfs_size;
-                logf!("apid: image {} fetched from {} and verified: {} bytes in {} ms ({} KiB/s); in this node's store", image, name(*h), bytes, ms, bytes * 1000 / 1024 / ms);
+                let via = if r.fetch.handovers == 0 { String::new() } else { alloc::format!(" (taken over {} time(s) at the chunk where the holder before failed)", r.fetch.handovers) };
+                logf!("apid: image {} fetched from {}{} and verified: {} bytes in {} ms ({} KiB/s); in this node's store", image, name(*h), via, bytes, ms, bytes * 1000 / 1024 / ms);
             }
             Event::Failed { why } => logf!("apid: fetching image {} failed: {}; trying again in {} s", image, why, RETRY_MS / 1000),
         }
