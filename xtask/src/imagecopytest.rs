@@ -154,7 +154,7 @@ pub fn test_image_copy(t: &mut Tally, kernel: &Path) -> Result<(), String> {
 }
 
 /// The test image with another `config.json` (a newline more: the same run configuration):
-/// another digest, the same root filesystem and size, and its own chunk list (the stream moved
+/// another digest, the same root filesystem and size, and its own piece list (the stream moved
 /// by a byte). Written next to `image`.
 fn variant(image: &Path) -> Result<PathBuf, String> {
     let dir = image.with_file_name("out-variant");
@@ -168,9 +168,9 @@ fn variant(image: &Path) -> Result<PathBuf, String> {
         return Err("the test image's image.json does not name its config.json as expected".into());
     }
     let rootfs = std::fs::read(image.join("rootfs.squashfs")).map_err(|e| e.to_string())?;
-    let (list, list_b) = (catenary_workload::store::chunk_list_json(&config, &rootfs), catenary_workload::store::chunk_list_json(&config_b, &rootfs));
-    if !manifest.contains(&format!("\"chunks\":{list}")) {
-        return Err("the test image's image.json does not list its chunks as expected".into());
+    let (list, list_b) = (catenary_workload::store::piece_list_json(&config, &rootfs), catenary_workload::store::piece_list_json(&config_b, &rootfs));
+    if !manifest.contains(&format!("\"pieces\":{list}")) {
+        return Err("the test image's image.json does not list its pieces as expected".into());
     }
     std::fs::write(dir.join("image.json"), manifest.replace(&old, &new).replace(&list, &list_b)).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("config.json"), config_b).map_err(|e| e.to_string())?;

@@ -11,9 +11,10 @@
 //!
 //! - its `image.json` must have the image's digest (sha256) and be a manifest; the sizes and
 //!   the digests of `config.json` and `rootfs.squashfs` come from it;
-//! - chunks are asked in order, and each must have exactly the length the sizes give and, when
-//!   `image.json` lists the chunks' digests (every image `catenary image pack` makes), the
-//!   digest listed for it: a wrong chunk is refused when it arrives. Its sha256 goes with it
+//! - chunks are asked in order, and each must have exactly the length the sizes give; when
+//!   `image.json` lists its pieces' digests (every image `catenary image pack` makes: 256 KiB
+//!   pieces, or larger past 32 MiB, `store::piece_size`), each piece is checked as its last
+//!   chunk arrives, so a wrong byte is refused within a piece. Each chunk's sha256 goes with it
 //!   into the store (`ImageChunk`, which `workd` checks again on the bytes it copies), and its
 //!   bytes go into running digests of the two files: `config.json` is checked as soon as its
 //!   last byte came, `rootfs.squashfs` after the last chunk (for an image without the list, a
@@ -21,10 +22,10 @@
 //! - the store verifies the whole image again on commit (`ImageCommit`).
 //!
 //! A holder that fails any check is **refused**; one that does not have the image or does not
-//! answer is skipped. When `image.json` lists the chunks, every chunk already in the upload
-//! was checked against the list, so the next holder **takes over at the chunk** where the last
-//! one failed (a holder that dies half-way through a large image costs only the chunk in
-//! flight). Without the list the bytes so far are unproven: the upload is aborted (its store
+//! answer is skipped. When `image.json` lists the pieces, every piece already in the upload
+//! was checked against the list, so the next holder **takes over at the start of the piece**
+//! where the last one failed (a holder that dies half-way through a large image costs at most
+//! a piece). Without the list the bytes so far are unproven: the upload is aborted (its store
 //! frames freed) and the next holder is asked from the start. When no holder is left the fetch
 //! has failed (the caller tries again later). Bounded: one upload at a time per fetch, the store's own bounds on its size
 //! (`ImageBegin`: the kernel's quota and image limit), a chunk at most [`CHUNK_SIZE`].
@@ -35,7 +36,7 @@ use crate::upload::CHUNK_SIZE;
 use alloc::vec::Vec;
 use core::task::Poll;
 use catenary_workload::proto::{self as wk, Reply};
-use catenary_workload::store::{manifest_chunks, manifest_info, ImageInfo};
+use catenary_workload::store::{manifest_info, manifest_pieces, ImageInfo, Pieces};
 use catenary_workload::{Digest, Hasher};
 
 /// One node-to-node request: (holder, path) → `Ready(Some((status, body)))`, `Ready(None)` (no
@@ -75,8 +76,21 @@ struct Current {
     config_checked: bool,
     /// Requests of the current chunk that got no answer.
     misses: u32,
-    /// Each chunk's digest, when `image.json` lists them.
-    listed: Option<Vec<Digest>>,
+    /// The pieces' digests, when `image.json` lists them.
+    pieces: Option<Pieces>,
+    /// The running digest of the piece under way.
+    piece: Hasher,
+    /// Where the piece under way began: what a takeover goes back to.
+    mark: Mark,
+}
+
+/// The fetch at the start of a piece: every byte before it checked against the list.
+#[derive(Clone, Default)]
+struct Mark {
+    next: u32,
+    config: Hasher,
+    rootfs: Hasher,
+    config_checked: bool,
 }
 
 /// A chunk whose request got no answer is asked again this many times from the same holder
@@ -108,7 +122,7 @@ impl Fetch {
     }
 
     /// An upload is under way: after a `Refused` or `NotHeld`, the next holder continues it at
-    /// the chunk where that one failed (the manifest lists the chunks).
+    /// the piece where that one failed (the manifest lists the pieces).
     pub fn taking_over(&self) -> bool {
         self.cur.is_some()
     }
@@ -136,7 +150,7 @@ impl Fetch {
         if Digest::of(&manifest) != self.image {
             return self.refuse(holder, backend, "its image.json does not have the image's digest");
         }
-        let (Ok(info), Ok(listed)) = (manifest_info(&manifest), manifest_chunks(&manifest)) else {
+        let (Ok(info), Ok(pieces)) = (manifest_info(&manifest), manifest_pieces(&manifest)) else {
             return self.refuse(holder, backend, "its image.json is not an image manifest");
         };
         let size = info.config_size.saturating_add(info.rootfs_size);
@@ -144,7 +158,7 @@ impl Fetch {
             Ok(Reply::Upload { present: true, .. }) => Event::Done { from: None, info },
             Ok(Reply::Upload { upload, size: s, .. }) if s == size => {
                 let chunks = size.div_ceil(CHUNK_SIZE as u64) as u32;
-                self.cur = Some(Current { holder, info, upload, size, next: 0, chunks, config: Hasher::new(), rootfs: Hasher::new(), config_checked: false, misses: 0, listed });
+                self.cur = Some(Current { holder, info, upload, size, next: 0, chunks, config: Hasher::new(), rootfs: Hasher::new(), config_checked: false, misses: 0, pieces, piece: Hasher::new(), mark: Mark::default() });
                 Event::Started { holder, size, chunks }
             }
             Err(wk::Error::StoreFull) => Event::Failed { why: "the node's image store has no room for it" },
@@ -176,9 +190,7 @@ impl Fetch {
                 return self.hand_over(holder, backend, Some("a chunk of the wrong length"));
             }
             let digest = Digest::of(&bytes);
-            if c.listed.as_ref().is_some_and(|l| l.get(n as usize) != Some(&digest)) {
-                return self.hand_over(holder, backend, Some("a chunk does not have the digest image.json lists"));
-            }
+            c.piece.update(&bytes);
             // the running digests of the two files the stream holds
             let cl = c.info.config_size;
             let split = cl.saturating_sub(off).min(len as u64) as usize;
@@ -200,6 +212,17 @@ impl Fetch {
                 }
             }
             c.next += 1;
+            // the piece this chunk ends: checked against the list, or back to its start
+            if let Some(p) = &c.pieces {
+                let end = off + len as u64;
+                if end.is_multiple_of(p.size) || end == c.size {
+                    let listed = p.digests.get((off / p.size) as usize).copied();
+                    if listed != Some(core::mem::take(&mut c.piece).finish()) {
+                        return self.hand_over(holder, backend, Some("a piece does not have the digest image.json lists"));
+                    }
+                    c.mark = Mark { next: c.next, config: c.config.clone(), rootfs: c.rootfs.clone(), config_checked: c.config_checked };
+                }
+            }
             if c.next < c.chunks {
                 return Event::Chunk { holder, n, chunks: c.chunks };
             }
@@ -235,16 +258,19 @@ impl Fetch {
     }
 
     /// `holder` failed in the middle of the transfer: `why` it was refused, or `None` when it
-    /// did not give the chunk. With a chunk list the next holder continues the same upload at
-    /// the same chunk (every chunk before it was checked against the list); without one, or
-    /// when no holder is left, the upload is aborted and the next step starts over.
+    /// did not give the chunk. With a piece list the next holder continues the same upload at
+    /// the start of the piece under way (every piece before it was checked against the list;
+    /// its chunks are written again); without one, or when no holder is left, the upload is
+    /// aborted and the next step starts over.
     fn hand_over(&mut self, holder: usize, backend: &mut dyn Backend, why: Option<&'static str>) -> Event {
         let next = self.holders.get(self.tried).copied();
         match (self.cur.as_mut(), next) {
-            (Some(c), Some(h)) if c.listed.is_some() => {
+            (Some(c), Some(h)) if c.pieces.is_some() => {
                 self.tried += 1;
                 c.holder = h;
                 c.misses = 0;
+                let m = c.mark.clone();
+                (c.next, c.config, c.rootfs, c.config_checked, c.piece) = (m.next, m.config, m.rootfs, m.config_checked, Hasher::new());
                 self.handovers += 1;
                 match why {
                     Some(why) => {

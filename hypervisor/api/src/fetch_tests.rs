@@ -13,7 +13,7 @@ use crate::Api;
 use alloc::vec::Vec;
 use core::task::Poll;
 use catenary_workload::proto::{self as wk, Reply};
-use catenary_workload::store::{manifest_for, manifest_without_chunks};
+use catenary_workload::store::{manifest_for, manifest_without_pieces};
 use catenary_workload::Digest;
 
 struct Sim {
@@ -22,14 +22,14 @@ struct Sim {
 }
 
 /// An image of 3 chunks and a bit (the rootfs is pseudo-random bytes), its `image.json`
-/// listing the chunks' digests as `catenary image pack` writes it.
+/// listing its pieces' digests (256 KiB pieces: one a chunk) as `catenary image pack` writes it.
 fn image() -> (Digest, Vec<u8>, Vec<u8>) {
     image_with(manifest_for)
 }
 
-/// The same image as packed before `image.json` listed the chunks.
+/// The same image as packed before `image.json` listed the pieces.
 fn image_without_list() -> (Digest, Vec<u8>, Vec<u8>) {
-    image_with(manifest_without_chunks)
+    image_with(manifest_without_pieces)
 }
 
 fn image_with(manifest_for: fn(&[u8], &[u8]) -> Vec<u8>) -> (Digest, Vec<u8>, Vec<u8>) {
@@ -148,7 +148,7 @@ fn a_holder_serving_a_corrupted_chunk_is_refused_at_that_chunk_and_another_gives
     let (events, f, asked, mut c) = fetch_from_a_liar_then_an_honest_holder(d, &manifest, &stream);
     // refused at the chunk it lied in (chunk 3 was never asked of it); the honest holder took
     // over at that chunk: chunks 0 and 1 were checked against the list already
-    assert!(events.contains(&Event::Refused { holder: 0, why: "a chunk does not have the digest image.json lists" }), "{events:?}");
+    assert!(events.contains(&Event::Refused { holder: 0, why: "a piece does not have the digest image.json lists" }), "{events:?}");
     assert_eq!(asked, [alloc::vec!["m", "0", "1", "2"], alloc::vec!["2", "3"]]);
     assert_eq!(f.received, (3 * CHUNK_SIZE + stream.len() - 2 * CHUNK_SIZE) as u64, "3 chunks from the liar, the rest from the other");
     assert_eq!(f.handovers, 1);
@@ -210,9 +210,9 @@ fn a_holder_that_dies_half_way_is_taken_over_at_its_chunk() {
 
 #[test]
 fn wrong_manifests_configs_and_lengths_are_refused_and_nothing_is_kept() {
-    // with the chunk list, the wrong config.json byte is a wrong chunk 0; without, the file's
-    // own digest catches it when its last byte came
-    wrong_manifests_configs_and_lengths(image(), "a chunk does not have the digest image.json lists");
+    // config.json ends inside chunk 0: its own digest catches the wrong byte there, before
+    // the piece's (with or without the list)
+    wrong_manifests_configs_and_lengths(image(), "config.json's bytes do not have the digest image.json names");
     wrong_manifests_configs_and_lengths(image_without_list(), "config.json's bytes do not have the digest image.json names");
 }
 
@@ -330,4 +330,59 @@ fn answers_that_come_turns_later_are_waited_for_without_moving_on() {
     let mut want = alloc::vec![(0, manifest_path(&d)), (1, manifest_path(&d))];
     want.extend((0..4).map(|n| (1, chunk_path(&d, n))));
     assert_eq!(distinct, want);
+}
+
+/// Past 32 MiB of stream a piece is two chunks or more (`store::piece_size`): a holder that
+/// lies in, or goes silent at, the second chunk of a piece is found at the piece's end, and the
+/// next holder takes over at the piece's first chunk, whose bytes it writes again.
+#[test]
+fn a_failure_inside_a_larger_piece_is_taken_over_at_the_pieces_start() {
+    let config = br#"{"version":1}"#.to_vec();
+    let rootfs: Vec<u8> = (0..(34usize << 20)).map(|i| (i ^ i >> 11) as u8).collect();
+    let manifest = manifest_for(&rootfs, &config);
+    let d = Digest::of(&manifest);
+    let stream = [config.as_slice(), rootfs.as_slice()].concat();
+    let pieces = catenary_workload::store::manifest_pieces(&manifest).unwrap().unwrap();
+    assert_eq!(pieces.size, 2 * CHUNK_SIZE as u64);
+    let chunks = stream.len().div_ceil(CHUNK_SIZE);
+    for silent in [false, true] {
+        let mut c = sims(3);
+        for s in &mut c {
+            s.node.kernel.image_max = 64 << 20;
+        }
+        for s in &mut c[1..] {
+            store(&mut s.node, d, &manifest, &stream);
+        }
+        let (me, others) = c.split_first_mut().unwrap();
+        let mut f = Fetch::new(d, alloc::vec![0, 1]);
+        let mut asked: [Vec<alloc::string::String>; 2] = [Vec::new(), Vec::new()];
+        let mut get_from = |h: usize, path: &str| {
+            asked[h].push(path.rsplit_once("/chunks/").map_or("m", |(_, n)| n).into());
+            // holder 0: chunk 5, the second of piece 2, is wrong, or never comes
+            if h == 0 && path.ends_with("/chunks/5") {
+                if silent {
+                    return Poll::Ready(None);
+                }
+                let (status, mut body) = get(&mut others[0], NODE, path);
+                body[7] ^= 0x40;
+                return Poll::Ready(Some((status, body)));
+            }
+            Poll::Ready(others.get_mut(h).map(|s| get(s, NODE, path)))
+        };
+        let mut events = Vec::new();
+        while !f.finished() && events.len() < 400 {
+            events.push(f.step(&mut me.node, &mut get_from));
+        }
+        assert!(matches!(events.last(), Some(Event::Done { from: Some(1), .. })), "{:?}", &events[events.len().saturating_sub(3)..]);
+        let want_event = if silent { Event::NotHeld { holder: 0 } } else { Event::Refused { holder: 0, why: "a piece does not have the digest image.json lists" } };
+        assert!(events.contains(&want_event), "silent {silent}");
+        assert_eq!(c[0].node.kernel.stored.iter().find(|s| s.0.digest == d).map(|s| s.1 == stream), Some(true));
+        assert!(c[0].node.kernel.uploads.is_empty());
+        let tries = if silent { crate::fetch::CHUNK_TRIES as usize } else { 1 };
+        let want0: Vec<alloc::string::String> = ["m", "0", "1", "2", "3", "4"].iter().map(|s| (*s).into()).chain(core::iter::repeat_n("5".into(), tries)).collect();
+        assert_eq!(asked[0], want0, "silent {silent}");
+        let want1: Vec<alloc::string::String> = (4..chunks).map(|n| alloc::format!("{n}")).collect();
+        assert_eq!(asked[1], want1, "taken over at chunk 4, the start of piece 2 (silent {silent})");
+        assert_eq!(f.handovers, 1);
+    }
 }

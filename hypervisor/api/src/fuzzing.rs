@@ -235,7 +235,7 @@ pub fn fetch(data: &[u8]) -> bool {
     let rootfs: Vec<u8> = (0..CHUNK_SIZE + 300).map(|i| (i * 7 % 251) as u8).collect();
     // an image that lists its chunks (a holder takes over at a failed chunk), or one packed
     // before the list (the next holder starts over)
-    let manifest = if data.len() % 2 == 0 { catenary_workload::store::manifest_for(&rootfs, &config) } else { catenary_workload::store::manifest_without_chunks(&rootfs, &config) };
+    let manifest = if data.len().is_multiple_of(2) { catenary_workload::store::manifest_for(&rootfs, &config) } else { catenary_workload::store::manifest_without_pieces(&rootfs, &config) };
     let d = Digest::of(&manifest);
     let mut stream = config;
     stream.extend_from_slice(&rootfs);

@@ -13,8 +13,9 @@
 //! 2. `PUT /v1/images/uploads/{id}/chunks/{n}` with `Chunk-Digest: sha256:…` for each chunk of
 //!    the stream `config.json ‖ rootfs.squashfs` ([`CHUNK_SIZE`] bytes, the last one shorter).
 //!    A chunk whose bytes do not have that digest is refused (422) and not kept: the client
-//!    sends it again. When `image.json` lists the chunks' digests, a chunk that is not the
-//!    listed one is refused too (422 `chunk_not_in_image`: the source is not the image). One that has it goes to the store (`ImageChunk`, the bytes through the
+//!    sends it again. When `image.json` lists its pieces' digests and a piece is a chunk (a
+//!    stream up to 32 MiB), a chunk that is not the listed one is refused too (422
+//!    `chunk_not_in_image`: the source is not the image). One that has it goes to the store (`ImageChunk`, the bytes through the
 //!    backend's [`crate::Backend::workd_chunk`]); the API keeps only which chunks arrived.
 //! 3. `POST /v1/images/uploads/{id}/commit`: the store verifies the whole image as on any
 //!    arrival (`ImageCommit`: `catenary_workload::store::verify` with the digest it was
@@ -31,7 +32,7 @@ use crate::types::{Upload, UploadCreate};
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use catenary_workload::proto::{self as wk, Reply};
-use catenary_workload::store::{manifest_chunks, ImageInfo, MANIFEST_MAX};
+use catenary_workload::store::{manifest_pieces, ImageInfo, MANIFEST_MAX};
 use catenary_workload::Digest;
 use serde::Deserialize;
 
@@ -70,8 +71,9 @@ struct Session {
     image: Digest,
     size: u64,
     have: Vec<bool>,
-    /// Each chunk's digest, when `image.json` lists them: a chunk that is not the image's is
-    /// refused when it arrives, not at the commit.
+    /// Each chunk's digest, when `image.json` lists its pieces and they are chunks (streams up
+    /// to 32 MiB): a chunk that is not the image's is refused when it arrives, not at the
+    /// commit. (Larger pieces span chunks a push may send in any order: the commit checks.)
     listed: Option<Vec<Digest>>,
     touched_ms: u64,
 }
@@ -147,7 +149,8 @@ impl Uploads {
         if self.sessions.len() >= self.limits.uploads_max {
             return Err(ApiError::new(507, "too_many_uploads", "the node takes no more uploads at once; finish or abort one"));
         }
-        let listed = manifest_chunks(manifest).map_err(|_| ApiError::new(422, "image_invalid", "manifest: not a Catenary image manifest"))?;
+        let pieces = manifest_pieces(manifest).map_err(|_| ApiError::new(422, "image_invalid", "manifest: not a Catenary image manifest"))?;
+        let listed = pieces.filter(|p| p.size == CHUNK_SIZE as u64).map(|p| p.digests);
         let (id, store_size) = match backend.workd(wk::Request::ImageBegin { image, manifest: manifest.to_vec() })? {
             Reply::Upload { present: true, .. } => return Ok(Upload { id: 0, image: req.image.clone(), size: 0, chunk_size: 0, chunks: 0, missing: Vec::new(), present: true }),
             Reply::Upload { upload, size, .. } => (upload, size),

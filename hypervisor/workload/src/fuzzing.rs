@@ -39,6 +39,9 @@ pub struct SimKernel {
     pub stored: Vec<(ImageInfo, Vec<u8>)>,
     /// The `image.json` of each stored image (what `OP_IMAGE_READ` serves).
     pub manifests: Vec<(Digest, Vec<u8>)>,
+    /// Largest image an upload may begin (0: [`SIM_IMAGE_MAX`], which keeps fuzzing small; a
+    /// test of images past 32 MiB raises it).
+    pub image_max: u64,
 }
 
 /// The simulated node's memory.
@@ -96,7 +99,8 @@ impl Vmm for SimKernel {
     }
     fn image_begin(&mut self, image: Digest, manifest: &[u8]) -> Result<(u32, u64), crate::Error> {
         let (c, r) = crate::store::stream_sizes(manifest).map_err(|_| crate::Error::ImageInvalid)?;
-        let size = c.checked_add(r).filter(|s| *s <= SIM_IMAGE_MAX).ok_or(crate::Error::StoreFull)?;
+        let max = if self.image_max == 0 { SIM_IMAGE_MAX } else { self.image_max };
+        let size = c.checked_add(r).filter(|s| *s <= max).ok_or(crate::Error::StoreFull)?;
         if let Some(u) = self.uploads.iter().find(|u| u.1 == image) {
             return Ok((u.0, u.3.len() as u64));
         }
@@ -256,18 +260,18 @@ pub fn run(data: &[u8]) {
 }
 
 /// A hostile `image.json` (a pushed one, or a holder's answer to a fetch): `data` as the
-/// manifest itself, and as (position, byte) edits of a well-formed one that lists three chunks.
+/// manifest itself, and as (position, byte) edits of a well-formed one that lists three pieces.
 /// Every parser returns an error or agrees with the others; none panics. Panics only if they
 /// disagree (that is the finding).
 pub fn manifest(data: &[u8]) {
-    use crate::store::{manifest_chunks, manifest_info, stream_sizes, verify, STREAM_CHUNK};
+    use crate::store::{manifest_info, manifest_pieces, piece_size, stream_sizes, verify};
     let (rootfs, config) = (b"squashfs".as_slice(), b"{}".as_slice());
     let template = {
-        let m = crate::store::manifest_without_chunks(rootfs, config);
+        let m = crate::store::manifest_without_pieces(rootfs, config);
         let mut t = String::from_utf8(m).unwrap_or_default();
         t = t.replace("\"size\":8,", "\"size\":600000,");
         t.pop();
-        t.push_str(",\"chunks\":{\"size\":262144,\"sha256\":\"");
+        t.push_str(",\"pieces\":{\"size\":262144,\"sha256\":\"");
         for i in 0..3 * 64 {
             t.push(char::from(b"0123456789abcdef"[i % 16]));
         }
@@ -282,15 +286,16 @@ pub fn manifest(data: &[u8]) {
         }
     }
     for m in [data, template.as_slice(), edited.as_slice()] {
-        let (sizes, info, chunks) = (stream_sizes(m), manifest_info(m), manifest_chunks(m));
+        let (sizes, info, pieces) = (stream_sizes(m), manifest_info(m), manifest_pieces(m));
         assert_eq!(sizes.is_ok(), info.is_ok(), "the parsers agree on what is a manifest");
-        assert_eq!(info.is_ok(), chunks.is_ok());
-        if let (Ok((c, r)), Ok(Some(list))) = (sizes, &chunks) {
-            assert_eq!(list.len() as u64, (c + r).div_ceil(STREAM_CHUNK as u64), "one digest per chunk");
+        assert_eq!(info.is_ok(), pieces.is_ok());
+        if let (Ok((c, r)), Ok(Some(p))) = (sizes, &pieces) {
+            let size = piece_size(c + r);
+            assert_eq!((p.size, p.digests.len() as u64), (size, (c + r).div_ceil(size)), "one digest per piece");
         }
-        // the bytes are not the manifest's: refused, whatever the manifest says
-        let _ = verify(m, rootfs, config, None);
+        // the bytes are not the manifest's (its sizes are not theirs): refused, whatever it says
+        assert!(verify(m, rootfs, config, None).is_err());
     }
-    assert!(manifest_chunks(&template).is_ok_and(|l| l.is_some_and(|l| l.len() == 3)), "the template is well formed");
+    assert!(manifest_pieces(&template).is_ok_and(|l| l.is_some_and(|l| l.digests.len() == 3)), "the template is well formed");
 }
 

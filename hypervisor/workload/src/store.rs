@@ -2,10 +2,11 @@
 //! when it arrives. The image digest is the sha256 of `image.json`'s bytes; `image.json`
 //! names the root filesystem and the run configuration by sha256 and size, so checking
 //! `image.json`'s digest and then each file's verifies the whole image (what `catenary image
-//! verify` does). `image.json` may also list the sha256 of every 256 KiB chunk of the stream
-//! `config.json ‖ rootfs.squashfs` (`chunks`, written by `catenary image pack`): a node
-//! fetching the image from another then refuses a wrong chunk when it arrives, not after the
-//! whole root filesystem ([`manifest_chunks`]); [`verify`] checks the list against the bytes
+//! verify` does). `image.json` may also list the sha256 of each piece of the stream
+//! `config.json ‖ rootfs.squashfs` (`pieces`, written by `catenary image pack`; a piece is 256
+//! KiB, or a power-of-two multiple of it so that at most [`PIECES_MAX`] are listed): a node
+//! fetching the image from another then refuses a wrong piece when it arrives, not after the
+//! whole root filesystem ([`manifest_pieces`]); [`verify`] checks the list against the bytes
 //! too, so a stored image's list is true. The bytes themselves stay where they arrived (the kernel keeps them and backs
 //! every microVM of the image with the same frames); the index says what is there.
 
@@ -23,10 +24,24 @@ pub const IMAGES_MAX: usize = 32;
 pub const MANIFEST_MAX: usize = 64 * 1024;
 pub const CONFIG_MAX: usize = 1024 * 1024;
 /// Bytes per chunk of the stream `config.json ‖ rootfs.squashfs` (the last one shorter): what a
-/// push sends at a time, what a fetch asks a holder for, and what `image.json`'s `chunks` lists.
+/// push sends at a time and what a fetch asks a holder for.
 pub const STREAM_CHUNK: usize = 256 * 1024;
-/// Hex digits per chunk in `chunks.sha256`.
-const CHUNK_HEX: usize = 64;
+/// Most pieces `image.json` lists: 8 KiB of hex, so a manifest with its list stays well inside
+/// the smallest message it travels in (`proto::REQUEST_MAX`, 16 KiB: `ImageBegin` to `workd`).
+pub const PIECES_MAX: u64 = 128;
+/// Hex digits per piece in `pieces.sha256`.
+const PIECE_HEX: usize = 64;
+
+/// The piece size of a stream of `total` bytes: the smallest [`STREAM_CHUNK`] × 2^k that cuts
+/// it into at most [`PIECES_MAX`] pieces (256 KiB up to 32 MiB of stream, 2 MiB at 256 MiB).
+/// The only size a list may have, so one stream has one list.
+pub fn piece_size(total: u64) -> u64 {
+    let mut size = STREAM_CHUNK as u64;
+    while total.div_ceil(size) > PIECES_MAX {
+        size *= 2;
+    }
+    size
+}
 
 /// Why an image was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,8 +54,8 @@ pub enum StoreError {
     RootfsSize,
     ConfigDigest,
     ConfigSize,
-    /// A chunk of the stream does not have the digest `image.json`'s `chunks` lists.
-    ChunkDigest,
+    /// A piece of the stream does not have the digest `image.json`'s `pieces` lists.
+    PieceDigest,
     /// The index holds [`IMAGES_MAX`] images.
     Full,
 }
@@ -54,7 +69,7 @@ impl StoreError {
             StoreError::RootfsSize => "rootfs.squashfs does not have the size image.json names",
             StoreError::ConfigDigest => "config.json does not have the digest image.json names",
             StoreError::ConfigSize => "config.json does not have the size image.json names",
-            StoreError::ChunkDigest => "a chunk of the image does not have the digest image.json lists",
+            StoreError::PieceDigest => "a piece of the image does not have the digest image.json lists",
             StoreError::Full => "the image store is full",
         }
     }
@@ -71,16 +86,23 @@ struct Manifest {
     source: SourceRef,
     /// Optional (images packed before it existed have none).
     #[serde(default)]
-    chunks: Option<ChunkList>,
+    pieces: Option<PieceList>,
 }
 
-/// `image.json`'s `chunks`: `size` is [`STREAM_CHUNK`], `sha256` the 64 lowercase hex digits of
-/// each chunk's sha256, one after another, exactly one per chunk of the stream.
+/// `image.json`'s `pieces`: `size` is [`piece_size`] of the stream, `sha256` the 64 lowercase
+/// hex digits of each piece's sha256, one after another, exactly one per piece.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChunkList {
+struct PieceList {
     size: u64,
     sha256: String,
+}
+
+/// What `image.json` lists: the piece size and each piece's digest, in stream order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pieces {
+    pub size: u64,
+    pub digests: Vec<Digest>,
 }
 
 #[derive(Deserialize)]
@@ -113,8 +135,8 @@ pub struct ImageInfo {
 }
 
 /// Parse and check `image_json`: the version, the media types, the two files' digests, the run
-/// configuration's bound, and, when it lists chunks, that the list has one well-formed digest
-/// per [`STREAM_CHUNK`] bytes of the stream. Returns it with the root filesystem's and the run
+/// configuration's bound, and, when it lists pieces, that the list has the stream's
+/// [`piece_size`] and one well-formed digest per piece. Returns it with the root filesystem's and the run
 /// configuration's digests.
 fn parse_manifest(image_json: &[u8]) -> Result<(Manifest, Digest, Digest), StoreError> {
     if image_json.len() > MANIFEST_MAX {
@@ -124,11 +146,12 @@ fn parse_manifest(image_json: &[u8]) -> Result<(Manifest, Digest, Digest), Store
     if m.schema_version != 1 || m.media_type != IMAGE_MEDIA_TYPE || m.rootfs.media_type != ROOTFS_MEDIA_TYPE || m.config.media_type != CONFIG_MEDIA_TYPE || m.config.size > CONFIG_MAX as u64 {
         return Err(StoreError::BadManifest);
     }
-    if let Some(c) = &m.chunks {
+    if let Some(c) = &m.pieces {
         let total = m.config.size.checked_add(m.rootfs.size).ok_or(StoreError::BadManifest)?;
-        let n = total.div_ceil(STREAM_CHUNK as u64);
+        let size = piece_size(total);
+        let n = total.div_ceil(size);
         let hex_ok = c.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if c.size != STREAM_CHUNK as u64 || c.sha256.len() as u64 != n.saturating_mul(CHUNK_HEX as u64) || !hex_ok {
+        if c.size != size || c.sha256.len() as u64 != n * PIECE_HEX as u64 || !hex_ok {
             return Err(StoreError::BadManifest);
         }
     }
@@ -153,57 +176,58 @@ pub fn manifest_info(image_json: &[u8]) -> Result<ImageInfo, StoreError> {
     Ok(ImageInfo { digest: Digest::of(image_json), rootfs, rootfs_size: m.rootfs.size, config, config_size: m.config.size })
 }
 
-/// The sha256 of each [`STREAM_CHUNK`] of the stream, as `image_json` lists them (`None`: it
-/// lists none, an image packed before the list existed). 32 bytes per 256 KiB of image.
-pub fn manifest_chunks(image_json: &[u8]) -> Result<Option<Vec<Digest>>, StoreError> {
-    let Some(c) = parse_manifest(image_json)?.0.chunks else { return Ok(None) };
-    let mut out = Vec::new();
-    out.try_reserve_exact(c.sha256.len() / CHUNK_HEX).map_err(|_| StoreError::BadManifest)?;
-    for hex in c.sha256.as_bytes().chunks(CHUNK_HEX) {
-        out.push(Digest::from_hex(hex).ok_or(StoreError::BadManifest)?);
+/// The pieces `image_json` lists (`None`: it lists none, an image packed before the list
+/// existed). At most [`PIECES_MAX`] digests.
+pub fn manifest_pieces(image_json: &[u8]) -> Result<Option<Pieces>, StoreError> {
+    let Some(c) = parse_manifest(image_json)?.0.pieces else { return Ok(None) };
+    let mut digests = Vec::new();
+    digests.try_reserve_exact(c.sha256.len() / PIECE_HEX).map_err(|_| StoreError::BadManifest)?;
+    for hex in c.sha256.as_bytes().chunks(PIECE_HEX) {
+        digests.push(Digest::from_hex(hex).ok_or(StoreError::BadManifest)?);
     }
-    Ok(Some(out))
+    Ok(Some(Pieces { size: c.size, digests }))
 }
 
-/// The `chunks` value `image.json` gets for this stream (`catenary image pack` writes the same).
-pub fn chunk_list_json(config: &[u8], rootfs: &[u8]) -> String {
+/// The `pieces` value `image.json` gets for this stream (`catenary image pack` writes the same).
+pub fn piece_list_json(config: &[u8], rootfs: &[u8]) -> String {
+    let size = piece_size((config.len() + rootfs.len()) as u64);
     let mut hex = String::new();
-    for_each_chunk(config, rootfs, |d| {
-        for b in d.0 {
+    for_each_piece(config, rootfs, size as usize, |c, r| {
+        let mut h = Hasher::new();
+        h.update(c);
+        h.update(r);
+        for b in h.finish().0 {
             let _ = core::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
         }
     });
-    alloc::format!("{{\"size\":{STREAM_CHUNK},\"sha256\":\"{hex}\"}}")
+    alloc::format!("{{\"size\":{size},\"sha256\":\"{hex}\"}}")
 }
 
-/// The digest of each [`STREAM_CHUNK`] of `config ‖ rootfs`, in order.
-fn for_each_chunk(config: &[u8], rootfs: &[u8], mut f: impl FnMut(Digest)) {
+/// Each `size`-byte piece of `config ‖ rootfs` in order, as its part in config.json and its
+/// part in rootfs.squashfs.
+fn for_each_piece(config: &[u8], rootfs: &[u8], size: usize, mut f: impl FnMut(&[u8], &[u8])) {
     let (cl, total) = (config.len(), config.len() + rootfs.len());
     let mut off = 0;
     while off < total {
-        let end = (off + STREAM_CHUNK).min(total);
-        let mut h = Hasher::new();
-        // the chunk's part in config.json, then its part in rootfs.squashfs
-        h.update(&config[off.min(cl)..end.min(cl)]);
-        h.update(&rootfs[off.saturating_sub(cl)..end.saturating_sub(cl)]);
-        f(h.finish());
+        let end = off.saturating_add(size).min(total);
+        f(&config[off.min(cl)..end.min(cl)], &rootfs[off.saturating_sub(cl)..end.saturating_sub(cl)]);
         off = end;
     }
 }
 
 /// An `image.json` for these bytes, as `catenary image pack` writes it (tests build images
-/// with it), with the chunk list.
+/// with it), with the piece list.
 pub fn manifest_for(rootfs: &[u8], config: &[u8]) -> Vec<u8> {
-    let mut m = manifest_without_chunks(rootfs, config);
+    let mut m = manifest_without_pieces(rootfs, config);
     m.pop();
-    m.extend_from_slice(b",\"chunks\":");
-    m.extend_from_slice(chunk_list_json(config, rootfs).as_bytes());
+    m.extend_from_slice(b",\"pieces\":");
+    m.extend_from_slice(piece_list_json(config, rootfs).as_bytes());
     m.push(b'}');
     m
 }
 
-/// An `image.json` for these bytes as packed before the chunk list existed (still accepted).
-pub fn manifest_without_chunks(rootfs: &[u8], config: &[u8]) -> Vec<u8> {
+/// An `image.json` for these bytes as packed before the piece list existed (still accepted).
+pub fn manifest_without_pieces(rootfs: &[u8], config: &[u8]) -> Vec<u8> {
     alloc::format!(
         "{{\"schemaVersion\":1,\"mediaType\":\"{IMAGE_MEDIA_TYPE}\",\"rootfs\":{{\"mediaType\":\"{ROOTFS_MEDIA_TYPE}\",\"digest\":\"{}\",\"size\":{},\"file\":\"rootfs.squashfs\"}},\"config\":{{\"mediaType\":\"{CONFIG_MEDIA_TYPE}\",\"digest\":\"{}\",\"size\":{},\"file\":\"config.json\"}},\"source\":{{\"manifest\":null,\"config\":\"sha256:00\"}}}}",
         Digest::of(rootfs), rootfs.len(), Digest::of(config), config.len()
@@ -228,24 +252,30 @@ pub fn verify(image_json: &[u8], rootfs: &[u8], config: &[u8], expect: Option<Di
     if m.config.size != config.len() as u64 {
         return Err(StoreError::ConfigSize);
     }
-    if Digest::of(config) != cd {
+    // One pass: each piece hashed on its own (when listed) and into the two files' digests.
+    // The list must be true, or every node fetching the image would refuse good bytes.
+    let listed = manifest_pieces(image_json)?;
+    let size = listed.as_ref().map_or(STREAM_CHUNK as u64, |l| l.size) as usize;
+    let (mut ch, mut rh, mut i, mut pieces_ok) = (Hasher::new(), Hasher::new(), 0, true);
+    for_each_piece(config, rootfs, size, |c, r| {
+        ch.update(c);
+        rh.update(r);
+        if let Some(l) = &listed {
+            let mut h = Hasher::new();
+            h.update(c);
+            h.update(r);
+            pieces_ok &= l.digests.get(i) == Some(&h.finish());
+        }
+        i += 1;
+    });
+    if ch.finish() != cd {
         return Err(StoreError::ConfigDigest);
     }
-    if Digest::of(rootfs) != rd {
+    if rh.finish() != rd {
         return Err(StoreError::RootfsDigest);
     }
-    // the list must be true, or every node fetching the image would refuse good bytes
-    if m.chunks.is_some() {
-        let listed = manifest_chunks(image_json)?.unwrap_or_default();
-        let mut i = 0;
-        let mut ok = true;
-        for_each_chunk(config, rootfs, |d| {
-            ok &= listed.get(i) == Some(&d);
-            i += 1;
-        });
-        if !ok || i != listed.len() {
-            return Err(StoreError::ChunkDigest);
-        }
+    if listed.is_some_and(|l| !pieces_ok || l.digests.len() != i) {
+        return Err(StoreError::PieceDigest);
     }
     Ok(ImageInfo { digest, rootfs: rd, rootfs_size: m.rootfs.size, config: cd, config_size: m.config.size })
 }
@@ -318,52 +348,78 @@ pub(crate) mod tests {
         assert_eq!(verify(&[0xff; 10], r, c, None), Err(StoreError::BadManifest));
     }
 
-    /// A stream of three chunks whose second one straddles nothing and whose first holds all of
-    /// config.json and the start of the root filesystem.
-    fn three_chunk_image() -> (Vec<u8>, Vec<u8>) {
+    /// A stream of three 256 KiB pieces, the first holding all of config.json and the start of
+    /// the root filesystem, the last shorter.
+    fn three_piece_image() -> (Vec<u8>, Vec<u8>) {
         let config = b"{\"version\":1,\"cmd\":[]}".to_vec();
         let rootfs: Vec<u8> = (0..2 * STREAM_CHUNK + 1000).map(|i| (i * 7 + i / 4096) as u8).collect();
         (rootfs, config)
     }
 
-    #[test]
-    fn the_chunk_list_names_each_256_kib_of_the_stream() {
-        let (r, c) = three_chunk_image();
-        let m = manifest_for(&r, &c);
-        assert!(verify(&m, &r, &c, Some(Digest::of(&m))).is_ok());
-        // the list, against the stream cut independently
-        let stream = [c.as_slice(), r.as_slice()].concat();
-        let want: Vec<Digest> = stream.chunks(STREAM_CHUNK).map(Digest::of).collect();
-        assert_eq!(want.len(), 3);
-        assert_eq!(manifest_chunks(&m), Ok(Some(want)));
-        // an image packed before the list: accepted, lists nothing
-        let old = manifest_without_chunks(&r, &c);
-        assert!(verify(&old, &r, &c, None).is_ok());
-        assert_eq!(manifest_chunks(&old), Ok(None));
-        // an empty stream has an empty list
-        let empty = manifest_for(b"", b"");
-        assert_eq!(manifest_chunks(&empty), Ok(Some(Vec::new())));
+    /// The stream cut independently: `size`-byte slices of config ‖ rootfs, hashed.
+    fn cut(r: &[u8], c: &[u8], size: usize) -> Vec<Digest> {
+        [c, r].concat().chunks(size).map(Digest::of).collect()
     }
 
     #[test]
-    fn a_false_or_malformed_chunk_list_is_refused() {
-        let (r, c) = three_chunk_image();
+    fn the_piece_list_names_each_piece_of_the_stream() {
+        let (r, c) = three_piece_image();
+        let m = manifest_for(&r, &c);
+        assert!(verify(&m, &r, &c, Some(Digest::of(&m))).is_ok());
+        let want = cut(&r, &c, STREAM_CHUNK);
+        assert_eq!(want.len(), 3);
+        assert_eq!(manifest_pieces(&m), Ok(Some(Pieces { size: STREAM_CHUNK as u64, digests: want })));
+        // an image packed before the list: accepted, lists nothing
+        let old = manifest_without_pieces(&r, &c);
+        assert!(verify(&old, &r, &c, None).is_ok());
+        assert_eq!(manifest_pieces(&old), Ok(None));
+        // an empty stream has an empty list
+        assert_eq!(manifest_pieces(&manifest_for(b"", b"")).map(|p| p.map(|p| p.digests.len())), Ok(Some(0)));
+    }
+
+    /// Past 128 pieces of 256 KiB the pieces double, so the list (and image.json) stays
+    /// bounded: a 40 MiB root filesystem is 81 pieces of 512 KiB with its config.json, and a
+    /// manifest of a 256 MiB stream fits a 16 KiB request.
+    #[test]
+    fn the_piece_size_doubles_past_128_pieces() {
+        let k = STREAM_CHUNK as u64;
+        assert_eq!([piece_size(0), piece_size(128 * k), piece_size(128 * k + 1), piece_size(256 << 20), piece_size(u64::MAX / 2)][..4], [k, k, 2 * k, 8 * k]);
+        let c = b"{\"version\":1}".to_vec();
+        let r: Vec<u8> = (0..40usize << 20).map(|i| (i ^ i >> 9) as u8).collect();
+        let m = manifest_for(&r, &c);
+        let listed = manifest_pieces(&m).unwrap().unwrap();
+        assert_eq!((listed.size, listed.digests.clone()), (2 * k, cut(&r, &c, 2 * STREAM_CHUNK)));
+        assert_eq!(listed.digests.len(), 81, "40 MiB and the config.json");
+        assert!(verify(&m, &r, &c, None).is_ok());
+        // the largest image the store takes: image.json well inside workd's 16 KiB requests
+        let big = String::from_utf8(manifest_without_pieces(b"", b"")).unwrap().replace("\"size\":0,\"file\":\"rootfs", "\"size\":268435456,\"file\":\"rootfs");
+        let with = [&big[..big.len() - 1], ",\"pieces\":{\"size\":2097152,\"sha256\":\"", &"ab".repeat(32 * 128), "\"}}"].concat();
+        assert_eq!(manifest_pieces(with.as_bytes()).map(|p| p.map(|p| p.digests.len())), Ok(Some(128)));
+        assert!(with.len() < 9 * 1024, "{}", with.len());
+        // a list at a smaller piece size than the stream's is not a manifest
+        let small = with.replace("\"size\":2097152", "\"size\":1048576");
+        assert_eq!(manifest_pieces(small.as_bytes()), Err(StoreError::BadManifest));
+    }
+
+    #[test]
+    fn a_false_or_malformed_piece_list_is_refused() {
+        let (r, c) = three_piece_image();
         let m = String::from_utf8(manifest_for(&r, &c)).unwrap();
         let at = m.find("\"sha256\":\"").unwrap() + 10;
-        // one digit of the second chunk's digest changed: well formed, but false
+        // one digit of the second piece's digest changed: well formed, but false
         let mut wrong = m.clone().into_bytes();
         wrong[at + 64 + 5] = if wrong[at + 64 + 5] == b'0' { b'1' } else { b'0' };
-        assert!(manifest_chunks(&wrong).unwrap().is_some());
-        assert_eq!(verify(&wrong, &r, &c, None), Err(StoreError::ChunkDigest));
+        assert!(manifest_pieces(&wrong).unwrap().is_some());
+        assert_eq!(verify(&wrong, &r, &c, None), Err(StoreError::PieceDigest));
         // malformed lists are refused before any byte is read
         let put = |c: &str| [&m[..at], c, &m[at + 1..]].concat();
         let short = [&m[..at], &m[at + 64..]].concat();
         let upper = put("A");
-        let size = m.replace("\"size\":262144", "\"size\":131072");
+        let size = m.replace("\"size\":262144", "\"size\":524288");
         let extra = m.replace("{\"size\":262144,", "{\"size\":262144,\"x\":1,");
         let not_hex = put("g");
         for bad in [short, upper, size, extra, not_hex] {
-            assert_eq!(manifest_chunks(bad.as_bytes()), Err(StoreError::BadManifest), "{}", &bad[..80]);
+            assert_eq!(manifest_pieces(bad.as_bytes()), Err(StoreError::BadManifest), "{}", &bad[..80]);
             assert_eq!(stream_sizes(bad.as_bytes()), Err(StoreError::BadManifest));
             assert_eq!(manifest_info(bad.as_bytes()), Err(StoreError::BadManifest));
             assert_eq!(verify(bad.as_bytes(), &r, &c, None), Err(StoreError::BadManifest));

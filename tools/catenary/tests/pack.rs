@@ -138,13 +138,13 @@ fn run_config_and_digest() {
     assert!(matches!(image::verify(&out, Some(&r.digest)), Err(PackError::DigestMismatch { .. })));
 }
 
-/// `image.json` lists the sha256 of every 256 KiB chunk of `config.json ‖ rootfs.squashfs`, the
-/// same list the node's store computes and checks; `image verify` refuses a list that is not
-/// the files'.
+/// `image.json` lists the sha256 of every piece of `config.json ‖ rootfs.squashfs` (256 KiB
+/// here), the same list the node's store computes and checks; `image verify` refuses a list
+/// that is not the files', naming the first piece that differs.
 #[test]
-fn the_chunk_list_is_the_streams_and_verified() {
+fn the_piece_list_is_the_streams_and_verified() {
     let t = tempfile::tempdir().unwrap();
-    // incompressible bytes, so the root filesystem spans several chunks
+    // incompressible bytes, so the root filesystem spans several pieces
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let noise: Vec<u8> = (0..700_000)
         .map(|_| {
@@ -162,22 +162,28 @@ fn the_chunk_list_is_the_streams_and_verified() {
     let stream = [config.as_slice(), rootfs.as_slice()].concat();
     let size = catenary_workload::store::STREAM_CHUNK;
     let want: Vec<catenary_workload::Digest> = stream.chunks(size).map(catenary_workload::Digest::of).collect();
-    assert!(want.len() >= 3, "{} chunks", want.len());
+    assert!(want.len() >= 3, "{} pieces", want.len());
     // what the node reads from it, and what its store checks on arrival
-    assert_eq!(catenary_workload::store::manifest_chunks(&manifest), Ok(Some(want)));
+    assert_eq!(catenary_workload::store::manifest_pieces(&manifest), Ok(Some(catenary_workload::store::Pieces { size: size as u64, digests: want })));
     assert!(catenary_workload::store::verify(&manifest, &rootfs, &config, Some(catenary_workload::Digest::of(&manifest))).is_ok());
-    let listed = r.manifest.chunks.clone().unwrap();
-    assert_eq!(format!("{{\"size\":{},\"sha256\":\"{}\"}}", listed.size, listed.sha256), catenary_workload::store::chunk_list_json(&config, &rootfs));
+    let listed = r.manifest.pieces.clone().unwrap();
+    assert_eq!(format!("{{\"size\":{},\"sha256\":\"{}\"}}", listed.size, listed.sha256), catenary_workload::store::piece_list_json(&config, &rootfs));
     assert_eq!(image::verify(&out, Some(&r.digest)).unwrap().0, r.digest);
-    // a list that is not the files' (one digit of chunk 1's digest) is refused, naming the chunk
     let text = String::from_utf8(manifest).unwrap();
-    let at = text.find("\"sha256\":\"").unwrap() + 10 + 64 + 3;
-    let digit = if &text[at..at + 1] == "0" { "1" } else { "0" };
-    std::fs::write(out.join("image.json"), [&text[..at], digit, &text[at + 1..]].concat()).unwrap();
-    match image::verify(&out, None) {
-        Err(PackError::DigestMismatch { what, .. }) => assert!(what.starts_with("chunk 1 of the stream"), "{what}"),
-        other => panic!("{other:?}"),
-    }
+    let at = text.find("\"sha256\":\"").unwrap() + 10;
+    let expect_named = |edited: String, named: &str| {
+        std::fs::write(out.join("image.json"), edited).unwrap();
+        match image::verify(&out, None) {
+            Err(PackError::DigestMismatch { what, .. }) => assert!(what.starts_with(named), "{what}"),
+            other => panic!("{other:?}"),
+        }
+    };
+    // one digit of piece 1's digest: piece 1 named
+    let digit = if &text[at + 67..at + 68] == "0" { "1" } else { "0" };
+    expect_named([&text[..at + 67], digit, &text[at + 68..]].concat(), "piece 1 of the stream");
+    // two digits too many at the end: the piece past the last named
+    let end = text.rfind("\"}").unwrap();
+    expect_named([&text[..end], "ab", &text[end..]].concat(), &format!("piece {} of the stream", listed.sha256.len() / 64));
 }
 
 /// A real-time StopSignal (systemd images use SIGRTMIN+3) is kept; a name that is no signal is

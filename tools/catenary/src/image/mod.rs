@@ -38,19 +38,20 @@ pub struct ImageManifest {
     pub config: BlobRef,
     /// Digests of the OCI manifest (absent for a legacy `docker save`) and OCI config packed.
     pub source: SourceRef,
-    /// The sha256 of each 256 KiB chunk of `config.json ‖ rootfs.squashfs`: a node fetching the
-    /// image refuses a wrong chunk as it arrives. Images packed before it existed have none.
+    /// The sha256 of each piece of `config.json ‖ rootfs.squashfs`: a node fetching the image
+    /// refuses a wrong piece as it arrives. Images packed before it existed have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chunks: Option<ChunkList>,
+    pub pieces: Option<PieceList>,
 }
 
-/// `image.json`'s `chunks` (docs/images.md).
+/// `image.json`'s `pieces` (docs/images.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChunkList {
-    /// Bytes per chunk: always `catenary_workload::store::STREAM_CHUNK` (256 KiB).
+pub struct PieceList {
+    /// Bytes per piece: `catenary_workload::store::piece_size` of the stream (256 KiB up to
+    /// 32 MiB of stream, doubled until at most 128 pieces).
     pub size: u64,
-    /// Each chunk's sha256 as 64 lowercase hex digits, one after another.
+    /// Each piece's sha256 as 64 lowercase hex digits, one after another.
     pub sha256: String,
 }
 
@@ -148,7 +149,7 @@ pub fn pack(input: &Path, out: &Path, opts: &PackOptions) -> Result<PackReport> 
             file: CONFIG_FILE.into(),
         },
         source: SourceRef { manifest: plan.manifest_digest.clone(), config: plan.config_digest.clone() },
-        chunks: Some(chunk_list(&run_bytes, &rootfs_path)?),
+        pieces: Some(piece_list(&run_bytes, &rootfs_path, rootfs_size)?),
     };
     let manifest_bytes = serde_json::to_vec(&manifest).expect("plain structs serialise");
     write_file(&work.join(IMAGE_FILE), &manifest_bytes)?;
@@ -261,22 +262,23 @@ fn progress_bar(enabled: bool, len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// The chunk list of the stream `config ‖ the file at rootfs`, read in chunks.
-fn chunk_list(config: &[u8], rootfs: &Path) -> Result<ChunkList> {
+/// The piece list of the stream `config ‖ the file at rootfs` (`rootfs_size` bytes), read a
+/// piece at a time.
+fn piece_list(config: &[u8], rootfs: &Path, rootfs_size: u64) -> Result<PieceList> {
     use std::fmt::Write as _;
-    let size = catenary_workload::store::STREAM_CHUNK;
+    let size = catenary_workload::store::piece_size(config.len() as u64 + rootfs_size);
     let f = std::fs::File::open(rootfs).map_err(error::io_err(rootfs))?;
     let mut stream = io::Cursor::new(config).chain(BufReader::with_capacity(1 << 20, f));
-    let (mut sha256, mut chunk) = (String::new(), Vec::with_capacity(size));
+    let (mut sha256, mut piece) = (String::new(), Vec::new());
     loop {
-        chunk.clear();
-        (&mut stream).take(size as u64).read_to_end(&mut chunk).map_err(error::io_err(rootfs))?;
-        if chunk.is_empty() {
+        piece.clear();
+        (&mut stream).take(size).read_to_end(&mut piece).map_err(error::io_err(rootfs))?;
+        if piece.is_empty() {
             break;
         }
-        let _ = write!(sha256, "{:x}", Sha256::digest(&chunk));
+        let _ = write!(sha256, "{:x}", Sha256::digest(&piece));
     }
-    Ok(ChunkList { size: size as u64, sha256 })
+    Ok(PieceList { size, sha256 })
 }
 
 fn hash_file(p: &Path) -> Result<(String, u64)> {
@@ -321,16 +323,19 @@ pub fn verify(dir: &Path, digest: Option<&str>) -> Result<(String, ImageManifest
             return Err(PackError::DigestMismatch { what: b.file.clone(), expected: b.digest.clone(), actual: d });
         }
     }
-    if let Some(listed) = &m.chunks {
+    if let Some(listed) = &m.pieces {
         let p = dir.join(&m.config.file);
         let config = std::fs::read(&p).map_err(error::io_err(&p))?;
-        let actual = chunk_list(&config, &dir.join(&m.rootfs.file))?;
-        if actual != *listed {
-            // name the first chunk that differs (all of them when the chunk size does)
-            let nth = |l: &ChunkList, i: usize| l.sha256.get(i * 64..(i + 1) * 64).map_or_else(|| "(none)".to_string(), |h| format!("sha256:{h}"));
-            let n = listed.sha256.len().max(actual.sha256.len()) / 64;
-            let i = (0..n).find(|&i| listed.size != actual.size || nth(listed, i) != nth(&actual, i)).unwrap_or(0);
-            return Err(PackError::DigestMismatch { what: format!("chunk {i} of the stream (as {IMAGE_FILE} lists it)"), expected: nth(listed, i), actual: nth(&actual, i) });
+        let actual = piece_list(&config, &dir.join(&m.rootfs.file), m.rootfs.size)?;
+        if actual.size != listed.size {
+            return Err(PackError::Malformed { what: IMAGE_FILE.into(), why: format!("pieces of {} bytes listed; a stream of this size is cut into pieces of {}", listed.size, actual.size) });
+        }
+        if actual.sha256 != listed.sha256 {
+            // name the first piece that differs (a list of the wrong length: the first missing or extra one)
+            let nth = |l: &PieceList, i: usize| l.sha256.get(i * 64..).map(|h| &h[..h.len().min(64)]).filter(|h| !h.is_empty()).map_or_else(|| "(none)".to_string(), |h| format!("sha256:{h}"));
+            let n = listed.sha256.len().max(actual.sha256.len()).div_ceil(64);
+            let i = (0..n).find(|&i| nth(listed, i) != nth(&actual, i)).unwrap_or(0);
+            return Err(PackError::DigestMismatch { what: format!("piece {i} of the stream (as {IMAGE_FILE} lists it)"), expected: nth(listed, i), actual: nth(&actual, i) });
         }
     }
     Ok((actual, m))
