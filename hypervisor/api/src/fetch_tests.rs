@@ -160,7 +160,7 @@ fn a_holder_serving_a_corrupted_chunk_is_refused_at_that_chunk_and_another_gives
 /// An image whose `image.json` lists no chunks (packed before the list existed) is still
 /// fetched; a lie in its root filesystem shows when the file's last byte came.
 #[test]
-fn without_a_chunk_list_a_corrupted_chunk_is_refused_at_the_files_end() {
+fn without_a_piece_list_a_corrupted_chunk_is_refused_at_the_files_end() {
     let (d, manifest, stream) = image_without_list();
     let (events, _, asked, _) = fetch_from_a_liar_then_an_honest_holder(d, &manifest, &stream);
     assert!(events.contains(&Event::Refused { holder: 0, why: "rootfs.squashfs's bytes do not have the digest image.json names" }), "{events:?}");
@@ -169,7 +169,7 @@ fn without_a_chunk_list_a_corrupted_chunk_is_refused_at_the_files_end() {
 }
 
 /// A holder that goes away half-way (a node that died while others copied from it): with a
-/// chunk list the next holder continues at the chunk that got no answer, and nothing already
+/// piece list the next holder continues at the chunk that got no answer, and nothing already
 /// in the upload is fetched again; without one, the next holder starts over.
 #[test]
 fn a_holder_that_dies_half_way_is_taken_over_at_its_chunk() {

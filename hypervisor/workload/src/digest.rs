@@ -17,7 +17,7 @@ impl Digest {
         Digest::from_hex(s.strip_prefix("sha256:")?.as_bytes())
     }
 
-    /// Parse exactly 64 lowercase hex digits (no prefix: `image.json`'s chunk list).
+    /// Parse exactly 64 lowercase hex digits (no prefix: `image.json`'s piece list).
     pub fn from_hex(hex: &[u8]) -> Option<Digest> {
         if hex.len() != 64 {
             return None;
