@@ -222,6 +222,19 @@ impl Running {
         self.lines[i].push(NODE_KILLED.into());
     }
 
+    /// Press node `i`'s power button (QEMU monitor `system_powerdown`: an ACPI power-button
+    /// event). A node that then switches itself off is noted as stopped, with QEMU's status.
+    pub fn power_button(&mut self, i: usize) -> String {
+        let sock = self.dir.join(format!("{}.mon", self.names[i]));
+        self.lines[i].push("[xtask] power button pressed (QEMU system_powerdown)".into());
+        monitor_until_done(&sock, "system_powerdown")
+    }
+
+    /// Whether node `i`'s QEMU has ended (killed by xtask, or exited by itself).
+    pub fn stopped(&self, i: usize) -> bool {
+        self.exited[i]
+    }
+
     /// Start node `i` again with the same key, cluster file and QEMU arguments (a fresh wall
     /// clock on its command line). Its new console lines are appended to `lines[i]` after
     /// `[xtask] node restarted`; returns the index of that line.
@@ -447,6 +460,34 @@ fn monitor(sock: &Path, cmds: &[&str]) -> String {
                 break;
             }
             out.extend_from_slice(&b[..n]);
+        }
+    }
+    String::from_utf8_lossy(&out).replace('\r', "")
+}
+
+/// Run one HMP command and return as soon as the monitor prompts again (the command is done),
+/// so a caller timing what follows does not wait out [`monitor`]'s read timeout.
+fn monitor_until_done(sock: &Path, cmd: &str) -> String {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let Ok(mut m) = UnixStream::connect(sock) else { return format!("(no monitor at {})", sock.display()) };
+    let _ = m.set_read_timeout(Some(Duration::from_millis(1500)));
+    let mut out = Vec::new();
+    let mut b = [0u8; 4096];
+    let prompts = |o: &[u8]| String::from_utf8_lossy(o).matches("(qemu)").count();
+    // the banner's prompt, then the command, then the prompt after it
+    while prompts(&out) < 1 {
+        match m.read(&mut b) {
+            Ok(n) if n > 0 => out.extend_from_slice(&b[..n]),
+            _ => break,
+        }
+    }
+    if m.write_all(format!("{cmd}\n").as_bytes()).is_ok() {
+        while prompts(&out) < 2 {
+            match m.read(&mut b) {
+                Ok(n) if n > 0 => out.extend_from_slice(&b[..n]),
+                _ => break,
+            }
         }
     }
     String::from_utf8_lossy(&out).replace('\r', "")

@@ -5,6 +5,12 @@
 //! two others must show it `left` (never suspect or dead) within about a second, its
 //! replicas must start on them, and it must not be declared dead later.
 //!
+//! Then the ACPI power button (QEMU `system_powerdown`) of a survivor that runs a replica:
+//! its kernel sees the press, its `apid` leaves and commits its drain (the other survivor
+//! shows it `left` within the same bound), waits until no replica runs there, and the node
+//! switches itself off (ACPI S5: QEMU ends with status 0) before the kernel's 60 s fallback;
+//! neither node is later shown suspect or dead.
+//!
 //! Timings are host wall-clock: from the leaving node's own `memberd: leaving` console line
 //! (the protocol's part) and from the start of the CLI command (what an operator waits,
 //! fabric round trips and the forward included) to each survivor's `member NODE left` line;
@@ -94,13 +100,73 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         );
         c.check(&format!("{vname}'s replicas run on the others, every replica once"), moved.is_some(), &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
         c.check("no replica ran on two nodes", twice.is_empty(), &format!("{twice:?}"));
-        // a while later: still left, never suspect or dead
+        // The power button (ACPI, QEMU `system_powerdown`) on a survivor that runs a replica:
+        // it leaves, drains, waits for its replicas to stop, and switches itself off.
+        let l = lists(&r.lines, &from, &none);
+        let p = survivors.iter().copied().find(|i| !l[*i].is_empty()).ok_or("no survivor runs a replica")?;
+        let other = survivors.iter().copied().find(|i| *i != p).ok_or("one survivor")?;
+        let pname = nodes[p].name.clone();
+        let p_left = format!("memberd: member {pname} left");
+        let mark2: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        println!("  the power button of {pname} (it runs {:?})", l[p].keys().collect::<Vec<_>>());
+        let pressed = Instant::now();
+        r.power_button(p);
+        let (mut press_seen, mut p_seen, mut off) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline && off.is_none() {
+            r.wait(Duration::from_millis(50), false, |_| false);
+            if press_seen.is_none() && r.lines[p][mark2[p]..].iter().any(|x| x.contains("power: power button pressed")) {
+                press_seen = Some(Instant::now());
+            }
+            if p_seen.is_none() && r.lines[other][mark2[other]..].iter().any(|x| x.contains(&p_left)) {
+                p_seen = Some(Instant::now());
+            }
+            if r.stopped(p) {
+                off = Some(Instant::now());
+            }
+        }
+        let after = &r.lines[p][mark2[p]..];
+        // the node's own steps, on its clock (the console's `[ seconds ]` stamps)
+        let stamp = |pat: &str| after.iter().find(|x| x.contains(pat)).and_then(|x| node_secs(x));
+        let step = |pat: &str| match (stamp("power: power button pressed"), stamp(pat)) {
+            (Some(a), Some(b)) => format!("{} ms", ((b - a) * 1000.0).round()),
+            _ => "never".into(),
+        };
+        println!(
+            "  timings (host): press -> {pname}'s kernel saw it {}; {pname}'s press line -> shown left on {} {}; press -> its QEMU ended {}",
+            fmt(ms(Some(pressed), press_seen)), nodes[other].name, fmt(ms(press_seen, p_seen)), fmt(ms(Some(pressed), off))
+        );
+        println!(
+            "  timings ({pname}'s clock, from the press): leave announced {}; drain committed {}; replicas stopped {}; switched off {}",
+            step("memberd: leaving the cluster"), step("its drain is committed"), step("apid: power button: no cluster replica runs here"), step("powering off (ACPI S5)")
+        );
+        c.check(&format!("{pname}'s kernel saw the power button"), press_seen.is_some(), "");
+        c.check(&format!("{pname}'s apid left the cluster and committed its drain"), after.iter().any(|x| x.contains("apid: power button:") && x.contains("left; its drain is committed")), "");
+        c.check(&format!("{} shows {pname} `left` within {} s of the press", nodes[other].name, LEFT_WITHIN.as_secs()), ms(press_seen, p_seen).is_some_and(|d| d <= LEFT_WITHIN), &fmt(ms(press_seen, p_seen)));
+        c.check(
+            &format!("{pname} switched itself off (ACPI S5) once no replica ran there, before the kernel's 60 s"),
+            after.iter().any(|x| x.contains("apid: power button: no cluster replica runs here any more"))
+                && after.iter().any(|x| x.contains("powering off (ACPI S5): apid finished the orderly shutdown"))
+                && after.iter().any(|x| x.starts_with(crate::cluster::NODE_STOPPED) && x.contains("QEMU ended (exit status: 0)")),
+            &after.iter().filter(|x| x.contains("power") || x.starts_with("[xtask]")).cloned().collect::<Vec<_>>().join(" | "),
+        );
+        let l = lists(&r.lines, &from, &none);
+        let twice: Vec<String> = runners(&l).into_iter().filter(|(_, v)| v.len() > 1).map(|(n, v)| format!("{n} on {v:?}")).collect();
+        c.check("no replica ran on two nodes", twice.is_empty(), &format!("{twice:?}"));
+        // a while later: both still left, never suspect or dead (one of them is switched off)
         r.wait(Duration::from_secs(20), false, |_| false);
         let bad: Vec<String> = survivors
             .iter()
             .flat_map(|&i| r.lines[i][mark[i]..].iter().filter(|x| x.contains(&format!("memberd: member {vname} ")) && !x.contains(&left_line)).map(move |x| format!("{}: {x}", i + 1)))
+            .chain(r.lines[other][mark2[other]..].iter().filter(|x| x.contains(&format!("memberd: member {pname} ")) && !x.contains(&p_left)).map(|x| format!("{}: {x}", other + 1)))
             .collect();
-        c.check(&format!("{vname} is never shown suspect, dead or alive again after its leave (20 s more)"), bad.is_empty(), &format!("{bad:?}"));
+        c.check(&format!("{vname} and the switched-off {pname} are never shown suspect, dead or alive again after their leaves (20 s more)"), bad.is_empty(), &format!("{bad:?}"));
         Ok(())
     })
+}
+
+/// The node-clock seconds of a kernel console line (`[   12.845766] INFO …`).
+fn node_secs(line: &str) -> Option<f64> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    rest.split(']').next()?.trim().parse().ok()
 }

@@ -6,7 +6,7 @@ use acpi::AcpiTable;
 use core::ptr::NonNull;
 
 #[derive(Clone)]
-struct DirectMapHandler;
+pub(crate) struct DirectMapHandler;
 
 impl acpi::AcpiHandler for DirectMapHandler {
     unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> acpi::PhysicalMapping<Self, T> {

@@ -33,6 +33,7 @@ pub mod heap;
 pub mod apic;
 pub mod time;
 pub mod acpi;
+pub mod power;
 pub mod boot;
 pub mod qemu;
 pub mod smp;

@@ -35,6 +35,7 @@ mod multiboot2;
 mod normalize;
 mod pvh;
 mod redact;
+mod s5;
 
 pub use cpio::{CpioError, ImageStore};
 pub use limine::{LimineModule, LimineView, MAX_CPUS};
@@ -42,6 +43,7 @@ pub use mem::{MemImage, PhysRead};
 pub use multiboot2::MULTIBOOT2_BOOTLOADER_MAGIC;
 pub use pvh::PVH_MAGIC;
 pub use redact::{is_secret_key, redact_secrets, REDACTED};
+pub use s5::s5_sleep_types;
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -221,6 +221,26 @@ pub mod supervisor {
     pub const NOT_STARTED_NO_MEMORY: u64 = 4;
 }
 
+/// The kernel's power endpoint (`"power"` in `catenary_manifest::KERNEL_ENDPOINTS`): the ACPI
+/// power button and soft-off. Only services the manifest gives a send capability to it reach
+/// it (`apid`, which runs the orderly shutdown: docs/orchestration.md, "The power button").
+pub mod power {
+    /// call: was the power button pressed since boot? Reply label 0; `words[0]` = 1 if so
+    /// (latched: a restarted caller still sees it), `words[1]` = milliseconds since the press.
+    pub const LABEL_BUTTON: u64 = 1;
+    /// call: the orderly shutdown is done, switch the machine off (ACPI S5). Never answered
+    /// when it works; `ERR_NO_SOFT_OFF` when firmware gave no plain `\_S5` (or ignored it).
+    pub const LABEL_POWER_OFF: u64 = 2;
+    /// Reply label: the request is not one of the above.
+    pub const ERR_UNKNOWN: u64 = 0xe0;
+    /// Reply label: this machine cannot switch itself off; it keeps running.
+    pub const ERR_NO_SOFT_OFF: u64 = 0xe1;
+    /// After a press, the kernel switches the machine off itself once this long has passed,
+    /// whether or not a service finished the orderly shutdown (a hung or dead `apid` must not
+    /// keep a node up that its operator switched off).
+    pub const SHUTDOWN_GRACE_MS: u64 = 60_000;
+}
+
 /// The kernel ↔ ring-3 `netd` interface (`SYS_NET`): the router's operations and the fixed
 /// records they copy through the caller's buffer. Little-endian u64s at the offsets given;
 /// /128s are 16 bytes in network order.

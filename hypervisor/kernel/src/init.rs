@@ -178,6 +178,8 @@ pub fn kernel_main(protocol: u32, info_ptr: u64) -> ! {
     crate::net::record_rtc();
     // Images among the boot modules, verified before the workload service can ask for them.
     crate::vmstore::init(&bi.modules, &bi.cmdline);
+    // The ACPI power button and soft-off (the power task serves them once services start).
+    crate::power::init(rsdp);
     crate::task::start_node(&cpu_list, ioapic_addr, &bi.cmdline);
     // The boot-time benchmarks (`cargo xtask bench ipc|exit|vmmem`) and `crash=` (the
     // `fault_dump_*` tests): only in the probes kernel, as the other command-line probes.

@@ -77,5 +77,6 @@ mod vm;
 mod vmconsole;
 mod vmcontrol;
 mod vmstore;
+mod power;
 #[cfg(all(feature = "probes", not(feature = "ktest")))]
 mod wkclient;

@@ -24,10 +24,10 @@ pub const TEST_PROGRAMS: &[&str] = &["uapp", "sysfuzz", "wkctl"];
 /// The supervisor's own program: started by the kernel, not an entry of [`SERVICES`].
 pub const SUPERVISOR: &str = "supd";
 
-/// Endpoints that kernel tasks own, which services may be given send capabilities to. None
-/// today: `netd`'s endpoint is the `netd` service's, which the in-kernel stack
-/// (`net.netd=kernel`, the default) adopts instead of the ring-3 program.
-pub const KERNEL_ENDPOINTS: &[&str] = &[];
+/// Endpoints that kernel tasks own, which services may be given send capabilities to:
+/// `power`, the ACPI power button and soft-off (`catenary_ipc::power`). (`netd`'s endpoint is
+/// the `netd` service's, which the in-kernel stack, `net.netd=kernel`, adopts instead.)
+pub const KERNEL_ENDPOINTS: &[&str] = &["power"];
 
 /// Node-wide budgets the quotas of all services together must fit in.
 pub const DMA_BUDGET_PAGES: u64 = 1024;

@@ -134,7 +134,8 @@ pub const SERVICES: &[Service] = &[
     },
     // The operator API (docs/api.md): HTTP on the node's fabric /128, port 8080, through
     // netd's sockets; each request becomes workload-protocol calls to workd. Send capabilities
-    // to both that may lend its buffers for a call (GRANT); no other authority. Memory for its
+    // to both that may lend its buffers for a call (GRANT); a send capability to the kernel's
+    // power endpoint (the power button's orderly shutdown); no other authority. Memory for its
     // heap: connections' requests (≤ 260 KiB each), image pushes in progress, the event ring.
     Service {
         name: "apid",
@@ -142,7 +143,7 @@ pub const SERVICES: &[Service] = &[
         arg: 0,
         priority: 4,
         endpoint: true,
-        sends: &["workd", "netd", "orchd", "memberd"],
+        sends: &["workd", "netd", "orchd", "memberd", "power"],
         ports: &[],
         irq: None,
         mmio: &[],

@@ -21,6 +21,8 @@ pub fn start_node(cpus: &[(u32, bool)], ioapic: Option<u64>, cmdline: &str) {
         warn!(target: "task", "no ring-3 programs embedded (build with `cargo xtask build`)");
         return;
     }
+    // the kernel's power endpoint, which apid sends to: before the services that wait for it
+    crate::power::start();
     // rtcd, echo, nicd: the manifest's services, started by the supervisor
     supervisor::start(cmdline);
 }

@@ -182,9 +182,7 @@ pub(super) fn start(cmdline: &str) {
 
 /// A kernel task provides (`Some`) or will never provide (`None`) the kernel endpoint `name`
 /// that services may be given send capabilities to; services waiting for it start now.
-// No kernel endpoint is declared today (`KERNEL_ENDPOINTS` is empty: netd's endpoint is a
-// service's); kept for the next kernel task that services must reach.
-#[allow(dead_code)]
+// (Today: `"power"`, the power task's: `crate::power`.)
 pub fn provide_endpoint(name: &'static str, ep: Option<EndpointId>) {
     with(|k| {
         k.svc.kernel_eps.insert(name, ep);

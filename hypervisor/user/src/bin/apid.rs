@@ -5,7 +5,8 @@
 //!
 //! Granted (manifest entry `apid`): its endpoint (slot 0, unused today), send capabilities
 //! with GRANT to `workd` (slot 1), `netd` (slot 2), `orchd` (slot 3) and `memberd` (slot 4:
-//! the member table, admissions), and a memory quota for its heap.
+//! the member table, admissions), a send capability to the kernel's power endpoint (slot 5:
+//! the power button's orderly shutdown, `shutdown.rs`), and a memory quota for its heap.
 //!
 //! - **Who calls.** The cluster file (`netd`'s `LABEL_CLUSTER`) lists the operators with their
 //!   roles and the nodes. The fabric delivers a packet only when its source lies in the /64 of
@@ -21,7 +22,8 @@
 //!   At most [`FORWARDS_MAX`] connections are parked at once (one more gets 503 `busy`), with
 //!   at most [`ASKS_MAX`] asks in flight; a read asks the other nodes together. A parked
 //!   connection whose operator hangs up (FIN or reset) is freed at once, with its asks.
-//! - `Api::tick` runs every second (events, idle uploads).
+//! - `Api::tick` runs every second (events, idle uploads), and so does the power button's
+//!   check (`shutdown.rs`: leave, drain, switch off).
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -36,6 +38,8 @@ mod fetch;
 mod forward;
 #[path = "apid/outbound.rs"]
 mod outbound;
+#[path = "apid/shutdown.rs"]
+mod shutdown;
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -59,6 +63,8 @@ const NETD: u64 = 2;
 const ORCHD: u64 = 3;
 /// The membership service: the member table, admissions.
 const MEMBERD: u64 = 4;
+/// The kernel's power endpoint: the power button and soft-off (`shutdown.rs`).
+const POWER: u64 = 5;
 /// 8 MiB of heap (quota 2560 pages): connections' requests and answers, pushes, events.
 const HEAP_PAGES: u64 = 2048;
 /// Connections served at once (parked ones included).
@@ -422,10 +428,14 @@ fn run(_arg: u64) -> u64 {
     // Wait for netd with a call that lends nothing (a node without a network never runs
     // netd: apid then waits here for ever, holding no grant), then ask for the file through a
     // grant. One call at a time: nothing piles up in netd's queue.
+    let mut power = shutdown::Shutdown::default();
     loop {
         match call(NETD, LABEL_CLUSTER, [0; 4]) {
             Ok(m) if m.label == CLUSTER_NO_GRANT => break,
-            _ => sleep_ns(1_000_000_000),
+            _ => {
+                power.before_cluster();
+                sleep_ns(1_000_000_000)
+            }
         }
     }
     let mut asked = false;
@@ -449,6 +459,7 @@ fn run(_arg: u64) -> u64 {
                     logf!("apid: no cluster file yet ({}); asking again every second", e);
                     asked = true;
                 }
+                power.before_cluster();
                 sleep_ns(1_000_000_000);
             }
         }
@@ -477,6 +488,7 @@ fn run(_arg: u64) -> u64 {
         let now = now_ms();
         if now >= next_tick {
             api.tick(&mut node, now);
+            power.tick(&mut node, now);
             next_tick = now + 1000;
             fetcher.ask(ORCHD, now, || other_nodes(&mut node));
         }
