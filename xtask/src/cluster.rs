@@ -595,6 +595,7 @@ pub fn run_nodes(n: usize, cmdline: &str, guest: bool, probes: bool) -> Result<(
     }
     eprintln!("xtask: {n} node(s) on vde switch {}; cluster file {}; stop with Ctrl-C",
         r.switch_sock().display(), r.dir.join("cluster.txt").display());
+    eprintln!("xtask: a node's power button (it leaves the cluster, drains and switches off): cargo xtask power NODE");
     let _ws = match crate::operator::workstation(r.switch_sock(), &nodes) {
         Ok(w) => {
             if w.is_some() {
@@ -712,5 +713,21 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+/// `cargo xtask power NODE`: press the ACPI power button of a node of `cargo xtask run
+/// --nodes N` (QEMU `system_powerdown` on its monitor socket, `build/cluster/NODE.mon`).
+pub fn cmd_power(rest: &[String]) -> Result<(), String> {
+    let [node] = rest else { return Err("usage: cargo xtask power NODE   (a node of `cargo xtask run --nodes N`, e.g. node2)".into()) };
+    let sock = out_dir().join("cluster").join(format!("{node}.mon"));
+    if !sock.exists() {
+        return Err(format!("no monitor socket {} (is `cargo xtask run --nodes N` running, with a node called {node}?)", sock.display()));
+    }
+    let out = monitor_until_done(&sock, "system_powerdown");
+    if out.starts_with("(no monitor") {
+        return Err(format!("{}: {out}", sock.display()));
+    }
+    println!("{node}: power button pressed; its console shows the leave, the drain and `power: powering off (ACPI S5)`");
     Ok(())
 }

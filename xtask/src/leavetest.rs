@@ -7,7 +7,7 @@
 //!
 //! Then the ACPI power button (QEMU `system_powerdown`) of a survivor that runs a replica:
 //! its kernel sees the press, its `apid` leaves and commits its drain (the other survivor
-//! shows it `left` within the same bound), waits until no replica runs there, and the node
+//! shows it `left` within 3 s of the press: `apid` asks for the button once a second), waits until no replica runs there, and the node
 //! switches itself off (ACPI S5: QEMU ends with status 0) before the kernel's 60 s fallback;
 //! neither node is later shown suspect or dead.
 //!
@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 /// The bound on "seen as left at once": a second of protocol time, with room for TCG nodes
 /// on a shared 2-core machine (measured figures are printed).
 const LEFT_WITHIN: Duration = Duration::from_secs(2);
+/// After a power-button press: `apid` asks the kernel for the button on its one-second tick,
+/// so one second more than [`LEFT_WITHIN`].
+const PRESS_LEFT_WITHIN: Duration = Duration::from_secs(3);
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     crate::threenode::three_nodes(t, kernel, "cluster_graceful_leave", "cluster-graceful-leave", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, .. }| {
@@ -128,21 +131,23 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let after = &r.lines[p][mark2[p]..];
         // the node's own steps, on its clock (the console's `[ seconds ]` stamps)
         let stamp = |pat: &str| after.iter().find(|x| x.contains(pat)).and_then(|x| node_secs(x));
-        let step = |pat: &str| match (stamp("power: power button pressed"), stamp(pat)) {
+        let since_press = |t: Option<f64>| match (stamp("power: power button pressed"), t) {
             (Some(a), Some(b)) => format!("{} ms", ((b - a) * 1000.0).round()),
             _ => "never".into(),
         };
+        let step = |pat: &str| since_press(stamp(pat));
+        let last = |pat: &str| since_press(after.iter().rev().find(|x| x.contains(pat)).and_then(|x| node_secs(x)));
         println!(
             "  timings (host): press -> {pname}'s kernel saw it {}; {pname}'s press line -> shown left on {} {}; press -> its QEMU ended {}",
             fmt(ms(Some(pressed), press_seen)), nodes[other].name, fmt(ms(press_seen, p_seen)), fmt(ms(Some(pressed), off))
         );
         println!(
-            "  timings ({pname}'s clock, from the press): leave announced {}; drain committed {}; replicas stopped {}; switched off {}",
-            step("memberd: leaving the cluster"), step("its drain is committed"), step("apid: power button: no cluster replica runs here"), step("powering off (ACPI S5)")
+            "  timings ({pname}'s clock, from the press): leave announced {}; drain committed {}; last replica destroyed {}; switched off {}",
+            step("memberd: leaving the cluster"), step("its drain is committed"), last("orchd: destroyed"), step("powering off (ACPI S5)")
         );
         c.check(&format!("{pname}'s kernel saw the power button"), press_seen.is_some(), "");
         c.check(&format!("{pname}'s apid left the cluster and committed its drain"), after.iter().any(|x| x.contains("apid: power button:") && x.contains("left; its drain is committed")), "");
-        c.check(&format!("{} shows {pname} `left` within {} s of the press", nodes[other].name, LEFT_WITHIN.as_secs()), ms(press_seen, p_seen).is_some_and(|d| d <= LEFT_WITHIN), &fmt(ms(press_seen, p_seen)));
+        c.check(&format!("{} shows {pname} `left` within {} s of the press", nodes[other].name, PRESS_LEFT_WITHIN.as_secs()), ms(press_seen, p_seen).is_some_and(|d| d <= PRESS_LEFT_WITHIN), &fmt(ms(press_seen, p_seen)));
         c.check(
             &format!("{pname} switched itself off (ACPI S5) once no replica ran there, before the kernel's 60 s"),
             after.iter().any(|x| x.contains("apid: power button: no cluster replica runs here any more"))

@@ -69,6 +69,8 @@ commands:
       --nodes N              N nodes on one vde switch (keys + cluster file generated), consoles prefixed [nodeK]
       --probes               boot the probes kernel (the command-line test probes, e.g. -- net.ping=node3;
                              docs/testing.md, The probes kernel); by default the node kernel, which has none
+  power NODE                press the ACPI power button of a node of `run --nodes N` (it leaves the
+                            cluster, drains, and switches off: docs/orchestration.md)
   iso [--test]              build the hybrid BIOS+UEFI ISO (GRUB; Limine too if `limine` is on PATH)
   netboot [--test] [DIR]    PXE/TFTP directory (GRUB BIOS+UEFI network images, grub.cfg, kernel,
                             modules; default build/netboot; same layout as `nix build .#netboot`)
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
     let r = match cmd.as_str() {
         "build" => build::cmd_build(rest),
         "run" => qemu::cmd_run(rest),
+        "power" => cluster::cmd_power(rest),
         "iso" => build::cmd_iso(rest),
         "netboot" => pxe::cmd_netboot(rest),
         "guest" => build::cmd_guest(rest),
