@@ -6,8 +6,8 @@
 //!    `qemu`, `rtc`, `entropy`, `pci`, `fastmem` (bulk zeroing and copying)
 //! 1. physical memory and paging: `memory`, `paging`, `heap`, `pcid` (TLB tags of user spaces)
 //! 2. interrupts, APIC and time: `trap`, `apic`, `time`, `acpi`, `virtio`
-//! 3. SMP, user address spaces, task contexts and boot: `smp`, `uspace`, `user_mem`, `context`,
-//!    `boot`, `limine`
+//! 3. SMP, user address spaces, task contexts, boot and power: `smp`, `uspace`, `user_mem`,
+//!    `context`, `boot`, `limine`, `power` (the ACPI power button and soft-off)
 //! 4. virtualization: `virt`, `svm`, `vmx`, `guest_switch`
 
 #[cfg(test)]
@@ -42,6 +42,7 @@ mod tests {
         ("context", 3, include_str!("context.rs")),
         ("boot", 3, include_str!("boot.rs")),
         ("limine", 3, include_str!("limine.rs")),
+        ("power", 3, include_str!("power.rs")),
         ("virt", 4, include_str!("virt.rs")),
         ("svm", 4, include_str!("svm.rs")),
         ("vmx", 4, include_str!("vmx/mod.rs")),
