@@ -132,7 +132,7 @@ pub fn sound_boot_state_set_once(node: &Node) -> Result<(), String> {
 
 /// Device mappings refuse RAM: `paging::map_mmio` of a kernel frame or a wrapping range, the
 /// IOAPIC accessors pointed at RAM or at a second "IOAPIC", and an ACPI RSDP in kernel memory
-/// are refused (each mapped the address uncached and wrote or read through it before).
+/// (for the platform summary or the power button's tables) are refused (each mapped the address uncached and wrote or read through it before).
 pub fn sound_device_mappings_refuse_ram(node: &Node) -> Result<(), String> {
     let ram = paging::translate(&node.cpus as *const usize as u64).ok_or("kernel data not mapped")?.0;
     check(paging::map_mmio(ram, 8).is_err(), || format!("kernel RAM {ram:#x} mapped as MMIO"))?;
@@ -146,5 +146,8 @@ pub fn sound_device_mappings_refuse_ram(node: &Node) -> Result<(), String> {
     let heap = alloc::boxed::Box::new([0u8; 64]);
     let hp = paging::translate(heap.as_ptr() as u64).ok_or("heap not mapped")?.0;
     check(paging::map_mmio(hp, 64).is_err(), || "a heap object mapped as MMIO".into())?;
-    check(matches!(catenary_arch::acpi::parse(hp), Err(catenary_arch::acpi::AcpiProblem::NotFirmware)), || "ACPI parsed from the heap".into())
+    check(matches!(catenary_arch::acpi::parse(hp), Err(catenary_arch::acpi::AcpiProblem::NotFirmware)), || "ACPI parsed from the heap".into())?;
+    // the power button's tables (FADT, DSDT) are read the same way
+    check(matches!(catenary_arch::power::init(ram), Err(catenary_arch::power::PowerProblem::NotFirmware)), || "power tables read from the kernel image".into())?;
+    check(matches!(catenary_arch::power::init(hp), Err(catenary_arch::power::PowerProblem::NotFirmware)), || "power tables read from the heap".into())
 }
