@@ -29,7 +29,7 @@ fn inputs(n: usize, w: usize) -> (Vec<NodeCapacity>, Vec<WorkloadDemand>) {
         .map(|i| {
             let mut labels = BTreeMap::new();
             labels.insert("zone".to_string(), ZONES[i % 3].to_string());
-            NodeCapacity { key: sim_key(i), free_vcpus: 64, free_mem_mib: 256 * 1024, labels, images: Vec::new() }
+            NodeCapacity { key: sim_key(i), free_vcpus: 64, free_mem_mib: 256 * 1024, labels, images: Vec::new(), image_mib: Vec::new(), store_free_mib: catenary_cluster::placement::STORE_UNKNOWN }
         })
         .collect();
     let workloads = (0..w)
@@ -44,6 +44,7 @@ fn inputs(n: usize, w: usize) -> (Vec<NodeCapacity>, Vec<WorkloadDemand>) {
                 Vec::new()
             },
             image: [0; 32],
+            image_mib: 0,
         })
         .collect();
     (nodes, workloads)

@@ -28,6 +28,8 @@ fn main() {
                 free_mem_mib: 256 * 1024,
                 labels,
                 images: Vec::new(),
+                image_mib: Vec::new(),
+                store_free_mib: catenary_cluster::placement::STORE_UNKNOWN,
             }
         })
         .collect();
@@ -46,6 +48,7 @@ fn main() {
                 Vec::new()
             },
             image: [0; 32],
+            image_mib: 0,
         })
         .collect();
     let replicas: u64 = workloads.iter().map(|w| u64::from(w.replicas)).sum();

@@ -344,14 +344,15 @@ impl DesiredState {
     }
 
     /// What the scheduler ([`crate::placement::place`]) is given: every workload, with the
-    /// drained nodes excluded by constraint.
+    /// drained nodes excluded by constraint (image sizes unknown here: 0; the leader's
+    /// scheduler fills them from the nodes' reports, `crate::reconcile`).
     pub fn demands(&self) -> Vec<WorkloadDemand> {
         self.workloads
             .values()
             .map(|w| {
                 let mut constraints = w.constraints.clone();
                 constraints.extend(self.drained.iter().map(|k| Constraint::NotOnNode(*k)));
-                WorkloadDemand { name: w.name.clone(), replicas: w.replicas, vcpus: w.vcpus, mem_mib: w.mem_mib, constraints, image: w.image }
+                WorkloadDemand { name: w.name.clone(), replicas: w.replicas, vcpus: w.vcpus, mem_mib: w.mem_mib, constraints, image: w.image, image_mib: 0 }
             })
             .collect()
     }
@@ -441,7 +442,7 @@ impl DesiredState {
             .iter()
             .filter(|k| !self.drained.contains(k))
             .filter(|k| {
-                let node = NodeCapacity { key: **k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default(), images: Vec::new() };
+                let node = NodeCapacity { key: **k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default(), images: Vec::new(), image_mib: Vec::new(), store_free_mib: crate::placement::STORE_UNKNOWN };
                 spec.constraints.iter().all(|c| c.allows(&node))
             })
             .count() as u32

@@ -90,6 +90,21 @@ pub const MEMBERS_MAX: usize = crate::raft_codec::CONFIG_NODES_MAX;
 /// Writes waiting for their outcome at once.
 pub const TICKETS_MAX: usize = 64;
 
+/// A node's image store as it reports it ([`Wire::Capacity`]): the images it holds, their
+/// sizes (MiB, one per image, or none from a node that reports no sizes) and the room left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoreReport {
+    images: Vec<[u8; 32]>,
+    image_mib: Vec<u32>,
+    free_mib: u64,
+}
+
+impl Default for StoreReport {
+    fn default() -> Self {
+        StoreReport { images: Vec::new(), image_mib: Vec::new(), free_mib: crate::placement::STORE_UNKNOWN }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct OrchConfig {
     pub replica: ReplicaConfig,
@@ -207,10 +222,11 @@ pub struct Orch {
     /// Each member's labels (the cluster file's `node` lines), for the scheduler's constraints.
     labels: BTreeMap<NodeKey, BTreeMap<String, String>>,
     capacities: BTreeMap<usize, (u32, u64, Duration)>,
-    /// The images this node's store holds, and each member's as it last reported them with
-    /// its capacity (the scheduler prefers holders: [`crate::placement`]).
-    own_images: Vec<[u8; 32]>,
-    images: BTreeMap<usize, Vec<[u8; 32]>>,
+    /// This node's image store, and each member's as it last reported it with its capacity
+    /// (the scheduler prefers holders and places only where an image fits:
+    /// [`crate::placement`]).
+    own_store: StoreReport,
+    stores: BTreeMap<usize, StoreReport>,
     outgoing: Vec<(usize, Vec<u8>)>,
     next_join: Duration,
     next_reconcile: Duration,
@@ -258,8 +274,8 @@ impl Orch {
             own_capacity: None,
             labels: BTreeMap::new(),
             capacities: BTreeMap::new(),
-            own_images: Vec::new(),
-            images: BTreeMap::new(),
+            own_store: StoreReport::default(),
+            stores: BTreeMap::new(),
             outgoing: Vec::new(),
             next_join: now,
             next_reconcile: now,
@@ -344,13 +360,14 @@ impl Orch {
         self.own_capacity = Some((vcpus, mem_mib));
     }
 
-    /// The images in this node's store (digests; sorted, at most
-    /// [`crate::placement::IMAGES_MAX`] kept), reported with the capacity.
-    pub fn set_images(&mut self, mut images: Vec<[u8; 32]>) {
+    /// The images in this node's store (digest and size in MiB; sorted, at most
+    /// [`crate::placement::IMAGES_MAX`] kept) and the room left in it (MiB), reported with
+    /// the capacity.
+    pub fn set_images(&mut self, mut images: Vec<([u8; 32], u32)>, store_free_mib: u64) {
         images.sort();
-        images.dedup();
+        images.dedup_by_key(|i| i.0);
         images.truncate(crate::placement::IMAGES_MAX);
-        self.own_images = images;
+        self.own_store = StoreReport { images: images.iter().map(|i| i.0).collect(), image_mib: images.iter().map(|i| i.1).collect(), free_mib: store_free_mib };
     }
 
     /// What the local service runs or is stopping now ([`Replica::set_local_runs`]).
@@ -491,9 +508,9 @@ impl Orch {
                     }
                 }
             }
-            Wire::Capacity { vcpus, mem_mib, images } => {
+            Wire::Capacity { vcpus, mem_mib, images, image_mib, store_free_mib } => {
                 self.capacities.insert(from, (vcpus, mem_mib, now));
-                self.images.insert(from, images);
+                self.stores.insert(from, StoreReport { images, image_mib, free_mib: store_free_mib });
             }
             Wire::SnapChunk(c) => {
                 if member_of(c.head.from) != from || member_of(c.head.to) != self.me {
@@ -763,8 +780,9 @@ impl Orch {
             self.next_capacity = now + self.cfg.capacity_period;
             if let Some((vcpus, mem_mib)) = self.own_capacity {
                 self.capacities.insert(self.me, (vcpus, mem_mib, now));
-                self.images.insert(self.me, self.own_images.clone());
-                let w = Wire::Capacity { vcpus, mem_mib, images: self.own_images.clone() };
+                self.stores.insert(self.me, self.own_store.clone());
+                let st = &self.own_store;
+                let w = Wire::Capacity { vcpus, mem_mib, images: st.images.clone(), image_mib: st.image_mib.clone(), store_free_mib: st.free_mib };
                 for m in 0..self.members.len() {
                     if m != self.me {
                         self.push(m, &w);
@@ -835,7 +853,17 @@ impl Orch {
             .filter(|(m, _)| **m < self.members.len())
             .map(|(m, id)| {
                 let (vcpus, mem) = self.capacities.get(m).filter(|c| now.saturating_sub(c.2) <= self.cfg.capacity_stale).map(|c| (c.0, c.1)).unwrap_or((0, 0));
-                NodeSlot { id: *id, capacity: NodeCapacity { key: self.members[*m], free_vcpus: vcpus, free_mem_mib: mem, labels: labels.get(&self.members[*m]).cloned().unwrap_or_default(), images: self.images.get(m).cloned().unwrap_or_default() } }
+                let st = self.stores.get(m).cloned().unwrap_or_default();
+                let capacity = NodeCapacity {
+                    key: self.members[*m],
+                    free_vcpus: vcpus,
+                    free_mem_mib: mem,
+                    labels: labels.get(&self.members[*m]).cloned().unwrap_or_default(),
+                    images: st.images,
+                    image_mib: st.image_mib,
+                    store_free_mib: st.free_mib,
+                };
+                NodeSlot { id: *id, capacity }
             })
             .collect();
         let state = r.state().clone();

@@ -519,7 +519,7 @@ fn replicas_go_to_a_node_that_holds_their_image() {
     for seed in 0..3 {
         let mut net = Net::new(3, seed);
         for (i, o) in net.nodes.iter_mut().enumerate() {
-            o.as_mut().unwrap().set_images(if i == 2 { vec![[9; 32], [8; 32]] } else { vec![[8; 32]] });
+            o.as_mut().unwrap().set_images(if i == 2 { vec![([9; 32], 10), ([8; 32], 10)] } else { vec![([8; 32], 10)] }, crate::placement::STORE_UNKNOWN);
         }
         assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
         let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
@@ -529,6 +529,36 @@ fn replicas_go_to_a_node_that_holds_their_image() {
         net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [7; 32], ..spec("plain", 1) }));
         assert!(net.run_until(10_000, |n| n.runner_of("plain", 0).is_some()), "seed {seed}: not placed");
         assert_eq!(net.runner_of("plain", 0), Some(0), "seed {seed}: no holder: the smallest key with the most room");
+    }
+}
+
+/// Each node's store room and its images' sizes reach the leader with the capacity: a
+/// workload whose image (600 MiB, as its holder reports it) fits only node 1's store is placed
+/// there although node 0 has the same room and the smaller key; a second one with two
+/// replicas has one node short (node 2 holds the image but is excluded by constraint) and is
+/// refused whole; and a node that reports no room (an older node) is never refused for it.
+#[test]
+fn a_replica_goes_only_where_its_image_fits_the_store() {
+    use crate::placement::{Constraint, STORE_UNKNOWN};
+    for seed in 0..3 {
+        let mut net = Net::new(3, seed);
+        let rooms = [100, 700, 0];
+        for (i, o) in net.nodes.iter_mut().enumerate() {
+            let images = if i == 2 { vec![([9; 32], 600)] } else { vec![] };
+            o.as_mut().unwrap().set_images(images, rooms[i]);
+        }
+        assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
+        let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
+        let not2 = vec![Constraint::NotOnNode(net.keys[2])];
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [9; 32], constraints: not2.clone(), ..spec("big", 1) }));
+        assert!(net.run_until(10_000, |n| n.runner_of("big", 0).is_some()), "seed {seed}: not placed");
+        assert_eq!(net.runner_of("big", 0), Some(1), "seed {seed}: placed where its image does not fit");
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [9; 32], constraints: not2, ..spec("two", 2) }));
+        net.run_for(3_000);
+        assert!((0..2).all(|r| net.runner_of("two", r).is_none()), "seed {seed}: two replicas placed with one store short");
+        // node 0 now reports no room at all (as a node of the older layout): it takes one
+        net.nodes[0].as_mut().unwrap().set_images(vec![], STORE_UNKNOWN);
+        assert!(net.run_until(10_000, |n| (0..2).all(|r| n.runner_of("two", r).is_some())), "seed {seed}: a node without a room report was refused");
     }
 }
 

@@ -13,7 +13,11 @@
 //!   copy over the fabric), then the smallest key, which spreads load — except that a node
 //!   holding the image whose free memory is within an eighth of the roomiest eligible node's
 //!   ([`HOLDER_ROOM_SHARE`]) wins over nodes that do not hold it: a copy costs seconds to
-//!   minutes of a replacement's start, a little less room costs little.
+//!   minutes of a replacement's start, a little less room costs little;
+//! - a node that does not hold a workload's image must have room for it in its image store
+//!   (the size a holder reported; a node that reports no room is not refused for it): the copy
+//!   would fail there and the replica never start. A placement's copy counts against that room
+//!   for the rest of the plan.
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -30,7 +34,17 @@ pub struct NodeCapacity {
     /// The images (digests) in its store as it last reported them (at most
     /// [`IMAGES_MAX`]): among nodes otherwise equal, a holder of the workload's image wins.
     pub images: Vec<[u8; 32]>,
+    /// The size in MiB of each of `images`, in the same order, as the node reported them
+    /// (empty: a node that reports no sizes). The scheduler learns an image's size here.
+    pub image_mib: Vec<u32>,
+    /// Room left in its image store, MiB ([`STORE_UNKNOWN`]: not reported, never a reason to
+    /// refuse the node). A node that does not hold a workload's image takes a replica only if
+    /// the image fits: else its copy would fail and the replica would never start.
+    pub store_free_mib: u64,
 }
+
+/// [`NodeCapacity::store_free_mib`] of a node that did not report its store's room.
+pub const STORE_UNKNOWN: u64 = u64::MAX;
 
 /// A node holding a workload's image is preferred over roomier nodes that do not hold it as
 /// long as its free memory is at least `1 - 1/HOLDER_ROOM_SHARE` of the roomiest eligible
@@ -74,6 +88,22 @@ pub struct WorkloadDemand {
     pub constraints: Vec<Constraint>,
     /// Its image's digest (nodes that hold it are preferred when otherwise equal).
     pub image: [u8; 32],
+    /// Its image's size in MiB, as a holder reported it (0: unknown): what a node that does
+    /// not hold it needs free in its store ([`image_sizes`] finds it in the reports).
+    pub image_mib: u64,
+}
+
+/// The largest size each image was reported with, over `nodes` (a node that reports sizes
+/// lists one per image): what [`WorkloadDemand::image_mib`] is filled from.
+pub fn image_sizes(nodes: &[NodeCapacity]) -> BTreeMap<[u8; 32], u64> {
+    let mut m: BTreeMap<[u8; 32], u64> = BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.image_mib.len() == n.images.len()) {
+        for (d, mib) in n.images.iter().zip(&n.image_mib) {
+            let e = m.entry(*d).or_default();
+            *e = (*e).max(u64::from(*mib));
+        }
+    }
+    m
 }
 
 impl WorkloadDemand {
@@ -111,9 +141,12 @@ pub struct Plan {
     pub refused: Vec<Refusal>,
 }
 
-fn fits(node: &NodeCapacity, w: &WorkloadDemand) -> bool {
+/// Does replica of `w` fit on `node`, whose store already gets the images `incoming` from
+/// earlier placements of this plan (their room is taken once)?
+fn fits(node: &NodeCapacity, incoming: &[[u8; 32]], w: &WorkloadDemand) -> bool {
     node.free_vcpus >= w.vcpus
         && node.free_mem_mib >= w.mem_mib
+        && (node.images.contains(&w.image) || incoming.contains(&w.image) || node.store_free_mib >= w.image_mib)
         && w.constraints.iter().all(|c| c.allows(node))
 }
 
@@ -137,6 +170,7 @@ pub fn place(nodes: &[NodeCapacity], workloads: &[WorkloadDemand]) -> Plan {
         *names.entry(w.name.as_str()).or_default() += 1;
     }
     let mut plan = Plan::default();
+    let mut incoming: Vec<Vec<[u8; 32]>> = alloc::vec![Vec::new(); free.len()];
     let mut valid: Vec<&WorkloadDemand> = Vec::new();
     for w in workloads {
         if w.vcpus == 0 || w.mem_mib == 0 || names[w.name.as_str()] > 1 {
@@ -159,7 +193,7 @@ pub fn place(nodes: &[NodeCapacity], workloads: &[WorkloadDemand]) -> Plan {
         if w.replicas == 0 {
             continue;
         }
-        let eligible = free.iter().filter(|n| fits(n, w)).count();
+        let eligible = (0..free.len()).filter(|&i| fits(&free[i], &incoming[i], w)).count();
         if eligible < w.replicas as usize {
             plan.refused.push(Refusal {
                 workload: w.name.clone(),
@@ -172,7 +206,7 @@ pub fn place(nodes: &[NodeCapacity], workloads: &[WorkloadDemand]) -> Plan {
         let mut used = alloc::vec![false; free.len()];
         for replica in 0..w.replicas {
             // Enough eligible nodes were counted above and each replica takes a new one.
-            let eligible = || (0..free.len()).filter(|&i| !used[i] && fits(&free[i], w));
+            let eligible = || (0..free.len()).filter(|&i| !used[i] && fits(&free[i], &incoming[i], w));
             let roomiest = eligible().map(|i| free[i].free_mem_mib).max().unwrap_or(0);
             let near_holder = |n: &NodeCapacity| n.images.contains(&w.image) && n.free_mem_mib >= roomiest - roomiest / HOLDER_ROOM_SHARE;
             let best = eligible().max_by(|&a, &b| {
@@ -190,6 +224,12 @@ pub fn place(nodes: &[NodeCapacity], workloads: &[WorkloadDemand]) -> Plan {
             used[i] = true;
             free[i].free_vcpus -= w.vcpus;
             free[i].free_mem_mib -= w.mem_mib;
+            if !free[i].images.contains(&w.image) && !incoming[i].contains(&w.image) {
+                // the copy this placement brings takes its room once, for every workload of
+                // this plan that runs the same image there (not a holder yet: no preference)
+                free[i].store_free_mib = free[i].store_free_mib.saturating_sub(w.image_mib);
+                incoming[i].push(w.image);
+            }
             plan.placements.push(Placement {
                 workload: w.name.clone(),
                 replica,
@@ -213,6 +253,10 @@ mod tests {
         let mut r = SimRng::new(seed);
         let zones = ["a", "b", "c"];
         let n = 1 + r.below(12) as usize;
+        // The three images' sizes (MiB); most nodes report their store's room.
+        let sizes: Vec<u64> = (0..3).map(|_| r.below(600)).collect();
+        // an image no holder reported a size for is 0 for every workload that runs it
+        let known: Vec<bool> = (0..3).map(|_| r.per_mille(850)).collect();
         let nodes: Vec<NodeCapacity> = (0..n)
             .map(|i| {
                 let mut labels = BTreeMap::new();
@@ -227,13 +271,17 @@ mod tests {
                     (4 << r.below(2), 4096 << r.below(2))
                 };
                 // Each node holds some of three images.
-                let images = (1..=3u8).filter(|_| r.per_mille(400)).map(|d| [d; 32]).collect();
+                let images: Vec<[u8; 32]> = (1..=3u8).filter(|_| r.per_mille(400)).map(|d| [d; 32]).collect();
+                let image_mib = if r.per_mille(800) { images.iter().map(|d| sizes[d[0] as usize - 1] as u32).collect() } else { Vec::new() };
+                let store_free_mib = if r.per_mille(700) { r.below(1200) } else { STORE_UNKNOWN };
                 NodeCapacity {
                     key: sim_key(i),
                     free_vcpus,
                     free_mem_mib,
                     labels,
                     images,
+                    image_mib,
+                    store_free_mib,
                 }
             })
             .collect();
@@ -269,21 +317,24 @@ mod tests {
                     )),
                     _ => {}
                 }
+                let d = r.below(3) as usize;
                 WorkloadDemand {
                     name: format!("w{}", if r.per_mille(50) { 0 } else { j }),
                     replicas: r.below(5) as u32,
                     vcpus: r.below(5) as u32,
                     mem_mib: r.below(4097),
                     constraints,
-                    image: [1 + r.below(3) as u8; 32],
+                    image: [1 + d as u8; 32],
+                    image_mib: if known[d] { sizes[d] } else { 0 },
                 }
             })
             .collect();
         (nodes, workloads)
     }
 
-    /// Capacity, spread, constraints, all-or-nothing, justified refusals, determinism and
-    /// independence from input order, over 2,000 random inputs.
+    /// Capacity (the image stores' room included), spread, constraints, all-or-nothing,
+    /// justified refusals, determinism and independence from input order, over 2,000 random
+    /// inputs.
     #[test]
     fn placement_properties_hold_on_random_inputs() {
         for seed in 0..2000 {
@@ -302,6 +353,7 @@ mod tests {
                     .filter(|w| w.name == name)
                     .collect::<Vec<_>>()
             };
+            let mut incoming: BTreeMap<NodeKey, Vec<[u8; 32]>> = BTreeMap::new();
             for p in &plan.placements {
                 let ws = by_name(&p.workload);
                 assert_eq!(ws.len(), 1, "seed {seed}: placed a duplicate name");
@@ -324,6 +376,15 @@ mod tests {
                     .free_mem_mib
                     .checked_sub(w.mem_mib)
                     .expect("memory overcommitted");
+                let inc = incoming.entry(p.node).or_default();
+                if !n.images.contains(&w.image) && !inc.contains(&w.image) {
+                    // the copy: room in the store (once per image and node)
+                    n.store_free_mib = n
+                        .store_free_mib
+                        .checked_sub(w.image_mib)
+                        .unwrap_or_else(|| panic!("seed {seed}: {} placed on a store without room for its image", w.name));
+                    inc.push(w.image);
+                }
             }
             let refused: Vec<&str> = plan.refused.iter().map(|r| r.workload.as_str()).collect();
             for w in &workloads {
@@ -360,7 +421,7 @@ mod tests {
                 if let RefusalReason::NoRoom { .. } = r.reason {
                     // Justified: even now, fewer nodes could take a replica than it asked for.
                     let w = by_name(&r.workload)[0];
-                    let could = left.values().filter(|n| fits(n, w)).count();
+                    let could = left.values().filter(|n| fits(n, incoming.get(&n.key).map_or(&[][..], |v| &v[..]), w)).count();
                     assert!(
                         could < w.replicas as usize,
                         "seed {seed}: {} refused but fits",
@@ -386,6 +447,8 @@ mod tests {
                 free_mem_mib: 65536,
                 labels: BTreeMap::new(),
                 images: Vec::new(),
+                image_mib: Vec::new(),
+                store_free_mib: STORE_UNKNOWN,
             })
             .collect();
         let workloads: Vec<WorkloadDemand> = (0..6)
@@ -396,6 +459,7 @@ mod tests {
                 mem_mib: 512,
                 constraints: Vec::new(),
                 image: [0; 32],
+                image_mib: 0,
             })
             .collect();
         let plan = place(&nodes, &workloads);
@@ -417,6 +481,8 @@ mod tests {
                 free_mem_mib: 1024,
                 labels: BTreeMap::new(),
                 images: Vec::new(),
+                image_mib: Vec::new(),
+                store_free_mib: STORE_UNKNOWN,
             })
             .collect();
         let big = WorkloadDemand {
@@ -426,6 +492,7 @@ mod tests {
             mem_mib: 256,
             constraints: Vec::new(),
             image: [0; 32],
+            image_mib: 0,
         };
         let plan = place(&nodes, &[big]);
         assert!(plan.placements.is_empty());
@@ -446,11 +513,54 @@ mod tests {
                 Constraint::NotOnNode(sim_key(1))
             ],
             image: [0; 32],
+            image_mib: 0,
         };
         assert_eq!(
             place(&nodes, &[drained]).refused[0].reason,
             RefusalReason::NoRoom { eligible: 0 }
         );
+    }
+
+    /// A node without the image must have room for it in its store; the copy's room is taken
+    /// once per plan for every workload of that image; no room report is no refusal.
+    #[test]
+    fn a_store_without_room_for_the_image_takes_none_of_its_replicas() {
+        use alloc::vec;
+        let (img, other) = ([0x11; 32], [0x22; 32]);
+        let node = |i: usize, mem: u64, images: Vec<[u8; 32]>, room: u64| NodeCapacity {
+            key: sim_key(i),
+            free_vcpus: 8,
+            free_mem_mib: mem,
+            labels: BTreeMap::new(),
+            image_mib: images.iter().map(|_| 500).collect(),
+            images,
+            store_free_mib: room,
+        };
+        let demand = |name: &str, replicas: u32, image: [u8; 32], image_mib: u64| WorkloadDemand {
+            name: name.into(),
+            replicas,
+            vcpus: 1,
+            mem_mib: 100,
+            constraints: Vec::new(),
+            image,
+            image_mib,
+        };
+        // node 0: the most memory but 100 MiB of store; node 1 holds the image (far less
+        // memory); node 2: room for it. Without the store rule node 0 would win.
+        let nodes = vec![node(0, 8000, vec![], 100), node(1, 4000, vec![img], 0), node(2, 6000, vec![], 600)];
+        let on = |p: &Plan| p.placements.iter().map(|p| p.node).collect::<Vec<_>>();
+        assert_eq!(on(&place(&nodes, &[demand("a", 1, img, 500)])), vec![sim_key(2)]);
+        assert_eq!(place(&nodes, &[demand("a", 3, img, 500)]).refused[0].reason, RefusalReason::NoRoom { eligible: 2 });
+        // an unknown size (no holder reported one) refuses nobody; a node that reports no room either
+        assert_eq!(on(&place(&nodes, &[demand("a", 1, img, 0)])), vec![sim_key(0)]);
+        let unknown = vec![node(0, 8000, vec![], STORE_UNKNOWN), node(2, 6000, vec![], 600)];
+        assert_eq!(on(&place(&unknown, &[demand("a", 1, img, 500)])), vec![sim_key(0)]);
+        // node 2 alone: two workloads of the image share one copy (500 of its 600 MiB); a third
+        // with another 200 MiB image no longer fits its store
+        let one = vec![node(2, 6000, vec![], 600)];
+        let plan = place(&one, &[demand("b", 1, img, 500), demand("c", 1, img, 500), demand("d", 1, other, 200)]);
+        assert_eq!(plan.placements.len(), 2, "{plan:?}");
+        assert_eq!(plan.refused.iter().map(|r| r.workload.as_str()).collect::<Vec<_>>(), vec!["d"]);
     }
 
     /// Among nodes with equal room a holder of the image wins; room still comes first, and
@@ -465,6 +575,8 @@ mod tests {
             free_mem_mib: mem,
             labels: BTreeMap::new(),
             images: images.to_vec(),
+            image_mib: Vec::new(),
+            store_free_mib: STORE_UNKNOWN,
         };
         let demand = |name: &str, replicas: u32, image: [u8; 32], constraints: Vec<Constraint>| WorkloadDemand {
             name: name.into(),
@@ -473,6 +585,7 @@ mod tests {
             mem_mib: 256,
             constraints,
             image,
+            image_mib: 0,
         };
         let on = |plan: &Plan| {
             let mut v: Vec<NodeKey> = plan.placements.iter().map(|p| p.node).collect();

@@ -19,7 +19,7 @@ use core::time::Duration;
 
 use crate::desired::{Command, DesiredState, Release, WorkloadSpec};
 use crate::identity::NodeKey;
-use crate::placement::{place, Constraint, NodeCapacity, WorkloadDemand};
+use crate::placement::{image_sizes, place, Constraint, NodeCapacity, WorkloadDemand};
 use crate::replica::{Replica, ReplicaId};
 
 #[derive(Clone, Debug)]
@@ -97,7 +97,7 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
     // 1. Unassign what must move: workload shrunk (or put again with constraints its node
     // no longer meets), node gone, drained, or down past its lease.
     for ((w, r), key) in &state.assignments {
-        let unlabelled = NodeCapacity { key: *key, free_vcpus: 0, free_mem_mib: 0, labels: BTreeMap::new(), images: Vec::new() };
+        let unlabelled = NodeCapacity { key: *key, free_vcpus: 0, free_mem_mib: 0, labels: BTreeMap::new(), images: Vec::new(), image_mib: Vec::new(), store_free_mib: crate::placement::STORE_UNKNOWN };
         let node = labels.get(key).copied().unwrap_or(&unlabelled);
         let shrunk = state.workloads.get(w).is_none_or(|s| *r >= s.replicas || !s.constraints.iter().all(|c| c.allows(node)));
         let gone = !state.nodes.contains(key) || state.drained.contains(key);
@@ -118,13 +118,21 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
         // assigned twice.
         return out;
     }
-    // 2. Free capacity of the nodes that can take work.
+    // 2. Free capacity of the nodes that can take work. The images' sizes come from the
+    // holders' reports; a copy already assigned to a node that does not hold its image yet
+    // takes its room in that node's store (counted whole, whatever part has arrived).
+    let sizes = image_sizes(&nodes.iter().map(|n| n.capacity.clone()).collect::<Vec<_>>());
+    let size_of = |d: &[u8; 32]| sizes.get(d).copied().unwrap_or(0);
     let mut used: BTreeMap<NodeKey, (u32, u64)> = BTreeMap::new();
+    let mut copying: BTreeMap<NodeKey, BTreeSet<[u8; 32]>> = BTreeMap::new();
     for ((w, _), key) in &state.assignments {
         if let Some(s) = state.workloads.get(w) {
             let u = used.entry(*key).or_insert((0, 0));
             u.0 = u.0.saturating_add(s.vcpus);
             u.1 = u.1.saturating_add(s.mem_mib);
+            if labels.get(key).is_some_and(|c| !c.images.contains(&s.image)) {
+                copying.entry(*key).or_default().insert(s.image);
+            }
         }
     }
     let free: Vec<NodeCapacity> = nodes
@@ -135,6 +143,13 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
             if let Some((vcpus, mem)) = used.get(&c.key) {
                 c.free_vcpus = c.free_vcpus.saturating_sub(*vcpus);
                 c.free_mem_mib = c.free_mem_mib.saturating_sub(*mem);
+            }
+            for d in copying.get(&c.key).into_iter().flatten() {
+                // the copy under way: its room is taken, and the node counts as holding the
+                // image (another workload of it there needs no second copy)
+                c.store_free_mib = c.store_free_mib.saturating_sub(size_of(d));
+                c.images.push(*d);
+                c.image_mib.clear();
             }
             c
         })
@@ -155,7 +170,7 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
         for (_, key) in state.assignments.range((name.clone(), 0)..=(name.clone(), u32::MAX)) {
             constraints.push(Constraint::NotOnNode(*key));
         }
-        demands.push(WorkloadDemand { name: name.clone(), replicas: m.len() as u32, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints, image: spec.image });
+        demands.push(WorkloadDemand { name: name.clone(), replicas: m.len() as u32, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints, image: spec.image, image_mib: size_of(&spec.image) });
         missing.insert(name.as_str(), (m, spec));
     }
     if demands.is_empty() {

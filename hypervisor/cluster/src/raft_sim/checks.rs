@@ -84,7 +84,7 @@ impl RaftSim {
                 }
                 // Constraints: no replica on a node whose labels its workload refuses.
                 let labels = (0..self.slots.len() as u64).find(|i| key_of(*i) == *k).map(Self::labels_of).unwrap_or_default();
-                let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels, images: vec![] };
+                let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels, images: vec![], image_mib: vec![], store_free_mib: crate::placement::STORE_UNKNOWN };
                 if let Some(spec) = st.workloads.get(w) {
                     if let Some(c) = spec.constraints.iter().find(|c| !c.allows(&node)) {
                         self.violations.push(format!("{now:?}: node {id}'s state assigns {w} to a node that violates {c:?}"));
@@ -134,7 +134,7 @@ impl RaftSim {
         // constraints must have been moved.
         let labels = first.effective_labels(&self.labels());
         for ((w, r), k) in &first.assignments {
-            let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default(), images: vec![] };
+            let node = NodeCapacity { key: *k, free_vcpus: 0, free_mem_mib: 0, labels: labels.get(k).cloned().unwrap_or_default(), images: vec![], image_mib: vec![], store_free_mib: crate::placement::STORE_UNKNOWN };
             if let Some(c) = first.workloads.get(w).and_then(|s| s.constraints.iter().find(|c| !c.allows(&node))) {
                 return Err(format!("{w} replica {r} is still on a node that violates {c:?} after relabelling"));
             }

@@ -488,7 +488,7 @@ impl RaftSim {
         (0..self.slots.len() as u64)
             .map(|id| NodeSlot {
                 id: self.raft_id(id),
-                capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: labels.get(&key_of(id)).cloned().unwrap_or_default(), images: Self::images_of(id) },
+                capacity: NodeCapacity { key: key_of(id), free_vcpus: self.capacity.0, free_mem_mib: self.capacity.1, labels: labels.get(&key_of(id)).cloned().unwrap_or_default(), images: Self::images_of(id), image_mib: Vec::new(), store_free_mib: crate::placement::STORE_UNKNOWN },
             })
             .collect()
     }
