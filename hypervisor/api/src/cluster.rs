@@ -158,6 +158,8 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
                     row.memory_free_mib = t.memory_free_mib;
                     row.memory_committed_mib = t.memory_committed_mib;
                     row.workloads = t.workloads;
+                    row.store_free_mib = t.store_free_mib;
+                    row.images = t.images;
                 }
             }
             for row in &mut list.nodes {

@@ -144,6 +144,11 @@ fn images_and_runs_reach_the_node_that_holds_the_image() {
     let n2 = nodes.nodes.iter().find(|n| n.name == "node2").unwrap().clone();
     assert_eq!((n2.cpus, n2.memory_total_mib, n2.memory_free_mib, n2.memory_committed_mib, n2.workloads), (Some(2), Some(2048), Some(2048), Some(0), Some(0)));
     assert_eq!(n2.state, "up");
+    // and its store as it reports it to the scheduler: the 512 MiB quota untouched (these
+    // images were put in the index, not pushed) and two images (node1's own row: one)
+    assert_eq!((n2.store_free_mib, n2.images), (Some(512), Some(2)));
+    let n1 = nodes.nodes.iter().find(|n| n.name == "node1").unwrap();
+    assert_eq!((n1.store_free_mib, n1.images), (Some(512), Some(1)));
     // run through node1 of the image only node2 has: placed on node2
     let w: Workload = ok(&mut c, 0, &client::run(&run_req("web", only2())));
     assert_eq!((w.name.as_str(), w.node.as_deref()), ("web", Some("node2")));

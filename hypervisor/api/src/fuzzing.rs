@@ -62,6 +62,10 @@ impl Backend for SimNode {
             _ => None,
         };
         let count = self.service.len() as u32;
+        let store = match (self.workd(proto::Request::Store), self.workd(proto::Request::Images)) {
+            (Ok(proto::Reply::Store(s)), Ok(proto::Reply::Images(l))) => Some((s, l.len())),
+            _ => None,
+        };
         let me = self.name.clone();
         self.members
             .iter()
@@ -79,6 +83,8 @@ impl Backend for SimNode {
                     memory_free_mib: res.map(|r| r.memory_free_mib),
                     memory_committed_mib: res.map(|r| r.memory_committed_mib),
                     workloads: this.then_some(count),
+                    store_free_mib: store.as_ref().filter(|_| this).map(|(s, n)| s.room_mib(*n)),
+                    images: store.as_ref().filter(|_| this).map(|(_, n)| *n as u32),
                     membership: Some(if self.dead.contains(m) { "dead" } else { "alive" }.to_string()),
                     incarnation: Some(0),
                     mac: None,

@@ -42,6 +42,13 @@ pub struct Node {
     /// Guest memory (plus overhead) committed to its workloads.
     pub memory_committed_mib: Option<u64>,
     pub workloads: Option<u32>,
+    /// Its image store: room for one more image (MiB: the quota's rest, at most the node's
+    /// free memory; 0 with a full index) and the images its index holds (boot images too). What the cluster's scheduler
+    /// is told: a replica goes to a node without its image only if the image fits there.
+    #[serde(default)]
+    pub store_free_mib: Option<u64>,
+    #[serde(default)]
+    pub images: Option<u32>,
     /// Its membership state as this node's membership service (`memberd`) holds it: `alive`,
     /// `suspect`, `dead`, `left`; `null` when the service did not answer or does not know it.
     #[serde(default)]
@@ -440,6 +447,8 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         memory_free_mib: Some(100),
         memory_committed_mib: Some(68),
         workloads: Some(1),
+        store_free_mib: Some(60),
+        images: Some(1),
         membership: Some("alive".into()),
         incarnation: Some(1 << 16),
         mac: None,

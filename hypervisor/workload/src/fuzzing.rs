@@ -48,6 +48,9 @@ pub struct SimKernel {
 pub const SIM_MEMORY_MIB: u64 = 2048;
 /// The simulated store's largest image (the kernel's bound is `vmctl::IMAGE_MAX`).
 pub const SIM_IMAGE_MAX: u64 = 4 << 20;
+/// The simulated store's quota (the kernel's: `store.quota_mib=`, or a quarter of the free
+/// memory at boot).
+pub const SIM_STORE_QUOTA_MIB: u64 = 512;
 
 impl Vmm for SimKernel {
     fn create(&mut self, req: &CreateVm) -> Option<VmHandle> {
@@ -96,6 +99,12 @@ impl Vmm for SimKernel {
         self.stored.retain(|(i, _)| i.digest != image);
         self.manifests.retain(|(d, _)| *d != image);
         Ok(())
+    }
+    /// Images and uploads take whole pages of the quota, as in the kernel's store.
+    fn store(&mut self) -> Option<vmctl::StoreInfo> {
+        let pages = |n: usize| (n as u64).div_ceil(4096);
+        let used = self.stored.iter().map(|(_, d)| pages(d.len())).sum::<u64>() + self.manifests.iter().map(|(_, m)| pages(m.len())).sum::<u64>() + self.uploads.iter().map(|u| pages(u.3.len())).sum::<u64>();
+        Some(vmctl::StoreInfo { quota_pages: SIM_STORE_QUOTA_MIB << 8, used_pages: used, uploads: self.uploads.len() as u32, images: self.stored.len() as u32, free_pages: SIM_MEMORY_MIB << 8 })
     }
     fn image_begin(&mut self, image: Digest, manifest: &[u8]) -> Result<(u32, u64), crate::Error> {
         let (c, r) = crate::store::stream_sizes(manifest).map_err(|_| crate::Error::ImageInvalid)?;

@@ -134,6 +134,15 @@ pub struct ImageInfo {
     pub config_size: u64,
 }
 
+impl ImageInfo {
+    /// The room it takes in a store, MiB: its two files and its `image.json` (at most
+    /// [`MANIFEST_MAX`]), rounded up (the store's pages round up too).
+    pub fn store_mib(&self) -> u32 {
+        let bytes = self.config_size.saturating_add(self.rootfs_size).saturating_add(MANIFEST_MAX as u64);
+        u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX)
+    }
+}
+
 /// Parse and check `image_json`: the version, the media types, the two files' digests, the run
 /// configuration's bound, and, when it lists pieces, that the list has the stream's
 /// [`piece_size`] and one well-formed digest per piece. Returns it with the root filesystem's and the run

@@ -520,3 +520,19 @@ fn an_image_a_workload_names_is_not_removed() {
     assert_eq!(s.handle(Request::ImageBegin { image: image(), manifest: vec![] }, 0, &mut k), Ok(Reply::Upload { upload: 0, size: 0, present: true }));
     assert_eq!(s.handle(Request::ImageBegin { image: Digest([9; 32]), manifest: b"{}".to_vec() }, 0, &mut k), Err(Error::ImageInvalid));
 }
+
+/// What a node reports of its store: the room for one more image (the quota's rest, at most
+/// the node's free memory, none with a full index) and an image's room in it.
+#[test]
+fn store_room_and_image_size_as_reported_to_the_scheduler() {
+    use crate::vmctl::StoreInfo;
+    let st = |quota_pages, used_pages, free_pages| StoreInfo { quota_pages, used_pages, uploads: 0, images: 3, free_pages };
+    assert_eq!(st(1000 << 8, 100 << 8, 4000 << 8).room_mib(3), 900);
+    assert_eq!(st(1000 << 8, 100 << 8, 50 << 8).room_mib(3), 50, "the node's free memory bounds it");
+    assert_eq!(st(1000 << 8, 1001 << 8, 4000 << 8).room_mib(3), 0, "over the quota");
+    assert_eq!(st(1000 << 8, 0, 4000 << 8).room_mib(crate::store::IMAGES_MAX), 0, "a full index");
+    let info = |config_size, rootfs_size| crate::store::ImageInfo { digest: Digest([1; 32]), rootfs: Digest([2; 32]), rootfs_size, config: Digest([3; 32]), config_size };
+    assert_eq!(info(1024, 1 << 20).store_mib(), 2, "two files and room for image.json, rounded up");
+    assert_eq!(info(0, (1 << 20) - crate::store::MANIFEST_MAX as u64).store_mib(), 1);
+    assert_eq!(info(u64::MAX, u64::MAX).store_mib(), u32::MAX);
+}

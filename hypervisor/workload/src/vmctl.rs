@@ -116,6 +116,19 @@ pub struct StoreInfo {
     pub free_pages: u64,
 }
 
+impl StoreInfo {
+    /// Room for one more image, MiB: what the quota leaves (the node's free memory at most),
+    /// none once the workload service's index holds `indexed` ≥ [`crate::store::IMAGES_MAX`]
+    /// images (boot images included). What a node reports to the cluster's scheduler (a
+    /// replica goes only where its image fits) and shows in `catenary nodes`.
+    pub fn room_mib(&self, indexed: usize) -> u64 {
+        if indexed >= crate::store::IMAGES_MAX {
+            return 0;
+        }
+        self.quota_pages.saturating_sub(self.used_pages).min(self.free_pages).saturating_mul(4096) >> 20
+    }
+}
+
 /// `OP_LIVE`: one running VM of the caller's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveVm {

@@ -201,6 +201,11 @@ impl Backend for Node {
             Ok(wk::Reply::Node(r)) => Some(r),
             _ => None,
         };
+        // its store: the room the scheduler is told of, and the images its index holds
+        let store = match (self.workd(wk::Request::Store), self.workd(wk::Request::Images)) {
+            (Ok(wk::Reply::Store(s)), Ok(wk::Reply::Images(l))) => Some((s, l.len())),
+            _ => None,
+        };
         let me = self.me;
         let table = member_table(&self.table);
         // a key's newest generation (a killed node that rejoined has its old, dead row too)
@@ -228,6 +233,8 @@ impl Backend for Node {
                     memory_free_mib: res.filter(|_| this).map(|r| r.memory_free_mib),
                     memory_committed_mib: res.filter(|_| this).map(|r| r.memory_committed_mib),
                     workloads: count.filter(|_| this),
+                    store_free_mib: store.as_ref().filter(|_| this).map(|(s, n)| s.room_mib(*n)),
+                    images: store.as_ref().filter(|_| this).map(|(_, n)| *n as u32),
                     membership: member(&m.public_key).map(|r| catenary_cluster::service::state_name(r.state).into()),
                     incarnation: member(&m.public_key).map(|r| r.incarnation),
                     mac: None,
@@ -371,6 +378,8 @@ fn admission_nodes(buf: &Pages, table: &[catenary_cluster::service::Row]) -> Vec
                 memory_free_mib: None,
                 memory_committed_mib: None,
                 workloads: None,
+                store_free_mib: None,
+                images: None,
                 membership: member.map(|t| catenary_cluster::service::state_name(t.state).into()),
                 incarnation: member.map(|t| t.incarnation),
                 mac: pending.then(|| alloc::format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])),

@@ -376,10 +376,10 @@ fn run(_arg: u64) -> u64 {
             // scheduler prefers holders and places a replica only where its image fits.
             if let Some(Ok(wk::Reply::Images(l))) = workd.call(&wk::Request::Images) {
                 let room = match workd.call(&wk::Request::Store) {
-                    Some(Ok(wk::Reply::Store(st))) => store_room_mib(&st),
+                    Some(Ok(wk::Reply::Store(st))) => st.room_mib(l.len()),
                     _ => catenary_cluster::placement::STORE_UNKNOWN,
                 };
-                orch.set_images(l.iter().map(|i| (i.digest.0, image_mib(i))).collect(), room);
+                orch.set_images(l.iter().map(|i| (i.digest.0, i.store_mib())).collect(), room);
             }
             watch.part("capacity");
         }
@@ -855,21 +855,4 @@ impl Shown {
             logf!("orchd: datagrams refused: {} undecodable, {} misaddressed", c.undecodable, c.misaddressed);
         }
     }
-}
-
-/// An image's room in the store, MiB: its two files and its `image.json` (at most 64 KiB),
-/// rounded up (pages round up too).
-fn image_mib(i: &catenary_workload::store::ImageInfo) -> u32 {
-    let bytes = i.config_size.saturating_add(i.rootfs_size).saturating_add(catenary_workload::store::MANIFEST_MAX as u64);
-    u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX)
-}
-
-/// Room for one more image in the store, MiB: what its quota leaves (the node's free memory
-/// at most), none once it holds as many images as its index takes.
-fn store_room_mib(st: &catenary_workload::vmctl::StoreInfo) -> u64 {
-    if st.images as usize >= catenary_workload::store::IMAGES_MAX {
-        return 0;
-    }
-    let pages = st.quota_pages.saturating_sub(st.used_pages).min(st.free_pages);
-    pages.saturating_mul(4096) >> 20
 }

@@ -66,7 +66,7 @@ pub fn nodes(c: &Ctx) -> R {
     if c.json {
         return print_json(&l);
     }
-    println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9}  LABELS", "NAME", "STATE", "MEMBER", "INCARNATION", "ADDRESS", "CPUS", "MEM FREE/TOTAL", "COMMITTED", "WORKLOADS");
+    println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9} {:>17}  LABELS", "NAME", "STATE", "MEMBER", "INCARNATION", "ADDRESS", "CPUS", "MEM FREE/TOTAL", "COMMITTED", "WORKLOADS", "STORE FREE/IMGS");
     for n in &l.nodes {
         let mem = match (n.memory_free_mib, n.memory_total_mib) {
             (Some(f), Some(t)) => format!("{f}/{t} MiB"),
@@ -78,7 +78,11 @@ pub fn nodes(c: &Ctx) -> R {
             Some(l) if !l.is_empty() => l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             _ => "-".into(),
         };
-        println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9}  {}", n.name, n.state, opt(n.membership.as_deref()), opt(n.incarnation), n.address, opt(n.cpus), mem, committed, opt(n.workloads), labels);
+        let store = match (n.store_free_mib, n.images) {
+            (Some(f), Some(i)) => format!("{f} MiB/{i}"),
+            _ => "-".into(),
+        };
+        println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9} {:>17}  {}", n.name, n.state, opt(n.membership.as_deref()), opt(n.incarnation), n.address, opt(n.cpus), mem, committed, opt(n.workloads), store, labels);
     }
     let pending: Vec<&catenary_api::types::Node> = l.nodes.iter().filter(|n| n.state == "pending").collect();
     if !pending.is_empty() {
