@@ -8,8 +8,12 @@
 //! interrupt routing: the SCI is level-triggered and shared, and a press need not be seen
 //! within less than a poll). [`power_off`] writes `SLP_TYP(S5) | SLP_EN`.
 //!
-//! Every port written here comes from the firmware's tables at `init`, never from a caller:
-//! no argument of these safe functions chooses what is written where.
+//! The ports written here come from the tables [`init`] reads. `init` takes effect once (the
+//! kernel calls it at boot with the boot protocol's RSDP, as the IOAPIC accessors take their
+//! first address): a later call, whatever table it points at, touches no port. An RSDP in
+//! memory the allocator manages is refused (as `acpi::parse` refuses it), and no port of the
+//! PCI configuration mechanism (0xCF8–0xCFF: a write there reprograms devices, and their DMA)
+//! is ever written, whatever the tables say.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use x86_64::instructions::port::Port;
@@ -23,9 +27,9 @@ const SLP_EN: u16 = 1 << 13;
 
 #[derive(Clone, Copy, Debug)]
 struct Regs {
-    /// PM1a/PM1b event blocks: status at the base, enable at base + length / 2.
+    /// PM1a/PM1b event blocks' status registers (the enable registers follow at half the
+    /// block's length; written once, at `init`).
     evt: [Option<u16>; 2],
-    evt_half: u16,
     /// PM1a/PM1b control blocks.
     cnt: [Option<u16>; 2],
     /// `\_S5`'s (SLP_TYPa, SLP_TYPb), when the DSDT declares it plainly.
@@ -34,13 +38,16 @@ struct Regs {
 
 static REGS: spin::Once<Regs> = spin::Once::new();
 static ARMED: AtomicBool = AtomicBool::new(false);
+/// `init` ran (successfully or not past its checks): later calls touch no port.
+static TRIED: AtomicBool = AtomicBool::new(false);
 
 /// What [`init`] found, for the boot log.
 #[derive(Clone, Copy, Debug)]
 pub struct PowerInfo {
     pub pm1a_event: u16,
     pub pm1a_control: u16,
-    /// `\_S5`'s SLP_TYPa (None: no plain `\_S5`, [`power_off`] halts instead).
+    /// `\_S5`'s SLP_TYPa and SLP_TYPb (None: no plain `\_S5`; [`power_off`] then returns and
+    /// the machine keeps running).
     pub s5: Option<(u8, u8)>,
     /// The chipset was in legacy mode and this boot switched it to ACPI mode.
     pub acpi_enabled_now: bool,
@@ -57,10 +64,41 @@ pub enum PowerProblem {
     ControlMethodButton,
     /// The chipset did not enter ACPI mode within a second of the request.
     NoAcpiMode,
+    /// `init` already ran: the power button is armed (or refused) once per boot.
+    AlreadyDone,
+    /// A PM register the tables name lies in the PCI configuration ports, or wraps.
+    BadPort,
 }
 
 fn port_of(g: &acpi::address::GenericAddress) -> Option<u16> {
     (g.address_space == acpi::address::AddressSpace::SystemIo && g.address != 0).then_some(g.address).and_then(|a| u16::try_from(a).ok())
+}
+
+/// A 16-bit register at `port`: not in (or reaching into) the PCI configuration ports.
+fn safe_port(port: u16) -> bool {
+    let end = port as u32 + 1;
+    !(port as u32 <= 0xcff && end >= 0xcf8)
+}
+
+/// The DSDT's AML body, read only after checking that its header and then its whole length
+/// lie in firmware memory (a wild pointer gives `None`, never a panic).
+fn dsdt_aml(address: u64) -> Option<&'static [u8]> {
+    const HEADER: u64 = 36;
+    if address == 0 || !crate::memory::firmware_readable(address, HEADER) {
+        return None;
+    }
+    let mut len = [0u8; 4];
+    // SAFETY: the 36-byte header lies in firmware memory no Rust code writes (checked above)
+    // and covered by the direct map; bytes 4..8 are its length field, read as bytes.
+    unsafe { core::ptr::copy_nonoverlapping((crate::paging::p2v(address) + 4) as *const u8, len.as_mut_ptr(), 4) };
+    let len = u32::from_le_bytes(len) as u64;
+    if !(HEADER..=4 << 20).contains(&len) || !crate::memory::firmware_readable(address, len) {
+        return None;
+    }
+    // SAFETY: the whole table (at most 4 MiB) lies in firmware memory no Rust code writes
+    // (checked above), covered by the direct map; the slice is only read, and firmware tables
+    // stay for the kernel's life (the allocator never takes their frames).
+    Some(unsafe { core::slice::from_raw_parts((crate::paging::p2v(address) + HEADER) as *const u8, (len - HEADER) as usize) })
 }
 
 fn read16(port: u16) -> u16 {
@@ -74,11 +112,14 @@ fn write16(port: u16, v: u16) {
     unsafe { Port::<u16>::new(port).write(v) }
 }
 
-/// Find the PM1 registers and `\_S5`, switch to ACPI mode and arm the power button. Once:
-/// later calls return the first answer's registers.
+/// Find the PM1 registers and `\_S5`, switch to ACPI mode and arm the power button. Once per
+/// boot: a later call is refused (`AlreadyDone`) without touching a port.
 pub fn init(rsdp: u64) -> Result<PowerInfo, PowerProblem> {
     if !crate::memory::firmware_readable(rsdp, 36) {
         return Err(PowerProblem::NotFirmware);
+    }
+    if TRIED.swap(true, Ordering::AcqRel) {
+        return Err(PowerProblem::AlreadyDone);
     }
     // SAFETY: as in `acpi::parse`: `DirectMapHandler` maps only non-allocator memory covered
     // by the direct map (checked per mapping), and the crate only reads.
@@ -94,22 +135,17 @@ pub fn init(rsdp: u64) -> Result<PowerInfo, PowerProblem> {
     let cnt_b = fadt.pm1b_control_block().ok().flatten().as_ref().and_then(port_of);
     // the event block is status then enable, each half of its length (at least 2 bytes each)
     let evt_half = ((evt_a.bit_width / 8) as u16 / 2).max(2);
+    let enables: Option<alloc::vec::Vec<u16>> = [Some(ea), evt_b].into_iter().flatten().map(|e| e.checked_add(evt_half)).collect();
+    let Some(enables) = enables else { return Err(PowerProblem::BadPort) };
+    if ![Some(ea), evt_b, Some(ca), cnt_b].into_iter().flatten().chain(enables.iter().copied()).all(safe_port) {
+        return Err(PowerProblem::BadPort);
+    }
     let (smi_cmd, acpi_enable) = ({ fadt.smi_cmd_port }, { fadt.acpi_enable });
-    let s5 = tables.dsdt().ok().and_then(|d| {
-        let (base, len) = (d.address as u64, d.length as u64);
-        if !crate::memory::firmware_readable(base, len) || len > 4 << 20 {
-            return None;
-        }
-        // SAFETY: the DSDT's AML body: firmware memory no Rust code writes (checked above:
-        // not allocator-managed, not the kernel image), covered by the direct map, at most
-        // 4 MiB, and only read for the length of this call.
-        let aml = unsafe { core::slice::from_raw_parts(crate::paging::p2v(base) as *const u8, len as usize) };
-        catenary_bootinfo::s5_sleep_types(aml)
-    });
+    let s5 = fadt.dsdt_address().ok().and_then(|a| dsdt_aml(a as u64)).and_then(catenary_bootinfo::s5_sleep_types);
     let mut acpi_enabled_now = false;
     if read16(ca) & SCI_EN == 0 && smi_cmd != 0 && acpi_enable != 0 {
         // legacy mode: ask firmware to hand the PM registers over (ACPI 6.5 §16.3.1)
-        let Ok(port) = u16::try_from(smi_cmd) else { return Err(PowerProblem::NotPortIo) };
+        let Some(port) = u16::try_from(smi_cmd).ok().filter(|p| safe_port(*p)) else { return Err(PowerProblem::BadPort) };
         // SAFETY: the FADT's SMI command port; the write asks firmware for ACPI mode.
         unsafe { Port::<u8>::new(port).write(acpi_enable) };
         let end = crate::time::now_ns() + 1_000_000_000;
@@ -121,10 +157,9 @@ pub fn init(rsdp: u64) -> Result<PowerInfo, PowerProblem> {
         }
         acpi_enabled_now = true;
     }
-    let regs = *REGS.call_once(|| Regs { evt: [Some(ea), evt_b], evt_half, cnt: [Some(ca), cnt_b], s5 });
-    for e in regs.evt.into_iter().flatten() {
+    let regs = *REGS.call_once(|| Regs { evt: [Some(ea), evt_b], cnt: [Some(ca), cnt_b], s5 });
+    for (e, en) in regs.evt.into_iter().flatten().zip(enables) {
         write16(e, PWRBTN); // a press from before this boot is not a request to this one
-        let en = e + regs.evt_half;
         write16(en, read16(en) | PWRBTN);
     }
     ARMED.store(true, Ordering::Release);
@@ -149,15 +184,21 @@ pub fn take_button_press() -> bool {
 }
 
 /// Soft-off (S5). Returns only if the machine is still running afterwards (no plain `\_S5`,
-/// no PM1 control block, or firmware ignored the request); the caller then halts.
+/// no PM1 control block, or firmware ignored the request); the caller says so and the node
+/// keeps running.
 pub fn power_off() {
     let Some(r) = REGS.get() else { return };
     let Some((a, b)) = r.s5 else { return };
-    for (cnt, typ) in r.cnt.into_iter().zip([a, b]) {
+    // ACPI's sleep sequence (6.5 §7.4.2.1): the types into both control blocks, then SLP_EN
+    // into both
+    let mut typed = [None; 2];
+    for ((cnt, typ), slot) in r.cnt.into_iter().zip([a, b]).zip(typed.iter_mut()) {
         let Some(cnt) = cnt else { continue };
-        let v = read16(cnt) & !(SLP_TYP_MASK | SLP_EN);
-        let v = v | (typ as u16) << 10;
-        write16(cnt, v); // the type first, then the enable (as ACPI's sleep sequence writes it)
+        let v = (read16(cnt) & !(SLP_TYP_MASK | SLP_EN)) | (typ as u16) << 10;
+        write16(cnt, v);
+        *slot = Some((cnt, v));
+    }
+    for (cnt, v) in typed.into_iter().flatten() {
         write16(cnt, v | SLP_EN);
     }
     crate::time::spin_ns(100_000_000);

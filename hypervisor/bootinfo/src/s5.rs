@@ -5,10 +5,11 @@
 //! an optional root prefix `\`, the name `_S5_`, `PackageOp` (0x12), a `PkgLength`, the
 //! element count, then the elements as integer constants. That is what QEMU, SeaBIOS/OVMF
 //! and most server firmware emit; a `\_S5` computed by a method is not understood (`None`),
-//! and the caller then halts instead of guessing a sleep type. The bytes are firmware's, so
+//! and the node then stays up rather than guess a sleep type. The bytes are firmware's, so
 //! every read is bounds-checked: a short or strange table gives `None`, never a panic.
 
-/// `(SLP_TYPa, SLP_TYPb)` of `\_S5`, each 0..=7, from the AML body of a DSDT (or SSDT).
+/// `(SLP_TYPa, SLP_TYPb)` of `\_S5`, each 0..=7, from the AML body of a DSDT (or SSDT);
+/// `None` when it is absent, not a plain package of integers, or holds a value above 7.
 pub fn s5_sleep_types(aml: &[u8]) -> Option<(u8, u8)> {
     let mut from = 0;
     while let Some(at) = find(aml, b"_S5_", from) {
@@ -49,7 +50,8 @@ fn package_types(aml: &[u8], mut p: usize) -> Option<(u8, u8)> {
     let (a, p) = integer(aml, p)?;
     // a one-element package (some firmware) gives SLP_TYPb = SLP_TYPa's register only
     let b = if count >= 2 { integer(aml, p)?.0 } else { 0 };
-    Some(((a & 7) as u8, (b & 7) as u8))
+    // a sleep type is three bits: anything wider is not understood, not truncated
+    (a <= 7 && b <= 7).then_some((a as u8, b as u8))
 }
 
 /// One AML integer constant at `p`: its value and the offset after it.

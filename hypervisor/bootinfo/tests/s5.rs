@@ -21,9 +21,12 @@ fn qemu_and_common_firmware_encodings() {
     assert_eq!(s5_sleep_types(&decl(&[0x08], &[&[0], &[0], &[0], &[0]])), Some((0, 0)));
     // BytePrefix constants (many real boards: SLP_TYP 7 or 5), with the root prefix
     assert_eq!(s5_sleep_types(&decl(&[0x08, b'\\'], &[&[0x0a, 7], &[0x0a, 5], &[0], &[0]])), Some((7, 5)));
-    // One, a WordPrefix, a DWordPrefix: only the low three bits are a sleep type
+    // One, a WordPrefix, a DWordPrefix
     assert_eq!(s5_sleep_types(&decl(&[0x08], &[&[0x01], &[0x0b, 0x06, 0x00]])), Some((1, 6)));
-    assert_eq!(s5_sleep_types(&decl(&[0x08], &[&[0x0c, 0x0d, 0, 0, 0], &[0]])), Some((5, 0)));
+    assert_eq!(s5_sleep_types(&decl(&[0x08], &[&[0x0c, 0x05, 0, 0, 0], &[0]])), Some((5, 0)));
+    // a sleep type is three bits: a wider value is not understood (not truncated to 5)
+    assert_eq!(s5_sleep_types(&decl(&[0x08], &[&[0x0c, 0x0d, 0, 0, 0], &[0]])), None);
+    assert_eq!(s5_sleep_types(&decl(&[0x08], &[&[0x00], &[0xff]])), None, "Ones");
     // a two-byte PkgLength (lead byte 0x4N)
     let mut v = decl(&[0x08], &[&[0x0a, 2], &[0x0a, 3]]);
     let at = v.windows(4).position(|w| w == b"_S5_").unwrap() + 5;
@@ -48,7 +51,7 @@ fn a_reference_or_a_method_is_not_a_declaration() {
 
 #[test]
 fn every_truncation_and_byte_flip_is_answered_without_a_panic() {
-    let v = decl(&[0x08, b'\\'], &[&[0x0e, 1, 2, 3, 4, 5, 6, 7, 8], &[0x0a, 7]]);
+    let v = decl(&[0x08, b'\\'], &[&[0x0e, 1, 0, 0, 0, 0, 0, 0, 0], &[0x0a, 7]]);
     assert_eq!(s5_sleep_types(&v), Some((1, 7)));
     for n in 0..v.len() {
         let _ = s5_sleep_types(&v[..n]);

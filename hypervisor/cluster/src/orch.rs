@@ -90,20 +90,31 @@ pub const MEMBERS_MAX: usize = crate::raft_codec::CONFIG_NODES_MAX;
 /// Writes waiting for their outcome at once.
 pub const TICKETS_MAX: usize = 64;
 
-/// A node's image store as it reports it ([`Wire::Capacity`]): the images it holds, their
-/// sizes (MiB, one per image, or none from a node that reports no sizes) and the room left.
+/// A node's image store as it reports it: the images it holds ([`Wire::Capacity`]), and the
+/// room left and the images' sizes ([`Wire::Store`]; unknown until one arrives).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct StoreReport {
     images: Vec<[u8; 32]>,
-    image_mib: Vec<u32>,
+    sizes: Vec<([u8; 32], u32)>,
     free_mib: u64,
 }
 
 impl Default for StoreReport {
     fn default() -> Self {
-        StoreReport { images: Vec::new(), image_mib: Vec::new(), free_mib: crate::placement::STORE_UNKNOWN }
+        StoreReport { images: Vec::new(), sizes: Vec::new(), free_mib: crate::placement::STORE_UNKNOWN }
     }
 }
+
+impl StoreReport {
+    /// The size of each of `images`, in order, when the report has them all (else none).
+    fn image_mib(&self) -> Vec<u32> {
+        self.images.iter().map(|d| self.sizes.iter().find(|s| s.0 == *d).map(|s| s.1)).collect::<Option<Vec<u32>>>().unwrap_or_default()
+    }
+}
+
+/// A node sends its [`Wire::Store`] when it changed, and at least every this many capacity
+/// periods (so that a new leader, or a member that restarted, learns it).
+const STORE_RESEND_PERIODS: u32 = 5;
 
 #[derive(Clone, Debug)]
 pub struct OrchConfig {
@@ -227,6 +238,9 @@ pub struct Orch {
     /// [`crate::placement`]).
     own_store: StoreReport,
     stores: BTreeMap<usize, StoreReport>,
+    /// The store report last sent, and capacity periods since.
+    store_sent: Option<StoreReport>,
+    store_periods: u32,
     outgoing: Vec<(usize, Vec<u8>)>,
     next_join: Duration,
     next_reconcile: Duration,
@@ -276,6 +290,8 @@ impl Orch {
             capacities: BTreeMap::new(),
             own_store: StoreReport::default(),
             stores: BTreeMap::new(),
+            store_sent: None,
+            store_periods: 0,
             outgoing: Vec::new(),
             next_join: now,
             next_reconcile: now,
@@ -367,7 +383,7 @@ impl Orch {
         images.sort();
         images.dedup_by_key(|i| i.0);
         images.truncate(crate::placement::IMAGES_MAX);
-        self.own_store = StoreReport { images: images.iter().map(|i| i.0).collect(), image_mib: images.iter().map(|i| i.1).collect(), free_mib: store_free_mib };
+        self.own_store = StoreReport { images: images.iter().map(|i| i.0).collect(), sizes: images, free_mib: store_free_mib };
     }
 
     /// What the local service runs or is stopping now ([`Replica::set_local_runs`]).
@@ -508,9 +524,14 @@ impl Orch {
                     }
                 }
             }
-            Wire::Capacity { vcpus, mem_mib, images, image_mib, store_free_mib } => {
+            Wire::Capacity { vcpus, mem_mib, images } => {
                 self.capacities.insert(from, (vcpus, mem_mib, now));
-                self.stores.insert(from, StoreReport { images, image_mib, free_mib: store_free_mib });
+                self.stores.entry(from).or_default().images = images;
+            }
+            Wire::Store { free_mib, images } => {
+                let st = self.stores.entry(from).or_default();
+                st.free_mib = free_mib;
+                st.sizes = images;
             }
             Wire::SnapChunk(c) => {
                 if member_of(c.head.from) != from || member_of(c.head.to) != self.me {
@@ -782,10 +803,21 @@ impl Orch {
                 self.capacities.insert(self.me, (vcpus, mem_mib, now));
                 self.stores.insert(self.me, self.own_store.clone());
                 let st = &self.own_store;
-                let w = Wire::Capacity { vcpus, mem_mib, images: st.images.clone(), image_mib: st.image_mib.clone(), store_free_mib: st.free_mib };
+                let w = Wire::Capacity { vcpus, mem_mib, images: st.images.clone() };
+                // the store's room and sizes: when they changed, or every few periods
+                self.store_periods += 1;
+                let store = (self.store_sent.as_ref() != Some(st) || self.store_periods >= STORE_RESEND_PERIODS)
+                    .then(|| Wire::Store { free_mib: st.free_mib, images: st.sizes.clone() });
+                if store.is_some() {
+                    self.store_sent = Some(st.clone());
+                    self.store_periods = 0;
+                }
                 for m in 0..self.members.len() {
                     if m != self.me {
                         self.push(m, &w);
+                        if let Some(s) = &store {
+                            self.push(m, s);
+                        }
                     }
                 }
             }
@@ -859,8 +891,8 @@ impl Orch {
                     free_vcpus: vcpus,
                     free_mem_mib: mem,
                     labels: labels.get(&self.members[*m]).cloned().unwrap_or_default(),
+                    image_mib: st.image_mib(),
                     images: st.images,
-                    image_mib: st.image_mib,
                     store_free_mib: st.free_mib,
                 };
                 NodeSlot { id: *id, capacity }

@@ -26,7 +26,7 @@ use raftbare::{ClusterConfig, LogEntries, LogEntry, LogIndex, LogPosition, Messa
 
 use crate::desired::{Command, RestartPolicy, Role, WorkloadSpec, LABEL_CHANGES_MAX};
 use crate::identity::NodeKey;
-use crate::placement::{Constraint, IMAGES_MAX, STORE_UNKNOWN};
+use crate::placement::{Constraint, IMAGES_MAX};
 use crate::replica::{Envelope, Verdict};
 use crate::snapshot::{SnapAck, SnapChunk};
 
@@ -63,6 +63,7 @@ const KIND_SNAP_ACK: u8 = 9;
 const KIND_PULL: u8 = 10;
 const KIND_VOUCH: u8 = 12;
 const KIND_VOUCHED: u8 = 13;
+const KIND_STORE: u8 = 14;
 /// Whether a datagram is a catch-up pull (kind 10) or a vouch request (kind 12), without
 /// decoding it: either is taken by any generation of the member it names
 /// (crate::replica::Catchup).
@@ -89,11 +90,14 @@ pub enum Wire {
     Join { id: u64 },
     /// What the sender can give cluster workloads (its workload service's accounting), sent
     /// every second so the leader's scheduler knows every node's room, and the images its
-    /// store holds (at most [`IMAGES_MAX`] digests), so that it prefers holders; then its
-    /// store's room and each image's size (MiB, one per image), so that it places a replica
-    /// only where its image fits. A node that sends no room (an older one: the two are
-    /// trailing fields, absent on the wire) has `store_free_mib` = `STORE_UNKNOWN` and no sizes.
-    Capacity { vcpus: u32, mem_mib: u64, images: Vec<[u8; 32]>, image_mib: Vec<u32>, store_free_mib: u64 },
+    /// store holds (at most [`IMAGES_MAX`] digests), so that it prefers holders.
+    Capacity { vcpus: u32, mem_mib: u64, images: Vec<[u8; 32]> },
+    /// The sender's image store: the room left for one more image (MiB) and each image's size
+    /// (MiB; at most [`IMAGES_MAX`]), so that the scheduler places a replica only where its
+    /// image fits. A message of its own, not fields of `Capacity`: a node of an older version
+    /// drops this kind (an unknown tag) and still reads every capacity, and a node that never
+    /// sends it is a node whose room is unknown (never refused for it).
+    Store { free_mib: u64, images: Vec<([u8; 32], u32)> },
     /// A node that is not in the cluster file asks a listed member which member it is (it was
     /// admitted at run time: its index comes from the committed admission order).
     WhoAmI,
@@ -391,7 +395,7 @@ pub fn encode(w: &Wire) -> Vec<u8> {
             o.u8(KIND_JOIN);
             o.u64(*id);
         }
-        Wire::Capacity { vcpus, mem_mib, images, image_mib, store_free_mib } => {
+        Wire::Capacity { vcpus, mem_mib, images } => {
             o.u8(KIND_CAPACITY);
             o.u32(*vcpus);
             o.u64(*mem_mib);
@@ -400,14 +404,15 @@ pub fn encode(w: &Wire) -> Vec<u8> {
             for d in images {
                 o.bytes(d);
             }
-            if *store_free_mib != STORE_UNKNOWN || !image_mib.is_empty() {
-                o.u64(*store_free_mib);
-                // sizes only when there is one per image
-                let sizes: &[u32] = if image_mib.len() >= images.len() { &image_mib[..images.len()] } else { &[] };
-                o.u8(sizes.len() as u8);
-                for m in sizes {
-                    o.u32(*m);
-                }
+        }
+        Wire::Store { free_mib, images } => {
+            o.u8(KIND_STORE);
+            o.u64(*free_mib);
+            let images = &images[..images.len().min(IMAGES_MAX)];
+            o.u8(images.len() as u8);
+            for (d, mib) in images {
+                o.bytes(d);
+                o.u32(*mib);
             }
         }
         Wire::WhoAmI => o.u8(KIND_WHO_AM_I),
@@ -785,18 +790,19 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
             for _ in 0..n {
                 images.push(r.key()?.0);
             }
-            let (mut image_mib, mut store_free_mib) = (Vec::new(), STORE_UNKNOWN);
-            if !r.b.is_empty() {
-                store_free_mib = r.u64()?;
-                let k = r.u8()? as usize;
-                if k != 0 && k != n {
-                    return Err(WireError::OutOfRange);
-                }
-                for _ in 0..k {
-                    image_mib.push(r.u32()?);
-                }
+            Wire::Capacity { vcpus, mem_mib, images }
+        }
+        KIND_STORE => {
+            let free_mib = r.u64()?;
+            let n = r.u8()? as usize;
+            if n > IMAGES_MAX {
+                return Err(WireError::OutOfRange);
             }
-            Wire::Capacity { vcpus, mem_mib, images, image_mib, store_free_mib }
+            let mut images = Vec::with_capacity(n);
+            for _ in 0..n {
+                images.push((r.key()?.0, r.u32()?));
+            }
+            Wire::Store { free_mib, images }
         }
         KIND_WHO_AM_I => Wire::WhoAmI,
         KIND_MEMBERS => {
@@ -915,10 +921,11 @@ mod tests {
             Wire::Raft(append(10)),
             Wire::Proposed { request: u64::MAX, term: 4, index: 99 },
             Wire::Join { id: 1 << 16 | 2 },
-            Wire::Capacity { vcpus: 4, mem_mib: 1 << 40, images: vec![], image_mib: vec![], store_free_mib: STORE_UNKNOWN },
-            Wire::Capacity { vcpus: 4, mem_mib: 1 << 40, images: vec![[3; 32]], image_mib: vec![], store_free_mib: 0 },
-            Wire::Capacity { vcpus: 4, mem_mib: 1 << 40, images: vec![[3; 32], [4; 32]], image_mib: vec![7, u32::MAX], store_free_mib: 1 << 20 },
-            Wire::Capacity { vcpus: 4, mem_mib: 1 << 40, images: (0..IMAGES_MAX as u8).map(|i| [i; 32]).collect(), image_mib: (0..IMAGES_MAX as u32).collect(), store_free_mib: 12 },
+            Wire::Capacity { vcpus: 4, mem_mib: 1 << 40, images: vec![] },
+            Wire::Capacity { vcpus: 4, mem_mib: 1 << 40, images: (0..IMAGES_MAX as u8).map(|i| [i; 32]).collect() },
+            Wire::Store { free_mib: 0, images: vec![] },
+            Wire::Store { free_mib: u64::MAX, images: vec![([3; 32], 7), ([4; 32], u32::MAX)] },
+            Wire::Store { free_mib: 12, images: (0..IMAGES_MAX as u8).map(|i| ([i; 32], i as u32)).collect() },
             Wire::WhoAmI,
             Wire::Members { extra: vec![] },
             Wire::Pull { from: 1 << 16 | 2, to: 3, applied: 41 },
@@ -936,16 +943,12 @@ mod tests {
         too_many_images[14] = IMAGES_MAX as u8 + 1;
         too_many_images.extend([7u8; 32]);
         assert_eq!(decode(&too_many_images), Err(WireError::OutOfRange));
-        // A capacity from a node that reports no store room (the older layout, without the
-        // trailing fields) is read as unknown room and no sizes; sizes must be one per image.
-        let two = Wire::Capacity { vcpus: 4, mem_mib: 9, images: vec![[3; 32], [4; 32]], image_mib: vec![5, 6], store_free_mib: 100 };
-        let bytes = encode(&two);
-        let old = &bytes[..bytes.len() - (8 + 1 + 2 * 4)];
-        assert_eq!(decode(old), Ok(Wire::Capacity { vcpus: 4, mem_mib: 9, images: vec![[3; 32], [4; 32]], image_mib: vec![], store_free_mib: STORE_UNKNOWN }));
-        let mut one_size = old.to_vec();
-        one_size.extend(100u64.to_le_bytes());
-        one_size.extend([1, 5, 0, 0, 0]);
-        assert_eq!(decode(&one_size), Err(WireError::OutOfRange));
+        let full_store = wires.iter().find(|w| matches!(w, Wire::Store { images, .. } if images.len() == IMAGES_MAX)).unwrap();
+        assert!(encode(full_store).len() <= DATAGRAM_MAX);
+        let mut too_many_sizes = encode(full_store);
+        too_many_sizes[10] = IMAGES_MAX as u8 + 1;
+        too_many_sizes.extend([7u8; 36]);
+        assert_eq!(decode(&too_many_sizes), Err(WireError::OutOfRange));
         let mut too_many = encode(&Wire::Members { extra: vec![] });
         too_many[2] = EXTRA_MAX as u8 + 1;
         too_many.extend(core::iter::repeat_n(1u8, 32 * (EXTRA_MAX + 1)));
@@ -956,18 +959,13 @@ mod tests {
         for w in wires {
             let b = encode(&w);
             assert_eq!(decode(&b), Ok(w.clone()), "{w:?}");
-            // Every truncation is an error, and so is a trailing byte; except that a capacity
-            // cut just before its store fields is the older layout (checked above).
-            let old_len = match &w {
-                Wire::Capacity { images, .. } => Some(1 + 1 + 4 + 8 + 1 + 32 * images.len()),
-                _ => None,
-            };
+            // Every truncation is an error, and so is a trailing byte.
             for n in 0..b.len() {
-                assert!(decode(&b[..n]).is_err() || Some(n) == old_len, "{w:?} cut at {n}");
+                assert!(decode(&b[..n]).is_err(), "{w:?} cut at {n}");
             }
             let mut longer = b.clone();
             longer.push(0);
-            assert!(decode(&longer).is_err(), "{w:?} with a byte more");
+            assert_eq!(decode(&longer), Err(WireError::Trailing));
         }
     }
 

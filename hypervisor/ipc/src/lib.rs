@@ -229,12 +229,16 @@ pub mod power {
     /// (latched: a restarted caller still sees it), `words[1]` = milliseconds since the press.
     pub const LABEL_BUTTON: u64 = 1;
     /// call: the orderly shutdown is done, switch the machine off (ACPI S5). Never answered
-    /// when it works; `ERR_NO_SOFT_OFF` when firmware gave no plain `\_S5` (or ignored it).
+    /// when it works; `ERR_NO_SOFT_OFF` when firmware gave no plain `\_S5` (or ignored it);
+    /// `ERR_NOT_PRESSED` before any press.
     pub const LABEL_POWER_OFF: u64 = 2;
     /// Reply label: the request is not one of the above.
     pub const ERR_UNKNOWN: u64 = 0xe0;
     /// Reply label: this machine cannot switch itself off; it keeps running.
     pub const ERR_NO_SOFT_OFF: u64 = 0xe1;
+    /// Reply label: `LABEL_POWER_OFF` before any press (refused: only the button switches a
+    /// node off).
+    pub const ERR_NOT_PRESSED: u64 = 0xe2;
     /// After a press, the kernel switches the machine off itself once this long has passed,
     /// whether or not a service finished the orderly shutdown (a hung or dead `apid` must not
     /// keep a node up that its operator switched off).

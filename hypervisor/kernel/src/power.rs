@@ -20,7 +20,7 @@ pub fn init(rsdp: Option<u64>) {
     match catenary_arch::power::init(rsdp) {
         Ok(p) => info!(target: "power", "power button armed (PM1a event {:#x}, control {:#x}{}); soft-off {}",
             p.pm1a_event, p.pm1a_control, if p.acpi_enabled_now { ", ACPI mode entered" } else { "" },
-            match p.s5 { Some((a, b)) => alloc::format!("\\_S5 SLP_TYP {a}/{b}"), None => "unavailable (no plain \\_S5): the node halts instead".into() }),
+            match p.s5 { Some((a, b)) => alloc::format!("\\_S5 SLP_TYP {a}/{b}"), None => "unavailable (no plain \\_S5): a press makes the node leave, then it stays up".into() }),
         Err(e) => warn!(target: "power", "no power button: {:?}", e),
     }
 }
@@ -28,7 +28,9 @@ pub fn init(rsdp: Option<u64>) {
 /// Start the task (before the supervisor: services that send to `"power"` wait for it).
 pub fn start() {
     if task::try_spawn_kernel("power", catenary_sched::Priority::DRIVER, catenary_sched::Affinity::ANY, run, 0).is_err() {
-        warn!(target: "power", "no memory for the power task: the power button is ignored");
+        // (apid, which sends to this endpoint, is then refused its start: a node that cannot
+        // find 8 pages for a kernel stack at boot has no room for apid either)
+        log::error!(target: "power", "no memory for the power task: the power button is ignored and apid cannot start");
         task::supervisor::provide_endpoint("power", None);
     }
 }
@@ -46,7 +48,7 @@ fn off(why: &str) {
 
 fn run(_: u64) {
     let Ok((slot, ep)) = task::try_create_endpoint_for_current(8) else {
-        warn!(target: "power", "no room for the power endpoint: the power button is ignored");
+        log::error!(target: "power", "no room for the power endpoint: the power button is ignored and apid cannot start");
         return task::supervisor::provide_endpoint("power", None);
     };
     task::supervisor::provide_endpoint("power", Some(ep));
@@ -59,9 +61,15 @@ fn run(_: u64) {
                     let ms = pressed_at.map(|t| (catenary_arch::time::now_ns().saturating_sub(t)) / 1_000_000).unwrap_or(0);
                     Message::new(0, [pressed_at.is_some() as u64, ms, 0, 0])
                 }
-                power::LABEL_POWER_OFF => {
+                // only after a press: a confused (or taken-over) service cannot switch the
+                // node off by itself
+                power::LABEL_POWER_OFF if pressed_at.is_some() => {
                     off(&alloc::format!("{} finished the orderly shutdown", service_name(m.badge)));
                     Message::new(power::ERR_NO_SOFT_OFF, [0; 4])
+                }
+                power::LABEL_POWER_OFF => {
+                    warn!(target: "power", "{} asked to switch off, but the power button was not pressed: refused", service_name(m.badge));
+                    Message::new(power::ERR_NOT_PRESSED, [0; 4])
                 }
                 _ => Message::new(power::ERR_UNKNOWN, [0; 4]),
             };

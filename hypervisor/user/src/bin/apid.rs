@@ -168,6 +168,30 @@ impl Node {
         admission_nodes(&self.cluster, &[]).iter().filter(|r| r.state != "pending").find(|r| r.name == n || r.public_key == n).and_then(|r| catenary_api::auth::hex32(&r.public_key))
     }
 
+    /// This node's key: the cluster file's member at this node's /128, or a node admitted at
+    /// run time (`netd`'s admission table).
+    fn own_key(&self) -> Option<[u8; 32]> {
+        let me = self.me?;
+        let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
+        if let Some(m) = members.iter().find(|m| Prefix64::from_public_key(&m.public_key).node_address() == me) {
+            return Some(m.public_key);
+        }
+        let addr = alloc::format!("{me}");
+        admission_nodes(&self.cluster, &[]).iter().filter(|r| r.state != "pending").find(|r| r.address == addr).and_then(|r| catenary_api::auth::hex32(&r.public_key))
+    }
+
+    /// This node (`key`, shown as `name`) leaves: `memberd` announces the leave first (the
+    /// others show it `left` at once), then its drain is committed (its replicas stop as it
+    /// applies the `Unassign` and start elsewhere).
+    fn leave_here(&mut self, key: [u8; 32], name: &str) -> Result<(), ApiError> {
+        use catenary_cluster::service as svc;
+        match call_timeout(MEMBERD, svc::LABEL_LEAVE, [0; 4], 2000) {
+            Ok(r) if r.label == svc::OK => {}
+            _ => return Err(ApiError::new(503, "memberd_unavailable", "the node's membership service did not leave")),
+        }
+        cluster::write(&self.wk, ORCHD, catenary_api::ClusterWrite::Drain(name.into()), Some(key))
+    }
+
     /// Every admitted node's labels as placement sees them (`orchd`'s `LABEL_LABELS`); empty
     /// when `orchd` has no state yet.
     fn labels(&self) -> BTreeMap<[u8; 32], BTreeMap<String, String>> {
@@ -322,7 +346,6 @@ impl Backend for Node {
     /// once), then the drain of this node is committed (its replicas stop as it applies the
     /// Unassign and start elsewhere). Another member's name: `Ok(false)`, forwarded there.
     fn leave(&mut self, node: &str) -> Result<bool, ApiError> {
-        use catenary_cluster::service as svc;
         let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
         let Some(m) = members.iter().find(|m| m.name == node) else {
             return Err(ApiError::new(404, "no_such_node", "no node of the cluster file has that name"));
@@ -330,11 +353,8 @@ impl Backend for Node {
         if Some(Prefix64::from_public_key(&m.public_key).node_address()) != self.me {
             return Ok(false);
         }
-        match call_timeout(MEMBERD, svc::LABEL_LEAVE, [0; 4], 2000) {
-            Ok(r) if r.label == svc::OK => {}
-            _ => return Err(ApiError::new(503, "memberd_unavailable", "the node's membership service did not leave")),
-        }
-        self.cluster(catenary_api::ClusterWrite::Drain(m.name.clone()))?;
+        let (key, name) = (m.public_key, m.name.clone());
+        self.leave_here(key, &name)?;
         Ok(true)
     }
 

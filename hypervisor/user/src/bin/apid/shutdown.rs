@@ -4,9 +4,10 @@
 //! asks for it on every tick. On a press this node does what `catenary node leave` does
 //! (`memberd` announces the leave, so the others show it `left` at once, and the drain of
 //! this node is committed, so its replicas start elsewhere), waits until `workd` runs none of
-//! the cluster's replicas (they stop as `orchd` applies the drain), at most [`STOP_WAIT_MS`],
-//! then asks the kernel to switch the machine off. A node outside a cluster switches off at
-//! once. The kernel switches off by itself `SHUTDOWN_GRACE_MS` after the press whatever
+//! the cluster's replicas (they stop as `orchd` applies the drain) for two ticks in a row, at
+//! most [`STOP_WAIT_MS`], then asks the kernel to switch the machine off. A node in no cluster
+//! (no key of the file or of a run-time admission at its /128) switches off at once; one whose
+//! `apid` is still waiting for `netd` is switched off by the kernel's bound. The kernel switches off by itself `SHUTDOWN_GRACE_MS` after the press whatever
 //! happens here, so a hung step cannot keep the node up.
 
 use crate::{Node, POWER};
@@ -27,6 +28,8 @@ pub struct Shutdown {
     since: Option<u64>,
     /// The kernel was asked to switch off (and this machine could not: nothing more to do).
     off_asked: bool,
+    /// Ticks in a row on which no cluster replica ran here.
+    quiet: u32,
 }
 
 /// Whether the power button was pressed (false when the kernel's power endpoint does not
@@ -78,19 +81,27 @@ impl Shutdown {
                 return;
             }
             self.since = Some(now);
-            let me = node.me;
-            let Some(name) = node.members.iter().find(|(_, a)| Some(*a) == me).map(|(n, _)| n.clone()) else {
+            // a member of the cluster file, or a node admitted at run time (`node-XXXXXXXX`)
+            let Some(key) = node.own_key() else {
                 return self.off("this node is in no cluster");
             };
+            let me = node.me;
+            let name = node.members.iter().find(|(_, a)| Some(*a) == me).map(|(n, _)| n.clone()).unwrap_or_else(|| catenary_net::admission::short(&key));
             logf!("apid: power button: {name} leaves the cluster and drains before switching off");
-            match node.leave(&name) {
+            match node.leave_here(key, &name) {
                 Ok(_) => logf!("apid: power button: {name} left; its drain is committed"),
                 Err(e) => logf!("apid: power button: the leave failed ({} {}): switching off once the replicas here stop", e.code, e.status),
             }
             return;
         };
-        match replicas_up(node) {
-            Some(0) => self.off(&alloc::format!("no cluster replica runs here any more ({} ms after the press)", now.saturating_sub(since))),
+        let up = replicas_up(node);
+        self.quiet = if up == Some(0) { self.quiet + 1 } else { 0 };
+        match up {
+            // one tick more than needed: the leader learns that this node applied the drain
+            // (its Raft replies carry the applied index), so it places the replicas again at
+            // once rather than after their lease
+            Some(0) if self.quiet >= 2 => self.off(&alloc::format!("no cluster replica runs here any more ({} ms after the press)", now.saturating_sub(since))),
+            Some(0) => {}
             n if now.saturating_sub(since) > STOP_WAIT_MS => {
                 self.off(&alloc::format!("{} cluster replicas still run {} s after the press", n.map(|n| alloc::format!("{n}")).unwrap_or("(workd did not answer)".into()), STOP_WAIT_MS / 1000))
             }
