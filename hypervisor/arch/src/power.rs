@@ -80,9 +80,10 @@ fn safe_port(port: u16) -> bool {
     !(port as u32 <= 0xcff && end >= 0xcf8)
 }
 
-/// The DSDT's AML body, read only after checking that its header and then its whole length
-/// lie in firmware memory (a wild pointer gives `None`, never a panic).
-fn dsdt_aml(address: u64) -> Option<&'static [u8]> {
+/// `\_S5`'s sleep types from the DSDT at `address`, read only after checking that its header
+/// and then its whole length lie in firmware memory (a wild pointer gives `None`, never a
+/// panic). The table is read for the length of this call only.
+fn dsdt_s5(address: u64) -> Option<(u8, u8)> {
     const HEADER: u64 = 36;
     if address == 0 || !crate::memory::firmware_readable(address, HEADER) {
         return None;
@@ -95,10 +96,11 @@ fn dsdt_aml(address: u64) -> Option<&'static [u8]> {
     if !(HEADER..=4 << 20).contains(&len) || !crate::memory::firmware_readable(address, len) {
         return None;
     }
-    // SAFETY: the whole table (at most 4 MiB) lies in firmware memory no Rust code writes
-    // (checked above), covered by the direct map; the slice is only read, and firmware tables
-    // stay for the kernel's life (the allocator never takes their frames).
-    Some(unsafe { core::slice::from_raw_parts((crate::paging::p2v(address) + HEADER) as *const u8, (len - HEADER) as usize) })
+    // SAFETY: the whole table (at most 4 MiB) lies in firmware memory that is not
+    // allocator-managed and that no Rust code writes (checked just above), covered by the
+    // direct map; the slice is only read, and does not outlive this call.
+    let aml = unsafe { core::slice::from_raw_parts((crate::paging::p2v(address) + HEADER) as *const u8, (len - HEADER) as usize) };
+    catenary_bootinfo::s5_sleep_types(aml)
 }
 
 fn read16(port: u16) -> u16 {
@@ -141,7 +143,7 @@ pub fn init(rsdp: u64) -> Result<PowerInfo, PowerProblem> {
         return Err(PowerProblem::BadPort);
     }
     let (smi_cmd, acpi_enable) = ({ fadt.smi_cmd_port }, { fadt.acpi_enable });
-    let s5 = fadt.dsdt_address().ok().and_then(|a| dsdt_aml(a as u64)).and_then(catenary_bootinfo::s5_sleep_types);
+    let s5 = fadt.dsdt_address().ok().and_then(|a| dsdt_s5(a as u64));
     let mut acpi_enabled_now = false;
     if read16(ca) & SCI_EN == 0 && smi_cmd != 0 && acpi_enable != 0 {
         // legacy mode: ask firmware to hand the PM registers over (ACPI 6.5 §16.3.1)
