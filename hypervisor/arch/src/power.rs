@@ -37,7 +37,6 @@ struct Regs {
 }
 
 static REGS: spin::Once<Regs> = spin::Once::new();
-static ARMED: AtomicBool = AtomicBool::new(false);
 /// `init` ran (successfully or not past its checks): later calls touch no port.
 static TRIED: AtomicBool = AtomicBool::new(false);
 
@@ -164,16 +163,12 @@ pub fn init(rsdp: u64) -> Result<PowerInfo, PowerProblem> {
         write16(e, PWRBTN); // a press from before this boot is not a request to this one
         write16(en, read16(en) | PWRBTN);
     }
-    ARMED.store(true, Ordering::Release);
     Ok(PowerInfo { pm1a_event: ea, pm1a_control: ca, s5: regs.s5, acpi_enabled_now })
 }
 
 /// Whether the power button was pressed since the last call (its status bit is cleared).
 /// Always false before [`init`] succeeded.
 pub fn take_button_press() -> bool {
-    if !ARMED.load(Ordering::Acquire) {
-        return false;
-    }
     let Some(r) = REGS.get() else { return false };
     let mut pressed = false;
     for e in r.evt.into_iter().flatten() {

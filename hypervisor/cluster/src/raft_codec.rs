@@ -548,6 +548,15 @@ impl<'a> R<'a> {
         self.b = t;
         Ok(h)
     }
+    /// A list's length as one byte (the datagram messages' lists), refused over `max`
+    /// ([`R::count`] is the two-byte form, with a bound by what is left).
+    pub(crate) fn count8(&mut self, max: usize) -> Result<usize, WireError> {
+        let n = self.u8()? as usize;
+        if n > max {
+            return Err(WireError::OutOfRange);
+        }
+        Ok(n)
+    }
     pub(crate) fn u8(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
     }
@@ -648,10 +657,7 @@ impl<'a> R<'a> {
             10 => Command::Released { workload: self.str()?, replica: self.u32()? },
             11 => {
                 let node = self.key()?;
-                let n = self.u8()? as usize;
-                if n > LABEL_CHANGES_MAX {
-                    return Err(WireError::OutOfRange);
-                }
+                let n = self.count8(LABEL_CHANGES_MAX)?;
                 let mut changes = Vec::with_capacity(n);
                 for _ in 0..n {
                     let k = self.str()?;
@@ -782,10 +788,7 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
         KIND_JOIN => Wire::Join { id: r.num()? },
         KIND_CAPACITY => {
             let (vcpus, mem_mib) = (r.u32()?, r.u64()?);
-            let n = r.u8()? as usize;
-            if n > IMAGES_MAX {
-                return Err(WireError::OutOfRange);
-            }
+            let n = r.count8(IMAGES_MAX)?;
             let mut images = Vec::with_capacity(n);
             for _ in 0..n {
                 images.push(r.key()?.0);
@@ -794,10 +797,7 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
         }
         KIND_STORE => {
             let free_mib = r.u64()?;
-            let n = r.u8()? as usize;
-            if n > IMAGES_MAX {
-                return Err(WireError::OutOfRange);
-            }
+            let n = r.count8(IMAGES_MAX)?;
             let mut images = Vec::with_capacity(n);
             for _ in 0..n {
                 images.push((r.key()?.0, r.u32()?));
@@ -806,10 +806,7 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
         }
         KIND_WHO_AM_I => Wire::WhoAmI,
         KIND_MEMBERS => {
-            let n = r.u8()? as usize;
-            if n > EXTRA_MAX {
-                return Err(WireError::OutOfRange);
-            }
+            let n = r.count8(EXTRA_MAX)?;
             let mut extra = Vec::with_capacity(n);
             for _ in 0..n {
                 extra.push(r.key()?);
