@@ -172,6 +172,33 @@ impl Workstation {
         }
     }
 
+    /// A `GET path` from the namespace by a client that shuts down its sending side right after
+    /// the request (`shutdown(SHUT_WR)`, a FIN) and then reads until the node closes: (exit
+    /// status, everything read: status line, headers, body). python3's sockets, as curl has no
+    /// way to half-close.
+    pub(crate) fn half_closed_get(&self, node: &NodeSpec, path: &str) -> (i32, String) {
+        const CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+s.sendall(("GET %s HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n" % sys.argv[3]).encode())
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += d
+sys.stdout.buffer.write(got)
+"#;
+        let addr = node.identity.node_address().to_string();
+        let port = catenary_api::PORT.to_string();
+        let o = Command::new("ip").args(["netns", "exec", &self.ns, "python3", "-c", CLIENT, &addr, &port, path]).output();
+        match o {
+            Ok(o) => (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))),
+            Err(e) => (-1, e.to_string()),
+        }
+    }
+
     /// `curl` in the namespace: (exit status, HTTP status and body).
     pub(crate) fn curl(&self, node: &NodeSpec, path: &str) -> (i32, String) {
         let url = format!("http://[{}]:{}{path}", node.identity.node_address(), catenary_api::PORT);

@@ -5,6 +5,10 @@
 //! two others must show it `left` (never suspect or dead) within about a second, its
 //! replicas must start on them, and it must not be declared dead later.
 //!
+//! First, a client that half-closes after its request (python3's `shutdown(SHUT_WR)`) asks
+//! node1 for the workload listing, which node1 gathers from the other nodes: the answer must
+//! still come (a parked request is dropped only when its client resets, not on its FIN).
+//!
 //! Then the ACPI power button (QEMU `system_powerdown`) of a survivor that runs a replica:
 //! its kernel sees the press, its `apid` leaves and commits its drain (the other survivor
 //! shows it `left` within 3 s of the press: `apid` asks for the button once a second), waits until no replica runs there, and the node
@@ -30,7 +34,7 @@ const LEFT_WITHIN: Duration = Duration::from_secs(2);
 const PRESS_LEFT_WITHIN: Duration = Duration::from_secs(3);
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    crate::threenode::three_nodes(t, kernel, "cluster_graceful_leave", "cluster-graceful-leave", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, .. }| {
+    crate::threenode::three_nodes(t, kernel, "cluster_graceful_leave", "cluster-graceful-leave", &Setup { tools: &["python3"], ..Setup::PLAIN }, |ThreeNodes { c, r, a, nodes, img, .. }| {
         let from = vec![0usize; 3];
         let none = vec![false; 3];
         for (w, n) in [("web", "2"), ("db", "1")] {
@@ -42,6 +46,21 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         if !ok {
             return Err("not placed".into());
         }
+        // A client that half-closes after its request (FIN, then reads): node1 parks the
+        // listing until the other nodes answer, and must still send the gathered answer.
+        let (st, got) = a.half_closed_get(&nodes[0], "/v1/workloads");
+        let body = got.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let elsewhere: Vec<String> = crate::apitest::json(body)
+            .and_then(|v| v["workloads"].as_array().map(|l| l.iter().filter_map(|w| w["node"].as_str().map(String::from)).collect::<Vec<_>>()))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| *n != nodes[0].name)
+            .collect();
+        c.check(
+            "a client that half-closes after `GET /v1/workloads` gets node1's gathered answer (other nodes' replicas in it)",
+            st == 0 && got.starts_with("HTTP/1.1 200") && !elsewhere.is_empty(),
+            &format!("exit {st}, other nodes named: {elsewhere:?}; read: {:?}", got.chars().take(300).collect::<String>()),
+        );
         // the leaving node: not node1 (the one asked, so the request is forwarded), one that
         // runs a replica (web's two are on two nodes, so node2 or node3 runs one)
         let l = lists(&r.lines, &from, &none);

@@ -554,9 +554,10 @@ fn run(_arg: u64) -> u64 {
             let done = if now > c.born_ms + CONN_LIFE_MS {
                 true
             } else if c.parked {
-                // the operator hung up (FIN or reset): nobody waits for the answer; its place
-                // and sockets go now, not when the other nodes have answered
-                ready.hangup & bit != 0
+                // a reset or failed connection: nobody waits for the answer; its place and
+                // sockets go now, not when the other nodes have answered. A FIN alone is a
+                // client that half-closed after its request and still reads the answer.
+                ready.hangup & bit != 0 && peer_gone(&s, c.h, &io)
             } else if c.out.is_none() {
                 if ready.readable & bit != 0 || ready.hangup & bit != 0 {
                     busy = true;
@@ -682,6 +683,18 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages, f
         }
     }
     false
+}
+
+/// Whether the peer of a parked connection that `POLL` reported as hung up is gone. `RECV`
+/// tells the two hangups apart: 0 bytes is the peer's FIN (a client that shut down its
+/// sending side after the request, as `nc -N` or `shutdown(SHUT_WR)` clients do, and waits
+/// for the answer); an error is a reset or a failed connection. Bytes after the request are
+/// dropped (one request per connection).
+fn peer_gone(s: &Sockets, h: Handle, io: &Pages) -> bool {
+    match s.recv(h, io, IO as u64) {
+        Ok(_) => false,
+        Err(e) => !e.is(NetError::WouldBlock),
+    }
 }
 
 /// The other nodes (name, /128, whether a session with it is up now), those that are up
