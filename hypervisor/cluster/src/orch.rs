@@ -75,6 +75,10 @@ pub const NODE_WRITE_BUDGET: u64 = 1024 * 1024;
 /// Log compaction on nodes: a snapshot every this many applied entries (about 160 KiB of
 /// realistic commands), sent in chunks to a follower behind it (crate::snapshot).
 pub const NODE_SNAPSHOT_EVERY: u64 = 256;
+/// ... taken once 32 more are applied, of the state before them: those 32 entries stay in
+/// the log for a follower a few entries behind
+/// ([`crate::replica::ReplicaConfig::snapshot_margin`]).
+pub const NODE_SNAPSHOT_MARGIN: u64 = 32;
 
 pub use crate::replica::member_of;
 pub fn generation_of(id: ReplicaId) -> u64 {
@@ -137,7 +141,7 @@ pub struct OrchConfig {
 impl Default for OrchConfig {
     fn default() -> Self {
         OrchConfig {
-            replica: ReplicaConfig { max_log_bytes: NODE_LOG_BYTES, snapshot_every: NODE_SNAPSHOT_EVERY, ..ReplicaConfig::default() },
+            replica: ReplicaConfig { max_log_bytes: NODE_LOG_BYTES, snapshot_every: NODE_SNAPSHOT_EVERY, snapshot_margin: NODE_SNAPSHOT_MARGIN, ..ReplicaConfig::default() },
             lease: LeaseConfig::default(),
             boot_wait: Duration::from_secs(3),
             join_period: Duration::from_secs(1),

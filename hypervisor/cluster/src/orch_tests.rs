@@ -600,6 +600,8 @@ fn a_removed_file_member_stays_out_and_its_replicas_move() {
 fn a_node_far_behind_a_compacted_leader_catches_up_through_chunks() {
     let mut cfg = OrchConfig::default();
     cfg.replica.snapshot_every = 16;
+    // the nodes' ratio (32 of 256)
+    cfg.replica.snapshot_margin = 2;
     for seed in 0..3u64 {
         let mut net = Net::with_config(3, 70 + seed, cfg.clone());
         net.drop_per_mille = 50;
@@ -783,6 +785,8 @@ fn a_member_that_missed_the_readmission_pulls_the_state_and_follows_the_readmitt
 fn a_pulled_answer_completes_under_steady_commits_and_loss() {
     let mut cfg = OrchConfig::default();
     cfg.replica.snapshot_every = 16;
+    // the nodes' ratio (32 of 256)
+    cfg.replica.snapshot_margin = 2;
     for seed in 0..3u64 {
         let mut net = Net::with_config(3, 90 + seed, cfg.clone());
         assert!(net.run_until(10_000, |n| n.leader().is_some()), "seed {seed}: no leader");

@@ -150,12 +150,18 @@ impl RaftSim {
 }
 
 /// One chaos run of the desired state: 3–7 nodes (from the seed), log compaction every 4–32
-/// entries and a replica stop delay of 0–300 ms (from the seed), 30 s of faults (drains on every third seed), everything healed,
+/// entries with a margin of none, a quarter or all of that many (from the seed) and a replica stop delay of 0–300 ms (from the seed), 30 s of faults (drains on every third seed), everything healed,
 /// 20 s of quiet. Returns the simulator (for its counters and notes) and what broke, naming the
 /// seed. `debug_window`: see [`RaftSim::debug_window`].
 pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> (RaftSim, Result<(), String>) {
     let n = 3 + (seed % 5) as usize;
-    let cfg = ReplicaConfig { snapshot_every: 4 + (seed / 5) % 29, ..ReplicaConfig::default() };
+    let every = 4 + (seed / 5) % 29;
+    let margin = match (seed / 7) % 3 {
+        0 => 0,
+        1 => every / 4,
+        _ => every,
+    };
+    let cfg = ReplicaConfig { snapshot_every: every, snapshot_margin: margin, ..ReplicaConfig::default() };
     let mut sim = RaftSim::with_config(n, seed, NetConfig::default(), 64, 65536, cfg);
     sim.debug_window = debug_window;
     sim.relabels = true;

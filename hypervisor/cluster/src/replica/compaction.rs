@@ -14,15 +14,17 @@ use super::{Envelope, Replica, Snapshot};
 const HOLD_BYTES_DIVISOR: u64 = 8;
 
 impl Replica {
-    /// Log compaction: once `snapshot_every` entries were applied after the last snapshot,
-    /// snapshot the state at the applied index and drop the log and commands up to it.
+    /// Log compaction: once `snapshot_every` entries past the last snapshot were applied, and
+    /// `snapshot_margin` more, snapshot the state `snapshot_margin` entries before the applied
+    /// index (replayed from the last snapshot through the log) and drop the log and commands
+    /// up to it; the margin's entries stay for a follower a few entries behind.
     ///
     /// A leader first keeps the entries a follower still needs: while a follower that
     /// acknowledged it within `peer_down_after` has a log (its latest reply) that ends at or
     /// past the snapshot but before the applied index, compacting now would leave that
     /// follower only the whole snapshot (up to `SNAPSHOT_MAX` in chunks) for what a few
     /// entries bring; a slow follower is often just a reply behind. It waits for that follower
-    /// up to twice `snapshot_every` entries, half `max_log_entries`, or an eighth of
+    /// up to twice `snapshot_every` entries (and the margin), half `max_log_entries`, or an eighth of
     /// `max_log_bytes` of commands (256 KiB on nodes: the log's commands count against
     /// `orchd`'s write budget, so a hold may cost it at most that), then compacts anyway. (Only the leader sends entries and snapshots, so only it waits; a silent
     /// follower, down or cut off, is not waited for, and one whose log ends before the
@@ -30,17 +32,19 @@ impl Replica {
     pub(super) fn compact(&mut self, now: Duration) {
         let base = self.node.log().snapshot_position().index.get();
         let every = self.cfg.snapshot_every.max(1);
-        if self.applied_index < base.saturating_add(every) {
+        // the snapshot's index: `snapshot_margin` applied entries stay behind it
+        let margin = self.cfg.snapshot_margin.min(every);
+        let upto = self.applied_index.saturating_sub(margin);
+        if upto < base.saturating_add(every) {
             return;
         }
         let kept = self.node.log().last_position().index.get().saturating_sub(base);
-        let bound = self.applied_index >= base.saturating_add(every.saturating_mul(2))
+        let bound = upto >= base.saturating_add(every.saturating_mul(2))
             || kept >= self.cfg.max_log_entries / 2
             || self.log_bytes >= self.cfg.max_log_bytes / HOLD_BYTES_DIVISOR;
         if self.is_leader() && !bound {
-            let applied = self.applied_index;
             let heard = |p: u64| self.follower_acks.get(&p).is_some_and(|sent| now.saturating_sub(*sent) < self.cfg.peer_down_after);
-            let needs_entries = self.node.peers().any(|p| heard(p.get()) && self.peer_log_end.get(&p.get()).is_some_and(|&(_, end)| end >= base && end < applied));
+            let needs_entries = self.node.peers().any(|p| heard(p.get()) && self.peer_log_end.get(&p.get()).is_some_and(|&(_, end)| end >= base && end < upto));
             if needs_entries {
                 if self.held_at != Some(base) {
                     self.held_at = Some(base);
@@ -49,12 +53,19 @@ impl Replica {
                 return;
             }
         }
-        let Some((position, config)) = self.node.log().get_position_and_config(LogIndex::new(self.applied_index)) else { return };
+        // The state at `upto`, replayed from the last snapshot through the log; should the
+        // log not hold what the replay needs (it always does), the applied state, no margin.
+        let replayed = (upto < self.applied_index).then(|| self.snapshot_state().and_then(|from| self.replayed(from, base, upto))).flatten();
+        let (upto, state) = match replayed {
+            Some(state) => (upto, state),
+            None => (self.applied_index, self.state.clone()),
+        };
+        let Some((position, config)) = self.node.log().get_position_and_config(LogIndex::new(upto)) else { return };
         let config = config.clone();
         if !self.node.handle_snapshot_installed(position, config.clone()) {
             return;
         }
-        self.storage.snapshot = Some(Snapshot { position, config, state: self.state.clone() });
+        self.storage.snapshot = Some(Snapshot { position, config, state });
         self.storage.log = self.node.log().clone();
         self.prune_commands(position.index.get());
         self.snapshots_taken += 1;

@@ -41,10 +41,9 @@ use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use raftbare::{LogEntry, LogIndex, LogPosition, NodeId};
+use raftbare::{LogPosition, NodeId};
 
 use super::{member_key, member_of, Catchup, Replica, ReplicaId, Snapshot};
-use crate::desired::{Command, DesiredState};
 use crate::snapshot::{digest_parts, snapshot_digest};
 
 /// A pending pulled state not installed within this many election timeouts (`election_max`)
@@ -228,25 +227,7 @@ impl Replica {
         if i == self.applied_index {
             return if digest_parts(position, config, &self.state) == *digest { Verdict::Same } else { Verdict::Differs };
         }
-        let state = {
-            let mut state = match &self.storage.snapshot {
-                Some(s) if s.position.index.get() == base => s.state.clone(),
-                None if base == 0 => DesiredState::default(),
-                _ => return Verdict::Stale,
-            };
-            let entries = self.node.log().entries();
-            for j in base + 1..=i {
-                let (Some(term), Some(entry)) = (entries.get_term(LogIndex::new(j)), entries.get_entry(LogIndex::new(j))) else { return Verdict::Stale };
-                if !matches!(entry, LogEntry::Command) {
-                    continue;
-                }
-                let Some(cmd) = self.storage.commands.get(&(term.get(), j)) else { return Verdict::Stale };
-                // As `apply_committed` applies it (a refusal changes only the applied count).
-                let voters = matches!(cmd, Command::RemoveNode(_)).then(|| self.voters_with(LogIndex::new(j), &state));
-                let _ = state.apply_at(cmd, &self.cfg.limits, voters.as_ref());
-            }
-            state
-        };
+        let Some(state) = self.snapshot_state().and_then(|from| self.replayed(from, base, i)) else { return Verdict::Stale };
         if digest_parts(position, config, &state) == *digest {
             Verdict::Same
         } else {
