@@ -82,6 +82,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("sound_phys_read_user_only", crate::ktest_sound::sound_phys_read_user_only),
     ("sound_boot_state_set_once", crate::ktest_sound::sound_boot_state_set_once),
     ("sound_device_mappings_refuse_ram", crate::ktest_sound::sound_device_mappings_refuse_ram),
+    ("power_off_refused_before_a_press", crate::ktest_power::power_off_refused_before_a_press),
     ("vm_hostile_garbage_io", crate::ktest_vm::vm_hostile_garbage_io),
     ("vm_hostile_unknown_msr_gp", crate::ktest_vm::vm_hostile_unknown_msr_gp),
     ("vm_hostile_wild_mmio", crate::ktest_vm::vm_hostile_wild_mmio),

@@ -59,6 +59,8 @@ mod ktest_sound;
 #[cfg(feature = "ktest")]
 mod ktest_pcid;
 #[cfg(feature = "ktest")]
+mod ktest_power;
+#[cfg(feature = "ktest")]
 mod ktest_store;
 #[cfg(feature = "ktest")]
 mod ktest_sysfuzz;

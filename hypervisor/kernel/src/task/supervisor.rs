@@ -192,6 +192,12 @@ pub fn provide_endpoint(name: &'static str, ep: Option<EndpointId>) {
     })
 }
 
+/// The kernel endpoint `name` once its kernel task provided it (None: not yet, or never).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // (the power test's)
+pub fn kernel_endpoint(name: &str) -> Option<EndpointId> {
+    with(|k| k.svc.kernel_eps.get(name).copied().flatten())
+}
+
 /// The task running service `name` now.
 pub fn service_task(name: &str) -> Option<TaskId> {
     let i = catenary_manifest::index_of(SERVICES, name)?;
