@@ -4,7 +4,9 @@
 //! image, the cluster file: seed endpoints and admitted keys; no key). It makes its key at
 //! boot, says hello to the seeds, and must be *pending* (`catenary nodes`), with no fabric
 //! session, until the admin runs `catenary node add KEY`; then it must be alive in both
-//! nodes' membership and receive a replica of `catenary run --replicas 3`.
+//! nodes' membership and receive a replica of `catenary run --replicas 3`. `catenary ps` then
+//! names that replica's node `node-XXXXXXXX` (its name in `catenary nodes`), and `catenary
+//! node drain node-XXXXXXXX` stops it there.
 //!
 //! PXE and the cluster's switch together: the PXE node has two NICs, an e1000 on QEMU's
 //! user network (its iPXE ROM fetches GRUB, GRUB the kernel and modules over TFTP; Catenary
@@ -180,6 +182,16 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let run_at = Instant::now();
         let runs = r.wait(Duration::from_secs(400), false, |l| l[p].iter().any(|x| x.contains("orchd: workd runs [") && x.contains("cl-web-") && x.contains(":running")));
         c.check("a replica runs on the PXE-booted node", runs, &format!("{:.1} s after the run", run_at.elapsed().as_secs_f64()));
+        // The node admitted at run time by the name `catenary nodes` gives it: in the listing,
+        // and to drain it.
+        let short = format!("node-{}", &key_hex[..8]);
+        let (st, out, err) = a.cli(&nodes[0], &["ps"]);
+        c.check(&format!("`catenary ps` names the replica's node {short}, as `catenary nodes` does"), st == 0 && out.contains(&format!("{short}:")), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let mark = r.lines[p].len();
+        let (st, out, err) = a.cli(&nodes[0], &["node", "drain", &short]);
+        c.check(&format!("`catenary node drain {short}` (a node admitted at run time) is committed"), st == 0, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let drained = r.wait(Duration::from_secs(120), false, |l| l[p][mark..].iter().any(|x| x.contains("orchd: workd runs [") && !x.contains("cl-web-")));
+        c.check("its replica stops there (drained)", drained, "");
         println!("  timings: PXE start -> key made {:.1} s; -> pending on both seeds {:.1} s; node add -> alive on both {:.1} s; run -> replica running on it {:.1} s",
             booted.as_secs_f64(), pending_at.as_secs_f64(), join_time.as_secs_f64(), run_at.elapsed().as_secs_f64());
         secret_words = vec![key];

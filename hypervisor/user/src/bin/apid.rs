@@ -306,16 +306,12 @@ impl Backend for Node {
 
     fn cluster(&mut self, w: catenary_api::ClusterWrite) -> Result<(), ApiError> {
         let node = match &w {
-            // a member of the cluster file, by name or key
-            catenary_api::ClusterWrite::Drain(n) | catenary_api::ClusterWrite::Undrain(n) => {
-                let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
-                match members.iter().find(|m| m.name == *n || hex(&m.public_key) == *n) {
-                    Some(m) => Some(m.public_key),
-                    None => return Err(ApiError::new(404, "no_such_node", "no node of the cluster file has that name or key")),
-                }
-            }
-            // any node: the cluster file's, or one admitted at run time (node-XXXXXXXX)
-            catenary_api::ClusterWrite::Label { node: n, .. } | catenary_api::ClusterWrite::RemoveNode(n) => match self.node_key(n) {
+            // any node, by name or key: the cluster file's, or one admitted at run time
+            // (node-XXXXXXXX, as `catenary nodes` and `catenary ps` name it)
+            catenary_api::ClusterWrite::Drain(n)
+            | catenary_api::ClusterWrite::Undrain(n)
+            | catenary_api::ClusterWrite::Label { node: n, .. }
+            | catenary_api::ClusterWrite::RemoveNode(n) => match self.node_key(n) {
                 Some(k) => Some(k),
                 None => return Err(ApiError::new(404, "no_such_node", "no node of the cluster file, nor one admitted at run time, has that name or key")),
             },
@@ -329,7 +325,8 @@ impl Backend for Node {
         let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
         let me = self.me;
         let own = members.iter().find(|m| Some(Prefix64::from_public_key(&m.public_key).node_address()) == me).map(|m| m.public_key);
-        let name_of = |k: &[u8; 32]| members.iter().find(|m| m.public_key == *k).map(|m| m.name.clone()).unwrap_or_else(|| hex(&k[..8]));
+        // a node admitted at run time by the name `catenary nodes` gives it
+        let name_of = |k: &[u8; 32]| members.iter().find(|m| m.public_key == *k).map(|m| m.name.clone()).unwrap_or_else(|| catenary_net::admission::short(k));
         // the state of the replicas assigned here: this node's workload list
         let local = match self.workd(wk::Request::List) {
             Ok(wk::Reply::List(l)) => l,
