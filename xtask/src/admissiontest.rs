@@ -5,8 +5,10 @@
 //! boot, says hello to the seeds, and must be *pending* (`catenary nodes`), with no fabric
 //! session, until the admin runs `catenary node add KEY`; then it must be alive in both
 //! nodes' membership and receive a replica of `catenary run --replicas 3`. `catenary ps` then
-//! names that replica's node `node-XXXXXXXX` (its name in `catenary nodes`), and `catenary
-//! node drain node-XXXXXXXX` stops it there.
+//! names that replica's node `node-XXXXXXXX` (its name in `catenary nodes`) and shows it
+//! running, `catenary nodes` has the node's own figures (node1 gathers from it as from the
+//! file's nodes), `catenary node drain node-XXXXXXXX` stops it there, and `catenary node
+//! leave node-XXXXXXXX` through node1 is forwarded to it and it leaves.
 //!
 //! PXE and the cluster's switch together: the PXE node has two NICs, an e1000 on QEMU's
 //! user network (its iPXE ROM fetches GRUB, GRUB the kernel and modules over TFTP; Catenary
@@ -187,11 +189,24 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let short = format!("node-{}", &key_hex[..8]);
         let (st, out, err) = a.cli(&nodes[0], &["ps"]);
         c.check(&format!("`catenary ps` names the replica's node {short}, as `catenary nodes` does"), st == 0 && out.contains(&format!("{short}:")), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        // node1's gathers ask it as they ask the file's nodes: its replica's state and its own
+        // figures come from it
+        c.check(&format!("`catenary ps` through node1 shows the replica on {short} running (gathered from it)"), out.contains(&format!("{short}:running")), &out.lines().filter(|l| l.contains("web")).collect::<Vec<_>>().join(" | "));
+        let (st, out, err) = a.cli(&nodes[0], &["--json", "nodes"]);
+        let row = crate::apitest::json(&out).and_then(|v| v["nodes"].as_array().and_then(|l| l.iter().find(|n| n["name"] == short.as_str()).cloned()));
+        c.check(
+            &format!("`catenary --json nodes` through node1 has {short}'s own figures (CPUs, free memory, store)"),
+            st == 0 && row.as_ref().is_some_and(|r| r["cpus"].as_u64() == Some(2) && r["memory_free_mib"].as_u64().is_some() && r["store_free_mib"].as_u64().is_some() && r["state"] == "up"),
+            &format!("exit {st}: {row:?} {}", err.trim()),
+        );
         let mark = r.lines[p].len();
         let (st, out, err) = a.cli(&nodes[0], &["node", "drain", &short]);
         c.check(&format!("`catenary node drain {short}` (a node admitted at run time) is committed"), st == 0, &format!("exit {st}: {} {}", out.trim(), err.trim()));
         let drained = r.wait(Duration::from_secs(120), false, |l| l[p][mark..].iter().any(|x| x.contains("orchd: workd runs [") && !x.contains("cl-web-")));
         c.check("its replica stops there (drained)", drained, "");
+        // and it leaves when asked through node1 (the request is forwarded to it by name)
+        let (st, out, err) = a.cli(&nodes[0], &["node", "leave", &short]);
+        c.check(&format!("`catenary node leave {short}` through node1 reaches it and it leaves"), st == 0 && out.contains("left the cluster") && r.wait(Duration::from_secs(30), false, |l| l[p].iter().any(|x| x.contains("memberd: leaving the cluster"))), &format!("exit {st}: {} {}", out.trim(), err.trim()));
         println!("  timings: PXE start -> key made {:.1} s; -> pending on both seeds {:.1} s; node add -> alive on both {:.1} s; run -> replica running on it {:.1} s",
             booted.as_secs_f64(), pending_at.as_secs_f64(), join_time.as_secs_f64(), run_at.elapsed().as_secs_f64());
         secret_words = vec![key];

@@ -110,6 +110,10 @@ struct Node {
     me: Option<Ipv6Addr>,
     /// The cluster's nodes (name, /128), in the file's order.
     members: Vec<(String, Ipv6Addr)>,
+    /// The nodes the cluster admitted at run time (`catenary node add`), from `netd`'s
+    /// admission table on each tick: name (`node-XXXXXXXX`), key, /128, whether a fabric
+    /// session with it is up. Gathers and forwards reach them as they reach the file's.
+    runtime: Vec<(String, [u8; 32], Ipv6Addr, bool)>,
 }
 
 /// The cluster file and which of its nodes are up (`LABEL_CLUSTER`).
@@ -129,6 +133,21 @@ fn cluster_file(buf: &Pages) -> Result<(String, u64), String> {
 }
 
 impl Node {
+    /// [`Node::runtime`] from `netd`'s admission table: the admitted keys the file does not
+    /// list (neither pending nor removed).
+    fn refresh_runtime(&mut self) {
+        let file: Vec<Ipv6Addr> = self.members.iter().map(|m| m.1).collect();
+        self.runtime = admission_nodes(&self.cluster, &[])
+            .into_iter()
+            .filter(|n| n.state == "up" || n.state == "unreachable")
+            .filter_map(|n| {
+                let key = catenary_api::auth::hex32(&n.public_key)?;
+                let addr = Prefix64::from_public_key(&key).node_address();
+                (!file.contains(&addr)).then(|| (n.name, key, addr, n.state == "up"))
+            })
+            .collect();
+    }
+
     /// One workload-protocol call: the request at the buffer's start, `chunk` (an image
     /// chunk's bytes, or nothing) at `CHUNK_OFFSET`, the grant covering both.
     fn call_workd(&mut self, req: &wk::Request, chunk: &[u8]) -> wk::Response {
@@ -165,19 +184,30 @@ impl Node {
         if let Some(m) = members.iter().find(|m| m.name == n || hex(&m.public_key) == n) {
             return Some(m.public_key);
         }
+        if let Some(k) = self.own_runtime_key().filter(|k| catenary_net::admission::short(k) == n || hex(k) == n) {
+            return Some(k);
+        }
         admission_nodes(&self.cluster, &[]).iter().filter(|r| r.state != "pending").find(|r| r.name == n || r.public_key == n).and_then(|r| catenary_api::auth::hex32(&r.public_key))
     }
 
     /// This node's key: the cluster file's member at this node's /128, or a node admitted at
-    /// run time (`netd`'s admission table).
+    /// run time ([`Node::own_runtime_key`]).
     fn own_key(&self) -> Option<[u8; 32]> {
         let me = self.me?;
         let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
         if let Some(m) = members.iter().find(|m| Prefix64::from_public_key(&m.public_key).node_address() == me) {
             return Some(m.public_key);
         }
-        let addr = alloc::format!("{me}");
-        admission_nodes(&self.cluster, &[]).iter().filter(|r| r.state != "pending").find(|r| r.address == addr).and_then(|r| catenary_api::auth::hex32(&r.public_key))
+        self.own_runtime_key()
+    }
+
+    /// This node's key when it is no member of the cluster file (admitted at run time):
+    /// `memberd`'s own row, if its /128 is this node's. (`netd`'s admission table lists the
+    /// run-time keys of the *other* nodes: a node is not its own fabric peer.)
+    fn own_runtime_key(&self) -> Option<[u8; 32]> {
+        let me = self.me?;
+        let k = member_table(&self.table).into_iter().find(|r| r.own).map(|r| r.id.key.0)?;
+        (Prefix64::from_public_key(&k).node_address() == me && !self.members.iter().any(|m| m.1 == me)).then_some(k)
     }
 
     /// This node (`key`, shown as `name`) leaves: `memberd` announces the leave first (the
@@ -235,7 +265,29 @@ impl Backend for Node {
         // a key's newest generation (a killed node that rejoined has its old, dead row too)
         let member = |k: &[u8; 32]| table.iter().filter(|r| r.id.key.0 == *k).max_by_key(|r| (r.id.generation, r.incarnation));
         let labels = self.labels();
-        let admission = admission_nodes(&self.cluster, &table);
+        let mut admission = admission_nodes(&self.cluster, &table);
+        // this node, admitted at run time: netd's table lists the others only
+        let own_rt = table.iter().find(|r| r.own).map(|r| r.id.key.0).filter(|k| Some(Prefix64::from_public_key(k).node_address()) == me && !c.members.iter().any(|m| m.public_key == *k));
+        if let Some(k) = own_rt.filter(|k| !admission.iter().any(|n| n.public_key == hex(k))) {
+            let mine = member(&k);
+            admission.push(ApiNode {
+                name: catenary_net::admission::short(&k),
+                public_key: hex(&k),
+                address: alloc::format!("{}", Prefix64::from_public_key(&k).node_address()),
+                state: "up".into(),
+                cpus: None,
+                memory_total_mib: None,
+                memory_free_mib: None,
+                memory_committed_mib: None,
+                workloads: None,
+                store_free_mib: None,
+                images: None,
+                membership: mine.map(|t| catenary_cluster::service::state_name(t.state).into()),
+                incarnation: mine.map(|t| t.incarnation),
+                mac: None,
+                labels: None,
+            });
+        }
         // a file node the cluster removed (`catenary node remove`) is shown once, as removed
         let removed = |k: &[u8; 32]| admission.iter().any(|n| n.state == "removed" && n.public_key == hex(k));
         c.members
@@ -271,6 +323,18 @@ impl Backend for Node {
             })
             .chain(admission.iter().filter(|n| !c.members.iter().any(|m| hex(&m.public_key) == n.public_key)).cloned().map(|mut n| {
                 n.labels = catenary_api::auth::hex32(&n.public_key).and_then(|k| labels.get(&k).cloned());
+                // this node, admitted at run time: its own figures, as a file member's row
+                if me.is_some_and(|a| alloc::format!("{a}") == n.address) && n.state != "removed" {
+                    n.state = "up".into();
+                    n.cpus = res.map(|r| r.cpus);
+                    n.memory_total_mib = res.map(|r| r.memory_total_mib);
+                    n.memory_free_mib = res.map(|r| r.memory_free_mib);
+                    n.memory_committed_mib = res.map(|r| r.memory_committed_mib);
+                    n.workloads = count;
+                    n.store_free_mib = store.as_ref().map(|(s, k)| s.room_mib(*k));
+                    n.images = store.as_ref().map(|(_, k)| *k as u32);
+                    return n;
+                }
                 catenary_api::cluster::not_up_when_dead(&mut n);
                 n
             }))
@@ -324,7 +388,7 @@ impl Backend for Node {
         let (entries, total) = cluster::list(&self.wk, ORCHD)?;
         let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
         let me = self.me;
-        let own = members.iter().find(|m| Some(Prefix64::from_public_key(&m.public_key).node_address()) == me).map(|m| m.public_key);
+        let own = members.iter().find(|m| Some(Prefix64::from_public_key(&m.public_key).node_address()) == me).map(|m| m.public_key).or_else(|| self.own_runtime_key());
         // a node admitted at run time by the name `catenary nodes` gives it
         let name_of = |k: &[u8; 32]| members.iter().find(|m| m.public_key == *k).map(|m| m.name.clone()).unwrap_or_else(|| catenary_net::admission::short(k));
         // the state of the replicas assigned here: this node's workload list
@@ -344,13 +408,19 @@ impl Backend for Node {
     /// Unassign and start elsewhere). Another member's name: `Ok(false)`, forwarded there.
     fn leave(&mut self, node: &str) -> Result<bool, ApiError> {
         let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
-        let Some(m) = members.iter().find(|m| m.name == node) else {
-            return Err(ApiError::new(404, "no_such_node", "no node of the cluster file has that name"));
+        // a member of the file, or a node admitted at run time (node-XXXXXXXX), by name
+        let own = self.own_runtime_key().filter(|k| catenary_net::admission::short(k) == node);
+        let (key, name) = match members.iter().find(|m| m.name == node) {
+            Some(m) => (m.public_key, m.name.clone()),
+            None if own.is_some() => (own.unwrap_or_default(), String::from(node)),
+            None => match admission_nodes(&self.cluster, &[]).into_iter().find(|n| n.name == node && (n.state == "up" || n.state == "unreachable")) {
+                Some(n) => (catenary_api::auth::hex32(&n.public_key).ok_or_else(|| ApiError::new(404, "no_such_node", "no node has that name"))?, n.name),
+                None => return Err(ApiError::new(404, "no_such_node", "no node of the cluster file, nor one admitted at run time, has that name")),
+            },
         };
-        if Some(Prefix64::from_public_key(&m.public_key).node_address()) != self.me {
+        if Some(Prefix64::from_public_key(&key).node_address()) != self.me {
             return Ok(false);
         }
-        let (key, name) = (m.public_key, m.name.clone());
         self.leave_here(key, &name)?;
         Ok(true)
     }
@@ -449,7 +519,7 @@ fn run(_arg: u64) -> u64 {
         log("apid: no memory for its buffers");
         return 98;
     };
-    let mut node = Node { wk, cluster, table, workd_down: false, me: None, members: Vec::new() };
+    let mut node = Node { wk, cluster, table, workd_down: false, me: None, members: Vec::new(), runtime: Vec::new() };
     // the cluster file: who may call (netd answers once the network is up)
     // Wait for netd with a call that lends nothing (a node without a network never runs
     // netd: apid then waits here for ever, holding no grant), then ask for the file through a
@@ -502,6 +572,8 @@ fn run(_arg: u64) -> u64 {
             return 2;
         }
     };
+    // the file's node keys; those admitted at run time are added on each tick
+    let file_node_keys = operators.node_keys.clone();
     let mut api = Api::new(operators, UploadLimits::default());
     let mut conns: Vec<Conn> = Vec::new();
     // connections closed for being of no known key (the log shows the 1st, 2nd, 4th, …)
@@ -513,6 +585,10 @@ fn run(_arg: u64) -> u64 {
     loop {
         let now = now_ms();
         if now >= next_tick {
+            // a node admitted at run time is a node to this API as the file's are: it may
+            // forward an operator's request here, and gathers ask it
+            node.refresh_runtime();
+            api.operators.node_keys = file_node_keys.iter().copied().chain(node.runtime.iter().map(|r| r.1)).collect();
             api.tick(&mut node, now);
             power.tick(&mut node, now);
             next_tick = now + 1000;
@@ -700,6 +776,8 @@ fn other_nodes(node: &mut Node) -> Vec<(String, Ipv6Addr, bool)> {
     let up = cluster_file(&node.cluster).map(|(_, up)| up).unwrap_or(0);
     let mut v: Vec<(String, Ipv6Addr, bool)> =
         node.members.iter().enumerate().filter(|(_, m)| Some(m.1) != node.me).map(|(i, m)| (m.0.clone(), m.1, i < 64 && up & (1 << i) != 0)).collect();
+    // then the nodes admitted at run time (as of the last tick)
+    v.extend(node.runtime.iter().filter(|r| Some(r.2) != node.me).map(|r| (r.0.clone(), r.2, r.3)));
     v.sort_by_key(|o| !o.2);
     v
 }
