@@ -7,8 +7,9 @@
 //! nodes' membership and receive a replica of `catenary run --replicas 3`. `catenary ps` then
 //! names that replica's node `node-XXXXXXXX` (its name in `catenary nodes`) and shows it
 //! running, `catenary nodes` has the node's own figures (node1 gathers from it as from the
-//! file's nodes), `catenary node drain node-XXXXXXXX` stops it there, and `catenary node
-//! leave node-XXXXXXXX` through node1 is forwarded to it and it leaves.
+//! file's nodes), `catenary node drain node-XXXXXXXX` stops it there, `catenary node leave
+//! node-XXXXXXXX` through node1 is forwarded to it and it leaves, and its power button
+//! (QEMU `system_powerdown`) makes it leave under its own key and switch itself off.
 //!
 //! PXE and the cluster's switch together: the PXE node has two NICs, an e1000 on QEMU's
 //! user network (its iPXE ROM fetches GRUB, GRUB the kernel and modules over TFTP; Catenary
@@ -137,6 +138,11 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             "virtio-net-pci,netdev=n0,mac=52:54:00:ca:00:03,romfile=".into(),
             "-boot".into(),
             "n".into(),
+            // a monitor, for its power button (QEMU `system_powerdown`)
+            "-chardev".into(),
+            format!("socket,id=mon,path={},server=on,wait=off", r.dir.join("pxe3.mon").display()),
+            "-mon".into(),
+            "chardev=mon,mode=readline".into(),
         ];
         let started = Instant::now();
         let p = r.add_node("pxe3", b)?;
@@ -207,6 +213,17 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         // and it leaves when asked through node1 (the request is forwarded to it by name)
         let (st, out, err) = a.cli(&nodes[0], &["node", "leave", &short]);
         c.check(&format!("`catenary node leave {short}` through node1 reaches it and it leaves"), st == 0 && out.contains("left the cluster") && r.wait(Duration::from_secs(30), false, |l| l[p].iter().any(|x| x.contains("memberd: leaving the cluster"))), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        // Its power button: it finds its own key (memberd's own row), leaves and switches off.
+        let mark = r.lines[p].len();
+        r.power_button(p);
+        let off = r.wait(Duration::from_secs(90), false, |l| l[p][mark..].iter().any(|x| x.starts_with(crate::cluster::NODE_STOPPED)));
+        let after = &r.lines[p][mark..];
+        c.check(
+            &format!("its power button: {short} knows its own key, leaves and switches itself off (ACPI S5, QEMU status 0)"),
+            off && after.iter().any(|x| x.contains(&format!("apid: power button: {short} leaves the cluster")))
+                && after.iter().any(|x| x.starts_with(crate::cluster::NODE_STOPPED) && x.contains("QEMU ended (exit status: 0)")),
+            &after.iter().filter(|x| x.contains("power") || x.starts_with("[xtask]")).cloned().collect::<Vec<_>>().join(" | "),
+        );
         println!("  timings: PXE start -> key made {:.1} s; -> pending on both seeds {:.1} s; node add -> alive on both {:.1} s; run -> replica running on it {:.1} s",
             booted.as_secs_f64(), pending_at.as_secs_f64(), join_time.as_secs_f64(), run_at.elapsed().as_secs_f64());
         secret_words = vec![key];
