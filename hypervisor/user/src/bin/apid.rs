@@ -205,8 +205,13 @@ impl Node {
     /// `memberd`'s own row, if its /128 is this node's. (`netd`'s admission table lists the
     /// run-time keys of the *other* nodes: a node is not its own fabric peer.)
     fn own_runtime_key(&self) -> Option<[u8; 32]> {
+        self.own_runtime_key_in(&member_table(&self.table))
+    }
+
+    /// [`Node::own_runtime_key`] from a member table already read.
+    fn own_runtime_key_in(&self, table: &[catenary_cluster::service::Row]) -> Option<[u8; 32]> {
         let me = self.me?;
-        let k = member_table(&self.table).into_iter().find(|r| r.own).map(|r| r.id.key.0)?;
+        let k = table.iter().find(|r| r.own).map(|r| r.id.key.0)?;
         (Prefix64::from_public_key(&k).node_address() == me && !self.members.iter().any(|m| m.1 == me)).then_some(k)
     }
 
@@ -265,29 +270,27 @@ impl Backend for Node {
         // a key's newest generation (a killed node that rejoined has its old, dead row too)
         let member = |k: &[u8; 32]| table.iter().filter(|r| r.id.key.0 == *k).max_by_key(|r| (r.id.generation, r.incarnation));
         let labels = self.labels();
-        let mut admission = admission_nodes(&self.cluster, &table);
-        // this node, admitted at run time: netd's table lists the others only
-        let own_rt = table.iter().find(|r| r.own).map(|r| r.id.key.0).filter(|k| Some(Prefix64::from_public_key(k).node_address()) == me && !c.members.iter().any(|m| m.public_key == *k));
-        if let Some(k) = own_rt.filter(|k| !admission.iter().any(|n| n.public_key == hex(k))) {
-            let mine = member(&k);
-            admission.push(ApiNode {
-                name: catenary_net::admission::short(&k),
-                public_key: hex(&k),
-                address: alloc::format!("{}", Prefix64::from_public_key(&k).node_address()),
-                state: "up".into(),
-                cpus: None,
-                memory_total_mib: None,
-                memory_free_mib: None,
-                memory_committed_mib: None,
-                workloads: None,
-                store_free_mib: None,
-                images: None,
-                membership: mine.map(|t| catenary_cluster::service::state_name(t.state).into()),
-                incarnation: mine.map(|t| t.incarnation),
-                mac: None,
-                labels: None,
-            });
-        }
+        let admission = admission_nodes(&self.cluster, &table);
+        // this node, admitted at run time: netd's table lists the others only, so its row is
+        // made here, with its own figures as a file member's
+        let own_rt = self.own_runtime_key_in(&table).filter(|k| !admission.iter().any(|n| n.public_key == hex(k)));
+        let own_row = own_rt.map(|k| ApiNode {
+            name: catenary_net::admission::short(&k),
+            public_key: hex(&k),
+            address: alloc::format!("{}", Prefix64::from_public_key(&k).node_address()),
+            state: "up".into(),
+            cpus: res.map(|r| r.cpus),
+            memory_total_mib: res.map(|r| r.memory_total_mib),
+            memory_free_mib: res.map(|r| r.memory_free_mib),
+            memory_committed_mib: res.map(|r| r.memory_committed_mib),
+            workloads: count,
+            store_free_mib: store.as_ref().map(|(s, n)| s.room_mib(*n)),
+            images: store.as_ref().map(|(_, n)| *n as u32),
+            membership: member(&k).map(|t| catenary_cluster::service::state_name(t.state).into()),
+            incarnation: member(&k).map(|t| t.incarnation),
+            mac: None,
+            labels: labels.get(&k).cloned(),
+        });
         // a file node the cluster removed (`catenary node remove`) is shown once, as removed
         let removed = |k: &[u8; 32]| admission.iter().any(|n| n.state == "removed" && n.public_key == hex(k));
         c.members
@@ -323,21 +326,10 @@ impl Backend for Node {
             })
             .chain(admission.iter().filter(|n| !c.members.iter().any(|m| hex(&m.public_key) == n.public_key)).cloned().map(|mut n| {
                 n.labels = catenary_api::auth::hex32(&n.public_key).and_then(|k| labels.get(&k).cloned());
-                // this node, admitted at run time: its own figures, as a file member's row
-                if me.is_some_and(|a| alloc::format!("{a}") == n.address) && n.state != "removed" {
-                    n.state = "up".into();
-                    n.cpus = res.map(|r| r.cpus);
-                    n.memory_total_mib = res.map(|r| r.memory_total_mib);
-                    n.memory_free_mib = res.map(|r| r.memory_free_mib);
-                    n.memory_committed_mib = res.map(|r| r.memory_committed_mib);
-                    n.workloads = count;
-                    n.store_free_mib = store.as_ref().map(|(s, k)| s.room_mib(*k));
-                    n.images = store.as_ref().map(|(_, k)| *k as u32);
-                    return n;
-                }
                 catenary_api::cluster::not_up_when_dead(&mut n);
                 n
             }))
+            .chain(own_row)
             .collect()
     }
 
@@ -407,21 +399,14 @@ impl Backend for Node {
     /// once), then the drain of this node is committed (its replicas stop as it applies the
     /// Unassign and start elsewhere). Another member's name: `Ok(false)`, forwarded there.
     fn leave(&mut self, node: &str) -> Result<bool, ApiError> {
-        let members = cluster_file(&self.cluster).ok().and_then(|(t, _)| catenary_net::Cluster::parse(&t).ok()).map(|c| c.members).unwrap_or_default();
-        // a member of the file, or a node admitted at run time (node-XXXXXXXX), by name
-        let own = self.own_runtime_key().filter(|k| catenary_net::admission::short(k) == node);
-        let (key, name) = match members.iter().find(|m| m.name == node) {
-            Some(m) => (m.public_key, m.name.clone()),
-            None if own.is_some() => (own.unwrap_or_default(), String::from(node)),
-            None => match admission_nodes(&self.cluster, &[]).into_iter().find(|n| n.name == node && (n.state == "up" || n.state == "unreachable")) {
-                Some(n) => (catenary_api::auth::hex32(&n.public_key).ok_or_else(|| ApiError::new(404, "no_such_node", "no node has that name"))?, n.name),
-                None => return Err(ApiError::new(404, "no_such_node", "no node of the cluster file, nor one admitted at run time, has that name")),
-            },
+        // a member of the file, or a node admitted at run time (node-XXXXXXXX), as drain takes it
+        let Some(key) = self.node_key(node) else {
+            return Err(ApiError::new(404, "no_such_node", "no node of the cluster file, nor one admitted at run time, has that name"));
         };
         if Some(Prefix64::from_public_key(&key).node_address()) != self.me {
             return Ok(false);
         }
-        self.leave_here(key, &name)?;
+        self.leave_here(key, node)?;
         Ok(true)
     }
 
