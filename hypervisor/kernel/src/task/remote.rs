@@ -51,6 +51,9 @@ pub const REMOTE_BADGE: u64 = catenary_ipc::REMOTE_BADGE;
 /// A call to another node fails with `Timeout` after this long without an answer, unless
 /// the caller chose its own timeout (`SYS_CALL`, rdi bits 32..63).
 pub const REMOTE_CALL_TIMEOUT_NS: u64 = 20_000_000_000;
+// `netd` retransmits a call within its retry span: its last try still has a second to be
+// answered before the caller's default timeout.
+const _: () = assert!(catenary_net::rpc::RETRY_SPAN_NS + 1_000_000_000 <= REMOTE_CALL_TIMEOUT_NS);
 /// Remote sends and calls waiting for `netd`, at most (then `QueueFull`).
 pub(super) const REMOTE_QUEUE: usize = 64;
 /// Calls from other nodes in flight here, at most.
