@@ -562,6 +562,37 @@ fn a_replica_goes_only_where_its_image_fits_the_store() {
     }
 }
 
+/// A copy under way takes its room in the store once. Node 1 (700 MiB free) gets `big`
+/// (a 600 MiB image only node 2 holds); once its copy has begun, its store has reserved the
+/// image, so node 1 reports 100 MiB free and lists the image as its own (`orchd`:
+/// `StoreInfo::reported_images`, uploads included). A second workload of a 90 MiB image then
+/// still fits node 1. (Before, node 1 listed only finished images: the leader counted the
+/// 600 MiB copy against the 100 MiB left as well, and refused the second workload.)
+#[test]
+fn a_copy_under_way_takes_its_room_once() {
+    use crate::placement::Constraint;
+    for seed in 0..3 {
+        let mut net = Net::new(3, seed);
+        let rooms = [50, 700, 0];
+        for (i, o) in net.nodes.iter_mut().enumerate() {
+            let images = if i == 2 { vec![([9; 32], 600), ([5; 32], 90)] } else { vec![] };
+            o.as_mut().unwrap().set_images(images, rooms[i]);
+        }
+        assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
+        let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
+        let not2 = vec![Constraint::NotOnNode(net.keys[2])];
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [9; 32], constraints: not2.clone(), ..spec("big", 1) }));
+        assert!(net.run_until(10_000, |n| n.runner_of("big", 0).is_some()), "seed {seed}: not placed");
+        assert_eq!(net.runner_of("big", 0), Some(1), "seed {seed}");
+        // the copy has begun on node 1: 600 MiB reserved, the image reported as its store's
+        net.nodes[1].as_mut().unwrap().set_images(vec![([9; 32], 601)], 100);
+        net.run_for(2_000);
+        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [5; 32], constraints: not2, ..spec("small", 1) }));
+        assert!(net.run_until(10_000, |n| n.runner_of("small", 0).is_some()), "seed {seed}: the copy under way was counted twice against node 1's store");
+        assert_eq!(net.runner_of("small", 0), Some(1), "seed {seed}");
+    }
+}
+
 /// `catenary node remove` of a cluster-file member: committed through a follower, the leader
 /// does not admit it again (it admits the file's members only once), its replicas move to the
 /// others (never on two nodes), and a later `AdmitNode` lets it back (a voter again, so it

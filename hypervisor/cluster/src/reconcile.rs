@@ -121,9 +121,9 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
     // 2. Free capacity of the nodes that can take work. The images' sizes come from the
     // holders' reports; a copy already assigned to a node that does not hold its image yet
     // takes its room in that node's store. (Before the copy begins, the node's report does not
-    // count it; once it has begun, the kernel's store has reserved the whole image and the
-    // report already excludes it, so it is counted twice until the copy is in: cautious,
-    // never over.)
+    // count it; once it has begun, the kernel's store has reserved the whole image, the room
+    // reported excludes it and the node lists the image as its store's: held, so not counted
+    // here again.)
     let sizes = image_sizes(&nodes.iter().map(|n| n.capacity.clone()).collect::<Vec<_>>());
     let size_of = |d: &[u8; 32]| sizes.get(d).copied().unwrap_or(0);
     let mut used: BTreeMap<NodeKey, (u32, u64)> = BTreeMap::new();

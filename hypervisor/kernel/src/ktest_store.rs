@@ -1,6 +1,6 @@
 //! In-kernel tests of the image store's uploads (`vmstore`): upload ids stay unique among
-//! the live uploads across the 16-bit wrap, and every begin reserves (and every abort frees)
-//! exactly its own pages.
+//! the live uploads across the 16-bit wrap, every begin reserves (and every abort frees)
+//! exactly its own pages, and `info` lists the uploads under way with their pages.
 
 use alloc::format;
 use alloc::string::String;
@@ -95,9 +95,19 @@ fn check(base_pages: u64) -> Result<(), String> {
         return Err(format!("A's image begun again got {again:#x}, not A's {a:#x}"));
     }
     pages(2, "A and C")?;
+    // The store reports both uploads with their pages (a node lists them as its store's to
+    // the cluster's scheduler, whose room no longer holds them), and neither once aborted.
+    let (ia, ic) = (begin_req(0).image, begin_req(5).image);
+    let listed = |d: Digest| vmstore::info().uploading.iter().find(|u| u.0 == d).map(|u| u.1);
+    if (listed(ia), listed(ic)) != (Some(1), Some(1)) {
+        return Err(format!("uploads under way reported as {:?}, expected A and C with 1 page each", vmstore::info().uploading));
+    }
     abort(c)?;
     abort(a)?;
     pages(0, "after aborting both")?;
+    if listed(ia).is_some() || listed(ic).is_some() {
+        return Err(format!("aborted uploads still reported: {:?}", vmstore::info().uploading));
+    }
     log::info!(target: "ktest", "upload ids: A {a:#x}, then {seen:x?}, then {c:#x} (live A skipped)");
     Ok(())
 }

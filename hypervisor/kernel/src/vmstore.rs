@@ -199,8 +199,15 @@ pub fn guest_kernel() -> Option<GuestKernel> {
 pub fn info() -> StoreInfo {
     let free_pages = catenary_arch::memory::stats().free;
     locked(|s| match s.as_ref() {
-        Some(s) => StoreInfo { quota_pages: s.quota_pages, used_pages: s.used_pages, uploads: s.uploads.len() as u32, images: s.images.len() as u32, free_pages },
-        None => StoreInfo { quota_pages: 0, used_pages: 0, uploads: 0, images: 0, free_pages },
+        Some(s) => StoreInfo {
+            quota_pages: s.quota_pages,
+            used_pages: s.used_pages,
+            uploads: s.uploads.len() as u32,
+            images: s.images.len() as u32,
+            free_pages,
+            uploading: s.uploads.iter().map(|u| (u.image, u.pages)).collect(),
+        },
+        None => StoreInfo { quota_pages: 0, used_pages: 0, uploads: 0, images: 0, free_pages, uploading: Vec::new() },
     })
 }
 

@@ -104,7 +104,7 @@ impl Vmm for SimKernel {
     fn store(&mut self) -> Option<vmctl::StoreInfo> {
         let pages = |n: usize| (n as u64).div_ceil(4096);
         let used = self.stored.iter().map(|(_, d)| pages(d.len())).sum::<u64>() + self.manifests.iter().map(|(_, m)| pages(m.len())).sum::<u64>() + self.uploads.iter().map(|u| pages(u.3.len())).sum::<u64>();
-        Some(vmctl::StoreInfo { quota_pages: SIM_STORE_QUOTA_MIB << 8, used_pages: used, uploads: self.uploads.len() as u32, images: self.stored.len() as u32, free_pages: SIM_MEMORY_MIB << 8 })
+        Some(vmctl::StoreInfo { quota_pages: SIM_STORE_QUOTA_MIB << 8, used_pages: used, uploads: self.uploads.len() as u32, images: self.stored.len() as u32, free_pages: SIM_MEMORY_MIB << 8, uploading: self.uploads.iter().map(|u| (u.1, pages(u.3.len()))).collect() })
     }
     fn image_begin(&mut self, image: Digest, manifest: &[u8]) -> Result<(u32, u64), crate::Error> {
         let (c, r) = crate::store::stream_sizes(manifest).map_err(|_| crate::Error::ImageInvalid)?;

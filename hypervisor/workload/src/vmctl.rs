@@ -114,6 +114,9 @@ pub struct StoreInfo {
     pub images: u32,
     /// The node's free frames now.
     pub free_pages: u64,
+    /// The images being uploaded now and the frames reserved for each (counted in
+    /// `used_pages` from their `OP_IMAGE_BEGIN`), at most [`UPLOADS_MAX`].
+    pub uploading: Vec<(Digest, u64)>,
 }
 
 impl StoreInfo {
@@ -126,6 +129,26 @@ impl StoreInfo {
             return 0;
         }
         self.quota_pages.saturating_sub(self.used_pages).min(self.free_pages).saturating_mul(4096) >> 20
+    }
+
+    /// The images a node reports to the cluster's scheduler as its store's, with the room each
+    /// takes there, MiB: those it holds (`held`, the workload service's index) and those being
+    /// uploaded. An upload's room is already reserved and so missing from [`Self::room_mib`];
+    /// listed as held, the scheduler does not count its copy against that room a second time
+    /// (docs/orchestration.md, "A replica goes where its image fits"). Its size: the frames
+    /// reserved and room for `image.json`, rounded up, as [`crate::store::ImageInfo::store_mib`].
+    pub fn reported_images(&self, held: &[crate::store::ImageInfo]) -> Vec<(Digest, u32)> {
+        let uploading = self.uploading.iter().map(|(d, pages)| {
+            let bytes = pages.saturating_mul(4096).saturating_add(crate::store::MANIFEST_MAX as u64);
+            (*d, u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX))
+        });
+        let mut all: Vec<(Digest, u32)> = held.iter().map(|i| (i.digest, i.store_mib())).collect();
+        for (d, mib) in uploading {
+            if !all.iter().any(|h| h.0 == d) {
+                all.push((d, mib));
+            }
+        }
+        all
     }
 }
 

@@ -374,12 +374,19 @@ fn run(_arg: u64) -> u64 {
             }
             // The store's images (and their sizes) and its room go with the capacity: the
             // scheduler prefers holders and places a replica only where its image fits.
+            // The store before the index: an upload that completes between the two is then
+            // listed (uploading, then indexed), never missed.
+            let store = match workd.call(&wk::Request::Store) {
+                Some(Ok(wk::Reply::Store(st))) => Some(st),
+                _ => None,
+            };
             if let Some(Ok(wk::Reply::Images(l))) = workd.call(&wk::Request::Images) {
-                let room = match workd.call(&wk::Request::Store) {
-                    Some(Ok(wk::Reply::Store(st))) => st.room_mib(l.len()),
-                    _ => catenary_cluster::placement::STORE_UNKNOWN,
+                let (images, room) = match store {
+                    // uploads under way count as held: their room is no longer in the room
+                    Some(st) => (st.reported_images(&l), st.room_mib(l.len())),
+                    None => (l.iter().map(|i| (i.digest, i.store_mib())).collect(), catenary_cluster::placement::STORE_UNKNOWN),
                 };
-                orch.set_images(l.iter().map(|i| (i.digest.0, i.store_mib())).collect(), room);
+                orch.set_images(images.into_iter().map(|(d, mib)| (d.0, mib)).collect(), room);
             }
             watch.part("capacity");
         }
