@@ -10,7 +10,18 @@
 #[cfg(test)]
 mod tests {
     use crate::tools::root;
-    use std::process::Command;
+    use std::process::{Command, Output};
+    use std::sync::Mutex;
+
+    /// `nix-instantiate ARGS`, one at a time in this process: the tests run in parallel, and
+    /// two `nix-instantiate`s that open a new machine's Nix database at once fail with
+    /// `SQLite database '/nix/var/nix/db/db.sqlite' is busy` (seen in a CI run on a fresh
+    /// machine).
+    fn nix_instantiate(args: &[&std::ffi::OsStr]) -> Output {
+        static NIX: Mutex<()> = Mutex::new(());
+        let _one = NIX.lock().unwrap_or_else(|e| e.into_inner());
+        Command::new("nix-instantiate").args(args).output().unwrap()
+    }
 
     /// `channel = "X"` of rust-toolchain.toml.
     fn pinned_channel() -> String {
@@ -90,7 +101,7 @@ mod tests {
             }
         }
         for p in paths {
-            let out = Command::new("nix-instantiate").arg("--parse").arg(&p).output().unwrap();
+            let out = nix_instantiate(&["--parse".as_ref(), p.as_os_str()]);
             assert!(out.status.success(), "{} does not parse: {}", p.display(), String::from_utf8_lossy(&out.stderr));
         }
     }
@@ -138,7 +149,7 @@ mod tests {
         let expr = format!(
             "import {}/nix/qemu-cluster.nix {{ pkgs = {{ writeShellScript = n: t: t; qemu = \"{sb}\"; vde2 = \"{sb}\"; cpio = \"/usr\"; coreutils = \"/usr\"; gnused = \"/usr\"; gnugrep = \"/usr\"; }}; kernel = \"{k}\"; guestKernel = \"{g}\"; guestInitramfs = \"{i}\"; catenary = \"{sb}\"; }}",
             crate::tools::root().display(), k = t.join("K").display(), g = t.join("G").display(), i = t.join("I").display());
-        let out = Command::new("nix-instantiate").args(["--eval", "--strict", "--json", "-E", &expr]).output().unwrap();
+        let out = nix_instantiate(&["--eval".as_ref(), "--strict".as_ref(), "--json".as_ref(), "-E".as_ref(), expr.as_ref()]);
         assert!(out.status.success(), "qemu-cluster.nix does not evaluate: {}", String::from_utf8_lossy(&out.stderr));
         let script: String = serde_json::from_slice(&out.stdout).unwrap();
         let sh = t.join("app.sh");
