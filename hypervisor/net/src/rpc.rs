@@ -50,8 +50,8 @@ pub const RTO_INITIAL_NS: u64 = 100_000_000;
 /// The timeout doubles up to this. Kept short so that a call has many tries within its
 /// caller's timeout: at 36% loss each way (the QEMU test's loss on both nodes) a round trip
 /// gets through 41% of the time, and 21 tries leave a call unanswered about once in 60,000
-/// by that arithmetic (1 of 30,000 calls in the host simulation); with a cap of 2 s, 13 tries:
-/// once in 1,000 (29 of 30,000 simulated; one QEMU run lost a call so).
+/// by that arithmetic (none of 4,000 calls one after another in the host simulation); with a
+/// cap of 2 s, 13 tries: once in 1,000 (7 of the 4,000 simulated; one QEMU run lost a call so).
 pub const RTO_MAX_NS: u64 = 1_000_000_000;
 /// Retransmissions of one call, or of a stream's oldest unacked send, at most.
 pub const MAX_RETRIES: u32 = 20;
