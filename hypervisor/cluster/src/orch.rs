@@ -110,9 +110,25 @@ impl Default for StoreReport {
 }
 
 impl StoreReport {
+    /// The images the scheduler counts as this store's: those the capacity report lists, and
+    /// those only the store report lists (uploads under way, whose room that same report's
+    /// `free_mib` already excludes; or, while a capacity report that dropped an image is newer
+    /// than the last store report, that image). An upload travels only with the room it is
+    /// reserved from, so a lost store report never makes it held against a room that still
+    /// counts it: its copy is then counted against that room, once.
+    fn placement_images(&self) -> Vec<[u8; 32]> {
+        let mut v = self.images.clone();
+        for (d, _) in &self.sizes {
+            if !v.contains(d) {
+                v.push(*d);
+            }
+        }
+        v
+    }
+
     /// The size of each of `images`, in order, when the report has them all (else none).
-    fn image_mib(&self) -> Vec<u32> {
-        self.images.iter().map(|d| self.sizes.iter().find(|s| s.0 == *d).map(|s| s.1)).collect::<Option<Vec<u32>>>().unwrap_or_default()
+    fn image_mib(&self, images: &[[u8; 32]]) -> Vec<u32> {
+        images.iter().map(|d| self.sizes.iter().find(|s| s.0 == *d).map(|s| s.1)).collect::<Option<Vec<u32>>>().unwrap_or_default()
     }
 }
 
@@ -383,11 +399,31 @@ impl Orch {
     /// The images in this node's store (digest and size in MiB; sorted, at most
     /// [`crate::placement::IMAGES_MAX`] kept) and the room left in it (MiB), reported with
     /// the capacity.
-    pub fn set_images(&mut self, mut images: Vec<([u8; 32], u32)>, store_free_mib: u64) {
-        images.sort();
-        images.dedup_by_key(|i| i.0);
-        images.truncate(crate::placement::IMAGES_MAX);
-        self.own_store = StoreReport { images: images.iter().map(|i| i.0).collect(), sizes: images, free_mib: store_free_mib };
+    pub fn set_images(&mut self, images: Vec<([u8; 32], u32)>, store_free_mib: u64) {
+        self.set_store(images, Vec::new(), store_free_mib);
+    }
+
+    /// [`Self::set_images`], and the uploads under way (digest and the room reserved for it,
+    /// MiB; not those also held), whose room `store_free_mib` no longer includes. The held
+    /// images go in [`Wire::Capacity`] and [`Wire::Store`]; the uploads only in `Store`, with
+    /// the room (see `StoreReport::placement_images`), and only while `Store` has room for
+    /// them beside the held ones (at most [`crate::placement::IMAGES_MAX`] in all; an upload
+    /// left out is counted against the room by the scheduler: cautious).
+    pub fn set_store(&mut self, mut held: Vec<([u8; 32], u32)>, mut uploading: Vec<([u8; 32], u32)>, store_free_mib: u64) {
+        held.sort();
+        held.dedup_by_key(|i| i.0);
+        held.truncate(crate::placement::IMAGES_MAX);
+        uploading.sort();
+        uploading.dedup_by_key(|i| i.0);
+        let images: Vec<[u8; 32]> = held.iter().map(|i| i.0).collect();
+        let mut sizes = held;
+        for u in uploading.into_iter().filter(|u| !images.contains(&u.0)) {
+            if sizes.len() >= crate::placement::IMAGES_MAX {
+                break;
+            }
+            sizes.push(u);
+        }
+        self.own_store = StoreReport { images, sizes, free_mib: store_free_mib };
     }
 
     /// What the local service runs or is stopping now ([`Replica::set_local_runs`]).
@@ -890,13 +926,14 @@ impl Orch {
             .map(|(m, id)| {
                 let (vcpus, mem) = self.capacities.get(m).filter(|c| now.saturating_sub(c.2) <= self.cfg.capacity_stale).map(|c| (c.0, c.1)).unwrap_or((0, 0));
                 let st = self.stores.get(m).cloned().unwrap_or_default();
+                let images = st.placement_images();
                 let capacity = NodeCapacity {
                     key: self.members[*m],
                     free_vcpus: vcpus,
                     free_mem_mib: mem,
                     labels: labels.get(&self.members[*m]).cloned().unwrap_or_default(),
-                    image_mib: st.image_mib(),
-                    images: st.images,
+                    image_mib: st.image_mib(&images),
+                    images,
                     store_free_mib: st.free_mib,
                 };
                 NodeSlot { id: *id, capacity }

@@ -564,9 +564,9 @@ fn a_replica_goes_only_where_its_image_fits_the_store() {
 
 /// A copy under way takes its room in the store once. Node 1 (700 MiB free) gets `big`
 /// (a 600 MiB image only node 2 holds); once its copy has begun, its store has reserved the
-/// image, so node 1 reports 100 MiB free and lists the image as its own (`orchd`:
-/// `StoreInfo::reported_images`, uploads included). A second workload of a 90 MiB image then
-/// still fits node 1. (Before, node 1 listed only finished images: the leader counted the
+/// image, so node 1 reports 100 MiB free and, beside that room, the upload (`orchd`:
+/// `StoreInfo::uploads_mib`, `Orch::set_store`). A second workload of a 90 MiB image then
+/// still fits node 1. (Before, node 1 reported only finished images: the leader counted the
 /// 600 MiB copy against the 100 MiB left as well, and refused the second workload.)
 #[test]
 fn a_copy_under_way_takes_its_room_once() {
@@ -585,12 +585,39 @@ fn a_copy_under_way_takes_its_room_once() {
         assert!(net.run_until(10_000, |n| n.runner_of("big", 0).is_some()), "seed {seed}: not placed");
         assert_eq!(net.runner_of("big", 0), Some(1), "seed {seed}");
         // the copy has begun on node 1: 600 MiB reserved, the image reported as its store's
-        net.nodes[1].as_mut().unwrap().set_images(vec![([9; 32], 601)], 100);
+        net.nodes[1].as_mut().unwrap().set_store(vec![], vec![([9; 32], 601)], 100);
         net.run_for(2_000);
         net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [5; 32], constraints: not2, ..spec("small", 1) }));
         assert!(net.run_until(10_000, |n| n.runner_of("small", 0).is_some()), "seed {seed}: the copy under way was counted twice against node 1's store");
         assert_eq!(net.runner_of("small", 0), Some(1), "seed {seed}");
     }
+}
+
+/// An upload goes only in the store report, beside the room it is reserved from, and never
+/// pushes a held image out of the 32 a node reports; the leader counts it as the node's only
+/// with that report (one that was lost leaves the older room and no upload: the copy is then
+/// counted against that room, once).
+#[test]
+fn uploads_travel_with_the_room_and_never_displace_held_images() {
+    let mut net = Net::new(3, 0);
+    let o = net.nodes[0].as_mut().unwrap();
+    // 32 images held (the index is full): an upload, even of the smallest digest, is left out
+    let held: Vec<([u8; 32], u32)> = (1..=32u8).map(|i| ([i; 32], 10)).collect();
+    o.set_store(held, vec![([0; 32], 50), ([5; 32], 10)], 100);
+    assert_eq!(o.own_store.images, (1..=32u8).map(|i| [i; 32]).collect::<Vec<_>>());
+    assert_eq!(o.own_store.sizes.len(), 32);
+    assert!(!o.own_store.sizes.iter().any(|s| s.0 == [0; 32]), "an upload displaced a held image");
+    // an upload of an image not held: in the store report's sizes only
+    o.set_store(vec![([1; 32], 10)], vec![([2; 32], 600), ([1; 32], 10)], 100);
+    assert_eq!(o.own_store.images, vec![[1; 32]]);
+    assert_eq!(o.own_store.sizes, vec![([1; 32], 10), ([2; 32], 600)]);
+    let st = o.own_store.clone();
+    assert_eq!(st.placement_images(), vec![[1; 32], [2; 32]]);
+    assert_eq!(st.image_mib(&st.placement_images()), vec![10, 600]);
+    // at the leader, with that store report lost: the older one (700 MiB free, no upload)
+    // beside the same capacity report, so the copy is counted against 700 MiB
+    let older = StoreReport { images: vec![[1; 32]], sizes: vec![([1; 32], 10)], free_mib: 700 };
+    assert_eq!(older.placement_images(), vec![[1; 32]]);
 }
 
 /// `catenary node remove` of a cluster-file member: committed through a follower, the leader

@@ -122,8 +122,8 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
     // holders' reports; a copy already assigned to a node that does not hold its image yet
     // takes its room in that node's store. (Before the copy begins, the node's report does not
     // count it; once it has begun, the kernel's store has reserved the whole image, the room
-    // reported excludes it and the node lists the image as its store's: held, so not counted
-    // here again.)
+    // reported excludes it and the node reports the upload beside that room: held, so not
+    // counted here again; see `StoreReport::placement_images`.)
     let sizes = image_sizes(&nodes.iter().map(|n| n.capacity.clone()).collect::<Vec<_>>());
     let size_of = |d: &[u8; 32]| sizes.get(d).copied().unwrap_or(0);
     let mut used: BTreeMap<NodeKey, (u32, u64)> = BTreeMap::new();

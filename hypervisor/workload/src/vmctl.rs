@@ -131,24 +131,22 @@ impl StoreInfo {
         self.quota_pages.saturating_sub(self.used_pages).min(self.free_pages).saturating_mul(4096) >> 20
     }
 
-    /// The images a node reports to the cluster's scheduler as its store's, with the room each
-    /// takes there, MiB: those it holds (`held`, the workload service's index) and those being
-    /// uploaded. An upload's room is already reserved and so missing from [`Self::room_mib`];
-    /// listed as held, the scheduler does not count its copy against that room a second time
-    /// (docs/orchestration.md, "A replica goes where its image fits"). Its size: the frames
-    /// reserved and room for `image.json`, rounded up, as [`crate::store::ImageInfo::store_mib`].
-    pub fn reported_images(&self, held: &[crate::store::ImageInfo]) -> Vec<(Digest, u32)> {
-        let uploading = self.uploading.iter().map(|(d, pages)| {
-            let bytes = pages.saturating_mul(4096).saturating_add(crate::store::MANIFEST_MAX as u64);
-            (*d, u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX))
-        });
-        let mut all: Vec<(Digest, u32)> = held.iter().map(|i| (i.digest, i.store_mib())).collect();
-        for (d, mib) in uploading {
-            if !all.iter().any(|h| h.0 == d) {
-                all.push((d, mib));
-            }
-        }
-        all
+    /// The uploads under way that a node reports to the cluster's scheduler beside its store's
+    /// images (`held`, the workload service's index; an upload of an image already held is
+    /// left out), with the room each takes, MiB: the frames reserved and room for
+    /// `image.json`, rounded up (what [`crate::store::ImageInfo::store_mib`] gives the finished
+    /// image, or up to 1 MiB more). That room is already reserved, so missing from
+    /// [`Self::room_mib`]; reported with it, the scheduler does not count the copy against it
+    /// a second time (docs/orchestration.md, "A replica goes where its image fits").
+    pub fn uploads_mib(&self, held: &[crate::store::ImageInfo]) -> Vec<(Digest, u32)> {
+        self.uploading
+            .iter()
+            .filter(|(d, _)| !held.iter().any(|h| h.digest == *d))
+            .map(|(d, pages)| {
+                let bytes = pages.saturating_mul(4096).saturating_add(crate::store::MANIFEST_MAX as u64);
+                (*d, u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX))
+            })
+            .collect()
     }
 }
 

@@ -381,12 +381,12 @@ fn run(_arg: u64) -> u64 {
                 _ => None,
             };
             if let Some(Ok(wk::Reply::Images(l))) = workd.call(&wk::Request::Images) {
-                let (images, room) = match store {
-                    // uploads under way count as held: their room is no longer in the room
-                    Some(st) => (st.reported_images(&l), st.room_mib(l.len())),
-                    None => (l.iter().map(|i| (i.digest, i.store_mib())).collect(), catenary_cluster::placement::STORE_UNKNOWN),
-                };
-                orch.set_images(images.into_iter().map(|(d, mib)| (d.0, mib)).collect(), room);
+                let held = l.iter().map(|i| (i.digest.0, i.store_mib())).collect();
+                match store {
+                    // uploads under way go with the room they are already reserved from
+                    Some(st) => orch.set_store(held, st.uploads_mib(&l).into_iter().map(|(d, mib)| (d.0, mib)).collect(), st.room_mib(l.len())),
+                    None => orch.set_images(held, catenary_cluster::placement::STORE_UNKNOWN),
+                }
             }
             watch.part("capacity");
         }
