@@ -532,6 +532,25 @@ fn replicas_go_to_a_node_that_holds_their_image() {
     }
 }
 
+/// Three nodes with store rooms `rooms` (MiB), node 2 holding `held_by_2` (digest, MiB), a
+/// leader: the workload `big` (image `[9; 32]`, kept off node 2) is put through a follower and
+/// must go to node 1, the only other store it fits. Returns the net, the follower and the
+/// constraint that keeps a workload off node 2.
+fn big_placed_where_it_fits(seed: u64, rooms: [u64; 3], held_by_2: Vec<([u8; 32], u32)>) -> (Net, usize, Vec<crate::placement::Constraint>) {
+    let mut net = Net::new(3, seed);
+    for (i, o) in net.nodes.iter_mut().enumerate() {
+        let images = if i == 2 { held_by_2.clone() } else { vec![] };
+        o.as_mut().unwrap().set_images(images, rooms[i]);
+    }
+    assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
+    let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
+    let not2 = vec![crate::placement::Constraint::NotOnNode(net.keys[2])];
+    net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [9; 32], constraints: not2.clone(), ..spec("big", 1) }));
+    assert!(net.run_until(10_000, |n| n.runner_of("big", 0).is_some()), "seed {seed}: not placed");
+    assert_eq!(net.runner_of("big", 0), Some(1), "seed {seed}: placed where its image does not fit");
+    (net, follower, not2)
+}
+
 /// Each node's store room and its images' sizes reach the leader with the capacity: a
 /// workload whose image (600 MiB, as its holder reports it) fits only node 1's store is placed
 /// there although node 0 has the same room and the smaller key; a second one with two
@@ -539,20 +558,9 @@ fn replicas_go_to_a_node_that_holds_their_image() {
 /// refused whole; and a node that reports no room (an older node) is never refused for it.
 #[test]
 fn a_replica_goes_only_where_its_image_fits_the_store() {
-    use crate::placement::{Constraint, STORE_UNKNOWN};
+    use crate::placement::STORE_UNKNOWN;
     for seed in 0..3 {
-        let mut net = Net::new(3, seed);
-        let rooms = [100, 700, 0];
-        for (i, o) in net.nodes.iter_mut().enumerate() {
-            let images = if i == 2 { vec![([9; 32], 600)] } else { vec![] };
-            o.as_mut().unwrap().set_images(images, rooms[i]);
-        }
-        assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
-        let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
-        let not2 = vec![Constraint::NotOnNode(net.keys[2])];
-        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [9; 32], constraints: not2.clone(), ..spec("big", 1) }));
-        assert!(net.run_until(10_000, |n| n.runner_of("big", 0).is_some()), "seed {seed}: not placed");
-        assert_eq!(net.runner_of("big", 0), Some(1), "seed {seed}: placed where its image does not fit");
+        let (mut net, follower, not2) = big_placed_where_it_fits(seed, [100, 700, 0], vec![([9; 32], 600)]);
         net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [9; 32], constraints: not2, ..spec("two", 2) }));
         net.run_for(3_000);
         assert!((0..2).all(|r| net.runner_of("two", r).is_none()), "seed {seed}: two replicas placed with one store short");
@@ -570,20 +578,8 @@ fn a_replica_goes_only_where_its_image_fits_the_store() {
 /// 600 MiB copy against the 100 MiB left as well, and refused the second workload.)
 #[test]
 fn a_copy_under_way_takes_its_room_once() {
-    use crate::placement::Constraint;
     for seed in 0..3 {
-        let mut net = Net::new(3, seed);
-        let rooms = [50, 700, 0];
-        for (i, o) in net.nodes.iter_mut().enumerate() {
-            let images = if i == 2 { vec![([9; 32], 600), ([5; 32], 90)] } else { vec![] };
-            o.as_mut().unwrap().set_images(images, rooms[i]);
-        }
-        assert!(net.run_until(10_000, |n| n.leader().is_some()), "no leader");
-        let follower = (0..3).find(|i| Some(*i) != net.leader()).unwrap();
-        let not2 = vec![Constraint::NotOnNode(net.keys[2])];
-        net.submit_via(follower, Command::PutWorkload(WorkloadSpec { image: [9; 32], constraints: not2.clone(), ..spec("big", 1) }));
-        assert!(net.run_until(10_000, |n| n.runner_of("big", 0).is_some()), "seed {seed}: not placed");
-        assert_eq!(net.runner_of("big", 0), Some(1), "seed {seed}");
+        let (mut net, follower, not2) = big_placed_where_it_fits(seed, [50, 700, 0], vec![([9; 32], 600), ([5; 32], 90)]);
         // the copy has begun on node 1: 600 MiB reserved, the image reported as its store's
         net.nodes[1].as_mut().unwrap().set_store(vec![], vec![([9; 32], 601)], 100);
         net.run_for(2_000);
