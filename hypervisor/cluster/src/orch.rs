@@ -36,6 +36,7 @@ use crate::raft_codec::{command_fits, decode, encode, Wire, EXTRA_MAX};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
 use crate::replica::{Catchup, Envelope, ProposeError, Replica, ReplicaConfig, ReplicaId};
 use crate::snapshot::{SnapshotReceiver, SnapshotSender};
+use store::{StoreReport, StoreSender};
 
 /// The IPC protocol of `orchd`'s endpoint (what `apid` calls). `WRITE`: words[0] is the length
 /// of a [`Wire::Propose`] in the call's grant; the answer is [`IPC_OK`] with the ticket in
@@ -93,48 +94,6 @@ pub fn id_for(member: usize, generation: u64) -> ReplicaId {
 pub const MEMBERS_MAX: usize = crate::raft_codec::CONFIG_NODES_MAX;
 /// Writes waiting for their outcome at once.
 pub const TICKETS_MAX: usize = 64;
-
-/// A node's image store as it reports it: the images it holds ([`Wire::Capacity`]), and the
-/// room left and the images' sizes ([`Wire::Store`]; unknown until one arrives).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct StoreReport {
-    images: Vec<[u8; 32]>,
-    sizes: Vec<([u8; 32], u32)>,
-    free_mib: u64,
-}
-
-impl Default for StoreReport {
-    fn default() -> Self {
-        StoreReport { images: Vec::new(), sizes: Vec::new(), free_mib: crate::placement::STORE_UNKNOWN }
-    }
-}
-
-impl StoreReport {
-    /// The images the scheduler counts as this store's: those the capacity report lists, and
-    /// those only the store report lists (uploads under way, whose room that same report's
-    /// `free_mib` already excludes; or, while a capacity report that dropped an image is newer
-    /// than the last store report, that image). An upload travels only with the room it is
-    /// reserved from, so a lost store report never makes it held against a room that still
-    /// counts it: its copy is then counted against that room, once.
-    fn placement_images(&self) -> Vec<[u8; 32]> {
-        let mut v = self.images.clone();
-        for (d, _) in &self.sizes {
-            if !v.contains(d) {
-                v.push(*d);
-            }
-        }
-        v
-    }
-
-    /// The size of each of `images`, in order, when the report has them all (else none).
-    fn image_mib(&self, images: &[[u8; 32]]) -> Vec<u32> {
-        images.iter().map(|d| self.sizes.iter().find(|s| s.0 == *d).map(|s| s.1)).collect::<Option<Vec<u32>>>().unwrap_or_default()
-    }
-}
-
-/// A node sends its [`Wire::Store`] when it changed, and at least every this many capacity
-/// periods (so that a new leader, or a member that restarted, learns it).
-const STORE_RESEND_PERIODS: u32 = 5;
 
 #[derive(Clone, Debug)]
 pub struct OrchConfig {
@@ -258,9 +217,7 @@ pub struct Orch {
     /// [`crate::placement`]).
     own_store: StoreReport,
     stores: BTreeMap<usize, StoreReport>,
-    /// The store report last sent, and capacity periods since.
-    store_sent: Option<StoreReport>,
-    store_periods: u32,
+    store_sender: StoreSender,
     outgoing: Vec<(usize, Vec<u8>)>,
     next_join: Duration,
     next_reconcile: Duration,
@@ -310,8 +267,7 @@ impl Orch {
             capacities: BTreeMap::new(),
             own_store: StoreReport::default(),
             stores: BTreeMap::new(),
-            store_sent: None,
-            store_periods: 0,
+            store_sender: StoreSender::default(),
             outgoing: Vec::new(),
             next_join: now,
             next_reconcile: now,
@@ -409,21 +365,8 @@ impl Orch {
     /// the room (see `StoreReport::placement_images`), and only while `Store` has room for
     /// them beside the held ones (at most [`crate::placement::IMAGES_MAX`] in all; an upload
     /// left out is counted against the room by the scheduler: cautious).
-    pub fn set_store(&mut self, mut held: Vec<([u8; 32], u32)>, mut uploading: Vec<([u8; 32], u32)>, store_free_mib: u64) {
-        held.sort();
-        held.dedup_by_key(|i| i.0);
-        held.truncate(crate::placement::IMAGES_MAX);
-        uploading.sort();
-        uploading.dedup_by_key(|i| i.0);
-        let images: Vec<[u8; 32]> = held.iter().map(|i| i.0).collect();
-        let mut sizes = held;
-        for u in uploading.into_iter().filter(|u| !images.contains(&u.0)) {
-            if sizes.len() >= crate::placement::IMAGES_MAX {
-                break;
-            }
-            sizes.push(u);
-        }
-        self.own_store = StoreReport { images, sizes, free_mib: store_free_mib };
+    pub fn set_store(&mut self, held: Vec<([u8; 32], u32)>, uploading: Vec<([u8; 32], u32)>, store_free_mib: u64) {
+        self.own_store = StoreReport::new(held, uploading, store_free_mib);
     }
 
     /// What the local service runs or is stopping now ([`Replica::set_local_runs`]).
@@ -566,12 +509,10 @@ impl Orch {
             }
             Wire::Capacity { vcpus, mem_mib, images } => {
                 self.capacities.insert(from, (vcpus, mem_mib, now));
-                self.stores.entry(from).or_default().images = images;
+                self.stores.entry(from).or_default().on_capacity(images);
             }
             Wire::Store { free_mib, images } => {
-                let st = self.stores.entry(from).or_default();
-                st.free_mib = free_mib;
-                st.sizes = images;
+                self.stores.entry(from).or_default().on_store(free_mib, images);
             }
             Wire::SnapChunk(c) => {
                 if member_of(c.head.from) != from || member_of(c.head.to) != self.me {
@@ -842,16 +783,9 @@ impl Orch {
             if let Some((vcpus, mem_mib)) = self.own_capacity {
                 self.capacities.insert(self.me, (vcpus, mem_mib, now));
                 self.stores.insert(self.me, self.own_store.clone());
-                let st = &self.own_store;
-                let w = Wire::Capacity { vcpus, mem_mib, images: st.images.clone() };
+                let w = Wire::Capacity { vcpus, mem_mib, images: self.own_store.images.clone() };
                 // the store's room and sizes: when they changed, or every few periods
-                self.store_periods += 1;
-                let store = (self.store_sent.as_ref() != Some(st) || self.store_periods >= STORE_RESEND_PERIODS)
-                    .then(|| Wire::Store { free_mib: st.free_mib, images: st.sizes.clone() });
-                if store.is_some() {
-                    self.store_sent = Some(st.clone());
-                    self.store_periods = 0;
-                }
+                let store = self.store_sender.due(&self.own_store);
                 for m in 0..self.members.len() {
                     if m != self.me {
                         self.push(m, &w);
@@ -993,6 +927,8 @@ impl Orch {
     }
 }
 
+#[path = "orch_store.rs"]
+mod store;
 #[cfg(test)]
 #[path = "orch_tests.rs"]
 mod tests;
