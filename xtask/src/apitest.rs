@@ -199,6 +199,50 @@ sys.stdout.buffer.write(got)
         }
     }
 
+    /// The reset path of a parked request: two clients ask `node` for `GET path` (a read it
+    /// gathers from the other nodes: with one of them dead, each is parked while its ask
+    /// waits), a third asks 2 s later and must be refused `503` (the node parks at most two: so
+    /// the two were parked), the two then reset their connections (`SO_LINGER` 0: an RST), and
+    /// a fourth asks 0.5 s later. Returns the third's and the fourth's HTTP status (`-` for
+    /// none) and the fourth's wait in seconds, as `"503 200 9.8"`, or the script's error.
+    pub(crate) fn parked_then_reset(&self, node: &NodeSpec, path: &str) -> String {
+        const CLIENT: &str = r#"
+import socket, struct, sys, time
+addr, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def ask():
+    s = socket.create_connection((addr, port), timeout=60)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n" % path).encode())
+    return s
+def status(s):
+    got = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        got += d
+    s.close()
+    parts = got.split(b" ", 2)
+    return parts[1].decode() if got.startswith(b"HTTP/") and len(parts) > 1 else "-"
+parked = [ask(), ask()]
+time.sleep(2)
+third = status(ask())
+for s in parked:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+time.sleep(0.5)
+t = time.monotonic()
+fourth = status(ask())
+print(third, fourth, "%.1f" % (time.monotonic() - t))
+"#;
+        let addr = node.identity.node_address().to_string();
+        let port = catenary_api::PORT.to_string();
+        match Command::new("ip").args(["netns", "exec", &self.ns, "python3", "-c", CLIENT, &addr, &port, path]).output() {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Ok(o) => format!("exit {:?}: {}", o.status.code(), String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// `curl` in the namespace: (exit status, HTTP status and body).
     pub(crate) fn curl(&self, node: &NodeSpec, path: &str) -> (i32, String) {
         let url = format!("http://[{}]:{}{path}", node.identity.node_address(), catenary_api::PORT);

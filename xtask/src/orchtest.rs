@@ -2,7 +2,9 @@
 //! nodes run `orchd`; an operator puts `web` (2 replicas) and `db` (1) into the cluster's
 //! desired state through node1's API; the node that runs `db` is killed (SIGKILL of its QEMU);
 //! the lost replicas must start on the survivors; the node is started again without any state
-//! (diskless), must rejoin as a new Raft generation, and nothing may run twice.
+//! (diskless), must rejoin as a new Raft generation, and nothing may run twice. While it is
+//! dead, a survivor's `apid` is made to park two requests (a gather waits for its ask to the
+//! dead node), and their clients reset: its parked places must be free at once.
 //!
 //! What runs where is every node's workd list, as `orchd` logs it whenever it changes
 //! (`orchd: workd runs [cl-web-0:running …]`). Timings are host wall-clock from the kill:
@@ -110,7 +112,7 @@ pub(crate) fn placed(l: &[BTreeMap<String, String>]) -> bool {
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     // node2 alone in zone a: a workload constrained to it lands there and nowhere else
-    let setup = Setup { labels: [&[], &["zone=a"], &[]], ..Setup::PLAIN };
+    let setup = Setup { labels: [&[], &["zone=a"], &[]], tools: &["python3"], ..Setup::PLAIN };
     crate::threenode::three_nodes(t, kernel, "cluster_kill_rejoin", "cluster-kill-rejoin", &setup, |ThreeNodes { c, r, a, nodes, img, .. }| {
         let mut from = vec![0usize; 3];
         let mut dead = vec![false; 3];
@@ -160,6 +162,14 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         c.check("the killed node's replicas run again on the survivors", replaced.is_some() && placed(&lists(&r.lines, &from, &dead)), &format!("kill -> running {}; {:?}", secs(replaced), runners(&lists(&r.lines, &from, &dead))));
         c.check("the leader's scheduler unassigned them (detection)", detected.is_some(), &secs(detected));
         c.check("no replica ran on two nodes after the kill", twice.is_empty(), &format!("{twice:?}"));
+        // A parked request whose client resets frees its place at once: a survivor gathers
+        // `GET /v1/workloads` from the dead node too (each waits for its ask), so two such
+        // requests fill its parked places (a third is refused 503); reset, a fourth is parked
+        // and answered.
+        let via = &nodes[(victim + 1) % 3];
+        let got = a.parked_then_reset(via, "/v1/workloads");
+        let f: Vec<&str> = got.split(' ').collect();
+        c.check(&format!("two requests parked on {} (a third refused 503), reset by their clients: a fourth is answered 200", via.name), f.len() == 3 && f[0] == "503" && f[1] == "200", &format!("third, fourth, fourth's wait (s): {got}"));
         // restart it: no state survives (no disk); it must rejoin as generation 1
         let at = r.restart(victim)?;
         from[victim] = at;
