@@ -9,7 +9,11 @@
 //! its own replicas are not watched here); `nodes` shows it `removed`; for
 //! 20 s more no survivor shows it alive again (it keeps running and announcing itself); both
 //! survivors' `orchd` log the Raft voters as the two of them (the leader took the removed
-//! node's voter out), and removing one of them (1 of 2 voters left) is refused.
+//! node's voter out), and removing one of them (1 of 2 voters left) is refused. Last, the
+//! removed node (still running, cut off) is admitted again with `catenary node add KEY`: the
+//! survivors take it back as a fabric peer and show it alive, the leader adds its voter back
+//! (all three voters on both survivors), `nodes` shows it up, and a `replicas = 3` workload
+//! runs one replica on each node.
 
 use crate::orchtest::{lists, placed, runners};
 use crate::test::Tally;
@@ -116,6 +120,10 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         }
         c.check(&format!("{vname}'s replicas run on the two others, every replica once"), moved.is_some(), &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
         c.check("no replica ran on two of the survivors", twice.is_empty(), &format!("{twice:?}"));
+        // The removed node is cut off from the leader: once its lease lapses it stops what it
+        // ran (its own workd list, as its orchd logs it).
+        let stopped = r.wait(Duration::from_secs(120), false, |l| lists(l, &from, &none)[victim].is_empty());
+        c.check(&format!("{vname}, cut off, stopped its replicas (its lease lapsed)"), stopped, &format!("{:?}, checked {:.1} s after the CLI started", lists(&r.lines, &from, &none)[victim], asked.elapsed().as_secs_f64()));
         let (_, out, _) = a.cli(&nodes[0], &["--json", "nodes"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
         let row = v["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == vname.as_str())).cloned().unwrap_or(serde_json::Value::Null);
@@ -138,6 +146,62 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let v: serde_json::Value = serde_json::from_str(&nj).unwrap_or(serde_json::Value::Null);
         let row = v["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == other.as_str())).cloned().unwrap_or(serde_json::Value::Null);
         c.check(&format!("`catenary node remove {other}` (1 of 2 voters left) is refused and {other} stays"), st != 0 && row["state"] != "removed" && !row.is_null(), &format!("exit {st}: {} {} / {row}", out.trim(), err.trim()));
+
+        // Admitted again: the node kept running, cut off, and still believes it is a voter.
+        // `catenary node add KEY` lets it back: the survivors' fabric and membership take it
+        // from their own committed state, the leader adds its voter back (its pre-votes, once
+        // carried, count as its `Join`), and it runs replicas again.
+        let key_hex: String = nodes[victim].identity.public_key().iter().map(|b| format!("{b:02x}")).collect();
+        let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        let added = Instant::now();
+        let (st, out, err) = a.cli(&nodes[0], &["node", "add", &key_hex]);
+        c.check(&format!("`catenary node add KEY` of {vname} through node1 is committed"), st == 0, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let alive = format!("memberd: member {vname} alive");
+        let three = format!("orchd: raft voters: {} {} {}", nodes[0].name, nodes[1].name, nodes[2].name);
+        let mut back: Vec<Option<Duration>> = vec![None; 3];
+        let mut voters: Option<Duration> = None;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline && (voters.is_none() || survivors.iter().any(|i| back[*i].is_none())) {
+            r.wait(Duration::from_millis(100), false, |_| false);
+            for &i in &survivors {
+                let s = &r.lines[i][mark[i]..];
+                if back[i].is_none() && s.iter().any(|x| x.contains("is admitted in the desired state: the fabric takes it as a peer")) && s.iter().any(|x| x.contains(&alive)) {
+                    back[i] = Some(added.elapsed());
+                }
+            }
+            if voters.is_none() && survivors.iter().all(|&i| r.lines[i].iter().rev().find(|x| x.contains("orchd: raft voters: ")).is_some_and(|x| x.trim_end().ends_with(&three))) {
+                voters = Some(added.elapsed());
+            }
+        }
+        println!("  timings from the CLI's start: {} took {vname} back (netd, memberd alive) {}, {} {}; both survivors' raft voters the three {}", nodes[survivors[0]].name, fmt(back[survivors[0]]), nodes[survivors[1]].name, fmt(back[survivors[1]]), fmt(voters));
+        for &i in &survivors {
+            c.check(&format!("{}: netd took {vname} back as a peer and memberd shows it alive", nodes[i].name), back[i].is_some(), "");
+        }
+        c.check(&format!("both survivors' raft voters are the three again ({vname}'s voter added back)"), voters.is_some(), &format!("{:?}", survivors.iter().map(|&i| r.lines[i].iter().rev().find(|x| x.contains("orchd: raft voters: ")).cloned().unwrap_or_default()).collect::<Vec<_>>()));
+        let (_, out, _) = a.cli(&nodes[0], &["--json", "nodes"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+        let row = v["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == vname.as_str())).cloned().unwrap_or(serde_json::Value::Null);
+        c.check(&format!("`catenary --json nodes` via node1 shows {vname} up and alive again"), row["state"] == "up" && row["membership"] == "alive", &format!("{row}"));
+        // It takes work again: three replicas, one on each node.
+        let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", "3", "--name", "all", "--mem", "64", "--restart", "always", img, "hello", "all"]);
+        c.check("`catenary run --replicas 3 --name all` is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        // each replica on one node, running there, and the three on three nodes
+        let spread = |l: &[Vec<String>]| {
+            let lists = lists(l, &from, &none);
+            let run = runners(&lists);
+            let mut on: Vec<usize> = Vec::new();
+            for k in 0..3 {
+                let name = format!("cl-all-{k}");
+                match run.get(&name).map(|v| v.as_slice()) {
+                    Some(&[n]) if lists[n].get(&name).is_some_and(|s| s == "running") => on.push(n),
+                    _ => return false,
+                }
+            }
+            on.sort();
+            on == [0, 1, 2]
+        };
+        let all = r.wait(Duration::from_secs(300), false, spread);
+        c.check(&format!("all's three replicas run one on each node, {vname} included"), all, &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
         Ok(())
     })
 }
