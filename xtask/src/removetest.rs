@@ -5,13 +5,13 @@
 //! ×1 run; the operator asks node1 `catenary node remove NODE` for another node that runs a
 //! replica. Every other node must act on the committed removal from its own state: its `orchd`
 //! hands the key to `netd` (which drops the fabric peer) and its `memberd` revokes it; the
-//! replicas run on the two others, never on two survivors at once (the removed node is cut off,
-//! its own replicas are not watched here); `nodes` shows it `removed`; for
+//! replicas run on the two others, never on two survivors at once; the removed node, cut off,
+//! stops the replicas it ran; `nodes` shows it `removed`; for
 //! 20 s more no survivor shows it alive again (it keeps running and announcing itself); both
 //! survivors' `orchd` log the Raft voters as the two of them (the leader took the removed
 //! node's voter out), and removing one of them (1 of 2 voters left) is refused. Last, the
 //! removed node (still running, cut off) is admitted again with `catenary node add KEY`: the
-//! survivors take it back as a fabric peer and show it alive, the leader adds its voter back
+//! survivors' `orchd` hand it back to `netd` as a peer and `memberd` shows it alive, the leader adds its voter back
 //! (all three voters on both survivors), `nodes` shows it up, and a `replicas = 3` workload
 //! runs one replica on each node.
 
@@ -120,10 +120,18 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         }
         c.check(&format!("{vname}'s replicas run on the two others, every replica once"), moved.is_some(), &format!("{:?}", runners(&lists(&r.lines, &from, &none))));
         c.check("no replica ran on two of the survivors", twice.is_empty(), &format!("{twice:?}"));
-        // The removed node is cut off from the leader: once its lease lapses it stops what it
-        // ran (its own workd list, as its orchd logs it).
+        // The removed node is cut off from the leader: it stops what it ran (its own workd
+        // list, as its orchd logs it; it ran `lost`), once its lease lapses (or, had the
+        // leader's unassignment reached it before the cut, as unassigned: said which).
         let stopped = r.wait(Duration::from_secs(120), false, |l| lists(l, &from, &none)[victim].is_empty());
-        c.check(&format!("{vname}, cut off, stopped its replicas (its lease lapsed)"), stopped, &format!("{:?}, checked {:.1} s after the CLI started", lists(&r.lines, &from, &none)[victim], asked.elapsed().as_secs_f64()));
+        let why = if r.lines[victim][mark[victim]..].iter().any(|x| x.contains("orchd: lease ran out: cluster replicas stop here")) {
+            "its lease ran out"
+        } else if r.lines[victim][mark[victim]..].iter().any(|x| x.contains("orchd: stopping cl-") && x.contains("(not assigned here")) {
+            "unassigned before the cut"
+        } else {
+            "neither logged"
+        };
+        c.check(&format!("{vname}, cut off, stopped the replicas it ran"), stopped && why != "neither logged", &format!("{:?} ({why}), checked {:.1} s after the CLI started", lists(&r.lines, &from, &none)[victim], asked.elapsed().as_secs_f64()));
         let (_, out, _) = a.cli(&nodes[0], &["--json", "nodes"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
         let row = v["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == vname.as_str())).cloned().unwrap_or(serde_json::Value::Null);
@@ -165,19 +173,19 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             r.wait(Duration::from_millis(100), false, |_| false);
             for &i in &survivors {
                 let s = &r.lines[i][mark[i]..];
-                if back[i].is_none() && s.iter().any(|x| x.contains("is admitted in the desired state: the fabric takes it as a peer")) && s.iter().any(|x| x.contains(&alive)) {
+                if back[i].is_none() && s.iter().any(|x| x.contains(&key_hex) && x.contains("is admitted in the desired state: the fabric takes it as a peer")) && s.iter().any(|x| x.contains(&alive)) {
                     back[i] = Some(added.elapsed());
                 }
             }
-            if voters.is_none() && survivors.iter().all(|&i| r.lines[i].iter().rev().find(|x| x.contains("orchd: raft voters: ")).is_some_and(|x| x.trim_end().ends_with(&three))) {
+            if voters.is_none() && survivors.iter().all(|&i| r.lines[i][mark[i]..].iter().rev().find(|x| x.contains("orchd: raft voters: ")).is_some_and(|x| x.trim_end().ends_with(&three))) {
                 voters = Some(added.elapsed());
             }
         }
-        println!("  timings from the CLI's start: {} took {vname} back (netd, memberd alive) {}, {} {}; both survivors' raft voters the three {}", nodes[survivors[0]].name, fmt(back[survivors[0]]), nodes[survivors[1]].name, fmt(back[survivors[1]]), fmt(voters));
+        println!("  timings from the CLI's start: {} took {vname} back (orchd to netd, memberd alive) {}, {} {}; both survivors' raft voters the three {}", nodes[survivors[0]].name, fmt(back[survivors[0]]), nodes[survivors[1]].name, fmt(back[survivors[1]]), fmt(voters));
         for &i in &survivors {
-            c.check(&format!("{}: netd took {vname} back as a peer and memberd shows it alive", nodes[i].name), back[i].is_some(), "");
+            c.check(&format!("{}: orchd handed {vname} back to netd as a peer and memberd shows it alive", nodes[i].name), back[i].is_some(), "");
         }
-        c.check(&format!("both survivors' raft voters are the three again ({vname}'s voter added back)"), voters.is_some(), &format!("{:?}", survivors.iter().map(|&i| r.lines[i].iter().rev().find(|x| x.contains("orchd: raft voters: ")).cloned().unwrap_or_default()).collect::<Vec<_>>()));
+        c.check(&format!("both survivors' raft voters are the three again ({vname}'s voter added back)"), voters.is_some(), &format!("{:?}", survivors.iter().map(|&i| r.lines[i][mark[i]..].iter().rev().find(|x| x.contains("orchd: raft voters: ")).cloned().unwrap_or_default()).collect::<Vec<_>>()));
         let (_, out, _) = a.cli(&nodes[0], &["--json", "nodes"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
         let row = v["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == vname.as_str())).cloned().unwrap_or(serde_json::Value::Null);

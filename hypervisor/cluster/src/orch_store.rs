@@ -145,5 +145,10 @@ mod tests {
         st.on_capacity(vec![[1; 32], [2; 32]]);
         assert_eq!(st.free_mib, 300);
         assert_eq!(st.placement_images(), vec![[1; 32], [2; 32]]);
+        // a later store report replaces the sizes whole and leaves the held images alone
+        st.on_store(250, vec![([1; 32], 10)]);
+        assert_eq!(st.images, vec![[1; 32], [2; 32]]);
+        assert_eq!(st.free_mib, 250);
+        assert_eq!(st.image_mib(&[[2; 32]]), Vec::<u32>::new(), "a size kept from the older report");
     }
 }

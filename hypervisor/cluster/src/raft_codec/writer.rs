@@ -227,7 +227,7 @@ impl W {
     }
 }
 
-pub(super) fn floor_char(s: &str, max: usize) -> usize {
+fn floor_char(s: &str, max: usize) -> usize {
     let mut n = s.len().min(max);
     while !s.is_char_boundary(n) {
         n -= 1;
