@@ -199,16 +199,16 @@ sys.stdout.buffer.write(got)
         }
     }
 
-    /// The reset path of a parked request: two clients ask `node` for `GET path` (a read it
-    /// gathers from the other nodes: with one of them dead, each is parked while its ask
-    /// waits), a third asks 2 s later and must be refused `503 busy` (the node parks at most
-    /// two: so the two were parked), the two then reset their connections (`SO_LINGER` 0: an
-    /// RST), and a fourth asks 0.5 s later (asked again on a 503 until 1.5 s after the reset:
-    /// the RST's way through a loaded node; the two parked asks wait 4 s at least). Returns the
-    /// third's status (`503busy` when its body says `busy`), the fourth's and the fourth's wait
-    /// in seconds (its own ask of the dead node), as `"503busy 200 9.8"`, or the script's
-    /// error.
-    pub(crate) fn parked_then_reset(&self, node: &NodeSpec, path: &str) -> String {
+    /// The reset path of a parked request, started in the background (the caller collects it
+    /// with [`Workstation::parked_then_reset_result`]): two clients ask `node` for `GET path` (a
+    /// read it gathers from the other nodes: with one of them hung, each is parked while its
+    /// ask waits, 4 s at least), a third asks 2 s later and must be refused `503 busy` (the
+    /// node parks at most two: so the two were parked), the two then reset their connections
+    /// (`SO_LINGER` 0: an RST), and a fourth asks 0.5 s later (asked again on a 503 until 1.5 s
+    /// after the reset: the RST's way through a loaded node; still before the two asks could
+    /// have ended). Prints the third's status (`503busy` when its body says `busy`), the
+    /// fourth's and the fourth's wait in seconds, as `"503busy 200 9.8"`.
+    pub(crate) fn parked_then_reset(&self, node: &NodeSpec, path: &str) -> std::io::Result<std::process::Child> {
         const CLIENT: &str = r#"
 import socket, struct, sys, time
 addr, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -245,7 +245,12 @@ print(third, fourth, "%.1f" % (time.monotonic() - t))
 "#;
         let addr = node.identity.node_address().to_string();
         let port = catenary_api::PORT.to_string();
-        match Command::new("ip").args(["netns", "exec", &self.ns, "python3", "-c", CLIENT, &addr, &port, path]).output() {
+        Command::new("ip").args(["netns", "exec", &self.ns, "python3", "-c", CLIENT, &addr, &port, path]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()
+    }
+
+    /// What [`Workstation::parked_then_reset`]'s script printed, or why it failed.
+    pub(crate) fn parked_then_reset_result(child: std::io::Result<std::process::Child>) -> String {
+        match child.and_then(|c| c.wait_with_output()) {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
             Ok(o) => format!("exit {:?}: {}", o.status.code(), String::from_utf8_lossy(&o.stderr).trim()),
             Err(e) => e.to_string(),

@@ -222,6 +222,13 @@ impl Running {
         self.lines[i].push(NODE_KILLED.into());
     }
 
+    /// Pause node `i`'s QEMU (SIGSTOP): the machine stops at once and answers nothing, without
+    /// a reset or an ICMP error to anyone, as a hung machine would. [`Running::kill`] ends it.
+    pub fn pause(&mut self, i: usize) {
+        let _ = Command::new("kill").args(["-STOP", &self.children[i].id().to_string()]).status();
+        self.lines[i].push("[xtask] node paused (SIGSTOP)".into());
+    }
+
     /// Press node `i`'s power button (QEMU monitor `system_powerdown`: an ACPI power-button
     /// event). A node that then switches itself off is noted as stopped, with QEMU's status.
     pub fn power_button(&mut self, i: usize) -> String {

@@ -519,3 +519,35 @@ fn a_parked_request_whose_operator_hangs_up_frees_its_place_and_sockets() {
     // request 2 took both sockets at the hang-up (1000 ms); request 3 asks as they free
     assert_eq!(l.started.iter().find(|s| s.1 == 3).map(|s| s.0), Some(1000 + T + 1), "{:?}", l.started);
 }
+
+/// `apid` answers a node the membership declared dead with `None` before it asks anyone
+/// (`forward::Reach::Dead`): that node is never asked, a read completes on the others' answers
+/// alone, and a request that acts on one node goes on to the next node at once.
+#[test]
+fn a_node_answered_missing_before_asking_is_never_asked() {
+    let parse = |raw: &str| RequestReader::new(Limits::default(), 0).feed(raw.as_bytes(), 0).unwrap().unwrap();
+    let names: Vec<String> = vec!["node2".into(), "node3".into(), "node4".into()];
+    let missing = crate::ApiError::new(404, "no_such_workload", "no workload has that name").to_response();
+    let found = br#"{"name":"w","state":"running"}"#.to_vec();
+    // a read: node3 (index 1) is dead
+    let mut g = cluster::Gather::new(parse("GET /v1/workloads/w HTTP/1.1\r\nHost: x\r\n\r\n"), missing.clone(), Some("node1".into()), names.clone());
+    g.answer(1, None);
+    assert_eq!(g.to_ask(usize::MAX), vec![0, 2], "the dead node was asked");
+    assert!(g.in_flight() == vec![0, 2] && g.done().is_none());
+    g.answer(0, Some((404, missing.body.clone())));
+    g.answer(2, Some((200, found.clone())));
+    assert_eq!(g.done().map(|r| r.status), Some(200));
+    assert!(g.to_ask(usize::MAX).is_empty());
+    // a stop, one node at a time: node2 dead, so node3 is the first asked
+    let mut g = cluster::Gather::new(parse("POST /v1/workloads/w/stop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"), missing.clone(), Some("node1".into()), names.clone());
+    g.answer(0, None);
+    assert_eq!(g.to_ask(usize::MAX), vec![1], "not the dead node first");
+    g.answer(1, Some((200, found.clone())));
+    assert_eq!(g.done().map(|r| r.status), Some(200));
+    // every other node dead: the answer needs no ask at all
+    let mut g = cluster::Gather::new(parse("GET /v1/workloads HTTP/1.1\r\nHost: x\r\n\r\n"), crate::http::Response::json(200, br#"{"workloads":[]}"#.to_vec()), Some("node1".into()), names.clone());
+    for i in 0..3 {
+        g.answer(i, None);
+    }
+    assert!(g.done().is_some() && g.to_ask(usize::MAX).is_empty());
+}

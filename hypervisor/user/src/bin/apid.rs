@@ -755,15 +755,24 @@ fn peer_gone(s: &Sockets, h: Handle, io: &Pages) -> bool {
     }
 }
 
-/// The other nodes (name, /128, whether a session with it is up now), those that are up
-/// first. One without a session is asked too (an idle session lapses), with less time.
-fn other_nodes(node: &mut Node) -> Vec<(String, Ipv6Addr, bool)> {
+/// The other nodes (name, /128, how they can be reached: [`forward::Reach`]), those with a
+/// session first. One without a session is asked too (an idle session lapses), with less
+/// time; one the membership declared dead (its key's newest generation) is not asked.
+fn other_nodes(node: &mut Node) -> Vec<forward::Other> {
+    use forward::Reach;
     let up = cluster_file(&node.cluster).map(|(_, up)| up).unwrap_or(0);
-    let mut v: Vec<(String, Ipv6Addr, bool)> =
-        node.members.iter().enumerate().filter(|(_, m)| Some(m.1) != node.me).map(|(i, m)| (m.0.clone(), m.1, i < 64 && up & (1 << i) != 0)).collect();
+    let table = member_table(&node.table);
+    let dead: Vec<Ipv6Addr> = table
+        .iter()
+        .filter(|r| !table.iter().any(|n| n.id.key == r.id.key && (n.id.generation, n.incarnation) > (r.id.generation, r.incarnation)))
+        .filter(|r| r.state == catenary_cluster::membership::MemberState::Dead)
+        .map(|r| Prefix64::from_public_key(&r.id.key.0).node_address())
+        .collect();
+    let reach = |addr: Ipv6Addr, session: bool| if dead.contains(&addr) { Reach::Dead } else if session { Reach::Session } else { Reach::Idle };
+    let mut v: Vec<forward::Other> = node.members.iter().enumerate().filter(|(_, m)| Some(m.1) != node.me).map(|(i, m)| (m.0.clone(), m.1, reach(m.1, i < 64 && up & (1 << i) != 0))).collect();
     // then the nodes admitted at run time (as of the last tick)
-    v.extend(node.runtime.iter().filter(|r| Some(r.2) != node.me).map(|r| (r.0.clone(), r.2, r.3)));
-    v.sort_by_key(|o| !o.2);
+    v.extend(node.runtime.iter().filter(|r| Some(r.2) != node.me).map(|r| (r.0.clone(), r.2, reach(r.2, r.3))));
+    v.sort_by_key(|o| o.2 != Reach::Session);
     v
 }
 

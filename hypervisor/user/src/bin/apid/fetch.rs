@@ -48,7 +48,7 @@ fn now_ms() -> u64 {
 impl Fetcher {
     /// Unless a fetch is under way: ask `orchd` which image is wanted, and start fetching it
     /// from `others()` (the other nodes: name, /128, session up), those with a session first.
-    pub fn ask(&mut self, orchd: u64, now: u64, others: impl FnOnce() -> Vec<(String, Ipv6Addr, bool)>) {
+    pub fn ask(&mut self, orchd: u64, now: u64, others: impl FnOnce() -> Vec<forward::Other>) {
         if self.cur.is_some() {
             return;
         }
@@ -64,7 +64,8 @@ impl Fetcher {
         if self.retry.contains_key(&d) {
             return;
         }
-        let holders: Vec<(String, Ipv6Addr)> = others().into_iter().map(|(n, a, _)| (n, a)).collect();
+        // a node the membership declared dead is not asked for chunks
+        let holders: Vec<(String, Ipv6Addr)> = others().into_iter().filter(|o| o.2 != forward::Reach::Dead).map(|(n, a, _)| (n, a)).collect();
         let names: Vec<&str> = holders.iter().map(|h| h.0.as_str()).collect();
         logf!("apid: fetching image {} for this node's cluster replicas; asking {}", Digest(d), names.join(", "));
         self.cur = Some(Running { fetch: Fetch::new(Digest(d), (0..holders.len()).collect()), holders, started_ms: now, asking: None });

@@ -56,8 +56,23 @@ pub fn get_bytes(path: &str, to: Ipv6Addr) -> Vec<u8> {
     alloc::format!("GET {path} HTTP/1.1\r\nHost: [{to}]:{}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", catenary_api::PORT).into_bytes()
 }
 
-/// A parked connection, the other nodes (name, /128, session up) and the operator it asks for.
-type ParkedMeta = (u64, Vec<(String, Ipv6Addr, bool)>, [u8; 32]);
+/// How another node can be reached now, which decides how long its ask may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// A fabric session with it is up: [`FORWARD_MS`].
+    Session,
+    /// No session now (an idle one lapses; a new one takes a handshake): [`IDLE_FORWARD_MS`].
+    Idle,
+    /// The membership declared it dead: not asked; its answer is missing at once, as a
+    /// timeout's would be (a `ps` while a node is down no longer waits 4–10 s for it).
+    Dead,
+}
+
+/// Another node: name, /128, and how it can be reached.
+pub type Other = (String, Ipv6Addr, Reach);
+
+/// A parked connection, the other nodes and the operator it asks for.
+type ParkedMeta = (u64, Vec<Other>, [u8; 32]);
 
 /// The operators' requests parked waiting for other nodes' answers and their asks in flight:
 /// `catenary_api::cluster::Forwards` (sans I/O, host-tested) decides which node to ask when
@@ -65,8 +80,8 @@ type ParkedMeta = (u64, Vec<(String, Ipv6Addr, bool)>, [u8; 32]);
 /// needs at once (as sockets allow), so it costs the slowest answer or one timeout.
 pub struct Forwarder {
     f: Forwards<u64>,
-    /// Per parked connection: the other nodes (name, /128, session up), in `Gather`'s order,
-    /// and the operator it asks for.
+    /// Per parked connection: the other nodes, in `Gather`'s order, and the operator it asks
+    /// for.
     meta: Vec<ParkedMeta>,
     /// (connection, node, its exchange)
     asks: Vec<(u64, usize, Outbound)>,
@@ -97,9 +112,15 @@ impl Forwarder {
     /// `operator`) and send its asks; `Some(answer)` when it needs none (or none could be
     /// sent), `None` while parked. The caller checked [`has_room`](Forwarder::has_room).
     #[allow(clippy::too_many_arguments)] // one request's whole context, handed over once
-    pub fn park(&mut self, s: &Sockets, conn: u64, req: Request, resp: Response, own: Option<String>, others: Vec<(String, Ipv6Addr, bool)>, operator: [u8; 32], now_ms: u64) -> Option<Vec<u8>> {
+    pub fn park(&mut self, s: &Sockets, conn: u64, req: Request, resp: Response, own: Option<String>, others: Vec<Other>, operator: [u8; 32], now_ms: u64) -> Option<Vec<u8>> {
         let names = others.iter().map(|o| o.0.clone()).collect();
-        let g = Gather::new(req, resp, own, names);
+        let mut g = Gather::new(req, resp, own, names);
+        // a dead node's answer is missing from the start: it is never asked
+        for (i, o) in others.iter().enumerate() {
+            if o.2 == Reach::Dead {
+                g.answer(i, None);
+            }
+        }
         if let Some(r) = g.done() {
             return Some(r.to_bytes());
         }
@@ -172,7 +193,9 @@ impl Forwarder {
             for (conn, i) in asks {
                 let started = match (self.meta.iter().find(|m| m.0 == conn), self.f.request(conn)) {
                     (Some((_, others, operator)), Some(req)) => match others.get(i) {
-                        Some(&(_, addr, up)) => Outbound::start(s, addr, request_bytes(req, addr, operator), now_ms, if up { FORWARD_MS } else { IDLE_FORWARD_MS }, ANSWER_MAX).ok(),
+                        Some(&(_, addr, Reach::Session)) => Outbound::start(s, addr, request_bytes(req, addr, operator), now_ms, FORWARD_MS, ANSWER_MAX).ok(),
+                        Some(&(_, addr, Reach::Idle)) => Outbound::start(s, addr, request_bytes(req, addr, operator), now_ms, IDLE_FORWARD_MS, ANSWER_MAX).ok(),
+                        Some((_, _, Reach::Dead)) => None, // (answered at park)
                         None => None,
                     },
                     _ => None,
