@@ -199,16 +199,19 @@ sys.stdout.buffer.write(got)
         }
     }
 
-    /// The reset path of a parked request, started in the background (the caller collects it
-    /// with [`Workstation::parked_then_reset_result`]): two clients ask `node` for `GET path` (a
-    /// read it gathers from the other nodes: with one of them hung, each is parked while its
-    /// ask waits, 4 s at least), a third asks 2 s later and must be refused `503 busy` (the
-    /// node parks at most two: so the two were parked), the two then reset their connections
-    /// (`SO_LINGER` 0: an RST), and a fourth asks 0.5 s later (asked again on a 503 until 1.5 s
-    /// after the reset: the RST's way through a loaded node; still before the two asks could
-    /// have ended). Prints the third's status (`503busy` when its body says `busy`), the
-    /// fourth's and the fourth's wait in seconds, as `"503busy 200 9.8"`.
-    pub(crate) fn parked_then_reset(&self, node: &NodeSpec, path: &str) -> std::io::Result<std::process::Child> {
+    /// The reset path of a parked request, in the background: the script starts, says it is
+    /// ready, and waits for [`ParkedScript::go`] (the caller first makes another node hang, so
+    /// the requests below are made while the membership still has it alive). Then two
+    /// clients ask `node` for `GET path` (a read it gathers from the other nodes: each is
+    /// parked while its ask to the hung node waits, 4 s at least, `IDLE_FORWARD_MS`), a third
+    /// asks 2 s later and must be refused `503 busy` (the node parks at most two: so the two
+    /// were parked), the two reset their connections (`SO_LINGER` 0: an RST), and a fourth
+    /// asks 0.5 s later (again on a 503 until 1 s after the reset: the RST's way through a
+    /// loaded node). [`ParkedScript::result`] is the third's status (`503busy` when its body
+    /// says `busy`), the fourth's, and when the fourth that counted was asked, seconds after
+    /// the two: as `"503busy 200 2.6"`. A 200 asked before 3.5 s came while the two could not
+    /// have ended by themselves: their places were freed by the reset.
+    pub(crate) fn parked_then_reset(&self, node: &NodeSpec, path: &str) -> Result<ParkedScript, String> {
         const CLIENT: &str = r#"
 import socket, struct, sys, time
 addr, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -227,6 +230,9 @@ def status(s):
     parts = got.split(b" ", 2)
     code = parts[1].decode() if got.startswith(b"HTTP/") and len(parts) > 1 else "-"
     return code + ("busy" if code == "503" and b"busy" in got else "")
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.monotonic()
 parked = [ask(), ask()]
 time.sleep(2)
 third = status(ask())
@@ -238,23 +244,29 @@ time.sleep(0.5)
 while True:
     t = time.monotonic()
     fourth = status(ask())
-    if not fourth.startswith("503") or time.monotonic() - reset > 1.5:
+    if not fourth.startswith("503") or time.monotonic() - reset > 1.0:
         break
     time.sleep(0.2)
-print(third, fourth, "%.1f" % (time.monotonic() - t))
+print(third, fourth, "%.1f" % (t - t0))
 "#;
+        use std::io::BufRead;
         let addr = node.identity.node_address().to_string();
         let port = catenary_api::PORT.to_string();
-        Command::new("ip").args(["netns", "exec", &self.ns, "python3", "-c", CLIENT, &addr, &port, path]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()
-    }
-
-    /// What [`Workstation::parked_then_reset`]'s script printed, or why it failed.
-    pub(crate) fn parked_then_reset_result(child: std::io::Result<std::process::Child>) -> String {
-        match child.and_then(|c| c.wait_with_output()) {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            Ok(o) => format!("exit {:?}: {}", o.status.code(), String::from_utf8_lossy(&o.stderr).trim()),
-            Err(e) => e.to_string(),
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "python3", "-c", CLIENT, &addr, &port, path])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut out = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        if out.read_line(&mut line).map_err(|e| e.to_string())? == 0 || line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the script did not start: {line:?}"));
         }
+        Ok(ParkedScript { child, out })
     }
 
     /// `curl` in the namespace: (exit status, HTTP status and body).
@@ -504,4 +516,37 @@ pub fn test_operator_api(t: &mut Tally, kernel: &Path) -> Result<(), String> {
 pub fn sha256(b: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(b).into()
+}
+
+/// [`Workstation::parked_then_reset`]'s script, started and waiting for [`ParkedScript::go`].
+pub(crate) struct ParkedScript {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ParkedScript {
+    /// Let it make its requests.
+    pub(crate) fn go(&mut self) {
+        use std::io::Write;
+        if let Some(i) = self.child.stdin.as_mut() {
+            let _ = i.write_all(b"go\n");
+            let _ = i.flush();
+        }
+    }
+
+    /// What it printed (its last line), or why it failed. Its sockets time out after 60 s.
+    pub(crate) fn result(mut self) -> String {
+        use std::io::Read;
+        let mut rest = String::new();
+        let _ = self.out.read_to_string(&mut rest);
+        let mut err = String::new();
+        if let Some(e) = self.child.stderr.as_mut() {
+            let _ = e.read_to_string(&mut err);
+        }
+        match self.child.wait() {
+            Ok(st) if st.success() => rest.trim().to_string(),
+            Ok(st) => format!("exit {:?}: {}", st.code(), err.trim()),
+            Err(e) => e.to_string(),
+        }
+    }
 }

@@ -51,6 +51,20 @@ pub fn table_len(rows: usize) -> usize {
     HEADER + rows * ROW
 }
 
+/// The keys whose newest row (generation, then incarnation) says `dead`: a node that
+/// restarted and rejoined has its old dead row and a new live one, and is not dead; a key
+/// with no row is not dead (unknown). `apid` asks no such node when it gathers.
+pub fn dead_keys(rows: &[Row]) -> Vec<NodeKey> {
+    let mut newest: alloc::collections::BTreeMap<NodeKey, &Row> = alloc::collections::BTreeMap::new();
+    for r in rows {
+        let e = newest.entry(r.id.key).or_insert(r);
+        if (r.id.generation, r.incarnation) > (e.id.generation, e.incarnation) {
+            *e = r;
+        }
+    }
+    newest.into_iter().filter(|(_, r)| r.state == MemberState::Dead).map(|(k, _)| k).collect()
+}
+
 pub fn state_name(s: MemberState) -> &'static str {
     match s {
         MemberState::Alive => "alive",
@@ -289,6 +303,27 @@ mod tests {
             x[i / 8] ^= 1 << (i % 8);
             let _ = decode(&x);
         }
+    }
+
+    /// A key is dead only by its newest row: a rejoined node's old dead row does not count.
+    #[test]
+    fn dead_keys_go_by_each_keys_newest_row() {
+        use alloc::vec;
+        let at = |i: u8, generation: u32, incarnation: u64, state: MemberState| Row { id: NodeId::new(NodeKey([i; 32]), [i; 16], generation), state, incarnation, own: false };
+        let rows = vec![
+            at(1, 5, 3, MemberState::Dead),    // killed, then rejoined as generation 6:
+            at(1, 6, 0, MemberState::Alive),   // alive
+            at(2, 5, 9, MemberState::Dead),    // dead, no newer row
+            at(3, 5, 1, MemberState::Suspect), // only suspect: asked
+            at(4, 7, 2, MemberState::Alive),   // a newer incarnation of the same generation says
+            at(4, 7, 4, MemberState::Dead),    // dead
+            at(5, 5, 0, MemberState::Left),    // left: asked (it may still be up)
+        ];
+        assert_eq!(dead_keys(&rows), vec![NodeKey([2; 32]), NodeKey([4; 32])]);
+        let mut reversed = rows.clone();
+        reversed.reverse();
+        assert_eq!(dead_keys(&reversed), vec![NodeKey([2; 32]), NodeKey([4; 32])], "order of the rows");
+        assert!(dead_keys(&[]).is_empty());
     }
 
     #[test]

@@ -761,13 +761,7 @@ fn peer_gone(s: &Sockets, h: Handle, io: &Pages) -> bool {
 fn other_nodes(node: &mut Node) -> Vec<forward::Other> {
     use forward::Reach;
     let up = cluster_file(&node.cluster).map(|(_, up)| up).unwrap_or(0);
-    let table = member_table(&node.table);
-    let dead: Vec<Ipv6Addr> = table
-        .iter()
-        .filter(|r| !table.iter().any(|n| n.id.key == r.id.key && (n.id.generation, n.incarnation) > (r.id.generation, r.incarnation)))
-        .filter(|r| r.state == catenary_cluster::membership::MemberState::Dead)
-        .map(|r| Prefix64::from_public_key(&r.id.key.0).node_address())
-        .collect();
+    let dead: Vec<Ipv6Addr> = catenary_cluster::service::dead_keys(&member_table(&node.table)).iter().map(|k| Prefix64::from_public_key(&k.0).node_address()).collect();
     let reach = |addr: Ipv6Addr, session: bool| if dead.contains(&addr) { Reach::Dead } else if session { Reach::Session } else { Reach::Idle };
     let mut v: Vec<forward::Other> = node.members.iter().enumerate().filter(|(_, m)| Some(m.1) != node.me).map(|(i, m)| (m.0.clone(), m.1, reach(m.1, i < 64 && up & (1 << i) != 0))).collect();
     // then the nodes admitted at run time (as of the last tick)
