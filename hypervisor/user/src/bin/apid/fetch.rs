@@ -47,7 +47,7 @@ fn now_ms() -> u64 {
 
 impl Fetcher {
     /// Unless a fetch is under way: ask `orchd` which image is wanted, and start fetching it
-    /// from `others()` (the other nodes: name, /128, session up), those with a session first.
+    /// from `others()` (the other nodes, those with a session first; a dead one is skipped).
     pub fn ask(&mut self, orchd: u64, now: u64, others: impl FnOnce() -> Vec<forward::Other>) {
         if self.cur.is_some() {
             return;
