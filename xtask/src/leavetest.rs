@@ -13,7 +13,9 @@
 //! its kernel sees the press, its `apid` leaves and commits its drain (the other survivor
 //! shows it `left` within 3 s of the press: `apid` asks for the button once a second), waits until no replica runs there, and the node
 //! switches itself off (ACPI S5: QEMU ends with status 0) before the kernel's 60 s fallback;
-//! neither node is later shown suspect or dead.
+//! neither node is later shown suspect or dead. The survivor's `catenary ps` then asks neither
+//! node that left (it answers without waiting out an ask's timeout), and its `catenary nodes`
+//! asks both: the one still running is `up`, the switched-off one `unreachable`, both `left`.
 //!
 //! Timings are host wall-clock: from the leaving node's own `memberd: leaving` console line
 //! (the protocol's part) and from the start of the CLI command (what an operator waits,
@@ -185,6 +187,32 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             .chain(r.lines[other][mark2[other]..].iter().filter(|x| x.contains(&format!("memberd: member {pname} ")) && !x.contains(&p_left)).map(|x| format!("{}: {x}", other + 1)))
             .collect();
         c.check(&format!("{vname} and the switched-off {pname} are never shown suspect, dead or alive again after their leaves (20 s more)"), bad.is_empty(), &format!("{bad:?}"));
+        // Both others left, one switched off: the survivor's `ps` asks neither (a node that
+        // left is out of the cluster), so it does not wait out an ask's timeout (4 s at the
+        // least, twice: `ps` makes two gathers); its node listing asks both, and says which
+        // answered.
+        let here: Vec<String> = lists(&r.lines, &from, &none)[other].keys().cloned().collect();
+        let t = Instant::now();
+        let (st, out, _) = a.cli(&nodes[other], &["ps"]);
+        let took = t.elapsed();
+        println!("  `catenary ps` through {} with {vname} left and {pname} left and switched off: {:.1} s", nodes[other].name, took.as_secs_f64());
+        c.check(
+            &format!("`catenary ps` through {} lists its replicas {here:?} without asking the nodes that left (answered in under 4 s, the shortest ask timeout)", nodes[other].name),
+            st == 0 && !here.is_empty() && here.iter().all(|n| out.contains(n.as_str())) && took < Duration::from_secs(4),
+            &format!("exit {st} after {:.1} s: {}", took.as_secs_f64(), out.lines().filter(|l| l.contains("cl-")).collect::<Vec<_>>().join(" | ")),
+        );
+        let (st, out, _) = a.cli(&nodes[other], &["--json", "nodes"]);
+        let row = |name: &str| {
+            crate::apitest::json(&out)
+                .and_then(|v| v["nodes"].as_array().and_then(|l| l.iter().find(|n| n["name"] == name).map(|n| format!("{} {}", n["state"].as_str().unwrap_or("?"), n["membership"].as_str().unwrap_or("?")))))
+                .unwrap_or_default()
+        };
+        let (v_row, p_row) = (row(&vname), row(&pname));
+        c.check(
+            &format!("`catenary nodes` through {} asks the nodes that left: {vname} (still running) `up left`, the switched-off {pname} `unreachable left`", nodes[other].name),
+            st == 0 && v_row == "up left" && p_row == "unreachable left",
+            &format!("exit {st}: {vname}: {v_row:?}, {pname}: {p_row:?}"),
+        );
         Ok(())
     })
 }

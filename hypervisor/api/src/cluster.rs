@@ -273,6 +273,37 @@ fn remove_image(resp: Response, own: Option<&str>, others: &[String], ask: &mut 
     }
 }
 
+/// How another node can be reached as its service gathers, which decides whether it is asked
+/// at all and how long its ask may take (`apid` makes it from the fabric's sessions and
+/// `memberd`'s table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// A fabric session with it is up: asked with the longer timeout.
+    Session,
+    /// No session now (an idle one lapses; a new one takes a handshake): the shorter timeout.
+    Idle,
+    /// The membership shows it `left` (`catenary node leave`, or its power button): out of the
+    /// cluster until it restarts as a new generation, and often switched off. Asked only for
+    /// the node listing, whose STATE says whether it answers, and for its own leave (asked
+    /// again: it answers that it left); the shorter timeout. Any other gather does without
+    /// it, so a node switched off after its leave does not cost every `ps` an ask's timeout.
+    Left,
+    /// The membership declared it `dead`: never asked; its answer is missing at once, as a
+    /// timeout's would be.
+    Dead,
+}
+
+impl Reach {
+    /// Whether a node reached so is asked for `req`'s answer.
+    pub fn asked_for(self, req: &Request) -> bool {
+        match self {
+            Reach::Session | Reach::Idle => true,
+            Reach::Left => (req.method == Method::Get && req.path == "/v1/nodes") || (req.method == Method::Post && leave_target(&req.path).is_some()),
+            Reach::Dead => false,
+        }
+    }
+}
+
 /// One node's answer to a forwarded request: (status, body), or `None` (no answer in time).
 pub type Answer = Option<(u16, Vec<u8>)>;
 
@@ -303,6 +334,18 @@ impl Gather {
     /// `resp`: this node's own answer to `req`; `others`: the other nodes that may be asked.
     pub fn new(req: Request, resp: Response, own: Option<String>, others: Vec<String>) -> Gather {
         Gather { req, resp, own, others, answers: BTreeMap::new(), asked: Vec::new(), need: core::cell::RefCell::new(None) }
+    }
+
+    /// Answers `None` at once for every node `reach` (in `others`' order) says is not asked
+    /// for this request ([`Reach::asked_for`]): its answer is missing, exactly as after a
+    /// timeout, so a read completes on the others' answers and a request that acts on one
+    /// node goes on to the next.
+    pub fn leave_out(&mut self, reach: &[Reach]) {
+        for (i, r) in reach.iter().enumerate() {
+            if !r.asked_for(&self.req) {
+                self.answer(i, None);
+            }
+        }
     }
 
     /// The request being answered.

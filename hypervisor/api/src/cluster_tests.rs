@@ -521,7 +521,7 @@ fn a_parked_request_whose_operator_hangs_up_frees_its_place_and_sockets() {
 }
 
 /// `apid` answers a node the membership declared dead with `None` before it asks anyone
-/// (`forward::Reach::Dead`): that node is never asked, a read completes on the others' answers
+/// (`cluster::Reach::Dead`): that node is never asked, a read completes on the others' answers
 /// alone, and a request that acts on one node goes on to the next node at once.
 #[test]
 fn a_node_answered_missing_before_asking_is_never_asked() {
@@ -550,4 +550,100 @@ fn a_node_answered_missing_before_asking_is_never_asked() {
         g.answer(i, None);
     }
     assert!(g.done().is_some() && g.to_ask(usize::MAX).is_empty());
+}
+
+/// `apid` leaves out a `left` node from every gather but the node listing, and a `dead` one
+/// from all ([`cluster::Gather::leave_out`]): a `ps` after a node's power button asks only the
+/// nodes still in the cluster.
+#[test]
+fn a_left_node_is_asked_for_the_node_listing_only() {
+    use cluster::Reach;
+    let parse = |raw: &str| RequestReader::new(Limits::default(), 0).feed(raw.as_bytes(), 0).unwrap().unwrap();
+    let names: Vec<String> = vec!["node2".into(), "node3".into(), "node4".into(), "node5".into()];
+    let reach = [Reach::Session, Reach::Left, Reach::Dead, Reach::Idle];
+    for (path, empty) in [("/v1/workloads", r#"{"workloads":[]}"#), ("/v1/images", r#"{"images":[]}"#), ("/v1/cluster/workloads", r#"{"workloads":[],"total":0}"#)] {
+        let mut g = cluster::Gather::new(parse(&alloc::format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")), crate::http::Response::json(200, empty.as_bytes().to_vec()), Some("node1".into()), names.clone());
+        g.leave_out(&reach);
+        assert_eq!(g.to_ask(usize::MAX), vec![0, 3], "{path}: the left and dead nodes are not asked");
+        g.answer(0, None);
+        g.answer(3, None);
+        assert!(g.done().is_some(), "{path}: complete without them");
+    }
+    // the node listing: the left node is asked (its STATE says whether it answers), the dead
+    // one is not
+    let row = |n: &str| alloc::format!(r#"{{"name":"{n}","public_key":"","address":"","state":"up","cpus":null,"memory_total_mib":null,"memory_free_mib":null,"memory_committed_mib":null,"workloads":null}}"#);
+    let nodes = alloc::format!(r#"{{"nodes":[{}]}}"#, ["node1", "node2", "node3", "node4", "node5"].map(row).join(",")).into_bytes();
+    let mut g = cluster::Gather::new(parse("GET /v1/nodes HTTP/1.1\r\nHost: x\r\n\r\n"), crate::http::Response::json(200, nodes), Some("node1".into()), names.clone());
+    g.leave_out(&reach);
+    assert_eq!(g.to_ask(usize::MAX), vec![0, 1, 3]);
+    // its own leave, asked again: forwarded to it (it answers that it left)
+    let not_here = crate::ApiError::new(404, cluster::NOT_THIS_NODE, "not this node").to_response();
+    let mut g = cluster::Gather::new(parse("POST /v1/cluster/nodes/node3/leave HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"), not_here, Some("node1".into()), names.clone());
+    g.leave_out(&reach);
+    assert_eq!(g.to_ask(usize::MAX), vec![1]);
+    // a stop, one node at a time: the first node left, so the second is asked first; the
+    // left node is never asked
+    let missing = crate::ApiError::new(404, "no_such_workload", "no workload has that name").to_response();
+    let mut g = cluster::Gather::new(parse("POST /v1/workloads/w/stop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"), missing.clone(), Some("node1".into()), names.clone());
+    g.leave_out(&[Reach::Left, Reach::Idle, Reach::Dead, Reach::Session]);
+    assert_eq!(g.to_ask(usize::MAX), vec![1]);
+    g.answer(1, Some((404, missing.body.clone())));
+    assert_eq!(g.to_ask(usize::MAX), vec![3]);
+    g.answer(3, Some((404, missing.body.clone())));
+    // the nodes not asked may hold it (a workload of their own): not a sure 404
+    let r = g.done().unwrap();
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert!(r.status == 503 && body.contains("node2, node4 did not answer"), "{} {body}", r.status);
+}
+
+/// `apid` takes a request it would otherwise refuse `busy` (no room to park) when none of the
+/// other nodes is asked for it ([`cluster::Reach::asked_for`]): such a request must then be
+/// complete on this node's own answer, whatever that answer and the request are.
+#[test]
+fn a_request_no_node_is_asked_for_is_complete_at_once() {
+    use cluster::Reach;
+    let parse = |raw: &str| RequestReader::new(Limits::default(), 0).feed(raw.as_bytes(), 0).unwrap().unwrap();
+    let names: Vec<String> = vec!["node2".into(), "node3".into()];
+    let requests = [
+        "GET /v1/workloads HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /v1/workloads/w HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /v1/workloads/w/logs HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /v1/images HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /v1/cluster/workloads HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /v1/cluster/workloads/w HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /v1/workloads/w/stop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "POST /v1/workloads/w/start HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "DELETE /v1/workloads/w HTTP/1.1\r\nHost: x\r\n\r\n",
+        "DELETE /v1/images/sha256:0000000000000000000000000000000000000000000000000000000000000000 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /v1/cluster/nodes/node3/leave HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "GET /v1/nodes HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    let answers = [
+        crate::ApiError::new(404, "no_such_workload", "no workload has that name").to_response(),
+        crate::ApiError::new(404, "no_such_image", "no image has that digest").to_response(),
+        crate::ApiError::new(404, cluster::NOT_THIS_NODE, "not this node").to_response(),
+        crate::http::Response::json(200, br#"{"workloads":[],"total":0}"#.to_vec()),
+        crate::http::Response::json(200, br#"{"images":[]}"#.to_vec()),
+        crate::http::Response::json(200, br#"{"nodes":[{"name":"node2","public_key":"","address":"","state":"up","cpus":null,"memory_total_mib":null,"memory_free_mib":null,"memory_committed_mib":null,"workloads":null}]}"#.to_vec()),
+    ];
+    let reaches = [Reach::Session, Reach::Idle, Reach::Left, Reach::Dead];
+    let mut checked = 0;
+    for raw in requests {
+        let req = parse(raw);
+        for a in &reaches {
+            for b in &reaches {
+                let reach = [*a, *b];
+                if reach.iter().any(|r| r.asked_for(&req)) {
+                    continue;
+                }
+                for resp in &answers {
+                    let mut g = cluster::Gather::new(req.clone(), resp.clone(), Some("node1".into()), names.clone());
+                    g.leave_out(&reach);
+                    assert!(g.done().is_some() && g.to_ask(usize::MAX).is_empty(), "{raw:?} {reach:?} {}", resp.status);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "{checked}");
 }

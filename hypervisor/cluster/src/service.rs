@@ -51,10 +51,11 @@ pub fn table_len(rows: usize) -> usize {
     HEADER + rows * ROW
 }
 
-/// The keys whose newest row (generation, then incarnation) says `dead`: a node that
-/// restarted and rejoined has its old dead row and a new live one, and is not dead; a key
-/// with no row is not dead (unknown). `apid` asks no such node when it gathers.
-pub fn dead_keys(rows: &[Row]) -> Vec<NodeKey> {
+/// Each key's state by its newest row (generation, then incarnation): a node that restarted
+/// and rejoined has its old dead row and a new live one, and is alive; a key with no row is
+/// not in the map (unknown). `apid` asks no `dead` node when it gathers, and a `left` one only
+/// for the node listing (`catenary_api::cluster::Reach`).
+pub fn newest_states(rows: &[Row]) -> alloc::collections::BTreeMap<NodeKey, MemberState> {
     let mut newest: alloc::collections::BTreeMap<NodeKey, &Row> = alloc::collections::BTreeMap::new();
     for r in rows {
         let e = newest.entry(r.id.key).or_insert(r);
@@ -62,7 +63,7 @@ pub fn dead_keys(rows: &[Row]) -> Vec<NodeKey> {
             *e = r;
         }
     }
-    newest.into_iter().filter(|(_, r)| r.state == MemberState::Dead).map(|(k, _)| k).collect()
+    newest.into_iter().map(|(k, r)| (k, r.state)).collect()
 }
 
 pub fn state_name(s: MemberState) -> &'static str {
@@ -305,25 +306,38 @@ mod tests {
         }
     }
 
-    /// A key is dead only by its newest row: a rejoined node's old dead row does not count.
+    /// A key's state is its newest row's: a rejoined node's old dead row does not count.
     #[test]
-    fn dead_keys_go_by_each_keys_newest_row() {
+    fn newest_states_go_by_each_keys_newest_row() {
         use alloc::vec;
         let at = |i: u8, generation: u32, incarnation: u64, state: MemberState| Row { id: NodeId::new(NodeKey([i; 32]), [i; 16], generation), state, incarnation, own: false };
         let rows = vec![
             at(1, 5, 3, MemberState::Dead),    // killed, then rejoined as generation 6:
             at(1, 6, 0, MemberState::Alive),   // alive
             at(2, 5, 9, MemberState::Dead),    // dead, no newer row
-            at(3, 5, 1, MemberState::Suspect), // only suspect: asked
+            at(3, 5, 1, MemberState::Suspect), // only suspect
             at(4, 7, 2, MemberState::Alive),   // a newer incarnation of the same generation says
             at(4, 7, 4, MemberState::Dead),    // dead
-            at(5, 5, 0, MemberState::Left),    // left: asked (it may still be up)
+            at(5, 5, 0, MemberState::Left),    // left
+            at(6, 4, 8, MemberState::Left),    // left, then back as a newer generation:
+            at(6, 5, 0, MemberState::Alive),   // alive
         ];
-        assert_eq!(dead_keys(&rows), vec![NodeKey([2; 32]), NodeKey([4; 32])]);
+        let want: alloc::collections::BTreeMap<NodeKey, MemberState> = [
+            (1, MemberState::Alive),
+            (2, MemberState::Dead),
+            (3, MemberState::Suspect),
+            (4, MemberState::Dead),
+            (5, MemberState::Left),
+            (6, MemberState::Alive),
+        ]
+        .into_iter()
+        .map(|(i, s)| (NodeKey([i; 32]), s))
+        .collect();
+        assert_eq!(newest_states(&rows), want);
         let mut reversed = rows.clone();
         reversed.reverse();
-        assert_eq!(dead_keys(&reversed), vec![NodeKey([2; 32]), NodeKey([4; 32])], "order of the rows");
-        assert!(dead_keys(&[]).is_empty());
+        assert_eq!(newest_states(&reversed), want, "order of the rows");
+        assert!(newest_states(&[]).is_empty());
     }
 
     #[test]

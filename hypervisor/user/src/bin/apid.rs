@@ -712,7 +712,10 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages, f
                 };
                 // a forwarded request is never forwarded again (from_node)
                 let forwards = !from_node && api.operators.by_key(&caller).is_some() && catenary_api::cluster::concerns_others(&req);
-                if forwards && !forwarder.has_room() {
+                // the other nodes as the membership sees them: a request none of them is
+                // asked for (every other node dead or left) needs no room to park
+                let others = if forwards { other_nodes(node) } else { Vec::new() };
+                if forwards && !forwarder.has_room() && others.iter().any(|o| o.2.asked_for(&req)) {
                     // refused before this node acts on it: a retry does not do it twice
                     c.out = Some(ApiError::new(503, "busy", "the node is waiting for other nodes' answers to its most requests at once; try again").to_response().to_bytes());
                     return false;
@@ -723,7 +726,6 @@ fn read(s: &Sockets, c: &mut Conn, api: &mut Api, node: &mut Node, io: &Pages, f
                     resp = ApiError::new(503, "workd_unavailable", "the node's workload service did not answer").to_response();
                 }
                 if forwards {
-                    let others = other_nodes(node);
                     let own = node.members.iter().find(|m| Some(m.1) == node.me).map(|m| m.0.clone());
                     match forwarder.park(s, c.id, req, resp, own, others, caller, now) {
                         Some(answer) => c.out = Some(answer),
@@ -757,12 +759,19 @@ fn peer_gone(s: &Sockets, h: Handle, io: &Pages) -> bool {
 
 /// The other nodes (name, /128, how they can be reached: [`forward::Reach`]), those with a
 /// session first. One without a session is asked too (an idle session lapses), with less
-/// time; one the membership declared dead (its key's newest generation) is not asked.
+/// time; one the membership declared dead (its key's newest generation) is not asked, and
+/// one that left only for the node listing.
 fn other_nodes(node: &mut Node) -> Vec<forward::Other> {
+    use catenary_cluster::membership::MemberState;
     use forward::Reach;
     let up = cluster_file(&node.cluster).map(|(_, up)| up).unwrap_or(0);
-    let dead: Vec<Ipv6Addr> = catenary_cluster::service::dead_keys(&member_table(&node.table)).iter().map(|k| Prefix64::from_public_key(&k.0).node_address()).collect();
-    let reach = |addr: Ipv6Addr, session: bool| if dead.contains(&addr) { Reach::Dead } else if session { Reach::Session } else { Reach::Idle };
+    let states: Vec<(Ipv6Addr, MemberState)> = catenary_cluster::service::newest_states(&member_table(&node.table)).into_iter().map(|(k, s)| (Prefix64::from_public_key(&k.0).node_address(), s)).collect();
+    let reach = |addr: Ipv6Addr, session: bool| match states.iter().find(|s| s.0 == addr).map(|s| s.1) {
+        Some(MemberState::Dead) => Reach::Dead,
+        Some(MemberState::Left) => Reach::Left,
+        _ if session => Reach::Session,
+        _ => Reach::Idle,
+    };
     let mut v: Vec<forward::Other> = node.members.iter().enumerate().filter(|(_, m)| Some(m.1) != node.me).map(|(i, m)| (m.0.clone(), m.1, reach(m.1, i < 64 && up & (1 << i) != 0))).collect();
     // then the nodes admitted at run time (as of the last tick)
     v.extend(node.runtime.iter().filter(|r| Some(r.2) != node.me).map(|r| (r.0.clone(), r.2, reach(r.2, r.3))));

@@ -47,7 +47,8 @@ fn now_ms() -> u64 {
 
 impl Fetcher {
     /// Unless a fetch is under way: ask `orchd` which image is wanted, and start fetching it
-    /// from `others()` (the other nodes, those with a session first; a dead one is skipped).
+    /// from `others()` (the other nodes, those with a session first; a dead one is skipped, a
+    /// left one asked last).
     pub fn ask(&mut self, orchd: u64, now: u64, others: impl FnOnce() -> Vec<forward::Other>) {
         if self.cur.is_some() {
             return;
@@ -64,8 +65,12 @@ impl Fetcher {
         if self.retry.contains_key(&d) {
             return;
         }
-        // a node the membership declared dead is not asked for chunks
-        let holders: Vec<(String, Ipv6Addr)> = others().into_iter().filter(|o| o.2 != forward::Reach::Dead).map(|(n, a, _)| (n, a)).collect();
+        // a node the membership declared dead is not asked for chunks; one that left is
+        // asked last (it may be switching off, but it may be the only holder: a drain before
+        // a power-off copies its images from it)
+        let mut holders: Vec<forward::Other> = others().into_iter().filter(|o| o.2 != forward::Reach::Dead).collect();
+        holders.sort_by_key(|o| o.2 == forward::Reach::Left);
+        let holders: Vec<(String, Ipv6Addr)> = holders.into_iter().map(|(n, a, _)| (n, a)).collect();
         let names: Vec<&str> = holders.iter().map(|h| h.0.as_str()).collect();
         logf!("apid: fetching image {} for this node's cluster replicas; asking {}", Digest(d), names.join(", "));
         self.cur = Some(Running { fetch: Fetch::new(Digest(d), (0..holders.len()).collect()), holders, started_ms: now, asking: None });

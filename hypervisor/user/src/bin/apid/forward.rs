@@ -15,6 +15,7 @@ use crate::outbound::{Outbound, Step};
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_api::auth::hex;
+pub use catenary_api::cluster::Reach;
 use catenary_api::cluster::{Forwards, Gather};
 use catenary_api::http::{Request, Response, ON_BEHALF_OF};
 use catenary_netsock::Ready;
@@ -54,18 +55,6 @@ pub fn request_bytes(req: &Request, to: Ipv6Addr, operator: &[u8; 32]) -> Vec<u8
 /// A node-to-node GET of `path` on node `to`, as this node (no operator named).
 pub fn get_bytes(path: &str, to: Ipv6Addr) -> Vec<u8> {
     alloc::format!("GET {path} HTTP/1.1\r\nHost: [{to}]:{}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", catenary_api::PORT).into_bytes()
-}
-
-/// How another node can be reached now, which decides how long its ask may take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reach {
-    /// A fabric session with it is up: [`FORWARD_MS`].
-    Session,
-    /// No session now (an idle one lapses; a new one takes a handshake): [`IDLE_FORWARD_MS`].
-    Idle,
-    /// The membership declared it dead: not asked; its answer is missing at once, as a
-    /// timeout's would be (a `ps` while a node is down no longer waits 4–10 s for it).
-    Dead,
 }
 
 /// Another node: name, /128, and how it can be reached.
@@ -110,17 +99,15 @@ impl Forwarder {
 
     /// Park connection `conn`'s request (`resp`: this node's own answer, made for
     /// `operator`) and send its asks; `Some(answer)` when it needs none (or none could be
-    /// sent), `None` while parked. The caller checked [`has_room`](Forwarder::has_room).
+    /// sent), `None` while parked. The caller checked [`has_room`](Forwarder::has_room), or that
+    /// none of `others` is asked for `req` ([`Reach::asked_for`]: it completes here).
     #[allow(clippy::too_many_arguments)] // one request's whole context, handed over once
     pub fn park(&mut self, s: &Sockets, conn: u64, req: Request, resp: Response, own: Option<String>, others: Vec<Other>, operator: [u8; 32], now_ms: u64) -> Option<Vec<u8>> {
         let names = others.iter().map(|o| o.0.clone()).collect();
         let mut g = Gather::new(req, resp, own, names);
-        // a dead node's answer is missing from the start: it is never asked
-        for (i, o) in others.iter().enumerate() {
-            if o.2 == Reach::Dead {
-                g.answer(i, None);
-            }
-        }
+        // a dead node's answer is missing from the start, and a left one's but for the node
+        // listing: they are never asked
+        g.leave_out(&others.iter().map(|o| o.2).collect::<Vec<_>>());
         if let Some(r) = g.done() {
             return Some(r.to_bytes());
         }
@@ -194,7 +181,8 @@ impl Forwarder {
                 let started = match (self.meta.iter().find(|m| m.0 == conn), self.f.request(conn)) {
                     (Some((_, others, operator)), Some(req)) => match others.get(i) {
                         Some(&(_, addr, Reach::Session)) => Outbound::start(s, addr, request_bytes(req, addr, operator), now_ms, FORWARD_MS, ANSWER_MAX).ok(),
-                        Some(&(_, addr, Reach::Idle)) => Outbound::start(s, addr, request_bytes(req, addr, operator), now_ms, IDLE_FORWARD_MS, ANSWER_MAX).ok(),
+                        // a left node (asked for the node listing only) may be switched off
+                        Some(&(_, addr, Reach::Idle | Reach::Left)) => Outbound::start(s, addr, request_bytes(req, addr, operator), now_ms, IDLE_FORWARD_MS, ANSWER_MAX).ok(),
                         Some((_, _, Reach::Dead)) => None, // (answered at park)
                         None => None,
                     },
