@@ -285,8 +285,11 @@ pub enum Reach {
     /// The membership shows it `left` (`catenary node leave`, or its power button): out of the
     /// cluster until it restarts as a new generation, and often switched off. Asked only for
     /// the node listing, whose STATE says whether it answers, and for its own leave (asked
-    /// again: it answers that it left); the shorter timeout. Any other gather does without
-    /// it, so a node switched off after its leave does not cost every `ps` an ask's timeout.
+    /// again: it answers that it left); the shorter timeout. Any other gather takes it as
+    /// holding nothing ([`LEFT_CLUSTER`]: a `404`, so a lookup of a name no member has is a
+    /// `404`, not "a node did not answer"), so a node switched off after its leave does not
+    /// cost every `ps` an ask's timeout. What a node that left and still runs holds of its
+    /// own (node-level workloads, images) is shown by asking that node itself.
     Left,
     /// The membership declared it `dead`: never asked; its answer is missing at once, as a
     /// timeout's would be.
@@ -303,6 +306,10 @@ impl Reach {
         }
     }
 }
+
+/// The error code of the answer [`Gather::leave_out`] gives for a node that left the
+/// cluster (never sent by a node: a gather's stand-in for an answer it did not ask for).
+pub const LEFT_CLUSTER: &str = "left_cluster";
 
 /// One node's answer to a forwarded request: (status, body), or `None` (no answer in time).
 pub type Answer = Option<(u16, Vec<u8>)>;
@@ -336,14 +343,16 @@ impl Gather {
         Gather { req, resp, own, others, answers: BTreeMap::new(), asked: Vec::new(), need: core::cell::RefCell::new(None) }
     }
 
-    /// Answers `None` at once for every node `reach` (in `others`' order) says is not asked
-    /// for this request ([`Reach::asked_for`]): its answer is missing, exactly as after a
-    /// timeout, so a read completes on the others' answers and a request that acts on one
-    /// node goes on to the next.
+    /// Answers at once for every node `reach` (in `others`' order) says is not asked for this
+    /// request ([`Reach::asked_for`]), so a read completes on the others' answers and a
+    /// request that acts on one node goes on to the next: a dead node's answer is missing
+    /// (`None`, exactly as after a timeout: it may hold what is looked for), a left node's is
+    /// [`LEFT_CLUSTER`]'s `404` (it is out of the cluster: it holds nothing of it).
     pub fn leave_out(&mut self, reach: &[Reach]) {
         for (i, r) in reach.iter().enumerate() {
             if !r.asked_for(&self.req) {
-                self.answer(i, None);
+                let a = (*r == Reach::Left).then(|| (404, crate::error::ApiError::new(404, LEFT_CLUSTER, "the node left the cluster").to_response().body));
+                self.answer(i, a);
             }
         }
     }

@@ -428,6 +428,20 @@ pub fn print_dump(f: &TrapFrame, note: &str) {
     use crate::println;
     println!("");
     println!("!!! CPU EXCEPTION {} ({}) {} [APIC id {}]", f.vector, vector_name(f.vector), note, crate::cpu::cpuid(1, 0).1 >> 24);
+    print_registers(f);
+}
+
+/// The register dump of code an interrupt stopped (not a fault: the kernel's watchdog), under
+/// `!!! {what}`.
+pub fn print_interrupted(f: &TrapFrame, what: &str) {
+    use crate::println;
+    println!("");
+    println!("!!! {} [APIC id {}]", what, crate::cpu::cpuid(1, 0).1 >> 24);
+    print_registers(f);
+}
+
+fn print_registers(f: &TrapFrame) {
+    use crate::println;
     println!("    error code {:#x}{}", f.error_code, PfDecode(f));
     println!("    RIP {:#018x}  CS {:#06x}  RFLAGS {:#018x}", f.rip, f.cs, f.rflags);
     println!("    RSP {:#018x}  SS {:#06x}", f.rsp, f.ss);

@@ -215,6 +215,10 @@ pub mod supervisor {
     pub const LABEL_FAULT: u64 = 0x22;
     /// anyone -> supervisor (call): how often service `words[0]` was restarted (reply word 0).
     pub const LABEL_QUERY: u64 = 2;
+    /// The exit code (`LABEL_FAULT` word 2) of a task the kernel's spin watchdog killed: it
+    /// ran the watchdog's limit of CPU time without a system call (hung in a loop); word 3 is
+    /// where it ran.
+    pub const WATCHDOG_CODE: u64 = 0xdead_0100;
     pub const NOT_STARTED_NO_RIGHT: u64 = 1;
     pub const NOT_STARTED_RUNNING: u64 = 2;
     pub const NOT_STARTED_NO_DEVICE: u64 = 3;

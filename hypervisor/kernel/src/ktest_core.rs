@@ -453,9 +453,61 @@ pub fn user_preempted_spinner(_: &Node) -> Result<(), String> {
         task::yield_now();
     }
     task::sleep_ns(20_000_000);
-    let _ = id;
-    task::kill_for_test(id);
-    check(time::now_ns() - t0 < 5 * SEC, || "main task starved".into())
+    let starved = time::now_ns() - t0 >= 5 * SEC;
+    // `kill_for_test` refuses a task running on another CPU: until session 28 the spinner
+    // often ran on for the whole boot. Now it is killed here, or by the watchdog (its limit
+    // lowered for the purpose).
+    if !task::kill_for_test(id) {
+        task::watchdog::set_limit_for_test(Some(100));
+    }
+    let code = task::join(id, 5 * SEC);
+    task::watchdog::set_limit_for_test(None);
+    check(!starved, || "main task starved".into())?;
+    check(code == Some(task::killed_by(0xff)) || code == Some(task::watchdog::WATCHDOG_CODE), || format!("the spinner did not end: {code:x?}"))
+}
+
+/// The spin watchdog (`task::watchdog`), its limit lowered to 300 ms: a ring-3 task that
+/// never makes a system call is killed with the watchdog's exit code once it has run the
+/// limit, not before, and its frames come back; one that spins five times as long but reads
+/// the clock (a system call) every millisecond or so is left alone, and so is one whose
+/// quiet stretches (each under the limit, more than it together) end in a blocking sleep; a
+/// task calling a server that took its call and hung is released with `DeadPeer`.
+pub fn user_spinner_killed_by_the_watchdog(_: &Node) -> Result<(), String> {
+    task::watchdog::set_limit_for_test(Some(300));
+    let r = (|| {
+        let before = crate::ktest::free_frames_settled();
+        let t0 = time::now_ns();
+        let (id, _) = spawn_uapp("hung", task::ROLE_SPIN, Affinity::ANY, false, &[])?;
+        let code = task::join(id, 20 * SEC).ok_or("the spinner was not killed within 20 s")?;
+        let took = time::now_ns() - t0;
+        check(code == task::watchdog::WATCHDOG_CODE, || format!("exit code {code:#x}"))?;
+        // (the limit is 30 timer ticks: one tick, 10 ms, is the count's own grain)
+        check(took >= 290_000_000, || format!("killed after {} ms, before the limit", took / 1_000_000))?;
+        log::info!(target: "ktest", "watchdog: a ring-3 spinner was killed {} ms after its start (limit 300 ms of CPU time)", took / 1_000_000);
+        let after = crate::ktest::free_frames_settled();
+        check(after == before, || format!("{} frames leaked by the kill", before as i64 - after as i64))?;
+        let (id, _) = spawn_uapp("busy", task::ROLE_SPIN_FOR, Affinity::ANY, false, &[])?;
+        let code = task::join(id, 30 * SEC).ok_or("the busy task did not end")?;
+        check(code == 0x5f, || format!("a task making system calls ended with {code:#x} (0x5f: its own exit)"))?;
+        // 6 x 120 ms quiet stretches, each ended by a blocking sleep: the sleep's system call
+        // counts when the task is switched out (not at a tick), so the stretches never add up
+        let (id, _) = spawn_uapp("spin-sleep", task::ROLE_SPIN_SLEEP, Affinity::ANY, false, &[])?;
+        let code = task::join(id, 30 * SEC).ok_or("the spin-sleep task did not end")?;
+        check(code == 0x51, || format!("a task whose quiet stretches end in a blocking call ended with {code:#x} (0x51: its own exit)"))?;
+        // a server that takes a call and hangs: its caller is released (DeadPeer) once the
+        // watchdog kills it, not held for ever
+        let (id, ep) = spawn_uapp("hung-server", task::ROLE_HANG_ON_CALL, Affinity::ANY, true, &[])?;
+        let slot = task::try_give_current(task::send_cap(ep.ok_or("no endpoint")?, 0)).map_err(crate::ktest::cap_err)?;
+        let t0 = time::now_ns();
+        let r = task::call_timeout(slot, Message::new(1, [0; 4]), 10_000);
+        let took = time::now_ns() - t0;
+        check(r == Err(IpcError::DeadPeer), || format!("a call to a server that hangs: {r:?}"))?;
+        check(task::join(id, 5 * SEC) == Some(task::watchdog::WATCHDOG_CODE), || "the hung server was not the watchdog's".into())?;
+        log::info!(target: "ktest", "watchdog: a call to a server that hung was released after {} ms", took / 1_000_000);
+        Ok(())
+    })();
+    task::watchdog::set_limit_for_test(None);
+    r
 }
 
 pub fn driver_rtc_over_ipc(_: &Node) -> Result<(), String> {

@@ -4,7 +4,11 @@
 use super::*;
 
 pub(super) fn on_tick(f: &mut TrapFrame) {
-    with(|k| {
+    let hung = with(|k| {
+        // first, while `f` is still the interrupted task's
+        if let Some(h) = watchdog::on_tick(k, f) {
+            return Some(h);
+        }
         free_dead_stacks(k);
         let c = smp::cpu_index();
         if c == 0 {
@@ -37,7 +41,19 @@ pub(super) fn on_tick(f: &mut TrapFrame) {
         if k.sched.tick(c) || (idle && k.sched.queue_len(c) > 0) {
             resched(k, f);
         }
-    })
+        None
+    });
+    // A ring-3 task over the watchdog's limit: dumped (outside the lock, as a fault is) and
+    // killed; this tick's other work waits for the next tick (10 ms).
+    if let Some((id, name, ms)) = hung {
+        catenary_arch::trap::print_interrupted(f, &alloc::format!("WATCHDOG: ring-3 task {id} \"{name}\" ran {ms} ms of CPU without a system call (hung) - killing the task"));
+        with(|k| {
+            if k.sched.current(smp::cpu_index()) == Some(id) {
+                supervisor::note_fault(k, id, f.rip());
+                kill_current(k, f, watchdog::WATCHDOG_CODE);
+            }
+        });
+    }
 }
 
 pub(super) fn on_resched(f: &mut TrapFrame) {

@@ -60,6 +60,7 @@ pub mod supervisor;
 mod switch;
 mod syscall;
 pub mod vmctl;
+pub mod watchdog;
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -134,11 +135,13 @@ pub struct Ctx {
     dma_left: u64,
     /// The fabric /128 the last message this task received came from (`SYS_SENDER`).
     origin: [u8; 16],
+    /// Timer ticks it ran in ring 3 without a system call since its last one (`watchdog`).
+    quiet_ticks: u32,
 }
 
 impl Ctx {
     fn new(frame: TaskContext) -> Ctx {
-        Ctx { frame, space: None, io: None, caps: CapTable::new(64), frames: Default::default(), mem_left: 0, kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16] }
+        Ctx { frame, space: None, io: None, caps: CapTable::new(64), frames: Default::default(), mem_left: 0, kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16], quiet_ticks: 0 }
     }
 }
 

@@ -58,6 +58,8 @@ pub const ROLE_FPU_CLIENT: u64 = 44;
 /// its own registers hold (`sched_user_fpu_of_a_killed_task_does_not_leak`).
 pub const ROLE_FPU_DIE: u64 = 45;
 pub const ROLE_FPU_FRESH: u64 = 46;
+pub const ROLE_HANG_ON_CALL: u64 = 47;
+pub const ROLE_SPIN_SLEEP: u64 = 48;
 
 static IOAPIC_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Physical address of the first IOAPIC (from ACPI), if any.

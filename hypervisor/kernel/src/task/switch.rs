@@ -8,6 +8,7 @@ use super::*;
 /// ring-0 frame runs on along with it. False if `next` had no saved frame (then this CPU
 /// idles; cannot happen for a task the scheduler picked).
 pub(super) fn switch_to(k: &mut Kernel, f: &mut TrapFrame, prev: Option<TaskId>, next: Option<TaskId>) -> bool {
+    watchdog::on_switch(k, prev);
     let c = smp::cpu_index();
     let idle = k.idle_stack[c];
     // Two tasks of one table: `next`'s context is swapped out into `k.spare` (an empty one)

@@ -3,6 +3,7 @@
 use super::*;
 
 pub(super) fn on_syscall(f: &mut TrapFrame) {
+    watchdog::note_syscall();
     // Calls whose slow part (zeroing memory, the UART) runs without the kernel lock.
     match f.rax {
         SYS_MAP => sys_map(f),

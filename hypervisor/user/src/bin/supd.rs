@@ -39,7 +39,11 @@ struct Svc {
 entry!(run);
 
 fn describe(code: u64) -> (&'static str, u64) {
-    if code & !0xff == 0xdead_0000 { ("exception", code & 0xff) } else { ("exit code", code) }
+    match code {
+        WATCHDOG_CODE => ("hung (the kernel's watchdog: CPU time without a system call), code", code),
+        _ if code & !0xff == 0xdead_0000 => ("exception", code & 0xff),
+        _ => ("exit code", code),
+    }
 }
 
 fn run(_arg: u64) -> u64 {

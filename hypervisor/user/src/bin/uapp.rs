@@ -35,6 +35,8 @@ const ROLE_FPU_ECHO: u64 = 43;
 const ROLE_FPU_CLIENT: u64 = 44;
 const ROLE_FPU_DIE: u64 = 45;
 const ROLE_FPU_FRESH: u64 = 46;
+const ROLE_HANG_ON_CALL: u64 = 47;
+const ROLE_SPIN_SLEEP: u64 = 48;
 
 #[path = "uapp/restart.rs"]
 mod restart;
@@ -427,6 +429,32 @@ fn run(role: u64) -> u64 {
         ROLE_ONE_SHOT => {
             let _ = recv(0, 0);
             0x05
+        }
+        // Six stretches of about 120 ms of spinning without a system call, each followed by a
+        // 30 ms sleep (a blocking one); exits with 0x51. The stretches add up to more than a
+        // 300 ms watchdog limit, none reaches it: the watchdog must not kill it.
+        ROLE_SPIN_SLEEP => {
+            // the TSC's rate, from the clock (system calls before the stretches only)
+            let (t0, c0) = (now_ns(), rdtsc());
+            sleep_ns(20_000_000);
+            let (t1, c1) = (now_ns(), rdtsc());
+            let per_ms = (c1 - c0) / ((t1 - t0) / 1_000_000).max(1);
+            for _ in 0..6 {
+                let c = rdtsc();
+                while rdtsc() - c < 120 * per_ms {
+                    core::hint::spin_loop();
+                }
+                sleep_ns(30_000_000);
+            }
+            0x51
+        }
+        // slot 0: own endpoint. Takes a call and hangs in a loop without answering it (the
+        // kernel's watchdog must release the caller).
+        ROLE_HANG_ON_CALL => {
+            let _ = recv(0, 0);
+            loop {
+                core::hint::spin_loop();
+            }
         }
         // slot 0: report. Map, use and unmap memory.
         ROLE_MEMORY => {

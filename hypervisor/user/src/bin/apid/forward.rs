@@ -105,8 +105,8 @@ impl Forwarder {
     pub fn park(&mut self, s: &Sockets, conn: u64, req: Request, resp: Response, own: Option<String>, others: Vec<Other>, operator: [u8; 32], now_ms: u64) -> Option<Vec<u8>> {
         let names = others.iter().map(|o| o.0.clone()).collect();
         let mut g = Gather::new(req, resp, own, names);
-        // a dead node's answer is missing from the start, and a left one's but for the node
-        // listing: they are never asked
+        // a dead node's answer is missing from the start, a left one holds nothing (but for
+        // the node listing and its own leave): neither is asked
         g.leave_out(&others.iter().map(|o| o.2).collect::<Vec<_>>());
         if let Some(r) = g.done() {
             return Some(r.to_bytes());
