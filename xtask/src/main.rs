@@ -4,6 +4,7 @@
 
 mod apibench;
 mod apitest;
+mod hungtest;
 mod imagecopytest;
 mod orchtest;
 mod orchkilltest;

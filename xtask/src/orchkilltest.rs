@@ -48,6 +48,8 @@ pub const PROBE_OPTIONS: &[&str] = &[
     "net.ping", "net.bench", "net.wait",
     // fault injection (kernel net/boot.rs and the ring-3 netd; task/supervisor.rs; nicd)
     "net.test-loss", "netd.test_panic", "nicd.crash_after",
+    // the watchdog's test (task/supervisor.rs, memberd)
+    "memberd.test_hang",
     // wkclient.rs: the wkctl scenarios
     "workload.client",
     // init.rs `crash=` (its warning) and the boot-time benchmarks `bench=` (their log lines)
@@ -107,6 +109,12 @@ fn holds(bytes: &Result<Vec<u8>, String>, what: &str) -> Result<bool, String> {
 }
 
 /// The kill tests: their own two options checked, then they boot the probes kernel.
+/// The probes kernel for test `name`, checked to hold the options `opts` the node kernel
+/// does not.
+pub fn probes_kernel_for(t: &mut Tally, name: &str, kernel: &Path, opts: &[&str]) -> Result<std::path::PathBuf, String> {
+    probes_kernel_checked(t, name, kernel, opts)
+}
+
 fn probes_kernel(t: &mut Tally, name: &str, kernel: &Path) -> Result<std::path::PathBuf, String> {
     probes_kernel_checked(t, name, kernel, &["orchd.kill_test", "workd.kill_test"])
 }

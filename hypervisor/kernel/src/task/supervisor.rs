@@ -68,6 +68,9 @@ pub struct Supervision {
     /// `netd.test_panic=1` (test): the first ring-3 netd panics on a fabric IPC message with
     /// `catenary_ipc::netd::TEST_PANIC_LABEL` (later ones do not: the sender retransmits it).
     netd_test_panic: bool,
+    /// `memberd.test_hang=1` (test): the first memberd hangs in a loop without system calls
+    /// once the cluster is up (the watchdog's QEMU test, `cluster_memberd_hung`).
+    memberd_test_hang: bool,
     /// Services that start only when the kernel's network bring-up says so (those with a
     /// device or the router right): Some(true) go, Some(false) never.
     enabled: alloc::collections::BTreeMap<&'static str, bool>,    /// (Test, `orchd.kill_test`) Manifest services (bit i) whose start requests wait until
@@ -138,14 +141,17 @@ pub(super) fn start(cmdline: &str) {
     let crash = crate::cmdline::get(cmdline, "nicd.crash_after").and_then(|v| v.parse().ok()).unwrap_or(0);
     #[cfg(feature = "probes")]
     let netd_panic = crate::cmdline::get(cmdline, "netd.test_panic") == Some("1");
+    #[cfg(feature = "probes")]
+    let memberd_hang = crate::cmdline::get(cmdline, "memberd.test_hang") == Some("1");
     #[cfg(not(feature = "probes"))]
-    let (crash, netd_panic) = {
+    let (crash, netd_panic, memberd_hang) = {
         let _ = cmdline;
-        (0, false)
+        (0, false, false)
     };
     with(|k| {
         k.svc.nicd_crash_after = crash;
         k.svc.netd_test_panic = netd_panic;
+        k.svc.memberd_test_hang = memberd_hang;
         for s in SERVICES {
             let mut st = SvcState::default();
             if s.endpoint {
@@ -430,9 +436,9 @@ fn post_device_config(ep: EndpointId, info: &catenary_arch::virtio::VirtioPciInf
 /// Start manifest service `idx` with exactly its grants.
 fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
     let s: &Service = &SERVICES[idx];
-    let (running, ep, starts, kernel_eps, crash, enabled, netd_panic) = with(|k| {
+    let (running, ep, starts, kernel_eps, crash, enabled, netd_panic, memberd_hang) = with(|k| {
         let st = k.svc.svcs[idx];
-        (st.task.is_some(), st.endpoint, st.starts, k.svc.kernel_eps.clone(), k.svc.nicd_crash_after, k.svc.enabled.get(s.name).copied(), k.svc.netd_test_panic)
+        (st.task.is_some(), st.endpoint, st.starts, k.svc.kernel_eps.clone(), k.svc.nicd_crash_after, k.svc.enabled.get(s.name).copied(), k.svc.netd_test_panic, k.svc.memberd_test_hang)
     });
     if running {
         // asked again (a restarted supervisor adopting what runs): the task that runs it
@@ -502,7 +508,7 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
     }
     let arg = if s.name == "nicd" && starts == 0 && crash != 0 {
         crash
-    } else if s.router && netd_panic && starts == 0 {
+    } else if starts == 0 && ((s.router && netd_panic) || (s.name == "memberd" && memberd_hang)) {
         1
     } else {
         s.arg

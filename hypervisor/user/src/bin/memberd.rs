@@ -95,7 +95,10 @@ struct Service {
     logged: Vec<([u8; 32], u32, MemberState)>,
 }
 
-fn run(_arg: u64) -> u64 {
+fn run(arg: u64) -> u64 {
+    // `memberd.test_hang=1` (the probes kernel only, first start only; without the feature
+    // `probes` it means nothing): hang as `cluster_memberd_hung` needs
+    let test_hang = cfg!(feature = "probes") && arg & 1 != 0;
     if !dma::init_mapped(HEAP_PAGES) {
         log("memberd: no heap");
         return 99;
@@ -163,7 +166,23 @@ fn run(_arg: u64) -> u64 {
     let names: Vec<([u8; 32], String)> = cluster.members.iter().map(|m| (m.public_key, m.name.clone())).collect();
     let mut sv = Service { m, members, me, dropped_unknown: 0, refused_not_node: 0, refused: 0, names, logged: Vec::new() };
     let mut next_admission = 0u64;
+    if test_hang {
+        logf!("memberd: TEST ONLY: memberd.test_hang=1: this memberd hangs in a loop without system calls once every other member has been alive for 5 s");
+    }
+    let mut all_alive_since: Option<u64> = None;
     loop {
+        if test_hang {
+            let others = sv.names.iter().filter(|n| n.0 != own_key).count();
+            let alive = sv.rows().iter().filter(|r| !r.own && r.state == MemberState::Alive).count();
+            all_alive_since = if alive >= others { all_alive_since.or(Some(now_ns())) } else { None };
+            if all_alive_since.is_some_and(|t| now_ns() - t > 5_000_000_000) {
+                logf!("memberd: TEST ONLY: hanging now (a loop without system calls)");
+                #[allow(clippy::empty_loop)]
+                loop {
+                    core::hint::spin_loop();
+                }
+            }
+        }
         if now_ns() >= next_admission {
             next_admission = now_ns() + 1_000_000_000;
             sv.admit_from_netd(&cbuf);

@@ -1,0 +1,104 @@
+//! `cluster_memberd_hung` (docs/microkernel.md "Hung tasks: the spin watchdog"): a ring-3
+//! service hung in a loop on one node of three. node2 boots the probes kernel with
+//! `memberd.test_hang=1`: its first `memberd` (only the first: a restart gets no such
+//! argument) hangs in a loop without system calls once both other members have been alive
+//! for 5 s. Checked on node2: the kernel's watchdog kills it (`!!! WATCHDOG: … "memberd" ran
+//! 10000 ms …`, a register dump), `supd` reports it hung and starts it again, and the new
+//! `memberd` joins as a newer generation; the two others show node2's new generation alive;
+//! and a `catenary --json nodes` asked of node2 right after the hang began is answered
+//! (`apid` asks `memberd` for its table with a call that has no timeout: before the watchdog
+//! the call, and node2's whole API, waited for ever). Timings printed: the hang to the kill
+//! (node clock), the kill to the new generation alive on the others, and the CLI's wait.
+
+use crate::test::Tally;
+use crate::threenode::{Setup, ThreeNodes};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The node clock (s) of a console line `[   12.345678] …`.
+fn node_secs(l: &str) -> Option<f64> {
+    l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse().ok()
+}
+
+/// The generation in node `name`'s own `memberd: membership on … as NAME generation G` line.
+fn own_generation(l: &str, name: &str) -> Option<u64> {
+    let rest = l.split_once(&format!(" as {name} generation "))?.1;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    const V: usize = 1; // node2
+    let setup = Setup { node_cmdline: Some((V, "memberd.test_hang=1")), hang_expected: Some((V, "memberd")), ..Setup::PLAIN };
+    let kernel = &crate::orchkilltest::probes_kernel_for(t, "cluster_memberd_hung", kernel, &["memberd.test_hang"])?;
+    crate::threenode::three_nodes(t, kernel, "cluster_memberd_hung", "cluster-memberd-hung", &setup, |ThreeNodes { c, r, a, nodes, .. }| {
+        let name = nodes[V].name.clone();
+        let hang_line = "memberd: TEST ONLY: hanging now";
+        let hung = r.wait(Duration::from_secs(400), false, |l| l[V].iter().any(|x| x.contains(hang_line)));
+        c.check(&format!("{name}'s first memberd hangs once the cluster is up (the probe)"), hung, "");
+        if !hung {
+            return Err("memberd never hung".into());
+        }
+        let first_gen = r.lines[V].iter().find_map(|l| own_generation(l, &name));
+        let mark: Vec<usize> = r.lines.iter().map(|x| x.len()).collect();
+        // node2's API while its memberd hangs: a listing that needs memberd's table
+        let asked = Instant::now();
+        let mut killed = false;
+        let mut new_gen: Option<u64> = None;
+        let mut seen_alive: Vec<Option<Instant>> = vec![None; 3];
+        let (st, out, err, took) = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let t0 = Instant::now();
+                let (st, out, err) = a.cli(&nodes[V], &["--json", "nodes"]);
+                (st, out, err, t0.elapsed())
+            });
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while Instant::now() < deadline && !(killed && new_gen.is_some() && (0..3).all(|i| i == V || seen_alive[i].is_some())) {
+                r.wait(Duration::from_millis(100), false, |_| false);
+                let after = &r.lines[V][mark[V]..];
+                killed = after.iter().any(|x| x.contains("WATCHDOG: ring-3 task") && x.contains("\"memberd\" ran"));
+                new_gen = after.iter().find_map(|l| own_generation(l, &name)).filter(|g| Some(*g) > first_gen);
+                if let Some(g) = new_gen {
+                    let alive = format!("memberd: member {name} alive");
+                    let gen = format!("(generation {g})");
+                    for i in (0..3).filter(|i| *i != V) {
+                        if seen_alive[i].is_none() && r.lines[i][mark[i]..].iter().any(|x| x.contains(&alive) && x.contains(&gen)) {
+                            seen_alive[i] = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+            h.join().unwrap_or((-1, String::new(), "the CLI thread panicked".into(), Duration::ZERO))
+        });
+        let after = &r.lines[V][mark[V]..];
+        let hang_at = r.lines[V].iter().find(|x| x.contains(hang_line)).and_then(|x| node_secs(x));
+        let kill_at = after.iter().position(|x| x.contains("WATCHDOG: ring-3 task")).and_then(|p| after[p..].iter().find_map(|x| node_secs(x)));
+        let ms = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| format!("{} ms", ((b - a) * 1000.0).round())).unwrap_or("never".into());
+        let host = |t: Option<Instant>| t.map(|t| format!("{:.1} s", t.saturating_duration_since(asked).as_secs_f64())).unwrap_or("never".into());
+        println!(
+            "  timings: {name}'s hang -> the watchdog's kill {} (node clock, the next line after the dump); the hang -> new generation {:?} alive on {} {} and {} {} (host); `catenary nodes` through {name} answered after {:.1} s",
+            ms(hang_at, kill_at),
+            new_gen,
+            nodes[0].name,
+            host(seen_alive[0]),
+            nodes[2].name,
+            host(seen_alive[2]),
+            took.as_secs_f64()
+        );
+        c.check(&format!("{name}'s kernel killed the hung memberd (WATCHDOG line and register dump)"), killed && after.iter().any(|x| x.trim_start().starts_with("RIP ")), "");
+        c.check(
+            &format!("{name}'s supd reported it hung and restarted it"),
+            after.iter().any(|x| x.contains("supd: memberd (task") && x.contains("died: hung") && x.contains("restart 1 in")) && after.iter().any(|x| x.contains("supd: memberd running as task") && x.contains("(restarts: 1)")),
+            &after.iter().filter(|x| x.contains("supd:")).cloned().collect::<Vec<_>>().join(" | "),
+        );
+        c.check(&format!("{name}'s new memberd joined as a newer generation"), new_gen.is_some(), &format!("first {first_gen:?}, then {new_gen:?}"));
+        c.check(&format!("both others show {name}'s new generation alive"), (0..3).all(|i| i == V || seen_alive[i].is_some()), &format!("{seen_alive:?}"));
+        // the answer once memberd was killed (its table empty, or the new one's)
+        let listed = crate::apitest::json(&out).and_then(|v| v["nodes"].as_array().map(|l| l.len())).unwrap_or(0);
+        c.check(&format!("`catenary --json nodes` through {name}, asked while its memberd hung, is answered (three nodes listed)"), st == 0 && listed == 3, &format!("exit {st} after {:.1} s: {} {}", took.as_secs_f64(), out.chars().take(200).collect::<String>(), err.trim()));
+        // after: node1's listing shows node2 alive again
+        let (st, out, _) = a.cli(&nodes[0], &["--json", "nodes"]);
+        let row = crate::apitest::json(&out).and_then(|v| v["nodes"].as_array().and_then(|l| l.iter().find(|n| n["name"] == name.as_str()).map(|n| format!("{} {}", n["state"].as_str().unwrap_or("?"), n["membership"].as_str().unwrap_or("?")))));
+        c.check(&format!("`catenary nodes` through {} shows {name} `up alive`", nodes[0].name), st == 0 && row.as_deref() == Some("up alive"), &format!("{row:?}"));
+        Ok(())
+    })
+}
