@@ -108,13 +108,13 @@ fn holds(bytes: &Result<Vec<u8>, String>, what: &str) -> Result<bool, String> {
     bytes.as_ref().map(|b| b.windows(what.len()).any(|w| w == what.as_bytes())).map_err(|e| e.clone())
 }
 
-/// The kill tests: their own two options checked, then they boot the probes kernel.
 /// The probes kernel for test `name`, checked to hold the options `opts` the node kernel
 /// does not.
 pub fn probes_kernel_for(t: &mut Tally, name: &str, kernel: &Path, opts: &[&str]) -> Result<std::path::PathBuf, String> {
     probes_kernel_checked(t, name, kernel, opts)
 }
 
+/// The kill tests: their own two options checked, then they boot the probes kernel.
 fn probes_kernel(t: &mut Tally, name: &str, kernel: &Path) -> Result<std::path::PathBuf, String> {
     probes_kernel_checked(t, name, kernel, &["orchd.kill_test", "workd.kill_test"])
 }
