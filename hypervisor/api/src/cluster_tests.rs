@@ -582,30 +582,26 @@ fn a_left_node_is_asked_for_the_node_listing_only() {
     g.leave_out(&reach);
     assert_eq!(g.to_ask(usize::MAX), vec![1]);
     // a stop, one node at a time: the first node left, so the second is asked first; the
-    // left node is never asked
+    // left node is never asked; node2 and node4 answer no
     let missing = crate::ApiError::new(404, "no_such_workload", "no workload has that name").to_response();
-    let stop = "POST /v1/workloads/w/stop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
-    let mut g = cluster::Gather::new(parse(stop), missing.clone(), Some("node1".into()), names.clone());
-    g.leave_out(&[Reach::Left, Reach::Idle, Reach::Dead, Reach::Session]);
-    assert_eq!(g.to_ask(usize::MAX), vec![1]);
-    g.answer(1, Some((404, missing.body.clone())));
-    assert_eq!(g.to_ask(usize::MAX), vec![3]);
-    g.answer(3, Some((404, missing.body.clone())));
+    let stop = |third: Reach| {
+        let mut g = cluster::Gather::new(parse("POST /v1/workloads/w/stop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"), missing.clone(), Some("node1".into()), names.clone());
+        g.leave_out(&[Reach::Left, Reach::Idle, third, Reach::Session]);
+        assert_eq!(g.to_ask(usize::MAX), vec![1]);
+        g.answer(1, Some((404, missing.body.clone())));
+        assert_eq!(g.to_ask(usize::MAX), vec![3]);
+        g.answer(3, Some((404, missing.body.clone())));
+        let r = g.done().unwrap();
+        (r.status, String::from_utf8_lossy(&r.body).to_string())
+    };
     // the dead node may hold it (it may come back): not a sure 404; the left one holds
     // nothing of the cluster's
-    let r = g.done().unwrap();
-    let body = String::from_utf8_lossy(&r.body).to_string();
-    assert!(r.status == 503 && body.contains("node4 did not answer") && !body.contains("node2"), "{} {body}", r.status);
-    // with no node dead: every member said no, so no such workload (404), the left node
+    let (status, body) = stop(Reach::Dead);
+    assert!(status == 503 && body.contains("node4 did not answer") && !body.contains("node2"), "{status} {body}");
+    // with no node dead: every member said no, so no such workload (404), the left nodes
     // counted as holding nothing
-    let mut g = cluster::Gather::new(parse(stop), missing.clone(), Some("node1".into()), names.clone());
-    g.leave_out(&[Reach::Left, Reach::Idle, Reach::Left, Reach::Session]);
-    assert_eq!(g.to_ask(usize::MAX), vec![1]);
-    g.answer(1, Some((404, missing.body.clone())));
-    assert_eq!(g.to_ask(usize::MAX), vec![3]);
-    g.answer(3, Some((404, missing.body.clone())));
-    let r = g.done().unwrap();
-    assert!(r.status == 404 && String::from_utf8_lossy(&r.body).contains("no_such_workload"), "{} {:?}", r.status, String::from_utf8_lossy(&r.body));
+    let (status, body) = stop(Reach::Left);
+    assert!(status == 404 && body.contains("no_such_workload"), "{status} {body}");
 }
 
 /// `apid` takes a request it would otherwise refuse `busy` (no room to park) when none of the
