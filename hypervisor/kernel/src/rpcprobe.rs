@@ -241,6 +241,19 @@ pub fn rpcquota(fill: u64) {
         }
         return info!(target: "net", "rpcquota other done");
     }
+    // the peer's rpcsvc may not have bound its address yet (calls then end `NoEndpoint`, not
+    // held): fill the quota only once it answers
+    let end = time::now_ns() + 200_000_000_000;
+    let mut tries = 0u64;
+    loop {
+        tries += 1;
+        match task::call_timeout(slot, Message::new(LABEL_HELD, [0; 4]), 10_000) {
+            Ok(_) => break,
+            Err(e) if time::now_ns() >= end => return warn!(target: "net", "rpcquota: {} never answered ({} tries, last {:?})", peer, tries, e),
+            Err(_) => task::sleep_ns(250_000_000),
+        }
+    }
+    info!(target: "net", "rpcquota: {}'s rpcsvc answered (try {}); filling the quota", peer, tries);
     let quota = catenary_net::ipcroute::CALLS_PER_SOURCE as u64;
     let n = quota + QUOTA_EXTRA;
     let t0 = time::now_ns();
