@@ -6,6 +6,7 @@ mod apibench;
 mod apitest;
 mod hungtest;
 mod imagecopytest;
+mod updatetest;
 mod orchtest;
 mod orchkilltest;
 mod admissiontest;

@@ -213,6 +213,7 @@ pub fn run(data: &[u8]) {
                     1 => Request::Start(t),
                     2 => Request::Stop { target: t, grace_ms: Some((w >> 32) as u32) },
                     3 => Request::Destroy(t),
+                    4 if w & 0x800 != 0 => Request::Spec(t),
                     4 => Request::Status(t),
                     5 => Request::Logs { target: t, cursor: w >> 20, max: (w >> 40) as u32 },
                     6 if w & 0x1000 != 0 => {

@@ -18,7 +18,8 @@
 //! - [`vmctl`]: the kernel's VM-control records (`SYS_VM`, gated by the VMCTL capability);
 //! - [`node`]: the `node.json` the guest init reads;
 //! - [`net`]: each networked workload's link slot, /128 and MAC;
-//! - [`service`]: the state machine `workd` runs around all of the above.
+//! - [`service`]: the state machine `workd` runs around all of the above;
+//! - [`replace`]: what `orchd` does with a cluster replica whose desired spec changed.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -34,6 +35,7 @@ pub mod logring;
 pub mod net;
 pub mod node;
 pub mod proto;
+pub mod replace;
 pub mod restart;
 pub mod service;
 pub mod spec;

@@ -431,6 +431,10 @@ impl Service {
                 }
                 Ok(Reply::Status(status(w, now_ms, address)))
             }
+            Request::Spec(t) => {
+                let i = self.find(&t)?;
+                Ok(Reply::Spec(self.workloads[i].spec.clone()))
+            }
             Request::Logs { target, cursor, max } => {
                 let i = self.find(&target)?;
                 Ok(Reply::Logs(self.workloads[i].log.read(cursor, max.min(LOG_READ_MAX) as usize)))

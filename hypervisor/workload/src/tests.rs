@@ -543,3 +543,21 @@ fn store_room_and_image_size_as_reported_to_the_scheduler() {
     assert_eq!(s.uploads_mib(&held), vec![(Digest([7; 32]), 601)]);
     assert_eq!(st(1000 << 8, 100 << 8, 4000 << 8).uploads_mib(&held), vec![]);
 }
+
+/// `Request::Spec` answers the spec as the client gave it (env and args included), also after
+/// a restart by the policy (the attempt's env entries are the guest's, not the spec's): what
+/// `orchd` compares with the desired spec (`crate::replace`).
+#[test]
+fn spec_answers_the_spec_as_created_across_restarts() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    let sp = spec("flaky", 64, RestartPolicy::Always);
+    s.handle(Request::Create(sp.clone()), 0, &mut k).unwrap();
+    assert_eq!(s.handle(Request::Spec(Target::Name("flaky".into())), 0, &mut k), Ok(Reply::Spec(sp.clone())));
+    s.handle(Request::Start(Target::Name("flaky".into())), 0, &mut k).unwrap();
+    let vm = k.next;
+    end(&mut s, &mut k, vm, Some(vmctl::Exit::Code(1)), vmctl::Ended::PowerOff, 1000);
+    s.tick(1000 + crate::restart::backoff_ms(1), &mut k);
+    assert_eq!(k.created.len(), 2, "restarted by its policy");
+    assert_eq!(s.handle(Request::Spec(Target::Name("flaky".into())), 5000, &mut k), Ok(Reply::Spec(sp)));
+    assert_eq!(s.handle(Request::Spec(Target::Name("nosuch".into())), 5000, &mut k), Err(Error::NoSuchWorkload));
+}

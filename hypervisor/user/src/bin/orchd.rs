@@ -42,6 +42,7 @@ use catenary_netsock::{DgramHeader, Local, Ready, DGRAM_HEADER, UDP_PAYLOAD_MAX}
 use catenary_user::netsock_client::Sockets;
 use catenary_user::*;
 use catenary_workload::proto::{self as wk, decode_response, encode_request, Target, BUFFER_MIN, LABEL_REQUEST, TRANSPORT_OK};
+use catenary_workload::replace::{self, Replace};
 use catenary_workload::spec::{RestartPolicy, WorkloadSpec};
 use catenary_workload::status::State;
 use catenary_workload::Digest;
@@ -701,13 +702,17 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
         _ => return Some(active),
     };
     let now_ms = now_ns() / 1_000_000;
-    shown.waiting.retain(|n, _| want.contains_key(n) && !list.iter().any(|w| w.name == *n));
+    shown.waiting.retain(|n, _| want.contains_key(n));
     shown.stopped.retain(|n| list.iter().any(|w| w.name == *n));
+    shown.specs.retain(|n, c| want.contains_key(n) && list.iter().any(|w| w.name == *n && w.id == c.id));
     for (name, (spec, r)) in want {
-        let exists = list.iter().any(|w| w.name == name);
-        if !exists && !images.contains(&Digest(spec.image)) {
+        let existing = list.iter().find(|w| w.name == name);
+        let image_here = images.contains(&Digest(spec.image));
+        let replace = existing.map(|w| replacement(workd, w, local_spec(&spec, name.clone()), image_here, r, now_ms, &mut shown.specs));
+        if (existing.is_none() && !image_here) || replace == Some(Replace::WaitForImage) {
             if let alloc::collections::btree_map::Entry::Vacant(e) = shown.waiting.entry(name) {
-                logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it", e.key(), spec.name, r, Digest(spec.image));
+                logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it{}", e.key(), spec.name, r, Digest(spec.image),
+                    if existing.is_some() { " (the running one is replaced once it is here)" } else { "" });
                 e.insert((Digest(spec.image), now_ms));
             }
             continue;
@@ -715,7 +720,23 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
         if let Some((d, since)) = shown.waiting.remove(&name) {
             logf!("orchd: image {} in the store after {} ms: starting {}", d, now_ms.saturating_sub(since), name);
         }
-        match list.iter().find(|w| w.name == name) {
+        match (existing, replace) {
+            (Some(w), Some(Replace::Stop)) => {
+                let why = shown.specs.get(&name).map_or(String::new(), |c| c.differs.join(", "));
+                let stopped = workd.call(&wk::Request::Stop { target: Target::Id(w.id), grace_ms: None });
+                logf!("orchd: replacing {} ({} replica {}): its spec changed ({}); stopping it: {:?}", name, spec.name, r, why, stopped.map(|r| r.is_ok()));
+                continue;
+            }
+            (Some(w), Some(Replace::Destroy)) => {
+                let destroyed = workd.call(&wk::Request::Destroy(Target::Id(w.id)));
+                logf!("orchd: destroyed {} to create it from the changed spec: {:?}", name, destroyed.map(|r| r.is_ok()));
+                shown.stopped.remove(&name);
+                continue;
+            }
+            (Some(_), Some(Replace::Stopping | Replace::WaitTurn(_) | Replace::WaitForImage)) => continue,
+            _ => {}
+        }
+        match existing {
             Some(w) if w.state == State::Created => {
                 let _ = workd.call(&wk::Request::Start(Target::Name(name)));
             }
@@ -738,6 +759,37 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
         }
     }
     Some(active)
+}
+
+/// What `orchd` last learnt of a replica's spec in `workd` (`Request::Spec`), asked again only
+/// when the workload's id or the desired spec changes.
+struct SpecCheck {
+    id: catenary_workload::WorkloadId,
+    /// The desired spec it was compared with (as `workd` takes it).
+    want: WorkloadSpec,
+    /// What `workd` created it from.
+    have: WorkloadSpec,
+    /// The fields that differ (empty: up to date).
+    differs: Vec<&'static str>,
+    /// When this node saw it outdated (ms; the replicas' turns count from here).
+    seen_ms: u64,
+}
+
+/// What to do with replica `r`, which workd lists as `w`, when the desired state gives it
+/// `want` here (`catenary_workload::replace`). Without workd's answer it is kept (asked again
+/// at the next turn).
+fn replacement(workd: &Workd, w: &catenary_workload::status::Summary, want: WorkloadSpec, image_here: bool, r: u32, now_ms: u64, specs: &mut BTreeMap<String, SpecCheck>) -> Replace {
+    let known = specs.get(&w.name).is_some_and(|c| c.id == w.id && c.want == want);
+    if !known {
+        let Some(Ok(wk::Reply::Spec(have))) = workd.call(&wk::Request::Spec(Target::Id(w.id))) else { return Replace::Keep };
+        let differs = replace::differences(&have, &want);
+        if !differs.is_empty() {
+            logf!("orchd: {} runs an outdated spec ({} differ from the desired state's)", w.name, differs.join(", "));
+        }
+        specs.insert(w.name.clone(), SpecCheck { id: w.id, want, have, differs, seen_ms: now_ms });
+    }
+    let Some(c) = specs.get(&w.name) else { return Replace::Keep };
+    replace::decide(&c.have, &c.want, w.state, image_here, r, c.seen_ms, now_ms)
 }
 
 /// What was last logged, so that only changes are.
@@ -766,6 +818,8 @@ struct Shown {
     waiting: BTreeMap<String, (Digest, u64)>,
     /// Replicas this service stopped that workd still lists (run again if assigned again).
     stopped: alloc::collections::BTreeSet<String>,
+    /// The replicas' specs in workd as last compared with the desired state.
+    specs: BTreeMap<String, SpecCheck>,
     /// The applied count reported is held back (a replica unassigned here still runs).
     held: bool,
 }

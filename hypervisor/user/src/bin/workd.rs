@@ -364,6 +364,7 @@ fn request_kind(r: &Request) -> &'static str {
         Request::ImageCommit { .. } => "ImageCommit",
         Request::Logs { .. } => "Logs",
         Request::Status(_) => "Status",
+        Request::Spec(_) => "Spec",
         Request::ClusterLease { .. } => "ClusterLease",
         _ => "other",
     }
