@@ -156,7 +156,7 @@ pub fn test_image_copy(t: &mut Tally, kernel: &Path) -> Result<(), String> {
 /// The test image with another `config.json` (a newline more: the same run configuration):
 /// another digest, the same root filesystem and size, and its own piece list (the stream moved
 /// by a byte). Written next to `image`.
-fn variant(image: &Path) -> Result<PathBuf, String> {
+pub(crate) fn variant(image: &Path) -> Result<PathBuf, String> {
     let dir = image.with_file_name("out-variant");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let config = std::fs::read(image.join("config.json")).map_err(|e| e.to_string())?;
@@ -178,12 +178,12 @@ fn variant(image: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-fn sha256(b: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(b: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(b).into()
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

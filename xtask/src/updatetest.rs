@@ -6,8 +6,11 @@
 //! new instance must log `hello from v2`; replica 1's turn comes at least a roll step
 //! (`catenary_workload::replace::ROLL_STEP_MS`, less a second for the two nodes' views of the
 //! commit) after replica 0's, so the two are not stopped together; afterwards both run again on
-//! two nodes. The replacement times, and the fewest `web` replicas seen running while it
-//! rolled, are printed (figures, not checks).
+//! two nodes. Then `web` gets another image (and `hello v3`), pushed to the third node only:
+//! each host must fetch it while its old replica runs on, and replace the replica (`(image,
+//! args)`) only once the image is in its store; both then greet `v3`. The replacement times,
+//! and the fewest `web` replicas seen running while it rolled, are printed (figures, not
+//! checks).
 
 use crate::orchtest::{lists, runners};
 use crate::test::Tally;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 const WEB: [&str; 2] = ["cl-web-0", "cl-web-1"];
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
-    crate::threenode::three_nodes(t, kernel, "cluster_workload_update", "cluster-workload-update", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, .. }| {
+    crate::threenode::three_nodes(t, kernel, "cluster_workload_update", "cluster-workload-update", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, image }| {
         let from = vec![0usize; 3];
         let dead = vec![false; 3];
         // the nodes whose workd lists replica `n` running
@@ -85,6 +88,43 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         };
         c.check(&format!("replica 1 is replaced at least {:.0} s after replica 0 (a roll step less 1 s)", step - 1.0), apart >= step - 1.0, &format!("{apart:.1} s apart"));
         c.check("afterwards both replicas run again, on the same two nodes", ok && done(&r.lines), &format!("{:?}", lists(&r.lines, &from, &dead)));
+        if !ok {
+            return Err("the args update did not end".into());
+        }
+        // Another image, pushed to the node that runs no replica: each host fetches it while its
+        // old replica runs on, and replaces the replica only once the image is in its store.
+        let image_b = crate::imagecopytest::variant(image)?;
+        let digest_b = format!("sha256:{}", crate::imagecopytest::hex(&crate::imagecopytest::sha256(&std::fs::read(image_b.join("image.json")).map_err(|e| e.to_string())?)));
+        let third = (0..3).find(|i| !hosts.contains(i)).unwrap_or(0);
+        let (st, out, err) = a.cli(&nodes[third], &["image", "push", image_b.to_str().ok_or("path")?]);
+        c.check(&format!("a second image pushed to {} only (it runs no replica)", nodes[third].name), st == 0 && out.trim() == digest_b, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
+        let t1 = Instant::now();
+        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", image_b.to_str().unwrap_or(""), "hello", "v3"]);
+        c.check("`run` of web with that image and `hello v3` is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let done3 = |l: &[Vec<String>]| (0..2).all(|k| greeted(l, hosts[k], WEB[k], "v3", mark[hosts[k]]) && running_on(l, WEB[k]) == [hosts[k]]);
+        let ok = r.wait(Duration::from_secs(600), false, done3);
+        println!("  image update -> both replicas greet v3: {:.1} s", t1.elapsed().as_secs_f64());
+        for k in 0..2 {
+            let i = hosts[k];
+            let ls = &r.lines[i][mark[i]..];
+            let pos = |pat: &str| ls.iter().position(|x| x.contains(pat));
+            let waits = pos(&format!("orchd: {} (web replica {k}) runs on while image {digest_b} is fetched", WEB[k]));
+            let here = pos("orchd: image ").filter(|p| ls[*p].contains("in the store after"));
+            let replacing = pos(&format!("orchd: replacing {} ", WEB[k]));
+            // the old replica still ran when the fetch began: its node's latest list then
+            let ran = waits.is_some_and(|p| {
+                let upto: Vec<Vec<String>> = (0..3).map(|j| if j == i { r.lines[i][..mark[i] + p].to_vec() } else { Vec::new() }).collect();
+                running_on(&upto, WEB[k]) == [i]
+            });
+            let order = matches!((waits, here, replacing), (Some(w), Some(h), Some(x)) if w < h && h < x) && ls[replacing.unwrap_or(0)].contains("its spec changed (image, args)");
+            if let (Some(h), Some(x)) = (here, replacing) {
+                println!("  {}: {}; {}", nodes[i].name, ls[h].split("orchd: ").nth(1).unwrap_or(""), ls[x].split("orchd: ").nth(1).unwrap_or(""));
+            }
+            c.check(&format!("{} on {} ran on while its node fetched the image, and was replaced (image, args) only once it was in the store", WEB[k], nodes[i].name), ran && order,
+                &format!("waits {waits:?} (running then: {ran}), in the store {here:?}, replacing {replacing:?}"));
+        }
+        c.check("both replicas greet `v3` and run on the same two nodes", ok, &format!("{:?}", lists(&r.lines, &from, &dead)));
         Ok(())
     })
 }

@@ -711,14 +711,18 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
         let replace = existing.map(|w| replacement(workd, w, local_spec(&spec, name.clone()), image_here, r, now_ms, &mut shown.specs));
         if (existing.is_none() && !image_here) || replace == Some(Replace::WaitForImage) {
             if let alloc::collections::btree_map::Entry::Vacant(e) = shown.waiting.entry(name) {
-                logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it{}", e.key(), spec.name, r, Digest(spec.image),
-                    if existing.is_some() { " (the running one is replaced once it is here)" } else { "" });
+                // (a console line holds about 250 bytes: the replacement's line is the short one)
+                if existing.is_some() {
+                    logf!("orchd: {} ({} replica {}) runs on while image {} is fetched", e.key(), spec.name, r, Digest(spec.image));
+                } else {
+                    logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it", e.key(), spec.name, r, Digest(spec.image));
+                }
                 e.insert((Digest(spec.image), now_ms));
             }
             continue;
         }
         if let Some((d, since)) = shown.waiting.remove(&name) {
-            logf!("orchd: image {} in the store after {} ms: starting {}", d, now_ms.saturating_sub(since), name);
+            logf!("orchd: image {} in the store after {} ms: {} {}", d, now_ms.saturating_sub(since), if existing.is_some() { "replacing on its turn" } else { "starting" }, name);
         }
         match (existing, replace) {
             (Some(w), Some(Replace::Stop)) => {
