@@ -3,12 +3,14 @@
 //! `hello v1`. The operator runs it again under the same name with `hello v2` (what
 //! `catenary run` of an existing name does: the desired spec is replaced). Each node that runs
 //! a replica must replace it (its `orchd` logs `replacing cl-web-R … (args)`), once, and the
-//! new instance must log `hello from v2`; replica 1's turn comes at least a roll step
-//! (`catenary_workload::replace::ROLL_STEP_MS`, less a second for the two nodes' views of the
-//! commit) after replica 0's, so the two are not stopped together; afterwards both run again on
+//! new instance must log `hello from v2`; on its node's clock replica 0 is stopped within a
+//! roll step (`catenary_workload::replace::ROLL_STEP_MS`) of the node seeing the change and
+//! replica 1 a step after, so the two are not stopped together; afterwards both run again on
 //! two nodes. Then `web` gets another image (and `hello v3`), pushed to the third node only:
 //! each host must fetch it while its old replica runs on, and replace the replica (`(image,
-//! args)`) only once the image is in its store; both then greet `v3`. The replacement times,
+//! args)`) only once the image is in its store; both then greet `v3`. Then `--mem 4096`, more
+//! than a node has: each host keeps its old instance running (and says so); then `--mem 64`
+//! again, the spec the replicas run: nothing is replaced. The replacement times,
 //! and the fewest `web` replicas seen running while it rolled, are printed (figures, not
 //! checks).
 
@@ -20,6 +22,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const WEB: [&str; 2] = ["cl-web-0", "cl-web-1"];
+
+/// A console line's node clock (`[   8.885641] …`), in seconds.
+fn node_secs(l: &str) -> Option<f64> {
+    l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse().ok()
+}
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     crate::threenode::three_nodes(t, kernel, "cluster_workload_update", "cluster-workload-update", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, image }| {
@@ -81,12 +88,19 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             let v2 = at.is_some_and(|p| greeted(&r.lines, hosts[k], WEB[k], "v2", p));
             c.check(&format!("{} logs `hello from v2` after it was replaced", WEB[k]), v2, "");
         }
+        // each replica's turn on its own node's clock: from the line that saw it outdated to the
+        // one that stops it, replica k waits k roll steps (less the 0.3 s of a converge turn)
         let step = catenary_workload::replace::ROLL_STEP_MS as f64 / 1000.0;
-        let apart = match (seen.get(&0), seen.get(&1)) {
-            (Some(a), Some(b)) => b - a,
-            _ => f64::NAN,
-        };
-        c.check(&format!("replica 1 is replaced at least {:.0} s after replica 0 (a roll step less 1 s)", step - 1.0), apart >= step - 1.0, &format!("{apart:.1} s apart"));
+        let waited: Vec<Option<f64>> = (0..2)
+            .map(|k| {
+                let ls = &r.lines[hosts[k]][mark[hosts[k]]..];
+                let at = |pat: &str| ls.iter().find(|x| x.contains(pat)).and_then(|x| node_secs(x));
+                Some(at(&format!("orchd: replacing {} ", WEB[k]))? - at(&format!("orchd: {} runs an outdated spec", WEB[k]))?)
+            })
+            .collect();
+        println!("  turns on each node's clock: {:?} s after the change was seen (a step is {step:.0} s)", waited);
+        let turns = waited[0].is_some_and(|w| w < step) && waited[1].is_some_and(|w| w >= step - 0.3);
+        c.check(&format!("replica 0 is replaced within a roll step, replica 1 a step ({step:.0} s) after its node saw the change"), turns, &format!("{waited:?}"));
         c.check("afterwards both replicas run again, on the same two nodes", ok && done(&r.lines), &format!("{:?}", lists(&r.lines, &from, &dead)));
         if !ok {
             return Err("the args update did not end".into());
@@ -123,8 +137,37 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             }
             c.check(&format!("{} on {} ran on while its node fetched the image, and was replaced (image, args) only once it was in the store", WEB[k], nodes[i].name), ran && order,
                 &format!("waits {waits:?} (running then: {ran}), in the store {here:?}, replacing {replacing:?}"));
+            // its turn counts from the image's arrival (node clock), not from the commit
+            let turn = here.zip(replacing).and_then(|(h, x)| Some(node_secs(&ls[x])? - node_secs(&ls[h])?));
+            let due = k as f64 * step;
+            c.check(&format!("{}'s turn came {due:.0} s after the image was in its node's store", WEB[k]), turn.is_some_and(|w| w >= due - 0.3 && w < due + step), &format!("{turn:?} s"));
         }
         c.check("both replicas greet `v3` and run on the same two nodes", ok, &format!("{:?}", lists(&r.lines, &from, &dead)));
+        if !ok {
+            return Err("the image update did not end".into());
+        }
+        // More memory than a node has: each host keeps the old instance running (replacing it
+        // would leave the replica down: its create would be refused). Then the spec it runs
+        // again: nothing is replaced.
+        let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
+        let b = image_b.to_str().unwrap_or("");
+        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "4096", "--restart", "always", b, "hello", "v3"]);
+        c.check("`run` of web with `--mem 4096` (more than a node has) is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let kept = |l: &[Vec<String>]| (0..2).all(|k| l[hosts[k]][mark[hosts[k]]..].iter().any(|x| x.contains(&format!("orchd: {} keeps its old spec: the new one needs 4100 MiB", WEB[k]))));
+        let said = r.wait(Duration::from_secs(120), false, kept);
+        r.wait(Duration::from_secs(25), false, |_| false); // past replica 1's turn
+        let touched = |l: &[Vec<String>], from: &[usize]| -> Vec<String> {
+            (0..2).flat_map(|k| l[hosts[k]][from[hosts[k]]..].iter().filter(|x| x.contains(&format!("orchd: replacing {} ", WEB[k])) || x.contains(&format!("orchd: destroyed {} ", WEB[k]))).cloned().collect::<Vec<_>>()).collect()
+        };
+        let still = (0..2).all(|k| running_on(&r.lines, WEB[k]) == [hosts[k]]);
+        c.check("each host logs that its replica keeps its old spec (4100 MiB needed), and 25 s later neither was stopped and both run", said && touched(&r.lines, &mark).is_empty() && still,
+            &format!("said {said}, {:?}, {:?}", touched(&r.lines, &mark), lists(&r.lines, &from, &dead)));
+        let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
+        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", b, "hello", "v3"]);
+        c.check("`run` of web back at `--mem 64` (the spec its replicas run) is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        r.wait(Duration::from_secs(25), false, |_| false);
+        let still = (0..2).all(|k| running_on(&r.lines, WEB[k]) == [hosts[k]]);
+        c.check("then nothing is replaced (the replicas run the desired spec) and both run", touched(&r.lines, &mark).is_empty() && still, &format!("{:?}", touched(&r.lines, &mark)));
         Ok(())
     })
 }

@@ -166,8 +166,9 @@ pub enum Request {
     /// deadline set before, earlier or later; at most [`LEASE_MAX_MS`] from now is kept.
     /// Answers [`Reply::Done`]; [`Error::NotOrchestrator`] from any other client.
     ClusterLease { until_ns: u64 },
-    /// The spec a workload was created with ([`Reply::Spec`]; env and args included): what
-    /// `orchd` compares with the cluster's desired spec to replace an outdated replica.
+    /// (`orchd` only: [`Error::NotOrchestrator`] from any other client.) The spec a workload
+    /// was created with ([`Reply::Spec`]; env and args included): what `orchd` compares with
+    /// the cluster's desired spec to replace an outdated replica.
     Spec(Target),
 }
 

@@ -9,18 +9,22 @@
 //! grace period), destroyed, and created again from the new spec by the usual path.
 //!
 //! **Staggered, not health-gated.** Replica `r` waits `r ×` [`ROLL_STEP_MS`] (at most
-//! [`ROLL_TURNS_MAX`] steps) from the moment its node saw the change, so the replicas of one
-//! workload are not all down at once; every node saw the change within a commit's spread. A
-//! replica's turn does not wait for the one before it to run again (a node does not know
-//! another node's replica state): a new image that cannot start takes every replica down, one
-//! step apart.
+//! [`ROLL_TURNS_MAX`] steps) from the moment its node had the new spec's image with the
+//! replica outdated (`seen_ms`: for the same image, when the node saw the change; every node
+//! sees it within a commit's spread), so the replicas of one workload are not all down at
+//! once. A replica's turn does not wait for the one before it to run again (a node does not
+//! know another node's replica state): a new image that cannot start takes every replica down,
+//! one step apart; and copies of a new image that end at different times on different nodes
+//! move the turns with them.
 
+use crate::admission::Admission;
 use crate::spec::WorkloadSpec;
 use crate::status::State;
 use alloc::vec::Vec;
 
-/// The time between two replicas' turns.
-pub const ROLL_STEP_MS: u64 = 10_000;
+/// The time between two replicas' turns: a stop's whole default grace
+/// ([`crate::proto::GRACE_DEFAULT_MS`]) and 10 s more for the new instance to boot.
+pub const ROLL_STEP_MS: u64 = crate::proto::GRACE_DEFAULT_MS as u64 + 10_000;
 /// Replicas past this index wait as long as this one.
 pub const ROLL_TURNS_MAX: u32 = 30;
 
@@ -40,6 +44,10 @@ pub enum Replace {
     Stopping,
     /// Outdated and not running: destroy it (it is then created from the desired spec).
     Destroy,
+    /// Outdated, but the desired spec needs more memory than this node's admission can give
+    /// once the old instance's is back: the old instance runs on (replacing it would leave
+    /// the replica down here: its create would be refused).
+    NoRoom { need_mib: u64, free_mib: u64 },
 }
 
 /// The fields in which `have` (what `workd` was given) differs from `want` (the desired spec
@@ -75,13 +83,23 @@ pub fn differences(have: &WorkloadSpec, want: &WorkloadSpec) -> Vec<&'static str
 
 /// What to do with replica `replica` that `workd` created from `have` and now reports in
 /// `state`, when the desired state gives it `want`: `image_here` says whether `want`'s image is
-/// in this node's store, `seen_ms` when this node first saw `have` outdated, `now_ms` now.
-pub fn decide(have: &WorkloadSpec, want: &WorkloadSpec, state: State, image_here: bool, replica: u32, seen_ms: u64, now_ms: u64) -> Replace {
+/// in this node's store, `free_mib` what `workd`'s admission has free now (`None`: unknown,
+/// taken as enough), `seen_ms` since when this node has had that image with `have` outdated,
+/// `now_ms` now.
+#[allow(clippy::too_many_arguments)]
+pub fn decide(have: &WorkloadSpec, want: &WorkloadSpec, state: State, image_here: bool, free_mib: Option<u64>, replica: u32, seen_ms: u64, now_ms: u64) -> Replace {
     if have == want {
         return Replace::Keep;
     }
     if !image_here {
         return Replace::WaitForImage;
+    }
+    // the old instance's memory comes back when it is destroyed
+    let need_mib = Admission::need_mib(want.memory_mib);
+    if let Some(free) = free_mib {
+        if need_mib > free.saturating_add(Admission::need_mib(have.memory_mib)) {
+            return Replace::NoRoom { need_mib, free_mib: free.saturating_add(Admission::need_mib(have.memory_mib)) };
+        }
     }
     match state {
         State::Stopping => return Replace::Stopping,
@@ -120,7 +138,7 @@ mod tests {
     #[test]
     fn the_same_spec_is_kept_in_every_state() {
         for st in [State::Created, State::Starting, State::Running, State::Stopping, State::Exited, State::Failed] {
-            assert_eq!(decide(&spec(), &spec(), st, false, 3, 0, 1_000_000), Replace::Keep);
+            assert_eq!(decide(&spec(), &spec(), st, false, None, 3, 0, 1_000_000), Replace::Keep);
         }
         assert!(differences(&spec(), &spec()).is_empty());
     }
@@ -145,9 +163,9 @@ mod tests {
         let mut w = spec();
         w.image = Digest([2; 32]);
         for st in [State::Starting, State::Running, State::Exited] {
-            assert_eq!(decide(&spec(), &w, st, false, 0, 0, u64::MAX), Replace::WaitForImage);
+            assert_eq!(decide(&spec(), &w, st, false, None, 0, 0, u64::MAX), Replace::WaitForImage);
         }
-        assert_eq!(decide(&spec(), &w, State::Running, true, 0, 0, 0), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, 0, 0), Replace::Stop);
     }
 
     #[test]
@@ -155,15 +173,29 @@ mod tests {
         let mut w = spec();
         w.args = Some(vec![String::from("hello"), String::from("v2")]);
         let seen = 5_000;
-        assert_eq!(decide(&spec(), &w, State::Running, true, 0, seen, seen), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, 1, seen, seen), Replace::WaitTurn(ROLL_STEP_MS));
-        assert_eq!(decide(&spec(), &w, State::Running, true, 1, seen, seen + ROLL_STEP_MS - 1), Replace::WaitTurn(1));
-        assert_eq!(decide(&spec(), &w, State::Starting, true, 1, seen, seen + ROLL_STEP_MS), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, 2, seen, seen + ROLL_STEP_MS), Replace::WaitTurn(ROLL_STEP_MS));
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, seen, seen), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 1, seen, seen), Replace::WaitTurn(ROLL_STEP_MS));
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 1, seen, seen + ROLL_STEP_MS - 1), Replace::WaitTurn(1));
+        assert_eq!(decide(&spec(), &w, State::Starting, true, None, 1, seen, seen + ROLL_STEP_MS), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 2, seen, seen + ROLL_STEP_MS), Replace::WaitTurn(ROLL_STEP_MS));
         // a large index waits at most ROLL_TURNS_MAX steps; no overflow near the clock's end
         let last = seen + u64::from(ROLL_TURNS_MAX) * ROLL_STEP_MS;
-        assert_eq!(decide(&spec(), &w, State::Running, true, u32::MAX, seen, last), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, u32::MAX, u64::MAX - 1, u64::MAX - 1), Replace::WaitTurn(1));
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, u32::MAX, seen, last), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, u32::MAX, u64::MAX - 1, u64::MAX - 1), Replace::WaitTurn(1));
+    }
+
+    #[test]
+    fn a_replacement_that_needs_more_memory_than_is_free_keeps_the_old_instance() {
+        let mut w = spec();
+        w.memory_mib = 512;
+        // 64 + 4 come back: 512 + 4 fits in 448 free + 68, not in 447 + 68
+        assert_eq!(decide(&spec(), &w, State::Running, true, Some(448), 0, 0, 0), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, Some(447), 0, 0, 0), Replace::NoRoom { need_mib: 516, free_mib: 515 });
+        // also when it is not running (it would not be created again)
+        assert_eq!(decide(&spec(), &w, State::Exited, true, Some(0), 0, 0, 0), Replace::NoRoom { need_mib: 516, free_mib: 68 });
+        // less memory always fits; unknown room is taken as enough
+        assert_eq!(decide(&w, &spec(), State::Running, true, Some(0), 0, 0, 0), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, 0, 0), Replace::Stop);
     }
 
     #[test]
@@ -171,8 +203,8 @@ mod tests {
         let mut w = spec();
         w.memory_mib = 256;
         for st in [State::Created, State::Exited, State::Failed] {
-            assert_eq!(decide(&spec(), &w, st, true, 7, 0, 0), Replace::Destroy);
+            assert_eq!(decide(&spec(), &w, st, true, None, 7, 0, 0), Replace::Destroy);
         }
-        assert_eq!(decide(&spec(), &w, State::Stopping, true, 0, 0, u64::MAX), Replace::Stopping);
+        assert_eq!(decide(&spec(), &w, State::Stopping, true, None, 0, 0, u64::MAX), Replace::Stopping);
     }
 }

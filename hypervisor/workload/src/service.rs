@@ -432,6 +432,10 @@ impl Service {
                 Ok(Reply::Status(status(w, now_ms, address)))
             }
             Request::Spec(t) => {
+                // env can hold what only the cluster's state should (orchd compares it)
+                if client != Client::Orchestrator {
+                    return Err(Error::NotOrchestrator);
+                }
                 let i = self.find(&t)?;
                 Ok(Reply::Spec(self.workloads[i].spec.clone()))
             }

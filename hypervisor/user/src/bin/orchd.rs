@@ -127,6 +127,7 @@ fn request_name(r: &wk::Request) -> &'static str {
         wk::Request::Images => "Images",
         wk::Request::Node => "Node",
         wk::Request::ClusterLease { .. } => "ClusterLease",
+        wk::Request::Spec(_) => "Spec",
         _ => "other",
     }
 }
@@ -705,30 +706,45 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
     shown.waiting.retain(|n, _| want.contains_key(n));
     shown.stopped.retain(|n| list.iter().any(|w| w.name == *n));
     shown.specs.retain(|n, c| want.contains_key(n) && list.iter().any(|w| w.name == *n && w.id == c.id));
+    shown.create_failed.retain(|n, _| want.contains_key(n));
     for (name, (spec, r)) in want {
         let existing = list.iter().find(|w| w.name == name);
         let image_here = images.contains(&Digest(spec.image));
-        let replace = existing.map(|w| replacement(workd, w, local_spec(&spec, name.clone()), image_here, r, now_ms, &mut shown.specs));
+        let replace = match existing {
+            Some(w) => match replacement(workd, w, local_spec(&spec, name.clone()), image_here, r, now_ms, &mut shown.specs) {
+                Some(d) => Some(d),
+                None => continue, // workd did not say what it runs: next turn
+            },
+            None => None,
+        };
         if (existing.is_none() && !image_here) || replace == Some(Replace::WaitForImage) {
-            if let alloc::collections::btree_map::Entry::Vacant(e) = shown.waiting.entry(name) {
+            // (a spec that changed again names another image: the fetch follows it)
+            if shown.waiting.get(&name).is_none_or(|w| w.0 != Digest(spec.image)) {
                 // (a console line holds about 250 bytes: the replacement's line is the short one)
                 if existing.is_some() {
-                    logf!("orchd: {} ({} replica {}) runs on while image {} is fetched", e.key(), spec.name, r, Digest(spec.image));
+                    logf!("orchd: {} ({} replica {}) runs on while image {} is fetched", name, spec.name, r, Digest(spec.image));
                 } else {
-                    logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it", e.key(), spec.name, r, Digest(spec.image));
+                    logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it", name, spec.name, r, Digest(spec.image));
                 }
-                e.insert((Digest(spec.image), now_ms));
+                shown.waiting.insert(name, (Digest(spec.image), now_ms));
             }
             continue;
         }
-        if let Some((d, since)) = shown.waiting.remove(&name) {
-            logf!("orchd: image {} in the store after {} ms: {} {}", d, now_ms.saturating_sub(since), if existing.is_some() { "replacing on its turn" } else { "starting" }, name);
+        match shown.waiting.remove(&name) {
+            Some((d, since)) if d == Digest(spec.image) => {
+                logf!("orchd: image {} in the store after {} ms: {} {}", d, now_ms.saturating_sub(since), if replace.is_some_and(|x| x != Replace::Keep) { "replacing on its turn" } else { "starting" }, name);
+            }
+            Some((d, _)) => logf!("orchd: {} no longer waits for image {}: its spec changed", name, d),
+            None => {}
         }
         match (existing, replace) {
             (Some(w), Some(Replace::Stop)) => {
                 let why = shown.specs.get(&name).map_or(String::new(), |c| c.differs.join(", "));
                 let stopped = workd.call(&wk::Request::Stop { target: Target::Id(w.id), grace_ms: None });
                 logf!("orchd: replacing {} ({} replica {}): its spec changed ({}); stopping it: {:?}", name, spec.name, r, why, stopped.map(|r| r.is_ok()));
+                // (should the spec go back to the one it runs before it is destroyed, it is
+                // started again: "stopped here")
+                shown.stopped.insert(name);
                 continue;
             }
             (Some(w), Some(Replace::Destroy)) => {
@@ -755,10 +771,18 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
             Some(_) => {}
             None => match workd.call(&wk::Request::Create(local_spec(&spec, name.clone()))) {
                 Some(Ok(_)) => {
+                    shown.create_failed.remove(&name);
                     let started = workd.call(&wk::Request::Start(Target::Name(name.clone())));
                     logf!("orchd: started {} ({} replica {}): {:?}", name, spec.name, r, started.map(|r| r.is_ok()));
                 }
-                other => logf!("orchd: cannot create {}: {:?}", name, other),
+                // tried again every turn: logged when the answer changes, not 4 times a second
+                other => {
+                    let why = format!("{:?}", other);
+                    if shown.create_failed.get(&name) != Some(&why) {
+                        logf!("orchd: cannot create {}: {}", name, why);
+                        shown.create_failed.insert(name, why);
+                    }
+                }
             },
         }
     }
@@ -775,25 +799,48 @@ struct SpecCheck {
     have: WorkloadSpec,
     /// The fields that differ (empty: up to date).
     differs: Vec<&'static str>,
-    /// When this node saw it outdated (ms; the replicas' turns count from here).
-    seen_ms: u64,
+    /// When this node first had the desired image with the replica outdated (ms; the
+    /// replicas' turns count from here).
+    ready_ms: Option<u64>,
+    /// "Keeps its old spec: no room" was logged.
+    no_room: bool,
 }
 
 /// What to do with replica `r`, which workd lists as `w`, when the desired state gives it
-/// `want` here (`catenary_workload::replace`). Without workd's answer it is kept (asked again
-/// at the next turn).
-fn replacement(workd: &Workd, w: &catenary_workload::status::Summary, want: WorkloadSpec, image_here: bool, r: u32, now_ms: u64, specs: &mut BTreeMap<String, SpecCheck>) -> Replace {
+/// `want` here (`catenary_workload::replace`); `None` without workd's answer (asked again at
+/// the next turn).
+fn replacement(workd: &Workd, w: &catenary_workload::status::Summary, want: WorkloadSpec, image_here: bool, r: u32, now_ms: u64, specs: &mut BTreeMap<String, SpecCheck>) -> Option<Replace> {
     let known = specs.get(&w.name).is_some_and(|c| c.id == w.id && c.want == want);
     if !known {
-        let Some(Ok(wk::Reply::Spec(have))) = workd.call(&wk::Request::Spec(Target::Id(w.id))) else { return Replace::Keep };
+        let Some(Ok(wk::Reply::Spec(have))) = workd.call(&wk::Request::Spec(Target::Id(w.id))) else { return None };
         let differs = replace::differences(&have, &want);
         if !differs.is_empty() {
             logf!("orchd: {} runs an outdated spec ({} differ from the desired state's)", w.name, differs.join(", "));
         }
-        specs.insert(w.name.clone(), SpecCheck { id: w.id, want, have, differs, seen_ms: now_ms });
+        specs.insert(w.name.clone(), SpecCheck { id: w.id, want, have, differs, ready_ms: None, no_room: false });
     }
-    let Some(c) = specs.get(&w.name) else { return Replace::Keep };
-    replace::decide(&c.have, &c.want, w.state, image_here, r, c.seen_ms, now_ms)
+    let c = specs.get_mut(&w.name)?;
+    // the turns count from when the new image is here (a copy can take longer than a step)
+    if image_here && c.ready_ms.is_none() {
+        c.ready_ms = Some(now_ms);
+    }
+    // workd's free room, asked only when the new spec needs more memory than the old
+    let free = if c.want.memory_mib > c.have.memory_mib {
+        match workd.call(&wk::Request::Node) {
+            Some(Ok(wk::Reply::Node(n))) => Some(n.memory_capacity_mib.saturating_sub(n.memory_committed_mib)),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let d = replace::decide(&c.have, &c.want, w.state, image_here, free, r, c.ready_ms.unwrap_or(now_ms), now_ms);
+    if let Replace::NoRoom { need_mib, free_mib } = d {
+        if !c.no_room {
+            c.no_room = true;
+            logf!("orchd: {} keeps its old spec: the new one needs {} MiB, {} MiB free here with the old one's back", w.name, need_mib, free_mib);
+        }
+    }
+    Some(d)
 }
 
 /// What was last logged, so that only changes are.
@@ -824,6 +871,8 @@ struct Shown {
     stopped: alloc::collections::BTreeSet<String>,
     /// The replicas' specs in workd as last compared with the desired state.
     specs: BTreeMap<String, SpecCheck>,
+    /// Replicas workd refused to create, with its last answer (logged once per answer).
+    create_failed: BTreeMap<String, String>,
     /// The applied count reported is held back (a replica unassigned here still runs).
     held: bool,
 }
