@@ -19,7 +19,8 @@
 //! - [`node`]: the `node.json` the guest init reads;
 //! - [`net`]: each networked workload's link slot, /128 and MAC;
 //! - [`service`]: the state machine `workd` runs around all of the above;
-//! - [`replace`]: what `orchd` does with a cluster replica whose desired spec changed.
+//! - [`replace`]: what `orchd` does with a cluster replica whose desired spec changed;
+//! - [`replicas`]: what `orchd` makes `workd` do for the cluster's replicas, turn by turn.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,7 @@ pub mod net;
 pub mod node;
 pub mod proto;
 pub mod replace;
+pub mod replicas;
 pub mod restart;
 pub mod service;
 pub mod spec;

@@ -42,9 +42,8 @@ use catenary_netsock::{DgramHeader, Local, Ready, DGRAM_HEADER, UDP_PAYLOAD_MAX}
 use catenary_user::netsock_client::Sockets;
 use catenary_user::*;
 use catenary_workload::proto::{self as wk, decode_response, encode_request, Target, BUFFER_MIN, LABEL_REQUEST, TRANSPORT_OK};
-use catenary_workload::replace::{self, Replace};
+use catenary_workload::replicas::{self, Replicas, Wanted};
 use catenary_workload::spec::{RestartPolicy, WorkloadSpec};
-use catenary_workload::status::State;
 use catenary_workload::Digest;
 use core::cell::Cell;
 use core::net::Ipv6Addr;
@@ -426,7 +425,7 @@ fn run(_arg: u64) -> u64 {
         // Writes from apid: taken between polls (at most one poll's wait late).
         while let Ok(m) = recv(0, 1) {
             if m.reply != 0 {
-                serve(&mut orch, &m, &shown.waiting);
+                serve(&mut orch, &m, shown.replicas.wanted_image());
             }
         }
         watch.part("log and ipc");
@@ -541,8 +540,8 @@ fn idle() -> ! {
 }
 
 /// One IPC request (module comment of `catenary_cluster::orch`: `LABEL_WRITE`, `LABEL_TICKET`,
-/// `LABEL_WANTED`). `waiting`: the replicas here whose image the store lacks.
-fn serve(orch: &mut Orch, m: &Msg, waiting: &BTreeMap<String, (Digest, u64)>) {
+/// `LABEL_WANTED`). `wanted`: the image the longest-waiting replica here needs.
+fn serve(orch: &mut Orch, m: &Msg, wanted: Option<Digest>) {
     let answer = |label: u64, w0: u64| {
         let _ = reply(m.reply, label, [w0, 0, 0, 0]);
     };
@@ -563,9 +562,9 @@ fn serve(orch: &mut Orch, m: &Msg, waiting: &BTreeMap<String, (Digest, u64)>) {
                 Err(SubmitError::Full) => answer(IPC_FULL, 0),
             }
         }
-        LABEL_WANTED => match waiting.values().min_by_key(|w| w.1) {
+        LABEL_WANTED => match wanted {
             // the image the longest-waiting replica needs
-            Some((d, _)) => {
+            Some(d) => {
                 let w = |i: usize| u64::from_le_bytes(d.0[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
                 let _ = reply(m.reply, IPC_OK, [w(0), w(1), w(2), w(3)]);
             }
@@ -672,175 +671,57 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
         logf!("orchd: workd runs [{}]", running.join(" "));
         shown.running = running;
     }
-    let mut want: BTreeMap<String, (ClusterSpec, u32)> = BTreeMap::new();
+    let mut want: BTreeMap<String, Wanted> = BTreeMap::new();
     for (spec, r) in orch.assigned_now(t) {
         match local_name(&spec.name, r) {
             Some(n) => {
-                want.insert(n, (spec, r));
+                want.insert(n.clone(), Wanted { spec: local_spec(&spec, n), workload: spec.name, replica: r });
             }
             None => logf!("orchd: {} replica {}: not a name workd takes; not run", spec.name, r),
         }
     }
-    for w in list.iter().filter(|w| w.name.starts_with(PREFIX)) {
-        if want.contains_key(&w.name) {
-            continue;
-        }
-        let target = Target::Name(w.name.clone());
-        if w.state.active() {
-            if w.state != State::Stopping {
-                logf!("orchd: stopping {} (not assigned here{})", w.name, if orch.lease_holds(t) { "" } else { ": no lease" });
-                let _ = workd.call(&wk::Request::Stop { target, grace_ms: Some(0) });
-                shown.stopped.insert(w.name.clone());
-            }
-        } else if workd.call(&wk::Request::Destroy(target)).is_some_and(|r| r.is_ok()) {
-            logf!("orchd: destroyed {}", w.name);
-        }
-    }
     // A replica runs only once its image is in the store: until then it waits, and apid
     // fetches the image from a node that has it (LABEL_WANTED).
-    let images: Vec<Digest> = match workd.call(&wk::Request::Images) {
-        Some(Ok(wk::Reply::Images(l))) => l.iter().map(|i| i.digest).collect(),
-        _ => return Some(active),
+    let images: Option<Vec<Digest>> = match workd.call(&wk::Request::Images) {
+        Some(Ok(wk::Reply::Images(l))) => Some(l.iter().map(|i| i.digest).collect()),
+        _ => None,
     };
     let now_ms = now_ns() / 1_000_000;
-    shown.waiting.retain(|n, _| want.contains_key(n));
-    shown.stopped.retain(|n| list.iter().any(|w| w.name == *n));
-    shown.specs.retain(|n, c| want.contains_key(n) && list.iter().any(|w| w.name == *n && w.id == c.id));
-    shown.create_failed.retain(|n, _| want.contains_key(n));
-    for (name, (spec, r)) in want {
-        let existing = list.iter().find(|w| w.name == name);
-        let image_here = images.contains(&Digest(spec.image));
-        let replace = match existing {
-            Some(w) => match replacement(workd, w, local_spec(&spec, name.clone()), image_here, r, now_ms, &mut shown.specs) {
-                Some(d) => Some(d),
-                None => continue, // workd did not say what it runs: next turn
-            },
-            None => None,
-        };
-        if (existing.is_none() && !image_here) || replace == Some(Replace::WaitForImage) {
-            // (a spec that changed again names another image: the fetch follows it)
-            if shown.waiting.get(&name).is_none_or(|w| w.0 != Digest(spec.image)) {
-                // (a console line holds about 250 bytes: the replacement's line is the short one)
-                if existing.is_some() {
-                    logf!("orchd: {} ({} replica {}) runs on while image {} is fetched", name, spec.name, r, Digest(spec.image));
-                } else {
-                    logf!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it", name, spec.name, r, Digest(spec.image));
-                }
-                shown.waiting.insert(name, (Digest(spec.image), now_ms));
-            }
-            continue;
-        }
-        match shown.waiting.remove(&name) {
-            Some((d, since)) if d == Digest(spec.image) => {
-                logf!("orchd: image {} in the store after {} ms: {} {}", d, now_ms.saturating_sub(since), if replace.is_some_and(|x| x != Replace::Keep) { "replacing on its turn" } else { "starting" }, name);
-            }
-            Some((d, _)) => logf!("orchd: {} no longer waits for image {}: its spec changed", name, d),
-            None => {}
-        }
-        match (existing, replace) {
-            (Some(w), Some(Replace::Stop)) => {
-                let why = shown.specs.get(&name).map_or(String::new(), |c| c.differs.join(", "));
-                let stopped = workd.call(&wk::Request::Stop { target: Target::Id(w.id), grace_ms: None });
-                logf!("orchd: replacing {} ({} replica {}): its spec changed ({}); stopping it: {:?}", name, spec.name, r, why, stopped.map(|r| r.is_ok()));
-                // (should the spec go back to the one it runs before it is destroyed, it is
-                // started again: "stopped here")
-                shown.stopped.insert(name);
-                continue;
-            }
-            (Some(w), Some(Replace::Destroy)) => {
-                let destroyed = workd.call(&wk::Request::Destroy(Target::Id(w.id)));
-                logf!("orchd: destroyed {} to create it from the changed spec: {:?}", name, destroyed.map(|r| r.is_ok()));
-                shown.stopped.remove(&name);
-                continue;
-            }
-            (Some(_), Some(Replace::Stopping | Replace::WaitTurn(_) | Replace::WaitForImage)) => continue,
-            _ => {}
-        }
-        match existing {
-            Some(w) if w.state == State::Created => {
-                let _ = workd.call(&wk::Request::Start(Target::Name(name)));
-            }
-            // Stopped here (its lease ran out, or it was unassigned) and assigned here again
-            // before it was destroyed: run it again. (One that ended by itself is left to its
-            // restart policy.)
-            Some(w) if matches!(w.state, State::Exited | State::Failed) && shown.stopped.contains(&name) => {
-                let started = workd.call(&wk::Request::Start(Target::Name(name.clone())));
-                logf!("orchd: started {} again (stopped here before; {} replica {}): {:?}", name, spec.name, r, started.map(|r| r.is_ok()));
-                shown.stopped.remove(&name);
-            }
-            Some(_) => {}
-            None => match workd.call(&wk::Request::Create(local_spec(&spec, name.clone()))) {
-                Some(Ok(_)) => {
-                    shown.create_failed.remove(&name);
-                    let started = workd.call(&wk::Request::Start(Target::Name(name.clone())));
-                    logf!("orchd: started {} ({} replica {}): {:?}", name, spec.name, r, started.map(|r| r.is_ok()));
-                }
-                // tried again every turn: logged when the answer changes, not 4 times a second
-                other => {
-                    let why = format!("{:?}", other);
-                    if shown.create_failed.get(&name) != Some(&why) {
-                        logf!("orchd: cannot create {}: {}", name, why);
-                        shown.create_failed.insert(name, why);
-                    }
-                }
-            },
-        }
-    }
+    shown.replicas.turn(&list, &want, images.as_deref(), orch.lease_holds(t), now_ms, &mut WorkdPort(workd), &mut |l| log(&l));
     Some(active)
 }
 
-/// What `orchd` last learnt of a replica's spec in `workd` (`Request::Spec`), asked again only
-/// when the workload's id or the desired spec changes.
-struct SpecCheck {
-    id: catenary_workload::WorkloadId,
-    /// The desired spec it was compared with (as `workd` takes it).
-    want: WorkloadSpec,
-    /// What `workd` created it from.
-    have: WorkloadSpec,
-    /// The fields that differ (empty: up to date).
-    differs: Vec<&'static str>,
-    /// When this node first had the desired image with the replica outdated (ms; the
-    /// replicas' turns count from here).
-    ready_ms: Option<u64>,
-    /// "Keeps its old spec: no room" was logged.
-    no_room: bool,
-}
+/// [`catenary_workload::replicas::Workd`] over the IPC client.
+struct WorkdPort<'a>(&'a Workd);
 
-/// What to do with replica `r`, which workd lists as `w`, when the desired state gives it
-/// `want` here (`catenary_workload::replace`); `None` without workd's answer (asked again at
-/// the next turn).
-fn replacement(workd: &Workd, w: &catenary_workload::status::Summary, want: WorkloadSpec, image_here: bool, r: u32, now_ms: u64, specs: &mut BTreeMap<String, SpecCheck>) -> Option<Replace> {
-    let known = specs.get(&w.name).is_some_and(|c| c.id == w.id && c.want == want);
-    if !known {
-        let Some(Ok(wk::Reply::Spec(have))) = workd.call(&wk::Request::Spec(Target::Id(w.id))) else { return None };
-        let differs = replace::differences(&have, &want);
-        if !differs.is_empty() {
-            logf!("orchd: {} runs an outdated spec ({} differ from the desired state's)", w.name, differs.join(", "));
+impl replicas::Workd for WorkdPort<'_> {
+    fn spec(&mut self, id: catenary_workload::WorkloadId) -> Option<WorkloadSpec> {
+        match self.0.call(&wk::Request::Spec(Target::Id(id))) {
+            Some(Ok(wk::Reply::Spec(s))) => Some(s),
+            _ => None,
         }
-        specs.insert(w.name.clone(), SpecCheck { id: w.id, want, have, differs, ready_ms: None, no_room: false });
     }
-    let c = specs.get_mut(&w.name)?;
-    // the turns count from when the new image is here (a copy can take longer than a step)
-    if image_here && c.ready_ms.is_none() {
-        c.ready_ms = Some(now_ms);
-    }
-    // workd's free room, asked only when the new spec needs more memory than the old
-    let free = if c.want.memory_mib > c.have.memory_mib {
-        match workd.call(&wk::Request::Node) {
+    fn free_mib(&mut self) -> Option<u64> {
+        match self.0.call(&wk::Request::Node) {
             Some(Ok(wk::Reply::Node(n))) => Some(n.memory_capacity_mib.saturating_sub(n.memory_committed_mib)),
             _ => None,
         }
-    } else {
-        None
-    };
-    let d = replace::decide(&c.have, &c.want, w.state, image_here, free, r, c.ready_ms.unwrap_or(now_ms), now_ms);
-    if let Replace::NoRoom { need_mib, free_mib } = d {
-        if !c.no_room {
-            c.no_room = true;
-            logf!("orchd: {} keeps its old spec: the new one needs {} MiB, {} MiB free here with the old one's back", w.name, need_mib, free_mib);
+    }
+    fn stop(&mut self, id: catenary_workload::WorkloadId, grace_ms: Option<u32>) -> Option<bool> {
+        self.0.call(&wk::Request::Stop { target: Target::Id(id), grace_ms }).map(|r| r.is_ok())
+    }
+    fn destroy(&mut self, id: catenary_workload::WorkloadId) -> Option<bool> {
+        self.0.call(&wk::Request::Destroy(Target::Id(id))).map(|r| r.is_ok())
+    }
+    fn start(&mut self, id: catenary_workload::WorkloadId) -> Option<bool> {
+        self.0.call(&wk::Request::Start(Target::Id(id))).map(|r| r.is_ok())
+    }
+    fn create_and_start(&mut self, spec: &WorkloadSpec) -> Result<Option<bool>, String> {
+        match self.0.call(&wk::Request::Create(spec.clone())) {
+            Some(Ok(wk::Reply::Created(id))) => Ok(self.start(id)),
+            other => Err(format!("{:?}", other)),
         }
     }
-    Some(d)
 }
 
 /// What was last logged, so that only changes are.
@@ -865,14 +746,9 @@ struct Shown {
     /// The workload count last logged, and when (ms).
     workloads: (usize, u64),
     running: Vec<String>,
-    /// Replicas assigned here whose image the store lacks (workd name → image, since when).
-    waiting: BTreeMap<String, (Digest, u64)>,
-    /// Replicas this service stopped that workd still lists (run again if assigned again).
-    stopped: alloc::collections::BTreeSet<String>,
-    /// The replicas' specs in workd as last compared with the desired state.
-    specs: BTreeMap<String, SpecCheck>,
-    /// Replicas workd refused to create, with its last answer (logged once per answer).
-    create_failed: BTreeMap<String, String>,
+    /// What workd was made to do for the cluster's replicas, kept between turns (waiting
+    /// for images, stopped here, their specs).
+    replicas: Replicas,
     /// The applied count reported is held back (a replica unassigned here still runs).
     held: bool,
 }

@@ -1,0 +1,414 @@
+//! What `orchd` makes `workd` do for the cluster's replicas, one turn at a time
+//! ([`Replicas::turn`]; docs/orchestration.md "On nodes: `orchd`" and "A workload's spec
+//! changes"). `orchd` gives each turn `workd`'s list, the replicas the desired state assigns
+//! here (as `workd` specs, named `cl-NAME-R`) and the images in the store; this decides and
+//! calls `workd` through [`Workd`], so that the whole flow runs on the host against a fake.
+//!
+//! Per turn:
+//! - a cluster replica `workd` has that is not assigned here is stopped at once (grace 0),
+//!   then destroyed once it has ended;
+//! - an assigned replica `workd` lacks is created and started once its image is in the store;
+//!   until then it *waits* ([`Replicas::wanted_image`] names the image the longest-waiting one
+//!   needs, which `apid` fetches from another node);
+//! - an assigned replica `workd` has whose spec is not the desired one is replaced as
+//!   [`crate::replace::decide`] says;
+//! - a replica this service stopped and that is assigned here again before it was destroyed
+//!   is started again (one that ended by itself is left to its restart policy).
+
+use crate::replace::{self, Replace};
+use crate::spec::WorkloadSpec;
+use crate::status::{State, Summary, WorkloadId};
+use crate::Digest;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// `workd`'s requests as this logic makes them. `None`: no answer (the call failed).
+pub trait Workd {
+    /// `Request::Spec(Id(id))`.
+    fn spec(&mut self, id: WorkloadId) -> Option<WorkloadSpec>;
+    /// What admission has free (`Request::Node`: capacity less committed), in MiB.
+    fn free_mib(&mut self) -> Option<u64>;
+    /// `Request::Stop`; `grace_ms` as there. Whether it was done.
+    fn stop(&mut self, id: WorkloadId, grace_ms: Option<u32>) -> Option<bool>;
+    fn destroy(&mut self, id: WorkloadId) -> Option<bool>;
+    fn start(&mut self, id: WorkloadId) -> Option<bool>;
+    /// `Request::Create`, then `Request::Start` when it was created: `Err` is the create's
+    /// answer (for the log), `Ok` whether the start was done.
+    fn create_and_start(&mut self, spec: &WorkloadSpec) -> Result<Option<bool>, String>;
+}
+
+/// A replica the desired state assigns to this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// The cluster workload's name and the replica's index (for the log).
+    pub workload: String,
+    pub replica: u32,
+    /// As `workd` takes it: named `cl-NAME-R`, the image and the rest from the desired state.
+    pub spec: WorkloadSpec,
+}
+
+/// What was learnt of a replica's spec in `workd` (asked again only when the workload's id or
+/// the desired spec changes).
+struct SpecCheck {
+    id: WorkloadId,
+    want: WorkloadSpec,
+    have: WorkloadSpec,
+    differs: Vec<&'static str>,
+    /// When this node first had the desired image with the replica outdated (ms; the turns
+    /// count from here: a copy can take longer than a step).
+    ready_ms: Option<u64>,
+    /// "Keeps its old spec: no room" was logged.
+    no_room: bool,
+}
+
+/// The state kept between turns.
+#[derive(Default)]
+pub struct Replicas {
+    /// Replicas assigned here whose image the store lacks: name -> (image, since when, ms).
+    waiting: BTreeMap<String, (Digest, u64)>,
+    /// Replicas this service stopped that `workd` still lists (started again if assigned here
+    /// again before they are destroyed).
+    stopped: BTreeSet<String>,
+    specs: BTreeMap<String, SpecCheck>,
+    /// Replicas `workd` refused to create, with its last answer (logged once per answer).
+    create_failed: BTreeMap<String, String>,
+}
+
+impl Replicas {
+    /// The image the longest-waiting replica needs (for `apid`'s fetch).
+    pub fn wanted_image(&self) -> Option<Digest> {
+        self.waiting.values().min_by_key(|w| w.1).map(|w| w.0)
+    }
+
+    /// One turn at `now_ms`: `list` is `workd`'s list, `want` the replicas assigned here by
+    /// name, `images` the store's (`None`: unknown, so nothing is created or replaced this
+    /// turn), `lease` whether this node's lease holds (for the log). Log lines go to `log`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn turn(&mut self, list: &[Summary], want: &BTreeMap<String, Wanted>, images: Option<&[Digest]>, lease: bool, now_ms: u64, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
+        for s in list.iter().filter(|s| crate::proto::is_cluster_replica(&s.name)) {
+            if want.contains_key(&s.name) {
+                continue;
+            }
+            if s.state.active() {
+                if s.state != State::Stopping {
+                    log(format!("orchd: stopping {} (not assigned here{})", s.name, if lease { "" } else { ": no lease" }));
+                    let _ = w.stop(s.id, Some(0));
+                    self.stopped.insert(s.name.clone());
+                }
+            } else if w.destroy(s.id) == Some(true) {
+                log(format!("orchd: destroyed {}", s.name));
+            }
+        }
+        let Some(images) = images else { return };
+        self.waiting.retain(|n, _| want.contains_key(n));
+        self.stopped.retain(|n| list.iter().any(|s| s.name == *n));
+        self.specs.retain(|n, c| want.contains_key(n) && list.iter().any(|s| s.name == *n && s.id == c.id));
+        self.create_failed.retain(|n, _| want.contains_key(n));
+        for (name, x) in want {
+            self.one(name, x, list.iter().find(|s| s.name == *name), images.contains(&x.spec.image), now_ms, w, log);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn one(&mut self, name: &str, x: &Wanted, existing: Option<&Summary>, image_here: bool, now_ms: u64, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
+        let image = x.spec.image;
+        let replace = match existing {
+            Some(s) => match self.replacement(s, &x.spec, image_here, x.replica, now_ms, w, log) {
+                Some(d) => Some(d),
+                None => return, // workd did not say what it runs: next turn
+            },
+            None => None,
+        };
+        if (existing.is_none() && !image_here) || replace == Some(Replace::WaitForImage) {
+            // a spec that changed again names another image: the fetch follows it
+            if self.waiting.get(name).is_none_or(|v| v.0 != image) {
+                // (a console line holds about 250 bytes: the replacement's line is the short one)
+                if existing.is_some() {
+                    log(format!("orchd: {} ({} replica {}) runs on while image {} is fetched", name, x.workload, x.replica, image));
+                } else {
+                    log(format!("orchd: {} ({} replica {}) waits for image {}: not in this node's store; fetching it from a node that has it", name, x.workload, x.replica, image));
+                }
+                self.waiting.insert(String::from(name), (image, now_ms));
+            }
+            return;
+        }
+        match self.waiting.remove(name) {
+            Some((d, since)) if d == image => {
+                let what = if replace.is_some_and(|r| r != Replace::Keep) { "replacing on its turn" } else { "starting" };
+                log(format!("orchd: image {} in the store after {} ms: {} {}", d, now_ms.saturating_sub(since), what, name));
+            }
+            Some((d, _)) => log(format!("orchd: {} no longer waits for image {}: its spec changed", name, d)),
+            None => {}
+        }
+        match (existing, replace) {
+            (Some(s), Some(Replace::Stop)) => {
+                let why = self.specs.get(name).map_or(String::new(), |c| c.differs.join(", "));
+                let stopped = w.stop(s.id, None);
+                log(format!("orchd: replacing {} ({} replica {}): its spec changed ({}); stopping it: {:?}", name, x.workload, x.replica, why, stopped));
+                // should the spec go back to the one it runs before it is destroyed, it is
+                // started again, as a replica stopped here
+                self.stopped.insert(String::from(name));
+                return;
+            }
+            (Some(s), Some(Replace::Destroy)) => {
+                let destroyed = w.destroy(s.id);
+                log(format!("orchd: destroyed {} to create it from the changed spec: {:?}", name, destroyed));
+                self.stopped.remove(name);
+                return;
+            }
+            (Some(_), Some(Replace::Stopping | Replace::WaitTurn(_) | Replace::WaitForImage)) => return,
+            _ => {}
+        }
+        match existing {
+            Some(s) if s.state == State::Created => {
+                let _ = w.start(s.id);
+            }
+            // stopped here (its lease ran out, or it was unassigned) and assigned here again
+            // before it was destroyed: run it again
+            Some(s) if matches!(s.state, State::Exited | State::Failed) && self.stopped.contains(name) => {
+                let started = w.start(s.id);
+                log(format!("orchd: started {} again (stopped here before; {} replica {}): {:?}", name, x.workload, x.replica, started));
+                self.stopped.remove(name);
+            }
+            Some(_) => {}
+            None => match w.create_and_start(&x.spec) {
+                Ok(started) => {
+                    self.create_failed.remove(name);
+                    log(format!("orchd: started {} ({} replica {}): {:?}", name, x.workload, x.replica, started));
+                }
+                // tried again every turn: logged when the answer changes
+                Err(why) => {
+                    if self.create_failed.get(name) != Some(&why) {
+                        log(format!("orchd: cannot create {}: {}", name, why));
+                        self.create_failed.insert(String::from(name), why);
+                    }
+                }
+            },
+        }
+    }
+
+    /// What to do with replica `r`, which `workd` lists as `s`, when the desired state gives
+    /// it `want`; `None` without `workd`'s answer.
+    #[allow(clippy::too_many_arguments)]
+    fn replacement(&mut self, s: &Summary, want: &WorkloadSpec, image_here: bool, r: u32, now_ms: u64, w: &mut dyn Workd, log: &mut dyn FnMut(String)) -> Option<Replace> {
+        let known = self.specs.get(&s.name).is_some_and(|c| c.id == s.id && c.want == *want);
+        if !known {
+            let have = w.spec(s.id)?;
+            let differs = replace::differences(&have, want);
+            if !differs.is_empty() {
+                log(format!("orchd: {} runs an outdated spec ({} differ from the desired state's)", s.name, differs.join(", ")));
+            }
+            self.specs.insert(s.name.clone(), SpecCheck { id: s.id, want: want.clone(), have, differs, ready_ms: None, no_room: false });
+        }
+        let c = self.specs.get_mut(&s.name)?;
+        if image_here && c.ready_ms.is_none() {
+            c.ready_ms = Some(now_ms);
+        }
+        // admission's free room, asked only when the new spec needs more memory than the old
+        let free = if c.want.memory_mib > c.have.memory_mib { w.free_mib() } else { None };
+        let d = replace::decide(&c.have, &c.want, s.state, image_here, free, r, c.ready_ms.unwrap_or(now_ms), now_ms);
+        if let Replace::NoRoom { need_mib, free_mib } = d {
+            if !c.no_room {
+                c.no_room = true;
+                log(format!("orchd: {} keeps its old spec: the new one needs {} MiB, {} MiB free here with the old one's back", s.name, need_mib, free_mib));
+            }
+        }
+        Some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::RestartPolicy;
+    use alloc::vec;
+
+    /// A `workd` that holds workloads (id, spec, state) and records each call.
+    #[derive(Default)]
+    struct Fake {
+        w: Vec<(WorkloadId, WorkloadSpec, State)>,
+        next: WorkloadId,
+        calls: Vec<String>,
+        free: u64,
+        /// `Spec` goes unanswered.
+        mute: bool,
+    }
+
+    impl Fake {
+        fn list(&self) -> Vec<Summary> {
+            self.w.iter().map(|(id, s, st)| Summary { id: *id, name: s.name.clone(), state: *st, exit: None, restarts: 0, memory_mib: s.memory_mib, address: None }).collect()
+        }
+        fn set(&mut self, name: &str, st: State) {
+            self.w.iter_mut().filter(|x| x.1.name == name).for_each(|x| x.2 = st);
+        }
+        fn spec_of(&self, name: &str) -> Option<&WorkloadSpec> {
+            self.w.iter().find(|x| x.1.name == name).map(|x| &x.1)
+        }
+    }
+
+    impl Workd for Fake {
+        fn spec(&mut self, id: WorkloadId) -> Option<WorkloadSpec> {
+            self.calls.push(format!("spec {id}"));
+            if self.mute {
+                return None;
+            }
+            self.w.iter().find(|x| x.0 == id).map(|x| x.1.clone())
+        }
+        fn free_mib(&mut self) -> Option<u64> {
+            Some(self.free)
+        }
+        fn stop(&mut self, id: WorkloadId, grace_ms: Option<u32>) -> Option<bool> {
+            self.calls.push(format!("stop {id} {grace_ms:?}"));
+            self.w.iter_mut().filter(|x| x.0 == id).for_each(|x| x.2 = State::Stopping);
+            Some(true)
+        }
+        fn destroy(&mut self, id: WorkloadId) -> Option<bool> {
+            self.calls.push(format!("destroy {id}"));
+            self.w.retain(|x| x.0 != id);
+            Some(true)
+        }
+        fn start(&mut self, id: WorkloadId) -> Option<bool> {
+            self.calls.push(format!("start {id}"));
+            self.w.iter_mut().filter(|x| x.0 == id).for_each(|x| x.2 = State::Running);
+            Some(true)
+        }
+        fn create_and_start(&mut self, spec: &WorkloadSpec) -> Result<Option<bool>, String> {
+            if u64::from(spec.memory_mib) > self.free {
+                return Err(String::from("NoMemory"));
+            }
+            self.next += 1;
+            self.calls.push(format!("create {} {}", self.next, spec.name));
+            self.w.push((self.next, spec.clone(), State::Running));
+            Ok(Some(true))
+        }
+    }
+
+    fn spec(name: &str, image: u8, args: &str) -> WorkloadSpec {
+        WorkloadSpec { name: name.into(), image: Digest([image; 32]), vcpus: 1, memory_mib: 64, env: vec![], args: Some(vec![args.into()]), restart: RestartPolicy::Always, net: true }
+    }
+
+    fn want(specs: &[WorkloadSpec]) -> BTreeMap<String, Wanted> {
+        specs.iter().map(|s| (s.name.clone(), Wanted { workload: "web".into(), replica: s.name.rsplit('-').next().unwrap().parse().unwrap(), spec: s.clone() })).collect()
+    }
+
+    /// One turn; the lines logged.
+    fn turn(r: &mut Replicas, f: &mut Fake, w: &BTreeMap<String, Wanted>, images: &[u8], now: u64) -> Vec<String> {
+        let mut lines = Vec::new();
+        let imgs: Vec<Digest> = images.iter().map(|i| Digest([*i; 32])).collect();
+        let list = f.list();
+        r.turn(&list, w, Some(&imgs), true, now, f, &mut |l| lines.push(l));
+        lines
+    }
+
+    #[test]
+    fn an_update_stops_destroys_and_creates_each_replica_on_its_turn() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        let v1 = want(&[spec("cl-web-0", 1, "v1"), spec("cl-web-1", 1, "v1")]);
+        turn(&mut r, &mut f, &v1, &[1], 0);
+        assert_eq!(f.calls, ["create 1 cl-web-0", "create 2 cl-web-1"]);
+        f.calls.clear();
+        turn(&mut r, &mut f, &v1, &[1], 100);
+        assert!(f.calls.iter().all(|c| c.starts_with("spec ")), "the same spec: only asked, once each: {:?}", f.calls);
+        f.calls.clear();
+        turn(&mut r, &mut f, &v1, &[1], 200);
+        assert!(f.calls.is_empty(), "known specs are not asked again: {:?}", f.calls);
+        let v2 = want(&[spec("cl-web-0", 1, "v2"), spec("cl-web-1", 1, "v2")]);
+        let l = turn(&mut r, &mut f, &v2, &[1], 1000);
+        assert_eq!(f.calls, ["spec 1", "stop 1 None", "spec 2"], "replica 0 at once, replica 1 waits its turn");
+        assert!(l.iter().any(|x| x.contains("replacing cl-web-0 (web replica 0): its spec changed (args)")), "{l:?}");
+        f.calls.clear();
+        turn(&mut r, &mut f, &v2, &[1], 1100);
+        assert!(f.calls.is_empty(), "stopping: nothing to do: {:?}", f.calls);
+        f.set("cl-web-0", State::Exited);
+        turn(&mut r, &mut f, &v2, &[1], 1200);
+        assert_eq!(f.calls, ["destroy 1"]);
+        f.calls.clear();
+        turn(&mut r, &mut f, &v2, &[1], 1300);
+        assert_eq!(f.calls, ["create 3 cl-web-0"]);
+        assert_eq!(f.spec_of("cl-web-0").unwrap().args, Some(vec![String::from("v2")]));
+        f.calls.clear();
+        turn(&mut r, &mut f, &v2, &[1], 1000 + replace::ROLL_STEP_MS - 1);
+        assert_eq!(f.calls, ["spec 3"], "replica 1 not before its turn");
+        f.calls.clear();
+        turn(&mut r, &mut f, &v2, &[1], 1000 + replace::ROLL_STEP_MS);
+        assert_eq!(f.calls, ["stop 2 None"]);
+    }
+
+    #[test]
+    fn a_replica_runs_on_while_its_new_image_is_fetched_and_the_fetch_follows_a_second_change() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        turn(&mut r, &mut f, &want(&[spec("cl-web-0", 1, "v1")]), &[1], 0);
+        f.calls.clear();
+        let l = turn(&mut r, &mut f, &want(&[spec("cl-web-0", 2, "v1")]), &[1], 10);
+        assert_eq!(f.calls, ["spec 1"], "not stopped before its image is here");
+        assert!(l.iter().any(|x| x.contains("runs on while image")), "{l:?}");
+        assert_eq!(r.wanted_image(), Some(Digest([2; 32])));
+        // the spec changes again, to a third image: the fetch follows it
+        let l = turn(&mut r, &mut f, &want(&[spec("cl-web-0", 3, "v1")]), &[1], 20);
+        assert_eq!(r.wanted_image(), Some(Digest([3; 32])), "{l:?}");
+        assert!(f.w[0].2 == State::Running);
+        // back to the image it runs: nothing waits, nothing is replaced
+        f.calls.clear();
+        let l = turn(&mut r, &mut f, &want(&[spec("cl-web-0", 1, "v1")]), &[1], 30);
+        assert_eq!(r.wanted_image(), None);
+        assert!(l.iter().any(|x| x.contains("no longer waits for image")), "{l:?}");
+        assert!(!f.calls.iter().any(|c| c.starts_with("stop") || c.starts_with("destroy")), "{:?}", f.calls);
+        // the third image arrives (spec 3 again): replaced at once (replica 0)
+        turn(&mut r, &mut f, &want(&[spec("cl-web-0", 3, "v1")]), &[1, 3], 40);
+        assert_eq!(f.w[0].2, State::Stopping);
+    }
+
+    #[test]
+    fn a_spec_changed_back_while_it_stops_starts_the_old_instance_again() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        let v1 = want(&[spec("cl-web-0", 1, "v1")]);
+        turn(&mut r, &mut f, &v1, &[1], 0);
+        turn(&mut r, &mut f, &want(&[spec("cl-web-0", 1, "v2")]), &[1], 10);
+        assert_eq!(f.w[0].2, State::Stopping);
+        f.set("cl-web-0", State::Exited);
+        f.calls.clear();
+        turn(&mut r, &mut f, &v1, &[1], 20);
+        assert_eq!(f.calls, ["spec 1", "start 1"], "the one it runs is the desired one again (asked anew: the desired spec changed): run it");
+        assert_eq!(f.w[0].2, State::Running);
+    }
+
+    #[test]
+    fn no_answer_from_workd_touches_nothing_and_a_refused_create_is_logged_once() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        turn(&mut r, &mut f, &want(&[spec("cl-web-0", 1, "v1")]), &[1], 0);
+        f.mute = true;
+        f.calls.clear();
+        let l = turn(&mut r, &mut f, &want(&[spec("cl-web-0", 2, "v2")]), &[1], 10);
+        assert_eq!(f.calls, ["spec 1"]);
+        assert!(l.is_empty() && r.wanted_image().is_none(), "{l:?}");
+        // a create workd refuses: tried every turn, logged once
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 10, ..Default::default() });
+        let mut lines = Vec::new();
+        for t in 0..5 {
+            lines.extend(turn(&mut r, &mut f, &want(&[spec("cl-web-0", 1, "v1")]), &[1], t));
+        }
+        assert_eq!(lines.iter().filter(|x| x.contains("cannot create cl-web-0")).count(), 1, "{lines:?}");
+    }
+
+    #[test]
+    fn a_replica_not_assigned_here_is_stopped_then_destroyed_and_one_assigned_again_restarted() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        let v1 = want(&[spec("cl-web-0", 1, "v1")]);
+        turn(&mut r, &mut f, &v1, &[1], 0);
+        f.calls.clear();
+        turn(&mut r, &mut f, &BTreeMap::new(), &[1], 10);
+        assert_eq!(f.calls, ["stop 1 Some(0)"]);
+        f.set("cl-web-0", State::Exited);
+        f.calls.clear();
+        turn(&mut r, &mut f, &v1, &[1], 20);
+        assert_eq!(f.calls, ["spec 1", "start 1"], "assigned here again before it was destroyed");
+        f.calls.clear();
+        turn(&mut r, &mut f, &BTreeMap::new(), &[1], 30);
+        f.set("cl-web-0", State::Exited);
+        turn(&mut r, &mut f, &BTreeMap::new(), &[1], 40);
+        assert_eq!(f.calls, ["stop 1 Some(0)", "destroy 1"]);
+        assert!(f.w.is_empty());
+    }
+}
