@@ -63,6 +63,14 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let replacing = |l: &[Vec<String>], rep: usize| -> Vec<String> {
             l[hosts[rep]][mark[hosts[rep]]..].iter().filter(|x| x.contains(&format!("orchd: replacing {} ", WEB[rep]))).cloned().collect()
         };
+        // what `catenary ps` shows meanwhile: replica 1 still `outdated` (its turn is a step away)
+        let outdated_of = |a: &crate::apitest::Workstation| -> Option<Vec<bool>> {
+            let (st, out, _) = a.cli(&nodes[0], &["--json", "ps"]);
+            let j: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| st == 0)?;
+            let w = j["cluster"]["workloads"].as_array()?.iter().find(|w| w["name"] == "web")?.clone();
+            w["assignments"].as_array().map(|v| v.iter().map(|a| a["outdated"] == true).collect())
+        };
+        let during = outdated_of(a);
         let mut seen: BTreeMap<usize, f64> = BTreeMap::new();
         let mut fewest = 2usize;
         let done = |l: &[Vec<String>]| (0..2).all(|k| greeted(l, hosts[k], WEB[k], "v2", mark[hosts[k]]) && running_on(l, WEB[k]) == [hosts[k]]);
@@ -102,6 +110,9 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let turns = waited[0].is_some_and(|w| w < step) && waited[1].is_some_and(|w| w >= step - 0.3);
         c.check(&format!("replica 0 is replaced within a roll step, replica 1 a step ({step:.0} s) after its node saw the change"), turns, &format!("{waited:?}"));
         c.check("afterwards both replicas run again, on the same two nodes", ok && done(&r.lines), &format!("{:?}", lists(&r.lines, &from, &dead)));
+        let after = outdated_of(a);
+        c.check("`catenary ps --json` shows replica 1 `outdated` during the roll, and neither after it", during.as_ref().is_some_and(|v| v.get(1) == Some(&true)) && after == Some(vec![false, false]),
+            &format!("during {during:?}, after {after:?}"));
         if !ok {
             return Err("the args update did not end".into());
         }
@@ -160,8 +171,12 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             (0..2).flat_map(|k| l[hosts[k]][from[hosts[k]]..].iter().filter(|x| x.contains(&format!("orchd: replacing {} ", WEB[k])) || x.contains(&format!("orchd: destroyed {} ", WEB[k]))).cloned().collect::<Vec<_>>()).collect()
         };
         let still = (0..2).all(|k| running_on(&r.lines, WEB[k]) == [hosts[k]]);
-        c.check("each host logs that its replica keeps its old spec (4100 MiB needed), and 25 s later neither was stopped and both run", said && touched(&r.lines, &mark).is_empty() && still,
-            &format!("said {said}, {:?}, {:?}", touched(&r.lines, &mark), lists(&r.lines, &from, &dead)));
+        let kept_ps = outdated_of(a);
+        let (_, table, _) = a.cli(&nodes[0], &["ps"]);
+        let row = table.lines().find(|l| l.starts_with("web ")).unwrap_or("").to_string();
+        println!("  `catenary ps` while web keeps its old spec: {row}");
+        c.check("each host logs that its replica keeps its old spec (4100 MiB needed), and 25 s later neither was stopped and both run, shown `outdated` by `catenary ps`", said && touched(&r.lines, &mark).is_empty() && still && kept_ps == Some(vec![true, true]) && row.matches(":running,outdated").count() == 2,
+            &format!("said {said}, {:?}, {:?}, ps {kept_ps:?}", touched(&r.lines, &mark), lists(&r.lines, &from, &dead)));
         let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
         let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", b, "hello", "v3"]);
         c.check("`run` of web back at `--mem 64` (the spec its replicas run) is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));

@@ -26,6 +26,28 @@ pub fn replica_name(name: &str, r: u32) -> String {
     alloc::format!("{REPLICA_PREFIX}{name}-{r}")
 }
 
+/// The spec `orchd` gives `workd` for replica `r` of `s` (named [`replica_name`], with its
+/// network); `None` when that name is not one `workd` takes. `apid` compares its digest with
+/// the one `workd` lists to tell a replica that runs an older spec
+/// ([`ReplicaStatus::outdated`]).
+pub fn replica_spec(s: &WorkloadSpec, r: u32) -> Option<catenary_workload::WorkloadSpec> {
+    let name = replica_name(&s.name, r);
+    catenary_workload::spec::valid_name(&name).then(|| catenary_workload::WorkloadSpec {
+        name,
+        image: Digest(s.image),
+        vcpus: s.vcpus.min(u8::MAX as u32) as u8,
+        memory_mib: s.mem_mib.min(u32::MAX as u64) as u32,
+        env: s.env.iter().map(|(k, v)| alloc::format!("{k}={v}")).collect(),
+        args: if s.args.is_empty() { None } else { Some(s.args.clone()) },
+        restart: match s.restart {
+            R::No => RestartPolicy::No,
+            R::OnFailure { max_restarts } => RestartPolicy::OnFailure { limit: max_restarts },
+            R::Always => RestartPolicy::Always,
+        },
+        net: true,
+    })
+}
+
 /// `KEY=VALUE` or `KEY!=VALUE` (the label rules of the cluster file's `node` lines).
 pub fn parse_constraint(s: &str) -> Result<Constraint, ApiError> {
     let bad = || ApiError::bad_request(&alloc::format!("constraints: {:?} is not KEY=VALUE or KEY!=VALUE (key 1-63 of a-z 0-9 . _ - /, value 0-63 of A-Z a-z 0-9 . _ -)", s.get(..80).unwrap_or(s)));
@@ -99,12 +121,14 @@ pub fn statuses(entries: Vec<Listed>, name_of: &dyn Fn(&[u8; 32]) -> String, own
                 .enumerate()
                 .map(|(i, k)| {
                     let r = i as u32;
-                    let state = k.filter(|k| Some(k.0) == own).and_then(|_| match local.iter().find(|w| w.name == replica_name(&s.name, r)) {
+                    let here = k.filter(|k| Some(k.0) == own).map(|_| local.iter().find(|w| w.name == replica_name(&s.name, r)));
+                    let state = here.and_then(|w| match w {
                         Some(w) => Some(w.state.name().to_string()),
                         None if !images.contains(&Digest(s.image)) => Some(FETCHING_IMAGE.to_string()),
                         None => None,
                     });
-                    ReplicaStatus { replica: r, node: k.map(|k| name_of(&k.0)), state }
+                    let outdated = here.flatten().is_some_and(|w| replica_spec(&s, r).is_some_and(|d| d.digest() != w.spec));
+                    ReplicaStatus { replica: r, node: k.map(|k| name_of(&k.0)), state, outdated }
                 })
                 .collect();
             let mut w = ClusterWorkloadStatus {
@@ -151,6 +175,8 @@ pub fn merge(mine: &mut ClusterWorkloadStatus, theirs: &ClusterWorkloadStatus, f
         }
         if let Some(t) = theirs.assignments.iter().find(|t| t.replica == a.replica && t.node == a.node) {
             a.state = t.state.as_deref().map(known_state);
+            // (that node's word, against the desired state as it applied it)
+            a.outdated = t.outdated;
         }
     }
     count_running(mine);

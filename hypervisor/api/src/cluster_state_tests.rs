@@ -98,14 +98,22 @@ fn cluster_run(name: &str, replicas: u32, constraints: &[&str]) -> RunRequest {
 }
 
 /// A replica running on `n`'s workload service, as `orchd` starts it.
+/// Run replica `name` (`cl-W-R`) on `n` as orchd would: from the desired state's spec.
 fn run_replica(n: &mut Node, name: &str) {
-    let spec = WorkloadSpec { name: name.into(), image: image(), vcpus: 1, memory_mib: 64, env: vec![], args: None, restart: catenary_workload::RestartPolicy::No, net: false };
+    let (w, r) = name.strip_prefix("cl-").and_then(|x| x.rsplit_once('-')).unwrap();
+    let spec = crate::cluster_state::replica_spec(&n.state.workloads[w], r.parse().unwrap()).unwrap();
+    run_spec(n, spec);
+}
+
+/// Run `spec` (a cluster replica's) on `n` under a lease, as orchd does.
+fn run_spec(n: &mut Node, spec: WorkloadSpec) {
+    let name = spec.name.clone();
     // as orchd does: a cluster replica runs in workd only under the lease it sets
     let now = n.node.now_ms;
     let lease = wk::Request::ClusterLease { until_ns: (now + 10_000) * 1_000_000 };
     assert_eq!(n.node.service.handle_from(catenary_workload::service::Client::Orchestrator, lease, now, &mut n.node.kernel), Ok(wk::Reply::Done));
     assert!(matches!(n.node.workd(wk::Request::Create(spec)), Ok(wk::Reply::Created(_))));
-    assert!(n.node.workd(wk::Request::Start(wk::Target::Name(name.into()))).is_ok());
+    assert!(n.node.workd(wk::Request::Start(wk::Target::Name(name))).is_ok());
     // its microVM says it is ready: the replica runs
     let vm = n.node.kernel.next;
     n.node.service.on_event(VmEvent { vm, event: Event::Ready }, 0, &mut n.node.kernel);
@@ -169,15 +177,15 @@ fn the_desired_state_is_listed_with_constraints_nodes_and_states() {
     let db = by("db");
     assert_eq!((db.replicas, db.cpus, db.memory_mib, db.env.clone(), db.constraints.clone()), (1, 1, 64, vec!["A=1".to_string()], vec!["zone=a".to_string()]));
     assert_eq!(db.image, image().to_string());
-    assert_eq!(db.assignments, vec![ReplicaStatus { replica: 0, node: Some("node1".into()), state: Some(db_state.clone()) }]);
+    assert_eq!(db.assignments, vec![ReplicaStatus { replica: 0, node: Some("node1".into()), state: Some(db_state.clone()), outdated: false }]);
     assert_eq!((db.eligible_nodes, db.placeable), (1, true));
     let gpu = by("gpu");
     assert_eq!((gpu.eligible_nodes, gpu.placeable, gpu.running), (0, false, 0));
-    assert_eq!(gpu.assignments, vec![ReplicaStatus { replica: 0, node: None, state: None }]);
+    assert_eq!(gpu.assignments, vec![ReplicaStatus { replica: 0, node: None, state: None, outdated: false }]);
     let web = by("web");
     assert_eq!((web.eligible_nodes, web.placeable), (2, true));
     // node1 knows its own replica's state, not node3's
-    assert_eq!(web.assignments[0], ReplicaStatus { replica: 0, node: Some("node3".into()), state: None });
+    assert_eq!(web.assignments[0], ReplicaStatus { replica: 0, node: Some("node3".into()), state: None, outdated: false });
     assert_eq!(web.assignments[1].node.as_deref(), Some("node1"));
     assert!(web.assignments[1].state.is_some());
 
@@ -211,7 +219,28 @@ fn the_desired_state_is_listed_with_constraints_nodes_and_states() {
         assert!(web.assignments[1].state.is_some());
         assert_eq!((web0.as_str(), web.assignments[1].state.as_deref()), ("running", Some("running")));
         assert_eq!(web.running, 2, "both replicas run");
+        assert!(!web.assignments[0].outdated && !web.assignments[1].outdated, "both run the desired spec");
     }
+
+    // web updated (other args) in the state both applied: until orchd replaces them, node1's
+    // replica and node3's (its own word, gathered) run the old spec: outdated, still running.
+    let mut upd = n1.state.workloads["web"].clone();
+    upd.args = vec!["v2".into()];
+    for n in [&mut n1, &mut n3] {
+        n.state.apply(&Command::PutWorkload(upd.clone()), &StateLimits::default()).unwrap();
+    }
+    let http = http_of(&client::inspect_cluster("web"));
+    let resp = api.handle(&ADMIN, &http, &mut n1, 0);
+    let mut ask = |_: usize| {
+        let r = api3.handle(&ADMIN, &http, &mut n3, 0);
+        Some((r.status, r.body))
+    };
+    let merged = cluster::elsewhere(&http, resp, Some("node1"), &["node3".to_string()], &mut ask);
+    let web: ClusterWorkloadStatus = serde_json::from_slice(&merged.body).unwrap();
+    assert!(web.assignments.iter().all(|a| a.outdated), "{:?}", web.assignments);
+    assert_eq!(web.running, 2, "outdated replicas still run");
+    let db: ClusterWorkloadStatus = decode(send(&mut api, &mut n1, VIEWER, &client::inspect_cluster("db")).0, &send(&mut api, &mut n1, VIEWER, &client::inspect_cluster("db")).1).unwrap();
+    assert!(!db.assignments[0].outdated, "db was not updated");
 
     // A node's word counts for the replicas assigned to it only, and only a state's name: node2
     // (no replica of web) claims node3's; node3 answers a terminal escape for its own.
@@ -231,7 +260,7 @@ fn the_desired_state_is_listed_with_constraints_nodes_and_states() {
     let merged = cluster::elsewhere(&http, resp, Some("node1"), &["node2".to_string(), "node3".to_string()], &mut ask);
     let l: ClusterWorkloadList = serde_json::from_slice(&merged.body).unwrap();
     let web = l.workloads.iter().find(|w| w.name == "web").unwrap();
-    assert_eq!(web.assignments[0], ReplicaStatus { replica: 0, node: Some("node3".into()), state: Some("unknown".into()) }, "node3's escape is not shown, node2's word not taken");
+    assert_eq!(web.assignments[0], ReplicaStatus { replica: 0, node: Some("node3".into()), state: Some("unknown".into()), outdated: false }, "node3's escape is not shown, node2's word not taken");
     assert_eq!(web.running, 1, "node1's replica only");
 
     // A node without an orchestration service: 503.

@@ -228,6 +228,11 @@ pub struct ReplicaStatus {
     /// its image and the node copies it (not counted in `running`); `null`: not there yet, or
     /// the node did not answer.
     pub state: Option<String>,
+    /// It runs a spec other than the desired one (the workload was updated): it is replaced on
+    /// its turn, or kept where the new spec does not fit (docs/orchestration.md "A workload's
+    /// spec changes"). False when not known.
+    #[serde(default)]
+    pub outdated: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -488,7 +493,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         running: 1,
         eligible_nodes: 2,
         placeable: true,
-        assignments: vec![ReplicaStatus { replica: 0, node: Some("node1".into()), state: Some("running".into()) }],
+        assignments: vec![ReplicaStatus { replica: 0, node: Some("node1".into()), state: Some("running".into()), outdated: false }],
     };
     let record = LogRecord { offset: 0, stream: "stdout".into(), data: "hi\n".into() };
     let event = Event { seq: 1, time_ms: 1, kind: "created".into(), workload: 1, name: "web".into(), state: "created".into(), exit: Some(exit.clone()) };

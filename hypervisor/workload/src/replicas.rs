@@ -238,7 +238,7 @@ mod tests {
 
     impl Fake {
         fn list(&self) -> Vec<Summary> {
-            self.w.iter().map(|(id, s, st)| Summary { id: *id, name: s.name.clone(), state: *st, exit: None, restarts: 0, memory_mib: s.memory_mib, address: None }).collect()
+            self.w.iter().map(|(id, s, st)| Summary { id: *id, name: s.name.clone(), state: *st, exit: None, restarts: 0, memory_mib: s.memory_mib, address: None, spec: s.digest() }).collect()
         }
         fn set(&mut self, name: &str, st: State) {
             self.w.iter_mut().filter(|x| x.1.name == name).for_each(|x| x.2 = st);

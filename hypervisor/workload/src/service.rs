@@ -417,6 +417,7 @@ impl Service {
                 let list = self.workloads.iter().map(|w| Summary {
                     id: w.id, name: w.spec.name.clone(), state: w.state, exit: w.exit, restarts: w.restarts.total, memory_mib: w.spec.memory_mib,
                     address: node.zip(w.net).map(|(n, s)| crate::net::address(n, s)),
+                    spec: w.spec.digest(),
                 });
                 Ok(Reply::List(list.collect()))
             }

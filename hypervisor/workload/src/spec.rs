@@ -68,6 +68,13 @@ fn valid_entry(s: &str) -> bool {
 }
 
 impl WorkloadSpec {
+    /// The sha256 of its postcard encoding: two specs have one digest when they are equal
+    /// ([`crate::status::Summary::spec`]; `apid` compares it with the desired state's spec
+    /// for a cluster replica).
+    pub fn digest(&self) -> Digest {
+        Digest::of(&postcard::to_allocvec(self).unwrap_or_default())
+    }
+
     /// Check every field; the error names the first field that is wrong.
     pub fn check(&self) -> Result<(), Error> {
         if !valid_name(&self.name) {

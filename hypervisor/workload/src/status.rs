@@ -135,4 +135,6 @@ pub struct Summary {
     pub memory_mib: u32,
     /// Its /128, as in [`Status::address`].
     pub address: Option<core::net::Ipv6Addr>,
+    /// [`crate::WorkloadSpec::digest`] of the spec it was created from.
+    pub spec: crate::Digest,
 }

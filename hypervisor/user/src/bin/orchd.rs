@@ -32,7 +32,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use catenary_cluster::desired::{Command, RestartPolicy as ClusterRestart, WorkloadSpec as ClusterSpec};
+use catenary_cluster::desired::Command;
 use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LABELS, LABEL_LIST, LABEL_TICKET, LABEL_WANTED, LABEL_WRITE};
 use catenary_cluster::raft_codec::{decode, Wire};
 use catenary_cluster::service::{FabricHand, PeerChange};
@@ -43,7 +43,7 @@ use catenary_user::netsock_client::Sockets;
 use catenary_user::*;
 use catenary_workload::proto::{self as wk, decode_response, encode_request, Target, BUFFER_MIN, LABEL_REQUEST, TRANSPORT_OK};
 use catenary_workload::replicas::{self, Replicas, Wanted};
-use catenary_workload::spec::{RestartPolicy, WorkloadSpec};
+use catenary_workload::spec::WorkloadSpec;
 use catenary_workload::Digest;
 use core::cell::Cell;
 use core::net::Ipv6Addr;
@@ -205,28 +205,6 @@ impl Watch {
 }
 
 /// The workd name of replica `r` of cluster workload `name`, if workd can take it.
-fn local_name(name: &str, r: u32) -> Option<String> {
-    let n = format!("{PREFIX}{name}-{r}");
-    catenary_workload::spec::valid_name(&n).then_some(n)
-}
-
-fn local_spec(s: &ClusterSpec, name: String) -> WorkloadSpec {
-    WorkloadSpec {
-        name,
-        image: Digest(s.image),
-        vcpus: s.vcpus.min(u8::MAX as u32) as u8,
-        memory_mib: s.mem_mib.min(u32::MAX as u64) as u32,
-        env: s.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        args: if s.args.is_empty() { None } else { Some(s.args.clone()) },
-        restart: match s.restart {
-            ClusterRestart::No => RestartPolicy::No,
-            ClusterRestart::OnFailure { max_restarts } => RestartPolicy::OnFailure { limit: max_restarts },
-            ClusterRestart::Always => RestartPolicy::Always,
-        },
-        net: true,
-    }
-}
-
 type Labels = BTreeMap<NodeKey, BTreeMap<String, String>>;
 
 /// The cluster file's members (name, key, node /128) and their labels (`node` lines'
@@ -673,9 +651,9 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
     }
     let mut want: BTreeMap<String, Wanted> = BTreeMap::new();
     for (spec, r) in orch.assigned_now(t) {
-        match local_name(&spec.name, r) {
-            Some(n) => {
-                want.insert(n.clone(), Wanted { spec: local_spec(&spec, n), workload: spec.name, replica: r });
+        match catenary_api::cluster_state::replica_spec(&spec, r) {
+            Some(local) => {
+                want.insert(local.name.clone(), Wanted { spec: local, workload: spec.name, replica: r });
             }
             None => logf!("orchd: {} replica {}: not a name workd takes; not run", spec.name, r),
         }

@@ -372,7 +372,8 @@ pub fn ps(c: &Ctx) -> R {
     println!();
     println!("{:<24} {:>8} {:<20} {:<40}  NODES", "CLUSTER WORKLOAD", "REPLICAS", "IMAGE", "CONSTRAINTS");
     for w in &cl.workloads {
-        let nodes: Vec<String> = w.assignments.iter().map(|a| format!("{}:{}", a.node.as_deref().unwrap_or("-"), a.state.as_deref().unwrap_or("?"))).collect();
+        // `,outdated`: it runs the spec from before an update (replaced on its turn)
+        let nodes: Vec<String> = w.assignments.iter().map(|a| format!("{}:{}{}", a.node.as_deref().unwrap_or("-"), a.state.as_deref().unwrap_or("?"), if a.outdated { ",outdated" } else { "" })).collect();
         let mut nodes = nodes.join(" ");
         if !w.placeable {
             nodes = format!("unplaceable: {} of {} nodes meet the constraints", w.eligible_nodes, w.replicas);
