@@ -17,7 +17,7 @@ use catenary_workload::status::{State, Summary};
 use catenary_workload::{Digest, RestartPolicy};
 
 /// The workd name prefix of cluster replicas: node-level workloads may not use it.
-pub const REPLICA_PREFIX: &str = "cl-";
+pub const REPLICA_PREFIX: &str = catenary_workload::proto::CLUSTER_PREFIX;
 /// Constraints per workload.
 pub const CONSTRAINTS_MAX: usize = 16;
 
@@ -176,7 +176,7 @@ pub fn merge(mine: &mut ClusterWorkloadStatus, theirs: &ClusterWorkloadStatus, f
         if let Some(t) = theirs.assignments.iter().find(|t| t.replica == a.replica && t.node == a.node) {
             a.state = t.state.as_deref().map(known_state);
             // (that node's word, against the desired state as it applied it)
-            a.outdated = t.outdated;
+            a.outdated = t.outdated && a.state.is_some();
         }
     }
     count_running(mine);

@@ -257,6 +257,7 @@ mod tests {
             self.w.iter().find(|x| x.0 == id).map(|x| x.1.clone())
         }
         fn free_mib(&mut self) -> Option<u64> {
+            self.calls.push(String::from("free"));
             Some(self.free)
         }
         fn stop(&mut self, id: WorkloadId, grace_ms: Option<u32>) -> Option<bool> {
@@ -390,6 +391,55 @@ mod tests {
             lines.extend(turn(&mut r, &mut f, &want(&[spec("cl-web-0", 1, "v1")]), &[1], t));
         }
         assert_eq!(lines.iter().filter(|x| x.contains("cannot create cl-web-0")).count(), 1, "{lines:?}");
+    }
+
+    #[test]
+    fn without_the_store_listed_only_unassigned_replicas_are_stopped() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        turn(&mut r, &mut f, &want(&[spec("cl-web-0", 1, "v1")]), &[1], 0);
+        f.calls.clear();
+        let list = f.list();
+        let w = want(&[spec("cl-db-0", 1, "v1"), spec("cl-web-1", 2, "v1")]);
+        r.turn(&list, &w, None, true, 10, &mut f, &mut |_| {});
+        assert_eq!(f.calls, ["stop 1 Some(0)"], "nothing created, nothing waits");
+        assert_eq!(r.wanted_image(), None);
+    }
+
+    #[test]
+    fn a_grown_spec_without_room_keeps_the_old_instance_logged_once_and_room_is_asked_only_then() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        turn(&mut r, &mut f, &want(&[spec("cl-web-0", 1, "v1")]), &[1], 0);
+        f.free = 100;
+        let mut big = spec("cl-web-0", 1, "v1");
+        big.memory_mib = 512;
+        let mut lines = Vec::new();
+        f.calls.clear();
+        for t in 1..4 {
+            lines.extend(turn(&mut r, &mut f, &want(&[big.clone()]), &[1], t));
+        }
+        assert_eq!(lines.iter().filter(|l| l.contains("cl-web-0 keeps its old spec: the new one needs 516 MiB, 168 MiB free")).count(), 1, "{lines:?}");
+        assert_eq!(f.calls, ["spec 1", "free", "free", "free"], "kept, never stopped");
+        // a smaller spec does not ask for room
+        let mut small = spec("cl-web-0", 1, "v1");
+        small.memory_mib = 32;
+        f.calls.clear();
+        turn(&mut r, &mut f, &want(&[small]), &[1], 10);
+        assert_eq!(f.calls, ["spec 1", "stop 1 None"]);
+    }
+
+    #[test]
+    fn a_created_replica_is_started_and_one_that_ended_by_itself_is_left_to_its_policy() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        let sp = spec("cl-web-0", 1, "v1");
+        f.w.push((7, sp.clone(), State::Created));
+        turn(&mut r, &mut f, &want(core::slice::from_ref(&sp)), &[1], 0);
+        assert_eq!(f.calls, ["spec 7", "start 7"]);
+        f.set("cl-web-0", State::Exited);
+        f.calls.clear();
+        for t in 1..4 {
+            turn(&mut r, &mut f, &want(core::slice::from_ref(&sp)), &[1], t);
+        }
+        assert!(f.calls.is_empty(), "not started against its restart policy: {:?}", f.calls);
     }
 
     #[test]

@@ -149,6 +149,8 @@ enum StopStage {
 struct Workload {
     id: WorkloadId,
     spec: WorkloadSpec,
+    /// `spec.digest()`, once (the list carries it on every call).
+    spec_digest: crate::Digest,
     state: State,
     vm: Option<VmHandle>,
     exit: Option<ExitStatus>,
@@ -372,7 +374,7 @@ impl Service {
                 let mut log = LogRing::new(self.log_capacity);
                 log.push(Stream::Node, format!("created: image {}, {} MiB, {} vCPU\n", spec.image.short(), spec.memory_mib, spec.vcpus).as_bytes());
                 self.workloads.push(Workload {
-                    id, spec, state: State::Created, vm: None, exit: None, reported: None, restarts: Restarts::default(), attempts: 0,
+                    id, spec_digest: spec.digest(), spec, state: State::Created, vm: None, exit: None, reported: None, restarts: Restarts::default(), attempts: 0,
                     started_ms: 0, ended_ms: 0, restart_at: None, stop: None, stopped: false, touched: 0, log, net,
                 });
                 Ok(Reply::Created(id))
@@ -417,7 +419,7 @@ impl Service {
                 let list = self.workloads.iter().map(|w| Summary {
                     id: w.id, name: w.spec.name.clone(), state: w.state, exit: w.exit, restarts: w.restarts.total, memory_mib: w.spec.memory_mib,
                     address: node.zip(w.net).map(|(n, s)| crate::net::address(n, s)),
-                    spec: w.spec.digest(),
+                    spec: w.spec_digest,
                 });
                 Ok(Reply::List(list.collect()))
             }
@@ -618,7 +620,7 @@ impl Service {
             log.push(Stream::Node, format!("adopted by a restarted workd (microVM {}, running for {} ms)\n", v.vm, v.age_ms).as_bytes());
             self.next_id = self.next_id.max(t.id.wrapping_add(1)).max(1);
             self.workloads.push(Workload {
-                id: t.id, spec: t.spec, state: if v.ready { State::Running } else { State::Starting }, vm: Some(v.vm), exit: None, reported: None,
+                id: t.id, spec_digest: t.spec.digest(), spec: t.spec, state: if v.ready { State::Running } else { State::Starting }, vm: Some(v.vm), exit: None, reported: None,
                 restarts: Restarts { total: t.restarts, streak: t.streak }, attempts: t.attempts, started_ms: now_ms.saturating_sub(v.age_ms), ended_ms: 0,
                 restart_at: None, stop: None, stopped: false, touched: v.touched_bytes, log, net: t.net,
             });

@@ -496,6 +496,10 @@ fn a_restarted_service_adopts_running_vms() {
     // the spec, env and args included, is the one it was created from (orchd compares it)
     let a_spec = s2.handle_from(crate::service::Client::Orchestrator, Request::Spec(Target::Name("a".into())), 200_000, &mut k);
     assert_eq!(a_spec, Ok(Reply::Spec(spec("a", 64, RestartPolicy::OnFailure { limit: 5 }))));
+    match s2.handle(Request::List, 200_000, &mut k) {
+        Ok(Reply::List(l)) => assert_eq!(l.iter().find(|w| w.name == "a").map(|w| w.spec), Some(spec("a", 64, RestartPolicy::OnFailure { limit: 5 }).digest())),
+        r => panic!("{r:?}"),
+    }
     assert!(matches!(s2.handle(Request::Status(Target::Name("c".into())), 0, &mut k), Err(Error::NoSuchWorkload)));
     // adopted memory is admitted again; new workloads get new ids; events reach the adopted
     assert_eq!(s2.admission.free_mib(), service(1024).admission.free_mib() - 2 * 68);
@@ -562,6 +566,15 @@ fn spec_answers_orchd_only_with_the_spec_as_created() {
     assert_eq!(ask(&mut s, &mut k, Client::Other, "flaky"), Err(Error::NotOrchestrator));
     s.handle(Request::Start(Target::Name("flaky".into())), 0, &mut k).unwrap();
     assert!(k.created.last().unwrap().env.len() > sp.env.len(), "the guest's env has the attempt's entries");
-    assert_eq!(ask(&mut s, &mut k, Client::Orchestrator, "flaky"), Ok(Reply::Spec(sp)));
+    // a restart by the policy: the spec (and its digest in the list) stays the one created
+    let vm = k.next;
+    end(&mut s, &mut k, vm, Some(vmctl::Exit::Code(1)), vmctl::Ended::PowerOff, 1000);
+    s.tick(1000 + crate::restart::backoff_ms(1), &mut k);
+    assert_eq!(k.created.len(), 2, "restarted by its policy");
+    assert_eq!(ask(&mut s, &mut k, Client::Orchestrator, "flaky"), Ok(Reply::Spec(sp.clone())));
+    match s.handle(Request::List, 5000, &mut k) {
+        Ok(Reply::List(l)) => assert_eq!(l[0].spec, sp.digest()),
+        r => panic!("{r:?}"),
+    }
     assert_eq!(ask(&mut s, &mut k, Client::Orchestrator, "nosuch"), Err(Error::NoSuchWorkload));
 }

@@ -68,7 +68,7 @@ const VCPUS_PER_CPU: u32 = 8;
 /// At most one `N workloads in the desired state` line per this many ms.
 const WORKLOADS_LOG_MS: u64 = 5_000;
 /// The prefix of the workd names of cluster replicas.
-const PREFIX: &str = "cl-";
+const PREFIX: &str = catenary_workload::proto::CLUSTER_PREFIX;
 
 const WK_VA: u64 = 0x2000_0000;
 const IO_VA: u64 = 0x2010_0000;
