@@ -53,32 +53,19 @@ pub enum Replace {
 /// The fields in which `have` (what `workd` was given) differs from `want` (the desired spec
 /// for this replica), for the log; empty when they are the same.
 pub fn differences(have: &WorkloadSpec, want: &WorkloadSpec) -> Vec<&'static str> {
-    let mut d = Vec::new();
-    if have.name != want.name {
-        d.push("name");
-    }
-    if have.image != want.image {
-        d.push("image");
-    }
-    if have.vcpus != want.vcpus {
-        d.push("vcpus");
-    }
-    if have.memory_mib != want.memory_mib {
-        d.push("memory");
-    }
-    if have.env != want.env {
-        d.push("env");
-    }
-    if have.args != want.args {
-        d.push("args");
-    }
-    if have.restart != want.restart {
-        d.push("restart");
-    }
-    if have.net != want.net {
-        d.push("network");
-    }
-    d
+    [
+        (have.name != want.name, "name"),
+        (have.image != want.image, "image"),
+        (have.vcpus != want.vcpus, "vcpus"),
+        (have.memory_mib != want.memory_mib, "memory"),
+        (have.env != want.env, "env"),
+        (have.args != want.args, "args"),
+        (have.restart != want.restart, "restart"),
+        (have.net != want.net, "network"),
+    ]
+    .into_iter()
+    .filter_map(|(differs, field)| differs.then_some(field))
+    .collect()
 }
 
 /// What to do with replica `replica` that `workd` created from `have` and now reports in

@@ -22,7 +22,6 @@ use crate::Digest;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
-use alloc::vec::Vec;
 
 /// `workd`'s requests as this logic makes them. `None`: no answer (the call failed).
 pub trait Workd {
@@ -55,7 +54,6 @@ struct SpecCheck {
     id: WorkloadId,
     want: WorkloadSpec,
     have: WorkloadSpec,
-    differs: Vec<&'static str>,
     /// When this node first had the desired image with the replica outdated (ms; the turns
     /// count from here: a copy can take longer than a step).
     ready_ms: Option<u64>,
@@ -144,7 +142,7 @@ impl Replicas {
         }
         match (existing, replace) {
             (Some(s), Some(Replace::Stop)) => {
-                let why = self.specs.get(name).map_or(String::new(), |c| c.differs.join(", "));
+                let why = self.specs.get(name).map_or(String::new(), |c| replace::differences(&c.have, &c.want).join(", "));
                 let stopped = w.stop(s.id, None);
                 log(format!("orchd: replacing {} ({} replica {}): its spec changed ({}); stopping it: {:?}", name, x.workload, x.replica, why, stopped));
                 // should the spec go back to the one it runs before it is destroyed, it is
@@ -200,7 +198,7 @@ impl Replicas {
             if !differs.is_empty() {
                 log(format!("orchd: {} runs an outdated spec ({} differ from the desired state's)", s.name, differs.join(", ")));
             }
-            self.specs.insert(s.name.clone(), SpecCheck { id: s.id, want: want.clone(), have, differs, ready_ms: None, no_room: false });
+            self.specs.insert(s.name.clone(), SpecCheck { id: s.id, want: want.clone(), have, ready_ms: None, no_room: false });
         }
         let c = self.specs.get_mut(&s.name)?;
         if image_here && c.ready_ms.is_none() {
@@ -224,6 +222,7 @@ mod tests {
     use super::*;
     use crate::spec::RestartPolicy;
     use alloc::vec;
+    use alloc::vec::Vec;
 
     /// A `workd` that holds workloads (id, spec, state) and records each call.
     #[derive(Default)]

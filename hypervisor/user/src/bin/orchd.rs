@@ -204,7 +204,6 @@ impl Watch {
     }
 }
 
-/// The workd name of replica `r` of cluster workload `name`, if workd can take it.
 type Labels = BTreeMap<NodeKey, BTreeMap<String, String>>;
 
 /// The cluster file's members (name, key, node /128) and their labels (`node` lines'
