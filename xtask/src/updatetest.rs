@@ -3,21 +3,22 @@
 //! `hello v1`. The operator runs it again under the same name with `hello v2` (what
 //! `catenary run` of an existing name does: the desired spec is replaced). Each node that runs
 //! a replica must replace it (its `orchd` logs `replacing cl-web-R … (args)`), once, and the
-//! new instance must log `hello from v2`; on its node's clock replica 0 is stopped within a
-//! roll step (`catenary_workload::replace::ROLL_STEP_MS`) of the node seeing the change and
-//! replica 1 a step after, so the two are not stopped together; afterwards both run again on
-//! two nodes. Then `web` gets another image (and `hello v3`), pushed to the third node only:
-//! each host must fetch it while its old replica runs on, and replace the replica (`(image,
-//! args)`) only once the image is in its store; both then greet `v3`. Then `--mem 4096`, more
-//! than a node has: each host keeps its old instance running (and says so); then `--mem 64`
-//! again, the spec the replicas run: nothing is replaced. The replacement times,
-//! and the fewest `web` replicas seen running while it rolled, are printed (figures, not
-//! checks).
+//! new instance must log `hello from v2`; replica 0 is replaced at once, and replica 1 only
+//! once replica 0's new instance has run for `HEALTHY_MS` (10 s; host clock from replica 0's
+//! `started` line), so the two are never down together; afterwards both run again on two
+//! nodes. Then `web` gets another image (and `hello v3`), pushed to the third node only: each
+//! host must fetch it while its old replica runs on, and replace the replica (`(image, args)`)
+//! only once the image is in its store (replica 1 again only after replica 0 ran it healthily);
+//! both then greet `v3`. Then a spec whose program fails (`args: broken`, exit 3, restarted
+//! for ever): replica 0 takes it and keeps failing, replica 1 keeps `v3` and runs (the roll
+//! holds); `hello v4` then replaces both, replica 0 first. Then `--mem 4096`, more than a node
+//! has: each host keeps its old instance running (and says so); then `--mem 64` again, the
+//! spec the replicas run: nothing is replaced. The replacement times, and the fewest `web`
+//! replicas seen running while it rolled, are printed.
 
 use crate::orchtest::{lists, runners};
 use crate::test::Tally;
 use crate::threenode::{Setup, ThreeNodes};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -55,47 +56,59 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             return Err("not placed".into());
         };
         c.check("web's two replicas run on two nodes and greet `v1`", ok, &format!("{hosts:?}"));
+        let healthy_s = catenary_workload::restart::HEALTHY_MS as f64 / 1000.0;
         let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
         let t0 = Instant::now();
         let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", img, "hello", "v2"]);
         c.check("the same `run` with `hello v2` is committed (the spec replaced)", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
         // when each replica's replacement was first seen (host clock), and the fewest running
-        let replacing = |l: &[Vec<String>], rep: usize| -> Vec<String> {
+        let replacing = |l: &[Vec<String>], rep: usize, mark: &[usize]| -> Vec<String> {
             l[hosts[rep]][mark[hosts[rep]]..].iter().filter(|x| x.contains(&format!("orchd: replacing {} ", WEB[rep]))).cloned().collect()
         };
-        // what `catenary ps` shows meanwhile: replica 1 still `outdated` (its turn is a step away)
+        // what `catenary ps` shows meanwhile: replica 1 still `outdated` (it waits for replica 0)
         let outdated_of = |a: &crate::apitest::Workstation| -> Option<Vec<bool>> {
             let (st, out, _) = a.cli(&nodes[0], &["--json", "ps"]);
             let j: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| st == 0)?;
             let w = j["cluster"]["workloads"].as_array()?.iter().find(|w| w["name"] == "web")?.clone();
             w["assignments"].as_array().map(|v| v.iter().map(|a| a["outdated"] == true).collect())
         };
-        // (asked until replica 1 shows it, for at most half a step: its node may apply the
-        // commit a moment after the node that answers)
+        // (asked until replica 1 shows it, for at most 5 s: its node may apply the commit a
+        // moment after the node that answers)
         let asked = Instant::now();
         let mut during = outdated_of(a);
-        while during.as_ref().is_none_or(|v| v.get(1) != Some(&true)) && asked.elapsed().as_millis() < u128::from(catenary_workload::replace::ROLL_STEP_MS / 2) {
+        while during.as_ref().is_none_or(|v| v.get(1) != Some(&true)) && asked.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(500));
             during = outdated_of(a);
         }
-        let mut seen: BTreeMap<usize, f64> = BTreeMap::new();
-        let mut fewest = 2usize;
-        let done = |l: &[Vec<String>]| (0..2).all(|k| greeted(l, hosts[k], WEB[k], "v2", mark[hosts[k]]) && running_on(l, WEB[k]) == [hosts[k]]);
-        let ok = r.wait(Duration::from_secs(300), false, |l| {
-            for k in 0..2 {
-                if !replacing(l, k).is_empty() {
-                    seen.entry(k).or_insert(t0.elapsed().as_secs_f64());
+        // The roll as the host sees it: per replica, when its replacement began and when its
+        // new instance was started (host clock from the commit).
+        let roll = |r: &mut crate::cluster::Running, mark: &[usize], who: &str, limit: u64| -> (bool, [Option<f64>; 2], [Option<f64>; 2], usize) {
+            let t = Instant::now();
+            let (mut begun, mut started, mut fewest) = ([None; 2], [None; 2], 2usize);
+            let done = |l: &[Vec<String>]| (0..2).all(|k| greeted(l, hosts[k], WEB[k], who, mark[hosts[k]]) && running_on(l, WEB[k]) == [hosts[k]]);
+            let ok = r.wait(Duration::from_secs(limit), false, |l| {
+                for k in 0..2 {
+                    let ls = &l[hosts[k]][mark[hosts[k]]..];
+                    if begun[k].is_none() && ls.iter().any(|x| x.contains(&format!("orchd: replacing {} ", WEB[k]))) {
+                        begun[k] = Some(t.elapsed().as_secs_f64());
+                    }
+                    if started[k].is_none() && ls.iter().any(|x| x.contains(&format!("orchd: started {} ", WEB[k]))) {
+                        started[k] = Some(t.elapsed().as_secs_f64());
+                    }
                 }
-            }
-            fewest = fewest.min(WEB.iter().filter(|n| !running_on(l, n).is_empty()).count());
-            done(l)
-        });
-        for (k, s) in &seen {
-            println!("  {} on {}: replacement begun {s:.1} s after the update was committed", WEB[*k], nodes[hosts[*k]].name);
-        }
-        println!("  update -> both replicas greet v2: {:.1} s; fewest web replicas running meanwhile (sampled): {fewest}", t0.elapsed().as_secs_f64());
+                fewest = fewest.min(WEB.iter().filter(|n| !running_on(l, n).is_empty()).count());
+                done(l)
+            });
+            (ok, begun, started, fewest)
+        };
+        // Replica 1 is replaced only once replica 0's new instance has run for HEALTHY_MS (its
+        // node reports it healthy each second), and then without a long wait.
+        let gated = |begun: &[Option<f64>; 2], started: &[Option<f64>; 2]| -> Option<f64> { Some(begun[1]? - started[0]?) };
+        let gate_ok = |gap: Option<f64>| gap.is_some_and(|g| g >= healthy_s - 0.5 && g < healthy_s + 10.0);
+        let (ok, begun, started, fewest) = roll(r, &mark, "v2", 300);
+        println!("  args update: replacement begun {begun:?} s, new instance started {started:?} s after the commit (replica 0, 1); both greet v2 after {:.1} s; fewest web replicas running meanwhile (sampled): {fewest}", t0.elapsed().as_secs_f64());
         for k in 0..2 {
-            let lines = replacing(&r.lines, k);
+            let lines = replacing(&r.lines, k, &mark);
             let one = lines.len() == 1 && lines[0].contains("its spec changed (args)");
             c.check(&format!("{} on {} is replaced once, for its args", WEB[k], nodes[hosts[k]].name), one, &format!("{lines:?}"));
             // the new instance's greeting comes after the replacement began
@@ -103,20 +116,15 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             let v2 = at.is_some_and(|p| greeted(&r.lines, hosts[k], WEB[k], "v2", p));
             c.check(&format!("{} logs `hello from v2` after it was replaced", WEB[k]), v2, "");
         }
-        // each replica's turn on its own node's clock: from the line that saw it outdated to the
-        // one that stops it, replica k waits k roll steps (less the 0.3 s of a converge turn)
-        let step = catenary_workload::replace::ROLL_STEP_MS as f64 / 1000.0;
-        let waited: Vec<Option<f64>> = (0..2)
-            .map(|k| {
-                let ls = &r.lines[hosts[k]][mark[hosts[k]]..];
-                let at = |pat: &str| ls.iter().find(|x| x.contains(pat)).and_then(|x| node_secs(x));
-                Some(at(&format!("orchd: replacing {} ", WEB[k]))? - at(&format!("orchd: {} runs an outdated spec", WEB[k]))?)
-            })
-            .collect();
-        println!("  turns on each node's clock: {:?} s after the change was seen (a step is {step:.0} s)", waited);
-        let turns = waited[0].is_some_and(|w| w < step) && waited[1].is_some_and(|w| w >= step - 0.3 && w < 2.0 * step);
-        c.check(&format!("replica 0 is replaced within a roll step, replica 1 a step ({step:.0} s; less than two) after its node saw the change"), turns, &format!("{waited:?}"));
-        c.check("afterwards both replicas run again, on the same two nodes", ok && done(&r.lines), &format!("{:?}", lists(&r.lines, &from, &dead)));
+        // replica 0 at once on its node's clock (from the line that saw it outdated)
+        let at = |i: usize, mark: &[usize], pat: &str| r.lines[i][mark[i]..].iter().find(|x| x.contains(pat)).and_then(|x| node_secs(x));
+        let first = at(hosts[0], &mark, "orchd: replacing cl-web-0 ").zip(at(hosts[0], &mark, "orchd: cl-web-0 runs an outdated spec")).map(|(x, y)| x - y);
+        let waits = r.lines[hosts[1]][mark[hosts[1]]..].iter().any(|x| x.contains("orchd: cl-web-1 (web replica 1) runs on until replica 0 has run the new spec for 10 s"));
+        c.check("replica 0 is replaced at once (< 2 s after its node saw the change), replica 1's node says it waits for replica 0", first.is_some_and(|f| f < 2.0) && waits, &format!("replica 0 after {first:?} s, waits line {waits}"));
+        let gap = gated(&begun, &started);
+        println!("  replica 1 replaced {gap:?} s after replica 0's new instance was started (healthy after {healthy_s:.0} s)");
+        c.check(&format!("replica 1 is replaced only once replica 0's new instance has run {healthy_s:.0} s (and within 10 s more), never both down"), gate_ok(gap) && fewest >= 1, &format!("{gap:?} s, fewest running {fewest}"));
+        c.check("afterwards both replicas run again, on the same two nodes", ok, &format!("{:?}", lists(&r.lines, &from, &dead)));
         let after = outdated_of(a);
         c.check("`catenary ps --json` shows replica 1 `outdated` during the roll, and neither after it", during.as_ref().is_some_and(|v| v.get(1) == Some(&true)) && after == Some(vec![false, false]),
             &format!("during {during:?}, after {after:?}"));
@@ -134,9 +142,10 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let t1 = Instant::now();
         let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", image_b.to_str().unwrap_or(""), "hello", "v3"]);
         c.check("`run` of web with that image and `hello v3` is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
-        let done3 = |l: &[Vec<String>]| (0..2).all(|k| greeted(l, hosts[k], WEB[k], "v3", mark[hosts[k]]) && running_on(l, WEB[k]) == [hosts[k]]);
-        let ok = r.wait(Duration::from_secs(600), false, done3);
-        println!("  image update -> both replicas greet v3: {:.1} s", t1.elapsed().as_secs_f64());
+        let (ok, begun, started, fewest) = roll(r, &mark, "v3", 600);
+        println!("  image update -> both replicas greet v3: {:.1} s (replacement begun {begun:?} s, started {started:?} s; fewest running {fewest})", t1.elapsed().as_secs_f64());
+        let gap = gated(&begun, &started);
+        c.check(&format!("replica 1 takes the new image only once replica 0's new instance has run {healthy_s:.0} s"), gate_ok(gap) && fewest >= 1, &format!("{gap:?} s, fewest running {fewest}"));
         for k in 0..2 {
             let i = hosts[k];
             let ls = &r.lines[i][mark[i]..];
@@ -155,25 +164,57 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             }
             c.check(&format!("{} on {} ran on while its node fetched the image, and was replaced (image, args) only once it was in the store", WEB[k], nodes[i].name), ran && order,
                 &format!("waits {waits:?} (running then: {ran}), in the store {here:?}, replacing {replacing:?}"));
-            // its turn counts from the image's arrival (node clock), not from the commit
-            let turn = here.zip(replacing).and_then(|(h, x)| Some(node_secs(&ls[x])? - node_secs(&ls[h])?));
-            let due = k as f64 * step;
-            c.check(&format!("{}'s turn came {due:.0} s after the image was in its node's store", WEB[k]), turn.is_some_and(|w| w >= due - 0.3 && w < due + step), &format!("{turn:?} s"));
+            // replica 0 at once once the image is here (node clock)
+            if k == 0 {
+                let turn = here.zip(replacing).and_then(|(h, x)| Some(node_secs(&ls[x])? - node_secs(&ls[h])?));
+                c.check("replica 0 is replaced at once (< 2 s) once the image is in its node's store", turn.is_some_and(|w| w < 2.0), &format!("{turn:?} s"));
+            }
         }
         c.check("both replicas greet `v3` and run on the same two nodes", ok, &format!("{:?}", lists(&r.lines, &from, &dead)));
         if !ok {
             return Err("the image update did not end".into());
         }
+        // A spec whose program fails at once (exit 3; restarted for ever, with backoff):
+        // replica 0 takes it and keeps failing; replica 1 must keep `v3` and run, shown
+        // outdated. Then a good spec again replaces both, replica 0 first.
+        let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
+        let b = image_b.to_str().unwrap_or("");
+        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", b, "broken"]);
+        c.check("`run` of web with args that make its program fail (`broken`) is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let failed_twice = |l: &[Vec<String>]| l[hosts[0]][mark[hosts[0]]..].iter().filter(|x| x.contains("[vm:cl-web-0 stdout] args: broken")).count() >= 2;
+        let tb = Instant::now();
+        let failing = r.wait(Duration::from_secs(120), false, failed_twice);
+        // past what a healthy run would take, and a report more
+        r.wait(Duration::from_secs(catenary_workload::restart::HEALTHY_MS / 1000 + 10), false, |_| false);
+        let runs = r.lines[hosts[0]][mark[hosts[0]]..].iter().filter(|x| x.contains("[vm:cl-web-0 stdout] args: broken")).count();
+        let held = r.lines[hosts[1]][mark[hosts[1]]..].iter().any(|x| x.contains("orchd: cl-web-1 (web replica 1) runs on until replica 0 has run the new spec for 10 s"));
+        let kept = replacing(&r.lines, 1, &mark).is_empty() && running_on(&r.lines, WEB[1]) == [hosts[1]];
+        let ps = outdated_of(a);
+        let (_, table, _) = a.cli(&nodes[0], &["ps"]);
+        let row = table.lines().find(|l| l.starts_with("web ")).unwrap_or("").to_string();
+        println!("  broken update: replica 0 ran `broken` {runs} times in {:.1} s; `catenary ps`: {row}", tb.elapsed().as_secs_f64());
+        c.check("replica 0 takes the failing spec and keeps failing; replica 1 says it waits for replica 0, is not replaced, runs `v3` and is shown outdated", failing && held && kept && ps.as_ref().is_some_and(|v| v.get(1) == Some(&true)),
+            &format!("failing {failing} ({runs} runs), waits line {held}, replica 1 untouched and running {kept}, ps {ps:?}"));
+        let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
+        let t4 = Instant::now();
+        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", b, "hello", "v4"]);
+        c.check("`run` of web with `hello v4` (a good spec again) is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let (ok, begun, started, fewest) = roll(r, &mark, "v4", 300);
+        println!("  fixed update -> both replicas greet v4: {:.1} s (replacement begun {begun:?} s, started {started:?} s)", t4.elapsed().as_secs_f64());
+        let gap = gated(&begun, &started);
+        c.check("the good spec replaces the failing replica 0, then replica 1 once replica 0 ran it healthily; both greet `v4`", ok && gate_ok(gap) && fewest >= 1, &format!("{gap:?} s, fewest running {fewest}, {:?}", lists(&r.lines, &from, &dead)));
+        if !ok {
+            return Err("the fixed update did not end".into());
+        }
         // More memory than a node has: each host keeps the old instance running (replacing it
         // would leave the replica down: its create would be refused). Then the spec it runs
         // again: nothing is replaced.
         let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
-        let b = image_b.to_str().unwrap_or("");
-        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "4096", "--restart", "always", b, "hello", "v3"]);
+        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "4096", "--restart", "always", b, "hello", "v4"]);
         c.check("`run` of web with `--mem 4096` (more than a node has) is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
         let kept = |l: &[Vec<String>]| (0..2).all(|k| l[hosts[k]][mark[hosts[k]]..].iter().any(|x| x.contains(&format!("orchd: {} keeps its old spec: the new one needs 4100 MiB", WEB[k]))));
         let said = r.wait(Duration::from_secs(120), false, kept);
-        r.wait(Duration::from_secs(25), false, |_| false); // past replica 1's turn
+        r.wait(Duration::from_secs(15), false, |_| false);
         let touched = |l: &[Vec<String>], from: &[usize]| -> Vec<String> {
             (0..2).flat_map(|k| l[hosts[k]][from[hosts[k]]..].iter().filter(|x| x.contains(&format!("orchd: replacing {} ", WEB[k])) || x.contains(&format!("orchd: destroyed {} ", WEB[k]))).cloned().collect::<Vec<_>>()).collect()
         };
@@ -182,12 +223,12 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let (_, table, _) = a.cli(&nodes[0], &["ps"]);
         let row = table.lines().find(|l| l.starts_with("web ")).unwrap_or("").to_string();
         println!("  `catenary ps` while web keeps its old spec: {row}");
-        c.check("each host logs that its replica keeps its old spec (4100 MiB needed), and 25 s later neither was stopped and both run, shown `outdated` by `catenary ps`", said && touched(&r.lines, &mark).is_empty() && still && kept_ps == Some(vec![true, true]) && row.matches(":running,outdated").count() == 2,
+        c.check("each host logs that its replica keeps its old spec (4100 MiB needed), and 15 s later neither was stopped and both run, shown `outdated` by `catenary ps`", said && touched(&r.lines, &mark).is_empty() && still && kept_ps == Some(vec![true, true]) && row.matches(":running,outdated").count() == 2,
             &format!("said {said}, {:?}, {:?}, ps {kept_ps:?}", touched(&r.lines, &mark), lists(&r.lines, &from, &dead)));
         let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
-        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", b, "hello", "v3"]);
+        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", b, "hello", "v4"]);
         c.check("`run` of web back at `--mem 64` (the spec its replicas run) is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
-        r.wait(Duration::from_secs(25), false, |_| false);
+        r.wait(Duration::from_secs(15), false, |_| false);
         let still = (0..2).all(|k| running_on(&r.lines, WEB[k]) == [hosts[k]]);
         c.check("then nothing is replaced (the replicas run the desired spec) and both run", touched(&r.lines, &mark).is_empty() && still, &format!("{:?}", touched(&r.lines, &mark)));
         Ok(())

@@ -32,7 +32,7 @@ use raftbare::{CommitStatus, LogIndex, LogPosition, Message, Term};
 use crate::desired::{Command, DesiredState, WorkloadSpec};
 use crate::identity::NodeKey;
 use crate::placement::NodeCapacity;
-use crate::raft_codec::{command_fits, decode, encode, Wire, EXTRA_MAX};
+use crate::raft_codec::{command_fits, decode, encode, Wire, EXTRA_MAX, HEALTHY_MAX};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
 use crate::replica::{Catchup, Envelope, ProposeError, Replica, ReplicaConfig, ReplicaId};
 use crate::snapshot::{SnapshotReceiver, SnapshotSender};
@@ -73,6 +73,10 @@ pub const NODE_LOG_BYTES: u64 = 2 * 1024 * 1024;
 /// in `Storage`, its encoding at most [`crate::snapshot::SNAPSHOT_MAX`]) fits beside it
 /// (docs/orchestration.md, "Bounds").
 pub const NODE_WRITE_BUDGET: u64 = 1024 * 1024;
+/// Another node's [`Wire::Healthy`] counts for this many capacity periods after it arrived
+/// (reports come every period: two may be lost).
+pub const HEALTHY_FRESH_PERIODS: u32 = 3;
+
 /// Log compaction on nodes: a snapshot every this many applied entries (about 160 KiB of
 /// realistic commands), sent in chunks to a follower behind it (crate::snapshot).
 pub const NODE_SNAPSHOT_EVERY: u64 = 256;
@@ -218,6 +222,10 @@ pub struct Orch {
     own_store: StoreReport,
     stores: BTreeMap<usize, StoreReport>,
     store_sender: StoreSender,
+    /// The spec digests of the cluster replicas healthy here (`None`: not told yet), and each
+    /// member's as it last reported them ([`Wire::Healthy`]), with when that arrived.
+    own_healthy: Option<Vec<[u8; 32]>>,
+    healthy: BTreeMap<usize, (Vec<[u8; 32]>, Duration)>,
     outgoing: Vec<(usize, Vec<u8>)>,
     next_join: Duration,
     next_reconcile: Duration,
@@ -268,6 +276,8 @@ impl Orch {
             own_store: StoreReport::default(),
             stores: BTreeMap::new(),
             store_sender: StoreSender::default(),
+            own_healthy: None,
+            healthy: BTreeMap::new(),
             outgoing: Vec::new(),
             next_join: now,
             next_reconcile: now,
@@ -388,6 +398,28 @@ impl Orch {
 
     /// The replicas the committed state assigns this node, while its lease holds; nothing
     /// otherwise (a node cut off from the majority stops its workloads when its lease runs out).
+    /// The cluster replicas that have run here for `catenary_workload::restart::HEALTHY_MS`
+    /// without a restart, as the digests of the `workd` specs they were created from (at most
+    /// [`HEALTHY_MAX`] are sent): reported to every member with the capacity.
+    pub fn set_healthy(&mut self, specs: Vec<[u8; 32]>) {
+        self.own_healthy = Some(specs);
+    }
+
+    /// Whether the node the desired state assigns replica `replica` of `workload` to reported
+    /// within [`HEALTHY_FRESH_PERIODS`] capacity periods that a replica created from the spec
+    /// with digest `spec` is healthy there (this node's own report counts at once). A report
+    /// from any other node, or an older one, does not count: the replica may have moved, or
+    /// its node died.
+    pub fn replica_healthy(&self, workload: &str, replica: u32, spec: &[u8; 32], now: Duration) -> bool {
+        let Some(host) = self.replica().and_then(|r| r.state().assignments.get(&(String::from(workload), replica)).copied()) else { return false };
+        if host == self.own {
+            return self.own_healthy.as_ref().is_some_and(|h| h.contains(spec));
+        }
+        let fresh = self.cfg.capacity_period * HEALTHY_FRESH_PERIODS;
+        let Some(m) = self.members.iter().position(|k| *k == host) else { return false };
+        self.healthy.get(&m).is_some_and(|(h, at)| now.saturating_sub(*at) <= fresh && h.contains(spec))
+    }
+
     pub fn assigned_now(&self, now: Duration) -> Vec<(WorkloadSpec, u32)> {
         let Some(r) = self.replica() else { return Vec::new() };
         if !self.lease_holds(now) {
@@ -513,6 +545,9 @@ impl Orch {
             }
             Wire::Store { free_mib, images } => {
                 self.stores.entry(from).or_default().on_store(free_mib, images);
+            }
+            Wire::Healthy { specs } => {
+                self.healthy.insert(from, (specs, now));
             }
             Wire::SnapChunk(c) => {
                 if member_of(c.head.from) != from || member_of(c.head.to) != self.me {
@@ -793,6 +828,13 @@ impl Orch {
                             self.push(m, s);
                         }
                     }
+                }
+            }
+            if let Some(h) = &self.own_healthy {
+                let w = Wire::Healthy { specs: h[..h.len().min(HEALTHY_MAX)].to_vec() };
+                let me = self.me;
+                for m in (0..self.members.len()).filter(|m| *m != me) {
+                    self.push(m, &w);
                 }
             }
         }

@@ -942,3 +942,37 @@ fn a_fresh_member_that_cannot_hear_the_leader_pulls_from_a_file_member_of_any_ge
 
 #[path = "orch_vouch_tests.rs"]
 mod vouch;
+
+/// `Wire::Healthy`: a node's report of the replicas healthy there reaches every member, and
+/// counts for a replica only from the node the state assigns it to, for the spec reported, and
+/// while fresh (a rolling update waits on it: docs/orchestration.md "A workload's spec changes").
+#[test]
+fn a_healthy_report_counts_only_from_the_replicas_host_and_while_fresh() {
+    for seed in 0..3 {
+        let mut net = formed(seed);
+        let (a, b) = (net.runner_of("web", 0).unwrap(), net.runner_of("web", 1).unwrap());
+        let other = (0..3).find(|i| *i != a && *i != b).unwrap();
+        let (d0, d1) = ([0xd0; 32], [0xd1; 32]);
+        // a reports web 0 healthy (and, wrongly, web 1: it does not run it)
+        net.nodes[a].as_mut().unwrap().set_healthy(vec![d0, d1]);
+        net.run_for(2_500);
+        let now = net.now;
+        for i in [b, other, a] {
+            let o = net.nodes[i].as_ref().unwrap();
+            assert!(o.replica_healthy("web", 0, &d0, now), "seed {seed}: node {i} does not see web 0 healthy");
+            assert!(!o.replica_healthy("web", 0, &[0xee; 32], now), "seed {seed}: another spec counted");
+            assert!(!o.replica_healthy("web", 1, &d1, now), "seed {seed}: web 1 counted from a node that does not run it");
+            assert!(!o.replica_healthy("web", 7, &d0, now) && !o.replica_healthy("nope", 0, &d0, now));
+        }
+        // too old a report does not count (its node may have died)
+        let fresh = OrchConfig::default().capacity_period * crate::orch::HEALTHY_FRESH_PERIODS;
+        let later = now + fresh + Duration::from_millis(1_001);
+        assert!(!net.nodes[other].as_ref().unwrap().replica_healthy("web", 0, &d0, later), "seed {seed}: a stale report counted");
+        // a report without it takes it back within a period or two
+        net.nodes[a].as_mut().unwrap().set_healthy(vec![]);
+        net.run_for(2_500);
+        let now = net.now;
+        assert!(!net.nodes[other].as_ref().unwrap().replica_healthy("web", 0, &d0, now), "seed {seed}: not taken back");
+        assert!(!net.nodes[a].as_ref().unwrap().replica_healthy("web", 0, &d0, now));
+    }
+}

@@ -8,25 +8,18 @@
 //! waits for a fetch with the replica stopped), then it is stopped (its StopSignal, then the
 //! grace period), destroyed, and created again from the new spec by the usual path.
 //!
-//! **Staggered, not health-gated.** Replica `r` waits `r ×` [`ROLL_STEP_MS`] (at most
-//! [`ROLL_TURNS_MAX`] steps) from the moment its node had the new spec's image with the
-//! replica outdated (`seen_ms`: for the same image, when the node saw the change; every node
-//! sees it within a commit's spread), so the replicas of one workload are not all down at
-//! once. A replica's turn does not wait for the one before it to run again (a node does not
-//! know another node's replica state): a new image that cannot start takes every replica down,
-//! one step apart; and copies of a new image that end at different times on different nodes
-//! move the turns with them.
+//! **Health-gated.** A running replica `r` is replaced only once every lower replica of the
+//! workload runs the new spec and has for [`crate::restart::HEALTHY_MS`] without a restart,
+//! as the node the desired state assigns it to reports (`orchd` sends which of its replicas
+//! are healthy to every member each second): replica 0 first, then 1, and so on, one down at
+//! a time. A new spec that does not start (or keeps failing) takes down replica 0 only; the
+//! others keep the old spec and serve until the spec changes again. One that is not running
+//! (created, starting, exited, failed: it serves nothing) is replaced at once.
 
 use crate::admission::Admission;
 use crate::spec::WorkloadSpec;
 use crate::status::State;
 use alloc::vec::Vec;
-
-/// The time between two replicas' turns: a stop's whole default grace
-/// ([`crate::proto::GRACE_DEFAULT_MS`]) and 10 s more for the new instance to boot.
-pub const ROLL_STEP_MS: u64 = crate::proto::GRACE_DEFAULT_MS as u64 + 10_000;
-/// Replicas past this index wait as long as this one.
-pub const ROLL_TURNS_MAX: u32 = 30;
 
 /// What to do with one replica that `workd` has ([`decide`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,9 +29,10 @@ pub enum Replace {
     /// Outdated, and the desired image is not in this node's store yet: the old instance runs
     /// on while the image is fetched.
     WaitForImage,
-    /// Outdated; its turn comes in this many ms.
-    WaitTurn(u64),
-    /// Outdated and its turn: stop it.
+    /// Outdated and running, and this lower replica does not run the new spec healthily yet
+    /// (the first such): the old instance runs on.
+    WaitFor(u32),
+    /// Outdated, and nothing it serves is lost by stopping it now: stop it.
     Stop,
     /// Outdated and stopping: wait for the stop to end.
     Stopping,
@@ -68,13 +62,12 @@ pub fn differences(have: &WorkloadSpec, want: &WorkloadSpec) -> Vec<&'static str
     .collect()
 }
 
-/// What to do with replica `replica` that `workd` created from `have` and now reports in
-/// `state`, when the desired state gives it `want`: `image_here` says whether `want`'s image is
-/// in this node's store, `free_mib` what `workd`'s admission has free now (`None`: unknown,
-/// taken as enough), `seen_ms` since when this node has had that image with `have` outdated,
-/// `now_ms` now.
-#[allow(clippy::too_many_arguments)]
-pub fn decide(have: &WorkloadSpec, want: &WorkloadSpec, state: State, image_here: bool, free_mib: Option<u64>, replica: u32, seen_ms: u64, now_ms: u64) -> Replace {
+/// What to do with a replica that `workd` created from `have` and now reports in `state`,
+/// when the desired state gives it `want`: `image_here` says whether `want`'s image is in this
+/// node's store, `free_mib` what `workd`'s admission has free now (`None`: unknown, taken as
+/// enough). `unhealthy_below` is asked only for a running replica that is to be replaced: the
+/// first lower replica of its workload that does not run its new spec healthily, if any.
+pub fn decide(have: &WorkloadSpec, want: &WorkloadSpec, state: State, image_here: bool, free_mib: Option<u64>, unhealthy_below: &mut dyn FnMut() -> Option<u32>) -> Replace {
     if have == want {
         return Replace::Keep;
     }
@@ -89,15 +82,14 @@ pub fn decide(have: &WorkloadSpec, want: &WorkloadSpec, state: State, image_here
         }
     }
     match state {
-        State::Stopping => return Replace::Stopping,
-        State::Created | State::Exited | State::Failed => return Replace::Destroy,
-        State::Starting | State::Running => {}
-    }
-    let turn = seen_ms.saturating_add(u64::from(replica.min(ROLL_TURNS_MAX)) * ROLL_STEP_MS);
-    if now_ms < turn {
-        Replace::WaitTurn(turn - now_ms)
-    } else {
-        Replace::Stop
+        State::Stopping => Replace::Stopping,
+        State::Created | State::Exited | State::Failed => Replace::Destroy,
+        // booting, or waiting to be restarted after a failure: serving nothing yet
+        State::Starting => Replace::Stop,
+        State::Running => match unhealthy_below() {
+            Some(j) => Replace::WaitFor(j),
+            None => Replace::Stop,
+        },
     }
 }
 
@@ -125,7 +117,7 @@ mod tests {
     #[test]
     fn the_same_spec_is_kept_in_every_state() {
         for st in [State::Created, State::Starting, State::Running, State::Stopping, State::Exited, State::Failed] {
-            assert_eq!(decide(&spec(), &spec(), st, false, None, 3, 0, 1_000_000), Replace::Keep);
+            assert_eq!(decide(&spec(), &spec(), st, false, None, &mut || Some(0)), Replace::Keep);
         }
         assert!(differences(&spec(), &spec()).is_empty());
     }
@@ -150,25 +142,39 @@ mod tests {
         let mut w = spec();
         w.image = Digest([2; 32]);
         for st in [State::Starting, State::Running, State::Exited] {
-            assert_eq!(decide(&spec(), &w, st, false, None, 0, 0, u64::MAX), Replace::WaitForImage);
+            assert_eq!(decide(&spec(), &w, st, false, None, &mut healthy()), Replace::WaitForImage);
         }
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, 0, 0), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut healthy()), Replace::Stop);
+    }
+
+    /// The gate as `orchd` answers it: every lower replica healthy on the new spec.
+    fn healthy() -> impl FnMut() -> Option<u32> {
+        || None
     }
 
     #[test]
-    fn replicas_take_their_turns_one_step_apart() {
+    fn a_running_replica_waits_for_the_lower_ones_and_one_serving_nothing_does_not() {
         let mut w = spec();
         w.args = Some(vec![String::from("hello"), String::from("v2")]);
-        let seen = 5_000;
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, seen, seen), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, 1, seen, seen), Replace::WaitTurn(ROLL_STEP_MS));
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, 1, seen, seen + ROLL_STEP_MS - 1), Replace::WaitTurn(1));
-        assert_eq!(decide(&spec(), &w, State::Starting, true, None, 1, seen, seen + ROLL_STEP_MS), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, 2, seen, seen + ROLL_STEP_MS), Replace::WaitTurn(ROLL_STEP_MS));
-        // a large index waits at most ROLL_TURNS_MAX steps; no overflow near the clock's end
-        let last = seen + u64::from(ROLL_TURNS_MAX) * ROLL_STEP_MS;
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, u32::MAX, seen, last), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, u32::MAX, u64::MAX - 1, u64::MAX - 1), Replace::WaitTurn(1));
+        // replica 0 not healthy on the new spec yet: a running replica waits for it
+        let mut asked = 0;
+        let mut gate = || {
+            asked += 1;
+            Some(0)
+        };
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut gate), Replace::WaitFor(0));
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut || Some(3)), Replace::WaitFor(3));
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut healthy()), Replace::Stop);
+        // one that serves nothing (booting, or waiting to be restarted) is not held back
+        assert_eq!(decide(&spec(), &w, State::Starting, true, None, &mut gate), Replace::Stop);
+        for st in [State::Created, State::Exited, State::Failed] {
+            assert_eq!(decide(&spec(), &w, st, true, None, &mut gate), Replace::Destroy);
+        }
+        assert_eq!(decide(&spec(), &w, State::Stopping, true, None, &mut gate), Replace::Stopping);
+        // the gate is asked only for a running, outdated replica whose image is here
+        assert_eq!(decide(&spec(), &spec(), State::Running, true, None, &mut gate), Replace::Keep);
+        assert_eq!(decide(&spec(), &w, State::Running, false, None, &mut gate), Replace::WaitForImage);
+        assert_eq!(asked, 1);
     }
 
     #[test]
@@ -176,13 +182,13 @@ mod tests {
         let mut w = spec();
         w.memory_mib = 512;
         // 64 + 4 come back: 512 + 4 fits in 448 free + 68, not in 447 + 68
-        assert_eq!(decide(&spec(), &w, State::Running, true, Some(448), 0, 0, 0), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, Some(447), 0, 0, 0), Replace::NoRoom { need_mib: 516, free_mib: 515 });
+        assert_eq!(decide(&spec(), &w, State::Running, true, Some(448), &mut healthy()), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, Some(447), &mut healthy()), Replace::NoRoom { need_mib: 516, free_mib: 515 });
         // also when it is not running (it would not be created again)
-        assert_eq!(decide(&spec(), &w, State::Exited, true, Some(0), 0, 0, 0), Replace::NoRoom { need_mib: 516, free_mib: 68 });
+        assert_eq!(decide(&spec(), &w, State::Exited, true, Some(0), &mut healthy()), Replace::NoRoom { need_mib: 516, free_mib: 68 });
         // less memory always fits; unknown room is taken as enough
-        assert_eq!(decide(&w, &spec(), State::Running, true, Some(0), 0, 0, 0), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, 0, 0), Replace::Stop);
+        assert_eq!(decide(&w, &spec(), State::Running, true, Some(0), &mut healthy()), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut healthy()), Replace::Stop);
     }
 
     #[test]
@@ -190,8 +196,8 @@ mod tests {
         let mut w = spec();
         w.memory_mib = 256;
         for st in [State::Created, State::Exited, State::Failed] {
-            assert_eq!(decide(&spec(), &w, st, true, None, 7, 0, 0), Replace::Destroy);
+            assert_eq!(decide(&spec(), &w, st, true, None, &mut healthy()), Replace::Destroy);
         }
-        assert_eq!(decide(&spec(), &w, State::Stopping, true, None, 0, 0, u64::MAX), Replace::Stopping);
+        assert_eq!(decide(&spec(), &w, State::Stopping, true, None, &mut healthy()), Replace::Stopping);
     }
 }

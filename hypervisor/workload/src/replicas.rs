@@ -11,11 +11,15 @@
 //!   until then it *waits* ([`Replicas::wanted_image`] names the image the longest-waiting one
 //!   needs, which `apid` fetches from another node);
 //! - an assigned replica `workd` has whose spec is not the desired one is replaced as
-//!   [`crate::replace::decide`] says;
+//!   [`crate::replace::decide`] says (a running one only once the lower replicas run the new
+//!   spec healthily, as their nodes report: the `healthy` argument of [`Replicas::turn`]);
+//! - the replicas that have run for [`HEALTHY_MS`] without a restart are noted
+//!   ([`Replicas::healthy_specs`]: what `orchd` reports to the other nodes).
 //! - a replica this service stopped and that is assigned here again before it was destroyed
 //!   is started again (one that ended by itself is left to its restart policy).
 
 use crate::replace::{self, Replace};
+use crate::restart::HEALTHY_MS;
 use crate::spec::WorkloadSpec;
 use crate::status::{State, Summary, WorkloadId};
 use crate::Digest;
@@ -54,9 +58,6 @@ struct SpecCheck {
     id: WorkloadId,
     want: WorkloadSpec,
     have: WorkloadSpec,
-    /// When this node first had the desired image with the replica outdated (ms; the turns
-    /// count from here: a copy can take longer than a step).
-    ready_ms: Option<u64>,
     /// "Keeps its old spec: no room" was logged.
     no_room: bool,
 }
@@ -72,6 +73,12 @@ pub struct Replicas {
     specs: BTreeMap<String, SpecCheck>,
     /// Replicas `workd` refused to create, with its last answer (logged once per answer).
     create_failed: BTreeMap<String, String>,
+    /// Cluster replicas running here: since when (ms) without a restart, the restart count
+    /// then, and the spec digest they were created from.
+    running: BTreeMap<WorkloadId, (u64, u32, Digest)>,
+    /// Outdated replicas waiting for a lower replica to run the new spec healthily: which
+    /// one (logged when it changes).
+    held: BTreeMap<String, u32>,
 }
 
 impl Replicas {
@@ -80,11 +87,29 @@ impl Replicas {
         self.waiting.values().min_by_key(|w| w.1).map(|w| w.0)
     }
 
+    /// The spec digests of the cluster replicas that have run here for [`HEALTHY_MS`] without
+    /// a restart, as of the last turn's list (at most `crate::proto::WORKLOADS_MAX`).
+    pub fn healthy_specs(&self, now_ms: u64) -> alloc::vec::Vec<Digest> {
+        self.running.values().filter(|(since, _, _)| now_ms.saturating_sub(*since) >= HEALTHY_MS).map(|(_, _, d)| *d).collect()
+    }
+
     /// One turn at `now_ms`: `list` is `workd`'s list, `want` the replicas assigned here by
     /// name, `images` the store's (`None`: unknown, so nothing is created or replaced this
-    /// turn), `lease` whether this node's lease holds (for the log). Log lines go to `log`.
+    /// turn), `lease` whether this node's lease holds (for the log). `healthy(workload, j)`:
+    /// does replica `j` of `workload` run its desired spec healthily on its node (asked only
+    /// to replace a running replica). Log lines go to `log`.
     #[allow(clippy::too_many_arguments)]
-    pub fn turn(&mut self, list: &[Summary], want: &BTreeMap<String, Wanted>, images: Option<&[Digest]>, lease: bool, now_ms: u64, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
+    pub fn turn(&mut self, list: &[Summary], want: &BTreeMap<String, Wanted>, images: Option<&[Digest]>, lease: bool, now_ms: u64, healthy: &mut dyn FnMut(&str, u32) -> bool, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
+        // a run counts from the first list that shows it running, and again after a restart
+        let mut running = BTreeMap::new();
+        for s in list.iter().filter(|s| s.state == State::Running && crate::proto::is_cluster_replica(&s.name)) {
+            let since = match self.running.get(&s.id) {
+                Some(&(since, restarts, spec)) if restarts == s.restarts && spec == s.spec => since,
+                _ => now_ms,
+            };
+            running.insert(s.id, (since, s.restarts, s.spec));
+        }
+        self.running = running;
         for s in list.iter().filter(|s| crate::proto::is_cluster_replica(&s.name)) {
             if want.contains_key(&s.name) {
                 continue;
@@ -104,16 +129,17 @@ impl Replicas {
         self.stopped.retain(|n| list.iter().any(|s| s.name == *n));
         self.specs.retain(|n, c| want.contains_key(n) && list.iter().any(|s| s.name == *n && s.id == c.id));
         self.create_failed.retain(|n, _| want.contains_key(n));
+        self.held.retain(|n, _| want.contains_key(n));
         for (name, x) in want {
-            self.one(name, x, list.iter().find(|s| s.name == *name), images.contains(&x.spec.image), now_ms, w, log);
+            self.one(name, x, list.iter().find(|s| s.name == *name), images.contains(&x.spec.image), now_ms, healthy, w, log);
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn one(&mut self, name: &str, x: &Wanted, existing: Option<&Summary>, image_here: bool, now_ms: u64, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
+    fn one(&mut self, name: &str, x: &Wanted, existing: Option<&Summary>, image_here: bool, now_ms: u64, healthy: &mut dyn FnMut(&str, u32) -> bool, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
         let image = x.spec.image;
         let replace = match existing {
-            Some(s) => match self.replacement(s, &x.spec, image_here, x.replica, now_ms, w, log) {
+            Some(s) => match self.replacement(s, x, image_here, healthy, w, log) {
                 Some(d) => Some(d),
                 None => return, // workd did not say what it runs: next turn
             },
@@ -140,6 +166,16 @@ impl Replicas {
             Some((d, _)) => log(format!("orchd: {} no longer waits for image {}: its spec changed", name, d)),
             None => {}
         }
+        match replace {
+            Some(Replace::WaitFor(j)) => {
+                if self.held.insert(String::from(name), j) != Some(j) {
+                    log(format!("orchd: {} ({} replica {}) runs on until replica {} has run the new spec for {} s", name, x.workload, x.replica, j, HEALTHY_MS / 1000));
+                }
+            }
+            _ => {
+                self.held.remove(name);
+            }
+        }
         match (existing, replace) {
             (Some(s), Some(Replace::Stop)) => {
                 let why = self.specs.get(name).map_or(String::new(), |c| replace::differences(&c.have, &c.want).join(", "));
@@ -156,7 +192,7 @@ impl Replicas {
                 self.stopped.remove(name);
                 return;
             }
-            (Some(_), Some(Replace::Stopping | Replace::WaitTurn(_) | Replace::WaitForImage)) => return,
+            (Some(_), Some(Replace::Stopping | Replace::WaitFor(_) | Replace::WaitForImage)) => return,
             _ => {}
         }
         match existing {
@@ -187,10 +223,10 @@ impl Replicas {
         }
     }
 
-    /// What to do with replica `r`, which `workd` lists as `s`, when the desired state gives
-    /// it `want`; `None` without `workd`'s answer.
-    #[allow(clippy::too_many_arguments)]
-    fn replacement(&mut self, s: &Summary, want: &WorkloadSpec, image_here: bool, r: u32, now_ms: u64, w: &mut dyn Workd, log: &mut dyn FnMut(String)) -> Option<Replace> {
+    /// What to do with replica `x`, which `workd` lists as `s`; `None` without `workd`'s
+    /// answer.
+    fn replacement(&mut self, s: &Summary, x: &Wanted, image_here: bool, healthy: &mut dyn FnMut(&str, u32) -> bool, w: &mut dyn Workd, log: &mut dyn FnMut(String)) -> Option<Replace> {
+        let want = &x.spec;
         let known = self.specs.get(&s.name).is_some_and(|c| c.id == s.id && c.want == *want);
         if !known {
             let have = w.spec(s.id)?;
@@ -198,15 +234,12 @@ impl Replicas {
             if !differs.is_empty() {
                 log(format!("orchd: {} runs an outdated spec ({} differ from the desired state's)", s.name, differs.join(", ")));
             }
-            self.specs.insert(s.name.clone(), SpecCheck { id: s.id, want: want.clone(), have, ready_ms: None, no_room: false });
+            self.specs.insert(s.name.clone(), SpecCheck { id: s.id, want: want.clone(), have, no_room: false });
         }
         let c = self.specs.get_mut(&s.name)?;
-        if image_here && c.ready_ms.is_none() {
-            c.ready_ms = Some(now_ms);
-        }
         // admission's free room, asked only when the new spec needs more memory than the old
         let free = if c.want.memory_mib > c.have.memory_mib { w.free_mib() } else { None };
-        let d = replace::decide(&c.have, &c.want, s.state, image_here, free, r, c.ready_ms.unwrap_or(now_ms), now_ms);
+        let d = replace::decide(&c.have, &c.want, s.state, image_here, free, &mut || (0..x.replica).find(|j| !healthy(&x.workload, *j)));
         if let Replace::NoRoom { need_mib, free_mib } = d {
             if !c.no_room {
                 c.no_room = true;
@@ -233,11 +266,13 @@ mod tests {
         free: u64,
         /// `Spec` goes unanswered.
         mute: bool,
+        /// Restarts by id (0 when absent).
+        restarts: BTreeMap<WorkloadId, u32>,
     }
 
     impl Fake {
         fn list(&self) -> Vec<Summary> {
-            self.w.iter().map(|(id, s, st)| Summary { id: *id, name: s.name.clone(), state: *st, exit: None, restarts: 0, memory_mib: s.memory_mib, address: None, spec: s.digest() }).collect()
+            self.w.iter().map(|(id, s, st)| Summary { id: *id, name: s.name.clone(), state: *st, exit: None, restarts: self.restarts.get(id).copied().unwrap_or(0), memory_mib: s.memory_mib, address: None, spec: s.digest() }).collect()
         }
         fn set(&mut self, name: &str, st: State) {
             self.w.iter_mut().filter(|x| x.1.name == name).for_each(|x| x.2 = st);
@@ -293,17 +328,25 @@ mod tests {
         specs.iter().map(|s| (s.name.clone(), Wanted { workload: "web".into(), replica: s.name.rsplit('-').next().unwrap().parse().unwrap(), spec: s.clone() })).collect()
     }
 
-    /// One turn; the lines logged.
+    /// One turn; the lines logged. Replica `j` is healthy on its spec, as `orchd` answers, when
+    /// this node reported that spec healthy after its last turn (all replicas run here).
     fn turn(r: &mut Replicas, f: &mut Fake, w: &BTreeMap<String, Wanted>, images: &[u8], now: u64) -> Vec<String> {
+        turn_with(r, f, w, images, now, &[])
+    }
+
+    /// [`turn`], with replicas `elsewhere` of `web` reported healthy on their spec by other nodes.
+    fn turn_with(r: &mut Replicas, f: &mut Fake, w: &BTreeMap<String, Wanted>, images: &[u8], now: u64, elsewhere: &[u32]) -> Vec<String> {
         let mut lines = Vec::new();
         let imgs: Vec<Digest> = images.iter().map(|i| Digest([*i; 32])).collect();
         let list = f.list();
-        r.turn(&list, w, Some(&imgs), true, now, f, &mut |l| lines.push(l));
+        let reported = r.healthy_specs(now);
+        let mut healthy = |wl: &str, j: u32| elsewhere.contains(&j) || w.get(&format!("cl-{wl}-{j}")).is_some_and(|x| reported.contains(&x.spec.digest()));
+        r.turn(&list, w, Some(&imgs), true, now, &mut healthy, f, &mut |l| lines.push(l));
         lines
     }
 
     #[test]
-    fn an_update_stops_destroys_and_creates_each_replica_on_its_turn() {
+    fn an_update_replaces_replica_1_only_once_replica_0_ran_the_new_spec_healthily() {
         let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
         let v1 = want(&[spec("cl-web-0", 1, "v1"), spec("cl-web-1", 1, "v1")]);
         turn(&mut r, &mut f, &v1, &[1], 0);
@@ -316,11 +359,12 @@ mod tests {
         assert!(f.calls.is_empty(), "known specs are not asked again: {:?}", f.calls);
         let v2 = want(&[spec("cl-web-0", 1, "v2"), spec("cl-web-1", 1, "v2")]);
         let l = turn(&mut r, &mut f, &v2, &[1], 1000);
-        assert_eq!(f.calls, ["spec 1", "stop 1 None", "spec 2"], "replica 0 at once, replica 1 waits its turn");
+        assert_eq!(f.calls, ["spec 1", "stop 1 None", "spec 2"], "replica 0 at once, replica 1 waits for it");
         assert!(l.iter().any(|x| x.contains("replacing cl-web-0 (web replica 0): its spec changed (args)")), "{l:?}");
+        assert!(l.iter().any(|x| x.contains("cl-web-1 (web replica 1) runs on until replica 0 has run the new spec for 10 s")), "{l:?}");
         f.calls.clear();
-        turn(&mut r, &mut f, &v2, &[1], 1100);
-        assert!(f.calls.is_empty(), "stopping: nothing to do: {:?}", f.calls);
+        let l = turn(&mut r, &mut f, &v2, &[1], 1100);
+        assert!(f.calls.is_empty() && l.is_empty(), "stopping, waiting (logged once): nothing to do: {:?} {l:?}", f.calls);
         f.set("cl-web-0", State::Exited);
         turn(&mut r, &mut f, &v2, &[1], 1200);
         assert_eq!(f.calls, ["destroy 1"]);
@@ -328,11 +372,78 @@ mod tests {
         turn(&mut r, &mut f, &v2, &[1], 1300);
         assert_eq!(f.calls, ["create 3 cl-web-0"]);
         assert_eq!(f.spec_of("cl-web-0").unwrap().args, Some(vec![String::from("v2")]));
+        // the new instance is first listed running at 1400: healthy from 1400 + HEALTHY_MS
         f.calls.clear();
-        turn(&mut r, &mut f, &v2, &[1], 1000 + replace::ROLL_STEP_MS - 1);
-        assert_eq!(f.calls, ["spec 3"], "replica 1 not before its turn");
+        for t in [1400, 1400 + HEALTHY_MS - 1] {
+            turn(&mut r, &mut f, &v2, &[1], t);
+        }
+        assert_eq!(f.calls, ["spec 3"], "replica 1 not before replica 0 ran v2 for HEALTHY_MS");
+        assert_eq!(r.healthy_specs(1400 + HEALTHY_MS - 1), [f.w[0].1.digest()], "only the old replica 1 is healthy");
         f.calls.clear();
-        turn(&mut r, &mut f, &v2, &[1], 1000 + replace::ROLL_STEP_MS);
+        turn(&mut r, &mut f, &v2, &[1], 1400 + HEALTHY_MS);
+        assert_eq!(f.calls, ["stop 2 None"]);
+    }
+
+    #[test]
+    fn a_new_spec_that_keeps_failing_leaves_the_other_replicas_on_the_old_one() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        let v1 = want(&[spec("cl-web-0", 1, "v1"), spec("cl-web-1", 1, "v1")]);
+        turn(&mut r, &mut f, &v1, &[1], 0);
+        let bad = want(&[spec("cl-web-0", 1, "bad"), spec("cl-web-1", 1, "bad")]);
+        turn(&mut r, &mut f, &bad, &[1], 1000);
+        f.set("cl-web-0", State::Exited);
+        turn(&mut r, &mut f, &bad, &[1], 1100);
+        turn(&mut r, &mut f, &bad, &[1], 1200);
+        assert_eq!(f.spec_of("cl-web-0").unwrap().args, Some(vec![String::from("bad")]));
+        // the new instance runs a moment, fails, is restarted by its policy, again and again
+        f.calls.clear();
+        let mut t = 1300;
+        for run in 1..=5u32 {
+            for st in [State::Running, State::Starting] {
+                f.set("cl-web-0", st);
+                for _ in 0..10 {
+                    turn(&mut r, &mut f, &bad, &[1], t);
+                    t += HEALTHY_MS / 20;
+                }
+            }
+            f.restarts.insert(3, run);
+        }
+        assert!(t > 1300 + 4 * HEALTHY_MS);
+        assert!(!f.calls.iter().any(|c| c.contains(" 2")), "replica 1 keeps the old spec: {:?}", f.calls);
+        assert_eq!(f.spec_of("cl-web-1").unwrap().args, Some(vec![String::from("v1")]));
+        // a restart between two lists starts its run over: still running, another restart
+        // count, it is healthy only HEALTHY_MS after the list that showed the new count
+        f.set("cl-web-0", State::Running);
+        turn(&mut r, &mut f, &bad, &[1], t);
+        f.restarts.insert(3, 9);
+        turn(&mut r, &mut f, &bad, &[1], t + HEALTHY_MS / 2);
+        turn(&mut r, &mut f, &bad, &[1], t + HEALTHY_MS);
+        assert!(!f.calls.iter().any(|c| c.contains(" 2")), "{:?}", f.calls);
+        turn(&mut r, &mut f, &bad, &[1], t + HEALTHY_MS / 2 + HEALTHY_MS);
+        assert_eq!(f.calls.last().map(String::as_str), Some("stop 2 None"), "replica 0 ran it for HEALTHY_MS: replica 1's turn");
+    }
+
+    #[test]
+    fn a_lower_replica_elsewhere_is_waited_for_and_an_outdated_one_serving_nothing_is_not() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        // replicas 1 and 2 here; replica 0 elsewhere
+        let v1 = want(&[spec("cl-web-1", 1, "v1"), spec("cl-web-2", 1, "v1")]);
+        turn(&mut r, &mut f, &v1, &[1], 0);
+        let v2 = want(&[spec("cl-web-1", 1, "v2"), spec("cl-web-2", 1, "v2")]);
+        f.calls.clear();
+        let l = turn(&mut r, &mut f, &v2, &[1], 100);
+        assert_eq!(f.calls, ["spec 1", "spec 2"], "both wait for replica 0");
+        assert!(l.iter().any(|x| x.contains("cl-web-2 (web replica 2) runs on until replica 0")), "{l:?}");
+        // replica 0's node reports it healthy on v2: replica 1's turn; 2 waits for 1 now
+        f.calls.clear();
+        let l = turn_with(&mut r, &mut f, &v2, &[1], 200, &[0]);
+        assert_eq!(f.calls, ["stop 1 None"]);
+        assert!(l.iter().any(|x| x.contains("cl-web-2 (web replica 2) runs on until replica 1")), "{l:?}");
+        // replica 2's old instance ends by itself (restarting: it serves nothing): replaced at
+        // once, whatever replica 1 does
+        f.set("cl-web-2", State::Starting);
+        f.calls.clear();
+        turn_with(&mut r, &mut f, &v2, &[1], 300, &[0]);
         assert_eq!(f.calls, ["stop 2 None"]);
     }
 
@@ -399,7 +510,7 @@ mod tests {
         f.calls.clear();
         let list = f.list();
         let w = want(&[spec("cl-db-0", 1, "v1"), spec("cl-web-1", 2, "v1")]);
-        r.turn(&list, &w, None, true, 10, &mut f, &mut |_| {});
+        r.turn(&list, &w, None, true, 10, &mut |_, _| true, &mut f, &mut |_| {});
         assert_eq!(f.calls, ["stop 1 Some(0)"], "nothing created, nothing waits");
         assert_eq!(r.wanted_image(), None);
     }

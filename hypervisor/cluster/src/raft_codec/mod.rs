@@ -64,6 +64,7 @@ const KIND_PULL: u8 = 10;
 const KIND_VOUCH: u8 = 12;
 const KIND_VOUCHED: u8 = 13;
 const KIND_STORE: u8 = 14;
+const KIND_HEALTHY: u8 = 15;
 /// Whether a datagram is a catch-up pull (kind 10) or a vouch request (kind 12), without
 /// decoding it: either is taken by any generation of the member it names
 /// (crate::replica::Catchup).
@@ -74,6 +75,9 @@ pub fn is_pull(b: &[u8]) -> bool {
 const KIND_PULLED_CHUNK: u8 = 11;
 /// Keys in one [`Wire::Members`] (40 × 32 bytes fit a datagram).
 pub const EXTRA_MAX: usize = 40;
+/// Digests in one [`Wire::Healthy`]: a node runs at most 32 workloads (`workd`'s
+/// `WORKLOADS_MAX`), so one datagram holds them all.
+pub const HEALTHY_MAX: usize = 32;
 
 /// One datagram between `orchd`s.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +102,13 @@ pub enum Wire {
     /// drops this kind (an unknown tag) and still reads every capacity, and a node that never
     /// sends it is a node whose room is unknown (never refused for it).
     Store { free_mib: u64, images: Vec<([u8; 32], u32)> },
+    /// The cluster replicas that have run on the sender for at least
+    /// `catenary_workload::restart::HEALTHY_MS` (10 s) without a restart, each as the digest of the
+    /// `workd` spec it was created from (which names the workload and the replica: `cl-NAME-R`),
+    /// at most [`HEALTHY_MAX`]; sent with the capacity. A node rolls a spec change onto its
+    /// replica only once every lower replica's node reports it healthy on its new spec
+    /// (docs/orchestration.md, "A workload's spec changes"). Soft state, never replicated.
+    Healthy { specs: Vec<[u8; 32]> },
     /// A node that is not in the cluster file asks a listed member which member it is (it was
     /// admitted at run time: its index comes from the committed admission order).
     WhoAmI,
@@ -192,6 +203,14 @@ pub fn encode(w: &Wire) -> Vec<u8> {
             for (d, mib) in images {
                 o.bytes(d);
                 o.u32(*mib);
+            }
+        }
+        Wire::Healthy { specs } => {
+            o.u8(KIND_HEALTHY);
+            let specs = &specs[..specs.len().min(HEALTHY_MAX)];
+            o.u8(specs.len() as u8);
+            for d in specs {
+                o.bytes(d);
             }
         }
         Wire::WhoAmI => o.u8(KIND_WHO_AM_I),
@@ -343,6 +362,14 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
                 images.push((r.key()?.0, r.u32()?));
             }
             Wire::Store { free_mib, images }
+        }
+        KIND_HEALTHY => {
+            let n = r.count8(HEALTHY_MAX)?;
+            let mut specs = Vec::with_capacity(n);
+            for _ in 0..n {
+                specs.push(r.key()?.0);
+            }
+            Wire::Healthy { specs }
         }
         KIND_WHO_AM_I => Wire::WhoAmI,
         KIND_MEMBERS => {

@@ -82,6 +82,8 @@ fn every_message_and_command_round_trips() {
         Wire::Store { free_mib: u64::MAX, images: vec![([3; 32], 7), ([4; 32], u32::MAX)] },
         Wire::Store { free_mib: 12, images: (0..IMAGES_MAX as u8).map(|i| ([i; 32], i as u32)).collect() },
         Wire::WhoAmI,
+        Wire::Healthy { specs: vec![] },
+        Wire::Healthy { specs: (0..HEALTHY_MAX as u8).map(|i| [i; 32]).collect() },
         Wire::Members { extra: vec![] },
         Wire::Pull { from: 1 << 16 | 2, to: 3, applied: 41 },
         Wire::Vouch { from: 1 << 16 | 2, to: 3, position: pos(7, 300), digest: [0xab; 32] },
@@ -104,6 +106,12 @@ fn every_message_and_command_round_trips() {
     too_many_sizes[10] = IMAGES_MAX as u8 + 1;
     too_many_sizes.extend([7u8; 36]);
     assert_eq!(decode(&too_many_sizes), Err(WireError::OutOfRange));
+    let full_healthy = wires.iter().find(|w| matches!(w, Wire::Healthy { specs } if specs.len() == HEALTHY_MAX)).unwrap();
+    assert!(encode(full_healthy).len() <= DATAGRAM_MAX);
+    let mut too_many_healthy = encode(full_healthy);
+    too_many_healthy[2] = HEALTHY_MAX as u8 + 1;
+    too_many_healthy.extend([7u8; 32]);
+    assert_eq!(decode(&too_many_healthy), Err(WireError::OutOfRange));
     let mut too_many = encode(&Wire::Members { extra: vec![] });
     too_many[2] = EXTRA_MAX as u8 + 1;
     too_many.extend(core::iter::repeat_n(1u8, 32 * (EXTRA_MAX + 1)));

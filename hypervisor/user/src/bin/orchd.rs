@@ -373,6 +373,8 @@ fn run(_arg: u64) -> u64 {
             next_converge = ms + CONVERGE_MS;
             if let Some(active) = converge(&workd, &orch, t, &mut shown) {
                 orch.set_local_runs(active);
+                // what the other nodes' rolling updates wait for (sent with the capacity)
+                orch.set_healthy(shown.replicas.healthy_specs(now_ns() / 1_000_000).into_iter().map(|d| d.0).collect());
             }
             // A replica unassigned here that workd still runs holds back the applied count
             // this node reports: look again soon, so that the move is not delayed for long.
@@ -664,7 +666,13 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
         _ => None,
     };
     let now_ms = now_ns() / 1_000_000;
-    shown.replicas.turn(&list, &want, images.as_deref(), orch.lease_holds(t), now_ms, &mut WorkdPort(workd), &mut |l| log(&l));
+    // A running replica is replaced once every lower one runs its new spec healthily, as the
+    // node the state assigns it to reports (catenary_workload::replace, "Health-gated").
+    let mut healthy = |workload: &str, j: u32| {
+        let spec = orch.state().and_then(|s| s.workloads.get(workload)).and_then(|s| catenary_api::cluster_state::replica_spec(s, j));
+        spec.is_some_and(|s| orch.replica_healthy(workload, j, &s.digest().0, t))
+    };
+    shown.replicas.turn(&list, &want, images.as_deref(), orch.lease_holds(t), now_ms, &mut healthy, &mut WorkdPort(workd), &mut |l| log(&l));
     Some(active)
 }
 
