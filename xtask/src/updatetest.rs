@@ -42,7 +42,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
             l[i][since.min(l[i].len())..].iter().any(|x| x.contains(&format!("[vm:{n} stdout] hello from {who}")))
         };
         let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", img, "hello", "v1"]);
-        c.check("`catenary run --replicas 2 --name web IMAGE hello v1` is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        c.check("`catenary run --replicas 2 --name web IMAGE hello v1` is committed, and says it created web", st == 0 && out.contains("(cluster): created"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
         let placed = |l: &[Vec<String>]| -> Option<[usize; 2]> {
             let on: Vec<Vec<usize>> = WEB.iter().map(|n| running_on(l, n)).collect();
             match (on[0].as_slice(), on[1].as_slice()) {
@@ -60,7 +60,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
         let t0 = Instant::now();
         let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", img, "hello", "v2"]);
-        c.check("the same `run` with `hello v2` is committed (the spec replaced)", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        c.check("the same `run` with `hello v2` is committed (the spec replaced), and says what changed", st == 0 && out.contains("(cluster): updated (args); running replicas are replaced one at a time"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
         // when each replica's replacement was first seen (host clock), and the fewest running
         let replacing = |l: &[Vec<String>], rep: usize, mark: &[usize]| -> Vec<String> {
             l[hosts[rep]][mark[hosts[rep]]..].iter().filter(|x| x.contains(&format!("orchd: replacing {} ", WEB[rep]))).cloned().collect()
@@ -231,6 +231,8 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         r.wait(Duration::from_secs(15), false, |_| false);
         let still = (0..2).all(|k| running_on(&r.lines, WEB[k]) == [hosts[k]]);
         c.check("then nothing is replaced (the replicas run the desired spec) and both run", touched(&r.lines, &mark).is_empty() && still, &format!("{:?}", touched(&r.lines, &mark)));
+        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", b, "hello", "v4"]);
+        c.check("the same `run` once more says nothing changed", st == 0 && out.contains("(cluster): unchanged"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
         Ok(())
     })
 }

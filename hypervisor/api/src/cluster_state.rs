@@ -131,29 +131,57 @@ pub fn statuses(entries: Vec<Listed>, name_of: &dyn Fn(&[u8; 32]) -> String, own
                     ReplicaStatus { replica: r, node: k.map(|k| name_of(&k.0)), state, outdated }
                 })
                 .collect();
-            let mut w = ClusterWorkloadStatus {
-                image: Digest(s.image).to_string(),
-                replicas: s.replicas,
-                cpus: s.vcpus,
-                memory_mib: s.mem_mib,
-                env: s.env.iter().map(|(k, v)| alloc::format!("{k}={v}")).collect(),
-                args: s.args.clone(),
-                restart: restart_text(match s.restart {
-                    R::No => RestartPolicy::No,
-                    R::OnFailure { max_restarts } => RestartPolicy::OnFailure { limit: max_restarts },
-                    R::Always => RestartPolicy::Always,
-                }),
-                constraints: s.constraints.iter().map(constraint_text).collect(),
-                running: 0,
-                eligible_nodes: e.eligible,
-                placeable: e.eligible >= s.replicas,
-                assignments,
-                name: s.name,
-            };
+            let mut w = status_of(s, e.eligible);
+            w.assignments = assignments;
             count_running(&mut w);
             w
         })
         .collect()
+}
+
+/// A desired workload's spec as the API shows it (no replica listed, none running).
+fn status_of(s: WorkloadSpec, eligible: u32) -> ClusterWorkloadStatus {
+    ClusterWorkloadStatus {
+        image: Digest(s.image).to_string(),
+        replicas: s.replicas,
+        cpus: s.vcpus,
+        memory_mib: s.mem_mib,
+        env: s.env.iter().map(|(k, v)| alloc::format!("{k}={v}")).collect(),
+        args: s.args.clone(),
+        restart: restart_text(match s.restart {
+            R::No => RestartPolicy::No,
+            R::OnFailure { max_restarts } => RestartPolicy::OnFailure { limit: max_restarts },
+            R::Always => RestartPolicy::Always,
+        }),
+        constraints: s.constraints.iter().map(constraint_text).collect(),
+        running: 0,
+        eligible_nodes: eligible,
+        placeable: eligible >= s.replicas,
+        assignments: Vec::new(),
+        name: s.name,
+    }
+}
+
+/// What a put of `new` does to the committed workload `old` (`None`: there is none), as
+/// `POST /v1/cluster/workloads` answers it: `created`, `unchanged`, or `updated` with the
+/// fields that differ, in the API's names.
+pub fn put_change(old: Option<&ClusterWorkloadStatus>, new: WorkloadSpec) -> (&'static str, Vec<String>) {
+    let Some(old) = old else { return ("created", Vec::new()) };
+    let n = status_of(new, 0);
+    let fields: Vec<String> = [
+        (old.image != n.image, "image"),
+        (old.replicas != n.replicas, "replicas"),
+        (old.cpus != n.cpus, "cpus"),
+        (old.memory_mib != n.memory_mib, "memory_mib"),
+        (old.env != n.env, "env"),
+        (old.args != n.args, "args"),
+        (old.restart != n.restart, "restart"),
+        (old.constraints != n.constraints, "constraints"),
+    ]
+    .into_iter()
+    .filter_map(|(differs, f)| differs.then(|| String::from(f)))
+    .collect();
+    (if fields.is_empty() { "unchanged" } else { "updated" }, fields)
 }
 
 /// `running` from the replicas' states.

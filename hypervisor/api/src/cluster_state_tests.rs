@@ -313,3 +313,66 @@ fn a_replica_waiting_for_its_image_is_fetching_image_and_not_running() {
     assert_eq!((by(&l, "here").assignments[0].state.as_deref(), by(&l, "here").running), (Some("running"), 1));
     assert_eq!(by(&l, "copy").running, 0);
 }
+
+/// `POST /v1/cluster/workloads` says what the put did to the committed state (`catenary run`
+/// prints it): created, unchanged, or updated with the fields that differ; not known (null)
+/// when the node cannot read its state.
+#[test]
+fn a_put_says_whether_it_created_updated_or_changed_nothing() {
+    let mut api = fuzzing::api();
+    let mut n = node(0);
+    let mut put = |n: &mut Node, req: &RunRequest| -> ClusterWorkload {
+        let (s, b) = send(&mut api, n, ADMIN, &client::run_cluster(req));
+        decode(s, &b).unwrap()
+    };
+    let web = cluster_run("web", 2, &[]);
+    let w = put(&mut n, &web);
+    assert_eq!((w.change.as_deref(), w.changed.len()), (Some("created"), 0));
+    let w = put(&mut n, &web);
+    assert_eq!((w.change.as_deref(), w.changed.len()), (Some("unchanged"), 0));
+    let mut v2 = web.clone();
+    v2.args = Some(vec!["hello".into(), "v2".into()]);
+    v2.memory_mib = Some(128);
+    let w = put(&mut n, &v2);
+    assert_eq!((w.change.as_deref(), w.changed.clone()), (Some("updated"), vec!["memory_mib".to_string(), "args".to_string()]));
+    assert_eq!(n.state.workloads["web"].args, ["hello", "v2"], "the update was committed");
+    let mut more = v2.clone();
+    more.replicas = Some(3);
+    more.constraints = Some(vec!["zone=a".into()]);
+    more.env = vec![];
+    more.restart = Some("always".into());
+    let w = put(&mut n, &more);
+    assert_eq!(w.changed, ["replicas", "env", "restart", "constraints"]);
+    // another workload is created, whatever the first holds
+    assert_eq!(put(&mut n, &cluster_run("db", 1, &[])).change.as_deref(), Some("created"));
+    // a node whose state it cannot read does not guess
+    struct Blind(Node);
+    impl Backend for Blind {
+        fn workd(&mut self, req: wk::Request) -> wk::Response {
+            self.0.workd(req)
+        }
+        fn nodes(&mut self) -> Vec<crate::types::Node> {
+            self.0.nodes()
+        }
+        fn workd_chunk(&mut self, req: wk::Request, bytes: &[u8]) -> wk::Response {
+            self.0.workd_chunk(req, bytes)
+        }
+        fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError> {
+            self.0.admit_node(key)
+        }
+        fn cluster(&mut self, w: ClusterWrite) -> Result<(), ApiError> {
+            self.0.cluster(w)
+        }
+    }
+    let mut blind = Blind(node(1));
+    let (s, b) = send_any(&mut api, &mut blind, ADMIN, &client::run_cluster(&web));
+    let w: ClusterWorkload = decode(s, &b).unwrap();
+    assert_eq!((w.change, w.changed.len()), (None, 0));
+    assert!(blind.0.state.workloads.contains_key("web"), "written all the same");
+}
+
+fn send_any(api: &mut Api, b: &mut dyn Backend, caller: [u8; 32], req: &ClientRequest) -> (u16, Vec<u8>) {
+    let mut reader = RequestReader::new(Limits::default(), 0);
+    let http = reader.feed(&req.to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
+    parse_response(&api.handle(&caller, &http, b, 0).to_bytes()).unwrap().unwrap()
+}

@@ -313,7 +313,7 @@ impl Api {
                     return Err(ApiError::bad_request("workload: a cluster workload's name"));
                 }
                 backend.cluster(ClusterWrite::Remove(name.clone()))?;
-                ok(&ClusterWorkload { name, replicas: 0 })
+                ok(&ClusterWorkload { name, replicas: 0, change: None, changed: Vec::new() })
             }
             Op::DrainNode | Op::UndrainNode => {
                 let node = p.iter().find(|(k, _)| *k == "node").map(|(_, v)| v.clone()).unwrap_or_default();
@@ -440,8 +440,27 @@ impl Api {
             net: r.net.unwrap_or(true),
         };
         spec.check()?;
-        backend.cluster(ClusterWrite::Put { spec, replicas, constraints })?;
-        Ok(ClusterWorkload { name, replicas })
+        // what the put changes, from the committed state as this node has it just before (a
+        // concurrent write may come between: the answer says what this node saw)
+        let before = backend.cluster_workloads().ok().and_then(|(l, total)| {
+            let listed = l.len();
+            match l.into_iter().find(|w| w.name == name) {
+                Some(w) => Some(Some(w)),
+                None if total as usize <= listed => Some(None),
+                None => None, // past the listing's cut: not known
+            }
+        });
+        let write = ClusterWrite::Put { spec, replicas, constraints };
+        let change = before.map(|b| match crate::cluster_state::command(write.clone(), None) {
+            catenary_cluster::desired::Command::PutWorkload(new) => crate::cluster_state::put_change(b.as_ref(), new),
+            _ => ("created", Vec::new()),
+        });
+        backend.cluster(write)?;
+        let (change, changed) = match change {
+            Some((c, f)) => (Some(String::from(c)), f),
+            None => (None, Vec::new()),
+        };
+        Ok(ClusterWorkload { name, replicas, change, changed })
     }
 }
 

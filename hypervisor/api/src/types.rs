@@ -185,6 +185,18 @@ pub struct ClusterNode {
 pub struct ClusterWorkload {
     pub name: String,
     pub replicas: u32,
+    /// A put's effect on the committed desired state as this node saw it just before:
+    /// `created`, `updated` (see `changed`; a change of what the replicas run replaces the
+    /// running ones one at a time, docs/orchestration.md "A workload's spec changes") or
+    /// `unchanged`. None on a removal,
+    /// or when the node could not tell (its state unreadable, or the name past the 1,024
+    /// workloads it lists): `null`.
+    #[serde(default)]
+    pub change: Option<String>,
+    /// The fields an update changed (`image`, `replicas`, `cpus`, `memory_mib`, `env`, `args`,
+    /// `restart`, `constraints`).
+    #[serde(default)]
+    pub changed: Vec<String>,
 }
 
 /// `GET /v1/cluster/workloads`: the committed desired state (docs/orchestration.md).
@@ -527,7 +539,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         ("ClusterWorkloadList", v(serde_json::to_value(ClusterWorkloadList { workloads: vec![cluster_status.clone()], total: 1 }))),
         ("ClusterWorkloadStatus", v(serde_json::to_value(&cluster_status))),
         ("ReplicaStatus", v(serde_json::to_value(&cluster_status.assignments[0]))),
-        ("ClusterWorkload", v(serde_json::to_value(ClusterWorkload { name: "web".into(), replicas: 2 }))),
+        ("ClusterWorkload", v(serde_json::to_value(ClusterWorkload { name: "web".into(), replicas: 2, change: Some("updated".into()), changed: vec!["args".into()] }))),
         ("ClusterNode", v(serde_json::to_value(ClusterNode { name: "node2".into(), drained: true }))),
         ("StopRequest", v(serde_json::to_value(StopRequest { grace_ms: Some(1) }))),
         ("Exit", v(serde_json::to_value(&exit))),

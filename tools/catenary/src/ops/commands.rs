@@ -322,7 +322,14 @@ pub fn run(c: &Ctx, a: RunArgs) -> R {
         if c.json {
             return print_json(&w);
         }
-        println!("{} replicas={} (cluster)", w.name, w.replicas);
+        // replicas and constraints change where replicas run, not what they run
+        let replaced = w.changed.iter().any(|f| !matches!(f.as_str(), "replicas" | "constraints"));
+        let said = match w.change.as_deref() {
+            Some("updated") => format!(": updated ({}){}", w.changed.join(", "), if replaced { "; running replicas are replaced one at a time" } else { "" }),
+            Some(c) => format!(": {c}"),
+            None => String::new(),
+        };
+        println!("{} replicas={} (cluster){said}", w.name, w.replicas);
         return Ok(());
     }
     let w: Workload = c.t.call(&client::run(&req))?;
