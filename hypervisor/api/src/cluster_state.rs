@@ -179,7 +179,8 @@ pub fn put_change(old: Option<&ClusterWorkloadStatus>, new: WorkloadSpec) -> (&'
         (old.constraints != n.constraints, "constraints"),
     ]
     .into_iter()
-    .filter_map(|(differs, f)| differs.then(|| String::from(f)))
+    .filter(|(differs, _)| *differs)
+    .map(|(_, f)| String::from(f))
     .collect();
     (if fields.is_empty() { "unchanged" } else { "updated" }, fields)
 }
