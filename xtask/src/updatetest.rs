@@ -3,7 +3,8 @@
 //! `hello v1`. The operator runs it again under the same name with `hello v2` (what
 //! `catenary run` of an existing name does: the desired spec is replaced). Each node that runs
 //! a replica must replace it (its `orchd` logs `replacing cl-web-R … (args)`), once, and the
-//! new instance must log `hello from v2`; replica 0 is replaced at once, and replica 1 only
+//! new instance must log `hello from v2`; replica 0 is replaced at once (both ran `v1` for
+//! `HEALTHY_MS` first: a replica goes only while the others are healthy), and replica 1 only
 //! once replica 0's new instance has run for `HEALTHY_MS` (10 s; host clock from replica 0's
 //! `started` line), so the two are never down together; afterwards both run again on two
 //! nodes. Then `web` gets another image (and `hello v3`), pushed to the third node only: each
@@ -57,10 +58,13 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         };
         c.check("web's two replicas run on two nodes and greet `v1`", ok, &format!("{hosts:?}"));
         let healthy_s = catenary_workload::restart::HEALTHY_MS as f64 / 1000.0;
+        // both healthy (a replica is taken down only while the others are), and reported
+        let settle = |r: &mut crate::cluster::Running| r.wait(Duration::from_millis(catenary_workload::restart::HEALTHY_MS + 2_000), false, |_| false);
+        settle(r);
         let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
         let t0 = Instant::now();
         let (st, out, err) = a.cli(&nodes[0], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", img, "hello", "v2"]);
-        c.check("the same `run` with `hello v2` is committed (the spec replaced), and says what changed", st == 0 && out.contains("(cluster): updated (args); running replicas are replaced one at a time"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        c.check("the same `run` with `hello v2` is committed (the spec replaced), and says what changed", st == 0 && out.contains("(cluster): updated (args); replicas on the old spec are replaced one at a time (catenary ps marks them outdated)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
         // when each replica's replacement was first seen (host clock), and the fewest running
         let replacing = |l: &[Vec<String>], rep: usize, mark: &[usize]| -> Vec<String> {
             l[hosts[rep]][mark[hosts[rep]]..].iter().filter(|x| x.contains(&format!("orchd: replacing {} ", WEB[rep]))).cloned().collect()
@@ -119,7 +123,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         // replica 0 at once on its node's clock (from the line that saw it outdated)
         let at = |i: usize, mark: &[usize], pat: &str| r.lines[i][mark[i]..].iter().find(|x| x.contains(pat)).and_then(|x| node_secs(x));
         let first = at(hosts[0], &mark, "orchd: replacing cl-web-0 ").zip(at(hosts[0], &mark, "orchd: cl-web-0 runs an outdated spec")).map(|(x, y)| x - y);
-        let waits = r.lines[hosts[1]][mark[hosts[1]]..].iter().any(|x| x.contains("orchd: cl-web-1 (web replica 1) runs on until replica 0 has run the new spec for 10 s"));
+        let waits = r.lines[hosts[1]][mark[hosts[1]]..].iter().any(|x| x.contains("orchd: cl-web-1 (web replica 1) runs on until replica 0 runs the new spec healthily (10 s running)"));
         c.check("replica 0 is replaced at once (< 2 s after its node saw the change), replica 1's node says it waits for replica 0", first.is_some_and(|f| f < 2.0) && waits, &format!("replica 0 after {first:?} s, waits line {waits}"));
         let gap = gated(&begun, &started);
         println!("  replica 1 replaced {gap:?} s after replica 0's new instance was started (healthy after {healthy_s:.0} s)");
@@ -138,6 +142,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         let third = (0..3).find(|i| !hosts.contains(i)).unwrap_or(0);
         let (st, out, err) = a.cli(&nodes[third], &["image", "push", image_b.to_str().ok_or("path")?]);
         c.check(&format!("a second image pushed to {} only (it runs no replica)", nodes[third].name), st == 0 && out.trim() == digest_b, &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        settle(r);
         let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
         let t1 = Instant::now();
         let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", image_b.to_str().unwrap_or(""), "hello", "v3"]);
@@ -187,7 +192,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         // past what a healthy run would take, and a report more
         r.wait(Duration::from_secs(catenary_workload::restart::HEALTHY_MS / 1000 + 10), false, |_| false);
         let runs = r.lines[hosts[0]][mark[hosts[0]]..].iter().filter(|x| x.contains("[vm:cl-web-0 stdout] args: broken")).count();
-        let held = r.lines[hosts[1]][mark[hosts[1]]..].iter().any(|x| x.contains("orchd: cl-web-1 (web replica 1) runs on until replica 0 has run the new spec for 10 s"));
+        let held = r.lines[hosts[1]][mark[hosts[1]]..].iter().any(|x| x.contains("orchd: cl-web-1 (web replica 1) runs on until replica 0 runs the new spec healthily (10 s running)"));
         let kept = replacing(&r.lines, 1, &mark).is_empty() && running_on(&r.lines, WEB[1]) == [hosts[1]];
         let ps = outdated_of(a);
         let (_, table, _) = a.cli(&nodes[0], &["ps"]);

@@ -32,7 +32,7 @@ use raftbare::{CommitStatus, LogIndex, LogPosition, Message, Term};
 use crate::desired::{Command, DesiredState, WorkloadSpec};
 use crate::identity::NodeKey;
 use crate::placement::NodeCapacity;
-use crate::raft_codec::{command_fits, decode, encode, Wire, EXTRA_MAX, HEALTHY_MAX};
+use crate::raft_codec::{command_fits, decode, encode, HealthyReplica, Wire, EXTRA_MAX, HEALTHY_MAX};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
 use crate::replica::{Catchup, Envelope, ProposeError, Replica, ReplicaConfig, ReplicaId};
 use crate::snapshot::{SnapshotReceiver, SnapshotSender};
@@ -222,10 +222,14 @@ pub struct Orch {
     own_store: StoreReport,
     stores: BTreeMap<usize, StoreReport>,
     store_sender: StoreSender,
-    /// The spec digests of the cluster replicas healthy here (`None`: not told yet), and each
-    /// member's as it last reported them ([`Wire::Healthy`]), with when that arrived.
-    own_healthy: Option<Vec<[u8; 32]>>,
-    healthy: BTreeMap<usize, (Vec<[u8; 32]>, Duration)>,
+    /// The cluster replicas healthy here as `orchd` last listed them, with when (`None`: not
+    /// told yet), and each member's as it last reported them ([`Wire::Healthy`]), with when
+    /// that arrived. Either counts only while fresh ([`HEALTHY_FRESH_PERIODS`]).
+    own_healthy: Option<(Vec<HealthyReplica>, Duration)>,
+    healthy: BTreeMap<usize, (Vec<HealthyReplica>, Duration)>,
+    /// The report is due: its period came, or a replica reported healthy no longer is (sent at
+    /// once, not a period later).
+    healthy_due: bool,
     outgoing: Vec<(usize, Vec<u8>)>,
     next_join: Duration,
     next_reconcile: Duration,
@@ -278,6 +282,7 @@ impl Orch {
             store_sender: StoreSender::default(),
             own_healthy: None,
             healthy: BTreeMap::new(),
+            healthy_due: false,
             outgoing: Vec::new(),
             next_join: now,
             next_reconcile: now,
@@ -396,30 +401,37 @@ impl Orch {
         core::mem::take(&mut self.outgoing)
     }
 
-    /// The replicas the committed state assigns this node, while its lease holds; nothing
-    /// otherwise (a node cut off from the majority stops its workloads when its lease runs out).
     /// The cluster replicas that have run here for `catenary_workload::restart::HEALTHY_MS`
-    /// without a restart, as the digests of the `workd` specs they were created from (at most
-    /// [`HEALTHY_MAX`] are sent): reported to every member with the capacity.
-    pub fn set_healthy(&mut self, specs: Vec<[u8; 32]>) {
-        self.own_healthy = Some(specs);
+    /// without a restart, as `orchd`'s list of `workd` at `now` shows them (at most
+    /// [`HEALTHY_MAX`] are sent): reported to every member with the capacity while fresh. A
+    /// node that stops telling (its `workd` does not answer) stops reporting them after
+    /// [`HEALTHY_FRESH_PERIODS`] periods, and no longer counts them itself.
+    /// A replica that is no longer healthy here (stopped for an update) is reported at once.
+    pub fn set_healthy(&mut self, now: Duration, replicas: Vec<HealthyReplica>) {
+        self.healthy_due |= self.own_healthy.as_ref().is_some_and(|(h, _)| h.iter().any(|x| !replicas.contains(x)));
+        self.own_healthy = Some((replicas, now));
     }
 
     /// Whether the node the desired state assigns replica `replica` of `workload` to reported
-    /// within [`HEALTHY_FRESH_PERIODS`] capacity periods that a replica created from the spec
-    /// with digest `spec` is healthy there (this node's own report counts at once). A report
-    /// from any other node, or an older one, does not count: the replica may have moved, or
-    /// its node died.
-    pub fn replica_healthy(&self, workload: &str, replica: u32, spec: &[u8; 32], now: Duration) -> bool {
+    /// within [`HEALTHY_FRESH_PERIODS`] capacity periods that the replica tagged `tag`
+    /// ([`crate::raft_codec::replica_tag`] of its `workd` name) is healthy there: created from the spec with
+    /// digest `spec`, or from any spec (`None`). This node's own report counts at once. A
+    /// report from any other node, or an older one, does not count: the replica may have
+    /// moved, or its node died.
+    pub fn replica_healthy(&self, workload: &str, replica: u32, tag: [u8; 8], spec: Option<&[u8; 32]>, now: Duration) -> bool {
         let Some(host) = self.replica().and_then(|r| r.state().assignments.get(&(String::from(workload), replica)).copied()) else { return false };
-        if host == self.own {
-            return self.own_healthy.as_ref().is_some_and(|h| h.contains(spec));
-        }
+        let report = if host == self.own {
+            self.own_healthy.as_ref()
+        } else {
+            let Some(m) = self.members.iter().position(|k| *k == host) else { return false };
+            self.healthy.get(&m)
+        };
         let fresh = self.cfg.capacity_period * HEALTHY_FRESH_PERIODS;
-        let Some(m) = self.members.iter().position(|k| *k == host) else { return false };
-        self.healthy.get(&m).is_some_and(|(h, at)| now.saturating_sub(*at) <= fresh && h.contains(spec))
+        report.is_some_and(|(h, at)| now.saturating_sub(*at) <= fresh && h.iter().any(|x| x.tag == tag && spec.is_none_or(|s| x.spec == *s)))
     }
 
+    /// The replicas the committed state assigns this node, while its lease holds; nothing
+    /// otherwise (a node cut off from the majority stops its workloads when its lease runs out).
     pub fn assigned_now(&self, now: Duration) -> Vec<(WorkloadSpec, u32)> {
         let Some(r) = self.replica() else { return Vec::new() };
         if !self.lease_holds(now) {
@@ -546,8 +558,8 @@ impl Orch {
             Wire::Store { free_mib, images } => {
                 self.stores.entry(from).or_default().on_store(free_mib, images);
             }
-            Wire::Healthy { specs } => {
-                self.healthy.insert(from, (specs, now));
+            Wire::Healthy { replicas } => {
+                self.healthy.insert(from, (replicas, now));
             }
             Wire::SnapChunk(c) => {
                 if member_of(c.head.from) != from || member_of(c.head.to) != self.me {
@@ -830,8 +842,12 @@ impl Orch {
                     }
                 }
             }
-            if let Some(h) = &self.own_healthy {
-                let w = Wire::Healthy { specs: h[..h.len().min(HEALTHY_MAX)].to_vec() };
+            self.healthy_due = true;
+        }
+        if core::mem::take(&mut self.healthy_due) {
+            let fresh = self.cfg.capacity_period * HEALTHY_FRESH_PERIODS;
+            if let Some((h, _)) = self.own_healthy.as_ref().filter(|(_, at)| now.saturating_sub(*at) <= fresh) {
+                let w = Wire::Healthy { replicas: h[..h.len().min(HEALTHY_MAX)].to_vec() };
                 let me = self.me;
                 for m in (0..self.members.len()).filter(|m| *m != me) {
                     self.push(m, &w);

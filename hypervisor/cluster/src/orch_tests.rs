@@ -944,35 +944,51 @@ fn a_fresh_member_that_cannot_hear_the_leader_pulls_from_a_file_member_of_any_ge
 mod vouch;
 
 /// `Wire::Healthy`: a node's report of the replicas healthy there reaches every member, and
-/// counts for a replica only from the node the state assigns it to, for the spec reported, and
-/// while fresh (a rolling update waits on it: docs/orchestration.md "A workload's spec changes").
+/// counts for a replica only from the node the state assigns it to, for the spec reported (or
+/// any), and while fresh, its own too (a rolling update waits on it: docs/orchestration.md "A
+/// workload's spec changes").
 #[test]
 fn a_healthy_report_counts_only_from_the_replicas_host_and_while_fresh() {
+    use crate::raft_codec::{replica_tag, HealthyReplica};
     for seed in 0..3 {
         let mut net = formed(seed);
         let (a, b) = (net.runner_of("web", 0).unwrap(), net.runner_of("web", 1).unwrap());
         let other = (0..3).find(|i| *i != a && *i != b).unwrap();
+        let (t0, t1) = (replica_tag("cl-web-0"), replica_tag("cl-web-1"));
         let (d0, d1) = ([0xd0; 32], [0xd1; 32]);
         // a reports web 0 healthy (and, wrongly, web 1: it does not run it)
-        net.nodes[a].as_mut().unwrap().set_healthy(vec![d0, d1]);
+        let at = net.now;
+        net.nodes[a].as_mut().unwrap().set_healthy(at, vec![HealthyReplica { tag: t0, spec: d0 }, HealthyReplica { tag: t1, spec: d1 }]);
         net.run_for(2_500);
         let now = net.now;
         for i in [b, other, a] {
             let o = net.nodes[i].as_ref().unwrap();
-            assert!(o.replica_healthy("web", 0, &d0, now), "seed {seed}: node {i} does not see web 0 healthy");
-            assert!(!o.replica_healthy("web", 0, &[0xee; 32], now), "seed {seed}: another spec counted");
-            assert!(!o.replica_healthy("web", 1, &d1, now), "seed {seed}: web 1 counted from a node that does not run it");
-            assert!(!o.replica_healthy("web", 7, &d0, now) && !o.replica_healthy("nope", 0, &d0, now));
+            assert!(o.replica_healthy("web", 0, t0, Some(&d0), now), "seed {seed}: node {i} does not see web 0 healthy");
+            assert!(o.replica_healthy("web", 0, t0, None, now), "seed {seed}: node {i}: on any spec");
+            assert!(!o.replica_healthy("web", 0, t0, Some(&[0xee; 32]), now), "seed {seed}: another spec counted");
+            assert!(!o.replica_healthy("web", 0, replica_tag("cl-web-9"), None, now), "seed {seed}: a tag not reported counted");
+            assert!(!o.replica_healthy("web", 1, t1, Some(&d1), now) && !o.replica_healthy("web", 1, t1, None, now), "seed {seed}: web 1 counted from a node that does not run it");
+            assert!(!o.replica_healthy("web", 7, t0, None, now) && !o.replica_healthy("nope", 0, t0, None, now));
         }
-        // too old a report does not count (its node may have died)
+        // too old a report does not count (its node may have died), nor its own
         let fresh = OrchConfig::default().capacity_period * crate::orch::HEALTHY_FRESH_PERIODS;
         let later = now + fresh + Duration::from_millis(1_001);
-        assert!(!net.nodes[other].as_ref().unwrap().replica_healthy("web", 0, &d0, later), "seed {seed}: a stale report counted");
-        // a report without it takes it back within a period or two
-        net.nodes[a].as_mut().unwrap().set_healthy(vec![]);
-        net.run_for(2_500);
+        assert!(!net.nodes[other].as_ref().unwrap().replica_healthy("web", 0, t0, None, later), "seed {seed}: a stale report counted");
+        assert!(!net.nodes[a].as_ref().unwrap().replica_healthy("web", 0, t0, None, at + fresh + Duration::from_millis(1)), "seed {seed}: its own stale report counted");
+        // a node whose own report went stale (its workd stopped answering) stops sending it
+        net.run_for(u64::try_from((fresh + Duration::from_secs(2)).as_millis()).unwrap());
         let now = net.now;
-        assert!(!net.nodes[other].as_ref().unwrap().replica_healthy("web", 0, &d0, now), "seed {seed}: not taken back");
-        assert!(!net.nodes[a].as_ref().unwrap().replica_healthy("web", 0, &d0, now));
+        assert!(!net.nodes[other].as_ref().unwrap().replica_healthy("web", 0, t0, None, now), "seed {seed}: a stale own report was still sent");
+        // a fresh report without it takes it back
+        net.nodes[a].as_mut().unwrap().set_healthy(now, vec![HealthyReplica { tag: t0, spec: d0 }]);
+        net.run_for(2_500);
+        assert!(net.nodes[other].as_ref().unwrap().replica_healthy("web", 0, t0, None, net.now), "seed {seed}: a fresh report again");
+        // one that is no longer healthy is reported at once, not a period later
+        let now = net.now;
+        net.nodes[a].as_mut().unwrap().set_healthy(now, vec![]);
+        net.run_for(20);
+        let now = net.now;
+        assert!(!net.nodes[other].as_ref().unwrap().replica_healthy("web", 0, t0, None, now), "seed {seed}: not taken back at once");
+        assert!(!net.nodes[a].as_ref().unwrap().replica_healthy("web", 0, t0, None, now));
     }
 }

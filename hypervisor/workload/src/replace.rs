@@ -8,18 +8,41 @@
 //! waits for a fetch with the replica stopped), then it is stopped (its StopSignal, then the
 //! grace period), destroyed, and created again from the new spec by the usual path.
 //!
-//! **Health-gated.** A running replica `r` is replaced only once every lower replica of the
-//! workload runs the new spec and has for [`crate::restart::HEALTHY_MS`] without a restart,
-//! as the node the desired state assigns it to reports (`orchd` sends which of its replicas
-//! are healthy to every member each second): replica 0 first, then 1, and so on, one down at
-//! a time. A new spec that does not start (or keeps failing) takes down replica 0 only; the
-//! others keep the old spec and serve until the spec changes again. One that is not running
-//! (created, starting, exited, failed: it serves nothing) is replaced at once.
+//! **Health-gated, one down at a time.** A replica is *healthy* once `workd` has listed it
+//! running for [`crate::restart::HEALTHY_MS`] (10 s) without a restart; each node tells every
+//! other which of its replicas are healthy, and on which spec, every second. An outdated
+//! replica `r` is taken down for the update only when
+//! - every lower replica `0..r` of the workload runs the *new* spec healthily, and
+//! - every higher replica runs healthily, on any spec (one already down is not joined by a
+//!   second),
+//!
+//! as the node the desired state assigns each to reports ([`Hold`] otherwise). So replica 0
+//! goes first, then 1 once 0 runs the new spec, and so on. A new spec that does not start, or
+//! keeps failing, takes down replica 0 only: the others keep the old spec and serve until the
+//! spec changes again. A replica that has not been healthy for [`DOWN_MS`] (crash-looping,
+//! or stuck booting) serves nothing and is replaced at once, whatever the others do: that is
+//! how an update mends a workload whose old spec fails, and why the rule cannot deadlock (a
+//! replica waits only for replicas that are healthy, becoming healthy, or replaced at once).
 
 use crate::admission::Admission;
 use crate::spec::WorkloadSpec;
 use crate::status::State;
 use alloc::vec::Vec;
+
+/// An outdated replica that has not been healthy for this long (ms) is replaced without
+/// waiting for the others: three times [`crate::restart::HEALTHY_MS`], so that an old
+/// instance that crashed once, was restarted (its backoff, a boot) and runs again (healthy
+/// 10 s later) is not mistaken for one that keeps failing.
+pub const DOWN_MS: u64 = 3 * crate::restart::HEALTHY_MS;
+
+/// Why a running outdated replica is not replaced yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// This lower replica does not run its new spec healthily yet.
+    Lower(u32),
+    /// This higher replica is not healthy (down, restarting, or not reported by its node).
+    Higher(u32),
+}
 
 /// What to do with one replica that `workd` has ([`decide`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,9 +52,9 @@ pub enum Replace {
     /// Outdated, and the desired image is not in this node's store yet: the old instance runs
     /// on while the image is fetched.
     WaitForImage,
-    /// Outdated and running, and this lower replica does not run the new spec healthily yet
-    /// (the first such): the old instance runs on.
-    WaitFor(u32),
+    /// Outdated, and taking it down now would break the roll's rule ([`Hold`], the first
+    /// replica in the way): the old instance runs on.
+    WaitFor(Hold),
     /// Outdated, and nothing it serves is lost by stopping it now: stop it.
     Stop,
     /// Outdated and stopping: wait for the stop to end.
@@ -65,9 +88,11 @@ pub fn differences(have: &WorkloadSpec, want: &WorkloadSpec) -> Vec<&'static str
 /// What to do with a replica that `workd` created from `have` and now reports in `state`,
 /// when the desired state gives it `want`: `image_here` says whether `want`'s image is in this
 /// node's store, `free_mib` what `workd`'s admission has free now (`None`: unknown, taken as
-/// enough). `unhealthy_below` is asked only for a running replica that is to be replaced: the
-/// first lower replica of its workload that does not run its new spec healthily, if any.
-pub fn decide(have: &WorkloadSpec, want: &WorkloadSpec, state: State, image_here: bool, free_mib: Option<u64>, unhealthy_below: &mut dyn FnMut() -> Option<u32>) -> Replace {
+/// enough), `down_ms` how long it has not been healthy (0: healthy). `hold` is asked only for
+/// a starting or running replica that is to be replaced and has not been down for
+/// [`DOWN_MS`]: the first other replica in the way of taking it down, if any.
+#[allow(clippy::too_many_arguments)]
+pub fn decide(have: &WorkloadSpec, want: &WorkloadSpec, state: State, image_here: bool, free_mib: Option<u64>, down_ms: u64, hold: &mut dyn FnMut() -> Option<Hold>) -> Replace {
     if have == want {
         return Replace::Keep;
     }
@@ -83,11 +108,13 @@ pub fn decide(have: &WorkloadSpec, want: &WorkloadSpec, state: State, image_here
     }
     match state {
         State::Stopping => Replace::Stopping,
+        // ended for good (its restart policy gave up) or never started: serving nothing
         State::Created | State::Exited | State::Failed => Replace::Destroy,
-        // booting, or waiting to be restarted after a failure: serving nothing yet
-        State::Starting => Replace::Stop,
-        State::Running => match unhealthy_below() {
-            Some(j) => Replace::WaitFor(j),
+        // not healthy for long: crash-looping or stuck booting, serving nothing
+        State::Starting | State::Running if down_ms >= DOWN_MS => Replace::Stop,
+        // running, or restarting after a failure it may recover from
+        State::Starting | State::Running => match hold() {
+            Some(h) => Replace::WaitFor(h),
             None => Replace::Stop,
         },
     }
@@ -117,7 +144,7 @@ mod tests {
     #[test]
     fn the_same_spec_is_kept_in_every_state() {
         for st in [State::Created, State::Starting, State::Running, State::Stopping, State::Exited, State::Failed] {
-            assert_eq!(decide(&spec(), &spec(), st, false, None, &mut || Some(0)), Replace::Keep);
+            assert_eq!(decide(&spec(), &spec(), st, false, None, 0, &mut || Some(Hold::Lower(0))), Replace::Keep);
         }
         assert!(differences(&spec(), &spec()).is_empty());
     }
@@ -142,39 +169,42 @@ mod tests {
         let mut w = spec();
         w.image = Digest([2; 32]);
         for st in [State::Starting, State::Running, State::Exited] {
-            assert_eq!(decide(&spec(), &w, st, false, None, &mut healthy()), Replace::WaitForImage);
+            assert_eq!(decide(&spec(), &w, st, false, None, 0, &mut healthy()), Replace::WaitForImage);
         }
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut healthy()), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, &mut healthy()), Replace::Stop);
     }
 
-    /// The gate as `orchd` answers it: every lower replica healthy on the new spec.
-    fn healthy() -> impl FnMut() -> Option<u32> {
+    /// The gate as `orchd` answers it when nothing is in the way.
+    fn healthy() -> impl FnMut() -> Option<Hold> {
         || None
     }
 
     #[test]
-    fn a_running_replica_waits_for_the_lower_ones_and_one_serving_nothing_does_not() {
+    fn an_outdated_replica_waits_for_the_others_unless_it_has_been_down_long() {
         let mut w = spec();
         w.args = Some(vec![String::from("hello"), String::from("v2")]);
-        // replica 0 not healthy on the new spec yet: a running replica waits for it
         let mut asked = 0;
         let mut gate = || {
             asked += 1;
-            Some(0)
+            Some(Hold::Lower(0))
         };
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut gate), Replace::WaitFor(0));
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut || Some(3)), Replace::WaitFor(3));
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut healthy()), Replace::Stop);
-        // one that serves nothing (booting, or waiting to be restarted) is not held back
-        assert_eq!(decide(&spec(), &w, State::Starting, true, None, &mut gate), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, &mut gate), Replace::WaitFor(Hold::Lower(0)));
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, &mut || Some(Hold::Higher(3))), Replace::WaitFor(Hold::Higher(3)));
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, &mut healthy()), Replace::Stop);
+        // restarting after a failure, down a while but less than DOWN_MS: it may come back
+        assert_eq!(decide(&spec(), &w, State::Starting, true, None, DOWN_MS - 1, &mut gate), Replace::WaitFor(Hold::Lower(0)));
+        // not healthy for DOWN_MS (crash-looping, or stuck booting): replaced at once
+        assert_eq!(decide(&spec(), &w, State::Starting, true, None, DOWN_MS, &mut gate), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, DOWN_MS, &mut gate), Replace::Stop);
+        // ended for good, never started, or stopping: not held either
         for st in [State::Created, State::Exited, State::Failed] {
-            assert_eq!(decide(&spec(), &w, st, true, None, &mut gate), Replace::Destroy);
+            assert_eq!(decide(&spec(), &w, st, true, None, 0, &mut gate), Replace::Destroy);
         }
-        assert_eq!(decide(&spec(), &w, State::Stopping, true, None, &mut gate), Replace::Stopping);
-        // the gate is asked only for a running, outdated replica whose image is here
-        assert_eq!(decide(&spec(), &spec(), State::Running, true, None, &mut gate), Replace::Keep);
-        assert_eq!(decide(&spec(), &w, State::Running, false, None, &mut gate), Replace::WaitForImage);
-        assert_eq!(asked, 1);
+        assert_eq!(decide(&spec(), &w, State::Stopping, true, None, 0, &mut gate), Replace::Stopping);
+        // the gate is asked only for an outdated replica whose image is here
+        assert_eq!(decide(&spec(), &spec(), State::Running, true, None, 0, &mut gate), Replace::Keep);
+        assert_eq!(decide(&spec(), &w, State::Running, false, None, 0, &mut gate), Replace::WaitForImage);
+        assert_eq!(asked, 2);
     }
 
     #[test]
@@ -182,13 +212,13 @@ mod tests {
         let mut w = spec();
         w.memory_mib = 512;
         // 64 + 4 come back: 512 + 4 fits in 448 free + 68, not in 447 + 68
-        assert_eq!(decide(&spec(), &w, State::Running, true, Some(448), &mut healthy()), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, Some(447), &mut healthy()), Replace::NoRoom { need_mib: 516, free_mib: 515 });
+        assert_eq!(decide(&spec(), &w, State::Running, true, Some(448), 0, &mut healthy()), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, Some(447), 0, &mut healthy()), Replace::NoRoom { need_mib: 516, free_mib: 515 });
         // also when it is not running (it would not be created again)
-        assert_eq!(decide(&spec(), &w, State::Exited, true, Some(0), &mut healthy()), Replace::NoRoom { need_mib: 516, free_mib: 68 });
+        assert_eq!(decide(&spec(), &w, State::Exited, true, Some(0), 0, &mut healthy()), Replace::NoRoom { need_mib: 516, free_mib: 68 });
         // less memory always fits; unknown room is taken as enough
-        assert_eq!(decide(&w, &spec(), State::Running, true, Some(0), &mut healthy()), Replace::Stop);
-        assert_eq!(decide(&spec(), &w, State::Running, true, None, &mut healthy()), Replace::Stop);
+        assert_eq!(decide(&w, &spec(), State::Running, true, Some(0), 0, &mut healthy()), Replace::Stop);
+        assert_eq!(decide(&spec(), &w, State::Running, true, None, 0, &mut healthy()), Replace::Stop);
     }
 
     #[test]
@@ -196,8 +226,8 @@ mod tests {
         let mut w = spec();
         w.memory_mib = 256;
         for st in [State::Created, State::Exited, State::Failed] {
-            assert_eq!(decide(&spec(), &w, st, true, None, &mut healthy()), Replace::Destroy);
+            assert_eq!(decide(&spec(), &w, st, true, None, 0, &mut healthy()), Replace::Destroy);
         }
-        assert_eq!(decide(&spec(), &w, State::Stopping, true, None, &mut healthy()), Replace::Stopping);
+        assert_eq!(decide(&spec(), &w, State::Stopping, true, None, 0, &mut healthy()), Replace::Stopping);
     }
 }

@@ -11,14 +11,15 @@
 //!   until then it *waits* ([`Replicas::wanted_image`] names the image the longest-waiting one
 //!   needs, which `apid` fetches from another node);
 //! - an assigned replica `workd` has whose spec is not the desired one is replaced as
-//!   [`crate::replace::decide`] says (a running one only once the lower replicas run the new
-//!   spec healthily, as their nodes report: the `healthy` argument of [`Replicas::turn`]);
+//!   [`crate::replace::decide`] says (one at a time, as the other replicas' nodes report them
+//!   healthy: [`Peers`]);
 //! - the replicas that have run for [`HEALTHY_MS`] without a restart are noted
-//!   ([`Replicas::healthy_specs`]: what `orchd` reports to the other nodes).
+//!   ([`Replicas::healthy`]: what `orchd` reports to the other nodes), and since when each
+//!   other one has not been healthy.
 //! - a replica this service stopped and that is assigned here again before it was destroyed
 //!   is started again (one that ended by itself is left to its restart policy).
 
-use crate::replace::{self, Replace};
+use crate::replace::{self, Hold, Replace};
 use crate::restart::HEALTHY_MS;
 use crate::spec::WorkloadSpec;
 use crate::status::{State, Summary, WorkloadId};
@@ -40,6 +41,26 @@ pub trait Workd {
     /// `Request::Create`, then `Request::Start` when it was created: `Err` is the create's
     /// answer (for the log), `Ok` whether the start was done.
     fn create_and_start(&mut self, spec: &WorkloadSpec) -> Result<Option<bool>, String>;
+}
+
+/// What the nodes report of a workload's replicas (`orchd`: `Orch::replica_healthy` over the
+/// reports of the node the desired state assigns each replica to).
+pub trait Peers {
+    /// How many replicas the desired state gives `workload`.
+    fn replicas(&mut self, workload: &str) -> u32;
+    /// Replica `j` of `workload` runs healthily on the node the state assigns it to: on its
+    /// desired spec (`new`), or on any spec.
+    fn healthy(&mut self, workload: &str, j: u32, new: bool) -> bool;
+}
+
+/// A cluster replica as this node lists it, between turns.
+struct Run {
+    /// Since when (ms) it runs without a restart (`None`: not running).
+    running_since: Option<u64>,
+    restarts: u32,
+    spec: Digest,
+    /// Since when (ms) it has not been healthy (`None`: healthy).
+    unhealthy_since: Option<u64>,
 }
 
 /// A replica the desired state assigns to this node.
@@ -73,12 +94,12 @@ pub struct Replicas {
     specs: BTreeMap<String, SpecCheck>,
     /// Replicas `workd` refused to create, with its last answer (logged once per answer).
     create_failed: BTreeMap<String, String>,
-    /// Cluster replicas running here: since when (ms) without a restart, the restart count
-    /// then, and the spec digest they were created from.
-    running: BTreeMap<WorkloadId, (u64, u32, Digest)>,
-    /// Outdated replicas waiting for a lower replica to run the new spec healthily: which
-    /// one (logged when it changes).
-    held: BTreeMap<String, u32>,
+    /// The cluster replicas `workd` listed last, by id.
+    runs: BTreeMap<WorkloadId, Run>,
+    /// The names of the healthy ones, with their specs, as of the last list.
+    healthy: alloc::vec::Vec<(String, Digest)>,
+    /// Outdated replicas held back by another replica: which (logged when it changes).
+    held: BTreeMap<String, Hold>,
 }
 
 impl Replicas {
@@ -87,29 +108,21 @@ impl Replicas {
         self.waiting.values().min_by_key(|w| w.1).map(|w| w.0)
     }
 
-    /// The spec digests of the cluster replicas that have run here for [`HEALTHY_MS`] without
-    /// a restart, as of the last turn's list (at most `crate::proto::WORKLOADS_MAX`).
-    pub fn healthy_specs(&self, now_ms: u64) -> alloc::vec::Vec<Digest> {
-        self.running.values().filter(|(since, _, _)| now_ms.saturating_sub(*since) >= HEALTHY_MS).map(|(_, _, d)| *d).collect()
+    /// The cluster replicas that have run here for [`HEALTHY_MS`] without a restart, as of the
+    /// last turn's list: each one's `workd` name and the digest of the spec it was created
+    /// from (at most `crate::proto::WORKLOADS_MAX`).
+    pub fn healthy(&self) -> &[(String, Digest)] {
+        &self.healthy
     }
 
     /// One turn at `now_ms`: `list` is `workd`'s list, `want` the replicas assigned here by
     /// name, `images` the store's (`None`: unknown, so nothing is created or replaced this
-    /// turn), `lease` whether this node's lease holds (for the log). `healthy(workload, j)`:
-    /// does replica `j` of `workload` run its desired spec healthily on its node (asked only
-    /// to replace a running replica). Log lines go to `log`.
+    /// turn), `lease` whether this node's lease holds (for the log), `peers` what the nodes
+    /// report of the replicas (asked only to take a replica down for an update). Log lines go
+    /// to `log`.
     #[allow(clippy::too_many_arguments)]
-    pub fn turn(&mut self, list: &[Summary], want: &BTreeMap<String, Wanted>, images: Option<&[Digest]>, lease: bool, now_ms: u64, healthy: &mut dyn FnMut(&str, u32) -> bool, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
-        // a run counts from the first list that shows it running, and again after a restart
-        let mut running = BTreeMap::new();
-        for s in list.iter().filter(|s| s.state == State::Running && crate::proto::is_cluster_replica(&s.name)) {
-            let since = match self.running.get(&s.id) {
-                Some(&(since, restarts, spec)) if restarts == s.restarts && spec == s.spec => since,
-                _ => now_ms,
-            };
-            running.insert(s.id, (since, s.restarts, s.spec));
-        }
-        self.running = running;
+    pub fn turn(&mut self, list: &[Summary], want: &BTreeMap<String, Wanted>, images: Option<&[Digest]>, lease: bool, now_ms: u64, peers: &mut dyn Peers, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
+        self.note_runs(list, now_ms);
         for s in list.iter().filter(|s| crate::proto::is_cluster_replica(&s.name)) {
             if want.contains_key(&s.name) {
                 continue;
@@ -119,6 +132,7 @@ impl Replicas {
                     log(format!("orchd: stopping {} (not assigned here{})", s.name, if lease { "" } else { ": no lease" }));
                     let _ = w.stop(s.id, Some(0));
                     self.stopped.insert(s.name.clone());
+                    self.healthy.retain(|(n, _)| *n != s.name);
                 }
             } else if w.destroy(s.id) == Some(true) {
                 log(format!("orchd: destroyed {}", s.name));
@@ -131,15 +145,34 @@ impl Replicas {
         self.create_failed.retain(|n, _| want.contains_key(n));
         self.held.retain(|n, _| want.contains_key(n));
         for (name, x) in want {
-            self.one(name, x, list.iter().find(|s| s.name == *name), images.contains(&x.spec.image), now_ms, healthy, w, log);
+            self.one(name, x, list.iter().find(|s| s.name == *name), images.contains(&x.spec.image), now_ms, peers, w, log);
         }
     }
 
+    /// Note since when each cluster replica in `list` runs without a restart (a restart between
+    /// two lists, seen by its count, starts the run over) and since when it is not healthy.
+    fn note_runs(&mut self, list: &[Summary], now_ms: u64) {
+        let mut runs = BTreeMap::new();
+        for s in list.iter().filter(|s| crate::proto::is_cluster_replica(&s.name)) {
+            let before = self.runs.get(&s.id).filter(|r| r.spec == s.spec);
+            let running_since = match before {
+                _ if s.state != State::Running => None,
+                Some(r) if r.restarts == s.restarts => r.running_since.or(Some(now_ms)),
+                _ => Some(now_ms),
+            };
+            let healthy = running_since.is_some_and(|t| now_ms.saturating_sub(t) >= HEALTHY_MS);
+            let unhealthy_since = if healthy { None } else { Some(before.and_then(|r| r.unhealthy_since).unwrap_or(now_ms)) };
+            runs.insert(s.id, Run { running_since, restarts: s.restarts, spec: s.spec, unhealthy_since });
+        }
+        self.runs = runs;
+        self.healthy = list.iter().filter(|s| self.runs.get(&s.id).is_some_and(|r| r.unhealthy_since.is_none())).map(|s| (s.name.clone(), s.spec)).collect();
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn one(&mut self, name: &str, x: &Wanted, existing: Option<&Summary>, image_here: bool, now_ms: u64, healthy: &mut dyn FnMut(&str, u32) -> bool, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
+    fn one(&mut self, name: &str, x: &Wanted, existing: Option<&Summary>, image_here: bool, now_ms: u64, peers: &mut dyn Peers, w: &mut dyn Workd, log: &mut dyn FnMut(String)) {
         let image = x.spec.image;
         let replace = match existing {
-            Some(s) => match self.replacement(s, x, image_here, healthy, w, log) {
+            Some(s) => match self.replacement(s, x, image_here, now_ms, peers, w, log) {
                 Some(d) => Some(d),
                 None => return, // workd did not say what it runs: next turn
             },
@@ -167,9 +200,13 @@ impl Replicas {
             None => {}
         }
         match replace {
-            Some(Replace::WaitFor(j)) => {
-                if self.held.insert(String::from(name), j) != Some(j) {
-                    log(format!("orchd: {} ({} replica {}) runs on until replica {} has run the new spec for {} s", name, x.workload, x.replica, j, HEALTHY_MS / 1000));
+            Some(Replace::WaitFor(h)) => {
+                if self.held.insert(String::from(name), h) != Some(h) {
+                    let until = match h {
+                        Hold::Lower(j) => format!("replica {j} runs the new spec healthily ({} s running)", HEALTHY_MS / 1000),
+                        Hold::Higher(j) => format!("replica {j} is healthy again (down, restarting, or not reported by its node)"),
+                    };
+                    log(format!("orchd: {} ({} replica {}) runs on until {}", name, x.workload, x.replica, until));
                 }
             }
             _ => {
@@ -181,6 +218,8 @@ impl Replicas {
                 let why = self.specs.get(name).map_or(String::new(), |c| replace::differences(&c.have, &c.want).join(", "));
                 let stopped = w.stop(s.id, None);
                 log(format!("orchd: replacing {} ({} replica {}): its spec changed ({}); stopping it: {:?}", name, x.workload, x.replica, why, stopped));
+                // no longer healthy from now: the report after this turn says so at once
+                self.healthy.retain(|(n, _)| n != name);
                 // should the spec go back to the one it runs before it is destroyed, it is
                 // started again, as a replica stopped here
                 self.stopped.insert(String::from(name));
@@ -225,7 +264,8 @@ impl Replicas {
 
     /// What to do with replica `x`, which `workd` lists as `s`; `None` without `workd`'s
     /// answer.
-    fn replacement(&mut self, s: &Summary, x: &Wanted, image_here: bool, healthy: &mut dyn FnMut(&str, u32) -> bool, w: &mut dyn Workd, log: &mut dyn FnMut(String)) -> Option<Replace> {
+    #[allow(clippy::too_many_arguments)]
+    fn replacement(&mut self, s: &Summary, x: &Wanted, image_here: bool, now_ms: u64, peers: &mut dyn Peers, w: &mut dyn Workd, log: &mut dyn FnMut(String)) -> Option<Replace> {
         let want = &x.spec;
         let known = self.specs.get(&s.name).is_some_and(|c| c.id == s.id && c.want == *want);
         if !known {
@@ -239,7 +279,14 @@ impl Replicas {
         let c = self.specs.get_mut(&s.name)?;
         // admission's free room, asked only when the new spec needs more memory than the old
         let free = if c.want.memory_mib > c.have.memory_mib { w.free_mib() } else { None };
-        let d = replace::decide(&c.have, &c.want, s.state, image_here, free, &mut || (0..x.replica).find(|j| !healthy(&x.workload, *j)));
+        let down_ms = self.runs.get(&s.id).and_then(|r| r.unhealthy_since).map_or(0, |t| now_ms.saturating_sub(t));
+        // the roll's rule (replace.rs): the lower replicas healthy on the new spec, the higher
+        // ones healthy on any
+        let mut hold = || {
+            let (wl, r) = (x.workload.as_str(), x.replica);
+            (0..r).find(|j| !peers.healthy(wl, *j, true)).map(Hold::Lower).or_else(|| (r.saturating_add(1)..peers.replicas(wl)).find(|j| !peers.healthy(wl, *j, false)).map(Hold::Higher))
+        };
+        let d = replace::decide(&c.have, &c.want, s.state, image_here, free, down_ms, &mut hold);
         if let Replace::NoRoom { need_mib, free_mib } = d {
             if !c.no_room {
                 c.no_room = true;
@@ -328,21 +375,57 @@ mod tests {
         specs.iter().map(|s| (s.name.clone(), Wanted { workload: "web".into(), replica: s.name.rsplit('-').next().unwrap().parse().unwrap(), spec: s.clone() })).collect()
     }
 
-    /// One turn; the lines logged. Replica `j` is healthy on its spec, as `orchd` answers, when
-    /// this node reported that spec healthy after its last turn (all replicas run here).
-    fn turn(r: &mut Replicas, f: &mut Fake, w: &BTreeMap<String, Wanted>, images: &[u8], now: u64) -> Vec<String> {
-        turn_with(r, f, w, images, now, &[])
+    /// The nodes' reports as a test gives them: replicas here are healthy as this node's last
+    /// turn found them; `new`/`any` list replicas elsewhere healthy on their desired spec or on
+    /// any; `count` replicas in all.
+    struct Reports<'a> {
+        here: Vec<(String, Digest)>,
+        want: &'a BTreeMap<String, Wanted>,
+        new: &'a [u32],
+        any: &'a [u32],
+        count: u32,
     }
 
-    /// [`turn`], with replicas `elsewhere` of `web` reported healthy on their spec by other nodes.
-    fn turn_with(r: &mut Replicas, f: &mut Fake, w: &BTreeMap<String, Wanted>, images: &[u8], now: u64, elsewhere: &[u32]) -> Vec<String> {
+    impl Peers for Reports<'_> {
+        fn replicas(&mut self, _: &str) -> u32 {
+            self.count
+        }
+        fn healthy(&mut self, wl: &str, j: u32, new: bool) -> bool {
+            let name = format!("cl-{wl}-{j}");
+            let here = self.here.iter().any(|(n, d)| *n == name && (!new || self.want.get(&name).is_some_and(|x| x.spec.digest() == *d)));
+            here || self.new.contains(&j) || (!new && self.any.contains(&j))
+        }
+    }
+
+    /// One turn, every replica of `web` here; the lines logged.
+    fn turn(r: &mut Replicas, f: &mut Fake, w: &BTreeMap<String, Wanted>, images: &[u8], now: u64) -> Vec<String> {
+        turn_with(r, f, w, images, now, &[], &[], w.len() as u32)
+    }
+
+    /// [`turn`] with replicas elsewhere reported healthy on their desired spec (`new`) or on
+    /// any (`any`), `count` replicas in all.
+    #[allow(clippy::too_many_arguments)]
+    fn turn_with(r: &mut Replicas, f: &mut Fake, w: &BTreeMap<String, Wanted>, images: &[u8], now: u64, new: &[u32], any: &[u32], count: u32) -> Vec<String> {
         let mut lines = Vec::new();
         let imgs: Vec<Digest> = images.iter().map(|i| Digest([*i; 32])).collect();
         let list = f.list();
-        let reported = r.healthy_specs(now);
-        let mut healthy = |wl: &str, j: u32| elsewhere.contains(&j) || w.get(&format!("cl-{wl}-{j}")).is_some_and(|x| reported.contains(&x.spec.digest()));
-        r.turn(&list, w, Some(&imgs), true, now, &mut healthy, f, &mut |l| lines.push(l));
+        let mut peers = Reports { here: r.healthy().to_vec(), want: w, new, any, count };
+        r.turn(&list, w, Some(&imgs), true, now, &mut peers, f, &mut |l| lines.push(l));
         lines
+    }
+
+    /// v1 of `names` created at 0 and listed running from 100: healthy from `HEALTHY_T`.
+    const HEALTHY_T: u64 = 100 + HEALTHY_MS;
+
+    fn running_v1(names: &[&str]) -> (Replicas, Fake, BTreeMap<String, Wanted>) {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        let v1 = want(&names.iter().map(|n| spec(n, 1, "v1")).collect::<Vec<_>>());
+        turn(&mut r, &mut f, &v1, &[1], 0);
+        turn(&mut r, &mut f, &v1, &[1], 100);
+        turn(&mut r, &mut f, &v1, &[1], HEALTHY_T);
+        assert_eq!(r.healthy().len(), names.len());
+        f.calls.clear();
+        (r, f, v1)
     }
 
     #[test]
@@ -358,46 +441,58 @@ mod tests {
         turn(&mut r, &mut f, &v1, &[1], 200);
         assert!(f.calls.is_empty(), "known specs are not asked again: {:?}", f.calls);
         let v2 = want(&[spec("cl-web-0", 1, "v2"), spec("cl-web-1", 1, "v2")]);
+        // v1 not healthy yet (listed running at 100): replica 0 waits for replica 1
         let l = turn(&mut r, &mut f, &v2, &[1], 1000);
-        assert_eq!(f.calls, ["spec 1", "stop 1 None", "spec 2"], "replica 0 at once, replica 1 waits for it");
-        assert!(l.iter().any(|x| x.contains("replacing cl-web-0 (web replica 0): its spec changed (args)")), "{l:?}");
-        assert!(l.iter().any(|x| x.contains("cl-web-1 (web replica 1) runs on until replica 0 has run the new spec for 10 s")), "{l:?}");
+        assert_eq!(f.calls, ["spec 1", "spec 2"], "nothing stopped while replica 1 is not healthy");
+        assert!(l.iter().any(|x| x.contains("cl-web-0 (web replica 0) runs on until replica 1 is healthy again")), "{l:?}");
+        assert!(l.iter().any(|x| x.contains("cl-web-1 (web replica 1) runs on until replica 0 runs the new spec healthily (10 s running)")), "{l:?}");
         f.calls.clear();
-        let l = turn(&mut r, &mut f, &v2, &[1], 1100);
+        // healthy from HEALTHY_T, as this turn finds; reported, it lets replica 0 go next turn
+        turn(&mut r, &mut f, &v2, &[1], HEALTHY_T);
+        assert!(f.calls.is_empty(), "{:?}", f.calls);
+        let t = HEALTHY_T + 50;
+        let l = turn(&mut r, &mut f, &v2, &[1], t);
+        assert_eq!(f.calls, ["stop 1 None"], "replica 0 once replica 1 is healthy; replica 1 waits for it");
+        assert_eq!(l.len(), 1, "replica 1's wait is not logged again: {l:?}");
+        assert!(l[0].contains("replacing cl-web-0 (web replica 0): its spec changed (args)"), "{l:?}");
+        f.calls.clear();
+        let l = turn(&mut r, &mut f, &v2, &[1], t + 100);
         assert!(f.calls.is_empty() && l.is_empty(), "stopping, waiting (logged once): nothing to do: {:?} {l:?}", f.calls);
         f.set("cl-web-0", State::Exited);
-        turn(&mut r, &mut f, &v2, &[1], 1200);
+        turn(&mut r, &mut f, &v2, &[1], t + 200);
         assert_eq!(f.calls, ["destroy 1"]);
         f.calls.clear();
-        turn(&mut r, &mut f, &v2, &[1], 1300);
+        turn(&mut r, &mut f, &v2, &[1], t + 300);
         assert_eq!(f.calls, ["create 3 cl-web-0"]);
         assert_eq!(f.spec_of("cl-web-0").unwrap().args, Some(vec![String::from("v2")]));
-        // the new instance is first listed running at 1400: healthy from 1400 + HEALTHY_MS
+        // the new instance is first listed running at t + 400: healthy from t + 400 + HEALTHY_MS
         f.calls.clear();
-        for t in [1400, 1400 + HEALTHY_MS - 1] {
-            turn(&mut r, &mut f, &v2, &[1], t);
+        for at in [t + 400, t + 400 + HEALTHY_MS - 1] {
+            turn(&mut r, &mut f, &v2, &[1], at);
         }
         assert_eq!(f.calls, ["spec 3"], "replica 1 not before replica 0 ran v2 for HEALTHY_MS");
-        assert_eq!(r.healthy_specs(1400 + HEALTHY_MS - 1), [f.w[0].1.digest()], "only the old replica 1 is healthy");
+        assert_eq!(r.healthy(), [(String::from("cl-web-1"), f.w[0].1.digest())], "only the old replica 1 is healthy");
         f.calls.clear();
-        turn(&mut r, &mut f, &v2, &[1], 1400 + HEALTHY_MS);
+        turn(&mut r, &mut f, &v2, &[1], t + 400 + HEALTHY_MS);
+        assert!(f.calls.is_empty(), "noted healthy this turn, reported after it: {:?}", f.calls);
+        turn(&mut r, &mut f, &v2, &[1], t + 450 + HEALTHY_MS);
         assert_eq!(f.calls, ["stop 2 None"]);
+        assert!(r.healthy().iter().all(|(n, _)| n != "cl-web-1"), "a replica stopped for the update is not reported healthy: {:?}", r.healthy());
     }
 
     #[test]
     fn a_new_spec_that_keeps_failing_leaves_the_other_replicas_on_the_old_one() {
-        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
-        let v1 = want(&[spec("cl-web-0", 1, "v1"), spec("cl-web-1", 1, "v1")]);
-        turn(&mut r, &mut f, &v1, &[1], 0);
+        let (mut r, mut f, _) = running_v1(&["cl-web-0", "cl-web-1"]);
         let bad = want(&[spec("cl-web-0", 1, "bad"), spec("cl-web-1", 1, "bad")]);
-        turn(&mut r, &mut f, &bad, &[1], 1000);
+        let t = HEALTHY_T;
+        turn(&mut r, &mut f, &bad, &[1], t + 100);
         f.set("cl-web-0", State::Exited);
-        turn(&mut r, &mut f, &bad, &[1], 1100);
-        turn(&mut r, &mut f, &bad, &[1], 1200);
+        turn(&mut r, &mut f, &bad, &[1], t + 200);
+        turn(&mut r, &mut f, &bad, &[1], t + 300);
         assert_eq!(f.spec_of("cl-web-0").unwrap().args, Some(vec![String::from("bad")]));
         // the new instance runs a moment, fails, is restarted by its policy, again and again
         f.calls.clear();
-        let mut t = 1300;
+        let mut t = t + 400;
         for run in 1..=5u32 {
             for st in [State::Running, State::Starting] {
                 f.set("cl-web-0", st);
@@ -408,10 +503,24 @@ mod tests {
             }
             f.restarts.insert(3, run);
         }
-        assert!(t > 1300 + 4 * HEALTHY_MS);
         assert!(!f.calls.iter().any(|c| c.contains(" 2")), "replica 1 keeps the old spec: {:?}", f.calls);
         assert_eq!(f.spec_of("cl-web-1").unwrap().args, Some(vec![String::from("v1")]));
-        // a restart between two lists starts its run over: still running, another restart
+        // replica 1's old instance fails once meanwhile (down 5 s: backoff and boot) and runs
+        // again, healthy 10 s later: not switched to the failing spec (never down DOWN_MS)
+        f.set("cl-web-1", State::Starting);
+        f.restarts.insert(2, 1);
+        for _ in 0..5 {
+            turn(&mut r, &mut f, &bad, &[1], t);
+            t += 1_000;
+        }
+        f.set("cl-web-1", State::Running);
+        for _ in 0..=(HEALTHY_MS / 1_000 + 1) {
+            turn(&mut r, &mut f, &bad, &[1], t);
+            t += 1_000;
+        }
+        assert!(r.healthy().iter().any(|(n, _)| n == "cl-web-1"), "healthy again");
+        assert!(!f.calls.iter().any(|c| c.contains(" 2")), "a restart of the held replica is not taken as its end: {:?}", f.calls);
+        // a restart between two lists starts the run over: still running, another restart
         // count, it is healthy only HEALTHY_MS after the list that showed the new count
         f.set("cl-web-0", State::Running);
         turn(&mut r, &mut f, &bad, &[1], t);
@@ -420,31 +529,73 @@ mod tests {
         turn(&mut r, &mut f, &bad, &[1], t + HEALTHY_MS);
         assert!(!f.calls.iter().any(|c| c.contains(" 2")), "{:?}", f.calls);
         turn(&mut r, &mut f, &bad, &[1], t + HEALTHY_MS / 2 + HEALTHY_MS);
+        turn(&mut r, &mut f, &bad, &[1], t + HEALTHY_MS / 2 + HEALTHY_MS + 50);
         assert_eq!(f.calls.last().map(String::as_str), Some("stop 2 None"), "replica 0 ran it for HEALTHY_MS: replica 1's turn");
     }
 
     #[test]
-    fn a_lower_replica_elsewhere_is_waited_for_and_an_outdated_one_serving_nothing_is_not() {
-        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
-        // replicas 1 and 2 here; replica 0 elsewhere
-        let v1 = want(&[spec("cl-web-1", 1, "v1"), spec("cl-web-2", 1, "v1")]);
-        turn(&mut r, &mut f, &v1, &[1], 0);
+    fn a_lower_replica_elsewhere_is_waited_for_and_one_down_long_is_replaced_at_once() {
+        // replicas 1 and 2 here; replica 0 elsewhere, healthy on v1
+        let (mut r, mut f, _) = running_v1(&["cl-web-1", "cl-web-2"]);
         let v2 = want(&[spec("cl-web-1", 1, "v2"), spec("cl-web-2", 1, "v2")]);
-        f.calls.clear();
-        let l = turn(&mut r, &mut f, &v2, &[1], 100);
+        let t = HEALTHY_T;
+        let l = turn_with(&mut r, &mut f, &v2, &[1], t + 100, &[], &[0], 3);
         assert_eq!(f.calls, ["spec 1", "spec 2"], "both wait for replica 0");
-        assert!(l.iter().any(|x| x.contains("cl-web-2 (web replica 2) runs on until replica 0")), "{l:?}");
+        assert!(l.iter().any(|x| x.contains("cl-web-2 (web replica 2) runs on until replica 0 runs the new spec")), "{l:?}");
         // replica 0's node reports it healthy on v2: replica 1's turn; 2 waits for 1 now
         f.calls.clear();
-        let l = turn_with(&mut r, &mut f, &v2, &[1], 200, &[0]);
+        let l = turn_with(&mut r, &mut f, &v2, &[1], t + 200, &[0], &[], 3);
         assert_eq!(f.calls, ["stop 1 None"]);
-        assert!(l.iter().any(|x| x.contains("cl-web-2 (web replica 2) runs on until replica 1")), "{l:?}");
-        // replica 2's old instance ends by itself (restarting: it serves nothing): replaced at
-        // once, whatever replica 1 does
+        assert!(l.iter().any(|x| x.contains("cl-web-2 (web replica 2) runs on until replica 1 runs the new spec")), "{l:?}");
+        // replica 2's old instance fails and keeps failing: held while down less than
+        // DOWN_MS, then replaced at once, whatever replica 1 does
         f.set("cl-web-2", State::Starting);
+        f.restarts.insert(2, 1);
         f.calls.clear();
-        turn_with(&mut r, &mut f, &v2, &[1], 300, &[0]);
+        turn_with(&mut r, &mut f, &v2, &[1], t + 300, &[0], &[], 3);
+        turn_with(&mut r, &mut f, &v2, &[1], t + 300 + replace::DOWN_MS - 1, &[0], &[], 3);
+        assert!(f.calls.is_empty(), "{:?}", f.calls);
+        turn_with(&mut r, &mut f, &v2, &[1], t + 300 + replace::DOWN_MS, &[0], &[], 3);
         assert_eq!(f.calls, ["stop 2 None"]);
+    }
+
+    #[test]
+    fn a_spec_changed_mid_roll_never_takes_a_second_replica_down() {
+        let (mut r, mut f, _) = running_v1(&["cl-web-0", "cl-web-1"]);
+        let t = HEALTHY_T;
+        let v2 = want(&[spec("cl-web-0", 1, "v2"), spec("cl-web-1", 1, "v2")]);
+        // replica 0 goes to v2 and runs it healthily; replica 1's turn begins
+        turn(&mut r, &mut f, &v2, &[1], t + 100);
+        f.set("cl-web-0", State::Exited);
+        turn(&mut r, &mut f, &v2, &[1], t + 200);
+        turn(&mut r, &mut f, &v2, &[1], t + 300);
+        turn(&mut r, &mut f, &v2, &[1], t + 400);
+        turn(&mut r, &mut f, &v2, &[1], t + 400 + HEALTHY_MS);
+        f.calls.clear();
+        turn(&mut r, &mut f, &v2, &[1], t + 450 + HEALTHY_MS);
+        assert_eq!(f.calls, ["stop 2 None"]);
+        // v3 while replica 1 stops: replica 0 (healthy on v2) must wait for replica 1
+        let v3 = want(&[spec("cl-web-0", 1, "v3"), spec("cl-web-1", 1, "v3")]);
+        let t = t + 500 + HEALTHY_MS;
+        f.calls.clear();
+        let l = turn(&mut r, &mut f, &v3, &[1], t);
+        assert!(!f.calls.iter().any(|c| c.starts_with("stop") || c.starts_with("destroy")), "{:?}", f.calls);
+        assert!(l.iter().any(|x| x.contains("cl-web-0 (web replica 0) runs on until replica 1 is healthy again")), "{l:?}");
+        // replica 1 ends, is created from v3 and runs: replica 0 goes only once replica 1 is
+        // healthy, so at most one is ever down
+        f.set("cl-web-1", State::Exited);
+        f.calls.clear();
+        turn(&mut r, &mut f, &v3, &[1], t + 100);
+        turn(&mut r, &mut f, &v3, &[1], t + 200);
+        assert_eq!(f.calls, ["destroy 2", "create 4 cl-web-1"]);
+        f.calls.clear();
+        turn(&mut r, &mut f, &v3, &[1], t + 300);
+        turn(&mut r, &mut f, &v3, &[1], t + 300 + HEALTHY_MS - 1);
+        assert!(!f.calls.iter().any(|c| c.starts_with("stop")), "{:?}", f.calls);
+        turn(&mut r, &mut f, &v3, &[1], t + 300 + HEALTHY_MS);
+        assert!(!f.calls.iter().any(|c| c.starts_with("stop")), "{:?}", f.calls);
+        turn(&mut r, &mut f, &v3, &[1], t + 350 + HEALTHY_MS);
+        assert_eq!(f.calls.last().map(String::as_str), Some("stop 3 None"));
     }
 
     #[test]
@@ -510,7 +661,8 @@ mod tests {
         f.calls.clear();
         let list = f.list();
         let w = want(&[spec("cl-db-0", 1, "v1"), spec("cl-web-1", 2, "v1")]);
-        r.turn(&list, &w, None, true, 10, &mut |_, _| true, &mut f, &mut |_| {});
+        let mut peers = Reports { here: Vec::new(), want: &w, new: &[], any: &[], count: 2 };
+        r.turn(&list, &w, None, true, 10, &mut peers, &mut f, &mut |_| {});
         assert_eq!(f.calls, ["stop 1 Some(0)"], "nothing created, nothing waits");
         assert_eq!(r.wanted_image(), None);
     }

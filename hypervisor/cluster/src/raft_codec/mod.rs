@@ -75,9 +75,28 @@ pub fn is_pull(b: &[u8]) -> bool {
 const KIND_PULLED_CHUNK: u8 = 11;
 /// Keys in one [`Wire::Members`] (40 × 32 bytes fit a datagram).
 pub const EXTRA_MAX: usize = 40;
-/// Digests in one [`Wire::Healthy`]: a node runs at most 32 workloads (`workd`'s
+/// Replicas in one [`Wire::Healthy`]: a node runs at most 32 workloads (`workd`'s
 /// `WORKLOADS_MAX`), so one datagram holds them all.
 pub const HEALTHY_MAX: usize = 32;
+
+/// One healthy replica in a [`Wire::Healthy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthyReplica {
+    /// [`replica_tag`] of its `workd` name.
+    pub tag: [u8; 8],
+    /// The digest of the `workd` spec it was created from.
+    pub spec: [u8; 32],
+}
+
+/// Which replica a [`HealthyReplica`] is: the first 8 bytes of the SHA-256 of its `workd`
+/// name (`cl-NAME-R`), so that 32 fit in one datagram with their specs.
+pub fn replica_tag(name: &str) -> [u8; 8] {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(name.as_bytes());
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&d[..8]);
+    t
+}
 
 /// One datagram between `orchd`s.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,12 +122,13 @@ pub enum Wire {
     /// sends it is a node whose room is unknown (never refused for it).
     Store { free_mib: u64, images: Vec<([u8; 32], u32)> },
     /// The cluster replicas that have run on the sender for at least
-    /// `catenary_workload::restart::HEALTHY_MS` (10 s) without a restart, each as the digest of the
-    /// `workd` spec it was created from (which names the workload and the replica: `cl-NAME-R`),
-    /// at most [`HEALTHY_MAX`]; sent with the capacity. A node rolls a spec change onto its
-    /// replica only once every lower replica's node reports it healthy on its new spec
-    /// (docs/orchestration.md, "A workload's spec changes"). Soft state, never replicated.
-    Healthy { specs: Vec<[u8; 32]> },
+    /// `catenary_workload::restart::HEALTHY_MS` (10 s) without a restart: each as
+    /// [`replica_tag`] of its `workd` name (`cl-NAME-R`: which replica) and the digest of the
+    /// `workd` spec it was created from (which spec), at most [`HEALTHY_MAX`]; sent with the
+    /// capacity. A node takes a replica down for an update only when the others' nodes report
+    /// them healthy (docs/orchestration.md, "A workload's spec changes"). Soft state, never
+    /// replicated.
+    Healthy { replicas: Vec<HealthyReplica> },
     /// A node that is not in the cluster file asks a listed member which member it is (it was
     /// admitted at run time: its index comes from the committed admission order).
     WhoAmI,
@@ -205,12 +225,13 @@ pub fn encode(w: &Wire) -> Vec<u8> {
                 o.u32(*mib);
             }
         }
-        Wire::Healthy { specs } => {
+        Wire::Healthy { replicas } => {
             o.u8(KIND_HEALTHY);
-            let specs = &specs[..specs.len().min(HEALTHY_MAX)];
-            o.u8(specs.len() as u8);
-            for d in specs {
-                o.bytes(d);
+            let replicas = &replicas[..replicas.len().min(HEALTHY_MAX)];
+            o.u8(replicas.len() as u8);
+            for h in replicas {
+                o.bytes(&h.tag);
+                o.bytes(&h.spec);
             }
         }
         Wire::WhoAmI => o.u8(KIND_WHO_AM_I),
@@ -365,11 +386,12 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, WireError> {
         }
         KIND_HEALTHY => {
             let n = r.count8(HEALTHY_MAX)?;
-            let mut specs = Vec::with_capacity(n);
+            let mut replicas = Vec::with_capacity(n);
             for _ in 0..n {
-                specs.push(r.key()?.0);
+                let tag = r.array8()?;
+                replicas.push(HealthyReplica { tag, spec: r.key()?.0 });
             }
-            Wire::Healthy { specs }
+            Wire::Healthy { replicas }
         }
         KIND_WHO_AM_I => Wire::WhoAmI,
         KIND_MEMBERS => {

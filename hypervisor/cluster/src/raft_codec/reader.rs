@@ -87,6 +87,11 @@ impl<'a> R<'a> {
         let b = self.take(n)?;
         core::str::from_utf8(b).map(String::from).map_err(|_| WireError::NotUtf8)
     }
+    pub(crate) fn array8(&mut self) -> Result<[u8; 8], WireError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(a)
+    }
     pub(crate) fn key(&mut self) -> Result<NodeKey, WireError> {
         let mut k = [0u8; 32];
         k.copy_from_slice(self.take(32)?);

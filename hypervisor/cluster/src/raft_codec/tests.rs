@@ -82,8 +82,8 @@ fn every_message_and_command_round_trips() {
         Wire::Store { free_mib: u64::MAX, images: vec![([3; 32], 7), ([4; 32], u32::MAX)] },
         Wire::Store { free_mib: 12, images: (0..IMAGES_MAX as u8).map(|i| ([i; 32], i as u32)).collect() },
         Wire::WhoAmI,
-        Wire::Healthy { specs: vec![] },
-        Wire::Healthy { specs: (0..HEALTHY_MAX as u8).map(|i| [i; 32]).collect() },
+        Wire::Healthy { replicas: vec![] },
+        Wire::Healthy { replicas: (0..HEALTHY_MAX as u8).map(|i| HealthyReplica { tag: [i; 8], spec: [!i; 32] }).collect() },
         Wire::Members { extra: vec![] },
         Wire::Pull { from: 1 << 16 | 2, to: 3, applied: 41 },
         Wire::Vouch { from: 1 << 16 | 2, to: 3, position: pos(7, 300), digest: [0xab; 32] },
@@ -106,11 +106,11 @@ fn every_message_and_command_round_trips() {
     too_many_sizes[10] = IMAGES_MAX as u8 + 1;
     too_many_sizes.extend([7u8; 36]);
     assert_eq!(decode(&too_many_sizes), Err(WireError::OutOfRange));
-    let full_healthy = wires.iter().find(|w| matches!(w, Wire::Healthy { specs } if specs.len() == HEALTHY_MAX)).unwrap();
+    let full_healthy = wires.iter().find(|w| matches!(w, Wire::Healthy { replicas } if replicas.len() == HEALTHY_MAX)).unwrap();
     assert!(encode(full_healthy).len() <= DATAGRAM_MAX);
     let mut too_many_healthy = encode(full_healthy);
     too_many_healthy[2] = HEALTHY_MAX as u8 + 1;
-    too_many_healthy.extend([7u8; 32]);
+    too_many_healthy.extend([7u8; 40]);
     assert_eq!(decode(&too_many_healthy), Err(WireError::OutOfRange));
     let mut too_many = encode(&Wire::Members { extra: vec![] });
     too_many[2] = EXTRA_MAX as u8 + 1;
@@ -130,6 +130,13 @@ fn every_message_and_command_round_trips() {
         longer.push(0);
         assert_eq!(decode(&longer), Err(WireError::Trailing));
     }
+}
+
+#[test]
+fn a_replica_tag_is_the_start_of_the_names_sha256() {
+    // `printf cl-web-0 | sha256sum`: f7b20f41a331a3ef…
+    assert_eq!(replica_tag("cl-web-0"), [0xf7, 0xb2, 0x0f, 0x41, 0xa3, 0x31, 0xa3, 0xef]);
+    assert_ne!(replica_tag("cl-web-1"), replica_tag("cl-web-0"));
 }
 
 #[test]

@@ -34,7 +34,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_cluster::desired::Command;
 use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LABELS, LABEL_LIST, LABEL_TICKET, LABEL_WANTED, LABEL_WRITE};
-use catenary_cluster::raft_codec::{decode, Wire};
+use catenary_cluster::raft_codec::{decode, replica_tag, HealthyReplica, Wire};
 use catenary_cluster::service::{FabricHand, PeerChange};
 use catenary_cluster::NodeKey;
 use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, LABEL_ADMIT_PEER, LABEL_CLUSTER, LABEL_SELF};
@@ -373,8 +373,10 @@ fn run(_arg: u64) -> u64 {
             next_converge = ms + CONVERGE_MS;
             if let Some(active) = converge(&workd, &orch, t, &mut shown) {
                 orch.set_local_runs(active);
-                // what the other nodes' rolling updates wait for (sent with the capacity)
-                orch.set_healthy(shown.replicas.healthy_specs(now_ns() / 1_000_000).into_iter().map(|d| d.0).collect());
+                // what the other nodes' rolling updates wait for (sent with the capacity; not
+                // renewed while workd does not answer, so it goes stale)
+                let healthy = shown.replicas.healthy().iter().map(|(n, d)| HealthyReplica { tag: replica_tag(n), spec: d.0 }).collect();
+                orch.set_healthy(now(), healthy);
             }
             // A replica unassigned here that workd still runs holds back the applied count
             // this node reports: look again soon, so that the move is not delayed for long.
@@ -666,14 +668,23 @@ fn converge(workd: &Workd, orch: &Orch, t: Duration, shown: &mut Shown) -> Optio
         _ => None,
     };
     let now_ms = now_ns() / 1_000_000;
-    // A running replica is replaced once every lower one runs its new spec healthily, as the
-    // node the state assigns it to reports (catenary_workload::replace, "Health-gated").
-    let mut healthy = |workload: &str, j: u32| {
-        let spec = orch.state().and_then(|s| s.workloads.get(workload)).and_then(|s| catenary_api::cluster_state::replica_spec(s, j));
-        spec.is_some_and(|s| orch.replica_healthy(workload, j, &s.digest().0, t))
-    };
-    shown.replicas.turn(&list, &want, images.as_deref(), orch.lease_holds(t), now_ms, &mut healthy, &mut WorkdPort(workd), &mut |l| log(&l));
+    // An outdated replica is taken down only as the other replicas' nodes report them
+    // healthy (catenary_workload::replace, "Health-gated, one down at a time").
+    shown.replicas.turn(&list, &want, images.as_deref(), orch.lease_holds(t), now_ms, &mut Reports(orch, t), &mut WorkdPort(workd), &mut |l| log(&l));
     Some(active)
+}
+
+/// [`catenary_workload::replicas::Peers`] over the nodes' `Wire::Healthy` reports.
+struct Reports<'a>(&'a Orch, Duration);
+
+impl replicas::Peers for Reports<'_> {
+    fn replicas(&mut self, workload: &str) -> u32 {
+        self.0.state().and_then(|s| s.workloads.get(workload)).map_or(0, |s| s.replicas)
+    }
+    fn healthy(&mut self, workload: &str, j: u32, new: bool) -> bool {
+        let Some(spec) = self.0.state().and_then(|s| s.workloads.get(workload)).and_then(|s| catenary_api::cluster_state::replica_spec(s, j)) else { return false };
+        self.0.replica_healthy(workload, j, replica_tag(&spec.name), new.then(|| spec.digest().0).as_ref(), self.1)
+    }
 }
 
 /// [`catenary_workload::replicas::Workd`] over the IPC client.

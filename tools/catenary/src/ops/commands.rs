@@ -325,7 +325,7 @@ pub fn run(c: &Ctx, a: RunArgs) -> R {
         // replicas and constraints change where replicas run, not what they run
         let replaced = w.changed.iter().any(|f| !matches!(f.as_str(), "replicas" | "constraints"));
         let said = match w.change.as_deref() {
-            Some("updated") => format!(": updated ({}){}", w.changed.join(", "), if replaced { "; running replicas are replaced one at a time" } else { "" }),
+            Some("updated") => format!(": updated ({}){}", w.changed.join(", "), if replaced { "; replicas on the old spec are replaced one at a time (catenary ps marks them outdated)" } else { "" }),
             Some(c) => format!(": {c}"),
             None => String::new(),
         };
