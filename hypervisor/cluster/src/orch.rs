@@ -405,8 +405,8 @@ impl Orch {
     /// without a restart, as `orchd`'s list of `workd` at `now` shows them (at most
     /// [`HEALTHY_MAX`] are sent): reported to every member with the capacity while fresh. A
     /// node that stops telling (its `workd` does not answer) stops reporting them after
-    /// [`HEALTHY_FRESH_PERIODS`] periods, and no longer counts them itself.
-    /// A replica that is no longer healthy here (stopped for an update) is reported at once.
+    /// [`HEALTHY_FRESH_PERIODS`] periods, and no longer counts them itself. A replica that is
+    /// no longer healthy here (stopped for an update) is reported at once.
     pub fn set_healthy(&mut self, now: Duration, replicas: Vec<HealthyReplica>) {
         self.healthy_due |= self.own_healthy.as_ref().is_some_and(|(h, _)| h.iter().any(|x| !replicas.contains(x)));
         self.own_healthy = Some((replicas, now));
@@ -414,10 +414,10 @@ impl Orch {
 
     /// Whether the node the desired state assigns replica `replica` of `workload` to reported
     /// within [`HEALTHY_FRESH_PERIODS`] capacity periods that the replica tagged `tag`
-    /// ([`crate::raft_codec::replica_tag`] of its `workd` name) is healthy there: created from the spec with
-    /// digest `spec`, or from any spec (`None`). This node's own report counts at once. A
-    /// report from any other node, or an older one, does not count: the replica may have
-    /// moved, or its node died.
+    /// ([`crate::raft_codec::replica_tag`] of its `workd` name) is healthy there: created from
+    /// the spec with digest `spec`, or from any spec (`None`). This node's own report counts
+    /// as soon as it is set, and goes stale alike. A report from any other node, or an older
+    /// one, does not count: the replica may have moved, or its node died.
     pub fn replica_healthy(&self, workload: &str, replica: u32, tag: [u8; 8], spec: Option<&[u8; 32]>, now: Duration) -> bool {
         let Some(host) = self.replica().and_then(|r| r.state().assignments.get(&(String::from(workload), replica)).copied()) else { return false };
         let report = if host == self.own {
