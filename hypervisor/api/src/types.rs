@@ -241,7 +241,8 @@ pub struct ReplicaStatus {
     /// the node did not answer.
     pub state: Option<String>,
     /// It runs a spec other than the desired one (the workload was updated): it is replaced on
-    /// its turn, or kept where the new spec does not fit (docs/orchestration.md "A workload's
+    /// its turn (one at a time, as the others run healthily), or kept where the new spec does
+    /// not fit (docs/orchestration.md "A workload's
     /// spec changes"). False when not known.
     #[serde(default)]
     pub outdated: bool,

@@ -227,9 +227,9 @@ pub struct Orch {
     /// that arrived. Either counts only while fresh ([`HEALTHY_FRESH_PERIODS`]).
     own_healthy: Option<(Vec<HealthyReplica>, Duration)>,
     healthy: BTreeMap<usize, (Vec<HealthyReplica>, Duration)>,
-    /// The report is due: its period came, or a replica reported healthy no longer is (sent at
-    /// once, not a period later).
-    healthy_due: bool,
+    /// Reports due: its period came (1), or a replica reported healthy no longer is (2: sent at
+    /// once and on the next tick, in case one datagram is lost).
+    healthy_due: u8,
     outgoing: Vec<(usize, Vec<u8>)>,
     next_join: Duration,
     next_reconcile: Duration,
@@ -282,7 +282,7 @@ impl Orch {
             store_sender: StoreSender::default(),
             own_healthy: None,
             healthy: BTreeMap::new(),
-            healthy_due: false,
+            healthy_due: 0,
             outgoing: Vec::new(),
             next_join: now,
             next_reconcile: now,
@@ -408,7 +408,9 @@ impl Orch {
     /// [`HEALTHY_FRESH_PERIODS`] periods, and no longer counts them itself. A replica that is
     /// no longer healthy here (stopped for an update) is reported at once.
     pub fn set_healthy(&mut self, now: Duration, replicas: Vec<HealthyReplica>) {
-        self.healthy_due |= self.own_healthy.as_ref().is_some_and(|(h, _)| h.iter().any(|x| !replicas.contains(x)));
+        if self.own_healthy.as_ref().is_some_and(|(h, _)| h.iter().any(|x| !replicas.contains(x))) {
+            self.healthy_due = 2;
+        }
         self.own_healthy = Some((replicas, now));
     }
 
@@ -842,9 +844,10 @@ impl Orch {
                     }
                 }
             }
-            self.healthy_due = true;
+            self.healthy_due = self.healthy_due.max(1);
         }
-        if core::mem::take(&mut self.healthy_due) {
+        if self.healthy_due > 0 {
+            self.healthy_due -= 1;
             let fresh = self.cfg.capacity_period * HEALTHY_FRESH_PERIODS;
             if let Some((h, _)) = self.own_healthy.as_ref().filter(|(_, at)| now.saturating_sub(*at) <= fresh) {
                 let w = Wire::Healthy { replicas: h[..h.len().min(HEALTHY_MAX)].to_vec() };

@@ -992,3 +992,30 @@ fn a_healthy_report_counts_only_from_the_replicas_host_and_while_fresh() {
         assert!(!net.nodes[a].as_ref().unwrap().replica_healthy("web", 0, t0, None, now));
     }
 }
+
+/// A replica no longer healthy is reported at once and again on the next tick (one lost
+/// datagram does not leave it counted healthy for a period), then only with the period.
+#[test]
+fn a_lost_healthy_replica_is_reported_twice_at_once() {
+    use crate::raft_codec::{decode, HealthyReplica, Wire};
+    let keys: Vec<NodeKey> = (0..3).map(|i| NodeKey([i as u8 + 1; 32])).collect();
+    let mut o = Orch::new(0, keys, OrchConfig::default(), 7, Duration::ZERO);
+    let healthy_sent = |o: &mut Orch| o.take_outgoing().into_iter().filter(|(_, b)| matches!(decode(b), Ok(Wire::Healthy { .. }))).count();
+    let ms = Duration::from_millis;
+    o.set_healthy(ms(0), vec![HealthyReplica { tag: [1; 8], spec: [2; 32] }]);
+    o.tick(ms(1));
+    assert_eq!(healthy_sent(&mut o), 2, "the period's report, to both other members");
+    o.tick(ms(2));
+    assert_eq!(healthy_sent(&mut o), 0, "not again before the period");
+    o.set_healthy(ms(3), vec![]);
+    o.tick(ms(4));
+    assert_eq!(healthy_sent(&mut o), 2, "at once");
+    o.tick(ms(5));
+    assert_eq!(healthy_sent(&mut o), 2, "and once more");
+    o.tick(ms(6));
+    assert_eq!(healthy_sent(&mut o), 0, "then only with the period");
+    // a list that only grows is not sent at once
+    o.set_healthy(ms(7), vec![HealthyReplica { tag: [1; 8], spec: [2; 32] }]);
+    o.tick(ms(8));
+    assert_eq!(healthy_sent(&mut o), 0);
+}

@@ -21,8 +21,9 @@
 //! keeps failing, takes down replica 0 only: the others keep the old spec and serve until the
 //! spec changes again. A replica that has not been healthy for [`DOWN_MS`] (crash-looping,
 //! or stuck booting) serves nothing and is replaced at once, whatever the others do: that is
-//! how an update mends a workload whose old spec fails, and why the rule cannot deadlock (a
-//! replica waits only for replicas that are healthy, becoming healthy, or replaced at once).
+//! how an update mends a workload whose old spec fails, and why the rule cannot deadlock
+//! among placed replicas (each waits only for replicas that are healthy, becoming healthy,
+//! or replaced at once). It stalls while a replica is placed nowhere ([`Hold::Unplaced`]).
 
 use crate::admission::Admission;
 use crate::spec::WorkloadSpec;
@@ -42,6 +43,10 @@ pub enum Hold {
     Lower(u32),
     /// This higher replica is not healthy (down, restarting, or not reported by its node).
     Higher(u32),
+    /// This replica (lower or higher) is placed on no node: the roll waits until the
+    /// scheduler places it and it runs (a count raised past the eligible nodes, a drain
+    /// that left it nowhere to go, or its node died and it is not placed again yet).
+    Unplaced(u32),
 }
 
 /// What to do with one replica that `workd` has ([`decide`]).

@@ -51,6 +51,8 @@ pub trait Peers {
     /// Replica `j` of `workload` runs healthily on the node the state assigns it to: on its
     /// desired spec (`new`), or on any spec.
     fn healthy(&mut self, workload: &str, j: u32, new: bool) -> bool;
+    /// The desired state assigns replica `j` of `workload` to a node.
+    fn placed(&mut self, workload: &str, j: u32) -> bool;
 }
 
 /// A cluster replica as this node lists it, between turns.
@@ -205,6 +207,7 @@ impl Replicas {
                     let until = match h {
                         Hold::Lower(j) => format!("replica {j} runs the new spec healthily ({} s running)", HEALTHY_MS / 1000),
                         Hold::Higher(j) => format!("replica {j} is healthy again (down, restarting, or not reported by its node)"),
+                        Hold::Unplaced(j) => format!("replica {j} is placed on a node and runs (the scheduler has placed it nowhere)"),
                     };
                     log(format!("orchd: {} ({} replica {}) runs on until {}", name, x.workload, x.replica, until));
                 }
@@ -284,7 +287,11 @@ impl Replicas {
         // ones healthy on any
         let mut hold = || {
             let (wl, r) = (x.workload.as_str(), x.replica);
-            (0..r).find(|j| !peers.healthy(wl, *j, true)).map(Hold::Lower).or_else(|| (r.saturating_add(1)..peers.replicas(wl)).find(|j| !peers.healthy(wl, *j, false)).map(Hold::Higher))
+            let h = (0..r).find(|j| !peers.healthy(wl, *j, true)).map(Hold::Lower).or_else(|| (r.saturating_add(1)..peers.replicas(wl)).find(|j| !peers.healthy(wl, *j, false)).map(Hold::Higher));
+            match h {
+                Some(Hold::Lower(j) | Hold::Higher(j)) if !peers.placed(wl, j) => Some(Hold::Unplaced(j)),
+                h => h,
+            }
         };
         let d = replace::decide(&c.have, &c.want, s.state, image_here, free, down_ms, &mut hold);
         if let Replace::NoRoom { need_mib, free_mib } = d {
@@ -384,11 +391,16 @@ mod tests {
         new: &'a [u32],
         any: &'a [u32],
         count: u32,
+        /// Replicas placed nowhere.
+        unplaced: &'a [u32],
     }
 
     impl Peers for Reports<'_> {
         fn replicas(&mut self, _: &str) -> u32 {
             self.count
+        }
+        fn placed(&mut self, _: &str, j: u32) -> bool {
+            !self.unplaced.contains(&j)
         }
         fn healthy(&mut self, wl: &str, j: u32, new: bool) -> bool {
             let name = format!("cl-{wl}-{j}");
@@ -409,7 +421,7 @@ mod tests {
         let mut lines = Vec::new();
         let imgs: Vec<Digest> = images.iter().map(|i| Digest([*i; 32])).collect();
         let list = f.list();
-        let mut peers = Reports { here: r.healthy().to_vec(), want: w, new, any, count };
+        let mut peers = Reports { here: r.healthy().to_vec(), want: w, new, any, count, unplaced: &[] };
         r.turn(&list, w, Some(&imgs), true, now, &mut peers, f, &mut |l| lines.push(l));
         lines
     }
@@ -560,6 +572,27 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_replica_elsewhere_must_be_healthy_and_one_placed_nowhere_is_named() {
+        // replica 0 here; replica 1 on another node
+        let (mut r, mut f, _) = running_v1(&["cl-web-0"]);
+        let v2 = want(&[spec("cl-web-0", 1, "v2")]);
+        let t = HEALTHY_T;
+        let l = turn_with(&mut r, &mut f, &v2, &[1], t + 100, &[], &[], 2);
+        assert_eq!(f.calls, ["spec 1"], "replica 1 not reported: replica 0 waits");
+        assert!(l.iter().any(|x| x.contains("cl-web-0 (web replica 0) runs on until replica 1 is healthy again")), "{l:?}");
+        // placed nowhere (say the count was raised past the eligible nodes): said so
+        let mut lines = Vec::new();
+        let list = f.list();
+        let mut peers = Reports { here: r.healthy().to_vec(), want: &v2, new: &[], any: &[], count: 2, unplaced: &[1] };
+        r.turn(&list, &v2, Some(&[Digest([1; 32])]), true, t + 200, &mut peers, &mut f, &mut |x| lines.push(x));
+        assert!(lines.iter().any(|x| x.contains("runs on until replica 1 is placed on a node and runs")), "{lines:?}");
+        // replica 1 reported healthy on its old spec by its node: replica 0 goes
+        f.calls.clear();
+        turn_with(&mut r, &mut f, &v2, &[1], t + 300, &[], &[1], 2);
+        assert_eq!(f.calls, ["stop 1 None"]);
+    }
+
+    #[test]
     fn a_spec_changed_mid_roll_never_takes_a_second_replica_down() {
         let (mut r, mut f, _) = running_v1(&["cl-web-0", "cl-web-1"]);
         let t = HEALTHY_T;
@@ -661,7 +694,7 @@ mod tests {
         f.calls.clear();
         let list = f.list();
         let w = want(&[spec("cl-db-0", 1, "v1"), spec("cl-web-1", 2, "v1")]);
-        let mut peers = Reports { here: Vec::new(), want: &w, new: &[], any: &[], count: 2 };
+        let mut peers = Reports { here: Vec::new(), want: &w, new: &[], any: &[], count: 2, unplaced: &[] };
         r.turn(&list, &w, None, true, 10, &mut peers, &mut f, &mut |_| {});
         assert_eq!(f.calls, ["stop 1 Some(0)"], "nothing created, nothing waits");
         assert_eq!(r.wanted_image(), None);

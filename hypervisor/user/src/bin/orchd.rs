@@ -371,7 +371,12 @@ fn run(_arg: u64) -> u64 {
         tell_lease(&workd, &orch, t, ms, &mut told);
         if ms >= next_converge {
             next_converge = ms + CONVERGE_MS;
-            if let Some(active) = converge(&workd, &orch, t, &mut shown) {
+            let converged = converge(&workd, &orch, t, &mut shown);
+            if converged.is_none() {
+                // workd did not answer: nothing here is known healthy (reported at once)
+                orch.set_healthy(now(), Vec::new());
+            }
+            if let Some(active) = converged {
                 orch.set_local_runs(active);
                 // what the other nodes' rolling updates wait for (sent with the capacity; not
                 // renewed while workd does not answer, so it goes stale)
@@ -680,6 +685,9 @@ struct Reports<'a>(&'a Orch, Duration);
 impl replicas::Peers for Reports<'_> {
     fn replicas(&mut self, workload: &str) -> u32 {
         self.0.state().and_then(|s| s.workloads.get(workload)).map_or(0, |s| s.replicas)
+    }
+    fn placed(&mut self, workload: &str, j: u32) -> bool {
+        self.0.state().is_some_and(|s| s.assignments.contains_key(&(String::from(workload), j)))
     }
     fn healthy(&mut self, workload: &str, j: u32, new: bool) -> bool {
         let Some(spec) = self.0.state().and_then(|s| s.workloads.get(workload)).and_then(|s| catenary_api::cluster_state::replica_spec(s, j)) else { return false };
