@@ -32,10 +32,12 @@ use raftbare::{CommitStatus, LogIndex, LogPosition, Message, Term};
 use crate::desired::{Command, DesiredState, WorkloadSpec};
 use crate::identity::NodeKey;
 use crate::placement::NodeCapacity;
-use crate::raft_codec::{command_fits, decode, encode, HealthyReplica, Wire, EXTRA_MAX, HEALTHY_MAX};
+use crate::raft_codec::{command_fits, decode, encode, HealthyReplica, Wire, EXTRA_MAX};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
 use crate::replica::{Catchup, Envelope, ProposeError, Replica, ReplicaConfig, ReplicaId};
 use crate::snapshot::{SnapshotReceiver, SnapshotSender};
+use health::Health;
+pub use health::HEALTHY_FRESH_PERIODS;
 use store::{StoreReport, StoreSender};
 
 /// The IPC protocol of `orchd`'s endpoint (what `apid` calls). `WRITE`: words[0] is the length
@@ -73,10 +75,6 @@ pub const NODE_LOG_BYTES: u64 = 2 * 1024 * 1024;
 /// in `Storage`, its encoding at most [`crate::snapshot::SNAPSHOT_MAX`]) fits beside it
 /// (docs/orchestration.md, "Bounds").
 pub const NODE_WRITE_BUDGET: u64 = 1024 * 1024;
-/// Another node's [`Wire::Healthy`] counts for this many capacity periods after it arrived
-/// (reports come every period: two may be lost).
-pub const HEALTHY_FRESH_PERIODS: u32 = 3;
-
 /// Log compaction on nodes: a snapshot every this many applied entries (about 160 KiB of
 /// realistic commands), sent in chunks to a follower behind it (crate::snapshot).
 pub const NODE_SNAPSHOT_EVERY: u64 = 256;
@@ -222,14 +220,8 @@ pub struct Orch {
     own_store: StoreReport,
     stores: BTreeMap<usize, StoreReport>,
     store_sender: StoreSender,
-    /// The cluster replicas healthy here as `orchd` last listed them, with when (`None`: not
-    /// told yet), and each member's as it last reported them ([`Wire::Healthy`]), with when
-    /// that arrived. Either counts only while fresh ([`HEALTHY_FRESH_PERIODS`]).
-    own_healthy: Option<(Vec<HealthyReplica>, Duration)>,
-    healthy: BTreeMap<usize, (Vec<HealthyReplica>, Duration)>,
-    /// Reports due: its period came (1), or a replica reported healthy no longer is (2: sent at
-    /// once and on the next tick, in case one datagram is lost).
-    healthy_due: u8,
+    /// Which cluster replicas are healthy here and on each member (rolling updates).
+    health: Health,
     outgoing: Vec<(usize, Vec<u8>)>,
     next_join: Duration,
     next_reconcile: Duration,
@@ -280,9 +272,7 @@ impl Orch {
             own_store: StoreReport::default(),
             stores: BTreeMap::new(),
             store_sender: StoreSender::default(),
-            own_healthy: None,
-            healthy: BTreeMap::new(),
-            healthy_due: 0,
+            health: Health::default(),
             outgoing: Vec::new(),
             next_join: now,
             next_reconcile: now,
@@ -403,15 +393,12 @@ impl Orch {
 
     /// The cluster replicas that have run here for `catenary_workload::restart::HEALTHY_MS`
     /// without a restart, as `orchd`'s list of `workd` at `now` shows them (at most
-    /// [`HEALTHY_MAX`] are sent): reported to every member with the capacity while fresh. A
+    /// [`crate::raft_codec::HEALTHY_MAX`] are sent): reported to every member with the capacity while fresh. A
     /// node that stops telling (its `workd` does not answer) stops reporting them after
     /// [`HEALTHY_FRESH_PERIODS`] periods, and no longer counts them itself. A replica that is
     /// no longer healthy here (stopped for an update) is reported at once.
     pub fn set_healthy(&mut self, now: Duration, replicas: Vec<HealthyReplica>) {
-        if self.own_healthy.as_ref().is_some_and(|(h, _)| h.iter().any(|x| !replicas.contains(x))) {
-            self.healthy_due = 2;
-        }
-        self.own_healthy = Some((replicas, now));
+        self.health.set_own(now, replicas);
     }
 
     /// Whether the node the desired state assigns replica `replica` of `workload` to reported
@@ -422,14 +409,17 @@ impl Orch {
     /// one, does not count: the replica may have moved, or its node died.
     pub fn replica_healthy(&self, workload: &str, replica: u32, tag: [u8; 8], spec: Option<&[u8; 32]>, now: Duration) -> bool {
         let Some(host) = self.replica().and_then(|r| r.state().assignments.get(&(String::from(workload), replica)).copied()) else { return false };
-        let report = if host == self.own {
-            self.own_healthy.as_ref()
+        let member = if host == self.own {
+            None
         } else {
             let Some(m) = self.members.iter().position(|k| *k == host) else { return false };
-            self.healthy.get(&m)
+            Some(m)
         };
-        let fresh = self.cfg.capacity_period * HEALTHY_FRESH_PERIODS;
-        report.is_some_and(|(h, at)| now.saturating_sub(*at) <= fresh && h.iter().any(|x| x.tag == tag && spec.is_none_or(|s| x.spec == *s)))
+        self.health.lists(member, tag, spec, now, self.healthy_fresh())
+    }
+
+    fn healthy_fresh(&self) -> Duration {
+        self.cfg.capacity_period * HEALTHY_FRESH_PERIODS
     }
 
     /// The replicas the committed state assigns this node, while its lease holds; nothing
@@ -560,9 +550,7 @@ impl Orch {
             Wire::Store { free_mib, images } => {
                 self.stores.entry(from).or_default().on_store(free_mib, images);
             }
-            Wire::Healthy { replicas } => {
-                self.healthy.insert(from, (replicas, now));
-            }
+            Wire::Healthy { replicas } => self.health.on_report(from, replicas, now),
             Wire::SnapChunk(c) => {
                 if member_of(c.head.from) != from || member_of(c.head.to) != self.me {
                     self.counters.misaddressed += 1;
@@ -844,17 +832,13 @@ impl Orch {
                     }
                 }
             }
-            self.healthy_due = self.healthy_due.max(1);
+            self.health.period();
         }
-        if self.healthy_due > 0 {
-            self.healthy_due -= 1;
-            let fresh = self.cfg.capacity_period * HEALTHY_FRESH_PERIODS;
-            if let Some((h, _)) = self.own_healthy.as_ref().filter(|(_, at)| now.saturating_sub(*at) <= fresh) {
-                let w = Wire::Healthy { replicas: h[..h.len().min(HEALTHY_MAX)].to_vec() };
-                let me = self.me;
-                for m in (0..self.members.len()).filter(|m| *m != me) {
-                    self.push(m, &w);
-                }
+        let fresh = self.healthy_fresh();
+        if let Some(w) = self.health.due_report(now, fresh) {
+            let me = self.me;
+            for m in (0..self.members.len()).filter(|m| *m != me) {
+                self.push(m, &w);
             }
         }
         if let Phase::Running(r) = &mut self.phase {
@@ -990,6 +974,9 @@ impl Orch {
 
 #[path = "orch_store.rs"]
 mod store;
+
+#[path = "orch_health.rs"]
+mod health;
 #[cfg(test)]
 #[path = "orch_tests.rs"]
 mod tests;
