@@ -68,7 +68,7 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         "microVM demo: workload exit code 3",
         "microVM demo ended: power off",
     ];
-    let fail = ["KERNEL PANIC", "- stopping this CPU", "microVM demo failed", "catenary-init: error", "microVM demo ended: reboot", "microVM demo ended: triple"];
+    let fail = ["KERNEL PANIC", "- stopping this CPU", "microVM demo failed", "catenary-init: error", "catenary-init: warning", "microVM demo ended: reboot", "microVM demo ended: triple"];
     let o = run_captured(b.command(false)?, &want, &fail, Duration::from_secs(300), false)?;
     let log = out_dir().join(format!("{NAME}.log"));
     let _ = std::fs::write(&log, o.lines.join("\n"));
@@ -111,9 +111,10 @@ pub fn oom_test(t: &mut Tally) -> Result<(), String> {
     let bundle = dir.join("bundle.cpio");
     oci::bundle_with_image(&dir.join("out"), &bundle)?;
     let kernel = crate::build::build_kernel(false)?;
-    let b = crate::vmbench::node_with_guest(&kernel, &bundle, &format!("{} workload.mem=128", crate::qemu::RUN_IMAGE_CMDLINE));
+    let b = crate::vmbench::node_with_guest(&kernel, &bundle, &format!("{} workload.mem=128 heartbeat=1000", crate::qemu::RUN_IMAGE_CMDLINE));
     let want = ["[vm:demo stdout] allocating", "the kernel's OOM killer killed process", "workd: demo ended: killed by the kernel's OOM killer (signal 9)"];
-    let fail = ["KERNEL PANIC", "- stopping this CPU", "workd: demo ended: killed by signal", "workd: demo ended: crashed", "catenary-init: error"];
+    // Without the thrashing guard the kill could take minutes (seen: none in 300 s).
+    let fail = ["KERNEL PANIC", "- stopping this CPU", "workd: demo ended: killed by signal", "workd: demo ended: crashed", "catenary-init: error", "catenary-init: warning: no thrashing guard"];
     let o = run_captured(b.command(false)?, &want, &fail, Duration::from_secs(300), false)?;
     let log = out_dir().join(format!("{OOM}.log"));
     let _ = std::fs::write(&log, o.lines.join("\n"));
@@ -121,7 +122,14 @@ pub fn oom_test(t: &mut Tally) -> Result<(), String> {
     t.record(
         OOM,
         o.matched && o.failed_on.is_none(),
-        &format!("(missing {missing:?}{}; serial log {})", o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(), log.display()),
+        &format!(
+            "(missing {missing:?}{}; last heartbeat: {}; serial log {})",
+            o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(),
+            // A hang says whether the node lived on and the VM still exited (the workload busy
+            // or thrashing) or not.
+            o.lines.iter().rev().find(|l| l.contains("INFO  heartbeat:")).map(String::as_str).unwrap_or("none"),
+            log.display()
+        ),
     );
     Ok(())
 }

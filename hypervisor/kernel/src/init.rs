@@ -288,11 +288,14 @@ fn start_heartbeat(node: &Node) {
     fn beat(period_ms: u64) {
         let period = period_ms.clamp(10, 60_000) * 1_000_000;
         let mut due = time::now_ns() + period;
+        let mut exits = crate::vm::vm_exits();
         for n in 1u64.. {
             crate::task::sleep_ns(due.saturating_sub(time::now_ns()));
             let now = time::now_ns();
             let (running, ended) = crate::vm::vm_counts();
-            info!(target: "heartbeat", "heartbeat {} (late {} ms; microVMs: {} running, {} ended)", n, now.saturating_sub(due) / 1_000_000, running, ended);
+            let (before, after) = (exits, crate::vm::vm_exits());
+            exits = after;
+            info!(target: "heartbeat", "heartbeat {} (late {} ms; microVMs: {} running, {} ended; {} VM exits since the last)", n, now.saturating_sub(due) / 1_000_000, running, ended, after.wrapping_sub(before));
             due = due.saturating_add(period).max(now);
         }
     }

@@ -47,7 +47,7 @@ pub use guests::{CPUIDLOOP_GUEST, HOSTILE_LOAD, PROGRESS_GUEST};
 #[cfg_attr(not(any(feature = "probes", feature = "ktest")), allow(unused_imports))] // (the benchmarks and the in-kernel tests)
 pub use report::{report, Ended, RunReport};
 #[cfg_attr(not(feature = "probes"), allow(unused_imports))] // (the benchmarks and the in-kernel tests)
-pub use run::{run, run_image_vm, run_stoppable_workload, vm_counts};
+pub use run::{run, run_image_vm, run_stoppable_workload, vm_counts, vm_exits};
 // Used by the in-kernel tests only (the node build allows dead code the same way: main.rs).
 #[cfg_attr(not(feature = "ktest"), allow(unused_imports))]
 pub use guests::{EXITLOOP_GUEST, FLOOD_GUEST, HOSTILE_GUEST, IRQONCE_GUEST, NMISPIN_GUEST, REINJECT_GUEST};

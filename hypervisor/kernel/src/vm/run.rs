@@ -35,6 +35,26 @@ pub fn vm_counts() -> (usize, usize) {
     (VMS_RUNNING.load(Relaxed), VMS_ENDED.load(Relaxed))
 }
 
+/// VM exits taken on each CPU since boot, one cache line per CPU (a shared counter would bounce
+/// between the CPUs that run vCPUs on every exit). The heartbeat reports their sum: a VM that
+/// runs on without a line of output still shows whether it exits (busy in its devices, or
+/// paging its program back in from its disk) or not.
+#[repr(align(64))]
+struct ExitCount(core::sync::atomic::AtomicU64);
+static VM_EXITS: [ExitCount; catenary_arch::percpu::MAX_CPUS] = [const { ExitCount(core::sync::atomic::AtomicU64::new(0)) }; catenary_arch::percpu::MAX_CPUS];
+
+/// One VM exit handled on this CPU.
+pub(super) fn count_exit() {
+    if let Some(c) = VM_EXITS.get(catenary_arch::percpu::cpu_index()) {
+        c.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// VM exits on every CPU since boot.
+pub fn vm_exits() -> u64 {
+    VM_EXITS.iter().map(|c| c.0.load(core::sync::atomic::Ordering::Relaxed)).fold(0, u64::wrapping_add)
+}
+
 /// Create, run to completion and destroy one microVM. Its console lines are printed as
 /// `[vm:<name>] ...`. Never panics on guest behaviour.
 pub fn run(name: &str, image: Image, ram_mib: u64) -> RunReport {

@@ -165,6 +165,7 @@ pub(super) fn vcpu_loop(sh: &Shared, idx: usize, vcpu: &mut dyn Vcpu, mut mapped
         // just executed CLI deadlocks it inside its own critical section).
         st = vcpu.state();
         sh.exits[idx].fetch_add(1, Ordering::Relaxed);
+        super::run::count_exit();
         sh.last_rip[idx].store(st.rip, Ordering::Relaxed);
         if let Some(b) = bsp.as_deref_mut().filter(|_| DEBUG_VCPUS.load(Ordering::Relaxed)) {
             let mut g = sh.core();
