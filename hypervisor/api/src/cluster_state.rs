@@ -162,27 +162,16 @@ fn status_of(s: WorkloadSpec, eligible: u32) -> ClusterWorkloadStatus {
     }
 }
 
-/// What a put of `new` does to the committed workload `old` (`None`: there is none), as
-/// `POST /v1/cluster/workloads` answers it: `created`, `unchanged`, or `updated` with the
-/// fields that differ, in the API's names.
-pub fn put_change(old: Option<&ClusterWorkloadStatus>, new: WorkloadSpec) -> (&'static str, Vec<String>) {
-    let Some(old) = old else { return ("created", Vec::new()) };
-    let n = status_of(new, 0);
-    let fields: Vec<String> = [
-        (old.image != n.image, "image"),
-        (old.replicas != n.replicas, "replicas"),
-        (old.cpus != n.cpus, "cpus"),
-        (old.memory_mib != n.memory_mib, "memory_mib"),
-        (old.env != n.env, "env"),
-        (old.args != n.args, "args"),
-        (old.restart != n.restart, "restart"),
-        (old.constraints != n.constraints, "constraints"),
-    ]
-    .into_iter()
-    .filter(|(differs, _)| *differs)
-    .map(|(_, f)| String::from(f))
-    .collect();
-    (if fields.is_empty() { "unchanged" } else { "updated" }, fields)
+/// What a committed put did, as `POST /v1/cluster/workloads` answers it: `created`,
+/// `unchanged`, or `updated` with the fields that differ, in the API's names
+/// ([`catenary_cluster::put_change::Fields::NAMES`]).
+pub fn change_text(c: catenary_cluster::put_change::PutChange) -> (&'static str, Vec<String>) {
+    use catenary_cluster::put_change::PutChange;
+    match c {
+        PutChange::Created => ("created", Vec::new()),
+        PutChange::Unchanged => ("unchanged", Vec::new()),
+        PutChange::Updated(f) => ("updated", f.names().map(String::from).collect()),
+    }
 }
 
 /// `running` from the replicas' states.

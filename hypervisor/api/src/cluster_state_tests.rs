@@ -13,6 +13,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use catenary_cluster::desired::{Command, DesiredState, Limits as StateLimits};
+use catenary_cluster::put_change::PutChange;
 use catenary_cluster::listing::{decode_page, encode_page, PAGE_MAX};
 use catenary_cluster::placement::Constraint;
 use catenary_cluster::NodeKey;
@@ -45,8 +46,15 @@ impl Backend for Node {
     fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError> {
         self.node.admit_node(key)
     }
-    fn cluster(&mut self, w: ClusterWrite) -> Result<(), ApiError> {
-        self.state.apply(&cluster_state::command(w, None), &StateLimits::default()).map_err(|e| ApiError::new(422, "refused", &alloc::format!("{e:?}")))
+    /// As orchd answers: for a put, what it did to the state just before it.
+    fn cluster(&mut self, w: ClusterWrite) -> Result<Option<PutChange>, ApiError> {
+        let cmd = cluster_state::command(w, None);
+        let change = match &cmd {
+            catenary_cluster::desired::Command::PutWorkload(s) => Some(PutChange::of(self.state.workloads.get(&s.name), s)),
+            _ => None,
+        };
+        self.state.apply(&cmd, &StateLimits::default()).map_err(|e| ApiError::new(422, "refused", &alloc::format!("{e:?}")))?;
+        Ok(change)
     }
     fn cluster_workloads(&mut self) -> Result<(Vec<ClusterWorkloadStatus>, u32), ApiError> {
         let page = decode_page(&encode_page(&self.state, &self.labels, 0, PAGE_MAX)).map_err(|_| ApiError::new(500, "internal", "page"))?;
@@ -345,7 +353,7 @@ fn a_put_says_whether_it_created_updated_or_changed_nothing() {
     assert_eq!(w.changed, ["replicas", "env", "restart", "constraints"]);
     // another workload is created, whatever the first holds
     assert_eq!(put(&mut n, &cluster_run("db", 1, &[])).change.as_deref(), Some("created"));
-    // a node whose state it cannot read does not guess
+    // a node whose orchd does not say what the put did does not guess
     struct Blind(Node);
     impl Backend for Blind {
         fn workd(&mut self, req: wk::Request) -> wk::Response {
@@ -360,8 +368,9 @@ fn a_put_says_whether_it_created_updated_or_changed_nothing() {
         fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError> {
             self.0.admit_node(key)
         }
-        fn cluster(&mut self, w: ClusterWrite) -> Result<(), ApiError> {
-            self.0.cluster(w)
+        // an orchd that does not say what the put did
+        fn cluster(&mut self, w: ClusterWrite) -> Result<Option<PutChange>, ApiError> {
+            self.0.cluster(w).map(|_| None)
         }
     }
     let mut blind = Blind(node(1));

@@ -43,8 +43,9 @@ pub trait Backend {
         Err(wk::Error::Unsupported)
     }
     /// A write to the cluster's replicated desired state (in `apid`: the orchestration service
-    /// `orchd`, which answers once the write is committed). A node without one refuses.
-    fn cluster(&mut self, _w: ClusterWrite) -> Result<(), ApiError> {
+    /// `orchd`, which answers once the write is committed). A node without one refuses. For a
+    /// put, what it did as the log applied it (`None`: not known, or not a put).
+    fn cluster(&mut self, _w: ClusterWrite) -> Result<Option<catenary_cluster::put_change::PutChange>, ApiError> {
         Err(ApiError::new(503, "no_cluster", "this node has no orchestration service"))
     }
     /// The committed desired state, each replica's state filled in where this node runs it
@@ -440,24 +441,14 @@ impl Api {
             net: r.net.unwrap_or(true),
         };
         spec.check()?;
-        // what the put changes, from the committed state as this node has it just before (a
-        // concurrent write may come between: the answer says what this node saw)
-        let before = backend.cluster_workloads().ok().and_then(|(l, total)| {
-            let listed = l.len();
-            match l.into_iter().find(|w| w.name == name) {
-                Some(w) => Some(Some(w)),
-                None if total as usize <= listed => Some(None),
-                None => None, // past the listing's cut: not known
+        // what the put did, as the cluster's log applied it (orchd's word; none from an orchd
+        // that does not say, or a put this node applied from a snapshot)
+        let applied = backend.cluster(ClusterWrite::Put { spec, replicas, constraints })?;
+        let (change, changed) = match applied {
+            Some(c) => {
+                let (c, f) = crate::cluster_state::change_text(c);
+                (Some(String::from(c)), f)
             }
-        });
-        let write = ClusterWrite::Put { spec, replicas, constraints };
-        let change = before.map(|b| match crate::cluster_state::command(write.clone(), None) {
-            catenary_cluster::desired::Command::PutWorkload(new) => crate::cluster_state::put_change(b.as_ref(), new),
-            _ => ("created", Vec::new()),
-        });
-        backend.cluster(write)?;
-        let (change, changed) = match change {
-            Some((c, f)) => (Some(String::from(c)), f),
             None => (None, Vec::new()),
         };
         Ok(ClusterWorkload { name, replicas, change, changed })

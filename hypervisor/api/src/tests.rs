@@ -519,9 +519,9 @@ fn cluster_writes_go_to_the_orchestration_service() {
         fn workd_chunk(&mut self, req: catenary_workload::proto::Request, bytes: &[u8]) -> catenary_workload::proto::Response {
             self.node.workd_chunk(req, bytes)
         }
-        fn cluster(&mut self, w: crate::ClusterWrite) -> Result<(), crate::ApiError> {
+        fn cluster(&mut self, w: crate::ClusterWrite) -> Result<Option<catenary_cluster::put_change::PutChange>, crate::ApiError> {
             self.writes.push(w);
-            Ok(())
+            Ok(None)
         }
         fn admit_node(&mut self, key: [u8; 32]) -> Result<(), crate::ApiError> {
             self.node.admit_node(key)

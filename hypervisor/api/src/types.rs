@@ -185,12 +185,12 @@ pub struct ClusterNode {
 pub struct ClusterWorkload {
     pub name: String,
     pub replicas: u32,
-    /// A put's effect on the committed desired state as this node saw it just before:
-    /// `created`, `updated` (see `changed`; a change of what the replicas run replaces the
-    /// running ones one at a time, docs/orchestration.md "A workload's spec changes") or
-    /// `unchanged`. None on a removal,
-    /// or when the node could not tell (its state unreadable, or the name past the 1,024
-    /// workloads it lists): `null`.
+    /// What a put did to the committed desired state, as the cluster's log applied it (the
+    /// same on every node, whatever this node's state held when the put came in): `created`,
+    /// `updated` (see `changed`; a change of what the replicas run replaces the running ones
+    /// one at a time, docs/orchestration.md "A workload's spec changes") or `unchanged`.
+    /// `null` on a removal, or when the node's `orchd` cannot say (it applied the put from a
+    /// snapshot, or predates the answer).
     #[serde(default)]
     pub change: Option<String>,
     /// The fields an update changed (`image`, `replicas`, `cpus`, `memory_mib`, `env`, `args`,

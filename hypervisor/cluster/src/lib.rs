@@ -12,6 +12,7 @@
 //! - [`placement`]: the deterministic scheduler function;
 //! - [`desired`]: the desired state (workloads, admitted keys, drains, assignments), a
 //!   deterministic state machine;
+//! - [`put_change`]: what a committed put did to its workload (the API's `change`);
 //! - [`replica`]: Raft (the vendored `raftbare` core) replicating it, with leases;
 //! - [`raft_codec`]: the orchestration datagrams (Raft envelopes, forwarded writes, joins);
 //! - [`snapshot`]: a snapshot's bytes and its chunked transfer (InstallSnapshot over datagrams);
@@ -33,6 +34,7 @@ pub mod listing;
 pub mod membership;
 pub mod orch;
 pub mod placement;
+pub mod put_change;
 pub mod raft_codec;
 #[cfg(any(test, feature = "sim"))]
 pub mod raft_sim;

@@ -43,7 +43,8 @@ use store::{StoreReport, StoreSender};
 /// The IPC protocol of `orchd`'s endpoint (what `apid` calls). `WRITE`: words[0] is the length
 /// of a [`Wire::Propose`] in the call's grant; the answer is [`IPC_OK`] with the ticket in
 /// words[0], or [`IPC_REFUSED`] / [`IPC_UNAVAILABLE`]. `TICKET`: words[0] is a ticket; the
-/// answer is [`IPC_OK`] (committed), [`IPC_PENDING`], [`IPC_FAILED`], [`IPC_UNKNOWN`] or
+/// answer is [`IPC_OK`] (committed; for a put, words[0..2] say what it did:
+/// [`crate::put_change::PutChange::to_words`]), [`IPC_PENDING`], [`IPC_FAILED`], [`IPC_UNKNOWN`] or
 /// [`IPC_FULL`]. `LIST`: words[0] is the first workload wanted; the answer is [`IPC_OK`] with
 /// the length of a [`crate::listing`] page written into the call's grant in words[0].
 pub const LABEL_WRITE: u64 = 1;
@@ -154,7 +155,8 @@ pub enum SubmitError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TicketStatus {
     Pending,
-    Committed,
+    /// Applied; for a put, what it did (`None`: not known, as after a snapshot).
+    Committed(Option<crate::put_change::PutChange>),
     Failed,
     Unknown,
     /// The leader refused it: no room ([`OrchConfig::write_budget`]).
@@ -749,7 +751,7 @@ impl Orch {
                 // Committed but refused by the state machine (e.g. `WouldLoseQuorum`): the
                 // write did not happen, and the operator must hear so (apid: 409).
                 CommitStatus::Committed if r.refusals().iter().any(|(q, _)| *q == p) => TicketStatus::Failed,
-                CommitStatus::Committed if r.applied().contains(&p) => TicketStatus::Committed,
+                CommitStatus::Committed if r.applied().contains(&p) => TicketStatus::Committed(r.put_change(p)),
                 CommitStatus::Rejected => TicketStatus::Failed,
                 _ => TicketStatus::Pending,
             },

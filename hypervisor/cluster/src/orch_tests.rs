@@ -149,7 +149,7 @@ impl Net {
 
     fn submit_via(&mut self, via: usize, cmd: Command) {
         match self.write_via(via, cmd) {
-            TicketStatus::Committed => {}
+            TicketStatus::Committed(_) => {}
             s => panic!("write {s:?}"),
         }
     }
@@ -747,7 +747,7 @@ fn a_refused_removal_is_reported_failed_not_done() {
         let l = net.leader().unwrap();
         let first = (l + 1) % 3;
         let second = (l + 2) % 3;
-        assert_eq!(net.write_via(l, Command::RemoveNode(net.keys[first])), TicketStatus::Committed, "seed {seed}: the first removal");
+        assert_eq!(net.write_via(l, Command::RemoveNode(net.keys[first])), TicketStatus::Committed(None), "seed {seed}: the first removal");
         let key = net.keys[second];
         let leader = net.leader().unwrap();
         assert_eq!(net.write_via(leader, Command::RemoveNode(key)), TicketStatus::Failed, "seed {seed}: the second removal was reported done");
@@ -863,7 +863,7 @@ fn a_pulled_answer_completes_under_steady_commits_and_loss() {
             let o = net.nodes[l].as_mut().unwrap();
             tickets.retain(|t| match o.ticket(now, *t) {
                 TicketStatus::Pending => true,
-                TicketStatus::Committed => {
+                TicketStatus::Committed(_) => {
                     committed += 1;
                     false
                 }
@@ -1018,4 +1018,44 @@ fn a_lost_healthy_replica_is_reported_twice_at_once() {
     o.set_healthy(ms(7), vec![HealthyReplica { tag: [1; 8], spec: [2; 32] }]);
     o.tick(ms(8));
     assert_eq!(healthy_sent(&mut o), 0);
+}
+
+/// A put's ticket says what the put did as the log applied it, not as the node that took the
+/// write had its state then: a follower takes `web2` while the leader's own put of `web2` is
+/// not yet committed, and its ticket says `updated` (the args), not `created`; the leader's
+/// says `created`; the same spec again says `unchanged`.
+#[test]
+fn a_put_is_answered_from_the_log_not_from_a_lagging_state() {
+    use crate::put_change::{Fields, PutChange};
+    for seed in 0..3 {
+        let mut net = formed(120 + seed);
+        let l = net.leader().unwrap();
+        let f = (l + 1) % 3;
+        let first = spec("web2", 1);
+        let mut second = spec("web2", 1);
+        second.args.push(String::from("v2"));
+        let now = net.now;
+        let t1 = net.nodes[l].as_mut().unwrap().submit(now, Command::PutWorkload(first)).unwrap();
+        let t2 = net.nodes[f].as_mut().unwrap().submit(now, Command::PutWorkload(second.clone())).unwrap();
+        assert!(!net.nodes[f].as_ref().unwrap().state().unwrap().workloads.contains_key("web2"), "seed {seed}: the follower already has web2");
+        let (mut a1, mut a2) = (None, None);
+        for _ in 0..5_000 {
+            net.step();
+            let now = net.now;
+            if a1.is_none() {
+                a1 = Some(net.nodes[l].as_mut().unwrap().ticket(now, t1)).filter(|s| *s != TicketStatus::Pending);
+            }
+            if a2.is_none() {
+                a2 = Some(net.nodes[f].as_mut().unwrap().ticket(now, t2)).filter(|s| *s != TicketStatus::Pending);
+            }
+            if a1.is_some() && a2.is_some() {
+                break;
+            }
+        }
+        assert_eq!(a1, Some(TicketStatus::Committed(Some(PutChange::Created))), "seed {seed}: the leader's put");
+        assert_eq!(a2, Some(TicketStatus::Committed(Some(PutChange::Updated(Fields(Fields::ARGS))))), "seed {seed}: the follower's put");
+        assert_eq!(net.write_via(f, Command::PutWorkload(second)), TicketStatus::Committed(Some(PutChange::Unchanged)), "seed {seed}: the same again");
+        // not a put: nothing to say
+        assert_eq!(net.write_via(f, Command::RemoveWorkload(String::from("web2"))), TicketStatus::Committed(None), "seed {seed}: a removal");
+    }
 }

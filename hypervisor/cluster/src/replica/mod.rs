@@ -21,6 +21,7 @@ use raftbare::{Action, CommitStatus, LogEntries, LogEntry, LogIndex, LogPosition
 
 use crate::desired::{Command, DesiredState, Limits, Refused, Voters};
 use crate::identity::NodeKey;
+use crate::put_change::PutChange;
 
 mod catchup;
 mod compaction;
@@ -46,6 +47,9 @@ pub fn member_of(id: ReplicaId) -> usize {
 const SENT_AT_KEPT: usize = 1024;
 /// How many applied positions and refusals are kept (the latest ones).
 const APPLIED_KEPT: usize = 4096;
+/// How many puts' changes are kept: a ticket is asked about within seconds of its commit
+/// (`apid` polls every 50 ms), and a node takes few writes at once.
+pub const PUT_CHANGES_KEPT: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
@@ -200,6 +204,9 @@ pub struct Replica {
     /// How many older applied positions were dropped from `applied` (bounded memory).
     applied_dropped: usize,
     refusals: Vec<(LogPosition, Refused)>,
+    /// What the latest applied puts did ([`PUT_CHANGES_KEPT`]), for the tickets of the writes
+    /// this node took (`crate::orch`).
+    put_changes: alloc::collections::VecDeque<(LogPosition, PutChange)>,
     deadline: Duration,
     rng: u64,
     outgoing: Vec<Envelope>,
@@ -320,6 +327,7 @@ impl Replica {
             applied: Vec::new(),
             applied_dropped: 0,
             refusals: Vec::new(),
+            put_changes: alloc::collections::VecDeque::new(),
             deadline: now,
             rng: seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             outgoing: Vec::new(),
@@ -404,6 +412,11 @@ impl Replica {
     }
     pub fn refusals(&self) -> &[(LogPosition, Refused)] {
         &self.refusals
+    }
+    /// What the put at `pos` did, if it was applied here from the log (not from a snapshot)
+    /// among the latest [`PUT_CHANGES_KEPT`] puts.
+    pub fn put_change(&self, pos: LogPosition) -> Option<PutChange> {
+        self.put_changes.iter().find(|(p, _)| *p == pos).map(|(_, c)| *c)
     }
     pub fn storage(&self) -> &Storage {
         &self.storage
@@ -782,7 +795,19 @@ impl Replica {
                     _ => None,
                 };
                 let voters = matches!(cmd, Command::RemoveNode(_)).then(|| self.voters_at(LogIndex::new(i)));
-                match self.state.apply_at(&cmd, &self.cfg.limits, voters.as_ref()) {
+                // judged against the state just before the put, the same on every node
+                let change = match &cmd {
+                    Command::PutWorkload(spec) => Some(PutChange::of(self.state.workloads.get(&spec.name), spec)),
+                    _ => None,
+                };
+                let result = self.state.apply_at(&cmd, &self.cfg.limits, voters.as_ref());
+                if let (Ok(()), Some(c)) = (&result, change) {
+                    if self.put_changes.len() >= PUT_CHANGES_KEPT {
+                        self.put_changes.pop_front();
+                    }
+                    self.put_changes.push_back((pos, c));
+                }
+                match result {
                     Err(e) => {
                         if self.refusals.len() >= APPLIED_KEPT {
                             self.refusals.remove(0);

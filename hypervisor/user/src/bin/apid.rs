@@ -224,7 +224,7 @@ impl Node {
             Ok(r) if r.label == svc::OK => {}
             _ => return Err(ApiError::new(503, "memberd_unavailable", "the node's membership service did not leave")),
         }
-        cluster::write(&self.wk, ORCHD, catenary_api::ClusterWrite::Drain(name.into()), Some(key))
+        cluster::write(&self.wk, ORCHD, catenary_api::ClusterWrite::Drain(name.into()), Some(key)).map(|_| ())
     }
 
     /// Every admitted node's labels as placement sees them (`orchd`'s `LABEL_LABELS`); empty
@@ -360,7 +360,7 @@ impl Backend for Node {
         }
     }
 
-    fn cluster(&mut self, w: catenary_api::ClusterWrite) -> Result<(), ApiError> {
+    fn cluster(&mut self, w: catenary_api::ClusterWrite) -> Result<Option<catenary_cluster::put_change::PutChange>, ApiError> {
         let node = match &w {
             // any node, by name or key: the cluster file's, or one admitted at run time
             // (node-XXXXXXXX, as `catenary nodes` and `catenary ps` name it)
@@ -413,7 +413,7 @@ impl Backend for Node {
     fn admit_node(&mut self, key: [u8; 32]) -> Result<(), ApiError> {
         // Committed in the replicated desired state; every node's fabric and membership
         // admit it from there (orchd hands it to netd; memberd reads netd's table).
-        cluster::propose(&self.wk, ORCHD, catenary_cluster::desired::Command::AdmitNode(catenary_cluster::NodeKey(key)))
+        cluster::propose(&self.wk, ORCHD, catenary_cluster::desired::Command::AdmitNode(catenary_cluster::NodeKey(key))).map(|_| ())
     }
 }
 

@@ -556,16 +556,17 @@ fn serve(orch: &mut Orch, m: &Msg, wanted: Option<Digest>) {
             }
             None => answer(IPC_UNKNOWN, 0),
         },
-        LABEL_TICKET => answer(
-            match orch.ticket(now(), m.words[0]) {
-                TicketStatus::Committed => IPC_OK,
-                TicketStatus::Pending => IPC_PENDING,
-                TicketStatus::Failed => IPC_FAILED,
-                TicketStatus::Unknown => IPC_UNKNOWN,
-                TicketStatus::Full => IPC_FULL,
-            },
-            0,
-        ),
+        LABEL_TICKET => match orch.ticket(now(), m.words[0]) {
+            // for a put, what it did as the log applied it (0: not known)
+            TicketStatus::Committed(change) => {
+                let [kind, fields] = change.map(|c| c.to_words()).unwrap_or([0, 0]);
+                let _ = reply(m.reply, IPC_OK, [kind, fields, 0, 0]);
+            }
+            TicketStatus::Pending => answer(IPC_PENDING, 0),
+            TicketStatus::Failed => answer(IPC_FAILED, 0),
+            TicketStatus::Unknown => answer(IPC_UNKNOWN, 0),
+            TicketStatus::Full => answer(IPC_FULL, 0),
+        },
         LABEL_LIST => {
             // A page of the committed state from workload words[0], into the caller's grant.
             let Some(g) = grant_of(m.reply).filter(|g| g.writable()) else { return answer(IPC_REFUSED, 0) };

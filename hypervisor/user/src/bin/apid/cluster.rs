@@ -5,6 +5,7 @@
 
 use catenary_api::{ApiError, ClusterWrite};
 use catenary_cluster::orch::{IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, LABEL_LIST, LABEL_TICKET, LABEL_WRITE};
+use catenary_cluster::put_change::PutChange;
 use catenary_cluster::raft_codec::{encode, Wire};
 use catenary_user::{call_grant, call_timeout, now_ns, sleep_ns, Pages};
 
@@ -12,12 +13,13 @@ use catenary_user::{call_grant, call_timeout, now_ns, sleep_ns, Pages};
 pub const WRITE_MS: u64 = 8_000;
 
 /// `node`: the key of the node a `Drain` names.
-pub fn write(buf: &Pages, orchd: u64, w: ClusterWrite, node: Option<[u8; 32]>) -> Result<(), ApiError> {
+/// For a put, what it did as the log applied it (`None`: orchd did not say).
+pub fn write(buf: &Pages, orchd: u64, w: ClusterWrite, node: Option<[u8; 32]>) -> Result<Option<PutChange>, ApiError> {
     propose(buf, orchd, catenary_api::cluster_state::command(w, node))
 }
 
 /// Commit one command through `orchd`, waiting for it.
-pub fn propose(buf: &Pages, orchd: u64, c: catenary_cluster::desired::Command) -> Result<(), ApiError> {
+pub fn propose(buf: &Pages, orchd: u64, c: catenary_cluster::desired::Command) -> Result<Option<PutChange>, ApiError> {
     let unavailable = || ApiError::new(503, "cluster_unavailable", "the cluster has no leader now, or orchd did not take the write: try again");
     // Once a leader holds the write, no answer in time does not mean "not applied": a leader
     // cut off from the majority may commit it after it is elected again (Raft keeps its log).
@@ -37,7 +39,7 @@ pub fn propose(buf: &Pages, orchd: u64, c: catenary_cluster::desired::Command) -
     let end = now_ns() / 1_000_000 + WRITE_MS;
     while now_ns() / 1_000_000 < end {
         match call_timeout(orchd, LABEL_TICKET, [ticket, 0, 0, 0], 1000) {
-            Ok(m) if m.label == IPC_OK => return Ok(()),
+            Ok(m) if m.label == IPC_OK => return Ok(PutChange::from_words([m.words[0], m.words[1]])),
             Ok(m) if m.label == IPC_PENDING => sleep_ns(50_000_000),
             Ok(m) if m.label == IPC_FULL => return Err(full()),
             // Not applied: either committed and refused by the state machine (the same on
