@@ -1,7 +1,6 @@
 //! `catenary-init`: the guest's PID 1 for a Catenary image (docs/guest-init.md).
 //!
-//! 1. mounts /proc, /sys, /dev (devtmpfs); turns on the kernel's thrashing guard (`oom.rs`);
-//!    lowers the console log level;
+//! 1. mounts /proc, /sys, /dev (devtmpfs); lowers the console log level;
 //! 2. reads `/catenary/config.json` + `/catenary/node.json` (appended to the initramfs by the
 //!    node) and merges them; opens the workload channel (raw mode);
 //! 3. mounts the image's squashfs read-only from the virtio-blk disk under a tmpfs overlay;
@@ -399,9 +398,6 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
 
 fn run(chan: &mut Option<Channel>) -> Result<WorkloadExit, Failure> {
     early_mounts()?;
-    if let Err(e) = oom::guard_working_set() {
-        println!("catenary-init: warning: no thrashing guard ({}: {e}): a workload out of memory may thrash instead of being OOM-killed", oom::MIN_TTL_PATH);
-    }
     let debug = fs::read_to_string("/proc/cmdline").map(|c| c.split_whitespace().any(|w| w == "catenary.debug")).unwrap_or(false);
     if !debug {
         // Keep late kernel messages off the console (they go to the node's console anyway,

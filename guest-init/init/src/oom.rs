@@ -3,40 +3,10 @@
 //! the kernel log (`/dev/kmsg`) from where it stood when the workload started, and every
 //! `Killed process PID (COMM)` record is an OOM kill in the workload's VM. As Docker's
 //! `OOMKilled`, any OOM kill during the run counts (the VM is the container).
-//!
-//! Getting the kill at all: the image's programs are pages of its squashfs, which the kernel
-//! may drop and read again. A workload that runs out of memory can then live on for minutes
-//! (seen: over 300 s under nested TCG, from a test that normally sees the kill in 2 s), the
-//! kernel evicting the very program text it needs next, reading it back from the disk, and
-//! never deciding it is out of memory. The guest kernel has the multi-gen LRU
-//! (`CONFIG_LRU_GEN`), and [`guard_working_set`] sets its `min_ttl_ms`: when the pages used in
-//! the last [`WORKING_SET_KEEP_MS`] cannot all stay in memory, the kernel's OOM killer acts
-//! (`kswapd`), as Linux documents for thrashing (admin-guide/mm/multigen_lru.rst).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
-
-/// The working set kept from eviction, in milliseconds: the value Linux's documentation gives
-/// as usually enough (about ten times the lag a person notices). A page read once is not in
-/// it (read-once file pages start in the oldest generation), so streaming a large file does
-/// not count as thrashing.
-pub const WORKING_SET_KEEP_MS: u32 = 1000;
-
-/// Where the multi-gen LRU takes its working-set protection.
-pub const MIN_TTL_PATH: &str = "/sys/kernel/mm/lru_gen/min_ttl_ms";
-
-/// Turns on the kernel's thrashing guard (see the top of this file); `/sys` must be mounted.
-/// An error means a guest kernel without the multi-gen LRU: the workload still runs, but one
-/// out of memory may thrash instead of being killed.
-pub fn guard_working_set() -> std::io::Result<()> {
-    std::fs::write(MIN_TTL_PATH, WORKING_SET_KEEP_MS.to_string())?;
-    let now = std::fs::read_to_string(MIN_TTL_PATH)?;
-    if now.trim() != WORKING_SET_KEEP_MS.to_string() {
-        return Err(std::io::Error::other(format!("{MIN_TTL_PATH} reads {} after writing {WORKING_SET_KEEP_MS}", now.trim())));
-    }
-    Ok(())
-}
 
 /// One OOM kill: the victim's pid and command name.
 #[derive(Debug, Clone, PartialEq, Eq)]

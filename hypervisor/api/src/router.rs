@@ -442,7 +442,7 @@ impl Api {
         };
         spec.check()?;
         // what the put did, as the cluster's log applied it (orchd's word; none from an orchd
-        // that does not say, or a put this node applied from a snapshot)
+        // that does not say)
         let applied = backend.cluster(ClusterWrite::Put { spec, replicas, constraints })?;
         let (change, changed) = match applied {
             Some(c) => {

@@ -189,8 +189,8 @@ pub struct ClusterWorkload {
     /// same on every node, whatever this node's state held when the put came in): `created`,
     /// `updated` (see `changed`; a change of what the replicas run replaces the running ones
     /// one at a time, docs/orchestration.md "A workload's spec changes") or `unchanged`.
-    /// `null` on a removal, or when the node's `orchd` cannot say (it applied the put from a
-    /// snapshot, or predates the answer).
+    /// `null` on a removal, or when the node's `orchd` cannot say (it predates the answer, or
+    /// the put is no longer among the 256 latest it kept).
     #[serde(default)]
     pub change: Option<String>,
     /// The fields an update changed (`image`, `replicas`, `cpus`, `memory_mib`, `env`, `args`,

@@ -155,7 +155,8 @@ pub enum SubmitError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TicketStatus {
     Pending,
-    /// Applied; for a put, what it did (`None`: not known, as after a snapshot).
+    /// Applied; for a put, what it did (`None`: not a put, or no longer among the replica's
+    /// latest puts).
     Committed(Option<crate::put_change::PutChange>),
     Failed,
     Unknown,

@@ -63,7 +63,7 @@ impl PutChange {
 
     /// As `orchd` answers a committed ticket (`LABEL_TICKET`): words[0] is 1 created,
     /// 2 updated (words[1] the [`Fields`] bits), 3 unchanged; 0 is "not known" (not a put, or
-    /// applied from a snapshot, or an `orchd` from before this answer).
+    /// one of the 256 latest puts any more, or an `orchd` from before this answer).
     pub fn to_words(self) -> [u64; 2] {
         match self {
             PutChange::Created => [1, 0],
