@@ -385,3 +385,25 @@ fn send_any(api: &mut Api, b: &mut dyn Backend, caller: [u8; 32], req: &ClientRe
     let http = reader.feed(&req.to_bytes("[fd00::1]:8080"), 0).unwrap().unwrap();
     parse_response(&api.handle(&caller, &http, b, 0).to_bytes()).unwrap().unwrap()
 }
+
+/// `net: false` on a cluster put is refused (400) and nothing is written: the desired state has
+/// no such field and every replica gets its network device, so it is never silently dropped.
+/// `net: true` and no `net` are the same put.
+#[test]
+fn a_cluster_workload_without_a_network_is_refused_not_dropped() {
+    let mut api = fuzzing::api();
+    let mut n = node(0);
+    let mut req = cluster_run("quiet", 1, &[]);
+    req.net = Some(false);
+    let (s, b) = send(&mut api, &mut n, ADMIN, &client::run_cluster(&req));
+    assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
+    assert!(String::from_utf8_lossy(&b).contains("net: a cluster workload's replicas always have a network device"), "{}", String::from_utf8_lossy(&b));
+    assert!(!n.state.workloads.contains_key("quiet"), "nothing written");
+    req.net = Some(true);
+    let (s, b) = send(&mut api, &mut n, ADMIN, &client::run_cluster(&req));
+    assert_eq!(s, 201, "{}", String::from_utf8_lossy(&b));
+    req.net = None;
+    let (s, b) = send(&mut api, &mut n, ADMIN, &client::run_cluster(&req));
+    let w: ClusterWorkload = decode(s, &b).unwrap();
+    assert_eq!(w.change.as_deref(), Some("unchanged"));
+}

@@ -418,6 +418,11 @@ impl Api {
             Some(s) => types_restart(s)?,
         };
         let name = r.name.ok_or_else(|| ApiError::bad_request("name: required for a cluster workload"))?;
+        // The desired state has no such field: every replica gets its device and /128. Refused
+        // rather than dropped, so `--net none` never silently runs with a network.
+        if r.net == Some(false) {
+            return Err(ApiError::bad_request("net: a cluster workload's replicas always have a network device and their own /128 (net: false is for a workload on one node)"));
+        }
         if name.len() > CLUSTER_NAME_MAX {
             return Err(ApiError::bad_request("name: at most 57 characters for a cluster workload"));
         }
