@@ -44,8 +44,8 @@ use store::{StoreReport, StoreSender};
 /// of a [`Wire::Propose`] in the call's grant; the answer is [`IPC_OK`] with the ticket in
 /// words[0], or [`IPC_REFUSED`] / [`IPC_UNAVAILABLE`]. `TICKET`: words[0] is a ticket; the
 /// answer is [`IPC_OK`] (committed; for a put, words[0..2] say what it did:
-/// [`crate::put_change::PutChange::to_words`]), [`IPC_PENDING`], [`IPC_FAILED`], [`IPC_UNKNOWN`] or
-/// [`IPC_FULL`]. `LIST`: words[0] is the first workload wanted; the answer is [`IPC_OK`] with
+/// [`crate::put_change::PutChange::to_words`]), [`IPC_PENDING`], [`IPC_FAILED`], [`IPC_UNKNOWN`],
+/// [`IPC_FULL`] or [`IPC_UNCONFIRMED`] ([`TicketStatus`] says what each means). `LIST`: words[0] is the first workload wanted; the answer is [`IPC_OK`] with
 /// the length of a [`crate::listing`] page written into the call's grant in words[0].
 pub const LABEL_WRITE: u64 = 1;
 pub const LABEL_TICKET: u64 = 2;
@@ -66,6 +66,8 @@ pub const IPC_PENDING: u64 = 4;
 pub const IPC_UNKNOWN: u64 = 5;
 /// The desired state has no room for the write ([`OrchConfig::write_budget`]).
 pub const IPC_FULL: u64 = 6;
+/// The write's outcome cannot be known here ([`TicketStatus::Unconfirmed`]).
+pub const IPC_UNCONFIRMED: u64 = 7;
 
 /// `orchd`'s heap (4 MiB) holds the log's commands, the state and the snapshot: the log is
 /// refused past this many bytes ([`crate::replica::ReplicaConfig::max_log_bytes`]; with
@@ -109,7 +111,8 @@ pub struct OrchConfig {
     pub capacity_period: Duration,
     /// A node whose capacity report is older than this gets nothing new placed on it.
     pub capacity_stale: Duration,
-    /// A forwarded write with no answer by then has failed (the caller may retry).
+    /// A write with no outcome by then is [`TicketStatus::Unconfirmed`] (it may still take
+    /// effect: the caller must look before it retries).
     pub submit_timeout: Duration,
     /// An operator's write is refused ([`SubmitError::Full`]) when the log's and the state's
     /// heap bytes plus its own would pass this.
@@ -152,21 +155,38 @@ pub enum SubmitError {
     Full,
 }
 
+/// A write's outcome as this node knows it ([`Orch::ticket`]). Only `Committed`, `Failed` and
+/// `Full` are definite; a caller told `Unconfirmed` must look before it retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TicketStatus {
     Pending,
     /// Applied; for a put, what it did (`None`: not a put, or no longer among the replica's
     /// latest puts).
     Committed(Option<crate::put_change::PutChange>),
+    /// Definitely not applied: the state machine refused it when it committed, another
+    /// leader's entry took its place in the log, or the leader it was forwarded to did not
+    /// take it.
     Failed,
+    /// No such ticket (never issued, already answered, or abandoned: [`TICKET_KEPT_FOR`]).
     Unknown,
     /// The leader refused it: no room ([`OrchConfig::write_budget`]).
     Full,
+    /// No outcome this node can vouch for, and none will come: not confirmed within
+    /// [`OrchConfig::submit_timeout`] (a leader cut off from the majority keeps the entry and
+    /// may commit it once the cut heals), or its entry was compacted into a snapshot this node
+    /// installed before it applied the entry itself (committed or not, refused or not, the
+    /// snapshot does not say).
+    Unconfirmed,
 }
+
+/// A ticket nobody asked about for this many submit timeouts is dropped (its caller gave
+/// up or died), so abandoned tickets do not hold [`TICKETS_MAX`] for good.
+pub const TICKET_KEPT_FOR: u32 = 2;
 
 struct Ticket {
     at: Option<LogPosition>,
     sent: Duration,
+    /// The leader it was forwarded to did not take it ([`Wire::Proposed`] with index 0).
     failed: bool,
     full: bool,
 }
@@ -739,7 +759,8 @@ impl Orch {
         Ok(t)
     }
 
-    /// A write's outcome: committed once this node's log has it committed.
+    /// A write's outcome: committed once this node's log has it committed and applied
+    /// ([`TicketStatus`]). An answer other than `Pending` is given once; the ticket is gone then.
     pub fn ticket(&mut self, now: Duration, t: u64) -> TicketStatus {
         self.expire_tickets(now);
         let Some(r) = self.replica() else { return TicketStatus::Unknown };
@@ -748,14 +769,12 @@ impl Orch {
             (true, _) if tk.full => TicketStatus::Full,
             (true, _) => TicketStatus::Failed,
             (false, None) => TicketStatus::Pending,
-            (false, Some(p)) => match r.commit_status(p) {
-                // Committed but refused by the state machine (e.g. `WouldLoseQuorum`): the
-                // write did not happen, and the operator must hear so (apid: 409).
-                CommitStatus::Committed if r.refusals().iter().any(|(q, _)| *q == p) => TicketStatus::Failed,
-                CommitStatus::Committed if r.applied().contains(&p) => TicketStatus::Committed(r.put_change(p)),
-                CommitStatus::Rejected => TicketStatus::Failed,
-                _ => TicketStatus::Pending,
-            },
+            (false, Some(p)) => Self::outcome(r, p),
+        };
+        let status = match status {
+            // No answer in time is not "not applied" (apid must not say 409).
+            TicketStatus::Pending if now.saturating_sub(tk.sent) > self.cfg.submit_timeout => TicketStatus::Unconfirmed,
+            s => s,
         };
         if status != TicketStatus::Pending {
             self.tickets.remove(&t);
@@ -763,13 +782,34 @@ impl Orch {
         status
     }
 
-    fn expire_tickets(&mut self, now: Duration) {
-        let limit = self.cfg.submit_timeout;
-        for t in self.tickets.values_mut() {
-            if now.saturating_sub(t.sent) > limit {
-                t.failed = true;
-            }
+    /// What this node's replica knows of the entry it proposed (or was told) at `p`.
+    fn outcome(r: &Replica, p: LogPosition) -> TicketStatus {
+        let refusals = r.refusals();
+        // The refusals kept are the latest: one older than all of them, once they are full,
+        // may have been forgotten.
+        let refusals_cover = refusals.len() < crate::replica::APPLIED_KEPT || refusals.first().is_some_and(|(q, _)| q.index < p.index);
+        match r.commit_status(p) {
+            // Committed but refused by the state machine (e.g. `WouldLoseQuorum`): the
+            // write did not happen, and the operator must hear so (apid: 409).
+            CommitStatus::Committed if refusals.iter().any(|(q, _)| *q == p) => TicketStatus::Failed,
+            CommitStatus::Committed if p.index.get() <= r.applied_index() => match r.applied().contains(&p) && refusals_cover {
+                true => TicketStatus::Committed(r.put_change(p)),
+                // applied by a snapshot this node installed, or since forgotten: whether the
+                // state refused it is not known here
+                false => TicketStatus::Unconfirmed,
+            },
+            CommitStatus::Rejected => TicketStatus::Failed,
+            // compacted before this node saw its outcome (raftbare: "unknown whether the
+            // entry was ever committed or rejected")
+            CommitStatus::Unknown => TicketStatus::Unconfirmed,
+            _ => TicketStatus::Pending,
         }
+    }
+
+    /// Drop the tickets nobody asked about in [`TICKET_KEPT_FOR`] submit timeouts.
+    fn expire_tickets(&mut self, now: Duration) {
+        let keep = self.cfg.submit_timeout * TICKET_KEPT_FOR;
+        self.tickets.retain(|_, t| now.saturating_sub(t.sent) <= keep);
     }
 
     /// The earliest instant something is due.

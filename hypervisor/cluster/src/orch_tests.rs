@@ -33,6 +33,8 @@ struct Net {
     groups: Vec<u32>,
     /// Pairs of nodes that cannot talk (either way), whatever their groups.
     cut: Vec<(usize, usize)>,
+    /// (from, to): datagrams from the first to the second are lost (one way only).
+    one_way: Vec<(usize, usize)>,
     /// How long before its handling each node's datagrams are said to have arrived
     /// ([`Orch::handle_received`]; `orchd`'s last empty socket).
     lag: Vec<Duration>,
@@ -59,7 +61,7 @@ impl Net {
 
     fn with_config(n: usize, seed: u64, cfg: OrchConfig) -> Net {
         let keys: Vec<NodeKey> = (0..n).map(|i| NodeKey([i as u8 + 1; 32])).collect();
-        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0, orphaned: vec![None; n], groups: vec![0; n], cut: Vec::new(), lag: vec![Duration::ZERO; n] };
+        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0, orphaned: vec![None; n], groups: vec![0; n], cut: Vec::new(), one_way: Vec::new(), lag: vec![Duration::ZERO; n] };
         for i in 0..n {
             let o = net.fresh(i);
             net.nodes.push(Some(o));
@@ -87,7 +89,7 @@ impl Net {
         let (due, later): (Vec<_>, Vec<_>) = core::mem::take(&mut self.inflight).into_iter().partition(|d| d.0 <= now);
         self.inflight = later;
         for (_, from, to, b) in due {
-            if self.fabric_drops(from, to) || self.groups[from] != self.groups[to] || self.cut.iter().any(|c| *c == (from, to) || *c == (to, from)) {
+            if self.fabric_drops(from, to) || self.groups[from] != self.groups[to] || self.cut.iter().any(|c| *c == (from, to) || *c == (to, from)) || self.one_way.contains(&(from, to)) {
                 continue;
             }
             if let Some(o) = self.nodes[to].as_mut() {
@@ -942,6 +944,9 @@ fn a_fresh_member_that_cannot_hear_the_leader_pulls_from_a_file_member_of_any_ge
 
 #[path = "orch_vouch_tests.rs"]
 mod vouch;
+
+#[path = "orch_ticket_tests.rs"]
+mod tickets;
 
 /// `Wire::Healthy`: a node's report of the replicas healthy there reaches every member, and
 /// counts for a replica only from the node the state assigns it to, for the spec reported (or

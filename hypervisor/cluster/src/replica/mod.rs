@@ -46,7 +46,7 @@ pub fn member_of(id: ReplicaId) -> usize {
 /// How many AppendEntries send times a leader remembers (a reply to an older one renews nothing).
 const SENT_AT_KEPT: usize = 1024;
 /// How many applied positions and refusals are kept (the latest ones).
-const APPLIED_KEPT: usize = 4096;
+pub const APPLIED_KEPT: usize = 4096;
 /// How many puts' changes are kept: a ticket is asked about within seconds of its commit
 /// (`apid` polls every 50 ms), and a node takes few writes at once.
 pub const PUT_CHANGES_KEPT: usize = 256;

@@ -33,7 +33,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_cluster::desired::Command;
-use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNKNOWN, LABEL_LABELS, LABEL_LIST, LABEL_TICKET, LABEL_WANTED, LABEL_WRITE};
+use catenary_cluster::orch::{Orch, OrchConfig, SubmitError, TicketStatus, IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNAVAILABLE, IPC_UNCONFIRMED, IPC_UNKNOWN, LABEL_LABELS, LABEL_LIST, LABEL_TICKET, LABEL_WANTED, LABEL_WRITE};
 use catenary_cluster::raft_codec::{decode, replica_tag, HealthyReplica, Wire};
 use catenary_cluster::service::{FabricHand, PeerChange};
 use catenary_cluster::NodeKey;
@@ -566,6 +566,7 @@ fn serve(orch: &mut Orch, m: &Msg, wanted: Option<Digest>) {
             TicketStatus::Failed => answer(IPC_FAILED, 0),
             TicketStatus::Unknown => answer(IPC_UNKNOWN, 0),
             TicketStatus::Full => answer(IPC_FULL, 0),
+            TicketStatus::Unconfirmed => answer(IPC_UNCONFIRMED, 0),
         },
         LABEL_LIST => {
             // A page of the committed state from workload words[0], into the caller's grant.
