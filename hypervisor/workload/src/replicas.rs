@@ -16,15 +16,18 @@
 //! - the replicas that have run for [`HEALTHY_MS`] without a restart are noted
 //!   ([`Replicas::healthy`]: what `orchd` reports to the other nodes), and since when each
 //!   other one has not been healthy.
-//! - a replica this service stopped and that is assigned here again before it was destroyed
-//!   is started again (one that ended by itself is left to its restart policy).
+//! - an assigned replica that `workd` says ended because it was stopped ([`Summary::stopped`]:
+//!   by this service before it was assigned here again or its spec went back, by an earlier
+//!   `orchd`, or by an operator's node-level stop) is started again; one that ended by itself
+//!   is left to its restart policy. This is `workd`'s to remember, not this service's: a
+//!   restarted `orchd` starts it just the same.
 
 use crate::replace::{self, Hold, Replace};
 use crate::restart::HEALTHY_MS;
 use crate::spec::WorkloadSpec;
 use crate::status::{State, Summary, WorkloadId};
 use crate::Digest;
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 
@@ -90,9 +93,6 @@ struct SpecCheck {
 pub struct Replicas {
     /// Replicas assigned here whose image the store lacks: name -> (image, since when, ms).
     waiting: BTreeMap<String, (Digest, u64)>,
-    /// Replicas this service stopped that `workd` still lists (started again if assigned here
-    /// again before they are destroyed).
-    stopped: BTreeSet<String>,
     specs: BTreeMap<String, SpecCheck>,
     /// Replicas `workd` refused to create, with its last answer (logged once per answer).
     create_failed: BTreeMap<String, String>,
@@ -133,7 +133,6 @@ impl Replicas {
                 if s.state != State::Stopping {
                     log(format!("orchd: stopping {} (not assigned here{})", s.name, if lease { "" } else { ": no lease" }));
                     let _ = w.stop(s.id, Some(0));
-                    self.stopped.insert(s.name.clone());
                     self.healthy.retain(|(n, _)| *n != s.name);
                 }
             } else if w.destroy(s.id) == Some(true) {
@@ -142,7 +141,6 @@ impl Replicas {
         }
         let Some(images) = images else { return };
         self.waiting.retain(|n, _| want.contains_key(n));
-        self.stopped.retain(|n| list.iter().any(|s| s.name == *n));
         self.specs.retain(|n, c| want.contains_key(n) && list.iter().any(|s| s.name == *n && s.id == c.id));
         self.create_failed.retain(|n, _| want.contains_key(n));
         self.held.retain(|n, _| want.contains_key(n));
@@ -224,14 +222,12 @@ impl Replicas {
                 // no longer healthy from now: the report after this turn says so at once
                 self.healthy.retain(|(n, _)| n != name);
                 // should the spec go back to the one it runs before it is destroyed, it is
-                // started again, as a replica stopped here
-                self.stopped.insert(String::from(name));
+                // started again: workd lists it stopped
                 return;
             }
             (Some(s), Some(Replace::Destroy)) => {
                 let destroyed = w.destroy(s.id);
                 log(format!("orchd: destroyed {} to create it from the changed spec: {:?}", name, destroyed));
-                self.stopped.remove(name);
                 return;
             }
             (Some(_), Some(Replace::Stopping | Replace::WaitFor(_) | Replace::WaitForImage)) => return,
@@ -241,12 +237,11 @@ impl Replicas {
             Some(s) if s.state == State::Created => {
                 let _ = w.start(s.id);
             }
-            // stopped here (its lease ran out, or it was unassigned) and assigned here again
-            // before it was destroyed: run it again
-            Some(s) if matches!(s.state, State::Exited | State::Failed) && self.stopped.contains(name) => {
+            // stopped (unassigned here, or for a spec that went back before it was destroyed;
+            // by this orchd, an earlier one or an operator) and wanted here: run it again
+            Some(s) if matches!(s.state, State::Exited | State::Failed) && s.stopped => {
                 let started = w.start(s.id);
-                log(format!("orchd: started {} again (stopped here before; {} replica {}): {:?}", name, x.workload, x.replica, started));
-                self.stopped.remove(name);
+                log(format!("orchd: started {} again (it was stopped; {} replica {}): {:?}", name, x.workload, x.replica, started));
             }
             Some(_) => {}
             None => match w.create_and_start(&x.spec) {
@@ -308,6 +303,7 @@ impl Replicas {
 mod tests {
     use super::*;
     use crate::spec::RestartPolicy;
+    use alloc::collections::BTreeSet;
     use alloc::vec;
     use alloc::vec::Vec;
 
@@ -322,11 +318,13 @@ mod tests {
         mute: bool,
         /// Restarts by id (0 when absent).
         restarts: BTreeMap<WorkloadId, u32>,
+        /// Stopped by a request (workd's `stopped`), by id.
+        stopped: BTreeSet<WorkloadId>,
     }
 
     impl Fake {
         fn list(&self) -> Vec<Summary> {
-            self.w.iter().map(|(id, s, st)| Summary { id: *id, name: s.name.clone(), state: *st, exit: None, restarts: self.restarts.get(id).copied().unwrap_or(0), memory_mib: s.memory_mib, address: None, spec: s.digest() }).collect()
+            self.w.iter().map(|(id, s, st)| Summary { id: *id, name: s.name.clone(), state: *st, exit: None, restarts: self.restarts.get(id).copied().unwrap_or(0), memory_mib: s.memory_mib, address: None, spec: s.digest(), stopped: self.stopped.contains(id) }).collect()
         }
         fn set(&mut self, name: &str, st: State) {
             self.w.iter_mut().filter(|x| x.1.name == name).for_each(|x| x.2 = st);
@@ -351,6 +349,7 @@ mod tests {
         fn stop(&mut self, id: WorkloadId, grace_ms: Option<u32>) -> Option<bool> {
             self.calls.push(format!("stop {id} {grace_ms:?}"));
             self.w.iter_mut().filter(|x| x.0 == id).for_each(|x| x.2 = State::Stopping);
+            self.stopped.insert(id);
             Some(true)
         }
         fn destroy(&mut self, id: WorkloadId) -> Option<bool> {
@@ -361,6 +360,7 @@ mod tests {
         fn start(&mut self, id: WorkloadId) -> Option<bool> {
             self.calls.push(format!("start {id}"));
             self.w.iter_mut().filter(|x| x.0 == id).for_each(|x| x.2 = State::Running);
+            self.stopped.remove(&id);
             Some(true)
         }
         fn create_and_start(&mut self, spec: &WorkloadSpec) -> Result<Option<bool>, String> {
@@ -667,6 +667,30 @@ mod tests {
         turn(&mut r, &mut f, &v1, &[1], 20);
         assert_eq!(f.calls, ["spec 1", "start 1"], "the one it runs is the desired one again (asked anew: the desired spec changed): run it");
         assert_eq!(f.w[0].2, State::Running);
+    }
+
+    /// The same with `orchd` restarted between the stop and the change back: what was stopped
+    /// is `workd`'s to say (`Summary::stopped`), so the new `orchd` starts it too; a replica
+    /// that ended by itself is still left to its restart policy.
+    #[test]
+    fn a_restarted_orchd_starts_a_replica_stopped_for_a_spec_that_went_back() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        let v1 = want(&[spec("cl-web-0", 1, "v1")]);
+        turn(&mut r, &mut f, &v1, &[1], 0);
+        turn(&mut r, &mut f, &want(&[spec("cl-web-0", 1, "v2")]), &[1], 10);
+        assert_eq!(f.w[0].2, State::Stopping);
+        f.set("cl-web-0", State::Exited);
+        let mut r = Replicas::default(); // orchd restarted
+        f.calls.clear();
+        let lines = turn(&mut r, &mut f, &v1, &[1], 20);
+        assert_eq!(f.calls, ["spec 1", "start 1"], "the stopped replica, desired again after the restart: {lines:?}");
+        assert_eq!(f.w[0].2, State::Running);
+        // ended by itself (no stop asked): not started, restarted orchd or not
+        f.set("cl-web-0", State::Exited);
+        let mut r = Replicas::default();
+        f.calls.clear();
+        turn(&mut r, &mut f, &v1, &[1], 30);
+        assert_eq!(f.calls, ["spec 1"], "started against its restart policy");
     }
 
     #[test]

@@ -420,6 +420,7 @@ impl Service {
                     id: w.id, name: w.spec.name.clone(), state: w.state, exit: w.exit, restarts: w.restarts.total, memory_mib: w.spec.memory_mib,
                     address: node.zip(w.net).map(|(n, s)| crate::net::address(n, s)),
                     spec: w.spec_digest,
+                    stopped: w.stopped,
                 });
                 Ok(Reply::List(list.collect()))
             }

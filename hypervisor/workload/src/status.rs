@@ -137,4 +137,9 @@ pub struct Summary {
     pub address: Option<core::net::Ipv6Addr>,
     /// [`crate::WorkloadSpec::digest`] of the spec it was created from.
     pub spec: crate::Digest,
+    /// Its run ended (or is ending) because a stop was asked (`Request::Stop`, or the cluster
+    /// lease ran out), not by itself; a start clears it. `orchd` starts such a cluster replica
+    /// again when the desired state wants it here (it asks nothing of its own memory, so a
+    /// restarted `orchd` does the same).
+    pub stopped: bool,
 }

@@ -268,6 +268,29 @@ fn stop_asks_the_kernel_then_backstop_power_off() {
     assert_eq!(k.killed, [1]);
 }
 
+/// The list says whether a run ended because a stop was asked (`Summary::stopped`, what a
+/// restarted `orchd` goes by): not before, yes after a stop, no again after a start, and not
+/// for a run that ended by itself.
+#[test]
+fn the_list_says_whether_a_stop_ended_the_run() {
+    let (mut s, mut k) = (service(1024), SimKernel { signals: true, ..Default::default() });
+    let stopped = |s: &mut crate::service::Service, k: &mut SimKernel, now| match s.handle(Request::List, now, k) {
+        Ok(Reply::List(l)) => l[0].stopped,
+        r => panic!("{r:?}"),
+    };
+    s.handle(Request::Create(spec("srv", 64, RestartPolicy::No)), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("srv".into())), 0, &mut k).unwrap();
+    assert!(!stopped(&mut s, &mut k, 0), "running");
+    s.handle(Request::Stop { target: Target::Name("srv".into()), grace_ms: Some(0) }, 10, &mut k).unwrap();
+    end(&mut s, &mut k, 1, Some(vmctl::Exit::Signal(15)), vmctl::Ended::PowerOff, 20);
+    assert!(stopped(&mut s, &mut k, 20), "ended by the stop");
+    s.handle(Request::Start(Target::Name("srv".into())), 30, &mut k).unwrap();
+    assert!(!stopped(&mut s, &mut k, 30), "started again");
+    end(&mut s, &mut k, 2, Some(vmctl::Exit::Code(0)), vmctl::Ended::PowerOff, 40);
+    assert_eq!(status(&mut s, &mut k, "srv", 40).state, State::Exited);
+    assert!(!stopped(&mut s, &mut k, 40), "ended by itself");
+}
+
 #[test]
 fn signals() {
     let (mut s, mut k) = (service(1024), SimKernel { signals: true, ..Default::default() });
