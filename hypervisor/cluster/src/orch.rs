@@ -32,7 +32,7 @@ use raftbare::{CommitStatus, LogIndex, LogPosition, Message, Term};
 use crate::desired::{Command, DesiredState, WorkloadSpec};
 use crate::identity::NodeKey;
 use crate::placement::NodeCapacity;
-use crate::raft_codec::{command_fits, decode, encode, HealthyReplica, Wire, EXTRA_MAX};
+use crate::raft_codec::{command_fits, decode, encode, replica_tag, HealthyReplica, Wire, EXTRA_MAX};
 use crate::reconcile::{reconcile, LeaseConfig, NodeSlot};
 use crate::replica::{Catchup, Envelope, ProposeError, Replica, ReplicaConfig, ReplicaId};
 use crate::snapshot::{SnapshotReceiver, SnapshotSender};
@@ -454,6 +454,14 @@ impl Orch {
         }
         let key = self.own;
         r.state().assigned_to(key).filter_map(|(w, i)| r.state().workloads.get(w).map(|s| (s.clone(), *i))).collect()
+    }
+
+    /// The replicas the committed state assigns this node, whether its lease holds or not
+    /// (`None` before it has a state): what `orchd` counts as held here in the capacity it
+    /// reports, so that a lease gap does not make the node look over its capacity.
+    pub fn assigned_in_state(&self) -> Option<Vec<(WorkloadSpec, u32)>> {
+        let r = self.replica()?;
+        Some(r.state().assigned_to(self.own).filter_map(|(w, i)| r.state().workloads.get(w).map(|s| (s.clone(), *i))).collect())
     }
 
     pub fn lease_holds(&self, now: Duration) -> bool {
@@ -962,7 +970,15 @@ impl Orch {
             })
             .collect();
         let state = r.state().clone();
-        for c in reconcile(&state, r, now, &self.cfg.lease, &slots) {
+        // A replica is ready when the node the state assigns it to reports it healthy (on any
+        // spec): what a move for room waits for in the workload's other replicas.
+        let (health, members, own, fresh) = (&self.health, &self.members, self.own, self.cfg.capacity_period * HEALTHY_FRESH_PERIODS);
+        let ready = |w: &str, j: u32| {
+            let Some(host) = state.assignments.get(&(String::from(w), j)) else { return false };
+            let member = if *host == own { None } else { members.iter().position(|k| k == host) };
+            (*host == own || member.is_some()) && health.lists(member, replica_tag(&alloc::format!("cl-{w}-{j}")), None, now, fresh)
+        };
+        for c in reconcile(&state, r, now, &self.cfg.lease, &slots, &ready) {
             if r.propose(now, c.clone()).is_err() {
                 break;
             }

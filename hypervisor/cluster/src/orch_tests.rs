@@ -948,6 +948,9 @@ mod vouch;
 #[path = "orch_ticket_tests.rs"]
 mod tickets;
 
+#[path = "orch_room_tests.rs"]
+mod room;
+
 /// `Wire::Healthy`: a node's report of the replicas healthy there reaches every member, and
 /// counts for a replica only from the node the state assigns it to, for the spec reported (or
 /// any), and while fresh, its own too (a rolling update waits on it: docs/orchestration.md "A

@@ -12,6 +12,10 @@
 //! `Unassign` or its lease must have run out ([`release_done`], `Command::Released`): the host
 //! may have been cut off just after its last answer (simulator seed 2883), so no move ever
 //! overlaps.
+//!
+//! A node whose assigned replicas no longer fit it at their desired specs (a spec grew past the
+//! room its node has: its `workd` keeps the old instance, which has the room) gives one of them
+//! up to a node with room ([`overfull_move`]), one replica of a workload at a time.
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -73,8 +77,10 @@ pub fn is_up(leader: &Replica, node: ReplicaId, now: Duration) -> bool {
 }
 
 /// The commands that move the assignments towards the desired state. Empty when nothing is to
-/// do, and only from a leader.
-pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &LeaseConfig, nodes: &[NodeSlot]) -> Vec<Command> {
+/// do, and only from a leader. `ready(workload, replica)`: the replica runs healthily on the
+/// node the state assigns it to (what a move for room waits for in the workload's other
+/// replicas).
+pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &LeaseConfig, nodes: &[NodeSlot], ready: &dyn Fn(&str, u32) -> bool) -> Vec<Command> {
     let mut out = Vec::new();
     if !leader.is_leader() {
         return out;
@@ -138,9 +144,10 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
             }
         }
     }
+    let usable = |n: &&NodeSlot| state.nodes.contains(&n.capacity.key) && !state.drained.contains(&n.capacity.key) && is_up(leader, n.id, now);
     let free: Vec<NodeCapacity> = nodes
         .iter()
-        .filter(|n| state.nodes.contains(&n.capacity.key) && !state.drained.contains(&n.capacity.key) && is_up(leader, n.id, now))
+        .filter(usable)
         .map(|n| {
             let mut c = n.capacity.clone();
             if let Some((vcpus, mem)) = used.get(&c.key) {
@@ -157,6 +164,11 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
             c
         })
         .collect();
+    // 2b. A replica that no longer fits its node moves to one with room.
+    if let Some((w, r)) = overfull_move(state, nodes.iter().filter(usable), &used, &free, &held, &size_of, ready) {
+        out.push(Command::Unassign { workload: w, replica: r });
+        return out;
+    }
     // 3. Place the missing replicas: one `place` call for all of them (larger workloads
     // first, each placed whole or not at all; see crate::placement), the replicas a workload
     // already runs excluded by constraint.
@@ -185,4 +197,61 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
         out.push(Command::Assign { workload: p.workload.clone(), replica: *r, node: p.node });
     }
     out
+}
+
+/// The node's capacity as reported is known (a stale or missing report is all zeros).
+fn known(c: &NodeCapacity) -> bool {
+    c.free_vcpus > 0 || c.free_mem_mib > 0
+}
+
+/// The replica to take off a node whose assigned replicas, at their desired specs, need more
+/// vCPUs or memory than the node reports (`used` against the slot's totals): the one that needs
+/// the most memory among those that can go now, and only if `place` finds it a node with room
+/// elsewhere (otherwise its old instance is better than none). One can go now when every
+/// replica of its workload is assigned and none is held for a release (one replica of a
+/// workload moves at a time), and the workload's other replicas are `ready`. Nodes and
+/// candidates are taken in key and name order, so the choice is the same for the same input.
+fn overfull_move<'a>(
+    state: &DesiredState,
+    nodes: impl Iterator<Item = &'a NodeSlot>,
+    used: &BTreeMap<NodeKey, (u32, u64)>,
+    free: &[NodeCapacity],
+    held: &BTreeSet<(String, u32)>,
+    size_of: &dyn Fn(&[u8; 32]) -> u64,
+    ready: &dyn Fn(&str, u32) -> bool,
+) -> Option<(String, u32)> {
+    for n in nodes {
+        let c = &n.capacity;
+        let Some((vcpus, mem)) = used.get(&c.key) else { continue };
+        if !known(c) || (*vcpus <= c.free_vcpus && *mem <= c.free_mem_mib) {
+            continue;
+        }
+        let mut here: Vec<(&String, u32, &WorkloadSpec)> = state
+            .assignments
+            .iter()
+            .filter(|(_, k)| **k == c.key)
+            .filter_map(|((w, r), _)| state.workloads.get(w).map(|s| (w, *r, s)))
+            .collect();
+        here.sort_by(|a, b| b.2.mem_mib.cmp(&a.2.mem_mib).then(a.0.cmp(b.0)).then(a.1.cmp(&b.1)));
+        for (w, r, spec) in here {
+            let others_fine = (0..spec.replicas).all(|j| {
+                let key = (w.clone(), j);
+                state.assignments.contains_key(&key) && !held.contains(&key) && (j == r || ready(w, j))
+            });
+            if !others_fine {
+                continue;
+            }
+            let mut constraints = spec.constraints.clone();
+            for (_, key) in state.assignments.range((w.clone(), 0)..=(w.clone(), u32::MAX)) {
+                constraints.push(Constraint::NotOnNode(*key));
+            }
+            let demand = WorkloadDemand { name: w.clone(), replicas: 1, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints, image: spec.image, image_mib: size_of(&spec.image) };
+            // (a node with an unknown capacity has none free: place refuses it)
+            let elsewhere: Vec<NodeCapacity> = free.iter().filter(|f| f.key != c.key).cloned().collect();
+            if !place(&elsewhere, core::slice::from_ref(&demand)).placements.is_empty() {
+                return Some((w.clone(), r));
+            }
+        }
+    }
+    None
 }

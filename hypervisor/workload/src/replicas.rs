@@ -104,6 +104,16 @@ pub struct Replicas {
     held: BTreeMap<String, Hold>,
 }
 
+/// The memory (MiB) that the cluster replicas of `list` assigned here (`assigned`, by `workd`
+/// name) hold in `workd`'s admission: each one's spec as created, plus the microVM overhead.
+/// `orchd` reports admission's room plus this as the node's capacity for the cluster's
+/// replicas, so a replica whose desired spec grew past what its node can give shows as the
+/// node being over its capacity (`catenary_cluster::reconcile` then moves it, where another
+/// node has room). A replica assigned here that `workd` has not created yet holds nothing.
+pub fn held_mib(list: &[Summary], assigned: &alloc::collections::BTreeSet<String>) -> u64 {
+    list.iter().filter(|s| assigned.contains(&s.name)).map(|s| u64::from(s.memory_mib) + crate::admission::VM_OVERHEAD_MIB).sum()
+}
+
 impl Replicas {
     /// The image the longest-waiting replica needs (for `apid`'s fetch).
     pub fn wanted_image(&self) -> Option<Digest> {
@@ -653,6 +663,19 @@ mod tests {
         // the third image arrives (spec 3 again): replaced at once (replica 0)
         turn(&mut r, &mut f, &want(&[spec("cl-web-0", 3, "v1")]), &[1, 3], 40);
         assert_eq!(f.w[0].2, State::Stopping);
+    }
+
+    /// What the replicas assigned here hold is their spec as created (an old, smaller spec
+    /// while the desired one grew), plus the overhead; others' and unassigned ones' count not.
+    #[test]
+    fn held_counts_the_assigned_replicas_as_created() {
+        let mut f = Fake { free: 1000, ..Default::default() };
+        f.create_and_start(&spec("cl-web-0", 1, "v1")).unwrap();
+        f.create_and_start(&WorkloadSpec { memory_mib: 200, ..spec("cl-db-0", 1, "v1") }).unwrap();
+        f.create_and_start(&spec("cl-old-0", 1, "v1")).unwrap();
+        let assigned: BTreeSet<String> = ["cl-web-0", "cl-db-0", "cl-new-0"].into_iter().map(String::from).collect();
+        let o = crate::admission::VM_OVERHEAD_MIB;
+        assert_eq!(held_mib(&f.list(), &assigned), 64 + o + 200 + o);
     }
 
     #[test]

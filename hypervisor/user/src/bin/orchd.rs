@@ -342,13 +342,22 @@ fn run(_arg: u64) -> u64 {
         let ms = now_ns() / 1_000_000;
         if ms >= next_capacity {
             next_capacity = ms + CAPACITY_MS;
-            if let Some(Ok(wk::Reply::Node(n))) = workd.call(&wk::Request::Node) {
-                // Admission's room, plus what the cluster's replicas here already hold (the
-                // scheduler subtracts what it assigned itself). vCPUs are time-shared, not
-                // reserved: at most VCPUS_PER_CPU per CPU are placed.
-                let own: u64 = orch.assigned_now(t).iter().map(|(s, _)| s.mem_mib + catenary_workload::admission::VM_OVERHEAD_MIB).sum();
-                let free = n.memory_capacity_mib.saturating_sub(n.memory_committed_mib);
-                orch.set_capacity(n.cpus.saturating_mul(VCPUS_PER_CPU), free + own);
+            // Admission's room, plus what the cluster's replicas assigned here hold in workd as
+            // they were created (the scheduler subtracts their desired specs: a spec grown past
+            // this node's room shows as the node over its capacity, and the replica is moved
+            // where there is room; an assigned replica not created yet holds nothing, so its
+            // room is not counted twice). The room first, then the list: only this service
+            // creates or destroys an assigned replica, never between the two calls. Assigned by
+            // the committed state, lease or not (a replica workd still holds in a lease gap is
+            // held); no report before this node has a state. vCPUs are time-shared, not
+            // reserved: at most VCPUS_PER_CPU per CPU are placed.
+            if let (Some(mine), Some(Ok(wk::Reply::Node(n)))) = (orch.assigned_in_state(), workd.call(&wk::Request::Node)) {
+                if let Some(Ok(wk::Reply::List(list))) = workd.call(&wk::Request::List) {
+                    let assigned: BTreeSet<String> = mine.iter().filter_map(|(s, r)| catenary_api::cluster_state::replica_spec(s, *r)).map(|x| x.name).collect();
+                    let own = replicas::held_mib(&list, &assigned);
+                    let free = n.memory_capacity_mib.saturating_sub(n.memory_committed_mib);
+                    orch.set_capacity(n.cpus.saturating_mul(VCPUS_PER_CPU), free + own);
+                }
             }
             // The store's images (and their sizes) and its room go with the capacity: the
             // scheduler prefers holders and places a replica only where its image fits.
