@@ -14,8 +14,10 @@
 //! for ever): replica 0 takes it and keeps failing, replica 1 keeps `v3` and runs (the roll
 //! holds); `hello v4` then replaces both, replica 0 first. Then `--mem 4096`, more than a node
 //! has: each host keeps its old instance running (and says so); then `--mem 64` again, the
-//! spec the replicas run: nothing is replaced. The replacement times, and the fewest `web`
-//! replicas seen running while it rolled, are printed.
+//! spec the replicas run: nothing is replaced. Then, with a node-level filler on each host,
+//! `--mem 400`, more than the hosts have but not the third node: the leader moves one replica
+//! to the third node and the other keeps its old instance. The replacement times, and the
+//! fewest `web` replicas seen running while it rolled, are printed.
 
 use crate::orchtest::{lists, runners};
 use crate::test::Tally;
@@ -238,6 +240,43 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         c.check("then nothing is replaced (the replicas run the desired spec) and both run", touched(&r.lines, &mark).is_empty() && still, &format!("{:?}", touched(&r.lines, &mark)));
         let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "64", "--restart", "always", b, "hello", "v4"]);
         c.check("the same `run` once more says nothing changed", st == 0 && out.contains("(cluster): unchanged"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        // A spec grown past its hosts' room but not past the third node's: each host reports
+        // less capacity than the desired spec needs, and the leader moves one replica to the
+        // third node (docs/orchestration.md "A replica that no longer fits its node moves");
+        // the other, with no node left that has room (one replica per node), keeps its old
+        // instance. The room: a node-level filler on each host leaves 300 MiB with the old
+        // instance's back, less than the 404 MiB the grown spec needs.
+        let room = |l: &[Vec<String>], h: usize| -> Option<u64> {
+            l[h].iter().find_map(|x| x.split("the new one needs 4100 MiB, ").nth(1)?.split(" MiB free here").next()?.trim().parse().ok())
+        };
+        let m = (0..2).filter_map(|k| room(&r.lines, hosts[k])).min().unwrap_or(0);
+        let filler = m.saturating_sub(304);
+        let mut fillers_ok = m >= 500;
+        for (k, h) in hosts.iter().enumerate() {
+            let (st, out, err) = a.cli(&nodes[*h], &["run", "--name", &format!("filler{k}"), "--mem", &filler.to_string(), "--restart", "always", img, "hello", "filler"]);
+            fillers_ok &= st == 0;
+            if st != 0 {
+                println!("  filler{k} on node{}: exit {st}: {} {}", h + 1, out.trim(), err.trim());
+            }
+        }
+        c.check("a node-level filler on each host leaves it 300 MiB for `web` with its instance's back", fillers_ok, &format!("room with the old instance's back {m} MiB, filler {filler} MiB"));
+        let mark: Vec<usize> = r.lines.iter().map(|l| l.len()).collect();
+        let t5 = Instant::now();
+        let (st, out, err) = a.cli(&nodes[third], &["run", "--replicas", "2", "--name", "web", "--mem", "400", "--restart", "always", b, "hello", "v4"]);
+        c.check("`run` of web with `--mem 400` (more than either host has, less than the third node) is committed", st == 0 && out.contains("(cluster)"), &format!("exit {st}: {} {}", out.trim(), err.trim()));
+        let moved_to_third = |l: &[Vec<String>]| (0..2).find(|k| running_on(l, WEB[*k]) == [third]);
+        let moved = r.wait(Duration::from_secs(180), false, |l| moved_to_third(l).is_some());
+        let took = t5.elapsed().as_secs_f64();
+        let k = moved_to_third(&r.lines).unwrap_or(0);
+        let other = 1 - k;
+        r.wait(Duration::from_secs(15), false, |_| false);
+        let stayed = running_on(&r.lines, WEB[other]) == [hosts[other]] && running_on(&r.lines, WEB[k]) == [third];
+        let other_kept = r.lines[hosts[other]][mark[hosts[other]]..].iter().any(|x| x.contains(&format!("orchd: {} keeps its old spec: the new one needs 404 MiB", WEB[other])));
+        let other_touched: Vec<String> = r.lines[hosts[other]][mark[hosts[other]]..].iter().filter(|x| x.contains(&format!("orchd: replacing {} ", WEB[other])) || x.contains(&format!("orchd: destroyed {} ", WEB[other]))).cloned().collect();
+        println!("  grown past the hosts' room: {} running on node{} {took:.1} s after the run", WEB[k], third + 1);
+        c.check("the leader moves one replica to the third node, where it runs the grown spec; the other keeps its old instance on its host (no node left with room), untouched 15 s later",
+            moved && stayed && other_kept && other_touched.is_empty(),
+            &format!("moved {moved} ({took:.1} s), stayed {stayed}, other kept {other_kept}, touched {other_touched:?}, {:?}", lists(&r.lines, &from, &dead)));
         Ok(())
     })
 }

@@ -104,7 +104,7 @@ fn bench_placement(n: usize, w: usize) {
     let mut assigns = 0;
     for _ in 0..3 {
         let start = Instant::now();
-        let cmds = reconcile(&state, &leader, t, &LeaseConfig::default(), &slots, &|_, _| true);
+        let cmds = reconcile(&state, &leader, t, &LeaseConfig::default(), &slots, &|_, _, _| true);
         let took = start.elapsed().as_secs_f64();
         assigns = cmds.iter().filter(|c| matches!(c, Command::Assign { .. })).count();
         rates.push(assigns as f64 / took);

@@ -261,7 +261,13 @@ pub struct Orch {
     pulls_seen: u64,
     pulls_base: u64,
     pub counters: Counters,
+    /// The digest of replica `r`'s `workd` spec ([`Orch::set_replica_digest`]).
+    replica_digest: Option<ReplicaDigest>,
 }
+
+/// What `orchd` computes a replica's `workd` spec digest with (`catenary_api::cluster_state::replica_spec`,
+/// which this crate cannot call): `None` for a replica `workd` would not take.
+pub type ReplicaDigest = fn(&WorkloadSpec, u32) -> Option<[u8; 32]>;
 
 impl Orch {
     /// Member `me` of `members` (the cluster file's order), starting at `now`.
@@ -308,6 +314,7 @@ impl Orch {
             pulls_seen: 0,
             pulls_base: 0,
             counters: Counters::default(),
+            replica_digest: None,
         }
     }
 
@@ -454,6 +461,14 @@ impl Orch {
         }
         let key = self.own;
         r.state().assigned_to(key).filter_map(|(w, i)| r.state().workloads.get(w).map(|s| (s.clone(), *i))).collect()
+    }
+
+    /// How replicas' `workd` spec digests are computed, so that the scheduler can tell a
+    /// replica reported healthy on its desired spec (a move for room waits for the lower
+    /// replicas to run it, as a rolling update does). Without it, none counts as running its
+    /// desired spec.
+    pub fn set_replica_digest(&mut self, f: ReplicaDigest) {
+        self.replica_digest = Some(f);
     }
 
     /// The replicas the committed state assigns this node, whether its lease holds or not
@@ -970,13 +985,21 @@ impl Orch {
             })
             .collect();
         let state = r.state().clone();
-        // A replica is ready when the node the state assigns it to reports it healthy (on any
-        // spec): what a move for room waits for in the workload's other replicas.
-        let (health, members, own, fresh) = (&self.health, &self.members, self.own, self.cfg.capacity_period * HEALTHY_FRESH_PERIODS);
-        let ready = |w: &str, j: u32| {
+        // A replica is ready when the node the state assigns it to reports it healthy, on its
+        // desired spec (`new`) or on any: what a move for room waits for in the workload's
+        // other replicas (the node's report names replicas by workd name, `cl-NAME-R`).
+        let (health, members, own, fresh, digest) = (&self.health, &self.members, self.own, self.cfg.capacity_period * HEALTHY_FRESH_PERIODS, self.replica_digest);
+        let ready = |w: &str, j: u32, new: bool| {
             let Some(host) = state.assignments.get(&(String::from(w), j)) else { return false };
             let member = if *host == own { None } else { members.iter().position(|k| k == host) };
-            (*host == own || member.is_some()) && health.lists(member, replica_tag(&alloc::format!("cl-{w}-{j}")), None, now, fresh)
+            let spec = match new {
+                true => match digest.zip(state.workloads.get(w)).and_then(|(f, s)| f(s, j)) {
+                    Some(d) => Some(d),
+                    None => return false,
+                },
+                false => None,
+            };
+            (*host == own || member.is_some()) && health.lists(member, replica_tag(&alloc::format!("cl-{w}-{j}")), spec.as_ref(), now, fresh)
         };
         for c in reconcile(&state, r, now, &self.cfg.lease, &slots, &ready) {
             if r.propose(now, c.clone()).is_err() {

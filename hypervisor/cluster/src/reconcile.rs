@@ -77,10 +77,10 @@ pub fn is_up(leader: &Replica, node: ReplicaId, now: Duration) -> bool {
 }
 
 /// The commands that move the assignments towards the desired state. Empty when nothing is to
-/// do, and only from a leader. `ready(workload, replica)`: the replica runs healthily on the
-/// node the state assigns it to (what a move for room waits for in the workload's other
-/// replicas).
-pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &LeaseConfig, nodes: &[NodeSlot], ready: &dyn Fn(&str, u32) -> bool) -> Vec<Command> {
+/// do, and only from a leader. `ready(workload, replica, new)`: the replica runs healthily on
+/// the node the state assigns it to, on its desired spec (`new`) or on any (what a move for
+/// room waits for in the workload's other replicas, as a rolling update does).
+pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &LeaseConfig, nodes: &[NodeSlot], ready: &dyn Fn(&str, u32, bool) -> bool) -> Vec<Command> {
     let mut out = Vec::new();
     if !leader.is_leader() {
         return out;
@@ -164,10 +164,10 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
             c
         })
         .collect();
-    // 2b. A replica that no longer fits its node moves to one with room.
-    if let Some((w, r)) = overfull_move(state, nodes.iter().filter(usable), &used, &free, &held, &size_of, ready) {
+    // 2b. A replica that no longer fits its node moves to one with room (placed like any
+    // moved replica once released; the missing ones below are placed meanwhile).
+    if let Some((w, r)) = overfull_move(state, nodes.iter().filter(usable), &used, &free, &size_of, ready) {
         out.push(Command::Unassign { workload: w, replica: r });
-        return out;
     }
     // 3. Place the missing replicas: one `place` call for all of them (larger workloads
     // first, each placed whole or not at all; see crate::placement), the replicas a workload
@@ -205,50 +205,72 @@ fn known(c: &NodeCapacity) -> bool {
 }
 
 /// The replica to take off a node whose assigned replicas, at their desired specs, need more
-/// vCPUs or memory than the node reports (`used` against the slot's totals): the one that needs
-/// the most memory among those that can go now, and only if `place` finds it a node with room
-/// elsewhere (otherwise its old instance is better than none). One can go now when every
-/// replica of its workload is assigned and none is held for a release (one replica of a
-/// workload moves at a time), and the workload's other replicas are `ready`. Nodes and
-/// candidates are taken in key and name order, so the choice is the same for the same input.
+/// vCPUs or memory than the node reports (`used` against the slot's totals), if any, and only
+/// if `place` finds it a node with room elsewhere (otherwise its old instance, running, is
+/// better than none). The room elsewhere is what is left once every replica not assigned now
+/// (missing, or held for its release: an earlier move's among them) has been placed, so two
+/// moves never count on the same room. Candidates: those that can go now, first the ones not
+/// running their desired spec healthily (they are replaced anyway), then by memory (largest
+/// first), name and index. One can go now when every replica of its workload is assigned and
+/// none is held (one replica of a workload moves at a time), and the others are `ready` as a
+/// rolling update's turn wants them (`replicas::Replicas`, `crate::replace`): the lower ones on
+/// their desired spec, the higher ones on any; so a move and a node's own replacement never
+/// take two replicas down together. Nodes in the order given, so the choice is the same for
+/// the same input.
 fn overfull_move<'a>(
     state: &DesiredState,
     nodes: impl Iterator<Item = &'a NodeSlot>,
     used: &BTreeMap<NodeKey, (u32, u64)>,
     free: &[NodeCapacity],
-    held: &BTreeSet<(String, u32)>,
     size_of: &dyn Fn(&[u8; 32]) -> u64,
-    ready: &dyn Fn(&str, u32) -> bool,
+    ready: &dyn Fn(&str, u32, bool) -> bool,
 ) -> Option<(String, u32)> {
-    for n in nodes {
-        let c = &n.capacity;
-        let Some((vcpus, mem)) = used.get(&c.key) else { continue };
-        if !known(c) || (*vcpus <= c.free_vcpus && *mem <= c.free_mem_mib) {
-            continue;
+    let over: Vec<&NodeSlot> = nodes
+        .filter(|n| known(&n.capacity) && used.get(&n.capacity.key).is_some_and(|(v, m)| *v > n.capacity.free_vcpus || *m > n.capacity.free_mem_mib))
+        .collect();
+    if over.is_empty() {
+        return None;
+    }
+    let demand = |w: &String, spec: &WorkloadSpec, replicas: u32, extra: Option<NodeKey>| {
+        let mut constraints = spec.constraints.clone();
+        for (_, key) in state.assignments.range((w.clone(), 0)..=(w.clone(), u32::MAX)) {
+            constraints.push(Constraint::NotOnNode(*key));
         }
-        let mut here: Vec<(&String, u32, &WorkloadSpec)> = state
+        constraints.extend(extra.map(Constraint::NotOnNode));
+        WorkloadDemand { name: w.clone(), replicas, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints, image: spec.image, image_mib: size_of(&spec.image) }
+    };
+    // The room the unassigned replicas will take.
+    let pending: Vec<WorkloadDemand> = state
+        .workloads
+        .iter()
+        .filter_map(|(w, s)| {
+            let n = (0..s.replicas).filter(|r| !state.assignments.contains_key(&(w.clone(), *r))).count() as u32;
+            (n > 0).then(|| demand(w, s, n, None))
+        })
+        .collect();
+    let mut after: Vec<NodeCapacity> = free.to_vec();
+    if !pending.is_empty() {
+        let by_name: BTreeMap<&str, &WorkloadDemand> = pending.iter().map(|d| (d.name.as_str(), d)).collect();
+        for p in place(free, &pending).placements {
+            if let (Some(d), Some(c)) = (by_name.get(p.workload.as_str()), after.iter_mut().find(|c| c.key == p.node)) {
+                c.free_vcpus = c.free_vcpus.saturating_sub(d.vcpus);
+                c.free_mem_mib = c.free_mem_mib.saturating_sub(d.mem_mib);
+            }
+        }
+    }
+    for n in over {
+        let key = n.capacity.key;
+        let mut here: Vec<(bool, &String, u32, &WorkloadSpec)> = state
             .assignments
             .iter()
-            .filter(|(_, k)| **k == c.key)
-            .filter_map(|((w, r), _)| state.workloads.get(w).map(|s| (w, *r, s)))
+            .filter(|(_, k)| **k == key)
+            .filter_map(|((w, r), _)| state.workloads.get(w).map(|s| (ready(w, *r, true), w, *r, s)))
             .collect();
-        here.sort_by(|a, b| b.2.mem_mib.cmp(&a.2.mem_mib).then(a.0.cmp(b.0)).then(a.1.cmp(&b.1)));
-        for (w, r, spec) in here {
-            let others_fine = (0..spec.replicas).all(|j| {
-                let key = (w.clone(), j);
-                state.assignments.contains_key(&key) && !held.contains(&key) && (j == r || ready(w, j))
-            });
-            if !others_fine {
-                continue;
-            }
-            let mut constraints = spec.constraints.clone();
-            for (_, key) in state.assignments.range((w.clone(), 0)..=(w.clone(), u32::MAX)) {
-                constraints.push(Constraint::NotOnNode(*key));
-            }
-            let demand = WorkloadDemand { name: w.clone(), replicas: 1, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints, image: spec.image, image_mib: size_of(&spec.image) };
+        here.sort_by(|a, b| a.0.cmp(&b.0).then(b.3.mem_mib.cmp(&a.3.mem_mib)).then(a.1.cmp(b.1)).then(a.2.cmp(&b.2)));
+        for (_, w, r, spec) in here {
+            let can_go = (0..spec.replicas).all(|j| j == r || (state.assignments.contains_key(&(w.clone(), j)) && ready(w, j, j < r)));
             // (a node with an unknown capacity has none free: place refuses it)
-            let elsewhere: Vec<NodeCapacity> = free.iter().filter(|f| f.key != c.key).cloned().collect();
-            if !place(&elsewhere, core::slice::from_ref(&demand)).placements.is_empty() {
+            if can_go && !place(&after, core::slice::from_ref(&demand(w, spec, 1, Some(key)))).placements.is_empty() {
                 return Some((w.clone(), r));
             }
         }

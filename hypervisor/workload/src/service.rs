@@ -268,9 +268,11 @@ impl Service {
     /// Stop workload `i` (`Request::Stop`).
     fn stop(&mut self, i: usize, grace: u64, now_ms: u64, vmm: &mut dyn Vmm) {
         let w = &mut self.workloads[i];
-        w.stopped = true;
+        // (only a run this stop ends or keeps from restarting is `stopped`: orchd starts a
+        // stopped cluster replica again, and one that ended by itself is its policy's)
         match (w.state, w.vm) {
             (State::Starting | State::Running, Some(vm)) => {
+                w.stopped = true;
                 w.state = State::Stopping;
                 if vmm.stop(vm, grace) {
                     note(w, &format!("stopping: the image's StopSignal, SIGKILL after {grace} ms, power-off {KILL_GRACE_MS} ms later\n"));
@@ -283,6 +285,7 @@ impl Service {
             }
             (State::Starting, None) => {
                 // a restart waiting for its delay: it does not happen
+                w.stopped = true;
                 w.restart_at = None;
                 w.state = State::Exited;
                 note(w, "stopped while waiting to restart\n");

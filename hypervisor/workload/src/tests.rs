@@ -270,7 +270,7 @@ fn stop_asks_the_kernel_then_backstop_power_off() {
 
 /// The list says whether a run ended because a stop was asked (`Summary::stopped`, what a
 /// restarted `orchd` goes by): not before, yes after a stop, no again after a start, and not
-/// for a run that ended by itself.
+/// for a run that ended by itself, even when a stop is asked after its end.
 #[test]
 fn the_list_says_whether_a_stop_ended_the_run() {
     let (mut s, mut k) = (service(1024), SimKernel { signals: true, ..Default::default() });
@@ -289,6 +289,9 @@ fn the_list_says_whether_a_stop_ended_the_run() {
     end(&mut s, &mut k, 2, Some(vmctl::Exit::Code(0)), vmctl::Ended::PowerOff, 40);
     assert_eq!(status(&mut s, &mut k, "srv", 40).state, State::Exited);
     assert!(!stopped(&mut s, &mut k, 40), "ended by itself");
+    // a stop asked of a run that already ended by itself ends nothing: it stays its policy's
+    let _ = s.handle(Request::Stop { target: Target::Name("srv".into()), grace_ms: Some(0) }, 50, &mut k);
+    assert!(!stopped(&mut s, &mut k, 50), "a stop of a run that had ended made it `stopped`");
 }
 
 #[test]

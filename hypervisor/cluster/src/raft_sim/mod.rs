@@ -576,7 +576,7 @@ impl RaftSim {
             }
         }
         // (health is not simulated: every assigned replica counts as ready)
-        let cmds = reconcile(r.state(), r, now, &self.lease, &slots, &|_, _| true);
+        let cmds = reconcile(r.state(), r, now, &self.lease, &slots, &|_, _, _| true);
         for c in cmds {
             let without_image = match &c {
                 Command::Assign { workload, node, .. } => Some(

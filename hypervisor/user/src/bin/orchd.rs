@@ -303,6 +303,8 @@ fn run(_arg: u64) -> u64 {
         }
     }
     orch.set_labels(labels);
+    // the digest workd reports a replica's spec by (a move for room waits on it)
+    orch.set_replica_digest(|s, r| catenary_api::cluster_state::replica_spec(s, r).map(|x| x.digest().0));
     let mut placed = orch.member_index();
     // The committed admissions and removals netd took (`catenary node add`/`remove`).
     // netd may still drop file members a predecessor orchd removed: each is handed once
