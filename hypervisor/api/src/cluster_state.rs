@@ -18,12 +18,28 @@ use catenary_workload::{Digest, RestartPolicy};
 
 /// The workd name prefix of cluster replicas: node-level workloads may not use it.
 pub const REPLICA_PREFIX: &str = catenary_workload::proto::CLUSTER_PREFIX;
+// The scheduler names replicas by catenary_cluster's copy of the prefix: the two must agree.
+const _: () = assert!(same(REPLICA_PREFIX.as_bytes(), catenary_cluster::desired::REPLICA_PREFIX.as_bytes()));
+
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 /// Constraints per workload.
 pub const CONSTRAINTS_MAX: usize = 16;
 
 /// The workd name of replica `r` of cluster workload `name`.
 pub fn replica_name(name: &str, r: u32) -> String {
-    alloc::format!("{REPLICA_PREFIX}{name}-{r}")
+    catenary_cluster::desired::replica_name(name, r)
 }
 
 /// The spec `orchd` gives `workd` for replica `r` of `s` (named [`replica_name`], with its

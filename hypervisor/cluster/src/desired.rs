@@ -28,6 +28,16 @@ pub struct WorkloadSpec {
     pub constraints: Vec<Constraint>,
 }
 
+/// The prefix of a cluster replica's `workd` name (`workd`'s `proto::CLUSTER_PREFIX`, which
+/// `catenary_api` checks is the same).
+pub const REPLICA_PREFIX: &str = "cl-";
+
+/// The `workd` name of replica `r` of cluster workload `workload` (`cl-NAME-R`): one spelling
+/// for `orchd`, `apid` and the scheduler's health gate, which match replicas by it.
+pub fn replica_name(workload: &str, r: u32) -> String {
+    alloc::format!("{REPLICA_PREFIX}{workload}-{r}")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartPolicy {
     No,

@@ -27,7 +27,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use raftbare::{CommitStatus, LogIndex, LogPosition, Message, Term};
+use raftbare::{LogIndex, Message};
 
 use crate::desired::{Command, DesiredState, WorkloadSpec};
 use crate::identity::NodeKey;
@@ -39,6 +39,8 @@ use crate::snapshot::{SnapshotReceiver, SnapshotSender};
 use health::Health;
 pub use health::HEALTHY_FRESH_PERIODS;
 use store::{StoreReport, StoreSender};
+use ticket::{Tickets, PROPOSED_FULL};
+pub use ticket::{TicketStatus, TICKETS_MAX, TICKET_KEPT_FOR};
 
 /// The IPC protocol of `orchd`'s endpoint (what `apid` calls). `WRITE`: words[0] is the length
 /// of a [`Wire::Propose`] in the call's grant; the answer is [`IPC_OK`] with the ticket in
@@ -97,8 +99,6 @@ pub fn id_for(member: usize, generation: u64) -> ReplicaId {
 /// At most this many members (ids keep the index in 16 bits; a configuration holds at most
 /// [`crate::raft_codec::CONFIG_NODES_MAX`]).
 pub const MEMBERS_MAX: usize = crate::raft_codec::CONFIG_NODES_MAX;
-/// Writes waiting for their outcome at once.
-pub const TICKETS_MAX: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct OrchConfig {
@@ -155,45 +155,6 @@ pub enum SubmitError {
     Full,
 }
 
-/// A write's outcome as this node knows it ([`Orch::ticket`]). Only `Committed`, `Failed` and
-/// `Full` are definite; a caller told `Unconfirmed` must look before it retries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TicketStatus {
-    Pending,
-    /// Applied; for a put, what it did (`None`: not a put, or no longer among the replica's
-    /// latest puts).
-    Committed(Option<crate::put_change::PutChange>),
-    /// Definitely not applied: the state machine refused it when it committed, another
-    /// leader's entry took its place in the log, or the leader it was forwarded to did not
-    /// take it.
-    Failed,
-    /// No such ticket (never issued, already answered, or abandoned: [`TICKET_KEPT_FOR`]).
-    Unknown,
-    /// The leader refused it: no room ([`OrchConfig::write_budget`]).
-    Full,
-    /// No outcome this node can vouch for, and none will come: not confirmed within
-    /// [`OrchConfig::submit_timeout`] (a leader cut off from the majority keeps the entry and
-    /// may commit it once the cut heals), or its entry was compacted into a snapshot this node
-    /// installed before it applied the entry itself (committed or not, refused or not, the
-    /// snapshot does not say).
-    Unconfirmed,
-}
-
-/// A ticket nobody asked about for this many submit timeouts is dropped (its caller gave
-/// up or died), so abandoned tickets do not hold [`TICKETS_MAX`] for good.
-pub const TICKET_KEPT_FOR: u32 = 2;
-
-struct Ticket {
-    at: Option<LogPosition>,
-    sent: Duration,
-    /// The leader it was forwarded to did not take it ([`Wire::Proposed`] with index 0).
-    failed: bool,
-    full: bool,
-}
-
-/// A forwarded write the leader refused for room: [`Wire::Proposed`] with index 0 and this
-/// in `term` (0: not the leader, or its log refused it).
-const PROPOSED_FULL: u64 = 1;
 
 /// What happened to datagrams (for the service's log).
 #[derive(Clone, Copy, Debug, Default)]
@@ -249,8 +210,7 @@ pub struct Orch {
     next_join: Duration,
     next_reconcile: Duration,
     next_capacity: Duration,
-    tickets: BTreeMap<u64, Ticket>,
-    next_ticket: u64,
+    tickets: Tickets,
     /// What this node's scheduler proposed since the caller last took it (for its log).
     scheduled: Vec<Command>,
     /// Snapshots over the fabric (crate::snapshot): this node's transfers as a leader, and its
@@ -306,8 +266,7 @@ impl Orch {
             next_join: now,
             next_reconcile: now,
             next_capacity: now,
-            tickets: BTreeMap::new(),
-            next_ticket: 1,
+            tickets: Tickets::new(seed),
             scheduled: Vec::new(),
             snap_out: SnapshotSender::default(),
             snap_in: SnapshotReceiver::default(),
@@ -455,12 +414,10 @@ impl Orch {
     /// The replicas the committed state assigns this node, while its lease holds; nothing
     /// otherwise (a node cut off from the majority stops its workloads when its lease runs out).
     pub fn assigned_now(&self, now: Duration) -> Vec<(WorkloadSpec, u32)> {
-        let Some(r) = self.replica() else { return Vec::new() };
         if !self.lease_holds(now) {
             return Vec::new();
         }
-        let key = self.own;
-        r.state().assigned_to(key).filter_map(|(w, i)| r.state().workloads.get(w).map(|s| (s.clone(), *i))).collect()
+        self.assigned_in_state().unwrap_or_default()
     }
 
     /// How replicas' `workd` spec digests are computed, so that the scheduler can tell a
@@ -579,16 +536,7 @@ impl Orch {
                 };
                 self.push(from, &Wire::Proposed { request, term, index });
             }
-            Wire::Proposed { request, term, index } => {
-                if let Some(t) = self.tickets.get_mut(&request) {
-                    if index == 0 {
-                        t.failed = true;
-                        t.full = term == PROPOSED_FULL;
-                    } else {
-                        t.at = Some(LogPosition { term: Term::new(term), index: LogIndex::new(index) });
-                    }
-                }
-            }
+            Wire::Proposed { request, term, index } => self.tickets.on_proposed(from, request, term, index),
             Wire::Capacity { vcpus, mem_mib, images } => {
                 self.capacities.insert(from, (vcpus, mem_mib, now));
                 self.stores.entry(from).or_default().on_capacity(images);
@@ -759,25 +707,23 @@ impl Orch {
             return Err(SubmitError::Refused);
         }
         self.expire_tickets(now);
-        if self.tickets.len() >= TICKETS_MAX {
+        if self.tickets.full() {
             return Err(SubmitError::Unavailable);
         }
         if !self.has_room(&command) {
             return Err(SubmitError::Full);
         }
         let Phase::Running(r) = &mut self.phase else { return Err(SubmitError::Unavailable) };
-        let t = self.next_ticket;
-        self.next_ticket += 1;
-        let mut ticket = Ticket { at: None, sent: now, failed: false, full: false };
-        match r.propose(now, command.clone()) {
-            Ok(p) => ticket.at = Some(p),
+        let t = match r.propose(now, command.clone()) {
+            Ok(p) => self.tickets.issue(now, Some(p), None),
             Err(ProposeError::LogFull) => return Err(SubmitError::Full),
             Err(ProposeError::NotLeader { leader: Some(l) }) if member_of(l) != self.me => {
+                let t = self.tickets.issue(now, None, Some(member_of(l)));
                 self.push(member_of(l), &Wire::Propose { request: t, command });
+                t
             }
             Err(_) => return Err(SubmitError::Unavailable),
-        }
-        self.tickets.insert(t, ticket);
+        };
         self.flush(now);
         Ok(t)
     }
@@ -786,53 +732,13 @@ impl Orch {
     /// ([`TicketStatus`]). An answer other than `Pending` is given once; the ticket is gone then.
     pub fn ticket(&mut self, now: Duration, t: u64) -> TicketStatus {
         self.expire_tickets(now);
-        let Some(r) = self.replica() else { return TicketStatus::Unknown };
-        let Some(tk) = self.tickets.get(&t) else { return TicketStatus::Unknown };
-        let status = match (tk.failed, tk.at) {
-            (true, _) if tk.full => TicketStatus::Full,
-            (true, _) => TicketStatus::Failed,
-            (false, None) => TicketStatus::Pending,
-            (false, Some(p)) => Self::outcome(r, p),
-        };
-        let status = match status {
-            // No answer in time is not "not applied" (apid must not say 409).
-            TicketStatus::Pending if now.saturating_sub(tk.sent) > self.cfg.submit_timeout => TicketStatus::Unconfirmed,
-            s => s,
-        };
-        if status != TicketStatus::Pending {
-            self.tickets.remove(&t);
-        }
-        status
-    }
-
-    /// What this node's replica knows of the entry it proposed (or was told) at `p`.
-    fn outcome(r: &Replica, p: LogPosition) -> TicketStatus {
-        let refusals = r.refusals();
-        // The refusals kept are the latest: one older than all of them, once they are full,
-        // may have been forgotten.
-        let refusals_cover = refusals.len() < crate::replica::APPLIED_KEPT || refusals.first().is_some_and(|(q, _)| q.index < p.index);
-        match r.commit_status(p) {
-            // Committed but refused by the state machine (e.g. `WouldLoseQuorum`): the
-            // write did not happen, and the operator must hear so (apid: 409).
-            CommitStatus::Committed if refusals.iter().any(|(q, _)| *q == p) => TicketStatus::Failed,
-            CommitStatus::Committed if p.index.get() <= r.applied_index() => match r.applied().contains(&p) && refusals_cover {
-                true => TicketStatus::Committed(r.put_change(p)),
-                // applied by a snapshot this node installed, or since forgotten: whether the
-                // state refused it is not known here
-                false => TicketStatus::Unconfirmed,
-            },
-            CommitStatus::Rejected => TicketStatus::Failed,
-            // compacted before this node saw its outcome (raftbare: "unknown whether the
-            // entry was ever committed or rejected")
-            CommitStatus::Unknown => TicketStatus::Unconfirmed,
-            _ => TicketStatus::Pending,
-        }
+        let Phase::Running(r) = &self.phase else { return TicketStatus::Unknown };
+        self.tickets.status(r, now, self.cfg.submit_timeout, t)
     }
 
     /// Drop the tickets nobody asked about in [`TICKET_KEPT_FOR`] submit timeouts.
     fn expire_tickets(&mut self, now: Duration) {
-        let keep = self.cfg.submit_timeout * TICKET_KEPT_FOR;
-        self.tickets.retain(|_, t| now.saturating_sub(t.sent) <= keep);
+        self.tickets.expire(now, self.cfg.submit_timeout * TICKET_KEPT_FOR);
     }
 
     /// The earliest instant something is due.
@@ -999,7 +905,7 @@ impl Orch {
                 },
                 false => None,
             };
-            (*host == own || member.is_some()) && health.lists(member, replica_tag(&alloc::format!("cl-{w}-{j}")), spec.as_ref(), now, fresh)
+            (*host == own || member.is_some()) && health.lists(member, replica_tag(&crate::desired::replica_name(w, j)), spec.as_ref(), now, fresh)
         };
         for c in reconcile(&state, r, now, &self.cfg.lease, &slots, &ready) {
             if r.propose(now, c.clone()).is_err() {
@@ -1059,6 +965,10 @@ mod store;
 
 #[path = "orch_health.rs"]
 mod health;
+
+#[path = "orch_ticket.rs"]
+mod ticket;
+
 #[cfg(test)]
 #[path = "orch_tests.rs"]
 mod tests;

@@ -10,6 +10,7 @@ use core::time::Duration;
 
 use super::*;
 use crate::desired::RestartPolicy;
+use raftbare::{LogPosition, Term};
 
 /// The replicas an `orchd`-less node's workd still runs, and its last lease deadline.
 type Orphans = (Duration, BTreeSet<(String, u32)>);

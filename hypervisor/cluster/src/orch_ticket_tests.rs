@@ -58,7 +58,7 @@ fn a_write_compacted_before_its_node_applied_it_is_unconfirmed_at_once() {
         let t = net.nodes[f].as_mut().unwrap().submit(sent, Command::PutWorkload(spec("fwd", 1))).unwrap();
         let at = loop {
             net.step();
-            if let Some(p) = net.nodes[f].as_ref().unwrap().tickets.get(&t).and_then(|tk| tk.at) {
+            if let Some(p) = net.nodes[f].as_ref().unwrap().tickets.get(t).and_then(|tk| tk.at) {
                 break p;
             }
             assert!(net.now < sent + Duration::from_secs(2), "seed {seed}: the leader never answered the forward");
@@ -107,4 +107,61 @@ fn abandoned_tickets_do_not_block_writes_for_good() {
     assert_eq!(net.nodes[l].as_mut().unwrap().submit(now, Command::PutWorkload(spec("b", 1))), Err(SubmitError::Unavailable), "more than TICKETS_MAX waiting");
     net.run_for((net.cfg.submit_timeout * TICKET_KEPT_FOR).as_millis() as u64 + 100);
     assert_eq!(net.write_via(l, Command::PutWorkload(spec("b", 1))), TicketStatus::Committed(Some(crate::put_change::PutChange::Created)));
+}
+
+/// A forwarded write's `Proposed` answer counts only from the member it was forwarded to:
+/// another member's `Proposed` for the same ticket number (a spoof, or the answer to an
+/// earlier `orchd` run's write with that number) neither fails it nor moves it.
+#[test]
+fn a_proposed_answer_counts_only_from_the_leader_it_was_forwarded_to() {
+    for seed in 0..3 {
+        let mut net = formed(500 + seed);
+        let l = net.leader().unwrap();
+        let (f, other) = ((l + 1) % 3, (l + 2) % 3);
+        let now = net.now;
+        let t = net.nodes[f].as_mut().unwrap().submit(now, Command::PutWorkload(spec("fwd", 1))).unwrap();
+        let refusal = encode(&Wire::Proposed { request: t, term: PROPOSED_FULL, index: 0 });
+        let elsewhere = encode(&Wire::Proposed { request: t, term: 1, index: 999 });
+        net.nodes[f].as_mut().unwrap().handle(now, other, &refusal);
+        net.nodes[f].as_mut().unwrap().handle(now, other, &elsewhere);
+        assert_eq!(net.nodes[f].as_mut().unwrap().ticket(now, t), TicketStatus::Pending, "seed {seed}: another member's answer counted");
+        let mut answer = TicketStatus::Pending;
+        while answer == TicketStatus::Pending && net.now < now + Duration::from_secs(5) {
+            net.step();
+            let now = net.now;
+            answer = net.nodes[f].as_mut().unwrap().ticket(now, t);
+        }
+        assert_eq!(answer, TicketStatus::Committed(Some(crate::put_change::PutChange::Created)), "seed {seed}");
+    }
+}
+
+/// A restarted `orchd` does not reuse the ticket numbers its previous run had in flight: the
+/// leader's late `Proposed` refusal of the old run's write (sent again before each of the new
+/// run's first writes) leaves every new write alone.
+#[test]
+fn a_restarted_orchd_does_not_take_its_previous_runs_answers() {
+    for seed in 0..3 {
+        let mut net = formed(600 + seed);
+        let l = net.leader().unwrap();
+        let f = (l + 1) % 3;
+        let now = net.now;
+        let old = net.nodes[f].as_mut().unwrap().submit(now, Command::PutWorkload(spec("old", 1))).unwrap();
+        net.kill_orchd(f);
+        net.restart(f);
+        assert!(net.run_until(10_000, |n| n.nodes[f].as_ref().unwrap().replica().is_some_and(|r| r.leader().is_some())), "seed {seed}: the new orchd found no leader");
+        for i in 0..8 {
+            let l = net.leader().unwrap();
+            let now = net.now;
+            let new = net.nodes[f].as_mut().unwrap().submit(now, Command::PutWorkload(spec(&alloc::format!("new{i}"), 1))).unwrap();
+            // the answer to the old run's write, arriving late
+            net.nodes[f].as_mut().unwrap().handle(now, l, &encode(&Wire::Proposed { request: old, term: PROPOSED_FULL, index: 0 }));
+            let mut answer = TicketStatus::Pending;
+            while answer == TicketStatus::Pending && net.now < now + Duration::from_secs(5) {
+                net.step();
+                let now = net.now;
+                answer = net.nodes[f].as_mut().unwrap().ticket(now, new);
+            }
+            assert_eq!(answer, TicketStatus::Committed(Some(crate::put_change::PutChange::Created)), "seed {seed}: write {i} (ticket {new}; the old run's was {old})");
+        }
+    }
 }

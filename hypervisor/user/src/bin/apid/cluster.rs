@@ -4,7 +4,7 @@
 //! ticket is asked about until the write is committed, failed, or [`WRITE_MS`] passed.
 
 use catenary_api::{ApiError, ClusterWrite};
-use catenary_cluster::orch::{IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, IPC_UNCONFIRMED, LABEL_LIST, LABEL_TICKET, LABEL_WRITE};
+use catenary_cluster::orch::{IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, LABEL_LIST, LABEL_TICKET, LABEL_WRITE};
 use catenary_cluster::put_change::PutChange;
 use catenary_cluster::raft_codec::{encode, Wire};
 use catenary_user::{call_grant, call_timeout, now_ns, sleep_ns, Pages};
@@ -44,9 +44,10 @@ pub fn propose(buf: &Pages, orchd: u64, c: catenary_cluster::desired::Command) -
             Ok(m) if m.label == IPC_FULL => return Err(full()),
             // Not applied: committed and refused by the state machine (the same on every
             // node), overwritten by a new leader before it committed, or not taken by the
-            // leader it was forwarded to. (No answer in time is IPC_UNCONFIRMED: the `_` arm.)
+            // leader it was forwarded to.
             Ok(m) if m.label == IPC_FAILED => return Err(ApiError::new(409, "write_not_applied", "the cluster did not apply this write: its state refused it (for `node remove`: it would leave fewer admitted nodes than a majority of the Raft voters, so the cluster could lose quorum for good; docs/orchestration.md) or a leader change dropped it (check, then retry)")),
-            Ok(m) if m.label == IPC_UNCONFIRMED => return Err(unconfirmed()),
+            // IPC_UNCONFIRMED (no outcome in time), an unknown label or a failed call: the
+            // write may or may not have happened.
             _ => return Err(unconfirmed()),
         }
     }
