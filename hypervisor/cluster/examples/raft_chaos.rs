@@ -12,6 +12,7 @@ fn main() {
     let mut failed = Vec::new();
     let (mut taken, mut installed, mut diskless, mut chunks, mut assembled, mut largest) = (0, 0, 0, 0, 0, 0);
     let (mut removals, mut out, mut back, mut pulls, mut held, mut assigns, mut copies) = (0, 0, 0, 0, 0, 0, 0);
+    let (mut grown, mut overfull) = (0, 0);
     for seed in first..first + seeds {
         match raft_chaos(seed) {
             Ok(st) => {
@@ -28,6 +29,8 @@ fn main() {
                 held += st.compactions_held;
                 assigns += st.assigns;
                 copies += st.assigns_without_image;
+                grown += st.grown_puts;
+                overfull += st.overfull_episodes;
             }
             Err(e) => {
                 println!("FAILED {e}");
@@ -36,7 +39,7 @@ fn main() {
         }
     }
     println!(
-        "desired state: {} of {seeds} seeds held every invariant ({} failed: {failed:?}); {taken} snapshots taken, {installed} installed by lagging followers, {held} compactions put off for a follower a few entries behind, {diskless} restarts without storage rejoined as new members; {assembled} snapshots assembled from {chunks} chunks over the codec (largest {largest} bytes); {removals} removals of down nodes, {out} removed voters taken out, {back} admitted again added back; {pulls} committed states pulled by nodes that heard no leader; {assigns} replicas assigned, {copies} of them to a node without their image; {:.1} s",
+        "desired state: {} of {seeds} seeds held every invariant ({} failed: {failed:?}); {taken} snapshots taken, {installed} installed by lagging followers, {held} compactions put off for a follower a few entries behind, {diskless} restarts without storage rejoined as new members; {assembled} snapshots assembled from {chunks} chunks over the codec (largest {largest} bytes); {removals} removals of down nodes, {out} removed voters taken out, {back} admitted again added back; {pulls} committed states pulled by nodes that heard no leader; {assigns} replicas assigned, {copies} of them to a node without their image; {grown} workloads grown past half a node or shrunk back, {overfull} times a node over its room; {:.1} s",
         seeds - failed.len() as u64,
         failed.len(),
         start.elapsed().as_secs_f64()

@@ -94,6 +94,7 @@ impl RaftSim {
             self.slots[id].checked = n;
         }
         self.update_runs();
+        self.watch_room();
         // One runner: who runs what right now.
         let mut runners: BTreeMap<(String, u32), Vec<u64>> = BTreeMap::new();
         for id in 0..self.slots.len() as u64 {
@@ -138,6 +139,9 @@ impl RaftSim {
             if let Some(c) = first.workloads.get(w).and_then(|s| s.constraints.iter().find(|c| !c.allows(&node))) {
                 return Err(format!("{w} replica {r} is still on a node that violates {c:?} after relabelling"));
             }
+        }
+        if self.growth {
+            self.room_converged(first, &labels)?;
         }
         let file = self.labels();
         for (name, spec) in &first.workloads {

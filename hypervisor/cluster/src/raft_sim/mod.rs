@@ -38,6 +38,7 @@ use crate::snapshot::{SnapshotReceiver, SnapshotSender};
 use crate::sim::{NetConfig, SimRng};
 
 mod checks;
+mod growth;
 mod net;
 mod runners;
 mod scenario;
@@ -96,6 +97,16 @@ pub struct RaftSim {
     pub drains: u32,
     /// The chaos schedule relabels nodes (`SetLabels`) as it puts workloads.
     pub relabels: bool,
+    /// The chaos schedule grows workloads past half a node's room and shrinks them back as it
+    /// puts workloads ([`growth`]).
+    pub growth: bool,
+    /// The workloads (`w{k}`) it grew and has not shrunk or removed since.
+    grown: BTreeSet<u32>,
+    /// Growths and shrinks proposed, and the times a leader's state went from no node over its
+    /// room to one (each must be resolved by a move once a node has room).
+    pub grown_puts: u64,
+    pub overfull_episodes: u64,
+    overfull_now: bool,
     /// The chaos schedule removes down nodes (`RemoveNode`) as it puts workloads (from their
     /// count, not the generator), and admits them again once healed.
     pub removals: bool,
@@ -199,6 +210,11 @@ impl RaftSim {
             pending: Vec::new(),
             drains: 0,
             relabels: false,
+            growth: false,
+            grown: BTreeSet::new(),
+            grown_puts: 0,
+            overfull_episodes: 0,
+            overfull_now: false,
             removals: false,
             removals_proposed: 0,
             removing: BTreeSet::new(),

@@ -69,7 +69,9 @@ impl RaftSim {
                     // if cut off, may still run it until its lease ends).
                     let k = 1 + self.rng.below(u64::from(named)) as u32;
                     let cmd = if self.rng.below(2) == 0 { Command::RemoveWorkload(format!("w{k}")) } else { Command::PutWorkload(Self::chaos_workload(k, 1)) };
-                    let _ = self.propose(cmd);
+                    if self.propose(cmd) {
+                        self.not_grown(k);
+                    }
                 }
                 _ => {
                     named += 1;
@@ -82,6 +84,9 @@ impl RaftSim {
                         let id = u64::from(named / 3) % n;
                         let v = if (named / 3) % 2 == 1 { Some("t1".to_string()) } else { None };
                         let _ = self.propose(Command::SetLabels { node: key_of(id), changes: vec![("tier".to_string(), v)] });
+                    }
+                    if self.growth && named % 2 == 0 {
+                        self.grow_or_shrink(named);
                     }
                     if self.removals && named % 4 == 3 {
                         // `catenary node add` of the removed nodes, in the middle of the
@@ -165,6 +170,7 @@ pub fn raft_chaos_run(seed: u64, debug_window: Option<(Duration, Duration)>) -> 
     let mut sim = RaftSim::with_config(n, seed, NetConfig::default(), 64, 65536, cfg);
     sim.debug_window = debug_window;
     sim.relabels = true;
+    sim.growth = true;
     // Replicas stop 0–300 ms after their `Unassign` applied (from the seed), as on nodes.
     sim.set_stop_delay(Duration::from_millis((seed / 3) % 4 * 100));
     sim.removals = true;
@@ -211,6 +217,10 @@ pub struct ChaosStats {
     /// Replicas assigned, and of those to a node without the workload's image.
     pub assigns: u64,
     pub assigns_without_image: u64,
+    /// Workloads grown past half a node's room or shrunk back, and the times a node was over
+    /// its room (every one resolved by the end: [`RaftSim::room_converged`]).
+    pub grown_puts: u64,
+    pub overfull_episodes: u64,
 }
 
 /// [`raft_chaos_run`] without the simulator.
@@ -226,5 +236,5 @@ pub fn raft_chaos(seed: u64) -> Result<ChaosStats, String> {
             return Err(format!("seed {seed}: node {s} (id {}) is not a voter at the end: {voters:?}", sim.raft_id(s)));
         }
     }
-    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts(), removals: sim.removals_proposed, voters_taken_out: sim.voters_taken_out, voters_added_back: sim.voters_added_back, pulls_installed: sim.pulls_installed(), compactions_held: sim.compactions_held(), assigns: sim.assigns, assigns_without_image: sim.assigns_without_image })
+    Ok(ChaosStats { snapshots_taken, snapshots_installed, chunks_delivered: sim.chunks_delivered, snapshots_assembled: sim.snapshots_assembled, largest_snapshot: sim.largest_snapshot, diskless_restarts: sim.diskless_restarts(), removals: sim.removals_proposed, voters_taken_out: sim.voters_taken_out, voters_added_back: sim.voters_added_back, pulls_installed: sim.pulls_installed(), compactions_held: sim.compactions_held(), assigns: sim.assigns, assigns_without_image: sim.assigns_without_image, grown_puts: sim.grown_puts, overfull_episodes: sim.overfull_episodes })
 }
