@@ -20,6 +20,8 @@ use catenary_workload::{Digest, RestartPolicy};
 pub const REPLICA_PREFIX: &str = catenary_workload::proto::CLUSTER_PREFIX;
 // The scheduler names replicas by catenary_cluster's copy of the prefix: the two must agree.
 const _: () = assert!(same(REPLICA_PREFIX.as_bytes(), catenary_cluster::desired::REPLICA_PREFIX.as_bytes()));
+// The scheduler counts a replica's node memory as workd's admission does.
+const _: () = assert!(catenary_cluster::desired::REPLICA_OVERHEAD_MIB == catenary_workload::admission::VM_OVERHEAD_MIB);
 
 const fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

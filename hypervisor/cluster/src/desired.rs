@@ -38,6 +38,21 @@ pub fn replica_name(workload: &str, r: u32) -> String {
     alloc::format!("{REPLICA_PREFIX}{workload}-{r}")
 }
 
+/// The node memory a replica takes beyond its guest memory (`workd`'s admission:
+/// `catenary_workload::admission::VM_OVERHEAD_MIB`, which `catenary_api` checks is the same).
+/// The scheduler counts it with every replica ([`WorkloadSpec::replica_mem_mib`]), as the nodes
+/// report their room net of it for the replicas they hold.
+pub const REPLICA_OVERHEAD_MIB: u64 = 4;
+
+impl WorkloadSpec {
+    /// The node memory one replica takes: its guest memory plus [`REPLICA_OVERHEAD_MIB`]. What
+    /// the scheduler places and weighs against a node's reported capacity, so that a node it
+    /// picks also admits the replica.
+    pub fn replica_mem_mib(&self) -> u64 {
+        self.mem_mib.saturating_add(REPLICA_OVERHEAD_MIB)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartPolicy {
     No,
@@ -362,7 +377,7 @@ impl DesiredState {
             .map(|w| {
                 let mut constraints = w.constraints.clone();
                 constraints.extend(self.drained.iter().map(|k| Constraint::NotOnNode(*k)));
-                WorkloadDemand { name: w.name.clone(), replicas: w.replicas, vcpus: w.vcpus, mem_mib: w.mem_mib, constraints, image: w.image, image_mib: 0 }
+                WorkloadDemand { name: w.name.clone(), replicas: w.replicas, vcpus: w.vcpus, mem_mib: w.replica_mem_mib(), constraints, image: w.image, image_mib: 0 }
             })
             .collect()
     }

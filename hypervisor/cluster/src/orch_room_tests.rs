@@ -7,10 +7,11 @@ use alloc::vec::Vec;
 use super::*;
 use crate::raft_codec::{replica_tag, HealthyReplica};
 
-/// The memory the committed state assigns node `i` (desired specs).
+/// The node memory the committed state assigns node `i` (desired specs, with each replica's
+/// overhead, as `orchd` counts what its replicas hold).
 fn used_mib(net: &Net, i: usize) -> u64 {
     let s = net.nodes[0].as_ref().unwrap().state().unwrap();
-    s.assignments.iter().filter(|(_, k)| **k == net.keys[i]).map(|((w, _), _)| s.workloads[w].mem_mib).sum()
+    s.assignments.iter().filter(|(_, k)| **k == net.keys[i]).map(|((w, _), _)| s.workloads[w].replica_mem_mib()).sum()
 }
 
 /// The tests' stand-in for a replica's `workd` spec digest (`Orch::set_replica_digest`).
@@ -34,7 +35,7 @@ fn report_health(net: &mut Net, new: &[u32]) {
                     ("grow", Some(s)) if new.contains(r) => digest(s, *r).unwrap(),
                     _ => [0; 32],
                 };
-                HealthyReplica { tag: replica_tag(&alloc::format!("cl-{w}-{r}")), spec }
+                HealthyReplica { tag: replica_tag(&crate::desired::replica_name(w, *r)), spec }
             })
             .collect();
         if let Some(o) = net.nodes[i].as_mut() {
@@ -194,4 +195,35 @@ fn two_moves_never_count_on_the_same_room() {
         exercised += 1;
     }
     assert!(exercised >= 2, "only {exercised} seeds put ga and gb on two nodes");
+}
+
+/// A replica takes its guest memory and the microVM's overhead on its node (workd's
+/// admission): a node whose room is its guest memory alone does not get it, one with room for
+/// both does, and a node with exactly that much is full, not over its room.
+#[test]
+fn a_replica_goes_only_where_its_overhead_fits_too() {
+    for seed in 0..3 {
+        let mut net = formed(580 + seed);
+        let tight = seed as usize % 3;
+        for i in 0..3 {
+            let mem = used_mib(&net, i) + if i == tight { 300 } else { 100 };
+            net.nodes[i].as_mut().unwrap().set_capacity(4, mem);
+        }
+        net.run_for(3_000);
+        let l = net.leader().unwrap();
+        net.submit_via(l, Command::PutWorkload(sized("fit", 1, 300)));
+        net.run_for(5_000);
+        assert_eq!(net.runner_of("fit", 0), None, "seed {seed}: placed where only its guest memory fits");
+        let roomy = (tight + 1) % 3;
+        let mem = used_mib(&net, roomy) + 300 + crate::desired::REPLICA_OVERHEAD_MIB;
+        net.nodes[roomy].as_mut().unwrap().set_capacity(4, mem);
+        assert!(net.run_until(5_000, |n| n.runner_of("fit", 0) == Some(roomy)), "seed {seed}: not placed on the node with room for it and its overhead");
+        // exactly full: the node reports what its replicas hold and nothing more
+        let full = used_mib(&net, roomy);
+        net.nodes[roomy].as_mut().unwrap().set_capacity(4, full);
+        for _ in 0..5_000 {
+            net.step();
+            assert_eq!(net.runner_of("fit", 0), Some(roomy), "seed {seed}: moved off a node that is full, not over its room");
+        }
+    }
 }

@@ -138,7 +138,7 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
         if let Some(s) = state.workloads.get(w) {
             let u = used.entry(*key).or_insert((0, 0));
             u.0 = u.0.saturating_add(s.vcpus);
-            u.1 = u.1.saturating_add(s.mem_mib);
+            u.1 = u.1.saturating_add(s.replica_mem_mib());
             if labels.get(key).is_some_and(|c| !c.images.contains(&s.image)) {
                 copying.entry(*key).or_default().insert(s.image);
             }
@@ -185,7 +185,7 @@ pub fn reconcile(state: &DesiredState, leader: &Replica, now: Duration, cfg: &Le
         for (_, key) in state.assignments.range((name.clone(), 0)..=(name.clone(), u32::MAX)) {
             constraints.push(Constraint::NotOnNode(*key));
         }
-        demands.push(WorkloadDemand { name: name.clone(), replicas: m.len() as u32, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints, image: spec.image, image_mib: size_of(&spec.image) });
+        demands.push(WorkloadDemand { name: name.clone(), replicas: m.len() as u32, vcpus: spec.vcpus, mem_mib: spec.replica_mem_mib(), constraints, image: spec.image, image_mib: size_of(&spec.image) });
         missing.insert(name.as_str(), (m, spec));
     }
     if demands.is_empty() {
@@ -237,7 +237,7 @@ fn overfull_move<'a>(
             constraints.push(Constraint::NotOnNode(*key));
         }
         constraints.extend(extra.map(Constraint::NotOnNode));
-        WorkloadDemand { name: w.clone(), replicas, vcpus: spec.vcpus, mem_mib: spec.mem_mib, constraints, image: spec.image, image_mib: size_of(&spec.image) }
+        WorkloadDemand { name: w.clone(), replicas, vcpus: spec.vcpus, mem_mib: spec.replica_mem_mib(), constraints, image: spec.image, image_mib: size_of(&spec.image) }
     };
     // The room the unassigned replicas will take.
     let pending: Vec<WorkloadDemand> = state
