@@ -85,7 +85,7 @@ impl RaftSim {
                         let v = if (named / 3) % 2 == 1 { Some("t1".to_string()) } else { None };
                         let _ = self.propose(Command::SetLabels { node: key_of(id), changes: vec![("tier".to_string(), v)] });
                     }
-                    if self.growth && named % 2 == 0 {
+                    if self.growth && named.is_multiple_of(2) {
                         self.grow_or_shrink(named);
                     }
                     if self.removals && named % 4 == 3 {
