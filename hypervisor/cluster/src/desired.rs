@@ -41,7 +41,8 @@ pub fn replica_name(workload: &str, r: u32) -> String {
 /// The node memory a replica takes beyond its guest memory (`workd`'s admission:
 /// `catenary_workload::admission::VM_OVERHEAD_MIB`, which `catenary_api` checks is the same).
 /// The scheduler counts it with every replica ([`WorkloadSpec::replica_mem_mib`]), as the nodes
-/// report their room net of it for the replicas they hold.
+/// count it in the capacity they report (`orchd`: admission's free memory plus each held
+/// replica's guest memory and overhead).
 pub const REPLICA_OVERHEAD_MIB: u64 = 4;
 
 impl WorkloadSpec {

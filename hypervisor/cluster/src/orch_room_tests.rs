@@ -218,9 +218,12 @@ fn a_replica_goes_only_where_its_overhead_fits_too() {
         let mem = used_mib(&net, roomy) + 300 + crate::desired::REPLICA_OVERHEAD_MIB;
         net.nodes[roomy].as_mut().unwrap().set_capacity(4, mem);
         assert!(net.run_until(5_000, |n| n.runner_of("fit", 0) == Some(roomy)), "seed {seed}: not placed on the node with room for it and its overhead");
-        // exactly full: the node reports what its replicas hold and nothing more
+        // exactly full: the node reports what its replicas hold and nothing more, while the
+        // tight node now has room for it (so a node taken as over its room would move it)
         let full = used_mib(&net, roomy);
         net.nodes[roomy].as_mut().unwrap().set_capacity(4, full);
+        let room = used_mib(&net, tight) + 400;
+        net.nodes[tight].as_mut().unwrap().set_capacity(4, room);
         for _ in 0..5_000 {
             net.step();
             assert_eq!(net.runner_of("fit", 0), Some(roomy), "seed {seed}: moved off a node that is full, not over its room");

@@ -109,9 +109,10 @@ fn abandoned_tickets_do_not_block_writes_for_good() {
     assert_eq!(net.write_via(l, Command::PutWorkload(spec("b", 1))), TicketStatus::Committed(Some(crate::put_change::PutChange::Created)));
 }
 
-/// A forwarded write's `Proposed` answer counts only from the member it was forwarded to:
-/// another member's `Proposed` for the same ticket number (a spoof, or the answer to an
-/// earlier `orchd` run's write with that number) neither fails it nor moves it.
+/// A forwarded write's `Proposed` answer counts only from the member it was forwarded to, and
+/// only once: another member's `Proposed` for the same ticket number (a spoof, or the answer to
+/// an earlier `orchd` run's write with that number) neither fails it nor moves it, and a second
+/// answer from the leader (a refusal after the position) changes nothing.
 #[test]
 fn a_proposed_answer_counts_only_from_the_leader_it_was_forwarded_to() {
     for seed in 0..3 {
@@ -122,9 +123,17 @@ fn a_proposed_answer_counts_only_from_the_leader_it_was_forwarded_to() {
         let t = net.nodes[f].as_mut().unwrap().submit(now, Command::PutWorkload(spec("fwd", 1))).unwrap();
         let refusal = encode(&Wire::Proposed { request: t, term: PROPOSED_FULL, index: 0 });
         let elsewhere = encode(&Wire::Proposed { request: t, term: 1, index: 999 });
-        net.nodes[f].as_mut().unwrap().handle(now, other, &refusal);
         net.nodes[f].as_mut().unwrap().handle(now, other, &elsewhere);
-        assert_eq!(net.nodes[f].as_mut().unwrap().ticket(now, t), TicketStatus::Pending, "seed {seed}: another member's answer counted");
+        assert!(net.nodes[f].as_ref().unwrap().tickets.get(t).unwrap().at.is_none(), "seed {seed}: another member's position counted");
+        net.nodes[f].as_mut().unwrap().handle(now, other, &refusal);
+        assert_eq!(net.nodes[f].as_mut().unwrap().ticket(now, t), TicketStatus::Pending, "seed {seed}: another member's refusal counted");
+        // the leader's answer, then a second one from it
+        while net.nodes[f].as_ref().unwrap().tickets.get(t).and_then(|tk| tk.at).is_none() {
+            assert!(net.now < now + Duration::from_secs(2), "seed {seed}: the leader never answered");
+            net.step();
+        }
+        let at = net.now;
+        net.nodes[f].as_mut().unwrap().handle(at, l, &refusal);
         let mut answer = TicketStatus::Pending;
         while answer == TicketStatus::Pending && net.now < now + Duration::from_secs(5) {
             net.step();

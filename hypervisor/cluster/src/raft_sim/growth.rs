@@ -30,13 +30,21 @@ impl RaftSim {
         on
     }
 
-    /// The chaos schedule's growth step (after its `named`th new workload; no draw from the
-    /// generator, so the fault schedule stays the one without growth): grow a workload, or
-    /// shrink one back when growing it would make the grown replicas outnumber the nodes (so
-    /// that all always fit somewhere, one per node).
+    /// The chaos schedule's growth step (after its `named`th new workload; it draws nothing
+    /// from the generator itself, but its proposals send datagrams whose loss and delay are
+    /// drawn, so the rest of the run differs from the one without growth): grow a workload,
+    /// or shrink one back when none can grow (none unconstrained and not grown, or growing it
+    /// would make the grown replicas outnumber the nodes). The count is of the schedule's own
+    /// proposals, which a lost proposal can make drift from the committed state, and the
+    /// nodes include drained and removed ones; the end check asks only for a node holding
+    /// none, so neither makes it fail falsely.
     pub(super) fn grow_or_shrink(&mut self, named: u32) {
         let Some(st) = self.leader().and_then(|l| self.replica(l)).map(|r| r.state().clone()) else { return };
-        let grown_replicas: u32 = self.grown.iter().map(|k| st.workloads.get(&format!("w{k}")).map_or(2, |s| s.replicas)).sum();
+        // The schedule's own growths, and those the leader's state holds (a shrink proposed may
+        // have been lost).
+        let held = st.workloads.values().filter(|s| s.mem_mib == GROWN_MIB).filter_map(|s| s.name.strip_prefix('w')?.parse::<u32>().ok());
+        let all: alloc::collections::BTreeSet<u32> = self.grown.iter().copied().chain(held).collect();
+        let grown_replicas: u32 = all.iter().map(|k| st.workloads.get(&format!("w{k}")).map_or(2, |s| s.replicas)).sum();
         // Unconstrained (`chaos_workload`'s k % 4 == 0, or 2 with k % 8 == 6) and not grown.
         let grown_on = Self::grown_on(&st);
         let candidates: alloc::vec::Vec<(u32, u32, bool)> = (1..=named)
@@ -65,6 +73,32 @@ impl RaftSim {
         };
         if self.propose(cmd) {
             self.grown_puts += 1;
+        }
+    }
+
+    /// The end of a schedule: until the leader's committed state (with nothing uncommitted)
+    /// holds no more grown replicas than there are nodes, shrink one back, so that everything
+    /// fits once quiet (a lost shrink, or a growth committed late, can leave more).
+    pub(super) fn settle_growth(&mut self, until: core::time::Duration) {
+        if !self.growth {
+            return;
+        }
+        while self.now < until {
+            self.run_until(self.now + core::time::Duration::from_millis(500));
+            let Some(r) = self.leader().and_then(|l| self.replica(l)) else { continue };
+            if r.has_uncommitted() {
+                continue;
+            }
+            let grown: alloc::vec::Vec<(u32, u32)> =
+                r.state().workloads.values().filter(|s| s.mem_mib == GROWN_MIB).filter_map(|s| Some((s.name.strip_prefix('w')?.parse().ok()?, s.replicas))).collect();
+            if grown.iter().map(|g| g.1).sum::<u32>() <= self.slots.len() as u32 {
+                break;
+            }
+            let (k, replicas) = grown[0];
+            if self.propose(Command::PutWorkload(Self::chaos_workload(k, replicas))) {
+                self.grown.remove(&k);
+                self.grown_puts += 1;
+            }
         }
     }
 

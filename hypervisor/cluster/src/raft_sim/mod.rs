@@ -43,7 +43,7 @@ mod net;
 mod runners;
 mod scenario;
 
-pub use scenario::{raft_chaos, raft_chaos_run, ChaosStats};
+pub use scenario::{raft_chaos, raft_chaos_run, raft_chaos_run_with, raft_chaos_with, ChaosStats};
 
 /// How often a leader runs its scheduler.
 const RECONCILE_EVERY: Duration = Duration::from_millis(100);
