@@ -18,24 +18,11 @@ use catenary_workload::{Digest, RestartPolicy};
 
 /// The workd name prefix of cluster replicas: node-level workloads may not use it.
 pub const REPLICA_PREFIX: &str = catenary_workload::proto::CLUSTER_PREFIX;
-// The scheduler names replicas by catenary_cluster's copy of the prefix: the two must agree.
-const _: () = assert!(same(REPLICA_PREFIX.as_bytes(), catenary_cluster::desired::REPLICA_PREFIX.as_bytes()));
+// The scheduler names replicas by catenary_cluster's copy of the prefix; the test
+// `the_scheduler_and_workd_agree_on_a_replica` checks the two agree.
 // The scheduler counts a replica's node memory as workd's admission does.
 const _: () = assert!(catenary_cluster::desired::REPLICA_OVERHEAD_MIB == catenary_workload::admission::VM_OVERHEAD_MIB);
 
-const fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
 /// Constraints per workload.
 pub const CONSTRAINTS_MAX: usize = 16;
 

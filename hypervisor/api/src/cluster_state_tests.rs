@@ -407,3 +407,12 @@ fn a_cluster_workload_without_a_network_is_refused_not_dropped() {
     let w: ClusterWorkload = decode(s, &b).unwrap();
     assert_eq!(w.change.as_deref(), Some("unchanged"));
 }
+
+/// `orchd` names a replica with `catenary_cluster`'s prefix and `workd` recognises one by its
+/// own: a difference would make every replica look like a node-level workload.
+#[test]
+fn the_scheduler_and_workd_agree_on_a_replica() {
+    assert_eq!(cluster_state::REPLICA_PREFIX, catenary_cluster::desired::REPLICA_PREFIX);
+    let name = cluster_state::replica_name("web", 1);
+    assert!(name.starts_with(catenary_workload::proto::CLUSTER_PREFIX), "{name}");
+}
