@@ -29,9 +29,9 @@ pub(crate) struct Setup {
     pub cmdline: &'static str,
     /// More words for one node only (index, words).
     pub node_cmdline: Option<(usize, &'static str)>,
-    /// A service the kernel's watchdog is expected to kill once on one node (index, service):
-    /// its first `WATCHDOG:` line there does not fail "no panic and no hung service" (a
-    /// second one does).
+    /// A service the kernel is expected to kill as hung on one node (index, service): its
+    /// first `WATCHDOG:` line there and its first `HEARTBEAT:` line do not fail "no panic and
+    /// no hung service" (a second of either does).
     pub hang_expected: Option<(usize, &'static str)>,
 }
 
@@ -86,12 +86,20 @@ pub(crate) fn three_nodes(t: &mut Tally, kernel: &Path, name: &str, tag: &str, s
     c.check("the run went to its end", res.is_ok(), res.as_ref().err().map(String::as_str).unwrap_or(""));
     // a service the kernel's watchdog killed was hung: as much a failure as a panic
     // (one expected line is allowed: its first match; a second one fails)
-    let expected_at = setup.hang_expected.and_then(|(j, svc)| r.lines.get(j).and_then(|ls| ls.iter().position(|l| l.contains("WATCHDOG:") && l.contains(&format!("\"{svc}\" ran"))).map(|p| (j, p))));
+    let first = |kind: &str, what: &str| {
+        setup.hang_expected.and_then(|(j, svc)| r.lines.get(j).and_then(|ls| ls.iter().position(|l| l.contains(kind) && l.contains(&format!("\"{svc}\" {what}"))).map(|p| (j, p))))
+    };
+    let expected = [first("WATCHDOG:", "ran"), first("HEARTBEAT:", "missed")];
     let panics: Vec<&String> = r
         .lines
         .iter()
         .enumerate()
-        .flat_map(|(i, ls)| ls.iter().enumerate().filter(move |(p, l)| l.contains("user panic") || l.contains("KERNEL PANIC") || (l.contains("WATCHDOG:") && expected_at != Some((i, *p)))).map(|(_, l)| l))
+        .flat_map(|(i, ls)| {
+            ls.iter()
+                .enumerate()
+                .filter(move |(p, l)| l.contains("user panic") || l.contains("KERNEL PANIC") || ((l.contains("WATCHDOG:") || l.contains("HEARTBEAT:")) && !expected.contains(&Some((i, *p)))))
+                .map(|(_, l)| l)
+        })
         .collect();
     c.check("no panic and no hung service on any node", panics.is_empty(), &panics.iter().take(3).map(|l| l.as_str()).collect::<Vec<_>>().join(" | "));
     drop(r);

@@ -219,6 +219,9 @@ pub mod supervisor {
     /// ran the watchdog's limit of CPU time without a system call (hung in a loop); word 3 is
     /// where it ran.
     pub const WATCHDOG_CODE: u64 = 0xdead_0100;
+    /// The exit code of a task the kernel's heartbeat check killed: it armed a heartbeat
+    /// (`SYS_ALIVE`) and missed one; word 3 is where it ran (its last saved instruction).
+    pub const HEARTBEAT_CODE: u64 = 0xdead_0101;
     pub const NOT_STARTED_NO_RIGHT: u64 = 1;
     pub const NOT_STARTED_RUNNING: u64 = 2;
     pub const NOT_STARTED_NO_DEVICE: u64 = 3;
@@ -454,6 +457,17 @@ pub mod syscall {
     /// rsi = label, rdx, r10, r8, r9 = words, r13 = the receive capability slot; returns as
     /// `SYS_RECV` (without a timeout). A bad token or slot refuses the whole call.
     pub const SYS_REPLY_RECV: u64 = 22;
+    /// `alive(period_ms)`: a heartbeat. The first call arms the kernel's heartbeat check for
+    /// the calling task; each call promises the next within `period_ms`
+    /// ([`HEARTBEAT_MIN_MS`]..=[`HEARTBEAT_MAX_MS`], else [`ERR_BAD_ARG`]). A task that misses
+    /// it is hung (a service's main loop stopped going round, even if it still makes system
+    /// calls) and is killed with [`crate::supervisor::HEARTBEAT_CODE`]. Time the task waits
+    /// for the CPU (ready, not running) or for the reply to a call does not count.
+    pub const SYS_ALIVE: u64 = 23;
+    /// Shortest heartbeat period (ms): the kernel looks every 100 ms.
+    pub const HEARTBEAT_MIN_MS: u64 = 100;
+    /// Longest heartbeat period (ms).
+    pub const HEARTBEAT_MAX_MS: u64 = 600_000;
     /// Error code (returned negated) of a syscall given a bad argument: an address outside
     /// the caller's memory, a range that overflows, memory or a device it does not own.
     pub const ERR_BAD_ARG: u64 = 100;

@@ -62,6 +62,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("user_killed_while_blocked_frees_frames", crate::ktest_core::user_killed_while_blocked_frees_frames),
     ("user_preempted_spinner", crate::ktest_core::user_preempted_spinner),
     ("user_spinner_killed_by_the_watchdog", crate::ktest_core::user_spinner_killed_by_the_watchdog),
+    ("user_task_that_misses_its_heartbeat_is_killed", crate::ktest_core::user_task_that_misses_its_heartbeat_is_killed),
     ("driver_rtc_over_ipc", crate::ktest_core::driver_rtc_over_ipc),
     ("supervisor_restarts_echo", crate::ktest_supervisor::supervisor_restarts_echo),
     ("supervisor_restarted_after_death", crate::ktest_supervisor::supervisor_restarted_after_death),

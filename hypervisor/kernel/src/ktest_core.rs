@@ -510,6 +510,37 @@ pub fn user_spinner_killed_by_the_watchdog(_: &Node) -> Result<(), String> {
     r
 }
 
+/// Heartbeats (`task::heartbeat`): three ring-3 tasks arm a 300 ms heartbeat, beat for
+/// 600 ms and then stop in the ways the spin watchdog does not see: a loop that sleeps 5 ms
+/// (a retry loop), a receive nobody answers (killed where it waits), and a loop that reads
+/// the clock without ever blocking (killed by its CPU's tick). Each ends with the heartbeat's
+/// exit code, not before its last beat's period has run out, and its frames come back. A
+/// fourth beats every 50 ms for 1.5 s and makes a call answered after 800 ms (time waiting
+/// for a reply does not count): it lives to exit on its own, and out-of-range periods were
+/// refused.
+pub fn user_task_that_misses_its_heartbeat_is_killed(_: &Node) -> Result<(), String> {
+    let before = crate::ktest::free_frames_settled();
+    for (name, role) in [("beat-sleepy", task::ROLE_BEAT_SLEEPY), ("beat-recv", task::ROLE_BEAT_RECV), ("beat-busy", task::ROLE_BEAT_BUSY)] {
+        let t0 = time::now_ns();
+        let (id, _) = spawn_uapp(name, role, Affinity::ANY, true, &[])?;
+        let code = task::join(id, 20 * SEC).ok_or_else(|| format!("{name} was not killed within 20 s"))?;
+        let took = time::now_ns() - t0;
+        check(code == task::heartbeat::HEARTBEAT_CODE, || format!("{name}: exit code {code:#x}"))?;
+        // its last beat came after 580-600 ms: not killed before that beat's 300 ms ran out
+        check(took >= 880_000_000, || format!("{name} killed after {} ms, before its heartbeat was late", took / 1_000_000))?;
+        log::info!(target: "ktest", "heartbeat: {name} was killed {} ms after its start (beats stopped after 600 ms, period 300 ms)", took / 1_000_000);
+    }
+    let after = crate::ktest::free_frames_settled();
+    check(after == before, || format!("{} frames leaked by the kills", before as i64 - after as i64))?;
+    let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;
+    let (id, _) = spawn_uapp("beat-keep", task::ROLE_BEAT_KEEP, Affinity::ANY, false, &[task::send_cap(ep, 0)])?;
+    let m = task::recv(slot, 20 * SEC).map_err(|e| format!("beat-keep made no call: {e:?}"))?;
+    task::sleep_ns(800_000_000);
+    task::reply(m.reply, Message::new(0, [0; 4])).map_err(|e| format!("reply to beat-keep: {e:?}"))?;
+    let code = task::join(id, 10 * SEC).ok_or("beat-keep did not end")?;
+    check(code == 0x52, || format!("a task that kept its heartbeat ended with {code:#x} (0x52: its own exit; 0x53: a bad period was taken)"))
+}
+
 pub fn driver_rtc_over_ipc(_: &Node) -> Result<(), String> {
     let rtc = task::rtc_endpoint().ok_or("rtcd not running")?;
     let (slot, ep) = task::try_create_endpoint_for_current(4).map_err(crate::ktest::cap_err)?;

@@ -24,7 +24,7 @@ pub mod virtio_pci;
 // `catenary-arch-user` (the only crate of the user programs with `unsafe`).
 pub use catenary_arch_user::region::{DmaRegion, Grant, Mem, Mmio, Pages};
 pub use catenary_arch_user::sys::{
-    bind_address, call, call_grant, call_grant_at, call_timeout, exit, grant_of, join, log, log_bytes, net, net_vm_ring, now_ns, null, recv, reply_recv, reply, send, sender,
+    alive, bind_address, call, call_grant, call_grant_at, call_timeout, exit, grant_of, join, log, log_bytes, net, net_vm_ring, now_ns, null, recv, reply_recv, reply, send, sender,
     share, sleep_ns, vm, vm_value, yield_now, Msg, REMOTE_BADGE,
 };
 pub use catenary_arch_user::{dma, entry, fpu, hostile, inb, outb, rdtsc, regs_hold, set_ac, virtio_net};

@@ -122,6 +122,12 @@ pub fn sleep_ns(ns: u64) {
 pub fn now_ns() -> u64 {
     regs(SYS_TIME, [0; 6])
 }
+/// A heartbeat (`SYS_ALIVE`): the next one is promised within `period_ms`, or the kernel
+/// kills this task as hung. Err(code) for a period out of range.
+pub fn alive(period_ms: u64) -> Result<(), u64> {
+    let r = regs(SYS_ALIVE, [period_ms, 0, 0, 0, 0, 0]);
+    if r == 0 { Ok(()) } else { Err(r.wrapping_neg()) }
+}
 /// Wait up to `timeout_ns` for task `task` to end; rax as the kernel gives it.
 pub fn join(task: u64, timeout_ns: u64) -> u64 {
     regs(SYS_JOIN, [task, timeout_ns, 0, 0, 0, 0])

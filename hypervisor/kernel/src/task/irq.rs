@@ -5,6 +5,11 @@ use super::*;
 
 pub(super) fn on_tick(f: &mut TrapFrame) {
     let hung = with(|k| {
+        if smp::cpu_index() == 0 && (k.ticks + 1) % heartbeat::SCAN_TICKS == 0 {
+            let now = time::now_ns();
+            heartbeat::scan(k, now, now.saturating_sub(k.last_heartbeat_scan));
+            k.last_heartbeat_scan = now;
+        }
         // first, while `f` is still the interrupted task's
         if let Some(h) = watchdog::on_tick(k, f) {
             return Some(h);
@@ -43,14 +48,15 @@ pub(super) fn on_tick(f: &mut TrapFrame) {
         }
         None
     });
-    // A ring-3 task over the watchdog's limit: dumped (outside the lock, as a fault is) and
-    // killed; this tick's other work waits for the next tick (10 ms).
-    if let Some((id, name, ms)) = hung {
-        catenary_arch::trap::print_interrupted(f, &alloc::format!("WATCHDOG: ring-3 task {id} \"{name}\" ran {ms} ms of CPU without a system call (hung) - killing the task"));
+    // A ring-3 task over the watchdog's limit, or late with its heartbeat: dumped (outside
+    // the lock, as a fault is) and killed; this tick's other work waits for the next tick
+    // (10 ms).
+    if let Some((id, msg, code)) = hung {
+        catenary_arch::trap::print_interrupted(f, &msg);
         with(|k| {
             if k.sched.current(smp::cpu_index()) == Some(id) {
                 supervisor::note_fault(k, id, f.rip());
-                kill_current(k, f, watchdog::WATCHDOG_CODE);
+                kill_current(k, f, code);
             }
         });
     }

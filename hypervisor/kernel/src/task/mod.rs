@@ -61,6 +61,7 @@ mod switch;
 mod syscall;
 pub mod vmctl;
 pub mod watchdog;
+pub mod heartbeat;
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -137,11 +138,13 @@ pub struct Ctx {
     origin: [u8; 16],
     /// Timer ticks it ran in ring 3 without a system call since its last one (`watchdog`).
     quiet_ticks: u32,
+    /// Its heartbeat, once armed (`heartbeat`).
+    heartbeat: Option<heartbeat::Beat>,
 }
 
 impl Ctx {
     fn new(frame: TaskContext) -> Ctx {
-        Ctx { frame, space: None, io: None, caps: CapTable::new(64), frames: Default::default(), mem_left: 0, kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16], quiet_ticks: 0 }
+        Ctx { frame, space: None, io: None, caps: CapTable::new(64), frames: Default::default(), mem_left: 0, kentry: None, mmio: Vec::new(), dma_left: 0, origin: [0; 16], quiet_ticks: 0, heartbeat: None }
     }
 }
 
@@ -155,6 +158,8 @@ pub struct Kernel {
     exit_codes: alloc::collections::BTreeMap<TaskId, u64>,
     rtc_endpoint: Option<EndpointId>,
     ticks: u64,
+    /// When CPU 0 last looked at the heartbeats (`heartbeat::scan`).
+    last_heartbeat_scan: u64,
     grants: alloc::collections::BTreeMap<u64, GrantRec>,
     /// Device interrupt vectors delivered as IPC notifications: vector -> (endpoint, bits).
     irq_notify: alloc::collections::BTreeMap<u8, (EndpointId, u64)>,
@@ -184,6 +189,7 @@ pub fn init(cpus: usize) {
         exit_codes: Default::default(),
         rtc_endpoint: None,
         ticks: 0,
+        last_heartbeat_scan: 0,
         grants: Default::default(),
         irq_notify: Default::default(),
         remote: Remote::default(),
@@ -277,22 +283,28 @@ pub fn cpu_of(id: TaskId) -> Option<usize> {
 
 /// Kill a task that is not running right now (tests). Returns whether it was killed.
 pub fn kill_for_test(id: TaskId) -> bool {
-    with(|k| match k.sched.task(id).map(|t| t.state) {
+    with(|k| kill_not_running(k, id, killed_by(0xff)))
+}
+
+/// Kill task `id` with exit `code` if it is ready or blocked (not running on any CPU): its
+/// callers and joiners are released and its frames and address space go back now. False if
+/// it is running, dead or unknown.
+pub(super) fn kill_not_running(k: &mut Kernel, id: TaskId, code: u64) -> bool {
+    match k.sched.task(id).map(|t| t.state) {
         Some(TaskState::Ready) | Some(TaskState::Blocked(_)) => {
-            supervisor::on_death(k, id, killed_by(0xff));
+            supervisor::on_death(k, id, code);
             let rep = k.ipc.task_died(id);
             grants_on_death(k, id);
             k.remote.bound.remove(&id);
             let _ = k.sched.kill(id);
-            k.exit_codes.insert(id, killed_by(0xff));
+            k.exit_codes.insert(id, code);
             for (w, e) in rep.wake_with_error {
                 complete(k, w, Err(err(e)));
             }
-            wake_joiners(k, id, killed_by(0xff));
-            // Not running anywhere: its frames and address space go back now.
+            wake_joiners(k, id, code);
             reap_dead(k, id);
             true
         }
         _ => false,
-    })
+    }
 }

@@ -60,6 +60,15 @@ pub const ROLE_FPU_DIE: u64 = 45;
 pub const ROLE_FPU_FRESH: u64 = 46;
 pub const ROLE_HANG_ON_CALL: u64 = 47;
 pub const ROLE_SPIN_SLEEP: u64 = 48;
+/// Heartbeats (`ktest_core::user_task_that_misses_its_heartbeat_is_killed`): each arms a
+/// 300 ms heartbeat. BEAT_SLEEPY beats for 600 ms, then loops sleeping 5 ms without beating;
+/// BEAT_RECV then waits in a receive nobody answers; BEAT_BUSY then loops reading the clock
+/// (never blocking); BEAT_KEEP beats every 50 ms for 1.5 s, calls slot 0 (answered after
+/// 800 ms), beats, and exits 0x52 if out-of-range periods were refused (else 0x53).
+pub const ROLE_BEAT_SLEEPY: u64 = 49;
+pub const ROLE_BEAT_RECV: u64 = 50;
+pub const ROLE_BEAT_BUSY: u64 = 51;
+pub const ROLE_BEAT_KEEP: u64 = 52;
 
 static IOAPIC_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Physical address of the first IOAPIC (from ACPI), if any.

@@ -69,7 +69,8 @@ pub struct Supervision {
     /// `catenary_ipc::netd::TEST_PANIC_LABEL` (later ones do not: the sender retransmits it).
     netd_test_panic: bool,
     /// `memberd.test_hang=1` (test): the first memberd hangs in a loop without system calls
-    /// once the cluster is up (the watchdog's QEMU test, `cluster_memberd_hung`).
+    /// once the cluster is up (the watchdog's case), the second in a loop that sleeps (the
+    /// heartbeat's); QEMU test `cluster_memberd_hung`.
     memberd_test_hang: bool,
     /// Services that start only when the kernel's network bring-up says so (those with a
     /// device or the router right): Some(true) go, Some(false) never.
@@ -510,6 +511,8 @@ fn spawn_service(idx: usize) -> Result<TaskId, Refusal> {
         crash
     } else if starts == 0 && ((s.router && netd_panic) || (s.name == "memberd" && memberd_hang)) {
         1
+    } else if starts == 1 && s.name == "memberd" && memberd_hang {
+        2 // the second hangs in a loop that sleeps (the heartbeat's case)
     } else {
         s.arg
     };

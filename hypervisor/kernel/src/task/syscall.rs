@@ -221,6 +221,7 @@ pub(super) fn syscall(k: &mut Kernel, f: &mut TrapFrame) {
             }
         }
         SYS_REPLY_RECV => super::fastpath::reply_recv(k, f, me),
+        SYS_ALIVE => f.rax = super::heartbeat::sys_alive(k, me, f.rdi),
         SYS_MAP_MMIO => f.rax = map_mmio(k, me, f.rdi, f.rsi, f.rdx),
         SYS_UNMAP => f.rax = unmap_anon(k, me, f.rdi, f.rsi),
         SYS_BIND_ADDRESS => match sys_bind_address(k, me, f.rdi as usize) {

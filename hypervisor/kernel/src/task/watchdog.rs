@@ -13,7 +13,7 @@
 //! preempted or blocked is not charged), and any system call (a `recv`, a `log`, a clock
 //! read) shows the task is alive. Kernel tasks and vCPU tasks (no address space) are not
 //! watched: a guest's time is the guest's. A loop that keeps making system calls is not
-//! caught (that takes a heartbeat).
+//! caught here: that takes a heartbeat (`heartbeat`), which a service arms itself.
 
 use super::*;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -58,9 +58,10 @@ pub(super) fn on_switch(k: &mut Kernel, prev: Option<TaskId>) {
     }
 }
 
-/// A timer tick on this CPU, which interrupted `f`: charge the CPU's task. `Some((task, name,
-/// ms))` when it is a ring-3 task over the limit, to be killed (by the caller, after the
-/// register dump is printed outside the kernel lock).
+/// A timer tick on this CPU, which interrupted `f`: charge the CPU's task. `Some((task,
+/// message, exit code))` when it is a ring-3 task to be killed (by the caller, after the
+/// register dump is printed outside the kernel lock): over the limit, or one that missed its
+/// heartbeat (`heartbeat::scan` marked it while it ran).
 pub(super) fn on_tick(k: &mut Kernel, f: &TrapFrame) -> Option<(TaskId, String, u64)> {
     let c = smp::cpu_index();
     let syscalled = SYSCALLED[c].swap(false, Ordering::Relaxed);
@@ -69,6 +70,9 @@ pub(super) fn on_tick(k: &mut Kernel, f: &TrapFrame) -> Option<(TaskId, String, 
     }
     let id = k.sched.current(c)?;
     let t = k.sched.task_mut(id)?;
+    if f.is_user() && super::heartbeat::doomed(t) {
+        return Some((id, super::heartbeat::kill_message(id, &t.name, super::heartbeat::period_ns(t)), super::heartbeat::HEARTBEAT_CODE));
+    }
     if syscalled {
         t.context.quiet_ticks = 0;
         return None;
@@ -80,7 +84,8 @@ pub(super) fn on_tick(k: &mut Kernel, f: &TrapFrame) -> Option<(TaskId, String, 
     let limit = LIMIT_TICKS.load(Ordering::Relaxed);
     let ms = t.context.quiet_ticks as u64 * 1000 / crate::init::TIMER_HZ as u64;
     if t.context.quiet_ticks >= limit {
-        return Some((id, t.name.clone(), ms));
+        let msg = alloc::format!("WATCHDOG: ring-3 task {id} \"{}\" ran {ms} ms of CPU without a system call (hung) - killing the task", t.name);
+        return Some((id, msg, WATCHDOG_CODE));
     }
     // a quarter of the way: said once, so a near miss shows in the log
     if t.context.quiet_ticks == limit / 4 && limit >= 8 {

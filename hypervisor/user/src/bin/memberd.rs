@@ -63,6 +63,8 @@ const CLUSTER_VA: u64 = 0x2000_0000;
 const IO_VA: u64 = 0x2010_0000;
 /// The longest a query waits for the socket loop (its poll wait).
 const POLL_MS: u64 = 50;
+/// The heartbeat's period (`SYS_ALIVE`): 60 times the longest turn of the main loop.
+const HEARTBEAT_MS: u64 = 3_000;
 
 entry!(run);
 
@@ -96,9 +98,11 @@ struct Service {
 }
 
 fn run(arg: u64) -> u64 {
-    // `memberd.test_hang=1` (the probes kernel only, first start only; without the feature
-    // `probes` it means nothing): hang as `cluster_memberd_hung` needs
-    let test_hang = cfg!(feature = "probes") && arg & 1 != 0;
+    // `memberd.test_hang=1` (the probes kernel only; without the feature `probes` it means
+    // nothing): hang as `cluster_memberd_hung` needs, the first start without system calls
+    // (arg 1), the second in a loop that sleeps (arg 2)
+    let test_hang = cfg!(feature = "probes") && arg & 3 != 0;
+    let hang_sleeping = arg & 2 != 0;
     if !dma::init_mapped(HEAP_PAGES) {
         log("memberd: no heap");
         return 99;
@@ -167,15 +171,25 @@ fn run(arg: u64) -> u64 {
     let mut sv = Service { m, members, me, dropped_unknown: 0, refused_not_node: 0, refused: 0, names, logged: Vec::new() };
     let mut next_admission = 0u64;
     if test_hang {
-        logf!("memberd: TEST ONLY: memberd.test_hang=1: this memberd hangs in a loop without system calls once every other member has been alive for 5 s");
+        let how = if hang_sleeping { "that sleeps (system calls, no heartbeat)" } else { "without system calls" };
+        logf!("memberd: TEST ONLY: memberd.test_hang=1: this memberd hangs in a loop {} once every other member has been alive for 5 s", how);
     }
     let mut all_alive_since: Option<u64> = None;
     loop {
+        // The main loop goes round every POLL_MS at most (a poll wait, waits for netd's
+        // replies excused): a memberd that stops going round is hung, and is restarted.
+        let _ = alive(HEARTBEAT_MS);
         if test_hang {
             let others = sv.names.iter().filter(|n| n.0 != own_key).count();
             let alive = sv.rows().iter().filter(|r| !r.own && r.state == MemberState::Alive).count();
             all_alive_since = if alive >= others { all_alive_since.or(Some(now_ns())) } else { None };
             if all_alive_since.is_some_and(|t| now_ns() - t > 5_000_000_000) {
+                if hang_sleeping {
+                    logf!("memberd: TEST ONLY: hanging now (a loop that sleeps)");
+                    loop {
+                        sleep_ns(10_000_000);
+                    }
+                }
                 logf!("memberd: TEST ONLY: hanging now (a loop without system calls)");
                 #[allow(clippy::empty_loop)]
                 loop {

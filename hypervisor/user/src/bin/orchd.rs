@@ -61,6 +61,8 @@ const CONVERGE_MS: u64 = 250;
 /// How soon workd is asked again while it stops a replica unassigned here.
 const STOPPING_MS: u64 = 50;
 const CAPACITY_MS: u64 = 1000;
+/// The heartbeat's period (`SYS_ALIVE`): far over the longest turn `Watch` has logged.
+const HEARTBEAT_MS: u64 = 10_000;
 /// A renewed lease deadline is told to workd at most this often (the lease is 2 s).
 const LEASE_TELL_MS: u64 = 100;
 /// vCPUs of cluster replicas placed per CPU of the node.
@@ -322,6 +324,9 @@ fn run(_arg: u64) -> u64 {
     // (at first the bind: nothing arrived before it).
     let mut empty_at = bound_at;
     loop {
+        // A turn waits at most 50 ms in its poll (waits for replies are excused): an orchd
+        // whose loop stopped going round is hung, and is restarted.
+        let _ = alive(HEARTBEAT_MS);
         watch.end_turn(&workd);
         let t = now();
         orch.tick(t);

@@ -41,6 +41,7 @@ entry!(run);
 fn describe(code: u64) -> (&'static str, u64) {
     match code {
         WATCHDOG_CODE => ("hung (the kernel's watchdog: CPU time without a system call), code", code),
+        HEARTBEAT_CODE => ("hung (missed its heartbeat: its main loop stopped going round), code", code),
         _ if code & !0xff == 0xdead_0000 => ("exception", code & 0xff),
         _ => ("exit code", code),
     }

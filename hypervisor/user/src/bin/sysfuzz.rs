@@ -476,6 +476,13 @@ impl Fz {
                     self.dma_left = self.dma_left.saturating_sub(pages);
                 }
             }
+            SYS_ALIVE => {
+                // Only periods out of range: an armed heartbeat would have the fuzzer killed
+                // for not beating (the kernel tests cover the armed case).
+                let p = self.rng.pick(&[0, 1, HEARTBEAT_MIN_MS - 1, HEARTBEAT_MAX_MS + 1, 1 << 40, u64::MAX]);
+                let r = hostile::syscall_msg(nr, p, self.junk(), [0; 4]);
+                self.expect_err("alive with a period out of range", true, nr, [p, 0, 0], r);
+            }
             SYS_BIND_ADDRESS => {
                 let slot = self.slot();
                 let r = hostile::syscall_msg(nr, slot, self.junk(), [0; 4]);

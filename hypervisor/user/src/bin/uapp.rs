@@ -37,6 +37,10 @@ const ROLE_FPU_DIE: u64 = 45;
 const ROLE_FPU_FRESH: u64 = 46;
 const ROLE_HANG_ON_CALL: u64 = 47;
 const ROLE_SPIN_SLEEP: u64 = 48;
+const ROLE_BEAT_SLEEPY: u64 = 49;
+const ROLE_BEAT_RECV: u64 = 50;
+const ROLE_BEAT_BUSY: u64 = 51;
+const ROLE_BEAT_KEEP: u64 = 52;
 
 #[path = "uapp/restart.rs"]
 mod restart;
@@ -447,6 +451,40 @@ fn run(role: u64) -> u64 {
                 sleep_ns(30_000_000);
             }
             0x51
+        }
+        // Heartbeats (kernel task::services docs): 300 ms periods, beating at first and then
+        // stopping in three ways the spin watchdog does not see, or going on beating across
+        // a slow call.
+        ROLE_BEAT_SLEEPY | ROLE_BEAT_RECV | ROLE_BEAT_BUSY => {
+            let t0 = now_ns();
+            while now_ns() - t0 < 600_000_000 {
+                let _ = alive(300);
+                sleep_ns(20_000_000);
+            }
+            match role {
+                ROLE_BEAT_SLEEPY => loop {
+                    sleep_ns(5_000_000);
+                },
+                ROLE_BEAT_RECV => {
+                    let _ = recv(0, 0);
+                    0x54
+                }
+                _ => loop {
+                    let _ = now_ns();
+                },
+            }
+        }
+        // slot 0: a server that answers after 800 ms.
+        ROLE_BEAT_KEEP => {
+            let refused = [0, 1, 99, 600_001, u64::MAX].iter().all(|&p| alive(p).is_err());
+            let t0 = now_ns();
+            while now_ns() - t0 < 1_500_000_000 {
+                let _ = alive(300);
+                sleep_ns(50_000_000);
+            }
+            let _ = call(0, 1, [0; 4]);
+            let _ = alive(300);
+            if refused { 0x52 } else { 0x53 }
         }
         // slot 0: own endpoint. Takes a call and hangs in a loop without answering it (the
         // kernel's watchdog must release the caller).
