@@ -134,7 +134,9 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
 /// newer generation alive on both others, and it was not armed (two probe banners in all).
 fn heartbeat(c: &mut crate::apitest::Checks, r: &mut crate::cluster::Running, other0: &str, other2: &str, name: &str, second_gen: Option<u64>) -> Result<(), String> {
     const V: usize = 1;
-    let mark = r.lines[V].len();
+    // from the second memberd's start (it may have hung while the first part's checks ran)
+    let restarted = r.lines[V].iter().position(|x| x.contains("supd: memberd running as task") && x.contains("(restarts: 1)"));
+    let mark = restarted.unwrap_or(r.lines[V].len());
     let hang_line = "memberd: TEST ONLY: hanging now (a loop that sleeps)";
     let hung = r.wait(Duration::from_secs(240), false, |l| l[V][mark..].iter().any(|x| x.contains(hang_line)));
     c.check(&format!("{name}'s second memberd hangs in a loop that sleeps (the probe)"), hung, "");
@@ -144,9 +146,9 @@ fn heartbeat(c: &mut crate::apitest::Checks, r: &mut crate::cluster::Running, ot
     let seen = Instant::now();
     let alive_on = |r: &crate::cluster::Running, i: usize, g: u64| {
         let (alive, gen) = (format!("memberd: member {name} alive"), format!("(generation {g})"));
-        r.lines[i][mark.min(r.lines[i].len())..].iter().any(|x| x.contains(&alive) && x.contains(&gen))
+        r.lines[i].iter().any(|x| x.contains(&alive) && x.contains(&gen))
     };
-    let third_gen = |r: &crate::cluster::Running| r.lines[V][mark..].iter().find_map(|l| own_generation(l, name)).filter(|g| Some(*g) > second_gen);
+    let third_gen = |r: &crate::cluster::Running| r.lines[V][mark..].iter().filter_map(|l| own_generation(l, name)).find(|g| Some(*g) > second_gen);
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut back: Option<Instant> = None;
     while Instant::now() < deadline {
@@ -164,7 +166,7 @@ fn heartbeat(c: &mut crate::apitest::Checks, r: &mut crate::cluster::Running, ot
     let kill_at = kill.and_then(|p| after[p..].iter().find_map(|x| node_secs(x)));
     let ms = hang_at.zip(kill_at).map(|(a, b)| ((b - a) * 1000.0).round());
     println!(
-        "  timings: {name}'s sleeping hang -> the heartbeat's kill {} (node clock, the next line after the dump; period 3000 ms, looked at every 100 ms); the hang seen -> third generation alive on {other0} and {other2} {} (host)",
+        "  timings: {name}'s sleeping hang -> the heartbeat's kill {} (node clock, the next line after the dump; period 3000 ms, looked at every 100 ms); this part's start -> third generation alive on {other0} and {other2} {} (host)",
         ms.map(|m| format!("{m} ms")).unwrap_or("never".into()),
         back.map(|b| format!("{:.1} s", (b - seen).as_secs_f64())).unwrap_or("never".into())
     );

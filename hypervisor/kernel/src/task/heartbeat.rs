@@ -10,8 +10,11 @@
 //! What counts: time the task runs, sleeps, or waits in a receive or a join (its own doing).
 //! What does not: time it is ready but not running (the CPU's fault: a loaded node must not
 //! kill its services), and time it waits for the reply to a call (the callee's: it has its own
-//! heartbeat or watchdog, and a call to it fails with `DeadPeer` when it dies). Both are
-//! sampled at each look (100 ms grain), and the credit never exceeds one period.
+//! heartbeat or watchdog, and a call to it fails with `DeadPeer` when it dies). Time is counted
+//! in looks, [`SCAN_MS`] each, by the state the task is in at the look: timer ticks, not the
+//! clock, so a node whose CPUs were held up (a virtual machine its host did not run) counts
+//! only the time it ran. A task is late at the first look that finds less than [`SCAN_MS`] of
+//! its period left: between one period and one period plus one look after its last beat.
 //!
 //! The kill: a task not running at the look is killed there (its saved registers are the
 //! dump); a running one is marked and killed by its CPU's next tick that interrupts it in ring
@@ -22,15 +25,17 @@ use super::*;
 /// The exit code of a task that missed its heartbeat (`catenary_ipc::supervisor`).
 pub const HEARTBEAT_CODE: u64 = catenary_ipc::supervisor::HEARTBEAT_CODE;
 
-/// CPU 0 looks every this many timer ticks (100 ms).
+/// CPU 0 looks every this many timer ticks.
 pub(super) const SCAN_TICKS: u64 = 10;
+/// The time one look counts (100 ms).
+pub(super) const SCAN_MS: u64 = SCAN_TICKS * 1000 / crate::init::TIMER_HZ as u64;
 
 /// A task's armed heartbeat.
 #[derive(Clone, Copy, Debug)]
 pub struct Beat {
-    period_ns: u64,
-    /// The next heartbeat is due by then (moved on by excused time).
-    due_ns: u64,
+    period_ms: u64,
+    /// What is left of the period since the last beat (counted time only).
+    left_ms: u64,
     /// Missed: killed as soon as it is not running (or at its next ring-3 tick).
     doomed: bool,
 }
@@ -42,9 +47,8 @@ pub(super) fn sys_alive(k: &mut Kernel, me: TaskId, period_ms: u64) -> u64 {
         return ERR_BAD_ARG.wrapping_neg();
     }
     let Some(t) = k.sched.task_mut(me) else { return err(IpcError::NoEndpoint) };
-    let period_ns = period_ms * 1_000_000;
     let doomed = t.context.heartbeat.is_some_and(|b| b.doomed);
-    t.context.heartbeat = Some(Beat { period_ns, due_ns: time::now_ns().saturating_add(period_ns), doomed });
+    t.context.heartbeat = Some(Beat { period_ms, left_ms: period_ms, doomed });
     0
 }
 
@@ -54,18 +58,18 @@ pub(super) fn doomed(t: &catenary_sched::Tcb<Ctx>) -> bool {
 }
 
 /// The message of a heartbeat kill (the register dump's title).
-pub(super) fn kill_message(id: TaskId, name: &str, period_ns: u64) -> String {
-    alloc::format!("HEARTBEAT: ring-3 task {id} \"{name}\" missed its heartbeat (period {} ms) - killing the task", period_ns / 1_000_000)
+pub(super) fn kill_message(id: TaskId, name: &str, period_ms: u64) -> String {
+    alloc::format!("HEARTBEAT: ring-3 task {id} \"{name}\" missed its heartbeat (period {period_ms} ms) - killing the task")
 }
 
-/// The period of task `id`'s heartbeat (0: none).
-pub(super) fn period_ns(t: &catenary_sched::Tcb<Ctx>) -> u64 {
-    t.context.heartbeat.map_or(0, |b| b.period_ns)
+/// The period of a task's heartbeat (0: none).
+pub(super) fn period_ms(t: &catenary_sched::Tcb<Ctx>) -> u64 {
+    t.context.heartbeat.map_or(0, |b| b.period_ms)
 }
 
-/// CPU 0's look, `elapsed` ns after the previous one: move excused tasks' deadlines on, mark
-/// late ones, and kill the late ones that are not running.
-pub(super) fn scan(k: &mut Kernel, now: u64, elapsed: u64) {
+/// CPU 0's look: count [`SCAN_MS`] against each armed task that is not excused, mark late
+/// ones, and kill the late ones that are not running.
+pub(super) fn scan(k: &mut Kernel) {
     let armed: Vec<TaskId> = k.sched.tasks().filter(|t| t.context.heartbeat.is_some()).map(|t| t.id).collect();
     for id in armed {
         let Some(t) = k.sched.task_mut(id) else { continue };
@@ -74,17 +78,17 @@ pub(super) fn scan(k: &mut Kernel, now: u64, elapsed: u64) {
         match state {
             TaskState::Dead => continue,
             _ if b.doomed => {}
-            TaskState::Ready | TaskState::Blocked(BlockReason::Reply(_)) => {
-                b.due_ns = b.due_ns.saturating_add(elapsed).min(now.saturating_add(b.period_ns));
+            TaskState::Ready | TaskState::Blocked(BlockReason::Reply(_)) => continue,
+            _ if b.left_ms < SCAN_MS => b.doomed = true,
+            _ => {
+                b.left_ms -= SCAN_MS;
                 continue;
             }
-            _ if now > b.due_ns => b.doomed = true,
-            _ => continue,
         }
         if matches!(state, TaskState::Running(_)) {
             continue; // its CPU's next ring-3 tick, or a later look
         }
-        let msg = kill_message(id, &t.name, b.period_ns);
+        let msg = kill_message(id, &t.name, b.period_ms);
         let rip = t.context.frame.frame().rip();
         catenary_arch::trap::print_interrupted(t.context.frame.frame(), &msg);
         supervisor::note_fault(k, id, rip);

@@ -6,9 +6,7 @@ use super::*;
 pub(super) fn on_tick(f: &mut TrapFrame) {
     let hung = with(|k| {
         if smp::cpu_index() == 0 && (k.ticks + 1) % heartbeat::SCAN_TICKS == 0 {
-            let now = time::now_ns();
-            heartbeat::scan(k, now, now.saturating_sub(k.last_heartbeat_scan));
-            k.last_heartbeat_scan = now;
+            heartbeat::scan(k);
         }
         // first, while `f` is still the interrupted task's
         if let Some(h) = watchdog::on_tick(k, f) {

@@ -25,7 +25,8 @@
 //! (rdi = address | writable, rsi = bytes mapped), 21 vm(slot, op, buf, len, arg): the
 //! workload service's VM control (`vmctl.rs`; the capability needs the VMCTL right), 22
 //! reply_recv(token, label, w0..w3; r13 = receive slot): reply, then receive without a
-//! timeout, in one call, switching straight to the caller where it may (`fastpath.rs`). A received message comes
+//! timeout, in one call, switching straight to the caller where it may (`fastpath.rs`), 23
+//! alive(period_ms): a heartbeat, the next promised within the period (`heartbeat.rs`). A received message comes
 //! back in rdi (badge), rsi (label), rdx, r10, r8, r9 (words) and r12 (reply token, non-zero
 //! for a call).
 //!
@@ -158,8 +159,6 @@ pub struct Kernel {
     exit_codes: alloc::collections::BTreeMap<TaskId, u64>,
     rtc_endpoint: Option<EndpointId>,
     ticks: u64,
-    /// When CPU 0 last looked at the heartbeats (`heartbeat::scan`).
-    last_heartbeat_scan: u64,
     grants: alloc::collections::BTreeMap<u64, GrantRec>,
     /// Device interrupt vectors delivered as IPC notifications: vector -> (endpoint, bits).
     irq_notify: alloc::collections::BTreeMap<u8, (EndpointId, u64)>,
@@ -189,7 +188,6 @@ pub fn init(cpus: usize) {
         exit_codes: Default::default(),
         rtc_endpoint: None,
         ticks: 0,
-        last_heartbeat_scan: 0,
         grants: Default::default(),
         irq_notify: Default::default(),
         remote: Remote::default(),

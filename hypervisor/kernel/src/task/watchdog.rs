@@ -71,7 +71,7 @@ pub(super) fn on_tick(k: &mut Kernel, f: &TrapFrame) -> Option<(TaskId, String, 
     let id = k.sched.current(c)?;
     let t = k.sched.task_mut(id)?;
     if f.is_user() && super::heartbeat::doomed(t) {
-        return Some((id, super::heartbeat::kill_message(id, &t.name, super::heartbeat::period_ns(t)), super::heartbeat::HEARTBEAT_CODE));
+        return Some((id, super::heartbeat::kill_message(id, &t.name, super::heartbeat::period_ms(t)), super::heartbeat::HEARTBEAT_CODE));
     }
     if syscalled {
         t.context.quiet_ticks = 0;

@@ -67,6 +67,9 @@ const MEMBERD: u64 = 4;
 const POWER: u64 = 5;
 /// 8 MiB of heap (quota 2560 pages): connections' requests and answers, pushes, events.
 const HEAP_PAGES: u64 = 2048;
+/// The heartbeat's period (`SYS_ALIVE`): a turn waits at most 1 s in its poll, but a cluster
+/// write is waited for inside the turn (up to `cluster::WRITE_MS`, 8 s, partly in sleeps).
+const HEARTBEAT_MS: u64 = 30_000;
 /// Connections served at once (parked ones included).
 const CONNS_MAX: usize = 4;
 /// Connections whose request waits for other nodes' answers at once: two operators' polls
@@ -568,6 +571,8 @@ fn run(_arg: u64) -> u64 {
     let mut forwarder = forward::Forwarder::new(FORWARDS_MAX, ASKS_MAX);
     let mut next_id = 0u64;
     loop {
+        // A turn waits at most 1 s in its poll (a call to netd: excused).
+        let _ = alive(HEARTBEAT_MS);
         let now = now_ms();
         if now >= next_tick {
             // a node admitted at run time is a node to this API as the file's are: it may

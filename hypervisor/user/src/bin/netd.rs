@@ -58,6 +58,8 @@ const ROUTER: u64 = 2;
 const HEAP_PAGES: u64 = 3072;
 /// How long `netd` waits for a wakeup before running the stack's timers anyway.
 const IDLE_WAKE_NS: u64 = 10_000_000;
+/// The heartbeat's period (`SYS_ALIVE`): 500 times the longest idle wait.
+const HEARTBEAT_MS: u64 = 5_000;
 /// Kernel records taken per pass, at most (the rest wait for the next pass).
 const TAKE_PER_PASS: usize = 64;
 
@@ -757,6 +759,9 @@ fn run(arg: u64) -> u64 {
         probes::run(&mut st, &b.cmdline);
     }
     loop {
+        // A pass waits at most IDLE_WAKE_NS: a netd whose passes stopped is hung, and is
+        // restarted (its sockets' owners see `Restarted`).
+        let _ = alive(HEARTBEAT_MS);
         step(&mut st);
     }
 }
