@@ -528,6 +528,9 @@ pub fn user_task_that_misses_its_heartbeat_is_killed(_: &Node) -> Result<(), Str
         check(code == task::heartbeat::HEARTBEAT_CODE, || format!("{name}: exit code {code:#x}"))?;
         // its last beat came after 580-600 ms: not killed before that beat's 300 ms ran out
         check(took >= 880_000_000, || format!("{name} killed after {} ms, before its heartbeat was late", took / 1_000_000))?;
+        // and soon after: a look every 100 ms (beat-busy, always running, is killed by its
+        // CPU's tick once the look has marked it)
+        check(took < 1_500_000_000, || format!("{name} killed only after {} ms", took / 1_000_000))?;
         log::info!(target: "ktest", "heartbeat: {name} was killed {} ms after its start (beats stopped after 600 ms, period 300 ms)", took / 1_000_000);
     }
     let after = crate::ktest::free_frames_settled();

@@ -17,7 +17,7 @@
 //! its period left: between one period and one period plus one look after its last beat.
 //!
 //! The kill: a task not running at the look is killed there (its saved registers are the
-//! dump); a running one is marked and killed by its CPU's next tick that interrupts it in ring
+//! dump, printed once the kernel lock is released); a running one is marked and killed by its CPU's next tick that interrupts it in ring
 //! 3 (`watchdog::on_tick`), or by a later look once it blocks.
 
 use super::*;
@@ -68,8 +68,10 @@ pub(super) fn period_ms(t: &catenary_sched::Tcb<Ctx>) -> u64 {
 }
 
 /// CPU 0's look: count [`SCAN_MS`] against each armed task that is not excused, mark late
-/// ones, and kill the late ones that are not running.
-pub(super) fn scan(k: &mut Kernel) {
+/// ones, and kill the late ones that are not running. Returns the register dumps of those
+/// killed, for the caller to print once it has released the kernel lock.
+pub(super) fn scan(k: &mut Kernel) -> Vec<String> {
+    let mut dumps = Vec::new();
     let armed: Vec<TaskId> = k.sched.tasks().filter(|t| t.context.heartbeat.is_some()).map(|t| t.id).collect();
     for id in armed {
         let Some(t) = k.sched.task_mut(id) else { continue };
@@ -89,9 +91,21 @@ pub(super) fn scan(k: &mut Kernel) {
             continue; // its CPU's next ring-3 tick, or a later look
         }
         let msg = kill_message(id, &t.name, b.period_ms);
-        let rip = t.context.frame.frame().rip();
-        catenary_arch::trap::print_interrupted(t.context.frame.frame(), &msg);
+        let f = t.context.frame.frame();
+        let rip = f.rip();
+        dumps.push(saved_dump(f, &msg));
         supervisor::note_fault(k, id, rip);
         kill_not_running(k, id, HEARTBEAT_CODE);
     }
+    dumps
+}
+
+/// The register dump of a task that is not running: its registers as saved when it last
+/// left ring 3 (no control registers: the CPU's own would not be the task's).
+fn saved_dump(f: &catenary_arch::trap::TrapFrame, what: &str) -> String {
+    let r = **f;
+    alloc::format!(
+        "\n!!! {what} [not running: registers as saved when it last left ring 3]\n    RIP {:#018x}  CS {:#06x}  RFLAGS {:#018x}\n    RSP {:#018x}  SS {:#06x}\n    RAX {:#018x}  RBX {:#018x}  RCX {:#018x}  RDX {:#018x}\n    RSI {:#018x}  RDI {:#018x}  RBP {:#018x}  R8  {:#018x}\n    R9  {:#018x}  R10 {:#018x}  R11 {:#018x}  R12 {:#018x}\n    R13 {:#018x}  R14 {:#018x}  R15 {:#018x}",
+        f.rip(), f.cs(), f.rflags(), f.rsp(), f.ss(), r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15
+    )
 }

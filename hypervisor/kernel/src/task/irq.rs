@@ -4,10 +4,8 @@
 use super::*;
 
 pub(super) fn on_tick(f: &mut TrapFrame) {
+    let mut dumps = Vec::new();
     let hung = with(|k| {
-        if smp::cpu_index() == 0 && (k.ticks + 1) % heartbeat::SCAN_TICKS == 0 {
-            heartbeat::scan(k);
-        }
         // first, while `f` is still the interrupted task's
         if let Some(h) = watchdog::on_tick(k, f) {
             return Some(h);
@@ -16,6 +14,9 @@ pub(super) fn on_tick(f: &mut TrapFrame) {
         let c = smp::cpu_index();
         if c == 0 {
             k.ticks += 1;
+            if k.ticks % heartbeat::SCAN_TICKS == 0 {
+                dumps = heartbeat::scan(k);
+            }
             for id in k.sched.expire(time::now_ns()) {
                 let reason = match k.sched.task(id).map(|t| t.state) {
                     Some(TaskState::Blocked(r)) => r,
@@ -46,6 +47,9 @@ pub(super) fn on_tick(f: &mut TrapFrame) {
         }
         None
     });
+    for d in dumps {
+        catenary_arch::println!("{d}");
+    }
     // A ring-3 task over the watchdog's limit, or late with its heartbeat: dumped (outside
     // the lock, as a fault is) and killed; this tick's other work waits for the next tick
     // (10 ms).

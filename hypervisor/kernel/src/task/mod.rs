@@ -288,7 +288,13 @@ pub fn kill_for_test(id: TaskId) -> bool {
 /// callers and joiners are released and its frames and address space go back now. False if
 /// it is running, dead or unknown.
 pub(super) fn kill_not_running(k: &mut Kernel, id: TaskId, code: u64) -> bool {
-    match k.sched.task(id).map(|t| t.state) {
+    let state = k.sched.task(id).map(|t| t.state);
+    if let Some(TaskState::Blocked(BlockReason::Reply(tok))) = state {
+        // a call to another node: no longer wanted (as when it times out)
+        k.remote.calls_out.remove(&tok);
+        k.remote.out.retain(|o| o.token != tok);
+    }
+    match state {
         Some(TaskState::Ready) | Some(TaskState::Blocked(_)) => {
             supervisor::on_death(k, id, code);
             let rep = k.ipc.task_died(id);

@@ -67,8 +67,8 @@ const MEMBERD: u64 = 4;
 const POWER: u64 = 5;
 /// 8 MiB of heap (quota 2560 pages): connections' requests and answers, pushes, events.
 const HEAP_PAGES: u64 = 2048;
-/// The heartbeat's period (`SYS_ALIVE`): a turn waits at most 1 s in its poll, but a cluster
-/// write is waited for inside the turn (up to `cluster::WRITE_MS`, 8 s, partly in sleeps).
+/// The heartbeat's period (`SYS_ALIVE`): a turn waits at most 1 s in its poll; a cluster
+/// write's wait inside the turn (up to `cluster::WRITE_MS` each) beats as it goes.
 const HEARTBEAT_MS: u64 = 30_000;
 /// Connections served at once (parked ones included).
 const CONNS_MAX: usize = 4;

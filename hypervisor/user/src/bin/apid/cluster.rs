@@ -7,7 +7,7 @@ use catenary_api::{ApiError, ClusterWrite};
 use catenary_cluster::orch::{IPC_FAILED, IPC_FULL, IPC_OK, IPC_PENDING, IPC_REFUSED, LABEL_LIST, LABEL_TICKET, LABEL_WRITE};
 use catenary_cluster::put_change::PutChange;
 use catenary_cluster::raft_codec::{encode, Wire};
-use catenary_user::{call_grant, call_timeout, now_ns, sleep_ns, Pages};
+use catenary_user::{alive, call_grant, call_timeout, now_ns, sleep_ns, Pages};
 
 /// A write's whole time (orchd answers a write with no outcome after 5 s as unconfirmed).
 pub const WRITE_MS: u64 = 8_000;
@@ -38,6 +38,8 @@ pub fn propose(buf: &Pages, orchd: u64, c: catenary_cluster::desired::Command) -
     };
     let end = now_ns() / 1_000_000 + WRITE_MS;
     while now_ns() / 1_000_000 < end {
+        // the wait goes on (bounded by WRITE_MS): not a hang of apid's loop
+        let _ = alive(crate::HEARTBEAT_MS);
         match call_timeout(orchd, LABEL_TICKET, [ticket, 0, 0, 0], 1000) {
             Ok(m) if m.label == IPC_OK => return Ok(PutChange::from_words([m.words[0], m.words[1]])),
             Ok(m) if m.label == IPC_PENDING => sleep_ns(50_000_000),
