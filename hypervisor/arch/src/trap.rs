@@ -443,12 +443,7 @@ pub fn print_interrupted(f: &TrapFrame, what: &str) {
 fn print_registers(f: &TrapFrame) {
     use crate::println;
     println!("    error code {:#x}{}", f.error_code, PfDecode(f));
-    println!("    RIP {:#018x}  CS {:#06x}  RFLAGS {:#018x}", f.rip, f.cs, f.rflags);
-    println!("    RSP {:#018x}  SS {:#06x}", f.rsp, f.ss);
-    println!("    RAX {:#018x}  RBX {:#018x}  RCX {:#018x}  RDX {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
-    println!("    RSI {:#018x}  RDI {:#018x}  RBP {:#018x}  R8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8);
-    println!("    R9  {:#018x}  R10 {:#018x}  R11 {:#018x}  R12 {:#018x}", f.r9, f.r10, f.r11, f.r12);
-    println!("    R13 {:#018x}  R14 {:#018x}  R15 {:#018x}", f.r13, f.r14, f.r15);
+    println!("{}", f.general_registers());
     println!(
         "    CR0 {:#018x}  CR2 {:#018x}  CR3 {:#018x}  CR4 {:#018x}",
         crate::cpu::read_cr0(),
@@ -456,6 +451,30 @@ fn print_registers(f: &TrapFrame) {
         crate::cpu::read_cr3(),
         crate::cpu::read_cr4()
     );
+}
+
+/// A frame's instruction pointer, stack and general registers as dump lines (no control
+/// registers: those are the CPU's, not necessarily the frame's owner's). Shared by the fault
+/// dump and the kernel's dump of a task killed while not running.
+pub struct GeneralRegisters<'a>(&'a TrapFrame);
+
+impl TrapFrame {
+    /// See [`GeneralRegisters`]. Formatting it allocates nothing.
+    pub fn general_registers(&self) -> GeneralRegisters<'_> {
+        GeneralRegisters(self)
+    }
+}
+
+impl core::fmt::Display for GeneralRegisters<'_> {
+    fn fmt(&self, fm: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let f = self.0;
+        writeln!(fm, "    RIP {:#018x}  CS {:#06x}  RFLAGS {:#018x}", f.rip, f.cs, f.rflags)?;
+        writeln!(fm, "    RSP {:#018x}  SS {:#06x}", f.rsp, f.ss)?;
+        writeln!(fm, "    RAX {:#018x}  RBX {:#018x}  RCX {:#018x}  RDX {:#018x}", f.rax, f.rbx, f.rcx, f.rdx)?;
+        writeln!(fm, "    RSI {:#018x}  RDI {:#018x}  RBP {:#018x}  R8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8)?;
+        writeln!(fm, "    R9  {:#018x}  R10 {:#018x}  R11 {:#018x}  R12 {:#018x}", f.r9, f.r10, f.r11, f.r12)?;
+        write!(fm, "    R13 {:#018x}  R14 {:#018x}  R15 {:#018x}", f.r13, f.r14, f.r15)
+    }
 }
 
 struct PfBits(u64);

@@ -103,9 +103,5 @@ pub(super) fn scan(k: &mut Kernel) -> Vec<String> {
 /// The register dump of a task that is not running: its registers as saved when it last
 /// left ring 3 (no control registers: the CPU's own would not be the task's).
 fn saved_dump(f: &catenary_arch::trap::TrapFrame, what: &str) -> String {
-    let r = **f;
-    alloc::format!(
-        "\n!!! {what} [not running: registers as saved when it last left ring 3]\n    RIP {:#018x}  CS {:#06x}  RFLAGS {:#018x}\n    RSP {:#018x}  SS {:#06x}\n    RAX {:#018x}  RBX {:#018x}  RCX {:#018x}  RDX {:#018x}\n    RSI {:#018x}  RDI {:#018x}  RBP {:#018x}  R8  {:#018x}\n    R9  {:#018x}  R10 {:#018x}  R11 {:#018x}  R12 {:#018x}\n    R13 {:#018x}  R14 {:#018x}  R15 {:#018x}",
-        f.rip(), f.cs(), f.rflags(), f.rsp(), f.ss(), r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15
-    )
+    alloc::format!("\n!!! {what} [not running: registers as saved when it last left ring 3]\n{}", f.general_registers())
 }
