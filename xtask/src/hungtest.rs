@@ -17,15 +17,11 @@
 //! second `memberd` (the kernel gives the second start argument 2) hangs in a loop that
 //! sleeps, which the spin watchdog leaves alone; see [`heartbeat`].
 
+use crate::cluster::node_secs;
 use crate::test::Tally;
 use crate::threenode::{Setup, ThreeNodes};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// The node clock (s) of a console line `[   12.345678] …`.
-fn node_secs(l: &str) -> Option<f64> {
-    l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse().ok()
-}
 
 /// The generation in node `name`'s own `memberd: membership on … as NAME generation G` line.
 fn own_generation(l: &str, name: &str) -> Option<u64> {

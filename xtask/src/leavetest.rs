@@ -22,6 +22,7 @@
 //! fabric round trips and the forward included) to each survivor's `member NODE left` line;
 //! and from the CLI's start to every lost replica `running` on a survivor.
 
+use crate::cluster::node_secs;
 use crate::orchtest::{lists, placed, runners};
 use crate::test::Tally;
 use crate::threenode::{Setup, ThreeNodes};
@@ -217,8 +218,3 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     })
 }
 
-/// The node-clock seconds of a kernel console line (`[   12.845766] INFO …`).
-fn node_secs(line: &str) -> Option<f64> {
-    let rest = line.trim_start().strip_prefix('[')?;
-    rest.split(']').next()?.trim().parse().ok()
-}

@@ -192,6 +192,63 @@ pub(crate) fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String
     Ok(())
 }
 
+/// The frames after which node1's first `nicd` hangs in `net_nicd_hung`: well after the
+/// probe's first answer and the traffic's first five calls (about one received frame each).
+const NICD_HANG_AFTER: u32 = 150;
+
+/// A NIC driver that hangs while still making system calls is caught by its heartbeat: node1's
+/// first `nicd` (`nicd.hang_after=N`) stops going round its loop in the middle of the nicd
+/// probe's fabric traffic and sleeps in a loop instead. No one kills it: the kernel's
+/// heartbeat check must (no sooner than its 5 s period), with a register dump; the
+/// supervisor reports it hung and restarts it, the device is quiesced before the dead driver's
+/// frames are freed, `netd` (not restarted) is lent the new ring, and remote calls over the
+/// same fabric session are answered again.
+pub(crate) fn test_nicd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "net_nicd_hung";
+    let mut a = NodeSpec::new(1);
+    a.cmdline = format!("net.nicd_restart=node2 nicd.hang_after={NICD_HANG_AFTER}");
+    let b = NodeSpec::new(2);
+    let mut r = start(kernel, &[a, b], "net-nicd-hung", &[])?;
+    let ok = r.wait(Duration::from_secs(240), false, |l| {
+        l[0].iter().any(|x| x.contains("net: nicd probe done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+    });
+    let log = r.save_logs("net-nicd-hung");
+    let n1 = &r.lines[0];
+    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    let hang_line = format!("nicd: TEST ONLY: hanging on purpose after {NICD_HANG_AFTER} frames");
+    let hang = n1.iter().position(|l| l.contains(&hang_line));
+    // the probe did not kill it: it waited
+    let not_killed = n1.iter().any(|l| l.contains("nicd probe: nicd (task") && l.contains("hangs on purpose; not killing it")) && !n1.iter().any(|l| l.contains("nicd probe: killed nicd"));
+    let kill = n1.iter().position(|l| l.contains("HEARTBEAT: ring-3 task") && l.contains("\"nicd\" missed its heartbeat (period 5000 ms)"));
+    let dump = kill.is_some_and(|p| n1[p..].iter().take(8).any(|x| x.trim_start().starts_with("RIP ")));
+    let hang_at = hang.and_then(|p| crate::cluster::node_secs(&n1[p]));
+    let kill_at = kill.and_then(|p| n1[p..].iter().find_map(|x| crate::cluster::node_secs(x)));
+    let ms = hang_at.zip(kill_at).map(|(a, b)| ((b - a) * 1000.0).round());
+    // its last beat came at most one pass before the hang: no kill before the period ran out
+    let in_time = ms.is_some_and(|m| m >= 4_900.0);
+    let hung = n1.iter().any(|l| l.contains("supd: nicd (task") && l.contains("died: hung (missed its heartbeat") && l.contains("restart 1 in"));
+    let freed = n1.iter().find(|l| l.contains("service nicd (task") && l.contains("back to the allocator")).cloned();
+    let quiesced = freed.as_ref().is_some_and(|l| l.contains("bus mastering off (turned off at death: true, reset: true)"));
+    let restarted = r.has(0, "supd: restarting nicd (restart 1)") && r.has(0, "service nicd started (start 2)");
+    let attached = r.has(0, "a new nicd asks for its configuration")
+        && n1.iter().filter(|l| l.contains("nicd's frame ring is lent to netd at")).count() >= 2
+        && !r.has(0, "supd: netd (task");
+    let calls = n1.iter().any(|l| l.contains("nicd probe: nicd restarted as task") && l.contains("(restarts: 1; frames freed while a dead driver's device could master the bus: 0); after the hang: 3/3 remote calls"));
+    // the second nicd does not hang (first start only) and is not killed
+    let once = n1.iter().filter(|l| l.contains("TEST ONLY: hanging on purpose")).count() == 1 && n1.iter().filter(|l| l.contains("HEARTBEAT: ring-3 task")).count() == 1;
+    println!("  timings: nicd's sleeping hang -> the heartbeat's kill {} (node1's clock; period 5000 ms)", ms.map(|m| format!("{m} ms")).unwrap_or("never".into()));
+    for k in [hang_line.as_str(), "HEARTBEAT: ring-3 task", "supd: nicd (task", "nicd probe: nicd restarted"] {
+        if let Some(l) = n1.iter().find(|l| l.contains(k)) {
+            println!("  {}", l.split("] ").last().unwrap_or(l).trim());
+        }
+    }
+    drop(r);
+    t.record(name, ok && !panic && hang.is_some() && not_killed && kill.is_some() && dump && in_time && hung && quiesced && restarted && attached && calls && once,
+        &format!("(hung on purpose {}, not killed by the probe {not_killed}, HEARTBEAT line with dump {}, kill after {ms:?} ms >= 4900 {in_time}, supd saw it hung and restarted it {hung}, device quiesced before free {quiesced}, restarted {restarted}, netd lent the new ring {attached}, 3/3 remote calls after {calls}, one hang and one kill {once}; log {})",
+            hang.is_some(), kill.is_some() && dump, log.display()));
+    Ok(())
+}
+
 /// The supervisor restarts a killed NIC driver (ring-3 `netd`, the default): node1's kernel
 /// task `nicdtest` (`net.nicd_restart=node2`) calls node2's echo back to back through `netd`
 /// and `nicd`, kills `nicd` in the middle of it; the kernel quiesces the device before the

@@ -14,6 +14,7 @@
 //!   counts as running it from the kill until its microVM's end is logged; the others by
 //!   their `orchd: workd runs [...]` lists, host order of the console lines).
 
+use crate::cluster::node_secs;
 use crate::orchtest::{lists, runners};
 use crate::test::Tally;
 use crate::threenode::{Setup, ThreeNodes};
@@ -25,11 +26,6 @@ const HOLD_MS: u64 = 8_000;
 const LEASE_MS: u64 = 2_000;
 /// Scheduling slack on a loaded TCG node (workd wakes at the deadline, then logs).
 const SLACK_MS: u64 = 500;
-
-/// The node clock (s) at the start of a console line `[   12.345678] …`.
-fn node_secs(l: &str) -> Option<f64> {
-    l.strip_prefix('[')?.split(']').next()?.trim().parse().ok()
-}
 
 /// Every command-line test probe, by the option's name as the probes kernel holds it (the
 /// kernel's own and those of the ring-3 `netd` and `nicd` it embeds). The node kernel must
@@ -47,7 +43,7 @@ pub const PROBE_OPTIONS: &[&str] = &[
     // the netds' own probes (user/src/bin/netd/probes.rs, kernel net/probes.rs)
     "net.ping", "net.bench", "net.wait",
     // fault injection (kernel net/boot.rs and the ring-3 netd; task/supervisor.rs; nicd)
-    "net.test-loss", "netd.test_panic", "nicd.crash_after",
+    "net.test-loss", "netd.test_panic", "nicd.crash_after", "nicd.hang_after",
     // the watchdog's test (task/supervisor.rs, memberd)
     "memberd.test_hang",
     // wkclient.rs: the wkctl scenarios

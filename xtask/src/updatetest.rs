@@ -19,6 +19,7 @@
 //! to the third node and the other keeps its old instance. The replacement times, and the
 //! fewest `web` replicas seen running while it rolled, are printed.
 
+use crate::cluster::node_secs;
 use crate::orchtest::{lists, runners};
 use crate::test::Tally;
 use crate::threenode::{Setup, ThreeNodes};
@@ -26,11 +27,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const WEB: [&str; 2] = ["cl-web-0", "cl-web-1"];
-
-/// A console line's node clock (`[   8.885641] …`), in seconds.
-fn node_secs(l: &str) -> Option<f64> {
-    l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse().ok()
-}
 
 pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     crate::threenode::three_nodes(t, kernel, "cluster_workload_update", "cluster-workload-update", &Setup::PLAIN, |ThreeNodes { c, r, a, nodes, img, image }| {

@@ -222,6 +222,10 @@ pub mod supervisor {
     /// The exit code of a task the kernel's heartbeat check killed: it armed a heartbeat
     /// (`SYS_ALIVE`) and missed one; word 3 is where it ran (its last saved instruction).
     pub const HEARTBEAT_CODE: u64 = 0xdead_0101;
+    /// Test only (`nicd.hang_after=N`, probes kernel): set in `nicd`'s start argument with N
+    /// in the low bits, the first `nicd` hangs in a sleeping loop after N received frames
+    /// (without it, N alone makes it crash there: `nicd.crash_after=N`).
+    pub const NICD_TEST_HANG: u64 = 1 << 32;
     pub const NOT_STARTED_NO_RIGHT: u64 = 1;
     pub const NOT_STARTED_RUNNING: u64 = 2;
     pub const NOT_STARTED_NO_DEVICE: u64 = 3;

@@ -393,6 +393,8 @@ pub fn panicsvc(_: u64) {
 fn nicdtest(_: u64) {
     let Some((peer, echo, _)) = catenary_arch::cpu::without_interrupts(|| TARGET.lock().take()) else { return };
     let done = || info!(target: "net", "nicd probe done");
+    let before = supervisor::service_restarts("nicd");
+    let hang = supervisor::nicd_hangs_on_purpose();
     let Some(slot) = remote_slot(echo) else { return done() };
     let Some(ms) = first_answer(slot, 120 * SEC) else {
         warn!(target: "net", "nicd probe: no answer from {} echo at {} in 120 s", peer, echo);
@@ -405,8 +407,12 @@ fn nicdtest(_: u64) {
     while TRAFFIC_OK.load(Ordering::Relaxed) < 5 && time::now_ns() - t0 < 60 * SEC {
         task::sleep_ns(10_000_000);
     }
-    let before = supervisor::service_restarts("nicd");
     let Some(old) = supervisor::service_task("nicd") else { return done() };
+    if hang {
+        // `nicd.hang_after=N`: nicd hangs by itself in the traffic; its heartbeat must catch it
+        info!(target: "net", "nicd probe: nicd (task {}) hangs on purpose; not killing it ({} calls answered so far)", old, TRAFFIC_OK.load(Ordering::Relaxed));
+        return restarted(slot, &peer, before, "the hang");
+    }
     let t0 = time::now_ns();
     while !task::kill_for_test(old) {
         if time::now_ns() - t0 > 5 * SEC {
@@ -416,15 +422,21 @@ fn nicdtest(_: u64) {
         task::yield_now();
     }
     info!(target: "net", "nicd probe: killed nicd (task {}) in the middle of fabric traffic to {} ({} calls answered before)", old, peer, TRAFFIC_OK.load(Ordering::Relaxed));
+    restarted(slot, &peer, before, "the kill")
+}
+
+/// The nicd probe's second half: `nicd` restarted (after `what`), then three remote calls in
+/// a row must be answered over the same fabric session.
+fn restarted(slot: usize, peer: &str, before: u32, what: &str) {
     let Some((n, t)) = wait_restart_of("nicd", before, 60 * SEC) else {
-        warn!(target: "net", "nicd probe: nicd was not restarted within 60 s of the kill");
-        return done();
+        warn!(target: "net", "nicd probe: nicd was not restarted within 60 s of {}", what);
+        return info!(target: "net", "nicd probe done");
     };
     let t1 = time::now_ns();
     let ok = three_in_a_row(slot, 120 * SEC);
     TRAFFIC_STOP.store(true, Ordering::Relaxed);
-    info!(target: "net", "nicd probe: nicd restarted as task {} (restarts: {}; frames freed while a dead driver's device could master the bus: {}); after the kill: {} remote calls to {} echo in a row ({} ms after the restart); traffic: {} answered, {} failed",
-        t, n, supervisor::dma_freed_while_mastering(), if ok { "3/3" } else { "not 3" }, peer, (time::now_ns() - t1) / 1_000_000,
+    info!(target: "net", "nicd probe: nicd restarted as task {} (restarts: {}; frames freed while a dead driver's device could master the bus: {}); after {}: {} remote calls to {} echo in a row ({} ms after the restart); traffic: {} answered, {} failed",
+        t, n, supervisor::dma_freed_while_mastering(), what, if ok { "3/3" } else { "not 3" }, peer, (time::now_ns() - t1) / 1_000_000,
         TRAFFIC_OK.load(Ordering::Relaxed), TRAFFIC_FAILED.load(Ordering::Relaxed));
-    done();
+    info!(target: "net", "nicd probe done");
 }

@@ -63,7 +63,8 @@ pub struct Supervision {
     supd_ep: Option<EndpointId>,
     /// How often `supd` was restarted.
     supd_restarts: u32,
-    /// `nicd.crash_after=N` (test): the first nicd crashes after N received frames.
+    /// `nicd.crash_after=N` (test): the first nicd crashes after N received frames; with
+    /// `NICD_TEST_HANG` set (`nicd.hang_after=N`) it hangs there instead.
     nicd_crash_after: u64,
     /// `netd.test_panic=1` (test): the first ring-3 netd panics on a fabric IPC message with
     /// `catenary_ipc::netd::TEST_PANIC_LABEL` (later ones do not: the sender retransmits it).
@@ -139,7 +140,10 @@ pub(super) fn start(cmdline: &str) {
     // `nicd.crash_after=N`, `netd.test_panic=1`: test probes, read only by the probes kernel
     // (the node kernel starts every nicd and netd with `arg` 0)
     #[cfg(feature = "probes")]
-    let crash = crate::cmdline::get(cmdline, "nicd.crash_after").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let crash = match crate::cmdline::get(cmdline, "nicd.hang_after").and_then(|v| v.parse::<u32>().ok()) {
+        Some(n) if n > 0 => u64::from(n) | catenary_ipc::supervisor::NICD_TEST_HANG,
+        _ => crate::cmdline::get(cmdline, "nicd.crash_after").and_then(|v| v.parse::<u32>().ok()).map_or(0, u64::from),
+    };
     #[cfg(feature = "probes")]
     let netd_panic = crate::cmdline::get(cmdline, "netd.test_panic") == Some("1");
     #[cfg(feature = "probes")]
@@ -232,6 +236,13 @@ pub fn supervisor_task() -> (Option<TaskId>, u32) {
 pub fn service_restarts(name: &str) -> u32 {
     let Some(i) = catenary_manifest::index_of(SERVICES, name) else { return 0 };
     with(|k| k.svc.svcs.get(i).map(|s| s.starts.saturating_sub(1)).unwrap_or(0))
+}
+
+/// Whether the first `nicd` hangs on purpose (`nicd.hang_after=N`, probes kernel): the nicd
+/// probe then waits for the heartbeat to kill it instead of killing it itself.
+#[cfg_attr(feature = "ktest", allow(dead_code))]
+pub fn nicd_hangs_on_purpose() -> bool {
+    with(|k| k.svc.nicd_crash_after & catenary_ipc::supervisor::NICD_TEST_HANG != 0)
 }
 
 /// Frames freed while a dead service's device still had bus mastering on (0 unless the

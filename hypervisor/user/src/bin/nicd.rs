@@ -18,6 +18,7 @@ extern crate alloc;
 use catenary_user::dma;
 use catenary_user::virtio_net::AsyncNet;
 use catenary_user::nic::*;
+use catenary_ipc::supervisor::NICD_TEST_HANG;
 use catenary_user::virtio_pci::{UserPciTransport, NO_VECTOR};
 use catenary_user::*;
 use alloc::rc::Rc;
@@ -30,6 +31,13 @@ const BUF: usize = 2048;
 const KERNEL: u64 = 1;
 /// How long a transmit waits for room in the device's queue before it leaves frames in the ring.
 const FULL_WAIT_NS: u64 = 20_000_000;
+/// The heartbeat's period: a pass's longest turn is a full transmit ring waiting for the
+/// device (16 slots × `FULL_WAIT_NS`, 320 ms), and the driver wakes at least every
+/// `IDLE_WAKE_NS` when nothing happens.
+const HEARTBEAT_MS: u64 = 5_000;
+/// The longest sleep between passes with MSI-X (without it the driver polls every 10 ms):
+/// a wakeup this often lets an idle driver keep its heartbeat.
+const IDLE_WAKE_NS: u64 = 1_000_000_000;
 
 entry!(run);
 
@@ -67,8 +75,9 @@ fn report_up(ring: &DmaRegion, up: [u64; 4]) {
     let _ = send(KERNEL, LABEL_UP, up);
 }
 
-/// `arg`: 0, or (test only, `nicd.crash_after=N` on the kernel command line, first start
-/// only) crash with a page fault after receiving N frames.
+/// `arg`: 0, or (test only, first start only) N: crash with a page fault after receiving N
+/// frames (`nicd.crash_after=N` on the kernel command line); N | `NICD_TEST_HANG`: hang in a
+/// loop that sleeps there instead (`nicd.hang_after=N`), for the heartbeat to catch.
 fn run(arg: u64) -> u64 {
     if !dma::init(HEAP_PAGES) {
         return fail(1);
@@ -111,7 +120,10 @@ fn run(arg: u64) -> u64 {
     let mut irq_seen = false;
     let mut received = 0u64;
     let mut stats = Stats::default();
+    let _ = alive(HEARTBEAT_MS);
     loop {
+        // one beat per pass: the pass either goes round or the kernel restarts the driver
+        let _ = alive(HEARTBEAT_MS);
         stats.add(stat::LOOPS, 1);
         // receive: device -> ring (the stack's tail is checked: a bad one stops the receive
         // side until it is sane again, frames stay in the device queue)
@@ -143,7 +155,13 @@ fn run(arg: u64) -> u64 {
             stats.add(stat::RX_FRAMES, 1);
             stats.add(stat::RX_CYCLES, rdtsc() - t);
             received += 1;
-            if cfg!(feature = "probes") && arg != 0 && received == arg {
+            if cfg!(feature = "probes") && arg != 0 && received == arg & !NICD_TEST_HANG {
+                if arg & NICD_TEST_HANG != 0 {
+                    logf!("nicd: TEST ONLY: hanging on purpose after {} frames in a loop that sleeps", received);
+                    loop {
+                        sleep_ns(10_000_000);
+                    }
+                }
                 logf!("nicd: crashing on purpose after {} frames (test)", received);
                 let _ = hostile::read_u64(CRASH_ADDRESS);
             }
@@ -206,7 +224,7 @@ fn run(arg: u64) -> u64 {
             }
         }
         // wait for the receive interrupt or a transmit wakeup (without MSI-X: poll every 10 ms)
-        let m = recv(0, if backlog || !msix { 10_000_000 } else { 0 });
+        let m = recv(0, if backlog || !msix { 10_000_000 } else { IDLE_WAKE_NS });
         ring.write_u64(TX_WAITING, 0);
         if let Ok(m) = m {
             if m.label == LABEL_NOTIFY && !irq_seen {
