@@ -5,7 +5,15 @@
 #![no_main]
 #![forbid(unsafe_code)]
 
+use catenary_ipc::IpcError;
 use catenary_user::*;
+
+/// The heartbeat's period: a turn's longest wait is the RTC's update flag (under 2 ms).
+const HEARTBEAT_MS: u64 = 5_000;
+/// The longest wait for a message: without its interrupt the driver still beats this often.
+const IDLE_WAKE_NS: u64 = 1_000_000_000;
+/// Beat on every 16th interrupt (4 a second at 64 Hz), not on each.
+const BEAT_EVERY_TICKS: u64 = 16;
 
 fn cmos(reg: u8) -> u8 {
     outb(0x70, reg | 0x80); // keep NMI disabled
@@ -31,16 +39,26 @@ fn run(_arg: u64) -> u64 {
     let bcd = cmos(0x0b) & 0x04 == 0;
     logf!("rtcd: ring-3 RTC driver started (ports 0x70-0x71, IRQ 8, {} mode)", if bcd { "BCD" } else { "binary" });
     let mut ticks = 0u64;
+    let _ = alive(HEARTBEAT_MS);
     loop {
-        let m = match recv(0, 0) {
+        let m = match recv(0, IDLE_WAKE_NS) {
             Ok(m) => m,
+            Err(e) if e == IpcError::Timeout.code() => {
+                let _ = alive(HEARTBEAT_MS);
+                continue;
+            }
+            // no beat: a receive that keeps failing is a loop that no longer goes round
             Err(_) => continue,
         };
         if m.label == LABEL_NOTIFY {
             let _ = cmos(0x0c); // acknowledge: the RTC raises IRQ 8 again only after this
             ticks += 1;
+            if ticks.is_multiple_of(BEAT_EVERY_TICKS) {
+                let _ = alive(HEARTBEAT_MS);
+            }
             continue;
         }
+        let _ = alive(HEARTBEAT_MS);
         let r = match m.label {
             1 => {
                 while cmos(0x0a) & 0x80 != 0 {} // update in progress
