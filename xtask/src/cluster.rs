@@ -322,15 +322,15 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Write the cluster files and start the switch and one QEMU per node.
-/// Listed nodes share one cluster file; an unlisted node gets a file listing every node
-/// plus itself (it knows the others; they do not know it).
-/// `externals` are members that are not QEMU nodes (a Linux WireGuard peer).
 /// The node-clock seconds of a serial line (`[   27.426087] …`), if it has them.
 pub(crate) fn node_secs(l: &str) -> Option<f64> {
     l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse().ok()
 }
 
+/// Write the cluster files and start the switch and one QEMU per node.
+/// Listed nodes share one cluster file; an unlisted node gets a file listing every node
+/// plus itself (it knows the others; they do not know it).
+/// `externals` are members that are not QEMU nodes (a Linux WireGuard peer).
 pub fn start(kernel: &Path, nodes: &[NodeSpec], tag: &str, externals: &[Member]) -> Result<Running, String> {
     start_with(kernel, nodes, tag, externals, &[])
 }

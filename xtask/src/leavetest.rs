@@ -217,4 +217,3 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
         Ok(())
     })
 }
-

@@ -517,8 +517,10 @@ pub fn user_spinner_killed_by_the_watchdog(_: &Node) -> Result<(), String> {
 /// exit code, not before its last beat's period has run out, and its frames come back. A
 /// fourth beats every 50 ms for 1.5 s and makes a call answered after 800 ms (time waiting
 /// for a reply does not count): it lives to exit on its own, and out-of-range periods were
-/// refused.
-pub fn user_task_that_misses_its_heartbeat_is_killed(_: &Node) -> Result<(), String> {
+/// refused. A fifth beats every 20 ms on one CPU while a higher-priority kernel task spins
+/// there for 1 s: ready but not running for over three periods, it is not killed (time ready
+/// does not count), and its own longest gap between beats shows it was kept off the CPU.
+pub fn user_task_that_misses_its_heartbeat_is_killed(node: &Node) -> Result<(), String> {
     let before = crate::ktest::free_frames_settled();
     for (name, role) in [("beat-sleepy", task::ROLE_BEAT_SLEEPY), ("beat-recv", task::ROLE_BEAT_RECV), ("beat-busy", task::ROLE_BEAT_BUSY)] {
         let t0 = time::now_ns();
@@ -541,7 +543,29 @@ pub fn user_task_that_misses_its_heartbeat_is_killed(_: &Node) -> Result<(), Str
     task::sleep_ns(800_000_000);
     task::reply(m.reply, Message::new(0, [0; 4])).map_err(|e| format!("reply to beat-keep: {e:?}"))?;
     let code = task::join(id, 10 * SEC).ok_or("beat-keep did not end")?;
-    check(code == 0x52, || format!("a task that kept its heartbeat ended with {code:#x} (0x52: its own exit; 0x53: a bad period was taken)"))
+    check(code == 0x52, || format!("a task that kept its heartbeat ended with {code:#x} (0x52: its own exit; 0x53: a bad period was taken)"))?;
+    // ready, not running: a higher-priority kernel task takes its CPU for 1 s
+    let cpu = last_cpu(node);
+    let (id, _) = spawn_uapp("beat-ready", task::ROLE_BEAT_READY, Affinity::only(cpu), false, &[])?;
+    task::sleep_ns(300_000_000);
+    let hog = task::spawn_kernel("beat-hog", Priority::HIGH, Affinity::only(cpu), spin_for, SEC);
+    let code = task::join(id, 20 * SEC).ok_or("beat-ready did not end")?;
+    task::join(hog, 5 * SEC).ok_or("the hog did not end")?;
+    check(code != task::heartbeat::HEARTBEAT_CODE, || "beat-ready was killed for the time it was kept ready".into())?;
+    check(code >> 24 == 0x55, || format!("beat-ready ended with {code:#x}"))?;
+    let gap = code & 0xff_ffff;
+    // not vacuous: it really went over three of its periods without running
+    check(gap >= 900, || format!("beat-ready's longest gap between beats was {gap} ms: it was not kept off its CPU"))?;
+    log::info!(target: "ktest", "heartbeat: beat-ready kept ready {gap} ms (period 300 ms) by a kernel task on cpu {cpu}, not killed");
+    Ok(())
+}
+
+/// Spin on this CPU for `ns` by the clock, never blocking.
+fn spin_for(ns: u64) {
+    let t0 = time::now_ns();
+    while time::now_ns() - t0 < ns {
+        core::hint::spin_loop();
+    }
 }
 
 pub fn driver_rtc_over_ipc(_: &Node) -> Result<(), String> {

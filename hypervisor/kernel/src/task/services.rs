@@ -64,11 +64,14 @@ pub const ROLE_SPIN_SLEEP: u64 = 48;
 /// 300 ms heartbeat. BEAT_SLEEPY beats for 600 ms, then loops sleeping 5 ms without beating;
 /// BEAT_RECV then waits in a receive nobody answers; BEAT_BUSY then loops reading the clock
 /// (never blocking); BEAT_KEEP beats every 50 ms for 1.5 s, calls slot 0 (answered after
-/// 800 ms), beats, and exits 0x52 if out-of-range periods were refused (else 0x53).
+/// 800 ms), beats, and exits 0x52 if out-of-range periods were refused (else 0x53);
+/// BEAT_READY beats every 20 ms for 2 s and exits 0x5500_0000 + its longest gap between two
+/// beats in ms (the test keeps it ready but off its CPU meanwhile).
 pub const ROLE_BEAT_SLEEPY: u64 = 49;
 pub const ROLE_BEAT_RECV: u64 = 50;
 pub const ROLE_BEAT_BUSY: u64 = 51;
 pub const ROLE_BEAT_KEEP: u64 = 52;
+pub const ROLE_BEAT_READY: u64 = 53;
 
 static IOAPIC_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Physical address of the first IOAPIC (from ACPI), if any.

@@ -41,6 +41,7 @@ const ROLE_BEAT_SLEEPY: u64 = 49;
 const ROLE_BEAT_RECV: u64 = 50;
 const ROLE_BEAT_BUSY: u64 = 51;
 const ROLE_BEAT_KEEP: u64 = 52;
+const ROLE_BEAT_READY: u64 = 53;
 
 #[path = "uapp/restart.rs"]
 mod restart;
@@ -473,6 +474,20 @@ fn run(role: u64) -> u64 {
                     let _ = now_ns();
                 },
             }
+        }
+        // Beats every 20 ms for 2 s by the clock, while the test keeps it off its CPU for a
+        // while; exits 0x5500_0000 + the longest gap between two beats, in ms.
+        ROLE_BEAT_READY => {
+            let t0 = now_ns();
+            let (mut last, mut gap) = (t0, 0);
+            while now_ns() - t0 < 2_000_000_000 {
+                let t = now_ns();
+                gap = gap.max(t - last);
+                last = t;
+                let _ = alive(300);
+                sleep_ns(20_000_000);
+            }
+            0x5500_0000 + (gap / 1_000_000).min(0xff_ffff)
         }
         // slot 0: a server that answers after 800 ms.
         ROLE_BEAT_KEEP => {
