@@ -443,7 +443,11 @@ pub fn print_interrupted(f: &TrapFrame, what: &str) {
 fn print_registers(f: &TrapFrame) {
     use crate::println;
     println!("    error code {:#x}{}", f.error_code, PfDecode(f));
-    println!("{}", f.general_registers());
+    // one line per print: a print goes out in 256-byte pieces, and another CPU's line may
+    // land between two of them
+    for line in 0..REGISTER_LINES {
+        println!("{}", RegisterLine(f, line));
+    }
     println!(
         "    CR0 {:#018x}  CR2 {:#018x}  CR3 {:#018x}  CR4 {:#018x}",
         crate::cpu::read_cr0(),
@@ -467,13 +471,33 @@ impl TrapFrame {
 
 impl core::fmt::Display for GeneralRegisters<'_> {
     fn fmt(&self, fm: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for line in 0..REGISTER_LINES {
+            if line > 0 {
+                writeln!(fm)?;
+            }
+            write!(fm, "{}", RegisterLine(self.0, line))?;
+        }
+        Ok(())
+    }
+}
+
+/// How many lines [`GeneralRegisters`] has.
+const REGISTER_LINES: usize = 6;
+
+/// Line `.1` of [`GeneralRegisters`] (no newline).
+struct RegisterLine<'a>(&'a TrapFrame, usize);
+
+impl core::fmt::Display for RegisterLine<'_> {
+    fn fmt(&self, fm: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let f = self.0;
-        writeln!(fm, "    RIP {:#018x}  CS {:#06x}  RFLAGS {:#018x}", f.rip, f.cs, f.rflags)?;
-        writeln!(fm, "    RSP {:#018x}  SS {:#06x}", f.rsp, f.ss)?;
-        writeln!(fm, "    RAX {:#018x}  RBX {:#018x}  RCX {:#018x}  RDX {:#018x}", f.rax, f.rbx, f.rcx, f.rdx)?;
-        writeln!(fm, "    RSI {:#018x}  RDI {:#018x}  RBP {:#018x}  R8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8)?;
-        writeln!(fm, "    R9  {:#018x}  R10 {:#018x}  R11 {:#018x}  R12 {:#018x}", f.r9, f.r10, f.r11, f.r12)?;
-        write!(fm, "    R13 {:#018x}  R14 {:#018x}  R15 {:#018x}", f.r13, f.r14, f.r15)
+        match self.1 {
+            0 => write!(fm, "    RIP {:#018x}  CS {:#06x}  RFLAGS {:#018x}", f.rip, f.cs, f.rflags),
+            1 => write!(fm, "    RSP {:#018x}  SS {:#06x}", f.rsp, f.ss),
+            2 => write!(fm, "    RAX {:#018x}  RBX {:#018x}  RCX {:#018x}  RDX {:#018x}", f.rax, f.rbx, f.rcx, f.rdx),
+            3 => write!(fm, "    RSI {:#018x}  RDI {:#018x}  RBP {:#018x}  R8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8),
+            4 => write!(fm, "    R9  {:#018x}  R10 {:#018x}  R11 {:#018x}  R12 {:#018x}", f.r9, f.r10, f.r11, f.r12),
+            _ => write!(fm, "    R13 {:#018x}  R14 {:#018x}  R15 {:#018x}", f.r13, f.r14, f.r15),
+        }
     }
 }
 

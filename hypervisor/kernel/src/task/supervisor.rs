@@ -137,7 +137,7 @@ static DMA_FREED_WHILE_MASTERING: core::sync::atomic::AtomicU64 = core::sync::at
 /// Create every service's endpoint (held until its first incarnation adopts it) and start the
 /// spawner, which starts the supervisor.
 pub(super) fn start(cmdline: &str) {
-    // `nicd.crash_after=N`, `netd.test_panic=1`: test probes, read only by the probes kernel
+    // `nicd.crash_after=N`, `nicd.hang_after=N`, `netd.test_panic=1`: test probes, read only by the probes kernel
     // (the node kernel starts every nicd and netd with `arg` 0)
     #[cfg(feature = "probes")]
     let crash = match crate::cmdline::get(cmdline, "nicd.hang_after").and_then(|v| v.parse::<u32>().ok()) {

@@ -12,8 +12,6 @@ use catenary_user::*;
 const HEARTBEAT_MS: u64 = 5_000;
 /// The longest wait for a message: without its interrupt the driver still beats this often.
 const IDLE_WAKE_NS: u64 = 1_000_000_000;
-/// Beat on every 16th interrupt (4 a second at 64 Hz), not on each.
-const BEAT_EVERY_TICKS: u64 = 16;
 
 fn cmos(reg: u8) -> u8 {
     outb(0x70, reg | 0x80); // keep NMI disabled
@@ -53,9 +51,7 @@ fn run(_arg: u64) -> u64 {
         if m.label == LABEL_NOTIFY {
             let _ = cmos(0x0c); // acknowledge: the RTC raises IRQ 8 again only after this
             ticks += 1;
-            if ticks.is_multiple_of(BEAT_EVERY_TICKS) {
-                let _ = alive(HEARTBEAT_MS);
-            }
+            let _ = alive(HEARTBEAT_MS);
             continue;
         }
         let _ = alive(HEARTBEAT_MS);
