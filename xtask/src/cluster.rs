@@ -638,7 +638,7 @@ pub fn run_nodes(n: usize, cmdline: &str, guest: bool, probes: bool) -> Result<(
 
 /// Whether `--only` selects any cluster test group (`net_` selects all of them).
 pub fn any_selected() -> bool {
-    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_nicd_hung", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_guest_cannot_act_as_node", "net_nat64", "cluster_kill_rejoin", "node_kernel_without_probes", "node_kernel_without_test_programs", "cluster_orchd_killed", "cluster_workd_killed", "cluster_memberd_hung", "cluster_membership", "cluster_pxe_join", "cluster_image_copy", "cluster_drain", "cluster_workload_update", "cluster_graceful_leave", "cluster_snapshot_catchup", "cluster_node_remove"].iter().any(|g| crate::test::selected(g))
+    ["net_boot", "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_nicd_hung", "net_supd_hung", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp", "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_microvm_reaches", "net_microvm_bulk_tcp", "net_microvm_kicked", "net_linux_namespace", "net_wireguard_go", "net_workload_server", "net_operator_wireguard_go", "net_cli_embedded_fabric", "net_operator_api", "net_cli_push", "net_guest_cannot_act_as_node", "net_nat64", "cluster_kill_rejoin", "node_kernel_without_probes", "node_kernel_without_test_programs", "cluster_orchd_killed", "cluster_workd_killed", "cluster_memberd_hung", "cluster_membership", "cluster_pxe_join", "cluster_image_copy", "cluster_drain", "cluster_workload_update", "cluster_graceful_leave", "cluster_snapshot_catchup", "cluster_node_remove"].iter().any(|g| crate::test::selected(g))
 }
 
 /// The cluster test groups whose nodes' command lines arm a test probe (only in the probes
@@ -647,7 +647,7 @@ pub fn any_selected() -> bool {
 /// `net.sockrestart`/`net.restartpeer`, `net.rpctest`/`net.rpcsvc`/`net.test-loss`,
 /// `net.rpcquota`, `workload.client` (the wkctl scenarios).
 pub const ARMS_PROBES: &[&str] = &[
-    "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_nicd_hung", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp",
+    "net_fabric_echo", "net_outsider", "net_remote_ipc", "net_nicd_restart", "net_nicd_hung", "net_supd_hung", "net_netd_ring3", "net_netd_sockets", "net_netd_tcp",
     "net_netd_socket_restart", "net_lossy_ipc", "net_rpc_quota", "net_workload_server", "net_cli_embedded_fabric", "net_nat64",
 ];
 
@@ -680,6 +680,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
         ("net_remote_ipc", crate::nettests::test_remote_ipc),
         ("net_nicd_restart", crate::nettests::test_nicd_restart),
         ("net_nicd_hung", crate::nettests::test_nicd_hung),
+        ("net_supd_hung", crate::nettests::test_supd_hung),
         ("net_netd_ring3", crate::nettests::test_netd_ring3),
         ("net_netd_sockets", crate::nettests::test_netd_sockets),
         ("net_netd_tcp", crate::nettests::test_netd_tcp),

@@ -2,7 +2,7 @@
 //! the fabric, remote IPC, the ring-3 network stack and its restarts, lossy IPC and quotas,
 //! microVM networking, an outsider key, Linux and `wireguard-go` peers in namespaces.
 
-use crate::cluster::{b64, leaked_keys, start, NodeSpec, NODE_STOPPED};
+use crate::cluster::{b64, leaked_keys, node_secs, start, NodeSpec, NODE_STOPPED};
 use crate::netns::{sh, wireguard_go_namespace, NsGuard};
 use crate::test::Tally;
 use crate::tools::out_dir;
@@ -221,8 +221,8 @@ pub(crate) fn test_nicd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     let not_killed = n1.iter().any(|l| l.contains("nicd probe: nicd (task") && l.contains("hangs on purpose; not killing it")) && !n1.iter().any(|l| l.contains("nicd probe: killed nicd"));
     let kill = n1.iter().position(|l| l.contains("HEARTBEAT: ring-3 task") && l.contains("\"nicd\" missed its heartbeat (period 5000 ms)"));
     let dump = kill.is_some_and(|p| n1[p..].iter().take(8).any(|x| x.trim_start().starts_with("RIP ")));
-    let hang_at = hang.and_then(|p| crate::cluster::node_secs(&n1[p]));
-    let kill_at = kill.and_then(|p| n1[p..].iter().find_map(|x| crate::cluster::node_secs(x)));
+    let hang_at = hang.and_then(|p| node_secs(&n1[p]));
+    let kill_at = kill.and_then(|p| n1[p..].iter().find_map(|x| node_secs(x)));
     let ms = hang_at.zip(kill_at).map(|(a, b)| ((b - a) * 1000.0).round());
     // its last beat came at most one pass before the hang: no kill before the period ran out,
     // and one within a few looks after it (the kill comes at the 51st look)
@@ -252,6 +252,65 @@ pub(crate) fn test_nicd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     t.record(name, ok && !panic && hang.is_some() && mid_traffic && not_killed && kill.is_some() && dump && in_time && hung && quiesced && restarted && attached && calls && once,
         &format!("(hung on purpose {} after the first answer {mid_traffic}, not killed by the probe {not_killed}, HEARTBEAT line with dump {}, kill after {ms:?} ms in 4900..=7000 {in_time}, supd saw it hung and restarted it {hung}, device quiesced before free {quiesced}, restarted {restarted}, netd lent the new ring {attached}, 3/3 remote calls after {calls}, one hang and one kill, none on node2 {once}; log {})",
             hang.is_some(), kill.is_some() && dump, log.display()));
+    Ok(())
+}
+
+/// A hung supervisor is caught by its heartbeat and restarted by the kernel, and the new one
+/// does its work: node1's first `supd` (`supd.test_hang=1`) hangs in a sleeping loop 5 s
+/// after its start. The kernel's heartbeat check kills it (no sooner than its 5 s period,
+/// with a register dump), the kernel restarts it, the new `supd` adopts the services still
+/// running (the same tasks), and when the nicd probe (`net.nicd_restart=node2`, which waits
+/// for that restart) kills `nicd`, the new supervisor restarts it and remote calls are
+/// answered again.
+pub(crate) fn test_supd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String> {
+    let name = "net_supd_hung";
+    let mut a = NodeSpec::new(1);
+    a.cmdline = "supd.test_hang=1 net.nicd_restart=node2".into();
+    let b = NodeSpec::new(2);
+    let mut r = start(kernel, &[a, b], "net-supd-hung", &[])?;
+    let ok = r.wait(Duration::from_secs(240), false, |l| {
+        l[0].iter().any(|x| x.contains("net: nicd probe done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+    });
+    let log = r.save_logs("net-supd-hung");
+    let n1 = &r.lines[0];
+    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    let banner = "supd: TEST ONLY: supd.test_hang=1";
+    let hang = n1.iter().position(|l| l.contains(banner));
+    let kill = n1.iter().position(|l| l.contains("HEARTBEAT: ring-3 task") && l.contains("\"supd\" missed its heartbeat (period 5000 ms)"));
+    let dump = kill.is_some_and(|p| n1[p..].iter().take(8).any(|x| x.trim_start().starts_with("RIP ")));
+    let ms = hang.and_then(|p| node_secs(&n1[p])).zip(kill.and_then(|p| n1[p..].iter().find_map(|x| node_secs(x)))).map(|(a, b)| ((b - a) * 1000.0).round());
+    let in_time = ms.is_some_and(|m| (4_900.0..=7_000.0).contains(&m));
+    // the kernel restarted the supervisor
+    let died = n1.iter().position(|l| l.contains("the supervisor (task") && l.contains("died with code 0xdead0101") && l.contains("restarting it (restart 1)"));
+    let back = n1.iter().position(|l| l.contains("supervisor supd restarted (restart 1)"));
+    // the new supd adopted the running services: the same nicd and netd tasks as before
+    let running = |svc: &str, from: usize, to: usize| -> Option<String> {
+        n1[from..to].iter().rev().find_map(|l| l.split_once(&format!("supd: {svc} running as task ")).map(|(_, t)| t.split_whitespace().next().unwrap_or("").to_string()))
+    };
+    let adopted = back.is_some_and(|b| {
+        let end = n1.iter().position(|l| l.contains("nicd probe: killed nicd")).unwrap_or(n1.len()).max(b);
+        ["nicd", "netd", "echo"].iter().all(|s| running(s, 0, b).is_some() && running(s, 0, b) == running(s, b, end))
+    });
+    // and it restarted a service that died afterwards
+    let kill_nicd = n1.iter().position(|l| l.contains("nicd probe: the supervisor was restarted 1 time(s); killing nicd now"));
+    let restarted_nicd = kill_nicd.zip(back).is_some_and(|(k, b)| {
+        k > b && n1[k..].iter().any(|l| l.contains("supd: nicd (task") && l.contains("died: exception 0xff") && l.contains("restart 1 in"))
+            && n1[k..].iter().any(|l| l.contains("service nicd started (start 2)"))
+    });
+    let calls = n1.iter().any(|l| l.contains("nicd probe: nicd restarted as task") && l.contains("after the kill: 3/3 remote calls"));
+    let once = n1.iter().filter(|l| l.contains(banner)).count() == 1
+        && n1.iter().filter(|l| l.contains("HEARTBEAT: ring-3 task")).count() == 1
+        && !r.lines[1].iter().any(|l| l.contains("HEARTBEAT: ring-3 task") || l.contains("WATCHDOG: ring-3 task"));
+    println!("  timings: supd's sleeping hang -> the heartbeat's kill {} (node1's clock; period 5000 ms)", ms.map(|m| format!("{m} ms")).unwrap_or("never".into()));
+    for k in [banner, "HEARTBEAT: ring-3 task", "the supervisor (task", "supervisor supd restarted", "nicd probe: nicd restarted"] {
+        if let Some(l) = n1.iter().find(|l| l.contains(k)) {
+            println!("  {}", l.split("] ").last().unwrap_or(l).trim());
+        }
+    }
+    drop(r);
+    t.record(name, ok && !panic && hang.is_some() && kill.is_some() && dump && in_time && died.is_some() && back.is_some() && adopted && restarted_nicd && calls && once,
+        &format!("(hung on purpose {}, HEARTBEAT line with dump {}, kill after {ms:?} ms in 4900..=7000 {in_time}, the kernel restarted it {}, the new supd adopted nicd/netd/echo {adopted}, restarted nicd killed after {restarted_nicd}, 3/3 calls after {calls}, one hang and one kill, none on node2 {once}; log {})",
+            hang.is_some(), kill.is_some() && dump, died.is_some() && back.is_some(), log.display()));
     Ok(())
 }
 

@@ -45,7 +45,7 @@ pub const PROBE_OPTIONS: &[&str] = &[
     // fault injection (kernel net/boot.rs and the ring-3 netd; task/supervisor.rs; nicd)
     "net.test-loss", "netd.test_panic", "nicd.crash_after", "nicd.hang_after",
     // the watchdog's test (task/supervisor.rs, memberd)
-    "memberd.test_hang",
+    "memberd.test_hang", "supd.test_hang",
     // wkclient.rs: the wkctl scenarios
     "workload.client",
     // init.rs `crash=` (its warning) and the boot-time benchmarks `bench=` (their log lines)

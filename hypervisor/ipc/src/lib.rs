@@ -226,6 +226,10 @@ pub mod supervisor {
     /// in the low bits, the first `nicd` hangs in a sleeping loop after N received frames
     /// (without it, N alone makes it crash there: `nicd.crash_after=N`).
     pub const NICD_TEST_HANG: u64 = 1 << 32;
+    /// Test only (`supd.test_hang=1`, probes kernel): set in the first `supd`'s start argument
+    /// (whose low bits are the number of services), it hangs in a sleeping loop 5 s after its
+    /// start, for its heartbeat to catch (the kernel restarts it without the flag).
+    pub const SUPD_TEST_HANG: u64 = 1 << 32;
     pub const NOT_STARTED_NO_RIGHT: u64 = 1;
     pub const NOT_STARTED_RUNNING: u64 = 2;
     pub const NOT_STARTED_NO_DEVICE: u64 = 3;

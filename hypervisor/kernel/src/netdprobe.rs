@@ -407,6 +407,14 @@ fn nicdtest(_: u64) {
     while TRAFFIC_OK.load(Ordering::Relaxed) < 5 && time::now_ns() - t0 < 60 * SEC {
         task::sleep_ns(10_000_000);
     }
+    if supervisor::supd_hangs_on_purpose() {
+        // `supd.test_hang=1`: the kill is for the restarted supervisor to see
+        let t0 = time::now_ns();
+        while supervisor::supervisor_task().1 == 0 && time::now_ns() - t0 < 60 * SEC {
+            task::sleep_ns(10_000_000);
+        }
+        info!(target: "net", "nicd probe: the supervisor was restarted {} time(s); killing nicd now", supervisor::supervisor_task().1);
+    }
     let Some(old) = supervisor::service_task("nicd") else { return done() };
     if hang {
         // `nicd.hang_after=N`: nicd hangs by itself in the traffic; its heartbeat must catch it

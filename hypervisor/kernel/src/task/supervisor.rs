@@ -73,6 +73,9 @@ pub struct Supervision {
     /// once the cluster is up (the watchdog's case), the second in a loop that sleeps (the
     /// heartbeat's); QEMU test `cluster_memberd_hung`.
     memberd_test_hang: bool,
+    /// `supd.test_hang=1` (test): the first supd hangs 5 s after its start (its heartbeat's
+    /// test).
+    supd_test_hang: bool,
     /// Services that start only when the kernel's network bring-up says so (those with a
     /// device or the router right): Some(true) go, Some(false) never.
     enabled: alloc::collections::BTreeMap<&'static str, bool>,    /// (Test, `orchd.kill_test`) Manifest services (bit i) whose start requests wait until
@@ -148,12 +151,15 @@ pub(super) fn start(cmdline: &str) {
     let netd_panic = crate::cmdline::get(cmdline, "netd.test_panic") == Some("1");
     #[cfg(feature = "probes")]
     let memberd_hang = crate::cmdline::get(cmdline, "memberd.test_hang") == Some("1");
+    #[cfg(feature = "probes")]
+    let supd_hang = crate::cmdline::get(cmdline, "supd.test_hang") == Some("1");
     #[cfg(not(feature = "probes"))]
-    let (crash, netd_panic, memberd_hang) = {
+    let (crash, netd_panic, memberd_hang, supd_hang) = {
         let _ = cmdline;
-        (0, false, false)
+        (0, false, false, false)
     };
     with(|k| {
+        k.svc.supd_test_hang = supd_hang;
         k.svc.nicd_crash_after = crash;
         k.svc.netd_test_panic = netd_panic;
         k.svc.memberd_test_hang = memberd_hang;
@@ -236,6 +242,13 @@ pub fn supervisor_task() -> (Option<TaskId>, u32) {
 pub fn service_restarts(name: &str) -> u32 {
     let Some(i) = catenary_manifest::index_of(SERVICES, name) else { return 0 };
     with(|k| k.svc.svcs.get(i).map(|s| s.starts.saturating_sub(1)).unwrap_or(0))
+}
+
+/// Whether the first `supd` hangs on purpose (`supd.test_hang=1`, probes kernel): the nicd
+/// probe then kills `nicd` only once the kernel has restarted the supervisor.
+#[cfg_attr(feature = "ktest", allow(dead_code))]
+pub fn supd_hangs_on_purpose() -> bool {
+    with(|k| k.svc.supd_test_hang)
 }
 
 /// Whether the first `nicd` hangs on purpose (`nicd.hang_after=N`, probes kernel): the nicd
@@ -383,8 +396,10 @@ fn spawner(_: u64) {
 fn start_supd(spawner: EndpointId, adopt: Option<EndpointId>) -> Option<(TaskId, EndpointId)> {
     let mask = (1u64 << SERVICES.len()) - 1;
     let cap = Capability { target: Address::local(spawner), rights: Rights::SEND, badge: mask };
+    let hang = adopt.is_none() && with(|k| k.svc.supd_test_hang);
+    let arg = SERVICES.len() as u64 | if hang { catenary_ipc::supervisor::SUPD_TEST_HANG } else { 0 };
     let spec = UserSpec {
-        name: catenary_manifest::SUPERVISOR, elf: elf_of(catenary_manifest::SUPERVISOR), arg: SERVICES.len() as u64, prio: Priority::DRIVER,
+        name: catenary_manifest::SUPERVISOR, elf: elf_of(catenary_manifest::SUPERVISOR), arg, prio: Priority::DRIVER,
         affinity: Affinity::ANY, own_endpoint: adopt.is_none(), caps: &[cap], ports: &[], mmio: &[], dma_pages: 0, mem_pages: DEFAULT_MEM_PAGES,
     };
     // registered under the kernel lock before it can run (and die)

@@ -9,6 +9,9 @@
 //! service again and the spawner answers with the tasks that still run them (adopted, with
 //! the kernel's restart counts); deaths reported meanwhile are queued on the endpoint.
 //!
+//! It beats (`SYS_ALIVE`, [`HEARTBEAT_MS`]) once a turn and waits at most a second: a supd
+//! whose loop stopped going round is killed and restarted by the kernel like a dead one.
+//!
 //! Capability slots: 0 = its own endpoint (the kernel's answers and fault notices, queries),
 //! 1 = send to the kernel's spawner (badge: the services it may start).
 #![no_std]
@@ -24,6 +27,12 @@ const N: usize = SERVICES.len();
 /// Restarts that count as "in a row": a service that ran this long is considered healthy and
 /// its backoff starts over.
 const HEALTHY_NS: u64 = 60_000_000_000;
+/// The heartbeat's period: a turn is one receive (at most `IDLE_WAKE_NS`) and a few sends.
+const HEARTBEAT_MS: u64 = 5_000;
+/// The longest wait for a message, so that an idle supervisor still beats.
+const IDLE_WAKE_NS: u64 = 1_000_000_000;
+/// Test only (`SUPD_TEST_HANG`): the first supd hangs this long after its start.
+const TEST_HANG_AFTER_NS: u64 = 5_000_000_000;
 
 #[derive(Clone, Copy, Default)]
 struct Svc {
@@ -47,19 +56,29 @@ fn describe(code: u64) -> (&'static str, u64) {
     }
 }
 
-fn run(_arg: u64) -> u64 {
+/// `arg`: the number of services, with `SUPD_TEST_HANG` set (test only, probes kernel, first
+/// start) to hang in a sleeping loop `TEST_HANG_AFTER_NS` after the start.
+fn run(arg: u64) -> u64 {
+    let hang_at = (cfg!(feature = "probes") && arg & SUPD_TEST_HANG != 0).then(|| now_ns() + TEST_HANG_AFTER_NS);
     let mut s = [Svc::default(); N];
     for (i, svc) in SERVICES.iter().enumerate() {
         logf!("supd: starting {} (program {}, priority {})", svc.name, svc.program, svc.priority);
         let _ = send(SPAWNER, LABEL_SPAWN, [i as u64, 0, 0, 0]);
     }
     loop {
+        let _ = alive(HEARTBEAT_MS);
         let now = now_ns();
+        if hang_at.is_some_and(|t| now >= t) {
+            logf!("supd: TEST ONLY: supd.test_hang=1: the supervisor hangs in a loop that sleeps");
+            loop {
+                sleep_ns(10_000_000);
+            }
+        }
         let next = s.iter().filter(|x| x.due != 0).map(|x| x.due).min();
         let timeout = match next {
             Some(d) if d <= now => 1,
-            Some(d) => d - now,
-            None => 0,
+            Some(d) => (d - now).min(IDLE_WAKE_NS),
+            None => IDLE_WAKE_NS,
         };
         if let Ok(m) = recv(0, timeout) {
             let i = m.words[0] as usize;
