@@ -292,10 +292,14 @@ pub(crate) fn test_supd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
         ["nicd", "netd", "echo"].iter().all(|s| running(s, 0, b).is_some() && running(s, 0, b) == running(s, b, end))
     });
     // and it restarted a service that died afterwards
-    let kill_nicd = n1.iter().position(|l| l.contains("nicd probe: the supervisor was restarted 1 time(s); killing nicd now"));
+    // (the probe kills nicd only once the new supd's answer names the running nicd)
+    let kill_nicd = n1.iter().position(|l| l.contains("nicd probe: the supervisor was restarted 1 time(s) (adopted nicd: true); killing nicd now"));
     let restarted_nicd = kill_nicd.zip(back).is_some_and(|(k, b)| {
-        k > b && n1[k..].iter().any(|l| l.contains("supd: nicd (task") && l.contains("died: exception 0xff") && l.contains("restart 1 in"))
-            && n1[k..].iter().any(|l| l.contains("service nicd started (start 2)"))
+        let after = &n1[k..];
+        let asked = after.iter().position(|l| l.contains("supd: restarting nicd (restart 1)"));
+        let started = after.iter().position(|l| l.contains("service nicd started (start 2)"));
+        k > b && after.iter().any(|l| l.contains("supd: nicd (task") && l.contains("died: exception 0xff") && l.contains("restart 1 in"))
+            && asked.zip(started).is_some_and(|(a, s)| a < s)
     });
     let calls = n1.iter().any(|l| l.contains("nicd probe: nicd restarted as task") && l.contains("after the kill: 3/3 remote calls"));
     let once = n1.iter().filter(|l| l.contains(banner)).count() == 1

@@ -28,7 +28,7 @@ const LEASE_MS: u64 = 2_000;
 const SLACK_MS: u64 = 500;
 
 /// Every command-line test probe, by the option's name as the probes kernel holds it (the
-/// kernel's own and those of the ring-3 `netd` and `nicd` it embeds). The node kernel must
+/// kernel's own and those of the ring-3 programs it embeds: `netd`, `nicd`, `memberd`, `supd`). The node kernel must
 /// hold none of them; the probes kernel all of them (so that a renamed option cannot make
 /// the check pass vacuously). Options whose name is too common a word to look for in a
 /// binary (`bench=ipc|exit|vmmem`, `crash=`) are found by a string only their code holds.
@@ -44,7 +44,7 @@ pub const PROBE_OPTIONS: &[&str] = &[
     "net.ping", "net.bench", "net.wait",
     // fault injection (kernel net/boot.rs and the ring-3 netd; task/supervisor.rs; nicd)
     "net.test-loss", "netd.test_panic", "nicd.crash_after", "nicd.hang_after",
-    // the watchdog's test (task/supervisor.rs, memberd)
+    // the watchdog's and heartbeat's tests (task/supervisor.rs, memberd, supd; nicd's above)
     "memberd.test_hang", "supd.test_hang",
     // wkclient.rs: the wkctl scenarios
     "workload.client",

@@ -408,12 +408,10 @@ fn nicdtest(_: u64) {
         task::sleep_ns(10_000_000);
     }
     if supervisor::supd_hangs_on_purpose() {
-        // `supd.test_hang=1`: the kill is for the restarted supervisor to see
-        let t0 = time::now_ns();
-        while supervisor::supervisor_task().1 == 0 && time::now_ns() - t0 < 60 * SEC {
-            task::sleep_ns(10_000_000);
-        }
-        info!(target: "net", "nicd probe: the supervisor was restarted {} time(s); killing nicd now", supervisor::supervisor_task().1);
+        // `supd.test_hang=1`: the kill is for the restarted supervisor to see, once it has
+        // adopted the running nicd
+        let adopted = supd_adopted_nicd(60 * SEC);
+        info!(target: "net", "nicd probe: the supervisor was restarted {} time(s) (adopted nicd: {}); killing nicd now", supervisor::supervisor_task().1, adopted);
     }
     let Some(old) = supervisor::service_task("nicd") else { return done() };
     if hang {
@@ -431,6 +429,30 @@ fn nicdtest(_: u64) {
     }
     info!(target: "net", "nicd probe: killed nicd (task {}) in the middle of fabric traffic to {} ({} calls answered before)", old, peer, TRAFFIC_OK.load(Ordering::Relaxed));
     restarted(slot, &peer, before, "the kill")
+}
+
+/// Wait (at most `within_ns`) until the supervisor has been restarted and the new one's
+/// `LABEL_QUERY` answer names the task that runs `nicd` now (it adopted it).
+fn supd_adopted_nicd(within_ns: u64) -> bool {
+    let t0 = time::now_ns();
+    while supervisor::supervisor_task().1 == 0 {
+        if time::now_ns() - t0 > within_ns {
+            return false;
+        }
+        task::sleep_ns(10_000_000);
+    }
+    let (Some(ep), Some(idx)) = (supervisor::supervisor_endpoint(), catenary_manifest::index_of(catenary_manifest::SERVICES, "nicd")) else { return false };
+    let Ok(q) = task::try_give_current(task::send_cap(ep, 0)) else { return false };
+    let mut adopted = false;
+    while !adopted && time::now_ns() - t0 < within_ns {
+        let a = task::call_timeout(q, Message::new(catenary_ipc::supervisor::LABEL_QUERY, [idx as u64, 0, 0, 0]), 1_000);
+        adopted = a.is_ok_and(|a| supervisor::service_task("nicd").is_some_and(|t| a.words[1] == t));
+        if !adopted {
+            task::sleep_ns(10_000_000);
+        }
+    }
+    task::drop_current(q);
+    adopted
 }
 
 /// The nicd probe's second half: `nicd` restarted (after `what`), then three remote calls in

@@ -305,7 +305,9 @@ pub(super) fn on_death(k: &mut Kernel, id: TaskId, code: u64) {
     if let (true, Some(e)) = (SERVICES[i].vm_control, st.endpoint) {
         super::vmctl::owner_died(k, e);
     }
-    if let Some((_, ep)) = k.svc.supd {
+    // to the running supervisor, or queued on its held endpoint while none runs (the next
+    // one reads it first)
+    if let Some(ep) = k.svc.supd.map(|(_, e)| e).or(k.svc.supd_ep) {
         let cap = send_cap(ep, 0);
         match k.ipc.send(&cap, Message::new(LABEL_FAULT, [i as u64, id, code, fault])) {
             Ok(Delivery::Direct { receiver, msg }) => {

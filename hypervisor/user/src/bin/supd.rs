@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 use catenary_ipc::supervisor::*;
+use catenary_ipc::IpcError;
 use catenary_manifest::{backoff_ms, SERVICES};
 use catenary_user::*;
 
@@ -31,8 +32,10 @@ const HEALTHY_NS: u64 = 60_000_000_000;
 const HEARTBEAT_MS: u64 = 5_000;
 /// The longest wait for a message, so that an idle supervisor still beats.
 const IDLE_WAKE_NS: u64 = 1_000_000_000;
-/// Test only (`SUPD_TEST_HANG`): the first supd hangs this long after its start.
+/// Test only (`SUPD_TEST_HANG`): the first supd hangs at its first turn this long after its
+/// start at which every service has been answered for (or `TEST_HANG_LATEST_NS` after it).
 const TEST_HANG_AFTER_NS: u64 = 5_000_000_000;
+const TEST_HANG_LATEST_NS: u64 = 30_000_000_000;
 
 #[derive(Clone, Copy, Default)]
 struct Svc {
@@ -43,6 +46,8 @@ struct Svc {
     started_at: u64,
     /// A restart is due at this time (0: none).
     due: u64,
+    /// The spawner answered for it (started, adopted or not started).
+    answered: bool,
 }
 
 entry!(run);
@@ -57,18 +62,21 @@ fn describe(code: u64) -> (&'static str, u64) {
 }
 
 /// `arg`: the number of services, with `SUPD_TEST_HANG` set (test only, probes kernel, first
-/// start) to hang in a sleeping loop `TEST_HANG_AFTER_NS` after the start.
+/// start) to hang in a sleeping loop once `TEST_HANG_AFTER_NS` have passed and every service
+/// was answered for.
 fn run(arg: u64) -> u64 {
-    let hang_at = (cfg!(feature = "probes") && arg & SUPD_TEST_HANG != 0).then(|| now_ns() + TEST_HANG_AFTER_NS);
+    let start = now_ns();
+    let test_hang = cfg!(feature = "probes") && arg & SUPD_TEST_HANG != 0;
     let mut s = [Svc::default(); N];
     for (i, svc) in SERVICES.iter().enumerate() {
         logf!("supd: starting {} (program {}, priority {})", svc.name, svc.program, svc.priority);
         let _ = send(SPAWNER, LABEL_SPAWN, [i as u64, 0, 0, 0]);
     }
+    let _ = alive(HEARTBEAT_MS);
     loop {
-        let _ = alive(HEARTBEAT_MS);
         let now = now_ns();
-        if hang_at.is_some_and(|t| now >= t) {
+        let since = now - start;
+        if test_hang && since >= TEST_HANG_AFTER_NS && (s.iter().all(|x| x.answered) || since >= TEST_HANG_LATEST_NS) {
             logf!("supd: TEST ONLY: supd.test_hang=1: the supervisor hangs in a loop that sleeps");
             loop {
                 sleep_ns(10_000_000);
@@ -80,20 +88,32 @@ fn run(arg: u64) -> u64 {
             Some(d) => (d - now).min(IDLE_WAKE_NS),
             None => IDLE_WAKE_NS,
         };
-        if let Ok(m) = recv(0, timeout) {
+        let got = recv(0, timeout);
+        // one beat a turn, but none for a receive that fails: a loop on that is hung
+        if got.is_ok() || got == Err(IpcError::Timeout.code()) {
+            let _ = alive(HEARTBEAT_MS);
+        }
+        if let Ok(m) = got {
             let i = m.words[0] as usize;
             match m.label {
                 LABEL_STARTED if i < N => {
+                    s[i].answered = true;
                     if s[i].task == m.words[1] {
                         continue; // already known
                     }
                     s[i].task = m.words[1];
+                    // running again (a restarted supervisor's request started it after a
+                    // death reported while none ran): no restart is due any more
+                    s[i].due = 0;
                     // the kernel's count (a restarted supervisor adopts running services)
                     s[i].restarts = s[i].restarts.max(m.words[2] as u32);
                     s[i].started_at = now_ns();
                     logf!("supd: {} running as task {} (restarts: {})", SERVICES[i].name, m.words[1], s[i].restarts);
                 }
-                LABEL_NOT_STARTED if i < N => logf!("supd: {} not started (reason {})", SERVICES[i].name, m.words[1]),
+                LABEL_NOT_STARTED if i < N => {
+                    s[i].answered = true;
+                    logf!("supd: {} not started (reason {})", SERVICES[i].name, m.words[1]);
+                }
                 LABEL_FAULT if i < N => {
                     let (what, v) = describe(m.words[2]);
                     let healthy = now_ns().saturating_sub(s[i].started_at) > HEALTHY_NS;
