@@ -327,6 +327,27 @@ pub(crate) fn node_secs(l: &str) -> Option<f64> {
     l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse().ok()
 }
 
+/// The kernel's heartbeat kill of ring-3 task `service` in one node's serial lines, after the
+/// line `hang` (the task's own "hanging now" line): the kill's line, whether a register dump
+/// follows it, and the milliseconds from the hang to the kill on the node's clock (the kill's
+/// time is that of the first timed line at or after it: the dump's lines carry none).
+pub(crate) struct HeartbeatKill {
+    pub at: Option<usize>,
+    pub dump: bool,
+    pub ms: Option<f64>,
+}
+
+pub(crate) fn heartbeat_kill(lines: &[String], hang: Option<usize>, service: &str, period_ms: u32) -> HeartbeatKill {
+    let what = format!("\"{service}\" missed its heartbeat (period {period_ms} ms)");
+    let from = hang.unwrap_or(0);
+    let at = lines[from..].iter().position(|l| l.contains("HEARTBEAT: ring-3 task") && l.contains(&what)).map(|p| from + p);
+    let dump = at.is_some_and(|p| lines[p..].iter().take(8).any(|x| x.trim_start().starts_with("RIP ")));
+    let hang_at = hang.and_then(|p| node_secs(&lines[p]));
+    let kill_at = at.and_then(|p| lines[p..].iter().find_map(|x| node_secs(x)));
+    let ms = hang_at.zip(kill_at).map(|(a, b)| ((b - a) * 1000.0).round());
+    HeartbeatKill { at, dump, ms }
+}
+
 /// Write the cluster files and start the switch and one QEMU per node.
 /// Listed nodes share one cluster file; an unlisted node gets a file listing every node
 /// plus itself (it knows the others; they do not know it).

@@ -157,16 +157,13 @@ fn heartbeat(c: &mut crate::apitest::Checks, r: &mut crate::cluster::Running, ot
         }
     }
     let after = &r.lines[V][mark..];
-    let kill = after.iter().position(|x| x.contains("HEARTBEAT: ring-3 task") && x.contains("\"memberd\" missed its heartbeat (period 3000 ms)"));
-    let hang_at = after.iter().find(|x| x.contains(hang_line)).and_then(|x| node_secs(x));
-    let kill_at = kill.and_then(|p| after[p..].iter().find_map(|x| node_secs(x)));
-    let ms = hang_at.zip(kill_at).map(|(a, b)| ((b - a) * 1000.0).round());
+    let hang = after.iter().position(|x| x.contains(hang_line));
+    let crate::cluster::HeartbeatKill { at: kill, dump, ms } = crate::cluster::heartbeat_kill(after, hang, "memberd", 3_000);
     println!(
         "  timings: {name}'s sleeping hang -> the heartbeat's kill {} (node clock, the next line after the dump; period 3000 ms, looked at every 100 ms); this part's start -> third generation alive on {other0} and {other2} {} (host)",
         ms.map(|m| format!("{m} ms")).unwrap_or("never".into()),
         back.map(|b| format!("{:.1} s", (b - seen).as_secs_f64())).unwrap_or("never".into())
     );
-    let dump = kill.is_some_and(|p| after[p..].iter().take(8).any(|x| x.trim_start().starts_with("RIP ")));
     c.check(&format!("{name}'s kernel killed the sleeping memberd for its missed heartbeat (HEARTBEAT line and its register dump)"), kill.is_some() && dump, "");
     // not before the period ran out (its last beat came at most one 50 ms turn before the hang)
     c.check(&format!("{name}'s heartbeat kill came no sooner than the period"), ms.is_some_and(|m| m >= 2_900.0), &format!("{ms:?} ms"));

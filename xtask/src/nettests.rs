@@ -2,7 +2,7 @@
 //! the fabric, remote IPC, the ring-3 network stack and its restarts, lossy IPC and quotas,
 //! microVM networking, an outsider key, Linux and `wireguard-go` peers in namespaces.
 
-use crate::cluster::{b64, leaked_keys, node_secs, start, NodeSpec, NODE_STOPPED};
+use crate::cluster::{b64, heartbeat_kill, leaked_keys, start, HeartbeatKill, NodeSpec, NODE_STOPPED};
 use crate::netns::{sh, wireguard_go_namespace, NsGuard};
 use crate::test::Tally;
 use crate::tools::out_dir;
@@ -219,11 +219,7 @@ pub(crate) fn test_nicd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     let hang = n1.iter().position(|l| l.contains(&hang_line));
     // the probe did not kill it: it waited
     let not_killed = n1.iter().any(|l| l.contains("nicd probe: nicd (task") && l.contains("hangs on purpose; not killing it")) && !n1.iter().any(|l| l.contains("nicd probe: killed nicd"));
-    let kill = n1.iter().position(|l| l.contains("HEARTBEAT: ring-3 task") && l.contains("\"nicd\" missed its heartbeat (period 5000 ms)"));
-    let dump = kill.is_some_and(|p| n1[p..].iter().take(8).any(|x| x.trim_start().starts_with("RIP ")));
-    let hang_at = hang.and_then(|p| node_secs(&n1[p]));
-    let kill_at = kill.and_then(|p| n1[p..].iter().find_map(|x| node_secs(x)));
-    let ms = hang_at.zip(kill_at).map(|(a, b)| ((b - a) * 1000.0).round());
+    let HeartbeatKill { at: kill, dump, ms } = heartbeat_kill(n1, hang, "nicd", 5_000);
     // its last beat came at most one pass before the hang: no kill before the period ran out,
     // and one within a few looks after it (the kill comes at the 51st look)
     let in_time = ms.is_some_and(|m| (4_900.0..=7_000.0).contains(&m));
@@ -276,9 +272,7 @@ pub(crate) fn test_supd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
     let banner = "supd: TEST ONLY: supd.test_hang=1";
     let hang = n1.iter().position(|l| l.contains(banner));
-    let kill = n1.iter().position(|l| l.contains("HEARTBEAT: ring-3 task") && l.contains("\"supd\" missed its heartbeat (period 5000 ms)"));
-    let dump = kill.is_some_and(|p| n1[p..].iter().take(8).any(|x| x.trim_start().starts_with("RIP ")));
-    let ms = hang.and_then(|p| node_secs(&n1[p])).zip(kill.and_then(|p| n1[p..].iter().find_map(|x| node_secs(x)))).map(|(a, b)| ((b - a) * 1000.0).round());
+    let HeartbeatKill { at: kill, dump, ms } = heartbeat_kill(n1, hang, "supd", 5_000);
     let in_time = ms.is_some_and(|m| (4_900.0..=7_000.0).contains(&m));
     // the kernel restarted the supervisor
     let died = n1.iter().position(|l| l.contains("the supervisor (task") && l.contains("died with code 0xdead0101") && l.contains("restarting it (restart 1)"));

@@ -143,6 +143,18 @@ impl RaftSim {
         if self.growth {
             self.room_converged(first, &labels)?;
         }
+        // No leader holds a snapshot transfer open to a running follower whose log matches past
+        // it: its final acknowledgement may be lost, the quiet heartbeats' replies end it.
+        for s in &self.slots {
+            let Some(leader) = s.replica.as_ref().filter(|r| r.is_leader()) else { continue };
+            for (peer, pos) in s.tx.leader_transfers() {
+                let Some(f) = self.slots.iter().filter_map(|x| x.replica.as_ref()).find(|x| x.id() == peer) else { continue };
+                let end = f.log().entries().last_position();
+                if end.index >= pos.index && leader.log().entries().contains(end) && leader.voters().contains(&peer) {
+                    return Err(format!("leader {} still holds a snapshot transfer at {pos:?} to {peer}, whose log matches to {end:?}", leader.id()));
+                }
+            }
+        }
         let file = self.labels();
         for (name, spec) in &first.workloads {
             // Accepted but unplaceable as the nodes are labelled: nothing of it runs. (One that

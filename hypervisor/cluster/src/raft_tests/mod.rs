@@ -214,10 +214,14 @@ fn chaos_schedules_hold_the_invariants() {
 /// `RemoveNode` taken while it was cut off, which committed after; the node stayed out), and
 /// the first vouch rule for pulled states (884: two nodes that both dropped the readmitted
 /// leader answered each other's vouch requests `Behind` and waited for each other for ever; a
-/// `Behind` from a member no further along than the asker now holds nothing back).
+/// `Behind` from a member no further along than the asker now holds nothing back), and a
+/// leader's snapshot transfer left open for ever once the follower's one final acknowledgement
+/// was lost (8, 9: its log had caught up, so no chunk was sent again; a QEMU run of
+/// `cluster_snapshot_catchup` failed the same way; the leader now ends a transfer when an
+/// AppendEntries reply shows the follower's log matching past it).
 #[test]
 fn regression_seeds() {
-    for seed in [35u64, 254, 489, 510, 584, 585, 586, 607, 652, 671, 740, 884, 897, 945, 961, 1207, 2883, 3287, 3765, 4566, 4596, 6850, 7520, 9455, 9745] {
+    for seed in [8u64, 9, 35, 254, 489, 510, 584, 585, 586, 607, 652, 671, 740, 884, 897, 945, 961, 1207, 2883, 3287, 3765, 4566, 4596, 6850, 7520, 9455, 9745] {
         // the runs that found them (before workloads grew), and the runs with growth
         crate::raft_sim::raft_chaos_with(seed, false).unwrap();
         crate::raft_sim::raft_chaos(seed).unwrap();

@@ -173,8 +173,12 @@ pub struct SnapshotSender {
     /// Snapshots not sent because their bytes passed [`SNAPSHOT_MAX`].
     pub too_large: u64,
     pub chunks_sent: u64,
-    /// Transfers the follower acknowledged whole.
+    /// Transfers finished: the follower acknowledged the snapshot whole, or a reply to the
+    /// leader's AppendEntries showed its log matching past it ([`SnapshotSender::on_matched`]).
     pub completed: u64,
+    /// Of [`SnapshotSender::completed`], those finished by the follower's log: its final
+    /// acknowledgement was lost (it sends that once) or it caught up another way.
+    pub completed_by_log: u64,
 }
 
 impl SnapshotSender {
@@ -293,14 +297,7 @@ impl SnapshotSender {
             }
         }
         if ack.next >= h.total {
-            self.transfers.remove(&ack.from);
-            self.completed += 1;
-            // No other pulled answer of it in progress: the next answer may be newer.
-            if h.pulled && !self.transfers.values().any(|t| t.head.pulled && t.head.last == h.last) {
-                if let Some(c) = self.cache.as_mut() {
-                    c.pulled_at = None;
-                }
-            }
+            self.finish(ack.from);
             return Vec::new();
         }
         // Only chunk boundaries the leader sent can be acknowledged.
@@ -314,6 +311,38 @@ impl SnapshotSender {
         }
         t.acked = ack.next;
         self.window(ack.from)
+    }
+
+    /// A leader's view of `peer` after its AppendEntries reply: its log matches the leader's
+    /// up to `matched` (the reply's last position is in the leader's log). A leader transfer
+    /// of a snapshot at or below that is over. Without this a lost final acknowledgement
+    /// (sent once; a follower whose log caught up gets no more chunks to acknowledge) left
+    /// the transfer in the table and uncounted. True if it finished one.
+    pub fn on_matched(&mut self, peer: ReplicaId, matched: u64) -> bool {
+        let Some(t) = self.transfers.get(&peer) else { return false };
+        if t.head.pulled || t.head.last.index.get() > matched {
+            return false;
+        }
+        self.finish(peer);
+        self.completed_by_log += 1;
+        true
+    }
+
+    fn finish(&mut self, peer: ReplicaId) {
+        let Some(t) = self.transfers.remove(&peer) else { return };
+        let h = t.head;
+        self.completed += 1;
+        // No other pulled answer of it in progress: the next answer may be newer.
+        if h.pulled && !self.transfers.values().any(|t| t.head.pulled && t.head.last == h.last) {
+            if let Some(c) = self.cache.as_mut() {
+                c.pulled_at = None;
+            }
+        }
+    }
+
+    /// The followers a leader transfer is in progress to (not pulled answers).
+    pub fn leader_transfers(&self) -> impl Iterator<Item = (ReplicaId, LogPosition)> + '_ {
+        self.transfers.iter().filter(|(_, t)| !t.head.pulled).map(|(p, t)| (*p, t.head.last))
     }
 
     /// Transfers in progress.
@@ -765,6 +794,49 @@ mod tests {
             }
         }
         got
+    }
+
+    /// The follower's final acknowledgement is lost (it sends it once, and a follower whose log
+    /// caught up gets no more chunks): the leader's AppendEntries reply showing its log matching
+    /// at or past the snapshot ends the transfer, counted once. A match below it, or a pulled
+    /// answer's transfer, does not (CI run of 4a018a6: `cluster_snapshot_catchup`).
+    #[test]
+    fn a_lost_final_acknowledgement_is_made_good_by_the_followers_log() {
+        let l = Limits::default();
+        let s = snap(60, 0);
+        let at = s.position.index.get();
+        let mut tx = SnapshotSender::default();
+        let mut rx = SnapshotReceiver::default();
+        let total = encode_snapshot(&s).len() as u32;
+        let mut to_rx = tx.datagrams(env_with(s.clone(), 2));
+        let mut got = None;
+        while let Some(b) = to_rx.pop() {
+            let Ok(Wire::SnapChunk(c)) = decode(&b) else { panic!("a chunk") };
+            let (ack, env) = rx.on_chunk(c, 3, &l);
+            got = got.or(env);
+            match ack {
+                // The one that says "whole" is dropped.
+                Some(a) if a.next >= total => {}
+                Some(a) => to_rx.extend(tx.on_ack(&a)),
+                None => {}
+            }
+        }
+        assert_eq!(got.and_then(|e| e.snapshot), Some(s.clone()));
+        assert_eq!((tx.in_progress(), tx.completed), (1, 0), "without the final ack the transfer is open");
+        assert_eq!(tx.leader_transfers().collect::<Vec<_>>(), vec![(2, s.position)]);
+        // Another peer, or a match below the snapshot: nothing.
+        assert!(!tx.on_matched(3, at + 10));
+        assert!(!tx.on_matched(2, at - 1));
+        assert_eq!((tx.in_progress(), tx.completed), (1, 0));
+        // At it: over, once.
+        assert!(tx.on_matched(2, at));
+        assert!(!tx.on_matched(2, at + 5));
+        assert_eq!((tx.in_progress(), tx.completed, tx.completed_by_log), (0, 1, 1));
+        // A pulled answer's transfer is not a leader's: a log match says nothing of it.
+        let mut tx = SnapshotSender::default();
+        assert!(!tx.pulled_datagrams(env_with(s.clone(), 2), 0, Duration::ZERO).is_empty());
+        assert!(!tx.on_matched(2, at + 10));
+        assert_eq!((tx.in_progress(), tx.completed, tx.leader_transfers().count()), (1, 0, 0));
     }
 
     /// Seed 1207 of the simulator, as a unit: the follower restarted mid-transfer (its

@@ -847,7 +847,7 @@ impl Shown {
                 logf!("orchd: a snapshot received was refused ({} so far)", snaps.1);
             }
             if snaps.2 != self.snapshots.2 {
-                logf!("orchd: a follower acknowledged this node's snapshot whole ({} so far)", snaps.2);
+                logf!("orchd: a follower holds this node's snapshot whole ({} so far, {} of them known by its log)", snaps.2, orch.snap_out.completed_by_log);
             }
             self.snapshots = snaps;
         }
