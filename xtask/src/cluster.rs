@@ -298,13 +298,20 @@ impl Running {
 
     pub fn save_logs(&self, tag: &str) -> PathBuf {
         let mut s = String::new();
+        let mut bad = Vec::new();
         for (i, ls) in self.lines.iter().enumerate() {
             for l in ls {
                 s.push_str(&format!("[{}] {}\n", self.names[i], l));
+                if UNEXPECTED.iter().any(|k| l.contains(k)) {
+                    bad.push(format!("{}: {}", self.names[i], l.trim()));
+                }
             }
         }
         let p = out_dir().join(format!("{tag}.log"));
         let _ = std::fs::write(&p, s);
+        if let Ok(mut saved) = SAVED.lock() {
+            saved.push((p.clone(), bad));
+        }
         p
     }
 }
@@ -325,6 +332,32 @@ fn unix_now() -> u64 {
 /// The node-clock seconds of a serial line (`[   27.426087] …`), if it has them.
 pub(crate) fn node_secs(l: &str) -> Option<f64> {
     l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse().ok()
+}
+
+/// Lines no cluster test expects unless it provokes them: a kernel panic, and the kernel
+/// killing a ring-3 service as hung (its heartbeat or the spin watchdog). A service killed so
+/// is restarted, so a test's own checks can pass over one.
+const UNEXPECTED: &[&str] = &["KERNEL PANIC", "HEARTBEAT: ring-3 task", "WATCHDOG: ring-3 task"];
+
+/// The groups that provoke a hung-service kill on purpose (and check it themselves).
+const PROVOKE_HANGS: &[&str] = &["net_nicd_hung", "net_supd_hung", "cluster_memberd_hung"];
+
+/// Each log [`Running::save_logs`] wrote, with its [`UNEXPECTED`] lines: the group loop in
+/// [`tests`] records one result per `net_*` group from them.
+static SAVED: std::sync::Mutex<Vec<(PathBuf, Vec<String>)>> = std::sync::Mutex::new(Vec::new());
+
+/// One result for a `net_*` group's serial logs: no kernel panic and no service killed as hung
+/// on any node (the three-node `cluster_*` groups check this in their own checks). Nothing
+/// when the group saved no log (it did not boot a cluster).
+fn record_unexpected(t: &mut Tally, group: &str) {
+    let saved = SAVED.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+    if !group.starts_with("net_") || PROVOKE_HANGS.contains(&group) || saved.is_empty() {
+        return;
+    }
+    let bad: Vec<&String> = saved.iter().flat_map(|(_, b)| b).collect();
+    let logs: Vec<String> = saved.iter().map(|(p, _)| p.display().to_string()).collect();
+    t.record(&format!("{group}_no_panic_or_hung_service"), bad.is_empty(),
+        &format!("({} such lines, first {:?}; logs {})", bad.len(), bad.first(), logs.join(", ")));
 }
 
 /// The kernel's heartbeat kill of ring-3 task `service` in one node's serial lines, after the
@@ -740,6 +773,9 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
     let mut probes: Option<std::path::PathBuf> = None;
     for &(name, f) in groups {
         if crate::test::selected(name) {
+            if let Ok(mut saved) = SAVED.lock() {
+                saved.clear();
+            }
             if ARMS_PROBES.contains(&name) {
                 if probes.is_none() {
                     probes = Some(crate::build::build_kernel_probes()?);
@@ -748,6 +784,7 @@ pub fn tests(t: &mut Tally) -> Result<(), String> {
             } else {
                 f(t, &kernel)?;
             }
+            record_unexpected(t, name);
         }
     }
     Ok(())

@@ -509,7 +509,7 @@ impl Orch {
                         let from_id = env.from;
                         if env.to == r.id() {
                             self.joined = true;
-                            if let Some(matched) = log_matched(r, &env) {
+                            if let Some(matched) = r.follower_matched(&env) {
                                 self.snap_out.on_matched(from_id, matched);
                             }
                             r.handle_received(now, since, env);
@@ -979,13 +979,3 @@ mod tests;
 #[path = "orch_admission_tests.rs"]
 mod admission_tests;
 
-/// How far a follower's log matches this leader's, by its AppendEntries reply: the reply's
-/// last position if this leader's log holds it (same term at that index, so by Raft's log
-/// matching everything before it is the same too). A snapshot transfer at or below it is over
-/// ([`SnapshotSender::on_matched`]).
-pub fn log_matched(r: &Replica, env: &Envelope) -> Option<u64> {
-    match &env.message {
-        Message::AppendEntriesReply { header, last_position } if r.is_leader() && header.term.get() == r.term() && r.log().entries().contains(*last_position) => Some(last_position.index.get()),
-        _ => None,
-    }
-}

@@ -2,7 +2,7 @@
 //! and restarted *without* their storage (as a diskless node restarts). What every node "runs"
 //! is exactly [`Orch::assigned_now`] (what `orchd` makes its workload service run); a killed
 //! node runs nothing. Checked after every millisecond: no replica runs on two nodes.
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -39,9 +39,11 @@ struct Net {
     /// How long before its handling each node's datagrams are said to have arrived
     /// ([`Orch::handle_received`]; `orchd`'s last empty socket).
     lag: Vec<Duration>,
-    /// Snapshot acknowledgements off a chunk boundary (the one that says "whole", as the
-    /// snapshot's length is not a whole number of chunks) are lost.
+    /// Snapshot acknowledgements that say "whole" (`next` at the transfer's length, as its
+    /// chunks passing through announced it) are lost.
     drop_whole_snap_acks: bool,
+    /// Each transfer's length by (sending node, transfer number), from its chunks.
+    snap_totals: BTreeMap<(usize, u64), u32>,
 }
 
 fn spec(name: &str, replicas: u32) -> WorkloadSpec {
@@ -65,7 +67,7 @@ impl Net {
 
     fn with_config(n: usize, seed: u64, cfg: OrchConfig) -> Net {
         let keys: Vec<NodeKey> = (0..n).map(|i| NodeKey([i as u8 + 1; 32])).collect();
-        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0, orphaned: vec![None; n], groups: vec![0; n], cut: Vec::new(), one_way: Vec::new(), lag: vec![Duration::ZERO; n], drop_whole_snap_acks: false };
+        let mut net = Net { nodes: Vec::new(), keys, now: Duration::ZERO, inflight: Vec::new(), rng: seed, running: vec![BTreeSet::new(); n], started: Vec::new(), cfg, drop_per_mille: 0, orphaned: vec![None; n], groups: vec![0; n], cut: Vec::new(), one_way: Vec::new(), lag: vec![Duration::ZERO; n], drop_whole_snap_acks: false, snap_totals: BTreeMap::new() };
         for i in 0..n {
             let o = net.fresh(i);
             net.nodes.push(Some(o));
@@ -96,8 +98,14 @@ impl Net {
             if self.fabric_drops(from, to) || self.groups[from] != self.groups[to] || self.cut.iter().any(|c| *c == (from, to) || *c == (to, from)) || self.one_way.contains(&(from, to)) {
                 continue;
             }
-            if self.drop_whole_snap_acks && matches!(decode(&b), Ok(Wire::SnapAck(a)) if !(a.next as usize).is_multiple_of(crate::snapshot::CHUNK_LEN)) {
-                continue;
+            if self.drop_whole_snap_acks {
+                match decode(&b) {
+                    Ok(Wire::SnapChunk(c)) => {
+                        self.snap_totals.insert((from, c.head.transfer), c.head.total);
+                    }
+                    Ok(Wire::SnapAck(a)) if self.snap_totals.get(&(to, a.transfer)).is_some_and(|t| a.next >= *t) => continue,
+                    _ => {}
+                }
             }
             if let Some(o) = self.nodes[to].as_mut() {
                 o.handle_received(now, now.saturating_sub(self.lag[to]), from, &b);

@@ -213,7 +213,9 @@ pub mod supervisor {
     /// `words[2]` (`0xdead0000 | vector` for an exception) at address `words[3]` (the
     /// faulting address of a page fault, else the instruction pointer; 0 for an exit).
     pub const LABEL_FAULT: u64 = 0x22;
-    /// anyone -> supervisor (call): how often service `words[0]` was restarted (reply word 0).
+    /// anyone -> supervisor (call): about service `words[0]`, reply words: how often it was
+    /// restarted, the task that runs it (0: none), and how many of its deaths this
+    /// supervisor was told of (`LABEL_FAULT`, a queued one included).
     pub const LABEL_QUERY: u64 = 2;
     /// The exit code (`LABEL_FAULT` word 2) of a task the kernel's spin watchdog killed: it
     /// ran the watchdog's limit of CPU time without a system call (hung in a loop); word 3 is

@@ -17,14 +17,34 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 /// Kill the supervisor `supd` itself: the kernel restarts it on the same endpoint, the new
 /// incarnation adopts the running services (its `LABEL_QUERY` answer names echo's current
 /// task and the kernel's restart count), and it restarts a service killed afterwards.
+/// On the way, `echo` is killed while no supervisor runs (the spawner's backoff before the
+/// restart): its death notice waits on the held endpoint and the new supd is told of it
+/// (its answer counts one death of echo) as well as restarting it.
 pub fn supervisor_restarted_after_death(node: &Node) -> Result<(), String> {
     let (old, restarts_before) = supervisor::supervisor_task();
     let old = old.ok_or("no supervisor running")?;
+    let echo_before = supervisor::service_task("echo").ok_or("echo is not a running service")?;
+    let echo_restarts = supervisor::service_restarts("echo");
     let end = time::now_ns() + 5 * SEC;
     while !task::kill_for_test(old) {
         check(time::now_ns() < end, || "supd never stopped running long enough to be killed".into())?;
         task::yield_now();
     }
+    // The kill of a task running on another CPU takes effect when it next enters the kernel;
+    // then none runs until the spawner's backoff (50 ms) has passed.
+    let end = time::now_ns() + 5 * SEC;
+    while supervisor::supervisor_task().0 == Some(old) {
+        check(time::now_ns() < end, || "the killed supd is still registered after 5 s".into())?;
+        task::yield_now();
+    }
+    check(supervisor::supervisor_task().0.is_none(), || "the supervisor was restarted before echo could be killed (missed the backoff window)".into())?;
+    let end = time::now_ns() + 5 * SEC;
+    while !task::kill_for_test(echo_before) {
+        check(time::now_ns() < end, || "echo never stopped running long enough to be killed".into())?;
+        task::yield_now();
+    }
+    check(supervisor::supervisor_task().0.is_none() && supervisor::service_task("echo").is_none(),
+        || "echo's death did not fall in the window with no supervisor".into())?;
     let end = time::now_ns() + 10 * SEC;
     let new = loop {
         // A kill of a task running on another CPU takes effect when it next enters the kernel:
@@ -38,17 +58,18 @@ pub fn supervisor_restarted_after_death(node: &Node) -> Result<(), String> {
         check(time::now_ns() < end, || "the supervisor was not restarted within 10 s".into())?;
         task::sleep_ns(10_000_000);
     };
-    let echo = supervisor::service_task("echo").ok_or("echo stopped with the supervisor")?;
     let supd = supervisor::supervisor_endpoint().ok_or("no supervisor endpoint")?;
     let q = task::try_give_current(task::send_cap(supd, 0)).map_err(crate::ktest::cap_err)?;
     let idx = catenary_manifest::index_of(catenary_manifest::SERVICES, "echo").ok_or("echo not in the manifest")? as u64;
     let end = time::now_ns() + 5 * SEC;
     loop {
         let a = task::call(q, Message::new(catenary_ipc::supervisor::LABEL_QUERY, [idx, 0, 0, 0])).map_err(|e| format!("query the new supd: {e:?}"))?;
-        if a.words[1] == echo && a.words[0] == supervisor::service_restarts("echo") as u64 {
+        // (the kernel's echo now: the adoption request may have started it after the query above)
+        let (echo, restarts) = (supervisor::service_task("echo").unwrap_or(0), supervisor::service_restarts("echo"));
+        if a.words[1] == echo && a.words[0] == restarts as u64 && a.words[2] == 1 && restarts == echo_restarts + 1 && echo != echo_before {
             break;
         }
-        check(time::now_ns() < end, || format!("new supd (task {new}) says echo is task {} after {} restarts; kernel: task {echo}", a.words[1], a.words[0]))?;
+        check(time::now_ns() < end, || format!("new supd (task {new}) says echo is task {} after {} restarts, {} deaths told (want 1); kernel: task {echo} (killed {echo_before}), {restarts} restarts (before {echo_restarts})", a.words[1], a.words[0], a.words[2]))?;
         task::sleep_ns(10_000_000);
     }
     task::drop_current(q);

@@ -79,7 +79,7 @@ impl RaftSim {
         let mut replies: Vec<(ReplicaId, ReplicaId, Vec<u8>)> = Vec::new();
         match w {
             Wire::Raft(env) => {
-                if let Some(matched) = crate::orch::log_matched(r, &env) {
+                if let Some(matched) = r.follower_matched(&env) {
                     s.tx.on_matched(env.from, matched);
                 }
                 r.handle(now, env);

@@ -550,6 +550,20 @@ impl Replica {
         self.handle_received(now, now, env)
     }
 
+    /// How far a follower's log matches this leader's, by an AppendEntries reply not yet
+    /// handled: the reply's last position, if this leader's log holds it (the same term at that
+    /// index, so by Raft's log matching everything before it is the same too). Only a reply
+    /// this replica would take (addressed to it, of its current term, not a pre-vote) and newer
+    /// than the latest reply from that peer (by seqno: a late one says nothing of now). A
+    /// snapshot transfer at or below it is over
+    /// ([`crate::snapshot::SnapshotSender::on_matched`]).
+    pub fn follower_matched(&self, env: &Envelope) -> Option<u64> {
+        let Message::AppendEntriesReply { header, last_position } = &env.message else { return None };
+        let fresh = self.peer_log_end.get(&env.from).is_none_or(|(s, _)| *s < header.seqno.get());
+        let ours = env.to == self.id && header.from.get() == env.from && !env.pre_vote && self.is_leader() && header.term == self.node.current_term();
+        (ours && fresh && self.node.log().entries().contains(*last_position)).then_some(last_position.index.get())
+    }
+
     /// [`Replica::handle`] of a message that arrived no earlier than `since`: a lease grant it
     /// carries counts from `since` (a grant that waited before it was handled must not
     /// extend the lease past what the leader's bound assumes).

@@ -285,10 +285,12 @@ impl SnapshotSender {
     pub fn on_ack_if(&mut self, ack: &SnapAck, leader: bool, now: Duration) -> Vec<Vec<u8>> {
         let Some(t) = self.transfers.get_mut(&ack.from) else { return Vec::new() };
         let h = t.head;
-        if !h.pulled && !leader {
+        if h.to != ack.from || h.from != ack.to || h.transfer != ack.transfer || h.term != ack.term || h.last != ack.last || h.digest != ack.digest {
             return Vec::new();
         }
-        if h.to != ack.from || h.from != ack.to || h.transfer != ack.transfer || h.term != ack.term || h.last != ack.last || h.digest != ack.digest {
+        // (A final acknowledgement ends the transfer even after this node stopped leading: it
+        // is sent once, and nothing else would end it then.)
+        if !h.pulled && !leader && ack.next < h.total {
             return Vec::new();
         }
         if h.pulled {
@@ -832,6 +834,26 @@ mod tests {
         assert!(tx.on_matched(2, at));
         assert!(!tx.on_matched(2, at + 5));
         assert_eq!((tx.in_progress(), tx.completed, tx.completed_by_log), (0, 1, 1));
+        // A final acknowledgement that arrives after the leader stepped down still ends the
+        // transfer (nothing else would); an earlier one moves nothing then.
+        let mut tx = SnapshotSender::default();
+        let mut rx = SnapshotReceiver::default();
+        let mut to_rx = tx.datagrams(env_with(s.clone(), 2));
+        let mut last = None;
+        while let Some(b) = to_rx.pop() {
+            let Ok(Wire::SnapChunk(c)) = decode(&b) else { panic!("a chunk") };
+            match rx.on_chunk(c, 3, &l).0 {
+                Some(a) if a.next >= total => last = Some(a),
+                Some(a) => {
+                    assert!(tx.on_ack_if(&a, false, Duration::ZERO).is_empty(), "a deposed leader sends no more chunks");
+                    to_rx.extend(tx.on_ack(&a));
+                }
+                None => {}
+            }
+        }
+        assert_eq!((tx.in_progress(), tx.completed), (1, 0));
+        assert!(tx.on_ack_if(&last.expect("a final acknowledgement"), false, Duration::ZERO).is_empty());
+        assert_eq!((tx.in_progress(), tx.completed, tx.completed_by_log), (0, 1, 0));
         // A pulled answer's transfer is not a leader's: a log match says nothing of it.
         let mut tx = SnapshotSender::default();
         assert!(!tx.pulled_datagrams(env_with(s.clone(), 2), 0, Duration::ZERO).is_empty());

@@ -3,7 +3,7 @@
 //! starts them all, and when the kernel reports one dead (which service, which task, exit code
 //! or exception vector, faulting address) logs it and restarts it after an exponential
 //! backoff (`catenary_manifest::backoff_ms`, bounded). Answers `LABEL_QUERY` calls with a
-//! service's restart count.
+//! service's restart count, task and the deaths it was told of.
 //!
 //! If supd itself dies, the kernel restarts it on the same endpoint: it asks for every
 //! service again and the spawner answers with the tasks that still run them (adopted, with
@@ -48,6 +48,8 @@ struct Svc {
     due: u64,
     /// The spawner answered for it (started, adopted or not started).
     answered: bool,
+    /// Deaths this supd was told of (`LABEL_QUERY` word 2).
+    deaths: u32,
 }
 
 entry!(run);
@@ -119,6 +121,7 @@ fn run(arg: u64) -> u64 {
                     let healthy = now_ns().saturating_sub(s[i].started_at) > HEALTHY_NS;
                     s[i].streak = if healthy { 1 } else { s[i].streak.saturating_add(1) };
                     s[i].task = 0;
+                    s[i].deaths = s[i].deaths.saturating_add(1);
                     if SERVICES[i].restart {
                         let ms = backoff_ms(s[i].streak);
                         s[i].due = now_ns() + ms * 1_000_000;
@@ -129,7 +132,7 @@ fn run(arg: u64) -> u64 {
                     }
                 }
                 LABEL_QUERY if m.reply != 0 => {
-                    let r = if i < N { [s[i].restarts as u64, s[i].task, 0, 0] } else { [u64::MAX; 4] };
+                    let r = if i < N { [s[i].restarts as u64, s[i].task, s[i].deaths as u64, 0] } else { [u64::MAX; 4] };
                     let _ = reply(m.reply, LABEL_QUERY, r);
                 }
                 _ => {}
