@@ -237,6 +237,7 @@ pub(crate) fn test_nicd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     // the second nicd does not hang (first start only) and is not killed; node2 kills nothing
     let once = n1.iter().filter(|l| l.contains("TEST ONLY: hanging on purpose")).count() == 1
         && n1.iter().filter(|l| l.contains("HEARTBEAT: ring-3 task")).count() == 1
+        && !n1.iter().any(|l| l.contains("WATCHDOG: ring-3 task"))
         && !r.lines[1].iter().any(|l| l.contains("HEARTBEAT: ring-3 task") || l.contains("WATCHDOG: ring-3 task"));
     println!("  timings: nicd's sleeping hang -> the heartbeat's kill {} (node1's clock; period 5000 ms)", ms.map(|m| format!("{m} ms")).unwrap_or("never".into()));
     for k in [hang_line.as_str(), "HEARTBEAT: ring-3 task", "supd: nicd (task", "nicd probe: nicd restarted"] {
@@ -246,7 +247,7 @@ pub(crate) fn test_nicd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     }
     drop(r);
     t.record(name, ok && !panic && hang.is_some() && mid_traffic && not_killed && kill.is_some() && dump && in_time && hung && quiesced && restarted && attached && calls && once,
-        &format!("(hung on purpose {} after the first answer {mid_traffic}, not killed by the probe {not_killed}, HEARTBEAT line with dump {}, kill after {ms:?} ms in 4900..=7000 {in_time}, supd saw it hung and restarted it {hung}, device quiesced before free {quiesced}, restarted {restarted}, netd lent the new ring {attached}, 3/3 remote calls after {calls}, one hang and one kill, none on node2 {once}; log {})",
+        &format!("(hung on purpose {} after the first answer {mid_traffic}, not killed by the probe {not_killed}, HEARTBEAT line with dump {}, kill after {ms:?} ms in 4900..=7000 {in_time}, supd saw it hung and restarted it {hung}, device quiesced before free {quiesced}, restarted {restarted}, netd lent the new ring {attached}, 3/3 remote calls after {calls}, one hang and one kill (no watchdog kill), none on node2 {once}; log {})",
             hang.is_some(), kill.is_some() && dump, log.display()));
     Ok(())
 }
@@ -298,6 +299,7 @@ pub(crate) fn test_supd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     let calls = n1.iter().any(|l| l.contains("nicd probe: nicd restarted as task") && l.contains("after the kill: 3/3 remote calls"));
     let once = n1.iter().filter(|l| l.contains(banner)).count() == 1
         && n1.iter().filter(|l| l.contains("HEARTBEAT: ring-3 task")).count() == 1
+        && !n1.iter().any(|l| l.contains("WATCHDOG: ring-3 task"))
         && !r.lines[1].iter().any(|l| l.contains("HEARTBEAT: ring-3 task") || l.contains("WATCHDOG: ring-3 task"));
     println!("  timings: supd's sleeping hang -> the heartbeat's kill {} (node1's clock; period 5000 ms)", ms.map(|m| format!("{m} ms")).unwrap_or("never".into()));
     for k in [banner, "HEARTBEAT: ring-3 task", "the supervisor (task", "supervisor supd restarted", "nicd probe: nicd restarted"] {
@@ -307,7 +309,7 @@ pub(crate) fn test_supd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     }
     drop(r);
     t.record(name, ok && !panic && hang.is_some() && kill.is_some() && dump && in_time && died.is_some() && back.is_some() && adopted && restarted_nicd && calls && once,
-        &format!("(hung on purpose {}, HEARTBEAT line with dump {}, kill after {ms:?} ms in 4900..=7000 {in_time}, the kernel restarted it {}, the new supd adopted nicd/netd/echo {adopted}, restarted nicd killed after {restarted_nicd}, 3/3 calls after {calls}, one hang and one kill, none on node2 {once}; log {})",
+        &format!("(hung on purpose {}, HEARTBEAT line with dump {}, kill after {ms:?} ms in 4900..=7000 {in_time}, the kernel restarted it {}, the new supd adopted nicd/netd/echo {adopted}, restarted nicd killed after {restarted_nicd}, 3/3 calls after {calls}, one hang and one kill (no watchdog kill), none on node2 {once}; log {})",
             hang.is_some(), kill.is_some() && dump, died.is_some() && back.is_some(), log.display()));
     Ok(())
 }

@@ -17,38 +17,25 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 /// Kill the supervisor `supd` itself: the kernel restarts it on the same endpoint, the new
 /// incarnation adopts the running services (its `LABEL_QUERY` answer names echo's current
 /// task and the kernel's restart count), and it restarts a service killed afterwards.
-/// On the way, `echo` is killed while no supervisor runs (the spawner's backoff before the
-/// restart): its death notice waits on the held endpoint and the new supd is told of it
-/// (its answer counts one death of echo) as well as restarting it.
+/// `echo` is killed with it (one hold of the kernel lock, after supd's death): its death
+/// notice waits on the held endpoint and the new supd is told of it (its answer counts one
+/// death of echo) as well as restarting it.
 pub fn supervisor_restarted_after_death(node: &Node) -> Result<(), String> {
     let (old, restarts_before) = supervisor::supervisor_task();
     let old = old.ok_or("no supervisor running")?;
     let echo_before = supervisor::service_task("echo").ok_or("echo is not a running service")?;
     let echo_restarts = supervisor::service_restarts("echo");
+    // Both under one hold of the kernel lock: supd's death, then echo's while no supd is
+    // registered (the spawner needs the lock to start the next one).
     let end = time::now_ns() + 5 * SEC;
-    while !task::kill_for_test(old) {
-        check(time::now_ns() < end, || "supd never stopped running long enough to be killed".into())?;
+    while !task::kill_two_for_test(old, echo_before) {
+        check(time::now_ns() < end, || "supd and echo were never both off their CPUs long enough to be killed".into())?;
         task::yield_now();
     }
-    // The kill of a task running on another CPU takes effect when it next enters the kernel;
-    // then none runs until the spawner's backoff (50 ms) has passed.
-    let end = time::now_ns() + 5 * SEC;
-    while supervisor::supervisor_task().0 == Some(old) {
-        check(time::now_ns() < end, || "the killed supd is still registered after 5 s".into())?;
-        task::yield_now();
-    }
-    check(supervisor::supervisor_task().0.is_none(), || "the supervisor was restarted before echo could be killed (missed the backoff window)".into())?;
-    let end = time::now_ns() + 5 * SEC;
-    while !task::kill_for_test(echo_before) {
-        check(time::now_ns() < end, || "echo never stopped running long enough to be killed".into())?;
-        task::yield_now();
-    }
-    check(supervisor::supervisor_task().0.is_none() && supervisor::service_task("echo").is_none(),
-        || "echo's death did not fall in the window with no supervisor".into())?;
+    check(supervisor::service_task("echo").is_none(), || "echo still registered after the kill".into())?;
     let end = time::now_ns() + 10 * SEC;
     let new = loop {
-        // A kill of a task running on another CPU takes effect when it next enters the kernel:
-        // until then the old supd is still the registered one.
+        // (none registered until the spawner's backoff has passed)
         if let (Some(t), n) = supervisor::supervisor_task() {
             if t != old || n != restarts_before {
                 check(t != old && n == restarts_before + 1, || format!("supervisor task {t} after {n} restarts"))?;

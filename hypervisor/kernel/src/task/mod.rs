@@ -284,6 +284,17 @@ pub fn kill_for_test(id: TaskId) -> bool {
     with(|k| kill_not_running(k, id, killed_by(0xff)))
 }
 
+/// Kill two tasks that are not running right now, under one hold of the kernel lock (tests):
+/// nothing runs between the two deaths. Returns whether both were killed (neither, if either
+/// is running, dead or unknown).
+#[cfg(feature = "ktest")]
+pub fn kill_two_for_test(a: TaskId, b: TaskId) -> bool {
+    with(|k| {
+        let idle = |k: &Kernel, id| matches!(k.sched.task(id).map(|t| t.state), Some(TaskState::Ready | TaskState::Blocked(_)));
+        a != b && idle(k, a) && idle(k, b) && kill_not_running(k, a, killed_by(0xff)) && kill_not_running(k, b, killed_by(0xff))
+    })
+}
+
 /// Kill task `id` with exit `code` if it is ready or blocked (not running on any CPU): its
 /// callers and joiners are released and its frames and address space go back now. False if
 /// it is running, dead or unknown.
