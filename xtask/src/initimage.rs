@@ -9,6 +9,12 @@
 //! run from a tmpfs copy of busybox) until the guest kernel's OOM killer kills it, run by the workload service as the node's demo workload
 //! (`workload.demo=demo workload.mem=128`): workd must report it as killed by the OOM killer,
 //! not as a plain signal 9, and the init's note names the victim in the workload's log.
+//!
+//! `vm_linux_workload_thrash_killed`: an image whose entrypoint fills its 128 MiB microVM with
+//! anonymous memory (`dd` buffers held by a pipe nobody reads) until under 4 % is available,
+//! then reads a 24 MiB file of its squashfs over and over: the kernel evicts and reads back the
+//! file (and busybox's own text) and never decides it is out of memory. The init's thrash guard
+//! must kill it, and workd must report that kill, not an OOM kill or a plain signal 9.
 
 use crate::ociimage as oci;
 use crate::qemu::run_captured;
@@ -131,6 +137,86 @@ pub fn oom_test(t: &mut Tally) -> Result<(), String> {
             // A hang says whether the node lived on and the VM still exited (the workload busy
             // or thrashing) or not.
             o.lines.iter().rev().find(|l| l.contains("INFO  heartbeat:")).map(String::as_str).unwrap_or("none"),
+            log.display()
+        ),
+    );
+    Ok(())
+}
+
+/// The thrash test's workload. It fills memory to under 4 % available in `dd` buffers that stay
+/// (each `dd` blocks writing into a pipe that `sleep` never reads), then streams the whole
+/// 24 MiB `/big` again and again: the kernel drops the file's pages and busybox's text and reads
+/// them back, and never decides it is out of memory.
+const THRASH_SCRIPT: &str = "echo filling; t=$(busybox awk '/MemTotal/{print $2}' /proc/meminfo); \
+while :; do a=$(busybox awk '/MemAvailable/{print $2}' /proc/meminfo); [ $((a * 25)) -lt $t ] && break; \
+if [ $a -gt 16384 ]; then bs=4M; else bs=512K; fi; busybox dd if=/dev/zero bs=$bs count=1 2>/dev/null | busybox sleep 100000 & busybox sleep 0.3; done; \
+echo \"filled: $a KiB of $t KiB available\"; while :; do busybox cat /big > /dev/null; done";
+
+/// `vm_linux_workload_thrash_killed` (see the top of this file).
+pub fn thrash_test(t: &mut Tally) -> Result<(), String> {
+    const NAME: &str = "vm_linux_workload_thrash_killed";
+    if let Some(why) = oci::missing_tools() {
+        t.skip(NAME, why);
+        return Ok(());
+    }
+    let dir = out_dir().join("thrash-test");
+    let built = (|| {
+        let rootfs = oci::new_image(&dir, "thrash")?;
+        oci::add_busybox(&rootfs)?;
+        // 24 MiB that squashfs cannot compress (xorshift), so reading it takes 6,144 pages.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut big = Vec::with_capacity(24 << 20);
+        while big.len() < 24 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            big.extend_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(rootfs.join("big"), &big).map_err(|e| e.to_string())?;
+        oci::repack(&dir, "thrash")?;
+        oci::config(&dir, "thrash", &["--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c", "--config.cmd", THRASH_SCRIPT])?;
+        oci::pack(&dir, "thrash", &dir.join("out"))
+    })();
+    if let Err(e) = built {
+        t.record(NAME, false, &format!("(building the image: {e})"));
+        return Ok(());
+    }
+    let bundle = dir.join("bundle.cpio");
+    oci::bundle_with_image(&dir.join("out"), &bundle)?;
+    let kernel = crate::build::build_kernel(false)?;
+    let b = crate::vmbench::node_with_guest(&kernel, &bundle, &format!("{} workload.mem=128 heartbeat=1000", crate::qemu::RUN_IMAGE_CMDLINE));
+    let want = [
+        "[vm:demo stdout] filling",
+        "[vm:demo stdout] filled: ",
+        "the VM is thrashing",
+        "workd: demo ended: killed by the guest init: out of memory, thrashing (signal 9)",
+    ];
+    let fail = [
+        "KERNEL PANIC",
+        "- stopping this CPU",
+        "workd: demo ended: killed by signal",
+        "workd: demo ended: killed by the kernel's OOM killer",
+        "workd: demo ended: crashed",
+        "catenary-init: error",
+    ];
+    let o = run_captured(b.command(false)?, &want, &fail, Duration::from_secs(300), false)?;
+    let log = out_dir().join(format!("{NAME}.log"));
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+    // Measured on the host's clock from the captured lines: memory full to the guard's kill.
+    let (guard_ms, in_order) = match (o.times[1], o.times[2]) {
+        (Some(a), Some(b)) => (format!("{} ms from full to the kill", b.saturating_sub(a).as_millis()), a < b),
+        (None, Some(_)) => ("killed before memory was full".into(), false),
+        _ => ("no kill".into(), false),
+    };
+    let filled = o.lines.iter().find(|l| l.contains("[vm:demo stdout] filled: ")).map(String::as_str).unwrap_or("not filled");
+    println!("{NAME}: {guard_ms}; {filled}");
+    t.record(
+        NAME,
+        o.matched && o.failed_on.is_none() && in_order,
+        &format!(
+            "({guard_ms}; {filled}; missing {missing:?}{}; serial log {})",
+            o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(),
             log.display()
         ),
     );

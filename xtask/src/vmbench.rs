@@ -96,6 +96,9 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
     if crate::test::selected("vm_linux_workload_oom_killed") {
         crate::initimage::oom_test(t)?;
     }
+    if crate::test::selected("vm_linux_workload_thrash_killed") {
+        crate::initimage::thrash_test(t)?;
+    }
     if crate::test::selected("vm_linux_image_layers") {
         crate::layerimage::test(t, &kernel)?;
     }

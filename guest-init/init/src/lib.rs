@@ -8,4 +8,5 @@ pub mod etc;
 pub mod user;
 pub mod exec;
 pub mod oom;
+pub mod thrash;
 pub mod signal;

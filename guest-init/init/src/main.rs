@@ -19,7 +19,7 @@
 
 use catenary_guest_proto::config::{ImageConfig, NodeConfig, RunSpec, MAX_CONFIG_BYTES};
 use catenary_guest_proto::wire::{self, Command as NodeCommand, CommandDecoder, Stream, WorkloadExit};
-use catenary_init::{etc, exec, oom, user};
+use catenary_init::{etc, exec, oom, thrash, user};
 use nix::mount::{mount, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -40,6 +40,8 @@ const BUSYBOX: &str = "/bin/busybox";
 /// How long the workload's pipes are still read after it exited (a background child may
 /// hold them open).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// How often the thrash guard samples memory (thrash.rs).
+const THRASH_SAMPLE: Duration = Duration::from_secs(1);
 
 /// An error before or while starting the workload: reported, then power-off.
 struct Failure {
@@ -216,17 +218,22 @@ fn signal_set() -> SigSet {
 /// Deliver `signo` to the workload's process group (it leads its own group: `process_group(0)`
 /// at spawn), so that a shell's foreground children get it too, as `docker stop` does for a
 /// container's processes.
-fn signal_workload(child: Pid, signo: i32, why: &str, chan: &mut Channel) {
+/// Returns whether the signal was delivered.
+fn signal_workload(child: Pid, signo: i32, why: &str, chan: &mut Channel) -> bool {
     // Real-time signals (a StopSignal like SIGRTMIN+3) too: see signal.rs.
     match catenary_init::signal::deliver_to_group(child.as_raw(), signo) {
-        Ok(()) => match Signal::try_from(signo) {
-            Ok(sig) => println!("catenary-init: {why}: {sig} to the workload's process group"),
-            Err(_) => println!("catenary-init: {why}: signal {signo} to the workload's process group"),
-        },
+        Ok(()) => {
+            match Signal::try_from(signo) {
+                Ok(sig) => println!("catenary-init: {why}: {sig} to the workload's process group"),
+                Err(_) => println!("catenary-init: {why}: signal {signo} to the workload's process group"),
+            }
+            true
+        }
         Err(e) => {
             let msg = format!("catenary-init: {why}: {e}\n");
             print!("{msg}");
             chan.data(Stream::Init, msg.as_bytes());
+            false
         }
     }
 }
@@ -245,8 +252,9 @@ fn reap(child: Pid) -> Option<WorkloadExit> {
 }
 
 /// `exit`, or an OOM kill when the workload died of a signal while the OOM killer killed
-/// (each kill is noted in the workload's log).
-fn with_oom(exit: WorkloadExit, watch: Option<&mut oom::OomWatch>, chan: &mut Channel) -> WorkloadExit {
+/// (each kill is noted in the workload's log), or the thrash guard's kill when it was the
+/// guard's SIGKILL that ended it.
+fn with_oom(exit: WorkloadExit, child: Pid, watch: Option<&mut oom::OomWatch>, thrash_killed: bool, chan: &mut Channel) -> WorkloadExit {
     let kills = watch.map(|w| w.kills(16)).unwrap_or_default();
     for k in &kills {
         let msg = format!("catenary-init: the kernel's OOM killer killed process {} ({})\n", k.pid, k.comm);
@@ -254,6 +262,8 @@ fn with_oom(exit: WorkloadExit, watch: Option<&mut oom::OomWatch>, chan: &mut Ch
         chan.data(Stream::Init, msg.as_bytes());
     }
     match exit {
+        // The guard's SIGKILL, unless the kernel's OOM killer got the entrypoint first.
+        WorkloadExit::Signal(s) if thrash_killed && s == Signal::SIGKILL as i32 && !kills.iter().any(|k| k.pid == child.as_raw()) => WorkloadExit::ThrashKilled(s),
         WorkloadExit::Signal(s) if !kills.is_empty() => WorkloadExit::OomKilled(s),
         e => e,
     }
@@ -301,6 +311,18 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
             None
         }
     };
+    // Memory, sampled once a second while the workload runs (thrash.rs).
+    let mut thrash_sampler = match thrash::Sampler::open() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            println!("catenary-init: /proc/meminfo, /proc/vmstat: {e} (no thrash guard)");
+            None
+        }
+    };
+    let mut thrash_guard = thrash::Guard::new();
+    let mut thrash_killed = false;
+    let started = Instant::now();
+    let mut next_sample = started;
     println!("catenary-init: ready");
     chan.send(&wire::encode_ready());
     // Unblocked only while spawning: what arrives meanwhile is lost (PID 1 has no handlers,
@@ -334,10 +356,34 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
         if let Some(s) = status {
             let done = !open[0] && !open[1];
             if done || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(with_oom(s, oom_watch.as_mut(), chan));
+                return Ok(with_oom(s, child, oom_watch.as_mut(), thrash_killed, chan));
             }
         }
-        let timeout = if status.is_some() { PollTimeout::from(100u16) } else { PollTimeout::NONE };
+        if let (None, Some(sampler)) = (status, thrash_sampler.as_mut()) {
+            let now = Instant::now();
+            if now >= next_sample {
+                next_sample = now + THRASH_SAMPLE;
+                let verdict = sampler.read().and_then(|m| thrash_guard.observe(now.duration_since(started).as_millis() as u64, m));
+                if let Some(v) = verdict.filter(|_| !thrash_killed) {
+                    let msg = format!(
+                        "catenary-init: out of memory: {} of {} KiB available, {} file pages/s read back in {} of {} s: the VM is thrashing; killing the workload\n",
+                        v.available_kib, v.total_kib, v.refaults_per_s, v.seconds, thrash::WINDOW
+                    );
+                    print!("{msg}");
+                    chan.data(Stream::Init, msg.as_bytes());
+                    thrash_killed = signal_workload(child, Signal::SIGKILL as i32, "thrashing", chan);
+                }
+            }
+        }
+        let timeout = if status.is_some() {
+            PollTimeout::from(100u16)
+        } else if thrash_sampler.is_some() {
+            // Rounded up, so that the wake-up finds the sample due.
+            let ms = next_sample.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).clamp(1, 1000) as u16;
+            PollTimeout::from(ms)
+        } else {
+            PollTimeout::NONE
+        };
         let (ready_out, ready_err, ready_sig, ready_chan) = {
             // Slots: the signalfd, then each source still open, in this order.
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
@@ -375,8 +421,8 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
             }
             for c in cmds.into_iter().filter(|_| status.is_none()) {
                 match c {
-                    NodeCommand::Stop => signal_workload(child, spec.stop_signal.into(), "the node asked for a stop", chan),
-                    NodeCommand::Signal(n) => signal_workload(child, n.into(), "the node sent a signal", chan),
+                    NodeCommand::Stop => _ = signal_workload(child, spec.stop_signal.into(), "the node asked for a stop", chan),
+                    NodeCommand::Signal(n) => _ = signal_workload(child, n.into(), "the node sent a signal", chan),
                 }
             }
         }

@@ -13,7 +13,9 @@
 //!                 2 = the init failed before or while starting the workload (`value` is the
 //!                     status it reports: 126 not executable, 127 not found, 1 otherwise),
 //!                 3 = killed by signal `value` while the kernel's OOM killer was killing in
-//!                     the VM (docs/guest-init.md "Out of memory")
+//!                     the VM (docs/guest-init.md "Out of memory"),
+//!                 4 = killed by signal `value` by the init itself because the VM was thrashing
+//!                     (out of memory in all but name; docs/guest-init.md "Out of memory")
 //! type 5  INIT    payload = UTF-8 text: the init's own error messages (len <= MAX_PAYLOAD)
 //! ```
 //!
@@ -77,6 +79,9 @@ pub enum WorkloadExit {
     /// A signal killed it (SIGKILL, in practice) and the kernel's OOM killer killed a process
     /// in the VM during the run.
     OomKilled(i32),
+    /// The init killed it with this signal because the VM thrashed: memory nearly gone and
+    /// the kernel reading back the file pages it had just dropped (`catenary_init::thrash`).
+    ThrashKilled(i32),
 }
 
 impl WorkloadExit {
@@ -87,6 +92,7 @@ impl WorkloadExit {
             WorkloadExit::Signal(v) => (1, v),
             WorkloadExit::InitFailed(v) => (2, v),
             WorkloadExit::OomKilled(v) => (3, v),
+            WorkloadExit::ThrashKilled(v) => (4, v),
         };
         let b = v.to_le_bytes();
         [k, b[0], b[1], b[2], b[3]]
@@ -102,6 +108,7 @@ impl WorkloadExit {
             1 => Some(WorkloadExit::Signal(v)),
             2 => Some(WorkloadExit::InitFailed(v)),
             3 => Some(WorkloadExit::OomKilled(v)),
+            4 => Some(WorkloadExit::ThrashKilled(v)),
             _ => None,
         }
     }
@@ -114,6 +121,7 @@ impl core::fmt::Display for WorkloadExit {
             WorkloadExit::Signal(s) => write!(f, "killed by signal {s}"),
             WorkloadExit::InitFailed(c) => write!(f, "init failed (status {c})"),
             WorkloadExit::OomKilled(s) => write!(f, "killed by the kernel's OOM killer (signal {s})"),
+            WorkloadExit::ThrashKilled(s) => write!(f, "killed by the init: out of memory, thrashing (signal {s})"),
         }
     }
 }
@@ -496,10 +504,10 @@ mod tests {
 
     #[test]
     fn exit_kinds_round_trip() {
-        for e in [WorkloadExit::Code(0), WorkloadExit::Code(255), WorkloadExit::Signal(9), WorkloadExit::InitFailed(127), WorkloadExit::Code(-1), WorkloadExit::OomKilled(9)] {
+        for e in [WorkloadExit::Code(0), WorkloadExit::Code(255), WorkloadExit::Signal(9), WorkloadExit::InitFailed(127), WorkloadExit::Code(-1), WorkloadExit::OomKilled(9), WorkloadExit::ThrashKilled(9)] {
             assert_eq!(WorkloadExit::from_payload(&e.to_payload()), Some(e));
         }
-        assert_eq!(WorkloadExit::from_payload(&[4, 0, 0, 0, 0]), None);
+        assert_eq!(WorkloadExit::from_payload(&[5, 0, 0, 0, 0]), None);
         assert_eq!(WorkloadExit::from_payload(&[0, 0, 0, 0]), None);
     }
 

@@ -258,7 +258,8 @@ pub struct StopRequest {
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
-    /// `code`, `signal`, `oom_killed`, `init_failed`, `crashed`, `powered_off`, `create_failed`.
+    /// `code`, `signal`, `oom_killed`, `init_failed`, `crashed`, `powered_off`, `create_failed`,
+    /// `thrash_killed`.
     pub how: String,
     /// The exit code or signal number, when there is one.
     pub status: Option<i32>,
@@ -275,6 +276,7 @@ impl From<ExitStatus> for Exit {
             ExitStatus::Crashed => ("crashed", None),
             ExitStatus::PoweredOff => ("powered_off", None),
             ExitStatus::CreateFailed => ("create_failed", None),
+            ExitStatus::ThrashKilled(s) => ("thrash_killed", Some(s)),
         };
         Exit { how: how.to_string(), status, text: e.to_string() }
     }

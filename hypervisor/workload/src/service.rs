@@ -550,12 +550,13 @@ impl Service {
                     (Some(vmctl::Exit::Signal(s)), _) => ExitStatus::Signal(s),
                     (Some(vmctl::Exit::InitFailed(s)), _) => ExitStatus::InitFailed(s),
                     (Some(vmctl::Exit::OomKilled(s)), _) => ExitStatus::OomKilled(s),
+                    (Some(vmctl::Exit::ThrashKilled(s)), _) => ExitStatus::ThrashKilled(s),
                     (None, vmctl::Ended::Killed) => ExitStatus::PoweredOff,
                     (None, vmctl::Ended::CreateFailed) => ExitStatus::CreateFailed,
                     (None, _) => ExitStatus::Crashed,
                 };
                 w.exit = Some(exit);
-                w.state = if w.stopped || matches!(exit, ExitStatus::Code(_) | ExitStatus::Signal(_) | ExitStatus::OomKilled(_)) { State::Exited } else { State::Failed };
+                w.state = if w.stopped || matches!(exit, ExitStatus::Code(_) | ExitStatus::Signal(_) | ExitStatus::OomKilled(_) | ExitStatus::ThrashKilled(_)) { State::Exited } else { State::Failed };
                 let ran = now_ms.saturating_sub(w.started_ms);
                 match w.restarts.decide(w.spec.restart, exit, w.stopped, ran, now_ms) {
                     Decision::Stay => note(w, &format!("ended: {exit} after {ran} ms\n")),

@@ -71,6 +71,11 @@ pub enum ExitStatus {
     PoweredOff,
     /// The microVM could not be created (the kernel refused: no memory, bad image).
     CreateFailed,
+    /// The guest init killed the entrypoint with this signal because the VM thrashed (memory
+    /// nearly gone, the kernel reading back the file pages it had just dropped): out of memory
+    /// in all but name (docs/guest-init.md "Out of memory"). Last, so that encoded values keep
+    /// their meaning.
+    ThrashKilled(i32),
 }
 
 impl ExitStatus {
@@ -90,6 +95,7 @@ impl core::fmt::Display for ExitStatus {
             ExitStatus::Crashed => write!(f, "crashed (no exit report)"),
             ExitStatus::PoweredOff => write!(f, "powered off by the node"),
             ExitStatus::CreateFailed => write!(f, "microVM not created"),
+            ExitStatus::ThrashKilled(s) => write!(f, "killed by the guest init: out of memory, thrashing (signal {s})"),
         }
     }
 }

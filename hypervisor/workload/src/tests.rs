@@ -123,6 +123,22 @@ fn oom_kill_is_reported_and_is_a_failure() {
     assert_eq!(format!("{}", ExitStatus::OomKilled(9)), "killed by the kernel's OOM killer (signal 9)");
 }
 
+/// The init's kill of a thrashing VM is reported as such, and, as an OOM kill, is a failure.
+#[test]
+fn thrash_kill_is_reported_and_is_a_failure() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    s.handle(Request::Create(spec("t", 64, RestartPolicy::OnFailure { limit: 1 })), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("t".into())), 0, &mut k).unwrap();
+    end(&mut s, &mut k, 1, Some(vmctl::Exit::ThrashKilled(9)), vmctl::Ended::PowerOff, 10);
+    let st = status(&mut s, &mut k, "t", 10);
+    assert_eq!((st.state, st.exit, st.restarts), (State::Starting, Some(ExitStatus::ThrashKilled(9)), 1));
+    s.tick(10_000, &mut k);
+    end(&mut s, &mut k, 2, Some(vmctl::Exit::ThrashKilled(9)), vmctl::Ended::PowerOff, 10_010);
+    let st = status(&mut s, &mut k, "t", 20_000);
+    assert_eq!((st.state, st.exit, st.restarts), (State::Exited, Some(ExitStatus::ThrashKilled(9)), 1));
+    assert_eq!(format!("{}", ExitStatus::ThrashKilled(9)), "killed by the guest init: out of memory, thrashing (signal 9)");
+}
+
 #[test]
 fn eight_workloads_each_with_its_own_log() {
     let (mut s, mut k) = (service(1024), SimKernel::default());

@@ -239,6 +239,8 @@ pub enum Exit {
     InitFailed(i32),
     /// Killed by this signal while the guest kernel's OOM killer killed in the VM.
     OomKilled(i32),
+    /// Killed by the guest init with this signal because the VM thrashed.
+    ThrashKilled(i32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

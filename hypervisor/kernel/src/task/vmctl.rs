@@ -492,6 +492,7 @@ fn vm_task(handle: u64) {
             W::Signal(s) => Exit::Signal(s),
             W::InitFailed(s) => Exit::InitFailed(s),
             W::OomKilled(s) => Exit::OomKilled(s),
+            W::ThrashKilled(s) => Exit::ThrashKilled(s),
         };
         push(handle, Event::Exit(e));
     }
