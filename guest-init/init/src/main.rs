@@ -251,11 +251,11 @@ fn reap(child: Pid) -> Option<WorkloadExit> {
     }
 }
 
-/// `exit`, or an OOM kill when the workload died of a signal while the OOM killer killed
-/// (each kill is noted in the workload's log), or the thrash guard's kill when it was the
-/// guard's SIGKILL that ended it.
+/// `exit`; or the thrash guard's kill when the guard's SIGKILL ended it and the OOM killer did
+/// not kill the entrypoint itself; or an OOM kill when the workload died of a signal while the
+/// OOM killer killed (each kill is noted in the workload's log).
 fn with_oom(exit: WorkloadExit, child: Pid, watch: Option<&mut oom::OomWatch>, thrash_killed: bool, chan: &mut Channel) -> WorkloadExit {
-    let kills = watch.map(|w| w.kills(16)).unwrap_or_default();
+    let (kills, entrypoint_killed) = watch.map(|w| w.kills(16, child.as_raw())).unwrap_or_default();
     for k in &kills {
         let msg = format!("catenary-init: the kernel's OOM killer killed process {} ({})\n", k.pid, k.comm);
         print!("{msg}");
@@ -263,7 +263,7 @@ fn with_oom(exit: WorkloadExit, child: Pid, watch: Option<&mut oom::OomWatch>, t
     }
     match exit {
         // The guard's SIGKILL, unless the kernel's OOM killer got the entrypoint first.
-        WorkloadExit::Signal(s) if thrash_killed && s == Signal::SIGKILL as i32 && !kills.iter().any(|k| k.pid == child.as_raw()) => WorkloadExit::ThrashKilled(s),
+        WorkloadExit::Signal(s) if thrash_killed && s == Signal::SIGKILL as i32 && !entrypoint_killed => WorkloadExit::ThrashKilled(s),
         WorkloadExit::Signal(s) if !kills.is_empty() => WorkloadExit::OomKilled(s),
         e => e,
     }
@@ -365,6 +365,13 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
                 next_sample = now + THRASH_SAMPLE;
                 let verdict = sampler.read().and_then(|m| thrash_guard.observe(now.duration_since(started).as_millis() as u64, m));
                 if let Some(v) = verdict.filter(|_| !thrash_killed) {
+                    // An entrypoint that already ended (its SIGCHLD not read yet) is not
+                    // killed: a SIGKILL from elsewhere must not be taken for the guard's.
+                    if let Some(s) = reap(child) {
+                        status = Some(s);
+                        deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                        continue;
+                    }
                     let msg = format!(
                         "catenary-init: out of memory: {} of {} KiB available, {} file pages/s read back in {} of {} s: the VM is thrashing; killing the workload\n",
                         v.available_kib, v.total_kib, v.refaults_per_s, v.seconds, thrash::WINDOW

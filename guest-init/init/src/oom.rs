@@ -41,9 +41,11 @@ impl OomWatch {
         Ok(OomWatch { kmsg })
     }
 
-    /// The OOM kills logged since the last call (at most `limit` reported).
-    pub fn kills(&mut self, limit: usize) -> Vec<OomKill> {
+    /// The OOM kills logged since the last call (at most `limit` reported), and whether any of
+    /// them, reported or not, killed process `pid`.
+    pub fn kills(&mut self, limit: usize, pid: i32) -> (Vec<OomKill>, bool) {
         let mut out = Vec::new();
+        let mut killed_pid = false;
         // One read returns one record (the kernel caps a record at 8 KiB with its dictionary).
         let mut buf = vec![0u8; 8192];
         // Bounded: the log is finite, but a flood must not keep the init here.
@@ -52,6 +54,7 @@ impl OomWatch {
                 Ok(0) => break,
                 Ok(n) => {
                     if let Some(k) = parse_record(&buf[..n]) {
+                        killed_pid |= k.pid == pid;
                         if out.len() < limit {
                             out.push(k);
                         }
@@ -63,7 +66,7 @@ impl OomWatch {
                 Err(_) => break, // EAGAIN: nothing more
             }
         }
-        out
+        (out, killed_pid)
     }
 }
 

@@ -12,7 +12,7 @@
 //! A second is *thrashing* when `MemAvailable` is under [`LOW_MEMORY_PERCENT`] of `MemTotal`
 //! and at least [`MIN_REFAULTS_PER_S`] file pages were read back during it. When
 //! [`NEEDED`] of the last [`WINDOW`] seconds thrashed, the init kills the workload's process
-//! group (SIGKILL), as the kernel's OOM killer would have, and reports it as such. A workload
+//! group (SIGKILL), as the kernel's OOM killer would have, and reports a thrash kill. A workload
 //! that streams a large file with memory to spare is not thrashing (its `MemAvailable` counts
 //! the page cache), and one that is merely full but not reading back is left to the kernel.
 //! One that streams a file through under 5 % of its memory is killed, though it is only slow.

@@ -15,7 +15,8 @@
 //!                 3 = killed by signal `value` while the kernel's OOM killer was killing in
 //!                     the VM (docs/guest-init.md "Out of memory"),
 //!                 4 = killed by signal `value` by the init itself because the VM was thrashing
-//!                     (out of memory in all but name; docs/guest-init.md "Out of memory")
+//!                     (out of memory in all but name; docs/guest-init.md "Out of memory");
+//!                     this wins over 3 unless the OOM killer's victim was the entrypoint
 //! type 5  INIT    payload = UTF-8 text: the init's own error messages (len <= MAX_PAYLOAD)
 //! ```
 //!
