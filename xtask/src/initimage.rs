@@ -94,34 +94,70 @@ pub fn test(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `vm_linux_workload_oom_killed` (see the top of this file).
-pub fn oom_test(t: &mut Tally) -> Result<(), String> {
-    const OOM: &str = "vm_linux_workload_oom_killed";
-    if let Some(why) = oci::missing_tools() {
-        t.skip(OOM, why);
-        return Ok(());
+/// What a memory test's run left: the run's outcome, the wanted lines it missed and where its
+/// serial log was saved.
+struct MemoryRun {
+    o: crate::qemu::Outcome,
+    missing: Vec<&'static str>,
+    log: std::path::PathBuf,
+}
+
+impl MemoryRun {
+    /// `, stopped at LINE` when a fail line ended the run.
+    fn stopped(&self) -> String {
+        self.o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default()
     }
-    let dir = out_dir().join("oom-test");
+}
+
+/// The memory tests' common part: an image of busybox and whatever `add` puts into its root
+/// file system, with `sh -c SCRIPT` as its command, run by the workload service as the node's
+/// demo workload in a 128 MiB microVM; its serial log saved as `build/NAME.log`. None when the
+/// test was already recorded (SKIPPED without the image tools, failed when the image could not
+/// be built).
+fn run_memory_image(
+    t: &mut Tally,
+    name: &str,
+    add: impl FnOnce(&Path) -> Result<(), String>,
+    script: &str,
+    want: &[&'static str],
+    fail: &[&str],
+) -> Result<Option<MemoryRun>, String> {
+    if let Some(why) = oci::missing_tools() {
+        t.skip(name, why);
+        return Ok(None);
+    }
+    let dir = out_dir().join(name);
     let built = (|| {
-        let rootfs = oci::new_image(&dir, "oom")?;
+        let rootfs = oci::new_image(&dir, "img")?;
         oci::add_busybox(&rootfs)?;
-        oci::repack(&dir, "oom")?;
-        // The allocating shell runs from a copy of busybox in the guest's /tmp (tmpfs: with no
-        // swap, pages the kernel cannot drop). Run from the image's squashfs, its own program
-        // pages are what the kernel drops and reads back as memory runs out, and the kill can
-        // wait for minutes (docs/guest-init.md "Out of memory").
-        let script = "/bin/busybox cp /bin/busybox /tmp/busybox && exec /tmp/busybox sh -c 'echo allocating; x=xxxxxxxxxxxxxxxx; while :; do x=\"$x$x\"; done'";
-        oci::config(&dir, "oom", &["--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c", "--config.cmd", script])?;
-        oci::pack(&dir, "oom", &dir.join("out"))
+        add(&rootfs)?;
+        oci::repack(&dir, "img")?;
+        oci::config(&dir, "img", &["--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c", "--config.cmd", script])?;
+        oci::pack(&dir, "img", &dir.join("out"))
     })();
     if let Err(e) = built {
-        t.record(OOM, false, &format!("(building the image: {e})"));
-        return Ok(());
+        t.record(name, false, &format!("(building the image: {e})"));
+        return Ok(None);
     }
     let bundle = dir.join("bundle.cpio");
     oci::bundle_with_image(&dir.join("out"), &bundle)?;
     let kernel = crate::build::build_kernel(false)?;
     let b = crate::vmbench::node_with_guest(&kernel, &bundle, &format!("{} workload.mem=128 heartbeat=1000", crate::qemu::RUN_IMAGE_CMDLINE));
+    let o = run_captured(b.command(false)?, want, fail, Duration::from_secs(300), false)?;
+    let log = out_dir().join(format!("{name}.log"));
+    let _ = std::fs::write(&log, o.lines.join("\n"));
+    let missing = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+    Ok(Some(MemoryRun { o, missing, log }))
+}
+
+/// `vm_linux_workload_oom_killed` (see the top of this file).
+pub fn oom_test(t: &mut Tally) -> Result<(), String> {
+    const OOM: &str = "vm_linux_workload_oom_killed";
+    // The allocating shell runs from a copy of busybox in the guest's /tmp (tmpfs: with no
+    // swap, pages the kernel cannot drop). Run from the image's squashfs, its own program
+    // pages are what the kernel drops and reads back as memory runs out, and the kill can
+    // wait for minutes (docs/guest-init.md "Out of memory").
+    let script = "/bin/busybox cp /bin/busybox /tmp/busybox && exec /tmp/busybox sh -c 'echo allocating; x=xxxxxxxxxxxxxxxx; while :; do x=\"$x$x\"; done'";
     let want = ["[vm:demo stdout] allocating", "the kernel's OOM killer killed process", "workd: demo ended: killed by the kernel's OOM killer (signal 9)"];
     let fail = [
         "KERNEL PANIC",
@@ -131,20 +167,18 @@ pub fn oom_test(t: &mut Tally) -> Result<(), String> {
         "workd: demo ended: crashed",
         "catenary-init: error",
     ];
-    let o = run_captured(b.command(false)?, &want, &fail, Duration::from_secs(300), false)?;
-    let log = out_dir().join(format!("{OOM}.log"));
-    let _ = std::fs::write(&log, o.lines.join("\n"));
-    let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+    let Some(r) = run_memory_image(t, OOM, |_| Ok(()), script, &want, &fail)? else { return Ok(()) };
     t.record(
         OOM,
-        o.matched && o.failed_on.is_none(),
+        r.o.matched && r.o.failed_on.is_none(),
         &format!(
-            "(missing {missing:?}{}; last heartbeat: {}; serial log {})",
-            o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(),
+            "(missing {:?}{}; last heartbeat: {}; serial log {})",
+            r.missing,
+            r.stopped(),
             // A hang says whether the node lived on and the VM still exited (the workload busy
             // or thrashing) or not.
-            o.lines.iter().rev().find(|l| l.contains("INFO  heartbeat:")).map(String::as_str).unwrap_or("none"),
-            log.display()
+            r.o.lines.iter().rev().find(|l| l.contains("INFO  heartbeat:")).map(String::as_str).unwrap_or("none"),
+            r.log.display()
         ),
     );
     Ok(())
@@ -160,39 +194,22 @@ while :; do a=$(busybox awk '/MemAvailable/{print $2}' /proc/meminfo); [ $((a * 
 if [ $a -gt 16384 ]; then bs=4M; else bs=512K; fi; busybox dd if=/dev/zero bs=$bs count=1 2>/dev/null | busybox sleep 100000 & busybox sleep 0.3; done; \
 echo \"filled: $a KiB of $t KiB available\"; busybox sleep 15; echo rereading; while :; do busybox cat /big > /dev/null; done";
 
+/// 24 MiB that squashfs cannot compress (xorshift), so reading it takes 6,144 pages.
+fn add_incompressible_file(rootfs: &Path) -> Result<(), String> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut big = Vec::with_capacity(24 << 20);
+    while big.len() < 24 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(rootfs.join("big"), &big).map_err(|e| e.to_string())
+}
+
 /// `vm_linux_workload_thrash_killed` (see the top of this file).
 pub fn thrash_test(t: &mut Tally) -> Result<(), String> {
     const NAME: &str = "vm_linux_workload_thrash_killed";
-    if let Some(why) = oci::missing_tools() {
-        t.skip(NAME, why);
-        return Ok(());
-    }
-    let dir = out_dir().join("thrash-test");
-    let built = (|| {
-        let rootfs = oci::new_image(&dir, "thrash")?;
-        oci::add_busybox(&rootfs)?;
-        // 24 MiB that squashfs cannot compress (xorshift), so reading it takes 6,144 pages.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut big = Vec::with_capacity(24 << 20);
-        while big.len() < 24 << 20 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            big.extend_from_slice(&x.to_le_bytes());
-        }
-        std::fs::write(rootfs.join("big"), &big).map_err(|e| e.to_string())?;
-        oci::repack(&dir, "thrash")?;
-        oci::config(&dir, "thrash", &["--config.entrypoint", "/bin/sh", "--config.entrypoint", "-c", "--config.cmd", THRASH_SCRIPT])?;
-        oci::pack(&dir, "thrash", &dir.join("out"))
-    })();
-    if let Err(e) = built {
-        t.record(NAME, false, &format!("(building the image: {e})"));
-        return Ok(());
-    }
-    let bundle = dir.join("bundle.cpio");
-    oci::bundle_with_image(&dir.join("out"), &bundle)?;
-    let kernel = crate::build::build_kernel(false)?;
-    let b = crate::vmbench::node_with_guest(&kernel, &bundle, &format!("{} workload.mem=128 heartbeat=1000", crate::qemu::RUN_IMAGE_CMDLINE));
     let want = [
         "[vm:demo stdout] filling",
         "[vm:demo stdout] filled: ",
@@ -209,27 +226,20 @@ pub fn thrash_test(t: &mut Tally) -> Result<(), String> {
         "workd: demo ended: crashed",
         "catenary-init: error",
     ];
-    let o = run_captured(b.command(false)?, &want, &fail, Duration::from_secs(300), false)?;
-    let log = out_dir().join(format!("{NAME}.log"));
-    let _ = std::fs::write(&log, o.lines.join("\n"));
-    let missing: Vec<&str> = want.iter().zip(&o.times).filter(|(_, t)| t.is_none()).map(|(w, _)| *w).collect();
+    let Some(r) = run_memory_image(t, NAME, add_incompressible_file, THRASH_SCRIPT, &want, &fail)? else { return Ok(()) };
     // Measured on the host's clock from the captured lines: the rereading's start to the kill.
     // A kill before it (low memory alone, nothing read back) fails the test.
-    let (guard_ms, in_order) = match (o.times[2], o.times[3]) {
+    let (guard_ms, in_order) = match (r.o.times[2], r.o.times[3]) {
         (Some(a), Some(b)) => (format!("{} ms from the rereading's start to the kill", b.saturating_sub(a).as_millis()), a < b),
         (None, Some(_)) => ("killed before the rereading".into(), false),
         _ => ("no kill".into(), false),
     };
-    let filled = o.lines.iter().find(|l| l.contains("[vm:demo stdout] filled: ")).map(String::as_str).unwrap_or("not filled");
+    let filled = r.o.lines.iter().find(|l| l.contains("[vm:demo stdout] filled: ")).map(String::as_str).unwrap_or("not filled");
     println!("{NAME}: {guard_ms}; {filled}");
     t.record(
         NAME,
-        o.matched && o.failed_on.is_none() && in_order,
-        &format!(
-            "({guard_ms}; {filled}; missing {missing:?}{}; serial log {})",
-            o.failed_on.as_deref().map(|l| format!(", stopped at `{l}`")).unwrap_or_default(),
-            log.display()
-        ),
+        r.o.matched && r.o.failed_on.is_none() && in_order,
+        &format!("({guard_ms}; {filled}; missing {:?}{}; serial log {})", r.missing, r.stopped(), r.log.display()),
     );
     Ok(())
 }

@@ -192,6 +192,29 @@ pub(crate) fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String
     Ok(())
 }
 
+/// The nicd probe's run, common to the three tests that use it: node1 (kernel command line
+/// `cmdline`, which arms the probe against node2) and node2, waited on (240 s) until node1
+/// logs the probe's end or a node panics; both logs saved under the name `tag`.
+struct NicdProbeRun {
+    r: crate::cluster::Running,
+    /// The probe ended (or a node panicked) before the deadline.
+    ended: bool,
+    panic: bool,
+    log: std::path::PathBuf,
+}
+
+fn run_nicd_probe(kernel: &Path, cmdline: &str, tag: &str) -> Result<NicdProbeRun, String> {
+    let mut a = NodeSpec::new(1);
+    a.cmdline = cmdline.into();
+    let mut r = start(kernel, &[a, NodeSpec::new(2)], tag, &[])?;
+    let ended = r.wait(Duration::from_secs(240), false, |l| {
+        l[0].iter().any(|x| x.contains("net: nicd probe done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+    });
+    let log = r.save_logs(tag);
+    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    Ok(NicdProbeRun { r, ended, panic, log })
+}
+
 /// The frames after which node1's first `nicd` hangs in `net_nicd_hung`: well after the
 /// probe's first answer and the traffic's first five calls (about one received frame each).
 const NICD_HANG_AFTER: u32 = 150;
@@ -205,16 +228,8 @@ const NICD_HANG_AFTER: u32 = 150;
 /// same fabric session are answered again.
 pub(crate) fn test_nicd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "net_nicd_hung";
-    let mut a = NodeSpec::new(1);
-    a.cmdline = format!("net.nicd_restart=node2 nicd.hang_after={NICD_HANG_AFTER}");
-    let b = NodeSpec::new(2);
-    let mut r = start(kernel, &[a, b], "net-nicd-hung", &[])?;
-    let ok = r.wait(Duration::from_secs(240), false, |l| {
-        l[0].iter().any(|x| x.contains("net: nicd probe done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
-    });
-    let log = r.save_logs("net-nicd-hung");
+    let NicdProbeRun { r, ended: ok, panic, log } = run_nicd_probe(kernel, &format!("net.nicd_restart=node2 nicd.hang_after={NICD_HANG_AFTER}"), "net-nicd-hung")?;
     let n1 = &r.lines[0];
-    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
     let hang_line = format!("nicd: TEST ONLY: hanging on purpose after {NICD_HANG_AFTER} frames");
     let hang = n1.iter().position(|l| l.contains(&hang_line));
     // the probe did not kill it: it waited
@@ -261,16 +276,8 @@ pub(crate) fn test_nicd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
 /// answered again.
 pub(crate) fn test_supd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "net_supd_hung";
-    let mut a = NodeSpec::new(1);
-    a.cmdline = "supd.test_hang=1 net.nicd_restart=node2".into();
-    let b = NodeSpec::new(2);
-    let mut r = start(kernel, &[a, b], "net-supd-hung", &[])?;
-    let ok = r.wait(Duration::from_secs(240), false, |l| {
-        l[0].iter().any(|x| x.contains("net: nicd probe done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
-    });
-    let log = r.save_logs("net-supd-hung");
+    let NicdProbeRun { r, ended: ok, panic, log } = run_nicd_probe(kernel, "supd.test_hang=1 net.nicd_restart=node2", "net-supd-hung")?;
     let n1 = &r.lines[0];
-    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
     let banner = "supd: TEST ONLY: supd.test_hang=1";
     let hang = n1.iter().position(|l| l.contains(banner));
     let HeartbeatKill { at: kill, dump, ms } = heartbeat_kill(n1, hang, "supd", 5_000);
@@ -322,15 +329,7 @@ pub(crate) fn test_supd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
 /// fabric session are answered again; the restart count is logged.
 pub(crate) fn test_nicd_restart(t: &mut Tally, kernel: &Path) -> Result<(), String> {
     let name = "net_nicd_restart_after_kill";
-    let mut a = NodeSpec::new(1);
-    a.cmdline = "net.nicd_restart=node2".into();
-    let b = NodeSpec::new(2);
-    let mut r = start(kernel, &[a, b], "net-nicd-restart", &[])?;
-    let ok = r.wait(Duration::from_secs(240), false, |l| {
-        l[0].iter().any(|x| x.contains("net: nicd probe done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
-    });
-    let log = r.save_logs("net-nicd-restart");
-    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    let NicdProbeRun { r, ended: ok, panic, log } = run_nicd_probe(kernel, "net.nicd_restart=node2", "net-nicd-restart")?;
     // boot: the supervisor started the services with their grants
     let started = ["rtcd", "echo", "nicd", "netd"].iter().all(|s| r.lines[0].iter().any(|l| l.contains(&format!("service {s} started (start 1)"))));
     let grants = r.lines[0].iter().any(|l| l.contains("service nicd started (start 1)") && l.contains("MMIO [") && l.contains("160 DMA pages") && l.contains("sends [(\"netd\""));

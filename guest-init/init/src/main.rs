@@ -230,11 +230,64 @@ fn signal_workload(child: Pid, signo: i32, why: &str, chan: &mut Channel) -> boo
             true
         }
         Err(e) => {
-            let msg = format!("catenary-init: {why}: {e}\n");
-            print!("{msg}");
-            chan.data(Stream::Init, msg.as_bytes());
+            note(chan, &format!("{why}: {e}"));
             false
         }
+    }
+}
+
+/// Write `catenary-init: MSG` to the console and to the workload's log (its INIT stream), for
+/// what the operator must see next to the workload's own output.
+fn note(chan: &mut Channel, msg: &str) {
+    let line = format!("catenary-init: {msg}\n");
+    print!("{line}");
+    chan.data(Stream::Init, line.as_bytes());
+}
+
+/// The thrash guard's place in the workload loop (thrash.rs): the sampler, the guard's window,
+/// when the next sample is due, and whether the guard's kill was delivered.
+struct ThrashWatch {
+    /// None when /proc could not be opened: no guard.
+    sampler: Option<thrash::Sampler>,
+    guard: thrash::Guard,
+    started: Instant,
+    next_sample: Instant,
+    killed: bool,
+}
+
+impl ThrashWatch {
+    fn open() -> ThrashWatch {
+        let sampler = match thrash::Sampler::open() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                println!("catenary-init: /proc/meminfo, /proc/vmstat: {e} (no thrash guard)");
+                None
+            }
+        };
+        let now = Instant::now();
+        ThrashWatch { sampler, guard: thrash::Guard::new(), started: now, next_sample: now, killed: false }
+    }
+
+    /// Takes a sample when one is due; the guard's verdict when the VM thrashes and the guard
+    /// has not killed yet.
+    fn verdict(&mut self) -> Option<thrash::Verdict> {
+        let sampler = self.sampler.as_mut()?;
+        let now = Instant::now();
+        if now < self.next_sample {
+            return None;
+        }
+        self.next_sample = now + THRASH_SAMPLE;
+        let at_ms = now.duration_since(self.started).as_millis() as u64;
+        let verdict = sampler.read().and_then(|m| self.guard.observe(at_ms, m));
+        verdict.filter(|_| !self.killed)
+    }
+
+    /// How long the loop may wait for its next sample; None without a guard. Rounded up, so
+    /// that the wake-up finds the sample due.
+    fn wait(&self) -> Option<PollTimeout> {
+        self.sampler.as_ref()?;
+        let ms = self.next_sample.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).clamp(1, 1000) as u16;
+        Some(PollTimeout::from(ms))
     }
 }
 
@@ -254,12 +307,10 @@ fn reap(child: Pid) -> Option<WorkloadExit> {
 /// `exit`; or the thrash guard's kill when the guard's SIGKILL ended it and the OOM killer did
 /// not kill the entrypoint itself; or an OOM kill when the workload died of a signal while the
 /// OOM killer killed (each kill is noted in the workload's log).
-fn with_oom(exit: WorkloadExit, child: Pid, watch: Option<&mut oom::OomWatch>, thrash_killed: bool, chan: &mut Channel) -> WorkloadExit {
+fn classify_exit(exit: WorkloadExit, child: Pid, watch: Option<&mut oom::OomWatch>, thrash_killed: bool, chan: &mut Channel) -> WorkloadExit {
     let (kills, entrypoint_killed) = watch.map(|w| w.kills(16, child.as_raw())).unwrap_or_default();
     for k in &kills {
-        let msg = format!("catenary-init: the kernel's OOM killer killed process {} ({})\n", k.pid, k.comm);
-        print!("{msg}");
-        chan.data(Stream::Init, msg.as_bytes());
+        note(chan, &format!("the kernel's OOM killer killed process {} ({})", k.pid, k.comm));
     }
     match exit {
         // The guard's SIGKILL, unless the kernel's OOM killer got the entrypoint first.
@@ -312,17 +363,7 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
         }
     };
     // Memory, sampled once a second while the workload runs (thrash.rs).
-    let mut thrash_sampler = match thrash::Sampler::open() {
-        Ok(s) => Some(s),
-        Err(e) => {
-            println!("catenary-init: /proc/meminfo, /proc/vmstat: {e} (no thrash guard)");
-            None
-        }
-    };
-    let mut thrash_guard = thrash::Guard::new();
-    let mut thrash_killed = false;
-    let started = Instant::now();
-    let mut next_sample = started;
+    let mut thrash = ThrashWatch::open();
     println!("catenary-init: ready");
     chan.send(&wire::encode_ready());
     // Unblocked only while spawning: what arrives meanwhile is lost (PID 1 has no handlers,
@@ -356,41 +397,24 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
         if let Some(s) = status {
             let done = !open[0] && !open[1];
             if done || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(with_oom(s, child, oom_watch.as_mut(), thrash_killed, chan));
+                return Ok(classify_exit(s, child, oom_watch.as_mut(), thrash.killed, chan));
             }
         }
-        if let (None, Some(sampler)) = (status, thrash_sampler.as_mut()) {
-            let now = Instant::now();
-            if now >= next_sample {
-                next_sample = now + THRASH_SAMPLE;
-                let verdict = sampler.read().and_then(|m| thrash_guard.observe(now.duration_since(started).as_millis() as u64, m));
-                if let Some(v) = verdict.filter(|_| !thrash_killed) {
-                    // An entrypoint that already ended (its SIGCHLD not read yet) is not
-                    // killed: a SIGKILL from elsewhere must not be taken for the guard's.
-                    if let Some(s) = reap(child) {
-                        status = Some(s);
-                        deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
-                        continue;
-                    }
-                    let msg = format!(
-                        "catenary-init: out of memory: {} of {} KiB available, {} file pages/s read back in {} of {} s: the VM is thrashing; killing the workload\n",
-                        v.available_kib, v.total_kib, v.refaults_per_s, v.seconds, thrash::WINDOW
-                    );
-                    print!("{msg}");
-                    chan.data(Stream::Init, msg.as_bytes());
-                    thrash_killed = signal_workload(child, Signal::SIGKILL as i32, "thrashing", chan);
-                }
+        if let Some(v) = status.is_none().then(|| thrash.verdict()).flatten() {
+            // An entrypoint that already ended (its SIGCHLD not read yet) is not killed: a
+            // SIGKILL from elsewhere must not be taken for the guard's.
+            if let Some(s) = reap(child) {
+                status = Some(s);
+                deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                continue;
             }
+            note(chan, &format!(
+                "out of memory: {} of {} KiB available, {} file pages/s read back in {} of {} s: the VM is thrashing; killing the workload",
+                v.available_kib, v.total_kib, v.refaults_per_s, v.seconds, thrash::WINDOW
+            ));
+            thrash.killed = signal_workload(child, Signal::SIGKILL as i32, "thrashing", chan);
         }
-        let timeout = if status.is_some() {
-            PollTimeout::from(100u16)
-        } else if thrash_sampler.is_some() {
-            // Rounded up, so that the wake-up finds the sample due.
-            let ms = next_sample.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).clamp(1, 1000) as u16;
-            PollTimeout::from(ms)
-        } else {
-            PollTimeout::NONE
-        };
+        let timeout = if status.is_some() { PollTimeout::from(100u16) } else { thrash.wait().unwrap_or(PollTimeout::NONE) };
         let (ready_out, ready_err, ready_sig, ready_chan) = {
             // Slots: the signalfd, then each source still open, in this order.
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];

@@ -14,6 +14,27 @@ pub const EVENTS_MAX: usize = 256;
 /// Events one read returns at most.
 pub const READ_MAX: usize = 64;
 
+/// What an event says happened: `Event.kind` on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A workload appeared.
+    Created,
+    /// Its state, restart count or exit changed.
+    State,
+    /// It went away.
+    Removed,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::State => "state",
+            EventKind::Removed => "removed",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct EventLog {
     events: VecDeque<Event>,
@@ -27,7 +48,7 @@ impl EventLog {
         EventLog::default()
     }
 
-    fn push(&mut self, kind: &str, s: &Summary, now_ms: u64) {
+    fn push(&mut self, kind: EventKind, s: &Summary, now_ms: u64) {
         self.seq += 1;
         if self.events.len() == EVENTS_MAX {
             self.events.pop_front();
@@ -35,7 +56,7 @@ impl EventLog {
         self.events.push_back(Event {
             seq: self.seq,
             time_ms: now_ms,
-            kind: kind.to_string(),
+            kind: kind.name().to_string(),
             workload: s.id,
             name: s.name.clone(),
             state: s.state.name().to_string(),
@@ -48,13 +69,13 @@ impl EventLog {
         let last = core::mem::take(&mut self.last);
         for s in now {
             match last.iter().find(|l| l.id == s.id) {
-                None => self.push("created", s, now_ms),
-                Some(l) if l.state != s.state || l.restarts != s.restarts || l.exit != s.exit => self.push("state", s, now_ms),
+                None => self.push(EventKind::Created, s, now_ms),
+                Some(l) if l.state != s.state || l.restarts != s.restarts || l.exit != s.exit => self.push(EventKind::State, s, now_ms),
                 Some(_) => {}
             }
         }
         for l in last.iter().filter(|l| !now.iter().any(|s| s.id == l.id)) {
-            self.push("removed", l, now_ms);
+            self.push(EventKind::Removed, l, now_ms);
         }
         self.last = now.to_vec();
     }

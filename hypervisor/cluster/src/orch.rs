@@ -509,9 +509,7 @@ impl Orch {
                         let from_id = env.from;
                         if env.to == r.id() {
                             self.joined = true;
-                            if let Some(matched) = r.follower_matched(&env) {
-                                self.snap_out.on_matched(from_id, matched);
-                            }
+                            self.snap_out.on_reply(r, &env);
                             r.handle_received(now, since, env);
                         }
                         if outsider {

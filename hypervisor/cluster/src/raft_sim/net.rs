@@ -79,9 +79,7 @@ impl RaftSim {
         let mut replies: Vec<(ReplicaId, ReplicaId, Vec<u8>)> = Vec::new();
         match w {
             Wire::Raft(env) => {
-                if let Some(matched) = r.follower_matched(&env) {
-                    s.tx.on_matched(env.from, matched);
-                }
+                s.tx.on_reply(r, &env);
                 r.handle(now, env);
                 self.delivered += 1;
             }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::{decode_snapshot, encode_snapshot, SNAPSHOT_MAX};
 use crate::desired::Limits;
 use crate::raft_codec::{encode, encode_within, Wire, WireError, DATAGRAM_MAX, NUMBER_MAX, R, W};
-use crate::replica::{Envelope, ReplicaId};
+use crate::replica::{Envelope, Replica, ReplicaId};
 
 /// Data bytes per chunk: with its 109 bytes of header a chunk is 1,309 bytes, within a
 /// datagram ([`DATAGRAM_MAX`], 1,356).
@@ -328,6 +328,16 @@ impl SnapshotSender {
         self.finish(peer);
         self.completed_by_log += 1;
         true
+    }
+
+    /// [`Self::on_matched`] for a Raft message that arrived for `replica`, taken before the
+    /// replica handles it ([`Replica::follower_matched`] wants the reply not yet handled). Every
+    /// place that hands a leader its Raft messages calls this. True if it finished a transfer.
+    pub fn on_reply(&mut self, replica: &Replica, env: &Envelope) -> bool {
+        match replica.follower_matched(env) {
+            Some(matched) => self.on_matched(env.from, matched),
+            None => false,
+        }
     }
 
     fn finish(&mut self, peer: ReplicaId) {
