@@ -12,6 +12,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Whether any node's console shows a kernel panic.
+fn panicked(lines: &[Vec<String>]) -> bool {
+    lines.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+}
+
 /// Does the raw byte string occur in `hay`?
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
@@ -159,7 +164,7 @@ pub(crate) fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String
     let ok = r.wait(Duration::from_secs(150), false, |l| {
         (l[0].iter().any(|x| x.contains("net: ipc probe done")) && l[1].iter().filter(|x| x.contains(&drop_line)).count() >= 2
             && l[1].iter().any(|x| x.contains(&node_drop)))
-            || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+            || panicked(l)
     });
     let log = r.save_logs("net-remote-ipc");
     let bound = r.lines[1].iter().any(|l| l.contains("(echo) has fabric address") && l.contains(&echo.to_string()));
@@ -176,7 +181,7 @@ pub(crate) fn test_remote_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String
     let client_ok = client.as_ref().and_then(|c| c.parse::<std::net::Ipv6Addr>().ok()).is_some_and(|c| a_pfx.contains(&c));
     let sender_seen = client.as_ref().is_some_and(|c| r.lines[1].iter().any(|l| l.contains("echo: call from fabric address") && l.trim_end().ends_with(c.as_str())));
     let leaked = leaked_keys(&r, &keys);
-    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    let panic = panicked(&r.lines);
     for l in r.lines[0].iter().filter(|l| l.contains("ipc: remote call")) {
         println!("  node1: {}", l.split("net: ").nth(1).unwrap_or(l));
     }
@@ -208,10 +213,10 @@ fn run_nicd_probe(kernel: &Path, cmdline: &str, tag: &str) -> Result<NicdProbeRu
     a.cmdline = cmdline.into();
     let mut r = start(kernel, &[a, NodeSpec::new(2)], tag, &[])?;
     let ended = r.wait(Duration::from_secs(240), false, |l| {
-        l[0].iter().any(|x| x.contains("net: nicd probe done")) || l.iter().flatten().any(|x| x.contains("KERNEL PANIC"))
+        l[0].iter().any(|x| x.contains("net: nicd probe done")) || panicked(l)
     });
     let log = r.save_logs(tag);
-    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    let panic = panicked(&r.lines);
     Ok(NicdProbeRun { r, ended, panic, log })
 }
 
@@ -368,7 +373,6 @@ pub(crate) fn test_netd_ring3(t: &mut Tally, kernel: &Path) -> Result<(), String
     let mut b = NodeSpec::new(2);
     b.cmdline = "net.panicsvc=1".into();
     let mut r = start(kernel, &[a, b], "net-netd-ring3", &[])?;
-    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
     let ok = r.wait(Duration::from_secs(300), false, |l| l[0].iter().any(|x| x.contains("net: netd probe done")) || panicked(l));
     let log = r.save_logs("net-netd-ring3");
     let panic = panicked(&r.lines);
@@ -415,7 +419,6 @@ pub(crate) fn test_netd_sockets(t: &mut Tally, kernel: &Path) -> Result<(), Stri
     let mut b = NodeSpec::new(2);
     b.cmdline = "net.udpecho=7".into();
     let mut r = start(kernel, &[a, b], "net-netd-sockets", &[])?;
-    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
     let ok = r.wait(Duration::from_secs(240), false, |l| l[0].iter().any(|x| x.contains("net: udp probe done")) || panicked(l));
     let log = r.save_logs("net-netd-sockets");
     let panic = panicked(&r.lines);
@@ -449,7 +452,6 @@ pub(crate) fn test_netd_tcp(t: &mut Tally, kernel: &Path) -> Result<(), String> 
     let mut b = NodeSpec::new(2);
     b.cmdline = "net.tcpecho=7".into();
     let mut r = start(kernel, &[a, b], "net-netd-tcp", &[])?;
-    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
     let ok = r.wait(Duration::from_secs(480), false, |l| {
         (l[0].iter().any(|x| x.contains("net: tcp probe done")) && l[1].iter().any(|x| x.contains("(first: \"catenary dier\")"))) || panicked(l)
     });
@@ -507,7 +509,6 @@ pub(crate) fn test_lossy_ipc(t: &mut Tally, kernel: &Path) -> Result<(), String>
         ghost = NodeSpec::new(3);
     }
     let mut r = start(kernel, &[a, b], "net-lossy-ipc", &[ghost.member()])?;
-    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
     let ok = r.wait(Duration::from_secs(300), false, |l| {
         (l[0].iter().any(|x| x.contains("net: rpctest done")) && l[..2].iter().all(|n| n.iter().any(|x| x.contains("ipc: reliability counters")))) || panicked(l)
     });
@@ -557,7 +558,6 @@ pub(crate) fn test_rpc_quota(t: &mut Tally, kernel: &Path) -> Result<(), String>
     let mut c = NodeSpec::new(3);
     c.cmdline = "net.rpcquota=other:node2".into();
     let mut r = start(kernel, &[a, b, c], "net-rpc-quota", &[])?;
-    let panicked = |l: &[Vec<String>]| l.iter().flatten().any(|x| x.contains("KERNEL PANIC"));
     let ok = r.wait(Duration::from_secs(360), false, |l| {
         (l[0].iter().any(|x| x.contains("net: rpcquota done")) && l[2].iter().any(|x| x.contains("net: rpcquota other done"))) || panicked(l)
     });
@@ -626,7 +626,7 @@ pub(crate) fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), Strin
     let mtu_ok = mtu == Some(catenary_net::FABRIC_MTU as u64);
     let detached = r.lines[0].iter().any(|l| l.contains(&format!("vm: {vm_addr}/128 detached (its microVM ended)")));
     let replies = r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && l.contains("bytes from") && l.contains(&target.to_string())).count();
-    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    let panic = panicked(&r.lines);
     for l in r.lines[0].iter().filter(|l| l.contains("[vm:demo]") && (l.contains("bytes from") || l.contains("vm-net") || l.contains("packets"))) {
         println!("  node1: {l}");
     }
@@ -716,7 +716,7 @@ pub(crate) fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path, kick_ms: u64) 
     // node1 answered with Packet Too Big, and the guest's stack counted it
     let ptb = r.has(0, "answered with ICMPv6 Packet Too Big")
         && r.lines[0].iter().any(|l| l.contains("bulk-icmp6") && after(l, "too-big-received ").is_some_and(|n| n > 0));
-    let panic = r.lines.iter().flatten().any(|l| l.contains("KERNEL PANIC"));
+    let panic = panicked(&r.lines);
     let exits = r.exits();
     drop(r);
     let same = src.is_some() && src == got && size == Some(BULK_BYTES);

@@ -24,7 +24,7 @@
 
 use crate::http::{Method, Request, Response};
 use crate::cluster_state;
-use crate::types::{ClusterWorkloadList, ClusterWorkloadStatus, ErrorBody, Image, ImageList, NodeList, Workload, WorkloadList};
+use crate::types::{ClusterWorkloadList, ClusterWorkloadStatus, ErrorBody, Image, ImageList, NodeList, NodeState, Workload, WorkloadList};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -77,8 +77,8 @@ fn named(status: u16, body: Vec<u8>, node: &str) -> Response {
 /// session outlives it; an answer from it is from a member the cluster has written off:
 /// its replicas moved, and it comes back only as a new generation).
 pub fn not_up_when_dead(row: &mut crate::types::Node) {
-    if row.state == "up" && row.membership.as_deref() == Some("dead") {
-        row.state = "unreachable".into();
+    if NodeState::Up.is(&row.state) && row.membership.as_deref() == Some("dead") {
+        row.state = NodeState::Unreachable.name().into();
     }
 }
 
@@ -149,8 +149,8 @@ pub fn elsewhere(req: &Request, resp: Response, own: Option<&str>, others: &[Str
                 };
                 // only the node's figures about itself
                 let t = theirs.as_ref().and_then(|l| l.nodes.iter().find(|n| &n.name == name));
-                if matches!(row.state.as_str(), "up" | "unreachable") {
-                    row.state = if t.is_some() { "up" } else { "unreachable" }.into();
+                if NodeState::Up.is(&row.state) || NodeState::Unreachable.is(&row.state) {
+                    row.state = if t.is_some() { NodeState::Up } else { NodeState::Unreachable }.name().into();
                 }
                 if let Some(t) = t {
                     row.cpus = t.cpus;

@@ -9,7 +9,7 @@ use crate::auth::{Operator, Operators, Role};
 use crate::http::{Limits, Request, RequestReader};
 use crate::router::{Api, Backend};
 use crate::routes::ROUTES;
-use crate::types::Node;
+use crate::types::{Node, NodeState};
 use crate::upload::UploadLimits;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -77,7 +77,7 @@ impl Backend for SimNode {
                     name: m.clone(),
                     public_key: crate::auth::hex(&NODE),
                     address: alloc::format!("fd00::{}", i + 1),
-                    state: if self.unreachable.contains(m) { "unreachable" } else { "up" }.to_string(),
+                    state: if self.unreachable.contains(m) { NodeState::Unreachable } else { NodeState::Up }.name().to_string(),
                     cpus: res.map(|r| r.cpus),
                     memory_total_mib: res.map(|r| r.memory_total_mib),
                     memory_free_mib: res.map(|r| r.memory_free_mib),

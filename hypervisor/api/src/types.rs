@@ -22,6 +22,36 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// What a request saw of a node: [`Node::state`] on the wire (docs/api.md "STATE").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// The node asked, or one that answered this request's gather, and not `dead` in the
+    /// membership.
+    Up,
+    /// Did not answer in time, or the membership declared it dead.
+    Unreachable,
+    /// A hello, not admitted.
+    Pending,
+    /// The cluster removed it.
+    Removed,
+}
+
+impl NodeState {
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Unreachable => "unreachable",
+            NodeState::Pending => "pending",
+            NodeState::Removed => "removed",
+        }
+    }
+
+    /// Whether `state` (a [`Node::state`]) is this one.
+    pub fn is(self, state: &str) -> bool {
+        state == self.name()
+    }
+}
+
 /// A node of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -33,7 +63,7 @@ pub struct Node {
     /// What this request saw (docs/api.md "STATE"): `up` (the node asked, or one that
     /// answered this request's gather, and not `dead` in the membership), `unreachable` (did
     /// not answer in time, or the membership declared it dead), `pending` (a hello, not
-    /// admitted), `removed` (the cluster removed it).
+    /// admitted), `removed` (the cluster removed it): a [`NodeState`]'s name.
     pub state: String,
     /// Resources, when known (this node's own; `null` for a peer not asked).
     pub cpus: Option<u32>,
@@ -461,7 +491,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         name: "node1".into(),
         public_key: "00".repeat(32),
         address: "fd00::1".into(),
-        state: "up".into(),
+        state: NodeState::Up.name().into(),
         cpus: Some(1),
         memory_total_mib: Some(256),
         memory_free_mib: Some(100),

@@ -134,6 +134,7 @@ fn openapi_matches_the_implementation() {
 /// that whoever adds it sees this test.
 fn values_sent() -> Vec<(&'static str, &'static str, BTreeSet<String>)> {
     use catenary_api::events::EventKind;
+    use catenary_api::types::NodeState;
     use catenary_cluster::membership::MemberState;
     use catenary_cluster::put_change::{Fields, PutChange};
     use catenary_workload::logring::Stream;
@@ -173,6 +174,12 @@ fn values_sent() -> Vec<(&'static str, &'static str, BTreeSet<String>)> {
             PutChange::Created | PutChange::Updated(_) | PutChange::Unchanged => {}
         }
     }
+    let nodes = [NodeState::Up, NodeState::Unreachable, NodeState::Pending, NodeState::Removed];
+    for n in nodes {
+        match n {
+            NodeState::Up | NodeState::Unreachable | NodeState::Pending | NodeState::Removed => {}
+        }
+    }
     let events = [EventKind::Created, EventKind::State, EventKind::Removed];
     for k in events {
         match k {
@@ -180,6 +187,11 @@ fn values_sent() -> Vec<(&'static str, &'static str, BTreeSet<String>)> {
         }
     }
     // (State::ALL is the workload service's own list of every state.)
+    for s in State::ALL {
+        match s {
+            State::Created | State::Starting | State::Running | State::Stopping | State::Exited | State::Failed => {}
+        }
+    }
     let states: BTreeSet<String> = State::ALL.iter().map(|s| s.name().to_string()).collect();
     vec![
         ("Exit", "how", exits.into_iter().map(|e| catenary_api::types::Exit::from(e).how).collect()),
@@ -187,6 +199,7 @@ fn values_sent() -> Vec<(&'static str, &'static str, BTreeSet<String>)> {
         ("WorkloadSummary", "state", states),
         ("Event", "kind", events.into_iter().map(|k| k.name().to_string()).collect()),
         ("LogRecord", "stream", streams.into_iter().map(|s| catenary_api::types::stream_name(s).to_string()).collect()),
+        ("Node", "state", nodes.into_iter().map(|n| n.name().to_string()).collect()),
         ("Node", "membership", members.into_iter().map(|m| catenary_cluster::service::state_name(m).to_string()).collect()),
         ("ClusterWorkload", "change", changes.into_iter().map(|c| catenary_api::cluster_state::change_text(c).0.to_string()).collect()),
     ]
@@ -194,12 +207,18 @@ fn values_sent() -> Vec<(&'static str, &'static str, BTreeSet<String>)> {
 
 /// A string property with an `enum` lists exactly the values the code sends (a client
 /// generated from the document must not meet a value it was not told of, nor wait for one
-/// that never comes). Node.state is written as literals where it is set (apid, cluster.rs), so
-/// it is not covered here.
+/// that never comes).
 #[test]
 fn openapi_enums_are_the_values_the_code_sends() {
     let doc = doc();
     let schemas = doc["components"]["schemas"].as_object().unwrap();
+    // every enum property of the document is checked here
+    let with_enum: BTreeSet<(String, String)> = schemas
+        .iter()
+        .flat_map(|(n, s)| s["properties"].as_object().into_iter().flatten().filter(|(_, p)| p.get("enum").is_some()).map(move |(k, _)| (n.clone(), k.clone())))
+        .collect();
+    let checked: BTreeSet<(String, String)> = values_sent().iter().map(|(s, p, _)| (s.to_string(), p.to_string())).collect();
+    assert_eq!(with_enum, checked, "the enum properties of openapi.json vs those this test checks");
     for (schema, prop, sent) in values_sent() {
         let listed: BTreeSet<String> = schemas[schema]["properties"][prop]["enum"]
             .as_array()

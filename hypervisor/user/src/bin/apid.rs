@@ -46,7 +46,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use catenary_api::auth::{hex, hex32, Operators};
 use catenary_api::http::{Limits, RequestReader};
-use catenary_api::types::Node as ApiNode;
+use catenary_api::types::{Node as ApiNode, NodeState};
 use catenary_api::upload::UploadLimits;
 use catenary_api::{Api, ApiError, Backend};
 use catenary_ipc::netd::{CLUSTER_NOT_READY, CLUSTER_NO_GRANT, CLUSTER_TOO_SMALL, LABEL_CLUSTER};
@@ -142,11 +142,11 @@ impl Node {
         let file: Vec<Ipv6Addr> = self.members.iter().map(|m| m.1).collect();
         self.runtime = admission_nodes(&self.cluster, &[])
             .into_iter()
-            .filter(|n| n.state == "up" || n.state == "unreachable")
+            .filter(|n| NodeState::Up.is(&n.state) || NodeState::Unreachable.is(&n.state))
             .filter_map(|n| {
                 let key = catenary_api::auth::hex32(&n.public_key)?;
                 let addr = Prefix64::from_public_key(&key).node_address();
-                (!file.contains(&addr)).then(|| (n.name, key, addr, n.state == "up"))
+                (!file.contains(&addr)).then(|| (n.name, key, addr, NodeState::Up.is(&n.state)))
             })
             .collect();
     }
@@ -190,7 +190,7 @@ impl Node {
         if let Some(k) = self.own_runtime_key().filter(|k| catenary_net::admission::short(k) == n || hex(k) == n) {
             return Some(k);
         }
-        admission_nodes(&self.cluster, &[]).iter().filter(|r| r.state != "pending").find(|r| r.name == n || r.public_key == n).and_then(|r| catenary_api::auth::hex32(&r.public_key))
+        admission_nodes(&self.cluster, &[]).iter().filter(|r| !NodeState::Pending.is(&r.state)).find(|r| r.name == n || r.public_key == n).and_then(|r| catenary_api::auth::hex32(&r.public_key))
     }
 
     /// This node's key: the cluster file's member at this node's /128, or a node admitted at
@@ -281,7 +281,7 @@ impl Backend for Node {
             name: catenary_net::admission::short(&k),
             public_key: hex(&k),
             address: alloc::format!("{}", Prefix64::from_public_key(&k).node_address()),
-            state: "up".into(),
+            state: NodeState::Up.name().into(),
             cpus: res.map(|r| r.cpus),
             memory_total_mib: res.map(|r| r.memory_total_mib),
             memory_free_mib: res.map(|r| r.memory_free_mib),
@@ -295,7 +295,7 @@ impl Backend for Node {
             labels: labels.get(&k).cloned(),
         });
         // a file node the cluster removed (`catenary node remove`) is shown once, as removed
-        let removed = |k: &[u8; 32]| admission.iter().any(|n| n.state == "removed" && n.public_key == hex(k));
+        let removed = |k: &[u8; 32]| admission.iter().any(|n| NodeState::Removed.is(&n.state) && n.public_key == hex(k));
         c.members
             .iter()
             .enumerate()
@@ -304,12 +304,18 @@ impl Backend for Node {
                 let this = Some(addr) == me;
                 // `up` for another node until its gather says otherwise (cluster::elsewhere):
                 // a session is established and the membership has not declared it dead
-                let state = if removed(&m.public_key) { "removed" } else if this || (i < 64 && up & (1 << i) != 0) { "up" } else { "unreachable" };
+                let state = if removed(&m.public_key) {
+                    NodeState::Removed
+                } else if this || (i < 64 && up & (1 << i) != 0) {
+                    NodeState::Up
+                } else {
+                    NodeState::Unreachable
+                };
                 let mut row = ApiNode {
                     name: m.name.clone(),
                     public_key: hex(&m.public_key),
                     address: alloc::format!("{addr}"),
-                    state: state.into(),
+                    state: state.name().into(),
                     cpus: res.filter(|_| this).map(|r| r.cpus),
                     memory_total_mib: res.filter(|_| this).map(|r| r.memory_total_mib),
                     memory_free_mib: res.filter(|_| this).map(|r| r.memory_free_mib),
@@ -442,11 +448,12 @@ fn admission_nodes(buf: &Pages, table: &[catenary_cluster::service::Row]) -> Vec
                 public_key: hex(&r.key),
                 address: alloc::format!("{}", Prefix64::from_public_key(&r.key).node_address()),
                 state: match r.kind {
-                    RowKind::Removed => "removed",
-                    RowKind::Pending => "pending",
-                    RowKind::Admitted if r.established => "up",
-                    RowKind::Admitted => "unreachable",
+                    RowKind::Removed => NodeState::Removed,
+                    RowKind::Pending => NodeState::Pending,
+                    RowKind::Admitted if r.established => NodeState::Up,
+                    RowKind::Admitted => NodeState::Unreachable,
                 }
+                .name()
                 .into(),
                 cpus: pending.then_some(r.cpus as u32),
                 memory_total_mib: pending.then_some(r.mem_mib as u64),
