@@ -614,7 +614,8 @@ pub(crate) fn test_microvm_net(t: &mut Tally, kernel: &Path) -> Result<(), Strin
     let ok = r.wait(Duration::from_secs(240), false, |l| {
         // until the node has detached the VM's /128 after it ended (or it failed)
         l[0].iter().any(|x| x.contains("microVM demo failed") || (x.contains("vm: ") && x.contains("/128 detached (its microVM ended)")))
-            || l.iter().flatten().any(|x| x.contains("KERNEL PANIC") || x.starts_with(NODE_STOPPED))
+            || panicked(l)
+            || l.iter().flatten().any(|x| x.starts_with(NODE_STOPPED))
     });
     if !ok {
         r.dump_cpus();
@@ -702,7 +703,8 @@ pub(crate) fn test_microvm_bulk_tcp(t: &mut Tally, kernel: &Path, kick_ms: u64) 
         (received && l[0].iter().any(|x| x.contains("bulk-icmp6")))
             || l[0].iter().any(|x| x.contains("microVM demo ended"))
             || (!received && l[1].iter().any(|x| x.contains("microVM demo ended")))
-            || l.iter().flatten().any(|x| x.contains("KERNEL PANIC") || x.starts_with(NODE_STOPPED))
+            || panicked(l)
+            || l.iter().flatten().any(|x| x.starts_with(NODE_STOPPED))
     });
     if !ok {
         r.dump_cpus();

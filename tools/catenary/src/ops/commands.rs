@@ -84,7 +84,7 @@ pub fn nodes(c: &Ctx) -> R {
         };
         println!("{:<12} {:<12} {:<8} {:>16} {:<40} {:>4} {:>18} {:>14} {:>9} {:>17}  {}", n.name, n.state, opt(n.membership.as_deref()), opt(n.incarnation), n.address, opt(n.cpus), mem, committed, opt(n.workloads), store, labels);
     }
-    let pending: Vec<&catenary_api::types::Node> = l.nodes.iter().filter(|n| n.state == "pending").collect();
+    let pending: Vec<&catenary_api::types::Node> = l.nodes.iter().filter(|n| NodeState::Pending.is(&n.state)).collect();
     if !pending.is_empty() {
         println!("pending (admit with `catenary node add KEY`):");
         for n in pending {
