@@ -400,7 +400,9 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
                 return Ok(classify_exit(s, child, oom_watch.as_mut(), thrash.killed, chan));
             }
         }
-        if let Some(v) = status.is_none().then(|| thrash.verdict()).flatten() {
+        // Sampled only while the workload runs.
+        let verdict = if status.is_none() { thrash.verdict() } else { None };
+        if let Some(v) = verdict {
             // An entrypoint that already ended (its SIGCHLD not read yet) is not killed: a
             // SIGKILL from elsewhere must not be taken for the guard's.
             if let Some(s) = reap(child) {
