@@ -9,4 +9,5 @@ pub mod user;
 pub mod exec;
 pub mod oom;
 pub mod thrash;
+pub mod health;
 pub mod signal;

@@ -11,15 +11,16 @@
 //! 7. resolves User, sets Env, HOME, WorkingDir; prints `catenary-init: ready`; runs
 //!    Entrypoint + Cmd with stdout/stderr on pipes it forwards to the channel;
 //! 8. forwards signals (those PID 1 gets, and the node's STOP and SIGNAL requests on the
-//!    channel) to the workload's process group, reaps every zombie; when the workload ends,
-//!    sends its exit status on the channel and powers the VM off.
+//!    channel) to the workload's process group, reaps every zombie, runs the health check
+//!    (health.rs) when the node gave one; when the workload ends, sends its exit status on the
+//!    channel and powers the VM off.
 //!
 //! PID 1 never exits: every failure is reported (console + channel) and ends in power-off.
 #![forbid(unsafe_code)]
 
-use catenary_guest_proto::config::{ImageConfig, NodeConfig, RunSpec, MAX_CONFIG_BYTES};
+use catenary_guest_proto::config::{HealthConfig, ImageConfig, NodeConfig, RunSpec, MAX_CONFIG_BYTES};
 use catenary_guest_proto::wire::{self, Command as NodeCommand, CommandDecoder, Stream, WorkloadExit};
-use catenary_init::{etc, exec, oom, thrash, user};
+use catenary_init::{etc, exec, health, oom, thrash, user};
 use nix::mount::{mount, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -291,23 +292,144 @@ impl ThrashWatch {
     }
 }
 
-/// Reap every exited child; the workload's status when it was among them.
-fn reap(child: Pid) -> Option<WorkloadExit> {
+/// How the workload's health check is run (health.rs): the check's command line as the
+/// workload's own, its schedule, and the run in progress.
+struct HealthWatch {
+    cfg: HealthConfig,
+    checker: health::Checker,
+    started: Instant,
+    next_run: Instant,
+    /// The run in progress: its pid, when it is killed if still going, whether it was.
+    running: Option<(Pid, Instant, bool)>,
+    /// How the last run ended, reaped and not yet judged: (exited 0, what to log).
+    ended: Option<(bool, String)>,
+    killed: bool,
+}
+
+/// What the workload loop does after a health run was judged.
+enum HealthAction {
+    None,
+    /// Send the HEALTHY frame.
+    Healthy,
+    /// Kill the workload.
+    Kill,
+}
+
+impl HealthWatch {
+    fn new(cfg: HealthConfig) -> HealthWatch {
+        let checker = health::Checker::new(&cfg);
+        let now = Instant::now();
+        let next_run = now + Duration::from_millis(checker.interval_ms());
+        HealthWatch { cfg, checker, started: now, next_run, running: None, ended: None, killed: false }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Start a run (as the workload: `cmd` built by the caller) when one is due; kill one
+    /// past its timeout.
+    fn tick(&mut self, spawn: &mut dyn FnMut(&[String]) -> Result<Pid, String>) {
+        let now = Instant::now();
+        match self.running {
+            Some((pid, deadline, false)) if now >= deadline => {
+                let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+                self.running = Some((pid, deadline, true));
+            }
+            Some(_) => {}
+            None if self.ended.is_none() && now >= self.next_run => match spawn(&self.cfg.cmd) {
+                Ok(pid) => self.running = Some((pid, now + Duration::from_millis(self.checker.timeout_ms()), false)),
+                Err(why) => self.ended = Some((false, why)),
+            },
+            None => {}
+        }
+    }
+
+    /// A reaped child: the run's end if it is the run's pid.
+    fn reaped(&mut self, pid: Pid, status: WaitStatus) -> bool {
+        let Some((run, _, timed_out)) = self.running else { return false };
+        if pid != run {
+            return false;
+        }
+        self.running = None;
+        self.ended = Some(match status {
+            _ if timed_out => (false, format!("still running after {} s: killed", self.cfg.timeout_secs)),
+            WaitStatus::Exited(_, 0) => (true, String::new()),
+            WaitStatus::Exited(_, c) => (false, format!("exit code {c}")),
+            WaitStatus::Signaled(_, sig, _) => (false, format!("killed by {sig}")),
+            _ => (false, "ended".into()),
+        });
+        true
+    }
+
+    /// Judge the run that ended, if one did; what it means is noted in the workload's log.
+    fn judge(&mut self, chan: &mut Channel) -> HealthAction {
+        let Some((ok, why)) = self.ended.take() else { return HealthAction::None };
+        let now = Instant::now();
+        self.next_run = now + Duration::from_millis(self.checker.interval_ms());
+        let retries = self.checker.retries();
+        match self.checker.ended(self.ms(now), ok) {
+            health::Outcome::Passed { first: true, .. } => {
+                note(chan, "health check passed: the workload is healthy");
+                HealthAction::Healthy
+            }
+            health::Outcome::Passed { after, .. } => {
+                if after > 0 {
+                    note(chan, &format!("health check passed again after {after} failures"));
+                }
+                HealthAction::None
+            }
+            health::Outcome::Failed { in_a_row, counted: true } => {
+                note(chan, &format!("health check failed ({why}): {in_a_row} of {retries} in a row"));
+                HealthAction::None
+            }
+            health::Outcome::Failed { counted: false, .. } => {
+                note(chan, &format!("health check failed ({why}): in the start period, not counted"));
+                HealthAction::None
+            }
+            health::Outcome::Unhealthy { in_a_row } => {
+                note(chan, &format!("health check failed ({why}): {in_a_row} of {retries} in a row: the workload is unhealthy; killing it"));
+                HealthAction::Kill
+            }
+        }
+    }
+
+    /// How long the loop may wait for the next run or the run's deadline.
+    fn wait(&self) -> PollTimeout {
+        let at = match self.running {
+            Some((_, deadline, false)) => deadline,
+            Some(_) => return PollTimeout::from(100u16), // killed: reaped after the next tick
+            None if self.ended.is_some() => return PollTimeout::ZERO,
+            None => self.next_run,
+        };
+        let ms = at.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).clamp(1, 1000) as u16;
+        PollTimeout::from(ms)
+    }
+}
+
+/// Reap every exited child; the workload's status when it was among them. A health run's
+/// end goes to `health`.
+fn reap(child: Pid, health: &mut Option<HealthWatch>) -> Option<WorkloadExit> {
     let mut found = None;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) if pid == child => found = Some(WorkloadExit::Code(code)),
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => found = Some(WorkloadExit::Signal(sig as i32)),
             Ok(WaitStatus::StillAlive) | Err(_) => return found,
-            Ok(_) => {} // an orphan the workload left behind: reaped
+            Ok(s) => {
+                // a health run, or an orphan the workload left behind: reaped
+                if let (Some(h), Some(pid)) = (health.as_mut(), s.pid()) {
+                    h.reaped(pid, s);
+                }
+            }
         }
     }
 }
 
-/// `exit`; or the thrash guard's kill when the guard's SIGKILL ended it and the OOM killer did
-/// not kill the entrypoint itself; or an OOM kill when the workload died of a signal while the
+/// `exit`; or the thrash guard's kill (or the health check's) when that SIGKILL ended it and
+/// the OOM killer did not kill the entrypoint itself; or an OOM kill when the workload died of a signal while the
 /// OOM killer killed (each kill is noted in the workload's log).
-fn classify_exit(exit: WorkloadExit, child: Pid, watch: Option<&mut oom::OomWatch>, thrash_killed: bool, chan: &mut Channel) -> WorkloadExit {
+fn classify_exit(exit: WorkloadExit, child: Pid, watch: Option<&mut oom::OomWatch>, thrash_killed: bool, health_killed: bool, chan: &mut Channel) -> WorkloadExit {
     let (kills, entrypoint_killed) = watch.map(|w| w.kills(16, child.as_raw())).unwrap_or_default();
     for k in &kills {
         note(chan, &format!("the kernel's OOM killer killed process {} ({})", k.pid, k.comm));
@@ -315,6 +437,7 @@ fn classify_exit(exit: WorkloadExit, child: Pid, watch: Option<&mut oom::OomWatc
     match exit {
         // The guard's SIGKILL, unless the kernel's OOM killer got the entrypoint first.
         WorkloadExit::Signal(s) if thrash_killed && s == Signal::SIGKILL as i32 && !entrypoint_killed => WorkloadExit::ThrashKilled(s),
+        WorkloadExit::Signal(s) if health_killed && s == Signal::SIGKILL as i32 && !entrypoint_killed => WorkloadExit::Unhealthy(s),
         WorkloadExit::Signal(s) if !kills.is_empty() => WorkloadExit::OomKilled(s),
         e => e,
     }
@@ -364,6 +487,26 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
     };
     // Memory, sampled once a second while the workload runs (thrash.rs).
     let mut thrash = ThrashWatch::open();
+    // The health check, run as the workload is (health.rs).
+    let mut health = spec.health.clone().map(HealthWatch::new);
+    let mut spawn_check = |cmd: &[String]| -> Result<Pid, String> {
+        let program = exec::find_program(std::ffi::OsStr::new(&cmd[0]), path_env).map_err(|(_, why)| format!("cannot run {:?}: {why}", cmd[0]))?;
+        let mut c = Command::new("/proc/self/exe");
+        c.args(exec::helper_args(id.uid, id.gid, &id.groups, &program, cmd))
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&spec.working_dir)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // As for the workload (below): the run must not inherit our blocked signals. A SIGCHLD
+        // lost meanwhile is made up for by the reap after each `tick`.
+        let _ = sigs.thread_unblock();
+        let r = c.spawn();
+        let _ = sigs.thread_block();
+        r.map(|ch| Pid::from_raw(ch.id() as i32)).map_err(|e| format!("cannot run {:?}: {e}", cmd[0]))
+    };
     println!("catenary-init: ready");
     chan.send(&wire::encode_ready());
     // Unblocked only while spawning: what arrives meanwhile is lost (PID 1 has no handlers,
@@ -386,7 +529,7 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
 
     let mut open = [true, true];
     // (A workload that ended while SIGCHLD was unblocked.)
-    let mut status: Option<WorkloadExit> = reap(child);
+    let mut status: Option<WorkloadExit> = reap(child, &mut health);
     let mut deadline: Option<Instant> = status.map(|_| Instant::now() + DRAIN_AFTER_EXIT);
     let mut buf = vec![0u8; wire::MAX_PAYLOAD];
     // The node's requests (STOP, SIGNAL) arrive on the channel's receive side.
@@ -397,7 +540,8 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
         if let Some(s) = status {
             let done = !open[0] && !open[1];
             if done || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(classify_exit(s, child, oom_watch.as_mut(), thrash.killed, chan));
+                let health_killed = health.as_ref().is_some_and(|h| h.killed);
+                return Ok(classify_exit(s, child, oom_watch.as_mut(), thrash.killed, health_killed, chan));
             }
         }
         // Sampled only while the workload runs.
@@ -405,7 +549,7 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
         if let Some(v) = verdict {
             // An entrypoint that already ended (its SIGCHLD not read yet) is not killed: a
             // SIGKILL from elsewhere must not be taken for the guard's.
-            if let Some(s) = reap(child) {
+            if let Some(s) = reap(child, &mut health) {
                 status = Some(s);
                 deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
                 continue;
@@ -416,7 +560,39 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
             ));
             thrash.killed = signal_workload(child, Signal::SIGKILL as i32, "thrashing", chan);
         }
-        let timeout = if status.is_some() { PollTimeout::from(100u16) } else { thrash.wait().unwrap_or(PollTimeout::NONE) };
+        // The health check, only while the workload runs and until it killed it.
+        if let Some(h) = health.as_mut().filter(|h| status.is_none() && !h.killed) {
+            match h.judge(chan) {
+                HealthAction::Healthy => chan.send(&wire::encode_healthy()),
+                HealthAction::Kill => {
+                    if let Some(s) = reap(child, &mut health) {
+                        status = Some(s);
+                        deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                        continue;
+                    }
+                    let killed = signal_workload(child, Signal::SIGKILL as i32, "unhealthy", chan);
+                    if let Some(h) = health.as_mut() {
+                        h.killed = killed;
+                    }
+                    continue;
+                }
+                HealthAction::None => {}
+            }
+            h.tick(&mut spawn_check);
+            if let Some(s) = reap(child, &mut health) {
+                status = Some(s);
+                deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
+            }
+        }
+        let health_wait = health.as_ref().filter(|h| status.is_none() && !h.killed).map(|h| h.wait());
+        let timeout = if status.is_some() {
+            PollTimeout::from(100u16)
+        } else {
+            match (thrash.wait(), health_wait) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(PollTimeout::NONE),
+            }
+        };
         let (ready_out, ready_err, ready_sig, ready_chan) = {
             // Slots: the signalfd, then each source still open, in this order.
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
@@ -463,7 +639,7 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
             while let Ok(Some(info)) = sfd.read_signal() {
                 let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
                 if sig == Signal::SIGCHLD {
-                    if let Some(s) = reap(child) {
+                    if let Some(s) = reap(child, &mut health) {
                         status = Some(s);
                         deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
                     }

@@ -78,6 +78,55 @@ pub struct NodeConfig {
     /// The workload channel's tty (default `/dev/hvc1`).
     #[serde(default)]
     pub channel: Option<String>,
+    /// The workload's health check (none: the workload is not checked).
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+}
+
+/// A health check (docs/guest-init.md "Health check"): the init runs `cmd` as the workload's
+/// user, in its environment and working directory, every `intervalSecs` once the workload
+/// started; a run that exits 0 within `timeoutSecs` passes. The first pass is reported to the
+/// node (the HEALTHY frame); `retries` failures in a row (failures in the first
+/// `startPeriodSecs` do not count) kill the workload, which ends as unhealthy.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthConfig {
+    pub cmd: Vec<String>,
+    pub interval_secs: u32,
+    pub timeout_secs: u32,
+    pub retries: u32,
+    #[serde(default)]
+    pub start_period_secs: u32,
+}
+
+/// Bounds of a health check (the node's spec check, `catenary_workload::spec::HealthCheck`,
+/// has the same).
+pub const HEALTH_CMD_MAX: usize = 64;
+pub const HEALTH_SECS_MAX: u32 = 3600;
+pub const HEALTH_RETRIES_MAX: u32 = 100;
+
+impl HealthConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.cmd.is_empty() || self.cmd.len() > HEALTH_CMD_MAX || self.cmd[0].is_empty() {
+            return err(format!("health: cmd must have 1-{HEALTH_CMD_MAX} arguments, the first not empty"));
+        }
+        for a in &self.cmd {
+            check_string("health cmd", a)?;
+        }
+        if self.interval_secs == 0 || self.interval_secs > HEALTH_SECS_MAX {
+            return err(format!("health: intervalSecs {} is not 1-{HEALTH_SECS_MAX}", self.interval_secs));
+        }
+        if self.timeout_secs == 0 || self.timeout_secs > self.interval_secs {
+            return err(format!("health: timeoutSecs {} is not 1-intervalSecs", self.timeout_secs));
+        }
+        if self.retries == 0 || self.retries > HEALTH_RETRIES_MAX {
+            return err(format!("health: retries {} is not 1-{HEALTH_RETRIES_MAX}", self.retries));
+        }
+        if self.start_period_secs > HEALTH_SECS_MAX {
+            return err(format!("health: startPeriodSecs {} is more than {HEALTH_SECS_MAX}", self.start_period_secs));
+        }
+        Ok(())
+    }
 }
 
 /// What the init runs, after merging the two documents.
@@ -97,6 +146,8 @@ pub struct RunSpec {
     pub channel: String,
     /// The image's StopSignal as a number (what a STOP request from the node delivers).
     pub stop_signal: u8,
+    /// The node's health check, checked against its bounds.
+    pub health: Option<HealthConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +271,9 @@ impl RunSpec {
         let Some(stop_signal) = crate::signal::parse(&image.stop_signal) else {
             return err(format!("stopSignal {:?} is not a signal", image.stop_signal));
         };
+        if let Some(h) = &node.health {
+            h.check()?;
+        }
         Ok(RunSpec {
             argv,
             env,
@@ -231,6 +285,7 @@ impl RunSpec {
             rootfs_device,
             channel,
             stop_signal,
+            health: node.health.clone(),
         })
     }
 }
@@ -271,6 +326,31 @@ mod tests {
         assert_eq!(s.hostname, "web-1");
         assert_eq!(s.address, Some("fd00::100:1".parse().unwrap()));
         assert_eq!(s.nameservers, ["fd00::53".parse::<Ipv6Addr>().unwrap()]);
+        assert_eq!(s.health, None);
+    }
+
+    #[test]
+    fn health_check_and_its_bounds() {
+        let c = ImageConfig::parse(IMAGE.as_bytes()).unwrap();
+        let n = NodeConfig::parse(br#"{"version":1,"health":{"cmd":["test","-f","/tmp/up"],"intervalSecs":2,"timeoutSecs":1,"retries":3}}"#).unwrap();
+        let h = RunSpec::resolve(&c, &n).unwrap().health.unwrap();
+        assert_eq!((h.cmd.len(), h.interval_secs, h.timeout_secs, h.retries, h.start_period_secs), (3, 2, 1, 3, 0));
+        for bad in [
+            r#"{"cmd":[],"intervalSecs":2,"timeoutSecs":1,"retries":3}"#,
+            r#"{"cmd":[""],"intervalSecs":2,"timeoutSecs":1,"retries":3}"#,
+            r#"{"cmd":["x"],"intervalSecs":0,"timeoutSecs":1,"retries":3}"#,
+            r#"{"cmd":["x"],"intervalSecs":3601,"timeoutSecs":1,"retries":3}"#,
+            r#"{"cmd":["x"],"intervalSecs":2,"timeoutSecs":3,"retries":3}"#,
+            r#"{"cmd":["x"],"intervalSecs":2,"timeoutSecs":0,"retries":3}"#,
+            r#"{"cmd":["x"],"intervalSecs":2,"timeoutSecs":1,"retries":0}"#,
+            r#"{"cmd":["x"],"intervalSecs":2,"timeoutSecs":1,"retries":101}"#,
+            r#"{"cmd":["x"],"intervalSecs":2,"timeoutSecs":1,"retries":1,"startPeriodSecs":3601}"#,
+            r#"{"cmd":["a\u0000b"],"intervalSecs":2,"timeoutSecs":1,"retries":1}"#,
+        ] {
+            let n = NodeConfig::parse(format!(r#"{{"version":1,"health":{bad}}}"#).as_bytes()).unwrap();
+            assert!(RunSpec::resolve(&c, &n).unwrap_err().0.contains("health"), "{bad}");
+        }
+        assert!(NodeConfig::parse(br#"{"version":1,"health":{"cmd":["x"],"intervalSecs":2,"timeoutSecs":1,"retries":1,"extra":1}}"#).is_err());
     }
 
     #[test]

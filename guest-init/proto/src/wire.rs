@@ -17,7 +17,11 @@
 //!                 4 = killed by signal `value` by the init itself because the VM was thrashing
 //!                     (out of memory in all but name; docs/guest-init.md "Out of memory");
 //!                     this wins over 3 unless the OOM killer's victim was the entrypoint
+//!                 5 = killed by signal `value` by the init itself because the workload's
+//!                     health check failed `retries` times in a row (docs/guest-init.md
+//!                     "Health check")
 //! type 5  INIT    payload = UTF-8 text: the init's own error messages (len <= MAX_PAYLOAD)
+//! type 6  HEALTHY len = 0: the workload's health check passed for the first time in this run
 //! ```
 //!
 //! The other direction, node → guest, uses the same framing on the device's receive queue; the
@@ -50,6 +54,7 @@ pub const T_STDERR: u8 = 2;
 pub const T_READY: u8 = 3;
 pub const T_EXIT: u8 = 4;
 pub const T_INIT: u8 = 5;
+pub const T_HEALTHY: u8 = 6;
 /// Node → guest: deliver the image's StopSignal.
 pub const T_STOP: u8 = 16;
 /// Node → guest: deliver the signal in the 1-byte payload.
@@ -83,6 +88,9 @@ pub enum WorkloadExit {
     /// The init killed it with this signal because the VM thrashed: memory nearly gone and
     /// the kernel reading back the file pages it had just dropped (`catenary_init::thrash`).
     ThrashKilled(i32),
+    /// The init killed it with this signal because its health check failed `retries` times
+    /// in a row.
+    Unhealthy(i32),
 }
 
 impl WorkloadExit {
@@ -94,6 +102,7 @@ impl WorkloadExit {
             WorkloadExit::InitFailed(v) => (2, v),
             WorkloadExit::OomKilled(v) => (3, v),
             WorkloadExit::ThrashKilled(v) => (4, v),
+            WorkloadExit::Unhealthy(v) => (5, v),
         };
         let b = v.to_le_bytes();
         [k, b[0], b[1], b[2], b[3]]
@@ -110,6 +119,7 @@ impl WorkloadExit {
             2 => Some(WorkloadExit::InitFailed(v)),
             3 => Some(WorkloadExit::OomKilled(v)),
             4 => Some(WorkloadExit::ThrashKilled(v)),
+            5 => Some(WorkloadExit::Unhealthy(v)),
             _ => None,
         }
     }
@@ -123,6 +133,7 @@ impl core::fmt::Display for WorkloadExit {
             WorkloadExit::InitFailed(c) => write!(f, "init failed (status {c})"),
             WorkloadExit::OomKilled(s) => write!(f, "killed by the kernel's OOM killer (signal {s})"),
             WorkloadExit::ThrashKilled(s) => write!(f, "killed by the init: out of memory, thrashing (signal {s})"),
+            WorkloadExit::Unhealthy(s) => write!(f, "killed by the init: its health check failed (signal {s})"),
         }
     }
 }
@@ -150,6 +161,11 @@ pub fn encode_data(stream: Stream, data: &[u8], out: &mut dyn FnMut(&[u8])) {
 /// The READY frame.
 pub fn encode_ready() -> [u8; HEADER] {
     header(T_READY, 0)
+}
+
+/// The HEALTHY frame.
+pub fn encode_healthy() -> [u8; HEADER] {
+    header(T_HEALTHY, 0)
 }
 
 /// The EXIT frame.
@@ -287,6 +303,8 @@ pub enum Event<'a> {
     /// Some bytes of a data frame (a frame may arrive in several pieces).
     Data(Stream, &'a [u8]),
     Ready,
+    /// The health check passed (the first HEALTHY frame of the run; later ones are ignored).
+    Healthy,
     Exit(WorkloadExit),
 }
 
@@ -327,6 +345,7 @@ pub struct Decoder {
     exit: [u8; 5],
     pub exit_seen: Option<WorkloadExit>,
     pub ready_seen: bool,
+    pub healthy_seen: bool,
     pub stats: DecodeStats,
 }
 
@@ -338,7 +357,7 @@ impl Default for Decoder {
 
 impl Decoder {
     pub const fn new() -> Self {
-        Decoder { state: State::Sync, hdr: [0; HEADER], exit: [0; 5], exit_seen: None, ready_seen: false, stats: DecodeStats { garbage_bytes: 0, bad_frames: 0, unknown_frames: 0, extra_exits: 0, frames: 0 } }
+        Decoder { state: State::Sync, hdr: [0; HEADER], exit: [0; 5], exit_seen: None, ready_seen: false, healthy_seen: false, stats: DecodeStats { garbage_bytes: 0, bad_frames: 0, unknown_frames: 0, extra_exits: 0, frames: 0 } }
     }
 
     /// Feed bytes from the channel; `ev` is called for everything found, in order.
@@ -419,8 +438,15 @@ impl Decoder {
                 ev(Event::Ready);
                 Some(State::Sync)
             }
+            T_HEALTHY if len == 0 => {
+                if !self.healthy_seen {
+                    self.healthy_seen = true;
+                    ev(Event::Healthy);
+                }
+                Some(State::Sync)
+            }
             T_EXIT if len == 5 => Some(State::Exit(0)),
-            T_READY | T_EXIT => None,
+            T_READY | T_HEALTHY | T_EXIT => None,
             _ => {
                 self.stats.unknown_frames += 1;
                 self.state = if len == 0 { State::Sync } else { State::Skip(len) };
@@ -457,6 +483,7 @@ mod tests {
         err: Vec<u8>,
         init: Vec<u8>,
         ready: usize,
+        healthy: usize,
         exits: Vec<WorkloadExit>,
     }
 
@@ -469,6 +496,7 @@ mod tests {
                 Event::Data(Stream::Stderr, b) => s.err.extend_from_slice(b),
                 Event::Data(Stream::Init, b) => s.init.extend_from_slice(b),
                 Event::Ready => s.ready += 1,
+                Event::Healthy => s.healthy += 1,
                 Event::Exit(x) => s.exits.push(x),
             });
         }
@@ -482,7 +510,9 @@ mod tests {
         encode_data(Stream::Stdout, &big, &mut |b| v.extend_from_slice(b));
         encode_data(Stream::Stderr, b"oops\n", &mut |b| v.extend_from_slice(b));
         encode_data(Stream::Init, b"no such file\n", &mut |b| v.extend_from_slice(b));
-        v.extend_from_slice(&encode_exit(WorkloadExit::Code(3)));
+        v.extend_from_slice(&encode_healthy());
+        v.extend_from_slice(&encode_healthy()); // only the first counts
+        v.extend_from_slice(&encode_exit(WorkloadExit::Unhealthy(9)));
         v
     }
 
@@ -496,19 +526,20 @@ mod tests {
             assert_eq!(s.err, b"oops\n");
             assert_eq!(s.init, b"no such file\n");
             assert_eq!(s.ready, 1);
-            assert_eq!(s.exits, [WorkloadExit::Code(3)]);
-            assert_eq!(d.exit_seen, Some(WorkloadExit::Code(3)));
+            assert_eq!((s.healthy, d.healthy_seen), (1, true));
+            assert_eq!(s.exits, [WorkloadExit::Unhealthy(9)]);
+            assert_eq!(d.exit_seen, Some(WorkloadExit::Unhealthy(9)));
             assert_eq!(d.stats.garbage_bytes + d.stats.bad_frames + d.stats.unknown_frames, 0);
-            assert_eq!(d.stats.frames, 1 + 3 + 1 + 1 + 1);
+            assert_eq!(d.stats.frames, 1 + 3 + 1 + 1 + 2 + 1);
         }
     }
 
     #[test]
     fn exit_kinds_round_trip() {
-        for e in [WorkloadExit::Code(0), WorkloadExit::Code(255), WorkloadExit::Signal(9), WorkloadExit::InitFailed(127), WorkloadExit::Code(-1), WorkloadExit::OomKilled(9), WorkloadExit::ThrashKilled(9)] {
+        for e in [WorkloadExit::Code(0), WorkloadExit::Code(255), WorkloadExit::Signal(9), WorkloadExit::InitFailed(127), WorkloadExit::Code(-1), WorkloadExit::OomKilled(9), WorkloadExit::ThrashKilled(9), WorkloadExit::Unhealthy(9)] {
             assert_eq!(WorkloadExit::from_payload(&e.to_payload()), Some(e));
         }
-        assert_eq!(WorkloadExit::from_payload(&[5, 0, 0, 0, 0]), None);
+        assert_eq!(WorkloadExit::from_payload(&[6, 0, 0, 0, 0]), None);
         assert_eq!(WorkloadExit::from_payload(&[0, 0, 0, 0]), None);
     }
 
@@ -518,6 +549,7 @@ mod tests {
         v.extend_from_slice(b"kernel noise");
         v.extend_from_slice(&[MAGIC, 0x77, 3, 0, 1, 2, 3]); // unknown type, skipped whole
         v.extend_from_slice(&[MAGIC, T_READY, 2, 0, 9, 9]); // READY with a payload: bad
+        v.extend_from_slice(&[MAGIC, T_HEALTHY, 1, 0, 1]); // HEALTHY with a payload: bad
         v.extend_from_slice(&[MAGIC, T_EXIT, 4, 0, 0, 0, 0, 0]); // EXIT of 4 bytes: bad
         v.extend_from_slice(&[MAGIC, T_EXIT, 5, 0, 7, 0, 0, 0, 0]); // unknown exit kind: bad
         v.extend_from_slice(&[MAGIC, T_STDOUT, 0xff, 0xff]); // longer than MAX_PAYLOAD: bad, skipped
@@ -527,11 +559,11 @@ mod tests {
         v.extend_from_slice(&encode_exit(WorkloadExit::Code(0))); // a second EXIT is ignored
         let (s, d) = decode_in_pieces(&v, 13);
         assert_eq!(s.out, b"after\n");
-        assert_eq!(s.ready, 0);
+        assert_eq!((s.ready, s.healthy), (0, 0));
         assert_eq!(s.exits, [WorkloadExit::Signal(15)]);
         assert_eq!(d.stats.garbage_bytes, 12);
         assert_eq!(d.stats.unknown_frames, 1);
-        assert_eq!(d.stats.bad_frames, 4);
+        assert_eq!(d.stats.bad_frames, 5);
         assert_eq!(d.stats.extra_exits, 1);
     }
 

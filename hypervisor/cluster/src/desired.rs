@@ -26,6 +26,20 @@ pub struct WorkloadSpec {
     pub args: Vec<String>,
     pub restart: RestartPolicy,
     pub constraints: Vec<Constraint>,
+    /// The health check each replica's guest init runs (`catenary_workload::spec::HealthCheck`,
+    /// whose bounds the API checks before a put; here only the sizes are bounded).
+    pub health: Option<HealthCheck>,
+}
+
+/// A replica's health check, as the cluster keeps it (the fields of
+/// `catenary_workload::spec::HealthCheck`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub cmd: Vec<String>,
+    pub interval_secs: u32,
+    pub timeout_secs: u32,
+    pub retries: u32,
+    pub start_period_secs: u32,
 }
 
 /// The prefix of a cluster replica's `workd` name (`workd`'s `proto::CLUSTER_PREFIX`, which
@@ -487,9 +501,11 @@ fn validate(spec: &WorkloadSpec, l: &Limits) -> Result<(), Refused> {
         && spec.name.len() <= l.name_len
         && spec.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     let sizes_ok = spec.replicas >= 1 && spec.replicas <= l.replicas && spec.vcpus >= 1 && spec.mem_mib >= 1;
-    let strings_ok = spec.env.len() + spec.args.len() <= l.env_and_args
+    let health_cmd = spec.health.as_ref().map_or(&[][..], |h| &h.cmd[..]);
+    let strings_ok = spec.env.len() + spec.args.len() + health_cmd.len() <= l.env_and_args
         && spec.env.iter().all(|(k, v)| !k.is_empty() && k.len() + v.len() <= l.string_len)
-        && spec.args.iter().all(|a| a.len() <= l.string_len);
+        && spec.args.iter().chain(health_cmd).all(|a| a.len() <= l.string_len)
+        && spec.health.as_ref().is_none_or(|h| !h.cmd.is_empty());
     if name_ok && sizes_ok && strings_ok {
         Ok(())
     } else {
@@ -504,7 +520,7 @@ mod tests {
     use alloc::vec;
 
     pub(crate) fn spec(name: &str) -> WorkloadSpec {
-        WorkloadSpec {
+        WorkloadSpec { health: None,
             name: name.to_string(),
             image: [7; 32],
             replicas: 1,

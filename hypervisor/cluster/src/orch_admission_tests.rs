@@ -69,7 +69,7 @@ impl KeyNet {
 }
 
 fn spec(name: &str, replicas: u32) -> WorkloadSpec {
-    WorkloadSpec { name: name.to_string(), image: [1; 32], replicas, vcpus: 1, mem_mib: 64, env: vec![], args: vec![], restart: RestartPolicy::Always, constraints: vec![] }
+    WorkloadSpec { health: None, name: name.to_string(), image: [1; 32], replicas, vcpus: 1, mem_mib: 64, env: vec![], args: vec![], restart: RestartPolicy::Always, constraints: vec![] }
 }
 
 #[test]

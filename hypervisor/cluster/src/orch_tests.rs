@@ -47,7 +47,7 @@ struct Net {
 }
 
 fn spec(name: &str, replicas: u32) -> WorkloadSpec {
-    WorkloadSpec {
+    WorkloadSpec { health: None,
         name: name.to_string(),
         image: [1; 32],
         replicas,
@@ -905,7 +905,11 @@ fn a_pulled_answer_completes_under_steady_commits_and_loss() {
         let installed = o.counters.pulls_installed;
         let behind = net.nodes[b].as_ref().unwrap().replica().unwrap().commit_index().saturating_sub(o.replica().unwrap().commit_index());
         assert!(installed >= 2, "seed {seed}: {n} installed {installed} pulled states in 20 s of commits (assembled {}, behind by {behind})", o.snap_in.assembled);
-        assert!(behind < 80, "seed {seed}: {n} is {behind} entries behind {b}");
+        // Where the test ends in N's pull cycle decides the lag: over seeds 90..102, with and
+        // without the spec's health field (which shifted every seed's run), it was 27-102
+        // entries (one bound of 80 held for seeds 90..93 by luck: seed 97 was at 94 before the
+        // field). 120 is 12 s of the 20 s of writes.
+        assert!(behind < 120, "seed {seed}: {n} is {behind} entries behind {b}");
         assert_eq!(o.snap_in.refused, 0);
     }
 }

@@ -10,19 +10,20 @@ use crate::desired::WorkloadSpec;
 
 /// The fields of a [`WorkloadSpec`] an update changed, one bit each ([`Fields::NAMES`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Fields(pub u8);
+pub struct Fields(pub u16);
 
 impl Fields {
-    pub const IMAGE: u8 = 1 << 0;
-    pub const REPLICAS: u8 = 1 << 1;
-    pub const VCPUS: u8 = 1 << 2;
-    pub const MEM: u8 = 1 << 3;
-    pub const ENV: u8 = 1 << 4;
-    pub const ARGS: u8 = 1 << 5;
-    pub const RESTART: u8 = 1 << 6;
-    pub const CONSTRAINTS: u8 = 1 << 7;
+    pub const IMAGE: u16 = 1 << 0;
+    pub const REPLICAS: u16 = 1 << 1;
+    pub const VCPUS: u16 = 1 << 2;
+    pub const MEM: u16 = 1 << 3;
+    pub const ENV: u16 = 1 << 4;
+    pub const ARGS: u16 = 1 << 5;
+    pub const RESTART: u16 = 1 << 6;
+    pub const CONSTRAINTS: u16 = 1 << 7;
+    pub const HEALTH: u16 = 1 << 8;
     /// Each bit's field in the API's names, bit 0 first.
-    pub const NAMES: [&'static str; 8] = ["image", "replicas", "cpus", "memory_mib", "env", "args", "restart", "constraints"];
+    pub const NAMES: [&'static str; 9] = ["image", "replicas", "cpus", "memory_mib", "env", "args", "restart", "constraints", "health"];
 
     /// The changed fields' API names, in [`Fields::NAMES`] order.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
@@ -52,8 +53,9 @@ impl PutChange {
             (old.args != new.args, Fields::ARGS),
             (old.restart != new.restart, Fields::RESTART),
             (old.constraints != new.constraints, Fields::CONSTRAINTS),
+            (old.health != new.health, Fields::HEALTH),
         ];
-        let bits = differs.iter().filter(|(d, _)| *d).fold(0u8, |a, (_, b)| a | b);
+        let bits = differs.iter().filter(|(d, _)| *d).fold(0u16, |a, (_, b)| a | b);
         if bits == 0 {
             PutChange::Unchanged
         } else {
@@ -73,11 +75,11 @@ impl PutChange {
     }
 
     /// The inverse of [`PutChange::to_words`]; `None` for "not known" and for words no
-    /// `orchd` sends (an update with no field, a field past the eighth).
+    /// `orchd` sends (an update with no field, a field past the ninth).
     pub fn from_words(w: [u64; 2]) -> Option<PutChange> {
         match w {
             [1, 0] => Some(PutChange::Created),
-            [2, f] if f != 0 && f <= 0xff => Some(PutChange::Updated(Fields(f as u8))),
+            [2, f] if f != 0 && f < 1 << Fields::NAMES.len() => Some(PutChange::Updated(Fields(f as u16))),
             [3, 0] => Some(PutChange::Unchanged),
             _ => None,
         }
@@ -93,7 +95,7 @@ mod tests {
     use alloc::vec::Vec;
 
     fn spec() -> WorkloadSpec {
-        WorkloadSpec { name: "web".to_string(), image: [7; 32], replicas: 2, vcpus: 1, mem_mib: 64, env: vec![("A".to_string(), "1".to_string())], args: vec!["hello".to_string()], restart: RestartPolicy::Always, constraints: Vec::new() }
+        WorkloadSpec { health: None, name: "web".to_string(), image: [7; 32], replicas: 2, vcpus: 1, mem_mib: 64, env: vec![("A".to_string(), "1".to_string())], args: vec!["hello".to_string()], restart: RestartPolicy::Always, constraints: Vec::new() }
     }
 
     #[test]
@@ -101,7 +103,7 @@ mod tests {
         let old = spec();
         assert_eq!(PutChange::of(None, &old), PutChange::Created);
         assert_eq!(PutChange::of(Some(&old), &old), PutChange::Unchanged);
-        let changes: [(WorkloadSpec, &str); 8] = [
+        let changes: [(WorkloadSpec, &str); 9] = [
             (WorkloadSpec { image: [8; 32], ..spec() }, "image"),
             (WorkloadSpec { replicas: 3, ..spec() }, "replicas"),
             (WorkloadSpec { vcpus: 2, ..spec() }, "cpus"),
@@ -110,6 +112,7 @@ mod tests {
             (WorkloadSpec { args: vec!["hello".to_string(), "v2".to_string()], ..spec() }, "args"),
             (WorkloadSpec { restart: RestartPolicy::No, ..spec() }, "restart"),
             (WorkloadSpec { constraints: vec![crate::placement::Constraint::LabelEquals { key: "zone".to_string(), value: "a".to_string() }], ..spec() }, "constraints"),
+            (WorkloadSpec { health: Some(crate::desired::HealthCheck { cmd: vec!["true".to_string()], interval_secs: 10, timeout_secs: 5, retries: 3, start_period_secs: 0 }), ..spec() }, "health"),
         ];
         for (new, name) in &changes {
             let PutChange::Updated(f) = PutChange::of(Some(&old), new) else { panic!("{name}: not an update") };
@@ -122,10 +125,10 @@ mod tests {
 
     #[test]
     fn words_round_trip_and_odd_words_are_not_known() {
-        for c in [PutChange::Created, PutChange::Unchanged, PutChange::Updated(Fields(1)), PutChange::Updated(Fields(0xff))] {
+        for c in [PutChange::Created, PutChange::Unchanged, PutChange::Updated(Fields(1)), PutChange::Updated(Fields(0x1ff))] {
             assert_eq!(PutChange::from_words(c.to_words()), Some(c));
         }
-        for w in [[0, 0], [2, 0], [2, 0x100], [1, 1], [3, 4], [4, 0], [u64::MAX, u64::MAX]] {
+        for w in [[0, 0], [2, 0], [2, 0x200], [1, 1], [3, 4], [4, 0], [u64::MAX, u64::MAX]] {
             assert_eq!(PutChange::from_words(w), None, "{w:?}");
         }
     }

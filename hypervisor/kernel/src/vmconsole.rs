@@ -50,6 +50,7 @@ pub struct VmConsole<'a> {
     /// service's event queue under this VM handle (`task::vmctl`).
     pub sink: Option<u64>,
     ready_sent: bool,
+    healthy_sent: bool,
     /// `vm.timeline=1` (`cargo xtask bench vm`): when the node saw the guest lines that mark its
     /// boot phases ([`MARKS`]): node time since creation and the line itself.
     pub marks: Option<Vec<BootMark>>,
@@ -80,6 +81,7 @@ impl<'a> VmConsole<'a> {
             first_log: None,
             sink: None,
             ready_sent: false,
+            healthy_sent: false,
             marks: None,
             print_cycles: 0,
         })
@@ -176,6 +178,10 @@ impl<'a> VmConsole<'a> {
         if let (Some(h), false, true) = (sink, self.ready_sent, self.workload.ready()) {
             self.ready_sent = true;
             crate::task::vmctl::ready(h);
+        }
+        if let (Some(h), false, true) = (sink, self.healthy_sent, self.workload.healthy()) {
+            self.healthy_sent = true;
+            crate::task::vmctl::healthy(h);
         }
         if end {
             self.workload.flush(&mut emit);

@@ -61,6 +61,11 @@ impl WorkloadLog {
         self.dec.ready_seen
     }
 
+    /// Whether the init reported that the workload's health check passed.
+    pub fn healthy(&self) -> bool {
+        self.dec.healthy_seen
+    }
+
     pub fn stats(&self) -> DecodeStats {
         self.dec.stats
     }

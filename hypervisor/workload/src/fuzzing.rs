@@ -200,7 +200,7 @@ pub fn run(data: &[u8]) {
                 let mut client = Client::Other;
                 let req = match (w >> 8) % 8 {
                     7 => Request::Signal { target: t, signal: (w >> 16) as u8 },
-                    0 => Request::Create(WorkloadSpec {
+                    0 => Request::Create(WorkloadSpec { health: None,
                         name: String::from(["a", "b", "c", "-x", "", "cl-a-0"][(w >> 12) as usize % 6]),
                         image: if w & 0x10000 == 0 { image() } else { Digest([0; 32]) },
                         vcpus: (w >> 17) as u8 % 3,

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 const MS: u64 = 1_000_000;
 
 fn spec(name: &str) -> WorkloadSpec {
-    WorkloadSpec { name: name.into(), image: image(), vcpus: 1, memory_mib: 64, env: vec![], args: None, restart: RestartPolicy::Always, net: false }
+    WorkloadSpec { health: None, name: name.into(), image: image(), vcpus: 1, memory_mib: 64, env: vec![], args: None, restart: RestartPolicy::Always, net: false }
 }
 
 fn lease(s: &mut Service, k: &mut SimKernel, from: Client, until_ms: u64, now: u64) -> Result<Reply, Error> {
@@ -185,7 +185,7 @@ fn a_restarted_workd_stops_the_cluster_replicas_it_adopts() {
     run(&mut s, &mut k, "web", 0);
     let live: Vec<vmctl::LiveVm> = k.alive.iter().map(|vm| {
         let tag = k.tags.iter().find(|(v, _)| v == vm).map(|(_, t)| t.clone()).unwrap();
-        vmctl::LiveVm { vm: *vm, tag, ready: true, age_ms: 50, touched_bytes: 1 << 20 }
+        vmctl::LiveVm { healthy: false, vm: *vm, tag, ready: true, age_ms: 50, touched_bytes: 1 << 20 }
     }).collect();
     // the new incarnation knows no lease (a dead orchd may have set the last one)
     let mut s2 = service(1024);

@@ -134,7 +134,7 @@ mod tests {
     use alloc::vec;
 
     fn spec() -> WorkloadSpec {
-        WorkloadSpec {
+        WorkloadSpec { health: None,
             name: String::from("cl-web-1"),
             image: Digest([1; 32]),
             vcpus: 1,

@@ -13,7 +13,8 @@
 //! - an assigned replica `workd` has whose spec is not the desired one is replaced as
 //!   [`crate::replace::decide`] says (one at a time, as the other replicas' nodes report them
 //!   healthy: [`Peers`]);
-//! - the replicas that have run for [`HEALTHY_MS`] without a restart are noted
+//! - the replicas that have run for [`HEALTHY_MS`] without a restart (and whose health check,
+//!   if their spec has one, passed in this run: [`Summary::health`]) are noted
 //!   ([`Replicas::healthy`]: what `orchd` reports to the other nodes), and since when each
 //!   other one has not been healthy.
 //! - an assigned replica that `workd` says ended because it was stopped ([`Summary::stopped`]:
@@ -25,7 +26,7 @@
 use crate::replace::{self, Hold, Replace};
 use crate::restart::HEALTHY_MS;
 use crate::spec::WorkloadSpec;
-use crate::status::{State, Summary, WorkloadId};
+use crate::status::{Health, State, Summary, WorkloadId};
 use crate::Digest;
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -170,7 +171,8 @@ impl Replicas {
                 Some(r) if r.restarts == s.restarts => r.running_since.or(Some(now_ms)),
                 _ => Some(now_ms),
             };
-            let healthy = running_since.is_some_and(|t| now_ms.saturating_sub(t) >= HEALTHY_MS);
+            // and, with a health check, once the check passed in this run
+            let healthy = running_since.is_some_and(|t| now_ms.saturating_sub(t) >= HEALTHY_MS) && s.health != Health::Starting;
             let unhealthy_since = if healthy { None } else { Some(before.and_then(|r| r.unhealthy_since).unwrap_or(now_ms)) };
             runs.insert(s.id, Run { running_since, restarts: s.restarts, spec: s.spec, unhealthy_since });
         }
@@ -330,11 +332,13 @@ mod tests {
         restarts: BTreeMap<WorkloadId, u32>,
         /// Stopped by a request (workd's `stopped`), by id.
         stopped: BTreeSet<WorkloadId>,
+        /// What each one's health check says, by id (`Unchecked` when absent).
+        health: BTreeMap<WorkloadId, Health>,
     }
 
     impl Fake {
         fn list(&self) -> Vec<Summary> {
-            self.w.iter().map(|(id, s, st)| Summary { id: *id, name: s.name.clone(), state: *st, exit: None, restarts: self.restarts.get(id).copied().unwrap_or(0), memory_mib: s.memory_mib, address: None, spec: s.digest(), stopped: self.stopped.contains(id) }).collect()
+            self.w.iter().map(|(id, s, st)| Summary { health: self.health.get(id).copied().unwrap_or(Health::Unchecked), id: *id, name: s.name.clone(), state: *st, exit: None, restarts: self.restarts.get(id).copied().unwrap_or(0), memory_mib: s.memory_mib, address: None, spec: s.digest(), stopped: self.stopped.contains(id) }).collect()
         }
         fn set(&mut self, name: &str, st: State) {
             self.w.iter_mut().filter(|x| x.1.name == name).for_each(|x| x.2 = st);
@@ -385,7 +389,7 @@ mod tests {
     }
 
     fn spec(name: &str, image: u8, args: &str) -> WorkloadSpec {
-        WorkloadSpec { name: name.into(), image: Digest([image; 32]), vcpus: 1, memory_mib: 64, env: vec![], args: Some(vec![args.into()]), restart: RestartPolicy::Always, net: true }
+        WorkloadSpec { health: None, name: name.into(), image: Digest([image; 32]), vcpus: 1, memory_mib: 64, env: vec![], args: Some(vec![args.into()]), restart: RestartPolicy::Always, net: true }
     }
 
     fn want(specs: &[WorkloadSpec]) -> BTreeMap<String, Wanted> {
@@ -448,6 +452,32 @@ mod tests {
         assert_eq!(r.healthy().len(), names.len());
         f.calls.clear();
         (r, f, v1)
+    }
+
+    /// A replica whose spec has a health check counts as healthy only once the check passed
+    /// in this run, however long it has been running.
+    #[test]
+    fn a_checked_replica_is_healthy_only_once_its_check_passed() {
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        let v1 = want(&[spec("cl-web-0", 1, "v1")]);
+        turn(&mut r, &mut f, &v1, &[1], 0);
+        f.health.insert(1, Health::Starting);
+        turn(&mut r, &mut f, &v1, &[1], 100);
+        turn(&mut r, &mut f, &v1, &[1], HEALTHY_T);
+        turn(&mut r, &mut f, &v1, &[1], HEALTHY_T + 60_000);
+        assert!(r.healthy().is_empty(), "running for a minute, its check not passed: not healthy");
+        f.health.insert(1, Health::Healthy);
+        turn(&mut r, &mut f, &v1, &[1], HEALTHY_T + 61_000);
+        assert_eq!(r.healthy().len(), 1, "the check passed: healthy");
+        // a check that passes does not shorten the HEALTHY_MS run
+        let (mut r, mut f) = (Replicas::default(), Fake { free: 1000, ..Default::default() });
+        turn(&mut r, &mut f, &v1, &[1], 0);
+        f.health.insert(1, Health::Healthy);
+        turn(&mut r, &mut f, &v1, &[1], 100);
+        turn(&mut r, &mut f, &v1, &[1], HEALTHY_T - 1);
+        assert!(r.healthy().is_empty());
+        turn(&mut r, &mut f, &v1, &[1], HEALTHY_T);
+        assert_eq!(r.healthy().len(), 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::logring::{LogRing, Stream};
 use crate::proto::{is_cluster_replica, Error, NodeResources, Reply, Request, Target, GRACE_DEFAULT_MS, GRACE_MAX_MS, LEASE_MAX_MS, LOG_READ_MAX, SIGNAL_MAX, WORKLOADS_MAX};
 use crate::restart::{Decision, Restarts};
 use crate::spec::{WorkloadSpec, ENV_ATTEMPT, ENV_WORKLOAD};
-use crate::status::{ExitStatus, State, Status, Summary, WorkloadId};
+use crate::status::{ExitStatus, Health, State, Status, Summary, WorkloadId};
 use crate::proto::CHUNK_MAX;
 use crate::store::{ImageIndex, ImageInfo, MANIFEST_MAX};
 use crate::vmctl::{self, CreateVm, Event, StoreInfo, VmEvent, VmHandle};
@@ -167,6 +167,18 @@ struct Workload {
     log: LogRing,
     /// Its network link slot (`crate::net`): kept across restarts, freed by destroy.
     net: Option<u8>,
+    /// The guest init reported that the health check passed in the current run.
+    healthy: bool,
+}
+
+impl Workload {
+    fn health(&self) -> Health {
+        match (&self.spec.health, self.healthy && self.state == State::Running) {
+            (None, _) => Health::Unchecked,
+            (Some(_), false) => Health::Starting,
+            (Some(_), true) => Health::Healthy,
+        }
+    }
 }
 
 pub struct Service {
@@ -376,7 +388,7 @@ impl Service {
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let mut log = LogRing::new(self.log_capacity);
                 log.push(Stream::Node, format!("created: image {}, {} MiB, {} vCPU\n", spec.image.short(), spec.memory_mib, spec.vcpus).as_bytes());
-                self.workloads.push(Workload {
+                self.workloads.push(Workload { healthy: false,
                     id, spec_digest: spec.digest(), spec, state: State::Created, vm: None, exit: None, reported: None, restarts: Restarts::default(), attempts: 0,
                     started_ms: 0, ended_ms: 0, restart_at: None, stop: None, stopped: false, touched: 0, log, net,
                 });
@@ -424,6 +436,7 @@ impl Service {
                     address: node.zip(w.net).map(|(n, s)| crate::net::address(n, s)),
                     spec: w.spec_digest,
                     stopped: w.stopped,
+                    health: w.health(),
                 });
                 Ok(Reply::List(list.collect()))
             }
@@ -539,9 +552,11 @@ impl Service {
                     w.state = State::Running;
                 }
             }
+            Event::Healthy => w.healthy = true,
             Event::Exit(e) => w.reported = Some(e),
             Event::Ended { how, touched_bytes, wall_ms: _ } => {
                 w.vm = None;
+                w.healthy = false;
                 w.touched = touched_bytes;
                 w.ended_ms = now_ms;
                 w.stop = None;
@@ -551,12 +566,13 @@ impl Service {
                     (Some(vmctl::Exit::InitFailed(s)), _) => ExitStatus::InitFailed(s),
                     (Some(vmctl::Exit::OomKilled(s)), _) => ExitStatus::OomKilled(s),
                     (Some(vmctl::Exit::ThrashKilled(s)), _) => ExitStatus::ThrashKilled(s),
+                    (Some(vmctl::Exit::Unhealthy(s)), _) => ExitStatus::Unhealthy(s),
                     (None, vmctl::Ended::Killed) => ExitStatus::PoweredOff,
                     (None, vmctl::Ended::CreateFailed) => ExitStatus::CreateFailed,
                     (None, _) => ExitStatus::Crashed,
                 };
                 w.exit = Some(exit);
-                w.state = if w.stopped || matches!(exit, ExitStatus::Code(_) | ExitStatus::Signal(_) | ExitStatus::OomKilled(_) | ExitStatus::ThrashKilled(_)) { State::Exited } else { State::Failed };
+                w.state = if w.stopped || matches!(exit, ExitStatus::Code(_) | ExitStatus::Signal(_) | ExitStatus::OomKilled(_) | ExitStatus::ThrashKilled(_) | ExitStatus::Unhealthy(_)) { State::Exited } else { State::Failed };
                 let ran = now_ms.saturating_sub(w.started_ms);
                 match w.restarts.decide(w.spec.restart, exit, w.stopped, ran, now_ms) {
                     Decision::Stay => note(w, &format!("ended: {exit} after {ran} ms\n")),
@@ -627,7 +643,7 @@ impl Service {
             self.workloads.push(Workload {
                 id: t.id, spec_digest: t.spec.digest(), spec: t.spec, state: if v.ready { State::Running } else { State::Starting }, vm: Some(v.vm), exit: None, reported: None,
                 restarts: Restarts { total: t.restarts, streak: t.streak }, attempts: t.attempts, started_ms: now_ms.saturating_sub(v.age_ms), ended_ms: 0,
-                restart_at: None, stop: None, stopped: false, touched: v.touched_bytes, log, net: t.net,
+                restart_at: None, stop: None, stopped: false, touched: v.touched_bytes, log, net: t.net, healthy: v.healthy,
             });
             n += 1;
         }
@@ -679,6 +695,7 @@ fn status(w: &Workload, now_ms: u64, address: Option<core::net::Ipv6Addr>) -> St
         log_end: w.log.end(),
         log_start: w.log.start(),
         address,
+        health: w.health(),
     }
 }
 
@@ -687,13 +704,14 @@ fn status(w: &Workload, now_ms: u64, address: Option<core::net::Ipv6Addr>) -> St
 fn launch(w: &mut Workload, now_ms: u64, deadline_ns: u64, vmm: &mut dyn Vmm) {
     w.attempts = w.attempts.saturating_add(1);
     w.reported = None;
+    w.healthy = false;
     w.stop = None;
     w.started_ms = now_ms;
     w.exit = None;
     let mut env = w.spec.env.clone();
     env.push(format!("{ENV_ATTEMPT}={}", w.attempts));
     env.push(format!("{ENV_WORKLOAD}={}", w.spec.name));
-    let req = CreateVm { image: w.spec.image, name: String::from(w.spec.name.as_str()), vcpus: w.spec.vcpus, memory_mib: w.spec.memory_mib, args: w.spec.args.clone(), env, net: w.net, deadline_ns };
+    let req = CreateVm { image: w.spec.image, name: String::from(w.spec.name.as_str()), vcpus: w.spec.vcpus, memory_mib: w.spec.memory_mib, args: w.spec.args.clone(), env, net: w.net, deadline_ns, health: w.spec.health.clone() };
     match vmm.create(&req) {
         Some(vm) => {
             w.vm = Some(vm);

@@ -24,6 +24,48 @@ pub const RESTART_LIMIT_MAX: u32 = 1000;
 pub const ENV_ATTEMPT: &str = "CATENARY_ATTEMPT";
 pub const ENV_WORKLOAD: &str = "CATENARY_WORKLOAD";
 
+/// Bounds of a [`HealthCheck`] (the guest init checks the same: `catenary_guest_proto::config`).
+pub const HEALTH_CMD_MAX: usize = 64;
+pub const HEALTH_SECS_MAX: u32 = 3600;
+pub const HEALTH_RETRIES_MAX: u32 = 100;
+
+/// A command the guest init runs inside the VM to ask whether the workload is healthy
+/// (docs/workloads.md "Health check"; Docker's `HEALTHCHECK`): as the workload's user, in its
+/// environment and working directory, every `interval_secs` from the start; exit 0 within
+/// `timeout_secs` passes. The first pass makes the workload healthy (a cluster replica counts as
+/// healthy only from then: `crate::replicas`); `retries` failures in a row, not counting those
+/// in the first `start_period_secs`, make the init kill it (`ExitStatus::Unhealthy`, a failure
+/// for the restart policy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// argv: 1..=[`HEALTH_CMD_MAX`] entries of at most [`ENTRY_MAX`] bytes, the first not empty.
+    pub cmd: Vec<String>,
+    /// 1..=[`HEALTH_SECS_MAX`].
+    pub interval_secs: u32,
+    /// 1..=`interval_secs`.
+    pub timeout_secs: u32,
+    /// 1..=[`HEALTH_RETRIES_MAX`].
+    pub retries: u32,
+    /// 0..=[`HEALTH_SECS_MAX`].
+    pub start_period_secs: u32,
+}
+
+impl HealthCheck {
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = Err(Error::BadSpec(SpecError::Health));
+        if self.cmd.is_empty() || self.cmd.len() > HEALTH_CMD_MAX || self.cmd[0].is_empty() || !self.cmd.iter().all(|s| valid_entry(s)) {
+            return bad;
+        }
+        if self.interval_secs == 0 || self.interval_secs > HEALTH_SECS_MAX || self.timeout_secs == 0 || self.timeout_secs > self.interval_secs {
+            return bad;
+        }
+        if self.retries == 0 || self.retries > HEALTH_RETRIES_MAX || self.start_period_secs > HEALTH_SECS_MAX {
+            return bad;
+        }
+        Ok(())
+    }
+}
+
 /// When a workload that ended is started again (with [`crate::restart::backoff_ms`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
@@ -53,6 +95,8 @@ pub struct WorkloadSpec {
     /// clients default to: `--net none` turns it off). At most [`crate::net::LINKS_MAX`]
     /// workloads with network per node.
     pub net: bool,
+    /// Its health check, if any.
+    pub health: Option<HealthCheck>,
 }
 
 /// Whether `name` may name a workload.
@@ -106,6 +150,9 @@ impl WorkloadSpec {
                 return Err(Error::BadSpec(SpecError::Restart));
             }
         }
+        if let Some(h) = &self.health {
+            h.check()?;
+        }
         Ok(())
     }
 }
@@ -119,6 +166,7 @@ pub enum SpecError {
     Env,
     Args,
     Restart,
+    Health,
 }
 
 impl SpecError {
@@ -130,6 +178,7 @@ impl SpecError {
             SpecError::Env => "env: at most 64 NAME=value entries of at most 1024 bytes, NAME of [A-Za-z0-9_] (CATENARY_* reserved)",
             SpecError::Args => "args: at most 64 arguments of at most 1024 bytes, no NUL",
             SpecError::Restart => "restart: on-failure limit at most 1000",
+            SpecError::Health => "health: cmd of 1-64 arguments (the first not empty), interval 1-3600 s, timeout 1 s-interval, retries 1-100, start period 0-3600 s",
         }
     }
 }

@@ -53,6 +53,29 @@ impl State {
     }
 }
 
+/// What the workload's health check says of the current run ([`crate::spec::HealthCheck`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    /// Its spec has no health check.
+    Unchecked,
+    /// It has one and the check has not passed in this run (or no run is going).
+    Starting,
+    /// The check passed in this run (the guest init's HEALTHY report).
+    Healthy,
+}
+
+impl Health {
+    pub const ALL: [Health; 3] = [Health::Unchecked, Health::Starting, Health::Healthy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Unchecked => "unchecked",
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitStatus {
@@ -76,6 +99,9 @@ pub enum ExitStatus {
     /// in all but name (docs/guest-init.md "Out of memory"). Last, so that encoded values keep
     /// their meaning.
     ThrashKilled(i32),
+    /// The guest init killed the entrypoint with this signal because its health check failed
+    /// `retries` times in a row ([`crate::spec::HealthCheck`]).
+    Unhealthy(i32),
 }
 
 impl ExitStatus {
@@ -96,6 +122,7 @@ impl core::fmt::Display for ExitStatus {
             ExitStatus::PoweredOff => write!(f, "powered off by the node"),
             ExitStatus::CreateFailed => write!(f, "microVM not created"),
             ExitStatus::ThrashKilled(s) => write!(f, "killed by the guest init: out of memory, thrashing (signal {s})"),
+            ExitStatus::Unhealthy(s) => write!(f, "killed by the guest init: unhealthy, its health check failed (signal {s})"),
         }
     }
 }
@@ -128,6 +155,7 @@ pub struct Status {
     /// Its /128 (a workload created with network, once the node's network is up); the same
     /// for every run until it is destroyed.
     pub address: Option<core::net::Ipv6Addr>,
+    pub health: Health,
 }
 
 /// One line of `Request::List`.
@@ -148,4 +176,5 @@ pub struct Summary {
     /// again when the desired state wants it here (it asks nothing of its own memory, so a
     /// restarted `orchd` does the same).
     pub stopped: bool,
+    pub health: Health,
 }

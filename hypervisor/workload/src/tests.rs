@@ -14,7 +14,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 fn spec(name: &str, mib: u32, restart: RestartPolicy) -> WorkloadSpec {
-    WorkloadSpec { name: name.into(), image: image(), vcpus: 1, memory_mib: mib, env: vec!["A=1".into()], args: Some(vec!["flaky".into()]), restart, net: false }
+    WorkloadSpec { health: None, name: name.into(), image: image(), vcpus: 1, memory_mib: mib, env: vec!["A=1".into()], args: Some(vec!["flaky".into()]), restart, net: false }
 }
 
 fn status(s: &mut crate::service::Service, k: &mut SimKernel, name: &str, now: u64) -> Status {
@@ -121,6 +121,69 @@ fn oom_kill_is_reported_and_is_a_failure() {
     let st = status(&mut s, &mut k, "m", 20_000);
     assert_eq!((st.state, st.exit, st.restarts), (State::Exited, Some(ExitStatus::OomKilled(9)), 1));
     assert_eq!(format!("{}", ExitStatus::OomKilled(9)), "killed by the kernel's OOM killer (signal 9)");
+}
+
+fn check() -> HealthCheck {
+    HealthCheck { cmd: vec!["test".into(), "-f".into(), "/tmp/up".into()], interval_secs: 2, timeout_secs: 1, retries: 3, start_period_secs: 0 }
+}
+
+/// A workload with a health check: the check reaches the guest with each run; its health is
+/// `starting` until the init reports HEALTHY, `healthy` then, and `starting` again in the next
+/// run; the init's kill of an unhealthy workload is a failure its policy restarts.
+#[test]
+fn health_is_reported_per_run_and_an_unhealthy_kill_is_a_failure() {
+    let (mut s, mut k) = (service(1024), SimKernel::default());
+    let mut sp = spec("h", 64, RestartPolicy::OnFailure { limit: 1 });
+    sp.health = Some(check());
+    s.handle(Request::Create(sp), 0, &mut k).unwrap();
+    s.handle(Request::Start(Target::Name("h".into())), 0, &mut k).unwrap();
+    assert_eq!(k.created.last().unwrap().health, Some(check()));
+    assert_eq!(status(&mut s, &mut k, "h", 0).health, Health::Starting);
+    s.on_event(VmEvent { vm: 1, event: Event::Ready }, 5, &mut k);
+    assert_eq!(status(&mut s, &mut k, "h", 5).health, Health::Starting, "running, the check not passed yet");
+    s.on_event(VmEvent { vm: 1, event: Event::Healthy }, 2000, &mut k);
+    assert_eq!(status(&mut s, &mut k, "h", 2000).health, Health::Healthy);
+    let listed = |s: &mut crate::service::Service, k: &mut SimKernel| match s.handle(Request::List, 2000, k) {
+        Ok(Reply::List(l)) => l[0].health,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(listed(&mut s, &mut k), Health::Healthy);
+    end(&mut s, &mut k, 1, Some(vmctl::Exit::Unhealthy(9)), vmctl::Ended::PowerOff, 9000);
+    let st = status(&mut s, &mut k, "h", 9000);
+    assert_eq!((st.state, st.exit, st.restarts, st.health), (State::Starting, Some(ExitStatus::Unhealthy(9)), 1, Health::Starting));
+    s.tick(20_000, &mut k);
+    assert_eq!(k.created.len(), 2, "restarted");
+    assert_eq!(k.created[1].health, Some(check()));
+    s.on_event(VmEvent { vm: 2, event: Event::Ready }, 20_005, &mut k);
+    assert_eq!(status(&mut s, &mut k, "h", 20_005).health, Health::Starting, "a new run starts unchecked");
+    assert_eq!(format!("{}", ExitStatus::Unhealthy(9)), "killed by the guest init: unhealthy, its health check failed (signal 9)");
+    // without a check there is nothing to say
+    s.handle(Request::Create(spec("u", 64, RestartPolicy::No)), 0, &mut k).unwrap();
+    assert_eq!(status(&mut s, &mut k, "u", 0).health, Health::Unchecked);
+}
+
+#[test]
+fn health_check_bounds() {
+    let mut sp = spec("h", 64, RestartPolicy::No);
+    sp.health = Some(check());
+    assert!(sp.check().is_ok());
+    let bad: [fn(&mut HealthCheck); 9] = [
+        |h| h.cmd.clear(),
+        |h| h.cmd[0].clear(),
+        |h| h.cmd = vec!["x".into(); HEALTH_CMD_MAX + 1],
+        |h| h.cmd[1] = "a\0b".into(),
+        |h| h.interval_secs = 0,
+        |h| h.timeout_secs = h.interval_secs + 1,
+        |h| h.retries = 0,
+        |h| h.retries = HEALTH_RETRIES_MAX + 1,
+        |h| h.start_period_secs = HEALTH_SECS_MAX + 1,
+    ];
+    for (i, f) in bad.iter().enumerate() {
+        let mut h = check();
+        f(&mut h);
+        sp.health = Some(h);
+        assert_eq!(sp.check(), Err(Error::BadSpec(SpecError::Health)), "case {i}");
+    }
 }
 
 /// The init's kill of a thrashing VM is reported as such, and, as an OOM kill, is a failure.
@@ -525,7 +588,7 @@ fn a_restarted_service_adopts_running_vms() {
         .map(|vm| {
             let tag = k.tags.iter().find(|(v, _)| v == vm).map(|(_, t)| t.clone()).unwrap();
             let tag = if *vm == 3 { vec![0xff; 5] } else { tag };
-            vmctl::LiveVm { vm: *vm, tag, ready: *vm == 4, age_ms: 50, touched_bytes: 1 << 20 }
+            vmctl::LiveVm { healthy: false, vm: *vm, tag, ready: *vm == 4, age_ms: 50, touched_bytes: 1 << 20 }
         })
         .collect();
     let mut s2 = service(1024);

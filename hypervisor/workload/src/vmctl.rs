@@ -158,6 +158,8 @@ pub struct LiveVm {
     pub tag: Vec<u8>,
     /// Its init reported READY.
     pub ready: bool,
+    /// Its init reported HEALTHY (the workload's health check passed).
+    pub healthy: bool,
     pub age_ms: u64,
     pub touched_bytes: u64,
 }
@@ -214,6 +216,8 @@ pub struct CreateVm {
     /// Power it off once the kernel's monotonic clock passes this (ns; 0 = never), as
     /// [`OP_DEADLINE`] sets it later: set at creation, so no instant runs without it.
     pub deadline_ns: u64,
+    /// The health check the guest init runs (`node.json`'s `health`).
+    pub health: Option<crate::spec::HealthCheck>,
 }
 
 /// How a microVM ended, as the kernel saw it.
@@ -241,6 +245,9 @@ pub enum Exit {
     OomKilled(i32),
     /// Killed by the guest init with this signal because the VM thrashed.
     ThrashKilled(i32),
+    /// Killed by the guest init with this signal because its health check failed `retries`
+    /// times in a row.
+    Unhealthy(i32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +258,8 @@ pub enum Event {
     Lost { bytes: u64 },
     /// catenary-init is about to run the entrypoint.
     Ready,
+    /// The workload's health check passed (once per run).
+    Healthy,
     Exit(Exit),
     /// The microVM is gone (its last event).
     Ended { how: Ended, touched_bytes: u64, wall_ms: u64 },
@@ -301,7 +310,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_refuse_junk() {
-        let c = CreateVm { image: Digest([7; 32]), name: "w1".into(), vcpus: 1, memory_mib: 64, args: Some(vec!["a".into()]), env: vec!["X=1".into()], net: Some(3), deadline_ns: 5 };
+        let c = CreateVm { health: None, image: Digest([7; 32]), name: "w1".into(), vcpus: 1, memory_mib: 64, args: Some(vec!["a".into()]), env: vec!["X=1".into()], net: Some(3), deadline_ns: 5 };
         let b = encode(&c).unwrap();
         assert_eq!(decode::<CreateVm>(&b), Some(c));
         let mut t = b.clone();

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use raftbare::{ClusterConfig, LogEntries, LogEntry, LogIndex, LogPosition, Message, MessageHeader, MessageSeqNo, NodeId, Term};
 
-use crate::desired::{Command, RestartPolicy, Role, WorkloadSpec, LABEL_CHANGES_MAX};
+use crate::desired::{Command, HealthCheck, RestartPolicy, Role, WorkloadSpec, LABEL_CHANGES_MAX};
 use crate::identity::NodeKey;
 use crate::placement::Constraint;
 use crate::replica::Envelope;
@@ -192,7 +192,20 @@ impl<'a> R<'a> {
                 t => return Err(WireError::BadTag(t)),
             });
         }
-        Ok(WorkloadSpec { name, image, replicas, vcpus, mem_mib, env, args, restart, constraints })
+        let health = match self.u8()? {
+            0 => None,
+            1 => {
+                let n = self.count(LIST_MAX, 2)?;
+                let mut cmd = Vec::new();
+                for _ in 0..n {
+                    cmd.push(self.str()?);
+                }
+                let (interval_secs, timeout_secs, retries, start_period_secs) = (self.u32()?, self.u32()?, self.u32()?, self.u32()?);
+                Some(HealthCheck { cmd, interval_secs, timeout_secs, retries, start_period_secs })
+            }
+            t => return Err(WireError::BadTag(t)),
+        };
+        Ok(WorkloadSpec { name, image, replicas, vcpus, mem_mib, env, args, restart, constraints, health })
     }
     pub(super) fn envelope(&mut self) -> Result<Envelope, WireError> {
         let from = self.num()?;

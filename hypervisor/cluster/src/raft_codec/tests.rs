@@ -7,7 +7,7 @@ use alloc::string::ToString;
 use alloc::vec;
 
 fn spec(name: &str) -> WorkloadSpec {
-    WorkloadSpec {
+    WorkloadSpec { health: None,
         name: name.to_string(),
         image: [9; 32],
         replicas: 2,
@@ -29,6 +29,10 @@ fn every_command() -> Vec<Command> {
     let k = NodeKey([5; 32]);
     vec![
         Command::PutWorkload(spec("web")),
+        Command::PutWorkload(WorkloadSpec {
+            health: Some(crate::desired::HealthCheck { cmd: vec!["wget".to_string(), "-q".to_string(), "http://[::1]/ü".to_string()], interval_secs: 10, timeout_secs: 5, retries: 3, start_period_secs: 30 }),
+            ..spec("checked")
+        }),
         Command::RemoveWorkload("web".to_string()),
         Command::AdmitNode(k),
         Command::RemoveNode(k),

@@ -173,6 +173,21 @@ impl W {
                 }
             }
         }
+        // the health check: 0 none, 1 then its command and four numbers
+        match &s.health {
+            None => self.u8(0),
+            Some(h) => {
+                self.u8(1);
+                let n = h.cmd.len().min(LIST_MAX);
+                self.u16(n as u16);
+                for a in &h.cmd[..n] {
+                    self.str(a);
+                }
+                for v in [h.interval_secs, h.timeout_secs, h.retries, h.start_period_secs] {
+                    self.u32(v);
+                }
+            }
+        }
     }
     pub(super) fn envelope(&mut self, e: &Envelope) {
         self.u64(e.from);

@@ -33,6 +33,8 @@ struct VmRec {
     /// The owner's bytes for this VM (`OP_TAG`), returned by `OP_LIVE`.
     tag: Vec<u8>,
     ready: bool,
+    /// Its init reported HEALTHY (returned by `OP_LIVE`, so an adopting owner knows).
+    healthy: bool,
     created_ns: u64,
     /// The owner died at this time and nobody adopted the VM yet.
     orphaned_ns: Option<u64>,
@@ -64,6 +66,7 @@ struct Launch {
     vcpus: u8,
     image: Arc<crate::vmstore::ImageBytes>,
     args: Option<Vec<String>>,
+    health: Option<catenary_workload::spec::HealthCheck>,
     env: Vec<String>,
     /// The workload service's network link slot (`catenary_workload::net`).
     net: Option<u8>,
@@ -331,7 +334,7 @@ fn live(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
                 .filter(|(_, v)| v.owner == ep)
                 .map(|(h, v)| {
                     v.orphaned_ns = None;
-                    LiveVm { vm: *h, tag: v.tag.clone(), ready: v.ready, age_ms: (now - v.created_ns) / 1_000_000, touched_bytes: v.touched.load(Ordering::Relaxed) }
+                    LiveVm { vm: *h, tag: v.tag.clone(), ready: v.ready, healthy: v.healthy, age_ms: (now - v.created_ns) / 1_000_000, touched_bytes: v.touched.load(Ordering::Relaxed) }
                 })
                 .collect(),
         )
@@ -428,12 +431,12 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
         }
         k.vmctl.next += 1;
         let h = k.vmctl.next;
-        k.vmctl.vms.insert(h, VmRec { owner: ep, ctl: ctl.clone(), touched: touched.clone(), tag: Vec::new(), ready: false, created_ns: catenary_arch::time::now_ns(), orphaned_ns: None });
+        k.vmctl.vms.insert(h, VmRec { owner: ep, ctl: ctl.clone(), touched: touched.clone(), tag: Vec::new(), ready: false, healthy: false, created_ns: catenary_arch::time::now_ns(), orphaned_ns: None });
         Ok(h)
     })?;
     let name = alloc::format!("vm-{}", req.name);
     cpu::without_interrupts(|| {
-        LAUNCH.lock().insert(handle, Launch { name: req.name, mem_mib: req.memory_mib as u64, vcpus: req.vcpus, image, args: req.args, env: req.env, net: req.net, ctl, touched });
+        LAUNCH.lock().insert(handle, Launch { name: req.name, mem_mib: req.memory_mib as u64, vcpus: req.vcpus, image, args: req.args, health: req.health, env: req.env, net: req.net, ctl, touched });
     });
     if !REAPER.swap(true, Ordering::AcqRel) && try_spawn_kernel("vm-orphans", Priority::NORMAL, Affinity::ANY, reaper, 0).is_err() {
         REAPER.store(false, Ordering::Release);
@@ -469,7 +472,7 @@ fn vm_task(handle: u64) {
     };
     // with a NAT64 gateway in the cluster, a networked workload resolves names through DNS64
     let dns: &[core::net::Ipv6Addr] = if net.is_some() && crate::net::nat64_named() { &[catenary_net::nat64route::DNS64_ADDR] } else { &[] };
-    let node_json = catenary_workload::node::node_json_with_dns(&l.name, net.map(|n| n.addr), l.args.as_deref(), &l.env, dns);
+    let node_json = catenary_workload::node::node_json_with_dns(&l.name, net.map(|n| n.addr), l.args.as_deref(), &l.env, dns, l.health.as_ref());
     let r = crate::vm::run_image_vm(handle, &l.name, l.mem_mib, l.vcpus, crate::vmstore::disk(&l.image), l.image.config(), &node_json, net, &l.ctl, &l.touched);
     drop(l.image); // the image may be removed now
     if let Some(n) = net {
@@ -493,6 +496,7 @@ fn vm_task(handle: u64) {
             W::InitFailed(s) => Exit::InitFailed(s),
             W::OomKilled(s) => Exit::OomKilled(s),
             W::ThrashKilled(s) => Exit::ThrashKilled(s),
+            W::Unhealthy(s) => Exit::Unhealthy(s),
         };
         push(handle, Event::Exit(e));
     }
@@ -541,6 +545,12 @@ pub fn log_line(handle: VmHandle, stream: catenary_vmm::guest_proto::wire::Strea
 pub fn ready(handle: VmHandle) {
     with(|k| k.vmctl.vms.get_mut(&handle).map(|v| v.ready = true));
     push(handle, Event::Ready);
+}
+
+/// VM `handle`'s init reported that the workload's health check passed.
+pub fn healthy(handle: VmHandle) {
+    with(|k| k.vmctl.vms.get_mut(&handle).map(|v| v.healthy = true));
+    push(handle, Event::Healthy);
 }
 
 /// The owner of `ep` (the workload service) died: its VMs keep running, their events keep
