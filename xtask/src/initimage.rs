@@ -15,6 +15,13 @@
 //! waits 15 s (no kill allowed), then reads a 24 MiB file of its squashfs over and over: the kernel evicts and reads back the
 //! file (and busybox's own text) and never decides it is out of memory. The init's thrash guard
 //! must kill it, and workd must report that kill, not an OOM kill or a plain signal 9.
+//!
+//! `vm_linux_workload_unhealthy`: the node's demo workload with a health check
+//! (`workload.health=/bin/busybox,test,-f,/tmp/up`, every 2 s, 2 retries). Its entrypoint
+//! creates /tmp/up, says `up`, sleeps 7 s, removes the file, says `down` and sleeps on. The
+//! check must pass (workd logs the workload healthy, from the guest's HEALTHY report) before
+//! `down`, and fail twice after it; the init must kill the workload then, and workd report it
+//! as unhealthy, not as a plain signal 9.
 
 use crate::ociimage as oci;
 use crate::qemu::run_captured;
@@ -109,9 +116,10 @@ impl MemoryRun {
     }
 }
 
-/// The memory tests' common part: an image of busybox and whatever `add` puts into its root
-/// file system, with `sh -c SCRIPT` as its command, run by the workload service as the node's
-/// demo workload in a 128 MiB microVM; its serial log saved as `build/NAME.log`. None when the
+/// The memory (and health) tests' common part: an image of busybox and whatever `add` puts into
+/// its root file system, with `sh -c SCRIPT` as its command, run by the workload service as the
+/// node's demo workload in a 128 MiB microVM (`cmdline`: more of the node's command line);
+/// its serial log saved as `build/NAME.log`. None when the
 /// test was already recorded (SKIPPED without the image tools, failed when the image could not
 /// be built).
 fn run_memory_image(
@@ -119,6 +127,7 @@ fn run_memory_image(
     name: &str,
     add: impl FnOnce(&Path) -> Result<(), String>,
     script: &str,
+    cmdline: &str,
     want: &[&'static str],
     fail: &[&str],
 ) -> Result<Option<MemoryRun>, String> {
@@ -142,7 +151,7 @@ fn run_memory_image(
     let bundle = dir.join("bundle.cpio");
     oci::bundle_with_image(&dir.join("out"), &bundle)?;
     let kernel = crate::build::build_kernel(false)?;
-    let b = crate::vmbench::node_with_guest(&kernel, &bundle, &format!("{} workload.mem=128 heartbeat=1000", crate::qemu::RUN_IMAGE_CMDLINE));
+    let b = crate::vmbench::node_with_guest(&kernel, &bundle, &format!("{} workload.mem=128 heartbeat=1000 {cmdline}", crate::qemu::RUN_IMAGE_CMDLINE));
     let o = run_captured(b.command(false)?, want, fail, Duration::from_secs(300), false)?;
     let log = out_dir().join(format!("{name}.log"));
     let _ = std::fs::write(&log, o.lines.join("\n"));
@@ -167,7 +176,7 @@ pub fn oom_test(t: &mut Tally) -> Result<(), String> {
         "workd: demo ended: crashed",
         "catenary-init: error",
     ];
-    let Some(r) = run_memory_image(t, OOM, |_| Ok(()), script, &want, &fail)? else { return Ok(()) };
+    let Some(r) = run_memory_image(t, OOM, |_| Ok(()), script, "", &want, &fail)? else { return Ok(()) };
     t.record(
         OOM,
         r.o.matched && r.o.failed_on.is_none(),
@@ -226,7 +235,7 @@ pub fn thrash_test(t: &mut Tally) -> Result<(), String> {
         "workd: demo ended: crashed",
         "catenary-init: error",
     ];
-    let Some(r) = run_memory_image(t, NAME, add_incompressible_file, THRASH_SCRIPT, &want, &fail)? else { return Ok(()) };
+    let Some(r) = run_memory_image(t, NAME, add_incompressible_file, THRASH_SCRIPT, "", &want, &fail)? else { return Ok(()) };
     // Measured on the host's clock from the captured lines: the rereading's start to the kill.
     // A kill before it (low memory alone, nothing read back) fails the test.
     let (guard_ms, in_order) = match (r.o.times[2], r.o.times[3]) {
@@ -240,6 +249,46 @@ pub fn thrash_test(t: &mut Tally) -> Result<(), String> {
         NAME,
         r.o.matched && r.o.failed_on.is_none() && in_order,
         &format!("({guard_ms}; {filled}; missing {:?}{}; serial log {})", r.missing, r.stopped(), r.log.display()),
+    );
+    Ok(())
+}
+
+/// `vm_linux_workload_unhealthy` (see the top of this file).
+pub fn unhealthy_test(t: &mut Tally) -> Result<(), String> {
+    const NAME: &str = "vm_linux_workload_unhealthy";
+    let script = "busybox touch /tmp/up; echo up; busybox sleep 7; busybox rm /tmp/up; echo down; busybox sleep 600";
+    let cmdline = "workload.health=/bin/busybox,test,-f,/tmp/up workload.health_interval=2 workload.health_retries=2";
+    let want = [
+        "[vm:demo stdout] up",
+        "workd: demo health: healthy",
+        "[vm:demo stdout] down",
+        "[vm:demo init] catenary-init: health check failed (exit code 1): 1 of 2 in a row",
+        "[vm:demo init] catenary-init: health check failed (exit code 1): 2 of 2 in a row: the workload is unhealthy; killing it",
+        "workd: demo ended: killed by the guest init: unhealthy, its health check failed (signal 9)",
+    ];
+    let fail = [
+        "KERNEL PANIC",
+        "- stopping this CPU",
+        "workd: demo ended: killed by signal",
+        "workd: demo ended: exit code",
+        "workd: demo ended: crashed",
+        "catenary-init: error",
+    ];
+    let Some(r) = run_memory_image(t, NAME, |_| Ok(()), script, cmdline, &want, &fail)? else { return Ok(()) };
+    // In this order: healthy while /tmp/up is there, failing only after `down` (so the pass was
+    // not a stale or a made-up one, nor the failures early).
+    let times: Vec<_> = r.o.times.iter().flatten().collect();
+    let in_order = times.len() == want.len() && times.windows(2).all(|w| w[0] <= w[1]);
+    let span = |a: usize, b: usize| match (r.o.times[a], r.o.times[b]) {
+        (Some(x), Some(y)) => format!("{} ms", y.saturating_sub(x).as_millis()),
+        _ => "-".into(),
+    };
+    let timing = format!("healthy {} after `up`; killed {} after `down`", span(0, 1), span(2, 4));
+    println!("{NAME}: {timing}");
+    t.record(
+        NAME,
+        r.o.matched && r.o.failed_on.is_none() && in_order,
+        &format!("({timing}; in order: {in_order}; missing {:?}{}; serial log {})", r.missing, r.stopped(), r.log.display()),
     );
     Ok(())
 }

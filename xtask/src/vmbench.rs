@@ -99,6 +99,9 @@ pub fn linux_guest_tests(t: &mut Tally) -> Result<(), String> {
     if crate::test::selected("vm_linux_workload_thrash_killed") {
         crate::initimage::thrash_test(t)?;
     }
+    if crate::test::selected("vm_linux_workload_unhealthy") {
+        crate::initimage::unhealthy_test(t)?;
+    }
     if crate::test::selected("vm_linux_image_layers") {
         crate::layerimage::test(t, &kernel)?;
     }

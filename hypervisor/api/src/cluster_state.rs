@@ -50,6 +50,7 @@ pub fn replica_spec(s: &WorkloadSpec, r: u32) -> Option<catenary_workload::Workl
             R::Always => RestartPolicy::Always,
         },
         net: true,
+        health: s.health.as_ref().map(|h| catenary_workload::spec::HealthCheck { cmd: h.cmd.clone(), interval_secs: h.interval_secs, timeout_secs: h.timeout_secs, retries: h.retries, start_period_secs: h.start_period_secs }),
     })
 }
 
@@ -98,6 +99,7 @@ pub fn command(w: crate::ClusterWrite, node: Option<[u8; 32]>) -> Command {
                 RestartPolicy::Always => R::Always,
             },
             constraints,
+            health: spec.health.map(|h| catenary_cluster::desired::HealthCheck { cmd: h.cmd, interval_secs: h.interval_secs, timeout_secs: h.timeout_secs, retries: h.retries, start_period_secs: h.start_period_secs }),
         }),
         crate::ClusterWrite::Remove(name) => Command::RemoveWorkload(name),
         crate::ClusterWrite::Drain(_) => Command::Drain(catenary_cluster::NodeKey(node.unwrap_or([0; 32]))),
@@ -159,6 +161,7 @@ fn status_of(s: WorkloadSpec, eligible: u32) -> ClusterWorkloadStatus {
             R::Always => RestartPolicy::Always,
         }),
         constraints: s.constraints.iter().map(constraint_text).collect(),
+        health: s.health.as_ref().map(|h| crate::types::HealthCheck { cmd: h.cmd.clone(), interval_secs: Some(h.interval_secs), timeout_secs: Some(h.timeout_secs), retries: Some(h.retries), start_period_secs: Some(h.start_period_secs) }),
         running: 0,
         eligible_nodes: eligible,
         placeable: eligible >= s.replicas,

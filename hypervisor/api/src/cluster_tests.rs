@@ -118,7 +118,7 @@ fn refused(c: &mut [Sim], at: usize, caller: [u8; 32], req: &ClientRequest) -> (
 }
 
 fn run_req(name: &str, image: Digest) -> RunRequest {
-    RunRequest { name: Some(name.into()), image: image.to_string(), cpus: None, memory_mib: Some(64), env: vec![], args: None, restart: None, net: None, replicas: None, constraints: None }
+    RunRequest { health: None, name: Some(name.into()), image: image.to_string(), cpus: None, memory_mib: Some(64), env: vec![], args: None, restart: None, net: None, replicas: None, constraints: None }
 }
 
 #[test]

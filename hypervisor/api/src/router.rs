@@ -395,6 +395,7 @@ impl Api {
             args: r.args,
             restart,
             net: r.net.unwrap_or(true),
+            health: r.health.as_ref().map(HealthCheck::to_spec),
         };
         spec.check()?;
         let id = match backend.workd(wk::Request::Create(spec))? {
@@ -444,6 +445,7 @@ impl Api {
             args: r.args,
             restart,
             net: r.net.unwrap_or(true),
+            health: r.health.as_ref().map(HealthCheck::to_spec),
         };
         spec.check()?;
         // what the put did, as the cluster's log applied it (orchd's word; none from an orchd

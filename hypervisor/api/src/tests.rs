@@ -48,7 +48,7 @@ fn refused(api: &mut Api, node: &mut SimNode, caller: [u8; 32], req: &ClientRequ
 }
 
 fn run_req(name: &str, mib: u32) -> RunRequest {
-    RunRequest { name: Some(name.into()), image: image().to_string(), cpus: None, memory_mib: Some(mib), env: vec!["A=1".into()], args: None, restart: None, net: None, replicas: None, constraints: None }
+    RunRequest { health: None, name: Some(name.into()), image: image().to_string(), cpus: None, memory_mib: Some(mib), env: vec!["A=1".into()], args: None, restart: None, net: None, replicas: None, constraints: None }
 }
 
 #[test]
@@ -194,6 +194,42 @@ fn run_ps_inspect_logs_follow_stop_remove_events() {
     let none: EventList = ok(&mut api, &mut node, &client::events(ev.next));
     assert!(none.events.is_empty());
     assert_eq!((none.next, none.lost), (ev.next, 0));
+}
+
+/// A run's health check reaches the workload service with the defaults filled in; inspect
+/// and ps show it and the workload's health as the guest reports it; a check out of bounds is
+/// refused naming the field.
+#[test]
+fn a_health_check_is_run_with_defaults_and_shown() {
+    let (mut api, mut node) = (fuzzing::api(), SimNode::new(1024));
+    let mut req = run_req("web", 64);
+    req.health = Some(HealthCheck { cmd: vec!["test".into(), "-f".into(), "/tmp/up".into()], interval_secs: Some(2), timeout_secs: None, retries: None, start_period_secs: None });
+    let w: Workload = ok(&mut api, &mut node, &client::run(&req));
+    let want = catenary_workload::spec::HealthCheck { cmd: vec!["test".into(), "-f".into(), "/tmp/up".into()], interval_secs: 2, timeout_secs: 2, retries: 3, start_period_secs: 0 };
+    assert_eq!(node.kernel.created[0].health, Some(want.clone()), "timeout defaults to 5 s, or the interval when shorter");
+    assert_eq!((w.health.as_str(), w.health_check.clone()), ("starting", Some(HealthCheck::from_spec(&want))));
+    let vm = node.kernel.next;
+    node.service.on_event(VmEvent { vm, event: Event::Ready }, 0, &mut node.kernel);
+    node.service.on_event(VmEvent { vm, event: Event::Healthy }, 0, &mut node.kernel);
+    let l: WorkloadList = ok(&mut api, &mut node, &client::list_workloads());
+    assert_eq!(l.workloads[0].health, "healthy");
+    assert_eq!(ok::<Workload>(&mut api, &mut node, &client::inspect("web")).health, "healthy");
+    // without one: unchecked, and the defaults of a bare check
+    let w: Workload = ok(&mut api, &mut node, &client::run(&run_req("plain", 64)));
+    assert_eq!((w.health.as_str(), w.health_check), ("unchecked", None));
+    let bare = HealthCheck { cmd: vec!["true".into()], interval_secs: None, timeout_secs: None, retries: None, start_period_secs: None };
+    assert_eq!(bare.to_spec(), catenary_workload::spec::HealthCheck { cmd: vec!["true".into()], interval_secs: 10, timeout_secs: 5, retries: 3, start_period_secs: 0 });
+    for bad in [
+        HealthCheck { cmd: vec![], ..bare.clone() },
+        HealthCheck { retries: Some(0), ..bare.clone() },
+        HealthCheck { interval_secs: Some(2), timeout_secs: Some(3), ..bare.clone() },
+    ] {
+        let mut req = run_req("bad", 64);
+        req.health = Some(bad);
+        let (status, _, message) = refused(&mut api, &mut node, ADMIN, &client::run(&req));
+        assert_eq!(status, 400);
+        assert!(message.starts_with("health:"), "{message}");
+    }
 }
 
 #[test]
@@ -543,6 +579,15 @@ fn cluster_writes_go_to_the_orchestration_service() {
         [crate::ClusterWrite::Put { spec, replicas: 2, .. }] => assert_eq!((spec.name.as_str(), spec.memory_mib, spec.env.clone()), ("web", 64, vec!["A=1".to_string()])),
         w => panic!("{w:?}"),
     }
+    // a health check goes into the desired state, and from there into each replica's spec
+    let mut checked = req.clone();
+    checked.health = Some(HealthCheck { cmd: vec!["true".into()], interval_secs: Some(4), timeout_secs: None, retries: Some(2), start_period_secs: Some(30) });
+    assert_eq!(send(&mut api, &mut o, ADMIN, &client::run_cluster(&checked)).0, 201);
+    let want = catenary_workload::spec::HealthCheck { cmd: vec!["true".into()], interval_secs: 4, timeout_secs: 4, retries: 2, start_period_secs: 30 };
+    let Some(crate::ClusterWrite::Put { spec, .. }) = o.writes.pop() else { panic!("no put") };
+    assert_eq!(spec.health, Some(want.clone()));
+    let catenary_cluster::desired::Command::PutWorkload(desired) = crate::cluster_state::command(crate::ClusterWrite::Put { spec, replicas: 2, constraints: vec![] }, None) else { panic!("not a put") };
+    assert_eq!(crate::cluster_state::replica_spec(&desired, 1).unwrap().health, Some(want));
     // nothing ran on this node: the cluster places it
     assert_eq!(o.node.service.len(), 0);
     // refused before reaching the cluster: viewer, no name, replicas 0 or 65, a long name

@@ -199,6 +199,52 @@ pub struct RunRequest {
     /// `KEY=VALUE` or `KEY!=VALUE` (at most 16).
     #[serde(default)]
     pub constraints: Option<Vec<String>>,
+    /// A command the guest runs to tell whether the workload is healthy (none: not checked).
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+}
+
+/// A workload's health check (docs/workloads.md "Health check"): `cmd` runs inside the
+/// microVM as the workload's user, in its environment, every `interval_secs` (default 10);
+/// exit 0 within `timeout_secs` (default 5, at most the interval) passes. The first pass makes
+/// the workload `healthy`; `retries` (default 3) failures in a row, not counting those in the
+/// first `start_period_secs` (default 0), kill it (`how` = `unhealthy`), and its restart policy
+/// applies. Answers give every field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub interval_secs: Option<u32>,
+    #[serde(default)]
+    pub timeout_secs: Option<u32>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub start_period_secs: Option<u32>,
+}
+
+pub const HEALTH_INTERVAL_DEFAULT_SECS: u32 = 10;
+pub const HEALTH_TIMEOUT_DEFAULT_SECS: u32 = 5;
+pub const HEALTH_RETRIES_DEFAULT: u32 = 3;
+
+impl HealthCheck {
+    /// With the defaults filled in (the workload service checks the bounds).
+    pub fn to_spec(&self) -> catenary_workload::spec::HealthCheck {
+        let interval_secs = self.interval_secs.unwrap_or(HEALTH_INTERVAL_DEFAULT_SECS);
+        catenary_workload::spec::HealthCheck {
+            cmd: self.cmd.clone(),
+            interval_secs,
+            timeout_secs: self.timeout_secs.unwrap_or(HEALTH_TIMEOUT_DEFAULT_SECS.min(interval_secs)),
+            retries: self.retries.unwrap_or(HEALTH_RETRIES_DEFAULT),
+            start_period_secs: self.start_period_secs.unwrap_or(0),
+        }
+    }
+
+    /// Every field, as answers give it.
+    pub fn from_spec(h: &catenary_workload::spec::HealthCheck) -> HealthCheck {
+        HealthCheck { cmd: h.cmd.clone(), interval_secs: Some(h.interval_secs), timeout_secs: Some(h.timeout_secs), retries: Some(h.retries), start_period_secs: Some(h.start_period_secs) }
+    }
 }
 
 /// `POST /v1/cluster/nodes/{node}/drain`: the node (name) the cluster's scheduler takes
@@ -224,7 +270,7 @@ pub struct ClusterWorkload {
     #[serde(default)]
     pub change: Option<String>,
     /// The fields an update changed (`image`, `replicas`, `cpus`, `memory_mib`, `env`, `args`,
-    /// `restart`, `constraints`).
+    /// `restart`, `constraints`, `health`).
     #[serde(default)]
     pub changed: Vec<String>,
 }
@@ -251,6 +297,9 @@ pub struct ClusterWorkloadStatus {
     pub restart: String,
     /// `KEY=VALUE` / `KEY!=VALUE` on the nodes' labels.
     pub constraints: Vec<String>,
+    /// Its replicas' health check (`null`: none).
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
     /// Replicas whose node reports them `running`.
     pub running: u32,
     /// Nodes (admitted, not drained) whose labels meet every constraint.
@@ -289,7 +338,7 @@ pub struct StopRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
     /// `code`, `signal`, `oom_killed`, `init_failed`, `crashed`, `powered_off`, `create_failed`,
-    /// `thrash_killed`.
+    /// `thrash_killed`, `unhealthy`.
     pub how: String,
     /// The exit code or signal number, when there is one.
     pub status: Option<i32>,
@@ -307,6 +356,7 @@ impl From<ExitStatus> for Exit {
             ExitStatus::PoweredOff => ("powered_off", None),
             ExitStatus::CreateFailed => ("create_failed", None),
             ExitStatus::ThrashKilled(s) => ("thrash_killed", Some(s)),
+            ExitStatus::Unhealthy(s) => ("unhealthy", Some(s)),
         };
         Exit { how: how.to_string(), status, text: e.to_string() }
     }
@@ -347,6 +397,14 @@ pub struct WorkloadSummary {
     /// that answered).
     #[serde(default)]
     pub node: Option<String>,
+    /// `unchecked` (no health check), `starting` (its check has not passed in this run) or
+    /// `healthy`. (`unchecked` when a node from before health checks answered a gathered list.)
+    #[serde(default = "unchecked")]
+    pub health: String,
+}
+
+fn unchecked() -> String {
+    catenary_workload::status::Health::Unchecked.name().to_string()
 }
 
 impl From<&Summary> for WorkloadSummary {
@@ -355,6 +413,7 @@ impl From<&Summary> for WorkloadSummary {
             id: s.id, name: s.name.clone(), state: s.state.name().to_string(), exit: s.exit.map(Exit::from), restarts: s.restarts, memory_mib: s.memory_mib,
             address: s.address.map(|a| a.to_string()),
             node: None,
+            health: s.health.name().to_string(),
         }
     }
 }
@@ -386,6 +445,12 @@ pub struct Workload {
     /// The node that runs it when another node answered (forwarded; `null`: the node asked).
     #[serde(default)]
     pub node: Option<String>,
+    /// As in [`WorkloadSummary::health`].
+    #[serde(default = "unchecked")]
+    pub health: String,
+    /// Its health check (`null`: none).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
 }
 
 impl From<&Status> for Workload {
@@ -408,6 +473,8 @@ impl From<&Status> for Workload {
             log_end: s.log_end,
             address: s.address.map(|a| a.to_string()),
             node: None,
+            health: s.health.name().to_string(),
+            health_check: s.health_check.as_ref().map(HealthCheck::from_spec),
         }
     }
 }
@@ -505,7 +572,8 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         labels: Some([("zone".to_string(), "a".to_string())].into()),
     };
     let image = Image { digest: d.clone(), rootfs: d.clone(), rootfs_size: 1, config: d.clone(), config_size: 1, node: Some("node2".into()) };
-    let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64, address: Some("fd00::100:0:1:1".into()), node: Some("node1".into()) };
+    let summary = WorkloadSummary { id: 1, name: "web".into(), state: "running".into(), exit: Some(exit.clone()), restarts: 0, memory_mib: 64, address: Some("fd00::100:0:1:1".into()), node: Some("node1".into()), health: "healthy".into() };
+    let check = HealthCheck { cmd: vec!["true".into()], interval_secs: Some(10), timeout_secs: Some(5), retries: Some(3), start_period_secs: Some(0) };
     let workload = Workload {
         id: 1,
         name: "web".into(),
@@ -524,6 +592,8 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         log_end: 1,
         address: Some("fd00::100:0:1:1".into()),
         node: Some("node2".into()),
+        health: "starting".into(),
+        health_check: Some(check.clone()),
     };
     let cluster_status = ClusterWorkloadStatus {
         name: "web".into(),
@@ -535,6 +605,7 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
         args: vec!["x".into()],
         restart: "no".into(),
         constraints: vec!["zone=a".into()],
+        health: Some(check.clone()),
         running: 1,
         eligible_nodes: 2,
         placeable: true,
@@ -567,8 +638,10 @@ pub fn schema_samples() -> Vec<(&'static str, serde_json::Value)> {
                 net: Some(true),
                 replicas: Some(2),
                 constraints: Some(vec!["zone=a".into()]),
+                health: Some(check.clone()),
             })),
         ),
+        ("HealthCheck", v(serde_json::to_value(&check))),
         ("ClusterWorkloadList", v(serde_json::to_value(ClusterWorkloadList { workloads: vec![cluster_status.clone()], total: 1 }))),
         ("ClusterWorkloadStatus", v(serde_json::to_value(&cluster_status))),
         ("ReplicaStatus", v(serde_json::to_value(&cluster_status.assignments[0]))),

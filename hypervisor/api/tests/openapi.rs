@@ -77,7 +77,8 @@ fn openapi_matches_the_implementation() {
     let doc_names: BTreeSet<&str> = schemas.keys().map(String::as_str).collect();
     let code_names: BTreeSet<&str> = samples.iter().map(|(n, _)| *n).collect();
     assert_eq!(doc_names, code_names, "schemas in openapi.json vs types::schema_samples");
-    let request_types = ["UploadCreate", "RunRequest", "StopRequest"];
+    // (HealthCheck is in requests too, where only `cmd` is required; answers give every field.)
+    let request_types = ["UploadCreate", "RunRequest", "StopRequest", "HealthCheck"];
     for (name, sample) in &samples {
         let s = &schemas[*name];
         let props = s["properties"].as_object().unwrap_or_else(|| panic!("{name}: properties"));
@@ -138,6 +139,7 @@ fn values_sent() -> Vec<(&'static str, &'static str, BTreeSet<String>)> {
     use catenary_cluster::membership::MemberState;
     use catenary_cluster::put_change::{Fields, PutChange};
     use catenary_workload::logring::Stream;
+    use catenary_workload::status::Health;
     use catenary_workload::{ExitStatus, State};
 
     let exits = [
@@ -149,11 +151,12 @@ fn values_sent() -> Vec<(&'static str, &'static str, BTreeSet<String>)> {
         ExitStatus::PoweredOff,
         ExitStatus::CreateFailed,
         ExitStatus::ThrashKilled(9),
+        ExitStatus::Unhealthy(9),
     ];
     for e in exits {
         match e {
             ExitStatus::Code(_) | ExitStatus::Signal(_) | ExitStatus::InitFailed(_) | ExitStatus::OomKilled(_) => {}
-            ExitStatus::Crashed | ExitStatus::PoweredOff | ExitStatus::CreateFailed | ExitStatus::ThrashKilled(_) => {}
+            ExitStatus::Crashed | ExitStatus::PoweredOff | ExitStatus::CreateFailed | ExitStatus::ThrashKilled(_) | ExitStatus::Unhealthy(_) => {}
         }
     }
     let streams = [Stream::Stdout, Stream::Stderr, Stream::Init, Stream::Node];
@@ -193,10 +196,19 @@ fn values_sent() -> Vec<(&'static str, &'static str, BTreeSet<String>)> {
         }
     }
     let states: BTreeSet<String> = State::ALL.iter().map(|s| s.name().to_string()).collect();
+    // (Health::ALL likewise.)
+    for h in Health::ALL {
+        match h {
+            Health::Unchecked | Health::Starting | Health::Healthy => {}
+        }
+    }
+    let health: BTreeSet<String> = Health::ALL.iter().map(|h| h.name().to_string()).collect();
     vec![
         ("Exit", "how", exits.into_iter().map(|e| catenary_api::types::Exit::from(e).how).collect()),
         ("Workload", "state", states.clone()),
         ("WorkloadSummary", "state", states),
+        ("Workload", "health", health.clone()),
+        ("WorkloadSummary", "health", health),
         ("Event", "kind", events.into_iter().map(|k| k.name().to_string()).collect()),
         ("LogRecord", "stream", streams.into_iter().map(|s| catenary_api::types::stream_name(s).to_string()).collect()),
         ("Node", "state", nodes.into_iter().map(|n| n.name().to_string()).collect()),

@@ -133,13 +133,15 @@ pub enum StoreErr {
 
 /// Take in the images among the boot modules (once, at boot; hashing happens here, outside
 /// every lock), and the workload the command line asks the workload service to start
-/// (`workload.demo=NAME`, `workload.mem=MiB`, default 256). The store's quota for pushed
+/// (`workload.demo=NAME`, `workload.mem=MiB`, default 256; `workload.health=…`: its health
+/// check, [`AutoStart::health_from`]). The store's quota for pushed
 /// images: `store.quota_mib=` or a quarter of the free memory now.
 pub fn init(modules: &[catenary_bootinfo::Module], cmdline: &str) {
     let autostart = crate::cmdline::get(cmdline, "workload.demo").map(|n| AutoStart {
         name: alloc::string::String::from(n),
         memory_mib: crate::cmdline::get(cmdline, "workload.mem").and_then(|m| m.parse().ok()).unwrap_or(256),
         net: crate::cmdline::get(cmdline, "workload.net") == Some("1"),
+        health: AutoStart::health_from(crate::cmdline::get(cmdline, "workload.health"), crate::cmdline::get(cmdline, "workload.health_interval"), crate::cmdline::get(cmdline, "workload.health_retries")),
     });
     let free = catenary_arch::memory::stats().free;
     let quota_pages = crate::cmdline::get(cmdline, "store.quota_mib").and_then(|m| m.parse::<u64>().ok()).map(|m| m << 8).unwrap_or(free / 4).min(free);

@@ -200,7 +200,9 @@ pub fn run(data: &[u8]) {
                 let mut client = Client::Other;
                 let req = match (w >> 8) % 8 {
                     7 => Request::Signal { target: t, signal: (w >> 16) as u8 },
-                    0 => Request::Create(WorkloadSpec { health: None,
+                    0 => Request::Create(WorkloadSpec {
+                        // a check in bounds or out of them
+                        health: (w & (1 << 34) != 0).then(|| crate::spec::HealthCheck { cmd: alloc::vec![String::from("true")], interval_secs: (w >> 35) as u32 % 3, timeout_secs: 1, retries: (w >> 37) as u32 % 3, start_period_secs: 0 }),
                         name: String::from(["a", "b", "c", "-x", "", "cl-a-0"][(w >> 12) as usize % 6]),
                         image: if w & 0x10000 == 0 { image() } else { Digest([0; 32]) },
                         vcpus: (w >> 17) as u8 % 3,
@@ -230,10 +232,12 @@ pub fn run(data: &[u8]) {
                 // a kernel event for a live (or made-up) VM
                 let w = word(body);
                 let vm = if k.alive.is_empty() || w & 1 == 1 { w >> 1 } else { k.alive[(w >> 1) as usize % k.alive.len()] };
-                let event = match (w >> 8) % 5 {
+                let event = match (w >> 8) % 6 {
                     0 => Event::Log { stream: Stream::Stdout, line: body.to_vec() },
                     1 => Event::Ready,
+                    2 if w & (1 << 20) != 0 => Event::Exit(vmctl::Exit::Unhealthy(9)),
                     2 => Event::Exit(vmctl::Exit::Code((w >> 16) as i32)),
+                    5 => Event::Healthy,
                     3 => Event::Lost { bytes: w >> 16 },
                     _ => {
                         k.alive.retain(|v| *v != vm);

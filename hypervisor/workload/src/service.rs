@@ -696,6 +696,7 @@ fn status(w: &Workload, now_ms: u64, address: Option<core::net::Ipv6Addr>) -> St
         log_start: w.log.start(),
         address,
         health: w.health(),
+        health_check: w.spec.health.clone(),
     }
 }
 

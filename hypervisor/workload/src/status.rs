@@ -156,6 +156,8 @@ pub struct Status {
     /// for every run until it is destroyed.
     pub address: Option<core::net::Ipv6Addr>,
     pub health: Health,
+    /// Its spec's health check.
+    pub health_check: Option<crate::spec::HealthCheck>,
 }
 
 /// One line of `Request::List`.

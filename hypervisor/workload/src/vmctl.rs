@@ -197,6 +197,20 @@ pub struct AutoStart {
     pub memory_mib: u32,
     /// `workload.net=1`: with network (off by default: `cargo xtask run` nodes have no fabric).
     pub net: bool,
+    /// `workload.health=ARG,ARG,… workload.health_interval=S workload.health_retries=N`: a
+    /// health check (argv comma-separated; the command line has no quoting), timeout
+    /// min(5 s, interval), no start period.
+    pub health: Option<crate::spec::HealthCheck>,
+}
+
+impl AutoStart {
+    /// The health check of `workload.health=`, `workload.health_interval=` (default 10) and
+    /// `workload.health_retries=` (default 3) as the command line gives them.
+    pub fn health_from(argv: Option<&str>, interval: Option<&str>, retries: Option<&str>) -> Option<crate::spec::HealthCheck> {
+        let cmd: Vec<String> = argv?.split(',').map(String::from).collect();
+        let interval_secs = interval.and_then(|s| s.parse().ok()).unwrap_or(10);
+        Some(crate::spec::HealthCheck { cmd, interval_secs, timeout_secs: interval_secs.min(5), retries: retries.and_then(|s| s.parse().ok()).unwrap_or(3), start_period_secs: 0 })
+    }
 }
 
 /// `OP_CREATE`: a microVM running image `image` under catenary-init.
@@ -324,6 +338,15 @@ mod tests {
         assert_eq!(decode::<Vec<VmEvent>>(&b).unwrap().len(), n);
         assert_eq!(encode_events(&evs, 3).1, 0);
         assert_eq!(encode_events(&[], 100).1, 0);
+    }
+
+    #[test]
+    fn the_command_lines_health_check() {
+        assert_eq!(AutoStart::health_from(None, Some("2"), None), None);
+        let h = AutoStart::health_from(Some("/bin/busybox,test,-f,/tmp/up"), Some("2"), Some("2")).unwrap();
+        assert_eq!((h.cmd.len(), h.cmd[1].as_str(), h.interval_secs, h.timeout_secs, h.retries, h.start_period_secs), (4, "test", 2, 2, 2, 0));
+        let h = AutoStart::health_from(Some("true"), None, Some("x")).unwrap();
+        assert_eq!((h.interval_secs, h.timeout_secs, h.retries), (10, 5, 3));
     }
 
     #[test]

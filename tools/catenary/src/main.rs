@@ -114,6 +114,24 @@ enum Cmd {
         /// KEY=VALUE or KEY!=VALUE (repeatable); makes it a cluster workload.
         #[arg(long = "constraint")]
         constraint: Vec<String>,
+        /// A health check: a shell command (`/bin/sh -c CMD` in the guest, as the workload's
+        /// user, in its environment) that exits 0 when the workload is healthy. The first pass
+        /// makes it healthy; --health-retries failures in a row kill it (its restart policy
+        /// applies).
+        #[arg(long)]
+        health_cmd: Option<String>,
+        /// Seconds between health checks (default 10).
+        #[arg(long, requires = "health_cmd")]
+        health_interval: Option<u32>,
+        /// Seconds a health check may take (default 5, at most the interval).
+        #[arg(long, requires = "health_cmd")]
+        health_timeout: Option<u32>,
+        /// Failures in a row that make the workload unhealthy (default 3).
+        #[arg(long, requires = "health_cmd")]
+        health_retries: Option<u32>,
+        /// Seconds after the start in which failures do not count (default 0).
+        #[arg(long, requires = "health_cmd")]
+        health_start_period: Option<u32>,
         /// A digest (sha256:…) or a packed image directory.
         image: String,
         /// Replace the image's cmd.
@@ -298,8 +316,15 @@ fn operate(choice: Choice, json: bool, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Image(ImageCmd::Push { dir }) => commands::image_push(&c, &dir),
         Cmd::Image(ImageCmd::Ls) => commands::images(&c),
         Cmd::Image(ImageCmd::Rm { digest }) => commands::image_rm(&c, &digest),
-        Cmd::Run { name, cpus, mem, env, restart, net, replicas, constraint, image, args } => {
-            commands::run(&c, RunArgs { name, cpus, memory_mib: mem, env, restart, net: net.as_deref() != Some("none"), replicas, constraints: constraint, image, args })
+        Cmd::Run { name, cpus, mem, env, restart, net, replicas, constraint, health_cmd, health_interval, health_timeout, health_retries, health_start_period, image, args } => {
+            let health = health_cmd.map(|cmd| catenary_api::types::HealthCheck {
+                cmd: vec!["/bin/sh".into(), "-c".into(), cmd],
+                interval_secs: health_interval,
+                timeout_secs: health_timeout,
+                retries: health_retries,
+                start_period_secs: health_start_period,
+            });
+            commands::run(&c, RunArgs { name, cpus, memory_mib: mem, env, restart, net: net.as_deref() != Some("none"), replicas, constraints: constraint, health, image, args })
         }
         Cmd::Ps => commands::ps(&c),
         Cmd::Logs { follow, id } => commands::logs(&c, &id, follow, poll),

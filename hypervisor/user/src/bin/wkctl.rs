@@ -153,7 +153,7 @@ impl Client {
 
 fn spec(name: &str, image: Digest, args: &[&str], restart: RestartPolicy, mib: u32) -> WorkloadSpec {
     // the test node of scenarios 1-4 has no network: their workloads run without
-    WorkloadSpec { name: name.into(), image, vcpus: 1, memory_mib: mib, env: vec![], args: Some(args.iter().map(|s| String::from(*s)).collect()), restart, net: false }
+    WorkloadSpec { name: name.into(), image, vcpus: 1, memory_mib: mib, env: vec![], args: Some(args.iter().map(|s| String::from(*s)).collect()), restart, net: false, health: None }
 }
 
 fn run(scenario: u64) -> u64 {
@@ -675,7 +675,7 @@ fn adopt_before(c: &mut Client) {
     for name in ["adopt-a", "adopt-b"] {
         let s = WorkloadSpec {
             name: name.into(), image: img, vcpus: 1, memory_mib: 64, env: vec![], restart: RestartPolicy::No,
-            args: Some(vec![String::from(TICKER)]), net: false,
+            args: Some(vec![String::from(TICKER)]), net: false, health: None,
         };
         let r = c.req(&Request::Create(s)).and_then(|_| c.req(&Request::Start(Target::Name(name.into()))));
         c.result(&format!("adopt_started_{name}"), r == Ok(Reply::Done), &format!("{r:?}"));

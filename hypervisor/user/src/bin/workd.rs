@@ -272,6 +272,7 @@ fn autostart(svc: &mut Service, k: &mut Kernel, a: &vmctl::AutoStart, image: cat
     let spec = catenary_workload::WorkloadSpec {
         name: a.name.clone(), image, vcpus: 1, memory_mib: a.memory_mib, env: Vec::new(), args: None, restart: catenary_workload::RestartPolicy::No,
         net: a.net,
+        health: a.health.clone(),
     };
     let r = svc.handle(Request::Create(spec), now_ms(), k).and_then(|_| svc.handle(Request::Start(Target::Name(a.name.clone())), now_ms(), k));
     match r {
@@ -286,9 +287,15 @@ fn drain_events(svc: &mut Service, k: &mut Kernel) {
             break;
         }
         for e in evs {
-            let (vm, ended) = (e.vm, matches!(e.event, Event::Ended { .. }));
+            let (vm, ended, healthy) = (e.vm, matches!(e.event, Event::Ended { .. }), matches!(e.event, Event::Healthy));
             let id = svc_id_of(svc, vm);
             svc.on_event(e, now_ms(), k);
+            if let (true, Some(id)) = (healthy, id) {
+                let mut c = Kernel { buf: Vec::new(), grant: None };
+                if let Ok(catenary_workload::Reply::Status(st)) = svc.handle(Request::Status(Target::Id(id)), now_ms(), &mut c) {
+                    logf!("workd: {} health: {} ({} ms into attempt {})", st.name, st.health.name(), st.uptime_ms, st.attempts);
+                }
+            }
             if let (true, Some(id)) = (ended, id) {
                 let mut c = Kernel { buf: Vec::new(), grant: None };
                 if let Ok(catenary_workload::Reply::Status(st)) = svc.handle(Request::Status(Target::Id(id)), now_ms(), &mut c) {

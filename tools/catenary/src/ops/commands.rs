@@ -282,6 +282,8 @@ pub struct RunArgs {
     pub replicas: Option<u32>,
     /// Placement constraints (a cluster workload).
     pub constraints: Vec<String>,
+    /// `--health-cmd` and its settings.
+    pub health: Option<catenary_api::types::HealthCheck>,
     pub image: String,
     pub args: Vec<String>,
 }
@@ -316,6 +318,7 @@ pub fn run(c: &Ctx, a: RunArgs) -> R {
         net: Some(a.net),
         replicas: if a.replicas.is_none() && !a.constraints.is_empty() { Some(1) } else { a.replicas },
         constraints: (!a.constraints.is_empty()).then_some(a.constraints),
+        health: a.health,
     };
     if req.replicas.is_some() {
         let w: ClusterWorkload = c.t.call(&client::run_cluster(&req))?;
@@ -371,9 +374,11 @@ pub fn ps(c: &Ctx) -> R {
         // its listing failed: `cluster_error` says why).
         return print_json(&serde_json::json!({ "workloads": l.workloads, "cluster": cl, "cluster_error": cl_err }));
     }
-    println!("{:>4} {:<24} {:<9} {:<10} {:>8} {:>8}  {:<39}  EXIT", "ID", "NAME", "STATE", "NODE", "MEM MiB", "RESTARTS", "ADDRESS");
+    println!("{:>4} {:<24} {:<9} {:<8} {:<10} {:>8} {:>8}  {:<39}  EXIT", "ID", "NAME", "STATE", "HEALTH", "NODE", "MEM MiB", "RESTARTS", "ADDRESS");
     for w in &l.workloads {
-        println!("{:>4} {:<24} {:<9} {:<10} {:>8} {:>8}  {:<39}  {}", w.id, w.name, w.state, w.node.as_deref().unwrap_or("-"), w.memory_mib, w.restarts, w.address.as_deref().unwrap_or("-"), exit_text(&w.exit));
+        // `-`: no health check
+        let health = if w.health == "unchecked" { "-" } else { w.health.as_str() };
+        println!("{:>4} {:<24} {:<9} {:<8} {:<10} {:>8} {:>8}  {:<39}  {}", w.id, w.name, w.state, health, w.node.as_deref().unwrap_or("-"), w.memory_mib, w.restarts, w.address.as_deref().unwrap_or("-"), exit_text(&w.exit));
     }
     let Some(cl) = cl else { return Ok(()) };
     println!();
