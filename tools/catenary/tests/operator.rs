@@ -206,6 +206,18 @@ fn push_resume_run_ps_logs_stop_rm_through_the_cli() {
     let inspect: serde_json::Value = serde_json::from_str(&stdout(&catenary(&api, &cfg, &["inspect", "net1"]))).unwrap();
     assert_eq!(inspect["address"], want.as_str());
 
+    // a health check: `/bin/sh -c CMD` with the settings given; ps shows its health
+    let o = catenary(&api, &cfg, &["run", "--name", "checked", "--health-cmd", "wget -q -O- http://[::1]:8080/", "--health-interval", "4", "--health-retries", "5", &digest]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let h = node.api.lock().unwrap().1.kernel.created.last().unwrap().health.clone().unwrap();
+    assert_eq!((h.cmd.join(" "), h.interval_secs, h.timeout_secs, h.retries, h.start_period_secs), ("/bin/sh -c wget -q -O- http://[::1]:8080/".to_string(), 4, 4, 5, 0));
+    let row = |table: &str, name: &str| table.lines().find(|l| l.contains(name)).map(|l| l.split_whitespace().collect::<Vec<_>>()[..4].join(" ")).unwrap_or_default();
+    let table = stdout(&catenary(&api, &cfg, &["ps"]));
+    assert!(table.lines().next().unwrap().contains("STATE     HEALTH"), "{table}");
+    assert_eq!(row(&table, "checked"), "4 checked starting starting", "{table}");
+    assert_eq!(row(&table, "quiet"), "3 quiet starting -", "{table}");
+    assert!(!catenary(&api, &cfg, &["run", "--health-interval", "4", &digest]).status.success(), "settings without --health-cmd are refused");
+
     // clear errors and exit statuses: unknown image, no capacity, permission denied
     let o = catenary(&api, &cfg, &["run", &format!("sha256:{}", "2".repeat(64))]);
     assert_eq!(o.status.code(), Some(1));
