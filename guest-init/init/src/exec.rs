@@ -2,7 +2,8 @@
 //! supplementary groups on stable Rust (it clears them when it changes the uid) and a
 //! `pre_exec` hook is unsafe, so the init starts itself again (`/proc/self/exe`, which works
 //! after the root switch: the link names the initramfs file, not a path) in a helper mode that
-//! calls `setgroups`, `setgid`, `setuid` and then execs the entrypoint. The helper keeps the
+//! calls `setgroups`, `setgid`, `setuid`, clears the signal mask PID 1 runs with and then execs
+//! the entrypoint (or a health check's command). The helper keeps the
 //! process: the workload's pid is the one the init spawned.
 
 use std::ffi::{OsStr, OsString};
@@ -79,6 +80,11 @@ pub fn helper(args: &[OsString]) -> (i32, String) {
     }
     if let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)) {
         return (1, format!("catenary-init: setuid {uid}: {e}"));
+    }
+    // PID 1 runs with its signals blocked (it reads them from a signalfd); the program must not
+    // inherit that mask (a blocked SIGTERM would never stop it).
+    if let Err(e) = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None) {
+        return (1, format!("catenary-init: clearing the signal mask: {e}"));
     }
     let e = std::process::Command::new(program).arg0(argv0).args(&args[5..]).exec();
     (126, format!("catenary-init: cannot run {}: {e}", Path::new(program).display()))

@@ -7,8 +7,8 @@
 //!   the previous one ended; one run at a time;
 //! - a run passes when it exits 0 within `timeout` (a run still going at `timeout` is killed
 //!   and fails);
-//! - the first pass makes the workload healthy, reported to the node once (the HEALTHY
-//!   frame); it stays healthy for the run;
+//! - the first pass makes the workload healthy (the HEALTHY frame, sent again at every pass in
+//!   case one is lost; the node keeps the first); it stays healthy for the run;
 //! - a failure ends with `retries` failures in a row: the workload is unhealthy and the init
 //!   kills it (its restart policy decides what next). Failures that end within
 //!   `start_period` of the start do not count, so a slow start is not killed; a pass resets the

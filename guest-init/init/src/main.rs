@@ -353,7 +353,8 @@ impl HealthWatch {
         }
         self.running = None;
         self.ended = Some(match status {
-            _ if timed_out => (false, format!("still running after {} s: killed", self.cfg.timeout_secs)),
+            // (one that exited just before the kill is judged by its exit)
+            WaitStatus::Signaled(_, Signal::SIGKILL, _) if timed_out => (false, format!("still running after {} s: killed", self.cfg.timeout_secs)),
             WaitStatus::Exited(_, 0) => (true, String::new()),
             WaitStatus::Exited(_, c) => (false, format!("exit code {c}")),
             WaitStatus::Signaled(_, sig, _) => (false, format!("killed by {sig}")),
@@ -369,6 +370,9 @@ impl HealthWatch {
         self.next_run = now + Duration::from_millis(self.checker.interval_ms());
         let retries = self.checker.retries();
         match self.checker.ended(self.ms(now), ok) {
+            // Every pass is sent: the channel drops bytes when the workload floods it, and a
+            // lost first report would leave the run `starting` for good (the node keeps the
+            // first one it gets).
             health::Outcome::Passed { first: true, .. } => {
                 note(chan, "health check passed: the workload is healthy");
                 HealthAction::Healthy
@@ -377,7 +381,7 @@ impl HealthWatch {
                 if after > 0 {
                     note(chan, &format!("health check passed again after {after} failures"));
                 }
-                HealthAction::None
+                HealthAction::Healthy
             }
             health::Outcome::Failed { in_a_row, counted: true } => {
                 note(chan, &format!("health check failed ({why}): {in_a_row} of {retries} in a row"));
@@ -465,9 +469,8 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
         .map_err(|(status, why)| Failure { status, msg: format!("cannot run {:?}: {why}", spec.argv[0]) })?;
     // The helper (exec.rs) sets the user, its groups and execs the entrypoint; std would drop
     // supplementary groups when it changes the uid. It inherits our signal mask (measured:
-    // SigBlk in the child's /proc/self/status), and a workload with SIGTERM blocked never sees
-    // the stop. Without `pre_exec` (unsafe) the mask can only be cleared in our own thread
-    // around the spawn; see below.
+    // SigBlk in the child's /proc/self/status), which it clears before the exec (a workload
+    // with SIGTERM blocked would never see the stop); `pre_exec` would be unsafe.
     let mut cmd = Command::new("/proc/self/exe");
     cmd.args(exec::helper_args(id.uid, id.gid, &id.groups, &program, &spec.argv))
         .env_clear()
@@ -500,20 +503,14 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // As for the workload (below): the run must not inherit our blocked signals. A SIGCHLD
-        // lost meanwhile is made up for by the reap after each `tick`.
-        let _ = sigs.thread_unblock();
-        let r = c.spawn();
-        let _ = sigs.thread_block();
-        r.map(|ch| Pid::from_raw(ch.id() as i32)).map_err(|e| format!("cannot run {:?}: {e}", cmd[0]))
+        // The helper clears the signal mask it inherits (exec.rs), so PID 1 keeps its signals
+        // blocked: one meant for the workload is never dropped while a check starts.
+        c.spawn().map(|ch| Pid::from_raw(ch.id() as i32)).map_err(|e| format!("cannot run {:?}: {e}", cmd[0]))
     };
     println!("catenary-init: ready");
     chan.send(&wire::encode_ready());
-    // Unblocked only while spawning: what arrives meanwhile is lost (PID 1 has no handlers,
-    // so the kernel drops it), which for SIGCHLD is caught by reaping once right after.
-    sigs.thread_unblock().ctx("unblocking signals")?;
+    // Our signals stay blocked (the signalfd reads them): none is lost while it starts.
     let child = cmd.spawn();
-    sigs.thread_block().ctx("blocking signals")?;
     drop(cmd); // our copies of the pipes' write ends: EOF comes when the workload's close
     let child = match child {
         Ok(c) => Pid::from_raw(c.id() as i32),
@@ -528,7 +525,7 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
     };
 
     let mut open = [true, true];
-    // (A workload that ended while SIGCHLD was unblocked.)
+    // (A workload that ended at once.)
     let mut status: Option<WorkloadExit> = reap(child, &mut health);
     let mut deadline: Option<Instant> = status.map(|_| Instant::now() + DRAIN_AFTER_EXIT);
     let mut buf = vec![0u8; wire::MAX_PAYLOAD];

@@ -21,7 +21,8 @@
 //!                     health check failed `retries` times in a row (docs/guest-init.md
 //!                     "Health check")
 //! type 5  INIT    payload = UTF-8 text: the init's own error messages (len <= MAX_PAYLOAD)
-//! type 6  HEALTHY len = 0: the workload's health check passed for the first time in this run
+//! type 6  HEALTHY len = 0: the workload's health check passed (sent at every pass, in case one
+//!                 is lost; the node takes the first of a run)
 //! ```
 //!
 //! The other direction, node → guest, uses the same framing on the device's receive queue; the

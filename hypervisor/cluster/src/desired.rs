@@ -26,8 +26,9 @@ pub struct WorkloadSpec {
     pub args: Vec<String>,
     pub restart: RestartPolicy,
     pub constraints: Vec<Constraint>,
-    /// The health check each replica's guest init runs (`catenary_workload::spec::HealthCheck`,
-    /// whose bounds the API checks before a put; here only the sizes are bounded).
+    /// The health check each replica's guest init runs (`catenary_workload::spec::HealthCheck`:
+    /// the API checks it before a put, and a put is refused here out of the same bounds, so no
+    /// committed spec is one every node's `workd` refuses).
     pub health: Option<HealthCheck>,
 }
 
@@ -40,6 +41,19 @@ pub struct HealthCheck {
     pub timeout_secs: u32,
     pub retries: u32,
     pub start_period_secs: u32,
+}
+
+impl HealthCheck {
+    /// The bounds of `catenary_workload::spec::HealthCheck::check` (argument count and the
+    /// first argument; each argument's size is [`Limits::string_len`]'s).
+    pub fn in_bounds(&self) -> bool {
+        (1..=64).contains(&self.cmd.len())
+            && !self.cmd[0].is_empty()
+            && (1..=3600).contains(&self.interval_secs)
+            && (1..=self.interval_secs).contains(&self.timeout_secs)
+            && (1..=100).contains(&self.retries)
+            && self.start_period_secs <= 3600
+    }
 }
 
 /// The prefix of a cluster replica's `workd` name (`workd`'s `proto::CLUSTER_PREFIX`, which
@@ -502,10 +516,11 @@ fn validate(spec: &WorkloadSpec, l: &Limits) -> Result<(), Refused> {
         && spec.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     let sizes_ok = spec.replicas >= 1 && spec.replicas <= l.replicas && spec.vcpus >= 1 && spec.mem_mib >= 1;
     let health_cmd = spec.health.as_ref().map_or(&[][..], |h| &h.cmd[..]);
+    let health_ok = spec.health.as_ref().is_none_or(HealthCheck::in_bounds);
     let strings_ok = spec.env.len() + spec.args.len() + health_cmd.len() <= l.env_and_args
         && spec.env.iter().all(|(k, v)| !k.is_empty() && k.len() + v.len() <= l.string_len)
         && spec.args.iter().chain(health_cmd).all(|a| a.len() <= l.string_len)
-        && spec.health.as_ref().is_none_or(|h| !h.cmd.is_empty());
+        && health_ok;
     if name_ok && sizes_ok && strings_ok {
         Ok(())
     } else {
@@ -544,9 +559,18 @@ mod tests {
         assert_eq!(s.apply(&Command::PutWorkload(WorkloadSpec { replicas: 3, ..spec("a") }), &l), Ok(()));
         assert_eq!(s.apply(&Command::PutWorkload(WorkloadSpec { replicas: 0, ..spec("d") }), &l), Err(Refused::Invalid));
         assert_eq!(s.apply(&Command::PutWorkload(spec("../x")), &l), Err(Refused::Invalid));
+        // a health check out of the workload service's bounds is refused, one in them taken
+        let check = HealthCheck { cmd: vec!["true".to_string()], interval_secs: 2, timeout_secs: 2, retries: 3, start_period_secs: 0 };
+        let bad: [fn(&mut HealthCheck); 6] = [|h| h.cmd.clear(), |h| h.cmd[0].clear(), |h| h.interval_secs = 0, |h| h.timeout_secs = 3, |h| h.retries = 101, |h| h.start_period_secs = 3601];
+        for f in bad {
+            let mut h = check.clone();
+            f(&mut h);
+            assert_eq!(s.apply(&Command::PutWorkload(WorkloadSpec { health: Some(h.clone()), ..spec("h") }), &l), Err(Refused::Invalid), "{h:?}");
+        }
+        assert_eq!(s.apply(&Command::PutWorkload(WorkloadSpec { health: Some(check), replicas: 3, ..spec("a") }), &l), Ok(()));
         assert_eq!(s.apply(&Command::RemoveWorkload("zz".to_string()), &l), Err(Refused::NoSuchWorkload));
         assert_eq!(s.workloads["a"].replicas, 3);
-        assert_eq!(s.applied, 7);
+        assert_eq!(s.applied, 14, "every command counts, refused or not");
         let k = NodeKey([1; 32]);
         assert_eq!(s.apply(&Command::AdmitNode(k), &l), Ok(()));
         assert_eq!(s.apply(&Command::SetOperator { key: k, role: Some(Role::Admin) }, &l), Err(Refused::KeyInUse));

@@ -84,6 +84,7 @@ pub fn differences(have: &WorkloadSpec, want: &WorkloadSpec) -> Vec<&'static str
         (have.args != want.args, "args"),
         (have.restart != want.restart, "restart"),
         (have.net != want.net, "network"),
+        (have.health != want.health, "health"),
     ]
     .into_iter()
     .filter_map(|(differs, field)| differs.then_some(field))

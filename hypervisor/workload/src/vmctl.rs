@@ -31,8 +31,8 @@
 //!
 //! Events wait in one bounded queue per owner; when it goes from empty to non-empty the kernel
 //! notifies the owner's endpoint ([`EVENT_BIT`]). Log lines beyond [`QUEUE_LOG_BYTES`] are
-//! dropped and counted ([`Event::Lost`]); READY, EXIT and ENDED are never dropped (at most
-//! [`VMS_MAX`] microVMs each send at most three).
+//! dropped and counted ([`Event::Lost`]); READY, HEALTHY, EXIT and ENDED are never dropped (at
+//! most [`VMS_MAX`] microVMs each send at most four: the kernel passes on one HEALTHY per VM).
 
 use crate::logring::Stream;
 use crate::Digest;

@@ -345,6 +345,7 @@ fn strings_within(cmd: &Command) -> bool {
                     Constraint::OnNodes(k) => k.len() <= LIST_MAX,
                     Constraint::NotOnNode(_) => true,
                 })
+                && s.health.as_ref().is_none_or(|h| h.cmd.len() <= LIST_MAX && h.cmd.iter().all(ok))
         }
         Command::RemoveWorkload(n) | Command::Assign { workload: n, .. } | Command::Unassign { workload: n, .. } | Command::Released { workload: n, .. } => ok(n),
         Command::SetLabels { changes, .. } => changes.len() <= LABEL_CHANGES_MAX && changes.iter().all(|(k, v)| ok(k) && v.as_ref().is_none_or(ok)),
