@@ -415,7 +415,7 @@ fn create(slot: usize, ptr: u64, len: u64) -> Result<u64, u64> {
         || !req.env.iter().all(|e| e.contains('='))
         || !req.args.as_deref().is_none_or(|a| entry_ok(a, ARGS_MAX))
         || !req.net.is_none_or(catenary_workload::net::valid_slot)
-        || !req.health.as_ref().is_none_or(|h| h.check().is_ok())
+        || req.health.as_ref().is_some_and(|h| h.check().is_err())
     {
         return Err(bad());
     }
