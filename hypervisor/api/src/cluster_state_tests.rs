@@ -91,7 +91,8 @@ fn send(api: &mut Api, b: &mut Node, caller: [u8; 32], req: &ClientRequest) -> (
 }
 
 fn cluster_run(name: &str, replicas: u32, constraints: &[&str]) -> RunRequest {
-    RunRequest { health: None,
+    RunRequest {
+        health: None,
         name: Some(name.into()),
         image: image().to_string(),
         cpus: None,

@@ -78,7 +78,8 @@ fn bench_placement(n: usize, w: usize) {
         state.apply(&Command::AdmitNode(c.key), &limits).unwrap();
     }
     for d in &workloads {
-        let spec = WorkloadSpec { health: None,
+        let spec = WorkloadSpec {
+            health: None,
             name: d.name.clone(),
             image: [0; 32],
             replicas: d.replicas,

@@ -535,7 +535,8 @@ mod tests {
     use alloc::vec;
 
     pub(crate) fn spec(name: &str) -> WorkloadSpec {
-        WorkloadSpec { health: None,
+        WorkloadSpec {
+            health: None,
             name: name.to_string(),
             image: [7; 32],
             replicas: 1,

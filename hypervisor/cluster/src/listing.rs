@@ -199,7 +199,8 @@ mod tests {
     use alloc::vec;
 
     fn spec(name: &str, replicas: u32, constraints: Vec<Constraint>) -> WorkloadSpec {
-        WorkloadSpec { health: None,
+        WorkloadSpec {
+            health: None,
             name: name.to_string(),
             image: [9; 32],
             replicas,

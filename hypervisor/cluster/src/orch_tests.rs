@@ -47,7 +47,8 @@ struct Net {
 }
 
 fn spec(name: &str, replicas: u32) -> WorkloadSpec {
-    WorkloadSpec { health: None,
+    WorkloadSpec {
+        health: None,
         name: name.to_string(),
         image: [1; 32],
         replicas,

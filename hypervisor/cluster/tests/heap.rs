@@ -18,7 +18,8 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// What an operator's `catenary run --replicas 2 --env … --constraint …` commits.
 fn realistic(i: u32) -> Command {
-    Command::PutWorkload(WorkloadSpec { health: None,
+    Command::PutWorkload(WorkloadSpec {
+        health: None,
         name: format!("web-{}", i % 100),
         image: [0x5a; 32],
         replicas: 2,

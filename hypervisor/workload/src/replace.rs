@@ -135,7 +135,8 @@ mod tests {
     use alloc::vec;
 
     fn spec() -> WorkloadSpec {
-        WorkloadSpec { health: None,
+        WorkloadSpec {
+            health: None,
             name: String::from("cl-web-1"),
             image: Digest([1; 32]),
             vcpus: 1,

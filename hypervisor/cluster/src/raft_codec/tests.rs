@@ -7,7 +7,8 @@ use alloc::string::ToString;
 use alloc::vec;
 
 fn spec(name: &str) -> WorkloadSpec {
-    WorkloadSpec { health: None,
+    WorkloadSpec {
+        health: None,
         name: name.to_string(),
         image: [9; 32],
         replicas: 2,

@@ -476,7 +476,8 @@ impl RaftSim {
     }
 
     pub fn workload(name: &str, replicas: u32, mem_mib: u64) -> WorkloadSpec {
-        WorkloadSpec { health: None,
+        WorkloadSpec {
+            health: None,
             name: name.to_string(),
             image: [0xab; 32],
             replicas,

@@ -21,7 +21,8 @@ pub(super) fn rnd(seed: &mut u64) -> u64 {
 /// What an operator's `catenary run --replicas 2 --env … --constraint …` commits (as in
 /// tests/heap.rs), with `pad` bytes more in one env value.
 fn realistic(i: u32, pad: usize) -> WorkloadSpec {
-    WorkloadSpec { health: None,
+    WorkloadSpec {
+        health: None,
         name: format!("web-{i}"),
         image: [0x5a; 32],
         replicas: 2,
