@@ -363,23 +363,44 @@ fn record_unexpected(t: &mut Tally, group: &str) {
 
 /// The kernel's heartbeat kill of ring-3 task `service` in one node's serial lines, after the
 /// line `hang` (the task's own "hanging now" line): the kill's line, whether a register dump
-/// follows it, and the milliseconds from the hang to the kill on the node's clock (the kill's
-/// time is that of the first timed line at or after it: the dump's lines carry none).
+/// follows it, the milliseconds from the hang to the kill on the node's clock (the kill's
+/// time is that of the first timed line at or after it: the dump's lines carry none), and
+/// the milliseconds from the task's last beat to the kill by the node's timer ticks (from the
+/// kill line). The heartbeat counts ticks: a host that does not run the QEMU for a while
+/// loses ticks, so the kill can come long after the period by the clock, never before it.
 pub(crate) struct HeartbeatKill {
     pub at: Option<usize>,
     pub dump: bool,
     pub ms: Option<f64>,
+    pub timer_ms: Option<f64>,
+}
+
+impl HeartbeatKill {
+    /// The kill came after the period and soon after it: no sooner than the period less one
+    /// look by the clock (the last beat came at most one turn before the hang), and within
+    /// the period and `slack_ms` of the last beat by the timer (the clock can lose no ticks).
+    pub fn on_time(&self, period_ms: u32, slack_ms: u32) -> bool {
+        let p = f64::from(period_ms);
+        self.ms.is_some_and(|m| m >= p - 100.0) && self.timer_ms.is_some_and(|m| (p - 100.0..=p + f64::from(slack_ms)).contains(&m))
+    }
+
+    /// The two figures, for a test's message and timings line.
+    pub fn figures(&self) -> String {
+        let f = |m: Option<f64>| m.map(|m| format!("{m} ms")).unwrap_or("never".into());
+        format!("hang -> kill {} by the node's clock, last beat -> kill {} by its timer", f(self.ms), f(self.timer_ms))
+    }
 }
 
 pub(crate) fn heartbeat_kill(lines: &[String], hang: Option<usize>, service: &str, period_ms: u32) -> HeartbeatKill {
-    let what = format!("\"{service}\" missed its heartbeat (period {period_ms} ms)");
+    let what = format!("\"{service}\" missed its heartbeat (period {period_ms} ms; last beat ");
     let from = hang.unwrap_or(0);
     let at = lines[from..].iter().position(|l| l.contains("HEARTBEAT: ring-3 task") && l.contains(&what)).map(|p| from + p);
     let dump = at.is_some_and(|p| lines[p..].iter().take(8).any(|x| x.trim_start().starts_with("RIP ")));
     let hang_at = hang.and_then(|p| node_secs(&lines[p]));
     let kill_at = at.and_then(|p| lines[p..].iter().find_map(|x| node_secs(x)));
     let ms = hang_at.zip(kill_at).map(|(a, b)| ((b - a) * 1000.0).round());
-    HeartbeatKill { at, dump, ms }
+    let timer_ms = at.and_then(|p| lines[p].split_once(&what)?.1.split(" ms ago by the timer").next()?.parse().ok());
+    HeartbeatKill { at, dump, ms, timer_ms }
 }
 
 /// Write the cluster files and start the switch and one QEMU per node.

@@ -69,9 +69,10 @@ pub(super) fn on_tick(k: &mut Kernel, f: &TrapFrame) -> Option<(TaskId, String, 
         return None;
     }
     let id = k.sched.current(c)?;
+    let now = k.ticks;
     let t = k.sched.task_mut(id)?;
     if f.is_user() && super::heartbeat::doomed(t) {
-        return Some((id, super::heartbeat::kill_message(id, &t.name, super::heartbeat::period_ms(t)), super::heartbeat::HEARTBEAT_CODE));
+        return Some((id, super::heartbeat::kill_message(id, t, now), super::heartbeat::HEARTBEAT_CODE));
     }
     if syscalled {
         t.context.quiet_ticks = 0;
