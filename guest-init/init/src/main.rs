@@ -575,11 +575,8 @@ fn run_workload(spec: &RunSpec, chan: &mut Channel) -> Result<WorkloadExit, Fail
                 }
                 HealthAction::None => {}
             }
+            // a check that ends (or is killed) raises SIGCHLD: reaped below, by the signalfd
             h.tick(&mut spawn_check);
-            if let Some(s) = reap(child, &mut health) {
-                status = Some(s);
-                deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
-            }
         }
         let health_wait = health.as_ref().filter(|h| status.is_none() && !h.killed).map(|h| h.wait());
         let timeout = if status.is_some() {

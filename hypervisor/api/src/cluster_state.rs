@@ -22,6 +22,22 @@ pub const REPLICA_PREFIX: &str = catenary_workload::proto::CLUSTER_PREFIX;
 // `the_scheduler_and_workd_agree_on_a_replica` checks the two agree.
 // The scheduler counts a replica's node memory as workd's admission does.
 const _: () = assert!(catenary_cluster::desired::REPLICA_OVERHEAD_MIB == catenary_workload::admission::VM_OVERHEAD_MIB);
+// The cluster refuses a put out of the health check's bounds that every workd would refuse.
+const _: () = assert!(catenary_cluster::desired::HEALTH_CMD_MAX == catenary_workload::spec::HEALTH_CMD_MAX);
+const _: () = assert!(catenary_cluster::desired::HEALTH_SECS_MAX == catenary_workload::spec::HEALTH_SECS_MAX);
+const _: () = assert!(catenary_cluster::desired::HEALTH_RETRIES_MAX == catenary_workload::spec::HEALTH_RETRIES_MAX);
+
+/// A health check as the cluster keeps it, as `workd` takes it (the same fields).
+fn workd_check(h: &catenary_cluster::desired::HealthCheck) -> catenary_workload::spec::HealthCheck {
+    let catenary_cluster::desired::HealthCheck { cmd, interval_secs, timeout_secs, retries, start_period_secs } = h.clone();
+    catenary_workload::spec::HealthCheck { cmd, interval_secs, timeout_secs, retries, start_period_secs }
+}
+
+/// A health check as `workd` takes it, as the cluster keeps it.
+fn cluster_check(h: catenary_workload::spec::HealthCheck) -> catenary_cluster::desired::HealthCheck {
+    let catenary_workload::spec::HealthCheck { cmd, interval_secs, timeout_secs, retries, start_period_secs } = h;
+    catenary_cluster::desired::HealthCheck { cmd, interval_secs, timeout_secs, retries, start_period_secs }
+}
 
 /// Constraints per workload.
 pub const CONSTRAINTS_MAX: usize = 16;
@@ -50,7 +66,7 @@ pub fn replica_spec(s: &WorkloadSpec, r: u32) -> Option<catenary_workload::Workl
             R::Always => RestartPolicy::Always,
         },
         net: true,
-        health: s.health.as_ref().map(|h| catenary_workload::spec::HealthCheck { cmd: h.cmd.clone(), interval_secs: h.interval_secs, timeout_secs: h.timeout_secs, retries: h.retries, start_period_secs: h.start_period_secs }),
+        health: s.health.as_ref().map(workd_check),
     })
 }
 
@@ -99,7 +115,7 @@ pub fn command(w: crate::ClusterWrite, node: Option<[u8; 32]>) -> Command {
                 RestartPolicy::Always => R::Always,
             },
             constraints,
-            health: spec.health.map(|h| catenary_cluster::desired::HealthCheck { cmd: h.cmd, interval_secs: h.interval_secs, timeout_secs: h.timeout_secs, retries: h.retries, start_period_secs: h.start_period_secs }),
+            health: spec.health.map(cluster_check),
         }),
         crate::ClusterWrite::Remove(name) => Command::RemoveWorkload(name),
         crate::ClusterWrite::Drain(_) => Command::Drain(catenary_cluster::NodeKey(node.unwrap_or([0; 32]))),
@@ -161,7 +177,7 @@ fn status_of(s: WorkloadSpec, eligible: u32) -> ClusterWorkloadStatus {
             R::Always => RestartPolicy::Always,
         }),
         constraints: s.constraints.iter().map(constraint_text).collect(),
-        health: s.health.as_ref().map(|h| crate::types::HealthCheck { cmd: h.cmd.clone(), interval_secs: Some(h.interval_secs), timeout_secs: Some(h.timeout_secs), retries: Some(h.retries), start_period_secs: Some(h.start_period_secs) }),
+        health: s.health.as_ref().map(|h| crate::types::HealthCheck::from_spec(&workd_check(h))),
         running: 0,
         eligible_nodes: eligible,
         placeable: eligible >= s.replicas,

@@ -417,3 +417,51 @@ fn the_scheduler_and_workd_agree_on_a_replica() {
     let name = cluster_state::replica_name("web", 1);
     assert!(name.starts_with(catenary_workload::proto::CLUSTER_PREFIX), "{name}");
 }
+
+/// The cluster refuses a put whose health check `workd` would refuse, and takes every one
+/// `workd` takes (both bound it; the constants are asserted equal at compile time): the same
+/// cases, each edge of each bound and one past it, give the same answer on both sides.
+#[test]
+fn the_cluster_and_workd_bound_a_health_check_alike() {
+    use catenary_cluster::desired::HealthCheck as Kept;
+    use catenary_workload::spec::{HealthCheck, HEALTH_CMD_MAX, HEALTH_RETRIES_MAX, HEALTH_SECS_MAX};
+    let base = HealthCheck { cmd: vec!["true".into()], interval_secs: 10, timeout_secs: 5, retries: 3, start_period_secs: 0 };
+    let with = |f: &dyn Fn(&mut HealthCheck)| {
+        let mut h = base.clone();
+        f(&mut h);
+        h
+    };
+    let cases = [
+        base.clone(),
+        with(&|h| h.cmd.clear()),
+        with(&|h| h.cmd[0].clear()),
+        with(&|h| h.cmd.push(String::new())),
+        with(&|h| h.cmd = vec!["a".into(); HEALTH_CMD_MAX]),
+        with(&|h| h.cmd = vec!["a".into(); HEALTH_CMD_MAX + 1]),
+        with(&|h| h.interval_secs = 0),
+        with(&|h| h.interval_secs = 1),
+        with(&|h| (h.interval_secs, h.timeout_secs) = (1, 1)),
+        with(&|h| h.interval_secs = HEALTH_SECS_MAX),
+        with(&|h| h.interval_secs = HEALTH_SECS_MAX + 1),
+        with(&|h| h.timeout_secs = 0),
+        with(&|h| h.timeout_secs = 1),
+        with(&|h| h.timeout_secs = h.interval_secs),
+        with(&|h| h.timeout_secs = h.interval_secs + 1),
+        with(&|h| h.retries = 0),
+        with(&|h| h.retries = 1),
+        with(&|h| h.retries = HEALTH_RETRIES_MAX),
+        with(&|h| h.retries = HEALTH_RETRIES_MAX + 1),
+        with(&|h| h.start_period_secs = HEALTH_SECS_MAX),
+        with(&|h| h.start_period_secs = HEALTH_SECS_MAX + 1),
+    ];
+    let mut refused = 0;
+    for h in cases {
+        let workd = h.check().is_ok();
+        let HealthCheck { cmd, interval_secs, timeout_secs, retries, start_period_secs } = h.clone();
+        let cluster = Kept { cmd, interval_secs, timeout_secs, retries, start_period_secs }.in_bounds();
+        assert_eq!(workd, cluster, "{h:?}: workd takes it {workd}, the cluster {cluster}");
+        refused += usize::from(!workd);
+    }
+    // the cases reach both sides of each bound
+    assert_eq!(refused, 11);
+}

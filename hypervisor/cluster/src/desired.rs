@@ -43,16 +43,24 @@ pub struct HealthCheck {
     pub start_period_secs: u32,
 }
 
+/// The bounds of a [`HealthCheck`]: `catenary_workload::spec`'s `HEALTH_CMD_MAX`,
+/// `HEALTH_SECS_MAX` and `HEALTH_RETRIES_MAX`, which `catenary_api` asserts are the same (this
+/// crate does not depend on the workload crate).
+pub const HEALTH_CMD_MAX: usize = 64;
+pub const HEALTH_SECS_MAX: u32 = 3600;
+pub const HEALTH_RETRIES_MAX: u32 = 100;
+
 impl HealthCheck {
     /// The bounds of `catenary_workload::spec::HealthCheck::check` (argument count and the
-    /// first argument; each argument's size is [`Limits::string_len`]'s).
+    /// first argument; each argument's size is [`Limits::string_len`]'s). `catenary_api`'s
+    /// test `the_cluster_and_workd_bound_a_health_check_alike` runs both on the same cases.
     pub fn in_bounds(&self) -> bool {
-        (1..=64).contains(&self.cmd.len())
+        (1..=HEALTH_CMD_MAX).contains(&self.cmd.len())
             && !self.cmd[0].is_empty()
-            && (1..=3600).contains(&self.interval_secs)
+            && (1..=HEALTH_SECS_MAX).contains(&self.interval_secs)
             && (1..=self.interval_secs).contains(&self.timeout_secs)
-            && (1..=100).contains(&self.retries)
-            && self.start_period_secs <= 3600
+            && (1..=HEALTH_RETRIES_MAX).contains(&self.retries)
+            && self.start_period_secs <= HEALTH_SECS_MAX
     }
 }
 
