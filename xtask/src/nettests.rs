@@ -268,7 +268,7 @@ pub(crate) fn test_nicd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     }
     drop(r);
     t.record(name, ok && !panic && hang.is_some() && mid_traffic && not_killed && kill.is_some() && dump && in_time && hung && quiesced && restarted && attached && calls && once,
-        &format!("(hung on purpose {} after the first answer {mid_traffic}, not killed by the probe {not_killed}, HEARTBEAT line with dump {}, {} (>= 4900, 4900..=7000) {in_time}, supd saw it hung and restarted it {hung}, device quiesced before free {quiesced}, restarted {restarted}, netd lent the new ring {attached}, 3/3 remote calls after {calls}, one hang and one kill (no watchdog kill), none on node2 {once}; log {})",
+        &format!("(hung on purpose {} after the first answer {mid_traffic}, not killed by the probe {not_killed}, HEARTBEAT line with dump {}, {} (>= 4900, 5000 < timer <= 7000) {in_time}, supd saw it hung and restarted it {hung}, device quiesced before free {quiesced}, restarted {restarted}, netd lent the new ring {attached}, 3/3 remote calls after {calls}, one hang and one kill (no watchdog kill), none on node2 {once}; log {})",
             hang.is_some(), kill.is_some() && dump, hb.figures(), log.display()));
     Ok(())
 }
@@ -323,7 +323,7 @@ pub(crate) fn test_supd_hung(t: &mut Tally, kernel: &Path) -> Result<(), String>
     }
     drop(r);
     t.record(name, ok && !panic && hang.is_some() && kill.is_some() && dump && in_time && died.is_some() && back.is_some() && adopted && restarted_nicd && calls && once,
-        &format!("(hung on purpose {}, HEARTBEAT line with dump {}, {} (>= 4900, 4900..=7000) {in_time}, the kernel restarted it {}, the new supd adopted nicd/netd/echo {adopted}, restarted nicd killed after {restarted_nicd}, 3/3 calls after {calls}, one hang and one kill (no watchdog kill), none on node2 {once}; log {})",
+        &format!("(hung on purpose {}, HEARTBEAT line with dump {}, {} (>= 4900, 5000 < timer <= 7000) {in_time}, the kernel restarted it {}, the new supd adopted nicd/netd/echo {adopted}, restarted nicd killed after {restarted_nicd}, 3/3 calls after {calls}, one hang and one kill (no watchdog kill), none on node2 {once}; log {})",
             hang.is_some(), kill.is_some() && dump, hb.figures(), died.is_some() && back.is_some(), log.display()));
     Ok(())
 }

@@ -402,7 +402,7 @@ impl HealthWatch {
     fn wait(&self) -> PollTimeout {
         let at = match self.running {
             Some((_, deadline, false)) => deadline,
-            Some(_) => return PollTimeout::from(100u16), // killed: reaped after the next tick
+            Some(_) => return PollTimeout::from(100u16), // killed: its SIGCHLD wakes the loop; a look in 100 ms regardless
             None if self.ended.is_some() => return PollTimeout::ZERO,
             None => self.next_run,
         };

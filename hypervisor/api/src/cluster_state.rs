@@ -22,7 +22,9 @@ pub const REPLICA_PREFIX: &str = catenary_workload::proto::CLUSTER_PREFIX;
 // `the_scheduler_and_workd_agree_on_a_replica` checks the two agree.
 // The scheduler counts a replica's node memory as workd's admission does.
 const _: () = assert!(catenary_cluster::desired::REPLICA_OVERHEAD_MIB == catenary_workload::admission::VM_OVERHEAD_MIB);
-// The cluster refuses a put out of the health check's bounds that every workd would refuse.
+// The cluster refuses a put whose health check's argument count or numbers are out of workd's
+// bounds (each argument's size and NUL bytes are checked by the API's `spec.check()` before a
+// put; the cluster bounds an argument's size by its own `string_len`).
 const _: () = assert!(catenary_cluster::desired::HEALTH_CMD_MAX == catenary_workload::spec::HEALTH_CMD_MAX);
 const _: () = assert!(catenary_cluster::desired::HEALTH_SECS_MAX == catenary_workload::spec::HEALTH_SECS_MAX);
 const _: () = assert!(catenary_cluster::desired::HEALTH_RETRIES_MAX == catenary_workload::spec::HEALTH_RETRIES_MAX);
